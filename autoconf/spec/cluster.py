@@ -1,0 +1,238 @@
+"""The cluster profile: devices, nodes, the alpha-beta link matrix, efficiency assumptions and measured tables.
+
+A link is latency (alpha, seconds) plus bandwidth (beta, bytes per second per direction). Every pair of devices is
+described: pairs inside a node by `intra_node` (or the per-pair `intra_node_matrix`), pairs on different nodes by
+`inter_node` (or the per-node-pair `inter_node_matrix`), so a heterogeneous fabric is a matrix while a uniform
+16k-GPU cluster stays a few numbers. Every efficiency the cost model applies is a named, explained entry of
+`efficiency`: a property of the hardware, never of a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+
+from autoconf.errors import UserError
+
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+@dataclass(frozen=True)
+class Link:
+    """One direction of a point-to-point path: time(n) = latency_s + n / bandwidth_Bps."""
+
+    latency_s: float
+    bandwidth_Bps: float
+
+    def time(self, nbytes: float) -> float:
+        return self.latency_s + nbytes / self.bandwidth_Bps
+
+    def to_dict(self) -> dict:
+        return {"latency_s": self.latency_s, "bandwidth_Bps": self.bandwidth_Bps}
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str) -> "Link":
+        try:
+            link = cls(float(data["latency_s"]), float(data["bandwidth_Bps"]))
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{where}: a link needs numbers latency_s and bandwidth_Bps, got {data!r}") from None
+        if link.latency_s < 0 or link.bandwidth_Bps <= 0:
+            raise UserError(f"{where}: latency must be >= 0 and bandwidth > 0, got {data!r}")
+        return link
+
+
+@dataclass(frozen=True)
+class Device:
+    """One accelerator (or one CPU rank): peak FLOP/s per dtype, memory capacity and memory bandwidth."""
+
+    name: str
+    kind: str  # "gpu" or "cpu"
+    memory_bytes: float
+    memory_bandwidth_Bps: float
+    peak_flops: dict  # dtype -> FLOP/s (dense)
+
+    def peak(self, dtype: str) -> float:
+        if dtype not in self.peak_flops:
+            raise UserError(f"device {self.name} has no peak for dtype {dtype}; it has {', '.join(self.peak_flops)}")
+        return float(self.peak_flops[dtype])
+
+
+@dataclass(frozen=True)
+class ClusterProfile:
+    name: str
+    nodes: int
+    gpus_per_node: int
+    device: Device
+    intra_node: Link
+    inter_node: Link
+    efficiency: dict  # name -> {"value": float, "why": str}
+    backend: str = "nccl"
+    description: str = ""
+    intra_node_matrix: tuple | None = None  # gpus_per_node x gpus_per_node of Link (diagonal unused)
+    inter_node_matrix: tuple | None = None  # nodes x nodes of Link (diagonal unused)
+    collectives: dict = field(default_factory=dict)  # measured: {op: {"intra"|"inter": [{"ranks", "bytes", "time_s"}]}}
+    compute: dict | None = None  # measured compute tables (see cost/compute.py)
+    hostnames: tuple | None = None  # one per node, from a measured profile
+    source: str = "specification"  # "specification" or "measured"
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1 or self.gpus_per_node < 1:
+            raise UserError(f"cluster {self.name}: nodes and gpus_per_node must be >= 1 "
+                            f"(got {self.nodes} x {self.gpus_per_node})")
+        if self.intra_node_matrix is not None and len(self.intra_node_matrix) != self.gpus_per_node:
+            raise UserError(f"cluster {self.name}: intra_node_matrix is {len(self.intra_node_matrix)} wide but "
+                            f"gpus_per_node is {self.gpus_per_node}")
+        if self.inter_node_matrix is not None and len(self.inter_node_matrix) != self.nodes:
+            raise UserError(f"cluster {self.name}: inter_node_matrix is {len(self.inter_node_matrix)} wide but "
+                            f"nodes is {self.nodes}")
+        if self.backend not in ("nccl", "gloo"):
+            raise UserError(f"cluster {self.name}: backend must be nccl or gloo, got {self.backend!r}")
+
+    # ---- the shape and the LinkModel protocol used by placement ---------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    def node_of(self, device: int) -> int:
+        return device // self.gpus_per_node
+
+    def eff(self, name: str) -> float:
+        """The named efficiency assumption (a fraction of a peak)."""
+        try:
+            return float(self.efficiency[name]["value"])
+        except KeyError:
+            raise UserError(f"cluster {self.name} does not state efficiency {name!r}") from None
+
+    def link(self, a: int, b: int) -> Link:
+        """The link from device a to device b."""
+        na, nb = self.node_of(a), self.node_of(b)
+        if na == nb:
+            if self.intra_node_matrix is None:
+                return self.intra_node
+            return self.intra_node_matrix[a % self.gpus_per_node][b % self.gpus_per_node]
+        if self.inter_node_matrix is None:
+            return self.inter_node
+        return self.inter_node_matrix[na][nb]
+
+    def intra(self, a: int, b: int) -> tuple[float, float]:
+        link = self.link(a, b)
+        return link.latency_s, link.bandwidth_Bps
+
+    def inter(self, node_a: int, node_b: int) -> tuple[float, float]:
+        link = self.inter_node if self.inter_node_matrix is None else self.inter_node_matrix[node_a][node_b]
+        return link.latency_s, link.bandwidth_Bps
+
+    @property
+    def uniform(self) -> bool:
+        """True when every inter-node pair and every intra-node pair looks the same."""
+        return self.intra_node_matrix is None and self.inter_node_matrix is None
+
+    def graph(self) -> nx.Graph:
+        """A networkx view: one vertex per device (attribute `node`), one edge per pair with its link."""
+        g = nx.Graph()
+        for d in range(self.world_size):
+            g.add_node(d, node=self.node_of(d))
+        for a in range(self.world_size):
+            for b in range(a + 1, self.world_size):
+                link = self.link(a, b)
+                g.add_edge(a, b, latency_s=link.latency_s, bandwidth_Bps=link.bandwidth_Bps)
+        return g
+
+    def resized(self, nodes: int | None = None, gpus_per_node: int | None = None) -> "ClusterProfile":
+        """The same kind of node, `nodes` of them with `gpus_per_node` each; only for a uniform profile."""
+        nodes = self.nodes if nodes is None else nodes
+        gpus = self.gpus_per_node if gpus_per_node is None else gpus_per_node
+        if (nodes, gpus) == (self.nodes, self.gpus_per_node):
+            return self
+        if nodes < 1 or gpus < 1:
+            raise UserError(f"--nodes and --gpus-per-node must be >= 1 (got {nodes} and {gpus})")
+        if gpus != self.gpus_per_node and self.intra_node_matrix is not None:
+            raise UserError(f"cluster {self.name} has a measured {self.gpus_per_node}-device intra-node matrix; "
+                            f"it cannot be resized to {gpus} devices per node (profile the new shape instead)")
+        if nodes != self.nodes and self.inter_node_matrix is not None:
+            raise UserError(f"cluster {self.name} has a measured {self.nodes}-node link matrix; it cannot be "
+                            f"resized to {nodes} nodes (profile the new shape, or drop the matrix)")
+        return dataclasses.replace(self, nodes=nodes, gpus_per_node=gpus, hostnames=None)
+
+    # ---- JSON -----------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        def matrix(m):
+            return None if m is None else [[link.to_dict() for link in row] for row in m]
+
+        return {
+            "version": 1, "kind": "cluster", "name": self.name, "description": self.description,
+            "source": self.source, "backend": self.backend, "nodes": self.nodes,
+            "gpus_per_node": self.gpus_per_node, "device": dataclasses.asdict(self.device),
+            "intra_node": self.intra_node.to_dict(), "inter_node": self.inter_node.to_dict(),
+            "intra_node_matrix": matrix(self.intra_node_matrix), "inter_node_matrix": matrix(self.inter_node_matrix),
+            "efficiency": self.efficiency, "collectives": self.collectives, "compute": self.compute,
+            "hostnames": None if self.hostnames is None else list(self.hostnames),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "cluster") -> "ClusterProfile":
+        if not isinstance(data, dict):
+            raise UserError(f"{source}: expected a JSON object describing a cluster")
+        if data.get("kind") != "cluster":
+            raise UserError(f"{source}: not a cluster profile (its \"kind\" is {data.get('kind')!r}, "
+                            f"expected \"cluster\")")
+        if data.get("version") != 1:
+            raise UserError(f"{source}: cluster profile version {data.get('version')!r} is not supported (expected 1)")
+        try:
+            dev = data["device"]
+            device = Device(name=str(dev["name"]), kind=str(dev["kind"]), memory_bytes=float(dev["memory_bytes"]),
+                            memory_bandwidth_Bps=float(dev["memory_bandwidth_Bps"]),
+                            peak_flops={str(k): float(v) for k, v in dict(dev["peak_flops"]).items()})
+
+            def matrix(key):
+                rows = data.get(key)
+                if rows is None:
+                    return None
+                return tuple(tuple(Link.from_dict(cell, f"{source}: {key}[{i}][{j}]") for j, cell in enumerate(row))
+                             for i, row in enumerate(rows))
+
+            efficiency = dict(data["efficiency"])
+            for key, entry in efficiency.items():
+                if not isinstance(entry, dict) or not isinstance(entry.get("value"), (int, float)):
+                    raise UserError(f"{source}: efficiency {key!r} must be {{\"value\": number, \"why\": text}}")
+            return cls(
+                name=str(data["name"]), nodes=int(data["nodes"]), gpus_per_node=int(data["gpus_per_node"]),
+                device=device, intra_node=Link.from_dict(data["intra_node"], f"{source}: intra_node"),
+                inter_node=Link.from_dict(data["inter_node"], f"{source}: inter_node"), efficiency=efficiency,
+                backend=str(data.get("backend", "nccl")), description=str(data.get("description", "")),
+                intra_node_matrix=matrix("intra_node_matrix"), inter_node_matrix=matrix("inter_node_matrix"),
+                collectives=dict(data.get("collectives") or {}), compute=data.get("compute"),
+                hostnames=None if data.get("hostnames") is None else tuple(data["hostnames"]),
+                source=str(data.get("source", "specification")))
+        except KeyError as missing:
+            raise UserError(f"{source}: cluster profile lacks field {missing}") from None
+        except (TypeError, ValueError, AttributeError) as err:
+            if isinstance(err, UserError):
+                raise
+            raise UserError(f"{source}: malformed cluster profile ({err})") from None
+
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent.parent / "profiles"
+
+
+def bundled_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.json"))
+
+
+def load_cluster(arg: str, nodes: int | None = None, gpus_per_node: int | None = None) -> ClusterProfile:
+    """A bundled profile name or a profile path, optionally resized to `nodes` x `gpus_per_node`."""
+    from autoconf.spec.presets import read_json
+
+    bundled = PROFILES_DIR / f"{arg}.json"
+    if bundled.exists() and "/" not in arg:
+        path = bundled
+    else:
+        path = Path(arg)
+        if not path.exists():
+            raise UserError(f"unknown cluster {arg!r}: not a bundled profile ({', '.join(bundled_profiles())}) "
+                            f"and no such file")
+    profile = ClusterProfile.from_dict(read_json(path, "cluster profile"), source=str(path))
+    return profile.resized(nodes, gpus_per_node)

@@ -1,0 +1,233 @@
+"""The plan: a parallel configuration, its stage partition and GPU placement, and the prediction for it.
+
+`ParallelConfig` is the one value object for the parallel degrees. `ParallelConfig.check(model, world_size)` explains
+every violated rule at once, naming each factor, so a user sees all that is wrong with a layout in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoconf.errors import UserError
+from autoconf.spec.model import ATTENTION, RECOMPUTE, ModelSpec
+
+PLAN_VERSION = 1
+SCHEDULE_NAMES = ("gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zb-h1", "zbv", "dualpipev")
+MULTI_CHUNK_SCHEDULES = ("interleaved-1f1b", "looped-bfs", "zbv", "dualpipev")
+DTYPES = ("bf16", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    tp: int
+    pp: int
+    dp: int
+    micro_batch_size: int
+    global_batch_size: int
+    seq_len: int
+    vpp: int = 1
+    schedule: str = "1f1b"
+    zero_stage: int = 0
+    recompute: str = "none"
+    sequence_parallel: bool = False
+    dtype: str = "bf16"
+    attention: str = "flash"
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.pp * self.dp
+
+    @property
+    def num_microbatches(self) -> int:
+        """Micro-batches per pipeline per step: global batch / (micro-batch x DP)."""
+        return self.global_batch_size // (self.micro_batch_size * self.dp)
+
+    @property
+    def num_stages(self) -> int:
+        return self.pp * self.vpp
+
+    def problems(self, model: ModelSpec, world_size: int | None = None) -> list[str]:
+        """Every rule this configuration breaks, each naming the offending factors and what would work."""
+        out: list[str] = []
+        for name in ("tp", "pp", "dp", "vpp", "micro_batch_size", "global_batch_size", "seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                out.append(f"{name} must be a positive integer (got {value!r})")
+        if out:
+            return out
+        if world_size is not None and self.world_size != world_size:
+            out.append(f"tp*pp*dp = {self.tp}*{self.pp}*{self.dp} = {self.world_size} but the cluster has "
+                       f"{world_size} devices")
+        if model.num_heads % self.tp:
+            out.append(f"tp {self.tp} does not divide the {model.num_heads} attention heads")
+        if model.num_kv_heads % self.tp:
+            out.append(f"tp {self.tp} does not divide the {model.num_kv_heads} KV heads "
+                       f"(use tp in {_divisors(model.num_kv_heads)})")
+        if self.num_stages > model.num_layers:
+            out.append(f"pp*vpp = {self.pp}*{self.vpp} = {self.num_stages} stages but the model has only "
+                       f"{model.num_layers} layers")
+        if self.global_batch_size % (self.micro_batch_size * self.dp):
+            out.append(f"global batch {self.global_batch_size} is not divisible by micro-batch "
+                       f"{self.micro_batch_size} x dp {self.dp} = {self.micro_batch_size * self.dp}")
+        if self.seq_len > model.max_seq_len and model.arch == "gpt":
+            out.append(f"seq_len {self.seq_len} exceeds the model's {model.max_seq_len} learned positions")
+        if self.schedule not in SCHEDULE_NAMES:
+            out.append(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULE_NAMES)}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            out.append(f"zero_stage must be 0, 1, 2 or 3 (got {self.zero_stage!r})")
+        if self.recompute not in RECOMPUTE:
+            out.append(f"recompute {self.recompute!r} is not one of {', '.join(RECOMPUTE)}")
+        if self.dtype not in DTYPES:
+            out.append(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.attention not in ATTENTION:
+            out.append(f"attention {self.attention!r} is not one of {', '.join(ATTENTION)}")
+        if self.sequence_parallel and self.tp == 1:
+            out.append("sequence_parallel needs tp > 1")
+        if self.sequence_parallel and self.seq_len % self.tp:
+            out.append(f"sequence_parallel needs tp {self.tp} to divide seq_len {self.seq_len}")
+        if not out and self.schedule in SCHEDULE_NAMES:
+            from autoconf.cost.schedules import check_schedule
+
+            try:
+                check_schedule(self.schedule, self.pp, self.vpp, self.num_microbatches)
+            except ValueError as err:
+                out.append(str(err))
+        return out
+
+    def check(self, model: ModelSpec, world_size: int | None = None) -> "ParallelConfig":
+        problems = self.problems(model, world_size)
+        if problems:
+            raise UserError("impossible layout: " + "; ".join(problems))
+        return self
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["num_microbatches"] = self.num_microbatches
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "ParallelConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields - {"num_microbatches"})
+        if unknown:
+            raise UserError(f"{source}: unknown config field(s) {', '.join(unknown)}")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in fields})
+        except TypeError as err:
+            raise UserError(f"{source}: {err}") from None
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+@dataclass
+class Plan:
+    """Everything `launch` needs: the model, the cluster shape, the config, partition, placement, prediction."""
+
+    model: ModelSpec
+    cluster: dict  # {"name", "nodes", "gpus_per_node", "backend", "device"}
+    config: ParallelConfig
+    partition: list  # [[first_layer, end_layer], ...] per virtual stage in stage order
+    placement: dict  # {"mesh": nested [pp][dp][tp] of global ranks}
+    prediction: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"version": PLAN_VERSION, "kind": "plan", "model": self.model.to_dict(), "cluster": self.cluster,
+                "config": self.config.to_dict(), "partition": [list(p) for p in self.partition],
+                "placement": self.placement, "prediction": self.prediction}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "plan") -> "Plan":
+        if not isinstance(data, dict) or data.get("kind", "plan") != "plan":
+            raise UserError(f"{source}: not a plan file (expected a JSON object with \"kind\": \"plan\")")
+        if data.get("version") != PLAN_VERSION:
+            raise UserError(f"{source}: plan version {data.get('version')!r} is not supported "
+                            f"(expected {PLAN_VERSION})")
+        for key in ("model", "cluster", "config", "partition", "placement"):
+            if key not in data:
+                raise UserError(f"{source}: plan lacks field {key!r}")
+        model = ModelSpec.from_dict(data["model"], source=f"{source}: model")
+        if not isinstance(data["config"], dict):
+            raise UserError(f"{source}: config must be an object")
+        config = ParallelConfig.from_dict(data["config"], source=f"{source}: config")
+        plan = cls(model=model, cluster=dict(data["cluster"]), config=config,
+                   partition=[list(p) for p in data["partition"]], placement=dict(data["placement"]),
+                   prediction=dict(data.get("prediction") or {}))
+        plan.validate(source)
+        return plan
+
+    def validate(self, source: str = "plan") -> None:
+        """Checks the config, that the partition covers every layer in order, and that the mesh is a permutation."""
+        world = int(self.cluster.get("nodes", 1)) * int(self.cluster.get("gpus_per_node", 1))
+        self.config.check(self.model, world)
+        c = self.config
+        if len(self.partition) != c.num_stages:
+            raise UserError(f"{source}: partition has {len(self.partition)} stages, config needs pp*vpp = "
+                            f"{c.num_stages}")
+        expected_start = 0
+        for i, stage in enumerate(self.partition):
+            if (not isinstance(stage, list) or len(stage) != 2 or stage[0] != expected_start
+                    or not isinstance(stage[1], int) or stage[1] <= stage[0]):
+                raise UserError(f"{source}: partition stage {i} is {stage}; stages must be [first, end) ranges that "
+                                f"cover layers 0..{self.model.num_layers} in order, each non-empty")
+            expected_start = stage[1]
+        if expected_start != self.model.num_layers:
+            raise UserError(f"{source}: partition ends at layer {expected_start}, model has {self.model.num_layers}")
+        mesh = self.placement.get("mesh")
+        flat = _flatten(mesh)
+        if flat is None or sorted(flat) != list(range(c.world_size)) or _shape(mesh) != [c.pp, c.dp, c.tp]:
+            raise UserError(f"{source}: placement mesh must be a [pp][dp][tp] = [{c.pp}][{c.dp}][{c.tp}] arrangement "
+                            f"of ranks 0..{c.world_size - 1}")
+
+    def save(self, path: Path, force: bool = False) -> None:
+        write_new_file(path, self.to_json(), force)
+
+
+def _flatten(mesh) -> list | None:
+    if isinstance(mesh, int) and not isinstance(mesh, bool):
+        return [mesh]
+    if not isinstance(mesh, list):
+        return None
+    out = []
+    for item in mesh:
+        sub = _flatten(item)
+        if sub is None:
+            return None
+        out.extend(sub)
+    return out
+
+
+def _shape(mesh) -> list:
+    shape = []
+    while isinstance(mesh, list):
+        shape.append(len(mesh))
+        mesh = mesh[0] if mesh else None
+    return shape
+
+
+def load_plan(path: str | Path) -> Plan:
+    from autoconf.spec.presets import read_json
+
+    path = Path(path)
+    return Plan.from_dict(read_json(path, "plan"), source=str(path))
+
+
+def write_new_file(path: Path, text: str, force: bool = False) -> None:
+    """Writes `text` to `path` atomically; refuses to replace an existing file unless `force`."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists; pass --force to overwrite it or choose another path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None

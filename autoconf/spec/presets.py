@@ -1,0 +1,120 @@
+"""Model presets from published papers and model cards, Hugging Face config.json import, and `load_model`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from autoconf.errors import UserError
+from autoconf.spec.model import ModelSpec
+
+
+def _gpt(name: str, layers: int, hidden: int, heads: int, vocab: int = 50257, seq: int = 2048,
+         dropout: float = 0.1) -> ModelSpec:
+    return ModelSpec(name=name, arch="gpt", num_layers=layers, hidden_size=hidden, num_heads=heads,
+                     num_kv_heads=heads, ffn_hidden_size=4 * hidden, vocab_size=vocab, max_seq_len=seq,
+                     tied_embeddings=True, dropout=dropout)
+
+
+def _llama(name: str, layers: int, hidden: int, heads: int, kv_heads: int, ffn: int, vocab: int, seq: int,
+           rope_theta: float, norm_eps: float) -> ModelSpec:
+    return ModelSpec(name=name, arch="llama", num_layers=layers, hidden_size=hidden, num_heads=heads,
+                     num_kv_heads=kv_heads, ffn_hidden_size=ffn, vocab_size=vocab, max_seq_len=seq,
+                     tied_embeddings=False, dropout=0.0, rope_theta=rope_theta, norm_eps=norm_eps)
+
+
+# GPT-3 family: Brown et al. 2020, Table 2.1 (vocabulary 50257, context 2048).
+# Megatron-LM models (gpt-22b ... gpt-1t): Korthikanti et al. 2022, Table 3 (vocabulary padded to 51200).
+# Llama: the Hugging Face config.json of each released model.
+PRESETS: dict[str, ModelSpec] = {spec.name: spec for spec in [
+    _gpt("gpt3-125m", 12, 768, 12),
+    _gpt("gpt3-350m", 24, 1024, 16),
+    _gpt("gpt3-760m", 24, 1536, 16),
+    _gpt("gpt3-1.3b", 24, 2048, 16),
+    _gpt("gpt3-2.7b", 32, 2560, 32),
+    _gpt("gpt3-6.7b", 32, 4096, 32),
+    _gpt("gpt3-13b", 40, 5120, 40),
+    _gpt("gpt3-175b", 96, 12288, 96),
+    _gpt("gpt-22b", 48, 6144, 64, vocab=51200),
+    _gpt("gpt-175b", 96, 12288, 96, vocab=51200),
+    _gpt("gpt-530b", 105, 20480, 128, vocab=51200),
+    _gpt("gpt-1t", 128, 25600, 160, vocab=51200),
+    _llama("llama2-7b", 32, 4096, 32, 32, 11008, 32000, 4096, 10000.0, 1e-5),
+    _llama("llama2-13b", 40, 5120, 40, 40, 13824, 32000, 4096, 10000.0, 1e-5),
+    _llama("llama2-70b", 80, 8192, 64, 8, 28672, 32000, 4096, 10000.0, 1e-5),
+    _llama("llama3-8b", 32, 4096, 32, 8, 14336, 128256, 8192, 500000.0, 1e-5),
+    _llama("llama3-70b", 80, 8192, 64, 8, 28672, 128256, 8192, 500000.0, 1e-5),
+    _llama("llama3.1-8b", 32, 4096, 32, 8, 14336, 128256, 131072, 500000.0, 1e-5),
+    _llama("llama3.1-70b", 80, 8192, 64, 8, 28672, 128256, 131072, 500000.0, 1e-5),
+    _llama("llama3.1-405b", 126, 16384, 128, 8, 53248, 128256, 131072, 500000.0, 1e-5),
+    _gpt("tiny-gpt", 8, 128, 4, vocab=256, seq=128, dropout=0.0),
+    _llama("tiny-llama", 8, 128, 4, 2, 352, 256, 128, 10000.0, 1e-5),
+]}
+
+# Parameter counts as published (model cards / papers), for tests.
+PUBLISHED_PARAMS = {
+    "gpt3-125m": 125e6, "gpt3-350m": 350e6, "gpt3-760m": 760e6, "gpt3-1.3b": 1.3e9, "gpt3-2.7b": 2.7e9,
+    "gpt3-6.7b": 6.7e9, "gpt3-13b": 13e9, "gpt3-175b": 175e9, "gpt-22b": 22e9, "gpt-175b": 175e9,
+    "gpt-530b": 530e9, "gpt-1t": 1e12, "llama2-7b": 6.74e9, "llama2-13b": 13.0e9, "llama2-70b": 68.98e9,
+    "llama3-8b": 8.03e9, "llama3-70b": 70.55e9, "llama3.1-405b": 405.85e9,
+}
+
+_HF_LLAMA_TYPES = ("llama", "mistral", "qwen2")
+
+
+def from_hf_config(config: dict, name: str) -> ModelSpec:
+    """Builds a spec from a Hugging Face config.json (model_type gpt2, llama, mistral or qwen2)."""
+    model_type = config.get("model_type")
+    try:
+        if model_type == "gpt2":
+            hidden = config["n_embd"]
+            return ModelSpec(
+                name=name, arch="gpt", num_layers=config["n_layer"], hidden_size=hidden,
+                num_heads=config["n_head"], num_kv_heads=config["n_head"],
+                ffn_hidden_size=config.get("n_inner") or 4 * hidden, vocab_size=config["vocab_size"],
+                max_seq_len=config.get("n_positions", 1024), tied_embeddings=config.get("tie_word_embeddings", True),
+                dropout=float(config.get("resid_pdrop", 0.1)), norm_eps=config.get("layer_norm_epsilon", 1e-5))
+        if model_type in _HF_LLAMA_TYPES:
+            heads = config["num_attention_heads"]
+            return ModelSpec(
+                name=name, arch="llama", num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
+                num_heads=heads, num_kv_heads=config.get("num_key_value_heads") or heads,
+                ffn_hidden_size=config["intermediate_size"], vocab_size=config["vocab_size"],
+                max_seq_len=config.get("max_position_embeddings", 4096),
+                tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+                dropout=float(config.get("attention_dropout", 0.0) or 0.0),
+                qkv_bias=bool(config.get("attention_bias", model_type == "qwen2")),
+                norm_eps=config.get("rms_norm_eps", 1e-5), rope_theta=float(config.get("rope_theta", 10000.0)))
+    except KeyError as missing:
+        raise UserError(f"{name}: Hugging Face config of type {model_type!r} lacks key {missing}") from None
+    raise UserError(f"{name}: unsupported model_type {model_type!r}; supported: gpt2, {', '.join(_HF_LLAMA_TYPES)}")
+
+
+def read_json(path: Path, what: str) -> dict:
+    """Reads a JSON object from `path`, turning every failure into one UserError line."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UserError(f"cannot read {what} file {path}: {err.strerror or err}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{what} file {path} is not valid JSON (line {err.lineno}: {err.msg})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} file {path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def load_model(arg: str) -> ModelSpec:
+    """A preset name, a Hugging Face config.json path, or autoconf's own model JSON path."""
+    if arg in PRESETS:
+        return PRESETS[arg]
+    path = Path(arg)
+    if not path.exists():
+        raise UserError(f"unknown model {arg!r}: not a preset (see `autoconf models`) and no such file")
+    data = read_json(path, "model")
+    if "model_type" in data:
+        return from_hf_config(data, name=path.parent.name if path.name == "config.json" else path.stem)
+    if data.get("kind") not in (None, "model"):
+        raise UserError(f"{path} is a {data.get('kind')!r} file, not a model")
+    return ModelSpec.from_dict(data, source=str(path))
