@@ -1,0 +1,126 @@
+"""Pipeline schedule action lists (pure Python, no torch)."""
+
+import pytest
+
+from autoconf.cost.schedules import SCHEDULES, Action, build_schedule, check_schedule, stage_to_rank
+
+
+def _legal_grid():
+    for name in SCHEDULES:
+        for pp in (1, 2, 3, 4, 8):
+            for vpp in (1, 2, 3):
+                for m in (1, 2, 3, 4, 5, 8, 9, 12, 16, 17):
+                    try:
+                        check_schedule(name, pp, vpp, m)
+                    except ValueError:
+                        continue
+                    yield name, pp, vpp, m
+
+
+LEGAL = list(_legal_grid())
+
+
+def test_every_schedule_name_has_legal_configurations():
+    """Each of the seven schedule names builds for some (pp, vpp, m) in the grid."""
+    assert {g[0] for g in LEGAL} == set(SCHEDULES)
+
+
+@pytest.mark.parametrize("name,pp,vpp,m", LEGAL)
+def test_every_stage_and_microbatch_runs_once_on_its_rank_in_dependency_order(name, pp, vpp, m):
+    """Each (stage, micro-batch) has one F and either one B or one I then one W, all on the rank holding the stage,
+    with F before B/I before W in that rank's order."""
+    sch = build_schedule(name, pp, m, vpp)
+    assert len(sch.actions) == pp and len(sch.stage_to_rank) == sch.num_stages
+    seen = {}
+    for rank, acts in enumerate(sch.actions):
+        for pos, a in enumerate(acts):
+            assert sch.stage_to_rank[a.stage] == rank
+            assert (a.kind, a.stage, a.microbatch) not in seen
+            seen[a.kind, a.stage, a.microbatch] = pos
+    for s in range(sch.num_stages):
+        for i in range(m):
+            f = seen.pop(("F", s, i))
+            if ("B", s, i) in seen:
+                assert seen.pop(("B", s, i)) > f
+            else:
+                b = seen.pop(("I", s, i))
+                assert seen.pop(("W", s, i)) > b > f
+    assert not seen
+
+
+def test_stage_to_rank_is_loop_or_v():
+    """Loop placement puts stage s on rank s % pp; zbv/dualpipev put stages r and 2pp-1-r on rank r."""
+    assert stage_to_rank("interleaved-1f1b", 4, 2) == (0, 1, 2, 3, 0, 1, 2, 3)
+    assert stage_to_rank("1f1b", 3, 1) == (0, 1, 2)
+    assert stage_to_rank("zbv", 4, 2) == (0, 1, 2, 3, 3, 2, 1, 0)
+    sch = build_schedule("dualpipev", 4, 8, 2)
+    assert [sch.stages_of_rank(r) for r in range(4)] == [(0, 7), (1, 6), (2, 5), (3, 4)]
+
+
+def test_splits_backward_only_for_zero_bubble_schedules():
+    """gpipe, 1f1b, interleaved and looped-bfs use full B; zb-h1, zbv and dualpipev use I/W."""
+    split = {name: build_schedule(name, 4, 8, 2 if name in ("interleaved-1f1b", "zbv", "dualpipev") else 1)
+             .splits_backward for name in SCHEDULES}
+    assert split == {"gpipe": False, "1f1b": False, "interleaved-1f1b": False, "looped-bfs": False,
+                     "zb-h1": True, "zbv": True, "dualpipev": True}
+
+
+def test_1f1b_rank_r_runs_pp_minus_r_forwards_before_its_first_backward():
+    """1F1B warm-up: rank r runs pp-r forwards, then alternates B and F, then drains the backwards."""
+    sch = build_schedule("1f1b", 4, 8)
+    for r, acts in enumerate(sch.actions):
+        kinds = "".join(a.kind for a in acts)
+        assert kinds.index("B") == 4 - r
+    assert sch.actions[0][:6] == (Action("F", 0, 0), Action("F", 0, 1), Action("F", 0, 2), Action("F", 0, 3),
+                                  Action("B", 0, 0), Action("F", 0, 4))
+
+
+def test_gpipe_runs_all_forwards_then_all_backwards():
+    """GPipe: F0..F(m-1) then B0..B(m-1) on every rank."""
+    sch = build_schedule("gpipe", 3, 5)
+    for r, acts in enumerate(sch.actions):
+        assert [str(a) for a in acts] == [f"{r}F{i}" for i in range(5)] + [f"{r}B{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("1f1b", 4, 1, 3), "1f1b needs num_microbatches (3) >= pp (4); use a global batch giving at least 4"),
+        (("zbv", 4, 3, 8), "zbv needs vpp == 2 (got 3)"),
+        (("dualpipev", 4, 1, 8), "dualpipev needs vpp == 2 (got 1)"),
+        (("interleaved-1f1b", 4, 1, 8), "interleaved-1f1b needs vpp >= 2"),
+        (("gpipe", 4, 2, 8), "gpipe needs vpp == 1"),
+        (("1f1b", 4, 2, 8), "1f1b needs vpp == 1"),
+        (("dualpipev", 4, 2, 7), "dualpipev needs num_microbatches (7) >= 2 * pp (8)"),
+        (("interleaved-1f1b", 4, 2, 11), "use 10 or 12 micro-batches"),
+        (("zb-h1", 4, 1, 9), "multiple of the number of rounds"),
+        (("pipedream", 4, 1, 8), "unknown schedule"),
+        (("gpipe", 0, 1, 8), "pp must be >= 1"),
+        (("gpipe", 2, 1, 0), "num_microbatches must be >= 1"),
+    ],
+)
+def test_check_schedule_names_the_factor_and_a_fix(args, needle):
+    """Illegal combinations raise one-line ValueErrors that name the offending factor and what would work."""
+    with pytest.raises(ValueError) as e:
+        check_schedule(*args)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_build_schedule_checks_first():
+    """build_schedule refuses what check_schedule refuses, and defaults to vpp=1."""
+    with pytest.raises(ValueError):
+        build_schedule("1f1b", 8, 4)
+    assert build_schedule("1f1b", 2, 4).vpp == 1
+
+
+def test_interleaved_and_zero_bubble_accept_fewer_microbatches_than_ranks():
+    """torch runs Interleaved1F1B / InterleavedZeroBubble with m < pp (one round); so do we."""
+    for name in ("interleaved-1f1b", "zb-h1"):
+        check_schedule(name, 4, 2, 3)
+
+
+def test_zbv_accepts_any_microbatch_count():
+    """torch's ZBV pads to 2pp-1 micro-batches and drops the padding's actions, so any m >= 1 is legal."""
+    for m in (1, 2, 7, 9):
+        sch = build_schedule("zbv", 4, m, 2)
+        assert sum(len(a) for a in sch.actions) == 3 * 8 * m
