@@ -1,0 +1,221 @@
+"""Critical-path simulation of pipeline schedules: textbook bubbles, in-flight micro-batches, delays, deadlock."""
+
+import time
+
+import pytest
+
+from autoconf.cost.schedules import SCHEDULES, Action, Schedule, build_schedule, check_schedule
+from autoconf.cost.simulate import StageCosts, simulate
+
+LEGAL = []
+for _name in SCHEDULES:
+    for _pp in (1, 2, 3, 4, 8):
+        for _vpp in (1, 2, 3):
+            for _m in (1, 2, 3, 4, 5, 8, 9, 12, 16, 17):
+                try:
+                    check_schedule(_name, _pp, _vpp, _m)
+                except ValueError:
+                    continue
+                LEGAL.append((_name, _pp, _vpp, _m))
+
+PM = [(2, 4), (2, 8), (4, 4), (4, 8), (4, 16), (8, 8), (8, 32)]
+
+
+def _run(name, p, m, v=1, f=1.0, b=1.0, w=1.0, **kw):
+    sch = build_schedule(name, p, m, v)
+    return simulate(sch, StageCosts.uniform(sch.num_stages, f, b, w), **kw)
+
+
+def _bubble_time(tl):
+    """Idle seconds of the busiest rank: makespan minus that rank's compute."""
+    return tl.makespan - max(tl.compute_time_per_rank)
+
+
+@pytest.mark.parametrize("p,m", PM)
+@pytest.mark.parametrize("name", ["gpipe", "1f1b"])
+def test_gpipe_and_1f1b_bubble_fraction_is_p_minus_1_over_m_plus_p_minus_1(name, p, m):
+    """Uniform stages, no communication: bubble_fraction = 1 - busy/(p*makespan) = (p-1)/(m+p-1) exactly, and the
+    makespan is (m+p-1)(F+B+W)."""
+    tl = _run(name, p, m, f=1.0, b=1.5, w=0.5)
+    assert tl.bubble_fraction == pytest.approx((p - 1) / (m + p - 1), abs=1e-12)
+    assert tl.makespan == pytest.approx((m + p - 1) * 3.0)
+
+
+@pytest.mark.parametrize("p,m", [(2, 4), (4, 8), (4, 16), (8, 16), (4, 12), (4, 10)])
+@pytest.mark.parametrize("v", [2, 3])
+@pytest.mark.parametrize("name", ["interleaved-1f1b", "looped-bfs"])
+def test_interleaved_and_bfs_bubble_fraction_is_p_minus_1_over_vm_plus_p_minus_1(name, p, m, v):
+    """Uniform chunks (each 1/v of a rank's layers): bubble fraction (p-1)/(v*m+p-1) for interleaved 1F1B
+    (Megatron) and for breadth-first (derived), whenever m >= p (torch's rounds also cover m % p != 0 here)."""
+    tl = _run(name, p, m, v, f=1 / v, b=1 / v, w=1 / v)
+    assert tl.bubble_fraction == pytest.approx((p - 1) / (v * m + p - 1), abs=1e-12)
+
+
+@pytest.mark.parametrize("p,m", PM)
+@pytest.mark.parametrize("f,b,w", [(1.0, 1.0, 1.0), (1.0, 2.0, 1.0), (2.0, 1.0, 1.0), (1.0, 1.5, 0.5)])
+def test_zb_h1_bubble_time_is_p_minus_1_times_f_plus_b_minus_w(p, m, f, b, w):
+    """ZB-H1 (torch InterleavedZeroBubble, one stage per rank), W <= B: bubble time (p-1)(F+B-W) where B is the
+    input backward; makespan m(F+B+W) + (p-1)(F+B-W)."""
+    tl = _run("zb-h1", p, m, f=f, b=b, w=w)
+    assert _bubble_time(tl) == pytest.approx((p - 1) * (f + b - w))
+    assert tl.makespan == pytest.approx(m * (f + b + w) + (p - 1) * (f + b - w))
+
+
+@pytest.mark.parametrize("p,m", PM)
+def test_zb_h1_bubble_is_a_third_of_1f1b_when_f_b_w_equal(p, m):
+    """With F = B = W, ZB-H1's bubble time is one third of 1F1B's: (p-1)F against 3(p-1)F."""
+    assert _bubble_time(_run("zb-h1", p, m)) == pytest.approx(_bubble_time(_run("1f1b", p, m)) / 3)
+
+
+@pytest.mark.parametrize("p,m", [(2, 8), (4, 8), (4, 10), (4, 16), (8, 16), (8, 32)])
+@pytest.mark.parametrize("name", ["zbv", "dualpipev"])
+def test_v_schedules_bubble_is_the_v_placement_lower_bound_when_f_b_w_equal(name, p, m):
+    """ZBV and DualPipeV with chunk costs F = B = W: bubble time exactly (p-1)F per rank (F of one chunk, i.e. half
+    a 1F1B stage). Published: "about 0" (ZB-V) and (p/2-1)(F&B+B-3W) (DualPipe), which are 0 here; the exact
+    number differs because the last rank cannot start before (p-1)F, when the first forward reaches it, and has
+    2m(F+B+W) of work: (p-1)F is a lower bound for any order with V placement, and torch's orders reach it.
+    DualPipeV's overlapped F&B pairs are simulated back to back (F then B), so its F&B overlap gain is not
+    counted."""
+    tl = _run(name, p, m, 2, f=0.5, b=0.5, w=0.5)
+    assert _bubble_time(tl) == pytest.approx((p - 1) * 0.5)
+    assert tl.makespan == pytest.approx(2 * m * 1.5 + (p - 1) * 0.5)
+
+
+def test_interleaved_zero_bubble_divides_zb_h1_bubble_by_v():
+    """torch's InterleavedZeroBubble with v chunks: bubble time (p-1)(F+B-W) in chunk costs, i.e. ZB-H1's / v."""
+    tl = _run("zb-h1", 4, 8, 2, f=0.5, b=1.0, w=0.5)
+    assert _bubble_time(tl) == pytest.approx(3 * (0.5 + 1.0 - 0.5))
+
+
+@pytest.mark.parametrize("p,m", PM)
+@pytest.mark.parametrize("name", ["1f1b", "zb-h1"])
+def test_1f1b_and_zb_h1_rank_r_keeps_p_minus_r_microbatches(name, p, m):
+    """1F1B and ZB-H1: stage r keeps at most min(m, p-r) micro-batches of activations in flight."""
+    tl = _run(name, p, m)
+    assert tl.peak_inflight == [min(m, p - r) for r in range(p)]
+    assert tl.peak_inflight_rank == tl.peak_inflight
+
+
+def test_zb_h1_inputs_wait_for_w_on_later_ranks():
+    """ZB-H1 defers W on rank r by r steps: stage r holds up to r+1 micro-batches whose I ran but W has not."""
+    tl = _run("zb-h1", 4, 8)
+    assert tl.peak_inflight_weight == [1, 2, 3, 4]
+    assert _run("1f1b", 4, 8).peak_inflight_weight == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("p,m", PM)
+def test_gpipe_keeps_all_m_microbatches(p, m):
+    """GPipe: every stage holds all m micro-batches before its first backward."""
+    assert _run("gpipe", p, m).peak_inflight == [m] * p
+
+
+@pytest.mark.parametrize("p,v", [(2, 2), (4, 2), (4, 4), (8, 2)])
+def test_interleaved_first_rank_keeps_p_plus_p_minus_1_over_v_microbatches(p, v):
+    """Interleaved 1F1B, m = 2p: rank 0 holds v*p + p - 1 chunk-micro-batches = p + (p-1)/v micro-batches of a
+    whole 1F1B stage's activations (REFERENCES.md; Korthikanti's (1 + (p-1)/(p v)) factor)."""
+    tl = _run("interleaved-1f1b", p, 2 * p, v)
+    assert tl.peak_inflight_rank[0] == v * p + p - 1
+    assert tl.peak_inflight_rank[0] / v == pytest.approx(p + (p - 1) / v)
+
+
+@pytest.mark.parametrize("p", [2, 4, 8])
+def test_v_schedules_keep_1f1b_memory(p):
+    """ZBV: every rank holds 2p chunk-micro-batches (= p whole-stage micro-batches, as 1F1B's first rank).
+    DualPipeV (torch's order): 2p+1 (p + 1/2), one chunk more, under DualPipe's published p+1."""
+    assert _run("zbv", p, 4 * p, 2).peak_inflight_rank == [2 * p] * p
+    assert _run("dualpipev", p, 4 * p, 2).peak_inflight_rank == [2 * p + 1] * p
+
+
+@pytest.mark.parametrize("p,m", [(2, 4), (4, 8), (8, 16)])
+def test_p2p_delay_adds_2_p_minus_1_hops_to_gpipe(p, m):
+    """GPipe with a p2p delay c between ranks: the critical path crosses p-1 hops forward and p-1 back, so the
+    makespan grows by exactly 2(p-1)c."""
+    base = _run("gpipe", p, m).makespan
+    assert _run("gpipe", p, m, p2p_time=0.25).makespan == pytest.approx(base + 2 * (p - 1) * 0.25)
+
+
+def test_p2p_callable_is_called_per_stage_pair():
+    """A p2p function of (from_stage, to_stage) delays only the crossings it prices: one slow link adds 2c."""
+    base = _run("gpipe", 4, 8).makespan
+    slow = lambda a, b: 0.5 if {a, b} == {1, 2} else 0.0  # noqa: E731
+    assert _run("gpipe", 4, 8, p2p_time=slow).makespan == pytest.approx(base + 1.0)
+
+
+def test_p2p_between_stages_on_the_same_rank_is_free():
+    """ZBV's stages p-1 and p share the last rank, so a p2p price on that pair is never paid."""
+    base = _run("zbv", 4, 8, 2).makespan
+    slow = _run("zbv", 4, 8, 2, p2p_time=lambda a, b: 100.0 if {a, b} == {3, 4} else 0.0).makespan
+    assert slow == pytest.approx(base)
+
+
+def test_allgather_delays_first_use_and_reduce_extends_makespan():
+    """FSDP gathers run in first-use order from time 0 and gate the stage's first compute; gradient reduction
+    starts after the stage's last backward and the makespan includes it."""
+    sch = build_schedule("gpipe", 2, 4)
+    costs = StageCosts.uniform(2, 1.0, 1.0, 1.0)
+    base = simulate(sch, costs)
+    tl = simulate(sch, costs, allgather_time=[0.5, 0.5], reduce_time=[2.0, 2.0])
+    assert tl.events[0][0][1] == pytest.approx(0.5)  # rank 0 waits for its gather
+    assert tl.comm_events[0][0] == ("allgather", 0, 0.0, 0.5)
+    last_b0 = tl.events[0][-1][2]
+    assert tl.comm_events[0][-1] == ("reduce", 0, last_b0, last_b0 + 2.0)
+    assert tl.makespan == pytest.approx(base.makespan + 0.5 + 2.0)
+
+
+def test_looped_bfs_gathers_each_stage_once_in_first_use_order():
+    """Breadth-first: rank r gathers its v stages once each, back to back, in model order."""
+    sch = build_schedule("looped-bfs", 2, 4, 3)
+    tl = simulate(sch, StageCosts.uniform(6, 1, 1, 1), allgather_time=[1.0] * 6)
+    assert [(k, s, a, b) for k, s, a, b in tl.comm_events[1]] == [
+        ("allgather", 1, 0.0, 1.0), ("allgather", 3, 1.0, 2.0), ("allgather", 5, 2.0, 3.0)]
+
+
+def test_timeline_accounts_for_every_action():
+    """Events list every action once with end - start equal to its cost; busy time sums them."""
+    sch = build_schedule("zbv", 2, 5, 2)
+    costs = StageCosts([1, 2, 3, 4], [0.5, 0.5, 1, 1], [0.25, 0.25, 0.5, 0.5])
+    tl = simulate(sch, costs)
+    for r in range(2):
+        assert [e[0] for e in tl.events[r]] == list(sch.actions[r])
+        total = 0.0
+        prev_end = 0.0
+        for a, s, e in tl.events[r]:
+            cost = {"F": costs.forward[a.stage], "I": costs.backward_input[a.stage],
+                    "W": costs.backward_weight[a.stage],
+                    "B": costs.backward_input[a.stage] + costs.backward_weight[a.stage]}[a.kind]
+            assert e - s == pytest.approx(cost) and s >= prev_end - 1e-12
+            prev_end = e
+            total += cost
+        assert tl.compute_time_per_rank[r] == pytest.approx(total)
+
+
+def test_deadlocking_order_is_detected_with_rank_and_action():
+    """A hand-made order where rank 0 runs B(0,0) before F(0,0) can never progress: AssertionError names it."""
+    acts = ((Action("B", 0, 0), Action("F", 0, 0)), (Action("F", 1, 0), Action("B", 1, 0)))
+    sch = Schedule("handmade", 2, 1, 1, (0, 1), acts)
+    with pytest.raises(AssertionError, match="rank 0 .*B stage 0 micro-batch 0"):
+        simulate(sch, StageCosts.uniform(2, 1, 1, 1))
+
+
+@pytest.mark.parametrize("name,pp,vpp,m", LEGAL)
+def test_every_legal_schedule_runs_without_deadlock(name, pp, vpp, m):
+    """Every configuration check_schedule accepts simulates to completion; the makespan is at least each rank's
+    compute and the bubble fraction lies in [0, 1)."""
+    tl = _run(name, pp, m, vpp, f=1.0, b=2.0, w=1.0)
+    assert tl.makespan >= max(tl.compute_time_per_rank) - 1e-9
+    assert 0.0 <= tl.bubble_fraction < 1.0
+
+
+def test_simulate_16_ranks_512_microbatches_under_100ms():
+    """Fast enough to score many candidates: 1F1B and ZB-H1 with p=16, m=512 each simulate in under 0.1 s."""
+    for name in ("1f1b", "zb-h1"):
+        sch = build_schedule(name, 16, 512)
+        costs = StageCosts.uniform(16, 1.0, 1.0, 1.0)
+        best = min(_timed(simulate, sch, costs) for _ in range(3))
+        assert best < 0.1, f"{name}: {best:.3f} s"
+
+
+def _timed(fn, *args):
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
