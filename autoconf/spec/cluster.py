@@ -53,6 +53,7 @@ class Device:
     memory_bytes: float
     memory_bandwidth_Bps: float
     peak_flops: dict  # dtype -> FLOP/s (dense)
+    memory_overhead_bytes: float = 0.0  # taken by the runtime before any tensor (CUDA context, comm buffers)
 
     def peak(self, dtype: str) -> float:
         if dtype not in self.peak_flops:
@@ -185,7 +186,8 @@ class ClusterProfile:
             dev = data["device"]
             device = Device(name=str(dev["name"]), kind=str(dev["kind"]), memory_bytes=float(dev["memory_bytes"]),
                             memory_bandwidth_Bps=float(dev["memory_bandwidth_Bps"]),
-                            peak_flops={str(k): float(v) for k, v in dict(dev["peak_flops"]).items()})
+                            peak_flops={str(k): float(v) for k, v in dict(dev["peak_flops"]).items()},
+                            memory_overhead_bytes=float(dev.get("memory_overhead_bytes", 0.0)))
 
             def matrix(key):
                 rows = data.get(key)

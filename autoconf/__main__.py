@@ -1,0 +1,3 @@
+from autoconf.cli import run
+
+run()

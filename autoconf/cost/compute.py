@@ -1,0 +1,170 @@
+"""Compute time of the model's pieces for one micro-batch on one TP rank: forward, backward-for-inputs (I) and
+backward-for-weights (W).
+
+Two sources, in this order of preference:
+1. the cluster profile's measured compute tables (`autoconf profile`), when they were measured for a model of the same
+   shape and dtype and for the TP width asked: times are interpolated linearly in tokens (micro_batch x seq_len);
+2. the specification model: matmul FLOPs at `peak x efficiency["matmul"]`, the attention core at
+   `peak x efficiency["attention"]`, element-wise traffic at `HBM bandwidth x efficiency["memory"]`.
+
+Communication is not in here (see comm.py); recomputation is applied by `stage_costs` in estimate.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autoconf.spec.cluster import DTYPE_BYTES, ClusterProfile
+from autoconf.spec.model import ModelSpec
+from autoconf.spec.plan import ParallelConfig
+
+SHAPE_KEYS = ("arch", "hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size")
+# Bytes read and written per parameter by one AdamW step with fp32 master weights, gradients and moments.
+ADAM_BYTES_PER_PARAM = 28
+
+
+@dataclass(frozen=True)
+class PassTimes:
+    """Seconds of forward, backward-for-inputs and backward-for-weights of one piece for one micro-batch."""
+
+    forward: float
+    backward_input: float
+    backward_weight: float
+
+    def __add__(self, other: "PassTimes") -> "PassTimes":
+        return PassTimes(self.forward + other.forward, self.backward_input + other.backward_input,
+                         self.backward_weight + other.backward_weight)
+
+    def scaled(self, k: float) -> "PassTimes":
+        return PassTimes(self.forward * k, self.backward_input * k, self.backward_weight * k)
+
+    @property
+    def total(self) -> float:
+        return self.forward + self.backward_input + self.backward_weight
+
+
+@dataclass(frozen=True)
+class ModelPieces:
+    """Times of the attention core, the rest of a block, the embedding and the head, on one TP rank."""
+
+    attention_core: PassTimes  # the part selective recompute redoes
+    block_rest: PassTimes  # the rest of a transformer block (matmuls, norms, element-wise)
+    embedding: PassTimes
+    head: PassTimes  # final norm, LM head and loss
+    source: str  # "measured" or "specification"
+
+    @property
+    def block(self) -> PassTimes:
+        return self.attention_core + self.block_rest
+
+
+def model_pieces(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig) -> ModelPieces:
+    measured = _measured_pieces(model, cluster, config)
+    return measured if measured is not None else _spec_pieces(model, cluster, config)
+
+
+def optimizer_step_time(local_params: float, cluster: ClusterProfile) -> float:
+    """AdamW over `local_params` parameters: memory-bound, or as measured per parameter by the profiler."""
+    table = cluster.compute or {}
+    if table.get("optimizer_s_per_param"):
+        return float(table["optimizer_s_per_param"]) * local_params
+    return local_params * ADAM_BYTES_PER_PARAM / (cluster.device.memory_bandwidth_Bps * cluster.eff("memory"))
+
+
+# ---- specification model ------------------------------------------------------------------------------------------
+def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> ModelPieces:
+    peak = cluster.device.peak(c.dtype)
+    mm_rate = peak * cluster.eff("matmul")
+    att_rate = peak * cluster.eff("attention")
+    mem_rate = cluster.device.memory_bandwidth_Bps * cluster.eff("memory")
+    e = DTYPE_BYTES[c.dtype]
+    t, s, b = c.tp, c.seq_len, c.micro_batch_size
+    h, f, kv, a = model.hidden_size, model.ffn_hidden_size, model.kv_dim, model.num_heads
+    sbh = s * b * h
+    replicated_div = t if c.sequence_parallel else 1
+
+    # Attention core. Flash kernels skip the masked upper triangle of the causal square; the standard path computes
+    # the whole square and streams the scores through memory (write, softmax read+write, dropout, read by AV).
+    att_flops = model.layer_attention_flops(s, b) / t
+    if c.attention == "flash":
+        core_f = 0.5 * att_flops / att_rate
+        core_b = 2.5 * core_f  # the backward kernel recomputes the scores: about 2.5x the forward time
+    else:
+        score_bytes = a * s * s * b / t * (6 * e + (1 if model.dropout > 0 else 0))
+        core_f = att_flops / att_rate + score_bytes / mem_rate
+        core_b = 2 * att_flops / att_rate + 1.5 * score_bytes / mem_rate
+    attention_core = PassTimes(core_f, core_b, 0.0)
+
+    # Weight matmuls: forward M, backward-for-inputs M, backward-for-weights M.
+    mm = model.layer_matmul_flops(s, b) / t / mm_rate
+    # Element-wise traffic: two norms, two residual adds (and dropouts) on the replicated stream; activation functions
+    # (and rotary embeddings) on the TP-sharded part. Backward moves about twice the forward bytes.
+    replicated_bytes = (2 * 2 + 2 * 3 + (2 * 2 if model.dropout > 0 else 0)) * sbh * e / replicated_div
+    if model.arch == "gpt":
+        sharded_bytes = 2 * s * b * f * e / t + 2 * s * b * (h + 2 * kv) * e / t  # GeLU; bias adds of QKV
+    else:
+        sharded_bytes = 3 * s * b * f * e / t + 2 * s * b * (h + kv) * e / t  # SwiGLU product; rotary on Q and K
+    elementwise = (replicated_bytes + sharded_bytes) / mem_rate
+    block_rest = PassTimes(mm + elementwise, mm + 2 * elementwise, mm)
+
+    # Embedding: a gather of s*b rows (and learned positions), and a scatter-add in the weight backward.
+    emb = (2 if model.learned_positions else 1) * sbh * e / replicated_div / mem_rate
+    embedding = PassTimes(emb, 0.0, 2 * emb)
+
+    # Head: final norm, the vocab-parallel projection, and the fp32 cross-entropy over the logits.
+    head_mm = model.head_forward_flops(s, b) / t / mm_rate
+    logits_bytes = s * b * model.vocab_size / t * 4 * 4
+    norm = 2 * sbh * e / replicated_div / mem_rate
+    head = PassTimes(head_mm + norm + logits_bytes / mem_rate, head_mm + 2 * norm + logits_bytes / mem_rate, head_mm)
+    return ModelPieces(attention_core, block_rest, embedding, head, "specification")
+
+
+# ---- measured tables ----------------------------------------------------------------------------------------------
+def _shape_matches(table: dict, model: ModelSpec, dtype: str) -> bool:
+    timed = table.get("model") or {}
+    return table.get("dtype") == dtype and all(timed.get(k) == getattr(model, k) for k in SHAPE_KEYS)
+
+
+def _interpolate(points: list[tuple[float, PassTimes]], x: float) -> PassTimes:
+    """Piecewise-linear in x through the measured points; linear extrapolation through the end points."""
+    points = sorted(points, key=lambda p: p[0])
+    if len(points) == 1:
+        x0, times = points[0]
+        return times.scaled(x / x0)
+    for (x0, t0), (x1, t1) in zip(points, points[1:]):
+        if x <= x1 or (x1, t1) == points[-1]:
+            w = (x - x0) / (x1 - x0) if x1 != x0 else 0.0
+            return PassTimes(*(max(0.0, a + w * (b - a)) for a, b in (
+                (t0.forward, t1.forward), (t0.backward_input, t1.backward_input),
+                (t0.backward_weight, t1.backward_weight))))
+    raise AssertionError("unreachable")
+
+
+def _measured_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> ModelPieces | None:
+    table = cluster.compute
+    if not table or not _shape_matches(table, model, c.dtype):
+        return None
+    by_block: dict[str, list[tuple[float, PassTimes]]] = {}
+    same_seq = [e for e in table.get("entries", []) if e.get("tp") == c.tp and e.get("seq_len") == c.seq_len]
+    entries = same_seq or [e for e in table.get("entries", []) if e.get("tp") == c.tp]
+    for entry in entries:
+        times = PassTimes(float(entry["forward_s"]), float(entry["backward_input_s"]),
+                          float(entry["backward_weight_s"]))
+        by_block.setdefault(entry["block"], []).append((entry["micro_batch"] * entry["seq_len"], times))
+    if not all(k in by_block for k in ("attention", "mlp", "norm", "embedding", "head")):
+        return None
+    tokens = c.micro_batch_size * c.seq_len
+    attention = _interpolate(by_block["attention"], tokens)
+    rest = _interpolate(by_block["mlp"], tokens) + _interpolate(by_block["norm"], tokens).scaled(2)
+    # The measured attention block includes its projections; selective recompute redoes only the core, whose share
+    # of the block we take from the specification model (core vs. the QKV and output projections).
+    spec = _spec_pieces(model, cluster, c)
+    h, kv = model.hidden_size, model.kv_dim
+    projections = 2.0 * tokens * (h * (h + 2 * kv) + h * h) / c.tp
+    projection_time = projections / (cluster.device.peak(c.dtype) * cluster.eff("matmul"))
+    core_share = spec.attention_core.forward / (spec.attention_core.forward + projection_time)
+    core = PassTimes(attention.forward * core_share, attention.backward_input * core_share, 0.0)
+    rest = rest + PassTimes(attention.forward - core.forward, attention.backward_input - core.backward_input,
+                            attention.backward_weight)
+    return ModelPieces(core, rest, _interpolate(by_block["embedding"], tokens), _interpolate(by_block["head"], tokens),
+                       "measured")

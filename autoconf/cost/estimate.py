@@ -1,0 +1,291 @@
+"""One configuration in, one prediction out: iteration time as a sum of named terms, and memory per pipeline rank.
+
+    stage costs  = per virtual stage: its layers' compute (+ recompute) + the TP collectives inside each layer,
+                   the embedding on the first stage, the head and loss on the last          (compute.py, comm.py)
+    simulation   = the schedule's action lists run on those costs, with P2P transfers between the devices of
+                   neighbouring stages and the DP/FSDP collectives on a separate stream    (schedules.py, simulate.py)
+    iteration    = simulated makespan + optimizer step
+    memory       = per pipeline rank, with the in-flight micro-batches the simulation counted   (memory.py)
+
+The time breakdown (compute, recompute, tp_comm, bubble, pp_comm, dp_comm, optimizer) adds up to the iteration
+time: the terms after tp_comm are what each extra ingredient adds to the simulated makespan of the critical rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from autoconf.cost.comm import collective_time, p2p_time
+from autoconf.cost.compute import PassTimes, model_pieces, optimizer_step_time
+from autoconf.cost.memory import stage_memory, stage_params
+from autoconf.cost.schedules import build_schedule
+from autoconf.cost.simulate import StageCosts, Timeline, simulate
+from autoconf.spec.cluster import DTYPE_BYTES, ClusterProfile
+from autoconf.spec.model import ModelSpec
+from autoconf.spec.plan import ParallelConfig, Plan
+
+FRAMEWORKS = ("autoconf", "megatron")
+# Share of a block's activations that the weight-gradient pass (W) still needs after I: the inputs of the linear
+# layers (QKV, output projection, both MLP matrices) -- 14 of the 34 s*b*h units of a GPT block.
+WEIGHT_GRAD_ACTIVATION_SHARE = 14 / 34
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the training framework runs a config, where frameworks differ.
+
+    framework "autoconf": the bundled torch executor (FSDP2 memory layout, full activations sent between stages).
+    framework "megatron": Megatron-LM as published in 2022 (18-byte mixed precision; stage activations scattered
+    over the TP ranks for the P2P transfer and gathered over NVLink after it; blocking P2P, so a transfer also
+    occupies the sending rank; the gradient all-reduce after the pipeline flush, not overlapped).
+    """
+
+    framework: str = "autoconf"
+
+    @property
+    def blocking_p2p(self) -> bool:
+        return self.framework == "megatron"
+
+    @property
+    def overlap_dp(self) -> bool:
+        return self.framework != "megatron"
+
+    @property
+    def memory_layout(self) -> str:
+        return "megatron" if self.framework == "megatron" else "torch"
+
+
+def default_mesh(config: ParallelConfig) -> np.ndarray:
+    return np.arange(config.world_size).reshape(config.pp, config.dp, config.tp)
+
+
+def default_partition(model: ModelSpec, config: ParallelConfig) -> list[list[int]]:
+    from autoconf.solve.partition import uniform_partition
+
+    return uniform_partition(model.num_layers, config.num_stages)
+
+
+@dataclass
+class StagePlan:
+    """Per virtual stage: time of one micro-batch (with the named parts), and the DP collectives."""
+
+    costs: StageCosts
+    compute: list[PassTimes]  # pure compute per stage
+    recompute: list[float]
+    tp_comm: list[PassTimes]
+    allgather: list[float]  # once-per-step FSDP gathers
+    reduce: list[float]
+
+
+def _tp_group(mesh: np.ndarray, pp_rank: int) -> list[int]:
+    return [int(d) for d in mesh[pp_rank, 0, :]]
+
+
+def _dp_group(mesh: np.ndarray, pp_rank: int) -> list[int]:
+    return [int(d) for d in mesh[pp_rank, :, 0]]
+
+
+def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list,
+               stage_to_rank: tuple, mesh: np.ndarray, execution: Execution, p2p=None) -> StagePlan:
+    c = config
+    pieces = model_pieces(model, cluster, c)
+    e = DTYPE_BYTES[c.dtype]
+    activation = c.seq_len * c.micro_batch_size * model.hidden_size * e
+    last = len(partition) - 1
+    forward, back_in, back_w = [], [], []
+    compute_parts, recompute_parts, tp_parts, gathers, reduces = [], [], [], [], []
+    for st, (first, end) in enumerate(partition):
+        rank = stage_to_rank[st]
+        layers = end - first
+        tp_devices = _tp_group(mesh, rank)
+        # Two collectives per layer in forward and two in backward: all-reduces, or under sequence parallelism an
+        # all-gather before and a reduce-scatter after each TP region (the same bytes on the wire).
+        if c.sequence_parallel:
+            one = (collective_time(cluster, "all_gather", activation, tp_devices)
+                   + collective_time(cluster, "reduce_scatter", activation, tp_devices))
+        else:
+            one = collective_time(cluster, "all_reduce", activation, tp_devices)
+        tp = PassTimes(2 * one * layers, 2 * one * layers, 0.0)
+        compute = pieces.block.scaled(layers)
+        recompute = 0.0
+        if c.recompute == "full":
+            recompute = (pieces.block.forward + 2 * one) * layers
+        elif c.recompute == "selective":
+            recompute = pieces.attention_core.forward * layers
+        if st == 0:
+            compute = compute + pieces.embedding
+            tp = tp + PassTimes(one, 0.0, 0.0)
+        if st == last:
+            compute = compute + pieces.head
+            tp = tp + PassTimes(0.0, one, 0.0)
+        # DP / FSDP collectives of this stage's parameters.
+        dp_devices = _dp_group(mesh, rank)
+        params = stage_params(model, partition, st) / c.tp
+        grad_bytes = params * 4
+        gather, reduce = 0.0, 0.0
+        per_microbatch_gather = 0.0
+        if c.dp > 1:
+            if c.zero_stage == 0:
+                reduce = collective_time(cluster, "all_reduce", grad_bytes, dp_devices)
+            else:
+                reduce = collective_time(cluster, "reduce_scatter", grad_bytes, dp_devices)
+                gather_once = collective_time(cluster, "all_gather", params * e, dp_devices)
+                if c.zero_stage == 3 and c.schedule != "looped-bfs":
+                    per_microbatch_gather = gather_once  # reshard after forward: gather again for each pass
+                else:
+                    gather = gather_once
+        fwd = compute.forward + tp.forward
+        bwd_in = compute.backward_input + tp.backward_input + recompute
+        bwd_w = compute.backward_weight
+        if per_microbatch_gather:
+            # FSDP prefetches block by block, so a gather hides behind the compute of the previous block.
+            fwd = max(fwd, per_microbatch_gather)
+            bwd_in = max(bwd_in, per_microbatch_gather)
+        if execution.blocking_p2p and p2p is not None:
+            if st < last and stage_to_rank[st + 1] != rank:
+                fwd += p2p(st, st + 1)
+            if st > 0 and stage_to_rank[st - 1] != rank:
+                bwd_in += p2p(st, st - 1)
+        forward.append(fwd)
+        back_in.append(bwd_in)
+        back_w.append(bwd_w)
+        compute_parts.append(compute)
+        recompute_parts.append(recompute)
+        tp_parts.append(tp)
+        gathers.append(gather)
+        reduces.append(reduce)
+    return StagePlan(StageCosts(forward, back_in, back_w), compute_parts, recompute_parts, tp_parts, gathers,
+                     reduces)
+
+
+def _p2p_function(cluster: ClusterProfile, config: ParallelConfig, model: ModelSpec, stage_to_rank: tuple,
+                  mesh: np.ndarray, execution: Execution):
+    c = config
+    nbytes = c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
+    if execution.framework == "megatron" or c.sequence_parallel:
+        nbytes /= c.tp  # each TP rank sends its 1/tp slice
+    cache: dict[tuple[int, int], float] = {}
+
+    def p2p(src_stage: int, dst_stage: int) -> float:
+        key = (stage_to_rank[src_stage], stage_to_rank[dst_stage])
+        if key not in cache:
+            a, b = mesh[key[0]], mesh[key[1]]
+            pairs = [(int(x), int(y)) for x, y in zip(a.flat, b.flat)]
+            cache[key] = p2p_time(cluster, nbytes, pairs)
+            if execution.framework == "megatron" and c.tp > 1 and not c.sequence_parallel:
+                cache[key] += collective_time(cluster, "all_gather", nbytes * c.tp, [int(d) for d in b[0]])
+        return cache[key]
+
+    return p2p
+
+
+def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list | None = None,
+             mesh: np.ndarray | None = None, execution: Execution = Execution(), detail: bool = True) -> Plan:
+    """Predicts one configuration. Raises UserError when the config is impossible for the model or the cluster.
+
+    With `detail`, the breakdown is measured by re-simulating without P2P and DP communication (three simulations);
+    without it only the total is computed (one simulation), which is what the search needs.
+    """
+    c = config.check(model, cluster.world_size)
+    partition = [list(p) for p in (partition or default_partition(model, c))]
+    mesh = default_mesh(c) if mesh is None else np.asarray(mesh)
+    schedule = build_schedule(c.schedule, c.pp, c.num_microbatches, c.vpp)
+    p2p = _p2p_function(cluster, c, model, schedule.stage_to_rank, mesh, execution)
+    sp = stage_plan(model, cluster, c, partition, schedule.stage_to_rank, mesh, execution, p2p)
+    if execution.overlap_dp:
+        full = simulate(schedule, sp.costs, p2p, sp.allgather, sp.reduce)
+        makespan = full.makespan
+    else:
+        full = simulate(schedule, sp.costs, p2p, sp.allgather)
+        makespan = full.makespan + max(sum(sp.reduce[s] for s in schedule.stages_of_rank(r)) for r in range(c.pp))
+
+    # Optimizer: AdamW over each rank's (ZeRO-sharded) parameters; the slowest rank bounds the step.
+    local_params = [sum(stage_params(model, partition, st) for st in schedule.stages_of_rank(r)) / c.tp
+                    for r in range(c.pp)]
+    shard = c.dp if c.zero_stage >= 1 else 1
+    optimizer = max(optimizer_step_time(p / shard, cluster) for p in local_params)
+    iteration = makespan + optimizer
+
+    memory = _memory(model, cluster, c, partition, schedule, full, execution)
+    peak = max(m["total"] for m in memory)
+    limit = cluster.device.memory_bytes
+    tokens = c.global_batch_size * c.seq_len
+    model_flops = model.model_flops_per_iteration(c.seq_len, c.global_batch_size)
+    hardware_flops = model.hardware_flops_per_iteration(c.seq_len, c.global_batch_size, c.recompute)
+    peak_flops = cluster.device.peak(c.dtype)
+    prediction = {
+        "iteration_time_s": iteration,
+        "tokens_per_s": tokens / iteration,
+        "tflops_per_gpu": model_flops / iteration / c.world_size / 1e12,
+        "mfu": model_flops / iteration / c.world_size / peak_flops,
+        "hfu": hardware_flops / iteration / c.world_size / peak_flops,
+        "peak_memory_bytes": peak,
+        "memory_limit_bytes": limit,
+        "fits": peak <= limit,
+        "memory_per_stage": memory,
+        "bubble_fraction": full.bubble_fraction,
+        "compute_source": model_pieces(model, cluster, c).source,
+        "framework": execution.framework,
+    }
+    if detail:
+        prediction["time_breakdown"] = _breakdown(schedule, sp, p2p, makespan, optimizer)
+    plan = Plan(model=model, cluster=_cluster_summary(cluster), config=c, partition=partition,
+                placement={"mesh": mesh.tolist()}, prediction=prediction)
+    return plan
+
+
+def _cluster_summary(cluster: ClusterProfile) -> dict:
+    return {"name": cluster.name, "nodes": cluster.nodes, "gpus_per_node": cluster.gpus_per_node,
+            "backend": cluster.backend, "device": cluster.device.name}
+
+
+def _memory(model, cluster, c, partition, schedule, timeline: Timeline, execution: Execution) -> list[dict]:
+    inflight = [timeline.peak_inflight[s] + WEIGHT_GRAD_ACTIVATION_SHARE * timeline.peak_inflight_weight[s]
+                for s in range(schedule.num_stages)]
+    # Stages of one rank do not all peak at once: cap their sum by the rank's own peak (in stage-micro-batches).
+    for rank in range(c.pp):
+        stages = schedule.stages_of_rank(rank)
+        total = sum(inflight[s] for s in stages)
+        cap = timeline.peak_inflight_rank[rank] + WEIGHT_GRAD_ACTIVATION_SHARE * max(
+            timeline.peak_inflight_weight[s] for s in stages)
+        if total > cap > 0:
+            for s in stages:
+                inflight[s] *= cap / total
+    return stage_memory(model, cluster, c, partition, schedule.stage_to_rank, inflight, execution.memory_layout)
+
+
+def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, optimizer: float) -> dict:
+    """Named terms that add up to the iteration time, read off the critical (busiest) rank."""
+    zeros = [0.0] * schedule.num_stages
+    bare = simulate(schedule, sp.costs, 0.0)
+    with_p2p = simulate(schedule, sp.costs, p2p)
+    busiest = max(range(schedule.pp), key=lambda r: bare.compute_time_per_rank[r])
+    compute = recompute = tp = 0.0
+    for action, _, _ in bare.events[busiest]:
+        s = action.stage
+        parts = sp.compute[s]
+        tp_parts = sp.tp_comm[s]
+        if action.kind == "F":
+            compute += parts.forward
+            tp += tp_parts.forward
+        elif action.kind in ("B", "I"):
+            compute += parts.backward_input + (parts.backward_weight if action.kind == "B" else 0.0)
+            tp += tp_parts.backward_input
+            recompute += sp.recompute[s]
+        else:
+            compute += parts.backward_weight
+    busy = bare.compute_time_per_rank[busiest]
+    # Gather waits hidden in max(compute, gather) show up as compute time of the stage: attribute them to dp_comm.
+    fsdp_wait = busy - (compute + recompute + tp)
+    del zeros
+    return {
+        "compute": compute,
+        "recompute": recompute,
+        "tp_comm": tp,
+        "bubble": bare.makespan - busy,
+        "pp_comm": with_p2p.makespan - bare.makespan,
+        "dp_comm": makespan - with_p2p.makespan + fsdp_wait,
+        "optimizer": optimizer,
+    }

@@ -1,0 +1,100 @@
+"""Terminal tables (rich) for models, one prediction, and ranked plans."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from autoconf.spec.model import ModelSpec
+from autoconf.spec.plan import Plan
+
+GiB = 1024**3
+
+
+def human_count(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def models_table(models: list[ModelSpec]) -> Table:
+    table = Table(title="Model presets")
+    for col in ("name", "arch", "params", "layers", "hidden", "heads", "kv heads", "ffn", "vocab", "max seq"):
+        table.add_column(col, justify="left" if col in ("name", "arch") else "right")
+    for m in models:
+        table.add_row(m.name, m.arch, human_count(m.total_params()), str(m.num_layers), str(m.hidden_size),
+                      str(m.num_heads), str(m.num_kv_heads), str(m.ffn_hidden_size), str(m.vocab_size),
+                      str(m.max_seq_len))
+    return table
+
+
+def layout_label(plan: Plan) -> str:
+    c = plan.config
+    parts = [f"tp{c.tp} pp{c.pp} dp{c.dp}"]
+    if c.vpp > 1:
+        parts.append(f"vpp{c.vpp}")
+    parts.append(f"mb{c.micro_batch_size}")
+    parts.append(c.schedule)
+    parts.append(f"zero{c.zero_stage}")
+    if c.recompute != "none":
+        parts.append(f"rc-{c.recompute}")
+    if c.sequence_parallel:
+        parts.append("sp")
+    return " ".join(parts)
+
+
+def prediction_table(plan: Plan) -> Table:
+    p = plan.prediction
+    c = plan.config
+    table = Table(title=f"{plan.model.name} on {plan.cluster['name']} ({c.world_size} devices): {layout_label(plan)}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_row("iteration time", f"{p['iteration_time_s']:.4g} s")
+    table.add_row("tokens/s", f"{p['tokens_per_s']:,.0f}")
+    table.add_row("model TFLOP/s per device", f"{p['tflops_per_gpu']:.2f}")
+    table.add_row("MFU", f"{100 * p['mfu']:.1f}%")
+    table.add_row("micro-batches per step", str(c.num_microbatches))
+    table.add_row("bubble fraction", f"{100 * p['bubble_fraction']:.1f}%")
+    for name, seconds in p.get("time_breakdown", {}).items():
+        table.add_row(f"  time: {name}", f"{seconds:.4g} s ({100 * seconds / p['iteration_time_s']:.1f}%)")
+    fits = "fits" if p["fits"] else "DOES NOT FIT"
+    table.add_row("peak memory", f"{p['peak_memory_bytes'] / GiB:.2f} GiB of {p['memory_limit_bytes'] / GiB:.1f} "
+                                 f"GiB ({fits})")
+    for rank, m in enumerate(p["memory_per_stage"]):
+        table.add_row(f"  pipeline rank {rank}",
+                      " ".join(f"{k[:5]} {m[k] / GiB:.2f}" for k in ("params", "grads", "optimizer", "activations",
+                                                                       "other")) + f" = {m['total'] / GiB:.2f} GiB")
+    table.add_row("compute times from", p.get("compute_source", "specification"))
+    return table
+
+
+def ranked_table(plans: list[Plan], title: str) -> Table:
+    """The top plans with their breakdown, and for each runner-up why it lost to the first."""
+    table = Table(title=title)
+    for col in ("#", "layout", "iter s", "MFU", "mem GiB", "compute", "bubble", "tp", "pp", "dp", "why not #1"):
+        table.add_column(col, justify="left" if col in ("layout", "why not #1") else "right")
+    best = plans[0].prediction if plans else None
+    for i, plan in enumerate(plans):
+        p = plan.prediction
+        b = p.get("time_breakdown", {})
+        table.add_row(str(i + 1), layout_label(plan), f"{p['iteration_time_s']:.4g}", f"{100 * p['mfu']:.1f}%",
+                      f"{p['peak_memory_bytes'] / GiB:.1f}", *(f"{b.get(k, 0.0):.3g}" for k in
+                                                               ("compute", "bubble", "tp_comm", "pp_comm", "dp_comm")),
+                      "" if i == 0 else why_slower(p, best))
+    return table
+
+
+def why_slower(p: dict, best: dict) -> str:
+    """The breakdown term that grew the most against the best plan, with the total gap."""
+    gap = p["iteration_time_s"] - best["iteration_time_s"]
+    terms = {k: p.get("time_breakdown", {}).get(k, 0.0) - best.get("time_breakdown", {}).get(k, 0.0)
+             for k in set(p.get("time_breakdown", {})) | set(best.get("time_breakdown", {}))}
+    if not terms:
+        return f"+{gap:.3g} s"
+    worst = max(terms, key=terms.get)
+    return f"+{gap:.3g} s, mostly {worst} (+{terms[worst]:.3g} s)"
+
+
+def print_table(table: Table, console: Console | None = None) -> None:
+    (console or Console()).print(table)
