@@ -1,0 +1,407 @@
+"""Split a chain of costed units into contiguous (virtual) pipeline stages with CP-SAT.
+
+Units are in model order: unit 0 is the embedding, units 1..L the transformer layers and unit L+1 the final
+norm + LM head + loss. There are S = pp * vpp virtual stages; ``stage_to_rank[s]`` is the pipeline rank that holds
+stage s (loop placement ``s % pp``, or V placement where rank r holds stages r and 2pp-1-r).
+
+Rules: the embedding is on stage 0, the head unit on stage S-1, every stage holds at least one transformer layer
+and stages are contiguous in unit order.
+
+Objective (the standard pipeline approximation of the critical path)::
+
+    T = sum_s w_s * stage_time[s] + (m - 1) * max_r rank_time[r],   rank_time[r] = sum of its stages' times
+
+one micro-batch walks through every stage once, and the other m-1 micro-batches queue behind the busiest rank.
+With the default weights w_s = 1 the first term is the total chain time, a constant, so the solver minimises the
+busiest rank. A caller can pass other ``stage_weight`` / ``bottleneck_weight`` values.
+
+Memory: for every rank r, ``sum over its stages of (static + inflight[s] * activation) <= limit[r]``.
+
+Integer resolution. CP-SAT works on integers, so the data are quantised before solving (by every solver here,
+the brute force included, so they decide on the same numbers):
+
+- time: one quantum is total chain time / 2**20 (about one part per million of a step), each unit rounded to
+  the nearest quantum;
+- memory: KiB; unit usages are rounded up and limits down, so a plan the solver accepts also fits in bytes;
+- weights: 1/1000 (integers are exact).
+
+Reported objectives, stage times and memory are recomputed from the unrounded floats.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from ortools.sat.python import cp_model
+
+TIME_QUANTA = 1 << 20  # total chain time is split into this many integer time steps
+MEMORY_QUANTUM_BYTES = 1024  # KiB
+WEIGHT_SCALE = 1000
+
+
+@dataclass(frozen=True)
+class PartitionProblem:
+    unit_time: tuple[float, ...]  # seconds per micro-batch, forward + backward, for units 0..L+1
+    unit_static_bytes: tuple[float, ...]  # parameters + gradients + optimizer state
+    unit_activation_bytes: tuple[float, ...]  # activations kept per micro-batch
+    stage_to_rank: tuple[int, ...]  # one entry per virtual stage
+    inflight: tuple[int, ...]  # micro-batches whose activations a stage holds at once
+    memory_limit_bytes: float | tuple[float, ...]  # one for all ranks or one per rank
+    num_microbatches: int
+    stage_weight: tuple[float, ...] | None = None  # weight of each stage in the path term; default 1
+    bottleneck_weight: float | None = None  # weight of the busiest rank; default num_microbatches - 1
+
+    def __post_init__(self):
+        n = len(self.unit_time)
+        if len(self.unit_static_bytes) != n or len(self.unit_activation_bytes) != n:
+            raise ValueError(f"unit_time, unit_static_bytes and unit_activation_bytes differ in length "
+                             f"({n}, {len(self.unit_static_bytes)}, {len(self.unit_activation_bytes)})")
+        if len(self.inflight) != self.num_stages:
+            raise ValueError(f"inflight has {len(self.inflight)} entries for {self.num_stages} stages")
+        if self.stage_weight is not None and len(self.stage_weight) != self.num_stages:
+            raise ValueError(f"stage_weight has {len(self.stage_weight)} entries for {self.num_stages} stages")
+        if sorted(set(self.stage_to_rank)) != list(range(self.num_ranks)):
+            raise ValueError(f"stage_to_rank {self.stage_to_rank} must use every rank 0..{self.num_ranks - 1}")
+        if not isinstance(self.memory_limit_bytes, (int, float)) and len(self.memory_limit_bytes) != self.num_ranks:
+            raise ValueError(f"memory_limit_bytes has {len(self.memory_limit_bytes)} entries for "
+                             f"{self.num_ranks} ranks")
+        if self.num_microbatches < 1:
+            raise ValueError(f"num_microbatches must be >= 1, got {self.num_microbatches}")
+        if self.num_layers < self.num_stages:
+            raise ValueError(f"{self.num_layers} transformer layers cannot fill {self.num_stages} stages "
+                             f"with at least one layer each")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.unit_time) - 2
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stage_to_rank)
+
+    @property
+    def num_ranks(self) -> int:
+        return max(self.stage_to_rank) + 1
+
+    def limits(self) -> tuple[float, ...]:
+        if isinstance(self.memory_limit_bytes, (int, float)):
+            return (float(self.memory_limit_bytes),) * self.num_ranks
+        return tuple(float(x) for x in self.memory_limit_bytes)
+
+    def weights(self) -> tuple[tuple[float, ...], float]:
+        path = self.stage_weight if self.stage_weight is not None else (1.0,) * self.num_stages
+        neck = self.bottleneck_weight if self.bottleneck_weight is not None else self.num_microbatches - 1
+        return tuple(float(w) for w in path), float(neck)
+
+
+@dataclass(frozen=True)
+class PartitionResult:
+    stages: tuple[tuple[int, int], ...]  # [first_unit, end_unit) per stage
+    objective_s: float
+    stage_time_s: tuple[float, ...]
+    rank_memory_bytes: tuple[float, ...]
+    optimal: bool
+
+    def layer_ranges(self) -> list[list[int]]:
+        """Per stage [first_layer, end_layer) in transformer-layer indices 0..L (embedding/head removed)."""
+        num_layers = self.stages[-1][1] - 2
+        return [[max(a, 1) - 1, min(b, num_layers + 1) - 1] for a, b in self.stages]
+
+
+def loop_placement(pp: int, vpp: int = 1) -> tuple[int, ...]:
+    """Stage s on rank s % pp (Megatron's interleaved order)."""
+    return tuple(s % pp for s in range(pp * vpp))
+
+
+def v_placement(pp: int) -> tuple[int, ...]:
+    """Two stages per rank in a V: rank r holds stages r and 2pp-1-r (ZB-V, DualPipeV)."""
+    return tuple(range(pp)) + tuple(reversed(range(pp)))
+
+
+def uniform_partition(num_layers: int, num_stages: int) -> list[list[int]]:
+    """Even split of layers into [first, end) ranges.
+
+    Each stage gets floor(L/S) layers; the remainder r goes one layer each to the r stages in the middle, because
+    the first and last stages already carry the embedding and the head.
+    """
+    if num_layers < num_stages:
+        raise ValueError(f"{num_layers} layers cannot fill {num_stages} stages with at least one layer each")
+    base, extra = divmod(num_layers, num_stages)
+    first_extra = (num_stages - extra) // 2
+    sizes = [base + (first_extra <= s < first_extra + extra) for s in range(num_stages)]
+    bounds = list(itertools.accumulate(sizes, initial=0))
+    return [[bounds[s], bounds[s + 1]] for s in range(num_stages)]
+
+
+@dataclass(frozen=True)
+class _Quantised:
+    time: tuple[int, ...]
+    static: tuple[int, ...]
+    act: tuple[int, ...]
+    limit: tuple[int, ...]
+    path_w: tuple[int, ...]
+    neck_w: int
+
+
+def _quantise(p: PartitionProblem) -> _Quantised:
+    total = sum(p.unit_time)
+    quantum = total / TIME_QUANTA if total > 0 else 1.0
+    path, neck = p.weights()
+    return _Quantised(
+        time=tuple(round(t / quantum) for t in p.unit_time),
+        static=tuple(math.ceil(b / MEMORY_QUANTUM_BYTES) for b in p.unit_static_bytes),
+        act=tuple(math.ceil(b / MEMORY_QUANTUM_BYTES) for b in p.unit_activation_bytes),
+        limit=tuple(math.floor(b / MEMORY_QUANTUM_BYTES) for b in p.limits()),
+        path_w=tuple(round(w * WEIGHT_SCALE) for w in path),
+        neck_w=round(neck * WEIGHT_SCALE),
+    )
+
+
+def _bounds_to_stages(bounds: list[int]) -> tuple[tuple[int, int], ...]:
+    return tuple((bounds[s], bounds[s + 1]) for s in range(len(bounds) - 1))
+
+
+def evaluate_partition(p: PartitionProblem, stages, optimal: bool = False) -> PartitionResult:
+    """Float objective, stage times and per-rank memory of a given partition (no feasibility check)."""
+    path, neck = p.weights()
+    stage_time = tuple(sum(p.unit_time[a:b]) for a, b in stages)
+    mem = [0.0] * p.num_ranks
+    rank_time = [0.0] * p.num_ranks
+    for s, (a, b) in enumerate(stages):
+        r = p.stage_to_rank[s]
+        mem[r] += sum(p.unit_static_bytes[a:b]) + p.inflight[s] * sum(p.unit_activation_bytes[a:b])
+        rank_time[r] += stage_time[s]
+    objective = sum(w * t for w, t in zip(path, stage_time)) + neck * max(rank_time)
+    return PartitionResult(tuple(tuple(x) for x in stages), objective, stage_time, tuple(mem), optimal)
+
+
+def _int_cost(p: PartitionProblem, q: _Quantised, stages) -> int | None:
+    """Integer objective of a partition on the quantised data, or None when it breaks a memory limit."""
+    mem = [0] * p.num_ranks
+    rank_time = [0] * p.num_ranks
+    path = 0
+    for s, (a, b) in enumerate(stages):
+        r = p.stage_to_rank[s]
+        t = sum(q.time[a:b])
+        path += q.path_w[s] * t
+        rank_time[r] += t
+        mem[r] += sum(q.static[a:b]) + p.inflight[s] * sum(q.act[a:b])
+    if any(m > lim for m, lim in zip(mem, q.limit)):
+        return None
+    return path + q.neck_w * max(rank_time)
+
+
+def _greedy_fill(p: PartitionProblem, q: _Quantised, budget: int) -> list[int] | None:
+    """Walk the stages in order; each takes units while its rank stays within a fair share of ``budget`` time and
+    of its memory limit (the rank's remainder split evenly over its stages still to come). None if the chain
+    does not fit."""
+    num_stages, num_layers, num_units = p.num_stages, p.num_layers, len(q.time)
+    left = [p.stage_to_rank.count(r) for r in range(p.num_ranks)]
+    time_left, mem_left = [budget] * p.num_ranks, list(q.limit)
+    # The embedding and the head are pinned to the first and last stage: share only the rest evenly.
+    fixed_t, fixed_m = [0] * num_stages, [0] * num_stages
+    for s, u in ((0, 0), (num_stages - 1, num_units - 1)):
+        fixed_t[s] += q.time[u]
+        fixed_m[s] += q.static[u] + p.inflight[s] * q.act[u]
+    fixed_t_left, fixed_m_left = [0] * p.num_ranks, [0] * p.num_ranks
+    for s in range(num_stages):
+        fixed_t_left[p.stage_to_rank[s]] += fixed_t[s]
+        fixed_m_left[p.stage_to_rank[s]] += fixed_m[s]
+    bounds, a = [0], 0
+    for s in range(num_stages):
+        r = p.stage_to_rank[s]
+        lo = 2 if s == 0 else a + 1  # at least one layer (and the embedding on stage 0)
+        hi = num_units if s == num_stages - 1 else num_layers - (num_stages - 2 - s)
+        t_cap = (time_left[r] - fixed_t_left[r]) // left[r] + fixed_t[s]
+        m_cap = (mem_left[r] - fixed_m_left[r]) // left[r] + fixed_m[s]
+        fixed_t_left[r] -= fixed_t[s]
+        fixed_m_left[r] -= fixed_m[s]
+        b, t, m = a, 0, 0
+        while b < hi:
+            dt, dm = q.time[b], q.static[b] + p.inflight[s] * q.act[b]
+            if b >= lo and (t + dt > t_cap or m + dm > m_cap):
+                break
+            b, t, m = b + 1, t + dt, m + dm
+        if (s == num_stages - 1 and b < num_units) or t > time_left[r] or m > mem_left[r]:
+            return None
+        time_left[r] -= t
+        mem_left[r] -= m
+        left[r] -= 1
+        bounds.append(b)
+        a = b
+    return bounds
+
+
+def greedy_partition(p: PartitionProblem) -> tuple[tuple[int, int], ...]:
+    """Bisect the smallest rank-time budget that ``_greedy_fill`` fits; used as the CP-SAT hint.
+
+    Always structurally valid (embedding first, head last, >= 1 layer per stage). When no budget fits memory it
+    falls back to the uniform split.
+    """
+    q = _quantise(p)
+    lo, hi = 0, sum(q.time) * p.num_stages
+    best = _greedy_fill(p, q, hi)
+    if best is None:
+        layers = uniform_partition(p.num_layers, p.num_stages)
+        return _bounds_to_stages([0] + [b + 1 for _, b in layers[:-1]] + [p.num_layers + 2])
+    while lo < hi:
+        mid = (lo + hi) // 2
+        bounds = _greedy_fill(p, q, mid)
+        if bounds is None:
+            lo = mid + 1
+        else:
+            hi, best = mid, bounds
+    return _bounds_to_stages(best)
+
+
+def _one_stage_per_rank_dp(p: PartitionProblem, q: _Quantised) -> tuple[int, list[int]] | None:
+    """Exact smallest bottleneck (and a partition reaching it) when every rank holds one stage, by dynamic
+    programming over stage boundaries: O(S * U^2) with numpy. None when no partition fits in memory."""
+    num_units, num_stages = len(q.time), p.num_stages
+    time_pre = np.concatenate([[0], np.cumsum(q.time, dtype=np.int64)])
+    static_pre = np.concatenate([[0], np.cumsum(q.static, dtype=np.int64)])
+    act_pre = np.concatenate([[0], np.cumsum(q.act, dtype=np.int64)])
+    inf = np.iinfo(np.int64).max
+    # best[b] = smallest bottleneck of stages 0..s-1 covering units [0, b); arg[s][b] = where stage s-1 starts.
+    best = np.full(num_units + 1, inf, dtype=np.int64)
+    best[0] = 0
+    args = []
+    ends = np.arange(num_units + 1)
+    for s in range(num_stages):
+        limit = q.limit[p.stage_to_rank[s]]
+        new, arg = np.full(num_units + 1, inf, dtype=np.int64), np.zeros(num_units + 1, dtype=np.int64)
+        lo_end = 2 if s == 0 else s + 2
+        hi_end = num_units if s == num_stages - 1 else num_units - 1 - (num_stages - 1 - s)
+        for b in range(lo_end, hi_end + 1):
+            starts = ends[:b]
+            mem = (static_pre[b] - static_pre[starts]) + p.inflight[s] * (act_pre[b] - act_pre[starts])
+            cost = np.maximum(best[:b], time_pre[b] - time_pre[starts])
+            cost = np.where((best[:b] < inf) & (mem <= limit), cost, inf)
+            a = int(np.argmin(cost))
+            new[b], arg[b] = cost[a], a
+        best = new
+        args.append(arg)
+    if best[num_units] == inf:
+        return None
+    bounds = [num_units]
+    for s in reversed(range(num_stages)):
+        bounds.append(int(args[s][bounds[-1]]))
+    return int(best[num_units]), bounds[::-1]
+
+
+def brute_force_partition(p: PartitionProblem) -> PartitionResult | None:
+    """Try every partition (on the same quantised data as CP-SAT). For tests and tiny chains only."""
+    q = _quantise(p)
+    best, best_cost = None, None
+    for inner in itertools.combinations(range(2, p.num_layers + 1), p.num_stages - 1):
+        stages = _bounds_to_stages([0, *inner, p.num_layers + 2])
+        cost = _int_cost(p, q, stages)
+        if cost is not None and (best_cost is None or cost < best_cost):
+            best, best_cost = stages, cost
+    return None if best is None else evaluate_partition(p, best, optimal=True)
+
+
+def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int = 0) -> PartitionResult | None:
+    """Minimise the pipeline critical-path estimate with CP-SAT.
+
+    Returns None when no partition fits in memory (or, for a hard instance, none was found in the time limit).
+    ``optimal`` says whether CP-SAT proved the answer. When every rank holds one stage an exact DP supplies the
+    hint and a matching lower bound, so CP-SAT proves optimality at once; with several stages per rank CP-SAT
+    starts from the greedy budget split and usually runs to the limit without closing the gap.
+    """
+    # Data.
+    q = _quantise(p)
+    num_units, num_stages, num_ranks = len(p.unit_time), p.num_stages, p.num_ranks
+    last = num_units - 1
+
+    # Variables: after[u, s] <=> unit u sits on stage s or later (order encoding of the unit's stage, s >= 1).
+    # Unit u >= 1 can be on stages [u + S - 1 - L ... u - 1] only, so the rest are constants.
+    model = cp_model.CpModel()
+    after = {}
+    for u in range(num_units):
+        lo = 0 if u == 0 else max(0, u + num_stages - 1 - p.num_layers)
+        hi = 0 if u == 0 else (num_stages - 1 if u == last else min(num_stages - 1, u - 1))
+        for s in range(1, num_stages):
+            after[u, s] = 1 if s <= lo else (0 if s > hi else model.new_bool_var(f"after_{u}_{s}"))
+
+    def on(u, s):  # 1 when unit u is on stage s, as a linear expression
+        return (after[u, s] if s > 0 else 1) - (after[u, s + 1] if s + 1 < num_stages else 0)
+
+    def implies(a, b):  # a => b where either side may be a fixed 0/1
+        fixed_a, fixed_b = isinstance(a, int), isinstance(b, int)
+        if not fixed_a and not fixed_b:
+            model.add_implication(a, b)
+        elif fixed_a and not fixed_b and a == 1:
+            model.add(b == 1)
+        elif fixed_b and not fixed_a and b == 0:
+            model.add(a == 0)
+        else:
+            assert not (fixed_a and fixed_b and a == 1 and b == 0)  # the domains above are consistent
+
+    # A unit on stage >= s is also on stage >= s-1 (the encoding is consistent).
+    for u in range(num_units):
+        for s in range(2, num_stages):
+            implies(after[u, s], after[u, s - 1])
+    # Stages follow unit order and never skip: unit u+1 is on the same stage as unit u or the next one.
+    for u in range(num_units - 1):
+        for s in range(1, num_stages):
+            implies(after[u, s], after[u + 1, s])
+            if s + 1 < num_stages:
+                implies(after[u + 1, s + 1], after[u, s])
+    # Embedding on stage 0, head on the last stage, and each stage holds a layer: fixed by the domains above
+    # (layer 1 on stage 0, layer L on stage S-1, no skipped stage in between).
+
+    stage_time = [sum(q.time[u] * on(u, s) for u in range(num_units)) for s in range(num_stages)]
+    rank_stages = [[s for s in range(num_stages) if p.stage_to_rank[s] == r] for r in range(num_ranks)]
+
+    # Each rank's static memory plus in-flight activations of its stages fit in its limit.
+    for r in range(num_ranks):
+        model.add(sum((q.static[u] + p.inflight[s] * q.act[u]) * on(u, s)
+                      for s in rank_stages[r] for u in range(num_units)) <= q.limit[r])
+
+    # The bottleneck is at least every rank's total stage time, and at least the exact optimum of the chain
+    # split when each rank holds a single stage (dynamic programming; then CP-SAT only confirms it).
+    total = sum(q.time)
+    floor = math.ceil(total / num_ranks) if total else 0
+    hint = greedy_partition(p)
+    if all(len(stages) == 1 for stages in rank_stages):
+        exact = _one_stage_per_rank_dp(p, q)
+        if exact is None:
+            return None  # the DP is exhaustive: no partition fits in memory
+        floor, hint = exact[0], _bounds_to_stages(exact[1])
+    bottleneck = model.new_int_var(floor, max(floor, total), "bottleneck")
+    for r in range(num_ranks):
+        model.add(sum(stage_time[s] for s in rank_stages[r]) <= bottleneck)
+
+    # Objective: weighted path through all stages plus (m - 1) times the busiest rank.
+    model.minimize(sum(w * t for w, t in zip(q.path_w, stage_time)) + q.neck_w * bottleneck)
+
+    # Hint: the greedy budget split (or the DP optimum).
+    for s, (a, b) in enumerate(hint):
+        for u in range(a, b):
+            for t in range(1, num_stages):
+                if not isinstance(after[u, t], int):
+                    model.add_hint(after[u, t], s >= t)
+
+    # Solve: seeded, time-limited, one worker so the answer does not depend on thread timing.
+    solver = cp_model.CpSolver()
+    # The limit is CP-SAT's deterministic time (machine-independent work units, about a second each) so a run
+    # that stops early stops at the same solution everywhere; the wall clock only guards against slow machines.
+    solver.parameters.max_deterministic_time = time_limit_s
+    solver.parameters.max_time_in_seconds = 3 * time_limit_s
+    solver.parameters.random_seed = seed
+    solver.parameters.num_workers = 1
+    solver.parameters.cp_model_presolve = False  # presolve and probing spend seconds here and find nothing
+    solver.parameters.cp_model_probing_level = 0
+    status = solver.solve(model)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        # Out of time before any solution: fall back on the hint when it fits, otherwise report no partition.
+        fits = status == cp_model.UNKNOWN and _int_cost(p, q, hint) is not None
+        return evaluate_partition(p, hint) if fits else None
+    unit_stage = [sum(solver.value(after[u, s]) for s in range(1, num_stages)) for u in range(num_units)]
+    bounds = [0] + [u for u in range(1, num_units) if unit_stage[u] != unit_stage[u - 1]] + [num_units]
+    assert len(bounds) == num_stages + 1, bounds
+    return evaluate_partition(p, _bounds_to_stages(bounds), optimal=status == cp_model.OPTIMAL)
+

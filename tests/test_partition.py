@@ -1,0 +1,132 @@
+"""Stage partition: CP-SAT against brute force, memory, determinism, embedding/head weight."""
+import random
+
+import pytest
+
+from autoconf.solve.partition import (
+    PartitionProblem, brute_force_partition, evaluate_partition, greedy_partition, loop_placement,
+    solve_partition, uniform_partition, v_placement,
+)
+
+
+def _random_problem(rng, num_layers, pp, vpp, v_shape, memory="loose"):
+    placement = v_placement(pp) if v_shape else loop_placement(pp, vpp)
+    num_stages = len(placement)
+    time = [rng.uniform(0.1, 3.0) * 1e-3 for _ in range(num_layers + 2)]
+    static = [rng.uniform(1, 4) * 2**30 for _ in range(num_layers + 2)]
+    act = [rng.uniform(0.5, 2) * 2**30 for _ in range(num_layers + 2)]
+    inflight = tuple(min(pp, num_stages - s) for s in range(num_stages))
+    base = PartitionProblem(tuple(time), tuple(static), tuple(act), placement, inflight, 1e18, rng.randint(1, 16))
+    if memory == "loose":
+        return base
+    # A limit between the best possible and the time-optimal partition's memory, so it binds.
+    unconstrained = brute_force_partition(base)
+    peak = max(unconstrained.rank_memory_bytes)
+    return PartitionProblem(tuple(time), tuple(static), tuple(act), placement, inflight, peak * 0.9,
+                            base.num_microbatches)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_cp_sat_matches_brute_force(seed):
+    """On random small chains (loop and V placements, loose and binding memory) CP-SAT's objective is the
+    exhaustive optimum."""
+    rng = random.Random(seed)
+    v_shape = seed % 4 == 3
+    pp = rng.randint(1, 2) if v_shape else rng.randint(1, 4)
+    vpp = 1 if v_shape else rng.randint(1, max(1, 4 // pp))
+    num_stages = 2 * pp if v_shape else pp * vpp
+    num_layers = rng.randint(num_stages, 8)
+    problem = _random_problem(rng, num_layers, pp, vpp, v_shape, memory="binding" if seed % 2 else "loose")
+    exact = brute_force_partition(problem)
+    solved = solve_partition(problem, time_limit_s=5.0)
+    if exact is None:
+        assert solved is None
+        return
+    assert solved is not None and solved.optimal
+    assert solved.objective_s == pytest.approx(exact.objective_s, rel=1e-5)
+    limit = problem.limits()
+    assert all(m <= lim for m, lim in zip(solved.rank_memory_bytes, limit))
+
+
+def test_binding_memory_changes_the_answer():
+    """A memory limit below the time-optimal partition's peak forces a different, feasible partition."""
+    time = (1e-3,) + (1e-3,) * 6 + (1e-3,)
+    static = (1.0,) + (1.0,) * 6 + (1.0,)
+    act = (0.0,) + (2**20,) * 3 + (0.0,) * 3 + (0.0,)  # early layers hold the activations
+    problem = PartitionProblem(time, static, act, loop_placement(2), (2, 1), 2.5 * 2**21, 8)
+    solved = solve_partition(problem)
+    assert solved is not None
+    assert max(solved.rank_memory_bytes) <= 2.5 * 2**21
+    assert solved.stages == brute_force_partition(problem).stages
+    assert solved.layer_ranges()[0] == [0, 2]
+
+
+def test_infeasible_memory_returns_none():
+    """When even the smallest stage does not fit in memory both solvers report None."""
+    problem = PartitionProblem((1.0,) * 6, (2**30,) * 6, (2**30,) * 6, loop_placement(2), (2, 1), 2**30, 4)
+    assert brute_force_partition(problem) is None
+    assert solve_partition(problem) is None
+    one_stage_per_rank = PartitionProblem((1.0,) * 6, (2**30,) * 6, (2**30,) * 6, loop_placement(4), (4, 3, 2, 1),
+                                          2**30, 4)
+    assert solve_partition(one_stage_per_rank) is None
+
+
+def test_deterministic():
+    """Two solves of the same problem give the same partition."""
+    rng = random.Random(7)
+    problem = _random_problem(rng, 24, 4, 2, False)
+    a, b = solve_partition(problem, time_limit_s=0.5), solve_partition(problem, time_limit_s=0.5)
+    assert a == b
+
+
+def test_heavy_embedding_and_head_move_layers_off_the_end_stages():
+    """An embedding and a head each costing as much as three layers leave the first and last stages with
+    fewer layers than the middle ones."""
+    num_layers = 16
+    time = (3.0,) + (1.0,) * num_layers + (3.0,)
+    problem = PartitionProblem(time, (0.0,) * 18, (0.0,) * 18, loop_placement(4), (4, 3, 2, 1), 1e18, 8)
+    ranges = solve_partition(problem).layer_ranges()
+    sizes = [b - a for a, b in ranges]
+    assert sum(sizes) == num_layers and ranges[0][0] == 0 and ranges[-1][1] == num_layers
+    assert sizes[0] < sizes[1] and sizes[-1] < sizes[-2]
+    assert sizes == [3, 5, 5, 3]
+
+
+def test_layer_ranges_drop_embedding_and_head():
+    """layer_ranges maps unit ranges to transformer-layer indices and covers 0..L contiguously."""
+    result = evaluate_partition(
+        PartitionProblem((1.0,) * 6, (0.0,) * 6, (0.0,) * 6, loop_placement(2), (2, 1), 1e18, 2),
+        ((0, 3), (3, 6)))
+    assert result.layer_ranges() == [[0, 2], [2, 4]]
+
+
+def test_uniform_partition_gives_remainder_to_the_middle():
+    """The even split hands the remainder to the middle stages and covers every layer once."""
+    assert uniform_partition(8, 4) == [[0, 2], [2, 4], [4, 6], [6, 8]]
+    assert uniform_partition(10, 4) == [[0, 2], [2, 5], [5, 8], [8, 10]]
+    assert uniform_partition(5, 4) == [[0, 1], [1, 3], [3, 4], [4, 5]]
+    with pytest.raises(ValueError):
+        uniform_partition(3, 4)
+
+
+@pytest.mark.parametrize("pp,vpp,v_shape", [(4, 1, False), (2, 3, False), (3, 1, True)])
+def test_greedy_is_structurally_valid(pp, vpp, v_shape):
+    """The greedy hint starts with the embedding, ends with the head and gives every stage a layer."""
+    problem = _random_problem(random.Random(pp), 12, pp, vpp, v_shape)
+    stages = greedy_partition(problem)
+    assert stages[0][0] == 0 and stages[-1][1] == 14 and len(stages) == problem.num_stages
+    assert all(b > a for a, b in stages) and all(stages[s][1] == stages[s + 1][0] for s in range(len(stages) - 1))
+    assert stages[0][1] >= 2 and stages[-1][0] <= 12
+
+
+def test_large_chain_is_fast():
+    """128 layers over 64 stages solve to proven optimality well inside a second."""
+    import time as clock
+    rng = random.Random(0)
+    time = tuple([1.5e-3] + [rng.uniform(0.9e-3, 1.1e-3) for _ in range(128)] + [3e-3])
+    problem = PartitionProblem(time, (2e8,) * 130, (5e7,) * 130, loop_placement(64),
+                               tuple(64 - s for s in range(64)), 80e9, 256)
+    start = clock.perf_counter()
+    result = solve_partition(problem)
+    assert clock.perf_counter() - start < 1.0
+    assert result.optimal
