@@ -1,0 +1,136 @@
+"""`profile(...)`: check the arguments, then run the profiler (`autoconf.profile.run`) under torchrun on this node.
+
+Every check that can fail is done before any process starts, so a typo costs a second rather than minutes: the
+output file (not overwritten without `force`; its folder must exist and be writable), the rank counts, the model and
+the base profile, the memory limit, and (on the master node) that the master port is free. On a multi-node cluster
+run the same call on every node with its own `node_rank`; rank 0 (on node 0) writes the profile.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from autoconf.errors import UserError
+
+RDZV = ("static", "c10d")
+
+
+def _cuda_devices() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # a broken CUDA install: profile the CPU
+        return 0
+
+
+def check_output(out: str | os.PathLike, force: bool) -> Path:
+    """The absolute output path; refuses an existing file without `force` and an unwritable folder."""
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder; give a file name such as {path / 'profile.json'}")
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists; pass --force to overwrite it or choose another --out")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UserError(f"cannot write {path}: folder {folder} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".check"):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write {path}: folder {folder} is not writable ({err.strerror or err})") from None
+    return path.resolve()
+
+
+def _port_free(addr: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((addr if addr not in ("localhost",) else "127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def build_command(out: Path, nproc_per_node: int, nnodes: int, node_rank: int, master_addr: str, master_port: int,
+                  model: str | None, quick: bool, base_profile: str | None = None,
+                  memory_per_rank: str | None = None, dtype: str | None = None, rdzv: str = "static") -> list[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc_per_node),
+           "--nnodes", str(nnodes)]
+    if rdzv == "c10d":
+        cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"{master_addr}:{master_port}",
+                "--rdzv-id", "autoconf-profile"]
+    else:
+        cmd += ["--node-rank", str(node_rank), "--master-addr", master_addr, "--master-port", str(master_port)]
+    cmd += ["-m", "autoconf.profile.run", "--out", str(out)]
+    if model:
+        cmd += ["--model", model]
+    if quick:
+        cmd.append("--quick")
+    if base_profile:
+        cmd += ["--base-profile", base_profile]
+    if memory_per_rank:
+        cmd += ["--memory-per-rank", memory_per_rank]
+    if dtype:
+        cmd += ["--dtype", dtype]
+    return cmd
+
+
+def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: int = 0,
+            master_addr: str = "127.0.0.1", master_port: int = 29500, model: str | None = None, quick: bool = False,
+            force: bool = False, base_profile: str | None = None, memory_per_rank: str | None = None,
+            dtype: str | None = None, rdzv: str = "static") -> int:
+    """Profiles this cluster into `out`; returns torchrun's exit status (0 on success).
+
+    `nproc_per_node` defaults to the number of GPUs, or on a CPU-only host 2 ranks with `quick` and 4 without.
+    `rdzv` "static" (the default) passes --node-rank/--master-addr/--master-port to torchrun, so node k of the
+    profile is the node started with node_rank k; "c10d" uses a c10d rendezvous at master_addr:master_port instead
+    (nodes may join in any order).
+    """
+    path = check_output(out, force)
+    gpus = _cuda_devices()
+    if nproc_per_node is None:
+        nproc_per_node = gpus or (2 if quick else 4)
+    for name, value, least in (("--nproc-per-node", nproc_per_node, 1), ("--nnodes", nnodes, 1),
+                               ("--node-rank", node_rank, 0), ("--master-port", master_port, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise UserError(f"{name} must be an integer >= {least} (got {value!r})")
+    if gpus and nproc_per_node > gpus:
+        raise UserError(f"--nproc-per-node {nproc_per_node} exceeds the {gpus} GPU(s) on this node")
+    if node_rank >= nnodes:
+        raise UserError(f"--node-rank {node_rank} must be below --nnodes {nnodes} (nodes count from 0)")
+    if master_port > 65535:
+        raise UserError(f"--master-port {master_port} is not a TCP port (1..65535)")
+    if not master_addr:
+        raise UserError("--master-addr is empty; give the host name or address of node 0")
+    if rdzv not in RDZV:
+        raise UserError(f"rendezvous {rdzv!r} is not one of {', '.join(RDZV)}")
+    if model:
+        from autoconf.spec.presets import load_model
+
+        load_model(model)
+    if base_profile:
+        from autoconf.spec.cluster import load_cluster
+
+        load_cluster(base_profile)
+    if memory_per_rank:
+        from autoconf.profile.hardware import parse_bytes
+
+        parse_bytes(memory_per_rank)
+    if dtype and dtype not in ("fp32", "bf16", "fp16"):
+        raise UserError(f"--dtype {dtype!r} is not one of fp32, bf16, fp16")
+    if nnodes == 1 and master_addr in ("127.0.0.1", "localhost") and not _port_free(master_addr, master_port):
+        raise UserError(f"--master-port {master_port} is already in use on this machine; pass another "
+                        f"(e.g. --master-port {master_port + 1})")
+    cmd = build_command(path, nproc_per_node, nnodes, node_rank, master_addr, master_port, model, quick,
+                        base_profile, memory_per_rank, dtype, rdzv)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    repo_root = str(Path(__file__).resolve().parent.parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH", "")) if p)
+    return subprocess.call(cmd, env=env)

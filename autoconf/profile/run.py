@@ -1,0 +1,238 @@
+"""The profiler's torchrun entry point: measures the cluster it runs on and writes a cluster profile (rank 0).
+
+    python -m torch.distributed.run --nproc-per-node N [multi-node flags] -m autoconf.profile.run \
+        --out PROFILE.json [--model MODEL] [--quick] [--base-profile NAME] [--memory-per-rank 4GiB] [--dtype fp32]
+
+(`autoconf profile`, i.e. `autoconf.profile.launch.profile`, builds that command.) Phases, all ranks together:
+1. layout: host names -> nodes and ranks per node;
+2. device: memory capacity, peak FLOP/s and memory bandwidth (CPU: measured; GPU: data sheet), runtime overhead;
+3. point-to-point links of every ordered pair (round-robin tournament), alpha-beta fits, link matrices;
+4. collectives inside and across nodes;
+5. compute tables of the model's blocks (when a model is given; on CPU tiny-gpt by default).
+Progress is printed on rank 0; the profile is written by rank 0 through a temporary file and a rename.
+
+Hidden switches for tests: AUTOCONF_PROFILE_TINY=1 shrinks every grid to a few points; AUTOCONF_PROFILE_FAKE_NODES=K
+splits the ranks of one host into K pretend nodes (to exercise the inter-node paths on one machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from autoconf.errors import UserError
+from autoconf.profile import compute, hardware, network
+from autoconf.profile.timing import median
+from autoconf.spec.cluster import ClusterProfile, Device, Link, load_cluster
+
+DEFAULT_CPU_MODEL = "tiny-gpt"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m autoconf.profile.run",
+                                     description="Measure this cluster (run under torchrun on every node).")
+    parser.add_argument("--out", required=True, help="where rank 0 writes the cluster profile JSON")
+    parser.add_argument("--model", help=f"model whose blocks to time (preset or JSON; default on CPU: "
+                                        f"{DEFAULT_CPU_MODEL}; on GPU none: no compute tables)")
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats (a few minutes)")
+    parser.add_argument("--base-profile", help="bundled profile or path supplying what is not measured")
+    parser.add_argument("--memory-per-rank", help="CPU only: memory capacity of one rank (e.g. 4GiB); "
+                                                  "default physical RAM / ranks on the host")
+    parser.add_argument("--dtype", choices=sorted(compute.TORCH_DTYPES), help="compute-table dtype "
+                                                                              "(default fp32 on CPU, bf16 on GPU)")
+    parser.add_argument("--name", help="profile name (default: the output file's stem)")
+    parser.add_argument("--tiny-grid", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+class Progress:
+    def __init__(self, rank: int):
+        self.rank = rank
+        self.start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.rank == 0:
+            print(f"[{time.perf_counter() - self.start:6.1f}s] {message}", flush=True)
+
+
+def _hostnames(world: int) -> list[str]:
+    names: list = [None] * world
+    dist.all_gather_object(names, socket.gethostname())
+    fake = int(os.environ.get("AUTOCONF_PROFILE_FAKE_NODES", "0") or 0)
+    if fake > 1:
+        per = max(world // fake, 1)
+        names = [f"{host}/fake-node-{rank // per}" for rank, host in enumerate(names)]
+    return names
+
+
+def _gather(value):
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def write_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    tiny = args.tiny_grid or os.environ.get("AUTOCONF_PROFILE_TINY") == "1"
+    quick = args.quick or tiny
+    on_gpu = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if on_gpu:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        torch.set_num_threads(1)
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    log = Progress(rank)
+    try:
+        profile = _measure(args, device, quick, tiny, log)
+        if rank == 0:
+            out = Path(args.out)
+            write_atomic(out, profile.to_dict())
+            log(f"wrote {out} ({profile.nodes} node(s) x {profile.gpus_per_node} rank(s), "
+                f"{time.perf_counter() - log.start:.0f} s)")
+        dist.barrier()
+        return 0
+    except UserError as err:
+        if rank == 0:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        dist.destroy_process_group()
+
+
+def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress) -> ClusterProfile:
+    from autoconf.spec.presets import load_model
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    on_gpu = device.type == "cuda"
+    kind = "quick" if quick else "full"
+    log(f"profiling {world} rank(s) on {'CUDA (nccl)' if on_gpu else 'CPU (gloo, one thread per rank)'}, {kind}")
+
+    # 1. Layout.
+    layout = network.group_hosts(_hostnames(world))
+    log(f"layout: {layout.nodes} node(s) x {layout.gpus_per_node} rank(s): {', '.join(layout.hostnames)}")
+    overhead = hardware.rss_bytes() if not on_gpu else 0
+
+    # 2. Device.
+    device_name = torch.cuda.get_device_name(device) if on_gpu else f"cpu-rank ({hardware.cpu_name()})"
+    base_name = args.base_profile or (hardware.base_profile_for(device_name) if on_gpu else None)
+    base = load_cluster(base_name) if base_name else None
+    main_dtype = args.dtype or ("bf16" if on_gpu else "fp32")
+    dtypes = [main_dtype] + [d for d in ("fp32", "bf16", "fp16") if d != main_dtype]
+    if tiny:
+        dtypes = dtypes[:2]
+    log(f"device: matmul FLOP/s ({', '.join(dtypes)}), copy bandwidth, attention rate on every rank at once")
+    dist.barrier()  # every rank measures at once
+    rates = hardware.combine(_gather(hardware.measure_device(device, quick, dtypes, tiny)))
+    if on_gpu:
+        capacity = float(torch.cuda.get_device_properties(device).total_memory)
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(device)
+        overhead = total - free
+        table = hardware.known_gpu(device_name)
+        if table is not None:
+            peaks, bandwidth = table
+        else:
+            peaks, bandwidth = dict(rates["peak_flops"]), rates["memory_bandwidth_Bps"]
+        efficiency = hardware.gpu_efficiency(base.efficiency if base else None, rates, peaks.get(main_dtype, 1.0),
+                                             main_dtype)
+    else:
+        if args.memory_per_rank:
+            capacity = float(hardware.parse_bytes(args.memory_per_rank))
+        else:
+            capacity = float(hardware.physical_memory_bytes() // layout.gpus_per_node)
+        peaks, bandwidth = dict(rates["peak_flops"]), rates["memory_bandwidth_Bps"]
+        efficiency = hardware.cpu_efficiency(rates, main_dtype)
+    overhead = float(median(_gather(overhead)))
+    log(f"  {main_dtype} matmul {rates['peak_flops'][main_dtype] / 1e9:.1f} GFLOP/s per rank, copy "
+        f"{rates['memory_bandwidth_Bps'] / 1e9:.1f} GB/s, capacity {capacity / 2 ** 30:.1f} GiB per rank")
+    dev = Device(name=device_name, kind="gpu" if on_gpu else "cpu", memory_bytes=capacity,
+                 memory_bandwidth_Bps=float(bandwidth), peak_flops={k: float(v) for k, v in peaks.items()},
+                 memory_overhead_bytes=overhead)
+
+    # 3. Links.
+    p2p_sizes = network.P2P_SIZES_QUICK if quick else network.P2P_SIZES
+    warm, reps = (1, 3) if tiny else ((2, 10) if quick else (3, 20))
+    if tiny:
+        p2p_sizes = p2p_sizes[:2]
+    log(f"point-to-point: {len(network.round_robin_pairs(world))} round(s), sizes "
+        f"{', '.join(_size(n) for n in p2p_sizes)}, both directions, {reps} repeats")
+    samples = network.measure_p2p(p2p_sizes, warm, reps, device, log)
+    fits = {pair: network.fit_alpha_beta([n for n, _ in pts], [t for _, t in pts]) for pair, pts in samples.items()}
+    links = network.summarize_links(layout, fits, Link(0.0, float(bandwidth)))
+    notes = []
+    intra, inter = links["intra_node"], links["inter_node"]
+    if inter is None:
+        inter = base.inter_node if base else intra
+        notes.append("inter-node link not measured (one node): " +
+                     (f"taken from {base_name}" if base else "copied from the intra-node link"))
+    if intra is None:
+        intra = base.intra_node if base else inter
+        notes.append("intra-node link not measured (one rank per node): " +
+                     (f"taken from {base_name}" if base else "copied from the inter-node link"))
+    if intra is None:
+        intra = inter = Link(0.0, float(bandwidth))
+        notes.append("no links measured (one rank): placeholders at memory bandwidth")
+    for label, link in (("intra", links["intra_node"]), ("inter", links["inter_node"])):
+        if link is not None:
+            log(f"  {label}-node: latency {link.latency_s * 1e6:.1f} us, bandwidth {link.bandwidth_Bps / 1e9:.2f} GB/s")
+
+    # 4. Collectives.
+    coll_sizes = network.COLLECTIVE_SIZES_QUICK if quick else network.COLLECTIVE_SIZES
+    if tiny:
+        coll_sizes = coll_sizes[:1]
+    log(f"collectives: all_reduce, all_gather, reduce_scatter at {', '.join(_size(n) for n in coll_sizes)}")
+    collectives = network.measure_collectives(layout, coll_sizes, warm, reps, device, log) if world > 1 else {}
+
+    # 5. Compute.
+    model_arg = args.model or (None if on_gpu else DEFAULT_CPU_MODEL)
+    table = None
+    if model_arg:
+        model = load_model(model_arg)
+        grid = compute.default_grid(model, layout.gpus_per_node, quick, tiny)
+        log(f"compute: {model.name} blocks, {main_dtype}")
+        optimizer_numel = (1 << 20) if (quick or not on_gpu) else (64 << 20)
+        table = compute.measure_compute(model, grid, device, main_dtype,
+                                        f"cuda:{device_name}" if on_gpu else "cpu", log, optimizer_numel)
+    else:
+        log("compute: skipped (no --model)")
+
+    name = args.name or Path(args.out).stem
+    description = (f"Measured by `autoconf profile` ({kind}) on {layout.nodes} node(s) x {layout.gpus_per_node} "
+                   f"{'GPU(s)' if on_gpu else 'CPU rank(s), one thread each'} ({dev.name}) on "
+                   f"{time.strftime('%Y-%m-%d %H:%M')}. " + " ".join(f"{n}." for n in notes)).strip()
+    profile = ClusterProfile(
+        name=name, nodes=layout.nodes, gpus_per_node=layout.gpus_per_node, device=dev, intra_node=intra,
+        inter_node=inter, efficiency=efficiency, backend="nccl" if on_gpu else "gloo", description=description,
+        intra_node_matrix=links["intra_node_matrix"], inter_node_matrix=links["inter_node_matrix"],
+        collectives=collectives, compute=table, hostnames=layout.hostnames, source="measured")
+    return ClusterProfile.from_dict(profile.to_dict(), source="measured profile")  # the written file must load
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:g} {unit}"
+    return f"{n} B"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
