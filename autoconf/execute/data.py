@@ -1,0 +1,86 @@
+"""Training data: the same global batch at every step whatever the layout.
+
+Sources (`--data PATH`):
+- a token file ending in `.bin`: a flat array of token ids (the nanoGPT convention). Its dtype comes from a sidecar
+  `PATH.json` holding {"dtype": "uint16" | "uint32"} when present, else from the vocabulary: uint16 when
+  vocab_size <= 65536, uint32 otherwise;
+- any other file: text, read as bytes; byte-level tokens (vocabulary 256, so the model needs vocab_size >= 256);
+- no path: deterministic synthetic tokens, uniform over the vocabulary.
+
+Step `t`'s global batch is a pure function of (seed, t): `global_batch_size` windows of seq_len + 1 tokens at offsets
+drawn from a generator seeded by (seed, t) (synthetic: the tokens themselves are drawn). So the data position to
+resume from is just the step number. Rows are split into micro-batches in order; data-parallel rank d takes the
+contiguous rows [d*B/dp, (d+1)*B/dp), i.e. its num_microbatches micro-batches.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoconf.errors import UserError
+from autoconf.execute.model import init_seed
+
+
+def token_dtype(path: Path, vocab_size: int) -> np.dtype:
+    sidecar = Path(str(path) + ".json")
+    if sidecar.exists():
+        try:
+            name = json.loads(sidecar.read_text())["dtype"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{sidecar}: expected {{\"dtype\": \"uint16\" or \"uint32\"}} ({err})") from None
+        if name not in ("uint16", "uint32"):
+            raise UserError(f"{sidecar}: dtype {name!r} is not uint16 or uint32")
+        return np.dtype(name)
+    return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
+
+
+class TokenSource:
+    def __init__(self, path: str | Path | None, vocab_size: int, seq_len: int, seed: int):
+        self.path = None if path is None else Path(path)
+        self.vocab_size, self.seq_len, self.seed = vocab_size, seq_len, seed
+        self.tokens = None
+        if self.path is None:
+            return
+        if not self.path.is_file():
+            raise UserError(f"data file {self.path} does not exist")
+        if self.path.suffix == ".bin":
+            dtype = token_dtype(self.path, vocab_size)
+        else:
+            if vocab_size < 256:
+                raise UserError(f"{self.path} is read as bytes (vocabulary 256) but the model's vocabulary is "
+                                f"{vocab_size}; use a .bin token file or a model with vocab_size >= 256")
+            dtype = np.dtype(np.uint8)
+        if self.path.stat().st_size % dtype.itemsize:
+            raise UserError(f"{self.path}: size is not a multiple of {dtype.itemsize} bytes ({dtype})")
+        self.tokens = np.memmap(self.path, dtype=dtype, mode="r")
+        if len(self.tokens) < seq_len + 2:
+            raise UserError(f"{self.path} holds {len(self.tokens)} tokens, fewer than seq_len + 2 = {seq_len + 2}")
+
+    def describe(self) -> str:
+        if self.path is None:
+            return f"synthetic tokens (seed {self.seed})"
+        return f"{self.path} ({self.tokens.dtype}, {len(self.tokens)} tokens)"
+
+    def global_batch(self, step: int, batch_size: int) -> torch.Tensor:
+        """[batch_size, seq_len + 1] int64 token ids of step `step`; identical on every rank."""
+        gen = torch.Generator().manual_seed(init_seed(self.seed, f"data/{step}"))
+        s = self.seq_len + 1
+        if self.tokens is None:
+            return torch.randint(0, self.vocab_size, (batch_size, s), generator=gen)
+        offsets = torch.randint(0, len(self.tokens) - s + 1, (batch_size,), generator=gen).tolist()
+        rows = np.stack([np.asarray(self.tokens[o:o + s], dtype=np.int64) for o in offsets])
+        batch = torch.from_numpy(rows)
+        if int(batch.max()) >= self.vocab_size:
+            raise UserError(f"{self.path}: token id {int(batch.max())} at step {step} is outside the model's "
+                            f"vocabulary of {self.vocab_size}")
+        return batch
+
+
+def local_rows(batch: torch.Tensor, dp_rank: int, dp: int) -> torch.Tensor:
+    """This data-parallel rank's contiguous slice of the global batch."""
+    n = batch.shape[0] // dp
+    return batch[dp_rank * n:(dp_rank + 1) * n]

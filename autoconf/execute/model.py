@@ -1,0 +1,235 @@
+"""GPT and Llama decoder blocks exactly as a `ModelSpec` describes them, splittable into pipeline stages.
+
+`Transformer(spec, first, end, embed=..., head=...)` holds layers [first, end) in a ModuleDict keyed by the global
+layer index, plus the embedding (first stage) and the final norm + LM head (last stage), so parameter names (FQNs)
+are the same in every layout: "layers.5.attention.wq.weight" is layer 5 whatever stage holds it. That is what lets
+torch.distributed.checkpoint reshard a checkpoint into another layout, and what seeds each parameter's init.
+
+- gpt:   LayerNorm with bias, GeLU (tanh) MLP of ffn_hidden_size, learned positions, a bias on every linear layer.
+- llama: RMSNorm, SwiGLU MLP, rotary positions (rope_theta), grouped-query attention (num_kv_heads), optional QKV bias.
+
+Q, K and V are separate projections (not one fused matrix) so that column-parallel TP splits heads correctly.
+Attention is `F.scaled_dot_product_attention(is_causal=True)` ("flash": memory-efficient) or an explicit
+softmax(QK^T / sqrt(d)) ("standard"). Head counts are read from tensor shapes, so a TP-sharded block just sees
+fewer heads. Modules are built on the meta device; `init_weights` fills them deterministically from the seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from autoconf.spec.model import ModelSpec
+
+EMBED_WEIGHT = "embed.tok.weight"
+HEAD_WEIGHT = "output.weight"
+
+
+class Embedding(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.tok = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.pos = nn.Embedding(spec.max_seq_len, spec.hidden_size) if spec.learned_positions else None
+        self.dropout = nn.Dropout(spec.dropout)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.tok(tokens)
+        if self.pos is not None:
+            positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0)
+            h = h + self.pos(positions)
+        return self.dropout(h)
+
+
+def _rope(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotary embedding (rotate-half convention) of x [batch, heads, seq, head_dim]."""
+    d, s = x.shape[-1], x.shape[-2]
+    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
+    angles = torch.outer(torch.arange(s, device=x.device, dtype=torch.float32), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: ModelSpec, attention: str):
+        super().__init__()
+        h, kv = spec.hidden_size, spec.kv_dim
+        qkv_bias = spec.linear_bias or spec.qkv_bias
+        self.wq = nn.Linear(h, h, bias=qkv_bias)
+        self.wk = nn.Linear(h, kv, bias=qkv_bias)
+        self.wv = nn.Linear(h, kv, bias=qkv_bias)
+        self.wo = nn.Linear(h, h, bias=spec.linear_bias)
+        self.head_dim = spec.head_dim
+        self.rope_theta = spec.rope_theta if spec.arch == "llama" else None
+        self.attention = attention
+        self.p_attn = spec.dropout
+        self.resid_dropout = nn.Dropout(spec.dropout)
+        self.recompute_core = False  # set by parallelize (selective recompute)
+
+    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(QK^T / sqrt(d)) V with a causal mask; q [b, heads, s, d], k and v [b, kv_heads, s, d]."""
+        if k.shape[1] != q.shape[1]:
+            repeat = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        p = self.p_attn if self.training else 0.0
+        if self.attention == "flash":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        s = q.shape[-2]
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        mask = torch.ones(s, s, dtype=torch.bool, device=q.device).triu(1)
+        probs = scores.float().masked_fill(mask, float("-inf")).softmax(dim=-1).to(q.dtype)
+        return F.dropout(probs, p) @ v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        b, s = q.shape[0], q.shape[1]
+        q, k, v = (t.view(b, s, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        if self.rope_theta is not None:
+            q, k = _rope(q, self.rope_theta), _rope(k, self.rope_theta)
+        if self.recompute_core and torch.is_grad_enabled():
+            out = checkpoint(self.core, q, k, v, use_reentrant=False)
+        else:
+            out = self.core(q, k, v)
+        out = out.transpose(1, 2).reshape(b, s, -1)
+        return self.resid_dropout(self.wo(out))
+
+
+class GeluMLP(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.fc1 = nn.Linear(spec.hidden_size, spec.ffn_hidden_size, bias=True)
+        self.fc2 = nn.Linear(spec.ffn_hidden_size, spec.hidden_size, bias=True)
+        self.dropout = nn.Dropout(spec.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(F.gelu(self.fc1(x), approximate="tanh")))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.w1 = nn.Linear(spec.hidden_size, spec.ffn_hidden_size, bias=False)  # gate
+        self.w3 = nn.Linear(spec.hidden_size, spec.ffn_hidden_size, bias=False)  # up
+        self.w2 = nn.Linear(spec.ffn_hidden_size, spec.hidden_size, bias=False)  # down
+        self.dropout = nn.Dropout(spec.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+def make_norm(spec: ModelSpec) -> nn.Module:
+    if spec.arch == "gpt":
+        return nn.LayerNorm(spec.hidden_size, eps=spec.norm_eps, bias=True)
+    return nn.RMSNorm(spec.hidden_size, eps=spec.norm_eps)
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ModelSpec, attention: str):
+        super().__init__()
+        self.attention_norm = make_norm(spec)
+        self.attention = Attention(spec, attention)
+        self.ffn_norm = make_norm(spec)
+        self.feed_forward = GeluMLP(spec) if spec.arch == "gpt" else SwiGLU(spec)
+        self.recompute_full = False  # set by parallelize (full recompute)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x))
+        return x + self.feed_forward(self.ffn_norm(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.recompute_full and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+
+class Transformer(nn.Module):
+    """Layers [first, end) of the model, with the embedding if `embed` and the final norm + head if `head`.
+
+    Input: token ids [batch, seq] (with the embedding) or hidden states [batch, seq, hidden];
+    output: logits [batch, seq, vocab] (with the head) or hidden states.
+    """
+
+    def __init__(self, spec: ModelSpec, first: int = 0, end: int | None = None, embed: bool = True,
+                 head: bool = True, attention: str = "flash"):
+        super().__init__()
+        end = spec.num_layers if end is None else end
+        self.spec = spec
+        self.embed = Embedding(spec) if embed else None
+        self.layers = nn.ModuleDict({str(i): Block(spec, attention) for i in range(first, end)})
+        self.norm = make_norm(spec) if head else None
+        self.output = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False) if head else None
+        self.tie_weights()
+
+    @property
+    def ties_locally(self) -> bool:
+        """True when the LM head shares the embedding matrix inside this module."""
+        return self.spec.tied_embeddings and self.embed is not None and self.output is not None
+
+    @property
+    def head_is_tied_copy(self) -> bool:
+        """True when this stage's head is a separate copy of an embedding that lives in another stage."""
+        return self.spec.tied_embeddings and self.embed is None and self.output is not None
+
+    def tie_weights(self) -> None:
+        if self.ties_locally:
+            self.output.weight = self.embed.tok.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embed is not None:
+            x = self.embed(x)
+        for layer in self.layers.values():
+            x = layer(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.output is not None:
+            x = self.output(x)
+        return x
+
+
+def build_model(spec: ModelSpec, first: int = 0, end: int | None = None, embed: bool = True, head: bool = True,
+                attention: str = "flash", device: str | torch.device = "meta") -> Transformer:
+    with torch.device(device):
+        return Transformer(spec, first, end, embed, head, attention)
+
+
+# ---- deterministic initialisation ------------------------------------------------------------------------------
+def init_seed(seed: int, fqn: str) -> int:
+    """Generator seed of one parameter: a stable hash of (seed, parameter name)."""
+    digest = hashlib.sha256(f"{seed}:{fqn}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def init_value(spec: ModelSpec, fqn: str, shape: torch.Size, seed: int) -> torch.Tensor:
+    """The full fp32 CPU value of parameter `fqn`: N(0, 0.02) weights (GPT-2's 0.02/sqrt(2L) on the projections
+    into the residual stream), zero biases, unit norm weights. A tied head copy takes the embedding's value."""
+    if fqn == HEAD_WEIGHT and spec.tied_embeddings:
+        fqn = EMBED_WEIGHT
+    name = fqn.rsplit(".", 2)
+    leaf, owner = name[-1], name[-2] if len(name) > 1 else ""
+    if leaf == "bias":
+        return torch.zeros(shape)
+    if owner.endswith("norm"):
+        return torch.ones(shape)
+    std = 0.02 / math.sqrt(2 * spec.num_layers) if owner in ("wo", "fc2", "w2") else 0.02
+    gen = torch.Generator().manual_seed(init_seed(seed, fqn))
+    return torch.empty(shape).normal_(0.0, std, generator=gen)
+
+
+@torch.no_grad()
+def init_weights(model: Transformer, seed: int) -> None:
+    """Fills every (possibly TP-sharded) parameter of a materialised model with its seeded full value."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    for fqn, param in model.named_parameters():
+        full = init_value(model.spec, fqn, param.shape, seed)
+        if isinstance(param, DTensor):
+            local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None).to_local()
+            param.to_local().copy_(local)
+        else:
+            param.copy_(full)

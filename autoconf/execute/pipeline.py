@@ -1,0 +1,116 @@
+"""The pipeline split of a plan: virtual stages, their placement on pipeline ranks, and the schedule that runs them.
+
+- Virtual stage s holds layers plan.partition[s] = [first, end); stage 0 adds the embedding, the last stage the
+  final norm and LM head.
+- The pipeline rank of each stage is `autoconf.cost.schedules.stage_to_rank` (loop placement s % pp, or V placement
+  for zbv/dualpipev: rank r holds stages r and 2pp-1-r): the same mapping the cost model simulates and torch uses.
+- The schedule class is torch.distributed.pipelining's, by `get_schedule_class(TORCH_CLASS[name])`:
+  gpipe->ScheduleGPipe, 1f1b->Schedule1F1B, interleaved-1f1b->ScheduleInterleaved1F1B, looped-bfs->ScheduleLoopedBFS,
+  zb-h1->ScheduleInterleavedZeroBubble (torch accepts one stage per rank: with vpp == 1 it is ZB-H1),
+  zbv->ScheduleZBVZeroBubble, dualpipev->ScheduleDualPipeV. Its per-rank order equals the cost model's action lists
+  (tests/test_schedules_torch.py).
+- With tied embeddings and pp > 1, the first and the last stage each hold a copy of the embedding matrix;
+  `TiedEmbeddingSync` sums their gradients after every backward (Megatron's embedding group), so both copies stay
+  equal.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from autoconf.cost.schedules import TORCH_CLASS, stage_to_rank
+from autoconf.execute.model import EMBED_WEIGHT, HEAD_WEIGHT, Transformer, build_model
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean token cross entropy of one micro-batch (fp32)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten())
+
+
+def stages_of_rank(plan, pp_rank: int) -> list[int]:
+    """Virtual stages held by pipeline rank `pp_rank`, in model order."""
+    c = plan.config
+    if c.pp == 1:
+        return list(range(c.num_stages))
+    placement = stage_to_rank(c.schedule, c.pp, c.vpp)
+    return [s for s, r in enumerate(placement) if r == pp_rank]
+
+
+def build_chunks(plan, pp_rank: int) -> list[tuple[int, Transformer]]:
+    """(stage index, meta-device chunk) for every stage of this pipeline rank. With pp == 1 the whole model is one
+    chunk, whatever the partition says."""
+    c, spec = plan.config, plan.model
+    if c.pp == 1:
+        return [(0, build_model(spec, attention=c.attention))]
+    last = c.num_stages - 1
+    return [(s, build_model(spec, plan.partition[s][0], plan.partition[s][1], embed=s == 0, head=s == last,
+                            attention=c.attention))
+            for s in stages_of_rank(plan, pp_rank)]
+
+
+def build_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device: torch.device):
+    """PipelineStage objects for this rank's chunks and the plan's schedule over them."""
+    from torch.distributed.pipelining import PipelineStage
+    from torch.distributed.pipelining.schedules import PipelineScheduleSingle, get_schedule_class
+
+    c = plan.config
+    cls = get_schedule_class(TORCH_CLASS[c.schedule])
+    stages = [PipelineStage(chunk, s, c.num_stages, device, group=pp_group) for s, chunk in chunks]
+    if issubclass(cls, PipelineScheduleSingle):
+        assert len(stages) == 1
+        schedule = cls(stages[0], n_microbatches=c.num_microbatches, loss_fn=loss_fn, scale_grads=True)
+    else:
+        schedule = cls(stages, n_microbatches=c.num_microbatches, loss_fn=loss_fn, scale_grads=True)
+        torch_map = getattr(schedule, "stage_index_to_group_rank", None)
+        if torch_map is not None:
+            ours = dict(enumerate(stage_to_rank(c.schedule, c.pp, c.vpp)))
+            assert dict(torch_map) == ours, f"torch places stages {torch_map}, the cost model {ours}"
+    return schedule, stages
+
+
+class TiedEmbeddingSync:
+    """Keeps the first stage's embedding and the last stage's head copy equal by summing their gradients.
+
+    Both copies have the same layout (TP Shard(0), the same FSDP sharding), so local shards line up. When one rank
+    holds both (V placement, or pp == 1 where the parameter is simply shared) nothing crosses the network.
+    Every rank must construct this object (process groups are created collectively).
+    """
+
+    def __init__(self, plan, grid: list, chunks: list[tuple[int, Transformer]], rank: int):
+        self.params: list[torch.nn.Parameter] = []
+        self.group = None
+        c = plan.config
+        if not plan.model.tied_embeddings or c.pp == 1:
+            return
+        last_rank = stage_to_rank(c.schedule, c.pp, c.vpp)[c.num_stages - 1]
+        for _, chunk in chunks:
+            if chunk.embed is not None:
+                self.params.append(chunk.get_parameter(EMBED_WEIGHT))
+            if chunk.head_is_tied_copy:
+                self.params.append(chunk.get_parameter(HEAD_WEIGHT))
+        if last_rank == 0:
+            return
+        pp, dp, tp = len(grid), len(grid[0]), len(grid[0][0])
+        for d in range(dp):
+            for t in range(tp):
+                ranks = [grid[0][d][t], grid[last_rank][d][t]]
+                group = dist.new_group(ranks)
+                if rank in ranks:
+                    self.group = group
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        from torch.distributed.tensor import DTensor
+
+        if not self.params:
+            return
+        grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in self.params]
+        total = grads[0].clone()
+        for g in grads[1:]:
+            total += g
+        if self.group is not None:
+            dist.all_reduce(total, group=self.group)
+        for g in grads:
+            g.copy_(total)

@@ -1,0 +1,373 @@
+"""The torchrun entry point: `python -m autoconf.execute.train --plan PLAN.json --steps N [...]`.
+
+Every rank builds its chunks of the model from the plan (mesh, TP, pipeline split, FSDP), trains with AdamW under a
+warm-up + cosine learning rate, clips gradients by the global norm over every parallel dimension, and reports the
+loss a single-process run would report (mean token cross entropy over the global batch). Rank 0 prints one progress
+line per step and writes the metrics file. fp32 on CPU; on CUDA the plan's bf16/fp16 runs as mixed precision
+(FSDP2 MixedPrecisionPolicy when the plan shards, autocast otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from autoconf.errors import UserError
+from autoconf.execute import checkpoint as ckpt
+from autoconf.execute.data import TokenSource, local_rows
+from autoconf.execute.mesh import build_mesh, coords_of
+from autoconf.execute.parallelize import allreduce_gradients, parallelize_chunk
+from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_schedule, loss_fn
+from autoconf.spec.plan import Plan, load_plan
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class TrainOptions:
+    steps: int
+    seed: int = 0
+    data: str | None = None
+    metrics: str | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int | None = None  # default: 10% of the steps, at least 1
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    timing_warmup: int = 2  # steps left out of the measured median iteration time
+    stop_after: int | None = None  # end this run after that many steps (the schedule still spans `steps`)
+    quiet: bool = False
+
+
+def lr_at(step: int, opts: TrainOptions) -> float:
+    """Linear warm-up to opts.lr, then cosine decay to opts.lr * min_lr_ratio at the last step."""
+    warmup = opts.warmup_steps if opts.warmup_steps is not None else max(1, opts.steps // 10)
+    if step < warmup:
+        return opts.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, opts.steps - warmup)
+    return opts.lr * (opts.min_lr_ratio + (1 - opts.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+class Trainer:
+    """One rank's share of a plan: model chunks, optimizer, pipeline schedule, data."""
+
+    def __init__(self, plan: Plan, opts: TrainOptions, device: torch.device):
+        self.plan, self.opts, self.device = plan, opts, device
+        c = self.config = plan.config
+        self.rank = dist.get_rank()
+        if dist.get_world_size() != c.world_size:
+            raise UserError(f"plan needs {c.world_size} processes (tp*pp*dp = {c.tp}*{c.pp}*{c.dp}) but "
+                            f"{dist.get_world_size()} were started")
+        grid = plan.placement["mesh"]
+        self.mesh = build_mesh(grid, device.type)
+        self.coords = coords_of(grid, self.rank)
+        self.sizes = {"pp": c.pp, "dp": c.dp, "tp": c.tp}
+        self.fsdp = c.dp > 1 and c.zero_stage > 0
+        low = _DTYPES[c.dtype] if device.type == "cuda" else torch.float32
+        mp_policy = None
+        if self.fsdp and low != torch.float32:
+            from torch.distributed.fsdp import MixedPrecisionPolicy
+
+            mp_policy = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
+        self.autocast_dtype = low if (low != torch.float32 and mp_policy is None) else None
+
+        self.chunks = build_chunks(plan, self.coords.pp)
+        for _, chunk in self.chunks:
+            parallelize_chunk(chunk, self.mesh, c, device, opts.seed, mp_policy)
+        self.models = [chunk for _, chunk in self.chunks]
+        self.tied = TiedEmbeddingSync(plan, grid, self.chunks, self.rank)
+        self.schedule = None
+        if c.pp > 1:
+            self.schedule, self.stages = build_schedule(plan, self.chunks, self.mesh["pp"].get_group(), device)
+        self.optimizer = self._optimizer()
+        self.data = TokenSource(opts.data, plan.model.vocab_size, c.seq_len, opts.seed)
+
+    # ---- optimizer -------------------------------------------------------------------------------------------
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """AdamW; decay on matrices only. Parameters are grouped by kind (plain tensor, or DTensor of one mesh) so
+        that the fused multi-tensor update never mixes them."""
+        from torch.distributed.tensor import DTensor
+
+        groups: dict = {}
+        seen: set[int] = set()
+        for model in self.models:
+            for p in model.parameters():
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                mesh_key = (p.device_mesh.mesh_dim_names, tuple(p.device_mesh.mesh.flatten().tolist())) \
+                    if isinstance(p, DTensor) else None
+                decay = p.ndim >= 2
+                groups.setdefault((decay, mesh_key), []).append(p)
+        param_groups = [{"params": ps, "weight_decay": self.opts.weight_decay if decay else 0.0}
+                        for (decay, _), ps in groups.items()]
+        return torch.optim.AdamW(param_groups, lr=self.opts.lr, betas=(0.9, 0.95), eps=1e-8)
+
+    # ---- gradients ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def grad_norm(self) -> torch.Tensor:
+        """L2 norm of the whole model's gradient. Each rank adds its local shards' squares, divided by how many
+        ranks hold the same values (the dp/tp dimensions the tensor is not sharded over); a sum over all ranks then
+        counts every element once. The tied head copy is left out (it equals the embedding's gradient)."""
+        from torch.distributed.tensor import DTensor
+
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        seen: set[int] = set()
+        for model in self.models:
+            for name, p in model.named_parameters():
+                if p.grad is None or id(p) in seen or (model.head_is_tied_copy and name == "output.weight"):
+                    continue
+                seen.add(id(p))
+                g, sharded = p.grad, set()
+                if isinstance(g, DTensor):
+                    sharded = {n for n, pl in zip(g.device_mesh.mesh_dim_names, g.placements) if pl.is_shard()}
+                    g = g.to_local()
+                replicas = 1
+                for dim in ("dp", "tp"):
+                    if dim not in sharded:
+                        replicas *= self.sizes[dim]
+                total += g.double().pow(2).sum() / replicas
+        dist.all_reduce(total)
+        return total.sqrt()
+
+    @torch.no_grad()
+    def clip(self, norm: torch.Tensor) -> None:
+        from torch.distributed.tensor import DTensor
+
+        coef = self.opts.max_grad_norm / (float(norm) + 1e-6)
+        if self.opts.max_grad_norm <= 0 or coef >= 1.0:
+            return
+        seen: set[int] = set()
+        for model in self.models:
+            for p in model.parameters():
+                if p.grad is not None and id(p) not in seen:
+                    seen.add(id(p))
+                    (p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad).mul_(coef)
+
+    # ---- one step ----------------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def train_step(self, step: int) -> dict:
+        c = self.config
+        lr = lr_at(step, self.opts)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = local_rows(self.data.global_batch(step, c.global_batch_size), self.coords.dp, c.dp).to(self.device)
+        inputs, targets = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+        losses: list[torch.Tensor] = []
+        with self._autocast():
+            if self.schedule is None:
+                self._accumulate(inputs, targets, losses)
+            else:
+                self._pipeline(inputs, targets, losses)
+        if c.dp > 1 and not self.fsdp:
+            allreduce_gradients(self.models, self.mesh["dp"].get_group(), c.dp)
+        self.tied.sync()
+        norm = self.grad_norm()
+        self.clip(norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        # Mean over every micro-batch of every replica (ranks that hold no loss add zeros; TP copies count alike
+        # in the sum and in the count).
+        stats = torch.zeros(2, dtype=torch.float64, device=self.device)
+        if losses:
+            stats[0] = torch.stack([l.detach().double() for l in losses]).sum()
+            stats[1] = len(losses)
+        dist.all_reduce(stats)
+        return {"loss": float(stats[0] / stats[1]), "grad_norm": float(norm), "lr": lr}
+
+    def _accumulate(self, inputs, targets, losses) -> None:
+        """pp == 1: plain gradient accumulation over the micro-batches."""
+        model, m, b = self.models[0], self.config.num_microbatches, self.config.micro_batch_size
+        for i in range(m):
+            if self.fsdp:
+                model.set_requires_gradient_sync(i == m - 1)
+            logits = model(inputs[i * b:(i + 1) * b])
+            loss = loss_fn(logits, targets[i * b:(i + 1) * b])
+            (loss / m).backward()
+            losses.append(loss.detach())
+
+    def _pipeline(self, inputs, targets, losses) -> None:
+        stage_ids = [s for s, _ in self.chunks]
+        first, last = 0 in stage_ids, self.config.num_stages - 1 in stage_ids
+        args = (inputs,) if first else ()
+        kwargs = {"target": targets, "losses": losses} if last else {}
+        self.schedule.step(*args, **kwargs)
+
+    # ---- checkpoints -------------------------------------------------------------------------------------------
+    def checkpoint_meta(self, step: int) -> dict:
+        return {"data_position": step, "seed": self.opts.seed, "data": self.opts.data,
+                "config": self.config.to_dict(), "partition": self.plan.partition}
+
+
+def _log(msg: str) -> None:
+    if dist.get_rank() == 0:
+        print(msg, flush=True)
+
+
+def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) -> list[dict]:
+    """Runs (or resumes) training on an initialised process group; returns one record per step run here."""
+    device = device or _default_device()
+    log = (lambda msg: None) if opts.quiet else _log
+    rss_start = _max_rss_bytes()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer = Trainer(plan, opts, device)
+    start = 0
+    if opts.checkpoint_dir:
+        found = ckpt.find_latest(Path(opts.checkpoint_dir), log=log)
+        if found:
+            path, meta = found
+            if meta.get("seed") != opts.seed or meta.get("data") != opts.data:
+                log(f"warning: {path} was written with seed {meta.get('seed')} and data {meta.get('data')!r}")
+            ckpt.load(path, trainer.models, trainer.optimizer)
+            start = int(meta["data_position"])
+            log(f"resumed from {path} at step {start}")
+    end = opts.steps if opts.stop_after is None else min(opts.steps, start + opts.stop_after)
+    c = plan.config
+    tokens_per_step = c.global_batch_size * c.seq_len
+    metrics = open(opts.metrics, "a") if (opts.metrics and dist.get_rank() == 0) else None
+    records: list[dict] = []
+    last_saved = start
+    try:
+        for step in range(start, end):
+            t0 = time.perf_counter()
+            out = trainer.train_step(step)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            dt = time.perf_counter() - t0
+            peak = _peak_memory(device, rss_start)
+            record = {"step": step + 1, "loss": out["loss"], "step_time_s": dt, "tokens_per_s": tokens_per_step / dt,
+                      "peak_memory_bytes": peak, "grad_norm": out["grad_norm"], "lr": out["lr"]}
+            records.append(record)
+            log(f"step {step + 1}/{opts.steps} loss {out['loss']:.4f} lr {out['lr']:.2e} "
+                f"grad_norm {out['grad_norm']:.3f} {dt:.3f}s {tokens_per_step / dt:,.0f} tok/s")
+            if metrics:
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+            if opts.checkpoint_dir and opts.checkpoint_every and (step + 1) % opts.checkpoint_every == 0:
+                ckpt.save(Path(opts.checkpoint_dir), step + 1, trainer.models, trainer.optimizer,
+                          trainer.checkpoint_meta(step + 1))
+                last_saved = step + 1
+                log(f"checkpoint step {step + 1} saved")
+        if opts.checkpoint_dir and end > last_saved:
+            ckpt.save(Path(opts.checkpoint_dir), end, trainer.models, trainer.optimizer, trainer.checkpoint_meta(end))
+            log(f"checkpoint step {end} saved")
+        if metrics:
+            metrics.write(json.dumps({"summary": _summary(plan, opts, records, device, rss_start)}) + "\n")
+    finally:
+        if metrics:
+            metrics.close()
+    return records
+
+
+def _peak_memory(device: torch.device, rss_start: int) -> int:
+    if device.type == "cuda":
+        value = torch.cuda.max_memory_allocated(device)
+    else:
+        value = _max_rss_bytes() - rss_start
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def _summary(plan: Plan, opts: TrainOptions, records: list[dict], device: torch.device, rss_start: int) -> dict:
+    times = [r["step_time_s"] for r in records]
+    skip = min(opts.timing_warmup, max(0, len(times) - 1))
+    measured = statistics.median(times[skip:]) if times else None
+    pred = plan.prediction or {}
+    return {"predicted_iteration_time_s": pred.get("iteration_time_s"),
+            "measured_iteration_time_s": measured,
+            "timing_warmup_steps": skip,
+            "predicted_peak_memory_bytes": pred.get("peak_memory_bytes"),
+            "measured_peak_memory_bytes": records[-1]["peak_memory_bytes"] if records else None,
+            "peak_memory_kind": ("cuda max_memory_allocated, max over ranks" if device.type == "cuda" else
+                                 "CPU: process max RSS growth since start, max over ranks (not comparable to the "
+                                 "predicted device memory)"),
+            "steps": len(records), "final_step": records[-1]["step"] if records else None}
+
+
+def _default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def init_distributed(device: torch.device, timeout_s: float = 600.0) -> None:
+    if dist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m autoconf.execute.train", description=__doc__.splitlines()[0])
+    p.add_argument("--plan", required=True)
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data")
+    p.add_argument("--metrics")
+    p.add_argument("--checkpoint-dir")
+    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--timing-warmup", type=int, default=2)
+    p.add_argument("--stop-after", type=int, help="end this run after that many steps (for tests of resuming)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    p.add_argument("--timeout", type=float, default=600.0, help="collective timeout in seconds")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device == "cpu":
+        device = torch.device("cpu")
+    elif args.device == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    else:
+        device = _default_device()
+    opts = TrainOptions(steps=args.steps, seed=args.seed, data=args.data, metrics=args.metrics,
+                        checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, lr=args.lr,
+                        warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm,
+                        timing_warmup=args.timing_warmup, stop_after=args.stop_after)
+    try:
+        plan = load_plan(args.plan)
+        init_distributed(device, args.timeout)
+        _log(f"autoconf: tp {plan.config.tp} pp {plan.config.pp} dp {plan.config.dp} schedule "
+             f"{plan.config.schedule} zero {plan.config.zero_stage} on {dist.get_world_size()} x {device.type}")
+        train(plan, opts, device)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
