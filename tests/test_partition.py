@@ -1,4 +1,5 @@
 """Stage partition: CP-SAT against brute force, memory, determinism, embedding/head weight."""
+import itertools
 import random
 
 import pytest
@@ -19,11 +20,18 @@ def _random_problem(rng, num_layers, pp, vpp, v_shape, memory="loose"):
     base = PartitionProblem(tuple(time), tuple(static), tuple(act), placement, inflight, 1e18, rng.randint(1, 16))
     if memory == "loose":
         return base
-    # A limit between the best possible and the time-optimal partition's memory, so it binds.
-    unconstrained = brute_force_partition(base)
-    peak = max(unconstrained.rank_memory_bytes)
-    return PartitionProblem(tuple(time), tuple(static), tuple(act), placement, inflight, peak * 0.9,
+    # A limit between the smallest achievable peak and the time-optimal partition's peak, so it binds.
+    peak = max(brute_force_partition(base).rank_memory_bytes)
+    smallest = min(max(evaluate_partition(base, _stages(inner, num_layers)).rank_memory_bytes)
+                   for inner in itertools.combinations(range(2, num_layers + 1), num_stages - 1))
+    limit = (peak + smallest) / 2 if peak > smallest * 1.001 else peak * 1.001  # KiB rounding is conservative
+    return PartitionProblem(tuple(time), tuple(static), tuple(act), placement, inflight, limit,
                             base.num_microbatches)
+
+
+def _stages(inner, num_layers):
+    bounds = [0, *inner, num_layers + 2]
+    return tuple((bounds[s], bounds[s + 1]) for s in range(len(bounds) - 1))
 
 
 @pytest.mark.parametrize("seed", range(40))
