@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Callable
 
 import torch
@@ -49,6 +50,7 @@ class Grid:
     tps: tuple[int, ...]
     warmup: int
     repeats: int
+    entry_budget_s: float = 10.0  # seconds one grid entry may take before its repeats are cut (to at least 3)
 
 
 def tp_widths(model: ModelSpec, max_tp: int) -> list[int]:
@@ -70,11 +72,11 @@ def default_grid(model: ModelSpec, max_tp: int, quick: bool, tiny: bool = False)
     tps = tuple(tp_widths(model, max_tp))
     top = min(model.max_seq_len, 2048)
     if tiny:
-        return Grid((1,), (min(top, 32),), tps[:2], warmup=1, repeats=2)
+        return Grid((1,), (min(top, 32),), tps[:2], warmup=1, repeats=2, entry_budget_s=1.0)
     if quick:
-        return Grid((1, 2), (top,), tps, warmup=2, repeats=10)
+        return Grid((1, 2), (top,), tps, warmup=2, repeats=10, entry_budget_s=3.0)
     seqs = sorted({max(top // 4, 1), max(top // 2, 1), top})
-    return Grid((1, 2, 4), tuple(seqs), tps, warmup=3, repeats=20)
+    return Grid((1, 2, 4), tuple(seqs), tps, warmup=3, repeats=20, entry_budget_s=10.0)
 
 
 # ---- the blocks at sharded shapes --------------------------------------------------------------------------------
@@ -131,7 +133,7 @@ def _inputs(kind: str, model: ModelSpec, tp: int, mb: int, seq: int, device, dty
 
 
 def time_entry(kind: str, model: ModelSpec, tp: int, mb: int, seq: int, device: torch.device, dtype: str,
-               warmup: int, repeats: int) -> dict:
+               warmup: int, repeats: int, budget_s: float = float("inf")) -> dict:
     """Times one grid entry on this rank (see the module docstring for the method)."""
     torch_dtype = TORCH_DTYPES[dtype]
     module = build_block(kind, model, tp).to(device=device, dtype=torch_dtype).train()
@@ -143,24 +145,30 @@ def time_entry(kind: str, model: ModelSpec, tp: int, mb: int, seq: int, device: 
 
     out = forward()
     grad_out = torch.ones_like(out) if out.dim() == 0 else torch.randn_like(out)
-    fwd, bwd_i, bwd_w = [], [], []
-    for step in range(warmup + repeats):
+    del out
+    inputs_and_params = ([x] if x is not None else []) + params
+
+    def one_repeat() -> tuple[float, float, float]:
         holder: dict = {}
         t_f = time_once(lambda: holder.__setitem__("out", forward()), device)
+        t_i = 0.0
         if x is not None:
             t_i = time_once(lambda: torch.autograd.grad(holder["out"], [x], grad_out, retain_graph=True), device)
-        else:
-            t_i = 0.0
         del holder["out"]
         out = forward()
         sync(device)
-        t_full = time_once(lambda: torch.autograd.grad(out, ([x] if x is not None else []) + params, grad_out),
-                           device)
-        del out
-        if step >= warmup:
-            fwd.append(t_f)
-            bwd_i.append(t_i)
-            bwd_w.append(max(t_full - t_i, 0.0))
+        t_full = time_once(lambda: torch.autograd.grad(out, inputs_and_params, grad_out), device)
+        return t_f, t_i, max(t_full - t_i, 0.0)
+
+    # A first warm-up repeat sizes the rest: an entry that would overrun its time budget gets fewer repeats
+    # (at least 3), so a large model on a slow device still finishes.
+    start = time.perf_counter()
+    one_repeat()
+    per_repeat = time.perf_counter() - start
+    if per_repeat * (warmup + repeats) > budget_s:
+        warmup, repeats = 1, max(3, min(repeats, int(budget_s / max(per_repeat, 1e-9))))
+    samples = [one_repeat() for _ in range(warmup - 1 + repeats)][warmup - 1:]
+    fwd, bwd_i, bwd_w = ([s[k] for s in samples] for k in range(3))
     return {"block": kind, "tp": tp, "micro_batch": mb, "seq_len": seq,
             "forward_s": median(fwd), "backward_input_s": median(bwd_i), "backward_weight_s": median(bwd_w),
             "p10_forward_s": percentile(fwd, 10), "p90_forward_s": percentile(fwd, 90), "repeats": repeats}
@@ -220,7 +228,8 @@ def measure_compute(model: ModelSpec, grid: Grid, device: torch.device, dtype: s
     step = max(len(mine) // 5, 1)
     for done, index in enumerate(mine, start=1):
         kind, tp, mb, seq = entries[index]
-        results.append((index, time_entry(kind, model, tp, mb, seq, device, dtype, grid.warmup, grid.repeats)))
+        results.append((index, time_entry(kind, model, tp, mb, seq, device, dtype, grid.warmup, grid.repeats,
+                                               grid.entry_budget_s)))
         if done % step == 0 or done == len(mine):
             log(f"  rank 0: {done}/{len(mine)} entries timed")
     opt = optimizer_time_per_param(device, optimizer_numel, grid.warmup, max(grid.repeats // 2, 2))

@@ -162,7 +162,8 @@ def summarize_links(layout: HostLayout, fits: dict[tuple[int, int], Link], self_
 
 
 def collective_groups(layout: HostLayout) -> list[tuple[str, int, list[list[int]]]]:
-    """(kind, k, concurrent groups): k ranks of one node on every node, and one rank on each of k nodes per local index."""
+    """(kind, k, concurrent groups): k ranks of one node on every node; one rank on each of k nodes, for every local
+    index at once; and (several nodes of several ranks) all ranks in one group."""
     def sizes(limit: int) -> list[int]:
         out, k = [], 2
         while k <= limit:
@@ -177,6 +178,8 @@ def collective_groups(layout: HostLayout) -> list[tuple[str, int, list[list[int]
         plan.append(("intra", k, [list(layout.ranks[n][:k]) for n in range(layout.nodes)]))
     for k in sizes(layout.nodes):
         plan.append(("inter", k, [[layout.ranks[n][j] for n in range(k)] for j in range(layout.gpus_per_node)]))
+    if layout.nodes > 1 and layout.gpus_per_node > 1:  # the whole cluster, as a DP group over every device
+        plan.append(("inter", layout.nodes * layout.gpus_per_node, [sorted(r for node in layout.ranks for r in node)]))
     return plan
 
 

@@ -60,7 +60,3 @@ def time_repeated(fn: Callable[[], object], device: torch.device, warmup: int, r
         times.append(time_once(fn, device))
     return times
 
-
-def summary(times: list[float]) -> dict:
-    return {"median_s": median(times), "p10_s": percentile(times, 10), "p90_s": percentile(times, 90),
-            "repeats": len(times)}
