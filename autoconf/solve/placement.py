@@ -1,0 +1,337 @@
+"""Map the [pp][dp][tp] rank grid onto physical devices using the measured links.
+
+Cost of a placement (a sum of named terms, each the slowest group of its dimension)::
+
+    ring(group, bytes) = sum of alpha along the ring + 2(n-1)/n * bytes / (smallest bandwidth along the ring)
+    tp = max over TP groups (mesh[p, d, :]) of ring(group, tp_bytes)
+    dp = max over DP groups (mesh[p, :, t]) of ring(group, dp_bytes)
+    pp = max over neighbouring pipeline pairs (mesh[p, d, t], mesh[p+1, d, t]) of alpha + pp_bytes / bandwidth
+    total = w_tp * tp + w_pp * pp + w_dp * dp            (weights default to 1; the caller may pass others)
+
+A ring visits its group in mesh order and closes (a two-rank ring crosses its one link twice).
+
+Solvers, by size:
+
+- uniform cluster (every intra-node link alike and every inter-node link alike): the default order is returned
+  at once (TP fills a node first, then DP, then PP);
+- N <= EXACT_MAX_DEVICES: exact CP-SAT over rank -> device booleans with pair indicators per ring edge;
+- larger: TP groups stay inside a node, chunks of g/tp TP groups (in default order) are assigned to nodes by a
+  deterministic swap local search on the exact cost, time-limited (deterministic unless the wall-clock limit
+  cuts it short); devices inside a node keep their order.
+  When tp does not divide the node size the default order is kept.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from ortools.sat.python import cp_model
+
+EXACT_MAX_DEVICES = 16
+COST_QUANTA = 1 << 20  # the default placement's cost is split into this many integer steps in CP-SAT
+WEIGHT_SCALE = 1000
+
+
+class LinkModel(Protocol):
+    num_devices: int
+    devices_per_node: int
+
+    def node_of(self, device: int) -> int: ...
+
+    def intra(self, i: int, j: int) -> tuple[float, float]:
+        """(alpha seconds, bandwidth bytes/s) between two devices of the same node."""
+
+    def inter(self, node_a: int, node_b: int) -> tuple[float, float]:
+        """(alpha seconds, bandwidth bytes/s) between two nodes."""
+
+
+@dataclass
+class DenseLinks:
+    """Links from dense N x N matrices (small clusters); devices 0..g-1 are node 0 and so on."""
+    alpha: np.ndarray
+    bandwidth: np.ndarray
+    devices_per_node: int
+
+    @property
+    def num_devices(self) -> int:
+        return len(self.alpha)
+
+    def node_of(self, device: int) -> int:
+        return device // self.devices_per_node
+
+    def intra(self, i: int, j: int) -> tuple[float, float]:
+        return float(self.alpha[i][j]), float(self.bandwidth[i][j])
+
+    def inter(self, node_a: int, node_b: int) -> tuple[float, float]:
+        # Representative link between two nodes: their first devices.
+        g = self.devices_per_node
+        return float(self.alpha[node_a * g][node_b * g]), float(self.bandwidth[node_a * g][node_b * g])
+
+    def link(self, i: int, j: int) -> tuple[float, float]:
+        return float(self.alpha[i][j]), float(self.bandwidth[i][j])
+
+    def is_uniform(self) -> bool:
+        n, g = self.num_devices, self.devices_per_node
+        same = np.equal.outer(np.arange(n) // g, np.arange(n) // g)
+        off = ~np.eye(n, dtype=bool)
+        return all(len(np.unique(m[mask])) <= 1 for m in (self.alpha, self.bandwidth)
+                   for mask in (same & off, ~same))
+
+
+@dataclass
+class HierarchicalLinks:
+    """One intra-node link for every device pair in a node; inter-node links as a scalar or a node matrix."""
+    num_nodes: int
+    devices_per_node: int
+    intra_alpha: float
+    intra_bandwidth: float
+    inter_alpha: float | np.ndarray
+    inter_bandwidth: float | np.ndarray
+
+    @property
+    def num_devices(self) -> int:
+        return self.num_nodes * self.devices_per_node
+
+    def node_of(self, device: int) -> int:
+        return device // self.devices_per_node
+
+    def intra(self, i: int, j: int) -> tuple[float, float]:
+        return self.intra_alpha, self.intra_bandwidth
+
+    def inter(self, node_a: int, node_b: int) -> tuple[float, float]:
+        a = self.inter_alpha if np.isscalar(self.inter_alpha) else self.inter_alpha[node_a][node_b]
+        b = self.inter_bandwidth if np.isscalar(self.inter_bandwidth) else self.inter_bandwidth[node_a][node_b]
+        return float(a), float(b)
+
+    def is_uniform(self) -> bool:
+        def flat(m):
+            if np.isscalar(m):
+                return True
+            off = ~np.eye(self.num_nodes, dtype=bool)
+            return len(np.unique(np.asarray(m)[off])) <= 1
+        return flat(self.inter_alpha) and flat(self.inter_bandwidth)
+
+
+def link(links: LinkModel, i: int, j: int) -> tuple[float, float]:
+    """(alpha, bandwidth) between two devices, whichever kind of link joins them."""
+    if hasattr(links, "link"):
+        return links.link(i, j)
+    a, b = links.node_of(i), links.node_of(j)
+    return links.intra(i, j) if a == b else links.inter(a, b)
+
+
+def _is_uniform(links: LinkModel) -> bool:
+    if hasattr(links, "is_uniform"):
+        return links.is_uniform()
+    # Generic check over every pair: fine for the node counts where a generic model is used.
+    n, g = links.num_devices, links.devices_per_node
+    nodes = range(n // g)
+    intra = {links.intra(i, j) for node in nodes for i in range(node * g, node * g + g)
+             for j in range(node * g, node * g + g) if i != j}
+    inter = {links.inter(a, b) for a in nodes for b in nodes if a != b}
+    return len(intra) <= 1 and len(inter) <= 1
+
+
+def default_mesh(pp: int, dp: int, tp: int) -> np.ndarray:
+    return np.arange(pp * dp * tp).reshape(pp, dp, tp)
+
+
+def _ring_edges(group) -> list[tuple[int, int]]:
+    n = len(group)
+    return [] if n == 1 else [(group[k], group[(k + 1) % n]) for k in range(n)]
+
+
+def _groups(mesh: np.ndarray):
+    """(dimension, group) for every ring group and every pipeline pair, in a fixed order."""
+    pp, dp, tp = mesh.shape
+    for p, d in itertools.product(range(pp), range(dp)):
+        yield "tp", list(mesh[p, d, :])
+    for p, t in itertools.product(range(pp), range(tp)):
+        yield "dp", list(mesh[p, :, t])
+    for p, d, t in itertools.product(range(pp - 1), range(dp), range(tp)):
+        yield "pp", [mesh[p, d, t], mesh[p + 1, d, t]]
+
+
+def _ring_factor(n: int) -> float:
+    return 2 * (n - 1) / n
+
+
+def placement_cost_breakdown(mesh, links: LinkModel, tp_bytes: float, pp_bytes: float, dp_bytes: float,
+                             weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> dict[str, float]:
+    """{"tp", "pp", "dp", "total"} in seconds per step (see the module docstring)."""
+    mesh = np.asarray(mesh)
+    cost = {"tp": 0.0, "pp": 0.0, "dp": 0.0}
+    volume = {"tp": tp_bytes, "dp": dp_bytes}
+    for dim, group in _groups(mesh):
+        if dim == "pp":
+            a, bw = link(links, int(group[0]), int(group[1]))
+            t = a + pp_bytes / bw
+        else:
+            edges = [link(links, int(i), int(j)) for i, j in _ring_edges(group)]
+            if not edges:
+                continue
+            t = sum(a for a, _ in edges) + _ring_factor(len(group)) * volume[dim] / min(bw for _, bw in edges)
+        cost[dim] = max(cost[dim], t)
+    w_tp, w_pp, w_dp = weights
+    cost["total"] = w_tp * cost["tp"] + w_pp * cost["pp"] + w_dp * cost["dp"]
+    return cost
+
+
+def placement_cost(mesh, links: LinkModel, tp_bytes: float, pp_bytes: float, dp_bytes: float,
+                   weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> float:
+    return placement_cost_breakdown(mesh, links, tp_bytes, pp_bytes, dp_bytes, weights)["total"]
+
+
+def brute_force_placement(pp, dp, tp, links, tp_bytes, pp_bytes, dp_bytes, weights=(1.0, 1.0, 1.0)):
+    """Best mesh over all N! device orders (first in lexicographic order on ties). Tests and N <= 8 only."""
+    n = pp * dp * tp
+    alpha = np.array([[link(links, i, j)[0] if i != j else 0.0 for j in range(n)] for i in range(n)])
+    inv_bw = np.array([[1.0 / link(links, i, j)[1] if i != j else 0.0 for j in range(n)] for i in range(n)])
+    perms = np.array(list(itertools.permutations(range(n))))
+    volume = {"tp": tp_bytes, "dp": dp_bytes, "pp": pp_bytes}
+    cost = {d: np.zeros(len(perms)) for d in ("tp", "pp", "dp")}
+    for dim, group in _groups(default_mesh(pp, dp, tp)):  # groups of flat positions
+        ends = [tuple(group)] if dim == "pp" else _ring_edges(group)
+        if not ends:
+            continue
+        factor = 1.0 if dim == "pp" else _ring_factor(len(group))
+        a = sum(alpha[perms[:, i], perms[:, j]] for i, j in ends)
+        slow = np.max([inv_bw[perms[:, i], perms[:, j]] for i, j in ends], axis=0)
+        cost[dim] = np.maximum(cost[dim], a + factor * volume[dim] * slow)
+    total = weights[0] * cost["tp"] + weights[1] * cost["pp"] + weights[2] * cost["dp"]
+    return perms[int(np.argmin(total))].reshape(pp, dp, tp)
+
+
+def solve_placement(pp: int, dp: int, tp: int, links: LinkModel, tp_bytes: float, pp_bytes: float,
+                    dp_bytes: float, time_limit_s: float = 10.0, seed: int = 0,
+                    weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """Mesh of device ids [pp][dp][tp] that minimises ``placement_cost`` (exactly for small N)."""
+    n = pp * dp * tp
+    if links.num_devices != n:
+        raise ValueError(f"pp*dp*tp = {pp}*{dp}*{tp} = {n} ranks but the cluster has {links.num_devices} devices")
+    if _is_uniform(links):
+        return default_mesh(pp, dp, tp)
+    if n <= EXACT_MAX_DEVICES:
+        return _solve_exact(pp, dp, tp, links, (tp_bytes, pp_bytes, dp_bytes), weights, time_limit_s, seed)
+    return _solve_by_nodes(pp, dp, tp, links, (tp_bytes, pp_bytes, dp_bytes), weights, time_limit_s, seed)
+
+
+def _solve_exact(pp, dp, tp, links, volumes, weights, time_limit_s, seed) -> np.ndarray:
+    # Data: every rank is a cell of the grid, ring edges and pipeline pairs connect cells.
+    n = pp * dp * tp
+    cells = default_mesh(pp, dp, tp)
+    tp_bytes, pp_bytes, dp_bytes = volumes
+    start = default_mesh(pp, dp, tp)
+    quantum = max(placement_cost(start, links, *volumes, weights), 1e-30) / COST_QUANTA
+    pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+    lat = {(i, j): link(links, i, j)[0] for i, j in pairs}
+    bw = {(i, j): link(links, i, j)[1] for i, j in pairs}
+    groups = list(_groups(cells))
+
+    model = cp_model.CpModel()
+    # Variables: x[r, i] <=> rank r runs on device i; y[e, i, j] <=> edge e joins devices i and j.
+    x = {(r, i): model.new_bool_var(f"x_{r}_{i}") for r in range(n) for i in range(n)}
+    edges = []  # (group index, rank a, rank b)
+    for g, (dim, group) in enumerate(groups):
+        ends = [tuple(group)] if dim == "pp" else _ring_edges(group)
+        edges += [(g, int(a), int(b)) for a, b in ends]
+    y = {(e, i, j): model.new_bool_var(f"y_{e}_{i}_{j}") for e in range(len(edges)) for i, j in pairs}
+
+    # Each rank on one device, each device holds one rank.
+    for r in range(n):
+        model.add_exactly_one(x[r, i] for i in range(n))
+    for i in range(n):
+        model.add_exactly_one(x[r, i] for r in range(n))
+    # Each edge uses exactly one device pair, and only the pair its two ranks sit on.
+    for e, (_, a, b) in enumerate(edges):
+        model.add_exactly_one(y[e, i, j] for i, j in pairs)
+        for i, j in pairs:
+            model.add_implication(y[e, i, j], x[a, i])
+            model.add_implication(y[e, i, j], x[b, j])
+
+    # Each group's time: alphas along its ring plus its volume over every edge's bandwidth (the slowest binds).
+    dim_cost = {dim: model.new_int_var(0, 1 << 50, f"cost_{dim}") for dim in ("tp", "pp", "dp")}
+    by_group = {}
+    for e, (g, _, _) in enumerate(edges):
+        by_group.setdefault(g, []).append(e)
+    for g, members in by_group.items():
+        dim, group = groups[g]
+        volume = {"tp": tp_bytes, "dp": dp_bytes, "pp": pp_bytes}[dim] * (1 if dim == "pp" else
+                                                                           _ring_factor(len(group)))
+        alphas = sum(round(lat[i, j] / quantum) * y[e, i, j] for e in members for i, j in pairs)
+        for e in members:
+            model.add(dim_cost[dim] >= alphas + sum(round(volume / bw[i, j] / quantum) * y[e, i, j]
+                                                    for i, j in pairs))
+
+    # Objective: weighted sum of the three dimensions' slowest groups.
+    model.minimize(sum(round(w * WEIGHT_SCALE) * dim_cost[d] for w, d in zip(weights, ("tp", "pp", "dp"))))
+
+    # Hint: the local-search placement from the default order.
+    hint = _local_search(start, links, volumes, weights, time.monotonic() + time_limit_s / 4, swap_any=True)
+    position = {int(dev): r for r, dev in enumerate(hint.reshape(-1))}
+    for (r, i), var in x.items():
+        model.add_hint(var, position[i] == r)
+
+    # Solve: seeded, one worker, limited in CP-SAT's deterministic time (machine-independent work units, about a
+    # second each) so a search cut short stops at the same mesh everywhere; the wall clock is only a guard.
+    solver = cp_model.CpSolver()
+    solver.parameters.max_deterministic_time = time_limit_s
+    solver.parameters.max_time_in_seconds = 3 * time_limit_s
+    solver.parameters.random_seed = seed
+    solver.parameters.num_workers = 1
+    status = solver.solve(model)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return hint
+    flat = [next(i for i in range(n) if solver.value(x[r, i])) for r in range(n)]
+    mesh = np.array(flat).reshape(pp, dp, tp)
+    # Rounding to integer quanta can tie different meshes: keep whichever is better in seconds.
+    if placement_cost(hint, links, *volumes, weights) < placement_cost(mesh, links, *volumes, weights):
+        return hint
+    return mesh
+
+
+def _local_search(mesh, links, volumes, weights, deadline, swap_any=False, units=None) -> np.ndarray:
+    """Deterministic first-improvement swap search on (cost, sum of all group times).
+
+    ``units`` lists blocks of flat mesh positions that move together (one node's chunk); by default every
+    position is its own block. With ``swap_any`` false only blocks are swapped, never positions inside them.
+    """
+    flat = np.asarray(mesh).reshape(-1).copy()
+    shape = np.asarray(mesh).shape
+    blocks = units if units is not None else [[k] for k in range(len(flat))]
+
+    def score(arr):
+        m = arr.reshape(shape)
+        br = placement_cost_breakdown(m, links, *volumes, weights)
+        return br["total"], br["tp"] + br["pp"] + br["dp"]
+
+    best = score(flat)
+    improved = True
+    while improved and time.monotonic() < deadline:
+        improved = False
+        for a, b in itertools.combinations(range(len(blocks)), 2):
+            if time.monotonic() > deadline:
+                break
+            trial = flat.copy()
+            trial[blocks[a]], trial[blocks[b]] = flat[blocks[b]], flat[blocks[a]]
+            s = score(trial)
+            if s < best and not math.isclose(s[0], best[0], rel_tol=1e-12) or (
+                    math.isclose(s[0], best[0], rel_tol=1e-12) and s[1] < best[1] * (1 - 1e-12)):
+                flat, best, improved = trial, s, True
+    return flat.reshape(shape)
+
+
+def _solve_by_nodes(pp, dp, tp, links, volumes, weights, time_limit_s, seed) -> np.ndarray:
+    """TP groups inside a node; whole nodes' chunks of the default order swapped to lower the cost."""
+    g = links.devices_per_node
+    start = default_mesh(pp, dp, tp)
+    if tp > g or g % tp:
+        return start  # a TP group would straddle nodes differently per chunk: keep the default order
+    n = pp * dp * tp
+    chunks = [list(range(k, k + g)) for k in range(0, n, g)]  # flat positions that one node fills
+    del seed  # the search is deterministic; the argument is kept for a uniform solver signature
+    return _local_search(start, links, volumes, weights, time.monotonic() + time_limit_s, units=chunks)

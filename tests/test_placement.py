@@ -1,0 +1,122 @@
+"""GPU placement: CP-SAT against brute force, heterogeneous links, determinism, uniform short-cut."""
+import time
+
+import numpy as np
+import pytest
+
+from autoconf.solve.placement import (
+    DenseLinks, HierarchicalLinks, brute_force_placement, default_mesh, placement_cost,
+    placement_cost_breakdown, solve_placement,
+)
+
+VOLUMES = (1e9, 1e8, 5e8)  # tp_bytes, pp_bytes, dp_bytes
+
+
+def _random_links(seed, n=8, g=4):
+    rng = np.random.default_rng(seed)
+    alpha = rng.uniform(1e-6, 1e-5, (n, n))
+    bw = rng.uniform(10e9, 300e9, (n, n))
+    alpha, bw = (alpha + alpha.T) / 2, (bw + bw.T) / 2
+    np.fill_diagonal(alpha, 0.0)
+    return DenseLinks(alpha, bw, g)
+
+
+def _crossed_pairs():
+    """2 nodes of 4: devices 0-2, 1-3, 4-6, 5-7 are fast pairs, so default TP pairs (0,1), ... are slow."""
+    n = 8
+    same = np.equal.outer(np.arange(n) // 4, np.arange(n) // 4)
+    alpha = np.where(same, 1e-6, 5e-6)
+    bw = np.where(same, 50e9, 25e9)
+    for i, j in [(0, 2), (1, 3), (4, 6), (5, 7)]:
+        bw[i, j] = bw[j, i] = 300e9
+    np.fill_diagonal(alpha, 0.0)
+    return DenseLinks(alpha, bw, 4)
+
+
+def _is_permutation(mesh, n):
+    return sorted(mesh.reshape(-1).tolist()) == list(range(n))
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 4, 2), (2, 1, 4), (1, 2, 4), (4, 1, 2), (1, 1, 6), (3, 2, 1)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cp_sat_matches_brute_force(shape, seed):
+    """On random dense link matrices with N <= 8 the CP-SAT placement costs the same as the best of all N!."""
+    n = int(np.prod(shape))
+    links = _random_links(seed, n, 4 if n % 4 == 0 else 2 if n % 2 == 0 else 1)
+    mesh = solve_placement(*shape, links, *VOLUMES, time_limit_s=10.0)
+    assert mesh.shape == shape and _is_permutation(mesh, n)
+    best = brute_force_placement(*shape, links, *VOLUMES)
+    assert placement_cost(mesh, links, *VOLUMES) == pytest.approx(placement_cost(best, links, *VOLUMES), rel=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 4, 2), (4, 1, 2)])
+def test_crossed_fast_pairs_beat_the_default(shape):
+    """When the fast NVLink-like pairs are 0-2 and 1-3 the solved placement is strictly cheaper than default."""
+    links = _crossed_pairs()
+    mesh = solve_placement(*shape, links, *VOLUMES)
+    assert placement_cost(mesh, links, *VOLUMES) < placement_cost(default_mesh(*shape), links, *VOLUMES)
+    assert placement_cost(mesh, links, *VOLUMES) == pytest.approx(
+        placement_cost(brute_force_placement(*shape, links, *VOLUMES), links, *VOLUMES), rel=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(4, 1, 8), (2, 2, 8), (1, 4, 8), (4, 2, 4)])
+def test_one_slow_inter_node_link_is_avoided(shape):
+    """4 nodes of 8 with one slow node pair: the node-level search beats the default order and keeps TP in a
+    node."""
+    inter_bw = np.full((4, 4), 50e9)
+    inter_bw[0, 1] = inter_bw[1, 0] = 5e9
+    links = HierarchicalLinks(4, 8, 1e-6, 300e9, 5e-6, inter_bw)
+    mesh = solve_placement(*shape, links, *VOLUMES, time_limit_s=5.0)
+    assert _is_permutation(mesh, 32)
+    assert placement_cost(mesh, links, *VOLUMES) < placement_cost(default_mesh(*shape), links, *VOLUMES)
+    assert all(len({int(d) // 8 for d in mesh[p, d_, :]}) == 1 for p in range(shape[0]) for d_ in range(shape[1]))
+
+
+def test_heterogeneous_sixteen_nodes_improves():
+    """16 nodes with random inter-node bandwidth: the solved placement is cheaper than the default."""
+    rng = np.random.default_rng(0)
+    inter_bw = rng.uniform(10e9, 50e9, (16, 16))
+    links = HierarchicalLinks(16, 8, 1e-6, 300e9, 5e-6, (inter_bw + inter_bw.T) / 2)
+    mesh = solve_placement(4, 4, 8, links, *VOLUMES, time_limit_s=5.0)
+    assert _is_permutation(mesh, 128)
+    assert placement_cost(mesh, links, *VOLUMES) < placement_cost(default_mesh(4, 4, 8), links, *VOLUMES)
+
+
+def test_deterministic():
+    """Two solves with the same seed return the same mesh."""
+    links = _random_links(2)
+    a = solve_placement(2, 2, 2, links, *VOLUMES, time_limit_s=5.0)
+    b = solve_placement(2, 2, 2, links, *VOLUMES, time_limit_s=5.0)
+    assert (a == b).all()
+    inter_bw = np.full((4, 4), 50e9)
+    inter_bw[2, 3] = inter_bw[3, 2] = 5e9
+    big = HierarchicalLinks(4, 8, 1e-6, 300e9, 5e-6, inter_bw)
+    assert (solve_placement(2, 2, 8, big, *VOLUMES) == solve_placement(2, 2, 8, big, *VOLUMES)).all()
+
+
+def test_uniform_cluster_returns_default_quickly():
+    """2048 nodes x 8 GPUs on one uniform fabric: the default order, in well under 5 s."""
+    links = HierarchicalLinks(2048, 8, 1e-6, 300e9, 5e-6, 25e9)
+    start = time.perf_counter()
+    mesh = solve_placement(16, 128, 8, links, *VOLUMES)
+    assert time.perf_counter() - start < 5.0
+    assert (mesh == default_mesh(16, 128, 8)).all()
+    small = DenseLinks(np.where(np.eye(8, dtype=bool), 0.0, 1e-6), np.full((8, 8), 100e9), 8)
+    assert (solve_placement(2, 2, 2, small, *VOLUMES) == default_mesh(2, 2, 2)).all()
+
+
+def test_cost_breakdown_sums_named_terms():
+    """The breakdown's total is the weighted sum of its tp, pp and dp terms, and a ring of 2 on one link is
+    2 alphas + bytes / bandwidth."""
+    alpha = np.where(np.eye(2, dtype=bool), 0.0, 1e-6)
+    links = DenseLinks(alpha, np.full((2, 2), 1e9), 2)
+    br = placement_cost_breakdown(default_mesh(1, 1, 2), links, 1e9, 0.0, 0.0)
+    assert br["tp"] == pytest.approx(2e-6 + 1.0) and br["pp"] == 0.0 and br["dp"] == 0.0
+    br = placement_cost_breakdown(default_mesh(2, 1, 1), links, 0.0, 1e9, 0.0, weights=(1.0, 2.0, 1.0))
+    assert br["total"] == pytest.approx(2 * (1e-6 + 1.0))
+
+
+def test_wrong_device_count_is_a_value_error():
+    """A grid that does not match the cluster size is rejected with a ValueError."""
+    with pytest.raises(ValueError):
+        solve_placement(2, 2, 2, _random_links(0, 4, 4), *VOLUMES)
