@@ -1,0 +1,64 @@
+"""`explain`: a folder that shows why a plan was chosen and how to run it.
+
+    timeline.png   the best plan's schedule, per pipeline rank            (pictures.timeline_png)
+    memory.png     the best plan's memory per pipeline rank vs the limit  (pictures.memory_png)
+    compare.png    the time breakdown of every plan given, side by side   (pictures.compare_png)
+    launch.sh, torchrun_node*.sh, slurm.sbatch, megatron_args.txt, torchtitan.toml   (exporters.write_exports)
+    plan.json      only when no plan file was given, so that the scripts have a plan to run
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autoconf.errors import UserError
+from autoconf.spec.plan import Plan, load_plan
+
+PICTURES = ("timeline.png", "memory.png", "compare.png")
+
+
+def explain(plans: list[Plan], out_dir: str | Path, cluster=None, plan_path: str | Path | None = None,
+            force: bool = False) -> list[Path]:
+    """Writes the pictures and exports for `plans` (best first) into `out_dir`; returns the files written.
+
+    `cluster` is the ClusterProfile the plans were made on (default: the profile named in the plan). `plan_path` is
+    the saved plan file the scripts should run; without one the best plan is saved as out_dir/plan.json. Refuses
+    (UserError, before writing anything) to replace existing files unless `force`.
+    """
+    from autoconf.report.exporters import export_texts, write_exports
+    from autoconf.report.pictures import compare_png, memory_png, timeline_png
+
+    if not plans:
+        raise UserError("nothing to explain: no plans")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} is a file; --explain/--out needs a folder")
+    best = plans[0]
+    names = list(PICTURES) + list(export_texts(best, plan_path))
+    if plan_path is None:
+        names.append("plan.json")
+    if not force:
+        existing = [n for n in names if (out_dir / n).exists()]
+        if existing:
+            raise UserError(f"{out_dir} already holds {', '.join(existing)}; pass --force to overwrite them or "
+                            f"choose another folder")
+    written: list[Path] = []
+    if plan_path is None:
+        plan_path = out_dir / "plan.json"
+        best.save(plan_path, force=force)
+        written.append(plan_path)
+    written.append(timeline_png(best, out_dir / "timeline.png", cluster))
+    written.append(memory_png(best, out_dir / "memory.png"))
+    written.append(compare_png(plans, out_dir / "compare.png"))
+    written += write_exports(best, plan_path, out_dir, force=True)
+    return written
+
+
+def show(plan_path: str | Path, out_dir: str | Path | None = None, force: bool = False, cluster=None) -> list[Path]:
+    """`autoconf show PLAN.json [--out DIR]`: redraws the pictures and exports of a saved plan (default folder:
+    next to the plan, named after it, e.g. plan.json -> plan_explain/)."""
+    plan_path = Path(plan_path)
+    plan = load_plan(plan_path)
+    if out_dir is None:
+        out_dir = plan_path.with_name(f"{plan_path.stem}_explain")
+    return explain([plan], out_dir, cluster=cluster, plan_path=plan_path, force=force)

@@ -1,0 +1,311 @@
+"""A plan as commands and configs for the tools people already run: autoconf launch, torchrun, SLURM, Megatron-LM,
+torchtitan.
+
+Every exporter is a pure function from a Plan (and the plan file's path) to text; `write_exports` writes them all to
+a folder. Where another framework cannot express part of the plan (an uneven partition, a V-shaped schedule, a
+custom GPU placement) the text says so in a comment rather than silently approximating it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import numpy as np
+
+from autoconf.cost.schedules import TORCH_CLASS
+from autoconf.errors import UserError
+from autoconf.spec.plan import Plan, write_new_file
+
+# More nodes than this get one torchrun script that takes the node rank as $1 instead of one script per node.
+MAX_NODE_SCRIPTS = 8
+DEFAULT_STEPS = 100
+MASTER_PORT = 29500
+
+
+def _nodes(plan: Plan) -> tuple[int, int]:
+    return int(plan.cluster.get("nodes", 1)), int(plan.cluster.get("gpus_per_node", 1))
+
+
+def _is_cpu(plan: Plan) -> bool:
+    return plan.cluster.get("backend") == "gloo" or str(plan.cluster.get("device", "")).startswith("cpu")
+
+
+def _plan_arg(plan_path: str | Path | None) -> str:
+    if plan_path is None:
+        return "plan.json"
+    return str(Path(plan_path).expanduser().resolve())
+
+
+def _train_args(plan: Plan, plan_var: str) -> str:
+    """The trainer's arguments; `plan_var` is already shell-quoted (a path or "$PLAN")."""
+    args = f"-m autoconf.execute.train --plan {plan_var} --steps \"${{STEPS:-{DEFAULT_STEPS}}}\""
+    if _is_cpu(plan):
+        args += " --device cpu"
+    return args
+
+
+def launch_command(plan: Plan, plan_path: str | Path | None) -> str:
+    """`autoconf launch PLAN.json`: the bundled launcher runs torchrun itself."""
+    cmd = f"autoconf launch {shlex.quote(_plan_arg(plan_path))} --steps {DEFAULT_STEPS}"
+    nodes, _ = _nodes(plan)
+    if nodes > 1:
+        cmd += (f" --nnodes {nodes} --node-rank \"$NODE_RANK\" --master-addr \"$MASTER_ADDR\""
+                " --master-port \"$MASTER_PORT\"")
+    return cmd
+
+
+def launch_script(plan: Plan, plan_path: str | Path | None) -> str:
+    nodes, _ = _nodes(plan)
+    lines = ["#!/usr/bin/env bash", f"# {_summary(plan)}", "set -euo pipefail"]
+    if nodes > 1:
+        lines += [f"# Run on each of the {nodes} nodes with its node rank (0..{nodes - 1}) as the first argument.",
+                  "NODE_RANK=${1:?usage: $0 NODE_RANK}",
+                  "MASTER_ADDR=${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}",
+                  f"MASTER_PORT=${{MASTER_PORT:-{MASTER_PORT}}}"]
+    lines.append(launch_command(plan, plan_path))
+    return "\n".join(lines) + "\n"
+
+
+def torchrun_command(plan: Plan, plan_path: str | Path | None, node_rank: str | int = "$NODE_RANK",
+                     plan_var: str | None = None) -> str:
+    """One node's torchrun line (static rendezvous: --node-rank, --master-addr, --master-port)."""
+    nodes, gpus = _nodes(plan)
+    rank = f"\"{node_rank}\"" if isinstance(node_rank, str) else str(node_rank)
+    plan_var = plan_var or shlex.quote(_plan_arg(plan_path))
+    return (f"torchrun --nnodes {nodes} --nproc-per-node {gpus} --node-rank {rank} "
+            f"--master-addr \"$MASTER_ADDR\" --master-port \"$MASTER_PORT\" \\\n    {_train_args(plan, plan_var)}")
+
+
+def torchrun_script(plan: Plan, plan_path: str | Path | None, node_rank: int | None = None) -> str:
+    """A script for node `node_rank`, or with None one script that takes the node rank as its first argument."""
+    nodes, _ = _nodes(plan)
+    lines = ["#!/usr/bin/env bash", f"# {_summary(plan)}", "set -euo pipefail"]
+    if node_rank is None:
+        lines += [f"# Run on each of the {nodes} nodes: $0 NODE_RANK (0..{nodes - 1}).",
+                  "NODE_RANK=${1:?usage: $0 NODE_RANK}"]
+    else:
+        lines.append(f"NODE_RANK={node_rank}  # of {nodes} node(s)")
+    master = "127.0.0.1" if nodes == 1 else ""
+    if master:
+        lines.append(f"MASTER_ADDR=${{MASTER_ADDR:-{master}}}")
+    else:
+        lines.append("MASTER_ADDR=${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}")
+    lines += [f"MASTER_PORT=${{MASTER_PORT:-{MASTER_PORT}}}", "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}",
+              torchrun_command(plan, plan_path, "$NODE_RANK")]
+    return "\n".join(lines) + "\n"
+
+
+def slurm_script(plan: Plan, plan_path: str | Path | None) -> str:
+    """sbatch script: one task per node, each running torchrun with its $SLURM_NODEID as node rank."""
+    nodes, gpus = _nodes(plan)
+    lines = ["#!/usr/bin/env bash", f"#SBATCH --job-name=autoconf-{plan.model.name}", f"#SBATCH --nodes={nodes}",
+             "#SBATCH --ntasks-per-node=1"]
+    if _is_cpu(plan):
+        lines.append(f"#SBATCH --cpus-per-task={gpus}")
+    else:
+        lines.append(f"#SBATCH --gpus-per-node={gpus}")
+    lines += ["#SBATCH --exclusive", f"# {_summary(plan)}", "set -euo pipefail",
+              f"export PLAN={shlex.quote(_plan_arg(plan_path))}",
+              "export MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1)",
+              f"export MASTER_PORT=${{MASTER_PORT:-{MASTER_PORT}}}",
+              f"export STEPS=${{STEPS:-{DEFAULT_STEPS}}}", "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}",
+              "# Single quotes: $SLURM_NODEID is expanded by each task on its own node.",
+              "srun --kill-on-bad-exit=1 bash -c '" + torchrun_command(plan, None, "$SLURM_NODEID", "\"$PLAN\"") + "'"]
+    return "\n".join(lines) + "\n"
+
+
+def _stage_layers(plan: Plan) -> list[int]:
+    return [end - first for first, end in plan.partition]
+
+
+def _summary(plan: Plan) -> str:
+    from autoconf.report.tables import layout_label
+
+    nodes, gpus = _nodes(plan)
+    return f"autoconf plan: {plan.model.name}, {layout_label(plan)}, on {nodes} x {gpus} {plan.cluster.get('name')}"
+
+
+def megatron_args(plan: Plan) -> str:
+    """Megatron-LM arguments for the same layout, one per line; '#' lines explain what Megatron cannot express.
+
+    Use with e.g. `grep -v '^#' megatron_args.txt | xargs python pretrain_gpt.py ...`.
+    """
+    m, c = plan.model, plan.config
+    notes: list[str] = []
+    args: list[str] = [
+        f"--tensor-model-parallel-size {c.tp}",
+        f"--pipeline-model-parallel-size {c.pp}",
+    ]
+    layers = _stage_layers(plan)
+    uniform = len(set(layers)) == 1
+    if c.schedule in ("zbv", "dualpipev"):
+        notes.append(f"schedule {c.schedule} (V-shaped, two chunks per rank) cannot be expressed in Megatron-LM; "
+                     "the closest is the interleaved 1F1B schedule below")
+    elif c.schedule == "gpipe":
+        notes.append("schedule gpipe cannot be expressed: Megatron-LM always runs 1F1B (same bubble, less memory)")
+    elif c.schedule == "looped-bfs":
+        notes.append("schedule looped-bfs cannot be expressed: Megatron-LM runs the interleaved 1F1B schedule")
+    elif c.schedule == "zb-h1":
+        notes.append("schedule zb-h1 (zero bubble, split backward) is not in Megatron-LM's main schedules; "
+                     "it runs 1F1B (or interleaved 1F1B with vpp > 1)")
+    if c.vpp > 1:
+        if uniform:
+            args.append(f"--num-layers-per-virtual-pipeline-stage {layers[0]}")
+        else:
+            notes.append(f"uneven partition {layers} (layers per virtual stage) cannot be expressed with virtual "
+                         f"pipeline stages; the uniform split needs pp*vpp = {c.num_stages} to divide "
+                         f"{m.num_layers} layers")
+    elif not uniform:
+        first, last, middle = layers[0], layers[-1], layers[1:-1]
+        if len(set(middle)) <= 1:
+            if middle and first != middle[0]:
+                args.append(f"--decoder-first-pipeline-num-layers {first}")
+            if middle and last != middle[0]:
+                args.append(f"--decoder-last-pipeline-num-layers {last}")
+            if not middle:
+                args += [f"--decoder-first-pipeline-num-layers {first}", f"--decoder-last-pipeline-num-layers {last}"]
+        else:
+            notes.append(f"uneven partition {layers} (layers per stage) cannot be expressed: Megatron-LM can only "
+                         "make the first and last stages differ from the rest")
+    args += [f"--micro-batch-size {c.micro_batch_size}", f"--global-batch-size {c.global_batch_size}",
+             f"--seq-length {c.seq_len}",
+             f"--max-position-embeddings {m.max_seq_len if m.arch == 'gpt' else max(m.max_seq_len, c.seq_len)}"]
+    if c.sequence_parallel:
+        args.append("--sequence-parallel")
+    if c.recompute == "selective":
+        args.append("--recompute-granularity selective")
+    elif c.recompute == "full":
+        args += ["--recompute-granularity full", "--recompute-method uniform", "--recompute-num-layers 1"]
+    if c.zero_stage >= 1:
+        args.append("--use-distributed-optimizer")
+    if c.zero_stage == 3:
+        notes.append("zero 3 (parameters sharded, re-gathered per pass) is beyond Megatron's distributed optimizer "
+                     "(which shards optimizer state and gradients); recent Megatron-Core offers --use-torch-fsdp2")
+    if c.dtype == "bf16":
+        args.append("--bf16")
+    elif c.dtype == "fp16":
+        args.append("--fp16")
+    else:
+        notes.append("dtype fp32: Megatron's default, no flag")
+    args += [f"--num-layers {m.num_layers}", f"--hidden-size {m.hidden_size}",
+             f"--num-attention-heads {m.num_heads}", f"--ffn-hidden-size {m.ffn_hidden_size}"]
+    if m.arch == "llama":
+        if m.num_kv_heads != m.num_heads:
+            args += ["--group-query-attention", f"--num-query-groups {m.num_kv_heads}"]
+        args += ["--swiglu", "--normalization RMSNorm", f"--norm-epsilon {m.norm_eps:g}",
+                 "--position-embedding-type rope", f"--rotary-base {m.rope_theta:g}", "--disable-bias-linear"]
+        if m.qkv_bias:
+            args.append("--add-qkv-bias")
+    else:
+        args += [f"--attention-dropout {m.dropout:g}", f"--hidden-dropout {m.dropout:g}"]
+    if not m.tied_embeddings:
+        args.append("--untie-embeddings-and-output-weights")
+    notes.append(f"vocabulary {m.vocab_size}: comes from Megatron's tokenizer (--vocab-size with NullTokenizer)")
+    if c.attention == "flash":
+        notes.append("flash attention: --attention-backend flash (Megatron-Core >= 0.10) or --use-flash-attn (older)")
+    mesh = np.asarray(plan.placement.get("mesh"))
+    if mesh.size and not np.array_equal(mesh.ravel(), np.arange(mesh.size)):
+        notes.append("GPU placement differs from Megatron's rank order (tp fastest, then dp, then pp) and cannot be "
+                     "expressed with arguments; order the hosts or CUDA_VISIBLE_DEVICES to match plan placement.mesh")
+    header = [f"# {_summary(plan)}", "# Megatron-LM arguments; use with: grep -v '^#' megatron_args.txt | xargs ..."]
+    return "\n".join(header + [f"# NOTE: {n}" for n in notes] + args) + "\n"
+
+
+def _fqns(plan: Plan) -> list[list[str]]:
+    """torchtitan module names of each model chunk, in stage order (its llama models: tok_embeddings, layers.N,
+    norm, output)."""
+    parts = []
+    last = len(plan.partition) - 1
+    for st, (first, end) in enumerate(plan.partition):
+        names = ["tok_embeddings"] if st == 0 else []
+        names += [f"layers.{i}" for i in range(first, end)]
+        if st == last:
+            names += ["norm", "output"]
+        parts.append(names)
+    return parts
+
+
+def torchtitan_toml(plan: Plan) -> str:
+    """torchtitan job-config sections for the same layout (field names of torchtitan's JobConfig)."""
+    m, c = plan.model, plan.config
+    replicate, shard = (c.dp, 1) if c.zero_stage == 0 else (1, c.dp)
+    reshard = {0: "default", 1: "never", 2: "never", 3: "always"}[c.zero_stage]
+    precision = "float32" if c.dtype == "fp32" else "bfloat16"
+    lines = [f"# {_summary(plan)}"]
+    if m.arch == "gpt":
+        lines.append("# NOTE: torchtitan ships llama-style models; a GPT (LayerNorm, GeLU, learned positions) model "
+                     "needs its own model definition")
+    if c.dtype == "fp16":
+        lines.append("# NOTE: torchtitan's mixed precision is bfloat16 or float32, not fp16")
+    lines += ["[training]",
+              f"local_batch_size = {c.global_batch_size // c.dp}",
+              f"global_batch_size = {c.global_batch_size}",
+              f"seq_len = {c.seq_len}",
+              f'mixed_precision_param = "{precision}"',
+              "",
+              "[parallelism]",
+              f"data_parallel_replicate_degree = {replicate}",
+              f"data_parallel_shard_degree = {shard}",
+              f'fsdp_reshard_after_forward = "{reshard}"',
+              f"tensor_parallel_degree = {c.tp}",
+              "enable_async_tensor_parallel = false",
+              f"pipeline_parallel_degree = {c.pp}",
+              f'pipeline_parallel_schedule = "{TORCH_CLASS[c.schedule]}"',
+              f"pipeline_parallel_microbatch_size = {c.micro_batch_size}"]
+    if c.pp > 1:
+        lines.append("# the stage partition, one list per model chunk in stage order (older torchtitan: "
+                     "pipeline_parallel_split_points)")
+        lines.append("module_fqns_per_model_part = [")
+        lines += ["    [" + ", ".join(f'"{n}"' for n in part) + "]," for part in _fqns(plan)]
+        lines.append("]")
+    if c.sequence_parallel:
+        lines.append("# sequence parallelism: torchtitan applies it with every tensor_parallel_degree > 1")
+    elif c.tp > 1:
+        lines.append("# NOTE: torchtitan always uses sequence parallelism with tensor parallelism; the plan did not")
+    lines += ["", "[activation_checkpoint]", f'mode = "{c.recompute}"']
+    if c.recompute == "selective":
+        lines.append('selective_ac_option = "op"  # operator-level selective recompute (attention core)')
+    return "\n".join(lines) + "\n"
+
+
+def export_texts(plan: Plan, plan_path: str | Path | None) -> dict[str, str]:
+    """File name -> text of every export."""
+    nodes, _ = _nodes(plan)
+    files = {"launch.sh": launch_script(plan, plan_path)}
+    if nodes <= MAX_NODE_SCRIPTS:
+        for i in range(nodes):
+            files[f"torchrun_node{i}.sh"] = torchrun_script(plan, plan_path, i)
+    else:
+        files["torchrun_node.sh"] = torchrun_script(plan, plan_path, None)
+    files["slurm.sbatch"] = slurm_script(plan, plan_path)
+    files["megatron_args.txt"] = megatron_args(plan)
+    files["torchtitan.toml"] = torchtitan_toml(plan)
+    return files
+
+
+def write_exports(plan: Plan, plan_path: str | Path | None, out_dir: str | Path, force: bool = False) -> list[Path]:
+    """Writes launch.sh, torchrun_node<i>.sh (or one torchrun_node.sh taking the node rank for more than
+    MAX_NODE_SCRIPTS nodes), slurm.sbatch, megatron_args.txt and torchtitan.toml into `out_dir`.
+
+    Refuses (UserError) before writing anything if any of them exists and not `force`.
+    """
+    out_dir = Path(out_dir)
+    texts = export_texts(plan, plan_path)
+    if not force:
+        for name in texts:
+            write_new_file_check(out_dir / name)
+    paths = []
+    for name, text in texts.items():
+        path = out_dir / name
+        write_new_file(path, text, force=force)
+        if name.endswith((".sh", ".sbatch")):
+            path.chmod(0o755)
+        paths.append(path)
+    return paths
+
+
+def write_new_file_check(path: Path) -> None:
+    """The same refusal as write_new_file, without writing (so a folder is never left half-exported)."""
+    if path.exists():
+        raise UserError(f"{path} already exists; pass --force to overwrite it or choose another folder")

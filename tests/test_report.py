@@ -1,0 +1,155 @@
+"""Pictures (Agg PNGs), exports (launch/torchrun/SLURM/Megatron/torchtitan) and the explain folder of a plan."""
+
+from __future__ import annotations
+
+import tomllib
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+
+from autoconf.cost.estimate import estimate  # noqa: E402
+from autoconf.errors import UserError  # noqa: E402
+from autoconf.report.exporters import (megatron_args, slurm_script, torchrun_script, torchtitan_toml,  # noqa: E402
+                                       write_exports)
+from autoconf.report.explain import explain, show  # noqa: E402
+from autoconf.report.pictures import compare_png, memory_png, plan_timeline, timeline_png  # noqa: E402
+from autoconf.spec.cluster import load_cluster  # noqa: E402
+from autoconf.spec.plan import ParallelConfig  # noqa: E402
+from autoconf.spec.presets import load_model  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def tiny_plan(schedule: str = "1f1b", vpp: int = 1, zero: int = 0, pp: int = 2, dp: int = 2, partition=None,
+              model: str = "tiny-gpt", cluster=None, recompute: str = "none", global_batch: int = 8):
+    cluster = cluster or load_cluster("cpu-local")
+    config = ParallelConfig(tp=1, pp=pp, dp=dp, vpp=vpp, micro_batch_size=1, global_batch_size=global_batch, seq_len=64,
+                            schedule=schedule, zero_stage=zero, dtype="fp32", recompute=recompute)
+    return estimate(load_model(model), cluster, config, partition=partition)
+
+
+def assert_png(path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    assert len(data) > 5 * 1024, f"{path} is only {len(data)} bytes"
+
+
+@pytest.mark.parametrize("schedule,vpp", [("1f1b", 1), ("zbv", 2)])
+def test_pictures_are_nontrivial_pngs(tmp_path, schedule, vpp):
+    """timeline, memory and compare pictures are valid PNG files of more than 5 KB for a 1f1b and a zbv plan."""
+    plan = tiny_plan(schedule, vpp, zero=1)
+    other = tiny_plan("gpipe")
+    assert_png(timeline_png(plan, tmp_path / "timeline.png"))
+    assert_png(memory_png(plan, tmp_path / "memory.png"))
+    assert_png(compare_png([plan, other], tmp_path / "compare.png"))
+
+
+def test_rebuilt_timeline_matches_the_prediction():
+    """The timeline re-simulated from the plan ends where the prediction says the step does (minus the optimizer)."""
+    for schedule, vpp, zero in (("1f1b", 1, 0), ("zbv", 2, 1), ("interleaved-1f1b", 2, 3)):
+        plan = tiny_plan(schedule, vpp, zero)
+        timeline, optimizer = plan_timeline(plan)
+        assert timeline.makespan + optimizer == pytest.approx(plan.prediction["iteration_time_s"], rel=1e-9)
+        assert all(len(ev) > 0 for ev in timeline.events)
+
+
+def test_megatron_args_carry_the_degrees():
+    """Megatron arguments name TP, PP, batch sizes, sequence length, and the distributed optimizer for zero >= 1."""
+    text = megatron_args(tiny_plan(zero=1, recompute="full"))
+    lines = text.splitlines()
+    for arg in ("--tensor-model-parallel-size 1", "--pipeline-model-parallel-size 2", "--micro-batch-size 1",
+                "--global-batch-size 8", "--seq-length 64", "--use-distributed-optimizer", "--num-layers 8",
+                "--recompute-granularity full", "--recompute-method uniform", "--recompute-num-layers 1"):
+        assert arg in lines, f"{arg} missing from\n{text}"
+    assert "--bf16" not in lines and "--fp16" not in lines  # fp32 plan
+
+
+def test_megatron_args_for_llama_interleaved_and_v_schedules():
+    """llama flags (GQA, SwiGLU, RMSNorm, rope, untied), layers per virtual stage; zbv is flagged as inexpressible."""
+    text = megatron_args(tiny_plan("interleaved-1f1b", 2, model="tiny-llama"))
+    lines = text.splitlines()
+    for arg in ("--group-query-attention", "--num-query-groups 2", "--swiglu", "--normalization RMSNorm",
+                "--position-embedding-type rope", "--untie-embeddings-and-output-weights",
+                "--num-layers-per-virtual-pipeline-stage 2"):
+        assert arg in lines, f"{arg} missing from\n{text}"
+    zbv = megatron_args(tiny_plan("zbv", 2))
+    assert any(line.startswith("# NOTE: schedule zbv") for line in zbv.splitlines())
+
+
+def test_megatron_uneven_partition():
+    """Only the end stages differ: --decoder-first/last-pipeline-num-layers; otherwise a note says it can't be
+    expressed."""
+    ends = megatron_args(tiny_plan(pp=4, dp=1, partition=[[0, 1], [1, 4], [4, 7], [7, 8]])).splitlines()
+    assert "--decoder-first-pipeline-num-layers 1" in ends and "--decoder-last-pipeline-num-layers 1" in ends
+    middle = megatron_args(tiny_plan(pp=4, dp=1, partition=[[0, 2], [2, 3], [3, 6], [6, 8]]))
+    assert "cannot be expressed" in middle and "--decoder-first-pipeline-num-layers" not in middle
+
+
+@pytest.mark.parametrize("schedule,vpp,zero,name", [("1f1b", 1, 0, "1F1B"), ("zbv", 2, 1, "ZBVZeroBubble"),
+                                                     ("interleaved-1f1b", 2, 3, "Interleaved1F1B")])
+def test_torchtitan_toml_parses_with_the_degrees(schedule, vpp, zero, name):
+    """The torchtitan TOML parses and has the degrees, torchtitan's schedule name, and DP replicate/shard by zero."""
+    plan = tiny_plan(schedule, vpp, zero)
+    doc = tomllib.loads(torchtitan_toml(plan))
+    par = doc["parallelism"]
+    assert par["tensor_parallel_degree"] == 1 and par["pipeline_parallel_degree"] == 2
+    assert par["pipeline_parallel_schedule"] == name
+    assert par["pipeline_parallel_microbatch_size"] == 1
+    assert par["enable_async_tensor_parallel"] is False
+    if zero == 0:
+        assert (par["data_parallel_replicate_degree"], par["data_parallel_shard_degree"]) == (2, 1)
+    else:
+        assert (par["data_parallel_replicate_degree"], par["data_parallel_shard_degree"]) == (1, 2)
+    parts = par["module_fqns_per_model_part"]
+    assert len(parts) == 2 * vpp and parts[0][0] == "tok_embeddings" and parts[-1][-1] == "output"
+    assert doc["training"]["local_batch_size"] == 4 and doc["training"]["seq_len"] == 64
+    assert doc["activation_checkpoint"]["mode"] == "none"
+
+
+def test_slurm_and_torchrun_scripts_name_the_nodes():
+    """SLURM asks for every node, one task each; many nodes get one torchrun script taking the node rank."""
+    cluster = load_cluster("cpu-local", 16, 1)
+    plan = tiny_plan(pp=2, dp=8, cluster=cluster, global_batch=16)
+    slurm = slurm_script(plan, "plan.json")
+    assert "#SBATCH --nodes=16" in slurm and "#SBATCH --ntasks-per-node=1" in slurm
+    assert "$SLURM_NODEID" in slurm and "scontrol show hostnames" in slurm
+    script = torchrun_script(plan, "plan.json", None)
+    assert "--nnodes 16" in script and "--nproc-per-node 1" in script and "${1:?" in script
+
+
+def test_write_exports_many_nodes_writes_one_torchrun_script(tmp_path):
+    plan = tiny_plan(pp=2, dp=8, cluster=load_cluster("cpu-local", 16, 1), global_batch=16)
+    names = sorted(p.name for p in write_exports(plan, tmp_path / "plan.json", tmp_path))
+    assert names == ["launch.sh", "megatron_args.txt", "slurm.sbatch", "torchrun_node.sh", "torchtitan.toml"]
+
+
+def test_exports_refuse_to_overwrite_without_force(tmp_path):
+    """Exporting twice raises UserError without force and succeeds with it."""
+    plan = tiny_plan()
+    paths = write_exports(plan, tmp_path / "plan.json", tmp_path / "out")
+    assert {p.name for p in paths} == {"launch.sh", "torchrun_node0.sh", "slurm.sbatch", "megatron_args.txt",
+                                       "torchtitan.toml"}
+    with pytest.raises(UserError, match="already exists"):
+        write_exports(plan, tmp_path / "plan.json", tmp_path / "out")
+    assert write_exports(plan, tmp_path / "plan.json", tmp_path / "out", force=True) == paths
+
+
+def test_explain_and_show(tmp_path):
+    """explain writes pictures, exports and (without a plan file) plan.json; show redraws them from the file."""
+    plans = [tiny_plan("zbv", 2), tiny_plan("1f1b")]
+    written = explain(plans, tmp_path / "explain")
+    names = {p.name for p in written}
+    assert {"timeline.png", "memory.png", "compare.png", "plan.json", "megatron_args.txt"} <= names
+    for name in ("timeline.png", "memory.png", "compare.png"):
+        assert_png(tmp_path / "explain" / name)
+    with pytest.raises(UserError):
+        explain(plans, tmp_path / "explain")
+    shown = show(tmp_path / "explain" / "plan.json", tmp_path / "shown")
+    assert {"timeline.png", "memory.png", "compare.png", "torchtitan.toml"} <= {p.name for p in shown}
+    assert str((tmp_path / "explain" / "plan.json").resolve()) in (tmp_path / "shown" / "launch.sh").read_text()
+    with pytest.raises(UserError):
+        show(tmp_path / "explain" / "plan.json", tmp_path / "shown")
+    assert show(tmp_path / "explain" / "plan.json", tmp_path / "shown", force=True)
