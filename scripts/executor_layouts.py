@@ -23,8 +23,11 @@ def main() -> None:
     import torch.distributed as dist
 
     results = []
-    for data in job["plans"]:
+    for index, data in enumerate(job["plans"]):
         plan = Plan.from_dict(data)
+        c = plan.config
+        print(f"[rank {dist.get_rank()}] plan {index}: tp {c.tp} pp {c.pp} dp {c.dp} vpp {c.vpp} {c.schedule} "
+              f"zero {c.zero_stage} sp {c.sequence_parallel}", file=sys.stderr, flush=True)
         opts = TrainOptions(steps=job["steps"], seed=job.get("seed", 0), lr=job.get("lr", 1e-3), quiet=True,
                             max_grad_norm=job.get("max_grad_norm", 1.0))
         t0 = time.perf_counter()

@@ -138,7 +138,9 @@ class Trainer:
                 seen.add(id(p))
                 g, sharded = p.grad, set()
                 if isinstance(g, DTensor):
-                    sharded = {n for n, pl in zip(g.device_mesh.mesh_dim_names, g.placements) if pl.is_shard()}
+                    # Not is_shard(): FSDP over TP uses _StridedShard, which is_shard() does not count.
+                    sharded = {n for n, pl in zip(g.device_mesh.mesh_dim_names, g.placements)
+                               if not pl.is_replicate()}
                     g = g.to_local()
                 replicas = 1
                 for dim in ("dp", "tp"):
@@ -147,6 +149,18 @@ class Trainer:
                 total += g.double().pow(2).sum() / replicas
         dist.all_reduce(total)
         return total.sqrt()
+
+    @torch.no_grad()
+    def match_grad_layouts(self) -> None:
+        """Gives every DTensor gradient its parameter's placements. (The vocabulary-parallel embedding's backward
+        returns a Replicate gradient for a Shard(0) weight; redistributing to Shard(0) just keeps the local rows.)"""
+        from torch.distributed.tensor import DTensor
+
+        for model in self.models:
+            for p in model.parameters():
+                g = p.grad
+                if isinstance(g, DTensor) and isinstance(p, DTensor) and g.placements != p.placements:
+                    p.grad = g.redistribute(p.device_mesh, p.placements)
 
     @torch.no_grad()
     def clip(self, norm: torch.Tensor) -> None:
@@ -181,6 +195,7 @@ class Trainer:
                 self._accumulate(inputs, targets, losses)
             else:
                 self._pipeline(inputs, targets, losses)
+        self.match_grad_layouts()
         if c.dp > 1 and not self.fsdp:
             allreduce_gradients(self.models, self.mesh["dp"].get_group(), c.dp)
         self.tied.sync()
