@@ -59,8 +59,8 @@ def test_alpha_beta_fit_never_returns_negative_latency_or_bandwidth():
     """Pure bandwidth data (zero latency plus noise) clamps alpha at 0; flat times still give a positive beta."""
     link = fit_alpha_beta([1e6, 2e6, 4e6], [0.0009, 0.0021, 0.0040])
     assert link.latency_s >= 0 and link.bandwidth_Bps > 0
-    flat = fit_alpha_beta([1e3, 1e6], [1e-4, 0.99e-4])
-    assert flat.latency_s >= 0 and flat.bandwidth_Bps > 0
+    flat = fit_alpha_beta([1e3, 1e6], [1e-4, 1.001e-4])  # no bandwidth signal: the largest message's rate
+    assert flat.latency_s >= 0 and flat.bandwidth_Bps == pytest.approx(1e6 / 1.001e-4)
     with pytest.raises(ValueError):
         fit_alpha_beta([1e3, 1e3], [1.0, 1.0])
 

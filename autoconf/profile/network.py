@@ -70,8 +70,8 @@ def fit_alpha_beta(sizes: list[float], times: list[float]) -> Link:
     """Least-squares fit of t(n) = alpha + n / beta to (size, time) points, minimising relative residuals.
 
     Each row is divided by its time so that a 4 KiB message counts as much as a 16 MiB one. A negative intercept
-    (noise) is clamped to zero with the slope refitted through the origin; a non-positive slope (no measurable
-    transfer cost) falls back to the largest message's size over its time.
+    (noise) is clamped to zero with the slope refitted through the origin; a slope that gives the largest message
+    under 5% of its time as transfer (no measurable bandwidth term) falls back to that message's size over its time.
     """
     n = np.asarray(sizes, dtype=float)
     t = np.asarray(times, dtype=float)
@@ -83,9 +83,11 @@ def fit_alpha_beta(sizes: list[float], times: list[float]) -> Link:
     if alpha < 0:
         alpha = 0.0
         inv_beta = float(np.sum(w * w * n * t) / np.sum(w * w * n * n))
-    if inv_beta <= 0:
-        biggest = int(np.argmax(n))
-        inv_beta = max(t[biggest] - alpha, 1e-12) / n[biggest]
+    biggest = int(np.argmax(n))
+    if inv_beta * n[biggest] < 0.05 * t[biggest]:
+        # The largest message shows no measurable transfer time next to the latency (noise, or sizes too small):
+        # take its effective bandwidth, a lower bound on the link's, rather than an arbitrarily large fitted one.
+        inv_beta = t[biggest] / n[biggest]
     return Link(latency_s=float(alpha), bandwidth_Bps=float(1.0 / inv_beta))
 
 

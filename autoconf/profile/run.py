@@ -172,7 +172,7 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
     p2p_sizes = network.P2P_SIZES_QUICK if quick else network.P2P_SIZES
     warm, reps = (1, 3) if tiny else ((2, 10) if quick else (3, 20))
     if tiny:
-        p2p_sizes = p2p_sizes[:2]
+        p2p_sizes = [p2p_sizes[0], p2p_sizes[-1]]
     log(f"point-to-point: {len(network.round_robin_pairs(world))} round(s), sizes "
         f"{', '.join(_size(n) for n in p2p_sizes)}, both directions, {reps} repeats")
     samples = network.measure_p2p(p2p_sizes, warm, reps, device, log)
