@@ -170,7 +170,7 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
 
     # 3. Links.
     p2p_sizes = network.P2P_SIZES_QUICK if quick else network.P2P_SIZES
-    warm, reps = (1, 3) if tiny else ((2, 10) if quick else (3, 20))
+    warm, reps = (1, 3) if tiny else ((2, 20) if quick else (3, 30))
     if tiny:
         p2p_sizes = [p2p_sizes[0], p2p_sizes[-1]]
     log(f"point-to-point: {len(network.round_robin_pairs(world))} round(s), sizes "
@@ -180,17 +180,21 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
     links = network.summarize_links(layout, fits, Link(0.0, float(bandwidth)))
     notes = []
     intra, inter = links["intra_node"], links["inter_node"]
-    if inter is None:
+    if intra is None and inter is None:
+        if base:
+            intra, inter = base.intra_node, base.inter_node
+            notes.append(f"no links measured (one rank): taken from {base_name}")
+        else:
+            intra = inter = Link(0.0, float(bandwidth))
+            notes.append("no links measured (one rank): placeholders at memory bandwidth")
+    elif inter is None:
         inter = base.inter_node if base else intra
         notes.append("inter-node link not measured (one node): " +
                      (f"taken from {base_name}" if base else "copied from the intra-node link"))
-    if intra is None:
+    elif intra is None:
         intra = base.intra_node if base else inter
         notes.append("intra-node link not measured (one rank per node): " +
                      (f"taken from {base_name}" if base else "copied from the inter-node link"))
-    if intra is None:
-        intra = inter = Link(0.0, float(bandwidth))
-        notes.append("no links measured (one rank): placeholders at memory bandwidth")
     for label, link in (("intra", links["intra_node"]), ("inter", links["inter_node"])):
         if link is not None:
             log(f"  {label}-node: latency {link.latency_s * 1e6:.1f} us, bandwidth {link.bandwidth_Bps / 1e9:.2f} GB/s")
