@@ -50,14 +50,24 @@ def find_latest(root: Path, log=print) -> tuple[Path, dict] | None:
     return None
 
 
-def _state(models, optimizer):
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+def _states(models: list, optimizers: list) -> list[tuple[dict, dict]]:
+    """(model, optimizer) state dicts of every chunk, keyed by layout-independent names (optimizer state flattened
+    to "state.<param>.<key>" keys), so the union over chunks and ranks is one namespace."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    model_sd, optim_sd = get_state_dict(models, optimizer)
-    return {"model": model_sd, "optim": optim_sd}
+    options = StateDictOptions(flatten_optimizer_state_dict=True)
+    return [get_state_dict(m, o, options=options) for m, o in zip(models, optimizers)]
 
 
-def save(root: Path, step: int, models: list, optimizer, meta: dict) -> Path:
+def _merged(states: list[tuple[dict, dict]]) -> dict:
+    model, optim = {}, {}
+    for m, o in states:
+        model.update(m)
+        optim.update(o)
+    return {"model": model, "optim": optim}
+
+
+def save(root: Path, step: int, models: list, optimizers: list, meta: dict) -> Path:
     """Collective: every rank calls it. Returns the committed directory."""
     import torch.distributed.checkpoint as dcp
 
@@ -69,7 +79,7 @@ def save(root: Path, step: int, models: list, optimizer, meta: dict) -> Path:
             shutil.rmtree(tmp)
         tmp.mkdir()
     dist.barrier()
-    dcp.save(_state(models, optimizer), checkpoint_id=str(tmp))
+    dcp.save(_merged(_states(models, optimizers)), checkpoint_id=str(tmp))
     dist.barrier()
     if dist.get_rank() == 0:
         (tmp / MARKER).write_text(json.dumps({**meta, "step": step, "saved_at": time.time()}, indent=2) + "\n")
@@ -80,11 +90,15 @@ def save(root: Path, step: int, models: list, optimizer, meta: dict) -> Path:
     return final
 
 
-def load(path: Path, models: list, optimizer) -> None:
+def load(path: Path, models: list, optimizers: list) -> None:
     """Collective: loads model and optimizer state from a DCP checkpoint, resharding to this layout."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    state = _state(models, optimizer)
-    dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(models, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    states = _states(models, optimizers)
+    merged = _merged(states)
+    dcp.load(merged, checkpoint_id=str(path))
+    options = StateDictOptions(flatten_optimizer_state_dict=True)
+    for (m, o), (msd, osd) in zip(zip(models, optimizers), states):
+        set_state_dict(m, o, model_state_dict={k: merged["model"][k] for k in msd},
+                       optim_state_dict={k: merged["optim"][k] for k in osd}, options=options)

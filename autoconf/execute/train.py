@@ -97,26 +97,23 @@ class Trainer:
         self.schedule = None
         if c.pp > 1:
             self.schedule, self.stages = build_schedule(plan, self.chunks, self.mesh["pp"].get_group(), device)
-        self.optimizer = self._optimizer()
+        self.optimizers = [self._optimizer(model) for model in self.models]  # one per chunk (for DCP)
         self.data = TokenSource(opts.data, plan.model.vocab_size, c.seq_len, opts.seed)
 
     # ---- optimizer -------------------------------------------------------------------------------------------
-    def _optimizer(self) -> torch.optim.Optimizer:
+    def _optimizer(self, model) -> torch.optim.Optimizer:
         """AdamW; decay on matrices only. Parameters are grouped by kind (plain tensor, or DTensor of one mesh) so
         that the fused multi-tensor update never mixes them."""
         from torch.distributed.tensor import DTensor
 
         groups: dict = {}
         seen: set[int] = set()
-        for model in self.models:
-            for p in model.parameters():
-                if id(p) in seen:
-                    continue
+        for p in model.parameters():
+            if id(p) not in seen:
                 seen.add(id(p))
                 mesh_key = (p.device_mesh.mesh_dim_names, tuple(p.device_mesh.mesh.flatten().tolist())) \
                     if isinstance(p, DTensor) else None
-                decay = p.ndim >= 2
-                groups.setdefault((decay, mesh_key), []).append(p)
+                groups.setdefault((p.ndim >= 2, mesh_key), []).append(p)
         param_groups = [{"params": ps, "weight_decay": self.opts.weight_decay if decay else 0.0}
                         for (decay, _), ps in groups.items()]
         return torch.optim.AdamW(param_groups, lr=self.opts.lr, betas=(0.9, 0.95), eps=1e-8)
@@ -185,8 +182,9 @@ class Trainer:
     def train_step(self, step: int) -> dict:
         c = self.config
         lr = lr_at(step, self.opts)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         batch = local_rows(self.data.global_batch(step, c.global_batch_size), self.coords.dp, c.dp).to(self.device)
         inputs, targets = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
         losses: list[torch.Tensor] = []
@@ -201,8 +199,9 @@ class Trainer:
         self.tied.sync()
         norm = self.grad_norm()
         self.clip(norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer in self.optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         # Mean over every micro-batch of every replica (ranks that hold no loss add zeros; TP copies count alike
         # in the sum and in the count).
         stats = torch.zeros(2, dtype=torch.float64, device=self.device)
@@ -256,7 +255,7 @@ def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) ->
             path, meta = found
             if meta.get("seed") != opts.seed or meta.get("data") != opts.data:
                 log(f"warning: {path} was written with seed {meta.get('seed')} and data {meta.get('data')!r}")
-            ckpt.load(path, trainer.models, trainer.optimizer)
+            ckpt.load(path, trainer.models, trainer.optimizers)
             start = int(meta["data_position"])
             log(f"resumed from {path} at step {start}")
     end = opts.steps if opts.stop_after is None else min(opts.steps, start + opts.stop_after)
@@ -282,12 +281,12 @@ def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) ->
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
             if opts.checkpoint_dir and opts.checkpoint_every and (step + 1) % opts.checkpoint_every == 0:
-                ckpt.save(Path(opts.checkpoint_dir), step + 1, trainer.models, trainer.optimizer,
+                ckpt.save(Path(opts.checkpoint_dir), step + 1, trainer.models, trainer.optimizers,
                           trainer.checkpoint_meta(step + 1))
                 last_saved = step + 1
                 log(f"checkpoint step {step + 1} saved")
         if opts.checkpoint_dir and end > last_saved:
-            ckpt.save(Path(opts.checkpoint_dir), end, trainer.models, trainer.optimizer, trainer.checkpoint_meta(end))
+            ckpt.save(Path(opts.checkpoint_dir), end, trainer.models, trainer.optimizers, trainer.checkpoint_meta(end))
             log(f"checkpoint step {end} saved")
         if metrics:
             metrics.write(json.dumps({"summary": _summary(plan, opts, records, device, rss_start)}) + "\n")

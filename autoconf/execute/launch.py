@@ -1,0 +1,129 @@
+"""`autoconf launch`: validates a plan and the run's paths, then starts `autoconf.execute.train` under torchrun.
+
+Single node: a free local port on 127.0.0.1 with the c10d rendezvous (master_addr/master_port are not used).
+Several nodes: torchrun's static rendezvous (`--node-rank R --master-addr A --master-port P`), so that node R runs
+global ranks R*nproc_per_node ... (R+1)*nproc_per_node-1, which is what the plan's placement assumes.
+`--max-restarts` is handed to torchrun; with a checkpoint directory a restarted run resumes from the newest
+complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from autoconf.errors import UserError
+from autoconf.spec.plan import load_plan
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _check_writable_dir(path: Path, what: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create {what} {path}: {err.strerror or err}") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"{what} {path} is not writable")
+
+
+def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str | None = None,
+                   metrics: str | None = None, checkpoint_dir: str | None = None, checkpoint_every: int = 0,
+                   max_restarts: int = 0, nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
+                   master_port: int = 29500, nproc_per_node: int | None = None,
+                   force: bool = False) -> list[list[str]]:
+    """Validates everything `launch` validates and returns the torchrun command of every node (index = node
+    rank). Raises UserError naming what is wrong and what would work."""
+    plan_path = Path(plan_path).resolve()
+    plan = load_plan(plan_path)
+    world = plan.config.world_size
+    if steps < 1:
+        raise UserError(f"--steps must be at least 1 (got {steps})")
+    if checkpoint_every < 0 or max_restarts < 0:
+        raise UserError("--checkpoint-every and --max-restarts must be >= 0")
+    if nnodes < 1 or not 0 <= node_rank < nnodes:
+        raise UserError(f"--node-rank {node_rank} must be in 0..{nnodes - 1} for --nnodes {nnodes}")
+    if nproc_per_node is None:
+        if world % nnodes:
+            raise UserError(f"the plan needs {world} processes, which {nnodes} nodes cannot split evenly; "
+                            f"use --nnodes in {[d for d in range(1, world + 1) if world % d == 0]}")
+        nproc_per_node = world // nnodes
+    if nnodes * nproc_per_node != world:
+        raise UserError(f"the plan needs {world} processes (tp*pp*dp = {plan.config.tp}*{plan.config.pp}*"
+                        f"{plan.config.dp}) but {nnodes} nodes x {nproc_per_node} processes = "
+                        f"{nnodes * nproc_per_node}; use --nproc-per-node {world // nnodes if world % nnodes == 0 else '?'}"
+                        f" or a plan for {nnodes * nproc_per_node} devices")
+    train_args = ["--plan", str(plan_path), "--steps", str(steps), "--seed", str(seed)]
+    if data is not None:
+        data_path = Path(data).resolve()
+        if not data_path.is_file():
+            raise UserError(f"data file {data} does not exist")
+        train_args += ["--data", str(data_path)]
+    if metrics is not None:
+        metrics_path = Path(metrics).resolve()
+        if metrics_path.exists() and not force:
+            raise UserError(f"metrics file {metrics} already exists; pass --force to overwrite it or choose "
+                            f"another path")
+        _check_writable_dir(metrics_path.parent, "metrics directory")
+        train_args += ["--metrics", str(metrics_path)]
+    if checkpoint_dir is not None:
+        ckpt_path = Path(checkpoint_dir).resolve()
+        _check_writable_dir(ckpt_path, "checkpoint directory")
+        train_args += ["--checkpoint-dir", str(ckpt_path), "--checkpoint-every", str(checkpoint_every)]
+    elif checkpoint_every:
+        raise UserError("--checkpoint-every needs --checkpoint-dir")
+
+    base = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes),
+            "--nproc-per-node", str(nproc_per_node), "--max-restarts", str(max_restarts)]
+    if nnodes == 1:
+        rdzv = [["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}"]]
+    else:
+        rdzv = [["--node-rank", str(r), "--master-addr", master_addr, "--master-port", str(master_port)]
+                for r in range(nnodes)]
+    return [base + r + ["-m", "autoconf.execute.train"] + train_args for r in rdzv]
+
+
+def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | None = None,
+           metrics: str | None = None, checkpoint_dir: str | None = None, checkpoint_every: int = 0,
+           max_restarts: int = 0, dry_run: bool = False, nnodes: int = 1, node_rank: int = 0,
+           master_addr: str = "127.0.0.1", master_port: int = 29500, nproc_per_node: int | None = None,
+           force: bool = False) -> int:
+    """Runs PLAN.json with the bundled executor under torchrun; returns torchrun's exit code.
+
+    plan_path: a plan from `autoconf plan`/`estimate`. steps: optimizer steps in total (a resumed run continues
+    to this count). seed: weights and synthetic data. data: a .bin token file or a text file (see
+    autoconf.execute.data). metrics: JSON-lines output (rank 0); refuses an existing file unless `force`.
+    checkpoint_dir/checkpoint_every: DCP checkpoints every K steps and at the end; resumes from the newest complete
+    one. max_restarts: passed to torchrun. nnodes/node_rank/master_addr/master_port: multi-node static rendezvous
+    (this process runs node `node_rank`). nproc_per_node: default world size / nnodes. dry_run: print the command
+    of every node, one line each, and return 0 without running anything.
+    Raises UserError (before starting anything) for a bad plan, a plan whose world size is not
+    nnodes * nproc_per_node, a missing data file, an unwritable metrics path or checkpoint directory, or an
+    existing metrics file without `force`.
+    """
+    commands = build_commands(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_every,
+                              max_restarts, nnodes, node_rank, master_addr, master_port, nproc_per_node, force)
+    if dry_run:
+        for rank, command in enumerate(commands):
+            prefix = f"# node {rank}: " if len(commands) > 1 else ""
+            print(prefix + shlex.join(command))
+        return 0
+    if metrics is not None and Path(metrics).exists():
+        Path(metrics).unlink()  # `force` was checked above; the trainer appends
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
+    command = commands[node_rank if nnodes > 1 else 0]
+    try:
+        return subprocess.run(command, env=env).returncode
+    except KeyboardInterrupt:
+        return 130
