@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from autoconf.errors import UserError
+from autoconf.execute.support import check_supported
 from autoconf.spec.plan import load_plan
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +47,7 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
     rank). Raises UserError naming what is wrong and what would work."""
     plan_path = Path(plan_path).resolve()
     plan = load_plan(plan_path)
+    check_supported(plan.config)
     world = plan.config.world_size
     if steps < 1:
         raise UserError(f"--steps must be at least 1 (got {steps})")

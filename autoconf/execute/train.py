@@ -29,6 +29,7 @@ from autoconf.execute import checkpoint as ckpt
 from autoconf.execute.data import TokenSource, local_rows
 from autoconf.execute.mesh import build_mesh, coords_of
 from autoconf.execute.parallelize import allreduce_gradients, parallelize_chunk
+from autoconf.execute.support import check_supported
 from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_schedule, loss_fn
 from autoconf.spec.plan import Plan, load_plan
 
@@ -76,6 +77,7 @@ class Trainer:
         if dist.get_world_size() != c.world_size:
             raise UserError(f"plan needs {c.world_size} processes (tp*pp*dp = {c.tp}*{c.pp}*{c.dp}) but "
                             f"{dist.get_world_size()} were started")
+        check_supported(c)
         grid = plan.placement["mesh"]
         self.mesh = build_mesh(grid, device.type)
         self.coords = coords_of(grid, self.rank)
