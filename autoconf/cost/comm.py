@@ -17,7 +17,10 @@ OPS = ("all_reduce", "all_gather", "reduce_scatter")
 
 
 def _ring_link(cluster: ClusterProfile, devices: list[int]) -> tuple[float, float]:
-    """Worst latency and lowest bandwidth along the ring devices[0] -> devices[1] -> ... -> devices[0]."""
+    """Worst latency and lowest bandwidth along the ring devices[0] -> devices[1] -> ... -> devices[0] (devices of
+    one node)."""
+    if cluster.intra_node_matrix is None:
+        return cluster.intra_node.latency_s, cluster.intra_node.bandwidth_Bps
     latency, bandwidth = 0.0, float("inf")
     n = len(devices)
     for i in range(n):
@@ -75,7 +78,12 @@ def collective_time(cluster: ClusterProfile, op: str, nbytes: float, devices: li
             intra_time = max(intra_time, t * (2 if op == "all_reduce" else 1))
     node_ids = sorted(nodes)
     latency, bandwidth = 0.0, float("inf")
-    for i, a in enumerate(node_ids):
+    if cluster.inter_node_matrix is None:
+        latency, bandwidth = cluster.inter_node.latency_s, cluster.inter_node.bandwidth_Bps
+        node_ids_ring = []
+    else:
+        node_ids_ring = node_ids
+    for i, a in enumerate(node_ids_ring):
         b = node_ids[(i + 1) % len(node_ids)]
         lat, bw = cluster.inter(a, b)
         latency, bandwidth = max(latency, lat), min(bandwidth, bw)
@@ -86,6 +94,14 @@ def collective_time(cluster: ClusterProfile, op: str, nbytes: float, devices: li
 def p2p_time(cluster: ClusterProfile, nbytes: float, pairs: list[tuple[int, int]]) -> float:
     """Seconds for concurrent transfers of `nbytes` over each (src, dst) pair: the slowest pair bounds it."""
     worst = 0.0
+    if cluster.intra_node_matrix is None and cluster.inter_node_matrix is None:
+        g = cluster.gpus_per_node
+        crossing = [src // g != dst // g for src, dst in pairs if src != dst]
+        if not crossing:
+            return 0.0
+        link = cluster.inter_node if any(crossing) else cluster.intra_node
+        scope = "comm_inter" if any(crossing) else "comm_intra"
+        return link.latency_s + nbytes / (link.bandwidth_Bps * cluster.eff(scope))
     for src, dst in pairs:
         if src == dst:
             continue

@@ -13,6 +13,7 @@ time: the terms after tp_comm are what each extra ingredient adds to the simulat
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,9 @@ FRAMEWORKS = ("autoconf", "megatron")
 # Share of a block's activations that the weight-gradient pass (W) still needs after I: the inputs of the linear
 # layers (QKV, output projection, both MLP matrices) -- 14 of the 34 s*b*h units of a GPT block.
 WEIGHT_GRAD_ACTIVATION_SHARE = 14 / 34
+# Without `detail`, schedules with more than this many micro-batches per pipeline rank are simulated at 2p and 3p
+# micro-batches and extrapolated (see _extrapolated_step).
+EXTRAPOLATE_ABOVE = 4
 
 
 @dataclass(frozen=True)
@@ -191,15 +195,14 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
     c = config.check(model, cluster.world_size)
     partition = [list(p) for p in (partition or default_partition(model, c))]
     mesh = default_mesh(c) if mesh is None else np.asarray(mesh)
-    schedule = build_schedule(c.schedule, c.pp, c.num_microbatches, c.vpp)
+    extrapolate = not detail and c.num_microbatches > EXTRAPOLATE_ABOVE * c.pp
+    schedule = _schedule(c.schedule, c.pp, 3 * c.pp if extrapolate else c.num_microbatches, c.vpp)
     p2p = _p2p_function(cluster, c, model, schedule.stage_to_rank, mesh, execution)
     sp = stage_plan(model, cluster, c, partition, schedule.stage_to_rank, mesh, execution, p2p)
-    if execution.overlap_dp:
-        full = simulate(schedule, sp.costs, p2p, sp.allgather, sp.reduce)
-        makespan = full.makespan
+    if extrapolate:
+        full, makespan = _extrapolated_step(c, sp, p2p, execution)
     else:
-        full = simulate(schedule, sp.costs, p2p, sp.allgather)
-        makespan = full.makespan + max(sum(sp.reduce[s] for s in schedule.stages_of_rank(r)) for r in range(c.pp))
+        full, makespan = _simulate_step(schedule, sp, p2p, execution)
 
     # Optimizer: AdamW over each rank's (ZeRO-sharded) parameters; the slowest rank bounds the step.
     local_params = [sum(stage_params(model, partition, st) for st in schedule.stages_of_rank(r)) / c.tp
@@ -234,6 +237,51 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
     plan = Plan(model=model, cluster=_cluster_summary(cluster), config=c, partition=partition,
                 placement={"mesh": mesh.tolist()}, prediction=prediction)
     return plan
+
+
+@functools.lru_cache(maxsize=64)
+def _schedule(name: str, pp: int, num_microbatches: int, vpp: int):
+    """build_schedule, remembered: the search asks for the same schedule for many configs."""
+    return build_schedule(name, pp, num_microbatches, vpp)
+
+
+def _simulate_step(schedule, sp: StagePlan, p2p, execution: Execution) -> tuple[Timeline, float]:
+    """The simulated timeline and the step's makespan (DP reduction overlapped, or after the flush)."""
+    if execution.overlap_dp:
+        timeline = simulate(schedule, sp.costs, p2p, sp.allgather, sp.reduce)
+        return timeline, timeline.makespan
+    timeline = simulate(schedule, sp.costs, p2p, sp.allgather)
+    flush = max(sum(sp.reduce[s] for s in schedule.stages_of_rank(r)) for r in range(schedule.pp))
+    return timeline, timeline.makespan + flush
+
+
+def _extrapolated_step(c: ParallelConfig, sp: StagePlan, p2p, execution: Execution) -> tuple[Timeline, float]:
+    """For many micro-batches: simulate 2p and 3p of them and extend linearly to m.
+
+    Past the fill, every schedule here repeats the same per-micro-batch pattern, so the makespan and the rank
+    compute times are affine in m and the in-flight peaks are constant (1F1B-like) or grow linearly (GPipe-like).
+    Used only to rank candidates; a plan's reported numbers come from the full simulation.
+    """
+    m = c.num_microbatches
+    m1, m2 = 2 * c.pp, 3 * c.pp
+    t1, span1 = _simulate_step(_schedule(c.schedule, c.pp, m1, c.vpp), sp, p2p, execution)
+    t2, span2 = _simulate_step(_schedule(c.schedule, c.pp, m2, c.vpp), sp, p2p, execution)
+
+    def extend(a: float, b: float) -> float:
+        return b + (b - a) * (m - m2) / (m2 - m1)
+
+    def extend_counts(xs, ys, cap):
+        return [min(cap, int(round(extend(x, y)))) for x, y in zip(xs, ys)]
+
+    makespan = extend(span1, span2)
+    compute = [extend(a, b) for a, b in zip(t1.compute_time_per_rank, t2.compute_time_per_rank)]
+    timeline = Timeline(
+        events=[], comm_events=[], makespan=extend(t1.makespan, t2.makespan), compute_time_per_rank=compute,
+        bubble_fraction=1 - sum(compute) / (c.pp * makespan),
+        peak_inflight=extend_counts(t1.peak_inflight, t2.peak_inflight, m),
+        peak_inflight_weight=extend_counts(t1.peak_inflight_weight, t2.peak_inflight_weight, m),
+        peak_inflight_rank=extend_counts(t1.peak_inflight_rank, t2.peak_inflight_rank, m * c.vpp))
+    return timeline, makespan
 
 
 def _cluster_summary(cluster: ClusterProfile) -> dict:

@@ -119,7 +119,9 @@ class HierarchicalLinks:
 def link(links: LinkModel, i: int, j: int) -> tuple[float, float]:
     """(alpha, bandwidth) between two devices, whichever kind of link joins them."""
     if hasattr(links, "link"):
-        return links.link(i, j)
+        found = links.link(i, j)
+        # A ClusterProfile answers with a Link object; the small link models here with a tuple.
+        return (found.latency_s, found.bandwidth_Bps) if hasattr(found, "latency_s") else found
     a, b = links.node_of(i), links.node_of(j)
     return links.intra(i, j) if a == b else links.inter(a, b)
 

@@ -127,9 +127,22 @@ class ClusterProfile:
         return link.latency_s, link.bandwidth_Bps
 
     @property
-    def uniform(self) -> bool:
+    def num_devices(self) -> int:
+        return self.world_size
+
+    @property
+    def devices_per_node(self) -> int:
+        return self.gpus_per_node
+
+    def is_uniform(self) -> bool:
         """True when every inter-node pair and every intra-node pair looks the same."""
-        return self.intra_node_matrix is None and self.inter_node_matrix is None
+        def flat(matrix) -> bool:
+            if matrix is None:
+                return True
+            cells = {(link.latency_s, link.bandwidth_Bps) for i, row in enumerate(matrix)
+                     for j, link in enumerate(row) if i != j}
+            return len(cells) <= 1
+        return flat(self.intra_node_matrix) and flat(self.inter_node_matrix)
 
     def graph(self) -> nx.Graph:
         """A networkx view: one vertex per device (attribute `node`), one edge per pair with its link."""

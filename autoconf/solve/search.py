@@ -1,0 +1,304 @@
+"""The planner: enumerate legal layouts, prune with cheap bounds, simulate the survivors, refine the best.
+
+    1. space.candidates          every legal config honouring --fix
+    2. bounds                    per candidate, closed-form lower bounds of peak memory and of iteration time
+                                 (busiest rank's compute + the schedule's textbook bubble + optimizer)
+    3. branch and bound          candidates in order of their time bound; a candidate whose memory bound exceeds the
+                                 device is pruned; once the K-th best simulated time is below the next bound, the
+                                 rest are pruned; survivors get the full critical-path simulation (cost/estimate.py)
+    4. refinement (top K)        CP-SAT stage partition and GPU placement, then a detailed estimate; the refined
+                                 layout replaces the uniform one only where it is predicted faster and fits
+
+Deterministic: the same inputs visit candidates in the same order and the solvers are seeded and single-threaded.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from dataclasses import dataclass, field
+
+from autoconf.cost.comm import collective_time, p2p_time
+from autoconf.cost.compute import model_pieces, optimizer_step_time
+from autoconf.cost.estimate import Execution, default_mesh, default_partition, estimate
+from autoconf.cost.memory import _state_bytes_per_param
+from autoconf.errors import UserError
+from autoconf.solve.space import candidates, normalise_fixed, with_changes
+from autoconf.spec.cluster import DTYPE_BYTES, ClusterProfile
+from autoconf.spec.model import ModelSpec
+from autoconf.spec.plan import ParallelConfig, Plan
+
+# Schedules the bundled executor runs (all seven); kept as data so a limitation shows up in one place.
+LAUNCHABLE_SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zb-h1", "zbv", "dualpipev")
+
+
+@dataclass
+class SearchResult:
+    plans: list[Plan]
+    stats: dict = field(default_factory=dict)
+    closest: tuple[float, ParallelConfig] | None = None  # (bytes over the limit, config) when nothing fits
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    time_s: float
+    memory_bytes: float
+
+
+class _BoundCache:
+    """Closed-form lower bounds, with the per-(tp, mb, sp, ...) pieces computed once."""
+
+    def __init__(self, model: ModelSpec, cluster: ClusterProfile, execution: Execution):
+        self.model, self.cluster, self.execution = model, cluster, execution
+        self._pieces: dict = {}
+        self._tp: dict = {}
+        self._dp: dict = {}
+        self._p2p: dict = {}
+
+    def _layer(self, c: ParallelConfig):
+        key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len)
+        if key not in self._pieces:
+            self._pieces[key] = model_pieces(self.model, self.cluster, c)
+        return self._pieces[key]
+
+    def _tp_collective(self, c: ParallelConfig) -> float:
+        key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len)
+        if key not in self._tp:
+            nbytes = c.seq_len * c.micro_batch_size * self.model.hidden_size * DTYPE_BYTES[c.dtype]
+            devices = list(range(c.tp))
+            if c.sequence_parallel:
+                t = (collective_time(self.cluster, "all_gather", nbytes, devices)
+                     + collective_time(self.cluster, "reduce_scatter", nbytes, devices))
+            else:
+                t = collective_time(self.cluster, "all_reduce", nbytes, devices)
+            self._tp[key] = t
+        return self._tp[key]
+
+    def _comm(self, c: ParallelConfig, per_stage_layers: int) -> tuple[float, float, float]:
+        """(P2P transfer, per-pass FSDP gather, gradient reduction) of one middle stage on the default mesh."""
+        model, cluster = self.model, self.cluster
+        e = DTYPE_BYTES[c.dtype]
+        p2p_key = (c.tp, c.pp, c.dp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len)
+        if p2p_key not in self._p2p:
+            nbytes = c.seq_len * c.micro_batch_size * model.hidden_size * e
+            if self.execution.framework == "megatron" or c.sequence_parallel:
+                nbytes /= c.tp
+            p2p = 0.0
+            if c.pp > 1:
+                # Default mesh: pipeline rank r holds devices [r*dp*tp, (r+1)*dp*tp).
+                width = c.dp * c.tp
+                p2p = p2p_time(cluster, nbytes, [(d, d + width) for d in range(width)])
+            self._p2p[p2p_key] = p2p
+        dp_key = (c.tp, c.pp, c.dp, per_stage_layers, c.dtype, c.zero_stage, c.schedule == "looped-bfs")
+        if dp_key not in self._dp:
+            dp_devices = [d * c.tp for d in range(c.dp)]
+            params = per_stage_layers * model.layer_params() / c.tp
+            gather = reduce = 0.0
+            if c.dp > 1:
+                if c.zero_stage == 0:
+                    reduce = collective_time(cluster, "all_reduce", params * 4, dp_devices)
+                else:
+                    reduce = collective_time(cluster, "reduce_scatter", params * 4, dp_devices)
+                    if c.zero_stage == 3 and c.schedule != "looped-bfs":
+                        gather = collective_time(cluster, "all_gather", params * e, dp_devices)
+            self._dp[dp_key] = (gather, reduce)
+        return (self._p2p[p2p_key], *self._dp[dp_key])
+
+    def bounds(self, c: ParallelConfig) -> _Bounds:
+        """Lower bounds on the simulated iteration time and on rank 0's peak memory for the uniform partition.
+
+        Time: the busiest rank's work (at least ceil(L/pp) layers, each pass at least its FSDP gather) for every
+        micro-batch, the schedule's textbook bubble on the smallest stage, the P2P hops of the pipeline fill and
+        drain, the gradient reduction of the first stage after rank 0's last backward, and the optimizer.
+        """
+        model, cluster = self.model, self.cluster
+        pieces = self._layer(c)
+        one = self._tp_collective(c)
+        block = pieces.block
+        recompute = {"none": 0.0, "selective": pieces.attention_core.forward,
+                     "full": block.forward + 2 * one}[c.recompute]
+        S = c.num_stages
+        per_stage_layers = model.num_layers // S
+        p2p, gather, reduce = self._comm(c, per_stage_layers)
+        m = c.num_microbatches
+        chunk_fwd = per_stage_layers * (block.forward + 2 * one)
+        chunk_bwd = per_stage_layers * (block.backward_input + 2 * one + recompute)
+        chunk_w = per_stage_layers * block.backward_weight
+        chunk_fwd, chunk_bwd = max(chunk_fwd, gather), max(chunk_bwd, gather)
+        chunk = chunk_fwd + chunk_bwd + chunk_w
+        # Busiest rank: it holds at least ceil(L/pp) layers.
+        layer_share = math.ceil(model.num_layers / c.pp) / (per_stage_layers * (S // c.pp))
+        busy = m * (S // c.pp) * chunk * layer_share
+        if c.pp == 1:
+            bubble = 0.0
+        elif c.schedule in ("zbv", "dualpipev"):
+            bubble = (c.pp - 1) * chunk_fwd
+        elif c.schedule == "zb-h1":
+            bubble = (c.pp - 1) * max(0.0, chunk_fwd + chunk_bwd - chunk_w)
+        else:
+            bubble = (c.pp - 1) * chunk
+        fill_drain = 2 * (c.pp - 1) * p2p
+        params_rank0 = (per_stage_layers * (S // c.pp) * model.layer_params() + model.embedding_params()) / c.tp
+        shard = c.dp if c.zero_stage >= 1 else 1
+        optimizer = optimizer_step_time(params_rank0 / shard, cluster)
+        time_bound = busy + bubble + fill_drain + reduce + optimizer
+
+        w, g, o, _ = _state_bytes_per_param(c, self.execution.memory_layout)
+        act = model.layer_activation_bytes(c.seq_len, c.micro_batch_size, c.tp, c.sequence_parallel, c.recompute,
+                                           c.attention, DTYPE_BYTES[c.dtype])
+        memory_bound = (params_rank0 * (w + g + o) + _inflight_rank0(c) * per_stage_layers * act
+                        + cluster.device.memory_overhead_bytes)
+        return _Bounds(time_bound, memory_bound)
+
+
+def _inflight_rank0(c: ParallelConfig) -> float:
+    """Stage-micro-batches the first rank keeps at its peak (published values; at least one)."""
+    p, m, v = c.pp, c.num_microbatches, c.vpp
+    if p == 1:
+        return 1.0
+    return float({"gpipe": m * v, "1f1b": min(p, m), "zb-h1": min(p, m),
+                  "interleaved-1f1b": min(m * v, v * p + p - 1), "looped-bfs": m * v,
+                  "zbv": min(2 * m, 2 * p), "dualpipev": min(2 * m, 2 * p + 1)}[c.schedule])
+
+
+def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, dtype: str,
+           attention: str = "flash", fixed: dict | None = None, top_k: int = 5,
+           execution: Execution = Execution(), refine: bool = True, partition_time_s: float = 1.0,
+           placement_time_s: float = 5.0) -> SearchResult:
+    """The best `top_k` plans that fit, fastest first, with search statistics."""
+    start = time.perf_counter()
+    fixed = normalise_fixed(fixed or {})
+    if model.learned_positions and seq_len > model.max_seq_len:
+        raise UserError(f"seq_len {seq_len} exceeds {model.name}'s {model.max_seq_len} learned positions")
+    limit = cluster.device.memory_bytes
+    cache = _BoundCache(model, cluster, execution)
+    scored = []
+    seen = 0
+    for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
+                             attention, fixed):
+        seen += 1
+        bound = cache.bounds(config)
+        scored.append((bound.time_s, _key(config), bound.memory_bytes, config))
+    if not seen:
+        raise UserError(_no_candidate_message(model, cluster, global_batch, fixed))
+    scored.sort(key=lambda item: (item[0], item[1]))
+
+    best: list[tuple[float, tuple, Plan]] = []  # max-heap by time via negation
+    pruned_memory = pruned_time = simulated = 0
+    closest: tuple[float, ParallelConfig] | None = None
+    for index, (time_bound, key, memory_bound, config) in enumerate(scored):
+        if len(best) >= top_k and time_bound >= -best[0][0]:
+            pruned_time += len(scored) - index
+            break
+        if memory_bound > limit:
+            pruned_memory += 1
+            if closest is None or memory_bound - limit < closest[0]:
+                closest = (memory_bound - limit, config)
+            continue
+        plan = estimate(model, cluster, config, execution=execution, detail=False)
+        simulated += 1
+        p = plan.prediction
+        if not p["fits"]:
+            over = p["peak_memory_bytes"] - limit
+            if closest is None or over < closest[0]:
+                closest = (over, config)
+            continue
+        item = (-p["iteration_time_s"], _negated(key), plan)
+        if len(best) < top_k:
+            heapq.heappush(best, item)
+        elif item > best[0]:
+            heapq.heapreplace(best, item)
+    ranked = [plan for _, _, plan in sorted(best, key=lambda it: (-it[0], _key(it[2].config)))]
+    search_seconds = time.perf_counter() - start
+    if refine:
+        ranked = [_refine(model, cluster, plan.config, execution, partition_time_s, placement_time_s)
+                  for plan in ranked]
+        ranked.sort(key=lambda plan: (plan.prediction["iteration_time_s"], _key(plan.config)))
+    else:
+        ranked = [estimate(model, cluster, plan.config, execution=execution) for plan in ranked]
+    stats = {"candidates": seen, "pruned_memory": pruned_memory, "pruned_time": pruned_time,
+             "simulated": simulated, "feasible": len(ranked), "seconds": round(time.perf_counter() - start, 3),
+             "search_seconds": round(search_seconds, 3)}
+    for plan in ranked:
+        plan.prediction["launchable"] = plan.config.schedule in LAUNCHABLE_SCHEDULES
+    return SearchResult(ranked, stats, closest if not ranked else None)
+
+
+def _key(config: ParallelConfig) -> tuple:
+    return (config.tp, config.pp, config.dp, config.vpp, config.micro_batch_size, config.schedule,
+            config.zero_stage, config.recompute, config.sequence_parallel)
+
+
+def _negated(key: tuple) -> tuple:
+    """Reverses tuple order for the max-heap so that ties keep the smallest key."""
+    return tuple(-x if isinstance(x, (int, float)) else tuple(-ord(ch) for ch in x) for x in key)
+
+
+def _refine(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, execution: Execution,
+            partition_time_s: float, placement_time_s: float) -> Plan:
+    """The detailed estimate of `config` with the CP-SAT partition and placement, when they are predicted better."""
+    from autoconf.solve.refine import refined_mesh, refined_partition
+
+    base = estimate(model, cluster, config, execution=execution)
+    best = base
+    mesh = refined_mesh(model, cluster, config, time_limit_s=placement_time_s)
+    if mesh is not None and mesh.tolist() != default_mesh(config).tolist():
+        candidate = estimate(model, cluster, config, mesh=mesh, execution=execution)
+        if candidate.prediction["iteration_time_s"] < best.prediction["iteration_time_s"]:
+            best = candidate
+    mesh_used = best.placement["mesh"]
+    partition = refined_partition(model, cluster, config, execution, time_limit_s=partition_time_s)
+    if partition is not None and partition != default_partition(model, config):
+        candidate = estimate(model, cluster, config, partition=partition, mesh=mesh_used, execution=execution)
+        p = candidate.prediction
+        if p["fits"] and p["iteration_time_s"] < best.prediction["iteration_time_s"]:
+            best = candidate
+    return best
+
+
+def _no_candidate_message(model: ModelSpec, cluster: ClusterProfile, global_batch: int, fixed: dict) -> str:
+    hints = []
+    if fixed:
+        hints.append("drop or change --fix " + " ".join(f"{k}={v}" for k, v in fixed.items()))
+    hints.append(f"use a global batch divisible by the data-parallel degrees the {cluster.world_size} devices allow")
+    return (f"no legal layout of {model.name} on {cluster.world_size} devices with global batch {global_batch}"
+            + (f" and {fixed}" if fixed else "") + "; " + "; or ".join(hints))
+
+
+def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: SearchResult, global_batch: int,
+                       seq_len: int, dtype: str, attention: str, fixed: dict,
+                       execution: Execution = Execution()) -> str:
+    """One line: the closest candidate's shortfall, and the smallest change that makes some layout fit."""
+    over, config = result.closest
+    plan = estimate(model, cluster, config, execution=execution, detail=False)
+    memory = plan.prediction["memory_per_stage"]
+    rank = max(range(len(memory)), key=lambda r: memory[r]["total"])
+    over = memory[rank]["total"] - cluster.device.memory_bytes
+    GiB = 1024**3
+    message = (f"no layout fits in {cluster.device.memory_bytes / GiB:.1f} GiB per device: the closest "
+               f"(tp{config.tp} pp{config.pp} dp{config.dp} mb{config.micro_batch_size} {config.schedule} "
+               f"zero{config.zero_stage} recompute={config.recompute}) needs {memory[rank]['total'] / GiB:.1f} GiB "
+               f"on pipeline rank {rank}, {over / GiB:.1f} GiB over")
+    for label, changes in (("recompute=full", {"recompute": "full"}),
+                           ("zero=3", {"zero_stage": 3}),
+                           ("recompute=full and zero=3", {"recompute": "full", "zero_stage": 3}),
+                           ("micro_batch=1 and recompute=full", {"micro_batch_size": 1, "recompute": "full"})):
+        if any(k in fixed and fixed[k] != v for k, v in changes.items()):
+            continue
+        changed = with_changes(config, **changes)
+        if changed.problems(model, cluster.world_size):
+            continue
+        if estimate(model, cluster, changed, execution=execution, detail=False).prediction["fits"]:
+            return message + f"; it fits with {label}"
+    for factor in (2, 4, 8, 16, 32, 64):
+        bigger = cluster.resized(nodes=cluster.nodes * factor)
+        cache = _BoundCache(model, bigger, execution)
+        for config in candidates(model, bigger.world_size, bigger.gpus_per_node, global_batch, seq_len, dtype,
+                                 attention, fixed):
+            if cache.bounds(config).memory_bytes > bigger.device.memory_bytes:
+                continue
+            if estimate(model, bigger, config, execution=execution, detail=False).prediction["fits"]:
+                return message + (f"; the smallest change that fits: {bigger.nodes} nodes "
+                                  f"({bigger.world_size} devices), e.g. tp{config.tp} pp{config.pp} dp{config.dp}")
+    return message + "; nothing tried fits (more devices up to 64x, full recompute, ZeRO-3): use a bigger device"

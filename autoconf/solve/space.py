@@ -1,0 +1,131 @@
+"""The legal candidate layouts for a model on a cluster with a fixed global batch, and `--fix` parsing.
+
+A candidate is a `ParallelConfig`. The space: TP dividing the attention and KV heads and (unless fixed) no wider
+than a node; PP up to the layer count; DP the rest of the devices, dividing the global batch; micro-batch sizes
+dividing the per-replica batch; every schedule with the chunk counts it accepts; ZeRO 0-3 (only 0 without DP);
+recompute none/selective/full; sequence parallelism where TP > 1. Every candidate is legal by construction (the
+schedule's own micro-batch rules are checked here); `search` checks what holds for all of them (sequence length).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+from autoconf.cost.schedules import check_schedule
+from autoconf.errors import UserError
+from autoconf.spec.model import ModelSpec
+from autoconf.spec.plan import MULTI_CHUNK_SCHEDULES, SCHEDULE_NAMES, ParallelConfig
+
+FIXABLE = ("tp", "pp", "dp", "vpp", "micro_batch_size", "schedule", "zero_stage", "recompute", "sequence_parallel",
+           "dtype")
+ALIASES = {"mb": "micro_batch_size", "micro_batch": "micro_batch_size", "zero": "zero_stage",
+           "sp": "sequence_parallel"}
+INT_FIELDS = ("tp", "pp", "dp", "vpp", "micro_batch_size", "zero_stage")
+MAX_MICRO_BATCH = 16
+VPP_CHOICES = (2, 3, 4, 6, 8)
+# Single-chunk schedules; with one pipeline stage the schedule is moot and plain gradient accumulation runs.
+SINGLE_CHUNK = ("gpipe", "1f1b", "zb-h1")
+
+
+def parse_fix_value(key: str, value: str):
+    """Typed value of `--fix key=value`, or a UserError naming the fixable keys."""
+    key = ALIASES.get(key, key)
+    if key not in FIXABLE:
+        raise UserError(f"--fix {key}: unknown key; fixable: {', '.join(FIXABLE)}")
+    if key in INT_FIELDS:
+        try:
+            return int(value)
+        except ValueError:
+            raise UserError(f"--fix {key}={value}: expected an integer") from None
+    if key == "sequence_parallel":
+        lowered = value.lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no"):
+            raise UserError(f"--fix sequence_parallel={value}: expected true or false")
+        return lowered in ("true", "1", "yes")
+    if key == "schedule" and value not in SCHEDULE_NAMES:
+        raise UserError(f"--fix schedule={value}: unknown schedule; choose from {', '.join(SCHEDULE_NAMES)}")
+    if key == "recompute" and value not in ("none", "selective", "full"):
+        raise UserError(f"--fix recompute={value}: choose none, selective or full")
+    if key == "dtype" and value not in ("bf16", "fp16", "fp32"):
+        raise UserError(f"--fix dtype={value}: choose bf16, fp16 or fp32")
+    return value
+
+
+def normalise_fixed(fixed: dict) -> dict:
+    return {ALIASES.get(k, k): v for k, v in fixed.items()}
+
+
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_batch: int, seq_len: int,
+               dtype: str, attention: str = "flash", fixed: dict | None = None) -> Iterator[ParallelConfig]:
+    """Every legal layout honouring `fixed`; deterministic order."""
+    fixed = normalise_fixed(fixed or {})
+
+    def choices(key, default):
+        return [fixed[key]] if key in fixed else default
+
+    head_divisors = [d for d in _divisors(model.num_kv_heads) if model.num_heads % d == 0]
+    tps = choices("tp", [t for t in head_divisors if t <= gpus_per_node and world_size % t == 0])
+    for tp in tps:
+        if world_size % tp:
+            continue
+        pps = choices("pp", [p for p in _divisors(world_size // tp) if p <= model.num_layers])
+        for pp in pps:
+            if world_size % (tp * pp):
+                continue
+            dp = world_size // (tp * pp)
+            if "dp" in fixed and fixed["dp"] != dp:
+                continue
+            if global_batch % dp:
+                continue
+            per_replica = global_batch // dp
+            mbs = choices("micro_batch_size", [b for b in _divisors(per_replica) if b <= MAX_MICRO_BATCH])
+            for mb in mbs:
+                if per_replica % mb:
+                    continue
+                for schedule, vpp in _schedule_choices(model, pp, per_replica // mb, fixed):
+                    for zero in choices("zero_stage", [0, 1, 2, 3] if dp > 1 else [0]):
+                        for recompute in choices("recompute", ["none", "selective", "full"]):
+                            for sp in choices("sequence_parallel", [False, True] if tp > 1 else [False]):
+                                config = ParallelConfig(
+                                    tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=mb,
+                                    global_batch_size=global_batch, seq_len=seq_len, schedule=schedule,
+                                    zero_stage=zero, recompute=recompute, sequence_parallel=sp,
+                                    dtype=fixed.get("dtype", dtype), attention=attention)
+                                yield config
+
+
+def _schedule_choices(model: ModelSpec, pp: int, m: int, fixed: dict) -> list[tuple[str, int]]:
+    if pp == 1:
+        name = fixed.get("schedule", "1f1b")
+        return [(name, 1)] if name in SINGLE_CHUNK and fixed.get("vpp", 1) == 1 else []
+    names = [fixed["schedule"]] if "schedule" in fixed else list(SCHEDULE_NAMES)
+    out = []
+    for name in names:
+        if name in ("zbv", "dualpipev"):
+            vpps = [2]
+        elif name in MULTI_CHUNK_SCHEDULES:
+            vpps = [v for v in VPP_CHOICES if pp * v <= model.num_layers]
+        else:
+            vpps = [1]
+        if "vpp" in fixed:
+            vpps = [v for v in vpps if v == fixed["vpp"]]
+        out.extend((name, v) for v in vpps if pp * v <= model.num_layers and _schedule_ok(name, pp, v, m))
+    return out
+
+
+def _schedule_ok(name: str, pp: int, vpp: int, m: int) -> bool:
+    try:
+        check_schedule(name, pp, vpp, m)
+    except ValueError:
+        return False
+    return True
+
+
+def with_changes(config: ParallelConfig, **changes) -> ParallelConfig:
+    return dataclasses.replace(config, **changes)
