@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -132,8 +133,9 @@ def test_single_process_losses_move(tmp_path_factory):
 
 
 def test_checkpoint_resume_gives_same_next_losses(tmp_path, tmp_path_factory):
-    """pp2 x dp2 (zbv, ZeRO-2, two chunks per rank): stop after 2 steps with a checkpoint, resume through `launch`: step 3 equals the
-    uninterrupted run; the metrics file ends with a summary; an incomplete checkpoint is skipped."""
+    """pp2 x dp2 (zbv, ZeRO-2, two chunks per rank): stop after 2 steps with a checkpoint, resume through `launch`:
+    step 3 equals the uninterrupted run; the metrics file ends with a summary; an incomplete checkpoint is skipped;
+    and the checkpoint also resumes into a different layout with the same step-3 loss."""
     from autoconf.execute.launch import launch
 
     name = "llama-pp2-dp2-zbv-zero2-full"
@@ -144,6 +146,9 @@ def test_checkpoint_resume_gives_same_next_losses(tmp_path, tmp_path_factory):
                           "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1", "--stop-after", "2"])
     assert first.returncode == 0, first.stderr[-4000:]
     assert sorted(p.name for p in ckpt.iterdir()) == ["step-00000001", "step-00000002"]
+    other_layout = tmp_path / "other-layout"
+    other_layout.mkdir()
+    shutil.copytree(ckpt / "step-00000002", other_layout / "step-00000002")
     (ckpt / "step-00000009").mkdir()  # newer but incomplete: no marker
     metrics = tmp_path / "metrics.jsonl"
     env_backup = dict(os.environ)
@@ -163,6 +168,17 @@ def test_checkpoint_resume_gives_same_next_losses(tmp_path, tmp_path_factory):
     assert summary["steps"] == 1 and summary["measured_iteration_time_s"] > 0
     assert summary["measured_peak_memory_bytes"] >= 0 and "CPU" in summary["peak_memory_kind"]
     assert (ckpt / "step-00000003" / "complete.json").is_file()
+
+    # The same checkpoint resumes into another layout (tp2 x dp2 with sequence parallelism, ZeRO-3).
+    other_plan = tmp_path / "other.json"
+    make_plan("llama", tp=2, dp=2, sp=True, zero=3).save(other_plan)
+    resumed = _torchrun(4, ["-m", "autoconf.execute.train", "--plan", str(other_plan), "--steps", str(STEPS),
+                            "--checkpoint-dir", str(other_layout), "--metrics", str(tmp_path / "other.jsonl")])
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resumed from" in resumed.stdout
+    step3 = json.loads((tmp_path / "other.jsonl").read_text().splitlines()[0])
+    assert step3["step"] == 3 and _close(step3["loss"], uninterrupted["loss"])
+    assert _close(step3["grad_norm"], uninterrupted["grad_norm"])
 
 
 # ---- pieces that need no process group ----------------------------------------------------------------------------

@@ -227,7 +227,7 @@ def init_weights(model: Transformer, seed: int) -> None:
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     for fqn, param in model.named_parameters():
-        full = init_value(model.spec, fqn, param.shape, seed)
+        full = init_value(model.spec, fqn, param.shape, seed).to(param.device)
         if isinstance(param, DTensor):
             local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None).to_local()
             param.to_local().copy_(local)
