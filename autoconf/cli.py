@@ -140,6 +140,156 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
             click.echo(f"wrote {out}")
 
 
+@main.command()
+@model_option
+@cluster_option
+@nodes_option
+@gpn_option
+@click.option("--global-batch", type=int, required=True)
+@click.option("--seq-len", type=int, default=None, help="default: the model's context, at most 8192")
+@click.option("--fix", "fix", multiple=True, metavar="KEY=VALUE",
+              help="pin a config field, e.g. --fix tp=8 --fix schedule=1f1b (repeatable)")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
+              help="default: bf16 on GPUs, fp32 on CPU")
+@click.option("--attention", type=click.Choice(["flash", "standard"]), default="flash", show_default=True)
+@click.option("--framework", type=click.Choice(["autoconf", "megatron"]), default="autoconf", show_default=True)
+@click.option("--top", "top_k", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help='print {"plans": [...], "search": {...}} as JSON')
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the best plan")
+@click.option("--explain", "explain_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="write pictures and launch scripts here")
+@click.option("--force", is_flag=True, help="overwrite existing output files")
+@user_errors
+def plan(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, fix, dtype, attention, framework,
+         top_k, as_json, out, explain_dir, force) -> None:
+    """Search every sensible layout and write the best plan."""
+    from rich.console import Console
+
+    from autoconf.cost.estimate import Execution
+    from autoconf.report.tables import print_table, ranked_table
+    from autoconf.solve.search import explain_infeasible, search
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.presets import load_model
+
+    model = load_model(model_arg)
+    cluster = load_cluster(cluster_arg, nodes, gpus_per_node)
+    fixed = parse_fix(fix)
+    seq_len = seq_len or default_seq_len(model)
+    dtype = fixed.pop("dtype", None) or dtype or default_dtype(cluster)
+    if global_batch < 1:
+        raise UserError(f"--global-batch must be >= 1 (got {global_batch})")
+    for path in (out,):
+        if path is not None and path.exists() and not force:
+            raise UserError(f"{path} already exists; pass --force to overwrite it or choose another path")
+    execution = Execution(framework)
+    console = Console(stderr=as_json)
+    with console.status(f"planning {model.name} on {cluster.world_size} devices ..."):
+        result = search(model, cluster, global_batch, seq_len, dtype, attention, fixed, top_k, execution)
+    if not result.plans:
+        raise UserError(explain_infeasible(model, cluster, result, global_batch, seq_len, dtype, attention, fixed,
+                                           execution))
+    best = result.plans[0]
+    if out is not None:
+        best.save(out, force=force)
+    written = []
+    if explain_dir is not None:
+        from autoconf.report.explain import explain
+
+        written = explain(result.plans, explain_dir, cluster=cluster, plan_path=out, force=force)
+    if as_json:
+        click.echo(json.dumps({"plans": [p.to_dict() for p in result.plans], "search": result.stats}, indent=2))
+        return
+    s = result.stats
+    title = f"{model.name} on {cluster.name} ({cluster.world_size} devices), global batch {global_batch}, seq {seq_len}"
+    print_table(ranked_table(result.plans, title, wide=console.width >= 130), console)
+    console.print(f"searched {s['candidates']} candidates: {s['pruned_memory']} pruned by memory, "
+                  f"{s['pruned_time']} by time bound, {s['simulated']} simulated, {s['unlaunchable']} not "
+                  f"launchable; {s['seconds']:.2f} s")
+    if out is not None:
+        console.print(f"wrote {out}")
+    for path in written:
+        console.print(f"wrote {path}")
+
+
+@main.command()
+@click.argument("plan_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="default: <plan>_explain/ beside the plan")
+@click.option("--cluster", "cluster_arg", default=None, help="the profile the plan was made on, if not bundled")
+@click.option("--force", is_flag=True, help="overwrite existing pictures and scripts")
+@user_errors
+def show(plan_path, out_dir, cluster_arg, force) -> None:
+    """Print a plan's prediction and redraw its pictures and launch scripts."""
+    from autoconf.report.explain import show as show_plan
+    from autoconf.report.tables import prediction_table, print_table
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.plan import load_plan
+
+    plan_obj = load_plan(plan_path)
+    cluster = None
+    if cluster_arg:
+        cluster = load_cluster(cluster_arg, plan_obj.cluster.get("nodes"), plan_obj.cluster.get("gpus_per_node"))
+    if plan_obj.prediction:
+        print_table(prediction_table(plan_obj))
+    for path in show_plan(plan_path, out_dir, force=force, cluster=cluster):
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--nproc-per-node", type=int, default=None, help="default: GPUs, or 2 (quick) / 4 CPU ranks")
+@click.option("--nnodes", type=int, default=1, show_default=True)
+@click.option("--node-rank", type=int, default=0, show_default=True)
+@click.option("--master-addr", default="127.0.0.1", show_default=True)
+@click.option("--master-port", type=int, default=29500, show_default=True)
+@click.option("--model", "model_arg", default=None, help="model whose blocks to time (default tiny-gpt on CPU)")
+@click.option("--quick", is_flag=True, help="small grid: 2 CPU ranks, a tiny model, under 3 minutes")
+@click.option("--base-profile", default=None, help="bundled profile supplying what is not measured (GPU)")
+@click.option("--memory-per-rank", default=None, help="CPU memory limit per rank, e.g. 4GiB")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None)
+@click.option("--force", is_flag=True, help="overwrite --out if it exists")
+@user_errors
+def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, model_arg, quick, base_profile,
+            memory_per_rank, dtype, force) -> None:
+    """Measure this cluster (compute, links, collectives, memory) into a profile."""
+    from autoconf.profile.launch import profile as run_profile
+
+    code = run_profile(out, nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
+                       master_addr=master_addr, master_port=master_port, model=model_arg, quick=quick, force=force,
+                       base_profile=base_profile, memory_per_rank=memory_per_rank, dtype=dtype)
+    if code != 0:
+        raise UserError(f"profiling failed (torchrun exit code {code}); see the worker output above")
+
+
+@main.command()
+@click.argument("plan_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data", type=click.Path(dir_okay=False), default=None,
+              help="token file (.bin uint16/uint32) or text file; default: synthetic tokens")
+@click.option("--metrics", type=click.Path(dir_okay=False), default=None, help="JSON lines, one per step")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--dry-run", is_flag=True, help="print the command each node would run")
+@click.option("--nnodes", type=int, default=1, show_default=True)
+@click.option("--node-rank", type=int, default=0, show_default=True)
+@click.option("--master-addr", default="127.0.0.1", show_default=True)
+@click.option("--master-port", type=int, default=29500, show_default=True)
+@click.option("--force", is_flag=True, help="overwrite an existing metrics file")
+@user_errors
+def launch(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_every, max_restarts, dry_run, nnodes,
+           node_rank, master_addr, master_port, force) -> None:
+    """Train a plan with the bundled torch executor under torchrun."""
+    from autoconf.execute.launch import launch as run_launch
+
+    code = run_launch(plan_path, steps=steps, seed=seed, data=data, metrics=metrics, checkpoint_dir=checkpoint_dir,
+                      checkpoint_every=checkpoint_every, max_restarts=max_restarts, dry_run=dry_run, nnodes=nnodes,
+                      node_rank=node_rank, master_addr=master_addr, master_port=master_port, force=force)
+    if code != 0:
+        raise UserError(f"training failed (torchrun exit code {code}); see the worker output above")
+
+
 def run() -> None:
     main(prog_name="autoconf")
 

@@ -9,8 +9,9 @@ Two mixed-precision layouts are described (bytes per parameter on one rank, befo
   "megatron" bf16 2             fp32 4           fp32 master 4 + 8      Megatron-LM mixed precision (18 bytes)
 
 ZeRO: stage 1 divides the optimizer states by DP, stage 2 also the gradients, stage 3 also the weights. In the
-"torch" layout stages 1-3 are FSDP2: sharded parameters, with an unsharded compute copy of the rank's parameters
-held for the whole step at stages 1-2 (reshard_after_forward=False) and of two blocks at a time at stage 3.
+"torch" layout stages 1-3 are FSDP2: sharded parameters, gradients and optimizer states, with an unsharded compute
+copy of the rank's parameters held for the whole step at stages 1-2 (reshard_after_forward=False) and of two blocks
+at a time at stage 3. FSDP2 cannot shard the optimizer alone, so the executor runs ZeRO-1 exactly as ZeRO-2.
 * With bf16 compute on an unsharded (ZeRO-0) rank, the bf16 copy of every weight exists during the step (2 bytes).
 
 Activations: each virtual stage keeps `inflight[s]` micro-batches (counted by the schedule simulation), each
@@ -57,7 +58,7 @@ def _state_bytes_per_param(config: ParallelConfig, layout: str) -> tuple[float, 
         copy = compute if (z >= 1 or compute != 4) else 0.0
     if z >= 1:
         optim /= dp
-    if z >= 2:
+    if z >= 2 or (z == 1 and layout == "torch"):
         grads /= dp
     if z >= 3:
         weights /= dp

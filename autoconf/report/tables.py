@@ -69,18 +69,25 @@ def prediction_table(plan: Plan) -> Table:
     return table
 
 
-def ranked_table(plans: list[Plan], title: str) -> Table:
-    """The top plans with their breakdown, and for each runner-up why it lost to the first."""
+BREAKDOWN_COLUMNS = ("compute", "bubble", "tp_comm", "pp_comm", "dp_comm")
+
+
+def ranked_table(plans: list[Plan], title: str, wide: bool = True) -> Table:
+    """The top plans, with their time breakdown in seconds when `wide`, and why each runner-up lost to the first."""
     table = Table(title=title)
-    for col in ("#", "layout", "iter s", "MFU", "mem GiB", "compute", "bubble", "tp", "pp", "dp", "why not #1"):
-        table.add_column(col, justify="left" if col in ("layout", "why not #1") else "right")
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("layout", no_wrap=True)
+    breakdown = BREAKDOWN_COLUMNS if wide else ()
+    for col in ("step s", "MFU", "GiB") + tuple(c.replace("_comm", "") for c in breakdown):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("why not #1", min_width=12)
     best = plans[0].prediction if plans else None
     for i, plan in enumerate(plans):
         p = plan.prediction
         b = p.get("time_breakdown", {})
         table.add_row(str(i + 1), layout_label(plan), f"{p['iteration_time_s']:.4g}", f"{100 * p['mfu']:.1f}%",
-                      f"{p['peak_memory_bytes'] / GiB:.1f}", *(f"{b.get(k, 0.0):.3g}" for k in
-                                                               ("compute", "bubble", "tp_comm", "pp_comm", "dp_comm")),
+                      f"{p['peak_memory_bytes'] / GiB:.1f}",
+                      *(f"{b.get(k, 0.0):.2g}" for k in breakdown),
                       "" if i == 0 else why_slower(p, best))
     return table
 
@@ -88,12 +95,14 @@ def ranked_table(plans: list[Plan], title: str) -> Table:
 def why_slower(p: dict, best: dict) -> str:
     """The breakdown term that grew the most against the best plan, with the total gap."""
     gap = p["iteration_time_s"] - best["iteration_time_s"]
+    if gap <= 1e-9 * best["iteration_time_s"]:
+        return "tie"
     terms = {k: p.get("time_breakdown", {}).get(k, 0.0) - best.get("time_breakdown", {}).get(k, 0.0)
              for k in set(p.get("time_breakdown", {})) | set(best.get("time_breakdown", {}))}
     if not terms:
-        return f"+{gap:.3g} s"
+        return f"+{gap:.2g} s"
     worst = max(terms, key=terms.get)
-    return f"+{gap:.3g} s, mostly {worst} (+{terms[worst]:.3g} s)"
+    return f"+{gap:.2g} s: {worst} +{terms[worst]:.2g}"
 
 
 def print_table(table: Table, console: Console | None = None) -> None:

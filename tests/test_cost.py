@@ -1,0 +1,127 @@
+"""Cost model properties: the breakdown adds up, memory follows the ZeRO layout, collectives follow alpha-beta."""
+
+import dataclasses
+
+import pytest
+
+from autoconf.cost.comm import collective_time, p2p_time
+from autoconf.cost.compute import model_pieces
+from autoconf.cost.estimate import Execution, estimate
+from autoconf.spec.cluster import load_cluster
+from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.presets import PRESETS
+
+
+def cfg(**kw):
+    base = dict(tp=2, pp=4, dp=2, micro_batch_size=1, global_batch_size=64, seq_len=2048, schedule="1f1b")
+    base.update(kw)
+    return ParallelConfig(**base)
+
+
+A100 = load_cluster("dgx-a100-80g", nodes=2)
+MODEL = PRESETS["gpt3-6.7b"]
+
+
+@pytest.mark.parametrize("schedule, vpp", [("gpipe", 1), ("1f1b", 1), ("interleaved-1f1b", 2), ("looped-bfs", 2),
+                                           ("zb-h1", 1), ("zbv", 2), ("dualpipev", 2)])
+def test_breakdown_adds_up_to_the_iteration_time(schedule, vpp):
+    """compute + recompute + tp + bubble + pp + dp + optimizer equals the predicted iteration time."""
+    plan = estimate(MODEL, A100, cfg(schedule=schedule, vpp=vpp, recompute="selective", zero_stage=1))
+    p = plan.prediction
+    assert sum(p["time_breakdown"].values()) == pytest.approx(p["iteration_time_s"], rel=1e-9)
+    assert all(v >= -1e-12 for v in p["time_breakdown"].values())
+
+
+def test_zero_stages_shrink_state_memory_in_order():
+    """ZeRO 1 divides the optimizer, 2 also the gradients, 3 also the weights."""
+    megatron = Execution("megatron")
+    mem = [estimate(MODEL, A100, cfg(zero_stage=z), execution=megatron).prediction["memory_per_stage"][0]
+           for z in range(4)]
+    assert mem[1]["optimizer"] == pytest.approx(mem[0]["optimizer"] / 2)
+    assert mem[2]["grads"] == pytest.approx(mem[1]["grads"] / 2)
+    assert mem[3]["params"] == pytest.approx(mem[2]["params"] / 2)
+
+
+def test_executor_runs_zero1_as_zero2():
+    """FSDP2 shards gradients with the optimizer, so the torch layout's ZeRO-1 memory equals its ZeRO-2 memory."""
+    one, two = (estimate(MODEL, A100, cfg(zero_stage=z)).prediction["memory_per_stage"][0] for z in (1, 2))
+    assert one == two
+
+
+def test_megatron_layout_is_18_bytes_per_parameter():
+    """Megatron's mixed precision without a distributed optimizer keeps 2 + 4 + 12 bytes per local parameter."""
+    plan = estimate(MODEL, A100, cfg(), execution=Execution("megatron"))
+    m = plan.prediction["memory_per_stage"][1]  # a middle rank: layers only
+    assert (m["params"] + m["grads"] + m["optimizer"]) / m["params"] == pytest.approx(18 / 2)
+
+
+def test_1f1b_first_rank_holds_more_activations_than_the_last():
+    """Under 1F1B rank r keeps p - r micro-batches, so activations fall along the pipeline."""
+    acts = [m["activations"] for m in estimate(MODEL, A100, cfg()).prediction["memory_per_stage"]]
+    assert acts[0] > acts[1] > acts[2] > acts[3]
+    assert acts[0] / acts[2] == pytest.approx(4 / 2, rel=0.05)
+
+
+def test_recompute_trades_time_for_memory():
+    """Full recompute needs less activation memory and more time than none."""
+    none = estimate(MODEL, A100, cfg()).prediction
+    full = estimate(MODEL, A100, cfg(recompute="full")).prediction
+    assert full["memory_per_stage"][0]["activations"] < none["memory_per_stage"][0]["activations"] / 5
+    assert full["iteration_time_s"] > none["iteration_time_s"]
+
+
+def test_ring_all_reduce_inside_a_node_is_alpha_beta():
+    """An 8-way all-reduce in one node costs 2(k-1) alphas plus 2(k-1)/k of the bytes at the achieved bandwidth."""
+    n = 256e6
+    link = A100.intra_node
+    expected = 14 * link.latency_s + 14 / 8 * n / (link.bandwidth_Bps * A100.eff("comm_intra"))
+    assert collective_time(A100, "all_reduce", n, list(range(8))) == pytest.approx(expected)
+
+
+def test_cross_node_collectives_are_slower_and_hierarchical():
+    """A group spanning nodes pays the inter-node link; each local rank carries 1/k of the data over its own NIC."""
+    n = 256e6
+    inside = collective_time(A100, "all_reduce", n, [0, 1])
+    across = collective_time(A100, "all_reduce", n, [0, 8])
+    assert across > 5 * inside
+    wide = collective_time(A100, "all_reduce", n, list(range(16)))
+    assert wide < collective_time(A100, "all_reduce", n, [0, 8]) * 1.2
+
+
+def test_gloo_reduce_scatter_costs_an_all_reduce():
+    """gloo implements reduce-scatter as all-reduce plus a chunk, so the model charges an all-reduce."""
+    cpu = load_cluster("cpu-local")
+    assert collective_time(cpu, "reduce_scatter", 1e6, [0, 1, 2, 3]) == collective_time(cpu, "all_reduce", 1e6,
+                                                                                         [0, 1, 2, 3])
+
+
+def test_p2p_uses_the_slowest_pair():
+    """Concurrent transfers finish with the slowest link."""
+    assert p2p_time(A100, 1e8, [(0, 1), (2, 10)]) == pytest.approx(p2p_time(A100, 1e8, [(2, 10)]))
+
+
+def test_measured_compute_tables_take_precedence_when_the_shape_matches():
+    """A profile with compute tables for the model's shape is used (interpolated in tokens); another model falls
+    back to the specification model."""
+    model = PRESETS["tiny-gpt"]
+    entries = []
+    for block, t in (("attention", 1e-3), ("mlp", 2e-3), ("norm", 1e-4), ("embedding", 1e-4), ("head", 5e-4)):
+        for mb in (1, 4):
+            entries.append({"block": block, "tp": 1, "micro_batch": mb, "seq_len": 64, "forward_s": t * mb,
+                            "backward_input_s": t * mb, "backward_weight_s": t * mb})
+    table = {"dtype": "fp32", "model": model.to_dict(), "entries": entries, "optimizer_s_per_param": 1e-9}
+    cluster = dataclasses.replace(load_cluster("cpu-local"), compute=table)
+    c = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=2, global_batch_size=2, seq_len=64, dtype="fp32")
+    pieces = model_pieces(model, cluster, c)
+    assert pieces.source == "measured"
+    assert pieces.block.forward == pytest.approx(2 * (1e-3 + 2e-3 + 2 * 1e-4))
+    assert model_pieces(PRESETS["tiny-llama"], cluster, c).source == "specification"
+
+
+def test_search_extrapolation_matches_full_simulation_for_1f1b():
+    """Ranking simulates 2p and 3p micro-batches and extends linearly; for 1F1B that is exact."""
+    big = cfg(global_batch_size=512)
+    fast = estimate(MODEL, A100, big, detail=False).prediction
+    full = estimate(MODEL, A100, big, detail=True).prediction
+    assert fast["iteration_time_s"] == pytest.approx(full["iteration_time_s"], rel=1e-9)
+    assert fast["peak_memory_bytes"] == pytest.approx(full["peak_memory_bytes"], rel=1e-9)

@@ -1,0 +1,157 @@
+"""Model spec, cluster profile and plan: published parameter counts, file round-trips, and self-checking degrees."""
+
+import json
+
+import pytest
+
+from autoconf.errors import UserError
+from autoconf.spec.cluster import ClusterProfile, Link, bundled_profiles, load_cluster
+from autoconf.spec.model import ModelSpec
+from autoconf.spec.plan import ParallelConfig, Plan, load_plan
+from autoconf.spec.presets import PRESETS, PUBLISHED_PARAMS, from_hf_config, load_model
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
+def test_presets_match_published_parameter_counts(name):
+    """Every preset with a published size is within 2% of it (GPT-3's table rounds its sizes)."""
+    assert PRESETS[name].total_params() == pytest.approx(PUBLISHED_PARAMS[name], rel=0.02)
+
+
+def test_tiny_presets_have_eight_layers():
+    """The CPU presets are 8-layer models, as DESIGN.md promises."""
+    assert PRESETS["tiny-gpt"].num_layers == 8 and PRESETS["tiny-llama"].num_layers == 8
+
+
+def test_gpt_layer_activation_bytes_reproduce_korthikanti_table2():
+    """A GPT block with dropout and standard attention keeps s*b*h*(34 + 5as/h) bytes in 16 bit, and the TP,
+    sequence-parallel and recompute variants match the paper's Table 2."""
+    m = PRESETS["gpt-175b"]
+    s, b, h, a, t = 2048, 1, m.hidden_size, m.num_heads, 8
+    sbh = s * b * h
+
+    def act(**kw):
+        return m.layer_activation_bytes(s, b, attention="standard", act_bytes=2, **kw)
+
+    assert act() == pytest.approx(sbh * (34 + 5 * a * s / h))
+    assert act(tp=t) == pytest.approx(sbh * (10 + 24 / t + 5 * a * s / (h * t)))
+    assert act(tp=t, sequence_parallel=True) == pytest.approx(sbh / t * (34 + 5 * a * s / h))
+    assert act(tp=t, recompute="selective") == pytest.approx(sbh * (10 + 24 / t))
+    assert act(tp=t, sequence_parallel=True, recompute="selective") == pytest.approx(34 * sbh / t)
+    assert act(tp=t, recompute="full") == pytest.approx(2 * sbh)
+
+
+def test_flash_attention_drops_the_quadratic_term():
+    """Memory-efficient attention keeps no s*s scores, so doubling the sequence at most doubles the bytes."""
+    m = PRESETS["llama3-8b"]
+    one = m.layer_activation_bytes(4096, 1)
+    two = m.layer_activation_bytes(8192, 1)
+    assert two == pytest.approx(2 * one)
+    assert m.layer_activation_bytes(8192, 1, attention="standard") > 2 * m.layer_activation_bytes(4096, 1,
+                                                                                               attention="standard")
+
+
+def test_hf_configs_import(tmp_path):
+    """gpt2, llama, mistral and qwen2 config.json keys give the right shapes; GPT-2 defaults to dropout 0.1."""
+    gpt2 = {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257,
+            "n_positions": 1024}
+    spec = from_hf_config(gpt2, "gpt2")
+    assert spec.total_params() == pytest.approx(124.44e6, rel=0.001) and spec.dropout == 0.1
+    qwen = {"model_type": "qwen2", "num_hidden_layers": 24, "hidden_size": 896, "num_attention_heads": 14,
+            "num_key_value_heads": 2, "intermediate_size": 4864, "vocab_size": 151936,
+            "max_position_embeddings": 32768, "tie_word_embeddings": True}
+    q = from_hf_config(qwen, "qwen2-0.5b")
+    assert q.qkv_bias and q.tied_embeddings and q.total_params() == pytest.approx(494e6, rel=0.01)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "mistral", "num_hidden_layers": 32, "hidden_size": 4096,
+                                "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
+                                "vocab_size": 32000}))
+    assert load_model(str(path)).total_params() == pytest.approx(7.24e9, rel=0.01)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt", "llama3-70b", "gpt3-175b"])
+def test_model_json_round_trips(tmp_path, name):
+    """A model written as autoconf JSON loads back equal."""
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(PRESETS[name].to_dict()))
+    assert load_model(str(path)) == PRESETS[name]
+
+
+@pytest.mark.parametrize("name", bundled_profiles())
+def test_bundled_profiles_round_trip_and_state_their_assumptions(name):
+    """Each bundled profile loads, round-trips through JSON, and explains every efficiency it assumes."""
+    profile = load_cluster(name)
+    assert ClusterProfile.from_dict(json.loads(json.dumps(profile.to_dict()))) == profile
+    for key in ("matmul", "attention", "memory", "comm_intra", "comm_inter"):
+        entry = profile.efficiency[key]
+        assert 0 < entry["value"] <= 1 and len(entry["why"]) > 10
+
+
+def test_heterogeneous_profile_round_trips_and_resizing_is_refused():
+    """A per-node-pair link matrix survives JSON, and a measured matrix cannot be silently resized."""
+    base = load_cluster("dgx-a100-80g", nodes=3)
+    slow, fast = Link(1e-5, 5e9), Link(8e-6, 25e9)
+    matrix = tuple(tuple(slow if {i, j} == {0, 2} else fast for j in range(3)) for i in range(3))
+    import dataclasses
+
+    hetero = dataclasses.replace(base, inter_node_matrix=matrix)
+    again = ClusterProfile.from_dict(json.loads(json.dumps(hetero.to_dict())))
+    assert again == hetero and again.link(0, 16) == slow and again.link(0, 8) == fast
+    with pytest.raises(UserError, match="cannot be resized"):
+        hetero.resized(nodes=4)
+
+
+def test_resizing_a_uniform_profile():
+    """--nodes / --gpus-per-node size a uniform profile."""
+    c = load_cluster("dgx-h100-80g", nodes=16, gpus_per_node=4)
+    assert c.world_size == 64 and c.node_of(5) == 1
+
+
+def test_parallel_config_explains_every_bad_factor():
+    """A layout breaking several rules is rejected with each offending factor named."""
+    bad = ParallelConfig(tp=3, pp=16, dp=2, micro_batch_size=3, global_batch_size=64, seq_len=128)
+    with pytest.raises(UserError) as err:
+        bad.check(PRESETS["tiny-llama"], world_size=64)
+    message = str(err.value)
+    for fragment in ("tp*pp*dp = 3*16*2 = 96", "64 devices", "tp 3 does not divide the 4 attention heads",
+                     "2 KV heads", "16 stages but the model has only 8 layers", "not divisible by micro-batch 3"):
+        assert fragment in message
+
+
+def test_schedule_rules_are_part_of_the_check():
+    """1F1B with fewer micro-batches than stages is refused with the numbers."""
+    c = ParallelConfig(tp=1, pp=4, dp=1, micro_batch_size=1, global_batch_size=2, seq_len=64)
+    with pytest.raises(UserError, match="1f1b"):
+        c.check(PRESETS["tiny-gpt"], 4)
+
+
+def test_plan_round_trips(tmp_path):
+    """A plan saved and loaded is equal, and an existing file is not overwritten without force."""
+    from autoconf.cost.estimate import estimate
+
+    cfg = ParallelConfig(tp=1, pp=2, dp=2, micro_batch_size=1, global_batch_size=8, seq_len=64, dtype="fp32")
+    plan = estimate(PRESETS["tiny-gpt"], load_cluster("cpu-local"), cfg)
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    again = load_plan(path)
+    assert again.to_dict() == json.loads(plan.to_json())
+    with pytest.raises(UserError, match="already exists"):
+        plan.save(path)
+    plan.save(path, force=True)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(version=7), "version"),
+    (lambda d: d.update(partition=[[0, 3], [3, 8], [8, 9], [9, 9]]), "partition"),
+    (lambda d: d["placement"].update(mesh=[[[0]], [[0]]]), "mesh"),
+    (lambda d: d["config"].update(tp=3), "tp"),
+    (lambda d: d.pop("model"), "model"),
+])
+def test_malformed_plans_are_rejected_with_a_reason(tmp_path, mutate, message):
+    """Broken plan files raise UserError naming the broken part."""
+    from autoconf.cost.estimate import estimate
+
+    cfg = ParallelConfig(tp=1, pp=2, dp=2, micro_batch_size=1, global_batch_size=8, seq_len=64, dtype="fp32")
+    data = json.loads(estimate(PRESETS["tiny-gpt"], load_cluster("cpu-local"), cfg).to_json())
+    mutate(data)
+    with pytest.raises(UserError, match=message):
+        Plan.from_dict(data)
