@@ -225,6 +225,14 @@ def test_two_rank_quick_profile_round_trips(tmp_path, monkeypatch):
         assert entry["p10_forward_s"] <= entry["p90_forward_s"]
     assert compute["optimizer_s_per_param"] > 0
     assert not list(tmp_path.glob(".*tmp*"))
+    # Planning on the measured profile uses its compute tables.
+    from autoconf.solve.search import search
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.presets import PRESETS
+
+    measured = load_cluster(str(out))
+    result = search(PRESETS["tiny-gpt"], measured, 4, compute["entries"][0]["seq_len"], "fp32", top_k=2)
+    assert result.plans and result.plans[0].prediction["compute_source"] == "measured"
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt", "tiny-llama"])
