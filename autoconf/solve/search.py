@@ -24,14 +24,11 @@ from autoconf.cost.compute import model_pieces, optimizer_step_time
 from autoconf.cost.estimate import Execution, default_mesh, default_partition, estimate
 from autoconf.cost.memory import _state_bytes_per_param
 from autoconf.errors import UserError
+from autoconf.execute.support import unsupported_reason
 from autoconf.solve.space import candidates, normalise_fixed, with_changes
 from autoconf.spec.cluster import DTYPE_BYTES, ClusterProfile
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan
-
-# Schedules the bundled executor runs (all seven); kept as data so a limitation shows up in one place.
-LAUNCHABLE_SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zb-h1", "zbv", "dualpipev")
-
 
 @dataclass
 class SearchResult:
@@ -165,8 +162,11 @@ def _inflight_rank0(c: ParallelConfig) -> float:
 def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, dtype: str,
            attention: str = "flash", fixed: dict | None = None, top_k: int = 5,
            execution: Execution = Execution(), refine: bool = True, partition_time_s: float = 1.0,
-           placement_time_s: float = 5.0) -> SearchResult:
-    """The best `top_k` plans that fit, fastest first, with search statistics."""
+           placement_time_s: float = 5.0, launchable_only: bool = True) -> SearchResult:
+    """The best `top_k` plans that fit, fastest first, with search statistics.
+
+    With `launchable_only`, layouts the bundled executor refuses (execute/support.py) are left out and counted.
+    """
     start = time.perf_counter()
     fixed = normalise_fixed(fixed or {})
     if model.learned_positions and seq_len > model.max_seq_len:
@@ -174,13 +174,16 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     limit = cluster.device.memory_bytes
     cache = _BoundCache(model, cluster, execution)
     scored = []
-    seen = 0
+    seen = unlaunchable = 0
     for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
                              attention, fixed):
         seen += 1
+        if launchable_only and unsupported_reason(config):
+            unlaunchable += 1
+            continue
         bound = cache.bounds(config)
         scored.append((bound.time_s, _key(config), bound.memory_bytes, config))
-    if not seen:
+    if not scored:
         raise UserError(_no_candidate_message(model, cluster, global_batch, fixed))
     scored.sort(key=lambda item: (item[0], item[1]))
 
@@ -217,11 +220,11 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         ranked.sort(key=lambda plan: (plan.prediction["iteration_time_s"], _key(plan.config)))
     else:
         ranked = [estimate(model, cluster, plan.config, execution=execution) for plan in ranked]
-    stats = {"candidates": seen, "pruned_memory": pruned_memory, "pruned_time": pruned_time,
-             "simulated": simulated, "feasible": len(ranked), "seconds": round(time.perf_counter() - start, 3),
+    stats = {"candidates": seen, "unlaunchable": unlaunchable, "pruned_memory": pruned_memory,
+             "pruned_time": pruned_time, "simulated": simulated, "feasible": len(ranked), "seconds": round(time.perf_counter() - start, 3),
              "search_seconds": round(search_seconds, 3)}
     for plan in ranked:
-        plan.prediction["launchable"] = plan.config.schedule in LAUNCHABLE_SCHEDULES
+        plan.prediction["launchable"] = unsupported_reason(plan.config) is None
     return SearchResult(ranked, stats, closest if not ranked else None)
 
 
