@@ -1,0 +1,367 @@
+"""`autoconf validate`: run K layouts for N steps each, compare measured with predicted step times, calibrate.
+
+    DIR/runs/<i>/plan.json        the layout (the planner's best is run 0)
+    DIR/runs/<i>/metrics.jsonl    the executor's metrics; the summary's median step time after warm-up is "measured"
+    DIR/runs/<i>/log.txt          torchrun's output
+    DIR/report.json               {"runs": [{"config", "predicted_s", "measured_s", ...}], "median_abs_error",
+                                   "spearman", "regret", "calibration"}
+    DIR/scatter.png               predicted vs measured
+    DIR/calibrated_profile.json   with --calibrate: the profile with the fitted factors (never the input file)
+
+A run that fails is recorded with its error and the others go on. Runs are started through a `runner` (default: the
+bundled executor under torchrun on this host, `autoconf.execute.launch.build_commands`), so an environment that
+starts ranks elsewhere (a multi-node testbed) passes its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from autoconf.errors import UserError
+from autoconf.spec.cluster import ClusterProfile, load_cluster
+from autoconf.spec.model import ModelSpec
+from autoconf.spec.plan import Plan, write_new_file
+from autoconf.validate.stats import median_abs_error, regret, spearman
+
+REPORT_VERSION = 1
+RUN_TIMEOUT_S = 900.0
+# (plan_path, metrics_path, log_path, steps) -> exit code
+Runner = Callable[[Path, Path, Path, int], int]
+
+
+def local_runner(plan_path: Path, metrics_path: Path, log_path: Path, steps: int,
+                 timeout_s: float = RUN_TIMEOUT_S) -> int:
+    """The plan under torchrun on this host (all ranks local), output to `log_path`; 124 on timeout."""
+    from autoconf.execute.launch import _REPO_ROOT, build_commands
+
+    command = build_commands(plan_path, steps, metrics=str(metrics_path), force=True)[0]
+    if metrics_path.exists():
+        metrics_path.unlink()
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")  # as the profiler measured: one thread per rank
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
+    with open(log_path, "w") as log:
+        try:
+            return subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
+                                  start_new_session=True).returncode
+        except subprocess.TimeoutExpired:
+            log.write(f"\nautoconf validate: run exceeded {timeout_s:.0f} s and was stopped\n")
+            return 124
+
+
+@dataclass
+class Run:
+    index: int
+    label: str
+    config: dict
+    predicted_s: float
+    measured_s: float | None = None
+    chosen: bool = False
+    status: str = "pending"  # "ok" or "failed"
+    failure: str | None = None
+    step_times_s: list = field(default_factory=list)
+    wall_s: float | None = None
+    dir: str = ""
+
+    @property
+    def error(self) -> float | None:
+        if self.measured_s is None:
+            return None
+        return (self.predicted_s - self.measured_s) / self.measured_s
+
+
+@dataclass
+class Report:
+    model: str
+    cluster: str
+    global_batch: int
+    seq_len: int
+    steps: int
+    runs: list[Run]
+    median_abs_error: float | None = None
+    spearman: float | None = None
+    regret: float | None = None
+    calibration: dict | None = None
+
+    def ok_runs(self) -> list[Run]:
+        return [r for r in self.runs if r.status == "ok"]
+
+    def summarise(self) -> "Report":
+        ok = self.ok_runs()
+        predicted, measured = [r.predicted_s for r in ok], [r.measured_s for r in ok]
+        self.median_abs_error = median_abs_error(predicted, measured)
+        self.spearman = spearman(predicted, measured)
+        chosen = next((i for i, r in enumerate(ok) if r.chosen), None)
+        self.regret = regret(measured, chosen) if chosen is not None else None
+        return self
+
+    def to_dict(self) -> dict:
+        runs = []
+        for r in self.runs:
+            d = asdict(r)
+            d["error"] = r.error
+            runs.append(d)
+        return {"version": REPORT_VERSION, "kind": "validation", "model": self.model, "cluster": self.cluster,
+                "global_batch": self.global_batch, "seq_len": self.seq_len, "steps": self.steps, "runs": runs,
+                "median_abs_error": self.median_abs_error, "spearman": self.spearman, "regret": self.regret,
+                "calibration": self.calibration}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "report") -> "Report":
+        if not isinstance(data, dict) or data.get("kind") != "validation" or data.get("version") != REPORT_VERSION:
+            raise UserError(f"{source}: not a validation report (version {REPORT_VERSION})")
+        fields = set(Run.__dataclass_fields__)
+        runs = [Run(**{k: v for k, v in r.items() if k in fields}) for r in data["runs"]]
+        return cls(model=data["model"], cluster=data["cluster"], global_batch=data["global_batch"],
+                   seq_len=data["seq_len"], steps=data["steps"], runs=runs,
+                   median_abs_error=data.get("median_abs_error"), spearman=data.get("spearman"),
+                   regret=data.get("regret"), calibration=data.get("calibration"))
+
+
+def load_report(path: str | Path) -> Report:
+    path = Path(path)
+    try:
+        return Report.from_dict(json.loads(path.read_text()), source=str(path))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise UserError(f"cannot read validation report {path}: {err}") from None
+
+
+def read_metrics(path: Path) -> tuple[float | None, list[float], str | None]:
+    """(measured median step time, every step time, why there is none) from a metrics file."""
+    if not path.exists():
+        return None, [], "no metrics file was written"
+    times, summary = [], None
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "summary" in record:
+            summary = record["summary"]
+        elif "step_time_s" in record:
+            times.append(float(record["step_time_s"]))
+    if summary is None or summary.get("measured_iteration_time_s") is None:
+        return None, times, "the metrics file has no summary (the run did not finish)"
+    return float(summary["measured_iteration_time_s"]), times, None
+
+
+def _tail(path: Path, lines: int = 6) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text[-lines:])
+
+
+def run_plans(plans: list[Plan], out_dir: Path, steps: int, runner: Runner = local_runner, force: bool = False,
+              log: Callable[[str], None] = print) -> list[Run]:
+    """Writes and runs each plan; plans[0] is the planner's choice."""
+    from autoconf.report.tables import layout_label
+
+    runs = []
+    for i, plan in enumerate(plans):
+        run_dir = out_dir / "runs" / str(i)
+        run = Run(index=i, label=layout_label(plan), config=plan.config.to_dict(),
+                  predicted_s=float(plan.prediction["iteration_time_s"]), chosen=(i == 0), dir=f"runs/{i}")
+        plan_path, metrics_path, log_path = run_dir / "plan.json", run_dir / "metrics.jsonl", run_dir / "log.txt"
+        plan.save(plan_path, force=force)
+        log(f"[{i + 1}/{len(plans)}] {run.label}: predicted {run.predicted_s:.4g} s, running {steps} steps ...")
+        start = time.perf_counter()
+        try:
+            code = runner(plan_path, metrics_path, log_path, steps)
+        except UserError as err:
+            code, run.failure = -1, str(err)
+        run.wall_s = round(time.perf_counter() - start, 2)
+        measured, times, why = read_metrics(metrics_path)
+        run.step_times_s = times
+        if code == 0 and measured is not None:
+            run.status, run.measured_s = "ok", measured
+            log(f"    measured {measured:.4g} s ({100 * run.error:+.1f}%)")
+        else:
+            run.status = "failed"
+            run.failure = run.failure or (f"exit code {code}: {why or ''} {_tail(log_path)}".strip())
+            log(f"    failed: {run.failure}")
+        runs.append(run)
+    return runs
+
+
+def calibrate_report(report: Report, model: ModelSpec, cluster: ClusterProfile, plans: list[Plan]) -> dict:
+    """Cross-validated before/after errors, and the factors fitted on every successful run."""
+    from autoconf.validate.calibrate import FACTORS, cross_validate, fit
+
+    ok = [i for i, r in enumerate(report.runs) if r.status == "ok"]
+    if len(ok) < len(FACTORS) + 1:
+        return {"skipped": f"calibration needs at least {len(FACTORS) + 1} successful runs, got {len(ok)}"}
+    ok_plans = [plans[i] for i in ok]
+    measured = [report.runs[i].measured_s for i in ok]
+    cv = cross_validate(model, cluster, ok_plans, measured)
+    for item in cv["held_out"]:
+        item["run"] = ok[item["run"]]
+    factors = fit(model, cluster, ok_plans, measured)
+    return {"factors": factors, **cv}
+
+
+def scatter_png(report: Report, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from autoconf.report.pictures import _save
+
+    ok = report.ok_runs()
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=110)
+    if ok:
+        xs, ys = [r.predicted_s * 1e3 for r in ok], [r.measured_s * 1e3 for r in ok]
+        values = xs + ys
+        held = {h["run"]: h["predicted_after_s"] * 1e3
+                for h in (report.calibration or {}).get("held_out", [])}
+        values += list(held.values())
+        lo, hi = min(values) * 0.8, max(values) * 1.25
+        ax.plot([lo, hi], [lo, hi], color="#555555", lw=1, label="predicted = measured")
+        ax.fill_between([lo, hi], [lo / 1.1, hi / 1.1], [lo / 0.9, hi / 0.9], color="#DDDDDD", alpha=0.6,
+                        label="±10%")
+        ax.scatter(xs, ys, color="#1f77b4", zorder=3, label="profile as measured")
+        for r, x, y in zip(ok, xs, ys):
+            ax.annotate(str(r.index), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            if r.chosen:
+                ax.scatter([x], [y], s=160, facecolors="none", edgecolors="#d62728", zorder=4,
+                           label="planner's choice")
+        if held:
+            hx = [held[r.index] for r in ok if r.index in held]
+            hy = [r.measured_s * 1e3 for r in ok if r.index in held]
+            ax.scatter(hx, hy, color="#2ca02c", marker="^", zorder=3, label="calibrated (held out)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+    ax.set_xlabel("predicted step time (ms)")
+    ax.set_ylabel("measured step time (ms, median after warm-up)")
+    stats = []
+    if report.median_abs_error is not None:
+        stats.append(f"median |error| {100 * report.median_abs_error:.1f}%")
+    if report.spearman is not None:
+        stats.append(f"Spearman {report.spearman:.2f}")
+    if report.regret is not None:
+        stats.append(f"regret {100 * report.regret:.1f}%")
+    ax.set_title(f"{report.model} on {report.cluster}: " + ", ".join(stats), fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", frameon=False)
+    return _save(fig, path)
+
+
+def report_table(report: Report):
+    from rich.table import Table
+
+    held = {h["run"]: h["predicted_after_s"] for h in (report.calibration or {}).get("held_out", [])}
+    table = Table(title=f"{report.model} on {report.cluster}: predicted vs measured step time "
+                        f"(global batch {report.global_batch}, seq {report.seq_len}, {report.steps} steps)")
+    for col in ("#", "layout", "predicted", "measured", "error"):
+        table.add_column(col, justify="left" if col == "layout" else "right")
+    if held:
+        table.add_column("calibrated (held out)", justify="right")
+    for r in report.runs:
+        row = [str(r.index) + ("*" if r.chosen else ""), r.label, f"{r.predicted_s * 1e3:.1f} ms",
+               f"{r.measured_s * 1e3:.1f} ms" if r.measured_s is not None else "failed",
+               f"{100 * r.error:+.1f}%" if r.error is not None else (r.failure or "")[:60]]
+        if held:
+            after = held.get(r.index)
+            row.append(f"{after * 1e3:.1f} ms ({100 * (after - r.measured_s) / r.measured_s:+.1f}%)"
+                       if after is not None else "")
+        table.add_row(*row)
+    caption = []
+    if report.median_abs_error is not None:
+        caption.append(f"median |error| {100 * report.median_abs_error:.1f}%")
+    if report.spearman is not None:
+        caption.append(f"Spearman {report.spearman:.2f}")
+    if report.regret is not None:
+        caption.append(f"regret of the planner's choice (*) {100 * report.regret:.1f}%")
+    cal = report.calibration or {}
+    if cal.get("after"):
+        b, a = cal["before"], cal["after"]
+        caption.append(f"calibration ({cal['scheme']}, held out): median |error| "
+                       f"{100 * b['median_abs_error']:.1f}% -> {100 * a['median_abs_error']:.1f}%")
+    table.caption = "; ".join(caption)
+    return table
+
+
+def validate(model: ModelSpec, cluster: ClusterProfile, cluster_label: str, global_batch: int, seq_len: int,
+             dtype: str, configs: int, steps: int, out_dir: Path, calibrate: bool = False, force: bool = False,
+             fixed: dict | None = None, runner: Runner = local_runner, cluster_path: Path | None = None,
+             log: Callable[[str], None] = print, refine: bool = True) -> Report:
+    """Selects, runs and compares; writes report.json, scatter.png (and calibrated_profile.json)."""
+    from autoconf.validate.select import select_layouts
+
+    out_dir = Path(out_dir)
+    if configs < 1 or steps < 1:
+        raise UserError(f"--configs and --steps must be >= 1 (got {configs} and {steps})")
+    report_path, scatter_path, calibrated_path = (out_dir / "report.json", out_dir / "scatter.png",
+                                                  out_dir / "calibrated_profile.json")
+    if cluster_path is not None and calibrate and calibrated_path.resolve() == Path(cluster_path).resolve():
+        raise UserError(f"--out {out_dir} would overwrite the input profile {cluster_path}; choose another folder")
+    existing = [p for p in (report_path, out_dir / "runs") if p.exists()]
+    if existing and not force:
+        raise UserError(f"{existing[0]} already exists; pass --force to overwrite it or choose another --out")
+    if cluster.world_size > 64:
+        raise UserError(f"validate starts every rank on this host; {cluster.world_size} ranks is too many")
+    plans = select_layouts(model, cluster, global_batch, seq_len, dtype, configs, fixed, refine=refine)
+    log(f"validating {len(plans)} layouts of {model.name} on {cluster_label} ({cluster.world_size} ranks), "
+        f"{steps} steps each")
+    runs = run_plans(plans, out_dir, steps, runner, force=True, log=log)
+    report = Report(model.name, cluster_label, global_batch, seq_len, steps, runs).summarise()
+    if calibrate:
+        log("calibrating ...")
+        report.calibration = calibrate_report(report, model, cluster, plans)
+        if "factors" in report.calibration:
+            from autoconf.validate.calibrate import calibrated_profile
+
+            note = f"fitted to {len(report.ok_runs())} runs of {model.name} by autoconf validate"
+            calibrated = calibrated_profile(cluster, report.calibration["factors"], note)
+            calibrated = _renamed(calibrated, note)
+            write_new_file(calibrated_path, json.dumps(calibrated.to_dict(), indent=2) + "\n", force=True)
+            report.calibration["profile"] = str(calibrated_path)
+    write_new_file(report_path, json.dumps(report.to_dict(), indent=2) + "\n", force=True)
+    if report.ok_runs():
+        scatter_png(report, scatter_path)
+    return report
+
+
+def _renamed(cluster: ClusterProfile, note: str) -> ClusterProfile:
+    import dataclasses
+
+    return dataclasses.replace(cluster, name=f"{cluster.name}-calibrated",
+                               description=(cluster.description + " " if cluster.description else "") + note + ".")
+
+
+def validate_command(model: str, cluster_path: str, global_batch: int, seq_len: int | None, configs: int,
+                     steps: int, out_dir: str | Path, calibrate: bool, force: bool,
+                     fixed: dict | None = None) -> dict:
+    """The `autoconf validate` verb: loads the model and profile, validates, prints the table; returns report.json's
+    content. `fixed`: typed config fields as `cli.parse_fix` returns them (dtype among them picks the dtype)."""
+    from rich.console import Console
+
+    from autoconf.spec.presets import load_model
+
+    model_spec = load_model(model)
+    cluster = load_cluster(cluster_path)
+    fixed = dict(fixed or {})
+    dtype = fixed.pop("dtype", None) or ("fp32" if cluster.device.kind == "cpu" else "bf16")
+    seq_len = seq_len or min(model_spec.max_seq_len, 8192)
+    if global_batch < 1:
+        raise UserError(f"--global-batch must be >= 1 (got {global_batch})")
+    bundled = Path(cluster_path)
+    console = Console()
+    report = validate(model_spec, cluster, cluster.name, global_batch, seq_len, dtype, configs, steps,
+                      Path(out_dir), calibrate, force, fixed,
+                      cluster_path=bundled if bundled.exists() else None, log=console.print)
+    console.print(report_table(report))
+    out = Path(out_dir)
+    for name in ("report.json", "scatter.png", "calibrated_profile.json"):
+        if (out / name).exists():
+            console.print(f"wrote {out / name}")
+    return report.to_dict()

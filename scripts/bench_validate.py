@@ -1,0 +1,86 @@
+"""Validation figures: predicted vs measured step times of tiny-gpt layouts on 4 local CPU ranks, with calibration.
+
+    python scripts/bench_validate.py [--profile PROFILE.json] [--out DIR] [--configs 10] [--steps 8]
+                                     [--global-batch 16] [--seq-len 128] [--model tiny-gpt] [--nproc 4]
+
+Profiles this host first (4 CPU ranks, ~30 s) unless --profile names an existing profile, then runs
+`autoconf validate --calibrate` through the library and prints one JSON line with the figures (median |error|,
+Spearman, regret, held-out error before/after calibration, fitted factors). The issue's bar: median |error| <= 10%,
+Spearman >= 0.8 over at least 8 layouts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--profile", default=None)
+    p.add_argument("--out", default="/tmp/autoconf-bench-validate")
+    p.add_argument("--configs", type=int, default=10)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--global-batch", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--model", default="tiny-gpt")
+    p.add_argument("--nproc", type=int, default=4)
+    p.add_argument("--no-refine", action="store_true",
+                   help="run the planner's best with the default partition and placement (not CP-SAT's)")
+    args = p.parse_args()
+
+    from autoconf.validate import validate_command
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    profile = Path(args.profile) if args.profile else out / "profile.json"
+    start = time.perf_counter()
+    if not profile.exists():
+        from autoconf.execute.launch import free_port
+        from autoconf.profile.launch import profile as run_profile
+
+        code = run_profile(profile, nproc_per_node=args.nproc, model=args.model, master_port=free_port())
+        if code:
+            print(f"profiling failed with exit code {code}", file=sys.stderr)
+            return code
+    profiled = time.perf_counter()
+    if args.no_refine:
+        from rich.console import Console
+
+        from autoconf.spec.cluster import load_cluster
+        from autoconf.spec.presets import load_model
+        from autoconf.validate.run import report_table, validate
+
+        console = Console()
+        cluster = load_cluster(str(profile))
+        result = validate(load_model(args.model), cluster, cluster.name, args.global_batch, args.seq_len,
+                          "fp32" if cluster.device.kind == "cpu" else "bf16", args.configs, args.steps,
+                          out / "validate", calibrate=True, force=True, cluster_path=profile, log=console.print,
+                          refine=False)
+        console.print(report_table(result))
+        report = result.to_dict()
+    else:
+        report = validate_command(args.model, str(profile), args.global_batch, args.seq_len, args.configs,
+                                  args.steps, out / "validate", calibrate=True, force=True)
+    cal = report.get("calibration") or {}
+    ok = [r for r in report["runs"] if r["status"] == "ok"]
+    figures = {
+        "model": args.model, "ranks": args.nproc, "layouts": len(report["runs"]), "ok": len(ok),
+        "steps": args.steps, "global_batch": args.global_batch, "seq_len": args.seq_len,
+        "median_abs_error": report["median_abs_error"], "spearman": report["spearman"], "regret": report["regret"],
+        "calibration_scheme": cal.get("scheme"),
+        "held_out_before": cal.get("before"), "held_out_after": cal.get("after"), "factors": cal.get("factors"),
+        "profile_s": round(profiled - start, 1), "validate_s": round(time.perf_counter() - profiled, 1),
+        "report": str(out / "validate" / "report.json"),
+    }
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""autoconf validate: statistics, layout selection, the report's schema, calibration, and one real end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from autoconf.cost.estimate import estimate
+from autoconf.execute.support import unsupported_reason
+from autoconf.spec.cluster import load_cluster
+from autoconf.spec.model import ModelSpec
+from autoconf.spec.presets import load_model
+from autoconf.validate.calibrate import (calibrated_profile, cross_validate, fit, folds, predict_time,
+                                         without_overheads)
+from autoconf.validate.run import Report, Run, load_report, read_metrics, validate
+from autoconf.validate.select import select_layouts
+from autoconf.validate.stats import median_abs_error, rank_average, regret, spearman
+
+
+# ---- statistics ---------------------------------------------------------------------------------------------------
+def test_spearman_is_one_for_any_increasing_map_and_minus_one_reversed():
+    """Spearman depends on order only: a monotone map gives 1, a reversed order -1."""
+    x = [0.3, 0.1, 0.7, 0.2, 1.5]
+    assert spearman(x, [v ** 3 + 10 for v in x]) == pytest.approx(1.0)
+    assert spearman(x, [-v for v in x]) == pytest.approx(-1.0)
+
+
+def test_spearman_matches_the_textbook_formula_without_ties():
+    """rho = 1 - 6 sum d^2 / (n (n^2 - 1)) when no values tie."""
+    a, b = [1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 1.0, 4.0, 3.0, 5.0]
+    d = rank_average(a) - rank_average(b)
+    n = len(a)
+    assert spearman(a, b) == pytest.approx(1 - 6 * (d ** 2).sum() / (n * (n * n - 1)))
+
+
+def test_ties_share_their_average_rank_and_degenerate_samples_give_none():
+    assert rank_average([5.0, 1.0, 5.0, 2.0]).tolist() == [3.5, 1.0, 3.5, 2.0]
+    assert spearman([1.0], [2.0]) is None
+    assert spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None
+
+
+def test_regret_is_relative_excess_over_best_measured():
+    """regret = (chosen - best) / best; zero when the planner's choice was the fastest."""
+    assert regret([1.2, 1.0, 1.5], 0) == pytest.approx(0.2)
+    assert regret([1.0, 1.2], 0) == 0.0
+    assert regret([1.0, 1.2], None) is None
+
+
+def test_median_abs_error_is_relative():
+    assert median_abs_error([1.1, 0.8, 2.0], [1.0, 1.0, 2.0]) == pytest.approx(0.1)
+
+
+# ---- layout selection ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-gpt"), load_cluster("cpu-local")
+
+
+@pytest.fixture(scope="module")
+def layouts(tiny):
+    model, cluster = tiny
+    return select_layouts(model, cluster, 16, 128, "fp32", 10)
+
+
+def test_selection_starts_with_the_planners_choice_and_is_deterministic(tiny, layouts):
+    from autoconf.solve.search import search
+
+    model, cluster = tiny
+    best = search(model, cluster, 16, 128, "fp32", top_k=1).plans[0]
+    assert layouts[0].config == best.config
+    again = select_layouts(model, cluster, 16, 128, "fp32", 10)
+    assert [p.config for p in again] == [p.config for p in layouts]
+
+
+def test_selection_is_diverse_distinct_launchable_and_fits(tiny, layouts):
+    """Every (tp, pp, dp) combination the 4 ranks allow appears, several schedules, no layout twice, and each is
+    one the executor runs and the estimate says fits."""
+    model, cluster = tiny
+    configs = [p.config for p in layouts]
+    assert len(set(configs)) == len(configs) == 10
+    degrees = {(c.tp, c.pp, c.dp) for c in configs}
+    assert degrees == {(1, 1, 4), (1, 2, 2), (1, 4, 1), (2, 1, 2), (2, 2, 1), (4, 1, 1)}
+    assert len({c.schedule for c in configs if c.pp > 1}) >= 4
+    assert len({c.micro_batch_size for c in configs}) >= 3
+    for c in configs:
+        assert unsupported_reason(c) is None
+        assert estimate(model, cluster, c, detail=False).prediction["fits"]
+
+
+def test_fixed_fields_are_honoured(tiny):
+    model, cluster = tiny
+    plans = select_layouts(model, cluster, 16, 128, "fp32", 4, fixed={"pp": 2})
+    assert all(p.config.pp == 2 for p in plans) and len(plans) == 4
+
+
+# ---- report -------------------------------------------------------------------------------------------------------
+def test_report_round_trips_through_json(tmp_path):
+    runs = [Run(0, "a", {"tp": 1}, 0.10, 0.11, chosen=True, status="ok", step_times_s=[0.2, 0.11, 0.11]),
+            Run(1, "b", {"tp": 2}, 0.20, 0.19, status="ok"),
+            Run(2, "c", {"tp": 4}, 0.30, None, status="failed", failure="exit code 1")]
+    report = Report("tiny-gpt", "cpu", 16, 128, 3, runs).summarise()
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report.to_dict()))
+    data = json.loads(path.read_text())
+    for key in ("runs", "median_abs_error", "spearman", "regret"):
+        assert key in data
+    assert {"config", "predicted_s", "measured_s"} <= set(data["runs"][0])
+    back = load_report(path)
+    assert back.to_dict() == report.to_dict()
+    assert report.regret == pytest.approx(0.0)  # 0.11 vs 0.19: the chosen run was fastest
+    assert report.spearman == pytest.approx(1.0)
+    assert back.runs[2].status == "failed" and back.runs[2].error is None
+
+
+def test_read_metrics_takes_the_summary_median_and_explains_a_missing_one(tmp_path):
+    path = tmp_path / "m.jsonl"
+    assert read_metrics(path)[2] == "no metrics file was written"
+    path.write_text(json.dumps({"step": 1, "step_time_s": 0.5}) + "\n")
+    assert read_metrics(path)[0] is None and "no summary" in read_metrics(path)[2]
+    with path.open("a") as f:
+        f.write(json.dumps({"summary": {"measured_iteration_time_s": 0.25}}) + "\n")
+    assert read_metrics(path)[:2] == (0.25, [0.5])
+
+
+# ---- calibration --------------------------------------------------------------------------------------------------
+def test_predict_time_equals_the_estimate_without_overheads(tiny, layouts):
+    model, cluster = tiny
+    for plan in layouts:
+        assert predict_time(model, cluster, plan) == pytest.approx(plan.prediction["iteration_time_s"], rel=1e-12)
+
+
+def test_neutral_calibration_changes_nothing_and_overheads_add_time(tiny, layouts):
+    model, cluster = tiny
+    assert calibrated_profile(cluster, {}).to_dict() == cluster.to_dict()
+    slower = calibrated_profile(cluster, {"pass_overhead_s": 1e-3, "step_overhead_s": 2e-3})
+    assert without_overheads(slower).to_dict() == cluster.to_dict()
+    for plan in layouts:
+        c = plan.config
+        base = plan.prediction["iteration_time_s"]
+        # At least one F and one B per micro-batch on the busiest rank, plus the step overhead.
+        assert predict_time(model, slower, plan) >= base + 2e-3 + 2 * c.num_microbatches * 1e-3 - 1e-12
+
+
+def test_fit_recovers_known_factors_and_cross_validation_predicts_held_out_runs(tiny, layouts):
+    """Times made by a profile with known factors are fitted back, and held-out runs are predicted within 1%."""
+    model, cluster = tiny
+    truth = {"compute_scale": 1.6, "comm_scale": 1.0, "pass_overhead_s": 2e-3, "step_overhead_s": 5e-3}
+    measured = [predict_time(model, calibrated_profile(cluster, truth), p) for p in layouts]
+    factors = fit(model, cluster, layouts, measured)
+    assert factors["compute_scale"] == pytest.approx(1.6, rel=0.05)
+    assert factors["pass_overhead_s"] == pytest.approx(2e-3, rel=0.1)
+    cv = cross_validate(model, cluster, layouts, measured)
+    assert cv["scheme"] == "leave-one-out"
+    assert cv["after"]["median_abs_error"] < 0.01 < cv["before"]["median_abs_error"]
+
+
+def test_folds_cover_every_run_once():
+    for n in (3, 12, 30):
+        held = [i for fold in folds(n) for i in fold]
+        assert sorted(held) == list(range(n))
+
+
+# ---- end to end ---------------------------------------------------------------------------------------------------
+SMALL = ModelSpec(name="validate-gpt", arch="gpt", num_layers=4, hidden_size=32, num_heads=2, num_kv_heads=2,
+                  ffn_hidden_size=64, vocab_size=128, max_seq_len=32, tied_embeddings=True)
+
+
+@pytest.mark.slow
+def test_validate_end_to_end_two_layouts_on_two_ranks(tmp_path):
+    """Two layouts x 3 steps on 2 CPU ranks: both run, the report, scatter and table come out, and the input
+    profile is left alone."""
+    from autoconf.validate.run import report_table
+
+    cluster = load_cluster("cpu-local", gpus_per_node=2)
+    out = tmp_path / "val"
+    report = validate(SMALL, cluster, "cpu-local", 8, 32, "fp32", configs=2, steps=3, out_dir=out, log=lambda m: None)
+    assert [r.status for r in report.runs] == ["ok", "ok"], [r.failure for r in report.runs]
+    data = json.loads((out / "report.json").read_text())
+    assert len(data["runs"]) == 2 and data["runs"][0]["chosen"]
+    assert all(r["measured_s"] > 0 for r in data["runs"])
+    assert data["regret"] is not None and data["regret"] >= 0
+    assert (out / "scatter.png").stat().st_size > 1000
+    for i in range(2):
+        assert (out / "runs" / str(i) / "plan.json").exists() and (out / "runs" / str(i) / "metrics.jsonl").exists()
+    assert report_table(report).row_count == 2
+    with pytest.raises(Exception, match="already exists"):
+        validate(SMALL, cluster, "cpu-local", 8, 32, "fp32", configs=2, steps=3, out_dir=out, log=lambda m: None)
