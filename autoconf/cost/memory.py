@@ -8,10 +8,10 @@ Two mixed-precision layouts are described (bytes per parameter on one rank, befo
                                                                         copy for compute when the dtype is bf16)
   "megatron" bf16 2             fp32 4           fp32 master 4 + 8      Megatron-LM mixed precision (18 bytes)
 
-ZeRO: stage 1 divides the optimizer states by DP, stage 2 also the gradients, stage 3 also the weights. In the
-"torch" layout stages 1-3 are FSDP2: sharded parameters, gradients and optimizer states, with an unsharded compute
-copy of the rank's parameters held for the whole step at stages 1-2 (reshard_after_forward=False) and of two blocks
-at a time at stage 3. FSDP2 cannot shard the optimizer alone, so the executor runs ZeRO-1 exactly as ZeRO-2.
+ZeRO in the "megatron" layout: stage 1 divides the optimizer states by DP, stage 2 also the gradients, stage 3
+also the weights. In the "torch" layout stages 1-3 are FSDP2, which shards fp32 weights, gradients and optimizer
+states together (so ZeRO-1 runs exactly as ZeRO-2), with an unsharded compute copy of the rank's parameters held
+for the whole step at stages 1-2 (reshard_after_forward=False) and of two blocks at a time at stage 3.
 * With bf16 compute on an unsharded (ZeRO-0) rank, the bf16 copy of every weight exists during the step (2 bytes).
 
 Activations: each virtual stage keeps `inflight[s]` micro-batches (counted by the schedule simulation), each
@@ -52,19 +52,18 @@ def _state_bytes_per_param(config: ParallelConfig, layout: str) -> tuple[float, 
     compute = DTYPE_BYTES[config.dtype]
     if layout == "megatron":
         weights, grads, optim = 2.0, 4.0, 12.0
-        copy = 0.0
-    else:
-        weights, grads, optim = 4.0, 4.0, 8.0
-        copy = compute if (z >= 1 or compute != 4) else 0.0
-    if z >= 1:
-        optim /= dp
-    if z >= 2 or (z == 1 and layout == "torch"):
-        grads /= dp
-    if z >= 3:
-        weights /= dp
-    if layout == "megatron" and z >= 3:
-        copy = 0.0
-    return weights, grads, optim, copy
+        if z >= 1:
+            optim /= dp
+        if z >= 2:
+            grads /= dp
+        if z >= 3:
+            weights /= dp
+        return weights, grads, optim, 0.0
+    # torch layout: FSDP2 shards weights, gradients and optimizer states together at every ZeRO stage >= 1 and
+    # holds an unsharded compute copy (for stage 3 only of the blocks in use, which the caller adds).
+    if z == 0:
+        return 4.0, 4.0, 8.0, (compute if compute != 4 else 0.0)
+    return 4.0 / dp, 4.0 / dp, 8.0 / dp, compute
 
 
 def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig,

@@ -52,6 +52,7 @@ class _BoundCache:
         self._tp: dict = {}
         self._dp: dict = {}
         self._p2p: dict = {}
+        self._rank0: dict = {}
 
     def _layer(self, c: ParallelConfig):
         key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len)
@@ -72,8 +73,9 @@ class _BoundCache:
             self._tp[key] = t
         return self._tp[key]
 
-    def _comm(self, c: ParallelConfig, per_stage_layers: int) -> tuple[float, float, float]:
-        """(P2P transfer, per-pass FSDP gather, gradient reduction) of one middle stage on the default mesh."""
+    def _comm(self, c: ParallelConfig, per_stage_layers: int) -> tuple[float, float, float, float]:
+        """(P2P transfer, per-pass FSDP gather, once-per-step FSDP gather, gradient reduction) of one middle stage
+        on the default mesh."""
         model, cluster = self.model, self.cluster
         e = DTYPE_BYTES[c.dtype]
         p2p_key = (c.tp, c.pp, c.dp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len)
@@ -91,7 +93,7 @@ class _BoundCache:
         if dp_key not in self._dp:
             dp_devices = [d * c.tp for d in range(c.dp)]
             params = per_stage_layers * model.layer_params() / c.tp
-            gather = reduce = 0.0
+            gather = gather_once = reduce = 0.0
             if c.dp > 1:
                 if c.zero_stage == 0:
                     reduce = collective_time(cluster, "all_reduce", params * 4, dp_devices)
@@ -99,8 +101,22 @@ class _BoundCache:
                     reduce = collective_time(cluster, "reduce_scatter", params * 4, dp_devices)
                     if c.zero_stage == 3 and c.schedule != "looped-bfs":
                         gather = collective_time(cluster, "all_gather", params * e, dp_devices)
-            self._dp[dp_key] = (gather, reduce)
+                    else:
+                        gather_once = collective_time(cluster, "all_gather", params * e, dp_devices)
+            self._dp[dp_key] = (gather, gather_once, reduce)
         return (self._p2p[p2p_key], *self._dp[dp_key])
+
+    def _rank0_layers(self, c: ParallelConfig) -> int:
+        """Transformer layers the uniform partition gives pipeline rank 0."""
+        key = (c.pp, c.vpp, c.schedule in ("zbv", "dualpipev"))
+        if key not in self._rank0:
+            from autoconf.cost.schedules import stage_to_rank
+            from autoconf.solve.partition import uniform_partition
+
+            owner = stage_to_rank(c.schedule, c.pp, c.vpp)
+            parts = uniform_partition(self.model.num_layers, c.num_stages)
+            self._rank0[key] = sum(end - first for st, (first, end) in enumerate(parts) if owner[st] == 0)
+        return self._rank0[key]
 
     def bounds(self, c: ParallelConfig) -> _Bounds:
         """Lower bounds on the simulated iteration time and on rank 0's peak memory for the uniform partition.
@@ -117,7 +133,7 @@ class _BoundCache:
                      "full": block.forward + 2 * one}[c.recompute]
         S = c.num_stages
         per_stage_layers = model.num_layers // S
-        p2p, gather, reduce = self._comm(c, per_stage_layers)
+        p2p, gather, gather_once, reduce = self._comm(c, per_stage_layers)
         m = c.num_microbatches
         chunk_fwd = per_stage_layers * (block.forward + 2 * one)
         chunk_bwd = per_stage_layers * (block.backward_input + 2 * one + recompute)
@@ -136,16 +152,33 @@ class _BoundCache:
         else:
             bubble = (c.pp - 1) * chunk
         fill_drain = 2 * (c.pp - 1) * p2p
-        params_rank0 = (per_stage_layers * (S // c.pp) * model.layer_params() + model.embedding_params()) / c.tp
+        rank0_layers = self._rank0_layers(c)
+        params_rank0 = (rank0_layers * model.layer_params() + model.embedding_params()) / c.tp
         shard = c.dp if c.zero_stage >= 1 else 1
         optimizer = optimizer_step_time(params_rank0 / shard, cluster)
-        time_bound = busy + bubble + fill_drain + reduce + optimizer
+        # The DP stream of rank 0 carries every gather and reduction of its stages one after another, and the
+        # first gather precedes the first forward.
+        stages_rank0 = S // c.pp
+        comm_stream = stages_rank0 * (gather_once + reduce)
+        compute_path = gather_once + busy + bubble + fill_drain + reduce
+        # Micro-batch 0 passes every stage forward and backward in turn, hopping ranks between stages.
+        layer_fwd = block.forward + 2 * one
+        layer_bwd = block.backward_input + 2 * one + recompute
+        chain = model.num_layers * (layer_fwd + layer_bwd) + (2 * (S - 1) * p2p if c.pp > 1 else 0.0)
+        time_bound = max(compute_path, comm_stream, chain) + optimizer
 
-        w, g, o, _ = _state_bytes_per_param(c, self.execution.memory_layout)
+        w, g, o, copy = _state_bytes_per_param(c, self.execution.memory_layout)
         act = model.layer_activation_bytes(c.seq_len, c.micro_batch_size, c.tp, c.sequence_parallel, c.recompute,
                                            c.attention, DTYPE_BYTES[c.dtype])
-        memory_bound = (params_rank0 * (w + g + o) + _inflight_rank0(c) * per_stage_layers * act
-                        + cluster.device.memory_overhead_bytes)
+        if c.zero_stage >= 3 and self.execution.memory_layout == "torch":
+            compute_copy = 2 * model.layer_params() / c.tp * DTYPE_BYTES[c.dtype]
+        else:
+            compute_copy = params_rank0 * copy
+        # In-flight stage-micro-batches times the mean layers of rank 0's stages, less a 10% allowance because the
+        # peak may fall on its smaller stages: a bound, so no layout that fits is pruned.
+        mean_layers = rank0_layers / stages_rank0
+        memory_bound = (params_rank0 * (w + g + o) + compute_copy
+                        + 0.9 * _inflight_rank0(c) * mean_layers * act + cluster.device.memory_overhead_bytes)
         return _Bounds(time_bound, memory_bound)
 
 
@@ -240,24 +273,27 @@ def _negated(key: tuple) -> tuple:
 
 def _refine(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, execution: Execution,
             partition_time_s: float, placement_time_s: float) -> Plan:
-    """The detailed estimate of `config` with the CP-SAT partition and placement, when they are predicted better."""
+    """The detailed estimate of `config` with the CP-SAT placement and partition, each kept only where the (fast)
+    estimate predicts it faster than the default and the plan still fits."""
     from autoconf.solve.refine import refined_mesh, refined_partition
 
-    base = estimate(model, cluster, config, execution=execution)
-    best = base
+    def fast(partition=None, mesh=None) -> float:
+        p = estimate(model, cluster, config, partition=partition, mesh=mesh, execution=execution,
+                     detail=False).prediction
+        return p["iteration_time_s"] if p["fits"] else float("inf")
+
+    best_time, best_mesh, best_partition = fast(), None, None
     mesh = refined_mesh(model, cluster, config, time_limit_s=placement_time_s)
     if mesh is not None and mesh.tolist() != default_mesh(config).tolist():
-        candidate = estimate(model, cluster, config, mesh=mesh, execution=execution)
-        if candidate.prediction["iteration_time_s"] < best.prediction["iteration_time_s"]:
-            best = candidate
-    mesh_used = best.placement["mesh"]
+        t = fast(mesh=mesh)
+        if t < best_time:
+            best_time, best_mesh = t, mesh
     partition = refined_partition(model, cluster, config, execution, time_limit_s=partition_time_s)
     if partition is not None and partition != default_partition(model, config):
-        candidate = estimate(model, cluster, config, partition=partition, mesh=mesh_used, execution=execution)
-        p = candidate.prediction
-        if p["fits"] and p["iteration_time_s"] < best.prediction["iteration_time_s"]:
-            best = candidate
-    return best
+        t = fast(partition=partition, mesh=best_mesh)
+        if t < best_time:
+            best_time, best_partition = t, partition
+    return estimate(model, cluster, config, partition=best_partition, mesh=best_mesh, execution=execution)
 
 
 def _no_candidate_message(model: ModelSpec, cluster: ClusterProfile, global_batch: int, fixed: dict) -> str:
