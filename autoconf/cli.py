@@ -229,6 +229,10 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
     cluster = None
     if cluster_arg:
         cluster = load_cluster(cluster_arg, plan_obj.cluster.get("nodes"), plan_obj.cluster.get("gpus_per_node"))
+        planned_on = plan_obj.cluster.get("name")
+        if planned_on and cluster.name != planned_on:
+            raise UserError(f"{plan_path} was planned for cluster {planned_on!r}, but --cluster {cluster_arg} is "
+                            f"{cluster.name!r}; pass the profile the plan was made with, or re-plan on this one")
     if plan_obj.prediction:
         print_table(prediction_table(plan_obj))
     for path in show_plan(plan_path, out_dir, force=force, cluster=cluster):
@@ -288,6 +292,26 @@ def launch(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_eve
                       node_rank=node_rank, master_addr=master_addr, master_port=master_port, force=force)
     if code != 0:
         raise UserError(f"training failed (torchrun exit code {code}); see the worker output above")
+
+
+@main.command()
+@model_option
+@click.option("--cluster", "cluster_arg", required=True, help="the profile of the cluster the runs execute on")
+@click.option("--global-batch", type=int, required=True)
+@click.option("--seq-len", type=int, default=None, help="default: the model's context, at most 8192")
+@click.option("--configs", type=click.IntRange(min=2), default=8, show_default=True, help="layouts to run")
+@click.option("--steps", type=click.IntRange(min=3), default=8, show_default=True, help="steps per layout")
+@click.option("--fix", "fix", multiple=True, metavar="KEY=VALUE", help="pin a config field in every layout")
+@click.option("--calibrate", is_flag=True, help="fit the profile's factors; report held-out error before/after")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--force", is_flag=True, help="reuse a non-empty --out folder")
+@user_errors
+def validate(model_arg, cluster_arg, global_batch, seq_len, configs, steps, fix, calibrate, out_dir, force) -> None:
+    """Run K layouts, compare measured and predicted step times (report.json, scatter.png)."""
+    from autoconf.validate import validate_command
+
+    validate_command(model_arg, cluster_arg, global_batch, seq_len, configs, steps, out_dir, calibrate, force,
+                     fixed=parse_fix(fix))
 
 
 def run() -> None:

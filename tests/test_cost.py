@@ -128,3 +128,18 @@ def test_search_extrapolation_matches_full_simulation_for_1f1b():
     full = estimate(MODEL, A100, big, detail=True).prediction
     assert fast["iteration_time_s"] == pytest.approx(full["iteration_time_s"], rel=1e-9)
     assert fast["peak_memory_bytes"] == pytest.approx(full["peak_memory_bytes"], rel=1e-9)
+
+
+def test_framework_overheads_add_per_pass_and_per_step():
+    """pass_overhead_s is paid by every forward and backward pass, step_overhead_s once per step; without a
+    pipeline that adds exactly 2*m*pass + step to the iteration, and the breakdown names it."""
+    c = ParallelConfig(tp=1, pp=1, dp=4, micro_batch_size=1, global_batch_size=16, seq_len=64, dtype="fp32")
+    cpu = load_cluster("cpu-local")
+    base = estimate(PRESETS["tiny-gpt"], cpu, c).prediction
+    efficiency = {**cpu.efficiency, "pass_overhead_s": {"value": 1e-3, "why": "test"},
+                  "step_overhead_s": {"value": 5e-2, "why": "test"}}
+    slow = estimate(PRESETS["tiny-gpt"], dataclasses.replace(cpu, efficiency=efficiency), c).prediction
+    m = c.num_microbatches
+    assert slow["iteration_time_s"] - base["iteration_time_s"] == pytest.approx(2 * m * 1e-3 + 5e-2)
+    assert slow["time_breakdown"]["framework"] == pytest.approx(2 * m * 1e-3 + 5e-2)
+    assert sum(slow["time_breakdown"].values()) == pytest.approx(slow["iteration_time_s"])

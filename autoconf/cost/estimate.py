@@ -79,6 +79,7 @@ class StagePlan:
     compute: list[PassTimes]  # pure compute per stage
     recompute: list[float]
     tp_comm: list[PassTimes]
+    pass_overhead: float  # framework seconds added to each forward and each backward(-input) pass
     allgather: list[float]  # once-per-step FSDP gathers
     reduce: list[float]
 
@@ -95,6 +96,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                stage_to_rank: tuple, mesh: np.ndarray, execution: Execution, p2p=None) -> StagePlan:
     c = config
     pieces = model_pieces(model, cluster, c)
+    pass_overhead = cluster.overhead("pass_overhead_s")
     e = DTYPE_BYTES[c.dtype]
     activation = c.seq_len * c.micro_batch_size * model.hidden_size * e
     last = len(partition) - 1
@@ -140,8 +142,8 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                     per_microbatch_gather = gather_once  # reshard after forward: gather again for each pass
                 else:
                     gather = gather_once
-        fwd = compute.forward + tp.forward
-        bwd_in = compute.backward_input + tp.backward_input + recompute
+        fwd = compute.forward + tp.forward + pass_overhead
+        bwd_in = compute.backward_input + tp.backward_input + recompute + pass_overhead
         bwd_w = compute.backward_weight
         if per_microbatch_gather:
             # FSDP prefetches block by block, so a gather hides behind the compute of the previous block.
@@ -160,8 +162,8 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         tp_parts.append(tp)
         gathers.append(gather)
         reduces.append(reduce)
-    return StagePlan(StageCosts(forward, back_in, back_w), compute_parts, recompute_parts, tp_parts, gathers,
-                     reduces)
+    return StagePlan(StageCosts(forward, back_in, back_w), compute_parts, recompute_parts, tp_parts, pass_overhead,
+                     gathers, reduces)
 
 
 def _p2p_function(cluster: ClusterProfile, config: ParallelConfig, model: ModelSpec, stage_to_rank: tuple,
@@ -209,7 +211,8 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
                     for r in range(c.pp)]
     shard = c.dp if c.zero_stage >= 1 else 1
     optimizer = max(optimizer_step_time(p / shard, cluster) for p in local_params)
-    iteration = makespan + optimizer
+    step_overhead = cluster.overhead("step_overhead_s")
+    iteration = makespan + optimizer + step_overhead
 
     memory = _memory(model, cluster, c, partition, schedule, full, execution)
     peak = max(m["total"] for m in memory)
@@ -233,7 +236,7 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
         "framework": execution.framework,
     }
     if detail:
-        prediction["time_breakdown"] = _breakdown(schedule, sp, p2p, makespan, optimizer)
+        prediction["time_breakdown"] = _breakdown(schedule, sp, p2p, makespan, optimizer, step_overhead)
     plan = Plan(model=model, cluster=_cluster_summary(cluster), config=c, partition=partition,
                 placement={"mesh": mesh.tolist()}, prediction=prediction)
     return plan
@@ -304,14 +307,16 @@ def _memory(model, cluster, c, partition, schedule, timeline: Timeline, executio
     return stage_memory(model, cluster, c, partition, schedule.stage_to_rank, inflight, execution.memory_layout)
 
 
-def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, optimizer: float) -> dict:
+def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, optimizer: float, step_overhead: float) -> dict:
     """Named terms that add up to the iteration time, read off the critical (busiest) rank."""
     zeros = [0.0] * schedule.num_stages
     bare = simulate(schedule, sp.costs, 0.0)
     with_p2p = simulate(schedule, sp.costs, p2p)
     busiest = max(range(schedule.pp), key=lambda r: bare.compute_time_per_rank[r])
-    compute = recompute = tp = 0.0
+    compute = recompute = tp = overhead = 0.0
     for action, _, _ in bare.events[busiest]:
+        if action.kind != "W":
+            overhead += sp.pass_overhead
         s = action.stage
         parts = sp.compute[s]
         tp_parts = sp.tp_comm[s]
@@ -326,7 +331,7 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, optimizer: float) 
             compute += parts.backward_weight
     busy = bare.compute_time_per_rank[busiest]
     # Gather waits hidden in max(compute, gather) show up as compute time of the stage: attribute them to dp_comm.
-    fsdp_wait = busy - (compute + recompute + tp)
+    fsdp_wait = busy - (compute + recompute + tp + overhead)
     del zeros
     return {
         "compute": compute,
@@ -336,4 +341,5 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, optimizer: float) 
         "pp_comm": with_p2p.makespan - bare.makespan,
         "dp_comm": makespan - with_p2p.makespan + fsdp_wait,
         "optimizer": optimizer,
+        "framework": overhead + step_overhead,
     }

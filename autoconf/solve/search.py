@@ -135,14 +135,15 @@ class _BoundCache:
         per_stage_layers = model.num_layers // S
         p2p, gather, gather_once, reduce = self._comm(c, per_stage_layers)
         m = c.num_microbatches
-        chunk_fwd = per_stage_layers * (block.forward + 2 * one)
-        chunk_bwd = per_stage_layers * (block.backward_input + 2 * one + recompute)
+        overhead = cluster.overhead("pass_overhead_s")
+        chunk_fwd = per_stage_layers * (block.forward + 2 * one) + overhead
+        chunk_bwd = per_stage_layers * (block.backward_input + 2 * one + recompute) + overhead
         chunk_w = per_stage_layers * block.backward_weight
         chunk_fwd, chunk_bwd = max(chunk_fwd, gather), max(chunk_bwd, gather)
         chunk = chunk_fwd + chunk_bwd + chunk_w
         # Busiest rank: it holds at least ceil(L/pp) layers.
         layer_share = math.ceil(model.num_layers / c.pp) / (per_stage_layers * (S // c.pp))
-        busy = m * (S // c.pp) * chunk * layer_share
+        busy = m * (S // c.pp) * ((chunk - 2 * overhead) * layer_share + 2 * overhead)
         if c.pp == 1:
             bubble = 0.0
         elif c.schedule in ("zbv", "dualpipev"):
@@ -164,8 +165,9 @@ class _BoundCache:
         # Micro-batch 0 passes every stage forward and backward in turn, hopping ranks between stages.
         layer_fwd = block.forward + 2 * one
         layer_bwd = block.backward_input + 2 * one + recompute
-        chain = model.num_layers * (layer_fwd + layer_bwd) + (2 * (S - 1) * p2p if c.pp > 1 else 0.0)
-        time_bound = max(compute_path, comm_stream, chain) + optimizer
+        chain = (model.num_layers * (layer_fwd + layer_bwd) + 2 * S * overhead
+                 + (2 * (S - 1) * p2p if c.pp > 1 else 0.0))
+        time_bound = max(compute_path, comm_stream, chain) + optimizer + cluster.overhead("step_overhead_s")
 
         w, g, o, copy = _state_bytes_per_param(c, self.execution.memory_layout)
         act = model.layer_activation_bytes(c.seq_len, c.micro_batch_size, c.tp, c.sequence_parallel, c.recompute,

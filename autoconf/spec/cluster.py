@@ -10,6 +10,7 @@ described: pairs inside a node by `intra_node` (or the per-pair `intra_node_matr
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,7 @@ class Link:
             link = cls(float(data["latency_s"]), float(data["bandwidth_Bps"]))
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{where}: a link needs numbers latency_s and bandwidth_Bps, got {data!r}") from None
-        if link.latency_s < 0 or link.bandwidth_Bps <= 0:
+        if not (0 <= link.latency_s < math.inf and 0 < link.bandwidth_Bps < math.inf):
             raise UserError(f"{where}: latency must be >= 0 and bandwidth > 0, got {data!r}")
         return link
 
@@ -106,6 +107,11 @@ class ClusterProfile:
             return float(self.efficiency[name]["value"])
         except KeyError:
             raise UserError(f"cluster {self.name} does not state efficiency {name!r}") from None
+
+    def overhead(self, name: str) -> float:
+        """A named framework overhead in seconds (`pass_overhead_s`, `step_overhead_s`); 0 when not stated."""
+        entry = self.efficiency.get(name)
+        return float(entry["value"]) if entry else 0.0
 
     def link(self, a: int, b: int) -> Link:
         """The link from device a to device b."""
@@ -202,6 +208,11 @@ class ClusterProfile:
                             peak_flops={str(k): float(v) for k, v in dict(dev["peak_flops"]).items()},
                             memory_overhead_bytes=float(dev.get("memory_overhead_bytes", 0.0)))
 
+            numbers = [device.memory_bytes, device.memory_bandwidth_Bps, *device.peak_flops.values()]
+            if not all(0 < x < math.inf for x in numbers) or not 0 <= device.memory_overhead_bytes < math.inf:
+                raise UserError(f"{source}: device memory, bandwidth and peak FLOP/s must be positive finite "
+                                f"numbers, got {dev!r}")
+
             def matrix(key):
                 rows = data.get(key)
                 if rows is None:
@@ -224,10 +235,10 @@ class ClusterProfile:
                 source=str(data.get("source", "specification")))
         except KeyError as missing:
             raise UserError(f"{source}: cluster profile lacks field {missing}") from None
-        except (TypeError, ValueError, AttributeError) as err:
+        except (TypeError, ValueError, AttributeError, OverflowError, RecursionError) as err:
             if isinstance(err, UserError):
                 raise
-            raise UserError(f"{source}: malformed cluster profile ({err})") from None
+            raise UserError(f"{source}: malformed cluster profile ({str(err)[:200]})") from None
 
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent.parent / "profiles"

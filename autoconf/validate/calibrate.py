@@ -11,10 +11,9 @@ The factors (each says what the profile got wrong about training on this cluster
                       the pipelining runtime's send/recv bookkeeping, FSDP and autograd hooks)
     step_overhead_s   fixed time per optimizer step (gradient-norm and loss all-reduces, clipping, zero_grad, data)
 
-The first two are exact in the current cost model (a profile with scaled numbers). The overheads are new named
-entries of `efficiency` ("pass_overhead_s", "step_overhead_s"); until the cost model reads them, `predict_time`
-adds them itself by re-running the estimate's simulation with the overhead added to every F and B/I action (the
-profile it hands to the cost model has the entries removed, so they can never count twice).
+The first two are expressed as a profile with scaled numbers. The overheads are named entries of `efficiency`
+("pass_overhead_s", "step_overhead_s") that the cost model adds to every forward and backward(-input) pass and to
+every step.
 
 Fit: the predicted time is piecewise linear and homogeneous of degree one in the factors (every cost the
 simulation adds or maxes scales with one of them), so Gauss-Newton on the finite-difference Jacobian solves a
@@ -30,9 +29,6 @@ import itertools
 import numpy as np
 
 from autoconf.cost import estimate as cost_estimate
-from autoconf.cost.compute import optimizer_step_time
-from autoconf.cost.memory import stage_params
-from autoconf.cost.simulate import StageCosts
 from autoconf.spec.cluster import ClusterProfile, Link
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import Plan
@@ -40,7 +36,6 @@ from autoconf.validate.stats import median_abs_error, spearman
 
 FACTORS = ("compute_scale", "comm_scale", "pass_overhead_s", "step_overhead_s")
 NEUTRAL = {"compute_scale": 1.0, "comm_scale": 1.0, "pass_overhead_s": 0.0, "step_overhead_s": 0.0}
-OVERHEAD_ENTRIES = ("pass_overhead_s", "step_overhead_s")
 PRIOR_WEIGHT = 0.05  # weight of (scale - 1) against one run's relative error
 COMPUTE_EFFICIENCIES = ("matmul", "attention", "memory")
 COMM_EFFICIENCIES = ("comm_intra", "comm_inter")
@@ -93,42 +88,14 @@ def calibrated_profile(cluster: ClusterProfile, factors: dict, note: str = "") -
                                inter_node_matrix=inter_m)
 
 
-def without_overheads(cluster: ClusterProfile) -> ClusterProfile:
-    if not any(k in cluster.efficiency for k in OVERHEAD_ENTRIES):
-        return cluster
-    return dataclasses.replace(cluster, efficiency={k: v for k, v in cluster.efficiency.items()
-                                                    if k not in OVERHEAD_ENTRIES})
-
-
 # ---- prediction ---------------------------------------------------------------------------------------------------
 def predict_time(model: ModelSpec, cluster: ClusterProfile, plan: Plan) -> float:
-    """Predicted iteration time of `plan` (its partition and placement) on `cluster`, with the profile's
-    pass_overhead_s / step_overhead_s entries added to the estimate (the full simulation, as `estimate` reports)."""
-    pass_o = float(cluster.efficiency.get("pass_overhead_s", {}).get("value", 0.0))
-    step_o = float(cluster.efficiency.get("step_overhead_s", {}).get("value", 0.0))
-    base = without_overheads(cluster)
-    c = plan.config.check(model, base.world_size)
-    if not pass_o:
-        mesh = np.asarray(plan.placement["mesh"])
-        t = cost_estimate.estimate(model, base, c, partition=plan.partition, mesh=mesh, detail=False)
-        if not (c.num_microbatches > cost_estimate.EXTRAPOLATE_ABOVE * c.pp):  # full simulation, as detail=True
-            return t.prediction["iteration_time_s"] + step_o
-    execution = cost_estimate.Execution()
-    partition = [list(p) for p in plan.partition]
+    """Predicted iteration time of `plan` (its partition and placement) on `cluster`: the full simulation, as
+    `estimate` reports it, including the profile's pass_overhead_s / step_overhead_s entries."""
+    c = plan.config.check(model, cluster.world_size)
     mesh = np.asarray(plan.placement["mesh"])
-    schedule = cost_estimate._schedule(c.schedule, c.pp, c.num_microbatches, c.vpp)
-    p2p = cost_estimate._p2p_function(base, c, model, schedule.stage_to_rank, mesh, execution)
-    sp = cost_estimate.stage_plan(model, base, c, partition, schedule.stage_to_rank, mesh, execution, p2p)
-    if pass_o:
-        costs = sp.costs
-        sp.costs = StageCosts([x + pass_o for x in costs.forward], [x + pass_o for x in costs.backward_input],
-                              list(costs.backward_weight))
-    _, makespan = cost_estimate._simulate_step(schedule, sp, p2p, execution)
-    local = [sum(stage_params(model, partition, st) for st in schedule.stages_of_rank(r)) / c.tp
-             for r in range(c.pp)]
-    shard = c.dp if c.zero_stage >= 1 else 1
-    optimizer = max(optimizer_step_time(p / shard, base) for p in local)
-    return makespan + optimizer + step_o
+    return cost_estimate.estimate(model, cluster, c, partition=plan.partition, mesh=mesh,
+                                  detail=True).prediction["iteration_time_s"]
 
 
 # ---- fitting ------------------------------------------------------------------------------------------------------
