@@ -3,7 +3,8 @@ backward-for-weights (W).
 
 Two sources, in this order of preference:
 1. the cluster profile's measured compute tables (`autoconf profile`), when they were measured for a model of the same
-   shape and dtype and for the TP width asked: times are interpolated linearly in tokens (micro_batch x seq_len);
+   shape and dtype and for the TP width asked: times are interpolated linearly in tokens (micro_batch x seq_len) and
+   divided by the profile's `cpu_share` (the share of a core a CPU rank gets while all ranks compute);
 2. the specification model: matmul FLOPs at `peak x efficiency["matmul"]`, the attention core at
    `peak x efficiency["attention"]`, element-wise traffic at `HBM bandwidth x efficiency["memory"]`.
 
@@ -63,11 +64,17 @@ def model_pieces(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     return measured if measured is not None else _spec_pieces(model, cluster, config)
 
 
+def _cpu_share(cluster: ClusterProfile) -> float:
+    """The share of a core a CPU rank gets under load (profile entry `cpu_share`; 1 when not stated)."""
+    entry = cluster.efficiency.get("cpu_share")
+    return float(entry["value"]) if entry else 1.0
+
+
 def optimizer_step_time(local_params: float, cluster: ClusterProfile) -> float:
     """AdamW over `local_params` parameters: memory-bound, or as measured per parameter by the profiler."""
     table = cluster.compute or {}
     if table.get("optimizer_s_per_param"):
-        return float(table["optimizer_s_per_param"]) * local_params
+        return float(table["optimizer_s_per_param"]) * local_params / _cpu_share(cluster)
     return local_params * ADAM_BYTES_PER_PARAM / (cluster.device.memory_bandwidth_Bps * cluster.eff("memory"))
 
 
@@ -144,12 +151,13 @@ def _measured_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfi
     table = cluster.compute
     if not table or not _shape_matches(table, model, c.dtype):
         return None
+    share = _cpu_share(cluster)
     by_block: dict[str, list[tuple[float, PassTimes]]] = {}
     same_seq = [e for e in table.get("entries", []) if e.get("tp") == c.tp and e.get("seq_len") == c.seq_len]
     entries = same_seq or [e for e in table.get("entries", []) if e.get("tp") == c.tp]
     for entry in entries:
         times = PassTimes(float(entry["forward_s"]), float(entry["backward_input_s"]),
-                          float(entry["backward_weight_s"]))
+                          float(entry["backward_weight_s"])).scaled(1 / share)
         by_block.setdefault(entry["block"], []).append((entry["micro_batch"] * entry["seq_len"], times))
     if not all(k in by_block for k in ("attention", "mlp", "norm", "embedding", "head")):
         return None

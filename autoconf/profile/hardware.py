@@ -136,6 +136,23 @@ def measure_device(device: torch.device, quick: bool, dtypes: list[str], tiny: b
                                                32 if on_gpu else 4, warmup, repeats, least)}
 
 
+def cpu_share(seconds: float = 0.5) -> float:
+    """Fraction of a core this rank gets while every rank computes at once: its thread CPU time over wall time.
+
+    Kernel timings of a few milliseconds run at full speed whenever the rank is scheduled; a training step that
+    computes for longer gets only this share of a core when ranks outnumber cores (or other jobs load the host).
+    """
+    import time
+
+    import torch
+
+    a = torch.randn(256, 256)
+    wall0, cpu0 = time.perf_counter(), time.thread_time()
+    while time.perf_counter() - wall0 < seconds:
+        a = torch.tanh(a @ a)
+    return min(1.0, (time.thread_time() - cpu0) / (time.perf_counter() - wall0))
+
+
 def combine(measured: list[dict]) -> dict:
     """The median over ranks of each rate."""
     dtypes = measured[0]["peak_flops"]
@@ -144,7 +161,7 @@ def combine(measured: list[dict]) -> dict:
             "attention_flops": median([m["attention_flops"] for m in measured])}
 
 
-def cpu_efficiency(rates: dict, main_dtype: str) -> dict:
+def cpu_efficiency(rates: dict, main_dtype: str, share: float = 1.0) -> dict:
     peak = rates["peak_flops"][main_dtype]
     attention = min(1.0, rates["attention_flops"] / peak)
     why = "peak measured by the profiler on this machine"
@@ -156,6 +173,9 @@ def cpu_efficiency(rates: dict, main_dtype: str) -> dict:
         "memory": {"value": 1.0, "why": f"{why} (tensor copy bandwidth, all ranks at once)"},
         "comm_intra": {"value": 1.0, "why": "intra-node links are fitted to measured transfer times"},
         "comm_inter": {"value": 1.0, "why": "inter-node links are fitted to measured transfer times"},
+        "cpu_share": {"value": round(share, 4),
+                      "why": "fraction of a core each rank got while all ranks computed at once (thread CPU time / "
+                             "wall time); the cost model divides the measured kernel times by it"},
     }
 
 

@@ -160,7 +160,10 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
         else:
             capacity = float(hardware.physical_memory_bytes() // layout.gpus_per_node)
         peaks, bandwidth = dict(rates["peak_flops"]), rates["memory_bandwidth_Bps"]
-        efficiency = hardware.cpu_efficiency(rates, main_dtype)
+        dist.barrier()  # every rank busy at once
+        share = float(median(_gather(hardware.cpu_share(0.2 if tiny else 1.0))))
+        log(f"  each rank gets {share:.2f} of a core while all ranks compute")
+        efficiency = hardware.cpu_efficiency(rates, main_dtype, share)
     overhead = float(median(_gather(overhead)))
     log(f"  {main_dtype} matmul {rates['peak_flops'][main_dtype] / 1e9:.1f} GFLOP/s per rank, copy "
         f"{rates['memory_bandwidth_Bps'] / 1e9:.1f} GB/s, capacity {capacity / 2 ** 30:.1f} GiB per rank")
