@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from autoconf.execute import faults
+
 MARKER = "complete.json"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -80,14 +82,36 @@ def save(root: Path, step: int, models: list, optimizers: list, meta: dict) -> P
         tmp.mkdir()
     dist.barrier()
     dcp.save(_merged(_states(models, optimizers)), checkpoint_id=str(tmp))
+    faults.in_checkpoint(step, dist.get_rank())
     dist.barrier()
     if dist.get_rank() == 0:
-        (tmp / MARKER).write_text(json.dumps({**meta, "step": step, "saved_at": time.time()}, indent=2) + "\n")
-        if final.exists():
+        _write_durably(tmp / MARKER, json.dumps({**meta, "step": step, "saved_at": time.time()}, indent=2) + "\n")
+        if final.exists():  # only ever an incomplete one: a complete newer checkpoint would have been resumed from
             shutil.rmtree(final)
         os.replace(tmp, final)
+        _fsync_dir(root)
     dist.barrier()
     return final
+
+
+def _write_durably(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load(path: Path, models: list, optimizers: list) -> None:

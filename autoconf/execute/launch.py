@@ -5,10 +5,15 @@ Several nodes: torchrun's static rendezvous (`--node-rank R --master-addr A --ma
 global ranks R*nproc_per_node ... (R+1)*nproc_per_node-1, which is what the plan's placement assumes.
 `--max-restarts` is handed to torchrun; with a checkpoint directory a restarted run resumes from the newest
 complete checkpoint.
+
+No hang: every collective and point-to-point operation times out after `timeout_s` (a dead or hung peer, a lost
+node), and the rendezvous after `rendezvous_timeout_s` (a node that never joins); the worker then exits with one line
+saying so, and torchrun (wrapped by autoconf.execute.elastic) ends with a short summary instead of a traceback.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import socket
@@ -38,11 +43,36 @@ def _check_writable_dir(path: Path, what: str) -> None:
         raise UserError(f"{what} {path} is not writable")
 
 
+def _timeout(value: float | None, env: str, default: float, flag: str) -> float:
+    if value is None:
+        raw = os.environ.get(env)
+        try:
+            value = float(raw) if raw else default
+        except ValueError:
+            raise UserError(f"{env}={raw!r} is not a number of seconds") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise UserError(f"{flag} must be a positive number of seconds (got {value})")
+    return float(value)
+
+
+def _check_devices(plan, nproc_per_node: int) -> None:
+    """A CUDA plan needs a GPU per process on this node; on a machine without CUDA the executor runs on CPU."""
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available() and torch.cuda.device_count() < nproc_per_node:
+        raise UserError(f"the plan runs {nproc_per_node} processes per node but this node has "
+                        f"{torch.cuda.device_count()} GPU(s); launch it with --nnodes "
+                        f"{plan.config.world_size // max(1, torch.cuda.device_count())} or re-plan for this cluster")
+
+
 def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str | None = None,
                    metrics: str | None = None, checkpoint_dir: str | None = None, checkpoint_every: int = 0,
                    max_restarts: int = 0, nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
                    master_port: int = 29500, nproc_per_node: int | None = None,
-                   force: bool = False) -> list[list[str]]:
+                   force: bool = False, timeout_s: float | None = None,
+                   rendezvous_timeout_s: float | None = None) -> list[list[str]]:
     """Validates everything `launch` validates and returns the torchrun command of every node (index = node
     rank). Raises UserError naming what is wrong and what would work."""
     plan_path = Path(plan_path).resolve()
@@ -65,7 +95,10 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
                         f"{plan.config.dp}) but {nnodes} nodes x {nproc_per_node} processes = "
                         f"{nnodes * nproc_per_node}; use --nproc-per-node {world // nnodes if world % nnodes == 0 else '?'}"
                         f" or a plan for {nnodes * nproc_per_node} devices")
-    train_args = ["--plan", str(plan_path), "--steps", str(steps), "--seed", str(seed)]
+    timeout_s = _timeout(timeout_s, "AUTOCONF_COLLECTIVE_TIMEOUT", 600.0, "--collective-timeout")
+    rendezvous_timeout_s = _timeout(rendezvous_timeout_s, "AUTOCONF_RENDEZVOUS_TIMEOUT", 600.0,
+                                    "--rendezvous-timeout")
+    train_args = ["--plan", str(plan_path), "--steps", str(steps), "--seed", str(seed), "--timeout", f"{timeout_s:g}"]
     if data is not None:
         data_path = Path(data).resolve()
         if not data_path.is_file():
@@ -85,13 +118,16 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
     elif checkpoint_every:
         raise UserError("--checkpoint-every needs --checkpoint-dir")
 
-    base = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes),
+    # autoconf.execute.elastic takes torchrun's arguments unchanged and ends a failure with a summary.
+    base = [sys.executable, "-m", "autoconf.execute.elastic", "--nnodes", str(nnodes),
             "--nproc-per-node", str(nproc_per_node), "--max-restarts", str(max_restarts)]
+    rdzv_timeout = int(math.ceil(rendezvous_timeout_s))
     if nnodes == 1:
-        rdzv = [["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}"]]
+        rdzv = [["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
+                 "--rdzv-conf", f"join_timeout={rdzv_timeout}"]]
     else:
-        rdzv = [["--node-rank", str(r), "--master-addr", master_addr, "--master-port", str(master_port)]
-                for r in range(nnodes)]
+        rdzv = [["--node-rank", str(r), "--master-addr", master_addr, "--master-port", str(master_port),
+                 "--rdzv-conf", f"timeout={rdzv_timeout}"] for r in range(nnodes)]
     return [base + r + ["-m", "autoconf.execute.train"] + train_args for r in rdzv]
 
 
@@ -99,7 +135,7 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
            metrics: str | None = None, checkpoint_dir: str | None = None, checkpoint_every: int = 0,
            max_restarts: int = 0, dry_run: bool = False, nnodes: int = 1, node_rank: int = 0,
            master_addr: str = "127.0.0.1", master_port: int = 29500, nproc_per_node: int | None = None,
-           force: bool = False) -> int:
+           force: bool = False, timeout_s: float | None = None, rendezvous_timeout_s: float | None = None) -> int:
     """Runs PLAN.json with the bundled executor under torchrun; returns torchrun's exit code.
 
     plan_path: a plan from `autoconf plan`/`estimate`. steps: optimizer steps in total (a resumed run continues
@@ -108,13 +144,18 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
     checkpoint_dir/checkpoint_every: DCP checkpoints every K steps and at the end; resumes from the newest complete
     one. max_restarts: passed to torchrun. nnodes/node_rank/master_addr/master_port: multi-node static rendezvous
     (this process runs node `node_rank`). nproc_per_node: default world size / nnodes. dry_run: print the command
-    of every node, one line each, and return 0 without running anything.
+    of every node, one line each, and return 0 without running anything. timeout_s: collective timeout (a dead,
+    hung or lost peer ends the job after it; default $AUTOCONF_COLLECTIVE_TIMEOUT or 600). rendezvous_timeout_s:
+    how long nodes wait for each other at start and after a restart (default $AUTOCONF_RENDEZVOUS_TIMEOUT or 600).
     Raises UserError (before starting anything) for a bad plan, a plan whose world size is not
     nnodes * nproc_per_node, a missing data file, an unwritable metrics path or checkpoint directory, or an
     existing metrics file without `force`.
     """
     commands = build_commands(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_every,
-                              max_restarts, nnodes, node_rank, master_addr, master_port, nproc_per_node, force)
+                              max_restarts, nnodes, node_rank, master_addr, master_port, nproc_per_node, force,
+                              timeout_s, rendezvous_timeout_s)
+    if not dry_run:
+        _check_devices(load_plan(plan_path), int(commands[0][commands[0].index("--nproc-per-node") + 1]))
     if dry_run:
         for rank, command in enumerate(commands):
             prefix = f"# node {rank}: " if len(commands) > 1 else ""

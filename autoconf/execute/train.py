@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from autoconf.errors import UserError
 from autoconf.execute import checkpoint as ckpt
+from autoconf.execute import faults
 from autoconf.execute.data import TokenSource, local_rows
 from autoconf.execute.mesh import build_mesh, coords_of
 from autoconf.execute.parallelize import allreduce_gradients, parallelize_chunk
@@ -234,7 +235,44 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------------------------------------
     def checkpoint_meta(self, step: int) -> dict:
         return {"data_position": step, "seed": self.opts.seed, "data": self.opts.data,
-                "config": self.config.to_dict(), "partition": self.plan.partition}
+                "model": self.plan.model.to_dict(), "config": self.config.to_dict(),
+                "partition": self.plan.partition}
+
+
+def check_resumable(path: Path, meta: dict, plan: Plan, opts: TrainOptions, log) -> None:
+    """Refuses a checkpoint of another model (its tensors would not fit); warns when seed or data differ. A
+    different layout (degrees, schedule, partition, ZeRO) is fine: DCP reshards."""
+    saved = meta.get("model")
+    if isinstance(saved, dict):
+        mine = plan.model.to_dict()
+        diff = sorted(k for k in set(saved) | set(mine)
+                      if k not in ("name", "dropout") and saved.get(k) != mine.get(k))
+        if diff:
+            raise UserError(f"checkpoint {path} holds model {saved.get('name')!r}, which differs from this plan's "
+                            f"{plan.model.name!r} in {', '.join(diff)}; use another --checkpoint-dir")
+    if meta.get("seed") != opts.seed or meta.get("data") != opts.data:
+        log(f"warning: {path} was written with seed {meta.get('seed')} and data {meta.get('data')!r}")
+
+
+def dedupe_metrics(path: str | Path, keep_through: int) -> None:
+    """After a restart resumed at step `keep_through`: keeps each step record up to that step once and drops the
+    rest (steps of the failed attempt that are about to run again, and any summary)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept, seen = [], set()
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by the crash
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, int) and step <= keep_through and step not in seen:
+            seen.add(step)
+            kept.append(line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
 
 
 def _log(msg: str) -> None:
@@ -255,11 +293,12 @@ def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) ->
         found = ckpt.find_latest(Path(opts.checkpoint_dir), log=log)
         if found:
             path, meta = found
-            if meta.get("seed") != opts.seed or meta.get("data") != opts.data:
-                log(f"warning: {path} was written with seed {meta.get('seed')} and data {meta.get('data')!r}")
+            check_resumable(path, meta, plan, opts, log)
             ckpt.load(path, trainer.models, trainer.optimizers)
             start = int(meta["data_position"])
             log(f"resumed from {path} at step {start}")
+    if opts.metrics and dist.get_rank() == 0:
+        dedupe_metrics(opts.metrics, start)
     end = opts.steps if opts.stop_after is None else min(opts.steps, start + opts.stop_after)
     c = plan.config
     tokens_per_step = c.global_batch_size * c.seq_len
@@ -268,6 +307,7 @@ def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) ->
     last_saved = start
     try:
         for step in range(start, end):
+            faults.at_step(step + 1, trainer.rank)
             t0 = time.perf_counter()
             out = trainer.train_step(step)
             if device.type == "cuda":
@@ -291,7 +331,9 @@ def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) ->
             ckpt.save(Path(opts.checkpoint_dir), end, trainer.models, trainer.optimizers, trainer.checkpoint_meta(end))
             log(f"checkpoint step {end} saved")
         if metrics:
-            metrics.write(json.dumps({"summary": _summary(plan, opts, records, device, rss_start)}) + "\n")
+            summary = {**_summary(plan, opts, records, device, rss_start), "resumed_from_step": start,
+                       "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))}
+            metrics.write(json.dumps({"summary": summary}) + "\n")
     finally:
         if metrics:
             metrics.close()
@@ -336,7 +378,30 @@ def init_distributed(device: torch.device, timeout_s: float = 600.0) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    timeout = timedelta(seconds=timeout_s)
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart != "0" and "MASTER_ADDR" in os.environ:
+        # After a torchrun restart the workers meet in the same store as the failed attempt, whose gloo addresses
+        # (of dead processes) are still there: give every attempt its own key space.
+        from torch.distributed.rendezvous import _create_c10d_store
+
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        store = _create_c10d_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank, world, timeout)
+        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"autoconf/attempt_{restart}", store),
+                                rank=rank, world_size=world, timeout=timeout)
+        return
+    dist.init_process_group(backend=backend, timeout=timeout)
+
+
+_COMM_FAILURE_WORDS = ("connection closed", "connection reset", "broken pipe", "timed out", "timeout", "gloo",
+                       "nccl", "socket", "peer")
+
+
+def is_communication_failure(err: BaseException) -> bool:
+    """A collective or point-to-point operation failed: a peer died, hung past the timeout, or its node is lost."""
+    if isinstance(err, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(err, RuntimeError) and any(w in str(err).lower() for w in _COMM_FAILURE_WORDS)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -377,8 +442,21 @@ def main(argv=None) -> int:
              f"{plan.config.schedule} zero {plan.config.zero_stage} on {dist.get_world_size()} x {device.type}")
         train(plan, opts, device)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            print(f"autoconf: error: {err}", file=sys.stderr, flush=True)
         return 2
+    except Exception as err:  # noqa: BLE001 - only communication failures are explained; bugs keep the traceback
+        if not is_communication_failure(err):
+            raise
+        rank = os.environ.get("RANK", "?")
+        first = (str(err).strip().splitlines() or [""])[0]
+        print(f"autoconf: rank {rank}: error: lost a peer (it died, hung for more than the {args.timeout:g} s "
+              f"collective timeout, or its node is gone): {first[:300]}", file=sys.stderr, flush=True)
+        if os.environ.get("AUTOCONF_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        return 3
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -12,6 +12,7 @@ derivation covers SwiGLU, grouped-query attention, memory-efficient attention an
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from autoconf.errors import UserError
@@ -54,8 +55,22 @@ class ModelSpec:
                 problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
             if self.num_heads % self.num_kv_heads:
                 problems.append(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
-        if not 0.0 <= float(self.dropout) < 1.0:
+        if not isinstance(self.name, str):
+            problems.append(f"name must be a string (got {self.name!r})")
+        for field in ("tied_embeddings", "qkv_bias"):
+            if not isinstance(getattr(self, field), bool):
+                problems.append(f"{field} must be true or false (got {getattr(self, field)!r})")
+        for field in ("dropout", "norm_eps", "rope_theta"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not (isinstance(value, int) or
+                                               (isinstance(value, float) and math.isfinite(value))):
+                problems.append(f"{field} must be a number (got {value!r})")
+        if isinstance(self.dropout, (int, float)) and not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1) (got {self.dropout})")
+        for field in ("norm_eps", "rope_theta"):
+            value = getattr(self, field)
+            if isinstance(value, (int, float)) and not value > 0:
+                problems.append(f"{field} must be positive (got {value})")
         if problems:
             raise UserError(f"model {self.name!r}: " + "; ".join(problems))
 

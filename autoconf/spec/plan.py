@@ -154,18 +154,30 @@ class Plan:
             if key not in data:
                 raise UserError(f"{source}: plan lacks field {key!r}")
         model = ModelSpec.from_dict(data["model"], source=f"{source}: model")
-        if not isinstance(data["config"], dict):
-            raise UserError(f"{source}: config must be an object")
+        for key, kind in (("config", dict), ("cluster", dict), ("placement", dict), ("partition", list)):
+            if not isinstance(data[key], kind):
+                raise UserError(f"{source}: {key} must be a JSON {'object' if kind is dict else 'array'}")
+        if not isinstance(data.get("prediction") or {}, dict):
+            raise UserError(f"{source}: prediction must be a JSON object")
         config = ParallelConfig.from_dict(data["config"], source=f"{source}: config")
-        plan = cls(model=model, cluster=dict(data["cluster"]), config=config,
-                   partition=[list(p) for p in data["partition"]], placement=dict(data["placement"]),
-                   prediction=dict(data.get("prediction") or {}))
-        plan.validate(source)
+        try:
+            plan = cls(model=model, cluster=dict(data["cluster"]), config=config,
+                       partition=[list(p) if isinstance(p, list) else p for p in data["partition"]],
+                       placement=dict(data["placement"]), prediction=dict(data.get("prediction") or {}))
+            plan.validate(source)
+        except (TypeError, ValueError, OverflowError, AttributeError, KeyError, IndexError, RecursionError) as err:
+            if isinstance(err, UserError):
+                raise
+            raise UserError(f"{source}: malformed plan ({type(err).__name__}: {str(err)[:200]})") from None
         return plan
 
     def validate(self, source: str = "plan") -> None:
         """Checks the config, that the partition covers every layer in order, and that the mesh is a permutation."""
-        world = int(self.cluster.get("nodes", 1)) * int(self.cluster.get("gpus_per_node", 1))
+        nodes, gpus = self.cluster.get("nodes", 1), self.cluster.get("gpus_per_node", 1)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (nodes, gpus)):
+            raise UserError(f"{source}: cluster nodes and gpus_per_node must be positive integers "
+                            f"(got {nodes!r} and {gpus!r})")
+        world = nodes * gpus
         self.config.check(self.model, world)
         c = self.config
         if len(self.partition) != c.num_stages:
@@ -182,7 +194,8 @@ class Plan:
             raise UserError(f"{source}: partition ends at layer {expected_start}, model has {self.model.num_layers}")
         mesh = self.placement.get("mesh")
         flat = _flatten(mesh)
-        if flat is None or sorted(flat) != list(range(c.world_size)) or _shape(mesh) != [c.pp, c.dp, c.tp]:
+        if (flat is None or len(flat) != c.world_size or sorted(flat) != list(range(c.world_size))
+                or _shape(mesh) != [c.pp, c.dp, c.tp]):
             raise UserError(f"{source}: placement mesh must be a [pp][dp][tp] = [{c.pp}][{c.dp}][{c.tp}] arrangement "
                             f"of ranks 0..{c.world_size - 1}")
 

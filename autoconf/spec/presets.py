@@ -87,6 +87,10 @@ def from_hf_config(config: dict, name: str) -> ModelSpec:
                 norm_eps=config.get("rms_norm_eps", 1e-5), rope_theta=float(config.get("rope_theta", 10000.0)))
     except KeyError as missing:
         raise UserError(f"{name}: Hugging Face config of type {model_type!r} lacks key {missing}") from None
+    except (TypeError, ValueError, OverflowError, AttributeError) as err:
+        if isinstance(err, UserError):
+            raise
+        raise UserError(f"{name}: malformed Hugging Face config of type {model_type!r} ({err})") from None
     raise UserError(f"{name}: unsupported model_type {model_type!r}; supported: gpt2, {', '.join(_HF_LLAMA_TYPES)}")
 
 
@@ -96,10 +100,14 @@ def read_json(path: Path, what: str) -> dict:
         text = path.read_text()
     except OSError as err:
         raise UserError(f"cannot read {what} file {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} file {path} is not text (not UTF-8); expected a JSON file") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise UserError(f"{what} file {path} is not valid JSON (line {err.lineno}: {err.msg})") from None
+    except (ValueError, RecursionError) as err:  # a number too long to convert, nesting too deep
+        raise UserError(f"{what} file {path} is not usable JSON ({str(err)[:120]})") from None
     if not isinstance(data, dict):
         raise UserError(f"{what} file {path} must hold a JSON object, not {type(data).__name__}")
     return data

@@ -1,0 +1,346 @@
+"""Bad input never shows a traceback: every verb answers with one `autoconf: error:` line and a non-zero exit, every
+loader raises only UserError for any malformed file, nothing is overwritten without --force, and the same inputs give
+a byte-identical plan.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from autoconf.cli import main
+from autoconf.errors import UserError
+from autoconf.spec.cluster import PROFILES_DIR, ClusterProfile, load_cluster
+from autoconf.spec.plan import ParallelConfig, Plan, load_plan
+from autoconf.spec.presets import PRESETS, load_model
+
+ESTIMATE = ["estimate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--tp", "1", "--pp", "2", "--dp", "2",
+            "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64"]
+PLAN = ["plan", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8", "--seq-len", "64",
+        "--fix", "pp=2", "--fix", "tp=1", "--top", "2"]
+
+
+def run_cli(args: list[str]):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_clear_error(result, *needles: str) -> None:
+    """Non-zero exit, exactly one `autoconf: error:` line (or click's one `Error:` line for a malformed option), no
+    traceback, and the line names what was wrong."""
+    text = result.output
+    assert result.exit_code != 0, text
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in text, text
+    lines = [line for line in text.splitlines() if line.startswith("autoconf: error:")]
+    if not lines and result.exit_code == 2:  # click's own usage errors: "Usage: ..." then one "Error: ..." line
+        lines = [line for line in text.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1, text
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def tiny_plan_dict() -> dict:
+    """tiny-llama tp2 x pp2 on cpu-local, with the cost model's prediction."""
+    from autoconf.cost.estimate import estimate
+
+    config = ParallelConfig(tp=2, pp=2, dp=1, micro_batch_size=1, global_batch_size=4, seq_len=64, dtype="fp32")
+    return estimate(PRESETS["tiny-llama"], load_cluster("cpu-local"), config).to_dict()
+
+
+@pytest.fixture
+def files(tmp_path) -> dict[str, Path]:
+    """A gallery of bad files and paths."""
+    f = {}
+
+    def write(name: str, data) -> Path:
+        path = tmp_path / name
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+        f[name.split(".")[0]] = path
+        return path
+
+    write("broken.json", '{"kind": "model", "name": ')
+    write("binary.json", b"\xff\xfe\x00\x81garbage")
+    write("array.json", "[1, 2, 3]")
+    write("deep.json", "[" * 100000 + "]" * 100000)
+    write("longint.json", '{"kind": "model", "num_layers": ' + "9" * 5000 + "}")
+    write("unknown_model.json", json.dumps({"kind": "model", "name": "m", "arch": "rnn", "num_layers": 2}))
+    write("hf_bad.json", json.dumps({"model_type": "gpt2", "n_embd": {"x": 1}, "n_layer": 2, "n_head": 2,
+                                     "vocab_size": 10}))
+    write("hf_unknown.json", json.dumps({"model_type": "mamba", "d_model": 10}))
+    write("negative_model.json", json.dumps({**PRESETS["tiny-gpt"].to_dict(), "num_layers": -4}))
+    cluster = json.loads((PROFILES_DIR / "cpu-local.json").read_text())
+    write("cluster_neg.json", json.dumps({**cluster, "nodes": -1}))
+    write("cluster_inf.json", json.dumps({**cluster, "intra_node": {"latency_s": 1e-6, "bandwidth_Bps": 1e400}})
+          .replace("Infinity", "1e400"))
+    write("cluster_kind.json", json.dumps({**cluster, "kind": "plan"}))
+    plan = tiny_plan_dict()
+    write("plan.json", json.dumps(plan))
+    write("plan_bad_tp.json", json.dumps({**plan, "config": {**plan["config"], "tp": 3}}))
+    write("plan_bad_mesh.json", json.dumps({**plan, "placement": {"mesh": [[[0, 0]], [[1, 2]]]}}))
+    write("plan_other_cluster.json", json.dumps({**plan, "cluster": {**plan["cluster"], "name": "dgx-h100-80g"}}))
+    write("afile.txt", "not a folder")
+    f["missing"] = tmp_path / "missing.json"
+    f["under_file"] = tmp_path / "afile.txt" / "out.json"
+    f["proc"] = Path("/proc/autoconf-test/out.json")
+    f["tmp"] = tmp_path
+    return f
+
+
+# ---- every verb ------------------------------------------------------------------------------------------------------
+MODEL_FILES = ["broken", "binary", "array", "deep", "longint", "unknown_model", "hf_bad", "hf_unknown",
+               "negative_model", "missing", "plan"]
+
+
+@pytest.mark.parametrize("verb", ["estimate", "plan"])
+@pytest.mark.parametrize("bad", MODEL_FILES)
+def test_malformed_or_unknown_model_file(files, verb, bad):
+    args = list(ESTIMATE if verb == "estimate" else PLAN)
+    args[args.index("tiny-gpt")] = files[bad]
+    assert_one_clear_error(run_cli(args))
+
+
+@pytest.mark.parametrize("verb", ["estimate", "plan"])
+@pytest.mark.parametrize("bad", ["broken", "binary", "array", "deep", "cluster_neg", "cluster_inf", "cluster_kind",
+                                 "missing", "plan"])
+def test_malformed_or_unknown_profile_file(files, verb, bad):
+    args = list(ESTIMATE if verb == "estimate" else PLAN)
+    args[args.index("cpu-local")] = files[bad]
+    assert_one_clear_error(run_cli(args))
+
+
+def test_unknown_preset_and_profile_names():
+    assert_one_clear_error(run_cli([*ESTIMATE[:2], "gpt-9000", *ESTIMATE[3:]]), "gpt-9000")
+    args = list(PLAN)
+    args[args.index("cpu-local")] = "no-such-cluster"
+    assert_one_clear_error(run_cli(args), "no-such-cluster")
+
+
+@pytest.mark.parametrize("degrees,needle", [
+    (("3", "1", "1"), "does not divide the 4 attention heads"),
+    (("1", "1", "3"), "tp*pp*dp"),
+    (("2", "4", "2"), "tp*pp*dp"),
+    (("0", "2", "2"), "positive integer"),
+    (("1", "16", "1"), "stages"),
+])
+def test_impossible_degrees(degrees, needle):
+    args = list(ESTIMATE)
+    for flag, value in zip(("--tp", "--pp", "--dp"), degrees):
+        args[args.index(flag) + 1] = value
+    assert_one_clear_error(run_cli(args), needle)
+
+
+def test_impossible_fix_in_plan():
+    assert_one_clear_error(run_cli([*PLAN, "--fix", "tp=3"]))
+    assert_one_clear_error(run_cli([*PLAN, "--fix", "tp=two"]))
+    assert_one_clear_error(run_cli([*PLAN, "--fix", "nonsense=1"]))
+    assert_one_clear_error(run_cli([*PLAN, "--fix", "tp"]))
+
+
+@pytest.mark.parametrize("verb", ["estimate", "plan", "profile"])
+@pytest.mark.parametrize("where", ["under_file", "proc"])
+def test_unwritable_out(files, verb, where):
+    base = {"estimate": ESTIMATE, "plan": PLAN, "profile": ["profile", "--quick"]}[verb]
+    assert_one_clear_error(run_cli([*base, "--out", files[where]]))
+    assert not files[where].exists()
+
+
+@pytest.mark.parametrize("verb", ["estimate", "plan", "profile"])
+def test_existing_out_needs_force(files, verb):
+    base = {"estimate": ESTIMATE, "plan": PLAN, "profile": ["profile", "--quick"]}[verb]
+    before = files["plan"].read_bytes()
+    assert_one_clear_error(run_cli([*base, "--out", files["plan"]]), "--force")
+    assert files["plan"].read_bytes() == before
+
+
+def test_existing_out_is_replaced_with_force(files):
+    result = run_cli([*ESTIMATE, "--out", files["plan"], "--force"])
+    assert result.exit_code == 0, result.output
+    assert load_plan(files["plan"]).config.pp == 2
+
+
+def test_existing_explain_files_need_force(files):
+    out = files["tmp"] / "ex"
+    assert run_cli([*PLAN, "--explain", out]).exit_code == 0
+    assert_one_clear_error(run_cli([*PLAN, "--explain", out]), "--force")
+
+
+@pytest.mark.parametrize("bad", ["broken", "binary", "array", "deep", "longint", "missing", "unknown_model",
+                                 "plan_bad_tp", "plan_bad_mesh"])
+@pytest.mark.parametrize("verb", ["show", "launch"])
+def test_malformed_plan_file(files, verb, bad):
+    extra = ["--dry-run"] if verb == "launch" else ["--out", files["tmp"] / "show"]
+    assert_one_clear_error(run_cli([verb, files[bad], *extra]))
+
+
+def test_show_refuses_a_profile_of_another_cluster(files):
+    assert_one_clear_error(run_cli(["show", files["plan"], "--cluster", "dgx-h100-80g", "--out",
+                                    files["tmp"] / "show"]), "cpu-local")
+
+
+def test_launch_refuses_a_plan_that_does_not_fit(files):
+    """A 4-process plan on 3 nodes, a node rank outside the node count: refused before anything starts."""
+    assert_one_clear_error(run_cli(["launch", files["plan"], "--dry-run", "--nnodes", "3"]), "4 processes")
+    assert_one_clear_error(run_cli(["launch", files["plan"], "--dry-run", "--nnodes", "2", "--node-rank", "2"]))
+
+
+def test_launch_bad_paths(files):
+    plan = files["plan"]
+    assert_one_clear_error(run_cli(["launch", plan, "--dry-run", "--data", files["missing"]]), "does not exist")
+    files["tmp"].joinpath("m.jsonl").write_text("{}\n")
+    assert_one_clear_error(run_cli(["launch", plan, "--dry-run", "--metrics", files["tmp"] / "m.jsonl"]), "--force")
+    assert files["tmp"].joinpath("m.jsonl").read_text() == "{}\n"
+    assert_one_clear_error(run_cli(["launch", plan, "--dry-run", "--metrics", files["under_file"]]))
+    assert_one_clear_error(run_cli(["launch", plan, "--dry-run", "--checkpoint-dir", files["afile"]]))
+    assert_one_clear_error(run_cli(["launch", plan, "--dry-run", "--checkpoint-every", "2"]), "--checkpoint-dir")
+
+
+def test_launch_missing_plan(files):
+    assert_one_clear_error(run_cli(["launch", files["missing"], "--dry-run"]))
+
+
+def test_models_verb_works():
+    result = run_cli(["models", "--json"])
+    assert result.exit_code == 0 and "tiny-gpt" in result.output
+
+
+# ---- 6. determinism --------------------------------------------------------------------------------------------------
+def test_same_inputs_give_a_byte_identical_plan(tmp_path):
+    args = ["plan", "--model", "tiny-llama", "--cluster", "cpu-local", "--global-batch", "16", "--seq-len", "64"]
+    for name in ("a.json", "b.json"):
+        result = run_cli([*args, "--out", tmp_path / name])
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    estimate = [*ESTIMATE, "--out"]
+    assert run_cli([*estimate, tmp_path / "c.json"]).exit_code == 0
+    assert run_cli([*estimate, tmp_path / "d.json"]).exit_code == 0
+    assert (tmp_path / "c.json").read_bytes() == (tmp_path / "d.json").read_bytes()
+
+
+# ---- every loader, fuzzed ----------------------------------------------------------------------------------------------
+_leaf = st.one_of(
+    st.none(), st.booleans(), st.text(max_size=12),
+    st.integers(min_value=-(2 ** 70), max_value=2 ** 70),
+    st.sampled_from([0, -1, 1, 2, 3, 7, 2 ** 31, 2 ** 63, 10 ** 30, 10 ** 300, -(10 ** 300)]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["gpt", "llama", "1f1b", "fp32", "cluster", "plan", "model", "nccl", "gloo", "flash"]),
+)
+_json = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=4) |
+                     st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=12)
+
+
+def _mutated(data, doc):
+    """`doc` with 1-4 random edits: a value replaced by random JSON, a key or item deleted, an unknown key added,
+    an object wrapped in a list."""
+    doc = copy.deepcopy(doc)
+    for _ in range(data.draw(st.integers(1, 4))):
+        parent, key, node = None, None, doc
+        while isinstance(node, (dict, list)) and node and data.draw(st.integers(0, 3)) > 0:
+            key = data.draw(st.sampled_from(sorted(node) if isinstance(node, dict) else range(len(node))))
+            parent, node = node, node[key]
+        op = data.draw(st.sampled_from(["replace", "delete", "add", "wrap"]))
+        if parent is None:
+            doc = data.draw(_json) if op == "replace" else [doc] if op == "wrap" else doc
+            continue
+        if op == "replace":
+            parent[key] = data.draw(_json)
+        elif op == "delete":
+            del parent[key]
+        elif op == "wrap":
+            parent[key] = [node]
+        elif isinstance(node, dict):
+            node[data.draw(st.text(max_size=8))] = data.draw(_json)
+    return doc
+
+
+def _only_user_errors(fn, *args) -> None:
+    try:
+        fn(*args)
+    except UserError:
+        pass
+
+
+_TMP = Path(tempfile.mkdtemp(prefix="autoconf-fuzz-"))
+_FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+_MODEL = PRESETS["tiny-llama"].to_dict()
+_HF = {"model_type": "llama", "num_hidden_layers": 4, "hidden_size": 64, "num_attention_heads": 4,
+       "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 100, "max_position_embeddings": 128,
+       "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+_GPT2 = {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 100, "n_positions": 64}
+_CLUSTER = json.loads((PROFILES_DIR / "cpu-local.json").read_text())
+_PLAN = tiny_plan_dict()
+
+
+def _write(name: str, doc) -> Path:
+    path = _TMP / name
+    path.write_text(json.dumps(doc))  # NaN and Infinity are written as JSON's common extensions
+    return path
+
+
+@_FUZZ
+@given(st.data())
+def test_fuzz_model_loader(data):
+    doc = _mutated(data, data.draw(st.sampled_from([_MODEL, _HF, _GPT2])))
+    _only_user_errors(load_model, str(_write("model.json", doc)))
+    _only_user_errors(load_model, str(_write("config.json", doc)))
+
+
+@_FUZZ
+@given(st.data())
+def test_fuzz_cluster_loader(data):
+    doc = _mutated(data, _CLUSTER)
+    _only_user_errors(ClusterProfile.from_dict, doc)
+    _only_user_errors(load_cluster, str(_write("cluster.json", doc)))
+    nodes = data.draw(st.none() | st.integers(-2, 5))
+    _only_user_errors(load_cluster, str(_TMP / "cluster.json"), nodes, data.draw(st.none() | st.integers(-2, 9)))
+
+
+@_FUZZ
+@given(st.data())
+def test_fuzz_plan_loader(data):
+    doc = _mutated(data, _PLAN)
+    _only_user_errors(Plan.from_dict, doc)
+    _only_user_errors(load_plan, _write("plan.json", doc))
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.binary(max_size=200), st.sampled_from(["model", "cluster", "plan"]))
+def test_fuzz_random_bytes(blob, kind):
+    path = _TMP / f"bytes-{kind}.json"
+    path.write_bytes(blob)
+    loader = {"model": lambda p: load_model(str(p)), "cluster": lambda p: load_cluster(str(p)),
+              "plan": load_plan}[kind]
+    _only_user_errors(loader, path)
+
+
+def test_fuzz_helpers_reach_valid_documents():
+    """The seeds of the fuzzers load cleanly, so the fuzzers start from real documents."""
+    assert load_model(str(_write("seed-model.json", _MODEL))).name == "tiny-llama"
+    assert load_model(str(_write("config.json", _HF))).num_kv_heads == 2
+    assert ClusterProfile.from_dict(_CLUSTER).name == "cpu-local"
+    assert Plan.from_dict(_PLAN).config.tp == 2
+    assert math.isfinite(_PLAN["prediction"]["iteration_time_s"])
+
+
+VALIDATE = ["validate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8", "--configs", "2",
+            "--steps", "3"]
+
+
+@pytest.mark.parametrize("flag,bad", [("--model", "broken"), ("--model", "hf_unknown"), ("--cluster", "binary"),
+                                      ("--cluster", "cluster_neg"), ("--out", "under_file"), ("--out", "proc")])
+def test_validate_bad_input(files, flag, bad):
+    """`validate` refuses bad model/profile files and unwritable output folders before running any layout."""
+    args = [*VALIDATE, "--out", files["tmp"] / "val"]
+    if flag == "--out":
+        args[-1] = files[bad]
+    else:
+        args[args.index(flag) + 1] = files[bad]
+    assert_one_clear_error(run_cli(args))
+    assert not (files["tmp"] / "val").exists()
