@@ -233,8 +233,12 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
         if planned_on and cluster.name != planned_on:
             raise UserError(f"{plan_path} was planned for cluster {planned_on!r}, but --cluster {cluster_arg} is "
                             f"{cluster.name!r}; pass the profile the plan was made with, or re-plan on this one")
-    if plan_obj.prediction:
+    needed = {"iteration_time_s", "tokens_per_s", "tflops_per_gpu", "mfu", "bubble_fraction", "peak_memory_bytes",
+              "memory_limit_bytes", "fits", "memory_per_stage"}
+    if needed <= set(plan_obj.prediction):
         print_table(prediction_table(plan_obj))
+    else:
+        click.echo(f"{plan_path}: no complete prediction in the plan (run `autoconf estimate` to make one)")
     for path in show_plan(plan_path, out_dir, force=force, cluster=cluster):
         click.echo(f"wrote {path}")
 
@@ -280,16 +284,21 @@ def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, mo
 @click.option("--node-rank", type=int, default=0, show_default=True)
 @click.option("--master-addr", default="127.0.0.1", show_default=True)
 @click.option("--master-port", type=int, default=29500, show_default=True)
+@click.option("--collective-timeout", type=click.FloatRange(min=1), default=None,
+              help="seconds before a stuck collective ends the job (default 600)")
+@click.option("--rendezvous-timeout", type=click.FloatRange(min=1), default=None,
+              help="seconds to wait for every node to join (default 600)")
 @click.option("--force", is_flag=True, help="overwrite an existing metrics file")
 @user_errors
 def launch(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_every, max_restarts, dry_run, nnodes,
-           node_rank, master_addr, master_port, force) -> None:
+           node_rank, master_addr, master_port, collective_timeout, rendezvous_timeout, force) -> None:
     """Train a plan with the bundled torch executor under torchrun."""
     from autoconf.execute.launch import launch as run_launch
 
     code = run_launch(plan_path, steps=steps, seed=seed, data=data, metrics=metrics, checkpoint_dir=checkpoint_dir,
                       checkpoint_every=checkpoint_every, max_restarts=max_restarts, dry_run=dry_run, nnodes=nnodes,
-                      node_rank=node_rank, master_addr=master_addr, master_port=master_port, force=force)
+                      node_rank=node_rank, master_addr=master_addr, master_port=master_port, force=force,
+                      timeout_s=collective_timeout, rendezvous_timeout_s=rendezvous_timeout)
     if code != 0:
         raise UserError(f"training failed (torchrun exit code {code}); see the worker output above")
 
