@@ -336,3 +336,21 @@ def test_lr_schedule_warms_up_then_decays():
     lrs = [lr_at(s, opts) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] >= 1e-4
+
+
+def test_placement_that_reorders_the_pipeline_trains_the_same(tmp_path):
+    """A plan whose placement puts pipeline rank 0 on devices 1 and 3 (the order torch's sorted process groups
+    would otherwise contradict) runs and gives the default placement's losses: grid position i runs as rank i."""
+    from autoconf.execute.launch import launch
+
+    losses = {}
+    for name, mesh in (("default", [[[0], [1]], [[2], [3]]]), ("reordered", [[[1], [3]], [[0], [2]]])):
+        plan = make_plan(pp=2, dp=2, schedule="zbv", vpp=2, zero=1)
+        plan.placement = {"mesh": mesh}
+        plan.validate()
+        path = tmp_path / f"{name}.json"
+        plan.save(path)
+        metrics = tmp_path / f"{name}.jsonl"
+        assert launch(path, steps=2, metrics=str(metrics)) == 0
+        losses[name] = [json.loads(line)["loss"] for line in metrics.read_text().splitlines()[:-1]]
+    assert losses["default"] == pytest.approx(losses["reordered"], rel=1e-6)

@@ -1,8 +1,10 @@
 """`autoconf launch`: validates a plan and the run's paths, then starts `autoconf.execute.train` under torchrun.
 
 Single node: a free local port on 127.0.0.1 with the c10d rendezvous (master_addr/master_port are not used).
-Several nodes: torchrun's static rendezvous (`--node-rank R --master-addr A --master-port P`), so that node R runs
-global ranks R*nproc_per_node ... (R+1)*nproc_per_node-1, which is what the plan's placement assumes.
+Several nodes: torchrun's static rendezvous (`--master-addr A --master-port P`). Global rank i runs grid position i
+of the plan ([pp][dp][tp] order); physical node R (`--node-rank R` as the user numbers the nodes) is started with
+the torchrun node rank of the block of grid positions that the plan's placement puts on it, and each rank picks the
+local GPU the placement names (spec/plan.py `node_blocks`).
 `--max-restarts` is handed to torchrun; with a checkpoint directory a restarted run resumes from the newest
 complete checkpoint.
 
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from autoconf.errors import UserError
 from autoconf.execute.support import check_supported
-from autoconf.spec.plan import load_plan
+from autoconf.spec.plan import load_plan, node_blocks
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,6 +97,11 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
                         f"{plan.config.dp}) but {nnodes} nodes x {nproc_per_node} processes = "
                         f"{nnodes * nproc_per_node}; use --nproc-per-node {world // nnodes if world % nnodes == 0 else '?'}"
                         f" or a plan for {nnodes * nproc_per_node} devices")
+    devices = plan.device_of()
+    planned_gpus = int(plan.cluster.get("gpus_per_node", nproc_per_node))
+    if devices != sorted(devices) and planned_gpus != nproc_per_node:
+        raise UserError(f"the plan's placement is for nodes of {planned_gpus} devices but {nproc_per_node} processes "
+                        f"per node were asked for; launch it with --nproc-per-node {planned_gpus} or re-plan")
     timeout_s = _timeout(timeout_s, "AUTOCONF_COLLECTIVE_TIMEOUT", 600.0, "--collective-timeout")
     rendezvous_timeout_s = _timeout(rendezvous_timeout_s, "AUTOCONF_RENDEZVOUS_TIMEOUT", 600.0,
                                     "--rendezvous-timeout")
@@ -126,8 +133,10 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
         rdzv = [["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
                  "--rdzv-conf", f"join_timeout={rdzv_timeout}"]]
     else:
-        rdzv = [["--node-rank", str(r), "--master-addr", master_addr, "--master-port", str(master_port),
-                 "--rdzv-conf", f"timeout={rdzv_timeout}"] for r in range(nnodes)]
+        # Physical node r runs the block of grid positions the placement puts on it (spec/plan.py node_blocks).
+        blocks = node_blocks(plan.device_of(), nproc_per_node) or list(range(nnodes))
+        rdzv = [["--node-rank", str(blocks.index(r)), "--master-addr", master_addr, "--master-port",
+                 str(master_port), "--rdzv-conf", f"timeout={rdzv_timeout}"] for r in range(nnodes)]
     return [base + r + ["-m", "autoconf.execute.train"] + train_args for r in rdzv]
 
 

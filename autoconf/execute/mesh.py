@@ -1,4 +1,5 @@
-"""The device mesh of a plan: global ranks laid out [pp][dp][tp] exactly as plan.placement["mesh"] says.
+"""The device mesh of a plan: global ranks laid out [pp][dp][tp] in grid order (rank = grid position); the
+launcher puts each rank on the device that plan.placement["mesh"] names for its grid position.
 
 The rank-grid helpers are pure functions of the nested list (testable without a process group); `build_mesh`
 turns the grid into a torch DeviceMesh with dimension names ("pp", "dp", "tp").
@@ -16,6 +17,11 @@ class Coords:
     pp: int
     dp: int
     tp: int
+
+
+def logical_grid(pp: int, dp: int, tp: int) -> list:
+    """Global ranks 0..pp*dp*tp-1 laid out [pp][dp][tp] in order."""
+    return [[[(p * dp + d) * tp + t for t in range(tp)] for d in range(dp)] for p in range(pp)]
 
 
 def grid_shape(grid: list) -> tuple[int, int, int]:

@@ -28,7 +28,7 @@ from autoconf.errors import UserError
 from autoconf.execute import checkpoint as ckpt
 from autoconf.execute import faults
 from autoconf.execute.data import TokenSource, local_rows
-from autoconf.execute.mesh import build_mesh, coords_of
+from autoconf.execute.mesh import build_mesh, coords_of, logical_grid
 from autoconf.execute.parallelize import allreduce_gradients, parallelize_chunk
 from autoconf.execute.support import check_supported
 from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_schedule, loss_fn
@@ -79,7 +79,9 @@ class Trainer:
             raise UserError(f"plan needs {c.world_size} processes (tp*pp*dp = {c.tp}*{c.pp}*{c.dp}) but "
                             f"{dist.get_world_size()} were started")
         check_supported(c)
-        grid = plan.placement["mesh"]
+        # Grid position i runs as global rank i; which device hosts it is the launcher's business (node ranks and
+        # local devices follow plan.placement, see spec/plan.py node_blocks), so every group is in grid order.
+        grid = logical_grid(c.pp, c.dp, c.tp)
         self.mesh = build_mesh(grid, device.type)
         self.coords = coords_of(grid, self.rank)
         self.sizes = {"pp": c.pp, "dp": c.dp, "tp": c.tp}
@@ -366,6 +368,12 @@ def _summary(plan: Plan, opts: TrainOptions, records: list[dict], device: torch.
             "steps": len(records), "final_step": records[-1]["step"] if records else None}
 
 
+def placed_local_device(plan: Plan, rank: int) -> int:
+    """The local GPU index the plan's placement gives global rank `rank` (grid position `rank`)."""
+    gpus = int(plan.cluster.get("gpus_per_node", 1))
+    return plan.device_of()[rank] % gpus
+
+
 def _default_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -437,6 +445,8 @@ def main(argv=None) -> int:
                         timing_warmup=args.timing_warmup, stop_after=args.stop_after)
     try:
         plan = load_plan(args.plan)
+        if device.type == "cuda":
+            device = torch.device("cuda", placed_local_device(plan, int(os.environ.get("RANK", 0))))
         init_distributed(device, args.timeout)
         _log(f"autoconf: tp {plan.config.tp} pp {plan.config.pp} dp {plan.config.dp} schedule "
              f"{plan.config.schedule} zero {plan.config.zero_stage} on {dist.get_world_size()} x {device.type}")

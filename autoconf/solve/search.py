@@ -28,7 +28,7 @@ from autoconf.execute.support import unsupported_reason
 from autoconf.solve.space import candidates, normalise_fixed, with_changes
 from autoconf.spec.cluster import DTYPE_BYTES, ClusterProfile
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import ParallelConfig, Plan
+from autoconf.spec.plan import ParallelConfig, Plan, node_blocks
 
 @dataclass
 class SearchResult:
@@ -286,7 +286,8 @@ def _refine(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, e
 
     best_time, best_mesh, best_partition = fast(), None, None
     mesh = refined_mesh(model, cluster, config, time_limit_s=placement_time_s)
-    if mesh is not None and mesh.tolist() != default_mesh(config).tolist():
+    launchable = mesh is not None and node_blocks(mesh.flatten().tolist(), cluster.gpus_per_node) is not None
+    if launchable and mesh.tolist() != default_mesh(config).tolist():
         t = fast(mesh=mesh)
         if t < best_time:
             best_time, best_mesh = t, mesh

@@ -198,9 +198,34 @@ class Plan:
                 or _shape(mesh) != [c.pp, c.dp, c.tp]):
             raise UserError(f"{source}: placement mesh must be a [pp][dp][tp] = [{c.pp}][{c.dp}][{c.tp}] arrangement "
                             f"of ranks 0..{c.world_size - 1}")
+        gpus = int(self.cluster.get("gpus_per_node", c.world_size))
+        if gpus > 0 and c.world_size % gpus == 0 and node_blocks(flat, gpus) is None:
+            raise UserError(f"{source}: placement mesh cannot be launched: each run of {gpus} consecutive grid "
+                            f"positions ([pp][dp][tp] order) must sit on the devices of one node")
+
+    def device_of(self) -> list[int]:
+        """The device (node * gpus_per_node + local index) of each grid position, in [pp][dp][tp] order."""
+        return _flatten(self.placement["mesh"])
 
     def save(self, path: Path, force: bool = False) -> None:
         write_new_file(path, self.to_json(), force)
+
+
+def node_blocks(devices: list[int], gpus_per_node: int) -> list[int] | None:
+    """For a placement given as the device of each grid position (flat, [pp][dp][tp] order): the node hosting
+    each block of `gpus_per_node` consecutive positions, or None when a block spans nodes.
+
+    The executor runs grid position i as global rank i, and torchrun gives node rank k the global ranks of block k;
+    so a placement is launchable when every block lies on one node, and the launcher then starts the physical node
+    hosting block k with node rank k, each rank on the local device the placement names.
+    """
+    blocks = []
+    for k in range(len(devices) // gpus_per_node):
+        nodes = {d // gpus_per_node for d in devices[k * gpus_per_node:(k + 1) * gpus_per_node]}
+        if len(nodes) != 1:
+            return None
+        blocks.append(nodes.pop())
+    return blocks if len(set(blocks)) == len(blocks) else None
 
 
 def _flatten(mesh) -> list | None:
