@@ -153,3 +153,18 @@ def test_explain_and_show(tmp_path):
     with pytest.raises(UserError):
         show(tmp_path / "explain" / "plan.json", tmp_path / "shown")
     assert show(tmp_path / "explain" / "plan.json", tmp_path / "shown", force=True)
+
+
+def test_torchrun_scripts_follow_a_placement_that_swaps_nodes():
+    """When the placement puts grid block 0 on physical node 1, node 1's script starts torchrun as node rank 0."""
+    import numpy as np
+
+    from autoconf.spec.presets import PRESETS
+
+    cluster = load_cluster("dgx-a100-80g", nodes=2)
+    config = ParallelConfig(tp=8, pp=2, dp=1, micro_batch_size=1, global_batch_size=8, seq_len=2048)
+    swapped = np.concatenate([np.arange(8, 16), np.arange(0, 8)]).reshape(2, 1, 8)
+    plan = estimate(PRESETS["gpt3-1.3b"], cluster, config, mesh=swapped)
+    assert "--node-rank 0 " in torchrun_script(plan, "plan.json", 1)
+    assert "--node-rank 1 " in torchrun_script(plan, "plan.json", 0)
+    assert "R=(1 0)" in torchrun_script(plan, "plan.json", None)

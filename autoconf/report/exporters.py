@@ -15,7 +15,7 @@ import numpy as np
 
 from autoconf.cost.schedules import TORCH_CLASS
 from autoconf.errors import UserError
-from autoconf.spec.plan import Plan, write_new_file
+from autoconf.spec.plan import Plan, node_blocks, write_new_file
 
 # More nodes than this get one torchrun script that takes the node rank as $1 instead of one script per node.
 MAX_NODE_SCRIPTS = 8
@@ -67,10 +67,26 @@ def launch_script(plan: Plan, plan_path: str | Path | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _torchrun_ranks(plan: Plan) -> list[int] | None:
+    """torchrun node rank of each physical node when the placement reorders nodes (spec/plan.py node_blocks),
+    else None (physical node r is torchrun node r)."""
+    _, gpus = _nodes(plan)
+    blocks = node_blocks(plan.device_of(), gpus)
+    if blocks is None or blocks == sorted(blocks):
+        return None
+    return [blocks.index(r) for r in range(len(blocks))]
+
+
 def torchrun_command(plan: Plan, plan_path: str | Path | None, node_rank: str | int = "$NODE_RANK",
                      plan_var: str | None = None) -> str:
-    """One node's torchrun line (static rendezvous: --node-rank, --master-addr, --master-port)."""
+    """One node's torchrun line (static rendezvous: --node-rank, --master-addr, --master-port). When the placement
+    reorders nodes, physical node `node_rank` is started with the torchrun node rank of the grid block it hosts."""
     nodes, gpus = _nodes(plan)
+    mapping = _torchrun_ranks(plan)
+    if mapping is not None:
+        table = " ".join(map(str, mapping))
+        node_rank = (mapping[node_rank] if isinstance(node_rank, int)
+                     else f"$(R=({table}); echo ${{R[{node_rank.lstrip('$')}]}})")
     rank = f"\"{node_rank}\"" if isinstance(node_rank, str) else str(node_rank)
     plan_var = plan_var or shlex.quote(_plan_arg(plan_path))
     return (f"torchrun --nnodes {nodes} --nproc-per-node {gpus} --node-rank {rank} "
