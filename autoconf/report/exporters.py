@@ -108,7 +108,7 @@ def torchrun_script(plan: Plan, plan_path: str | Path | None, node_rank: int | N
     else:
         lines.append("MASTER_ADDR=${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}")
     lines += [f"MASTER_PORT=${{MASTER_PORT:-{MASTER_PORT}}}", "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}",
-              torchrun_command(plan, plan_path, "$NODE_RANK")]
+              torchrun_command(plan, plan_path, "$NODE_RANK" if node_rank is None else node_rank)]
     return "\n".join(lines) + "\n"
 
 
