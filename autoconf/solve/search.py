@@ -210,8 +210,11 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     cache = _BoundCache(model, cluster, execution)
     scored = []
     seen = unlaunchable = 0
+    # The executor runs ZeRO-1 exactly as ZeRO-2 (FSDP2 shards optimizer and gradients together): one of them is
+    # enough unless the user pins it.
+    zero_stages = (0, 2, 3) if execution.framework == "autoconf" else (0, 1, 2, 3)
     for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
-                             attention, fixed):
+                             attention, fixed, zero_stages):
         seen += 1
         if launchable_only and unsupported_reason(config):
             unlaunchable += 1
@@ -291,7 +294,9 @@ def _refine(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, e
         t = fast(mesh=mesh)
         if t < best_time:
             best_time, best_mesh = t, mesh
-    partition = refined_partition(model, cluster, config, execution, time_limit_s=partition_time_s)
+    # With several stages per rank CP-SAT rarely improves on its greedy hint after the first fraction of a second.
+    limit = partition_time_s if config.vpp == 1 else min(partition_time_s, 0.3)
+    partition = refined_partition(model, cluster, config, execution, time_limit_s=limit)
     if partition is not None and partition != default_partition(model, config):
         t = fast(partition=partition, mesh=best_mesh)
         if t < best_time:

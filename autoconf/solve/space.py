@@ -62,8 +62,10 @@ def _divisors(n: int) -> list[int]:
 
 
 def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_batch: int, seq_len: int,
-               dtype: str, attention: str = "flash", fixed: dict | None = None) -> Iterator[ParallelConfig]:
-    """Every legal layout honouring `fixed`; deterministic order."""
+               dtype: str, attention: str = "flash", fixed: dict | None = None,
+               zero_stages: tuple[int, ...] = (0, 1, 2, 3)) -> Iterator[ParallelConfig]:
+    """Every legal layout honouring `fixed`; deterministic order. `zero_stages` lists the stages worth telling
+    apart (a pinned --fix zero_stage is always honoured)."""
     fixed = normalise_fixed(fixed or {})
 
     def choices(key, default):
@@ -89,7 +91,7 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                 if per_replica % mb:
                     continue
                 for schedule, vpp in _schedule_choices(model, pp, per_replica // mb, fixed):
-                    for zero in choices("zero_stage", [0, 1, 2, 3] if dp > 1 else [0]):
+                    for zero in choices("zero_stage", list(zero_stages) if dp > 1 else [0]):
                         for recompute in choices("recompute", ["none", "selective", "full"]):
                             for sp in choices("sequence_parallel", [False, True] if tp > 1 else [False]):
                                 config = ParallelConfig(
