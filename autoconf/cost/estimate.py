@@ -92,34 +92,43 @@ def _dp_group(mesh: np.ndarray, pp_rank: int) -> list[int]:
     return [int(d) for d in mesh[pp_rank, :, 0]]
 
 
+def tp_collective(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices: list[int]) -> float:
+    """One of the two TP collectives per layer and direction: an all-reduce of the micro-batch's activation, or
+    under sequence parallelism the all-gather before and the reduce-scatter after a TP region."""
+    nbytes = c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
+    if c.sequence_parallel:
+        return (collective_time(cluster, "all_gather", nbytes, devices)
+                + collective_time(cluster, "reduce_scatter", nbytes, devices))
+    return collective_time(cluster, "all_reduce", nbytes, devices)
+
+
+def recompute_time(pieces, c: ParallelConfig, one_collective: float) -> float:
+    """Per layer: the forward that recompute repeats in the backward (the block with its TP collectives, or the
+    attention core)."""
+    if c.recompute == "full":
+        return pieces.block.forward + 2 * one_collective
+    if c.recompute == "selective":
+        return pieces.attention_core.forward
+    return 0.0
+
+
 def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list,
                stage_to_rank: tuple, mesh: np.ndarray, execution: Execution, p2p=None) -> StagePlan:
     c = config
     pieces = model_pieces(model, cluster, c)
     pass_overhead = cluster.overhead("pass_overhead_s")
     e = DTYPE_BYTES[c.dtype]
-    activation = c.seq_len * c.micro_batch_size * model.hidden_size * e
     last = len(partition) - 1
     forward, back_in, back_w = [], [], []
     compute_parts, recompute_parts, tp_parts, gathers, reduces = [], [], [], [], []
     for st, (first, end) in enumerate(partition):
         rank = stage_to_rank[st]
         layers = end - first
-        tp_devices = _tp_group(mesh, rank)
-        # Two collectives per layer in forward and two in backward: all-reduces, or under sequence parallelism an
-        # all-gather before and a reduce-scatter after each TP region (the same bytes on the wire).
-        if c.sequence_parallel:
-            one = (collective_time(cluster, "all_gather", activation, tp_devices)
-                   + collective_time(cluster, "reduce_scatter", activation, tp_devices))
-        else:
-            one = collective_time(cluster, "all_reduce", activation, tp_devices)
+        # Two TP collectives per layer in forward and two in backward.
+        one = tp_collective(model, cluster, c, _tp_group(mesh, rank))
         tp = PassTimes(2 * one * layers, 2 * one * layers, 0.0)
         compute = pieces.block.scaled(layers)
-        recompute = 0.0
-        if c.recompute == "full":
-            recompute = (pieces.block.forward + 2 * one) * layers
-        elif c.recompute == "selective":
-            recompute = pieces.attention_core.forward * layers
+        recompute = recompute_time(pieces, c, one) * layers
         if st == 0:
             compute = compute + pieces.embedding
             tp = tp + PassTimes(one, 0.0, 0.0)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from autoconf.cost.comm import collective_time
 from autoconf.cost.compute import model_pieces
-from autoconf.cost.estimate import WEIGHT_GRAD_ACTIVATION_SHARE, Execution
+from autoconf.cost.estimate import WEIGHT_GRAD_ACTIVATION_SHARE, Execution, recompute_time, tp_collective
 from autoconf.cost.memory import _state_bytes_per_param
 from autoconf.cost.schedules import build_schedule
 from autoconf.cost.simulate import StageCosts, simulate
@@ -20,23 +19,12 @@ from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 
 
-def _tp_collective(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> float:
-    nbytes = c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
-    devices = list(range(c.tp))
-    if c.sequence_parallel:
-        return (collective_time(cluster, "all_gather", nbytes, devices)
-                + collective_time(cluster, "reduce_scatter", nbytes, devices))
-    return collective_time(cluster, "all_reduce", nbytes, devices)
-
-
 def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, execution: Execution):
     from autoconf.solve.partition import PartitionProblem
 
     pieces = model_pieces(model, cluster, c)
-    one = _tp_collective(model, cluster, c)
-    recompute = {"none": 0.0, "selective": pieces.attention_core.forward,
-                 "full": pieces.block.forward + 2 * one}[c.recompute]
-    layer_time = pieces.block.total + 4 * one + recompute
+    one = tp_collective(model, cluster, c, list(range(c.tp)))
+    layer_time = pieces.block.total + 4 * one + recompute_time(pieces, c, one)
     e = DTYPE_BYTES[c.dtype]
     split = c.tp if c.sequence_parallel else 1
     sbh = c.seq_len * c.micro_batch_size * model.hidden_size

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 from autoconf.cost.comm import collective_time, p2p_time
 from autoconf.cost.compute import model_pieces, optimizer_step_time
-from autoconf.cost.estimate import Execution, default_mesh, default_partition, estimate
+from autoconf.cost.estimate import (Execution, default_mesh, default_partition, estimate, recompute_time,
+                                    tp_collective)
 from autoconf.cost.memory import _state_bytes_per_param
 from autoconf.errors import UserError
 from autoconf.execute.support import unsupported_reason
@@ -63,14 +64,7 @@ class _BoundCache:
     def _tp_collective(self, c: ParallelConfig) -> float:
         key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len)
         if key not in self._tp:
-            nbytes = c.seq_len * c.micro_batch_size * self.model.hidden_size * DTYPE_BYTES[c.dtype]
-            devices = list(range(c.tp))
-            if c.sequence_parallel:
-                t = (collective_time(self.cluster, "all_gather", nbytes, devices)
-                     + collective_time(self.cluster, "reduce_scatter", nbytes, devices))
-            else:
-                t = collective_time(self.cluster, "all_reduce", nbytes, devices)
-            self._tp[key] = t
+            self._tp[key] = tp_collective(self.model, self.cluster, c, list(range(c.tp)))
         return self._tp[key]
 
     def _comm(self, c: ParallelConfig, per_stage_layers: int) -> tuple[float, float, float, float]:
@@ -129,8 +123,7 @@ class _BoundCache:
         pieces = self._layer(c)
         one = self._tp_collective(c)
         block = pieces.block
-        recompute = {"none": 0.0, "selective": pieces.attention_core.forward,
-                     "full": block.forward + 2 * one}[c.recompute]
+        recompute = recompute_time(pieces, c, one)
         S = c.num_stages
         per_stage_layers = model.num_layers // S
         p2p, gather, gather_once, reduce = self._comm(c, per_stage_layers)
