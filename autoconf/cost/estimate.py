@@ -112,12 +112,28 @@ def recompute_time(pieces, c: ParallelConfig, one_collective: float) -> float:
     return 0.0
 
 
+def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float,
+                   devices: list[int]) -> tuple[float, float, float]:
+    """(gather per forward/backward pass, gather once per step, gradient reduction) of a stage holding `params`
+    parameters per TP rank: ZeRO-0 all-reduces fp32 gradients; FSDP (ZeRO >= 1) reduce-scatters them and gathers
+    the compute-dtype parameters once per step, or at ZeRO-3 again for every pass (reshard after forward) except
+    under looped-bfs, where all micro-batches pass a chunk together."""
+    if c.dp <= 1:
+        return 0.0, 0.0, 0.0
+    if c.zero_stage == 0:
+        return 0.0, 0.0, collective_time(cluster, "all_reduce", params * 4, devices)
+    reduce = collective_time(cluster, "reduce_scatter", params * 4, devices)
+    gather = collective_time(cluster, "all_gather", params * DTYPE_BYTES[c.dtype], devices)
+    if c.zero_stage == 3 and c.schedule != "looped-bfs":
+        return gather, 0.0, reduce
+    return 0.0, gather, reduce
+
+
 def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list,
                stage_to_rank: tuple, mesh: np.ndarray, execution: Execution, p2p=None) -> StagePlan:
     c = config
     pieces = model_pieces(model, cluster, c)
     pass_overhead = cluster.overhead("pass_overhead_s")
-    e = DTYPE_BYTES[c.dtype]
     last = len(partition) - 1
     forward, back_in, back_w = [], [], []
     compute_parts, recompute_parts, tp_parts, gathers, reduces = [], [], [], [], []
@@ -136,21 +152,8 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             compute = compute + pieces.head
             tp = tp + PassTimes(0.0, one, 0.0)
         # DP / FSDP collectives of this stage's parameters.
-        dp_devices = _dp_group(mesh, rank)
         params = stage_params(model, partition, st) / c.tp
-        grad_bytes = params * 4
-        gather, reduce = 0.0, 0.0
-        per_microbatch_gather = 0.0
-        if c.dp > 1:
-            if c.zero_stage == 0:
-                reduce = collective_time(cluster, "all_reduce", grad_bytes, dp_devices)
-            else:
-                reduce = collective_time(cluster, "reduce_scatter", grad_bytes, dp_devices)
-                gather_once = collective_time(cluster, "all_gather", params * e, dp_devices)
-                if c.zero_stage == 3 and c.schedule != "looped-bfs":
-                    per_microbatch_gather = gather_once  # reshard after forward: gather again for each pass
-                else:
-                    gather = gather_once
+        per_microbatch_gather, gather, reduce = dp_collectives(cluster, c, params, _dp_group(mesh, rank))
         fwd = compute.forward + tp.forward + pass_overhead
         bwd_in = compute.backward_input + tp.backward_input + recompute + pass_overhead
         bwd_w = compute.backward_weight
@@ -175,12 +178,19 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                      gathers, reduces)
 
 
+def p2p_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution) -> float:
+    """Bytes each TP rank sends to the next stage per micro-batch: the activation, or its 1/tp slice under
+    sequence parallelism and in Megatron's scatter/gather scheme."""
+    nbytes = c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
+    if execution.framework == "megatron" or c.sequence_parallel:
+        nbytes /= c.tp
+    return nbytes
+
+
 def _p2p_function(cluster: ClusterProfile, config: ParallelConfig, model: ModelSpec, stage_to_rank: tuple,
                   mesh: np.ndarray, execution: Execution):
     c = config
-    nbytes = c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
-    if execution.framework == "megatron" or c.sequence_parallel:
-        nbytes /= c.tp  # each TP rank sends its 1/tp slice
+    nbytes = p2p_bytes(model, c, execution)
     cache: dict[tuple[int, int], float] = {}
 
     def p2p(src_stage: int, dst_stage: int) -> float:

@@ -19,10 +19,10 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from autoconf.cost.comm import collective_time, p2p_time
+from autoconf.cost.comm import p2p_time
 from autoconf.cost.compute import model_pieces, optimizer_step_time
-from autoconf.cost.estimate import (Execution, default_mesh, default_partition, estimate, recompute_time,
-                                    tp_collective)
+from autoconf.cost.estimate import (Execution, default_mesh, default_partition, dp_collectives, estimate,
+                                    p2p_bytes, recompute_time, tp_collective)
 from autoconf.cost.memory import _state_bytes_per_param
 from autoconf.errors import UserError
 from autoconf.execute.support import unsupported_reason
@@ -71,12 +71,9 @@ class _BoundCache:
         """(P2P transfer, per-pass FSDP gather, once-per-step FSDP gather, gradient reduction) of one middle stage
         on the default mesh."""
         model, cluster = self.model, self.cluster
-        e = DTYPE_BYTES[c.dtype]
         p2p_key = (c.tp, c.pp, c.dp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len)
         if p2p_key not in self._p2p:
-            nbytes = c.seq_len * c.micro_batch_size * model.hidden_size * e
-            if self.execution.framework == "megatron" or c.sequence_parallel:
-                nbytes /= c.tp
+            nbytes = p2p_bytes(model, c, self.execution)
             p2p = 0.0
             if c.pp > 1:
                 # Default mesh: pipeline rank r holds devices [r*dp*tp, (r+1)*dp*tp).
@@ -85,19 +82,8 @@ class _BoundCache:
             self._p2p[p2p_key] = p2p
         dp_key = (c.tp, c.pp, c.dp, per_stage_layers, c.dtype, c.zero_stage, c.schedule == "looped-bfs")
         if dp_key not in self._dp:
-            dp_devices = [d * c.tp for d in range(c.dp)]
             params = per_stage_layers * model.layer_params() / c.tp
-            gather = gather_once = reduce = 0.0
-            if c.dp > 1:
-                if c.zero_stage == 0:
-                    reduce = collective_time(cluster, "all_reduce", params * 4, dp_devices)
-                else:
-                    reduce = collective_time(cluster, "reduce_scatter", params * 4, dp_devices)
-                    if c.zero_stage == 3 and c.schedule != "looped-bfs":
-                        gather = collective_time(cluster, "all_gather", params * e, dp_devices)
-                    else:
-                        gather_once = collective_time(cluster, "all_gather", params * e, dp_devices)
-            self._dp[dp_key] = (gather, gather_once, reduce)
+            self._dp[dp_key] = dp_collectives(cluster, c, params, [d * c.tp for d in range(c.dp)])
         return (self._p2p[p2p_key], *self._dp[dp_key])
 
     def _rank0_layers(self, c: ParallelConfig) -> int:
