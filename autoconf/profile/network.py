@@ -8,9 +8,8 @@ timed by a ping-pong from the sender: a sends n bytes, b receives them and answe
 times the round trip. A tiny ping-pong (one element each way) is timed too, and the one-way time of n bytes is
 taken as rtt(n) - rtt(tiny) / 2, i.e. the latency is assumed symmetric while the bandwidth is measured per
 direction. Each (direction, size) is warmed up, repeated, and its 10th percentile kept (see QUANTILE for why not
-the median). Then `fit_alpha_beta` fits
-t(n) = alpha + n / beta by least squares on relative residuals (so the small messages fix alpha and the large ones
-fix beta) for each ordered pair.
+the median). Then `fit_alpha_beta` fits t(n) = alpha + n / beta for each ordered pair: beta from the two largest
+sizes (robust to a shaper's burst bucket), alpha from the smallest.
 
 Collectives (all-reduce, all-gather, reduce-scatter) are timed for groups of k ranks inside a node and of k ranks on
 k different nodes (one rank per node). Every node (for "intra") or every local rank index (for "inter") runs its own
@@ -73,27 +72,29 @@ def round_robin_pairs(n: int) -> list[list[tuple[int, int]]]:
 
 
 def fit_alpha_beta(sizes: list[float], times: list[float]) -> Link:
-    """Least-squares fit of t(n) = alpha + n / beta to (size, time) points, minimising relative residuals.
+    """Fit of t(n) = alpha + n / beta to (size, time) points: beta from the two largest sizes, alpha from the smallest.
 
-    Each row is divided by its time so that a 4 KiB message counts as much as a 16 MiB one. A negative intercept
-    (noise) is clamped to zero with the slope refitted through the origin; a slope that gives the largest message
-    under 5% of its time as transfer (no measurable bandwidth term) falls back to that message's size over its time.
+    1/beta is the slope between the two largest message sizes (the median time of each size): the marginal cost of
+    a byte where transfer dominates. A least-squares line over all sizes is not used because a rate shaper's burst
+    bucket or a socket buffer lets mid-sized messages through faster than the link's rate; the line then bends, and a
+    25 Mbit/s HTB link came out at 57 MB/s (intercept negative, slope set by the small messages). Two messages both
+    larger than the burst share the same head start, so their difference is the link's rate. alpha is the smallest
+    size's time less its transfer time, clamped at zero. A slope that gives the largest message under 5% of its time
+    as transfer (no measurable bandwidth term) falls back to that message's size over its time.
     """
     n = np.asarray(sizes, dtype=float)
     t = np.asarray(times, dtype=float)
-    if len(n) < 2 or len(set(n.tolist())) < 2:
+    distinct = sorted(set(n.tolist()))
+    if len(n) < 2 or len(distinct) < 2:
         raise ValueError("fit_alpha_beta needs at least two distinct message sizes")
-    w = 1.0 / np.maximum(t, 1e-12)
-    a = np.stack([np.ones_like(n), n], axis=1) * w[:, None]
-    (alpha, inv_beta), *_ = np.linalg.lstsq(a, t * w, rcond=None)
-    if alpha < 0:
-        alpha = 0.0
-        inv_beta = float(np.sum(w * w * n * t) / np.sum(w * w * n * n))
-    biggest = int(np.argmax(n))
-    if inv_beta * n[biggest] < 0.05 * t[biggest]:
+    per_size = {size: float(np.median(t[n == size])) for size in distinct}
+    big, second, small = distinct[-1], distinct[-2], distinct[0]
+    inv_beta = (per_size[big] - per_size[second]) / (big - second)
+    if inv_beta * big < 0.05 * per_size[big]:
         # The largest message shows no measurable transfer time next to the latency (noise, or sizes too small):
         # take its effective bandwidth, a lower bound on the link's, rather than an arbitrarily large fitted one.
-        inv_beta = t[biggest] / n[biggest]
+        inv_beta = per_size[big] / big
+    alpha = max(per_size[small] - small * inv_beta, 0.0)
     return Link(latency_s=float(alpha), bandwidth_Bps=float(1.0 / inv_beta))
 
 
