@@ -50,11 +50,17 @@ def _measured(cluster: ClusterProfile, op: str, scope: str, k: int, nbytes: floa
 
 
 def collective_time(cluster: ClusterProfile, op: str, nbytes: float, devices: list[int]) -> float:
-    """Seconds for `op` over `devices` on a buffer of `nbytes` (all-reduce input / all-gather output size)."""
+    """Seconds for `op` over `devices` on a buffer of `nbytes` (all-reduce input / all-gather output size), plus the
+    profile's `collective_sync_s`: the wait for every member to be scheduled when CPU ranks share cores."""
     assert op in OPS, op
     k = len(devices)
     if k <= 1 or nbytes <= 0:
         return 0.0
+    return _collective_transfer(cluster, op, nbytes, devices) + cluster.overhead("collective_sync_s")
+
+
+def _collective_transfer(cluster: ClusterProfile, op: str, nbytes: float, devices: list[int]) -> float:
+    k = len(devices)
     if op == "reduce_scatter" and cluster.backend == "gloo":
         op = "all_reduce"
     nodes: dict[int, list[int]] = {}
@@ -92,7 +98,13 @@ def collective_time(cluster: ClusterProfile, op: str, nbytes: float, devices: li
 
 
 def p2p_time(cluster: ClusterProfile, nbytes: float, pairs: list[tuple[int, int]]) -> float:
-    """Seconds for concurrent transfers of `nbytes` over each (src, dst) pair: the slowest pair bounds it."""
+    """Seconds for concurrent transfers of `nbytes` over each (src, dst) pair: the slowest pair bounds it (plus the
+    profile's `collective_sync_s` for a transfer between ranks)."""
+    transfer = _p2p_transfer(cluster, nbytes, pairs)
+    return transfer + cluster.overhead("collective_sync_s") if transfer > 0 else 0.0
+
+
+def _p2p_transfer(cluster: ClusterProfile, nbytes: float, pairs: list[tuple[int, int]]) -> float:
     worst = 0.0
     if cluster.intra_node_matrix is None and cluster.inter_node_matrix is None:
         g = cluster.gpus_per_node

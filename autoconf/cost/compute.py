@@ -59,13 +59,16 @@ class ModelPieces:
         return self.attention_core + self.block_rest
 
 
-def model_pieces(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig) -> ModelPieces:
-    measured = _measured_pieces(model, cluster, config)
+def model_pieces(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig,
+                 share: float | None = None) -> ModelPieces:
+    """The pieces' times; measured kernel times are divided by `share` (default: the profile's `cpu_share`)."""
+    measured = _measured_pieces(model, cluster, config, cpu_share(cluster) if share is None else share)
     return measured if measured is not None else _spec_pieces(model, cluster, config)
 
 
-def _cpu_share(cluster: ClusterProfile) -> float:
-    """The share of a core a CPU rank gets under load (profile entry `cpu_share`; 1 when not stated)."""
+def cpu_share(cluster: ClusterProfile) -> float:
+    """The share of a core a CPU rank gets while every rank computes (profile entry `cpu_share`; 1 when not
+    stated)."""
     entry = cluster.efficiency.get("cpu_share")
     return float(entry["value"]) if entry else 1.0
 
@@ -74,7 +77,7 @@ def optimizer_step_time(local_params: float, cluster: ClusterProfile) -> float:
     """AdamW over `local_params` parameters: memory-bound, or as measured per parameter by the profiler."""
     table = cluster.compute or {}
     if table.get("optimizer_s_per_param"):
-        return float(table["optimizer_s_per_param"]) * local_params / _cpu_share(cluster)
+        return float(table["optimizer_s_per_param"]) * local_params / cpu_share(cluster)
     return local_params * ADAM_BYTES_PER_PARAM / (cluster.device.memory_bandwidth_Bps * cluster.eff("memory"))
 
 
@@ -147,11 +150,11 @@ def _interpolate(points: list[tuple[float, PassTimes]], x: float) -> PassTimes:
     raise AssertionError("unreachable")
 
 
-def _measured_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> ModelPieces | None:
+def _measured_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
+                     share: float) -> ModelPieces | None:
     table = cluster.compute
     if not table or not _shape_matches(table, model, c.dtype):
         return None
-    share = _cpu_share(cluster)
     by_block: dict[str, list[tuple[float, PassTimes]]] = {}
     same_seq = [e for e in table.get("entries", []) if e.get("tp") == c.tp and e.get("seq_len") == c.seq_len]
     entries = same_seq or [e for e in table.get("entries", []) if e.get("tp") == c.tp]

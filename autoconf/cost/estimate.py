@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from autoconf.cost.comm import collective_time, p2p_time
-from autoconf.cost.compute import PassTimes, model_pieces, optimizer_step_time
+from autoconf.cost.compute import PassTimes, cpu_share, model_pieces, optimizer_step_time
 from autoconf.cost.memory import stage_memory, stage_params
 from autoconf.cost.schedules import build_schedule
 from autoconf.cost.simulate import StageCosts, Timeline, simulate
@@ -112,27 +112,31 @@ def recompute_time(pieces, c: ParallelConfig, one_collective: float) -> float:
     return 0.0
 
 
-def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float,
-                   devices: list[int]) -> tuple[float, float, float]:
+def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, devices: list[int],
+                   units: int = 1) -> tuple[float, float, float]:
     """(gather per forward/backward pass, gather once per step, gradient reduction) of a stage holding `params`
-    parameters per TP rank: ZeRO-0 all-reduces fp32 gradients; FSDP (ZeRO >= 1) reduce-scatters them and gathers
-    the compute-dtype parameters once per step, or at ZeRO-3 again for every pass (reshard after forward) except
-    under looped-bfs, where all micro-batches pass a chunk together."""
+    parameters per TP rank: ZeRO-0 all-reduces fp32 gradients in one bucket; FSDP (ZeRO >= 1, one unit per block
+    plus the stage's root, `units` in all) reduce-scatters them and gathers the compute-dtype parameters once per
+    step, or at ZeRO-3 again for every pass (reshard after forward) except under looped-bfs, where all
+    micro-batches pass a chunk together. Each FSDP unit is its own collective and pays the profile's
+    `collective_sync_s`."""
     if c.dp <= 1:
         return 0.0, 0.0, 0.0
     if c.zero_stage == 0:
         return 0.0, 0.0, collective_time(cluster, "all_reduce", params * 4, devices)
-    reduce = collective_time(cluster, "reduce_scatter", params * 4, devices)
-    gather = collective_time(cluster, "all_gather", params * DTYPE_BYTES[c.dtype], devices)
+    extra = (units - 1) * cluster.overhead("collective_sync_s")
+    reduce = collective_time(cluster, "reduce_scatter", params * 4, devices) + extra
+    gather = collective_time(cluster, "all_gather", params * DTYPE_BYTES[c.dtype], devices) + extra
     if c.zero_stage == 3 and c.schedule != "looped-bfs":
         return gather, 0.0, reduce
     return 0.0, gather, reduce
 
 
 def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list,
-               stage_to_rank: tuple, mesh: np.ndarray, execution: Execution, p2p=None) -> StagePlan:
+               stage_to_rank: tuple, mesh: np.ndarray, execution: Execution, p2p=None,
+               share: float | None = None) -> StagePlan:
     c = config
-    pieces = model_pieces(model, cluster, c)
+    pieces = model_pieces(model, cluster, c, share)
     pass_overhead = cluster.overhead("pass_overhead_s")
     last = len(partition) - 1
     forward, back_in, back_w = [], [], []
@@ -153,7 +157,8 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             tp = tp + PassTimes(0.0, one, 0.0)
         # DP / FSDP collectives of this stage's parameters.
         params = stage_params(model, partition, st) / c.tp
-        per_microbatch_gather, gather, reduce = dp_collectives(cluster, c, params, _dp_group(mesh, rank))
+        per_microbatch_gather, gather, reduce = dp_collectives(cluster, c, params, _dp_group(mesh, rank),
+                                                               units=layers + 1)
         fwd = compute.forward + tp.forward + pass_overhead
         bwd_in = compute.backward_input + tp.backward_input + recompute + pass_overhead
         bwd_w = compute.backward_weight
@@ -219,11 +224,25 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
     extrapolate = not detail and c.num_microbatches > EXTRAPOLATE_ABOVE * c.pp
     schedule = _schedule(c.schedule, c.pp, 3 * c.pp if extrapolate else c.num_microbatches, c.vpp)
     p2p = _p2p_function(cluster, c, model, schedule.stage_to_rank, mesh, execution)
-    sp = stage_plan(model, cluster, c, partition, schedule.stage_to_rank, mesh, execution, p2p)
-    if extrapolate:
-        full, makespan = _extrapolated_step(c, sp, p2p, execution)
-    else:
-        full, makespan = _simulate_step(schedule, sp, p2p, execution)
+
+    def run(share: float):
+        sp = stage_plan(model, cluster, c, partition, schedule.stage_to_rank, mesh, execution, p2p, share)
+        if extrapolate:
+            return (sp, *_extrapolated_step(c, sp, p2p, execution))
+        return (sp, *_simulate_step(schedule, sp, p2p, execution))
+
+    share = cpu_share(cluster)
+    sp, full, makespan = run(share)
+    if share < 1.0:
+        # CPU ranks share cores: `cpu_share` is each rank's share while all compute. Ranks waiting in a pipeline
+        # bubble or on a peer sleep, so the busy ones get more: re-simulate at the share the first pass's average
+        # number of busy ranks leaves them (a mean-field view of the OS's processor sharing).
+        ranks_per_node = cluster.gpus_per_node
+        busy = sum(full.compute_time_per_rank) / (c.pp * makespan) * ranks_per_node
+        if busy > 0:
+            relaxed = min(1.0, share * ranks_per_node / busy)
+            if relaxed > share:
+                sp, full, makespan = run(relaxed)
 
     # Optimizer: AdamW over each rank's (ZeRO-sharded) parameters; the slowest rank bounds the step.
     local_params = [sum(stage_params(model, partition, st) for st in schedule.stages_of_rank(r)) / c.tp

@@ -298,3 +298,27 @@ def measure_collectives(layout: HostLayout, sizes: list[int], warmup: int, repea
     for (op, kind, k, nbytes), times in sorted(per_group.items()):
         out[op][kind].append({"ranks": k, "bytes": nbytes, "time_s": median(times)})
     return out
+
+
+def loaded_sync_time(device: torch.device, repeats: int, work_s: float = 0.003) -> float:
+    """Median time of a 4 KiB all-reduce over every rank when each rank computes for about `work_s` between calls,
+    as in training. On CPU ranks that share cores this is dominated by waiting for every member to be scheduled;
+    the cost model adds it to every collective and transfer (profile entry `collective_sync_s`)."""
+    import time
+
+    a = torch.randn(192, 192)
+    start = time.perf_counter()
+    steps = 0
+    while time.perf_counter() - start < work_s:  # size the work loop once
+        a = torch.tanh(a @ a)
+        steps += 1
+    buffer = torch.zeros(1024, dtype=torch.float32, device=device)
+    times = []
+    dist.barrier()
+    for _ in range(repeats):
+        for _ in range(steps):
+            a = torch.tanh(a @ a)
+        t0 = time.perf_counter()
+        dist.all_reduce(buffer)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))

@@ -208,6 +208,12 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
         coll_sizes = coll_sizes[:1]
     log(f"collectives: all_reduce, all_gather, reduce_scatter at {', '.join(_size(n) for n in coll_sizes)}")
     collectives = network.measure_collectives(layout, coll_sizes, warm, reps, device, log) if world > 1 else {}
+    if not on_gpu and world > 1:
+        sync = float(median(_gather(network.loaded_sync_time(device, 5 if tiny else 30))))
+        efficiency["collective_sync_s"] = {
+            "value": sync, "why": "median time of a 4 KiB all-reduce while every rank computes between calls: the wait "
+                                  "for all members to be scheduled, added to every collective and transfer"}
+        log(f"  collective under load: {sync * 1e3:.2f} ms")
 
     # 5. Compute.
     model_arg = args.model or (None if on_gpu else DEFAULT_CPU_MODEL)

@@ -58,7 +58,8 @@ class _BoundCache:
     def _layer(self, c: ParallelConfig):
         key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len)
         if key not in self._pieces:
-            self._pieces[key] = model_pieces(self.model, self.cluster, c)
+            # A CPU rank may get a whole core when others wait: bound with the fastest share.
+            self._pieces[key] = model_pieces(self.model, self.cluster, c, share=1.0)
         return self._pieces[key]
 
     def _tp_collective(self, c: ParallelConfig) -> float:
