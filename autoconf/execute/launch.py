@@ -140,6 +140,15 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
     return [base + r + ["-m", "autoconf.execute.train"] + train_args for r in rdzv]
 
 
+def master_host_node(plan, nnodes: int, nproc_per_node: int) -> int:
+    """The physical node that starts as torchrun node rank 0 (it hosts grid block 0, and torchrun's static
+    rendezvous store): node 0 unless the placement reorders nodes."""
+    if nnodes <= 1:
+        return 0
+    blocks = node_blocks(plan.device_of(), nproc_per_node)
+    return blocks[0] if blocks else 0
+
+
 def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | None = None,
            metrics: str | None = None, checkpoint_dir: str | None = None, checkpoint_every: int = 0,
            max_restarts: int = 0, dry_run: bool = False, nnodes: int = 1, node_rank: int = 0,
@@ -163,8 +172,15 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
     commands = build_commands(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_every,
                               max_restarts, nnodes, node_rank, master_addr, master_port, nproc_per_node, force,
                               timeout_s, rendezvous_timeout_s)
+    plan = load_plan(plan_path)
+    nproc = int(commands[0][commands[0].index("--nproc-per-node") + 1])
     if not dry_run:
-        _check_devices(load_plan(plan_path), int(commands[0][commands[0].index("--nproc-per-node") + 1]))
+        _check_devices(plan, nproc)
+    master_node = master_host_node(plan, nnodes, nproc)
+    if master_node != 0:
+        print(f"autoconf: note: the placement puts grid block 0 on node {master_node}, which starts as torchrun node "
+              f"rank 0 and hosts the rendezvous: --master-addr must be node {master_node}'s address on every node",
+              file=sys.stderr)
     if dry_run:
         for rank, command in enumerate(commands):
             prefix = f"# node {rank}: " if len(commands) > 1 else ""

@@ -61,10 +61,16 @@ def launch_script(plan: Plan, plan_path: str | Path | None) -> str:
     if nodes > 1:
         lines += [f"# Run on each of the {nodes} nodes with its node rank (0..{nodes - 1}) as the first argument.",
                   "NODE_RANK=${1:?usage: $0 NODE_RANK}",
-                  "MASTER_ADDR=${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}",
+                  f"MASTER_ADDR=${{MASTER_ADDR:?set MASTER_ADDR to the address of node {_master_node(plan)}}}",
                   f"MASTER_PORT=${{MASTER_PORT:-{MASTER_PORT}}}"]
     lines.append(launch_command(plan, plan_path))
     return "\n".join(lines) + "\n"
+
+
+def _master_node(plan: Plan) -> int:
+    """The physical node that starts as torchrun node rank 0 and so hosts the rendezvous."""
+    mapping = _torchrun_ranks(plan)
+    return 0 if mapping is None else mapping.index(0)
 
 
 def _torchrun_ranks(plan: Plan) -> list[int] | None:
@@ -106,7 +112,7 @@ def torchrun_script(plan: Plan, plan_path: str | Path | None, node_rank: int | N
     if master:
         lines.append(f"MASTER_ADDR=${{MASTER_ADDR:-{master}}}")
     else:
-        lines.append("MASTER_ADDR=${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}")
+        lines.append(f"MASTER_ADDR=${{MASTER_ADDR:?set MASTER_ADDR to the address of node {_master_node(plan)}}}")
     lines += [f"MASTER_PORT=${{MASTER_PORT:-{MASTER_PORT}}}", "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}",
               torchrun_command(plan, plan_path, "$NODE_RANK" if node_rank is None else node_rank)]
     return "\n".join(lines) + "\n"
