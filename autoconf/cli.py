@@ -46,7 +46,7 @@ def default_dtype(cluster) -> str:
 
 def parse_fix(values: tuple[str, ...]) -> dict:
     """--fix KEY=VALUE pairs into typed config fields."""
-    from autoconf.solve.space import FIXABLE, parse_fix_value
+    from autoconf.solve.space import ALIASES, FIXABLE, parse_fix_value
 
     fixed = {}
     for item in values:
@@ -54,7 +54,7 @@ def parse_fix(values: tuple[str, ...]) -> dict:
             raise UserError(f"--fix {item!r} must look like KEY=VALUE, e.g. --fix tp=8 (keys: {', '.join(FIXABLE)})")
         key, value = item.split("=", 1)
         key = key.strip().replace("-", "_")
-        fixed[key] = parse_fix_value(key, value.strip())
+        fixed[ALIASES.get(key, key)] = parse_fix_value(key, value.strip())
     return fixed
 
 
@@ -125,7 +125,8 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
     model = load_model(model_arg)
     cluster = load_cluster(cluster_arg, nodes, gpus_per_node)
     config = ParallelConfig(tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=micro_batch,
-                            global_batch_size=global_batch, seq_len=seq_len or default_seq_len(model),
+                            global_batch_size=global_batch,
+                            seq_len=default_seq_len(model) if seq_len is None else seq_len,
                             schedule=schedule, zero_stage=zero, recompute=recompute,
                             sequence_parallel=sequence_parallel, dtype=dtype or default_dtype(cluster),
                             attention=attention)
@@ -174,7 +175,9 @@ def plan(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, fi
     model = load_model(model_arg)
     cluster = load_cluster(cluster_arg, nodes, gpus_per_node)
     fixed = parse_fix(fix)
-    seq_len = seq_len or default_seq_len(model)
+    seq_len = default_seq_len(model) if seq_len is None else seq_len
+    if seq_len < 1:
+        raise UserError(f"--seq-len must be >= 1 (got {seq_len})")
     dtype = fixed.pop("dtype", None) or dtype or default_dtype(cluster)
     if global_batch < 1:
         raise UserError(f"--global-batch must be >= 1 (got {global_batch})")
@@ -189,13 +192,13 @@ def plan(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, fi
         raise UserError(explain_infeasible(model, cluster, result, global_batch, seq_len, dtype, attention, fixed,
                                            execution))
     best = result.plans[0]
-    if out is not None:
-        best.save(out, force=force)
     written = []
-    if explain_dir is not None:
+    if explain_dir is not None:  # first: it refuses existing files before writing any, and so leaves --out alone
         from autoconf.report.explain import explain
 
         written = explain(result.plans, explain_dir, cluster=cluster, plan_path=out, force=force)
+    if out is not None:
+        best.save(out, force=force)
     if as_json:
         click.echo(json.dumps({"plans": [p.to_dict() for p in result.plans], "search": result.stats}, indent=2))
         return

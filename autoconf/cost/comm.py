@@ -39,8 +39,8 @@ def _ring_time(op: str, nbytes: float, k: int, latency: float, bandwidth: float)
 
 
 def _measured(cluster: ClusterProfile, op: str, scope: str, k: int, nbytes: float) -> float | None:
-    points = sorted((p["bytes"], p["time_s"]) for p in cluster.collectives.get(op, {}).get(scope, [])
-                    if p.get("ranks") == k)
+    by_size = {p["bytes"]: p["time_s"] for p in cluster.collectives.get(op, {}).get(scope, []) if p.get("ranks") == k}
+    points = sorted(by_size.items())
     if len(points) < 2:
         return None
     for (x0, y0), (x1, y1) in zip(points, points[1:]):

@@ -8,7 +8,7 @@ Two sources, in this order of preference:
 2. the specification model: matmul FLOPs at `peak x efficiency["matmul"]`, the attention core at
    `peak x efficiency["attention"]`, element-wise traffic at `HBM bandwidth x efficiency["memory"]`.
 
-Communication is not in here (see comm.py); recomputation is applied by `stage_costs` in estimate.py.
+Communication is not in here (see comm.py); recomputation is applied by `stage_plan` in estimate.py.
 """
 
 from __future__ import annotations

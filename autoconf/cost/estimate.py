@@ -4,11 +4,11 @@
                    the embedding on the first stage, the head and loss on the last          (compute.py, comm.py)
     simulation   = the schedule's action lists run on those costs, with P2P transfers between the devices of
                    neighbouring stages and the DP/FSDP collectives on a separate stream    (schedules.py, simulate.py)
-    iteration    = simulated makespan + optimizer step
+    iteration    = simulated makespan + optimizer step + the profile's step_overhead_s
     memory       = per pipeline rank, with the in-flight micro-batches the simulation counted   (memory.py)
 
-The time breakdown (compute, recompute, tp_comm, bubble, pp_comm, dp_comm, optimizer) adds up to the iteration
-time: the terms after tp_comm are what each extra ingredient adds to the simulated makespan of the critical rank.
+The time breakdown (compute, recompute, tp_comm, bubble, pp_comm, dp_comm, optimizer, framework) adds up to the
+iteration time: the terms after tp_comm are what each extra ingredient adds to the simulated makespan of the critical rank.
 """
 
 from __future__ import annotations
@@ -347,7 +347,6 @@ def _memory(model, cluster, c, partition, schedule, timeline: Timeline, executio
 
 def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, optimizer: float, step_overhead: float) -> dict:
     """Named terms that add up to the iteration time, read off the critical (busiest) rank."""
-    zeros = [0.0] * schedule.num_stages
     bare = simulate(schedule, sp.costs, 0.0)
     with_p2p = simulate(schedule, sp.costs, p2p)
     busiest = max(range(schedule.pp), key=lambda r: bare.compute_time_per_rank[r])
@@ -370,7 +369,6 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, optimizer: float, 
     busy = bare.compute_time_per_rank[busiest]
     # Gather waits hidden in max(compute, gather) show up as compute time of the stage: attribute them to dp_comm.
     fsdp_wait = busy - (compute + recompute + tp + overhead)
-    del zeros
     return {
         "compute": compute,
         "recompute": recompute,

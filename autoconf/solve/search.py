@@ -54,6 +54,7 @@ class _BoundCache:
         self._dp: dict = {}
         self._p2p: dict = {}
         self._rank0: dict = {}
+        self._hop_count: dict = {}
 
     def _layer(self, c: ParallelConfig):
         key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len)
@@ -77,9 +78,12 @@ class _BoundCache:
             nbytes = p2p_bytes(model, c, self.execution)
             p2p = 0.0
             if c.pp > 1:
-                # Default mesh: pipeline rank r holds devices [r*dp*tp, (r+1)*dp*tp).
+                # The cheapest hop between neighbouring pipeline ranks of the default mesh (wrap-around included):
+                # pipeline rank r holds devices [r*dp*tp, (r+1)*dp*tp).
                 width = c.dp * c.tp
-                p2p = p2p_time(cluster, nbytes, [(d, d + width) for d in range(width)])
+                world = c.pp * width
+                p2p = min(p2p_time(cluster, nbytes, [(r * width + d, ((r + 1) * width + d) % world)
+                                                     for d in range(width)]) for r in range(c.pp))
             self._p2p[p2p_key] = p2p
         dp_key = (c.tp, c.pp, c.dp, per_stage_layers, c.dtype, c.zero_stage, c.schedule == "looped-bfs")
         if dp_key not in self._dp:
@@ -98,6 +102,16 @@ class _BoundCache:
             parts = uniform_partition(self.model.num_layers, c.num_stages)
             self._rank0[key] = sum(end - first for st, (first, end) in enumerate(parts) if owner[st] == 0)
         return self._rank0[key]
+
+    def _hops(self, c: ParallelConfig) -> int:
+        """How many times consecutive stages sit on different ranks."""
+        key = (c.schedule, c.pp, c.vpp)
+        if key not in self._hop_count:
+            from autoconf.cost.schedules import stage_to_rank
+
+            owner = stage_to_rank(c.schedule, c.pp, c.vpp)
+            self._hop_count[key] = sum(owner[s] != owner[s + 1] for s in range(len(owner) - 1))
+        return self._hop_count[key]
 
     def bounds(self, c: ParallelConfig) -> _Bounds:
         """Lower bounds on the simulated iteration time and on rank 0's peak memory for the uniform partition.
@@ -121,9 +135,12 @@ class _BoundCache:
         chunk_w = per_stage_layers * block.backward_weight
         chunk_fwd, chunk_bwd = max(chunk_fwd, gather), max(chunk_bwd, gather)
         chunk = chunk_fwd + chunk_bwd + chunk_w
-        # Busiest rank: it holds at least ceil(L/pp) layers.
-        layer_share = math.ceil(model.num_layers / c.pp) / (per_stage_layers * (S // c.pp))
-        busy = m * (S // c.pp) * ((chunk - 2 * overhead) * layer_share + 2 * overhead)
+        # Busiest rank: it holds at least ceil(L/pp) layers in S/pp stages, each pass at least its FSDP gather.
+        n, rank_layers = S // c.pp, math.ceil(model.num_layers / c.pp)
+        layer_fwd = block.forward + 2 * one
+        layer_bwd = block.backward_input + 2 * one + recompute
+        busy = m * (max(rank_layers * layer_fwd + n * overhead, n * gather)
+                    + max(rank_layers * layer_bwd + n * overhead, n * gather) + rank_layers * block.backward_weight)
         if c.pp == 1:
             bubble = 0.0
         elif c.schedule in ("zbv", "dualpipev"):
@@ -132,7 +149,9 @@ class _BoundCache:
             bubble = (c.pp - 1) * max(0.0, chunk_fwd + chunk_bwd - chunk_w)
         else:
             bubble = (c.pp - 1) * chunk
-        fill_drain = 2 * (c.pp - 1) * p2p
+        hops = self._hops(c)
+        # Fill and drain: the first forward and the last backward cross every rank boundary of a loop placement.
+        fill_drain = 0.0 if c.schedule in ("zbv", "dualpipev") else 2 * (c.pp - 1) * p2p
         rank0_layers = self._rank0_layers(c)
         params_rank0 = (rank0_layers * model.layer_params() + model.embedding_params()) / c.tp
         shard = c.dp if c.zero_stage >= 1 else 1
@@ -143,24 +162,21 @@ class _BoundCache:
         comm_stream = stages_rank0 * (gather_once + reduce)
         compute_path = gather_once + busy + bubble + fill_drain + reduce
         # Micro-batch 0 passes every stage forward and backward in turn, hopping ranks between stages.
-        layer_fwd = block.forward + 2 * one
-        layer_bwd = block.backward_input + 2 * one + recompute
-        chain = (model.num_layers * (layer_fwd + layer_bwd) + 2 * S * overhead
-                 + (2 * (S - 1) * p2p if c.pp > 1 else 0.0))
+        chain = model.num_layers * (layer_fwd + layer_bwd) + 2 * S * overhead + 2 * hops * p2p
         time_bound = max(compute_path, comm_stream, chain) + optimizer + cluster.overhead("step_overhead_s")
 
         w, g, o, copy = _state_bytes_per_param(c, self.execution.memory_layout)
         act = model.layer_activation_bytes(c.seq_len, c.micro_batch_size, c.tp, c.sequence_parallel, c.recompute,
                                            c.attention, DTYPE_BYTES[c.dtype])
-        if c.zero_stage >= 3 and self.execution.memory_layout == "torch":
+        if c.zero_stage >= 3 and c.dp > 1 and self.execution.memory_layout == "torch":
             compute_copy = 2 * model.layer_params() / c.tp * DTYPE_BYTES[c.dtype]
         else:
             compute_copy = params_rank0 * copy
-        # In-flight stage-micro-batches times the mean layers of rank 0's stages, less a 10% allowance because the
+        # In-flight stage-micro-batches times the mean layers of rank 0's stages, less a 30% allowance because the
         # peak may fall on its smaller stages: a bound, so no layout that fits is pruned.
         mean_layers = rank0_layers / stages_rank0
         memory_bound = (params_rank0 * (w + g + o) + compute_copy
-                        + 0.9 * _inflight_rank0(c) * mean_layers * act + cluster.device.memory_overhead_bytes)
+                        + 0.7 * _inflight_rank0(c) * mean_layers * act + cluster.device.memory_overhead_bytes)
         return _Bounds(time_bound, memory_bound)
 
 
@@ -297,6 +313,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
                        seq_len: int, dtype: str, attention: str, fixed: dict,
                        execution: Execution = Execution()) -> str:
     """One line: the closest candidate's shortfall, and the smallest change that makes some layout fit."""
+    fixed = normalise_fixed(fixed)
     over, config = result.closest
     plan = estimate(model, cluster, config, execution=execution, detail=False)
     memory = plan.prediction["memory_per_stage"]
@@ -314,7 +331,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         if any(k in fixed and fixed[k] != v for k, v in changes.items()):
             continue
         changed = with_changes(config, **changes)
-        if changed.problems(model, cluster.world_size):
+        if changed.problems(model, cluster.world_size) or unsupported_reason(changed):
             continue
         if estimate(model, cluster, changed, execution=execution, detail=False).prediction["fits"]:
             return message + f"; it fits with {label}"
@@ -323,7 +340,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         cache = _BoundCache(model, bigger, execution)
         for config in candidates(model, bigger.world_size, bigger.gpus_per_node, global_batch, seq_len, dtype,
                                  attention, fixed):
-            if cache.bounds(config).memory_bytes > bigger.device.memory_bytes:
+            if unsupported_reason(config) or cache.bounds(config).memory_bytes > bigger.device.memory_bytes:
                 continue
             if estimate(model, bigger, config, execution=execution, detail=False).prediction["fits"]:
                 return message + (f"; the smallest change that fits: {bigger.nodes} nodes "

@@ -35,9 +35,14 @@ def parse_fix_value(key: str, value: str):
         raise UserError(f"--fix {key}: unknown key; fixable: {', '.join(FIXABLE)}")
     if key in INT_FIELDS:
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
             raise UserError(f"--fix {key}={value}: expected an integer") from None
+        least = 0 if key == "zero_stage" else 1
+        if number < least or (key == "zero_stage" and number > 3):
+            raise UserError(f"--fix {key}={value}: expected " + ("0, 1, 2 or 3" if key == "zero_stage"
+                                                                  else "a positive integer"))
+        return number
     if key == "sequence_parallel":
         lowered = value.lower()
         if lowered not in ("true", "false", "1", "0", "yes", "no"):

@@ -84,12 +84,11 @@ class ClusterProfile:
         if self.nodes < 1 or self.gpus_per_node < 1:
             raise UserError(f"cluster {self.name}: nodes and gpus_per_node must be >= 1 "
                             f"(got {self.nodes} x {self.gpus_per_node})")
-        if self.intra_node_matrix is not None and len(self.intra_node_matrix) != self.gpus_per_node:
-            raise UserError(f"cluster {self.name}: intra_node_matrix is {len(self.intra_node_matrix)} wide but "
-                            f"gpus_per_node is {self.gpus_per_node}")
-        if self.inter_node_matrix is not None and len(self.inter_node_matrix) != self.nodes:
-            raise UserError(f"cluster {self.name}: inter_node_matrix is {len(self.inter_node_matrix)} wide but "
-                            f"nodes is {self.nodes}")
+        for key, size, what in (("intra_node_matrix", self.gpus_per_node, "gpus_per_node"),
+                                ("inter_node_matrix", self.nodes, "nodes")):
+            matrix = getattr(self, key)
+            if matrix is not None and (len(matrix) != size or any(len(row) != size for row in matrix)):
+                raise UserError(f"cluster {self.name}: {key} must be {size} x {size} ({what} is {size})")
         if self.backend not in ("nccl", "gloo"):
             raise UserError(f"cluster {self.name}: backend must be nccl or gloo, got {self.backend!r}")
 
@@ -222,15 +221,28 @@ class ClusterProfile:
 
             efficiency = dict(data["efficiency"])
             for key, entry in efficiency.items():
-                if not isinstance(entry, dict) or not isinstance(entry.get("value"), (int, float)):
+                value = entry.get("value") if isinstance(entry, dict) else None
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                     raise UserError(f"{source}: efficiency {key!r} must be {{\"value\": number, \"why\": text}}")
+                if key.endswith("_s") and value < 0:
+                    raise UserError(f"{source}: efficiency {key!r} is a time in seconds and must be >= 0")
+                if not key.endswith("_s") and value <= 0:
+                    raise UserError(f"{source}: efficiency {key!r} must be a positive fraction of a peak, got {value}")
+            collectives = dict(data.get("collectives") or {})
+            for op, scopes in collectives.items():
+                for scope, points in dict(scopes).items():
+                    for point in points:
+                        if not all(isinstance(point.get(k), (int, float)) and point.get(k) > 0
+                                   for k in ("ranks", "bytes", "time_s")):
+                            raise UserError(f"{source}: collectives {op}/{scope} entries need positive numbers "
+                                            f"ranks, bytes and time_s, got {point!r}")
             return cls(
                 name=str(data["name"]), nodes=int(data["nodes"]), gpus_per_node=int(data["gpus_per_node"]),
                 device=device, intra_node=Link.from_dict(data["intra_node"], f"{source}: intra_node"),
                 inter_node=Link.from_dict(data["inter_node"], f"{source}: inter_node"), efficiency=efficiency,
                 backend=str(data.get("backend", "nccl")), description=str(data.get("description", "")),
                 intra_node_matrix=matrix("intra_node_matrix"), inter_node_matrix=matrix("inter_node_matrix"),
-                collectives=dict(data.get("collectives") or {}), compute=data.get("compute"),
+                collectives=collectives, compute=data.get("compute"),
                 hostnames=None if data.get("hostnames") is None else tuple(data["hostnames"]),
                 source=str(data.get("source", "specification")))
         except KeyError as missing:

@@ -304,7 +304,7 @@ def validate(model: ModelSpec, cluster: ClusterProfile, cluster_label: str, glob
                                                   out_dir / "calibrated_profile.json")
     if cluster_path is not None and calibrate and calibrated_path.resolve() == Path(cluster_path).resolve():
         raise UserError(f"--out {out_dir} would overwrite the input profile {cluster_path}; choose another folder")
-    existing = [p for p in (report_path, out_dir / "runs") if p.exists()]
+    existing = [p for p in (report_path, scatter_path, calibrated_path, out_dir / "runs") if p.exists()]
     if existing and not force:
         raise UserError(f"{existing[0]} already exists; pass --force to overwrite it or choose another --out")
     if cluster.world_size > 64:
