@@ -117,3 +117,27 @@ def test_plan_json_lists_the_search_statistics(tmp_path):
     doc = json.loads(out.stdout)
     assert len(doc["plans"]) == 2 and {"candidates", "feasible", "seconds"} <= set(doc["search"])
     assert doc["plans"][0]["prediction"]["iteration_time_s"] <= doc["plans"][1]["prediction"]["iteration_time_s"]
+
+
+@pytest.mark.parametrize("cluster_name", ["cpu-local", "heterogeneous"])
+def test_search_bounds_never_exceed_the_simulation(cluster_name):
+    """Pruning is safe only if every closed-form bound is at most the simulated time and peak memory: checked over
+    every launchable candidate, every schedule included, on a uniform and on an uneven fabric."""
+    from autoconf.cost.estimate import Execution
+    from autoconf.solve.search import _BoundCache
+
+    if cluster_name == "cpu-local":
+        model, cluster, batch, seq, dtype = TINY, CPU, 16, 64, "fp32"
+    else:
+        model, cluster, batch, seq, dtype = PRESETS["gpt3-1.3b"], heterogeneous_cluster(), 32, 2048, "bf16"
+    cache = _BoundCache(model, cluster, Execution())
+    checked = 0
+    for config in candidates(model, cluster.world_size, cluster.gpus_per_node, batch, seq, dtype):
+        if unsupported_reason(config):
+            continue
+        bound = cache.bounds(config)
+        p = estimate(model, cluster, config, detail=False).prediction
+        assert bound.time_s <= p["iteration_time_s"] * (1 + 1e-9), config
+        assert bound.memory_bytes <= p["peak_memory_bytes"] * (1 + 1e-9), config
+        checked += 1
+    assert checked > 100

@@ -299,8 +299,10 @@ def _simulate_step(schedule, sp: StagePlan, p2p, execution: Execution) -> tuple[
 def _extrapolated_step(c: ParallelConfig, sp: StagePlan, p2p, execution: Execution) -> tuple[Timeline, float]:
     """For many micro-batches: simulate 2p and 3p of them and extend linearly to m.
 
-    Past the fill, every schedule here repeats the same per-micro-batch pattern, so the makespan and the rank
-    compute times are affine in m and the in-flight peaks are constant (1F1B-like) or grow linearly (GPipe-like).
+    Past the fill, every schedule here repeats the same per-micro-batch pattern, so the end of the compute and the
+    rank compute times are affine in m and the in-flight peaks are constant (1F1B-like) or grow linearly
+    (GPipe-like). The DP/FSDP collectives that end the step are not affine (each waits for the later of its stage's
+    last backward and the previous collective), so the tail they add after the compute is taken as simulated at 3p.
     Used only to rank candidates; a plan's reported numbers come from the full simulation.
     """
     m = c.num_microbatches
@@ -314,7 +316,7 @@ def _extrapolated_step(c: ParallelConfig, sp: StagePlan, p2p, execution: Executi
     def extend_counts(xs, ys, cap):
         return [min(cap, int(round(extend(x, y)))) for x, y in zip(xs, ys)]
 
-    makespan = extend(span1, span2)
+    makespan = extend(t1.compute_end, t2.compute_end) + (span2 - t2.compute_end)
     compute = [extend(a, b) for a, b in zip(t1.compute_time_per_rank, t2.compute_time_per_rank)]
     timeline = Timeline(
         events=[], comm_events=[], makespan=extend(t1.makespan, t2.makespan), compute_time_per_rank=compute,

@@ -160,7 +160,10 @@ class _BoundCache:
         # first gather precedes the first forward.
         stages_rank0 = S // c.pp
         comm_stream = stages_rank0 * (gather_once + reduce)
-        compute_path = gather_once + busy + bubble + fill_drain + reduce
+        # GPipe and 1F1B pay the fill/drain transfers on top of the textbook bubble; multi-chunk and zero-bubble
+        # orders can hide transfers in idle time, so there only the larger of the two is certain.
+        idle = bubble + fill_drain if c.schedule in ("gpipe", "1f1b") else max(bubble, fill_drain)
+        compute_path = gather_once + busy + idle + reduce
         # Micro-batch 0 passes every stage forward and backward in turn, hopping ranks between stages.
         chain = model.num_layers * (layer_fwd + layer_bwd) + 2 * S * overhead + 2 * hops * p2p
         time_bound = max(compute_path, comm_stream, chain) + optimizer + cluster.overhead("step_overhead_s")
