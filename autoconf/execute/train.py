@@ -451,6 +451,7 @@ def main(argv=None) -> int:
         _log(f"autoconf: tp {plan.config.tp} pp {plan.config.pp} dp {plan.config.dp} schedule "
              f"{plan.config.schedule} zero {plan.config.zero_stage} on {dist.get_world_size()} x {device.type}")
         train(plan, opts, device)
+        dist.barrier()  # every rank done (and its last sends received) before the process groups are torn down
     except UserError as err:
         if not dist.is_initialized() or dist.get_rank() == 0:
             print(f"autoconf: error: {err}", file=sys.stderr, flush=True)
