@@ -243,16 +243,21 @@ def scatter_png(report: Report, path: Path) -> Path:
         ax.set_ylim(lo, hi)
     ax.set_xlabel("predicted step time (ms)")
     ax.set_ylabel("measured step time (ms, median after warm-up)")
-    stats = []
-    if report.median_abs_error is not None:
-        stats.append(f"median |error| {100 * report.median_abs_error:.1f}%")
-    if report.spearman is not None:
-        stats.append(f"Spearman {report.spearman:.2f}")
-    if report.regret is not None:
-        stats.append(f"regret {100 * report.regret:.1f}%")
-    ax.set_title(f"{report.model} on {report.cluster}: " + ", ".join(stats), fontsize=9)
+    ax.set_title(f"{report.model} on {report.cluster}: " + ", ".join(_summary_parts(report, "regret")), fontsize=9)
     ax.legend(fontsize=7, loc="upper left", frameon=False)
     return _save(fig, path)
+
+
+def _summary_parts(report: Report, regret_label: str) -> list[str]:
+    """The report's median |error|, Spearman and regret, as far as they are known."""
+    parts = []
+    if report.median_abs_error is not None:
+        parts.append(f"median |error| {100 * report.median_abs_error:.1f}%")
+    if report.spearman is not None:
+        parts.append(f"Spearman {report.spearman:.2f}")
+    if report.regret is not None:
+        parts.append(f"{regret_label} {100 * report.regret:.1f}%")
+    return parts
 
 
 def report_table(report: Report):
@@ -274,13 +279,7 @@ def report_table(report: Report):
             row.append(f"{after * 1e3:.1f} ms ({100 * (after - r.measured_s) / r.measured_s:+.1f}%)"
                        if after is not None else "")
         table.add_row(*row)
-    caption = []
-    if report.median_abs_error is not None:
-        caption.append(f"median |error| {100 * report.median_abs_error:.1f}%")
-    if report.spearman is not None:
-        caption.append(f"Spearman {report.spearman:.2f}")
-    if report.regret is not None:
-        caption.append(f"regret of the planner's choice (*) {100 * report.regret:.1f}%")
+    caption = _summary_parts(report, "regret of the planner's choice (*)")
     cal = report.calibration or {}
     if cal.get("after"):
         b, a = cal["before"], cal["after"]
