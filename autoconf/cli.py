@@ -179,6 +179,9 @@ def plan(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, fi
     if seq_len < 1:
         raise UserError(f"--seq-len must be >= 1 (got {seq_len})")
     dtype = fixed.pop("dtype", None) or dtype or default_dtype(cluster)
+    if cluster.device.kind == "cpu" and dtype != "fp32":
+        raise UserError(f"the bundled executor trains in fp32 on CPU ranks, so a {dtype} plan for {cluster.name} could "
+                        f"not run as planned; drop --dtype / --fix dtype (fp32) or use `estimate` for what-if numbers")
     if global_batch < 1:
         raise UserError(f"--global-batch must be >= 1 (got {global_batch})")
     for path in (out,):

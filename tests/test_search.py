@@ -141,3 +141,14 @@ def test_search_bounds_never_exceed_the_simulation(cluster_name):
         assert bound.memory_bytes <= p["peak_memory_bytes"] * (1 + 1e-9), config
         checked += 1
     assert checked > 100
+
+
+def test_plan_refuses_a_dtype_the_cpu_executor_cannot_train():
+    """On a CPU profile the executor trains in fp32, so `plan --fix dtype=bf16` is refused in one line."""
+    from click.testing import CliRunner
+
+    from autoconf.cli import main
+
+    out = CliRunner().invoke(main, ["plan", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8",
+                                    "--fix", "dtype=bf16"])
+    assert out.exit_code == 2 and "fp32" in out.output and "Traceback" not in out.output
