@@ -22,7 +22,8 @@ import torch
 
 from autoconf.errors import UserError
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import ParallelConfig, Plan
+from autoconf.spec.plan import Plan
+from plan_helpers import even_plan
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 3
@@ -36,21 +37,9 @@ LLAMA = ModelSpec(name="test-llama", arch="llama", num_layers=8, hidden_size=64,
 MODELS = {"gpt": GPT, "llama": LLAMA}
 
 
-def make_plan(arch: str = "gpt", tp: int = 1, pp: int = 1, dp: int = 1, schedule: str = "1f1b", vpp: int = 1,
-              zero: int = 0, sp: bool = False, recompute: str = "none", attention: str = "flash",
-              global_batch: int = 8, micro_batch: int = 1, seq: int = 32) -> Plan:
-    """A plan built directly (no planner): even layer split, ranks laid out arange(world).reshape(pp, dp, tp)."""
-    spec = MODELS[arch]
-    config = ParallelConfig(tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=micro_batch,
-                            global_batch_size=global_batch, seq_len=seq, schedule=schedule, zero_stage=zero,
-                            recompute=recompute, sequence_parallel=sp, dtype="fp32", attention=attention)
-    stages = pp * vpp
-    bounds = [round(i * spec.num_layers / stages) for i in range(stages + 1)]
-    plan = Plan(model=spec, cluster={"name": "test", "nodes": 1, "gpus_per_node": config.world_size},
-                config=config, partition=[[bounds[i], bounds[i + 1]] for i in range(stages)],
-                placement={"mesh": np.arange(config.world_size).reshape(pp, dp, tp).tolist()})
-    plan.validate()
-    return plan
+def make_plan(arch: str = "gpt", **layout) -> Plan:
+    """A plan of the test GPT or Llama built directly (tests/plans.py `even_plan`)."""
+    return even_plan(MODELS[arch], **layout)
 
 
 # name -> plan, grouped by world size (one torchrun job each).

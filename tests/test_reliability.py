@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,20 +33,10 @@ def _specs():
     return {"gpt": gpt, "llama": llama}
 
 
-def make_plan(arch: str, tp: int = 1, pp: int = 1, dp: int = 1, schedule: str = "1f1b", vpp: int = 1,
-              zero: int = 0, sp: bool = False, global_batch: int = 8, seq: int = 32):
-    from autoconf.spec.plan import ParallelConfig, Plan
+def make_plan(arch: str, **layout):
+    from plan_helpers import even_plan
 
-    spec = _specs()[arch]
-    config = ParallelConfig(tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=1, global_batch_size=global_batch,
-                            seq_len=seq, schedule=schedule, zero_stage=zero, sequence_parallel=sp, dtype="fp32")
-    stages = pp * vpp
-    bounds = [round(i * spec.num_layers / stages) for i in range(stages + 1)]
-    plan = Plan(model=spec, cluster={"name": "test", "nodes": 1, "gpus_per_node": config.world_size},
-                config=config, partition=[[bounds[i], bounds[i + 1]] for i in range(stages)],
-                placement={"mesh": np.arange(config.world_size).reshape(pp, dp, tp).tolist()})
-    plan.validate()
-    return plan
+    return even_plan(_specs()[arch], **layout)
 
 
 def cases() -> dict:
