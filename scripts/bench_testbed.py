@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,42 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 NODES = 3
-
-
-def _env() -> dict:
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-            "OMP_NUM_THREADS": "1"}
-
-
-def testbed_runner(state: dict, timeout_s: float, port: list[int]):
-    """A validate runner: `autoconf launch` on every testbed node (static rendezvous).
-
-    torchrun's static rendezvous puts its TCPStore on torchrun node rank 0, i.e. on the physical node hosting grid
-    block 0 of the placement, so --master-addr must be that node's address (not physical node 0's) when the
-    placement reorders nodes."""
-    from autoconf.spec.plan import load_plan, node_blocks
-    from autoconf.testbed.runner import exec_nodes
-    from autoconf.testbed.system import state_spec
-
-    ips = state_spec(state).ips()
-
-    def run(plan_path: Path, metrics_path: Path, log_path: Path, steps: int) -> int:
-        plan = load_plan(plan_path)
-        gpus = plan.config.world_size // NODES
-        blocks = node_blocks(plan.device_of(), gpus) or list(range(NODES))
-        master = ips[blocks[0]]
-        port[0] += 1
-        cmd = [sys.executable, "-m", "autoconf", "launch", str(plan_path), "--steps", str(steps), "--metrics",
-               str(metrics_path), "--force", "--nnodes", "{nnodes}", "--node-rank", "{node_rank}",
-               "--master-addr", master, "--master-port", "{master_port}", "--collective-timeout", "180",
-               "--rendezvous-timeout", "120"]
-        if metrics_path.exists():
-            metrics_path.unlink()
-        with open(log_path, "w") as log:
-            log.write(f"# grid blocks on physical nodes {blocks}; master {master}:{port[0]}\n")
-            return exec_nodes(state, cmd, port[0], timeout_s, grace_s=10.0, out=log, extra_env=_env())
-
-    return run
 
 
 def main() -> int:
@@ -90,7 +53,7 @@ def main() -> int:
     from autoconf.spec.plan import load_plan
     from autoconf.spec.presets import load_model
     from autoconf.testbed import parse_spec
-    from autoconf.testbed.runner import exec_nodes
+    from autoconf.testbed.jobs import launch_runner, profile_testbed
     from autoconf.testbed.system import down, up
     from autoconf.validate.run import read_metrics, validate
 
@@ -105,16 +68,11 @@ def main() -> int:
     start = time.perf_counter()
     down()  # a leftover testbed from an interrupted run
     state = up(parse_spec(spec_data))
-    port = [29600]
+    port = 29600
     try:
         profile = Path(args.profile) if args.profile else out / "profile.json"
         if not profile.exists():
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "{nnodes}", "--node-rank",
-                   "{node_rank}", "--master-addr", "{master_addr}", "--master-port", "{master_port}",
-                   "--nproc-per-node", "{nproc_per_node}", "-m", "autoconf.profile.run", "--out", str(profile),
-                   "--quick", "--model", args.model]
-            with open(out / "profile.log", "w") as log:
-                code = exec_nodes(state, cmd, port[0], 900, out=log, extra_env=_env())
+            code = profile_testbed(state, profile, args.model, out / "profile.log", port)
             if code:
                 print(f"profiling failed with exit code {code}; see {out / 'profile.log'}", file=sys.stderr)
                 return code
@@ -135,7 +93,7 @@ def main() -> int:
         print(json.dumps({"inter_node_matrix": matrix}), flush=True)
 
         model = load_model(args.model)
-        runner = testbed_runner(state, args.run_timeout, port)
+        runner = launch_runner(state, args.run_timeout, port + 1)
         val = out / "val"
         report = validate(model, cluster, cluster.name, args.global_batch, args.seq_len, "fp32", args.configs,
                           args.steps, val, calibrate=False, force=True, runner=runner)

@@ -2,11 +2,16 @@
 
     python scripts/bench_validate.py [--profile PROFILE.json] [--out DIR] [--configs 10] [--steps 8]
                                      [--global-batch 16] [--seq-len 128] [--model tiny-gpt] [--nproc 4]
+                                     [--quota CPUS] [--no-refine]
 
-Profiles this host first (4 CPU ranks, ~30 s) unless --profile names an existing profile, then runs
+Profiles this host first (--nproc CPU ranks, ~30 s) unless --profile names an existing profile, then runs
 `autoconf validate --calibrate` through the library and prints one JSON line with the figures (median |error|,
 Spearman, regret, held-out error before/after calibration, fitted factors). The issue's bar: median |error| <= 10%,
 Spearman >= 0.8 over at least 8 layouts.
+
+--quota CPUS (root): profile and run every layout in a one-node `scripts/testbed.py` testbed whose ranks each get a
+cgroup CPU quota of CPUS cores, so every rank is a device of fixed speed (as GPUs are) instead of a process that
+takes the cores its idle peers leave. Without it the ranks share this host's cores freely.
 """
 
 from __future__ import annotations
@@ -30,48 +35,71 @@ def main() -> int:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--model", default="tiny-gpt")
     p.add_argument("--nproc", type=int, default=4)
+    p.add_argument("--quota", type=float, default=None, help="CPU cores per rank (cgroup quota; needs root)")
+    p.add_argument("--run-timeout", type=float, default=300.0, help="seconds per layout under --quota")
     p.add_argument("--no-refine", action="store_true",
                    help="run the planner's best with the default partition and placement (not CP-SAT's)")
     args = p.parse_args()
 
-    from autoconf.validate import validate_command
+    from rich.console import Console
+
+    from autoconf.errors import UserError
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.presets import load_model
+    from autoconf.validate.run import local_runner, report_table, validate
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     profile = Path(args.profile) if args.profile else out / "profile.json"
     start = time.perf_counter()
-    if not profile.exists():
-        from autoconf.execute.launch import free_port
-        from autoconf.profile.launch import profile as run_profile
+    state = None
+    if args.quota is not None:
+        from autoconf.testbed import parse_spec
+        from autoconf.testbed.system import down, up
 
-        code = run_profile(profile, nproc_per_node=args.nproc, model=args.model, master_port=free_port())
-        if code:
-            print(f"profiling failed with exit code {code}", file=sys.stderr)
-            return code
-    profiled = time.perf_counter()
-    if args.no_refine:
-        from rich.console import Console
+        down()  # a leftover testbed from an interrupted run
+        try:
+            state = up(parse_spec({"nodes": 1, "ranks_per_node": args.nproc, "cpu_quota_per_rank": args.quota}))
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    try:
+        if not profile.exists():
+            if state is not None:
+                from autoconf.testbed.jobs import profile_testbed
 
-        from autoconf.spec.cluster import load_cluster
-        from autoconf.spec.presets import load_model
-        from autoconf.validate.run import report_table, validate
+                code = profile_testbed(state, profile, args.model, out / "profile.log", 29500)
+            else:
+                from autoconf.execute.launch import free_port
+                from autoconf.profile.launch import profile as run_profile
 
+                code = run_profile(profile, nproc_per_node=args.nproc, model=args.model, master_port=free_port())
+            if code:
+                print(f"profiling failed with exit code {code}", file=sys.stderr)
+                return code
+        profiled = time.perf_counter()
+        if state is not None:
+            from autoconf.testbed.jobs import launch_runner
+
+            runner = launch_runner(state, args.run_timeout)
+        else:
+            runner = local_runner
         console = Console()
         cluster = load_cluster(str(profile))
         result = validate(load_model(args.model), cluster, cluster.name, args.global_batch, args.seq_len,
                           "fp32" if cluster.device.kind == "cpu" else "bf16", args.configs, args.steps,
                           out / "validate", calibrate=True, force=True, cluster_path=profile, log=console.print,
-                          refine=False)
+                          refine=not args.no_refine, runner=runner)
         console.print(report_table(result))
         report = result.to_dict()
-    else:
-        report = validate_command(args.model, str(profile), args.global_batch, args.seq_len, args.configs,
-                                  args.steps, out / "validate", calibrate=True, force=True)
+    finally:
+        if state is not None:
+            down()
     cal = report.get("calibration") or {}
     ok = [r for r in report["runs"] if r["status"] == "ok"]
     figures = {
-        "model": args.model, "ranks": args.nproc, "layouts": len(report["runs"]), "ok": len(ok),
-        "steps": args.steps, "global_batch": args.global_batch, "seq_len": args.seq_len,
+        "model": args.model, "ranks": args.nproc, "quota": args.quota, "layouts": len(report["runs"]),
+        "ok": len(ok), "steps": args.steps, "global_batch": args.global_batch, "seq_len": args.seq_len,
         "median_abs_error": report["median_abs_error"], "spearman": report["spearman"], "regret": report["regret"],
         "calibration_scheme": cal.get("scheme"),
         "held_out_before": cal.get("before"), "held_out_after": cal.get("after"), "factors": cal.get("factors"),

@@ -41,7 +41,7 @@ def test_spec_without_default_link_leaves_pairs_unshaped():
 
 
 @pytest.mark.parametrize("patch, words", [
-    ({"nodes": 1}, "nodes must be >= 2"),
+    ({"nodes": 0}, "nodes must be >= 1"),
     ({"nodes": 2.5}, "nodes must be an integer"),
     ({"ranks_per_node": 0}, "ranks_per_node must be >= 1"),
     ({"subnet": "8.8.8.0/24"}, "must be a private range"),

@@ -66,11 +66,45 @@ def model_pieces(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     return measured if measured is not None else _spec_pieces(model, cluster, config)
 
 
+def measured_tp_layer(model: ModelSpec, cluster: ClusterProfile,
+                      config: ParallelConfig) -> tuple[PassTimes, int] | None:
+    """Wall seconds a TP layer spends beyond its local compute (collectives, waiting for the group, DTensor
+    dispatch), per forward and per backward pass, from the profile's in-place `tp_layers` measurements for this TP
+    width, sequence parallelism and model shape, interpolated in tokens up to the largest measured micro-batch;
+    returned with the micro-batch size it was read at (the config's, or that largest one: the caller extends
+    beyond it). None when not measured. The backward's share is `backward_input`: the collectives belong to the
+    activation-gradient pass."""
+    table = cluster.compute
+    c = config
+    if c.tp == 1 or not table or not table.get("tp_layers") or not _shape_matches(table, model, c.dtype):
+        return None
+    rows = [e for e in table["tp_layers"] if e.get("tp") == c.tp and
+            bool(e.get("sequence_parallel")) == c.sequence_parallel]
+    same_seq = [e for e in rows if e.get("seq_len") == c.seq_len]
+    rows = same_seq or rows
+    if not rows:
+        return None
+    points = [(e["micro_batch"] * e["seq_len"], PassTimes(float(e["forward_s"]), float(e["backward_s"]), 0.0))
+              for e in rows]
+    largest = max(rows, key=lambda e: e["micro_batch"] * e["seq_len"])
+    read_at = c.micro_batch_size
+    if c.micro_batch_size * c.seq_len > largest["micro_batch"] * largest["seq_len"]:
+        read_at = max(1, largest["micro_batch"] * largest["seq_len"] // c.seq_len)
+    return _interpolate(points, read_at * c.seq_len), read_at
+
+
 def cpu_share(cluster: ClusterProfile) -> float:
     """The share of a core a CPU rank gets while every rank computes (profile entry `cpu_share`; 1 when not
     stated)."""
     entry = cluster.efficiency.get("cpu_share")
     return float(entry["value"]) if entry else 1.0
+
+
+def cpu_share_alone(cluster: ClusterProfile) -> float:
+    """The share of a core a CPU rank gets while the other ranks of its node idle (profile entry `cpu_share_alone`;
+    1 when not stated, i.e. an idle peer's core is free to take). Never below `cpu_share`."""
+    entry = cluster.efficiency.get("cpu_share_alone")
+    return max(min(float(entry["value"]), 1.0) if entry else 1.0, cpu_share(cluster))
 
 
 def optimizer_step_time(local_params: float, cluster: ClusterProfile) -> float:

@@ -4,7 +4,8 @@
                    the embedding on the first stage, the head and loss on the last          (compute.py, comm.py)
     simulation   = the schedule's action lists run on those costs, with P2P transfers between the devices of
                    neighbouring stages and the DP/FSDP collectives on a separate stream    (schedules.py, simulate.py)
-    iteration    = simulated makespan + optimizer step + the profile's step_overhead_s
+    iteration    = simulated makespan + the step's own collectives (gradient norm, loss, tied embedding)
+                   + optimizer step + the profile's step_overhead_s
     memory       = per pipeline rank, with the in-flight micro-batches the simulation counted   (memory.py)
 
 The time breakdown (compute, recompute, tp_comm, bubble, pp_comm, dp_comm, optimizer, framework) adds up to the
@@ -13,13 +14,15 @@ iteration time: the terms after tp_comm are what each extra ingredient adds to t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 from autoconf.cost.comm import collective_time, p2p_time
-from autoconf.cost.compute import PassTimes, cpu_share, model_pieces, optimizer_step_time
+from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, measured_tp_layer, model_pieces,
+                                   optimizer_step_time)
 from autoconf.cost.memory import stage_memory, stage_params
 from autoconf.cost.schedules import build_schedule
 from autoconf.cost.simulate import StageCosts, Timeline, simulate
@@ -132,21 +135,47 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
     return 0.0, gather, reduce
 
 
+def step_collectives(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, mesh: np.ndarray,
+                     stage_to_rank: tuple) -> float:
+    """Seconds of the collectives every step runs once after the pipeline flush, before the optimizer: the sum of
+    the tied embedding's gradients between the first and the last stage (when different pipeline ranks hold them),
+    the all-reduce of the gradient norm's square and the all-reduce of the loss, both over every rank."""
+    everyone = [int(d) for d in np.asarray(mesh).flat]
+    seconds = collective_time(cluster, "all_reduce", 8, everyone) + collective_time(cluster, "all_reduce", 16, everyone)
+    last = stage_to_rank[-1]
+    if model.tied_embeddings and c.pp > 1 and last != stage_to_rank[0]:
+        shard = c.dp if (c.dp > 1 and c.zero_stage > 0) else 1
+        grad_bytes = model.vocab_size * model.hidden_size / c.tp / shard * 4
+        pairs = [[int(a), int(b)] for a, b in zip(np.asarray(mesh)[stage_to_rank[0]].flat, np.asarray(mesh)[last].flat)]
+        seconds += max(collective_time(cluster, "all_reduce", grad_bytes, pair) for pair in pairs)
+    return seconds
+
+
 def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list,
                stage_to_rank: tuple, mesh: np.ndarray, execution: Execution, p2p=None,
                share: float | None = None) -> StagePlan:
     c = config
     pieces = model_pieces(model, cluster, c, share)
-    pass_overhead = cluster.overhead("pass_overhead_s")
+    # A CPU profile states the pass overhead in CPU seconds, like its kernel tables (a GPU profile's share is 1).
+    pass_overhead = cluster.overhead("pass_overhead_s") / (cpu_share(cluster) if share is None else share)
     last = len(partition) - 1
+    measured_tp = measured_tp_layer(model, cluster, c) if execution.framework == "autoconf" else None
     forward, back_in, back_w = [], [], []
     compute_parts, recompute_parts, tp_parts, gathers, reduces = [], [], [], [], []
     for st, (first, end) in enumerate(partition):
         rank = stage_to_rank[st]
         layers = end - first
-        # Two TP collectives per layer in forward and two in backward.
+        # Two TP collectives per layer in forward and two in backward, or what the profile measured TP layers add.
         one = tp_collective(model, cluster, c, _tp_group(mesh, rank))
         tp = PassTimes(2 * one * layers, 2 * one * layers, 0.0)
+        if measured_tp is not None:
+            per_layer, read_at = measured_tp
+            # Beyond the largest measured micro-batch the modelled collectives carry the growth.
+            grow = one - tp_collective(model, cluster, dataclasses.replace(c, micro_batch_size=read_at),
+                                       _tp_group(mesh, rank))
+            one = (per_layer.forward + per_layer.backward_input) / 4 + grow
+            tp = PassTimes((per_layer.forward + 2 * grow) * layers, (per_layer.backward_input + 2 * grow) * layers,
+                           0.0)
         compute = pieces.block.scaled(layers)
         recompute = recompute_time(pieces, c, one) * layers
         if st == 0:
@@ -235,12 +264,13 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
     sp, full, makespan = run(share)
     if share < 1.0:
         # CPU ranks share cores: `cpu_share` is each rank's share while all compute. Ranks waiting in a pipeline
-        # bubble or on a peer sleep, so the busy ones get more: re-simulate at the share the first pass's average
-        # number of busy ranks leaves them (a mean-field view of the OS's processor sharing).
+        # bubble or on a peer sleep, so the busy ones get more, up to what one rank gets alone (`cpu_share_alone`,
+        # below 1 under a CPU quota): re-simulate at the share the first pass's average number of busy ranks leaves
+        # them (a mean-field view of the OS's processor sharing).
         ranks_per_node = cluster.gpus_per_node
         busy = sum(full.compute_time_per_rank) / (c.pp * makespan) * ranks_per_node
         if busy > 0:
-            relaxed = min(1.0, share * ranks_per_node / busy)
+            relaxed = min(cpu_share_alone(cluster), share * ranks_per_node / busy)
             if relaxed > share:
                 sp, full, makespan = run(relaxed)
 
@@ -249,8 +279,9 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
                     for r in range(c.pp)]
     shard = c.dp if c.zero_stage >= 1 else 1
     optimizer = max(optimizer_step_time(p / shard, cluster) for p in local_params)
+    step_comm = step_collectives(model, cluster, c, mesh, schedule.stage_to_rank)
     step_overhead = cluster.overhead("step_overhead_s")
-    iteration = makespan + optimizer + step_overhead
+    iteration = makespan + step_comm + optimizer + step_overhead
 
     memory = _memory(model, cluster, c, partition, schedule, full, execution)
     peak = max(m["total"] for m in memory)
@@ -274,7 +305,7 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
         "framework": execution.framework,
     }
     if detail:
-        prediction["time_breakdown"] = _breakdown(schedule, sp, p2p, makespan, optimizer, step_overhead)
+        prediction["time_breakdown"] = _breakdown(schedule, sp, p2p, makespan, step_comm, optimizer, step_overhead)
     plan = Plan(model=model, cluster=_cluster_summary(cluster), config=c, partition=partition,
                 placement={"mesh": mesh.tolist()}, prediction=prediction)
     return plan
@@ -347,7 +378,8 @@ def _memory(model, cluster, c, partition, schedule, timeline: Timeline, executio
     return stage_memory(model, cluster, c, partition, schedule.stage_to_rank, inflight, execution.memory_layout)
 
 
-def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, optimizer: float, step_overhead: float) -> dict:
+def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, optimizer: float,
+               step_overhead: float) -> dict:
     """Named terms that add up to the iteration time, read off the critical (busiest) rank."""
     bare = simulate(schedule, sp.costs, 0.0)
     with_p2p = simulate(schedule, sp.costs, p2p)
@@ -378,6 +410,7 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, optimizer: float, 
         "bubble": bare.makespan - busy,
         "pp_comm": with_p2p.makespan - bare.makespan,
         "dp_comm": makespan - with_p2p.makespan + fsdp_wait,
+        "step_comm": step_comm,
         "optimizer": optimizer,
         "framework": overhead + step_overhead,
     }

@@ -190,6 +190,8 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
         Path(metrics).unlink()  # `force` was checked above; the trainer appends
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
+    # torchrun's own default with several ranks, and for one rank too: the profiler times CPU ranks with one thread.
+    env.setdefault("OMP_NUM_THREADS", "1")
     command = commands[node_rank if nnodes > 1 else 0]
     try:
         return subprocess.run(command, env=env).returncode

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoconf.errors import UserError
-from autoconf.profile.timing import median, percentile, sync, time_once
+from autoconf.profile.timing import median, percentile, sync, time_once, work_time
 from autoconf.spec.model import ModelSpec
 
 BLOCKS = ("attention", "mlp", "norm", "embedding", "head")
@@ -74,9 +74,9 @@ def default_grid(model: ModelSpec, max_tp: int, quick: bool, tiny: bool = False)
     if tiny:
         return Grid((1,), (min(top, 32),), tps[:2], warmup=1, repeats=2, entry_budget_s=1.0)
     if quick:
-        return Grid((1, 2), (top,), tps, warmup=2, repeats=10, entry_budget_s=3.0)
+        return Grid((1, 2, 4), (top,), tps, warmup=2, repeats=10, entry_budget_s=3.0)
     seqs = sorted({max(top // 4, 1), max(top // 2, 1), top})
-    return Grid((1, 2, 4), tuple(seqs), tps, warmup=3, repeats=20, entry_budget_s=10.0)
+    return Grid((1, 2, 4, 8), tuple(seqs), tps, warmup=3, repeats=20, entry_budget_s=10.0)
 
 
 # ---- the blocks at sharded shapes --------------------------------------------------------------------------------
@@ -150,14 +150,14 @@ def time_entry(kind: str, model: ModelSpec, tp: int, mb: int, seq: int, device: 
 
     def one_repeat() -> tuple[float, float, float]:
         holder: dict = {}
-        t_f = time_once(lambda: holder.__setitem__("out", forward()), device)
+        t_f = work_time(lambda: holder.__setitem__("out", forward()), device)
         t_i = 0.0
         if x is not None:
-            t_i = time_once(lambda: torch.autograd.grad(holder["out"], [x], grad_out, retain_graph=True), device)
+            t_i = work_time(lambda: torch.autograd.grad(holder["out"], [x], grad_out, retain_graph=True), device)
         del holder["out"]
         out = forward()
         sync(device)
-        t_full = time_once(lambda: torch.autograd.grad(out, inputs_and_params, grad_out), device)
+        t_full = work_time(lambda: torch.autograd.grad(out, inputs_and_params, grad_out), device)
         return t_f, t_i, max(t_full - t_i, 0.0)
 
     # A first warm-up repeat sizes the rest: an entry that would overrun its time budget gets fewer repeats
@@ -184,8 +184,168 @@ def optimizer_time_per_param(device: torch.device, numel: int, warmup: int, repe
     for _ in range(warmup):
         opt.step()
     sync(device)
-    times = [time_once(opt.step, device) for _ in range(repeats)]
+    times = [work_time(opt.step, device) for _ in range(repeats)]
     return median(times) / sum(p.numel() for p in params)
+
+
+# ---- the whole model: what the blocks leave out --------------------------------------------------------------------
+def measure_reference(model: ModelSpec, device: torch.device, dtype: str, micro_batches: tuple[int, ...], seq: int,
+                      warmup: int, repeats: int) -> dict:
+    """Times the executor's own unsharded one-layer model (embedding, the first layer, final norm and head: the
+    smallest stage) end to end on this rank: forward + loss and the full backward of one micro-batch of each size,
+    and one AdamW step plus the gradient-norm pass over its real parameter tensors (small tensors cost more per
+    parameter than the 1M-element chunks `optimizer_time_per_param` times). What the block tables miss (module
+    calls, residual adds, the loss, autograd's per-pass bookkeeping) is the difference; `reference_overheads` turns
+    it into profile entries. Returns {"layers": 1, "params", "passes": [{"micro_batch", "seq_len", "forward_s",
+    "backward_s"}], "optimizer_s"}."""
+    from autoconf.execute.model import build_model, init_weights
+    from autoconf.execute.pipeline import loss_fn
+
+    layers = 1
+    net = build_model(model, 0, layers).to_empty(device=device)
+    init_weights(net, 0)
+    net = net.to(TORCH_DTYPES[dtype]).train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    passes = []
+    for mb in micro_batches:
+        tokens = torch.randint(0, model.vocab_size, (mb, seq + 1), device=device)
+        x, y = tokens[:, :-1], tokens[:, 1:]
+        fwd, bwd = [], []
+        for i in range(warmup + repeats):
+            holder: dict = {}
+            t_f = work_time(lambda: holder.__setitem__("loss", loss_fn(net(x), y)), device)
+            t_b = work_time(lambda: holder["loss"].backward(), device)
+            if i >= warmup:
+                fwd.append(t_f)
+                bwd.append(t_b)
+        passes.append({"micro_batch": mb, "seq_len": seq, "forward_s": median(fwd), "backward_s": median(bwd)})
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1)
+
+    def step():
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for p in params:
+            total += p.grad.double().pow(2).sum()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    optimizer = median([work_time(step, device) for _ in range(max(repeats // 2, 2))])
+    return {"layers": layers, "params": sum(p.numel() for p in params), "passes": passes, "optimizer_s": optimizer}
+
+
+def reference_overheads(table: dict, refs: list[dict]) -> dict:
+    """From the block table and every rank's `measure_reference`: {"pass_overhead_s": time per forward or backward
+    pass of a stage that its blocks do not account for, "optimizer_s_per_param": the optimizer step and gradient
+    norm of the real model's tensors, per parameter}.
+
+    The gap is the reference model's time minus the sum of its blocks (embedding, layers x (attention + MLP + two
+    norms), head) in the table (tp = 1); the pass overhead is the mean of the forward and backward gaps at the
+    smallest micro-batch, never below 0. Medians over ranks."""
+    entries = {(e["block"], e["micro_batch"], e["seq_len"]): e for e in table["entries"] if e["tp"] == 1}
+    layers = refs[0]["layers"]
+    sizes, gaps_f, gaps_b = [], [], []
+    for i, item in enumerate(refs[0]["passes"]):
+        mb, seq = item["micro_batch"], item["seq_len"]
+        blocks = {b: entries.get((b, mb, seq)) for b in BLOCKS}
+        if any(v is None for v in blocks.values()):
+            continue
+        counts = {"attention": layers, "mlp": layers, "norm": 2 * layers, "embedding": 1, "head": 1}
+        parts_f = sum(counts[b] * blocks[b]["forward_s"] for b in BLOCKS)
+        parts_b = sum(counts[b] * (blocks[b]["backward_input_s"] + blocks[b]["backward_weight_s"]) for b in BLOCKS)
+        sizes.append(mb)
+        gaps_f.append(median([r["passes"][i]["forward_s"] for r in refs]) - parts_f)
+        gaps_b.append(median([r["passes"][i]["backward_s"] for r in refs]) - parts_b)
+    # At the smallest micro-batch the gap is mostly the fixed part (a line's intercept through a few noisy gaps
+    # swings by milliseconds between runs on a shared host).
+    smallest = min(range(len(sizes)), key=lambda i: sizes[i]) if sizes else None
+    overhead = 0.0 if smallest is None else (gaps_f[smallest] + gaps_b[smallest]) / 2
+    optimizer = median([r["optimizer_s"] for r in refs]) / refs[0]["params"]
+    return {"pass_overhead_s": max(0.0, overhead), "optimizer_s_per_param": optimizer}
+
+
+def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """(slope, intercept) of the least-squares line through the points."""
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+    return slope, my - slope * mx
+
+
+# ---- tensor-parallel layers in place --------------------------------------------------------------------------------
+TP_REFERENCE_LAYERS = 2
+TP_BUDGET_S = 5.0  # seconds one (tp, sequence parallelism, micro-batch) point may take
+
+
+def measure_tp_layers(model: ModelSpec, table: dict, tps: tuple[int, ...], micro_batches: tuple[int, ...], seq: int,
+                      device: torch.device, dtype: str, share: float, warmup: int, repeats: int) -> list[dict]:
+    """Times TP_REFERENCE_LAYERS layers of the executor's own model, tensor-parallel with DTensor over real TP groups
+    of this job (consecutive ranks; every group at once, as in training), with and without sequence parallelism.
+
+    Returns entries {"tp", "micro_batch", "seq_len", "sequence_parallel", "forward_s", "backward_s"}: wall seconds
+    per layer and pass beyond the layer's local compute (the block table's times over `share`), i.e. everything TP
+    adds: its collectives, the wait for the group's members, DTensor's dispatch. Medians over repeats and ranks."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from autoconf.execute.model import build_model
+    from autoconf.execute.parallelize import apply_tp, materialize
+
+    world = dist.get_world_size()
+    layers = min(model.num_layers, TP_REFERENCE_LAYERS)
+    out = []
+    for tp in tps:
+        if tp == 1 or world % tp:
+            continue
+        tp_mesh = init_device_mesh(device.type, (world // tp, tp), mesh_dim_names=("dp", "tp"))["tp"]
+        for sp in (False, True):
+            if sp and seq % tp:
+                continue
+            net = build_model(model, 0, layers, embed=False, head=False)
+            apply_tp(net, tp_mesh, sp)
+            materialize(net, device, 0)
+            net = net.to(TORCH_DTYPES[dtype]).train()
+            for mb in micro_batches:
+                local = (mb, seq // tp if sp else seq, model.hidden_size)
+                x = torch.randn(*local, device=device, dtype=TORCH_DTYPES[dtype], requires_grad=True)
+                grad = torch.randn(*local, device=device, dtype=TORCH_DTYPES[dtype])
+                fwd, bwd = [], []
+                for i in range(warmup + repeats):
+                    dist.barrier()
+                    holder: dict = {}
+                    t_f = time_once(lambda: holder.__setitem__("out", net(x)), device)
+                    t_b = time_once(lambda: holder["out"].backward(grad), device)
+                    if i >= warmup:
+                        fwd.append(t_f)
+                        bwd.append(t_b)
+                slowest = torch.tensor([median(fwd) + median(bwd)], dtype=torch.float64)
+                dist.all_reduce(slowest, op=dist.ReduceOp.MAX)  # every rank decides alike whether to go on
+                compute_f = sum(_block_time(table, b, tp, mb, seq, ("forward_s",))
+                                for b in ("attention", "mlp", "norm", "norm")) / share
+                compute_b = sum(_block_time(table, b, tp, mb, seq, ("backward_input_s", "backward_weight_s"))
+                                for b in ("attention", "mlp", "norm", "norm")) / share
+                out.append({"tp": tp, "micro_batch": mb, "seq_len": seq, "sequence_parallel": sp,
+                            "forward_s": median(fwd) / layers - compute_f,
+                            "backward_s": median(bwd) / layers - compute_b})
+                if float(slowest) * (warmup + repeats) > TP_BUDGET_S:
+                    break  # larger micro-batches would take too long: the cost model extends the largest
+    merged = []
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, out)
+    for i, entry in enumerate(gathered[0]):
+        merged.append({**entry, "forward_s": max(0.0, median([g[i]["forward_s"] for g in gathered])),
+                       "backward_s": max(0.0, median([g[i]["backward_s"] for g in gathered]))})
+    return merged
+
+
+def _block_time(table: dict, block: str, tp: int, mb: int, seq: int, keys: tuple[str, ...]) -> float:
+    """The block's time (sum of `keys`) at micro-batch `mb`, on the least-squares line through the table's
+    micro-batch sizes (the in-place TP measurement also runs micro-batches the table did not time)."""
+    rows = [e for e in table["entries"] if e["block"] == block and e["tp"] == tp and e["seq_len"] == seq]
+    xs, ys = [e["micro_batch"] for e in rows], [sum(e[k] for k in keys) for e in rows]
+    if len(rows) == 1:
+        return ys[0] * mb / xs[0]
+    slope, intercept = _line(xs, ys)
+    return max(0.0, intercept + slope * mb)
 
 
 # ---- the grid across ranks ---------------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ def combine(measured: list[dict]) -> dict:
             "attention_flops": median([m["attention_flops"] for m in measured])}
 
 
-def cpu_efficiency(rates: dict, main_dtype: str, share: float = 1.0) -> dict:
+def cpu_efficiency(rates: dict, main_dtype: str, share: float = 1.0, alone: float = 1.0) -> dict:
     peak = rates["peak_flops"][main_dtype]
     attention = min(1.0, rates["attention_flops"] / peak)
     why = "peak measured by the profiler on this machine"
@@ -176,6 +176,9 @@ def cpu_efficiency(rates: dict, main_dtype: str, share: float = 1.0) -> dict:
         "cpu_share": {"value": round(share, 4),
                       "why": "fraction of a core each rank got while all ranks computed at once (thread CPU time / "
                              "wall time); the cost model divides the measured kernel times by it"},
+        "cpu_share_alone": {"value": round(max(alone, share), 4),
+                            "why": "fraction of a core one rank got while the other ranks of its node slept (a CPU "
+                                   "quota or other jobs keep it below 1); the most a rank gets when others idle"},
     }
 
 

@@ -162,8 +162,12 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
         peaks, bandwidth = dict(rates["peak_flops"]), rates["memory_bandwidth_Bps"]
         dist.barrier()  # every rank busy at once
         share = float(median(_gather(hardware.cpu_share(0.2 if tiny else 1.0))))
-        log(f"  each rank gets {share:.2f} of a core while all ranks compute")
-        efficiency = hardware.cpu_efficiency(rates, main_dtype, share)
+        dist.barrier()  # one rank per node busy, the others asleep in the barrier below
+        alone = hardware.cpu_share(0.2 if tiny else 1.0) if layout.local_of[rank] == 0 else None
+        dist.barrier()
+        alone = float(median([a for a in _gather(alone) if a is not None]))
+        log(f"  each rank gets {share:.2f} of a core while all ranks compute, {alone:.2f} while it computes alone")
+        efficiency = hardware.cpu_efficiency(rates, main_dtype, share, alone)
     overhead = float(median(_gather(overhead)))
     log(f"  {main_dtype} matmul {rates['peak_flops'][main_dtype] / 1e9:.1f} GFLOP/s per rank, copy "
         f"{rates['memory_bandwidth_Bps'] / 1e9:.1f} GB/s, capacity {capacity / 2 ** 30:.1f} GiB per rank")
@@ -225,6 +229,34 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
         optimizer_numel = (1 << 20) if (quick or not on_gpu) else (64 << 20)
         table = compute.measure_compute(model, grid, device, main_dtype,
                                         f"cuda:{device_name}" if on_gpu else "cpu", log, optimizer_numel)
+        if not on_gpu:
+            log(f"reference: a one-layer {model.name} end to end and its optimizer step, on every rank at once")
+            dist.barrier()
+            refs = _gather(compute.measure_reference(model, device, main_dtype, (min(grid.micro_batches),),
+                                                     max(grid.seq_lens), grid.warmup, 3 * grid.repeats))
+            found = compute.reference_overheads(table, refs)
+            table["optimizer_s_per_param"] = found["optimizer_s_per_param"]
+            efficiency["pass_overhead_s"] = {
+                "value": found["pass_overhead_s"],
+                "why": "CPU seconds per forward or backward pass of a stage beyond its blocks' times (layer loop, "
+                       "loss, autograd bookkeeping): intercept of the whole model's time minus its blocks over "
+                       "micro-batch sizes; the cost model divides it by the CPU share"}
+            log(f"  pass overhead {found['pass_overhead_s'] * 1e3:.2f} ms, optimizer + gradient norm "
+                f"{found['optimizer_s_per_param'] * 1e9:.2f} ns per parameter")
+            tps = tuple(t for t in grid.tps if t > 1)
+            if tps and world > 1:
+                log(f"tensor-parallel layers in place: tp {list(tps)}, with and without sequence parallelism")
+                largest = max(grid.micro_batches)  # and larger ones: TP's cost grows faster than its compute
+                tp_batches = tuple(grid.micro_batches) + ((2 * largest, 4 * largest) if not tiny else ())
+                table["tp_layers"] = compute.measure_tp_layers(model, table, tps, tp_batches,
+                                                               max(grid.seq_lens), device, main_dtype,
+                                                               efficiency["cpu_share"]["value"], grid.warmup,
+                                                               grid.repeats)
+                for e in table["tp_layers"]:
+                    if e["micro_batch"] == tp_batches[-1]:
+                        log(f"  tp {e['tp']}{' sp' if e['sequence_parallel'] else ''} micro-batch "
+                            f"{e['micro_batch']}: +{e['forward_s'] * 1e3:.2f} ms forward, "
+                            f"+{e['backward_s'] * 1e3:.2f} ms backward per layer")
     else:
         log("compute: skipped (no --model)")
 

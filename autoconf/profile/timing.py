@@ -2,7 +2,9 @@
 
 On CPU a time is `time.perf_counter()` around the work. On GPU it is a pair of CUDA events recorded on the current
 stream around the work and read after a synchronize, so host-side launch overhead that overlaps GPU work is not
-counted.
+counted. `work_time` is for compute kernels: on CPU it reads the calling thread's CPU time instead of the wall clock,
+so a kernel's time does not depend on whether the scheduler preempted it (ranks sharing cores, a CPU quota's
+throttling); the cost model turns it back into wall time with the measured share of a core.
 """
 
 from __future__ import annotations
@@ -46,6 +48,16 @@ def time_once(fn: Callable[[], object], device: torch.device) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def work_time(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of device work one call of `fn` takes: CUDA event time on GPU, this thread's CPU time on CPU (the
+    profiled ranks compute with one thread, so that is all of the call's work, at full core speed)."""
+    if device.type == "cuda":
+        return time_once(fn, device)
+    t0 = time.thread_time()
+    fn()
+    return time.thread_time() - t0
 
 
 def time_repeated(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int,

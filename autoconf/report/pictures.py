@@ -31,7 +31,8 @@ COMM_COLOURS = {"allgather": "#DD8452", "reduce": "#C44E52"}
 MEMORY_COLOURS = {"params": "#4C72B0", "grads": "#55A868", "optimizer": "#8172B2", "activations": "#DD8452",
                   "other": "#A0A0A0"}
 TERM_COLOURS = {"compute": "#4C72B0", "recompute": "#64B5CD", "tp_comm": "#8172B2", "bubble": "#CCCCCC",
-                "pp_comm": "#DD8452", "dp_comm": "#C44E52", "optimizer": "#55A868"}
+                "pp_comm": "#DD8452", "dp_comm": "#C44E52", "step_comm": "#DA8BC3", "optimizer": "#55A868",
+                "framework": "#937860"}
 MAX_LABELS = 3000  # micro-batch numbers drawn at most (beyond that the picture is a texture anyway)
 
 
@@ -50,7 +51,8 @@ def plan_cluster(plan: Plan, cluster=None):
 
 
 def plan_timeline(plan: Plan, cluster=None) -> tuple[Timeline, float]:
-    """Re-simulates the plan's schedule as `estimate()` does; returns the timeline and the optimizer seconds."""
+    """Re-simulates the plan's schedule as `estimate()` does; returns the timeline and the seconds of the step's
+    tail after it (the step's own collectives and the optimizer)."""
     cluster = plan_cluster(plan, cluster)
     c = plan.config
     execution = Execution(plan.prediction.get("framework", "autoconf"))
@@ -70,8 +72,8 @@ def plan_timeline(plan: Plan, cluster=None) -> tuple[Timeline, float]:
                 timeline.comm_events[r].append(("reduce", s, t, t + sp.reduce[s]))
                 t += sp.reduce[s]
             timeline.makespan = max(timeline.makespan, t)
-    optimizer = plan.prediction.get("time_breakdown", {}).get("optimizer", 0.0)
-    return timeline, optimizer
+    terms = plan.prediction.get("time_breakdown", {})
+    return timeline, terms.get("step_comm", 0.0) + terms.get("optimizer", 0.0)
 
 
 def _time_unit(seconds: float) -> tuple[str, float]:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from autoconf.cost.comm import p2p_time
-from autoconf.cost.compute import model_pieces, optimizer_step_time
+from autoconf.cost.compute import measured_tp_layer, model_pieces, optimizer_step_time
 from autoconf.cost.estimate import (Execution, default_mesh, default_partition, dp_collectives, estimate,
                                     p2p_bytes, recompute_time, tp_collective)
 from autoconf.cost.memory import _state_bytes_per_param
@@ -66,7 +66,11 @@ class _BoundCache:
     def _tp_collective(self, c: ParallelConfig) -> float:
         key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len)
         if key not in self._tp:
-            self._tp[key] = tp_collective(self.model, self.cluster, c, list(range(c.tp)))
+            measured = measured_tp_layer(self.model, self.cluster, c)
+            if measured is not None:  # the estimate charges each pass its own measured side: bound by the smaller
+                self._tp[key] = min(measured[0].forward, measured[0].backward_input) / 2
+            else:
+                self._tp[key] = tp_collective(self.model, self.cluster, c, list(range(c.tp)))
         return self._tp[key]
 
     def _comm(self, c: ParallelConfig, per_stage_layers: int) -> tuple[float, float, float, float]:

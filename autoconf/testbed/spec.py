@@ -111,8 +111,8 @@ def parse_spec(data) -> TestbedSpec:
     if unknown:
         raise UserError(f"unknown spec key(s) {', '.join(unknown)}; allowed: {', '.join(SPEC_KEYS)}")
     if "nodes" not in data:
-        raise UserError("the spec needs \"nodes\" (2 to 8 emulated nodes)")
-    nodes = _number(data["nodes"], "nodes", 2, MAX_NODES, integer=True)
+        raise UserError("the spec needs \"nodes\" (1 to 8 emulated nodes)")
+    nodes = _number(data["nodes"], "nodes", 1, MAX_NODES, integer=True)
     ranks = _number(data.get("ranks_per_node", 1), "ranks_per_node", 1, MAX_RANKS_PER_NODE, integer=True)
 
     subnet = data.get("subnet", "10.77.0.0/24")

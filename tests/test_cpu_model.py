@@ -1,0 +1,131 @@
+"""The cost model's CPU-rank terms: core sharing (cpu_share, cpu_share_alone), pass overhead in CPU seconds, the
+step's own collectives, and TP layers measured in place."""
+
+import dataclasses
+import time
+
+import pytest
+
+from autoconf.cost.compute import measured_tp_layer
+from autoconf.cost.estimate import estimate, tp_collective
+from autoconf.spec.plan import ParallelConfig
+from profile_helpers import SEQ, TINY, TP_LAYER, measured_cpu_profile
+
+
+def cfg(**kw):
+    base = dict(tp=1, pp=1, dp=4, micro_batch_size=1, global_batch_size=16, seq_len=SEQ, dtype="fp32")
+    base.update(kw)
+    return ParallelConfig(**base)
+
+
+def test_idle_pipeline_ranks_lend_their_core_only_without_a_quota():
+    """A deep pipeline with few micro-batches leaves ranks idle; without a quota the busy ones get the idle ones'
+    share (faster than at cpu_share), with cpu_share_alone == cpu_share (a quota) they do not."""
+    c = cfg(pp=4, dp=1, schedule="gpipe", micro_batch_size=4)
+    free = estimate(TINY, measured_cpu_profile(0.5), c).prediction["iteration_time_s"]
+    quota = estimate(TINY, measured_cpu_profile(0.5, alone=0.5), c).prediction["iteration_time_s"]
+    full = estimate(TINY, measured_cpu_profile(1.0), c).prediction["iteration_time_s"]
+    assert full < free < quota
+
+
+def test_pass_overhead_is_cpu_time_at_the_ranks_share():
+    """Under a quota (the share is fixed) each of the 2*m passes costs pass_overhead_s / cpu_share."""
+    c = cfg()
+    base = estimate(TINY, measured_cpu_profile(0.5, alone=0.5, pass_overhead=0.0), c).prediction
+    slow = estimate(TINY, measured_cpu_profile(0.5, alone=0.5, pass_overhead=1e-3), c).prediction
+    m = c.num_microbatches
+    assert slow["iteration_time_s"] - base["iteration_time_s"] == pytest.approx(2 * m * 1e-3 / 0.5)
+    assert slow["time_breakdown"]["framework"] == pytest.approx(2 * m * 1e-3 / 0.5)
+
+
+def test_every_step_pays_the_norm_and_loss_all_reduces_and_the_tied_embedding_sum():
+    """Two small all-reduces over all ranks (gradient norm, loss); with pp > 1 and tied embeddings also the sum of
+    the embedding's gradients between the first and last stage."""
+    cluster = measured_cpu_profile()
+    flat = estimate(TINY, cluster, cfg()).prediction["time_breakdown"]["step_comm"]
+    assert flat == pytest.approx(2 * (2e-3 + 3 * cluster.intra_node.latency_s), rel=0.5)
+    assert flat >= 2 * 2e-3
+    piped = estimate(TINY, cluster, cfg(pp=2, dp=2)).prediction["time_breakdown"]["step_comm"]
+    untied = estimate(dataclasses.replace(TINY, tied_embeddings=False), cluster,
+                      cfg(pp=2, dp=2)).prediction["time_breakdown"]["step_comm"]
+    assert piped > untied == pytest.approx(flat)
+
+
+@pytest.mark.parametrize("sp", [False, True])
+def test_measured_tp_layers_replace_the_modelled_collectives(sp):
+    """tp2, one stage: each micro-batch pays layers x (forward + backward) of the measured TP layer, plus one
+    collective (a quarter of that pair) for the embedding and one for the head."""
+    cluster = measured_cpu_profile(1.0)
+    c = cfg(tp=2, dp=2, micro_batch_size=2, sequence_parallel=sp)
+    f, b = (x * (1.5 if sp else 1) for x in TP_LAYER[2])
+    per_microbatch = TINY.num_layers * (f + b) + (f + b) / 2
+    tp_comm = estimate(TINY, cluster, c).prediction["time_breakdown"]["tp_comm"]
+    assert tp_comm == pytest.approx(c.num_microbatches * per_microbatch)
+    modelled = estimate(TINY, measured_cpu_profile(1.0, tp_layers=False), c).prediction["time_breakdown"]["tp_comm"]
+    assert modelled != pytest.approx(tp_comm)
+
+
+def test_tp_layers_beyond_the_largest_measured_micro_batch_grow_with_the_modelled_collective():
+    """Read at micro-batch 4 (the largest measured), plus what the modelled collective adds from 4 to 16 tokens."""
+    cluster = measured_cpu_profile(1.0)
+    c = cfg(tp=2, dp=2, micro_batch_size=4, global_batch_size=32)
+    big = dataclasses.replace(c, micro_batch_size=16, global_batch_size=32)
+    layer, read_at = measured_tp_layer(TINY, cluster, big)
+    assert read_at == 4 and (layer.forward, layer.backward_input) == pytest.approx(TP_LAYER[4])
+    grow = tp_collective(TINY, cluster, big, [0, 1]) - tp_collective(TINY, cluster, c, [0, 1])
+    assert grow > 0
+    per_microbatch = TINY.num_layers * (sum(TP_LAYER[4]) + 4 * grow) + sum(TP_LAYER[4]) / 2 + 2 * grow
+    tp_comm = estimate(TINY, cluster, big).prediction["time_breakdown"]["tp_comm"]
+    assert tp_comm == pytest.approx(big.num_microbatches * per_microbatch)
+
+
+def test_search_bounds_stay_below_the_simulation_on_a_measured_cpu_profile():
+    """The pruning bounds read the same measured entries (TP layers, overheads, core share) and stay below."""
+    from autoconf.cost.estimate import Execution
+    from autoconf.execute.support import unsupported_reason
+    from autoconf.solve.search import _BoundCache
+    from autoconf.solve.space import candidates
+
+    cluster = measured_cpu_profile(0.5, alone=0.7)
+    cache = _BoundCache(TINY, cluster, Execution())
+    checked = 0
+    for config in candidates(TINY, 4, 4, 16, SEQ, "fp32"):
+        if unsupported_reason(config):
+            continue
+        p = estimate(TINY, cluster, config, detail=False).prediction
+        assert cache.bounds(config).time_s <= p["iteration_time_s"] * (1 + 1e-9), config
+        checked += 1
+    assert checked > 50
+
+
+def test_cpu_work_time_does_not_count_waiting():
+    """The profiler's CPU clock: a sleep (what a preempted or throttled rank does) costs no work time."""
+    import torch
+
+    from autoconf.profile.timing import work_time
+
+    assert work_time(lambda: time.sleep(0.05), torch.device("cpu")) < 0.01
+    a = torch.randn(256, 256)
+    assert work_time(lambda: [a @ a for _ in range(20)], torch.device("cpu")) > 0
+
+
+def test_reference_overheads_are_the_gap_between_the_whole_model_and_its_blocks():
+    """A one-layer model measured 2 ms slower per pass than its blocks add up to gives pass_overhead_s 2 ms; the
+    optimizer rate is the reference step's time per parameter; medians over ranks."""
+    from autoconf.profile.compute import reference_overheads
+
+    entries = [{"block": b, "tp": 1, "micro_batch": 1, "seq_len": 64, "forward_s": 1e-3, "backward_input_s": 1e-3,
+                "backward_weight_s": 5e-4} for b in ("attention", "mlp", "norm", "embedding", "head")]
+    parts_f = 6 * 1e-3  # attention, mlp, 2 norms, embedding, head
+    parts_b = 6 * 1.5e-3
+
+    def ref(extra):
+        return {"layers": 1, "params": 1000, "optimizer_s": 1e-3 + extra,
+                "passes": [{"micro_batch": 1, "seq_len": 64, "forward_s": parts_f + 2e-3 + extra,
+                            "backward_s": parts_b + 2e-3 + extra}]}
+
+    found = reference_overheads({"entries": entries}, [ref(0.0), ref(0.0), ref(5e-3)])
+    assert found["pass_overhead_s"] == pytest.approx(2e-3)
+    assert found["optimizer_s_per_param"] == pytest.approx(1e-6)
+    slower_blocks = reference_overheads({"entries": entries}, [ref(-4e-3)])
+    assert slower_blocks["pass_overhead_s"] == 0.0
