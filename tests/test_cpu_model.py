@@ -129,3 +129,40 @@ def test_reference_overheads_are_the_gap_between_the_whole_model_and_its_blocks(
     assert found["optimizer_s_per_param"] == pytest.approx(1e-6)
     slower_blocks = reference_overheads({"entries": entries}, [ref(-4e-3)])
     assert slower_blocks["pass_overhead_s"] == 0.0
+    assert found["model_compute_scale"] == 1.0  # no deep reference
+
+
+def test_chained_blocks_scale_is_the_deep_models_time_over_its_blocks():
+    """A 4-layer model that takes 1.2x its blocks (after two pass overheads per micro-batch) gives scale 1.2;
+    a faster one is noise and gives 1."""
+    from autoconf.profile.compute import reference_overheads
+
+    def entries(mb):
+        return [{"block": b, "tp": 1, "micro_batch": mb, "seq_len": 64, "forward_s": 1e-3 * mb,
+                 "backward_input_s": 1e-3 * mb, "backward_weight_s": 0.0}
+                for b in ("attention", "mlp", "norm", "embedding", "head")]
+
+    table = {"entries": entries(1) + entries(2)}
+    one_layer = {"layers": 1, "params": 10, "optimizer_s": 1e-6,
+                 "passes": [{"micro_batch": 1, "seq_len": 64, "forward_s": 6e-3 + 1e-3, "backward_s": 6e-3 + 1e-3}]}
+    parts = {mb: (4 + 4 + 8 + 1 + 1) * 2e-3 * mb for mb in (1, 2)}  # F + B of every block of a 4-layer model
+
+    def deep(factor):
+        return {"layers": 4, "params": 10, "optimizer_s": 1e-6,
+                "passes": [{"micro_batch": mb, "seq_len": 64, "forward_s": (factor * parts[mb] + 2e-3) / 2,
+                            "backward_s": (factor * parts[mb] + 2e-3) / 2} for mb in (1, 2)]}
+
+    found = reference_overheads(table, [one_layer], [deep(1.2)])
+    assert found["pass_overhead_s"] == pytest.approx(1e-3)
+    assert found["model_compute_scale"] == pytest.approx(1.2)
+    assert reference_overheads(table, [one_layer], [deep(0.9)])["model_compute_scale"] == 1.0
+
+
+def test_chained_scale_multiplies_the_measured_block_times():
+    """model_compute_scale multiplies every measured block time (the compute term), nothing else."""
+    base = measured_cpu_profile(0.5, alone=0.5)
+    efficiency = {**base.efficiency, "model_compute_scale": {"value": 1.2, "why": "test"}}
+    a = estimate(TINY, base, cfg()).prediction["time_breakdown"]
+    b = estimate(TINY, dataclasses.replace(base, efficiency=efficiency), cfg()).prediction["time_breakdown"]
+    assert b["compute"] == pytest.approx(1.2 * a["compute"])
+    assert b["step_comm"] == pytest.approx(a["step_comm"])

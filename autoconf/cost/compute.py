@@ -192,9 +192,10 @@ def _measured_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfi
     by_block: dict[str, list[tuple[float, PassTimes]]] = {}
     same_seq = [e for e in table.get("entries", []) if e.get("tp") == c.tp and e.get("seq_len") == c.seq_len]
     entries = same_seq or [e for e in table.get("entries", []) if e.get("tp") == c.tp]
+    chained = float(cluster.efficiency.get("model_compute_scale", {}).get("value", 1.0))
     for entry in entries:
         times = PassTimes(float(entry["forward_s"]), float(entry["backward_input_s"]),
-                          float(entry["backward_weight_s"])).scaled(1 / share)
+                          float(entry["backward_weight_s"])).scaled(chained / share)
         by_block.setdefault(entry["block"], []).append((entry["micro_batch"] * entry["seq_len"], times))
     if not all(k in by_block for k in ("attention", "mlp", "norm", "embedding", "head")):
         return None

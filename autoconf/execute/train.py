@@ -55,6 +55,27 @@ class TrainOptions:
     quiet: bool = False
 
 
+class PhaseClock:
+    """Wall seconds of the parts of one step on this rank (rank 0's go into the metrics). On GPU each lap
+    synchronises the device first, so the phases are only recorded when asked for (AUTOCONF_PHASES=1); on CPU they
+    cost nothing and are always recorded."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.enabled = device.type == "cpu" or os.environ.get("AUTOCONF_PHASES") == "1"
+        self.phases: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if not self.enabled:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.phases[name] = now - self._last
+        self._last = now
+
+
 def lr_at(step: int, opts: TrainOptions) -> float:
     """Linear warm-up to opts.lr, then cosine decay to opts.lr * min_lr_ratio at the last step."""
     warmup = opts.warmup_steps if opts.warmup_steps is not None else max(1, opts.steps // 10)
@@ -190,23 +211,29 @@ class Trainer:
         for optimizer in self.optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = lr
+        clock = PhaseClock(self.device)
         batch = local_rows(self.data.global_batch(step, c.global_batch_size), self.coords.dp, c.dp).to(self.device)
         inputs, targets = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
         losses: list[torch.Tensor] = []
+        clock.lap("data")
         with self._autocast():
             if self.schedule is None:
                 self._accumulate(inputs, targets, losses)
             else:
                 self._pipeline(inputs, targets, losses)
+        clock.lap("forward_backward")
         self.match_grad_layouts()
         if c.dp > 1 and not self.fsdp:
             allreduce_gradients(self.models, self.mesh["dp"].get_group(), c.dp)
+        clock.lap("grad_sync")
         self.tied.sync()
         norm = self.grad_norm()
+        clock.lap("tied_and_norm")
         self.clip(norm)
         for optimizer in self.optimizers:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        clock.lap("optimizer")
         # Mean over every micro-batch of every replica (ranks that hold no loss add zeros; TP copies count alike
         # in the sum and in the count).
         stats = torch.zeros(2, dtype=torch.float64, device=self.device)
@@ -214,7 +241,8 @@ class Trainer:
             stats[0] = torch.stack([l.detach().double() for l in losses]).sum()
             stats[1] = len(losses)
         dist.all_reduce(stats)
-        return {"loss": float(stats[0] / stats[1]), "grad_norm": float(norm), "lr": lr}
+        clock.lap("loss_sync")
+        return {"loss": float(stats[0] / stats[1]), "grad_norm": float(norm), "lr": lr, "phases_s": clock.phases}
 
     def _accumulate(self, inputs, targets, losses) -> None:
         """pp == 1: plain gradient accumulation over the micro-batches."""
@@ -318,6 +346,8 @@ def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) ->
             peak = _peak_memory(device, rss_start)
             record = {"step": step + 1, "loss": out["loss"], "step_time_s": dt, "tokens_per_s": tokens_per_step / dt,
                       "peak_memory_bytes": peak, "grad_norm": out["grad_norm"], "lr": out["lr"]}
+            if out["phases_s"]:
+                record["phases_s"] = out["phases_s"]
             records.append(record)
             log(f"step {step + 1}/{opts.steps} loss {out['loss']:.4f} lr {out['lr']:.2e} "
                 f"grad_norm {out['grad_norm']:.3f} {dt:.3f}s {tokens_per_step / dt:,.0f} tok/s")

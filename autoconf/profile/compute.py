@@ -189,19 +189,21 @@ def optimizer_time_per_param(device: torch.device, numel: int, warmup: int, repe
 
 
 # ---- the whole model: what the blocks leave out --------------------------------------------------------------------
+REFERENCE_LAYERS = 4  # depth of the model whose chained blocks are compared with the table
+
+
 def measure_reference(model: ModelSpec, device: torch.device, dtype: str, micro_batches: tuple[int, ...], seq: int,
-                      warmup: int, repeats: int) -> dict:
-    """Times the executor's own unsharded one-layer model (embedding, the first layer, final norm and head: the
-    smallest stage) end to end on this rank: forward + loss and the full backward of one micro-batch of each size,
-    and one AdamW step plus the gradient-norm pass over its real parameter tensors (small tensors cost more per
-    parameter than the 1M-element chunks `optimizer_time_per_param` times). What the block tables miss (module
-    calls, residual adds, the loss, autograd's per-pass bookkeeping) is the difference; `reference_overheads` turns
-    it into profile entries. Returns {"layers": 1, "params", "passes": [{"micro_batch", "seq_len", "forward_s",
-    "backward_s"}], "optimizer_s"}."""
+                      warmup: int, repeats: int, layers: int = 1) -> dict:
+    """Times the executor's own unsharded model of `layers` layers (embedding, the first layers, final norm and head;
+    one layer is the smallest stage) end to end on this rank: forward + loss and the full backward of one
+    micro-batch of each size, and one AdamW step plus the gradient-norm pass over its real parameter tensors (small
+    tensors cost more per parameter than the 1M-element chunks `optimizer_time_per_param` times). What the block
+    tables miss (module calls, residual adds, the loss, autograd's per-pass bookkeeping, blocks evicting each other
+    from the caches) is the difference; `reference_overheads` turns it into profile entries. Returns {"layers",
+    "params", "passes": [{"micro_batch", "seq_len", "forward_s", "backward_s"}], "optimizer_s"}."""
     from autoconf.execute.model import build_model, init_weights
     from autoconf.execute.pipeline import loss_fn
 
-    layers = 1
     net = build_model(model, 0, layers).to_empty(device=device)
     init_weights(net, 0)
     net = net.to(TORCH_DTYPES[dtype]).train()
@@ -234,34 +236,44 @@ def measure_reference(model: ModelSpec, device: torch.device, dtype: str, micro_
     return {"layers": layers, "params": sum(p.numel() for p in params), "passes": passes, "optimizer_s": optimizer}
 
 
-def reference_overheads(table: dict, refs: list[dict]) -> dict:
-    """From the block table and every rank's `measure_reference`: {"pass_overhead_s": time per forward or backward
-    pass of a stage that its blocks do not account for, "optimizer_s_per_param": the optimizer step and gradient
-    norm of the real model's tensors, per parameter}.
-
-    The gap is the reference model's time minus the sum of its blocks (embedding, layers x (attention + MLP + two
-    norms), head) in the table (tp = 1); the pass overhead is the mean of the forward and backward gaps at the
-    smallest micro-batch, never below 0. Medians over ranks."""
+def _reference_gaps(table: dict, refs: list[dict]) -> list[tuple[int, float, float]]:
+    """Per micro-batch size of the references: (size, whole-model time, sum of its blocks in the table at tp 1),
+    forward + backward, medians over ranks."""
     entries = {(e["block"], e["micro_batch"], e["seq_len"]): e for e in table["entries"] if e["tp"] == 1}
     layers = refs[0]["layers"]
-    sizes, gaps_f, gaps_b = [], [], []
+    counts = {"attention": layers, "mlp": layers, "norm": 2 * layers, "embedding": 1, "head": 1}
+    out = []
     for i, item in enumerate(refs[0]["passes"]):
-        mb, seq = item["micro_batch"], item["seq_len"]
-        blocks = {b: entries.get((b, mb, seq)) for b in BLOCKS}
+        blocks = {b: entries.get((b, item["micro_batch"], item["seq_len"])) for b in BLOCKS}
         if any(v is None for v in blocks.values()):
             continue
-        counts = {"attention": layers, "mlp": layers, "norm": 2 * layers, "embedding": 1, "head": 1}
-        parts_f = sum(counts[b] * blocks[b]["forward_s"] for b in BLOCKS)
-        parts_b = sum(counts[b] * (blocks[b]["backward_input_s"] + blocks[b]["backward_weight_s"]) for b in BLOCKS)
-        sizes.append(mb)
-        gaps_f.append(median([r["passes"][i]["forward_s"] for r in refs]) - parts_f)
-        gaps_b.append(median([r["passes"][i]["backward_s"] for r in refs]) - parts_b)
-    # At the smallest micro-batch the gap is mostly the fixed part (a line's intercept through a few noisy gaps
-    # swings by milliseconds between runs on a shared host).
-    smallest = min(range(len(sizes)), key=lambda i: sizes[i]) if sizes else None
-    overhead = 0.0 if smallest is None else (gaps_f[smallest] + gaps_b[smallest]) / 2
+        parts = sum(counts[b] * (blocks[b]["forward_s"] + blocks[b]["backward_input_s"] + blocks[b]["backward_weight_s"])
+                    for b in BLOCKS)
+        whole = median([r["passes"][i]["forward_s"] + r["passes"][i]["backward_s"] for r in refs])
+        out.append((item["micro_batch"], whole, parts))
+    return out
+
+
+def reference_overheads(table: dict, refs: list[dict], deep: list[dict] | None = None) -> dict:
+    """From the block table and every rank's `measure_reference`s: {"pass_overhead_s": time per forward or
+    backward pass of a stage that its blocks do not account for, "model_compute_scale": how much longer blocks take
+    chained in the model than timed alone, "optimizer_s_per_param": the optimizer step and gradient norm of the
+    real model's tensors, per parameter}.
+
+    `refs` (one layer, smallest micro-batch): the pass overhead is half the gap between the model and its blocks,
+    never below 0. `deep` (several layers, several micro-batch sizes): the scale is the ratio of the summed model
+    times, less two pass overheads each, to the summed block times, kept within [1, 2] (below 1 is noise: chaining
+    cannot make a block faster); 1 without `deep`. Medians over ranks."""
+    gaps = _reference_gaps(table, refs)
+    overhead = max(0.0, (gaps[0][1] - gaps[0][2]) / 2) if gaps else 0.0
+    scale = 1.0
+    deep_gaps = _reference_gaps(table, deep) if deep else []
+    if deep_gaps:
+        whole = sum(w - 2 * overhead for _, w, _ in deep_gaps)
+        parts = sum(p for _, _, p in deep_gaps)
+        scale = min(2.0, max(1.0, whole / parts)) if parts > 0 else 1.0
     optimizer = median([r["optimizer_s"] for r in refs]) / refs[0]["params"]
-    return {"pass_overhead_s": max(0.0, overhead), "optimizer_s_per_param": optimizer}
+    return {"pass_overhead_s": overhead, "model_compute_scale": scale, "optimizer_s_per_param": optimizer}
 
 
 def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:

@@ -230,18 +230,29 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
         table = compute.measure_compute(model, grid, device, main_dtype,
                                         f"cuda:{device_name}" if on_gpu else "cpu", log, optimizer_numel)
         if not on_gpu:
-            log(f"reference: a one-layer {model.name} end to end and its optimizer step, on every rank at once")
+            deep_layers = min(model.num_layers, compute.REFERENCE_LAYERS)
+            log(f"reference: the executor's {model.name} with 1 and {deep_layers} layers end to end, and its "
+                f"optimizer step, on every rank at once")
             dist.barrier()
-            refs = _gather(compute.measure_reference(model, device, main_dtype, (min(grid.micro_batches),),
-                                                     max(grid.seq_lens), grid.warmup, 3 * grid.repeats))
-            found = compute.reference_overheads(table, refs)
+            seq = max(grid.seq_lens)
+            refs = _gather(compute.measure_reference(model, device, main_dtype, (min(grid.micro_batches),), seq,
+                                                     grid.warmup, 3 * grid.repeats))
+            deep = _gather(compute.measure_reference(model, device, main_dtype, grid.micro_batches, seq,
+                                                     grid.warmup, grid.repeats, layers=deep_layers))
+            found = compute.reference_overheads(table, refs, deep)
             table["optimizer_s_per_param"] = found["optimizer_s_per_param"]
             efficiency["pass_overhead_s"] = {
                 "value": found["pass_overhead_s"],
-                "why": "CPU seconds per forward or backward pass of a stage beyond its blocks' times (layer loop, "
-                       "loss, autograd bookkeeping): intercept of the whole model's time minus its blocks over "
-                       "micro-batch sizes; the cost model divides it by the CPU share"}
-            log(f"  pass overhead {found['pass_overhead_s'] * 1e3:.2f} ms, optimizer + gradient norm "
+                "why": "CPU seconds per forward or backward pass of a stage beyond its blocks' times (module calls, "
+                       "loss, autograd bookkeeping): half the gap between a one-layer model and its blocks at the "
+                       "smallest micro-batch; the cost model divides it by the CPU share"}
+            efficiency["model_compute_scale"] = {
+                "value": found["model_compute_scale"],
+                "why": f"the executor's {deep_layers}-layer model over the sum of its blocks timed alone, at every "
+                       f"profiled micro-batch (blocks chained in a model share caches); the cost model scales the "
+                       f"measured block times by it"}
+            log(f"  pass overhead {found['pass_overhead_s'] * 1e3:.2f} ms, blocks chained x"
+                f"{found['model_compute_scale']:.3f}, optimizer + gradient norm "
                 f"{found['optimizer_s_per_param'] * 1e9:.2f} ns per parameter")
             tps = tuple(t for t in grid.tps if t > 1)
             if tps and world > 1:
