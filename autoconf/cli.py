@@ -316,17 +316,20 @@ def launch(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_eve
 @click.option("--seq-len", type=int, default=None, help="default: the model's context, at most 8192")
 @click.option("--configs", type=click.IntRange(min=2), default=8, show_default=True, help="layouts to run")
 @click.option("--steps", type=click.IntRange(min=3), default=8, show_default=True, help="steps per layout")
+@click.option("--repeats", type=click.IntRange(min=1, max=20), default=1, show_default=True,
+              help="run the layouts this many times in turn; each layout's measured time is the median")
 @click.option("--fix", "fix", multiple=True, metavar="KEY=VALUE", help="pin a config field in every layout")
 @click.option("--calibrate", is_flag=True, help="fit the profile's factors; report held-out error before/after")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--force", is_flag=True, help="reuse a non-empty --out folder")
 @user_errors
-def validate(model_arg, cluster_arg, global_batch, seq_len, configs, steps, fix, calibrate, out_dir, force) -> None:
+def validate(model_arg, cluster_arg, global_batch, seq_len, configs, steps, repeats, fix, calibrate, out_dir,
+             force) -> None:
     """Run K layouts, compare measured and predicted step times (report.json, scatter.png)."""
     from autoconf.validate import validate_command
 
     validate_command(model_arg, cluster_arg, global_batch, seq_len, configs, steps, out_dir, calibrate, force,
-                     fixed=parse_fix(fix))
+                     fixed=parse_fix(fix), repeats=repeats)
 
 
 def run() -> None:

@@ -2,7 +2,7 @@
 
     python scripts/bench_validate.py [--profile PROFILE.json] [--out DIR] [--configs 10] [--steps 8]
                                      [--global-batch 16] [--seq-len 128] [--model tiny-gpt] [--nproc 4]
-                                     [--quota CPUS] [--no-refine]
+                                     [--quota CPUS] [--repeats R] [--no-refine]
 
 Profiles this host first (--nproc CPU ranks, ~30 s) unless --profile names an existing profile, then runs
 `autoconf validate --calibrate` through the library and prints one JSON line with the figures (median |error|,
@@ -36,6 +36,7 @@ def main() -> int:
     p.add_argument("--model", default="tiny-gpt")
     p.add_argument("--nproc", type=int, default=4)
     p.add_argument("--quota", type=float, default=None, help="CPU cores per rank (cgroup quota; needs root)")
+    p.add_argument("--repeats", type=int, default=1, help="run the layouts this many times in turn (median)")
     p.add_argument("--run-timeout", type=float, default=300.0, help="seconds per layout under --quota")
     p.add_argument("--no-refine", action="store_true",
                    help="run the planner's best with the default partition and placement (not CP-SAT's)")
@@ -89,7 +90,7 @@ def main() -> int:
         result = validate(load_model(args.model), cluster, cluster.name, args.global_batch, args.seq_len,
                           "fp32" if cluster.device.kind == "cpu" else "bf16", args.configs, args.steps,
                           out / "validate", calibrate=True, force=True, cluster_path=profile, log=console.print,
-                          refine=not args.no_refine, runner=runner)
+                          refine=not args.no_refine, runner=runner, repeats=args.repeats)
         console.print(report_table(result))
         report = result.to_dict()
     finally:
@@ -98,7 +99,8 @@ def main() -> int:
     cal = report.get("calibration") or {}
     ok = [r for r in report["runs"] if r["status"] == "ok"]
     figures = {
-        "model": args.model, "ranks": args.nproc, "quota": args.quota, "layouts": len(report["runs"]),
+        "model": args.model, "ranks": args.nproc, "quota": args.quota, "repeats": args.repeats,
+        "layouts": len(report["runs"]),
         "ok": len(ok), "steps": args.steps, "global_batch": args.global_batch, "seq_len": args.seq_len,
         "median_abs_error": report["median_abs_error"], "spearman": report["spearman"], "regret": report["regret"],
         "calibration_scheme": cal.get("scheme"),

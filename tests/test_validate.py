@@ -122,6 +122,31 @@ def test_read_metrics_takes_the_summary_median_and_explains_a_missing_one(tmp_pa
     assert read_metrics(path)[:2] == (0.25, [0.5])
 
 
+def test_repeats_run_the_list_in_turn_and_keep_the_median(tmp_path, layouts):
+    """With repeats the whole list runs again in the same order; each layout's time is the median of its successful
+    repeats, a repeat that fails is recorded but does not sink the layout, one that never succeeds is failed."""
+    from autoconf.validate.run import run_plans
+
+    order, times = [], {0: [0.3, 0.1, 0.2], 1: [0.5, 0.5, 0.5], 2: [None, None, None], 3: [0.4, None, 0.6]}
+
+    def runner(plan, metrics, log, steps):
+        index = int(plan.parent.name)
+        order.append(index)
+        value = times[index][sum(1 for i in order if i == index) - 1]
+        if value is None:
+            return 1
+        metrics.write_text(json.dumps({"step": 3, "step_time_s": value}) + "\n" +
+                           json.dumps({"summary": {"measured_iteration_time_s": value}}) + "\n")
+        return 0
+
+    runs = run_plans(layouts[:4], tmp_path, 3, runner, log=lambda _: None, repeats=3)
+    assert order == [0, 1, 2, 3] * 3
+    assert [r.measured_s for r in runs] == [0.2, 0.5, None, 0.5]
+    assert [r.status for r in runs] == ["ok", "ok", "failed", "ok"]
+    assert runs[0].repeats_s == [0.3, 0.1, 0.2] and runs[3].failure
+    assert (tmp_path / "runs" / "0" / "metrics.2.jsonl").exists()
+
+
 # ---- calibration --------------------------------------------------------------------------------------------------
 def test_predict_time_equals_the_estimate_without_overheads(tiny, layouts):
     model, cluster = tiny

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -68,6 +69,7 @@ class Run:
     step_times_s: list = field(default_factory=list)
     wall_s: float | None = None
     dir: str = ""
+    repeats_s: list | None = None  # each repeat's measured time, when the layouts ran more than once
 
     @property
     def error(self) -> float | None:
@@ -160,34 +162,48 @@ def _tail(path: Path, lines: int = 6) -> str:
 
 
 def run_plans(plans: list[Plan], out_dir: Path, steps: int, runner: Runner = local_runner, force: bool = False,
-              log: Callable[[str], None] = print) -> list[Run]:
-    """Writes and runs each plan; plans[0] is the planner's choice."""
+              log: Callable[[str], None] = print, repeats: int = 1) -> list[Run]:
+    """Writes and runs each plan; plans[0] is the planner's choice. With `repeats` > 1 the whole list is run that
+    many times in turn (so a slow spell of the host touches every layout alike) and a layout's measured time is the
+    median over its successful repeats; repeat r > 0 writes `metrics.<r>.jsonl` / `log.<r>.txt` beside the first."""
     from autoconf.report.tables import layout_label
 
     runs = []
     for i, plan in enumerate(plans):
-        run_dir = out_dir / "runs" / str(i)
-        run = Run(index=i, label=layout_label(plan), config=plan.config.to_dict(),
-                  predicted_s=float(plan.prediction["iteration_time_s"]), chosen=(i == 0), dir=f"runs/{i}")
-        plan_path, metrics_path, log_path = run_dir / "plan.json", run_dir / "metrics.jsonl", run_dir / "log.txt"
-        plan.save(plan_path, force=force)
-        log(f"[{i + 1}/{len(plans)}] {run.label}: predicted {run.predicted_s:.4g} s, running {steps} steps ...")
-        start = time.perf_counter()
-        try:
-            code = runner(plan_path, metrics_path, log_path, steps)
-        except UserError as err:
-            code, run.failure = -1, str(err)
-        run.wall_s = round(time.perf_counter() - start, 2)
-        measured, times, why = read_metrics(metrics_path)
-        run.step_times_s = times
-        if code == 0 and measured is not None:
-            run.status, run.measured_s = "ok", measured
-            log(f"    measured {measured:.4g} s ({100 * run.error:+.1f}%)")
+        runs.append(Run(index=i, label=layout_label(plan), config=plan.config.to_dict(),
+                        predicted_s=float(plan.prediction["iteration_time_s"]), chosen=(i == 0), dir=f"runs/{i}"))
+        plan.save(out_dir / "runs" / str(i) / "plan.json", force=force)
+    measured: list[list[float]] = [[] for _ in plans]
+    for r in range(repeats):
+        for i, run in enumerate(runs):
+            run_dir = out_dir / "runs" / str(i)
+            suffix = f".{r}" if r else ""
+            metrics_path, log_path = run_dir / f"metrics{suffix}.jsonl", run_dir / f"log{suffix}.txt"
+            again = f" (repeat {r + 1}/{repeats})" if repeats > 1 else ""
+            log(f"[{i + 1}/{len(plans)}] {run.label}: predicted {run.predicted_s:.4g} s, running {steps} steps"
+                f"{again} ...")
+            start = time.perf_counter()
+            failure = None
+            try:
+                code = runner(run_dir / "plan.json", metrics_path, log_path, steps)
+            except UserError as err:
+                code, failure = -1, str(err)
+            run.wall_s = round((run.wall_s or 0.0) + time.perf_counter() - start, 2)
+            value, times, why = read_metrics(metrics_path)
+            if code == 0 and value is not None:
+                measured[i].append(value)
+                run.step_times_s = run.step_times_s + times
+                log(f"    measured {value:.4g} s ({100 * (run.predicted_s - value) / value:+.1f}%)")
+            else:
+                run.failure = failure or f"exit code {code}: {why or ''} {_tail(log_path)}".strip()
+                log(f"    failed: {run.failure}")
+    for run, values in zip(runs, measured):
+        if values:
+            run.status, run.measured_s = "ok", float(statistics.median(values))
+            if repeats > 1:
+                run.repeats_s = values
         else:
             run.status = "failed"
-            run.failure = run.failure or (f"exit code {code}: {why or ''} {_tail(log_path)}".strip())
-            log(f"    failed: {run.failure}")
-        runs.append(run)
     return runs
 
 
@@ -292,7 +308,7 @@ def report_table(report: Report):
 def validate(model: ModelSpec, cluster: ClusterProfile, cluster_label: str, global_batch: int, seq_len: int,
              dtype: str, configs: int, steps: int, out_dir: Path, calibrate: bool = False, force: bool = False,
              fixed: dict | None = None, runner: Runner = local_runner, cluster_path: Path | None = None,
-             log: Callable[[str], None] = print, refine: bool = True) -> Report:
+             log: Callable[[str], None] = print, refine: bool = True, repeats: int = 1) -> Report:
     """Selects, runs and compares; writes report.json, scatter.png (and calibrated_profile.json)."""
     from autoconf.validate.select import select_layouts
 
@@ -311,7 +327,7 @@ def validate(model: ModelSpec, cluster: ClusterProfile, cluster_label: str, glob
     plans = select_layouts(model, cluster, global_batch, seq_len, dtype, configs, fixed, refine=refine)
     log(f"validating {len(plans)} layouts of {model.name} on {cluster_label} ({cluster.world_size} ranks), "
         f"{steps} steps each")
-    runs = run_plans(plans, out_dir, steps, runner, force=True, log=log)
+    runs = run_plans(plans, out_dir, steps, runner, force=True, log=log, repeats=repeats)
     report = Report(model.name, cluster_label, global_batch, seq_len, steps, runs).summarise()
     if calibrate:
         log("calibrating ...")
@@ -339,7 +355,7 @@ def _renamed(cluster: ClusterProfile, note: str) -> ClusterProfile:
 
 def validate_command(model: str, cluster_path: str, global_batch: int, seq_len: int | None, configs: int,
                      steps: int, out_dir: str | Path, calibrate: bool, force: bool,
-                     fixed: dict | None = None) -> dict:
+                     fixed: dict | None = None, repeats: int = 1) -> dict:
     """The `autoconf validate` verb: loads the model and profile, validates, prints the table; returns report.json's
     content. `fixed`: typed config fields as `cli.parse_fix` returns them (dtype among them picks the dtype)."""
     from rich.console import Console
@@ -357,7 +373,7 @@ def validate_command(model: str, cluster_path: str, global_batch: int, seq_len: 
     console = Console()
     report = validate(model_spec, cluster, cluster.name, global_batch, seq_len, dtype, configs, steps,
                       Path(out_dir), calibrate, force, fixed,
-                      cluster_path=bundled if bundled.exists() else None, log=console.print)
+                      cluster_path=bundled if bundled.exists() else None, log=console.print, repeats=repeats)
     console.print(report_table(report))
     out = Path(out_dir)
     for name in ("report.json", "scatter.png", "calibrated_profile.json"):
