@@ -27,7 +27,7 @@ def measured_cpu_profile(share: float = 0.5, alone: float | None = None, tp_laye
                                 "backward_input_s": 0.0 if block == "embedding" else t,
                                 "backward_weight_s": t})
     compute = {"dtype": "fp32", "device": "cpu", "model": TINY.to_dict(), "entries": entries,
-               "optimizer_s_per_param": 5e-9}
+               "optimizer_s_per_param": 5e-9, "optimizer_dtensor_s_per_param": 2e-8}
     if tp_layers:
         compute["tp_layers"] = [{"tp": tp, "micro_batch": mb, "seq_len": SEQ, "sequence_parallel": sp,
                                  "forward_s": TP_LAYER[mb][0] * (1.5 if sp else 1) * tp / 2,

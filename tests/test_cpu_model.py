@@ -166,3 +166,19 @@ def test_chained_scale_multiplies_the_measured_block_times():
     b = estimate(TINY, dataclasses.replace(base, efficiency=efficiency), cfg()).prediction["time_breakdown"]
     assert b["compute"] == pytest.approx(1.2 * a["compute"])
     assert b["step_comm"] == pytest.approx(a["step_comm"])
+
+
+def test_dtensor_parameters_pay_the_measured_dtensor_optimizer_rate():
+    """TP or FSDP parameters are DTensors: their optimizer step costs at least the profile's DTensor rate times the
+    rank's unsharded parameters (per-tensor dispatch does not shrink with sharding); plain ZeRO-0 DP does not."""
+    base = measured_cpu_profile(0.5, alone=0.5)
+    compute = {**base.compute, "optimizer_dtensor_s_per_param": 4e-8}
+    slow = dataclasses.replace(base, compute=compute)
+    params = TINY.total_params()
+    for c, dtensor in ((cfg(zero_stage=0), False), (cfg(zero_stage=2), True), (cfg(tp=2, dp=2), True)):
+        a = estimate(TINY, base, c).prediction["time_breakdown"]["optimizer"]
+        b = estimate(TINY, slow, c).prediction["time_breakdown"]["optimizer"]
+        if dtensor:
+            assert b == pytest.approx(4e-8 * params / 0.5, rel=0.02) and b > a
+        else:
+            assert b == pytest.approx(a)

@@ -107,12 +107,20 @@ def cpu_share_alone(cluster: ClusterProfile) -> float:
     return max(min(float(entry["value"]), 1.0) if entry else 1.0, cpu_share(cluster))
 
 
-def optimizer_step_time(local_params: float, cluster: ClusterProfile) -> float:
-    """AdamW over `local_params` parameters: memory-bound, or as measured per parameter by the profiler."""
+def optimizer_step_time(local_params: float, cluster: ClusterProfile, dtensor_params: float | None = None) -> float:
+    """AdamW over `local_params` parameters: memory-bound, or as measured per parameter by the profiler.
+
+    `dtensor_params`: when the executor holds the rank's parameters as DTensors (TP, or FSDP at ZeRO >= 1), their
+    count before any sharding; a profile's measured DTensor rate (per unsharded parameter, mostly per-tensor
+    dispatch, which sharding does not shrink) then bounds the time from below."""
     table = cluster.compute or {}
     if table.get("optimizer_s_per_param"):
-        return float(table["optimizer_s_per_param"]) * local_params / cpu_share(cluster)
-    return local_params * ADAM_BYTES_PER_PARAM / (cluster.device.memory_bandwidth_Bps * cluster.eff("memory"))
+        seconds = float(table["optimizer_s_per_param"]) * local_params / cpu_share(cluster)
+    else:
+        seconds = local_params * ADAM_BYTES_PER_PARAM / (cluster.device.memory_bandwidth_Bps * cluster.eff("memory"))
+    if dtensor_params is not None and table.get("optimizer_dtensor_s_per_param"):
+        seconds = max(seconds, float(table["optimizer_dtensor_s_per_param"]) * dtensor_params / cpu_share(cluster))
+    return seconds
 
 
 # ---- specification model ------------------------------------------------------------------------------------------

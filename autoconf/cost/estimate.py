@@ -275,10 +275,10 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
                 sp, full, makespan = run(relaxed)
 
     # Optimizer: AdamW over each rank's (ZeRO-sharded) parameters; the slowest rank bounds the step.
-    local_params = [sum(stage_params(model, partition, st) for st in schedule.stages_of_rank(r)) / c.tp
-                    for r in range(c.pp)]
+    rank_params = [sum(stage_params(model, partition, st) for st in schedule.stages_of_rank(r)) for r in range(c.pp)]
     shard = c.dp if c.zero_stage >= 1 else 1
-    optimizer = max(optimizer_step_time(p / shard, cluster) for p in local_params)
+    dtensor = c.tp > 1 or (c.dp > 1 and c.zero_stage >= 1)
+    optimizer = max(optimizer_step_time(p / c.tp / shard, cluster, p if dtensor else None) for p in rank_params)
     step_comm = step_collectives(model, cluster, c, mesh, schedule.stage_to_rank)
     step_overhead = cluster.overhead("step_overhead_s")
     iteration = makespan + step_comm + optimizer + step_overhead

@@ -236,6 +236,43 @@ def measure_reference(model: ModelSpec, device: torch.device, dtype: str, micro_
     return {"layers": layers, "params": sum(p.numel() for p in params), "passes": passes, "optimizer_s": optimizer}
 
 
+def measure_dtensor_optimizer(model: ModelSpec, device: torch.device, dtype: str, seq: int, warmup: int,
+                              repeats: int) -> float:
+    """Seconds per (unsharded) parameter of the executor's step tail over DTensor parameters: a one-layer model
+    sharded with FSDP2 over every rank of the job (as ZeRO >= 1 shards it; TP parameters are DTensors too), one
+    backward for gradients, then the gradient-norm pass and AdamW, timed on this rank. On a small model this is
+    dominated by per-tensor dispatch, which sharding does not shrink; the cost model takes it as a lower bound."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+
+    from autoconf.execute.model import build_model
+    from autoconf.execute.parallelize import apply_fsdp, materialize
+    from autoconf.execute.pipeline import loss_fn
+
+    world = dist.get_world_size()
+    net = build_model(model, 0, 1)
+    materialize(net, device, 0)
+    net = net.to(TORCH_DTYPES[dtype]).train()
+    full = sum(p.numel() for p in net.parameters())
+    apply_fsdp(net, init_device_mesh(device.type, (world,), mesh_dim_names=("dp",)), 2)
+    tokens = torch.randint(0, model.vocab_size, (1, seq + 1), device=device)
+    loss_fn(net(tokens[:, :-1]), tokens[:, 1:]).backward()
+    params = [p for p in net.parameters() if p.grad is not None]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1)
+
+    def step():
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for p in params:
+            g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+            total += g.double().pow(2).sum()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    return median([work_time(step, device) for _ in range(max(repeats // 2, 2))]) / full
+
+
 def _reference_gaps(table: dict, refs: list[dict]) -> list[tuple[int, float, float]]:
     """Per micro-batch size of the references: (size, whole-model time, sum of its blocks in the table at tp 1),
     forward + backward, medians over ranks."""

@@ -241,6 +241,12 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
                                                      grid.warmup, grid.repeats, layers=deep_layers))
             found = compute.reference_overheads(table, refs, deep)
             table["optimizer_s_per_param"] = found["optimizer_s_per_param"]
+            if world > 1:
+                dist.barrier()
+                table["optimizer_dtensor_s_per_param"] = median(_gather(compute.measure_dtensor_optimizer(
+                    model, device, main_dtype, seq, grid.warmup, grid.repeats)))
+                log(f"  optimizer + gradient norm over FSDP-sharded DTensors: "
+                    f"{table['optimizer_dtensor_s_per_param'] * 1e9:.2f} ns per unsharded parameter")
             efficiency["pass_overhead_s"] = {
                 "value": found["pass_overhead_s"],
                 "why": "CPU seconds per forward or backward pass of a stage beyond its blocks' times (module calls, "

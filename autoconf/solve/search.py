@@ -159,7 +159,8 @@ class _BoundCache:
         rank0_layers = self._rank0_layers(c)
         params_rank0 = (rank0_layers * model.layer_params() + model.embedding_params()) / c.tp
         shard = c.dp if c.zero_stage >= 1 else 1
-        optimizer = optimizer_step_time(params_rank0 / shard, cluster)
+        dtensor = c.tp > 1 or (c.dp > 1 and c.zero_stage >= 1)
+        optimizer = optimizer_step_time(params_rank0 / shard, cluster, params_rank0 * c.tp if dtensor else None)
         # The DP stream of rank 0 carries every gather and reduction of its stages one after another, and the
         # first gather precedes the first forward.
         stages_rank0 = S // c.pp
