@@ -98,10 +98,14 @@ def _collective_transfer(cluster: ClusterProfile, op: str, nbytes: float, device
 
 
 def p2p_time(cluster: ClusterProfile, nbytes: float, pairs: list[tuple[int, int]]) -> float:
-    """Seconds for concurrent transfers of `nbytes` over each (src, dst) pair: the slowest pair bounds it (plus the
-    profile's `collective_sync_s` for a transfer between ranks)."""
+    """Seconds for concurrent transfers of `nbytes` over each (src, dst) pair: the slowest pair bounds it, plus the
+    wait for the receiver under load: the profile's `p2p_sync_s` (one peer), or `collective_sync_s` (every member
+    of a group) from profiles that do not state it."""
     transfer = _p2p_transfer(cluster, nbytes, pairs)
-    return transfer + cluster.overhead("collective_sync_s") if transfer > 0 else 0.0
+    if transfer <= 0:
+        return 0.0
+    sync = "p2p_sync_s" if "p2p_sync_s" in cluster.efficiency else "collective_sync_s"
+    return transfer + cluster.overhead(sync)
 
 
 def _p2p_transfer(cluster: ClusterProfile, nbytes: float, pairs: list[tuple[int, int]]) -> float:

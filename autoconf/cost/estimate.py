@@ -8,8 +8,9 @@
                    + optimizer step + the profile's step_overhead_s
     memory       = per pipeline rank, with the in-flight micro-batches the simulation counted   (memory.py)
 
-The time breakdown (compute, recompute, tp_comm, bubble, pp_comm, dp_comm, optimizer, framework) adds up to the
-iteration time: the terms after tp_comm are what each extra ingredient adds to the simulated makespan of the critical rank.
+The time breakdown (compute, recompute, tp_comm, bubble, pp_comm, dp_comm, step_comm, optimizer, framework) adds up
+to the iteration time: the terms after tp_comm are what each extra ingredient adds to the simulated makespan of the
+critical rank.
 """
 
 from __future__ import annotations

@@ -322,3 +322,48 @@ def loaded_sync_time(device: torch.device, repeats: int, work_s: float = 0.003) 
         dist.all_reduce(buffer)
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
+
+
+def loaded_p2p_time(device: torch.device, repeats: int, work_s: float = 0.003) -> float:
+    """Median one-way time of a 4 KiB message between pipeline neighbours when every rank computes for about
+    `work_s` between messages, as in training: ranks pair up (2k with 2k+1; an odd last rank only computes), the
+    even one sends and waits for the echo, half the round trip is kept. On CPU ranks that share cores this is the
+    wait for the receiver to be scheduled (profile entry `p2p_sync_s`, added to every pipeline transfer); unlike
+    `loaded_sync_time` it waits for one peer, not for every member of a group. Returns the median over this rank's
+    messages (nan on a rank without a partner)."""
+    import time
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    partner = rank ^ 1
+    a = torch.randn(192, 192)
+    start = time.perf_counter()
+    steps = 0
+    while time.perf_counter() - start < work_s:
+        a = torch.tanh(a @ a)
+        steps += 1
+    steps = int(_agree_max(steps, device))
+    buffer = torch.zeros(1024, dtype=torch.float32, device=device)
+    times = []
+    dist.barrier()
+    for _ in range(repeats):
+        for _ in range(steps):
+            a = torch.tanh(a @ a)
+        if partner >= world:
+            continue
+        if rank % 2 == 0:
+            t0 = time.perf_counter()
+            dist.send(buffer, partner)
+            dist.recv(buffer, partner)
+            times.append((time.perf_counter() - t0) / 2)
+        else:
+            dist.recv(buffer, partner)
+            dist.send(buffer, partner)
+    dist.barrier()
+    return float(np.median(times)) if times else float("nan")
+
+
+def _agree_max(value: float, device: torch.device) -> float:
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+

@@ -218,6 +218,12 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
             "value": sync, "why": "median time of a 4 KiB all-reduce while every rank computes between calls: the wait "
                                   "for all members to be scheduled, added to every collective and transfer"}
         log(f"  collective under load: {sync * 1e3:.2f} ms")
+        halves = [t for t in _gather(network.loaded_p2p_time(device, 5 if tiny else 30)) if t == t]
+        efficiency["p2p_sync_s"] = {
+            "value": float(median(halves)),
+            "why": "median one-way time of a 4 KiB message between neighbour ranks while every rank computes between "
+                   "messages: the wait for the receiver to be scheduled, added to every pipeline transfer"}
+        log(f"  point-to-point under load: {efficiency['p2p_sync_s']['value'] * 1e3:.2f} ms")
 
     # 5. Compute.
     model_arg = args.model or (None if on_gpu else DEFAULT_CPU_MODEL)
@@ -230,50 +236,7 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
         table = compute.measure_compute(model, grid, device, main_dtype,
                                         f"cuda:{device_name}" if on_gpu else "cpu", log, optimizer_numel)
         if not on_gpu:
-            deep_layers = min(model.num_layers, compute.REFERENCE_LAYERS)
-            log(f"reference: the executor's {model.name} with 1 and {deep_layers} layers end to end, and its "
-                f"optimizer step, on every rank at once")
-            dist.barrier()
-            seq = max(grid.seq_lens)
-            refs = _gather(compute.measure_reference(model, device, main_dtype, (min(grid.micro_batches),), seq,
-                                                     grid.warmup, 3 * grid.repeats))
-            deep = _gather(compute.measure_reference(model, device, main_dtype, grid.micro_batches, seq,
-                                                     grid.warmup, grid.repeats, layers=deep_layers))
-            found = compute.reference_overheads(table, refs, deep)
-            table["optimizer_s_per_param"] = found["optimizer_s_per_param"]
-            if world > 1:
-                dist.barrier()
-                table["optimizer_dtensor_s_per_param"] = median(_gather(compute.measure_dtensor_optimizer(
-                    model, device, main_dtype, seq, grid.warmup, grid.repeats)))
-                log(f"  optimizer + gradient norm over FSDP-sharded DTensors: "
-                    f"{table['optimizer_dtensor_s_per_param'] * 1e9:.2f} ns per unsharded parameter")
-            efficiency["pass_overhead_s"] = {
-                "value": found["pass_overhead_s"],
-                "why": "CPU seconds per forward or backward pass of a stage beyond its blocks' times (module calls, "
-                       "loss, autograd bookkeeping): half the gap between a one-layer model and its blocks at the "
-                       "smallest micro-batch; the cost model divides it by the CPU share"}
-            efficiency["model_compute_scale"] = {
-                "value": found["model_compute_scale"],
-                "why": f"the executor's {deep_layers}-layer model over the sum of its blocks timed alone, at every "
-                       f"profiled micro-batch (blocks chained in a model share caches); the cost model scales the "
-                       f"measured block times by it"}
-            log(f"  pass overhead {found['pass_overhead_s'] * 1e3:.2f} ms, blocks chained x"
-                f"{found['model_compute_scale']:.3f}, optimizer + gradient norm "
-                f"{found['optimizer_s_per_param'] * 1e9:.2f} ns per parameter")
-            tps = tuple(t for t in grid.tps if t > 1)
-            if tps and world > 1:
-                log(f"tensor-parallel layers in place: tp {list(tps)}, with and without sequence parallelism")
-                largest = max(grid.micro_batches)  # and larger ones: TP's cost grows faster than its compute
-                tp_batches = tuple(grid.micro_batches) + ((2 * largest, 4 * largest) if not tiny else ())
-                table["tp_layers"] = compute.measure_tp_layers(model, table, tps, tp_batches,
-                                                               max(grid.seq_lens), device, main_dtype,
-                                                               efficiency["cpu_share"]["value"], grid.warmup,
-                                                               grid.repeats)
-                for e in table["tp_layers"]:
-                    if e["micro_batch"] == tp_batches[-1]:
-                        log(f"  tp {e['tp']}{' sp' if e['sequence_parallel'] else ''} micro-batch "
-                            f"{e['micro_batch']}: +{e['forward_s'] * 1e3:.2f} ms forward, "
-                            f"+{e['backward_s'] * 1e3:.2f} ms backward per layer")
+            _cpu_model_entries(model, table, grid, device, main_dtype, efficiency, tiny, log)
     else:
         log("compute: skipped (no --model)")
 
@@ -287,6 +250,56 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
         intra_node_matrix=links["intra_node_matrix"], inter_node_matrix=links["inter_node_matrix"],
         collectives=collectives, compute=table, hostnames=layout.hostnames, source="measured")
     return ClusterProfile.from_dict(profile.to_dict(), source="measured profile")  # the written file must load
+
+
+def _cpu_model_entries(model, table: dict, grid, device: torch.device, dtype: str, efficiency: dict, tiny: bool,
+                       log: Progress) -> None:
+    """What a CPU rank's training adds to its block times, measured on the executor's own model and written into
+    `table` and `efficiency`: the per-pass overhead, blocks chained in a model, the optimizer over real (and over
+    DTensor) parameters, and tensor-parallel layers in place."""
+    world = dist.get_world_size()
+    deep_layers = min(model.num_layers, compute.REFERENCE_LAYERS)
+    log(f"reference: the executor's {model.name} with 1 and {deep_layers} layers end to end, and its optimizer "
+        f"step, on every rank at once")
+    dist.barrier()
+    seq = max(grid.seq_lens)
+    refs = _gather(compute.measure_reference(model, device, dtype, (min(grid.micro_batches),), seq, grid.warmup,
+                                             3 * grid.repeats))
+    deep = _gather(compute.measure_reference(model, device, dtype, grid.micro_batches, seq, grid.warmup,
+                                             grid.repeats, layers=deep_layers))
+    found = compute.reference_overheads(table, refs, deep)
+    table["optimizer_s_per_param"] = found["optimizer_s_per_param"]
+    efficiency["pass_overhead_s"] = {
+        "value": found["pass_overhead_s"],
+        "why": "CPU seconds per forward or backward pass of a stage beyond its blocks' times (module calls, loss, "
+               "autograd bookkeeping): half the gap between a one-layer model and its blocks at the smallest "
+               "micro-batch; the cost model divides it by the CPU share"}
+    efficiency["model_compute_scale"] = {
+        "value": found["model_compute_scale"],
+        "why": f"the executor's {deep_layers}-layer model over the sum of its blocks timed alone, at every profiled "
+               f"micro-batch (blocks chained in a model share caches); the cost model scales the measured block "
+               f"times by it"}
+    log(f"  pass overhead {found['pass_overhead_s'] * 1e3:.2f} ms, blocks chained x{found['model_compute_scale']:.3f}, "
+        f"optimizer + gradient norm {found['optimizer_s_per_param'] * 1e9:.2f} ns per parameter")
+    if world == 1:
+        return
+    dist.barrier()
+    table["optimizer_dtensor_s_per_param"] = median(_gather(compute.measure_dtensor_optimizer(
+        model, device, dtype, seq, grid.warmup, grid.repeats)))
+    log(f"  optimizer + gradient norm over FSDP-sharded DTensors: "
+        f"{table['optimizer_dtensor_s_per_param'] * 1e9:.2f} ns per unsharded parameter")
+    tps = tuple(t for t in grid.tps if t > 1)
+    if not tps:
+        return
+    log(f"tensor-parallel layers in place: tp {list(tps)}, with and without sequence parallelism")
+    largest = max(grid.micro_batches)  # and larger ones: TP's cost grows faster than its compute
+    tp_batches = tuple(grid.micro_batches) + ((2 * largest, 4 * largest) if not tiny else ())
+    table["tp_layers"] = compute.measure_tp_layers(model, table, tps, tp_batches, seq, device, dtype,
+                                                   efficiency["cpu_share"]["value"], grid.warmup, grid.repeats)
+    for e in table["tp_layers"]:
+        if e["micro_batch"] == tp_batches[-1]:
+            log(f"  tp {e['tp']}{' sp' if e['sequence_parallel'] else ''} micro-batch {e['micro_batch']}: "
+                f"+{e['forward_s'] * 1e3:.2f} ms forward, +{e['backward_s'] * 1e3:.2f} ms backward per layer")
 
 
 def _size(n: int) -> str:
