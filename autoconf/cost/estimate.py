@@ -157,8 +157,16 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                share: float | None = None) -> StagePlan:
     c = config
     pieces = model_pieces(model, cluster, c, share)
-    # A CPU profile states the pass overhead in CPU seconds, like its kernel tables (a GPU profile's share is 1).
-    pass_overhead = cluster.overhead("pass_overhead_s") / (cpu_share(cluster) if share is None else share)
+    # A CPU profile states the pass overhead in CPU seconds, like its kernel tables (a GPU profile's share is 1),
+    # and what the pipelining runtime adds per pass of a pipelined stage, per schedule.
+    pass_overhead = cluster.overhead("pass_overhead_s")
+    if c.pp > 1 and execution.framework == "autoconf":
+        pass_overhead += float(((cluster.compute or {}).get("pipeline_action_s") or {}).get(c.schedule, 0.0))
+    pass_overhead /= cpu_share(cluster) if share is None else share
+    fsdp_unit_pass = 0.0
+    if c.dp > 1 and c.zero_stage >= 1 and execution.framework == "autoconf":
+        fsdp_unit_pass = float((cluster.compute or {}).get("fsdp_pass_s_per_unit", 0.0)) / (
+            cpu_share(cluster) if share is None else share)
     last = len(partition) - 1
     measured_tp = measured_tp_layer(model, cluster, c) if execution.framework == "autoconf" else None
     forward, back_in, back_w = [], [], []
@@ -191,6 +199,9 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                                                                units=layers + 1)
         fwd = compute.forward + tp.forward + pass_overhead
         bwd_in = compute.backward_input + tp.backward_input + recompute + pass_overhead
+        if fsdp_unit_pass:  # FSDP's hooks on every unit (each block and the stage's root), per pass
+            fwd += fsdp_unit_pass * (layers + 1)
+            bwd_in += fsdp_unit_pass * (layers + 1)
         bwd_w = compute.backward_weight
         if per_microbatch_gather:
             # FSDP prefetches block by block, so a gather hides behind the compute of the previous block.

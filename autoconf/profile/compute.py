@@ -236,12 +236,16 @@ def measure_reference(model: ModelSpec, device: torch.device, dtype: str, micro_
     return {"layers": layers, "params": sum(p.numel() for p in params), "passes": passes, "optimizer_s": optimizer}
 
 
-def measure_dtensor_optimizer(model: ModelSpec, device: torch.device, dtype: str, seq: int, warmup: int,
-                              repeats: int) -> float:
-    """Seconds per (unsharded) parameter of the executor's step tail over DTensor parameters: a one-layer model
-    sharded with FSDP2 over every rank of the job (as ZeRO >= 1 shards it; TP parameters are DTensors too), one
-    backward for gradients, then the gradient-norm pass and AdamW, timed on this rank. On a small model this is
-    dominated by per-tensor dispatch, which sharding does not shrink; the cost model takes it as a lower bound."""
+def measure_fsdp(model: ModelSpec, device: torch.device, dtype: str, seq: int, warmup: int, repeats: int) -> dict:
+    """What FSDP2 (and DTensor parameters in general) add on this rank, on a one-layer model of the executor sharded
+    over every rank of the job as ZeRO 1-2 shards it (one unit per block plus the root):
+
+    - "pass_s_per_unit": process CPU seconds (gloo threads included) per forward or backward pass and FSDP unit
+      beyond the same passes of the unsharded model, gradient sync off as for all but the last micro-batch (the
+      hooks, DTensor bookkeeping, unsharding); the cost model adds it to every pass of a stage under ZeRO >= 1;
+    - "optimizer_s_per_param": the gradient-norm pass and AdamW over the sharded DTensor parameters, per unsharded
+      parameter; on a small model mostly per-tensor dispatch, which sharding does not shrink, so the cost model
+      takes it as a lower bound for DTensor parameters (FSDP or TP)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor
 
@@ -254,9 +258,25 @@ def measure_dtensor_optimizer(model: ModelSpec, device: torch.device, dtype: str
     materialize(net, device, 0)
     net = net.to(TORCH_DTYPES[dtype]).train()
     full = sum(p.numel() for p in net.parameters())
-    apply_fsdp(net, init_device_mesh(device.type, (world,), mesh_dim_names=("dp",)), 2)
     tokens = torch.randint(0, model.vocab_size, (1, seq + 1), device=device)
-    loss_fn(net(tokens[:, :-1]), tokens[:, 1:]).backward()
+    x, y = tokens[:, :-1], tokens[:, 1:]
+
+    def passes() -> float:
+        for _ in range(warmup):
+            loss_fn(net(x), y).backward()
+        times = []
+        for _ in range(repeats):
+            t0 = time.process_time()
+            loss_fn(net(x), y).backward()
+            times.append(time.process_time() - t0)
+        return median(times)
+
+    plain = passes()
+    apply_fsdp(net, init_device_mesh(device.type, (world,), mesh_dim_names=("dp",)), 2)
+    loss_fn(net(x), y).backward()  # gradients to step on, gathered parameters
+    net.set_requires_gradient_sync(False)
+    sharded = passes()
+    net.set_requires_gradient_sync(True)
     params = [p for p in net.parameters() if p.grad is not None]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1)
 
@@ -270,7 +290,9 @@ def measure_dtensor_optimizer(model: ModelSpec, device: torch.device, dtype: str
     for _ in range(warmup):
         step()
     sync(device)
-    return median([work_time(step, device) for _ in range(max(repeats // 2, 2))]) / full
+    units = 2  # the block and the root
+    return {"pass_s_per_unit": max(0.0, sharded - plain) / 2 / units,
+            "optimizer_s_per_param": median([work_time(step, device) for _ in range(max(repeats // 2, 2))]) / full}
 
 
 def _reference_gaps(table: dict, refs: list[dict]) -> list[tuple[int, float, float]]:

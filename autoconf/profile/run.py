@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from autoconf.errors import UserError
-from autoconf.profile import compute, hardware, network
+from autoconf.profile import compute, hardware, network, pipeline
 from autoconf.profile.timing import median
 from autoconf.spec.cluster import ClusterProfile, Device, Link, load_cluster
 
@@ -283,11 +283,16 @@ def _cpu_model_entries(model, table: dict, grid, device: torch.device, dtype: st
         f"optimizer + gradient norm {found['optimizer_s_per_param'] * 1e9:.2f} ns per parameter")
     if world == 1:
         return
+    runtime = [r for r in _gather(pipeline.measure_pipeline_actions(device, grid.warmup, grid.repeats)) if r]
+    table["pipeline_action_s"] = {name: median([r[name] for r in runtime]) for name in runtime[0]}
+    log("  pipelining runtime per pass: " + ", ".join(f"{name} {t * 1e3:.2f} ms"
+                                                     for name, t in table["pipeline_action_s"].items()))
     dist.barrier()
-    table["optimizer_dtensor_s_per_param"] = median(_gather(compute.measure_dtensor_optimizer(
-        model, device, dtype, seq, grid.warmup, grid.repeats)))
-    log(f"  optimizer + gradient norm over FSDP-sharded DTensors: "
-        f"{table['optimizer_dtensor_s_per_param'] * 1e9:.2f} ns per unsharded parameter")
+    fsdp = _gather(compute.measure_fsdp(model, device, dtype, seq, grid.warmup, grid.repeats))
+    table["fsdp_pass_s_per_unit"] = median([f["pass_s_per_unit"] for f in fsdp])
+    table["optimizer_dtensor_s_per_param"] = median([f["optimizer_s_per_param"] for f in fsdp])
+    log(f"  FSDP: {table['fsdp_pass_s_per_unit'] * 1e3:.2f} ms per pass and unit, optimizer + gradient norm over "
+        f"DTensors {table['optimizer_dtensor_s_per_param'] * 1e9:.2f} ns per unsharded parameter")
     tps = tuple(t for t in grid.tps if t > 1)
     if not tps:
         return
