@@ -182,3 +182,31 @@ def test_dtensor_parameters_pay_the_measured_dtensor_optimizer_rate():
             assert b == pytest.approx(4e-8 * params / 0.5, rel=0.02) and b > a
         else:
             assert b == pytest.approx(a)
+
+
+def test_pipelined_stages_pay_the_runtime_per_pass_of_their_schedule():
+    """pipeline_action_s[schedule] is added, over the share, to every pass of a pipelined stage (framework term);
+    pp == 1 runs without the pipelining runtime and pays nothing."""
+    base = measured_cpu_profile(0.5, alone=0.5, pass_overhead=0.0)
+    compute = {**base.compute, "pipeline_action_s": {"1f1b": 1e-3, "gpipe": 2e-3}}
+    slow = dataclasses.replace(base, compute=compute)
+    piped = cfg(pp=2, dp=2, schedule="1f1b")
+    m = piped.num_microbatches
+    framework = estimate(TINY, slow, piped).prediction["time_breakdown"]["framework"]
+    assert framework == pytest.approx(2 * m * 1e-3 / 0.5)  # the busiest rank: m forwards and m backwards
+    assert estimate(TINY, slow, cfg()).prediction["iteration_time_s"] == pytest.approx(
+        estimate(TINY, base, cfg()).prediction["iteration_time_s"])
+
+
+def test_fsdp_units_pay_their_hooks_on_every_pass():
+    """Under ZeRO >= 1 with dp > 1 every pass of a stage pays fsdp_pass_s_per_unit x (its layers + the root);
+    ZeRO-0 and dp == 1 do not."""
+    base = measured_cpu_profile(0.5, alone=0.5, pass_overhead=0.0)
+    slow = dataclasses.replace(base, compute={**base.compute, "fsdp_pass_s_per_unit": 1e-3})
+    c = cfg(zero_stage=2)
+    gained = (estimate(TINY, slow, c).prediction["iteration_time_s"]
+              - estimate(TINY, base, c).prediction["iteration_time_s"])
+    assert gained == pytest.approx(2 * c.num_microbatches * 1e-3 * (TINY.num_layers + 1) / 0.5)
+    for plain in (cfg(zero_stage=0), cfg(tp=4, dp=1, zero_stage=1)):
+        assert estimate(TINY, slow, plain).prediction["iteration_time_s"] == pytest.approx(
+            estimate(TINY, base, plain).prediction["iteration_time_s"])
