@@ -306,18 +306,12 @@ def loaded_sync_time(device: torch.device, repeats: int, work_s: float = 0.003) 
     the cost model adds it to every collective and transfer (profile entry `collective_sync_s`)."""
     import time
 
-    a = torch.randn(192, 192)
-    start = time.perf_counter()
-    steps = 0
-    while time.perf_counter() - start < work_s:  # size the work loop once
-        a = torch.tanh(a @ a)
-        steps += 1
+    work = _work_loop(work_s, device)
     buffer = torch.zeros(1024, dtype=torch.float32, device=device)
     times = []
     dist.barrier()
     for _ in range(repeats):
-        for _ in range(steps):
-            a = torch.tanh(a @ a)
+        work()
         t0 = time.perf_counter()
         dist.all_reduce(buffer)
         times.append(time.perf_counter() - t0)
@@ -335,19 +329,12 @@ def loaded_p2p_time(device: torch.device, repeats: int, work_s: float = 0.003) -
 
     rank, world = dist.get_rank(), dist.get_world_size()
     partner = rank ^ 1
-    a = torch.randn(192, 192)
-    start = time.perf_counter()
-    steps = 0
-    while time.perf_counter() - start < work_s:
-        a = torch.tanh(a @ a)
-        steps += 1
-    steps = int(_agree_max(steps, device))
+    work = _work_loop(work_s, device)
     buffer = torch.zeros(1024, dtype=torch.float32, device=device)
     times = []
     dist.barrier()
     for _ in range(repeats):
-        for _ in range(steps):
-            a = torch.tanh(a @ a)
+        work()
         if partner >= world:
             continue
         if rank % 2 == 0:
@@ -362,8 +349,24 @@ def loaded_p2p_time(device: torch.device, repeats: int, work_s: float = 0.003) -
     return float(np.median(times)) if times else float("nan")
 
 
-def _agree_max(value: float, device: torch.device) -> float:
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+def _work_loop(work_s: float, device: torch.device):
+    """A function that computes for about `work_s` seconds (the same number of small matmuls on every rank, sized
+    once by the slowest rank), standing in for a training step's compute between messages."""
+    import time
+
+    a = torch.randn(192, 192)
+    start = time.perf_counter()
+    steps = 0
+    while time.perf_counter() - start < work_s:
+        a = torch.tanh(a @ a)
+        steps += 1
+    agreed = torch.tensor([float(steps)], dtype=torch.float64, device=device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+    state = {"a": a}
+
+    def work() -> None:
+        for _ in range(int(agreed.item())):
+            state["a"] = torch.tanh(state["a"] @ state["a"])
+
+    return work
 
