@@ -112,7 +112,7 @@ def test_cpu_work_time_does_not_count_waiting():
 def test_reference_overheads_are_the_gap_between_the_whole_model_and_its_blocks():
     """A one-layer model measured 2 ms slower per pass than its blocks add up to gives pass_overhead_s 2 ms; the
     optimizer rate is the reference step's time per parameter; medians over ranks."""
-    from autoconf.profile.compute import reference_overheads
+    from autoconf.profile.overheads import reference_overheads
 
     entries = [{"block": b, "tp": 1, "micro_batch": 1, "seq_len": 64, "forward_s": 1e-3, "backward_input_s": 1e-3,
                 "backward_weight_s": 5e-4} for b in ("attention", "mlp", "norm", "embedding", "head")]
@@ -135,7 +135,7 @@ def test_reference_overheads_are_the_gap_between_the_whole_model_and_its_blocks(
 def test_chained_blocks_scale_is_the_deep_models_time_over_its_blocks():
     """A 4-layer model that takes 1.2x its blocks (after two pass overheads per micro-batch) gives scale 1.2;
     a faster one is noise and gives 1."""
-    from autoconf.profile.compute import reference_overheads
+    from autoconf.profile.overheads import reference_overheads
 
     def entries(mb):
         return [{"block": b, "tp": 1, "micro_batch": mb, "seq_len": 64, "forward_s": 1e-3 * mb,

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from autoconf.errors import UserError
-from autoconf.profile import compute, hardware, network, pipeline
+from autoconf.profile import compute, hardware, network, overheads, pipeline, tp_layers
 from autoconf.profile.timing import median
 from autoconf.spec.cluster import ClusterProfile, Device, Link, load_cluster
 
@@ -258,16 +258,16 @@ def _cpu_model_entries(model, table: dict, grid, device: torch.device, dtype: st
     `table` and `efficiency`: the per-pass overhead, blocks chained in a model, the optimizer over real (and over
     DTensor) parameters, and tensor-parallel layers in place."""
     world = dist.get_world_size()
-    deep_layers = min(model.num_layers, compute.REFERENCE_LAYERS)
+    deep_layers = min(model.num_layers, overheads.REFERENCE_LAYERS)
     log(f"reference: the executor's {model.name} with 1 and {deep_layers} layers end to end, and its optimizer "
         f"step, on every rank at once")
     dist.barrier()
     seq = max(grid.seq_lens)
-    refs = _gather(compute.measure_reference(model, device, dtype, (min(grid.micro_batches),), seq, grid.warmup,
+    refs = _gather(overheads.measure_reference(model, device, dtype, (min(grid.micro_batches),), seq, grid.warmup,
                                              3 * grid.repeats))
-    deep = _gather(compute.measure_reference(model, device, dtype, grid.micro_batches, seq, grid.warmup,
+    deep = _gather(overheads.measure_reference(model, device, dtype, grid.micro_batches, seq, grid.warmup,
                                              grid.repeats, layers=deep_layers))
-    found = compute.reference_overheads(table, refs, deep)
+    found = overheads.reference_overheads(table, refs, deep)
     table["optimizer_s_per_param"] = found["optimizer_s_per_param"]
     efficiency["pass_overhead_s"] = {
         "value": found["pass_overhead_s"],
@@ -288,7 +288,7 @@ def _cpu_model_entries(model, table: dict, grid, device: torch.device, dtype: st
     log("  pipelining runtime per pass: " + ", ".join(f"{name} {t * 1e3:.2f} ms"
                                                      for name, t in table["pipeline_action_s"].items()))
     dist.barrier()
-    fsdp = _gather(compute.measure_fsdp(model, device, dtype, seq, grid.warmup, grid.repeats))
+    fsdp = _gather(overheads.measure_fsdp(model, device, dtype, seq, grid.warmup, grid.repeats))
     table["fsdp_pass_s_per_unit"] = median([f["pass_s_per_unit"] for f in fsdp])
     table["optimizer_dtensor_s_per_param"] = median([f["optimizer_s_per_param"] for f in fsdp])
     log(f"  FSDP: {table['fsdp_pass_s_per_unit'] * 1e3:.2f} ms per pass and unit, optimizer + gradient norm over "
@@ -299,8 +299,8 @@ def _cpu_model_entries(model, table: dict, grid, device: torch.device, dtype: st
     log(f"tensor-parallel layers in place: tp {list(tps)}, with and without sequence parallelism")
     largest = max(grid.micro_batches)  # and larger ones: TP's cost grows faster than its compute
     tp_batches = tuple(grid.micro_batches) + ((2 * largest, 4 * largest) if not tiny else ())
-    table["tp_layers"] = compute.measure_tp_layers(model, table, tps, tp_batches, seq, device, dtype,
-                                                   efficiency["cpu_share"]["value"], grid.warmup, grid.repeats)
+    table["tp_layers"] = tp_layers.measure_tp_layers(model, table, tps, tp_batches, seq, device, dtype,
+                                                     efficiency["cpu_share"]["value"], grid.warmup, grid.repeats)
     for e in table["tp_layers"]:
         if e["micro_batch"] == tp_batches[-1]:
             log(f"  tp {e['tp']}{' sp' if e['sequence_parallel'] else ''} micro-batch {e['micro_batch']}: "

@@ -1,0 +1,164 @@
+"""What a CPU rank's training costs beyond its blocks, measured on the executor's own model (CPU profiles).
+
+- `measure_reference`: the unsharded model end to end (one layer: the per-pass overhead; several layers: blocks
+  chained against timed alone) and its optimizer step over the real tensors;
+- `measure_fsdp`: the same model sharded with FSDP2 over every rank: the hooks per pass and unit, and the optimizer
+  over DTensor parameters;
+- `reference_overheads`: the profile entries those measurements give, against the block table.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+
+from autoconf.profile.compute import BLOCKS, TORCH_DTYPES
+from autoconf.profile.timing import median, sync, work_time
+from autoconf.spec.model import ModelSpec
+
+REFERENCE_LAYERS = 4  # depth of the model whose chained blocks are compared with the table
+
+
+def measure_reference(model: ModelSpec, device: torch.device, dtype: str, micro_batches: tuple[int, ...], seq: int,
+                      warmup: int, repeats: int, layers: int = 1) -> dict:
+    """Times the executor's own unsharded model of `layers` layers (embedding, the first layers, final norm and head;
+    one layer is the smallest stage) end to end on this rank: forward + loss and the full backward of one
+    micro-batch of each size, and one AdamW step plus the gradient-norm pass over its real parameter tensors (small
+    tensors cost more per parameter than the 1M-element chunks `optimizer_time_per_param` times). What the block
+    tables miss (module calls, residual adds, the loss, autograd's per-pass bookkeeping, blocks evicting each other
+    from the caches) is the difference; `reference_overheads` turns it into profile entries. Returns {"layers",
+    "params", "passes": [{"micro_batch", "seq_len", "forward_s", "backward_s"}], "optimizer_s"}."""
+    from autoconf.execute.model import build_model, init_weights
+    from autoconf.execute.pipeline import loss_fn
+
+    net = build_model(model, 0, layers).to_empty(device=device)
+    init_weights(net, 0)
+    net = net.to(TORCH_DTYPES[dtype]).train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    passes = []
+    for mb in micro_batches:
+        tokens = torch.randint(0, model.vocab_size, (mb, seq + 1), device=device)
+        x, y = tokens[:, :-1], tokens[:, 1:]
+        fwd, bwd = [], []
+        for i in range(warmup + repeats):
+            holder: dict = {}
+            t_f = work_time(lambda: holder.__setitem__("loss", loss_fn(net(x), y)), device)
+            t_b = work_time(lambda: holder["loss"].backward(), device)
+            if i >= warmup:
+                fwd.append(t_f)
+                bwd.append(t_b)
+        passes.append({"micro_batch": mb, "seq_len": seq, "forward_s": median(fwd), "backward_s": median(bwd)})
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1)
+
+    def step():
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for p in params:
+            total += p.grad.double().pow(2).sum()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    optimizer = median([work_time(step, device) for _ in range(max(repeats // 2, 2))])
+    return {"layers": layers, "params": sum(p.numel() for p in params), "passes": passes, "optimizer_s": optimizer}
+
+
+def measure_fsdp(model: ModelSpec, device: torch.device, dtype: str, seq: int, warmup: int, repeats: int) -> dict:
+    """What FSDP2 (and DTensor parameters in general) add on this rank, on a one-layer model of the executor sharded
+    over every rank of the job as ZeRO 1-2 shards it (one unit per block plus the root):
+
+    - "pass_s_per_unit": process CPU seconds (gloo threads included) per forward or backward pass and FSDP unit
+      beyond the same passes of the unsharded model, gradient sync off as for all but the last micro-batch (the
+      hooks, DTensor bookkeeping, unsharding); the cost model adds it to every pass of a stage under ZeRO >= 1;
+    - "optimizer_s_per_param": the gradient-norm pass and AdamW over the sharded DTensor parameters, per unsharded
+      parameter; on a small model mostly per-tensor dispatch, which sharding does not shrink, so the cost model
+      takes it as a lower bound for DTensor parameters (FSDP or TP)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+
+    from autoconf.execute.model import build_model
+    from autoconf.execute.parallelize import apply_fsdp, materialize
+    from autoconf.execute.pipeline import loss_fn
+
+    world = dist.get_world_size()
+    net = build_model(model, 0, 1)
+    materialize(net, device, 0)
+    net = net.to(TORCH_DTYPES[dtype]).train()
+    full = sum(p.numel() for p in net.parameters())
+    tokens = torch.randint(0, model.vocab_size, (1, seq + 1), device=device)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+
+    def passes() -> float:
+        for _ in range(warmup):
+            loss_fn(net(x), y).backward()
+        times = []
+        for _ in range(repeats):
+            t0 = time.process_time()
+            loss_fn(net(x), y).backward()
+            times.append(time.process_time() - t0)
+        return median(times)
+
+    plain = passes()
+    apply_fsdp(net, init_device_mesh(device.type, (world,), mesh_dim_names=("dp",)), 2)
+    loss_fn(net(x), y).backward()  # gradients to step on, gathered parameters
+    net.set_requires_gradient_sync(False)
+    sharded = passes()
+    net.set_requires_gradient_sync(True)
+    params = [p for p in net.parameters() if p.grad is not None]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1)
+
+    def step():
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for p in params:
+            g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+            total += g.double().pow(2).sum()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    units = 2  # the block and the root
+    return {"pass_s_per_unit": max(0.0, sharded - plain) / 2 / units,
+            "optimizer_s_per_param": median([work_time(step, device) for _ in range(max(repeats // 2, 2))]) / full}
+
+
+def _reference_gaps(table: dict, refs: list[dict]) -> list[tuple[int, float, float]]:
+    """Per micro-batch size of the references: (size, whole-model time, sum of its blocks in the table at tp 1),
+    forward + backward, medians over ranks."""
+    entries = {(e["block"], e["micro_batch"], e["seq_len"]): e for e in table["entries"] if e["tp"] == 1}
+    layers = refs[0]["layers"]
+    counts = {"attention": layers, "mlp": layers, "norm": 2 * layers, "embedding": 1, "head": 1}
+    out = []
+    for i, item in enumerate(refs[0]["passes"]):
+        blocks = {b: entries.get((b, item["micro_batch"], item["seq_len"])) for b in BLOCKS}
+        if any(v is None for v in blocks.values()):
+            continue
+        parts = sum(counts[b] * (blocks[b]["forward_s"] + blocks[b]["backward_input_s"] + blocks[b]["backward_weight_s"])
+                    for b in BLOCKS)
+        whole = median([r["passes"][i]["forward_s"] + r["passes"][i]["backward_s"] for r in refs])
+        out.append((item["micro_batch"], whole, parts))
+    return out
+
+
+def reference_overheads(table: dict, refs: list[dict], deep: list[dict] | None = None) -> dict:
+    """From the block table and every rank's `measure_reference`s: {"pass_overhead_s": time per forward or
+    backward pass of a stage that its blocks do not account for, "model_compute_scale": how much longer blocks take
+    chained in the model than timed alone, "optimizer_s_per_param": the optimizer step and gradient norm of the
+    real model's tensors, per parameter}.
+
+    `refs` (one layer, smallest micro-batch): the pass overhead is half the gap between the model and its blocks,
+    never below 0. `deep` (several layers, several micro-batch sizes): the scale is the ratio of the summed model
+    times, less two pass overheads each, to the summed block times, kept within [1, 2] (below 1 is noise: chaining
+    cannot make a block faster); 1 without `deep`. Medians over ranks."""
+    gaps = _reference_gaps(table, refs)
+    overhead = max(0.0, (gaps[0][1] - gaps[0][2]) / 2) if gaps else 0.0
+    scale = 1.0
+    deep_gaps = _reference_gaps(table, deep) if deep else []
+    if deep_gaps:
+        whole = sum(w - 2 * overhead for _, w, _ in deep_gaps)
+        parts = sum(p for _, _, p in deep_gaps)
+        scale = min(2.0, max(1.0, whole / parts)) if parts > 0 else 1.0
+    optimizer = median([r["optimizer_s"] for r in refs]) / refs[0]["params"]
+    return {"pass_overhead_s": overhead, "model_compute_scale": scale, "optimizer_s_per_param": optimizer}
