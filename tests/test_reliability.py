@@ -30,7 +30,9 @@ def _specs():
                     ffn_hidden_size=256, vocab_size=256, max_seq_len=64, tied_embeddings=True)
     llama = ModelSpec(name="rel-llama", arch="llama", num_layers=8, hidden_size=64, num_heads=4, num_kv_heads=2,
                       ffn_hidden_size=176, vocab_size=256, max_seq_len=64)
-    return {"gpt": gpt, "llama": llama}
+    dropout = ModelSpec(name="rel-dropout", arch="gpt", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=4,
+                        ffn_hidden_size=256, vocab_size=256, max_seq_len=64, tied_embeddings=True, dropout=0.2)
+    return {"gpt": gpt, "llama": llama, "dropout": dropout}
 
 
 def make_plan(arch: str, **layout):
@@ -47,6 +49,9 @@ def cases() -> dict:
         "llama": (make_plan("llama", pp=2, dp=2, schedule="interleaved-1f1b", vpp=2, zero=2),
                   {"tp2-dp2": make_plan("llama", tp=2, dp=2, sp=True, zero=1),
                    "pp4": make_plan("llama", pp=4, schedule="1f1b")}),
+        "dropout": (make_plan("dropout", pp=2, dp=2, schedule="1f1b", zero=1),
+                    {"same": make_plan("dropout", pp=2, dp=2, schedule="1f1b", zero=1),
+                     "pp4": make_plan("dropout", pp=4, schedule="gpipe")}),
     }
 
 
@@ -117,6 +122,19 @@ def test_checkpoint_resumes_under_another_layout(reference, arch, target):
         assert _close(rec["loss"], ref["loss"]), (arch, target, rec["step"], rec["loss"], ref["loss"])
         assert _close(rec["grad_norm"], ref["grad_norm"]), (arch, target, rec["step"])
     assert len({round(r["loss"], 6) for r in source}) == STEPS  # the losses move, so equality means something
+
+
+@pytest.mark.slow
+def test_resume_under_the_same_layout_replays_dropout_exactly(reference):
+    """With dropout 0.2 each rank's random streams are saved with the checkpoint: resuming under the same layout
+    repeats the uninterrupted losses; under another layout the streams restart (the run goes on, the losses move
+    but are not the same values)."""
+    source, same, other = (reference[f"dropout/{k}"] for k in ("source", "same", "pp4"))
+    for rec in same:
+        assert _close(rec["loss"], source[rec["step"] - 1]["loss"]), (rec["step"], rec["loss"])
+        assert _close(rec["grad_norm"], source[rec["step"] - 1]["grad_norm"]), rec["step"]
+    assert [r["step"] for r in other] == list(range(RESUME_AT + 1, STEPS + 1))
+    assert not all(_close(r["loss"], source[r["step"] - 1]["loss"]) for r in other)
 
 
 # ---- 1 + 2. a real kill, torchrun restarts, resume from the newest complete checkpoint -----------------------------

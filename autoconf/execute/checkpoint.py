@@ -1,8 +1,9 @@
 """Checkpoints with torch.distributed.checkpoint (DCP), committed atomically.
 
 Layout: DIR/step-XXXXXXXX/ holds the DCP shards of {"model", "optim"} (from `get_state_dict`, keyed by parameter
-names that do not depend on the layout, so another layout can load them) and `complete.json` (step, data position,
-seed, data source, config). Every rank writes into DIR/.tmp-step-XXXXXXXX/; after a barrier, global rank 0 writes the
+names that do not depend on the layout, so another layout can load them), `rng/rank-NNNNN.pt` (each rank's random
+generator states, for dropout; restored only under the same layout, where rank r's stream means the same thing) and
+`complete.json` (step, data position, seed, data source, config, world size). Every rank writes into DIR/.tmp-step-XXXXXXXX/; after a barrier, global rank 0 writes the
 marker and renames the directory, so only a directory with the marker counts as a checkpoint. Across nodes DIR must
 be one shared file system.
 """
@@ -16,6 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from autoconf.execute import faults
@@ -82,6 +84,8 @@ def save(root: Path, step: int, models: list, optimizers: list, meta: dict) -> P
         tmp.mkdir()
     dist.barrier()
     dcp.save(_merged(_states(models, optimizers)), checkpoint_id=str(tmp))
+    (tmp / "rng").mkdir(exist_ok=True)
+    torch.save(rng_state(), tmp / "rng" / f"rank-{dist.get_rank():05d}.pt")
     faults.in_checkpoint(step, dist.get_rank())
     dist.barrier()
     if dist.get_rank() == 0:
@@ -112,6 +116,26 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def rng_state() -> dict:
+    """This process's random generator states (CPU, and the current CUDA device's when there is one)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(path: Path, rank: int) -> bool:
+    """Restores this rank's generator states saved in checkpoint `path`; False when the checkpoint has none."""
+    file = Path(path) / "rng" / f"rank-{rank:05d}.pt"
+    if not file.is_file():
+        return False
+    state = torch.load(file, weights_only=True)
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    return True
 
 
 def load(path: Path, models: list, optimizers: list) -> None:

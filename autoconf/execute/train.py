@@ -29,6 +29,7 @@ from autoconf.execute import checkpoint as ckpt
 from autoconf.execute import faults
 from autoconf.execute.data import TokenSource, local_rows
 from autoconf.execute.mesh import build_mesh, coords_of, logical_grid
+from autoconf.execute.model import init_seed
 from autoconf.execute.parallelize import allreduce_gradients, parallelize_chunk
 from autoconf.execute.support import check_supported
 from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_schedule, loss_fn
@@ -266,7 +267,20 @@ class Trainer:
     def checkpoint_meta(self, step: int) -> dict:
         return {"data_position": step, "seed": self.opts.seed, "data": self.opts.data,
                 "model": self.plan.model.to_dict(), "config": self.config.to_dict(),
-                "partition": self.plan.partition}
+                "partition": self.plan.partition, "mesh": _mesh_list(self.plan),
+                "world_size": dist.get_world_size()}
+
+
+def _same_layout(meta: dict, plan: Plan) -> bool:
+    """Whether a checkpoint was written by this very layout (config, partition, placement, world size), so that
+    rank r's saved random streams are rank r's own."""
+    return (meta.get("config") == plan.config.to_dict() and meta.get("partition") == [list(p) for p in plan.partition]
+            and meta.get("mesh") == _mesh_list(plan) and meta.get("world_size") == dist.get_world_size())
+
+
+def _mesh_list(plan: Plan):
+    mesh = plan.placement.get("mesh")
+    return mesh.tolist() if hasattr(mesh, "tolist") else mesh
 
 
 def check_resumable(path: Path, meta: dict, plan: Plan, opts: TrainOptions, log) -> None:
@@ -318,6 +332,8 @@ def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) ->
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer = Trainer(plan, opts, device)
+    # Dropout draws from the global generators: one seeded stream per rank, checkpointed with the model.
+    torch.manual_seed(init_seed(opts.seed, f"dropout/rank{dist.get_rank()}"))
     start = 0
     if opts.checkpoint_dir:
         found = ckpt.find_latest(Path(opts.checkpoint_dir), log=log)
@@ -327,6 +343,9 @@ def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) ->
             ckpt.load(path, trainer.models, trainer.optimizers)
             start = int(meta["data_position"])
             log(f"resumed from {path} at step {start}")
+            if not (_same_layout(meta, plan) and ckpt.restore_rng(path, dist.get_rank())) and plan.model.dropout > 0:
+                log("note: dropout's random streams restart (the checkpoint is of another layout or has none): the "
+                    "losses after the resume follow the same distribution but not the same values")
     if opts.metrics and dist.get_rank() == 0:
         dedupe_metrics(opts.metrics, start)
     end = opts.steps if opts.stop_after is None else min(opts.steps, start + opts.stop_after)
