@@ -3,9 +3,9 @@
 Layout: DIR/step-XXXXXXXX/ holds the DCP shards of {"model", "optim"} (from `get_state_dict`, keyed by parameter
 names that do not depend on the layout, so another layout can load them), `rng/rank-NNNNN.pt` (each rank's random
 generator states, for dropout; restored only under the same layout, where rank r's stream means the same thing) and
-`complete.json` (step, data position, seed, data source, config, world size). Every rank writes into DIR/.tmp-step-XXXXXXXX/; after a barrier, global rank 0 writes the
-marker and renames the directory, so only a directory with the marker counts as a checkpoint. Across nodes DIR must
-be one shared file system.
+`complete.json` (step, data position, seed, data source, config, partition, mesh, world size). Every rank writes into
+DIR/.tmp-step-XXXXXXXX/; after a barrier, global rank 0 writes the marker and renames the directory, so only a
+directory with the marker counts as a checkpoint. Across nodes DIR must be one shared file system.
 """
 
 from __future__ import annotations

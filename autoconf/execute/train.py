@@ -332,8 +332,9 @@ def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) ->
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer = Trainer(plan, opts, device)
-    # Dropout draws from the global generators: one seeded stream per rank, checkpointed with the model.
-    torch.manual_seed(init_seed(opts.seed, f"dropout/rank{dist.get_rank()}"))
+    # Dropout draws from the global generators: one seeded stream per (pipeline, data-parallel) position, shared by
+    # the TP ranks of a group (their replicated activations must get the same mask), checkpointed with the model.
+    torch.manual_seed(init_seed(opts.seed, f"dropout/pp{trainer.coords.pp}/dp{trainer.coords.dp}"))
     start = 0
     if opts.checkpoint_dir:
         found = ckpt.find_latest(Path(opts.checkpoint_dir), log=log)
