@@ -2,7 +2,7 @@
 
     python scripts/bench_validate.py [--profile PROFILE.json] [--out DIR] [--configs 10] [--steps 8]
                                      [--global-batch 16] [--seq-len 128] [--model tiny-gpt] [--nproc 4]
-                                     [--quota CPUS] [--repeats R] [--no-refine]
+                                     [--quota CPUS] [--repeats R] [--quick-profile] [--no-refine]
 
 Profiles this host first (--nproc CPU ranks, ~30 s) unless --profile names an existing profile, then runs
 `autoconf validate --calibrate` through the library and prints one JSON line with the figures (median |error|,
@@ -37,6 +37,7 @@ def main() -> int:
     p.add_argument("--nproc", type=int, default=4)
     p.add_argument("--quota", type=float, default=None, help="CPU cores per rank (cgroup quota; needs root)")
     p.add_argument("--repeats", type=int, default=1, help="run the layouts this many times in turn (median)")
+    p.add_argument("--quick-profile", action="store_true", help="profile with the quick grid (default: full)")
     p.add_argument("--run-timeout", type=float, default=300.0, help="seconds per layout under --quota")
     p.add_argument("--no-refine", action="store_true",
                    help="run the planner's best with the default partition and placement (not CP-SAT's)")
@@ -69,12 +70,14 @@ def main() -> int:
             if state is not None:
                 from autoconf.testbed.jobs import profile_testbed
 
-                code = profile_testbed(state, profile, args.model, out / "profile.log", 29500)
+                code = profile_testbed(state, profile, args.model, out / "profile.log", 29500,
+                                       quick=args.quick_profile)
             else:
                 from autoconf.execute.launch import free_port
                 from autoconf.profile.launch import profile as run_profile
 
-                code = run_profile(profile, nproc_per_node=args.nproc, model=args.model, master_port=free_port())
+                code = run_profile(profile, nproc_per_node=args.nproc, model=args.model, master_port=free_port(),
+                                   quick=args.quick_profile)
             if code:
                 print(f"profiling failed with exit code {code}", file=sys.stderr)
                 return code

@@ -24,11 +24,13 @@ def job_env() -> dict:
 
 
 def profile_testbed(state: dict, out: Path, model: str, log_path: Path, master_port: int,
-                    timeout_s: float = 900.0) -> int:
-    """`autoconf.profile.run --quick --model MODEL` on every node; returns the worst exit code."""
+                    timeout_s: float = 900.0, quick: bool = True) -> int:
+    """`autoconf.profile.run [--quick] --model MODEL` on every node; returns the worst exit code."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "{nnodes}", "--node-rank", "{node_rank}",
            "--master-addr", "{master_addr}", "--master-port", "{master_port}", "--nproc-per-node",
-           "{nproc_per_node}", "-m", "autoconf.profile.run", "--out", str(out), "--quick", "--model", model]
+           "{nproc_per_node}", "-m", "autoconf.profile.run", "--out", str(out), "--model", model]
+    if quick:
+        cmd.append("--quick")
     with open(log_path, "w") as log:
         return exec_nodes(state, cmd, master_port, timeout_s, out=log, extra_env=job_env())
 
