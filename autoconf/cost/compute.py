@@ -123,6 +123,15 @@ def optimizer_step_time(local_params: float, cluster: ClusterProfile, dtensor_pa
     return seconds
 
 
+def rank_optimizer_time(cluster: ClusterProfile, c: ParallelConfig, rank_params: float) -> float:
+    """The optimizer step of a pipeline rank holding `rank_params` parameters (all its stages, before TP and ZeRO
+    sharding): its TP (and, when ZeRO shards, DP) slice of them; DTensor parameters (TP, or FSDP) also pay the
+    profile's DTensor rate on the unsharded count."""
+    shard = c.dp if c.zero_sharded else 1
+    dtensor = c.tp > 1 or c.zero_sharded
+    return optimizer_step_time(rank_params / c.tp / shard, cluster, rank_params if dtensor else None)
+
+
 # ---- specification model ------------------------------------------------------------------------------------------
 def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> ModelPieces:
     peak = cluster.device.peak(c.dtype)

@@ -23,7 +23,7 @@ import numpy as np
 
 from autoconf.cost.comm import collective_time, p2p_time
 from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, measured_tp_layer, model_pieces,
-                                   optimizer_step_time)
+                                   rank_optimizer_time)
 from autoconf.cost.memory import stage_memory, stage_params
 from autoconf.cost.schedules import build_schedule
 from autoconf.cost.simulate import StageCosts, Timeline, simulate
@@ -145,7 +145,7 @@ def step_collectives(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfi
     seconds = collective_time(cluster, "all_reduce", 8, everyone) + collective_time(cluster, "all_reduce", 16, everyone)
     last = stage_to_rank[-1]
     if model.tied_embeddings and c.pp > 1 and last != stage_to_rank[0]:
-        shard = c.dp if (c.dp > 1 and c.zero_stage > 0) else 1
+        shard = c.dp if c.zero_sharded else 1
         grad_bytes = model.vocab_size * model.hidden_size / c.tp / shard * 4
         pairs = [[int(a), int(b)] for a, b in zip(np.asarray(mesh)[stage_to_rank[0]].flat, np.asarray(mesh)[last].flat)]
         seconds += max(collective_time(cluster, "all_reduce", grad_bytes, pair) for pair in pairs)
@@ -157,18 +157,19 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                share: float | None = None) -> StagePlan:
     c = config
     pieces = model_pieces(model, cluster, c, share)
-    # A CPU profile states the pass overhead in CPU seconds, like its kernel tables (a GPU profile's share is 1),
-    # and what the pipelining runtime adds per pass of a pipelined stage, per schedule.
+    # A CPU profile states these overheads in CPU seconds, like its kernel tables (a GPU profile's share is 1): the
+    # pass overhead, what the pipelining runtime adds per pass of a pipelined stage (per schedule) and what FSDP's
+    # hooks add per pass and unit.
+    rank_share = cpu_share(cluster) if share is None else share
+    table = cluster.compute or {}
+    ours = execution.framework == "autoconf"
     pass_overhead = cluster.overhead("pass_overhead_s")
-    if c.pp > 1 and execution.framework == "autoconf":
-        pass_overhead += float(((cluster.compute or {}).get("pipeline_action_s") or {}).get(c.schedule, 0.0))
-    pass_overhead /= cpu_share(cluster) if share is None else share
-    fsdp_unit_pass = 0.0
-    if c.dp > 1 and c.zero_stage >= 1 and execution.framework == "autoconf":
-        fsdp_unit_pass = float((cluster.compute or {}).get("fsdp_pass_s_per_unit", 0.0)) / (
-            cpu_share(cluster) if share is None else share)
+    if c.pp > 1 and ours:
+        pass_overhead += float((table.get("pipeline_action_s") or {}).get(c.schedule, 0.0))
+    pass_overhead /= rank_share
+    fsdp_unit_pass = float(table.get("fsdp_pass_s_per_unit", 0.0)) / rank_share if c.zero_sharded and ours else 0.0
     last = len(partition) - 1
-    measured_tp = measured_tp_layer(model, cluster, c) if execution.framework == "autoconf" else None
+    measured_tp = measured_tp_layer(model, cluster, c) if ours else None
     forward, back_in, back_w = [], [], []
     compute_parts, recompute_parts, tp_parts, gathers, reduces = [], [], [], [], []
     for st, (first, end) in enumerate(partition):
@@ -287,10 +288,8 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
                 sp, full, makespan = run(relaxed)
 
     # Optimizer: AdamW over each rank's (ZeRO-sharded) parameters; the slowest rank bounds the step.
-    rank_params = [sum(stage_params(model, partition, st) for st in schedule.stages_of_rank(r)) for r in range(c.pp)]
-    shard = c.dp if c.zero_stage >= 1 else 1
-    dtensor = c.tp > 1 or (c.dp > 1 and c.zero_stage >= 1)
-    optimizer = max(optimizer_step_time(p / c.tp / shard, cluster, p if dtensor else None) for p in rank_params)
+    optimizer = max(rank_optimizer_time(cluster, c, sum(stage_params(model, partition, st)
+                                                        for st in schedule.stages_of_rank(r))) for r in range(c.pp))
     step_comm = step_collectives(model, cluster, c, mesh, schedule.stage_to_rank)
     step_overhead = cluster.overhead("step_overhead_s")
     iteration = makespan + step_comm + optimizer + step_overhead

@@ -49,7 +49,7 @@ def stage_params(model: ModelSpec, partition: Sequence[Sequence[int]], stage: in
 def _state_bytes_per_param(config: ParallelConfig, layout: str) -> tuple[float, float, float, float]:
     """(weights, gradients, optimizer, unsharded compute copy) bytes per local parameter after ZeRO division."""
     dp = config.dp
-    z = config.zero_stage if dp > 1 else 0  # the executor applies FSDP only with data parallelism
+    z = config.zero_stage if config.zero_sharded else 0
     compute = DTYPE_BYTES[config.dtype]
     if layout == "megatron":
         weights, grads, optim = 2.0, 4.0, 12.0
@@ -101,7 +101,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
         if c.recompute == "full":
             temporaries.append(model.layer_activation_bytes(s, b, t, c.sequence_parallel, "none", c.attention, e))
         gather = 0.0
-        if c.zero_stage >= 3 and c.dp > 1 and layout == "torch":
+        if c.zero_sharded and c.zero_stage >= 3 and layout == "torch":
             gather = 2 * model.layer_params() / t * DTYPE_BYTES[c.dtype]  # current and prefetched block
             copy = 0.0
         else:

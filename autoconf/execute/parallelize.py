@@ -102,7 +102,7 @@ def parallelize_chunk(model: Transformer, mesh, config, device: torch.device, se
         apply_tp(model, mesh["tp"], config.sequence_parallel)
     materialize(model, device, seed)
     apply_recompute(model, config.recompute)
-    if config.dp > 1 and config.zero_stage > 0:
+    if config.zero_sharded:
         apply_fsdp(model, mesh["dp"], config.zero_stage, mp_policy)
     return model
 

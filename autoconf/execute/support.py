@@ -18,7 +18,7 @@ SPLIT_BACKWARD_SCHEDULES = ("zb-h1", "zbv", "dualpipev")
 
 def unsupported_reason(config) -> str | None:
     """Why the executor refuses this ParallelConfig (one line naming what would work), or None if it runs it."""
-    if config.zero_stage == 3 and config.dp > 1 and config.pp > 1 and config.schedule in SPLIT_BACKWARD_SCHEDULES:
+    if config.zero_sharded and config.zero_stage == 3 and config.pp > 1 and config.schedule in SPLIT_BACKWARD_SCHEDULES:
         return (f"schedule {config.schedule} with zero_stage 3 (dp {config.dp}) loses weight gradients in torch "
                 f"2.13 (its split I/W backward runs after FSDP reshards the parameters); use zero_stage 0-2 with "
                 f"{config.schedule}, or zero_stage 3 with gpipe, 1f1b, interleaved-1f1b or looped-bfs")

@@ -107,7 +107,7 @@ class Trainer:
         self.mesh = build_mesh(grid, device.type)
         self.coords = coords_of(grid, self.rank)
         self.sizes = {"pp": c.pp, "dp": c.dp, "tp": c.tp}
-        self.fsdp = c.dp > 1 and c.zero_stage > 0
+        self.fsdp = c.zero_sharded
         low = _DTYPES[c.dtype] if device.type == "cuda" else torch.float32
         mp_policy = None
         if self.fsdp and low != torch.float32:

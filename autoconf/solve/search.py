@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from autoconf.cost.comm import p2p_time
-from autoconf.cost.compute import measured_tp_layer, model_pieces, optimizer_step_time
+from autoconf.cost.compute import measured_tp_layer, model_pieces, rank_optimizer_time
 from autoconf.cost.estimate import (Execution, default_mesh, default_partition, dp_collectives, estimate,
                                     p2p_bytes, recompute_time, tp_collective)
 from autoconf.cost.memory import _state_bytes_per_param
@@ -158,9 +158,7 @@ class _BoundCache:
         fill_drain = 0.0 if c.schedule in ("zbv", "dualpipev") else 2 * (c.pp - 1) * p2p
         rank0_layers = self._rank0_layers(c)
         params_rank0 = (rank0_layers * model.layer_params() + model.embedding_params()) / c.tp
-        shard = c.dp if c.zero_stage >= 1 else 1
-        dtensor = c.tp > 1 or (c.dp > 1 and c.zero_stage >= 1)
-        optimizer = optimizer_step_time(params_rank0 / shard, cluster, params_rank0 * c.tp if dtensor else None)
+        optimizer = rank_optimizer_time(cluster, c, params_rank0 * c.tp)
         # The DP stream of rank 0 carries every gather and reduction of its stages one after another, and the
         # first gather precedes the first forward.
         stages_rank0 = S // c.pp
@@ -176,7 +174,7 @@ class _BoundCache:
         w, g, o, copy = _state_bytes_per_param(c, self.execution.memory_layout)
         act = model.layer_activation_bytes(c.seq_len, c.micro_batch_size, c.tp, c.sequence_parallel, c.recompute,
                                            c.attention, DTYPE_BYTES[c.dtype])
-        if c.zero_stage >= 3 and c.dp > 1 and self.execution.memory_layout == "torch":
+        if c.zero_sharded and c.zero_stage >= 3 and self.execution.memory_layout == "torch":
             compute_copy = 2 * model.layer_params() / c.tp * DTYPE_BYTES[c.dtype]
         else:
             compute_copy = params_rank0 * copy

@@ -49,6 +49,12 @@ class ParallelConfig:
     def num_stages(self) -> int:
         return self.pp * self.vpp
 
+    @property
+    def zero_sharded(self) -> bool:
+        """Whether ZeRO sharding takes effect: zero_stage >= 1 over more than one data-parallel replica (with dp == 1
+        there is nothing to shard; the executor runs such a plan as ZeRO-0, without FSDP)."""
+        return self.zero_stage >= 1 and self.dp > 1
+
     def problems(self, model: ModelSpec, world_size: int | None = None) -> list[str]:
         """Every rule this configuration breaks, each naming the offending factors and what would work."""
         out: list[str] = []
