@@ -306,16 +306,14 @@ def loaded_sync_time(device: torch.device, repeats: int, work_s: float = 0.003) 
     the cost model adds it to every collective and transfer (profile entry `collective_sync_s`)."""
     import time
 
-    work = _work_loop(work_s, device)
     buffer = torch.zeros(1024, dtype=torch.float32, device=device)
-    times = []
-    dist.barrier()
-    for _ in range(repeats):
-        work()
+
+    def exchange() -> float:
         t0 = time.perf_counter()
         dist.all_reduce(buffer)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        return time.perf_counter() - t0
+
+    return _median_under_load(device, repeats, work_s, exchange)
 
 
 def loaded_p2p_time(device: torch.device, repeats: int, work_s: float = 0.003) -> float:
@@ -324,34 +322,32 @@ def loaded_p2p_time(device: torch.device, repeats: int, work_s: float = 0.003) -
     even one sends and waits for the echo, half the round trip is kept. On CPU ranks that share cores this is the
     wait for the receiver to be scheduled (profile entry `p2p_sync_s`, added to every pipeline transfer); unlike
     `loaded_sync_time` it waits for one peer, not for every member of a group. Returns the median over this rank's
-    messages (nan on a rank without a partner)."""
+    messages (nan on a rank that times none)."""
     import time
 
     rank, world = dist.get_rank(), dist.get_world_size()
     partner = rank ^ 1
-    work = _work_loop(work_s, device)
     buffer = torch.zeros(1024, dtype=torch.float32, device=device)
-    times = []
-    dist.barrier()
-    for _ in range(repeats):
-        work()
+
+    def exchange() -> float | None:
         if partner >= world:
-            continue
-        if rank % 2 == 0:
-            t0 = time.perf_counter()
-            dist.send(buffer, partner)
-            dist.recv(buffer, partner)
-            times.append((time.perf_counter() - t0) / 2)
-        else:
+            return None
+        if rank % 2:
             dist.recv(buffer, partner)
             dist.send(buffer, partner)
-    dist.barrier()
-    return float(np.median(times)) if times else float("nan")
+            return None
+        t0 = time.perf_counter()
+        dist.send(buffer, partner)
+        dist.recv(buffer, partner)
+        return (time.perf_counter() - t0) / 2
+
+    return _median_under_load(device, repeats, work_s, exchange)
 
 
-def _work_loop(work_s: float, device: torch.device):
-    """A function that computes for about `work_s` seconds (the same number of small matmuls on every rank, sized
-    once by the slowest rank), standing in for a training step's compute between messages."""
+def _median_under_load(device: torch.device, repeats: int, work_s: float, exchange) -> float:
+    """Median of what `exchange()` times (None: nothing timed on this rank this round) when every rank computes for
+    about `work_s` before each call: the same number of small matmuls on every rank, sized once by the slowest
+    rank, standing in for a training step's compute between messages. nan when this rank timed nothing."""
     import time
 
     a = torch.randn(192, 192)
@@ -362,11 +358,13 @@ def _work_loop(work_s: float, device: torch.device):
         steps += 1
     agreed = torch.tensor([float(steps)], dtype=torch.float64, device=device)
     dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
-    state = {"a": a}
-
-    def work() -> None:
+    times = []
+    dist.barrier()
+    for _ in range(repeats):
         for _ in range(int(agreed.item())):
-            state["a"] = torch.tanh(state["a"] @ state["a"])
-
-    return work
-
+            a = torch.tanh(a @ a)
+        t = exchange()
+        if t is not None:
+            times.append(t)
+    dist.barrier()
+    return float(np.median(times)) if times else float("nan")

@@ -22,20 +22,18 @@ REFERENCE_LAYERS = 4  # depth of the model whose chained blocks are compared wit
 
 
 def measure_reference(model: ModelSpec, device: torch.device, dtype: str, micro_batches: tuple[int, ...], seq: int,
-                      warmup: int, repeats: int, layers: int = 1) -> dict:
+                      warmup: int, repeats: int, layers: int = 1, optimizer: bool = True) -> dict:
     """Times the executor's own unsharded model of `layers` layers (embedding, the first layers, final norm and head;
     one layer is the smallest stage) end to end on this rank: forward + loss and the full backward of one
-    micro-batch of each size, and one AdamW step plus the gradient-norm pass over its real parameter tensors (small
-    tensors cost more per parameter than the 1M-element chunks `optimizer_time_per_param` times). What the block
-    tables miss (module calls, residual adds, the loss, autograd's per-pass bookkeeping, blocks evicting each other
-    from the caches) is the difference; `reference_overheads` turns it into profile entries. Returns {"layers",
-    "params", "passes": [{"micro_batch", "seq_len", "forward_s", "backward_s"}], "optimizer_s"}."""
-    from autoconf.execute.model import build_model, init_weights
+    micro-batch of each size, and with `optimizer` one AdamW step plus the gradient-norm pass over its real
+    parameter tensors (small tensors cost more per parameter than the 1M-element chunks `optimizer_time_per_param`
+    times). What the block tables miss (module calls, residual adds, the loss, autograd's per-pass bookkeeping,
+    blocks evicting each other from the caches) is the difference; `reference_overheads` turns it into profile
+    entries. Returns {"layers", "params", "passes": [{"micro_batch", "seq_len", "forward_s", "backward_s"}]} and,
+    with `optimizer`, "optimizer_s"."""
     from autoconf.execute.pipeline import loss_fn
 
-    net = build_model(model, 0, layers).to_empty(device=device)
-    init_weights(net, 0)
-    net = net.to(TORCH_DTYPES[dtype]).train()
+    net = _executor_model(model, device, dtype, layers)
     params = [p for p in net.parameters() if p.requires_grad]
     passes = []
     for mb in micro_batches:
@@ -50,19 +48,10 @@ def measure_reference(model: ModelSpec, device: torch.device, dtype: str, micro_
                 fwd.append(t_f)
                 bwd.append(t_b)
         passes.append({"micro_batch": mb, "seq_len": seq, "forward_s": median(fwd), "backward_s": median(bwd)})
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1)
-
-    def step():
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        for p in params:
-            total += p.grad.double().pow(2).sum()
-        opt.step()
-
-    for _ in range(warmup):
-        step()
-    sync(device)
-    optimizer = median([work_time(step, device) for _ in range(max(repeats // 2, 2))])
-    return {"layers": layers, "params": sum(p.numel() for p in params), "passes": passes, "optimizer_s": optimizer}
+    out = {"layers": layers, "params": sum(p.numel() for p in params), "passes": passes}
+    if optimizer:
+        out["optimizer_s"] = _optimizer_step_time(params, device, warmup, repeats)
+    return out
 
 
 def measure_fsdp(model: ModelSpec, device: torch.device, dtype: str, seq: int, warmup: int, repeats: int) -> dict:
@@ -76,16 +65,11 @@ def measure_fsdp(model: ModelSpec, device: torch.device, dtype: str, seq: int, w
       parameter; on a small model mostly per-tensor dispatch, which sharding does not shrink, so the cost model
       takes it as a lower bound for DTensor parameters (FSDP or TP)."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import DTensor
 
-    from autoconf.execute.model import build_model
-    from autoconf.execute.parallelize import apply_fsdp, materialize
+    from autoconf.execute.parallelize import apply_fsdp
     from autoconf.execute.pipeline import loss_fn
 
-    world = dist.get_world_size()
-    net = build_model(model, 0, 1)
-    materialize(net, device, 0)
-    net = net.to(TORCH_DTYPES[dtype]).train()
+    net = _executor_model(model, device, dtype, 1)
     full = sum(p.numel() for p in net.parameters())
     tokens = torch.randint(0, model.vocab_size, (1, seq + 1), device=device)
     x, y = tokens[:, :-1], tokens[:, 1:]
@@ -101,12 +85,33 @@ def measure_fsdp(model: ModelSpec, device: torch.device, dtype: str, seq: int, w
         return median(times)
 
     plain = passes()
-    apply_fsdp(net, init_device_mesh(device.type, (world,), mesh_dim_names=("dp",)), 2)
+    apply_fsdp(net, init_device_mesh(device.type, (dist.get_world_size(),), mesh_dim_names=("dp",)), 2)
     loss_fn(net(x), y).backward()  # gradients to step on, gathered parameters
     net.set_requires_gradient_sync(False)
     sharded = passes()
     net.set_requires_gradient_sync(True)
     params = [p for p in net.parameters() if p.grad is not None]
+    units = 2  # the block and the root
+    return {"pass_s_per_unit": max(0.0, sharded - plain) / 2 / units,
+            "optimizer_s_per_param": _optimizer_step_time(params, device, warmup, repeats) / full}
+
+
+def _executor_model(model: ModelSpec, device: torch.device, dtype: str, layers: int):
+    """The executor's model of `layers` layers with embedding and head, materialised, tied and initialised as
+    training does it, in `dtype`, in training mode."""
+    from autoconf.execute.model import build_model
+    from autoconf.execute.parallelize import materialize
+
+    net = build_model(model, 0, layers)
+    materialize(net, device, 0)
+    return net.to(TORCH_DTYPES[dtype]).train()
+
+
+def _optimizer_step_time(params: list, device: torch.device, warmup: int, repeats: int) -> float:
+    """Median work seconds of what the trainer does with gradients each step: the gradient norm's squares summed
+    over `params` (their local shards when DTensors) and one AdamW step; the gradients must be set."""
+    from torch.distributed.tensor import DTensor
+
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1)
 
     def step():
@@ -119,9 +124,7 @@ def measure_fsdp(model: ModelSpec, device: torch.device, dtype: str, seq: int, w
     for _ in range(warmup):
         step()
     sync(device)
-    units = 2  # the block and the root
-    return {"pass_s_per_unit": max(0.0, sharded - plain) / 2 / units,
-            "optimizer_s_per_param": median([work_time(step, device) for _ in range(max(repeats // 2, 2))]) / full}
+    return median([work_time(step, device) for _ in range(max(repeats // 2, 2))])
 
 
 def _reference_gaps(table: dict, refs: list[dict]) -> list[tuple[int, float, float]]:

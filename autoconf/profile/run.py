@@ -264,9 +264,9 @@ def _cpu_model_entries(model, table: dict, grid, device: torch.device, dtype: st
     dist.barrier()
     seq = max(grid.seq_lens)
     refs = _gather(overheads.measure_reference(model, device, dtype, (min(grid.micro_batches),), seq, grid.warmup,
-                                             3 * grid.repeats))
+                                               3 * grid.repeats))
     deep = _gather(overheads.measure_reference(model, device, dtype, grid.micro_batches, seq, grid.warmup,
-                                             grid.repeats, layers=deep_layers))
+                                               grid.repeats, layers=deep_layers, optimizer=False))
     found = overheads.reference_overheads(table, refs, deep)
     table["optimizer_s_per_param"] = found["optimizer_s_per_param"]
     efficiency["pass_overhead_s"] = {
