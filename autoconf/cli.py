@@ -261,16 +261,19 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
 @click.option("--base-profile", default=None, help="bundled profile supplying what is not measured (GPU)")
 @click.option("--memory-per-rank", default=None, help="CPU memory limit per rank, e.g. 4GiB")
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None)
+@click.option("--max-tp", type=click.IntRange(min=1), default=None,
+              help="time the model's blocks at TP widths up to this (default: the ranks per node), e.g. 8 on one GPU "
+                   "of an 8-GPU node")
 @click.option("--force", is_flag=True, help="overwrite --out if it exists")
 @user_errors
 def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, model_arg, quick, base_profile,
-            memory_per_rank, dtype, force) -> None:
+            memory_per_rank, dtype, max_tp, force) -> None:
     """Measure this cluster (compute, links, collectives, memory) into a profile."""
     from autoconf.profile.launch import profile as run_profile
 
     code = run_profile(out, nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
                        master_addr=master_addr, master_port=master_port, model=model_arg, quick=quick, force=force,
-                       base_profile=base_profile, memory_per_rank=memory_per_rank, dtype=dtype)
+                       base_profile=base_profile, memory_per_rank=memory_per_rank, dtype=dtype, max_tp=max_tp)
     if code != 0:
         raise UserError(f"profiling failed (torchrun exit code {code}); see the worker output above")
 

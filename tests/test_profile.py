@@ -16,6 +16,7 @@ from autoconf.profile.hardware import parse_bytes
 from autoconf.profile.launch import build_command, check_output, profile
 from autoconf.profile.network import (HostLayout, collective_groups, fit_alpha_beta, group_hosts, round_robin_pairs,
                                       summarize_links)
+from autoconf.profile.run import parse_args
 from autoconf.spec.cluster import ClusterProfile, Link
 from autoconf.spec.presets import PRESETS
 
@@ -175,6 +176,8 @@ def test_profile_checks_ranks_model_and_port(tmp_path):
         profile(out, nproc_per_node=0)
     with pytest.raises(UserError, match="unknown model"):
         profile(out, model="no-such-model")
+    with pytest.raises(UserError, match="--max-tp must be an integer >= 1"):
+        profile(out, max_tp=0)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -191,6 +194,9 @@ def test_build_command_passes_multi_node_flags():
     assert joined.endswith("-m autoconf.profile.run --out /x/p.json --model llama3-8b")
     c10d = " ".join(build_command("/x/p.json", 8, 4, 2, "node0", 29400, None, True, rdzv="c10d"))
     assert "--rdzv-backend c10d --rdzv-endpoint node0:29400" in c10d and "--quick" in c10d
+    one_gpu = build_command("/x/p.json", 1, 1, 0, "127.0.0.1", 29400, "gpt3-1.3b", False, max_tp=8)
+    assert one_gpu[-2:] == ["--max-tp", "8"]
+    assert parse_args(["--out", "p.json", "--max-tp", "8"]).max_tp == 8
 
 
 def _free_port() -> int:

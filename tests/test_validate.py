@@ -122,6 +122,29 @@ def test_read_metrics_takes_the_summary_median_and_explains_a_missing_one(tmp_pa
     assert read_metrics(path)[:2] == (0.25, [0.5])
 
 
+def test_peak_memory_is_compared_only_where_the_device_memory_was_measured(tmp_path):
+    """A GPU run's summary gives its max_memory_allocated, which the report compares with the prediction; a CPU run's
+    RSS growth is not device memory and is left out."""
+    from autoconf.validate.run import device_peak_memory
+
+    gpu, cpu = tmp_path / "gpu.jsonl", tmp_path / "cpu.jsonl"
+    assert device_peak_memory(gpu) is None
+    gpu.write_text(json.dumps({"summary": {"measured_peak_memory_bytes": 8 << 30,
+                                           "peak_memory_kind": "cuda max_memory_allocated, max over ranks"}}) + "\n")
+    cpu.write_text(json.dumps({"summary": {"measured_peak_memory_bytes": 1 << 20, "peak_memory_kind": "CPU: RSS"}}))
+    assert device_peak_memory(gpu) == 8 << 30 and device_peak_memory(cpu) is None
+    runs = [Run(0, "a", {}, 0.1, 0.1, chosen=True, status="ok", predicted_peak_bytes=9 << 30,
+                measured_peak_bytes=8 << 30),
+            Run(1, "b", {}, 0.2, 0.2, status="ok", predicted_peak_bytes=6 << 30, measured_peak_bytes=8 << 30),
+            Run(2, "c", {}, 0.3, 0.3, status="ok", predicted_peak_bytes=5 << 30)]
+    report = Report("m", "gpu", 8, 128, 3, runs).summarise()
+    assert runs[0].memory_error == pytest.approx(0.125) and runs[2].memory_error is None
+    assert report.memory_median_abs_error == pytest.approx((0.125 + 0.25) / 2)
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report.to_dict()))
+    assert load_report(path).to_dict() == report.to_dict()
+
+
 def test_repeats_run_the_list_in_turn_and_keep_the_median(tmp_path, layouts):
     """With repeats the whole list runs again in the same order; each layout's time is the median of its successful
     repeats, a repeat that fails is recorded but does not sink the layout, one that never succeeds is failed."""

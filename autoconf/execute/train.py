@@ -382,8 +382,10 @@ def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) ->
         if opts.checkpoint_dir and end > last_saved:
             ckpt.save(Path(opts.checkpoint_dir), end, trainer.models, trainer.optimizers, trainer.checkpoint_meta(end))
             log(f"checkpoint step {end} saved")
+        reserved = _max_over_ranks(torch.cuda.max_memory_reserved(device), device) if device.type == "cuda" else None
         if metrics:
             summary = {**_summary(plan, opts, records, device, rss_start), "resumed_from_step": start,
+                       "measured_peak_reserved_bytes": reserved,
                        "restarts": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))}
             metrics.write(json.dumps({"summary": summary}) + "\n")
     finally:
@@ -397,6 +399,10 @@ def _peak_memory(device: torch.device, rss_start: int) -> int:
         value = torch.cuda.max_memory_allocated(device)
     else:
         value = _max_rss_bytes() - rss_start
+    return _max_over_ranks(value, device)
+
+
+def _max_over_ranks(value: int, device: torch.device) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())

@@ -59,7 +59,8 @@ def _port_free(addr: str, port: int) -> bool:
 
 def build_command(out: Path, nproc_per_node: int, nnodes: int, node_rank: int, master_addr: str, master_port: int,
                   model: str | None, quick: bool, base_profile: str | None = None,
-                  memory_per_rank: str | None = None, dtype: str | None = None, rdzv: str = "static") -> list[str]:
+                  memory_per_rank: str | None = None, dtype: str | None = None, rdzv: str = "static",
+                  max_tp: int | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc_per_node),
            "--nnodes", str(nnodes)]
     if rdzv == "c10d":
@@ -78,19 +79,22 @@ def build_command(out: Path, nproc_per_node: int, nnodes: int, node_rank: int, m
         cmd += ["--memory-per-rank", memory_per_rank]
     if dtype:
         cmd += ["--dtype", dtype]
+    if max_tp:
+        cmd += ["--max-tp", str(max_tp)]
     return cmd
 
 
 def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: int = 0,
             master_addr: str = "127.0.0.1", master_port: int = 29500, model: str | None = None, quick: bool = False,
             force: bool = False, base_profile: str | None = None, memory_per_rank: str | None = None,
-            dtype: str | None = None, rdzv: str = "static") -> int:
+            dtype: str | None = None, rdzv: str = "static", max_tp: int | None = None) -> int:
     """Profiles this cluster into `out`; returns torchrun's exit status (0 on success).
 
     `nproc_per_node` defaults to the number of GPUs, or on a CPU-only host 2 ranks with `quick` and 4 without.
     `rdzv` "static" (the default) passes --node-rank/--master-addr/--master-port to torchrun, so node k of the
     profile is the node started with node_rank k; "c10d" uses a c10d rendezvous at master_addr:master_port instead
-    (nodes may join in any order).
+    (nodes may join in any order). `max_tp` times the blocks at TP widths up to it (default: the ranks per node),
+    e.g. 8 on a single GPU whose profile will plan 8-GPU nodes.
     """
     path = check_output(out, force)
     gpus = _cuda_devices()
@@ -100,6 +104,9 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
                                ("--node-rank", node_rank, 0), ("--master-port", master_port, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise UserError(f"{name} must be an integer >= {least} (got {value!r})")
+    if max_tp is not None and (isinstance(max_tp, bool) or not isinstance(max_tp, int) or max_tp < 1):
+        raise UserError(f"--max-tp must be an integer >= 1 (got {max_tp!r}), e.g. 8 to time the blocks as an 8-GPU "
+                        f"node would shard them")
     if gpus and nproc_per_node > gpus:
         raise UserError(f"--nproc-per-node {nproc_per_node} exceeds the {gpus} GPU(s) on this node")
     if node_rank >= nnodes:
@@ -128,7 +135,7 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
         raise UserError(f"--master-port {master_port} is already in use on this machine; pass another "
                         f"(e.g. --master-port {master_port + 1})")
     cmd = build_command(path, nproc_per_node, nnodes, node_rank, master_addr, master_port, model, quick,
-                        base_profile, memory_per_rank, dtype, rdzv)
+                        base_profile, memory_per_rank, dtype, rdzv, max_tp)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     repo_root = str(Path(__file__).resolve().parent.parent.parent)

@@ -1,7 +1,8 @@
 """The profiler's torchrun entry point: measures the cluster it runs on and writes a cluster profile (rank 0).
 
     python -m torch.distributed.run --nproc-per-node N [multi-node flags] -m autoconf.profile.run \
-        --out PROFILE.json [--model MODEL] [--quick] [--base-profile NAME] [--memory-per-rank 4GiB] [--dtype fp32]
+        --out PROFILE.json [--model MODEL] [--quick] [--base-profile NAME] [--memory-per-rank 4GiB] [--dtype fp32] \
+        [--max-tp T]
 
 (`autoconf profile`, i.e. `autoconf.profile.launch.profile`, builds that command.) Phases, all ranks together:
 1. layout: host names -> nodes and ranks per node;
@@ -48,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                   "default physical RAM / ranks on the host")
     parser.add_argument("--dtype", choices=sorted(compute.TORCH_DTYPES), help="compute-table dtype "
                                                                               "(default fp32 on CPU, bf16 on GPU)")
+    parser.add_argument("--max-tp", type=int, help="time the blocks at TP widths up to this (default: the ranks per "
+                                                    "node)")
     parser.add_argument("--name", help="profile name (default: the output file's stem)")
     parser.add_argument("--tiny-grid", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -230,7 +233,7 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
     table = None
     if model_arg:
         model = load_model(model_arg)
-        grid = compute.default_grid(model, layout.gpus_per_node, quick, tiny)
+        grid = compute.default_grid(model, args.max_tp or layout.gpus_per_node, quick, tiny)
         log(f"compute: {model.name} blocks, {main_dtype}")
         optimizer_numel = (1 << 20) if (quick or not on_gpu) else (64 << 20)
         table = compute.measure_compute(model, grid, device, main_dtype,

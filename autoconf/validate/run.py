@@ -3,8 +3,9 @@
     DIR/runs/<i>/plan.json        the layout (the planner's best is run 0)
     DIR/runs/<i>/metrics.jsonl    the executor's metrics; the summary's median step time after warm-up is "measured"
     DIR/runs/<i>/log.txt          torchrun's output
-    DIR/report.json               {"runs": [{"config", "predicted_s", "measured_s", ...}], "median_abs_error",
-                                   "spearman", "regret", "calibration"}
+    DIR/report.json               {"runs": [{"config", "predicted_s", "measured_s", "predicted_peak_bytes",
+                                   "measured_peak_bytes" (GPU runs: allocator peaks), ...}], "median_abs_error",
+                                   "spearman", "regret", "calibration", "memory_median_abs_error"}
     DIR/scatter.png               predicted vs measured
     DIR/calibrated_profile.json   with --calibrate: the profile with the fitted factors (never the input file)
 
@@ -70,6 +71,14 @@ class Run:
     wall_s: float | None = None
     dir: str = ""
     repeats_s: list | None = None  # each repeat's measured time, when the layouts ran more than once
+    predicted_peak_bytes: float | None = None
+    measured_peak_bytes: float | None = None  # device memory (GPU runs only: a CPU rank's RSS is not comparable)
+
+    @property
+    def memory_error(self) -> float | None:
+        if self.measured_peak_bytes is None or self.predicted_peak_bytes is None:
+            return None
+        return (self.predicted_peak_bytes - self.measured_peak_bytes) / self.measured_peak_bytes
 
     @property
     def error(self) -> float | None:
@@ -90,6 +99,7 @@ class Report:
     spearman: float | None = None
     regret: float | None = None
     calibration: dict | None = None
+    memory_median_abs_error: float | None = None  # peak device memory, over the runs that measured it (GPU)
 
     def ok_runs(self) -> list[Run]:
         return [r for r in self.runs if r.status == "ok"]
@@ -101,6 +111,9 @@ class Report:
         self.spearman = spearman(predicted, measured)
         chosen = next((i for i, r in enumerate(ok) if r.chosen), None)
         self.regret = regret(measured, chosen) if chosen is not None else None
+        memory = [r for r in ok if r.memory_error is not None]
+        self.memory_median_abs_error = (median_abs_error([r.predicted_peak_bytes for r in memory],
+                                                         [r.measured_peak_bytes for r in memory]) if memory else None)
         return self
 
     def to_dict(self) -> dict:
@@ -108,11 +121,12 @@ class Report:
         for r in self.runs:
             d = asdict(r)
             d["error"] = r.error
+            d["memory_error"] = r.memory_error
             runs.append(d)
         return {"version": REPORT_VERSION, "kind": "validation", "model": self.model, "cluster": self.cluster,
                 "global_batch": self.global_batch, "seq_len": self.seq_len, "steps": self.steps, "runs": runs,
                 "median_abs_error": self.median_abs_error, "spearman": self.spearman, "regret": self.regret,
-                "calibration": self.calibration}
+                "calibration": self.calibration, "memory_median_abs_error": self.memory_median_abs_error}
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "report") -> "Report":
@@ -123,7 +137,8 @@ class Report:
         return cls(model=data["model"], cluster=data["cluster"], global_batch=data["global_batch"],
                    seq_len=data["seq_len"], steps=data["steps"], runs=runs,
                    median_abs_error=data.get("median_abs_error"), spearman=data.get("spearman"),
-                   regret=data.get("regret"), calibration=data.get("calibration"))
+                   regret=data.get("regret"), calibration=data.get("calibration"),
+                   memory_median_abs_error=data.get("memory_median_abs_error"))
 
 
 def load_report(path: str | Path) -> Report:
@@ -153,6 +168,24 @@ def read_metrics(path: Path) -> tuple[float | None, list[float], str | None]:
     return float(summary["measured_iteration_time_s"]), times, None
 
 
+def device_peak_memory(path: Path) -> float | None:
+    """The measured peak device memory (bytes, max over ranks) from a metrics file's summary; None when the run
+    was on CPU (its RSS growth is not the device memory the estimator predicts) or did not finish."""
+    if not path.exists():
+        return None
+    for line in reversed(path.read_text().splitlines()):
+        try:
+            summary = json.loads(line).get("summary")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if summary is not None:
+            if str(summary.get("peak_memory_kind", "")).startswith("cuda"):
+                value = summary.get("measured_peak_memory_bytes")
+                return float(value) if value is not None else None
+            return None
+    return None
+
+
 def _tail(path: Path, lines: int = 6) -> str:
     try:
         text = path.read_text(errors="replace").strip().splitlines()
@@ -162,16 +195,21 @@ def _tail(path: Path, lines: int = 6) -> str:
 
 
 def run_plans(plans: list[Plan], out_dir: Path, steps: int, runner: Runner = local_runner, force: bool = False,
-              log: Callable[[str], None] = print, repeats: int = 1) -> list[Run]:
+              log: Callable[[str], None] = print, repeats: int = 1, runtime_memory_bytes: float = 0.0) -> list[Run]:
     """Writes and runs each plan; plans[0] is the planner's choice. With `repeats` > 1 the whole list is run that
     many times in turn (so a slow spell of the host touches every layout alike) and a layout's measured time is the
-    median over its successful repeats; repeat r > 0 writes `metrics.<r>.jsonl` / `log.<r>.txt` beside the first."""
+    median over its successful repeats; repeat r > 0 writes `metrics.<r>.jsonl` / `log.<r>.txt` beside the first.
+    A run's predicted peak memory is the plan's less `runtime_memory_bytes` (the profile's CUDA context and runtime,
+    which torch's allocator, whose peak the executor reports, does not count)."""
     from autoconf.report.tables import layout_label
 
     runs = []
     for i, plan in enumerate(plans):
+        predicted_peak = plan.prediction.get("peak_memory_bytes")
         runs.append(Run(index=i, label=layout_label(plan), config=plan.config.to_dict(),
-                        predicted_s=float(plan.prediction["iteration_time_s"]), chosen=(i == 0), dir=f"runs/{i}"))
+                        predicted_s=float(plan.prediction["iteration_time_s"]), chosen=(i == 0), dir=f"runs/{i}",
+                        predicted_peak_bytes=(float(predicted_peak) - runtime_memory_bytes
+                                              if predicted_peak is not None else None)))
         plan.save(out_dir / "runs" / str(i) / "plan.json", force=force)
     measured: list[list[float]] = [[] for _ in plans]
     for r in range(repeats):
@@ -193,7 +231,12 @@ def run_plans(plans: list[Plan], out_dir: Path, steps: int, runner: Runner = loc
             if code == 0 and value is not None:
                 measured[i].append(value)
                 run.step_times_s = run.step_times_s + times
-                log(f"    measured {value:.4g} s ({100 * (run.predicted_s - value) / value:+.1f}%)")
+                peak = device_peak_memory(metrics_path)
+                if peak is not None:
+                    run.measured_peak_bytes = max(run.measured_peak_bytes or 0.0, peak)
+                log(f"    measured {value:.4g} s ({100 * (run.predicted_s - value) / value:+.1f}%)" +
+                    (f", peak memory {peak / 2 ** 30:.2f} GiB ({100 * run.memory_error:+.1f}%)"
+                     if run.memory_error is not None else ""))
             else:
                 run.failure = failure or f"exit code {code}: {why or ''} {_tail(log_path)}".strip()
                 log(f"    failed: {run.failure}")
@@ -286,6 +329,9 @@ def report_table(report: Report):
         table.add_column(col, justify="left" if col == "layout" else "right")
     if held:
         table.add_column("calibrated (held out)", justify="right")
+    with_memory = any(r.measured_peak_bytes is not None for r in report.runs)
+    if with_memory:
+        table.add_column("peak memory predicted / measured", justify="right")
     for r in report.runs:
         row = [str(r.index) + ("*" if r.chosen else ""), r.label, f"{r.predicted_s * 1e3:.1f} ms",
                f"{r.measured_s * 1e3:.1f} ms" if r.measured_s is not None else "failed",
@@ -294,6 +340,9 @@ def report_table(report: Report):
             after = held.get(r.index)
             row.append(f"{after * 1e3:.1f} ms ({100 * (after - r.measured_s) / r.measured_s:+.1f}%)"
                        if after is not None else "")
+        if with_memory:
+            row.append(f"{r.predicted_peak_bytes / 2 ** 30:.2f} / {r.measured_peak_bytes / 2 ** 30:.2f} GiB "
+                       f"({100 * r.memory_error:+.1f}%)" if r.memory_error is not None else "")
         table.add_row(*row)
     caption = _summary_parts(report, "regret of the planner's choice (*)")
     cal = report.calibration or {}
@@ -301,6 +350,8 @@ def report_table(report: Report):
         b, a = cal["before"], cal["after"]
         caption.append(f"calibration ({cal['scheme']}, held out): median |error| "
                        f"{100 * b['median_abs_error']:.1f}% -> {100 * a['median_abs_error']:.1f}%")
+    if report.memory_median_abs_error is not None:
+        caption.append(f"peak memory median |error| {100 * report.memory_median_abs_error:.1f}%")
     table.caption = "; ".join(caption)
     return table
 
@@ -327,7 +378,8 @@ def validate(model: ModelSpec, cluster: ClusterProfile, cluster_label: str, glob
     plans = select_layouts(model, cluster, global_batch, seq_len, dtype, configs, fixed, refine=refine)
     log(f"validating {len(plans)} layouts of {model.name} on {cluster_label} ({cluster.world_size} ranks), "
         f"{steps} steps each")
-    runs = run_plans(plans, out_dir, steps, runner, force=True, log=log, repeats=repeats)
+    runs = run_plans(plans, out_dir, steps, runner, force=True, log=log, repeats=repeats,
+                     runtime_memory_bytes=cluster.device.memory_overhead_bytes)
     report = Report(model.name, cluster_label, global_batch, seq_len, steps, runs).summarise()
     if calibrate:
         log("calibrating ...")
