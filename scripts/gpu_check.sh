@@ -4,7 +4,8 @@
 #   2. `autoconf validate` of MODEL on that profile: K single-GPU layouts (micro-batch, recompute) trained N steps
 #      each by the bundled executor on CUDA, predicted vs measured step time and peak memory;
 #   3. while time is left (DEADLINE_S after the start), a quick profile of MODEL2's blocks (the larger model a
-#      multi-GPU plan is made for).
+#      multi-GPU plan is made for; MODEL2= skips it).
+# First, the activation bytes the executor's blocks save on this device against the memory estimator's.
 # Results go to OUT (default out/gpu-check): profile JSONs, logs, report.json and validate.tgz (the whole folder):
 # at most eight files, as the lent machine returns.
 #
@@ -31,6 +32,9 @@ say "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,temperature.gpu --format=csv 2>&1
 python3 -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
 torch.cuda.get_device_name() if torch.cuda.is_available() else '', 'python', sys.version.split()[0])" 2>&1
+
+say "saved activations per layer vs the memory estimator"
+timeout 60 python3 scripts/saved_activations.py --models "$MODEL" ${MODEL2:+"$MODEL2"} 2>&1 | tail -n 12
 
 say "profile: $MODEL blocks at tp 1..$MAXTP"
 profile="$OUT/profile.json"
@@ -64,7 +68,7 @@ tar czf "$OUT/validate.tgz" -C "$OUT" validate 2>/dev/null
 
 if [ "$profile" != "$OUT/profile.json" ] && [ $vcode -ne 0 ]; then
     say "profile and validate both failed: stopping here (see the logs)"
-elif [ "$(left)" -gt 100 ]; then
+elif [ -n "$MODEL2" ] && [ "$(left)" -gt 100 ]; then
     say "quick profile: $MODEL2 blocks at tp 1..$MAXTP (left $(left) s)"
     timeout $(( $(left) - 10 )) python3 -m autoconf profile --out "$OUT/profile2.json" --model "$MODEL2" \
         --max-tp "$MAXTP" --quick --force >"$OUT/profile2.log" 2>&1

@@ -201,6 +201,26 @@ def _interpolate(points: list[tuple[float, PassTimes]], x: float) -> PassTimes:
     raise AssertionError("unreachable")
 
 
+def chain_scale(table: dict, entry: dict) -> float:
+    """How much longer a block of `entry` takes in training than timed alone, from the profile's GPU `chain_scales`
+    (1 without them): the layer scale for attention, MLP and norms, the ends scale for embedding and head, read at the
+    entry's tokens per TP rank (a TP shard's kernels are as small as those of 1/tp of the tokens unsharded: what
+    decides how much of the launches the device hides), interpolated linearly, held at the nearest measured size
+    beyond them."""
+    rows = sorted(table.get("chain_scales") or [], key=lambda r: r["micro_batch"] * r["seq_len"])
+    if not rows:
+        return 1.0
+    key = "ends_scale" if entry["block"] in ("embedding", "head") else "layer_scale"
+    x = entry["micro_batch"] * entry["seq_len"] / entry.get("tp", 1)
+    points = [(r["micro_batch"] * r["seq_len"], float(r[key])) for r in rows]
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x <= x1:
+            return y0 + (x - x0) / (x1 - x0) * (y1 - y0) if x1 != x0 else y1
+    return points[-1][1]
+
+
 def _measured_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
                      share: float) -> ModelPieces | None:
     table = cluster.compute
@@ -212,7 +232,7 @@ def _measured_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfi
     chained = float(cluster.efficiency.get("model_compute_scale", {}).get("value", 1.0))
     for entry in entries:
         times = PassTimes(float(entry["forward_s"]), float(entry["backward_input_s"]),
-                          float(entry["backward_weight_s"])).scaled(chained / share)
+                          float(entry["backward_weight_s"])).scaled(chained * chain_scale(table, entry) / share)
         by_block.setdefault(entry["block"], []).append((entry["micro_batch"] * entry["seq_len"], times))
     if not all(k in by_block for k in ("attention", "mlp", "norm", "embedding", "head")):
         return None

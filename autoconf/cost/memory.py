@@ -31,6 +31,85 @@ from autoconf.spec.plan import ParallelConfig
 LAYOUTS = ("torch", "megatron")
 
 
+def uses_autocast(config: ParallelConfig) -> bool:
+    """True when the executor trains this config under autocast: fp32 parameters and residual stream, matmuls in the
+    low dtype (bf16/fp16 without ZeRO sharding; FSDP2 instead casts the parameters and inputs and computes in the
+    low dtype throughout)."""
+    return config.dtype != "fp32" and not config.zero_sharded
+
+
+def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str, recompute: str | None = None) -> float:
+    """Bytes one block keeps from its forward until its backward for one micro-batch on one TP rank: Megatron-LM's
+    accounting (`ModelSpec.layer_activation_bytes`) for the "megatron" layout, the executor's own for "torch"."""
+    c = config
+    recompute = c.recompute if recompute is None else recompute
+    if layout == "megatron":
+        return model.layer_activation_bytes(c.seq_len, c.micro_batch_size, c.tp, c.sequence_parallel, recompute,
+                                            c.attention, DTYPE_BYTES[c.dtype])
+    return executor_layer_activation_bytes(model, c, recompute)
+
+
+def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, recompute: str) -> float:
+    """What autoconf's executor block saves for its backward (tests/test_memory_saved.py counts it with autograd's
+    saved-tensor hooks), for one micro-batch on one TP rank.
+
+    Under autocast the residual stream and the norms stay fp32 (r = 4 bytes) and every linear layer saves its own
+    low-precision cast of its input (three for Q, K, V; one or two for the MLP); otherwise everything is in the
+    compute dtype and the linears share their input. LayerNorm keeps its input, torch's (composite) RMSNorm also its
+    normalised input. Flash attention keeps Q, K and V (K and V repeated to every query
+    head when grouped), its output (which is the output projection's input) and a fp32 log-sum-exp per row; selective
+    recompute drops only the log-sum-exp (its output stays alive as the projection's input), the standard kernel
+    keeps the fp32 softmax and its low-precision copy. Torch tensor parallelism saves the gathered (full-sequence)
+    input of its column-parallel layers also with sequence parallelism. Full recompute keeps the block input only.
+    """
+    c = config
+    s, b, h, f = c.seq_len, c.micro_batch_size, model.hidden_size, model.ffn_hidden_size
+    t, e = c.tp, DTYPE_BYTES[c.dtype]
+    mixed = uses_autocast(c)
+    r = 4 if mixed else e
+    sbh = s * b * h
+    split = t if c.sequence_parallel else 1
+    if recompute == "full":
+        return r * sbh / split
+    mlp_inputs = 1 if model.arch == "gpt" else 2
+    casts = (3 + mlp_inputs) if mixed else 2
+    dropout_masks = 2 * sbh if model.dropout > 0 else 0
+    per_norm = 1 if model.arch == "gpt" else 2  # torch's RMSNorm is composite: it keeps its normalised input too
+    norms = 2 * per_norm * r * sbh / split + dropout_masks / split
+    linear_inputs = casts * e * sbh
+    attention = 3 * e * sbh / t  # Q, K, V (K and V repeated to every head)
+    if c.attention == "flash":
+        attention += e * sbh / t  # output = the output projection's input
+        if recompute != "selective":
+            attention += 4 * model.num_heads * s * b / t
+    else:
+        scores = model.num_heads * s * s * b / t
+        softmax = 4 + (e if e < 4 else 0)  # fp32 softmax, and its low-precision copy
+        attention += e * sbh / t + (0 if recompute == "selective" else softmax * scores
+                                    + ((1 + e) * scores if model.dropout > 0 else 0))
+    mlp = (2 if model.arch == "gpt" else 4) * e * s * b * f / t
+    return norms + linear_inputs + attention + mlp
+
+
+def logits_temporary_bytes(model: ModelSpec, config: ParallelConfig, layout: str) -> float:
+    """Peak bytes of the loss on the last stage for one micro-batch: the logits, their fp32 copy and gradient
+    (Megatron); in the executor, the fp32 log-softmax the loss keeps and the two fp32 gradients of its backward."""
+    c = config
+    logits = c.seq_len * c.micro_batch_size * model.vocab_size / c.tp
+    return logits * (DTYPE_BYTES[c.dtype] + 8 if layout == "megatron" else 12)
+
+
+def head_input_bytes(model: ModelSpec, config: ParallelConfig, layout: str) -> float:
+    """Bytes the last stage keeps per micro-batch beyond its layers: the final norm's input and the head's input."""
+    c = config
+    e = DTYPE_BYTES[c.dtype]
+    sbh = c.seq_len * c.micro_batch_size * model.hidden_size
+    split = c.tp if c.sequence_parallel else 1
+    if layout == "torch" and uses_autocast(c):
+        return (4 / split + e) * sbh
+    return 2 * sbh * e / split
+
+
 def stage_params(model: ModelSpec, partition: Sequence[Sequence[int]], stage: int) -> float:
     """Parameters of one virtual stage (all TP ranks together): its layers, the embedding on the first stage, the
     head on the last (a tied embedding is held by both ends when they are different stages)."""
@@ -76,7 +155,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     t, s, b = c.tp, c.seq_len, c.micro_batch_size
     e = DTYPE_BYTES[c.dtype]
     sbh = s * b * model.hidden_size
-    layer_act = model.layer_activation_bytes(s, b, t, c.sequence_parallel, c.recompute, c.attention, e)
+    layer_act = layer_activation_bytes(model, c, layout)
     w_b, g_b, o_b, copy_b = _state_bytes_per_param(c, layout)
     split = t if c.sequence_parallel else 1
     last = len(partition) - 1
@@ -91,15 +170,14 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
             if st == 0 and model.dropout > 0:
                 per_mb += sbh / split  # embedding dropout mask
             if st == last:
-                per_mb += 2 * sbh * e / split  # final norm input and head input
+                per_mb += head_input_bytes(model, c, layout)
             activations += per_mb * inflight[st]
         # Temporaries that exist one at a time: the largest of them counts.
         temporaries = [0.0]
         if last in stages:
-            logits = s * b * model.vocab_size / t
-            temporaries.append(logits * (e + 4 + 4))  # logits, fp32 copy for the loss, its gradient
+            temporaries.append(logits_temporary_bytes(model, c, layout))
         if c.recompute == "full":
-            temporaries.append(model.layer_activation_bytes(s, b, t, c.sequence_parallel, "none", c.attention, e))
+            temporaries.append(layer_activation_bytes(model, c, layout, "none"))
         gather = 0.0
         if c.zero_sharded and c.zero_stage >= 3 and layout == "torch":
             gather = 2 * model.layer_params() / t * DTYPE_BYTES[c.dtype]  # current and prefetched block

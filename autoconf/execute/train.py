@@ -10,6 +10,7 @@ line per step and writes the metrics file. fp32 on CPU; on CUDA the plan's bf16/
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -124,6 +125,8 @@ class Trainer:
         self.schedule = None
         if c.pp > 1:
             self.schedule, self.stages = build_schedule(plan, self.chunks, self.mesh["pp"].get_group(), device)
+        self.can_drop_outputs = (self.schedule is not None and
+                                 "return_outputs" in inspect.signature(self.schedule.step).parameters)
         self.optimizers = [self._optimizer(model) for model in self.models]  # one per chunk (for DCP)
         self.data = TokenSource(opts.data, plan.model.vocab_size, c.seq_len, opts.seed)
 
@@ -251,8 +254,8 @@ class Trainer:
         for i in range(m):
             if self.fsdp:
                 model.set_requires_gradient_sync(i == m - 1)
-            logits = model(inputs[i * b:(i + 1) * b])
-            loss = loss_fn(logits, targets[i * b:(i + 1) * b])
+            # The logits are not kept: the loss's fp32 log-softmax is all its backward needs.
+            loss = loss_fn(model(inputs[i * b:(i + 1) * b]), targets[i * b:(i + 1) * b])
             (loss / m).backward()
             losses.append(loss.detach())
 
@@ -261,6 +264,8 @@ class Trainer:
         first, last = 0 in stage_ids, self.config.num_stages - 1 in stage_ids
         args = (inputs,) if first else ()
         kwargs = {"target": targets, "losses": losses} if last else {}
+        if self.can_drop_outputs:
+            kwargs["return_outputs"] = False  # else the last stage holds every micro-batch's logits until the end
         self.schedule.step(*args, **kwargs)
 
     # ---- checkpoints -------------------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
-"""What a CPU rank's training costs beyond its blocks, measured on the executor's own model (CPU profiles).
+"""What training costs beyond the blocks timed alone, measured on the executor's own model.
 
 - `measure_reference`: the unsharded model end to end (one layer: the per-pass overhead; several layers: blocks
-  chained against timed alone) and its optimizer step over the real tensors;
+  chained against timed alone) and its optimizer step over the real tensors (CPU profiles);
+- `chain_scales`: on GPUs, two depths of that model under the executor's autocast against the block table, per
+  micro-batch size: how much longer (or shorter) a layer and the model's ends take in training than their blocks
+  timed alone;
 - `measure_fsdp`: the same model sharded with FSDP2 over every rank: the hooks per pass and unit, and the optimizer
   over DTensor parameters;
 - `reference_overheads`: the profile entries those measurements give, against the block table.
@@ -9,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -19,10 +23,12 @@ from autoconf.profile.timing import median, sync, work_time
 from autoconf.spec.model import ModelSpec
 
 REFERENCE_LAYERS = 4  # depth of the model whose chained blocks are compared with the table
+CHAIN_DEPTHS = (1, 5)  # the two depths whose difference is one layer in its place (GPU profiles)
 
 
 def measure_reference(model: ModelSpec, device: torch.device, dtype: str, micro_batches: tuple[int, ...], seq: int,
-                      warmup: int, repeats: int, layers: int = 1, optimizer: bool = True) -> dict:
+                      warmup: int, repeats: int, layers: int = 1, optimizer: bool = True,
+                      autocast: bool = False) -> dict:
     """Times the executor's own unsharded model of `layers` layers (embedding, the first layers, final norm and head;
     one layer is the smallest stage) end to end on this rank: forward + loss and the full backward of one
     micro-batch of each size, and with `optimizer` one AdamW step plus the gradient-norm pass over its real
@@ -30,10 +36,12 @@ def measure_reference(model: ModelSpec, device: torch.device, dtype: str, micro_
     times). What the block tables miss (module calls, residual adds, the loss, autograd's per-pass bookkeeping,
     blocks evicting each other from the caches) is the difference; `reference_overheads` turns it into profile
     entries. Returns {"layers", "params", "passes": [{"micro_batch", "seq_len", "forward_s", "backward_s"}]} and,
-    with `optimizer`, "optimizer_s"."""
+    with `optimizer`, "optimizer_s". With `autocast` the parameters stay fp32 and every pass runs under autocast to
+    `dtype`, as the executor trains an unsharded GPU rank."""
     from autoconf.execute.pipeline import loss_fn
 
-    net = _executor_model(model, device, dtype, layers)
+    net = _executor_model(model, device, "fp32" if autocast else dtype, layers)
+    context = (lambda: torch.autocast(device.type, dtype=TORCH_DTYPES[dtype])) if autocast else contextlib.nullcontext
     params = [p for p in net.parameters() if p.requires_grad]
     passes = []
     for mb in micro_batches:
@@ -42,8 +50,9 @@ def measure_reference(model: ModelSpec, device: torch.device, dtype: str, micro_
         fwd, bwd = [], []
         for i in range(warmup + repeats):
             holder: dict = {}
-            t_f = work_time(lambda: holder.__setitem__("loss", loss_fn(net(x), y)), device)
-            t_b = work_time(lambda: holder["loss"].backward(), device)
+            with context():
+                t_f = work_time(lambda: holder.__setitem__("loss", loss_fn(net(x), y)), device)
+                t_b = work_time(lambda: holder["loss"].backward(), device)
             if i >= warmup:
                 fwd.append(t_f)
                 bwd.append(t_b)
@@ -142,6 +151,46 @@ def _reference_gaps(table: dict, refs: list[dict]) -> list[tuple[int, float, flo
                     for b in BLOCKS)
         whole = median([r["passes"][i]["forward_s"] + r["passes"][i]["backward_s"] for r in refs])
         out.append((item["micro_batch"], whole, parts))
+    return out
+
+
+def measure_chain(model: ModelSpec, device: torch.device, dtype: str, micro_batches: tuple[int, ...], seq: int,
+                  warmup: int, repeats: int) -> tuple[dict, dict]:
+    """The executor's model at the two `CHAIN_DEPTHS` (at most the model's layers), end to end at every micro-batch
+    size, under autocast when `dtype` is a low precision: (shallow, deep) `measure_reference` results."""
+    low = dtype != "fp32"
+    shallow, deep = (min(d, model.num_layers) for d in CHAIN_DEPTHS)
+    return tuple(measure_reference(model, device, dtype, micro_batches, seq, warmup, repeats, layers=d,
+                                   optimizer=False, autocast=low) for d in (shallow, deep))
+
+
+def chain_scales(table: dict, shallow: dict, deep: dict) -> list[dict]:
+    """Per micro-batch size of the chain measurements: {"micro_batch", "seq_len", "layer_scale", "ends_scale"}.
+
+    One layer in its place takes (deep - shallow) / (deep layers - shallow layers); "layer_scale" is that over the
+    table's attention + MLP + two norms at TP 1, "ends_scale" what the shallow model has left beyond its layers
+    (embedding, final norm, head and loss) over the table's embedding + head. On a GPU they hold what timing blocks
+    one by one cannot: a fp32 residual stream and casts under autocast, and the host running ahead of the device
+    (blocks timed alone wait for every launch, so small ones read long). Kept within [0.25, 4]; rows whose blocks
+    are missing from the table, or whose depths are equal, are left out."""
+    entries = {(e["block"], e["micro_batch"], e["seq_len"]): e for e in table["entries"] if e["tp"] == 1}
+    span = deep["layers"] - shallow["layers"]
+    out = []
+    for a, b in zip(shallow["passes"], deep["passes"]):
+        blocks = {k: entries.get((k, a["micro_batch"], a["seq_len"])) for k in BLOCKS}
+        if span <= 0 or any(v is None for v in blocks.values()):
+            continue
+        total = {k: v["forward_s"] + v["backward_input_s"] + v["backward_weight_s"] for k, v in blocks.items()}
+        whole_shallow = a["forward_s"] + a["backward_s"]
+        layer = (b["forward_s"] + b["backward_s"] - whole_shallow) / span
+        ends = whole_shallow - shallow["layers"] * layer
+        layer_parts = total["attention"] + total["mlp"] + 2 * total["norm"]
+        ends_parts = total["embedding"] + total["head"]
+        if layer_parts <= 0 or ends_parts <= 0:
+            continue
+        out.append({"micro_batch": a["micro_batch"], "seq_len": a["seq_len"],
+                    "layer_scale": min(4.0, max(0.25, layer / layer_parts)),
+                    "ends_scale": min(4.0, max(0.25, ends / ends_parts))})
     return out
 
 

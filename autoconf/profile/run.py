@@ -240,6 +240,8 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
                                         f"cuda:{device_name}" if on_gpu else "cpu", log, optimizer_numel)
         if not on_gpu:
             _cpu_model_entries(model, table, grid, device, main_dtype, efficiency, tiny, log)
+        else:
+            _gpu_model_entries(model, table, grid, device, main_dtype, log)
     else:
         log("compute: skipped (no --model)")
 
@@ -308,6 +310,31 @@ def _cpu_model_entries(model, table: dict, grid, device: torch.device, dtype: st
         if e["micro_batch"] == tp_batches[-1]:
             log(f"  tp {e['tp']}{' sp' if e['sequence_parallel'] else ''} micro-batch {e['micro_batch']}: "
                 f"+{e['forward_s'] * 1e3:.2f} ms forward, +{e['backward_s'] * 1e3:.2f} ms backward per layer")
+
+
+def _gpu_model_entries(model, table: dict, grid, device: torch.device, dtype: str, log: Progress) -> None:
+    """The executor's model end to end at two depths against the block table (`compute.chain_scales`), every rank
+    at once, medians over ranks; left out, with a note, when the deeper model does not fit the device."""
+    shallow, deep = (min(d, model.num_layers) for d in overheads.CHAIN_DEPTHS)
+    log(f"chain: the executor's {model.name} with {shallow} and {deep} layers end to end"
+        f"{' under autocast' if dtype != 'fp32' else ''}, micro-batch {list(grid.micro_batches)}")
+    dist.barrier()
+    try:
+        found = overheads.chain_scales(table, *overheads.measure_chain(
+            model, device, dtype, grid.micro_batches, max(grid.seq_lens), grid.warmup, grid.repeats))
+    except torch.cuda.OutOfMemoryError:
+        found = None
+    torch.cuda.empty_cache()
+    per_rank = _gather(found)
+    if any(rows is None for rows in per_rank) or not per_rank[0]:
+        log("  skipped: the model does not fit this device at that depth (blocks are taken as timed alone)")
+        return
+    table["chain_scales"] = [{**row, "layer_scale": median([r[i]["layer_scale"] for r in per_rank]),
+                              "ends_scale": median([r[i]["ends_scale"] for r in per_rank])}
+                             for i, row in enumerate(per_rank[0])]
+    log("  in training vs timed alone: " + ", ".join(
+        f"micro-batch {r['micro_batch']}: layer x{r['layer_scale']:.3f}, ends x{r['ends_scale']:.3f}"
+        for r in table["chain_scales"]))
 
 
 def _size(n: int) -> str:

@@ -11,7 +11,8 @@ import numpy as np
 
 from autoconf.cost.compute import model_pieces
 from autoconf.cost.estimate import WEIGHT_GRAD_ACTIVATION_SHARE, Execution, recompute_time, tp_collective
-from autoconf.cost.memory import _state_bytes_per_param
+from autoconf.cost.memory import (_state_bytes_per_param, head_input_bytes, layer_activation_bytes,
+                                  logits_temporary_bytes)
 from autoconf.cost.schedules import build_schedule
 from autoconf.cost.simulate import StageCosts, simulate
 from autoconf.spec.cluster import DTYPE_BYTES, ClusterProfile
@@ -31,14 +32,14 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     w, g, o, copy = _state_bytes_per_param(c, execution.memory_layout)
     per_param = w + g + o + copy
     head_params = model.head_params() + (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)
-    logits = c.seq_len * c.micro_batch_size * model.vocab_size / c.tp * (e + 8)
+    logits = logits_temporary_bytes(model, c, execution.memory_layout)
     unit_time = [pieces.embedding.total + one] + [layer_time] * model.num_layers + [pieces.head.total + one]
     unit_static = ([model.embedding_params() / c.tp * per_param]
                    + [model.layer_params() / c.tp * per_param] * model.num_layers
                    + [head_params / c.tp * per_param + logits])
-    layer_act = model.layer_activation_bytes(c.seq_len, c.micro_batch_size, c.tp, c.sequence_parallel, c.recompute,
-                                             c.attention, e)
-    unit_act = [sbh / split if model.dropout > 0 else 0.0] + [layer_act] * model.num_layers + [2 * sbh * e / split]
+    layer_act = layer_activation_bytes(model, c, execution.memory_layout)
+    unit_act = ([sbh / split if model.dropout > 0 else 0.0] + [layer_act] * model.num_layers
+                + [head_input_bytes(model, c, execution.memory_layout)])
     schedule = build_schedule(c.schedule, c.pp, c.num_microbatches, c.vpp)
     timeline = simulate(schedule, StageCosts.uniform(schedule.num_stages, 1.0, 1.0, 1.0))
     inflight = tuple(int(np.ceil(timeline.peak_inflight[s] + WEIGHT_GRAD_ACTIVATION_SHARE

@@ -23,7 +23,7 @@ from autoconf.cost.comm import p2p_time
 from autoconf.cost.compute import measured_tp_layer, model_pieces, rank_optimizer_time
 from autoconf.cost.estimate import (Execution, default_mesh, default_partition, dp_collectives, estimate,
                                     p2p_bytes, recompute_time, tp_collective)
-from autoconf.cost.memory import _state_bytes_per_param
+from autoconf.cost.memory import _state_bytes_per_param, layer_activation_bytes
 from autoconf.errors import UserError
 from autoconf.execute.support import unsupported_reason
 from autoconf.solve.space import candidates, normalise_fixed, with_changes
@@ -172,8 +172,7 @@ class _BoundCache:
         time_bound = max(compute_path, comm_stream, chain) + optimizer + cluster.overhead("step_overhead_s")
 
         w, g, o, copy = _state_bytes_per_param(c, self.execution.memory_layout)
-        act = model.layer_activation_bytes(c.seq_len, c.micro_batch_size, c.tp, c.sequence_parallel, c.recompute,
-                                           c.attention, DTYPE_BYTES[c.dtype])
+        act = layer_activation_bytes(model, c, self.execution.memory_layout)
         if c.zero_sharded and c.zero_stage >= 3 and self.execution.memory_layout == "torch":
             compute_copy = 2 * model.layer_params() / c.tp * DTYPE_BYTES[c.dtype]
         else:

@@ -1,0 +1,29 @@
+"""Bytes a module keeps for its backward, counted with autograd's saved-tensor hooks: the check that the memory
+estimator's activation accounting matches the executor (tests/test_memory_saved.py on CPU, and
+scripts/saved_activations.py on whatever device is at hand)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def saved_bytes(module: torch.nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> int:
+    """Bytes of the distinct storages autograd saves during `module(x)`, leaving out the parameters and their
+    low-precision casts (recognised as 2-D tensors of a parameter's shape or its transpose: choose the tokens of `x`
+    unlike every weight dimension). Under `autocast_dtype` the forward runs under autocast to it, as the executor
+    trains an unsharded GPU rank."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    shapes = {tuple(p.shape) for p in module.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        is_weight_cast = t.dim() == 2 and (tuple(t.shape) in shapes or tuple(t.shape)[::-1] in shapes)
+        if storage.data_ptr() not in params and not is_weight_cast:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            module(x)
+    return sum(storages.values())
