@@ -40,7 +40,8 @@ def main() -> None:
                 measured = saved_bytes(block, x, torch.bfloat16 if dtype == "bf16" else None)
                 config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=mb, global_batch_size=mb, seq_len=seq,
                                         dtype=dtype)
-                estimated = executor_layer_activation_bytes(model, config, "none")
+                kind = "gpu" if device.type == "cuda" else "cpu"
+                estimated = executor_layer_activation_bytes(model, config, "none", kind)
                 print(f"{name:<12} {dtype:<5} {dropout:>7.2f} {measured / 2 ** 20:>10.2f} {estimated / 2 ** 20:>14.2f} "
                       f"{measured / estimated:>6.3f}")
                 del block, x

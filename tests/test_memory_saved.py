@@ -33,7 +33,7 @@ def test_estimated_activation_bytes_match_what_the_block_saves(arch, dtype, atte
     measured = saved_bytes(block, x, torch.bfloat16 if dtype == "bf16" else None)
     config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=MB, global_batch_size=MB, seq_len=SEQ, dtype=dtype,
                             attention=attention)
-    estimated = executor_layer_activation_bytes(spec, config, "none")
+    estimated = executor_layer_activation_bytes(spec, config, "none", "cpu")
     # What is left over: norm statistics and rotary tables, O(tokens) and O(seq x head_dim).
     assert estimated <= measured <= 1.03 * estimated
 

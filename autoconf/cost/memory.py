@@ -38,29 +38,33 @@ def uses_autocast(config: ParallelConfig) -> bool:
     return config.dtype != "fp32" and not config.zero_sharded
 
 
-def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str, recompute: str | None = None) -> float:
+def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str,
+                           recompute: str | None = None) -> float:
     """Bytes one block keeps from its forward until its backward for one micro-batch on one TP rank: Megatron-LM's
-    accounting (`ModelSpec.layer_activation_bytes`) for the "megatron" layout, the executor's own for "torch"."""
+    accounting (`ModelSpec.layer_activation_bytes`) for the "megatron" layout, the executor's own on a `device_kind`
+    ("gpu" or "cpu") device for "torch"."""
     c = config
     recompute = c.recompute if recompute is None else recompute
     if layout == "megatron":
         return model.layer_activation_bytes(c.seq_len, c.micro_batch_size, c.tp, c.sequence_parallel, recompute,
                                             c.attention, DTYPE_BYTES[c.dtype])
-    return executor_layer_activation_bytes(model, c, recompute)
+    return executor_layer_activation_bytes(model, c, recompute, device_kind)
 
 
-def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, recompute: str) -> float:
+def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, recompute: str,
+                                    device_kind: str = "gpu") -> float:
     """What autoconf's executor block saves for its backward (tests/test_memory_saved.py counts it with autograd's
     saved-tensor hooks), for one micro-batch on one TP rank.
 
     Under autocast the residual stream and the norms stay fp32 (r = 4 bytes) and every linear layer saves its own
     low-precision cast of its input (three for Q, K, V; one or two for the MLP); otherwise everything is in the
-    compute dtype and the linears share their input. LayerNorm keeps its input, torch's (composite) RMSNorm also its
-    normalised input. Flash attention keeps Q, K and V (K and V repeated to every query
-    head when grouped), its output (which is the output projection's input) and a fp32 log-sum-exp per row; selective
-    recompute drops only the log-sum-exp (its output stays alive as the projection's input), the standard kernel
-    keeps the fp32 softmax and its low-precision copy. Torch tensor parallelism saves the gathered (full-sequence)
-    input of its column-parallel layers also with sequence parallelism. Full recompute keeps the block input only.
+    compute dtype and the linears share their input. LayerNorm keeps its input; RMSNorm too on CUDA (a fused
+    kernel), and its normalised input as well on CPU (composite there). Flash attention keeps Q, K and V (K and V
+    repeated to every query head when grouped), its output (which is the output projection's input) and a fp32
+    log-sum-exp per row; selective recompute drops only the log-sum-exp (its output stays alive as the projection's
+    input), the standard kernel keeps the fp32 softmax and its low-precision copy. Torch tensor parallelism saves
+    the gathered (full-sequence) input of its column-parallel layers also with sequence parallelism. Full recompute
+    keeps the block input only. Dropout masks take a byte per element (CUDA's fused kernel).
     """
     c = config
     s, b, h, f = c.seq_len, c.micro_batch_size, model.hidden_size, model.ffn_hidden_size
@@ -74,7 +78,7 @@ def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, re
     mlp_inputs = 1 if model.arch == "gpt" else 2
     casts = (3 + mlp_inputs) if mixed else 2
     dropout_masks = 2 * sbh if model.dropout > 0 else 0
-    per_norm = 1 if model.arch == "gpt" else 2  # torch's RMSNorm is composite: it keeps its normalised input too
+    per_norm = 2 if (model.arch == "llama" and device_kind == "cpu") else 1
     norms = 2 * per_norm * r * sbh / split + dropout_masks / split
     linear_inputs = casts * e * sbh
     attention = 3 * e * sbh / t  # Q, K, V (K and V repeated to every head)
@@ -155,7 +159,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     t, s, b = c.tp, c.seq_len, c.micro_batch_size
     e = DTYPE_BYTES[c.dtype]
     sbh = s * b * model.hidden_size
-    layer_act = layer_activation_bytes(model, c, layout)
+    layer_act = layer_activation_bytes(model, c, layout, cluster.device.kind)
     w_b, g_b, o_b, copy_b = _state_bytes_per_param(c, layout)
     split = t if c.sequence_parallel else 1
     last = len(partition) - 1
@@ -177,7 +181,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
         if last in stages:
             temporaries.append(logits_temporary_bytes(model, c, layout))
         if c.recompute == "full":
-            temporaries.append(layer_activation_bytes(model, c, layout, "none"))
+            temporaries.append(layer_activation_bytes(model, c, layout, cluster.device.kind, "none"))
         gather = 0.0
         if c.zero_sharded and c.zero_stage >= 3 and layout == "torch":
             gather = 2 * model.layer_params() / t * DTYPE_BYTES[c.dtype]  # current and prefetched block

@@ -37,7 +37,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     unit_static = ([model.embedding_params() / c.tp * per_param]
                    + [model.layer_params() / c.tp * per_param] * model.num_layers
                    + [head_params / c.tp * per_param + logits])
-    layer_act = layer_activation_bytes(model, c, execution.memory_layout)
+    layer_act = layer_activation_bytes(model, c, execution.memory_layout, cluster.device.kind)
     unit_act = ([sbh / split if model.dropout > 0 else 0.0] + [layer_act] * model.num_layers
                 + [head_input_bytes(model, c, execution.memory_layout)])
     schedule = build_schedule(c.schedule, c.pp, c.num_microbatches, c.vpp)

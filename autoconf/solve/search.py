@@ -172,7 +172,7 @@ class _BoundCache:
         time_bound = max(compute_path, comm_stream, chain) + optimizer + cluster.overhead("step_overhead_s")
 
         w, g, o, copy = _state_bytes_per_param(c, self.execution.memory_layout)
-        act = layer_activation_bytes(model, c, self.execution.memory_layout)
+        act = layer_activation_bytes(model, c, self.execution.memory_layout, cluster.device.kind)
         if c.zero_sharded and c.zero_stage >= 3 and self.execution.memory_layout == "torch":
             compute_copy = 2 * model.layer_params() / c.tp * DTYPE_BYTES[c.dtype]
         else:
