@@ -51,3 +51,21 @@ def test_autocast_keeps_more_than_megatron_accounting_and_the_loss_temporaries_f
     assert logits_temporary_bytes(spec, config, "megatron") == 10 * logits
     sharded = dataclasses.replace(config, dp=2, zero_stage=1, global_batch_size=32)
     assert executor_layer_activation_bytes(spec, sharded, "none") < torch_layout  # FSDP computes all in bf16
+
+
+def test_with_one_micro_batch_the_gradients_and_the_activations_are_never_all_alive():
+    """The H100 run's mb16 full-recompute step (one micro-batch) peaked with no gradients yet: the estimate counts the
+    larger of gradients and activations + loss temporaries there, and both with two or more micro-batches."""
+    from autoconf.cost.estimate import estimate
+    from autoconf.spec.cluster import load_cluster
+
+    model, cluster = PRESETS["gpt3-1.3b"], load_cluster("h100-gpt3-1.3b")
+    one = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=16, global_batch_size=16, seq_len=2048, dtype="bf16",
+                         recompute="full")
+    two = dataclasses.replace(one, micro_batch_size=8)
+    m1, m2 = (estimate(model, cluster, c).prediction["memory_per_stage"][0] for c in (one, two))
+    assert m1["grads"] == 0.0 and m1["activations"] > 0
+    assert m2["grads"] == pytest.approx(4 * model.total_params(), rel=1e-3) and m2["activations"] > 0
+    measured_peak = 42.05 * 2 ** 30  # allocator peak on the H100 (docs/gpu.md)
+    predicted = m1["total"] - cluster.device.memory_overhead_bytes
+    assert abs(predicted - measured_peak) / measured_peak < 0.02

@@ -17,7 +17,8 @@ for the whole step at stages 1-2 (reshard_after_forward=False) and of two blocks
 Activations: each virtual stage keeps `inflight[s]` micro-batches (counted by the schedule simulation), each
 worth its layers' `layer_activation_bytes` plus the embedding dropout mask (first stage) and the head inputs (last
 stage). Temporaries: the logits with their fp32 loss copy and gradient, one layer's recomputed activations under full
-recompute, P2P send/receive buffers, FSDP gather buffers.
+recompute, P2P send/receive buffers, FSDP gather buffers. With one micro-batch per step the executor's gradients
+only come into existence as the activations go, so the larger of the two counts.
 """
 
 from __future__ import annotations
@@ -189,8 +190,16 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
         else:
             copy = local_params * copy_b
         p2p = (4 if c.pp > 1 else 0) * sbh * e / split
+        grads = local_params * g_b
+        if layout == "torch" and c.num_microbatches == 1:
+            # The gradients come into existence during the only backward while the activations go: the peak is at
+            # the loss without them, or at the end of the backward with them and without the activations.
+            if activations + max(temporaries) >= grads:
+                grads = 0.0
+            else:
+                activations, temporaries = 0.0, [0.0]
         other = cluster.device.memory_overhead_bytes + max(temporaries) + gather + p2p + copy
-        entry = {"params": local_params * w_b, "grads": local_params * g_b, "optimizer": local_params * o_b,
+        entry = {"params": local_params * w_b, "grads": grads, "optimizer": local_params * o_b,
                  "activations": activations, "other": other}
         entry["total"] = sum(entry.values())
         ranks.append(entry)

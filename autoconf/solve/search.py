@@ -180,6 +180,8 @@ class _BoundCache:
         # In-flight stage-micro-batches times the mean layers of rank 0's stages, less a 30% allowance because the
         # peak may fall on its smaller stages: a bound, so no layout that fits is pruned.
         mean_layers = rank0_layers / stages_rank0
+        if self.execution.memory_layout == "torch" and c.num_microbatches == 1:
+            g = 0.0  # the only backward makes the gradients as it frees the activations (see cost/memory.py)
         memory_bound = (params_rank0 * (w + g + o) + compute_copy
                         + 0.7 * _inflight_rank0(c) * mean_layers * act + cluster.device.memory_overhead_bytes)
         return _Bounds(time_bound, memory_bound)
