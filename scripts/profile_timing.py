@@ -40,7 +40,7 @@ def run(kind: str, ranks: int, out_dir: Path) -> None:
     link = c.intra_node
     print(f"\n== {kind}, {ranks} CPU ranks: {wall:.1f} s wall (load average before: {load:.1f})")
     print(f"   p2p (gloo, loopback): latency {link.latency_s * 1e6:.1f} us, bandwidth {link.bandwidth_Bps / 1e9:.2f} GB/s")
-    print(f"   matmul per rank: " + ", ".join(f"{d} {v / 1e9:.1f} GFLOP/s" for d, v in c.device.peak_flops.items()))
+    print("   matmul per rank: " + ", ".join(f"{d} {v / 1e9:.1f} GFLOP/s" for d, v in c.device.peak_flops.items()))
     print(f"   copy bandwidth per rank: {c.device.memory_bandwidth_Bps / 1e9:.1f} GB/s; attention efficiency "
           f"{c.eff('attention'):.2f}")
     for point in c.collectives.get("all_reduce", {}).get("intra", []):

@@ -6,7 +6,6 @@ import pytest
 
 from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile, Link, bundled_profiles, load_cluster
-from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, load_plan
 from autoconf.spec.presets import PRESETS, PUBLISHED_PARAMS, from_hf_config, load_model
 

@@ -92,7 +92,7 @@ class TiedEmbeddingSync:
                 self.params.append(chunk.get_parameter(HEAD_WEIGHT))
         if last_rank == 0:
             return
-        pp, dp, tp = len(grid), len(grid[0]), len(grid[0][0])
+        dp, tp = len(grid[0]), len(grid[0][0])
         for d in range(dp):
             for t in range(tp):
                 ranks = [grid[0][d][t], grid[last_rank][d][t]]

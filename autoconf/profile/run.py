@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
         device = torch.device("cpu")
         dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank = dist.get_rank()
     log = Progress(rank)
     try:
         profile = _measure(args, device, quick, tiny, log)
@@ -314,7 +314,8 @@ def _cpu_model_entries(model, table: dict, grid, device: torch.device, dtype: st
 
 def _gpu_model_entries(model, table: dict, grid, device: torch.device, dtype: str, log: Progress) -> None:
     """The executor's model end to end at two depths against the block table (`compute.chain_scales`), every rank
-    at once, medians over ranks; left out, with a note, when the deeper model does not fit the device."""
+    at once, medians over ranks; left out, with a note, when the deeper model does not fit the device or the table
+    has no matching entries."""
     shallow, deep = (min(d, model.num_layers) for d in overheads.CHAIN_DEPTHS)
     log(f"chain: the executor's {model.name} with {shallow} and {deep} layers end to end"
         f"{' under autocast' if dtype != 'fp32' else ''}, micro-batch {list(grid.micro_batches)}")
@@ -326,8 +327,11 @@ def _gpu_model_entries(model, table: dict, grid, device: torch.device, dtype: st
         found = None
     torch.cuda.empty_cache()
     per_rank = _gather(found)
-    if any(rows is None for rows in per_rank) or not per_rank[0]:
+    if any(rows is None for rows in per_rank):
         log("  skipped: the model does not fit this device at that depth (blocks are taken as timed alone)")
+        return
+    if not per_rank[0]:
+        log("  skipped: the block table has no TP-1 entries at the chain's sequence length")
         return
     table["chain_scales"] = [{**row, "layer_scale": median([r[i]["layer_scale"] for r in per_rank]),
                               "ends_scale": median([r[i]["ends_scale"] for r in per_rank])}

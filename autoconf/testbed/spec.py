@@ -134,7 +134,7 @@ def parse_spec(data) -> TestbedSpec:
 
     links_data = data.get("links", [])
     if not isinstance(links_data, list):
-        raise UserError(f"links must be a list of {{\"a\", \"b\", \"rate_mbit\", \"delay_ms\"}} objects")
+        raise UserError('links must be a list of {"a", "b", "rate_mbit", "delay_ms"} objects')
     links: dict = {}
     for k, item in enumerate(links_data):
         what = f"links[{k}]"

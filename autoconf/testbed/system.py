@@ -22,7 +22,9 @@ from autoconf.testbed.spec import TestbedSpec, parse_spec
 
 DEFAULT_STATE_DIR = Path(os.environ.get("AUTOCONF_TESTBED_DIR", "/tmp/autoconf-testbed"))
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-PERIOD_US = 100_000
+# A short CFS period spreads a rank's quota evenly: with the default 100 ms a rank at 0.4 cores could run at full
+# speed for 40 ms at a time, so one that waits on its peers between short passes computed faster than its quota.
+PERIOD_US = 10_000
 ETC_NETNS = Path("/etc/netns")
 
 
