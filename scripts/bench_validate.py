@@ -11,7 +11,9 @@ Spearman >= 0.8 over at least 8 layouts.
 
 --quota CPUS (root): profile and run every layout in a one-node `scripts/testbed.py` testbed whose ranks each get a
 cgroup CPU quota of CPUS cores, so every rank is a device of fixed speed (as GPUs are) instead of a process that
-takes the cores its idle peers leave. Without it the ranks share this host's cores freely.
+takes the cores its idle peers leave. Without it the ranks share this host's cores freely. Leave headroom: the
+quotas together well under the host's cores (0.25 for 4 ranks on 2 cores), or the ranks still time-slice each other,
+the launcher and gloo's threads, and a rank's speed depends on how many of its peers are busy.
 """
 
 from __future__ import annotations
