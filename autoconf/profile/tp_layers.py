@@ -16,6 +16,7 @@ from autoconf.spec.model import ModelSpec
 
 TP_REFERENCE_LAYERS = 2
 TP_BUDGET_S = 5.0  # seconds one (tp, sequence parallelism, micro-batch) point may take
+MIN_REPEATS = 3
 
 
 def measure_tp_layers(model: ModelSpec, table: dict, tps: tuple[int, ...], micro_batches: tuple[int, ...], seq: int,
@@ -25,7 +26,9 @@ def measure_tp_layers(model: ModelSpec, table: dict, tps: tuple[int, ...], micro
 
     Returns entries {"tp", "micro_batch", "seq_len", "sequence_parallel", "forward_s", "backward_s"}: wall seconds
     per layer and pass beyond the layer's local compute (the block table's times over `share`), i.e. everything TP
-    adds: its collectives, the wait for the group's members, DTensor's dispatch. Medians over repeats and ranks."""
+    adds: its collectives, the wait for the group's members, DTensor's dispatch. Medians over repeats and ranks.
+    Each point has about TP_BUDGET_S seconds: a larger micro-batch gets fewer repeats (at least MIN_REPEATS) rather
+    than none, so slow ranks still measure the sizes they will train."""
     from torch.distributed.device_mesh import init_device_mesh
 
     from autoconf.execute.model import build_model
@@ -45,17 +48,19 @@ def measure_tp_layers(model: ModelSpec, table: dict, tps: tuple[int, ...], micro
             apply_tp(net, tp_mesh, sp)
             materialize(net, device, 0)
             net = net.to(TORCH_DTYPES[dtype]).train()
+            runs = (warmup, repeats)
             for mb in micro_batches:
                 local = (mb, seq // tp if sp else seq, model.hidden_size)
                 x = torch.randn(*local, device=device, dtype=TORCH_DTYPES[dtype], requires_grad=True)
                 grad = torch.randn(*local, device=device, dtype=TORCH_DTYPES[dtype])
                 fwd, bwd = [], []
-                for i in range(warmup + repeats):
+                skip, timed = runs
+                for i in range(skip + timed):
                     dist.barrier()
                     holder: dict = {}
                     t_f = time_once(lambda: holder.__setitem__("out", net(x)), device)
                     t_b = time_once(lambda: holder["out"].backward(grad), device)
-                    if i >= warmup:
+                    if i >= skip:
                         fwd.append(t_f)
                         bwd.append(t_b)
                 slowest = torch.tensor([median(fwd) + median(bwd)], dtype=torch.float64, device=device)
@@ -67,8 +72,12 @@ def measure_tp_layers(model: ModelSpec, table: dict, tps: tuple[int, ...], micro
                 out.append({"tp": tp, "micro_batch": mb, "seq_len": seq, "sequence_parallel": sp,
                             "forward_s": median(fwd) / layers - compute_f,
                             "backward_s": median(bwd) / layers - compute_b})
-                if float(slowest) * (warmup + repeats) > TP_BUDGET_S:
-                    break  # larger micro-batches would take too long: the cost model extends the largest
+                # The next micro-batch (twice the work or more) gets the repeats that fit the budget, at least
+                # three; when even those would not fit, the cost model extends the largest measured one.
+                per_pass = 2.0 * float(slowest)
+                if per_pass * (1 + MIN_REPEATS) > TP_BUDGET_S:
+                    break
+                runs = (1, max(MIN_REPEATS, min(runs[1], int(TP_BUDGET_S / per_pass) - 1)))
     merged = []
     gathered: list = [None] * world
     dist.all_gather_object(gathered, out)
