@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from autoconf.spec.cluster import DTYPE_BYTES, ClusterProfile
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
@@ -211,14 +213,8 @@ def chain_scale(table: dict, entry: dict) -> float:
     if not rows:
         return 1.0
     key = "ends_scale" if entry["block"] in ("embedding", "head") else "layer_scale"
-    x = entry["micro_batch"] * entry["seq_len"] / entry.get("tp", 1)
-    points = [(r["micro_batch"] * r["seq_len"], float(r[key])) for r in rows]
-    if x <= points[0][0]:
-        return points[0][1]
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if x <= x1:
-            return y0 + (x - x0) / (x1 - x0) * (y1 - y0) if x1 != x0 else y1
-    return points[-1][1]
+    tokens = entry["micro_batch"] * entry["seq_len"] / entry.get("tp", 1)
+    return float(np.interp(tokens, [r["micro_batch"] * r["seq_len"] for r in rows], [float(r[key]) for r in rows]))
 
 
 def _measured_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,

@@ -136,19 +136,29 @@ def _optimizer_step_time(params: list, device: torch.device, warmup: int, repeat
     return median([work_time(step, device) for _ in range(max(repeats // 2, 2))])
 
 
+def _tp1_block_totals(table: dict) -> dict[tuple[int, int], dict[str, float]]:
+    """{(micro_batch, seq_len): {block: forward + backward-input + backward-weight seconds}} of the table's TP-1
+    entries, for the sizes at which every block was timed."""
+    by_size: dict[tuple[int, int], dict[str, float]] = {}
+    for e in table["entries"]:
+        if e["tp"] == 1:
+            by_size.setdefault((e["micro_batch"], e["seq_len"]), {})[e["block"]] = (
+                e["forward_s"] + e["backward_input_s"] + e["backward_weight_s"])
+    return {size: blocks for size, blocks in by_size.items() if all(b in blocks for b in BLOCKS)}
+
+
 def _reference_gaps(table: dict, refs: list[dict]) -> list[tuple[int, float, float]]:
     """Per micro-batch size of the references: (size, whole-model time, sum of its blocks in the table at tp 1),
     forward + backward, medians over ranks."""
-    entries = {(e["block"], e["micro_batch"], e["seq_len"]): e for e in table["entries"] if e["tp"] == 1}
+    totals = _tp1_block_totals(table)
     layers = refs[0]["layers"]
     counts = {"attention": layers, "mlp": layers, "norm": 2 * layers, "embedding": 1, "head": 1}
     out = []
     for i, item in enumerate(refs[0]["passes"]):
-        blocks = {b: entries.get((b, item["micro_batch"], item["seq_len"])) for b in BLOCKS}
-        if any(v is None for v in blocks.values()):
+        blocks = totals.get((item["micro_batch"], item["seq_len"]))
+        if blocks is None:
             continue
-        parts = sum(counts[b] * (blocks[b]["forward_s"] + blocks[b]["backward_input_s"] + blocks[b]["backward_weight_s"])
-                    for b in BLOCKS)
+        parts = sum(counts[b] * blocks[b] for b in BLOCKS)
         whole = median([r["passes"][i]["forward_s"] + r["passes"][i]["backward_s"] for r in refs])
         out.append((item["micro_batch"], whole, parts))
     return out
@@ -173,14 +183,13 @@ def chain_scales(table: dict, shallow: dict, deep: dict) -> list[dict]:
     one by one cannot: a fp32 residual stream and casts under autocast, and the host running ahead of the device
     (blocks timed alone wait for every launch, so small ones read long). Kept within [0.25, 4]; rows whose blocks
     are missing from the table, or whose depths are equal, are left out."""
-    entries = {(e["block"], e["micro_batch"], e["seq_len"]): e for e in table["entries"] if e["tp"] == 1}
+    totals = _tp1_block_totals(table)
     span = deep["layers"] - shallow["layers"]
     out = []
     for a, b in zip(shallow["passes"], deep["passes"]):
-        blocks = {k: entries.get((k, a["micro_batch"], a["seq_len"])) for k in BLOCKS}
-        if span <= 0 or any(v is None for v in blocks.values()):
+        total = totals.get((a["micro_batch"], a["seq_len"]))
+        if span <= 0 or total is None:
             continue
-        total = {k: v["forward_s"] + v["backward_input_s"] + v["backward_weight_s"] for k, v in blocks.items()}
         whole_shallow = a["forward_s"] + a["backward_s"]
         layer = (b["forward_s"] + b["backward_s"] - whole_shallow) / span
         ends = whole_shallow - shallow["layers"] * layer
