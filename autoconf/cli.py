@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from autoconf.errors import UserError
+from autoconf.spec.schedules import SCHEDULES
 
 EXIT_USER_ERROR = 2
 
@@ -99,7 +100,7 @@ def models(as_json: bool) -> None:
 @click.option("--global-batch", type=int, required=True)
 @click.option("--seq-len", type=int, default=None, help="default: the model's context, at most 8192")
 @click.option("--schedule", default="1f1b", show_default=True,
-              type=click.Choice(["gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zb-h1", "zbv", "dualpipev"]))
+              type=click.Choice(SCHEDULES))
 @click.option("--zero", type=click.IntRange(0, 3), default=0, show_default=True)
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default="none", show_default=True)
 @click.option("--sequence-parallel", is_flag=True)

@@ -82,7 +82,7 @@ def test_tp_layers_beyond_the_largest_measured_micro_batch_grow_with_the_modelle
 def test_search_bounds_stay_below_the_simulation_on_a_measured_cpu_profile():
     """The pruning bounds read the same measured entries (TP layers, overheads, core share) and stay below."""
     from autoconf.cost.estimate import Execution
-    from autoconf.execute.support import unsupported_reason
+    from autoconf.spec.support import unsupported_reason
     from autoconf.solve.search import _BoundCache
     from autoconf.solve.space import candidates
 

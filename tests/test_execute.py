@@ -293,7 +293,7 @@ def test_zero3_with_split_backward_schedules_is_refused(schedule, tmp_path):
     """ZeRO-3 under a zero-bubble (split I/W backward) schedule loses weight gradients in torch 2.13: refused
     with a UserError naming the combination, before anything starts."""
     from autoconf.execute.launch import launch
-    from autoconf.execute.support import unsupported_reason
+    from autoconf.spec.support import unsupported_reason
 
     plan = make_plan(pp=2, dp=2, schedule=schedule, vpp=VPP.get(schedule, 1), zero=3)
     assert schedule in unsupported_reason(plan.config)

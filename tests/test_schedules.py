@@ -1,8 +1,11 @@
 """Pipeline schedule action lists (pure Python, no torch)."""
 
+import dataclasses
+
 import pytest
 
-from autoconf.cost.schedules import SCHEDULES, Action, build_schedule, check_schedule, stage_to_rank
+from autoconf.spec.schedules import (SCHEDULES, Action, build_schedule, check_schedule, register, schedule_spec,
+                                     stage_to_rank, unregister)
 
 
 def _legal_grid():
@@ -124,3 +127,47 @@ def test_zbv_accepts_any_microbatch_count():
     for m in (1, 2, 7, 9):
         sch = build_schedule("zbv", 4, m, 2)
         assert sum(len(a) for a in sch.actions) == 3 * 8 * m
+
+
+@pytest.fixture
+def registered_copy():
+    """A schedule registered only here: gpipe's order under a new name, with a bubble bound of its own."""
+    base = schedule_spec("gpipe")
+    spec = dataclasses.replace(base, name="gpipe-test-copy", megatron_note=None)
+    register(spec)
+    try:
+        yield spec
+    finally:
+        unregister(spec.name)
+
+
+def test_a_schedule_registered_in_one_place_reaches_the_cli_search_and_simulation(registered_copy):
+    """Registering a ScheduleSpec is all it takes: the CLI offers it, the candidate space yields it, the bound and
+    the estimate cost it, and the simulation runs its order."""
+    from click.testing import CliRunner
+
+    from autoconf.cli import main
+    from autoconf.cost.estimate import estimate
+    from autoconf.solve.space import candidates
+    from autoconf.solve.search import search
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.presets import PRESETS
+
+    name = registered_copy.name
+    help_text = CliRunner().invoke(main, ["estimate", "--help"]).output
+    assert name in help_text
+    model, cluster = PRESETS["tiny-gpt"], load_cluster("cpu-local")
+    found = [c for c in candidates(model, 4, 4, 8, 64, "fp32") if c.schedule == name]
+    assert found and all(c.vpp == 1 for c in found)
+    config = next(c for c in found if c.pp == 2)
+    twin = dataclasses.replace(config, schedule="gpipe")
+    ours, theirs = (estimate(model, cluster, c).prediction["iteration_time_s"] for c in (config, twin))
+    assert ours == pytest.approx(theirs)
+    assert str(build_schedule(name, 2, 4)) == str(build_schedule("gpipe", 2, 4))
+    result = search(model, cluster, 8, 64, "fp32", fixed={"schedule": name, "pp": 2}, top_k=1, refine=False)
+    assert result.plans[0].config.schedule == name
+
+
+def test_unknown_schedules_are_refused_with_the_registered_names():
+    with pytest.raises(ValueError, match="choose one of gpipe, 1f1b"):
+        schedule_spec("pipedream")

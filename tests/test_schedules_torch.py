@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch.distributed.pipelining import schedules as TS  # noqa: E402
 
-from autoconf.cost.schedules import TORCH_CLASS, build_schedule, stage_to_rank  # noqa: E402
+from autoconf.spec.schedules import build_schedule, schedule_spec, stage_to_rank  # noqa: E402
 
 
 class FakeStage:
@@ -68,14 +68,14 @@ def _compute_only(actions) -> list[str]:
 
 
 def _torch_multi(name: str, pp: int, m: int, vpp: int):
-    cls = TS.get_schedule_class(TORCH_CLASS[name])
+    cls = TS.get_schedule_class(schedule_spec(name).torch_class)
     s2r = stage_to_rank(name, pp, vpp)
     stages = [FakeStage(s, pp * vpp, pp, 0) for s in range(pp * vpp) if s2r[s] == 0]
     return cls(stages, m)
 
 
 def _torch_single_run(name: str, pp: int, m: int) -> dict[int, list[str]]:
-    cls = TS.get_schedule_class(TORCH_CLASS[name])
+    cls = TS.get_schedule_class(schedule_spec(name).torch_class)
     orders = {}
     for rank in range(pp):
         stage = FakeStage(rank, pp, pp, rank)

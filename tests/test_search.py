@@ -9,7 +9,7 @@ import pytest
 
 from autoconf.cost.estimate import estimate
 from autoconf.errors import UserError
-from autoconf.execute.support import unsupported_reason
+from autoconf.spec.support import unsupported_reason
 from autoconf.solve.search import explain_infeasible, search
 from autoconf.solve.space import candidates, parse_fix_value
 from autoconf.spec.cluster import Link, load_cluster

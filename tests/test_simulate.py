@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from autoconf.cost.schedules import SCHEDULES, Action, Schedule, build_schedule, check_schedule
+from autoconf.spec.schedules import SCHEDULES, Action, Schedule, build_schedule, check_schedule
 from autoconf.cost.simulate import StageCosts, simulate
 
 LEGAL = []

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from autoconf.cost.estimate import estimate
-from autoconf.execute.support import unsupported_reason
+from autoconf.spec.support import unsupported_reason
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.presets import load_model

@@ -25,7 +25,7 @@ from autoconf.cost.comm import collective_time, p2p_time
 from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, measured_tp_layer, model_pieces,
                                    rank_optimizer_time)
 from autoconf.cost.memory import stage_memory, stage_params
-from autoconf.cost.schedules import build_schedule
+from autoconf.spec.schedules import build_schedule, schedule_spec
 from autoconf.cost.simulate import StageCosts, Timeline, simulate
 from autoconf.spec.cluster import DTYPE_BYTES, ClusterProfile
 from autoconf.spec.model import ModelSpec
@@ -131,7 +131,7 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
     extra = (units - 1) * cluster.overhead("collective_sync_s")
     reduce = collective_time(cluster, "reduce_scatter", params * 4, devices) + extra
     gather = collective_time(cluster, "all_gather", params * DTYPE_BYTES[c.dtype], devices) + extra
-    if c.zero_stage == 3 and c.schedule != "looped-bfs":
+    if c.zero_stage == 3 and not schedule_spec(c.schedule).fsdp_gather_per_chunk:
         return gather, 0.0, reduce
     return 0.0, gather, reduce
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from autoconf.cost.schedules import Action, Schedule
+from autoconf.spec.schedules import Action, Schedule
 
 _F, _B, _I, _W = 0, 1, 2, 3
 _KIND = "FBIW"

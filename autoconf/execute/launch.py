@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.execute.support import check_supported
+from autoconf.spec.support import check_supported
 from autoconf.spec.plan import load_plan, node_blocks
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]

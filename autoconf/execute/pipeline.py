@@ -2,9 +2,9 @@
 
 - Virtual stage s holds layers plan.partition[s] = [first, end); stage 0 adds the embedding, the last stage the
   final norm and LM head.
-- The pipeline rank of each stage is `autoconf.cost.schedules.stage_to_rank` (loop placement s % pp, or V placement
+- The pipeline rank of each stage is `autoconf.spec.schedules.stage_to_rank` (loop placement s % pp, or V placement
   for zbv/dualpipev: rank r holds stages r and 2pp-1-r): the same mapping the cost model simulates and torch uses.
-- The schedule class is torch.distributed.pipelining's, by `get_schedule_class(TORCH_CLASS[name])`:
+- The schedule class is torch.distributed.pipelining's, by `get_schedule_class(schedule_spec(name).torch_class)`:
   gpipe->ScheduleGPipe, 1f1b->Schedule1F1B, interleaved-1f1b->ScheduleInterleaved1F1B, looped-bfs->ScheduleLoopedBFS,
   zb-h1->ScheduleInterleavedZeroBubble (torch accepts one stage per rank: with vpp == 1 it is ZB-H1),
   zbv->ScheduleZBVZeroBubble, dualpipev->ScheduleDualPipeV. Its per-rank order equals the cost model's action lists
@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from autoconf.cost.schedules import TORCH_CLASS, stage_to_rank
+from autoconf.spec.schedules import schedule_spec, stage_to_rank
 from autoconf.execute.model import EMBED_WEIGHT, HEAD_WEIGHT, Transformer, build_model
 
 
@@ -56,7 +56,7 @@ def build_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device
     from torch.distributed.pipelining.schedules import PipelineScheduleSingle, get_schedule_class
 
     c = plan.config
-    cls = get_schedule_class(TORCH_CLASS[c.schedule])
+    cls = get_schedule_class(schedule_spec(c.schedule).torch_class)
     stages = [PipelineStage(chunk, s, c.num_stages, device, group=pp_group) for s, chunk in chunks]
     if issubclass(cls, PipelineScheduleSingle):
         assert len(stages) == 1

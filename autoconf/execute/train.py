@@ -32,7 +32,7 @@ from autoconf.execute.data import TokenSource, local_rows
 from autoconf.execute.mesh import build_mesh, coords_of, logical_grid
 from autoconf.execute.model import init_seed
 from autoconf.execute.parallelize import allreduce_gradients, parallelize_chunk
-from autoconf.execute.support import check_supported
+from autoconf.spec.support import check_supported
 from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_schedule, loss_fn
 from autoconf.spec.plan import Plan, load_plan
 

@@ -18,7 +18,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from autoconf.cost.schedules import TORCH_CLASS, stage_to_rank
+from autoconf.spec.schedules import SCHEDULES, schedule_spec
 from autoconf.profile.timing import median
 
 MICROBATCHES = 8
@@ -39,16 +39,16 @@ def measure_pipeline_actions(device: torch.device, warmup: int, repeats: int) ->
     rank, world = dist.get_rank(), dist.get_world_size()
     groups = [dist.new_group([a, a + 1]) for a in range(0, world - 1, 2)]
     if rank // 2 >= len(groups):
-        for _ in TORCH_CLASS:
+        for _ in SCHEDULES:
             dist.barrier()
         return {}
     group, pp_rank = groups[rank // 2], rank % 2
     out = {}
-    for name, torch_name in TORCH_CLASS.items():
-        cls = get_schedule_class(torch_name)
-        single = issubclass(cls, PipelineScheduleSingle) or name == "zb-h1"
-        vpp = 1 if single else 2
-        placement = stage_to_rank(name, 2, vpp)
+    for name in SCHEDULES:
+        spec = schedule_spec(name)
+        cls = get_schedule_class(spec.torch_class)
+        vpp = spec.chunks[0]
+        placement = spec.stage_to_rank(2, vpp)
         ids = [s for s, r in enumerate(placement) if r == pp_rank]
         stages = [PipelineStage(torch.nn.Linear(WIDTH, WIDTH).to(device), s, 2 * vpp, device, group=group)
                   for s in ids]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoconf.cost.schedules import TORCH_CLASS
+from autoconf.spec.schedules import schedule_spec
 from autoconf.errors import UserError
 from autoconf.spec.plan import Plan, node_blocks, write_new_file
 
@@ -161,16 +161,8 @@ def megatron_args(plan: Plan) -> str:
     ]
     layers = _stage_layers(plan)
     uniform = len(set(layers)) == 1
-    if c.schedule in ("zbv", "dualpipev"):
-        notes.append(f"schedule {c.schedule} (V-shaped, two chunks per rank) cannot be expressed in Megatron-LM; "
-                     "the closest is the interleaved 1F1B schedule below")
-    elif c.schedule == "gpipe":
-        notes.append("schedule gpipe cannot be expressed: Megatron-LM always runs 1F1B (same bubble, less memory)")
-    elif c.schedule == "looped-bfs":
-        notes.append("schedule looped-bfs cannot be expressed: Megatron-LM runs the interleaved 1F1B schedule")
-    elif c.schedule == "zb-h1":
-        notes.append("schedule zb-h1 (zero bubble, split backward) is not in Megatron-LM's main schedules; "
-                     "it runs 1F1B (or interleaved 1F1B with vpp > 1)")
+    if schedule_spec(c.schedule).megatron_note:
+        notes.append(schedule_spec(c.schedule).megatron_note)
     if c.vpp > 1:
         if uniform:
             args.append(f"--num-layers-per-virtual-pipeline-stage {layers[0]}")
@@ -273,7 +265,7 @@ def torchtitan_toml(plan: Plan) -> str:
               f"tensor_parallel_degree = {c.tp}",
               "enable_async_tensor_parallel = false",
               f"pipeline_parallel_degree = {c.pp}",
-              f'pipeline_parallel_schedule = "{TORCH_CLASS[c.schedule]}"',
+              f'pipeline_parallel_schedule = "{schedule_spec(c.schedule).torch_class}"',
               f"pipeline_parallel_microbatch_size = {c.micro_batch_size}"]
     if c.pp > 1:
         lines.append("# the stage partition, one list per model chunk in stage order (older torchtitan: "

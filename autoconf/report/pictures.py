@@ -18,7 +18,7 @@ from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from autoconf.cost.estimate import Execution, _p2p_function, stage_plan  # noqa: E402
-from autoconf.cost.schedules import build_schedule  # noqa: E402
+from autoconf.spec.schedules import build_schedule  # noqa: E402
 from autoconf.cost.simulate import Timeline, simulate  # noqa: E402
 from autoconf.errors import UserError  # noqa: E402
 from autoconf.report.tables import layout_label  # noqa: E402

@@ -13,7 +13,7 @@ from autoconf.cost.compute import model_pieces
 from autoconf.cost.estimate import WEIGHT_GRAD_ACTIVATION_SHARE, Execution, recompute_time, tp_collective
 from autoconf.cost.memory import (_state_bytes_per_param, head_input_bytes, layer_activation_bytes,
                                   logits_temporary_bytes)
-from autoconf.cost.schedules import build_schedule
+from autoconf.spec.schedules import build_schedule
 from autoconf.cost.simulate import StageCosts, simulate
 from autoconf.spec.cluster import DTYPE_BYTES, ClusterProfile
 from autoconf.spec.model import ModelSpec

@@ -25,11 +25,12 @@ from autoconf.cost.estimate import (Execution, default_mesh, default_partition, 
                                     p2p_bytes, recompute_time, tp_collective)
 from autoconf.cost.memory import _state_bytes_per_param, layer_activation_bytes
 from autoconf.errors import UserError
-from autoconf.execute.support import unsupported_reason
+from autoconf.spec.support import unsupported_reason
 from autoconf.solve.space import candidates, normalise_fixed, with_changes
 from autoconf.spec.cluster import DTYPE_BYTES, ClusterProfile
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, node_blocks
+from autoconf.spec.schedules import schedule_spec, stage_to_rank
 
 @dataclass
 class SearchResult:
@@ -89,7 +90,8 @@ class _BoundCache:
                 p2p = min(p2p_time(cluster, nbytes, [(r * width + d, ((r + 1) * width + d) % world)
                                                      for d in range(width)]) for r in range(c.pp))
             self._p2p[p2p_key] = p2p
-        dp_key = (c.tp, c.pp, c.dp, per_stage_layers, c.dtype, c.zero_stage, c.schedule == "looped-bfs")
+        dp_key = (c.tp, c.pp, c.dp, per_stage_layers, c.dtype, c.zero_stage,
+                  schedule_spec(c.schedule).fsdp_gather_per_chunk)
         if dp_key not in self._dp:
             params = per_stage_layers * model.layer_params() / c.tp
             self._dp[dp_key] = dp_collectives(cluster, c, params, [d * c.tp for d in range(c.dp)])
@@ -97,9 +99,8 @@ class _BoundCache:
 
     def _rank0_layers(self, c: ParallelConfig) -> int:
         """Transformer layers the uniform partition gives pipeline rank 0."""
-        key = (c.pp, c.vpp, c.schedule in ("zbv", "dualpipev"))
+        key = (c.pp, c.vpp, schedule_spec(c.schedule).v_placement)
         if key not in self._rank0:
-            from autoconf.cost.schedules import stage_to_rank
             from autoconf.solve.partition import uniform_partition
 
             owner = stage_to_rank(c.schedule, c.pp, c.vpp)
@@ -111,8 +112,6 @@ class _BoundCache:
         """How many times consecutive stages sit on different ranks."""
         key = (c.schedule, c.pp, c.vpp)
         if key not in self._hop_count:
-            from autoconf.cost.schedules import stage_to_rank
-
             owner = stage_to_rank(c.schedule, c.pp, c.vpp)
             self._hop_count[key] = sum(owner[s] != owner[s + 1] for s in range(len(owner) - 1))
         return self._hop_count[key]
@@ -145,17 +144,11 @@ class _BoundCache:
         layer_bwd = block.backward_input + 2 * one + recompute
         busy = m * (max(rank_layers * layer_fwd + n * overhead, n * gather)
                     + max(rank_layers * layer_bwd + n * overhead, n * gather) + rank_layers * block.backward_weight)
-        if c.pp == 1:
-            bubble = 0.0
-        elif c.schedule in ("zbv", "dualpipev"):
-            bubble = (c.pp - 1) * chunk_fwd
-        elif c.schedule == "zb-h1":
-            bubble = (c.pp - 1) * max(0.0, chunk_fwd + chunk_bwd - chunk_w)
-        else:
-            bubble = (c.pp - 1) * chunk
+        spec = schedule_spec(c.schedule)
+        bubble = spec.bubble(c.pp, chunk_fwd, chunk_bwd, chunk_w)
         hops = self._hops(c)
         # Fill and drain: the first forward and the last backward cross every rank boundary of a loop placement.
-        fill_drain = 0.0 if c.schedule in ("zbv", "dualpipev") else 2 * (c.pp - 1) * p2p
+        fill_drain = 0.0 if spec.v_placement else 2 * (c.pp - 1) * p2p
         rank0_layers = self._rank0_layers(c)
         params_rank0 = (rank0_layers * model.layer_params() + model.embedding_params()) / c.tp
         optimizer = rank_optimizer_time(cluster, c, params_rank0 * c.tp)
@@ -163,9 +156,9 @@ class _BoundCache:
         # first gather precedes the first forward.
         stages_rank0 = S // c.pp
         comm_stream = stages_rank0 * (gather_once + reduce)
-        # GPipe and 1F1B pay the fill/drain transfers on top of the textbook bubble; multi-chunk and zero-bubble
-        # orders can hide transfers in idle time, so there only the larger of the two is certain.
-        idle = bubble + fill_drain if c.schedule in ("gpipe", "1f1b") else max(bubble, fill_drain)
+        # Some orders pay the fill/drain transfers on top of the textbook bubble; others can hide transfers in idle
+        # time, so there only the larger of the two is certain.
+        idle = bubble + fill_drain if spec.exposed_fill_drain else max(bubble, fill_drain)
         compute_path = gather_once + busy + idle + reduce
         # Micro-batch 0 passes every stage forward and backward in turn, hopping ranks between stages.
         chain = model.num_layers * (layer_fwd + layer_bwd) + 2 * S * overhead + 2 * hops * p2p
@@ -189,12 +182,9 @@ class _BoundCache:
 
 def _inflight_rank0(c: ParallelConfig) -> float:
     """Stage-micro-batches the first rank keeps at its peak (published values; at least one)."""
-    p, m, v = c.pp, c.num_microbatches, c.vpp
-    if p == 1:
+    if c.pp == 1:
         return 1.0
-    return float({"gpipe": m * v, "1f1b": min(p, m), "zb-h1": min(p, m),
-                  "interleaved-1f1b": min(m * v, v * p + p - 1), "looped-bfs": m * v,
-                  "zbv": min(2 * m, 2 * p), "dualpipev": min(2 * m, 2 * p + 1)}[c.schedule])
+    return float(schedule_spec(c.schedule).inflight_first_rank(c.pp, c.num_microbatches, c.vpp))
 
 
 def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, dtype: str,

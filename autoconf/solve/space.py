@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
-from autoconf.cost.schedules import check_schedule
 from autoconf.errors import UserError
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import MULTI_CHUNK_SCHEDULES, SCHEDULE_NAMES, ParallelConfig
+from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 FIXABLE = ("tp", "pp", "dp", "vpp", "micro_batch_size", "schedule", "zero_stage", "recompute", "sequence_parallel",
            "dtype")
@@ -23,9 +23,6 @@ ALIASES = {"mb": "micro_batch_size", "micro_batch": "micro_batch_size", "zero": 
            "sp": "sequence_parallel"}
 INT_FIELDS = ("tp", "pp", "dp", "vpp", "micro_batch_size", "zero_stage")
 MAX_MICRO_BATCH = 16
-VPP_CHOICES = (2, 3, 4, 6, 8)
-# Single-chunk schedules; with one pipeline stage the schedule is moot and plain gradient accumulation runs.
-SINGLE_CHUNK = ("gpipe", "1f1b", "zb-h1")
 
 
 def parse_fix_value(key: str, value: str):
@@ -48,8 +45,8 @@ def parse_fix_value(key: str, value: str):
         if lowered not in ("true", "false", "1", "0", "yes", "no"):
             raise UserError(f"--fix sequence_parallel={value}: expected true or false")
         return lowered in ("true", "1", "yes")
-    if key == "schedule" and value not in SCHEDULE_NAMES:
-        raise UserError(f"--fix schedule={value}: unknown schedule; choose from {', '.join(SCHEDULE_NAMES)}")
+    if key == "schedule" and value not in SCHEDULES:
+        raise UserError(f"--fix schedule={value}: unknown schedule; choose from {', '.join(SCHEDULES)}")
     if key == "recompute" and value not in ("none", "selective", "full"):
         raise UserError(f"--fix recompute={value}: choose none, selective or full")
     if key == "dtype" and value not in ("bf16", "fp16", "fp32"):
@@ -108,30 +105,18 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
 
 
 def _schedule_choices(model: ModelSpec, pp: int, m: int, fixed: dict) -> list[tuple[str, int]]:
+    """(schedule, chunks per rank) pairs the registry allows for pp ranks and m micro-batches. With one pipeline
+    stage only a single-chunk schedule is kept (the schedule is moot: plain gradient accumulation runs)."""
     if pp == 1:
         name = fixed.get("schedule", "1f1b")
-        return [(name, 1)] if name in SINGLE_CHUNK and fixed.get("vpp", 1) == 1 else []
-    names = [fixed["schedule"]] if "schedule" in fixed else list(SCHEDULE_NAMES)
+        return [(name, 1)] if schedule_spec(name).single_chunk and fixed.get("vpp", 1) == 1 else []
+    names = [fixed["schedule"]] if "schedule" in fixed else list(SCHEDULES)
     out = []
     for name in names:
-        if name in ("zbv", "dualpipev"):
-            vpps = [2]
-        elif name in MULTI_CHUNK_SCHEDULES:
-            vpps = [v for v in VPP_CHOICES if pp * v <= model.num_layers]
-        else:
-            vpps = [1]
-        if "vpp" in fixed:
-            vpps = [v for v in vpps if v == fixed["vpp"]]
-        out.extend((name, v) for v in vpps if pp * v <= model.num_layers and _schedule_ok(name, pp, v, m))
+        spec = schedule_spec(name)
+        vpps = [v for v in spec.chunks if pp * v <= model.num_layers and fixed.get("vpp", v) == v]
+        out.extend((name, v) for v in vpps if spec.problem(pp, v, m) is None)
     return out
-
-
-def _schedule_ok(name: str, pp: int, vpp: int, m: int) -> bool:
-    try:
-        check_schedule(name, pp, vpp, m)
-    except ValueError:
-        return False
-    return True
 
 
 def with_changes(config: ParallelConfig, **changes) -> ParallelConfig:

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from autoconf.errors import UserError
 from autoconf.spec.model import ATTENTION, RECOMPUTE, ModelSpec
+from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 PLAN_VERSION = 1
-SCHEDULE_NAMES = ("gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zb-h1", "zbv", "dualpipev")
-MULTI_CHUNK_SCHEDULES = ("interleaved-1f1b", "looped-bfs", "zbv", "dualpipev")
 DTYPES = ("bf16", "fp16", "fp32")
 
 
@@ -80,8 +79,8 @@ class ParallelConfig:
                        f"{self.micro_batch_size} x dp {self.dp} = {self.micro_batch_size * self.dp}")
         if self.seq_len > model.max_seq_len and model.arch == "gpt":
             out.append(f"seq_len {self.seq_len} exceeds the model's {model.max_seq_len} learned positions")
-        if self.schedule not in SCHEDULE_NAMES:
-            out.append(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULE_NAMES)}")
+        if self.schedule not in SCHEDULES:
+            out.append(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         if self.zero_stage not in (0, 1, 2, 3):
             out.append(f"zero_stage must be 0, 1, 2 or 3 (got {self.zero_stage!r})")
         if self.recompute not in RECOMPUTE:
@@ -94,13 +93,10 @@ class ParallelConfig:
             out.append("sequence_parallel needs tp > 1")
         if self.sequence_parallel and self.seq_len % self.tp:
             out.append(f"sequence_parallel needs tp {self.tp} to divide seq_len {self.seq_len}")
-        if not out and self.schedule in SCHEDULE_NAMES:
-            from autoconf.cost.schedules import check_schedule
-
-            try:
-                check_schedule(self.schedule, self.pp, self.vpp, self.num_microbatches)
-            except ValueError as err:
-                out.append(str(err))
+        if not out and self.schedule in SCHEDULES:
+            problem = schedule_spec(self.schedule).problem(self.pp, self.vpp, self.num_microbatches)
+            if problem:
+                out.append(problem)
         return out
 
     def check(self, model: ModelSpec, world_size: int | None = None) -> "ParallelConfig":

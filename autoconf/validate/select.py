@@ -11,7 +11,7 @@ Deterministic: the same inputs give the same list, in the same order.
 from __future__ import annotations
 
 from autoconf.cost.estimate import Execution, estimate
-from autoconf.execute.support import unsupported_reason
+from autoconf.spec.support import unsupported_reason
 from autoconf.solve.search import _key, search
 from autoconf.solve.space import candidates
 from autoconf.spec.cluster import ClusterProfile

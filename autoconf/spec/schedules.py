@@ -1,0 +1,257 @@
+"""Pipeline schedules: one registry of what each schedule is, and its per-rank action lists.
+
+Every fact about a schedule lives in its `ScheduleSpec`: the torch class that runs it, how many model chunks a rank
+holds and where they sit (loop or V placement), its micro-batch rules, whether it splits the backward, the order it
+runs (a builder from `schedule_orders.py`), the closed-form terms the search bounds with (textbook bubble, in-flight
+micro-batches on the first rank, whether the pipeline fill and drain transfers are exposed), which ZeRO stages the
+executor runs it with, and what Megatron-LM cannot express of it. The CLI choices, the candidate space, the bounds,
+the simulator, the exporters, the profiler and the executor-support rule all read this registry; `register` adds a
+schedule everywhere at once.
+
+`build_schedule(name, pp, num_microbatches, vpp)` returns every pipeline rank's compute actions in order. The cost
+model simulates these lists (`cost/simulate.py`) and the executor runs the torch class, whose order they equal
+(tests/test_schedules_torch.py):
+
+    gpipe             ScheduleGPipe                   (runtime order of `_step_microbatches`)
+    1f1b              Schedule1F1B                    (runtime order of `_step_microbatches`; torch's own
+                                                       `pipeline_order` IR mislabels the last rank's micro-batches)
+    interleaved-1f1b  ScheduleInterleaved1F1B         (`pipeline_order`)
+    looped-bfs        ScheduleLoopedBFS               (`pipeline_order`)
+    zb-h1             ScheduleInterleavedZeroBubble   (`pipeline_order`; with vpp == 1 this is ZB-H1 of the
+                                                       zero-bubble paper, torch accepts one stage per rank there)
+    zbv               ScheduleZBVZeroBubble           (`pipeline_order`)
+    dualpipev         ScheduleDualPipeV               (`pipeline_order`, OVERLAP_F_B split into its F then B)
+
+Pure Python: must not import torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+from autoconf.spec import schedule_orders as orders
+from autoconf.spec.schedule_orders import Action
+
+KINDS = ("F", "B", "I", "W")
+# Chunk counts per rank the search tries for schedules that take any number of chunks.
+MANY_CHUNKS = (2, 3, 4, 6, 8)
+
+
+def _bubble_full(pp: int, forward: float, backward: float, weight: float) -> float:
+    return (pp - 1) * (forward + backward + weight)
+
+
+def _bubble_zb_h1(pp: int, forward: float, backward: float, weight: float) -> float:
+    return (pp - 1) * max(0.0, forward + backward - weight)
+
+
+def _bubble_v(pp: int, forward: float, backward: float, weight: float) -> float:
+    return (pp - 1) * forward
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """What a pipeline schedule is, in one place.
+
+    chunks: the chunk counts per rank (vpp) the search tries; the first is the one the profiler times.
+    min_vpp / max_vpp: the chunk counts torch accepts (max None: any).
+    min_microbatches_per_rank: m must be at least this times pp (1f1b: 1, dualpipev: 2).
+    whole_rounds: m must be a multiple of its rounds max(1, m // pp) (torch's interleaved family).
+    bubble(pp, f, b, w): the textbook idle time of one rank, in the seconds of the smallest chunk's forward,
+        backward-for-inputs and backward-for-weights (a lower bound of what the simulation finds).
+    inflight_first_rank(pp, m, vpp): stage-micro-batches the first rank keeps at its peak (published values).
+    exposed_fill_drain: the first forward and the last backward pay every P2P hop on top of the bubble
+        (gpipe, 1f1b); other orders can hide the transfers in idle time.
+    fsdp_gather_per_chunk: all micro-batches pass a chunk together, so ZeRO-3 gathers a chunk once per step.
+    executor_zero3: the executor trains it under ZeRO-3 with pp > 1 (FSDP resharding after forward).
+    megatron_note: why Megatron-LM cannot run it as is, or None.
+    """
+
+    name: str
+    torch_class: str
+    order: Callable[[int, int, int, int], list[Action]]
+    chunks: tuple[int, ...]
+    min_vpp: int
+    max_vpp: int | None
+    v_placement: bool
+    split_backward: bool
+    bubble: Callable[[int, float, float, float], float]
+    inflight_first_rank: Callable[[int, int, int], float]
+    exposed_fill_drain: bool = False
+    min_microbatches_per_rank: int = 0
+    whole_rounds: bool = False
+    fsdp_gather_per_chunk: bool = False
+    executor_zero3: bool = True
+    megatron_note: str | None = None
+
+    @property
+    def single_chunk(self) -> bool:
+        """Runs with one chunk per rank, so also without a pipeline (pp == 1: plain gradient accumulation)."""
+        return self.chunks == (1,)
+
+    def problem(self, pp: int, vpp: int, m: int) -> str | None:
+        """Why torch 2.13 cannot run this schedule with these factors (one line naming what would work), or None."""
+        name = self.name
+        if self.max_vpp == self.min_vpp and vpp != self.min_vpp:
+            hint = ("exactly two stages per rank in V placement" if self.v_placement else
+                    "use interleaved-1f1b or looped-bfs for vpp > 1")
+            return f"{name} needs vpp == {self.min_vpp} (got {vpp}){':' if self.v_placement else ';'} {hint}"
+        if vpp < self.min_vpp:
+            return f"{name} needs vpp >= {self.min_vpp} (got {vpp}); use 1f1b for one stage per rank"
+        least = self.min_microbatches_per_rank * pp
+        if m < least:
+            factor = "pp" if self.min_microbatches_per_rank == 1 else f"{self.min_microbatches_per_rank} * pp"
+            return (f"{name} needs num_microbatches ({m}) >= {factor} ({least}); use a global batch giving at least "
+                    f"{least} micro-batches")
+        if self.whole_rounds:
+            rounds = max(1, m // pp)
+            if m % rounds:
+                lo = next(k for k in range(m - 1, 0, -1) if k % max(1, k // pp) == 0)
+                hi = next(k for k in range(m + 1, 2 * m + pp) if k % max(1, k // pp) == 0)
+                return (f"{name} needs num_microbatches ({m}) to be a multiple of the number of rounds m // pp "
+                        f"({rounds}); use {lo} or {hi} micro-batches (any multiple of pp={pp} works)")
+        return None
+
+    def stage_to_rank(self, pp: int, vpp: int) -> tuple[int, ...]:
+        """Rank of each virtual stage: loop placement (stage s on rank s % pp), or V placement (rank r holds stages
+        r and 2*pp-1-r), as torch's `generate_stage_to_rank_mapping` does."""
+        if self.v_placement:
+            return tuple(s if s < pp else 2 * pp - 1 - s for s in range(2 * pp))
+        return tuple(s % pp for s in range(pp * vpp))
+
+
+_REGISTRY: dict[str, ScheduleSpec] = {}
+
+
+def register(spec: ScheduleSpec) -> ScheduleSpec:
+    """Adds a schedule to every view (CLI choices, search, bounds, simulation, exporters, support rule)."""
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def schedule_spec(name: str) -> ScheduleSpec:
+    """The registered spec of `name`; ValueError (one line listing the names) for an unknown one."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(_REGISTRY)}") from None
+
+
+class _Names(Sequence):
+    """The registered schedule names, read at each use (so a schedule registered later appears everywhere)."""
+
+    def __getitem__(self, index):
+        return tuple(_REGISTRY)[index]
+
+    def __len__(self) -> int:
+        return len(_REGISTRY)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(tuple(_REGISTRY))
+
+    def __contains__(self, name) -> bool:
+        return name in _REGISTRY
+
+    def __repr__(self) -> str:
+        return repr(tuple(_REGISTRY))
+
+
+SCHEDULES: Sequence[str] = _Names()
+
+register(ScheduleSpec(
+    "gpipe", "GPipe", orders.gpipe_order, chunks=(1,), min_vpp=1, max_vpp=1, v_placement=False,
+    split_backward=False, bubble=_bubble_full, inflight_first_rank=lambda p, m, v: m * v, exposed_fill_drain=True,
+    megatron_note="schedule gpipe cannot be expressed: Megatron-LM always runs 1F1B (same bubble, less memory)"))
+register(ScheduleSpec(
+    "1f1b", "1F1B", orders.one_f_one_b_order, chunks=(1,), min_vpp=1, max_vpp=1, v_placement=False,
+    split_backward=False, bubble=_bubble_full, inflight_first_rank=lambda p, m, v: min(p, m),
+    exposed_fill_drain=True, min_microbatches_per_rank=1))
+register(ScheduleSpec(
+    "interleaved-1f1b", "Interleaved1F1B", orders.interleaved_order, chunks=MANY_CHUNKS, min_vpp=2, max_vpp=None,
+    v_placement=False, split_backward=False, bubble=_bubble_full,
+    inflight_first_rank=lambda p, m, v: min(m * v, v * p + p - 1), whole_rounds=True))
+register(ScheduleSpec(
+    "looped-bfs", "LoopedBFS", orders.looped_bfs_order, chunks=MANY_CHUNKS, min_vpp=1, max_vpp=None,
+    v_placement=False, split_backward=False, bubble=_bubble_full, inflight_first_rank=lambda p, m, v: m * v,
+    fsdp_gather_per_chunk=True,
+    megatron_note="schedule looped-bfs cannot be expressed: Megatron-LM runs the interleaved 1F1B schedule"))
+register(ScheduleSpec(
+    "zb-h1", "InterleavedZeroBubble", orders.zb_h1_order, chunks=(1,), min_vpp=1, max_vpp=None, v_placement=False,
+    split_backward=True, bubble=_bubble_zb_h1, inflight_first_rank=lambda p, m, v: min(p, m), whole_rounds=True,
+    executor_zero3=False,
+    megatron_note="schedule zb-h1 (zero bubble, split backward) is not in Megatron-LM's main schedules; it runs 1F1B "
+                  "(or interleaved 1F1B with vpp > 1)"))
+register(ScheduleSpec(
+    "zbv", "ZBVZeroBubble", orders.zbv_order, chunks=(2,), min_vpp=2, max_vpp=2, v_placement=True,
+    split_backward=True, bubble=_bubble_v, inflight_first_rank=lambda p, m, v: min(2 * m, 2 * p),
+    executor_zero3=False,
+    megatron_note="schedule zbv (V-shaped, two chunks per rank) cannot be expressed in Megatron-LM; the closest is "
+                  "the interleaved 1F1B schedule below"))
+register(ScheduleSpec(
+    "dualpipev", "DualPipeV", orders.dualpipev_order, chunks=(2,), min_vpp=2, max_vpp=2, v_placement=True,
+    split_backward=True, bubble=_bubble_v, inflight_first_rank=lambda p, m, v: min(2 * m, 2 * p + 1),
+    min_microbatches_per_rank=2, executor_zero3=False,
+    megatron_note="schedule dualpipev (V-shaped, two chunks per rank) cannot be expressed in Megatron-LM; the "
+                  "closest is the interleaved 1F1B schedule below"))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    pp: int
+    vpp: int
+    num_microbatches: int
+    stage_to_rank: tuple[int, ...]  # rank that holds each virtual stage (len pp*vpp)
+    actions: tuple[tuple[Action, ...], ...]  # per rank, in execution order
+
+    @property
+    def num_stages(self) -> int:
+        return self.pp * self.vpp
+
+    @property
+    def splits_backward(self) -> bool:
+        """True if the schedule runs I/W (split backward) actions anywhere."""
+        return any(a.kind in ("I", "W") for acts in self.actions for a in acts)
+
+    def stages_of_rank(self, rank: int) -> tuple[int, ...]:
+        return tuple(s for s, r in enumerate(self.stage_to_rank) if r == rank)
+
+    @cached_property
+    def compiled(self) -> tuple[tuple[tuple[int, int, int], ...], ...]:
+        """Per rank, (kind code, stage, micro-batch) with codes F=0, B=1, I=2, W=3; cached for the simulator."""
+        code = {"F": 0, "B": 1, "I": 2, "W": 3}
+        return tuple(tuple((code[a.kind], a.stage, a.microbatch) for a in acts) for acts in self.actions)
+
+    def __str__(self) -> str:
+        return "\n".join(f"rank {r}: " + " ".join(map(str, acts)) for r, acts in enumerate(self.actions))
+
+
+def stage_to_rank(name: str, pp: int, vpp: int) -> tuple[int, ...]:
+    """Rank of each virtual stage of schedule `name` (see `ScheduleSpec.stage_to_rank`)."""
+    return schedule_spec(name).stage_to_rank(pp, vpp)
+
+
+def check_schedule(name: str, pp: int, vpp: int, num_microbatches: int) -> None:
+    """Raise ValueError (one line: the offending factor and what would work) unless torch 2.13 runs this schedule
+    (the rules are the spec's: `ScheduleSpec.problem`)."""
+    spec = schedule_spec(name)
+    for factor, value in (("pp", pp), ("vpp", vpp), ("num_microbatches", num_microbatches)):
+        if value < 1:
+            raise ValueError(f"{factor} must be >= 1 (got {value})")
+    problem = spec.problem(pp, vpp, num_microbatches)
+    if problem:
+        raise ValueError(problem)
+
+
+def build_schedule(name: str, pp: int, num_microbatches: int, vpp: int = 1) -> Schedule:
+    """Per-rank action lists of schedule `name` (checked with `check_schedule` first)."""
+    check_schedule(name, pp, vpp, num_microbatches)
+    spec = schedule_spec(name)
+    actions = tuple(tuple(spec.order(rank, pp, vpp, num_microbatches)) for rank in range(pp))
+    return Schedule(name, pp, vpp, num_microbatches, spec.stage_to_rank(pp, vpp), actions)
