@@ -125,8 +125,8 @@ def test_unknown_preset_and_profile_names():
 
 @pytest.mark.parametrize("degrees,needle", [
     (("3", "1", "1"), "does not divide the 4 attention heads"),
-    (("1", "1", "3"), "tp*pp*dp"),
-    (("2", "4", "2"), "tp*pp*dp"),
+    (("1", "1", "3"), "pp*dp*tp"),
+    (("2", "4", "2"), "pp*dp*tp"),
     (("0", "2", "2"), "positive integer"),
     (("1", "16", "1"), "stages"),
 ])

@@ -224,17 +224,6 @@ def test_attention_paths_agree():
     torch.testing.assert_close(model(tokens), flash, rtol=1e-5, atol=1e-5)
 
 
-def test_mesh_helpers_follow_the_placement():
-    from autoconf.execute.mesh import all_groups, coords_of, group_ranks
-
-    grid = [[[0, 1], [4, 5]], [[2, 3], [6, 7]]]  # pp 2, dp 2, tp 2, placed non-trivially
-    assert coords_of(grid, 6) == type(coords_of(grid, 6))(1, 1, 0)
-    assert group_ranks(grid, "pp", 5) == [5, 7]
-    assert group_ranks(grid, "dp", 3) == [3, 7]
-    assert group_ranks(grid, "tp", 4) == [4, 5]
-    assert sorted(r for g in all_groups(grid, "dp") for r in g) == list(range(8))
-
-
 def test_data_is_layout_independent_and_reads_files(tmp_path):
     from autoconf.execute.data import TokenSource, local_rows
 

@@ -28,6 +28,7 @@ from autoconf.cost.memory import stage_memory, stage_params
 from autoconf.spec.schedules import build_schedule, schedule_spec
 from autoconf.cost.simulate import StageCosts, Timeline, simulate
 from autoconf.spec.cluster import DTYPE_BYTES, ClusterProfile
+from autoconf.spec.grid import RankGrid
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan
 
@@ -66,7 +67,7 @@ class Execution:
 
 
 def default_mesh(config: ParallelConfig) -> np.ndarray:
-    return np.arange(config.world_size).reshape(config.pp, config.dp, config.tp)
+    return RankGrid.logical(config.dims).devices
 
 
 def default_partition(model: ModelSpec, config: ParallelConfig) -> list[list[int]]:
@@ -86,14 +87,6 @@ class StagePlan:
     pass_overhead: float  # framework seconds added to each forward and each backward(-input) pass
     allgather: list[float]  # once-per-step FSDP gathers
     reduce: list[float]
-
-
-def _tp_group(mesh: np.ndarray, pp_rank: int) -> list[int]:
-    return [int(d) for d in mesh[pp_rank, 0, :]]
-
-
-def _dp_group(mesh: np.ndarray, pp_rank: int) -> list[int]:
-    return [int(d) for d in mesh[pp_rank, :, 0]]
 
 
 def tp_collective(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices: list[int]) -> float:
@@ -136,24 +129,25 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
     return 0.0, gather, reduce
 
 
-def step_collectives(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, mesh: np.ndarray,
+def step_collectives(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, grid: RankGrid,
                      stage_to_rank: tuple) -> float:
     """Seconds of the collectives every step runs once after the pipeline flush, before the optimizer: the sum of
     the tied embedding's gradients between the first and the last stage (when different pipeline ranks hold them),
     the all-reduce of the gradient norm's square and the all-reduce of the loss, both over every rank."""
-    everyone = [int(d) for d in np.asarray(mesh).flat]
+    everyone = grid.flat()
     seconds = collective_time(cluster, "all_reduce", 8, everyone) + collective_time(cluster, "all_reduce", 16, everyone)
     last = stage_to_rank[-1]
     if model.tied_embeddings and c.pp > 1 and last != stage_to_rank[0]:
         shard = c.dp if c.zero_sharded else 1
         grad_bytes = model.vocab_size * model.hidden_size / c.tp / shard * 4
-        pairs = [[int(a), int(b)] for a, b in zip(np.asarray(mesh)[stage_to_rank[0]].flat, np.asarray(mesh)[last].flat)]
+        pairs = [[int(a), int(b)] for a, b in zip(grid.pipeline_rank(stage_to_rank[0]).flat,
+                                                  grid.pipeline_rank(last).flat)]
         seconds += max(collective_time(cluster, "all_reduce", grad_bytes, pair) for pair in pairs)
     return seconds
 
 
 def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list,
-               stage_to_rank: tuple, mesh: np.ndarray, execution: Execution, p2p=None,
+               stage_to_rank: tuple, grid: RankGrid, execution: Execution, p2p=None,
                share: float | None = None) -> StagePlan:
     c = config
     pieces = model_pieces(model, cluster, c, share)
@@ -176,13 +170,13 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         rank = stage_to_rank[st]
         layers = end - first
         # Two TP collectives per layer in forward and two in backward, or what the profile measured TP layers add.
-        one = tp_collective(model, cluster, c, _tp_group(mesh, rank))
+        one = tp_collective(model, cluster, c, grid.first_group("tp", rank))
         tp = PassTimes(2 * one * layers, 2 * one * layers, 0.0)
         if measured_tp is not None:
             per_layer, read_at = measured_tp
             # Beyond the largest measured micro-batch the modelled collectives carry the growth.
             grow = one - tp_collective(model, cluster, dataclasses.replace(c, micro_batch_size=read_at),
-                                       _tp_group(mesh, rank))
+                                       grid.first_group("tp", rank))
             one = (per_layer.forward + per_layer.backward_input) / 4 + grow
             tp = PassTimes((per_layer.forward + 2 * grow) * layers, (per_layer.backward_input + 2 * grow) * layers,
                            0.0)
@@ -196,7 +190,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             tp = tp + PassTimes(0.0, one, 0.0)
         # DP / FSDP collectives of this stage's parameters.
         params = stage_params(model, partition, st) / c.tp
-        per_microbatch_gather, gather, reduce = dp_collectives(cluster, c, params, _dp_group(mesh, rank),
+        per_microbatch_gather, gather, reduce = dp_collectives(cluster, c, params, grid.first_group("dp", rank),
                                                                units=layers + 1)
         fwd = compute.forward + tp.forward + pass_overhead
         bwd_in = compute.backward_input + tp.backward_input + recompute + pass_overhead
@@ -235,7 +229,7 @@ def p2p_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution) -> floa
 
 
 def _p2p_function(cluster: ClusterProfile, config: ParallelConfig, model: ModelSpec, stage_to_rank: tuple,
-                  mesh: np.ndarray, execution: Execution):
+                  grid: RankGrid, execution: Execution):
     c = config
     nbytes = p2p_bytes(model, c, execution)
     cache: dict[tuple[int, int], float] = {}
@@ -243,7 +237,7 @@ def _p2p_function(cluster: ClusterProfile, config: ParallelConfig, model: ModelS
     def p2p(src_stage: int, dst_stage: int) -> float:
         key = (stage_to_rank[src_stage], stage_to_rank[dst_stage])
         if key not in cache:
-            a, b = mesh[key[0]], mesh[key[1]]
+            a, b = grid.pipeline_rank(key[0]), grid.pipeline_rank(key[1])
             pairs = [(int(x), int(y)) for x, y in zip(a.flat, b.flat)]
             cache[key] = p2p_time(cluster, nbytes, pairs)
             if execution.framework == "megatron" and c.tp > 1 and not c.sequence_parallel:
@@ -258,17 +252,19 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
     """Predicts one configuration. Raises UserError when the config is impossible for the model or the cluster.
 
     With `detail`, the breakdown is measured by re-simulating without P2P and DP communication (three simulations);
-    without it only the total is computed (one simulation), which is what the search needs.
+    without it only the total is computed (one simulation), which is what the search needs. Unless the step was
+    extrapolated (many micro-batches without `detail`), `plan.timeline` is the simulated step the prediction was
+    read from: its makespan plus the step's tail (collectives, optimizer, step overhead) is `iteration_time_s`.
     """
     c = config.check(model, cluster.world_size)
     partition = [list(p) for p in (partition or default_partition(model, c))]
-    mesh = default_mesh(c) if mesh is None else np.asarray(mesh)
+    grid = RankGrid(default_mesh(c) if mesh is None else mesh)
     extrapolate = not detail and c.num_microbatches > EXTRAPOLATE_ABOVE * c.pp
     schedule = _schedule(c.schedule, c.pp, 3 * c.pp if extrapolate else c.num_microbatches, c.vpp)
-    p2p = _p2p_function(cluster, c, model, schedule.stage_to_rank, mesh, execution)
+    p2p = _p2p_function(cluster, c, model, schedule.stage_to_rank, grid, execution)
 
     def run(share: float):
-        sp = stage_plan(model, cluster, c, partition, schedule.stage_to_rank, mesh, execution, p2p, share)
+        sp = stage_plan(model, cluster, c, partition, schedule.stage_to_rank, grid, execution, p2p, share)
         if extrapolate:
             return (sp, *_extrapolated_step(c, sp, p2p, execution))
         return (sp, *_simulate_step(schedule, sp, p2p, execution))
@@ -290,7 +286,7 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
     # Optimizer: AdamW over each rank's (ZeRO-sharded) parameters; the slowest rank bounds the step.
     optimizer = max(rank_optimizer_time(cluster, c, sum(stage_params(model, partition, st)
                                                         for st in schedule.stages_of_rank(r))) for r in range(c.pp))
-    step_comm = step_collectives(model, cluster, c, mesh, schedule.stage_to_rank)
+    step_comm = step_collectives(model, cluster, c, grid, schedule.stage_to_rank)
     step_overhead = cluster.overhead("step_overhead_s")
     iteration = makespan + step_comm + optimizer + step_overhead
 
@@ -318,7 +314,9 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
     if detail:
         prediction["time_breakdown"] = _breakdown(schedule, sp, p2p, makespan, step_comm, optimizer, step_overhead)
     plan = Plan(model=model, cluster=_cluster_summary(cluster), config=c, partition=partition,
-                placement={"mesh": mesh.tolist()}, prediction=prediction)
+                placement={"mesh": grid.tolist()}, prediction=prediction)
+    if not extrapolate:
+        plan.timeline = full
     return plan
 
 
@@ -329,13 +327,20 @@ def _schedule(name: str, pp: int, num_microbatches: int, vpp: int):
 
 
 def _simulate_step(schedule, sp: StagePlan, p2p, execution: Execution) -> tuple[Timeline, float]:
-    """The simulated timeline and the step's makespan (DP reduction overlapped, or after the flush)."""
+    """The simulated timeline and the step's makespan: the DP reductions overlapped with the backward, or (without
+    overlap) every rank's reductions one after another once the whole pipeline has flushed, on its comm stream."""
     if execution.overlap_dp:
         timeline = simulate(schedule, sp.costs, p2p, sp.allgather, sp.reduce)
         return timeline, timeline.makespan
     timeline = simulate(schedule, sp.costs, p2p, sp.allgather)
-    flush = max(sum(sp.reduce[s] for s in schedule.stages_of_rank(r)) for r in range(schedule.pp))
-    return timeline, timeline.makespan + flush
+    flushed = timeline.makespan
+    for r in range(schedule.pp):
+        t = flushed
+        for s in schedule.stages_of_rank(r):
+            timeline.comm_events[r].append(("reduce", s, t, t + sp.reduce[s]))
+            t += sp.reduce[s]
+        timeline.makespan = max(timeline.makespan, t)
+    return timeline, timeline.makespan
 
 
 def _extrapolated_step(c: ParallelConfig, sp: StagePlan, p2p, execution: Execution) -> tuple[Timeline, float]:

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from autoconf.spec.grid import RankGrid
 from autoconf.spec.schedules import schedule_spec, stage_to_rank
 from autoconf.execute.model import EMBED_WEIGHT, HEAD_WEIGHT, Transformer, build_model
 
@@ -78,7 +79,7 @@ class TiedEmbeddingSync:
     Every rank must construct this object (process groups are created collectively).
     """
 
-    def __init__(self, plan, grid: list, chunks: list[tuple[int, Transformer]], rank: int):
+    def __init__(self, plan, grid: RankGrid, chunks: list[tuple[int, Transformer]], rank: int):
         self.params: list[torch.nn.Parameter] = []
         self.group = None
         c = plan.config
@@ -92,13 +93,11 @@ class TiedEmbeddingSync:
                 self.params.append(chunk.get_parameter(HEAD_WEIGHT))
         if last_rank == 0:
             return
-        dp, tp = len(grid[0]), len(grid[0][0])
-        for d in range(dp):
-            for t in range(tp):
-                ranks = [grid[0][d][t], grid[last_rank][d][t]]
-                group = dist.new_group(ranks)
-                if rank in ranks:
-                    self.group = group
+        for first, last in zip(grid.pipeline_rank(0).flat, grid.pipeline_rank(last_rank).flat):
+            ranks = [int(first), int(last)]
+            group = dist.new_group(ranks)
+            if rank in ranks:
+                self.group = group
 
     @torch.no_grad()
     def sync(self) -> None:

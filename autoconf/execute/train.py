@@ -29,12 +29,13 @@ from autoconf.errors import UserError
 from autoconf.execute import checkpoint as ckpt
 from autoconf.execute import faults
 from autoconf.execute.data import TokenSource, local_rows
-from autoconf.execute.mesh import build_mesh, coords_of, logical_grid
+from autoconf.execute.mesh import build_mesh
 from autoconf.execute.model import init_seed
 from autoconf.execute.parallelize import allreduce_gradients, parallelize_chunk
-from autoconf.spec.support import check_supported
 from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_schedule, loss_fn
+from autoconf.spec.grid import AXES, RankGrid
 from autoconf.spec.plan import Plan, load_plan
+from autoconf.spec.support import check_supported
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -104,10 +105,10 @@ class Trainer:
         check_supported(c)
         # Grid position i runs as global rank i; which device hosts it is the launcher's business (node ranks and
         # local devices follow plan.placement, see spec/plan.py node_blocks), so every group is in grid order.
-        grid = logical_grid(c.pp, c.dp, c.tp)
+        grid = RankGrid.logical(c.dims)
         self.mesh = build_mesh(grid, device.type)
-        self.coords = coords_of(grid, self.rank)
-        self.sizes = {"pp": c.pp, "dp": c.dp, "tp": c.tp}
+        self.coords = grid.coords(self.rank)
+        self.sizes = {axis: grid.size(axis) for axis in AXES}
         self.fsdp = c.zero_sharded
         low = _DTYPES[c.dtype] if device.type == "cuda" else torch.float32
         mp_policy = None
@@ -117,7 +118,7 @@ class Trainer:
             mp_policy = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
         self.autocast_dtype = low if (low != torch.float32 and mp_policy is None) else None
 
-        self.chunks = build_chunks(plan, self.coords.pp)
+        self.chunks = build_chunks(plan, self.coords["pp"])
         for _, chunk in self.chunks:
             parallelize_chunk(chunk, self.mesh, c, device, opts.seed, mp_policy)
         self.models = [chunk for _, chunk in self.chunks]
@@ -216,7 +217,7 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = lr
         clock = PhaseClock(self.device)
-        batch = local_rows(self.data.global_batch(step, c.global_batch_size), self.coords.dp, c.dp).to(self.device)
+        batch = local_rows(self.data.global_batch(step, c.global_batch_size), self.coords["dp"], c.dp).to(self.device)
         inputs, targets = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
         losses: list[torch.Tensor] = []
         clock.lap("data")
@@ -339,7 +340,7 @@ def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) ->
     trainer = Trainer(plan, opts, device)
     # Dropout draws from the global generators: one seeded stream per (pipeline, data-parallel) position, shared by
     # the TP ranks of a group (their replicated activations must get the same mask), checkpointed with the model.
-    torch.manual_seed(init_seed(opts.seed, f"dropout/pp{trainer.coords.pp}/dp{trainer.coords.dp}"))
+    torch.manual_seed(init_seed(opts.seed, f"dropout/pp{trainer.coords['pp']}/dp{trainer.coords['dp']}"))
     start = 0
     if opts.checkpoint_dir:
         found = ckpt.find_latest(Path(opts.checkpoint_dir), log=log)

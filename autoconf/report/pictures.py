@@ -1,8 +1,8 @@
 """Pictures of a plan (matplotlib, Agg, PNG): the schedule timeline, memory per pipeline rank, and the top plans'
 time breakdowns side by side.
 
-The timeline is not stored in the plan file; it is re-simulated from the plan's model, config, partition and mesh
-with the same functions `estimate()` uses, on the cluster profile the plan was made for.
+The timeline is the one `estimate()` simulated for the plan; a plan read from a file does not store it, so it is
+estimated again (same model, config, partition and mesh) on the cluster profile the plan was made for.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from autoconf.cost.estimate import Execution, _p2p_function, stage_plan  # noqa: E402
-from autoconf.spec.schedules import build_schedule  # noqa: E402
-from autoconf.cost.simulate import Timeline, simulate  # noqa: E402
+from autoconf.cost.estimate import Execution, estimate  # noqa: E402
+from autoconf.cost.simulate import Timeline  # noqa: E402
 from autoconf.errors import UserError  # noqa: E402
 from autoconf.report.tables import layout_label  # noqa: E402
 from autoconf.spec.plan import Plan  # noqa: E402
@@ -51,29 +50,15 @@ def plan_cluster(plan: Plan, cluster=None):
 
 
 def plan_timeline(plan: Plan, cluster=None) -> tuple[Timeline, float]:
-    """Re-simulates the plan's schedule as `estimate()` does; returns the timeline and the seconds of the step's
-    tail after it (the step's own collectives and the optimizer)."""
-    cluster = plan_cluster(plan, cluster)
-    c = plan.config
-    execution = Execution(plan.prediction.get("framework", "autoconf"))
-    mesh = np.asarray(plan.placement["mesh"])
-    schedule = build_schedule(c.schedule, c.pp, c.num_microbatches, c.vpp)
-    p2p = _p2p_function(cluster, c, plan.model, schedule.stage_to_rank, mesh, execution)
-    sp = stage_plan(plan.model, cluster, c, plan.partition, schedule.stage_to_rank, mesh, execution, p2p)
-    if execution.overlap_dp:
-        timeline = simulate(schedule, sp.costs, p2p, sp.allgather, sp.reduce)
-    else:
-        # Megatron reduces gradients after the flush: draw the reductions after the last compute of each rank.
-        timeline = simulate(schedule, sp.costs, p2p, sp.allgather)
-        end = timeline.compute_end
-        for r in range(c.pp):
-            t = end
-            for s in schedule.stages_of_rank(r):
-                timeline.comm_events[r].append(("reduce", s, t, t + sp.reduce[s]))
-                t += sp.reduce[s]
-            timeline.makespan = max(timeline.makespan, t)
-    terms = plan.prediction.get("time_breakdown", {})
-    return timeline, terms.get("step_comm", 0.0) + terms.get("optimizer", 0.0)
+    """The step `estimate()` simulated for the plan, and the seconds of the step's tail after it (its own
+    collectives, the optimizer and the step overhead): together they make the plan's `iteration_time_s`."""
+    estimated = plan
+    if plan.timeline is None or not plan.timeline.events:
+        framework = plan.prediction.get("framework", "autoconf")
+        estimated = estimate(plan.model, plan_cluster(plan, cluster), plan.config, partition=plan.partition,
+                             mesh=plan.placement["mesh"], execution=Execution(framework))
+    timeline = estimated.timeline
+    return timeline, estimated.prediction["iteration_time_s"] - timeline.makespan
 
 
 def _time_unit(seconds: float) -> tuple[str, float]:
@@ -99,12 +84,13 @@ def _luminance(rgb: tuple) -> float:
 
 def timeline_png(plan: Plan, path: str | Path, cluster=None) -> Path:
     """The schedule of one step per pipeline rank: F/B/I/W blocks coloured by kind and numbered by micro-batch,
-    the DP comm stream (FSDP all-gathers, gradient reductions) as a thin lane under each rank, and the optimizer
-    step. P2P transfers are not drawn: they are the gaps between dependent blocks."""
-    timeline, optimizer = plan_timeline(plan, cluster)
+    the DP comm stream (FSDP all-gathers, gradient reductions) as a thin lane under each rank, and the step's tail
+    (its own collectives and the optimizer). P2P transfers are not drawn: they are the gaps between dependent
+    blocks."""
+    timeline, tail = plan_timeline(plan, cluster)
     c = plan.config
     schedule_chunks = c.vpp
-    span = timeline.makespan + optimizer
+    span = timeline.makespan + tail
     unit, scale = _time_unit(span)
     width = 14.0
     height = 1.6 + min(0.75 * c.pp, 12.0)  # many ranks share a readable figure height
@@ -142,8 +128,8 @@ def timeline_png(plan: Plan, path: str | Path, cluster=None) -> Path:
             if spans:
                 ax.broken_barh(spans, (lane_y, lane_h), facecolors=COMM_COLOURS[kind], edgecolors="none")
                 comm_seen.add(kind)
-        if optimizer > 0:
-            ax.broken_barh([(timeline.makespan * scale, optimizer * scale)], (y - bar_h / 2, bar_h),
+        if tail > 0:
+            ax.broken_barh([(timeline.makespan * scale, tail * scale)], (y - bar_h / 2, bar_h),
                            facecolors="#D0D0D0", edgecolors="white", hatch="//", linewidth=0.4)
     ax.set_ylim(c.pp - 0.5 + lane_gap, -0.5 - 0.1)
     ax.set_yticks(range(c.pp))
@@ -155,8 +141,8 @@ def timeline_png(plan: Plan, path: str | Path, cluster=None) -> Path:
         ax.spines[side].set_visible(False)
     handles = [Patch(facecolor=KIND_COLOURS[k], label=KIND_NAMES[k]) for k in "FBIW" if k in kinds_seen]
     handles += [Patch(facecolor=COMM_COLOURS[k], label=f"DP {k}") for k in ("allgather", "reduce") if k in comm_seen]
-    if optimizer > 0:
-        handles.append(Patch(facecolor="#D0D0D0", hatch="//", label="optimizer step"))
+    if tail > 0:
+        handles.append(Patch(facecolor="#D0D0D0", hatch="//", label="step collectives + optimizer"))
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.5 / (height - 1.2)), ncol=len(handles),
               fontsize=8, frameon=False)
     note = "; lighter = later model chunk" if schedule_chunks > 1 else ""

@@ -31,6 +31,8 @@ from typing import Protocol
 import numpy as np
 from ortools.sat.python import cp_model
 
+from autoconf.spec.grid import ParallelDims, RankGrid
+
 EXACT_MAX_DEVICES = 16
 COST_QUANTA = 1 << 20  # the default placement's cost is split into this many integer steps in CP-SAT
 WEIGHT_SCALE = 1000
@@ -139,7 +141,7 @@ def _is_uniform(links: LinkModel) -> bool:
 
 
 def default_mesh(pp: int, dp: int, tp: int) -> np.ndarray:
-    return np.arange(pp * dp * tp).reshape(pp, dp, tp)
+    return RankGrid.logical(ParallelDims(pp=pp, dp=dp, tp=tp)).devices
 
 
 def _ring_edges(group) -> list[tuple[int, int]]:
@@ -148,14 +150,15 @@ def _ring_edges(group) -> list[tuple[int, int]]:
 
 
 def _groups(mesh: np.ndarray):
-    """(dimension, group) for every ring group and every pipeline pair, in a fixed order."""
-    pp, dp, tp = mesh.shape
-    for p, d in itertools.product(range(pp), range(dp)):
-        yield "tp", list(mesh[p, d, :])
-    for p, t in itertools.product(range(pp), range(tp)):
-        yield "dp", list(mesh[p, :, t])
-    for p, d, t in itertools.product(range(pp - 1), range(dp), range(tp)):
-        yield "pp", [mesh[p, d, t], mesh[p + 1, d, t]]
+    """(dimension, group) for every ring group and every pair of neighbouring pipeline ranks, in a fixed order."""
+    grid = RankGrid(mesh)
+    for axis in ("tp", "dp"):
+        for group in grid.groups(axis):
+            yield axis, list(group)
+    chains = grid.groups("pp")
+    for p in range(grid.size("pp") - 1):
+        for chain in chains:
+            yield "pp", [chain[p], chain[p + 1]]
 
 
 def _ring_factor(n: int) -> float:

@@ -137,7 +137,6 @@ class _BoundCache:
         chunk_bwd = per_stage_layers * (block.backward_input + 2 * one + recompute) + overhead
         chunk_w = per_stage_layers * block.backward_weight
         chunk_fwd, chunk_bwd = max(chunk_fwd, gather), max(chunk_bwd, gather)
-        chunk = chunk_fwd + chunk_bwd + chunk_w
         # Busiest rank: it holds at least ceil(L/pp) layers in S/pp stages, each pass at least its FSDP gather.
         n, rank_layers = S // c.pp, math.ceil(model.num_layers / c.pp)
         layer_fwd = block.forward + 2 * one

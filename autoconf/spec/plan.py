@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoconf.errors import UserError
+from autoconf.spec.grid import AXES, ParallelDims, RankGrid
 from autoconf.spec.model import ATTENTION, RECOMPUTE, ModelSpec
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
@@ -36,8 +37,12 @@ class ParallelConfig:
     attention: str = "flash"
 
     @property
+    def dims(self) -> ParallelDims:
+        return ParallelDims.of(self)
+
+    @property
     def world_size(self) -> int:
-        return self.tp * self.pp * self.dp
+        return self.dims.world_size
 
     @property
     def num_microbatches(self) -> int:
@@ -56,16 +61,14 @@ class ParallelConfig:
 
     def problems(self, model: ModelSpec, world_size: int | None = None) -> list[str]:
         """Every rule this configuration breaks, each naming the offending factors and what would work."""
-        out: list[str] = []
-        for name in ("tp", "pp", "dp", "vpp", "micro_batch_size", "global_batch_size", "seq_len"):
+        out = ParallelDims.of(self).problems()
+        for name in ("vpp", "micro_batch_size", "global_batch_size", "seq_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 out.append(f"{name} must be a positive integer (got {value!r})")
         if out:
             return out
-        if world_size is not None and self.world_size != world_size:
-            out.append(f"tp*pp*dp = {self.tp}*{self.pp}*{self.dp} = {self.world_size} but the cluster has "
-                       f"{world_size} devices")
+        out += self.dims.problems(world_size)
         if model.num_heads % self.tp:
             out.append(f"tp {self.tp} does not divide the {model.num_heads} attention heads")
         if model.num_kv_heads % self.tp:
@@ -136,6 +139,8 @@ class Plan:
     partition: list  # [[first_layer, end_layer], ...] per virtual stage in stage order
     placement: dict  # {"mesh": nested [pp][dp][tp] of global ranks}
     prediction: dict = field(default_factory=dict)
+    # The simulated step the prediction was read from (cost.simulate.Timeline; not saved): what pictures draw.
+    timeline: object = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         return {"version": PLAN_VERSION, "kind": "plan", "model": self.model.to_dict(), "cluster": self.cluster,
@@ -197,17 +202,23 @@ class Plan:
         mesh = self.placement.get("mesh")
         flat = _flatten(mesh)
         if (flat is None or len(flat) != c.world_size or sorted(flat) != list(range(c.world_size))
-                or _shape(mesh) != [c.pp, c.dp, c.tp]):
-            raise UserError(f"{source}: placement mesh must be a [pp][dp][tp] = [{c.pp}][{c.dp}][{c.tp}] arrangement "
-                            f"of ranks 0..{c.world_size - 1}")
+                or _shape(mesh) != list(c.dims.shape)):
+            axes = "".join(f"[{a}]" for a in AXES)
+            sizes = "".join(f"[{n}]" for n in c.dims.shape)
+            raise UserError(f"{source}: placement mesh must be a {axes} = {sizes} arrangement of ranks "
+                            f"0..{c.world_size - 1}")
         gpus = int(self.cluster.get("gpus_per_node", c.world_size))
         if gpus > 0 and c.world_size % gpus == 0 and node_blocks(flat, gpus) is None:
             raise UserError(f"{source}: placement mesh cannot be launched: each run of {gpus} consecutive grid "
                             f"positions ([pp][dp][tp] order) must sit on the devices of one node")
 
     def device_of(self) -> list[int]:
-        """The device (node * gpus_per_node + local index) of each grid position, in [pp][dp][tp] order."""
-        return _flatten(self.placement["mesh"])
+        """The device (node * gpus_per_node + local index) of each grid position, in grid order."""
+        return self.grid().flat()
+
+    def grid(self) -> RankGrid:
+        """The placement as a rank grid: the device of each grid position."""
+        return RankGrid(self.placement["mesh"])
 
     def save(self, path: Path, force: bool = False) -> None:
         write_new_file(path, self.to_json(), force)
