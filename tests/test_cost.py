@@ -121,13 +121,42 @@ def test_measured_compute_tables_take_precedence_when_the_shape_matches():
     assert model_pieces(PRESETS["tiny-llama"], cluster, c).source == "specification"
 
 
-def test_search_extrapolation_matches_full_simulation_for_1f1b():
-    """Ranking simulates 2p and 3p micro-batches and extends linearly; for 1F1B that is exact."""
-    big = cfg(global_batch_size=512)
-    fast = estimate(MODEL, A100, big, detail=False).prediction
-    full = estimate(MODEL, A100, big, detail=True).prediction
-    assert fast["iteration_time_s"] == pytest.approx(full["iteration_time_s"], rel=1e-9)
-    assert fast["peak_memory_bytes"] == pytest.approx(full["peak_memory_bytes"], rel=1e-9)
+EXTRAPOLATION_CASES = [  # (model, cluster, framework, per-replica batch): uniform GPU nodes, Megatron's layout, a
+    # measured CPU profile whose ranks share cores
+    ("gpt3-6.7b", "a100", "autoconf", 128), ("gpt3-6.7b", "a100", "megatron", 96), ("tiny-gpt", "measured", "autoconf", 48)]
+
+
+@pytest.mark.parametrize("model_name,cluster_name,framework,batch", EXTRAPOLATION_CASES)
+@pytest.mark.parametrize("schedule,vpp,zero", [("gpipe", 1, 0), ("1f1b", 1, 1), ("interleaved-1f1b", 2, 3),
+                                               ("looped-bfs", 2, 3), ("zb-h1", 1, 2), ("zbv", 2, 1),
+                                               ("dualpipev", 2, 0)])
+def test_extrapolated_step_is_at_most_a_margin_above_the_full_simulation(model_name, cluster_name, framework, batch,
+                                                                         schedule, vpp, zero):
+    """Ranking simulates 2p and 3p micro-batches and extends linearly: for every schedule the extrapolated time is
+    never below the full simulation and above it by at most EXTRAPOLATION_MARGIN (the search's exactness rests on
+    both), and the peak memory is the full simulation's."""
+    from autoconf.cost.estimate import EXTRAPOLATION_MARGIN
+    from profile_helpers import measured_cpu_profile
+
+    model = PRESETS[model_name]
+    cluster = A100 if cluster_name == "a100" else measured_cpu_profile(0.5, alone=0.9)
+    seq = 2048 if cluster_name == "a100" else 64
+    checked = 0
+    for pp, dp in ((2, 1), (4, 2)):
+        tp = cluster.world_size // (pp * dp)
+        c = ParallelConfig(tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=1, global_batch_size=batch * dp,
+                           seq_len=seq, schedule=schedule, zero_stage=zero if dp > 1 else 0,
+                           dtype="bf16" if cluster_name == "a100" else "fp32")
+        if c.problems(model, cluster.world_size):
+            continue
+        fast = estimate(model, cluster, c, execution=Execution(framework), detail=False, extrapolate=True).prediction
+        full = estimate(model, cluster, c, execution=Execution(framework), detail=False).prediction
+        assert fast.get("extrapolated") and not full.get("extrapolated")
+        ratio = fast["iteration_time_s"] / full["iteration_time_s"]
+        assert 1 - 1e-12 <= ratio <= 1 + EXTRAPOLATION_MARGIN, (c, ratio)
+        assert fast["peak_memory_bytes"] == pytest.approx(full["peak_memory_bytes"], rel=1e-12)
+        checked += 1
+    assert checked
 
 
 def test_framework_overheads_add_per_pass_and_per_step():

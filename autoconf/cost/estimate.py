@@ -36,9 +36,13 @@ FRAMEWORKS = ("autoconf", "megatron")
 # Share of a block's activations that the weight-gradient pass (W) still needs after I: the inputs of the linear
 # layers (QKV, output projection, both MLP matrices) -- 14 of the 34 s*b*h units of a GPT block.
 WEIGHT_GRAD_ACTIVATION_SHARE = 14 / 34
-# Without `detail`, schedules with more than this many micro-batches per pipeline rank are simulated at 2p and 3p
-# micro-batches and extrapolated (see _extrapolated_step).
+# With `extrapolate`, schedules with more than this many micro-batches per pipeline rank are simulated at 2p and 3p
+# micro-batches and extended linearly (see _extrapolated_step).
 EXTRAPOLATE_ABOVE = 4
+# How far an extrapolated time may lie above the full simulation; it never lies below (tests/test_cost.py checks
+# every schedule). The search simulates in full every candidate whose extrapolated time is within this margin of
+# its K-th best, so it ranks by the full simulation.
+EXTRAPOLATION_MARGIN = 0.001
 
 
 @dataclass(frozen=True)
@@ -248,18 +252,21 @@ def _p2p_function(cluster: ClusterProfile, config: ParallelConfig, model: ModelS
 
 
 def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list | None = None,
-             mesh: np.ndarray | None = None, execution: Execution = Execution(), detail: bool = True) -> Plan:
+             mesh: np.ndarray | None = None, execution: Execution = Execution(), detail: bool = True,
+             extrapolate: bool = False) -> Plan:
     """Predicts one configuration. Raises UserError when the config is impossible for the model or the cluster.
 
     With `detail`, the breakdown is measured by re-simulating without P2P and DP communication (three simulations);
-    without it only the total is computed (one simulation), which is what the search needs. Unless the step was
-    extrapolated (many micro-batches without `detail`), `plan.timeline` is the simulated step the prediction was
-    read from: its makespan plus the step's tail (collectives, optimizer, step overhead) is `iteration_time_s`.
+    without it only the total is computed (one simulation). With `extrapolate` and without `detail`, a step of many
+    micro-batches is simulated at 2p and 3p of them and extended linearly (`prediction["extrapolated"]`): never
+    below the full simulation and above it by at most EXTRAPOLATION_MARGIN (tested); the search prunes with it. Unless extrapolated,
+    `plan.timeline` is the simulated step the prediction was read from: its makespan plus the step's tail
+    (collectives, optimizer, step overhead) is `iteration_time_s`.
     """
     c = config.check(model, cluster.world_size)
     partition = [list(p) for p in (partition or default_partition(model, c))]
     grid = RankGrid(default_mesh(c) if mesh is None else mesh)
-    extrapolate = not detail and c.num_microbatches > EXTRAPOLATE_ABOVE * c.pp
+    extrapolate = extrapolate and not detail and c.num_microbatches > EXTRAPOLATE_ABOVE * c.pp
     schedule = _schedule(c.schedule, c.pp, 3 * c.pp if extrapolate else c.num_microbatches, c.vpp)
     p2p = _p2p_function(cluster, c, model, schedule.stage_to_rank, grid, execution)
 
@@ -311,6 +318,8 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
         "compute_source": model_pieces(model, cluster, c).source,
         "framework": execution.framework,
     }
+    if extrapolate:
+        prediction["extrapolated"] = True
     if detail:
         prediction["time_breakdown"] = _breakdown(schedule, sp, p2p, makespan, step_comm, optimizer, step_overhead)
     plan = Plan(model=model, cluster=_cluster_summary(cluster), config=c, partition=partition,
@@ -346,11 +355,14 @@ def _simulate_step(schedule, sp: StagePlan, p2p, execution: Execution) -> tuple[
 def _extrapolated_step(c: ParallelConfig, sp: StagePlan, p2p, execution: Execution) -> tuple[Timeline, float]:
     """For many micro-batches: simulate 2p and 3p of them and extend linearly to m.
 
-    Past the fill, every schedule here repeats the same per-micro-batch pattern, so the end of the compute and the
-    rank compute times are affine in m and the in-flight peaks are constant (1F1B-like) or grow linearly
-    (GPipe-like). The DP/FSDP collectives that end the step are not affine (each waits for the later of its stage's
-    last backward and the previous collective), so the tail they add after the compute is taken as simulated at 3p.
-    Used only to rank candidates; a plan's reported numbers come from the full simulation.
+    Past the fill, every schedule here repeats the same per-micro-batch pattern, so the rank compute times are affine
+    in m and the in-flight peaks are constant (1F1B-like) or grow linearly (GPipe-like). The end of the compute
+    grows at the pace of the steady state, which is at least the busiest rank's work per micro-batch; with unequal
+    stages (V placement puts the embedding and the head on rank 0) the pipeline may settle into that pace only after
+    3p micro-batches, so the compute end is extended at the larger of the sampled pace and the busiest rank's: at or
+    above the full simulation, by at most the pace the unsettled samples missed (tests/test_cost.py). The DP/FSDP
+    collectives that end the step are not affine (each waits for the later of its stage's last backward and the
+    previous collective), so the tail they add after the compute is taken as simulated at 3p.
     """
     m = c.num_microbatches
     m1, m2 = 2 * c.pp, 3 * c.pp
@@ -363,10 +375,12 @@ def _extrapolated_step(c: ParallelConfig, sp: StagePlan, p2p, execution: Executi
     def extend_counts(xs, ys, cap):
         return [min(cap, int(round(extend(x, y)))) for x, y in zip(xs, ys)]
 
-    makespan = extend(t1.compute_end, t2.compute_end) + (span2 - t2.compute_end)
+    busiest = max(b - a for a, b in zip(t1.compute_time_per_rank, t2.compute_time_per_rank))
+    pace = max(t2.compute_end - t1.compute_end, busiest) / (m2 - m1)
+    makespan = t2.compute_end + pace * (m - m2) + (span2 - t2.compute_end)
     compute = [extend(a, b) for a, b in zip(t1.compute_time_per_rank, t2.compute_time_per_rank)]
     timeline = Timeline(
-        events=[], comm_events=[], makespan=extend(t1.makespan, t2.makespan), compute_time_per_rank=compute,
+        events=[], comm_events=[], makespan=makespan, compute_time_per_rank=compute,
         bubble_fraction=1 - sum(compute) / (c.pp * makespan),
         peak_inflight=extend_counts(t1.peak_inflight, t2.peak_inflight, m),
         peak_inflight_weight=extend_counts(t1.peak_inflight_weight, t2.peak_inflight_weight, m),

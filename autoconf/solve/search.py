@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from autoconf.cost.comm import p2p_time
 from autoconf.cost.compute import measured_tp_layer, model_pieces, rank_optimizer_time
-from autoconf.cost.estimate import (Execution, default_mesh, default_partition, dp_collectives, estimate,
-                                    p2p_bytes, recompute_time, tp_collective)
+from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mesh, default_partition, dp_collectives,
+                                    estimate, p2p_bytes, recompute_time, tp_collective)
 from autoconf.cost.memory import _state_bytes_per_param, layer_activation_bytes
 from autoconf.errors import UserError
 from autoconf.spec.support import unsupported_reason
@@ -217,10 +217,13 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         raise UserError(_no_candidate_message(model, cluster, global_batch, fixed))
     scored.sort(key=lambda item: (item[0], item[1]))
 
-    best: list[tuple[float, tuple, Plan]] = []  # max-heap by time via negation
+    best: list[tuple[float, tuple, Plan]] = []  # the K best extrapolated times: a max-heap via negation
+    near: list[tuple[float, tuple, ParallelConfig]] = []  # every fitting candidate simulated with an extrapolation
     pruned_memory = pruned_time = simulated = 0
     closest: tuple[float, ParallelConfig] | None = None
     for index, (time_bound, key, memory_bound, config) in enumerate(scored):
+        # Extrapolated times are at or above the full simulation, so the K-th best of them is at or above the K-th
+        # best full time: a bound beyond it rules a candidate out.
         if len(best) >= top_k and time_bound >= -best[0][0]:
             pruned_time += len(scored) - index
             break
@@ -229,7 +232,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             if closest is None or memory_bound - limit < closest[0]:
                 closest = (memory_bound - limit, config)
             continue
-        plan = estimate(model, cluster, config, execution=execution, detail=False)
+        plan = estimate(model, cluster, config, execution=execution, detail=False, extrapolate=True)
         simulated += 1
         p = plan.prediction
         if not p["fits"]:
@@ -237,12 +240,15 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             if closest is None or over < closest[0]:
                 closest = (over, config)
             continue
+        if p.get("extrapolated"):
+            near.append((p["iteration_time_s"], key, config))
         item = (-p["iteration_time_s"], _negated(key), plan)
         if len(best) < top_k:
             heapq.heappush(best, item)
         elif item > best[0]:
             heapq.heapreplace(best, item)
-    ranked = [plan for _, _, plan in sorted(best, key=lambda it: (-it[0], _key(it[2].config)))]
+    best = _ranked_by_full_simulation(model, cluster, execution, best, near, top_k)
+    ranked = [plan for _, plan in best]
     search_seconds = time.perf_counter() - start
     if refine:
         ranked = [_refine(model, cluster, plan.config, execution, partition_time_s, placement_time_s)
@@ -256,6 +262,31 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     for plan in ranked:
         plan.prediction["launchable"] = unsupported_reason(plan.config) is None
     return SearchResult(ranked, stats, closest if not ranked else None)
+
+
+def _ranked_by_full_simulation(model: ModelSpec, cluster: ClusterProfile, execution: Execution, best: list,
+                               near: list, top_k: int) -> list[tuple[float, Plan]]:
+    """The K best (full time, plan), fastest first, from the K best extrapolated candidates of the walk: each of them
+    simulated in full, and so is every other candidate whose extrapolated time comes within EXTRAPOLATION_MARGIN of
+    the K-th best full time (an extrapolation exceeds the full simulation by at most that margin, so no candidate
+    outside can be faster). The result is the K best by the full simulation whatever K is."""
+    def full(plan: Plan) -> tuple[float, Plan]:
+        if plan.prediction.get("extrapolated"):
+            plan = estimate(model, cluster, plan.config, execution=execution, detail=False)
+        return plan.prediction["iteration_time_s"], plan
+
+    ranked = sorted((full(plan) for _, _, plan in best), key=lambda it: (it[0], _key(it[1].config)))
+    chosen = {_key(plan.config) for _, plan in ranked}
+    for extrapolated, key, config in sorted(near, key=lambda it: (it[0], it[1])):
+        if len(ranked) >= top_k and extrapolated >= ranked[-1][0] * (1 + EXTRAPOLATION_MARGIN):
+            break
+        if key in chosen:
+            continue
+        ranked.append(full(estimate(model, cluster, config, execution=execution, detail=False)))
+        ranked.sort(key=lambda it: (it[0], _key(it[1].config)))
+        del ranked[top_k:]
+        chosen = {_key(plan.config) for _, plan in ranked}
+    return ranked
 
 
 def _key(config: ParallelConfig) -> tuple:
