@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from autoconf.execute import faults
+from autoconf.files import write_file
 
 MARKER = "complete.json"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -89,20 +90,13 @@ def save(root: Path, step: int, models: list, optimizers: list, meta: dict) -> P
     faults.in_checkpoint(step, dist.get_rank())
     dist.barrier()
     if dist.get_rank() == 0:
-        _write_durably(tmp / MARKER, json.dumps({**meta, "step": step, "saved_at": time.time()}, indent=2) + "\n")
+        write_file(tmp / MARKER, json.dumps({**meta, "step": step, "saved_at": time.time()}, indent=2) + "\n")
         if final.exists():  # only ever an incomplete one: a complete newer checkpoint would have been resumed from
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
     dist.barrier()
     return final
-
-
-def _write_durably(path: Path, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _fsync_dir(path: Path) -> None:

@@ -33,6 +33,7 @@ from autoconf.execute.mesh import build_mesh, coords_of, logical_grid
 from autoconf.execute.model import init_seed
 from autoconf.execute.parallelize import allreduce_gradients, parallelize_chunk
 from autoconf.execute.support import check_supported
+from autoconf.files import open_append, write_file
 from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_schedule, loss_fn
 from autoconf.spec.plan import Plan, load_plan
 
@@ -319,9 +320,7 @@ def dedupe_metrics(path: str | Path, keep_through: int) -> None:
         if isinstance(step, int) and step <= keep_through and step not in seen:
             seen.add(step)
             kept.append(line + "\n")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
+    write_file(path, "".join(kept), force=True)
 
 
 def _log(msg: str) -> None:
@@ -357,7 +356,7 @@ def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) ->
     end = opts.steps if opts.stop_after is None else min(opts.steps, start + opts.stop_after)
     c = plan.config
     tokens_per_step = c.global_batch_size * c.seq_len
-    metrics = open(opts.metrics, "a") if (opts.metrics and dist.get_rank() == 0) else None
+    metrics = open_append(opts.metrics) if (opts.metrics and dist.get_rank() == 0) else None
     records: list[dict] = []
     last_saved = start
     try:

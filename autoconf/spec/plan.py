@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.spec.model import ATTENTION, RECOMPUTE, ModelSpec
+from autoconf.spec.model import ATTENTION, RECOMPUTE, ModelSpec, is_printable_name
 
 PLAN_VERSION = 1
 SCHEDULE_NAMES = ("gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zb-h1", "zbv", "dualpipev")
@@ -183,6 +183,10 @@ class Plan:
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (nodes, gpus)):
             raise UserError(f"{source}: cluster nodes and gpus_per_node must be positive integers "
                             f"(got {nodes!r} and {gpus!r})")
+        for key in ("name", "backend", "device"):
+            if key in self.cluster and not is_printable_name(self.cluster[key]):
+                raise UserError(f"{source}: cluster {key} must be printable text without newlines or control "
+                                f"characters (got {self.cluster[key]!r})")
         world = nodes * gpus
         self.config.check(self.model, world)
         c = self.config
@@ -191,8 +195,8 @@ class Plan:
                             f"{c.num_stages}")
         expected_start = 0
         for i, stage in enumerate(self.partition):
-            if (not isinstance(stage, list) or len(stage) != 2 or stage[0] != expected_start
-                    or not isinstance(stage[1], int) or stage[1] <= stage[0]):
+            if (not isinstance(stage, list) or len(stage) != 2 or not all(_is_int(x) for x in stage)
+                    or stage[0] != expected_start or stage[1] <= stage[0]):
                 raise UserError(f"{source}: partition stage {i} is {stage}; stages must be [first, end) ranges that "
                                 f"cover layers 0..{self.model.num_layers} in order, each non-empty")
             expected_start = stage[1]
@@ -214,7 +218,9 @@ class Plan:
         return _flatten(self.placement["mesh"])
 
     def save(self, path: Path, force: bool = False) -> None:
-        write_new_file(path, self.to_json(), force)
+        from autoconf.files import write_file
+
+        write_file(path, self.to_json(), force)
 
 
 def node_blocks(devices: list[int], gpus_per_node: int) -> list[int] | None:
@@ -232,6 +238,10 @@ def node_blocks(devices: list[int], gpus_per_node: int) -> list[int] | None:
             return None
         blocks.append(nodes.pop())
     return blocks if len(set(blocks)) == len(blocks) else None
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _flatten(mesh) -> list | None:
@@ -262,16 +272,3 @@ def load_plan(path: str | Path) -> Plan:
     path = Path(path)
     return Plan.from_dict(read_json(path, "plan"), source=str(path))
 
-
-def write_new_file(path: Path, text: str, force: bool = False) -> None:
-    """Writes `text` to `path` atomically; refuses to replace an existing file unless `force`."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise UserError(f"{path} already exists; pass --force to overwrite it or choose another path")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-    except OSError as err:
-        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
