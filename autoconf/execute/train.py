@@ -15,6 +15,7 @@ import json
 import math
 import os
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -341,7 +342,7 @@ def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) ->
     torch.manual_seed(init_seed(opts.seed, f"dropout/pp{trainer.coords.pp}/dp{trainer.coords.dp}"))
     start = 0
     if opts.checkpoint_dir:
-        found = ckpt.find_latest(Path(opts.checkpoint_dir), log=log)
+        found = ckpt.find_verified(Path(opts.checkpoint_dir), log=log)
         if found:
             path, meta = found
             check_resumable(path, meta, plan, opts, log)
@@ -492,6 +493,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # under torchrun: never outlive the agent that supervises this worker
+        from autoconf.execute.launch import die_with_parent
+
+        die_with_parent(signal.SIGKILL)
+        if os.getppid() == 1:
+            return 1
     args = parse_args(argv)
     if args.device == "cpu":
         device = torch.device("cpu")

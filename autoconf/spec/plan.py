@@ -18,6 +18,10 @@ PLAN_VERSION = 1
 SCHEDULE_NAMES = ("gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zb-h1", "zbv", "dualpipev")
 MULTI_CHUNK_SCHEDULES = ("interleaved-1f1b", "looped-bfs", "zbv", "dualpipev")
 DTYPES = ("bf16", "fp16", "fp32")
+# Bounds on the work one step's simulation does, and sanity ranges of the inputs (far beyond any real run).
+MAX_MICROBATCHES = 65_536  # micro-batches per pipeline per step
+MAX_GLOBAL_BATCH = 1 << 24  # sequences per step
+MAX_SEQ_LEN = 1 << 22  # tokens per sequence
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,14 @@ class ParallelConfig:
                 out.append(f"{name} must be a positive integer (got {value!r})")
         if out:
             return out
+        if self.global_batch_size > MAX_GLOBAL_BATCH:
+            out.append(f"global batch {self.global_batch_size} is more than {MAX_GLOBAL_BATCH:,} sequences")
+        if self.seq_len > MAX_SEQ_LEN:
+            out.append(f"seq_len {self.seq_len} is more than {MAX_SEQ_LEN:,} tokens")
+        if self.num_microbatches > MAX_MICROBATCHES:
+            out.append(f"{self.num_microbatches} micro-batches per pipeline per step (global batch / (micro-batch x "
+                       f"dp)) is more than the {MAX_MICROBATCHES:,} a step simulation handles; raise the micro-batch "
+                       f"or dp, or lower the global batch")
         if world_size is not None and self.world_size != world_size:
             out.append(f"tp*pp*dp = {self.tp}*{self.pp}*{self.dp} = {self.world_size} but the cluster has "
                        f"{world_size} devices")
@@ -165,6 +177,9 @@ class Plan:
                 raise UserError(f"{source}: {key} must be a JSON {'object' if kind is dict else 'array'}")
         if not isinstance(data.get("prediction") or {}, dict):
             raise UserError(f"{source}: prediction must be a JSON object")
+        problems = prediction_problems(data.get("prediction") or {})
+        if problems:
+            raise UserError(f"{source}: malformed prediction: {'; '.join(problems[:3])}")
         config = ParallelConfig.from_dict(data["config"], source=f"{source}: config")
         try:
             plan = cls(model=model, cluster=dict(data["cluster"]), config=config,
@@ -221,6 +236,43 @@ class Plan:
         from autoconf.files import write_file
 
         write_file(path, self.to_json(), force)
+
+
+_PREDICTION_NUMBERS = ("iteration_time_s", "tokens_per_s", "tflops_per_gpu", "mfu", "hfu", "peak_memory_bytes",
+                       "memory_limit_bytes", "bubble_fraction")
+_MEMORY_KINDS = ("params", "grads", "optimizer", "activations", "other", "total")
+
+
+def prediction_problems(pred: dict) -> list[str]:
+    """What is malformed in a plan's prediction (the fields `show`, the pictures and the launcher's summary
+    read): each number finite and >= 0 (the step time > 0), `fits` a boolean, the memory and time breakdowns of
+    the right shapes."""
+    out = []
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
+
+    for key in _PREDICTION_NUMBERS:
+        if key in pred and not number(pred[key]):
+            out.append(f"prediction.{key} must be a finite number >= 0, got {str(repr(pred[key]))[:60]}")
+    if "iteration_time_s" in pred and number(pred["iteration_time_s"]) and pred["iteration_time_s"] <= 0:
+        out.append("prediction.iteration_time_s must be > 0")
+    if "fits" in pred and not isinstance(pred["fits"], bool):
+        out.append(f"prediction.fits must be true or false, got {str(repr(pred['fits']))[:60]}")
+    for key in ("framework", "compute_source"):
+        if key in pred and not is_printable_name(pred[key]):
+            out.append(f"prediction.{key} must be a printable string, got {str(repr(pred[key]))[:60]}")
+    stages = pred.get("memory_per_stage")
+    if stages is not None:
+        if not isinstance(stages, list) or not all(
+                isinstance(m, dict) and all(number(m.get(k)) for k in _MEMORY_KINDS) for m in stages):
+            out.append(f"prediction.memory_per_stage must be a list of {{{', '.join(_MEMORY_KINDS)}: bytes >= 0}} "
+                       f"objects")
+    terms = pred.get("time_breakdown")
+    if terms is not None:
+        if not isinstance(terms, dict) or not all(isinstance(k, str) and number(v) for k, v in terms.items()):
+            out.append("prediction.time_breakdown must be an object of term name -> seconds >= 0")
+    return out
 
 
 def node_blocks(devices: list[int], gpus_per_node: int) -> list[int] | None:
