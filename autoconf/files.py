@@ -26,6 +26,8 @@ def check_new(path: str | os.PathLike, force: bool = False, hint: str = "choose 
     path = Path(path)
     if str(path) in ("", "."):
         raise UserError("an output path must not be empty")
+    if "\0" in str(path):
+        raise UserError(f"cannot write {str(path)!r}: a path cannot hold a NUL character")
     if path.is_symlink():
         raise UserError(f"{path} is a symbolic link; autoconf does not write through links (remove it or {hint})")
     if path.is_dir():

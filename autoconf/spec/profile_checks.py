@@ -204,7 +204,8 @@ def _compute(c: _Checker, table) -> None:
             for key in ("p10_forward_s", "p90_forward_s"):
                 if entry.get(key) is not None:
                     c.number(entry[key], f"{where}.{key}", 0, MAX_SECONDS)
-            blocks_by_tp.setdefault(entry.get("tp", 1), set()).add(entry.get("block"))
+            if isinstance(entry.get("tp", 1), int) and entry.get("block") in BLOCKS:
+                blocks_by_tp.setdefault(entry.get("tp", 1), set()).add(entry.get("block"))
             if len(c.problems) > 20:
                 return
         for tp, blocks in blocks_by_tp.items():
