@@ -342,6 +342,8 @@ def launch(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_eve
                       checkpoint_every=checkpoint_every, max_restarts=max_restarts, dry_run=dry_run, nnodes=nnodes,
                       node_rank=node_rank, master_addr=master_addr, master_port=master_port, force=force,
                       timeout_s=collective_timeout, rendezvous_timeout_s=rendezvous_timeout)
+    if code > 128:  # stopped by a signal, which the launcher has reported
+        sys.exit(code)
     if code != 0:
         raise UserError(f"training failed (torchrun exit code {code}); see the worker output above")
 

@@ -374,8 +374,8 @@ def _start_launch(tmp_path, plan: Path, *extra: str, steps: int = 100000) -> sub
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
         filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     return subprocess.Popen([sys.executable, "-m", "autoconf", "launch", str(plan), "--steps", str(steps),
-                             *extra], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                             *extra], cwd=tmp_path, env=env, stdout=open(tmp_path / "launch.log", "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _descendants(pid: int) -> set[int]:
@@ -415,7 +415,8 @@ def test_stopping_the_launcher_ends_torchrun_and_the_workers(tmp_path, sig):
     metrics = tmp_path / "m.jsonl"
     proc = _start_launch(tmp_path, plan, "--metrics", str(metrics))
     try:
-        assert _wait_for(lambda: metrics.exists() and metrics.stat().st_size > 0, 120), proc.stdout
+        assert _wait_for(lambda: metrics.exists() and metrics.stat().st_size > 0, 300), \
+            (tmp_path / "launch.log").read_text()[-3000:]
         marker = str(plan)
         assert len(_training_processes(marker)) >= 3  # launcher, torchrun, 2 workers
         os.kill(proc.pid, sig)
@@ -436,7 +437,8 @@ def test_second_run_into_the_same_outputs_is_refused_and_store_binds_loopback(tm
     ckpt = tmp_path / "ck"
     first = _start_launch(tmp_path, plan, "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1000")
     try:
-        assert _wait_for(lambda: (ckpt / ".autoconf-run.lock").exists() and len(_descendants(first.pid)) >= 3, 120)
+        assert _wait_for(lambda: (ckpt / ".autoconf-run.lock").exists() and len(_descendants(first.pid)) >= 3, 300)
+        time.sleep(5)  # the agent's stores are up once the workers run
         second = subprocess.run([sys.executable, "-m", "autoconf", "launch", str(plan), "--steps", "1",
                                  "--checkpoint-dir", str(ckpt)], cwd=tmp_path, capture_output=True, text=True,
                                 env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
