@@ -393,7 +393,7 @@ def _descendants(pid: int) -> set[int]:
 
 
 def _training_processes(marker: str) -> list[int]:
-    out = subprocess.run(["ps", "-e", "-o", "pid=,args="], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-e", "-ww", "-o", "pid=,args="], capture_output=True, text=True).stdout
     return [int(line.split()[0]) for line in out.splitlines() if marker in line and "ps -e" not in line]
 
 
@@ -458,6 +458,6 @@ def test_second_run_into_the_same_outputs_is_refused_and_store_binds_loopback(tm
 
 def _agent(pids: set[int]) -> set[int]:
     """The torchrun agent among the run's processes (the workers' own gloo sockets are not the store)."""
-    out = subprocess.run(["ps", "-o", "pid=,args=", "-p", ",".join(map(str, pids))], capture_output=True,
+    out = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "-p", ",".join(map(str, pids))], capture_output=True,
                          text=True).stdout
     return {int(line.split()[0]) for line in out.splitlines() if "autoconf.execute.elastic" in line}
