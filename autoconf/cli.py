@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from autoconf.errors import UserError
+from autoconf.spec.plan import MAX_GLOBAL_BATCH, MAX_SEQ_LEN
 from autoconf.spec.schedules import SCHEDULES
 
 EXIT_USER_ERROR = 2
@@ -67,7 +68,35 @@ nodes_option = click.option("--nodes", type=int, default=None, help="resize a un
 gpn_option = click.option("--gpus-per-node", type=int, default=None, help="resize a uniform profile's nodes")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class AutoconfGroup(click.Group):
+    """click's own usage errors (a missing option, `Invalid value for '--tp'`) in the same one-line form as every
+    other error: `autoconf: error: ...`, exit code 2."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("autoconf: interrupted", err=True)
+            sys.exit(130)
+        except click.ClickException as err:
+            message = " ".join(err.format_message().split())
+            ctx = getattr(err, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            click.echo(f"autoconf: error: {message}{hint}", err=True)
+            sys.exit(err.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def output_path(ctx, param, value):
+    """An --out given as an empty string is refused by name (Path('') would be the current folder)."""
+    if value is not None and str(value).strip() in ("", "."):
+        raise click.BadParameter("must name a file or folder, got an empty path", ctx=ctx, param=param)
+    return value
+
+
+@click.group(cls=AutoconfGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="autoconf")
 def main() -> None:
     """autoconf: measure the cluster, predict every sensible 3D-parallel layout, pick the best, and run it."""
@@ -96,9 +125,10 @@ def models(as_json: bool) -> None:
 @click.option("--pp", type=int, required=True)
 @click.option("--dp", type=int, required=True)
 @click.option("--vpp", type=int, default=1, show_default=True, help="model chunks (virtual stages) per rank")
-@click.option("--micro-batch", type=int, required=True)
-@click.option("--global-batch", type=int, required=True)
-@click.option("--seq-len", type=int, default=None, help="default: the model's context, at most 8192")
+@click.option("--micro-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
+@click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
+@click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
+              help="default: the model's context, at most 8192")
 @click.option("--schedule", default="1f1b", show_default=True,
               type=click.Choice(SCHEDULES))
 @click.option("--zero", type=click.IntRange(0, 3), default=0, show_default=True)
@@ -110,7 +140,8 @@ def models(as_json: bool) -> None:
 @click.option("--framework", type=click.Choice(["autoconf", "megatron"]), default="autoconf", show_default=True,
               help="whose memory layout and P2P scheme to predict")
 @click.option("--json", "as_json", is_flag=True, help="print the plan object as JSON")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the plan here")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the plan here",
+              callback=output_path)
 @click.option("--force", is_flag=True, help="overwrite --out if it exists")
 @user_errors
 def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micro_batch, global_batch, seq_len,
@@ -147,8 +178,9 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
 @cluster_option
 @nodes_option
 @gpn_option
-@click.option("--global-batch", type=int, required=True)
-@click.option("--seq-len", type=int, default=None, help="default: the model's context, at most 8192")
+@click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
+@click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
+              help="default: the model's context, at most 8192")
 @click.option("--fix", "fix", multiple=True, metavar="KEY=VALUE",
               help="pin a config field, e.g. --fix tp=8 --fix schedule=1f1b (repeatable)")
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
@@ -157,9 +189,10 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
 @click.option("--framework", type=click.Choice(["autoconf", "megatron"]), default="autoconf", show_default=True)
 @click.option("--top", "top_k", type=click.IntRange(1, 100), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help='print {"plans": [...], "search": {...}} as JSON')
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the best plan")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the best plan",
+              callback=output_path)
 @click.option("--explain", "explain_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="write pictures and launch scripts here")
+              help="write pictures and launch scripts here", callback=output_path)
 @click.option("--force", is_flag=True, help="overwrite existing output files")
 @user_errors
 def plan(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, fix, dtype, attention, framework,
@@ -185,9 +218,10 @@ def plan(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, fi
                         f"not run as planned; drop --dtype / --fix dtype (fp32) or use `estimate` for what-if numbers")
     if global_batch < 1:
         raise UserError(f"--global-batch must be >= 1 (got {global_batch})")
-    for path in (out,):
-        if path is not None and path.exists() and not force:
-            raise UserError(f"{path} already exists; pass --force to overwrite it or choose another path")
+    if out is not None:
+        from autoconf.files import check_new
+
+        check_new(out, force)  # before the search, which can take a while
     execution = Execution(framework)
     console = Console(stderr=as_json)
     with console.status(f"planning {model.name} on {cluster.world_size} devices ..."):
@@ -221,7 +255,7 @@ def plan(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, fi
 @main.command()
 @click.argument("plan_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="default: <plan>_explain/ beside the plan")
+              help="default: <plan>_explain/ beside the plan", callback=output_path)
 @click.option("--cluster", "cluster_arg", default=None, help="the profile the plan was made on, if not bundled")
 @click.option("--force", is_flag=True, help="overwrite existing pictures and scripts")
 @user_errors
@@ -251,12 +285,12 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
 
 
 @main.command()
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, callback=output_path)
 @click.option("--nproc-per-node", type=int, default=None, help="default: GPUs, or 2 (quick) / 4 CPU ranks")
-@click.option("--nnodes", type=int, default=1, show_default=True)
-@click.option("--node-rank", type=int, default=0, show_default=True)
+@click.option("--nnodes", type=click.IntRange(1, 100_000), default=1, show_default=True)
+@click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--master-addr", default="127.0.0.1", show_default=True)
-@click.option("--master-port", type=int, default=29500, show_default=True)
+@click.option("--master-port", type=click.IntRange(1, 65535), default=29500, show_default=True)
 @click.option("--model", "model_arg", default=None, help="model whose blocks to time (default tiny-gpt on CPU)")
 @click.option("--quick", is_flag=True, help="small grid: 2 CPU ranks, a tiny model, under 3 minutes")
 @click.option("--base-profile", default=None, help="bundled profile supplying what is not measured (GPU)")
@@ -290,10 +324,10 @@ def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, mo
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--dry-run", is_flag=True, help="print the command each node would run")
-@click.option("--nnodes", type=int, default=1, show_default=True)
-@click.option("--node-rank", type=int, default=0, show_default=True)
+@click.option("--nnodes", type=click.IntRange(1, 100_000), default=1, show_default=True)
+@click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--master-addr", default="127.0.0.1", show_default=True)
-@click.option("--master-port", type=int, default=29500, show_default=True)
+@click.option("--master-port", type=click.IntRange(1, 65535), default=29500, show_default=True)
 @click.option("--collective-timeout", type=click.FloatRange(min=1), default=None,
               help="seconds before a stuck collective ends the job (default 600)")
 @click.option("--rendezvous-timeout", type=click.FloatRange(min=1), default=None,
@@ -309,6 +343,8 @@ def launch(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_eve
                       checkpoint_every=checkpoint_every, max_restarts=max_restarts, dry_run=dry_run, nnodes=nnodes,
                       node_rank=node_rank, master_addr=master_addr, master_port=master_port, force=force,
                       timeout_s=collective_timeout, rendezvous_timeout_s=rendezvous_timeout)
+    if code > 128:  # stopped by a signal, which the launcher has reported
+        sys.exit(code)
     if code != 0:
         raise UserError(f"training failed (torchrun exit code {code}); see the worker output above")
 
@@ -316,15 +352,17 @@ def launch(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_eve
 @main.command()
 @model_option
 @click.option("--cluster", "cluster_arg", required=True, help="the profile of the cluster the runs execute on")
-@click.option("--global-batch", type=int, required=True)
-@click.option("--seq-len", type=int, default=None, help="default: the model's context, at most 8192")
+@click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
+@click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
+              help="default: the model's context, at most 8192")
 @click.option("--configs", type=click.IntRange(min=2), default=8, show_default=True, help="layouts to run")
 @click.option("--steps", type=click.IntRange(min=3), default=8, show_default=True, help="steps per layout")
 @click.option("--repeats", type=click.IntRange(min=1, max=20), default=1, show_default=True,
               help="run the layouts this many times in turn; each layout's measured time is the median")
 @click.option("--fix", "fix", multiple=True, metavar="KEY=VALUE", help="pin a config field in every layout")
 @click.option("--calibrate", is_flag=True, help="fit the profile's factors; report held-out error before/after")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              callback=output_path)
 @click.option("--force", is_flag=True, help="reuse a non-empty --out folder")
 @user_errors
 def validate(model_arg, cluster_arg, global_batch, seq_len, configs, steps, repeats, fix, calibrate, out_dir,

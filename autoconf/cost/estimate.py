@@ -432,7 +432,7 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, 
             compute += parts.backward_weight
     busy = bare.compute_time_per_rank[busiest]
     # Gather waits hidden in max(compute, gather) show up as compute time of the stage: attribute them to dp_comm.
-    fsdp_wait = busy - (compute + recompute + tp + overhead)
+    fsdp_wait = max(0.0, busy - (compute + recompute + tp + overhead))  # float noise below zero is none
     return {
         "compute": compute,
         "recompute": recompute,

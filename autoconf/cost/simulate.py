@@ -1,6 +1,6 @@
 """Critical-path simulation of a pipeline schedule.
 
-Each rank runs its action list (from `cost/schedules.py`) in order on one compute stream. An action starts when the
+Each rank runs its action list (from `spec/schedules.py`) in order on one compute stream. An action starts when the
 rank is free and its input is there:
 
     F(s, i)      after F(s-1, i) (+ p2p_time(s-1, s) if the stages sit on different ranks); stage 0 has no input

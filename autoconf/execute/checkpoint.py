@@ -6,10 +6,16 @@ generator states, for dropout; restored only under the same layout, where rank r
 `complete.json` (step, data position, seed, data source, config, partition, mesh, world size). Every rank writes into
 DIR/.tmp-step-XXXXXXXX/; after a barrier, global rank 0 writes the marker and renames the directory, so only a
 directory with the marker counts as a checkpoint. Across nodes DIR must be one shared file system.
+
+The marker records the size and SHA-256 of every file of the checkpoint (the ranks hash a share each). Before
+loading, the ranks verify the newest complete checkpoint the same way and agree (all-reduce) whether it is intact; a
+truncated, zeroed or missing shard, metadata or RNG file makes them fall back to the next older checkpoint that
+verifies, saying so (`find_verified`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from autoconf.execute import faults
+from autoconf.files import write_file
 
 MARKER = "complete.json"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -32,10 +39,16 @@ def step_dir(root: Path, step: int) -> Path:
 
 def find_latest(root: Path, log=print) -> tuple[Path, dict] | None:
     """The newest complete checkpoint in `root` and its marker; incomplete ones are skipped with a message."""
+    return next(iter(complete_checkpoints(root, log)), None)
+
+
+def complete_checkpoints(root: Path, log=print) -> list[tuple[Path, dict]]:
+    """Every complete checkpoint in `root` with its marker, newest first; incomplete ones are skipped with a
+    message."""
     root = Path(root)
     if not root.is_dir():
-        return None
-    candidates = []
+        return []
+    found, candidates = [], []
     for entry in root.iterdir():
         match = _STEP_DIR.match(entry.name)
         if match and entry.is_dir():
@@ -46,11 +59,78 @@ def find_latest(root: Path, log=print) -> tuple[Path, dict] | None:
         marker = path / MARKER
         if marker.is_file():
             try:
-                return path, json.loads(marker.read_text())
+                meta = json.loads(marker.read_text())
+                if not isinstance(meta, dict) or not isinstance(meta.get("data_position"), int):
+                    raise ValueError("not a checkpoint marker")
             except (OSError, ValueError) as err:
                 log(f"skipping checkpoint {path}: unreadable {MARKER} ({err})")
                 continue
+            found.append((path, meta))
+            continue
         log(f"skipping incomplete checkpoint {path} (no {MARKER})")
+    return found
+
+
+def _files(path: Path) -> list[str]:
+    """The checkpoint's files (relative paths, sorted), the marker left out."""
+    return sorted(str(p.relative_to(path)) for p in Path(path).rglob("*") if p.is_file() and p.name != MARKER)
+
+
+def _digest(file: Path) -> dict:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"size": file.stat().st_size, "sha256": h.hexdigest()}
+
+
+def checksums(path: Path) -> dict:
+    """Collective: {relative file: {"size", "sha256"}} of every file of the checkpoint in `path`, each rank
+    hashing every world-size-th file."""
+    names = _files(path)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine = {name: _digest(Path(path) / name) for name in names[rank::world]}
+    shares: list = [None] * world
+    dist.all_gather_object(shares, mine)
+    return {name: share[name] for share in shares for name in share}
+
+
+def verify_problem(path: Path, meta: dict, rank: int = 0, world: int = 1) -> str | None:
+    """What is wrong with this rank's share of the files recorded in the marker (None: intact, or a checkpoint
+    written before checksums were recorded)."""
+    recorded = meta.get("files")
+    if recorded is None:
+        return None
+    if not isinstance(recorded, dict):
+        return f"{MARKER} has no file list"
+    missing = sorted(set(recorded) - set(_files(path)))
+    if missing:
+        return f"{missing[0]} is missing"
+    for name in sorted(recorded)[rank::world]:
+        want, file = recorded[name], Path(path) / name
+        try:
+            size = file.stat().st_size
+            if size != want.get("size"):
+                return f"{name} has {size} bytes, {want.get('size')} were written"
+            if _digest(file)["sha256"] != want.get("sha256"):
+                return f"{name} does not match its checksum"
+        except (OSError, AttributeError) as err:
+            return f"{name} cannot be read ({err})"
+    return None
+
+
+def find_verified(root: Path, log=print) -> tuple[Path, dict] | None:
+    """Collective: the newest complete checkpoint whose files every rank verified, or None. A corrupt newer one
+    is skipped with a message naming what is wrong."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    for path, meta in complete_checkpoints(root, log):
+        problem = verify_problem(path, meta, rank, world)
+        problems: list = [None] * world
+        dist.all_gather_object(problems, problem)
+        bad = [p for p in problems if p]
+        if not bad:
+            return path, meta
+        log(f"skipping corrupt checkpoint {path}: {bad[0]}; falling back to an older checkpoint")
     return None
 
 
@@ -88,21 +168,16 @@ def save(root: Path, step: int, models: list, optimizers: list, meta: dict) -> P
     torch.save(rng_state(), tmp / "rng" / f"rank-{dist.get_rank():05d}.pt")
     faults.in_checkpoint(step, dist.get_rank())
     dist.barrier()
+    files = checksums(tmp)
     if dist.get_rank() == 0:
-        _write_durably(tmp / MARKER, json.dumps({**meta, "step": step, "saved_at": time.time()}, indent=2) + "\n")
+        write_file(tmp / MARKER, json.dumps({**meta, "step": step, "saved_at": time.time(), "files": files},
+                                            indent=2) + "\n")
         if final.exists():  # only ever an incomplete one: a complete newer checkpoint would have been resumed from
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
     dist.barrier()
     return final
-
-
-def _write_durably(path: Path, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _fsync_dir(path: Path) -> None:

@@ -16,6 +16,7 @@ contiguous rows [d*B/dp, (d+1)*B/dp), i.e. its num_microbatches micro-batches.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,46 @@ def token_dtype(path: Path, vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
 
 
+SCAN_LIMIT_BYTES = 1 << 30  # token files up to this size are scanned for ids outside the vocabulary at launch
+
+
+def check_data_file(path: Path, vocab_size: int, seq_len: int, scan: bool = True) -> np.dtype:
+    """Everything that can be known about a data file before training: it is a readable regular file (not a
+    folder, a device such as /dev/zero, or a pipe), not empty, a whole number of tokens, at least seq_len + 2 of
+    them, and (`scan`, files up to SCAN_LIMIT_BYTES) every token id inside the vocabulary. Returns the token dtype;
+    raises UserError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"data file {path} does not exist")
+    if not path.is_file():
+        raise UserError(f"data file {path} is not a regular file (a folder, a device or a pipe); give a .bin token "
+                        f"file or a text file")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"data file {path} is not readable")
+    size = path.stat().st_size
+    if size == 0:
+        raise UserError(f"data file {path} is empty")
+    if path.suffix == ".bin":
+        dtype = token_dtype(path, vocab_size)
+    else:
+        if vocab_size < 256:
+            raise UserError(f"{path} is read as bytes (vocabulary 256) but the model's vocabulary is "
+                            f"{vocab_size}; use a .bin token file or a model with vocab_size >= 256")
+        dtype = np.dtype(np.uint8)
+    if size % dtype.itemsize:
+        raise UserError(f"{path}: size is not a multiple of {dtype.itemsize} bytes ({dtype})")
+    if size // dtype.itemsize < seq_len + 2:
+        raise UserError(f"{path} holds {size // dtype.itemsize} tokens, fewer than seq_len + 2 = {seq_len + 2}")
+    if scan and path.suffix == ".bin" and size <= SCAN_LIMIT_BYTES:
+        try:
+            largest = int(np.memmap(path, dtype=dtype, mode="r").max())
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read data file {path}: {err}") from None
+        if largest >= vocab_size:
+            raise UserError(f"{path}: token id {largest} is outside the model's vocabulary of {vocab_size}")
+    return dtype
+
+
 class TokenSource:
     def __init__(self, path: str | Path | None, vocab_size: int, seq_len: int, seed: int):
         self.path = None if path is None else Path(path)
@@ -45,20 +86,8 @@ class TokenSource:
         self.tokens = None
         if self.path is None:
             return
-        if not self.path.is_file():
-            raise UserError(f"data file {self.path} does not exist")
-        if self.path.suffix == ".bin":
-            dtype = token_dtype(self.path, vocab_size)
-        else:
-            if vocab_size < 256:
-                raise UserError(f"{self.path} is read as bytes (vocabulary 256) but the model's vocabulary is "
-                                f"{vocab_size}; use a .bin token file or a model with vocab_size >= 256")
-            dtype = np.dtype(np.uint8)
-        if self.path.stat().st_size % dtype.itemsize:
-            raise UserError(f"{self.path}: size is not a multiple of {dtype.itemsize} bytes ({dtype})")
+        dtype = check_data_file(self.path, vocab_size, seq_len, scan=False)
         self.tokens = np.memmap(self.path, dtype=dtype, mode="r")
-        if len(self.tokens) < seq_len + 2:
-            raise UserError(f"{self.path} holds {len(self.tokens)} tokens, fewer than seq_len + 2 = {seq_len + 2}")
 
     def describe(self) -> str:
         if self.path is None:

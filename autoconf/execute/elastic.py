@@ -4,11 +4,67 @@ The arguments are torchrun's (`python -m torch.distributed.run ...`), unchanged.
 Python traceback around its `ChildFailedError` (a worker died, was killed, or exited non-zero after
 `--max-restarts` restarts) or a rendezvous error (a node never joined within the rendezvous timeout), this prints
 what happened in a few plain lines, starting `autoconf: error:`, and exits 1.
+
+When the rendezvous endpoint (or the static master address) is a loopback address, every TCPStore server the agent
+starts listens on that address only: torch's own stores listen on all interfaces whatever the endpoint says.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import sys
+
+_STORE_ARGS = ("host_name", "port", "world_size", "is_master", "timeout", "wait_for_workers", "multi_tenant",
+               "master_listen_fd", "use_libuv")
+
+
+def _loopback(host: str | None) -> str | None:
+    if not host:
+        return None
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        return host if ipaddress.ip_address(host).is_loopback and ":" not in host else None
+    except ValueError:
+        return None
+
+
+def bind_stores_to(host: str) -> None:
+    """Makes every TCPStore server created in this process listen on `host` only, by handing torch a socket
+    bound there (TCPStore's master_listen_fd)."""
+    import torch.distributed as dist
+    from torch.distributed.elastic.rendezvous import c10d_rendezvous_backend
+
+    original = dist.TCPStore
+    if getattr(original, "_autoconf_bound", None) == host:
+        return
+
+    class BoundTCPStore(original):
+        _autoconf_bound = host
+
+        def __init__(self, *args, **kwargs):
+            params = dict(zip(_STORE_ARGS, args))
+            params.update(kwargs)
+            if params.get("is_master") and params.get("master_listen_fd") is None:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, int(params.get("port") or 0)))
+                sock.listen(1024)
+                params["port"] = sock.getsockname()[1]
+                params["master_listen_fd"] = sock.detach()
+            super().__init__(**params)
+
+    dist.TCPStore = BoundTCPStore
+    c10d_rendezvous_backend.TCPStore = BoundTCPStore
+
+
+def store_host(args) -> str | None:
+    """The loopback address the job's stores should listen on, or None (a multi-host job: torch's default)."""
+    if getattr(args, "rdzv_backend", "static") == "static":
+        return _loopback(getattr(args, "master_addr", None))
+    endpoint = getattr(args, "rdzv_endpoint", "") or ""
+    return _loopback(endpoint.rsplit(":", 1)[0] if ":" in endpoint else endpoint)
 
 
 def describe_failure(rank: int, failure) -> str:
@@ -27,12 +83,20 @@ def describe_failure(rank: int, failure) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     args = parse_args(argv if argv is not None else sys.argv[1:])
+    host = store_host(args)
+    if host:
+        bind_stores_to(host)
     try:
         run(args)
+    except SignalException as err:
+        print(f"autoconf: torchrun got {getattr(err.sigval, 'name', err.sigval)}: the workers were ended",
+              file=sys.stderr, flush=True)
+        return 128 + int(err.sigval)
     except ChildFailedError as err:
         root_rank, root = err.get_first_failure()
         others = [describe_failure(r, f) for r, f in sorted(err.failures.items()) if r != root_rank]

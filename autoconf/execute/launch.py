@@ -15,15 +15,19 @@ saying so, and torchrun (wrapped by autoconf.execute.elastic) ends with a short 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from autoconf.errors import UserError
+from autoconf.files import check_new
 from autoconf.spec.support import check_supported
 from autoconf.spec.plan import load_plan, node_blocks
 
@@ -85,8 +89,12 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
         raise UserError(f"--steps must be at least 1 (got {steps})")
     if checkpoint_every < 0 or max_restarts < 0:
         raise UserError("--checkpoint-every and --max-restarts must be >= 0")
-    if nnodes < 1 or not 0 <= node_rank < nnodes:
+    if nnodes < 1:
+        raise UserError(f"--nnodes must be at least 1 (got {nnodes})")
+    if not 0 <= node_rank < nnodes:
         raise UserError(f"--node-rank {node_rank} must be in 0..{nnodes - 1} for --nnodes {nnodes}")
+    if not 1 <= master_port <= 65535:
+        raise UserError(f"--master-port must be a TCP port in 1..65535 (got {master_port})")
     if nproc_per_node is None:
         if world % nnodes:
             raise UserError(f"the plan needs {world} processes, which {nnodes} nodes cannot split evenly; "
@@ -108,14 +116,13 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
     train_args = ["--plan", str(plan_path), "--steps", str(steps), "--seed", str(seed), "--timeout", f"{timeout_s:g}"]
     if data is not None:
         data_path = Path(data).resolve()
-        if not data_path.is_file():
-            raise UserError(f"data file {data} does not exist")
+        from autoconf.execute.data import check_data_file
+
+        check_data_file(data_path, plan.model.vocab_size, plan.config.seq_len)
         train_args += ["--data", str(data_path)]
     if metrics is not None:
-        metrics_path = Path(metrics).resolve()
-        if metrics_path.exists() and not force:
-            raise UserError(f"metrics file {metrics} already exists; pass --force to overwrite it or choose "
-                            f"another path")
+        metrics_path = Path(os.path.abspath(metrics))  # not resolved: a link at the path itself is refused
+        check_new(metrics_path, force, hint="choose another path")
         _check_writable_dir(metrics_path.parent, "metrics directory")
         train_args += ["--metrics", str(metrics_path)]
     if checkpoint_dir is not None:
@@ -130,7 +137,8 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
             "--nproc-per-node", str(nproc_per_node), "--max-restarts", str(max_restarts)]
     rdzv_timeout = int(math.ceil(rendezvous_timeout_s))
     if nnodes == 1:
-        rdzv = [["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
+        # The agent's stores listen on 127.0.0.1 only (autoconf.execute.elastic binds them where the endpoint says).
+        rdzv = [["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--local-addr", "127.0.0.1",
                  "--rdzv-conf", f"join_timeout={rdzv_timeout}"]]
     else:
         # Physical node r runs the block of grid positions the placement puts on it (spec/plan.py node_blocks).
@@ -138,6 +146,98 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
         rdzv = [["--node-rank", str(blocks.index(r)), "--master-addr", master_addr, "--master-port",
                  str(master_port), "--rdzv-conf", f"timeout={rdzv_timeout}"] for r in range(nnodes)]
     return [base + r + ["-m", "autoconf.execute.train"] + train_args for r in rdzv]
+
+
+SHUTDOWN_GRACE_S = 3
+_held_fds: list[int] = []
+
+
+@contextlib.contextmanager
+def run_locks(locks: list[tuple[Path, str]]):
+    """Holds an exclusive lock (flock) on each path for the run's lifetime; a second run into the same checkpoint
+    directory or metrics file is refused with the holder named. The lock files stay (empty of meaning once
+    unlocked); the locks are also held by torchrun (the descriptor is passed on), so they last until it exits."""
+    import fcntl
+
+    fds = []
+    try:
+        for path, what in locks:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            except OSError as err:
+                raise UserError(f"cannot lock {what} {path.parent}: {err.strerror or err}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 400, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise UserError(f"the {what} is in use by another run ({holder}); wait for it to end or choose "
+                                f"another path") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"autoconf launch, pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            fds.append(fd)
+        _held_fds[:] = fds
+        yield
+    finally:
+        _held_fds[:] = []
+        for fd in fds:
+            os.close(fd)
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """This process gets `sig` when its parent dies, even by SIGKILL (Linux PR_SET_PDEATHSIG; elsewhere a no-op).
+    torchrun gets SIGTERM when the launcher dies (and ends its workers); each worker SIGKILL when torchrun dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+def run_supervised(command: list[str], env: dict, pass_fds: list[int] = ()) -> int:
+    """Runs torchrun and returns its exit code. SIGTERM, SIGINT or SIGHUP to the launcher is forwarded as SIGTERM
+    (torchrun then ends its workers, each in its own process group); after a grace the whole process group is
+    killed. torchrun runs in a process group of its own and dies with the launcher (see _die_with_parent)."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        die_with_parent(signal.SIGTERM)
+        if os.getppid() != parent:  # the launcher died before prctl took effect
+            os._exit(1)
+
+    proc = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=preexec, pass_fds=tuple(pass_fds))
+    received: list[int] = []
+    deadline = None
+
+    def forward(signum, frame) -> None:
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {s: signal.signal(s, forward) for s in handled}
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if received and deadline is None:
+                    deadline = time.monotonic() + SHUTDOWN_GRACE_S + 10
+                if deadline is not None and time.monotonic() > deadline:
+                    # torchrun did not end in time: kill its group; its workers die with it (PDEATHSIG, see train)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        print(f"autoconf: stopped by {signal.Signals(received[0]).name}; torchrun and its workers were ended",
+              file=sys.stderr, flush=True)
+        return 128 + received[0]
+    return code
 
 
 def master_host_node(plan, nnodes: int, nproc_per_node: int) -> int:
@@ -186,14 +286,22 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
             prefix = f"# node {rank}: " if len(commands) > 1 else ""
             print(prefix + shlex.join(command))
         return 0
-    if metrics is not None and Path(metrics).exists():
-        Path(metrics).unlink()  # `force` was checked above; the trainer appends
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
-    # torchrun's own default with several ranks, and for one rank too: the profiler times CPU ranks with one thread.
-    env.setdefault("OMP_NUM_THREADS", "1")
-    command = commands[node_rank if nnodes > 1 else 0]
-    try:
-        return subprocess.run(command, env=env).returncode
-    except KeyboardInterrupt:
-        return 130
+    suffix = f"-node{node_rank}" if nnodes > 1 else ""  # every node of a run locks its own file on a shared folder
+    locks = []
+    if checkpoint_dir is not None:
+        locks.append((Path(checkpoint_dir).resolve() / f".autoconf-run{suffix}.lock", "checkpoint directory"))
+    if metrics is not None:
+        m = Path(os.path.abspath(metrics))
+        locks.append((m.with_name(f".{m.name}{suffix}.lock"), "metrics file"))
+    with run_locks(locks):
+        if metrics is not None and Path(metrics).exists():
+            Path(metrics).unlink()  # `force` was checked above; the trainer appends
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
+        # torchrun's own default with several ranks, and for one rank too: the profiler times CPU ranks with one
+        # thread.
+        env.setdefault("OMP_NUM_THREADS", "1")
+        # Once a worker failed (a collective timed out), the others get SIGTERM and then, after this grace, SIGKILL
+        # (torchrun's default grace is 30 s, which a hung peer would add to the collective timeout).
+        env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_GRACE_S))
+        return run_supervised(commands[node_rank if nnodes > 1 else 0], env, [fd for fd in _held_fds])

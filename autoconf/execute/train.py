@@ -15,6 +15,7 @@ import json
 import math
 import os
 import resource
+import signal
 import statistics
 import sys
 import time
@@ -32,6 +33,7 @@ from autoconf.execute.data import TokenSource, local_rows
 from autoconf.execute.mesh import build_mesh
 from autoconf.execute.model import init_seed
 from autoconf.execute.parallelize import allreduce_gradients, parallelize_chunk
+from autoconf.files import open_append, write_file
 from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_schedule, loss_fn
 from autoconf.spec.grid import AXES, RankGrid
 from autoconf.spec.plan import Plan, load_plan
@@ -320,9 +322,7 @@ def dedupe_metrics(path: str | Path, keep_through: int) -> None:
         if isinstance(step, int) and step <= keep_through and step not in seen:
             seen.add(step)
             kept.append(line + "\n")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
+    write_file(path, "".join(kept), force=True)
 
 
 def _log(msg: str) -> None:
@@ -343,7 +343,7 @@ def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) ->
     torch.manual_seed(init_seed(opts.seed, f"dropout/pp{trainer.coords['pp']}/dp{trainer.coords['dp']}"))
     start = 0
     if opts.checkpoint_dir:
-        found = ckpt.find_latest(Path(opts.checkpoint_dir), log=log)
+        found = ckpt.find_verified(Path(opts.checkpoint_dir), log=log)
         if found:
             path, meta = found
             check_resumable(path, meta, plan, opts, log)
@@ -358,7 +358,7 @@ def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) ->
     end = opts.steps if opts.stop_after is None else min(opts.steps, start + opts.stop_after)
     c = plan.config
     tokens_per_step = c.global_batch_size * c.seq_len
-    metrics = open(opts.metrics, "a") if (opts.metrics and dist.get_rank() == 0) else None
+    metrics = open_append(opts.metrics) if (opts.metrics and dist.get_rank() == 0) else None
     records: list[dict] = []
     last_saved = start
     try:
@@ -494,6 +494,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # under torchrun: never outlive the agent that supervises this worker
+        from autoconf.execute.launch import die_with_parent
+
+        die_with_parent(signal.SIGKILL)
+        if os.getppid() == 1:
+            return 1
     args = parse_args(argv)
     if args.device == "cpu":
         device = torch.device("cpu")

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from autoconf.errors import UserError
+from autoconf.files import check_new
 
 RDZV = ("static", "c10d")
 
@@ -34,8 +35,7 @@ def check_output(out: str | os.PathLike, force: bool) -> Path:
     path = Path(out).expanduser()
     if path.is_dir():
         raise UserError(f"--out {path} is a folder; give a file name such as {path / 'profile.json'}")
-    if path.exists() and not force:
-        raise UserError(f"{path} already exists; pass --force to overwrite it or choose another --out")
+    check_new(path, force, hint="choose another --out")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise UserError(f"cannot write {path}: folder {folder} does not exist")

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from autoconf.errors import UserError
+from autoconf.files import write_file
 from autoconf.profile import compute, hardware, network, overheads, pipeline, tp_layers
 from autoconf.profile.timing import median
 from autoconf.spec.cluster import ClusterProfile, Device, Link, load_cluster
@@ -83,9 +84,8 @@ def _gather(value):
 
 
 def write_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    """The launcher refused an existing --out without --force before starting the ranks."""
+    write_file(path, json.dumps(data, indent=2) + "\n", force=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,14 +8,15 @@ custom GPU placement) the text says so in a comment rather than silently approxi
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
 import numpy as np
 
+from autoconf.files import check_new, write_file
+from autoconf.spec.plan import Plan, node_blocks
 from autoconf.spec.schedules import schedule_spec
-from autoconf.errors import UserError
-from autoconf.spec.plan import Plan, node_blocks, write_new_file
 
 # More nodes than this get one torchrun script that takes the node rank as $1 instead of one script per node.
 MAX_NODE_SCRIPTS = 8
@@ -121,7 +122,7 @@ def torchrun_script(plan: Plan, plan_path: str | Path | None, node_rank: int | N
 def slurm_script(plan: Plan, plan_path: str | Path | None) -> str:
     """sbatch script: one task per node, each running torchrun with its $SLURM_NODEID as node rank."""
     nodes, gpus = _nodes(plan)
-    lines = ["#!/usr/bin/env bash", f"#SBATCH --job-name=autoconf-{plan.model.name}", f"#SBATCH --nodes={nodes}",
+    lines = ["#!/usr/bin/env bash", f"#SBATCH --job-name={_job_name(plan)}", f"#SBATCH --nodes={nodes}",
              "#SBATCH --ntasks-per-node=1"]
     if _is_cpu(plan):
         lines.append(f"#SBATCH --cpus-per-task={gpus}")
@@ -142,10 +143,24 @@ def _stage_layers(plan: Plan) -> list[int]:
 
 
 def _summary(plan: Plan) -> str:
+    """One line for a '#' comment: names are data, so every character that could end the comment (a newline, a
+    carriage return, any control or line-separator character) is written as an escape."""
     from autoconf.report.tables import layout_label
 
     nodes, gpus = _nodes(plan)
-    return f"autoconf plan: {plan.model.name}, {layout_label(plan)}, on {nodes} x {gpus} {plan.cluster.get('name')}"
+    return comment_text(f"autoconf plan: {plan.model.name}, {layout_label(plan)}, on {nodes} x {gpus} "
+                        f"{plan.cluster.get('name')}")
+
+
+def comment_text(text: str) -> str:
+    """`text` with every non-printable character as its Python escape (\\n, \\x1b, \\u2028): safe in a comment."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
+
+
+def _job_name(plan: Plan) -> str:
+    """The SLURM job name: `autoconf-` and the model name with every character outside [A-Za-z0-9._-] as '_'
+    (sbatch reads #SBATCH lines itself, with its own quoting rules, so nothing is left to quote)."""
+    return "autoconf-" + re.sub(r"[^A-Za-z0-9._-]", "_", str(plan.model.name))[:64]
 
 
 def megatron_args(plan: Plan) -> str:
@@ -306,20 +321,11 @@ def write_exports(plan: Plan, plan_path: str | Path | None, out_dir: str | Path,
     """
     out_dir = Path(out_dir)
     texts = export_texts(plan, plan_path)
-    if not force:
-        for name in texts:
-            write_new_file_check(out_dir / name)
+    for name in texts:  # every refusal before any write, so a folder is never left half-exported
+        check_new(out_dir / name, force, hint="choose another folder")
     paths = []
     for name, text in texts.items():
         path = out_dir / name
-        write_new_file(path, text, force=force)
-        if name.endswith((".sh", ".sbatch")):
-            path.chmod(0o755)
+        write_file(path, text, force=force, mode=0o777 if name.endswith((".sh", ".sbatch")) else 0o666)
         paths.append(path)
     return paths
-
-
-def write_new_file_check(path: Path) -> None:
-    """The same refusal as write_new_file, without writing (so a folder is never left half-exported)."""
-    if path.exists():
-        raise UserError(f"{path} already exists; pass --force to overwrite it or choose another folder")

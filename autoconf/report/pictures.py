@@ -226,13 +226,12 @@ def compare_png(plans: list[Plan], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
+def _save(fig, path: str | Path, force: bool = True) -> Path:
+    """Saves through autoconf.files (a temporary renamed into place, never through a link). The callers refuse
+    existing files before drawing anything, hence force by default."""
+    from autoconf.files import write_with
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", bbox_inches="tight")
-    except OSError as err:
-        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+        return write_with(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"), force=force)
     finally:
         plt.close(fig)
-    return path

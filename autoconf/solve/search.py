@@ -192,7 +192,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
            placement_time_s: float = 5.0, launchable_only: bool = True) -> SearchResult:
     """The best `top_k` plans that fit, fastest first, with search statistics.
 
-    With `launchable_only`, layouts the bundled executor refuses (execute/support.py) are left out and counted.
+    With `launchable_only`, layouts the bundled executor refuses (spec/support.py) are left out and counted.
     """
     start = time.perf_counter()
     fixed = normalise_fixed(fixed or {})

@@ -200,6 +200,12 @@ class ClusterProfile:
                             f"expected \"cluster\")")
         if data.get("version") != 1:
             raise UserError(f"{source}: cluster profile version {data.get('version')!r} is not supported (expected 1)")
+        from autoconf.spec.profile_checks import profile_problems
+
+        problems = profile_problems(data)
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise UserError(f"{source}: invalid cluster profile: {'; '.join(problems[:3])}{more}")
         try:
             dev = data["device"]
             device = Device(name=str(dev["name"]), kind=str(dev["kind"]), memory_bytes=float(dev["memory_bytes"]),

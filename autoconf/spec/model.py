@@ -22,6 +22,12 @@ RECOMPUTE = ("none", "selective", "full")
 ATTENTION = ("flash", "standard")
 
 
+def is_printable_name(value) -> bool:
+    """A name (of a model, a cluster, a device) is data: a non-empty string without control characters, so that no
+    script, comment or log line it is written into can be broken out of."""
+    return isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable()
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A decoder-only transformer. Every field is a published hyper-parameter of the model."""
@@ -55,8 +61,9 @@ class ModelSpec:
                 problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
             if self.num_heads % self.num_kv_heads:
                 problems.append(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
-        if not isinstance(self.name, str):
-            problems.append(f"name must be a string (got {self.name!r})")
+        if not is_printable_name(self.name):
+            problems.append(f"name must be a string of printable characters, without newlines or other control "
+                            f"characters (got {self.name!r})")
         for field in ("tied_embeddings", "qkv_bias"):
             if not isinstance(getattr(self, field), bool):
                 problems.append(f"{field} must be true or false (got {getattr(self, field)!r})")

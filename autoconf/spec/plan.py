@@ -13,11 +13,15 @@ from pathlib import Path
 
 from autoconf.errors import UserError
 from autoconf.spec.grid import AXES, ParallelDims, RankGrid
-from autoconf.spec.model import ATTENTION, RECOMPUTE, ModelSpec
+from autoconf.spec.model import ATTENTION, RECOMPUTE, ModelSpec, is_printable_name
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 PLAN_VERSION = 1
 DTYPES = ("bf16", "fp16", "fp32")
+# Bounds on the work one step's simulation does, and sanity ranges of the inputs (far beyond any real run).
+MAX_MICROBATCHES = 65_536  # micro-batches per pipeline per step
+MAX_GLOBAL_BATCH = 1 << 24  # sequences per step
+MAX_SEQ_LEN = 1 << 22  # tokens per sequence
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,14 @@ class ParallelConfig:
                 out.append(f"{name} must be a positive integer (got {value!r})")
         if out:
             return out
+        if self.global_batch_size > MAX_GLOBAL_BATCH:
+            out.append(f"global batch {self.global_batch_size} is more than {MAX_GLOBAL_BATCH:,} sequences")
+        if self.seq_len > MAX_SEQ_LEN:
+            out.append(f"seq_len {self.seq_len} is more than {MAX_SEQ_LEN:,} tokens")
+        if self.num_microbatches > MAX_MICROBATCHES:
+            out.append(f"{self.num_microbatches} micro-batches per pipeline per step (global batch / (micro-batch x "
+                       f"dp)) is more than the {MAX_MICROBATCHES:,} a step simulation handles; raise the micro-batch "
+                       f"or dp, or lower the global batch")
         out += self.dims.problems(world_size)
         if model.num_heads % self.tp:
             out.append(f"tp {self.tp} does not divide the {model.num_heads} attention heads")
@@ -166,6 +178,9 @@ class Plan:
                 raise UserError(f"{source}: {key} must be a JSON {'object' if kind is dict else 'array'}")
         if not isinstance(data.get("prediction") or {}, dict):
             raise UserError(f"{source}: prediction must be a JSON object")
+        problems = prediction_problems(data.get("prediction") or {})
+        if problems:
+            raise UserError(f"{source}: malformed prediction: {'; '.join(problems[:3])}")
         config = ParallelConfig.from_dict(data["config"], source=f"{source}: config")
         try:
             plan = cls(model=model, cluster=dict(data["cluster"]), config=config,
@@ -184,6 +199,10 @@ class Plan:
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (nodes, gpus)):
             raise UserError(f"{source}: cluster nodes and gpus_per_node must be positive integers "
                             f"(got {nodes!r} and {gpus!r})")
+        for key in ("name", "backend", "device"):
+            if key in self.cluster and not is_printable_name(self.cluster[key]):
+                raise UserError(f"{source}: cluster {key} must be printable text without newlines or control "
+                                f"characters (got {self.cluster[key]!r})")
         world = nodes * gpus
         self.config.check(self.model, world)
         c = self.config
@@ -192,8 +211,8 @@ class Plan:
                             f"{c.num_stages}")
         expected_start = 0
         for i, stage in enumerate(self.partition):
-            if (not isinstance(stage, list) or len(stage) != 2 or stage[0] != expected_start
-                    or not isinstance(stage[1], int) or stage[1] <= stage[0]):
+            if (not isinstance(stage, list) or len(stage) != 2 or not all(_is_int(x) for x in stage)
+                    or stage[0] != expected_start or stage[1] <= stage[0]):
                 raise UserError(f"{source}: partition stage {i} is {stage}; stages must be [first, end) ranges that "
                                 f"cover layers 0..{self.model.num_layers} in order, each non-empty")
             expected_start = stage[1]
@@ -221,7 +240,46 @@ class Plan:
         return RankGrid(self.placement["mesh"])
 
     def save(self, path: Path, force: bool = False) -> None:
-        write_new_file(path, self.to_json(), force)
+        from autoconf.files import write_file
+
+        write_file(path, self.to_json(), force)
+
+
+_PREDICTION_NUMBERS = ("iteration_time_s", "tokens_per_s", "tflops_per_gpu", "mfu", "hfu", "peak_memory_bytes",
+                       "memory_limit_bytes", "bubble_fraction")
+_MEMORY_KINDS = ("params", "grads", "optimizer", "activations", "other", "total")
+
+
+def prediction_problems(pred: dict) -> list[str]:
+    """What is malformed in a plan's prediction (the fields `show`, the pictures and the launcher's summary
+    read): each number finite and >= 0 (the step time > 0), `fits` a boolean, the memory and time breakdowns of
+    the right shapes."""
+    out = []
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
+
+    for key in _PREDICTION_NUMBERS:
+        if key in pred and not number(pred[key]):
+            out.append(f"prediction.{key} must be a finite number >= 0, got {str(repr(pred[key]))[:60]}")
+    if "iteration_time_s" in pred and number(pred["iteration_time_s"]) and pred["iteration_time_s"] <= 0:
+        out.append("prediction.iteration_time_s must be > 0")
+    if "fits" in pred and not isinstance(pred["fits"], bool):
+        out.append(f"prediction.fits must be true or false, got {str(repr(pred['fits']))[:60]}")
+    for key in ("framework", "compute_source"):
+        if key in pred and not is_printable_name(pred[key]):
+            out.append(f"prediction.{key} must be a printable string, got {str(repr(pred[key]))[:60]}")
+    stages = pred.get("memory_per_stage")
+    if stages is not None:
+        if not isinstance(stages, list) or not all(
+                isinstance(m, dict) and all(number(m.get(k)) for k in _MEMORY_KINDS) for m in stages):
+            out.append(f"prediction.memory_per_stage must be a list of {{{', '.join(_MEMORY_KINDS)}: bytes >= 0}} "
+                       f"objects")
+    terms = pred.get("time_breakdown")
+    if terms is not None:
+        if not isinstance(terms, dict) or not all(isinstance(k, str) and number(v) for k, v in terms.items()):
+            out.append("prediction.time_breakdown must be an object of term name -> seconds >= 0")
+    return out
 
 
 def node_blocks(devices: list[int], gpus_per_node: int) -> list[int] | None:
@@ -239,6 +297,10 @@ def node_blocks(devices: list[int], gpus_per_node: int) -> list[int] | None:
             return None
         blocks.append(nodes.pop())
     return blocks if len(set(blocks)) == len(blocks) else None
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _flatten(mesh) -> list | None:
@@ -269,16 +331,3 @@ def load_plan(path: str | Path) -> Plan:
     path = Path(path)
     return Plan.from_dict(read_json(path, "plan"), source=str(path))
 
-
-def write_new_file(path: Path, text: str, force: bool = False) -> None:
-    """Writes `text` to `path` atomically; refuses to replace an existing file unless `force`."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise UserError(f"{path} already exists; pass --force to overwrite it or choose another path")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-    except OSError as err:
-        raise UserError(f"cannot write {path}: {err.strerror or err}") from None

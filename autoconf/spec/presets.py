@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.spec.model import ModelSpec
+from autoconf.spec.model import ModelSpec, is_printable_name
 
 
 def _gpt(name: str, layers: int, hidden: int, heads: int, vocab: int = 50257, seq: int = 2048,
@@ -76,9 +76,10 @@ def from_hf_config(config: dict, name: str) -> ModelSpec:
                 dropout=float(config.get("resid_pdrop", 0.1)), norm_eps=config.get("layer_norm_epsilon", 1e-5))
         if model_type in _HF_LLAMA_TYPES:
             heads = config["num_attention_heads"]
+            kv_heads = config.get("num_key_value_heads")  # absent or null: multi-head; 0 is an error, not MHA
             return ModelSpec(
                 name=name, arch="llama", num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
-                num_heads=heads, num_kv_heads=config.get("num_key_value_heads") or heads,
+                num_heads=heads, num_kv_heads=heads if kv_heads is None else kv_heads,
                 ffn_hidden_size=config["intermediate_size"], vocab_size=config["vocab_size"],
                 max_seq_len=config.get("max_position_embeddings", 4096),
                 tied_embeddings=bool(config.get("tie_word_embeddings", False)),
@@ -122,7 +123,11 @@ def load_model(arg: str) -> ModelSpec:
         raise UserError(f"unknown model {arg!r}: not a preset (see `autoconf models`) and no such file")
     data = read_json(path, "model")
     if "model_type" in data:
-        return from_hf_config(data, name=path.parent.name if path.name == "config.json" else path.stem)
+        name = (path.parent.name or path.resolve().parent.name) if path.name == "config.json" else path.stem
+        if not is_printable_name(name):
+            raise UserError(f"{str(path)!r}: the model is named after its folder or file, {name!r}, which must be "
+                            f"printable text without newlines or control characters; rename it")
+        return from_hf_config(data, name=name)
     if data.get("kind") not in (None, "model"):
         raise UserError(f"{path} is a {data.get('kind')!r} file, not a model")
     return ModelSpec.from_dict(data, source=str(path))

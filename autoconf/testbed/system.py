@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoconf.errors import UserError
+from autoconf.files import write_file
 from autoconf.testbed.commands import IFACE, Names, hosts_file, tc_commands
 from autoconf.testbed.spec import TestbedSpec, parse_spec
 
@@ -171,9 +172,7 @@ def load_state(state_dir=None) -> dict | None:
 
 def _save(state: dict, state_dir) -> None:
     path = state_path(state_dir)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_file(path, json.dumps(state, indent=2) + "\n", force=True)
 
 
 # ---------------------------------------------------------------- up / down

@@ -28,7 +28,8 @@ from pathlib import Path
 from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile, load_cluster
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import Plan, write_new_file
+from autoconf.files import write_file
+from autoconf.spec.plan import Plan
 from autoconf.validate.stats import median_abs_error, regret, spearman
 
 REPORT_VERSION = 1
@@ -390,9 +391,9 @@ def validate(model: ModelSpec, cluster: ClusterProfile, cluster_label: str, glob
             note = f"fitted to {len(report.ok_runs())} runs of {model.name} by autoconf validate"
             calibrated = calibrated_profile(cluster, report.calibration["factors"], note)
             calibrated = _renamed(calibrated, note)
-            write_new_file(calibrated_path, json.dumps(calibrated.to_dict(), indent=2) + "\n", force=True)
+            write_file(calibrated_path, json.dumps(calibrated.to_dict(), indent=2) + "\n", force=True)
             report.calibration["profile"] = str(calibrated_path)
-    write_new_file(report_path, json.dumps(report.to_dict(), indent=2) + "\n", force=True)
+    write_file(report_path, json.dumps(report.to_dict(), indent=2) + "\n", force=True)
     if report.ok_runs():
         scatter_png(report, scatter_path)
     return report

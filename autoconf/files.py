@@ -1,0 +1,114 @@
+"""The one way autoconf writes a file a user holds (plans, profiles, pictures, scripts, reports, metrics).
+
+- Never through a symbolic link: a link at the output path is refused, with or without `force`.
+- Never over an existing file without `force` (and the check is atomic: without `force` the finished file is
+  hard-linked into place, which fails if anything appeared there meanwhile).
+- Atomic: the bytes go to a temporary created exclusively, under an unpredictable name, in the target folder
+  (`tempfile.mkstemp`), are fsynced, then renamed over the target; a failed write removes its temporary.
+
+Failures are UserErrors naming the path. Pure Python: every layer may import this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, IO
+
+from autoconf.errors import UserError
+
+
+def check_new(path: str | os.PathLike, force: bool = False, hint: str = "choose another path") -> Path:
+    """Refuses (UserError) a path that is a symbolic link, a folder, or (without `force`) an existing file."""
+    path = Path(path)
+    if str(path) in ("", "."):
+        raise UserError("an output path must not be empty")
+    if "\0" in str(path):
+        raise UserError(f"cannot write {str(path)!r}: a path cannot hold a NUL character")
+    if path.is_symlink():
+        raise UserError(f"{path} is a symbolic link; autoconf does not write through links (remove it or {hint})")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a file path")
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists; pass --force to overwrite it or {hint}")
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_with(path: str | os.PathLike, fill: Callable[[IO[bytes]], None], force: bool = False,
+               mode: int = 0o666) -> Path:
+    """Creates `path` atomically from what `fill(f)` writes to a binary file object (see the module docstring)."""
+    path = check_new(path, force)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode & ~_umask())
+        if force:
+            check_new(path, force=True)
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails with EEXIST if anything (file or link) appeared at `path`
+            except OSError as err:
+                if err.errno == errno.EEXIST:
+                    raise UserError(f"{path} already exists; pass --force to overwrite it or choose another "
+                                    f"path") from None
+                if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                    raise
+                check_new(path)  # a file system without hard links: check, then rename
+                os.replace(tmp, path)
+            else:
+                os.unlink(tmp)
+        tmp = None
+        _fsync_dir(path.parent)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return path
+
+
+def write_file(path: str | os.PathLike, data: str | bytes, force: bool = False, mode: int = 0o666) -> Path:
+    """Writes text (UTF-8) or bytes to `path` atomically; refuses links, and existing files unless `force`."""
+    blob = data.encode() if isinstance(data, str) else data
+    return write_with(path, lambda f: f.write(blob), force=force, mode=mode)
+
+
+def open_append(path: str | os.PathLike) -> IO[str]:
+    """Opens `path` for appending text (created if missing), refusing to follow a symbolic link."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UserError(f"{path} is a symbolic link; autoconf does not write through links") from None
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+    return os.fdopen(fd, "a")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,233 @@
+"""Field-by-field checks of a cluster profile document, each with its physical range.
+
+`profile_problems(data)` returns every problem found in a profile JSON object, each naming the field by its path
+(`compute.entries[3].forward_s must be a finite number >= 0, got nan`); `ClusterProfile.from_dict` refuses a
+document with any. A measured time that is NaN, negative or absurd would silently predict a different step time
+still labelled measured, so every number is checked, not just the top level. Pure Python.
+"""
+
+from __future__ import annotations
+
+import math
+
+from autoconf.spec.model import is_printable_name
+
+MAX_NODES = 1_000_000
+MAX_GPUS_PER_NODE = 4096
+MAX_BYTES = 1e18  # memory, per device
+MAX_RATE = 1e21  # FLOP/s or bytes/s
+MAX_SECONDS = 3600.0  # a latency, a measured pass, an overhead
+MAX_EFFICIENCY = 4.0  # a fraction of a peak; calibration may divide by a factor < 1, so a little above 1 is fine
+MAX_SCALE = 100.0
+BLOCKS = ("attention", "mlp", "norm", "embedding", "head")
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def bad(self, where: str, what: str, value) -> None:
+        self.problems.append(f"{where} must be {what}, got {_short(value)}")
+
+    def number(self, value, where: str, lo: float, hi: float, lo_open: bool = False) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+                value < lo or value > hi or (lo_open and value == lo):
+            self.bad(where, f"a finite number {'>' if lo_open else '>='} {lo:g} and <= {hi:g}", value)
+            return False
+        return True
+
+    def integer(self, value, where: str, lo: int, hi: int) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            self.bad(where, f"an integer in {lo}..{hi}", value)
+            return False
+        return True
+
+    def kind(self, value, kind: type, where: str) -> bool:
+        if not isinstance(value, kind):
+            self.bad(where, "a JSON object" if kind is dict else "a JSON array" if kind is list else
+                     f"a {kind.__name__}", value)
+            return False
+        return True
+
+    def name(self, value, where: str) -> None:
+        if not is_printable_name(value):
+            self.bad(where, "printable text (1-200 characters, no newline or other control character)", value)
+
+    def text(self, value, where: str) -> None:
+        if not isinstance(value, str):
+            self.bad(where, "a string", value)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def profile_problems(data: dict) -> list[str]:
+    """Every problem of a cluster profile document (already known to be a dict of kind "cluster", version 1)."""
+    c = _Checker()
+    c.name(data.get("name"), "name")
+    c.integer(data.get("nodes"), "nodes", 1, MAX_NODES)
+    c.integer(data.get("gpus_per_node"), "gpus_per_node", 1, MAX_GPUS_PER_NODE)
+    for key in ("description", "source"):
+        if key in data:
+            c.text(data[key], key)
+    if data.get("backend", "nccl") not in ("nccl", "gloo"):
+        c.bad("backend", '"nccl" or "gloo"', data.get("backend"))
+    _device(c, data.get("device"))
+    for key in ("intra_node", "inter_node"):
+        _link(c, data.get(key), key)
+    for key, size_key in (("intra_node_matrix", "gpus_per_node"), ("inter_node_matrix", "nodes")):
+        _matrix(c, data.get(key), key, data.get(size_key))
+    _efficiency(c, data.get("efficiency"))
+    _collectives(c, data.get("collectives"))
+    _compute(c, data.get("compute"))
+    hosts = data.get("hostnames")
+    if hosts is not None and c.kind(hosts, list, "hostnames"):
+        for i, host in enumerate(hosts):
+            c.name(host, f"hostnames[{i}]")
+    return c.problems
+
+
+def _device(c: _Checker, dev) -> None:
+    if not c.kind(dev, dict, "device"):
+        return
+    c.name(dev.get("name"), "device.name")
+    if dev.get("kind") not in ("gpu", "cpu"):
+        c.bad("device.kind", '"gpu" or "cpu"', dev.get("kind"))
+    c.number(dev.get("memory_bytes"), "device.memory_bytes", 0, MAX_BYTES, lo_open=True)
+    c.number(dev.get("memory_bandwidth_Bps"), "device.memory_bandwidth_Bps", 0, MAX_RATE, lo_open=True)
+    overhead = dev.get("memory_overhead_bytes", 0.0)
+    if c.number(overhead, "device.memory_overhead_bytes", 0, MAX_BYTES):
+        memory = dev.get("memory_bytes")
+        if isinstance(memory, (int, float)) and not isinstance(memory, bool) and overhead >= memory:
+            c.bad("device.memory_overhead_bytes", f"less than device.memory_bytes ({memory:g})", overhead)
+    peaks = dev.get("peak_flops")
+    if c.kind(peaks, dict, "device.peak_flops"):
+        if not peaks:
+            c.bad("device.peak_flops", "a non-empty object of dtype -> FLOP/s", peaks)
+        for dtype, value in peaks.items():
+            c.number(value, f"device.peak_flops.{dtype}", 0, MAX_RATE, lo_open=True)
+
+
+def _link(c: _Checker, link, where: str) -> None:
+    if not c.kind(link, dict, where):
+        return
+    c.number(link.get("latency_s"), f"{where}.latency_s", 0, MAX_SECONDS)
+    c.number(link.get("bandwidth_Bps"), f"{where}.bandwidth_Bps", 0, MAX_RATE, lo_open=True)
+
+
+def _matrix(c: _Checker, rows, where: str, size) -> None:
+    if rows is None or not c.kind(rows, list, where):
+        return
+    if isinstance(size, int) and len(rows) != size:
+        c.bad(where, f"{size} rows (one per device or node)", f"{len(rows)} rows")
+        return
+    for i, row in enumerate(rows):
+        if not c.kind(row, list, f"{where}[{i}]"):
+            return
+        if len(row) != len(rows):
+            c.bad(f"{where}[{i}]", f"{len(rows)} links", f"{len(row)} links")
+            return
+        for j, cell in enumerate(row):
+            _link(c, cell, f"{where}[{i}][{j}]")
+            if len(c.problems) > 20:
+                return
+
+
+def _efficiency(c: _Checker, eff) -> None:
+    if not c.kind(eff, dict, "efficiency"):
+        return
+    for key, entry in eff.items():
+        where = f"efficiency.{key}"
+        if not c.kind(entry, dict, where):
+            continue
+        if "why" in entry:
+            c.text(entry["why"], f"{where}.why")
+        value = entry.get("value")
+        if key.endswith("_s"):
+            c.number(value, f"{where}.value (seconds)", 0, MAX_SECONDS)
+        elif key.startswith("cpu_share"):
+            c.number(value, f"{where}.value (a share of a core)", 0, 1, lo_open=True)
+        elif key.endswith("_scale"):
+            c.number(value, f"{where}.value (a scale)", 0, MAX_SCALE, lo_open=True)
+        else:
+            c.number(value, f"{where}.value (a fraction of a peak)", 0, MAX_EFFICIENCY, lo_open=True)
+
+
+def _collectives(c: _Checker, coll) -> None:
+    if coll is None or not c.kind(coll, dict, "collectives"):
+        return
+    for op, scopes in coll.items():
+        if not c.kind(scopes, dict, f"collectives.{op}"):
+            continue
+        for scope, points in scopes.items():
+            where = f"collectives.{op}.{scope}"
+            if not c.kind(points, list, where):
+                continue
+            for i, point in enumerate(points):
+                if c.kind(point, dict, f"{where}[{i}]"):
+                    c.integer(point.get("ranks"), f"{where}[{i}].ranks", 1, MAX_NODES * MAX_GPUS_PER_NODE)
+                    c.number(point.get("bytes"), f"{where}[{i}].bytes", 0, MAX_BYTES, lo_open=True)
+                    c.number(point.get("time_s"), f"{where}[{i}].time_s", 0, MAX_SECONDS, lo_open=True)
+
+
+def _shape(c: _Checker, entry: dict, where: str) -> None:
+    c.integer(entry.get("tp", 1), f"{where}.tp", 1, MAX_GPUS_PER_NODE * 64)
+    c.integer(entry.get("micro_batch"), f"{where}.micro_batch", 1, 1 << 30)
+    c.integer(entry.get("seq_len"), f"{where}.seq_len", 1, 1 << 30)
+
+
+def _compute(c: _Checker, table) -> None:
+    if table is None or not c.kind(table, dict, "compute"):
+        return
+    for key in ("dtype", "device"):
+        if key in table:
+            c.text(table[key], f"compute.{key}")
+    if "model" in table and table["model"] is not None:
+        c.kind(table["model"], dict, "compute.model")
+    for key in ("optimizer_s_per_param", "optimizer_dtensor_s_per_param"):
+        if table.get(key) is not None:
+            c.number(table[key], f"compute.{key}", 0, 1.0)
+    entries = table.get("entries", [])
+    if entries is not None and c.kind(entries, list, "compute.entries"):
+        blocks_by_tp: dict = {}
+        for i, entry in enumerate(entries):
+            where = f"compute.entries[{i}]"
+            if not c.kind(entry, dict, where):
+                continue
+            if entry.get("block") not in BLOCKS:
+                c.bad(f"{where}.block", f"one of {', '.join(BLOCKS)}", entry.get("block"))
+            _shape(c, entry, where)
+            for key in ("forward_s", "backward_input_s", "backward_weight_s"):
+                c.number(entry.get(key), f"{where}.{key}", 0, MAX_SECONDS)
+            for key in ("p10_forward_s", "p90_forward_s"):
+                if entry.get(key) is not None:
+                    c.number(entry[key], f"{where}.{key}", 0, MAX_SECONDS)
+            if isinstance(entry.get("tp", 1), int) and entry.get("block") in BLOCKS:
+                blocks_by_tp.setdefault(entry.get("tp", 1), set()).add(entry.get("block"))
+            if len(c.problems) > 20:
+                return
+        for tp, blocks in blocks_by_tp.items():
+            missing = [b for b in BLOCKS if b not in blocks]
+            if missing:
+                c.bad(f"compute.entries at tp {_short(tp)}", f"timed for every block ({', '.join(BLOCKS)})",
+                      f"none for {', '.join(missing)}")
+    scales = table.get("chain_scales")
+    if scales is not None and c.kind(scales, list, "compute.chain_scales"):
+        for i, row in enumerate(scales):
+            where = f"compute.chain_scales[{i}]"
+            if c.kind(row, dict, where):
+                _shape(c, row, where)
+                for key in ("layer_scale", "ends_scale"):
+                    c.number(row.get(key), f"{where}.{key}", 0, MAX_SCALE, lo_open=True)
+    layers = table.get("tp_layers")
+    if layers is not None and c.kind(layers, list, "compute.tp_layers"):
+        for i, row in enumerate(layers):
+            where = f"compute.tp_layers[{i}]"
+            if c.kind(row, dict, where):
+                _shape(c, row, where)
+                if not isinstance(row.get("sequence_parallel", False), bool):
+                    c.bad(f"{where}.sequence_parallel", "true or false", row.get("sequence_parallel"))
+                for key in ("forward_s", "backward_s"):
+                    c.number(row.get(key), f"{where}.{key}", 0, MAX_SECONDS)

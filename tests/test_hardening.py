@@ -1,0 +1,463 @@
+"""Issue 18: hostile and careless input. Each test states a property that failed at 74f1489.
+
+Names cannot break out of generated scripts; outputs are never written through links; profiles are checked field by
+field; bad CLI input is one `autoconf: error:` line; corrupt checkpoints are skipped for the newest intact one; a
+stopped launcher leaves no training behind; two runs cannot share outputs; the rendezvous store listens on loopback.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from autoconf.errors import UserError
+from autoconf.spec.cluster import PROFILES_DIR, ClusterProfile
+from autoconf.spec.plan import Plan
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_bad_input import assert_one_clear_error, run_cli, tiny_plan_dict  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+INJECTED = "touch INJECTED"
+
+
+# ---- 1. names cannot inject commands ------------------------------------------------------------------------------
+def _hostile_plan() -> dict:
+    plan = tiny_plan_dict()
+    plan["model"]["name"] = f"m\n{INJECTED}\n"
+    plan["cluster"]["name"] = f"c\r\n{INJECTED}\u2028x"
+    return plan
+
+
+@pytest.mark.parametrize("where", ["model", "cluster"])
+def test_plan_with_a_newline_in_a_name_is_refused(tmp_path, where):
+    plan = tiny_plan_dict()
+    plan[where]["name"] = f"x\n{INJECTED}"
+    (tmp_path / "p.json").write_text(json.dumps(plan))
+    assert_one_clear_error(run_cli(["show", tmp_path / "p.json", "--out", tmp_path / "o"]), "name")
+    assert_one_clear_error(run_cli(["launch", tmp_path / "p.json", "--dry-run"]), "name")
+
+
+def test_hf_config_in_a_folder_with_a_newline_is_refused(tmp_path):
+    folder = tmp_path / f"evil\n{INJECTED}"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+        "intermediate_size": 128, "vocab_size": 100}))
+    assert_one_clear_error(run_cli(["estimate", "--model", folder / "config.json", "--cluster", "cpu-local", "--tp",
+                                    "1", "--pp", "1", "--dp", "4", "--micro-batch", "1", "--global-batch", "4",
+                                    "--seq-len", "32"]), "newline")
+
+
+def test_cluster_profile_with_a_control_character_in_its_name_is_refused():
+    doc = json.loads((PROFILES_DIR / "cpu-local.json").read_text())
+    with pytest.raises(UserError, match="name"):
+        ClusterProfile.from_dict({**doc, "name": f"x\n{INJECTED}"})
+
+
+def test_generated_scripts_run_no_injected_command(tmp_path):
+    """Even for a plan object built in code (no loader to refuse its names), every generated script, run by a stub
+    shell with `torchrun`, `autoconf`, `srun` and `scontrol` stubbed out, creates no INJECTED file."""
+    from autoconf.report.exporters import export_texts
+
+    plan = Plan.from_dict(tiny_plan_dict())
+    hostile = _hostile_plan()
+    plan.model = copy.copy(plan.model)
+    object.__setattr__(plan.model, "name", hostile["model"]["name"])
+    plan.cluster = hostile["cluster"]
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for tool in ("torchrun", "autoconf", "srun", "scontrol"):
+        (stubs / tool).write_text("#!/bin/sh\nexit 0\n")
+        (stubs / tool).chmod(0o755)
+    texts = export_texts(plan, tmp_path / "plan.json")
+    for name, text in texts.items():
+        for line in text.splitlines():
+            assert INJECTED not in line or line.lstrip().startswith("#"), (name, line)
+        if name.endswith((".sh", ".sbatch")):
+            script = tmp_path / name
+            script.write_text(text)
+            env = dict(os.environ, PATH=f"{stubs}:{os.environ['PATH']}", MASTER_ADDR="127.0.0.1",
+                       SLURM_JOB_NODELIST="n1", SLURM_NODEID="0")
+            subprocess.run(["bash", str(script), "0"], cwd=tmp_path, env=env, capture_output=True, timeout=30)
+            assert not (tmp_path / "INJECTED").exists(), (name, text)
+    sbatch = texts["slurm.sbatch"]
+    assert all("\n" not in line and line.count("#SBATCH") == 1 for line in sbatch.splitlines() if "#SBATCH" in line)
+    assert "--job-name=autoconf-m_touch_INJECTED_\n" in sbatch
+
+
+# ---- 4. writes never follow links; one writer --------------------------------------------------------------------
+def test_writer_refuses_links_and_leaves_no_temporary(tmp_path):
+    from autoconf.files import write_file
+
+    target = tmp_path / "precious.txt"
+    target.write_text("mine")
+    link = tmp_path / "out.json"
+    link.symlink_to(target)
+    for force in (False, True):
+        with pytest.raises(UserError, match="symbolic link"):
+            write_file(link, "overwritten", force=force)
+    assert target.read_text() == "mine"
+    with pytest.raises(UserError, match="already exists"):
+        write_file(target, "x")
+    with pytest.raises(UserError, match="cannot write"):
+        write_file(tmp_path / "missing" / "\0bad" / "x", "x")
+
+    def fail(f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    from autoconf.files import write_with
+
+    with pytest.raises(UserError, match="No space"):
+        write_with(tmp_path / "new.json", fail)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "precious.txt"]
+
+
+def test_plan_out_through_links_leaves_targets_untouched(tmp_path):
+    """A link at the old fixed temporary name, at --out, at a picture of --explain: the targets are not touched."""
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    (tmp_path / ".plan.json.tmp").symlink_to(victim)
+    args = ["plan", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8", "--seq-len", "64",
+            "--fix", "pp=2", "--fix", "tp=1", "--top", "1"]
+    assert run_cli([*args, "--out", tmp_path / "plan.json"]).exit_code == 0
+    assert victim.read_text() == "mine" and (tmp_path / "plan.json").is_file()
+    (tmp_path / "link.json").symlink_to(victim)
+    assert_one_clear_error(run_cli([*args, "--out", tmp_path / "link.json", "--force"]), "symbolic link")
+    ex = tmp_path / "ex"
+    ex.mkdir()
+    (ex / "timeline.png").symlink_to(victim)
+    assert_one_clear_error(run_cli([*args, "--explain", ex, "--force"]), "symbolic link")
+    assert_one_clear_error(run_cli(["show", tmp_path / "plan.json", "--out", ex, "--force"]), "symbolic link")
+    (tmp_path / "m.jsonl").symlink_to(victim)
+    assert_one_clear_error(run_cli(["launch", tmp_path / "plan.json", "--dry-run", "--metrics", tmp_path / "m.jsonl",
+                                    "--force"]), "symbolic link")
+    assert victim.read_text() == "mine"
+
+
+def test_one_atomic_writer_in_the_package():
+    """No module but autoconf/files.py renames temporaries into place."""
+    offenders = []
+    for path in (REPO / "autoconf").rglob("*.py"):
+        text = path.read_text()
+        if path.name != "files.py" and any(s in text for s in (".tmp\")", "tmp.replace(", ".tmp{", "mkstemp",
+                                                              "NamedTemporaryFile(mode=\"w")):
+            offenders.append(str(path))
+    assert offenders == []
+
+
+# ---- 7. profiles below the top level -----------------------------------------------------------------------------
+_CPU = json.loads((PROFILES_DIR / "cpu-local.json").read_text())
+_H100 = json.loads((PROFILES_DIR / "h100-gpt3-1.3b.json").read_text())
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda d: d.update(compute="garbage"), "compute"),
+    (lambda d: d["compute"]["entries"].__setitem__(0, [1, 2]), "compute.entries[0]"),
+    (lambda d: d["compute"]["chain_scales"][0].pop("seq_len"), "compute.chain_scales[0].seq_len"),
+    (lambda d: d["compute"]["entries"][0].update(forward_s=float("nan")), "compute.entries[0].forward_s"),
+    (lambda d: d["compute"]["entries"][0].update(forward_s=-1.0), "compute.entries[0].forward_s"),
+    (lambda d: d.update(gpus_per_node=2.9), "gpus_per_node"),
+    (lambda d: d.update(nodes="1"), "nodes"),
+    (lambda d: d["efficiency"]["matmul"].update(value=1e6), "efficiency.matmul"),
+    (lambda d: d["device"].update(peak_flops={"bf16": "fast"}), "device.peak_flops.bf16"),
+    (lambda d: d["intra_node"].update(latency_s="1"), "intra_node.latency_s"),
+])
+def test_profile_fields_are_checked_with_their_range(tmp_path, edit, field):
+    doc = copy.deepcopy(_H100)
+    edit(doc)
+    with pytest.raises(UserError) as err:
+        ClusterProfile.from_dict(doc, "p.json")
+    assert field in str(err.value) and "\n" not in str(err.value)
+    (tmp_path / "p.json").write_text(json.dumps(doc))
+    assert_one_clear_error(run_cli(["estimate", "--model", "gpt3-1.3b", "--cluster", tmp_path / "p.json", "--tp",
+                                    "1", "--pp", "1", "--dp", "1", "--micro-batch", "1", "--global-batch", "1"]),
+                           field)
+
+
+def _paths(doc, prefix=()):
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield prefix + (k,)
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc[:3]):
+            yield prefix + (i,)
+            yield from _paths(v, prefix + (i,))
+
+
+_DEEP = [p for p in _paths(_H100) if len(p) >= 2]
+_bad_value = st.one_of(st.none(), st.booleans(), st.text(max_size=5), st.floats(allow_nan=True, allow_infinity=True),
+                       st.integers(-10, 10), st.sampled_from([-1e30, 1e30, [], {}, [1], {"x": 1}]))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(st.sampled_from(_DEEP), _bad_value)
+def test_fuzz_profile_fields_below_the_top_level(path, value):
+    """A value anywhere below the top level replaced by junk: the profile either loads, and then every number the
+    cost model reads is finite, or is refused with a UserError; never another exception."""
+    doc = copy.deepcopy(_H100)
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    try:
+        profile = ClusterProfile.from_dict(doc)
+    except UserError:
+        return
+    from autoconf.cost.estimate import estimate
+    from autoconf.spec.plan import ParallelConfig
+    from autoconf.spec.presets import PRESETS
+
+    config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=1, global_batch_size=2, seq_len=512, dtype="bf16")
+    try:
+        pred = estimate(PRESETS["gpt3-1.3b"], profile, config).prediction
+    except UserError:
+        return
+    assert math.isfinite(pred["iteration_time_s"]) and pred["iteration_time_s"] > 0
+
+
+# ---- 8, 9, 12. one line for bad input ----------------------------------------------------------------------------
+@pytest.mark.parametrize("edit", [
+    lambda p: p.update(iteration_time_s=float("nan")),
+    lambda p: p.update(iteration_time_s="fast"),
+    lambda p: p.update(memory_per_stage=[1, 2]),
+    lambda p: p.update(memory_per_stage={"a": 1}),
+    lambda p: p.update(time_breakdown=[1]),
+    lambda p: p.update(fits="yes"),
+])
+def test_show_with_a_malformed_prediction(tmp_path, edit):
+    plan = tiny_plan_dict()
+    edit(plan["prediction"])
+    (tmp_path / "p.json").write_text(json.dumps(plan))
+    assert_one_clear_error(run_cli(["show", tmp_path / "p.json", "--out", tmp_path / "o"]), "prediction")
+
+
+ESTIMATE = ["estimate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--tp", "1", "--pp", "2", "--dp", "2",
+            "--micro-batch", "1", "--seq-len", "64"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    ([*ESTIMATE, "--global-batch", str(10 ** 30)], "--global-batch"),
+    ([*ESTIMATE, "--global-batch", str(2 ** 22)], "micro-batches"),
+    (["plan", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", str(10 ** 18)], "--global-batch"),
+    ([*ESTIMATE, "--global-batch", "8", "--tp", "x"], "--tp"),
+    ([*ESTIMATE, "--global-batch", "8", "--out", ""], "--out"),
+    (["plan", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8", "--out", ""], "--out"),
+    (["launch", "PLAN", "--dry-run", "--nnodes", "0"], "--nnodes"),
+    (["launch", "PLAN", "--dry-run", "--master-port", "99999"], "--master-port"),
+    (["models", "--no-such-flag"], "no-such-flag"),
+])
+def test_bad_values_are_one_line_and_quick(tmp_path, args, needle):
+    (tmp_path / "plan.json").write_text(json.dumps(tiny_plan_dict()))
+    args = [str(tmp_path / "plan.json") if a == "PLAN" else a for a in args]
+    t0 = time.perf_counter()
+    result = run_cli(args)
+    assert time.perf_counter() - t0 < 20
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("autoconf: error:"), result.output
+    assert needle in lines[0], lines[0]
+
+
+def test_hf_zero_kv_heads_and_boolean_partition_are_refused(tmp_path):
+    from autoconf.spec.presets import load_model
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({
+        "model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+        "num_key_value_heads": 0, "intermediate_size": 128, "vocab_size": 100}))
+    with pytest.raises(UserError, match="num_kv_heads"):
+        load_model(str(tmp_path / "m" / "config.json"))
+    plan = tiny_plan_dict()
+    plan["partition"][0][0] = False
+    with pytest.raises(UserError, match="partition"):
+        Plan.from_dict(plan)
+
+
+# ---- 10. the data file is checked by the launcher ----------------------------------------------------------------
+@pytest.mark.parametrize("make,needle", [
+    (lambda p: p.write_bytes(b""), "empty"),
+    (lambda p: p.write_bytes(b"\x01\x00\x02"), "multiple"),
+    (lambda p: p.write_bytes(b"\x01\x00" * 4), "fewer than"),
+    (lambda p: p.write_bytes(b"\xff\xff" * 200), "vocabulary"),
+    (lambda p: p.mkdir(), "directory"),
+])
+def test_launch_checks_the_data_file_before_starting(tmp_path, make, needle):
+    (tmp_path / "plan.json").write_text(json.dumps(tiny_plan_dict()))
+    data = tmp_path / "tokens.bin"
+    make(data)
+    assert_one_clear_error(run_cli(["launch", tmp_path / "plan.json", "--dry-run", "--data", data]), needle)
+
+
+def test_launch_calls_dev_zero_not_a_regular_file(tmp_path):
+    (tmp_path / "plan.json").write_text(json.dumps(tiny_plan_dict()))
+    assert_one_clear_error(run_cli(["launch", tmp_path / "plan.json", "--dry-run", "--data", "/dev/zero"]),
+                           "not a regular file")
+
+
+# ---- 3. corrupt checkpoints ----------------------------------------------------------------------------------------
+def _ckpt_plan():
+    from plan_helpers import even_plan
+
+    from autoconf.spec.model import ModelSpec
+
+    spec = ModelSpec(name="ck-gpt", arch="gpt", num_layers=2, hidden_size=32, num_heads=2, num_kv_heads=2,
+                     ffn_hidden_size=64, vocab_size=64, max_seq_len=16)
+    return even_plan(spec, global_batch=2, seq=16)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+CORRUPTIONS = {
+    "truncated shard": lambda d: _truncate(next(d.glob("*.distcp"))),
+    "truncated metadata": lambda d: _truncate(d / ".metadata"),
+    "zeroed shard": lambda d: next(d.glob("*.distcp")).write_bytes(bytes(next(d.glob("*.distcp")).stat().st_size)),
+    "deleted shard": lambda d: next(d.glob("*.distcp")).unlink(),
+    "truncated rng": lambda d: _truncate(d / "rng" / "rank-00000.pt"),
+}
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_intact_one(tmp_path, capfd):
+    """For each corruption of the newest (complete) checkpoint: the resume says it skips it, resumes from the older
+    one, and the re-run step's loss equals the uninterrupted run's."""
+    import shutil
+
+    import torch.distributed as dist
+
+    from autoconf.execute.train import TrainOptions, train
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        plan = _ckpt_plan()
+        clean = tmp_path / "clean"
+        ref = train(plan, TrainOptions(steps=2, checkpoint_dir=str(clean), checkpoint_every=1, quiet=True))
+        for name, corrupt in CORRUPTIONS.items():
+            root = tmp_path / name.replace(" ", "-")
+            shutil.copytree(clean, root)
+            corrupt(root / "step-00000002")
+            capfd.readouterr()
+            out = train(plan, TrainOptions(steps=3, checkpoint_dir=str(root)))
+            text = capfd.readouterr().out
+            assert f"skipping corrupt checkpoint {root / 'step-00000002'}" in text, (name, text)
+            assert f"resumed from {root / 'step-00000001'} at step 1" in text, (name, text)
+            assert out[0]["step"] == 2 and abs(out[0]["loss"] - ref[1]["loss"]) <= 1e-6 * abs(ref[1]["loss"]), name
+    finally:
+        dist.destroy_process_group()
+
+
+# ---- 2, 5, 6. the launcher: signals, locks, bind address ---------------------------------------------------------
+def _long_plan(tmp_path) -> Path:
+    plan = _ckpt_plan()
+    from plan_helpers import even_plan
+
+    plan = even_plan(plan.model, dp=2, global_batch=2, seq=16)
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    return path
+
+
+def _start_launch(tmp_path, plan: Path, *extra: str, steps: int = 100000) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    return subprocess.Popen([sys.executable, "-m", "autoconf", "launch", str(plan), "--steps", str(steps),
+                             *extra], cwd=tmp_path, env=env, stdout=open(tmp_path / "launch.log", "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _descendants(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        p, pp = map(int, line.split())
+        children.setdefault(pp, []).append(p)
+    found, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.add(c)
+            todo.append(c)
+    return found
+
+
+def _training_processes(marker: str) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-ww", "-o", "pid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if marker in line and "ps -e" not in line]
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_stopping_the_launcher_ends_torchrun_and_the_workers(tmp_path, sig):
+    """A signal to the launcher's PID alone (not its group): within seconds no process of the run is left,
+    and no worker of it keeps writing metrics."""
+    plan = _long_plan(tmp_path)
+    metrics = tmp_path / "m.jsonl"
+    proc = _start_launch(tmp_path, plan, "--metrics", str(metrics))
+    try:
+        assert _wait_for(lambda: metrics.exists() and metrics.stat().st_size > 0, 300), \
+            (tmp_path / "launch.log").read_text()[-3000:]
+        marker = str(plan)
+        assert len(_training_processes(marker)) >= 3  # launcher, torchrun, 2 workers
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=60)
+        assert _wait_for(lambda: not [p for p in _training_processes(marker) if p != proc.pid], 30), \
+            subprocess.run(["ps", "-ef"], capture_output=True, text=True).stdout
+        size = metrics.stat().st_size
+        time.sleep(1.5)
+        assert metrics.stat().st_size == size
+    finally:
+        for pid in _training_processes(str(plan)):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_second_run_into_the_same_outputs_is_refused_and_store_binds_loopback(tmp_path):
+    plan = _long_plan(tmp_path)
+    ckpt = tmp_path / "ck"
+    first = _start_launch(tmp_path, plan, "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1000")
+    try:
+        assert _wait_for(lambda: (ckpt / ".autoconf-run.lock").exists() and len(_descendants(first.pid)) >= 3, 300)
+        time.sleep(5)  # the agent's stores are up once the workers run
+        second = subprocess.run([sys.executable, "-m", "autoconf", "launch", str(plan), "--steps", "1",
+                                 "--checkpoint-dir", str(ckpt)], cwd=tmp_path, capture_output=True, text=True,
+                                env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+        assert second.returncode == 2 and "in use by another run" in second.stderr and str(first.pid) in second.stderr
+        # every listening socket of the run's processes is on 127.0.0.1
+        pids = _descendants(first.pid) | {first.pid}
+        listen = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+        ours = [line for line in listen.splitlines() if any(f"pid={p}," in line for p in pids)]
+        assert ours, listen
+        wildcard = [line for line in ours if line.split()[3].startswith(("*:", "0.0.0.0:", "[::]:"))]
+        store = [line for line in wildcard if "python" in line and any(f"pid={p}," in line for p in _agent(pids))]
+        assert store == [], ours
+    finally:
+        os.kill(first.pid, signal.SIGTERM)
+        first.wait(timeout=60)
+
+
+def _agent(pids: set[int]) -> set[int]:
+    """The torchrun agent among the run's processes (the workers' own gloo sockets are not the store)."""
+    out = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "-p", ",".join(map(str, pids))], capture_output=True,
+                         text=True).stdout
+    return {int(line.split()[0]) for line in out.splitlines() if "autoconf.execute.elastic" in line}
