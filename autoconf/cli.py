@@ -20,6 +20,21 @@ from autoconf.spec.schedules import SCHEDULES
 EXIT_USER_ERROR = 2
 
 
+class ScheduleChoice(click.Choice):
+    """The registered schedules when the command runs (click copies a choice list when it is declared)."""
+
+    def __init__(self):
+        super().__init__(SCHEDULES)
+
+    @property
+    def choices(self):
+        return tuple(SCHEDULES)
+
+    @choices.setter
+    def choices(self, value):
+        pass
+
+
 def user_errors(fn):
     """Turns UserError (and unreadable-input errors) into one clear line and exit code 2."""
 
@@ -130,7 +145,7 @@ def models(as_json: bool) -> None:
 @click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
               help="default: the model's context, at most 8192")
 @click.option("--schedule", default="1f1b", show_default=True,
-              type=click.Choice(SCHEDULES))
+              type=ScheduleChoice())
 @click.option("--zero", type=click.IntRange(0, 3), default=0, show_default=True)
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default="none", show_default=True)
 @click.option("--sequence-parallel", is_flag=True)

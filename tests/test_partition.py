@@ -6,8 +6,9 @@ import pytest
 
 from autoconf.solve.partition import (
     PartitionProblem, brute_force_partition, evaluate_partition, greedy_partition, loop_placement,
-    solve_partition, uniform_partition, v_placement,
+    solve_partition, v_placement,
 )
+from autoconf.spec.plan import uniform_partition
 
 
 def _random_problem(rng, num_layers, pp, vpp, v_shape, memory="loose"):

@@ -25,12 +25,12 @@ from autoconf.cost.comm import collective_time, p2p_time
 from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, measured_tp_layer, model_pieces,
                                    rank_optimizer_time)
 from autoconf.cost.memory import stage_memory, stage_params
-from autoconf.spec.schedules import build_schedule, schedule_spec
-from autoconf.cost.simulate import StageCosts, Timeline, simulate
+from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, simulate
 from autoconf.spec.cluster import DTYPE_BYTES, ClusterProfile
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import ParallelConfig, Plan
+from autoconf.spec.plan import ParallelConfig, Plan, uniform_partition
+from autoconf.spec.schedules import build_schedule, schedule_spec
 
 FRAMEWORKS = ("autoconf", "megatron")
 # Share of a block's activations that the weight-gradient pass (W) still needs after I: the inputs of the linear
@@ -75,8 +75,6 @@ def default_mesh(config: ParallelConfig) -> np.ndarray:
 
 
 def default_partition(model: ModelSpec, config: ParallelConfig) -> list[list[int]]:
-    from autoconf.solve.partition import uniform_partition
-
     return uniform_partition(model.num_layers, config.num_stages)
 
 
@@ -394,18 +392,39 @@ def _cluster_summary(cluster: ClusterProfile) -> dict:
 
 
 def _memory(model, cluster, c, partition, schedule, timeline: Timeline, execution: Execution) -> list[dict]:
-    inflight = [timeline.peak_inflight[s] + WEIGHT_GRAD_ACTIVATION_SHARE * timeline.peak_inflight_weight[s]
-                for s in range(schedule.num_stages)]
-    # Stages of one rank do not all peak at once: cap their sum by the rank's own peak (in stage-micro-batches).
-    for rank in range(c.pp):
-        stages = schedule.stages_of_rank(rank)
+    inflight = stage_inflight(schedule.stage_to_rank, timeline.peak_inflight, timeline.peak_inflight_weight,
+                              timeline.peak_inflight_rank)
+    return stage_memory(model, cluster, c, partition, schedule.stage_to_rank, inflight, execution.memory_layout)
+
+
+def stage_inflight(stage_to_rank, peak, peak_weight, peak_rank) -> list[float]:
+    """Micro-batches of activations each virtual stage holds at its rank's peak, from a step's in-flight counts
+    (`Timeline`): those between forward and input-gradient backward, plus the weight-gradient share of those
+    waiting for W; the stages of one rank do not all peak at once, so their sum is capped by the rank's own peak."""
+    inflight = [p + WEIGHT_GRAD_ACTIVATION_SHARE * w for p, w in zip(peak, peak_weight)]
+    for rank, rank_peak in enumerate(peak_rank):
+        stages = [s for s, r in enumerate(stage_to_rank) if r == rank]
         total = sum(inflight[s] for s in stages)
-        cap = timeline.peak_inflight_rank[rank] + WEIGHT_GRAD_ACTIVATION_SHARE * max(
-            timeline.peak_inflight_weight[s] for s in stages)
+        cap = rank_peak + WEIGHT_GRAD_ACTIVATION_SHARE * max(peak_weight[s] for s in stages)
         if total > cap > 0:
             for s in stages:
                 inflight[s] *= cap / total
-    return stage_memory(model, cluster, c, partition, schedule.stage_to_rank, inflight, execution.memory_layout)
+    return inflight
+
+
+@functools.lru_cache(maxsize=4096)
+def schedule_inflight(name: str, pp: int, vpp: int, num_microbatches: int) -> tuple[float, ...]:
+    """`stage_inflight` of a schedule from its order alone (the counts do not depend on costs); above
+    EXTRAPOLATE_ABOVE x pp micro-batches counted at 2p and 3p and extended as `_extrapolated_step` does."""
+    m = num_microbatches
+    if m <= EXTRAPOLATE_ABOVE * pp:
+        schedule = _schedule(name, pp, m, vpp)
+        return tuple(stage_inflight(schedule.stage_to_rank, *order_peaks(schedule)))
+    samples = [order_peaks(_schedule(name, pp, k * pp, vpp)) for k in (2, 3)]
+    caps = (m, m, m * vpp)
+    peaks = [[min(cap, int(round(b + (b - a) * (m - 3 * pp) / pp))) for a, b in zip(xs, ys)]
+             for xs, ys, cap in zip(*samples, caps)]
+    return tuple(stage_inflight(_schedule(name, pp, 2 * pp, vpp).stage_to_rank, *peaks))
 
 
 def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, optimizer: float,

@@ -130,8 +130,9 @@ def stage_params(model: ModelSpec, partition: Sequence[Sequence[int]], stage: in
     return params
 
 
-def _state_bytes_per_param(config: ParallelConfig, layout: str) -> tuple[float, float, float, float]:
-    """(weights, gradients, optimizer, unsharded compute copy) bytes per local parameter after ZeRO division."""
+def state_bytes_per_param(config: ParallelConfig, layout: str) -> tuple[float, float, float, float]:
+    """(weights, gradients, optimizer, unsharded compute copy) bytes per local parameter after ZeRO division; the
+    compute copy is held for every parameter of the rank except under FSDP resharding (see `gather_buffer_bytes`)."""
     dp = config.dp
     z = config.zero_stage if config.zero_sharded else 0
     compute = DTYPE_BYTES[config.dtype]
@@ -145,37 +146,63 @@ def _state_bytes_per_param(config: ParallelConfig, layout: str) -> tuple[float, 
             weights /= dp
         return weights, grads, optim, 0.0
     # torch layout: FSDP2 shards weights, gradients and optimizer states together at every ZeRO stage >= 1 and
-    # holds an unsharded compute copy (for stage 3 only of the blocks in use, which the caller adds).
+    # holds an unsharded compute copy (at stage 3 only of the blocks in use: the gather buffer).
     if z == 0:
         return 4.0, 4.0, 8.0, (compute if compute != 4 else 0.0)
+    if z >= 3:
+        return 4.0 / dp, 4.0 / dp, 8.0 / dp, 0.0
     return 4.0 / dp, 4.0 / dp, 8.0 / dp, compute
 
 
+def gather_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str) -> float:
+    """The unsharded copy FSDP keeps of the blocks in use when it reshards after forward (ZeRO-3 in the torch
+    layout): the current and the prefetched block."""
+    c = config
+    if c.zero_sharded and c.zero_stage >= 3 and layout == "torch":
+        return 2 * model.layer_params() / c.tp * DTYPE_BYTES[c.dtype]
+    return 0.0
+
+
+def p2p_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:
+    """Pipeline send and receive buffers, forward and backward: four activations of one micro-batch."""
+    c = config
+    if c.pp == 1:
+        return 0.0
+    split = c.tp if c.sequence_parallel else 1
+    return 4 * c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype] / split
+
+
+def unit_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
+                          device_kind: str) -> tuple[float, float, float]:
+    """Bytes one micro-batch keeps until its backward in (the embedding, one transformer layer, the head): the
+    embedding's dropout mask, the layer's saved tensors, the head's inputs. The partition units of the solver."""
+    c = config
+    split = c.tp if c.sequence_parallel else 1
+    sbh = c.seq_len * c.micro_batch_size * model.hidden_size
+    embedding = sbh / split if model.dropout > 0 else 0.0
+    return (embedding, layer_activation_bytes(model, c, layout, device_kind), head_input_bytes(model, c, layout))
+
+
 def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig,
-                 partition: Sequence[Sequence[int]], stage_to_rank: Sequence[int], inflight: Sequence[int],
-                 layout: str = "torch") -> list[dict]:
-    """Peak bytes per pipeline rank, as {"params", "grads", "optimizer", "activations", "other", "total"}."""
+                 partition: Sequence[Sequence[int]], stage_to_rank: Sequence[int], inflight: Sequence[float],
+                 layout: str = "torch", ranks: Sequence[int] | None = None) -> list[dict]:
+    """Peak bytes per pipeline rank (of `ranks`, default all), as {"params", "grads", "optimizer", "activations",
+    "other", "total"}; `inflight[s]` is the micro-batches stage s keeps at the rank's peak."""
     assert layout in LAYOUTS, layout
     c = config
-    t, s, b = c.tp, c.seq_len, c.micro_batch_size
-    e = DTYPE_BYTES[c.dtype]
-    sbh = s * b * model.hidden_size
-    layer_act = layer_activation_bytes(model, c, layout, cluster.device.kind)
-    w_b, g_b, o_b, copy_b = _state_bytes_per_param(c, layout)
-    split = t if c.sequence_parallel else 1
+    w_b, g_b, o_b, copy_b = state_bytes_per_param(c, layout)
+    embed_act, layer_act, head_act = unit_activation_bytes(model, c, layout, cluster.device.kind)
+    fixed = (cluster.device.memory_overhead_bytes + gather_buffer_bytes(model, c, layout)
+             + p2p_buffer_bytes(model, c))
     last = len(partition) - 1
-    ranks = []
-    for rank in range(c.pp):
+    out = []
+    for rank in (range(c.pp) if ranks is None else ranks):
         stages = [st for st, r in enumerate(stage_to_rank) if r == rank]
-        local_params = sum(stage_params(model, partition, st) for st in stages) / t
+        local_params = sum(stage_params(model, partition, st) for st in stages) / c.tp
         activations = 0.0
         for st in stages:
             first, end = partition[st]
-            per_mb = (end - first) * layer_act
-            if st == 0 and model.dropout > 0:
-                per_mb += sbh / split  # embedding dropout mask
-            if st == last:
-                per_mb += head_input_bytes(model, c, layout)
+            per_mb = (end - first) * layer_act + (embed_act if st == 0 else 0.0) + (head_act if st == last else 0.0)
             activations += per_mb * inflight[st]
         # Temporaries that exist one at a time: the largest of them counts.
         temporaries = [0.0]
@@ -183,13 +210,6 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
             temporaries.append(logits_temporary_bytes(model, c, layout))
         if c.recompute == "full":
             temporaries.append(layer_activation_bytes(model, c, layout, cluster.device.kind, "none"))
-        gather = 0.0
-        if c.zero_sharded and c.zero_stage >= 3 and layout == "torch":
-            gather = 2 * model.layer_params() / t * DTYPE_BYTES[c.dtype]  # current and prefetched block
-            copy = 0.0
-        else:
-            copy = local_params * copy_b
-        p2p = (4 if c.pp > 1 else 0) * sbh * e / split
         grads = local_params * g_b
         if layout == "torch" and c.num_microbatches == 1:
             # The gradients come into existence during the only backward while the activations go: the peak is at
@@ -198,9 +218,9 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
                 grads = 0.0
             else:
                 activations, temporaries = 0.0, [0.0]
-        other = cluster.device.memory_overhead_bytes + max(temporaries) + gather + p2p + copy
+        other = fixed + max(temporaries) + local_params * copy_b
         entry = {"params": local_params * w_b, "grads": grads, "optimizer": local_params * o_b,
                  "activations": activations, "other": other}
         entry["total"] = sum(entry.values())
-        ranks.append(entry)
-    return ranks
+        out.append(entry)
+    return out

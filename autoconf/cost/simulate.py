@@ -219,14 +219,16 @@ def simulate(
     events = [
         list(zip(schedule.actions[r], starts[r], ends[r])) for r in range(R)
     ]
-    peak, peak_w, peak_rank = _peaks(compiled, S)
+    peak, peak_w, peak_rank = order_peaks(schedule)
     total = sum(busy)
     bubble = 1.0 - total / (R * makespan) if makespan > 0 else 0.0
     return Timeline(events, comm_events, makespan, busy, bubble, peak, peak_w, peak_rank)
 
 
-def _peaks(compiled, S: int) -> tuple[list[int], list[int], list[int]]:
-    """Order-only memory counts: a rank's actions run one at a time, so its counts follow its list."""
+def order_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int]]:
+    """(peak_inflight, peak_inflight_weight, peak_inflight_rank) as `Timeline` defines them, from the order alone: a
+    rank's actions run one at a time, so its counts follow its list whatever the costs."""
+    compiled, S = schedule.compiled, schedule.num_stages
     live = [0] * S
     wait_w = [0] * S
     peak = [0] * S

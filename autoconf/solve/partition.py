@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 from ortools.sat.python import cp_model
 
+from autoconf.spec.plan import uniform_partition
+
 TIME_QUANTA = 1 << 20  # total chain time is split into this many integer time steps
 MEMORY_QUANTUM_BYTES = 1024  # KiB
 WEIGHT_SCALE = 1000
@@ -118,21 +120,6 @@ def loop_placement(pp: int, vpp: int = 1) -> tuple[int, ...]:
 def v_placement(pp: int) -> tuple[int, ...]:
     """Two stages per rank in a V: rank r holds stages r and 2pp-1-r (ZB-V, DualPipeV)."""
     return tuple(range(pp)) + tuple(reversed(range(pp)))
-
-
-def uniform_partition(num_layers: int, num_stages: int) -> list[list[int]]:
-    """Even split of layers into [first, end) ranges.
-
-    Each stage gets floor(L/S) layers; the remainder r goes one layer each to the r stages in the middle, because
-    the first and last stages already carry the embedding and the head.
-    """
-    if num_layers < num_stages:
-        raise ValueError(f"{num_layers} layers cannot fill {num_stages} stages with at least one layer each")
-    base, extra = divmod(num_layers, num_stages)
-    first_extra = (num_stages - extra) // 2
-    sizes = [base + (first_extra <= s < first_extra + extra) for s in range(num_stages)]
-    bounds = list(itertools.accumulate(sizes, initial=0))
-    return [[bounds[s], bounds[s + 1]] for s in range(num_stages)]
 
 
 @dataclass(frozen=True)

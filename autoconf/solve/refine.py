@@ -10,45 +10,42 @@ from __future__ import annotations
 import numpy as np
 
 from autoconf.cost.compute import model_pieces
-from autoconf.cost.estimate import WEIGHT_GRAD_ACTIVATION_SHARE, Execution, recompute_time, tp_collective
-from autoconf.cost.memory import (_state_bytes_per_param, head_input_bytes, layer_activation_bytes,
-                                  logits_temporary_bytes)
-from autoconf.spec.schedules import build_schedule
-from autoconf.cost.simulate import StageCosts, simulate
+from autoconf.cost.estimate import Execution, recompute_time, schedule_inflight, tp_collective
+from autoconf.cost.memory import (gather_buffer_bytes, logits_temporary_bytes, p2p_buffer_bytes, state_bytes_per_param,
+                                  unit_activation_bytes)
 from autoconf.spec.cluster import DTYPE_BYTES, ClusterProfile
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.schedules import stage_to_rank
 
 
 def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, execution: Execution):
+    """The partition units with the estimate's own costs: time from the same pieces, bytes from cost/memory.py's
+    functions (state bytes per parameter, activations per unit, in-flight counts of the schedule's order, the P2P
+    and FSDP gather buffers taken off the limit). Two rules of the estimate that are not linear in the units are
+    taken on the safe side: the in-flight counts are rounded up, and with one micro-batch per step the gradients
+    are counted beside the activations (the estimate takes the larger)."""
     from autoconf.solve.partition import PartitionProblem
 
+    layout = execution.memory_layout
     pieces = model_pieces(model, cluster, c)
     one = tp_collective(model, cluster, c, list(range(c.tp)))
     layer_time = pieces.block.total + 4 * one + recompute_time(pieces, c, one)
-    e = DTYPE_BYTES[c.dtype]
-    split = c.tp if c.sequence_parallel else 1
-    sbh = c.seq_len * c.micro_batch_size * model.hidden_size
-    w, g, o, copy = _state_bytes_per_param(c, execution.memory_layout)
-    per_param = w + g + o + copy
+    per_param = sum(state_bytes_per_param(c, layout))
     head_params = model.head_params() + (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)
-    logits = logits_temporary_bytes(model, c, execution.memory_layout)
     unit_time = [pieces.embedding.total + one] + [layer_time] * model.num_layers + [pieces.head.total + one]
     unit_static = ([model.embedding_params() / c.tp * per_param]
                    + [model.layer_params() / c.tp * per_param] * model.num_layers
-                   + [head_params / c.tp * per_param + logits])
-    layer_act = layer_activation_bytes(model, c, execution.memory_layout, cluster.device.kind)
-    unit_act = ([sbh / split if model.dropout > 0 else 0.0] + [layer_act] * model.num_layers
-                + [head_input_bytes(model, c, execution.memory_layout)])
-    schedule = build_schedule(c.schedule, c.pp, c.num_microbatches, c.vpp)
-    timeline = simulate(schedule, StageCosts.uniform(schedule.num_stages, 1.0, 1.0, 1.0))
-    inflight = tuple(int(np.ceil(timeline.peak_inflight[s] + WEIGHT_GRAD_ACTIVATION_SHARE
-                                 * timeline.peak_inflight_weight[s])) for s in range(schedule.num_stages))
-    limit = (cluster.device.memory_bytes - cluster.device.memory_overhead_bytes
-             - (4 * sbh * e / split if c.pp > 1 else 0))
+                   + [head_params / c.tp * per_param + logits_temporary_bytes(model, c, layout)])
+    embedding, layer, head = unit_activation_bytes(model, c, layout, cluster.device.kind)
+    unit_act = [embedding] + [layer] * model.num_layers + [head]
+    inflight = tuple(int(np.ceil(n)) for n in schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches))
+    limit = (cluster.device.memory_bytes - cluster.device.memory_overhead_bytes - p2p_buffer_bytes(model, c)
+             - gather_buffer_bytes(model, c, layout))
     return PartitionProblem(unit_time=tuple(unit_time), unit_static_bytes=tuple(unit_static),
-                            unit_activation_bytes=tuple(unit_act), stage_to_rank=tuple(schedule.stage_to_rank),
-                            inflight=inflight, memory_limit_bytes=float(limit), num_microbatches=c.num_microbatches)
+                            unit_activation_bytes=tuple(unit_act),
+                            stage_to_rank=stage_to_rank(c.schedule, c.pp, c.vpp), inflight=inflight,
+                            memory_limit_bytes=float(limit), num_microbatches=c.num_microbatches)
 
 
 def refined_partition(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, execution: Execution,

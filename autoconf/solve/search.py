@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from autoconf.cost.comm import p2p_time
 from autoconf.cost.compute import measured_tp_layer, model_pieces, rank_optimizer_time
 from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mesh, default_partition, dp_collectives,
-                                    estimate, p2p_bytes, recompute_time, tp_collective)
-from autoconf.cost.memory import _state_bytes_per_param, layer_activation_bytes
+                                    estimate, p2p_bytes, recompute_time, schedule_inflight, tp_collective)
+from autoconf.cost.memory import stage_memory
 from autoconf.errors import UserError
 from autoconf.spec.support import unsupported_reason
 from autoconf.solve.space import candidates, normalise_fixed, with_changes
-from autoconf.spec.cluster import DTYPE_BYTES, ClusterProfile
+from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import ParallelConfig, Plan, node_blocks
+from autoconf.spec.plan import ParallelConfig, Plan, node_blocks, uniform_partition
 from autoconf.spec.schedules import schedule_spec, stage_to_rank
 
 @dataclass
@@ -56,6 +56,7 @@ class _BoundCache:
         self._p2p: dict = {}
         self._rank0: dict = {}
         self._hop_count: dict = {}
+        self._layout: dict = {}
 
     def _layer(self, c: ParallelConfig):
         key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len)
@@ -101,8 +102,6 @@ class _BoundCache:
         """Transformer layers the uniform partition gives pipeline rank 0."""
         key = (c.pp, c.vpp, schedule_spec(c.schedule).v_placement)
         if key not in self._rank0:
-            from autoconf.solve.partition import uniform_partition
-
             owner = stage_to_rank(c.schedule, c.pp, c.vpp)
             parts = uniform_partition(self.model.num_layers, c.num_stages)
             self._rank0[key] = sum(end - first for st, (first, end) in enumerate(parts) if owner[st] == 0)
@@ -163,27 +162,19 @@ class _BoundCache:
         chain = model.num_layers * (layer_fwd + layer_bwd) + 2 * S * overhead + 2 * hops * p2p
         time_bound = max(compute_path, comm_stream, chain) + optimizer + cluster.overhead("step_overhead_s")
 
-        w, g, o, copy = _state_bytes_per_param(c, self.execution.memory_layout)
-        act = layer_activation_bytes(model, c, self.execution.memory_layout, cluster.device.kind)
-        if c.zero_sharded and c.zero_stage >= 3 and self.execution.memory_layout == "torch":
-            compute_copy = 2 * model.layer_params() / c.tp * DTYPE_BYTES[c.dtype]
-        else:
-            compute_copy = params_rank0 * copy
-        # In-flight stage-micro-batches times the mean layers of rank 0's stages, less a 30% allowance because the
-        # peak may fall on its smaller stages: a bound, so no layout that fits is pruned.
-        mean_layers = rank0_layers / stages_rank0
-        if self.execution.memory_layout == "torch" and c.num_microbatches == 1:
-            g = 0.0  # the only backward makes the gradients as it frees the activations (see cost/memory.py)
-        memory_bound = (params_rank0 * (w + g + o) + compute_copy
-                        + 0.7 * _inflight_rank0(c) * mean_layers * act + cluster.device.memory_overhead_bytes)
-        return _Bounds(time_bound, memory_bound)
+        return _Bounds(time_bound, self._memory_bound(c))
 
-
-def _inflight_rank0(c: ParallelConfig) -> float:
-    """Stage-micro-batches the first rank keeps at its peak (published values; at least one)."""
-    if c.pp == 1:
-        return 1.0
-    return float(schedule_spec(c.schedule).inflight_first_rank(c.pp, c.num_microbatches, c.vpp))
+    def _memory_bound(self, c: ParallelConfig) -> float:
+        """The estimate's own memory of pipeline rank 0 (cost/memory.stage_memory on the uniform partition, with the
+        in-flight counts the estimate reads off the schedule's order): the estimate's peak is the largest rank's."""
+        key = (c.pp, c.vpp, c.schedule)
+        if key not in self._layout:
+            owner = stage_to_rank(c.schedule, c.pp, c.vpp)
+            self._layout[key] = (uniform_partition(self.model.num_layers, c.num_stages), owner)
+        partition, owner = self._layout[key]
+        inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches)
+        return stage_memory(self.model, self.cluster, c, partition, owner, inflight, self.execution.memory_layout,
+                            ranks=[0])[0]["total"]
 
 
 def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, dtype: str,

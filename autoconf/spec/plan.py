@@ -7,6 +7,7 @@ every violated rule at once, naming each factor, so a user sees all that is wron
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,6 +281,21 @@ def prediction_problems(pred: dict) -> list[str]:
         if not isinstance(terms, dict) or not all(isinstance(k, str) and number(v) for k, v in terms.items()):
             out.append("prediction.time_breakdown must be an object of term name -> seconds >= 0")
     return out
+
+
+def uniform_partition(num_layers: int, num_stages: int) -> list[list[int]]:
+    """Even split of layers into [first, end) ranges.
+
+    Each stage gets floor(L/S) layers; the remainder r goes one layer each to the r stages in the middle, because
+    the first and last stages already carry the embedding and the head.
+    """
+    if num_layers < num_stages:
+        raise ValueError(f"{num_layers} layers cannot fill {num_stages} stages with at least one layer each")
+    base, extra = divmod(num_layers, num_stages)
+    first_extra = (num_stages - extra) // 2
+    sizes = [base + (first_extra <= s < first_extra + extra) for s in range(num_stages)]
+    bounds = list(itertools.accumulate(sizes, initial=0))
+    return [[bounds[s], bounds[s + 1]] for s in range(num_stages)]
 
 
 def node_blocks(devices: list[int], gpus_per_node: int) -> list[int] | None:

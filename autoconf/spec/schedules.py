@@ -2,8 +2,8 @@
 
 Every fact about a schedule lives in its `ScheduleSpec`: the torch class that runs it, how many model chunks a rank
 holds and where they sit (loop or V placement), its micro-batch rules, whether it splits the backward, the order it
-runs (a builder from `schedule_orders.py`), the closed-form terms the search bounds with (textbook bubble, in-flight
-micro-batches on the first rank, whether the pipeline fill and drain transfers are exposed), which ZeRO stages the
+runs (a builder from `schedule_orders.py`), the closed-form terms the search bounds with (textbook bubble, whether
+the pipeline fill and drain transfers are exposed), which ZeRO stages the
 executor runs it with, and what Megatron-LM cannot express of it. The CLI choices, the candidate space, the bounds,
 the simulator, the exporters, the profiler and the executor-support rule all read this registry; `register` adds a
 schedule everywhere at once.
@@ -61,7 +61,6 @@ class ScheduleSpec:
     whole_rounds: m must be a multiple of its rounds max(1, m // pp) (torch's interleaved family).
     bubble(pp, f, b, w): the textbook idle time of one rank, in the seconds of the smallest chunk's forward,
         backward-for-inputs and backward-for-weights (a lower bound of what the simulation finds).
-    inflight_first_rank(pp, m, vpp): stage-micro-batches the first rank keeps at its peak (published values).
     exposed_fill_drain: the first forward and the last backward pay every P2P hop on top of the bubble
         (gpipe, 1f1b); other orders can hide the transfers in idle time.
     fsdp_gather_per_chunk: all micro-batches pass a chunk together, so ZeRO-3 gathers a chunk once per step.
@@ -78,7 +77,6 @@ class ScheduleSpec:
     v_placement: bool
     split_backward: bool
     bubble: Callable[[int, float, float, float], float]
-    inflight_first_rank: Callable[[int, int, int], float]
     exposed_fill_drain: bool = False
     min_microbatches_per_rank: int = 0
     whole_rounds: bool = False
@@ -166,36 +164,35 @@ SCHEDULES: Sequence[str] = _Names()
 
 register(ScheduleSpec(
     "gpipe", "GPipe", orders.gpipe_order, chunks=(1,), min_vpp=1, max_vpp=1, v_placement=False,
-    split_backward=False, bubble=_bubble_full, inflight_first_rank=lambda p, m, v: m * v, exposed_fill_drain=True,
+    split_backward=False, bubble=_bubble_full, exposed_fill_drain=True,
     megatron_note="schedule gpipe cannot be expressed: Megatron-LM always runs 1F1B (same bubble, less memory)"))
 register(ScheduleSpec(
     "1f1b", "1F1B", orders.one_f_one_b_order, chunks=(1,), min_vpp=1, max_vpp=1, v_placement=False,
-    split_backward=False, bubble=_bubble_full, inflight_first_rank=lambda p, m, v: min(p, m),
-    exposed_fill_drain=True, min_microbatches_per_rank=1))
+    split_backward=False, bubble=_bubble_full, exposed_fill_drain=True,
+    min_microbatches_per_rank=1))
 register(ScheduleSpec(
     "interleaved-1f1b", "Interleaved1F1B", orders.interleaved_order, chunks=MANY_CHUNKS, min_vpp=2, max_vpp=None,
-    v_placement=False, split_backward=False, bubble=_bubble_full,
-    inflight_first_rank=lambda p, m, v: min(m * v, v * p + p - 1), whole_rounds=True))
+    v_placement=False, split_backward=False, bubble=_bubble_full, whole_rounds=True))
 register(ScheduleSpec(
     "looped-bfs", "LoopedBFS", orders.looped_bfs_order, chunks=MANY_CHUNKS, min_vpp=1, max_vpp=None,
-    v_placement=False, split_backward=False, bubble=_bubble_full, inflight_first_rank=lambda p, m, v: m * v,
+    v_placement=False, split_backward=False, bubble=_bubble_full,
     fsdp_gather_per_chunk=True,
     megatron_note="schedule looped-bfs cannot be expressed: Megatron-LM runs the interleaved 1F1B schedule"))
 register(ScheduleSpec(
     "zb-h1", "InterleavedZeroBubble", orders.zb_h1_order, chunks=(1,), min_vpp=1, max_vpp=None, v_placement=False,
-    split_backward=True, bubble=_bubble_zb_h1, inflight_first_rank=lambda p, m, v: min(p, m), whole_rounds=True,
+    split_backward=True, bubble=_bubble_zb_h1, whole_rounds=True,
     executor_zero3=False,
     megatron_note="schedule zb-h1 (zero bubble, split backward) is not in Megatron-LM's main schedules; it runs 1F1B "
                   "(or interleaved 1F1B with vpp > 1)"))
 register(ScheduleSpec(
     "zbv", "ZBVZeroBubble", orders.zbv_order, chunks=(2,), min_vpp=2, max_vpp=2, v_placement=True,
-    split_backward=True, bubble=_bubble_v, inflight_first_rank=lambda p, m, v: min(2 * m, 2 * p),
+    split_backward=True, bubble=_bubble_v,
     executor_zero3=False,
     megatron_note="schedule zbv (V-shaped, two chunks per rank) cannot be expressed in Megatron-LM; the closest is "
                   "the interleaved 1F1B schedule below"))
 register(ScheduleSpec(
     "dualpipev", "DualPipeV", orders.dualpipev_order, chunks=(2,), min_vpp=2, max_vpp=2, v_placement=True,
-    split_backward=True, bubble=_bubble_v, inflight_first_rank=lambda p, m, v: min(2 * m, 2 * p + 1),
+    split_backward=True, bubble=_bubble_v,
     min_microbatches_per_rank=2, executor_zero3=False,
     megatron_note="schedule dualpipev (V-shaped, two chunks per rank) cannot be expressed in Megatron-LM; the "
                   "closest is the interleaved 1F1B schedule below"))
