@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autoconf.spec.cluster import DTYPE_BYTES, ClusterProfile
+from autoconf.spec.cluster import ClusterProfile
+from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 

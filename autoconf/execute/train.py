@@ -29,15 +29,13 @@ from autoconf.errors import UserError
 from autoconf.execute import checkpoint as ckpt
 from autoconf.execute import faults
 from autoconf.execute.data import TokenSource, local_rows
+from autoconf.execute.dtypes import TORCH_DTYPES
 from autoconf.execute.mesh import build_mesh, coords_of, logical_grid
 from autoconf.execute.model import init_seed
 from autoconf.execute.parallelize import allreduce_gradients, parallelize_chunk
 from autoconf.execute.support import check_supported
 from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_schedule, loss_fn
 from autoconf.spec.plan import Plan, load_plan
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
 
 @dataclass
 class TrainOptions:
@@ -109,7 +107,7 @@ class Trainer:
         self.coords = coords_of(grid, self.rank)
         self.sizes = {"pp": c.pp, "dp": c.dp, "tp": c.tp}
         self.fsdp = c.zero_sharded
-        low = _DTYPES[c.dtype] if device.type == "cuda" else torch.float32
+        low = TORCH_DTYPES[c.dtype] if device.type == "cuda" else torch.float32
         mp_policy = None
         if self.fsdp and low != torch.float32:
             from torch.distributed.fsdp import MixedPrecisionPolicy

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoconf.errors import UserError
+from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.model import ATTENTION, RECOMPUTE, ModelSpec
 
 PLAN_VERSION = 1
 SCHEDULE_NAMES = ("gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zb-h1", "zbv", "dualpipev")
 MULTI_CHUNK_SCHEDULES = ("interleaved-1f1b", "looped-bfs", "zbv", "dualpipev")
-DTYPES = ("bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
