@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from autoconf.errors import UserError
+from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.plan import MAX_GLOBAL_BATCH, MAX_SEQ_LEN
 from autoconf.spec.schedules import SCHEDULES
 
@@ -149,7 +150,7 @@ def models(as_json: bool) -> None:
 @click.option("--zero", type=click.IntRange(0, 3), default=0, show_default=True)
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default="none", show_default=True)
 @click.option("--sequence-parallel", is_flag=True)
-@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
+@click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="default: bf16 on GPUs, fp32 on CPU")
 @click.option("--attention", type=click.Choice(["flash", "standard"]), default="flash", show_default=True)
 @click.option("--framework", type=click.Choice(["autoconf", "megatron"]), default="autoconf", show_default=True,
@@ -198,7 +199,7 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
               help="default: the model's context, at most 8192")
 @click.option("--fix", "fix", multiple=True, metavar="KEY=VALUE",
               help="pin a config field, e.g. --fix tp=8 --fix schedule=1f1b (repeatable)")
-@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
+@click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="default: bf16 on GPUs, fp32 on CPU")
 @click.option("--attention", type=click.Choice(["flash", "standard"]), default="flash", show_default=True)
 @click.option("--framework", type=click.Choice(["autoconf", "megatron"]), default="autoconf", show_default=True)
@@ -310,7 +311,7 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
 @click.option("--quick", is_flag=True, help="small grid: 2 CPU ranks, a tiny model, under 3 minutes")
 @click.option("--base-profile", default=None, help="bundled profile supplying what is not measured (GPU)")
 @click.option("--memory-per-rank", default=None, help="CPU memory limit per rank, e.g. 4GiB")
-@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None)
+@click.option("--dtype", type=click.Choice(DTYPES), default=None)
 @click.option("--max-tp", type=click.IntRange(min=1), default=None,
               help="time the model's blocks at TP widths up to this (default: the ranks per node), e.g. 8 on one GPU "
                    "of an 8-GPU node")

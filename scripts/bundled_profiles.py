@@ -1,4 +1,4 @@
-"""Writes the specification-based profiles in profiles/ from public data sheets.
+"""Writes the specification-based profiles in autoconf/profiles/ (package data) from public data sheets.
 
 Every number is either a data-sheet value (cited in `description`) or a named efficiency assumption with its reason.
 Run `python scripts/bundled_profiles.py` after changing an assumption; the JSON files are what autoconf reads.
@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 GiB = 1024**3
-OUT = Path(__file__).resolve().parent.parent / "profiles"
+OUT = Path(__file__).resolve().parent.parent / "autoconf" / "profiles"
 
 
 def eff(value, why):

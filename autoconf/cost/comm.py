@@ -11,6 +11,7 @@ gloo (the CPU backend) implements reduce-scatter as an all-reduce followed by a 
 
 from __future__ import annotations
 
+from autoconf.cost.interpolate import EXTRAPOLATE, interpolate
 from autoconf.spec.cluster import ClusterProfile
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter")
@@ -39,14 +40,12 @@ def _ring_time(op: str, nbytes: float, k: int, latency: float, bandwidth: float)
 
 
 def _measured(cluster: ClusterProfile, op: str, scope: str, k: int, nbytes: float) -> float | None:
+    """The profile's measured times of `op` on k ranks in `scope`, interpolated in bytes (extrapolated beyond them,
+    clipped at zero); None with fewer than two measured sizes (the last entry of a size counts)."""
     by_size = {p["bytes"]: p["time_s"] for p in cluster.collectives.get(op, {}).get(scope, []) if p.get("ranks") == k}
-    points = sorted(by_size.items())
-    if len(points) < 2:
+    if len(by_size) < 2:
         return None
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if nbytes <= x1 or (x1, y1) == points[-1]:
-            return max(0.0, y0 + (nbytes - x0) * (y1 - y0) / (x1 - x0))
-    return None
+    return interpolate(list(by_size.items()), nbytes, EXTRAPOLATE)
 
 
 def collective_time(cluster: ClusterProfile, op: str, nbytes: float, devices: list[int]) -> float:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from autoconf.spec.cluster import DTYPE_BYTES, ClusterProfile
+from autoconf.cost.interpolate import CLAMP, EXTRAPOLATE, interpolate, interpolate_many
+from autoconf.spec.cluster import ClusterProfile
+from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 
@@ -189,18 +189,10 @@ def _shape_matches(table: dict, model: ModelSpec, dtype: str) -> bool:
 
 
 def _interpolate(points: list[tuple[float, PassTimes]], x: float) -> PassTimes:
-    """Piecewise-linear in x through the measured points; linear extrapolation through the end points."""
-    points = sorted(points, key=lambda p: p[0])
-    if len(points) == 1:
-        x0, times = points[0]
-        return times.scaled(x / x0)
-    for (x0, t0), (x1, t1) in zip(points, points[1:]):
-        if x <= x1 or (x1, t1) == points[-1]:
-            w = (x - x0) / (x1 - x0) if x1 != x0 else 0.0
-            return PassTimes(*(max(0.0, a + w * (b - a)) for a, b in (
-                (t0.forward, t1.forward), (t0.backward_input, t1.backward_input),
-                (t0.backward_weight, t1.backward_weight))))
-    raise AssertionError("unreachable")
+    """Piecewise-linear in x through the measured points; linear extrapolation through the end points, clipped at
+    zero; one point: proportional to x (`autoconf.cost.interpolate`, edges="extrapolate")."""
+    return PassTimes(*interpolate_many([(px, (t.forward, t.backward_input, t.backward_weight)) for px, t in points],
+                                       x, EXTRAPOLATE))
 
 
 def chain_scale(table: dict, entry: dict) -> float:
@@ -214,7 +206,7 @@ def chain_scale(table: dict, entry: dict) -> float:
         return 1.0
     key = "ends_scale" if entry["block"] in ("embedding", "head") else "layer_scale"
     tokens = entry["micro_batch"] * entry["seq_len"] / entry.get("tp", 1)
-    return float(np.interp(tokens, [r["micro_batch"] * r["seq_len"] for r in rows], [float(r[key]) for r in rows]))
+    return interpolate([(r["micro_batch"] * r["seq_len"], float(r[key])) for r in rows], tokens, CLAMP)
 
 
 def _measured_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,

@@ -26,7 +26,8 @@ from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, measur
                                    rank_optimizer_time)
 from autoconf.cost.memory import stage_memory, stage_params
 from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, simulate
-from autoconf.spec.cluster import DTYPE_BYTES, ClusterProfile
+from autoconf.spec.cluster import ClusterProfile
+from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, uniform_partition

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from autoconf.spec.cluster import DTYPE_BYTES, ClusterProfile
+from autoconf.spec.cluster import ClusterProfile
+from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 

@@ -31,6 +31,8 @@ from autoconf.files import check_new
 from autoconf.spec.support import check_supported
 from autoconf.spec.plan import load_plan, node_blocks
 
+# The folder holding this autoconf package (the checkout, or site-packages for an installed wheel): put first on the
+# workers' PYTHONPATH so torchrun's processes import the same autoconf as the launcher.
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

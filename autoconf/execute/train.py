@@ -30,6 +30,7 @@ from autoconf.errors import UserError
 from autoconf.execute import checkpoint as ckpt
 from autoconf.execute import faults
 from autoconf.execute.data import TokenSource, local_rows
+from autoconf.execute.dtypes import TORCH_DTYPES
 from autoconf.execute.mesh import build_mesh
 from autoconf.execute.model import init_seed
 from autoconf.execute.parallelize import allreduce_gradients, parallelize_chunk
@@ -38,9 +39,6 @@ from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_sch
 from autoconf.spec.grid import AXES, RankGrid
 from autoconf.spec.plan import Plan, load_plan
 from autoconf.spec.support import check_supported
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
 
 @dataclass
 class TrainOptions:
@@ -112,7 +110,7 @@ class Trainer:
         self.coords = grid.coords(self.rank)
         self.sizes = {axis: grid.size(axis) for axis in AXES}
         self.fsdp = c.zero_sharded
-        low = _DTYPES[c.dtype] if device.type == "cuda" else torch.float32
+        low = TORCH_DTYPES[c.dtype] if device.type == "cuda" else torch.float32
         mp_policy = None
         if self.fsdp and low != torch.float32:
             from torch.distributed.fsdp import MixedPrecisionPolicy

@@ -36,11 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoconf.errors import UserError
+from autoconf.execute.dtypes import TORCH_DTYPES
 from autoconf.profile.timing import median, percentile, sync, work_time
 from autoconf.spec.model import ModelSpec
 
 BLOCKS = ("attention", "mlp", "norm", "embedding", "head")
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ import re
 import torch
 
 from autoconf.errors import UserError
+from autoconf.execute.dtypes import TORCH_DTYPES
 from autoconf.profile.timing import median, time_repeated
 
 # Data-sheet dense peaks (FLOP/s) and HBM bandwidth (bytes/s), matched by substring of torch's device name,
@@ -83,9 +84,6 @@ def base_profile_for(name: str) -> str | None:
         if key in name:
             return profile
     return None
-
-
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def matmul_flops(device: torch.device, dtype: str, n: int, warmup: int, repeats: int,

@@ -18,7 +18,8 @@ import time
 import torch
 import torch.distributed as dist
 
-from autoconf.profile.compute import BLOCKS, TORCH_DTYPES
+from autoconf.execute.dtypes import TORCH_DTYPES
+from autoconf.profile.compute import BLOCKS
 from autoconf.profile.timing import median, sync, work_time
 from autoconf.spec.model import ModelSpec
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from autoconf.profile.compute import TORCH_DTYPES
+from autoconf.execute.dtypes import TORCH_DTYPES
 from autoconf.profile.timing import fit_line, median, time_once
 from autoconf.spec.model import ModelSpec
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from ortools.sat.python import cp_model
 
+from autoconf.solve import cpsat
 from autoconf.spec.plan import uniform_partition
 
 TIME_QUANTA = 1 << 20  # total chain time is split into this many integer time steps
@@ -366,23 +367,13 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
     model.minimize(sum(w * t for w, t in zip(q.path_w, stage_time)) + q.neck_w * bottleneck)
 
     # Hint: the greedy budget split (or the DP optimum).
-    for s, (a, b) in enumerate(hint):
-        for u in range(a, b):
-            for t in range(1, num_stages):
-                if not isinstance(after[u, t], int):
-                    model.add_hint(after[u, t], s >= t)
+    hints = [(after[u, t], s >= t) for s, (a, b) in enumerate(hint) for u in range(a, b)
+             for t in range(1, num_stages) if not isinstance(after[u, t], int)]
 
-    # Solve: seeded, time-limited, one worker so the answer does not depend on thread timing.
-    solver = cp_model.CpSolver()
-    # The limit is CP-SAT's deterministic time (machine-independent work units, about a second each) so a run
-    # that stops early stops at the same solution everywhere; the wall clock only guards against slow machines.
-    solver.parameters.max_deterministic_time = time_limit_s
-    solver.parameters.max_time_in_seconds = 3 * time_limit_s
-    solver.parameters.random_seed = seed
-    solver.parameters.num_workers = 1
-    solver.parameters.cp_model_presolve = False  # presolve and probing spend seconds here and find nothing
-    solver.parameters.cp_model_probing_level = 0
-    status = solver.solve(model)
+    # Solve (seeded, time-limited, one worker: solve/cpsat.py); presolve and probing spend seconds here and find
+    # nothing.
+    solver, status = cpsat.solve(model, time_limit_s, seed, "partition", hints,
+                                 cp_model_presolve=False, cp_model_probing_level=0)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         # Out of time before any solution: fall back on the hint when it fits, otherwise report no partition.
         fits = status == cp_model.UNKNOWN and _int_cost(p, q, hint) is not None

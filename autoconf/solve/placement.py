@@ -31,6 +31,7 @@ from typing import Protocol
 import numpy as np
 from ortools.sat.python import cp_model
 
+from autoconf.solve import cpsat
 from autoconf.spec.grid import ParallelDims, RankGrid
 
 EXACT_MAX_DEVICES = 16
@@ -278,17 +279,11 @@ def _solve_exact(pp, dp, tp, links, volumes, weights, time_limit_s, seed) -> np.
     # Hint: the local-search placement from the default order.
     hint = _local_search(start, links, volumes, weights, time.monotonic() + time_limit_s / 4, swap_any=True)
     position = {int(dev): r for r, dev in enumerate(hint.reshape(-1))}
-    for (r, i), var in x.items():
-        model.add_hint(var, position[i] == r)
+    hints = [(var, position[i] == r) for (r, i), var in x.items()]
 
-    # Solve: seeded, one worker, limited in CP-SAT's deterministic time (machine-independent work units, about a
-    # second each) so a search cut short stops at the same mesh everywhere; the wall clock is only a guard.
-    solver = cp_model.CpSolver()
-    solver.parameters.max_deterministic_time = time_limit_s
-    solver.parameters.max_time_in_seconds = 3 * time_limit_s
-    solver.parameters.random_seed = seed
-    solver.parameters.num_workers = 1
-    status = solver.solve(model)
+    # Solve: seeded, one worker, limited in CP-SAT's deterministic time so a search cut short stops at the same mesh
+    # everywhere (solve/cpsat.py).
+    solver, status = cpsat.solve(model, time_limit_s, seed, "placement", hints)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return hint
     flat = [next(i for i in range(n) if solver.value(x[r, i])) for r in range(n)]

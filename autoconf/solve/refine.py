@@ -13,7 +13,8 @@ from autoconf.cost.compute import model_pieces
 from autoconf.cost.estimate import Execution, recompute_time, schedule_inflight, tp_collective
 from autoconf.cost.memory import (gather_buffer_bytes, logits_temporary_bytes, p2p_buffer_bytes, state_bytes_per_param,
                                   unit_activation_bytes)
-from autoconf.spec.cluster import DTYPE_BYTES, ClusterProfile
+from autoconf.spec.cluster import ClusterProfile
+from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.schedules import stage_to_rank

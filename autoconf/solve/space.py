@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Iterator
 
 from autoconf.errors import UserError
+from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
@@ -49,8 +50,8 @@ def parse_fix_value(key: str, value: str):
         raise UserError(f"--fix schedule={value}: unknown schedule; choose from {', '.join(SCHEDULES)}")
     if key == "recompute" and value not in ("none", "selective", "full"):
         raise UserError(f"--fix recompute={value}: choose none, selective or full")
-    if key == "dtype" and value not in ("bf16", "fp16", "fp32"):
-        raise UserError(f"--fix dtype={value}: choose bf16, fp16 or fp32")
+    if key == "dtype" and value not in DTYPES:
+        raise UserError(f"--fix dtype={value}: choose one of {', '.join(DTYPES)}")
     return value
 
 

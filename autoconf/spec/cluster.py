@@ -12,13 +12,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
-import networkx as nx
-
 from autoconf.errors import UserError
-
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
 @dataclass(frozen=True)
@@ -149,17 +146,6 @@ class ClusterProfile:
             return len(cells) <= 1
         return flat(self.intra_node_matrix) and flat(self.inter_node_matrix)
 
-    def graph(self) -> nx.Graph:
-        """A networkx view: one vertex per device (attribute `node`), one edge per pair with its link."""
-        g = nx.Graph()
-        for d in range(self.world_size):
-            g.add_node(d, node=self.node_of(d))
-        for a in range(self.world_size):
-            for b in range(a + 1, self.world_size):
-                link = self.link(a, b)
-                g.add_edge(a, b, latency_s=link.latency_s, bandwidth_Bps=link.bandwidth_Bps)
-        return g
-
     def resized(self, nodes: int | None = None, gpus_per_node: int | None = None) -> "ClusterProfile":
         """The same kind of node, `nodes` of them with `gpus_per_node` each; only for a uniform profile."""
         nodes = self.nodes if nodes is None else nodes
@@ -259,11 +245,12 @@ class ClusterProfile:
             raise UserError(f"{source}: malformed cluster profile ({str(err)[:200]})") from None
 
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent.parent / "profiles"
+# The bundled profiles ship inside the package (package data), so an installed wheel finds them as well as a checkout.
+PROFILES_DIR = resources.files("autoconf") / "profiles"
 
 
 def bundled_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILES_DIR.glob("*.json"))
+    return sorted(p.name[:-len(".json")] for p in PROFILES_DIR.iterdir() if p.name.endswith(".json"))
 
 
 def load_cluster(arg: str, nodes: int | None = None, gpus_per_node: int | None = None) -> ClusterProfile:
@@ -271,7 +258,7 @@ def load_cluster(arg: str, nodes: int | None = None, gpus_per_node: int | None =
     from autoconf.spec.presets import read_json
 
     bundled = PROFILES_DIR / f"{arg}.json"
-    if bundled.exists() and "/" not in arg:
+    if "/" not in arg and bundled.is_file():
         path = bundled
     else:
         path = Path(arg)

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoconf.errors import UserError
+from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.grid import AXES, ParallelDims, RankGrid
 from autoconf.spec.model import ATTENTION, RECOMPUTE, ModelSpec, is_printable_name
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 PLAN_VERSION = 1
-DTYPES = ("bf16", "fp16", "fp32")
 # Bounds on the work one step's simulation does, and sanity ranges of the inputs (far beyond any real run).
 MAX_MICROBATCHES = 65_536  # micro-batches per pipeline per step
 MAX_GLOBAL_BATCH = 1 << 24  # sequences per step

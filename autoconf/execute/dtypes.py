@@ -1,0 +1,19 @@
+"""The torch dtype of each of autoconf's dtype names (`autoconf.spec.dtypes`): the one torch map, used by the
+profiler and the executor."""
+
+from __future__ import annotations
+
+import torch
+
+from autoconf.spec.dtypes import DTYPES
+
+TORCH_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+assert tuple(TORCH_DTYPES) == DTYPES, "autoconf.spec.dtypes and this map must name the same dtypes"
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of autoconf dtype `name`; a ValueError naming the known ones otherwise."""
+    try:
+        return TORCH_DTYPES[name]
+    except KeyError:
+        raise ValueError(f"dtype {name!r} is not one of {', '.join(DTYPES)}") from None
