@@ -31,9 +31,18 @@ from autoconf.files import check_new
 from autoconf.spec.support import check_supported
 from autoconf.spec.plan import load_plan, node_blocks
 
-# The folder holding this autoconf package (the checkout, or site-packages for an installed wheel): put first on the
-# workers' PYTHONPATH so torchrun's processes import the same autoconf as the launcher.
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+# The folder holding this autoconf package (the checkout, or site-packages for an installed wheel).
+_PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+
+
+def worker_environment() -> dict:
+    """This process's environment for torchrun and its workers: the folder holding this autoconf first on
+    PYTHONPATH (so the workers import the same autoconf as the launcher), and one OpenMP thread per rank unless set
+    (torchrun's own default with several ranks; the profiler times CPU ranks with one thread)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_PARENT), env.get("PYTHONPATH")]))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -298,11 +307,7 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
     with run_locks(locks):
         if metrics is not None and Path(metrics).exists():
             Path(metrics).unlink()  # `force` was checked above; the trainer appends
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
-        # torchrun's own default with several ranks, and for one rank too: the profiler times CPU ranks with one
-        # thread.
-        env.setdefault("OMP_NUM_THREADS", "1")
+        env = worker_environment()
         # Once a worker failed (a collective timed out), the others get SIGTERM and then, after this grace, SIGKILL
         # (torchrun's default grace is 30 s, which a hung peer would add to the collective timeout).
         env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_GRACE_S))

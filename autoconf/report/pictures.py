@@ -150,7 +150,7 @@ def timeline_png(plan: Plan, path: str | Path, cluster=None) -> Path:
                  f"step {span * scale:.3g} {unit} (bubble {100 * timeline.bubble_fraction:.0f}%){note}",
                  fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def memory_png(plan: Plan, path: str | Path) -> Path:
@@ -187,7 +187,7 @@ def memory_png(plan: Plan, path: str | Path) -> Path:
         ax.spines[side].set_visible(False)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def compare_png(plans: list[Plan], path: str | Path) -> Path:
@@ -223,10 +223,10 @@ def compare_png(plans: list[Plan], path: str | Path) -> Path:
         ax.spines[side].set_visible(False)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: str | Path, force: bool = True) -> Path:
+def save_figure(fig, path: str | Path, force: bool = True) -> Path:
     """Saves through autoconf.files (a temporary renamed into place, never through a link). The callers refuse
     existing files before drawing anything, hence force by default."""
     from autoconf.files import write_with

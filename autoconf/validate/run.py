@@ -17,7 +17,6 @@ starts ranks elsewhere (a multi-node testbed) passes its own.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import time
@@ -41,14 +40,12 @@ Runner = Callable[[Path, Path, Path, int], int]
 def local_runner(plan_path: Path, metrics_path: Path, log_path: Path, steps: int,
                  timeout_s: float = RUN_TIMEOUT_S) -> int:
     """The plan under torchrun on this host (all ranks local), output to `log_path`; 124 on timeout."""
-    from autoconf.execute.launch import _REPO_ROOT, build_commands
+    from autoconf.execute.launch import build_commands, worker_environment
 
     command = build_commands(plan_path, steps, metrics=str(metrics_path), force=True)[0]
     if metrics_path.exists():
         metrics_path.unlink()
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")  # as the profiler measured: one thread per rank
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
+    env = worker_environment()
     with open(log_path, "w") as log:
         try:
             return subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
@@ -273,7 +270,7 @@ def scatter_png(report: Report, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from autoconf.report.pictures import _save
+    from autoconf.report.pictures import save_figure
 
     ok = report.ok_runs()
     fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=110)
@@ -305,7 +302,7 @@ def scatter_png(report: Report, path: Path) -> Path:
     ax.set_ylabel("measured step time (ms, median after warm-up)")
     ax.set_title(f"{report.model} on {report.cluster}: " + ", ".join(_summary_parts(report, "regret")), fontsize=9)
     ax.legend(fontsize=7, loc="upper left", frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _summary_parts(report: Report, regret_label: str) -> list[str]:
