@@ -152,15 +152,19 @@ def test_plan_json_lists_the_search_statistics(tmp_path):
     assert doc["plans"][0]["prediction"]["iteration_time_s"] <= doc["plans"][1]["prediction"]["iteration_time_s"]
 
 
-@pytest.mark.parametrize("cluster_name", ["cpu-local", "heterogeneous"])
+@pytest.mark.parametrize("cluster_name", ["cpu-local", "heterogeneous", "measured-cpu"])
 def test_search_bounds_never_exceed_the_simulation(cluster_name):
-    """Pruning is safe only if every closed-form bound is at most the simulated time and peak memory: checked over
-    every launchable candidate, every schedule included, on a uniform and on an uneven fabric."""
+    """Pruning is safe only if every bound is at most the simulated time and peak memory: checked over every
+    launchable candidate, every schedule included, on a uniform and on an uneven fabric, and on a measured CPU
+    profile (ranks sharing cores, measured TP layers and overheads)."""
     from autoconf.cost.estimate import Execution
     from autoconf.solve.search import _BoundCache
+    from profile_helpers import measured_cpu_profile
 
     if cluster_name == "cpu-local":
         model, cluster, batch, seq, dtype = TINY, CPU, 16, 64, "fp32"
+    elif cluster_name == "measured-cpu":
+        model, cluster, batch, seq, dtype = TINY, measured_cpu_profile(0.5, alone=0.9), 16, 64, "fp32"
     else:
         model, cluster, batch, seq, dtype = PRESETS["gpt3-1.3b"], heterogeneous_cluster(), 32, 2048, "bf16"
     cache = _BoundCache(model, cluster, Execution())
