@@ -1,13 +1,13 @@
-"""Cost model properties: the breakdown adds up, memory follows the ZeRO layout, collectives follow alpha-beta."""
+"""Cost model properties: the breakdown's terms are the quantities they name, memory follows the ZeRO layout, collectives follow alpha-beta."""
 
 import dataclasses
 
 import pytest
 
 from autoconf.cost.comm import collective_time, p2p_time
-from autoconf.cost.compute import model_pieces
+from autoconf.cost.compute import model_pieces, rank_optimizer_time
 from autoconf.cost.estimate import Execution, estimate
-from autoconf.spec.cluster import load_cluster
+from autoconf.spec.cluster import Link, load_cluster
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
 
@@ -22,14 +22,71 @@ A100 = load_cluster("dgx-a100-80g", nodes=2)
 MODEL = PRESETS["gpt3-6.7b"]
 
 
-@pytest.mark.parametrize("schedule, vpp", [("gpipe", 1), ("1f1b", 1), ("interleaved-1f1b", 2), ("looped-bfs", 2),
-                                           ("zb-h1", 1), ("zbv", 2), ("dualpipev", 2)])
-def test_breakdown_adds_up_to_the_iteration_time(schedule, vpp):
-    """compute + recompute + tp + bubble + pp + dp + optimizer equals the predicted iteration time."""
-    plan = estimate(MODEL, A100, cfg(schedule=schedule, vpp=vpp, recompute="selective", zero_stage=1))
-    p = plan.prediction
-    assert sum(p["time_breakdown"].values()) == pytest.approx(p["iteration_time_s"], rel=1e-9)
-    assert all(v >= -1e-12 for v in p["time_breakdown"].values())
+@pytest.mark.parametrize("recompute", ["none", "selective", "full"])
+def test_single_device_breakdown_is_the_model_pieces(recompute):
+    """On one device (tp = pp = dp = 1) each term is an independently known quantity: `compute` is m x (every
+    layer's forward + backward + the embedding + the head) of `model_pieces`, `recompute` is m x layers x the
+    repeated forward (the attention core under selective, the whole block under full), `optimizer` is AdamW over
+    all the model's parameters, and the pipeline and communication terms are zero. A term counted twice, moved
+    into another one or left out fails one of these equalities."""
+    model = PRESETS["gpt3-1.3b"]
+    one = load_cluster("dgx-a100-80g", nodes=1, gpus_per_node=1)
+    c = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=2, global_batch_size=8, seq_len=2048, recompute=recompute)
+    m, layers = c.num_microbatches, model.num_layers
+    pieces = model_pieces(model, one, c)
+    p = estimate(model, one, c).prediction
+    terms = p["time_breakdown"]
+    expected_compute = m * (layers * pieces.block.total + pieces.embedding.total + pieces.head.total)
+    repeated = {"none": 0.0, "selective": pieces.attention_core.forward, "full": pieces.block.forward}[recompute]
+    assert terms["compute"] == pytest.approx(expected_compute, rel=1e-12)
+    assert terms["recompute"] == pytest.approx(m * layers * repeated, rel=1e-12, abs=0.0)
+    assert terms["optimizer"] == pytest.approx(rank_optimizer_time(one, c, model.total_params()), rel=1e-12)
+    for name in ("bubble", "tp_comm", "pp_comm", "dp_comm", "step_comm", "framework"):
+        assert terms[name] == pytest.approx(0.0, abs=1e-15), name
+    assert p["iteration_time_s"] == pytest.approx(expected_compute + m * layers * repeated + terms["optimizer"],
+                                                  rel=1e-12)
+
+
+def _uniform_pipeline_cluster(model, devices: int, forward: tuple, backward_input: tuple, backward_weight: tuple):
+    """One node of `devices` A100s with free links (zero latency, unbounded bandwidth) and a measured compute table
+    for `model` in which the embedding and the head take no time: every pipeline stage with the same number of layers
+    costs the same. The tuples are (attention, mlp, norm) seconds of one micro-batch of 1 x 128 tokens."""
+    free = Link(0.0, 1e30)
+    entries = [{"block": block, "tp": 1, "micro_batch": 1, "seq_len": 128, "forward_s": f, "backward_input_s": b,
+                "backward_weight_s": w}
+               for block, f, b, w in zip(("attention", "mlp", "norm"), forward, backward_input, backward_weight)]
+    entries += [{"block": block, "tp": 1, "micro_batch": 1, "seq_len": 128, "forward_s": 0.0,
+                 "backward_input_s": 0.0, "backward_weight_s": 0.0} for block in ("embedding", "head")]
+    table = {"dtype": "bf16", "model": model.to_dict(), "entries": entries}
+    a100 = load_cluster("dgx-a100-80g", nodes=1, gpus_per_node=devices)
+    return dataclasses.replace(a100, intra_node=free, inter_node=free, compute=table)
+
+
+@pytest.mark.parametrize("schedule, vpp", [("gpipe", 1), ("1f1b", 1), ("interleaved-1f1b", 2)])
+def test_uniform_pipeline_bubble_is_the_textbook_one(schedule, vpp):
+    """With uniform stages and free communication the breakdown's `bubble` is the textbook (p-1)(F+B+W) of GPipe and
+    1F1B and (p-1)(F+B+W)/v of interleaved 1F1B (REFERENCES.md, Pipeline schedules), where F, B, W are one micro-batch
+    through all of a rank's layers, computed here from the table's per-block times; `compute` is m(F+B+W), and
+    `pp_comm`, `tp_comm`, `dp_comm` are zero. A bubble that also counted compute, or a compute term that missed the
+    weight gradients, fails."""
+    model = PRESETS["tiny-gpt"]
+    att, mlp, norm = (1.0e-3, 2.0e-3, 0.5e-3), (2.0e-3, 3.0e-3, 1.5e-3), (0.25e-3, 0.5e-3, 0.0)
+    cluster = _uniform_pipeline_cluster(model, 4, *zip(att, mlp, norm))
+    p, m = 4, 8
+    c = ParallelConfig(tp=1, pp=p, dp=1, vpp=vpp, micro_batch_size=1, global_batch_size=m, seq_len=128,
+                       schedule=schedule)
+    per_layer = [a + b + 2 * n for a, b, n in zip(att, mlp, norm)]  # forward, backward-input, backward-weight
+    rank_layers = model.num_layers // p
+    f, b, w = (rank_layers * t for t in per_layer)
+    plan = estimate(model, cluster, c)
+    assert plan.prediction["compute_source"] == "measured"
+    terms = plan.prediction["time_breakdown"]
+    assert terms["bubble"] == pytest.approx((p - 1) * (f + b + w) / vpp, rel=1e-9)
+    assert terms["compute"] == pytest.approx(m * (f + b + w), rel=1e-9)
+    assert terms["recompute"] == 0.0
+    for name in ("tp_comm", "pp_comm", "dp_comm"):
+        assert terms[name] == pytest.approx(0.0, abs=1e-15), name
+    assert plan.timeline.makespan == pytest.approx((m + (p - 1) / vpp) * (f + b + w), rel=1e-9)
 
 
 def test_zero_stages_shrink_state_memory_in_order():

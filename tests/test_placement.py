@@ -1,5 +1,4 @@
 """GPU placement: CP-SAT against brute force, heterogeneous links, determinism, uniform short-cut."""
-import time
 
 import numpy as np
 import pytest
@@ -94,12 +93,18 @@ def test_deterministic():
     assert (solve_placement(2, 2, 8, big, *VOLUMES) == solve_placement(2, 2, 8, big, *VOLUMES)).all()
 
 
-def test_uniform_cluster_returns_default_quickly():
-    """2048 nodes x 8 GPUs on one uniform fabric: the default order, in well under 5 s."""
+def test_uniform_cluster_returns_default_without_solving(monkeypatch):
+    """2048 nodes x 8 GPUs on one uniform fabric: every order costs the same, so the default order comes back
+    without any search (neither the exact nor the by-nodes solver is entered); how fast is a benchmark's business."""
+    from autoconf.solve import placement
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("a uniform cluster must not be searched")
+
+    monkeypatch.setattr(placement, "_solve_exact", no_search)
+    monkeypatch.setattr(placement, "_solve_by_nodes", no_search)
     links = HierarchicalLinks(2048, 8, 1e-6, 300e9, 5e-6, 25e9)
-    start = time.perf_counter()
     mesh = solve_placement(16, 128, 8, links, *VOLUMES)
-    assert time.perf_counter() - start < 5.0
     assert (mesh == default_mesh(16, 128, 8)).all()
     small = DenseLinks(np.where(np.eye(8, dtype=bool), 0.0, 1e-6), np.full((8, 8), 100e9), 8)
     assert (solve_placement(2, 2, 2, small, *VOLUMES) == default_mesh(2, 2, 2)).all()

@@ -76,15 +76,136 @@ def test_drawn_timeline_is_the_estimated_step(schedule, vpp, zero, framework):
         assert drawn_tail == pytest.approx(tail, rel=1e-9, abs=1e-12)
 
 
-def test_megatron_args_carry_the_degrees():
-    """Megatron arguments name TP, PP, batch sizes, sequence length, and the distributed optimizer for zero >= 1."""
-    text = megatron_args(tiny_plan(zero=1, recompute="full"))
-    lines = text.splitlines()
-    for arg in ("--tensor-model-parallel-size 1", "--pipeline-model-parallel-size 2", "--micro-batch-size 1",
-                "--global-batch-size 8", "--seq-length 64", "--use-distributed-optimizer", "--num-layers 8",
-                "--recompute-granularity full", "--recompute-method uniform", "--recompute-num-layers 1"):
-        assert arg in lines, f"{arg} missing from\n{text}"
-    assert "--bf16" not in lines and "--fp16" not in lines  # fp32 plan
+def megatron_parser():
+    """An argparse parser with the names, types and choices Megatron-LM itself declares for every flag autoconf may
+    write (source: NVIDIA/Megatron-LM megatron/training/arguments.py, _add_network_size_args,
+    _add_distributed_args, _add_training_args, _add_mixed_precision_args, _add_regularization_args; e.g.
+    `group.add_argument('--rotary-base', type=int, default=10000)`). Unknown flags or wrong types fail to parse."""
+    import argparse
+
+    parser = argparse.ArgumentParser(exit_on_error=False, allow_abbrev=False)
+    for name in ("--tensor-model-parallel-size", "--pipeline-model-parallel-size",
+                 "--num-layers-per-virtual-pipeline-stage", "--decoder-first-pipeline-num-layers",
+                 "--decoder-last-pipeline-num-layers", "--micro-batch-size", "--global-batch-size", "--seq-length",
+                 "--max-position-embeddings", "--recompute-num-layers", "--num-layers", "--hidden-size",
+                 "--num-attention-heads", "--ffn-hidden-size", "--num-query-groups", "--rotary-base"):
+        parser.add_argument(name, type=int)
+    for name in ("--norm-epsilon", "--attention-dropout", "--hidden-dropout"):
+        parser.add_argument(name, type=float)
+    parser.add_argument("--recompute-granularity", choices=["full", "selective"])
+    parser.add_argument("--recompute-method", choices=["uniform", "block"])
+    parser.add_argument("--normalization", choices=["LayerNorm", "RMSNorm"])
+    parser.add_argument("--position-embedding-type", choices=["learned_absolute", "rope", "relative", "none"])
+    for name in ("--sequence-parallel", "--use-distributed-optimizer", "--bf16", "--fp16", "--group-query-attention",
+                 "--swiglu", "--disable-bias-linear", "--add-qkv-bias", "--untie-embeddings-and-output-weights"):
+        parser.add_argument(name, action="store_true")
+    return parser
+
+
+def parse_megatron(text: str):
+    import shlex
+
+    tokens = [t for line in text.splitlines() if not line.startswith("#") for t in shlex.split(line)]
+    return megatron_parser().parse_args(tokens)
+
+
+def _rope_llama(theta: float):
+    import dataclasses
+
+    return dataclasses.replace(load_model("tiny-llama"), rope_theta=theta)
+
+
+@pytest.mark.parametrize("case", ["gpt-full-zero1", "llama-interleaved", "llama-rope-1e6", "gpu-sp-bf16-selective",
+                                  "uneven-ends"])
+def test_megatron_args_parse_with_megatrons_own_flags(case):
+    """Every emitted line parses with Megatron-LM's own flag names and types; the parsed degrees fit the plan's world
+    (tp*pp divides it and the batch gives the plan's micro-batch count at dp = world/(tp*pp)), the layers add up
+    (per virtual stage x pp x vpp, or first/last overrides), and recompute, the distributed optimizer, sequence
+    parallelism and the dtype flag are the plan's."""
+    a100 = load_cluster("dgx-a100-80g", nodes=1, gpus_per_node=4)
+    if case == "gpt-full-zero1":
+        plan = tiny_plan(zero=1, recompute="full")
+    elif case == "llama-interleaved":
+        plan = tiny_plan("interleaved-1f1b", 2, model="tiny-llama")
+    elif case == "llama-rope-1e6":  # Qwen2 / Mistral: rope_theta 1e6, which "{:g}" would write 1e+06
+        plan = estimate(_rope_llama(1e6), load_cluster("cpu-local"), tiny_plan().config)
+    elif case == "uneven-ends":
+        plan = tiny_plan(pp=4, dp=1, partition=[[0, 1], [1, 4], [4, 7], [7, 8]])
+    else:
+        config = ParallelConfig(tp=2, pp=2, dp=1, micro_batch_size=2, global_batch_size=16, seq_len=128,
+                                schedule="1f1b", sequence_parallel=True, recompute="selective", dtype="bf16")
+        plan = estimate(load_model("tiny-llama"), a100, config)
+    c, model = plan.config, plan.model
+    args = parse_megatron(megatron_args(plan))
+    world = c.world_size
+    assert args.tensor_model_parallel_size == c.tp and args.pipeline_model_parallel_size == c.pp
+    assert world % (args.tensor_model_parallel_size * args.pipeline_model_parallel_size) == 0
+    dp = world // (args.tensor_model_parallel_size * args.pipeline_model_parallel_size)
+    assert args.tensor_model_parallel_size * args.pipeline_model_parallel_size * dp == world
+    assert args.global_batch_size // (args.micro_batch_size * dp) == c.num_microbatches
+    assert args.global_batch_size % (args.micro_batch_size * dp) == 0 and args.seq_length == c.seq_len
+    assert args.num_layers == model.num_layers == plan.partition[-1][1]
+    if args.num_layers_per_virtual_pipeline_stage is not None:
+        assert args.num_layers_per_virtual_pipeline_stage * c.pp * c.vpp == args.num_layers and c.vpp > 1
+    if case == "uneven-ends":
+        assert (args.decoder_first_pipeline_num_layers, args.decoder_last_pipeline_num_layers) == (1, 1)
+    assert args.recompute_granularity == (None if c.recompute == "none" else c.recompute)
+    assert args.use_distributed_optimizer == (c.zero_stage >= 1)
+    assert args.sequence_parallel == c.sequence_parallel
+    assert (args.bf16, args.fp16) == (c.dtype == "bf16", c.dtype == "fp16")
+    assert (args.hidden_size, args.num_attention_heads) == (model.hidden_size, model.num_heads)
+    if model.arch == "llama":
+        assert args.rotary_base == model.rope_theta and args.normalization == "RMSNorm"
+
+
+def _torchrun_args(script: str, tmp_path, *argv: str):
+    """Runs `script` (after `bash -n`) with a stub `torchrun` first on PATH that records its arguments, and parses
+    them with torch's own torchrun parser."""
+    import os
+    import subprocess
+
+    from torch.distributed.run import get_args_parser
+
+    path = tmp_path / "node.sh"
+    path.write_text(script)
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    stub, record = tmp_path / "bin", tmp_path / "args"
+    stub.mkdir(exist_ok=True)
+    (stub / "torchrun").write_text(f"#!/usr/bin/env bash\nprintf '%s\\0' \"$@\" > {record}\n")
+    (stub / "torchrun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{stub}:{os.environ['PATH']}", "MASTER_ADDR": "10.0.0.1"}
+    done = subprocess.run(["bash", str(path), *argv], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return get_args_parser().parse_args(record.read_text().split("\0")[:-1])
+
+
+@pytest.mark.parametrize("nodes,gpus,swap", [(1, 4, False), (16, 1, False), (2, 2, True)])
+def test_torchrun_scripts_parse_with_torchs_own_parser(tmp_path, nodes, gpus, swap):
+    """The torchrun scripts pass `bash -n`, and the torchrun line they run parses with torch's own
+    `torch.distributed.run.get_args_parser()`: nnodes x nproc-per-node is the world size, every node starts with a
+    distinct node rank in [0, nnodes) (a permutation when the placement swaps nodes), a static rendezvous on
+    MASTER_ADDR, and the trainer module with the plan."""
+    cluster = load_cluster("cpu-local", nodes, gpus)
+    plan = tiny_plan(pp=2, dp=nodes * gpus // 2, cluster=cluster, global_batch=16)
+    if swap:
+        import numpy as np
+
+        mesh = np.asarray(plan.placement["mesh"])
+        plan.placement = {"mesh": ((mesh + gpus) % (nodes * gpus)).tolist()}
+    plan_path = str(tmp_path / "my plan.json")  # a space, to check the quoting
+    ranks = []
+    for node in range(nodes):
+        args = _torchrun_args(torchrun_script(plan, plan_path, None), tmp_path, str(node))
+        assert int(args.nnodes) * int(args.nproc_per_node) == plan.config.world_size == nodes * gpus
+        assert int(args.nproc_per_node) == gpus and args.master_addr == "10.0.0.1" and args.master_port == 29500
+        assert args.module and args.training_script == "autoconf.execute.train"
+        assert args.training_script_args[:2] == ["--plan", plan_path]
+        ranks.append(args.node_rank)
+        fixed = _torchrun_args(torchrun_script(plan, plan_path, node), tmp_path)
+        assert fixed.node_rank == args.node_rank
+    assert sorted(ranks) == list(range(nodes))
+    if swap:
+        assert ranks == [1, 0]
 
 
 def test_megatron_args_for_llama_interleaved_and_v_schedules():

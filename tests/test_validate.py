@@ -10,6 +10,7 @@ from autoconf.cost.estimate import estimate
 from autoconf.spec.support import unsupported_reason
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.model import ModelSpec
+from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import load_model
 from autoconf.validate.calibrate import calibrated_profile, cross_validate, fit, folds, predict_time
 from autoconf.validate.run import Report, Run, load_report, read_metrics, validate
@@ -171,10 +172,36 @@ def test_repeats_run_the_list_in_turn_and_keep_the_median(tmp_path, layouts):
 
 
 # ---- calibration --------------------------------------------------------------------------------------------------
-def test_predict_time_equals_the_estimate_without_overheads(tiny, layouts):
-    model, cluster = tiny
-    for plan in layouts:
-        assert predict_time(model, cluster, plan) == pytest.approx(plan.prediction["iteration_time_s"], rel=1e-12)
+def test_calibrated_prediction_is_homogeneous_of_degree_one_in_the_factors():
+    """The fit's premise: on a profile without overheads of its own, multiplying every factor (compute_scale,
+    comm_scale, pass_overhead_s, step_overhead_s) by k multiplies the predicted time by k, for a plan with TP, PP,
+    DP and FSDP communication. A cost the calibrated profile forgot to scale (a link latency, the optimizer's
+    memory rate, a collective) breaks it."""
+    model = load_model("gpt3-1.3b")
+    cluster = load_cluster("dgx-a100-80g", nodes=2)
+    config = ParallelConfig(tp=2, pp=4, dp=2, micro_batch_size=1, global_batch_size=32, seq_len=2048,
+                            schedule="1f1b", zero_stage=1, recompute="selective")
+    plan = estimate(model, cluster, config, detail=False)
+    base = {"compute_scale": 1.3, "comm_scale": 0.7, "pass_overhead_s": 1e-4, "step_overhead_s": 2e-3}
+    t1 = predict_time(model, calibrated_profile(cluster, base), plan)
+    for k in (0.5, 3.0):
+        scaled = {name: k * value for name, value in base.items()}
+        assert predict_time(model, calibrated_profile(cluster, scaled), plan) == pytest.approx(k * t1, rel=1e-9)
+
+
+def test_compute_scale_scales_a_single_device_run_and_comm_scale_leaves_it_alone():
+    """One device has no communication: compute_scale k multiplies its predicted time by exactly k (compute and the
+    optimizer alike), comm_scale changes nothing, and each added pass overhead costs 2 per micro-batch."""
+    model = load_model("gpt3-1.3b")
+    one = load_cluster("dgx-a100-80g", nodes=1, gpus_per_node=1)
+    config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=1, global_batch_size=4, seq_len=2048)
+    plan = estimate(model, one, config, detail=False)
+    t = predict_time(model, one, plan)
+    assert predict_time(model, calibrated_profile(one, {"compute_scale": 2.5}), plan) == pytest.approx(2.5 * t,
+                                                                                                      rel=1e-9)
+    assert predict_time(model, calibrated_profile(one, {"comm_scale": 4.0}), plan) == pytest.approx(t, rel=1e-12)
+    slower = calibrated_profile(one, {"pass_overhead_s": 1e-3, "step_overhead_s": 5e-3})
+    assert predict_time(model, slower, plan) == pytest.approx(t + 2 * 4 * 1e-3 + 5e-3, rel=1e-9)
 
 
 def test_neutral_calibration_changes_nothing_and_overheads_add_time(tiny, layouts):

@@ -222,8 +222,11 @@ def megatron_args(plan: Plan) -> str:
     if m.arch == "llama":
         if m.num_kv_heads != m.num_heads:
             args += ["--group-query-attention", f"--num-query-groups {m.num_kv_heads}"]
+        # Megatron's --rotary-base is an int: 1e6 (Qwen2, Mistral) is written 1000000, not 1e+06.
+        if not float(m.rope_theta).is_integer():
+            notes.append(f"rope_theta {m.rope_theta:g} is not an integer; Megatron's --rotary-base takes an int")
         args += ["--swiglu", "--normalization RMSNorm", f"--norm-epsilon {m.norm_eps:g}",
-                 "--position-embedding-type rope", f"--rotary-base {m.rope_theta:g}", "--disable-bias-linear"]
+                 "--position-embedding-type rope", f"--rotary-base {round(m.rope_theta)}", "--disable-bias-linear"]
         if m.qkv_bias:
             args.append("--add-qkv-bias")
     else:
