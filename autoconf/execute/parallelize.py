@@ -17,13 +17,15 @@
    - 3: FSDP2 `fully_shard(reshard_after_forward=True)`: parameters re-gathered for backward.
    Each block is its own FSDP unit; the chunk itself is the root unit (embedding, final norm, head).
 
-Why hooks for ZeRO-0 rather than torch's own wrappers (torch 2.13): DDP and the composable `replicate` (private
-`torch.distributed._composable`) expect one backward per forward and no DTensor (TP) parameters, and pipelining
-only turns off their per-micro-batch reduction for a `DistributedDataParallel` instance; the FSDP2-based
-replicate (also private) and `fully_shard` on a replicate mesh turn parameters into dp DTensors (HSDP with shard
-size 1, a layout other than ZeRO-0's), and under pipelining torch defers their reduction to after the stage's last
-backward (`perform_reduce_grad`). Public `Tensor.register_post_accumulate_grad_hook` and `dist.all_reduce(...,
-async_op=True)` work the same with and without pipelining, with TP shards, tied embeddings and every schedule.
+Why hooks for ZeRO-0 rather than torch's wrappers (read in torch 2.13): DDP and the composable `replicate` (private
+`torch.distributed._composable`) take TP parameters only by turning the DTensors into plain tensors
+(`_pre_dp_module_transform`, "a temporary work around", no state_dict), and decide at forward time whether the
+next backward syncs, which a pipeline running several forwards ahead of their backwards gets wrong (pipelining
+patches DDP's reducer for `DistributedDataParallel` only). The FSDP2-based `replicate` (private) or `fully_shard`
+on a replicate mesh (HSDP with shard size 1) turn the parameters into dp DTensors, and under pipelining torch
+defers their reduction to after the stage's last backward (`perform_reduce_grad`). Public
+`Tensor.register_post_accumulate_grad_hook` and `dist.all_reduce(..., async_op=True)` work alike with and without
+pipelining, with TP shards, tied embeddings and every schedule.
 """
 
 from __future__ import annotations
@@ -161,7 +163,6 @@ class GradReducer:
         self.bucket_of = {id(p): b for b, ps in enumerate(self.buckets) for p in ps}
         self.handles = [p.register_post_accumulate_grad_hook(self._on_accumulated)
                         for ps in self.buckets for p in ps]
-        self.launched_by_hooks = 0  # buckets launched during the backward, over the reducer's life
         self._reset()
 
     def _reset(self) -> None:
@@ -179,7 +180,6 @@ class GradReducer:
         self.waiting[self.bucket_of[id(p)]] -= 1
         while self.next < len(self.buckets) and self.waiting[self.next] == 0:
             self._launch(self.next)
-            self.launched_by_hooks += 1
 
     def _launch(self, b: int) -> None:
         import torch.distributed as dist
