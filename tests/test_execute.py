@@ -58,6 +58,12 @@ LAYOUTS: dict[int, dict[str, Plan]] = {
         **{f"gpt-pp4-{s}": make_plan(pp=4, schedule=s, vpp=VPP.get(s, 1)) for s in SCHEDULES},
         **{f"gpt-dp4-zero{z}": make_plan(dp=4, zero=z) for z in range(4)},
         "gpt-pp2-dp2-1f1b-zero1": make_plan(pp=2, dp=2, schedule="1f1b", zero=1),
+        # ZeRO-0 reduces in the backward's hooks: pipelined (tied embedding across pipeline ranks, split backward
+        # with the V placement, two chunks per rank) and with TP shards (vocabulary-parallel tied embedding, SP).
+        **{f"gpt-pp2-dp2-{s}-zero0": make_plan(pp=2, dp=2, schedule=s, vpp=VPP.get(s, 1), zero=0)
+           for s in ("1f1b", "zbv", "interleaved-1f1b")},
+        "gpt-tp2-dp2-zero0": make_plan(tp=2, dp=2, zero=0),
+        "llama-tp2-dp2-sp-zero0": make_plan("llama", tp=2, dp=2, sp=True, zero=0),
         "gpt-tp2-pp2-interleaved": make_plan(tp=2, pp=2, schedule="interleaved-1f1b", vpp=2),
         "gpt-tp2-dp2-sp-zero2": make_plan(tp=2, dp=2, sp=True, zero=2),
         "llama-tp2-dp2-sp-zero3": make_plan("llama", tp=2, dp=2, sp=True, zero=3),
@@ -168,6 +174,33 @@ def test_checkpoint_resume_gives_same_next_losses(tmp_path, tmp_path_factory):
     step3 = json.loads((tmp_path / "other.jsonl").read_text().splitlines()[0])
     assert step3["step"] == 3 and _close(step3["loss"], uninterrupted["loss"])
     assert _close(step3["grad_norm"], uninterrupted["grad_norm"])
+
+
+@pytest.mark.slow
+def test_zero0_reduces_buckets_during_the_last_backward(tmp_path, tmp_path_factory):
+    """ZeRO-0 with gradient accumulation over 4 micro-batches (dp2 with tp2; pp2 x dp2 under 1f1b): on every rank
+    and step the gradient all-reduces over the dp group are issued while the last micro-batch's backward is still
+    running (one per bucket: each block, the head and the embedding of the rank's stage; none during the earlier
+    micro-batches' backward, none after it), and the losses and gradient norms still equal the single-process run's."""
+    plans = [make_plan(tp=2, dp=2, zero=0), make_plan(pp=2, dp=2, schedule="1f1b", zero=0)]
+    buckets = [8 + 2, 4 + 1]  # blocks + head + embedding; a pipeline stage holds 4 blocks and the embedding or head
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"plans": [p.to_dict() for p in plans], "steps": STEPS}))
+    proc = _torchrun(4, ["tests/grad_sync_worker.py", str(job), str(tmp_path / "out.json")])
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    reference = results(1, tmp_path_factory)["gpt"]["records"]
+    for plan, n_buckets, out in zip(plans, buckets, json.loads((tmp_path / "out.json").read_text())):
+        m = plan.config.num_microbatches
+        assert m == 4
+        for ref, rec in zip(reference, out["records"]):
+            assert _close(rec["loss"], ref["loss"]) and _close(rec["grad_norm"], ref["grad_norm"])
+        for rank, events in enumerate(out["events"]):
+            for step in range(STEPS):
+                backwards = [e for e in events if e["kind"] == "backward" and e["step"] == step]
+                reduces = [e for e in events if e["kind"] == "all_reduce" and e["step"] == step]
+                assert len(backwards) == m, (rank, step, backwards)
+                assert len(reduces) == n_buckets, (rank, step, reduces)
+                assert all(e["inside_backward"] and e["index"] == m - 1 for e in reduces), (rank, step, reduces)
 
 
 # ---- pieces that need no process group ----------------------------------------------------------------------------

@@ -7,14 +7,25 @@
 3. activation recompute: "selective" checkpoints the attention core (softmax(QK^T)V), "full" each whole block,
    both with non-reentrant `torch.utils.checkpoint` inside the module's forward (parameter names do not change);
 4. data parallelism by ZeRO stage over the "dp" mesh dimension:
-   - 0: replicated parameters, gradients all-reduced (averaged) over dp after the last micro-batch
-     (`allreduce_gradients`, one flat bucket per dtype; run by the training loop, so it works the same with and
-     without pipelining);
+   - 0: replicated parameters, gradients averaged over dp during the backward by `GradReducer` (built by the
+     training loop for each chunk): per-parameter post-accumulate-grad hooks fire on the last micro-batch's
+     backward and launch an async all-reduce per bucket (a block, the head, the embedding), so each bucket's
+     reduction overlaps the rest of the backward, as the cost model assumes; the loop's `grad_sync` phase only waits;
    - 1 and 2: FSDP2 `fully_shard(reshard_after_forward=False)`: parameters stay gathered from forward to backward,
      gradients are reduce-scattered and optimizer state is sharded. This is ZeRO-2. FSDP2 has no mode that shards
      the optimizer state alone, so ZeRO-1 runs as ZeRO-2 (it uses less gradient memory than true ZeRO-1 would);
    - 3: FSDP2 `fully_shard(reshard_after_forward=True)`: parameters re-gathered for backward.
    Each block is its own FSDP unit; the chunk itself is the root unit (embedding, final norm, head).
+
+Why hooks for ZeRO-0 rather than torch's wrappers (read in torch 2.13): DDP and the composable `replicate` (private
+`torch.distributed._composable`) take TP parameters only by turning the DTensors into plain tensors
+(`_pre_dp_module_transform`, "a temporary work around", no state_dict), and decide at forward time whether the
+next backward syncs, which a pipeline running several forwards ahead of their backwards gets wrong (pipelining
+patches DDP's reducer for `DistributedDataParallel` only). The FSDP2-based `replicate` (private) or `fully_shard`
+on a replicate mesh (HSDP with shard size 1) turn the parameters into dp DTensors, and under pipelining torch
+defers their reduction to after the stage's last backward (`perform_reduce_grad`). Public
+`Tensor.register_post_accumulate_grad_hook` and `dist.all_reduce(..., async_op=True)` work alike with and without
+pipelining, with TP shards, tied embeddings and every schedule.
 """
 
 from __future__ import annotations
@@ -107,25 +118,89 @@ def parallelize_chunk(model: Transformer, mesh, config, device: torch.device, se
     return model
 
 
-@torch.no_grad()
-def allreduce_gradients(modules: list[nn.Module], dp_group, dp: int) -> None:
-    """ZeRO-0 data parallelism: average every gradient over the dp group (flat buckets per dtype)."""
-    import torch.distributed as dist
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+def match_grad_layout(p: nn.Parameter) -> None:
+    """Gives a DTensor parameter's gradient the parameter's placements. (The vocabulary-parallel embedding's backward
+    returns a Replicate gradient for a Shard(0) weight; redistributing to Shard(0) just keeps the local rows.)"""
     from torch.distributed.tensor import DTensor
 
-    grads: dict[torch.dtype, list[torch.Tensor]] = {}
-    seen: set[int] = set()
-    for module in modules:
-        for p in module.parameters():
-            if p.grad is None or id(p) in seen:
-                continue
-            seen.add(id(p))
-            g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
-            grads.setdefault(g.dtype, []).append(g)
-    for tensors in grads.values():
-        flat = _flatten_dense_tensors(tensors)
-        dist.all_reduce(flat, group=dp_group)
-        flat.div_(dp)
-        for g, synced in zip(tensors, _unflatten_dense_tensors(flat, tensors)):
-            g.copy_(synced)
+    g = p.grad
+    if isinstance(g, DTensor) and isinstance(p, DTensor) and g.placements != p.placements:
+        p.grad = g.redistribute(p.device_mesh, p.placements)
+
+
+def _bucket_name(fqn: str) -> str:
+    """A parameter's bucket: its block ("layers.3"), the head (final norm and output) or the embedding."""
+    parts = fqn.split(".")
+    if parts[0] == "layers":
+        return ".".join(parts[:2])
+    return "head" if parts[0] in ("norm", "output") else parts[0]
+
+
+class GradReducer:
+    """ZeRO-0 data parallelism of one model chunk: averages its gradients over the dp group during the backward.
+
+    Buckets: one per block, one for the head (final norm + output) and one for the embedding, in reverse parameter
+    order (the order the backward produces them), split by dtype. A parameter's gradient is final at its
+    `accumulations`-th accumulation of the step (one per micro-batch backward: the gradient accumulation's earlier
+    micro-batches only accumulate, as under FSDP's `set_requires_gradient_sync(False)`). Its post-accumulate-grad
+    hook then marks it ready; a bucket whose parameters are all ready is copied into one flat tensor and
+    all-reduced asynchronously while the backward goes on. Buckets launch in their fixed order (the same on every
+    replica, as the process group requires), a ready bucket waiting for the ones before it.
+
+    `finish()` (the training loop's `grad_sync` phase) launches any bucket the hooks did not (gradients that
+    autograd did not accumulate: the split-backward schedules' weight pass of a non-first stage writes `.grad`
+    itself), waits for all, and writes each average (sum / `divisor`) back into the gradients. Local shards of
+    DTensor (TP) gradients are reduced, after they take their parameter's placements.
+    """
+
+    def __init__(self, module: nn.Module, dp_group, accumulations: int, divisor: float):
+        self.group, self.accumulations, self.divisor = dp_group, accumulations, divisor
+        buckets: dict[tuple[str, torch.dtype], list[nn.Parameter]] = {}
+        for fqn, p in reversed(list(module.named_parameters())):  # shared (tied) parameters appear once
+            if p.requires_grad:
+                buckets.setdefault((_bucket_name(fqn), p.dtype), []).append(p)
+        self.buckets = list(buckets.values())
+        self.bucket_of = {id(p): b for b, ps in enumerate(self.buckets) for p in ps}
+        self.handles = [p.register_post_accumulate_grad_hook(self._on_accumulated)
+                        for ps in self.buckets for p in ps]
+        self._reset()
+
+    def _reset(self) -> None:
+        self.count = dict.fromkeys(self.bucket_of, 0)
+        self.waiting = [len(ps) for ps in self.buckets]
+        self.next = 0
+        self.in_flight: list = []
+
+    @torch.no_grad()
+    def _on_accumulated(self, p: nn.Parameter) -> None:
+        self.count[id(p)] += 1
+        if self.count[id(p)] != self.accumulations:
+            return
+        match_grad_layout(p)
+        self.waiting[self.bucket_of[id(p)]] -= 1
+        while self.next < len(self.buckets) and self.waiting[self.next] == 0:
+            self._launch(self.next)
+
+    def _launch(self, b: int) -> None:
+        import torch.distributed as dist
+        from torch.distributed.tensor import DTensor
+
+        self.next = b + 1
+        grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+                 for p in self.buckets[b] if p.grad is not None]
+        if grads:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            self.in_flight.append((dist.all_reduce(flat, group=self.group, async_op=True), flat, grads))
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        for b in range(self.next, len(self.buckets)):
+            for p in self.buckets[b]:
+                match_grad_layout(p)
+            self._launch(b)
+        for work, flat, grads in self.in_flight:
+            work.wait()
+            flat.div_(self.divisor)
+            for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+                g.copy_(part.view_as(g))
+        self._reset()

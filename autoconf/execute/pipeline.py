@@ -51,8 +51,10 @@ def build_chunks(plan, pp_rank: int) -> list[tuple[int, Transformer]]:
             for s in stages_of_rank(plan, pp_rank)]
 
 
-def build_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device: torch.device):
-    """PipelineStage objects for this rank's chunks and the plan's schedule over them."""
+def build_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device: torch.device,
+                   scale_grads: bool = True):
+    """PipelineStage objects for this rank's chunks and the plan's schedule over them. With scale_grads=False the
+    gradients stay summed over the micro-batches (the caller divides them)."""
     from torch.distributed.pipelining import PipelineStage
     from torch.distributed.pipelining.schedules import PipelineScheduleSingle, get_schedule_class
 
@@ -61,9 +63,9 @@ def build_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device
     stages = [PipelineStage(chunk, s, c.num_stages, device, group=pp_group) for s, chunk in chunks]
     if issubclass(cls, PipelineScheduleSingle):
         assert len(stages) == 1
-        schedule = cls(stages[0], n_microbatches=c.num_microbatches, loss_fn=loss_fn, scale_grads=True)
+        schedule = cls(stages[0], n_microbatches=c.num_microbatches, loss_fn=loss_fn, scale_grads=scale_grads)
     else:
-        schedule = cls(stages, n_microbatches=c.num_microbatches, loss_fn=loss_fn, scale_grads=True)
+        schedule = cls(stages, n_microbatches=c.num_microbatches, loss_fn=loss_fn, scale_grads=scale_grads)
         torch_map = getattr(schedule, "stage_index_to_group_rank", None)
         if torch_map is not None:
             ours = dict(enumerate(stage_to_rank(c.schedule, c.pp, c.vpp)))

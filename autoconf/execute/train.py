@@ -33,7 +33,7 @@ from autoconf.execute.data import TokenSource, local_rows
 from autoconf.execute.dtypes import TORCH_DTYPES
 from autoconf.execute.mesh import build_mesh
 from autoconf.execute.model import init_seed
-from autoconf.execute.parallelize import allreduce_gradients, parallelize_chunk
+from autoconf.execute.parallelize import GradReducer, match_grad_layout, parallelize_chunk
 from autoconf.files import open_append, write_file
 from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_schedule, loss_fn
 from autoconf.spec.grid import AXES, RankGrid
@@ -123,9 +123,18 @@ class Trainer:
             parallelize_chunk(chunk, self.mesh, c, device, opts.seed, mp_policy)
         self.models = [chunk for _, chunk in self.chunks]
         self.tied = TiedEmbeddingSync(plan, grid, self.chunks, self.rank)
+        # ZeRO-0 over dp > 1: each chunk's gradients are averaged during its last micro-batch's backward. The
+        # pipeline's 1/micro-batches scaling (torch's scale_grads, an in-place division after the backward) is
+        # folded into the average instead, so nothing writes the gradients while their reduction is in flight.
+        self.reducers: list[GradReducer] = []
+        if c.dp > 1 and not self.fsdp:
+            divisor = c.dp * (c.num_microbatches if c.pp > 1 else 1)
+            self.reducers = [GradReducer(model, self.mesh["dp"].get_group(), c.num_microbatches, divisor)
+                             for model in self.models]
         self.schedule = None
         if c.pp > 1:
-            self.schedule, self.stages = build_schedule(plan, self.chunks, self.mesh["pp"].get_group(), device)
+            self.schedule, self.stages = build_schedule(plan, self.chunks, self.mesh["pp"].get_group(), device,
+                                                        scale_grads=not self.reducers)
         self.can_drop_outputs = (self.schedule is not None and
                                  "return_outputs" in inspect.signature(self.schedule.step).parameters)
         self.optimizers = [self._optimizer(model) for model in self.models]  # one per chunk (for DCP)
@@ -180,15 +189,10 @@ class Trainer:
 
     @torch.no_grad()
     def match_grad_layouts(self) -> None:
-        """Gives every DTensor gradient its parameter's placements. (The vocabulary-parallel embedding's backward
-        returns a Replicate gradient for a Shard(0) weight; redistributing to Shard(0) just keeps the local rows.)"""
-        from torch.distributed.tensor import DTensor
-
+        """Gives every DTensor gradient its parameter's placements (`match_grad_layout`)."""
         for model in self.models:
             for p in model.parameters():
-                g = p.grad
-                if isinstance(g, DTensor) and isinstance(p, DTensor) and g.placements != p.placements:
-                    p.grad = g.redistribute(p.device_mesh, p.placements)
+                match_grad_layout(p)
 
     @torch.no_grad()
     def clip(self, norm: torch.Tensor) -> None:
@@ -227,9 +231,9 @@ class Trainer:
             else:
                 self._pipeline(inputs, targets, losses)
         clock.lap("forward_backward")
+        for reducer in self.reducers:
+            reducer.finish()  # waits for the reductions the backward launched (ZeRO-0)
         self.match_grad_layouts()
-        if c.dp > 1 and not self.fsdp:
-            allreduce_gradients(self.models, self.mesh["dp"].get_group(), c.dp)
         clock.lap("grad_sync")
         self.tied.sync()
         norm = self.grad_norm()
