@@ -25,13 +25,13 @@ from autoconf.cost.comm import collective_time, p2p_time, slowest_collective_tim
 from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, measured_tp_layer, model_pieces,
                                    rank_optimizer_time)
 from autoconf.cost.memory import stage_memory, stage_params
-from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, simulate
+from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order_peaks, simulate
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, uniform_partition
-from autoconf.spec.schedules import build_schedule, schedule_spec
+from autoconf.spec.schedules import build_schedule, rank_actions, schedule_spec, stage_to_rank
 
 FRAMEWORKS = ("autoconf", "megatron")
 # Share of a block's activations that the weight-gradient pass (W) still needs after I: the inputs of the linear
@@ -413,14 +413,16 @@ def stage_inflight(stage_to_rank, peak, peak_weight, peak_rank) -> list[float]:
 
 
 @functools.lru_cache(maxsize=4096)
-def schedule_inflight(name: str, pp: int, vpp: int, num_microbatches: int) -> tuple[float, ...]:
+def schedule_inflight(name: str, pp: int, vpp: int, num_microbatches: int,
+                      rank: int | None = None) -> tuple[float, ...]:
     """`stage_inflight` of a schedule from its order alone (the counts do not depend on costs); above
-    EXTRAPOLATE_ABOVE x pp micro-batches counted at 2p and 3p and extended as `_extrapolated_step` does."""
+    EXTRAPOLATE_ABOVE x pp micro-batches counted at 2p and 3p and extended as `_extrapolated_step` does. With
+    `rank`, from that pipeline rank's own list only: its stages' counts are the same, the other stages read 0."""
     m = num_microbatches
+    owner = stage_to_rank(name, pp, vpp)
     if m <= EXTRAPOLATE_ABOVE * pp:
-        owner, peaks = _order_peaks(name, pp, m, vpp)
-        return tuple(stage_inflight(owner, *peaks))
-    (owner, first), (_, second) = (_order_peaks(name, pp, k * pp, vpp) for k in (2, 3))
+        return tuple(stage_inflight(owner, *_order_peaks(name, pp, m, vpp, rank)))
+    first, second = (_order_peaks(name, pp, k * pp, vpp, rank) for k in (2, 3))
     caps = (m, m, m * vpp)
     peaks = [[min(cap, int(round(b + (b - a) * (m - 3 * pp) / pp))) for a, b in zip(xs, ys)]
              for xs, ys, cap in zip(first, second, caps)]
@@ -428,10 +430,12 @@ def schedule_inflight(name: str, pp: int, vpp: int, num_microbatches: int) -> tu
 
 
 @functools.lru_cache(maxsize=4096)
-def _order_peaks(name: str, pp: int, num_microbatches: int, vpp: int) -> tuple[tuple, tuple]:
-    """(stage_to_rank, order_peaks) of a schedule, remembered: the 2p and 3p samples serve every larger count."""
-    schedule = _schedule(name, pp, num_microbatches, vpp)
-    return schedule.stage_to_rank, order_peaks(schedule)
+def _order_peaks(name: str, pp: int, num_microbatches: int, vpp: int, rank: int | None) -> tuple:
+    """`order_peaks` of a schedule (of one rank's list with `rank`), remembered: the 2p and 3p samples serve every
+    larger count."""
+    if rank is None:
+        return order_peaks(_schedule(name, pp, num_microbatches, vpp))
+    return rank_order_peaks(pp * vpp, {rank: rank_actions(name, pp, num_microbatches, vpp, rank)}, pp)
 
 
 def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, optimizer: float,

@@ -182,7 +182,7 @@ class _BoundCache:
             owner = stage_to_rank(c.schedule, c.pp, c.vpp)
             self._layout[key] = (uniform_partition(self.model.num_layers, c.num_stages), owner)
         partition, owner = self._layout[key]
-        inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches)
+        inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, rank=0)
         return stage_memory(self.model, self.cluster, c, partition, owner, inflight, self.execution.memory_layout,
                             ranks=[0])[0]["total"]
 
