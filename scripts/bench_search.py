@@ -1,9 +1,16 @@
-"""Planner speed at scale: the two cases of issue 3, timed end to end (search + CP-SAT refinement of the top 5).
+"""Planner speed at scale, timed end to end (search + CP-SAT refinement of the top 5): the cases of issues 3 and 12.
 
-Usage: python scripts/bench_search.py
+    gpt-1t (Megatron's 1T model) on 384 x 8 A100, batch 3072, seq 2048, fp16, standard attention
+    Llama-3.1-405B on 2048 x 8 H100, batch 2048, seq 8192
+    llama3-70b, batch 8192, seq 8192, on 8, 2048, 8192 and 12288 x 8 H100: the search must not grow with the
+        cluster faster than the candidates it weighs (12,288 nodes are 98,304 GPUs: 12,500 nodes, 100k GPUs, have
+        no layout whose data-parallel degree divides batch 8192)
+
+Usage: python scripts/bench_search.py [CASE_PREFIX ...]   (prints one JSON line per case)
 """
 
 import json
+import sys
 import time
 
 from autoconf.solve.search import search
@@ -16,24 +23,27 @@ LLAMA_405B_CONFIG = {"model_type": "llama", "num_hidden_layers": 126, "hidden_si
                      "vocab_size": 128256, "max_position_embeddings": 131072, "rope_theta": 500000.0,
                      "rms_norm_eps": 1e-05, "tie_word_embeddings": False}
 
+# (label, model, cluster, nodes, global batch, seq len, dtype, attention, target seconds)
 CASES = [
-    ("gpt-1t (Megatron 1T) on 384 x 8 A100, batch 3072, seq 2048", PRESETS["gpt-1t"], "dgx-a100-80g", 384, 3072,
-     2048, 10.0),
+    ("gpt-1t (Megatron 1T) on 384 x 8 A100, batch 3072, seq 2048, fp16, standard attention", PRESETS["gpt-1t"],
+     "dgx-a100-80g", 384, 3072, 2048, "fp16", "standard", 5.0),
     ("Llama-3.1-405B on 2048 x 8 H100, batch 2048, seq 8192", from_hf_config(LLAMA_405B_CONFIG, "llama3.1-405b"),
-     "dgx-h100-80g", 2048, 2048, 8192, 60.0),
-]
+     "dgx-h100-80g", 2048, 2048, 8192, "bf16", "flash", 60.0),
+] + [(f"llama3-70b on {nodes} x 8 H100, batch 8192, seq 8192", PRESETS["llama3-70b"], "dgx-h100-80g", nodes, 8192,
+      8192, "bf16", "flash", 10.0) for nodes in (8, 2048, 8192, 12288)]
 
 if __name__ == "__main__":
-    rows = []
-    for label, model, cluster_name, nodes, batch, seq, target in CASES:
+    wanted = sys.argv[1:]
+    for label, model, cluster_name, nodes, batch, seq, dtype, attention, target in CASES:
+        if wanted and not any(label.startswith(prefix) for prefix in wanted):
+            continue
         cluster = load_cluster(cluster_name, nodes=nodes)
         start = time.perf_counter()
-        result = search(model, cluster, batch, seq, "bf16")
+        result = search(model, cluster, batch, seq, dtype, attention)
         seconds = time.perf_counter() - start
         best = result.plans[0]
         c = best.config
-        rows.append({"case": label, "seconds": round(seconds, 2), "target_s": target, **result.stats,
-                     "best": f"tp{c.tp} pp{c.pp} dp{c.dp} vpp{c.vpp} mb{c.micro_batch_size} {c.schedule} "
-                             f"zero{c.zero_stage} rc={c.recompute} sp={c.sequence_parallel}",
-                     "predicted_mfu": round(best.prediction["mfu"], 3)})
-        print(json.dumps(rows[-1]))
+        print(json.dumps({"case": label, "seconds": round(seconds, 2), "target_s": target, **result.stats,
+                          "best": f"tp{c.tp} pp{c.pp} dp{c.dp} vpp{c.vpp} mb{c.micro_batch_size} {c.schedule} "
+                                  f"zero{c.zero_stage} rc={c.recompute} sp={c.sequence_parallel}",
+                          "predicted_mfu": round(best.prediction["mfu"], 3)}), flush=True)

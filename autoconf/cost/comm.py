@@ -11,6 +11,8 @@ gloo (the CPU backend) implements reduce-scatter as an all-reduce followed by a 
 
 from __future__ import annotations
 
+import numpy as np
+
 from autoconf.cost.interpolate import EXTRAPOLATE, interpolate
 from autoconf.spec.cluster import ClusterProfile
 
@@ -48,76 +50,137 @@ def _measured(cluster: ClusterProfile, op: str, scope: str, k: int, nbytes: floa
     return interpolate(list(by_size.items()), nbytes, EXTRAPOLATE)
 
 
-def collective_time(cluster: ClusterProfile, op: str, nbytes: float, devices: list[int]) -> float:
-    """Seconds for `op` over `devices` on a buffer of `nbytes` (all-reduce input / all-gather output size), plus the
-    profile's `collective_sync_s`: the wait for every member to be scheduled when CPU ranks share cores."""
+def collective_time(cluster: ClusterProfile, op: str, nbytes: float, devices) -> float:
+    """Seconds for `op` over `devices` (a sequence or an array of device ids) on a buffer of `nbytes` (all-reduce
+    input / all-gather output size), plus the profile's `collective_sync_s`: the wait for every member to be
+    scheduled when CPU ranks share cores."""
     assert op in OPS, op
     k = len(devices)
     if k <= 1 or nbytes <= 0:
         return 0.0
-    return _collective_transfer(cluster, op, nbytes, devices) + cluster.overhead("collective_sync_s")
+    return _collective_transfer(cluster, op, nbytes, _group_shape(cluster, devices)) + cluster.overhead(
+        "collective_sync_s")
 
 
-def _collective_transfer(cluster: ClusterProfile, op: str, nbytes: float, devices: list[int]) -> float:
-    k = len(devices)
+def slowest_collective_time(cluster: ClusterProfile, op: str, nbytes: float, groups) -> float:
+    """The slowest of concurrent `op`s, one over each row of `groups` (an array of device ids, one group per row):
+    `collective_time` of each group whose time can differ (see `distinct_groups`)."""
+    return max(collective_time(cluster, op, nbytes, group) for group in distinct_groups(cluster, groups))
+
+
+def distinct_groups(cluster: ClusterProfile, groups) -> list[np.ndarray]:
+    """Rows of `groups` (one group of devices per row) that can differ in every collective's time: on a cluster
+    without per-link matrices a group's time depends only on how its members fill nodes, so one group for each
+    pattern of members per node; otherwise every group."""
+    groups = np.asarray(groups, dtype=np.int64)
+    groups = groups.reshape(len(groups), -1)
+    if not _uniform(cluster) or len(groups) <= 1:
+        return list(groups)
+    nodes = np.sort(groups // cluster.gpus_per_node, axis=1)
+    # Sorted node ids start a new run at each change: the runs are the members per node.
+    _, first = np.unique(np.diff(nodes, axis=1) != 0, axis=0, return_index=True)
+    return [groups[i] for i in sorted(first)]
+
+
+def _uniform(cluster: ClusterProfile) -> bool:
+    """Every intra-node link alike and every inter-node link alike."""
+    return cluster.intra_node_matrix is None and cluster.inter_node_matrix is None
+
+
+def _group_shape(cluster: ClusterProfile, devices) -> tuple[int, list, tuple[float, float], int]:
+    """How a group spans the cluster: (members, [(members, ring latency, ring bandwidth) of each node's ring],
+    (latency, bandwidth) of the ring across its nodes, number of nodes). Without an intra-node matrix every node's
+    ring has the same link, so nodes with the same number of members are listed once."""
+    if cluster.intra_node_matrix is None:
+        ids = np.asarray(devices, dtype=np.int64).reshape(-1) // cluster.gpus_per_node
+        counts = np.bincount(ids - ids.min())
+        counts = counts[counts > 0]
+        link = _ring_link(cluster, [])
+        rings = [(int(n), *link) for n in np.unique(counts)]
+        node_ids = None if cluster.inter_node_matrix is None else np.unique(ids).tolist()
+        n_nodes = len(counts)
+    else:
+        nodes: dict[int, list[int]] = {}
+        for d in np.asarray(devices, dtype=np.int64).reshape(-1).tolist():
+            nodes.setdefault(cluster.node_of(d), []).append(d)
+        rings = [(len(group), *_ring_link(cluster, group)) for group in nodes.values()]
+        node_ids = sorted(nodes)
+        n_nodes = len(node_ids)
+    if node_ids is None or n_nodes == 1:
+        across = (cluster.inter_node.latency_s, cluster.inter_node.bandwidth_Bps)
+    else:
+        latency, bandwidth = 0.0, float("inf")
+        for i, a in enumerate(node_ids):
+            lat, bw = cluster.inter(a, node_ids[(i + 1) % len(node_ids)])
+            latency, bandwidth = max(latency, lat), min(bandwidth, bw)
+        across = (latency, bandwidth)
+    return len(devices), rings, across, n_nodes
+
+
+def _collective_transfer(cluster: ClusterProfile, op: str, nbytes: float, shape) -> float:
+    k, rings, across, n_nodes = shape
     if op == "reduce_scatter" and cluster.backend == "gloo":
         op = "all_reduce"
-    nodes: dict[int, list[int]] = {}
-    for d in devices:
-        nodes.setdefault(cluster.node_of(d), []).append(d)
-    scope = "intra" if len(nodes) == 1 else "inter"
+    scope = "intra" if n_nodes == 1 else "inter"
     measured = _measured(cluster, op, scope, k, nbytes)
     if measured is not None:
         return measured
-    if len(nodes) == 1:
-        latency, bandwidth = _ring_link(cluster, devices)
+    if n_nodes == 1:
+        _, latency, bandwidth = rings[0]
         return _ring_time(op, nbytes, k, latency, bandwidth * cluster.eff("comm_intra"))
     # Hierarchical: the intra-node phases on each node run in parallel; the slowest node bounds them.
-    local = max(len(group) for group in nodes.values())
+    local = max(members for members, _, _ in rings)
     intra_time = 0.0
     if local > 1:
         intra_op = "all_gather" if op == "all_gather" else "reduce_scatter"
-        for group in nodes.values():
-            latency, bandwidth = _ring_link(cluster, group)
-            t = _ring_time(intra_op, nbytes, len(group), latency, bandwidth * cluster.eff("comm_intra"))
+        for members, latency, bandwidth in rings:
+            t = _ring_time(intra_op, nbytes, members, latency, bandwidth * cluster.eff("comm_intra"))
             intra_time = max(intra_time, t * (2 if op == "all_reduce" else 1))
-    node_ids = sorted(nodes)
-    latency, bandwidth = 0.0, float("inf")
-    if cluster.inter_node_matrix is None:
-        latency, bandwidth = cluster.inter_node.latency_s, cluster.inter_node.bandwidth_Bps
-        node_ids_ring = []
-    else:
-        node_ids_ring = node_ids
-    for i, a in enumerate(node_ids_ring):
-        b = node_ids[(i + 1) % len(node_ids)]
-        lat, bw = cluster.inter(a, b)
-        latency, bandwidth = max(latency, lat), min(bandwidth, bw)
-    inter_time = _ring_time(op, nbytes / local, len(node_ids), latency, bandwidth * cluster.eff("comm_inter"))
+    latency, bandwidth = across
+    inter_time = _ring_time(op, nbytes / local, n_nodes, latency, bandwidth * cluster.eff("comm_inter"))
     return intra_time + inter_time
 
 
-def p2p_time(cluster: ClusterProfile, nbytes: float, pairs: list[tuple[int, int]]) -> float:
-    """Seconds for concurrent transfers of `nbytes` over each (src, dst) pair: the slowest pair bounds it, plus the
-    wait for the receiver under load: the profile's `p2p_sync_s` (one peer), or `collective_sync_s` (every member
-    of a group) from profiles that do not state it."""
-    transfer = _p2p_transfer(cluster, nbytes, pairs)
+def p2p_time(cluster: ClusterProfile, nbytes: float, pairs) -> float:
+    """Seconds for concurrent transfers of `nbytes` over each (src, dst) pair (a sequence of pairs or an array of
+    shape (n, 2)): the slowest pair bounds it, plus the wait for the receiver under load: the profile's
+    `p2p_sync_s` (one peer), or `collective_sync_s` (every member of a group) from profiles that do not state it."""
+    transfer = _p2p_transfer(cluster, nbytes, np.asarray(pairs, dtype=np.int64).reshape(-1, 2))
     if transfer <= 0:
         return 0.0
     sync = "p2p_sync_s" if "p2p_sync_s" in cluster.efficiency else "collective_sync_s"
     return transfer + cluster.overhead(sync)
 
 
-def _p2p_transfer(cluster: ClusterProfile, nbytes: float, pairs: list[tuple[int, int]]) -> float:
+def distinct_pair_sets(cluster: ClusterProfile, pair_sets) -> np.ndarray:
+    """Alternative sets of concurrent (src, dst) pairs (`pair_sets`: an array of shape (sets, n, 2)) that can differ
+    in `p2p_time`: on a cluster without per-link matrices a set's time depends only on whether any pair moves data
+    and whether any crosses a node boundary, so one set of each kind; otherwise every set."""
+    sets = np.asarray(pair_sets, dtype=np.int64)
+    sets = sets.reshape(len(sets), -1, 2)
+    if not _uniform(cluster) or len(sets) <= 1:
+        return sets
+    g = cluster.gpus_per_node
+    src, dst = sets[..., 0], sets[..., 1]
+    moves = src != dst
+    signature = np.stack([moves.any(axis=1), (moves & (src // g != dst // g)).any(axis=1)], axis=1)
+    _, first = np.unique(signature, axis=0, return_index=True)
+    return sets[np.sort(first)]
+
+
+def _p2p_transfer(cluster: ClusterProfile, nbytes: float, pairs: np.ndarray) -> float:
     worst = 0.0
-    if cluster.intra_node_matrix is None and cluster.inter_node_matrix is None:
+    if _uniform(cluster):
         g = cluster.gpus_per_node
-        crossing = [src // g != dst // g for src, dst in pairs if src != dst]
-        if not crossing:
+        src, dst = pairs[:, 0], pairs[:, 1]
+        moves = src != dst
+        if not moves.any():
             return 0.0
-        link = cluster.inter_node if any(crossing) else cluster.intra_node
-        scope = "comm_inter" if any(crossing) else "comm_intra"
+        crossing = bool((src[moves] // g != dst[moves] // g).any())
+        link = cluster.inter_node if crossing else cluster.intra_node
+        scope = "comm_inter" if crossing else "comm_intra"
         return link.latency_s + nbytes / (link.bandwidth_Bps * cluster.eff(scope))
-    for src, dst in pairs:
+    for src, dst in pairs.tolist():
         if src == dst:
             continue
         link = cluster.link(src, dst)

@@ -21,17 +21,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from autoconf.cost.comm import collective_time, p2p_time
+from autoconf.cost.comm import collective_time, p2p_time, slowest_collective_time
 from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, measured_tp_layer, model_pieces,
                                    rank_optimizer_time)
 from autoconf.cost.memory import stage_memory, stage_params
-from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, simulate
+from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order_peaks, simulate
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, uniform_partition
-from autoconf.spec.schedules import build_schedule, schedule_spec
+from autoconf.spec.schedules import build_schedule, rank_actions, schedule_spec, stage_to_rank
 
 FRAMEWORKS = ("autoconf", "megatron")
 # Share of a block's activations that the weight-gradient pass (W) still needs after I: the inputs of the linear
@@ -137,15 +137,15 @@ def step_collectives(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfi
     """Seconds of the collectives every step runs once after the pipeline flush, before the optimizer: the sum of
     the tied embedding's gradients between the first and the last stage (when different pipeline ranks hold them),
     the all-reduce of the gradient norm's square and the all-reduce of the loss, both over every rank."""
-    everyone = grid.flat()
+    everyone = grid.devices.reshape(-1)
     seconds = collective_time(cluster, "all_reduce", 8, everyone) + collective_time(cluster, "all_reduce", 16, everyone)
     last = stage_to_rank[-1]
     if model.tied_embeddings and c.pp > 1 and last != stage_to_rank[0]:
         shard = c.dp if c.zero_sharded else 1
         grad_bytes = model.vocab_size * model.hidden_size / c.tp / shard * 4
-        pairs = [[int(a), int(b)] for a, b in zip(grid.pipeline_rank(stage_to_rank[0]).flat,
-                                                  grid.pipeline_rank(last).flat)]
-        seconds += max(collective_time(cluster, "all_reduce", grad_bytes, pair) for pair in pairs)
+        pairs = np.stack([grid.pipeline_rank(stage_to_rank[0]).reshape(-1), grid.pipeline_rank(last).reshape(-1)],
+                         axis=1)
+        seconds += slowest_collective_time(cluster, "all_reduce", grad_bytes, pairs)
     return seconds
 
 
@@ -173,13 +173,13 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         rank = stage_to_rank[st]
         layers = end - first
         # Two TP collectives per layer in forward and two in backward, or what the profile measured TP layers add.
-        one = tp_collective(model, cluster, c, grid.first_group("tp", rank))
+        one = tp_collective(model, cluster, c, grid.first_group_array("tp", rank))
         tp = PassTimes(2 * one * layers, 2 * one * layers, 0.0)
         if measured_tp is not None:
             per_layer, read_at = measured_tp
             # Beyond the largest measured micro-batch the modelled collectives carry the growth.
             grow = one - tp_collective(model, cluster, dataclasses.replace(c, micro_batch_size=read_at),
-                                       grid.first_group("tp", rank))
+                                       grid.first_group_array("tp", rank))
             one = (per_layer.forward + per_layer.backward_input) / 4 + grow
             tp = PassTimes((per_layer.forward + 2 * grow) * layers, (per_layer.backward_input + 2 * grow) * layers,
                            0.0)
@@ -193,7 +193,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             tp = tp + PassTimes(0.0, one, 0.0)
         # DP / FSDP collectives of this stage's parameters.
         params = stage_params(model, partition, st) / c.tp
-        per_microbatch_gather, gather, reduce = dp_collectives(cluster, c, params, grid.first_group("dp", rank),
+        per_microbatch_gather, gather, reduce = dp_collectives(cluster, c, params, grid.first_group_array("dp", rank),
                                                                units=layers + 1)
         fwd = compute.forward + tp.forward + pass_overhead
         bwd_in = compute.backward_input + tp.backward_input + recompute + pass_overhead
@@ -241,10 +241,9 @@ def _p2p_function(cluster: ClusterProfile, config: ParallelConfig, model: ModelS
         key = (stage_to_rank[src_stage], stage_to_rank[dst_stage])
         if key not in cache:
             a, b = grid.pipeline_rank(key[0]), grid.pipeline_rank(key[1])
-            pairs = [(int(x), int(y)) for x, y in zip(a.flat, b.flat)]
-            cache[key] = p2p_time(cluster, nbytes, pairs)
+            cache[key] = p2p_time(cluster, nbytes, np.stack([a.reshape(-1), b.reshape(-1)], axis=1))
             if execution.framework == "megatron" and c.tp > 1 and not c.sequence_parallel:
-                cache[key] += collective_time(cluster, "all_gather", nbytes * c.tp, [int(d) for d in b[0]])
+                cache[key] += collective_time(cluster, "all_gather", nbytes * c.tp, b[0])
         return cache[key]
 
     return p2p
@@ -414,18 +413,29 @@ def stage_inflight(stage_to_rank, peak, peak_weight, peak_rank) -> list[float]:
 
 
 @functools.lru_cache(maxsize=4096)
-def schedule_inflight(name: str, pp: int, vpp: int, num_microbatches: int) -> tuple[float, ...]:
+def schedule_inflight(name: str, pp: int, vpp: int, num_microbatches: int,
+                      rank: int | None = None) -> tuple[float, ...]:
     """`stage_inflight` of a schedule from its order alone (the counts do not depend on costs); above
-    EXTRAPOLATE_ABOVE x pp micro-batches counted at 2p and 3p and extended as `_extrapolated_step` does."""
+    EXTRAPOLATE_ABOVE x pp micro-batches counted at 2p and 3p and extended as `_extrapolated_step` does. With
+    `rank`, from that pipeline rank's own list only: its stages' counts are the same, the other stages read 0."""
     m = num_microbatches
+    owner = stage_to_rank(name, pp, vpp)
     if m <= EXTRAPOLATE_ABOVE * pp:
-        schedule = _schedule(name, pp, m, vpp)
-        return tuple(stage_inflight(schedule.stage_to_rank, *order_peaks(schedule)))
-    samples = [order_peaks(_schedule(name, pp, k * pp, vpp)) for k in (2, 3)]
+        return tuple(stage_inflight(owner, *_order_peaks(name, pp, m, vpp, rank)))
+    first, second = (_order_peaks(name, pp, k * pp, vpp, rank) for k in (2, 3))
     caps = (m, m, m * vpp)
     peaks = [[min(cap, int(round(b + (b - a) * (m - 3 * pp) / pp))) for a, b in zip(xs, ys)]
-             for xs, ys, cap in zip(*samples, caps)]
-    return tuple(stage_inflight(_schedule(name, pp, 2 * pp, vpp).stage_to_rank, *peaks))
+             for xs, ys, cap in zip(first, second, caps)]
+    return tuple(stage_inflight(owner, *peaks))
+
+
+@functools.lru_cache(maxsize=4096)
+def _order_peaks(name: str, pp: int, num_microbatches: int, vpp: int, rank: int | None) -> tuple:
+    """`order_peaks` of a schedule (of one rank's list with `rank`), remembered: the 2p and 3p samples serve every
+    larger count."""
+    if rank is None:
+        return order_peaks(_schedule(name, pp, num_microbatches, vpp))
+    return rank_order_peaks(pp * vpp, {rank: rank_actions(name, pp, num_microbatches, vpp, rank)}, pp)
 
 
 def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, optimizer: float,

@@ -228,13 +228,20 @@ def simulate(
 def order_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int]]:
     """(peak_inflight, peak_inflight_weight, peak_inflight_rank) as `Timeline` defines them, from the order alone: a
     rank's actions run one at a time, so its counts follow its list whatever the costs."""
-    compiled, S = schedule.compiled, schedule.num_stages
+    return rank_order_peaks(schedule.num_stages, dict(enumerate(schedule.compiled)), schedule.pp)
+
+
+def rank_order_peaks(num_stages: int, compiled: dict[int, Sequence[tuple[int, int, int]]],
+                     pp: int) -> tuple[list[int], list[int], list[int]]:
+    """`order_peaks` from the compiled lists of some ranks ({rank: list}): a rank's counts depend on its own list
+    only, so these ranks' stages and peaks are exact; the other ranks' read 0."""
+    S = num_stages
     live = [0] * S
     wait_w = [0] * S
     peak = [0] * S
     peak_w = [0] * S
-    peak_rank = []
-    for acts in compiled:
+    peak_rank = [0] * pp
+    for rank, acts in compiled.items():
         cur = best = 0
         for k, s, _ in acts:
             if k == _F:
@@ -253,5 +260,5 @@ def order_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int]]:
                     wait_w[s] += 1
                     if wait_w[s] > peak_w[s]:
                         peak_w[s] = wait_w[s]
-        peak_rank.append(best)
+        peak_rank[rank] = best
     return peak, peak_w, peak_rank

@@ -19,7 +19,9 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from autoconf.cost.comm import p2p_time
+import numpy as np
+
+from autoconf.cost.comm import distinct_pair_sets, p2p_time
 from autoconf.cost.compute import measured_tp_layer, model_pieces, rank_optimizer_time
 from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mesh, default_partition, dp_collectives,
                                     estimate, p2p_bytes, recompute_time, schedule_inflight, tp_collective)
@@ -54,6 +56,7 @@ class _BoundCache:
         self._tp: dict = {}
         self._dp: dict = {}
         self._p2p: dict = {}
+        self._pair_sets: dict = {}
         self._rank0: dict = {}
         self._hop_count: dict = {}
         self._layout: dict = {}
@@ -84,19 +87,26 @@ class _BoundCache:
             nbytes = p2p_bytes(model, c, self.execution)
             p2p = 0.0
             if c.pp > 1:
-                # The cheapest hop between neighbouring pipeline ranks of the default mesh (wrap-around included):
-                # pipeline rank r holds devices [r*dp*tp, (r+1)*dp*tp).
-                width = c.dp * c.tp
-                world = c.pp * width
-                p2p = min(p2p_time(cluster, nbytes, [(r * width + d, ((r + 1) * width + d) % world)
-                                                     for d in range(width)]) for r in range(c.pp))
+                # The cheapest hop between neighbouring pipeline ranks of the default mesh (wrap-around included).
+                p2p = min(p2p_time(cluster, nbytes, pairs) for pairs in self._hop_pairs(c))
             self._p2p[p2p_key] = p2p
         dp_key = (c.tp, c.pp, c.dp, per_stage_layers, c.dtype, c.zero_stage,
                   schedule_spec(c.schedule).fsdp_gather_per_chunk)
         if dp_key not in self._dp:
             params = per_stage_layers * model.layer_params() / c.tp
-            self._dp[dp_key] = dp_collectives(cluster, c, params, [d * c.tp for d in range(c.dp)])
+            self._dp[dp_key] = dp_collectives(cluster, c, params, np.arange(c.dp) * c.tp)
         return (self._p2p[p2p_key], *self._dp[dp_key])
+
+    def _hop_pairs(self, c: ParallelConfig) -> np.ndarray:
+        """For each pipeline rank r of the default mesh (devices [r*dp*tp, (r+1)*dp*tp)), the pairs of its hop to
+        rank r+1 (wrap-around included), as far as they can differ in time."""
+        key = (c.pp, c.dp, c.tp)
+        if key not in self._pair_sets:
+            width = c.dp * c.tp
+            src = np.arange(c.pp * width).reshape(c.pp, width)
+            self._pair_sets[key] = distinct_pair_sets(self.cluster, np.stack([src, (src + width) % src.size],
+                                                                              axis=-1))
+        return self._pair_sets[key]
 
     def _rank0_layers(self, c: ParallelConfig) -> int:
         """Transformer layers the uniform partition gives pipeline rank 0."""
@@ -172,7 +182,7 @@ class _BoundCache:
             owner = stage_to_rank(c.schedule, c.pp, c.vpp)
             self._layout[key] = (uniform_partition(self.model.num_layers, c.num_stages), owner)
         partition, owner = self._layout[key]
-        inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches)
+        inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, rank=0)
         return stage_memory(self.model, self.cluster, c, partition, owner, inflight, self.execution.memory_layout,
                             ranks=[0])[0]["total"]
 

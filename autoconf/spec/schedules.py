@@ -222,8 +222,7 @@ class Schedule:
     @cached_property
     def compiled(self) -> tuple[tuple[tuple[int, int, int], ...], ...]:
         """Per rank, (kind code, stage, micro-batch) with codes F=0, B=1, I=2, W=3; cached for the simulator."""
-        code = {"F": 0, "B": 1, "I": 2, "W": 3}
-        return tuple(tuple((code[a.kind], a.stage, a.microbatch) for a in acts) for acts in self.actions)
+        return tuple(_compiled(acts) for acts in self.actions)
 
     def __str__(self) -> str:
         return "\n".join(f"rank {r}: " + " ".join(map(str, acts)) for r, acts in enumerate(self.actions))
@@ -244,6 +243,19 @@ def check_schedule(name: str, pp: int, vpp: int, num_microbatches: int) -> None:
     problem = spec.problem(pp, vpp, num_microbatches)
     if problem:
         raise ValueError(problem)
+
+
+def rank_actions(name: str, pp: int, num_microbatches: int, vpp: int, rank: int) -> tuple[tuple[int, int, int], ...]:
+    """`build_schedule(...).compiled[rank]`: one rank's list without building the others'."""
+    check_schedule(name, pp, vpp, num_microbatches)
+    return _compiled(schedule_spec(name).order(rank, pp, vpp, num_microbatches))
+
+
+_CODE = {"F": 0, "B": 1, "I": 2, "W": 3}
+
+
+def _compiled(actions) -> tuple[tuple[int, int, int], ...]:
+    return tuple((_CODE[a.kind], a.stage, a.microbatch) for a in actions)
 
 
 def build_schedule(name: str, pp: int, num_microbatches: int, vpp: int = 1) -> Schedule:
