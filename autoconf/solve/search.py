@@ -126,7 +126,11 @@ class _BoundCache:
         return self._hop_count[key]
 
     def bounds(self, c: ParallelConfig) -> _Bounds:
-        """Lower bounds on the simulated iteration time and on rank 0's peak memory for the uniform partition.
+        """Lower bounds on the simulated iteration time and on the peak memory (`time_bound`, `memory_bound`)."""
+        return _Bounds(self.time_bound(c), self.memory_bound(c))
+
+    def time_bound(self, c: ParallelConfig) -> float:
+        """A lower bound on the simulated iteration time of the uniform partition.
 
         Time: the busiest rank's work (at least ceil(L/pp) layers, each pass at least its FSDP gather) for every
         micro-batch, the schedule's textbook bubble on the smallest stage, the P2P hops of the pipeline fill and
@@ -170,11 +174,9 @@ class _BoundCache:
         compute_path = gather_once + busy + idle + reduce
         # Micro-batch 0 passes every stage forward and backward in turn, hopping ranks between stages.
         chain = model.num_layers * (layer_fwd + layer_bwd) + 2 * S * overhead + 2 * hops * p2p
-        time_bound = max(compute_path, comm_stream, chain) + optimizer + cluster.overhead("step_overhead_s")
+        return max(compute_path, comm_stream, chain) + optimizer + cluster.overhead("step_overhead_s")
 
-        return _Bounds(time_bound, self._memory_bound(c))
-
-    def _memory_bound(self, c: ParallelConfig) -> float:
+    def memory_bound(self, c: ParallelConfig) -> float:
         """The estimate's own memory of pipeline rank 0 (cost/memory.stage_memory on the uniform partition, with the
         in-flight counts the estimate reads off the schedule's order): the estimate's peak is the largest rank's."""
         key = (c.pp, c.vpp, c.schedule)
@@ -212,8 +214,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         if launchable_only and unsupported_reason(config):
             unlaunchable += 1
             continue
-        bound = cache.bounds(config)
-        scored.append((bound.time_s, _key(config), bound.memory_bytes, config))
+        scored.append((cache.time_bound(config), _key(config), config))
     if not scored:
         raise UserError(_no_candidate_message(model, cluster, global_batch, fixed))
     scored.sort(key=lambda item: (item[0], item[1]))
@@ -222,12 +223,13 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     near: list[tuple[float, tuple, ParallelConfig]] = []  # every fitting candidate simulated with an extrapolation
     pruned_memory = pruned_time = simulated = 0
     closest: tuple[float, ParallelConfig] | None = None
-    for index, (time_bound, key, memory_bound, config) in enumerate(scored):
+    for index, (time_bound, key, config) in enumerate(scored):
         # Extrapolated times are at or above the full simulation, so the K-th best of them is at or above the K-th
         # best full time: a bound beyond it rules a candidate out.
         if len(best) >= top_k and time_bound >= -best[0][0]:
             pruned_time += len(scored) - index
             break
+        memory_bound = cache.memory_bound(config)  # only for the candidates the walk reaches
         if memory_bound > limit:
             pruned_memory += 1
             if closest is None or memory_bound - limit < closest[0]:
@@ -368,7 +370,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         cache = _BoundCache(model, bigger, execution)
         for config in candidates(model, bigger.world_size, bigger.gpus_per_node, global_batch, seq_len, dtype,
                                  attention, fixed):
-            if unsupported_reason(config) or cache.bounds(config).memory_bytes > bigger.device.memory_bytes:
+            if unsupported_reason(config) or cache.memory_bound(config) > bigger.device.memory_bytes:
                 continue
             if estimate(model, bigger, config, execution=execution, detail=False).prediction["fits"]:
                 return message + (f"; the smallest change that fits: {bigger.nodes} nodes "
