@@ -22,7 +22,7 @@ TINY = PRESETS["tiny-gpt"]
 def _exhaustive(model, cluster, batch, seq, dtype, fixed=None):
     """Every launchable candidate that fits, simulated in full, fastest first (ties in the search's key order); ZeRO-1
     is left out as the search leaves it out (the executor runs it exactly as ZeRO-2)."""
-    from autoconf.solve.search import _key
+    from autoconf.solve.search import ranking_key
 
     scored = []
     for config in candidates(model, cluster.world_size, cluster.gpus_per_node, batch, seq, dtype, fixed=fixed,
@@ -31,7 +31,7 @@ def _exhaustive(model, cluster, batch, seq, dtype, fixed=None):
             continue
         p = estimate(model, cluster, config, detail=False).prediction
         if p["fits"]:
-            scored.append((p["iteration_time_s"], _key(config), config))
+            scored.append((p["iteration_time_s"], ranking_key(config), config))
     return sorted(scored, key=lambda it: it[:2])
 
 

@@ -214,7 +214,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         if launchable_only and unsupported_reason(config):
             unlaunchable += 1
             continue
-        scored.append((cache.time_bound(config), _key(config), config))
+        scored.append((cache.time_bound(config), ranking_key(config), config))
     if not scored:
         raise UserError(_no_candidate_message(model, cluster, global_batch, fixed))
     scored.sort(key=lambda item: (item[0], item[1]))
@@ -256,7 +256,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     if refine:
         ranked = [_refine(model, cluster, plan.config, execution, partition_time_s, placement_time_s)
                   for plan in ranked]
-        ranked.sort(key=lambda plan: (plan.prediction["iteration_time_s"], _key(plan.config)))
+        ranked.sort(key=lambda plan: (plan.prediction["iteration_time_s"], ranking_key(plan.config)))
     else:
         ranked = [estimate(model, cluster, plan.config, execution=execution) for plan in ranked]
     stats = {"candidates": seen, "unlaunchable": unlaunchable, "pruned_memory": pruned_memory,
@@ -278,21 +278,22 @@ def _ranked_by_full_simulation(model: ModelSpec, cluster: ClusterProfile, execut
             plan = estimate(model, cluster, plan.config, execution=execution, detail=False)
         return plan.prediction["iteration_time_s"], plan
 
-    ranked = sorted((full(plan) for _, _, plan in best), key=lambda it: (it[0], _key(it[1].config)))
-    chosen = {_key(plan.config) for _, plan in ranked}
+    ranked = sorted((full(plan) for _, _, plan in best), key=lambda it: (it[0], ranking_key(it[1].config)))
+    chosen = {ranking_key(plan.config) for _, plan in ranked}
     for extrapolated, key, config in sorted(near, key=lambda it: (it[0], it[1])):
         if len(ranked) >= top_k and extrapolated >= ranked[-1][0] * (1 + EXTRAPOLATION_MARGIN):
             break
         if key in chosen:
             continue
         ranked.append(full(estimate(model, cluster, config, execution=execution, detail=False)))
-        ranked.sort(key=lambda it: (it[0], _key(it[1].config)))
+        ranked.sort(key=lambda it: (it[0], ranking_key(it[1].config)))
         del ranked[top_k:]
-        chosen = {_key(plan.config) for _, plan in ranked}
+        chosen = {ranking_key(plan.config) for _, plan in ranked}
     return ranked
 
 
-def _key(config: ParallelConfig) -> tuple:
+def ranking_key(config: ParallelConfig) -> tuple:
+    """How plans of equal predicted time are ordered (the same in the search, validate and the tests)."""
     return (config.tp, config.pp, config.dp, config.vpp, config.micro_batch_size, config.schedule,
             config.zero_stage, config.recompute, config.sequence_parallel)
 

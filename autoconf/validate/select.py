@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from autoconf.cost.estimate import Execution, estimate
 from autoconf.spec.support import unsupported_reason
-from autoconf.solve.search import _key, search
+from autoconf.solve.search import ranking_key, search
 from autoconf.solve.space import candidates
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.model import ModelSpec
@@ -59,7 +59,7 @@ def select_layouts(model: ModelSpec, cluster: ClusterProfile, global_batch: int,
             continue
         p = estimate(model, cluster, config, execution=execution, detail=False).prediction
         if p["fits"]:
-            pool.append((p["iteration_time_s"], _key(config), config))
+            pool.append((p["iteration_time_s"], ranking_key(config), config))
     seen = {name: set() for name in NOVELTY_WEIGHTS}
     seen["schedule"].add("none")
 
