@@ -73,7 +73,7 @@ def write_with(path: str | os.PathLike, fill: Callable[[IO[bytes]], None], force
             else:
                 os.unlink(tmp)
         tmp = None
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as err:
         raise UserError(f"cannot write {path}: {err.strerror or err}") from None
     finally:
@@ -101,7 +101,8 @@ def open_append(path: str | os.PathLike) -> IO[str]:
     return os.fdopen(fd, "a")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Makes a rename in the folder `path` durable (best effort: a folder that cannot be opened is skipped)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from autoconf.execute import faults
-from autoconf.files import write_file
+from autoconf.files import fsync_dir, write_file
 
 MARKER = "complete.json"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -175,22 +175,9 @@ def save(root: Path, step: int, models: list, optimizers: list, meta: dict) -> P
         if final.exists():  # only ever an incomplete one: a complete newer checkpoint would have been resumed from
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     dist.barrier()
     return final
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def rng_state() -> dict:
