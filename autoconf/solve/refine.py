@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from autoconf.cost.compute import model_pieces
-from autoconf.cost.estimate import Execution, recompute_time, schedule_inflight, tp_collective
+from autoconf.cost.estimate import Execution, p2p_bytes, recompute_time, schedule_inflight, tp_collective
 from autoconf.cost.memory import (gather_buffer_bytes, logits_temporary_bytes, p2p_buffer_bytes, state_bytes_per_param,
                                   unit_activation_bytes)
 from autoconf.spec.cluster import ClusterProfile
@@ -60,24 +60,25 @@ def refined_partition(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     return None if result is None else [list(r) for r in result.layer_ranges()]
 
 
-def traffic(model: ModelSpec, c: ParallelConfig) -> tuple[float, float, float]:
-    """Bytes per step each rank moves in its TP group, to its pipeline neighbour, and in its DP group."""
+def traffic(model: ModelSpec, c: ParallelConfig, execution: Execution = Execution()) -> tuple[float, float, float]:
+    """Bytes per step each rank moves in its TP group, to its pipeline neighbour (the estimate's `p2p_bytes` per
+    micro-batch and direction: a 1/tp slice under sequence parallelism), and in its DP group."""
     e = DTYPE_BYTES[c.dtype]
     activation = c.seq_len * c.micro_batch_size * model.hidden_size * e
     layers_per_rank = model.num_layers / c.pp
     tp_bytes = 4 * layers_per_rank * activation * c.num_microbatches if c.tp > 1 else 0.0
-    pp_bytes = 2 * c.vpp * activation * c.num_microbatches if c.pp > 1 else 0.0
+    pp_bytes = 2 * c.vpp * p2p_bytes(model, c, execution) * c.num_microbatches if c.pp > 1 else 0.0
     dp_bytes = model.total_params() / c.pp / c.tp * 4 if c.dp > 1 else 0.0
     return tp_bytes, pp_bytes, dp_bytes
 
 
-def refined_mesh(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
+def refined_mesh(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, execution: Execution = Execution(),
                  time_limit_s: float = 5.0, seed: int = 0) -> np.ndarray | None:
     """The placement solver's [pp][dp][tp] mesh for `c` on `cluster`'s links."""
     from autoconf.solve.placement import solve_placement
 
     if c.world_size == 1:
         return None
-    tp_bytes, pp_bytes, dp_bytes = traffic(model, c)
+    tp_bytes, pp_bytes, dp_bytes = traffic(model, c, execution)
     return np.asarray(solve_placement(c.pp, c.dp, c.tp, cluster, tp_bytes, pp_bytes, dp_bytes,
                                       time_limit_s=time_limit_s, seed=seed))

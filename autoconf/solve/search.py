@@ -315,7 +315,7 @@ def _refine(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, e
         return p["iteration_time_s"] if p["fits"] else float("inf")
 
     best_time, best_mesh, best_partition = fast(), None, None
-    mesh = refined_mesh(model, cluster, config, time_limit_s=placement_time_s)
+    mesh = refined_mesh(model, cluster, config, execution, time_limit_s=placement_time_s)
     launchable = mesh is not None and node_blocks(mesh.flatten().tolist(), cluster.gpus_per_node) is not None
     if launchable and mesh.tolist() != default_mesh(config).tolist():
         t = fast(mesh=mesh)
