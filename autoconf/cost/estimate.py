@@ -370,20 +370,26 @@ def _extrapolated_step(c: ParallelConfig, sp: StagePlan, p2p, execution: Executi
     def extend(a: float, b: float) -> float:
         return b + (b - a) * (m - m2) / (m2 - m1)
 
-    def extend_counts(xs, ys, cap):
-        return [min(cap, int(round(extend(x, y)))) for x, y in zip(xs, ys)]
-
     busiest = max(b - a for a, b in zip(t1.compute_time_per_rank, t2.compute_time_per_rank))
     pace = max(t2.compute_end - t1.compute_end, busiest) / (m2 - m1)
     makespan = t2.compute_end + pace * (m - m2) + (span2 - t2.compute_end)
     compute = [extend(a, b) for a, b in zip(t1.compute_time_per_rank, t2.compute_time_per_rank)]
+    peak, peak_weight, peak_rank = _extended_peaks(
+        (t1.peak_inflight, t1.peak_inflight_weight, t1.peak_inflight_rank),
+        (t2.peak_inflight, t2.peak_inflight_weight, t2.peak_inflight_rank), c.pp, m, c.vpp)
     timeline = Timeline(
         events=[], comm_events=[], makespan=makespan, compute_time_per_rank=compute,
-        bubble_fraction=1 - sum(compute) / (c.pp * makespan),
-        peak_inflight=extend_counts(t1.peak_inflight, t2.peak_inflight, m),
-        peak_inflight_weight=extend_counts(t1.peak_inflight_weight, t2.peak_inflight_weight, m),
-        peak_inflight_rank=extend_counts(t1.peak_inflight_rank, t2.peak_inflight_rank, m * c.vpp))
+        bubble_fraction=1 - sum(compute) / (c.pp * makespan), peak_inflight=peak, peak_inflight_weight=peak_weight,
+        peak_inflight_rank=peak_rank)
     return timeline, makespan
+
+
+def _extended_peaks(at_2p, at_3p, pp: int, m: int, vpp: int) -> list[list[int]]:
+    """The in-flight counts (per stage, per stage for W, per rank) of m micro-batches from those of 2p and 3p:
+    constant or growing by the same step per p micro-batches, at most every micro-batch (of every chunk)."""
+    caps = (m, m, m * vpp)
+    return [[min(cap, int(round(b + (b - a) * (m - 3 * pp) / pp))) for a, b in zip(xs, ys)]
+            for xs, ys, cap in zip(at_2p, at_3p, caps)]
 
 
 def _cluster_summary(cluster: ClusterProfile) -> dict:
@@ -423,10 +429,7 @@ def schedule_inflight(name: str, pp: int, vpp: int, num_microbatches: int,
     if m <= EXTRAPOLATE_ABOVE * pp:
         return tuple(stage_inflight(owner, *_order_peaks(name, pp, m, vpp, rank)))
     first, second = (_order_peaks(name, pp, k * pp, vpp, rank) for k in (2, 3))
-    caps = (m, m, m * vpp)
-    peaks = [[min(cap, int(round(b + (b - a) * (m - 3 * pp) / pp))) for a, b in zip(xs, ys)]
-             for xs, ys, cap in zip(first, second, caps)]
-    return tuple(stage_inflight(owner, *peaks))
+    return tuple(stage_inflight(owner, *_extended_peaks(first, second, pp, m, vpp)))
 
 
 @functools.lru_cache(maxsize=4096)
