@@ -102,6 +102,20 @@ def tp_collective(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, 
     return collective_time(cluster, "all_reduce", nbytes, devices)
 
 
+def sp_regather_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices: list[int],
+                     execution: Execution) -> float:
+    """Per layer, in the backward: the all-gathers that Megatron's sequence parallelism adds (Korthikanti et al.
+    2022, Sec. 4.2.2). Its memory layout keeps only the rank's 1/tp sequence slice of the input of each
+    column-parallel linear (QKV, first MLP matrix) and gathers it again for the weight gradient, two all-gathers of
+    the micro-batch's activation per layer. The paper overlaps them with the input-gradient GEMM; its Table 4 shows
+    the backward no faster with SP than without (11.8 vs 11.9 ms) although norms and dropouts run on 1/tp of the
+    tokens, so they are charged in full. Zero without SP and for layouts that keep the gathered input (torch)."""
+    if not c.sequence_parallel or c.tp == 1 or execution.memory_layout != "megatron":
+        return 0.0
+    nbytes = c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
+    return 2 * collective_time(cluster, "all_gather", nbytes, devices)
+
+
 def recompute_time(pieces, c: ParallelConfig, one_collective: float) -> float:
     """Per layer: the forward that recompute repeats in the backward (the block with its TP collectives, or the
     attention core)."""
@@ -173,16 +187,18 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         rank = stage_to_rank[st]
         layers = end - first
         # Two TP collectives per layer in forward and two in backward, or what the profile measured TP layers add.
-        one = tp_collective(model, cluster, c, grid.first_group_array("tp", rank))
-        tp = PassTimes(2 * one * layers, 2 * one * layers, 0.0)
+        tp_group = grid.first_group_array("tp", rank)
+        one = tp_collective(model, cluster, c, tp_group)
+        regather = sp_regather_time(model, cluster, c, tp_group, execution) * layers
+        tp = PassTimes(2 * one * layers, 2 * one * layers + regather, 0.0)
         if measured_tp is not None:
             per_layer, read_at = measured_tp
             # Beyond the largest measured micro-batch the modelled collectives carry the growth.
             grow = one - tp_collective(model, cluster, dataclasses.replace(c, micro_batch_size=read_at),
                                        grid.first_group_array("tp", rank))
             one = (per_layer.forward + per_layer.backward_input) / 4 + grow
-            tp = PassTimes((per_layer.forward + 2 * grow) * layers, (per_layer.backward_input + 2 * grow) * layers,
-                           0.0)
+            tp = PassTimes((per_layer.forward + 2 * grow) * layers,
+                           (per_layer.backward_input + 2 * grow) * layers + regather, 0.0)
         compute = pieces.block.scaled(layers)
         recompute = recompute_time(pieces, c, one) * layers
         if st == 0:
