@@ -3,8 +3,9 @@ backward-for-weights (W).
 
 Two sources, in this order of preference:
 1. the cluster profile's measured compute tables (`autoconf profile`), when they were measured for a model of the same
-   shape and dtype and for the TP width asked: times are interpolated linearly in tokens (micro_batch x seq_len) and
-   divided by the profile's `cpu_share` (the share of a core a CPU rank gets while all ranks compute);
+   shape and dtype and for the TP width asked: times are interpolated linearly in tokens (micro_batch x seq_len),
+   the attention core in micro_batch x seq_len^2 (`_measured_attention`), and divided by the profile's `cpu_share`
+   (the share of a core a CPU rank gets while all ranks compute);
 2. the specification model: each weight GEMM at `matmul_rate` (`peak x efficiency["matmul"]`, times the profile's
    `matmul_size_curve` read at the GEMM's FLOPs: small GEMMs run below the large-GEMM plateau), the attention core
    at `peak x efficiency["attention"]`, element-wise traffic at `HBM bandwidth x efficiency["memory"]`.
@@ -14,6 +15,7 @@ Communication is not in here (see comm.py); recomputation is applied by `stage_p
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from autoconf.cost.interpolate import CLAMP, EXTRAPOLATE, interpolate, interpolate_many
@@ -247,31 +249,64 @@ def chain_scale(table: dict, entry: dict) -> float:
     return interpolate([(r["micro_batch"] * r["seq_len"], float(r[key])) for r in rows], tokens, CLAMP)
 
 
+def _attention_core_shares(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, micro_batch: int,
+                           seq_len: int) -> tuple[float, float]:
+    """The attention core's share of the attention block's forward and input-gradient pass at (micro_batch,
+    seq_len), from the specification model: the core's kernels against the QKV and output projections. The measured
+    block times both together; this splits them."""
+    at = dataclasses.replace(c, micro_batch_size=micro_batch, seq_len=seq_len)
+    core = _spec_pieces(model, cluster, at).attention_core
+    projections = gemms_time(cluster, c.dtype, layer_gemms(model, seq_len, micro_batch, c.tp)[:2])
+    return core.forward / (core.forward + projections), core.backward_input / (core.backward_input + projections)
+
+
+def _measured_attention(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
+                        timed: list[tuple[dict, PassTimes]]) -> tuple[PassTimes, PassTimes]:
+    """(core, projections) of the attention block at the config's micro-batch and sequence, from its timed entries.
+
+    Each timed entry is split into its core (`_attention_core_shares`) and its projections; the core's work grows
+    with micro_batch x seq_len^2 (the score matrix), the projections' with micro_batch x seq_len (tokens), so each
+    part is read through the shared interpolation rule (`_interpolate`) on its own size: a table timed at one
+    sequence length still predicts a longer one with the s^2 term, and at a timed length the two reads agree with
+    plain interpolation in tokens."""
+    cores, projections = [], []
+    for entry, times in timed:
+        b, s = entry["micro_batch"], entry["seq_len"]
+        forward_share, backward_share = _attention_core_shares(model, cluster, c, b, s)
+        core = PassTimes(times.forward * forward_share, times.backward_input * backward_share, 0.0)
+        cores.append((b * s * s, core))
+        projections.append((b * s, PassTimes(times.forward - core.forward, times.backward_input - core.backward_input,
+                                             times.backward_weight)))
+    b, s = c.micro_batch_size, c.seq_len
+    return _interpolate(cores, b * s * s), _interpolate(projections, b * s)
+
+
 def _measured_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
                      share: float) -> ModelPieces | None:
+    """Pieces from the profile's block tables for the config's TP width: per block, the entries timed at the
+    config's sequence length, or (none there) all of that block's entries; read at the config's micro-batch and
+    sequence (attention: `_measured_attention`; the other blocks linearly in tokens)."""
     table = cluster.compute
     if not table or not _shape_matches(table, model, c.dtype):
         return None
-    by_block: dict[str, list[tuple[float, PassTimes]]] = {}
-    same_seq = [e for e in table.get("entries", []) if e.get("tp") == c.tp and e.get("seq_len") == c.seq_len]
-    entries = same_seq or [e for e in table.get("entries", []) if e.get("tp") == c.tp]
     chained = float(cluster.efficiency.get("model_compute_scale", {}).get("value", 1.0))
-    for entry in entries:
+    timed: dict[str, list[tuple[dict, PassTimes]]] = {}
+    for entry in table.get("entries", []):
+        if entry.get("tp") != c.tp:
+            continue
         times = PassTimes(float(entry["forward_s"]), float(entry["backward_input_s"]),
                           float(entry["backward_weight_s"])).scaled(chained * chain_scale(table, entry) / share)
-        by_block.setdefault(entry["block"], []).append((entry["micro_batch"] * entry["seq_len"], times))
-    if not all(k in by_block for k in ("attention", "mlp", "norm", "embedding", "head")):
+        timed.setdefault(entry["block"], []).append((entry, times))
+    if not all(k in timed for k in ("attention", "mlp", "norm", "embedding", "head")):
         return None
+    for block, rows in timed.items():
+        same_seq = [row for row in rows if row[0]["seq_len"] == c.seq_len]
+        timed[block] = same_seq or rows
     tokens = c.micro_batch_size * c.seq_len
-    attention = _interpolate(by_block["attention"], tokens)
-    rest = _interpolate(by_block["mlp"], tokens) + _interpolate(by_block["norm"], tokens).scaled(2)
-    # The measured attention block includes its projections; selective recompute redoes only the core, whose share
-    # of the block we take from the specification model (core vs. the QKV and output projections).
-    spec = _spec_pieces(model, cluster, c)
-    projection_time = gemms_time(cluster, c.dtype, layer_gemms(model, c.seq_len, c.micro_batch_size, c.tp)[:2])
-    core_share = spec.attention_core.forward / (spec.attention_core.forward + projection_time)
-    core = PassTimes(attention.forward * core_share, attention.backward_input * core_share, 0.0)
-    rest = rest + PassTimes(attention.forward - core.forward, attention.backward_input - core.backward_input,
-                            attention.backward_weight)
-    return ModelPieces(core, rest, _interpolate(by_block["embedding"], tokens), _interpolate(by_block["head"], tokens),
-                       "measured")
+
+    def read(block: str) -> PassTimes:
+        return _interpolate([(e["micro_batch"] * e["seq_len"], t) for e, t in timed[block]], tokens)
+
+    core, projections = _measured_attention(model, cluster, c, timed["attention"])
+    rest = read("mlp") + read("norm").scaled(2) + projections
+    return ModelPieces(core, rest, read("embedding"), read("head"), "measured")
