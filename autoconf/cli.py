@@ -192,11 +192,19 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
 @main.command()
 @model_option
 @cluster_option
-@nodes_option
+@click.option("--nodes", "nodes_arg", default=None, metavar="N|A:B|A:B:STEP",
+              help="resize a uniform profile to N nodes; a range A:B plans every power of two times A up to B (and "
+                   "B itself), A:B:STEP every STEP-th size, and shows time against cost")
 @gpn_option
 @click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
 @click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
               help="default: the model's context, at most 8192")
+@click.option("--tokens", "tokens_arg", default=None, metavar="COUNT",
+              help="tokens to train on, e.g. 2T or 300B: adds days, GPU-hours and cost to train")
+@click.option("--price", type=float, default=None, metavar="USD_PER_GPU_HOUR",
+              help="price per GPU-hour (default: the profile's published price, if it states one)")
+@click.option("--deadline", "deadline_arg", default=None, metavar="DURATION",
+              help="e.g. 30d, 36h, 6w: with a --nodes range, the cheapest size that trains within it")
 @click.option("--fix", "fix", multiple=True, metavar="KEY=VALUE",
               help="pin a config field, e.g. --fix tp=8 --fix schedule=1f1b (repeatable)")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
@@ -211,19 +219,27 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
               help="write pictures and launch scripts here", callback=output_path)
 @click.option("--force", is_flag=True, help="overwrite existing output files")
 @user_errors
-def plan(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, fix, dtype, attention, framework,
-         top_k, as_json, out, explain_dir, force) -> None:
-    """Search every sensible layout and write the best plan."""
-    from rich.console import Console
-
+def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len, tokens_arg, price, deadline_arg,
+         fix, dtype, attention, framework, top_k, as_json, out, explain_dir, force) -> None:
+    """Search every sensible layout and write the best plan (with --tokens: time and cost to train; with a --nodes
+    range: the best plan of every cluster size)."""
     from autoconf.cost.estimate import Execution
-    from autoconf.report.tables import print_table, ranked_table
+    from autoconf.report.tables import print_table, ranked_table, table_console
+    from autoconf.solve import sweep as sizes
     from autoconf.solve.search import explain_infeasible, search
     from autoconf.spec.cluster import load_cluster
     from autoconf.spec.presets import load_model
 
+    node_counts = None if nodes_arg is None else sizes.parse_nodes(nodes_arg)
+    tokens = None if tokens_arg is None else sizes.parse_tokens(tokens_arg)
+    deadline = None if deadline_arg is None else sizes.parse_deadline(deadline_arg)
+    if price is not None:
+        sizes.check_price(price)
+    if tokens is None and (price is not None or deadline is not None or (node_counts and len(node_counts) > 1)):
+        raise UserError("--price, --deadline and a --nodes range need --tokens (how many tokens to train on, e.g. "
+                        "--tokens 2T)")
     model = load_model(model_arg)
-    cluster = load_cluster(cluster_arg, nodes, gpus_per_node)
+    cluster = load_cluster(cluster_arg, node_counts[0] if node_counts else None, gpus_per_node)
     fixed = parse_fix(fix)
     seq_len = default_seq_len(model) if seq_len is None else seq_len
     if seq_len < 1:
@@ -239,12 +255,24 @@ def plan(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, fi
 
         check_new(out, force)  # before the search, which can take a while
     execution = Execution(framework)
-    console = Console(stderr=as_json)
+    console = table_console(stderr=as_json)
+    usd, price_source = sizes.price_of(cluster, price) if tokens is not None else (None, None)
+    if node_counts is not None and len(node_counts) > 1:
+        return plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attention, fixed, execution,
+                          tokens, usd, price_source, deadline, as_json, out, explain_dir, force, console)
     with console.status(f"planning {model.name} on {cluster.world_size} devices ..."):
         result = search(model, cluster, global_batch, seq_len, dtype, attention, fixed, top_k, execution)
     if not result.plans:
         raise UserError(explain_infeasible(model, cluster, result, global_batch, seq_len, dtype, attention, fixed,
                                            execution))
+    if tokens is not None:
+        for candidate in result.plans:
+            candidate.prediction["training"] = sizes.training(candidate.prediction, tokens, cluster.world_size, usd,
+                                                              price_source)
+        days = result.plans[0].prediction["training"]["days"]
+        if deadline is not None and days > deadline:
+            raise UserError(f"the best plan on {cluster.nodes} nodes needs {days:.1f} days, over the deadline of "
+                            f"{deadline:g} days; try a range, e.g. --nodes {cluster.nodes}:{cluster.nodes * 16}")
     best = result.plans[0]
     written = []
     if explain_dir is not None:  # first: it refuses existing files before writing any, and so leaves --out alone
@@ -262,6 +290,64 @@ def plan(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, fi
     console.print(f"searched {s['candidates']} candidates: {s['pruned_memory']} pruned by memory, "
                   f"{s['pruned_time']} by time bound, {s['simulated']} simulated, {s['unlaunchable']} not "
                   f"launchable; {s['seconds']:.2f} s")
+    if tokens is not None:
+        t = best.prediction["training"]
+        cost = "" if t["cost"] is None else f", {t['cost']:,.0f} USD at {t['usd_per_gpu_hour']:g} USD/GPU-hour"
+        console.print(f"#1 trains on {t['tokens']:,} tokens in {t['days']:,.1f} days: {t['gpu_hours']:,.0f} GPU-hours"
+                      + (cost or " (no price: pass --price USD_PER_GPU_HOUR)"))
+    if out is not None:
+        console.print(f"wrote {out}")
+    for path in written:
+        console.print(f"wrote {path}")
+
+
+def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attention, fixed, execution, tokens, usd,
+               price_source, deadline, as_json, out, explain_dir, force, console) -> None:
+    """`plan --nodes A:B`: the best plan of every size, the Pareto front of time against cost, and the chosen size
+    (the cheapest within --deadline, else the fastest)."""
+    from autoconf.report.tables import print_table, sweep_table
+    from autoconf.solve import sweep as sizes
+
+    if explain_dir is not None:
+        from autoconf.files import check_new
+
+        check_new(explain_dir / "sweep.png", force)
+    with console.status("") as status:
+        points = sizes.sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attention, fixed, execution,
+                             tokens, usd, price_source,
+                             progress=lambda n: status.update(f"planning {model.name} on {n} nodes "
+                                                              f"({node_counts.index(n) + 1}/{len(node_counts)}) ..."))
+    front = sizes.pareto_front(points)
+    if not front:
+        reasons = "; ".join(f"{p.nodes} nodes: {p.reason}" for p in points[:3])
+        raise UserError(f"no cluster size from {node_counts[0]} to {node_counts[-1]} nodes has a layout ({reasons})")
+    chosen = sizes.cheapest_within(points, deadline) if deadline is not None else front[0]
+    written = []
+    if explain_dir is not None:
+        from autoconf.report.explain import explain
+        from autoconf.report.pictures import sweep_png
+
+        written = explain([chosen.plan], explain_dir, cluster=cluster.resized(nodes=chosen.nodes), plan_path=out,
+                          force=force)
+        written.append(sweep_png(points, front, chosen, explain_dir / "sweep.png", deadline))
+    if out is not None:
+        chosen.plan.save(out, force=force)
+    if as_json:
+        click.echo(json.dumps({"plans": [chosen.plan.to_dict()], "sweep": [p.to_dict() for p in points],
+                               "chosen_nodes": chosen.nodes}, indent=2))
+        return
+    title = (f"{model.name} on {cluster.name}, {tokens:,} tokens, global batch {global_batch}, seq {seq_len}: "
+             f"best plan per cluster size")
+    print_table(sweep_table(points, front, chosen, title), console)
+    why = (f"the cheapest size within {deadline:g} days" if deadline is not None
+           else "the fastest size (pass --deadline to pick the cheapest that meets it)")
+    console.print(f"* Pareto front (no other size is both faster and cheaper); > chosen: {chosen.nodes} nodes, {why}")
+    if usd is None:
+        console.print("no price: cost is in GPU-hours; pass --price USD_PER_GPU_HOUR")
+    else:
+        console.print(f"price: {usd:g} USD per GPU-hour ({price_source})")
+    if explain_dir is None:
+        console.print("add --explain DIR for the picture of time against cost (sweep.png)")
     if out is not None:
         console.print(f"wrote {out}")
     for path in written:

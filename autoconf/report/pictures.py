@@ -20,7 +20,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from autoconf.cost.estimate import Execution, estimate  # noqa: E402
 from autoconf.cost.simulate import Timeline  # noqa: E402
 from autoconf.errors import UserError  # noqa: E402
-from autoconf.report.tables import layout_label  # noqa: E402
+from autoconf.report.tables import human_count, layout_label  # noqa: E402
 from autoconf.spec.plan import Plan  # noqa: E402
 
 GiB = 1024**3
@@ -235,3 +235,58 @@ def save_figure(fig, path: str | Path, force: bool = True) -> Path:
         return write_with(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"), force=force)
     finally:
         plt.close(fig)
+
+
+def sweep_png(points, front, chosen, path: str | Path, deadline_days: float | None = None) -> Path:
+    """Time to train against cost (or GPU-hours without a price) of the best plan at each cluster size, the Pareto
+    front joined by a line, the chosen size ringed, the deadline as a dashed line."""
+    planned = [p for p in points if p.plan is not None]
+    if not planned:
+        raise UserError("no cluster size in the sweep has a plan to draw")
+    priced = all(p.training.get("cost") is not None for p in planned)
+
+    def y(p) -> float:
+        return p.training["cost"] if priced else p.training["gpu_hours"]
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    on_front = {id(p) for p in front}
+    rest = [p for p in planned if id(p) not in on_front]
+    if rest:
+        ax.scatter([p.training["days"] for p in rest], [y(p) for p in rest], color="#A0A0A0", s=28, zorder=2,
+                   label="dominated size")
+    ax.plot([p.training["days"] for p in front], [y(p) for p in front], "-o", color="#4C72B0", markersize=6,
+            zorder=3, label="Pareto front (faster or cheaper than every other size)")
+    for p in planned:
+        ax.annotate(f"{p.nodes}x{p.devices // p.nodes}", (p.training["days"], y(p)), textcoords="offset points",
+                    xytext=(5, 4), fontsize=7)
+    if chosen is not None:
+        ax.scatter([chosen.training["days"]], [y(chosen)], s=160, facecolors="none", edgecolors="#C44E52",
+                   linewidths=1.8, zorder=4, label=f"chosen: {chosen.nodes} nodes")
+    if deadline_days is not None:
+        ax.axvline(deadline_days, color="#C44E52", linestyle="--", linewidth=1.0,
+                   label=f"deadline {deadline_days:g} days")
+    from matplotlib.ticker import FuncFormatter
+
+    values = [y(p) for p in planned]
+    days = [p.training["days"] for p in planned]
+    if max(days) > 8 * min(days):
+        ax.set_xscale("log")
+    if max(values) > 8 * min(values):
+        ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.3g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:,.3g}" if str(f"{v:.3g}")[0] in "25" else ""))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.set_xlabel("days to train")
+    if priced:
+        ax.set_ylabel(f"cost (USD at ${planned[0].training['usd_per_gpu_hour']:g}/GPU-hour)")
+    else:
+        ax.set_ylabel("GPU-hours (no price given)")
+    plan = planned[0].plan
+    ax.set_title(f"{plan.model.name}: {human_count(planned[0].training['tokens'])} tokens, global batch "
+                 f"{plan.config.global_batch_size}, seq {plan.config.seq_len}", fontsize=10)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return save_figure(fig, path)
+

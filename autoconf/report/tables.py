@@ -66,6 +66,45 @@ def prediction_table(plan: Plan) -> Table:
                       " ".join(f"{k[:5]} {m[k] / GiB:.2f}" for k in ("params", "grads", "optimizer", "activations",
                                                                        "other")) + f" = {m['total'] / GiB:.2f} GiB")
     table.add_row("compute times from", p.get("compute_source", "specification"))
+    if "training" in p:
+        for label, value in training_rows(p["training"]):
+            table.add_row(label, value)
+    return table
+
+
+def money(usd: float) -> str:
+    return f"${usd:,.0f}" if usd >= 100 else f"${usd:,.2f}"
+
+
+def training_rows(t: dict) -> list[tuple[str, str]]:
+    """The time and cost to train (prediction.training) as (label, value) rows."""
+    rows = [(f"time to train on {human_count(t['tokens'])} tokens", f"{t['days']:,.1f} days"),
+            ("GPU-hours", f"{t['gpu_hours']:,.0f}")]
+    if t.get("cost") is None:
+        rows.append(("cost", "pass --price USD_PER_GPU_HOUR (the profile states no price)"))
+    else:
+        rows.append(("cost", f"{money(t['cost'])} at ${t['usd_per_gpu_hour']:g}/GPU-hour"))
+        rows.append(("  price from", t.get("price_source", "")))
+    return rows
+
+
+def sweep_table(points, front, chosen, title: str) -> Table:
+    """One row per cluster size: its best layout, time and cost to train; `*` marks the Pareto front and `>` the
+    chosen size."""
+    table = Table(title=title)
+    for col in ("", "nodes", "devices", "layout", "step s", "MFU", "tokens/s", "days", "GPU-hours", "cost"):
+        table.add_column(col, justify="left" if col in ("", "layout") else "right", no_wrap=True)
+    on_front = {id(p) for p in front}
+    for point in points:
+        mark = (">" if point is chosen else " ") + ("*" if id(point) in on_front else " ")
+        if point.plan is None:
+            table.add_row(mark, str(point.nodes), str(point.devices), point.reason, "", "", "", "", "", "")
+            continue
+        p, t = point.plan.prediction, point.training
+        table.add_row(mark, str(point.nodes), str(point.devices), layout_label(point.plan),
+                      f"{p['iteration_time_s']:.4g}", f"{100 * p['mfu']:.1f}%", f"{p['tokens_per_s']:,.0f}",
+                      f"{t['days']:,.1f}", f"{t['gpu_hours']:,.0f}",
+                      "-" if t.get("cost") is None else money(t["cost"]))
     return table
 
 
@@ -105,5 +144,17 @@ def why_slower(p: dict, best: dict) -> str:
     return f"+{gap:.2g} s: {worst} +{terms[worst]:.2g}"
 
 
+def table_console(stderr: bool = False) -> Console:
+    """A console for tables: the terminal's width on a terminal; piped or redirected, wide enough that no column is
+    cut (rich would otherwise assume 80 columns and shorten names to `gpt3...`)."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, width=PIPED_WIDTH)
+    return console
+
+
+PIPED_WIDTH = 400
+
+
 def print_table(table: Table, console: Console | None = None) -> None:
-    (console or Console()).print(table)
+    (console or table_console()).print(table)

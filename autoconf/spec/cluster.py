@@ -76,6 +76,8 @@ class ClusterProfile:
     compute: dict | None = None  # measured compute tables (see cost/compute.py)
     hostnames: tuple | None = None  # one per node, from a measured profile
     source: str = "specification"  # "specification" or "measured"
+    # {"usd_per_gpu_hour": float, "source": text}: a published price of the device, for training time and cost
+    price: dict | None = None
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.gpus_per_node < 1:
@@ -175,6 +177,7 @@ class ClusterProfile:
             "intra_node_matrix": matrix(self.intra_node_matrix), "inter_node_matrix": matrix(self.inter_node_matrix),
             "efficiency": self.efficiency, "collectives": self.collectives, "compute": self.compute,
             "hostnames": None if self.hostnames is None else list(self.hostnames),
+            **({} if self.price is None else {"price": self.price}),
         }
 
     @classmethod
@@ -236,7 +239,8 @@ class ClusterProfile:
                 intra_node_matrix=matrix("intra_node_matrix"), inter_node_matrix=matrix("inter_node_matrix"),
                 collectives=collectives, compute=data.get("compute"),
                 hostnames=None if data.get("hostnames") is None else tuple(data["hostnames"]),
-                source=str(data.get("source", "specification")))
+                source=str(data.get("source", "specification")),
+                price=None if data.get("price") is None else dict(data["price"]))
         except KeyError as missing:
             raise UserError(f"{source}: cluster profile lacks field {missing}") from None
         except (TypeError, ValueError, AttributeError, OverflowError, RecursionError) as err:
