@@ -78,8 +78,13 @@ def parse_fix(values: tuple[str, ...]) -> dict:
 
 model_option = click.option("--model", "model_arg", required=True,
                             help="preset name (autoconf models), HF config.json, or autoconf model JSON")
-cluster_option = click.option("--cluster", "cluster_arg", required=True,
-                              help="bundled profile (dgx-a100-80g, dgx-h100-80g, cpu-local) or a profile path")
+def _cluster_help() -> str:
+    from autoconf.spec.cluster import bundled_profiles
+
+    return f"bundled profile ({', '.join(bundled_profiles())}; see `autoconf profiles`) or a profile path"
+
+
+cluster_option = click.option("--cluster", "cluster_arg", required=True, help=_cluster_help())
 nodes_option = click.option("--nodes", type=int, default=None, help="resize a uniform profile to N nodes")
 gpn_option = click.option("--gpus-per-node", type=int, default=None, help="resize a uniform profile's nodes")
 
@@ -130,6 +135,24 @@ def models(as_json: bool) -> None:
         click.echo(json.dumps([m.to_dict() for m in PRESETS.values()], indent=2))
     else:
         print_table(models_table(list(PRESETS.values())))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print the profiles as JSON")
+@user_errors
+def profiles(as_json: bool) -> None:
+    """List the bundled cluster profiles (data-sheet and measured)."""
+    from autoconf.report.tables import print_table, profiles_table
+    from autoconf.spec.cluster import bundled_profiles, load_cluster
+
+    clusters = [load_cluster(name) for name in bundled_profiles()]
+    if as_json:
+        click.echo(json.dumps([{"name": c.name, "source": c.source, "device": c.device.name, "nodes": c.nodes,
+                                "gpus_per_node": c.gpus_per_node, "memory_bytes": c.device.memory_bytes,
+                                "price": c.price, "description": c.description} for c in clusters], indent=2))
+    else:
+        print_table(profiles_table(clusters))
+        click.echo("a profile you measured (`autoconf profile --out FILE`) is used by its path: --cluster FILE")
 
 
 @main.command()
@@ -187,6 +210,10 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
         print_table(prediction_table(plan))
         if out is not None:
             click.echo(f"wrote {out}")
+    if not plan.prediction["fits"]:  # the prediction is printed, and the exit code says it cannot run
+        from autoconf.solve.fit import does_not_fit_message
+
+        raise UserError(does_not_fit_message(plan, model, cluster, Execution(framework)))
 
 
 @main.command()
@@ -426,7 +453,8 @@ def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, mo
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--dry-run", is_flag=True, help="print the command each node would run")
-@click.option("--nnodes", type=click.IntRange(1, 100_000), default=1, show_default=True)
+@click.option("--nnodes", type=click.IntRange(1, 100_000), default=None,
+              help="nodes to run on (default: the plan's own node count)")
 @click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--master-addr", default="127.0.0.1", show_default=True)
 @click.option("--master-port", type=click.IntRange(1, 65535), default=29500, show_default=True)
@@ -435,16 +463,20 @@ def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, mo
 @click.option("--rendezvous-timeout", type=click.FloatRange(min=1), default=None,
               help="seconds to wait for every node to join (default 600)")
 @click.option("--force", is_flag=True, help="overwrite an existing metrics file")
+@click.option("--allow-cpu", is_flag=True, help="run a GPU plan on this host's CPU ranks (a rehearsal of the layout)")
+@click.option("--allow-unfit", is_flag=True, help="launch a plan predicted not to fit in device memory")
 @user_errors
 def launch(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_every, max_restarts, dry_run, nnodes,
-           node_rank, master_addr, master_port, collective_timeout, rendezvous_timeout, force) -> None:
+           node_rank, master_addr, master_port, collective_timeout, rendezvous_timeout, force, allow_cpu,
+           allow_unfit) -> None:
     """Train a plan with the bundled torch executor under torchrun."""
     from autoconf.execute.launch import launch as run_launch
 
     code = run_launch(plan_path, steps=steps, seed=seed, data=data, metrics=metrics, checkpoint_dir=checkpoint_dir,
                       checkpoint_every=checkpoint_every, max_restarts=max_restarts, dry_run=dry_run, nnodes=nnodes,
                       node_rank=node_rank, master_addr=master_addr, master_port=master_port, force=force,
-                      timeout_s=collective_timeout, rendezvous_timeout_s=rendezvous_timeout)
+                      timeout_s=collective_timeout, rendezvous_timeout_s=rendezvous_timeout, allow_cpu=allow_cpu,
+                      allow_unfit=allow_unfit)
     if code > 128:  # stopped by a signal, which the launcher has reported
         sys.exit(code)
     if code != 0:

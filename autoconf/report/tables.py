@@ -29,6 +29,20 @@ def models_table(models: list[ModelSpec]) -> Table:
     return table
 
 
+def profiles_table(clusters: list) -> Table:
+    """One row per cluster profile: where its numbers come from, its device, shape, memory and price."""
+    table = Table(title="Cluster profiles")
+    for col in ("name", "source", "device", "nodes x devices", "memory", "measured tables", "$/GPU-hour"):
+        table.add_column(col, justify="right" if col in ("memory", "$/GPU-hour") else "left", no_wrap=True)
+    for c in clusters:
+        measured = [k for k, present in (("compute", bool(c.compute)), ("collectives", bool(c.collectives)))
+                    if present]
+        table.add_row(c.name, c.source, c.device.name, f"{c.nodes} x {c.gpus_per_node}",
+                      f"{c.device.memory_bytes / GiB:.0f} GiB", ", ".join(measured) or "-",
+                      f"{c.price['usd_per_gpu_hour']:g}" if c.price else "-")
+    return table
+
+
 def layout_label(plan: Plan) -> str:
     c = plan.config
     parts = [f"tp{c.tp} pp{c.pp} dp{c.dp}"]
