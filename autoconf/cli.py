@@ -182,9 +182,12 @@ def profiles(as_json: bool) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the plan here",
               callback=output_path)
 @click.option("--force", is_flag=True, help="overwrite --out if it exists")
+@click.option("--memory-picture", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              callback=output_path, help="draw the memory breakdown of the rank that needs the most (PNG)")
 @user_errors
 def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micro_batch, global_batch, seq_len,
-             schedule, zero, recompute, sequence_parallel, dtype, attention, framework, as_json, out, force) -> None:
+             schedule, zero, recompute, sequence_parallel, dtype, attention, framework, as_json, out, force,
+             memory_picture) -> None:
     """Predict time and memory of one layout."""
     from autoconf.cost.estimate import Execution
     from autoconf.cost.estimate import estimate as run_estimate
@@ -201,15 +204,24 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
                             schedule=schedule, zero_stage=zero, recompute=recompute,
                             sequence_parallel=sequence_parallel, dtype=dtype or default_dtype(cluster),
                             attention=attention)
+    if memory_picture is not None:
+        from autoconf.files import check_new
+
+        check_new(memory_picture, force)
     plan = run_estimate(model, cluster, config, execution=Execution(framework))
     if out is not None:
         plan.save(out, force=force)
+    if memory_picture is not None:
+        from autoconf.report.pictures import worst_rank_png
+
+        worst_rank_png(plan, memory_picture)
     if as_json:
         click.echo(plan.to_json(), nl=False)
     else:
         print_table(prediction_table(plan))
-        if out is not None:
-            click.echo(f"wrote {out}")
+        for path in (out, memory_picture):
+            if path is not None:
+                click.echo(f"wrote {path}")
     if not plan.prediction["fits"]:  # the prediction is printed, and the exit code says it cannot run
         from autoconf.solve.fit import does_not_fit_message
 
@@ -377,6 +389,94 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
         console.print("add --explain DIR for the picture of time against cost (sweep.png)")
     if out is not None:
         console.print(f"wrote {out}")
+    for path in written:
+        console.print(f"wrote {path}")
+
+
+LIMITS = ("seq", "micro-batch", "model")
+
+
+@main.command()
+@click.option("--model", "model_arg", default=None,
+              help="preset name, HF config.json or model JSON (for the sequence and micro-batch limits)")
+@cluster_option
+@nodes_option
+@gpn_option
+@click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
+@click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
+              help="for the micro-batch and model limits (default: the model's context, at most 8192)")
+@click.option("--max-seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
+              help="the longest sequence to try (default: the model's context)")
+@click.option("--family", default=None,
+              help="preset family for the largest model, e.g. llama3, gpt3 (default: the --model preset's family)")
+@click.option("--only", "only", multiple=True, type=click.Choice(LIMITS),
+              help="find only these limits (repeatable; default: every one that applies)")
+@click.option("--fix", "fix", multiple=True, metavar="KEY=VALUE", help="pin a config field in every layout tried")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None, help="default: bf16 on GPUs, fp32 on CPU")
+@click.option("--attention", type=click.Choice(["flash", "standard"]), default="flash", show_default=True)
+@click.option("--framework", type=click.Choice(["autoconf", "megatron"]), default="autoconf", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the limits, each with its plan, as JSON")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              callback=output_path, help="write the plan of each limit here (limit_seq.json, ...)")
+@click.option("--force", is_flag=True, help="overwrite existing plan files in --out")
+@user_errors
+def limits(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, max_seq_len, family, only, fix,
+           dtype, attention, framework, as_json, out_dir, force) -> None:
+    """What fits this cluster: the longest sequence, the largest micro-batch, the largest model of a family."""
+    from autoconf.cost.estimate import Execution
+    from autoconf.report.tables import limits_table, print_table, table_console
+    from autoconf.solve import limits as lim
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.presets import PRESETS, load_model
+
+    wanted = set(only or LIMITS)
+    if model_arg is None and wanted - {"model"}:
+        if not family:
+            raise UserError("give --model (for the sequence and micro-batch limits) or --family with --only model")
+        wanted = {"model"}
+    model = load_model(model_arg) if model_arg is not None else None
+    if "model" in wanted and family is None:
+        if model is None or model.name not in PRESETS:
+            wanted.discard("model")  # a model from a file has no family of presets
+        else:
+            family = lim.family_of(model.name)
+    cluster = load_cluster(cluster_arg, nodes, gpus_per_node)
+    fixed = parse_fix(fix)
+    dtype = fixed.pop("dtype", None) or dtype or default_dtype(cluster)
+    planner = lim.Planner(cluster, global_batch, dtype, attention, fixed, Execution(framework))
+    if out_dir is not None:
+        from autoconf.files import check_new
+
+        for key in wanted:
+            check_new(out_dir / f"limit_{key.replace('-', '_')}.json", force)
+    console = table_console(stderr=as_json)
+    found = {}
+    with console.status("") as status:
+        if "seq" in wanted:
+            status.update(f"longest sequence of {model.name} on {cluster.world_size} devices ...")
+            found["seq"] = lim.longest_sequence(planner, model, max_seq_len)
+        if "micro-batch" in wanted:
+            status.update(f"largest micro-batch of {model.name} on {cluster.world_size} devices ...")
+            found["micro-batch"] = lim.largest_micro_batch(planner, model, seq_len or default_seq_len(model))
+        if "model" in wanted:
+            status.update(f"largest {family} model on {cluster.world_size} devices ...")
+            found["model"] = lim.largest_model(planner, family, seq_len)
+    written = []
+    if out_dir is not None:
+        for key, limit in found.items():
+            if limit.plan is not None:
+                path = out_dir / f"limit_{key.replace('-', '_')}.json"
+                out_dir.mkdir(parents=True, exist_ok=True)
+                limit.plan.save(path, force=force)
+                written.append(path)
+    if as_json:
+        click.echo(json.dumps({key.replace("-", "_"): limit.to_dict() for key, limit in found.items()}, indent=2))
+        return
+    title = f"What fits {cluster.name} ({cluster.nodes} x {cluster.gpus_per_node} devices), global batch {global_batch}"
+    print_table(limits_table(list(found.values()), title), console)
+    for limit in found.values():
+        tried = ", ".join(f"{v}{'' if ok else ' (no)'}" for v, ok in limit.probes)
+        console.print(f"{limit.what}: tried {tried}" + (f"; {limit.note}" if limit.note else ""))
     for path in written:
         console.print(f"wrote {path}")
 

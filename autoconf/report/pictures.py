@@ -335,3 +335,38 @@ def sweep_png(points, front, chosen, path: str | Path, deadline_days: float | No
     return save_figure(fig, path)
 
 
+
+def worst_rank_png(plan: Plan, path: str | Path) -> Path:
+    """The memory of the rank that needs the most, as one bar split into weights, gradients, optimizer states,
+    activations and the rest (each labelled in GiB and as a share), against the device limit."""
+    p = plan.prediction
+    stages = p.get("memory_per_stage") or []
+    if not stages:
+        raise UserError("the plan has no memory prediction (memory_per_stage); re-run estimate or plan")
+    worst = max(range(len(stages)), key=lambda r: stages[r]["total"])
+    m = stages[worst]
+    limit = p.get("memory_limit_bytes") or 0.0
+    fig, ax = plt.subplots(figsize=(9.0, 2.6), dpi=110)
+    left = 0.0
+    for kind, colour in MEMORY_COLOURS.items():
+        value = m.get(kind, 0.0) / GiB
+        if value <= 0:
+            continue
+        ax.barh([0], [value], left=left, color=colour, height=0.5, label=f"{kind} {value:.2f} GiB")
+        if value > 0.06 * max(m["total"], limit) / GiB:
+            ax.text(left + value / 2, 0, f"{kind}\n{value:.1f} GiB\n{100 * value * GiB / m['total']:.0f}%",
+                    ha="center", va="center", fontsize=7, color="white" if kind != "other" else "black")
+        left += value
+    if limit:
+        ax.axvline(limit / GiB, color="black", linestyle="--", linewidth=1.2, label=f"device {limit / GiB:.1f} GiB")
+    ax.set_xlim(0, max(left, limit / GiB) * 1.08)
+    ax.set_yticks([])
+    ax.set_xlabel("GiB")
+    fits = "fits" if p.get("fits", True) else "DOES NOT FIT"
+    ax.set_title(f"{plan.model.name}: {layout_label(plan)}\nworst rank: pipeline rank {worst} of {len(stages)}, "
+                 f"{m['total'] / GiB:.2f} GiB of {limit / GiB:.1f} GiB ({fits})", fontsize=9)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    return save_figure(fig, path)

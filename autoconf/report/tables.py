@@ -43,6 +43,28 @@ def profiles_table(clusters: list) -> Table:
     return table
 
 
+LIMIT_NAMES = {"seq_len": "longest sequence", "micro_batch_size": "largest micro-batch", "model": "largest model"}
+
+
+def limits_table(limits: list, title: str) -> Table:
+    """One row per limit: its value and the plan that reaches it (layout, step time, peak memory of the limit)."""
+    table = Table(title=title)
+    for col in ("limit", "value", "model", "seq", "layout", "step s", "peak GiB", "of GiB"):
+        table.add_column(col, justify="right" if col in ("value", "seq", "step s", "peak GiB", "of GiB") else "left",
+                         no_wrap=True)
+    for limit in limits:
+        name = LIMIT_NAMES.get(limit.what, limit.what)
+        if limit.plan is None:
+            table.add_row(name, "none fits", "", "", "even the smallest value has no layout that fits", "", "", "")
+            continue
+        plan, p = limit.plan, limit.plan.prediction
+        value = f"{limit.value:,}" if isinstance(limit.value, int) else str(limit.value)
+        table.add_row(name, value, plan.model.name, f"{plan.config.seq_len:,}", layout_label(plan),
+                      f"{p['iteration_time_s']:.4g}", f"{p['peak_memory_bytes'] / GiB:.1f}",
+                      f"{p['memory_limit_bytes'] / GiB:.1f}")
+    return table
+
+
 def layout_label(plan: Plan) -> str:
     c = plan.config
     parts = [f"tp{c.tp} pp{c.pp} dp{c.dp}"]
