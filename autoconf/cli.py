@@ -540,6 +540,8 @@ def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, mo
                        base_profile=base_profile, memory_per_rank=memory_per_rank, dtype=dtype, max_tp=max_tp)
     if code != 0:
         raise UserError(f"profiling failed (torchrun exit code {code}); see the worker output above")
+    if node_rank == 0:
+        click.echo(f"profile: {out} (next: autoconf plan --model MODEL --cluster {out} --global-batch B)")
 
 
 @main.command()

@@ -237,10 +237,11 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         pass
 
 
-def run_supervised(command: list[str], env: dict, pass_fds: list[int] = ()) -> int:
+def run_supervised(command: list[str], env: dict, pass_fds: list[int] = (), follow=None) -> int:
     """Runs torchrun and returns its exit code. SIGTERM, SIGINT or SIGHUP to the launcher is forwarded as SIGTERM
     (torchrun then ends its workers, each in its own process group); after a grace the whole process group is
-    killed. torchrun runs in a process group of its own and dies with the launcher (see _die_with_parent)."""
+    killed. torchrun runs in a process group of its own and dies with the launcher (see _die_with_parent).
+    `follow` (report.progress.Follow): torchrun's stdout passes through it, under a progress bar."""
     parent = os.getpid()
 
     def preexec() -> None:
@@ -248,7 +249,9 @@ def run_supervised(command: list[str], env: dict, pass_fds: list[int] = ()) -> i
         if os.getppid() != parent:  # the launcher died before prctl took effect
             os._exit(1)
 
-    proc = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=preexec, pass_fds=tuple(pass_fds))
+    proc = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=preexec, pass_fds=tuple(pass_fds),
+                            stdout=subprocess.PIPE if follow is not None else None)
+    relay = follow.relay(proc.stdout) if follow is not None else None
     received: list[int] = []
     deadline = None
 
@@ -274,6 +277,8 @@ def run_supervised(command: list[str], env: dict, pass_fds: list[int] = ()) -> i
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if relay is not None:
+            relay.join(timeout=5)
     if received:
         print(f"autoconf: stopped by {signal.Signals(received[0]).name}; torchrun and its workers were ended",
               file=sys.stderr, flush=True)
@@ -361,4 +366,20 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
         # Once a worker failed (a collective timed out), the others get SIGTERM and then, after this grace, SIGKILL
         # (torchrun's default grace is 30 s, which a hung peer would add to the collective timeout).
         env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_GRACE_S))
-        return run_supervised(commands[node_rank if nnodes > 1 else 0], env, [fd for fd in _held_fds])
+        from rich.console import Console
+
+        from autoconf.report.progress import Follow
+
+        where = [f"metrics {metrics}" if metrics is not None else "",
+                 f"checkpoints in {checkpoint_dir}" if checkpoint_dir is not None else ""]
+        where = ", ".join(w for w in where if w)
+        with Follow(Console(), f"training {plan.model.name}", total=steps) as follow:
+            if follow.live:
+                print(f"autoconf: training {plan_path} for {steps} steps on {plan.config.world_size} ranks"
+                      + (f"; {where}" if where else ""), flush=True)
+            code = run_supervised(commands[node_rank if nnodes > 1 else 0], env, [fd for fd in _held_fds],
+                                  follow if follow.live else None)
+        if code == 0:
+            print(f"autoconf: done; results: {where or 'none kept (pass --metrics FILE for one line per step)'}",
+                  file=sys.stderr, flush=True)
+        return code
