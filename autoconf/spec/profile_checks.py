@@ -200,7 +200,7 @@ def _compute(c: _Checker, table) -> None:
         if table.get(key) is not None:
             c.number(table[key], f"compute.{key}", 0, 1.0)
     entries = table.get("entries", [])
-    if entries is not None and c.kind(entries, list, "compute.entries"):
+    if c.kind(entries, list, "compute.entries"):
         blocks_by_tp: dict = {}
         for i, entry in enumerate(entries):
             where = f"compute.entries[{i}]"
