@@ -241,3 +241,18 @@ def test_import_matches_transformers_models_on_the_meta_device(class_name, overr
     blocks = model.model.layers
     assert [spec.layer_params(i) for i in range(4)] == [sum(p.numel() for p in b.parameters()) for b in blocks]
     assert any(spec.is_moe_layer(i) for i in range(4))
+
+
+def test_a_checkpoint_written_before_the_derived_counts_resumes(tmp_path):
+    """Checkpoint metadata from before `parameters` / `active_parameters` existed still matches its model, and a
+    different model is still refused."""
+    from plan_helpers import even_plan
+
+    from autoconf.execute.train import TrainOptions, check_resumable
+
+    plan = even_plan(PRESETS["tiny-llama"])
+    old = {k: v for k, v in plan.model.to_dict().items() if k not in ("parameters", "active_parameters")}
+    check_resumable(tmp_path, {"seed": 0, "data": None, "model": old}, plan, TrainOptions(steps=1), print)
+    with pytest.raises(UserError, match="differs from this plan"):
+        check_resumable(tmp_path, {"seed": 0, "data": None, "model": {**old, "num_layers": 4}}, plan,
+                        TrainOptions(steps=1), print)

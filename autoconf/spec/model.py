@@ -98,7 +98,7 @@ class MoESpec:
                 problems.append(f"{name} must be a positive integer (got {getattr(self, name)!r})")
         for name in ("num_shared_experts", "shared_expert_intermediate_size", "first_k_dense"):
             value = getattr(self, name)
-            if not (_positive_int(value) or value == 0) or isinstance(value, bool):
+            if not (_positive_int(value) or (value == 0 and isinstance(value, int) and not isinstance(value, bool))):
                 problems.append(f"{name} must be an integer >= 0 (got {value!r})")
         for name in ("shared_expert_gate", "norm_topk_prob", "router_bias"):
             if not isinstance(getattr(self, name), bool):
