@@ -16,6 +16,7 @@ from autoconf.spec.model import MLASpec, ModelSpec, MoESpec
 
 HF_MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3")
 HF_DENSE_TYPES = ("gpt2", "llama", "mistral", "qwen2")
+MAX_LAYERS = 100_000  # the layer patterns below are listed layer by layer
 
 # Keys that name routed experts (a positive value means an MoE model), with the family whose key it is.
 EXPERT_KEYS = {"num_local_experts": "mixtral", "num_experts": "qwen3_moe", "n_routed_experts": "deepseek_v3",
@@ -82,6 +83,8 @@ def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
     """A spec from the config.json of an MoE family in HF_MOE_TYPES. KeyError for a missing key (the caller names
     it)."""
     layers = config["num_hidden_layers"]
+    if not isinstance(layers, int) or isinstance(layers, bool) or not 1 <= layers <= MAX_LAYERS:
+        raise UserError(f"{name}: num_hidden_layers must be a layer count in 1..{MAX_LAYERS} (got {layers!r})")
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads")
     top_k = config["num_experts_per_tok"]
@@ -99,7 +102,8 @@ def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
                          head_dim=config.get("head_dim"), moe=moe)
     if model_type in ("qwen2_moe", "qwen3_moe"):
         step = config.get("decoder_sparse_step") or 1
-        dense = sorted(set(config.get("mlp_only_layers") or []) | {i for i in range(layers) if (i + 1) % step})
+        sparse_step = {i for i in range(layers) if (i + 1) % step} if step > 1 else set()
+        dense = sorted(set(config.get("mlp_only_layers") or []) | sparse_step)
         shared = (config.get("shared_expert_intermediate_size") or 0) if model_type == "qwen2_moe" else 0
         expert = config["moe_intermediate_size"]
         moe = MoESpec(num_experts=_first(config, "num_experts", "num_local_experts"), num_experts_per_tok=top_k,
@@ -125,7 +129,7 @@ def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
     moe = MoESpec(num_experts=_first(config, "n_routed_experts", "num_local_experts"), num_experts_per_tok=top_k,
                   moe_intermediate_size=expert, num_shared_experts=shared,
                   shared_expert_intermediate_size=expert if shared else 0, first_k_dense=first_dense,
-                  dense_layers=tuple(i for i in range(first_dense, layers) if i % every),
+                  dense_layers=tuple(i for i in range(first_dense, layers) if i % every) if every > 1 else (),
                   scoring_func=config.get("scoring_func") or ("sigmoid" if v3 else "softmax"),
                   norm_topk_prob=bool(config.get("norm_topk_prob", v3)),
                   n_group=1 if greedy else config.get("n_group") or 1,

@@ -228,7 +228,7 @@ class ModelSpec:
             elif value is not None and self.arch != "llama":
                 problems.append(f"{field} needs arch llama (got {self.arch!r})")
         if isinstance(self.moe, MoESpec) and _positive_int(self.num_layers):
-            dense = self.moe.first_k_dense + len(set(self.moe.dense_layers) - set(range(self.moe.first_k_dense)))
+            dense = self._dense_layer_count()
             beyond = [i for i in self.moe.dense_layers if i >= self.num_layers]
             if beyond:
                 problems.append(f"moe.dense_layers {beyond} lie beyond the {self.num_layers} layers")
@@ -291,17 +291,28 @@ class ModelSpec:
         """(first layer, count) for each kind of block, dense before MoE: the layers of a kind have the same ops."""
         return list(self._ops["groups"])
 
+    def _dense_layer_count(self) -> int:
+        """Blocks with a dense MLP (counted without walking the layers: num_layers may be large)."""
+        if self.moe is None:
+            return self.num_layers
+        first = min(self.moe.first_k_dense, self.num_layers)
+        return first + len({i for i in self.moe.dense_layers if first <= i < self.num_layers})
+
     @functools.cached_property
     def _ops(self) -> dict:
         """The op table, built once per spec (the spec is frozen): the ops of a dense and of an MoE block, the
         embedding's, the head's, the attention's, and the layer groups."""
-        moe = [i for i in range(self.num_layers) if self.is_moe_layer(i)]
-        dense = [i for i in range(self.num_layers) if not self.is_moe_layer(i)]
-        return {"dense": layers.layer_ops(self, dense[0]) if dense else (),
-                "moe": layers.layer_ops(self, moe[0]) if moe else (),
+        dense = self._dense_layer_count()
+        moe = self.num_layers - dense
+        first_dense = 0 if self.moe is None or self.moe.first_k_dense else min(self.moe.dense_layers, default=0)
+        first_moe = self.moe.first_k_dense if self.moe else 0
+        while moe and not self.is_moe_layer(first_moe):  # steps over dense_layers only
+            first_moe += 1
+        return {"dense": layers.layer_ops(self, first_dense) if dense else (),
+                "moe": layers.layer_ops(self, first_moe) if moe else (),
                 "embedding": layers.embedding_ops(self), "head": layers.head_ops(self),
                 "attention": layers.attention_ops(self),
-                "groups": tuple((group[0], len(group)) for group in (dense, moe) if group)}
+                "groups": tuple(group for group in ((first_dense, dense), (first_moe, moe)) if group[1])}
 
     def op_table(self) -> list[tuple[str, int, object]]:
         """The whole model as (where, count, op) rows: the embedding, each kind of block, the head."""
