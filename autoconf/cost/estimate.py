@@ -29,7 +29,7 @@ from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.grid import RankGrid
-from autoconf.spec.model import ModelSpec
+from autoconf.spec.model import ModelSpec, check_costable
 from autoconf.spec.plan import ParallelConfig, Plan, uniform_partition
 from autoconf.spec.schedules import build_schedule, rank_actions, schedule_spec, stage_to_rank
 
@@ -277,6 +277,7 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
     `plan.timeline` is the simulated step the prediction was read from: its makespan plus the step's tail
     (collectives, optimizer, step overhead) is `iteration_time_s`.
     """
+    check_costable(model)
     c = config.check(model, cluster.world_size)
     partition = [list(p) for p in (partition or default_partition(model, c))]
     grid = RankGrid(default_mesh(c) if mesh is None else mesh)

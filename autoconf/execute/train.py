@@ -299,8 +299,9 @@ def check_resumable(path: Path, meta: dict, plan: Plan, opts: TrainOptions, log)
     saved = meta.get("model")
     if isinstance(saved, dict):
         mine = plan.model.to_dict()
+        derived = ("parameters", "active_parameters")  # written since the MoE spec; older checkpoints lack them
         diff = sorted(k for k in set(saved) | set(mine)
-                      if k not in ("name", "dropout") and saved.get(k) != mine.get(k))
+                      if k not in ("name", "dropout", *derived) and saved.get(k) != mine.get(k))
         if diff:
             raise UserError(f"checkpoint {path} holds model {saved.get('name')!r}, which differs from this plan's "
                             f"{plan.model.name!r} in {', '.join(diff)}; use another --checkpoint-dir")

@@ -20,12 +20,14 @@ def human_count(n: float) -> str:
 
 def models_table(models: list[ModelSpec]) -> Table:
     table = Table(title="Model presets")
-    for col in ("name", "arch", "params", "layers", "hidden", "heads", "kv heads", "ffn", "vocab", "max seq"):
+    for col in ("name", "arch", "params", "active", "experts", "layers", "hidden", "heads", "kv heads", "ffn",
+                "vocab", "max seq"):
         table.add_column(col, justify="left" if col in ("name", "arch") else "right")
     for m in models:
-        table.add_row(m.name, m.arch, human_count(m.total_params()), str(m.num_layers), str(m.hidden_size),
-                      str(m.num_heads), str(m.num_kv_heads), str(m.ffn_hidden_size), str(m.vocab_size),
-                      str(m.max_seq_len))
+        experts = f"{m.moe.num_experts} top-{m.moe.num_experts_per_tok}" if m.moe else "-"
+        table.add_row(m.name, m.arch, human_count(m.total_params()), human_count(m.active_params()), experts,
+                      str(m.num_layers), str(m.hidden_size), str(m.num_heads), str(m.num_kv_heads),
+                      str(m.ffn_hidden_size), str(m.vocab_size), str(m.max_seq_len))
     return table
 
 

@@ -30,7 +30,7 @@ from autoconf.errors import UserError
 from autoconf.spec.support import unsupported_reason
 from autoconf.solve.space import candidates, normalise_fixed, with_changes
 from autoconf.spec.cluster import ClusterProfile
-from autoconf.spec.model import ModelSpec
+from autoconf.spec.model import ModelSpec, check_costable
 from autoconf.spec.plan import ParallelConfig, Plan, node_blocks, uniform_partition
 from autoconf.spec.schedules import schedule_spec, stage_to_rank
 
@@ -197,6 +197,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
 
     With `launchable_only`, layouts the bundled executor refuses (spec/support.py) are left out and counted.
     """
+    check_costable(model)
     start = time.perf_counter()
     fixed = normalise_fixed(fixed or {})
     if model.learned_positions and seq_len > model.max_seq_len:
