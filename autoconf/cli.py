@@ -528,16 +528,19 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
 @click.option("--max-tp", type=click.IntRange(min=1), default=None,
               help="time the model's blocks at TP widths up to this (default: the ranks per node), e.g. 8 on one GPU "
                    "of an 8-GPU node")
+@click.option("--seq-len", "seq_lens", type=int, multiple=True,
+              help="a sequence length to plan for (repeatable): attention is also timed there")
 @click.option("--force", is_flag=True, help="overwrite --out if it exists")
 @user_errors
 def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, model_arg, quick, base_profile,
-            memory_per_rank, dtype, max_tp, force) -> None:
+            memory_per_rank, dtype, max_tp, seq_lens, force) -> None:
     """Measure this cluster (compute, links, collectives, memory) into a profile."""
     from autoconf.profile.launch import profile as run_profile
 
     code = run_profile(out, nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
                        master_addr=master_addr, master_port=master_port, model=model_arg, quick=quick, force=force,
-                       base_profile=base_profile, memory_per_rank=memory_per_rank, dtype=dtype, max_tp=max_tp)
+                       base_profile=base_profile, memory_per_rank=memory_per_rank, dtype=dtype, max_tp=max_tp,
+                       seq_lens=seq_lens)
     if code != 0:
         raise UserError(f"profiling failed (torchrun exit code {code}); see the worker output above")
     if node_rank == 0:
