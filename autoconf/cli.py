@@ -82,6 +82,9 @@ cluster_option = click.option("--cluster", "cluster_arg", required=True,
                               help="bundled profile (dgx-a100-80g, dgx-h100-80g, cpu-local) or a profile path")
 nodes_option = click.option("--nodes", type=int, default=None, help="resize a uniform profile to N nodes")
 gpn_option = click.option("--gpus-per-node", type=int, default=None, help="resize a uniform profile's nodes")
+headroom_option = click.option("--memory-headroom", type=click.FloatRange(0, 1, max_open=True), default=None,
+                               help="fraction of device memory a plan must leave free (default: the profile's "
+                                    "memory_headroom, 0.05 when it states none)")
 
 
 class AutoconfGroup(click.Group):
@@ -159,9 +162,11 @@ def models(as_json: bool) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the plan here",
               callback=output_path)
 @click.option("--force", is_flag=True, help="overwrite --out if it exists")
+@headroom_option
 @user_errors
 def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micro_batch, global_batch, seq_len,
-             schedule, zero, recompute, sequence_parallel, dtype, attention, framework, as_json, out, force) -> None:
+             schedule, zero, recompute, sequence_parallel, dtype, attention, framework, as_json, out, force,
+             memory_headroom) -> None:
     """Predict time and memory of one layout."""
     from autoconf.cost.estimate import Execution
     from autoconf.cost.estimate import estimate as run_estimate
@@ -172,6 +177,8 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
 
     model = load_model(model_arg)
     cluster = load_cluster(cluster_arg, nodes, gpus_per_node)
+    if memory_headroom is not None:
+        cluster = cluster.with_memory_headroom(memory_headroom)
     config = ParallelConfig(tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=micro_batch,
                             global_batch_size=global_batch,
                             seq_len=default_seq_len(model) if seq_len is None else seq_len,
@@ -210,9 +217,10 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
 @click.option("--explain", "explain_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="write pictures and launch scripts here", callback=output_path)
 @click.option("--force", is_flag=True, help="overwrite existing output files")
+@headroom_option
 @user_errors
 def plan(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, fix, dtype, attention, framework,
-         top_k, as_json, out, explain_dir, force) -> None:
+         top_k, as_json, out, explain_dir, force, memory_headroom) -> None:
     """Search every sensible layout and write the best plan."""
     from rich.console import Console
 
@@ -224,6 +232,8 @@ def plan(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, fi
 
     model = load_model(model_arg)
     cluster = load_cluster(cluster_arg, nodes, gpus_per_node)
+    if memory_headroom is not None:
+        cluster = cluster.with_memory_headroom(memory_headroom)
     fixed = parse_fix(fix)
     seq_len = default_seq_len(model) if seq_len is None else seq_len
     if seq_len < 1:

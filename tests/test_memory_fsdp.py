@@ -54,9 +54,11 @@ def _run(plans: list[Plan], tmp_path: Path) -> list[dict]:
     job, out = tmp_path / "job.json", tmp_path / "out.json"
     job.write_text(json.dumps({"plans": [p.to_dict() for p in plans], "steps": 1}))
     world = plans[0].config.world_size
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{REPO}:{os.environ.get('PYTHONPATH', '')}")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
-                           "--master-port", "0", "tests/memory_fsdp_worker.py", str(job), str(out)],
+                           "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0",
+                           "tests/memory_fsdp_worker.py", str(job), str(out)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return json.loads(out.read_text())

@@ -205,8 +205,8 @@ def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str
 
     Parameters: at ZeRO-3 (unless the whole copy is held) the chunk's root unit (never resharded after forward)
     and two blocks in the compute dtype (the one computing and the next one's all-gather output: prefetched in the
-    backward, the previous one's kept until the next gathers in the forward); beside a whole copy, one block's
-    all-gather output while the copy is gathered. Gradients, when they are reduce-scattered during every backward:
+    backward, the previous one's kept until the next gathers in the forward); beside the whole copy of ZeRO-1/2,
+    one block's all-gather output while the copy is gathered. Gradients, when they are reduce-scattered during every backward:
     the root unit's early gradients (head, final norm, held until the backward ends) and the current block's, or
     the whole root's at the end, in the compute dtype, and the previous unit's fp32 reduce-scatter input (kept
     until the next unit reduces); beside a whole unsharded gradient, one block's sharded gradient. `root` is
@@ -219,7 +219,9 @@ def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     root_all, root_early = root_all / c.tp, root_early / c.tp
     block = model.layer_params() / c.tp
     if holds_unsharded_params(c):
-        params = block * e  # beside the whole copy: the all-gather output of the unit being gathered
+        # ZeRO-1/2 gather the whole copy unit by unit in the forward, each unit's all-gather output kept until the
+        # next one gathers; ZeRO-3 under a pipeline completes it in the backward, where nothing is kept.
+        params = block * e if c.zero_stage < 3 else 0.0
     else:
         params = (root_all + 2 * block) * e
     if holds_unsharded_grads(c):
