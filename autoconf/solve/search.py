@@ -223,12 +223,18 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     near: list[tuple[float, tuple, ParallelConfig]] = []  # every fitting candidate simulated with an extrapolation
     pruned_memory = pruned_time = simulated = 0
     closest: tuple[float, ParallelConfig] | None = None
+    # Reducing every micro-batch costs time and saves memory: it is only worth simulating where its twin that
+    # reduces once per step (sorted just before it: same bound, smaller key) did not fit.
+    fitting_once = set()
     for index, (time_bound, key, config) in enumerate(scored):
         # Extrapolated times are at or above the full simulation, so the K-th best of them is at or above the K-th
         # best full time: a bound beyond it rules a candidate out.
         if len(best) >= top_k and time_bound >= -best[0][0]:
             pruned_time += len(scored) - index
             break
+        if config.grad_reduce != "step" and key[:-1] in fitting_once:
+            pruned_time += 1
+            continue
         memory_bound = cache.memory_bound(config)  # only for the candidates the walk reaches
         if memory_bound > limit:
             pruned_memory += 1
@@ -243,6 +249,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             if closest is None or over < closest[0]:
                 closest = (over, config)
             continue
+        if config.grad_reduce == "step":
+            fitting_once.add(key[:-1])
         if p.get("extrapolated"):
             near.append((p["iteration_time_s"], key, config))
         item = (-p["iteration_time_s"], _negated(key), plan)
