@@ -63,11 +63,11 @@ def inventory() -> dict:
             state = module._get_fsdp_state()
             group = state._fsdp_param_group
             comm = getattr(state, "_comm_ctx", None)
-            if comm is not None:
-                if comm.all_gather_state is not None:
-                    _add(params, comm.all_gather_state.all_gather_result.all_gather_output)
-                for rs in comm.reduce_scatter_states:
-                    _add(grads, rs.reduce_scatter_input)
+            gathering = getattr(comm, "all_gather_state", None)  # set up at FSDP's lazy init
+            if gathering is not None:
+                _add(params, gathering.all_gather_result.all_gather_output)
+            for rs in getattr(comm, "reduce_scatter_states", ()):
+                _add(grads, rs.reduce_scatter_input)
             if group is not None and group._all_gather_result is not None:
                 _add(params, group._all_gather_result.all_gather_output)
             for fp in (group.fsdp_params if group is not None else ()):

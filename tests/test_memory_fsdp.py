@@ -2,14 +2,15 @@
 
 Two torchrun jobs on CPU (gloo): a tiny Llama at dp 2 (2 ranks) and at pp 2 x dp 2 under 1F1B (4 ranks), each
 with 4 micro-batches per step, ZeRO 1, 2 and 3 with the gradient reduce-scatter once per step, and ZeRO 2 and 3
-with it after every micro-batch. tests/memory_fsdp_worker.py takes an inventory of the bytes each rank holds, by
+with it after every micro-batch; the pipelined job also runs interleaved 1F1B with four chunks per rank at ZeRO-3. tests/memory_fsdp_worker.py takes an inventory of the bytes each rank holds, by
 storage, at every point where FSDP's buffers peak (before each unit's post-forward and post-backward, after each
 backward, after the optimizer step); the largest of each category over the step must equal the estimate's term
 (`cost/memory.stage_memory`, fp32 on CPU) within TOLERANCE.
 
 What this catches: FSDP2 under `set_requires_gradient_sync(False)` holds the whole unsharded fp32 gradient of
 the rank until the last micro-batch (4 bytes per parameter, not 4/dp), and torch's pipelining stage keeps every
-unit's parameters gathered after its backward (ZeRO-3 under pp holds the whole copy).
+unit's parameters gathered after its backward (ZeRO-3 under pp holds the whole copy), and its runtime schedules
+gather up to three whole chunks.
 """
 
 from __future__ import annotations
@@ -44,9 +45,15 @@ def _plans(pp: int) -> list[Plan]:
     for zero, reduce in CASES:
         plan = even_plan(LLAMA, pp=pp, dp=2, zero=zero, global_batch=8)
         plan.config = dataclasses.replace(plan.config, grad_reduce=reduce)
+        plans.append(plan)
+    if pp > 1:
+        # torch's runtime schedules gather whole chunks themselves, three of the four here.
+        plan = even_plan(LLAMA, pp=pp, dp=2, zero=3, global_batch=8, schedule="interleaved-1f1b", vpp=4)
+        plan.config = dataclasses.replace(plan.config, grad_reduce="microbatch")
+        plans.append(plan)
+    for plan in plans:
         assert plan.config.num_microbatches == 4
         plan.validate()
-        plans.append(plan)
     return plans
 
 
