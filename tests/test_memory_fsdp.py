@@ -10,7 +10,7 @@ backward, after the optimizer step); the largest of each category over the step 
 What this catches: FSDP2 under `set_requires_gradient_sync(False)` holds the whole unsharded fp32 gradient of
 the rank until the last micro-batch (4 bytes per parameter, not 4/dp), and torch's pipelining stage keeps every
 unit's parameters gathered after its backward (ZeRO-3 under pp holds the whole copy), and its runtime schedules
-gather up to three whole chunks.
+gather whole chunks (measured: every chunk of the rank at once, also with four chunks per rank).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _plans(pp: int) -> list[Plan]:
         plan.config = dataclasses.replace(plan.config, grad_reduce=reduce)
         plans.append(plan)
     if pp > 1:
-        # torch's runtime schedules gather whole chunks themselves, three of the four here.
+        # torch's runtime schedules gather whole chunks themselves (UNSHARD/RESHARD actions).
         plan = even_plan(LLAMA, pp=pp, dp=2, zero=3, global_batch=8, schedule="interleaved-1f1b", vpp=4)
         plan.config = dataclasses.replace(plan.config, grad_reduce="microbatch")
         plans.append(plan)

@@ -31,7 +31,8 @@ Parameter, gradient and optimizer-state bytes per parameter of one rank (after T
                 grad_reduce "step" torch's stage sets `reshard_after_backward(False)`, so every unit gathered for
                 a backward stays gathered until the stage's reduction, and the rank holds the whole copy. The
                 runtime schedules (interleaved-1f1b, looped-bfs, the zero-bubble family) gather whole chunks
-                themselves, up to three at a time (`gathered_chunks`), whatever the ZeRO stage.
+                themselves (UNSHARD/RESHARD actions); measured, every chunk of the rank was gathered at once, with
+                either gradient reduction.
               FSDP2 has no mode that shards the optimizer state alone: ZeRO-1 runs as ZeRO-2.
 
 Activations: each virtual stage keeps `inflight[s]` micro-batches (counted by the schedule simulation), each
@@ -160,22 +161,17 @@ def holds_unsharded_grads(config: ParallelConfig) -> bool:
             and (c.num_microbatches > 1 or c.pp > 1))
 
 
-def gathered_chunks(config: ParallelConfig) -> int:
-    """How many of a rank's chunks torch's runtime schedules keep wholly gathered under FSDP (the schedule's
-    `fsdp_gathered_chunks`, at most the rank's chunks); 0 where FSDP's own hooks decide (pp == 1, gpipe, 1f1b)."""
-    c = config
-    if c.pp == 1 or not c.zero_sharded:
-        return 0
-    return min(schedule_spec(c.schedule).fsdp_gathered_chunks, c.vpp)
-
-
 def holds_unsharded_params(config: ParallelConfig) -> bool:
-    """Whether a sharded rank holds the unsharded compute copy of all its parameters at its peak: ZeRO-1/2, or
-    ZeRO-3 under torch's single-stage pipeline schedules with grad_reduce "step" (the stage keeps every unit
-    gathered after its backward). Under the runtime schedules ZeRO-3 holds `gathered_chunks` whole chunks."""
+    """Whether a sharded rank holds the unsharded compute copy of all its parameters at its peak: ZeRO-1/2; ZeRO-3
+    under torch's single-stage pipeline schedules with grad_reduce "step" (the stage keeps every unit gathered
+    after its backward); ZeRO-3 under torch's runtime schedules (`fsdp_gathers_chunks`), which gather whole
+    chunks themselves: measured with two and with four chunks per rank, every chunk was gathered at once."""
     c = config
-    return c.zero_sharded and (c.zero_stage < 3 or (c.pp > 1 and not c.reduces_every_microbatch
-                                                    and not gathered_chunks(c)))
+    if not c.zero_sharded:
+        return False
+    if c.zero_stage < 3:
+        return True
+    return c.pp > 1 and (schedule_spec(c.schedule).fsdp_gathers_chunks or not c.reduces_every_microbatch)
 
 
 def state_bytes_per_param(config: ParallelConfig, layout: str) -> tuple[float, float, float, float]:
@@ -213,8 +209,7 @@ def root_unit_params(model: ModelSpec, partition: Sequence[Sequence[int]] | None
 
 
 def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
-                           root: tuple[float, float] | None = None,
-                           chunks_params: float | None = None) -> tuple[float, float]:
+                           root: tuple[float, float] | None = None) -> tuple[float, float]:
     """(parameter, gradient) bytes of one TP rank that FSDP holds for the units in use only, in the torch layout
     (tests/test_memory_fsdp.py measures them).
 
@@ -226,9 +221,7 @@ def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     current block's, or the whole root's at the end, in the compute dtype, and the previous unit's fp32
     reduce-scatter input (kept until the next unit reduces); beside a whole unsharded gradient, one block's
     sharded gradient and, in bf16/fp16, the block's new low-precision gradient before FSDP adds it to the fp32
-    sum. `root` is `root_unit_params`' pair (default: the whole model's). Under torch's runtime schedules at
-    ZeRO-3 the parameters are instead the `gathered_chunks` chunks torch gathers whole: `chunks_params`
-    parameters (all TP ranks; default: that many chunks of an even split)."""
+    sum. `root` is `root_unit_params`' pair (default: the whole model's)."""
     c = config
     if layout != "torch" or not c.zero_sharded:
         return 0.0, 0.0
@@ -240,10 +233,6 @@ def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str
         # ZeRO-1/2 gather the whole copy unit by unit in the forward, each unit's all-gather output kept until the
         # next one gathers; ZeRO-3 under a pipeline completes it in the backward, where nothing is kept.
         params = block * e if c.zero_stage < 3 else 0.0
-    elif gathered_chunks(c):
-        if chunks_params is None:
-            chunks_params = gathered_chunks(c) * model.total_params() / c.num_stages
-        params = chunks_params / c.tp * e
     else:
         params = (root_all + 2 * block) * e
     if holds_unsharded_grads(c):
@@ -299,10 +288,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     for rank in (range(c.pp) if ranks is None else ranks):
         stages = [st for st, r in enumerate(stage_to_rank) if r == rank]
         local_params = sum(stage_params(model, partition, st) for st in stages) / c.tp
-        gathered = sorted((stage_params(model, partition, st) for st in stages), reverse=True)
-        chunks_params = sum(gathered[:gathered_chunks(c)])
-        buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, partition, st), chunks_params)
-                   for st in stages]
+        buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, partition, st)) for st in stages]
         param_buffer, grad_buffer = max(b[0] for b in buffers), max(b[1] for b in buffers)
         activations = 0.0
         for st in stages:
