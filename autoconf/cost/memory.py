@@ -209,7 +209,7 @@ def root_unit_params(model: ModelSpec, partition: Sequence[Sequence[int]] | None
 
 
 def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
-                           root: tuple[float, float] | None = None) -> tuple[float, float]:
+                           root: tuple[float, float] | None = None, blocks: int = 2) -> tuple[float, float]:
     """(parameter, gradient) bytes of one TP rank that FSDP holds for the units in use only, in the torch layout
     (tests/test_memory_fsdp.py measures them).
 
@@ -221,7 +221,8 @@ def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     current block's, or the whole root's at the end, in the compute dtype, and the previous unit's fp32
     reduce-scatter input (kept until the next unit reduces); beside a whole unsharded gradient, one block's
     sharded gradient and, in bf16/fp16, the block's new low-precision gradient before FSDP adds it to the fp32
-    sum. `root` is `root_unit_params`' pair (default: the whole model's)."""
+    sum. `root` is `root_unit_params`' pair (default: the whole model's); `blocks` the chunk's blocks (a chunk of
+    one block has no previous block's reduce-scatter input beside its block's gradient)."""
     c = config
     if layout != "torch" or not c.zero_sharded:
         return 0.0, 0.0
@@ -241,7 +242,8 @@ def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str
         # first writes a block's gradient in the compute dtype, then adds it to the fp32 sum.
         grads = block * 4 / c.dp + (block * e if e != 4 else 0.0)
     else:
-        grads = max(root_all, root_early + block) * e + block * 4
+        in_flight = block * 4 if blocks >= 1 else 0.0  # the last reduced block's input, at the root's reduction
+        grads = max(root_all * e + in_flight, (root_early + block) * e + (block * 4 if blocks >= 2 else 0.0))
     return params, grads
 
 
@@ -288,7 +290,8 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     for rank in (range(c.pp) if ranks is None else ranks):
         stages = [st for st, r in enumerate(stage_to_rank) if r == rank]
         local_params = sum(stage_params(model, partition, st) for st in stages) / c.tp
-        buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, partition, st)) for st in stages]
+        buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, partition, st),
+                                          partition[st][1] - partition[st][0]) for st in stages]
         param_buffer, grad_buffer = max(b[0] for b in buffers), max(b[1] for b in buffers)
         activations = 0.0
         for st in stages:
