@@ -107,7 +107,7 @@ def test_executor_runs_zero1_as_zero2_with_fsdp2_sharding():
     mem = [estimate(MODEL, A100, cfg(zero_stage=z)).prediction["memory_per_stage"][1] for z in range(4)]
     assert mem[1] == mem[2]
     assert mem[1]["optimizer"] == pytest.approx(mem[0]["optimizer"] / 2)
-    assert mem[0]["grads"] <= mem[1]["grads"] < 1.1 * mem[0]["grads"]
+    assert mem[0]["grads"] <= mem[1]["grads"] < 1.2 * mem[0]["grads"]  # plus one block in flight
     assert mem[3]["params"] < mem[2]["params"] < 1.1 * mem[3]["params"]
     every = [estimate(MODEL, A100, cfg(zero_stage=z, grad_reduce="microbatch")).prediction["memory_per_stage"][1]
              for z in (2, 3)]
