@@ -87,6 +87,9 @@ def _cluster_help() -> str:
 cluster_option = click.option("--cluster", "cluster_arg", required=True, help=_cluster_help())
 nodes_option = click.option("--nodes", type=int, default=None, help="resize a uniform profile to N nodes")
 gpn_option = click.option("--gpus-per-node", type=int, default=None, help="resize a uniform profile's nodes")
+headroom_option = click.option("--memory-headroom", type=click.FloatRange(0, 1, max_open=True), default=None,
+                               help="fraction of device memory a plan must leave free (default: the profile's "
+                                    "memory_headroom, 0.05 when it states none)")
 
 
 class AutoconfGroup(click.Group):
@@ -184,10 +187,11 @@ def profiles(as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="overwrite --out if it exists")
 @click.option("--memory-picture", type=click.Path(dir_okay=False, path_type=Path), default=None,
               callback=output_path, help="draw the memory breakdown of the rank that needs the most (PNG)")
+@headroom_option
 @user_errors
 def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micro_batch, global_batch, seq_len,
              schedule, zero, recompute, sequence_parallel, dtype, attention, framework, as_json, out, force,
-             memory_picture) -> None:
+             memory_picture, memory_headroom) -> None:
     """Predict time and memory of one layout."""
     from autoconf.cost.estimate import Execution
     from autoconf.cost.estimate import estimate as run_estimate
@@ -198,6 +202,8 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
 
     model = load_model(model_arg)
     cluster = load_cluster(cluster_arg, nodes, gpus_per_node)
+    if memory_headroom is not None:
+        cluster = cluster.with_memory_headroom(memory_headroom)
     config = ParallelConfig(tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=micro_batch,
                             global_batch_size=global_batch,
                             seq_len=default_seq_len(model) if seq_len is None else seq_len,
@@ -257,9 +263,10 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
 @click.option("--explain", "explain_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="write pictures and launch scripts here", callback=output_path)
 @click.option("--force", is_flag=True, help="overwrite existing output files")
+@headroom_option
 @user_errors
 def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len, tokens_arg, price, deadline_arg,
-         fix, dtype, attention, framework, top_k, as_json, out, explain_dir, force) -> None:
+         fix, dtype, attention, framework, top_k, as_json, out, explain_dir, force, memory_headroom) -> None:
     """Search every sensible layout and write the best plan (with --tokens: time and cost to train; with a --nodes
     range: the best plan of every cluster size)."""
     from autoconf.cost.estimate import Execution
@@ -279,6 +286,8 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
                         "--tokens 2T)")
     model = load_model(model_arg)
     cluster = load_cluster(cluster_arg, node_counts[0] if node_counts else None, gpus_per_node)
+    if memory_headroom is not None:
+        cluster = cluster.with_memory_headroom(memory_headroom)
     fixed = parse_fix(fix)
     seq_len = default_seq_len(model) if seq_len is None else seq_len
     if seq_len < 1:

@@ -90,6 +90,8 @@ class StagePlan:
     pass_overhead: float  # framework seconds added to each forward and each backward(-input) pass
     allgather: list[float]  # once-per-step FSDP gathers
     reduce: list[float]
+    # The reduce-scatters of every micro-batch but the last (grad_reduce "microbatch"); the last one is `reduce`.
+    early_reduce: list[float] = dataclasses.field(default_factory=list)
 
 
 def tp_collective(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices: list[int]) -> float:
@@ -234,8 +236,9 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         tp_parts.append(tp)
         gathers.append(gather)
         reduces.append(reduce)
+    early = [(c.num_microbatches - 1) * r for r in reduces] if c.reduces_every_microbatch else []
     return StagePlan(StageCosts(forward, back_in, back_w), compute_parts, recompute_parts, tp_parts, pass_overhead,
-                     gathers, reduces)
+                     gathers, reduces, early)
 
 
 def p2p_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution) -> float:
@@ -293,6 +296,7 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
 
     share = cpu_share(cluster)
     sp, full, makespan = run(share)
+    makespan = full.makespan = max(makespan, comm_stream_bound(sp, schedule))
     if share < 1.0:
         # CPU ranks share cores: `cpu_share` is each rank's share while all compute. Ranks waiting in a pipeline
         # bubble or on a peer sleep, so the busy ones get more, up to what one rank gets alone (`cpu_share_alone`,
@@ -304,6 +308,7 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
             relaxed = min(cpu_share_alone(cluster), share * ranks_per_node / busy)
             if relaxed > share:
                 sp, full, makespan = run(relaxed)
+                makespan = full.makespan = max(makespan, comm_stream_bound(sp, schedule))
 
     # Optimizer: AdamW over each rank's (ZeRO-sharded) parameters; the slowest rank bounds the step.
     optimizer = max(rank_optimizer_time(cluster, c, sum(stage_params(model, partition, st)
@@ -314,7 +319,7 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
 
     memory = _memory(model, cluster, c, partition, schedule, full, execution)
     peak = max(m["total"] for m in memory)
-    limit = cluster.device.memory_bytes
+    limit = cluster.usable_memory_bytes
     tokens = c.global_batch_size * c.seq_len
     model_flops = model.model_flops_per_iteration(c.seq_len, c.global_batch_size)
     hardware_flops = model.hardware_flops_per_iteration(c.seq_len, c.global_batch_size, c.recompute)
@@ -342,6 +347,17 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
     if not extrapolate:
         plan.timeline = full
     return plan
+
+
+def comm_stream_bound(sp: StagePlan, schedule) -> float:
+    """With grad_reduce "microbatch": the step lasts at least as long as the busiest rank's DP comm stream, which
+    carries its stages' gathers and every micro-batch's reduce-scatter. The simulation places the last one after
+    the stage's last backward; the earlier ones run beside the later backward passes and are hidden while the
+    stream has room (0 without them)."""
+    if not sp.early_reduce:
+        return 0.0
+    return max(sum(sp.allgather[s] + sp.early_reduce[s] + sp.reduce[s] for s in schedule.stages_of_rank(r))
+               for r in range(schedule.pp))
 
 
 @functools.lru_cache(maxsize=64)

@@ -41,7 +41,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     embedding, layer, head = unit_activation_bytes(model, c, layout, cluster.device.kind)
     unit_act = [embedding] + [layer] * model.num_layers + [head]
     inflight = tuple(int(np.ceil(n)) for n in schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches))
-    limit = (cluster.device.memory_bytes - cluster.device.memory_overhead_bytes - p2p_buffer_bytes(model, c)
+    limit = (cluster.usable_memory_bytes - cluster.device.memory_overhead_bytes - p2p_buffer_bytes(model, c)
              - gather_buffer_bytes(model, c, layout))
     return PartitionProblem(unit_time=tuple(unit_time), unit_static_bytes=tuple(unit_static),
                             unit_activation_bytes=tuple(unit_act),

@@ -202,7 +202,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     fixed = normalise_fixed(fixed or {})
     if model.learned_positions and seq_len > model.max_seq_len:
         raise UserError(f"seq_len {seq_len} exceeds {model.name}'s {model.max_seq_len} learned positions")
-    limit = cluster.device.memory_bytes
+    limit = cluster.usable_memory_bytes
     cache = _BoundCache(model, cluster, execution)
     scored = []
     seen = unlaunchable = 0
@@ -224,12 +224,18 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     near: list[tuple[float, tuple, ParallelConfig]] = []  # every fitting candidate simulated with an extrapolation
     pruned_memory = pruned_time = simulated = 0
     closest: tuple[float, ParallelConfig] | None = None
+    # Reducing every micro-batch costs time and saves memory: it is only worth simulating where its twin that
+    # reduces once per step (sorted just before it: same bound, smaller key) did not fit.
+    fitting_once = set()
     for index, (time_bound, key, config) in enumerate(scored):
         # Extrapolated times are at or above the full simulation, so the K-th best of them is at or above the K-th
         # best full time: a bound beyond it rules a candidate out.
         if len(best) >= top_k and time_bound >= -best[0][0]:
             pruned_time += len(scored) - index
             break
+        if config.grad_reduce != "step" and key[:-1] in fitting_once:
+            pruned_time += 1
+            continue
         memory_bound = cache.memory_bound(config)  # only for the candidates the walk reaches
         if memory_bound > limit:
             pruned_memory += 1
@@ -244,6 +250,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             if closest is None or over < closest[0]:
                 closest = (over, config)
             continue
+        if config.grad_reduce == "step":
+            fitting_once.add(key[:-1])
         if p.get("extrapolated"):
             near.append((p["iteration_time_s"], key, config))
         item = (-p["iteration_time_s"], _negated(key), plan)
@@ -296,7 +304,7 @@ def _ranked_by_full_simulation(model: ModelSpec, cluster: ClusterProfile, execut
 def ranking_key(config: ParallelConfig) -> tuple:
     """How plans of equal predicted time are ordered (the same in the search, validate and the tests)."""
     return (config.tp, config.pp, config.dp, config.vpp, config.micro_batch_size, config.schedule,
-            config.zero_stage, config.recompute, config.sequence_parallel)
+            config.zero_stage, config.recompute, config.sequence_parallel, config.grad_reduce != "step")
 
 
 def _negated(key: tuple) -> tuple:
@@ -350,13 +358,15 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
     plan = estimate(model, cluster, config, execution=execution, detail=False)
     memory = plan.prediction["memory_per_stage"]
     rank = max(range(len(memory)), key=lambda r: memory[r]["total"])
-    over = memory[rank]["total"] - cluster.device.memory_bytes
+    over = memory[rank]["total"] - cluster.usable_memory_bytes
     GiB = 1024**3
-    message = (f"no layout fits in {cluster.device.memory_bytes / GiB:.1f} GiB per device: the closest "
+    message = (f"no layout fits in {cluster.usable_memory_bytes / GiB:.1f} GiB per device (the memory less the "
+               f"profile's {100 * cluster.memory_headroom['value']:g}% headroom): the closest "
                f"(tp{config.tp} pp{config.pp} dp{config.dp} mb{config.micro_batch_size} {config.schedule} "
                f"zero{config.zero_stage} recompute={config.recompute}) needs {memory[rank]['total'] / GiB:.1f} GiB "
                f"on pipeline rank {rank}, {over / GiB:.1f} GiB over")
-    for label, changes in (("recompute=full", {"recompute": "full"}),
+    for label, changes in (("grad_reduce=microbatch", {"grad_reduce": "microbatch"}),
+                           ("recompute=full", {"recompute": "full"}),
                            ("zero=3", {"zero_stage": 3}),
                            ("recompute=full and zero=3", {"recompute": "full", "zero_stage": 3}),
                            ("micro_batch=1 and recompute=full", {"micro_batch_size": 1, "recompute": "full"})):
@@ -372,7 +382,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         cache = _BoundCache(model, bigger, execution)
         for config in candidates(model, bigger.world_size, bigger.gpus_per_node, global_batch, seq_len, dtype,
                                  attention, fixed):
-            if unsupported_reason(config) or cache.memory_bound(config) > bigger.device.memory_bytes:
+            if unsupported_reason(config) or cache.memory_bound(config) > bigger.usable_memory_bytes:
                 continue
             if estimate(model, bigger, config, execution=execution, detail=False).prediction["fits"]:
                 return message + (f"; the smallest change that fits: {bigger.nodes} nodes "

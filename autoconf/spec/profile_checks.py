@@ -80,6 +80,7 @@ def profile_problems(data: dict) -> list[str]:
     for key, size_key in (("intra_node_matrix", "gpus_per_node"), ("inter_node_matrix", "nodes")):
         _matrix(c, data.get(key), key, data.get(size_key))
     _efficiency(c, data.get("efficiency"))
+    _headroom(c, data.get("memory_headroom"))
     _collectives(c, data.get("collectives"))
     _compute(c, data.get("compute"))
     _matmul_size_curve(c, data.get("matmul_size_curve"))
@@ -118,6 +119,20 @@ def _device(c: _Checker, dev) -> None:
             c.bad("device.peak_flops", "a non-empty object of dtype -> FLOP/s", peaks)
         for dtype, value in peaks.items():
             c.number(value, f"device.peak_flops.{dtype}", 0, MAX_RATE, lo_open=True)
+
+
+def _headroom(c: _Checker, entry) -> None:
+    """memory_headroom (optional): {"value": fraction of device memory held back, in [0, 1), "why": text}."""
+    if entry is None or not c.kind(entry, dict, "memory_headroom"):
+        return
+    value = entry.get("value")
+    if c.number(value, "memory_headroom.value (a fraction of device memory)", 0, 1) and value >= 1:
+        c.bad("memory_headroom.value (a fraction of device memory)", "less than 1", value)
+    if "why" in entry:
+        c.text(entry["why"], "memory_headroom.why")
+    unknown = sorted(set(entry) - {"value", "why"})
+    if unknown:
+        c.bad("memory_headroom", 'an object of "value" and "why" only', f"also {', '.join(unknown)}")
 
 
 def _link(c: _Checker, link, where: str) -> None:
