@@ -11,6 +11,8 @@ gloo (the CPU backend) implements reduce-scatter as an all-reduce followed by a 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from autoconf.cost.interpolate import EXTRAPOLATE, interpolate
@@ -92,13 +94,15 @@ def _group_shape(cluster: ClusterProfile, devices) -> tuple[int, list, tuple[flo
     (latency, bandwidth) of the ring across its nodes, number of nodes). Without an intra-node matrix every node's
     ring has the same link, so nodes with the same number of members are listed once."""
     if cluster.intra_node_matrix is None:
-        ids = np.asarray(devices, dtype=np.int64).reshape(-1) // cluster.gpus_per_node
-        counts = np.bincount(ids - ids.min())
-        counts = counts[counts > 0]
+        flat = np.asarray(devices, dtype=np.int64).reshape(-1)
         link = _ring_link(cluster, [])
-        rings = [(int(n), *link) for n in np.unique(counts)]
-        node_ids = None if cluster.inter_node_matrix is None else np.unique(ids).tolist()
-        n_nodes = len(counts)
+        if cluster.inter_node_matrix is None:
+            fills, n_nodes = _node_fill(flat, cluster.gpus_per_node)
+            node_ids = None
+        else:
+            fills, n_nodes = _counted_fill(flat, cluster.gpus_per_node)
+            node_ids = np.unique(flat // cluster.gpus_per_node).tolist()
+        rings = [(n, *link) for n in fills]
     else:
         nodes: dict[int, list[int]] = {}
         for d in np.asarray(devices, dtype=np.int64).reshape(-1).tolist():
@@ -115,6 +119,29 @@ def _group_shape(cluster: ClusterProfile, devices) -> tuple[int, list, tuple[flo
             latency, bandwidth = max(latency, lat), min(bandwidth, bw)
         across = (latency, bandwidth)
     return len(devices), rings, across, n_nodes
+
+
+def _node_fill(devices: np.ndarray, gpus_per_node: int) -> tuple[tuple[int, ...], int]:
+    """(the distinct numbers of members per node, ascending; how many nodes) of a group of devices. A group in
+    arithmetic progression (every group of the default rank grid) is read from (first device's place in its node,
+    step, size) and remembered, so the same group shape on every estimate of a search costs one look-up."""
+    if len(devices) >= 2:
+        step = int(devices[1] - devices[0])
+        if step > 0 and (len(devices) == 2 or bool((np.diff(devices) == step).all())):
+            return _progression_fill(int(devices[0]) % gpus_per_node, step, len(devices), gpus_per_node)
+    return _counted_fill(devices, gpus_per_node)
+
+
+@functools.lru_cache(maxsize=4096)
+def _progression_fill(offset: int, step: int, size: int, gpus_per_node: int) -> tuple[tuple[int, ...], int]:
+    return _counted_fill(offset + step * np.arange(size, dtype=np.int64), gpus_per_node)
+
+
+def _counted_fill(devices: np.ndarray, gpus_per_node: int) -> tuple[tuple[int, ...], int]:
+    ids = devices // gpus_per_node
+    counts = np.bincount(ids - ids.min())
+    counts = counts[counts > 0]
+    return tuple(int(n) for n in np.unique(counts)), len(counts)
 
 
 def _collective_transfer(cluster: ClusterProfile, op: str, nbytes: float, shape) -> float:
@@ -173,10 +200,9 @@ def _p2p_transfer(cluster: ClusterProfile, nbytes: float, pairs: np.ndarray) -> 
     if _uniform(cluster):
         g = cluster.gpus_per_node
         src, dst = pairs[:, 0], pairs[:, 1]
-        moves = src != dst
-        if not moves.any():
+        if not (src != dst).any():
             return 0.0
-        crossing = bool((src[moves] // g != dst[moves] // g).any())
+        crossing = bool((src // g != dst // g).any())  # a pair that stays on its device stays in its node
         link = cluster.inter_node if crossing else cluster.intra_node
         scope = "comm_inter" if crossing else "comm_intra"
         return link.latency_s + nbytes / (link.bandwidth_Bps * cluster.eff(scope))

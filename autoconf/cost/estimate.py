@@ -169,17 +169,23 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     measured_tp = measured_tp_layer(model, cluster, c) if ours else None
     forward, back_in, back_w = [], [], []
     compute_parts, recompute_parts, tp_parts, gathers, reduces = [], [], [], [], []
+    # The stages of one rank share its groups: their collectives are timed once per rank (and stage size).
+    tp_of_rank, grow_of_rank, dp_of_stage = {}, {}, {}
     for st, (first, end) in enumerate(partition):
         rank = stage_to_rank[st]
         layers = end - first
         # Two TP collectives per layer in forward and two in backward, or what the profile measured TP layers add.
-        one = tp_collective(model, cluster, c, grid.first_group_array("tp", rank))
+        if rank not in tp_of_rank:
+            tp_of_rank[rank] = tp_collective(model, cluster, c, grid.first_group_array("tp", rank))
+        one = tp_of_rank[rank]
         tp = PassTimes(2 * one * layers, 2 * one * layers, 0.0)
         if measured_tp is not None:
             per_layer, read_at = measured_tp
             # Beyond the largest measured micro-batch the modelled collectives carry the growth.
-            grow = one - tp_collective(model, cluster, dataclasses.replace(c, micro_batch_size=read_at),
-                                       grid.first_group_array("tp", rank))
+            if rank not in grow_of_rank:
+                at_read = dataclasses.replace(c, micro_batch_size=read_at)
+                grow_of_rank[rank] = one - tp_collective(model, cluster, at_read, grid.first_group_array("tp", rank))
+            grow = grow_of_rank[rank]
             one = (per_layer.forward + per_layer.backward_input) / 4 + grow
             tp = PassTimes((per_layer.forward + 2 * grow) * layers, (per_layer.backward_input + 2 * grow) * layers,
                            0.0)
@@ -193,8 +199,10 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             tp = tp + PassTimes(0.0, one, 0.0)
         # DP / FSDP collectives of this stage's parameters.
         params = stage_params(model, partition, st) / c.tp
-        per_microbatch_gather, gather, reduce = dp_collectives(cluster, c, params, grid.first_group_array("dp", rank),
+        if (rank, params, layers) not in dp_of_stage:
+            dp_of_stage[rank, params, layers] = dp_collectives(cluster, c, params, grid.first_group_array("dp", rank),
                                                                units=layers + 1)
+        per_microbatch_gather, gather, reduce = dp_of_stage[rank, params, layers]
         fwd = compute.forward + tp.forward + pass_overhead
         bwd_in = compute.backward_input + tp.backward_input + recompute + pass_overhead
         if fsdp_unit_pass:  # FSDP's hooks on every unit (each block and the stage's root), per pass
@@ -252,7 +260,21 @@ def _p2p_function(cluster: ClusterProfile, config: ParallelConfig, model: ModelS
 def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list | None = None,
              mesh: np.ndarray | None = None, execution: Execution = Execution(), detail: bool = True,
              extrapolate: bool = False) -> Plan:
-    """Predicts one configuration. Raises UserError when the config is impossible for the model or the cluster.
+    """Predicts one configuration as a Plan (see `predict`, which computes it)."""
+    c, partition, grid, prediction, timeline = predict(model, cluster, config, partition, mesh, execution, detail,
+                                                       extrapolate)
+    plan = Plan(model=model, cluster=_cluster_summary(cluster), config=c, partition=partition,
+                placement={"mesh": grid.tolist()}, prediction=prediction)
+    plan.timeline = timeline
+    return plan
+
+
+def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list | None = None,
+            mesh: np.ndarray | None = None, execution: Execution = Execution(), detail: bool = True,
+            extrapolate: bool = False) -> tuple[ParallelConfig, list, RankGrid, dict, Timeline | None]:
+    """(checked config, partition, rank grid, prediction, timeline) of one configuration: `estimate` without the
+    Plan, whose nested-list mesh costs more than the prediction on a cluster of many thousand devices (the search
+    ranks with this). Raises UserError when the config is impossible for the model or the cluster.
 
     With `detail`, the breakdown is measured by re-simulating without P2P and DP communication (three simulations);
     without it only the total is computed (one simulation). With `extrapolate` and without `detail`, a step of many
@@ -320,11 +342,7 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
         prediction["extrapolated"] = True
     if detail:
         prediction["time_breakdown"] = _breakdown(schedule, sp, p2p, makespan, step_comm, optimizer, step_overhead)
-    plan = Plan(model=model, cluster=_cluster_summary(cluster), config=c, partition=partition,
-                placement={"mesh": grid.tolist()}, prediction=prediction)
-    if not extrapolate:
-        plan.timeline = full
-    return plan
+    return c, partition, grid, prediction, None if extrapolate else full
 
 
 @functools.lru_cache(maxsize=64)
