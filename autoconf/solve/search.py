@@ -23,7 +23,7 @@ import numpy as np
 
 from autoconf.cost.comm import distinct_pair_sets, p2p_time
 from autoconf.cost.compute import measured_tp_layer, model_pieces, rank_optimizer_time
-from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mesh, default_partition, dp_collectives,
+from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mesh, dp_collectives,
                                     estimate, p2p_bytes, predict, recompute_time, schedule_inflight, step_collectives,
                                     tp_collective)
 from autoconf.cost.memory import stage_memory
@@ -345,7 +345,7 @@ def _refine(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, e
     """The detailed estimate of `config` with the CP-SAT placement and partition, each kept only where the (fast)
     estimate predicts it faster than the default and the plan still fits. `default_time` is the fast estimate of the
     default layout (the search's full simulation of a fitting config)."""
-    from autoconf.solve.refine import refined_mesh, refined_partition
+    from autoconf.solve.refine import refined_mesh, refined_partition_by_estimate
 
     def fast(partition=None, mesh=None) -> float:
         p = predict(model, cluster, config, partition=partition, mesh=mesh, execution=execution, detail=False)[3]
@@ -360,11 +360,8 @@ def _refine(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, e
             best_time, best_mesh = t, mesh
     # With several stages per rank CP-SAT rarely improves on its greedy hint after the first fraction of a second.
     limit = partition_time_s if config.vpp == 1 else min(partition_time_s, 0.3)
-    partition = refined_partition(model, cluster, config, execution, time_limit_s=limit)
-    if partition is not None and partition != default_partition(model, config):
-        t = fast(partition=partition, mesh=best_mesh)
-        if t < best_time:
-            best_time, best_partition = t, partition
+    best_partition, best_time = refined_partition_by_estimate(model, cluster, config, execution, best_mesh,
+                                                              best_time, time_limit_s=limit)
     return estimate(model, cluster, config, partition=best_partition, mesh=best_mesh, execution=execution)
 
 
