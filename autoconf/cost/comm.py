@@ -35,12 +35,19 @@ def _ring_link(cluster: ClusterProfile, devices: list[int]) -> tuple[float, floa
     return latency, bandwidth
 
 
-def _ring_time(op: str, nbytes: float, k: int, latency: float, bandwidth: float) -> float:
-    """Ring algorithm on k members; `nbytes` is the full buffer (the all-reduce input, the all-gather output)."""
+def ring_time(op: str, nbytes: float, k: int, latency: float, bandwidth: float) -> float:
+    """Ring algorithm on k members whose slowest hop has `latency` and `bandwidth` (achieved): 2(k-1) steps for an
+    all-reduce, k-1 otherwise, each paying the latency and moving 1/k of `nbytes`, the full buffer (the all-reduce
+    input, the all-gather output). The placement solver weighs its rings with this rule too."""
     if k <= 1 or nbytes <= 0:
         return 0.0
     steps = 2 * (k - 1) if op == "all_reduce" else (k - 1)
     return steps * latency + steps / k * nbytes / bandwidth
+
+
+def transfer_time(nbytes: float, latency: float, bandwidth: float) -> float:
+    """One point-to-point transfer of `nbytes` over a link of `latency` and (achieved) `bandwidth`."""
+    return latency + nbytes / bandwidth
 
 
 def _measured(cluster: ClusterProfile, op: str, scope: str, k: int, nbytes: float) -> float | None:
@@ -154,17 +161,17 @@ def _collective_transfer(cluster: ClusterProfile, op: str, nbytes: float, shape)
         return measured
     if n_nodes == 1:
         _, latency, bandwidth = rings[0]
-        return _ring_time(op, nbytes, k, latency, bandwidth * cluster.eff("comm_intra"))
+        return ring_time(op, nbytes, k, latency, bandwidth * cluster.eff("comm_intra"))
     # Hierarchical: the intra-node phases on each node run in parallel; the slowest node bounds them.
     local = max(members for members, _, _ in rings)
     intra_time = 0.0
     if local > 1:
         intra_op = "all_gather" if op == "all_gather" else "reduce_scatter"
         for members, latency, bandwidth in rings:
-            t = _ring_time(intra_op, nbytes, members, latency, bandwidth * cluster.eff("comm_intra"))
+            t = ring_time(intra_op, nbytes, members, latency, bandwidth * cluster.eff("comm_intra"))
             intra_time = max(intra_time, t * (2 if op == "all_reduce" else 1))
     latency, bandwidth = across
-    inter_time = _ring_time(op, nbytes / local, n_nodes, latency, bandwidth * cluster.eff("comm_inter"))
+    inter_time = ring_time(op, nbytes / local, n_nodes, latency, bandwidth * cluster.eff("comm_inter"))
     return intra_time + inter_time
 
 
@@ -205,11 +212,11 @@ def _p2p_transfer(cluster: ClusterProfile, nbytes: float, pairs: np.ndarray) -> 
         crossing = bool((src // g != dst // g).any())  # a pair that stays on its device stays in its node
         link = cluster.inter_node if crossing else cluster.intra_node
         scope = "comm_inter" if crossing else "comm_intra"
-        return link.latency_s + nbytes / (link.bandwidth_Bps * cluster.eff(scope))
+        return transfer_time(nbytes, link.latency_s, link.bandwidth_Bps * cluster.eff(scope))
     for src, dst in pairs.tolist():
         if src == dst:
             continue
         link = cluster.link(src, dst)
         scope = "comm_intra" if cluster.node_of(src) == cluster.node_of(dst) else "comm_inter"
-        worst = max(worst, link.latency_s + nbytes / (link.bandwidth_Bps * cluster.eff(scope)))
+        worst = max(worst, transfer_time(nbytes, link.latency_s, link.bandwidth_Bps * cluster.eff(scope)))
     return worst

@@ -92,10 +92,22 @@ class StagePlan:
     reduce: list[float]
 
 
+def activation_bytes(model: ModelSpec, c: ParallelConfig) -> float:
+    """One micro-batch's hidden states (seq x micro-batch x hidden, compute dtype): the buffer of a TP collective
+    and, unsplit, of a P2P transfer."""
+    return c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
+
+
+def dp_buffer_bytes(c: ParallelConfig, params: float) -> tuple[float, float]:
+    """(gradient reduction, parameter gather) buffers of a stage holding `params` parameters per TP rank: fp32
+    gradients, compute-dtype parameters."""
+    return params * 4, params * DTYPE_BYTES[c.dtype]
+
+
 def tp_collective(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices: list[int]) -> float:
     """One of the two TP collectives per layer and direction: an all-reduce of the micro-batch's activation, or
     under sequence parallelism the all-gather before and the reduce-scatter after a TP region."""
-    nbytes = c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
+    nbytes = activation_bytes(model, c)
     if c.sequence_parallel:
         return (collective_time(cluster, "all_gather", nbytes, devices)
                 + collective_time(cluster, "reduce_scatter", nbytes, devices))
@@ -122,11 +134,12 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
     `collective_sync_s`."""
     if c.dp <= 1:
         return 0.0, 0.0, 0.0
+    grad_bytes, param_bytes = dp_buffer_bytes(c, params)
     if c.zero_stage == 0:
-        return 0.0, 0.0, collective_time(cluster, "all_reduce", params * 4, devices)
+        return 0.0, 0.0, collective_time(cluster, "all_reduce", grad_bytes, devices)
     extra = (units - 1) * cluster.overhead("collective_sync_s")
-    reduce = collective_time(cluster, "reduce_scatter", params * 4, devices) + extra
-    gather = collective_time(cluster, "all_gather", params * DTYPE_BYTES[c.dtype], devices) + extra
+    reduce = collective_time(cluster, "reduce_scatter", grad_bytes, devices) + extra
+    gather = collective_time(cluster, "all_gather", param_bytes, devices) + extra
     if c.zero_stage == 3 and not schedule_spec(c.schedule).fsdp_gather_per_chunk:
         return gather, 0.0, reduce
     return 0.0, gather, reduce
@@ -233,7 +246,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
 def p2p_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution) -> float:
     """Bytes each TP rank sends to the next stage per micro-batch: the activation, or its 1/tp slice under
     sequence parallelism and in Megatron's scatter/gather scheme."""
-    nbytes = c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
+    nbytes = activation_bytes(model, c)
     if execution.framework == "megatron" or c.sequence_parallel:
         nbytes /= c.tp
     return nbytes

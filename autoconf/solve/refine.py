@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from autoconf.cost.compute import model_pieces
-from autoconf.cost.estimate import Execution, p2p_bytes, recompute_time, schedule_inflight, tp_collective
+from autoconf.cost.estimate import (Execution, activation_bytes, dp_buffer_bytes, p2p_bytes, recompute_time,
+                                    schedule_inflight, tp_collective)
 from autoconf.cost.memory import (gather_buffer_bytes, logits_temporary_bytes, p2p_buffer_bytes, state_bytes_per_param,
                                   unit_activation_bytes)
 from autoconf.spec.cluster import ClusterProfile
-from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.schedules import stage_to_rank
@@ -137,14 +137,14 @@ def refined_partition_by_estimate(model: ModelSpec, cluster: ClusterProfile, c: 
 
 
 def traffic(model: ModelSpec, c: ParallelConfig, execution: Execution = Execution()) -> tuple[float, float, float]:
-    """Bytes per step each rank moves in its TP group, to its pipeline neighbour (the estimate's `p2p_bytes` per
-    micro-batch and direction: a 1/tp slice under sequence parallelism), and in its DP group."""
-    e = DTYPE_BYTES[c.dtype]
-    activation = c.seq_len * c.micro_batch_size * model.hidden_size * e
+    """Bytes per step each rank moves in its TP group, to its pipeline neighbour and in its DP group, from the
+    estimate's own buffers: two TP collectives per layer and direction on `activation_bytes`, the estimate's
+    `p2p_bytes` per micro-batch and direction (a 1/tp slice under sequence parallelism), and the gradient reduction
+    buffer of `dp_buffer_bytes` for the rank's share of the parameters."""
     layers_per_rank = model.num_layers / c.pp
-    tp_bytes = 4 * layers_per_rank * activation * c.num_microbatches if c.tp > 1 else 0.0
+    tp_bytes = 4 * layers_per_rank * activation_bytes(model, c) * c.num_microbatches if c.tp > 1 else 0.0
     pp_bytes = 2 * c.vpp * p2p_bytes(model, c, execution) * c.num_microbatches if c.pp > 1 else 0.0
-    dp_bytes = model.total_params() / c.pp / c.tp * 4 if c.dp > 1 else 0.0
+    dp_bytes = dp_buffer_bytes(c, model.total_params() / c.pp / c.tp)[0] if c.dp > 1 else 0.0
     return tp_bytes, pp_bytes, dp_bytes
 
 
