@@ -94,10 +94,22 @@ class StagePlan:
     early_reduce: list[float] = dataclasses.field(default_factory=list)
 
 
+def activation_bytes(model: ModelSpec, c: ParallelConfig) -> float:
+    """One micro-batch's hidden states (seq x micro-batch x hidden, compute dtype): the buffer of a TP collective
+    and, unsplit, of a P2P transfer."""
+    return c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
+
+
+def dp_buffer_bytes(c: ParallelConfig, params: float) -> tuple[float, float]:
+    """(gradient reduction, parameter gather) buffers of a stage holding `params` parameters per TP rank: fp32
+    gradients, compute-dtype parameters."""
+    return params * 4, params * DTYPE_BYTES[c.dtype]
+
+
 def tp_collective(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices: list[int]) -> float:
     """One of the two TP collectives per layer and direction: an all-reduce of the micro-batch's activation, or
     under sequence parallelism the all-gather before and the reduce-scatter after a TP region."""
-    nbytes = c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
+    nbytes = activation_bytes(model, c)
     if c.sequence_parallel:
         return (collective_time(cluster, "all_gather", nbytes, devices)
                 + collective_time(cluster, "reduce_scatter", nbytes, devices))
@@ -138,11 +150,12 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
     `collective_sync_s`."""
     if c.dp <= 1:
         return 0.0, 0.0, 0.0
+    grad_bytes, param_bytes = dp_buffer_bytes(c, params)
     if c.zero_stage == 0:
-        return 0.0, 0.0, collective_time(cluster, "all_reduce", params * 4, devices)
+        return 0.0, 0.0, collective_time(cluster, "all_reduce", grad_bytes, devices)
     extra = (units - 1) * cluster.overhead("collective_sync_s")
-    reduce = collective_time(cluster, "reduce_scatter", params * 4, devices) + extra
-    gather = collective_time(cluster, "all_gather", params * DTYPE_BYTES[c.dtype], devices) + extra
+    reduce = collective_time(cluster, "reduce_scatter", grad_bytes, devices) + extra
+    gather = collective_time(cluster, "all_gather", param_bytes, devices) + extra
     if c.zero_stage == 3 and not schedule_spec(c.schedule).fsdp_gather_per_chunk:
         return gather, 0.0, reduce
     return 0.0, gather, reduce
@@ -185,19 +198,26 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     measured_tp = measured_tp_layer(model, cluster, c) if ours else None
     forward, back_in, back_w = [], [], []
     compute_parts, recompute_parts, tp_parts, gathers, reduces = [], [], [], [], []
+    # The stages of one rank share its groups: their collectives are timed once per rank (and stage size).
+    tp_of_rank, grow_of_rank, dp_of_stage = {}, {}, {}
     for st, (first, end) in enumerate(partition):
         rank = stage_to_rank[st]
         layers = end - first
         # Two TP collectives per layer in forward and two in backward, or what the profile measured TP layers add.
-        tp_group = grid.first_group_array("tp", rank)
-        one = tp_collective(model, cluster, c, tp_group)
-        regather = sp_regather_time(model, cluster, c, tp_group, execution) * layers
+        if rank not in tp_of_rank:
+            tp_group = grid.first_group_array("tp", rank)
+            tp_of_rank[rank] = (tp_collective(model, cluster, c, tp_group),
+                                sp_regather_time(model, cluster, c, tp_group, execution))
+        one, regather_per_layer = tp_of_rank[rank]
+        regather = regather_per_layer * layers
         tp = PassTimes(2 * one * layers, 2 * one * layers + regather, 0.0)
         if measured_tp is not None:
             per_layer, read_at = measured_tp
             # Beyond the largest measured micro-batch the modelled collectives carry the growth.
-            grow = one - tp_collective(model, cluster, dataclasses.replace(c, micro_batch_size=read_at),
-                                       grid.first_group_array("tp", rank))
+            if rank not in grow_of_rank:
+                at_read = dataclasses.replace(c, micro_batch_size=read_at)
+                grow_of_rank[rank] = one - tp_collective(model, cluster, at_read, grid.first_group_array("tp", rank))
+            grow = grow_of_rank[rank]
             one = (per_layer.forward + per_layer.backward_input) / 4 + grow
             tp = PassTimes((per_layer.forward + 2 * grow) * layers,
                            (per_layer.backward_input + 2 * grow) * layers + regather, 0.0)
@@ -211,8 +231,10 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             tp = tp + PassTimes(0.0, one, 0.0)
         # DP / FSDP collectives of this stage's parameters.
         params = stage_params(model, partition, st) / c.tp
-        per_microbatch_gather, gather, reduce = dp_collectives(cluster, c, params, grid.first_group_array("dp", rank),
+        if (rank, params, layers) not in dp_of_stage:
+            dp_of_stage[rank, params, layers] = dp_collectives(cluster, c, params, grid.first_group_array("dp", rank),
                                                                units=layers + 1)
+        per_microbatch_gather, gather, reduce = dp_of_stage[rank, params, layers]
         fwd = compute.forward + tp.forward + pass_overhead
         bwd_in = compute.backward_input + tp.backward_input + recompute + pass_overhead
         if fsdp_unit_pass:  # FSDP's hooks on every unit (each block and the stage's root), per pass
@@ -244,7 +266,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
 def p2p_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution) -> float:
     """Bytes each TP rank sends to the next stage per micro-batch: the activation, or its 1/tp slice under
     sequence parallelism and in Megatron's scatter/gather scheme."""
-    nbytes = c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
+    nbytes = activation_bytes(model, c)
     if execution.framework == "megatron" or c.sequence_parallel:
         nbytes /= c.tp
     return nbytes
@@ -271,7 +293,21 @@ def _p2p_function(cluster: ClusterProfile, config: ParallelConfig, model: ModelS
 def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list | None = None,
              mesh: np.ndarray | None = None, execution: Execution = Execution(), detail: bool = True,
              extrapolate: bool = False) -> Plan:
-    """Predicts one configuration. Raises UserError when the config is impossible for the model or the cluster.
+    """Predicts one configuration as a Plan (see `predict`, which computes it)."""
+    c, partition, grid, prediction, timeline = predict(model, cluster, config, partition, mesh, execution, detail,
+                                                       extrapolate)
+    plan = Plan(model=model, cluster=_cluster_summary(cluster), config=c, partition=partition,
+                placement={"mesh": grid.tolist()}, prediction=prediction)
+    plan.timeline = timeline
+    return plan
+
+
+def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list | None = None,
+            mesh: np.ndarray | None = None, execution: Execution = Execution(), detail: bool = True,
+            extrapolate: bool = False) -> tuple[ParallelConfig, list, RankGrid, dict, Timeline | None]:
+    """(checked config, partition, rank grid, prediction, timeline) of one configuration: `estimate` without the
+    Plan, whose nested-list mesh costs more than the prediction on a cluster of many thousand devices (the search
+    ranks with this). Raises UserError when the config is impossible for the model or the cluster.
 
     With `detail`, the breakdown is measured by re-simulating without P2P and DP communication (three simulations);
     without it only the total is computed (one simulation). With `extrapolate` and without `detail`, a step of many
@@ -342,11 +378,7 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
         prediction["extrapolated"] = True
     if detail:
         prediction["time_breakdown"] = _breakdown(schedule, sp, p2p, makespan, step_comm, optimizer, step_overhead)
-    plan = Plan(model=model, cluster=_cluster_summary(cluster), config=c, partition=partition,
-                placement={"mesh": grid.tolist()}, prediction=prediction)
-    if not extrapolate:
-        plan.timeline = full
-    return plan
+    return c, partition, grid, prediction, None if extrapolate else full
 
 
 def comm_stream_bound(sp: StagePlan, schedule) -> float:
