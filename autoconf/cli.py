@@ -14,9 +14,12 @@ from pathlib import Path
 import click
 
 from autoconf.errors import UserError
+from autoconf.spec import frameworks
 from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.plan import MAX_GLOBAL_BATCH, MAX_SEQ_LEN
 from autoconf.spec.schedules import SCHEDULES
+
+FRAMEWORK_NAMES = list(frameworks.PRESETS)
 
 EXIT_USER_ERROR = 2
 
@@ -153,8 +156,8 @@ def models(as_json: bool) -> None:
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="default: bf16 on GPUs, fp32 on CPU")
 @click.option("--attention", type=click.Choice(["flash", "standard"]), default="flash", show_default=True)
-@click.option("--framework", type=click.Choice(["autoconf", "megatron"]), default="autoconf", show_default=True,
-              help="whose memory layout and P2P scheme to predict")
+@click.option("--framework", type=click.Choice(FRAMEWORK_NAMES), default="autoconf", show_default=True,
+              help="whose behaviour to predict: memory layout, DP/TP overlap, P2P scheme (autoconf/spec/frameworks.py)")
 @click.option("--json", "as_json", is_flag=True, help="print the plan object as JSON")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the plan here",
               callback=output_path)
@@ -163,7 +166,6 @@ def models(as_json: bool) -> None:
 def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micro_batch, global_batch, seq_len,
              schedule, zero, recompute, sequence_parallel, dtype, attention, framework, as_json, out, force) -> None:
     """Predict time and memory of one layout."""
-    from autoconf.cost.estimate import Execution
     from autoconf.cost.estimate import estimate as run_estimate
     from autoconf.report.tables import prediction_table, print_table
     from autoconf.spec.cluster import load_cluster
@@ -178,7 +180,7 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
                             schedule=schedule, zero_stage=zero, recompute=recompute,
                             sequence_parallel=sequence_parallel, dtype=dtype or default_dtype(cluster),
                             attention=attention)
-    plan = run_estimate(model, cluster, config, execution=Execution(framework))
+    plan = run_estimate(model, cluster, config, execution=frameworks.execution(framework))
     if out is not None:
         plan.save(out, force=force)
     if as_json:
@@ -202,7 +204,8 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="default: bf16 on GPUs, fp32 on CPU")
 @click.option("--attention", type=click.Choice(["flash", "standard"]), default="flash", show_default=True)
-@click.option("--framework", type=click.Choice(["autoconf", "megatron"]), default="autoconf", show_default=True)
+@click.option("--framework", type=click.Choice(FRAMEWORK_NAMES), default="autoconf", show_default=True,
+              help="whose behaviour to plan for (autoconf/spec/frameworks.py)")
 @click.option("--top", "top_k", type=click.IntRange(1, 100), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help='print {"plans": [...], "search": {...}} as JSON')
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the best plan",
@@ -216,7 +219,6 @@ def plan(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, fi
     """Search every sensible layout and write the best plan."""
     from rich.console import Console
 
-    from autoconf.cost.estimate import Execution
     from autoconf.report.tables import print_table, ranked_table
     from autoconf.solve.search import explain_infeasible, search
     from autoconf.spec.cluster import load_cluster
@@ -238,7 +240,7 @@ def plan(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, fi
         from autoconf.files import check_new
 
         check_new(out, force)  # before the search, which can take a while
-    execution = Execution(framework)
+    execution = frameworks.execution(framework)
     console = Console(stderr=as_json)
     with console.status(f"planning {model.name} on {cluster.world_size} devices ..."):
         result = search(model, cluster, global_batch, seq_len, dtype, attention, fixed, top_k, execution)

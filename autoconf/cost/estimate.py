@@ -28,12 +28,13 @@ from autoconf.cost.memory import stage_memory, stage_params
 from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order_peaks, simulate
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES
+from autoconf.spec.frameworks import PRESETS, Execution
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, uniform_partition
 from autoconf.spec.schedules import build_schedule, rank_actions, schedule_spec, stage_to_rank
 
-FRAMEWORKS = ("autoconf", "megatron")
+FRAMEWORKS = tuple(PRESETS)
 # Share of a block's activations that the weight-gradient pass (W) still needs after I: the inputs of the linear
 # layers (QKV, output projection, both MLP matrices) -- 14 of the 34 s*b*h units of a GPT block.
 WEIGHT_GRAD_ACTIVATION_SHARE = 14 / 34
@@ -44,31 +45,6 @@ EXTRAPOLATE_ABOVE = 4
 # every schedule). The search simulates in full every candidate whose extrapolated time is within this margin of
 # its K-th best, so it ranks by the full simulation.
 EXTRAPOLATION_MARGIN = 0.001
-
-
-@dataclass(frozen=True)
-class Execution:
-    """How the training framework runs a config, where frameworks differ.
-
-    framework "autoconf": the bundled torch executor (FSDP2 memory layout, full activations sent between stages).
-    framework "megatron": Megatron-LM as published in 2022 (18-byte mixed precision; stage activations scattered
-    over the TP ranks for the P2P transfer and gathered over NVLink after it; blocking P2P, so a transfer also
-    occupies the sending rank; the gradient all-reduce after the pipeline flush, not overlapped).
-    """
-
-    framework: str = "autoconf"
-
-    @property
-    def blocking_p2p(self) -> bool:
-        return self.framework == "megatron"
-
-    @property
-    def overlap_dp(self) -> bool:
-        return self.framework != "megatron"
-
-    @property
-    def memory_layout(self) -> str:
-        return "megatron" if self.framework == "megatron" else "torch"
 
 
 def default_mesh(config: ParallelConfig) -> np.ndarray:
@@ -90,6 +66,7 @@ class StagePlan:
     pass_overhead: float  # framework seconds added to each forward and each backward(-input) pass
     allgather: list[float]  # once-per-step FSDP gathers
     reduce: list[float]
+    buckets: list[int]  # gradient (and parameter-gather) buckets per stage: Execution.buckets
 
 
 def tp_collective(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices: list[int]) -> float:
@@ -159,7 +136,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     # hooks add per pass and unit.
     rank_share = cpu_share(cluster) if share is None else share
     table = cluster.compute or {}
-    ours = execution.framework == "autoconf"
+    ours = execution.executor_overheads
     pass_overhead = cluster.overhead("pass_overhead_s")
     if c.pp > 1 and ours:
         pass_overhead += float((table.get("pipeline_action_s") or {}).get(c.schedule, 0.0))
@@ -168,7 +145,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     last = len(partition) - 1
     measured_tp = measured_tp_layer(model, cluster, c) if ours else None
     forward, back_in, back_w = [], [], []
-    compute_parts, recompute_parts, tp_parts, gathers, reduces = [], [], [], [], []
+    compute_parts, recompute_parts, tp_parts, gathers, reduces, buckets = [], [], [], [], [], []
     for st, (first, end) in enumerate(partition):
         rank = stage_to_rank[st]
         layers = end - first
@@ -218,15 +195,16 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         tp_parts.append(tp)
         gathers.append(gather)
         reduces.append(reduce)
+        buckets.append(execution.buckets(params, layers, rank, c.dp))
     return StagePlan(StageCosts(forward, back_in, back_w), compute_parts, recompute_parts, tp_parts, pass_overhead,
-                     gathers, reduces)
+                     gathers, reduces, buckets)
 
 
 def p2p_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution) -> float:
     """Bytes each TP rank sends to the next stage per micro-batch: the activation, or its 1/tp slice under
     sequence parallelism and in Megatron's scatter/gather scheme."""
     nbytes = c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
-    if execution.framework == "megatron" or c.sequence_parallel:
+    if execution.p2p_scatter_gather or c.sequence_parallel:
         nbytes /= c.tp
     return nbytes
 
@@ -242,7 +220,7 @@ def _p2p_function(cluster: ClusterProfile, config: ParallelConfig, model: ModelS
         if key not in cache:
             a, b = grid.pipeline_rank(key[0]), grid.pipeline_rank(key[1])
             cache[key] = p2p_time(cluster, nbytes, np.stack([a.reshape(-1), b.reshape(-1)], axis=1))
-            if execution.framework == "megatron" and c.tp > 1 and not c.sequence_parallel:
+            if execution.p2p_scatter_gather and c.tp > 1 and not c.sequence_parallel:
                 cache[key] += collective_time(cluster, "all_gather", nbytes * c.tp, b[0])
         return cache[key]
 
@@ -262,6 +240,7 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
     (collectives, optimizer, step overhead) is `iteration_time_s`.
     """
     c = config.check(model, cluster.world_size)
+    execution.check(c)
     partition = [list(p) for p in (partition or default_partition(model, c))]
     grid = RankGrid(default_mesh(c) if mesh is None else mesh)
     extrapolate = extrapolate and not detail and c.num_microbatches > EXTRAPOLATE_ABOVE * c.pp
@@ -314,7 +293,7 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
         "memory_per_stage": memory,
         "bubble_fraction": full.bubble_fraction,
         "compute_source": model_pieces(model, cluster, c).source,
-        "framework": execution.framework,
+        "framework": execution.name,
     }
     if extrapolate:
         prediction["extrapolated"] = True
@@ -334,12 +313,16 @@ def _schedule(name: str, pp: int, num_microbatches: int, vpp: int):
 
 
 def _simulate_step(schedule, sp: StagePlan, p2p, execution: Execution) -> tuple[Timeline, float]:
-    """The simulated timeline and the step's makespan: the DP reductions overlapped with the backward, or (without
-    overlap) every rank's reductions one after another once the whole pipeline has flushed, on its comm stream."""
-    if execution.overlap_dp:
-        timeline = simulate(schedule, sp.costs, p2p, sp.allgather, sp.reduce)
+    """The simulated timeline and the step's makespan, with the execution's DP overlap: the once-per-step parameter
+    gathers whole before a stage's first forward or bucket by bucket during it (`param_gather_overlap`); the
+    gradient reductions after each stage's last backward, bucket by bucket during it, or (without overlap) every
+    rank's reductions one after another once the whole pipeline has flushed, on its comm stream."""
+    gather_buckets = sp.buckets if execution.param_gather_overlap else None
+    if execution.grad_reduce != "after_flush":
+        reduce_buckets = sp.buckets if execution.grad_reduce == "per_bucket" else None
+        timeline = simulate(schedule, sp.costs, p2p, sp.allgather, sp.reduce, gather_buckets, reduce_buckets)
         return timeline, timeline.makespan
-    timeline = simulate(schedule, sp.costs, p2p, sp.allgather)
+    timeline = simulate(schedule, sp.costs, p2p, sp.allgather, gather_buckets=gather_buckets)
     flushed = timeline.makespan
     for r in range(schedule.pp):
         t = flushed

@@ -205,9 +205,9 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     cache = _BoundCache(model, cluster, execution)
     scored = []
     seen = unlaunchable = 0
-    # The executor runs ZeRO-1 exactly as ZeRO-2 (FSDP2 shards optimizer and gradients together): one of them is
-    # enough unless the user pins it.
-    zero_stages = (0, 2, 3) if execution.framework == "autoconf" else (0, 1, 2, 3)
+    # The stages worth telling apart (the executor runs ZeRO-1 exactly as ZeRO-2: one of them is enough unless the
+    # user pins it).
+    zero_stages = execution.zero_searched
     for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
                              attention, fixed, zero_stages):
         seen += 1
