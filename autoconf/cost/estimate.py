@@ -79,6 +79,17 @@ def tp_collective(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, 
     return collective_time(cluster, "all_reduce", nbytes, devices)
 
 
+def overlapped_tp_layer(pair: float, rest: PassTimes, tp: int) -> PassTimes:
+    """The TP seconds per layer that stay exposed when the collectives are pipelined with the GEMMs beside them
+    (Megatron-Core's --tp-comm-overlap: userbuffers split each all-gather / reduce-scatter into tp chunks, one per
+    ring step, each overlapping the GEMM on the chunk before): per pass, what the block's compute outside the
+    attention core (`rest`; in the backward the input- and weight-gradient GEMMs) does not cover, and at least the
+    first chunk of the pass's two collectives (`pair` seconds). The GEMMs the concurrent chunks slow are not
+    modelled."""
+    return PassTimes(max(pair - rest.forward, pair / tp),
+                     max(pair - rest.backward_input - rest.backward_weight, pair / tp), 0.0)
+
+
 def recompute_time(pieces, c: ParallelConfig, one_collective: float) -> float:
     """Per layer: the forward that recompute repeats in the backward (the block with its TP collectives, or the
     attention core)."""
@@ -144,6 +155,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     fsdp_unit_pass = float(table.get("fsdp_pass_s_per_unit", 0.0)) / rank_share if c.zero_sharded and ours else 0.0
     last = len(partition) - 1
     measured_tp = measured_tp_layer(model, cluster, c) if ours else None
+    overlap_tp = execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1
     forward, back_in, back_w = [], [], []
     compute_parts, recompute_parts, tp_parts, gathers, reduces, buckets = [], [], [], [], [], []
     for st, (first, end) in enumerate(partition):
@@ -152,7 +164,11 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         # Two TP collectives per layer in forward and two in backward, or what the profile measured TP layers add.
         one = tp_collective(model, cluster, c, grid.first_group_array("tp", rank))
         tp = PassTimes(2 * one * layers, 2 * one * layers, 0.0)
-        if measured_tp is not None:
+        if overlap_tp:
+            exposed = overlapped_tp_layer(2 * one, pieces.block_rest, c.tp)
+            tp = exposed.scaled(layers)
+            one = exposed.forward / 2
+        elif measured_tp is not None:
             per_layer, read_at = measured_tp
             # Beyond the largest measured micro-batch the modelled collectives carry the growth.
             grow = one - tp_collective(model, cluster, dataclasses.replace(c, micro_batch_size=read_at),
