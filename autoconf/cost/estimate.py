@@ -120,6 +120,23 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
     return 0.0, gather, reduce
 
 
+def exposed_dp(execution: Execution, gather: float, reduce: float, params: float, layers: int,
+               dp: int) -> tuple[float, float]:
+    """Lower bounds on what a pipeline-rank-0 stage's once-per-step parameter gather leaves before its first forward
+    and its gradient reduction after its last backward (`simulate`'s bucket rules: one bucket of an overlapped
+    gather, one of a per-bucket reduction, otherwise all of it), given the gather and reduction times of `params`
+    parameters in `layers` blocks or more: a stage holding more has larger buckets (per block) or a bucket share
+    of at least size x P / (P + size) (ceil(P / size) buckets of a size)."""
+    if execution.grad_reduce != "per_bucket":
+        n = 1.0
+    elif execution.bucket_params is None:
+        n = layers + 1.0
+    else:
+        n = params / max(execution.bucket_params, 1e6 * dp) + 1.0
+    return (gather / n if execution.param_gather_overlap else gather,
+            reduce / n if execution.grad_reduce == "per_bucket" else reduce)
+
+
 def step_collectives(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, grid: RankGrid,
                      stage_to_rank: tuple) -> float:
     """Seconds of the collectives every step runs once after the pipeline flush, before the optimizer: the sum of
@@ -210,6 +227,10 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         recompute_parts.append(recompute)
         tp_parts.append(tp)
         gathers.append(gather)
+        if execution.grad_reduce == "per_bucket":
+            # The reduction's buckets go out during the last backward, on the DP link that also carries that
+            # backward's parameter re-gathers (ZeRO-3): the stream holds both.
+            reduce += per_microbatch_gather
         reduces.append(reduce)
         buckets.append(execution.buckets(params, layers, rank, c.dp))
     return StagePlan(StageCosts(forward, back_in, back_w), compute_parts, recompute_parts, tp_parts, pass_overhead,

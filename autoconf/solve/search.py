@@ -24,7 +24,8 @@ import numpy as np
 from autoconf.cost.comm import distinct_pair_sets, p2p_time
 from autoconf.cost.compute import measured_tp_layer, model_pieces, rank_optimizer_time
 from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mesh, default_partition, dp_collectives,
-                                    estimate, p2p_bytes, recompute_time, schedule_inflight, tp_collective)
+                                    estimate, exposed_dp, overlapped_tp_layer, p2p_bytes, recompute_time,
+                                    schedule_inflight, tp_collective)
 from autoconf.cost.memory import stage_memory
 from autoconf.errors import UserError
 from autoconf.spec.support import unsupported_reason
@@ -71,11 +72,16 @@ class _BoundCache:
     def _tp_collective(self, c: ParallelConfig) -> float:
         key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len)
         if key not in self._tp:
-            measured = measured_tp_layer(self.model, self.cluster, c)
-            if measured is not None:  # the estimate charges each pass its own measured side: bound by the smaller
+            measured = measured_tp_layer(self.model, self.cluster, c) if self.execution.executor_overheads else None
+            one = tp_collective(self.model, self.cluster, c, list(range(c.tp)))
+            if self.execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1:
+                # what the GEMMs leave exposed, per collective: bound by the smaller pass
+                exposed = overlapped_tp_layer(2 * one, self._layer(c).block_rest, c.tp)
+                self._tp[key] = min(exposed.forward, exposed.backward_input) / 2
+            elif measured is not None:  # the estimate charges each pass its own measured side: bound by the smaller
                 self._tp[key] = min(measured[0].forward, measured[0].backward_input) / 2
             else:
-                self._tp[key] = tp_collective(self.model, self.cluster, c, list(range(c.tp)))
+                self._tp[key] = one
         return self._tp[key]
 
     def _comm(self, c: ParallelConfig, per_stage_layers: int) -> tuple[float, float, float, float]:
@@ -171,7 +177,10 @@ class _BoundCache:
         # Some orders pay the fill/drain transfers on top of the textbook bubble; others can hide transfers in idle
         # time, so there only the larger of the two is certain.
         idle = bubble + fill_drain if spec.exposed_fill_drain else max(bubble, fill_drain)
-        compute_path = gather_once + busy + idle + reduce
+        # Of rank 0's own gather and reduction, the execution's buckets leave at least these exposed.
+        first_gather, last_reduce = exposed_dp(self.execution, gather_once, reduce,
+                                               per_stage_layers * model.layer_params() / c.tp, per_stage_layers, c.dp)
+        compute_path = first_gather + busy + idle + last_reduce
         # Micro-batch 0 passes every stage forward and backward in turn, hopping ranks between stages.
         chain = model.num_layers * (layer_fwd + layer_bwd) + 2 * S * overhead + 2 * hops * p2p
         return max(compute_path, comm_stream, chain) + optimizer + cluster.overhead("step_overhead_s")
