@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in result["not_modelled"]:
         print(f"{r['row']:52s} not modelled: needs {r['needs']}")
     s = result["summary"]
-    print(f"throughput: mean |error| {s['throughput_mean_abs_error_pct']:.2f}%, max {s['throughput_max_abs_error_pct']:.2f}%"
-          f" over {s['throughput_rows']} rows; memory: mean |error| {s['memory_mean_abs_error_pct']:.2f}%, "
+    print(f"throughput: mean |error| {s['throughput_mean_abs_error_pct']:.2f}%, "
+          f"max {s['throughput_max_abs_error_pct']:.2f}% over {s['throughput_rows']} rows; memory: mean |error| {s['memory_mean_abs_error_pct']:.2f}%, "
           f"max {s['memory_max_abs_error_pct']:.2f}% over {s['memory_rows']} rows")
     return 0
 

@@ -90,14 +90,30 @@ def overlapped_tp_layer(pair: float, rest: PassTimes, tp: int) -> PassTimes:
                      max(pair - rest.backward_input - rest.backward_weight, pair / tp), 0.0)
 
 
-def recompute_time(pieces, c: ParallelConfig, one_collective: float) -> float:
-    """Per layer: the forward that recompute repeats in the backward (the block with its TP collectives, or the
-    attention core)."""
+def recompute_time(pieces, c: ParallelConfig, one_collective: float, matmul_share: float | None = None) -> float:
+    """Per layer: the forward that recompute repeats in the backward (the block with its TP collectives, or under
+    selective recompute the attention core; with `matmul_share` (`selective_matmul_share`) instead that share of
+    the block's matmul time and all of its element-wise time, the matmul time being the weight-gradient pass's)."""
     if c.recompute == "full":
         return pieces.block.forward + 2 * one_collective
     if c.recompute == "selective":
-        return pieces.attention_core.forward
+        if matmul_share is None:
+            return pieces.attention_core.forward
+        rest = pieces.block_rest
+        return matmul_share * rest.backward_weight + max(0.0, rest.forward - rest.backward_weight)
     return 0.0
+
+
+def selective_matmul_share(model: ModelSpec, execution: Execution) -> float | None:
+    """The FLOP share of a block's matmuls that the execution's selective recompute redoes ("alternate_matmuls":
+    the 2nd, 4th, ... matmul in forward order: Llama's wq wk wv wo w1 w3 w2, GPT's qkv proj fc1 fc2), or None when
+    it redoes the attention core."""
+    if execution.selective_recompute != "alternate_matmuls":
+        return None
+    h, f, kv = model.hidden_size, model.ffn_hidden_size, model.kv_dim
+    sizes = [h * h, h * kv, h * kv, h * h, h * f, h * f, f * h] if model.arch == "llama" else \
+        [h * (h + 2 * kv), h * h, h * f, f * h]
+    return sum(sizes[1::2]) / sum(sizes)
 
 
 def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, devices: list[int],
@@ -173,6 +189,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     last = len(partition) - 1
     measured_tp = measured_tp_layer(model, cluster, c) if ours else None
     overlap_tp = execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1
+    matmul_share = selective_matmul_share(model, execution)
     forward, back_in, back_w = [], [], []
     compute_parts, recompute_parts, tp_parts, gathers, reduces, buckets = [], [], [], [], [], []
     for st, (first, end) in enumerate(partition):
@@ -194,7 +211,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             tp = PassTimes((per_layer.forward + 2 * grow) * layers, (per_layer.backward_input + 2 * grow) * layers,
                            0.0)
         compute = pieces.block.scaled(layers)
-        recompute = recompute_time(pieces, c, one) * layers
+        recompute = recompute_time(pieces, c, one, matmul_share) * layers
         if st == 0:
             compute = compute + pieces.embedding
             tp = tp + PassTimes(one, 0.0, 0.0)

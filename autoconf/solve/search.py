@@ -25,7 +25,7 @@ from autoconf.cost.comm import distinct_pair_sets, p2p_time
 from autoconf.cost.compute import measured_tp_layer, model_pieces, rank_optimizer_time
 from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mesh, default_partition, dp_collectives,
                                     estimate, exposed_dp, overlapped_tp_layer, p2p_bytes, recompute_time,
-                                    schedule_inflight, tp_collective)
+                                    schedule_inflight, selective_matmul_share, tp_collective)
 from autoconf.cost.memory import stage_memory
 from autoconf.errors import UserError
 from autoconf.spec.support import unsupported_reason
@@ -146,7 +146,7 @@ class _BoundCache:
         pieces = self._layer(c)
         one = self._tp_collective(c)
         block = pieces.block
-        recompute = recompute_time(pieces, c, one)
+        recompute = recompute_time(pieces, c, one, selective_matmul_share(model, self.execution))
         S = c.num_stages
         per_stage_layers = model.num_layers // S
         p2p, gather, gather_once, reduce = self._comm(c, per_stage_layers)

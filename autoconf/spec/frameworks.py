@@ -29,6 +29,12 @@ from autoconf.errors import UserError
 #   "after_stage"  after the stage's own last backward, overlapping the other stages' compute
 #   "per_bucket"   bucket by bucket as the stage's last backward produces them; the last bucket stays exposed
 GRAD_REDUCE = ("after_flush", "after_stage", "per_bucket")
+# What "selective" recompute redoes in the backward:
+#   "attention_core"     the attention core (Korthikanti et al.; Megatron's --recompute-granularity selective)
+#   "alternate_matmuls"  every op but the attention kernel and every other matmul of a block in forward order
+#                        (torchtitan's selective_ac_option "op": it saves mm outputs except every second one, and
+#                        the SDPA output)
+SELECTIVE_RECOMPUTE = ("attention_core", "alternate_matmuls")
 MEMORY_LAYOUTS = ("torch", "megatron")
 
 
@@ -36,7 +42,8 @@ MEMORY_LAYOUTS = ("torch", "megatron")
 class Execution:
     """Explicit flags of one training framework (Calculon's `Execution` is the model).
 
-    The defaults are autoconf's executor. name: the preset these flags came from (reported in the plan's prediction as "framework").
+    The defaults are autoconf's executor. name: the preset these flags came from (reported in the plan's
+    prediction as "framework").
     memory_layout: "torch" (FSDP2 mixed precision, cost/memory.py) or "megatron" (18 bytes per parameter).
     zero_stages: the ZeRO stages the framework can run; zero_searched: those worth telling apart in a search.
     distributed_optimizer: ZeRO-1 as Megatron's distributed optimizer (reduce-scatter of the gradients, all-gather
@@ -53,6 +60,7 @@ class Execution:
         after the transfer (Megatron's scatter/gather optimisation); with sequence parallelism they are sliced anyway.
     tp_comm_overlap: under sequence parallelism the TP all-gathers and reduce-scatters are pipelined with the GEMMs
         beside them (Megatron-Core's userbuffers): a layer's TP time is what its GEMMs do not cover.
+    selective_recompute: see SELECTIVE_RECOMPUTE.
     executor_overheads: the profile's measurements of autoconf's executor (pipeline runtime per pass, FSDP hooks
         per unit, TP layers timed in the executor) describe this framework's runtime.
     megatron_args / torchtitan_settings: what makes the target framework run as modelled (see `export_lines`).
@@ -70,6 +78,7 @@ class Execution:
     blocking_p2p: bool = False
     p2p_scatter_gather: bool = False
     tp_comm_overlap: bool = False
+    selective_recompute: str = "attention_core"
     executor_overheads: bool = True
     megatron_args: tuple[tuple[str, str], ...] = ()
     torchtitan_settings: tuple[tuple[str, str], ...] = ()
@@ -84,6 +93,8 @@ class Execution:
         out = []
         if self.memory_layout not in MEMORY_LAYOUTS:
             out.append(f"memory_layout {self.memory_layout!r} is none of {', '.join(MEMORY_LAYOUTS)}")
+        if self.selective_recompute not in SELECTIVE_RECOMPUTE:
+            out.append(f"selective_recompute {self.selective_recompute!r} is none of {', '.join(SELECTIVE_RECOMPUTE)}")
         if self.grad_reduce not in GRAD_REDUCE:
             out.append(f"grad_reduce {self.grad_reduce!r} is none of {', '.join(GRAD_REDUCE)}")
         if not set(self.zero_searched) <= set(self.zero_stages) or not set(self.zero_stages) <= {0, 1, 2, 3}:
@@ -167,7 +178,8 @@ PRESETS: dict[str, Execution] = {
                        ("sharded", "--overlap-param-gather"), ("sp", "--tp-comm-overlap"))),
     "torchtitan": Execution(
         name="torchtitan", memory_layout="torch", zero_stages=(0, 2, 3), zero_searched=(0, 2, 3),
-        grad_reduce="per_bucket", param_gather_overlap=True, executor_overheads=False,
+        grad_reduce="per_bucket", param_gather_overlap=True, selective_recompute="alternate_matmuls",
+        executor_overheads=False,
         torchtitan_settings=(("always", 'mixed_precision_reduce = "float32"'),)),
 }
 DEFAULT = "autoconf"
