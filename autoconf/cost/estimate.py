@@ -8,6 +8,10 @@
                    + optimizer step + the profile's step_overhead_s
     memory       = per pipeline rank, with the in-flight micro-batches the simulation counted   (memory.py)
 
+Where frameworks differ, an `Execution`'s flags decide (spec/frameworks.py): what the DP gather and reduction
+overlap (whole, or bucket by bucket with the first forward and the last backward), whether TP communication hides
+behind the GEMMs, the P2P scheme, the memory layout, what selective recompute redoes.
+
 The time breakdown (compute, recompute, tp_comm, bubble, pp_comm, dp_comm, step_comm, optimizer, framework) adds up
 to the iteration time: the terms after tp_comm are what each extra ingredient adds to the simulated makespan of the
 critical rank.

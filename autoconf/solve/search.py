@@ -229,7 +229,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     scored.sort(key=lambda item: (item[0], item[1]))
 
     best: list[tuple[float, tuple, Plan]] = []  # the K best extrapolated times: a max-heap via negation
-    near: list[tuple[float, tuple, ParallelConfig]] = []  # every fitting candidate simulated with an extrapolation
+    near: list[tuple[float, tuple, ParallelConfig]] = []  # every fitting candidate, with its (extrapolated) time
     pruned_memory = pruned_time = simulated = 0
     closest: tuple[float, ParallelConfig] | None = None
     for index, (time_bound, key, config) in enumerate(scored):
@@ -252,8 +252,9 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             if closest is None or over < closest[0]:
                 closest = (over, config)
             continue
-        if p.get("extrapolated"):
-            near.append((p["iteration_time_s"], key, config))
+        # Every fitting candidate may come back: one simulated in full can tie (to the last bit) with an
+        # extrapolated one that the heap kept on its key and whose full time is that bit longer.
+        near.append((p["iteration_time_s"], key, config))
         item = (-p["iteration_time_s"], _negated(key), plan)
         if len(best) < top_k:
             heapq.heappush(best, item)
