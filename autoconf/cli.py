@@ -79,6 +79,11 @@ def parse_fix(values: tuple[str, ...]) -> dict:
     return fixed
 
 
+def framework_execution(name: str, flags: tuple[str, ...]):
+    """The --framework preset with its --framework-flag changes (checked: one line on a combination it cannot run)."""
+    return frameworks.with_flags(frameworks.execution(name), frameworks.parse_flags(flags))
+
+
 model_option = click.option("--model", "model_arg", required=True,
                             help="preset name (autoconf models), HF config.json, or autoconf model JSON")
 cluster_option = click.option("--cluster", "cluster_arg", required=True,
@@ -158,13 +163,16 @@ def models(as_json: bool) -> None:
 @click.option("--attention", type=click.Choice(["flash", "standard"]), default="flash", show_default=True)
 @click.option("--framework", type=click.Choice(FRAMEWORK_NAMES), default="autoconf", show_default=True,
               help="whose behaviour to predict: memory layout, DP/TP overlap, P2P scheme (autoconf/spec/frameworks.py)")
+@click.option("--framework-flag", "framework_flags", multiple=True, metavar="KEY=VALUE",
+              help="change one flag of the framework, e.g. param_gather_overlap=false (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="print the plan object as JSON")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the plan here",
               callback=output_path)
 @click.option("--force", is_flag=True, help="overwrite --out if it exists")
 @user_errors
 def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micro_batch, global_batch, seq_len,
-             schedule, zero, recompute, sequence_parallel, dtype, attention, framework, as_json, out, force) -> None:
+             schedule, zero, recompute, sequence_parallel, dtype, attention, framework, framework_flags, as_json, out,
+             force) -> None:
     """Predict time and memory of one layout."""
     from autoconf.cost.estimate import estimate as run_estimate
     from autoconf.report.tables import prediction_table, print_table
@@ -180,7 +188,7 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
                             schedule=schedule, zero_stage=zero, recompute=recompute,
                             sequence_parallel=sequence_parallel, dtype=dtype or default_dtype(cluster),
                             attention=attention)
-    plan = run_estimate(model, cluster, config, execution=frameworks.execution(framework))
+    plan = run_estimate(model, cluster, config, execution=framework_execution(framework, framework_flags))
     if out is not None:
         plan.save(out, force=force)
     if as_json:
@@ -206,6 +214,8 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
 @click.option("--attention", type=click.Choice(["flash", "standard"]), default="flash", show_default=True)
 @click.option("--framework", type=click.Choice(FRAMEWORK_NAMES), default="autoconf", show_default=True,
               help="whose behaviour to plan for (autoconf/spec/frameworks.py)")
+@click.option("--framework-flag", "framework_flags", multiple=True, metavar="KEY=VALUE",
+              help="change one flag of the framework, e.g. param_gather_overlap=false (repeatable)")
 @click.option("--top", "top_k", type=click.IntRange(1, 100), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help='print {"plans": [...], "search": {...}} as JSON')
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the best plan",
@@ -215,7 +225,7 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
 @click.option("--force", is_flag=True, help="overwrite existing output files")
 @user_errors
 def plan(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, fix, dtype, attention, framework,
-         top_k, as_json, out, explain_dir, force) -> None:
+         framework_flags, top_k, as_json, out, explain_dir, force) -> None:
     """Search every sensible layout and write the best plan."""
     from rich.console import Console
 
@@ -240,7 +250,7 @@ def plan(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, fi
         from autoconf.files import check_new
 
         check_new(out, force)  # before the search, which can take a while
-    execution = frameworks.execution(framework)
+    execution = framework_execution(framework, framework_flags)
     console = Console(stderr=as_json)
     with console.status(f"planning {model.name} on {cluster.world_size} devices ..."):
         result = search(model, cluster, global_batch, seq_len, dtype, attention, fixed, top_k, execution)

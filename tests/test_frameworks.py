@@ -176,3 +176,30 @@ def test_search_bounds_stay_below_the_overlapped_estimate(name):
         if checked == 60:
             break
     assert checked == 60
+
+
+def test_cli_framework_flags_are_checked_recorded_and_exported():
+    """--framework-flag changes a preset's flag: a combination Megatron cannot run is one line naming the fix; a
+    runnable change is recorded in the plan, read back by `plan_execution`, and the exported arguments follow it."""
+    import json
+
+    from click.testing import CliRunner
+
+    from autoconf.cli import main
+    from autoconf.report.exporters import megatron_args
+    from autoconf.spec.frameworks import plan_execution
+    from autoconf.spec.plan import Plan
+
+    base = ["estimate", "--model", "gpt3-1.3b", "--cluster", "dgx-h100-80g", "--tp", "1", "--pp", "1", "--dp", "8",
+            "--micro-batch", "1", "--global-batch", "8", "--zero", "1", "--framework", "megatron-core"]
+    bad = CliRunner().invoke(main, base + ["--framework-flag", "distributed_optimizer=false"])
+    assert bad.exit_code == 2 and "param_gather_overlap=false" in bad.output and "Traceback" not in bad.output
+    unknown = CliRunner().invoke(main, base + ["--framework-flag", "overlap=yes"])
+    assert unknown.exit_code == 2 and "grad_reduce" in unknown.output
+    out = CliRunner().invoke(main, base + ["--framework-flag", "param_gather_overlap=false", "--json"])
+    assert out.exit_code == 0, out.output
+    plan = Plan.from_dict(json.loads(out.output))
+    assert plan.prediction["framework_flags"] == {"param_gather_overlap": False}
+    assert plan_execution(plan.prediction) == execution("megatron-core").replace(param_gather_overlap=False)
+    args = megatron_args(plan)
+    assert "--overlap-grad-reduce" in args and "--overlap-param-gather" not in args

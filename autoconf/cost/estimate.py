@@ -32,7 +32,7 @@ from autoconf.cost.memory import stage_memory, stage_params
 from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order_peaks, simulate
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES
-from autoconf.spec.frameworks import PRESETS, Execution
+from autoconf.spec.frameworks import PRESETS, Execution, changed_flags
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, uniform_partition
@@ -353,6 +353,8 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
         "compute_source": model_pieces(model, cluster, c).source,
         "framework": execution.name,
     }
+    if changed_flags(execution):
+        prediction["framework_flags"] = changed_flags(execution)
     if extrapolate:
         prediction["extrapolated"] = True
     if detail:

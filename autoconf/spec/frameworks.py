@@ -63,7 +63,8 @@ class Execution:
     selective_recompute: see SELECTIVE_RECOMPUTE.
     executor_overheads: the profile's measurements of autoconf's executor (pipeline runtime per pass, FSDP hooks
         per unit, TP layers timed in the executor) describe this framework's runtime.
-    megatron_args / torchtitan_settings: what makes the target framework run as modelled (see `export_lines`).
+    megatron_args / torchtitan_settings: what makes the target framework run as modelled, as (when, flag, line):
+        the line applies when the config matches `when` (see `_applies`) and the flag ("name" or "name=value") holds.
     """
 
     name: str = "autoconf"
@@ -80,8 +81,8 @@ class Execution:
     tp_comm_overlap: bool = False
     selective_recompute: str = "attention_core"
     executor_overheads: bool = True
-    megatron_args: tuple[tuple[str, str], ...] = ()
-    torchtitan_settings: tuple[tuple[str, str], ...] = ()
+    megatron_args: tuple[tuple[str, str, str], ...] = ()
+    torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -106,7 +107,8 @@ class Execution:
         if self.param_gather_overlap and self.memory_layout == "megatron":
             if not self.distributed_optimizer:
                 out.append("an overlapped parameter all-gather needs the distributed optimizer (Megatron: "
-                           "--overlap-param-gather with --use-distributed-optimizer); without it, turn the overlap off")
+                           "--overlap-param-gather with --use-distributed-optimizer); without it, set "
+                           "param_gather_overlap=false")
             if self.grad_reduce != "per_bucket":
                 out.append("an overlapped parameter all-gather needs the per-bucket gradient reduction (Megatron: "
                            "--overlap-param-gather with --overlap-grad-reduce)")
@@ -150,8 +152,13 @@ class Execution:
     def export_lines(self, target: str, config) -> list[str]:
         """The settings of `target` ("megatron" arguments or "torchtitan" TOML lines) that make it run `config` as
         modelled; settings that apply to a feature the config does not use are left out."""
-        pairs = {"megatron": self.megatron_args, "torchtitan": self.torchtitan_settings}[target]
-        return [line for when, line in pairs if _applies(when, config)]
+        entries = {"megatron": self.megatron_args, "torchtitan": self.torchtitan_settings}[target]
+        return [line for when, flag, line in entries if _applies(when, config) and self._holds(flag)]
+
+    def _holds(self, flag: str) -> bool:
+        name, _, value = flag.partition("=")
+        current = getattr(self, name)
+        return str(current) == value if value else bool(current)
 
 
 def _applies(when: str, c) -> bool:
@@ -169,18 +176,20 @@ PRESETS: dict[str, Execution] = {
         name="megatron", memory_layout="megatron", zero_stages=(0, 1, 2, 3), zero_searched=(0, 1, 2, 3),
         grad_reduce="after_flush", param_gather_overlap=False, blocking_p2p=True, p2p_scatter_gather=True,
         executor_overheads=False,
-        megatron_args=(("sharded", "--use-distributed-optimizer"),)),
+        megatron_args=(("sharded", "memory_layout=megatron", "--use-distributed-optimizer"),)),
     "megatron-core": Execution(
         name="megatron-core", memory_layout="megatron", zero_stages=(0, 1), zero_searched=(0, 1),
         distributed_optimizer=True, grad_reduce="per_bucket", bucket_params=40e6, bucket_first_rank_only=True,
         param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False,
-        megatron_args=(("dp", "--overlap-grad-reduce"), ("sharded", "--use-distributed-optimizer"),
-                       ("sharded", "--overlap-param-gather"), ("sp", "--tp-comm-overlap"))),
+        megatron_args=(("dp", "grad_reduce=per_bucket", "--overlap-grad-reduce"),
+                       ("sharded", "distributed_optimizer", "--use-distributed-optimizer"),
+                       ("sharded", "param_gather_overlap", "--overlap-param-gather"),
+                       ("sp", "tp_comm_overlap", "--tp-comm-overlap"))),
     "torchtitan": Execution(
         name="torchtitan", memory_layout="torch", zero_stages=(0, 2, 3), zero_searched=(0, 2, 3),
         grad_reduce="per_bucket", param_gather_overlap=True, selective_recompute="alternate_matmuls",
         executor_overheads=False,
-        torchtitan_settings=(("always", 'mixed_precision_reduce = "float32"'),)),
+        torchtitan_settings=(("always", "memory_layout=torch", 'mixed_precision_reduce = "float32"'),)),
 }
 DEFAULT = "autoconf"
 
@@ -193,6 +202,69 @@ def execution(name: str = DEFAULT) -> Execution:
         raise UserError(f"unknown framework {name!r}; known: {', '.join(PRESETS)}") from None
 
 
+# Flags a user may change on a preset (`--framework-flag KEY=VALUE`): the behaviour, not the name or export data.
+USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_reduce", "bucket_params",
+              "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
+              "selective_recompute", "executor_overheads")
+
+
+def parse_flags(pairs) -> dict:
+    """KEY=VALUE strings into typed flags: true/false for the yes-no flags, a number or "none" for bucket_params,
+    comma-separated stages for zero_stages, a name otherwise. One-line errors name the known flags."""
+    out = {}
+    defaults = Execution()
+    for item in pairs:
+        key, sep, value = str(item).partition("=")
+        key, value = key.strip().replace("-", "_"), value.strip()
+        if not sep or key not in USER_FLAGS:
+            raise UserError(f"--framework-flag {item!r} must be KEY=VALUE with KEY one of {', '.join(USER_FLAGS)}")
+        current = getattr(defaults, key)
+        try:
+            if isinstance(current, bool):
+                if value.lower() not in ("true", "false"):
+                    raise ValueError
+                out[key] = value.lower() == "true"
+            elif key == "bucket_params":
+                out[key] = None if value.lower() == "none" else float(value)
+            elif key == "zero_stages":
+                out[key] = tuple(sorted({int(v) for v in value.split(",")}))
+            else:
+                out[key] = value
+        except ValueError:
+            raise UserError(f"--framework-flag {key}: cannot read {value!r} (e.g. {key}={_example(current)})") from None
+    return out
+
+
+def _example(current) -> str:
+    if isinstance(current, bool):
+        return "true"
+    if isinstance(current, tuple):
+        return ",".join(map(str, current))
+    return "none" if current is None else str(current)
+
+
+def with_flags(preset: Execution, flags: dict) -> Execution:
+    """A preset with some flags changed and checked; the searched ZeRO stages follow the runnable ones."""
+    if not flags:
+        return preset
+    if "zero_stages" in flags:
+        kept = tuple(z for z in preset.zero_searched if z in flags["zero_stages"])
+        flags = {**flags, "zero_searched": kept or flags["zero_stages"]}
+    return preset.replace(**flags)
+
+
+def changed_flags(ex: Execution) -> dict:
+    """The user flags in which `ex` differs from its preset (recorded in a plan beside the preset's name)."""
+    preset = execution(ex.name)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k in USER_FLAGS
+            if (v := getattr(ex, k)) != getattr(preset, k)}
+
+
 def plan_execution(prediction: dict) -> Execution:
-    """The preset a plan was predicted with (plans written before frameworks were recorded: autoconf)."""
-    return execution(prediction.get("framework", DEFAULT))
+    """The execution a plan was predicted with: its preset (plans written before frameworks were recorded:
+    autoconf) with the flags the plan records as changed."""
+    flags = prediction.get("framework_flags") or {}
+    if not isinstance(flags, dict):
+        raise UserError("prediction.framework_flags must be an object of flag -> value")
+    typed = {k: (tuple(v) if isinstance(v, list) else v) for k, v in flags.items()}
+    return with_flags(execution(prediction.get("framework", DEFAULT)), typed)
