@@ -83,15 +83,29 @@ def tp_collective(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, 
     return collective_time(cluster, "all_reduce", nbytes, devices)
 
 
-def overlapped_tp_layer(pair: float, rest: PassTimes, tp: int) -> PassTimes:
+def overlapped_tp_layer(forward_comm: float, backward_comm: float, rest: PassTimes, tp: int) -> PassTimes:
     """The TP seconds per layer that stay exposed when the collectives are pipelined with the GEMMs beside them
     (Megatron-Core's --tp-comm-overlap: userbuffers split each all-gather / reduce-scatter into tp chunks, one per
     ring step, each overlapping the GEMM on the chunk before): per pass, what the block's compute outside the
-    attention core (`rest`; in the backward the input- and weight-gradient GEMMs) does not cover, and at least the
-    first chunk of the pass's two collectives (`pair` seconds). The GEMMs the concurrent chunks slow are not
-    modelled."""
-    return PassTimes(max(pair - rest.forward, pair / tp),
-                     max(pair - rest.backward_input - rest.backward_weight, pair / tp), 0.0)
+    attention core (`rest`; in the backward the input- and weight-gradient GEMMs) does not cover of the pass's
+    collectives (`forward_comm`, `backward_comm` seconds, the backward's with the SP re-gathers), and at least their
+    first chunk. The GEMMs the concurrent chunks slow are not modelled."""
+    return PassTimes(max(forward_comm - rest.forward, forward_comm / tp),
+                     max(backward_comm - rest.backward_input - rest.backward_weight, backward_comm / tp), 0.0)
+
+
+def sp_regather_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices: list[int],
+                     execution: Execution) -> float:
+    """Per layer, in the backward: the all-gathers that Megatron's sequence parallelism adds (Korthikanti et al.
+    2022, Sec. 4.2.2). Its memory layout keeps only the rank's 1/tp sequence slice of the input of each
+    column-parallel linear (QKV, first MLP matrix) and gathers it again for the weight gradient, two all-gathers of
+    the micro-batch's activation per layer. The paper overlaps them with the input-gradient GEMM; its Table 4 shows
+    the backward no faster with SP than without (11.8 vs 11.9 ms) although norms and dropouts run on 1/tp of the
+    tokens, so they are charged in full. Zero without SP and for layouts that keep the gathered input (torch)."""
+    if not c.sequence_parallel or c.tp == 1 or execution.memory_layout != "megatron":
+        return 0.0
+    nbytes = c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
+    return 2 * collective_time(cluster, "all_gather", nbytes, devices)
 
 
 def recompute_time(pieces, c: ParallelConfig, one_collective: float, matmul_share: float | None = None) -> float:
@@ -200,10 +214,13 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         rank = stage_to_rank[st]
         layers = end - first
         # Two TP collectives per layer in forward and two in backward, or what the profile measured TP layers add.
-        one = tp_collective(model, cluster, c, grid.first_group_array("tp", rank))
-        tp = PassTimes(2 * one * layers, 2 * one * layers, 0.0)
+        tp_group = grid.first_group_array("tp", rank)
+        one = tp_collective(model, cluster, c, tp_group)
+        regather_layer = sp_regather_time(model, cluster, c, tp_group, execution)
+        regather = regather_layer * layers
+        tp = PassTimes(2 * one * layers, 2 * one * layers + regather, 0.0)
         if overlap_tp:
-            exposed = overlapped_tp_layer(2 * one, pieces.block_rest, c.tp)
+            exposed = overlapped_tp_layer(2 * one, 2 * one + regather_layer, pieces.block_rest, c.tp)
             tp = exposed.scaled(layers)
             one = exposed.forward / 2
         elif measured_tp is not None:
@@ -212,8 +229,8 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             grow = one - tp_collective(model, cluster, dataclasses.replace(c, micro_batch_size=read_at),
                                        grid.first_group_array("tp", rank))
             one = (per_layer.forward + per_layer.backward_input) / 4 + grow
-            tp = PassTimes((per_layer.forward + 2 * grow) * layers, (per_layer.backward_input + 2 * grow) * layers,
-                           0.0)
+            tp = PassTimes((per_layer.forward + 2 * grow) * layers,
+                           (per_layer.backward_input + 2 * grow) * layers + regather, 0.0)
         compute = pieces.block.scaled(layers)
         recompute = recompute_time(pieces, c, one, matmul_share) * layers
         if st == 0:

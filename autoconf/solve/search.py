@@ -76,7 +76,7 @@ class _BoundCache:
             one = tp_collective(self.model, self.cluster, c, list(range(c.tp)))
             if self.execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1:
                 # what the GEMMs leave exposed, per collective: bound by the smaller pass
-                exposed = overlapped_tp_layer(2 * one, self._layer(c).block_rest, c.tp)
+                exposed = overlapped_tp_layer(2 * one, 2 * one, self._layer(c).block_rest, c.tp)
                 self._tp[key] = min(exposed.forward, exposed.backward_input) / 2
             elif measured is not None:  # the estimate charges each pass its own measured side: bound by the smaller
                 self._tp[key] = min(measured[0].forward, measured[0].backward_input) / 2

@@ -76,6 +76,9 @@ class ClusterProfile:
     compute: dict | None = None  # measured compute tables (see cost/compute.py)
     hostnames: tuple | None = None  # one per node, from a measured profile
     source: str = "specification"  # "specification" or "measured"
+    # GEMM efficiency against size, as a fraction of efficiency["matmul"]: {"points": [[GFLOP, fraction], ...],
+    # "source": text}; read by cost/compute.py's `matmul_rate`. None: every GEMM at efficiency["matmul"].
+    matmul_size_curve: dict | None = None
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.gpus_per_node < 1:
@@ -175,6 +178,7 @@ class ClusterProfile:
             "intra_node_matrix": matrix(self.intra_node_matrix), "inter_node_matrix": matrix(self.inter_node_matrix),
             "efficiency": self.efficiency, "collectives": self.collectives, "compute": self.compute,
             "hostnames": None if self.hostnames is None else list(self.hostnames),
+            "matmul_size_curve": self.matmul_size_curve,
         }
 
     @classmethod
@@ -236,7 +240,8 @@ class ClusterProfile:
                 intra_node_matrix=matrix("intra_node_matrix"), inter_node_matrix=matrix("inter_node_matrix"),
                 collectives=collectives, compute=data.get("compute"),
                 hostnames=None if data.get("hostnames") is None else tuple(data["hostnames"]),
-                source=str(data.get("source", "specification")))
+                source=str(data.get("source", "specification")),
+                matmul_size_curve=data.get("matmul_size_curve"))
         except KeyError as missing:
             raise UserError(f"{source}: cluster profile lacks field {missing}") from None
         except (TypeError, ValueError, AttributeError, OverflowError, RecursionError) as err:

@@ -82,6 +82,7 @@ def profile_problems(data: dict) -> list[str]:
     _efficiency(c, data.get("efficiency"))
     _collectives(c, data.get("collectives"))
     _compute(c, data.get("compute"))
+    _matmul_size_curve(c, data.get("matmul_size_curve"))
     hosts = data.get("hostnames")
     if hosts is not None and c.kind(hosts, list, "hostnames"):
         for i, host in enumerate(hosts):
@@ -231,3 +232,27 @@ def _compute(c: _Checker, table) -> None:
                     c.bad(f"{where}.sequence_parallel", "true or false", row.get("sequence_parallel"))
                 for key in ("forward_s", "backward_s"):
                     c.number(row.get(key), f"{where}.{key}", 0, MAX_SECONDS)
+
+
+def _matmul_size_curve(c: _Checker, curve) -> None:
+    """{"points": [[GFLOP >= 0, fraction in (0, 1]], ...] (distinct sizes), "source": text}."""
+    if curve is None or not c.kind(curve, dict, "matmul_size_curve"):
+        return
+    if "source" in curve:
+        c.text(curve["source"], "matmul_size_curve.source")
+    points = curve.get("points")
+    if not c.kind(points, list, "matmul_size_curve.points"):
+        return
+    if not points:
+        c.bad("matmul_size_curve.points", "a non-empty list of [GFLOP, fraction] pairs", points)
+    sizes = []
+    for i, point in enumerate(points):
+        where = f"matmul_size_curve.points[{i}]"
+        if not isinstance(point, list) or len(point) != 2:
+            c.bad(where, "a [GFLOP, fraction] pair", point)
+            continue
+        if c.number(point[0], f"{where}[0] (GFLOP)", 0, MAX_RATE):
+            sizes.append(point[0])
+        c.number(point[1], f"{where}[1] (a fraction of efficiency.matmul)", 0, 1, lo_open=True)
+    if len(set(sizes)) != len(sizes):
+        c.bad("matmul_size_curve.points", "pairs of distinct sizes", sorted(sizes))
