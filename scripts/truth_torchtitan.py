@@ -96,16 +96,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print("torchtitan published runs vs estimate, framework=torchtitan (profile per row from the data file)")
-    print(f"{'row':52s} {'profile':13s} {'tok/s/GPU pub':>13s} {'pred':>6s} {'error':>8s} "
+    print(f"{'row':54s} {'profile':25s} {'tok/s/GPU pub':>13s} {'pred':>6s} {'error':>8s} "
           f"{'GiB pub':>8s} {'pred':>6s} {'error':>8s}")
     for r in result["rows"]:
         mem_pub = f"{r['published_memory_GiB']:8.1f}" if r["published_memory_GiB"] else f"{'-':>8s}"
         mem_err = f"{r['memory_error_pct']:+7.2f}%" if r["memory_error_pct"] is not None else f"{'-':>8s}"
-        print(f"{r['row']:52s} {r['profile']:13s} {r['published_tokens_per_s_per_gpu']:13.0f} "
+        print(f"{r['row']:54s} {r['profile']:25s} {r['published_tokens_per_s_per_gpu']:13.0f} "
               f"{r['predicted_tokens_per_s_per_gpu']:6d} {r['tps_error_pct']:+7.2f}% {mem_pub} "
               f"{r['predicted_memory_GiB']:6.1f} {mem_err}")
     for r in result["not_modelled"]:
-        print(f"{r['row']:52s} not modelled: needs {r['needs']}")
+        print(f"{r['row']:54s} not modelled: needs {r['needs']}")
     s = result["summary"]
     print(f"throughput: mean |error| {s['throughput_mean_abs_error_pct']:.2f}%, "
           f"max {s['throughput_max_abs_error_pct']:.2f}% over {s['throughput_rows']} rows; memory: mean |error| {s['memory_mean_abs_error_pct']:.2f}%, "
