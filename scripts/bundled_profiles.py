@@ -9,6 +9,16 @@ from pathlib import Path
 
 GiB = 1024**3
 OUT = Path(__file__).resolve().parent.parent / "autoconf" / "profiles"
+PRICES = Path(__file__).resolve().parent / "data" / "gpu_prices.json"
+
+
+def published_price(device_name):
+    """The profile's `price` field from scripts/data/gpu_prices.json, or None when no price is on file."""
+    entry = json.loads(PRICES.read_text())["prices"].get(device_name)
+    if entry is None:
+        return None
+    return {"usd_per_gpu_hour": entry["usd_per_gpu_hour"],
+            "source": f"{entry['kind']}, {entry['seller']}, {entry['url']}, as of 2024-12"}
 
 
 def eff(value, why):
@@ -38,7 +48,8 @@ def gpu_profile(name, description, device, intra, inter, efficiency):
     return {"version": 1, "kind": "cluster", "name": name, "description": description, "source": "specification",
             "backend": "nccl", "nodes": 1, "gpus_per_node": 8, "device": device, "intra_node": intra,
             "inter_node": inter, "intra_node_matrix": None, "inter_node_matrix": None, "efficiency": efficiency,
-            "collectives": {}, "compute": None, "hostnames": None, "matmul_size_curve": GEMM_SIZE_CURVE}
+            "collectives": {}, "compute": None, "hostnames": None, "matmul_size_curve": GEMM_SIZE_CURVE,
+            **({"price": published_price(device["name"])} if published_price(device["name"]) else {})}
 
 
 # H100 SXM5 peaks (dense, FLOP/s) at 700 W, and H100 NVL's (NVIDIA H100 data sheet) at its 400 W maximum.

@@ -141,4 +141,16 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
     env.setdefault("OMP_NUM_THREADS", "1")
     repo_root = str(Path(__file__).resolve().parent.parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH", "")) if p)
-    return subprocess.call(cmd, env=env)
+    from rich.console import Console
+
+    from autoconf.report.progress import Follow
+
+    with Follow(Console(), f"profiling {nproc_per_node} rank(s) per node into {path}") as follow:
+        if not follow.live:
+            return subprocess.call(cmd, env=env)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE)  # its lines go above a live bar
+        relay = follow.relay(proc.stdout)
+        try:
+            return proc.wait()
+        finally:
+            relay.join(timeout=5)

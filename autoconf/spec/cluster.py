@@ -79,6 +79,8 @@ class ClusterProfile:
     # GEMM efficiency against size, as a fraction of efficiency["matmul"]: {"points": [[GFLOP, fraction], ...],
     # "source": text}; read by cost/compute.py's `matmul_rate`. None: every GEMM at efficiency["matmul"].
     matmul_size_curve: dict | None = None
+    # {"usd_per_gpu_hour": float, "source": text}: a published price of the device, for training time and cost
+    price: dict | None = None
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.gpus_per_node < 1:
@@ -179,6 +181,7 @@ class ClusterProfile:
             "efficiency": self.efficiency, "collectives": self.collectives, "compute": self.compute,
             "hostnames": None if self.hostnames is None else list(self.hostnames),
             "matmul_size_curve": self.matmul_size_curve,
+            **({} if self.price is None else {"price": self.price}),
         }
 
     @classmethod
@@ -241,7 +244,8 @@ class ClusterProfile:
                 collectives=collectives, compute=data.get("compute"),
                 hostnames=None if data.get("hostnames") is None else tuple(data["hostnames"]),
                 source=str(data.get("source", "specification")),
-                matmul_size_curve=data.get("matmul_size_curve"))
+                matmul_size_curve=data.get("matmul_size_curve"),
+                price=None if data.get("price") is None else dict(data["price"]))
         except KeyError as missing:
             raise UserError(f"{source}: cluster profile lacks field {missing}") from None
         except (TypeError, ValueError, AttributeError, OverflowError, RecursionError) as err:

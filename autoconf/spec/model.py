@@ -46,9 +46,17 @@ class ModelSpec:
     qkv_bias: bool = False
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    # Width of one attention head; None means hidden_size / num_heads. Some models set it apart (Mistral-NeMo-12B:
+    # hidden 5120, 32 heads of 128), so the query and output projections are hidden x num_heads * head_dim.
+    head_dim: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
+        if self.head_dim is None and isinstance(self.hidden_size, int) and isinstance(self.num_heads, int) \
+                and self.num_heads > 0:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if not isinstance(self.head_dim, int) or isinstance(self.head_dim, bool) or self.head_dim < 1:
+            problems.append(f"head_dim must be a positive integer (got {self.head_dim!r})")
         if self.arch not in ARCHES:
             problems.append(f"arch {self.arch!r} is not one of {', '.join(ARCHES)}")
         for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size",
@@ -57,7 +65,7 @@ class ModelSpec:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{field} must be a positive integer (got {value!r})")
         if not problems:
-            if self.hidden_size % self.num_heads:
+            if self.hidden_size % self.num_heads and self.head_dim == self.hidden_size // self.num_heads:
                 problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
             if self.num_heads % self.num_kv_heads:
                 problems.append(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
@@ -83,8 +91,9 @@ class ModelSpec:
 
     # ---- shapes ----------------------------------------------------------------------------------------------
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+    def q_dim(self) -> int:
+        """Width of the Q projection and of the output projection's input (hidden_size unless head_dim is set)."""
+        return self.num_heads * self.head_dim
 
     @property
     def kv_dim(self) -> int:
@@ -102,12 +111,12 @@ class ModelSpec:
     # ---- parameters --------------------------------------------------------------------------------------------
     def layer_params(self) -> int:
         """Parameters of one transformer block (attention, MLP and its two norms)."""
-        h, f, kv = self.hidden_size, self.ffn_hidden_size, self.kv_dim
-        attention = h * (h + 2 * kv) + h * h
+        h, f, kv, q = self.hidden_size, self.ffn_hidden_size, self.kv_dim, self.q_dim
+        attention = h * (q + 2 * kv) + q * h
         if self.linear_bias:
-            attention += h + 2 * kv + h
+            attention += q + 2 * kv + h
         elif self.qkv_bias:
-            attention += h + 2 * kv
+            attention += q + 2 * kv
         if self.arch == "gpt":
             mlp = 2 * h * f + f + h
             norms = 2 * 2 * h
@@ -132,14 +141,14 @@ class ModelSpec:
     # ---- FLOPs -------------------------------------------------------------------------------------------------
     def layer_matmul_flops(self, seq_len: int, micro_batch: int) -> float:
         """Forward FLOPs of the weight matmuls of one block (2 per multiply-add)."""
-        h, f, kv = self.hidden_size, self.ffn_hidden_size, self.kv_dim
+        h, f, kv, q = self.hidden_size, self.ffn_hidden_size, self.kv_dim, self.q_dim
         mlp_mats = 2 if self.arch == "gpt" else 3
-        weights = h * (h + 2 * kv) + h * h + mlp_mats * h * f
+        weights = h * (q + 2 * kv) + q * h + mlp_mats * h * f
         return 2.0 * seq_len * micro_batch * weights
 
     def layer_attention_flops(self, seq_len: int, micro_batch: int) -> float:
         """Forward FLOPs of QK^T and attention-times-V, counted over the full s x s square (Megatron's convention)."""
-        return 2.0 * 2.0 * micro_batch * seq_len * seq_len * self.hidden_size
+        return 2.0 * 2.0 * micro_batch * seq_len * seq_len * self.q_dim
 
     def layer_forward_flops(self, seq_len: int, micro_batch: int) -> float:
         return self.layer_matmul_flops(seq_len, micro_batch) + self.layer_attention_flops(seq_len, micro_batch)
@@ -183,7 +192,7 @@ class ModelSpec:
         # Replicated part: two norm inputs, QKV input, first MLP input, two residual dropout masks.
         replicated = 4 * e * sbh + (2 * sbh if dropout else 0)
         # TP-sharded part of attention: Q, K, V, and the output projection's input.
-        sharded = e * s * b * (h + 2 * self.kv_dim) + e * sbh
+        sharded = e * s * b * (self.q_dim + 2 * self.kv_dim) + e * s * b * self.q_dim
         if attention == "standard" and recompute != "selective":
             # Scores softmax output, and with attention dropout its mask and output too.
             sharded += (2 * e + 1) * a * s * s * b if dropout else e * a * s * s * b

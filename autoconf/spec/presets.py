@@ -85,7 +85,8 @@ def from_hf_config(config: dict, name: str) -> ModelSpec:
                 tied_embeddings=bool(config.get("tie_word_embeddings", False)),
                 dropout=float(config.get("attention_dropout", 0.0) or 0.0),
                 qkv_bias=bool(config.get("attention_bias", model_type == "qwen2")),
-                norm_eps=config.get("rms_norm_eps", 1e-5), rope_theta=float(config.get("rope_theta", 10000.0)))
+                norm_eps=config.get("rms_norm_eps", 1e-5), rope_theta=float(config.get("rope_theta", 10000.0)),
+                head_dim=config.get("head_dim"))  # absent or null: hidden_size / num_attention_heads
     except KeyError as missing:
         raise UserError(f"{name}: Hugging Face config of type {model_type!r} lacks key {missing}") from None
     except (TypeError, ValueError, OverflowError, AttributeError) as err:

@@ -83,11 +83,20 @@ def profile_problems(data: dict) -> list[str]:
     _collectives(c, data.get("collectives"))
     _compute(c, data.get("compute"))
     _matmul_size_curve(c, data.get("matmul_size_curve"))
+    _price(c, data.get("price"))
     hosts = data.get("hostnames")
     if hosts is not None and c.kind(hosts, list, "hostnames"):
         for i, host in enumerate(hosts):
             c.name(host, f"hostnames[{i}]")
     return c.problems
+
+
+def _price(c: _Checker, price) -> None:
+    """An optional published price: {"usd_per_gpu_hour": > 0, "source": where and when it was published}."""
+    if price is None or not c.kind(price, dict, "price"):
+        return
+    c.number(price.get("usd_per_gpu_hour"), "price.usd_per_gpu_hour", 0, 1e6, lo_open=True)
+    c.name(price.get("source"), "price.source")
 
 
 def _device(c: _Checker, dev) -> None:
@@ -191,7 +200,7 @@ def _compute(c: _Checker, table) -> None:
         if table.get(key) is not None:
             c.number(table[key], f"compute.{key}", 0, 1.0)
     entries = table.get("entries", [])
-    if entries is not None and c.kind(entries, list, "compute.entries"):
+    if c.kind(entries, list, "compute.entries"):
         blocks_by_tp: dict = {}
         for i, entry in enumerate(entries):
             where = f"compute.entries[{i}]"
