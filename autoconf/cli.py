@@ -14,9 +14,12 @@ from pathlib import Path
 import click
 
 from autoconf.errors import UserError
+from autoconf.spec import frameworks
 from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.plan import MAX_GLOBAL_BATCH, MAX_SEQ_LEN
 from autoconf.spec.schedules import SCHEDULES
+
+FRAMEWORK_NAMES = list(frameworks.PRESETS)
 
 EXIT_USER_ERROR = 2
 
@@ -74,6 +77,11 @@ def parse_fix(values: tuple[str, ...]) -> dict:
         key = key.strip().replace("-", "_")
         fixed[ALIASES.get(key, key)] = parse_fix_value(key, value.strip())
     return fixed
+
+
+def framework_execution(name: str, flags: tuple[str, ...]):
+    """The --framework preset with its --framework-flag changes (checked: one line on a combination it cannot run)."""
+    return frameworks.with_flags(frameworks.execution(name), frameworks.parse_flags(flags))
 
 
 model_option = click.option("--model", "model_arg", required=True,
@@ -179,8 +187,10 @@ def profiles(as_json: bool) -> None:
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="default: bf16 on GPUs, fp32 on CPU")
 @click.option("--attention", type=click.Choice(["flash", "standard"]), default="flash", show_default=True)
-@click.option("--framework", type=click.Choice(["autoconf", "megatron"]), default="autoconf", show_default=True,
-              help="whose memory layout and P2P scheme to predict")
+@click.option("--framework", type=click.Choice(FRAMEWORK_NAMES), default="autoconf", show_default=True,
+              help="whose behaviour to predict: memory layout, DP/TP overlap, P2P scheme (autoconf/spec/frameworks.py)")
+@click.option("--framework-flag", "framework_flags", multiple=True, metavar="KEY=VALUE",
+              help="change one flag of the framework, e.g. param_gather_overlap=false (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="print the plan object as JSON")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the plan here",
               callback=output_path)
@@ -190,10 +200,9 @@ def profiles(as_json: bool) -> None:
 @headroom_option
 @user_errors
 def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micro_batch, global_batch, seq_len,
-             schedule, zero, recompute, sequence_parallel, dtype, attention, framework, as_json, out, force,
-             memory_picture, memory_headroom) -> None:
+             schedule, zero, recompute, sequence_parallel, dtype, attention, framework, framework_flags, as_json, out,
+             force, memory_picture, memory_headroom) -> None:
     """Predict time and memory of one layout."""
-    from autoconf.cost.estimate import Execution
     from autoconf.cost.estimate import estimate as run_estimate
     from autoconf.report.tables import prediction_table, print_table
     from autoconf.spec.cluster import load_cluster
@@ -214,7 +223,8 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
         from autoconf.files import check_new
 
         check_new(memory_picture, force)
-    plan = run_estimate(model, cluster, config, execution=Execution(framework))
+    execution = framework_execution(framework, framework_flags)
+    plan = run_estimate(model, cluster, config, execution=execution)
     if out is not None:
         plan.save(out, force=force)
     if memory_picture is not None:
@@ -231,7 +241,7 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
     if not plan.prediction["fits"]:  # the prediction is printed, and the exit code says it cannot run
         from autoconf.solve.fit import does_not_fit_message
 
-        raise UserError(does_not_fit_message(plan, model, cluster, Execution(framework)))
+        raise UserError(does_not_fit_message(plan, model, cluster, execution))
 
 
 @main.command()
@@ -255,7 +265,10 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="default: bf16 on GPUs, fp32 on CPU")
 @click.option("--attention", type=click.Choice(["flash", "standard"]), default="flash", show_default=True)
-@click.option("--framework", type=click.Choice(["autoconf", "megatron"]), default="autoconf", show_default=True)
+@click.option("--framework", type=click.Choice(FRAMEWORK_NAMES), default="autoconf", show_default=True,
+              help="whose behaviour to plan for (autoconf/spec/frameworks.py)")
+@click.option("--framework-flag", "framework_flags", multiple=True, metavar="KEY=VALUE",
+              help="change one flag of the framework, e.g. param_gather_overlap=false (repeatable)")
 @click.option("--top", "top_k", type=click.IntRange(1, 100), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help='print {"plans": [...], "search": {...}} as JSON')
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the best plan",
@@ -266,10 +279,10 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
 @headroom_option
 @user_errors
 def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len, tokens_arg, price, deadline_arg,
-         fix, dtype, attention, framework, top_k, as_json, out, explain_dir, force, memory_headroom) -> None:
+         fix, dtype, attention, framework, framework_flags, top_k, as_json, out, explain_dir, force,
+         memory_headroom) -> None:
     """Search every sensible layout and write the best plan (with --tokens: time and cost to train; with a --nodes
     range: the best plan of every cluster size)."""
-    from autoconf.cost.estimate import Execution
     from autoconf.report.tables import print_table, ranked_table, table_console
     from autoconf.solve import sweep as sizes
     from autoconf.solve.search import explain_infeasible, search
@@ -302,7 +315,7 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
         from autoconf.files import check_new
 
         check_new(out, force)  # before the search, which can take a while
-    execution = Execution(framework)
+    execution = framework_execution(framework, framework_flags)
     console = table_console(stderr=as_json)
     usd, price_source = sizes.price_of(cluster, price) if tokens is not None else (None, None)
     if node_counts is not None and len(node_counts) > 1:
@@ -423,7 +436,7 @@ LIMITS = ("seq", "micro-batch", "model")
 @click.option("--fix", "fix", multiple=True, metavar="KEY=VALUE", help="pin a config field in every layout tried")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="default: bf16 on GPUs, fp32 on CPU")
 @click.option("--attention", type=click.Choice(["flash", "standard"]), default="flash", show_default=True)
-@click.option("--framework", type=click.Choice(["autoconf", "megatron"]), default="autoconf", show_default=True)
+@click.option("--framework", type=click.Choice(FRAMEWORK_NAMES), default="autoconf", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the limits, each with its plan, as JSON")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               callback=output_path, help="write the plan of each limit here (limit_seq.json, ...)")
@@ -432,7 +445,6 @@ LIMITS = ("seq", "micro-batch", "model")
 def limits(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, max_seq_len, family, only, fix,
            dtype, attention, framework, as_json, out_dir, force) -> None:
     """What fits this cluster: the longest sequence, the largest micro-batch, the largest model of a family."""
-    from autoconf.cost.estimate import Execution
     from autoconf.report.tables import limits_table, print_table, table_console
     from autoconf.solve import limits as lim
     from autoconf.spec.cluster import load_cluster
@@ -452,7 +464,7 @@ def limits(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, 
     cluster = load_cluster(cluster_arg, nodes, gpus_per_node)
     fixed = parse_fix(fix)
     dtype = fixed.pop("dtype", None) or dtype or default_dtype(cluster)
-    planner = lim.Planner(cluster, global_batch, dtype, attention, fixed, Execution(framework))
+    planner = lim.Planner(cluster, global_batch, dtype, attention, fixed, frameworks.execution(framework))
     if out_dir is not None:
         from autoconf.files import check_new
 

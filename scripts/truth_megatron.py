@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from autoconf.cost.estimate import Execution, estimate
+from autoconf.cost.estimate import estimate
+from autoconf.spec.frameworks import execution
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
@@ -60,7 +61,7 @@ def main() -> int:
             published = run["runs"].get(mode, {}).get("iteration_time_s")
             if published is None:
                 continue
-            plan = estimate(model, cluster, _config(run, recompute, sp), execution=Execution("megatron"))
+            plan = estimate(model, cluster, _config(run, recompute, sp), execution=execution("megatron"))
             predicted = plan.prediction["iteration_time_s"]
             error = predicted / published - 1
             errors.append(abs(error))
@@ -73,7 +74,7 @@ def main() -> int:
         cluster = load_cluster("dgx-a100-80g", nodes=run["gpus"] // 8)
         for mode, (recompute, sp) in MEMORY_MODES.items():
             c = _config(run, recompute, sp)
-            plan = estimate(model, cluster, c, execution=Execution("megatron"), detail=False)
+            plan = estimate(model, cluster, c, execution=execution("megatron"), detail=False)
             ours = plan.prediction["memory_per_stage"][0]["activations"]
             paper = _paper_activation_bytes(model, c, mode)
             error = ours / paper - 1

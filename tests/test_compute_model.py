@@ -8,9 +8,10 @@ import dataclasses
 import pytest
 
 from autoconf.cost.compute import (PassTimes, gemms_time, layer_gemms, matmul_size_factor, model_pieces)
-from autoconf.cost.estimate import Execution, estimate, sp_regather_time
+from autoconf.cost.estimate import estimate, sp_regather_time
 from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile, load_cluster
+from autoconf.spec.frameworks import execution
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
 from tests.profile_helpers import SEQ, TINY, measured_cpu_profile
@@ -99,7 +100,7 @@ def test_megatron_sequence_parallel_pays_two_all_gathers_per_layer_in_the_backwa
     model, a100 = PRESETS["gpt-22b"], load_cluster("dgx-a100-80g")
     c = _config(tp=8, micro_batch_size=4, global_batch_size=4, recompute="selective", sequence_parallel=True,
                 dtype="fp16", attention="standard")
-    megatron, ours = Execution("megatron"), Execution("autoconf")
+    megatron, ours = execution("megatron"), execution("autoconf")
     extra = sp_regather_time(model, a100, c, list(range(8)), megatron)
     assert extra > 0
     assert sp_regather_time(model, a100, c, list(range(8)), ours) == 0.0

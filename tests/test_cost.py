@@ -6,7 +6,8 @@ import pytest
 
 from autoconf.cost.comm import collective_time, p2p_time
 from autoconf.cost.compute import model_pieces, rank_optimizer_time
-from autoconf.cost.estimate import Execution, estimate
+from autoconf.cost.estimate import estimate
+from autoconf.spec.frameworks import Execution, execution
 from autoconf.spec.cluster import Link, load_cluster
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
@@ -91,7 +92,7 @@ def test_uniform_pipeline_bubble_is_the_textbook_one(schedule, vpp):
 
 def test_zero_stages_shrink_state_memory_in_order():
     """ZeRO 1 divides the optimizer, 2 also the gradients, 3 also the weights."""
-    megatron = Execution("megatron")
+    megatron = execution("megatron")
     mem = [estimate(MODEL, A100, cfg(zero_stage=z), execution=megatron).prediction["memory_per_stage"][0]
            for z in range(4)]
     assert mem[1]["optimizer"] == pytest.approx(mem[0]["optimizer"] / 2)
@@ -117,7 +118,7 @@ def test_executor_runs_zero1_as_zero2_with_fsdp2_sharding():
 
 def test_megatron_layout_is_18_bytes_per_parameter():
     """Megatron's mixed precision without a distributed optimizer keeps 2 + 4 + 12 bytes per local parameter."""
-    plan = estimate(MODEL, A100, cfg(), execution=Execution("megatron"))
+    plan = estimate(MODEL, A100, cfg(), execution=execution("megatron"))
     m = plan.prediction["memory_per_stage"][1]  # a middle rank: layers only
     assert (m["params"] + m["grads"] + m["optimizer"]) / m["params"] == pytest.approx(18 / 2)
 
@@ -213,8 +214,8 @@ def test_extrapolated_step_is_at_most_a_margin_above_the_full_simulation(model_n
                            dtype="bf16" if cluster_name == "a100" else "fp32")
         if c.problems(model, cluster.world_size):
             continue
-        fast = estimate(model, cluster, c, execution=Execution(framework), detail=False, extrapolate=True).prediction
-        full = estimate(model, cluster, c, execution=Execution(framework), detail=False).prediction
+        fast = estimate(model, cluster, c, execution=execution(framework), detail=False, extrapolate=True).prediction
+        full = estimate(model, cluster, c, execution=execution(framework), detail=False).prediction
         assert fast.get("extrapolated") and not full.get("extrapolated")
         ratio = fast["iteration_time_s"] / full["iteration_time_s"]
         assert 1 - 1e-12 <= ratio <= 1 + EXTRAPOLATION_MARGIN, (c, ratio)

@@ -55,7 +55,7 @@ def test_drawn_timeline_is_the_estimated_step(schedule, vpp, zero, framework):
     the picture's timeline is the estimate's own: its last event ends at the makespan, and the makespan plus the
     step's collectives, optimizer and step overhead is the plan's iteration time; a plan read back from its JSON
     (which does not store the timeline) draws the same step."""
-    from autoconf.cost.estimate import Execution
+    from autoconf.spec.frameworks import execution
     from autoconf.spec.plan import Plan
     from profile_helpers import measured_cpu_profile
 
@@ -64,7 +64,7 @@ def test_drawn_timeline_is_the_estimated_step(schedule, vpp, zero, framework):
                             schedule=schedule, zero_stage=zero, dtype="fp32")
     if zero:
         config = ParallelConfig(**{**config.__dict__, "pp": 2, "dp": 2})
-    plan = estimate(load_model("tiny-gpt"), cluster, config, execution=Execution(framework))
+    plan = estimate(load_model("tiny-gpt"), cluster, config, execution=execution(framework))
     terms = plan.prediction["time_breakdown"]
     tail = terms["step_comm"] + terms["optimizer"] + cluster.overhead("step_overhead_s")
     for drawn in (plan, Plan.from_dict(plan.to_dict())):

@@ -8,6 +8,10 @@
                    + optimizer step + the profile's step_overhead_s
     memory       = per pipeline rank, with the in-flight micro-batches the simulation counted   (memory.py)
 
+Where frameworks differ, an `Execution`'s flags decide (spec/frameworks.py): what the DP gather and reduction
+overlap (whole, or bucket by bucket with the first forward and the last backward), whether TP communication hides
+behind the GEMMs, the P2P scheme, the memory layout, what selective recompute redoes.
+
 The time breakdown (compute, recompute, tp_comm, bubble, pp_comm, dp_comm, step_comm, optimizer, framework) adds up
 to the iteration time: the terms after tp_comm are what each extra ingredient adds to the simulated makespan of the
 critical rank.
@@ -28,12 +32,13 @@ from autoconf.cost.memory import stage_memory, stage_params
 from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order_peaks, simulate
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES
+from autoconf.spec.frameworks import PRESETS, Execution, changed_flags
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.model import ModelSpec, check_costable
 from autoconf.spec.plan import ParallelConfig, Plan, uniform_partition
 from autoconf.spec.schedules import build_schedule, rank_actions, schedule_spec, stage_to_rank
 
-FRAMEWORKS = ("autoconf", "megatron")
+FRAMEWORKS = tuple(PRESETS)
 # Share of a block's activations that the weight-gradient pass (W) still needs after I: the inputs of the linear
 # layers (QKV, output projection, both MLP matrices) -- 14 of the 34 s*b*h units of a GPT block.
 WEIGHT_GRAD_ACTIVATION_SHARE = 14 / 34
@@ -44,31 +49,6 @@ EXTRAPOLATE_ABOVE = 4
 # every schedule). The search simulates in full every candidate whose extrapolated time is within this margin of
 # its K-th best, so it ranks by the full simulation.
 EXTRAPOLATION_MARGIN = 0.001
-
-
-@dataclass(frozen=True)
-class Execution:
-    """How the training framework runs a config, where frameworks differ.
-
-    framework "autoconf": the bundled torch executor (FSDP2 memory layout, full activations sent between stages).
-    framework "megatron": Megatron-LM as published in 2022 (18-byte mixed precision; stage activations scattered
-    over the TP ranks for the P2P transfer and gathered over NVLink after it; blocking P2P, so a transfer also
-    occupies the sending rank; the gradient all-reduce after the pipeline flush, not overlapped).
-    """
-
-    framework: str = "autoconf"
-
-    @property
-    def blocking_p2p(self) -> bool:
-        return self.framework == "megatron"
-
-    @property
-    def overlap_dp(self) -> bool:
-        return self.framework != "megatron"
-
-    @property
-    def memory_layout(self) -> str:
-        return "megatron" if self.framework == "megatron" else "torch"
 
 
 def default_mesh(config: ParallelConfig) -> np.ndarray:
@@ -90,6 +70,7 @@ class StagePlan:
     pass_overhead: float  # framework seconds added to each forward and each backward(-input) pass
     allgather: list[float]  # once-per-step FSDP gathers
     reduce: list[float]
+    buckets: list[int]  # gradient (and parameter-gather) buckets per stage: Execution.buckets
     # The reduce-scatters of every micro-batch but the last (grad_reduce "microbatch"); the last one is `reduce`.
     early_reduce: list[float] = dataclasses.field(default_factory=list)
 
@@ -116,6 +97,17 @@ def tp_collective(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, 
     return collective_time(cluster, "all_reduce", nbytes, devices)
 
 
+def overlapped_tp_layer(forward_comm: float, backward_comm: float, rest: PassTimes, tp: int) -> PassTimes:
+    """The TP seconds per layer that stay exposed when the collectives are pipelined with the GEMMs beside them
+    (Megatron-Core's --tp-comm-overlap: userbuffers split each all-gather / reduce-scatter into tp chunks, one per
+    ring step, each overlapping the GEMM on the chunk before): per pass, what the block's compute outside the
+    attention core (`rest`; in the backward the input- and weight-gradient GEMMs) does not cover of the pass's
+    collectives (`forward_comm`, `backward_comm` seconds, the backward's with the SP re-gathers), and at least their
+    first chunk. The GEMMs the concurrent chunks slow are not modelled."""
+    return PassTimes(max(forward_comm - rest.forward, forward_comm / tp),
+                     max(backward_comm - rest.backward_input - rest.backward_weight, backward_comm / tp), 0.0)
+
+
 def sp_regather_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices: list[int],
                      execution: Execution) -> float:
     """Per layer, in the backward: the all-gathers that Megatron's sequence parallelism adds (Korthikanti et al.
@@ -130,14 +122,30 @@ def sp_regather_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfi
     return 2 * collective_time(cluster, "all_gather", nbytes, devices)
 
 
-def recompute_time(pieces, c: ParallelConfig, one_collective: float) -> float:
-    """Per layer: the forward that recompute repeats in the backward (the block with its TP collectives, or the
-    attention core)."""
+def recompute_time(pieces, c: ParallelConfig, one_collective: float, matmul_share: float | None = None) -> float:
+    """Per layer: the forward that recompute repeats in the backward (the block with its TP collectives, or under
+    selective recompute the attention core; with `matmul_share` (`selective_matmul_share`) instead that share of
+    the block's matmul time and all of its element-wise time, the matmul time being the weight-gradient pass's)."""
     if c.recompute == "full":
         return pieces.block.forward + 2 * one_collective
     if c.recompute == "selective":
-        return pieces.attention_core.forward
+        if matmul_share is None:
+            return pieces.attention_core.forward
+        rest = pieces.block_rest
+        return matmul_share * rest.backward_weight + max(0.0, rest.forward - rest.backward_weight)
     return 0.0
+
+
+def selective_matmul_share(model: ModelSpec, execution: Execution) -> float | None:
+    """The FLOP share of a block's matmuls that the execution's selective recompute redoes ("alternate_matmuls":
+    the 2nd, 4th, ... matmul in forward order: Llama's wq wk wv wo w1 w3 w2, GPT's qkv proj fc1 fc2), or None when
+    it redoes the attention core."""
+    if execution.selective_recompute != "alternate_matmuls":
+        return None
+    h, f, kv = model.hidden_size, model.ffn_hidden_size, model.kv_dim
+    sizes = [h * h, h * kv, h * kv, h * h, h * f, h * f, f * h] if model.arch == "llama" else \
+        [h * (h + 2 * kv), h * h, h * f, f * h]
+    return sum(sizes[1::2]) / sum(sizes)
 
 
 def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, devices: list[int],
@@ -159,6 +167,23 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
     if c.zero_stage == 3 and not schedule_spec(c.schedule).fsdp_gather_per_chunk:
         return gather, 0.0, reduce
     return 0.0, gather, reduce
+
+
+def exposed_dp(execution: Execution, gather: float, reduce: float, params: float, layers: int,
+               dp: int) -> tuple[float, float]:
+    """Lower bounds on what a pipeline-rank-0 stage's once-per-step parameter gather leaves before its first forward
+    and its gradient reduction after its last backward (`simulate`'s bucket rules: one bucket of an overlapped
+    gather, one of a per-bucket reduction, otherwise all of it), given the gather and reduction times of `params`
+    parameters in `layers` blocks or more: a stage holding more has larger buckets (per block) or a bucket share
+    of at least size x P / (P + size) (ceil(P / size) buckets of a size)."""
+    if execution.grad_reduce != "per_bucket":
+        n = 1.0
+    elif execution.bucket_params is None:
+        n = layers + 1.0
+    else:
+        n = params / max(execution.bucket_params, 1e6 * dp) + 1.0
+    return (gather / n if execution.param_gather_overlap else gather,
+            reduce / n if execution.grad_reduce == "per_bucket" else reduce)
 
 
 def step_collectives(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, grid: RankGrid,
@@ -188,7 +213,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     # hooks add per pass and unit.
     rank_share = cpu_share(cluster) if share is None else share
     table = cluster.compute or {}
-    ours = execution.framework == "autoconf"
+    ours = execution.executor_overheads
     pass_overhead = cluster.overhead("pass_overhead_s")
     if c.pp > 1 and ours:
         pass_overhead += float((table.get("pipeline_action_s") or {}).get(c.schedule, 0.0))
@@ -196,8 +221,10 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     fsdp_unit_pass = float(table.get("fsdp_pass_s_per_unit", 0.0)) / rank_share if c.zero_sharded and ours else 0.0
     last = len(partition) - 1
     measured_tp = measured_tp_layer(model, cluster, c) if ours else None
+    overlap_tp = execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1
+    matmul_share = selective_matmul_share(model, execution)
     forward, back_in, back_w = [], [], []
-    compute_parts, recompute_parts, tp_parts, gathers, reduces = [], [], [], [], []
+    compute_parts, recompute_parts, tp_parts, gathers, reduces, buckets = [], [], [], [], [], []
     # The stages of one rank share its groups: their collectives are timed once per rank (and stage size).
     tp_of_rank, grow_of_rank, dp_of_stage = {}, {}, {}
     for st, (first, end) in enumerate(partition):
@@ -208,10 +235,14 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             tp_group = grid.first_group_array("tp", rank)
             tp_of_rank[rank] = (tp_collective(model, cluster, c, tp_group),
                                 sp_regather_time(model, cluster, c, tp_group, execution))
-        one, regather_per_layer = tp_of_rank[rank]
-        regather = regather_per_layer * layers
+        one, regather_layer = tp_of_rank[rank]
+        regather = regather_layer * layers
         tp = PassTimes(2 * one * layers, 2 * one * layers + regather, 0.0)
-        if measured_tp is not None:
+        if overlap_tp:
+            exposed = overlapped_tp_layer(2 * one, 2 * one + regather_layer, pieces.block_rest, c.tp)
+            tp = exposed.scaled(layers)
+            one = exposed.forward / 2
+        elif measured_tp is not None:
             per_layer, read_at = measured_tp
             # Beyond the largest measured micro-batch the modelled collectives carry the growth.
             if rank not in grow_of_rank:
@@ -222,7 +253,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             tp = PassTimes((per_layer.forward + 2 * grow) * layers,
                            (per_layer.backward_input + 2 * grow) * layers + regather, 0.0)
         compute = pieces.block.scaled(layers)
-        recompute = recompute_time(pieces, c, one) * layers
+        recompute = recompute_time(pieces, c, one, matmul_share) * layers
         if st == 0:
             compute = compute + pieces.embedding
             tp = tp + PassTimes(one, 0.0, 0.0)
@@ -257,17 +288,22 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         recompute_parts.append(recompute)
         tp_parts.append(tp)
         gathers.append(gather)
+        if execution.grad_reduce == "per_bucket":
+            # The reduction's buckets go out during the last backward, on the DP link that also carries that
+            # backward's parameter re-gathers (ZeRO-3): the stream holds both.
+            reduce += per_microbatch_gather
         reduces.append(reduce)
+        buckets.append(execution.buckets(params, layers, rank, c.dp))
     early = [(c.num_microbatches - 1) * r for r in reduces] if c.reduces_every_microbatch else []
     return StagePlan(StageCosts(forward, back_in, back_w), compute_parts, recompute_parts, tp_parts, pass_overhead,
-                     gathers, reduces, early)
+                     gathers, reduces, buckets, early)
 
 
 def p2p_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution) -> float:
     """Bytes each TP rank sends to the next stage per micro-batch: the activation, or its 1/tp slice under
     sequence parallelism and in Megatron's scatter/gather scheme."""
     nbytes = activation_bytes(model, c)
-    if execution.framework == "megatron" or c.sequence_parallel:
+    if execution.p2p_scatter_gather or c.sequence_parallel:
         nbytes /= c.tp
     return nbytes
 
@@ -283,7 +319,7 @@ def _p2p_function(cluster: ClusterProfile, config: ParallelConfig, model: ModelS
         if key not in cache:
             a, b = grid.pipeline_rank(key[0]), grid.pipeline_rank(key[1])
             cache[key] = p2p_time(cluster, nbytes, np.stack([a.reshape(-1), b.reshape(-1)], axis=1))
-            if execution.framework == "megatron" and c.tp > 1 and not c.sequence_parallel:
+            if execution.p2p_scatter_gather and c.tp > 1 and not c.sequence_parallel:
                 cache[key] += collective_time(cluster, "all_gather", nbytes * c.tp, b[0])
         return cache[key]
 
@@ -318,6 +354,7 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
     """
     check_costable(model)
     c = config.check(model, cluster.world_size)
+    execution.check(c)
     partition = [list(p) for p in (partition or default_partition(model, c))]
     grid = RankGrid(default_mesh(c) if mesh is None else mesh)
     extrapolate = extrapolate and not detail and c.num_microbatches > EXTRAPOLATE_ABOVE * c.pp
@@ -372,8 +409,10 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
         "memory_per_stage": memory,
         "bubble_fraction": full.bubble_fraction,
         "compute_source": model_pieces(model, cluster, c).source,
-        "framework": execution.framework,
+        "framework": execution.name,
     }
+    if changed_flags(execution):
+        prediction["framework_flags"] = changed_flags(execution)
     if extrapolate:
         prediction["extrapolated"] = True
     if detail:
@@ -399,12 +438,16 @@ def _schedule(name: str, pp: int, num_microbatches: int, vpp: int):
 
 
 def _simulate_step(schedule, sp: StagePlan, p2p, execution: Execution) -> tuple[Timeline, float]:
-    """The simulated timeline and the step's makespan: the DP reductions overlapped with the backward, or (without
-    overlap) every rank's reductions one after another once the whole pipeline has flushed, on its comm stream."""
-    if execution.overlap_dp:
-        timeline = simulate(schedule, sp.costs, p2p, sp.allgather, sp.reduce)
+    """The simulated timeline and the step's makespan, with the execution's DP overlap: the once-per-step parameter
+    gathers whole before a stage's first forward or bucket by bucket during it (`param_gather_overlap`); the
+    gradient reductions after each stage's last backward, bucket by bucket during it, or (without overlap) every
+    rank's reductions one after another once the whole pipeline has flushed, on its comm stream."""
+    gather_buckets = sp.buckets if execution.param_gather_overlap else None
+    if execution.grad_reduce != "after_flush":
+        reduce_buckets = sp.buckets if execution.grad_reduce == "per_bucket" else None
+        timeline = simulate(schedule, sp.costs, p2p, sp.allgather, sp.reduce, gather_buckets, reduce_buckets)
         return timeline, timeline.makespan
-    timeline = simulate(schedule, sp.costs, p2p, sp.allgather)
+    timeline = simulate(schedule, sp.costs, p2p, sp.allgather, gather_buckets=gather_buckets)
     flushed = timeline.makespan
     for r in range(schedule.pp):
         t = flushed

@@ -11,6 +11,14 @@ With FSDP, `allgather_time[s]` (the parameter gather of stage s) runs on the ran
 stage in the order the rank first uses its stages, all issued at time 0; no compute of stage s starts before its
 gather ends. `reduce_time[s]` (gradient reduction) starts on the same comm stream after the last B or W of stage s.
 
+Overlap in buckets: with `gather_buckets[s] = n`, the gather of stage s is n equal buckets and its first forward
+starts once the first bucket is there, each bucket prefetched while the layers of the one before compute: that
+forward ends no earlier than the whole gather's end plus the compute of the last bucket's share (1/n of it). With
+`reduce_buckets[s] = n`, the reduction of stage s is n equal buckets, bucket j ready when the stage's last B or W is
+(j+1)/n done, so only the last bucket's reduction (and whatever the stream still has queued) follows the
+backward. The buckets are even shares of the stage; the compute a concurrent collective slows (SM and memory
+contention) is not modelled.
+
 The simulation is dependency-driven and linear in the number of actions: a rank runs until its next action waits on
 an input not yet computed, and parks on that input; computing it wakes the rank. A rank still parked at the end is a
 deadlock, reported with an AssertionError naming the rank and the action.
@@ -103,6 +111,8 @@ def simulate(
     p2p_time: Callable[[int, int], float] | float = 0.0,
     allgather_time: Sequence[float] | None = None,
     reduce_time: Sequence[float] | None = None,
+    gather_buckets: Sequence[int] | None = None,
+    reduce_buckets: Sequence[int] | None = None,
 ) -> Timeline:
     """Simulate one training step of `schedule` with per-stage `costs`; see the module docstring for the rules.
 
@@ -132,6 +142,9 @@ def simulate(
 
     # FSDP gathers: per rank, in first-use order, back to back from time 0
     ready_at = [0.0] * S
+    # With gather buckets: the end of the stage's whole gather, and the share of its first forward after it.
+    gathered_at = [0.0] * S
+    tail_share = [0.0] * S
     comm_events: list[list[tuple[str, int, float, float]]] = [[] for _ in range(R)]
     comm_free = [0.0] * R
     if allgather_time is not None:
@@ -143,9 +156,13 @@ def simulate(
                     seen.add(s)
                     g = float(allgather_time[s])
                     comm_events[r].append(("allgather", s, t, t + g))
+                    n = gather_buckets[s] if gather_buckets is not None else 1
+                    ready_at[s] = t + g / n
                     t += g
-                    ready_at[s] = t
+                    if n > 1:
+                        gathered_at[s], tail_share[s] = t, 1.0 / n
             comm_free[r] = t
+    first_forward = [True] * S
 
     # end times of F (index s*M+i) and of the input-gradient backward B/I (same index); None until computed
     SM = S * M
@@ -160,6 +177,7 @@ def simulate(
     starts: list[list[float]] = [[] for _ in range(R)]
     ends: list[list[float]] = [[] for _ in range(R)]
     last_bwd = [0.0] * S
+    last_bwd_start = [0.0] * S
     ready = list(range(R))
     while ready:
         r = ready.pop()
@@ -200,6 +218,10 @@ def simulate(
             if g > d:
                 d = g
             t = d + dur[k][s]
+            if k == _F and first_forward[s]:
+                first_forward[s] = False
+                if tail_share[s]:  # the last gather bucket arrives while the forward runs
+                    t = max(t, gathered_at[s] + tail_share[s] * dur[k][s])
             st.append(d)
             en.append(t)
             busy[r] += dur[k][s]
@@ -209,6 +231,7 @@ def simulate(
             else:
                 if k != _I:
                     last_bwd[s] = t
+                    last_bwd_start[s] = d
                 if k == _W:
                     w = None
                 else:
@@ -228,14 +251,21 @@ def simulate(
                 f"({_KIND[k]} stage {s} micro-batch {mb}) of schedule {schedule.name}"
             )
 
-    # gradient reductions: after the last B/W of each stage, in that order, on the rank's comm stream
+    # gradient reductions: after the last B/W of each stage (bucket by bucket during it), in that order, on the
+    # rank's comm stream
     if reduce_time is not None:
         for r in range(R):
             t = comm_free[r]
             for s in sorted(schedule.stages_of_rank(r), key=lambda s: last_bwd[s]):
-                start = max(t, last_bwd[s])
-                t = start + float(reduce_time[s])
-                comm_events[r].append(("reduce", s, start, t))
+                n = reduce_buckets[s] if reduce_buckets is not None else 1
+                share = float(reduce_time[s]) / n
+                span = last_bwd[s] - last_bwd_start[s]
+                first = None
+                for j in range(n):
+                    start = max(t, last_bwd_start[s] + span * (j + 1) / n)
+                    first = start if first is None else first
+                    t = start + share
+                comm_events[r].append(("reduce", s, first, t))
             comm_free[r] = t
 
     makespan = max(max(clock), max(comm_free)) if R else 0.0

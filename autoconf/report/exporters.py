@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from autoconf.files import check_new, write_file
+from autoconf.spec.frameworks import plan_execution
 from autoconf.spec.plan import Plan, node_blocks
 from autoconf.spec.schedules import schedule_spec
 
@@ -208,6 +209,8 @@ def megatron_args(plan: Plan) -> str:
         args += ["--recompute-granularity full", "--recompute-method uniform", "--recompute-num-layers 1"]
     if c.zero_stage >= 1:
         args.append("--use-distributed-optimizer")
+    # what makes Megatron run as the plan's framework was modelled (overlap flags; spec/frameworks.py)
+    args += [a for a in plan_execution(plan.prediction).export_lines("megatron", c) if a not in args]
     if c.zero_stage == 3:
         notes.append("zero 3 (parameters sharded, re-gathered per pass) is beyond Megatron's distributed optimizer "
                      "(which shards optimizer state and gradients); recent Megatron-Core offers --use-torch-fsdp2")
@@ -275,6 +278,7 @@ def torchtitan_toml(plan: Plan) -> str:
               f"global_batch_size = {c.global_batch_size}",
               f"seq_len = {c.seq_len}",
               f'mixed_precision_param = "{precision}"',
+              *plan_execution(plan.prediction).export_lines("torchtitan", c),
               "",
               "[parallelism]",
               f"data_parallel_replicate_degree = {replicate}",

@@ -17,10 +17,11 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from autoconf.cost.estimate import Execution, estimate  # noqa: E402
+from autoconf.cost.estimate import estimate  # noqa: E402
 from autoconf.cost.simulate import Timeline  # noqa: E402
 from autoconf.errors import UserError  # noqa: E402
 from autoconf.report.tables import human_count, layout_label  # noqa: E402
+from autoconf.spec.frameworks import plan_execution  # noqa: E402
 from autoconf.spec.plan import Plan  # noqa: E402
 
 GiB = 1024**3
@@ -54,9 +55,8 @@ def plan_timeline(plan: Plan, cluster=None) -> tuple[Timeline, float]:
     collectives, the optimizer and the step overhead): together they make the plan's `iteration_time_s`."""
     estimated = plan
     if plan.timeline is None or not plan.timeline.events:
-        framework = plan.prediction.get("framework", "autoconf")
         estimated = estimate(plan.model, plan_cluster(plan, cluster), plan.config, partition=plan.partition,
-                             mesh=plan.placement["mesh"], execution=Execution(framework))
+                             mesh=plan.placement["mesh"], execution=plan_execution(plan.prediction))
     timeline = estimated.timeline
     return timeline, estimated.prediction["iteration_time_s"] - timeline.makespan
 

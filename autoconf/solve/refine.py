@@ -11,7 +11,7 @@ import numpy as np
 
 from autoconf.cost.compute import model_pieces
 from autoconf.cost.estimate import (Execution, activation_bytes, dp_buffer_bytes, p2p_bytes, recompute_time,
-                                    schedule_inflight, tp_collective)
+                                    schedule_inflight, selective_matmul_share, tp_collective)
 from autoconf.cost.memory import (gather_buffer_bytes, logits_temporary_bytes, p2p_buffer_bytes, state_bytes_per_param,
                                   unit_activation_bytes)
 from autoconf.spec.cluster import ClusterProfile
@@ -31,7 +31,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     layout = execution.memory_layout
     pieces = model_pieces(model, cluster, c)
     one = tp_collective(model, cluster, c, list(range(c.tp)))
-    layer_time = pieces.block.total + 4 * one + recompute_time(pieces, c, one)
+    layer_time = pieces.block.total + 4 * one + recompute_time(pieces, c, one, selective_matmul_share(model, execution))
     per_param = sum(state_bytes_per_param(c, layout))
     head_params = model.head_params() + (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)
     unit_time = [pieces.embedding.total + one] + [layer_time] * model.num_layers + [pieces.head.total + one]

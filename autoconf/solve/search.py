@@ -23,9 +23,9 @@ import numpy as np
 
 from autoconf.cost.comm import distinct_pair_sets, p2p_time
 from autoconf.cost.compute import measured_tp_layer, model_pieces, rank_optimizer_time
-from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mesh, dp_collectives,
-                                    estimate, p2p_bytes, predict, recompute_time, schedule_inflight, step_collectives,
-                                    tp_collective)
+from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mesh, default_partition, dp_collectives,
+                                    estimate, exposed_dp, overlapped_tp_layer, p2p_bytes, predict, recompute_time,
+                                    schedule_inflight, selective_matmul_share, step_collectives, tp_collective)
 from autoconf.cost.memory import stage_memory
 from autoconf.errors import UserError
 from autoconf.spec.support import unsupported_reason
@@ -84,11 +84,16 @@ class _BoundCache:
     def _tp_collective(self, c: ParallelConfig) -> float:
         key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len)
         if key not in self._tp:
-            measured = measured_tp_layer(self.model, self.cluster, c)
-            if measured is not None:  # the estimate charges each pass its own measured side: bound by the smaller
+            measured = measured_tp_layer(self.model, self.cluster, c) if self.execution.executor_overheads else None
+            one = tp_collective(self.model, self.cluster, c, list(range(c.tp)))
+            if self.execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1:
+                # what the GEMMs leave exposed, per collective: bound by the smaller pass
+                exposed = overlapped_tp_layer(2 * one, 2 * one, self._layer(c).block_rest, c.tp)
+                self._tp[key] = min(exposed.forward, exposed.backward_input) / 2
+            elif measured is not None:  # the estimate charges each pass its own measured side: bound by the smaller
                 self._tp[key] = min(measured[0].forward, measured[0].backward_input) / 2
             else:
-                self._tp[key] = tp_collective(self.model, self.cluster, c, list(range(c.tp)))
+                self._tp[key] = one
         return self._tp[key]
 
     def _comm(self, c: ParallelConfig, per_stage_layers: int) -> tuple[float, float, float, float]:
@@ -188,7 +193,10 @@ class _BoundCache:
         # Some orders pay the fill/drain transfers on top of the textbook bubble; others can hide transfers in idle
         # time, so there only the larger of the two is certain.
         idle = bubble + fill_drain if spec.exposed_fill_drain else max(bubble, fill_drain)
-        compute_path = gather_once + busy + idle + reduce
+        # Of rank 0's own gather and reduction, the execution's buckets leave at least these exposed.
+        first_gather, last_reduce = exposed_dp(self.execution, gather_once, reduce,
+                                               per_stage_layers * model.layer_params() / c.tp, per_stage_layers, c.dp)
+        compute_path = first_gather + busy + idle + last_reduce
         # Micro-batch 0 passes every stage forward and backward in turn, hopping ranks between stages.
         chain = model.num_layers * (layer_fwd + layer_bwd) + 2 * S * overhead + 2 * hops * p2p
         return max(compute_path, comm_stream, chain) + self._step_comm(c) + optimizer + self._overheads[1]
@@ -245,9 +253,9 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     cache = _BoundCache(model, cluster, execution)
     scored = []
     seen = unlaunchable = 0
-    # The executor runs ZeRO-1 exactly as ZeRO-2 (FSDP2 shards optimizer and gradients together): one of them is
-    # enough unless the user pins it.
-    zero_stages = (0, 2, 3) if execution.framework == "autoconf" else (0, 1, 2, 3)
+    # The stages worth telling apart (the executor runs ZeRO-1 exactly as ZeRO-2: one of them is enough unless the
+    # user pins it).
+    zero_stages = execution.zero_searched
     for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
                              attention, fixed, zero_stages):
         seen += 1
@@ -260,7 +268,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     scored.sort(key=lambda item: (item[0], item[1]))
 
     best: list[tuple[float, tuple, ParallelConfig, dict]] = []  # the K best extrapolated times: a max-heap (negated)
-    near: list[tuple[float, tuple, ParallelConfig]] = []  # every fitting candidate simulated with an extrapolation
+    near: list[tuple[float, tuple, ParallelConfig, dict]] = []  # every fitting candidate, with its (extrapolated) time
     pruned_memory = pruned_time = simulated = 0
     closest: tuple[float, ParallelConfig] | None = None
     # Reducing every micro-batch costs time and saves memory: it is only worth simulating where its twin that
@@ -290,8 +298,9 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             continue
         if config.grad_reduce == "step":
             fitting_once.add(key[:-1])
-        if p.get("extrapolated"):
-            near.append((p["iteration_time_s"], key, config))
+        # Every fitting candidate may come back: one simulated in full can tie (to the last bit) with an
+        # extrapolated one that the heap kept on its key and whose full time is that bit longer.
+        near.append((p["iteration_time_s"], key, config, p))
         item = (-p["iteration_time_s"], _negated(key), config, p)
         if len(best) < top_k:
             heapq.heappush(best, item)
@@ -326,12 +335,12 @@ def _ranked_by_full_simulation(model: ModelSpec, cluster: ClusterProfile, execut
 
     ranked = sorted((full(config, p) for _, _, config, p in best), key=lambda it: (it[0], ranking_key(it[1])))
     chosen = {ranking_key(config) for _, config in ranked}
-    for extrapolated, key, config in sorted(near, key=lambda it: (it[0], it[1])):
+    for extrapolated, key, config, prediction in sorted(near, key=lambda it: (it[0], it[1])):
         if len(ranked) >= top_k and extrapolated >= ranked[-1][0] * (1 + EXTRAPOLATION_MARGIN):
             break
         if key in chosen:
             continue
-        ranked.append(full(config))
+        ranked.append(full(config, prediction))
         ranked.sort(key=lambda it: (it[0], ranking_key(it[1])))
         del ranked[top_k:]
         chosen = {ranking_key(config) for _, config in ranked}

@@ -1,0 +1,270 @@
+"""Training frameworks as named behaviour flags: what overlaps with what, which memory layout, which P2P scheme.
+
+An `Execution` says how a framework runs a `ParallelConfig` where frameworks differ; the cost model, the search,
+the pictures and the exporters read its flags and never a framework's name. The presets:
+
+  autoconf       the bundled torch executor (execute/): FSDP2 / per-block gradient buckets, its own memory layout
+  megatron       Megatron-LM as published in 2022 (Korthikanti et al.): 18-byte mixed precision, P2P scattered over
+                 the TP ranks and blocking, gradients all-reduced after the pipeline flush
+  megatron-core  Megatron-Core as its README's H100 runs use it: the distributed optimizer, the gradient
+                 reduce-scatter per bucket during the backward (--overlap-grad-reduce), the parameter all-gather per
+                 bucket during the forward (--overlap-param-gather), TP communication overlapped with the GEMMs under
+                 sequence parallelism (--tp-comm-overlap)
+  torchtitan     torchtitan's FSDP2 (fully_shard per block, bf16 parameters, fp32 gradient reduction, implicit
+                 forward/backward prefetch; reshard after forward unless pipelined)
+
+`Execution.check(config)` says in one line what a framework cannot run; building an `Execution` whose flags
+contradict each other (an overlapped parameter gather without the distributed optimizer) says what would work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from autoconf.errors import UserError
+
+# When a stage's gradient reduction may start:
+#   "after_flush"  after every stage's last backward, the stages' reductions one after another (no overlap)
+#   "after_stage"  after the stage's own last backward, overlapping the other stages' compute
+#   "per_bucket"   bucket by bucket as the stage's last backward produces them; the last bucket stays exposed
+GRAD_REDUCE = ("after_flush", "after_stage", "per_bucket")
+# What "selective" recompute redoes in the backward:
+#   "attention_core"     the attention core (Korthikanti et al.; Megatron's --recompute-granularity selective)
+#   "alternate_matmuls"  every op but the attention kernel and every other matmul of a block in forward order
+#                        (torchtitan's selective_ac_option "op": it saves mm outputs except every second one, and
+#                        the SDPA output)
+SELECTIVE_RECOMPUTE = ("attention_core", "alternate_matmuls")
+MEMORY_LAYOUTS = ("torch", "megatron")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Execution:
+    """Explicit flags of one training framework (Calculon's `Execution` is the model).
+
+    The defaults are autoconf's executor. name: the preset these flags came from (reported in the plan's
+    prediction as "framework").
+    memory_layout: "torch" (FSDP2 mixed precision, cost/memory.py) or "megatron" (18 bytes per parameter).
+    zero_stages: the ZeRO stages the framework can run; zero_searched: those worth telling apart in a search.
+    distributed_optimizer: ZeRO-1 as Megatron's distributed optimizer (reduce-scatter of the gradients, all-gather
+        of the updated parameters), which the Megatron layout needs for any zero_stage >= 1 to be real.
+    grad_reduce: see GRAD_REDUCE.
+    bucket_params: parameters per gradient bucket (Megatron-Core's DDP: max(40M, 1M x dp)); None: one bucket per
+        transformer block plus one for the stage's other parameters (FSDP2 units, the executor's GradReducer).
+    bucket_first_rank_only: buckets only on pipeline rank 0; later ranks reduce their stage in one bucket, as
+        Megatron-Core does (their reduction is off the critical path).
+    param_gather_overlap: the once-per-step parameter all-gather (ZeRO 1/2) runs bucket by bucket ahead of the
+        first forward that needs it, so only the first bucket is exposed; otherwise the whole gather precedes it.
+    blocking_p2p: a pipeline send also occupies the sending rank (Megatron 2022's batched isend/irecv + wait).
+    p2p_scatter_gather: stage activations cross the pipeline as a 1/tp slice and are all-gathered over the TP group
+        after the transfer (Megatron's scatter/gather optimisation); with sequence parallelism they are sliced anyway.
+    tp_comm_overlap: under sequence parallelism the TP all-gathers and reduce-scatters are pipelined with the GEMMs
+        beside them (Megatron-Core's userbuffers): a layer's TP time is what its GEMMs do not cover.
+    selective_recompute: see SELECTIVE_RECOMPUTE.
+    executor_overheads: the profile's measurements of autoconf's executor (pipeline runtime per pass, FSDP hooks
+        per unit, TP layers timed in the executor) describe this framework's runtime.
+    megatron_args / torchtitan_settings: what makes the target framework run as modelled, as (when, flag, line):
+        the line applies when the config matches `when` (see `_applies`) and the flag ("name" or "name=value") holds.
+    """
+
+    name: str = "autoconf"
+    memory_layout: str = "torch"
+    zero_stages: tuple[int, ...] = (0, 1, 2, 3)
+    zero_searched: tuple[int, ...] = (0, 2, 3)
+    distributed_optimizer: bool = False
+    grad_reduce: str = "per_bucket"
+    bucket_params: float | None = None
+    bucket_first_rank_only: bool = False
+    param_gather_overlap: bool = True
+    blocking_p2p: bool = False
+    p2p_scatter_gather: bool = False
+    tp_comm_overlap: bool = False
+    selective_recompute: str = "attention_core"
+    executor_overheads: bool = True
+    megatron_args: tuple[tuple[str, str, str], ...] = ()
+    torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise UserError(f"framework {self.name!r} cannot run as asked: " + "; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every flag combination this framework cannot run, each naming what would work."""
+        out = []
+        if self.memory_layout not in MEMORY_LAYOUTS:
+            out.append(f"memory_layout {self.memory_layout!r} is none of {', '.join(MEMORY_LAYOUTS)}")
+        if self.selective_recompute not in SELECTIVE_RECOMPUTE:
+            out.append(f"selective_recompute {self.selective_recompute!r} is none of {', '.join(SELECTIVE_RECOMPUTE)}")
+        if self.grad_reduce not in GRAD_REDUCE:
+            out.append(f"grad_reduce {self.grad_reduce!r} is none of {', '.join(GRAD_REDUCE)}")
+        if not set(self.zero_searched) <= set(self.zero_stages) or not set(self.zero_stages) <= {0, 1, 2, 3}:
+            out.append(f"zero stages {self.zero_stages} (searched {self.zero_searched}) must lie within 0-3 and the "
+                       f"searched ones among them")
+        if self.distributed_optimizer and self.memory_layout != "megatron":
+            out.append("the distributed optimizer is Megatron's: it needs memory_layout 'megatron' (FSDP shards "
+                       "the torch layout without it)")
+        if self.param_gather_overlap and self.memory_layout == "megatron":
+            if not self.distributed_optimizer:
+                out.append("an overlapped parameter all-gather needs the distributed optimizer (Megatron: "
+                           "--overlap-param-gather with --use-distributed-optimizer); without it, set "
+                           "param_gather_overlap=false")
+            if self.grad_reduce != "per_bucket":
+                out.append("an overlapped parameter all-gather needs the per-bucket gradient reduction (Megatron: "
+                           "--overlap-param-gather with --overlap-grad-reduce)")
+        if self.bucket_params is not None and not self.bucket_params > 0:
+            out.append(f"bucket_params must be > 0 parameters, got {self.bucket_params}")
+        if self.tp_comm_overlap and self.memory_layout != "megatron":
+            out.append("TP communication overlap is Megatron-Core's (userbuffers); torch's TP does not overlap it")
+        return out
+
+    @property
+    def framework(self) -> str:
+        """The preset's name (older code read `Execution.framework`)."""
+        return self.name
+
+    def replace(self, **flags) -> "Execution":
+        """These flags with some changed (checked again); an unknown flag is a one-line error."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(flags) - known)
+        if unknown:
+            raise UserError(f"unknown framework flag(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return dataclasses.replace(self, **flags)
+
+    def check(self, config) -> None:
+        """Raises UserError when this framework cannot run `config` (a ZeRO stage it does not have)."""
+        if config.zero_stage not in self.zero_stages:
+            able = [n for n, e in PRESETS.items() if config.zero_stage in e.zero_stages]
+            raise UserError(f"framework {self.name!r} runs ZeRO stages {', '.join(map(str, self.zero_stages))}, not "
+                            f"{config.zero_stage}; pick one of those or a framework that runs it "
+                            f"({', '.join(able) or 'none'})")
+
+    def buckets(self, params: float, layers: int, pipeline_rank: int, dp: int) -> int:
+        """How many gradient (and parameter-gather) buckets a stage of `params` parameters per TP rank and `layers`
+        blocks reduces in."""
+        if self.grad_reduce != "per_bucket" or (self.bucket_first_rank_only and pipeline_rank > 0):
+            return 1
+        if self.bucket_params is None:
+            return layers + 1
+        size = max(self.bucket_params, 1e6 * dp)  # Megatron-Core's default grows with the DP group
+        return max(1, int(-(-params // size)))
+
+    def export_lines(self, target: str, config) -> list[str]:
+        """The settings of `target` ("megatron" arguments or "torchtitan" TOML lines) that make it run `config` as
+        modelled; settings that apply to a feature the config does not use are left out."""
+        entries = {"megatron": self.megatron_args, "torchtitan": self.torchtitan_settings}[target]
+        return [line for when, flag, line in entries if _applies(when, config) and self._holds(flag)]
+
+    def _holds(self, flag: str) -> bool:
+        name, _, value = flag.partition("=")
+        current = getattr(self, name)
+        return str(current) == value if value else bool(current)
+
+
+def _applies(when: str, c) -> bool:
+    """Whether a setting's condition holds for config `c`: "always", "dp" (data parallel > 1), "sharded" (ZeRO >= 1
+    over dp > 1), "sp" (sequence parallelism with tp > 1), "pp" (pipeline > 1)."""
+    return {"always": True, "dp": c.dp > 1, "sharded": c.zero_sharded, "sp": c.sequence_parallel and c.tp > 1,
+            "pp": c.pp > 1}[when]
+
+
+PRESETS: dict[str, Execution] = {
+    # The defaults: FSDP2 gathers unit by unit with implicit prefetch; ZeRO-0's GradReducer and FSDP2 reduce per
+    # block during the last micro-batch's backward (execute/parallelize.py); ZeRO-1 runs as ZeRO-2 (FSDP2).
+    "autoconf": Execution(),
+    "megatron": Execution(
+        name="megatron", memory_layout="megatron", zero_stages=(0, 1, 2, 3), zero_searched=(0, 1, 2, 3),
+        grad_reduce="after_flush", param_gather_overlap=False, blocking_p2p=True, p2p_scatter_gather=True,
+        executor_overheads=False,
+        megatron_args=(("sharded", "memory_layout=megatron", "--use-distributed-optimizer"),)),
+    "megatron-core": Execution(
+        name="megatron-core", memory_layout="megatron", zero_stages=(0, 1), zero_searched=(0, 1),
+        distributed_optimizer=True, grad_reduce="per_bucket", bucket_params=40e6, bucket_first_rank_only=True,
+        param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False,
+        megatron_args=(("dp", "grad_reduce=per_bucket", "--overlap-grad-reduce"),
+                       ("sharded", "distributed_optimizer", "--use-distributed-optimizer"),
+                       ("sharded", "param_gather_overlap", "--overlap-param-gather"),
+                       ("sp", "tp_comm_overlap", "--tp-comm-overlap"))),
+    "torchtitan": Execution(
+        name="torchtitan", memory_layout="torch", zero_stages=(0, 2, 3), zero_searched=(0, 2, 3),
+        grad_reduce="per_bucket", param_gather_overlap=True, selective_recompute="alternate_matmuls",
+        executor_overheads=False,
+        torchtitan_settings=(("always", "memory_layout=torch", 'mixed_precision_reduce = "float32"'),)),
+}
+DEFAULT = "autoconf"
+
+
+def execution(name: str = DEFAULT) -> Execution:
+    """The preset called `name`; an unknown name is a one-line error listing the known ones."""
+    try:
+        return PRESETS[name]
+    except (KeyError, TypeError):
+        raise UserError(f"unknown framework {name!r}; known: {', '.join(PRESETS)}") from None
+
+
+# Flags a user may change on a preset (`--framework-flag KEY=VALUE`): the behaviour, not the name or export data.
+USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_reduce", "bucket_params",
+              "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
+              "selective_recompute", "executor_overheads")
+
+
+def parse_flags(pairs) -> dict:
+    """KEY=VALUE strings into typed flags: true/false for the yes-no flags, a number or "none" for bucket_params,
+    comma-separated stages for zero_stages, a name otherwise. One-line errors name the known flags."""
+    out = {}
+    defaults = Execution()
+    for item in pairs:
+        key, sep, value = str(item).partition("=")
+        key, value = key.strip().replace("-", "_"), value.strip()
+        if not sep or key not in USER_FLAGS:
+            raise UserError(f"--framework-flag {item!r} must be KEY=VALUE with KEY one of {', '.join(USER_FLAGS)}")
+        current = getattr(defaults, key)
+        try:
+            if isinstance(current, bool):
+                if value.lower() not in ("true", "false"):
+                    raise ValueError
+                out[key] = value.lower() == "true"
+            elif key == "bucket_params":
+                out[key] = None if value.lower() == "none" else float(value)
+            elif key == "zero_stages":
+                out[key] = tuple(sorted({int(v) for v in value.split(",")}))
+            else:
+                out[key] = value
+        except ValueError:
+            raise UserError(f"--framework-flag {key}: cannot read {value!r} (e.g. {key}={_example(current)})") from None
+    return out
+
+
+def _example(current) -> str:
+    if isinstance(current, bool):
+        return "true"
+    if isinstance(current, tuple):
+        return ",".join(map(str, current))
+    return "none" if current is None else str(current)
+
+
+def with_flags(preset: Execution, flags: dict) -> Execution:
+    """A preset with some flags changed and checked; the searched ZeRO stages follow the runnable ones."""
+    if not flags:
+        return preset
+    if "zero_stages" in flags:
+        kept = tuple(z for z in preset.zero_searched if z in flags["zero_stages"])
+        flags = {**flags, "zero_searched": kept or flags["zero_stages"]}
+    return preset.replace(**flags)
+
+
+def changed_flags(ex: Execution) -> dict:
+    """The user flags in which `ex` differs from its preset (recorded in a plan beside the preset's name)."""
+    preset = execution(ex.name)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k in USER_FLAGS
+            if (v := getattr(ex, k)) != getattr(preset, k)}
+
+
+def plan_execution(prediction: dict) -> Execution:
+    """The execution a plan was predicted with: its preset (plans written before frameworks were recorded:
+    autoconf) with the flags the plan records as changed."""
+    flags = prediction.get("framework_flags") or {}
+    if not isinstance(flags, dict):
+        raise UserError("prediction.framework_flags must be an object of flag -> value")
+    typed = {k: (tuple(v) if isinstance(v, list) else v) for k, v in flags.items()}
+    return with_flags(execution(prediction.get("framework", DEFAULT)), typed)

@@ -1,0 +1,111 @@
+"""Compares `estimate` with the Megatron-LM README's H100 weak-scaling table (Megatron-Core r0.8.0).
+
+Every row of scripts/data/megatron_core_h100_weak_scaling.csv (its header cites the source) is estimated with the
+`megatron-core` framework preset on the bundled dgx-h100-80g profile (data-sheet numbers, nothing fitted). The table
+publishes per-GPU teraFLOP/s, MFU and the layout; its step time follows from Megatron's FLOPs formula
+(`num_floating_point_operations`: 72 B s l h^2 (1 + s/(6h) + V/(12 l h)) for a GPT with a 4h MLP), which counts the
+same FLOPs as `ModelSpec.model_flops_per_iteration`, so published and predicted MFU and throughput compare directly.
+
+What the table does not publish, taken here as Megatron's defaults for such runs (stated, the same for every row):
+GPT blocks (LayerNorm, GeLU MLP of 4h, untied input and output embeddings: the parameter counts of the table's
+sizes need them), bf16, flash attention, no dropout, micro-batch 1, no activation recompute, sequence parallelism
+wherever tp > 1 (--tp-comm-overlap needs it), the distributed optimizer (ZeRO-1; --overlap-param-gather needs it),
+the 1F1B schedule without interleaving.
+
+Usage: python scripts/truth_megatron_core.py [--json] [--framework NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from autoconf.cost.estimate import estimate
+from autoconf.spec.cluster import load_cluster
+from autoconf.spec.frameworks import execution
+from autoconf.spec.model import ModelSpec
+from autoconf.spec.plan import ParallelConfig
+
+DATA = Path(__file__).resolve().parent / "data" / "megatron_core_h100_weak_scaling.csv"
+PROFILE = "dgx-h100-80g"
+SEQ, VOCAB = 4096, 131072
+
+
+def read_rows(path: Path = DATA) -> list[dict]:
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    return list(csv.DictReader(lines))
+
+
+def model_of(row: dict) -> ModelSpec:
+    h = int(row["hidden"])
+    heads = int(row["heads"])
+    return ModelSpec(name=f"megatron-core-{row['model']}", arch="gpt", num_layers=int(row["layers"]), hidden_size=h,
+                     num_heads=heads, num_kv_heads=heads, ffn_hidden_size=4 * h, vocab_size=VOCAB, max_seq_len=SEQ,
+                     tied_embeddings=False, dropout=0.0)
+
+
+def config_of(row: dict) -> ParallelConfig:
+    tp, pp, dp = int(row["tp"]), int(row["pp"]), int(row["dp"])
+    return ParallelConfig(tp=tp, pp=pp, dp=dp, micro_batch_size=1, global_batch_size=int(row["global_batch"]),
+                          seq_len=SEQ, schedule="1f1b", zero_stage=1, recompute="none", sequence_parallel=tp > 1,
+                          dtype="bf16", attention="flash")
+
+
+def compare(framework: str = "megatron-core") -> dict:
+    rows, errors = [], []
+    for row in read_rows():
+        model, c = model_of(row), config_of(row)
+        gpus = int(row["gpus"])
+        assert c.world_size == gpus, row
+        cluster = load_cluster(PROFILE, nodes=gpus // 8)
+        plan = estimate(model, cluster, c, execution=execution(framework))
+        p = plan.prediction
+        flops = model.model_flops_per_iteration(SEQ, c.global_batch_size)
+        published_s = flops / (float(row["tflops_per_gpu"]) * 1e12 * gpus)
+        tokens_per_gpu = c.global_batch_size * SEQ / gpus
+        error = published_s / p["iteration_time_s"] - 1  # of the throughput
+        errors.append(abs(error))
+        terms = p["time_breakdown"]
+        rows.append({"model": row["model"], "layout": f"tp{c.tp} pp{c.pp} dp{c.dp}", "gpus": gpus,
+                     "published_mfu_pct": float(row["mfu_pct"]),
+                     "predicted_mfu_pct": round(100 * p["mfu"], 1),
+                     "published_tokens_per_s_per_gpu": round(tokens_per_gpu / published_s),
+                     "predicted_tokens_per_s_per_gpu": round(tokens_per_gpu / p["iteration_time_s"]),
+                     "error_pct": round(100 * error, 2),
+                     "predicted_step_s": round(p["iteration_time_s"], 3), "published_step_s": round(published_s, 3),
+                     "peak_memory_GiB": round(p["peak_memory_bytes"] / 2**30, 1),
+                     "breakdown_s": {k: round(v, 3) for k, v in terms.items()}})
+    summary = {"throughput_mean_abs_error_pct": round(100 * sum(errors) / len(errors), 2),
+               "throughput_max_abs_error_pct": round(100 * max(errors), 2), "rows": len(rows)}
+    return {"profile": PROFILE, "framework": framework, "rows": rows, "summary": summary}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--framework", default="megatron-core")
+    args = parser.parse_args(argv)
+    result = compare(args.framework)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"Throughput vs the Megatron-LM README H100 weak-scaling table (Megatron-Core r0.8.0), "
+          f"framework={result['framework']}, profile={result['profile']}")
+    print(f"{'model':6s} {'layout':15s} {'GPUs':>5s} {'MFU pub':>8s} {'MFU pred':>8s} {'tok/s/GPU pub':>13s} "
+          f"{'pred':>7s} {'error':>8s} {'mem GiB':>8s}")
+    for r in result["rows"]:
+        print(f"{r['model']:6s} {r['layout']:15s} {r['gpus']:5d} {r['published_mfu_pct']:7.0f}% "
+              f"{r['predicted_mfu_pct']:7.1f}% {r['published_tokens_per_s_per_gpu']:13d} "
+              f"{r['predicted_tokens_per_s_per_gpu']:7d} {r['error_pct']:+7.2f}% {r['peak_memory_GiB']:8.1f}")
+    s = result["summary"]
+    print(f"throughput: mean |error| {s['throughput_mean_abs_error_pct']:.2f}%, "
+          f"max {s['throughput_max_abs_error_pct']:.2f}% over {s['rows']} rows "
+          f"(error = predicted / published throughput - 1)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

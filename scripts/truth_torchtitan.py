@@ -1,0 +1,117 @@
+"""Compares `estimate` with torchtitan's published throughput and peak memory.
+
+Rows: scripts/data/torchtitan_published.csv (its header cites the sources). Each row is estimated with the
+`torchtitan` framework preset on the profile the data file names for it (nothing fitted); a row that needs what the
+cost model does not describe (torch.compile, Float8, async TP, layer-frequency selective recompute) is listed with the
+reason and left out of the errors.
+
+torchtitan's layouts as its configs run them: FSDP2 over dp (fully_shard per block, reshard after forward without
+pipelining: ZeRO 3), tensor parallelism with sequence parallelism, one micro-batch per step (local batch = micro-batch),
+bf16 parameters with fp32 gradient reduction, flash (SDPA) attention; the Llama 3 / 3.1 presets (the 3.1 models differ
+from 3 only in RoPE scaling and context, which cost nothing here at seq 8192).
+
+Usage: python scripts/truth_torchtitan.py [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from autoconf.cost.estimate import estimate
+from autoconf.spec.cluster import load_cluster
+from autoconf.spec.frameworks import execution
+from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.presets import load_model
+
+DATA = Path(__file__).resolve().parent / "data" / "torchtitan_published.csv"
+GIB = 2**30
+
+
+def read_rows(path: Path = DATA) -> list[dict]:
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    return list(csv.DictReader(lines))
+
+
+def not_modelled(row: dict) -> str | None:
+    """Why a row is outside what the cost model describes, or None."""
+    needs = [name for name in ("compile", "float8", "async_tp") if row[name] == "1"]
+    if row["recompute"] == "selective-layer":
+        needs.append("selective recompute every k-th layer")
+    return ", ".join(needs) or None
+
+
+def config_of(row: dict) -> ParallelConfig:
+    tp, dp, b = int(row["tp"]), int(row["dp"]), int(row["local_batch"])
+    return ParallelConfig(tp=tp, pp=1, dp=dp, micro_batch_size=b, global_batch_size=b * dp,
+                          seq_len=int(row["seq_len"]), zero_stage=3 if dp > 1 else 0, recompute=row["recompute"],
+                          sequence_parallel=tp > 1, dtype="bf16", attention="flash")
+
+
+def compare() -> dict:
+    rows, skipped, tps_errors, mem_errors = [], [], [], []
+    for row in read_rows():
+        label = f"{row['source']}: {row['model']} {row['gpus']} GPUs tp{row['tp']} dp{row['dp']} b{row['local_batch']}"
+        reason = not_modelled(row)
+        if reason:
+            skipped.append({"row": label, "needs": reason})
+            continue
+        c = config_of(row)
+        gpus = int(row["gpus"])
+        cluster = load_cluster(row["profile"], nodes=max(1, gpus // 8))
+        plan = estimate(load_model(row["model"]), cluster, c, execution=execution("torchtitan"))
+        p = plan.prediction
+        predicted_tps = p["tokens_per_s"] / gpus
+        published_tps = float(row["tokens_per_s_per_gpu"])
+        error = predicted_tps / published_tps - 1
+        tps_errors.append(abs(error))
+        out = {"row": label, "recompute": c.recompute, "profile": row["profile"],
+               "published_tokens_per_s_per_gpu": published_tps, "predicted_tokens_per_s_per_gpu": round(predicted_tps),
+               "tps_error_pct": round(100 * error, 2), "predicted_mfu_pct": round(100 * p["mfu"], 1),
+               "published_mfu_pct": float(row["mfu_pct"]) if row["mfu_pct"] else None,
+               "predicted_memory_GiB": round(p["peak_memory_bytes"] / GIB, 1),
+               "published_memory_GiB": float(row["memory_gib"]) if row["memory_gib"] else None,
+               "memory_error_pct": None}
+        if out["published_memory_GiB"]:
+            mem_error = p["peak_memory_bytes"] / GIB / out["published_memory_GiB"] - 1
+            mem_errors.append(abs(mem_error))
+            out["memory_error_pct"] = round(100 * mem_error, 2)
+        rows.append(out)
+    summary = {"throughput_mean_abs_error_pct": round(100 * sum(tps_errors) / len(tps_errors), 2),
+               "throughput_max_abs_error_pct": round(100 * max(tps_errors), 2), "throughput_rows": len(tps_errors),
+               "memory_mean_abs_error_pct": round(100 * sum(mem_errors) / len(mem_errors), 2),
+               "memory_max_abs_error_pct": round(100 * max(mem_errors), 2), "memory_rows": len(mem_errors)}
+    return {"framework": "torchtitan", "rows": rows, "not_modelled": skipped, "summary": summary}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    result = compare()
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print("torchtitan published runs vs estimate, framework=torchtitan (profile per row from the data file)")
+    print(f"{'row':54s} {'profile':25s} {'tok/s/GPU pub':>13s} {'pred':>6s} {'error':>8s} "
+          f"{'GiB pub':>8s} {'pred':>6s} {'error':>8s}")
+    for r in result["rows"]:
+        mem_pub = f"{r['published_memory_GiB']:8.1f}" if r["published_memory_GiB"] else f"{'-':>8s}"
+        mem_err = f"{r['memory_error_pct']:+7.2f}%" if r["memory_error_pct"] is not None else f"{'-':>8s}"
+        print(f"{r['row']:54s} {r['profile']:25s} {r['published_tokens_per_s_per_gpu']:13.0f} "
+              f"{r['predicted_tokens_per_s_per_gpu']:6d} {r['tps_error_pct']:+7.2f}% {mem_pub} "
+              f"{r['predicted_memory_GiB']:6.1f} {mem_err}")
+    for r in result["not_modelled"]:
+        print(f"{r['row']:54s} not modelled: needs {r['needs']}")
+    s = result["summary"]
+    print(f"throughput: mean |error| {s['throughput_mean_abs_error_pct']:.2f}%, "
+          f"max {s['throughput_max_abs_error_pct']:.2f}% over {s['throughput_rows']} rows; memory: mean |error| {s['memory_mean_abs_error_pct']:.2f}%, "
+          f"max {s['memory_max_abs_error_pct']:.2f}% over {s['memory_rows']} rows")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

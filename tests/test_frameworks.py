@@ -1,0 +1,205 @@
+"""Frameworks as named behaviour flags (autoconf/spec/frameworks.py) and the overlap they model."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from autoconf.cost.estimate import estimate
+from autoconf.cost.simulate import StageCosts, simulate
+from autoconf.errors import UserError
+from autoconf.spec.cluster import load_cluster
+from autoconf.spec.frameworks import PRESETS, Execution, execution
+from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.presets import PRESETS as MODELS
+from autoconf.spec.schedules import build_schedule
+
+H100 = load_cluster("dgx-h100-80g", nodes=4)
+MODEL = MODELS["gpt3-1.3b"]
+
+
+def cfg(**kw) -> ParallelConfig:
+    base = dict(tp=2, pp=2, dp=8, micro_batch_size=1, global_batch_size=64, seq_len=2048, zero_stage=1,
+                sequence_parallel=True, dtype="bf16")
+    return ParallelConfig(**{**base, **kw})
+
+
+def test_presets_are_the_named_frameworks_and_the_cli_choices():
+    """The four frameworks of the design exist, autoconf's executor is the default flags, and both CLI commands
+    offer exactly the presets."""
+    from autoconf.cli import estimate as estimate_cmd
+    from autoconf.cli import plan as plan_cmd
+
+    assert list(PRESETS) == ["autoconf", "megatron", "megatron-core", "torchtitan"]
+    assert PRESETS["autoconf"] == Execution()
+    for command in (estimate_cmd, plan_cmd):
+        option = next(p for p in command.params if p.name == "framework")
+        assert list(option.type.choices) == list(PRESETS)
+
+
+def test_a_framework_name_is_not_a_positional_flag():
+    """Execution takes named flags only, so an old `Execution("megatron")` fails loudly instead of silently meaning
+    the executor's flags under another name."""
+    with pytest.raises(TypeError):
+        Execution("megatron")  # type: ignore[misc]
+
+
+def test_overlapped_param_gather_without_distributed_optimizer_is_one_line_naming_the_fix():
+    with pytest.raises(UserError) as err:
+        execution("megatron-core").replace(distributed_optimizer=False)
+    message = str(err.value)
+    assert "\n" not in message and "--use-distributed-optimizer" in message and "overlap" in message
+    with pytest.raises(UserError, match="--overlap-grad-reduce"):
+        execution("megatron-core").replace(grad_reduce="after_flush")
+    # turning both off is a framework Megatron can run
+    assert not execution("megatron-core").replace(distributed_optimizer=False, param_gather_overlap=False,
+                                                  zero_stages=(0,), zero_searched=(0,)).param_gather_overlap
+
+
+def test_unknown_framework_and_flag_names_list_the_known_ones():
+    with pytest.raises(UserError, match="megatron-core") as err:
+        execution("deepspeed")
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="grad_reduce"):
+        execution("autoconf").replace(overlap_everything=True)
+
+
+def test_a_zero_stage_the_framework_cannot_run_names_those_that_can():
+    with pytest.raises(UserError) as err:
+        estimate(MODEL, H100, cfg(zero_stage=3, pp=1, dp=16), execution=execution("megatron-core"))
+    message = str(err.value)
+    assert "0, 1" in message and "autoconf" in message and "torchtitan" in message
+
+
+def test_cli_refuses_an_unknown_framework_in_one_line():
+    from click.testing import CliRunner
+
+    from autoconf.cli import main
+
+    out = CliRunner().invoke(main, ["estimate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--tp", "1",
+                                    "--pp", "1", "--dp", "1", "--micro-batch", "1", "--global-batch", "1",
+                                    "--framework", "deepspeed"])
+    assert out.exit_code == 2 and "megatron-core" in out.output and "Traceback" not in out.output
+
+
+def test_gradient_buckets_leave_only_the_last_one_after_the_backward():
+    """One rank, one stage, one micro-batch: F=1, B=2, a reduction of 1 s in 4 buckets. Bucket j is ready at
+    1 + 2 (j+1)/4 and takes 0.25 s, so the stream ends 0.25 s after the backward; in one bucket it ends 1 s after."""
+    schedule = build_schedule("1f1b", 1, 1, 1)
+    costs = StageCosts([1.0], [2.0], [0.0])
+    assert simulate(schedule, costs, 0.0, [0.0], [1.0], reduce_buckets=[4]).makespan == pytest.approx(3.25)
+    assert simulate(schedule, costs, 0.0, [0.0], [1.0], reduce_buckets=[1]).makespan == pytest.approx(4.0)
+    # a reduction longer than the backward: the buckets queue, and the stream ends at its own pace
+    assert simulate(schedule, costs, 0.0, [0.0], [4.0], reduce_buckets=[4]).makespan == pytest.approx(1.5 + 4.0)
+
+
+def test_gather_buckets_start_the_forward_after_the_first_and_end_it_after_the_last():
+    """A 2 s gather in 4 buckets before a 1 s forward: the forward starts at 0.5 s (the first bucket), and ends no
+    earlier than the last bucket (2 s) plus the compute of its share (0.25 s)."""
+    schedule = build_schedule("1f1b", 1, 1, 1)
+    costs = StageCosts([1.0], [2.0], [0.0])
+    timeline = simulate(schedule, costs, 0.0, [2.0], gather_buckets=[4])
+    (_, start, end), _ = timeline.events[0]
+    assert start == pytest.approx(0.5) and end == pytest.approx(2.25)
+    assert simulate(schedule, costs, 0.0, [2.0]).events[0][0][1] == pytest.approx(2.0)  # whole gather first
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_breakdown_adds_up_for_every_framework(name):
+    zero = 1 if 1 in PRESETS[name].zero_stages else 2
+    plan = estimate(MODEL, H100, cfg(zero_stage=zero), execution=execution(name))
+    p = plan.prediction
+    assert p["framework"] == name
+    assert sum(p["time_breakdown"].values()) == pytest.approx(p["iteration_time_s"], rel=1e-9)
+
+
+def test_overlapped_dp_communication_shortens_the_exposed_dp_term():
+    """Megatron-Core's per-bucket reduction and prefetched gather expose less DP time than the same flags with
+    the reduction after the flush and the gather whole before the first forward."""
+    core = execution("megatron-core")
+    serial = core.replace(param_gather_overlap=False, grad_reduce="after_flush")
+    c = cfg(pp=1, dp=16, global_batch_size=64)
+    fast = estimate(MODEL, H100, c, execution=core).prediction["time_breakdown"]["dp_comm"]
+    slow = estimate(MODEL, H100, c, execution=serial).prediction["time_breakdown"]["dp_comm"]
+    assert 0 < fast < slow
+
+
+def test_tp_comm_overlap_applies_under_sequence_parallelism_only():
+    core = execution("megatron-core")
+    plain = core.replace(tp_comm_overlap=False)
+    for sp, smaller in ((True, True), (False, False)):
+        c = cfg(sequence_parallel=sp)
+        a = estimate(MODEL, H100, c, execution=core).prediction["time_breakdown"]["tp_comm"]
+        b = estimate(MODEL, H100, c, execution=plain).prediction["time_breakdown"]["tp_comm"]
+        assert (a < b) if smaller else a == pytest.approx(b)
+
+
+def test_exporters_emit_the_flags_of_the_modelled_framework():
+    from autoconf.report.exporters import megatron_args, torchtitan_toml
+
+    core = megatron_args(estimate(MODEL, H100, cfg(), execution=execution("megatron-core")))
+    old = megatron_args(estimate(MODEL, H100, cfg(), execution=execution("megatron")))
+    for flag in ("--overlap-grad-reduce", "--overlap-param-gather", "--use-distributed-optimizer",
+                 "--tp-comm-overlap"):
+        assert core.count(flag + "\n") == 1, flag
+    assert "--overlap-grad-reduce" not in old and "--tp-comm-overlap" not in old
+    titan = torchtitan_toml(estimate(MODEL, H100, cfg(zero_stage=2), execution=execution("torchtitan")))
+    assert 'mixed_precision_reduce = "float32"' in titan
+
+
+def test_old_plans_without_a_framework_read_as_autoconf():
+    from autoconf.spec.frameworks import plan_execution
+
+    assert plan_execution({}) is PRESETS["autoconf"]
+    assert plan_execution({"framework": "torchtitan"}) is PRESETS["torchtitan"]
+
+
+@pytest.mark.parametrize("name", ["megatron-core", "torchtitan"])
+def test_search_bounds_stay_below_the_overlapped_estimate(name):
+    """Pruning stays safe with the overlap: each bound is at most the estimate's time, over candidates with data
+    parallelism (where the overlap acts) of a GPU cluster."""
+    from autoconf.solve.search import _BoundCache
+    from autoconf.solve.space import candidates
+    from autoconf.spec.support import unsupported_reason
+
+    ex = execution(name)
+    cache = _BoundCache(MODEL, H100, ex)
+    configs = (c for c in candidates(MODEL, H100.world_size, H100.gpus_per_node, 64, 2048, "bf16",
+                                     zero_stages=ex.zero_searched)
+               if c.dp > 1 and not unsupported_reason(c))
+    checked = 0
+    for config in itertools.islice(configs, 0, None, 7):
+        p = estimate(MODEL, H100, config, execution=ex, detail=False).prediction
+        assert cache.time_bound(config) <= p["iteration_time_s"] * (1 + 1e-9), config
+        checked += 1
+        if checked == 60:
+            break
+    assert checked == 60
+
+
+def test_cli_framework_flags_are_checked_recorded_and_exported():
+    """--framework-flag changes a preset's flag: a combination Megatron cannot run is one line naming the fix; a
+    runnable change is recorded in the plan, read back by `plan_execution`, and the exported arguments follow it."""
+    import json
+
+    from click.testing import CliRunner
+
+    from autoconf.cli import main
+    from autoconf.report.exporters import megatron_args
+    from autoconf.spec.frameworks import plan_execution
+    from autoconf.spec.plan import Plan
+
+    base = ["estimate", "--model", "gpt3-1.3b", "--cluster", "dgx-h100-80g", "--tp", "1", "--pp", "1", "--dp", "8",
+            "--micro-batch", "1", "--global-batch", "8", "--zero", "1", "--framework", "megatron-core"]
+    bad = CliRunner().invoke(main, base + ["--framework-flag", "distributed_optimizer=false"])
+    assert bad.exit_code == 2 and "param_gather_overlap=false" in bad.output and "Traceback" not in bad.output
+    unknown = CliRunner().invoke(main, base + ["--framework-flag", "overlap=yes"])
+    assert unknown.exit_code == 2 and "grad_reduce" in unknown.output
+    out = CliRunner().invoke(main, base + ["--framework-flag", "param_gather_overlap=false", "--json"])
+    assert out.exit_code == 0, out.output
+    plan = Plan.from_dict(json.loads(out.output))
+    assert plan.prediction["framework_flags"] == {"param_gather_overlap": False}
+    assert plan_execution(plan.prediction) == execution("megatron-core").replace(param_gather_overlap=False)
+    args = megatron_args(plan)
+    assert "--overlap-grad-reduce" in args and "--overlap-param-gather" not in args
