@@ -27,7 +27,7 @@ from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, measur
 from autoconf.cost.memory import stage_memory, stage_params
 from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order_peaks, simulate
 from autoconf.spec.cluster import ClusterProfile
-from autoconf.spec.dtypes import DTYPE_BYTES
+from autoconf.spec.dtypes import DTYPE_BYTES, check_dtype, gather_bytes, precision
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, uniform_partition
@@ -130,7 +130,7 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
                    units: int = 1) -> tuple[float, float, float]:
     """(gather per forward/backward pass, gather once per step, gradient reduction) of a stage holding `params`
     parameters per TP rank: ZeRO-0 all-reduces fp32 gradients in one bucket; FSDP (ZeRO >= 1, one unit per block
-    plus the stage's root, `units` in all) reduce-scatters them and gathers the compute-dtype parameters once per
+    plus the stage's root, `units` in all) reduce-scatters them and gathers the parameters (`gather_bytes`: fp8 under fp8) once per
     step, or at ZeRO-3 again for every pass (reshard after forward) except under looped-bfs, where all
     micro-batches pass a chunk together. Each FSDP unit is its own collective and pays the profile's
     `collective_sync_s`."""
@@ -140,7 +140,8 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
         return 0.0, 0.0, collective_time(cluster, "all_reduce", params * 4, devices)
     extra = (units - 1) * cluster.overhead("collective_sync_s")
     reduce = collective_time(cluster, "reduce_scatter", params * 4, devices) + extra
-    gather = collective_time(cluster, "all_gather", params * DTYPE_BYTES[c.dtype], devices) + extra
+    # fp8: every parameter at the fp8 gather's byte (the bf16 embedding, norms and head too: a small undercount)
+    gather = collective_time(cluster, "all_gather", params * gather_bytes(c.dtype), devices) + extra
     if c.zero_stage == 3 and not schedule_spec(c.schedule).fsdp_gather_per_chunk:
         return gather, 0.0, reduce
     return 0.0, gather, reduce
@@ -278,6 +279,7 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
     (collectives, optimizer, step overhead) is `iteration_time_s`.
     """
     c = config.check(model, cluster.world_size)
+    check_dtype(c.dtype, cluster.device.peak_flops, cluster.device.name)
     partition = [list(p) for p in (partition or default_partition(model, c))]
     grid = RankGrid(default_mesh(c) if mesh is None else mesh)
     extrapolate = extrapolate and not detail and c.num_microbatches > EXTRAPOLATE_ABOVE * c.pp
@@ -317,7 +319,7 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
     tokens = c.global_batch_size * c.seq_len
     model_flops = model.model_flops_per_iteration(c.seq_len, c.global_batch_size)
     hardware_flops = model.hardware_flops_per_iteration(c.seq_len, c.global_batch_size, c.recompute)
-    peak_flops = cluster.device.peak(c.dtype)
+    peak_flops = cluster.device.peak(precision(c.dtype).element)  # fp8: MFU at the bf16 peak (torchtitan reports none)
     prediction = {
         "iteration_time_s": iteration,
         "tokens_per_s": tokens / iteration,
