@@ -15,7 +15,8 @@ import torch
 
 from autoconf.cost.compute import _spec_pieces, gemms_time, layer_gemms
 from autoconf.cost.estimate import dp_collectives, estimate
-from autoconf.cost.fp8 import block_linears, cast_bytes_per_element, float8_linear_saved_bytes, scaling_time
+from autoconf.cost.fp8 import (block_linears, cast_bytes_per_element, float8_linear_saved_bytes, input_cast_elements,
+                               scaling_time)
 from autoconf.errors import UserError
 from autoconf.report.exporters import megatron_args, torchtitan_toml
 from autoconf.spec.cluster import ClusterProfile, load_cluster
@@ -95,6 +96,19 @@ def test_fp8_estimate_is_faster_than_bf16_but_not_twice():
     g8 = dp_collectives(cluster, _config("fp8"), 1e9, devices)[0]
     assert g8 < g16 and dp_collectives(cluster, _config("bf16", zero_stage=0), 1e9, devices)[0] == 0
 
+
+
+def test_tp_regions_cast_each_input_once_on_the_sequence_shard():
+    """With tp > 1 (torchao's float8 TP styles) the attention and MLP regions cast their input once, before the
+    all-gather: fewer elements than one cast per linear, and sequence parallelism shrinks those two casts by tp;
+    the weight-gradient pass re-casts only the row-parallel linears' inputs."""
+    model, tokens = load_model("llama3-8b"), 8192 * 2
+    per_linear = sum(tokens * k for k, _ in block_linears(model, 8))
+    fwd, bwd = input_cast_elements(model, _config("fp8", tp=8))
+    fwd_sp, bwd_sp = input_cast_elements(model, _config("fp8", tp=8, sequence_parallel=True))
+    assert fwd_sp < fwd < per_linear and bwd_sp == bwd < fwd_sp
+    assert fwd - fwd_sp == pytest.approx(2 * tokens * model.hidden_size * (1 - 1 / 8))
+    assert input_cast_elements(model, _config("fp8")) == (sum(tokens * k for k, _ in block_linears(model, 1)),) * 2
 
 @pytest.mark.parametrize("verb", ["estimate", "plan"])
 def test_fp8_on_a_device_without_it_is_one_clear_line(verb):

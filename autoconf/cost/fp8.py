@@ -10,7 +10,8 @@ fp8 first reduces its absolute maximum (a read of the bf16 tensor), then reads i
 2 + 1 = 5 bytes per element, memory-bound. Per linear layer of K inputs and N outputs on T tokens the forward casts
 the input (T x K) and the weight (K x N); the input-gradient pass casts the output gradient (T x N) and the weight
 again; the weight-gradient pass casts the output gradient once more (T x N, for the other GEMM operand layout) and
-the saved bf16 input again (T x K). Under FSDP with fp8 all-gather the weight arrives already in fp8 (cast on the
+the saved bf16 input again (T x K); under TP, torchao's float8 TP styles cast each TP region's input once
+(`input_cast_elements`). Under FSDP with fp8 all-gather the weight arrives already in fp8 (cast on the
 rank's 1/dp shard before the gather), so its casts shrink to the shard in the forward and vanish in the backward.
 Eager counts: torch.compile fuses some of these passes, so this is the upper end of the overhead.
 """
@@ -51,14 +52,38 @@ def scaling_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -
     fp8_gather = p.gather == "fp8" and c.zero_sharded
     weight_forward = 1.0 / c.dp if fp8_gather else 1.0
     weight_backward = 0.0 if fp8_gather else 1.0
-    inputs = sum(tokens * k for k, _ in block_linears(model, c.tp))
-    outputs = sum(tokens * n for _, n in block_linears(model, c.tp))
-    weights = sum(k * n for k, n in block_linears(model, c.tp))
+    linears = block_linears(model, c.tp)
+    outputs = sum(tokens * n for _, n in linears)
+    weights = sum(k * n for k, n in linears)
+    forward_inputs, backward_inputs = input_cast_elements(model, c)
     seconds_per_element = cast_bytes_per_element(p.element) / (cluster.device.memory_bandwidth_Bps *
                                                                cluster.eff("memory"))
-    return ((inputs + weight_forward * weights) * seconds_per_element,
+    return ((forward_inputs + weight_forward * weights) * seconds_per_element,
             (outputs + weight_backward * weights) * seconds_per_element,
-            (outputs + inputs) * seconds_per_element)
+            (outputs + backward_inputs) * seconds_per_element)
+
+
+def input_cast_elements(model: ModelSpec, c: ParallelConfig) -> tuple[float, float]:
+    """Elements of linear-layer inputs cast to fp8 per block and micro-batch on one TP rank, in the forward and
+    again in the weight-gradient pass.
+
+    tp 1 (the executor's Float8Linear): every linear casts its own input in the forward and re-casts its saved
+    bf16 input in the backward, so Q, K and V (and gate and up) each cast the same tensor. tp > 1: torchao's float8
+    TP styles, which torchtitan applies with tensorwise float8 (`PrepareFloat8ModuleInput`,
+    `Float8ColwiseParallel`, `Float8RowwiseParallel` in `torchao/float8/float8_tensor_parallel.py`): each TP region
+    (attention, MLP) casts its input once, on the rank's sequence shard under sequence parallelism, before the
+    all-gather, and its column-parallel linears use (and save) that fp8 tensor, so only the row-parallel linears
+    (output projection, down matrix) cast their inputs in both passes. The executor does not run fp8 with TP
+    (`autoconf.spec.support`)."""
+    tokens = c.seq_len * c.micro_batch_size
+    linears = block_linears(model, c.tp)
+    every = sum(tokens * k for k, _ in linears)
+    if c.tp == 1:
+        return every, every
+    h, f, t = model.hidden_size, model.ffn_hidden_size, c.tp
+    row_parallel = tokens * (h // t + f // t)
+    regions = 2 * tokens * h / (t if c.sequence_parallel else 1)
+    return regions + row_parallel, row_parallel
 
 
 def float8_linear_saved_bytes(tokens: int, in_features: int, dtype: str) -> int:
