@@ -7,9 +7,11 @@ way). Under FSDP (ZeRO >= 1 over dp > 1) the weights are all-gathered in fp8 (`e
 It runs after the model is materialised and before FSDP wraps it (torchtitan's order: converters, then
 parallelisms).
 
-Where it runs: on CUDA GPUs of compute capability >= 8.9 (Hopper, Ada and newer; `torch._scaled_mm`'s FP8 kernels);
-with torch 2.13 Float8Linear also runs on CPU (torch's CPU `_scaled_mm`), which tests/test_fp8.py uses to check the
-numerics against bf16 and the bytes saved for the backward. TP is not combined with it here (torchao's TP needs its
+Where it runs: on CUDA GPUs of compute capability >= 8.9 (Hopper, Ada and newer; `torch._scaled_mm`'s FP8 kernels).
+On CPU the FP8 GEMM is emulated (torchao's `emulate`: the same casts, amax scales and fp8 rounding of the inputs,
+the product taken in high precision): torch 2.13 does run `_scaled_mm` on CPU, but about 0.3 s for a 64x64x176
+GEMM (measured on this machine under load), too slow even for tests. tests/test_fp8.py uses the emulation to check
+the numerics against bf16, the casts and the bytes saved for the backward. TP is not combined with it here (torchao's TP needs its
 own Float8ColwiseParallel / Float8RowwiseParallel styles): `autoconf.spec.support` refuses fp8 with tp > 1.
 """
 
@@ -45,7 +47,7 @@ def is_block_linear(module: nn.Module, fqn: str) -> bool:
 
 def apply_float8(model: nn.Module, fsdp: bool, device: torch.device) -> nn.Module:
     """Converts the block linears of `model` (in place) to torchao Float8Linear with tensorwise dynamic scaling and,
-    when `fsdp`, fp8 all-gather of their weights. Raises a UserError when torchao is missing or the device has no
+    when `fsdp`, fp8 all-gather of their weights; on CPU with the GEMM emulated. Raises a UserError when torchao is missing or the device has no
     FP8."""
     problem = fp8_device_problem(device)
     if problem:
@@ -55,5 +57,5 @@ def apply_float8(model: nn.Module, fsdp: bool, device: torch.device) -> nn.Modul
     except ImportError:
         raise UserError("dtype fp8 trains through torchao's float8 training: pip install 'autoconf[fp8]' "
                         "(torchao)") from None
-    config = Float8LinearConfig(enable_fsdp_float8_all_gather=fsdp, emulate=False)
+    config = Float8LinearConfig(enable_fsdp_float8_all_gather=fsdp, emulate=device.type == "cpu")
     return convert_to_float8_training(model, config=config, module_filter_fn=is_block_linear)
