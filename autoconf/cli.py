@@ -15,7 +15,7 @@ import click
 
 from autoconf.errors import UserError
 from autoconf.spec import frameworks
-from autoconf.spec.dtypes import DTYPES
+from autoconf.spec.dtypes import DTYPES, PROFILED_DTYPES, check_dtype
 from autoconf.spec.plan import MAX_GLOBAL_BATCH, MAX_SEQ_LEN
 from autoconf.spec.schedules import SCHEDULES
 
@@ -213,6 +213,8 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
     cluster = load_cluster(cluster_arg, nodes, gpus_per_node)
     if memory_headroom is not None:
         cluster = cluster.with_memory_headroom(memory_headroom)
+    if dtype:
+        check_dtype(dtype, cluster.device.peak_flops, cluster.device.name)
     config = ParallelConfig(tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=micro_batch,
                             global_batch_size=global_batch,
                             seq_len=default_seq_len(model) if seq_len is None else seq_len,
@@ -306,6 +308,7 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
     if seq_len < 1:
         raise UserError(f"--seq-len must be >= 1 (got {seq_len})")
     dtype = fixed.pop("dtype", None) or dtype or default_dtype(cluster)
+    check_dtype(dtype, cluster.device.peak_flops, cluster.device.name)  # fp8 only where asked and where it runs
     if cluster.device.kind == "cpu" and dtype != "fp32":
         raise UserError(f"the bundled executor trains in fp32 on CPU ranks, so a {dtype} plan for {cluster.name} could "
                         f"not run as planned; drop --dtype / --fix dtype (fp32) or use `estimate` for what-if numbers")
@@ -545,7 +548,7 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
 @click.option("--quick", is_flag=True, help="small grid: 2 CPU ranks, a tiny model, under 3 minutes")
 @click.option("--base-profile", default=None, help="bundled profile supplying what is not measured (GPU)")
 @click.option("--memory-per-rank", default=None, help="CPU memory limit per rank, e.g. 4GiB")
-@click.option("--dtype", type=click.Choice(DTYPES), default=None)
+@click.option("--dtype", type=click.Choice(PROFILED_DTYPES), default=None)
 @click.option("--max-tp", type=click.IntRange(min=1), default=None,
               help="time the model's blocks at TP widths up to this (default: the ranks per node), e.g. 8 on one GPU "
                    "of an 8-GPU node")

@@ -52,9 +52,14 @@ def gpu_profile(name, description, device, intra, inter, efficiency):
             **({"price": published_price(device["name"])} if published_price(device["name"]) else {})}
 
 
-# H100 SXM5 peaks (dense, FLOP/s) at 700 W, and H100 NVL's (NVIDIA H100 data sheet) at its 400 W maximum.
-H100_SXM_PEAK = {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12, "tf32": 494e12}
-H100_NVL_PEAK = {"bf16": 835e12, "fp16": 835e12, "fp32": 60e12, "tf32": 418e12}
+# H100 SXM5 peaks (dense, FLOP/s) at 700 W, and H100 NVL's (NVIDIA H100 data sheet) at its 400 W maximum. FP8
+# (`fp8`, read by `--dtype fp8`'s GEMMs): the data sheet's "FP8 Tensor Core" row, 3,958 TFLOP/s for SXM and 3,341 for
+# NVL "with sparsity", halved to the dense rate (the sheet's footnote: "Shown with sparsity. Specifications are one-half
+# lower without sparsity"): 1,979 and 1,670.5 (nvidia.com/en-us/data-center/h100, datasheet read 2026-12-02). A100
+# has no FP8 tensor cores (its data sheet lists TF32, BF16/FP16, INT8, INT4): no `fp8` entry, so `--dtype fp8` is
+# refused there.
+H100_SXM_PEAK = {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12, "tf32": 494e12, "fp8": 1979e12}
+H100_NVL_PEAK = {"bf16": 835e12, "fp16": 835e12, "fp32": 60e12, "tf32": 418e12, "fp8": 1670.5e12}
 # torchtitan's benchmark hosts run their H100s at 500 W; their note says the real peak lies between SXM's and NVL's
 # without a number: interpolated linearly in board power between NVL (400 W) and SXM (700 W).
 POWER_CAP_W = 500
@@ -81,7 +86,8 @@ A100 = gpu_profile(
 
 H100 = gpu_profile(
     "dgx-h100-80g",
-    "DGX H100 nodes: 8x H100-SXM5-80GB (989 TFLOP/s dense bf16/fp16, 67 fp32; 3.35 TB/s HBM3; 80 GiB), "
+    "DGX H100 nodes: 8x H100-SXM5-80GB (989 TFLOP/s dense bf16/fp16, 1979 dense fp8, 67 fp32; 3.35 TB/s HBM3; 80 "
+    "GiB), "
     "NVLink 4 through NVSwitch (900 GB/s bidirectional = 450 GB/s per direction per GPU), one 400 Gb/s NDR "
     "InfiniBand port per GPU (50 GB/s per direction), as in NVIDIA's DGX H100 data sheet.",
     {"name": "H100-SXM5-80GB", "kind": "gpu", "memory_bytes": 80 * GiB, "memory_bandwidth_Bps": 3.35e12,
@@ -105,8 +111,9 @@ H100_96G_500W = gpu_profile(
     "power limit rather than the 700 W TDP. Why a profile of its own: the memory (96 GiB, HBM2e at 2.4 instead of "
     "3.35 TB/s) and the power cap both differ from dgx-h100-80g. torchtitan states that the capped part's peak lies "
     "between H100 SXM (989 TFLOP/s bf16 at 700 W) and H100 NVL (835 at 400 W) without a number; peak_flops here "
-    "interpolates the two data sheets linearly in board power at 500 W (bf16 %.0f TFLOP/s); every efficiency is "
-    "the SXM profile's fraction of this part's own peak." % (CAPPED_PEAK["bf16"] / 1e12),
+    "interpolates the two data sheets linearly in board power at 500 W (bf16 %.0f TFLOP/s, fp8 %.0f); every "
+    "efficiency is the SXM profile's fraction of this part's own peak." % (CAPPED_PEAK["bf16"] / 1e12,
+                                                                            CAPPED_PEAK["fp8"] / 1e12),
     {"name": "H100-SXM5-96GB-HBM2e-500W", "kind": "gpu", "memory_bytes": 96 * GiB, "memory_bandwidth_Bps": 2.4e12,
      "peak_flops": CAPPED_PEAK, "memory_overhead_bytes": 1.5 * GiB},
     link(5e-6, 450e9), link(8e-6, 50e9),

@@ -8,7 +8,9 @@ Two sources, in this order of preference:
    (the share of a core a CPU rank gets while all ranks compute);
 2. the specification model: each weight GEMM at `matmul_rate` (`peak x efficiency["matmul"]`, times the profile's
    `matmul_size_curve` read at the GEMM's FLOPs: small GEMMs run below the large-GEMM plateau), the attention core
-   at `peak x efficiency["attention"]`, element-wise traffic at `HBM bandwidth x efficiency["memory"]`.
+   at `peak x efficiency["attention"]`, element-wise traffic at `HBM bandwidth x efficiency["memory"]`. The peak is
+   the dtype's (`autoconf.spec.dtypes.precision`): under `fp8` the block's linear layers run at the `fp8` peak on
+   the same size curve and pay the casts of `cost/fp8.py`; attention, norms, embedding and head stay at `bf16`.
 
 Communication is not in here (see comm.py); recomputation is applied by `stage_plan` in estimate.py.
 """
@@ -20,7 +22,8 @@ from dataclasses import dataclass
 
 from autoconf.cost.interpolate import CLAMP, EXTRAPOLATE, interpolate, interpolate_many
 from autoconf.spec.cluster import ClusterProfile
-from autoconf.spec.dtypes import DTYPE_BYTES
+from autoconf.cost.fp8 import scaling_time
+from autoconf.spec.dtypes import DTYPE_BYTES, precision
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 
@@ -172,12 +175,12 @@ def _layer_matmul_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelCon
     """One forward of a block's weight GEMMs on one TP rank: the model's matmul FLOPs at the size-weighted rate of
     the block's GEMMs (`layer_gemms`)."""
     gemms = layer_gemms(model, c.seq_len, c.micro_batch_size, c.tp)
-    seconds_per_flop = gemms_time(cluster, c.dtype, gemms) / sum(gemms)
+    seconds_per_flop = gemms_time(cluster, precision(c.dtype).gemm, gemms) / sum(gemms)
     return model.layer_matmul_flops(c.seq_len, c.micro_batch_size) / c.tp * seconds_per_flop
 
 
 def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> ModelPieces:
-    peak = cluster.device.peak(c.dtype)
+    peak = cluster.device.peak(precision(c.dtype).element)
     att_rate = peak * cluster.eff("attention")
     mem_rate = cluster.device.memory_bandwidth_Bps * cluster.eff("memory")
     e = DTYPE_BYTES[c.dtype]
@@ -208,14 +211,14 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -
     else:
         sharded_bytes = 3 * s * b * f * e / t + 2 * s * b * (h + kv) * e / t  # SwiGLU product; rotary on Q and K
     elementwise = (replicated_bytes + sharded_bytes) / mem_rate
-    block_rest = PassTimes(mm + elementwise, mm + 2 * elementwise, mm)
+    block_rest = PassTimes(mm + elementwise, mm + 2 * elementwise, mm) + PassTimes(*scaling_time(model, cluster, c))
 
     # Embedding: a gather of s*b rows (and learned positions), and a scatter-add in the weight backward.
     emb = (2 if model.learned_positions else 1) * sbh * e / replicated_div / mem_rate
     embedding = PassTimes(emb, 0.0, 2 * emb)
 
     # Head: final norm, the vocab-parallel projection, and the fp32 cross-entropy over the logits.
-    head_mm = gemms_time(cluster, c.dtype, [model.head_forward_flops(s, b) / t])
+    head_mm = gemms_time(cluster, precision(c.dtype).element, [model.head_forward_flops(s, b) / t])
     logits_bytes = s * b * model.vocab_size / t * 4 * 4
     norm = 2 * sbh * e / replicated_div / mem_rate
     head = PassTimes(head_mm + norm + logits_bytes / mem_rate, head_mm + 2 * norm + logits_bytes / mem_rate, head_mm)
@@ -256,7 +259,7 @@ def _attention_core_shares(model: ModelSpec, cluster: ClusterProfile, c: Paralle
     block times both together; this splits them."""
     at = dataclasses.replace(c, micro_batch_size=micro_batch, seq_len=seq_len)
     core = _spec_pieces(model, cluster, at).attention_core
-    projections = gemms_time(cluster, c.dtype, layer_gemms(model, seq_len, micro_batch, c.tp)[:2])
+    projections = gemms_time(cluster, precision(c.dtype).gemm, layer_gemms(model, seq_len, micro_batch, c.tp)[:2])
     return core.forward / (core.forward + projections), core.backward_input / (core.backward_input + projections)
 
 

@@ -31,7 +31,7 @@ from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, measur
 from autoconf.cost.memory import stage_memory, stage_params
 from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order_peaks, simulate
 from autoconf.spec.cluster import ClusterProfile
-from autoconf.spec.dtypes import DTYPE_BYTES
+from autoconf.spec.dtypes import DTYPE_BYTES, check_dtype, gather_bytes, precision
 from autoconf.spec.frameworks import PRESETS, Execution, changed_flags
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.model import ModelSpec, check_costable
@@ -83,8 +83,9 @@ def activation_bytes(model: ModelSpec, c: ParallelConfig) -> float:
 
 def dp_buffer_bytes(c: ParallelConfig, params: float) -> tuple[float, float]:
     """(gradient reduction, parameter gather) buffers of a stage holding `params` parameters per TP rank: fp32
-    gradients, compute-dtype parameters."""
-    return params * 4, params * DTYPE_BYTES[c.dtype]
+    gradients, parameters at the dtype's gather width (fp8: every parameter at one byte, the bf16 embedding, norms
+    and head too, a small undercount)."""
+    return params * 4, params * gather_bytes(c.dtype)
 
 
 def tp_collective(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices: list[int]) -> float:
@@ -152,7 +153,7 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
                    units: int = 1) -> tuple[float, float, float]:
     """(gather per forward/backward pass, gather once per step, gradient reduction) of a stage holding `params`
     parameters per TP rank: ZeRO-0 all-reduces fp32 gradients in one bucket; FSDP (ZeRO >= 1, one unit per block
-    plus the stage's root, `units` in all) reduce-scatters them and gathers the compute-dtype parameters once per
+    plus the stage's root, `units` in all) reduce-scatters them and gathers the parameters (`gather_bytes`: fp8 under fp8) once per
     step, or at ZeRO-3 again for every pass (reshard after forward) except under looped-bfs, where all
     micro-batches pass a chunk together. Each FSDP unit is its own collective and pays the profile's
     `collective_sync_s`."""
@@ -355,6 +356,7 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
     check_costable(model)
     c = config.check(model, cluster.world_size)
     execution.check(c)
+    check_dtype(c.dtype, cluster.device.peak_flops, cluster.device.name)
     partition = [list(p) for p in (partition or default_partition(model, c))]
     grid = RankGrid(default_mesh(c) if mesh is None else mesh)
     extrapolate = extrapolate and not detail and c.num_microbatches > EXTRAPOLATE_ABOVE * c.pp
@@ -396,7 +398,7 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
     tokens = c.global_batch_size * c.seq_len
     model_flops = model.model_flops_per_iteration(c.seq_len, c.global_batch_size)
     hardware_flops = model.hardware_flops_per_iteration(c.seq_len, c.global_batch_size, c.recompute)
-    peak_flops = cluster.device.peak(c.dtype)
+    peak_flops = cluster.device.peak(precision(c.dtype).element)  # fp8: MFU at the bf16 peak (torchtitan reports none)
     prediction = {
         "iteration_time_s": iteration,
         "tokens_per_s": tokens / iteration,

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from autoconf.spec.dtypes import DTYPES
+from autoconf.spec.dtypes import DTYPES, PRECISIONS
 
-TORCH_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-assert tuple(TORCH_DTYPES) == DTYPES, "autoconf.spec.dtypes and this map must name the same dtypes"
+STORAGE_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# A plan dtype's element dtype: what the model's weights and activations are held in (bf16 under fp8, whose GEMM
+# inputs torchao casts to fp8 inside each linear, `autoconf.execute.fp8`).
+TORCH_DTYPES: dict[str, torch.dtype] = {name: STORAGE_DTYPES[PRECISIONS[name].element] for name in DTYPES}
 
 
 def torch_dtype(name: str) -> torch.dtype:

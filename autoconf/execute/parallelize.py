@@ -108,11 +108,16 @@ def apply_fsdp(model: Transformer, dp_mesh, zero_stage: int, mp_policy=None) -> 
 
 def parallelize_chunk(model: Transformer, mesh, config, device: torch.device, seed: int,
                       mp_policy=None) -> Transformer:
-    """TP, materialise + init, recompute, then FSDP (ZeRO 1-3) on one model chunk built on the meta device."""
+    """TP, materialise + init, recompute, FP8 linears (dtype fp8), then FSDP (ZeRO 1-3) on one model chunk built on
+    the meta device."""
     if config.tp > 1:
         apply_tp(model, mesh["tp"], config.sequence_parallel)
     materialize(model, device, seed)
     apply_recompute(model, config.recompute)
+    if config.dtype == "fp8":  # torchao Float8Linear in the blocks, before FSDP wraps them
+        from autoconf.execute.fp8 import apply_float8
+
+        apply_float8(model, config.zero_sharded, device)
     if config.zero_sharded:
         apply_fsdp(model, mesh["dp"], config.zero_stage, mp_policy)
     return model

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from autoconf.errors import UserError
 from autoconf.files import check_new
-from autoconf.spec.dtypes import DTYPES
+from autoconf.spec.dtypes import PROFILED_DTYPES
 
 RDZV = ("static", "c10d")
 
@@ -140,8 +140,8 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
         from autoconf.profile.hardware import parse_bytes
 
         parse_bytes(memory_per_rank)
-    if dtype and dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if dtype and dtype not in PROFILED_DTYPES:
+        raise UserError(f"--dtype {dtype!r}: the profiler times one of {', '.join(PROFILED_DTYPES)}")
     if nnodes == 1 and master_addr in ("127.0.0.1", "localhost") and not _port_free(master_addr, master_port):
         raise UserError(f"--master-port {master_port} is already in use on this machine; pass another "
                         f"(e.g. --master-port {master_port + 1})")

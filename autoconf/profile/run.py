@@ -34,7 +34,7 @@ from autoconf.files import write_file
 from autoconf.profile import compute, hardware, network, overheads, pipeline, tp_layers
 from autoconf.profile.timing import median
 from autoconf.spec.cluster import ClusterProfile, Device, Link, load_cluster
-from autoconf.spec.dtypes import DTYPES
+from autoconf.spec.dtypes import PROFILED_DTYPES
 
 DEFAULT_CPU_MODEL = "tiny-gpt"
 
@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--base-profile", help="bundled profile or path supplying what is not measured")
     parser.add_argument("--memory-per-rank", help="CPU only: memory capacity of one rank (e.g. 4GiB); "
                                                   "default physical RAM / ranks on the host")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="compute-table dtype "
+    parser.add_argument("--dtype", choices=sorted(PROFILED_DTYPES), help="compute-table dtype "
                                                                               "(default fp32 on CPU, bf16 on GPU)")
     parser.add_argument("--max-tp", type=int, help="time the blocks at TP widths up to this (default: the ranks per "
                                                     "node)")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from autoconf.files import check_new, write_file
+from autoconf.report.precision_flags import megatron_fp8_args, torchtitan_fp8_lines
 from autoconf.spec.frameworks import plan_execution
 from autoconf.spec.plan import Plan, node_blocks
 from autoconf.spec.schedules import schedule_spec
@@ -216,6 +217,9 @@ def megatron_args(plan: Plan) -> str:
                      "(which shards optimizer state and gradients); recent Megatron-Core offers --use-torch-fsdp2")
     if c.dtype == "bf16":
         args.append("--bf16")
+    elif c.dtype == "fp8":
+        fp8_args, fp8_notes = megatron_fp8_args(c)
+        args, notes = args + fp8_args, notes + fp8_notes
     elif c.dtype == "fp16":
         args.append("--fp16")
     else:
@@ -302,6 +306,8 @@ def torchtitan_toml(plan: Plan) -> str:
     lines += ["", "[activation_checkpoint]", f'mode = "{c.recompute}"']
     if c.recompute == "selective":
         lines.append('selective_ac_option = "op"  # operator-level selective recompute (attention core)')
+    if c.dtype == "fp8":
+        lines += torchtitan_fp8_lines(c)
     return "\n".join(lines) + "\n"
 
 

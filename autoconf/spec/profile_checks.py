@@ -119,6 +119,10 @@ def _device(c: _Checker, dev) -> None:
             c.bad("device.peak_flops", "a non-empty object of dtype -> FLOP/s", peaks)
         for dtype, value in peaks.items():
             c.number(value, f"device.peak_flops.{dtype}", 0, MAX_RATE, lo_open=True)
+        # fp8 (optional; FP8 tensor cores): `--dtype fp8` runs only the linears' GEMMs at it, the rest at bf16
+        if "fp8" in peaks and "bf16" not in peaks:
+            c.bad("device.peak_flops", "an object that states bf16 beside fp8 (FP8 training keeps the rest in bf16)",
+                  sorted(peaks))
 
 
 def _headroom(c: _Checker, entry) -> None:
