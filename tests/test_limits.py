@@ -96,3 +96,10 @@ def test_limits_only_model_of_a_file_model_asks_for_a_family(tmp_path):
     result = CliRunner().invoke(main, ["limits", "--cluster", "dgx-h100-80g", "--global-batch", "8", "--model",
                                        str(path), "--only", "model"])
     assert result.exit_code != 0 and "give --family" in result.output, result.output
+
+
+def test_limits_of_a_model_the_cost_model_refuses_say_why_not_none_fits():
+    """An MoE model is refused with check_costable's line, not reported as a cluster where nothing fits."""
+    result = CliRunner().invoke(main, ["limits", "--cluster", "dgx-h100-80g", "--global-batch", "8", "--model",
+                                       "mixtral-8x7b", "--only", "seq", "--max-seq-len", "512"])
+    assert result.exit_code != 0 and "mixture-of-experts" in result.output and "none fits" not in result.output
