@@ -454,14 +454,16 @@ def limits(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, 
     from autoconf.spec.presets import PRESETS, load_model
 
     wanted = set(only or LIMITS)
-    if model_arg is None and wanted - {"model"}:
-        if not family:
+    if model_arg is None:
+        if not family or (only and wanted - {"model"}):
             raise UserError("give --model (for the sequence and micro-batch limits) or --family with --only model")
         wanted = {"model"}
     model = load_model(model_arg) if model_arg is not None else None
     if "model" in wanted and family is None:
-        if model is None or model.name not in PRESETS:
-            wanted.discard("model")  # a model from a file has no family of presets
+        if model.name not in PRESETS:  # a model from a file has no family of presets
+            if only:
+                raise UserError(f"--only model: {model.name} is not a preset, so it has no family; give --family")
+            wanted.discard("model")
         else:
             family = lim.family_of(model.name)
     cluster = load_cluster(cluster_arg, nodes, gpus_per_node)

@@ -158,3 +158,17 @@ def test_profiler_grid_times_attention_at_the_asked_lengths(tmp_path):
     assert at_96 == {("attention", tp) for tp in grid.tps}
     assert {e["block"] for e in table["entries"] if e["seq_len"] == 32} == {"attention", "mlp", "norm",
                                                                             "embedding", "head"}
+
+
+def test_layer_gemms_add_up_to_the_op_tables_matmul_flops_with_a_wide_head_dim():
+    """The GEMMs the size curve is read at are the block's own: with head_dim x num_heads wider than hidden_size
+    (as Qwen3 sets it) their FLOPs still sum to the op table's `layer_matmul_flops`, for both families."""
+    from autoconf.spec.model import ModelSpec
+
+    for arch in ("llama", "gpt"):
+        model = ModelSpec(name="wide-heads", arch=arch, num_layers=2, hidden_size=2048, num_heads=32,
+                          num_kv_heads=4 if arch == "llama" else 32, ffn_hidden_size=6144, vocab_size=1000,
+                          max_seq_len=4096, head_dim=128)
+        assert model.q_dim != model.hidden_size
+        for tp in (1, 4):
+            assert sum(layer_gemms(model, 1024, 2, tp)) == pytest.approx(model.layer_matmul_flops(1024, 2) / tp)

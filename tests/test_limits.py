@@ -78,3 +78,28 @@ def test_estimate_draws_the_worst_rank(tmp_path):
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"wrote {out}" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("args", [["--only", "model"], ["--family", "llama3", "--only", "seq"],
+                                  ["--family", "llama3", "--only", "micro-batch", "--only", "model"]])
+def test_limits_refuses_a_limit_it_has_nothing_to_find_with(args):
+    """A limit asked for with --only but lacking what it needs (a family for the largest model, a model for the
+    sequence and micro-batch) is one error line, not an empty table or a different limit."""
+    result = CliRunner().invoke(main, ["limits", "--cluster", "dgx-h100-80g", "--global-batch", "8", *args])
+    assert result.exit_code != 0 and "give --model" in result.output and "Traceback" not in result.output
+
+
+def test_limits_only_model_of_a_file_model_asks_for_a_family(tmp_path):
+    """--only model with a model from a file (no preset family) names the missing --family."""
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(PRESETS["tiny-llama"].to_dict() | {"name": "my-model"}))
+    result = CliRunner().invoke(main, ["limits", "--cluster", "dgx-h100-80g", "--global-batch", "8", "--model",
+                                       str(path), "--only", "model"])
+    assert result.exit_code != 0 and "give --family" in result.output, result.output
+
+
+def test_limits_of_a_model_the_cost_model_refuses_say_why_not_none_fits():
+    """An MoE model is refused with check_costable's line, not reported as a cluster where nothing fits."""
+    result = CliRunner().invoke(main, ["limits", "--cluster", "dgx-h100-80g", "--global-batch", "8", "--model",
+                                       "mixtral-8x7b", "--only", "seq", "--max-seq-len", "512"])
+    assert result.exit_code != 0 and "mixture-of-experts" in result.output and "none fits" not in result.output

@@ -256,3 +256,16 @@ def test_a_checkpoint_written_before_the_derived_counts_resumes(tmp_path):
     with pytest.raises(UserError, match="differs from this plan"):
         check_resumable(tmp_path, {"seed": 0, "data": None, "model": {**old, "num_layers": 4}}, plan,
                         TrainOptions(steps=1), print)
+
+
+def test_a_bad_moe_field_in_a_model_json_is_named_once(tmp_path):
+    """A model JSON whose moe object has a bad field names the file, the object and the field, each once."""
+    from autoconf.spec.presets import load_model
+
+    data = TINY_MOE.to_dict()
+    data["moe"] = {**data["moe"], "moe_intermediate_size": "x"}
+    path = tmp_path / "bad_moe.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError) as err:
+        load_model(str(path))
+    assert str(err.value).count("moe: ") == 1 and "moe_intermediate_size must be a positive integer" in str(err.value)

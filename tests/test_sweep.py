@@ -120,3 +120,18 @@ def test_price_or_deadline_without_tokens_is_refused():
     base = [a for a in SWEEP if a not in ("--tokens", "2T")]
     assert_one_clear_error(run_cli(base + ["--deadline", "30d"]), "--tokens")
     assert_one_clear_error(run_cli(base + ["--nodes", "1:4"]), "--tokens")
+
+
+def test_a_range_where_no_size_fits_or_too_many_sizes_is_one_error():
+    """No size with a plan: an empty front and a UserError from the deadline pick (not an index error); a step
+    range of more than MAX_SWEEP_SIZES sizes is refused before any search."""
+    from autoconf.solve.sweep import MAX_SWEEP_SIZES
+
+    empty = [SweepPoint(n, 8 * n, None, "no layout fits in memory") for n in (1, 2)]
+    assert pareto_front(empty) == []
+    with pytest.raises(UserError, match="no cluster size"):
+        cheapest_within(empty, 30)
+    with pytest.raises(UserError, match=f"at most {MAX_SWEEP_SIZES}"):
+        parse_nodes(f"1:{MAX_SWEEP_SIZES + 1}:1")
+    assert len(parse_nodes(f"1:{MAX_SWEEP_SIZES}:1")) == MAX_SWEEP_SIZES
+    assert parse_nodes("3:3") == [3] and parse_nodes("3:5") == [3, 5]

@@ -166,9 +166,9 @@ def layer_gemms(model: ModelSpec, seq_len: int, micro_batch: int, tp: int) -> li
     matrices (GeLU: up, down; SwiGLU: gate, up, down). Each backward GEMM (input and weight gradient) has the same
     FLOPs as its forward one."""
     tokens = seq_len * micro_batch
-    h, f, kv = model.hidden_size, model.ffn_hidden_size, model.kv_dim
+    h, f, q, kv = model.hidden_size, model.ffn_hidden_size, model.q_dim, model.kv_dim
     mlp = [h * f, f * h] if model.arch == "gpt" else [h * f, h * f, f * h]
-    return [2.0 * tokens * w / tp for w in [h * (h + 2 * kv), h * h, *mlp]]
+    return [2.0 * tokens * w / tp for w in [h * (q + 2 * kv), q * h, *mlp]]
 
 
 def _layer_matmul_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> float:

@@ -55,8 +55,8 @@ def _from_dict(cls, data, source: str, what: str):
         raise UserError(f"{source}: missing {what} field(s) {', '.join(missing)}")
     try:
         return cls(**data)
-    except UserError as err:
-        raise UserError(f"{source}: {err}") from None
+    except UserError as err:  # the spec's own checks already name `what`
+        raise UserError(f"{source}: {str(err).removeprefix(what + ': ')}") from None
 
 
 ROUTER_SCORING = ("softmax", "sigmoid")
