@@ -398,7 +398,7 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
         chosen.plan.save(out, force=force)
     if as_json:
         click.echo(json.dumps({"plans": [chosen.plan.to_dict()], "sweep": [p.to_dict() for p in points],
-                               "chosen_nodes": chosen.nodes}, indent=2))
+                               "chosen_nodes": chosen.nodes, "search": sizes.search_stats(points)}, indent=2))
         return
     title = (f"{model.name} on {cluster.name}, {tokens:,} tokens, global batch {global_batch}, seq {seq_len}: "
              f"best plan per cluster size")

@@ -90,6 +90,7 @@ def test_sweep_json_and_front_from_real_plans(tmp_path):
     assert chosen["days"] <= 10000
     assert all(t["cost"] >= chosen["cost"] for t in trainings.values() if t["days"] <= 10000)
     assert doc["plans"][0]["cluster"]["nodes"] == doc["chosen_nodes"]
+    assert doc["search"]["sizes"] == 3 and doc["search"]["feasible"] >= 3 and doc["search"]["candidates"] > 0
     assert (tmp_path / "x" / "sweep.png").stat().st_size > 0
 
 

@@ -109,6 +109,7 @@ class SweepPoint:
     devices: int
     plan: object | None  # spec.plan.Plan
     reason: str = ""
+    stats: dict | None = None  # the search's statistics at this size (None when it refused the size)
 
     @property
     def training(self) -> dict | None:
@@ -127,7 +128,9 @@ def sweep(model, cluster, node_counts: list[int], global_batch: int, seq_len: in
     """The best plan at each node count (the search of `autoconf plan`, top 1), each with `prediction.training`.
     `progress(nodes)` is called before each size."""
     from autoconf.solve.search import search
+    from autoconf.spec.model import check_costable
 
+    check_costable(model)  # one line for the whole sweep, not one per size
     points = []
     for nodes in node_counts:
         if progress is not None:
@@ -140,12 +143,20 @@ def sweep(model, cluster, node_counts: list[int], global_batch: int, seq_len: in
             continue
         if not result.plans:
             why = "no layout fits in memory" if result.closest else "no legal layout for this batch"
-            points.append(SweepPoint(nodes, sized.world_size, None, why))
+            points.append(SweepPoint(nodes, sized.world_size, None, why, result.stats))
             continue
         plan = result.plans[0]
         plan.prediction["training"] = training(plan.prediction, tokens, sized.world_size, price, price_source)
-        points.append(SweepPoint(nodes, sized.world_size, plan))
+        points.append(SweepPoint(nodes, sized.world_size, plan, stats=result.stats))
     return points
+
+
+def search_stats(points: list[SweepPoint]) -> dict:
+    """The `search` object of `plan --json` summed over the sizes searched: candidates, feasible plans, seconds."""
+    searched = [p.stats for p in points if p.stats is not None]
+    return {"sizes": len(points), "candidates": sum(s["candidates"] for s in searched),
+            "feasible": sum(s["feasible"] for s in searched),
+            "seconds": round(sum(s["seconds"] for s in searched), 3)}
 
 
 def pareto_front(points: list[SweepPoint]) -> list[SweepPoint]:
