@@ -51,7 +51,7 @@ def test_overlapped_param_gather_without_distributed_optimizer_is_one_line_namin
     message = str(err.value)
     assert "\n" not in message and "--use-distributed-optimizer" in message and "overlap" in message
     with pytest.raises(UserError, match="--overlap-grad-reduce"):
-        execution("megatron-core").replace(grad_reduce="after_flush")
+        execution("megatron-core").replace(grad_reduce_start="after_flush")
     # turning both off is a framework Megatron can run
     assert not execution("megatron-core").replace(distributed_optimizer=False, param_gather_overlap=False,
                                                   zero_stages=(0,), zero_searched=(0,)).param_gather_overlap
@@ -61,7 +61,7 @@ def test_unknown_framework_and_flag_names_list_the_known_ones():
     with pytest.raises(UserError, match="megatron-core") as err:
         execution("deepspeed")
     assert "\n" not in str(err.value)
-    with pytest.raises(UserError, match="grad_reduce"):
+    with pytest.raises(UserError, match="grad_reduce_start"):
         execution("autoconf").replace(overlap_everything=True)
 
 
@@ -118,7 +118,7 @@ def test_overlapped_dp_communication_shortens_the_exposed_dp_term():
     """Megatron-Core's per-bucket reduction and prefetched gather expose less DP time than the same flags with
     the reduction after the flush and the gather whole before the first forward."""
     core = execution("megatron-core")
-    serial = core.replace(param_gather_overlap=False, grad_reduce="after_flush")
+    serial = core.replace(param_gather_overlap=False, grad_reduce_start="after_flush")
     c = cfg(pp=1, dp=16, global_batch_size=64)
     fast = estimate(MODEL, H100, c, execution=core).prediction["time_breakdown"]["dp_comm"]
     slow = estimate(MODEL, H100, c, execution=serial).prediction["time_breakdown"]["dp_comm"]
@@ -195,7 +195,7 @@ def test_cli_framework_flags_are_checked_recorded_and_exported():
     bad = CliRunner().invoke(main, base + ["--framework-flag", "distributed_optimizer=false"])
     assert bad.exit_code == 2 and "param_gather_overlap=false" in bad.output and "Traceback" not in bad.output
     unknown = CliRunner().invoke(main, base + ["--framework-flag", "overlap=yes"])
-    assert unknown.exit_code == 2 and "grad_reduce" in unknown.output
+    assert unknown.exit_code == 2 and "grad_reduce_start" in unknown.output
     out = CliRunner().invoke(main, base + ["--framework-flag", "param_gather_overlap=false", "--json"])
     assert out.exit_code == 0, out.output
     plan = Plan.from_dict(json.loads(out.output))

@@ -177,14 +177,14 @@ def exposed_dp(execution: Execution, gather: float, reduce: float, params: float
     gather, one of a per-bucket reduction, otherwise all of it), given the gather and reduction times of `params`
     parameters in `layers` blocks or more: a stage holding more has larger buckets (per block) or a bucket share
     of at least size x P / (P + size) (ceil(P / size) buckets of a size)."""
-    if execution.grad_reduce != "per_bucket":
+    if execution.grad_reduce_start != "per_bucket":
         n = 1.0
     elif execution.bucket_params is None:
         n = layers + 1.0
     else:
         n = params / max(execution.bucket_params, 1e6 * dp) + 1.0
     return (gather / n if execution.param_gather_overlap else gather,
-            reduce / n if execution.grad_reduce == "per_bucket" else reduce)
+            reduce / n if execution.grad_reduce_start == "per_bucket" else reduce)
 
 
 def step_collectives(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, grid: RankGrid,
@@ -289,7 +289,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         recompute_parts.append(recompute)
         tp_parts.append(tp)
         gathers.append(gather)
-        if execution.grad_reduce == "per_bucket":
+        if execution.grad_reduce_start == "per_bucket":
             # The reduction's buckets go out during the last backward, on the DP link that also carries that
             # backward's parameter re-gathers (ZeRO-3): the stream holds both.
             reduce += per_microbatch_gather
@@ -445,8 +445,8 @@ def _simulate_step(schedule, sp: StagePlan, p2p, execution: Execution) -> tuple[
     gradient reductions after each stage's last backward, bucket by bucket during it, or (without overlap) every
     rank's reductions one after another once the whole pipeline has flushed, on its comm stream."""
     gather_buckets = sp.buckets if execution.param_gather_overlap else None
-    if execution.grad_reduce != "after_flush":
-        reduce_buckets = sp.buckets if execution.grad_reduce == "per_bucket" else None
+    if execution.grad_reduce_start != "after_flush":
+        reduce_buckets = sp.buckets if execution.grad_reduce_start == "per_bucket" else None
         timeline = simulate(schedule, sp.costs, p2p, sp.allgather, sp.reduce, gather_buckets, reduce_buckets)
         return timeline, timeline.makespan
     timeline = simulate(schedule, sp.costs, p2p, sp.allgather, gather_buckets=gather_buckets)

@@ -28,7 +28,7 @@ from autoconf.errors import UserError
 #   "after_flush"  after every stage's last backward, the stages' reductions one after another (no overlap)
 #   "after_stage"  after the stage's own last backward, overlapping the other stages' compute
 #   "per_bucket"   bucket by bucket as the stage's last backward produces them; the last bucket stays exposed
-GRAD_REDUCE = ("after_flush", "after_stage", "per_bucket")
+GRAD_REDUCE_START = ("after_flush", "after_stage", "per_bucket")
 # What "selective" recompute redoes in the backward:
 #   "attention_core"     the attention core (Korthikanti et al.; Megatron's --recompute-granularity selective)
 #   "alternate_matmuls"  every op but the attention kernel and every other matmul of a block in forward order
@@ -48,7 +48,7 @@ class Execution:
     zero_stages: the ZeRO stages the framework can run; zero_searched: those worth telling apart in a search.
     distributed_optimizer: ZeRO-1 as Megatron's distributed optimizer (reduce-scatter of the gradients, all-gather
         of the updated parameters), which the Megatron layout needs for any zero_stage >= 1 to be real.
-    grad_reduce: see GRAD_REDUCE.
+    grad_reduce_start: see GRAD_REDUCE_START (the plan's own `grad_reduce` says how often FSDP reduces).
     bucket_params: parameters per gradient bucket (Megatron-Core's DDP: max(40M, 1M x dp)); None: one bucket per
         transformer block plus one for the stage's other parameters (FSDP2 units, the executor's GradReducer).
     bucket_first_rank_only: buckets only on pipeline rank 0; later ranks reduce their stage in one bucket, as
@@ -72,7 +72,7 @@ class Execution:
     zero_stages: tuple[int, ...] = (0, 1, 2, 3)
     zero_searched: tuple[int, ...] = (0, 2, 3)
     distributed_optimizer: bool = False
-    grad_reduce: str = "per_bucket"
+    grad_reduce_start: str = "per_bucket"
     bucket_params: float | None = None
     bucket_first_rank_only: bool = False
     param_gather_overlap: bool = True
@@ -96,8 +96,8 @@ class Execution:
             out.append(f"memory_layout {self.memory_layout!r} is none of {', '.join(MEMORY_LAYOUTS)}")
         if self.selective_recompute not in SELECTIVE_RECOMPUTE:
             out.append(f"selective_recompute {self.selective_recompute!r} is none of {', '.join(SELECTIVE_RECOMPUTE)}")
-        if self.grad_reduce not in GRAD_REDUCE:
-            out.append(f"grad_reduce {self.grad_reduce!r} is none of {', '.join(GRAD_REDUCE)}")
+        if self.grad_reduce_start not in GRAD_REDUCE_START:
+            out.append(f"grad_reduce_start {self.grad_reduce_start!r} is none of {', '.join(GRAD_REDUCE_START)}")
         if not set(self.zero_searched) <= set(self.zero_stages) or not set(self.zero_stages) <= {0, 1, 2, 3}:
             out.append(f"zero stages {self.zero_stages} (searched {self.zero_searched}) must lie within 0-3 and the "
                        f"searched ones among them")
@@ -109,7 +109,7 @@ class Execution:
                 out.append("an overlapped parameter all-gather needs the distributed optimizer (Megatron: "
                            "--overlap-param-gather with --use-distributed-optimizer); without it, set "
                            "param_gather_overlap=false")
-            if self.grad_reduce != "per_bucket":
+            if self.grad_reduce_start != "per_bucket":
                 out.append("an overlapped parameter all-gather needs the per-bucket gradient reduction (Megatron: "
                            "--overlap-param-gather with --overlap-grad-reduce)")
         if self.bucket_params is not None and not self.bucket_params > 0:
@@ -142,7 +142,7 @@ class Execution:
     def buckets(self, params: float, layers: int, pipeline_rank: int, dp: int) -> int:
         """How many gradient (and parameter-gather) buckets a stage of `params` parameters per TP rank and `layers`
         blocks reduces in."""
-        if self.grad_reduce != "per_bucket" or (self.bucket_first_rank_only and pipeline_rank > 0):
+        if self.grad_reduce_start != "per_bucket" or (self.bucket_first_rank_only and pipeline_rank > 0):
             return 1
         if self.bucket_params is None:
             return layers + 1
@@ -174,20 +174,20 @@ PRESETS: dict[str, Execution] = {
     "autoconf": Execution(),
     "megatron": Execution(
         name="megatron", memory_layout="megatron", zero_stages=(0, 1, 2, 3), zero_searched=(0, 1, 2, 3),
-        grad_reduce="after_flush", param_gather_overlap=False, blocking_p2p=True, p2p_scatter_gather=True,
+        grad_reduce_start="after_flush", param_gather_overlap=False, blocking_p2p=True, p2p_scatter_gather=True,
         executor_overheads=False,
         megatron_args=(("sharded", "memory_layout=megatron", "--use-distributed-optimizer"),)),
     "megatron-core": Execution(
         name="megatron-core", memory_layout="megatron", zero_stages=(0, 1), zero_searched=(0, 1),
-        distributed_optimizer=True, grad_reduce="per_bucket", bucket_params=40e6, bucket_first_rank_only=True,
+        distributed_optimizer=True, grad_reduce_start="per_bucket", bucket_params=40e6, bucket_first_rank_only=True,
         param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False,
-        megatron_args=(("dp", "grad_reduce=per_bucket", "--overlap-grad-reduce"),
+        megatron_args=(("dp", "grad_reduce_start=per_bucket", "--overlap-grad-reduce"),
                        ("sharded", "distributed_optimizer", "--use-distributed-optimizer"),
                        ("sharded", "param_gather_overlap", "--overlap-param-gather"),
                        ("sp", "tp_comm_overlap", "--tp-comm-overlap"))),
     "torchtitan": Execution(
         name="torchtitan", memory_layout="torch", zero_stages=(0, 2, 3), zero_searched=(0, 2, 3),
-        grad_reduce="per_bucket", param_gather_overlap=True, selective_recompute="alternate_matmuls",
+        grad_reduce_start="per_bucket", param_gather_overlap=True, selective_recompute="alternate_matmuls",
         executor_overheads=False,
         torchtitan_settings=(("always", "memory_layout=torch", 'mixed_precision_reduce = "float32"'),)),
 }
@@ -203,7 +203,7 @@ def execution(name: str = DEFAULT) -> Execution:
 
 
 # Flags a user may change on a preset (`--framework-flag KEY=VALUE`): the behaviour, not the name or export data.
-USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_reduce", "bucket_params",
+USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_reduce_start", "bucket_params",
               "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
               "selective_recompute", "executor_overheads")
 
