@@ -46,6 +46,7 @@ class ModelSpec:
     qkv_bias: bool = False
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    rope_scaling_factor: float = 1.0  # Llama 3.x ("llama3" rope_type) RoPE scaling factor; 1 is none
 
     def __post_init__(self) -> None:
         problems = []
@@ -67,7 +68,7 @@ class ModelSpec:
         for field in ("tied_embeddings", "qkv_bias"):
             if not isinstance(getattr(self, field), bool):
                 problems.append(f"{field} must be true or false (got {getattr(self, field)!r})")
-        for field in ("dropout", "norm_eps", "rope_theta"):
+        for field in ("dropout", "norm_eps", "rope_theta", "rope_scaling_factor"):
             value = getattr(self, field)
             if isinstance(value, bool) or not (isinstance(value, int) or
                                                (isinstance(value, float) and math.isfinite(value))):
@@ -78,6 +79,8 @@ class ModelSpec:
             value = getattr(self, field)
             if isinstance(value, (int, float)) and not value > 0:
                 problems.append(f"{field} must be positive (got {value})")
+        if isinstance(self.rope_scaling_factor, (int, float)) and not self.rope_scaling_factor >= 1:
+            problems.append(f"rope_scaling_factor must be at least 1 (got {self.rope_scaling_factor})")
         if problems:
             raise UserError(f"model {self.name!r}: " + "; ".join(problems))
 
