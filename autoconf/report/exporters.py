@@ -226,13 +226,22 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
     else:
         notes.append("dtype fp32: Megatron's default, no flag")
     flags += _megatron_model(plan)
+    if m.arch == "llama" and not float(m.rope_theta).is_integer():
+        notes.append(f"rope_theta {m.rope_theta:g} is not an integer; Megatron's --rotary-base takes an int")
     notes.append(f"vocabulary {m.vocab_size}: comes from Megatron's tokenizer (--vocab-size with NullTokenizer)")
     flags.append(("--attention-backend", "flash" if c.attention == "flash" else "unfused"))
     mesh = np.asarray(plan.placement.get("mesh"))
     if mesh.size and not np.array_equal(mesh.ravel(), np.arange(mesh.size)):
         notes.append("GPU placement differs from Megatron's rank order (tp fastest, then dp, then pp) and cannot be "
                      "expressed with arguments; order the hosts or CUDA_VISIBLE_DEVICES to match plan placement.mesh")
-    return flags, notes
+    return _first_of_each(flags), notes
+
+
+def _first_of_each(flags: list[Flag]) -> list[Flag]:
+    """Each flag once (its first value), so that flags added from several sources (the layout, a framework's
+    overlap switches) never repeat one."""
+    seen: set[str] = set()
+    return [(f, v) for f, v in flags if not (f in seen or seen.add(f))]
 
 
 def _megatron_partition(plan: Plan) -> list[Flag]:
@@ -282,8 +291,6 @@ def megatron_args(plan: Plan) -> str:
     Use with e.g. `grep -v '^#' megatron_args.txt | xargs python pretrain_gpt.py ...`.
     """
     flags, notes = megatron_flags(plan)
-    if not float(plan.model.rope_theta).is_integer():
-        notes.append(f"rope_theta {plan.model.rope_theta:g} is not an integer; Megatron's --rotary-base takes an int")
     header = [f"# {_summary(plan)}", f"# Targets {MEGATRON_TARGET}.",
               "# Megatron-LM arguments; use with: grep -v '^#' megatron_args.txt | xargs python pretrain_gpt.py ..."]
     lines = [flag if value is None else f"{flag} {shlex.quote(str(value))}" for flag, value in flags]

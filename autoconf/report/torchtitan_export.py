@@ -98,7 +98,8 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
     lines = [f"# {summary}",
              f"# Targets {TORCHTITAN_TARGET}: a config_registry module. Run from this folder with",
              f"#   PYTHONPATH=. torchrun ... -m torchtitan.train --module {MODULE} --config {FUNCTION}",
-             f"# Model: {'torchtitan recipe ' + recipe if recipe else 'the plan model, on torchtitan recipe llama3_8b'}"]
+             "# Model: " + (f"torchtitan's recipe {recipe}" if recipe
+                            else "the plan's model on torchtitan's recipe llama3_8b")]
     lines += [f"# NOTE: {n}" for n in notes]
     base = recipe or "llama3_8b"
     imports = ["from torchtitan.distributed.activation_checkpoint import FullAC, SelectiveAC  # noqa: F401",
