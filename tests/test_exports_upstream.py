@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from autoconf.cost.estimate import estimate
+from autoconf.errors import UserError
 from autoconf.report import upstream
 from autoconf.report.exporters import export_texts, megatron_args, megatron_flags, pytorchjob, torchtitan_config
 from autoconf.report.torchtitan_export import FUNCTION, TORCHTITAN_FLAVORS, module_fqns, upstream_recipe
@@ -397,8 +398,9 @@ def test_test_extra_pins_the_targeted_versions():
     assert upstream.MEGATRON_LM_TAG.endswith(upstream.MEGATRON_CORE_VERSION)
 
 
-def test_megatron_args_for_a_preset_loaded_from_json_keep_rope_scaling(tmp_path):
-    """The rope scaling factor survives the model JSON round trip and the Hugging Face loader reads Llama 3.1's."""
+def test_rope_scaling_survives_json_and_comes_from_hugging_face(tmp_path):
+    """The rope scaling factor survives the model JSON round trip, the Hugging Face loader reads Llama 3.1's, and a
+    factor below 1 is refused."""
     from autoconf.spec.presets import from_hf_config
 
     path = tmp_path / "m.json"
@@ -410,3 +412,5 @@ def test_megatron_args_for_a_preset_loaded_from_json_keep_rope_scaling(tmp_path)
                            "original_max_position_embeddings": 8192, "rope_type": "llama3"}}
     assert from_hf_config(hf, "Llama-3.1-8B").rope_scaling_factor == 8.0
     assert from_hf_config({**hf, "rope_scaling": None}, "Llama-3-8B").rope_scaling_factor == 1.0
+    with pytest.raises(UserError, match="rope_scaling_factor"):
+        dataclasses.replace(PRESETS["llama3.1-8b"], rope_scaling_factor=0.5)
