@@ -31,6 +31,7 @@ from autoconf.spec.presets import PRESETS, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS_FILE = ROOT / "scripts" / "data" / f"megatron_lm_{upstream.MEGATRON_LM_TAG}_flags.json"
+CRD_SCHEMA_FILE = ROOT / "scripts" / "data" / f"pytorchjob_crd_{upstream.TRAINING_OPERATOR_TAG}_schema.json"
 
 
 def _upstream(module: str):
@@ -320,19 +321,27 @@ def test_torchtitan_flavor_table_is_torchtitans(torchtitan):
 
 @pytest.mark.parametrize("nodes,gpus,cluster", [(1, 8, "dgx-a100-80g"), (4, 8, "dgx-h100-80g"), (2, 2, "cpu-local")])
 def test_pytorchjob_has_what_the_operator_requires(nodes, gpus, cluster, tmp_path):
-    """pytorchjob.yaml parses; kind PyTorchJob of kubeflow.org/v1 with a DNS-1123 name; exactly one Master and
-    nodes-1 Workers whose pods run a container named `pytorch` asking for the node's GPUs (CPUs for a CPU plan);
-    the container's command, run with a stub torchrun and the operator's RANK, parses with torch's torchrun parser
-    as one node of the plan's world with the mounted plan."""
+    """pytorchjob.yaml parses and validates against the PyTorchJob CRD schema of the operator release it names; as
+    the operator's admission webhook requires (pkg/webhooks/pytorch/pytorchjob_webhook.go at that tag): a DNS-1035
+    name, exactly one Master, Workers (nodes-1) at least one when present, a container named `pytorch` with an
+    image; it asks for the node's GPUs (CPUs for a CPU plan); the container's command, run with a stub torchrun and
+    the operator's RANK (the pod's index, Workers from 1), parses with torch's torchrun parser as one node of the
+    plan's world with the mounted plan."""
+    import jsonschema
     import yaml
     from torch.distributed.run import get_args_parser
 
     plan = _plan(pp=2, dp=nodes * gpus // 2, nodes=nodes, gpus=gpus, global_batch=nodes * gpus * 2, cluster=cluster)
-    docs = list(yaml.safe_load_all(pytorchjob(plan, tmp_path / "it's a plan.json")))
+    text = pytorchjob(plan, tmp_path / "it's a plan.json")
+    assert f"Targets Kubeflow Training Operator {upstream.TRAINING_OPERATOR_TAG}" in text
+    docs = list(yaml.safe_load_all(text))
     assert len(docs) == 1
     job = docs[0]
-    assert job["apiVersion"] == upstream.PYTORCHJOB_API_VERSION and job["kind"] == "PyTorchJob"
-    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", job["metadata"]["name"])
+    crd = json.loads(CRD_SCHEMA_FILE.read_text())
+    assert f"{crd['group']}/{crd['version']}" == job["apiVersion"] == upstream.PYTORCHJOB_API_VERSION
+    assert job["kind"] == crd["kind"] == "PyTorchJob"
+    jsonschema.validate(job, crd["openAPIV3Schema"])
+    assert re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", job["metadata"]["name"])
     specs = job["spec"]["pytorchReplicaSpecs"]
     assert set(specs) == ({"Master", "Worker"} if nodes > 1 else {"Master"})
     assert specs["Master"]["replicas"] == 1 and specs.get("Worker", {"replicas": 0})["replicas"] == nodes - 1
@@ -345,6 +354,7 @@ def test_pytorchjob_has_what_the_operator_requires(nodes, gpus, cluster, tmp_pat
         pod = spec["template"]["spec"]
         (container,) = pod["containers"]
         assert container["name"] == "pytorch" and container["image"]
+        assert spec["replicas"] == (1 if rank == 0 else nodes - 1) >= 1
         limits = container["resources"]["limits"]
         assert limits == ({"cpu": gpus} if cluster == "cpu-local" else {"nvidia.com/gpu": gpus})
         mount = container["volumeMounts"][0]

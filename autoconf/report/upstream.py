@@ -12,9 +12,11 @@ MEGATRON_CORE_VERSION = "0.16.1"
 # loaded by `--module M --config F`); the TOML job files of earlier releases are gone.
 TORCHTITAN_VERSION = "0.3.0"
 
-# Kubeflow Training Operator's PyTorchJob (API group/version kubeflow.org/v1).
+# Kubeflow Training Operator's PyTorchJob (API group/version kubeflow.org/v1), its CRD schema as released at this tag
+# (scripts/data/pytorchjob_crd_<tag>_schema.json, extracted by scripts/pytorchjob_schema.py).
 PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
+TRAINING_OPERATOR_TAG = "v1.9.0"
 
 MEGATRON_TARGET = f"Megatron-LM {MEGATRON_LM_TAG} (megatron-core {MEGATRON_CORE_VERSION})"
 TORCHTITAN_TARGET = f"torchtitan {TORCHTITAN_VERSION} (PyPI)"
-PYTORCHJOB_TARGET = f"Kubeflow Training Operator PyTorchJob, {PYTORCHJOB_API_VERSION}"
+PYTORCHJOB_TARGET = f"Kubeflow Training Operator {TRAINING_OPERATOR_TAG} PyTorchJob, {PYTORCHJOB_API_VERSION}"
