@@ -63,6 +63,7 @@ PLANS = {
     "qwen-like-rope-1e6": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], rope_theta=1e6, qkv_bias=True,
                                                             norm_eps=1e-6), tp=2, pp=1, dp=2, sp=True),
     "uniform-interleaved": lambda: _plan(pp=2, dp=2, vpp=2, schedule="interleaved-1f1b", recompute="full"),
+    "no-pp-accumulating-zero1": lambda: _plan(pp=1, dp=4, zero=1),
 }
 
 
@@ -283,8 +284,13 @@ def test_torchtitan_config_loads_with_torchtitans_config_manager(torchtitan, nam
     dims = ParallelDims.from_config(par, c.world_size)
     assert (dims.tp, dims.pp, dims.dp_replicate * dims.dp_shard) == (c.tp, c.pp, c.dp)
     assert dims.dp_shard == (c.dp if c.zero_stage else 1)
-    assert train.local_batch_size * c.dp == train.global_batch_size == c.global_batch_size
-    assert par.pipeline_parallel_microbatch_size == c.micro_batch_size and train.seq_len == c.seq_len
+    # one forward runs the plan's micro-batch (torchtitan: local_batch_size without PP, else the PP micro-batch),
+    # and a step takes the global batch (accumulating global / (local x DP) steps)
+    forward_batch = par.pipeline_parallel_microbatch_size if c.pp > 1 else train.local_batch_size
+    assert forward_batch == c.micro_batch_size and train.seq_len == c.seq_len
+    assert train.global_batch_size == c.global_batch_size and c.global_batch_size % (train.local_batch_size * c.dp) == 0
+    if c.pp > 1:
+        assert train.local_batch_size // par.pipeline_parallel_microbatch_size == c.num_microbatches
     assert par.enable_sequence_parallel == (c.sequence_parallel or c.tp == 1)
     torch.distributed.pipelining.schedules.get_schedule_class(par.pipeline_parallel_schedule)
     ac = type(config.activation_checkpoint).__qualname__ if config.activation_checkpoint else None

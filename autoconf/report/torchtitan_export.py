@@ -79,6 +79,14 @@ def _custom_model(plan: Plan) -> list[str]:
     ]
 
 
+def _local_batch(plan: Plan) -> int:
+    """torchtitan's local_batch_size: what one DP rank runs per gradient-accumulation step. Without pipelining that
+    is one forward of the plan's micro-batch (torchtitan accumulates global / (local x DP) steps); a pipeline runs a
+    rank's whole batch per step, split into micro-batches of pipeline_parallel_microbatch_size."""
+    c = plan.config
+    return c.global_batch_size // c.dp if c.pp > 1 else c.micro_batch_size
+
+
 def torchtitan_config(plan: Plan, summary: str) -> str:
     """The text of torchtitan_config.py for `plan`; `summary` is the plan's one-line comment text."""
     m, c = plan.model, plan.config
@@ -112,7 +120,7 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
         lines += _custom_model(plan)
     precision = "float32" if c.dtype == "fp32" else "bfloat16"
     lines += ["    training, parallelism = config.training, config.parallelism",
-              f"    training.local_batch_size = {c.global_batch_size // c.dp}",
+              f"    training.local_batch_size = {_local_batch(plan)}",
               f"    training.global_batch_size = {c.global_batch_size}",
               f"    training.seq_len = {c.seq_len}",
               f'    training.mixed_precision_param = "{precision}"',
