@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from autoconf.files import check_new, write_file
-from autoconf.spec.plan import Plan, node_blocks
 from autoconf.report.kubernetes_export import pytorchjob_yaml
 from autoconf.report.torchtitan_export import MODULE as TORCHTITAN_MODULE
 from autoconf.report.torchtitan_export import torchtitan_config as _torchtitan_config
 from autoconf.report.upstream import MEGATRON_TARGET
+from autoconf.spec.plan import Plan, node_blocks
 from autoconf.spec.schedules import schedule_spec
 
 # More nodes than this get one torchrun script that takes the node rank as $1 instead of one script per node.
