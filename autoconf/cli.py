@@ -78,10 +78,18 @@ def parse_fix(values: tuple[str, ...]) -> dict:
 
 model_option = click.option("--model", "model_arg", required=True,
                             help="preset name (autoconf models), HF config.json, or autoconf model JSON")
-cluster_option = click.option("--cluster", "cluster_arg", required=True,
-                              help="bundled profile (dgx-a100-80g, dgx-h100-80g, cpu-local) or a profile path")
+def _cluster_help() -> str:
+    from autoconf.spec.cluster import bundled_profiles
+
+    return f"bundled profile ({', '.join(bundled_profiles())}; see `autoconf profiles`) or a profile path"
+
+
+cluster_option = click.option("--cluster", "cluster_arg", required=True, help=_cluster_help())
 nodes_option = click.option("--nodes", type=int, default=None, help="resize a uniform profile to N nodes")
 gpn_option = click.option("--gpus-per-node", type=int, default=None, help="resize a uniform profile's nodes")
+headroom_option = click.option("--memory-headroom", type=click.FloatRange(0, 1, max_open=True), default=None,
+                               help="fraction of device memory a plan must leave free (default: the profile's "
+                                    "memory_headroom, 0.05 when it states none)")
 
 
 class AutoconfGroup(click.Group):
@@ -133,6 +141,24 @@ def models(as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="print the profiles as JSON")
+@user_errors
+def profiles(as_json: bool) -> None:
+    """List the bundled cluster profiles (data-sheet and measured)."""
+    from autoconf.report.tables import print_table, profiles_table
+    from autoconf.spec.cluster import bundled_profiles, load_cluster
+
+    clusters = [load_cluster(name) for name in bundled_profiles()]
+    if as_json:
+        click.echo(json.dumps([{"name": c.name, "source": c.source, "device": c.device.name, "nodes": c.nodes,
+                                "gpus_per_node": c.gpus_per_node, "memory_bytes": c.device.memory_bytes,
+                                "price": c.price, "description": c.description} for c in clusters], indent=2))
+    else:
+        print_table(profiles_table(clusters))
+        click.echo("a profile you measured (`autoconf profile --out FILE`) is used by its path: --cluster FILE")
+
+
+@main.command()
 @model_option
 @cluster_option
 @nodes_option
@@ -159,9 +185,13 @@ def models(as_json: bool) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the plan here",
               callback=output_path)
 @click.option("--force", is_flag=True, help="overwrite --out if it exists")
+@click.option("--memory-picture", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              callback=output_path, help="draw the memory breakdown of the rank that needs the most (PNG)")
+@headroom_option
 @user_errors
 def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micro_batch, global_batch, seq_len,
-             schedule, zero, recompute, sequence_parallel, dtype, attention, framework, as_json, out, force) -> None:
+             schedule, zero, recompute, sequence_parallel, dtype, attention, framework, as_json, out, force,
+             memory_picture, memory_headroom) -> None:
     """Predict time and memory of one layout."""
     from autoconf.cost.estimate import Execution
     from autoconf.cost.estimate import estimate as run_estimate
@@ -172,31 +202,54 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
 
     model = load_model(model_arg)
     cluster = load_cluster(cluster_arg, nodes, gpus_per_node)
+    if memory_headroom is not None:
+        cluster = cluster.with_memory_headroom(memory_headroom)
     config = ParallelConfig(tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=micro_batch,
                             global_batch_size=global_batch,
                             seq_len=default_seq_len(model) if seq_len is None else seq_len,
                             schedule=schedule, zero_stage=zero, recompute=recompute,
                             sequence_parallel=sequence_parallel, dtype=dtype or default_dtype(cluster),
                             attention=attention)
+    if memory_picture is not None:
+        from autoconf.files import check_new
+
+        check_new(memory_picture, force)
     plan = run_estimate(model, cluster, config, execution=Execution(framework))
     if out is not None:
         plan.save(out, force=force)
+    if memory_picture is not None:
+        from autoconf.report.pictures import worst_rank_png
+
+        worst_rank_png(plan, memory_picture)
     if as_json:
         click.echo(plan.to_json(), nl=False)
     else:
         print_table(prediction_table(plan))
-        if out is not None:
-            click.echo(f"wrote {out}")
+        for path in (out, memory_picture):
+            if path is not None:
+                click.echo(f"wrote {path}")
+    if not plan.prediction["fits"]:  # the prediction is printed, and the exit code says it cannot run
+        from autoconf.solve.fit import does_not_fit_message
+
+        raise UserError(does_not_fit_message(plan, model, cluster, Execution(framework)))
 
 
 @main.command()
 @model_option
 @cluster_option
-@nodes_option
+@click.option("--nodes", "nodes_arg", default=None, metavar="N|A:B|A:B:STEP",
+              help="resize a uniform profile to N nodes; a range A:B plans every power of two times A up to B (and "
+                   "B itself), A:B:STEP every STEP-th size, and shows time against cost")
 @gpn_option
 @click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
 @click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
               help="default: the model's context, at most 8192")
+@click.option("--tokens", "tokens_arg", default=None, metavar="COUNT",
+              help="tokens to train on, e.g. 2T or 300B: adds days, GPU-hours and cost to train")
+@click.option("--price", type=float, default=None, metavar="USD_PER_GPU_HOUR",
+              help="price per GPU-hour (default: the profile's published price, if it states one)")
+@click.option("--deadline", "deadline_arg", default=None, metavar="DURATION",
+              help="e.g. 30d, 36h, 6w: with a --nodes range, the cheapest size that trains within it")
 @click.option("--fix", "fix", multiple=True, metavar="KEY=VALUE",
               help="pin a config field, e.g. --fix tp=8 --fix schedule=1f1b (repeatable)")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
@@ -210,20 +263,31 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
 @click.option("--explain", "explain_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="write pictures and launch scripts here", callback=output_path)
 @click.option("--force", is_flag=True, help="overwrite existing output files")
+@headroom_option
 @user_errors
-def plan(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, fix, dtype, attention, framework,
-         top_k, as_json, out, explain_dir, force) -> None:
-    """Search every sensible layout and write the best plan."""
-    from rich.console import Console
-
+def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len, tokens_arg, price, deadline_arg,
+         fix, dtype, attention, framework, top_k, as_json, out, explain_dir, force, memory_headroom) -> None:
+    """Search every sensible layout and write the best plan (with --tokens: time and cost to train; with a --nodes
+    range: the best plan of every cluster size)."""
     from autoconf.cost.estimate import Execution
-    from autoconf.report.tables import print_table, ranked_table
+    from autoconf.report.tables import print_table, ranked_table, table_console
+    from autoconf.solve import sweep as sizes
     from autoconf.solve.search import explain_infeasible, search
     from autoconf.spec.cluster import load_cluster
     from autoconf.spec.presets import load_model
 
+    node_counts = None if nodes_arg is None else sizes.parse_nodes(nodes_arg)
+    tokens = None if tokens_arg is None else sizes.parse_tokens(tokens_arg)
+    deadline = None if deadline_arg is None else sizes.parse_deadline(deadline_arg)
+    if price is not None:
+        sizes.check_price(price)
+    if tokens is None and (price is not None or deadline is not None or (node_counts and len(node_counts) > 1)):
+        raise UserError("--price, --deadline and a --nodes range need --tokens (how many tokens to train on, e.g. "
+                        "--tokens 2T)")
     model = load_model(model_arg)
-    cluster = load_cluster(cluster_arg, nodes, gpus_per_node)
+    cluster = load_cluster(cluster_arg, node_counts[0] if node_counts else None, gpus_per_node)
+    if memory_headroom is not None:
+        cluster = cluster.with_memory_headroom(memory_headroom)
     fixed = parse_fix(fix)
     seq_len = default_seq_len(model) if seq_len is None else seq_len
     if seq_len < 1:
@@ -239,12 +303,24 @@ def plan(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, fi
 
         check_new(out, force)  # before the search, which can take a while
     execution = Execution(framework)
-    console = Console(stderr=as_json)
+    console = table_console(stderr=as_json)
+    usd, price_source = sizes.price_of(cluster, price) if tokens is not None else (None, None)
+    if node_counts is not None and len(node_counts) > 1:
+        return plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attention, fixed, execution,
+                          tokens, usd, price_source, deadline, as_json, out, explain_dir, force, console)
     with console.status(f"planning {model.name} on {cluster.world_size} devices ..."):
         result = search(model, cluster, global_batch, seq_len, dtype, attention, fixed, top_k, execution)
     if not result.plans:
         raise UserError(explain_infeasible(model, cluster, result, global_batch, seq_len, dtype, attention, fixed,
                                            execution))
+    if tokens is not None:
+        for candidate in result.plans:
+            candidate.prediction["training"] = sizes.training(candidate.prediction, tokens, cluster.world_size, usd,
+                                                              price_source)
+        days = result.plans[0].prediction["training"]["days"]
+        if deadline is not None and days > deadline:
+            raise UserError(f"the best plan on {cluster.nodes} nodes needs {days:.1f} days, over the deadline of "
+                            f"{deadline:g} days; try a range, e.g. --nodes {cluster.nodes}:{cluster.nodes * 16}")
     best = result.plans[0]
     written = []
     if explain_dir is not None:  # first: it refuses existing files before writing any, and so leaves --out alone
@@ -262,8 +338,154 @@ def plan(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, fi
     console.print(f"searched {s['candidates']} candidates: {s['pruned_memory']} pruned by memory, "
                   f"{s['pruned_time']} by time bound, {s['simulated']} simulated, {s['unlaunchable']} not "
                   f"launchable; {s['seconds']:.2f} s")
+    if tokens is not None:
+        t = best.prediction["training"]
+        cost = "" if t["cost"] is None else f", {t['cost']:,.0f} USD at {t['usd_per_gpu_hour']:g} USD/GPU-hour"
+        console.print(f"#1 trains on {t['tokens']:,} tokens in {t['days']:,.1f} days: {t['gpu_hours']:,.0f} GPU-hours"
+                      + (cost or " (no price: pass --price USD_PER_GPU_HOUR)"))
     if out is not None:
         console.print(f"wrote {out}")
+    for path in written:
+        console.print(f"wrote {path}")
+
+
+def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attention, fixed, execution, tokens, usd,
+               price_source, deadline, as_json, out, explain_dir, force, console) -> None:
+    """`plan --nodes A:B`: the best plan of every size, the Pareto front of time against cost, and the chosen size
+    (the cheapest within --deadline, else the fastest)."""
+    from autoconf.report.tables import print_table, sweep_table
+    from autoconf.solve import sweep as sizes
+
+    if explain_dir is not None:
+        from autoconf.files import check_new
+
+        check_new(explain_dir / "sweep.png", force)
+    with console.status("") as status:
+        points = sizes.sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attention, fixed, execution,
+                             tokens, usd, price_source,
+                             progress=lambda n: status.update(f"planning {model.name} on {n} nodes "
+                                                              f"({node_counts.index(n) + 1}/{len(node_counts)}) ..."))
+    front = sizes.pareto_front(points)
+    if not front:
+        reasons = "; ".join(f"{p.nodes} nodes: {p.reason}" for p in points[:3])
+        raise UserError(f"no cluster size from {node_counts[0]} to {node_counts[-1]} nodes has a layout ({reasons})")
+    chosen = sizes.cheapest_within(points, deadline) if deadline is not None else front[0]
+    written = []
+    if explain_dir is not None:
+        from autoconf.report.explain import explain
+        from autoconf.report.pictures import sweep_png
+
+        written = explain([chosen.plan], explain_dir, cluster=cluster.resized(nodes=chosen.nodes), plan_path=out,
+                          force=force)
+        written.append(sweep_png(points, front, chosen, explain_dir / "sweep.png", deadline))
+    if out is not None:
+        chosen.plan.save(out, force=force)
+    if as_json:
+        click.echo(json.dumps({"plans": [chosen.plan.to_dict()], "sweep": [p.to_dict() for p in points],
+                               "chosen_nodes": chosen.nodes}, indent=2))
+        return
+    title = (f"{model.name} on {cluster.name}, {tokens:,} tokens, global batch {global_batch}, seq {seq_len}: "
+             f"best plan per cluster size")
+    print_table(sweep_table(points, front, chosen, title), console)
+    why = (f"the cheapest size within {deadline:g} days" if deadline is not None
+           else "the fastest size (pass --deadline to pick the cheapest that meets it)")
+    console.print(f"* Pareto front (no other size is both faster and cheaper); > chosen: {chosen.nodes} nodes, {why}")
+    if usd is None:
+        console.print("no price: cost is in GPU-hours; pass --price USD_PER_GPU_HOUR")
+    else:
+        console.print(f"price: {usd:g} USD per GPU-hour ({price_source})")
+    if explain_dir is None:
+        console.print("add --explain DIR for the picture of time against cost (sweep.png)")
+    if out is not None:
+        console.print(f"wrote {out}")
+    for path in written:
+        console.print(f"wrote {path}")
+
+
+LIMITS = ("seq", "micro-batch", "model")
+
+
+@main.command()
+@click.option("--model", "model_arg", default=None,
+              help="preset name, HF config.json or model JSON (for the sequence and micro-batch limits)")
+@cluster_option
+@nodes_option
+@gpn_option
+@click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
+@click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
+              help="for the micro-batch and model limits (default: the model's context, at most 8192)")
+@click.option("--max-seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
+              help="the longest sequence to try (default: the model's context)")
+@click.option("--family", default=None,
+              help="preset family for the largest model, e.g. llama3, gpt3 (default: the --model preset's family)")
+@click.option("--only", "only", multiple=True, type=click.Choice(LIMITS),
+              help="find only these limits (repeatable; default: every one that applies)")
+@click.option("--fix", "fix", multiple=True, metavar="KEY=VALUE", help="pin a config field in every layout tried")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None, help="default: bf16 on GPUs, fp32 on CPU")
+@click.option("--attention", type=click.Choice(["flash", "standard"]), default="flash", show_default=True)
+@click.option("--framework", type=click.Choice(["autoconf", "megatron"]), default="autoconf", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the limits, each with its plan, as JSON")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              callback=output_path, help="write the plan of each limit here (limit_seq.json, ...)")
+@click.option("--force", is_flag=True, help="overwrite existing plan files in --out")
+@user_errors
+def limits(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, max_seq_len, family, only, fix,
+           dtype, attention, framework, as_json, out_dir, force) -> None:
+    """What fits this cluster: the longest sequence, the largest micro-batch, the largest model of a family."""
+    from autoconf.cost.estimate import Execution
+    from autoconf.report.tables import limits_table, print_table, table_console
+    from autoconf.solve import limits as lim
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.presets import PRESETS, load_model
+
+    wanted = set(only or LIMITS)
+    if model_arg is None and wanted - {"model"}:
+        if not family:
+            raise UserError("give --model (for the sequence and micro-batch limits) or --family with --only model")
+        wanted = {"model"}
+    model = load_model(model_arg) if model_arg is not None else None
+    if "model" in wanted and family is None:
+        if model is None or model.name not in PRESETS:
+            wanted.discard("model")  # a model from a file has no family of presets
+        else:
+            family = lim.family_of(model.name)
+    cluster = load_cluster(cluster_arg, nodes, gpus_per_node)
+    fixed = parse_fix(fix)
+    dtype = fixed.pop("dtype", None) or dtype or default_dtype(cluster)
+    planner = lim.Planner(cluster, global_batch, dtype, attention, fixed, Execution(framework))
+    if out_dir is not None:
+        from autoconf.files import check_new
+
+        for key in wanted:
+            check_new(out_dir / f"limit_{key.replace('-', '_')}.json", force)
+    console = table_console(stderr=as_json)
+    found = {}
+    with console.status("") as status:
+        if "seq" in wanted:
+            status.update(f"longest sequence of {model.name} on {cluster.world_size} devices ...")
+            found["seq"] = lim.longest_sequence(planner, model, max_seq_len)
+        if "micro-batch" in wanted:
+            status.update(f"largest micro-batch of {model.name} on {cluster.world_size} devices ...")
+            found["micro-batch"] = lim.largest_micro_batch(planner, model, seq_len or default_seq_len(model))
+        if "model" in wanted:
+            status.update(f"largest {family} model on {cluster.world_size} devices ...")
+            found["model"] = lim.largest_model(planner, family, seq_len)
+    written = []
+    if out_dir is not None:
+        for key, limit in found.items():
+            if limit.plan is not None:
+                path = out_dir / f"limit_{key.replace('-', '_')}.json"
+                out_dir.mkdir(parents=True, exist_ok=True)
+                limit.plan.save(path, force=force)
+                written.append(path)
+    if as_json:
+        click.echo(json.dumps({key.replace("-", "_"): limit.to_dict() for key, limit in found.items()}, indent=2))
+        return
+    title = f"What fits {cluster.name} ({cluster.nodes} x {cluster.gpus_per_node} devices), global batch {global_batch}"
+    print_table(limits_table(list(found.values()), title), console)
+    for limit in found.values():
+        tried = ", ".join(f"{v}{'' if ok else ' (no)'}" for v, ok in limit.probes)
+        console.print(f"{limit.what}: tried {tried}" + (f"; {limit.note}" if limit.note else ""))
     for path in written:
         console.print(f"wrote {path}")
 
@@ -315,18 +537,23 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
 @click.option("--max-tp", type=click.IntRange(min=1), default=None,
               help="time the model's blocks at TP widths up to this (default: the ranks per node), e.g. 8 on one GPU "
                    "of an 8-GPU node")
+@click.option("--seq-len", "seq_lens", type=int, multiple=True,
+              help="a sequence length to plan for (repeatable): attention is also timed there")
 @click.option("--force", is_flag=True, help="overwrite --out if it exists")
 @user_errors
 def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, model_arg, quick, base_profile,
-            memory_per_rank, dtype, max_tp, force) -> None:
+            memory_per_rank, dtype, max_tp, seq_lens, force) -> None:
     """Measure this cluster (compute, links, collectives, memory) into a profile."""
     from autoconf.profile.launch import profile as run_profile
 
     code = run_profile(out, nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
                        master_addr=master_addr, master_port=master_port, model=model_arg, quick=quick, force=force,
-                       base_profile=base_profile, memory_per_rank=memory_per_rank, dtype=dtype, max_tp=max_tp)
+                       base_profile=base_profile, memory_per_rank=memory_per_rank, dtype=dtype, max_tp=max_tp,
+                       seq_lens=seq_lens)
     if code != 0:
         raise UserError(f"profiling failed (torchrun exit code {code}); see the worker output above")
+    if node_rank == 0:
+        click.echo(f"profile: {out} (next: autoconf plan --model MODEL --cluster {out} --global-batch B)")
 
 
 @main.command()
@@ -340,7 +567,8 @@ def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, mo
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--dry-run", is_flag=True, help="print the command each node would run")
-@click.option("--nnodes", type=click.IntRange(1, 100_000), default=1, show_default=True)
+@click.option("--nnodes", type=click.IntRange(1, 100_000), default=None,
+              help="nodes to run on (default: the plan's own node count)")
 @click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--master-addr", default="127.0.0.1", show_default=True)
 @click.option("--master-port", type=click.IntRange(1, 65535), default=29500, show_default=True)
@@ -349,16 +577,20 @@ def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, mo
 @click.option("--rendezvous-timeout", type=click.FloatRange(min=1), default=None,
               help="seconds to wait for every node to join (default 600)")
 @click.option("--force", is_flag=True, help="overwrite an existing metrics file")
+@click.option("--allow-cpu", is_flag=True, help="run a GPU plan on this host's CPU ranks (a rehearsal of the layout)")
+@click.option("--allow-unfit", is_flag=True, help="launch a plan predicted not to fit in device memory")
 @user_errors
 def launch(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_every, max_restarts, dry_run, nnodes,
-           node_rank, master_addr, master_port, collective_timeout, rendezvous_timeout, force) -> None:
+           node_rank, master_addr, master_port, collective_timeout, rendezvous_timeout, force, allow_cpu,
+           allow_unfit) -> None:
     """Train a plan with the bundled torch executor under torchrun."""
     from autoconf.execute.launch import launch as run_launch
 
     code = run_launch(plan_path, steps=steps, seed=seed, data=data, metrics=metrics, checkpoint_dir=checkpoint_dir,
                       checkpoint_every=checkpoint_every, max_restarts=max_restarts, dry_run=dry_run, nnodes=nnodes,
                       node_rank=node_rank, master_addr=master_addr, master_port=master_port, force=force,
-                      timeout_s=collective_timeout, rendezvous_timeout_s=rendezvous_timeout)
+                      timeout_s=collective_timeout, rendezvous_timeout_s=rendezvous_timeout, allow_cpu=allow_cpu,
+                      allow_unfit=allow_unfit)
     if code > 128:  # stopped by a signal, which the launcher has reported
         sys.exit(code)
     if code != 0:

@@ -6,12 +6,14 @@
         cluster faster than the candidates it weighs (12,288 nodes are 98,304 GPUs: 12,500 nodes, 100k GPUs, have
         no layout whose data-parallel degree divides batch 8192)
 
-Usage: python scripts/bench_search.py [CASE_PREFIX ...]   (prints one JSON line per case)
+Usage: python scripts/bench_search.py [--json DIR] [CASE_PREFIX ...]   (prints one JSON line per case; with --json
+the ranked plans of case i go to DIR/case{i}.json, to compare the search's results across code changes)
 """
 
 import json
 import sys
 import time
+from pathlib import Path
 
 from autoconf.solve.search import search
 from autoconf.spec.cluster import load_cluster
@@ -34,7 +36,11 @@ CASES = [
 
 if __name__ == "__main__":
     wanted = sys.argv[1:]
-    for label, model, cluster_name, nodes, batch, seq, dtype, attention, target in CASES:
+    out_dir = None
+    if wanted[:1] == ["--json"]:
+        out_dir, wanted = Path(wanted[1]), wanted[2:]
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for index, (label, model, cluster_name, nodes, batch, seq, dtype, attention, target) in enumerate(CASES):
         if wanted and not any(label.startswith(prefix) for prefix in wanted):
             continue
         cluster = load_cluster(cluster_name, nodes=nodes)
@@ -42,6 +48,9 @@ if __name__ == "__main__":
         result = search(model, cluster, batch, seq, dtype, attention)
         seconds = time.perf_counter() - start
         best = result.plans[0]
+        if out_dir is not None:
+            (out_dir / f"case{index}.json").write_text(json.dumps([plan.to_dict() for plan in result.plans],
+                                                                   indent=1, sort_keys=True))
         c = best.config
         print(json.dumps({"case": label, "seconds": round(seconds, 2), "target_s": target, **result.stats,
                           "best": f"tp{c.tp} pp{c.pp} dp{c.dp} vpp{c.vpp} mb{c.micro_batch_size} {c.schedule} "

@@ -9,6 +9,16 @@ from pathlib import Path
 
 GiB = 1024**3
 OUT = Path(__file__).resolve().parent.parent / "autoconf" / "profiles"
+PRICES = Path(__file__).resolve().parent / "data" / "gpu_prices.json"
+
+
+def published_price(device_name):
+    """The profile's `price` field from scripts/data/gpu_prices.json, or None when no price is on file."""
+    entry = json.loads(PRICES.read_text())["prices"].get(device_name)
+    if entry is None:
+        return None
+    return {"usd_per_gpu_hour": entry["usd_per_gpu_hour"],
+            "source": f"{entry['kind']}, {entry['seller']}, {entry['url']}, as of 2024-12"}
 
 
 def eff(value, why):
@@ -19,12 +29,37 @@ def link(latency_s, bandwidth_Bps):
     return {"latency_s": latency_s, "bandwidth_Bps": bandwidth_Bps}
 
 
+# GEMM efficiency against size (FLOPs of one GEMM), as a fraction of the large-GEMM plateau efficiency["matmul"].
+# Calculon's A100 and H100 system files (github.com/calculon-ai/calculon, systems/a100_80g.json and
+# systems/h100_80g_nvl8.json, matrix.gflops_efficiency.float16, read 2026-12-02) give 0.95 of peak from 128 GFLOP,
+# 0.9 from 16, 0.6 from 1 and 0.1 towards zero; their steps become points here, divided by the 0.95 plateau, read
+# piecewise-linearly between them (cost/compute.py `matmul_size_factor`). Megatron-LM's README states the same trend
+# for its H100 weak-scaling runs ("MFU increases from 41% for the smallest model ... larger GEMMs have higher
+# arithmetic intensity and are consequently more efficient to execute").
+GEMM_SIZE_CURVE = {
+    "points": [[0, round(0.1 / 0.95, 4)], [1, round(0.6 / 0.95, 4)], [16, round(0.9 / 0.95, 4)], [128, 1.0]],
+    "source": "Calculon (calculon-ai/calculon systems/a100_80g.json, systems/h100_80g_nvl8.json: "
+              "matrix.gflops_efficiency.float16 [[128, 0.95], [16, 0.9], [1, 0.6], [0, 0.1]]), divided by its 0.95 "
+              "plateau: GFLOP of one GEMM -> fraction of efficiency.matmul, linear between the points, held beyond",
+}
+
+
 def gpu_profile(name, description, device, intra, inter, efficiency):
     return {"version": 1, "kind": "cluster", "name": name, "description": description, "source": "specification",
             "backend": "nccl", "nodes": 1, "gpus_per_node": 8, "device": device, "intra_node": intra,
             "inter_node": inter, "intra_node_matrix": None, "inter_node_matrix": None, "efficiency": efficiency,
-            "collectives": {}, "compute": None, "hostnames": None}
+            "collectives": {}, "compute": None, "hostnames": None, "matmul_size_curve": GEMM_SIZE_CURVE,
+            **({"price": published_price(device["name"])} if published_price(device["name"]) else {})}
 
+
+# H100 SXM5 peaks (dense, FLOP/s) at 700 W, and H100 NVL's (NVIDIA H100 data sheet) at its 400 W maximum.
+H100_SXM_PEAK = {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12, "tf32": 494e12}
+H100_NVL_PEAK = {"bf16": 835e12, "fp16": 835e12, "fp32": 60e12, "tf32": 418e12}
+# torchtitan's benchmark hosts run their H100s at 500 W; their note says the real peak lies between SXM's and NVL's
+# without a number: interpolated linearly in board power between NVL (400 W) and SXM (700 W).
+POWER_CAP_W = 500
+CAPPED_PEAK = {k: H100_NVL_PEAK[k] + (H100_SXM_PEAK[k] - H100_NVL_PEAK[k]) * (POWER_CAP_W - 400) / (700 - 400)
+               for k in H100_SXM_PEAK}
 
 A100 = gpu_profile(
     "dgx-a100-80g",
@@ -50,7 +85,7 @@ H100 = gpu_profile(
     "NVLink 4 through NVSwitch (900 GB/s bidirectional = 450 GB/s per direction per GPU), one 400 Gb/s NDR "
     "InfiniBand port per GPU (50 GB/s per direction), as in NVIDIA's DGX H100 data sheet.",
     {"name": "H100-SXM5-80GB", "kind": "gpu", "memory_bytes": 80 * GiB, "memory_bandwidth_Bps": 3.35e12,
-     "peak_flops": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12, "tf32": 494e12},
+     "peak_flops": H100_SXM_PEAK,
      "memory_overhead_bytes": 1.5 * GiB},
     link(5e-6, 450e9), link(8e-6, 50e9),
     {
@@ -60,6 +95,24 @@ H100 = gpu_profile(
         "memory": eff(0.80, "element-wise and normalisation kernels reach about 80% of HBM bandwidth"),
         "comm_intra": eff(0.80, "NCCL ring bus bandwidth over NVLink 4 is about 360 of 450 GB/s per direction"),
         "comm_inter": eff(0.90, "NCCL over NDR InfiniBand reaches about 45 of 50 GB/s per GPU"),
+    })
+
+H100_96G_500W = gpu_profile(
+    "grand-teton-h100-96g-500w",
+    "The H100s of torchtitan's published benchmarks (benchmarks/llama3_h100_202412_torchtitan.md, Dec 2024): Grand "
+    "Teton hosts of 8 H100 SXM with 96 GB HBM2e at 2.4 TB/s, fully connected with NVLink (taken as NVLink 4 through "
+    "NVSwitch, 450 GB/s per direction), a 400 Gb/s RDMA port per GPU (50 GB/s per direction), at the default 500 W "
+    "power limit rather than the 700 W TDP. Why a profile of its own: the memory (96 GiB, HBM2e at 2.4 instead of "
+    "3.35 TB/s) and the power cap both differ from dgx-h100-80g. torchtitan states that the capped part's peak lies "
+    "between H100 SXM (989 TFLOP/s bf16 at 700 W) and H100 NVL (835 at 400 W) without a number; peak_flops here "
+    "interpolates the two data sheets linearly in board power at 500 W (bf16 %.0f TFLOP/s); every efficiency is "
+    "the SXM profile's fraction of this part's own peak." % (CAPPED_PEAK["bf16"] / 1e12),
+    {"name": "H100-SXM5-96GB-HBM2e-500W", "kind": "gpu", "memory_bytes": 96 * GiB, "memory_bandwidth_Bps": 2.4e12,
+     "peak_flops": CAPPED_PEAK, "memory_overhead_bytes": 1.5 * GiB},
+    link(5e-6, 450e9), link(8e-6, 50e9),
+    {
+        **H100["efficiency"],
+        "matmul": eff(0.70, "the SXM profile's large-GEMM fraction, applied to the power-capped peak above"),
     })
 
 CPU = {
@@ -84,6 +137,6 @@ CPU = {
 
 if __name__ == "__main__":
     OUT.mkdir(exist_ok=True)
-    for profile in (A100, H100, CPU):
+    for profile in (A100, H100, H100_96G_500W, CPU):
         (OUT / f"{profile['name']}.json").write_text(json.dumps(profile, indent=2) + "\n")
         print("wrote", OUT / f"{profile['name']}.json")

@@ -14,7 +14,7 @@ def test_groups_and_coordinates_follow_a_non_trivial_placement():
     assert grid.group_of("pp", 5) == [5, 7]
     assert grid.group_of("dp", 3) == [3, 7]
     assert grid.group_of("tp", 4) == [4, 5]
-    assert grid.first_group("dp", 1) == [2, 6]
+    assert grid.first_group_array("dp", 1).tolist() == [2, 6]
     assert grid.pipeline_rank(1).tolist() == [[2, 3], [6, 7]]
     with pytest.raises(ValueError, match="rank 9"):
         grid.coords(9)

@@ -137,3 +137,65 @@ def test_large_chain_is_solved_to_optimality():
                                tuple(64 - s for s in range(64)), 80e9, 256)
     result = solve_partition(problem)
     assert result.optimal
+
+
+def _all_partitions(num_layers, num_stages):
+    for inner in itertools.combinations(range(1, num_layers), num_stages - 1):
+        bounds = [0, *inner, num_layers]
+        yield [[bounds[s], bounds[s + 1]] for s in range(num_stages)]
+
+
+# (model, layers, pp, vpp, schedule, cluster, tolerance): small cases where a brute force over every partition,
+# scored by the estimate itself, is cheap.
+_GPT = "gpt3-1.3b"
+_REFINE_CASES = [
+    (_GPT, 12, 4, 1, "1f1b", "h100", 0.0),
+    (_GPT, 12, 4, 1, "gpipe", "h100", 0.0),
+    (_GPT, 12, 2, 2, "interleaved-1f1b", "h100", 0.0),
+    (_GPT, 10, 2, 2, "zbv", "h100", 0.0),
+    ("tiny-gpt", 8, 2, 1, "1f1b", "measured", 0.0),
+    ("tiny-gpt", 8, 2, 2, "interleaved-1f1b", "measured", 0.0),
+    ("tiny-gpt", 6, 2, 2, "zbv", "measured", 0.0),
+    ("tiny-gpt", 7, 3, 1, "zb-h1", "cpu", 0.0),
+    # On the measured CPU profile the estimate re-simulates at the core share the busy ranks leave (a mean-field
+    # view of processor sharing), so the step time is not convex in the stage sizes: here the polish stops at a
+    # partition whose every move of one or more layers is slower, 0.84% above the best, three moves away.
+    ("tiny-gpt", 9, 4, 1, "1f1b", "measured", 0.01),
+]
+
+
+@pytest.mark.parametrize("name,layers,pp,vpp,schedule,profile,tolerance", _REFINE_CASES)
+def test_refined_partition_reaches_the_brute_force_optimum_of_the_estimate(name, layers, pp, vpp, schedule, profile,
+                                                                           tolerance):
+    """The refinement (CP-SAT's partition, then the local-search polish scored by the estimate) predicts the same
+    step time as the best of every partition scored by the same estimate, on uniform GPU and CPU profiles and a
+    measured CPU profile, for 1F1B, GPipe, interleaved 1F1B, ZB-H1 and ZB-V (one stated exception, see above)."""
+    import dataclasses
+
+    from autoconf.cost.estimate import Execution, predict
+    from autoconf.solve.refine import refined_partition_by_estimate
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.plan import ParallelConfig
+    from autoconf.spec.presets import PRESETS
+    from profile_helpers import SEQ, measured_cpu_profile
+
+    cluster = {"h100": lambda: load_cluster("dgx-h100-80g", nodes=1), "cpu": lambda: load_cluster("cpu-local"),
+               "measured": lambda: measured_cpu_profile(0.5, alone=0.9)}[profile]()
+    cluster = cluster.resized(gpus_per_node=pp)
+    model = dataclasses.replace(PRESETS[name], num_layers=layers)
+    tiny = name.startswith("tiny")
+    config = ParallelConfig(tp=1, pp=pp, dp=1, vpp=vpp, micro_batch_size=1, global_batch_size=8,
+                            seq_len=SEQ if tiny else 2048, schedule=schedule, dtype="fp32" if tiny else "bf16")
+    execution = Execution()
+
+    def score(partition):
+        p = predict(model, cluster, config, partition=partition, execution=execution, detail=False)[3]
+        return p["iteration_time_s"] if p["fits"] else float("inf")
+
+    best = min(score(p) for p in _all_partitions(layers, pp * vpp))
+    partition, refined = refined_partition_by_estimate(model, cluster, config, execution, time_limit_s=0.2)
+    assert refined == score(partition)  # the time it reports is the estimate of the partition it returns
+    if tolerance == 0.0:
+        assert refined == best
+    else:
+        assert best <= refined <= best * (1 + tolerance)

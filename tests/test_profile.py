@@ -197,6 +197,17 @@ def test_build_command_passes_multi_node_flags():
     one_gpu = build_command("/x/p.json", 1, 1, 0, "127.0.0.1", 29400, "gpt3-1.3b", False, max_tp=8)
     assert one_gpu[-2:] == ["--max-tp", "8"]
     assert parse_args(["--out", "p.json", "--max-tp", "8"]).max_tp == 8
+    long = build_command("/x/p.json", 1, 1, 0, "127.0.0.1", 29400, "llama3-8b", False, seq_lens=(8192, 32768))
+    assert long[-4:] == ["--seq-len", "8192", "--seq-len", "32768"]
+    assert parse_args(["--out", "p.json", *long[-4:]]).seq_len == [8192, 32768]
+
+
+def test_profile_refuses_a_bad_sequence_length(tmp_path):
+    """`profile --seq-len 0` is one clear line before torchrun starts, and writes nothing."""
+    out = tmp_path / "p.json"
+    with pytest.raises(UserError, match="--seq-len must be an integer from 1"):
+        profile(out, seq_lens=(0,))
+    assert not out.exists()
 
 
 def _free_port() -> int:

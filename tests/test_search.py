@@ -21,7 +21,8 @@ TINY = PRESETS["tiny-gpt"]
 
 def _exhaustive(model, cluster, batch, seq, dtype, fixed=None):
     """Every launchable candidate that fits, simulated in full, fastest first (ties in the search's key order); ZeRO-1
-    is left out as the search leaves it out (the executor runs it exactly as ZeRO-2)."""
+    is left out as the search leaves it out (the executor runs it exactly as ZeRO-2), and so is a layout reducing
+    every micro-batch whose twin reducing once per step fits (never slower, and first among equals)."""
     from autoconf.solve.search import ranking_key
 
     scored = []
@@ -32,6 +33,8 @@ def _exhaustive(model, cluster, batch, seq, dtype, fixed=None):
         p = estimate(model, cluster, config, detail=False).prediction
         if p["fits"]:
             scored.append((p["iteration_time_s"], ranking_key(config), config))
+    once = {key[:-1] for _, key, config in scored if config.grad_reduce == "step"}
+    scored = [it for it in scored if it[2].grad_reduce == "step" or it[1][:-1] not in once]
     return sorted(scored, key=lambda it: it[:2])
 
 

@@ -11,6 +11,8 @@ gloo (the CPU backend) implements reduce-scatter as an all-reduce followed by a 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from autoconf.cost.interpolate import EXTRAPOLATE, interpolate
@@ -33,12 +35,19 @@ def _ring_link(cluster: ClusterProfile, devices: list[int]) -> tuple[float, floa
     return latency, bandwidth
 
 
-def _ring_time(op: str, nbytes: float, k: int, latency: float, bandwidth: float) -> float:
-    """Ring algorithm on k members; `nbytes` is the full buffer (the all-reduce input, the all-gather output)."""
+def ring_time(op: str, nbytes: float, k: int, latency: float, bandwidth: float) -> float:
+    """Ring algorithm on k members whose slowest hop has `latency` and `bandwidth` (achieved): 2(k-1) steps for an
+    all-reduce, k-1 otherwise, each paying the latency and moving 1/k of `nbytes`, the full buffer (the all-reduce
+    input, the all-gather output). The placement solver weighs its rings with this rule too."""
     if k <= 1 or nbytes <= 0:
         return 0.0
     steps = 2 * (k - 1) if op == "all_reduce" else (k - 1)
     return steps * latency + steps / k * nbytes / bandwidth
+
+
+def transfer_time(nbytes: float, latency: float, bandwidth: float) -> float:
+    """One point-to-point transfer of `nbytes` over a link of `latency` and (achieved) `bandwidth`."""
+    return latency + nbytes / bandwidth
 
 
 def _measured(cluster: ClusterProfile, op: str, scope: str, k: int, nbytes: float) -> float | None:
@@ -92,13 +101,15 @@ def _group_shape(cluster: ClusterProfile, devices) -> tuple[int, list, tuple[flo
     (latency, bandwidth) of the ring across its nodes, number of nodes). Without an intra-node matrix every node's
     ring has the same link, so nodes with the same number of members are listed once."""
     if cluster.intra_node_matrix is None:
-        ids = np.asarray(devices, dtype=np.int64).reshape(-1) // cluster.gpus_per_node
-        counts = np.bincount(ids - ids.min())
-        counts = counts[counts > 0]
+        flat = np.asarray(devices, dtype=np.int64).reshape(-1)
         link = _ring_link(cluster, [])
-        rings = [(int(n), *link) for n in np.unique(counts)]
-        node_ids = None if cluster.inter_node_matrix is None else np.unique(ids).tolist()
-        n_nodes = len(counts)
+        if cluster.inter_node_matrix is None:
+            fills, n_nodes = _node_fill(flat, cluster.gpus_per_node)
+            node_ids = None
+        else:
+            fills, n_nodes = _counted_fill(flat, cluster.gpus_per_node)
+            node_ids = np.unique(flat // cluster.gpus_per_node).tolist()
+        rings = [(n, *link) for n in fills]
     else:
         nodes: dict[int, list[int]] = {}
         for d in np.asarray(devices, dtype=np.int64).reshape(-1).tolist():
@@ -117,6 +128,29 @@ def _group_shape(cluster: ClusterProfile, devices) -> tuple[int, list, tuple[flo
     return len(devices), rings, across, n_nodes
 
 
+def _node_fill(devices: np.ndarray, gpus_per_node: int) -> tuple[tuple[int, ...], int]:
+    """(the distinct numbers of members per node, ascending; how many nodes) of a group of devices. A group in
+    arithmetic progression (every group of the default rank grid) is read from (first device's place in its node,
+    step, size) and remembered, so the same group shape on every estimate of a search costs one look-up."""
+    if len(devices) >= 2:
+        step = int(devices[1] - devices[0])
+        if step > 0 and (len(devices) == 2 or bool((np.diff(devices) == step).all())):
+            return _progression_fill(int(devices[0]) % gpus_per_node, step, len(devices), gpus_per_node)
+    return _counted_fill(devices, gpus_per_node)
+
+
+@functools.lru_cache(maxsize=4096)
+def _progression_fill(offset: int, step: int, size: int, gpus_per_node: int) -> tuple[tuple[int, ...], int]:
+    return _counted_fill(offset + step * np.arange(size, dtype=np.int64), gpus_per_node)
+
+
+def _counted_fill(devices: np.ndarray, gpus_per_node: int) -> tuple[tuple[int, ...], int]:
+    ids = devices // gpus_per_node
+    counts = np.bincount(ids - ids.min())
+    counts = counts[counts > 0]
+    return tuple(int(n) for n in np.unique(counts)), len(counts)
+
+
 def _collective_transfer(cluster: ClusterProfile, op: str, nbytes: float, shape) -> float:
     k, rings, across, n_nodes = shape
     if op == "reduce_scatter" and cluster.backend == "gloo":
@@ -127,17 +161,17 @@ def _collective_transfer(cluster: ClusterProfile, op: str, nbytes: float, shape)
         return measured
     if n_nodes == 1:
         _, latency, bandwidth = rings[0]
-        return _ring_time(op, nbytes, k, latency, bandwidth * cluster.eff("comm_intra"))
+        return ring_time(op, nbytes, k, latency, bandwidth * cluster.eff("comm_intra"))
     # Hierarchical: the intra-node phases on each node run in parallel; the slowest node bounds them.
     local = max(members for members, _, _ in rings)
     intra_time = 0.0
     if local > 1:
         intra_op = "all_gather" if op == "all_gather" else "reduce_scatter"
         for members, latency, bandwidth in rings:
-            t = _ring_time(intra_op, nbytes, members, latency, bandwidth * cluster.eff("comm_intra"))
+            t = ring_time(intra_op, nbytes, members, latency, bandwidth * cluster.eff("comm_intra"))
             intra_time = max(intra_time, t * (2 if op == "all_reduce" else 1))
     latency, bandwidth = across
-    inter_time = _ring_time(op, nbytes / local, n_nodes, latency, bandwidth * cluster.eff("comm_inter"))
+    inter_time = ring_time(op, nbytes / local, n_nodes, latency, bandwidth * cluster.eff("comm_inter"))
     return intra_time + inter_time
 
 
@@ -173,17 +207,16 @@ def _p2p_transfer(cluster: ClusterProfile, nbytes: float, pairs: np.ndarray) -> 
     if _uniform(cluster):
         g = cluster.gpus_per_node
         src, dst = pairs[:, 0], pairs[:, 1]
-        moves = src != dst
-        if not moves.any():
+        if not (src != dst).any():
             return 0.0
-        crossing = bool((src[moves] // g != dst[moves] // g).any())
+        crossing = bool((src // g != dst // g).any())  # a pair that stays on its device stays in its node
         link = cluster.inter_node if crossing else cluster.intra_node
         scope = "comm_inter" if crossing else "comm_intra"
-        return link.latency_s + nbytes / (link.bandwidth_Bps * cluster.eff(scope))
+        return transfer_time(nbytes, link.latency_s, link.bandwidth_Bps * cluster.eff(scope))
     for src, dst in pairs.tolist():
         if src == dst:
             continue
         link = cluster.link(src, dst)
         scope = "comm_intra" if cluster.node_of(src) == cluster.node_of(dst) else "comm_inter"
-        worst = max(worst, link.latency_s + nbytes / (link.bandwidth_Bps * cluster.eff(scope)))
+        worst = max(worst, transfer_time(nbytes, link.latency_s, link.bandwidth_Bps * cluster.eff(scope)))
     return worst

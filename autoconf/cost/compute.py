@@ -3,16 +3,19 @@ backward-for-weights (W).
 
 Two sources, in this order of preference:
 1. the cluster profile's measured compute tables (`autoconf profile`), when they were measured for a model of the same
-   shape and dtype and for the TP width asked: times are interpolated linearly in tokens (micro_batch x seq_len) and
-   divided by the profile's `cpu_share` (the share of a core a CPU rank gets while all ranks compute);
-2. the specification model: matmul FLOPs at `peak x efficiency["matmul"]`, the attention core at
-   `peak x efficiency["attention"]`, element-wise traffic at `HBM bandwidth x efficiency["memory"]`.
+   shape and dtype and for the TP width asked: times are interpolated linearly in tokens (micro_batch x seq_len),
+   the attention core in micro_batch x seq_len^2 (`_measured_attention`), and divided by the profile's `cpu_share`
+   (the share of a core a CPU rank gets while all ranks compute);
+2. the specification model: each weight GEMM at `matmul_rate` (`peak x efficiency["matmul"]`, times the profile's
+   `matmul_size_curve` read at the GEMM's FLOPs: small GEMMs run below the large-GEMM plateau), the attention core
+   at `peak x efficiency["attention"]`, element-wise traffic at `HBM bandwidth x efficiency["memory"]`.
 
 Communication is not in here (see comm.py); recomputation is applied by `stage_plan` in estimate.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from autoconf.cost.interpolate import CLAMP, EXTRAPOLATE, interpolate, interpolate_many
@@ -135,9 +138,46 @@ def rank_optimizer_time(cluster: ClusterProfile, c: ParallelConfig, rank_params:
 
 
 # ---- specification model ------------------------------------------------------------------------------------------
+def matmul_size_factor(cluster: ClusterProfile, flops: float) -> float:
+    """The profile's `matmul_size_curve` at a GEMM of `flops` FLOPs: a fraction of `efficiency["matmul"]`,
+    piecewise-linear in GFLOP through the curve's points and held at the nearest end beyond them (the CLAMP rule of
+    `autoconf.cost.interpolate`); 1 when the profile states no curve."""
+    curve = cluster.matmul_size_curve
+    if not curve:
+        return 1.0
+    return interpolate([(float(x), float(y)) for x, y in curve["points"]], flops / 1e9, CLAMP)
+
+
+def matmul_rate(cluster: ClusterProfile, dtype: str, flops: float) -> float:
+    """FLOP/s of one GEMM of `flops` FLOPs: `peak x efficiency["matmul"] x matmul_size_factor`."""
+    return cluster.device.peak(dtype) * cluster.eff("matmul") * matmul_size_factor(cluster, flops)
+
+
+def gemms_time(cluster: ClusterProfile, dtype: str, gemms: list[float]) -> float:
+    """Seconds of GEMMs of the given FLOPs, run one after another, each at its own `matmul_rate`."""
+    return sum(f / matmul_rate(cluster, dtype, f) for f in gemms if f > 0)
+
+
+def layer_gemms(model: ModelSpec, seq_len: int, micro_batch: int, tp: int) -> list[float]:
+    """Forward FLOPs of each weight GEMM of one block on one TP rank: QKV, output projection, and the MLP's
+    matrices (GeLU: up, down; SwiGLU: gate, up, down). Each backward GEMM (input and weight gradient) has the same
+    FLOPs as its forward one."""
+    tokens = seq_len * micro_batch
+    h, f, kv = model.hidden_size, model.ffn_hidden_size, model.kv_dim
+    mlp = [h * f, f * h] if model.arch == "gpt" else [h * f, h * f, f * h]
+    return [2.0 * tokens * w / tp for w in [h * (h + 2 * kv), h * h, *mlp]]
+
+
+def _layer_matmul_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> float:
+    """One forward of a block's weight GEMMs on one TP rank: the model's matmul FLOPs at the size-weighted rate of
+    the block's GEMMs (`layer_gemms`)."""
+    gemms = layer_gemms(model, c.seq_len, c.micro_batch_size, c.tp)
+    seconds_per_flop = gemms_time(cluster, c.dtype, gemms) / sum(gemms)
+    return model.layer_matmul_flops(c.seq_len, c.micro_batch_size) / c.tp * seconds_per_flop
+
+
 def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> ModelPieces:
     peak = cluster.device.peak(c.dtype)
-    mm_rate = peak * cluster.eff("matmul")
     att_rate = peak * cluster.eff("attention")
     mem_rate = cluster.device.memory_bandwidth_Bps * cluster.eff("memory")
     e = DTYPE_BYTES[c.dtype]
@@ -159,7 +199,7 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -
     attention_core = PassTimes(core_f, core_b, 0.0)
 
     # Weight matmuls: forward M, backward-for-inputs M, backward-for-weights M.
-    mm = model.layer_matmul_flops(s, b) / t / mm_rate
+    mm = _layer_matmul_time(model, cluster, c)
     # Element-wise traffic: two norms, two residual adds (and dropouts) on the replicated stream; activation functions
     # (and rotary embeddings) on the TP-sharded part. Backward moves about twice the forward bytes.
     replicated_bytes = (2 * 2 + 2 * 3 + (2 * 2 if model.dropout > 0 else 0)) * sbh * e / replicated_div
@@ -175,7 +215,7 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -
     embedding = PassTimes(emb, 0.0, 2 * emb)
 
     # Head: final norm, the vocab-parallel projection, and the fp32 cross-entropy over the logits.
-    head_mm = model.head_forward_flops(s, b) / t / mm_rate
+    head_mm = gemms_time(cluster, c.dtype, [model.head_forward_flops(s, b) / t])
     logits_bytes = s * b * model.vocab_size / t * 4 * 4
     norm = 2 * sbh * e / replicated_div / mem_rate
     head = PassTimes(head_mm + norm + logits_bytes / mem_rate, head_mm + 2 * norm + logits_bytes / mem_rate, head_mm)
@@ -209,33 +249,64 @@ def chain_scale(table: dict, entry: dict) -> float:
     return interpolate([(r["micro_batch"] * r["seq_len"], float(r[key])) for r in rows], tokens, CLAMP)
 
 
+def _attention_core_shares(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, micro_batch: int,
+                           seq_len: int) -> tuple[float, float]:
+    """The attention core's share of the attention block's forward and input-gradient pass at (micro_batch,
+    seq_len), from the specification model: the core's kernels against the QKV and output projections. The measured
+    block times both together; this splits them."""
+    at = dataclasses.replace(c, micro_batch_size=micro_batch, seq_len=seq_len)
+    core = _spec_pieces(model, cluster, at).attention_core
+    projections = gemms_time(cluster, c.dtype, layer_gemms(model, seq_len, micro_batch, c.tp)[:2])
+    return core.forward / (core.forward + projections), core.backward_input / (core.backward_input + projections)
+
+
+def _measured_attention(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
+                        timed: list[tuple[dict, PassTimes]]) -> tuple[PassTimes, PassTimes]:
+    """(core, projections) of the attention block at the config's micro-batch and sequence, from its timed entries.
+
+    Each timed entry is split into its core (`_attention_core_shares`) and its projections; the core's work grows
+    with micro_batch x seq_len^2 (the score matrix), the projections' with micro_batch x seq_len (tokens), so each
+    part is read through the shared interpolation rule (`_interpolate`) on its own size: a table timed at one
+    sequence length still predicts a longer one with the s^2 term, and at a timed length the two reads agree with
+    plain interpolation in tokens."""
+    cores, projections = [], []
+    for entry, times in timed:
+        b, s = entry["micro_batch"], entry["seq_len"]
+        forward_share, backward_share = _attention_core_shares(model, cluster, c, b, s)
+        core = PassTimes(times.forward * forward_share, times.backward_input * backward_share, 0.0)
+        cores.append((b * s * s, core))
+        projections.append((b * s, PassTimes(times.forward - core.forward, times.backward_input - core.backward_input,
+                                             times.backward_weight)))
+    b, s = c.micro_batch_size, c.seq_len
+    return _interpolate(cores, b * s * s), _interpolate(projections, b * s)
+
+
 def _measured_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
                      share: float) -> ModelPieces | None:
+    """Pieces from the profile's block tables for the config's TP width: per block, the entries timed at the
+    config's sequence length, or (none there) all of that block's entries; read at the config's micro-batch and
+    sequence (attention: `_measured_attention`; the other blocks linearly in tokens)."""
     table = cluster.compute
     if not table or not _shape_matches(table, model, c.dtype):
         return None
-    by_block: dict[str, list[tuple[float, PassTimes]]] = {}
-    same_seq = [e for e in table.get("entries", []) if e.get("tp") == c.tp and e.get("seq_len") == c.seq_len]
-    entries = same_seq or [e for e in table.get("entries", []) if e.get("tp") == c.tp]
     chained = float(cluster.efficiency.get("model_compute_scale", {}).get("value", 1.0))
-    for entry in entries:
+    timed: dict[str, list[tuple[dict, PassTimes]]] = {}
+    for entry in table.get("entries", []):
+        if entry.get("tp") != c.tp:
+            continue
         times = PassTimes(float(entry["forward_s"]), float(entry["backward_input_s"]),
                           float(entry["backward_weight_s"])).scaled(chained * chain_scale(table, entry) / share)
-        by_block.setdefault(entry["block"], []).append((entry["micro_batch"] * entry["seq_len"], times))
-    if not all(k in by_block for k in ("attention", "mlp", "norm", "embedding", "head")):
+        timed.setdefault(entry["block"], []).append((entry, times))
+    if not all(k in timed for k in ("attention", "mlp", "norm", "embedding", "head")):
         return None
+    for block, rows in timed.items():
+        same_seq = [row for row in rows if row[0]["seq_len"] == c.seq_len]
+        timed[block] = same_seq or rows
     tokens = c.micro_batch_size * c.seq_len
-    attention = _interpolate(by_block["attention"], tokens)
-    rest = _interpolate(by_block["mlp"], tokens) + _interpolate(by_block["norm"], tokens).scaled(2)
-    # The measured attention block includes its projections; selective recompute redoes only the core, whose share
-    # of the block we take from the specification model (core vs. the QKV and output projections).
-    spec = _spec_pieces(model, cluster, c)
-    h, kv = model.hidden_size, model.kv_dim
-    projections = 2.0 * tokens * (h * (h + 2 * kv) + h * h) / c.tp
-    projection_time = projections / (cluster.device.peak(c.dtype) * cluster.eff("matmul"))
-    core_share = spec.attention_core.forward / (spec.attention_core.forward + projection_time)
-    core = PassTimes(attention.forward * core_share, attention.backward_input * core_share, 0.0)
-    rest = rest + PassTimes(attention.forward - core.forward, attention.backward_input - core.backward_input,
-                            attention.backward_weight)
-    return ModelPieces(core, rest, _interpolate(by_block["embedding"], tokens), _interpolate(by_block["head"], tokens),
-                       "measured")
+
+    def read(block: str) -> PassTimes:
+        return _interpolate([(e["micro_batch"] * e["seq_len"], t) for e, t in timed[block]], tokens)
+
+    core, projections = _measured_attention(model, cluster, c, timed["attention"])
+    rest = read("mlp") + read("norm").scaled(2) + projections
+    return ModelPieces(core, rest, read("embedding"), read("head"), "measured")

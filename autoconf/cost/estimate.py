@@ -29,7 +29,7 @@ from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.grid import RankGrid
-from autoconf.spec.model import ModelSpec
+from autoconf.spec.model import ModelSpec, check_costable
 from autoconf.spec.plan import ParallelConfig, Plan, uniform_partition
 from autoconf.spec.schedules import build_schedule, rank_actions, schedule_spec, stage_to_rank
 
@@ -90,16 +90,44 @@ class StagePlan:
     pass_overhead: float  # framework seconds added to each forward and each backward(-input) pass
     allgather: list[float]  # once-per-step FSDP gathers
     reduce: list[float]
+    # The reduce-scatters of every micro-batch but the last (grad_reduce "microbatch"); the last one is `reduce`.
+    early_reduce: list[float] = dataclasses.field(default_factory=list)
+
+
+def activation_bytes(model: ModelSpec, c: ParallelConfig) -> float:
+    """One micro-batch's hidden states (seq x micro-batch x hidden, compute dtype): the buffer of a TP collective
+    and, unsplit, of a P2P transfer."""
+    return c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
+
+
+def dp_buffer_bytes(c: ParallelConfig, params: float) -> tuple[float, float]:
+    """(gradient reduction, parameter gather) buffers of a stage holding `params` parameters per TP rank: fp32
+    gradients, compute-dtype parameters."""
+    return params * 4, params * DTYPE_BYTES[c.dtype]
 
 
 def tp_collective(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices: list[int]) -> float:
     """One of the two TP collectives per layer and direction: an all-reduce of the micro-batch's activation, or
     under sequence parallelism the all-gather before and the reduce-scatter after a TP region."""
-    nbytes = c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
+    nbytes = activation_bytes(model, c)
     if c.sequence_parallel:
         return (collective_time(cluster, "all_gather", nbytes, devices)
                 + collective_time(cluster, "reduce_scatter", nbytes, devices))
     return collective_time(cluster, "all_reduce", nbytes, devices)
+
+
+def sp_regather_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices: list[int],
+                     execution: Execution) -> float:
+    """Per layer, in the backward: the all-gathers that Megatron's sequence parallelism adds (Korthikanti et al.
+    2022, Sec. 4.2.2). Its memory layout keeps only the rank's 1/tp sequence slice of the input of each
+    column-parallel linear (QKV, first MLP matrix) and gathers it again for the weight gradient, two all-gathers of
+    the micro-batch's activation per layer. The paper overlaps them with the input-gradient GEMM; its Table 4 shows
+    the backward no faster with SP than without (11.8 vs 11.9 ms) although norms and dropouts run on 1/tp of the
+    tokens, so they are charged in full. Zero without SP and for layouts that keep the gathered input (torch)."""
+    if not c.sequence_parallel or c.tp == 1 or execution.memory_layout != "megatron":
+        return 0.0
+    nbytes = c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
+    return 2 * collective_time(cluster, "all_gather", nbytes, devices)
 
 
 def recompute_time(pieces, c: ParallelConfig, one_collective: float) -> float:
@@ -122,11 +150,12 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
     `collective_sync_s`."""
     if c.dp <= 1:
         return 0.0, 0.0, 0.0
+    grad_bytes, param_bytes = dp_buffer_bytes(c, params)
     if c.zero_stage == 0:
-        return 0.0, 0.0, collective_time(cluster, "all_reduce", params * 4, devices)
+        return 0.0, 0.0, collective_time(cluster, "all_reduce", grad_bytes, devices)
     extra = (units - 1) * cluster.overhead("collective_sync_s")
-    reduce = collective_time(cluster, "reduce_scatter", params * 4, devices) + extra
-    gather = collective_time(cluster, "all_gather", params * DTYPE_BYTES[c.dtype], devices) + extra
+    reduce = collective_time(cluster, "reduce_scatter", grad_bytes, devices) + extra
+    gather = collective_time(cluster, "all_gather", param_bytes, devices) + extra
     if c.zero_stage == 3 and not schedule_spec(c.schedule).fsdp_gather_per_chunk:
         return gather, 0.0, reduce
     return 0.0, gather, reduce
@@ -169,20 +198,29 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     measured_tp = measured_tp_layer(model, cluster, c) if ours else None
     forward, back_in, back_w = [], [], []
     compute_parts, recompute_parts, tp_parts, gathers, reduces = [], [], [], [], []
+    # The stages of one rank share its groups: their collectives are timed once per rank (and stage size).
+    tp_of_rank, grow_of_rank, dp_of_stage = {}, {}, {}
     for st, (first, end) in enumerate(partition):
         rank = stage_to_rank[st]
         layers = end - first
         # Two TP collectives per layer in forward and two in backward, or what the profile measured TP layers add.
-        one = tp_collective(model, cluster, c, grid.first_group_array("tp", rank))
-        tp = PassTimes(2 * one * layers, 2 * one * layers, 0.0)
+        if rank not in tp_of_rank:
+            tp_group = grid.first_group_array("tp", rank)
+            tp_of_rank[rank] = (tp_collective(model, cluster, c, tp_group),
+                                sp_regather_time(model, cluster, c, tp_group, execution))
+        one, regather_per_layer = tp_of_rank[rank]
+        regather = regather_per_layer * layers
+        tp = PassTimes(2 * one * layers, 2 * one * layers + regather, 0.0)
         if measured_tp is not None:
             per_layer, read_at = measured_tp
             # Beyond the largest measured micro-batch the modelled collectives carry the growth.
-            grow = one - tp_collective(model, cluster, dataclasses.replace(c, micro_batch_size=read_at),
-                                       grid.first_group_array("tp", rank))
+            if rank not in grow_of_rank:
+                at_read = dataclasses.replace(c, micro_batch_size=read_at)
+                grow_of_rank[rank] = one - tp_collective(model, cluster, at_read, grid.first_group_array("tp", rank))
+            grow = grow_of_rank[rank]
             one = (per_layer.forward + per_layer.backward_input) / 4 + grow
-            tp = PassTimes((per_layer.forward + 2 * grow) * layers, (per_layer.backward_input + 2 * grow) * layers,
-                           0.0)
+            tp = PassTimes((per_layer.forward + 2 * grow) * layers,
+                           (per_layer.backward_input + 2 * grow) * layers + regather, 0.0)
         compute = pieces.block.scaled(layers)
         recompute = recompute_time(pieces, c, one) * layers
         if st == 0:
@@ -193,8 +231,10 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             tp = tp + PassTimes(0.0, one, 0.0)
         # DP / FSDP collectives of this stage's parameters.
         params = stage_params(model, partition, st) / c.tp
-        per_microbatch_gather, gather, reduce = dp_collectives(cluster, c, params, grid.first_group_array("dp", rank),
+        if (rank, params, layers) not in dp_of_stage:
+            dp_of_stage[rank, params, layers] = dp_collectives(cluster, c, params, grid.first_group_array("dp", rank),
                                                                units=layers + 1)
+        per_microbatch_gather, gather, reduce = dp_of_stage[rank, params, layers]
         fwd = compute.forward + tp.forward + pass_overhead
         bwd_in = compute.backward_input + tp.backward_input + recompute + pass_overhead
         if fsdp_unit_pass:  # FSDP's hooks on every unit (each block and the stage's root), per pass
@@ -218,14 +258,15 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         tp_parts.append(tp)
         gathers.append(gather)
         reduces.append(reduce)
+    early = [(c.num_microbatches - 1) * r for r in reduces] if c.reduces_every_microbatch else []
     return StagePlan(StageCosts(forward, back_in, back_w), compute_parts, recompute_parts, tp_parts, pass_overhead,
-                     gathers, reduces)
+                     gathers, reduces, early)
 
 
 def p2p_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution) -> float:
     """Bytes each TP rank sends to the next stage per micro-batch: the activation, or its 1/tp slice under
     sequence parallelism and in Megatron's scatter/gather scheme."""
-    nbytes = c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
+    nbytes = activation_bytes(model, c)
     if execution.framework == "megatron" or c.sequence_parallel:
         nbytes /= c.tp
     return nbytes
@@ -252,7 +293,21 @@ def _p2p_function(cluster: ClusterProfile, config: ParallelConfig, model: ModelS
 def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list | None = None,
              mesh: np.ndarray | None = None, execution: Execution = Execution(), detail: bool = True,
              extrapolate: bool = False) -> Plan:
-    """Predicts one configuration. Raises UserError when the config is impossible for the model or the cluster.
+    """Predicts one configuration as a Plan (see `predict`, which computes it)."""
+    c, partition, grid, prediction, timeline = predict(model, cluster, config, partition, mesh, execution, detail,
+                                                       extrapolate)
+    plan = Plan(model=model, cluster=_cluster_summary(cluster), config=c, partition=partition,
+                placement={"mesh": grid.tolist()}, prediction=prediction)
+    plan.timeline = timeline
+    return plan
+
+
+def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list | None = None,
+            mesh: np.ndarray | None = None, execution: Execution = Execution(), detail: bool = True,
+            extrapolate: bool = False) -> tuple[ParallelConfig, list, RankGrid, dict, Timeline | None]:
+    """(checked config, partition, rank grid, prediction, timeline) of one configuration: `estimate` without the
+    Plan, whose nested-list mesh costs more than the prediction on a cluster of many thousand devices (the search
+    ranks with this). Raises UserError when the config is impossible for the model or the cluster.
 
     With `detail`, the breakdown is measured by re-simulating without P2P and DP communication (three simulations);
     without it only the total is computed (one simulation). With `extrapolate` and without `detail`, a step of many
@@ -261,6 +316,7 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
     `plan.timeline` is the simulated step the prediction was read from: its makespan plus the step's tail
     (collectives, optimizer, step overhead) is `iteration_time_s`.
     """
+    check_costable(model)
     c = config.check(model, cluster.world_size)
     partition = [list(p) for p in (partition or default_partition(model, c))]
     grid = RankGrid(default_mesh(c) if mesh is None else mesh)
@@ -276,6 +332,7 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
 
     share = cpu_share(cluster)
     sp, full, makespan = run(share)
+    makespan = full.makespan = max(makespan, comm_stream_bound(sp, schedule))
     if share < 1.0:
         # CPU ranks share cores: `cpu_share` is each rank's share while all compute. Ranks waiting in a pipeline
         # bubble or on a peer sleep, so the busy ones get more, up to what one rank gets alone (`cpu_share_alone`,
@@ -287,6 +344,7 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
             relaxed = min(cpu_share_alone(cluster), share * ranks_per_node / busy)
             if relaxed > share:
                 sp, full, makespan = run(relaxed)
+                makespan = full.makespan = max(makespan, comm_stream_bound(sp, schedule))
 
     # Optimizer: AdamW over each rank's (ZeRO-sharded) parameters; the slowest rank bounds the step.
     optimizer = max(rank_optimizer_time(cluster, c, sum(stage_params(model, partition, st)
@@ -297,7 +355,7 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
 
     memory = _memory(model, cluster, c, partition, schedule, full, execution)
     peak = max(m["total"] for m in memory)
-    limit = cluster.device.memory_bytes
+    limit = cluster.usable_memory_bytes
     tokens = c.global_batch_size * c.seq_len
     model_flops = model.model_flops_per_iteration(c.seq_len, c.global_batch_size)
     hardware_flops = model.hardware_flops_per_iteration(c.seq_len, c.global_batch_size, c.recompute)
@@ -320,11 +378,18 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
         prediction["extrapolated"] = True
     if detail:
         prediction["time_breakdown"] = _breakdown(schedule, sp, p2p, makespan, step_comm, optimizer, step_overhead)
-    plan = Plan(model=model, cluster=_cluster_summary(cluster), config=c, partition=partition,
-                placement={"mesh": grid.tolist()}, prediction=prediction)
-    if not extrapolate:
-        plan.timeline = full
-    return plan
+    return c, partition, grid, prediction, None if extrapolate else full
+
+
+def comm_stream_bound(sp: StagePlan, schedule) -> float:
+    """With grad_reduce "microbatch": the step lasts at least as long as the busiest rank's DP comm stream, which
+    carries its stages' gathers and every micro-batch's reduce-scatter. The simulation places the last one after
+    the stage's last backward; the earlier ones run beside the later backward passes and are hidden while the
+    stream has room (0 without them)."""
+    if not sp.early_reduce:
+        return 0.0
+    return max(sum(sp.allgather[s] + sp.early_reduce[s] + sp.reduce[s] for s in schedule.stages_of_rank(r))
+               for r in range(schedule.pp))
 
 
 @functools.lru_cache(maxsize=64)

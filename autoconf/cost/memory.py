@@ -1,24 +1,45 @@
 """Peak memory per pipeline rank: weights, gradients, optimizer states, activations, temporaries, runtime.
 
-Two mixed-precision layouts are described (bytes per parameter on one rank, before ZeRO division):
+Parameter, gradient and optimizer-state bytes per parameter of one rank (after TP; d = dp), by layout:
 
-  layout     weights            gradients        optimizer (AdamW)
-  "torch"    fp32 master 4      fp32 4           fp32 moments 8         what autoconf's executor keeps (FSDP2 keeps
-             + compute copy*                                            fp32 sharded parameters and casts a bf16
-                                                                        copy for compute when the dtype is bf16)
-  "megatron" bf16 2             fp32 4           fp32 master 4 + 8      Megatron-LM mixed precision (18 bytes)
-
-ZeRO in the "megatron" layout: stage 1 divides the optimizer states by DP, stage 2 also the gradients, stage 3
-also the weights. In the "torch" layout stages 1-3 are FSDP2, which shards fp32 weights, gradients and optimizer
-states together (so ZeRO-1 runs exactly as ZeRO-2), with an unsharded compute copy of the rank's parameters held
-for the whole step at stages 1-2 (reshard_after_forward=False) and of two blocks at a time at stage 3.
-* With bf16 compute on an unsharded (ZeRO-0) rank, the bf16 copy of every weight exists during the step (2 bytes).
+  "megatron"  Megatron-LM mixed precision: bf16 weights 2, fp32 main gradients 4 in one contiguous buffer, fp32
+              master weights and Adam moments 12. Its distributed optimizer (`--use-distributed-optimizer`, zero
+              stage 1 here) shards the 12 optimizer bytes only: the gradient buffer holds every gradient of the
+              rank through the accumulation and is reduce-scattered in place, so 6 + 12/d (Megatron-LM
+              docs/source/api-guide/dist_optimizer.md: "[no] distribute model gradients", bf16 param + fp32 grads:
+              18 bytes, or 6 + 12/d distributed). Stages 2 and 3 describe ZeRO as published (Rajbhandari et al.
+              2020): the gradients, then the weights, divided by d as well.
+  "torch"     autoconf's executor. Without sharding (ZeRO-0): fp32 weights 4, fp32 gradients 4, fp32 moments 8,
+              plus the compute-dtype copy of every weight under bf16/fp16. With FSDP2 (ZeRO >= 1 over d > 1) the
+              fp32 weights and the moments are sharded, 4/d + 8/d, at every stage, and what else a rank holds
+              follows how FSDP2 runs under gradient accumulation and pipelining (torch 2.13, read in
+              torch/distributed/fsdp/_fully_shard and torch/distributed/pipelining/stage.py, measured by
+              tests/test_memory_fsdp.py):
+              - gradients, grad_reduce "step": every micro-batch but the last runs with
+                `set_requires_gradient_sync(False)` (the executor's loop; torch's pipelining stage does the same
+                for every backward and reduces after the stage's last one), so FSDP2 accumulates the *unsharded*
+                gradient of every parameter of the rank in the reduce dtype (fp32): 4 bytes per parameter, not
+                4/d, from the first backward until the reduce-scatter. Only with pp == 1 and one micro-batch is
+                each unit reduced during the backward.
+              - gradients, grad_reduce "microbatch": each backward reduce-scatters (sharded gradients 4/d) at the
+                price of one reduce-scatter per micro-batch; meanwhile the unsharded gradients of the units being
+                reduced exist (`unsharded_buffer_bytes`).
+              - parameters: the compute-dtype unsharded copy. ZeRO-1 and ZeRO-2 keep it for the whole step
+                (`reshard_after_forward=False`, and the executor keeps it between micro-batches). ZeRO-3 gathers
+                the blocks in use (the current and the prefetched one) and the chunk's root unit (embedding,
+                final norm, head: FSDP2 never reshards the root after forward); but under pipelining with
+                grad_reduce "step" torch's stage sets `reshard_after_backward(False)`, so every unit gathered for
+                a backward stays gathered until the stage's reduction, and the rank holds the whole copy. The
+                runtime schedules (interleaved-1f1b, looped-bfs, the zero-bubble family) gather whole chunks
+                themselves (UNSHARD/RESHARD actions); measured, every chunk of the rank was gathered at once, with
+                either gradient reduction.
+              FSDP2 has no mode that shards the optimizer state alone: ZeRO-1 runs as ZeRO-2.
 
 Activations: each virtual stage keeps `inflight[s]` micro-batches (counted by the schedule simulation), each
 worth its layers' `layer_activation_bytes` plus the embedding dropout mask (first stage) and the head inputs (last
 stage). Temporaries: the logits with their fp32 loss copy and gradient, one layer's recomputed activations under full
-recompute, P2P send/receive buffers, FSDP gather buffers. With one micro-batch per step the executor's gradients
-only come into existence as the activations go, so the larger of the two counts.
+recompute, P2P send/receive buffers. With one micro-batch per step the executor's gradients only come into
+existence as the activations go, so the larger of the two counts.
 """
 
 from __future__ import annotations
@@ -29,6 +50,7 @@ from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.schedules import schedule_spec
 
 LAYOUTS = ("torch", "megatron")
 
@@ -131,9 +153,30 @@ def stage_params(model: ModelSpec, partition: Sequence[Sequence[int]], stage: in
     return params
 
 
+def holds_unsharded_grads(config: ParallelConfig) -> bool:
+    """Whether FSDP holds the rank's whole unsharded gradient until the step's reduce-scatter (see the module
+    docstring): sharded, grad_reduce "step", and gradients accumulated over several micro-batches or pipelined."""
+    c = config
+    return (c.zero_sharded and not c.reduces_every_microbatch
+            and (c.num_microbatches > 1 or c.pp > 1))
+
+
+def holds_unsharded_params(config: ParallelConfig) -> bool:
+    """Whether a sharded rank holds the unsharded compute copy of all its parameters at its peak: ZeRO-1/2; ZeRO-3
+    under torch's single-stage pipeline schedules with grad_reduce "step" (the stage keeps every unit gathered
+    after its backward); ZeRO-3 under torch's runtime schedules (`fsdp_gathers_chunks`), which gather whole
+    chunks themselves: measured with two and with four chunks per rank, every chunk was gathered at once."""
+    c = config
+    if not c.zero_sharded:
+        return False
+    if c.zero_stage < 3:
+        return True
+    return c.pp > 1 and (schedule_spec(c.schedule).fsdp_gathers_chunks or not c.reduces_every_microbatch)
+
+
 def state_bytes_per_param(config: ParallelConfig, layout: str) -> tuple[float, float, float, float]:
-    """(weights, gradients, optimizer, unsharded compute copy) bytes per local parameter after ZeRO division; the
-    compute copy is held for every parameter of the rank except under FSDP resharding (see `gather_buffer_bytes`)."""
+    """(weights, gradients, optimizer, unsharded compute copy) bytes per local parameter held through the step, as
+    the module docstring lays out; what is held of only the units in use is `unsharded_buffer_bytes`."""
     dp = config.dp
     z = config.zero_stage if config.zero_sharded else 0
     compute = DTYPE_BYTES[config.dtype]
@@ -146,22 +189,68 @@ def state_bytes_per_param(config: ParallelConfig, layout: str) -> tuple[float, f
         if z >= 3:
             weights /= dp
         return weights, grads, optim, 0.0
-    # torch layout: FSDP2 shards weights, gradients and optimizer states together at every ZeRO stage >= 1 and
-    # holds an unsharded compute copy (at stage 3 only of the blocks in use: the gather buffer).
     if z == 0:
         return 4.0, 4.0, 8.0, (compute if compute != 4 else 0.0)
-    if z >= 3:
-        return 4.0 / dp, 4.0 / dp, 8.0 / dp, 0.0
-    return 4.0 / dp, 4.0 / dp, 8.0 / dp, compute
+    grads = 4.0 if holds_unsharded_grads(config) else 4.0 / dp
+    return 4.0 / dp, grads, 8.0 / dp, (compute if holds_unsharded_params(config) else 0.0)
+
+
+def root_unit_params(model: ModelSpec, partition: Sequence[Sequence[int]] | None = None,
+                     stage: int | None = None) -> tuple[float, float]:
+    """(all, early) parameters (all TP ranks) of a chunk's FSDP root unit, what the chunk holds beside its blocks:
+    all of them (embedding, final norm, head), and those whose gradients the backward computes first (all but the
+    embedding). Without a stage: the root of the whole model (pp == 1), the largest any chunk can have."""
+    if partition is None or stage is None:
+        root = model.total_params() - model.num_layers * model.layer_params()
+        return root, root - model.embedding_params()
+    first, end = partition[stage]
+    root = stage_params(model, partition, stage) - (end - first) * model.layer_params()
+    return root, root - (model.embedding_params() if stage == 0 else 0)
+
+
+def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
+                           root: tuple[float, float] | None = None, blocks: int = 2) -> tuple[float, float]:
+    """(parameter, gradient) bytes of one TP rank that FSDP holds for the units in use only, in the torch layout
+    (tests/test_memory_fsdp.py measures them).
+
+    Parameters: at ZeRO-3 (unless the whole copy is held) the chunk's root unit (never resharded after forward)
+    and two blocks in the compute dtype (the one computing and the next one's all-gather output: prefetched in the
+    backward, the previous one's kept until the next gathers in the forward); beside the whole copy of ZeRO-1/2,
+    one block's all-gather output while the copy is gathered. Gradients, when they are reduce-scattered during
+    every backward: the root unit's early gradients (head, final norm, held until the backward ends) and the
+    current block's, or the whole root's at the end, in the compute dtype, and the previous unit's fp32
+    reduce-scatter input (kept until the next unit reduces); beside a whole unsharded gradient, one block's
+    sharded gradient and, in bf16/fp16, the block's new low-precision gradient before FSDP adds it to the fp32
+    sum. `root` is `root_unit_params`' pair (default: the whole model's); `blocks` the chunk's blocks (a chunk of
+    one block has no previous block's reduce-scatter input beside its block's gradient)."""
+    c = config
+    if layout != "torch" or not c.zero_sharded:
+        return 0.0, 0.0
+    e = DTYPE_BYTES[c.dtype]
+    root_all, root_early = root_unit_params(model) if root is None else root
+    root_all, root_early = root_all / c.tp, root_early / c.tp
+    block = model.layer_params() / c.tp
+    if holds_unsharded_params(c):
+        # ZeRO-1/2 gather the whole copy unit by unit in the forward, each unit's all-gather output kept until the
+        # next one gathers; ZeRO-3 under a pipeline completes it in the backward, where nothing is kept.
+        params = block * e if c.zero_stage < 3 else 0.0
+    else:
+        params = (root_all + 2 * block) * e
+    if holds_unsharded_grads(c):
+        # In the reducing backward, a reduced block's sharded gradient exists while its fp32 reduce-scatter input
+        # is kept instead of its unsharded gradient: one block's 4/dp more. Under mixed precision each backward
+        # first writes a block's gradient in the compute dtype, then adds it to the fp32 sum.
+        grads = block * 4 / c.dp + (block * e if e != 4 else 0.0)
+    else:
+        in_flight = block * 4 if blocks >= 1 else 0.0  # the last reduced block's input, at the root's reduction
+        grads = max(root_all * e + in_flight, (root_early + block) * e + (block * 4 if blocks >= 2 else 0.0))
+    return params, grads
 
 
 def gather_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str) -> float:
-    """The unsharded copy FSDP keeps of the blocks in use when it reshards after forward (ZeRO-3 in the torch
-    layout): the current and the prefetched block."""
-    c = config
-    if c.zero_sharded and c.zero_stage >= 3 and layout == "torch":
-        return 2 * model.layer_params() / c.tp * DTYPE_BYTES[c.dtype]
-    return 0.0
+    """The bytes `unsharded_buffer_bytes` adds to a rank beyond its per-parameter state, at their largest (any
+    chunk's root unit): parameters and gradients together."""
+    return sum(unsharded_buffer_bytes(model, config, layout))
 
 
 def p2p_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:
@@ -188,18 +277,22 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
                  partition: Sequence[Sequence[int]], stage_to_rank: Sequence[int], inflight: Sequence[float],
                  layout: str = "torch", ranks: Sequence[int] | None = None) -> list[dict]:
     """Peak bytes per pipeline rank (of `ranks`, default all), as {"params", "grads", "optimizer", "activations",
-    "other", "total"}; `inflight[s]` is the micro-batches stage s keeps at the rank's peak."""
+    "other", "total"}; `inflight[s]` is the micro-batches stage s keeps at the rank's peak. "params" and "grads"
+    include the unsharded copies FSDP holds (the whole copy, or the units in use); "other" is the runtime's
+    overhead, the largest temporary and the P2P buffers."""
     assert layout in LAYOUTS, layout
     c = config
     w_b, g_b, o_b, copy_b = state_bytes_per_param(c, layout)
     embed_act, layer_act, head_act = unit_activation_bytes(model, c, layout, cluster.device.kind)
-    fixed = (cluster.device.memory_overhead_bytes + gather_buffer_bytes(model, c, layout)
-             + p2p_buffer_bytes(model, c))
+    fixed = cluster.device.memory_overhead_bytes + p2p_buffer_bytes(model, c)
     last = len(partition) - 1
     out = []
     for rank in (range(c.pp) if ranks is None else ranks):
         stages = [st for st, r in enumerate(stage_to_rank) if r == rank]
         local_params = sum(stage_params(model, partition, st) for st in stages) / c.tp
+        buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, partition, st),
+                                          partition[st][1] - partition[st][0]) for st in stages]
+        param_buffer, grad_buffer = max(b[0] for b in buffers), max(b[1] for b in buffers)
         activations = 0.0
         for st in stages:
             first, end = partition[st]
@@ -211,7 +304,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
             temporaries.append(logits_temporary_bytes(model, c, layout))
         if c.recompute == "full":
             temporaries.append(layer_activation_bytes(model, c, layout, cluster.device.kind, "none"))
-        grads = local_params * g_b
+        grads = local_params * g_b + grad_buffer
         if layout == "torch" and c.num_microbatches == 1:
             # The gradients come into existence during the only backward while the activations go: the peak is at
             # the loss without them, or at the end of the backward with them and without the activations.
@@ -219,9 +312,9 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
                 grads = 0.0
             else:
                 activations, temporaries = 0.0, [0.0]
-        other = fixed + max(temporaries) + local_params * copy_b
-        entry = {"params": local_params * w_b, "grads": grads, "optimizer": local_params * o_b,
-                 "activations": activations, "other": other}
+        other = fixed + max(temporaries)
+        entry = {"params": local_params * (w_b + copy_b) + param_buffer, "grads": grads,
+                 "optimizer": local_params * o_b, "activations": activations, "other": other}
         entry["total"] = sum(entry.values())
         out.append(entry)
     return out

@@ -18,6 +18,7 @@ deadlock, reported with an AssertionError naming the rank and the action.
 
 from __future__ import annotations
 
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -71,7 +72,29 @@ class Timeline:
     @property
     def compute_end(self) -> float:
         """End of the last compute action."""
+        if isinstance(self.events, _Events):
+            return max((ends[-1] for ends in self.events.ends if ends), default=0.0)
         return max((ev[-1][2] for ev in self.events if ev), default=0.0)
+
+
+class _Events(SequenceABC):
+    """`Timeline.events` of a simulation, each rank's (action, start, end) list built when first read: the search
+    reads only the makespan and the busy times of most timelines."""
+
+    def __init__(self, actions, starts: list[list[float]], ends: list[list[float]]):
+        self.actions, self.starts, self.ends = actions, starts, ends
+        self._rows: dict[int, list] = {}
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, rank):
+        if isinstance(rank, slice):
+            return [self[r] for r in range(len(self))[rank]]
+        rank = range(len(self))[rank]  # negative indices, and IndexError past the end
+        if rank not in self._rows:
+            self._rows[rank] = list(zip(self.actions[rank], self.starts[rank], self.ends[rank]))
+        return self._rows[rank]
 
 
 def simulate(
@@ -216,10 +239,8 @@ def simulate(
             comm_free[r] = t
 
     makespan = max(max(clock), max(comm_free)) if R else 0.0
-    events = [
-        list(zip(schedule.actions[r], starts[r], ends[r])) for r in range(R)
-    ]
-    peak, peak_w, peak_rank = order_peaks(schedule)
+    events = _Events(schedule.actions, starts, ends)
+    peak, peak_w, peak_rank = (list(x) for x in order_peaks(schedule))
     total = sum(busy)
     bubble = 1.0 - total / (R * makespan) if makespan > 0 else 0.0
     return Timeline(events, comm_events, makespan, busy, bubble, peak, peak_w, peak_rank)
@@ -227,8 +248,14 @@ def simulate(
 
 def order_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int]]:
     """(peak_inflight, peak_inflight_weight, peak_inflight_rank) as `Timeline` defines them, from the order alone: a
-    rank's actions run one at a time, so its counts follow its list whatever the costs."""
-    return rank_order_peaks(schedule.num_stages, dict(enumerate(schedule.compiled)), schedule.pp)
+    rank's actions run one at a time, so its counts follow its list whatever the costs. Counted once per schedule
+    object (a frozen value; the estimate reuses its schedules) and remembered on it; callers get fresh lists."""
+    peaks = schedule.__dict__.get("_order_peaks")
+    if peaks is None:
+        peaks = tuple(tuple(x) for x in rank_order_peaks(schedule.num_stages, dict(enumerate(schedule.compiled)),
+                                                         schedule.pp))
+        schedule.__dict__["_order_peaks"] = peaks  # what functools.cached_property does on a frozen dataclass
+    return tuple(list(x) for x in peaks)
 
 
 def rank_order_peaks(num_stages: int, compiled: dict[int, Sequence[tuple[int, int, int]]],

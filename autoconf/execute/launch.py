@@ -29,6 +29,7 @@ from pathlib import Path
 from autoconf.errors import UserError
 from autoconf.files import check_new
 from autoconf.spec.support import check_supported
+from autoconf.spec.model import check_costable
 from autoconf.spec.plan import load_plan, node_blocks
 
 # The folder holding this autoconf package (the checkout, or site-packages for an installed wheel).
@@ -72,11 +73,41 @@ def _timeout(value: float | None, env: str, default: float, flag: str) -> float:
     return float(value)
 
 
-def _check_devices(plan, nproc_per_node: int) -> None:
-    """A CUDA plan needs a GPU per process on this node; on a machine without CUDA the executor runs on CPU."""
+def check_fits(plan, allow_unfit: bool = False) -> None:
+    """A plan predicted not to fit in device memory is refused (it would run out of memory after start-up), unless
+    `allow_unfit`."""
+    p = plan.prediction
+    if p.get("fits", True) or allow_unfit:
+        return
+    GiB = 1024**3
+    stages = p.get("memory_per_stage") or []
+    worst = max(range(len(stages)), key=lambda r: stages[r]["total"]) if stages else None
+    where = f" on pipeline rank {worst}" if worst is not None else ""
+    raise UserError(f"the plan does not fit: it needs {p.get('peak_memory_bytes', 0) / GiB:.1f} GiB{where} of "
+                    f"{p.get('memory_limit_bytes', 0) / GiB:.1f} GiB per device (prediction.fits is false); re-plan "
+                    f"with `autoconf plan`, or pass --allow-unfit to launch it anyway")
+
+
+def plan_wants_gpus(plan) -> bool:
+    """True when the plan was made for GPUs: its cluster talks NCCL (CPU profiles are gloo; a plan that names no
+    backend is not taken for either)."""
+    return plan.cluster.get("backend") == "nccl"
+
+
+def _check_devices(plan, nproc_per_node: int, allow_cpu: bool = False) -> None:
+    """A GPU plan needs a GPU per process on this node. On a host without CUDA it is refused unless `allow_cpu`
+    (then it runs on CPU ranks with gloo, in fp32, and says so: times and memory will not be the plan's)."""
     try:
         import torch
     except ImportError:
+        return
+    if not torch.cuda.is_available() and plan_wants_gpus(plan):
+        name = plan.cluster.get("name", "a GPU cluster")
+        if not allow_cpu:
+            raise UserError(f"the plan is for GPUs ({name}) but this host has no CUDA device; run it on the GPU "
+                            f"nodes, or pass --allow-cpu to rehearse the layout on CPU ranks (gloo, fp32)")
+        print(f"autoconf: note: running a plan for {name} on this host's CPU ({nproc_per_node} ranks, gloo, fp32): "
+              f"step times and memory will not match the plan's prediction", file=sys.stderr, flush=True)
         return
     if torch.cuda.is_available() and torch.cuda.device_count() < nproc_per_node:
         raise UserError(f"the plan runs {nproc_per_node} processes per node but this node has "
@@ -94,6 +125,7 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
     rank). Raises UserError naming what is wrong and what would work."""
     plan_path = Path(plan_path).resolve()
     plan = load_plan(plan_path)
+    check_costable(plan.model)
     check_supported(plan.config)
     world = plan.config.world_size
     if steps < 1:
@@ -207,10 +239,11 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         pass
 
 
-def run_supervised(command: list[str], env: dict, pass_fds: list[int] = ()) -> int:
+def run_supervised(command: list[str], env: dict, pass_fds: list[int] = (), follow=None) -> int:
     """Runs torchrun and returns its exit code. SIGTERM, SIGINT or SIGHUP to the launcher is forwarded as SIGTERM
     (torchrun then ends its workers, each in its own process group); after a grace the whole process group is
-    killed. torchrun runs in a process group of its own and dies with the launcher (see _die_with_parent)."""
+    killed. torchrun runs in a process group of its own and dies with the launcher (see _die_with_parent).
+    `follow` (report.progress.Follow): torchrun's stdout passes through it, under a progress bar."""
     parent = os.getpid()
 
     def preexec() -> None:
@@ -218,7 +251,9 @@ def run_supervised(command: list[str], env: dict, pass_fds: list[int] = ()) -> i
         if os.getppid() != parent:  # the launcher died before prctl took effect
             os._exit(1)
 
-    proc = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=preexec, pass_fds=tuple(pass_fds))
+    proc = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=preexec, pass_fds=tuple(pass_fds),
+                            stdout=subprocess.PIPE if follow is not None else None)
+    relay = follow.relay(proc.stdout) if follow is not None else None
     received: list[int] = []
     deadline = None
 
@@ -244,6 +279,8 @@ def run_supervised(command: list[str], env: dict, pass_fds: list[int] = ()) -> i
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if relay is not None:
+            relay.join(timeout=5)
     if received:
         print(f"autoconf: stopped by {signal.Signals(received[0]).name}; torchrun and its workers were ended",
               file=sys.stderr, flush=True)
@@ -260,11 +297,20 @@ def master_host_node(plan, nnodes: int, nproc_per_node: int) -> int:
     return blocks[0] if blocks else 0
 
 
+def default_nnodes(plan) -> int:
+    """The nodes a plan runs on when --nnodes is not given: the node count of the cluster it was planned for, when
+    that splits the plan's processes evenly; otherwise 1."""
+    nodes = int(plan.cluster.get("nodes", 1))
+    world = plan.config.world_size
+    return nodes if nodes >= 1 and world % nodes == 0 else 1
+
+
 def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | None = None,
            metrics: str | None = None, checkpoint_dir: str | None = None, checkpoint_every: int = 0,
-           max_restarts: int = 0, dry_run: bool = False, nnodes: int = 1, node_rank: int = 0,
+           max_restarts: int = 0, dry_run: bool = False, nnodes: int | None = 1, node_rank: int = 0,
            master_addr: str = "127.0.0.1", master_port: int = 29500, nproc_per_node: int | None = None,
-           force: bool = False, timeout_s: float | None = None, rendezvous_timeout_s: float | None = None) -> int:
+           force: bool = False, timeout_s: float | None = None, rendezvous_timeout_s: float | None = None,
+           allow_cpu: bool = False, allow_unfit: bool = False) -> int:
     """Runs PLAN.json with the bundled executor under torchrun; returns torchrun's exit code.
 
     plan_path: a plan from `autoconf plan`/`estimate`. steps: optimizer steps in total (a resumed run continues
@@ -278,21 +324,32 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
     how long nodes wait for each other at start and after a restart (default $AUTOCONF_RENDEZVOUS_TIMEOUT or 600).
     Raises UserError (before starting anything) for a bad plan, a plan whose world size is not
     nnodes * nproc_per_node, a missing data file, an unwritable metrics path or checkpoint directory, or an
-    existing metrics file without `force`.
+    existing metrics file without `force`; a plan predicted not to fit unless `allow_unfit`; a GPU plan on a
+    host without CUDA unless `allow_cpu` (checked when not a dry run). nnodes None: the plan's own node count.
     """
+    plan = load_plan(plan_path)
+    check_fits(plan, allow_unfit)
+    if nnodes is None:
+        nnodes = default_nnodes(plan)
     commands = build_commands(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_every,
                               max_restarts, nnodes, node_rank, master_addr, master_port, nproc_per_node, force,
                               timeout_s, rendezvous_timeout_s)
-    plan = load_plan(plan_path)
     nproc = int(commands[0][commands[0].index("--nproc-per-node") + 1])
     if not dry_run:
-        _check_devices(plan, nproc)
+        _check_devices(plan, nproc, allow_cpu)
+        if nnodes > 1 and master_addr in ("127.0.0.1", "localhost"):
+            raise UserError(f"the plan runs on {nnodes} nodes: start `autoconf launch` on each with --node-rank R "
+                            f"and --master-addr set to the address of the node that starts as rank 0 (see "
+                            f"--dry-run), or pass --nnodes 1 to run every rank on this host")
     master_node = master_host_node(plan, nnodes, nproc)
     if master_node != 0:
         print(f"autoconf: note: the placement puts grid block 0 on node {master_node}, which starts as torchrun node "
               f"rank 0 and hosts the rendezvous: --master-addr must be node {master_node}'s address on every node",
               file=sys.stderr)
     if dry_run:
+        if nnodes > 1 and master_addr in ("127.0.0.1", "localhost"):
+            print(f"autoconf: note: {nnodes} nodes: pass --master-addr (the address of the node that starts as "
+                  f"torchrun node rank 0, reachable from every node) instead of {master_addr}", file=sys.stderr)
         for rank, command in enumerate(commands):
             prefix = f"# node {rank}: " if len(commands) > 1 else ""
             print(prefix + shlex.join(command))
@@ -311,4 +368,20 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
         # Once a worker failed (a collective timed out), the others get SIGTERM and then, after this grace, SIGKILL
         # (torchrun's default grace is 30 s, which a hung peer would add to the collective timeout).
         env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_GRACE_S))
-        return run_supervised(commands[node_rank if nnodes > 1 else 0], env, [fd for fd in _held_fds])
+        from rich.console import Console
+
+        from autoconf.report.progress import Follow
+
+        where = [f"metrics {metrics}" if metrics is not None else "",
+                 f"checkpoints in {checkpoint_dir}" if checkpoint_dir is not None else ""]
+        where = ", ".join(w for w in where if w)
+        with Follow(Console(), f"training {plan.model.name}", total=steps) as follow:
+            if follow.live:
+                print(f"autoconf: training {plan_path} for {steps} steps on {plan.config.world_size} ranks"
+                      + (f"; {where}" if where else ""), flush=True)
+            code = run_supervised(commands[node_rank if nnodes > 1 else 0], env, [fd for fd in _held_fds],
+                                  follow if follow.live else None)
+        if code == 0:
+            print(f"autoconf: done; results: {where or 'none kept (pass --metrics FILE for one line per step)'}",
+                  file=sys.stderr, flush=True)
+        return code

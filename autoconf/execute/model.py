@@ -59,12 +59,12 @@ def _rope(x: torch.Tensor, theta: float) -> torch.Tensor:
 class Attention(nn.Module):
     def __init__(self, spec: ModelSpec, attention: str):
         super().__init__()
-        h, kv = spec.hidden_size, spec.kv_dim
+        h, kv, q = spec.hidden_size, spec.kv_dim, spec.q_dim
         qkv_bias = spec.linear_bias or spec.qkv_bias
-        self.wq = nn.Linear(h, h, bias=qkv_bias)
+        self.wq = nn.Linear(h, q, bias=qkv_bias)
         self.wk = nn.Linear(h, kv, bias=qkv_bias)
         self.wv = nn.Linear(h, kv, bias=qkv_bias)
-        self.wo = nn.Linear(h, h, bias=spec.linear_bias)
+        self.wo = nn.Linear(q, h, bias=spec.linear_bias)
         self.head_dim = spec.head_dim
         self.rope_theta = spec.rope_theta if spec.arch == "llama" else None
         self.attention = attention

@@ -60,7 +60,8 @@ def build_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device
 
     c = plan.config
     cls = get_schedule_class(schedule_spec(c.schedule).torch_class)
-    stages = [PipelineStage(chunk, s, c.num_stages, device, group=pp_group) for s, chunk in chunks]
+    stage_class = _reducing_stage_class(c.zero_stage >= 3) if c.reduces_every_microbatch else PipelineStage
+    stages = [stage_class(chunk, s, c.num_stages, device, group=pp_group) for s, chunk in chunks]
     if issubclass(cls, PipelineScheduleSingle):
         assert len(stages) == 1
         schedule = cls(stages[0], n_microbatches=c.num_microbatches, loss_fn=loss_fn, scale_grads=scale_grads)
@@ -71,6 +72,30 @@ def build_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device
             ours = dict(enumerate(stage_to_rank(c.schedule, c.pp, c.vpp)))
             assert dict(torch_map) == ours, f"torch places stages {torch_map}, the cost model {ours}"
     return schedule, stages
+
+
+def _reducing_stage_class(reshard: bool):
+    """A PipelineStage whose FSDP chunk reduce-scatters every micro-batch's gradients during its backward
+    (grad_reduce "microbatch"). torch's stage runs every backward with `set_requires_gradient_sync(False)` and
+    `set_reshard_after_backward(False)` and reduces after the stage's last one (`perform_reduce_grad`, which still
+    runs and then finds nothing left to reduce); this one keeps the sync on, as FSDP runs outside a pipeline, and
+    reshards after each backward at ZeRO-3 (`reshard`), after the last at ZeRO-1/2. Only the full backward: the
+    split I/W schedules are refused with this choice (spec/support.py)."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.pipelining import PipelineStage
+    from torch.distributed.pipelining._backward import stage_backward
+
+    class ReducingStage(PipelineStage):
+        def backward_maybe_with_nosync(self, backward_type, bwd_kwargs: dict, last_backward: bool = False):
+            if backward_type != "full" or not isinstance(self.submod, FSDPModule):
+                return super().backward_maybe_with_nosync(backward_type, bwd_kwargs, last_backward)
+            self.submod.set_is_last_backward(True)
+            self.submod.set_requires_gradient_sync(True)
+            self.submod.set_reshard_after_backward(reshard or last_backward)
+            grads = stage_backward(bwd_kwargs["stage_output"], bwd_kwargs["output_grads"], bwd_kwargs["input_values"])
+            return grads, None
+
+    return ReducingStage
 
 
 class TiedEmbeddingSync:

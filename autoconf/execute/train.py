@@ -254,11 +254,19 @@ class Trainer:
         return {"loss": float(stats[0] / stats[1]), "grad_norm": float(norm), "lr": lr, "phases_s": clock.phases}
 
     def _accumulate(self, inputs, targets, losses) -> None:
-        """pp == 1: plain gradient accumulation over the micro-batches."""
-        model, m, b = self.models[0], self.config.num_microbatches, self.config.micro_batch_size
+        """pp == 1: plain gradient accumulation over the micro-batches.
+
+        FSDP (cost/memory.py describes what each choice holds): with grad_reduce "step" every micro-batch but the
+        last skips the reduce-scatter, so the unsharded gradients accumulate; with "microbatch" each backward
+        reduce-scatters into the sharded gradients. Either way ZeRO-1/2 keep the gathered parameters until the last
+        backward (no re-gather per micro-batch), ZeRO-3 reshards after every forward and backward."""
+        c = self.config
+        model, m, b = self.models[0], c.num_microbatches, c.micro_batch_size
         for i in range(m):
             if self.fsdp:
-                model.set_requires_gradient_sync(i == m - 1)
+                last = i == m - 1
+                model.set_requires_gradient_sync(last or c.reduces_every_microbatch)
+                model.set_reshard_after_backward(last or c.zero_stage >= 3)
             # The logits are not kept: the loss's fp32 log-softmax is all its backward needs.
             loss = loss_fn(model(inputs[i * b:(i + 1) * b]), targets[i * b:(i + 1) * b])
             (loss / m).backward()
@@ -299,8 +307,9 @@ def check_resumable(path: Path, meta: dict, plan: Plan, opts: TrainOptions, log)
     saved = meta.get("model")
     if isinstance(saved, dict):
         mine = plan.model.to_dict()
+        derived = ("parameters", "active_parameters")  # written since the MoE spec; older checkpoints lack them
         diff = sorted(k for k in set(saved) | set(mine)
-                      if k not in ("name", "dropout") and saved.get(k) != mine.get(k))
+                      if k not in ("name", "dropout", *derived) and saved.get(k) != mine.get(k))
         if diff:
             raise UserError(f"checkpoint {path} holds model {saved.get('name')!r}, which differs from this plan's "
                             f"{plan.model.name!r} in {', '.join(diff)}; use another --checkpoint-dir")

@@ -17,7 +17,7 @@ parameters-only pass would recount most of I. The zero-bubble split that the sch
 activation gradients, W only the weight-gradient GEMMs", i.e. full - I. The embedding's input is token ids, so its
 I is zero and its whole backward is W. Times are medians over repeats after warm-up, with p10/p90 of the forward.
 
-Distribution. The grid (block x tp x micro-batch x seq-len) is dealt out to the ranks, longest entries first in
+Distribution. The grid (block x tp x micro-batch x seq-len, plus attention at the asked `--seq-len`s) is dealt out to the ranks, longest entries first in
 snake order so every rank gets a similar amount of work, and all ranks time their share at the same time, as all
 devices compute at once in training (on a shared CPU host this contention is what training would see). When there
 are more ranks than entries, each entry is timed by several ranks and the median over them is kept.
@@ -51,6 +51,7 @@ class Grid:
     warmup: int
     repeats: int
     entry_budget_s: float = 10.0  # seconds one grid entry may take before its repeats are cut (to at least 3)
+    attention_seq_lens: tuple[int, ...] = ()  # further lengths at which only the attention block is timed
 
 
 def tp_widths(model: ModelSpec, max_tp: int) -> list[int]:
@@ -63,20 +64,29 @@ def tp_widths(model: ModelSpec, max_tp: int) -> list[int]:
     return out
 
 
-def default_grid(model: ModelSpec, max_tp: int, quick: bool, tiny: bool = False) -> Grid:
+def default_grid(model: ModelSpec, max_tp: int, quick: bool, tiny: bool = False,
+                 seq_lens: tuple[int, ...] = ()) -> Grid:
     """The micro-batch sizes, sequence lengths and TP widths to time.
 
-    Sequence lengths are the model's context and its halves down to a quarter (at most 2048 tokens long: longer
-    sequences are interpolated linearly in tokens by the cost model). `tiny` is the test-suite grid.
+    Every block is timed at the model's context and its halves down to a quarter (at most 2048 tokens long; the
+    linear layers' time is linear in tokens). The attention block is also timed at each of `seq_lens` (the lengths
+    the user will plan for, `--seq-len`) not already in the grid: its core grows with seq_len^2, which the cost
+    model reads from these entries and, beyond the longest one, extrapolates in micro_batch x seq_len^2. `tiny` is
+    the test-suite grid.
     """
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in seq_lens):
+        raise UserError(f"--seq-len must be a positive integer, got {list(seq_lens)}")
     tps = tuple(tp_widths(model, max_tp))
     top = min(model.max_seq_len, 2048)
     if tiny:
-        return Grid((1,), (min(top, 32),), tps[:2], warmup=1, repeats=2, entry_budget_s=1.0)
-    if quick:
-        return Grid((1, 2, 4), (top,), tps, warmup=2, repeats=10, entry_budget_s=3.0)
-    seqs = sorted({max(top // 4, 1), max(top // 2, 1), top})
-    return Grid((1, 2, 4, 8), tuple(seqs), tps, warmup=3, repeats=20, entry_budget_s=10.0)
+        grid = Grid((1,), (min(top, 32),), tps[:2], warmup=1, repeats=2, entry_budget_s=1.0)
+    elif quick:
+        grid = Grid((1, 2, 4), (top,), tps, warmup=2, repeats=10, entry_budget_s=3.0)
+    else:
+        seqs = sorted({max(top // 4, 1), max(top // 2, 1), top})
+        grid = Grid((1, 2, 4, 8), tuple(seqs), tps, warmup=3, repeats=20, entry_budget_s=10.0)
+    extra = tuple(sorted(set(seq_lens) - set(grid.seq_lens)))
+    return dataclasses.replace(grid, attention_seq_lens=extra)
 
 
 # ---- the blocks at sharded shapes --------------------------------------------------------------------------------
@@ -220,10 +230,13 @@ def measure_compute(model: ModelSpec, grid: Grid, device: torch.device, dtype: s
     rank, world = dist.get_rank(), dist.get_world_size()
     entries = [(kind, tp, mb, seq) for tp in grid.tps for kind in BLOCKS
                for mb in grid.micro_batches for seq in grid.seq_lens]
+    entries += [("attention", tp, mb, seq) for tp in grid.tps for mb in grid.micro_batches
+                for seq in grid.attention_seq_lens]
     costs = [_cost(model, *e) for e in entries]
     mine = assign(entries, costs, world)[rank]
+    also = f"; attention also at seq {list(grid.attention_seq_lens)}" if grid.attention_seq_lens else ""
     log(f"  {len(entries)} grid entries (blocks {', '.join(BLOCKS)}; tp {list(grid.tps)}; micro-batch "
-        f"{list(grid.micro_batches)}; seq {list(grid.seq_lens)}) over {world} rank(s), {grid.repeats} repeats")
+        f"{list(grid.micro_batches)}; seq {list(grid.seq_lens)}{also}) over {world} rank(s), {grid.repeats} repeats")
     results = []
     step = max(len(mine) // 5, 1)
     for done, index in enumerate(mine, start=1):

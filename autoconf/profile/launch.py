@@ -61,7 +61,7 @@ def _port_free(addr: str, port: int) -> bool:
 def build_command(out: Path, nproc_per_node: int, nnodes: int, node_rank: int, master_addr: str, master_port: int,
                   model: str | None, quick: bool, base_profile: str | None = None,
                   memory_per_rank: str | None = None, dtype: str | None = None, rdzv: str = "static",
-                  max_tp: int | None = None) -> list[str]:
+                  max_tp: int | None = None, seq_lens: tuple[int, ...] = ()) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc_per_node),
            "--nnodes", str(nnodes)]
     if rdzv == "c10d":
@@ -82,20 +82,24 @@ def build_command(out: Path, nproc_per_node: int, nnodes: int, node_rank: int, m
         cmd += ["--dtype", dtype]
     if max_tp:
         cmd += ["--max-tp", str(max_tp)]
+    for seq in seq_lens:
+        cmd += ["--seq-len", str(seq)]
     return cmd
 
 
 def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: int = 0,
             master_addr: str = "127.0.0.1", master_port: int = 29500, model: str | None = None, quick: bool = False,
             force: bool = False, base_profile: str | None = None, memory_per_rank: str | None = None,
-            dtype: str | None = None, rdzv: str = "static", max_tp: int | None = None) -> int:
+            dtype: str | None = None, rdzv: str = "static", max_tp: int | None = None,
+            seq_lens: tuple[int, ...] = ()) -> int:
     """Profiles this cluster into `out`; returns torchrun's exit status (0 on success).
 
     `nproc_per_node` defaults to the number of GPUs, or on a CPU-only host 2 ranks with `quick` and 4 without.
     `rdzv` "static" (the default) passes --node-rank/--master-addr/--master-port to torchrun, so node k of the
     profile is the node started with node_rank k; "c10d" uses a c10d rendezvous at master_addr:master_port instead
     (nodes may join in any order). `max_tp` times the blocks at TP widths up to it (default: the ranks per node),
-    e.g. 8 on a single GPU whose profile will plan 8-GPU nodes.
+    e.g. 8 on a single GPU whose profile will plan 8-GPU nodes. `seq_lens` are sequence lengths to plan for: the
+    attention block is timed at each, so its seq^2 term is measured there rather than extrapolated.
     """
     path = check_output(out, force)
     gpus = _cuda_devices()
@@ -108,6 +112,11 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
     if max_tp is not None and (isinstance(max_tp, bool) or not isinstance(max_tp, int) or max_tp < 1):
         raise UserError(f"--max-tp must be an integer >= 1 (got {max_tp!r}), e.g. 8 to time the blocks as an 8-GPU "
                         f"node would shard them")
+    from autoconf.spec.plan import MAX_SEQ_LEN
+
+    for seq in seq_lens:
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= MAX_SEQ_LEN:
+            raise UserError(f"--seq-len must be an integer from 1 to {MAX_SEQ_LEN} (got {seq!r}), e.g. 8192")
     if gpus and nproc_per_node > gpus:
         raise UserError(f"--nproc-per-node {nproc_per_node} exceeds the {gpus} GPU(s) on this node")
     if node_rank >= nnodes:
@@ -119,9 +128,10 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
     if rdzv not in RDZV:
         raise UserError(f"rendezvous {rdzv!r} is not one of {', '.join(RDZV)}")
     if model:
+        from autoconf.spec.model import check_costable
         from autoconf.spec.presets import load_model
 
-        load_model(model)
+        check_costable(load_model(model))  # the executor's blocks are dense: it cannot time an MoE model's
     if base_profile:
         from autoconf.spec.cluster import load_cluster
 
@@ -136,9 +146,21 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
         raise UserError(f"--master-port {master_port} is already in use on this machine; pass another "
                         f"(e.g. --master-port {master_port + 1})")
     cmd = build_command(path, nproc_per_node, nnodes, node_rank, master_addr, master_port, model, quick,
-                        base_profile, memory_per_rank, dtype, rdzv, max_tp)
+                        base_profile, memory_per_rank, dtype, rdzv, max_tp, tuple(seq_lens))
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     repo_root = str(Path(__file__).resolve().parent.parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH", "")) if p)
-    return subprocess.call(cmd, env=env)
+    from rich.console import Console
+
+    from autoconf.report.progress import Follow
+
+    with Follow(Console(), f"profiling {nproc_per_node} rank(s) per node into {path}") as follow:
+        if not follow.live:
+            return subprocess.call(cmd, env=env)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE)  # its lines go above a live bar
+        relay = follow.relay(proc.stdout)
+        try:
+            return proc.wait()
+        finally:
+            relay.join(timeout=5)

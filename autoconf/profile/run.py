@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --nproc-per-node N [multi-node flags] -m autoconf.profile.run \
         --out PROFILE.json [--model MODEL] [--quick] [--base-profile NAME] [--memory-per-rank 4GiB] [--dtype fp32] \
-        [--max-tp T]
+        [--max-tp T] [--seq-len S ...]
 
 (`autoconf profile`, i.e. `autoconf.profile.launch.profile`, builds that command.) Phases, all ranks together:
 1. layout: host names -> nodes and ranks per node;
@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tp", type=int, help="time the blocks at TP widths up to this (default: the ranks per "
                                                     "node)")
     parser.add_argument("--name", help="profile name (default: the output file's stem)")
+    parser.add_argument("--seq-len", type=int, action="append", default=[],
+                        help="a sequence length to plan for (repeatable): the attention block is timed there too")
     parser.add_argument("--tiny-grid", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -234,7 +236,7 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
     table = None
     if model_arg:
         model = load_model(model_arg)
-        grid = compute.default_grid(model, args.max_tp or layout.gpus_per_node, quick, tiny)
+        grid = compute.default_grid(model, args.max_tp or layout.gpus_per_node, quick, tiny, tuple(args.seq_len))
         log(f"compute: {model.name} blocks, {main_dtype}")
         optimizer_numel = (1 << 20) if (quick or not on_gpu) else (64 << 20)
         table = compute.measure_compute(model, grid, device, main_dtype,

@@ -20,7 +20,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from autoconf.cost.estimate import Execution, estimate  # noqa: E402
 from autoconf.cost.simulate import Timeline  # noqa: E402
 from autoconf.errors import UserError  # noqa: E402
-from autoconf.report.tables import layout_label  # noqa: E402
+from autoconf.report.tables import human_count, layout_label  # noqa: E402
 from autoconf.spec.plan import Plan  # noqa: E402
 
 GiB = 1024**3
@@ -82,74 +82,118 @@ def _luminance(rgb: tuple) -> float:
     return 0.299 * r + 0.587 * g + 0.114 * b
 
 
+PHASE_ACTIONS = 24  # actions per rank shown in each phase window of a long step
+
+
+def phase_windows(timeline: Timeline, span: float, pp: int, chunks: int) -> list[tuple[str, float, float]]:
+    """The time windows the timeline shows: the whole step when it has few actions per rank; otherwise three
+    windows of one length W: the warm-up [0, W], an excerpt of the steady state around the middle of the step, and
+    the drain [span - W, span]. W is the longer of the warm-up until the last rank has run K actions and the drain
+    from where every rank has K actions left, K = max(PHASE_ACTIONS, 3 x the stages on a rank x pp). Returned as
+    (name, start s, end s)."""
+    ranks = [ev for ev in timeline.events if ev]
+    k = max(PHASE_ACTIONS, 3 * chunks * pp)
+    if not ranks or min(len(ev) for ev in ranks) < 4 * k:
+        return [("", 0.0, span)]
+    warm_end = ranks[-1][k - 1][2]
+    drain_start = min(ev[-k][1] for ev in ranks)
+    width = max(warm_end, span - drain_start)
+    steady = (span / 2 - width / 2, span / 2 + width / 2)
+    if not (width < steady[0] and steady[1] < span - width):
+        return [("", 0.0, span)]
+    return [("warm-up", 0.0, width), ("steady state (excerpt)", *steady), ("drain", span - width, span)]
+
+
+def _draw_ranks(ax, timeline: Timeline, c, tail: float, scale: float, window: tuple[float, float],
+                pts_per_unit: float, bar_h: float, lane_h: float, lane_gap: float) -> tuple[set, set]:
+    """Draws every rank's blocks overlapping `window` (seconds), numbered where the number fits; returns the
+    kinds of compute and comm drawn."""
+    lo, hi = window
+    kinds_seen: set[str] = set()
+    comm_seen: set[str] = set()
+    labels = 0
+    for r in range(c.pp):
+        stages = sorted({a.stage for a, _, _ in timeline.events[r]})
+        chunk_of = {st: i for i, st in enumerate(stages)}
+        shown = [(a, st, en) for a, st, en in timeline.events[r] if en >= lo and st <= hi]
+        groups: dict[tuple, list] = {}
+        for action, start, end in shown:
+            groups.setdefault((action.kind, chunk_of[action.stage]), []).append((start * scale,
+                                                                                 (end - start) * scale))
+            kinds_seen.add(action.kind)
+        for (kind, chunk), spans in groups.items():
+            ax.broken_barh(spans, (r - bar_h / 2, bar_h), facecolors=_shade(KIND_COLOURS[kind], chunk, c.vpp),
+                           edgecolors="white", linewidth=0.4)
+        for action, start, end in shown:
+            text = str(action.microbatch)
+            if (end - start) * scale * pts_per_unit > 6.5 * len(text) + 2 and labels < MAX_LABELS:
+                face = _shade(KIND_COLOURS[action.kind], chunk_of[action.stage], c.vpp)
+                ax.text((max(start, lo) + min(end, hi)) / 2 * scale, r, text, ha="center", va="center", fontsize=7,
+                        color="white" if _luminance(face) < 0.5 else "black", clip_on=True)
+                labels += 1
+        lane_y = r + bar_h / 2 + lane_gap
+        for kind in ("allgather", "reduce"):
+            spans = [(st * scale, (en - st) * scale) for k, _, st, en in timeline.comm_events[r]
+                     if k == kind and en > st and en >= lo and st <= hi]
+            if spans:
+                ax.broken_barh(spans, (lane_y, lane_h), facecolors=COMM_COLOURS[kind], edgecolors="none")
+                comm_seen.add(kind)
+        if tail > 0 and hi >= timeline.makespan:
+            ax.broken_barh([(timeline.makespan * scale, tail * scale)], (r - bar_h / 2, bar_h),
+                           facecolors="#D0D0D0", edgecolors="white", hatch="//", linewidth=0.4)
+    return kinds_seen, comm_seen
+
+
 def timeline_png(plan: Plan, path: str | Path, cluster=None) -> Path:
     """The schedule of one step per pipeline rank: F/B/I/W blocks coloured by kind and numbered by micro-batch,
     the DP comm stream (FSDP all-gathers, gradient reductions) as a thin lane under each rank, and the step's tail
     (its own collectives and the optimizer). P2P transfers are not drawn: they are the gaps between dependent
-    blocks."""
+    blocks. A step with many micro-batches is drawn as three windows of equal length (warm-up, an excerpt of the
+    steady state, drain; `phase_windows`), so that its blocks stay wide enough to read."""
     timeline, tail = plan_timeline(plan, cluster)
     c = plan.config
-    schedule_chunks = c.vpp
     span = timeline.makespan + tail
     unit, scale = _time_unit(span)
+    windows = phase_windows(timeline, span, c.pp, c.vpp)
     width = 14.0
     height = 1.6 + min(0.75 * c.pp, 12.0)  # many ranks share a readable figure height
-    fig, ax = plt.subplots(figsize=(width, height), dpi=110)
+    fig, axes = plt.subplots(1, len(windows), figsize=(width, height), dpi=110, sharey=True, squeeze=False)
+    axes = axes[0]
     bar_h, lane_h, lane_gap = 0.56, 0.14, 0.04
-    # Points per time unit on the axes, to decide which labels fit in their block.
-    axes_pts = width * 72 * 0.86
-    pts_per_unit = axes_pts / max(span * scale * 1.02, 1e-12)
-    labels = 0
     kinds_seen: set[str] = set()
     comm_seen: set[str] = set()
-    for r in range(c.pp):
-        y = r
-        stages = sorted({a.stage for a, _, _ in timeline.events[r]})
-        chunk_of = {s: i for i, s in enumerate(stages)}
-        groups: dict[tuple, list] = {}
-        for action, start, end in timeline.events[r]:
-            groups.setdefault((action.kind, chunk_of[action.stage]), []).append(
-                ((start * scale), (end - start) * scale))
-            kinds_seen.add(action.kind)
-        for (kind, chunk), spans in groups.items():
-            ax.broken_barh(spans, (y - bar_h / 2, bar_h), facecolors=_shade(KIND_COLOURS[kind], chunk,
-                                                                            schedule_chunks),
-                           edgecolors="white", linewidth=0.4)
-        for action, start, end in timeline.events[r]:
-            text = str(action.microbatch)
-            if (end - start) * scale * pts_per_unit > 6.5 * len(text) + 2 and labels < MAX_LABELS:
-                face = _shade(KIND_COLOURS[action.kind], chunk_of[action.stage], schedule_chunks)
-                ax.text((start + end) / 2 * scale, y, text, ha="center", va="center", fontsize=7,
-                        color="white" if _luminance(face) < 0.5 else "black")
-                labels += 1
-        lane_y = y + bar_h / 2 + lane_gap
-        for kind in ("allgather", "reduce"):
-            spans = [(s * scale, (e - s) * scale) for k, _, s, e in timeline.comm_events[r] if k == kind and e > s]
-            if spans:
-                ax.broken_barh(spans, (lane_y, lane_h), facecolors=COMM_COLOURS[kind], edgecolors="none")
-                comm_seen.add(kind)
-        if tail > 0:
-            ax.broken_barh([(timeline.makespan * scale, tail * scale)], (y - bar_h / 2, bar_h),
-                           facecolors="#D0D0D0", edgecolors="white", hatch="//", linewidth=0.4)
+    for ax, (name, lo, hi) in zip(axes, windows):
+        pad = 0.02 * (hi - lo) if len(windows) == 1 else 0.0
+        # Points per time unit on the axes, to decide which labels fit in their block.
+        pts_per_unit = width * 72 * 0.86 / len(windows) / max((hi - lo + pad) * scale, 1e-12)
+        kinds, comms = _draw_ranks(ax, timeline, c, tail, scale, (lo, hi), pts_per_unit, bar_h, lane_h, lane_gap)
+        kinds_seen |= kinds
+        comm_seen |= comms
+        ax.set_xlim(lo * scale, (hi + pad) * scale)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        if name:
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel(f"time ({unit})", fontsize=8)
+            ax.tick_params(axis="x", labelsize=7)
+        else:
+            ax.set_xlabel(f"time ({unit})")
+    ax = axes[0]
     ax.set_ylim(c.pp - 0.5 + lane_gap, -0.5 - 0.1)
     ax.set_yticks(range(c.pp))
     ax.set_yticklabels([f"rank {r}\nstages {','.join(map(str, sorted({a.stage for a, _, _ in timeline.events[r]})))}"
                         for r in range(c.pp)], fontsize=8)
-    ax.set_xlim(0, span * scale * 1.02)
-    ax.set_xlabel(f"time ({unit})")
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
     handles = [Patch(facecolor=KIND_COLOURS[k], label=KIND_NAMES[k]) for k in "FBIW" if k in kinds_seen]
     handles += [Patch(facecolor=COMM_COLOURS[k], label=f"DP {k}") for k in ("allgather", "reduce") if k in comm_seen]
     if tail > 0:
         handles.append(Patch(facecolor="#D0D0D0", hatch="//", label="step collectives + optimizer"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.5 / (height - 1.2)), ncol=len(handles),
-              fontsize=8, frameon=False)
-    note = "; lighter = later model chunk" if schedule_chunks > 1 else ""
-    ax.set_title(f"{plan.model.name}: {layout_label(plan)}, {c.num_microbatches} micro-batches, "
-                 f"step {span * scale:.3g} {unit} (bubble {100 * timeline.bubble_fraction:.0f}%){note}",
-                 fontsize=10)
-    fig.tight_layout()
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    note = "; lighter = later model chunk" if c.vpp > 1 else ""
+    if len(windows) > 1:
+        note += "\nthree windows of equal length; the time between them is not drawn"
+    fig.suptitle(f"{plan.model.name}: {layout_label(plan)}, {c.num_microbatches} micro-batches, "
+                 f"step {span * scale:.3g} {unit} (bubble {100 * timeline.bubble_fraction:.0f}%){note}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return save_figure(fig, path)
 
 
@@ -235,3 +279,94 @@ def save_figure(fig, path: str | Path, force: bool = True) -> Path:
         return write_with(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"), force=force)
     finally:
         plt.close(fig)
+
+
+def sweep_png(points, front, chosen, path: str | Path, deadline_days: float | None = None) -> Path:
+    """Time to train against cost (or GPU-hours without a price) of the best plan at each cluster size, the Pareto
+    front joined by a line, the chosen size ringed, the deadline as a dashed line."""
+    planned = [p for p in points if p.plan is not None]
+    if not planned:
+        raise UserError("no cluster size in the sweep has a plan to draw")
+    priced = all(p.training.get("cost") is not None for p in planned)
+
+    def y(p) -> float:
+        return p.training["cost"] if priced else p.training["gpu_hours"]
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    on_front = {id(p) for p in front}
+    rest = [p for p in planned if id(p) not in on_front]
+    if rest:
+        ax.scatter([p.training["days"] for p in rest], [y(p) for p in rest], color="#A0A0A0", s=28, zorder=2,
+                   label="dominated size")
+    ax.plot([p.training["days"] for p in front], [y(p) for p in front], "-o", color="#4C72B0", markersize=6,
+            zorder=3, label="Pareto front (faster or cheaper than every other size)")
+    for p in planned:
+        ax.annotate(f"{p.nodes}x{p.devices // p.nodes}", (p.training["days"], y(p)), textcoords="offset points",
+                    xytext=(5, 4), fontsize=7)
+    if chosen is not None:
+        ax.scatter([chosen.training["days"]], [y(chosen)], s=160, facecolors="none", edgecolors="#C44E52",
+                   linewidths=1.8, zorder=4, label=f"chosen: {chosen.nodes} nodes")
+    if deadline_days is not None:
+        ax.axvline(deadline_days, color="#C44E52", linestyle="--", linewidth=1.0,
+                   label=f"deadline {deadline_days:g} days")
+    from matplotlib.ticker import FuncFormatter
+
+    values = [y(p) for p in planned]
+    days = [p.training["days"] for p in planned]
+    if max(days) > 8 * min(days):
+        ax.set_xscale("log")
+    if max(values) > 8 * min(values):
+        ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.3g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:,.3g}" if str(f"{v:.3g}")[0] in "25" else ""))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.set_xlabel("days to train")
+    if priced:
+        ax.set_ylabel(f"cost (USD at ${planned[0].training['usd_per_gpu_hour']:g}/GPU-hour)")
+    else:
+        ax.set_ylabel("GPU-hours (no price given)")
+    plan = planned[0].plan
+    ax.set_title(f"{plan.model.name}: {human_count(planned[0].training['tokens'])} tokens, global batch "
+                 f"{plan.config.global_batch_size}, seq {plan.config.seq_len}", fontsize=10)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+
+def worst_rank_png(plan: Plan, path: str | Path) -> Path:
+    """The memory of the rank that needs the most, as one bar split into weights, gradients, optimizer states,
+    activations and the rest (each labelled in GiB and as a share), against the device limit."""
+    p = plan.prediction
+    stages = p.get("memory_per_stage") or []
+    if not stages:
+        raise UserError("the plan has no memory prediction (memory_per_stage); re-run estimate or plan")
+    worst = max(range(len(stages)), key=lambda r: stages[r]["total"])
+    m = stages[worst]
+    limit = p.get("memory_limit_bytes") or 0.0
+    fig, ax = plt.subplots(figsize=(9.0, 2.6), dpi=110)
+    left = 0.0
+    for kind, colour in MEMORY_COLOURS.items():
+        value = m.get(kind, 0.0) / GiB
+        if value <= 0:
+            continue
+        ax.barh([0], [value], left=left, color=colour, height=0.5, label=f"{kind} {value:.2f} GiB")
+        if value > 0.06 * max(m["total"], limit) / GiB:
+            ax.text(left + value / 2, 0, f"{kind}\n{value:.1f} GiB\n{100 * value * GiB / m['total']:.0f}%",
+                    ha="center", va="center", fontsize=7, color="white" if kind != "other" else "black")
+        left += value
+    if limit:
+        ax.axvline(limit / GiB, color="black", linestyle="--", linewidth=1.2, label=f"device {limit / GiB:.1f} GiB")
+    ax.set_xlim(0, max(left, limit / GiB) * 1.08)
+    ax.set_yticks([])
+    ax.set_xlabel("GiB")
+    fits = "fits" if p.get("fits", True) else "DOES NOT FIT"
+    ax.set_title(f"{plan.model.name}: {layout_label(plan)}\nworst rank: pipeline rank {worst} of {len(stages)}, "
+                 f"{m['total'] / GiB:.2f} GiB of {limit / GiB:.1f} GiB ({fits})", fontsize=9)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -20,12 +20,50 @@ def human_count(n: float) -> str:
 
 def models_table(models: list[ModelSpec]) -> Table:
     table = Table(title="Model presets")
-    for col in ("name", "arch", "params", "layers", "hidden", "heads", "kv heads", "ffn", "vocab", "max seq"):
+    for col in ("name", "arch", "params", "active", "experts", "layers", "hidden", "heads", "kv heads", "ffn",
+                "vocab", "max seq"):
         table.add_column(col, justify="left" if col in ("name", "arch") else "right")
     for m in models:
-        table.add_row(m.name, m.arch, human_count(m.total_params()), str(m.num_layers), str(m.hidden_size),
-                      str(m.num_heads), str(m.num_kv_heads), str(m.ffn_hidden_size), str(m.vocab_size),
-                      str(m.max_seq_len))
+        experts = f"{m.moe.num_experts} top-{m.moe.num_experts_per_tok}" if m.moe else "-"
+        table.add_row(m.name, m.arch, human_count(m.total_params()), human_count(m.active_params()), experts,
+                      str(m.num_layers), str(m.hidden_size), str(m.num_heads), str(m.num_kv_heads),
+                      str(m.ffn_hidden_size), str(m.vocab_size), str(m.max_seq_len))
+    return table
+
+
+def profiles_table(clusters: list) -> Table:
+    """One row per cluster profile: where its numbers come from, its device, shape, memory and price."""
+    table = Table(title="Cluster profiles")
+    for col in ("name", "source", "device", "nodes x devices", "memory", "measured tables", "$/GPU-hour"):
+        table.add_column(col, justify="right" if col in ("memory", "$/GPU-hour") else "left", no_wrap=True)
+    for c in clusters:
+        measured = [k for k, present in (("compute", bool(c.compute)), ("collectives", bool(c.collectives)))
+                    if present]
+        table.add_row(c.name, c.source, c.device.name, f"{c.nodes} x {c.gpus_per_node}",
+                      f"{c.device.memory_bytes / GiB:.0f} GiB", ", ".join(measured) or "-",
+                      f"{c.price['usd_per_gpu_hour']:g}" if c.price else "-")
+    return table
+
+
+LIMIT_NAMES = {"seq_len": "longest sequence", "micro_batch_size": "largest micro-batch", "model": "largest model"}
+
+
+def limits_table(limits: list, title: str) -> Table:
+    """One row per limit: its value and the plan that reaches it (layout, step time, peak memory of the limit)."""
+    table = Table(title=title)
+    for col in ("limit", "value", "model", "seq", "layout", "step s", "peak GiB", "of GiB"):
+        table.add_column(col, justify="right" if col in ("value", "seq", "step s", "peak GiB", "of GiB") else "left",
+                         no_wrap=True)
+    for limit in limits:
+        name = LIMIT_NAMES.get(limit.what, limit.what)
+        if limit.plan is None:
+            table.add_row(name, "none fits", "", "", "even the smallest value has no layout that fits", "", "", "")
+            continue
+        plan, p = limit.plan, limit.plan.prediction
+        value = f"{limit.value:,}" if isinstance(limit.value, int) else str(limit.value)
+        table.add_row(name, value, plan.model.name, f"{plan.config.seq_len:,}", layout_label(plan),
+                      f"{p['iteration_time_s']:.4g}", f"{p['peak_memory_bytes'] / GiB:.1f}",
+                      f"{p['memory_limit_bytes'] / GiB:.1f}")
     return table
 
 
@@ -66,6 +104,45 @@ def prediction_table(plan: Plan) -> Table:
                       " ".join(f"{k[:5]} {m[k] / GiB:.2f}" for k in ("params", "grads", "optimizer", "activations",
                                                                        "other")) + f" = {m['total'] / GiB:.2f} GiB")
     table.add_row("compute times from", p.get("compute_source", "specification"))
+    if "training" in p:
+        for label, value in training_rows(p["training"]):
+            table.add_row(label, value)
+    return table
+
+
+def money(usd: float) -> str:
+    return f"${usd:,.0f}" if usd >= 100 else f"${usd:,.2f}"
+
+
+def training_rows(t: dict) -> list[tuple[str, str]]:
+    """The time and cost to train (prediction.training) as (label, value) rows."""
+    rows = [(f"time to train on {human_count(t['tokens'])} tokens", f"{t['days']:,.1f} days"),
+            ("GPU-hours", f"{t['gpu_hours']:,.0f}")]
+    if t.get("cost") is None:
+        rows.append(("cost", "pass --price USD_PER_GPU_HOUR (the profile states no price)"))
+    else:
+        rows.append(("cost", f"{money(t['cost'])} at ${t['usd_per_gpu_hour']:g}/GPU-hour"))
+        rows.append(("  price from", t.get("price_source", "")))
+    return rows
+
+
+def sweep_table(points, front, chosen, title: str) -> Table:
+    """One row per cluster size: its best layout, time and cost to train; `*` marks the Pareto front and `>` the
+    chosen size."""
+    table = Table(title=title)
+    for col in ("", "nodes", "devices", "layout", "step s", "MFU", "tokens/s", "days", "GPU-hours", "cost"):
+        table.add_column(col, justify="left" if col in ("", "layout") else "right", no_wrap=True)
+    on_front = {id(p) for p in front}
+    for point in points:
+        mark = (">" if point is chosen else " ") + ("*" if id(point) in on_front else " ")
+        if point.plan is None:
+            table.add_row(mark, str(point.nodes), str(point.devices), point.reason, "", "", "", "", "", "")
+            continue
+        p, t = point.plan.prediction, point.training
+        table.add_row(mark, str(point.nodes), str(point.devices), layout_label(point.plan),
+                      f"{p['iteration_time_s']:.4g}", f"{100 * p['mfu']:.1f}%", f"{p['tokens_per_s']:,.0f}",
+                      f"{t['days']:,.1f}", f"{t['gpu_hours']:,.0f}",
+                      "-" if t.get("cost") is None else money(t["cost"]))
     return table
 
 
@@ -105,5 +182,17 @@ def why_slower(p: dict, best: dict) -> str:
     return f"+{gap:.2g} s: {worst} +{terms[worst]:.2g}"
 
 
+def table_console(stderr: bool = False) -> Console:
+    """A console for tables: the terminal's width on a terminal; piped or redirected, wide enough that no column is
+    cut (rich would otherwise assume 80 columns and shorten names to `gpt3...`)."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, width=PIPED_WIDTH)
+    return console
+
+
+PIPED_WIDTH = 400
+
+
 def print_table(table: Table, console: Console | None = None) -> None:
-    (console or Console()).print(table)
+    (console or table_console()).print(table)

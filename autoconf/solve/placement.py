@@ -1,14 +1,17 @@
 """Map the [pp][dp][tp] rank grid onto physical devices using the measured links.
 
-Cost of a placement (a sum of named terms, each the slowest group of its dimension)::
+Cost of a placement (a sum of named terms, each the slowest group of its dimension), with cost/comm.py's rules::
 
-    ring(group, bytes) = sum of alpha along the ring + 2(n-1)/n * bytes / (smallest bandwidth along the ring)
+    ring(group, bytes) = comm.ring_time("all_reduce", bytes, n, largest alpha, smallest bandwidth along the ring)
+                       = 2(n-1) * alpha + 2(n-1)/n * bytes / bandwidth
     tp = max over TP groups (mesh[p, d, :]) of ring(group, tp_bytes)
     dp = max over DP groups (mesh[p, :, t]) of ring(group, dp_bytes)
-    pp = max over neighbouring pipeline pairs (mesh[p, d, t], mesh[p+1, d, t]) of alpha + pp_bytes / bandwidth
+    pp = max over neighbouring pipeline pairs (mesh[p, d, t], mesh[p+1, d, t]) of
+         comm.transfer_time(pp_bytes, alpha, bandwidth)
     total = w_tp * tp + w_pp * pp + w_dp * dp            (weights default to 1; the caller may pass others)
 
-A ring visits its group in mesh order and closes (a two-rank ring crosses its one link twice).
+A ring visits its group in mesh order and closes (a two-rank ring crosses its one link twice). On a cluster profile
+a link's bandwidth is what comm.py achieves on it (times the profile's comm_intra / comm_inter efficiency).
 
 Solvers, by size:
 
@@ -31,6 +34,7 @@ from typing import Protocol
 import numpy as np
 from ortools.sat.python import cp_model
 
+from autoconf.cost.comm import ring_time, transfer_time
 from autoconf.solve import cpsat
 from autoconf.spec.grid import ParallelDims, RankGrid
 
@@ -123,8 +127,11 @@ def link(links: LinkModel, i: int, j: int) -> tuple[float, float]:
     """(alpha, bandwidth) between two devices, whichever kind of link joins them."""
     if hasattr(links, "link"):
         found = links.link(i, j)
-        # A ClusterProfile answers with a Link object; the small link models here with a tuple.
-        return (found.latency_s, found.bandwidth_Bps) if hasattr(found, "latency_s") else found
+        if not hasattr(found, "latency_s"):  # the small link models here answer with a tuple
+            return found
+        # A ClusterProfile answers with a Link object: the bandwidth comm.py achieves on it.
+        scope = "comm_intra" if links.node_of(i) == links.node_of(j) else "comm_inter"
+        return found.latency_s, found.bandwidth_Bps * links.eff(scope)
     a, b = links.node_of(i), links.node_of(j)
     return links.intra(i, j) if a == b else links.inter(a, b)
 
@@ -162,7 +169,13 @@ def _groups(mesh: np.ndarray):
             yield "pp", [chain[p], chain[p + 1]]
 
 
+def _ring_steps(n: int) -> int:
+    """Steps of a ring all-reduce on n members (comm.ring_time): each pays the ring's largest alpha."""
+    return 2 * (n - 1)
+
+
 def _ring_factor(n: int) -> float:
+    """Share of the buffer a ring all-reduce moves over its slowest link (comm.ring_time)."""
     return 2 * (n - 1) / n
 
 
@@ -175,12 +188,12 @@ def placement_cost_breakdown(mesh, links: LinkModel, tp_bytes: float, pp_bytes: 
     for dim, group in _groups(mesh):
         if dim == "pp":
             a, bw = link(links, int(group[0]), int(group[1]))
-            t = a + pp_bytes / bw
+            t = transfer_time(pp_bytes, a, bw)
         else:
             edges = [link(links, int(i), int(j)) for i, j in _ring_edges(group)]
             if not edges:
                 continue
-            t = sum(a for a, _ in edges) + _ring_factor(len(group)) * volume[dim] / min(bw for _, bw in edges)
+            t = ring_time("all_reduce", volume[dim], len(group), max(a for a, _ in edges), min(bw for _, bw in edges))
         cost[dim] = max(cost[dim], t)
     w_tp, w_pp, w_dp = weights
     cost["total"] = w_tp * cost["tp"] + w_pp * cost["pp"] + w_dp * cost["dp"]
@@ -204,10 +217,15 @@ def brute_force_placement(pp, dp, tp, links, tp_bytes, pp_bytes, dp_bytes, weigh
         ends = [tuple(group)] if dim == "pp" else _ring_edges(group)
         if not ends:
             continue
-        factor = 1.0 if dim == "pp" else _ring_factor(len(group))
-        a = sum(alpha[perms[:, i], perms[:, j]] for i, j in ends)
+        if dim == "pp":
+            steps, factor = 1, 1.0
+        elif volume[dim] > 0:
+            steps, factor = _ring_steps(len(group)), _ring_factor(len(group))
+        else:
+            continue  # comm.ring_time: no buffer, no time
+        a = np.max([alpha[perms[:, i], perms[:, j]] for i, j in ends], axis=0)
         slow = np.max([inv_bw[perms[:, i], perms[:, j]] for i, j in ends], axis=0)
-        cost[dim] = np.maximum(cost[dim], a + factor * volume[dim] * slow)
+        cost[dim] = np.maximum(cost[dim], steps * a + factor * volume[dim] * slow)
     total = weights[0] * cost["tp"] + weights[1] * cost["pp"] + weights[2] * cost["dp"]
     return perms[int(np.argmin(total))].reshape(pp, dp, tp)
 
@@ -259,19 +277,25 @@ def _solve_exact(pp, dp, tp, links, volumes, weights, time_limit_s, seed) -> np.
             model.add_implication(y[e, i, j], x[a, i])
             model.add_implication(y[e, i, j], x[b, j])
 
-    # Each group's time: alphas along its ring plus its volume over every edge's bandwidth (the slowest binds).
+    # Each group's time (comm.ring_time, comm.transfer_time): its steps times the largest alpha on its ring plus its
+    # volume over every edge's bandwidth (the slowest binds).
     dim_cost = {dim: model.new_int_var(0, 1 << 50, f"cost_{dim}") for dim in ("tp", "pp", "dp")}
     by_group = {}
     for e, (g, _, _) in enumerate(edges):
         by_group.setdefault(g, []).append(e)
     for g, members in by_group.items():
         dim, group = groups[g]
-        volume = {"tp": tp_bytes, "dp": dp_bytes, "pp": pp_bytes}[dim] * (1 if dim == "pp" else
-                                                                           _ring_factor(len(group)))
-        alphas = sum(round(lat[i, j] / quantum) * y[e, i, j] for e in members for i, j in pairs)
+        raw = {"tp": tp_bytes, "dp": dp_bytes, "pp": pp_bytes}[dim]
+        if dim != "pp" and raw <= 0:
+            continue
+        steps = 1 if dim == "pp" else _ring_steps(len(group))
+        volume = raw * (1 if dim == "pp" else _ring_factor(len(group)))
+        alpha = model.new_int_var(0, 1 << 50, f"alpha_{g}")
         for e in members:
-            model.add(dim_cost[dim] >= alphas + sum(round(volume / bw[i, j] / quantum) * y[e, i, j]
-                                                    for i, j in pairs))
+            model.add(alpha >= sum(round(lat[i, j] / quantum) * y[e, i, j] for i, j in pairs))
+        for e in members:
+            model.add(dim_cost[dim] >= steps * alpha + sum(round(volume / bw[i, j] / quantum) * y[e, i, j]
+                                                           for i, j in pairs))
 
     # Objective: weighted sum of the three dimensions' slowest groups.
     model.minimize(sum(round(w * WEIGHT_SCALE) * dim_cost[d] for w, d in zip(weights, ("tp", "pp", "dp"))))

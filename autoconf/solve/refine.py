@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from autoconf.cost.compute import model_pieces
-from autoconf.cost.estimate import Execution, p2p_bytes, recompute_time, schedule_inflight, tp_collective
+from autoconf.cost.estimate import (Execution, activation_bytes, dp_buffer_bytes, p2p_bytes, recompute_time,
+                                    schedule_inflight, tp_collective)
 from autoconf.cost.memory import (gather_buffer_bytes, logits_temporary_bytes, p2p_buffer_bytes, state_bytes_per_param,
                                   unit_activation_bytes)
 from autoconf.spec.cluster import ClusterProfile
-from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.schedules import stage_to_rank
@@ -41,7 +41,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     embedding, layer, head = unit_activation_bytes(model, c, layout, cluster.device.kind)
     unit_act = [embedding] + [layer] * model.num_layers + [head]
     inflight = tuple(int(np.ceil(n)) for n in schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches))
-    limit = (cluster.device.memory_bytes - cluster.device.memory_overhead_bytes - p2p_buffer_bytes(model, c)
+    limit = (cluster.usable_memory_bytes - cluster.device.memory_overhead_bytes - p2p_buffer_bytes(model, c)
              - gather_buffer_bytes(model, c, layout))
     return PartitionProblem(unit_time=tuple(unit_time), unit_static_bytes=tuple(unit_static),
                             unit_activation_bytes=tuple(unit_act),
@@ -60,15 +60,91 @@ def refined_partition(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     return None if result is None else [list(r) for r in result.layer_ranges()]
 
 
+# Pipelines of up to this many virtual stages get the local-search polish of their partition: a sweep scores every
+# one-layer move between two stages, S * (S - 1) estimates.
+POLISH_MAX_STAGES = 8
+
+
+def polished_partition(score, partition: list[list[int]], time_s: float) -> tuple[list[list[int]], float]:
+    """Best-improvement local search from `partition` (whose score is `time_s`) under `score` (partition -> seconds,
+    inf when it does not fit): each step takes the best move of k = 1, 2, ... layers from one stage to any other
+    (the stages between them shift, each keeps its size), smallest k first; it stops when no move of any size
+    lowers the score. Deterministic: moves are tried in a fixed order and only a strictly lower score is taken."""
+    bounds = [first for first, _ in partition] + [partition[-1][1]]
+    stages = len(partition)
+    while True:
+        best = None
+        for k in range(1, bounds[-1] - stages + 1):
+            for a in range(stages):
+                for b in range(stages):
+                    if a == b:
+                        continue
+                    moved = _moved(bounds, a, b, k)
+                    if moved is None:
+                        continue
+                    t = score([[moved[s], moved[s + 1]] for s in range(stages)])
+                    if t < time_s and (best is None or t < best[0]):
+                        best = (t, moved)
+            if best is not None:
+                break
+        if best is None:
+            return [[bounds[s], bounds[s + 1]] for s in range(stages)], time_s
+        time_s, bounds = best
+
+
+def _moved(bounds: list[int], a: int, b: int, k: int) -> list[int] | None:
+    """The stage bounds with k layers moved from stage a to stage b, or None when stage a would be left empty."""
+    if bounds[a + 1] - bounds[a] <= k:
+        return None
+    moved = list(bounds)
+    if a < b:  # stage a gives up its last k layers; the boundaries up to stage b move k layers earlier
+        for s in range(a + 1, b + 1):
+            moved[s] -= k
+    else:  # stage a gives up its first k layers; the boundaries from stage b + 1 move k layers later
+        for s in range(b + 1, a + 1):
+            moved[s] += k
+    return moved
+
+
+def refined_partition_by_estimate(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
+                                  execution: Execution, mesh: np.ndarray | None = None,
+                                  default_time: float | None = None, time_limit_s: float = 1.0,
+                                  seed: int = 0) -> tuple[list[list[int]] | None, float]:
+    """(partition, fast estimate) of the fastest partition found for `c` on `mesh`, or (None, the default's time)
+    when none beats the uniform split: CP-SAT's partition (`refined_partition`, on the linear model of
+    `partition_problem`), then, for pipelines of at most POLISH_MAX_STAGES stages, the local-search polish
+    (`polished_partition`) of the better of the two scored by the estimate itself. `default_time` is the uniform
+    split's fast estimate on `mesh` when the caller has it."""
+    from autoconf.cost.estimate import default_partition, predict
+
+    def score(partition) -> float:
+        p = predict(model, cluster, c, partition=partition, mesh=mesh, execution=execution, detail=False)[3]
+        return p["iteration_time_s"] if p["fits"] else float("inf")
+
+    uniform = default_partition(model, c)
+    best_time = score(None) if default_time is None else default_time
+    best = None
+    solved = refined_partition(model, cluster, c, execution, time_limit_s=time_limit_s, seed=seed)
+    if solved is not None and solved != uniform:
+        t = score(solved)
+        if t < best_time:
+            best_time, best = t, solved
+    if 1 < c.num_stages <= POLISH_MAX_STAGES:
+        polished, t = polished_partition(score, best or uniform, best_time)
+        if t < best_time:
+            best_time, best = t, polished
+    return best, best_time
+
+
 def traffic(model: ModelSpec, c: ParallelConfig, execution: Execution = Execution()) -> tuple[float, float, float]:
-    """Bytes per step each rank moves in its TP group, to its pipeline neighbour (the estimate's `p2p_bytes` per
-    micro-batch and direction: a 1/tp slice under sequence parallelism), and in its DP group."""
-    e = DTYPE_BYTES[c.dtype]
-    activation = c.seq_len * c.micro_batch_size * model.hidden_size * e
+    """Bytes per step each rank moves in its TP group, to its pipeline neighbour and in its DP group, from the
+    estimate's own buffers: two TP collectives per layer and direction on `activation_bytes`, the estimate's
+    `p2p_bytes` per micro-batch and direction (a 1/tp slice under sequence parallelism), and the gradient reduction
+    buffer of `dp_buffer_bytes` for the rank's share of the parameters."""
     layers_per_rank = model.num_layers / c.pp
-    tp_bytes = 4 * layers_per_rank * activation * c.num_microbatches if c.tp > 1 else 0.0
+    tp_bytes = 4 * layers_per_rank * activation_bytes(model, c) * c.num_microbatches if c.tp > 1 else 0.0
     pp_bytes = 2 * c.vpp * p2p_bytes(model, c, execution) * c.num_microbatches if c.pp > 1 else 0.0
-    dp_bytes = model.total_params() / c.pp / c.tp * 4 if c.dp > 1 else 0.0
+    dp_bytes = dp_buffer_bytes(c, model.total_params() / c.pp / c.tp)[0] if c.dp > 1 else 0.0
     return tp_bytes, pp_bytes, dp_bytes
 
 

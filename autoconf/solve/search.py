@@ -23,14 +23,16 @@ import numpy as np
 
 from autoconf.cost.comm import distinct_pair_sets, p2p_time
 from autoconf.cost.compute import measured_tp_layer, model_pieces, rank_optimizer_time
-from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mesh, default_partition, dp_collectives,
-                                    estimate, p2p_bytes, recompute_time, schedule_inflight, tp_collective)
+from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mesh, dp_collectives,
+                                    estimate, p2p_bytes, predict, recompute_time, schedule_inflight, step_collectives,
+                                    tp_collective)
 from autoconf.cost.memory import stage_memory
 from autoconf.errors import UserError
 from autoconf.spec.support import unsupported_reason
 from autoconf.solve.space import candidates, normalise_fixed, with_changes
 from autoconf.spec.cluster import ClusterProfile
-from autoconf.spec.model import ModelSpec
+from autoconf.spec.grid import RankGrid
+from autoconf.spec.model import ModelSpec, check_costable
 from autoconf.spec.plan import ParallelConfig, Plan, node_blocks, uniform_partition
 from autoconf.spec.schedules import schedule_spec, stage_to_rank
 
@@ -60,6 +62,17 @@ class _BoundCache:
         self._rank0: dict = {}
         self._hop_count: dict = {}
         self._layout: dict = {}
+        self._step: dict = {}
+        self._owner: dict = {}
+        self._layers: dict = {}
+        self._optimizers: dict = {}
+        self._overheads = (cluster.overhead("pass_overhead_s"), cluster.overhead("step_overhead_s"))
+
+    def _stage_to_rank(self, c: ParallelConfig) -> tuple[int, ...]:
+        key = (c.schedule, c.pp, c.vpp)
+        if key not in self._owner:
+            self._owner[key] = stage_to_rank(c.schedule, c.pp, c.vpp)
+        return self._owner[key]
 
     def _layer(self, c: ParallelConfig):
         key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len)
@@ -112,7 +125,7 @@ class _BoundCache:
         """Transformer layers the uniform partition gives pipeline rank 0."""
         key = (c.pp, c.vpp, schedule_spec(c.schedule).v_placement)
         if key not in self._rank0:
-            owner = stage_to_rank(c.schedule, c.pp, c.vpp)
+            owner = self._stage_to_rank(c)
             parts = uniform_partition(self.model.num_layers, c.num_stages)
             self._rank0[key] = sum(end - first for st, (first, end) in enumerate(parts) if owner[st] == 0)
         return self._rank0[key]
@@ -121,9 +134,17 @@ class _BoundCache:
         """How many times consecutive stages sit on different ranks."""
         key = (c.schedule, c.pp, c.vpp)
         if key not in self._hop_count:
-            owner = stage_to_rank(c.schedule, c.pp, c.vpp)
+            owner = self._stage_to_rank(c)
             self._hop_count[key] = sum(owner[s] != owner[s + 1] for s in range(len(owner) - 1))
         return self._hop_count[key]
+
+    def _step_comm(self, c: ParallelConfig) -> float:
+        """The estimate's own step collectives (gradient norm, loss, tied embedding) on the default mesh."""
+        owner = self._stage_to_rank(c)
+        key = (c.tp, c.pp, c.dp, c.zero_sharded, owner[0], owner[-1])
+        if key not in self._step:
+            self._step[key] = step_collectives(self.model, self.cluster, c, RankGrid(default_mesh(c)), owner)
+        return self._step[key]
 
     def bounds(self, c: ParallelConfig) -> _Bounds:
         """Lower bounds on the simulated iteration time and on the peak memory (`time_bound`, `memory_bound`)."""
@@ -134,36 +155,32 @@ class _BoundCache:
 
         Time: the busiest rank's work (at least ceil(L/pp) layers, each pass at least its FSDP gather) for every
         micro-batch, the schedule's textbook bubble on the smallest stage, the P2P hops of the pipeline fill and
-        drain, the gradient reduction of the first stage after rank 0's last backward, and the optimizer.
+        drain, the gradient reduction of the first stage after rank 0's last backward, and the step's tail as the
+        estimate adds it (the step collectives on the default mesh, the optimizer, the step overhead).
         """
         model, cluster = self.model, self.cluster
-        pieces = self._layer(c)
-        one = self._tp_collective(c)
-        block = pieces.block
-        recompute = recompute_time(pieces, c, one)
+        block_fwd, block_bwd_in, block_bwd_w, one, recompute = self._per_layer(c)
         S = c.num_stages
         per_stage_layers = model.num_layers // S
         p2p, gather, gather_once, reduce = self._comm(c, per_stage_layers)
         m = c.num_microbatches
-        overhead = cluster.overhead("pass_overhead_s")
-        chunk_fwd = per_stage_layers * (block.forward + 2 * one) + overhead
-        chunk_bwd = per_stage_layers * (block.backward_input + 2 * one + recompute) + overhead
-        chunk_w = per_stage_layers * block.backward_weight
+        overhead = self._overheads[0]
+        chunk_fwd = per_stage_layers * (block_fwd + 2 * one) + overhead
+        chunk_bwd = per_stage_layers * (block_bwd_in + 2 * one + recompute) + overhead
+        chunk_w = per_stage_layers * block_bwd_w
         chunk_fwd, chunk_bwd = max(chunk_fwd, gather), max(chunk_bwd, gather)
         # Busiest rank: it holds at least ceil(L/pp) layers in S/pp stages, each pass at least its FSDP gather.
         n, rank_layers = S // c.pp, math.ceil(model.num_layers / c.pp)
-        layer_fwd = block.forward + 2 * one
-        layer_bwd = block.backward_input + 2 * one + recompute
+        layer_fwd = block_fwd + 2 * one
+        layer_bwd = block_bwd_in + 2 * one + recompute
         busy = m * (max(rank_layers * layer_fwd + n * overhead, n * gather)
-                    + max(rank_layers * layer_bwd + n * overhead, n * gather) + rank_layers * block.backward_weight)
+                    + max(rank_layers * layer_bwd + n * overhead, n * gather) + rank_layers * block_bwd_w)
         spec = schedule_spec(c.schedule)
         bubble = spec.bubble(c.pp, chunk_fwd, chunk_bwd, chunk_w)
         hops = self._hops(c)
         # Fill and drain: the first forward and the last backward cross every rank boundary of a loop placement.
         fill_drain = 0.0 if spec.v_placement else 2 * (c.pp - 1) * p2p
-        rank0_layers = self._rank0_layers(c)
-        params_rank0 = (rank0_layers * model.layer_params() + model.embedding_params()) / c.tp
-        optimizer = rank_optimizer_time(cluster, c, params_rank0 * c.tp)
+        optimizer = self._optimizer(c)
         # The DP stream of rank 0 carries every gather and reduction of its stages one after another, and the
         # first gather precedes the first forward.
         stages_rank0 = S // c.pp
@@ -174,14 +191,36 @@ class _BoundCache:
         compute_path = gather_once + busy + idle + reduce
         # Micro-batch 0 passes every stage forward and backward in turn, hopping ranks between stages.
         chain = model.num_layers * (layer_fwd + layer_bwd) + 2 * S * overhead + 2 * hops * p2p
-        return max(compute_path, comm_stream, chain) + optimizer + cluster.overhead("step_overhead_s")
+        return max(compute_path, comm_stream, chain) + self._step_comm(c) + optimizer + self._overheads[1]
+
+    def _per_layer(self, c: ParallelConfig) -> tuple[float, float, float, float, float]:
+        """(block forward, block input backward, block weight backward, one TP collective, recompute) per layer."""
+        key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len, c.recompute)
+        if key not in self._layers:
+            pieces = self._layer(c)
+            one = self._tp_collective(c)
+            block = pieces.block
+            self._layers[key] = (block.forward, block.backward_input, block.backward_weight, one,
+                                 recompute_time(pieces, c, one))
+        return self._layers[key]
+
+    def _optimizer(self, c: ParallelConfig) -> float:
+        """The optimizer step of pipeline rank 0 of the uniform partition (the estimate's slowest rank is no
+        faster)."""
+        rank0_layers = self._rank0_layers(c)
+        key = (c.tp, c.dp, c.zero_sharded, rank0_layers)
+        if key not in self._optimizers:
+            model = self.model
+            params_rank0 = (rank0_layers * model.layer_params() + model.embedding_params()) / c.tp
+            self._optimizers[key] = rank_optimizer_time(self.cluster, c, params_rank0 * c.tp)
+        return self._optimizers[key]
 
     def memory_bound(self, c: ParallelConfig) -> float:
         """The estimate's own memory of pipeline rank 0 (cost/memory.stage_memory on the uniform partition, with the
         in-flight counts the estimate reads off the schedule's order): the estimate's peak is the largest rank's."""
         key = (c.pp, c.vpp, c.schedule)
         if key not in self._layout:
-            owner = stage_to_rank(c.schedule, c.pp, c.vpp)
+            owner = self._stage_to_rank(c)
             self._layout[key] = (uniform_partition(self.model.num_layers, c.num_stages), owner)
         partition, owner = self._layout[key]
         inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, rank=0)
@@ -197,11 +236,12 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
 
     With `launchable_only`, layouts the bundled executor refuses (spec/support.py) are left out and counted.
     """
+    check_costable(model)
     start = time.perf_counter()
     fixed = normalise_fixed(fixed or {})
     if model.learned_positions and seq_len > model.max_seq_len:
         raise UserError(f"seq_len {seq_len} exceeds {model.name}'s {model.max_seq_len} learned positions")
-    limit = cluster.device.memory_bytes
+    limit = cluster.usable_memory_bytes
     cache = _BoundCache(model, cluster, execution)
     scored = []
     seen = unlaunchable = 0
@@ -219,46 +259,52 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         raise UserError(_no_candidate_message(model, cluster, global_batch, fixed))
     scored.sort(key=lambda item: (item[0], item[1]))
 
-    best: list[tuple[float, tuple, Plan]] = []  # the K best extrapolated times: a max-heap via negation
+    best: list[tuple[float, tuple, ParallelConfig, dict]] = []  # the K best extrapolated times: a max-heap (negated)
     near: list[tuple[float, tuple, ParallelConfig]] = []  # every fitting candidate simulated with an extrapolation
     pruned_memory = pruned_time = simulated = 0
     closest: tuple[float, ParallelConfig] | None = None
+    # Reducing every micro-batch costs time and saves memory: it is only worth simulating where its twin that
+    # reduces once per step (sorted just before it: same bound, smaller key) did not fit.
+    fitting_once = set()
     for index, (time_bound, key, config) in enumerate(scored):
         # Extrapolated times are at or above the full simulation, so the K-th best of them is at or above the K-th
         # best full time: a bound beyond it rules a candidate out.
         if len(best) >= top_k and time_bound >= -best[0][0]:
             pruned_time += len(scored) - index
             break
+        if config.grad_reduce != "step" and key[:-1] in fitting_once:
+            pruned_time += 1
+            continue
         memory_bound = cache.memory_bound(config)  # only for the candidates the walk reaches
         if memory_bound > limit:
             pruned_memory += 1
             if closest is None or memory_bound - limit < closest[0]:
                 closest = (memory_bound - limit, config)
             continue
-        plan = estimate(model, cluster, config, execution=execution, detail=False, extrapolate=True)
+        p = predict(model, cluster, config, execution=execution, detail=False, extrapolate=True)[3]
         simulated += 1
-        p = plan.prediction
         if not p["fits"]:
             over = p["peak_memory_bytes"] - limit
             if closest is None or over < closest[0]:
                 closest = (over, config)
             continue
+        if config.grad_reduce == "step":
+            fitting_once.add(key[:-1])
         if p.get("extrapolated"):
             near.append((p["iteration_time_s"], key, config))
-        item = (-p["iteration_time_s"], _negated(key), plan)
+        item = (-p["iteration_time_s"], _negated(key), config, p)
         if len(best) < top_k:
             heapq.heappush(best, item)
         elif item > best[0]:
             heapq.heapreplace(best, item)
-    best = _ranked_by_full_simulation(model, cluster, execution, best, near, top_k)
-    ranked = [plan for _, plan in best]
+    chosen = _ranked_by_full_simulation(model, cluster, execution, best, near, top_k)
     search_seconds = time.perf_counter() - start
     if refine:
-        ranked = [_refine(model, cluster, plan.config, execution, partition_time_s, placement_time_s)
-                  for plan in ranked]
+        ranked = [_refine(model, cluster, config, execution, partition_time_s, placement_time_s, full_time)
+                  for full_time, config in chosen]
         ranked.sort(key=lambda plan: (plan.prediction["iteration_time_s"], ranking_key(plan.config)))
     else:
-        ranked = [estimate(model, cluster, plan.config, execution=execution) for plan in ranked]
+        ranked = [estimate(model, cluster, config, execution=execution) for _, config in chosen]
     stats = {"candidates": seen, "unlaunchable": unlaunchable, "pruned_memory": pruned_memory,
              "pruned_time": pruned_time, "simulated": simulated, "feasible": len(ranked), "seconds": round(time.perf_counter() - start, 3),
              "search_seconds": round(search_seconds, 3)}
@@ -268,34 +314,34 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
 
 
 def _ranked_by_full_simulation(model: ModelSpec, cluster: ClusterProfile, execution: Execution, best: list,
-                               near: list, top_k: int) -> list[tuple[float, Plan]]:
-    """The K best (full time, plan), fastest first, from the K best extrapolated candidates of the walk: each of them
+                               near: list, top_k: int) -> list[tuple[float, ParallelConfig]]:
+    """The K best (full time, config), fastest first, from the K best extrapolated candidates of the walk: each of them
     simulated in full, and so is every other candidate whose extrapolated time comes within EXTRAPOLATION_MARGIN of
     the K-th best full time (an extrapolation exceeds the full simulation by at most that margin, so no candidate
     outside can be faster). The result is the K best by the full simulation whatever K is."""
-    def full(plan: Plan) -> tuple[float, Plan]:
-        if plan.prediction.get("extrapolated"):
-            plan = estimate(model, cluster, plan.config, execution=execution, detail=False)
-        return plan.prediction["iteration_time_s"], plan
+    def full(config: ParallelConfig, prediction: dict | None = None) -> tuple[float, ParallelConfig]:
+        if prediction is None or prediction.get("extrapolated"):
+            prediction = predict(model, cluster, config, execution=execution, detail=False)[3]
+        return prediction["iteration_time_s"], config
 
-    ranked = sorted((full(plan) for _, _, plan in best), key=lambda it: (it[0], ranking_key(it[1].config)))
-    chosen = {ranking_key(plan.config) for _, plan in ranked}
+    ranked = sorted((full(config, p) for _, _, config, p in best), key=lambda it: (it[0], ranking_key(it[1])))
+    chosen = {ranking_key(config) for _, config in ranked}
     for extrapolated, key, config in sorted(near, key=lambda it: (it[0], it[1])):
         if len(ranked) >= top_k and extrapolated >= ranked[-1][0] * (1 + EXTRAPOLATION_MARGIN):
             break
         if key in chosen:
             continue
-        ranked.append(full(estimate(model, cluster, config, execution=execution, detail=False)))
-        ranked.sort(key=lambda it: (it[0], ranking_key(it[1].config)))
+        ranked.append(full(config))
+        ranked.sort(key=lambda it: (it[0], ranking_key(it[1])))
         del ranked[top_k:]
-        chosen = {ranking_key(plan.config) for _, plan in ranked}
+        chosen = {ranking_key(config) for _, config in ranked}
     return ranked
 
 
 def ranking_key(config: ParallelConfig) -> tuple:
     """How plans of equal predicted time are ordered (the same in the search, validate and the tests)."""
     return (config.tp, config.pp, config.dp, config.vpp, config.micro_batch_size, config.schedule,
-            config.zero_stage, config.recompute, config.sequence_parallel)
+            config.zero_stage, config.recompute, config.sequence_parallel, config.grad_reduce != "step")
 
 
 def _negated(key: tuple) -> tuple:
@@ -304,30 +350,27 @@ def _negated(key: tuple) -> tuple:
 
 
 def _refine(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, execution: Execution,
-            partition_time_s: float, placement_time_s: float) -> Plan:
+            partition_time_s: float, placement_time_s: float, default_time: float) -> Plan:
     """The detailed estimate of `config` with the CP-SAT placement and partition, each kept only where the (fast)
-    estimate predicts it faster than the default and the plan still fits."""
-    from autoconf.solve.refine import refined_mesh, refined_partition
+    estimate predicts it faster than the default and the plan still fits. `default_time` is the fast estimate of the
+    default layout (the search's full simulation of a fitting config)."""
+    from autoconf.solve.refine import refined_mesh, refined_partition_by_estimate
 
     def fast(partition=None, mesh=None) -> float:
-        p = estimate(model, cluster, config, partition=partition, mesh=mesh, execution=execution,
-                     detail=False).prediction
+        p = predict(model, cluster, config, partition=partition, mesh=mesh, execution=execution, detail=False)[3]
         return p["iteration_time_s"] if p["fits"] else float("inf")
 
-    best_time, best_mesh, best_partition = fast(), None, None
+    best_time, best_mesh, best_partition = default_time, None, None
     mesh = refined_mesh(model, cluster, config, execution, time_limit_s=placement_time_s)
     launchable = mesh is not None and node_blocks(mesh.flatten().tolist(), cluster.gpus_per_node) is not None
-    if launchable and mesh.tolist() != default_mesh(config).tolist():
+    if launchable and not np.array_equal(mesh, default_mesh(config)):
         t = fast(mesh=mesh)
         if t < best_time:
             best_time, best_mesh = t, mesh
     # With several stages per rank CP-SAT rarely improves on its greedy hint after the first fraction of a second.
     limit = partition_time_s if config.vpp == 1 else min(partition_time_s, 0.3)
-    partition = refined_partition(model, cluster, config, execution, time_limit_s=limit)
-    if partition is not None and partition != default_partition(model, config):
-        t = fast(partition=partition, mesh=best_mesh)
-        if t < best_time:
-            best_time, best_partition = t, partition
+    best_partition, best_time = refined_partition_by_estimate(model, cluster, config, execution, best_mesh,
+                                                              best_time, time_limit_s=limit)
     return estimate(model, cluster, config, partition=best_partition, mesh=best_mesh, execution=execution)
 
 
@@ -349,13 +392,15 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
     plan = estimate(model, cluster, config, execution=execution, detail=False)
     memory = plan.prediction["memory_per_stage"]
     rank = max(range(len(memory)), key=lambda r: memory[r]["total"])
-    over = memory[rank]["total"] - cluster.device.memory_bytes
+    over = memory[rank]["total"] - cluster.usable_memory_bytes
     GiB = 1024**3
-    message = (f"no layout fits in {cluster.device.memory_bytes / GiB:.1f} GiB per device: the closest "
+    message = (f"no layout fits in {cluster.usable_memory_bytes / GiB:.1f} GiB per device (the memory less the "
+               f"profile's {100 * cluster.memory_headroom['value']:g}% headroom): the closest "
                f"(tp{config.tp} pp{config.pp} dp{config.dp} mb{config.micro_batch_size} {config.schedule} "
                f"zero{config.zero_stage} recompute={config.recompute}) needs {memory[rank]['total'] / GiB:.1f} GiB "
                f"on pipeline rank {rank}, {over / GiB:.1f} GiB over")
-    for label, changes in (("recompute=full", {"recompute": "full"}),
+    for label, changes in (("grad_reduce=microbatch", {"grad_reduce": "microbatch"}),
+                           ("recompute=full", {"recompute": "full"}),
                            ("zero=3", {"zero_stage": 3}),
                            ("recompute=full and zero=3", {"recompute": "full", "zero_stage": 3}),
                            ("micro_batch=1 and recompute=full", {"micro_batch_size": 1, "recompute": "full"})):
@@ -371,7 +416,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         cache = _BoundCache(model, bigger, execution)
         for config in candidates(model, bigger.world_size, bigger.gpus_per_node, global_batch, seq_len, dtype,
                                  attention, fixed):
-            if unsupported_reason(config) or cache.memory_bound(config) > bigger.device.memory_bytes:
+            if unsupported_reason(config) or cache.memory_bound(config) > bigger.usable_memory_bytes:
                 continue
             if estimate(model, bigger, config, execution=execution, detail=False).prediction["fits"]:
                 return message + (f"; the smallest change that fits: {bigger.nodes} nodes "

@@ -3,7 +3,9 @@
 A candidate is a `ParallelConfig`. The space: TP dividing the attention and KV heads and (unless fixed) no wider
 than a node; PP up to the layer count; DP the rest of the devices, dividing the global batch; micro-batch sizes
 dividing the per-replica batch; every schedule with the chunk counts it accepts; ZeRO 0-3 (only 0 without DP);
-recompute none/selective/full; sequence parallelism where TP > 1. Every candidate is legal by construction (the
+recompute none/selective/full; sequence parallelism where TP > 1; where FSDP shards (ZeRO >= 1, DP > 1) and
+gradients accumulate (several micro-batches or a pipeline), the gradient reduce-scatter once per step or after
+every micro-batch (`grad_reduce`; not under the split-backward schedules). Every candidate is legal by construction (the
 schedule's own micro-batch rules are checked here); `search` checks what holds for all of them (sequence length).
 """
 
@@ -15,11 +17,11 @@ from collections.abc import Iterator
 from autoconf.errors import UserError
 from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.plan import GRAD_REDUCE, ParallelConfig
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 FIXABLE = ("tp", "pp", "dp", "vpp", "micro_batch_size", "schedule", "zero_stage", "recompute", "sequence_parallel",
-           "dtype")
+           "dtype", "grad_reduce")
 ALIASES = {"mb": "micro_batch_size", "micro_batch": "micro_batch_size", "zero": "zero_stage",
            "sp": "sequence_parallel"}
 INT_FIELDS = ("tp", "pp", "dp", "vpp", "micro_batch_size", "zero_stage")
@@ -50,6 +52,8 @@ def parse_fix_value(key: str, value: str):
         raise UserError(f"--fix schedule={value}: unknown schedule; choose from {', '.join(SCHEDULES)}")
     if key == "recompute" and value not in ("none", "selective", "full"):
         raise UserError(f"--fix recompute={value}: choose none, selective or full")
+    if key == "grad_reduce" and value not in GRAD_REDUCE:
+        raise UserError(f"--fix grad_reduce={value}: choose {' or '.join(GRAD_REDUCE)}")
     if key == "dtype" and value not in DTYPES:
         raise UserError(f"--fix dtype={value}: choose one of {', '.join(DTYPES)}")
     return value
@@ -97,12 +101,21 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                     for zero in choices("zero_stage", list(zero_stages) if dp > 1 else [0]):
                         for recompute in choices("recompute", ["none", "selective", "full"]):
                             for sp in choices("sequence_parallel", [False, True] if tp > 1 else [False]):
-                                config = ParallelConfig(
-                                    tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=mb,
-                                    global_batch_size=global_batch, seq_len=seq_len, schedule=schedule,
-                                    zero_stage=zero, recompute=recompute, sequence_parallel=sp,
-                                    dtype=fixed.get("dtype", dtype), attention=attention)
-                                yield config
+                                for reduce in choices("grad_reduce", _grad_reduce_choices(
+                                        pp, dp, per_replica // mb, schedule, zero)):
+                                    yield ParallelConfig(
+                                        tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=mb,
+                                        global_batch_size=global_batch, seq_len=seq_len, schedule=schedule,
+                                        zero_stage=zero, recompute=recompute, sequence_parallel=sp,
+                                        dtype=fixed.get("dtype", dtype), attention=attention, grad_reduce=reduce)
+
+
+def _grad_reduce_choices(pp: int, dp: int, m: int, schedule: str, zero: int) -> list[str]:
+    """Both gradient reductions where they differ and the executor runs both (FSDP sharding, gradients held over
+    several micro-batches or a pipeline, a schedule that does not split the backward); else once per step."""
+    if dp > 1 and zero >= 1 and (m > 1 or pp > 1) and not (pp > 1 and schedule_spec(schedule).split_backward):
+        return list(GRAD_REDUCE)
+    return ["step"]
 
 
 def _schedule_choices(model: ModelSpec, pp: int, m: int, fixed: dict) -> list[tuple[str, int]]:

@@ -59,6 +59,18 @@ class Device:
         return float(self.peak_flops[dtype])
 
 
+# Device memory a plan must leave free, as a fraction of the device's memory_bytes (the profile's "memory_headroom";
+# this default when a profile does not state one). On top of `memory_overhead_bytes` (the CUDA context and the
+# runtime's buffers before any tensor): the caching allocator's fragmentation, reserved but not allocated. On one
+# H100 the executor's six layouts reserved 0.6-2.6 GiB beyond their peak allocation, at most 3.2% of the device
+# (docs/gpu.md); the rest is for NCCL's communicator buffers, which a one-GPU run does not create.
+DEFAULT_MEMORY_HEADROOM = {
+    "value": 0.05,
+    "why": "caching-allocator fragmentation (reserved minus allocated reached 2.6 GiB, 3.2% of an H100 80GB, on the "
+           "executor's one-GPU layouts: docs/gpu.md) and NCCL communicator buffers of multi-GPU runs",
+}
+
+
 @dataclass(frozen=True)
 class ClusterProfile:
     name: str
@@ -76,6 +88,23 @@ class ClusterProfile:
     compute: dict | None = None  # measured compute tables (see cost/compute.py)
     hostnames: tuple | None = None  # one per node, from a measured profile
     source: str = "specification"  # "specification" or "measured"
+    # GEMM efficiency against size, as a fraction of efficiency["matmul"]: {"points": [[GFLOP, fraction], ...],
+    # "source": text}; read by cost/compute.py's `matmul_rate`. None: every GEMM at efficiency["matmul"].
+    matmul_size_curve: dict | None = None
+    # {"usd_per_gpu_hour": float, "source": text}: a published price of the device, for training time and cost
+    price: dict | None = None
+    memory_headroom: dict = field(default_factory=lambda: dict(DEFAULT_MEMORY_HEADROOM))  # {"value": fraction, "why"}
+
+    @property
+    def usable_memory_bytes(self) -> float:
+        """Device memory a plan may fill: memory_bytes less the stated headroom (the fit check's limit)."""
+        return self.device.memory_bytes * (1.0 - float(self.memory_headroom["value"]))
+
+    def with_memory_headroom(self, fraction: float, why: str = "set on the command line") -> "ClusterProfile":
+        """The same profile holding back `fraction` of each device's memory instead."""
+        if not 0 <= fraction < 1:
+            raise UserError(f"memory headroom must be a fraction in [0, 1), got {fraction}")
+        return dataclasses.replace(self, memory_headroom={"value": float(fraction), "why": why})
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.gpus_per_node < 1:
@@ -175,6 +204,9 @@ class ClusterProfile:
             "intra_node_matrix": matrix(self.intra_node_matrix), "inter_node_matrix": matrix(self.inter_node_matrix),
             "efficiency": self.efficiency, "collectives": self.collectives, "compute": self.compute,
             "hostnames": None if self.hostnames is None else list(self.hostnames),
+            "matmul_size_curve": self.matmul_size_curve,
+            **({} if self.price is None else {"price": self.price}),
+            "memory_headroom": dict(self.memory_headroom),
         }
 
     @classmethod
@@ -236,7 +268,10 @@ class ClusterProfile:
                 intra_node_matrix=matrix("intra_node_matrix"), inter_node_matrix=matrix("inter_node_matrix"),
                 collectives=collectives, compute=data.get("compute"),
                 hostnames=None if data.get("hostnames") is None else tuple(data["hostnames"]),
-                source=str(data.get("source", "specification")))
+                source=str(data.get("source", "specification")),
+                matmul_size_curve=data.get("matmul_size_curve"),
+                price=None if data.get("price") is None else dict(data["price"]),
+                memory_headroom=dict(data.get("memory_headroom") or DEFAULT_MEMORY_HEADROOM))
         except KeyError as missing:
             raise UserError(f"{source}: cluster profile lacks field {missing}") from None
         except (TypeError, ValueError, AttributeError, OverflowError, RecursionError) as err:

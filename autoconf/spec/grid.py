@@ -96,13 +96,9 @@ class RankGrid:
         """The devices of one pipeline rank, shape (dp, tp)."""
         return self.devices[pp_rank]
 
-    def first_group(self, axis: str, pp_rank: int) -> list[int]:
-        """The first group along `axis` within pipeline rank `pp_rank` (every other position 0): the group the
-        cost model charges for that stage."""
-        return [int(d) for d in self.first_group_array(axis, pp_rank)]
-
     def first_group_array(self, axis: str, pp_rank: int) -> np.ndarray:
-        """`first_group` as a view of the grid (no copy: for groups of many thousand devices)."""
+        """The first group along `axis` within pipeline rank `pp_rank` (every other position 0): the group the
+        cost model charges for that stage. A view of the grid (no copy: for groups of many thousand devices)."""
         index = {a: 0 for a in AXES}
         index.update(pp=pp_rank)
         index[axis] = slice(None)

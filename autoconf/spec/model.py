@@ -4,6 +4,9 @@ Two families are described:
 - "gpt":   LayerNorm with bias, GeLU MLP (ffn = 4h by default), learned positions, biases on every linear layer.
 - "llama": RMSNorm, SwiGLU MLP, rotary positions, grouped-query attention, no biases (qwen2 adds a QKV bias).
 
+A llama-family model may have mixture-of-experts layers (`MoESpec`: Mixtral, Qwen-MoE, DeepSeek) and multi-head
+latent attention (`MLASpec`: DeepSeek). Parameter counts and FLOPs are sums over the op table (spec/layers.py).
+
 Activation bytes follow "Reducing Activation Recomputation in Large Transformer Models" (Korthikanti et al.),
 derived tensor by tensor so that the GPT layer with dropout reproduces the paper's s*b*h*(34 + 5*a*s/h), and the same
 derivation covers SwiGLU, grouped-query attention, memory-efficient attention and any activation dtype.
@@ -12,10 +15,12 @@ derivation covers SwiGLU, grouped-query attention, memory-efficient attention an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
 from autoconf.errors import UserError
+from autoconf.spec import layers
 
 ARCHES = ("gpt", "llama")
 RECOMPUTE = ("none", "selective", "full")
@@ -26,6 +31,144 @@ def is_printable_name(value) -> bool:
     """A name (of a model, a cluster, a device) is data: a non-empty string without control characters, so that no
     script, comment or log line it is written into can be broken out of."""
     return isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable()
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _number(value) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and
+                                                                        math.isfinite(value))
+
+
+def _from_dict(cls, data, source: str, what: str):
+    """Builds a frozen spec dataclass from a JSON object, naming unknown and missing fields."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a JSON object describing {what}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UserError(f"{source}: unknown {what} field(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    missing = sorted(name for name, f in fields.items() if f.default is dataclasses.MISSING and name not in data)
+    if missing:
+        raise UserError(f"{source}: missing {what} field(s) {', '.join(missing)}")
+    try:
+        return cls(**data)
+    except UserError as err:
+        raise UserError(f"{source}: {err}") from None
+
+
+ROUTER_SCORING = ("softmax", "sigmoid")
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """Mixture-of-experts layers. Names follow Hugging Face (DeepSeek's `n_routed_experts` is `num_experts`, its
+    `n_shared_experts` is `num_shared_experts`, its `first_k_dense_replace` is `first_k_dense`).
+
+    A layer is an MoE layer unless it is one of the first `first_k_dense` layers or listed in `dense_layers`
+    (Qwen's `mlp_only_layers` and sparse step, DeepSeek's `moe_layer_freq`); dense layers use the model's
+    ffn_hidden_size. Each routed expert and each shared expert is a SwiGLU MLP.
+    """
+
+    num_experts: int                          # routed experts per MoE layer
+    num_experts_per_tok: int                  # top-k: routed experts each token is sent to
+    moe_intermediate_size: int                # FFN width of one routed expert
+    num_shared_experts: int = 0               # experts every token passes through
+    shared_expert_intermediate_size: int = 0  # FFN width of one shared expert (0 without shared experts)
+    shared_expert_gate: bool = False          # Qwen2-MoE: a sigmoid gate (a h x 1 linear) on the shared expert
+    first_k_dense: int = 0                    # leading layers with a dense MLP
+    dense_layers: tuple = ()                  # further layers with a dense MLP (indices)
+    capacity_factor: float | None = None      # tokens an expert takes, over the even share; None: dropless
+    scoring_func: str = "softmax"             # router scores: softmax (Mixtral, Qwen) or sigmoid (DeepSeek-V3)
+    norm_topk_prob: bool = True               # renormalise the top-k scores to sum to 1
+    router_bias: bool = False                 # a learned per-expert bias in the router linear
+    n_group: int = 1                          # group-limited routing: experts in n_group groups ...
+    topk_group: int = 1                       # ... of which a token may use topk_group
+    routed_scaling_factor: float = 1.0        # scale on the routed experts' output
+    router_aux_loss_coef: float = 0.0         # load-balancing loss coefficient
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dense_layers, list):
+            object.__setattr__(self, "dense_layers", tuple(self.dense_layers))
+        problems = []
+        for name in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "n_group", "topk_group"):
+            if not _positive_int(getattr(self, name)):
+                problems.append(f"{name} must be a positive integer (got {getattr(self, name)!r})")
+        for name in ("num_shared_experts", "shared_expert_intermediate_size", "first_k_dense"):
+            value = getattr(self, name)
+            if not (_positive_int(value) or (value == 0 and isinstance(value, int) and not isinstance(value, bool))):
+                problems.append(f"{name} must be an integer >= 0 (got {value!r})")
+        for name in ("shared_expert_gate", "norm_topk_prob", "router_bias"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false (got {getattr(self, name)!r})")
+        if not isinstance(self.dense_layers, tuple) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.dense_layers):
+            problems.append(f"dense_layers must be a list of layer indices (got {self.dense_layers!r})")
+        if self.capacity_factor is not None and not (_number(self.capacity_factor) and self.capacity_factor > 0):
+            problems.append(f"capacity_factor must be a positive number, or null for dropless routing "
+                            f"(got {self.capacity_factor!r})")
+        if self.scoring_func not in ROUTER_SCORING:
+            problems.append(f"scoring_func {self.scoring_func!r} is not one of {', '.join(ROUTER_SCORING)}")
+        for name in ("routed_scaling_factor", "router_aux_loss_coef"):
+            value = getattr(self, name)
+            if not _number(value) or value < 0 or (name == "routed_scaling_factor" and value == 0):
+                problems.append(f"{name} must be a {'positive' if name == 'routed_scaling_factor' else 'non-negative'}"
+                                f" number (got {value!r})")
+        if not problems:
+            if self.num_experts_per_tok > self.num_experts:
+                problems.append(f"num_experts_per_tok {self.num_experts_per_tok} exceeds the {self.num_experts} "
+                                f"experts (top-k must be 1..{self.num_experts})")
+            if (self.num_shared_experts > 0) != (self.shared_expert_intermediate_size > 0):
+                problems.append(f"num_shared_experts {self.num_shared_experts} needs a positive "
+                                f"shared_expert_intermediate_size and none needs 0 "
+                                f"(got {self.shared_expert_intermediate_size})")
+            if self.shared_expert_gate and not self.num_shared_experts:
+                problems.append("shared_expert_gate needs a shared expert")
+            if self.num_experts % self.n_group:
+                problems.append(f"n_group {self.n_group} does not divide the {self.num_experts} experts")
+            elif self.topk_group > self.n_group:
+                problems.append(f"topk_group {self.topk_group} exceeds n_group {self.n_group}")
+            elif self.num_experts_per_tok > self.num_experts // self.n_group * self.topk_group:
+                problems.append(f"num_experts_per_tok {self.num_experts_per_tok} exceeds the "
+                                f"{self.num_experts // self.n_group * self.topk_group} experts in topk_group "
+                                f"{self.topk_group} of {self.n_group} groups")
+        if problems:
+            raise UserError("moe: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "dense_layers": list(self.dense_layers)}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "moe") -> "MoESpec":
+        return _from_dict(cls, data, source, "moe")
+
+
+@dataclass(frozen=True)
+class MLASpec:
+    """Multi-head latent attention (DeepSeek-V2/V3), with Hugging Face's names."""
+
+    q_lora_rank: int | None  # query bottleneck rank; None: one full query projection
+    kv_lora_rank: int        # rank of the latent that keys and values are projected up from
+    qk_nope_head_dim: int    # per-head query/key width without rotary positions
+    qk_rope_head_dim: int    # per-head query/key width with rotary positions (one rotary key shared by all heads)
+    v_head_dim: int          # per-head value width
+
+    def __post_init__(self) -> None:
+        problems = [f"{f.name} must be a positive integer (got {getattr(self, f.name)!r})"
+                    for f in dataclasses.fields(self)
+                    if not _positive_int(getattr(self, f.name)) and not (f.name == "q_lora_rank"
+                                                                          and getattr(self, f.name) is None)]
+        if problems:
+            raise UserError("mla: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "mla") -> "MLASpec":
+        return _from_dict(cls, data, source, "mla")
 
 
 @dataclass(frozen=True)
@@ -46,10 +189,20 @@ class ModelSpec:
     qkv_bias: bool = False
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    # Width of one attention head; None: hidden_size / num_heads (resolved on construction, so a
+    # dataclasses.replace that changes hidden_size or num_heads must pass head_dim=None).
+    head_dim: int | None = None
+    qk_norm: bool = False            # an RMSNorm on each query and key head (Qwen3)
+    moe: MoESpec | None = None       # mixture-of-experts layers; None: every layer has a dense MLP
+    mla: MLASpec | None = None       # multi-head latent attention (DeepSeek); None: grouped-query attention
     rope_scaling_factor: float = 1.0  # Llama 3.x ("llama3" rope_type) RoPE scaling factor; 1 is none
 
     def __post_init__(self) -> None:
         problems = []
+        if isinstance(self.moe, dict):
+            object.__setattr__(self, "moe", MoESpec.from_dict(self.moe))
+        if isinstance(self.mla, dict):
+            object.__setattr__(self, "mla", MLASpec.from_dict(self.mla))
         if self.arch not in ARCHES:
             problems.append(f"arch {self.arch!r} is not one of {', '.join(ARCHES)}")
         for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size",
@@ -57,11 +210,32 @@ class ModelSpec:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{field} must be a positive integer (got {value!r})")
+        if self.head_dim is not None and not _positive_int(self.head_dim):
+            problems.append(f"head_dim must be a positive integer or null (got {self.head_dim!r})")
         if not problems:
-            if self.hidden_size % self.num_heads:
-                problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+            if self.head_dim is None and self.hidden_size % self.num_heads:
+                problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads} "
+                                f"(give head_dim)")
             if self.num_heads % self.num_kv_heads:
                 problems.append(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
+            if self.head_dim is None and not self.hidden_size % self.num_heads:
+                object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if not isinstance(self.qk_norm, bool):
+            problems.append(f"qk_norm must be true or false (got {self.qk_norm!r})")
+        for field, kind in (("moe", MoESpec), ("mla", MLASpec)):
+            value = getattr(self, field)
+            if value is not None and not isinstance(value, kind):
+                problems.append(f"{field} must be an object of {kind.__name__} fields or null")
+            elif value is not None and self.arch != "llama":
+                problems.append(f"{field} needs arch llama (got {self.arch!r})")
+        if isinstance(self.moe, MoESpec) and _positive_int(self.num_layers):
+            dense = self._dense_layer_count()
+            beyond = [i for i in self.moe.dense_layers if i >= self.num_layers]
+            if beyond:
+                problems.append(f"moe.dense_layers {beyond} lie beyond the {self.num_layers} layers")
+            elif dense >= self.num_layers:
+                problems.append(f"moe leaves no MoE layer: {dense} of the {self.num_layers} layers are dense "
+                                f"(first_k_dense {self.moe.first_k_dense}, dense_layers {list(self.moe.dense_layers)})")
         if not is_printable_name(self.name):
             problems.append(f"name must be a string of printable characters, without newlines or other control "
                             f"characters (got {self.name!r})")
@@ -86,8 +260,9 @@ class ModelSpec:
 
     # ---- shapes ----------------------------------------------------------------------------------------------
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+    def q_dim(self) -> int:
+        """Width of the Q projection (and of the attention output)."""
+        return self.num_heads * self.head_dim
 
     @property
     def kv_dim(self) -> int:
@@ -102,67 +277,124 @@ class ModelSpec:
     def linear_bias(self) -> bool:
         return self.arch == "gpt"
 
+    @property
+    def is_moe(self) -> bool:
+        return self.moe is not None
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether block `layer` (0-based) has an MoE layer instead of a dense MLP."""
+        return (self.moe is not None and layer >= self.moe.first_k_dense and layer not in self.moe.dense_layers)
+
+    # ---- the op table (spec/layers.py): every count below is a sum over it ----------------------------------------
+    def layer_ops(self, layer: int) -> tuple:
+        """The ops of block `layer`, each with its parameters, active parameters and forward FLOPs per token."""
+        return self._ops["moe" if self.is_moe_layer(layer) else "dense"]
+
+    def layer_groups(self) -> list[tuple[int, int]]:
+        """(first layer, count) for each kind of block, dense before MoE: the layers of a kind have the same ops."""
+        return list(self._ops["groups"])
+
+    def _dense_layer_count(self) -> int:
+        """Blocks with a dense MLP (counted without walking the layers: num_layers may be large)."""
+        if self.moe is None:
+            return self.num_layers
+        first = min(self.moe.first_k_dense, self.num_layers)
+        return first + len({i for i in self.moe.dense_layers if first <= i < self.num_layers})
+
+    @functools.cached_property
+    def _ops(self) -> dict:
+        """The op table, built once per spec (the spec is frozen): the ops of a dense and of an MoE block, the
+        embedding's, the head's, the attention's, and the layer groups."""
+        dense = self._dense_layer_count()
+        moe = self.num_layers - dense
+        first_dense = 0 if self.moe is None or self.moe.first_k_dense else min(self.moe.dense_layers, default=0)
+        first_moe = self.moe.first_k_dense if self.moe else 0
+        while moe and not self.is_moe_layer(first_moe):  # steps over dense_layers only
+            first_moe += 1
+        return {"dense": layers.layer_ops(self, first_dense) if dense else (),
+                "moe": layers.layer_ops(self, first_moe) if moe else (),
+                "embedding": layers.embedding_ops(self), "head": layers.head_ops(self),
+                "attention": layers.attention_ops(self),
+                "groups": tuple(group for group in ((first_dense, dense), (first_moe, moe)) if group[1])}
+
+    def op_table(self) -> list[tuple[str, int, object]]:
+        """The whole model as (where, count, op) rows: the embedding, each kind of block, the head."""
+        rows = [("embedding", 1, op) for op in self._ops["embedding"]]
+        for first, count in self.layer_groups():
+            where = "moe layer" if self.is_moe_layer(first) else "dense layer"
+            rows += [(where, count, op) for op in self.layer_ops(first)]
+        return rows + [("head", 1, op) for op in self._ops["head"]]
+
+    def _uniform_layer(self, layer: int | None) -> int:
+        if layer is not None:
+            return layer
+        if len(self.layer_groups()) > 1:
+            raise ValueError(f"{self.name}: its blocks differ (dense and MoE layers); name the layer")
+        return 0
+
     # ---- parameters --------------------------------------------------------------------------------------------
-    def layer_params(self) -> int:
-        """Parameters of one transformer block (attention, MLP and its two norms)."""
-        h, f, kv = self.hidden_size, self.ffn_hidden_size, self.kv_dim
-        attention = h * (h + 2 * kv) + h * h
-        if self.linear_bias:
-            attention += h + 2 * kv + h
-        elif self.qkv_bias:
-            attention += h + 2 * kv
-        if self.arch == "gpt":
-            mlp = 2 * h * f + f + h
-            norms = 2 * 2 * h
-        else:
-            mlp = 3 * h * f
-            norms = 2 * h
-        return attention + mlp + norms
+    def layer_params(self, layer: int | None = None) -> int:
+        """Parameters of one transformer block (attention, MLP or MoE layer, and its two norms); `layer` may be left
+        out when every block is alike."""
+        return sum(op.params for op in self.layer_ops(self._uniform_layer(layer)))
+
+    def layer_active_params(self, layer: int | None = None) -> int:
+        """Parameters of one block that one token uses (all but the routed experts it is not sent to)."""
+        return sum(op.active_params for op in self.layer_ops(self._uniform_layer(layer)))
 
     def embedding_params(self) -> int:
         """Token embedding plus learned positions (GPT)."""
-        positions = self.max_seq_len * self.hidden_size if self.learned_positions else 0
-        return self.vocab_size * self.hidden_size + positions
+        return sum(op.params for op in self._ops["embedding"])
 
     def head_params(self) -> int:
         """Final norm plus the LM head (zero extra weights when tied to the embedding)."""
-        norm = 2 * self.hidden_size if self.arch == "gpt" else self.hidden_size
-        return norm + (0 if self.tied_embeddings else self.vocab_size * self.hidden_size)
+        return sum(op.params for op in self._ops["head"])
 
     def total_params(self) -> int:
-        return self.num_layers * self.layer_params() + self.embedding_params() + self.head_params()
+        return sum(count * op.params for _, count, op in self.op_table())
+
+    def active_params(self) -> int:
+        """Parameters one token uses: all of them for a dense model; for MoE, the routed experts count top-k times
+        instead of num_experts times (the embedding and head count in full: docs/moe.md)."""
+        return sum(count * op.active_params for _, count, op in self.op_table())
 
     # ---- FLOPs -------------------------------------------------------------------------------------------------
-    def layer_matmul_flops(self, seq_len: int, micro_batch: int) -> float:
-        """Forward FLOPs of the weight matmuls of one block (2 per multiply-add)."""
-        h, f, kv = self.hidden_size, self.ffn_hidden_size, self.kv_dim
-        mlp_mats = 2 if self.arch == "gpt" else 3
-        weights = h * (h + 2 * kv) + h * h + mlp_mats * h * f
-        return 2.0 * seq_len * micro_batch * weights
+    def layer_matmul_flops(self, seq_len: int, micro_batch: int, layer: int | None = None) -> float:
+        """Forward FLOPs of the weight matmuls of one block (2 per multiply-add; routed experts: the active ones)."""
+        per_token = sum(op.flops for op in self.layer_ops(self._uniform_layer(layer)))
+        return 2.0 * seq_len * micro_batch * (per_token // 2)
 
     def layer_attention_flops(self, seq_len: int, micro_batch: int) -> float:
         """Forward FLOPs of QK^T and attention-times-V, counted over the full s x s square (Megatron's convention)."""
-        return 2.0 * 2.0 * micro_batch * seq_len * seq_len * self.hidden_size
+        per_context_token = sum(op.context_flops for op in self._ops["attention"])
+        return 2.0 * 2.0 * micro_batch * seq_len * seq_len * (per_context_token / 4)
 
-    def layer_forward_flops(self, seq_len: int, micro_batch: int) -> float:
-        return self.layer_matmul_flops(seq_len, micro_batch) + self.layer_attention_flops(seq_len, micro_batch)
+    def layer_forward_flops(self, seq_len: int, micro_batch: int, layer: int | None = None) -> float:
+        return self.layer_matmul_flops(seq_len, micro_batch, layer) + self.layer_attention_flops(seq_len, micro_batch)
 
     def head_forward_flops(self, seq_len: int, micro_batch: int) -> float:
         """Forward FLOPs of the LM head projection."""
-        return 2.0 * seq_len * micro_batch * self.hidden_size * self.vocab_size
+        return 2.0 * seq_len * micro_batch * (sum(op.flops for op in self._ops["head"]) // 2)
+
+    def forward_flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs of one token in a sequence of `seq_len`, with the active experts only."""
+        return self.model_flops_per_iteration(seq_len, 1) / 3.0 / seq_len
 
     def model_flops_per_iteration(self, seq_len: int, global_batch: int) -> float:
         """Model FLOPs of one training step (forward + backward = 3x forward, no recompute), as used for MFU."""
-        per_sample = self.num_layers * self.layer_forward_flops(seq_len, 1) + self.head_forward_flops(seq_len, 1)
+        per_sample = sum(count * self.layer_forward_flops(seq_len, 1, first) for first, count in self.layer_groups())
+        per_sample += self.head_forward_flops(seq_len, 1)
         return 3.0 * per_sample * global_batch
 
     def hardware_flops_per_iteration(self, seq_len: int, global_batch: int, recompute: str) -> float:
         """FLOPs actually executed: model FLOPs plus the recomputed forward (full block or attention core)."""
-        extra_per_layer = {"none": 0.0,
-                           "selective": self.layer_attention_flops(seq_len, 1),
-                           "full": self.layer_forward_flops(seq_len, 1)}[recompute]
-        return self.model_flops_per_iteration(seq_len, global_batch) + (
-            extra_per_layer * self.num_layers * global_batch)
+        if recompute not in RECOMPUTE:
+            raise UserError(f"recompute {recompute!r} is not one of {', '.join(RECOMPUTE)}")
+        extra = sum(count * {"none": 0.0,
+                             "selective": self.layer_attention_flops(seq_len, 1),
+                             "full": self.layer_forward_flops(seq_len, 1, first)}[recompute]
+                    for first, count in self.layer_groups())
+        return self.model_flops_per_iteration(seq_len, global_batch) + extra * global_batch
 
     # ---- activations ---------------------------------------------------------------------------------------------
     def layer_activation_bytes(self, seq_len: int, micro_batch: int, tp: int = 1, sequence_parallel: bool = False,
@@ -173,6 +405,7 @@ class ModelSpec:
         Tensors outside the TP region (norm inputs, the QKV and first-MLP inputs, dropout masks after the residual
         branches) are replicated across TP ranks unless sequence parallelism splits them.
         """
+        check_costable(self)
         if recompute not in RECOMPUTE:
             raise UserError(f"recompute {recompute!r} is not one of {', '.join(RECOMPUTE)}")
         if attention not in ATTENTION:
@@ -202,18 +435,74 @@ class ModelSpec:
         return replicated + sharded / tp
 
     def to_dict(self) -> dict:
-        return {"version": 1, "kind": "model", **dataclasses.asdict(self)}
+        """The model JSON: the fields (head_dim only when it is not hidden_size / num_heads, qk_norm, moe and mla
+        only when set, so a dense model's JSON is as before), then the derived `parameters` and
+        `active_parameters` (equal for a dense model)."""
+        data = {"version": 1, "kind": "model"}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "head_dim" and value * self.num_heads == self.hidden_size:
+                continue
+            if f.name in ("qk_norm", "moe", "mla") and not value:
+                continue
+            data[f.name] = value.to_dict() if f.name in ("moe", "mla") else value
+        data["parameters"] = self.total_params()
+        data["active_parameters"] = self.active_params()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "model") -> "ModelSpec":
+        """Reads `to_dict`'s JSON (and older model JSON without the MoE fields). `parameters` and
+        `active_parameters` are derived: when given, they must agree with the fields within 1%, which catches a
+        mixture-of-experts model written without its `moe` object."""
         if not isinstance(data, dict):
             raise UserError(f"{source}: expected a JSON object describing a model")
         fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - fields - {"version", "kind"})
+        unknown = sorted(set(data) - fields - {"version", "kind"} - set(DERIVED_COUNTS))
         if unknown:
             raise UserError(f"{source}: unknown model field(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
         missing = sorted(f.name for f in dataclasses.fields(cls)
                          if f.default is dataclasses.MISSING and f.name not in data)
         if missing:
             raise UserError(f"{source}: missing model field(s) {', '.join(missing)}")
-        return cls(**{k: v for k, v in data.items() if k in fields})
+        values = {k: v for k, v in data.items() if k in fields}
+        if values.get("moe") is not None:
+            values["moe"] = MoESpec.from_dict(values["moe"], source=f"{source}: moe")
+        if values.get("mla") is not None:
+            values["mla"] = MLASpec.from_dict(values["mla"], source=f"{source}: mla")
+        spec = cls(**values)
+        for key, count in DERIVED_COUNTS.items():
+            given = data.get(key)
+            if given is None:
+                continue
+            actual = count(spec)
+            if not _number(given) or abs(given - actual) > 0.01 * actual:
+                raise UserError(f"{source}: {key} {given!r} disagrees with the {actual:,} that the model's fields "
+                                f"describe{' (an MoE model needs its moe object)' if spec.moe is None else ''}; "
+                                f"fix the fields or drop {key} (it is derived)")
+        return spec
+
+
+DERIVED_COUNTS = {"parameters": ModelSpec.total_params, "active_parameters": ModelSpec.active_params}
+
+
+def not_costable_reason(model: ModelSpec) -> str | None:
+    """Why the cost model, the search and the executor cannot take `model` yet, or None when they can."""
+    if model.moe is not None:
+        m = model.moe
+        return (f"{model.name} is a mixture-of-experts model ({m.num_experts} experts, {m.num_experts_per_tok} per "
+                f"token; {model.total_params() / 1e9:.1f}B parameters, {model.active_params() / 1e9:.1f}B active): "
+                f"expert parallelism and MoE costing are not built yet, so it cannot be estimated, planned or "
+                f"launched; dense models (autoconf models) can")
+    if model.mla is not None:
+        return (f"{model.name} uses multi-head latent attention, whose costing is not built yet, so it cannot be "
+                f"estimated, planned or launched; models with grouped-query attention (autoconf models) can")
+    return None
+
+
+def check_costable(model: ModelSpec) -> None:
+    """The one rule `estimate`, `plan` (the search) and `launch` (the executor) read before they take a model:
+    raises a UserError naming what is not built yet (MoE, latent attention)."""
+    reason = not_costable_reason(model)
+    if reason:
+        raise UserError(reason)

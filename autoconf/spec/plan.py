@@ -23,6 +23,10 @@ PLAN_VERSION = 1
 MAX_MICROBATCHES = 65_536  # micro-batches per pipeline per step
 MAX_GLOBAL_BATCH = 1 << 24  # sequences per step
 MAX_SEQ_LEN = 1 << 22  # tokens per sequence
+# When FSDP (ZeRO >= 1 over dp > 1) reduce-scatters the gradients: once per step, after the last micro-batch (the
+# unsharded fp32 gradients accumulate until then), or after every micro-batch's backward (sharded gradients, one
+# reduce-scatter per micro-batch). cost/memory.py and cost/estimate.py say what each costs.
+GRAD_REDUCE = ("step", "microbatch")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class ParallelConfig:
     sequence_parallel: bool = False
     dtype: str = "bf16"
     attention: str = "flash"
+    grad_reduce: str = "step"
 
     @property
     def dims(self) -> ParallelDims:
@@ -63,6 +68,12 @@ class ParallelConfig:
         """Whether ZeRO sharding takes effect: zero_stage >= 1 over more than one data-parallel replica (with dp == 1
         there is nothing to shard; the executor runs such a plan as ZeRO-0, without FSDP)."""
         return self.zero_stage >= 1 and self.dp > 1
+
+    @property
+    def reduces_every_microbatch(self) -> bool:
+        """Whether FSDP reduce-scatters each micro-batch's gradients during its backward (grad_reduce "microbatch"
+        on a sharded plan); otherwise a sharded plan accumulates unsharded gradients until its last micro-batch."""
+        return self.grad_reduce == "microbatch" and self.zero_sharded
 
     def problems(self, model: ModelSpec, world_size: int | None = None) -> list[str]:
         """Every rule this configuration breaks, each naming the offending factors and what would work."""
@@ -105,6 +116,8 @@ class ParallelConfig:
             out.append(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.attention not in ATTENTION:
             out.append(f"attention {self.attention!r} is not one of {', '.join(ATTENTION)}")
+        if self.grad_reduce not in GRAD_REDUCE:
+            out.append(f"grad_reduce {self.grad_reduce!r} is not one of {', '.join(GRAD_REDUCE)}")
         if self.sequence_parallel and self.tp == 1:
             out.append("sequence_parallel needs tp > 1")
         if self.sequence_parallel and self.seq_len % self.tp:

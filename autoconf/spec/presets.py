@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from autoconf.errors import UserError
+from autoconf.spec.hf_moe import HF_MOE_TYPES, PRESET_CONFIGS, moe_from_hf, refuse_hidden_experts
 from autoconf.spec.model import ModelSpec, is_printable_name
 
 
@@ -73,9 +74,15 @@ def _llama3_rope_scaling(rope_scaling) -> float:
 
 
 def from_hf_config(config: dict, name: str) -> ModelSpec:
-    """Builds a spec from a Hugging Face config.json (model_type gpt2, llama, mistral or qwen2)."""
+    """Builds a spec from a Hugging Face config.json (model_type gpt2, llama, mistral or qwen2; mixture-of-experts:
+    mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3). A config with expert keys under any other
+    model_type is refused, never read as a dense model."""
     model_type = config.get("model_type")
+    if model_type not in HF_MOE_TYPES:
+        refuse_hidden_experts(config, name, model_type)
     try:
+        if model_type in HF_MOE_TYPES:
+            return moe_from_hf(config, name, model_type)
         if model_type == "gpt2":
             hidden = config["n_embd"]
             return ModelSpec(
@@ -96,6 +103,7 @@ def from_hf_config(config: dict, name: str) -> ModelSpec:
                 dropout=float(config.get("attention_dropout", 0.0) or 0.0),
                 qkv_bias=bool(config.get("attention_bias", model_type == "qwen2")),
                 norm_eps=config.get("rms_norm_eps", 1e-5), rope_theta=float(config.get("rope_theta", 10000.0)),
+                head_dim=config.get("head_dim"),  # absent or null: hidden_size / num_attention_heads
                 rope_scaling_factor=_llama3_rope_scaling(config.get("rope_scaling")))
     except KeyError as missing:
         raise UserError(f"{name}: Hugging Face config of type {model_type!r} lacks key {missing}") from None
@@ -103,7 +111,13 @@ def from_hf_config(config: dict, name: str) -> ModelSpec:
         if isinstance(err, UserError):
             raise
         raise UserError(f"{name}: malformed Hugging Face config of type {model_type!r} ({err})") from None
-    raise UserError(f"{name}: unsupported model_type {model_type!r}; supported: gpt2, {', '.join(_HF_LLAMA_TYPES)}")
+    raise UserError(f"{name}: unsupported model_type {model_type!r}; supported: gpt2, {', '.join(_HF_LLAMA_TYPES)}, "
+                    f"{', '.join(HF_MOE_TYPES)}")
+
+
+# Mixture-of-experts presets: each model's published config.json (spec/hf_moe.py cites the repository) read by the
+# importer. Published totals and active counts, and what each publisher counts: scripts/data/published_moe.json.
+PRESETS.update({name: from_hf_config(config, name) for name, config in PRESET_CONFIGS.items()})
 
 
 def read_json(path: Path, what: str) -> dict:

@@ -80,13 +80,24 @@ def profile_problems(data: dict) -> list[str]:
     for key, size_key in (("intra_node_matrix", "gpus_per_node"), ("inter_node_matrix", "nodes")):
         _matrix(c, data.get(key), key, data.get(size_key))
     _efficiency(c, data.get("efficiency"))
+    _headroom(c, data.get("memory_headroom"))
     _collectives(c, data.get("collectives"))
     _compute(c, data.get("compute"))
+    _matmul_size_curve(c, data.get("matmul_size_curve"))
+    _price(c, data.get("price"))
     hosts = data.get("hostnames")
     if hosts is not None and c.kind(hosts, list, "hostnames"):
         for i, host in enumerate(hosts):
             c.name(host, f"hostnames[{i}]")
     return c.problems
+
+
+def _price(c: _Checker, price) -> None:
+    """An optional published price: {"usd_per_gpu_hour": > 0, "source": where and when it was published}."""
+    if price is None or not c.kind(price, dict, "price"):
+        return
+    c.number(price.get("usd_per_gpu_hour"), "price.usd_per_gpu_hour", 0, 1e6, lo_open=True)
+    c.name(price.get("source"), "price.source")
 
 
 def _device(c: _Checker, dev) -> None:
@@ -108,6 +119,20 @@ def _device(c: _Checker, dev) -> None:
             c.bad("device.peak_flops", "a non-empty object of dtype -> FLOP/s", peaks)
         for dtype, value in peaks.items():
             c.number(value, f"device.peak_flops.{dtype}", 0, MAX_RATE, lo_open=True)
+
+
+def _headroom(c: _Checker, entry) -> None:
+    """memory_headroom (optional): {"value": fraction of device memory held back, in [0, 1), "why": text}."""
+    if entry is None or not c.kind(entry, dict, "memory_headroom"):
+        return
+    value = entry.get("value")
+    if c.number(value, "memory_headroom.value (a fraction of device memory)", 0, 1) and value >= 1:
+        c.bad("memory_headroom.value (a fraction of device memory)", "less than 1", value)
+    if "why" in entry:
+        c.text(entry["why"], "memory_headroom.why")
+    unknown = sorted(set(entry) - {"value", "why"})
+    if unknown:
+        c.bad("memory_headroom", 'an object of "value" and "why" only', f"also {', '.join(unknown)}")
 
 
 def _link(c: _Checker, link, where: str) -> None:
@@ -190,7 +215,7 @@ def _compute(c: _Checker, table) -> None:
         if table.get(key) is not None:
             c.number(table[key], f"compute.{key}", 0, 1.0)
     entries = table.get("entries", [])
-    if entries is not None and c.kind(entries, list, "compute.entries"):
+    if c.kind(entries, list, "compute.entries"):
         blocks_by_tp: dict = {}
         for i, entry in enumerate(entries):
             where = f"compute.entries[{i}]"
@@ -231,3 +256,27 @@ def _compute(c: _Checker, table) -> None:
                     c.bad(f"{where}.sequence_parallel", "true or false", row.get("sequence_parallel"))
                 for key in ("forward_s", "backward_s"):
                     c.number(row.get(key), f"{where}.{key}", 0, MAX_SECONDS)
+
+
+def _matmul_size_curve(c: _Checker, curve) -> None:
+    """{"points": [[GFLOP >= 0, fraction in (0, 1]], ...] (distinct sizes), "source": text}."""
+    if curve is None or not c.kind(curve, dict, "matmul_size_curve"):
+        return
+    if "source" in curve:
+        c.text(curve["source"], "matmul_size_curve.source")
+    points = curve.get("points")
+    if not c.kind(points, list, "matmul_size_curve.points"):
+        return
+    if not points:
+        c.bad("matmul_size_curve.points", "a non-empty list of [GFLOP, fraction] pairs", points)
+    sizes = []
+    for i, point in enumerate(points):
+        where = f"matmul_size_curve.points[{i}]"
+        if not isinstance(point, list) or len(point) != 2:
+            c.bad(where, "a [GFLOP, fraction] pair", point)
+            continue
+        if c.number(point[0], f"{where}[0] (GFLOP)", 0, MAX_RATE):
+            sizes.append(point[0])
+        c.number(point[1], f"{where}[1] (a fraction of efficiency.matmul)", 0, 1, lo_open=True)
+    if len(set(sizes)) != len(sizes):
+        c.bad("matmul_size_curve.points", "pairs of distinct sizes", sorted(sizes))

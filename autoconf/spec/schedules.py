@@ -65,6 +65,8 @@ class ScheduleSpec:
         (gpipe, 1f1b); other orders can hide the transfers in idle time.
     fsdp_gather_per_chunk: all micro-batches pass a chunk together, so ZeRO-3 gathers a chunk once per step.
     executor_zero3: the executor trains it under ZeRO-3 with pp > 1 (FSDP resharding after forward).
+    fsdp_gathers_chunks: torch's runtime gathers whole chunks under FSDP itself (UNSHARD/RESHARD actions,
+        torch 2.13 `_PipelineScheduleRuntime`); False where FSDP's own hooks decide (torch's single-stage schedules).
     megatron_note: why Megatron-LM cannot run it as is, or None.
     """
 
@@ -82,6 +84,7 @@ class ScheduleSpec:
     whole_rounds: bool = False
     fsdp_gather_per_chunk: bool = False
     executor_zero3: bool = True
+    fsdp_gathers_chunks: bool = True
     megatron_note: str | None = None
 
     @property
@@ -164,11 +167,11 @@ SCHEDULES: Sequence[str] = _Names()
 
 register(ScheduleSpec(
     "gpipe", "GPipe", orders.gpipe_order, chunks=(1,), min_vpp=1, max_vpp=1, v_placement=False,
-    split_backward=False, bubble=_bubble_full, exposed_fill_drain=True,
+    split_backward=False, bubble=_bubble_full, exposed_fill_drain=True, fsdp_gathers_chunks=False,
     megatron_note="schedule gpipe cannot be expressed: Megatron-LM always runs 1F1B (same bubble, less memory)"))
 register(ScheduleSpec(
     "1f1b", "1F1B", orders.one_f_one_b_order, chunks=(1,), min_vpp=1, max_vpp=1, v_placement=False,
-    split_backward=False, bubble=_bubble_full, exposed_fill_drain=True,
+    split_backward=False, bubble=_bubble_full, exposed_fill_drain=True, fsdp_gathers_chunks=False,
     min_microbatches_per_rank=1))
 register(ScheduleSpec(
     "interleaved-1f1b", "Interleaved1F1B", orders.interleaved_order, chunks=MANY_CHUNKS, min_vpp=2, max_vpp=None,

@@ -24,6 +24,10 @@ def unsupported_reason(config) -> str | None:
         return (f"schedule {config.schedule} with zero_stage 3 (dp {config.dp}) loses weight gradients in torch "
                 f"2.13 (its split I/W backward runs after FSDP reshards the parameters); use zero_stage 0-2 with "
                 f"{config.schedule}, or zero_stage 3 with {runs}")
+    if config.reduces_every_microbatch and config.pp > 1 and spec.split_backward:
+        return (f"grad_reduce microbatch under schedule {config.schedule} (split I/W backward) is not run: FSDP "
+                f"would reduce before the weight pass; use grad_reduce step, or a schedule without a split "
+                f"backward ({', '.join(n for n in SCHEDULES if not schedule_spec(n).split_backward)})")
     return None
 
 

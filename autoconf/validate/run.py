@@ -420,10 +420,14 @@ def validate_command(model: str, cluster_path: str, global_batch: int, seq_len: 
     if global_batch < 1:
         raise UserError(f"--global-batch must be >= 1 (got {global_batch})")
     bundled = Path(cluster_path)
+    from autoconf.report.progress import Follow
+
     console = Console()
-    report = validate(model_spec, cluster, cluster.name, global_batch, seq_len, dtype, configs, steps,
-                      Path(out_dir), calibrate, force, fixed,
-                      cluster_path=bundled if bundled.exists() else None, log=console.print, repeats=repeats)
+    with Follow(console, f"validating {model_spec.name}", done_offset=1) as follow:
+        log = follow.line if follow.live else console.print
+        report = validate(model_spec, cluster, cluster.name, global_batch, seq_len, dtype, configs, steps,
+                          Path(out_dir), calibrate, force, fixed,
+                          cluster_path=bundled if bundled.exists() else None, log=log, repeats=repeats)
     console.print(report_table(report))
     out = Path(out_dir)
     for name in ("report.json", "scatter.png", "calibrated_profile.json"):

@@ -1,0 +1,137 @@
+"""What fits a given cluster: the longest sequence, the largest micro-batch, the largest model of a family.
+
+Each limit is found with the planner itself (`search`, top 1): a value fits when some layout of it fits in device
+memory. Memory grows with the sequence length, the micro-batch and the model size, so each limit is a search over
+one monotone axis: doubling, then bisection between the last value that fits and the first that does not. Probes
+skip the CP-SAT refinement (it changes time, not whether a layout fits); the plan reported for the limit is
+searched again with it, as `autoconf plan` would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from autoconf.errors import UserError
+
+SEQ_GRANULARITY = 256  # the longest sequence is reported in multiples of this many tokens
+
+
+@dataclass
+class Limit:
+    """One limit: its value (None when not even the smallest fits), the plan that reaches it, and the values
+    probed as (value, fits)."""
+
+    what: str  # "seq_len", "micro_batch_size" or "model"
+    value: object
+    plan: object | None  # spec.plan.Plan
+    probes: list = field(default_factory=list)
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {"value": self.value, "plan": None if self.plan is None else self.plan.to_dict(),
+                "probes": [list(p) for p in self.probes], "note": self.note}
+
+
+@dataclass
+class Planner:
+    """The search of `autoconf plan` with everything but the probed axis held."""
+
+    cluster: object
+    global_batch: int
+    dtype: str
+    attention: str
+    fixed: dict
+    execution: object
+
+    def best(self, model, seq_len: int, fixed: dict | None = None, refine: bool = False):
+        """The best fitting plan, or None when no layout fits (or none is legal)."""
+        from autoconf.solve.search import search
+
+        try:
+            result = search(model, self.cluster, self.global_batch, seq_len, self.dtype, self.attention,
+                            {**self.fixed, **(fixed or {})}, 1, self.execution, refine=refine)
+        except UserError:
+            return None
+        return result.plans[0] if result.plans else None
+
+
+def _largest(values: list, fits) -> tuple[object | None, list]:
+    """The largest of the ascending `values` for which `fits(v)` holds, assuming it holds up to some point and
+    not beyond: doubling through the list's indices, then bisection. Returns (value or None, probes)."""
+    probes = []
+
+    def probe(i: int) -> bool:
+        ok = bool(fits(values[i]))
+        probes.append((values[i], ok))
+        return ok
+
+    if not values or not probe(0):
+        return None, probes
+    good, step = 0, 1
+    while True:
+        nxt = min(good + step, len(values) - 1)
+        if nxt == good:
+            return values[good], probes
+        if not probe(nxt):
+            bad = nxt
+            break
+        good, step = nxt, step * 2
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if probe(mid):
+            good = mid
+        else:
+            bad = mid
+    return values[good], probes
+
+
+def longest_sequence(planner: Planner, model, ceiling: int | None = None) -> Limit:
+    """The longest sequence (a multiple of SEQ_GRANULARITY tokens, or the ceiling itself) with a fitting layout,
+    up to `ceiling` (default: the model's context)."""
+    ceiling = ceiling or model.max_seq_len
+    values = list(range(SEQ_GRANULARITY, ceiling + 1, SEQ_GRANULARITY))
+    if not values or values[-1] != ceiling:
+        values.append(ceiling)
+    value, probes = _largest(values, lambda s: planner.best(model, s) is not None)
+    note = ""
+    if value == ceiling:
+        note = f"the ceiling: {model.name}'s context is {model.max_seq_len} tokens" if ceiling == model.max_seq_len \
+            else f"the ceiling asked for ({ceiling} tokens)"
+    plan = None if value is None else planner.best(model, value, refine=True)
+    return Limit("seq_len", value, plan, probes, note)
+
+
+def largest_micro_batch(planner: Planner, model, seq_len: int) -> Limit:
+    """The largest micro-batch (a divisor of the global batch) with a fitting layout at `seq_len`."""
+    values = [m for m in range(1, planner.global_batch + 1) if planner.global_batch % m == 0]
+    if "micro_batch_size" in planner.fixed:
+        raise UserError("--fix micro_batch_size pins the micro-batch whose limit is asked for; drop it")
+    value, probes = _largest(values, lambda m: planner.best(model, seq_len, {"micro_batch_size": m}) is not None)
+    plan = None if value is None else planner.best(model, seq_len, {"micro_batch_size": value}, refine=True)
+    note = "the global batch itself" if value == planner.global_batch else ""
+    return Limit("micro_batch_size", value, plan, probes, note)
+
+
+def family_of(name: str) -> str:
+    """The family of a preset name: everything before its last '-' (llama3-70b -> llama3, gpt3-1.3b -> gpt3)."""
+    return name.rsplit("-", 1)[0] if "-" in name else name
+
+
+def largest_model(planner: Planner, family: str, seq_len: int | None) -> Limit:
+    """The preset of `family` with the most parameters that has a fitting layout (at `seq_len`, or each model's
+    context up to 8192 tokens)."""
+    from autoconf.spec.presets import PRESETS
+
+    members = sorted((m for name, m in PRESETS.items() if family_of(name) == family), key=lambda m: m.total_params())
+    if not members:
+        families = sorted({family_of(n) for n in PRESETS})
+        raise UserError(f"no preset family {family!r}; families: {', '.join(families)}")
+
+    def length(m) -> int:
+        return seq_len or min(m.max_seq_len, 8192)
+
+    value, probes = _largest(members, lambda m: planner.best(m, length(m)) is not None)
+    plan = None if value is None else planner.best(value, length(value), refine=True)
+    probes = [(m.name, ok) for m, ok in probes]
+    note = f"{len(members)} presets in {family}: {', '.join(m.name for m in members)}"
+    return Limit("model", None if value is None else value.name, plan, probes, note)

@@ -1,0 +1,175 @@
+"""Time and cost to train, and the cluster-size sweep: how many nodes, how long, what it costs.
+
+Plain functions over plans (no torch). One rule for the time to train: `tokens / prediction["tokens_per_s"]`
+seconds; GPU-hours are that time on every device of the plan; the cost is GPU-hours at a price per GPU-hour.
+The sweep plans each cluster size with the same search as `autoconf plan` and keeps the best plan of each; the
+Pareto front holds the sizes that no other size beats in both time and GPU-hours (and so in cost at one price).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from autoconf.errors import UserError
+
+SECONDS_PER_DAY = 86400.0
+_COUNT_SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12, "P": 1e15}
+_DAYS_PER_UNIT = {"d": 1.0, "h": 1 / 24, "w": 7.0}
+MAX_SWEEP_SIZES = 64
+
+
+def parse_tokens(text: str) -> int:
+    """'2T', '300B', '1.5e12' or '2000000000000' -> a positive whole number of tokens."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMBGTPkmbgtp]?)\s*", str(text))
+    if not match:
+        raise UserError(f"--tokens {text!r} is not a token count; write e.g. 2T, 300B, 15e12 (K, M, B, T suffixes)")
+    tokens = float(match.group(1)) * _COUNT_SUFFIX[match.group(2).upper()]
+    if not (1 <= tokens < 1e18):
+        raise UserError(f"--tokens {text!r} must be at least 1 token and below 1e18")
+    return int(round(tokens))
+
+
+def parse_deadline(text: str) -> float:
+    """'30d', '36h', '6w' (a bare number is days) -> days, > 0."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([dhwDHW]?)\s*", str(text))
+    if not match:
+        raise UserError(f"--deadline {text!r} is not a duration; write e.g. 30d, 36h or 6w")
+    days = float(match.group(1)) * _DAYS_PER_UNIT[(match.group(2) or "d").lower()]
+    if not (0 < days < 1e6):
+        raise UserError(f"--deadline {text!r} must be a positive duration")
+    return days
+
+
+def check_price(price: float) -> float:
+    """A price per GPU-hour in US dollars: finite and > 0."""
+    if not (isinstance(price, (int, float)) and math.isfinite(price) and 0 < price < 1e6):
+        raise UserError(f"--price must be a positive number of US dollars per GPU-hour, e.g. 2.5 (got {price})")
+    return float(price)
+
+
+def parse_nodes(text: str) -> list[int]:
+    """The node counts of `--nodes`: 'N' is one size; 'A:B' every power of two times A from A up to B, plus B
+    (8:256 -> 8, 16, 32, 64, 128, 256; 8:100 -> 8, 16, 32, 64, 100); 'A:B:S' every S-th size from A up to B
+    (8:64:8 -> 8, 16, ..., 64)."""
+    parts = str(text).strip().split(":")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        raise UserError(f"--nodes {text!r} must be N, A:B (powers of two from A to B) or A:B:STEP, whole numbers "
+                        f"of nodes, e.g. 8:256") from None
+    if len(numbers) > 3 or any(n < 1 for n in numbers):
+        raise UserError(f"--nodes {text!r} must be N, A:B or A:B:STEP with every number >= 1, e.g. 8:256")
+    if len(numbers) == 1:
+        return numbers
+    first, last = numbers[0], numbers[1]
+    if last < first:
+        raise UserError(f"--nodes {text!r}: the range must go up (A <= B), e.g. 8:256")
+    if len(numbers) == 3:
+        sizes = list(range(first, last + 1, numbers[2]))
+    else:
+        sizes = [first * 2**k for k in range(int(math.log2(last / first)) + 2) if first * 2**k <= last]
+    if sizes[-1] != last:
+        sizes.append(last)
+    if len(sizes) > MAX_SWEEP_SIZES:
+        raise UserError(f"--nodes {text!r} asks for {len(sizes)} cluster sizes; at most {MAX_SWEEP_SIZES} (use a "
+                        f"larger step or the power-of-two range A:B)")
+    return sizes
+
+
+def training(prediction: dict, tokens: int, devices: int, price: float | None = None,
+             price_source: str | None = None) -> dict:
+    """Days, GPU-hours and cost to train on `tokens` tokens at the plan's predicted throughput:
+    seconds = tokens / tokens_per_s exactly (the last step is not rounded up); cost is None without a price."""
+    seconds = tokens / prediction["tokens_per_s"]
+    gpu_hours = seconds / 3600.0 * devices
+    out = {"tokens": tokens, "days": seconds / SECONDS_PER_DAY, "gpu_hours": gpu_hours,
+           "cost": None if price is None else gpu_hours * price}
+    if price is not None:
+        out["usd_per_gpu_hour"] = price
+        out["price_source"] = price_source or "--price"
+    return out
+
+
+def price_of(cluster, price: float | None) -> tuple[float | None, str | None]:
+    """--price if given, else the profile's published price (with its source), else (None, None)."""
+    if price is not None:
+        return check_price(price), "--price"
+    if cluster.price:
+        return float(cluster.price["usd_per_gpu_hour"]), str(cluster.price.get("source", cluster.name))
+    return None, None
+
+
+@dataclass
+class SweepPoint:
+    """One cluster size: its best plan, or why none fits."""
+
+    nodes: int
+    devices: int
+    plan: object | None  # spec.plan.Plan
+    reason: str = ""
+
+    @property
+    def training(self) -> dict | None:
+        return None if self.plan is None else self.plan.prediction.get("training")
+
+    def to_dict(self) -> dict:
+        out = {"nodes": self.nodes, "plan": None if self.plan is None else self.plan.to_dict()}
+        if self.plan is None:
+            out["reason"] = self.reason
+        return out
+
+
+def sweep(model, cluster, node_counts: list[int], global_batch: int, seq_len: int, dtype: str, attention: str,
+          fixed: dict, execution, tokens: int, price: float | None, price_source: str | None,
+          progress=None) -> list[SweepPoint]:
+    """The best plan at each node count (the search of `autoconf plan`, top 1), each with `prediction.training`.
+    `progress(nodes)` is called before each size."""
+    from autoconf.solve.search import search
+
+    points = []
+    for nodes in node_counts:
+        if progress is not None:
+            progress(nodes)
+        sized = cluster.resized(nodes=nodes)
+        try:
+            result = search(model, sized, global_batch, seq_len, dtype, attention, dict(fixed), 1, execution)
+        except UserError as err:
+            points.append(SweepPoint(nodes, sized.world_size, None, str(err)))
+            continue
+        if not result.plans:
+            why = "no layout fits in memory" if result.closest else "no legal layout for this batch"
+            points.append(SweepPoint(nodes, sized.world_size, None, why))
+            continue
+        plan = result.plans[0]
+        plan.prediction["training"] = training(plan.prediction, tokens, sized.world_size, price, price_source)
+        points.append(SweepPoint(nodes, sized.world_size, plan))
+    return points
+
+
+def pareto_front(points: list[SweepPoint]) -> list[SweepPoint]:
+    """The sizes no other size beats in both days and GPU-hours, fastest first: along it the days grow and the
+    GPU-hours (and the cost) fall strictly."""
+    planned = sorted((p for p in points if p.plan is not None),
+                     key=lambda p: (p.training["days"], p.training["gpu_hours"], p.nodes))
+    front: list[SweepPoint] = []
+    for point in planned:
+        if not front or point.training["gpu_hours"] < front[-1].training["gpu_hours"]:
+            front.append(point)
+    return front
+
+
+def cheapest_within(points: list[SweepPoint], deadline_days: float) -> SweepPoint:
+    """The size with the fewest GPU-hours (the lowest cost) among those that train within the deadline (fewest
+    nodes on a tie); UserError naming the fastest size when none does."""
+    planned = [p for p in points if p.plan is not None]
+    if not planned:
+        raise UserError("no cluster size in the range has a layout that fits; try more nodes or a smaller batch")
+    meeting = [p for p in planned if p.training["days"] <= deadline_days]
+    if not meeting:
+        fastest = min(planned, key=lambda p: p.training["days"])
+        raise UserError(f"no size meets the deadline of {deadline_days:g} days: the fastest, {fastest.nodes} nodes "
+                        f"({fastest.devices} devices), needs {fastest.training['days']:.1f} days; widen --nodes or "
+                        f"relax --deadline")
+    return min(meeting, key=lambda p: (p.training["gpu_hours"], p.nodes))

@@ -1,0 +1,188 @@
+"""Mixture-of-experts models from Hugging Face config.json files, and the published configs of the MoE presets.
+
+Read here: mixtral, qwen2_moe, qwen3_moe, deepseek_v2 and deepseek_v3, with the keys of their published config.json
+files and of transformers 5's own config classes (which rename some: Qwen3-MoE's `num_experts` is written
+`num_local_experts`, `rope_theta` moves into `rope_parameters`). Any other config whose keys name experts is
+refused with one line (`refuse_hidden_experts`), so that an MoE model is never planned as a dense one.
+
+Not modelled, and said so in docs/moe.md: DeepSeek's multi-token-prediction module (`num_nextn_predict_layers`,
+left out of the published 671B), sliding-window attention, gpt-oss (attention sinks, biased experts).
+"""
+
+from __future__ import annotations
+
+from autoconf.errors import UserError
+from autoconf.spec.model import MLASpec, ModelSpec, MoESpec
+
+HF_MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3")
+HF_DENSE_TYPES = ("gpt2", "llama", "mistral", "qwen2")
+MAX_LAYERS = 100_000  # the layer patterns below are listed layer by layer
+
+# Keys that name routed experts (a positive value means an MoE model), with the family whose key it is.
+EXPERT_KEYS = {"num_local_experts": "mixtral", "num_experts": "qwen3_moe", "n_routed_experts": "deepseek_v3",
+               "moe_num_experts": None, "num_experts_per_tok": None, "experts_per_token": None,
+               "moe_intermediate_size": None, "n_shared_experts": None, "shared_expert_intermediate_size": "qwen2_moe",
+               "moe_topk": None, "moe_k": None}
+
+
+def expert_keys(config: dict) -> dict:
+    """The expert keys with a positive value, at the top of the config or one object down (`text_config`,
+    `ffn_config`), as {"key" or "parent.key": value}."""
+    found = {}
+    for prefix, part in [("", config)] + [(f"{k}.", v) for k, v in config.items() if isinstance(v, dict)]:
+        for key in EXPERT_KEYS:
+            value = part.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                found[prefix + key] = value
+    return found
+
+
+def refuse_hidden_experts(config: dict, name: str, model_type) -> None:
+    """Raises a UserError when a config that is not of an MoE type autoconf reads has expert keys: read as its
+    model_type it would be planned as a dense model (a Mixtral relabelled `mistral` would be a 7.2B model, not
+    46.7B)."""
+    found = expert_keys(config)
+    if not found:
+        return
+    keys = ", ".join(f"{k}={v}" for k, v in sorted(found.items()))
+    supported = ", ".join(HF_MOE_TYPES)
+    if model_type in HF_DENSE_TYPES:
+        family = ("qwen2_moe" if "shared_expert_intermediate_size" in found else
+                  next((EXPERT_KEYS[k] for k in found if EXPERT_KEYS.get(k)), None))
+        hint = f"If it is a {family} model, set model_type to {family!r}" if family else "Set its MoE model_type"
+        raise UserError(f"{name}: model_type {model_type!r} is a dense family but the config has mixture-of-experts "
+                        f"keys ({keys}); read as {model_type} it would lose its experts. {hint} (MoE types read: "
+                        f"{supported})")
+    raise UserError(f"{name}: model_type {model_type!r} is a mixture-of-experts family autoconf does not read "
+                    f"(keys {keys}); MoE types read: {supported}; dense: {', '.join(HF_DENSE_TYPES)}")
+
+
+def _first(config: dict, *keys, default=KeyError):
+    """The first of `keys` present with a non-null value (transformers renames some keys), else `default`."""
+    for key in keys:
+        if config.get(key) is not None:
+            return config[key]
+    if default is KeyError:
+        raise KeyError(keys[0])
+    return default
+
+
+def _rope_theta(config: dict) -> float:
+    parameters = config.get("rope_parameters")  # transformers 5 writes rope_theta inside rope_parameters
+    if isinstance(parameters, dict) and parameters.get("rope_theta") is not None:
+        return float(parameters["rope_theta"])
+    return float(config.get("rope_theta", 10000.0))
+
+
+def _refuse_bias(config: dict, name: str, model_type: str, key: str = "attention_bias") -> None:
+    if config.get(key):
+        raise UserError(f"{name}: {model_type} with {key} true is not modelled (its published models have none)")
+
+
+def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
+    """A spec from the config.json of an MoE family in HF_MOE_TYPES. KeyError for a missing key (the caller names
+    it)."""
+    layers = config["num_hidden_layers"]
+    if not isinstance(layers, int) or isinstance(layers, bool) or not 1 <= layers <= MAX_LAYERS:
+        raise UserError(f"{name}: num_hidden_layers must be a layer count in 1..{MAX_LAYERS} (got {layers!r})")
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads")
+    top_k = config["num_experts_per_tok"]
+    aux = float(_first(config, "router_aux_loss_coef", "aux_loss_alpha", default=0.0))
+    common = dict(name=name, arch="llama", num_layers=layers, hidden_size=config["hidden_size"], num_heads=heads,
+                  num_kv_heads=heads if kv_heads is None else kv_heads, vocab_size=config["vocab_size"],
+                  max_seq_len=config.get("max_position_embeddings", 4096),
+                  tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+                  dropout=float(config.get("attention_dropout", 0.0) or 0.0), rope_theta=_rope_theta(config))
+    if model_type == "mixtral":
+        width = config["intermediate_size"]
+        moe = MoESpec(num_experts=_first(config, "num_local_experts", "num_experts"), num_experts_per_tok=top_k,
+                      moe_intermediate_size=width, router_aux_loss_coef=aux)
+        return ModelSpec(**common, ffn_hidden_size=width, norm_eps=config.get("rms_norm_eps", 1e-5),
+                         head_dim=config.get("head_dim"), moe=moe)
+    if model_type in ("qwen2_moe", "qwen3_moe"):
+        step = config.get("decoder_sparse_step") or 1
+        sparse_step = {i for i in range(layers) if (i + 1) % step} if step > 1 else set()
+        dense = sorted(set(config.get("mlp_only_layers") or []) | sparse_step)
+        shared = (config.get("shared_expert_intermediate_size") or 0) if model_type == "qwen2_moe" else 0
+        expert = config["moe_intermediate_size"]
+        moe = MoESpec(num_experts=_first(config, "num_experts", "num_local_experts"), num_experts_per_tok=top_k,
+                      moe_intermediate_size=expert, num_shared_experts=1 if shared else 0,
+                      shared_expert_intermediate_size=shared, shared_expert_gate=bool(shared),
+                      dense_layers=tuple(dense), norm_topk_prob=bool(config.get("norm_topk_prob", False)),
+                      router_aux_loss_coef=aux)
+        if model_type == "qwen3_moe":
+            _refuse_bias(config, name, model_type)
+        # intermediate_size is the width of the dense layers; a model without any may leave it out.
+        width = config["intermediate_size"] if dense else config.get("intermediate_size") or expert
+        return ModelSpec(**common, ffn_hidden_size=width, norm_eps=config.get("rms_norm_eps", 1e-6),
+                         head_dim=config.get("head_dim"), qk_norm=model_type == "qwen3_moe",
+                         qkv_bias=bool(config.get("qkv_bias", True)) if model_type == "qwen2_moe" else False, moe=moe)
+    # deepseek_v2 / deepseek_v3: multi-head latent attention, leading dense layers, shared experts.
+    _refuse_bias(config, name, model_type)
+    v3 = model_type == "deepseek_v3"
+    first_dense = config.get("first_k_dense_replace") or 0
+    every = config.get("moe_layer_freq") or 1
+    expert = config["moe_intermediate_size"]
+    shared = config.get("n_shared_experts") or 0
+    greedy = config.get("topk_method") == "greedy"  # DeepSeek-V2(-Lite): no group-limited routing
+    moe = MoESpec(num_experts=_first(config, "n_routed_experts", "num_local_experts"), num_experts_per_tok=top_k,
+                  moe_intermediate_size=expert, num_shared_experts=shared,
+                  shared_expert_intermediate_size=expert if shared else 0, first_k_dense=first_dense,
+                  dense_layers=tuple(i for i in range(first_dense, layers) if i % every) if every > 1 else (),
+                  scoring_func=config.get("scoring_func") or ("sigmoid" if v3 else "softmax"),
+                  norm_topk_prob=bool(config.get("norm_topk_prob", v3)),
+                  n_group=1 if greedy else config.get("n_group") or 1,
+                  topk_group=1 if greedy else config.get("topk_group") or 1,
+                  routed_scaling_factor=float(config.get("routed_scaling_factor") or 1.0), router_aux_loss_coef=aux)
+    mla = MLASpec(q_lora_rank=config.get("q_lora_rank"), kv_lora_rank=config["kv_lora_rank"],
+                  qk_nope_head_dim=config["qk_nope_head_dim"], qk_rope_head_dim=config["qk_rope_head_dim"],
+                  v_head_dim=config["v_head_dim"])
+    # head_dim: the width of each head's value and of the attention output per head (the rotary keys and the
+    # latent are the mla object's).
+    return ModelSpec(**common, ffn_hidden_size=config["intermediate_size"], norm_eps=config.get("rms_norm_eps", 1e-6),
+                     head_dim=mla.v_head_dim, moe=moe, mla=mla)
+
+
+# The published config.json of each MoE preset (only the keys the importer reads; values as published).
+PRESET_CONFIGS = {
+    # https://huggingface.co/mistralai/Mixtral-8x7B-v0.1/blob/main/config.json
+    "mixtral-8x7b": {
+        "model_type": "mixtral", "num_hidden_layers": 32, "hidden_size": 4096, "intermediate_size": 14336,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8, "num_experts_per_tok": 2,
+        "vocab_size": 32000, "max_position_embeddings": 32768, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
+        "router_aux_loss_coef": 0.02, "tie_word_embeddings": False},
+    # https://huggingface.co/mistralai/Mixtral-8x22B-v0.1/blob/main/config.json
+    "mixtral-8x22b": {
+        "model_type": "mixtral", "num_hidden_layers": 56, "hidden_size": 6144, "intermediate_size": 16384,
+        "num_attention_heads": 48, "num_key_value_heads": 8, "num_local_experts": 8, "num_experts_per_tok": 2,
+        "vocab_size": 32000, "max_position_embeddings": 65536, "rms_norm_eps": 1e-05, "rope_theta": 1000000,
+        "router_aux_loss_coef": 0.001},
+    # https://huggingface.co/Qwen/Qwen3-30B-A3B/blob/main/config.json
+    "qwen3-30b-a3b": {
+        "model_type": "qwen3_moe", "num_hidden_layers": 48, "hidden_size": 2048, "intermediate_size": 6144,
+        "moe_intermediate_size": 768, "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
+        "num_experts": 128, "num_experts_per_tok": 8, "decoder_sparse_step": 1, "mlp_only_layers": [],
+        "norm_topk_prob": True, "vocab_size": 151936, "max_position_embeddings": 40960, "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001, "attention_bias": False,
+        "tie_word_embeddings": False},
+    # https://huggingface.co/Qwen/Qwen3-235B-A22B/blob/main/config.json
+    "qwen3-235b-a22b": {
+        "model_type": "qwen3_moe", "num_hidden_layers": 94, "hidden_size": 4096, "intermediate_size": 12288,
+        "moe_intermediate_size": 1536, "num_attention_heads": 64, "num_key_value_heads": 4, "head_dim": 128,
+        "num_experts": 128, "num_experts_per_tok": 8, "decoder_sparse_step": 1, "mlp_only_layers": [],
+        "norm_topk_prob": True, "vocab_size": 151936, "max_position_embeddings": 40960, "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001, "attention_bias": False,
+        "tie_word_embeddings": False},
+    # https://huggingface.co/deepseek-ai/DeepSeek-V3/blob/main/config.json (num_nextn_predict_layers 1: the MTP
+    # module is not part of the model here, as it is not of the published 671B).
+    "deepseek-v3": {
+        "model_type": "deepseek_v3", "num_hidden_layers": 61, "hidden_size": 7168, "intermediate_size": 18432,
+        "moe_intermediate_size": 2048, "num_attention_heads": 128, "num_key_value_heads": 128,
+        "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 8, "first_k_dense_replace": 3,
+        "moe_layer_freq": 1, "n_group": 8, "topk_group": 4, "topk_method": "noaux_tc", "scoring_func": "sigmoid",
+        "norm_topk_prob": True, "routed_scaling_factor": 2.5, "aux_loss_alpha": 0.001, "q_lora_rank": 1536,
+        "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+        "vocab_size": 129280, "max_position_embeddings": 163840, "rms_norm_eps": 1e-06, "rope_theta": 10000,
+        "attention_bias": False, "tie_word_embeddings": False, "num_nextn_predict_layers": 1},
+}

@@ -1,0 +1,159 @@
+"""Compute side of the cost model: GEMM efficiency against size, attention over sequence length in measured tables,
+Megatron's sequence-parallel re-gather, and the power-capped bundled profile."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from autoconf.cost.compute import (PassTimes, gemms_time, layer_gemms, matmul_size_factor, model_pieces)
+from autoconf.cost.estimate import Execution, estimate, sp_regather_time
+from autoconf.errors import UserError
+from autoconf.spec.cluster import ClusterProfile, load_cluster
+from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.presets import PRESETS
+from tests.profile_helpers import SEQ, TINY, measured_cpu_profile
+
+
+def _config(**kw) -> ParallelConfig:
+    base = dict(tp=1, pp=1, dp=1, micro_batch_size=1, global_batch_size=1, seq_len=2048, dtype="bf16")
+    return ParallelConfig(**{**base, **kw})
+
+
+def test_gemm_size_curve_is_monotone_held_at_its_ends_and_one_without_a_curve():
+    """Bigger GEMMs never run at a lower fraction of the plateau; beyond the largest point the plateau itself; a
+    profile without a curve runs every GEMM at efficiency["matmul"]."""
+    h100 = load_cluster("dgx-h100-80g")
+    sizes = [1e6, 1e8, 1e9, 4e9, 16e9, 64e9, 128e9, 1e12, 1e14]
+    factors = [matmul_size_factor(h100, f) for f in sizes]
+    assert all(a <= b for a, b in zip(factors, factors[1:]))
+    assert factors[-1] == factors[-2] == 1.0 and 0 < factors[0] < 0.2
+    flat = dataclasses.replace(h100, matmul_size_curve=None)
+    assert all(matmul_size_factor(flat, f) == 1.0 for f in sizes)
+
+
+def test_small_gemms_slow_a_small_model_and_leave_a_large_one_alone():
+    """On a data-sheet profile a 125M-parameter block (GEMMs of a few GFLOP) takes longer than at the flat plateau,
+    while a 1T block (every GEMM above the curve's last point) takes exactly as long."""
+    h100 = load_cluster("dgx-h100-80g")
+    flat = dataclasses.replace(h100, matmul_size_curve=None)
+    small, large = PRESETS["gpt3-125m"], PRESETS["gpt-1t"]
+    c = _config(tp=1)
+    assert max(layer_gemms(small, 2048, 1, 1)) < 16e9
+    assert model_pieces(small, h100, c).block.total > 1.05 * model_pieces(small, flat, c).block.total
+    c8 = _config(tp=8)
+    assert min(layer_gemms(large, 2048, 1, 8)) > 128e9
+    assert model_pieces(large, h100, c8).block.total == pytest.approx(model_pieces(large, flat, c8).block.total)
+
+
+def test_gemms_time_is_each_gemm_at_its_own_rate():
+    h100 = load_cluster("dgx-h100-80g")
+    peak = h100.device.peak("bf16") * h100.eff("matmul")
+    one = gemms_time(h100, "bf16", [2e9])
+    assert one == pytest.approx(2e9 / (peak * matmul_size_factor(h100, 2e9)))
+    assert gemms_time(h100, "bf16", [2e9, 200e9]) == pytest.approx(one + 200e9 / peak)
+
+
+def _one_length_profile() -> ClusterProfile:
+    """measured_cpu_profile's tables: every block timed at seq SEQ only, micro-batches 1, 2, 4."""
+    return measured_cpu_profile(tp_layers=False)
+
+
+def test_measured_attention_grows_with_the_square_of_the_sequence_beyond_the_timed_length():
+    """A table timed at one length: at 4x that length and one sequence, the attention core takes as long as at the
+    timed length with 16 sequences' worth of b x s^2, i.e. more than the same tokens at the timed length (4
+    sequences), while the MLP (linear in tokens) takes the same."""
+    cpu = _one_length_profile()
+    long = model_pieces(TINY, cpu, _config(seq_len=4 * SEQ, micro_batch_size=1, global_batch_size=1, dtype="fp32"))
+    same_tokens = model_pieces(TINY, cpu, _config(seq_len=SEQ, micro_batch_size=4, global_batch_size=4,
+                                                  dtype="fp32"))
+    assert long.source == same_tokens.source == "measured"
+    assert long.attention_core.forward > 1.5 * same_tokens.attention_core.forward
+    assert long.block.total > same_tokens.block.total
+    assert long.embedding.total == pytest.approx(same_tokens.embedding.total)
+
+
+def test_measured_attention_at_a_timed_length_is_the_plain_interpolation_in_tokens():
+    """At a timed length splitting the attention block into core and projections changes nothing: core + rest is
+    the measured attention + 2 norms + MLP read in tokens."""
+    cpu = _one_length_profile()
+    entries = cpu.compute["entries"]
+    share = cpu.efficiency["cpu_share"]["value"]
+    pieces = model_pieces(TINY, cpu, _config(seq_len=SEQ, micro_batch_size=2, global_batch_size=2, dtype="fp32"))
+
+    def timed(block):
+        e = next(e for e in entries if e["block"] == block and e["tp"] == 1 and e["micro_batch"] == 2)
+        return PassTimes(e["forward_s"], e["backward_input_s"], e["backward_weight_s"]).scaled(1 / share)
+
+    expected = timed("attention") + timed("mlp") + timed("norm").scaled(2)
+    assert pieces.block.forward == pytest.approx(expected.forward)
+    assert pieces.block.backward_input == pytest.approx(expected.backward_input)
+    assert pieces.block.backward_weight == pytest.approx(expected.backward_weight)
+
+
+def test_megatron_sequence_parallel_pays_two_all_gathers_per_layer_in_the_backward():
+    """Korthikanti Sec. 4.2.2: Megatron's SP keeps only the 1/tp slice of each column-parallel input and gathers it
+    again in the backward. Under that layout the backward grows by exactly those gathers; without SP, or in the
+    torch executor's layout (which keeps the gathered input), nothing is added."""
+    model, a100 = PRESETS["gpt-22b"], load_cluster("dgx-a100-80g")
+    c = _config(tp=8, micro_batch_size=4, global_batch_size=4, recompute="selective", sequence_parallel=True,
+                dtype="fp16", attention="standard")
+    megatron, ours = Execution("megatron"), Execution("autoconf")
+    extra = sp_regather_time(model, a100, c, list(range(8)), megatron)
+    assert extra > 0
+    assert sp_regather_time(model, a100, c, list(range(8)), ours) == 0.0
+    assert sp_regather_time(model, a100, dataclasses.replace(c, sequence_parallel=False), list(range(8)),
+                            megatron) == 0.0
+    with_sp = estimate(model, a100, c, execution=megatron).prediction["time_breakdown"]["tp_comm"]
+    no_sp = estimate(model, a100, dataclasses.replace(c, sequence_parallel=False),
+                     execution=megatron).prediction["time_breakdown"]["tp_comm"]
+    assert with_sp == pytest.approx(no_sp + model.num_layers * extra, rel=0.02)
+
+
+def test_power_capped_h100_profile_states_its_part():
+    """torchtitan's H100s: 96 GiB of HBM2e at 2.4 TB/s, a bf16 peak between H100 NVL's and SXM's data sheets, the
+    reason in the description, and the same GEMM size curve as the other data-sheet GPUs."""
+    capped, sxm = load_cluster("grand-teton-h100-96g-500w"), load_cluster("dgx-h100-80g")
+    assert capped.device.memory_bytes == 96 * 2**30 and capped.device.memory_bandwidth_Bps == 2.4e12
+    assert 835e12 < capped.device.peak("bf16") < sxm.device.peak("bf16")
+    assert "500 W" in capped.description and "HBM2e" in capped.description
+    assert capped.matmul_size_curve == sxm.matmul_size_curve
+    assert ClusterProfile.from_dict(capped.to_dict()).to_dict() == capped.to_dict()
+
+
+@pytest.mark.parametrize("curve, field", [
+    ({"points": [[0, 0.5], [10, 1.5]]}, "matmul_size_curve.points[1][1]"),
+    ({"points": [[4, 0.5], [4, 0.9]]}, "distinct sizes"),
+    ({"points": []}, "matmul_size_curve.points"),
+    ({"points": [[1, 0.5, 3]]}, "matmul_size_curve.points[0]"),
+    ([1, 2], "matmul_size_curve"),
+])
+def test_bad_gemm_size_curve_is_refused_with_the_field_named(curve, field):
+    data = {**load_cluster("dgx-h100-80g").to_dict(), "matmul_size_curve": curve}
+    with pytest.raises(UserError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        ClusterProfile.from_dict(data)
+
+
+def test_profiler_grid_times_attention_at_the_asked_lengths(tmp_path):
+    """`--seq-len` adds attention-only entries at each asked length not already in the grid; every block keeps its
+    default lengths; the table then predicts that length from a timed entry."""
+    import torch.distributed as dist
+
+    from autoconf.profile.compute import default_grid, measure_compute
+
+    grid = default_grid(TINY, 2, quick=False, tiny=True, seq_lens=(32, 96))
+    assert grid.seq_lens == (32,) and grid.attention_seq_lens == (96,)
+    with pytest.raises(UserError, match="--seq-len"):
+        default_grid(TINY, 2, quick=True, seq_lens=(0,))
+    import torch
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        table = measure_compute(TINY, grid, torch.device("cpu"), "fp32", "cpu", lambda _: None, 1 << 10)
+    finally:
+        dist.destroy_process_group()
+    at_96 = {(e["block"], e["tp"]) for e in table["entries"] if e["seq_len"] == 96}
+    assert at_96 == {("attention", tp) for tp in grid.tps}
+    assert {e["block"] for e in table["entries"] if e["seq_len"] == 32} == {"attention", "mlp", "norm",
+                                                                            "embedding", "head"}

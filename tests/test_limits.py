@@ -1,0 +1,80 @@
+"""`autoconf limits`: the longest sequence, the largest micro-batch and the largest model that fit, each with its
+plan; and the worst rank's memory picture of `estimate`."""
+
+import json
+import random
+
+import pytest
+from click.testing import CliRunner
+
+from autoconf.cli import main
+from autoconf.cost.estimate import Execution
+from autoconf.solve.limits import SEQ_GRANULARITY, Planner, _largest, largest_micro_batch, longest_sequence
+from autoconf.spec.cluster import load_cluster
+from autoconf.spec.presets import PRESETS
+
+
+def test_largest_finds_the_threshold_of_a_monotone_test():
+    """Doubling then bisection returns exactly the last value that passes, for every threshold, with few probes."""
+    rng = random.Random(0)
+    for n in (1, 2, 3, 7, 8, 64, 513):
+        values = sorted(rng.sample(range(10 * n), n))
+        for cut in range(-1, n):
+            found, probes = _largest(values, lambda v: v <= (values[cut] if cut >= 0 else -1))
+            assert found == (values[cut] if cut >= 0 else None)
+            assert len(probes) <= 2 * n.bit_length() + 2
+
+
+@pytest.fixture(scope="module")
+def planner():
+    """tiny-llama on 2 CPU ranks of 4 GiB, standard attention (whose s^2 scores make memory bind)."""
+    return Planner(load_cluster("cpu-local", 1, 2), 8, "fp32", "standard", {}, Execution())
+
+
+@pytest.fixture(scope="module")
+def longest(planner):
+    return longest_sequence(planner, PRESETS["tiny-llama"], ceiling=1 << 17)
+
+
+def test_longest_sequence_fits_and_one_step_longer_does_not(planner, longest):
+    model = PRESETS["tiny-llama"]
+    limit = longest
+    assert limit.value is not None and limit.value % SEQ_GRANULARITY == 0 and limit.value < 1 << 17
+    assert limit.plan.config.seq_len == limit.value and limit.plan.prediction["fits"]
+    assert planner.best(model, limit.value + SEQ_GRANULARITY) is None
+    assert all(ok == (v <= limit.value) for v, ok in limit.probes)
+
+
+def test_largest_micro_batch_fits_and_the_next_divisor_does_not(planner, longest):
+    model = PRESETS["tiny-llama"]
+    seq = longest.value // 2 // SEQ_GRANULARITY * SEQ_GRANULARITY  # micro-batch 1 fits; 8 cannot
+    limit = largest_micro_batch(planner, model, seq)
+    assert limit.plan.config.micro_batch_size == limit.value and limit.plan.prediction["fits"]
+    bigger = [m for m in range(limit.value + 1, 9) if 8 % m == 0]
+    assert bigger, "the case should bind below the global batch"
+    assert planner.best(model, seq, {"micro_batch_size": bigger[0]}) is None
+
+
+def test_limits_verb_json_and_largest_model_of_a_family():
+    """The gpt3 family on one 80 GB A100 node at seq 2048: the largest preset that fits has a fitting plan, and
+    every larger preset of the family was probed and refused."""
+    result = CliRunner().invoke(main, ["limits", "--family", "gpt3", "--only", "model", "--cluster", "dgx-a100-80g",
+                                       "--global-batch", "64", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output[result.output.index("{"):])["model"]
+    best = PRESETS[doc["value"]]
+    assert doc["plan"]["prediction"]["fits"] and doc["plan"]["model"]["name"] == best.name
+    larger = {n for n, m in PRESETS.items() if n.startswith("gpt3-") and m.total_params() > best.total_params()}
+    assert larger, "the case should bind below the family's largest"
+    assert not any(ok for name, ok in doc["probes"] if name in larger)
+
+
+def test_estimate_draws_the_worst_rank(tmp_path):
+    """`estimate --memory-picture` writes the breakdown of the rank with the most memory."""
+    out = tmp_path / "worst.png"
+    result = CliRunner().invoke(main, ["estimate", "--model", "llama3-8b", "--cluster", "dgx-h100-80g", "--tp", "2",
+                                       "--pp", "4", "--dp", "1", "--micro-batch", "1", "--global-batch", "8",
+                                       "--seq-len", "2048", "--memory-picture", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {out}" in " ".join(result.output.split())

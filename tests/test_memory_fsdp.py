@@ -1,0 +1,109 @@
+"""The memory estimate's parameter, gradient and optimizer terms against what FSDP2 really holds on each rank.
+
+Two torchrun jobs on CPU (gloo): a tiny Llama at dp 2 (2 ranks) and at pp 2 x dp 2 under 1F1B (4 ranks), each
+with 4 micro-batches per step, ZeRO 1, 2 and 3 with the gradient reduce-scatter once per step, and ZeRO 2 and 3
+with it after every micro-batch; the pipelined job also runs interleaved 1F1B with four chunks per rank at ZeRO-3. tests/memory_fsdp_worker.py takes an inventory of the bytes each rank holds, by
+storage, at every point where FSDP's buffers peak (before each unit's post-forward and post-backward, after each
+backward, after the optimizer step); the largest of each category over the step must equal the estimate's term
+(`cost/memory.stage_memory`, fp32 on CPU) within TOLERANCE.
+
+What this catches: FSDP2 under `set_requires_gradient_sync(False)` holds the whole unsharded fp32 gradient of
+the rank until the last micro-batch (4 bytes per parameter, not 4/dp), and torch's pipelining stage keeps every
+unit's parameters gathered after its backward (ZeRO-3 under pp holds the whole copy), and its runtime schedules
+gather whole chunks (measured: every chunk of the rank at once, also with four chunks per rank).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoconf.cost.memory import stage_memory
+from autoconf.spec.cluster import load_cluster
+from autoconf.spec.model import ModelSpec
+from autoconf.spec.plan import Plan
+from autoconf.spec.schedules import stage_to_rank
+from plan_helpers import even_plan
+
+REPO = Path(__file__).resolve().parents[1]
+# The estimate counts whole FSDP units at their largest; the inventory samples at unit boundaries. 10% of a term
+# is about a third of one block of this model (a block is 11% of a rank's parameters here, 0.3% in llama3-8b).
+TOLERANCE = 0.10
+LLAMA = ModelSpec(name="test-llama", arch="llama", num_layers=8, hidden_size=64, num_heads=4, num_kv_heads=2,
+                  ffn_hidden_size=176, vocab_size=256, max_seq_len=64)
+CASES = [(1, "step"), (2, "step"), (3, "step"), (2, "microbatch"), (3, "microbatch")]
+
+
+def _plans(pp: int) -> list[Plan]:
+    plans = []
+    for zero, reduce in CASES:
+        plan = even_plan(LLAMA, pp=pp, dp=2, zero=zero, global_batch=8)
+        plan.config = dataclasses.replace(plan.config, grad_reduce=reduce)
+        plans.append(plan)
+    if pp > 1:
+        # torch's runtime schedules gather whole chunks themselves (UNSHARD/RESHARD actions).
+        plan = even_plan(LLAMA, pp=pp, dp=2, zero=3, global_batch=8, schedule="interleaved-1f1b", vpp=4)
+        plan.config = dataclasses.replace(plan.config, grad_reduce="microbatch")
+        plans.append(plan)
+    for plan in plans:
+        assert plan.config.num_microbatches == 4
+        plan.validate()
+    return plans
+
+
+def _run(plans: list[Plan], tmp_path: Path) -> list[dict]:
+    job, out = tmp_path / "job.json", tmp_path / "out.json"
+    job.write_text(json.dumps({"plans": [p.to_dict() for p in plans], "steps": 1}))
+    world = plans[0].config.world_size
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
+                           "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0",
+                           "tests/memory_fsdp_worker.py", str(job), str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return json.loads(out.read_text())
+
+
+def _check(plans: list[Plan], results: list[dict]) -> None:
+    cluster = load_cluster("cpu-local")
+    for plan, result in zip(plans, results):
+        c = plan.config
+        owner = stage_to_rank(c.schedule, c.pp, c.vpp)
+        estimate = stage_memory(plan.model, cluster, c, plan.partition, owner, [0.0] * c.num_stages)
+        for rank, measured in enumerate(result["peaks"]):
+            expected = estimate[rank // (c.dp * c.tp)]
+            for term in ("params", "grads", "optimizer"):
+                assert abs(measured[term] - expected[term]) <= TOLERANCE * expected[term], (
+                    f"zero {c.zero_stage} pp {c.pp} grad_reduce {c.grad_reduce} rank {rank}: {term} measured "
+                    f"{measured[term]:,} bytes, estimated {expected[term]:,.0f}")
+    # Reducing every micro-batch trains the same model: the same loss and gradient norm as once per step.
+    by_case = dict(zip(CASES, results))
+    for zero in (2, 3):
+        once, every = by_case[(zero, "step")]["records"], by_case[(zero, "microbatch")]["records"]
+        for a, b in zip(once, every):
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+            assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_fsdp_state_bytes_match_the_estimate_dp2(tmp_path):
+    """dp 2, 4 micro-batches, ZeRO 1-3: each rank's peak parameter, gradient and optimizer bytes are the
+    estimate's (whole unsharded gradient while accumulating once per step; sharded ones reducing every micro-batch;
+    the root unit and two blocks gathered at ZeRO-3)."""
+    plans = _plans(pp=1)
+    _check(plans, _run(plans, tmp_path))
+
+
+@pytest.mark.slow
+def test_fsdp_state_bytes_match_the_estimate_pp2_dp2(tmp_path):
+    """pp 2 x dp 2 under 1F1B, 4 micro-batches, ZeRO 1-3: the same, with torch's pipelining stage (every backward
+    without gradient sync and without resharding, one reduction after the stage's last backward)."""
+    plans = _plans(pp=2)
+    _check(plans, _run(plans, tmp_path))

@@ -1,0 +1,95 @@
+"""The memory headroom: a profile field with its reason, a default for profiles without it, a CLI override, and the
+fit check and the search reading it (docs/memory.md)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from autoconf.cli import main
+from autoconf.cost.estimate import estimate
+from autoconf.errors import UserError
+from autoconf.spec.cluster import DEFAULT_MEMORY_HEADROOM, PROFILES_DIR, ClusterProfile, load_cluster
+from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.presets import load_model
+from autoconf.spec.profile_checks import profile_problems
+
+GiB = 1024**3
+# llama3-8b, dp 8 ZeRO-3 with a reduce-scatter per micro-batch: 77.9 GiB, between 95% and 100% of an 80 GiB H100.
+NEAR_FULL = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=1, global_batch_size=64, seq_len=8192, zero_stage=3,
+                           grad_reduce="microbatch")
+
+
+def _profile_json() -> dict:
+    return json.loads((PROFILES_DIR / "dgx-h100-80g.json").read_text())
+
+
+def test_profile_without_headroom_gets_the_stated_default_and_round_trips():
+    """An old profile (no memory_headroom) loads with the default fraction and its reason; saving writes them."""
+    data = _profile_json()
+    data.pop("memory_headroom", None)
+    cluster = ClusterProfile.from_dict(data)
+    assert cluster.memory_headroom == DEFAULT_MEMORY_HEADROOM and 0 < DEFAULT_MEMORY_HEADROOM["value"] < 0.2
+    assert "fragmentation" in cluster.memory_headroom["why"]
+    assert cluster.usable_memory_bytes == pytest.approx(cluster.device.memory_bytes * 0.95)
+    again = ClusterProfile.from_dict(cluster.to_dict())
+    assert again.memory_headroom == cluster.memory_headroom
+
+
+@pytest.mark.parametrize("entry, needle", [
+    ({"value": 1.0, "why": "x"}, "less than 1"),
+    ({"value": -0.1}, "memory_headroom.value"),
+    ({"value": "5%"}, "memory_headroom.value"),
+    ({"value": 0.1, "why": 3}, "memory_headroom.why"),
+    ({"value": 0.1, "bytes": 5}, "memory_headroom"),
+    (0.1, "memory_headroom"),
+])
+def test_profile_checks_refuse_a_bad_headroom(entry, needle):
+    """profile_checks names a headroom outside [0, 1), not a number, a non-text reason or an unknown key, and the
+    loader refuses the profile with one UserError."""
+    data = _profile_json()
+    data["memory_headroom"] = entry
+    problems = profile_problems(data)
+    assert problems and any(needle in p for p in problems), problems
+    with pytest.raises(UserError):
+        ClusterProfile.from_dict(copy.deepcopy(data))
+
+
+def test_fit_check_leaves_the_headroom_free():
+    """A plan between the usable memory and the device's memory does not fit; it fits without headroom."""
+    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100-80g", nodes=1)
+    tight = estimate(model, cluster, NEAR_FULL, detail=False).prediction
+    assert cluster.usable_memory_bytes < tight["peak_memory_bytes"] <= cluster.device.memory_bytes
+    assert not tight["fits"] and tight["memory_limit_bytes"] == cluster.usable_memory_bytes
+    loose = estimate(model, cluster.with_memory_headroom(0.0), NEAR_FULL, detail=False).prediction
+    assert loose["fits"] and loose["peak_memory_bytes"] == tight["peak_memory_bytes"]
+
+
+def test_cli_flag_overrides_the_profile():
+    """`--memory-headroom` changes the limit of `estimate`; a value outside [0, 1) is one clear error line."""
+    args = ["estimate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp", "4",
+            "--micro-batch", "1", "--global-batch", "4", "--seq-len", "64", "--json"]
+    default = json.loads(CliRunner().invoke(main, args).output)["prediction"]
+    half = json.loads(CliRunner().invoke(main, args + ["--memory-headroom", "0.5"]).output)["prediction"]
+    device = load_cluster("cpu-local").device.memory_bytes
+    assert default["memory_limit_bytes"] == pytest.approx(device * (1 - DEFAULT_MEMORY_HEADROOM["value"]))
+    assert half["memory_limit_bytes"] == pytest.approx(device * 0.5)
+    bad = CliRunner().invoke(main, args + ["--memory-headroom", "1.5"])
+    assert bad.exit_code != 0 and "--memory-headroom" in bad.output and "Traceback" not in bad.output
+
+
+def test_search_uses_the_usable_memory():
+    """The planner's first choice for llama3-8b on one DGX H100 node fits in the usable memory, and the same search
+    without headroom may choose a plan above it (here it does: dp 8 with a reduce-scatter per micro-batch)."""
+    from autoconf.solve.search import search
+
+    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100-80g", nodes=1)
+    fixed = {"tp": 1, "pp": 1, "micro_batch_size": 1, "recompute": "none", "zero_stage": 3}
+    with_headroom = search(model, cluster, 64, 8192, "bf16", fixed=fixed, top_k=1, refine=False)
+    assert not with_headroom.plans  # only the 77.9 GiB layouts are left by the pins
+    without = search(model, cluster.with_memory_headroom(0.0), 64, 8192, "bf16", fixed=fixed, top_k=1, refine=False)
+    best = without.plans[0].prediction
+    assert cluster.usable_memory_bytes < best["peak_memory_bytes"] <= cluster.device.memory_bytes

@@ -1,0 +1,258 @@
+"""Mixture-of-experts model spec: published parameter counts, the Hugging Face import (against transformers' own
+config classes when the `hf` extra is installed), round trips, and the refusals that keep an MoE model from being
+planned as a dense one or by a cost model that does not know experts yet."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from autoconf.cli import main
+from autoconf.errors import UserError
+from autoconf.spec.hf_moe import PRESET_CONFIGS
+from autoconf.spec.model import ModelSpec, MoESpec, check_costable
+from autoconf.spec.presets import PRESETS, from_hf_config, load_model
+
+PUBLISHED = json.loads((Path(__file__).parent.parent / "scripts/data/published_moe.json").read_text())
+MOE_PRESETS = sorted(PRESET_CONFIGS)
+
+# A tiny MoE model with tiny-llama's attention, so that a tiny-llama plan's layout fits it.
+TINY_MOE = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-moe", moe=MoESpec(
+    num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, num_shared_experts=1,
+    shared_expert_intermediate_size=96, first_k_dense=1))
+
+
+def count(model: ModelSpec, what: str) -> int:
+    embedding = model.embedding_params()
+    lm_head = 0 if model.tied_embeddings else model.vocab_size * model.hidden_size
+    return {"parameters": model.total_params(), "active_parameters": model.active_params(),
+            "non_embedding": model.total_params() - embedding - lm_head,
+            "active_without_input_embedding": model.active_params() - embedding}[what]
+
+
+def run_cli(args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_line_refusal(result, *needles):
+    assert result.exit_code != 0, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("autoconf: error:")]
+    assert len(errors) == 1, result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+@pytest.mark.parametrize("figure", PUBLISHED["figures"], ids=lambda f: f"{f['model']}-{f['count']}")
+def test_moe_presets_match_published_counts(figure):
+    """Each published total / active / non-embedding count, read at its printed precision (value +- half a unit of
+    its last digit), is within 1% of the preset's count under the convention the publisher uses."""
+    ours = count(PRESETS[figure["model"]], figure["count"])
+    low, high = figure["value"] - figure["unit"] / 2, figure["value"] + figure["unit"] / 2
+    gap = max(low - ours, ours - high, 0.0)
+    assert gap <= 0.01 * figure["value"], f"{ours / 1e9:.3f}B against published {figure['value'] / 1e9}B"
+
+
+def test_every_moe_preset_has_published_total_and_active_counts():
+    """No MoE preset goes unchecked: each has a published total and a published active count."""
+    checked = {(f["model"], f["count"]) for f in PUBLISHED["figures"]}
+    for name in MOE_PRESETS:
+        assert (name, "parameters") in checked and (name, "active_parameters") in checked
+
+
+def test_dense_models_report_equal_total_and_active_parameters():
+    """A dense model's active count is its total, and the model JSON says so."""
+    for spec in PRESETS.values():
+        if not spec.is_moe:
+            data = spec.to_dict()
+            assert data["parameters"] == data["active_parameters"] == spec.total_params()
+
+
+def test_moe_counts_layer_by_layer():
+    """DeepSeek-V3's first three layers are dense (SwiGLU of 18432), the other 58 MoE; the total is the sum of its
+    blocks plus embedding and head, and a token uses 8 of the 256 routed experts plus the shared one."""
+    m = PRESETS["deepseek-v3"]
+    assert [m.is_moe_layer(i) for i in range(5)] == [False, False, False, True, True]
+    assert m.layer_groups() == [(0, 3), (3, 58)]
+    blocks = sum(m.layer_params(i) for i in range(m.num_layers))
+    assert m.total_params() == blocks + m.embedding_params() + m.head_params()
+    expert = 3 * m.hidden_size * m.moe.moe_intermediate_size
+    assert m.layer_params(3) - m.layer_active_params(3) == (256 - 8) * expert
+    assert m.layer_params(0) == m.layer_active_params(0)
+    with pytest.raises(ValueError, match="name the layer"):
+        m.layer_params()  # dense and MoE blocks differ
+
+
+@pytest.mark.parametrize("name", MOE_PRESETS + ["llama3-8b", "tiny-llama"])
+def test_forward_flops_follow_the_active_parameters(name):
+    """Forward matmul FLOPs per token are 2 x the active weights (less the embedding lookup and the norms, plus the
+    tied head's matmul): the 2N of the 6ND rule with N the active count, far below 2 x the total for MoE."""
+    m = PRESETS[name]
+    norms = sum(n * op.params for _, n, op in m.op_table() if op.kind == "norm")
+    tied_head = m.vocab_size * m.hidden_size if m.tied_embeddings else 0
+    matmul_weights = m.active_params() - m.embedding_params() - norms + tied_head
+    seq = 4096
+    attention = m.layer_attention_flops(seq, 1) / seq * m.num_layers
+    matmul_flops = m.forward_flops_per_token(seq) - attention
+    assert matmul_flops == pytest.approx(2 * matmul_weights, rel=1e-12)
+    if m.is_moe:
+        assert matmul_flops < 0.5 * 2 * m.total_params()
+
+
+@pytest.mark.parametrize("name", MOE_PRESETS)
+def test_moe_model_json_round_trips(name, tmp_path):
+    """The model JSON of an MoE preset (moe and mla objects, derived counts) loads back to the same spec."""
+    spec = PRESETS[name]
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(spec.to_dict()))
+    assert load_model(str(path)) == spec
+    assert json.loads(path.read_text())["moe"]["num_experts"] == spec.moe.num_experts
+
+
+def test_older_model_json_and_dense_json_are_unchanged():
+    """A dense model's JSON has no MoE keys (so older files, plans and checkpoints compare equal), and JSON written
+    before the derived counts existed still loads."""
+    data = PRESETS["llama3-8b"].to_dict()
+    assert not {"moe", "mla", "head_dim", "qk_norm"} & set(data)
+    old = {k: v for k, v in data.items() if k not in ("parameters", "active_parameters")}
+    assert ModelSpec.from_dict(old) == PRESETS["llama3-8b"]
+
+
+def test_moe_json_without_its_experts_is_refused():
+    """A Mixtral written as autoconf JSON without its moe object, but with its published parameter count, is refused
+    (its fields describe a 7.2B dense model)."""
+    data = PRESETS["mixtral-8x7b"].to_dict()
+    del data["moe"]
+    with pytest.raises(UserError, match="needs its moe object"):
+        ModelSpec.from_dict(data)
+
+
+@pytest.mark.parametrize("model_type, family", [("mistral", "mixtral"), ("llama", "mixtral"), ("qwen2", "qwen3_moe")])
+def test_expert_keys_under_a_dense_model_type_are_refused(model_type, family):
+    """A Mixtral or Qwen3-MoE config relabelled as a dense family is refused with the family to use, not read as a
+    dense model of a sixth of its size."""
+    source = "mixtral-8x7b" if family == "mixtral" else "qwen3-30b-a3b"
+    config = {**PRESET_CONFIGS[source], "model_type": model_type}
+    with pytest.raises(UserError, match=f"set model_type to '{family}'") as err:
+        from_hf_config(config, "relabelled")
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_moe_family_and_nested_expert_keys_are_refused():
+    """An MoE family autoconf does not read is refused naming the ones it does, also when the experts sit one
+    object down (text_config)."""
+    config = {**PRESET_CONFIGS["mixtral-8x7b"], "model_type": "olmoe"}
+    with pytest.raises(UserError, match="MoE types read: mixtral"):
+        from_hf_config(config, "olmoe")
+    nested = {"model_type": "llama", **{k: v for k, v in PRESET_CONFIGS["mixtral-8x7b"].items()
+                                        if k not in ("num_local_experts", "model_type")},
+              "text_config": {"num_local_experts": 8}}
+    with pytest.raises(UserError, match="text_config.num_local_experts=8"):
+        from_hf_config(nested, "nested")
+
+
+def test_a_dense_config_still_reads_as_dense():
+    """Expert keys set to zero or null do not make a dense config MoE."""
+    config = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+              "intermediate_size": 128, "vocab_size": 100, "num_experts": 0, "num_local_experts": None}
+    assert not from_hf_config(config, "dense").is_moe
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"num_experts_per_tok": 9}, "exceeds the 8 experts (top-k must be 1..8)"),
+    ({"n_group": 3}, "n_group 3 does not divide the 8 experts"),
+    ({"num_shared_experts": 1}, "shared_expert_intermediate_size"),
+    ({"capacity_factor": 0}, "capacity_factor must be a positive number"),
+    ({"scoring_func": "relu"}, "scoring_func 'relu'"),
+])
+def test_bad_moe_fields_are_named(change, message):
+    good = dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64)
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        MoESpec(**{**good, **change})
+
+
+def test_a_model_with_no_moe_layer_is_refused():
+    with pytest.raises(UserError, match="leaves no MoE layer"):
+        dataclasses.replace(TINY_MOE, moe=dataclasses.replace(TINY_MOE.moe, first_k_dense=8))
+
+
+def test_estimate_and_plan_refuse_moe_models_in_one_line():
+    """Until MoE costing exists, estimate and plan on an MoE model stop with one line naming it (exit code 2)."""
+    assert_one_line_refusal(run_cli(["estimate", "--model", "mixtral-8x7b", "--cluster", "dgx-h100-80g", "--tp", "8",
+                                     "--pp", "1", "--dp", "1", "--micro-batch", "1", "--global-batch", "8"]),
+                            "mixtral-8x7b is a mixture-of-experts model", "46.7B parameters, 12.9B active",
+                            "expert parallelism and MoE costing are not built yet")
+    assert_one_line_refusal(run_cli(["plan", "--model", "deepseek-v3", "--cluster", "dgx-h100-80g", "--nodes", "2",
+                                     "--global-batch", "64"]), "deepseek-v3 is a mixture-of-experts model")
+
+
+def test_launch_refuses_a_plan_of_an_moe_model(tmp_path):
+    """A plan file whose model is MoE (written by hand: autoconf writes none) is refused by launch in one line."""
+    dense = tmp_path / "dense.json"
+    result = run_cli(["estimate", "--model", "tiny-llama", "--cluster", "cpu-local", "--tp", "1", "--pp", "2",
+                      "--dp", "2", "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64", "--out", dense])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(dense.read_text())
+    plan["model"] = TINY_MOE.to_dict()
+    moe = tmp_path / "moe.json"
+    moe.write_text(json.dumps(plan))
+    assert_one_line_refusal(run_cli(["launch", moe, "--dry-run"]), "tiny-moe is a mixture-of-experts model")
+    assert run_cli(["launch", dense, "--dry-run"]).exit_code == 0
+
+
+def test_the_cost_model_search_and_executor_read_one_refusal():
+    """estimate(), search() and the launcher's plan check all refuse through check_costable (the same message)."""
+    from autoconf.cost.estimate import estimate
+    from autoconf.solve.search import search
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.plan import ParallelConfig
+
+    with pytest.raises(UserError) as expected:
+        check_costable(TINY_MOE)
+    cluster = load_cluster("cpu-local")
+    config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=1, global_batch_size=1, seq_len=64, dtype="fp32")
+    for call in (lambda: estimate(TINY_MOE, cluster, config),
+                 lambda: search(TINY_MOE, cluster, 8, 64, "fp32")):
+        with pytest.raises(UserError) as err:
+            call()
+        assert str(err.value) == str(expected.value)
+    check_costable(PRESETS["tiny-llama"])  # dense: no refusal
+
+
+# ---- against transformers' own config classes (pip install -e .[hf]) ---------------------------------------------
+HF_CLASSES = [("MixtralConfig", {}), ("Qwen2MoeConfig", {}), ("Qwen3MoeConfig", {}),
+              ("DeepseekV3Config", {}), ("DeepseekV2Config", {"num_experts_per_tok": 6, "first_k_dense_replace": 1})]
+
+
+@pytest.mark.parametrize("class_name, overrides", HF_CLASSES, ids=[c for c, _ in HF_CLASSES])
+def test_import_matches_transformers_models_on_the_meta_device(class_name, overrides):
+    """Each MoE config class's defaults, written with to_dict() and read by from_hf_config, give the parameter count
+    of the model transformers builds from them (on the meta device, 4 layers deep to stay cheap), block by block."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    config = getattr(transformers, class_name)(**overrides, num_hidden_layers=4)
+    spec = from_hf_config(config.to_dict(), class_name)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    assert spec.total_params() == sum(p.numel() for p in model.parameters())
+    blocks = model.model.layers
+    assert [spec.layer_params(i) for i in range(4)] == [sum(p.numel() for p in b.parameters()) for b in blocks]
+    assert any(spec.is_moe_layer(i) for i in range(4))
+
+
+def test_a_checkpoint_written_before_the_derived_counts_resumes(tmp_path):
+    """Checkpoint metadata from before `parameters` / `active_parameters` existed still matches its model, and a
+    different model is still refused."""
+    from plan_helpers import even_plan
+
+    from autoconf.execute.train import TrainOptions, check_resumable
+
+    plan = even_plan(PRESETS["tiny-llama"])
+    old = {k: v for k, v in plan.model.to_dict().items() if k not in ("parameters", "active_parameters")}
+    check_resumable(tmp_path, {"seed": 0, "data": None, "model": old}, plan, TrainOptions(steps=1), print)
+    with pytest.raises(UserError, match="differs from this plan"):
+        check_resumable(tmp_path, {"seed": 0, "data": None, "model": {**old, "num_layers": 4}}, plan,
+                        TrainOptions(steps=1), print)

@@ -1,0 +1,122 @@
+"""Time and cost to train, the cluster-size sweep and its Pareto front, and their bad input."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from click.testing import CliRunner
+
+from autoconf.cli import main
+from autoconf.errors import UserError
+from autoconf.solve.sweep import (SweepPoint, cheapest_within, parse_deadline, parse_nodes, parse_tokens,
+                                  pareto_front, training)
+from autoconf.spec.cluster import load_cluster
+
+SWEEP = ["plan", "--model", "tiny-gpt", "--cluster", "dgx-h100-80g", "--global-batch", "64", "--seq-len", "128",
+         "--tokens", "2T"]
+
+
+def run_cli(args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_time_to_train_is_tokens_over_tokens_per_second_exactly():
+    """days * 86400 is tokens / tokens_per_s with no rounding to whole steps; GPU-hours are that time on every
+    device; cost is GPU-hours at the price."""
+    prediction = {"tokens_per_s": 123_456.7}
+    t = training(prediction, 2 * 10**12, 64, price=2.5, price_source="test")
+    assert t["days"] * 86400 == pytest.approx(2e12 / 123_456.7, rel=1e-15)
+    assert t["days"] == 2e12 / 123_456.7 / 86400
+    assert t["gpu_hours"] == 2e12 / 123_456.7 / 3600 * 64
+    assert t["cost"] == t["gpu_hours"] * 2.5
+    assert training(prediction, 10, 1)["cost"] is None
+
+
+def test_plan_tokens_adds_training_to_every_plan_with_the_profile_price():
+    """`plan --tokens` on the H100 profile: each plan's prediction.training is tokens / its tokens_per_s, priced
+    at the profile's published price (which names its source)."""
+    result = run_cli(SWEEP + ["--nodes", "1", "--top", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output[result.output.index("{"):])
+    price = load_cluster("dgx-h100-80g").price
+    assert price["usd_per_gpu_hour"] > 0 and "aws.amazon.com" in price["source"]
+    for plan in doc["plans"]:
+        t = plan["prediction"]["training"]
+        assert t["tokens"] == 2 * 10**12
+        assert t["days"] == 2e12 / plan["prediction"]["tokens_per_s"] / 86400
+        assert t["cost"] == pytest.approx(t["gpu_hours"] * price["usd_per_gpu_hour"])
+
+
+def point(nodes, days, gpu_hours):
+    plan = SimpleNamespace(prediction={"training": {"days": days, "gpu_hours": gpu_hours, "cost": gpu_hours}})
+    return SweepPoint(nodes, nodes * 8, plan)
+
+
+def test_pareto_front_is_monotone_and_drops_dominated_sizes():
+    """Along the front the days grow and the GPU-hours fall strictly; a size slower and dearer than another is
+    not on it; the deadline picks the cheapest size that meets it."""
+    points = [point(1, 100, 1000), point(2, 50, 1010), point(4, 30, 1200), point(8, 35, 1300), point(16, 10, 1600)]
+    front = pareto_front(points)
+    assert [p.nodes for p in front] == [16, 4, 2, 1]
+    for a, b in zip(front, front[1:]):
+        assert a.training["days"] < b.training["days"] and a.training["gpu_hours"] > b.training["gpu_hours"]
+    assert cheapest_within(points, 40).nodes == 4
+    with pytest.raises(UserError, match="fastest, 16 nodes"):
+        cheapest_within(points, 5)
+
+
+def test_node_ranges():
+    assert parse_nodes("8:256") == [8, 16, 32, 64, 128, 256]
+    assert parse_nodes("8:100") == [8, 16, 32, 64, 100]
+    assert parse_nodes("8:32:8") == [8, 16, 24, 32]
+    assert parse_nodes("4") == [4]
+    assert parse_tokens("2T") == 2 * 10**12 and parse_tokens("1.5e9") == 1_500_000_000
+    assert parse_deadline("36h") == 1.5 and parse_deadline("2w") == 14
+
+
+def test_sweep_json_and_front_from_real_plans(tmp_path):
+    """`plan --nodes 1:4` plans 1, 2 and 4 nodes; each sweep entry is the best plan of its size with its training
+    time; the sizes on the front have days rising and cost falling; the deadline's choice meets it and no cheaper
+    size does; the picture is written."""
+    result = run_cli(SWEEP + ["--nodes", "1:4", "--deadline", "10000d", "--json", "--explain", tmp_path / "x"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output[result.output.index("{"):])
+    assert [e["nodes"] for e in doc["sweep"]] == [1, 2, 4]
+    trainings = {e["nodes"]: e["plan"]["prediction"]["training"] for e in doc["sweep"]}
+    for e in doc["sweep"]:
+        assert e["plan"]["cluster"]["nodes"] == e["nodes"]
+        assert trainings[e["nodes"]]["days"] == 2e12 / e["plan"]["prediction"]["tokens_per_s"] / 86400
+    chosen = trainings[doc["chosen_nodes"]]
+    assert chosen["days"] <= 10000
+    assert all(t["cost"] >= chosen["cost"] for t in trainings.values() if t["days"] <= 10000)
+    assert doc["plans"][0]["cluster"]["nodes"] == doc["chosen_nodes"]
+    assert (tmp_path / "x" / "sweep.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--price", "-3"], "--price"),
+    (["--price", "nan"], "--price"),
+    (["--nodes", "8:4"], "--nodes"),
+    (["--nodes", "a:b"], "--nodes"),
+    (["--nodes", "0:4"], "--nodes"),
+    (["--nodes", "1:100000:1"], "--nodes"),
+    (["--tokens", "2X"], "--tokens"),
+    (["--tokens", "0"], "--tokens"),
+    (["--deadline", "0d"], "--deadline"),
+    (["--deadline", "soon"], "--deadline"),
+])
+def test_bad_prices_ranges_tokens_and_deadlines_get_one_line(extra, needle):
+    from tests.test_bad_input import assert_one_clear_error
+
+    args = SWEEP + extra
+    if "--tokens" in extra:  # the second --tokens replaces the first
+        args = [a for a in SWEEP if a not in ("--tokens", "2T")] + extra
+    assert_one_clear_error(run_cli(args), needle)
+
+
+def test_price_or_deadline_without_tokens_is_refused():
+    from tests.test_bad_input import assert_one_clear_error
+
+    base = [a for a in SWEEP if a not in ("--tokens", "2T")]
+    assert_one_clear_error(run_cli(base + ["--deadline", "30d"]), "--tokens")
+    assert_one_clear_error(run_cli(base + ["--nodes", "1:4"]), "--tokens")

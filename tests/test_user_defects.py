@@ -1,0 +1,192 @@
+"""Defects a first-time user met (issue 17), each with the property that would have caught it."""
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from autoconf.cli import main
+from tests.test_bad_input import assert_one_clear_error
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def estimate_args(*extra):
+    return ["estimate", "--model", "llama3-8b", "--cluster", "dgx-h100-80g", "--seq-len", "2048", *extra]
+
+
+@pytest.fixture(scope="module")
+def plan_8x8(tmp_path_factory) -> Path:
+    """llama3-8b on 8 nodes x 8 H100 (tp8 dp8), saved by `estimate --out`."""
+    path = tmp_path_factory.mktemp("p") / "plan.json"
+    result = run_cli(estimate_args("--nodes", "8", "--tp", "8", "--pp", "1", "--dp", "8", "--micro-batch", "1",
+                                   "--global-batch", "64", "--out", path))
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_dry_run_of_an_8x8_plan_runs_8_nodes_of_8(plan_8x8):
+    """Without --nnodes a plan runs on the nodes it was planned for: one torchrun line per node, 8 processes each,
+    distinct node ranks."""
+    result = run_cli(["launch", plan_8x8, "--dry-run"])
+    assert result.exit_code == 0, result.output
+    lines = [x for x in result.output.splitlines() if "autoconf.execute.train" in x]
+    assert len(lines) == 8
+    assert all("--nnodes 8 --nproc-per-node 8" in x for x in lines)
+    assert sorted(x.split("--node-rank ")[1].split()[0] for x in lines) == [str(r) for r in range(8)]
+    assert "--nproc-per-node 64" not in result.output
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a host without CUDA")
+def test_gpu_plan_on_a_cpu_host_is_refused_unless_asked(plan_8x8):
+    """A plan for H100s on a host without CUDA stops before starting anything, naming --allow-cpu."""
+    for extra in ([], ["--nnodes", "1"]):
+        assert_one_clear_error(run_cli(["launch", plan_8x8, *extra]), "no CUDA device", "--allow-cpu")
+
+
+def test_plan_that_does_not_fit_neither_launches_nor_estimates_to_zero(tmp_path):
+    """`estimate` of a layout over the device memory prints its prediction, then exits non-zero with one line:
+    which rank is over by how much and the smallest change that fits (which does fit); `launch` refuses the saved
+    plan unless --allow-unfit."""
+    path = tmp_path / "big.json"
+    args = estimate_args("--tp", "1", "--pp", "1", "--dp", "8", "--micro-batch", "4", "--global-batch", "64")
+    result = run_cli(args + ["--out", path])
+    assert_one_clear_error(result, "does not fit", "pipeline rank 0", "it fits with")
+    assert "peak memory" in result.output  # the prediction is still shown
+    change = result.output.split("it fits with ")[1].split()
+    fixed = run_cli(args + change)
+    assert fixed.exit_code == 0, fixed.output
+    assert json.loads(path.read_text())["prediction"]["fits"] is False
+    assert_one_clear_error(run_cli(["launch", path, "--dry-run"]), "does not fit", "--allow-unfit")
+    assert run_cli(["launch", path, "--dry-run", "--allow-unfit"]).exit_code == 0
+
+
+def test_tables_are_not_cut_when_piped():
+    """Output that is not a terminal is not cut at 80 columns: every preset name appears whole."""
+    from autoconf.spec.presets import PRESETS
+
+    result = run_cli(["models"])  # CliRunner's output is not a terminal, like `| cat`
+    assert result.exit_code == 0
+    assert "..." not in result.output and "…" not in result.output
+    for name in PRESETS:
+        assert f" {name} " in result.output
+
+
+def test_profiles_verb_and_cluster_help_list_the_measured_profiles():
+    from autoconf.spec.cluster import bundled_profiles
+
+    result = run_cli(["profiles"])
+    assert result.exit_code == 0, result.output
+    names = bundled_profiles()
+    assert "h100-llama3-8b" in names
+    for name in names:
+        assert name in result.output
+    assert "measured" in result.output and "specification" in result.output
+    doc = json.loads(run_cli(["profiles", "--json"]).output)
+    assert {d["name"] for d in doc} == set(names)
+    help_text = " ".join(run_cli(["plan", "--help"]).output.split())
+    for name in names:
+        assert name in help_text
+
+
+MISTRAL_NEMO_12B = {  # mistralai/Mistral-Nemo-Base-2407 config.json (the fields autoconf reads)
+    "model_type": "mistral", "hidden_size": 5120, "num_hidden_layers": 40, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 14336, "vocab_size": 131072,
+    "max_position_embeddings": 1024000, "rope_theta": 1000000.0, "rms_norm_eps": 1e-05, "tie_word_embeddings": False,
+}
+
+
+def test_hf_head_dim_is_read():
+    """Mistral-NeMo-12B sets head_dim 128 apart from hidden/heads = 160: 12.25B parameters as published (it was
+    counted 12.77B); a config without head_dim keeps hidden / heads."""
+    from autoconf.spec.presets import from_hf_config
+
+    model = from_hf_config(MISTRAL_NEMO_12B, "mistral-nemo-12b")
+    assert model.head_dim == 128 and model.q_dim == 4096
+    assert model.total_params() == pytest.approx(12.25e9, rel=0.002)
+    plain = from_hf_config({k: v for k, v in MISTRAL_NEMO_12B.items() if k != "head_dim"}, "x")
+    assert plain.head_dim == 160 and plain.total_params() > 12.7e9
+
+
+def test_executor_builds_the_head_dim_the_spec_counts():
+    """The executor's model of a spec with its own head_dim has exactly the spec's parameter count."""
+    import dataclasses
+
+    import torch
+
+    from autoconf.execute.model import build_model
+    from autoconf.spec.presets import PRESETS
+
+    spec = dataclasses.replace(PRESETS["tiny-llama"], head_dim=24)
+    assert spec.q_dim != spec.hidden_size
+    with torch.device("meta"):
+        model = build_model(spec, attention="flash")
+    assert sum(p.numel() for p in model.parameters()) == spec.total_params()
+
+
+def _stub_python(tmp_path: Path, has_torch: bool) -> tuple[Path, Path]:
+    """A stand-in for python3 that records its arguments: `import torch` fails unless `has_torch`."""
+    log = tmp_path / "calls.log"
+    stub = tmp_path / "python"
+    stub.write_text(f"""#!/bin/sh
+echo "$@" >> {log}
+case "$*" in
+  *"print(torch.__version__)"*) {"echo 2.9.0+cu126; exit 0" if has_torch else "exit 1"} ;;
+esac
+exit 0
+""")
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    return stub, log
+
+
+@pytest.mark.parametrize("has_torch", [False, True])
+def test_install_script_says_which_torch_and_keeps_an_installed_one(tmp_path, has_torch):
+    """Without torch and without a GPU it installs the CPU build from PyTorch's CPU index (and says so); an
+    installed torch (here a CUDA build) is kept: no torch install at all."""
+    stub, log = _stub_python(tmp_path, has_torch)
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(stub), "HOME": str(tmp_path)}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh")], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    torch_installs = [c for c in calls if "pip install" in c and "torch==" in c]
+    if has_torch:
+        assert torch_installs == [] and "keeping the installed torch 2.9.0+cu126" in result.stdout
+    else:
+        assert len(torch_installs) == 1 and "--index-url https://download.pytorch.org/whl/cpu" in torch_installs[0]
+        assert "CPU build" in result.stdout
+    assert any("pip install -q -e ." in c for c in calls)
+
+
+def test_long_timeline_shows_warm_up_steady_state_and_drain(tmp_path):
+    """A step of 256 micro-batches on 8 stages is drawn as three windows of equal length (warm-up from 0, an
+    excerpt of the steady state, the drain to the end); a short step as one window over the whole step."""
+    from autoconf.cost.estimate import estimate
+    from autoconf.report.pictures import phase_windows, timeline_png
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.plan import ParallelConfig
+    from autoconf.spec.presets import PRESETS
+
+    cluster = load_cluster("dgx-h100-80g", 1, 8)
+    long = estimate(PRESETS["llama3-8b"], cluster, ParallelConfig(
+        tp=1, pp=8, dp=1, micro_batch_size=1, global_batch_size=256, seq_len=1024, schedule="1f1b"))
+    span = long.prediction["iteration_time_s"]
+    windows = phase_windows(long.timeline, span, 8, 1)
+    assert [w[0] for w in windows] == ["warm-up", "steady state (excerpt)", "drain"]
+    assert windows[0][1] == 0 and windows[2][2] == span
+    lengths = [hi - lo for _, lo, hi in windows]
+    assert max(lengths) == pytest.approx(min(lengths), rel=1e-9) and sum(lengths) < span / 2
+    assert windows[0][2] < windows[1][1] < windows[1][2] < windows[2][1]
+    short = estimate(PRESETS["llama3-8b"], cluster, ParallelConfig(
+        tp=1, pp=8, dp=1, micro_batch_size=1, global_batch_size=16, seq_len=1024, schedule="1f1b"))
+    assert phase_windows(short.timeline, short.prediction["iteration_time_s"], 8, 1) == [
+        ("", 0.0, short.prediction["iteration_time_s"])]
+    assert timeline_png(long, tmp_path / "t.png").stat().st_size > 0
