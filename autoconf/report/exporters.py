@@ -226,6 +226,9 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
     else:
         notes.append("dtype fp32: Megatron's default, no flag")
     flags += _megatron_model(plan)
+    for part in ("moe", "mla"):
+        if getattr(m, part, None) is not None:
+            notes.append(f"the model's {part.upper()} layers are not written here: add Megatron's flags for them")
     if m.arch == "llama" and not float(m.rope_theta).is_integer():
         notes.append(f"rope_theta {m.rope_theta:g} is not an integer; Megatron's --rotary-base takes an int")
     notes.append(f"vocabulary {m.vocab_size}: comes from Megatron's tokenizer (--vocab-size with NullTokenizer)")
@@ -266,6 +269,8 @@ def _megatron_model(plan: Plan) -> list[Flag]:
     m = plan.model
     flags: list[Flag] = [("--num-layers", m.num_layers), ("--hidden-size", m.hidden_size),
                          ("--num-attention-heads", m.num_heads), ("--ffn-hidden-size", m.ffn_hidden_size)]
+    if m.head_dim != m.hidden_size // m.num_heads:  # e.g. Mistral-NeMo: heads of 128 at hidden 5120 / 32 heads
+        flags.append(("--kv-channels", m.head_dim))
     if m.arch == "llama":
         if m.num_kv_heads != m.num_heads:
             flags += [("--group-query-attention", None), ("--num-query-groups", m.num_kv_heads)]
