@@ -5,7 +5,7 @@
 #   - otherwise: the CPU build of torch 2.13.0 (about 200 MB) from PyTorch's CPU index,
 #     https://download.pytorch.org/whl/cpu (a matching wheel in pip's find-links, such as a local one, is used first).
 # AUTOCONF_TORCH=cpu or AUTOCONF_TORCH=cuda chooses the build instead. Every choice is printed before it is made.
-# Usage: scripts/install.sh [--test]   (--test adds pytest and hypothesis)
+# Usage: scripts/install.sh [--test]   (--test adds the test extra: pytest, hypothesis, the exports' upstream packages)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

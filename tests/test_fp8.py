@@ -11,7 +11,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import tomllib
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from autoconf.cost.estimate import dp_collectives, estimate
 from autoconf.cost.fp8 import (block_linears, cast_bytes_per_element, float8_linear_saved_bytes, input_cast_elements,
                                scaling_time)
 from autoconf.errors import UserError
-from autoconf.report.exporters import megatron_args, torchtitan_toml
+from autoconf.report.exporters import megatron_args, torchtitan_config
 from autoconf.spec.cluster import ClusterProfile, load_cluster
 from autoconf.spec.dtypes import DTYPE_BYTES, PROFILED_DTYPES, dtype_problem, gather_bytes, precision
 from autoconf.spec.model import ModelSpec
@@ -142,7 +141,7 @@ def test_executor_refuses_fp8_with_tp():
 
 def test_exports_carry_fp8():
     """Megatron gets --fp8-format hybrid with tensorwise scaling and the fp8 parameter gather under the distributed
-    optimizer; torchtitan's TOML parses and converts the linears to float8 with fp8 all-gather under FSDP."""
+    optimizer; torchtitan's config module compiles and says how its float8 converter differs (rowwise only)."""
     model, cluster = load_model("tiny-llama"), load_cluster("dgx-h100-80g")
     plan = estimate(model, cluster, _config("fp8", seq_len=128, zero_stage=1), detail=False)
     tokens = " ".join(line for line in megatron_args(plan).splitlines() if not line.startswith("#")).split()
@@ -154,11 +153,10 @@ def test_exports_carry_fp8():
     known, _ = parser.parse_known_args(tokens)
     assert (known.fp8_format, known.fp8_recipe, known.fp8_param_gather, known.bf16) == ("hybrid", "tensorwise",
                                                                                         True, True)
-    doc = tomllib.loads(torchtitan_toml(plan))
-    assert doc["model"]["converters"] == ["quantize.linear.float8"]
-    section = doc["quantize"]["linear"]["float8"]
-    assert section["enable_fsdp_float8_all_gather"] is True and section["filter_fqns"] == ["output"]
-    assert doc["training"]["mixed_precision_param"] == "bfloat16"
+    titan = torchtitan_config(plan)
+    compile(titan, "torchtitan_config.py", "exec")
+    assert "Float8LinearConverter" in titan and "rowwise" in titan
+    assert 'training.mixed_precision_param = "bfloat16"' in titan
 
 
 # ---- the executor's FP8 linears on CPU (torchao Float8Linear, GEMM emulated) --------------------------------------

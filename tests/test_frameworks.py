@@ -136,7 +136,7 @@ def test_tp_comm_overlap_applies_under_sequence_parallelism_only():
 
 
 def test_exporters_emit_the_flags_of_the_modelled_framework():
-    from autoconf.report.exporters import megatron_args, torchtitan_toml
+    from autoconf.report.exporters import megatron_args, torchtitan_config
 
     core = megatron_args(estimate(MODEL, H100, cfg(), execution=execution("megatron-core")))
     old = megatron_args(estimate(MODEL, H100, cfg(), execution=execution("megatron")))
@@ -144,8 +144,9 @@ def test_exporters_emit_the_flags_of_the_modelled_framework():
                  "--tp-comm-overlap"):
         assert core.count(flag + "\n") == 1, flag
     assert "--overlap-grad-reduce" not in old and "--tp-comm-overlap" not in old
-    titan = torchtitan_toml(estimate(MODEL, H100, cfg(zero_stage=2), execution=execution("torchtitan")))
-    assert 'mixed_precision_reduce = "float32"' in titan
+    titan = torchtitan_config(estimate(MODEL, H100, cfg(zero_stage=2), execution=execution("torchtitan")))
+    compile(titan, "torchtitan_config.py", "exec")
+    assert 'training.mixed_precision_reduce = "float32"' in titan
 
 
 def test_old_plans_without_a_framework_read_as_autoconf():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -12,8 +10,7 @@ import pytest  # noqa: E402
 
 from autoconf.cost.estimate import estimate  # noqa: E402
 from autoconf.errors import UserError  # noqa: E402
-from autoconf.report.exporters import (megatron_args, slurm_script, torchrun_script, torchtitan_toml,  # noqa: E402
-                                       write_exports)
+from autoconf.report.exporters import megatron_args, slurm_script, torchrun_script, write_exports  # noqa: E402
 from autoconf.report.explain import explain, show  # noqa: E402
 from autoconf.report.pictures import compare_png, memory_png, plan_timeline, timeline_png  # noqa: E402
 from autoconf.spec.cluster import load_cluster  # noqa: E402
@@ -74,88 +71,6 @@ def test_drawn_timeline_is_the_estimated_step(schedule, vpp, zero, framework):
         assert max(ends) == pytest.approx(timeline.makespan, rel=1e-12)
         assert timeline.makespan + tail == pytest.approx(plan.prediction["iteration_time_s"], rel=1e-9)
         assert drawn_tail == pytest.approx(tail, rel=1e-9, abs=1e-12)
-
-
-def megatron_parser():
-    """An argparse parser with the names, types and choices Megatron-LM itself declares for every flag autoconf may
-    write (source: NVIDIA/Megatron-LM megatron/training/arguments.py, _add_network_size_args,
-    _add_distributed_args, _add_training_args, _add_mixed_precision_args, _add_regularization_args; e.g.
-    `group.add_argument('--rotary-base', type=int, default=10000)`). Unknown flags or wrong types fail to parse."""
-    import argparse
-
-    parser = argparse.ArgumentParser(exit_on_error=False, allow_abbrev=False)
-    for name in ("--tensor-model-parallel-size", "--pipeline-model-parallel-size",
-                 "--num-layers-per-virtual-pipeline-stage", "--decoder-first-pipeline-num-layers",
-                 "--decoder-last-pipeline-num-layers", "--micro-batch-size", "--global-batch-size", "--seq-length",
-                 "--max-position-embeddings", "--recompute-num-layers", "--num-layers", "--hidden-size",
-                 "--num-attention-heads", "--ffn-hidden-size", "--num-query-groups", "--rotary-base"):
-        parser.add_argument(name, type=int)
-    for name in ("--norm-epsilon", "--attention-dropout", "--hidden-dropout"):
-        parser.add_argument(name, type=float)
-    parser.add_argument("--recompute-granularity", choices=["full", "selective"])
-    parser.add_argument("--recompute-method", choices=["uniform", "block"])
-    parser.add_argument("--normalization", choices=["LayerNorm", "RMSNorm"])
-    parser.add_argument("--position-embedding-type", choices=["learned_absolute", "rope", "relative", "none"])
-    for name in ("--sequence-parallel", "--use-distributed-optimizer", "--bf16", "--fp16", "--group-query-attention",
-                 "--swiglu", "--disable-bias-linear", "--add-qkv-bias", "--untie-embeddings-and-output-weights"):
-        parser.add_argument(name, action="store_true")
-    return parser
-
-
-def parse_megatron(text: str):
-    import shlex
-
-    tokens = [t for line in text.splitlines() if not line.startswith("#") for t in shlex.split(line)]
-    return megatron_parser().parse_args(tokens)
-
-
-def _rope_llama(theta: float):
-    import dataclasses
-
-    return dataclasses.replace(load_model("tiny-llama"), rope_theta=theta)
-
-
-@pytest.mark.parametrize("case", ["gpt-full-zero1", "llama-interleaved", "llama-rope-1e6", "gpu-sp-bf16-selective",
-                                  "uneven-ends"])
-def test_megatron_args_parse_with_megatrons_own_flags(case):
-    """Every emitted line parses with Megatron-LM's own flag names and types; the parsed degrees fit the plan's world
-    (tp*pp divides it and the batch gives the plan's micro-batch count at dp = world/(tp*pp)), the layers add up
-    (per virtual stage x pp x vpp, or first/last overrides), and recompute, the distributed optimizer, sequence
-    parallelism and the dtype flag are the plan's."""
-    a100 = load_cluster("dgx-a100-80g", nodes=1, gpus_per_node=4)
-    if case == "gpt-full-zero1":
-        plan = tiny_plan(zero=1, recompute="full")
-    elif case == "llama-interleaved":
-        plan = tiny_plan("interleaved-1f1b", 2, model="tiny-llama")
-    elif case == "llama-rope-1e6":  # Qwen2 / Mistral: rope_theta 1e6, which "{:g}" would write 1e+06
-        plan = estimate(_rope_llama(1e6), load_cluster("cpu-local"), tiny_plan().config)
-    elif case == "uneven-ends":
-        plan = tiny_plan(pp=4, dp=1, partition=[[0, 1], [1, 4], [4, 7], [7, 8]])
-    else:
-        config = ParallelConfig(tp=2, pp=2, dp=1, micro_batch_size=2, global_batch_size=16, seq_len=128,
-                                schedule="1f1b", sequence_parallel=True, recompute="selective", dtype="bf16")
-        plan = estimate(load_model("tiny-llama"), a100, config)
-    c, model = plan.config, plan.model
-    args = parse_megatron(megatron_args(plan))
-    world = c.world_size
-    assert args.tensor_model_parallel_size == c.tp and args.pipeline_model_parallel_size == c.pp
-    assert world % (args.tensor_model_parallel_size * args.pipeline_model_parallel_size) == 0
-    dp = world // (args.tensor_model_parallel_size * args.pipeline_model_parallel_size)
-    assert args.tensor_model_parallel_size * args.pipeline_model_parallel_size * dp == world
-    assert args.global_batch_size // (args.micro_batch_size * dp) == c.num_microbatches
-    assert args.global_batch_size % (args.micro_batch_size * dp) == 0 and args.seq_length == c.seq_len
-    assert args.num_layers == model.num_layers == plan.partition[-1][1]
-    if args.num_layers_per_virtual_pipeline_stage is not None:
-        assert args.num_layers_per_virtual_pipeline_stage * c.pp * c.vpp == args.num_layers and c.vpp > 1
-    if case == "uneven-ends":
-        assert (args.decoder_first_pipeline_num_layers, args.decoder_last_pipeline_num_layers) == (1, 1)
-    assert args.recompute_granularity == (None if c.recompute == "none" else c.recompute)
-    assert args.use_distributed_optimizer == (c.zero_stage >= 1)
-    assert args.sequence_parallel == c.sequence_parallel
-    assert (args.bf16, args.fp16) == (c.dtype == "bf16", c.dtype == "fp16")
-    assert (args.hidden_size, args.num_attention_heads) == (model.hidden_size, model.num_heads)
-    if model.arch == "llama":
-        assert args.rotary_base == model.rope_theta and args.normalization == "RMSNorm"
 
 
 def _torchrun_args(script: str, tmp_path, *argv: str):
@@ -221,33 +136,13 @@ def test_megatron_args_for_llama_interleaved_and_v_schedules():
 
 
 def test_megatron_uneven_partition():
-    """Only the end stages differ: --decoder-first/last-pipeline-num-layers; otherwise a note says it can't be
-    expressed."""
+    """Only the end stages differ: --decoder-first/last-pipeline-num-layers; otherwise a pipeline layout with the
+    plan's layers per stage (quoted: '|' and '*' are shell characters)."""
     ends = megatron_args(tiny_plan(pp=4, dp=1, partition=[[0, 1], [1, 4], [4, 7], [7, 8]])).splitlines()
     assert "--decoder-first-pipeline-num-layers 1" in ends and "--decoder-last-pipeline-num-layers 1" in ends
-    middle = megatron_args(tiny_plan(pp=4, dp=1, partition=[[0, 2], [2, 3], [3, 6], [6, 8]]))
-    assert "cannot be expressed" in middle and "--decoder-first-pipeline-num-layers" not in middle
-
-
-@pytest.mark.parametrize("schedule,vpp,zero,name", [("1f1b", 1, 0, "1F1B"), ("zbv", 2, 1, "ZBVZeroBubble"),
-                                                     ("interleaved-1f1b", 2, 3, "Interleaved1F1B")])
-def test_torchtitan_toml_parses_with_the_degrees(schedule, vpp, zero, name):
-    """The torchtitan TOML parses and has the degrees, torchtitan's schedule name, and DP replicate/shard by zero."""
-    plan = tiny_plan(schedule, vpp, zero)
-    doc = tomllib.loads(torchtitan_toml(plan))
-    par = doc["parallelism"]
-    assert par["tensor_parallel_degree"] == 1 and par["pipeline_parallel_degree"] == 2
-    assert par["pipeline_parallel_schedule"] == name
-    assert par["pipeline_parallel_microbatch_size"] == 1
-    assert par["enable_async_tensor_parallel"] is False
-    if zero == 0:
-        assert (par["data_parallel_replicate_degree"], par["data_parallel_shard_degree"]) == (2, 1)
-    else:
-        assert (par["data_parallel_replicate_degree"], par["data_parallel_shard_degree"]) == (1, 2)
-    parts = par["module_fqns_per_model_part"]
-    assert len(parts) == 2 * vpp and parts[0][0] == "tok_embeddings" and parts[-1][-1] == "output"
-    assert doc["training"]["local_batch_size"] == 4 and doc["training"]["seq_len"] == 64
-    assert doc["activation_checkpoint"]["mode"] == "none"
+    middle = megatron_args(tiny_plan(pp=4, dp=1, partition=[[0, 2], [2, 3], [3, 6], [6, 8]])).splitlines()
+    assert "--pipeline-model-parallel-layout 'Et*2|t|t*3|t*2L'" in middle
+    assert not any(line.startswith("--decoder-first") for line in middle)
 
 
 def test_slurm_and_torchrun_scripts_name_the_nodes():
@@ -264,7 +159,8 @@ def test_slurm_and_torchrun_scripts_name_the_nodes():
 def test_write_exports_many_nodes_writes_one_torchrun_script(tmp_path):
     plan = tiny_plan(pp=2, dp=8, cluster=load_cluster("cpu-local", 16, 1), global_batch=16)
     names = sorted(p.name for p in write_exports(plan, tmp_path / "plan.json", tmp_path))
-    assert names == ["launch.sh", "megatron_args.txt", "slurm.sbatch", "torchrun_node.sh", "torchtitan.toml"]
+    assert names == ["launch.sh", "megatron_args.txt", "pytorchjob.yaml", "slurm.sbatch", "torchrun_node.sh",
+                     "torchtitan_config.py"]
 
 
 def test_exports_refuse_to_overwrite_without_force(tmp_path):
@@ -272,7 +168,7 @@ def test_exports_refuse_to_overwrite_without_force(tmp_path):
     plan = tiny_plan()
     paths = write_exports(plan, tmp_path / "plan.json", tmp_path / "out")
     assert {p.name for p in paths} == {"launch.sh", "torchrun_node0.sh", "slurm.sbatch", "megatron_args.txt",
-                                       "torchtitan.toml"}
+                                       "pytorchjob.yaml", "torchtitan_config.py"}
     with pytest.raises(UserError, match="already exists"):
         write_exports(plan, tmp_path / "plan.json", tmp_path / "out")
     assert write_exports(plan, tmp_path / "plan.json", tmp_path / "out", force=True) == paths
@@ -289,7 +185,7 @@ def test_explain_and_show(tmp_path):
     with pytest.raises(UserError):
         explain(plans, tmp_path / "explain")
     shown = show(tmp_path / "explain" / "plan.json", tmp_path / "shown")
-    assert {"timeline.png", "memory.png", "compare.png", "torchtitan.toml"} <= {p.name for p in shown}
+    assert {"timeline.png", "memory.png", "compare.png", "torchtitan_config.py"} <= {p.name for p in shown}
     assert str((tmp_path / "explain" / "plan.json").resolve()) in (tmp_path / "shown" / "launch.sh").read_text()
     with pytest.raises(UserError):
         show(tmp_path / "explain" / "plan.json", tmp_path / "shown")

@@ -3,7 +3,9 @@
     timeline.png   the best plan's schedule, per pipeline rank            (pictures.timeline_png)
     memory.png     the best plan's memory per pipeline rank vs the limit  (pictures.memory_png)
     compare.png    the time breakdown of every plan given, side by side   (pictures.compare_png)
-    launch.sh, torchrun_node*.sh, slurm.sbatch, megatron_args.txt, torchtitan.toml   (exporters.write_exports)
+    launch.sh, torchrun_node*.sh, slurm.sbatch, pytorchjob.yaml, megatron_args.txt, torchtitan_config.py
+                   the exports, each naming the upstream version it targets (exporters.write_exports,
+                   docs/exports.md)
     plan.json      only when no plan file was given, so that the scripts have a plan to run
 """
 

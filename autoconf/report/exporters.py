@@ -1,5 +1,5 @@
-"""A plan as commands and configs for the tools people already run: autoconf launch, torchrun, SLURM, Megatron-LM,
-torchtitan.
+"""A plan as commands and configs for the tools people already run: autoconf launch, torchrun, SLURM, Kubernetes
+(Kubeflow PyTorchJob), Megatron-LM, torchtitan. Each names the upstream version it targets (report/upstream.py).
 
 Every exporter is a pure function from a Plan (and the plan file's path) to text; `write_exports` writes them all to
 a folder. Where another framework cannot express part of the plan (an uneven partition, a V-shaped schedule, a
@@ -15,7 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from autoconf.files import check_new, write_file
-from autoconf.report.precision_flags import megatron_fp8_args, torchtitan_fp8_lines
+from autoconf.report.kubernetes_export import pytorchjob_yaml
+from autoconf.report.precision_flags import megatron_fp8_args
+from autoconf.report.torchtitan_export import MODULE as TORCHTITAN_MODULE
+from autoconf.report.torchtitan_export import torchtitan_config as _torchtitan_config
+from autoconf.report.upstream import MEGATRON_TARGET
 from autoconf.spec.frameworks import plan_execution
 from autoconf.spec.plan import Plan, node_blocks
 from autoconf.spec.schedules import schedule_spec
@@ -140,6 +144,17 @@ def slurm_script(plan: Plan, plan_path: str | Path | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pytorchjob(plan: Plan, plan_path: str | Path | None) -> str:
+    """Kubeflow PyTorchJob manifest: one pod per node, node rank from the operator's $RANK (kubernetes_export)."""
+    line = torchrun_command(plan, None, "$RANK", "\"$PLAN\"").replace(" \\\n    ", " ")
+    return pytorchjob_yaml(plan, line, _summary(plan), _plan_arg(plan_path), _is_cpu(plan))
+
+
+def torchtitan_config(plan: Plan) -> str:
+    """torchtitan_config.py: the plan as a torchtitan config_registry module (torchtitan_export)."""
+    return _torchtitan_config(plan, _summary(plan))
+
+
 def _stage_layers(plan: Plan) -> list[int]:
     return [end - first for first, end in plan.partition]
 
@@ -165,150 +180,138 @@ def _job_name(plan: Plan) -> str:
     return "autoconf-" + re.sub(r"[^A-Za-z0-9._-]", "_", str(plan.model.name))[:64]
 
 
-def megatron_args(plan: Plan) -> str:
-    """Megatron-LM arguments for the same layout, one per line; '#' lines explain what Megatron cannot express.
+Flag = tuple[str, object]  # (Megatron-LM flag, value); value None for a switch
 
-    Use with e.g. `grep -v '^#' megatron_args.txt | xargs python pretrain_gpt.py ...`.
-    """
+
+def _pipeline_layout(plan: Plan) -> str:
+    """Megatron-Core's --pipeline-model-parallel-layout for the plan's partition: one '|'-separated entry per virtual
+    stage in stage order (chunk-major: stage v*pp + r is rank r's chunk v, as in the plan), 't' per transformer layer
+    (written t*N), 'E' (embedding) first and 'L' (loss) last."""
+    stages = []
+    last = len(plan.partition) - 1
+    for st, n in enumerate(_stage_layers(plan)):
+        text = ("E" if st == 0 else "") + ("t" if n == 1 else f"t*{n}" if n else "") + ("L" if st == last else "")
+        stages.append(text)
+    return "|".join(stages)
+
+
+def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
+    """The Megatron-LM arguments for the plan's layout and model as (flag, value) pairs, and notes on what Megatron
+    cannot express. Every flag is one Megatron-LM declares at MEGATRON_LM_TAG (tests check them against the flags
+    extracted from its arguments.py and the megatron-core config classes)."""
     m, c = plan.model, plan.config
     notes: list[str] = []
-    args: list[str] = [
-        f"--tensor-model-parallel-size {c.tp}",
-        f"--pipeline-model-parallel-size {c.pp}",
-    ]
-    layers = _stage_layers(plan)
-    uniform = len(set(layers)) == 1
+    flags: list[Flag] = [("--tensor-model-parallel-size", c.tp), ("--pipeline-model-parallel-size", c.pp)]
     if schedule_spec(c.schedule).megatron_note:
         notes.append(schedule_spec(c.schedule).megatron_note)
-    if c.vpp > 1:
-        if uniform:
-            args.append(f"--num-layers-per-virtual-pipeline-stage {layers[0]}")
-        else:
-            notes.append(f"uneven partition {layers} (layers per virtual stage) cannot be expressed with virtual "
-                         f"pipeline stages; the uniform split needs pp*vpp = {c.num_stages} to divide "
-                         f"{m.num_layers} layers")
-    elif not uniform:
-        first, last, middle = layers[0], layers[-1], layers[1:-1]
-        if len(set(middle)) <= 1:
-            if middle and first != middle[0]:
-                args.append(f"--decoder-first-pipeline-num-layers {first}")
-            if middle and last != middle[0]:
-                args.append(f"--decoder-last-pipeline-num-layers {last}")
-            if not middle:
-                args += [f"--decoder-first-pipeline-num-layers {first}", f"--decoder-last-pipeline-num-layers {last}"]
-        else:
-            notes.append(f"uneven partition {layers} (layers per stage) cannot be expressed: Megatron-LM can only "
-                         "make the first and last stages differ from the rest")
-    args += [f"--micro-batch-size {c.micro_batch_size}", f"--global-batch-size {c.global_batch_size}",
-             f"--seq-length {c.seq_len}",
-             f"--max-position-embeddings {m.max_seq_len if m.arch == 'gpt' else max(m.max_seq_len, c.seq_len)}"]
+    flags += _megatron_partition(plan)
+    flags += [("--micro-batch-size", c.micro_batch_size), ("--global-batch-size", c.global_batch_size),
+              ("--seq-length", c.seq_len),
+              ("--max-position-embeddings", m.max_seq_len if m.arch == "gpt" else max(m.max_seq_len, c.seq_len))]
     if c.sequence_parallel:
-        args.append("--sequence-parallel")
+        flags.append(("--sequence-parallel", None))
     if c.recompute == "selective":
-        args.append("--recompute-granularity selective")
+        flags.append(("--recompute-granularity", "selective"))
     elif c.recompute == "full":
-        args += ["--recompute-granularity full", "--recompute-method uniform", "--recompute-num-layers 1"]
+        flags += [("--recompute-granularity", "full"), ("--recompute-method", "uniform"),
+                  ("--recompute-num-layers", 1)]
     if c.zero_stage >= 1:
-        args.append("--use-distributed-optimizer")
+        flags.append(("--use-distributed-optimizer", None))
     # what makes Megatron run as the plan's framework was modelled (overlap flags; spec/frameworks.py)
-    args += [a for a in plan_execution(plan.prediction).export_lines("megatron", c) if a not in args]
+    flags += _as_flags(plan_execution(plan.prediction).export_lines("megatron", c))
     if c.zero_stage == 3:
         notes.append("zero 3 (parameters sharded, re-gathered per pass) is beyond Megatron's distributed optimizer "
-                     "(which shards optimizer state and gradients); recent Megatron-Core offers --use-torch-fsdp2")
+                     "(which shards optimizer state and gradients); Megatron-Core's own FSDP is "
+                     "--use-megatron-fsdp --data-parallel-sharding-strategy optim_grads_params")
     if c.dtype == "bf16":
-        args.append("--bf16")
+        flags.append(("--bf16", None))
     elif c.dtype == "fp8":
         fp8_args, fp8_notes = megatron_fp8_args(c)
-        args, notes = args + fp8_args, notes + fp8_notes
+        flags, notes = flags + _as_flags(fp8_args), notes + fp8_notes
     elif c.dtype == "fp16":
-        args.append("--fp16")
+        flags.append(("--fp16", None))
     else:
         notes.append("dtype fp32: Megatron's default, no flag")
-    args += [f"--num-layers {m.num_layers}", f"--hidden-size {m.hidden_size}",
-             f"--num-attention-heads {m.num_heads}", f"--ffn-hidden-size {m.ffn_hidden_size}"]
-    if m.arch == "llama":
-        if m.num_kv_heads != m.num_heads:
-            args += ["--group-query-attention", f"--num-query-groups {m.num_kv_heads}"]
-        # Megatron's --rotary-base is an int: 1e6 (Qwen2, Mistral) is written 1000000, not 1e+06.
-        if not float(m.rope_theta).is_integer():
-            notes.append(f"rope_theta {m.rope_theta:g} is not an integer; Megatron's --rotary-base takes an int")
-        args += ["--swiglu", "--normalization RMSNorm", f"--norm-epsilon {m.norm_eps:g}",
-                 "--position-embedding-type rope", f"--rotary-base {round(m.rope_theta)}", "--disable-bias-linear"]
-        if m.qkv_bias:
-            args.append("--add-qkv-bias")
-    else:
-        args += [f"--attention-dropout {m.dropout:g}", f"--hidden-dropout {m.dropout:g}"]
-    if not m.tied_embeddings:
-        args.append("--untie-embeddings-and-output-weights")
+    flags += _megatron_model(plan)
+    for part in ("moe", "mla"):
+        if getattr(m, part, None) is not None:
+            notes.append(f"the model's {part.upper()} layers are not written here: add Megatron's flags for them")
+    if m.arch == "llama" and not float(m.rope_theta).is_integer():
+        notes.append(f"rope_theta {m.rope_theta:g} is not an integer; Megatron's --rotary-base takes an int")
     notes.append(f"vocabulary {m.vocab_size}: comes from Megatron's tokenizer (--vocab-size with NullTokenizer)")
-    if c.attention == "flash":
-        notes.append("flash attention: --attention-backend flash (Megatron-Core >= 0.10) or --use-flash-attn (older)")
+    flags.append(("--attention-backend", "flash" if c.attention == "flash" else "unfused"))
     mesh = np.asarray(plan.placement.get("mesh"))
     if mesh.size and not np.array_equal(mesh.ravel(), np.arange(mesh.size)):
         notes.append("GPU placement differs from Megatron's rank order (tp fastest, then dp, then pp) and cannot be "
                      "expressed with arguments; order the hosts or CUDA_VISIBLE_DEVICES to match plan placement.mesh")
-    header = [f"# {_summary(plan)}", "# Megatron-LM arguments; use with: grep -v '^#' megatron_args.txt | xargs ..."]
-    return "\n".join(header + [f"# NOTE: {n}" for n in notes] + args) + "\n"
+    return _first_of_each(flags), notes
 
 
-def _fqns(plan: Plan) -> list[list[str]]:
-    """torchtitan module names of each model chunk, in stage order (its llama models: tok_embeddings, layers.N,
-    norm, output)."""
-    parts = []
-    last = len(plan.partition) - 1
-    for st, (first, end) in enumerate(plan.partition):
-        names = ["tok_embeddings"] if st == 0 else []
-        names += [f"layers.{i}" for i in range(first, end)]
-        if st == last:
-            names += ["norm", "output"]
-        parts.append(names)
-    return parts
+def _as_flags(lines: list[str]) -> list[Flag]:
+    """Argument lines ("--flag" or "--flag value") as (flag, value) pairs."""
+    return [(flag, value or None) for flag, _, value in (line.partition(" ") for line in lines)]
 
 
-def torchtitan_toml(plan: Plan) -> str:
-    """torchtitan job-config sections for the same layout (field names of torchtitan's JobConfig)."""
-    m, c = plan.model, plan.config
-    replicate, shard = (c.dp, 1) if c.zero_stage == 0 else (1, c.dp)
-    reshard = {0: "default", 1: "never", 2: "never", 3: "always"}[c.zero_stage]
-    precision = "float32" if c.dtype == "fp32" else "bfloat16"
-    lines = [f"# {_summary(plan)}"]
-    if m.arch == "gpt":
-        lines.append("# NOTE: torchtitan ships llama-style models; a GPT (LayerNorm, GeLU, learned positions) model "
-                     "needs its own model definition")
-    if c.dtype == "fp16":
-        lines.append("# NOTE: torchtitan's mixed precision is bfloat16 or float32, not fp16")
-    lines += ["[training]",
-              f"local_batch_size = {c.global_batch_size // c.dp}",
-              f"global_batch_size = {c.global_batch_size}",
-              f"seq_len = {c.seq_len}",
-              f'mixed_precision_param = "{precision}"',
-              *plan_execution(plan.prediction).export_lines("torchtitan", c),
-              "",
-              "[parallelism]",
-              f"data_parallel_replicate_degree = {replicate}",
-              f"data_parallel_shard_degree = {shard}",
-              f'fsdp_reshard_after_forward = "{reshard}"',
-              f"tensor_parallel_degree = {c.tp}",
-              "enable_async_tensor_parallel = false",
-              f"pipeline_parallel_degree = {c.pp}",
-              f'pipeline_parallel_schedule = "{schedule_spec(c.schedule).torch_class}"',
-              f"pipeline_parallel_microbatch_size = {c.micro_batch_size}"]
-    if c.pp > 1:
-        lines.append("# the stage partition, one list per model chunk in stage order (older torchtitan: "
-                     "pipeline_parallel_split_points)")
-        lines.append("module_fqns_per_model_part = [")
-        lines += ["    [" + ", ".join(f'"{n}"' for n in part) + "]," for part in _fqns(plan)]
-        lines.append("]")
-    if c.sequence_parallel:
-        lines.append("# sequence parallelism: torchtitan applies it with every tensor_parallel_degree > 1")
-    elif c.tp > 1:
-        lines.append("# NOTE: torchtitan always uses sequence parallelism with tensor parallelism; the plan did not")
-    lines += ["", "[activation_checkpoint]", f'mode = "{c.recompute}"']
-    if c.recompute == "selective":
-        lines.append('selective_ac_option = "op"  # operator-level selective recompute (attention core)')
-    if c.dtype == "fp8":
-        lines += torchtitan_fp8_lines(c)
-    return "\n".join(lines) + "\n"
+def _first_of_each(flags: list[Flag]) -> list[Flag]:
+    """Each flag once (its first value), so that flags added from several sources (the layout, a framework's
+    overlap switches) never repeat one."""
+    seen: set[str] = set()
+    return [(f, v) for f, v in flags if not (f in seen or seen.add(f))]
+
+
+def _megatron_partition(plan: Plan) -> list[Flag]:
+    """Uniform stages need no flag (interleaved: layers per virtual stage); stages that differ only at the two
+    ends use --decoder-first/last-pipeline-num-layers; any other partition is written as a layout."""
+    c = plan.config
+    layers = _stage_layers(plan)
+    if len(set(layers)) == 1:
+        return [("--num-layers-per-virtual-pipeline-stage", layers[0])] if c.vpp > 1 else []
+    first, last, middle = layers[0], layers[-1], layers[1:-1]
+    if c.vpp == 1 and len(set(middle)) <= 1:
+        flags: list[Flag] = []
+        if not middle or first != middle[0]:
+            flags.append(("--decoder-first-pipeline-num-layers", first))
+        if not middle or last != middle[0]:
+            flags.append(("--decoder-last-pipeline-num-layers", last))
+        return flags
+    return [("--pipeline-model-parallel-layout", _pipeline_layout(plan))]
+
+
+def _megatron_model(plan: Plan) -> list[Flag]:
+    m = plan.model
+    flags: list[Flag] = [("--num-layers", m.num_layers), ("--hidden-size", m.hidden_size),
+                         ("--num-attention-heads", m.num_heads), ("--ffn-hidden-size", m.ffn_hidden_size)]
+    if m.head_dim != m.hidden_size // m.num_heads:  # e.g. Mistral-NeMo: heads of 128 at hidden 5120 / 32 heads
+        flags.append(("--kv-channels", m.head_dim))
+    if m.arch == "llama":
+        if m.num_kv_heads != m.num_heads:
+            flags += [("--group-query-attention", None), ("--num-query-groups", m.num_kv_heads)]
+        # --rotary-base is an int in Megatron-LM: 1e6 (Qwen2, Mistral) is written 1000000, never 1e+06.
+        flags += [("--swiglu", None), ("--normalization", "RMSNorm"), ("--norm-epsilon", f"{m.norm_eps:g}"),
+                  ("--position-embedding-type", "rope"), ("--rotary-base", round(m.rope_theta)),
+                  ("--disable-bias-linear", None)]
+        if m.rope_scaling_factor != 1:
+            flags += [("--use-rope-scaling", None), ("--rope-scaling-factor", f"{m.rope_scaling_factor:g}")]
+        if m.qkv_bias:
+            flags.append(("--add-qkv-bias", None))
+    else:
+        flags += [("--attention-dropout", f"{m.dropout:g}"), ("--hidden-dropout", f"{m.dropout:g}")]
+    if not m.tied_embeddings:
+        flags.append(("--untie-embeddings-and-output-weights", None))
+    return flags
+
+
+def megatron_args(plan: Plan) -> str:
+    """Megatron-LM arguments for the same layout, one per line (values shell-quoted); '#' lines name the target
+    version and explain what Megatron cannot express.
+
+    Use with e.g. `grep -v '^#' megatron_args.txt | xargs python pretrain_gpt.py ...`.
+    """
+    flags, notes = megatron_flags(plan)
+    header = [f"# {_summary(plan)}", f"# Targets {MEGATRON_TARGET}.",
+              "# Megatron-LM arguments; use with: grep -v '^#' megatron_args.txt | xargs python pretrain_gpt.py ..."]
+    lines = [flag if value is None else f"{flag} {shlex.quote(str(value))}" for flag, value in flags]
+    return "\n".join(header + [f"# NOTE: {comment_text(n)}" for n in notes] + lines) + "\n"
 
 
 def export_texts(plan: Plan, plan_path: str | Path | None) -> dict[str, str]:
@@ -321,14 +324,16 @@ def export_texts(plan: Plan, plan_path: str | Path | None) -> dict[str, str]:
     else:
         files["torchrun_node.sh"] = torchrun_script(plan, plan_path, None)
     files["slurm.sbatch"] = slurm_script(plan, plan_path)
+    files["pytorchjob.yaml"] = pytorchjob(plan, plan_path)
     files["megatron_args.txt"] = megatron_args(plan)
-    files["torchtitan.toml"] = torchtitan_toml(plan)
+    files[f"{TORCHTITAN_MODULE}.py"] = torchtitan_config(plan)
     return files
 
 
 def write_exports(plan: Plan, plan_path: str | Path | None, out_dir: str | Path, force: bool = False) -> list[Path]:
     """Writes launch.sh, torchrun_node<i>.sh (or one torchrun_node.sh taking the node rank for more than
-    MAX_NODE_SCRIPTS nodes), slurm.sbatch, megatron_args.txt and torchtitan.toml into `out_dir`.
+    MAX_NODE_SCRIPTS nodes), slurm.sbatch, pytorchjob.yaml, megatron_args.txt and torchtitan_config.py into
+    `out_dir`.
 
     Refuses (UserError) before writing anything if any of them exists and not `force`.
     """

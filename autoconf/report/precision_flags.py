@@ -8,12 +8,11 @@ Only `fp8` needs more than one flag; the bf16/fp16/fp32 spellings stay in the ex
   charges; Megatron's default recipe is `delayed`, scales from an amax history), and `--fp8-param-gather` (parameters
   all-gathered in fp8) with the distributed optimizer. Megatron-LM releases without `--fp8-recipe` know only delayed
   scaling (`--fp8-amax-history-len 1024 --fp8-amax-compute-algo max` in NVIDIA's recipes).
-- torchtitan (JobConfig of the release whose `[parallelism] module_fqns_per_model_part` the exporter writes, 2025-10;
-  `torchtitan/config/job_config.py`, class Float8Linear): `[model] converters = ["quantize.linear.float8"]` and a
-  `[quantize.linear.float8]` section: `recipe_name = "tensorwise"`, `filter_fqns = ["output"]` (the LM head stays
-  bf16, as in autoconf's executor), and with FSDP `enable_fsdp_float8_all_gather` and
-  `precompute_float8_dynamic_scale_for_fsdp` (one amax all-reduce for all weights per step). torchtitan's float8 needs
-  torch.compile for its speed (`model_compile_enabled`; its published float8 rows all compile).
+- torchtitan 0.3.0 (the version the exporter targets; `torchtitan/components/quantization/float8.py`): float8 is a
+  model converter, `Float8LinearConverter.Config` in the `converters` of `model_registry(...)`, with recipes
+  `rowwise` and `rowwise_with_gw_hp` only and no float8 FSDP all-gather switch; the exported config says so in a
+  note rather than write a converter it cannot check. torchtitan's float8 needs torch.compile for its speed (its
+  published float8 rows, run with an older release's tensorwise recipe and float8 all-gather, all compile).
 """
 
 from __future__ import annotations
@@ -33,11 +32,11 @@ def megatron_fp8_args(c: ParallelConfig) -> tuple[list[str], list[str]]:
     return args, [MEGATRON_FP8_NOTE]
 
 
-def torchtitan_fp8_lines(c: ParallelConfig) -> list[str]:
-    """TOML lines for an fp8 plan (model converters and the float8 section), each section headed."""
-    lines = ["", "[model]", 'converters = ["quantize.linear.float8"]', "", "[quantize.linear.float8]",
-             'recipe_name = "tensorwise"', 'filter_fqns = ["output"]']
-    if c.zero_sharded:
-        lines += ["enable_fsdp_float8_all_gather = true", "precompute_float8_dynamic_scale_for_fsdp = true"]
-    lines.append("# torchtitan's float8 speed needs torch.compile: [compile] enable = true")
-    return lines
+def torchtitan_fp8_note(c: ParallelConfig) -> str:
+    """What an fp8 plan needs in torchtitan 0.3.0, which the exported config cannot switch on by itself: float8 is a
+    model converter there, with rowwise recipes only (the plan modelled tensorwise scaling)."""
+    gather = "; its FSDP all-gather stays bf16" if c.zero_sharded else ""
+    return ("dtype fp8: torchtitan 0.3.0 trains float8 through a model converter, "
+            "Float8LinearConverter.Config(filter_fqns=['output']) in the model_registry(...) converters, with "
+            "recipe rowwise or rowwise_with_gw_hp only (the plan modelled tensorwise scaling, so expect other "
+            f"speed){gather}; its float8 speed needs torch.compile")

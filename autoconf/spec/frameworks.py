@@ -150,8 +150,8 @@ class Execution:
         return max(1, int(-(-params // size)))
 
     def export_lines(self, target: str, config) -> list[str]:
-        """The settings of `target` ("megatron" arguments or "torchtitan" TOML lines) that make it run `config` as
-        modelled; settings that apply to a feature the config does not use are left out."""
+        """The settings of `target` ("megatron" arguments or "torchtitan" config-module statements) that make it run
+        `config` as modelled; settings that apply to a feature the config does not use are left out."""
         entries = {"megatron": self.megatron_args, "torchtitan": self.torchtitan_settings}[target]
         return [line for when, flag, line in entries if _applies(when, config) and self._holds(flag)]
 
@@ -189,7 +189,7 @@ PRESETS: dict[str, Execution] = {
         name="torchtitan", memory_layout="torch", zero_stages=(0, 2, 3), zero_searched=(0, 2, 3),
         grad_reduce_start="per_bucket", param_gather_overlap=True, selective_recompute="alternate_matmuls",
         executor_overheads=False,
-        torchtitan_settings=(("always", "memory_layout=torch", 'mixed_precision_reduce = "float32"'),)),
+        torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),)),
 }
 DEFAULT = "autoconf"
 

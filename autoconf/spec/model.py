@@ -195,6 +195,7 @@ class ModelSpec:
     qk_norm: bool = False            # an RMSNorm on each query and key head (Qwen3)
     moe: MoESpec | None = None       # mixture-of-experts layers; None: every layer has a dense MLP
     mla: MLASpec | None = None       # multi-head latent attention (DeepSeek); None: grouped-query attention
+    rope_scaling_factor: float = 1.0  # Llama 3.x ("llama3" rope_type) RoPE scaling factor; 1 is none
 
     def __post_init__(self) -> None:
         problems = []
@@ -241,7 +242,7 @@ class ModelSpec:
         for field in ("tied_embeddings", "qkv_bias"):
             if not isinstance(getattr(self, field), bool):
                 problems.append(f"{field} must be true or false (got {getattr(self, field)!r})")
-        for field in ("dropout", "norm_eps", "rope_theta"):
+        for field in ("dropout", "norm_eps", "rope_theta", "rope_scaling_factor"):
             value = getattr(self, field)
             if isinstance(value, bool) or not (isinstance(value, int) or
                                                (isinstance(value, float) and math.isfinite(value))):
@@ -252,6 +253,8 @@ class ModelSpec:
             value = getattr(self, field)
             if isinstance(value, (int, float)) and not value > 0:
                 problems.append(f"{field} must be positive (got {value})")
+        if isinstance(self.rope_scaling_factor, (int, float)) and not self.rope_scaling_factor >= 1:
+            problems.append(f"rope_scaling_factor must be at least 1 (got {self.rope_scaling_factor})")
         if problems:
             raise UserError(f"model {self.name!r}: " + "; ".join(problems))
 

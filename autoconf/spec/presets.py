@@ -18,15 +18,17 @@ def _gpt(name: str, layers: int, hidden: int, heads: int, vocab: int = 50257, se
 
 
 def _llama(name: str, layers: int, hidden: int, heads: int, kv_heads: int, ffn: int, vocab: int, seq: int,
-           rope_theta: float, norm_eps: float) -> ModelSpec:
+           rope_theta: float, norm_eps: float, rope_scaling: float = 1.0) -> ModelSpec:
     return ModelSpec(name=name, arch="llama", num_layers=layers, hidden_size=hidden, num_heads=heads,
                      num_kv_heads=kv_heads, ffn_hidden_size=ffn, vocab_size=vocab, max_seq_len=seq,
-                     tied_embeddings=False, dropout=0.0, rope_theta=rope_theta, norm_eps=norm_eps)
+                     tied_embeddings=False, dropout=0.0, rope_theta=rope_theta, norm_eps=norm_eps,
+                     rope_scaling_factor=rope_scaling)
 
 
 # GPT-3 family: Brown et al. 2020, Table 2.1 (vocabulary 50257, context 2048).
 # Megatron-LM models (gpt-22b ... gpt-1t): Korthikanti et al. 2022, Table 3 (vocabulary padded to 51200).
-# Llama: the Hugging Face config.json of each released model.
+# Llama: the Hugging Face config.json of each released model (Llama 3.1: rope_scaling {"rope_type": "llama3",
+# "factor": 8.0}).
 PRESETS: dict[str, ModelSpec] = {spec.name: spec for spec in [
     _gpt("gpt3-125m", 12, 768, 12),
     _gpt("gpt3-350m", 24, 1024, 16),
@@ -45,9 +47,9 @@ PRESETS: dict[str, ModelSpec] = {spec.name: spec for spec in [
     _llama("llama2-70b", 80, 8192, 64, 8, 28672, 32000, 4096, 10000.0, 1e-5),
     _llama("llama3-8b", 32, 4096, 32, 8, 14336, 128256, 8192, 500000.0, 1e-5),
     _llama("llama3-70b", 80, 8192, 64, 8, 28672, 128256, 8192, 500000.0, 1e-5),
-    _llama("llama3.1-8b", 32, 4096, 32, 8, 14336, 128256, 131072, 500000.0, 1e-5),
-    _llama("llama3.1-70b", 80, 8192, 64, 8, 28672, 128256, 131072, 500000.0, 1e-5),
-    _llama("llama3.1-405b", 126, 16384, 128, 8, 53248, 128256, 131072, 500000.0, 1e-5),
+    _llama("llama3.1-8b", 32, 4096, 32, 8, 14336, 128256, 131072, 500000.0, 1e-5, rope_scaling=8.0),
+    _llama("llama3.1-70b", 80, 8192, 64, 8, 28672, 128256, 131072, 500000.0, 1e-5, rope_scaling=8.0),
+    _llama("llama3.1-405b", 126, 16384, 128, 8, 53248, 128256, 131072, 500000.0, 1e-5, rope_scaling=8.0),
     _gpt("tiny-gpt", 8, 128, 4, vocab=256, seq=128, dropout=0.0),
     _llama("tiny-llama", 8, 128, 4, 2, 352, 256, 128, 10000.0, 1e-5),
 ]}
@@ -61,6 +63,14 @@ PUBLISHED_PARAMS = {
 }
 
 _HF_LLAMA_TYPES = ("llama", "mistral", "qwen2")
+
+
+def _llama3_rope_scaling(rope_scaling) -> float:
+    """The factor of a Llama 3.x `rope_scaling` ({"rope_type": "llama3", "factor": 8.0}); 1.0 for none or another
+    kind of scaling (which the model spec does not describe)."""
+    if isinstance(rope_scaling, dict) and (rope_scaling.get("rope_type") or rope_scaling.get("type")) == "llama3":
+        return float(rope_scaling.get("factor", 8.0))
+    return 1.0
 
 
 def from_hf_config(config: dict, name: str) -> ModelSpec:
@@ -93,7 +103,8 @@ def from_hf_config(config: dict, name: str) -> ModelSpec:
                 dropout=float(config.get("attention_dropout", 0.0) or 0.0),
                 qkv_bias=bool(config.get("attention_bias", model_type == "qwen2")),
                 norm_eps=config.get("rms_norm_eps", 1e-5), rope_theta=float(config.get("rope_theta", 10000.0)),
-                head_dim=config.get("head_dim"))  # absent or null: hidden_size / num_attention_heads
+                head_dim=config.get("head_dim"),  # absent or null: hidden_size / num_attention_heads
+                rope_scaling_factor=_llama3_rope_scaling(config.get("rope_scaling")))
     except KeyError as missing:
         raise UserError(f"{name}: Hugging Face config of type {model_type!r} lacks key {missing}") from None
     except (TypeError, ValueError, OverflowError, AttributeError) as err:

@@ -1,0 +1,151 @@
+"""A plan as a torchtitan config: a Python config_registry module (torchtitan_config.py) whose function
+`autoconf_plan()` returns torchtitan's Trainer.Config, the format torchtitan 0.3.0 loads with
+`--module torchtitan_config --config autoconf_plan` (its TOML job files are gone).
+
+The config starts from torchtitan's own recipe for the model when torchtitan ships the model (TORCHTITAN_FLAVORS,
+compared by dimensions), else from its Llama 3.1 8B recipe with a model of the plan's dimensions built by
+torchtitan's llama3 builders; then it sets the plan's batch, degrees, schedule, stage partition and recompute.
+"""
+
+from __future__ import annotations
+
+from autoconf.report.precision_flags import torchtitan_fp8_note
+from autoconf.report.upstream import TORCHTITAN_TARGET
+from autoconf.spec.frameworks import plan_execution
+from autoconf.spec.plan import Plan
+from autoconf.spec.schedules import schedule_spec
+
+MODULE = "torchtitan_config"
+FUNCTION = "autoconf_plan"
+
+# torchtitan 0.3.0 torchtitan/models/llama3/__init__.py: the flavors its config_registry names, as
+# (layers, dim, heads, kv heads, SwiGLU hidden dim, vocabulary); all with rope theta 500000 and Llama 3.1's "llama"
+# RoPE scaling (factor 8), untied embeddings. tests/test_exports_upstream.py checks this table against torchtitan.
+TORCHTITAN_FLAVORS = {
+    "llama3_8b": ("8B", (32, 4096, 32, 8, 14336, 128256)),
+    "llama3_70b": ("70B", (80, 8192, 64, 8, 28672, 128256)),
+    "llama3_405b": ("405B", (126, 16384, 128, 8, 53248, 128256)),
+}
+FLAVOR_ROPE_THETA, FLAVOR_ROPE_SCALING = 500000.0, 8.0
+
+
+def upstream_recipe(plan: Plan) -> str | None:
+    """The name of torchtitan's config function for the plan's model, or None when torchtitan ships no such model."""
+    m = plan.model
+    dims = (m.num_layers, m.hidden_size, m.num_heads, m.num_kv_heads, m.ffn_hidden_size, m.vocab_size)
+    if (m.arch != "llama" or m.qkv_bias or m.tied_embeddings or m.rope_theta != FLAVOR_ROPE_THETA
+            or m.rope_scaling_factor != FLAVOR_ROPE_SCALING or m.norm_eps != 1e-5):
+        return None
+    return next((name for name, (_, flavor) in TORCHTITAN_FLAVORS.items() if flavor == dims), None)
+
+
+def module_fqns(plan: Plan) -> list[list[str]]:
+    """torchtitan module names of each model chunk, in stage order (its llama3 model: tok_embeddings, layers.N,
+    norm, lm_head)."""
+    parts = []
+    last = len(plan.partition) - 1
+    for st, (first, end) in enumerate(plan.partition):
+        names = ["tok_embeddings"] if st == 0 else []
+        names += [f"layers.{i}" for i in range(first, end)]
+        if st == last:
+            names += ["norm", "lm_head"]
+        parts.append(names)
+    return parts
+
+
+def _custom_model(plan: Plan) -> list[str]:
+    """Lines of `autoconf_plan()` that replace the recipe's model by one of the plan's dimensions (torchtitan 0.3.0's
+    llama3 builders; the leading underscore names are that release's)."""
+    m, c = plan.model, plan.config
+    scaling = (f'scaling="llama", scaling_factor={m.rope_scaling_factor!r}' if m.rope_scaling_factor != 1
+               else 'scaling="none"')
+    return [
+        f"    dim, n_heads, vocab = {m.hidden_size}, {m.num_heads}, {m.vocab_size}",
+        "    rope = ComplexRoPE.Config(dim=dim // n_heads, "
+        f"max_seq_len={max(m.max_seq_len, c.seq_len)}, theta={float(m.rope_theta)!r}, {scaling})",
+        "    model = llama3.Llama3Model.Config(",
+        "        dim=dim, vocab_size=vocab, "
+        f"enable_weight_tying={m.tied_embeddings},",
+        "        tok_embeddings=Embedding.Config(num_embeddings=vocab, embedding_dim=dim, "
+        "param_init=llama3._EMBEDDING_INIT),",
+        f"        norm=RMSNorm.Config(normalized_shape=dim, eps={m.norm_eps!r}, param_init=llama3._NORM_INIT),",
+        "        lm_head=Linear.Config(in_features=dim, out_features=vocab, "
+        "param_init=llama3._output_linear_init(dim)),",
+        f"        layers=llama3._build_llama3_layers(n_layers={m.num_layers}, dim=dim, n_heads=n_heads, "
+        f"n_kv_heads={m.num_kv_heads}, hidden_dim={m.ffn_hidden_size}, rope=rope, attn_backend=\"flex\"),",
+        "    )",
+        "    for layer in model.layers:",
+        f"        layer.attention_norm.eps = layer.ffn_norm.eps = {m.norm_eps!r}",
+        "    config.model_spec = dataclasses.replace(config.model_spec, flavor=\"autoconf\", model=model)",
+        "    config.loss.loss_fn.global_vocab_size = vocab",
+    ]
+
+
+def _local_batch(plan: Plan) -> int:
+    """torchtitan's local_batch_size: what one DP rank runs per gradient-accumulation step. Without pipelining that
+    is one forward of the plan's micro-batch (torchtitan accumulates global / (local x DP) steps); a pipeline runs a
+    rank's whole batch per step, split into micro-batches of pipeline_parallel_microbatch_size."""
+    c = plan.config
+    return c.global_batch_size // c.dp if c.pp > 1 else c.micro_batch_size
+
+
+def torchtitan_config(plan: Plan, summary: str) -> str:
+    """The text of torchtitan_config.py for `plan`; `summary` is the plan's one-line comment text."""
+    m, c = plan.model, plan.config
+    recipe = upstream_recipe(plan)
+    replicate, shard = (c.dp, 1) if c.zero_stage == 0 else (1, c.dp)
+    reshard = {0: "default", 1: "never", 2: "never", 3: "always"}[c.zero_stage]
+    notes = []
+    if m.arch == "gpt":
+        notes.append("torchtitan ships llama-style models; this describes a llama3 model of the GPT's dimensions "
+                     "(a GPT with LayerNorm, GeLU and learned positions needs its own model definition)")
+    if m.head_dim != m.hidden_size // m.num_heads or m.qk_norm or m.moe is not None or m.mla is not None:
+        notes.append("torchtitan's llama3 builder takes neither a head width of its own, QK norm, MoE nor MLA; the "
+                     "model below has none of them")
+    if m.qkv_bias:
+        notes.append("torchtitan's llama3 model has no QKV bias; the model below has none")
+    if c.dtype == "fp16":
+        notes.append("torchtitan's mixed precision is bfloat16 or float32, not fp16: bfloat16 below")
+    if c.dtype == "fp8":
+        notes.append(torchtitan_fp8_note(c))
+    if c.tp > 1 and not c.sequence_parallel:
+        notes.append("the plan runs tensor parallelism without sequence parallelism (enable_sequence_parallel=False)")
+    lines = [f"# {summary}",
+             f"# Targets {TORCHTITAN_TARGET}: a config_registry module. Run from this folder with",
+             f"#   PYTHONPATH=. torchrun ... -m torchtitan.train --module {MODULE} --config {FUNCTION}",
+             "# Model: " + (f"torchtitan's recipe {recipe}" if recipe
+                            else "the plan's model on torchtitan's recipe llama3_8b")]
+    lines += [f"# NOTE: {n}" for n in notes]
+    base = recipe or "llama3_8b"
+    imports = ["from torchtitan.distributed.activation_checkpoint import FullAC, SelectiveAC  # noqa: F401",
+               f"from torchtitan.models.llama3.config_registry import {base}"]
+    if recipe is None:
+        imports = ["import dataclasses", "", "from torchtitan.models import llama3",
+                   "from torchtitan.models.common import ComplexRoPE, Embedding, Linear, RMSNorm"] + imports
+    lines += imports + ["", "", f"def {FUNCTION}():", f"    config = {base}()"]
+    if recipe is None:
+        lines += _custom_model(plan)
+    precision = "float32" if c.dtype == "fp32" else "bfloat16"
+    lines += ["    training, parallelism = config.training, config.parallelism",
+              f"    training.local_batch_size = {_local_batch(plan)}",
+              f"    training.global_batch_size = {c.global_batch_size}",
+              f"    training.seq_len = {c.seq_len}",
+              f'    training.mixed_precision_param = "{precision}"',
+              # what makes torchtitan run as the plan's framework was modelled (spec/frameworks.py)
+              *(f"    {line}" for line in plan_execution(plan.prediction).export_lines("torchtitan", c)),
+              f"    parallelism.data_parallel_replicate_degree = {replicate}",
+              f"    parallelism.data_parallel_shard_degree = {shard}",
+              f'    parallelism.fsdp_reshard_after_forward = "{reshard}"',
+              f"    parallelism.tensor_parallel_degree = {c.tp}",
+              f"    parallelism.enable_sequence_parallel = {c.sequence_parallel or c.tp == 1}",
+              f"    parallelism.pipeline_parallel_degree = {c.pp}",
+              f'    parallelism.pipeline_parallel_schedule = "{schedule_spec(c.schedule).torch_class}"',
+              f"    parallelism.pipeline_parallel_microbatch_size = {c.micro_batch_size}"]
+    if c.pp > 1:
+        lines.append("    training.disable_cuda_graphs = True  # torchtitan's CUDA graphs do not support pipelining")
+        lines.append("    parallelism.module_fqns_per_model_part = [  # one list per model chunk, in stage order")
+        lines += ["        [" + ", ".join(f'"{n}"' for n in part) + "]," for part in module_fqns(plan)]
+        lines.append("    ]")
+    ac = {"none": "None", "selective": "SelectiveAC.Config()", "full": "FullAC.Config()"}[c.recompute]
+    lines += [f"    config.activation_checkpoint = {ac}", "    return config"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,434 @@
+"""The exports as the upstream code reads them: megatron_args.txt parsed with the flags Megatron-LM declares at the
+tag it names (scripts/data, extracted from its arguments.py) and turned into megatron-core's own config objects;
+torchtitan_config.py loaded by torchtitan's ConfigManager and its model built on the meta device; pytorchjob.yaml
+parsed with the fields the Kubeflow operator requires. The packages are the pinned ones of the `test` extra; without
+them (outside CI) those checks skip."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from autoconf.cost.estimate import estimate
+from autoconf.errors import UserError
+from autoconf.report import upstream
+from autoconf.report.exporters import export_texts, megatron_args, megatron_flags, pytorchjob, torchtitan_config
+from autoconf.report.torchtitan_export import FUNCTION, TORCHTITAN_FLAVORS, module_fqns, upstream_recipe
+from autoconf.spec.cluster import load_cluster
+from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.presets import PRESETS, load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+FLAGS_FILE = ROOT / "scripts" / "data" / f"megatron_lm_{upstream.MEGATRON_LM_TAG}_flags.json"
+CRD_SCHEMA_FILE = ROOT / "scripts" / "data" / f"pytorchjob_crd_{upstream.TRAINING_OPERATOR_TAG}_schema.json"
+
+
+def _upstream(module: str):
+    """The upstream package: required in CI (the test extra installs it), skipped elsewhere when absent."""
+    if os.environ.get("CI"):
+        import importlib
+
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
+
+
+def _plan(model="tiny-llama", tp=1, pp=2, dp=2, vpp=1, schedule="1f1b", zero=0, recompute="none", sp=False,
+          dtype="bf16", partition=None, nodes=1, gpus=4, global_batch=16, seq=64, cluster="dgx-a100-80g"):
+    config = ParallelConfig(tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=1, global_batch_size=global_batch,
+                            seq_len=seq, schedule=schedule, zero_stage=zero, recompute=recompute,
+                            sequence_parallel=sp, dtype=dtype)
+    model = PRESETS[model] if isinstance(model, str) else model
+    return estimate(model, load_cluster(cluster, nodes=nodes, gpus_per_node=gpus), config, partition=partition)
+
+
+# Several plans: dense Llama 3.1 with rope scaling, uneven interleaved, ZeRO 1/3, SP, each recompute mode.
+PLANS = {
+    "llama3.1-8b-sp-selective": lambda: _plan("llama3.1-8b", tp=2, pp=2, dp=2, sp=True, recompute="selective",
+                                              nodes=1, gpus=8, seq=8192),
+    "uneven-interleaved-zero1": lambda: _plan(pp=2, dp=2, vpp=2, schedule="interleaved-1f1b", zero=1,
+                                              partition=[[0, 1], [1, 3], [3, 6], [6, 8]]),
+    "uneven-middle-full": lambda: _plan(pp=4, dp=1, recompute="full", partition=[[0, 2], [2, 3], [3, 6], [6, 8]]),
+    "zero3-fp32-gpt": lambda: _plan("tiny-gpt", zero=3, dtype="fp32"),
+    "qwen-like-rope-1e6": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], rope_theta=1e6, qkv_bias=True,
+                                                            norm_eps=1e-6), tp=2, pp=1, dp=2, sp=True),
+    "uniform-interleaved": lambda: _plan(pp=2, dp=2, vpp=2, schedule="interleaved-1f1b", recompute="full"),
+    "no-pp-accumulating-zero1": lambda: _plan(pp=1, dp=4, zero=1),
+    "head-dim-64": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], head_dim=64), tp=2, pp=1, dp=2),
+}
+
+
+# ---- Megatron-LM: flag names and types at the tag ---------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _flag_table() -> dict:
+    return json.loads(FLAGS_FILE.read_text())
+
+
+def megatron_parser() -> argparse.ArgumentParser:
+    """A parser with every flag Megatron-LM declares at the tag, with its value kind, nargs and choices: an unknown
+    flag, a float for an int (--rotary-base 1e+06) or a value outside the choices fails."""
+    doc = _flag_table()
+    parser = argparse.ArgumentParser(exit_on_error=False, allow_abbrev=False)
+    seen = set()
+    for name, entry in doc["flags"].items():
+        kwargs = {"dest": entry["dest"]}
+        if entry["kind"] == "flag":
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = {"int": int, "float": float}.get(entry["kind"], str)
+            if "nargs" in entry:
+                kwargs["nargs"] = entry["nargs"]
+            if "choices" in entry:
+                kwargs["choices"] = entry["choices"]
+        if name in seen:
+            continue
+        seen.add(name)
+        parser.add_argument(name, **kwargs)
+    return parser
+
+
+def parse_megatron(text: str) -> tuple[argparse.Namespace, list[str]]:
+    """The parsed arguments and the dests of the flags the text gives, as `xargs` would split its lines."""
+    tokens = [t for line in text.splitlines() if not line.startswith("#") for t in shlex.split(line)]
+    parser = megatron_parser()
+    given = [parser._option_string_actions[t].dest for t in tokens if t.startswith("--")]
+    return parser.parse_args(tokens), given
+
+
+def test_megatron_flag_table_names_its_source():
+    """The vendored flag list names Megatron-LM's file, the tag the exports target and its commit, and holds the
+    flags it is known for (so a truncated extraction fails)."""
+    doc = json.loads(FLAGS_FILE.read_text())
+    assert doc["tag"] == upstream.MEGATRON_LM_TAG and re.fullmatch(r"[0-9a-f]{40}", doc["commit"])
+    assert "megatron/training/arguments.py" in doc["source"] and len(doc["flags"]) > 500
+    assert doc["flags"]["--rotary-base"]["kind"] == "int"
+    assert doc["flags"]["--pipeline-model-parallel-layout"]["kind"] == "str"
+    with pytest.raises(argparse.ArgumentError):
+        megatron_parser().parse_args(["--rotary-base", "1e+06"])
+    with pytest.raises((argparse.ArgumentError, SystemExit)):
+        megatron_parser().parse_args(["--no-such-megatron-flag"])
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_megatron_args_parse_at_the_named_tag(name):
+    """Every line parses with the flags of the Megatron-LM tag the file names; the degrees, batch, layers, recompute,
+    distributed optimizer, SP, dtype and rope are the plan's; an uneven split is the plan's own (first/last or a
+    layout whose stages hold the plan's layers)."""
+    plan = PLANS[name]()
+    c, m = plan.config, plan.model
+    text = megatron_args(plan)
+    assert f"# Targets Megatron-LM {upstream.MEGATRON_LM_TAG}" in text
+    args, given = parse_megatron(text)
+    assert len(given) == len(set(given)), "a flag is given twice"
+    assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size) == (c.tp, c.pp)
+    dp = c.world_size // (c.tp * c.pp)
+    assert args.global_batch_size // (args.micro_batch_size * dp) == c.num_microbatches
+    assert args.seq_length == c.seq_len and args.num_layers == m.num_layers
+    assert args.recompute_granularity == (None if c.recompute == "none" else c.recompute)
+    assert args.use_distributed_optimizer == (c.zero_stage >= 1) and args.sequence_parallel == c.sequence_parallel
+    assert (args.bf16, args.fp16) == (c.dtype == "bf16", c.dtype == "fp16")
+    layers = [end - first for first, end in plan.partition]
+    if args.pipeline_model_parallel_layout:
+        stages = args.pipeline_model_parallel_layout.split("|")
+        assert len(stages) == c.pp * c.vpp
+        assert [len(re.sub(r"t\*(\d+)", lambda g: "t" * int(g[1]), s).strip("EL")) for s in stages] == layers
+    elif args.num_layers_per_virtual_pipeline_stage:
+        assert [args.num_layers_per_virtual_pipeline_stage] * (c.pp * c.vpp) == layers
+    elif len(set(layers)) > 1:
+        assert (args.decoder_first_pipeline_num_layers or layers[0]) == layers[0]
+        assert (args.decoder_last_pipeline_num_layers or layers[-1]) == layers[-1]
+    if m.arch == "llama":
+        assert args.rotary_base == m.rope_theta and args.normalization == "RMSNorm"
+        assert args.use_rope_scaling == (m.rope_scaling_factor != 1)
+        if args.use_rope_scaling:
+            assert args.rope_scaling_factor == m.rope_scaling_factor
+
+
+def test_llama31_gets_rope_scaling_and_uneven_interleaving_keeps_its_virtual_stages():
+    """The defects of issue 17: Llama 3.1 plans carry --use-rope-scaling (factor 8), an interleaved plan with unequal
+    chunks keeps its virtual stages as a layout, and rope theta 1e6 is the int 1000000."""
+    llama31 = dict(megatron_flags(PLANS["llama3.1-8b-sp-selective"]())[0])
+    assert "--use-rope-scaling" in llama31 and float(llama31["--rope-scaling-factor"]) == 8.0
+    assert "--use-rope-scaling" not in dict(megatron_flags(_plan("llama3-8b", tp=8, pp=1, dp=1, gpus=8))[0])
+    uneven = dict(megatron_flags(PLANS["uneven-interleaved-zero1"]())[0])
+    assert uneven["--pipeline-model-parallel-layout"] == "Et|t*2|t*3|t*2L"
+    assert "--num-layers-per-virtual-pipeline-stage" not in uneven
+    assert dict(megatron_flags(PLANS["qwen-like-rope-1e6"]())[0])["--rotary-base"] == 1000000
+
+
+# ---- Megatron-Core: the config classes -------------------------------------------------------------------------
+
+# Megatron-LM flags whose dest is not a field name of the config classes, and where Megatron-LM puts them
+# (core_transformer_config_from_args and the GPT model builder at the tag).
+RENAMED = {"decoder_first_pipeline_num_layers": "num_layers_in_first_pipeline_stage",
+           "decoder_last_pipeline_num_layers": "num_layers_in_last_pipeline_stage",
+           "swiglu": "gated_linear_unit", "group_query_attention": None,
+           "num_layers_per_virtual_pipeline_stage": None}  # validate_args: virtual_pipeline_model_parallel_size
+GPT_MODEL_ARGS = {"rotary_base": "rotary_base", "use_rope_scaling": "rope_scaling",
+                  "rope_scaling_factor": "rope_scaling_factor", "position_embedding_type": "position_embedding_type",
+                  "max_position_embeddings": "max_sequence_length",
+                  "untie_embeddings_and_output_weights": "share_embeddings_and_output_weights"}
+TRAINING_LOOP = {"micro_batch_size", "global_batch_size", "seq_length"}  # megatron.training, not core
+
+
+@pytest.fixture(scope="module")
+def megatron_core():
+    _upstream("megatron.core")
+    from megatron.core.distributed.distributed_data_parallel_config import DistributedDataParallelConfig
+    from megatron.core.model_parallel_config import ModelParallelConfig
+    from megatron.core.models.gpt.gpt_model import GPTModel
+    from megatron.core.optimizer.optimizer_config import OptimizerConfig
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    return TransformerConfig, ModelParallelConfig, OptimizerConfig, DistributedDataParallelConfig, GPTModel
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_megatron_args_build_megatron_cores_configs(megatron_core, name):
+    """Every given flag lands on a field of TransformerConfig, ModelParallelConfig, OptimizerConfig,
+    DistributedDataParallelConfig or a GPTModel argument (or is one of the training loop's three); the fields build
+    megatron-core's TransformerConfig (whose checks cover heads vs TP, recompute and the pipeline layout against
+    num_layers), OptimizerConfig and DistributedDataParallelConfig."""
+    import inspect
+
+    transformer_cls, parallel_cls, optimizer_cls, ddp_cls, gpt_model = megatron_core
+    plan = PLANS[name]()
+    args, given = parse_megatron(megatron_args(plan))
+    fields = {cls: {f.name for f in dataclasses.fields(cls)}
+              for cls in (transformer_cls, parallel_cls, optimizer_cls, ddp_cls)}
+    gpt_params = set(inspect.signature(gpt_model.__init__).parameters)
+    kwargs: dict[type, dict] = {cls: {} for cls in fields}
+    for dest in given:
+        value = getattr(args, dest)
+        target = RENAMED.get(dest, dest)
+        homes = [cls for cls, names in fields.items() if target in names]
+        if dest == "attention_backend":
+            from megatron.core.transformer.enums import AttnBackend
+
+            value = AttnBackend[value]
+        if dest == "swiglu":
+            import torch.nn.functional as F
+
+            kwargs[transformer_cls]["activation_func"] = F.silu
+        assert homes or dest in RENAMED or GPT_MODEL_ARGS.get(dest) in gpt_params or dest in TRAINING_LOOP, (
+            f"--{dest.replace('_', '-')} reaches no megatron-core config field")
+        for cls in homes:
+            kwargs[cls][target] = value
+    if args.group_query_attention is False:
+        kwargs[transformer_cls].pop("num_query_groups", None)
+    if args.num_layers_per_virtual_pipeline_stage:  # Megatron-LM's validate_args derives the vpp size from it
+        kwargs[transformer_cls]["virtual_pipeline_model_parallel_size"] = (
+            args.num_layers // (args.pipeline_model_parallel_size * args.num_layers_per_virtual_pipeline_stage))
+    import torch  # Megatron-LM: params_dtype from --bf16/--fp16 (else fp32), and pipeline_dtype = params_dtype
+
+    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+    kwargs[transformer_cls]["params_dtype"] = kwargs[transformer_cls]["pipeline_dtype"] = dtype
+    config = transformer_cls(**kwargs[transformer_cls])
+    assert config.num_layers == plan.model.num_layers and config.tensor_model_parallel_size == plan.config.tp
+    if args.pipeline_model_parallel_layout:
+        layout = config.pipeline_model_parallel_layout
+        layout.validate_layer_layout(num_layers=plan.model.num_layers, mtp_num_layers=None)
+        assert layout.virtual_pipeline_model_parallel_size == plan.config.vpp
+    optimizer_cls(**kwargs[optimizer_cls])
+    ddp = ddp_cls(**kwargs[ddp_cls])
+    assert ddp.use_distributed_optimizer == (plan.config.zero_stage >= 1)
+
+
+# ---- torchtitan ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def torchtitan():
+    _upstream("torchtitan")
+    from torchtitan.config import ConfigManager
+    from torchtitan.distributed.parallel_dims import ParallelDims
+
+    return ConfigManager, ParallelDims
+
+
+def _load_torchtitan(text: str, tmp_path: Path, ConfigManager):
+    """torchtitan's own config manager loads the exported module by name, as `--module M --config F` does."""
+    module = f"autoconf_tt_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(text)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        return ConfigManager().parse_args(["--module", module, "--config", FUNCTION])
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop(module, None)
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_torchtitan_config_loads_with_torchtitans_config_manager(torchtitan, name, tmp_path):
+    """torchtitan's ConfigManager loads torchtitan_config.py; ParallelDims accepts its degrees for the plan's world
+    size; batch, micro-batch, schedule, SP and recompute are the plan's; its model, built on the meta device, has the
+    plan model's parameter count (GPT: the llama3 model of its dimensions) and every module the stage lists name."""
+    import torch
+
+    ConfigManager, ParallelDims = torchtitan
+    plan = PLANS[name]()
+    c, m = plan.config, plan.model
+    text = torchtitan_config(plan)
+    assert f"# Targets torchtitan {upstream.TORCHTITAN_VERSION}" in text
+    config = _load_torchtitan(text, tmp_path, ConfigManager)
+    par, train = config.parallelism, config.training
+    dims = ParallelDims.from_config(par, c.world_size)
+    assert (dims.tp, dims.pp, dims.dp_replicate * dims.dp_shard) == (c.tp, c.pp, c.dp)
+    assert dims.dp_shard == (c.dp if c.zero_stage else 1)
+    # one forward runs the plan's micro-batch (torchtitan: local_batch_size without PP, else the PP micro-batch),
+    # and a step takes the global batch (accumulating global / (local x DP) steps)
+    forward_batch = par.pipeline_parallel_microbatch_size if c.pp > 1 else train.local_batch_size
+    assert forward_batch == c.micro_batch_size and train.seq_len == c.seq_len
+    assert train.global_batch_size == c.global_batch_size and c.global_batch_size % (train.local_batch_size * c.dp) == 0
+    if c.pp > 1:
+        assert train.local_batch_size // par.pipeline_parallel_microbatch_size == c.num_microbatches
+    assert par.enable_sequence_parallel == (c.sequence_parallel or c.tp == 1)
+    torch.distributed.pipelining.schedules.get_schedule_class(par.pipeline_parallel_schedule)
+    ac = type(config.activation_checkpoint).__qualname__ if config.activation_checkpoint else None
+    assert ac == {"none": None, "selective": "SelectiveAC.Config", "full": "FullAC.Config"}[c.recompute]
+    if upstream_recipe(plan):
+        assert config.model_spec.flavor == TORCHTITAN_FLAVORS[upstream_recipe(plan)][0]
+        return  # an 8B model is not built in a unit test; the flavor table is checked below
+    with torch.device("meta"):
+        model = config.model_spec.model.build()
+    names = {n for n, _ in model.named_modules()}
+    assert {n for part in (par.module_fqns_per_model_part or module_fqns(plan)) for n in part} <= names
+    params = sum(p.numel() for p in model.parameters())
+    plain = m.arch == "llama" and not m.qkv_bias and m.head_dim == m.hidden_size // m.num_heads
+    expected = m.total_params() if plain else None
+    if expected is not None:
+        assert params == expected
+
+
+def test_torchtitan_flavor_table_is_torchtitans(torchtitan):
+    """TORCHTITAN_FLAVORS holds the dimensions torchtitan's llama3 flavors have, and Llama 3.1 8B maps to its recipe
+    (Llama 3 8B, without rope scaling, does not)."""
+    from torchtitan.models.llama3 import llama3_configs
+
+    for recipe, (flavor, (layers, dim, heads, kv, ffn, vocab)) in TORCHTITAN_FLAVORS.items():
+        model = llama3_configs[flavor](attn_backend="flex")
+        attn = model.layers[0].attention
+        assert (len(model.layers), model.dim, model.vocab_size) == (layers, dim, vocab), recipe
+        assert model.layers[0].feed_forward.w1.out_features == ffn, recipe
+        assert attn.n_heads == heads and attn.n_kv_heads == kv, recipe
+    assert upstream_recipe(_plan("llama3.1-8b", tp=8, pp=1, dp=1, gpus=8)) == "llama3_8b"
+    assert upstream_recipe(_plan("llama3-8b", tp=8, pp=1, dp=1, gpus=8)) is None
+
+
+# ---- Kubernetes ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("nodes,gpus,cluster", [(1, 8, "dgx-a100-80g"), (4, 8, "dgx-h100-80g"), (2, 2, "cpu-local")])
+def test_pytorchjob_has_what_the_operator_requires(nodes, gpus, cluster, tmp_path):
+    """pytorchjob.yaml parses and validates against the PyTorchJob CRD schema of the operator release it names; as
+    the operator's admission webhook requires (pkg/webhooks/pytorch/pytorchjob_webhook.go at that tag): a DNS-1035
+    name, exactly one Master, Workers (nodes-1) at least one when present, a container named `pytorch` with an
+    image; it asks for the node's GPUs (CPUs for a CPU plan); the container's command, run with a stub torchrun and
+    the operator's RANK (the pod's index, Workers from 1), parses with torch's torchrun parser as one node of the
+    plan's world with the mounted plan."""
+    import jsonschema
+    import yaml
+    from torch.distributed.run import get_args_parser
+
+    plan = _plan(pp=2, dp=nodes * gpus // 2, nodes=nodes, gpus=gpus, global_batch=nodes * gpus * 2, cluster=cluster)
+    text = pytorchjob(plan, tmp_path / "it's a plan.json")
+    assert f"Targets Kubeflow Training Operator {upstream.TRAINING_OPERATOR_TAG}" in text
+    docs = list(yaml.safe_load_all(text))
+    assert len(docs) == 1
+    job = docs[0]
+    crd = json.loads(CRD_SCHEMA_FILE.read_text())
+    assert f"{crd['group']}/{crd['version']}" == job["apiVersion"] == upstream.PYTORCHJOB_API_VERSION
+    assert job["kind"] == crd["kind"] == "PyTorchJob"
+    jsonschema.validate(job, crd["openAPIV3Schema"])
+    assert re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", job["metadata"]["name"])
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    assert set(specs) == ({"Master", "Worker"} if nodes > 1 else {"Master"})
+    assert specs["Master"]["replicas"] == 1 and specs.get("Worker", {"replicas": 0})["replicas"] == nodes - 1
+    assert job["spec"]["nprocPerNode"] == str(gpus)
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "torchrun").write_text(f"#!/usr/bin/env bash\nprintf '%s\\0' \"$@\" > {tmp_path}/args\n")
+    (stub / "torchrun").chmod(0o755)
+    for rank, spec in enumerate([specs["Master"]] + ([specs["Worker"]] if nodes > 1 else [])):
+        pod = spec["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["name"] == "pytorch" and container["image"]
+        assert spec["replicas"] == (1 if rank == 0 else nodes - 1) >= 1
+        limits = container["resources"]["limits"]
+        assert limits == ({"cpu": gpus} if cluster == "cpu-local" else {"nvidia.com/gpu": gpus})
+        mount = container["volumeMounts"][0]
+        assert pod["volumes"][0]["name"] == mount["name"] and pod["volumes"][0]["configMap"]["name"]
+        env = {**os.environ, "PATH": f"{stub}:{os.environ['PATH']}", "RANK": str(rank), "MASTER_ADDR": "10.0.0.1",
+               "MASTER_PORT": "23456"}
+        done = subprocess.run(container["command"], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        args = get_args_parser().parse_args((tmp_path / "args").read_text().split("\0")[:-1])
+        assert int(args.nnodes) == nodes and int(args.nproc_per_node) == gpus and int(args.node_rank) == rank
+        assert args.master_addr == "10.0.0.1" and args.module and args.training_script == "autoconf.execute.train"
+        assert args.training_script_args[:2] == ["--plan", f"{mount['mountPath']}/plan.json"]
+
+
+# ---- every export: quoting, versions, pins -------------------------------------------------------------------------
+
+def test_every_export_names_its_target_and_quotes_a_hostile_plan_path(tmp_path):
+    """Each export names the upstream version it targets; with a plan path holding a space, quotes, `$(...)` and a
+    backtick, every shell script run with stubbed tools passes that exact path and runs nothing else."""
+    plan = _plan(nodes=2, gpus=2, pp=2, dp=2, global_batch=8, cluster="cpu-local")
+    hostile = tmp_path / "a b'\"$(touch PWNED)`touch PWNED2`.json"
+    texts = export_texts(plan, hostile)
+    targets = {"megatron_args.txt": upstream.MEGATRON_TARGET, "torchtitan_config.py": upstream.TORCHTITAN_TARGET,
+               "pytorchjob.yaml": upstream.PYTORCHJOB_TARGET}
+    for name, target in targets.items():
+        assert f"Targets {target}" in texts[name], name
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for tool in ("torchrun", "autoconf", "srun", "scontrol"):
+        (stubs / tool).write_text(f"#!/usr/bin/env bash\nprintf '%s\\0' \"$@\" > {tmp_path}/{tool}.args\n")
+        (stubs / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "MASTER_ADDR": "127.0.0.1", "SLURM_NODEID": "0"}
+    for name in ("launch.sh", "torchrun_node0.sh"):
+        script = tmp_path / name
+        script.write_text(texts[name])
+        done = subprocess.run(["bash", str(script), "0"], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        tool = "autoconf" if name == "launch.sh" else "torchrun"
+        assert str(hostile.resolve()) in (tmp_path / f"{tool}.args").read_text().split("\0"), name
+    assert not list(tmp_path.glob("PWNED*"))
+    kubectl = next(line for line in texts["pytorchjob.yaml"].splitlines() if "kubectl create" in line)
+    assert shlex.split(kubectl.lstrip("# "))[-1] == f"--from-file=plan.json={hostile.resolve()}"
+
+
+def test_test_extra_pins_the_targeted_versions():
+    """pyproject's test extra pins exactly the torchtitan and megatron-core versions the exports name."""
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    pins = {req.split(";")[0].strip() for req in extra}
+    assert f"torchtitan=={upstream.TORCHTITAN_VERSION}" in pins
+    assert f"megatron-core=={upstream.MEGATRON_CORE_VERSION}" in pins
+    assert upstream.MEGATRON_LM_TAG.endswith(upstream.MEGATRON_CORE_VERSION)
+
+
+def test_rope_scaling_survives_json_and_comes_from_hugging_face(tmp_path):
+    """The rope scaling factor survives the model JSON round trip, the Hugging Face loader reads Llama 3.1's, and a
+    factor below 1 is refused."""
+    from autoconf.spec.presets import from_hf_config
+
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(PRESETS["llama3.1-8b"].to_dict()))
+    assert load_model(str(path)).rope_scaling_factor == 8.0
+    hf = {"model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 32, "hidden_size": 4096,
+          "intermediate_size": 14336, "vocab_size": 128256, "num_key_value_heads": 8, "rope_theta": 500000.0,
+          "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                           "original_max_position_embeddings": 8192, "rope_type": "llama3"}}
+    assert from_hf_config(hf, "Llama-3.1-8B").rope_scaling_factor == 8.0
+    assert from_hf_config({**hf, "rope_scaling": None}, "Llama-3-8B").rope_scaling_factor == 1.0
+    with pytest.raises(UserError, match="rope_scaling_factor"):
+        dataclasses.replace(PRESETS["llama3.1-8b"], rope_scaling_factor=0.5)
