@@ -115,3 +115,19 @@ def test_planner_gives_a_128k_vocabulary_head_its_own_chunk(layers, pp, vpp, sch
     if c.num_stages == layers + 2:
         assert partition[0] == [0, 0]
     assert refined == min(score(p) for p in _all_partitions(layers, c.num_stages))
+
+
+def test_search_returns_a_plan_with_end_chunks():
+    """The planner itself, pinned to pp 4 (1F1B) and to pp 2 x vpp 4 = layers + 2 (interleaved 1F1B), returns
+    plans whose last chunk is Llama 3's 128k-vocabulary head alone, and whose first is the embedding alone at
+    layers + 2."""
+    from autoconf.solve.search import search
+
+    model, cluster, _, _ = _setup(6)
+    plan = search(model, cluster, 8, 2048, "bf16", fixed={"tp": 1, "pp": 4, "schedule": "1f1b", "mb": 1,
+                                                          "recompute": "none"}, top_k=1).plans[0]
+    assert plan.partition[-1] == [6, 6]
+    plan = search(model, cluster.resized(gpus_per_node=2), 8, 2048, "bf16",
+                  fixed={"tp": 1, "pp": 2, "vpp": 4, "schedule": "interleaved-1f1b", "mb": 1, "recompute": "none"},
+                  top_k=1).plans[0]
+    assert plan.config.num_stages == 8 and plan.partition[0] == [0, 0] and plan.partition[-1] == [6, 6]
