@@ -9,6 +9,7 @@ scale, so the loss alone would miss a wrongly scaled gradient; the global norm c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -42,6 +43,15 @@ def make_plan(arch: str = "gpt", **layout) -> Plan:
     return even_plan(MODELS[arch], **layout)
 
 
+def end_chunk_plan(arch: str, partition: list[list[int]], **layout) -> Plan:
+    """`make_plan`'s layout with `partition` (end stages that hold only the embedding or only the head)."""
+    even = make_plan(arch, **{**layout, "vpp": 1, "schedule": "1f1b"})
+    config = dataclasses.replace(even.config, vpp=layout.get("vpp", 1), schedule=layout.get("schedule", "1f1b"))
+    plan = Plan(model=even.model, cluster=even.cluster, config=config, partition=partition, placement=even.placement)
+    plan.validate()
+    return plan
+
+
 # name -> plan, grouped by world size (one torchrun job each).
 LAYOUTS: dict[int, dict[str, Plan]] = {
     1: {"gpt": make_plan("gpt"), "llama": make_plan("llama")},
@@ -52,6 +62,11 @@ LAYOUTS: dict[int, dict[str, Plan]] = {
         "llama-tp2-selective-standard": make_plan("llama", tp=2, recompute="selective", attention="standard"),
         "llama-pp2-1f1b-full": make_plan("llama", pp=2, schedule="1f1b", recompute="full"),
         "llama-dp2-zero3": make_plan("llama", dp=2, zero=3),
+        # pp * vpp = layers + 2: the first chunk holds only the embedding, the last only the head.
+        "llama-pp2-interleaved-endchunks": end_chunk_plan(
+            "llama", [[0, 0]] + [[i, i + 1] for i in range(8)] + [[8, 8]], pp=2, schedule="interleaved-1f1b", vpp=5),
+        "gpt-pp2-1f1b-embedding-stage": end_chunk_plan("gpt", [[0, 0], [0, 8]], pp=2, schedule="1f1b"),
+        "llama-pp2-1f1b-head-stage": end_chunk_plan("llama", [[0, 8], [8, 8]], pp=2, schedule="1f1b"),
     },
     4: {
         "gpt-tp4": make_plan(tp=4),

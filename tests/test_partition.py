@@ -24,7 +24,7 @@ def _random_problem(rng, num_layers, pp, vpp, v_shape, memory="loose"):
     # A limit between the smallest achievable peak and the time-optimal partition's peak, so it binds.
     peak = max(brute_force_partition(base).rank_memory_bytes)
     smallest = min(max(evaluate_partition(base, _stages(inner, num_layers)).rank_memory_bytes)
-                   for inner in itertools.combinations(range(2, num_layers + 1), num_stages - 1))
+                   for inner in itertools.combinations(range(1, num_layers + 2), num_stages - 1))
     limit = (peak + smallest) / 2 if peak > smallest * 1.001 else peak * 1.001  # KiB rounding is conservative
     return PartitionProblem(tuple(time), tuple(static), tuple(act), placement, inflight, limit,
                             base.num_microbatches)
@@ -44,7 +44,7 @@ def test_cp_sat_matches_brute_force(seed):
     pp = rng.randint(1, 2) if v_shape else rng.randint(1, 4)
     vpp = 1 if v_shape else rng.randint(1, max(1, 4 // pp))
     num_stages = 2 * pp if v_shape else pp * vpp
-    num_layers = rng.randint(num_stages, 8)
+    num_layers = rng.randint(max(1, num_stages - 2), 8)  # down to layers + 2 stages: empty end stages
     problem = _random_problem(rng, num_layers, pp, vpp, v_shape, memory="binding" if seed % 2 else "loose")
     exact = brute_force_partition(problem)
     solved = solve_partition(problem, time_limit_s=5.0)
@@ -114,8 +114,11 @@ def test_uniform_partition_gives_remainder_to_the_middle():
     assert uniform_partition(8, 4) == [[0, 2], [2, 4], [4, 6], [6, 8]]
     assert uniform_partition(10, 4) == [[0, 2], [2, 5], [5, 8], [8, 10]]
     assert uniform_partition(5, 4) == [[0, 1], [1, 3], [3, 4], [4, 5]]
+    # More stages than layers: the last stage holds only the head, then the first only the embedding.
+    assert uniform_partition(3, 4) == [[0, 1], [1, 2], [2, 3], [3, 3]]
+    assert uniform_partition(2, 4) == [[0, 0], [0, 1], [1, 2], [2, 2]]
     with pytest.raises(ValueError):
-        uniform_partition(3, 4)
+        uniform_partition(2, 5)
 
 
 @pytest.mark.parametrize("pp,vpp,v_shape", [(4, 1, False), (2, 3, False), (3, 1, True)])
@@ -140,9 +143,11 @@ def test_large_chain_is_solved_to_optimality():
 
 
 def _all_partitions(num_layers, num_stages):
-    for inner in itertools.combinations(range(1, num_layers), num_stages - 1):
-        bounds = [0, *inner, num_layers]
-        yield [[bounds[s], bounds[s + 1]] for s in range(num_stages)]
+    """Every partition: each stage one layer at least, except that the first and the last may hold none (only the
+    embedding, only the head)."""
+    for inner in itertools.combinations(range(1, num_layers + 2), num_stages - 1):
+        cuts = [0, *inner, num_layers + 2]  # unit bounds: unit 0 the embedding, units 1..L the layers, L + 1 the head
+        yield [[max(a, 1) - 1, min(b, num_layers + 1) - 1] for a, b in zip(cuts, cuts[1:])]
 
 
 # (model, layers, pp, vpp, schedule, cluster, tolerance): small cases where a brute force over every partition,

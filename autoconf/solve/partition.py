@@ -4,8 +4,9 @@ Units are in model order: unit 0 is the embedding, units 1..L the transformer la
 norm + LM head + loss. There are S = pp * vpp virtual stages; ``stage_to_rank[s]`` is the pipeline rank that holds
 stage s (loop placement ``s % pp``, or V placement where rank r holds stages r and 2pp-1-r).
 
-Rules: the embedding is on stage 0, the head unit on stage S-1, every stage holds at least one transformer layer
-and stages are contiguous in unit order.
+Rules (`autoconf.spec.plan.min_stage_layers`): the embedding is on stage 0, the head unit on stage S-1, every
+other stage holds at least one transformer layer and stages are contiguous in unit order; stage 0 may hold the
+embedding alone and stage S-1 the head alone. So every stage holds at least one unit, and S <= L + 2.
 
 Objective (the standard pipeline approximation of the critical path)::
 
@@ -37,7 +38,7 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from autoconf.solve import cpsat
-from autoconf.spec.plan import uniform_partition
+from autoconf.spec.plan import max_pipeline_stages, uniform_partition
 
 TIME_QUANTA = 1 << 20  # total chain time is split into this many integer time steps
 MEMORY_QUANTUM_BYTES = 1024  # KiB
@@ -72,9 +73,10 @@ class PartitionProblem:
                              f"{self.num_ranks} ranks")
         if self.num_microbatches < 1:
             raise ValueError(f"num_microbatches must be >= 1, got {self.num_microbatches}")
-        if self.num_layers < self.num_stages:
+        if self.num_stages > max_pipeline_stages(self.num_layers):
             raise ValueError(f"{self.num_layers} transformer layers cannot fill {self.num_stages} stages "
-                             f"with at least one layer each")
+                             f"(at most layers + 2)")
+
 
     @property
     def num_layers(self) -> int:
@@ -200,8 +202,8 @@ def _greedy_fill(p: PartitionProblem, q: _Quantised, budget: int) -> list[int] |
     bounds, a = [0], 0
     for s in range(num_stages):
         r = p.stage_to_rank[s]
-        lo = 2 if s == 0 else a + 1  # at least one layer (and the embedding on stage 0)
-        hi = num_units if s == num_stages - 1 else num_layers - (num_stages - 2 - s)
+        lo = a + 1  # at least one unit: a layer, or the embedding alone on stage 0
+        hi = num_units - (num_stages - 1 - s)  # leave one unit for every later stage
         t_cap = (time_left[r] - fixed_t_left[r]) // left[r] + fixed_t[s]
         m_cap = (mem_left[r] - fixed_m_left[r]) // left[r] + fixed_m[s]
         fixed_t_left[r] -= fixed_t[s]
@@ -225,7 +227,7 @@ def _greedy_fill(p: PartitionProblem, q: _Quantised, budget: int) -> list[int] |
 def greedy_partition(p: PartitionProblem) -> tuple[tuple[int, int], ...]:
     """Bisect the smallest rank-time budget that ``_greedy_fill`` fits; used as the CP-SAT hint.
 
-    Always structurally valid (embedding first, head last, >= 1 layer per stage). When no budget fits memory it
+    Always structurally valid (embedding first, head last, >= 1 unit per stage). When no budget fits memory it
     falls back to the uniform split.
     """
     q = _quantise(p)
@@ -260,8 +262,8 @@ def _one_stage_per_rank_dp(p: PartitionProblem, q: _Quantised) -> tuple[int, lis
     for s in range(num_stages):
         limit = q.limit[p.stage_to_rank[s]]
         new, arg = np.full(num_units + 1, inf, dtype=np.int64), np.zeros(num_units + 1, dtype=np.int64)
-        lo_end = 2 if s == 0 else s + 2
-        hi_end = num_units if s == num_stages - 1 else num_units - 1 - (num_stages - 1 - s)
+        lo_end = s + 1  # stages 0..s hold at least one unit each
+        hi_end = num_units - (num_stages - 1 - s)  # and every later stage one
         for b in range(lo_end, hi_end + 1):
             starts = ends[:b]
             mem = (static_pre[b] - static_pre[starts]) + p.inflight[s] * (act_pre[b] - act_pre[starts])
@@ -283,7 +285,7 @@ def brute_force_partition(p: PartitionProblem) -> PartitionResult | None:
     """Try every partition (on the same quantised data as CP-SAT). For tests and tiny chains only."""
     q = _quantise(p)
     best, best_cost = None, None
-    for inner in itertools.combinations(range(2, p.num_layers + 1), p.num_stages - 1):
+    for inner in itertools.combinations(range(1, p.num_layers + 2), p.num_stages - 1):
         stages = _bounds_to_stages([0, *inner, p.num_layers + 2])
         cost = _int_cost(p, q, stages)
         if cost is not None and (best_cost is None or cost < best_cost):
@@ -305,12 +307,13 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
     last = num_units - 1
 
     # Variables: after[u, s] <=> unit u sits on stage s or later (order encoding of the unit's stage, s >= 1).
-    # Unit u >= 1 can be on stages [u + S - 1 - L ... u - 1] only, so the rest are constants.
+    # Unit u >= 1 can be on stages [u + S - 2 - L ... u] only (one unit at least on every stage), so the rest are
+    # constants.
     model = cp_model.CpModel()
     after = {}
     for u in range(num_units):
-        lo = 0 if u == 0 else max(0, u + num_stages - 1 - p.num_layers)
-        hi = 0 if u == 0 else (num_stages - 1 if u == last else min(num_stages - 1, u - 1))
+        lo = 0 if u == 0 else max(0, u + num_stages - 2 - p.num_layers)
+        hi = min(num_stages - 1, u)
         for s in range(1, num_stages):
             after[u, s] = 1 if s <= lo else (0 if s > hi else model.new_bool_var(f"after_{u}_{s}"))
 
@@ -338,8 +341,8 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
             implies(after[u, s], after[u + 1, s])
             if s + 1 < num_stages:
                 implies(after[u + 1, s + 1], after[u, s])
-    # Embedding on stage 0, head on the last stage, and each stage holds a layer: fixed by the domains above
-    # (layer 1 on stage 0, layer L on stage S-1, no skipped stage in between).
+    # Embedding on stage 0, head on the last stage, and each stage holds a unit: fixed by the domains above
+    # (the head's lower bound is S-1, no skipped stage in between).
 
     stage_time = [sum(q.time[u] * on(u, s) for u in range(num_units)) for s in range(num_stages)]
     rank_stages = [[s for s in range(num_stages) if p.stage_to_rank[s] == r] for r in range(num_ranks)]

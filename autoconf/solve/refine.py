@@ -16,7 +16,7 @@ from autoconf.cost.memory import (gather_buffer_bytes, logits_temporary_bytes, p
                                   unit_activation_bytes)
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.plan import ParallelConfig, min_stage_layers
 from autoconf.spec.schedules import stage_to_rank
 
 
@@ -69,12 +69,14 @@ def polished_partition(score, partition: list[list[int]], time_s: float) -> tupl
     """Best-improvement local search from `partition` (whose score is `time_s`) under `score` (partition -> seconds,
     inf when it does not fit): each step takes the best move of k = 1, 2, ... layers from one stage to any other
     (the stages between them shift, each keeps its size), smallest k first; it stops when no move of any size
-    lowers the score. Deterministic: moves are tried in a fixed order and only a strictly lower score is taken."""
+    lowers the score; a move may empty the first or the last stage (`min_stage_layers`). Deterministic: moves are
+    tried in a fixed order and only a strictly lower score is taken."""
     bounds = [first for first, _ in partition] + [partition[-1][1]]
     stages = len(partition)
+    least = sum(min_stage_layers(s, stages) for s in range(stages))
     while True:
         best = None
-        for k in range(1, bounds[-1] - stages + 1):
+        for k in range(1, bounds[-1] - least + 1):
             for a in range(stages):
                 for b in range(stages):
                     if a == b:
@@ -93,8 +95,9 @@ def polished_partition(score, partition: list[list[int]], time_s: float) -> tupl
 
 
 def _moved(bounds: list[int], a: int, b: int, k: int) -> list[int] | None:
-    """The stage bounds with k layers moved from stage a to stage b, or None when stage a would be left empty."""
-    if bounds[a + 1] - bounds[a] <= k:
+    """The stage bounds with k layers moved from stage a to stage b, or None when stage a would be left with fewer
+    layers than `min_stage_layers` allows."""
+    if bounds[a + 1] - bounds[a] - k < min_stage_layers(a, len(bounds) - 1):
         return None
     moved = list(bounds)
     if a < b:  # stage a gives up its last k layers; the boundaries up to stage b move k layers earlier

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from autoconf.errors import UserError
 from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import GRAD_REDUCE, ParallelConfig
+from autoconf.spec.plan import GRAD_REDUCE, ParallelConfig, max_pipeline_stages
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 FIXABLE = ("tp", "pp", "dp", "vpp", "micro_batch_size", "schedule", "zero_stage", "recompute", "sequence_parallel",
@@ -83,7 +83,7 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
     for tp in tps:
         if world_size % tp:
             continue
-        pps = choices("pp", [p for p in _divisors(world_size // tp) if p <= model.num_layers])
+        pps = choices("pp", [p for p in _divisors(world_size // tp) if p <= max_pipeline_stages(model.num_layers)])
         for pp in pps:
             if world_size % (tp * pp):
                 continue
@@ -128,7 +128,7 @@ def _schedule_choices(model: ModelSpec, pp: int, m: int, fixed: dict) -> list[tu
     out = []
     for name in names:
         spec = schedule_spec(name)
-        vpps = [v for v in spec.chunks if pp * v <= model.num_layers and fixed.get("vpp", v) == v]
+        vpps = [v for v in spec.chunks if pp * v <= max_pipeline_stages(model.num_layers) and fixed.get("vpp", v) == v]
         out.extend((name, v) for v in vpps if spec.problem(pp, v, m) is None)
     return out
 

@@ -98,9 +98,10 @@ class ParallelConfig:
         if model.num_kv_heads % self.tp:
             out.append(f"tp {self.tp} does not divide the {model.num_kv_heads} KV heads "
                        f"(use tp in {_divisors(model.num_kv_heads)})")
-        if self.num_stages > model.num_layers:
+        if self.num_stages > max_pipeline_stages(model.num_layers):
             out.append(f"pp*vpp = {self.pp}*{self.vpp} = {self.num_stages} stages but the model has only "
-                       f"{model.num_layers} layers")
+                       f"{model.num_layers} layers (at most layers + 2 = {max_pipeline_stages(model.num_layers)} "
+                       f"stages: one layer each, the embedding and the head alone on the end stages)")
         if self.global_batch_size % (self.micro_batch_size * self.dp):
             out.append(f"global batch {self.global_batch_size} is not divisible by micro-batch "
                        f"{self.micro_batch_size} x dp {self.dp} = {self.micro_batch_size * self.dp}")
@@ -226,9 +227,10 @@ class Plan:
         expected_start = 0
         for i, stage in enumerate(self.partition):
             if (not isinstance(stage, list) or len(stage) != 2 or not all(_is_int(x) for x in stage)
-                    or stage[0] != expected_start or stage[1] <= stage[0]):
+                    or stage[0] != expected_start or stage[1] - stage[0] < min_stage_layers(i, c.num_stages)):
                 raise UserError(f"{source}: partition stage {i} is {stage}; stages must be [first, end) ranges that "
-                                f"cover layers 0..{self.model.num_layers} in order, each non-empty")
+                                f"cover layers 0..{self.model.num_layers} in order, each non-empty except that "
+                                f"the first may hold only the embedding and the last only the head")
             expected_start = stage[1]
         if expected_start != self.model.num_layers:
             raise UserError(f"{source}: partition ends at layer {expected_start}, model has {self.model.num_layers}")
@@ -296,14 +298,34 @@ def prediction_problems(pred: dict) -> list[str]:
     return out
 
 
+def max_pipeline_stages(num_layers: int) -> int:
+    """The most virtual pipeline stages (pp * vpp) a model of `num_layers` transformer layers splits into: one
+    layer each, plus a first stage holding only the embedding and a last holding only the head (Megatron's
+    `--pipeline-model-parallel-layout` chunks `E` and `L`; Llama 3 405B's PP16 with one layer per chunk)."""
+    return num_layers + 2
+
+
+def min_stage_layers(stage: int, num_stages: int) -> int:
+    """The fewest transformer layers virtual stage `stage` of `num_stages` may hold: 0 for the first stage (it
+    still holds the embedding) and the last (it holds the final norm, LM head and loss) of a pipeline of more
+    than one stage, 1 for every other stage. The one partition rule every solver and check reads."""
+    return 0 if num_stages > 1 and stage in (0, num_stages - 1) else 1
+
+
 def uniform_partition(num_layers: int, num_stages: int) -> list[list[int]]:
     """Even split of layers into [first, end) ranges.
 
     Each stage gets floor(L/S) layers; the remainder r goes one layer each to the r stages in the middle, because
-    the first and last stages already carry the embedding and the head.
+    the first and last stages already carry the embedding and the head. With more stages than layers (up to
+    `max_pipeline_stages`) every middle stage gets one layer, the last stage holds only the head and, at L + 2
+    stages, the first only the embedding.
     """
-    if num_layers < num_stages:
-        raise ValueError(f"{num_layers} layers cannot fill {num_stages} stages with at least one layer each")
+    if num_stages > max_pipeline_stages(num_layers):
+        raise ValueError(f"{num_layers} layers cannot fill {num_stages} stages (at most layers + 2: one layer "
+                         f"each, the embedding and the head alone on the end stages)")
+    if num_stages > num_layers:
+        first = num_stages - num_layers - 1  # 1 when the first stage holds only the embedding
+        return [[0, 0]] * first + [[i, i + 1] for i in range(num_layers)] + [[num_layers, num_layers]]
     base, extra = divmod(num_layers, num_stages)
     first_extra = (num_stages - extra) // 2
     sizes = [base + (first_extra <= s < first_extra + extra) for s in range(num_stages)]
