@@ -65,6 +65,8 @@ PLANS = {
     "uniform-interleaved": lambda: _plan(pp=2, dp=2, vpp=2, schedule="interleaved-1f1b", recompute="full"),
     "no-pp-accumulating-zero1": lambda: _plan(pp=1, dp=4, zero=1),
     "head-dim-64": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], head_dim=64), tp=2, pp=1, dp=2),
+    "embedding-and-head-chunks": lambda: _plan(pp=2, dp=2, vpp=5, schedule="interleaved-1f1b"),  # 8 layers + 2
+    "head-only-last-stage": lambda: _plan(pp=2, dp=2, partition=[[0, 8], [8, 8]]),
 }
 
 
@@ -165,6 +167,10 @@ def test_llama31_gets_rope_scaling_and_uneven_interleaving_keeps_its_virtual_sta
     assert uneven["--pipeline-model-parallel-layout"] == "Et|t*2|t*3|t*2L"
     assert "--num-layers-per-virtual-pipeline-stage" not in uneven
     assert dict(megatron_flags(PLANS["qwen-like-rope-1e6"]())[0])["--rotary-base"] == 1000000
+    ends = dict(megatron_flags(PLANS["embedding-and-head-chunks"]())[0])
+    assert ends["--pipeline-model-parallel-layout"] == "E|t|t|t|t|t|t|t|t|L"
+    head = dict(megatron_flags(PLANS["head-only-last-stage"]())[0])
+    assert head["--pipeline-model-parallel-layout"] == "Et*8|L" and "--decoder-last-pipeline-num-layers" not in head
 
 
 # ---- Megatron-Core: the config classes -------------------------------------------------------------------------

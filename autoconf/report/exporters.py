@@ -261,13 +261,14 @@ def _first_of_each(flags: list[Flag]) -> list[Flag]:
 
 def _megatron_partition(plan: Plan) -> list[Flag]:
     """Uniform stages need no flag (interleaved: layers per virtual stage); stages that differ only at the two
-    ends use --decoder-first/last-pipeline-num-layers; any other partition is written as a layout."""
+    ends use --decoder-first/last-pipeline-num-layers; any other partition, and any with an embedding-only or
+    head-only chunk, is written as a layout."""
     c = plan.config
     layers = _stage_layers(plan)
     if len(set(layers)) == 1:
         return [("--num-layers-per-virtual-pipeline-stage", layers[0])] if c.vpp > 1 else []
     first, last, middle = layers[0], layers[-1], layers[1:-1]
-    if c.vpp == 1 and len(set(middle)) <= 1:
+    if c.vpp == 1 and len(set(middle)) <= 1 and min(layers) > 0:
         flags: list[Flag] = []
         if not middle or first != middle[0]:
             flags.append(("--decoder-first-pipeline-num-layers", first))
