@@ -40,6 +40,7 @@ class ParallelConfig:
     sequence_parallel: bool = False
     dtype: str = "bf16"
     attention: str = "flash"
+    compile: bool = True  # torch.compile each transformer block where the device supports it (CUDA)
 
     @property
     def dims(self) -> ParallelDims:
@@ -63,6 +64,16 @@ class ParallelConfig:
         """Whether ZeRO sharding takes effect: zero_stage >= 1 over more than one data-parallel replica (with dp == 1
         there is nothing to shard; the executor runs such a plan as ZeRO-0, without FSDP)."""
         return self.zero_stage >= 1 and self.dp > 1
+
+    @property
+    def reshard_after_forward(self) -> bool:
+        """Whether the executor frees a block's gathered low-precision parameters after its forward and gathers them
+        again for its backward: under ZeRO-3, and on unsharded ranks (one-rank FSDP units, a cast) without a
+        pipeline, whose micro-batches do not overlap (torchtitan's default). Otherwise the gathered copy of every
+        parameter lives through the step."""
+        if self.zero_sharded:
+            return self.zero_stage == 3
+        return self.pp == 1
 
     def problems(self, model: ModelSpec, world_size: int | None = None) -> list[str]:
         """Every rule this configuration breaks, each naming the offending factors and what would work."""
@@ -103,6 +114,8 @@ class ParallelConfig:
             out.append(f"recompute {self.recompute!r} is not one of {', '.join(RECOMPUTE)}")
         if self.dtype not in DTYPES:
             out.append(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if not isinstance(self.compile, bool):
+            out.append(f"compile must be true or false (got {self.compile!r})")
         if self.attention not in ATTENTION:
             out.append(f"attention {self.attention!r} is not one of {', '.join(ATTENTION)}")
         if self.sequence_parallel and self.tp == 1:
