@@ -4,7 +4,8 @@
    the meta device;
 2. materialisation and the seeded initialisation (`model.init_weights`), so every layout starts from the same
    weights: each parameter's full value is generated on CPU and this rank keeps its TP shard;
-3. activation recompute: "selective" checkpoints the attention core (softmax(QK^T)V), "full" each whole block,
+3. activation recompute: "selective" checkpoints the attention core (softmax(QK^T)V) and SwiGLU's silu(gate) * up
+   (elementwise: its input is kept, the silu output is not), "full" each whole block,
    both with non-reentrant `torch.utils.checkpoint` inside the module's forward (parameter names do not change);
 4. `torch.compile` of each block where the plan asks for it and the device supports it (`compiles`: CUDA);
 5. mixed precision and data parallelism, both by FSDP2 (torchtitan's scheme): every block is an FSDP unit and the
@@ -107,6 +108,8 @@ def apply_recompute(model: Transformer, mode: str) -> None:
     for block in model.layers.values():
         block.recompute_full = mode == "full"
         block.attention.recompute_core = mode == "selective"
+        if hasattr(block.feed_forward, "recompute_gate"):
+            block.feed_forward.recompute_gate = mode == "selective"
 
 
 def compiles(config, device_type: str) -> bool:
