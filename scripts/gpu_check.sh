@@ -5,6 +5,7 @@
 #      and peak memory into OUT/lean_vs_torchtitan.md (the section for docs/gpu.md). torchtitan 0.3.0 runs from
 #      carried wheels (the GPU machine has no registry); fetch them once, into the ignored folder wheels/:
 #        pip download torchtitan==0.3.0 spmd_types==0.2.3 tyro docstring_parser typeguard shtab --no-deps -d wheels
+#      (tyro also imports rich: add rich markdown-it-py mdurl pygments if the GPU machine lacks it)
 #      and carry it: run(command="scripts/gpu_check.sh", carry=["wheels"]). Without wheels that half is skipped.
 #   1. `autoconf profile` of this GPU with the compute tables of MODEL at TP widths 1-8 (one GPU of an 8-GPU node);
 #   2. `autoconf validate` of MODEL on that profile: K single-GPU layouts (micro-batch, recompute) trained N steps
