@@ -55,13 +55,6 @@ from autoconf.spec.schedules import schedule_spec
 LAYOUTS = ("torch", "megatron")
 
 
-def uses_autocast(config: ParallelConfig) -> bool:
-    """True when the executor trains this config under autocast: fp32 parameters and residual stream, matmuls in the
-    low dtype (bf16/fp16 without ZeRO sharding; FSDP2 instead casts the parameters and inputs and computes in the
-    low dtype throughout)."""
-    return config.dtype != "fp32" and not config.zero_sharded
-
-
 def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str,
                            recompute: str | None = None) -> float:
     """Bytes one block keeps from its forward until its backward for one micro-batch on one TP rank: Megatron-LM's
@@ -75,47 +68,55 @@ def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     return executor_layer_activation_bytes(model, c, recompute, device_kind)
 
 
+def norm_saved_bytes(model: ModelSpec, config: ParallelConfig, device_kind: str) -> float:
+    """Bytes one norm of the executor keeps per element of its input: LayerNorm its input; RMSNorm its input on CUDA
+    (a fused kernel) and, on CPU (composite, computed in fp32), the fp32 upcast of its input and its fp32
+    normalised input."""
+    if model.arch == "llama" and device_kind == "cpu":
+        return 8.0
+    return float(DTYPE_BYTES[config.dtype])
+
+
 def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, recompute: str,
                                     device_kind: str = "gpu") -> float:
     """What autoconf's executor block saves for its backward (tests/test_memory_saved.py counts it with autograd's
     saved-tensor hooks), for one micro-batch on one TP rank.
 
-    Under autocast the residual stream and the norms stay fp32 (r = 4 bytes) and every linear layer saves its own
-    low-precision cast of its input (three for Q, K, V; one or two for the MLP); otherwise everything is in the
-    compute dtype and the linears share their input. LayerNorm keeps its input; RMSNorm too on CUDA (a fused
-    kernel), and its normalised input as well on CPU (composite there). Flash attention keeps Q, K and V (K and V
-    repeated to every query head when grouped), its output (which is the output projection's input) and a fp32
-    log-sum-exp per row; selective recompute drops only the log-sum-exp (its output stays alive as the projection's
-    input), the standard kernel keeps the fp32 softmax and its low-precision copy. Torch tensor parallelism saves
-    the gathered (full-sequence) input of its column-parallel layers also with sequence parallelism. Full recompute
-    keeps the block input only. Dropout masks take a byte per element (CUDA's fused kernel).
+    FSDP2's mixed precision runs every block on compute copies of its parameters in the plan's dtype (e bytes), so
+    every activation, the residual stream included, is in that dtype, and the linear layers that read one tensor
+    save it once (the Q, K, V input; the first MLP input). Norms keep `norm_saved_bytes`. Flash attention keeps Q,
+    K and V (grouped K and V unrepeated), its output (which is the output projection's input) and a fp32
+    log-sum-exp per row; the standard kernel keeps K and V repeated to every query head and the fp32 softmax and its
+    low-precision copy. Selective recompute keeps the attention core's inputs Q, K, V (unrepeated) and its output,
+    and recomputes SwiGLU's silu (its inputs stay, the silu output goes). Torch tensor parallelism saves the gathered
+    (full-sequence) input of its column-parallel layers also with sequence parallelism. Full recompute keeps the
+    block input only. Dropout masks take a byte per element (CUDA's fused kernel).
     """
     c = config
     s, b, h, f = c.seq_len, c.micro_batch_size, model.hidden_size, model.ffn_hidden_size
     t, e = c.tp, DTYPE_BYTES[c.dtype]
-    mixed = uses_autocast(c)
-    r = 4 if mixed else e
     sbh = s * b * h
     split = t if c.sequence_parallel else 1
     if recompute == "full":
-        return r * sbh / split
-    mlp_inputs = 1 if model.arch == "gpt" else 2
-    casts = (3 + mlp_inputs) if mixed else 2
+        return e * sbh / split
     dropout_masks = 2 * sbh if model.dropout > 0 else 0
-    per_norm = 2 if (model.arch == "llama" and device_kind == "cpu") else 1
-    norms = 2 * per_norm * r * sbh / split + dropout_masks / split
-    linear_inputs = casts * e * sbh
-    attention = 3 * e * sbh / t  # Q, K, V (K and V repeated to every head)
-    if c.attention == "flash":
-        attention += e * sbh / t  # output = the output projection's input
-        if recompute != "selective":
+    norms = 2 * norm_saved_bytes(model, c, device_kind) * sbh / split + dropout_masks / split
+    linear_inputs = 2 * e * sbh
+    qkv = e * s * b * (h + 2 * model.kv_dim) / t
+    attention = qkv + e * sbh / t  # Q, K, V and the output projection's input
+    if recompute != "selective":
+        if c.attention == "flash":
             attention += 4 * model.num_heads * s * b / t
+        else:
+            scores = model.num_heads * s * s * b / t
+            softmax = 4 + (e if e < 4 else 0)  # fp32 softmax, and its low-precision copy
+            attention += e * s * b * 2 * (h - model.kv_dim) / t  # K and V repeated to every head
+            attention += softmax * scores + ((1 + e) * scores if model.dropout > 0 else 0)
+    if model.arch == "gpt":
+        mlp_tensors = 2  # GeLU input and output
     else:
-        scores = model.num_heads * s * s * b / t
-        softmax = 4 + (e if e < 4 else 0)  # fp32 softmax, and its low-precision copy
-        attention += e * sbh / t + (0 if recompute == "selective" else softmax * scores
-                                    + ((1 + e) * scores if model.dropout > 0 else 0))
-    mlp = (2 if model.arch == "gpt" else 4) * e * s * b * f / t
+        mlp_tensors = 3 if recompute == "selective" else 4  # gate, up, (silu,) their product
+    mlp = mlp_tensors * e * s * b * f / t
     return norms + linear_inputs + attention + mlp
 
 
@@ -127,14 +128,15 @@ def logits_temporary_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     return logits * (DTYPE_BYTES[c.dtype] + 8 if layout == "megatron" else 12)
 
 
-def head_input_bytes(model: ModelSpec, config: ParallelConfig, layout: str) -> float:
-    """Bytes the last stage keeps per micro-batch beyond its layers: the final norm's input and the head's input."""
+def head_input_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str = "gpu") -> float:
+    """Bytes the last stage keeps per micro-batch beyond its layers: the final norm's input and the head's input
+    (in the executor the head's column-parallel input is gathered to the full sequence under SP)."""
     c = config
     e = DTYPE_BYTES[c.dtype]
     sbh = c.seq_len * c.micro_batch_size * model.hidden_size
     split = c.tp if c.sequence_parallel else 1
-    if layout == "torch" and uses_autocast(c):
-        return (4 / split + e) * sbh
+    if layout == "torch":
+        return (norm_saved_bytes(model, c, device_kind) / split + e) * sbh
     return 2 * sbh * e / split
 
 
@@ -270,7 +272,8 @@ def unit_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
     split = c.tp if c.sequence_parallel else 1
     sbh = c.seq_len * c.micro_batch_size * model.hidden_size
     embedding = sbh / split if model.dropout > 0 else 0.0
-    return (embedding, layer_activation_bytes(model, c, layout, device_kind), head_input_bytes(model, c, layout))
+    return (embedding, layer_activation_bytes(model, c, layout, device_kind),
+            head_input_bytes(model, c, layout, device_kind))
 
 
 def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig,

@@ -8,10 +8,20 @@ from __future__ import annotations
 
 from autoconf.spec.grid import AXES, RankGrid
 
+# A size-1 axis after "dp": the one-rank FSDP mesh of a rank that holds whole parameters while dp > 1 (ZeRO-0), on
+# which FSDP2 only casts (bf16 compute copies, fp32 gradients); a slice of the same mesh as "tp", so FSDP composes
+# with tensor parallelism.
+SOLO = "solo"
 
-def build_mesh(grid: RankGrid, device_type: str):
-    """A DeviceMesh over the default process group with the grid's shape and axis names."""
+
+def build_mesh(grid: RankGrid, device_type: str, solo: bool = False):
+    """A DeviceMesh over the default process group with the grid's shape and axis names (and the SOLO axis)."""
     import torch
     from torch.distributed.device_mesh import DeviceMesh
 
-    return DeviceMesh(device_type, torch.tensor(grid.devices, dtype=torch.int64), mesh_dim_names=AXES)
+    devices = torch.tensor(grid.devices, dtype=torch.int64)
+    names = AXES
+    if solo:
+        at = AXES.index("dp") + 1
+        devices, names = devices.unsqueeze(at), (*AXES[:at], SOLO, *AXES[at:])
+    return DeviceMesh(device_type, devices, mesh_dim_names=names)

@@ -73,13 +73,15 @@ class Attention(nn.Module):
         self.recompute_core = False  # set by parallelize (selective recompute)
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """softmax(QK^T / sqrt(d)) V with a causal mask; q [b, heads, s, d], k and v [b, kv_heads, s, d]."""
+        """softmax(QK^T / sqrt(d)) V with a causal mask; q [b, heads, s, d], k and v [b, kv_heads, s, d]. The fused
+        kernel reads grouped K and V as they are (`enable_gqa`: it keeps them for its backward unrepeated)."""
+        p = self.p_attn if self.training else 0.0
+        if self.attention == "flash":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p,
+                                                  enable_gqa=k.shape[1] != q.shape[1])
         if k.shape[1] != q.shape[1]:
             repeat = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        p = self.p_attn if self.training else 0.0
-        if self.attention == "flash":
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         s = q.shape[-2]
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
         mask = torch.ones(s, s, dtype=torch.bool, device=q.device).triu(1)
@@ -111,6 +113,10 @@ class GeluMLP(nn.Module):
         return self.dropout(self.fc2(F.gelu(self.fc1(x), approximate="tanh")))
 
 
+def _silu_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * up
+
+
 class SwiGLU(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -118,9 +124,15 @@ class SwiGLU(nn.Module):
         self.w3 = nn.Linear(spec.hidden_size, spec.ffn_hidden_size, bias=False)  # up
         self.w2 = nn.Linear(spec.ffn_hidden_size, spec.hidden_size, bias=False)  # down
         self.dropout = nn.Dropout(spec.dropout)
+        self.recompute_gate = False  # set by parallelize (selective recompute): silu(gate) is recomputed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+        gate, up = self.w1(x), self.w3(x)
+        if self.recompute_gate and torch.is_grad_enabled():
+            hidden = checkpoint(_silu_gate, gate, up, use_reentrant=False)
+        else:
+            hidden = _silu_gate(gate, up)
+        return self.dropout(self.w2(hidden))
 
 
 def make_norm(spec: ModelSpec) -> nn.Module:

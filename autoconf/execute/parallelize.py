@@ -4,18 +4,28 @@
    the meta device;
 2. materialisation and the seeded initialisation (`model.init_weights`), so every layout starts from the same
    weights: each parameter's full value is generated on CPU and this rank keeps its TP shard;
-3. activation recompute: "selective" checkpoints the attention core (softmax(QK^T)V), "full" each whole block,
+3. activation recompute: "selective" checkpoints the attention core (softmax(QK^T)V) and SwiGLU's silu(gate) * up
+   (elementwise: its input is kept, the silu output is not), "full" each whole block,
    both with non-reentrant `torch.utils.checkpoint` inside the module's forward (parameter names do not change);
-4. data parallelism by ZeRO stage over the "dp" mesh dimension:
-   - 0: replicated parameters, gradients averaged over dp during the backward by `GradReducer` (built by the
-     training loop for each chunk): per-parameter post-accumulate-grad hooks fire on the last micro-batch's
-     backward and launch an async all-reduce per bucket (a block, the head, the embedding), so each bucket's
-     reduction overlaps the rest of the backward, as the cost model assumes; the loop's `grad_sync` phase only waits;
-   - 1 and 2: FSDP2 `fully_shard(reshard_after_forward=False)`: parameters stay gathered from forward to backward,
-     gradients are reduce-scattered and optimizer state is sharded. This is ZeRO-2. FSDP2 has no mode that shards
-     the optimizer state alone, so ZeRO-1 runs as ZeRO-2 (it uses less gradient memory than true ZeRO-1 would);
-   - 3: FSDP2 `fully_shard(reshard_after_forward=True)`: parameters re-gathered for backward.
-   Each block is its own FSDP unit; the chunk itself is the root unit (embedding, final norm, head).
+4. `torch.compile` of each block where the plan asks for it and the device supports it (`compiles`: CUDA);
+5. mixed precision and data parallelism, both by FSDP2 (torchtitan's scheme): every block is an FSDP unit and the
+   chunk itself the root unit (embedding, final norm, head), under `MixedPrecisionPolicy(param_dtype=<the plan's
+   dtype>, reduce_dtype=fp32)`. Parameters, gradients and AdamW's states are fp32 (the master weights); each unit
+   casts a bf16 compute copy of its parameters when it runs, so activations, the residual stream included, are
+   bf16, and casts its gradient back to fp32. (On CPU the dtype is fp32: FSDP casts nothing.) By ZeRO stage over
+   the "dp" mesh dimension:
+   - 0 (and any stage with dp == 1): one-rank FSDP units (over "dp" when dp == 1, else over the size-1 "solo"
+     axis): whole parameters, FSDP only casts, after every micro-batch's backward; the units free their compute
+     copy after the forward when there is no pipeline (`ParallelConfig.reshard_after_forward`). With dp > 1 the
+     gradients are averaged over dp during the backward by `GradReducer` (built by the training loop for each
+     chunk): the parameters' post-accumulate-grad hooks (FSDP calls them when it writes a gradient) fire on the
+     last micro-batch's backward and launch an async all-reduce per bucket (a block, the head, the embedding), so
+     each bucket's reduction overlaps the rest of the backward, as the cost model assumes; the loop's `grad_sync`
+     phase only waits;
+   - 1 and 2: `reshard_after_forward=False`: parameters stay gathered from forward to backward, gradients are
+     reduce-scattered and optimizer state is sharded. This is ZeRO-2. FSDP2 has no mode that shards the optimizer
+     state alone, so ZeRO-1 runs as ZeRO-2 (it uses less gradient memory than true ZeRO-1 would);
+   - 3: `reshard_after_forward=True`: parameters re-gathered for backward.
 
 Why hooks for ZeRO-0 rather than torch's wrappers (read in torch 2.13): DDP and the composable `replicate` (private
 `torch.distributed._composable`) take TP parameters only by turning the DTensors into plain tensors
@@ -25,7 +35,9 @@ patches DDP's reducer for `DistributedDataParallel` only). The FSDP2-based `repl
 on a replicate mesh (HSDP with shard size 1) turn the parameters into dp DTensors, and under pipelining torch
 defers their reduction to after the stage's last backward (`perform_reduce_grad`). Public
 `Tensor.register_post_accumulate_grad_hook` and `dist.all_reduce(..., async_op=True)` work alike with and without
-pipelining, with TP shards, tied embeddings and every schedule.
+pipelining, with TP shards, tied embeddings and every schedule. (torch's pipeline stage would defer a root FSDP
+unit's gradient work to after the stage's last backward: the schedule gets the one-rank units behind a plain
+wrapper, `pipeline.build_schedule`.)
 """
 
 from __future__ import annotations
@@ -41,6 +53,8 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
+from autoconf.execute.dtypes import TORCH_DTYPES
+from autoconf.execute.mesh import SOLO
 from autoconf.execute.model import Transformer, init_weights
 
 
@@ -94,22 +108,62 @@ def apply_recompute(model: Transformer, mode: str) -> None:
     for block in model.layers.values():
         block.recompute_full = mode == "full"
         block.attention.recompute_core = mode == "selective"
+        if hasattr(block.feed_forward, "recompute_gate"):
+            block.feed_forward.recompute_gate = mode == "selective"
 
 
-def apply_fsdp(model: Transformer, dp_mesh, zero_stage: int, mp_policy=None) -> None:
+def compiles(config, device_type: str) -> bool:
+    """Whether the executor compiles the blocks: when the plan asks for it, on CUDA (torch.compile's Triton
+    kernels; on CPU inductor needs a C++ toolchain and gains little)."""
+    return bool(config.compile) and device_type == "cuda"
+
+
+def apply_compile(model: Transformer) -> None:
+    """torch.compile each block in place (parameter names unchanged), after recompute and before FSDP, as torchtitan
+    does: the repeated block compiles once."""
+    for block in model.layers.values():
+        block.compile()
+
+
+def compute_dtype(config, device_type: str) -> torch.dtype:
+    """The dtype parameters and activations have in the forward and backward: the plan's on CUDA, fp32 on CPU."""
+    return TORCH_DTYPES[config.dtype] if device_type == "cuda" else torch.float32
+
+
+def precision_policy(dtype: torch.dtype):
+    """FSDP2's mixed precision: compute copies of the parameters in `dtype`, gradients reduced and kept in fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if dtype == torch.float32:
+        return MixedPrecisionPolicy()
+    return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+
+
+def apply_fsdp(model: Transformer, dp_mesh, zero_stage: int, mp_policy=None,
+               reshard_after_forward: bool | None = None) -> None:
+    """Each block an FSDP unit, the chunk the root unit. `reshard_after_forward` (default: ZeRO-3) applies to the
+    blocks; the root reshards only under ZeRO-3."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    kwargs = dict(mesh=dp_mesh, reshard_after_forward=zero_stage == 3,
-                  mp_policy=mp_policy or MixedPrecisionPolicy())
+    policy = mp_policy or MixedPrecisionPolicy()
+    blocks = zero_stage == 3 if reshard_after_forward is None else reshard_after_forward
     for block in model.layers.values():
-        fully_shard(block, **kwargs)
-    fully_shard(model, **kwargs)
+        fully_shard(block, mesh=dp_mesh, reshard_after_forward=blocks, mp_policy=policy)
+    fully_shard(model, mesh=dp_mesh, reshard_after_forward=zero_stage == 3, mp_policy=policy)
 
 
-def parallelize_chunk(model: Transformer, mesh, config, device: torch.device, seed: int,
-                      mp_policy=None) -> Transformer:
-    """TP, materialise + init, recompute, FP8 linears (dtype fp8), then FSDP (ZeRO 1-3) on one model chunk built on
-    the meta device."""
+def apply_data_parallel(model: Transformer, mesh, config, mp_policy) -> None:
+    """FSDP units by the plan's ZeRO stage (step 5 of the module docstring)."""
+    if config.zero_sharded:
+        apply_fsdp(model, mesh["dp"], config.zero_stage, mp_policy)
+    else:
+        apply_fsdp(model, mesh["dp"] if config.dp == 1 else mesh[SOLO], 0, mp_policy,
+                   reshard_after_forward=config.reshard_after_forward)
+
+
+def parallelize_chunk(model: Transformer, mesh, config, device: torch.device, seed: int) -> Transformer:
+    """TP, materialise + init, recompute, FP8 linears (dtype fp8), compile, then mixed precision and data
+    parallelism (FSDP2) on one model chunk built on the meta device."""
     if config.tp > 1:
         apply_tp(model, mesh["tp"], config.sequence_parallel)
     materialize(model, device, seed)
@@ -118,8 +172,9 @@ def parallelize_chunk(model: Transformer, mesh, config, device: torch.device, se
         from autoconf.execute.fp8 import apply_float8
 
         apply_float8(model, config.zero_sharded, device)
-    if config.zero_sharded:
-        apply_fsdp(model, mesh["dp"], config.zero_stage, mp_policy)
+    if compiles(config, device.type):
+        apply_compile(model)
+    apply_data_parallel(model, mesh, config, precision_policy(compute_dtype(config, device.type)))
     return model
 
 

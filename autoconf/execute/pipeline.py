@@ -51,6 +51,21 @@ def build_chunks(plan, pp_rank: int) -> list[tuple[int, Transformer]]:
             for s in stages_of_rank(plan, pp_rank)]
 
 
+class _Unsharded(torch.nn.Module):
+    """A chunk of one-rank FSDP units (`parallelize.apply_data_parallel` without ZeRO sharding) as torch's pipeline
+    stage sees it: a plain module, so the stage lets FSDP cast each micro-batch's gradient into the fp32 gradient as
+    it comes (the post-accumulate-grad hooks of `GradReducer` count them) instead of deferring it to after the
+    stage's last backward as it does for a root FSDP unit. Not under split-backward schedules: their weight pass
+    needs the stage to keep the compute copies from the input pass (which it does for a root unit only)."""
+
+    def __init__(self, chunk: Transformer):
+        super().__init__()
+        self.chunk = chunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.chunk(x)
+
+
 def build_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device: torch.device,
                    scale_grads: bool = True):
     """PipelineStage objects for this rank's chunks and the plan's schedule over them. With scale_grads=False the
@@ -60,8 +75,15 @@ def build_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device
 
     c = plan.config
     cls = get_schedule_class(schedule_spec(c.schedule).torch_class)
-    stage_class = _reducing_stage_class(c.zero_stage >= 3) if c.reduces_every_microbatch else PipelineStage
-    stages = [stage_class(chunk, s, c.num_stages, device, group=pp_group) for s, chunk in chunks]
+    # ZeRO-0 chunks (one-rank FSDP units) run behind a plain wrapper so that torch's stage does not postpone their
+    # root unit's gradient work; split-backward schedules need torch's own handling of the weight pass.
+    plain = not c.zero_sharded and not schedule_spec(c.schedule).split_backward
+    if c.reduces_every_microbatch:
+        stages = [_reducing_stage_class(c.zero_stage >= 3)(chunk, s, c.num_stages, device, group=pp_group)
+                  for s, chunk in chunks]
+    else:
+        stages = [PipelineStage(_Unsharded(chunk) if plain else chunk, s, c.num_stages, device, group=pp_group)
+                  for s, chunk in chunks]
     if issubclass(cls, PipelineScheduleSingle):
         assert len(stages) == 1
         schedule = cls(stages[0], n_microbatches=c.num_microbatches, loss_fn=loss_fn, scale_grads=scale_grads)

@@ -3,8 +3,9 @@
 Every rank builds its chunks of the model from the plan (mesh, TP, pipeline split, FSDP), trains with AdamW under a
 warm-up + cosine learning rate, clips gradients by the global norm over every parallel dimension, and reports the
 loss a single-process run would report (mean token cross entropy over the global batch). Rank 0 prints one progress
-line per step and writes the metrics file. fp32 on CPU; on CUDA the plan's bf16/fp16 runs as mixed precision
-(FSDP2 MixedPrecisionPolicy when the plan shards, autocast otherwise).
+line per step and writes the metrics file. fp32 on CPU; on CUDA the plan's bf16/fp16 runs as FSDP2 mixed precision
+on every rank (bf16 parameters, activations and compute, fp32 master weights, gradients and optimizer states:
+`parallelize.py`), with fused AdamW (foreach on CPU).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from autoconf.errors import UserError
 from autoconf.execute import checkpoint as ckpt
 from autoconf.execute import faults
 from autoconf.execute.data import TokenSource, local_rows
-from autoconf.execute.dtypes import TORCH_DTYPES
 from autoconf.execute.mesh import build_mesh
 from autoconf.execute.model import init_seed
 from autoconf.execute.parallelize import GradReducer, match_grad_layout, parallelize_chunk
@@ -106,21 +106,13 @@ class Trainer:
         # Grid position i runs as global rank i; which device hosts it is the launcher's business (node ranks and
         # local devices follow plan.placement, see spec/plan.py node_blocks), so every group is in grid order.
         grid = RankGrid.logical(c.dims)
-        self.mesh = build_mesh(grid, device.type)
+        self.mesh = build_mesh(grid, device.type, solo=c.dp > 1 and not c.zero_sharded)
         self.coords = grid.coords(self.rank)
         self.sizes = {axis: grid.size(axis) for axis in AXES}
         self.fsdp = c.zero_sharded
-        low = TORCH_DTYPES[c.dtype] if device.type == "cuda" else torch.float32
-        mp_policy = None
-        if self.fsdp and low != torch.float32:
-            from torch.distributed.fsdp import MixedPrecisionPolicy
-
-            mp_policy = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
-        self.autocast_dtype = low if (low != torch.float32 and mp_policy is None) else None
-
         self.chunks = build_chunks(plan, self.coords["pp"])
         for _, chunk in self.chunks:
-            parallelize_chunk(chunk, self.mesh, c, device, opts.seed, mp_policy)
+            parallelize_chunk(chunk, self.mesh, c, device, opts.seed)
         self.models = [chunk for _, chunk in self.chunks]
         self.tied = TiedEmbeddingSync(plan, grid, self.chunks, self.rank)
         # ZeRO-0 over dp > 1: each chunk's gradients are averaged during its last micro-batch's backward. The
@@ -142,8 +134,9 @@ class Trainer:
 
     # ---- optimizer -------------------------------------------------------------------------------------------
     def _optimizer(self, model) -> torch.optim.Optimizer:
-        """AdamW; decay on matrices only. Parameters are grouped by kind (plain tensor, or DTensor of one mesh) so
-        that the fused multi-tensor update never mixes them."""
+        """AdamW on the fp32 master weights, fused on CUDA and foreach (multi-tensor) on CPU; decay on matrices only.
+        Parameters are grouped by kind (plain tensor, or DTensor of one mesh) so that one multi-tensor update never
+        mixes them."""
         from torch.distributed.tensor import DTensor
 
         groups: dict = {}
@@ -156,7 +149,9 @@ class Trainer:
                 groups.setdefault((p.ndim >= 2, mesh_key), []).append(p)
         param_groups = [{"params": ps, "weight_decay": self.opts.weight_decay if decay else 0.0}
                         for (decay, _), ps in groups.items()]
-        return torch.optim.AdamW(param_groups, lr=self.opts.lr, betas=(0.9, 0.95), eps=1e-8)
+        fused = self.device.type == "cuda"
+        return torch.optim.AdamW(param_groups, lr=self.opts.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused,
+                                 foreach=not fused)
 
     # ---- gradients ---------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -209,11 +204,6 @@ class Trainer:
                     (p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad).mul_(coef)
 
     # ---- one step ----------------------------------------------------------------------------------------------
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
     def train_step(self, step: int) -> dict:
         c = self.config
         lr = lr_at(step, self.opts)
@@ -225,11 +215,10 @@ class Trainer:
         inputs, targets = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
         losses: list[torch.Tensor] = []
         clock.lap("data")
-        with self._autocast():
-            if self.schedule is None:
-                self._accumulate(inputs, targets, losses)
-            else:
-                self._pipeline(inputs, targets, losses)
+        if self.schedule is None:
+            self._accumulate(inputs, targets, losses)
+        else:
+            self._pipeline(inputs, targets, losses)
         clock.lap("forward_backward")
         for reducer in self.reducers:
             reducer.finish()  # waits for the reductions the backward launched (ZeRO-0)

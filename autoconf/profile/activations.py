@@ -7,11 +7,11 @@ from __future__ import annotations
 import torch
 
 
-def saved_bytes(module: torch.nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> int:
-    """Bytes of the distinct storages autograd saves during `module(x)`, leaving out the parameters and their
-    low-precision casts (recognised as 2-D tensors of a parameter's shape or its transpose: choose the tokens of `x`
-    unlike every weight dimension). Under `autocast_dtype` the forward runs under autocast to it, as the executor
-    trains an unsharded GPU rank."""
+def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd saves during `module(x)`, leaving out the parameters and any tensor
+    of a parameter's shape or its transpose (2-D: choose the tokens of `x` unlike every weight dimension). To count
+    what the executor's FSDP2 mixed precision keeps, pass the module and `x` in the compute dtype (the executor runs
+    each block on low-precision compute copies of its parameters)."""
     params = {p.untyped_storage().data_ptr() for p in module.parameters()}
     shapes = {tuple(p.shape) for p in module.parameters()}
     storages: dict[int, int] = {}
@@ -24,6 +24,5 @@ def saved_bytes(module: torch.nn.Module, x: torch.Tensor, autocast_dtype: torch.
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            module(x)
+        module(x)
     return sum(storages.values())

@@ -45,6 +45,7 @@ class ParallelConfig:
     dtype: str = "bf16"
     attention: str = "flash"
     grad_reduce: str = "step"
+    compile: bool = True  # torch.compile each transformer block where the device supports it (CUDA)
 
     @property
     def dims(self) -> ParallelDims:
@@ -74,6 +75,16 @@ class ParallelConfig:
         """Whether FSDP reduce-scatters each micro-batch's gradients during its backward (grad_reduce "microbatch"
         on a sharded plan); otherwise a sharded plan accumulates unsharded gradients until its last micro-batch."""
         return self.grad_reduce == "microbatch" and self.zero_sharded
+
+    @property
+    def reshard_after_forward(self) -> bool:
+        """Whether the executor frees a block's gathered low-precision parameters after its forward and gathers them
+        again for its backward: under ZeRO-3, and on unsharded ranks (one-rank FSDP units, a cast) without a
+        pipeline, whose micro-batches do not overlap (torchtitan's default). Otherwise the gathered copy of every
+        parameter lives through the step."""
+        if self.zero_sharded:
+            return self.zero_stage == 3
+        return self.pp == 1
 
     def problems(self, model: ModelSpec, world_size: int | None = None) -> list[str]:
         """Every rule this configuration breaks, each naming the offending factors and what would work."""
@@ -115,6 +126,8 @@ class ParallelConfig:
             out.append(f"recompute {self.recompute!r} is not one of {', '.join(RECOMPUTE)}")
         if self.dtype not in DTYPES:
             out.append(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if not isinstance(self.compile, bool):
+            out.append(f"compile must be true or false (got {self.compile!r})")
         if self.attention not in ATTENTION:
             out.append(f"attention {self.attention!r} is not one of {', '.join(ATTENTION)}")
         if self.grad_reduce not in GRAD_REDUCE:
