@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from autoconf.cost.estimate import Execution, estimate
+from autoconf.cost.estimate import estimate
+from autoconf.spec.frameworks import execution as framework_execution
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
@@ -36,7 +37,7 @@ def _config(run: dict, dtype: str) -> ParallelConfig:
 
 def _predict(run: dict, dtype: str) -> dict:
     cluster = load_cluster(run["cluster"], nodes=run["gpus"] // 8)
-    execution = Execution("megatron" if run["framework"] == "megatron" else "autoconf")
+    execution = framework_execution(run["framework"])  # the data file names a preset of spec/frameworks.py
     p = estimate(PRESETS[run["model"]], cluster, _config(run, dtype), execution=execution, detail=False).prediction
     return {"tokens_per_s_per_gpu": p["tokens_per_s"] / run["gpus"], "memory_gib": p["peak_memory_bytes"] / GiB}
 
