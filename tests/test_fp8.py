@@ -237,13 +237,14 @@ def test_float8_linear_saves_its_bf16_input_as_modelled():
 @needs_torchao
 def test_fp8_training_tracks_bf16_losses():
     """Six AdamW steps of a 2-layer model on a learnable sequence: the FP8 losses differ from bf16's (FP8 really
-    runs) by under 2% and fall as bf16's do."""
+    runs) by under 2% and fall step by step as bf16's do (at a learning rate where bf16's own losses fall smoothly;
+    at 1e-2 they oscillate and any rounding change moves step 6 by several percent)."""
     import torch.nn.functional as F
 
     from autoconf.execute.fp8 import apply_float8
 
     def losses(model) -> list[float]:
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
         tokens = (torch.arange(33).repeat(2, 1) * 5 + torch.arange(2)[:, None]) % TINY.vocab_size
         out = []
         for _ in range(6):
@@ -262,6 +263,7 @@ def test_fp8_training_tracks_bf16_losses():
     assert ref != got
     assert max(abs(a - b) / a for a, b in zip(ref, got)) < 0.02
     assert got[-1] < 0.9 * got[0] and ref[-1] < 0.9 * ref[0]
+    assert all(b < a for a, b in zip(got, got[1:])) and all(b < a for a, b in zip(ref, ref[1:]))
 
 
 
