@@ -154,6 +154,13 @@ def test_unknown_moe_family_and_nested_expert_keys_are_refused():
         from_hf_config(nested, "nested")
 
 
+@pytest.mark.parametrize("freq", [0.5, "2", -2, True])
+def test_deepseek_moe_layer_freq_must_be_a_positive_integer(freq):
+    """A fractional or textual moe_layer_freq is one line, not a model whose every layer is read as MoE."""
+    with pytest.raises(UserError, match="moe_layer_freq must be a positive integer"):
+        from_hf_config({**PRESET_CONFIGS["deepseek-v3"], "moe_layer_freq": freq}, "ds")
+
+
 def test_a_dense_config_still_reads_as_dense():
     """Expert keys set to zero or null do not make a dense config MoE."""
     config = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,

@@ -123,6 +123,9 @@ def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
     v3 = model_type == "deepseek_v3"
     first_dense = config.get("first_k_dense_replace") or 0
     every = config.get("moe_layer_freq") or 1
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise UserError(f"{name}: moe_layer_freq must be a positive integer, every how many layers one is MoE "
+                        f"(got {every!r})")
     expert = config["moe_intermediate_size"]
     shared = config.get("n_shared_experts") or 0
     greedy = config.get("topk_method") == "greedy"  # DeepSeek-V2(-Lite): no group-limited routing
