@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.10
 LLAMA = ModelSpec(name="test-llama", arch="llama", num_layers=8, hidden_size=64, num_heads=4, num_kv_heads=2,
                   ffn_hidden_size=176, vocab_size=256, max_seq_len=64)
+ABORT = "terminate called without an active exception"
 CASES = [(1, "step"), (2, "step"), (3, "step"), (2, "microbatch"), (3, "microbatch")]
 
 
@@ -63,10 +64,13 @@ def _run(plans: list[Plan], tmp_path: Path) -> list[dict]:
     world = plans[0].config.world_size
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
-                           "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0",
-                           "tests/memory_fsdp_worker.py", str(job), str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "--rdzv-backend",
+               "c10d", "--rdzv-endpoint", "127.0.0.1:0", "tests/memory_fsdp_worker.py", str(job), str(out)]
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0 and ABORT in proc.stderr and "Traceback" not in proc.stderr.split(ABORT)[0][-2000:]:
+        # Once in a full-suite run (2026-12-02) a rank aborted with ABORT after its work, no Python error before
+        # it; not reproduced in isolation. One more run tells that apart from a real failure, which repeats.
+        proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return json.loads(out.read_text())
 

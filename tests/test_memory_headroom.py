@@ -4,6 +4,7 @@ fit check and the search reading it (docs/memory.md)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -19,8 +20,21 @@ from autoconf.spec.profile_checks import profile_problems
 
 GiB = 1024**3
 # llama3-8b, dp 8 ZeRO-3 with a reduce-scatter per micro-batch: 77.9 GiB, between 95% and 100% of an 80 GiB H100.
-NEAR_FULL = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=1, global_batch_size=64, seq_len=8192, zero_stage=3,
-                           grad_reduce="microbatch")
+BASE = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=1, global_batch_size=64, seq_len=8192, zero_stage=3,
+                      grad_reduce="microbatch")
+
+
+def _near_full() -> ParallelConfig:
+    """BASE at the first sequence length (multiples of 512 from 8192) whose llama3-8b peak on one DGX H100 lies
+    between the usable memory and the device's memory: found, not hard-coded, so that the test keeps its meaning
+    when the memory model changes."""
+    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100-80g", nodes=1)
+    for seq in range(8192, 4 * 8192, 512):
+        config = dataclasses.replace(BASE, seq_len=seq)
+        peak = estimate(model, cluster, config, detail=False).prediction["peak_memory_bytes"]
+        if cluster.usable_memory_bytes < peak <= cluster.device.memory_bytes:
+            return config
+    raise AssertionError("no sequence length puts the layout between the usable and the device memory")
 
 
 def _profile_json() -> dict:
@@ -61,10 +75,11 @@ def test_profile_checks_refuse_a_bad_headroom(entry, needle):
 def test_fit_check_leaves_the_headroom_free():
     """A plan between the usable memory and the device's memory does not fit; it fits without headroom."""
     model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100-80g", nodes=1)
-    tight = estimate(model, cluster, NEAR_FULL, detail=False).prediction
+    near_full = _near_full()
+    tight = estimate(model, cluster, near_full, detail=False).prediction
     assert cluster.usable_memory_bytes < tight["peak_memory_bytes"] <= cluster.device.memory_bytes
     assert not tight["fits"] and tight["memory_limit_bytes"] == cluster.usable_memory_bytes
-    loose = estimate(model, cluster.with_memory_headroom(0.0), NEAR_FULL, detail=False).prediction
+    loose = estimate(model, cluster.with_memory_headroom(0.0), near_full, detail=False).prediction
     assert loose["fits"] and loose["peak_memory_bytes"] == tight["peak_memory_bytes"]
 
 
@@ -83,13 +98,15 @@ def test_cli_flag_overrides_the_profile():
 
 def test_search_uses_the_usable_memory():
     """The planner's first choice for llama3-8b on one DGX H100 node fits in the usable memory, and the same search
-    without headroom may choose a plan above it (here it does: dp 8 with a reduce-scatter per micro-batch)."""
+    without headroom may choose a plan above it (here it does: dp 8 with a reduce-scatter per micro-batch, at the
+    sequence length that puts it between the two limits)."""
     from autoconf.solve.search import search
 
     model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100-80g", nodes=1)
     fixed = {"tp": 1, "pp": 1, "micro_batch_size": 1, "recompute": "none", "zero_stage": 3}
-    with_headroom = search(model, cluster, 64, 8192, "bf16", fixed=fixed, top_k=1, refine=False)
-    assert not with_headroom.plans  # only the 77.9 GiB layouts are left by the pins
-    without = search(model, cluster.with_memory_headroom(0.0), 64, 8192, "bf16", fixed=fixed, top_k=1, refine=False)
+    seq = _near_full().seq_len
+    with_headroom = search(model, cluster, 64, seq, "bf16", fixed=fixed, top_k=1, refine=False)
+    assert not with_headroom.plans  # the pins leave only layouts above the usable memory
+    without = search(model, cluster.with_memory_headroom(0.0), 64, seq, "bf16", fixed=fixed, top_k=1, refine=False)
     best = without.plans[0].prediction
     assert cluster.usable_memory_bytes < best["peak_memory_bytes"] <= cluster.device.memory_bytes
