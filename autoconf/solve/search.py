@@ -14,6 +14,7 @@ Deterministic: the same inputs visit candidates in the same order and the solver
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import time
@@ -252,6 +253,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     limit = cluster.usable_memory_bytes
     cache = _BoundCache(model, cluster, execution)
     scored = []
+    bound_of: dict[ParallelConfig, float] = {}
     seen = unlaunchable = 0
     # The stages worth telling apart (the executor runs ZeRO-1 exactly as ZeRO-2: one of them is enough unless the
     # user pins it).
@@ -262,7 +264,12 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         if launchable_only and unsupported_reason(config):
             unlaunchable += 1
             continue
-        scored.append((cache.time_bound(config), ranking_key(config), config))
+        # The bound does not read grad_reduce (reducing every micro-batch only adds to the step), so a layout and
+        # its twin that reduces every micro-batch share one.
+        once = dataclasses.replace(config, grad_reduce="step") if config.grad_reduce != "step" else config
+        if once not in bound_of:
+            bound_of[once] = cache.time_bound(once)
+        scored.append((bound_of[once], ranking_key(config), config))
     if not scored:
         raise UserError(_no_candidate_message(model, cluster, global_batch, fixed))
     scored.sort(key=lambda item: (item[0], item[1]))
