@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import enum
 import json
-import subprocess
 import sys
 from pathlib import Path
+
+from upstream_checkout import checkout_args
 
 KINDS = {int: "int", float: "float", str: "str", None: "str"}
 
@@ -50,14 +51,7 @@ def extract(source: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("source", type=Path, help="a Megatron-LM checkout at the tag")
-    ap.add_argument("--tag", required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--commit", help="the tag's commit (default: the checkout's HEAD)")
-    args = ap.parse_args()
-    commit = args.commit or subprocess.run(["git", "-C", str(args.source), "rev-parse", "HEAD"],
-                                           capture_output=True, text=True).stdout.strip()
+    args, commit = checkout_args(__doc__.splitlines()[0], "Megatron-LM")
     flags = extract(args.source)
     doc = {"source": "https://github.com/NVIDIA/Megatron-LM/blob/"
                      f"{args.tag}/megatron/training/arguments.py (add_megatron_arguments)",

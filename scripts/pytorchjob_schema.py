@@ -7,25 +7,17 @@ Operator release into scripts/data/, where tests/test_exports_upstream.py valida
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
-from pathlib import Path
 
 import yaml
+
+from upstream_checkout import checkout_args
 
 CRD = "manifests/base/crds/kubeflow.org_pytorchjobs.yaml"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("source", type=Path, help="a training-operator checkout at the tag")
-    ap.add_argument("--tag", required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--commit", help="the tag's commit (default: the checkout's HEAD)")
-    args = ap.parse_args()
-    commit = args.commit or subprocess.run(["git", "-C", str(args.source), "rev-parse", "HEAD"],
-                                           capture_output=True, text=True).stdout.strip()
+    args, commit = checkout_args(__doc__.splitlines()[0], "training-operator")
     crd = yaml.safe_load((args.source / CRD).read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     doc = {"source": f"https://github.com/kubeflow/training-operator/blob/{args.tag}/{CRD}",
