@@ -335,8 +335,9 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
                                                               price_source)
         days = result.plans[0].prediction["training"]["days"]
         if deadline is not None and days > deadline:
-            raise UserError(f"the best plan on {cluster.nodes} nodes needs {days:.1f} days, over the deadline of "
-                            f"{deadline:g} days; try a range, e.g. --nodes {cluster.nodes}:{cluster.nodes * 16}")
+            raise UserError(f"the best plan on {cluster.nodes} nodes needs {sizes.format_days(days)}, over the "
+                            f"deadline of {sizes.format_days(deadline)}; try a range, e.g. "
+                            f"--nodes {cluster.nodes}:{cluster.nodes * 16}")
     best = result.plans[0]
     written = []
     if explain_dir is not None:  # first: it refuses existing files before writing any, and so leaves --out alone
@@ -403,7 +404,7 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
     title = (f"{model.name} on {cluster.name}, {tokens:,} tokens, global batch {global_batch}, seq {seq_len}: "
              f"best plan per cluster size")
     print_table(sweep_table(points, front, chosen, title), console)
-    why = (f"the cheapest size within {deadline:g} days" if deadline is not None
+    why = (f"the cheapest size within {sizes.format_days(deadline)}" if deadline is not None
            else "the fastest size (pass --deadline to pick the cheapest that meets it)")
     console.print(f"* Pareto front (no other size is both faster and cheaper); > chosen: {chosen.nodes} nodes, {why}")
     if usd is None:

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from autoconf.cli import main
 from autoconf.errors import UserError
-from autoconf.solve.sweep import (SweepPoint, cheapest_within, parse_deadline, parse_nodes, parse_tokens,
+from autoconf.solve.sweep import (SweepPoint, cheapest_within, format_days, parse_deadline, parse_nodes, parse_tokens,
                                   pareto_front, training)
 from autoconf.spec.cluster import load_cluster
 
@@ -72,6 +72,14 @@ def test_node_ranges():
     assert parse_nodes("4") == [4]
     assert parse_tokens("2T") == 2 * 10**12 and parse_tokens("1.5e9") == 1_500_000_000
     assert parse_deadline("36h") == 1.5 and parse_deadline("2w") == 14
+
+
+def test_durations_print_in_the_unit_a_user_gave():
+    """A deadline read back is written in hours, days or weeks as its size suggests (1h is not '0.0417 days')."""
+    assert format_days(parse_deadline("1h")) == "1 hour"
+    assert format_days(parse_deadline("36h")) == "36 hours"
+    assert format_days(parse_deadline("30d")) == "30 days"
+    assert format_days(parse_deadline("12w")) == "12 weeks"
 
 
 def test_sweep_json_and_front_from_real_plans(tmp_path):

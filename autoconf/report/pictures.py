@@ -20,6 +20,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from autoconf.cost.estimate import estimate  # noqa: E402
 from autoconf.cost.simulate import Timeline  # noqa: E402
 from autoconf.errors import UserError  # noqa: E402
+from autoconf.solve.sweep import format_days  # noqa: E402
 from autoconf.report.tables import human_count, layout_label  # noqa: E402
 from autoconf.spec.frameworks import plan_execution  # noqa: E402
 from autoconf.spec.plan import Plan  # noqa: E402
@@ -308,7 +309,7 @@ def sweep_png(points, front, chosen, path: str | Path, deadline_days: float | No
                    linewidths=1.8, zorder=4, label=f"chosen: {chosen.nodes} nodes")
     if deadline_days is not None:
         ax.axvline(deadline_days, color="#C44E52", linestyle="--", linewidth=1.0,
-                   label=f"deadline {deadline_days:g} days")
+                   label=f"deadline {format_days(deadline_days)}")
     from matplotlib.ticker import FuncFormatter
 
     values = [y(p) for p in planned]

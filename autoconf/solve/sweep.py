@@ -42,6 +42,15 @@ def parse_deadline(text: str) -> float:
     return days
 
 
+def format_days(days: float) -> str:
+    """A duration in days written the way a user would: hours below two days, days below eight weeks, else weeks."""
+    if days < 2:
+        return f"{days * 24:.3g} hour{'' if days * 24 == 1 else 's'}"
+    if days < 56:
+        return f"{days:.3g} days"
+    return f"{days / 7:.3g} weeks"
+
+
 def check_price(price: float) -> float:
     """A price per GPU-hour in US dollars: finite and > 0."""
     if not (isinstance(price, (int, float)) and math.isfinite(price) and 0 < price < 1e6):
@@ -180,7 +189,7 @@ def cheapest_within(points: list[SweepPoint], deadline_days: float) -> SweepPoin
     meeting = [p for p in planned if p.training["days"] <= deadline_days]
     if not meeting:
         fastest = min(planned, key=lambda p: p.training["days"])
-        raise UserError(f"no size meets the deadline of {deadline_days:g} days: the fastest, {fastest.nodes} nodes "
-                        f"({fastest.devices} devices), needs {fastest.training['days']:.1f} days; widen --nodes or "
-                        f"relax --deadline")
+        raise UserError(f"no size meets the deadline of {format_days(deadline_days)}: the fastest, {fastest.nodes} "
+                        f"nodes ({fastest.devices} devices), needs {format_days(fastest.training['days'])}; "
+                        f"widen --nodes or relax --deadline")
     return min(meeting, key=lambda p: (p.training["gpu_hours"], p.nodes))
