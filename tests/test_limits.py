@@ -103,3 +103,13 @@ def test_limits_of_a_model_the_cost_model_refuses_say_why_not_none_fits():
     result = CliRunner().invoke(main, ["limits", "--cluster", "dgx-h100-80g", "--global-batch", "8", "--model",
                                        "mixtral-8x7b", "--only", "seq", "--max-seq-len", "512"])
     assert result.exit_code != 0 and "mixture-of-experts" in result.output and "none fits" not in result.output
+
+
+def test_preset_families_group_every_size_of_one_model_line():
+    """A family is the name before its first size, so both Qwen3 MoE presets are one family and no family holds a
+    single size by accident of a suffix (qwen3-30b-a3b is not the family 'qwen3-30b')."""
+    from autoconf.solve.limits import family_of
+
+    assert family_of("qwen3-30b-a3b") == family_of("qwen3-235b-a22b") == "qwen3"
+    assert family_of("mixtral-8x7b") == "mixtral" and family_of("llama3.1-405b") == "llama3.1"
+    assert family_of("gpt3-1.3b") == "gpt3" and family_of("deepseek-v3") == "deepseek"

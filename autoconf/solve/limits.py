@@ -116,8 +116,14 @@ def largest_micro_batch(planner: Planner, model, seq_len: int) -> Limit:
 
 
 def family_of(name: str) -> str:
-    """The family of a preset name: everything before its last '-' (llama3-70b -> llama3, gpt3-1.3b -> gpt3)."""
-    return name.rsplit("-", 1)[0] if "-" in name else name
+    """The family of a preset name: the part before its first size (a '-'-separated piece that starts with a digit:
+    llama3-70b -> llama3, qwen3-30b-a3b -> qwen3, mixtral-8x7b -> mixtral); a name without a size drops its last
+    piece (deepseek-v3 -> deepseek, tiny-gpt -> tiny)."""
+    pieces = name.split("-")
+    for i, piece in enumerate(pieces[1:], start=1):
+        if piece[:1].isdigit():
+            return "-".join(pieces[:i])
+    return "-".join(pieces[:-1]) if len(pieces) > 1 else name
 
 
 def largest_model(planner: Planner, family: str, seq_len: int | None) -> Limit:
