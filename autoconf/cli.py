@@ -318,6 +318,11 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
         from autoconf.files import check_new
 
         check_new(out, force)  # before the search, which can take a while
+    if explain_dir is not None:
+        from autoconf.report.explain import refuse_taken_folder
+
+        sweeping = node_counts is not None and len(node_counts) > 1
+        refuse_taken_folder(explain_dir, force, out, extra=("sweep.png",) if sweeping else ())
     execution = framework_execution(framework, framework_flags)
     console = table_console(stderr=as_json)
     usd, price_source = sizes.price_of(cluster, price) if tokens is not None else (None, None)
@@ -373,10 +378,6 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
     from autoconf.report.tables import print_table, sweep_table
     from autoconf.solve import sweep as sizes
 
-    if explain_dir is not None:
-        from autoconf.files import check_new
-
-        check_new(explain_dir / "sweep.png", force)
     with console.status("") as status:
         points = sizes.sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attention, fixed, execution,
                              tokens, usd, price_source,

@@ -144,3 +144,21 @@ def test_a_range_where_no_size_fits_or_too_many_sizes_is_one_error():
         parse_nodes(f"1:{MAX_SWEEP_SIZES + 1}:1")
     assert len(parse_nodes(f"1:{MAX_SWEEP_SIZES}:1")) == MAX_SWEEP_SIZES
     assert parse_nodes("3:3") == [3] and parse_nodes("3:5") == [3, 5]
+
+
+@pytest.mark.parametrize("taken,nodes", [("timeline.png", "1:2"), ("torchrun_node0.sh", "1:2"), ("sweep.png", "1:2"),
+                                         ("megatron_args.txt", "1")])
+def test_a_taken_explain_folder_is_refused_before_the_search(tmp_path, monkeypatch, taken, nodes):
+    """A file --explain would overwrite is named before any planning starts (the search is never called), for the
+    sweep and for a single size; the user's file is left as it was."""
+    from tests.test_bad_input import assert_one_clear_error
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the search ran before the folder was checked")
+
+    monkeypatch.setattr("autoconf.solve.search.search", no_search)
+    monkeypatch.setattr("autoconf.solve.sweep.sweep", no_search)
+    (tmp_path / taken).write_text("mine")
+    result = run_cli(SWEEP + ["--nodes", nodes, "--explain", tmp_path])
+    assert_one_clear_error(result, taken)
+    assert (tmp_path / taken).read_text() == "mine"

@@ -19,6 +19,24 @@ from autoconf.spec.plan import Plan, load_plan
 PICTURES = ("timeline.png", "memory.png", "compare.png")
 
 
+def refuse_taken_folder(out_dir: str | Path, force: bool, plan_path: str | Path | None = None,
+                        extra: tuple[str, ...] = ()) -> None:
+    """Refuses (UserError) an --explain folder that already holds a file `explain` could write (or one of `extra`),
+    before a plan exists: a user learns it before the search, not after. `explain` checks the exact names again."""
+    from autoconf.report.exporters import EXPORT_GLOBS
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} is a file; --explain/--out needs a folder")
+    if force or not out_dir.is_dir():
+        return
+    globs = PICTURES + EXPORT_GLOBS + extra + (("plan.json",) if plan_path is None else ())
+    existing = sorted({p.name for g in globs for p in out_dir.glob(g)})
+    if existing:
+        raise UserError(f"{out_dir} already holds {', '.join(existing)}; pass --force to overwrite them or "
+                        f"choose another folder")
+
+
 def explain(plans: list[Plan], out_dir: str | Path, cluster=None, plan_path: str | Path | None = None,
             force: bool = False) -> list[Path]:
     """Writes the pictures and exports for `plans` (best first) into `out_dir`; returns the files written.

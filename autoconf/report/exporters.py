@@ -315,8 +315,13 @@ def megatron_args(plan: Plan) -> str:
     return "\n".join(header + [f"# NOTE: {comment_text(n)}" for n in notes] + lines) + "\n"
 
 
+# Every name `export_texts` can write, as globs (the torchrun scripts' count follows the plan's node count).
+EXPORT_GLOBS = ("launch.sh", "torchrun_node*.sh", "slurm.sbatch", "pytorchjob.yaml", "megatron_args.txt",
+                f"{TORCHTITAN_MODULE}.py")
+
+
 def export_texts(plan: Plan, plan_path: str | Path | None) -> dict[str, str]:
-    """File name -> text of every export."""
+    """File name -> text of every export (each name matches one of EXPORT_GLOBS)."""
     nodes, _ = _nodes(plan)
     files = {"launch.sh": launch_script(plan, plan_path)}
     if nodes <= MAX_NODE_SCRIPTS:
