@@ -2,8 +2,10 @@
 
 Rows: scripts/data/torchtitan_published.csv (its header cites the sources). Each row is estimated with the
 `torchtitan` framework preset on the profile the data file names for it (nothing fitted); a row that needs what the
-cost model does not describe (torch.compile, Float8, async TP, layer-frequency selective recompute) is listed with the
-reason and left out of the errors.
+cost model does not describe (Float8, async TP, layer-frequency selective recompute) is listed with the reason and
+left out of the errors. The row's kernels follow its run: torch.compile fuses the element-wise ops
+(`autoconf.spec.frameworks.compiled`); eager, the preset's eager ops, RMSNorm fused where the run used norm_type
+"fused_rmsnorm" (the data file's norm_type column).
 
 torchtitan's layouts as its configs run them: FSDP2 over dp (fully_shard per block, reshard after forward without
 pipelining: ZeRO 3), tensor parallelism with sequence parallelism, one micro-batch per step (local batch = micro-batch),
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from autoconf.cost.estimate import estimate
 from autoconf.spec.cluster import load_cluster
-from autoconf.spec.frameworks import execution
+from autoconf.spec.frameworks import Execution, compiled, execution
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import load_model
 
@@ -38,10 +40,20 @@ def read_rows(path: Path = DATA) -> list[dict]:
 
 def not_modelled(row: dict) -> str | None:
     """Why a row is outside what the cost model describes, or None."""
-    needs = [name for name in ("compile", "float8", "async_tp") if row[name] == "1"]
+    needs = [name for name in ("float8", "async_tp") if row[name] == "1"]
     if row["recompute"] == "selective-layer":
         needs.append("selective recompute every k-th layer")
     return ", ".join(needs) or None
+
+
+def execution_of(row: dict) -> Execution:
+    """The `torchtitan` preset with the row's kernels: under torch.compile every element-wise op fused but the
+    K/V copies of grouped-query attention; eager, its RMSNorm unless the run used norm_type "fused_rmsnorm"."""
+    preset = execution("torchtitan")
+    if row["compile"] == "1":
+        return compiled(preset)
+    return preset.replace(eager_ops=tuple(op for op in preset.eager_ops
+                                          if op != "rmsnorm" or row["norm_type"] == "rmsnorm"))
 
 
 def config_of(row: dict) -> ParallelConfig:
@@ -54,7 +66,8 @@ def config_of(row: dict) -> ParallelConfig:
 def compare() -> dict:
     rows, skipped, tps_errors, mem_errors = [], [], [], []
     for row in read_rows():
-        label = f"{row['source']}: {row['model']} {row['gpus']} GPUs tp{row['tp']} dp{row['dp']} b{row['local_batch']}"
+        label = (f"{row['source']}: {row['model']} {row['gpus']} GPUs tp{row['tp']} dp{row['dp']} b{row['local_batch']}"
+                 + (" compile" if row["compile"] == "1" else ""))
         reason = not_modelled(row)
         if reason:
             skipped.append({"row": label, "needs": reason})
@@ -62,7 +75,7 @@ def compare() -> dict:
         c = config_of(row)
         gpus = int(row["gpus"])
         cluster = load_cluster(row["profile"], nodes=max(1, gpus // 8))
-        plan = estimate(load_model(row["model"]), cluster, c, execution=execution("torchtitan"))
+        plan = estimate(load_model(row["model"]), cluster, c, execution=execution_of(row))
         p = plan.prediction
         predicted_tps = p["tokens_per_s"] / gpus
         published_tps = float(row["tokens_per_s_per_gpu"])
@@ -96,16 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print("torchtitan published runs vs estimate, framework=torchtitan (profile per row from the data file)")
-    print(f"{'row':54s} {'profile':25s} {'tok/s/GPU pub':>13s} {'pred':>6s} {'error':>8s} "
+    print(f"{'row':62s} {'profile':25s} {'tok/s/GPU pub':>13s} {'pred':>6s} {'error':>8s} "
           f"{'GiB pub':>8s} {'pred':>6s} {'error':>8s}")
     for r in result["rows"]:
         mem_pub = f"{r['published_memory_GiB']:8.1f}" if r["published_memory_GiB"] else f"{'-':>8s}"
         mem_err = f"{r['memory_error_pct']:+7.2f}%" if r["memory_error_pct"] is not None else f"{'-':>8s}"
-        print(f"{r['row']:54s} {r['profile']:25s} {r['published_tokens_per_s_per_gpu']:13.0f} "
+        print(f"{r['row']:62s} {r['profile']:25s} {r['published_tokens_per_s_per_gpu']:13.0f} "
               f"{r['predicted_tokens_per_s_per_gpu']:6d} {r['tps_error_pct']:+7.2f}% {mem_pub} "
               f"{r['predicted_memory_GiB']:6.1f} {mem_err}")
     for r in result["not_modelled"]:
-        print(f"{r['row']:54s} not modelled: needs {r['needs']}")
+        print(f"{r['row']:62s} not modelled: needs {r['needs']}")
     s = result["summary"]
     print(f"throughput: mean |error| {s['throughput_mean_abs_error_pct']:.2f}%, "
           f"max {s['throughput_max_abs_error_pct']:.2f}% over {s['throughput_rows']} rows; memory: mean |error| {s['memory_mean_abs_error_pct']:.2f}%, "
