@@ -26,6 +26,7 @@ from pathlib import Path
 from autoconf.cost.estimate import estimate
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import Execution, compiled, execution
+from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import load_model
 
@@ -54,6 +55,25 @@ def execution_of(row: dict) -> Execution:
         return compiled(preset)
     return preset.replace(eager_ops=tuple(op for op in preset.eager_ops
                                           if op != "rmsnorm" or row["norm_type"] == "rmsnorm"))
+
+
+def reserved_bytes(model, cluster, c: ParallelConfig, peak: float) -> float:
+    """What torch's caching allocator reports as max reserved (torchtitan's logged memory) for a one-micro-batch
+    FSDP2 step whose estimated peak is `peak` (at the loss backward): the peak less the CUDA context (the profile's
+    memory_overhead_bytes, outside the allocator's count), plus blocks the allocator keeps cached and cannot hand to
+    the peak's requests. Its pools are per size and per stream (blocks are reused only for requests they fit, on the
+    stream that allocated them) and it gives cached blocks back only when cudaMalloc fails, so at the peak it still
+    holds: the low-precision logits block, freed (`del pred`) before the loss backward asks for fp32 blocks twice its
+    size; in FSDP2's reduce-scatter stream, the previous step's sharded fp32 gradients (set to None by zero_grad,
+    4/dp bytes per parameter) and one block's fp32 reduce-scatter input; in its all-gather stream, one block's
+    gathered parameters. Not measured on a GPU here: a reading of the allocator's rules
+    (c10/cuda/CUDACachingAllocator.cpp) against torchtitan's train step and FSDP2's streams."""
+    e = DTYPE_BYTES[c.dtype]
+    layer = model.layer_params() / c.tp
+    cached = e * c.seq_len * c.micro_batch_size * model.vocab_size / c.tp
+    if c.zero_sharded:
+        cached += 4 * model.total_params() / c.tp / c.dp + 4 * layer + e * layer
+    return peak - cluster.device.memory_overhead_bytes + cached
 
 
 def config_of(row: dict) -> ParallelConfig:
@@ -88,8 +108,11 @@ def compare() -> dict:
                "predicted_memory_GiB": round(p["peak_memory_bytes"] / GIB, 1),
                "published_memory_GiB": float(row["memory_gib"]) if row["memory_gib"] else None,
                "memory_error_pct": None}
+        model = load_model(row["model"])
+        reserved = reserved_bytes(model, cluster, c, p["peak_memory_bytes"])
+        out["predicted_reserved_GiB"] = round(reserved / GIB, 1)
         if out["published_memory_GiB"]:
-            mem_error = p["peak_memory_bytes"] / GIB / out["published_memory_GiB"] - 1
+            mem_error = reserved / GIB / out["published_memory_GiB"] - 1
             mem_errors.append(abs(mem_error))
             out["memory_error_pct"] = round(100 * mem_error, 2)
         rows.append(out)
@@ -110,13 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print("torchtitan published runs vs estimate, framework=torchtitan (profile per row from the data file)")
     print(f"{'row':62s} {'profile':25s} {'tok/s/GPU pub':>13s} {'pred':>6s} {'error':>8s} "
-          f"{'GiB pub':>8s} {'pred':>6s} {'error':>8s}")
+          f"{'GiB pub':>8s} {'resvd':>6s} {'error':>8s} {'peak':>6s}")
     for r in result["rows"]:
         mem_pub = f"{r['published_memory_GiB']:8.1f}" if r["published_memory_GiB"] else f"{'-':>8s}"
         mem_err = f"{r['memory_error_pct']:+7.2f}%" if r["memory_error_pct"] is not None else f"{'-':>8s}"
         print(f"{r['row']:62s} {r['profile']:25s} {r['published_tokens_per_s_per_gpu']:13.0f} "
               f"{r['predicted_tokens_per_s_per_gpu']:6d} {r['tps_error_pct']:+7.2f}% {mem_pub} "
-              f"{r['predicted_memory_GiB']:6.1f} {mem_err}")
+              f"{r['predicted_reserved_GiB']:6.1f} {mem_err} {r['predicted_memory_GiB']:6.1f}")
     for r in result["not_modelled"]:
         print(f"{r['row']:62s} not modelled: needs {r['needs']}")
     s = result["summary"]
