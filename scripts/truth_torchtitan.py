@@ -48,13 +48,12 @@ def not_modelled(row: dict) -> str | None:
 
 
 def execution_of(row: dict) -> Execution:
-    """The `torchtitan` preset with the row's kernels: under torch.compile every element-wise op fused but the
-    K/V copies of grouped-query attention; eager, its RMSNorm unless the run used norm_type "fused_rmsnorm"."""
-    preset = execution("torchtitan")
-    if row["compile"] == "1":
-        return compiled(preset)
-    return preset.replace(eager_ops=tuple(op for op in preset.eager_ops
-                                          if op != "rmsnorm" or row["norm_type"] == "rmsnorm"))
+    """The `torchtitan` preset with the row's kernels, as the torchtitan of these runs (9dec370 and older) ran its
+    Llama: the rotary embedding and SwiGLU eager, K and V copied to every head (`repeat_kv`), its fp32 RMSNorm where
+    the run's norm_type is "rmsnorm" (not its Triton "fused_rmsnorm"); under torch.compile only the copies stay."""
+    ops = ("rotary", "swiglu", "repeat_kv") + (("rmsnorm",) if row["norm_type"] == "rmsnorm" else ())
+    ex = execution("torchtitan").replace(eager_ops=ops)
+    return compiled(ex) if row["compile"] == "1" else ex
 
 
 def reserved_bytes(model, cluster, c: ParallelConfig, peak: float) -> float:

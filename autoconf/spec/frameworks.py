@@ -38,11 +38,11 @@ SELECTIVE_RECOMPUTE = ("attention_core", "alternate_matmuls")
 MEMORY_LAYOUTS = ("torch", "megatron")
 # Element-wise ops a framework runs as separate eager torch kernels instead of one fused kernel each (the
 # specification model's count, `autoconf.cost.compute.eager_elementwise_bytes` says what each adds):
-#   "rmsnorm"    RMSNorm upcast to fp32 in six kernels (torchtitan's `RMSNorm`, norm_type "rmsnorm")
+#   "rmsnorm"    RMSNorm upcast to fp32 in six kernels (torchtitan's own `RMSNorm` until 2025, norm_type "rmsnorm")
 #   "rotary"     rotary embedding as a complex fp32 product (torchtitan's `apply_rotary_emb`)
 #   "swiglu"     silu and the gate product as two kernels
-#   "repeat_kv"  grouped K and V copied to every query head before the attention kernel (also under
-#                torch.compile: the attention kernel needs the copies)
+#   "repeat_kv"  grouped K and V copied to every query head before the attention kernel (torchtitan's `repeat_kv`
+#                until SDPA's enable_gqa; also under torch.compile: the attention kernel needs the copies)
 EAGER_OPS = ("rmsnorm", "rotary", "swiglu", "repeat_kv")
 # Which attention kernel the framework's flash path runs: "fused" reads the profile's efficiency["attention"];
 # "fa2" (torch's SDPA flash backend is FlashAttention-2) reads efficiency["attention_fa2"] where the profile states
@@ -209,10 +209,12 @@ PRESETS: dict[str, Execution] = {
         name="torchtitan", memory_layout="torch", zero_stages=(0, 2, 3), zero_searched=(0, 2, 3),
         grad_reduce_start="per_bucket", param_gather_overlap=True, selective_recompute="alternate_matmuls",
         executor_overheads=False,
-        # Its Llama as its default config runs it (norm_type "rmsnorm", training.compile false): every element-wise
-        # op an eager kernel; torch's SDPA flash backend (FlashAttention-2). With torch.compile: eager_ops
-        # ("repeat_kv",); with norm_type "fused_rmsnorm" (its Triton kernel) drop "rmsnorm".
-        eager_ops=("rmsnorm", "rotary", "swiglu", "repeat_kv"), attention_kernel="fa2",
+        # torchtitan 0.3.0 (the exporters' target) without torch.compile, its default: the complex fp32 rotary
+        # (models/common/rope.py) and SwiGLU (feed_forward.py) as eager kernels; nn.RMSNorm (torch's fused kernel)
+        # and SDPA with enable_gqa (no K/V copies) are fused; SDPA's flash backend is FlashAttention-2. Its
+        # published runs (Dec 2024 and earlier) ran older code: torchtitan's own fp32 RMSNorm ("rmsnorm") and
+        # repeat_kv ("repeat_kv"); scripts/truth_torchtitan.py sets each run's kernels. `compiled` for compile.
+        eager_ops=("rotary", "swiglu"), attention_kernel="fa2",
         torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),)),
 }
 DEFAULT = "autoconf"
