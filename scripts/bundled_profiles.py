@@ -98,6 +98,10 @@ H100 = gpu_profile(
         "matmul": eff(0.70, "large bf16 GEMMs on H100 SXM reach about 700 of 989 TFLOP/s with cuBLAS "
                             "(power and clock limits keep it below A100's fraction)"),
         "attention": eff(0.50, "fused attention kernels reach about half of the dense peak on H100"),
+        "attention_fa2": eff(0.35, "FlashAttention-2, torch's SDPA flash backend (frameworks with attention_kernel "
+                                   "fa2), reaches about 35% of H100's dense peak: FlashAttention-3 (Shah et al. "
+                                   "2024, arXiv 2407.08608), abstract: 'FlashAttention-2 achieves only 35% "
+                                   "utilization on H100 GPUs'"),
         "memory": eff(0.80, "element-wise and normalisation kernels reach about 80% of HBM bandwidth"),
         "comm_intra": eff(0.80, "NCCL ring bus bandwidth over NVLink 4 is about 360 of 450 GB/s per direction"),
         "comm_inter": eff(0.90, "NCCL over NDR InfiniBand reaches about 45 of 50 GB/s per GPU"),

@@ -2,8 +2,10 @@
 
 Rows: scripts/data/torchtitan_published.csv (its header cites the sources). Each row is estimated with the
 `torchtitan` framework preset on the profile the data file names for it (nothing fitted); a row that needs what the
-cost model does not describe (torch.compile, Float8, async TP, layer-frequency selective recompute) is listed with the
-reason and left out of the errors.
+cost model does not describe (Float8, async TP, layer-frequency selective recompute) is listed with the reason and
+left out of the errors. The row's kernels follow its run: torch.compile fuses the element-wise ops
+(`autoconf.spec.frameworks.compiled`); eager, the preset's eager ops, RMSNorm fused where the run used norm_type
+"fused_rmsnorm" (the data file's norm_type column).
 
 torchtitan's layouts as its configs run them: FSDP2 over dp (fully_shard per block, reshard after forward without
 pipelining: ZeRO 3), tensor parallelism with sequence parallelism, one micro-batch per step (local batch = micro-batch),
@@ -23,7 +25,8 @@ from pathlib import Path
 
 from autoconf.cost.estimate import estimate
 from autoconf.spec.cluster import load_cluster
-from autoconf.spec.frameworks import execution
+from autoconf.spec.frameworks import Execution, compiled, execution
+from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import load_model
 
@@ -38,10 +41,38 @@ def read_rows(path: Path = DATA) -> list[dict]:
 
 def not_modelled(row: dict) -> str | None:
     """Why a row is outside what the cost model describes, or None."""
-    needs = [name for name in ("compile", "float8", "async_tp") if row[name] == "1"]
+    needs = [name for name in ("float8", "async_tp") if row[name] == "1"]
     if row["recompute"] == "selective-layer":
         needs.append("selective recompute every k-th layer")
     return ", ".join(needs) or None
+
+
+def execution_of(row: dict) -> Execution:
+    """The `torchtitan` preset with the row's kernels, as the torchtitan of these runs (9dec370 and older) ran its
+    Llama: the rotary embedding and SwiGLU eager, K and V copied to every head (`repeat_kv`), its fp32 RMSNorm where
+    the run's norm_type is "rmsnorm" (not its Triton "fused_rmsnorm"); under torch.compile only the copies stay."""
+    ops = ("rotary", "swiglu", "repeat_kv") + (("rmsnorm",) if row["norm_type"] == "rmsnorm" else ())
+    ex = execution("torchtitan").replace(eager_ops=ops)
+    return compiled(ex) if row["compile"] == "1" else ex
+
+
+def reserved_bytes(model, cluster, c: ParallelConfig, peak: float) -> float:
+    """What torch's caching allocator reports as max reserved (torchtitan's logged memory) for a one-micro-batch
+    FSDP2 step whose estimated peak is `peak` (at the loss backward): the peak less the CUDA context (the profile's
+    memory_overhead_bytes, outside the allocator's count), plus blocks the allocator keeps cached and cannot hand to
+    the peak's requests. Its pools are per size and per stream (blocks are reused only for requests they fit, on the
+    stream that allocated them) and it gives cached blocks back only when cudaMalloc fails, so at the peak it still
+    holds: the low-precision logits block, freed (`del pred`) before the loss backward asks for fp32 blocks twice its
+    size; in FSDP2's reduce-scatter stream, the previous step's sharded fp32 gradients (set to None by zero_grad,
+    4/dp bytes per parameter) and one block's fp32 reduce-scatter input; in its all-gather stream, one block's
+    gathered parameters. Not measured on a GPU here: a reading of the allocator's rules
+    (c10/cuda/CUDACachingAllocator.cpp) against torchtitan's train step and FSDP2's streams."""
+    e = DTYPE_BYTES[c.dtype]
+    layer = model.layer_params() / c.tp
+    cached = e * c.seq_len * c.micro_batch_size * model.vocab_size / c.tp
+    if c.zero_sharded:
+        cached += 4 * model.total_params() / c.tp / c.dp + 4 * layer + e * layer
+    return peak - cluster.device.memory_overhead_bytes + cached
 
 
 def config_of(row: dict) -> ParallelConfig:
@@ -54,7 +85,8 @@ def config_of(row: dict) -> ParallelConfig:
 def compare() -> dict:
     rows, skipped, tps_errors, mem_errors = [], [], [], []
     for row in read_rows():
-        label = f"{row['source']}: {row['model']} {row['gpus']} GPUs tp{row['tp']} dp{row['dp']} b{row['local_batch']}"
+        label = (f"{row['source']}: {row['model']} {row['gpus']} GPUs tp{row['tp']} dp{row['dp']} b{row['local_batch']}"
+                 + (" compile" if row["compile"] == "1" else ""))
         reason = not_modelled(row)
         if reason:
             skipped.append({"row": label, "needs": reason})
@@ -62,7 +94,7 @@ def compare() -> dict:
         c = config_of(row)
         gpus = int(row["gpus"])
         cluster = load_cluster(row["profile"], nodes=max(1, gpus // 8))
-        plan = estimate(load_model(row["model"]), cluster, c, execution=execution("torchtitan"))
+        plan = estimate(load_model(row["model"]), cluster, c, execution=execution_of(row))
         p = plan.prediction
         predicted_tps = p["tokens_per_s"] / gpus
         published_tps = float(row["tokens_per_s_per_gpu"])
@@ -75,8 +107,11 @@ def compare() -> dict:
                "predicted_memory_GiB": round(p["peak_memory_bytes"] / GIB, 1),
                "published_memory_GiB": float(row["memory_gib"]) if row["memory_gib"] else None,
                "memory_error_pct": None}
+        model = load_model(row["model"])
+        reserved = reserved_bytes(model, cluster, c, p["peak_memory_bytes"])
+        out["predicted_reserved_GiB"] = round(reserved / GIB, 1)
         if out["published_memory_GiB"]:
-            mem_error = p["peak_memory_bytes"] / GIB / out["published_memory_GiB"] - 1
+            mem_error = reserved / GIB / out["published_memory_GiB"] - 1
             mem_errors.append(abs(mem_error))
             out["memory_error_pct"] = round(100 * mem_error, 2)
         rows.append(out)
@@ -96,16 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print("torchtitan published runs vs estimate, framework=torchtitan (profile per row from the data file)")
-    print(f"{'row':54s} {'profile':25s} {'tok/s/GPU pub':>13s} {'pred':>6s} {'error':>8s} "
-          f"{'GiB pub':>8s} {'pred':>6s} {'error':>8s}")
+    print(f"{'row':62s} {'profile':25s} {'tok/s/GPU pub':>13s} {'pred':>6s} {'error':>8s} "
+          f"{'GiB pub':>8s} {'resvd':>6s} {'error':>8s} {'peak':>6s}")
     for r in result["rows"]:
         mem_pub = f"{r['published_memory_GiB']:8.1f}" if r["published_memory_GiB"] else f"{'-':>8s}"
         mem_err = f"{r['memory_error_pct']:+7.2f}%" if r["memory_error_pct"] is not None else f"{'-':>8s}"
-        print(f"{r['row']:54s} {r['profile']:25s} {r['published_tokens_per_s_per_gpu']:13.0f} "
+        print(f"{r['row']:62s} {r['profile']:25s} {r['published_tokens_per_s_per_gpu']:13.0f} "
               f"{r['predicted_tokens_per_s_per_gpu']:6d} {r['tps_error_pct']:+7.2f}% {mem_pub} "
-              f"{r['predicted_memory_GiB']:6.1f} {mem_err}")
+              f"{r['predicted_reserved_GiB']:6.1f} {mem_err} {r['predicted_memory_GiB']:6.1f}")
     for r in result["not_modelled"]:
-        print(f"{r['row']:54s} not modelled: needs {r['needs']}")
+        print(f"{r['row']:62s} not modelled: needs {r['needs']}")
     s = result["summary"]
     print(f"throughput: mean |error| {s['throughput_mean_abs_error_pct']:.2f}%, "
           f"max {s['throughput_max_abs_error_pct']:.2f}% over {s['throughput_rows']} rows; memory: mean |error| {s['memory_mean_abs_error_pct']:.2f}%, "

@@ -204,3 +204,32 @@ def test_cli_framework_flags_are_checked_recorded_and_exported():
     assert plan_execution(plan.prediction) == execution("megatron-core").replace(param_gather_overlap=False)
     args = megatron_args(plan)
     assert "--overlap-grad-reduce" in args and "--overlap-param-gather" not in args
+
+
+def test_torchtitan_kernels_eager_slower_than_compiled_and_fa2_slower_on_h100_only():
+    """torchtitan's eager element-wise kernels cost time that torch.compile (`compiled`) takes back, FA2 attention is
+    slower than the profile's fused kernel where the profile states `attention_fa2` (H100) and the same where it
+    does not (A100), and unknown kernel names are one line naming the known ones."""
+    from autoconf.cost.compute import eager_elementwise_bytes
+    from autoconf.spec.frameworks import EAGER_OPS, compiled, parse_flags
+
+    model = MODELS["llama3-8b"]
+    c = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=1, global_batch_size=8, seq_len=8192, zero_stage=3,
+                       recompute="selective", dtype="bf16")
+    titan = execution("torchtitan").replace(eager_ops=EAGER_OPS)  # as torchtitan's December 2024 runs
+    h100 = load_cluster("dgx-h100-80g")
+    step = {name: estimate(model, h100, c, execution=ex).prediction["iteration_time_s"]
+            for name, ex in (("eager", titan), ("compiled", compiled(titan)),
+                             ("fused attention", compiled(titan).replace(attention_kernel="fused")))}
+    assert step["eager"] > step["compiled"] > step["fused attention"]
+    assert compiled(titan).eager_ops == ("repeat_kv",)
+    for op in EAGER_OPS:  # each op adds bytes to the forward and the backward
+        assert all(x > 0 for x in eager_elementwise_bytes(model, c, (op,)))
+    a100 = load_cluster("dgx-a100-80g")
+    assert (estimate(model, a100, c, execution=compiled(titan)).prediction["iteration_time_s"]
+            == estimate(model, a100, c, execution=compiled(titan).replace(attention_kernel="fused"))
+            .prediction["iteration_time_s"])
+    with pytest.raises(UserError, match="rmsnorm"):
+        titan.replace(eager_ops=("layernorm",))
+    assert parse_flags(["eager_ops=rotary,swiglu", "attention_kernel=fused"]) == {
+        "eager_ops": ("rotary", "swiglu"), "attention_kernel": "fused"}

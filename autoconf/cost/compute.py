@@ -24,6 +24,7 @@ from autoconf.cost.interpolate import CLAMP, EXTRAPOLATE, interpolate, interpola
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.cost.fp8 import scaling_time
 from autoconf.spec.dtypes import DTYPE_BYTES, precision
+from autoconf.spec.frameworks import Execution
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 
@@ -68,10 +69,11 @@ class ModelPieces:
 
 
 def model_pieces(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig,
-                 share: float | None = None) -> ModelPieces:
-    """The pieces' times; measured kernel times are divided by `share` (default: the profile's `cpu_share`)."""
+                 share: float | None = None, execution: Execution | None = None) -> ModelPieces:
+    """The pieces' times; measured kernel times are divided by `share` (default: the profile's `cpu_share`). The
+    specification model reads the `execution`'s kernels (`eager_ops`, `attention_kernel`; default: the executor's)."""
     measured = _measured_pieces(model, cluster, config, cpu_share(cluster) if share is None else share)
-    return measured if measured is not None else _spec_pieces(model, cluster, config)
+    return measured if measured is not None else _spec_pieces(model, cluster, config, execution)
 
 
 def measured_tp_layer(model: ModelSpec, cluster: ClusterProfile,
@@ -179,9 +181,63 @@ def _layer_matmul_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelCon
     return model.layer_matmul_flops(c.seq_len, c.micro_batch_size) / c.tp * seconds_per_flop
 
 
-def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> ModelPieces:
+def attention_efficiency(cluster: ClusterProfile, execution: Execution | None) -> float:
+    """The attention core's fraction of the peak: the profile's efficiency for the execution's attention kernel
+    ("fa2": `attention_fa2` where the profile states it), else its `attention`."""
+    if execution is not None and execution.attention_kernel == "fa2" and "attention_fa2" in cluster.efficiency:
+        return cluster.eff("attention_fa2")
+    return cluster.eff("attention")
+
+
+def eager_elementwise_bytes(model: ModelSpec, c: ParallelConfig, ops: tuple[str, ...]) -> tuple[float, float]:
+    """Bytes one block moves for one micro-batch on one TP rank beyond the fused count of `_spec_pieces`, in the
+    forward and in the backward, when `ops` (`autoconf.spec.frameworks.EAGER_OPS`) run as torchtitan's Llama code
+    runs them without torch.compile: each torch op one kernel that reads its inputs and writes its output in full,
+    autograd's backward op by op. Per element (e: the compute dtype's bytes; fused: one read and one write per
+    forward, twice that per backward):
+
+      rmsnorm    forward x.float(), pow, mean, x * rsqrt, type_as, * weight: 28 + 4e (fused 2e); backward
+                 (weight product and its reduction, the casts, both products of x * rsqrt and their sum, pow and
+                 mean): 68 + 8e (fused 4e); two norms per block, on the sequence-parallel share
+      rotary     forward float, complex product, type_as: 16 + 2e (fused 2e); backward the same (fused 4e);
+                 on Q and K
+      swiglu     forward silu, product: 5e (fused 3e); backward both products and silu's: 9e (fused 6e); on the
+                 ffn width
+      repeat_kv  grouped K and V copied to every query head: read kv, write q per token each; backward the sum
+                 back; nothing when every head has its own K and V (the fused count has no copy at all)
+
+    Recompute repeats the forward's bytes where the execution's selective policy recomputes element-wise ops."""
+    if not ops or model.arch != "llama":
+        return 0.0, 0.0
+    e = DTYPE_BYTES[c.dtype]
+    tokens = c.seq_len * c.micro_batch_size
+    t = c.tp
+    split = t if c.sequence_parallel else 1
+    h, f, q, kv = model.hidden_size, model.ffn_hidden_size, model.q_dim, model.kv_dim
+    forward = backward = 0.0
+    if "rmsnorm" in ops:
+        n = 2 * tokens * h / split
+        forward += (28 + 2 * e) * n
+        backward += (68 + 4 * e) * n
+    if "rotary" in ops:
+        n = tokens * (q + kv) / t
+        forward += 16 * n
+        backward += (16 - 2 * e) * n
+    if "swiglu" in ops:
+        n = tokens * f / t
+        forward += 2 * e * n
+        backward += 3 * e * n
+    if "repeat_kv" in ops and kv < q:
+        copies = 2 * tokens * (q + kv) / t * e  # K and V
+        forward += copies
+        backward += copies
+    return forward, backward
+
+
+def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
+                 execution: Execution | None = None) -> ModelPieces:
     peak = cluster.device.peak(precision(c.dtype).element)
-    att_rate = peak * cluster.eff("attention")
+    att_rate = peak * attention_efficiency(cluster, execution)
     mem_rate = cluster.device.memory_bandwidth_Bps * cluster.eff("memory")
     e = DTYPE_BYTES[c.dtype]
     t, s, b = c.tp, c.seq_len, c.micro_batch_size
@@ -211,7 +267,9 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -
     else:
         sharded_bytes = 3 * s * b * f * e / t + 2 * s * b * (h + kv) * e / t  # SwiGLU product; rotary on Q and K
     elementwise = (replicated_bytes + sharded_bytes) / mem_rate
-    block_rest = PassTimes(mm + elementwise, mm + 2 * elementwise, mm) + PassTimes(*scaling_time(model, cluster, c))
+    eager_f, eager_b = eager_elementwise_bytes(model, c, execution.eager_ops if execution is not None else ())
+    block_rest = (PassTimes(mm + elementwise + eager_f / mem_rate, mm + 2 * elementwise + eager_b / mem_rate, mm)
+                  + PassTimes(*scaling_time(model, cluster, c)))
 
     # Embedding: a gather of s*b rows (and learned positions), and a scatter-add in the weight backward.
     emb = (2 if model.learned_positions else 1) * sbh * e / replicated_div / mem_rate

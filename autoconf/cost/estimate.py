@@ -208,7 +208,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                stage_to_rank: tuple, grid: RankGrid, execution: Execution, p2p=None,
                share: float | None = None) -> StagePlan:
     c = config
-    pieces = model_pieces(model, cluster, c, share)
+    pieces = model_pieces(model, cluster, c, share, execution)
     # A CPU profile states these overheads in CPU seconds, like its kernel tables (a GPU profile's share is 1): the
     # pass overhead, what the pipelining runtime adds per pass of a pipelined stage (per schedule) and what FSDP's
     # hooks add per pass and unit.
@@ -510,7 +510,8 @@ def _cluster_summary(cluster: ClusterProfile) -> dict:
 def _memory(model, cluster, c, partition, schedule, timeline: Timeline, execution: Execution) -> list[dict]:
     inflight = stage_inflight(schedule.stage_to_rank, timeline.peak_inflight, timeline.peak_inflight_weight,
                               timeline.peak_inflight_rank)
-    return stage_memory(model, cluster, c, partition, schedule.stage_to_rank, inflight, execution.memory_layout)
+    return stage_memory(model, cluster, c, partition, schedule.stage_to_rank, inflight, execution.memory_layout,
+                        selective=execution.selective_recompute)
 
 
 def stage_inflight(stage_to_rank, peak, peak_weight, peak_rank) -> list[float]:

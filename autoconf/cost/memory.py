@@ -56,12 +56,15 @@ LAYOUTS = ("torch", "megatron")
 
 
 def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str,
-                           recompute: str | None = None) -> float:
+                           recompute: str | None = None, selective: str = "attention_core") -> float:
     """Bytes one block keeps from its forward until its backward for one micro-batch on one TP rank: Megatron-LM's
     accounting (`ModelSpec.layer_activation_bytes`) for the "megatron" layout, the executor's own on a `device_kind`
-    ("gpu" or "cpu") device for "torch"."""
+    ("gpu" or "cpu") device for "torch"; under selective recompute by the "alternate_matmuls" policy
+    (`Execution.selective_recompute`), what that policy saves (`op_policy_layer_activation_bytes`)."""
     c = config
     recompute = c.recompute if recompute is None else recompute
+    if recompute == "selective" and selective == "alternate_matmuls":
+        return op_policy_layer_activation_bytes(model, c)
     if layout == "megatron":
         return model.layer_activation_bytes(c.seq_len, c.micro_batch_size, c.tp, c.sequence_parallel, recompute,
                                             c.attention, DTYPE_BYTES[c.dtype])
@@ -118,6 +121,32 @@ def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, re
         mlp_tensors = 3 if recompute == "selective" else 4  # gate, up, (silu,) their product
     mlp = mlp_tensors * e * s * b * f / t
     return norms + linear_inputs + attention + mlp
+
+
+def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig) -> float:
+    """Bytes one block keeps under torchtitan's selective "op" policy, for one micro-batch on one TP rank.
+
+    The policy (torchtitan `_apply_ac_to_transformer_block`, its `_save_list`, unchanged from 2024-04 to 0.3.0)
+    wraps each block in a non-reentrant checkpoint whose dispatch mode saves the outputs of matmuls except every
+    second one in forward order, of the SDPA kernel and of the TP reduce-scatters, and recomputes everything else;
+    the checkpoint keeps the block input. Kept: the block input; the outputs of the 1st, 3rd, ... weight matmul
+    (Llama's wq, wv, w1, w2 of wq wk wv wo w1 w3 w2; GPT's fused QKV and first MLP matrix of qkv proj fc1 fc2), a
+    column-parallel output being 1/tp wide and a row-parallel one the full partial sum; the attention output with
+    its fp32 log-sum-exp per query row; under sequence parallelism the two reduce-scatter outputs (1/tp of the
+    sequence)."""
+    c = config
+    s, b, h, f = c.seq_len, c.micro_batch_size, model.hidden_size, model.ffn_hidden_size
+    t, e = c.tp, DTYPE_BYTES[c.dtype]
+    split = t if c.sequence_parallel else 1
+    q, kv = model.q_dim, model.kv_dim
+    if model.arch == "gpt":  # (output width, column-parallel) in forward order
+        matmuls = [(q + 2 * kv, True), (h, False), (f, True), (h, False)]
+    else:
+        matmuls = [(q, True), (kv, True), (kv, True), (h, False), (f, True), (f, True), (h, False)]
+    saved = sum(width / t if column else width for width, column in matmuls[0::2])
+    attention = q / t + 4 / e * model.num_heads / t  # output, fp32 log-sum-exp per head and row
+    reduce_scatters = 2 * h / t if c.sequence_parallel and t > 1 else 0.0
+    return e * s * b * (h / split + saved + attention + reduce_scatters)
 
 
 def logits_temporary_bytes(model: ModelSpec, config: ParallelConfig, layout: str) -> float:
@@ -264,29 +293,32 @@ def p2p_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:
     return 4 * c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype] / split
 
 
-def unit_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
-                          device_kind: str) -> tuple[float, float, float]:
+def unit_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str,
+                          selective: str = "attention_core") -> tuple[float, float, float]:
     """Bytes one micro-batch keeps until its backward in (the embedding, one transformer layer, the head): the
-    embedding's dropout mask, the layer's saved tensors, the head's inputs. The partition units of the solver."""
+    embedding's dropout mask, the layer's saved tensors (`selective`: the execution's selective policy), the head's
+    inputs. The partition units of the solver."""
     c = config
     split = c.tp if c.sequence_parallel else 1
     sbh = c.seq_len * c.micro_batch_size * model.hidden_size
     embedding = sbh / split if model.dropout > 0 else 0.0
-    return (embedding, layer_activation_bytes(model, c, layout, device_kind),
+    return (embedding, layer_activation_bytes(model, c, layout, device_kind, selective=selective),
             head_input_bytes(model, c, layout, device_kind))
 
 
 def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig,
                  partition: Sequence[Sequence[int]], stage_to_rank: Sequence[int], inflight: Sequence[float],
-                 layout: str = "torch", ranks: Sequence[int] | None = None) -> list[dict]:
+                 layout: str = "torch", ranks: Sequence[int] | None = None,
+                 selective: str = "attention_core") -> list[dict]:
     """Peak bytes per pipeline rank (of `ranks`, default all), as {"params", "grads", "optimizer", "activations",
     "other", "total"}; `inflight[s]` is the micro-batches stage s keeps at the rank's peak. "params" and "grads"
     include the unsharded copies FSDP holds (the whole copy, or the units in use); "other" is the runtime's
-    overhead, the largest temporary and the P2P buffers."""
+    overhead, the largest temporary and the P2P buffers. `selective`: the execution's selective recompute policy
+    (`Execution.selective_recompute`)."""
     assert layout in LAYOUTS, layout
     c = config
     w_b, g_b, o_b, copy_b = state_bytes_per_param(c, layout)
-    embed_act, layer_act, head_act = unit_activation_bytes(model, c, layout, cluster.device.kind)
+    embed_act, layer_act, head_act = unit_activation_bytes(model, c, layout, cluster.device.kind, selective)
     fixed = cluster.device.memory_overhead_bytes + p2p_buffer_bytes(model, c)
     last = len(partition) - 1
     out = []
@@ -305,7 +337,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
         temporaries = [0.0]
         if last in stages:
             temporaries.append(logits_temporary_bytes(model, c, layout))
-        if c.recompute == "full":
+        if c.recompute == "full" or (c.recompute == "selective" and selective == "alternate_matmuls"):
             temporaries.append(layer_activation_bytes(model, c, layout, cluster.device.kind, "none"))
         grads = local_params * g_b + grad_buffer
         if layout == "torch" and c.num_microbatches == 1:

@@ -29,7 +29,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     from autoconf.solve.partition import PartitionProblem
 
     layout = execution.memory_layout
-    pieces = model_pieces(model, cluster, c)
+    pieces = model_pieces(model, cluster, c, execution=execution)
     one = tp_collective(model, cluster, c, list(range(c.tp)))
     layer_time = pieces.block.total + 4 * one + recompute_time(pieces, c, one, selective_matmul_share(model, execution))
     per_param = sum(state_bytes_per_param(c, layout))
@@ -38,7 +38,8 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     unit_static = ([model.embedding_params() / c.tp * per_param]
                    + [model.layer_params() / c.tp * per_param] * model.num_layers
                    + [head_params / c.tp * per_param + logits_temporary_bytes(model, c, layout)])
-    embedding, layer, head = unit_activation_bytes(model, c, layout, cluster.device.kind)
+    embedding, layer, head = unit_activation_bytes(model, c, layout, cluster.device.kind,
+                                                   execution.selective_recompute)
     unit_act = [embedding] + [layer] * model.num_layers + [head]
     inflight = tuple(int(np.ceil(n)) for n in schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches))
     limit = (cluster.usable_memory_bytes - cluster.device.memory_overhead_bytes - p2p_buffer_bytes(model, c)

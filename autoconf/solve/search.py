@@ -79,7 +79,7 @@ class _BoundCache:
         key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len)
         if key not in self._pieces:
             # A CPU rank may get a whole core when others wait: bound with the fastest share.
-            self._pieces[key] = model_pieces(self.model, self.cluster, c, share=1.0)
+            self._pieces[key] = model_pieces(self.model, self.cluster, c, share=1.0, execution=self.execution)
         return self._pieces[key]
 
     def _tp_collective(self, c: ParallelConfig) -> float:
@@ -234,7 +234,7 @@ class _BoundCache:
         partition, owner = self._layout[key]
         inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, rank=0)
         return stage_memory(self.model, self.cluster, c, partition, owner, inflight, self.execution.memory_layout,
-                            ranks=[0])[0]["total"]
+                            ranks=[0], selective=self.execution.selective_recompute)[0]["total"]
 
 
 def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, dtype: str,

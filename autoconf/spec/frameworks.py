@@ -36,6 +36,18 @@ GRAD_REDUCE_START = ("after_flush", "after_stage", "per_bucket")
 #                        the SDPA output)
 SELECTIVE_RECOMPUTE = ("attention_core", "alternate_matmuls")
 MEMORY_LAYOUTS = ("torch", "megatron")
+# Element-wise ops a framework runs as separate eager torch kernels instead of one fused kernel each (the
+# specification model's count, `autoconf.cost.compute.eager_elementwise_bytes` says what each adds):
+#   "rmsnorm"    RMSNorm upcast to fp32 in six kernels (torchtitan's own `RMSNorm` until 2025, norm_type "rmsnorm")
+#   "rotary"     rotary embedding as a complex fp32 product (torchtitan's `apply_rotary_emb`)
+#   "swiglu"     silu and the gate product as two kernels
+#   "repeat_kv"  grouped K and V copied to every query head before the attention kernel (torchtitan's `repeat_kv`
+#                until SDPA's enable_gqa; also under torch.compile: the attention kernel needs the copies)
+EAGER_OPS = ("rmsnorm", "rotary", "swiglu", "repeat_kv")
+# Which attention kernel the framework's flash path runs: "fused" reads the profile's efficiency["attention"];
+# "fa2" (torch's SDPA flash backend is FlashAttention-2) reads efficiency["attention_fa2"] where the profile states
+# it (a device on which FA2 lags the vendor's fused kernels, e.g. H100) and efficiency["attention"] otherwise.
+ATTENTION_KERNELS = ("fused", "fa2")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +75,8 @@ class Execution:
     selective_recompute: see SELECTIVE_RECOMPUTE.
     executor_overheads: the profile's measurements of autoconf's executor (pipeline runtime per pass, FSDP hooks
         per unit, TP layers timed in the executor) describe this framework's runtime.
+    eager_ops: see EAGER_OPS (specification profiles only; measured tables time the executor's own kernels).
+    attention_kernel: see ATTENTION_KERNELS.
     megatron_args / torchtitan_settings: what makes the target framework run as modelled, as (when, flag, line):
         the line applies when the config matches `when` (see `_applies`) and the flag ("name" or "name=value") holds.
     """
@@ -81,6 +95,8 @@ class Execution:
     tp_comm_overlap: bool = False
     selective_recompute: str = "attention_core"
     executor_overheads: bool = True
+    eager_ops: tuple[str, ...] = ()
+    attention_kernel: str = "fused"
     megatron_args: tuple[tuple[str, str, str], ...] = ()
     torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
 
@@ -96,6 +112,10 @@ class Execution:
             out.append(f"memory_layout {self.memory_layout!r} is none of {', '.join(MEMORY_LAYOUTS)}")
         if self.selective_recompute not in SELECTIVE_RECOMPUTE:
             out.append(f"selective_recompute {self.selective_recompute!r} is none of {', '.join(SELECTIVE_RECOMPUTE)}")
+        if not set(self.eager_ops) <= set(EAGER_OPS):
+            out.append(f"eager_ops {', '.join(self.eager_ops)}: each must be one of {', '.join(EAGER_OPS)}")
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            out.append(f"attention_kernel {self.attention_kernel!r} is none of {', '.join(ATTENTION_KERNELS)}")
         if self.grad_reduce_start not in GRAD_REDUCE_START:
             out.append(f"grad_reduce_start {self.grad_reduce_start!r} is none of {', '.join(GRAD_REDUCE_START)}")
         if not set(self.zero_searched) <= set(self.zero_stages) or not set(self.zero_stages) <= {0, 1, 2, 3}:
@@ -189,9 +209,21 @@ PRESETS: dict[str, Execution] = {
         name="torchtitan", memory_layout="torch", zero_stages=(0, 2, 3), zero_searched=(0, 2, 3),
         grad_reduce_start="per_bucket", param_gather_overlap=True, selective_recompute="alternate_matmuls",
         executor_overheads=False,
+        # torchtitan 0.3.0 (the exporters' target) without torch.compile, its default: the complex fp32 rotary
+        # (models/common/rope.py) and SwiGLU (feed_forward.py) as eager kernels; nn.RMSNorm (torch's fused kernel)
+        # and SDPA with enable_gqa (no K/V copies) are fused; SDPA's flash backend is FlashAttention-2. Its
+        # published runs (Dec 2024 and earlier) ran older code: torchtitan's own fp32 RMSNorm ("rmsnorm") and
+        # repeat_kv ("repeat_kv"); scripts/truth_torchtitan.py sets each run's kernels. `compiled` for compile.
+        eager_ops=("rotary", "swiglu"), attention_kernel="fa2",
         torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),)),
 }
 DEFAULT = "autoconf"
+
+
+def compiled(ex: Execution) -> Execution:
+    """The same framework with each block under torch.compile: its element-wise ops fused, but the K/V copies of
+    grouped-query attention (the attention kernel needs them materialized)."""
+    return ex.replace(eager_ops=tuple(op for op in ex.eager_ops if op == "repeat_kv"))
 
 
 def execution(name: str = DEFAULT) -> Execution:
@@ -205,7 +237,7 @@ def execution(name: str = DEFAULT) -> Execution:
 # Flags a user may change on a preset (`--framework-flag KEY=VALUE`): the behaviour, not the name or export data.
 USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_reduce_start", "bucket_params",
               "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
-              "selective_recompute", "executor_overheads")
+              "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel")
 
 
 def parse_flags(pairs) -> dict:
@@ -228,6 +260,8 @@ def parse_flags(pairs) -> dict:
                 out[key] = None if value.lower() == "none" else float(value)
             elif key == "zero_stages":
                 out[key] = tuple(sorted({int(v) for v in value.split(",")}))
+            elif key == "eager_ops":
+                out[key] = tuple(v.strip() for v in value.split(",") if v.strip() and v.strip() != "none")
             else:
                 out[key] = value
         except ValueError:
