@@ -179,6 +179,8 @@ def stage_params(model: ModelSpec, partition: Sequence[Sequence[int]], stage: in
 
 def stage_expert_params(model: ModelSpec, partition: Sequence[Sequence[int]], stage: int) -> float:
     """Routed-expert parameters of one virtual stage (all EP x ETP ranks together); 0 for a dense model."""
+    if model.moe is None:
+        return 0.0
     first, end = partition[stage]
     return blocks_params(model, first, end)[1]
 
@@ -325,7 +327,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     assert layout in LAYOUTS, layout
     c = config
     w_b, g_b, o_b, copy_b = state_bytes_per_param(c, layout)
-    expert_bytes = state_bytes_per_param(c, layout, experts=True)
+    expert_bytes = state_bytes_per_param(c, layout, experts=True) if model.moe else (0.0, 0.0, 0.0, 0.0)
     embed_act, layer_act, head_act = unit_activation_bytes(model, c, layout, cluster.device.kind)
     moe_act = layer_activation_bytes(model, c, layout, cluster.device.kind, moe=True) if model.moe else 0.0
     fixed = cluster.device.memory_overhead_bytes + p2p_buffer_bytes(model, c)

@@ -61,10 +61,10 @@ def layer_kind_params(model: ModelSpec) -> tuple[int, int, int]:
 
 def blocks_params(model: ModelSpec, first: int, end: int) -> tuple[float, float]:
     """(all parameters, routed-expert parameters) of blocks [first, end), over all ranks."""
+    if model.moe is None:
+        return (end - first) * model.layer_params(), 0.0
     n_moe = moe_layers(model, first, end)
     dense, moe, experts = layer_kind_params(model)
-    if model.moe is None:
-        return float((end - first) * model.layer_params()), 0.0
     return float((end - first - n_moe) * dense + n_moe * moe), float(n_moe * experts)
 
 

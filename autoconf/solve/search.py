@@ -360,7 +360,8 @@ def _ranked_by_full_simulation(model: ModelSpec, cluster: ClusterProfile, execut
 def ranking_key(config: ParallelConfig) -> tuple:
     """How plans of equal predicted time are ordered (the same in the search, validate and the tests)."""
     return (config.tp, config.pp, config.dp, config.vpp, config.micro_batch_size, config.schedule,
-            config.zero_stage, config.recompute, config.sequence_parallel, config.grad_reduce != "step")
+            config.zero_stage, config.recompute, config.sequence_parallel, config.ep, config.etp,
+            config.grad_reduce != "step")  # grad_reduce last: the search finds a layout's twin by key[:-1]
 
 
 def _negated(key: tuple) -> tuple:
