@@ -26,6 +26,7 @@ from autoconf.report import upstream
 from autoconf.report.exporters import export_texts, megatron_args, megatron_flags, pytorchjob, torchtitan_config
 from autoconf.report.torchtitan_export import FUNCTION, TORCHTITAN_FLAVORS, module_fqns, upstream_recipe
 from autoconf.spec.cluster import load_cluster
+from autoconf.spec.model import MoESpec
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS, load_model
 
@@ -44,10 +45,10 @@ def _upstream(module: str):
 
 
 def _plan(model="tiny-llama", tp=1, pp=2, dp=2, vpp=1, schedule="1f1b", zero=0, recompute="none", sp=False,
-          dtype="bf16", partition=None, nodes=1, gpus=4, global_batch=16, seq=64, cluster="dgx-a100-80g"):
+          dtype="bf16", partition=None, nodes=1, gpus=4, global_batch=16, seq=64, cluster="dgx-a100-80g", ep=1):
     config = ParallelConfig(tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=1, global_batch_size=global_batch,
                             seq_len=seq, schedule=schedule, zero_stage=zero, recompute=recompute,
-                            sequence_parallel=sp, dtype=dtype)
+                            sequence_parallel=sp, dtype=dtype, ep=ep)
     model = PRESETS[model] if isinstance(model, str) else model
     return estimate(model, load_cluster(cluster, nodes=nodes, gpus_per_node=gpus), config, partition=partition)
 
@@ -67,6 +68,10 @@ PLANS = {
     "head-dim-64": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], head_dim=64), tp=2, pp=1, dp=2),
     "embedding-and-head-chunks": lambda: _plan(pp=2, dp=2, vpp=5, schedule="interleaved-1f1b"),  # 8 layers + 2
     "head-only-last-stage": lambda: _plan(pp=2, dp=2, partition=[[0, 8], [8, 8]]),
+    # MoE: four experts over ep 2 behind a leading dense layer (--moe-layer-freq), a shared expert
+    "moe-ep2-first-dense": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], name="tiny-moe", moe=MoESpec(
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, num_shared_experts=1,
+        shared_expert_intermediate_size=96, first_k_dense=1)), pp=2, dp=2, zero=1, ep=2),
 }
 
 
@@ -150,6 +155,11 @@ def test_megatron_args_parse_at_the_named_tag(name):
     elif len(set(layers)) > 1:
         assert (args.decoder_first_pipeline_num_layers or layers[0]) == layers[0]
         assert (args.decoder_last_pipeline_num_layers or layers[-1]) == layers[-1]
+    if m.moe is not None:
+        assert (args.num_experts, args.moe_router_topk, args.moe_ffn_hidden_size) == (
+            m.moe.num_experts, m.moe.num_experts_per_tok, m.moe.moe_intermediate_size)
+        assert (args.expert_model_parallel_size, args.expert_tensor_parallel_size) == (c.ep, c.etp)
+        assert eval(args.moe_layer_freq, {"__builtins__": {}}) == [int(m.is_moe_layer(i)) for i in range(m.num_layers)]
     if m.arch == "llama":
         assert args.rotary_base == m.rope_theta and args.normalization == "RMSNorm"
         assert args.use_rope_scaling == (m.rope_scaling_factor != 1)
@@ -180,7 +190,7 @@ def test_llama31_gets_rope_scaling_and_uneven_interleaving_keeps_its_virtual_sta
 RENAMED = {"decoder_first_pipeline_num_layers": "num_layers_in_first_pipeline_stage",
            "decoder_last_pipeline_num_layers": "num_layers_in_last_pipeline_stage",
            "swiglu": "gated_linear_unit", "group_query_attention": None,
-           "num_layers_per_virtual_pipeline_stage": None}  # validate_args: virtual_pipeline_model_parallel_size
+           "num_layers_per_virtual_pipeline_stage": None, "num_experts": "num_moe_experts"}  # validate_args: virtual_pipeline_model_parallel_size
 GPT_MODEL_ARGS = {"rotary_base": "rotary_base", "use_rope_scaling": "rope_scaling",
                   "rope_scaling_factor": "rope_scaling_factor", "position_embedding_type": "position_embedding_type",
                   "max_position_embeddings": "max_sequence_length",
@@ -223,6 +233,8 @@ def test_megatron_args_build_megatron_cores_configs(megatron_core, name):
             from megatron.core.transformer.enums import AttnBackend
 
             value = AttnBackend[value]
+        if dest == "moe_layer_freq":  # Megatron-LM's moe_freq_type evaluates the list expression
+            value = eval(value, {"__builtins__": {}})
         if dest == "swiglu":
             import torch.nn.functional as F
 
@@ -290,7 +302,7 @@ def test_torchtitan_config_loads_with_torchtitans_config_manager(torchtitan, nam
     par, train = config.parallelism, config.training
     dims = ParallelDims.from_config(par, c.world_size)
     assert (dims.tp, dims.pp, dims.dp_replicate * dims.dp_shard) == (c.tp, c.pp, c.dp)
-    assert dims.dp_shard == (c.dp if c.zero_stage else 1)
+    assert dims.dp_shard == (c.dp if c.zero_stage else 1) and par.expert_parallel_degree == c.ep
     # one forward runs the plan's micro-batch (torchtitan: local_batch_size without PP, else the PP micro-batch),
     # and a step takes the global batch (accumulating global / (local x DP) steps)
     forward_batch = par.pipeline_parallel_microbatch_size if c.pp > 1 else train.local_batch_size
@@ -310,7 +322,8 @@ def test_torchtitan_config_loads_with_torchtitans_config_manager(torchtitan, nam
     names = {n for n, _ in model.named_modules()}
     assert {n for part in (par.module_fqns_per_model_part or module_fqns(plan)) for n in part} <= names
     params = sum(p.numel() for p in model.parameters())
-    plain = m.arch == "llama" and not m.qkv_bias and m.head_dim == m.hidden_size // m.num_heads
+    plain = (m.arch == "llama" and not m.qkv_bias and m.head_dim == m.hidden_size // m.num_heads
+             and m.moe is None)
     expected = m.total_params() if plain else None
     if expected is not None:
         assert params == expected

@@ -1,6 +1,6 @@
 """Mixture-of-experts model spec: published parameter counts, the Hugging Face import (against transformers' own
 config classes when the `hf` extra is installed), round trips, and the refusals that keep an MoE model from being
-planned as a dense one or by a cost model that does not know experts yet."""
+planned as a dense one or launched by an executor that does not run experts yet."""
 
 import dataclasses
 import json
@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from autoconf.cli import main
 from autoconf.errors import UserError
 from autoconf.spec.hf_moe import PRESET_CONFIGS
-from autoconf.spec.model import ModelSpec, MoESpec, check_costable
+from autoconf.spec.model import ModelSpec, MoESpec, check_executable
 from autoconf.spec.presets import PRESETS, from_hf_config, load_model
 
 PUBLISHED = json.loads((Path(__file__).parent.parent / "scripts/data/published_moe.json").read_text())
@@ -186,16 +186,6 @@ def test_a_model_with_no_moe_layer_is_refused():
         dataclasses.replace(TINY_MOE, moe=dataclasses.replace(TINY_MOE.moe, first_k_dense=8))
 
 
-def test_estimate_and_plan_refuse_moe_models_in_one_line():
-    """Until MoE costing exists, estimate and plan on an MoE model stop with one line naming it (exit code 2)."""
-    assert_one_line_refusal(run_cli(["estimate", "--model", "mixtral-8x7b", "--cluster", "dgx-h100-80g", "--tp", "8",
-                                     "--pp", "1", "--dp", "1", "--micro-batch", "1", "--global-batch", "8"]),
-                            "mixtral-8x7b is a mixture-of-experts model", "46.7B parameters, 12.9B active",
-                            "expert parallelism and MoE costing are not built yet")
-    assert_one_line_refusal(run_cli(["plan", "--model", "deepseek-v3", "--cluster", "dgx-h100-80g", "--nodes", "2",
-                                     "--global-batch", "64"]), "deepseek-v3 is a mixture-of-experts model")
-
-
 def test_launch_refuses_a_plan_of_an_moe_model(tmp_path):
     """A plan file whose model is MoE (written by hand: autoconf writes none) is refused by launch in one line."""
     dense = tmp_path / "dense.json"
@@ -210,23 +200,12 @@ def test_launch_refuses_a_plan_of_an_moe_model(tmp_path):
     assert run_cli(["launch", dense, "--dry-run"]).exit_code == 0
 
 
-def test_the_cost_model_search_and_executor_read_one_refusal():
-    """estimate(), search() and the launcher's plan check all refuse through check_costable (the same message)."""
-    from autoconf.cost.estimate import estimate
-    from autoconf.solve.search import search
-    from autoconf.spec.cluster import load_cluster
-    from autoconf.spec.plan import ParallelConfig
-
-    with pytest.raises(UserError) as expected:
-        check_costable(TINY_MOE)
-    cluster = load_cluster("cpu-local")
-    config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=1, global_batch_size=1, seq_len=64, dtype="fp32")
-    for call in (lambda: estimate(TINY_MOE, cluster, config),
-                 lambda: search(TINY_MOE, cluster, 8, 64, "fp32")):
-        with pytest.raises(UserError) as err:
-            call()
-        assert str(err.value) == str(expected.value)
-    check_costable(PRESETS["tiny-llama"])  # dense: no refusal
+def test_the_executor_refusal_is_one_rule():
+    """launch and profile refuse MoE models through check_executable (the executor has no expert parallelism yet);
+    a dense model passes."""
+    with pytest.raises(UserError, match="tiny-moe is a mixture-of-experts model"):
+        check_executable(TINY_MOE)
+    check_executable(PRESETS["tiny-llama"])
 
 
 # ---- against transformers' own config classes (pip install -e .[hf]) ---------------------------------------------

@@ -7,6 +7,10 @@ bandwidth is the link bandwidth times the profile's `comm_intra` / `comm_inter` 
 measured collective times for the group's size and scope, those are interpolated instead.
 
 gloo (the CPU backend) implements reduce-scatter as an all-reduce followed by a local chunk, so it costs an all-reduce.
+
+An all-to-all (the MoE token exchange) sends 1/k of each member's buffer to every other member at once: the share
+for members on the same node over the intra-node link, the share for other nodes over the member's own NIC
+(`all_to_all_time`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 from autoconf.cost.interpolate import EXTRAPOLATE, interpolate
 from autoconf.spec.cluster import ClusterProfile
 
-OPS = ("all_reduce", "all_gather", "reduce_scatter")
+OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 
 
 def _ring_link(cluster: ClusterProfile, devices: list[int]) -> tuple[float, float]:
@@ -159,6 +163,8 @@ def _collective_transfer(cluster: ClusterProfile, op: str, nbytes: float, shape)
     measured = _measured(cluster, op, scope, k, nbytes)
     if measured is not None:
         return measured
+    if op == "all_to_all":
+        return all_to_all_time(cluster, nbytes, k, rings, across, n_nodes)
     if n_nodes == 1:
         _, latency, bandwidth = rings[0]
         return ring_time(op, nbytes, k, latency, bandwidth * cluster.eff("comm_intra"))
@@ -173,6 +179,23 @@ def _collective_transfer(cluster: ClusterProfile, op: str, nbytes: float, shape)
     latency, bandwidth = across
     inter_time = ring_time(op, nbytes / local, n_nodes, latency, bandwidth * cluster.eff("comm_inter"))
     return intra_time + inter_time
+
+
+def all_to_all_time(cluster: ClusterProfile, nbytes: float, k: int, rings: list, across: tuple[float, float],
+                    n_nodes: int) -> float:
+    """An all-to-all of `nbytes` per member (its whole send buffer, its own share included) over k members, spread
+    over `n_nodes` nodes (`_group_shape`'s rings and cross-node link): each member sends (members on its node - 1)/k
+    of its buffer over the slowest intra-node link and (k - members on its node)/k over its NIC, all at once; the
+    two parts are added (they share the member's copy engines), each paying its link's latency once."""
+    local = max(members for members, _, _ in rings)
+    seconds = 0.0
+    if local > 1:
+        seconds = max(transfer_time(nbytes * (members - 1) / k, latency, bandwidth * cluster.eff("comm_intra"))
+                      for members, latency, bandwidth in rings if members > 1)
+    if n_nodes > 1:
+        latency, bandwidth = across
+        seconds += transfer_time(nbytes * (k - local) / k, latency, bandwidth * cluster.eff("comm_inter"))
+    return seconds
 
 
 def p2p_time(cluster: ClusterProfile, nbytes: float, pairs) -> float:

@@ -62,10 +62,20 @@ class ModelPieces:
     embedding: PassTimes
     head: PassTimes  # final norm, LM head and loss
     source: str  # "measured" or "specification"
+    # The rest of an MoE block (attention projections, router, shared and routed experts, element-wise) on one
+    # rank; None for a dense model. `block_rest` is then a dense block's.
+    moe_rest: PassTimes | None = None
 
     @property
     def block(self) -> PassTimes:
         return self.attention_core + self.block_rest
+
+    def kind(self, moe: bool) -> "ModelPieces":
+        """These pieces with the block of an MoE layer (`moe`) or of a dense layer as `block_rest`."""
+        if not moe:
+            return self
+        assert self.moe_rest is not None, "an MoE block of a model without MoE layers"
+        return dataclasses.replace(self, block_rest=self.moe_rest)
 
 
 def model_pieces(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig,
@@ -86,7 +96,8 @@ def measured_tp_layer(model: ModelSpec, cluster: ClusterProfile,
     activation-gradient pass."""
     table = cluster.compute
     c = config
-    if c.tp == 1 or not table or not table.get("tp_layers") or not _shape_matches(table, model, c.dtype):
+    if (c.tp == 1 or not table or not table.get("tp_layers") or not _shape_matches(table, model, c.dtype)
+            or not _dense_attention(model)):
         return None
     rows = [e for e in table["tp_layers"] if e.get("tp") == c.tp and
             bool(e.get("sequence_parallel")) == c.sequence_parallel]
@@ -133,13 +144,19 @@ def optimizer_step_time(local_params: float, cluster: ClusterProfile, dtensor_pa
     return seconds
 
 
-def rank_optimizer_time(cluster: ClusterProfile, c: ParallelConfig, rank_params: float) -> float:
+def rank_optimizer_time(cluster: ClusterProfile, c: ParallelConfig, rank_params: float,
+                        expert_params: float = 0.0) -> float:
     """The optimizer step of a pipeline rank holding `rank_params` parameters (all its stages, before TP and ZeRO
-    sharding): its TP (and, when ZeRO shards, DP) slice of them; DTensor parameters (TP, or FSDP) also pay the
-    profile's DTensor rate on the unsharded count."""
+    sharding), of which `expert_params` are routed experts: its TP (and, when ZeRO shards, DP) slice of the rest,
+    its EP x ETP (and expert-DP) slice of the experts; DTensor parameters (TP, or FSDP) also pay the profile's
+    DTensor rate on the unsharded count."""
     shard = c.dp if c.zero_sharded else 1
+    expert_shard = c.edp if c.zero_stage >= 1 else 1
     dtensor = c.tp > 1 or c.zero_sharded
-    return optimizer_step_time(rank_params / c.tp / shard, cluster, rank_params if dtensor else None)
+    local = (rank_params - expert_params) / c.tp / shard
+    if expert_params:
+        local += expert_params / (c.ep * c.etp) / expert_shard
+    return optimizer_step_time(local, cluster, rank_params if dtensor else None)
 
 
 # ---- specification model ------------------------------------------------------------------------------------------
@@ -163,6 +180,18 @@ def gemms_time(cluster: ClusterProfile, dtype: str, gemms: list[float]) -> float
     return sum(f / matmul_rate(cluster, dtype, f) for f in gemms if f > 0)
 
 
+def attention_gemms(model: ModelSpec, seq_len: int, micro_batch: int, tp: int) -> list[float]:
+    """Forward FLOPs of each weight GEMM of a block's attention on one TP rank: QKV and the output projection, or
+    the projections of latent attention (the op table's linear ops)."""
+    tokens = seq_len * micro_batch
+    if model.mla is None:
+        h, q, kv = model.hidden_size, model.q_dim, model.kv_dim
+        return [2.0 * tokens * w / tp for w in [h * (q + 2 * kv), q * h]]
+    from autoconf.spec.layers import attention_ops
+
+    return [tokens * op.flops / tp for op in attention_ops(model) if op.kind == "linear"]
+
+
 def layer_gemms(model: ModelSpec, seq_len: int, micro_batch: int, tp: int) -> list[float]:
     """Forward FLOPs of each weight GEMM of one block on one TP rank: QKV, output projection, and the MLP's
     matrices (GeLU: up, down; SwiGLU: gate, up, down). Each backward GEMM (input and weight gradient) has the same
@@ -174,8 +203,12 @@ def layer_gemms(model: ModelSpec, seq_len: int, micro_batch: int, tp: int) -> li
 
 
 def _layer_matmul_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> float:
-    """One forward of a block's weight GEMMs on one TP rank: the model's matmul FLOPs at the size-weighted rate of
-    the block's GEMMs (`layer_gemms`)."""
+    """One forward of a dense block's weight GEMMs on one TP rank: the model's matmul FLOPs at the size-weighted
+    rate of the block's GEMMs (`layer_gemms`); with latent attention or MoE layers, each GEMM at its own rate."""
+    if model.moe is not None or model.mla is not None:
+        tokens = (c.seq_len, c.micro_batch_size, c.tp)
+        gemms = attention_gemms(model, *tokens) + layer_gemms(model, *tokens)[2:]
+        return gemms_time(cluster, precision(c.dtype).gemm, gemms)
     gemms = layer_gemms(model, c.seq_len, c.micro_batch_size, c.tp)
     seconds_per_flop = gemms_time(cluster, precision(c.dtype).gemm, gemms) / sum(gemms)
     return model.layer_matmul_flops(c.seq_len, c.micro_batch_size) / c.tp * seconds_per_flop
@@ -268,8 +301,15 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
         sharded_bytes = 3 * s * b * f * e / t + 2 * s * b * (h + kv) * e / t  # SwiGLU product; rotary on Q and K
     elementwise = (replicated_bytes + sharded_bytes) / mem_rate
     eager_f, eager_b = eager_elementwise_bytes(model, c, execution.eager_ops if execution is not None else ())
-    block_rest = (PassTimes(mm + elementwise + eager_f / mem_rate, mm + 2 * elementwise + eager_b / mem_rate, mm)
-                  + PassTimes(*scaling_time(model, cluster, c)))
+    scaling = PassTimes(*scaling_time(model, cluster, c))
+    eager = PassTimes(eager_f / mem_rate, eager_b / mem_rate, 0.0)
+    block_rest = PassTimes(mm + elementwise, mm + 2 * elementwise, mm) + eager + scaling
+    moe_rest = None
+    if model.moe is not None:
+        moe_mm, moe_elementwise = _moe_ffn_time(model, cluster, c, mem_rate)
+        mm = mm - gemms_time(cluster, precision(c.dtype).gemm, layer_gemms(model, s, b, t)[2:]) + moe_mm
+        elementwise += moe_elementwise - 3 * s * b * f * e / t / mem_rate  # the dense MLP's SwiGLU product goes
+        moe_rest = PassTimes(mm + elementwise, mm + 2 * elementwise, mm) + eager + scaling
 
     # Embedding: a gather of s*b rows (and learned positions), and a scatter-add in the weight backward.
     emb = (2 if model.learned_positions else 1) * sbh * e / replicated_div / mem_rate
@@ -280,13 +320,38 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     logits_bytes = s * b * model.vocab_size / t * 4 * 4
     norm = 2 * sbh * e / replicated_div / mem_rate
     head = PassTimes(head_mm + norm + logits_bytes / mem_rate, head_mm + 2 * norm + logits_bytes / mem_rate, head_mm)
-    return ModelPieces(attention_core, block_rest, embedding, head, "specification")
+    return ModelPieces(attention_core, block_rest, embedding, head, "specification", moe_rest)
+
+
+def _moe_ffn_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
+                  mem_rate: float) -> tuple[float, float]:
+    """(one forward of the GEMMs, the element-wise seconds) of an MoE layer's FFN part on one rank: the router and
+    shared experts, and every local expert's GEMMs at its own shape (`cost/moe.expert_gemms`: the size curve
+    prices the small GEMMs of many experts), slowed by the load imbalance; element-wise, SwiGLU's product on the
+    routed rows (and the shared experts'), and the permutation that orders the routed tokens by expert and back."""
+    from autoconf.cost.moe import expert_gemms, load_imbalance, tokens_per_rank
+
+    gemm = precision(c.dtype).gemm
+    dense, routed = expert_gemms(model, c)
+    seconds = gemms_time(cluster, gemm, dense) + gemms_time(cluster, gemm, routed) * load_imbalance(cluster)
+    m, e = model.moe, DTYPE_BYTES[c.dtype]
+    routed_tokens = tokens_per_rank(c) * m.num_experts_per_tok
+    shared = m.num_shared_experts * m.shared_expert_intermediate_size
+    nbytes = 3 * routed_tokens * m.moe_intermediate_size * e + 4 * routed_tokens * model.hidden_size * e
+    nbytes += 3 * c.seq_len * c.micro_batch_size * shared * e / c.tp
+    return seconds, nbytes / mem_rate
 
 
 # ---- measured tables ----------------------------------------------------------------------------------------------
 def _shape_matches(table: dict, model: ModelSpec, dtype: str) -> bool:
     timed = table.get("model") or {}
     return table.get("dtype") == dtype and all(timed.get(k) == getattr(model, k) for k in SHAPE_KEYS)
+
+
+def _dense_attention(model: ModelSpec) -> bool:
+    """Whether the profile's tables (timed on the executor's dense blocks) describe the model's blocks: not for
+    MoE layers or latent attention, whatever their shape keys say (Mixtral has Mistral-7B's)."""
+    return model.moe is None and model.mla is None
 
 
 def _interpolate(points: list[tuple[float, PassTimes]], x: float) -> PassTimes:
@@ -348,7 +413,7 @@ def _measured_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfi
     config's sequence length, or (none there) all of that block's entries; read at the config's micro-batch and
     sequence (attention: `_measured_attention`; the other blocks linearly in tokens)."""
     table = cluster.compute
-    if not table or not _shape_matches(table, model, c.dtype):
+    if not table or not _shape_matches(table, model, c.dtype) or not _dense_attention(model):
         return None
     chained = float(cluster.efficiency.get("model_compute_scale", {}).get("value", 1.0))
     timed: dict[str, list[tuple[dict, PassTimes]]] = {}

@@ -28,13 +28,14 @@ import numpy as np
 from autoconf.cost.comm import collective_time, p2p_time, slowest_collective_time
 from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, measured_tp_layer, model_pieces,
                                    rank_optimizer_time)
-from autoconf.cost.memory import stage_memory, stage_params
+from autoconf.cost.memory import stage_expert_params, stage_memory, stage_params
+from autoconf.cost.moe import ep_comm_layer, local_params, moe_layers
 from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order_peaks, simulate
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, check_dtype, gather_bytes, precision
 from autoconf.spec.frameworks import PRESETS, Execution, changed_flags
-from autoconf.spec.grid import RankGrid
-from autoconf.spec.model import ModelSpec, check_costable
+from autoconf.spec.grid import RankGrid, expert_groups
+from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, uniform_partition
 from autoconf.spec.schedules import build_schedule, rank_actions, schedule_spec, stage_to_rank
 
@@ -73,6 +74,8 @@ class StagePlan:
     buckets: list[int]  # gradient (and parameter-gather) buckets per stage: Execution.buckets
     # The reduce-scatters of every micro-batch but the last (grad_reduce "microbatch"); the last one is `reduce`.
     early_reduce: list[float] = dataclasses.field(default_factory=list)
+    # The MoE token exchange (all-to-all over EP, gather/scatter over ETP) per stage and pass; empty when dense.
+    ep_comm: list[PassTimes] = dataclasses.field(default_factory=list)
 
 
 def activation_bytes(model: ModelSpec, c: ParallelConfig) -> float:
@@ -149,15 +152,15 @@ def selective_matmul_share(model: ModelSpec, execution: Execution) -> float | No
     return sum(sizes[1::2]) / sum(sizes)
 
 
-def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, devices: list[int],
+def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, devices,
                    units: int = 1) -> tuple[float, float, float]:
     """(gather per forward/backward pass, gather once per step, gradient reduction) of a stage holding `params`
     parameters per TP rank: ZeRO-0 all-reduces fp32 gradients in one bucket; FSDP (ZeRO >= 1, one unit per block
     plus the stage's root, `units` in all) reduce-scatters them and gathers the parameters (`gather_bytes`: fp8 under fp8) once per
     step, or at ZeRO-3 again for every pass (reshard after forward) except under looped-bfs, where all
     micro-batches pass a chunk together. Each FSDP unit is its own collective and pays the profile's
-    `collective_sync_s`."""
-    if c.dp <= 1:
+    `collective_sync_s`. `devices` is the DP group (the expert-DP group for routed-expert parameters)."""
+    if len(devices) <= 1:
         return 0.0, 0.0, 0.0
     grad_bytes, param_bytes = dp_buffer_bytes(c, params)
     if c.zero_stage == 0:
@@ -225,12 +228,14 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     overlap_tp = execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1
     matmul_share = selective_matmul_share(model, execution)
     forward, back_in, back_w = [], [], []
-    compute_parts, recompute_parts, tp_parts, gathers, reduces, buckets = [], [], [], [], [], []
+    compute_parts, recompute_parts, tp_parts, gathers, reduces, buckets, ep_parts = [], [], [], [], [], [], []
+    moe_pieces = pieces.kind(True) if model.moe is not None else None
     # The stages of one rank share its groups: their collectives are timed once per rank (and stage size).
-    tp_of_rank, grow_of_rank, dp_of_stage = {}, {}, {}
+    tp_of_rank, grow_of_rank, dp_of_stage, ep_of_rank = {}, {}, {}, {}
     for st, (first, end) in enumerate(partition):
         rank = stage_to_rank[st]
         layers = end - first
+        n_moe = moe_layers(model, first, end)
         # Two TP collectives per layer in forward and two in backward, or what the profile measured TP layers add.
         if rank not in tp_of_rank:
             tp_group = grid.first_group_array("tp", rank)
@@ -255,20 +260,36 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                            (per_layer.backward_input + 2 * grow) * layers + regather, 0.0)
         compute = pieces.block.scaled(layers)
         recompute = recompute_time(pieces, c, one, matmul_share) * layers
+        ep = PassTimes(0.0, 0.0, 0.0)
+        if n_moe:
+            # MoE layers: their own block, and the token exchange in each pass (and in a full recompute's forward).
+            if rank not in ep_of_rank:
+                ep_of_rank[rank] = ep_comm_layer(model, cluster, c, *(expert_groups(grid, rank, c.ep, c.etp, axis)[0]
+                                                                      for axis in ("ep", "etp")))
+            exchange = ep_of_rank[rank]
+            compute = pieces.block.scaled(layers - n_moe) + moe_pieces.block.scaled(n_moe)
+            recompute = (recompute_time(pieces, c, one, matmul_share) * (layers - n_moe)
+                         + (recompute_time(moe_pieces, c, one, matmul_share)
+                            + (exchange if c.recompute == "full" else 0.0)) * n_moe)
+            ep = PassTimes(exchange * n_moe, exchange * n_moe, 0.0)
         if st == 0:
             compute = compute + pieces.embedding
             tp = tp + PassTimes(one, 0.0, 0.0)
         if st == last:
             compute = compute + pieces.head
             tp = tp + PassTimes(0.0, one, 0.0)
-        # DP / FSDP collectives of this stage's parameters.
-        params = stage_params(model, partition, st) / c.tp
-        if (rank, params, layers) not in dp_of_stage:
-            dp_of_stage[rank, params, layers] = dp_collectives(cluster, c, params, grid.first_group_array("dp", rank),
-                                                               units=layers + 1)
-        per_microbatch_gather, gather, reduce = dp_of_stage[rank, params, layers]
-        fwd = compute.forward + tp.forward + pass_overhead
-        bwd_in = compute.backward_input + tp.backward_input + recompute + pass_overhead
+        # DP / FSDP collectives of this stage's parameters; routed experts over their expert-DP group.
+        params, experts = local_params(c, stage_params(model, partition, st), stage_expert_params(model, partition, st))
+        if (rank, params, experts, layers) not in dp_of_stage:
+            dp_of_stage[rank, params, experts, layers] = dp_collectives(
+                cluster, c, params, grid.first_group_array("dp", rank), units=layers + 1)
+            if experts:
+                dp_of_stage[rank, params, experts, layers] = tuple(
+                    a + b for a, b in zip(dp_of_stage[rank, params, experts, layers], dp_collectives(
+                        cluster, c, experts, expert_groups(grid, rank, c.ep, c.etp, "edp")[0], units=n_moe)))
+        per_microbatch_gather, gather, reduce = dp_of_stage[rank, params, experts, layers]
+        fwd = compute.forward + tp.forward + ep.forward + pass_overhead
+        bwd_in = compute.backward_input + tp.backward_input + ep.backward_input + recompute + pass_overhead
         if fsdp_unit_pass:  # FSDP's hooks on every unit (each block and the stage's root), per pass
             fwd += fsdp_unit_pass * (layers + 1)
             bwd_in += fsdp_unit_pass * (layers + 1)
@@ -288,16 +309,17 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         compute_parts.append(compute)
         recompute_parts.append(recompute)
         tp_parts.append(tp)
+        ep_parts.append(ep)
         gathers.append(gather)
         if execution.grad_reduce_start == "per_bucket":
             # The reduction's buckets go out during the last backward, on the DP link that also carries that
             # backward's parameter re-gathers (ZeRO-3): the stream holds both.
             reduce += per_microbatch_gather
         reduces.append(reduce)
-        buckets.append(execution.buckets(params, layers, rank, c.dp))
+        buckets.append(execution.buckets(params + experts, layers, rank, c.dp))
     early = [(c.num_microbatches - 1) * r for r in reduces] if c.reduces_every_microbatch else []
     return StagePlan(StageCosts(forward, back_in, back_w), compute_parts, recompute_parts, tp_parts, pass_overhead,
-                     gathers, reduces, buckets, early)
+                     gathers, reduces, buckets, early, ep_parts if model.moe is not None else [])
 
 
 def p2p_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution) -> float:
@@ -353,7 +375,6 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
     `plan.timeline` is the simulated step the prediction was read from: its makespan plus the step's tail
     (collectives, optimizer, step overhead) is `iteration_time_s`.
     """
-    check_costable(model)
     c = config.check(model, cluster.world_size)
     execution.check(c)
     check_dtype(c.dtype, cluster.device.peak_flops, cluster.device.name)
@@ -387,7 +408,9 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
 
     # Optimizer: AdamW over each rank's (ZeRO-sharded) parameters; the slowest rank bounds the step.
     optimizer = max(rank_optimizer_time(cluster, c, sum(stage_params(model, partition, st)
-                                                        for st in schedule.stages_of_rank(r))) for r in range(c.pp))
+                                                        for st in schedule.stages_of_rank(r)),
+                                        sum(stage_expert_params(model, partition, st)
+                                            for st in schedule.stages_of_rank(r))) for r in range(c.pp))
     step_comm = step_collectives(model, cluster, c, grid, schedule.stage_to_rank)
     step_overhead = cluster.overhead("step_overhead_s")
     iteration = makespan + step_comm + optimizer + step_overhead
@@ -558,26 +581,29 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, 
     bare = simulate(schedule, sp.costs, 0.0)
     with_p2p = simulate(schedule, sp.costs, p2p)
     busiest = max(range(schedule.pp), key=lambda r: bare.compute_time_per_rank[r])
-    compute = recompute = tp = overhead = 0.0
+    compute = recompute = tp = overhead = ep = 0.0
     for action, _, _ in bare.events[busiest]:
         if action.kind != "W":
             overhead += sp.pass_overhead
         s = action.stage
         parts = sp.compute[s]
         tp_parts = sp.tp_comm[s]
+        exchange = sp.ep_comm[s] if sp.ep_comm else None
         if action.kind == "F":
             compute += parts.forward
             tp += tp_parts.forward
+            ep += exchange.forward if exchange else 0.0
         elif action.kind in ("B", "I"):
             compute += parts.backward_input + (parts.backward_weight if action.kind == "B" else 0.0)
             tp += tp_parts.backward_input
+            ep += exchange.backward_input if exchange else 0.0
             recompute += sp.recompute[s]
         else:
             compute += parts.backward_weight
     busy = bare.compute_time_per_rank[busiest]
     # Gather waits hidden in max(compute, gather) show up as compute time of the stage: attribute them to dp_comm.
-    fsdp_wait = max(0.0, busy - (compute + recompute + tp + overhead))  # float noise below zero is none
-    return {
+    fsdp_wait = max(0.0, busy - (compute + recompute + tp + ep + overhead))  # float noise below zero is none
+    terms = {
         "compute": compute,
         "recompute": recompute,
         "tp_comm": tp,
@@ -588,3 +614,7 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, 
         "optimizer": optimizer,
         "framework": overhead + step_overhead,
     }
+    if sp.ep_comm:  # MoE: the token exchange, after the TP collectives
+        terms = {**{k: v for k, v in terms.items() if k in ("compute", "recompute", "tp_comm")}, "ep_comm": ep,
+                 **{k: v for k, v in terms.items() if k not in ("compute", "recompute", "tp_comm")}}
+    return terms

@@ -40,12 +40,20 @@ worth its layers' `layer_activation_bytes` plus the embedding dropout mask (firs
 stage). Temporaries: the logits with their fp32 loss copy and gradient, one layer's recomputed activations under full
 recompute, P2P send/receive buffers. With one micro-batch per step the executor's gradients only come into
 existence as the activations go, so the larger of the two counts.
+
+Mixture of experts (cost/moe.py): the routed experts of a rank's MoE layers are split over ep x etp instead of tp,
+and ZeRO shards their state over the expert-data-parallel degree edp instead of dp (Megatron-Core's distributed
+optimizer over the expert-DP group; FSDP over the expert mesh); an MoE layer keeps its routed activations
+(`routed_activation_bytes`) in place of a dense MLP's, and its all-to-all buffers are a temporary.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from autoconf.cost.moe import (all_to_all_buffer_bytes, blocks_params, layer_kind_params, moe_layers,
+                               routed_activation_bytes)
+from autoconf.cost.moe import local_params as local_params_of
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.model import ModelSpec
@@ -55,14 +63,28 @@ from autoconf.spec.schedules import schedule_spec
 LAYOUTS = ("torch", "megatron")
 
 
+def dense_mlp_tensors(layout: str, recompute: str) -> int:
+    """SwiGLU tensors of the FFN width a dense llama block keeps per token: gate, up, silu, product (4); the
+    executor's selective recompute redoes silu (3); full recompute keeps none."""
+    if recompute == "full":
+        return 0
+    return 3 if recompute == "selective" and layout == "torch" else 4
+
+
 def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str,
-                           recompute: str | None = None, selective: str = "attention_core") -> float:
+                           recompute: str | None = None, selective: str = "attention_core", moe: bool = False) -> float:
     """Bytes one block keeps from its forward until its backward for one micro-batch on one TP rank: Megatron-LM's
     accounting (`ModelSpec.layer_activation_bytes`) for the "megatron" layout, the executor's own on a `device_kind`
     ("gpu" or "cpu") device for "torch"; under selective recompute by the "alternate_matmuls" policy
-    (`Execution.selective_recompute`), what that policy saves (`op_policy_layer_activation_bytes`)."""
+    (`Execution.selective_recompute`), what that policy saves (`op_policy_layer_activation_bytes`); with `moe`, an
+    MoE block's (the dense MLP's tensors replaced by the routed ones)."""
     c = config
     recompute = c.recompute if recompute is None else recompute
+    if moe:
+        # The dense MLP's tensors (`dense_mlp_tensors` of ffn_hidden_size) give way to the routed ones.
+        dense_mlp = dense_mlp_tensors(layout, recompute) * DTYPE_BYTES[c.dtype] * c.seq_len * c.micro_batch_size
+        return (layer_activation_bytes(model, c, layout, device_kind, recompute, selective)
+                - dense_mlp * model.ffn_hidden_size / c.tp + routed_activation_bytes(model, c, recompute))
     if recompute == "selective" and selective == "alternate_matmuls":
         return op_policy_layer_activation_bytes(model, c)
     if layout == "megatron":
@@ -119,7 +141,7 @@ def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, re
         mlp_tensors = 2  # GeLU input and output
     else:
         mlp_tensors = 3 if recompute == "selective" else 4  # gate, up, (silu,) their product
-    mlp = mlp_tensors * e * s * b * f / t
+    mlp = mlp_tensors * e * s * b * f / t  # dense_mlp_tensors for llama
     return norms + linear_inputs + attention + mlp
 
 
@@ -173,7 +195,7 @@ def stage_params(model: ModelSpec, partition: Sequence[Sequence[int]], stage: in
     """Parameters of one virtual stage (all TP ranks together): its layers, the embedding on the first stage, the
     head on the last (a tied embedding is held by both ends when they are different stages)."""
     first, end = partition[stage]
-    params = (end - first) * model.layer_params()
+    params = blocks_params(model, first, end)[0]
     last = len(partition) - 1
     if stage == 0:
         params += model.embedding_params()
@@ -182,6 +204,14 @@ def stage_params(model: ModelSpec, partition: Sequence[Sequence[int]], stage: in
         if model.tied_embeddings and last != 0:
             params += model.vocab_size * model.hidden_size
     return params
+
+
+def stage_expert_params(model: ModelSpec, partition: Sequence[Sequence[int]], stage: int) -> float:
+    """Routed-expert parameters of one virtual stage (all EP x ETP ranks together); 0 for a dense model."""
+    if model.moe is None:
+        return 0.0
+    first, end = partition[stage]
+    return blocks_params(model, first, end)[1]
 
 
 def holds_unsharded_grads(config: ParallelConfig) -> bool:
@@ -205,11 +235,13 @@ def holds_unsharded_params(config: ParallelConfig) -> bool:
     return c.pp > 1 and (schedule_spec(c.schedule).fsdp_gathers_chunks or not c.reduces_every_microbatch)
 
 
-def state_bytes_per_param(config: ParallelConfig, layout: str) -> tuple[float, float, float, float]:
+def state_bytes_per_param(config: ParallelConfig, layout: str,
+                          experts: bool = False) -> tuple[float, float, float, float]:
     """(weights, gradients, optimizer, unsharded compute copy) bytes per local parameter held through the step, as
-    the module docstring lays out; what is held of only the units in use is `unsharded_buffer_bytes`."""
-    dp = config.dp
-    z = config.zero_stage if config.zero_sharded else 0
+    the module docstring lays out; what is held of only the units in use is `unsharded_buffer_bytes`. With
+    `experts`, of a routed-expert parameter: ZeRO shards over edp instead of dp."""
+    dp = config.edp if experts else config.dp
+    z = config.zero_stage if config.zero_stage >= 1 and dp > 1 else 0
     compute = DTYPE_BYTES[config.dtype]
     if layout == "megatron":
         weights, grads, optim = 2.0, 4.0, 12.0
@@ -232,10 +264,10 @@ def root_unit_params(model: ModelSpec, partition: Sequence[Sequence[int]] | None
     all of them (embedding, final norm, head), and those whose gradients the backward computes first (all but the
     embedding). Without a stage: the root of the whole model (pp == 1), the largest any chunk can have."""
     if partition is None or stage is None:
-        root = model.total_params() - model.num_layers * model.layer_params()
+        root = model.total_params() - blocks_params(model, 0, model.num_layers)[0]
         return root, root - model.embedding_params()
     first, end = partition[stage]
-    root = stage_params(model, partition, stage) - (end - first) * model.layer_params()
+    root = stage_params(model, partition, stage) - blocks_params(model, first, end)[0]
     return root, root - (model.embedding_params() if stage == 0 else 0)
 
 
@@ -260,7 +292,7 @@ def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     e = DTYPE_BYTES[c.dtype]
     root_all, root_early = root_unit_params(model) if root is None else root
     root_all, root_early = root_all / c.tp, root_early / c.tp
-    block = model.layer_params() / c.tp
+    block = largest_block_bytes(model, c)
     if holds_unsharded_params(c):
         # ZeRO-1/2 gather the whole copy unit by unit in the forward, each unit's all-gather output kept until the
         # next one gathers; ZeRO-3 under a pipeline completes it in the backward, where nothing is kept.
@@ -276,6 +308,15 @@ def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str
         in_flight = block * 4 if blocks >= 1 else 0.0  # the last reduced block's input, at the root's reduction
         grads = max(root_all * e + in_flight, (root_early + block) * e + (block * 4 if blocks >= 2 else 0.0))
     return params, grads
+
+
+def largest_block_bytes(model: ModelSpec, c: ParallelConfig) -> float:
+    """Parameters one rank holds of its largest block (an FSDP unit): a dense block's over tp, an MoE block's with
+    its routed experts over ep x etp."""
+    if model.moe is None:
+        return model.layer_params() / c.tp
+    dense, moe, experts = layer_kind_params(model)
+    return max(dense / c.tp, sum(local_params_of(c, moe, experts)))
 
 
 def gather_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str) -> float:
@@ -318,20 +359,29 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     assert layout in LAYOUTS, layout
     c = config
     w_b, g_b, o_b, copy_b = state_bytes_per_param(c, layout)
+    expert_bytes = state_bytes_per_param(c, layout, experts=True) if model.moe else (0.0, 0.0, 0.0, 0.0)
     embed_act, layer_act, head_act = unit_activation_bytes(model, c, layout, cluster.device.kind, selective)
+    moe_act = (layer_activation_bytes(model, c, layout, cluster.device.kind, selective=selective, moe=True)
+               if model.moe else 0.0)
     fixed = cluster.device.memory_overhead_bytes + p2p_buffer_bytes(model, c)
     last = len(partition) - 1
     out = []
     for rank in (range(c.pp) if ranks is None else ranks):
         stages = [st for st, r in enumerate(stage_to_rank) if r == rank]
-        local_params = sum(stage_params(model, partition, st) for st in stages) / c.tp
+        expert_params = sum(stage_expert_params(model, partition, st) for st in stages)
+        local_params, local_experts = local_params_of(c, sum(stage_params(model, partition, st) for st in stages),
+                                                      expert_params)
         buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, partition, st),
                                           partition[st][1] - partition[st][0]) for st in stages]
         param_buffer, grad_buffer = max(b[0] for b in buffers), max(b[1] for b in buffers)
         activations = 0.0
         for st in stages:
             first, end = partition[st]
-            per_mb = (end - first) * layer_act + (embed_act if st == 0 else 0.0) + (head_act if st == last else 0.0)
+            n_moe = moe_layers(model, first, end)
+            per_mb = (end - first - n_moe) * layer_act + (embed_act if st == 0 else 0.0) + (head_act if st == last
+                                                                                          else 0.0)
+            if n_moe:
+                per_mb += n_moe * moe_act
             activations += per_mb * inflight[st]
         # Temporaries that exist one at a time: the largest of them counts.
         temporaries = [0.0]
@@ -339,7 +389,11 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
             temporaries.append(logits_temporary_bytes(model, c, layout))
         if c.recompute == "full" or (c.recompute == "selective" and selective == "alternate_matmuls"):
             temporaries.append(layer_activation_bytes(model, c, layout, cluster.device.kind, "none"))
-        grads = local_params * g_b + grad_buffer
+        if any(moe_layers(model, *partition[st]) for st in stages):
+            temporaries.append(all_to_all_buffer_bytes(model, c) + (
+                layer_activation_bytes(model, c, layout, cluster.device.kind, "none", moe=True)
+                if c.recompute == "full" else 0.0))
+        grads = local_params * g_b + local_experts * expert_bytes[1] + grad_buffer
         if layout == "torch" and c.num_microbatches == 1:
             # The gradients come into existence during the only backward while the activations go: the peak is at
             # the loss without them, or at the end of the backward with them and without the activations.
@@ -348,8 +402,10 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
             else:
                 activations, temporaries = 0.0, [0.0]
         other = fixed + max(temporaries)
-        entry = {"params": local_params * (w_b + copy_b) + param_buffer, "grads": grads,
-                 "optimizer": local_params * o_b, "activations": activations, "other": other}
+        entry = {"params": local_params * (w_b + copy_b) + local_experts * (expert_bytes[0] + expert_bytes[3])
+                 + param_buffer, "grads": grads,
+                 "optimizer": local_params * o_b + local_experts * expert_bytes[2], "activations": activations,
+                 "other": other}
         entry["total"] = sum(entry.values())
         out.append(entry)
     return out

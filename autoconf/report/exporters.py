@@ -233,9 +233,8 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
     else:
         notes.append("dtype fp32: Megatron's default, no flag")
     flags += _megatron_model(plan)
-    for part in ("moe", "mla"):
-        if getattr(m, part, None) is not None:
-            notes.append(f"the model's {part.upper()} layers are not written here: add Megatron's flags for them")
+    moe_flags, moe_notes = _megatron_moe(plan)
+    flags, notes = flags + moe_flags, notes + moe_notes
     if m.arch == "llama" and not float(m.rope_theta).is_integer():
         notes.append(f"rope_theta {m.rope_theta:g} is not an integer; Megatron's --rotary-base takes an int")
     notes.append(f"vocabulary {m.vocab_size}: comes from Megatron's tokenizer (--vocab-size with NullTokenizer)")
@@ -300,6 +299,51 @@ def _megatron_model(plan: Plan) -> list[Flag]:
     if not m.tied_embeddings:
         flags.append(("--untie-embeddings-and-output-weights", None))
     return flags
+
+
+def _megatron_moe(plan: Plan) -> tuple[list[Flag], list[str]]:
+    """Megatron-Core's flags for the model's MoE layers and latent attention and the plan's expert layout (EP, ETP,
+    grouped GEMMs, the all-to-all dispatcher), and notes on what they do not say."""
+    m, c = plan.model, plan.config
+    flags: list[Flag] = []
+    notes: list[str] = []
+    if m.mla is not None:
+        a = m.mla
+        flags.append(("--multi-latent-attention", None))
+        if a.q_lora_rank is not None:
+            flags.append(("--q-lora-rank", a.q_lora_rank))
+        flags += [("--kv-lora-rank", a.kv_lora_rank), ("--qk-head-dim", a.qk_nope_head_dim),
+                  ("--qk-pos-emb-head-dim", a.qk_rope_head_dim), ("--v-head-dim", a.v_head_dim)]
+    if m.moe is None:
+        return flags, notes
+    e = m.moe
+    flags += [("--num-experts", e.num_experts), ("--moe-router-topk", e.num_experts_per_tok),
+              ("--moe-ffn-hidden-size", e.moe_intermediate_size),
+              ("--expert-model-parallel-size", c.ep), ("--expert-tensor-parallel-size", c.etp),
+              ("--moe-grouped-gemm", None), ("--moe-token-dispatcher-type", "alltoall"),
+              ("--moe-router-score-function", e.scoring_func)]
+    if e.num_shared_experts:
+        flags.append(("--moe-shared-expert-intermediate-size",
+                      e.num_shared_experts * e.shared_expert_intermediate_size))
+        if e.shared_expert_gate:
+            flags.append(("--moe-shared-expert-gate", None))
+    pattern = [int(m.is_moe_layer(i)) for i in range(m.num_layers)]
+    if 0 in pattern:
+        dense = sum(1 for i in pattern if i == 0)
+        regular = pattern == [0] * dense + [1] * (m.num_layers - dense)
+        flags.append(("--moe-layer-freq", f"([0]*{dense}+[1]*{m.num_layers - dense})" if regular
+                      else "[" + ",".join(map(str, pattern)) + "]"))
+    if e.n_group > 1:
+        flags += [("--moe-router-num-groups", e.n_group), ("--moe-router-group-topk", e.topk_group)]
+    if e.routed_scaling_factor != 1:
+        flags.append(("--moe-router-topk-scaling-factor", f"{e.routed_scaling_factor:g}"))
+    if e.capacity_factor is not None:
+        flags.append(("--moe-expert-capacity-factor", f"{e.capacity_factor:g}"))
+    flags.append(("--moe-aux-loss-coeff", f"{e.router_aux_loss_coef:g}"))
+    if c.tp > 1 and not c.sequence_parallel:
+        notes.append("Megatron-Core runs MoE layers under tensor parallelism only with --sequence-parallel; the plan "
+                     "has tp > 1 without it")
+    return flags, notes
 
 
 def megatron_args(plan: Plan) -> str:

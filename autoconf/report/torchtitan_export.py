@@ -10,7 +10,7 @@ torchtitan's llama3 builders; then it sets the plan's batch, degrees, schedule, 
 from __future__ import annotations
 
 from autoconf.report.precision_flags import torchtitan_fp8_note
-from autoconf.report.upstream import TORCHTITAN_TARGET
+from autoconf.report.upstream import TORCHTITAN_TARGET, TORCHTITAN_VERSION
 from autoconf.spec.frameworks import plan_execution
 from autoconf.spec.plan import Plan
 from autoconf.spec.schedules import schedule_spec
@@ -104,6 +104,9 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
                      "model below has none of them")
     if m.qkv_bias:
         notes.append("torchtitan's llama3 model has no QKV bias; the model below has none")
+    if c.etp > 1:
+        notes.append(f"expert tensor parallelism (etp {c.etp}) has no torchtitan {TORCHTITAN_VERSION} "
+                     f"setting: its experts are split over expert_parallel_degree and FSDP only")
     if c.dtype == "fp16":
         notes.append("torchtitan's mixed precision is bfloat16 or float32, not fp16: bfloat16 below")
     if c.dtype == "fp8":
@@ -140,7 +143,8 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
               f"    parallelism.enable_sequence_parallel = {c.sequence_parallel or c.tp == 1}",
               f"    parallelism.pipeline_parallel_degree = {c.pp}",
               f'    parallelism.pipeline_parallel_schedule = "{schedule_spec(c.schedule).torch_class}"',
-              f"    parallelism.pipeline_parallel_microbatch_size = {c.micro_batch_size}"]
+              f"    parallelism.pipeline_parallel_microbatch_size = {c.micro_batch_size}",
+              *([f"    parallelism.expert_parallel_degree = {c.ep}"] if c.ep > 1 else [])]
     if c.pp > 1:
         lines.append("    training.disable_cuda_graphs = True  # torchtitan's CUDA graphs do not support pipelining")
         lines.append("    parallelism.module_fqns_per_model_part = [  # one list per model chunk, in stage order")

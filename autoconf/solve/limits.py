@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from autoconf.errors import UserError
-from autoconf.spec.model import check_costable
 
 SEQ_GRANULARITY = 256  # the longest sequence is reported in multiples of this many tokens
 
@@ -45,11 +44,9 @@ class Planner:
     execution: object
 
     def best(self, model, seq_len: int, fixed: dict | None = None, refine: bool = False):
-        """The best fitting plan, or None when no layout fits (or none is legal). A model the cost model cannot
-        take yet (spec.model.check_costable) is a UserError, not a limit of the cluster."""
+        """The best fitting plan, or None when no layout fits (or none is legal)."""
         from autoconf.solve.search import search
 
-        check_costable(model)
         try:
             result = search(model, self.cluster, self.global_batch, seq_len, self.dtype, self.attention,
                             {**self.fixed, **(fixed or {})}, 1, self.execution, refine=refine)

@@ -12,9 +12,11 @@ import numpy as np
 from autoconf.cost.compute import model_pieces
 from autoconf.cost.estimate import (Execution, activation_bytes, dp_buffer_bytes, p2p_bytes, recompute_time,
                                     schedule_inflight, selective_matmul_share, tp_collective)
-from autoconf.cost.memory import (gather_buffer_bytes, logits_temporary_bytes, p2p_buffer_bytes, state_bytes_per_param,
-                                  unit_activation_bytes)
+from autoconf.cost.memory import (gather_buffer_bytes, layer_activation_bytes, logits_temporary_bytes,
+                                  p2p_buffer_bytes, state_bytes_per_param, unit_activation_bytes)
+from autoconf.cost.moe import dispatch_bytes, ep_comm_layer, layer_kind_params, local_params, moe_layers
 from autoconf.spec.cluster import ClusterProfile
+from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, min_stage_layers
 from autoconf.spec.schedules import stage_to_rank
@@ -31,16 +33,37 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     layout = execution.memory_layout
     pieces = model_pieces(model, cluster, c, execution=execution)
     one = tp_collective(model, cluster, c, list(range(c.tp)))
-    layer_time = pieces.block.total + 4 * one + recompute_time(pieces, c, one, selective_matmul_share(model, execution))
+    share = selective_matmul_share(model, execution)
+    layer_time = pieces.block.total + 4 * one + recompute_time(pieces, c, one, share)
     per_param = sum(state_bytes_per_param(c, layout))
     head_params = model.head_params() + (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)
-    unit_time = [pieces.embedding.total + one] + [layer_time] * model.num_layers + [pieces.head.total + one]
-    unit_static = ([model.embedding_params() / c.tp * per_param]
-                   + [model.layer_params() / c.tp * per_param] * model.num_layers
-                   + [head_params / c.tp * per_param + logits_temporary_bytes(model, c, layout)])
     embedding, layer, head = unit_activation_bytes(model, c, layout, cluster.device.kind,
                                                    execution.selective_recompute)
-    unit_act = [embedding] + [layer] * model.num_layers + [head]
+    layer_static = model.layer_params() / c.tp * per_param if model.moe is None else 0.0
+    layers_time, layers_static, layers_act = [layer_time] * model.num_layers, [layer_static] * model.num_layers, \
+        [layer] * model.num_layers
+    if model.moe is not None:
+        # Dense and MoE blocks differ: each costed as the estimate costs it on pipeline rank 0 of the default grid.
+        grid = RankGrid.logical(c.dims)
+        exchange = ep_comm_layer(model, cluster, c, *(expert_groups(grid, 0, c.ep, c.etp, axis)[0]
+                                                      for axis in ("ep", "etp")))
+        moe_pieces = pieces.kind(True)
+        moe_time = (moe_pieces.block.total + 4 * one + 2 * exchange + recompute_time(moe_pieces, c, one, share)
+                    + (exchange if c.recompute == "full" else 0.0))
+        dense, moe, experts = layer_kind_params(model)
+        attention_part, expert_part = local_params(c, moe, experts)
+        moe_static = attention_part * per_param + expert_part * sum(state_bytes_per_param(c, layout, experts=True))
+        moe_act = layer_activation_bytes(model, c, layout, cluster.device.kind, selective=execution.selective_recompute,
+                                         moe=True)
+        for i in range(model.num_layers):
+            if model.is_moe_layer(i):
+                layers_time[i], layers_static[i], layers_act[i] = moe_time, moe_static, moe_act
+            else:
+                layers_static[i] = dense / c.tp * per_param
+    unit_time = [pieces.embedding.total + one] + layers_time + [pieces.head.total + one]
+    unit_static = ([model.embedding_params() / c.tp * per_param] + layers_static
+                   + [head_params / c.tp * per_param + logits_temporary_bytes(model, c, layout)])
+    unit_act = [embedding] + layers_act + [head]
     inflight = tuple(int(np.ceil(n)) for n in schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches))
     limit = (cluster.usable_memory_bytes - cluster.device.memory_overhead_bytes - p2p_buffer_bytes(model, c)
              - gather_buffer_bytes(model, c, layout))
@@ -144,11 +167,23 @@ def traffic(model: ModelSpec, c: ParallelConfig, execution: Execution = Executio
     """Bytes per step each rank moves in its TP group, to its pipeline neighbour and in its DP group, from the
     estimate's own buffers: two TP collectives per layer and direction on `activation_bytes`, the estimate's
     `p2p_bytes` per micro-batch and direction (a 1/tp slice under sequence parallelism), and the gradient reduction
-    buffer of `dp_buffer_bytes` for the rank's share of the parameters."""
+    buffer of `dp_buffer_bytes` for the rank's share of the parameters.
+
+    MoE: the dispatch and combine all-to-all of every MoE layer in both passes (`dispatch_bytes`) go on the axis
+    their EP group lies along in the folded grid (spec/grid.py `expert_grid`): inside a TP group when
+    ep x etp <= tp, else across consecutive DP replicas; ETP's gathers and scatters stay inside the TP group."""
     layers_per_rank = model.num_layers / c.pp
     tp_bytes = 4 * layers_per_rank * activation_bytes(model, c) * c.num_microbatches if c.tp > 1 else 0.0
     pp_bytes = 2 * c.vpp * p2p_bytes(model, c, execution) * c.num_microbatches if c.pp > 1 else 0.0
     dp_bytes = dp_buffer_bytes(c, model.total_params() / c.pp / c.tp)[0] if c.dp > 1 else 0.0
+    if model.moe is not None and c.ep * c.etp > 1:
+        exchange = 4 * moe_layers(model, 0, model.num_layers) / c.pp * dispatch_bytes(model, c) * c.num_microbatches
+        if c.ep > 1 and c.ep * c.etp <= c.tp:
+            tp_bytes += exchange
+        elif c.ep > 1:
+            dp_bytes += exchange
+        if c.etp > 1:
+            tp_bytes += exchange * c.etp
     return tp_bytes, pp_bytes, dp_bytes
 
 

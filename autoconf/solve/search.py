@@ -28,12 +28,13 @@ from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mes
                                     estimate, exposed_dp, overlapped_tp_layer, p2p_bytes, predict, recompute_time,
                                     schedule_inflight, selective_matmul_share, step_collectives, tp_collective)
 from autoconf.cost.memory import stage_memory
+from autoconf.cost.moe import layer_kinds, smallest_layer_params
 from autoconf.errors import UserError
 from autoconf.spec.support import unsupported_reason
 from autoconf.solve.space import candidates, normalise_fixed, with_changes
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.grid import RankGrid
-from autoconf.spec.model import ModelSpec, check_costable
+from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, node_blocks, uniform_partition
 from autoconf.spec.schedules import schedule_spec, stage_to_rank
 
@@ -76,7 +77,7 @@ class _BoundCache:
         return self._owner[key]
 
     def _layer(self, c: ParallelConfig):
-        key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len)
+        key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len, c.ep, c.etp)
         if key not in self._pieces:
             # A CPU rank may get a whole core when others wait: bound with the fastest share.
             self._pieces[key] = model_pieces(self.model, self.cluster, c, share=1.0, execution=self.execution)
@@ -112,7 +113,7 @@ class _BoundCache:
         dp_key = (c.tp, c.pp, c.dp, per_stage_layers, c.dtype, c.zero_stage,
                   schedule_spec(c.schedule).fsdp_gather_per_chunk)
         if dp_key not in self._dp:
-            params = per_stage_layers * model.layer_params() / c.tp
+            params = per_stage_layers * smallest_layer_params(model) / c.tp
             self._dp[dp_key] = dp_collectives(cluster, c, params, np.arange(c.dp) * c.tp)
         return (self._p2p[p2p_key], *self._dp[dp_key])
 
@@ -196,21 +197,24 @@ class _BoundCache:
         idle = bubble + fill_drain if spec.exposed_fill_drain else max(bubble, fill_drain)
         # Of rank 0's own gather and reduction, the execution's buckets leave at least these exposed.
         first_gather, last_reduce = exposed_dp(self.execution, gather_once, reduce,
-                                               per_stage_layers * model.layer_params() / c.tp, per_stage_layers, c.dp)
+                                               per_stage_layers * smallest_layer_params(model) / c.tp,
+                                               per_stage_layers, c.dp)
         compute_path = first_gather + busy + idle + last_reduce
         # Micro-batch 0 passes every stage forward and backward in turn, hopping ranks between stages.
         chain = model.num_layers * (layer_fwd + layer_bwd) + 2 * S * overhead + 2 * hops * p2p
         return max(compute_path, comm_stream, chain) + self._step_comm(c) + optimizer + self._overheads[1]
 
     def _per_layer(self, c: ParallelConfig) -> tuple[float, float, float, float, float]:
-        """(block forward, block input backward, block weight backward, one TP collective, recompute) per layer."""
-        key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len, c.recompute)
+        """(block forward, block input backward, block weight backward, one TP collective, recompute) per layer: of
+        a model with dense and MoE blocks, the smaller of each (the MoE token exchange left out)."""
+        key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len, c.recompute, c.ep,
+               c.etp)
         if key not in self._layers:
-            pieces = self._layer(c)
             one = self._tp_collective(c)
-            block = pieces.block
-            self._layers[key] = (block.forward, block.backward_input, block.backward_weight, one,
-                                 recompute_time(pieces, c, one))
+            kinds = [self._layer(c).kind(moe) for moe in layer_kinds(self.model)]
+            self._layers[key] = (min(p.block.forward for p in kinds), min(p.block.backward_input for p in kinds),
+                                 min(p.block.backward_weight for p in kinds), one,
+                                 min(recompute_time(p, c, one) for p in kinds))
         return self._layers[key]
 
     def _optimizer(self, c: ParallelConfig) -> float:
@@ -220,7 +224,7 @@ class _BoundCache:
         key = (c.tp, c.dp, c.zero_sharded, rank0_layers)
         if key not in self._optimizers:
             model = self.model
-            params_rank0 = (rank0_layers * model.layer_params() + model.embedding_params()) / c.tp
+            params_rank0 = (rank0_layers * smallest_layer_params(model) + model.embedding_params()) / c.tp
             self._optimizers[key] = rank_optimizer_time(self.cluster, c, params_rank0 * c.tp)
         return self._optimizers[key]
 
@@ -245,7 +249,6 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
 
     With `launchable_only`, layouts the bundled executor refuses (spec/support.py) are left out and counted.
     """
-    check_costable(model)
     start = time.perf_counter()
     fixed = normalise_fixed(fixed or {})
     if model.learned_positions and seq_len > model.max_seq_len:
@@ -357,7 +360,8 @@ def _ranked_by_full_simulation(model: ModelSpec, cluster: ClusterProfile, execut
 def ranking_key(config: ParallelConfig) -> tuple:
     """How plans of equal predicted time are ordered (the same in the search, validate and the tests)."""
     return (config.tp, config.pp, config.dp, config.vpp, config.micro_batch_size, config.schedule,
-            config.zero_stage, config.recompute, config.sequence_parallel, config.grad_reduce != "step")
+            config.zero_stage, config.recompute, config.sequence_parallel, config.ep, config.etp,
+            config.grad_reduce != "step")  # grad_reduce last: the search finds a layout's twin by key[:-1]
 
 
 def _negated(key: tuple) -> tuple:

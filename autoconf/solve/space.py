@@ -5,13 +5,17 @@ than a node; PP up to the layer count; DP the rest of the devices, dividing the 
 dividing the per-replica batch; every schedule with the chunk counts it accepts; ZeRO 0-3 (only 0 without DP);
 recompute none/selective/full; sequence parallelism where TP > 1; where FSDP shards (ZeRO >= 1, DP > 1) and
 gradients accumulate (several micro-batches or a pipeline), the gradient reduce-scatter once per step or after
-every micro-batch (`grad_reduce`; not under the split-backward schedules). Every candidate is legal by construction (the
-schedule's own micro-batch rules are checked here); `search` checks what holds for all of them (sequence length).
+every micro-batch (`grad_reduce`; not under the split-backward schedules). On a mixture-of-experts model, every
+expert-parallel degree ep dividing the experts and the ranks of a pipeline rank, with expert TP etp of 1 or tp
+(`expert_choices`); a dense model keeps ep = etp = 1, so its space is as before. Every candidate is legal by
+construction (the schedule's own micro-batch rules are checked here); `search` checks what holds for all of them
+(sequence length).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterator
 
 from autoconf.errors import UserError
@@ -21,10 +25,10 @@ from autoconf.spec.plan import GRAD_REDUCE, ParallelConfig, max_pipeline_stages
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 FIXABLE = ("tp", "pp", "dp", "vpp", "micro_batch_size", "schedule", "zero_stage", "recompute", "sequence_parallel",
-           "dtype", "grad_reduce")
+           "dtype", "grad_reduce", "ep", "etp")
 ALIASES = {"mb": "micro_batch_size", "micro_batch": "micro_batch_size", "zero": "zero_stage",
            "sp": "sequence_parallel"}
-INT_FIELDS = ("tp", "pp", "dp", "vpp", "micro_batch_size", "zero_stage")
+INT_FIELDS = ("tp", "pp", "dp", "vpp", "micro_batch_size", "zero_stage", "ep", "etp")
 MAX_MICRO_BATCH = 16
 
 
@@ -74,6 +78,13 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
     """Every legal layout honouring `fixed`; deterministic order. `zero_stages` lists the stages worth telling
     apart (a pinned --fix zero_stage is always honoured)."""
     fixed = normalise_fixed(fixed or {})
+    if "ep" in fixed or "etp" in fixed:
+        # The rules that do not depend on the other degrees, as one line before any search.
+        probe = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=1, global_batch_size=1, seq_len=1,
+                               ep=fixed.get("ep", 1), etp=fixed.get("etp", 1))
+        problems = [p for p in probe.expert_problems(model) if "ranks of a pipeline rank" not in p]
+        if problems:
+            raise UserError("--fix ep/etp: " + "; ".join(problems))
 
     def choices(key, default):
         return [fixed[key]] if key in fixed else default
@@ -90,6 +101,9 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
             dp = world_size // (tp * pp)
             if "dp" in fixed and fixed["dp"] != dp:
                 continue
+            experts = expert_choices(model, world_size // pp, tp, fixed)
+            if not experts:
+                continue
             if global_batch % dp:
                 continue
             per_replica = global_batch // dp
@@ -101,13 +115,27 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                     for zero in choices("zero_stage", list(zero_stages) if dp > 1 else [0]):
                         for recompute in choices("recompute", ["none", "selective", "full"]):
                             for sp in choices("sequence_parallel", [False, True] if tp > 1 else [False]):
-                                for reduce in choices("grad_reduce", _grad_reduce_choices(
-                                        pp, dp, per_replica // mb, schedule, zero)):
+                                for reduce, (ep, etp) in itertools.product(choices("grad_reduce", _grad_reduce_choices(
+                                        pp, dp, per_replica // mb, schedule, zero)), experts):
                                     yield ParallelConfig(
                                         tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=mb,
                                         global_batch_size=global_batch, seq_len=seq_len, schedule=schedule,
                                         zero_stage=zero, recompute=recompute, sequence_parallel=sp,
-                                        dtype=fixed.get("dtype", dtype), attention=attention, grad_reduce=reduce)
+                                        dtype=fixed.get("dtype", dtype), attention=attention, grad_reduce=reduce,
+                                        ep=ep, etp=etp)
+
+
+def expert_choices(model: ModelSpec, ranks: int, tp: int, fixed: dict) -> list[tuple[int, int]]:
+    """(ep, etp) pairs for a pipeline rank of `ranks` ranks and attention TP `tp`: ep dividing the experts, etp 1
+    or tp dividing the expert width, ep x etp dividing the ranks (the rules of `ParallelConfig.expert_problems`);
+    (1, 1) alone on a dense model. A pinned --fix ep / etp is honoured (and filtered by the same rules)."""
+    if model.moe is None:
+        return [(fixed.get("ep", 1), fixed.get("etp", 1))]
+    m = model.moe
+    eps = [fixed["ep"]] if "ep" in fixed else _divisors(m.num_experts)
+    etps = [fixed["etp"]] if "etp" in fixed else sorted({1, tp})
+    return [(ep, etp) for ep in eps for etp in etps
+            if m.num_experts % ep == 0 and m.moe_intermediate_size % etp == 0 and ranks % (ep * etp) == 0]
 
 
 def _grad_reduce_choices(pp: int, dp: int, m: int, schedule: str, zero: int) -> list[str]:

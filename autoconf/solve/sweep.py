@@ -137,9 +137,6 @@ def sweep(model, cluster, node_counts: list[int], global_batch: int, seq_len: in
     """The best plan at each node count (the search of `autoconf plan`, top 1), each with `prediction.training`.
     `progress(nodes)` is called before each size."""
     from autoconf.solve.search import search
-    from autoconf.spec.model import check_costable
-
-    check_costable(model)  # one line for the whole sweep, not one per size
     points = []
     for nodes in node_counts:
         if progress is not None:

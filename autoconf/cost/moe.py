@@ -1,0 +1,167 @@
+"""Mixture-of-experts rules of the cost model, each written once: which layers are MoE layers, how the parameters
+of a stage split into what attention's layout shards (over tp, ZeRO over dp) and what the experts' layout shards
+(routed experts over ep x etp, ZeRO over edp), the tokens each rank's experts see, the expert GEMMs, the
+all-to-all traffic, the routed activations and the all-to-all buffers.
+
+The layout is Megatron-Core's "MoE parallel folding" (spec/grid.py `expert_grid`): the ranks of one pipeline rank
+run attention as dp x tp and the MoE layers as edp x ep x etp. Each rank enters an MoE layer with
+T = seq x micro-batch / tp tokens (its sequence-parallel share: Megatron-Core's MoE layers take the token-split input,
+and the TP collectives the block already pays rebuild the full sequence). Its router sends each token to top-k
+experts; the all-to-all over the EP group (dispatch) carries T x k hidden vectors per rank, the ETP group
+all-gathers them, so each rank holds num_experts / ep experts of width moe_intermediate_size / etp and each local
+expert runs its GEMMs on R = T x k x ep x etp / num_experts rows (`rows_per_expert`); a reduce-scatter over ETP and
+the reverse all-to-all (combine) bring the results back. The backward repeats both with the gradients.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from autoconf.cost.comm import collective_time
+from autoconf.spec.cluster import ClusterProfile
+from autoconf.spec.dtypes import DTYPE_BYTES
+from autoconf.spec.model import ModelSpec
+from autoconf.spec.plan import ParallelConfig
+
+# Without a measured value in the profile (efficiency entry `moe_load_imbalance`: the busiest rank's routed tokens
+# over the mean), routing is taken as balanced: dropless routing with a balancing loss or DeepSeek's bias
+# balancing keeps the global load close to even (docs/moe.md), and autoconf has no measured ratio to state.
+DEFAULT_LOAD_IMBALANCE = 1.0
+
+
+@functools.lru_cache(maxsize=256)
+def _moe_prefix(model: ModelSpec) -> tuple[int, ...]:
+    counts = [0]
+    for layer in range(model.num_layers):
+        counts.append(counts[-1] + int(model.is_moe_layer(layer)))
+    return tuple(counts)
+
+
+def moe_layers(model: ModelSpec, first: int, end: int) -> int:
+    """How many of blocks [first, end) are MoE layers (0 for a dense model)."""
+    if model.moe is None or end <= first:
+        return 0
+    prefix = _moe_prefix(model)
+    return prefix[end] - prefix[first]
+
+
+@functools.lru_cache(maxsize=256)
+def layer_kind_params(model: ModelSpec) -> tuple[int, int, int]:
+    """(params of a dense block, of an MoE block, of the routed experts of an MoE block); 0 where the model has no
+    block of that kind."""
+    dense = moe = experts = 0
+    for first, _ in model.layer_groups():
+        if model.is_moe_layer(first):
+            moe = model.layer_params(first)
+            experts = sum(op.params for op in model.layer_ops(first) if op.kind == "experts")
+        else:
+            dense = model.layer_params(first)
+    return dense, moe, experts
+
+
+def blocks_params(model: ModelSpec, first: int, end: int) -> tuple[float, float]:
+    """(all parameters, routed-expert parameters) of blocks [first, end), over all ranks."""
+    if model.moe is None:
+        return (end - first) * model.layer_params(), 0.0
+    n_moe = moe_layers(model, first, end)
+    dense, moe, experts = layer_kind_params(model)
+    return float((end - first - n_moe) * dense + n_moe * moe), float(n_moe * experts)
+
+
+def local_params(c: ParallelConfig, params: float, expert_params: float) -> tuple[float, float]:
+    """(attention-layout params, expert params) one rank holds of a stage's `params` (of which `expert_params` are
+    routed experts): the first split over tp, the routed experts over ep x etp."""
+    return (params - expert_params) / c.tp, expert_params / (c.ep * c.etp)
+
+
+def tokens_per_rank(c: ParallelConfig) -> float:
+    """Tokens of one micro-batch a rank routes in an MoE layer: its 1/tp share of the sequence."""
+    return c.seq_len * c.micro_batch_size / c.tp
+
+
+def rows_per_expert(model: ModelSpec, c: ParallelConfig) -> float:
+    """Average rows of each local expert's GEMMs: the ep x etp ranks' T x k routed tokens spread over the experts."""
+    return tokens_per_rank(c) * model.moe.num_experts_per_tok * c.ep * c.etp / model.moe.num_experts
+
+
+def load_imbalance(cluster: ClusterProfile) -> float:
+    """The busiest rank's routed tokens over the mean (profile efficiency `moe_load_imbalance`, else
+    DEFAULT_LOAD_IMBALANCE): scales the routed experts' GEMMs and the all-to-all bytes."""
+    entry = cluster.efficiency.get("moe_load_imbalance")
+    return max(1.0, float(entry["value"])) if entry else DEFAULT_LOAD_IMBALANCE
+
+
+def expert_gemms(model: ModelSpec, c: ParallelConfig) -> tuple[list[float], list[float]]:
+    """Forward FLOPs of each GEMM of one MoE layer's FFN part on one rank: (the router and the shared experts, as
+    shaped by the attention layout: router on the rank's T tokens, shared experts TP-split like a dense MLP;
+    the routed experts: gate, up, down of each local expert at its `rows_per_expert`). Each backward GEMM has the
+    FLOPs of its forward one."""
+    m, h = model.moe, model.hidden_size
+    tokens = c.seq_len * c.micro_batch_size
+    dense = [2.0 * tokens_per_rank(c) * h * m.num_experts]
+    if m.num_shared_experts:
+        width = m.num_shared_experts * m.shared_expert_intermediate_size
+        dense += [2.0 * tokens * h * width / c.tp] * 3
+    rows, width = rows_per_expert(model, c), m.moe_intermediate_size / c.etp
+    routed = [2.0 * rows * h * width] * (3 * (m.num_experts // c.ep))
+    return dense, routed
+
+
+def dispatch_bytes(model: ModelSpec, c: ParallelConfig) -> float:
+    """Bytes one rank sends in one dispatch (and one combine) all-to-all: T x k hidden vectors in the compute dtype."""
+    return tokens_per_rank(c) * model.moe.num_experts_per_tok * model.hidden_size * DTYPE_BYTES[c.dtype]
+
+
+def ep_comm_layer(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, ep_group, etp_group) -> float:
+    """Seconds of one MoE layer's token exchange in one pass (forward or backward): dispatch and combine
+    all-to-all over `ep_group`, and with etp > 1 the all-gather and reduce-scatter of the routed tokens over
+    `etp_group`; the busiest rank's bytes (`load_imbalance`)."""
+    nbytes = dispatch_bytes(model, c) * load_imbalance(cluster)
+    seconds = 2 * collective_time(cluster, "all_to_all", nbytes, ep_group)
+    if c.etp > 1:
+        seconds += (collective_time(cluster, "all_gather", nbytes * c.etp, etp_group)
+                    + collective_time(cluster, "reduce_scatter", nbytes * c.etp, etp_group))
+    return seconds
+
+
+def routed_activation_bytes(model: ModelSpec, c: ParallelConfig, recompute: str) -> float:
+    """Bytes one MoE layer's FFN part keeps for its backward on one rank, one micro-batch, in place of a dense MLP's:
+    the router's fp32 logits and probabilities (T x experts each); the T x k x etp routed tokens the local experts
+    read; per routed row the SwiGLU tensors of width moe_intermediate_size / etp (gate, up, their product, and the
+    silu output unless selective recompute redoes it); the T x k expert outputs the combine weighs (the gradient of
+    the routing probabilities reads them); the shared experts' SwiGLU tensors like a dense MLP's (TP-split).
+    Full recompute keeps none of it (the block input only)."""
+    if recompute == "full":
+        return 0.0
+    m, h, e = model.moe, model.hidden_size, DTYPE_BYTES[c.dtype]
+    tensors = 3 if recompute == "selective" else 4
+    t = tokens_per_rank(c)
+    routed_rows = t * m.num_experts_per_tok * c.etp
+    out = 8 * t * m.num_experts
+    out += e * routed_rows * h + tensors * e * routed_rows * m.moe_intermediate_size / c.etp
+    out += e * t * m.num_experts_per_tok * h
+    if m.num_shared_experts:
+        width = m.num_shared_experts * m.shared_expert_intermediate_size
+        out += tensors * e * c.seq_len * c.micro_batch_size * width / c.tp
+    return out
+
+
+def all_to_all_buffer_bytes(model: ModelSpec, c: ParallelConfig) -> float:
+    """The largest temporary of an MoE layer beside its saved tensors: the permuted send buffer and the receive
+    buffer of one all-to-all (with etp > 1 the gathered copy, etp times larger)."""
+    return dispatch_bytes(model, c) * (1 + c.etp)
+
+
+def smallest_layer_params(model: ModelSpec) -> int:
+    """The fewest parameters a block of the model splits over tp (the routed experts, split over ep x etp, left
+    out): what a lower bound may take for every block."""
+    if model.moe is None:
+        return model.layer_params()
+    dense, moe, experts = layer_kind_params(model)
+    kinds = [moe - experts] + ([dense] if moe_layers(model, 0, model.num_layers) < model.num_layers else [])
+    return min(kinds)
+
+
+def layer_kinds(model: ModelSpec) -> tuple[bool, ...]:
+    """The kinds of block the model has, as `is_moe_layer` values: (False,) for a dense model."""
+    return tuple(sorted({model.is_moe_layer(first) for first, _ in model.layer_groups()}))

@@ -1,0 +1,65 @@
+"""Compares `estimate` with published mixture-of-experts training runs (scripts/data/published_moe_runs.json): the
+throughput each publisher states, and whether each published layout fits an 80 GB device as it did.
+
+Nothing is fitted: the H100 profile's efficiencies are the same for every model. Usage:
+python scripts/truth_moe.py [--json]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from autoconf.cost.estimate import estimate
+from autoconf.spec.cluster import load_cluster
+from autoconf.spec.frameworks import execution
+from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.presets import PRESETS
+
+DATA = Path(__file__).resolve().parent / "data" / "published_moe_runs.json"
+
+
+def predict(run: dict) -> dict:
+    c = ParallelConfig(tp=run["tp"], pp=run["pp"], dp=run["gpus"] // (run["tp"] * run["pp"]), vpp=run["vpp"],
+                       micro_batch_size=run["micro_batch"], global_batch_size=run["global_batch"],
+                       seq_len=run["seq_len"], schedule=run["schedule"], zero_stage=run["zero_stage"],
+                       recompute=run["recompute"], sequence_parallel=run["sequence_parallel"], dtype=run["dtype"],
+                       ep=run["ep"], etp=run["etp"])
+    cluster = load_cluster(run["cluster"], nodes=run["gpus"] // 8)
+    return estimate(PRESETS[run["model"]], cluster, c, execution=execution(run["framework"])).prediction
+
+
+def main() -> int:
+    rows = []
+    for run in json.loads(DATA.read_text())["runs"]:
+        p = predict(run)
+        row = {"run": run["label"], "layout": f"tp{run['tp']} ep{run['ep']} etp{run['etp']} pp{run['pp']} "
+                                              f"vpp{run['vpp']} on {run['gpus']}",
+               "fits": p["fits"], "peak_GiB": round(p["peak_memory_bytes"] / 2**30, 1),
+               "ep_comm_share": round(p["time_breakdown"].get("ep_comm", 0.0) / p["iteration_time_s"], 3)}
+        if run.get("tflops_per_gpu"):
+            row.update(published=f"{run['tflops_per_gpu']} TFLOP/s", predicted=f"{p['tflops_per_gpu']:.0f} TFLOP/s",
+                       error=round(p["tflops_per_gpu"] / run["tflops_per_gpu"] - 1, 3))
+        if run.get("tokens_per_s_per_gpu"):
+            per_gpu = p["tokens_per_s"] / run["gpus"]
+            row.update(published=f"{run['tokens_per_s_per_gpu']:.0f} tokens/s/GPU",
+                       predicted=f"{per_gpu:.0f} tokens/s/GPU", error=round(per_gpu / run["tokens_per_s_per_gpu"] - 1, 3))
+        rows.append(row)
+    if "--json" in sys.argv[1:]:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print("| run | layout | published | predicted | error | fits (peak GiB) | all-to-all share |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        error = f"{100 * r['error']:+.1f}%" if "error" in r else ""
+        print(f"| {r['run']} | {r['layout']} | {r.get('published', '')} | {r.get('predicted', '')} | {error} | "
+              f"{'yes' if r['fits'] else 'NO'} ({r['peak_GiB']}) | {100 * r['ep_comm_share']:.1f}% |")
+    errors = [abs(r["error"]) for r in rows if "error" in r]
+    print(f"\nthroughput: mean |error| {100 * sum(errors) / len(errors):.1f}%, max {100 * max(errors):.1f}% over "
+          f"{len(errors)} runs; {sum(r['fits'] for r in rows)} of {len(rows)} published layouts fit")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

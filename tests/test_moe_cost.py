@@ -1,0 +1,145 @@
+"""The cost model, search and exports of mixture-of-experts models: expert compute read from the op table, memory
+that falls with expert parallelism, all-to-all on the link model, bounds at or below the estimate, published
+layouts that fit, and one-line refusals."""
+
+import dataclasses
+
+import pytest
+from click.testing import CliRunner
+
+from autoconf.cli import main
+from autoconf.cost.comm import collective_time
+from autoconf.cost.estimate import estimate, predict
+from autoconf.cost.memory import stage_expert_params, stage_params
+from autoconf.cost.moe import expert_gemms, moe_layers, tokens_per_rank
+from autoconf.solve.search import _BoundCache, search
+from autoconf.solve.space import candidates
+from autoconf.spec.cluster import load_cluster
+from autoconf.spec.frameworks import PRESETS as FRAMEWORKS
+from autoconf.spec.model import MoESpec
+from autoconf.spec.plan import ParallelConfig, uniform_partition
+from autoconf.spec.presets import PRESETS
+
+# tiny-llama's attention with four experts (two per token), a shared expert and a leading dense layer.
+TINY_MOE = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-moe", moe=MoESpec(
+    num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, num_shared_experts=1,
+    shared_expert_intermediate_size=96, first_k_dense=1))
+H100 = FRAMEWORKS["autoconf"]
+
+
+def config(**changes) -> ParallelConfig:
+    base = dict(tp=1, pp=1, dp=8, micro_batch_size=1, global_batch_size=64, seq_len=4096, zero_stage=1)
+    return ParallelConfig(**{**base, **changes})
+
+
+def test_routed_expert_flops_are_the_op_tables_active_experts():
+    """One rank's routed expert GEMMs do the op table's active expert FLOPs for its tokens, whatever ep and etp."""
+    model = PRESETS["qwen3-30b-a3b"]
+    experts_op = next(op for op in model.layer_ops(0) if op.kind == "experts")
+    for ep, etp, tp in ((1, 1, 1), (8, 1, 1), (4, 2, 2), (16, 1, 2)):
+        c = config(tp=tp, dp=16 // tp, ep=ep, etp=etp, sequence_parallel=tp > 1)
+        routed = sum(expert_gemms(model, c)[1])
+        assert routed == pytest.approx(tokens_per_rank(c) * experts_op.flops)
+
+
+def test_stage_parameters_add_up_to_the_model():
+    """The stages' parameters add up to the model's, their routed experts to the MoE layers' experts (DeepSeek-V3:
+    three dense layers first, so the stages differ)."""
+    model = PRESETS["deepseek-v3"]
+    parts = uniform_partition(model.num_layers, 16)
+    assert sum(stage_params(model, parts, s) for s in range(16)) == pytest.approx(model.total_params())
+    per_layer = model.moe.num_experts * 3 * model.hidden_size * model.moe.moe_intermediate_size
+    assert sum(stage_expert_params(model, parts, s) for s in range(16)) == pytest.approx(58 * per_layer)
+    assert moe_layers(model, 0, model.num_layers) == 58 and moe_layers(model, 0, 3) == 0
+
+
+def test_memory_per_rank_falls_with_ep_and_the_token_exchange_grows():
+    """Mixtral on 64 H100s: every step up in ep shards the experts further (less memory per rank); the all-to-all
+    shows up as its own time term and grows once the EP group leaves the node."""
+    cluster = load_cluster("dgx-h100-80g", 8, 8)
+    model = PRESETS["mixtral-8x7b"]
+    peaks, exchange = [], []
+    for ep in (1, 2, 4, 8):
+        p = estimate(model, cluster, config(tp=1, pp=1, dp=64, ep=ep, recompute="full"), execution=H100).prediction
+        peaks.append(p["peak_memory_bytes"])
+        exchange.append(p["time_breakdown"]["ep_comm"])
+    assert peaks == sorted(peaks, reverse=True) and len(set(peaks)) == 4
+    assert exchange[0] == 0 and exchange[1] > 0
+    dense = estimate(PRESETS["llama3-8b"], cluster, config(dp=64), execution=H100).prediction
+    assert "ep_comm" not in dense["time_breakdown"]
+
+
+def test_all_to_all_is_dearer_across_nodes():
+    """An all-to-all within a node beats the same one across two nodes; a group of one costs nothing."""
+    cluster = load_cluster("dgx-h100-80g", 2, 8)
+    inside = collective_time(cluster, "all_to_all", 1e8, list(range(8)))
+    across = collective_time(cluster, "all_to_all", 1e8, list(range(4)) + list(range(8, 12)))
+    assert 0 < inside < across
+    assert collective_time(cluster, "all_to_all", 1e8, [3]) == 0
+
+
+def test_bounds_stay_at_or_below_the_estimate_for_moe_layouts():
+    """The search's time and memory bounds never exceed the estimate over a spread of MoE candidates (dense and MoE
+    blocks, ep and etp, every schedule family)."""
+    cluster = load_cluster("dgx-h100-80g", 2, 8)
+    cache = _BoundCache(TINY_MOE, cluster, H100)
+    pool = [c for c in candidates(TINY_MOE, 16, 8, 64, 512, "bf16") if c.ep * c.etp > 1]
+    assert len({(c.ep, c.etp) for c in pool}) >= 4
+    for c in pool[::max(1, len(pool) // 24)]:
+        p = predict(TINY_MOE, cluster, c, execution=H100, detail=False)[3]
+        assert cache.time_bound(c) <= p["iteration_time_s"] * (1 + 1e-9), c
+        assert cache.memory_bound(c) <= p["peak_memory_bytes"] * (1 + 1e-9), c
+
+
+def test_published_deepseek_v3_layout_fits():
+    """DeepSeek-V3 as its report trained it (2048 H800 80GB: PP16, EP64, ZeRO-1 data parallel, no TP) fits an 80 GB
+    device in Megatron-Core's memory layout; without expert parallelism the same layout does not."""
+    cluster = load_cluster("dgx-h100-80g", 256, 8)
+    model = PRESETS["deepseek-v3"]
+    published = config(pp=16, dp=128, ep=64, global_batch_size=15360, recompute="full")
+    fits = estimate(model, cluster, published, execution=FRAMEWORKS["megatron-core"]).prediction
+    assert fits["fits"], fits["peak_memory_bytes"] / 2**30
+    without = estimate(model, cluster, dataclasses.replace(published, ep=1),
+                       execution=FRAMEWORKS["megatron-core"]).prediction
+    assert not without["fits"]
+
+
+def test_search_plans_an_moe_model_with_expert_parallelism():
+    """plan on an MoE model searches ep: the best plan of a model whose experts do not fit unsharded uses ep > 1."""
+    cluster = load_cluster("dgx-h100-80g", 2, 8)
+    result = search(PRESETS["qwen3-30b-a3b"], cluster, 64, 4096, "bf16", fixed={"pp": 1, "tp": 1, "zero_stage": 0,
+                                                                               "recompute": "full"},
+                    top_k=1, refine=False)
+    assert result.plans and result.plans[0].config.ep > 1
+
+
+def run_cli(args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["estimate", "--model", "mixtral-8x7b", "--cluster", "dgx-h100-80g", "--nodes", "2", "--tp", "1", "--pp", "1",
+      "--dp", "16", "--ep", "3", "--micro-batch", "1", "--global-batch", "16"],
+     "ep 3 does not divide the 8 experts (use ep in 1, 2, 4, 8)"),
+    (["plan", "--model", "mixtral-8x7b", "--cluster", "dgx-h100-80g", "--global-batch", "16", "--fix", "ep=3"],
+     "ep 3 does not divide the 8 experts"),
+    (["estimate", "--model", "llama3-8b", "--cluster", "dgx-h100-80g", "--tp", "1", "--pp", "1", "--dp", "8",
+      "--ep", "2", "--micro-batch", "1", "--global-batch", "16"], "llama3-8b is dense"),
+])
+def test_bad_expert_layouts_are_one_line(args, needle):
+    result = run_cli(args)
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("autoconf: error:") and needle in lines[0], result.output
+
+
+def test_top_k_above_the_experts_is_one_line(tmp_path):
+    model = TINY_MOE.to_dict()
+    model["moe"]["num_experts_per_tok"] = 5
+    del model["parameters"], model["active_parameters"]
+    path = tmp_path / "model.json"
+    path.write_text(__import__("json").dumps(model))
+    result = run_cli(["estimate", "--model", path, "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp", "1",
+                      "--micro-batch", "1", "--global-batch", "1", "--seq-len", "64"])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and "num_experts_per_tok 5 exceeds the 4 experts" in lines[0]
