@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from autoconf.cost.interpolate import CLAMP, EXTRAPOLATE, interpolate, interpolate_many
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.cost.fp8 import scaling_time
+from autoconf.cost.offload import cpu_optimizer_time
 from autoconf.spec.dtypes import DTYPE_BYTES, precision
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
@@ -136,6 +137,8 @@ def rank_optimizer_time(cluster: ClusterProfile, c: ParallelConfig, rank_params:
     sharding): its TP (and, when ZeRO shards, DP) slice of them; DTensor parameters (TP, or FSDP) also pay the
     profile's DTensor rate on the unsharded count."""
     shard = c.dp if c.zero_sharded else 1
+    if c.offload_optimizer:  # FSDP2 CPUOffloadPolicy: the step runs on the host CPU (cost/offload.py)
+        return cpu_optimizer_time(cluster, rank_params / c.tp / shard)
     dtensor = c.tp > 1 or c.zero_sharded
     return optimizer_step_time(rank_params / c.tp / shard, cluster, rank_params if dtensor else None)
 

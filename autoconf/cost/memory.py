@@ -40,12 +40,18 @@ worth its layers' `layer_activation_bytes` plus the embedding dropout mask (firs
 stage). Temporaries: the logits with their fp32 loss copy and gradient, one layer's recomputed activations under full
 recompute, P2P send/receive buffers. With one micro-batch per step the executor's gradients only come into
 existence as the activations go, so the larger of the two counts.
+
+Offload (cost/offload.py states what moves and why): under offload_activations the blocks' saved tensors live in
+host memory and the device keeps one block's worth as a temporary (the block whose backward runs); under
+offload_optimizer the sharded fp32 weights, gradients and optimizer states live in host memory. An offloading plan's
+entries carry "host": the bytes that rank keeps in host memory (not part of "total").
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from autoconf.cost.offload import activation_copy_bytes, host_state_bytes_per_param
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.model import ModelSpec
@@ -184,6 +190,8 @@ def state_bytes_per_param(config: ParallelConfig, layout: str) -> tuple[float, f
     compute = DTYPE_BYTES[config.dtype]
     if layout == "megatron":
         weights, grads, optim = 2.0, 4.0, 12.0
+        if config.offload_optimizer:
+            optim = 0.0
         if z >= 1:
             optim /= dp
         if z >= 2:
@@ -194,7 +202,10 @@ def state_bytes_per_param(config: ParallelConfig, layout: str) -> tuple[float, f
     if z == 0:
         return 4.0, 4.0, 8.0, (compute if compute != 4 else 0.0)
     grads = 4.0 if holds_unsharded_grads(config) else 4.0 / dp
-    return 4.0 / dp, grads, 8.0 / dp, (compute if holds_unsharded_params(config) else 0.0)
+    copy = compute if holds_unsharded_params(config) else 0.0
+    if config.offload_optimizer:  # the sharded fp32 state is in host memory; the unsharded gradients stay
+        return 0.0, (4.0 if holds_unsharded_grads(config) else 0.0), 0.0, copy
+    return 4.0 / dp, grads, 8.0 / dp, copy
 
 
 def root_unit_params(model: ModelSpec, partition: Sequence[Sequence[int]] | None = None,
@@ -287,6 +298,9 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     c = config
     w_b, g_b, o_b, copy_b = state_bytes_per_param(c, layout)
     embed_act, layer_act, head_act = unit_activation_bytes(model, c, layout, cluster.device.kind)
+    # Under offload_activations each block's saved activations go to the host.
+    layer_host = activation_copy_bytes(c, layer_act)
+    layer_device = 0.0 if c.offload_activations else layer_act
     fixed = cluster.device.memory_overhead_bytes + p2p_buffer_bytes(model, c)
     last = len(partition) - 1
     out = []
@@ -296,17 +310,21 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
         buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, partition, st),
                                           partition[st][1] - partition[st][0]) for st in stages]
         param_buffer, grad_buffer = max(b[0] for b in buffers), max(b[1] for b in buffers)
-        activations = 0.0
+        activations = host_activations = 0.0
         for st in stages:
             first, end = partition[st]
-            per_mb = (end - first) * layer_act + (embed_act if st == 0 else 0.0) + (head_act if st == last else 0.0)
+            per_mb = (end - first) * layer_device + (embed_act if st == 0 else 0.0) + (head_act if st == last else 0.0)
             activations += per_mb * inflight[st]
+            host_activations += (end - first) * layer_host * inflight[st]
         # Temporaries that exist one at a time: the largest of them counts.
         temporaries = [0.0]
         if last in stages:
             temporaries.append(logits_temporary_bytes(model, c, layout))
         if c.recompute == "full":
             temporaries.append(layer_activation_bytes(model, c, layout, cluster.device.kind, "none"))
+        if c.offload_activations:  # the block whose backward runs, copied back (and recomputed under full recompute)
+            temporaries.append(layer_act + (
+                layer_activation_bytes(model, c, layout, cluster.device.kind, "none") if c.recompute == "full" else 0))
         grads = local_params * g_b + grad_buffer
         if layout == "torch" and c.num_microbatches == 1:
             # The gradients come into existence during the only backward while the activations go: the peak is at
@@ -319,5 +337,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
         entry = {"params": local_params * (w_b + copy_b) + param_buffer, "grads": grads,
                  "optimizer": local_params * o_b, "activations": activations, "other": other}
         entry["total"] = sum(entry.values())
+        if c.offloads:
+            entry["host"] = local_params * host_state_bytes_per_param(c, layout) + host_activations
         out.append(entry)
     return out
