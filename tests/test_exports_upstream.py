@@ -44,10 +44,10 @@ def _upstream(module: str):
 
 
 def _plan(model="tiny-llama", tp=1, pp=2, dp=2, vpp=1, schedule="1f1b", zero=0, recompute="none", sp=False,
-          dtype="bf16", partition=None, nodes=1, gpus=4, global_batch=16, seq=64, cluster="dgx-a100-80g"):
+          dtype="bf16", partition=None, nodes=1, gpus=4, global_batch=16, seq=64, cluster="dgx-a100-80g", **offload):
     config = ParallelConfig(tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=1, global_batch_size=global_batch,
                             seq_len=seq, schedule=schedule, zero_stage=zero, recompute=recompute,
-                            sequence_parallel=sp, dtype=dtype)
+                            sequence_parallel=sp, dtype=dtype, **offload)
     model = PRESETS[model] if isinstance(model, str) else model
     return estimate(model, load_cluster(cluster, nodes=nodes, gpus_per_node=gpus), config, partition=partition)
 
@@ -67,6 +67,8 @@ PLANS = {
     "head-dim-64": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], head_dim=64), tp=2, pp=1, dp=2),
     "embedding-and-head-chunks": lambda: _plan(pp=2, dp=2, vpp=5, schedule="interleaved-1f1b"),  # 8 layers + 2
     "head-only-last-stage": lambda: _plan(pp=2, dp=2, partition=[[0, 8], [8, 8]]),
+    "offload-activations-and-optimizer": lambda: _plan(pp=1, dp=4, zero=3, offload_activations=True,
+                                                       offload_optimizer=True),
 }
 
 

@@ -345,10 +345,25 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
     c, partition, grid, prediction, timeline = predict(model, cluster, config, partition, mesh, execution, detail,
                                                        extrapolate)
     check_host_memory(cluster, c, prediction.get("host_memory_per_node_bytes", 0.0))
+    if c.offloads:
+        prediction["offload_effect"] = offload_effect(model, cluster, c, partition, grid, prediction, execution)
     plan = Plan(model=model, cluster=_cluster_summary(cluster), config=c, partition=partition,
                 placement={"mesh": grid.tolist()}, prediction=prediction)
     plan.timeline = timeline
     return plan
+
+
+def offload_effect(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list,
+                   grid: RankGrid, prediction: dict, execution: Execution) -> dict:
+    """What an offloading plan's offload buys against the same layout without it: the device memory saved on the
+    busiest rank (bytes; the peak without offload less the peak with it), the step time it costs (seconds; may be
+    negative if it were faster) and the host memory it takes per node."""
+    without = dataclasses.replace(config, offload_activations=False, offload_optimizer=False)
+    base = predict(model, cluster, without, partition, grid.devices, execution, detail=False)[3]
+    return {"memory_saved_bytes": base["peak_memory_bytes"] - prediction["peak_memory_bytes"],
+            "time_cost_s": prediction["iteration_time_s"] - base["iteration_time_s"],
+            "host_memory_per_node_bytes": prediction["host_memory_per_node_bytes"],
+            "without_fits": base["fits"]}
 
 
 def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list | None = None,
