@@ -48,7 +48,7 @@ def measure_host(device: torch.device, quick: bool, tiny: bool) -> dict:
     nbytes = (256 << 20 if not quick else 64 << 20) if on_gpu else (32 << 20 if not quick else 8 << 20)
     warmup, repeats = (1, 3) if tiny else ((2, 5) if quick else (3, 10))
     h2d, d2h = copy_rates(device, nbytes if not tiny else 4 << 20, warmup, repeats)
-    numel = (1 << 20) if (quick or tiny) else (16 << 20)
+    numel = (1 << 18) if tiny else ((1 << 20) if quick else (16 << 20))
     return {"memory_bytes": float(physical_memory_bytes()), "h2d_Bps": h2d, "d2h_Bps": d2h,
             "adam_s_per_param": adam_time_per_param(numel, warmup, repeats), "copy_bytes": nbytes}
 
