@@ -79,6 +79,10 @@ def layout_label(plan: Plan) -> str:
         parts.append(f"rc-{c.recompute}")
     if c.sequence_parallel:
         parts.append("sp")
+    if c.offload_activations:
+        parts.append("off-act")
+    if c.offload_optimizer:
+        parts.append("off-opt")
     return " ".join(parts)
 
 

@@ -28,7 +28,8 @@ from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mes
                                     estimate, exposed_dp, overlapped_tp_layer, p2p_bytes, predict, recompute_time,
                                     schedule_inflight, selective_matmul_share, step_collectives, tp_collective)
 from autoconf.cost.memory import layer_activation_bytes, stage_memory
-from autoconf.cost.offload import activation_copy_bytes, activation_copy_times, host_memory_per_node, plans_offload
+from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_offload, host_memory_per_node,
+                                   plans_offload)
 from autoconf.errors import UserError
 from autoconf.spec.support import unsupported_reason
 from autoconf.solve.space import candidates, normalise_fixed, with_changes
@@ -288,6 +289,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
                              attention, fixed, zero_stages):
         seen += 1
+        if config.offloads:  # pinned by --fix: refused in one line on a profile without host facts
+            check_offload(cluster, config)
         if launchable_only and unsupported_reason(config):
             unlaunchable += 1
             continue
