@@ -295,7 +295,7 @@ class Plan:
 
 
 _PREDICTION_NUMBERS = ("iteration_time_s", "tokens_per_s", "tflops_per_gpu", "mfu", "hfu", "peak_memory_bytes",
-                       "memory_limit_bytes", "bubble_fraction")
+                       "memory_limit_bytes", "bubble_fraction", "host_memory_per_node_bytes", "host_memory_limit_bytes")
 _MEMORY_KINDS = ("params", "grads", "optimizer", "activations", "other", "total")
 
 
