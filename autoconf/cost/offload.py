@@ -28,13 +28,13 @@ from __future__ import annotations
 
 from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile
-from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.plan import OFFLOADS, ParallelConfig
 
 
 def check_offload(cluster: ClusterProfile, config: ParallelConfig) -> None:
     """Raises a one-line UserError when the config offloads and the profile states no host facts."""
     if config.offloads and cluster.host is None:
-        levers = ", ".join(n for n in ("offload_activations", "offload_optimizer") if getattr(config, n))
+        levers = ", ".join(n for n in OFFLOADS if getattr(config, n))
         raise UserError(f"{levers}: cluster {cluster.name} states no host memory and host-device bandwidth (its "
                         f"profile has no \"host\" object); profile the cluster again or use a bundled profile that "
                         f"states them (dgx-h100-80g, dgx-a100-80g)")
