@@ -189,6 +189,11 @@ def profiles(as_json: bool) -> None:
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="default: bf16 on GPUs, fp32 on CPU")
 @click.option("--attention", type=click.Choice(["flash", "standard"]), default="flash", show_default=True)
+@click.option("--offload-activations", is_flag=True,
+              help="keep the blocks' saved activations in host memory (torch save_on_cpu)")
+@click.option("--offload-optimizer", is_flag=True,
+              help="keep parameters, gradients and optimizer states in host memory, optimizer step on the CPU "
+                   "(FSDP2 CPUOffloadPolicy; needs --zero >= 1 and --dp > 1)")
 @click.option("--framework", type=click.Choice(FRAMEWORK_NAMES), default="autoconf", show_default=True,
               help="whose behaviour to predict: memory layout, DP/TP overlap, P2P scheme (autoconf/spec/frameworks.py)")
 @click.option("--framework-flag", "framework_flags", multiple=True, metavar="KEY=VALUE",
@@ -202,8 +207,9 @@ def profiles(as_json: bool) -> None:
 @headroom_option
 @user_errors
 def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, ep, etp, micro_batch, global_batch,
-             seq_len, schedule, zero, recompute, sequence_parallel, dtype, attention, framework, framework_flags, as_json, out,
-             force, memory_picture, memory_headroom) -> None:
+             seq_len, schedule, zero, recompute, sequence_parallel, dtype, attention, offload_activations,
+             offload_optimizer, framework, framework_flags, as_json, out, force, memory_picture,
+             memory_headroom) -> None:
     """Predict time and memory of one layout."""
     from autoconf.cost.estimate import estimate as run_estimate
     from autoconf.report.tables import prediction_table, print_table
@@ -222,7 +228,8 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, ep, 
                             seq_len=default_seq_len(model) if seq_len is None else seq_len,
                             schedule=schedule, zero_stage=zero, recompute=recompute,
                             sequence_parallel=sequence_parallel, dtype=dtype or default_dtype(cluster),
-                            attention=attention, ep=ep, etp=etp)
+                            attention=attention, ep=ep, etp=etp, offload_activations=offload_activations,
+                            offload_optimizer=offload_optimizer)
     if memory_picture is not None:
         from autoconf.files import check_new
 

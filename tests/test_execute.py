@@ -52,6 +52,14 @@ def end_chunk_plan(arch: str, partition: list[list[int]], **layout) -> Plan:
     return plan
 
 
+def offload_plan(arch: str, **changes) -> Plan:
+    """`make_plan(arch, dp=2, zero=3)` with offload levers switched on (spec/plan.py OFFLOADS)."""
+    plan = make_plan(arch, dp=2, zero=3)
+    plan.config = dataclasses.replace(plan.config, **changes)
+    plan.validate()
+    return plan
+
+
 # name -> plan, grouped by world size (one torchrun job each).
 LAYOUTS: dict[int, dict[str, Plan]] = {
     1: {"gpt": make_plan("gpt"), "llama": make_plan("llama")},
@@ -62,6 +70,9 @@ LAYOUTS: dict[int, dict[str, Plan]] = {
         "llama-tp2-selective-standard": make_plan("llama", tp=2, recompute="selective", attention="standard"),
         "llama-pp2-1f1b-full": make_plan("llama", pp=2, schedule="1f1b", recompute="full"),
         "llama-dp2-zero3": make_plan("llama", dp=2, zero=3),
+        # Offload: the blocks' saved activations to host memory; FSDP2's CPUOffloadPolicy (ZeRO-3, CPU optimizer).
+        "llama-dp2-zero3-offload-activations": offload_plan("llama", offload_activations=True),
+        "gpt-dp2-zero3-offload-optimizer": offload_plan("gpt", offload_optimizer=True),
         # pp * vpp = layers + 2: the first chunk holds only the embedding, the last only the head.
         "llama-pp2-interleaved-endchunks": end_chunk_plan(
             "llama", [[0, 0]] + [[i, i + 1] for i in range(8)] + [[8, 8]], pp=2, schedule="interleaved-1f1b", vpp=5),

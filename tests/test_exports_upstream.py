@@ -45,10 +45,11 @@ def _upstream(module: str):
 
 
 def _plan(model="tiny-llama", tp=1, pp=2, dp=2, vpp=1, schedule="1f1b", zero=0, recompute="none", sp=False,
-          dtype="bf16", partition=None, nodes=1, gpus=4, global_batch=16, seq=64, cluster="dgx-a100-80g", ep=1):
+          dtype="bf16", partition=None, nodes=1, gpus=4, global_batch=16, seq=64, cluster="dgx-a100-80g", ep=1,
+          **offload):
     config = ParallelConfig(tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=1, global_batch_size=global_batch,
                             seq_len=seq, schedule=schedule, zero_stage=zero, recompute=recompute,
-                            sequence_parallel=sp, dtype=dtype, ep=ep)
+                            sequence_parallel=sp, dtype=dtype, ep=ep, **offload)
     model = PRESETS[model] if isinstance(model, str) else model
     return estimate(model, load_cluster(cluster, nodes=nodes, gpus_per_node=gpus), config, partition=partition)
 
@@ -72,6 +73,8 @@ PLANS = {
     "moe-ep2-first-dense": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], name="tiny-moe", moe=MoESpec(
         num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, num_shared_experts=1,
         shared_expert_intermediate_size=96, first_k_dense=1)), pp=2, dp=2, zero=1, ep=2),
+    "offload-activations-and-optimizer": lambda: _plan(pp=1, dp=4, zero=3, offload_activations=True,
+                                                       offload_optimizer=True),
 }
 
 

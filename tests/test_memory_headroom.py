@@ -103,7 +103,9 @@ def test_search_uses_the_usable_memory():
     from autoconf.solve.search import search
 
     model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100-80g", nodes=1)
-    fixed = {"tp": 1, "pp": 1, "micro_batch_size": 1, "recompute": "none", "zero_stage": 3}
+    # Offload off: it would make the pinned layout fit (tests/test_offload.py checks that lever).
+    fixed = {"tp": 1, "pp": 1, "micro_batch_size": 1, "recompute": "none", "zero_stage": 3,
+             "offload_activations": False, "offload_optimizer": False}
     seq = _near_full().seq_len
     with_headroom = search(model, cluster, 64, seq, "bf16", fixed=fixed, top_k=1, refine=False)
     assert not with_headroom.plans  # the pins leave only layouts above the usable memory

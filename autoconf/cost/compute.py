@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from autoconf.cost.interpolate import CLAMP, EXTRAPOLATE, interpolate, interpolate_many
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.cost.fp8 import scaling_time
+from autoconf.cost.offload import cpu_optimizer_time
 from autoconf.spec.dtypes import DTYPE_BYTES, precision
 from autoconf.spec.frameworks import Execution
 from autoconf.spec.model import ModelSpec
@@ -156,6 +157,8 @@ def rank_optimizer_time(cluster: ClusterProfile, c: ParallelConfig, rank_params:
     local = (rank_params - expert_params) / c.tp / shard
     if expert_params:
         local += expert_params / (c.ep * c.etp) / expert_shard
+    if c.offload_optimizer:  # FSDP2 CPUOffloadPolicy: the step runs on the host CPU (cost/offload.py)
+        return cpu_optimizer_time(cluster, local)
     return optimizer_step_time(local, cluster, rank_params if dtensor else None)
 
 

@@ -28,8 +28,10 @@ import numpy as np
 from autoconf.cost.comm import collective_time, p2p_time, slowest_collective_time
 from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, measured_tp_layer, model_pieces,
                                    rank_optimizer_time)
-from autoconf.cost.memory import stage_expert_params, stage_memory, stage_params
+from autoconf.cost.memory import layer_activation_bytes, stage_expert_params, stage_memory, stage_params
 from autoconf.cost.moe import ep_comm_layer, local_params, moe_layers
+from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_host_memory, check_offload,
+                                   gather_copy_time, host_memory_per_node, reduce_copy_time)
 from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order_peaks, simulate
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, check_dtype, gather_bytes, precision
@@ -76,6 +78,8 @@ class StagePlan:
     early_reduce: list[float] = dataclasses.field(default_factory=list)
     # The MoE token exchange (all-to-all over EP, gather/scatter over ETP) per stage and pass; empty when dense.
     ep_comm: list[PassTimes] = dataclasses.field(default_factory=list)
+    # Per stage, the offload_activations copies on the compute stream (forward, input backward; cost/offload.py).
+    offload: list[PassTimes] = dataclasses.field(default_factory=list)
 
 
 def activation_bytes(model: ModelSpec, c: ParallelConfig) -> float:
@@ -166,8 +170,10 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
     if c.zero_stage == 0:
         return 0.0, 0.0, collective_time(cluster, "all_reduce", grad_bytes, devices)
     extra = (units - 1) * cluster.overhead("collective_sync_s")
-    reduce = collective_time(cluster, "reduce_scatter", grad_bytes, devices) + extra
-    gather = collective_time(cluster, "all_gather", param_bytes, devices) + extra
+    # Under offload_optimizer each collective also copies its fp32 shard between host and device, on its stream.
+    reduce = (collective_time(cluster, "reduce_scatter", grad_bytes, devices) + extra
+              + reduce_copy_time(cluster, c, params))
+    gather = collective_time(cluster, "all_gather", param_bytes, devices) + extra + gather_copy_time(cluster, c, params)
     if c.zero_stage == 3 and not schedule_spec(c.schedule).fsdp_gather_per_chunk:
         return gather, 0.0, reduce
     return 0.0, gather, reduce
@@ -227,6 +233,10 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     measured_tp = measured_tp_layer(model, cluster, c) if ours else None
     overlap_tp = execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1
     matmul_share = selective_matmul_share(model, execution)
+    layer_copy, moe_copy = (activation_copy_times(cluster, activation_copy_bytes(c, layer_activation_bytes(
+        model, c, execution.memory_layout, cluster.device.kind, selective=execution.selective_recompute, moe=moe)))
+        for moe in (False, model.moe is not None))
+    offload_parts = []
     forward, back_in, back_w = [], [], []
     compute_parts, recompute_parts, tp_parts, gathers, reduces, buckets, ep_parts = [], [], [], [], [], [], []
     moe_pieces = pieces.kind(True) if model.moe is not None else None
@@ -288,8 +298,12 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                     a + b for a, b in zip(dp_of_stage[rank, params, experts, layers], dp_collectives(
                         cluster, c, experts, expert_groups(grid, rank, c.ep, c.etp, "edp")[0], units=n_moe)))
         per_microbatch_gather, gather, reduce = dp_of_stage[rank, params, experts, layers]
-        fwd = compute.forward + tp.forward + ep.forward + pass_overhead
-        bwd_in = compute.backward_input + tp.backward_input + ep.backward_input + recompute + pass_overhead
+        offload = PassTimes(layer_copy[0] * (layers - n_moe) + moe_copy[0] * n_moe,
+                            layer_copy[1] * (layers - n_moe) + moe_copy[1] * n_moe, 0.0)
+        offload_parts.append(offload)
+        fwd = compute.forward + tp.forward + ep.forward + pass_overhead + offload.forward
+        bwd_in = (compute.backward_input + tp.backward_input + ep.backward_input + recompute + pass_overhead
+                  + offload.backward_input)
         if fsdp_unit_pass:  # FSDP's hooks on every unit (each block and the stage's root), per pass
             fwd += fsdp_unit_pass * (layers + 1)
             bwd_in += fsdp_unit_pass * (layers + 1)
@@ -319,7 +333,8 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         buckets.append(execution.buckets(params + experts, layers, rank, c.dp))
     early = [(c.num_microbatches - 1) * r for r in reduces] if c.reduces_every_microbatch else []
     return StagePlan(StageCosts(forward, back_in, back_w), compute_parts, recompute_parts, tp_parts, pass_overhead,
-                     gathers, reduces, buckets, early, ep_parts if model.moe is not None else [])
+                     gathers, reduces, buckets, early, ep_comm=ep_parts if model.moe is not None else [],
+                     offload=offload_parts)
 
 
 def p2p_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution) -> float:
@@ -355,10 +370,26 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
     """Predicts one configuration as a Plan (see `predict`, which computes it)."""
     c, partition, grid, prediction, timeline = predict(model, cluster, config, partition, mesh, execution, detail,
                                                        extrapolate)
+    check_host_memory(cluster, c, prediction.get("host_memory_per_node_bytes", 0.0))
+    if c.offloads:
+        prediction["offload_effect"] = offload_effect(model, cluster, c, partition, grid, prediction, execution)
     plan = Plan(model=model, cluster=_cluster_summary(cluster), config=c, partition=partition,
                 placement={"mesh": grid.tolist()}, prediction=prediction)
     plan.timeline = timeline
     return plan
+
+
+def offload_effect(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list,
+                   grid: RankGrid, prediction: dict, execution: Execution) -> dict:
+    """What an offloading plan's offload buys against the same layout without it: the device memory saved on the
+    busiest rank (bytes; the peak without offload less the peak with it), the step time it costs (seconds; may be
+    negative if it were faster) and the host memory it takes per node."""
+    without = dataclasses.replace(config, offload_activations=False, offload_optimizer=False)
+    base = predict(model, cluster, without, partition, grid.devices, execution, detail=False)[3]
+    return {"memory_saved_bytes": base["peak_memory_bytes"] - prediction["peak_memory_bytes"],
+            "time_cost_s": prediction["iteration_time_s"] - base["iteration_time_s"],
+            "host_memory_per_node_bytes": prediction["host_memory_per_node_bytes"],
+            "without_fits": base["fits"]}
 
 
 def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list | None = None,
@@ -378,6 +409,7 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
     c = config.check(model, cluster.world_size)
     execution.check(c)
     check_dtype(c.dtype, cluster.device.peak_flops, cluster.device.name)
+    check_offload(cluster, c)
     partition = [list(p) for p in (partition or default_partition(model, c))]
     grid = RankGrid(default_mesh(c) if mesh is None else mesh)
     extrapolate = extrapolate and not detail and c.num_microbatches > EXTRAPOLATE_ABOVE * c.pp
@@ -432,17 +464,29 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
         "memory_limit_bytes": limit,
         "fits": peak <= limit,
         "memory_per_stage": memory,
+        **_host_prediction(cluster, c, memory),
         "bubble_fraction": full.bubble_fraction,
         "compute_source": model_pieces(model, cluster, c).source,
         "framework": execution.name,
     }
     if changed_flags(execution):
         prediction["framework_flags"] = changed_flags(execution)
+    if "host_memory_per_node_bytes" in prediction:
+        prediction["fits"] = peak <= limit and prediction["host_memory_per_node_bytes"] <= cluster.host["memory_bytes"]
     if extrapolate:
         prediction["extrapolated"] = True
     if detail:
-        prediction["time_breakdown"] = _breakdown(schedule, sp, p2p, makespan, step_comm, optimizer, step_overhead)
+        prediction["time_breakdown"] = _breakdown(schedule, sp, p2p, makespan, step_comm, optimizer, step_overhead,
+                                                  c.offloads)
     return c, partition, grid, prediction, None if extrapolate else full
+
+
+def _host_prediction(cluster: ClusterProfile, c: ParallelConfig, memory: list[dict]) -> dict:
+    """An offloading plan's host side: the bytes each node holds in host memory and the node's host memory."""
+    if not c.offloads:
+        return {}
+    return {"host_memory_per_node_bytes": host_memory_per_node(cluster, [m["host"] for m in memory]),
+            "host_memory_limit_bytes": float(cluster.host["memory_bytes"])}
 
 
 def comm_stream_bound(sp: StagePlan, schedule) -> float:
@@ -576,12 +620,14 @@ def _order_peaks(name: str, pp: int, num_microbatches: int, vpp: int, rank: int 
 
 
 def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, optimizer: float,
-               step_overhead: float) -> dict:
-    """Named terms that add up to the iteration time, read off the critical (busiest) rank."""
+               step_overhead: float, offloads: bool = False) -> dict:
+    """Named terms that add up to the iteration time, read off the critical (busiest) rank; an offloading plan's
+    "offload" term is its activation copies on the compute stream (the CPU optimizer step is in "optimizer", the
+    shard copies of offload_optimizer in "dp_comm")."""
     bare = simulate(schedule, sp.costs, 0.0)
     with_p2p = simulate(schedule, sp.costs, p2p)
     busiest = max(range(schedule.pp), key=lambda r: bare.compute_time_per_rank[r])
-    compute = recompute = tp = overhead = ep = 0.0
+    compute = recompute = tp = overhead = ep = offload = 0.0
     for action, _, _ in bare.events[busiest]:
         if action.kind != "W":
             overhead += sp.pass_overhead
@@ -593,17 +639,20 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, 
             compute += parts.forward
             tp += tp_parts.forward
             ep += exchange.forward if exchange else 0.0
+            offload += sp.offload[s].forward
         elif action.kind in ("B", "I"):
             compute += parts.backward_input + (parts.backward_weight if action.kind == "B" else 0.0)
             tp += tp_parts.backward_input
             ep += exchange.backward_input if exchange else 0.0
             recompute += sp.recompute[s]
+            offload += sp.offload[s].backward_input
         else:
             compute += parts.backward_weight
     busy = bare.compute_time_per_rank[busiest]
     # Gather waits hidden in max(compute, gather) show up as compute time of the stage: attribute them to dp_comm.
-    fsdp_wait = max(0.0, busy - (compute + recompute + tp + ep + overhead))  # float noise below zero is none
+    fsdp_wait = max(0.0, busy - (compute + recompute + tp + ep + overhead + offload))  # float noise below zero is none
     terms = {
+        **({"offload": offload} if offloads else {}),
         "compute": compute,
         "recompute": recompute,
         "tp_comm": tp,

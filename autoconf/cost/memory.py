@@ -45,6 +45,11 @@ Mixture of experts (cost/moe.py): the routed experts of a rank's MoE layers are 
 and ZeRO shards their state over the expert-data-parallel degree edp instead of dp (Megatron-Core's distributed
 optimizer over the expert-DP group; FSDP over the expert mesh); an MoE layer keeps its routed activations
 (`routed_activation_bytes`) in place of a dense MLP's, and its all-to-all buffers are a temporary.
+
+Offload (cost/offload.py states what moves and why): under offload_activations the blocks' saved tensors live in
+host memory and the device keeps one block's worth as a temporary (the block whose backward runs); under
+offload_optimizer the sharded fp32 weights, gradients and optimizer states live in host memory. An offloading plan's
+entries carry "host": the bytes that rank keeps in host memory (not part of "total").
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from collections.abc import Sequence
 from autoconf.cost.moe import (all_to_all_buffer_bytes, blocks_params, layer_kind_params, moe_layers,
                                routed_activation_bytes)
 from autoconf.cost.moe import local_params as local_params_of
+from autoconf.cost.offload import activation_copy_bytes, host_state_bytes_per_param
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.model import ModelSpec
@@ -245,6 +251,8 @@ def state_bytes_per_param(config: ParallelConfig, layout: str,
     compute = DTYPE_BYTES[config.dtype]
     if layout == "megatron":
         weights, grads, optim = 2.0, 4.0, 12.0
+        if config.offload_optimizer:
+            optim = 0.0
         if z >= 1:
             optim /= dp
         if z >= 2:
@@ -255,7 +263,10 @@ def state_bytes_per_param(config: ParallelConfig, layout: str,
     if z == 0:
         return 4.0, 4.0, 8.0, (compute if compute != 4 else 0.0)
     grads = 4.0 if holds_unsharded_grads(config) else 4.0 / dp
-    return 4.0 / dp, grads, 8.0 / dp, (compute if holds_unsharded_params(config) else 0.0)
+    copy = compute if holds_unsharded_params(config) else 0.0
+    if config.offload_optimizer:  # the sharded fp32 state is in host memory; the unsharded gradients stay
+        return 0.0, (4.0 if holds_unsharded_grads(config) else 0.0), 0.0, copy
+    return 4.0 / dp, grads, 8.0 / dp, copy
 
 
 def root_unit_params(model: ModelSpec, partition: Sequence[Sequence[int]] | None = None,
@@ -363,6 +374,9 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     embed_act, layer_act, head_act = unit_activation_bytes(model, c, layout, cluster.device.kind, selective)
     moe_act = (layer_activation_bytes(model, c, layout, cluster.device.kind, selective=selective, moe=True)
                if model.moe else 0.0)
+    # Under offload_activations each block's saved activations go to the host.
+    layer_host, moe_host = activation_copy_bytes(c, layer_act), activation_copy_bytes(c, moe_act)
+    layer_device, moe_device = (0.0, 0.0) if c.offload_activations else (layer_act, moe_act)
     fixed = cluster.device.memory_overhead_bytes + p2p_buffer_bytes(model, c)
     last = len(partition) - 1
     out = []
@@ -374,15 +388,16 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
         buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, partition, st),
                                           partition[st][1] - partition[st][0]) for st in stages]
         param_buffer, grad_buffer = max(b[0] for b in buffers), max(b[1] for b in buffers)
-        activations = 0.0
+        activations = host_activations = 0.0
         for st in stages:
             first, end = partition[st]
             n_moe = moe_layers(model, first, end)
-            per_mb = (end - first - n_moe) * layer_act + (embed_act if st == 0 else 0.0) + (head_act if st == last
-                                                                                          else 0.0)
+            per_mb = (end - first - n_moe) * layer_device + (embed_act if st == 0 else 0.0) + (head_act if st == last
+                                                                                             else 0.0)
             if n_moe:
-                per_mb += n_moe * moe_act
+                per_mb += n_moe * moe_device
             activations += per_mb * inflight[st]
+            host_activations += ((end - first - n_moe) * layer_host + n_moe * moe_host) * inflight[st]
         # Temporaries that exist one at a time: the largest of them counts.
         temporaries = [0.0]
         if last in stages:
@@ -393,6 +408,9 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
             temporaries.append(all_to_all_buffer_bytes(model, c) + (
                 layer_activation_bytes(model, c, layout, cluster.device.kind, "none", moe=True)
                 if c.recompute == "full" else 0.0))
+        if c.offload_activations:  # the block whose backward runs, copied back (and recomputed under full recompute)
+            temporaries.append(max(layer_act, moe_act) + (
+                layer_activation_bytes(model, c, layout, cluster.device.kind, "none") if c.recompute == "full" else 0))
         grads = local_params * g_b + local_experts * expert_bytes[1] + grad_buffer
         if layout == "torch" and c.num_microbatches == 1:
             # The gradients come into existence during the only backward while the activations go: the peak is at
@@ -407,5 +425,8 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
                  "optimizer": local_params * o_b + local_experts * expert_bytes[2], "activations": activations,
                  "other": other}
         entry["total"] = sum(entry.values())
+        if c.offloads:
+            entry["host"] = (local_params * host_state_bytes_per_param(c, layout)
+                             + local_experts * host_state_bytes_per_param(c, layout, experts=True) + host_activations)
         out.append(entry)
     return out

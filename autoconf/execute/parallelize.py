@@ -114,8 +114,9 @@ def apply_recompute(model: Transformer, mode: str) -> None:
 
 def compiles(config, device_type: str) -> bool:
     """Whether the executor compiles the blocks: when the plan asks for it, on CUDA (torch.compile's Triton
-    kernels; on CPU inductor needs a C++ toolchain and gains little)."""
-    return bool(config.compile) and device_type == "cuda"
+    kernels; on CPU inductor needs a C++ toolchain and gains little), and not under offload_activations (its
+    saved-tensor hooks are module hooks around each block, which compile would trace)."""
+    return bool(config.compile) and device_type == "cuda" and not config.offload_activations
 
 
 def apply_compile(model: Transformer) -> None:
@@ -140,22 +141,34 @@ def precision_policy(dtype: torch.dtype):
 
 
 def apply_fsdp(model: Transformer, dp_mesh, zero_stage: int, mp_policy=None,
-               reshard_after_forward: bool | None = None) -> None:
+               reshard_after_forward: bool | None = None, offload_policy=None) -> None:
     """Each block an FSDP unit, the chunk the root unit. `reshard_after_forward` (default: ZeRO-3) applies to the
-    blocks; the root reshards only under ZeRO-3."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    blocks; the root reshards only under ZeRO-3. `offload_policy` (CPUOffloadPolicy) applies to every unit."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     policy = mp_policy or MixedPrecisionPolicy()
+    offload = offload_policy or OffloadPolicy()
     blocks = zero_stage == 3 if reshard_after_forward is None else reshard_after_forward
     for block in model.layers.values():
-        fully_shard(block, mesh=dp_mesh, reshard_after_forward=blocks, mp_policy=policy)
-    fully_shard(model, mesh=dp_mesh, reshard_after_forward=zero_stage == 3, mp_policy=policy)
+        fully_shard(block, mesh=dp_mesh, reshard_after_forward=blocks, mp_policy=policy, offload_policy=offload)
+    fully_shard(model, mesh=dp_mesh, reshard_after_forward=zero_stage == 3, mp_policy=policy, offload_policy=offload)
 
 
-def apply_data_parallel(model: Transformer, mesh, config, mp_policy) -> None:
-    """FSDP units by the plan's ZeRO stage (step 5 of the module docstring)."""
+def offload_policy(config, device: torch.device):
+    """FSDP2's CPUOffloadPolicy under offload_optimizer (pinned host memory on CUDA only), else None."""
+    if not config.offload_optimizer:
+        return None
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    return CPUOffloadPolicy(pin_memory=device.type == "cuda")
+
+
+def apply_data_parallel(model: Transformer, mesh, config, mp_policy, device: torch.device | None = None) -> None:
+    """FSDP units by the plan's ZeRO stage (step 5 of the module docstring); under offload_optimizer with
+    CPUOffloadPolicy (the parameters were materialised in host memory)."""
     if config.zero_sharded:
-        apply_fsdp(model, mesh["dp"], config.zero_stage, mp_policy)
+        apply_fsdp(model, mesh["dp"], config.zero_stage, mp_policy,
+                   offload_policy=offload_policy(config, device or torch.device("cpu")))
     else:
         apply_fsdp(model, mesh["dp"] if config.dp == 1 else mesh[SOLO], 0, mp_policy,
                    reshard_after_forward=config.reshard_after_forward)
@@ -166,15 +179,20 @@ def parallelize_chunk(model: Transformer, mesh, config, device: torch.device, se
     parallelism (FSDP2) on one model chunk built on the meta device."""
     if config.tp > 1:
         apply_tp(model, mesh["tp"], config.sequence_parallel)
-    materialize(model, device, seed)
+    # CPUOffloadPolicy wants the parameters in host memory before fully_shard; it computes on the mesh's device.
+    materialize(model, torch.device("cpu") if config.offload_optimizer else device, seed)
     apply_recompute(model, config.recompute)
+    if config.offload_activations:
+        from autoconf.execute.offload import apply_activation_offload
+
+        apply_activation_offload(model, device)
     if config.dtype == "fp8":  # torchao Float8Linear in the blocks, before FSDP wraps them
         from autoconf.execute.fp8 import apply_float8
 
         apply_float8(model, config.zero_sharded, device)
     if compiles(config, device.type):
         apply_compile(model)
-    apply_data_parallel(model, mesh, config, precision_policy(compute_dtype(config, device.type)))
+    apply_data_parallel(model, mesh, config, precision_policy(compute_dtype(config, device.type)), device)
     return model
 
 

@@ -149,7 +149,7 @@ class Trainer:
                 groups.setdefault((p.ndim >= 2, mesh_key), []).append(p)
         param_groups = [{"params": ps, "weight_decay": self.opts.weight_decay if decay else 0.0}
                         for (decay, _), ps in groups.items()]
-        fused = self.device.type == "cuda"
+        fused = self.device.type == "cuda" and not self.config.offload_optimizer  # offloaded: host tensors
         return torch.optim.AdamW(param_groups, lr=self.opts.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused,
                                  foreach=not fused)
 

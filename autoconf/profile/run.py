@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from autoconf.errors import UserError
 from autoconf.files import write_file
-from autoconf.profile import compute, hardware, network, overheads, pipeline, tp_layers
+from autoconf.profile import compute, hardware, host, network, overheads, pipeline, tp_layers
 from autoconf.profile.timing import median
 from autoconf.spec.cluster import ClusterProfile, Device, Link, load_cluster
 from autoconf.spec.dtypes import PROFILED_DTYPES
@@ -177,6 +177,13 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
     overhead = float(median(_gather(overhead)))
     log(f"  {main_dtype} matmul {rates['peak_flops'][main_dtype] / 1e9:.1f} GFLOP/s per rank, copy "
         f"{rates['memory_bandwidth_Bps'] / 1e9:.1f} GB/s, capacity {capacity / 2 ** 30:.1f} GiB per rank")
+    log("host: host-device copies and CPU AdamW on every rank at once, host memory")
+    dist.barrier()
+    host_facts = host.combine_host(_gather(host.measure_host(device, quick, tiny)), on_gpu,
+                                   time.strftime("%Y-%m-%d"))
+    log(f"  host: {host_facts['memory_bytes'] / 2 ** 30:.0f} GiB per node, h2d {host_facts['h2d_Bps'] / 1e9:.1f} "
+        f"GB/s, d2h {host_facts['d2h_Bps'] / 1e9:.1f} GB/s per rank, AdamW {host_facts['adam_s_per_param'] * 1e9:.2f} "
+        f"ns per parameter")
     dev = Device(name=device_name, kind="gpu" if on_gpu else "cpu", memory_bytes=capacity,
                  memory_bandwidth_Bps=float(bandwidth), peak_flops={k: float(v) for k, v in peaks.items()},
                  memory_overhead_bytes=overhead)
@@ -256,7 +263,7 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
         name=name, nodes=layout.nodes, gpus_per_node=layout.gpus_per_node, device=dev, intra_node=intra,
         inter_node=inter, efficiency=efficiency, backend="nccl" if on_gpu else "gloo", description=description,
         intra_node_matrix=links["intra_node_matrix"], inter_node_matrix=links["inter_node_matrix"],
-        collectives=collectives, compute=table, hostnames=layout.hostnames, source="measured")
+        collectives=collectives, compute=table, hostnames=layout.hostnames, source="measured", host=host_facts)
     return ClusterProfile.from_dict(profile.to_dict(), source="measured profile")  # the written file must load
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from autoconf.files import check_new, write_file
 from autoconf.report.kubernetes_export import pytorchjob_yaml
+from autoconf.report.offload_flags import megatron_offload_args
 from autoconf.report.precision_flags import megatron_fp8_args
 from autoconf.report.torchtitan_export import MODULE as TORCHTITAN_MODULE
 from autoconf.report.torchtitan_export import torchtitan_config as _torchtitan_config
@@ -217,6 +218,8 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
                   ("--recompute-num-layers", 1)]
     if c.zero_stage >= 1:
         flags.append(("--use-distributed-optimizer", None))
+    offload_args, offload_notes = megatron_offload_args(c, m.num_layers)
+    flags, notes = flags + _as_flags(offload_args), notes + offload_notes
     # what makes Megatron run as the plan's framework was modelled (overlap flags; spec/frameworks.py)
     flags += _as_flags(plan_execution(plan.prediction).export_lines("megatron", c))
     if c.zero_stage == 3:

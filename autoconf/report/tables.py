@@ -81,6 +81,10 @@ def layout_label(plan: Plan) -> str:
         parts.append(f"rc-{c.recompute}")
     if c.sequence_parallel:
         parts.append("sp")
+    if c.offload_activations:
+        parts.append("off-act")
+    if c.offload_optimizer:
+        parts.append("off-opt")
     return " ".join(parts)
 
 
@@ -101,6 +105,12 @@ def prediction_table(plan: Plan) -> Table:
     fits = "fits" if p["fits"] else "DOES NOT FIT"
     table.add_row("peak memory", f"{p['peak_memory_bytes'] / GiB:.2f} GiB of {p['memory_limit_bytes'] / GiB:.1f} "
                                  f"GiB ({fits})")
+    effect = p.get("offload_effect")
+    if effect:  # cost/estimate.py offload_effect: against the same layout without offload
+        table.add_row("offload", f"saves {effect['memory_saved_bytes'] / GiB:.2f} GiB per device, costs "
+                                 f"{effect['time_cost_s']:.4g} s per step, holds "
+                                 f"{effect['host_memory_per_node_bytes'] / GiB:.1f} GiB of host memory per node"
+                                 + ("" if effect["without_fits"] else " (does not fit without it)"))
     for rank, m in enumerate(p["memory_per_stage"]):
         table.add_row(f"  pipeline rank {rank}",
                       " ".join(f"{k[:5]} {m[k] / GiB:.2f}" for k in ("params", "grads", "optimizer", "activations",

@@ -9,6 +9,7 @@ torchtitan's llama3 builders; then it sets the plan's batch, degrees, schedule, 
 
 from __future__ import annotations
 
+from autoconf.report.offload_flags import torchtitan_offload
 from autoconf.report.precision_flags import torchtitan_fp8_note
 from autoconf.report.upstream import TORCHTITAN_TARGET, TORCHTITAN_VERSION
 from autoconf.spec.frameworks import plan_execution
@@ -111,6 +112,8 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
         notes.append("torchtitan's mixed precision is bfloat16 or float32, not fp16: bfloat16 below")
     if c.dtype == "fp8":
         notes.append(torchtitan_fp8_note(c))
+    offload_lines, offload_notes = torchtitan_offload(c)
+    notes += offload_notes
     if c.tp > 1 and not c.sequence_parallel:
         notes.append("the plan runs tensor parallelism without sequence parallelism (enable_sequence_parallel=False)")
     lines = [f"# {summary}",
@@ -144,7 +147,8 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
               f"    parallelism.pipeline_parallel_degree = {c.pp}",
               f'    parallelism.pipeline_parallel_schedule = "{schedule_spec(c.schedule).torch_class}"',
               f"    parallelism.pipeline_parallel_microbatch_size = {c.micro_batch_size}",
-              *([f"    parallelism.expert_parallel_degree = {c.ep}"] if c.ep > 1 else [])]
+              *([f"    parallelism.expert_parallel_degree = {c.ep}"] if c.ep > 1 else []),
+              *(f"    {line}" for line in offload_lines)]
     if c.pp > 1:
         lines.append("    training.disable_cuda_graphs = True  # torchtitan's CUDA graphs do not support pipelining")
         lines.append("    parallelism.module_fqns_per_model_part = [  # one list per model chunk, in stage order")

@@ -27,8 +27,10 @@ from autoconf.cost.compute import measured_tp_layer, model_pieces, rank_optimize
 from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mesh, default_partition, dp_collectives,
                                     estimate, exposed_dp, overlapped_tp_layer, p2p_bytes, predict, recompute_time,
                                     schedule_inflight, selective_matmul_share, step_collectives, tp_collective)
-from autoconf.cost.memory import stage_memory
+from autoconf.cost.memory import layer_activation_bytes, stage_memory
 from autoconf.cost.moe import layer_kinds, smallest_layer_params
+from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_offload, host_memory_per_node,
+                                   plans_offload)
 from autoconf.errors import UserError
 from autoconf.spec.support import unsupported_reason
 from autoconf.solve.space import candidates, normalise_fixed, with_changes
@@ -68,6 +70,7 @@ class _BoundCache:
         self._owner: dict = {}
         self._layers: dict = {}
         self._optimizers: dict = {}
+        self._last_memory: tuple = (None, None)
         self._overheads = (cluster.overhead("pass_overhead_s"), cluster.overhead("step_overhead_s"))
 
     def _stage_to_rank(self, c: ParallelConfig) -> tuple[int, ...]:
@@ -111,7 +114,7 @@ class _BoundCache:
                 p2p = min(p2p_time(cluster, nbytes, pairs) for pairs in self._hop_pairs(c))
             self._p2p[p2p_key] = p2p
         dp_key = (c.tp, c.pp, c.dp, per_stage_layers, c.dtype, c.zero_stage,
-                  schedule_spec(c.schedule).fsdp_gather_per_chunk)
+                  schedule_spec(c.schedule).fsdp_gather_per_chunk, c.offload_optimizer)
         if dp_key not in self._dp:
             params = per_stage_layers * smallest_layer_params(model) / c.tp
             self._dp[dp_key] = dp_collectives(cluster, c, params, np.arange(c.dp) * c.tp)
@@ -204,15 +207,27 @@ class _BoundCache:
         chain = model.num_layers * (layer_fwd + layer_bwd) + 2 * S * overhead + 2 * hops * p2p
         return max(compute_path, comm_stream, chain) + self._step_comm(c) + optimizer + self._overheads[1]
 
+    def busy_bound(self, c: ParallelConfig) -> float:
+        """A lower bound on the step, cheaper than `time_bound` and below it: every micro-batch through the
+        ceil(L/pp) layers of the busiest rank, forward and backward (`time_bound`'s compute path holds it)."""
+        fwd, bwd_in, bwd_w, one, recompute = self._per_layer(c)
+        return c.num_microbatches * math.ceil(self.model.num_layers / c.pp) * (fwd + bwd_in + bwd_w + 4 * one
+                                                                                + recompute)
+
     def _per_layer(self, c: ParallelConfig) -> tuple[float, float, float, float, float]:
         """(block forward, block input backward, block weight backward, one TP collective, recompute) per layer: of
-        a model with dense and MoE blocks, the smaller of each (the MoE token exchange left out)."""
+        a model with dense and MoE blocks, the smaller of each (the MoE token exchange left out), plus the estimate's
+        own activation copies of offload_activations (on the compute stream)."""
         key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len, c.recompute, c.ep,
-               c.etp)
+               c.etp, c.offload_activations)
         if key not in self._layers:
             one = self._tp_collective(c)
             kinds = [self._layer(c).kind(moe) for moe in layer_kinds(self.model)]
-            self._layers[key] = (min(p.block.forward for p in kinds), min(p.block.backward_input for p in kinds),
+            copies = [activation_copy_times(self.cluster, activation_copy_bytes(c, layer_activation_bytes(
+                self.model, c, self.execution.memory_layout, self.cluster.device.kind,
+                selective=self.execution.selective_recompute, moe=moe))) for moe in layer_kinds(self.model)]
+            self._layers[key] = (min(p.block.forward + f for p, (f, _) in zip(kinds, copies)),
+                                 min(p.block.backward_input + b for p, (_, b) in zip(kinds, copies)),
                                  min(p.block.backward_weight for p in kinds), one,
                                  min(recompute_time(p, c, one) for p in kinds))
         return self._layers[key]
@@ -221,7 +236,7 @@ class _BoundCache:
         """The optimizer step of pipeline rank 0 of the uniform partition (the estimate's slowest rank is no
         faster)."""
         rank0_layers = self._rank0_layers(c)
-        key = (c.tp, c.dp, c.zero_sharded, rank0_layers)
+        key = (c.tp, c.dp, c.zero_sharded, rank0_layers, c.offload_optimizer)
         if key not in self._optimizers:
             model = self.model
             params_rank0 = (rank0_layers * smallest_layer_params(model) + model.embedding_params()) / c.tp
@@ -231,14 +246,28 @@ class _BoundCache:
     def memory_bound(self, c: ParallelConfig) -> float:
         """The estimate's own memory of pipeline rank 0 (cost/memory.stage_memory on the uniform partition, with the
         in-flight counts the estimate reads off the schedule's order): the estimate's peak is the largest rank's."""
+        return self.rank0_memory(c)["total"]
+
+    def host_bound(self, c: ParallelConfig) -> float:
+        """A lower bound on an offloading plan's host bytes per node (cost/offload.py's rule on pipeline rank 0;
+        the estimate takes the busiest rank); 0 without offload."""
+        return host_memory_per_node(self.cluster, [self.rank0_memory(c).get("host", 0.0)])
+
+    def rank0_memory(self, c: ParallelConfig) -> dict:
+        """cost/memory.stage_memory of pipeline rank 0 on the uniform partition (what `memory_bound` totals); the
+        last one is remembered (the walk reads it again for the same candidate)."""
+        if self._last_memory[0] == c:
+            return self._last_memory[1]
         key = (c.pp, c.vpp, c.schedule)
         if key not in self._layout:
             owner = self._stage_to_rank(c)
             self._layout[key] = (uniform_partition(self.model.num_layers, c.num_stages), owner)
         partition, owner = self._layout[key]
         inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, rank=0)
-        return stage_memory(self.model, self.cluster, c, partition, owner, inflight, self.execution.memory_layout,
-                            ranks=[0], selective=self.execution.selective_recompute)[0]["total"]
+        entry = stage_memory(self.model, self.cluster, c, partition, owner, inflight, self.execution.memory_layout,
+                             ranks=[0], selective=self.execution.selective_recompute)[0]
+        self._last_memory = (c, entry)
+        return entry
 
 
 def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, dtype: str,
@@ -264,6 +293,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
                              attention, fixed, zero_stages):
         seen += 1
+        if config.offloads:  # pinned by --fix: refused in one line on a profile without host facts
+            check_offload(cluster, config)
         if launchable_only and unsupported_reason(config):
             unlaunchable += 1
             continue
@@ -284,28 +315,33 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     # Reducing every micro-batch costs time and saves memory: it is only worth simulating where its twin that
     # reduces once per step (sorted just before it: same bound, smaller key) did not fit.
     fitting_once = set()
-    for index, (time_bound, key, config) in enumerate(scored):
-        # Extrapolated times are at or above the full simulation, so the K-th best of them is at or above the K-th
-        # best full time: a bound beyond it rules a candidate out.
-        if len(best) >= top_k and time_bound >= -best[0][0]:
-            pruned_time += len(scored) - index
-            break
-        if config.grad_reduce != "step" and key[:-1] in fitting_once:
-            pruned_time += 1
-            continue
+    # Offload costs time and saves memory: it is weighed after the walk, for the candidates that did not fit
+    # (`_offload_walk`), so the walk over layouts that fit is unchanged.
+    unfit: list[tuple[float, tuple, ParallelConfig, dict]] = []
+    offloading = plans_offload(cluster)
+
+    def consider(time_bound: float, key: tuple, config: ParallelConfig) -> None:
+        """Memory bound, then the (extrapolated) simulation; the K best that fit are kept."""
+        nonlocal pruned_memory, simulated, closest
         memory_bound = cache.memory_bound(config)  # only for the candidates the walk reaches
-        if memory_bound > limit:
+        if memory_bound > limit or (config.offloads and cache.host_bound(config) > cluster.host["memory_bytes"]):
             pruned_memory += 1
-            if closest is None or memory_bound - limit < closest[0]:
-                closest = (memory_bound - limit, config)
-            continue
+            if not config.offloads:
+                if closest is None or memory_bound - limit < closest[0]:
+                    closest = (memory_bound - limit, config)
+                if offloading:
+                    unfit.append((time_bound, key, config, cache.rank0_memory(config)))
+            return
         p = predict(model, cluster, config, execution=execution, detail=False, extrapolate=True)[3]
         simulated += 1
         if not p["fits"]:
             over = p["peak_memory_bytes"] - limit
-            if closest is None or over < closest[0]:
-                closest = (over, config)
-            continue
+            if not config.offloads:
+                if closest is None or over < closest[0]:
+                    closest = (over, config)
+                if offloading:
+                    unfit.append((time_bound, key, config, max(p["memory_per_stage"], key=lambda m: m["total"])))
+            return
         if config.grad_reduce == "step":
             fitting_once.add(key[:-1])
         # Every fitting candidate may come back: one simulated in full can tie (to the last bit) with an
@@ -316,6 +352,25 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             heapq.heappush(best, item)
         elif item > best[0]:
             heapq.heapreplace(best, item)
+
+    def walk(items) -> None:
+        """`consider` each (bound, key, config) in bound order until the K-th best time is below the next bound."""
+        nonlocal pruned_time
+        for index, (time_bound, key, config) in enumerate(items):
+            # Extrapolated times are at or above the full simulation, so the K-th best of them is at or above the
+            # K-th best full time: a bound beyond it rules a candidate out.
+            if len(best) >= top_k and time_bound >= -best[0][0]:
+                pruned_time += len(items) - index
+                break
+            if config.grad_reduce != "step" and key[:-1] in fitting_once:
+                pruned_time += 1
+                continue
+            consider(time_bound, key, config)
+
+    walk(scored)
+    twins = _offload_walk(model, cluster, cache, fixed, launchable_only, unfit, limit,
+                          -best[0][0] if len(best) >= top_k else math.inf, bound_of)
+    walk(twins)
     chosen = _ranked_by_full_simulation(model, cluster, execution, best, near, top_k)
     search_seconds = time.perf_counter() - start
     if refine:
@@ -326,7 +381,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         ranked = [estimate(model, cluster, config, execution=execution) for _, config in chosen]
     stats = {"candidates": seen, "unlaunchable": unlaunchable, "pruned_memory": pruned_memory,
              "pruned_time": pruned_time, "simulated": simulated, "feasible": len(ranked), "seconds": round(time.perf_counter() - start, 3),
-             "search_seconds": round(search_seconds, 3)}
+             "search_seconds": round(search_seconds, 3), **({"offload_candidates": len(twins)} if twins else {})}
     for plan in ranked:
         plan.prediction["launchable"] = unsupported_reason(plan.config) is None
     return SearchResult(ranked, stats, closest if not ranked else None)
@@ -361,7 +416,50 @@ def ranking_key(config: ParallelConfig) -> tuple:
     """How plans of equal predicted time are ordered (the same in the search, validate and the tests)."""
     return (config.tp, config.pp, config.dp, config.vpp, config.micro_batch_size, config.schedule,
             config.zero_stage, config.recompute, config.sequence_parallel, config.ep, config.etp,
+            config.offload_activations, config.offload_optimizer,
             config.grad_reduce != "step")  # grad_reduce last: the search finds a layout's twin by key[:-1]
+
+
+def _offload_levers(cluster: ClusterProfile, fixed: dict) -> list[tuple[bool, bool]]:
+    """The (offload_activations, offload_optimizer) combinations the search weighs beside a layout's own (neither):
+    those --fix leaves open, none where the cluster plans no offload (cost/offload.py `plans_offload`)."""
+    if not plans_offload(cluster):
+        return []
+    activations = [fixed["offload_activations"]] if "offload_activations" in fixed else [False, True]
+    optimizer = [fixed["offload_optimizer"]] if "offload_optimizer" in fixed else [False, True]
+    return [(a, o) for a in activations for o in optimizer if a or o]
+
+
+def _offload_walk(model: ModelSpec, cluster: ClusterProfile, cache: "_BoundCache", fixed: dict, launchable_only: bool,
+                  unfit: list, limit: float, cutoff: float, bound_of: dict) -> list[tuple[float, tuple, ParallelConfig]]:
+    """The offloading twins worth walking, as (time bound, key, config) in bound order: of each candidate that did
+    not fit (`unfit`: with its bound and its memory entry, the largest rank's or rank 0's), the twins (each lever
+    combination of `_offload_levers` the layout allows: offload_optimizer needs FSDP) that can move enough off the
+    device (at most the activations, or the weights, gradients and optimizer states) and whose bound is below
+    `cutoff` (the K-th best time of the walk so far: nothing at or beyond it can enter the K best). A twin's work
+    on its busiest rank (`busy_bound`, below its time bound) is checked first, as it is cheaper."""
+    levers = _offload_levers(cluster, fixed)
+    out = []
+    for parent_bound, _, config, memory in unfit if levers else []:
+        if parent_bound >= cutoff:
+            continue
+        for activations, optimizer in levers:
+            if optimizer and not config.zero_sharded:
+                continue
+            movable = (memory["activations"] if activations else 0.0) + (
+                memory["params"] + memory["grads"] + memory["optimizer"] if optimizer else 0.0)
+            if memory["total"] - movable > limit:
+                continue
+            twin = dataclasses.replace(config, offload_activations=activations, offload_optimizer=optimizer)
+            if cache.busy_bound(twin) >= cutoff or (launchable_only and unsupported_reason(twin)):
+                continue
+            once = dataclasses.replace(twin, grad_reduce="step") if twin.grad_reduce != "step" else twin
+            if once not in bound_of:
+                bound_of[once] = cache.time_bound(once)
+            if bound_of[once] < cutoff:
+                out.append((bound_of[once], ranking_key(twin), twin))
+    out.sort(key=lambda item: (item[0], item[1]))
+    return out
 
 
 def _negated(key: tuple) -> tuple:

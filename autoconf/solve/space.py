@@ -21,11 +21,11 @@ from collections.abc import Iterator
 from autoconf.errors import UserError
 from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import GRAD_REDUCE, ParallelConfig, max_pipeline_stages
+from autoconf.spec.plan import GRAD_REDUCE, OFFLOADS, ParallelConfig, max_pipeline_stages
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 FIXABLE = ("tp", "pp", "dp", "vpp", "micro_batch_size", "schedule", "zero_stage", "recompute", "sequence_parallel",
-           "dtype", "grad_reduce", "ep", "etp")
+           "dtype", "grad_reduce", "ep", "etp", *OFFLOADS)
 ALIASES = {"mb": "micro_batch_size", "micro_batch": "micro_batch_size", "zero": "zero_stage",
            "sp": "sequence_parallel"}
 INT_FIELDS = ("tp", "pp", "dp", "vpp", "micro_batch_size", "zero_stage", "ep", "etp")
@@ -47,10 +47,10 @@ def parse_fix_value(key: str, value: str):
             raise UserError(f"--fix {key}={value}: expected " + ("0, 1, 2 or 3" if key == "zero_stage"
                                                                   else "a positive integer"))
         return number
-    if key == "sequence_parallel":
+    if key in ("sequence_parallel", *OFFLOADS):
         lowered = value.lower()
         if lowered not in ("true", "false", "1", "0", "yes", "no"):
-            raise UserError(f"--fix sequence_parallel={value}: expected true or false")
+            raise UserError(f"--fix {key}={value}: expected true or false")
         return lowered in ("true", "1", "yes")
     if key == "schedule" and value not in SCHEDULES:
         raise UserError(f"--fix schedule={value}: unknown schedule; choose from {', '.join(SCHEDULES)}")
@@ -113,6 +113,8 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                     continue
                 for schedule, vpp in _schedule_choices(model, pp, per_replica // mb, fixed):
                     for zero in choices("zero_stage", list(zero_stages) if dp > 1 else [0]):
+                        if fixed.get("offload_optimizer") is True and not (zero >= 1 and dp > 1):
+                            continue  # CPUOffloadPolicy needs FSDP
                         for recompute in choices("recompute", ["none", "selective", "full"]):
                             for sp in choices("sequence_parallel", [False, True] if tp > 1 else [False]):
                                 for reduce, (ep, etp) in itertools.product(choices("grad_reduce", _grad_reduce_choices(
@@ -122,7 +124,9 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                                         global_batch_size=global_batch, seq_len=seq_len, schedule=schedule,
                                         zero_stage=zero, recompute=recompute, sequence_parallel=sp,
                                         dtype=fixed.get("dtype", dtype), attention=attention, grad_reduce=reduce,
-                                        ep=ep, etp=etp)
+                                        ep=ep, etp=etp,
+                                        offload_activations=fixed.get("offload_activations", False),
+                                        offload_optimizer=fixed.get("offload_optimizer", False))
 
 
 def expert_choices(model: ModelSpec, ranks: int, tp: int, fixed: dict) -> list[tuple[int, int]]:

@@ -71,6 +71,35 @@ DEFAULT_MEMORY_HEADROOM = {
 }
 
 
+# The profile's "host" object: the host side of each node, what offload to host memory (cost/offload.py) reads. A
+# profile without it (older files) plans no offload; a plan asking for offload on it is refused in one line.
+HOST_FIELDS = {
+    "memory_bytes": "host memory (RAM) of one node, bytes",
+    "h2d_Bps": "host-to-device copy rate of one device from pinned host memory, bytes/s, every device of the node "
+               "copying at once",
+    "d2h_Bps": "device-to-host copy rate of one device into pinned host memory, bytes/s, every device at once",
+    "adam_s_per_param": "seconds per parameter of torch's AdamW step on the host CPU, every rank of the node "
+                        "stepping at once (the CPU optimizer step of offload_optimizer)",
+}
+
+
+def host_problems(host) -> list[str]:
+    """What is wrong with a profile's "host" object (None is allowed: no host facts): every HOST_FIELDS number
+    present, positive and finite, and a "source" text saying where they come from."""
+    if host is None:
+        return []
+    if not isinstance(host, dict):
+        return [f"host must be a JSON object of {', '.join(HOST_FIELDS)} and source"]
+    out = []
+    for key in HOST_FIELDS:
+        value = host.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+            out.append(f"host.{key} ({HOST_FIELDS[key]}) must be a positive number, got {value!r}")
+    if not isinstance(host.get("source"), str) or not host["source"]:
+        out.append(f"host.source must say where the host numbers come from")
+    return out
+
+
 @dataclass(frozen=True)
 class ClusterProfile:
     name: str
@@ -94,6 +123,7 @@ class ClusterProfile:
     # {"usd_per_gpu_hour": float, "source": text}: a published price of the device, for training time and cost
     price: dict | None = None
     memory_headroom: dict = field(default_factory=lambda: dict(DEFAULT_MEMORY_HEADROOM))  # {"value": fraction, "why"}
+    host: dict | None = None  # HOST_FIELDS and "source"; None: not known, no offload planned
 
     @property
     def usable_memory_bytes(self) -> float:
@@ -207,6 +237,7 @@ class ClusterProfile:
             "matmul_size_curve": self.matmul_size_curve,
             **({} if self.price is None else {"price": self.price}),
             "memory_headroom": dict(self.memory_headroom),
+            **({} if self.host is None else {"host": dict(self.host)}),
         }
 
     @classmethod
@@ -220,7 +251,7 @@ class ClusterProfile:
             raise UserError(f"{source}: cluster profile version {data.get('version')!r} is not supported (expected 1)")
         from autoconf.spec.profile_checks import profile_problems
 
-        problems = profile_problems(data)
+        problems = profile_problems(data) + host_problems(data.get("host"))
         if problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise UserError(f"{source}: invalid cluster profile: {'; '.join(problems[:3])}{more}")
@@ -271,7 +302,8 @@ class ClusterProfile:
                 source=str(data.get("source", "specification")),
                 matmul_size_curve=data.get("matmul_size_curve"),
                 price=None if data.get("price") is None else dict(data["price"]),
-                memory_headroom=dict(data.get("memory_headroom") or DEFAULT_MEMORY_HEADROOM))
+                memory_headroom=dict(data.get("memory_headroom") or DEFAULT_MEMORY_HEADROOM),
+                host=None if data.get("host") is None else dict(data["host"]))
         except KeyError as missing:
             raise UserError(f"{source}: cluster profile lacks field {missing}") from None
         except (TypeError, ValueError, AttributeError, OverflowError, RecursionError) as err:

@@ -27,6 +27,15 @@ MAX_SEQ_LEN = 1 << 22  # tokens per sequence
 # unsharded fp32 gradients accumulate until then), or after every micro-batch's backward (sharded gradients, one
 # reduce-scatter per micro-batch). cost/memory.py and cost/estimate.py say what each costs.
 GRAD_REDUCE = ("step", "microbatch")
+# The offload levers, each a boolean config field (default off, so old plans load); cost/offload.py says what each
+# moves to host memory and what it costs, execute/parallelize.py applies them:
+#   offload_activations  every tensor a transformer block saves for its backward (its activations and the compute
+#                        copies of the weights its linears save) is copied to host memory in the forward and back
+#                        in the backward: `torch.autograd.graph.save_on_cpu` around each block;
+#   offload_optimizer    FSDP2's `CPUOffloadPolicy`: the sharded fp32 parameters, their gradients and the AdamW
+#                        states live in host memory and the optimizer step runs on the CPU (needs FSDP: ZeRO >= 1
+#                        over dp > 1).
+OFFLOADS = ("offload_activations", "offload_optimizer")
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,8 @@ class ParallelConfig:
     # over etp, expert-data-parallel edp the rest). 1 and 1 on dense models.
     ep: int = 1
     etp: int = 1
+    offload_activations: bool = False  # see OFFLOADS
+    offload_optimizer: bool = False  # see OFFLOADS
 
     @property
     def dims(self) -> ParallelDims:
@@ -102,6 +113,11 @@ class ParallelConfig:
             return self.zero_stage == 3
         return self.pp == 1
 
+    @property
+    def offloads(self) -> bool:
+        """Whether any offload lever is on."""
+        return any(getattr(self, name) is True for name in OFFLOADS)
+
     def problems(self, model: ModelSpec, world_size: int | None = None) -> list[str]:
         """Every rule this configuration breaks, each naming the offending factors and what would work."""
         out = ParallelDims.of(self).problems()
@@ -143,8 +159,12 @@ class ParallelConfig:
             out.append(f"recompute {self.recompute!r} is not one of {', '.join(RECOMPUTE)}")
         if self.dtype not in DTYPES:
             out.append(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
-        if not isinstance(self.compile, bool):
-            out.append(f"compile must be true or false (got {self.compile!r})")
+        for name in ("compile", *OFFLOADS):
+            if not isinstance(getattr(self, name), bool):
+                out.append(f"{name} must be true or false (got {getattr(self, name)!r})")
+        if self.offload_optimizer is True and not self.zero_sharded:
+            out.append(f"offload_optimizer (FSDP2 CPUOffloadPolicy) needs FSDP sharding: zero_stage >= 1 and dp > 1 "
+                       f"(got zero_stage {self.zero_stage}, dp {self.dp})")
         if self.attention not in ATTENTION:
             out.append(f"attention {self.attention!r} is not one of {', '.join(ATTENTION)}")
         if self.grad_reduce not in GRAD_REDUCE:
@@ -313,7 +333,7 @@ class Plan:
 
 
 _PREDICTION_NUMBERS = ("iteration_time_s", "tokens_per_s", "tflops_per_gpu", "mfu", "hfu", "peak_memory_bytes",
-                       "memory_limit_bytes", "bubble_fraction")
+                       "memory_limit_bytes", "bubble_fraction", "host_memory_per_node_bytes", "host_memory_limit_bytes")
 _MEMORY_KINDS = ("params", "grads", "optimizer", "activations", "other", "total")
 
 

@@ -1,0 +1,107 @@
+"""Offload to host memory: what leaves the device, what the host holds, and what the copies and the CPU step cost.
+
+The levers are the config's OFFLOADS (spec/plan.py). Every rule is here once; cost/memory.py, cost/estimate.py and
+the search's bounds (solve/search.py) call these functions.
+
+offload_activations (execute/offload.py: autograd's saved-tensor hooks, as `torch.autograd.graph.save_on_cpu(
+pin_memory=True)` does, around each transformer block): every activation the block saves for its backward is copied
+to pinned host memory when saved and back when the backward unpacks it. Unlike save_on_cpu the hook leaves
+parameters (and views of them: the weights the linears save) on the device, where FSDP keeps or re-gathers them
+anyway; save_on_cpu would copy every weight out and back for every micro-batch. The copies run on the current
+(compute) stream, as save_on_cpu's do, so they are NOT overlapped with compute: a forward pays bytes / d2h rate, an
+input backward bytes / h2d rate. The device keeps, of a block, only the activations its running backward has
+unpacked (one block's worth, a temporary).
+
+offload_optimizer (FSDP2 `CPUOffloadPolicy`): the sharded fp32 parameters (4/dp bytes per parameter), their
+sharded fp32 gradients (4/dp) and AdamW's two moments (8/dp) live in host memory. Each FSDP all-gather first copies
+the fp32 shard to the device (its copy-in, on the all-gather stream: it overlaps compute exactly as the gather
+does), each reduce-scatter copies its fp32 gradient shard back (on the reduce-scatter stream, likewise); the
+optimizer step runs on the CPU after the backward, not overlapped, at the profile's host AdamW rate. What stays on
+the device: the unsharded compute copies FSDP gathers and the unsharded gradients it accumulates between
+reductions (cost/memory.py). Megatron's layout (`--optimizer-cpu-offload`, HybridDeviceOptimizer with fraction 1)
+moves its 12 bytes of fp32 master weights and moments to the host, plus an fp32 copy of the gradients.
+
+A profile states the host side per node (`ClusterProfile.host`, HOST_FIELDS); without it offload is refused.
+"""
+
+from __future__ import annotations
+
+from autoconf.errors import UserError
+from autoconf.spec.cluster import ClusterProfile
+from autoconf.spec.plan import OFFLOADS, ParallelConfig
+
+
+def check_offload(cluster: ClusterProfile, config: ParallelConfig) -> None:
+    """Raises a one-line UserError when the config offloads and the profile states no host facts."""
+    if config.offloads and cluster.host is None:
+        levers = ", ".join(n for n in OFFLOADS if getattr(config, n))
+        raise UserError(f"{levers}: cluster {cluster.name} states no host memory and host-device bandwidth (its "
+                        f"profile has no \"host\" object); profile the cluster again or use a bundled profile that "
+                        f"states them (dgx-h100-80g, dgx-a100-80g)")
+
+
+def plans_offload(cluster: ClusterProfile) -> bool:
+    """Whether the search may propose offload on this cluster: the profile states the host side, and the devices are
+    accelerators (on a CPU profile the device memory already is host memory)."""
+    return cluster.host is not None and cluster.device.kind == "gpu"
+
+
+def activation_copy_bytes(config: ParallelConfig, layer_activation: float) -> float:
+    """Bytes one block copies to the host per micro-batch under offload_activations (and back in the backward):
+    its saved activations (`layer_activation`, cost/memory.py's count); 0 without it."""
+    return layer_activation if config.offload_activations else 0.0
+
+
+def activation_copy_times(cluster: ClusterProfile, nbytes: float) -> tuple[float, float]:
+    """(forward, input backward) seconds a block's `nbytes` offloaded tensors add on the compute stream."""
+    if not nbytes:
+        return 0.0, 0.0
+    return nbytes / float(cluster.host["d2h_Bps"]), nbytes / float(cluster.host["h2d_Bps"])
+
+
+def gather_copy_time(cluster: ClusterProfile, config: ParallelConfig, params: float) -> float:
+    """Seconds of the fp32 shard copies to the device before one FSDP all-gather of `params` parameters (per TP
+    rank) under offload_optimizer; 0 without it."""
+    if not config.offload_optimizer:
+        return 0.0
+    return params * 4 / config.dp / float(cluster.host["h2d_Bps"])
+
+
+def reduce_copy_time(cluster: ClusterProfile, config: ParallelConfig, params: float) -> float:
+    """Seconds of the fp32 gradient shard copies to the host after one reduce-scatter of `params` parameters under
+    offload_optimizer; 0 without it."""
+    if not config.offload_optimizer:
+        return 0.0
+    return params * 4 / config.dp / float(cluster.host["d2h_Bps"])
+
+
+def cpu_optimizer_time(cluster: ClusterProfile, local_params: float) -> float:
+    """The AdamW step over `local_params` parameters on the host CPU, at the profile's host rate."""
+    return local_params * float(cluster.host["adam_s_per_param"])
+
+
+def host_state_bytes_per_param(config: ParallelConfig, layout: str, experts: bool = False) -> float:
+    """Host bytes per local parameter under offload_optimizer: fp32 weights, gradients and moments, sharded over dp
+    (torch: 4 + 4 + 8; Megatron: master weights and moments 12 and the fp32 gradient copy 4), a routed expert's over
+    the expert-data-parallel degree edp; 0 without it."""
+    if not config.offload_optimizer:
+        return 0.0
+    return 16.0 / (config.edp if experts else config.dp)
+
+
+def host_memory_per_node(cluster: ClusterProfile, rank_host_bytes: list[float]) -> float:
+    """Host bytes one node holds, as the busiest pipeline rank's host bytes times the devices of a node (a node runs
+    gpus_per_node ranks; an upper bound when pipeline ranks share a node)."""
+    return max(rank_host_bytes, default=0.0) * cluster.gpus_per_node
+
+
+def check_host_memory(cluster: ClusterProfile, config: ParallelConfig, per_node: float) -> None:
+    """Raises a one-line UserError when an offloading plan needs more host memory per node than the node has."""
+    if not config.offloads:
+        return
+    limit = float(cluster.host["memory_bytes"])
+    if per_node > limit:
+        GiB = 1024 ** 3
+        raise UserError(f"offload beyond host memory: the plan puts {per_node / GiB:.1f} GiB on the host of each node "
+                        f"({cluster.gpus_per_node} ranks), which has {limit / GiB:.1f} GiB; offload less (drop "
+                        f"offload_activations or offload_optimizer), or use more devices")

@@ -1,0 +1,183 @@
+"""Offload to host memory (spec/plan.py OFFLOADS, cost/offload.py): the plan fields and the profile's host object
+load and default off; what leaves the device is what the host holds; the copies and the CPU optimizer cost what
+the host rates say; the executor's hook moves what the cost model counts; the search weighs offload only where a
+layout does not fit without it; the profiler measures the host; the exports carry it. (The executor's losses with
+offload are checked in tests/test_execute.py's world-2 job.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from autoconf.cost.estimate import estimate
+from autoconf.cost.memory import executor_layer_activation_bytes
+from autoconf.cost.offload import plans_offload
+from autoconf.errors import UserError
+from autoconf.report.exporters import megatron_flags, torchtitan_config
+from autoconf.solve.search import search
+from autoconf.spec.cluster import ClusterProfile, load_cluster
+from autoconf.spec.plan import ParallelConfig, Plan
+from autoconf.spec.presets import PRESETS
+from tests.test_bad_input import assert_one_clear_error, run_cli
+
+GiB = 1024 ** 3
+
+
+def _config(**kw) -> ParallelConfig:
+    base = dict(tp=1, pp=1, dp=8, micro_batch_size=1, global_batch_size=32, seq_len=4096, zero_stage=3)
+    return ParallelConfig(**{**base, **kw})
+
+
+def test_offload_is_off_by_default_and_old_plans_and_profiles_load():
+    """A plan saved before the offload fields loads with both off; a profile without "host" loads and plans no
+    offload; the bundled data-sheet profiles state a cited host."""
+    plan = estimate(PRESETS["tiny-llama"], load_cluster("cpu-local", gpus_per_node=2),
+                    ParallelConfig(tp=1, pp=1, dp=2, micro_batch_size=1, global_batch_size=4, seq_len=32))
+    data = plan.to_dict()
+    for name in ("offload_activations", "offload_optimizer"):
+        assert data["config"].pop(name) is False
+    assert not Plan.from_dict(data).config.offloads
+    teton = load_cluster("grand-teton-h100-96g-500w")
+    assert teton.host is None and not plans_offload(teton)
+    assert ClusterProfile.from_dict(teton.to_dict()).host is None
+    for name in ("dgx-h100-80g", "dgx-a100-80g"):
+        host = load_cluster(name).host
+        assert host["memory_bytes"] == 2e12 and "data sheet" in host["source"] and "https://" in host["source"]
+    bad = {**load_cluster("dgx-h100-80g").to_dict(), "host": {"memory_bytes": -1, "source": "x"}}
+    with pytest.raises(UserError, match="host.memory_bytes"):
+        ClusterProfile.from_dict(bad)
+
+
+def test_bad_offload_input_is_one_clear_line(tmp_path):
+    """Offload on a profile without host facts, optimizer offload without FSDP, and offload beyond the host memory
+    of a node: one line each."""
+    args = ["estimate", "--model", "llama3-8b", "--tp", "1", "--pp", "1", "--dp", "8", "--micro-batch", "1",
+            "--global-batch", "32", "--seq-len", "4096", "--zero", "3"]
+    assert_one_clear_error(run_cli([*args, "--cluster", "grand-teton-h100-96g-500w", "--offload-activations"]),
+                           "states no host memory")
+    assert_one_clear_error(run_cli([*args[:-2], "--cluster", "dgx-h100-80g", "--offload-optimizer"]),
+                           "offload_optimizer", "zero_stage >= 1 and dp > 1")
+    small = load_cluster("dgx-h100-80g").to_dict()
+    small["host"] = {**small["host"], "memory_bytes": 64 * GiB}
+    path = tmp_path / "small-host.json"
+    path.write_text(json.dumps(small))
+    assert_one_clear_error(run_cli([*args, "--cluster", str(path), "--offload-activations", "--offload-optimizer"]),
+                           "offload beyond host memory", "64.0 GiB")
+
+
+def test_what_leaves_the_device_is_what_the_host_holds_and_the_copies_cost_bytes_over_bandwidth():
+    """Activation offload: the device keeps none of the blocks' activations (one block's as a temporary), the host
+    the rest; the step gains each block's activation bytes over d2h in every forward and over h2d in every
+    backward, not overlapped. Optimizer offload: the sharded fp32 weights, gradients and AdamW states (16/dp bytes
+    per parameter) leave the device, the optimizer step runs at the host's AdamW rate, and the what-it-bought
+    summary is the difference to the same layout without offload."""
+    model, cluster = PRESETS["llama3-8b"], load_cluster("dgx-h100-80g")
+    host = cluster.host
+    plain = estimate(model, cluster, _config(grad_reduce="microbatch")).prediction
+    acts = estimate(model, cluster, _config(grad_reduce="microbatch", offload_activations=True)).prediction
+    layer = executor_layer_activation_bytes(model, _config(), "none")
+    m, layers = 4, model.num_layers
+    assert acts["time_breakdown"]["offload"] == pytest.approx(
+        m * layers * layer * (1 / host["d2h_Bps"] + 1 / host["h2d_Bps"]))
+    assert acts["iteration_time_s"] - plain["iteration_time_s"] == pytest.approx(
+        acts["time_breakdown"]["offload"], rel=1e-6)
+    before, after = plain["memory_per_stage"][0], acts["memory_per_stage"][0]
+    assert after["activations"] < 0.01 * before["activations"]
+    assert after["host"] == pytest.approx(layers * layer)  # one micro-batch in flight without a pipeline
+    assert acts["host_memory_per_node_bytes"] == pytest.approx(8 * after["host"])
+    assert acts["offload_effect"]["memory_saved_bytes"] == pytest.approx(plain["peak_memory_bytes"]
+                                                                        - acts["peak_memory_bytes"])
+
+    opt = estimate(model, cluster, _config(grad_reduce="microbatch", offload_optimizer=True)).prediction
+    params = model.total_params()
+    mine, theirs = opt["memory_per_stage"][0], plain["memory_per_stage"][0]
+    assert mine["optimizer"] == 0 and theirs["optimizer"] == pytest.approx(8 * params / 8)
+    assert mine["host"] == pytest.approx(16 * params / 8)
+    assert opt["time_breakdown"]["optimizer"] == pytest.approx(params / 8 * host["adam_s_per_param"])
+    assert opt["time_breakdown"]["dp_comm"] > plain["time_breakdown"]["dp_comm"]  # the shard copies
+    assert opt["offload_effect"]["time_cost_s"] == pytest.approx(opt["iteration_time_s"] - plain["iteration_time_s"])
+
+
+@pytest.mark.parametrize("recompute", ["none", "selective", "full"])
+def test_the_executors_hook_moves_what_the_cost_model_counts(recompute, arch="tiny-llama"):
+    """The saved-tensor hook of offload_activations moves the bytes cost/memory.py counts for a Llama block (within
+    the norm statistics and rotary tables, 3%), leaves the weights, and the gradients are the hook-less run's."""
+    from autoconf.execute.model import Block
+    from autoconf.execute.offload import apply_activation_offload
+    from autoconf.execute.parallelize import apply_recompute
+
+    spec = dataclasses.replace(PRESETS[arch], dropout=0.0)
+
+    class One(torch.nn.Module):
+        def __init__(self, block):
+            super().__init__()
+            self.layers = torch.nn.ModuleDict({"0": block})
+
+    torch.manual_seed(0)
+    block = Block(spec, "flash").train()
+    apply_recompute(One(block), recompute)
+    x = torch.randn(3, 40, spec.hidden_size, requires_grad=True)  # as every block's input in the executor
+    block(x).square().sum().backward()
+    reference = [p.grad.clone() for p in block.parameters()]
+    block.zero_grad()
+    hook = apply_activation_offload(One(block), torch.device("cpu"))[0]
+    block(x).square().sum().backward()
+    config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=3, global_batch_size=3, seq_len=40, dtype="fp32",
+                            recompute=recompute)
+    estimated = executor_layer_activation_bytes(spec, config, recompute, "cpu")
+    assert estimated <= hook.moved_bytes <= 1.03 * estimated
+    assert all(torch.equal(p.grad, r) for p, r in zip(block.parameters(), reference))
+
+
+def _shrunk(gib: float, host: bool = True) -> ClusterProfile:
+    cluster = load_cluster("dgx-h100-80g", nodes=1, gpus_per_node=2)
+    cluster = dataclasses.replace(cluster, device=dataclasses.replace(cluster.device, memory_bytes=gib * GiB))
+    return cluster if host else dataclasses.replace(cluster, host=None)
+
+
+def test_search_weighs_offload_only_where_a_layout_does_not_fit_without_it():
+    """Llama-3 8B on two devices: with 80 GiB the best plan does not offload; with 48 GiB nothing fits without
+    offload and every plan found offloads, says it does not fit without it, and fits its host; without host
+    facts nothing is found."""
+    model = PRESETS["llama3-8b"]
+    roomy = search(model, _shrunk(80), 8, 4096, "bf16", refine=False, top_k=3)
+    assert not roomy.plans[0].config.offloads
+    tight = search(model, _shrunk(48), 8, 4096, "bf16", refine=False, top_k=3)
+    assert tight.plans and all(p.config.offloads and p.prediction["fits"] for p in tight.plans)
+    assert all(not p.prediction["offload_effect"]["without_fits"] for p in tight.plans)
+    assert tight.stats["offload_candidates"] >= len(tight.plans)
+    assert not search(model, _shrunk(48, host=False), 8, 4096, "bf16", refine=False, top_k=3).plans
+
+
+def test_the_profiler_measures_the_host():
+    """On CPU the host facts are measured (positive copy and AdamW rates, the node's RAM) and their source says the
+    copies are a memcpy, not PCIe."""
+    from autoconf.profile.host import combine_host, measure_host
+
+    measured = measure_host(torch.device("cpu"), quick=True, tiny=True)
+    host = combine_host([measured, measured], on_gpu=False, when="today")
+    assert all(host[k] > 0 for k in ("memory_bytes", "h2d_Bps", "d2h_Bps", "adam_s_per_param"))
+    assert "memcpy" in host["source"] and "not a PCIe" in host["source"]
+    profile = {**load_cluster("cpu-local").to_dict(), "host": host}
+    assert ClusterProfile.from_dict(profile).host == host
+
+
+def test_exports_carry_offload():
+    """Megatron-LM: --cpu-offloading-num-layers (at most layers - 1) and the optimizer offload flags; torchtitan:
+    training.enable_cpu_offload, and a note that it has no activation offload."""
+    cluster = load_cluster("dgx-h100-80g")
+    model = PRESETS["llama3-8b"]
+    plan = estimate(model, cluster, _config(offload_activations=True, offload_optimizer=True))
+    flags, notes = megatron_flags(plan)
+    given = dict(flags)
+    assert given["--cpu-offloading-num-layers"] == str(model.num_layers - 1)
+    assert "--optimizer-cpu-offload" in given and given["--optimizer-offload-fraction"] == "1.0"
+    assert any("num_layers - 1" in n for n in notes)
+    text = torchtitan_config(plan)
+    assert "training.enable_cpu_offload = True" in text and "no activation offload setting" in text
+    plain = estimate(model, cluster, _config())
+    assert "--cpu-offloading-num-layers" not in dict(megatron_flags(plain)[0])
+    assert "enable_cpu_offload" not in torchtitan_config(plain)
