@@ -175,6 +175,8 @@ def profiles(as_json: bool) -> None:
 @click.option("--pp", type=int, required=True)
 @click.option("--dp", type=int, required=True)
 @click.option("--vpp", type=int, default=1, show_default=True, help="model chunks (virtual stages) per rank")
+@click.option("--ep", type=int, default=1, show_default=True, help="expert-parallel degree (MoE models)")
+@click.option("--etp", type=int, default=1, show_default=True, help="expert tensor-parallel degree (MoE models)")
 @click.option("--micro-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
 @click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
 @click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
@@ -199,8 +201,8 @@ def profiles(as_json: bool) -> None:
               callback=output_path, help="draw the memory breakdown of the rank that needs the most (PNG)")
 @headroom_option
 @user_errors
-def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micro_batch, global_batch, seq_len,
-             schedule, zero, recompute, sequence_parallel, dtype, attention, framework, framework_flags, as_json, out,
+def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, ep, etp, micro_batch, global_batch,
+             seq_len, schedule, zero, recompute, sequence_parallel, dtype, attention, framework, framework_flags, as_json, out,
              force, memory_picture, memory_headroom) -> None:
     """Predict time and memory of one layout."""
     from autoconf.cost.estimate import estimate as run_estimate
@@ -220,7 +222,7 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
                             seq_len=default_seq_len(model) if seq_len is None else seq_len,
                             schedule=schedule, zero_stage=zero, recompute=recompute,
                             sequence_parallel=sequence_parallel, dtype=dtype or default_dtype(cluster),
-                            attention=attention)
+                            attention=attention, ep=ep, etp=etp)
     if memory_picture is not None:
         from autoconf.files import check_new
 

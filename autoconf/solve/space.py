@@ -21,10 +21,10 @@ from autoconf.spec.plan import GRAD_REDUCE, ParallelConfig, max_pipeline_stages
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 FIXABLE = ("tp", "pp", "dp", "vpp", "micro_batch_size", "schedule", "zero_stage", "recompute", "sequence_parallel",
-           "dtype", "grad_reduce")
+           "dtype", "grad_reduce", "ep", "etp")
 ALIASES = {"mb": "micro_batch_size", "micro_batch": "micro_batch_size", "zero": "zero_stage",
            "sp": "sequence_parallel"}
-INT_FIELDS = ("tp", "pp", "dp", "vpp", "micro_batch_size", "zero_stage")
+INT_FIELDS = ("tp", "pp", "dp", "vpp", "micro_batch_size", "zero_stage", "ep", "etp")
 MAX_MICRO_BATCH = 16
 
 
@@ -74,6 +74,8 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
     """Every legal layout honouring `fixed`; deterministic order. `zero_stages` lists the stages worth telling
     apart (a pinned --fix zero_stage is always honoured)."""
     fixed = normalise_fixed(fixed or {})
+    if model.moe is None and (fixed.get("ep", 1) > 1 or fixed.get("etp", 1) > 1):
+        raise UserError(f"--fix ep/etp: {model.name} is dense; expert parallelism needs a mixture-of-experts model")
 
     def choices(key, default):
         return [fixed[key]] if key in fixed else default
@@ -89,6 +91,9 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                 continue
             dp = world_size // (tp * pp)
             if "dp" in fixed and fixed["dp"] != dp:
+                continue
+            ep, etp = fixed.get("ep", 1), fixed.get("etp", 1)
+            if (world_size // pp) % (ep * etp):
                 continue
             if global_batch % dp:
                 continue
@@ -107,7 +112,8 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                                         tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=mb,
                                         global_batch_size=global_batch, seq_len=seq_len, schedule=schedule,
                                         zero_stage=zero, recompute=recompute, sequence_parallel=sp,
-                                        dtype=fixed.get("dtype", dtype), attention=attention, grad_reduce=reduce)
+                                        dtype=fixed.get("dtype", dtype), attention=attention, grad_reduce=reduce,
+                                        ep=ep, etp=etp)
 
 
 def _grad_reduce_choices(pp: int, dp: int, m: int, schedule: str, zero: int) -> list[str]:

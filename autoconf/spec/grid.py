@@ -109,3 +109,26 @@ class RankGrid:
 
     def tolist(self) -> list:
         return self.devices.tolist()
+
+
+EXPERT_AXES = ("edp", "ep", "etp")
+
+
+def expert_grid(grid: RankGrid, pp_rank: int, ep: int, etp: int) -> np.ndarray:
+    """The devices of pipeline rank `pp_rank` as the MoE layers see them, shape (edp, ep, etp) over `EXPERT_AXES`
+    (Megatron-Core's "MoE parallel folding"): the same ranks attention uses, taken in grid order (the last axis
+    fastest) and reshaped with etp innermost, then ep, then expert-data-parallel edp = ranks / (ep * etp). So with
+    etp == tp an expert-TP group is the attention TP group, and an EP group spans consecutive TP groups (within a
+    node when ep * etp fits one). Raises ValueError when ep * etp does not divide the pipeline rank's ranks."""
+    devices = grid.pipeline_rank(pp_rank).reshape(-1)
+    if ep < 1 or etp < 1 or devices.size % (ep * etp):
+        raise ValueError(f"ep*etp = {ep}*{etp} does not divide the {devices.size} ranks of a pipeline rank")
+    return devices.reshape(devices.size // (ep * etp), ep, etp)
+
+
+def expert_groups(grid: RankGrid, pp_rank: int, ep: int, etp: int, axis: str) -> np.ndarray:
+    """Every group of pipeline rank `pp_rank` along expert axis `axis` (one of `EXPERT_AXES`), one per row, the
+    other axes in order: the EP groups (all-to-all), the ETP groups, the expert-data-parallel groups."""
+    folded = expert_grid(grid, pp_rank, ep, etp)
+    moved = np.moveaxis(folded, EXPERT_AXES.index(axis), -1)
+    return moved.reshape(-1, folded.shape[EXPERT_AXES.index(axis)])

@@ -46,6 +46,11 @@ class ParallelConfig:
     attention: str = "flash"
     grad_reduce: str = "step"
     compile: bool = True  # torch.compile each transformer block where the device supports it (CUDA)
+    # Expert parallelism ("MoE parallel folding", spec/grid.py `expert_grid`): the ranks of one pipeline rank, which
+    # attention splits as dp x tp, the MoE layers split as edp x ep x etp (experts over ep, each expert's FFN width
+    # over etp, expert-data-parallel edp the rest). 1 and 1 on dense models.
+    ep: int = 1
+    etp: int = 1
 
     @property
     def dims(self) -> ParallelDims:
@@ -63,6 +68,17 @@ class ParallelConfig:
     @property
     def num_stages(self) -> int:
         return self.pp * self.vpp
+
+    @property
+    def ranks_per_stage(self) -> int:
+        """Ranks of one pipeline rank: the ranks attention splits over its non-pipeline axes, and the MoE layers
+        over edp x ep x etp."""
+        return self.world_size // self.pp
+
+    @property
+    def edp(self) -> int:
+        """Expert-data-parallel degree: the replicas of each expert shard within a pipeline rank."""
+        return self.ranks_per_stage // (self.ep * self.etp)
 
     @property
     def zero_sharded(self) -> bool:
@@ -89,7 +105,7 @@ class ParallelConfig:
     def problems(self, model: ModelSpec, world_size: int | None = None) -> list[str]:
         """Every rule this configuration breaks, each naming the offending factors and what would work."""
         out = ParallelDims.of(self).problems()
-        for name in ("vpp", "micro_batch_size", "global_batch_size", "seq_len"):
+        for name in ("vpp", "micro_batch_size", "global_batch_size", "seq_len", "ep", "etp"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 out.append(f"{name} must be a positive integer (got {value!r})")
@@ -109,6 +125,7 @@ class ParallelConfig:
         if model.num_kv_heads % self.tp:
             out.append(f"tp {self.tp} does not divide the {model.num_kv_heads} KV heads "
                        f"(use tp in {_divisors(model.num_kv_heads)})")
+        out += self.expert_problems(model)
         if self.num_stages > max_pipeline_stages(model.num_layers):
             out.append(f"pp*vpp = {self.pp}*{self.vpp} = {self.num_stages} stages but the model has only "
                        f"{model.num_layers} layers (at most layers + 2 = {max_pipeline_stages(model.num_layers)} "
@@ -140,6 +157,27 @@ class ParallelConfig:
             problem = schedule_spec(self.schedule).problem(self.pp, self.vpp, self.num_microbatches)
             if problem:
                 out.append(problem)
+        return out
+
+    def expert_problems(self, model: ModelSpec) -> list[str]:
+        """The expert-parallel rules: ep and etp only on MoE models; ep divides the routed experts; etp divides
+        an expert's FFN width; ep x etp divides the ranks of one pipeline rank (edp the rest). Top-k above the
+        expert count is refused when the model is read (spec/model.py MoESpec)."""
+        if model.moe is None:
+            if self.ep > 1 or self.etp > 1:
+                return [f"ep {self.ep} and etp {self.etp} need a mixture-of-experts model; {model.name} is dense "
+                        f"(use ep=1 etp=1)"]
+            return []
+        out = []
+        experts, width = model.moe.num_experts, model.moe.moe_intermediate_size
+        if experts % self.ep:
+            out.append(f"ep {self.ep} does not divide the {experts} experts (use ep in {_divisors(experts)})")
+        if width % self.etp:
+            out.append(f"etp {self.etp} does not divide the expert FFN width {width}")
+        ranks = self.ranks_per_stage
+        if ranks % (self.ep * self.etp):
+            out.append(f"ep*etp = {self.ep}*{self.etp} = {self.ep * self.etp} does not divide the {ranks} ranks of a "
+                       f"pipeline rank (world / pp; use ep*etp in {_divisors(ranks)})")
         return out
 
     def check(self, model: ModelSpec, world_size: int | None = None) -> "ParallelConfig":
