@@ -84,6 +84,19 @@ def grouped_mm_runs(device_type: str, device_index, dtype: torch.dtype, hidden: 
     return all(torch.allclose(a.float(), b.float(), rtol=tol, atol=tol) for a, b in zip(*results))
 
 
+class _ScaleGrad(torch.autograd.Function):
+    """The identity, whose backward multiplies the gradient by `scale`."""
+
+    @staticmethod
+    def forward(ctx, x, scale: float):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
 class GroupedExperts(nn.Module):
     """num_experts SwiGLU experts as stacked weights (this rank's block of them under expert parallelism)."""
 
@@ -92,10 +105,15 @@ class GroupedExperts(nn.Module):
         self.w1 = nn.Parameter(torch.empty(num_experts, hidden, width))  # gate
         self.w3 = nn.Parameter(torch.empty(num_experts, hidden, width))  # up
         self.w2 = nn.Parameter(torch.empty(num_experts, width, hidden))  # down
+        # Set by parallelize: a factor on the weights' gradients, so that averaging them over the expert-data-
+        # parallel ranks gives the data-parallel average (parallelize.apply_expert_parallel says why).
+        self.grad_scale = 1.0
 
     def forward(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """x: rows grouped by local expert, counts[e] rows for local expert e; returns their outputs in that order."""
         w1, w3, w2 = _local(self.w1), _local(self.w3), _local(self.w2)
+        if self.grad_scale != 1.0:
+            w1, w3, w2 = (_ScaleGrad.apply(w, self.grad_scale) for w in (w1, w3, w2))
         if grouped_mm_runs(x.device.type, x.device.index, x.dtype, w1.shape[1], w1.shape[2]):
             return _expert_grouped(x, counts, w1, w3, w2)
         return _expert_loop(x, counts, w1, w3, w2)
@@ -275,6 +293,11 @@ class MoE(nn.Module):
         if aux is not None:
             out = _AddAuxLoss.apply(out, aux, self.aux_loss_scale)
         return out
+
+
+def is_expert_param(fqn: str) -> bool:
+    """Whether parameter `fqn` is a routed expert weight (held over the expert mesh, not the attention's)."""
+    return ".experts." in fqn
 
 
 def _group_size(group) -> int:
