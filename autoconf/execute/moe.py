@@ -184,7 +184,8 @@ def _all_gather_rows(x: torch.Tensor, group) -> torch.Tensor:
     import torch.distributed as dist
 
     out = x.new_empty((x.shape[0] * dist.get_world_size(group), *x.shape[1:]))
-    dist.all_gather_into_tensor(out, x, group=group)
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # the name since torch 2.13
+    gather(out, x, group=group)
     return out
 
 
