@@ -196,8 +196,9 @@ def test_estimate_and_plan_refuse_moe_models_in_one_line():
                                      "--global-batch", "64"]), "deepseek-v3 is a mixture-of-experts model")
 
 
-def test_launch_refuses_a_plan_of_an_moe_model(tmp_path):
-    """A plan file whose model is MoE (written by hand: autoconf writes none) is refused by launch in one line."""
+def test_launch_takes_an_moe_plan_and_refuses_latent_attention(tmp_path):
+    """A plan file whose model is MoE (written by hand) launches (the executor builds MoE layers,
+    tests/test_moe_execute.py); one whose model uses latent attention is refused in one line."""
     dense = tmp_path / "dense.json"
     result = run_cli(["estimate", "--model", "tiny-llama", "--cluster", "cpu-local", "--tp", "1", "--pp", "2",
                       "--dp", "2", "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64", "--out", dense])
@@ -206,7 +207,11 @@ def test_launch_refuses_a_plan_of_an_moe_model(tmp_path):
     plan["model"] = TINY_MOE.to_dict()
     moe = tmp_path / "moe.json"
     moe.write_text(json.dumps(plan))
-    assert_one_line_refusal(run_cli(["launch", moe, "--dry-run"]), "tiny-moe is a mixture-of-experts model")
+    assert run_cli(["launch", moe, "--dry-run"]).exit_code == 0
+    mla = PRESETS["deepseek-v3"].mla
+    plan["model"] = dataclasses.replace(TINY_MOE, mla=mla, head_dim=mla.v_head_dim).to_dict()
+    moe.write_text(json.dumps(plan))
+    assert_one_line_refusal(run_cli(["launch", moe, "--dry-run"]), "multi-head latent attention")
     assert run_cli(["launch", dense, "--dry-run"]).exit_code == 0
 
 

@@ -2,6 +2,9 @@
 
 1. tensor parallelism (DTensor `parallelize_module`: Colwise/Rowwise, plus SequenceParallel norms when planned), on
    the meta device;
+   MoE layers stay whole on every TP rank (each TP rank routes its share of the tokens, execute/moe.py);
+   then expert parallelism (`apply_expert_parallel`): the routed experts' weights sharded over "ep" of the expert
+   mesh (mesh.build_expert_mesh: each pipeline rank's ranks folded as edp x ep x etp);
 2. materialisation and the seeded initialisation (`model.init_weights`), so every layout starts from the same
    weights: each parameter's full value is generated on CPU and this rank keeps its TP shard;
 3. activation recompute: "selective" checkpoints the attention core (softmax(QK^T)V) and SwiGLU's silu(gate) * up
@@ -26,6 +29,8 @@
      reduce-scattered and optimizer state is sharded. This is ZeRO-2. FSDP2 has no mode that shards the optimizer
      state alone, so ZeRO-1 runs as ZeRO-2 (it uses less gradient memory than true ZeRO-1 would);
    - 3: `reshard_after_forward=True`: parameters re-gathered for backward.
+   The routed experts of each MoE layer are an FSDP unit of their own on the expert mesh: over "edp" under ZeRO 1-3,
+   else one-rank units whose gradients a `GradReducer` averages over the edp group.
 
 Why hooks for ZeRO-0 rather than torch's wrappers (read in torch 2.13): DDP and the composable `replicate` (private
 `torch.distributed._composable`) take TP parameters only by turning the DTensors into plain tensors
