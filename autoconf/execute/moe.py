@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -152,8 +153,6 @@ class _TakeShare(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, group):
-        import torch.distributed as dist
-
         ctx.group, k = group, dist.get_world_size(group)
         return x.chunk(k)[dist.get_rank(group)].clone()
 
@@ -168,21 +167,15 @@ class _GatherShares(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, group):
-        import torch.distributed as dist
-
         ctx.group = group
         return _all_gather_rows(x.contiguous(), group)
 
     @staticmethod
     def backward(ctx, grad):
-        import torch.distributed as dist
-
         return grad.chunk(dist.get_world_size(ctx.group))[dist.get_rank(ctx.group)].contiguous(), None
 
 
 def _all_gather_rows(x: torch.Tensor, group) -> torch.Tensor:
-    import torch.distributed as dist
-
     out = x.new_empty((x.shape[0] * dist.get_world_size(group), *x.shape[1:]))
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # the name since torch 2.13
     gather(out, x, group=group)
@@ -239,8 +232,6 @@ class MoE(nn.Module):
     # ---- dispatch, experts, combine --------------------------------------------------------------------------------
     def routed(self, x: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """sum_k weights[t, k] * expert_{index[t, k]}(x[t]) for tokens x [T, h], the experts wherever they live."""
-        import torch.distributed as dist
-
         t, k = index.shape
         experts = self.moe.num_experts
         flat = index.flatten()
@@ -280,7 +271,7 @@ class MoE(nn.Module):
         mine, my_index, my_weights = tokens, index, weights
         if self.token_group is not None:  # each TP rank routes its share of the (alike) tokens
             mine = _TakeShare.apply(tokens, self.token_group)
-            my_index = index.chunk(_group_size(self.token_group))[_group_rank(self.token_group)]
+            my_index = index.chunk(dist.get_world_size(self.token_group))[dist.get_rank(self.token_group)]
             my_weights = _TakeShare.apply(weights, self.token_group)
         out = self.routed(mine, my_index, my_weights)
         if self.token_group is not None:
@@ -299,15 +290,3 @@ class MoE(nn.Module):
 def is_expert_param(fqn: str) -> bool:
     """Whether parameter `fqn` is a routed expert weight (held over the expert mesh, not the attention's)."""
     return ".experts." in fqn
-
-
-def _group_size(group) -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size(group)
-
-
-def _group_rank(group) -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank(group)
