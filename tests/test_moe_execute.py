@@ -228,3 +228,15 @@ def test_launch_takes_moe_and_refuses_what_the_executor_does_not_build(tmp_path,
     bad.save(tmp_path / "capped.json")
     with pytest.raises(UserError, match="dropless"):
         launch(tmp_path / "capped.json", steps=1, dry_run=True, nnodes=1)
+
+
+def test_profiler_times_the_dense_view_of_an_moe_model():
+    """`profile --model` of an MoE model times its dense view (same attention and dense MLP, no experts) and says
+    what is left out; a latent-attention model is refused in one line."""
+    from autoconf.profile.timed_model import timed_model, timed_note
+
+    dense = timed_model(MOE)
+    assert dense.moe is None and dense.hidden_size == MOE.hidden_size and dense.ffn_hidden_size == 176
+    assert "routed experts" in timed_note(MOE) and timed_note(dense) is None
+    with pytest.raises(UserError, match="latent attention"):
+        timed_model(PRESETS["deepseek-v3"])
