@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from autoconf.errors import UserError
-from autoconf.spec.model import MoESpec
 from autoconf.spec.plan import Plan
 from autoconf.spec.presets import PRESETS
 from plan_helpers import even_plan

@@ -23,7 +23,7 @@ contiguous block [r E/ep, (r+1) E/ep) of its ep group. With tp > 1 the TP ranks 
 part first takes this TP rank's 1/tp of the micro-batch's tokens (`_TakeShare`: its backward gathers the gradient)
 and gives the others theirs back at the end (`_GatherShares`), so each token is routed once. The tokens of a rank
 are sorted by expert, the per-rank counts exchanged (`all_to_all_single`), the tokens sent to the ranks holding
-their experts with the autograd-aware `_functional_collectives.all_to_all_single_autograd` (gloo and NCCL), computed
+their experts with the autograd-aware `_functional_collectives.all_to_all_single_autograd` (verified on gloo), computed
 there, sent back the same way and combined, weighted by their router weights.
 """
 

@@ -169,7 +169,8 @@ class Trainer:
     def grad_norm(self) -> torch.Tensor:
         """L2 norm of the whole model's gradient. Each rank adds its local shards' squares, divided by how many
         ranks hold the same values (the dp/tp dimensions the tensor is not sharded over; for routed experts the edp
-        dimension); a sum over all ranks then counts every element once. The tied head copy is left out (it equals the embedding's gradient)."""
+        dimension); a sum over all ranks then counts every element once. The tied head copy is left out (it equals
+        the embedding's gradient)."""
         from torch.distributed.tensor import DTensor
 
         total = torch.zeros((), dtype=torch.float64, device=self.device)
