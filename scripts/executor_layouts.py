@@ -2,8 +2,10 @@
 
     python -m torch.distributed.run --nproc-per-node N scripts/executor_layouts.py JOB.json OUT.json
 
-JOB.json: {"plans": [plan, ...], "steps": 3, "seed": 0, "lr": 3e-4}. OUT.json (rank 0): per plan, the records
-(loss, grad_norm) of each step and the seconds it took. Start-up (imports, process group) is paid once per job.
+JOB.json: {"plans": [plan, ...], "steps": 3, "seed": 0, "lr": 3e-4, "options": [{...}, ...]}; "options" (optional,
+one per plan) are further TrainOptions fields, e.g. {"checkpoint_dir": D, "stop_after": 2}. OUT.json (rank 0): per
+plan, the records (loss, grad_norm) of each step and the seconds it took. Start-up (imports, process group) is paid
+once per job.
 """
 
 import json
@@ -28,8 +30,9 @@ def main() -> None:
         c = plan.config
         print(f"[rank {dist.get_rank()}] plan {index}: tp {c.tp} pp {c.pp} dp {c.dp} vpp {c.vpp} {c.schedule} "
               f"zero {c.zero_stage} sp {c.sequence_parallel}", file=sys.stderr, flush=True)
+        extra = job.get("options", [{}] * len(job["plans"]))[index]
         opts = TrainOptions(steps=job["steps"], seed=job.get("seed", 0), lr=job.get("lr", 3e-4), quiet=True,
-                            max_grad_norm=job.get("max_grad_norm", 1.0))
+                            max_grad_norm=job.get("max_grad_norm", 1.0), **extra)
         t0 = time.perf_counter()
         records = train(plan, opts, device)
         results.append({"records": records, "seconds": time.perf_counter() - t0})

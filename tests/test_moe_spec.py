@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from autoconf.cli import main
 from autoconf.errors import UserError
 from autoconf.spec.hf_moe import PRESET_CONFIGS
-from autoconf.spec.model import ModelSpec, MoESpec, check_executable
+from autoconf.spec.model import ModelSpec, MoESpec
 from autoconf.spec.presets import PRESETS, from_hf_config, load_model
 
 PUBLISHED = json.loads((Path(__file__).parent.parent / "scripts/data/published_moe.json").read_text())
@@ -186,8 +186,9 @@ def test_a_model_with_no_moe_layer_is_refused():
         dataclasses.replace(TINY_MOE, moe=dataclasses.replace(TINY_MOE.moe, first_k_dense=8))
 
 
-def test_launch_refuses_a_plan_of_an_moe_model(tmp_path):
-    """A plan file whose model is MoE (written by hand: autoconf writes none) is refused by launch in one line."""
+def test_launch_takes_an_moe_plan_and_refuses_latent_attention(tmp_path):
+    """A plan file whose model is MoE (written by hand) launches (the executor builds MoE layers,
+    tests/test_moe_execute.py); one whose model uses latent attention is refused in one line."""
     dense = tmp_path / "dense.json"
     result = run_cli(["estimate", "--model", "tiny-llama", "--cluster", "cpu-local", "--tp", "1", "--pp", "2",
                       "--dp", "2", "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64", "--out", dense])
@@ -196,16 +197,23 @@ def test_launch_refuses_a_plan_of_an_moe_model(tmp_path):
     plan["model"] = TINY_MOE.to_dict()
     moe = tmp_path / "moe.json"
     moe.write_text(json.dumps(plan))
-    assert_one_line_refusal(run_cli(["launch", moe, "--dry-run"]), "tiny-moe is a mixture-of-experts model")
+    assert run_cli(["launch", moe, "--dry-run"]).exit_code == 0
+    mla = PRESETS["deepseek-v3"].mla
+    plan["model"] = dataclasses.replace(TINY_MOE, mla=mla, head_dim=mla.v_head_dim).to_dict()
+    moe.write_text(json.dumps(plan))
+    assert_one_line_refusal(run_cli(["launch", moe, "--dry-run"]), "multi-head latent attention")
     assert run_cli(["launch", dense, "--dry-run"]).exit_code == 0
 
 
 def test_the_executor_refusal_is_one_rule():
-    """launch and profile refuse MoE models through check_executable (the executor has no expert parallelism yet);
-    a dense model passes."""
-    with pytest.raises(UserError, match="tiny-moe is a mixture-of-experts model"):
-        check_executable(TINY_MOE)
-    check_executable(PRESETS["tiny-llama"])
+    """launch and profile read one rule (spec/support.py `model_unsupported_reason`): latent attention and a capacity
+    factor are refused, an MoE model with dropless routing and a dense model pass."""
+    from autoconf.spec.support import model_unsupported_reason
+
+    assert model_unsupported_reason(TINY_MOE) is None and model_unsupported_reason(PRESETS["tiny-llama"]) is None
+    assert "latent attention" in model_unsupported_reason(PRESETS["deepseek-v3"])
+    capped = dataclasses.replace(TINY_MOE, moe=dataclasses.replace(TINY_MOE.moe, capacity_factor=1.25))
+    assert "dropless" in model_unsupported_reason(capped)
 
 
 # ---- against transformers' own config classes (pip install -e .[hf]) ---------------------------------------------

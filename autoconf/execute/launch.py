@@ -29,7 +29,6 @@ from pathlib import Path
 from autoconf.errors import UserError
 from autoconf.files import check_new
 from autoconf.spec.support import check_supported
-from autoconf.spec.model import check_executable
 from autoconf.spec.plan import load_plan, node_blocks
 
 # The folder holding this autoconf package (the checkout, or site-packages for an installed wheel).
@@ -125,8 +124,7 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
     rank). Raises UserError naming what is wrong and what would work."""
     plan_path = Path(plan_path).resolve()
     plan = load_plan(plan_path)
-    check_executable(plan.model)
-    check_supported(plan.config)
+    check_supported(plan.config, plan.model)
     world = plan.config.world_size
     if steps < 1:
         raise UserError(f"--steps must be at least 1 (got {steps})")

@@ -25,3 +25,18 @@ def build_mesh(grid: RankGrid, device_type: str, solo: bool = False):
         at = AXES.index("dp") + 1
         devices, names = devices.unsqueeze(at), (*AXES[:at], SOLO, *AXES[at:])
     return DeviceMesh(device_type, devices, mesh_dim_names=names)
+
+
+def build_expert_mesh(grid: RankGrid, ep: int, etp: int, device_type: str):
+    """The DeviceMesh the MoE layers' routed experts live on: ("pp", "edp", SOLO, "ep", "etp"), each pipeline rank's
+    devices folded as `spec/grid.py` `expert_grid` says (edp x ep x etp, etp innermost), with a size-1 SOLO axis
+    after "edp" for the one-rank FSDP units of unsharded (ZeRO-0) experts."""
+    import numpy as np
+    import torch
+    from torch.distributed.device_mesh import DeviceMesh
+
+    from autoconf.spec.grid import EXPERT_AXES, expert_grid
+
+    folded = np.stack([expert_grid(grid, r, ep, etp) for r in range(grid.size("pp"))])
+    devices = torch.tensor(folded, dtype=torch.int64).unsqueeze(2)
+    return DeviceMesh(device_type, devices, mesh_dim_names=("pp", EXPERT_AXES[0], SOLO, *EXPERT_AXES[1:]))

@@ -7,6 +7,8 @@ torch.distributed.checkpoint reshard a checkpoint into another layout, and what 
 
 - gpt:   LayerNorm with bias, GeLU (tanh) MLP of ffn_hidden_size, learned positions, a bias on every linear layer.
 - llama: RMSNorm, SwiGLU MLP, rotary positions (rope_theta), grouped-query attention (num_kv_heads), optional QKV bias.
+- MoE (a llama-family spec with `moe`): the MLP of every MoE layer is execute/moe.py's `MoE` (router, routed experts,
+  shared experts); the leading `first_k_dense` layers and `dense_layers` keep the dense SwiGLU.
 
 Q, K and V are separate projections (not one fused matrix) so that column-parallel TP splits heads correctly.
 Attention is `F.scaled_dot_product_attention(is_causal=True)` ("flash": memory-efficient) or an explicit
@@ -141,13 +143,22 @@ def make_norm(spec: ModelSpec) -> nn.Module:
     return nn.RMSNorm(spec.hidden_size, eps=spec.norm_eps)
 
 
+def make_ffn(spec: ModelSpec, layer: int | None) -> nn.Module:
+    """Block `layer`'s MLP: an MoE layer (execute/moe.py) where the spec has one, else the dense MLP."""
+    if layer is not None and spec.is_moe_layer(layer):
+        from autoconf.execute.moe import MoE
+
+        return MoE(spec)
+    return GeluMLP(spec) if spec.arch == "gpt" else SwiGLU(spec)
+
+
 class Block(nn.Module):
-    def __init__(self, spec: ModelSpec, attention: str):
+    def __init__(self, spec: ModelSpec, attention: str, layer: int | None = None):
         super().__init__()
         self.attention_norm = make_norm(spec)
         self.attention = Attention(spec, attention)
         self.ffn_norm = make_norm(spec)
-        self.feed_forward = GeluMLP(spec) if spec.arch == "gpt" else SwiGLU(spec)
+        self.feed_forward = make_ffn(spec, layer)
         self.recompute_full = False  # set by parallelize (full recompute)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -173,7 +184,7 @@ class Transformer(nn.Module):
         end = spec.num_layers if end is None else end
         self.spec = spec
         self.embed = Embedding(spec) if embed else None
-        self.layers = nn.ModuleDict({str(i): Block(spec, attention) for i in range(first, end)})
+        self.layers = nn.ModuleDict({str(i): Block(spec, attention, i) for i in range(first, end)})
         self.norm = make_norm(spec) if head else None
         self.output = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False) if head else None
         self.tie_weights()
@@ -228,7 +239,8 @@ def init_value(spec: ModelSpec, fqn: str, shape: torch.Size, seed: int) -> torch
         return torch.zeros(shape)
     if owner.endswith("norm"):
         return torch.ones(shape)
-    std = 0.02 / math.sqrt(2 * spec.num_layers) if owner in ("wo", "fc2", "w2") else 0.02
+    into_residual = owner in ("wo", "fc2", "w2") or (owner == "experts" and leaf == "w2")  # MoE: experts.w2
+    std = 0.02 / math.sqrt(2 * spec.num_layers) if into_residual else 0.02
     gen = torch.Generator().manual_seed(init_seed(seed, fqn))
     return torch.empty(shape).normal_(0.0, std, generator=gen)
 

@@ -2,6 +2,9 @@
 
 1. tensor parallelism (DTensor `parallelize_module`: Colwise/Rowwise, plus SequenceParallel norms when planned), on
    the meta device;
+   MoE layers stay whole on every TP rank (each TP rank routes its share of the tokens, execute/moe.py);
+   then expert parallelism (`apply_expert_parallel`): the routed experts' weights sharded over "ep" of the expert
+   mesh (mesh.build_expert_mesh: each pipeline rank's ranks folded as edp x ep x etp);
 2. materialisation and the seeded initialisation (`model.init_weights`), so every layout starts from the same
    weights: each parameter's full value is generated on CPU and this rank keeps its TP shard;
 3. activation recompute: "selective" checkpoints the attention core (softmax(QK^T)V) and SwiGLU's silu(gate) * up
@@ -26,6 +29,8 @@
      reduce-scattered and optimizer state is sharded. This is ZeRO-2. FSDP2 has no mode that shards the optimizer
      state alone, so ZeRO-1 runs as ZeRO-2 (it uses less gradient memory than true ZeRO-1 would);
    - 3: `reshard_after_forward=True`: parameters re-gathered for backward.
+   The routed experts of each MoE layer are an FSDP unit of their own on the expert mesh: over "edp" under ZeRO 1-3,
+   else one-rank units whose gradients a `GradReducer` averages over the edp group.
 
 Why hooks for ZeRO-0 rather than torch's wrappers (read in torch 2.13): DDP and the composable `replicate` (private
 `torch.distributed._composable`) take TP parameters only by turning the DTensors into plain tensors
@@ -44,10 +49,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
+    PrepareModuleInputOutput,
     RowwiseParallel,
     SequenceParallel,
     parallelize_module,
@@ -56,6 +62,7 @@ from torch.distributed.tensor.parallel import (
 from autoconf.execute.dtypes import TORCH_DTYPES
 from autoconf.execute.mesh import SOLO
 from autoconf.execute.model import Transformer, init_weights
+from autoconf.execute.moe import MoE, is_expert_param
 
 
 def apply_tp(model: Transformer, tp_mesh, sequence_parallel: bool) -> None:
@@ -78,13 +85,16 @@ def apply_tp(model: Transformer, tp_mesh, sequence_parallel: bool) -> None:
         parallelize_module(model, tp_mesh, top)
     gpt = model.spec.arch == "gpt"
     for block in model.layers.values():
+        moe = isinstance(block.feed_forward, MoE)
         plan = {
             "attention.wq": ColwiseParallel(),
             "attention.wk": ColwiseParallel(),
             "attention.wv": ColwiseParallel(),
             "attention.wo": RowwiseParallel(output_layouts=residual),
         }
-        if gpt:
+        if moe:  # replicated over TP; each TP rank routes its share of the tokens (execute/moe.py)
+            block.feed_forward.token_group = tp_mesh.get_group()
+        elif gpt:
             plan.update({"feed_forward.fc1": ColwiseParallel(),
                          "feed_forward.fc2": RowwiseParallel(output_layouts=residual)})
         else:
@@ -92,10 +102,36 @@ def apply_tp(model: Transformer, tp_mesh, sequence_parallel: bool) -> None:
                          "feed_forward.w2": RowwiseParallel(output_layouts=residual)})
         if sp:
             gather = dict(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),))
+            # The MoE layer takes and returns plain tensors: the whole sequence in, this rank's part out.
+            ffn = (PrepareModuleInputOutput(**gather, use_local_input=True, output_layouts=(Replicate(),),
+                                            desired_output_layouts=(Shard(1),), use_local_output=True)
+                   if moe else PrepareModuleInput(**gather))
             plan.update({"attention_norm": SequenceParallel(), "ffn_norm": SequenceParallel(),
-                         "attention": PrepareModuleInput(**gather), "feed_forward": PrepareModuleInput(**gather)})
+                         "attention": PrepareModuleInput(**gather), "feed_forward": ffn})
         parallelize_module(block, tp_mesh, plan)
     model.tie_weights()  # TP replaced the embedding's parameter; the head shares it again (both Shard(0)).
+
+
+def moe_layers(model: nn.Module) -> list[MoE]:
+    return [m for m in model.modules() if isinstance(m, MoE)]
+
+
+def apply_expert_parallel(model: Transformer, expert_mesh, config) -> None:
+    """Expert parallelism on the meta device: with ep > 1 each routed-expert weight becomes a DTensor sharded over
+    the "ep" axis of the expert mesh (Shard(0): this rank holds experts [r E/ep, (r+1) E/ep)), so checkpoints keep
+    every expert under its one name, and the MoE layer exchanges tokens over that group.
+
+    Gradients: an expert's gradient on a rank sums the contributions of every token routed to it from the ep group,
+    each token counted once (TP ranks route disjoint shares). The data-parallel average the dense weights get is
+    the sum over all the ranks of a pipeline rank divided by dp; averaging over the edp replicas (FSDP, or the
+    ZeRO-0 reducer) divides by edp, so the experts' gradients are first scaled by edp / dp."""
+    for moe in moe_layers(model):
+        if config.ep > 1:
+            for name, param in list(moe.experts.named_parameters()):
+                sharded = distribute_tensor(param.data, expert_mesh["ep"], [Shard(0)])
+                moe.experts.register_parameter(name, nn.Parameter(sharded, requires_grad=param.requires_grad))
+            moe.ep_group = expert_mesh["ep"].get_group()
+        moe.experts.grad_scale = config.edp / config.dp
 
 
 def materialize(model: Transformer, device: torch.device, seed: int) -> None:
@@ -121,9 +157,11 @@ def compiles(config, device_type: str) -> bool:
 
 def apply_compile(model: Transformer) -> None:
     """torch.compile each block in place (parameter names unchanged), after recompute and before FSDP, as torchtitan
-    does: the repeated block compiles once."""
+    does: the repeated block compiles once. MoE blocks run eagerly (their routing has data-dependent shapes and
+    collectives; not yet tried under compile)."""
     for block in model.layers.values():
-        block.compile()
+        if not isinstance(block.feed_forward, MoE):
+            block.compile()
 
 
 def compute_dtype(config, device_type: str) -> torch.dtype:
@@ -163,9 +201,21 @@ def offload_policy(config, device: torch.device):
     return CPUOffloadPolicy(pin_memory=device.type == "cuda")
 
 
-def apply_data_parallel(model: Transformer, mesh, config, mp_policy, device: torch.device | None = None) -> None:
+def apply_data_parallel(model: Transformer, mesh, config, mp_policy, device: torch.device | None = None,
+                        expert_mesh=None) -> None:
     """FSDP units by the plan's ZeRO stage (step 5 of the module docstring); under offload_optimizer with
-    CPUOffloadPolicy (the parameters were materialised in host memory)."""
+    CPUOffloadPolicy (the parameters were materialised in host memory). The routed experts of each MoE layer
+    are a unit of their own over the expert mesh: sharded over "edp" under ZeRO 1-3, else a one-rank unit (their
+    ZeRO-0 reducer averages over edp, `GradReducer` with `expert_params`)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for moe in moe_layers(model):
+        if config.zero_sharded:
+            fully_shard(moe.experts, mesh=expert_mesh["edp"], reshard_after_forward=config.zero_stage == 3,
+                        mp_policy=mp_policy, offload_policy=offload_policy(config, device or torch.device("cpu")))
+        else:
+            fully_shard(moe.experts, mesh=expert_mesh[SOLO], reshard_after_forward=config.reshard_after_forward,
+                        mp_policy=mp_policy)
     if config.zero_sharded:
         apply_fsdp(model, mesh["dp"], config.zero_stage, mp_policy,
                    offload_policy=offload_policy(config, device or torch.device("cpu")))
@@ -174,11 +224,15 @@ def apply_data_parallel(model: Transformer, mesh, config, mp_policy, device: tor
                    reshard_after_forward=config.reshard_after_forward)
 
 
-def parallelize_chunk(model: Transformer, mesh, config, device: torch.device, seed: int) -> Transformer:
-    """TP, materialise + init, recompute, FP8 linears (dtype fp8), compile, then mixed precision and data
-    parallelism (FSDP2) on one model chunk built on the meta device."""
+def parallelize_chunk(model: Transformer, mesh, config, device: torch.device, seed: int,
+                      expert_mesh=None) -> Transformer:
+    """TP, expert parallelism (MoE models: `expert_mesh`, mesh.build_expert_mesh), materialise + init, recompute, FP8
+    linears (dtype fp8), compile, then mixed precision and data parallelism (FSDP2) on one model chunk built on the
+    meta device."""
     if config.tp > 1:
         apply_tp(model, mesh["tp"], config.sequence_parallel)
+    if expert_mesh is not None:
+        apply_expert_parallel(model, expert_mesh, config)
     # CPUOffloadPolicy wants the parameters in host memory before fully_shard; it computes on the mesh's device.
     materialize(model, torch.device("cpu") if config.offload_optimizer else device, seed)
     apply_recompute(model, config.recompute)
@@ -192,7 +246,8 @@ def parallelize_chunk(model: Transformer, mesh, config, device: torch.device, se
         apply_float8(model, config.zero_sharded, device)
     if compiles(config, device.type):
         apply_compile(model)
-    apply_data_parallel(model, mesh, config, precision_policy(compute_dtype(config, device.type)), device)
+    apply_data_parallel(model, mesh, config, precision_policy(compute_dtype(config, device.type)), device,
+                        expert_mesh)
     return model
 
 
@@ -217,7 +272,9 @@ def _bucket_name(fqn: str) -> str:
 class GradReducer:
     """ZeRO-0 data parallelism of one model chunk: averages its gradients over the dp group during the backward.
 
-    Buckets: one per block, one for the head (final norm + output) and one for the embedding, in reverse parameter
+    The parameters are the chunk's routed expert weights (`expert_params`, reduced over the expert-data-parallel
+    group) or all the others (over dp). Buckets: one per block, one for the head (final norm + output) and one for
+    the embedding, in reverse parameter
     order (the order the backward produces them), split by dtype. A parameter's gradient is final at its
     `accumulations`-th accumulation of the step (one per micro-batch backward: the gradient accumulation's earlier
     micro-batches only accumulate, as under FSDP's `set_requires_gradient_sync(False)`). Its post-accumulate-grad
@@ -231,11 +288,12 @@ class GradReducer:
     DTensor (TP) gradients are reduced, after they take their parameter's placements.
     """
 
-    def __init__(self, module: nn.Module, dp_group, accumulations: int, divisor: float):
+    def __init__(self, module: nn.Module, dp_group, accumulations: int, divisor: float,
+                 expert_params: bool = False):
         self.group, self.accumulations, self.divisor = dp_group, accumulations, divisor
         buckets: dict[tuple[str, torch.dtype], list[nn.Parameter]] = {}
         for fqn, p in reversed(list(module.named_parameters())):  # shared (tied) parameters appear once
-            if p.requires_grad:
+            if p.requires_grad and is_expert_param(fqn) == expert_params:
                 buckets.setdefault((_bucket_name(fqn), p.dtype), []).append(p)
         self.buckets = list(buckets.values())
         self.bucket_of = {id(p): b for b, ps in enumerate(self.buckets) for p in ps}

@@ -31,9 +31,10 @@ from autoconf.errors import UserError
 from autoconf.execute import checkpoint as ckpt
 from autoconf.execute import faults
 from autoconf.execute.data import TokenSource, local_rows
-from autoconf.execute.mesh import build_mesh
+from autoconf.execute.mesh import build_expert_mesh, build_mesh
 from autoconf.execute.model import init_seed
-from autoconf.execute.parallelize import GradReducer, match_grad_layout, parallelize_chunk
+from autoconf.execute.moe import is_expert_param
+from autoconf.execute.parallelize import GradReducer, match_grad_layout, moe_layers, parallelize_chunk
 from autoconf.files import open_append, write_file
 from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_schedule, loss_fn
 from autoconf.spec.grid import AXES, RankGrid
@@ -102,31 +103,41 @@ class Trainer:
         if dist.get_world_size() != c.world_size:
             raise UserError(f"plan needs {c.world_size} processes (tp*pp*dp = {c.tp}*{c.pp}*{c.dp}) but "
                             f"{dist.get_world_size()} were started")
-        check_supported(c)
+        check_supported(c, plan.model)
         # Grid position i runs as global rank i; which device hosts it is the launcher's business (node ranks and
         # local devices follow plan.placement, see spec/plan.py node_blocks), so every group is in grid order.
         grid = RankGrid.logical(c.dims)
         self.mesh = build_mesh(grid, device.type, solo=c.dp > 1 and not c.zero_sharded)
+        moe = plan.model.is_moe
+        self.expert_mesh = build_expert_mesh(grid, c.ep, c.etp, device.type) if moe else None
         self.coords = grid.coords(self.rank)
-        self.sizes = {axis: grid.size(axis) for axis in AXES}
+        self.sizes = {axis: grid.size(axis) for axis in AXES} | {"edp": c.edp}
         self.fsdp = c.zero_sharded
         self.chunks = build_chunks(plan, self.coords["pp"])
         for _, chunk in self.chunks:
-            parallelize_chunk(chunk, self.mesh, c, device, opts.seed)
+            parallelize_chunk(chunk, self.mesh, c, device, opts.seed, self.expert_mesh)
         self.models = [chunk for _, chunk in self.chunks]
         self.tied = TiedEmbeddingSync(plan, grid, self.chunks, self.rank)
-        # ZeRO-0 over dp > 1: each chunk's gradients are averaged during its last micro-batch's backward. The
-        # pipeline's 1/micro-batches scaling (torch's scale_grads, an in-place division after the backward) is
-        # folded into the average instead, so nothing writes the gradients while their reduction is in flight.
+        # ZeRO-0 over dp > 1 (or over edp > 1 for the routed experts): each chunk's gradients are averaged during
+        # its last micro-batch's backward, the experts' over the expert-data-parallel group. The pipeline's
+        # 1/micro-batches scaling (torch's scale_grads, an in-place division after the backward) is folded into the
+        # average instead, so nothing writes the gradients while their reduction is in flight.
         self.reducers: list[GradReducer] = []
-        if c.dp > 1 and not self.fsdp:
-            divisor = c.dp * (c.num_microbatches if c.pp > 1 else 1)
-            self.reducers = [GradReducer(model, self.mesh["dp"].get_group(), c.num_microbatches, divisor)
-                             for model in self.models]
+        if not self.fsdp and (c.dp > 1 or (moe and c.edp > 1)):
+            m = c.num_microbatches if c.pp > 1 else 1
+            for model in self.models:
+                self.reducers.append(GradReducer(model, self.mesh["dp"].get_group(), c.num_microbatches, c.dp * m))
+                if moe:
+                    self.reducers.append(GradReducer(model, self.expert_mesh["edp"].get_group(), c.num_microbatches,
+                                                     c.edp * m, expert_params=True))
         self.schedule = None
         if c.pp > 1:
             self.schedule, self.stages = build_schedule(plan, self.chunks, self.mesh["pp"].get_group(), device,
                                                         scale_grads=not self.reducers)
+        for moe_layer in (m for model in self.models for m in moe_layers(model)):
+            # The aux loss's gradient takes the cross entropy's scale: the loop divides each micro-batch's loss by
+            # the micro-batches, the pipeline divides the gradients afterwards.
+            moe_layer.aux_loss_scale = 1.0 / c.num_microbatches if self.schedule is None else 1.0
         self.can_drop_outputs = (self.schedule is not None and
                                  "return_outputs" in inspect.signature(self.schedule.step).parameters)
         self.optimizers = [self._optimizer(model) for model in self.models]  # one per chunk (for DCP)
@@ -157,8 +168,9 @@ class Trainer:
     @torch.no_grad()
     def grad_norm(self) -> torch.Tensor:
         """L2 norm of the whole model's gradient. Each rank adds its local shards' squares, divided by how many
-        ranks hold the same values (the dp/tp dimensions the tensor is not sharded over); a sum over all ranks then
-        counts every element once. The tied head copy is left out (it equals the embedding's gradient)."""
+        ranks hold the same values (the dp/tp dimensions the tensor is not sharded over; for routed experts the edp
+        dimension); a sum over all ranks then counts every element once. The tied head copy is left out (it equals
+        the embedding's gradient)."""
         from torch.distributed.tensor import DTensor
 
         total = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -175,7 +187,7 @@ class Trainer:
                                if not pl.is_replicate()}
                     g = g.to_local()
                 replicas = 1
-                for dim in ("dp", "tp"):
+                for dim in ("edp",) if is_expert_param(name) else ("dp", "tp"):
                     if dim not in sharded:
                         replicas *= self.sizes[dim]
                 total += g.double().pow(2).sum() / replicas

@@ -128,10 +128,10 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
     if rdzv not in RDZV:
         raise UserError(f"rendezvous {rdzv!r} is not one of {', '.join(RDZV)}")
     if model:
-        from autoconf.spec.model import check_executable
+        from autoconf.profile.timed_model import timed_model
         from autoconf.spec.presets import load_model
 
-        check_executable(load_model(model))  # the executor's blocks are dense: it cannot time an MoE model's
+        timed_model(load_model(model))  # refuses what the executor's blocks cannot build
     if base_profile:
         from autoconf.spec.cluster import load_cluster
 

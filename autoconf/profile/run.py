@@ -32,6 +32,7 @@ import torch.distributed as dist
 from autoconf.errors import UserError
 from autoconf.files import write_file
 from autoconf.profile import compute, hardware, host, network, overheads, pipeline, tp_layers
+from autoconf.profile.timed_model import timed_model, timed_note
 from autoconf.profile.timing import median
 from autoconf.spec.cluster import ClusterProfile, Device, Link, load_cluster
 from autoconf.spec.dtypes import PROFILED_DTYPES
@@ -243,6 +244,11 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
     table = None
     if model_arg:
         model = load_model(model_arg)
+        note = timed_note(model)
+        if note:
+            log(f"note: {note}")
+            notes.append(note.rstrip("."))
+        model = timed_model(model)
         grid = compute.default_grid(model, args.max_tp or layout.gpus_per_node, quick, tiny, tuple(args.seq_len))
         log(f"compute: {model.name} blocks, {main_dtype}")
         optimizer_numel = (1 << 20) if (quick or not on_gpu) else (64 << 20)

@@ -483,26 +483,3 @@ class ModelSpec:
 
 
 DERIVED_COUNTS = {"parameters": ModelSpec.total_params, "active_parameters": ModelSpec.active_params}
-
-
-def not_executable_reason(model: ModelSpec) -> str | None:
-    """Why the bundled executor cannot run (and so `profile` cannot time) `model` yet, or None when it can. The
-    cost model and the search take every model."""
-    if model.moe is not None:
-        m = model.moe
-        return (f"{model.name} is a mixture-of-experts model ({m.num_experts} experts, {m.num_experts_per_tok} per "
-                f"token; {model.total_params() / 1e9:.1f}B parameters, {model.active_params() / 1e9:.1f}B active): "
-                f"the bundled executor has no expert parallelism yet, so it cannot be launched or profiled; "
-                f"`estimate` and `plan` take it")
-    if model.mla is not None:
-        return (f"{model.name} uses multi-head latent attention, which the bundled executor does not run yet, so it "
-                f"cannot be launched or profiled; `estimate` and `plan` take it")
-    return None
-
-
-def check_executable(model: ModelSpec) -> None:
-    """The one rule `launch` (the executor) and `profile` read before they take a model: raises a UserError naming
-    what the executor does not run yet (MoE, latent attention)."""
-    reason = not_executable_reason(model)
-    if reason:
-        raise UserError(reason)

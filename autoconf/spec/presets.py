@@ -7,7 +7,7 @@ from pathlib import Path
 
 from autoconf.errors import UserError
 from autoconf.spec.hf_moe import HF_MOE_TYPES, PRESET_CONFIGS, moe_from_hf, refuse_hidden_experts
-from autoconf.spec.model import ModelSpec, is_printable_name
+from autoconf.spec.model import ModelSpec, MoESpec, is_printable_name
 
 
 def _gpt(name: str, layers: int, hidden: int, heads: int, vocab: int = 50257, seq: int = 2048,
@@ -52,6 +52,11 @@ PRESETS: dict[str, ModelSpec] = {spec.name: spec for spec in [
     _llama("llama3.1-405b", 126, 16384, 128, 8, 53248, 128256, 131072, 500000.0, 1e-5, rope_scaling=8.0),
     _gpt("tiny-gpt", 8, 128, 4, vocab=256, seq=128, dropout=0.0),
     _llama("tiny-llama", 8, 128, 4, 2, 352, 256, 128, 10000.0, 1e-5),
+    # For CPU runs of the MoE executor: 8 experts, top-2, one shared expert, one leading dense layer.
+    ModelSpec(name="tiny-moe", arch="llama", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=2,
+              ffn_hidden_size=176, vocab_size=256, max_seq_len=128,
+              moe=MoESpec(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64, num_shared_experts=1,
+                          shared_expert_intermediate_size=64, first_k_dense=1)),
 ]}
 
 # Parameter counts as published (model cards / papers), for tests.

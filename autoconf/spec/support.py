@@ -1,7 +1,9 @@
 """Which plans the bundled executor runs: the one rule the planner, `validate` and the executor all read.
 
 Verified on torch 2.13 (CPU, gloo; tests/test_execute.py): every schedule with pp 2 and 4, TP with and without
-sequence parallelism, ZeRO 0-3, and mixed layouts train to the single-process losses and gradient norms.
+sequence parallelism, ZeRO 0-3, and mixed layouts train to the single-process losses and gradient norms. MoE models
+(tests/test_moe_execute.py): expert parallelism with dp, tp, pp and ZeRO-3. Not built: expert tensor parallelism
+(etp > 1), multi-head latent attention, qk_norm, capacity-factor routing (refused, one line each).
 
 One combination is refused, per schedule in the registry (`ScheduleSpec.executor_zero3`): ZeRO-3 (FSDP2
 `reshard_after_forward=True`, only applied when dp > 1) under the schedules that split the backward into input (I)
@@ -16,8 +18,34 @@ from autoconf.errors import UserError
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 
-def unsupported_reason(config) -> str | None:
-    """Why the executor refuses this ParallelConfig (one line naming what would work), or None if it runs it."""
+def model_unsupported_reason(model) -> str | None:
+    """Why the executor cannot build `model` (one line naming what would work), or None if it can."""
+    if model.mla is not None:
+        return (f"{model.name} uses multi-head latent attention, which the executor does not build; models with "
+                f"grouped-query attention (Mixtral, Qwen-MoE, the dense presets) run")
+    if model.qk_norm:
+        return (f"{model.name} normalises each query and key head (qk_norm, Qwen3), which the executor does not "
+                f"build; models without it run")
+    if model.moe is not None and model.moe.capacity_factor is not None:
+        return (f"{model.name} has capacity_factor {model.moe.capacity_factor}: the executor routes dropless only "
+                f"(every token reaches its experts); set capacity_factor null")
+    return None
+
+
+def unsupported_reason(config, model=None) -> str | None:
+    """Why the executor refuses this ParallelConfig (one line naming what would work), or None if it runs it. With
+    `model`, also what the executor cannot build of the model (`model_unsupported_reason`) or of its layout."""
+    if model is not None:
+        reason = model_unsupported_reason(model)
+        if reason:
+            return reason
+        if (model.moe is not None and config.tp > 1
+                and (config.micro_batch_size * config.seq_len) % config.tp):
+            return (f"tp {config.tp} does not divide the micro-batch's {config.micro_batch_size * config.seq_len} "
+                    f"tokens, which an MoE layer's TP ranks route a share each of; use a seq_len divisible by tp")
+    if config.etp > 1:
+        return (f"etp {config.etp}: the executor does not split an expert's FFN over ranks (expert tensor "
+                f"parallelism); use etp 1 (ep, edp and tp on the attention run)")
     if config.dtype == "fp8" and config.tp > 1:
         return (f"dtype fp8 with tp {config.tp}: the executor's FP8 linears (torchao Float8Linear) are not combined "
                 f"with its tensor parallelism; use tp 1 (FSDP and pipelining run fp8), or bf16")
@@ -38,8 +66,8 @@ def unsupported_reason(config) -> str | None:
     return None
 
 
-def check_supported(config) -> None:
-    """Raises a UserError naming what would work unless the executor runs `config`."""
-    reason = unsupported_reason(config)
+def check_supported(config, model=None) -> None:
+    """Raises a UserError naming what would work unless the executor runs `config` (of `model`, when given)."""
+    reason = unsupported_reason(config, model)
     if reason:
         raise UserError(f"the executor cannot run this plan: {reason}")

@@ -1,0 +1,292 @@
+"""The mixture-of-experts layer of a block, as a `MoESpec` describes it, with expert parallelism.
+
+`MoE` = router + routed experts + shared experts (+ Qwen2-MoE's shared-expert gate):
+
+- router: a linear h -> num_experts (with a bias when `router_bias`); scores by softmax or sigmoid (fp32); with
+  `n_group` > 1 a token picks its experts among its `topk_group` best groups (a group's score: its best expert's
+  under softmax, DeepSeek-V2; the sum of its two best under sigmoid, DeepSeek-V3); the top-k scores are the weights,
+  renormalised to sum to 1 when `norm_topk_prob`, times `routed_scaling_factor`. Routing is dropless: every token
+  reaches its k experts (a `capacity_factor` is refused by the executor, spec/support.py).
+- routed experts: SwiGLU experts of `moe_intermediate_size`, their weights stacked as 3-D parameters
+  `experts.w1` / `experts.w3` [E, h, f] and `experts.w2` [E, f, h], computed with `torch._grouped_mm` where it runs
+  on this device and dtype (probed once: forward and backward against a loop), else a loop over the experts; the
+  two give the same numbers (tests/test_moe_execute.py).
+- shared experts: one SwiGLU of num_shared_experts x shared_expert_intermediate_size (the same function as that
+  many experts of the narrower width, summed), every token passes through it.
+- load-balancing loss: only when the spec's `router_aux_loss_coef` > 0: Switch Transformer's
+  coef * E * sum_e f_e P_e over the micro-batch's tokens (f_e: share of the top-k assignments sent to e, P_e: mean
+  normalised score), added to the training objective through the backward (`_AddAuxLoss`); the reported loss stays
+  the token cross entropy, so losses compare across models and layouts.
+
+Expert parallelism (`parallelize.apply_expert_parallel` sets the groups): the routed experts of a rank are the
+contiguous block [r E/ep, (r+1) E/ep) of its ep group. With tp > 1 the TP ranks hold the same tokens, so the routed
+part first takes this TP rank's 1/tp of the micro-batch's tokens (`_TakeShare`: its backward gathers the gradient)
+and gives the others theirs back at the end (`_GatherShares`), so each token is routed once. The tokens of a rank
+are sorted by expert, the per-rank counts exchanged (`all_to_all_single`), the tokens sent to the ranks holding
+their experts with the autograd-aware `_functional_collectives.all_to_all_single_autograd` (verified on gloo), computed
+there, sent back the same way and combined, weighted by their router weights.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from autoconf.spec.model import ModelSpec
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A parameter's local shard (the experts of this rank when it is an expert-parallel DTensor)."""
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _expert_loop(x: torch.Tensor, counts: list[int], w1, w3, w2) -> torch.Tensor:
+    """SwiGLU of each expert over its rows of x (rows grouped by expert, counts[e] rows for expert e)."""
+    outs = []
+    for e, part in enumerate(x.split(counts)):
+        outs.append((F.silu(part @ w1[e]) * (part @ w3[e])) @ w2[e])
+    return torch.cat(outs) if outs else x.new_zeros(0, w2.shape[-1])
+
+
+def _expert_grouped(x: torch.Tensor, counts: list[int], w1, w3, w2) -> torch.Tensor:
+    """The same as `_expert_loop` with one grouped GEMM per weight (`torch._grouped_mm`, rows split at `offs`)."""
+    offs = torch.tensor(counts, device=x.device).cumsum(0).to(torch.int32)
+    hidden = F.silu(torch._grouped_mm(x, w1, offs=offs)) * torch._grouped_mm(x, w3, offs=offs)
+    return torch._grouped_mm(hidden, w2, offs=offs)
+
+
+@functools.lru_cache(maxsize=None)
+def grouped_mm_runs(device_type: str, device_index, dtype: torch.dtype, hidden: int, width: int) -> bool:
+    """Whether `torch._grouped_mm` computes this device's and dtype's expert GEMMs (forward and backward) as the
+    loop does. Measured once per shape: it needs 16-byte aligned rows, and on CUDA bf16 and a recent GPU; on CPU
+    torch 2.13 runs it in fp32."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(shape, generator=gen).to(device, dtype)
+               for shape in ((5, hidden), (2, hidden, width), (2, hidden, width), (2, width, hidden))]
+    results = []
+    for fn in (_expert_grouped, _expert_loop):
+        leaves = [t.clone().requires_grad_() for t in tensors]
+        try:
+            out = fn(leaves[0], [2, 3], *leaves[1:])
+            out.backward(torch.ones_like(out))
+        except (RuntimeError, NotImplementedError):
+            return False
+        results.append([out.detach()] + [t.grad for t in leaves])
+    tol = 1e-2 if dtype in (torch.bfloat16, torch.float16) else 1e-4
+    return all(torch.allclose(a.float(), b.float(), rtol=tol, atol=tol) for a, b in zip(*results))
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """The identity, whose backward multiplies the gradient by `scale`."""
+
+    @staticmethod
+    def forward(ctx, x, scale: float):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+class GroupedExperts(nn.Module):
+    """num_experts SwiGLU experts as stacked weights (this rank's block of them under expert parallelism)."""
+
+    def __init__(self, num_experts: int, hidden: int, width: int):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.empty(num_experts, hidden, width))  # gate
+        self.w3 = nn.Parameter(torch.empty(num_experts, hidden, width))  # up
+        self.w2 = nn.Parameter(torch.empty(num_experts, width, hidden))  # down
+        # Set by parallelize: a factor on the weights' gradients, so that averaging them over the expert-data-
+        # parallel ranks gives the data-parallel average (parallelize.apply_expert_parallel says why).
+        self.grad_scale = 1.0
+
+    def forward(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """x: rows grouped by local expert, counts[e] rows for local expert e; returns their outputs in that order."""
+        w1, w3, w2 = _local(self.w1), _local(self.w3), _local(self.w2)
+        if self.grad_scale != 1.0:
+            w1, w3, w2 = (_ScaleGrad.apply(w, self.grad_scale) for w in (w1, w3, w2))
+        if grouped_mm_runs(x.device.type, x.device.index, x.dtype, w1.shape[1], w1.shape[2]):
+            return _expert_grouped(x, counts, w1, w3, w2)
+        return _expert_loop(x, counts, w1, w3, w2)
+
+
+class SharedExperts(nn.Module):
+    """The shared experts as one SwiGLU of their summed width."""
+
+    def __init__(self, hidden: int, width: int):
+        super().__init__()
+        self.w1 = nn.Linear(hidden, width, bias=False)
+        self.w3 = nn.Linear(hidden, width, bias=False)
+        self.w2 = nn.Linear(width, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class _AddAuxLoss(torch.autograd.Function):
+    """Returns `x`; its backward adds d(scale * aux)/d(aux) = scale, so the aux loss joins the objective without
+    joining the reported loss."""
+
+    @staticmethod
+    def forward(ctx, x, aux, scale: float):
+        ctx.scale = scale
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, torch.full((), ctx.scale, dtype=torch.float32, device=grad.device), None
+
+
+class _TakeShare(torch.autograd.Function):
+    """Rows [r n/k, (r+1) n/k) of a tensor that the k ranks of `group` hold alike; the backward gathers every rank's
+    gradient of its share, so the gradient of the whole tensor is complete (and alike) on every rank."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group, k = group, dist.get_world_size(group)
+        return x.chunk(k)[dist.get_rank(group)].clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_gather_rows(grad.contiguous(), ctx.group), None
+
+
+class _GatherShares(torch.autograd.Function):
+    """The inverse of `_TakeShare`: every rank's share, concatenated in rank order; the backward keeps this rank's
+    rows of the (alike) gradient."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _all_gather_rows(x.contiguous(), group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.chunk(dist.get_world_size(ctx.group))[dist.get_rank(ctx.group)].contiguous(), None
+
+
+def _all_gather_rows(x: torch.Tensor, group) -> torch.Tensor:
+    out = x.new_empty((x.shape[0] * dist.get_world_size(group), *x.shape[1:]))
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # the name since torch 2.13
+    gather(out, x, group=group)
+    return out
+
+
+class MoE(nn.Module):
+    """An MoE layer: input and output [batch, seq, hidden] (the TP ranks' replicated activations)."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        m, h = spec.moe, spec.hidden_size
+        self.moe = m
+        self.router = nn.Linear(h, m.num_experts, bias=m.router_bias)
+        self.experts = GroupedExperts(m.num_experts, h, m.moe_intermediate_size)
+        width = m.num_shared_experts * m.shared_expert_intermediate_size
+        self.shared = SharedExperts(h, width) if width else None
+        self.shared_gate = nn.Linear(h, 1, bias=False) if m.shared_expert_gate else None
+        # Set by parallelize: the expert-parallel group (None: every expert here) and the TP group whose ranks
+        # hold the same tokens (None: tp 1); set by the training loop: the aux loss gradient's scale (1/m when
+        # the loop divides each micro-batch's loss by the m micro-batches, 1 when the pipeline scales afterwards).
+        self.ep_group = None
+        self.token_group = None
+        self.aux_loss_scale = 1.0
+
+    # ---- routing -------------------------------------------------------------------------------------------------
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(expert indices [T, k], weights [T, k], normalised scores [T, E]) of tokens x [T, h]."""
+        m = self.moe
+        logits = self.router(x).float()
+        scores = logits.softmax(-1) if m.scoring_func == "softmax" else logits.sigmoid()
+        choose = scores
+        if m.n_group > 1:
+            groups = scores.view(x.shape[0], m.n_group, -1)
+            group_score = (groups.max(-1).values if m.scoring_func == "softmax"
+                           else groups.topk(min(2, groups.shape[-1]), dim=-1).values.sum(-1))
+            best = group_score.topk(m.topk_group, dim=-1).indices
+            keep = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, best, True)
+            choose = scores.masked_fill(~keep.repeat_interleave(groups.shape[-1], dim=1), float("-inf"))
+        index = choose.topk(m.num_experts_per_tok, dim=-1).indices
+        weights = scores.gather(1, index)
+        if m.norm_topk_prob:
+            weights = weights / (weights.sum(-1, keepdim=True) + (1e-20 if m.scoring_func == "sigmoid" else 0.0))
+        weights = weights * m.routed_scaling_factor
+        probs = scores if m.scoring_func == "softmax" else scores / scores.sum(-1, keepdim=True)
+        return index, weights, probs
+
+    def aux_loss(self, index: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """Switch Transformer's load-balancing loss coef * E * sum_e f_e P_e over these tokens."""
+        e = self.moe.num_experts
+        share = torch.bincount(index.flatten(), minlength=e).float() / index.numel()
+        return self.moe.router_aux_loss_coef * e * (share * probs.mean(0)).sum()
+
+    # ---- dispatch, experts, combine --------------------------------------------------------------------------------
+    def routed(self, x: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """sum_k weights[t, k] * expert_{index[t, k]}(x[t]) for tokens x [T, h], the experts wherever they live."""
+        t, k = index.shape
+        experts = self.moe.num_experts
+        flat = index.flatten()
+        order = flat.argsort(stable=True)  # the token-copies sorted by expert
+        rows = x[order // k]
+        counts = torch.bincount(flat, minlength=experts)
+        if self.ep_group is None:
+            out = self.experts(rows, counts.tolist())
+        else:
+            out = self._exchange(rows, counts, dist.get_world_size(self.ep_group))
+        combined = out[order.argsort()].view(t, k, -1) * weights.unsqueeze(-1).to(out.dtype)
+        return combined.sum(1)
+
+    def _exchange(self, rows: torch.Tensor, counts: torch.Tensor, ep: int) -> torch.Tensor:
+        """Sends rows (sorted by expert, counts[e] for expert e) to the ranks of the ep group that hold their
+        experts, runs the local experts, and returns the outputs in the rows' order."""
+        from torch.distributed._functional_collectives import all_to_all_single, all_to_all_single_autograd
+
+        local = self.moe.num_experts // ep
+        # received[i, j]: rows rank i sends for this rank's j-th local expert.
+        received = all_to_all_single(counts, None, None, self.ep_group).wait().view(ep, local)
+        send_splits = counts.view(ep, local).sum(1).tolist()
+        recv_splits = received.sum(1).tolist()
+        got = all_to_all_single_autograd(rows, recv_splits, send_splits, self.ep_group)
+        # Received rows come by source rank, then by expert: regroup them by expert for the local experts.
+        expert_of_row = torch.arange(local, device=rows.device).repeat(ep).repeat_interleave(received.flatten())
+        by_expert = expert_of_row.argsort(stable=True)
+        out = self.experts(got[by_expert], received.sum(0).tolist())
+        back = out[by_expert.argsort()]
+        return all_to_all_single_autograd(back, send_splits, recv_splits, self.ep_group)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        tokens = x.reshape(-1, shape[-1])
+        index, weights, probs = self.route(tokens)
+        aux = self.aux_loss(index, probs) if (self.moe.router_aux_loss_coef > 0 and torch.is_grad_enabled()) else None
+        mine, my_index, my_weights = tokens, index, weights
+        if self.token_group is not None:  # each TP rank routes its share of the (alike) tokens
+            mine = _TakeShare.apply(tokens, self.token_group)
+            my_index = index.chunk(dist.get_world_size(self.token_group))[dist.get_rank(self.token_group)]
+            my_weights = _TakeShare.apply(weights, self.token_group)
+        out = self.routed(mine, my_index, my_weights)
+        if self.token_group is not None:
+            out = _GatherShares.apply(out, self.token_group)
+        if self.shared is not None:
+            shared = self.shared(tokens)
+            if self.shared_gate is not None:
+                shared = torch.sigmoid(self.shared_gate(tokens)) * shared
+            out = out + shared
+        out = out.view(shape)
+        if aux is not None:
+            out = _AddAuxLoss.apply(out, aux, self.aux_loss_scale)
+        return out
+
+
+def is_expert_param(fqn: str) -> bool:
+    """Whether parameter `fqn` is a routed expert weight (held over the expert mesh, not the attention's)."""
+    return ".experts." in fqn

@@ -1,0 +1,241 @@
+"""The executor's mixture-of-experts layer (execute/moe.py) and expert parallelism, on CPU with gloo.
+
+Single process: the MoE model has the spec's parameters, trains (the loss falls, gradients reach the router, the
+routed and the shared experts), and the grouped GEMM and the loop over experts give the same numbers.
+Several ranks (three torchrun jobs of 1, 2 and 4 processes, each training all its layouts in one process group,
+scripts/executor_layouts.py): every layout's per-step loss and global gradient norm over 3 steps in fp32 (dropless
+routing) equal the single-process run's within 1e-4 relative, for ep2, ep4, ep2 x tp2, ep2 x pp2, ep2 x dp2 under
+ZeRO-3 and ep2 over tp2 x dp2 with sequence parallelism; a model with a load-balancing loss and DeepSeek-style
+routing (sigmoid scores, group-limited) under ep2 and ep2 x pp2; and a checkpoint written under ep2 resumes under ep1
+(tp2) with the uninterrupted run's step-3 loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from autoconf.errors import UserError
+from autoconf.spec.plan import Plan
+from autoconf.spec.presets import PRESETS
+from plan_helpers import even_plan
+from test_execute import STEPS, _close, _torchrun
+
+MOE = PRESETS["tiny-moe"]
+# Sigmoid scores with group-limited routing (DeepSeek-V3's router), a scale on the routed output and a
+# load-balancing loss: the aux loss's gradient must scale like the cross entropy's in every layout.
+AUX = dataclasses.replace(MOE, name="tiny-moe-aux", moe=dataclasses.replace(
+    MOE.moe, scoring_func="sigmoid", n_group=2, topk_group=1, routed_scaling_factor=2.0, router_aux_loss_coef=0.05))
+MODELS = {"moe": MOE, "aux": AUX}
+
+
+def moe_plan(model: str = "moe", ep: int = 1, etp: int = 1, **layout) -> Plan:
+    """`even_plan` of the test MoE model with expert-parallel degrees."""
+    plan = even_plan(MODELS[model], **layout)
+    config = dataclasses.replace(plan.config, ep=ep, etp=etp)
+    plan = Plan(model=plan.model, cluster=plan.cluster, config=config, partition=plan.partition,
+                placement=plan.placement)
+    plan.validate()
+    return plan
+
+
+# name -> (plan, extra TrainOptions); the name's first word is the reference run's.
+LAYOUTS: dict[int, dict[str, tuple[Plan, dict]]] = {
+    1: {"moe": (moe_plan(), {}), "aux": (moe_plan("aux"), {})},
+    2: {
+        "moe-ep2": (moe_plan(ep=2, dp=2), {}),
+        "moe-ep2-tp2": (moe_plan(ep=2, tp=2), {}),
+        "aux-ep2": (moe_plan("aux", ep=2, dp=2), {}),
+        # ep2 writes a checkpoint after step 2, which ep1 (over tp2) resumes for step 3.
+        "moe-ckpt-ep2": (moe_plan(ep=2, dp=2), {"checkpoint_dir": "CKPT", "stop_after": 2}),
+        "moe-resume-ep1": (moe_plan(ep=1, tp=2), {"checkpoint_dir": "CKPT"}),
+    },
+    4: {
+        "moe-ep4": (moe_plan(ep=4, dp=4), {}),
+        "moe-ep2-dp2-zero3": (moe_plan(ep=2, dp=4, zero=3), {}),
+        "moe-ep2-pp2": (moe_plan(ep=2, pp=2, dp=2), {}),
+        "aux-ep2-pp2": (moe_plan("aux", ep=2, pp=2, dp=2), {}),
+        "moe-ep2-tp2-dp2-sp": (moe_plan(ep=2, tp=2, dp=2, sp=True), {}),
+    },
+}
+
+_RESULTS: dict[int, dict[str, dict]] = {}
+
+
+def results(world: int, tmp_path_factory) -> dict[str, dict]:
+    """Runs the job of one world size once per session; name -> {"records", "seconds"}."""
+    if world not in _RESULTS:
+        tmp = tmp_path_factory.mktemp(f"moe-world{world}")
+        names = list(LAYOUTS[world])
+        options = [{k: str(tmp / "ckpt") if v == "CKPT" else v for k, v in LAYOUTS[world][n][1].items()}
+                   for n in names]
+        job = {"plans": [LAYOUTS[world][n][0].to_dict() for n in names], "steps": STEPS, "seed": 0,
+               "options": options}
+        (tmp / "job.json").write_text(json.dumps(job))
+        proc = _torchrun(world, ["scripts/executor_layouts.py", str(tmp / "job.json"), str(tmp / "out.json")])
+        assert proc.returncode == 0, f"world {world} job failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        _RESULTS[world] = dict(zip(names, json.loads((tmp / "out.json").read_text())))
+    return _RESULTS[world]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world,name", [(w, n) for w in (2, 4) for n in LAYOUTS[w] if "ckpt" not in n
+                                        and "resume" not in n])
+def test_moe_layout_matches_single_process(world, name, tmp_path_factory):
+    """Every step's loss and global gradient norm equal the single-process run's within 1e-4 relative."""
+    reference = results(1, tmp_path_factory)[name.split("-")[0]]["records"]
+    got = results(world, tmp_path_factory)[name]["records"]
+    assert len(got) == STEPS
+    for ref, rec in zip(reference, got):
+        assert _close(rec["loss"], ref["loss"]), (name, rec["step"], rec["loss"], ref["loss"])
+        assert _close(rec["grad_norm"], ref["grad_norm"]), (name, rec["step"], rec["grad_norm"], ref["grad_norm"])
+
+
+@pytest.mark.slow
+def test_moe_checkpoint_reshards_from_ep2_to_ep1(tmp_path_factory):
+    """A checkpoint written under ep2 x dp2 after step 2 resumes under ep1 x tp2: step 3's loss and gradient norm
+    equal the uninterrupted single-process run's."""
+    out = results(2, tmp_path_factory)
+    assert [r["step"] for r in out["moe-ckpt-ep2"]["records"]] == [1, 2]
+    resumed = out["moe-resume-ep1"]["records"]
+    assert [r["step"] for r in resumed] == [3]
+    reference = results(1, tmp_path_factory)["moe"]["records"][2]
+    assert _close(resumed[0]["loss"], reference["loss"]) and _close(resumed[0]["grad_norm"], reference["grad_norm"])
+
+
+@pytest.mark.slow
+def test_moe_reference_runs_train(tmp_path_factory):
+    """The reference runs move step to step, and the load-balancing loss changes the gradients (the same weights
+    with it and without it differ in gradient norm), so equal numbers are a real check."""
+    ref = results(1, tmp_path_factory)
+    for name in ("moe", "aux"):
+        assert len({round(r["loss"], 6) for r in ref[name]["records"]}) == STEPS
+    assert not _close(ref["aux"]["records"][0]["grad_norm"], ref["moe"]["records"][0]["grad_norm"])
+
+
+# ---- pieces that need no process group ----------------------------------------------------------------------------
+def _model(spec=MOE):
+    from autoconf.execute.model import build_model, init_weights
+
+    model = build_model(spec, device="cpu")
+    init_weights(model, 0)
+    return model
+
+
+def test_moe_model_has_the_spec_parameters():
+    """The executor's MoE model holds the spec's parameters; layer 0 (first_k_dense) is dense, the rest MoE."""
+    from autoconf.execute.moe import MoE
+
+    model = _model()
+    assert sum(p.numel() for p in model.parameters()) == MOE.total_params()
+    kinds = [isinstance(block.feed_forward, MoE) for block in model.layers.values()]
+    assert kinds == [MOE.is_moe_layer(i) for i in range(MOE.num_layers)] == [False, True, True, True]
+
+
+def test_moe_trains_in_one_process():
+    """On a repeated batch the loss falls over a few AdamW steps, and the router, every routed expert that got a
+    token and the shared expert receive gradients."""
+    torch.manual_seed(0)
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    tokens = torch.randint(0, MOE.vocab_size, (4, 33))
+    losses = []
+    for _ in range(6):
+        opt.zero_grad()
+        logits = model(tokens[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+        loss.backward()
+        if not losses:
+            moe = model.layers["1"].feed_forward
+            assert moe.router.weight.grad.abs().sum() > 0
+            assert moe.shared.w2.weight.grad.abs().sum() > 0
+            used = moe.experts.w1.grad.flatten(1).abs().sum(1) > 0
+            assert used.sum() >= MOE.moe.num_experts_per_tok
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_grouped_gemm_and_loop_give_the_same_numbers():
+    """The experts through torch._grouped_mm and through the loop agree in output and gradients (an expert without
+    tokens included), and the grouped GEMM is the path taken on CPU in fp32 at these widths."""
+    from autoconf.execute.moe import _expert_grouped, _expert_loop, grouped_mm_runs
+
+    assert grouped_mm_runs("cpu", None, torch.float32, 64, 64)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(10, 64, generator=gen)
+    weights = [torch.randn(3, 64, 32, generator=gen), torch.randn(3, 64, 32, generator=gen),
+               torch.randn(3, 32, 64, generator=gen)]
+    grad = torch.randn(10, 64, generator=gen)
+    got = []
+    for fn in (_expert_grouped, _expert_loop):
+        leaves = [t.clone().requires_grad_() for t in (x, *weights)]
+        out = fn(leaves[0], [4, 0, 6], *leaves[1:])
+        out.backward(grad)
+        got.append([out.detach()] + [t.grad for t in leaves])
+    for a, b in zip(*got):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_router_weights_and_group_limits():
+    """Softmax with norm_topk_prob: each token's k weights sum to 1. Sigmoid with n_group 2, topk_group 1: a token's
+    experts all lie in one group, and its weights sum to routed_scaling_factor."""
+    torch.manual_seed(0)
+    x = torch.randn(16, MOE.hidden_size)
+    index, weights, _ = _model().layers["1"].feed_forward.route(x)
+    assert torch.allclose(weights.sum(-1), torch.ones(16))
+    index, weights, _ = _model(AUX).layers["1"].feed_forward.route(x)
+    per_group = AUX.moe.num_experts // AUX.moe.n_group
+    assert ((index // per_group) == (index[:, :1] // per_group)).all()
+    assert torch.allclose(weights.sum(-1), torch.full((16,), AUX.moe.routed_scaling_factor))
+
+
+def test_aux_loss_only_when_the_spec_has_one():
+    """The load-balancing loss changes the router's gradient, not the output; without a coefficient there is none."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, MOE.hidden_size)
+    with_aux = dataclasses.replace(AUX, moe=dataclasses.replace(AUX.moe, router_aux_loss_coef=0.5))
+    without = dataclasses.replace(AUX, moe=dataclasses.replace(AUX.moe, router_aux_loss_coef=0.0))
+    outs, grads = [], []
+    for spec in (with_aux, without):
+        moe = _model(spec).layers["1"].feed_forward
+        out = moe(x)
+        out.backward(torch.ones_like(out))
+        outs.append(out.detach())
+        grads.append(moe.router.weight.grad.clone())
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.allclose(grads[0], grads[1])
+
+
+def test_launch_takes_moe_and_refuses_what_the_executor_does_not_build(tmp_path, capsys):
+    """launch --dry-run accepts an MoE plan; a latent-attention model, etp > 1 and a capacity factor are refused
+    with one line each."""
+    from autoconf.execute.launch import launch
+
+    path = tmp_path / "moe.json"
+    moe_plan(ep=2, dp=2).save(path)
+    assert launch(path, steps=1, dry_run=True, nnodes=1) == 0
+    from autoconf.spec.support import model_unsupported_reason, unsupported_reason
+
+    assert "latent attention" in model_unsupported_reason(PRESETS["deepseek-v3"])
+    assert "etp 2" in unsupported_reason(dataclasses.replace(moe_plan(ep=2, dp=2).config, etp=2))
+    capped = dataclasses.replace(MOE, moe=dataclasses.replace(MOE.moe, capacity_factor=1.25))
+    bad = even_plan(capped)
+    bad.save(tmp_path / "capped.json")
+    with pytest.raises(UserError, match="dropless"):
+        launch(tmp_path / "capped.json", steps=1, dry_run=True, nnodes=1)
+
+
+def test_profiler_times_the_dense_view_of_an_moe_model():
+    """`profile --model` of an MoE model times its dense view (same attention and dense MLP, no experts) and says
+    what is left out; a latent-attention model is refused in one line."""
+    from autoconf.profile.timed_model import timed_model, timed_note
+
+    dense = timed_model(MOE)
+    assert dense.moe is None and dense.hidden_size == MOE.hidden_size and dense.ffn_hidden_size == 176
+    assert "routed experts" in timed_note(MOE) and timed_note(dense) is None
+    with pytest.raises(UserError, match="latent attention"):
+        timed_model(PRESETS["deepseek-v3"])
