@@ -1,6 +1,6 @@
 """One configuration in, one prediction out: iteration time as a sum of named terms, and memory per pipeline rank.
 
-    stage costs  = per virtual stage: its layers' compute (+ recompute) + the TP collectives inside each layer,
+    stage costs  = per virtual stage: its layers' compute (+ recompute of its recomputed layers) + the TP collectives inside each layer,
                    the embedding on the first stage, the head and loss on the last          (compute.py, comm.py)
     simulation   = the schedule's action lists run on those costs, with P2P transfers between the devices of
                    neighbouring stages and the DP/FSDP collectives on a separate stream    (schedules.py, simulate.py)
@@ -35,7 +35,7 @@ from autoconf.spec.dtypes import DTYPE_BYTES, check_dtype, gather_bytes, precisi
 from autoconf.spec.frameworks import PRESETS, Execution, changed_flags
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.model import ModelSpec, check_costable
-from autoconf.spec.plan import ParallelConfig, Plan, uniform_partition
+from autoconf.spec.plan import ParallelConfig, Plan, recomputed_layers, uniform_partition
 from autoconf.spec.schedules import build_schedule, rank_actions, schedule_spec, stage_to_rank
 
 FRAMEWORKS = tuple(PRESETS)
@@ -224,6 +224,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     measured_tp = measured_tp_layer(model, cluster, c) if ours else None
     overlap_tp = execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1
     matmul_share = selective_matmul_share(model, execution)
+    recomputed = recomputed_layers(c, partition)
     forward, back_in, back_w = [], [], []
     compute_parts, recompute_parts, tp_parts, gathers, reduces, buckets = [], [], [], [], [], []
     # The stages of one rank share its groups: their collectives are timed once per rank (and stage size).
@@ -254,7 +255,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             tp = PassTimes((per_layer.forward + 2 * grow) * layers,
                            (per_layer.backward_input + 2 * grow) * layers + regather, 0.0)
         compute = pieces.block.scaled(layers)
-        recompute = recompute_time(pieces, c, one, matmul_share) * layers
+        recompute = recompute_time(pieces, c, one, matmul_share) * recomputed[st]
         if st == 0:
             compute = compute + pieces.embedding
             tp = tp + PassTimes(one, 0.0, 0.0)
@@ -397,7 +398,8 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
     limit = cluster.usable_memory_bytes
     tokens = c.global_batch_size * c.seq_len
     model_flops = model.model_flops_per_iteration(c.seq_len, c.global_batch_size)
-    hardware_flops = model.hardware_flops_per_iteration(c.seq_len, c.global_batch_size, c.recompute)
+    hardware_flops = model.hardware_flops_per_iteration(c.seq_len, c.global_batch_size, c.recompute,
+                                                        sum(recomputed_layers(c, partition)))
     peak_flops = cluster.device.peak(precision(c.dtype).element)  # fp8: MFU at the bf16 peak (torchtitan reports none)
     prediction = {
         "iteration_time_s": iteration,

@@ -36,9 +36,10 @@ Parameter, gradient and optimizer-state bytes per parameter of one rank (after T
               FSDP2 has no mode that shards the optimizer state alone: ZeRO-1 runs as ZeRO-2.
 
 Activations: each virtual stage keeps `inflight[s]` micro-batches (counted by the schedule simulation), each
-worth its layers' `layer_activation_bytes` plus the embedding dropout mask (first stage) and the head inputs (last
+worth its layers' `layer_activation_bytes` (its first `recomputed_layers` under the plan's recompute mode, the
+others without recompute) plus the embedding dropout mask (first stage) and the head inputs (last
 stage). Temporaries: the logits with their fp32 loss copy and gradient, one layer's recomputed activations under full
-recompute, P2P send/receive buffers. With one micro-batch per step the executor's gradients only come into
+recompute (on a rank that recomputes a layer), P2P send/receive buffers. With one micro-batch per step the executor's gradients only come into
 existence as the activations go, so the larger of the two counts.
 """
 
@@ -49,7 +50,7 @@ from collections.abc import Sequence
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.plan import ParallelConfig, recomputed_layers
 from autoconf.spec.schedules import schedule_spec
 
 LAYOUTS = ("torch", "megatron")
@@ -287,6 +288,10 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     c = config
     w_b, g_b, o_b, copy_b = state_bytes_per_param(c, layout)
     embed_act, layer_act, head_act = unit_activation_bytes(model, c, layout, cluster.device.kind)
+    # Layers beyond a stage's recomputed ones keep every activation (`recomputed_layers`).
+    recomputed = recomputed_layers(c, partition)
+    plain_act = layer_act if c.recompute == "none" else layer_activation_bytes(model, c, layout, cluster.device.kind,
+                                                                               "none")
     fixed = cluster.device.memory_overhead_bytes + p2p_buffer_bytes(model, c)
     last = len(partition) - 1
     out = []
@@ -299,14 +304,15 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
         activations = 0.0
         for st in stages:
             first, end = partition[st]
-            per_mb = (end - first) * layer_act + (embed_act if st == 0 else 0.0) + (head_act if st == last else 0.0)
+            layers = recomputed[st] * layer_act + (end - first - recomputed[st]) * plain_act
+            per_mb = layers + (embed_act if st == 0 else 0.0) + (head_act if st == last else 0.0)
             activations += per_mb * inflight[st]
         # Temporaries that exist one at a time: the largest of them counts.
         temporaries = [0.0]
         if last in stages:
             temporaries.append(logits_temporary_bytes(model, c, layout))
-        if c.recompute == "full":
-            temporaries.append(layer_activation_bytes(model, c, layout, cluster.device.kind, "none"))
+        if c.recompute == "full" and any(recomputed[st] for st in stages):
+            temporaries.append(plain_act)
         grads = local_params * g_b + grad_buffer
         if layout == "torch" and c.num_microbatches == 1:
             # The gradients come into existence during the only backward while the activations go: the peak is at

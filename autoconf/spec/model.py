@@ -386,14 +386,18 @@ class ModelSpec:
         per_sample += self.head_forward_flops(seq_len, 1)
         return 3.0 * per_sample * global_batch
 
-    def hardware_flops_per_iteration(self, seq_len: int, global_batch: int, recompute: str) -> float:
-        """FLOPs actually executed: model FLOPs plus the recomputed forward (full block or attention core)."""
+    def hardware_flops_per_iteration(self, seq_len: int, global_batch: int, recompute: str,
+                                     recomputed_layers: int | None = None) -> float:
+        """FLOPs actually executed: model FLOPs plus the recomputed forward (full block or attention core) of every
+        layer, or of `recomputed_layers` of them (counted at the average layer's FLOPs)."""
         if recompute not in RECOMPUTE:
             raise UserError(f"recompute {recompute!r} is not one of {', '.join(RECOMPUTE)}")
         extra = sum(count * {"none": 0.0,
                              "selective": self.layer_attention_flops(seq_len, 1),
                              "full": self.layer_forward_flops(seq_len, 1, first)}[recompute]
                     for first, count in self.layer_groups())
+        if recomputed_layers is not None:
+            extra *= recomputed_layers / self.num_layers
         return self.model_flops_per_iteration(seq_len, global_batch) + extra * global_batch
 
     # ---- activations ---------------------------------------------------------------------------------------------
