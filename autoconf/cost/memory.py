@@ -295,12 +295,17 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     fixed = cluster.device.memory_overhead_bytes + p2p_buffer_bytes(model, c)
     last = len(partition) - 1
     out = []
+    stages_of: dict[int, list[int]] = {}
+    for st, r in enumerate(stage_to_rank):
+        stages_of.setdefault(r, []).append(st)
     for rank in (range(c.pp) if ranks is None else ranks):
-        stages = [st for st, r in enumerate(stage_to_rank) if r == rank]
+        stages = stages_of.get(rank, [])
         local_params = sum(stage_params(model, partition, st) for st in stages) / c.tp
-        buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, partition, st),
-                                          partition[st][1] - partition[st][0]) for st in stages]
-        param_buffer, grad_buffer = max(b[0] for b in buffers), max(b[1] for b in buffers)
+        param_buffer = grad_buffer = 0.0
+        if layout == "torch" and c.zero_sharded:  # (unsharded_buffer_bytes is 0 otherwise)
+            buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, partition, st),
+                                              partition[st][1] - partition[st][0]) for st in stages]
+            param_buffer, grad_buffer = max(b[0] for b in buffers), max(b[1] for b in buffers)
         activations = 0.0
         for st in stages:
             first, end = partition[st]

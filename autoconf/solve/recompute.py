@@ -69,9 +69,11 @@ def fewest_recomputed(model: ModelSpec, cluster: ClusterProfile, config: Paralle
         memory = stage_memory(model, cluster, trial, partition, owner, inflight, execution.memory_layout, ranks)
         return {r: m["total"] <= limit for r, m in zip(ranks, memory)}
 
-    if not all(fits(most).values()):
-        return None
     chosen = {r: 0 for r, ok in fits({r: 0 for r in order}).items() if ok}
+    if len(chosen) == c.pp:
+        return dataclasses.replace(c, recompute="none")
+    if not all(fits({r: most[r] for r in order if r not in chosen}).values()):
+        return None
     # Bisection on the ranks that need recompute: the least total >= 1 that fits lies in (low, high].
     low = {r: 0 for r in order if r not in chosen}
     high = {r: most[r] for r in low}

@@ -336,7 +336,15 @@ class ModelSpec:
     def layer_params(self, layer: int | None = None) -> int:
         """Parameters of one transformer block (attention, MLP or MoE layer, and its two norms); `layer` may be left
         out when every block is alike."""
-        return sum(op.params for op in self.layer_ops(self._uniform_layer(layer)))
+        sums = self._layer_param_sums
+        if self.moe is None:
+            return sums["dense"]
+        return sums["moe" if self.is_moe_layer(self._uniform_layer(layer)) else "dense"]
+
+    @functools.cached_property
+    def _layer_param_sums(self) -> dict:
+        """Parameters of a dense and of an MoE block, summed once per spec (the cost model reads them often)."""
+        return {kind: sum(op.params for op in self._ops[kind]) for kind in ("dense", "moe")}
 
     def layer_active_params(self, layer: int | None = None) -> int:
         """Parameters of one block that one token uses (all but the routed experts it is not sent to)."""
