@@ -316,7 +316,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             once = dataclasses.replace(once, recompute_layers=(0,) * config.num_stages)
         if once not in bound_of:
             bound_of[once] = cache.time_bound(once)
-        scored.append((bound_of[once], ranking_key(config), len(scored), config, not per_stage))
+        scored.append((bound_of[once], ranking_key(config), len(scored), config,
+                       not per_stage or config.recompute == "none"))
     if not scored:
         raise UserError(_no_candidate_message(model, cluster, global_batch, fixed))
     heapq.heapify(scored)  # by bound, then key; a candidate put back after fitting its recompute keeps its key
