@@ -277,6 +277,15 @@ def unit_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
             head_input_bytes(model, c, layout, device_kind))
 
 
+def stage_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layers: int, recomputed: int,
+                                 layout: str, device_kind: str) -> float:
+    """Bytes the transformer layers of one stage keep per micro-batch: `recomputed` of its `layers` under the
+    plan's recompute mode, the others without recompute (`recomputed_layers`)."""
+    act = layer_activation_bytes(model, config, layout, device_kind)
+    plain = act if config.recompute == "none" else layer_activation_bytes(model, config, layout, device_kind, "none")
+    return recomputed * act + (layers - recomputed) * plain
+
+
 def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig,
                  partition: Sequence[Sequence[int]], stage_to_rank: Sequence[int], inflight: Sequence[float],
                  layout: str = "torch", ranks: Sequence[int] | None = None) -> list[dict]:
@@ -287,11 +296,10 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     assert layout in LAYOUTS, layout
     c = config
     w_b, g_b, o_b, copy_b = state_bytes_per_param(c, layout)
-    embed_act, layer_act, head_act = unit_activation_bytes(model, c, layout, cluster.device.kind)
+    embed_act, _, head_act = unit_activation_bytes(model, c, layout, cluster.device.kind)
     # Layers beyond a stage's recomputed ones keep every activation (`recomputed_layers`).
     recomputed = recomputed_layers(c, partition)
-    plain_act = layer_act if c.recompute == "none" else layer_activation_bytes(model, c, layout, cluster.device.kind,
-                                                                               "none")
+    plain_act = stage_layer_activation_bytes(model, c, 1, 0, layout, cluster.device.kind)
     fixed = cluster.device.memory_overhead_bytes + p2p_buffer_bytes(model, c)
     last = len(partition) - 1
     out = []
@@ -309,7 +317,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
         activations = 0.0
         for st in stages:
             first, end = partition[st]
-            layers = recomputed[st] * layer_act + (end - first - recomputed[st]) * plain_act
+            layers = stage_layer_activation_bytes(model, c, end - first, recomputed[st], layout, cluster.device.kind)
             per_mb = layers + (embed_act if st == 0 else 0.0) + (head_act if st == last else 0.0)
             activations += per_mb * inflight[st]
         # Temporaries that exist one at a time: the largest of them counts.

@@ -352,6 +352,13 @@ def recomputed_layers(config: ParallelConfig, partition) -> list[int]:
     return list(config.recompute_layers)
 
 
+def recomputed_layer_indices(config: ParallelConfig, partition) -> set[int]:
+    """The transformer layers (global indices) that run `config.recompute`: the first `recomputed_layers` of each
+    stage. What the executor checkpoints, whatever chunks it builds."""
+    counts = recomputed_layers(config, partition)
+    return {i for (first, _), k in zip(partition, counts) for i in range(first, first + k)}
+
+
 def max_pipeline_stages(num_layers: int) -> int:
     """The most virtual pipeline stages (pp * vpp) a model of `num_layers` transformer layers splits into: one
     layer each, plus a first stage holding only the embedding and a last holding only the head (Megatron's
