@@ -108,6 +108,10 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
         notes.append("torchtitan's mixed precision is bfloat16 or float32, not fp16: bfloat16 below")
     if c.dtype == "fp8":
         notes.append(torchtitan_fp8_note(c))
+    if c.recompute_layers is not None:
+        notes.append(f"torchtitan 0.3.0 checkpoints every transformer block alike; the plan recomputes only the "
+                     f"first {list(c.recompute_layers)} layers of its stages: below, every block (slower, never "
+                     f"more memory)")
     if c.tp > 1 and not c.sequence_parallel:
         notes.append("the plan runs tensor parallelism without sequence parallelism (enable_sequence_parallel=False)")
     lines = [f"# {summary}",
