@@ -9,9 +9,11 @@ import itertools
 import json
 
 import pytest
+from rich.console import Console
 
 from autoconf.cost.estimate import estimate, predict
 from autoconf.errors import UserError
+from autoconf.report.tables import prediction_table
 from autoconf.solve.recompute import fewest_recomputed
 from autoconf.solve.search import search
 from autoconf.spec.cluster import load_cluster
@@ -135,3 +137,12 @@ def test_the_search_picks_per_stage_counts_at_least_as_fast_as_all_or_nothing():
     assert free.prediction["iteration_time_s"] <= best_pinned
     assert free.config.recompute_layers is not None
     assert all(p[0].config.recompute_layers is None for p in pinned if p)
+    # the plan says what the counts bought against recomputing every layer of the same layout, in the table too
+    bought = free.prediction["recompute_per_stage"]
+    assert bought["layers"] == list(free.config.recompute_layers)
+    assert bought["every_layer_iteration_time_s"] > free.prediction["iteration_time_s"]
+    assert bought["every_layer_peak_memory_bytes"] < free.prediction["peak_memory_bytes"]
+    console = Console(width=200, record=True)
+    console.print(prediction_table(free))
+    text = console.export_text()
+    assert "every layer" in text and f"rc-full[{','.join(map(str, bought['layers']))}]" in text

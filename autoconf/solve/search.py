@@ -391,7 +391,20 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
              "search_seconds": round(search_seconds, 3)}
     for plan in ranked:
         plan.prediction["launchable"] = unsupported_reason(plan.config) is None
+    if ranked and ranked[0].config.recompute_layers is not None:
+        ranked[0].prediction["recompute_per_stage"] = every_layer_comparison(model, cluster, ranked[0], execution)
     return SearchResult(ranked, stats, closest if not ranked else None)
+
+
+def every_layer_comparison(model: ModelSpec, cluster: ClusterProfile, plan: Plan, execution: Execution) -> dict:
+    """What recomputing per stage bought the plan: its counts, and the step time and peak memory of the same layout
+    recomputing every layer (all or nothing per layer, as before per-stage counts)."""
+    c = plan.config
+    every = dataclasses.replace(c, recompute_layers=None)
+    p = predict(model, cluster, every, partition=plan.partition, mesh=np.asarray(plan.placement["mesh"]),
+                execution=execution, detail=False)[3]
+    return {"layers": list(c.recompute_layers), "every_layer_iteration_time_s": p["iteration_time_s"],
+            "every_layer_peak_memory_bytes": p["peak_memory_bytes"]}
 
 
 def _ranked_by_full_simulation(model: ModelSpec, cluster: ClusterProfile, execution: Execution, best: list,
