@@ -30,12 +30,13 @@ from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, measur
                                    rank_optimizer_time)
 from autoconf.cost.memory import stage_memory, stage_params
 from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order_peaks, simulate
+from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, check_dtype, gather_bytes, precision
 from autoconf.spec.frameworks import PRESETS, Execution, changed_flags
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.model import ModelSpec, check_costable
-from autoconf.spec.plan import ParallelConfig, Plan, recomputed_layers, uniform_partition
+from autoconf.spec.plan import ParallelConfig, Plan, recompute_layers_problem, recomputed_layers, uniform_partition
 from autoconf.spec.schedules import build_schedule, rank_actions, schedule_spec, stage_to_rank
 
 FRAMEWORKS = tuple(PRESETS)
@@ -359,6 +360,8 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
     execution.check(c)
     check_dtype(c.dtype, cluster.device.peak_flops, cluster.device.name)
     partition = [list(p) for p in (partition or default_partition(model, c))]
+    if recompute_layers_problem(c, partition):
+        raise UserError(recompute_layers_problem(c, partition))
     grid = RankGrid(default_mesh(c) if mesh is None else mesh)
     extrapolate = extrapolate and not detail and c.num_microbatches > EXTRAPOLATE_ABOVE * c.pp
     schedule = _schedule(c.schedule, c.pp, 3 * c.pp if extrapolate else c.num_microbatches, c.vpp)

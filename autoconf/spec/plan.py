@@ -270,12 +270,9 @@ class Plan:
             expected_start = stage[1]
         if expected_start != self.model.num_layers:
             raise UserError(f"{source}: partition ends at layer {expected_start}, model has {self.model.num_layers}")
-        if c.recompute_layers is not None:
-            over = [s for s, (n, (first, end)) in enumerate(zip(c.recompute_layers, self.partition))
-                    if n > end - first]
-            if over:
-                raise UserError(f"{source}: recompute_layers {list(c.recompute_layers)} exceeds the layers of "
-                                f"stage(s) {', '.join(map(str, over))} (partition {self.partition})")
+        problem = recompute_layers_problem(c, self.partition)
+        if problem:
+            raise UserError(f"{source}: {problem}")
         mesh = self.placement.get("mesh")
         flat = _flatten(mesh)
         if (flat is None or len(flat) != c.world_size or sorted(flat) != list(range(c.world_size))
@@ -350,6 +347,17 @@ def recomputed_layers(config: ParallelConfig, partition) -> list[int]:
     if config.recompute_layers is None:
         return [end - first for first, end in partition]
     return list(config.recompute_layers)
+
+
+def recompute_layers_problem(config: ParallelConfig, partition) -> str | None:
+    """What is wrong with `config.recompute_layers` on `partition` (a count above its stage's layers), or None."""
+    if config.recompute_layers is None:
+        return None
+    over = [s for s, (n, (first, end)) in enumerate(zip(config.recompute_layers, partition)) if n > end - first]
+    if over:
+        return (f"recompute_layers {list(config.recompute_layers)} exceeds the layers of stage(s) "
+                f"{', '.join(map(str, over))} (partition {[list(p) for p in partition]})")
+    return None
 
 
 def recomputed_layer_indices(config: ParallelConfig, partition) -> set[int]:
