@@ -128,6 +128,20 @@ def output_path(ctx, param, value):
     return value
 
 
+def layer_counts(ctx, param, value):
+    """--recompute-layers 3,1: one non-negative count per virtual stage."""
+    if value is None:
+        return None
+    try:
+        counts = [int(v) for v in str(value).split(",")]
+    except ValueError:
+        counts = [-1]
+    if any(n < 0 for n in counts):
+        raise click.BadParameter(f"expected comma-separated layer counts >= 0, one per stage (e.g. 3,1), got "
+                                 f"{value!r}", ctx=ctx, param=param)
+    return counts
+
+
 @click.group(cls=AutoconfGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="autoconf")
 def main() -> None:
@@ -185,6 +199,8 @@ def profiles(as_json: bool) -> None:
               type=ScheduleChoice())
 @click.option("--zero", type=click.IntRange(0, 3), default=0, show_default=True)
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default="none", show_default=True)
+@click.option("--recompute-layers", default=None, metavar="N,N,...", callback=layer_counts,
+              help="recompute only the first N layers of each virtual stage (one count per stage; default: all)")
 @click.option("--sequence-parallel", is_flag=True)
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="default: bf16 on GPUs, fp32 on CPU")
@@ -207,8 +223,8 @@ def profiles(as_json: bool) -> None:
 @headroom_option
 @user_errors
 def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, ep, etp, micro_batch, global_batch,
-             seq_len, schedule, zero, recompute, sequence_parallel, dtype, attention, offload_activations,
-             offload_optimizer, framework, framework_flags, as_json, out, force, memory_picture,
+             seq_len, schedule, zero, recompute, recompute_layers, sequence_parallel, dtype, attention,
+             offload_activations, offload_optimizer, framework, framework_flags, as_json, out, force, memory_picture,
              memory_headroom) -> None:
     """Predict time and memory of one layout."""
     from autoconf.cost.estimate import estimate as run_estimate
@@ -229,7 +245,7 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, ep, 
                             schedule=schedule, zero_stage=zero, recompute=recompute,
                             sequence_parallel=sequence_parallel, dtype=dtype or default_dtype(cluster),
                             attention=attention, ep=ep, etp=etp, offload_activations=offload_activations,
-                            offload_optimizer=offload_optimizer)
+                            offload_optimizer=offload_optimizer, recompute_layers=recompute_layers)
     if memory_picture is not None:
         from autoconf.files import check_new
 

@@ -69,6 +69,9 @@ LAYOUTS: dict[int, dict[str, Plan]] = {
         **{f"gpt-dp2-zero{z}": make_plan(dp=2, zero=z) for z in range(4)},
         "llama-tp2-selective-standard": make_plan("llama", tp=2, recompute="selective", attention="standard"),
         "llama-pp2-1f1b-full": make_plan("llama", pp=2, schedule="1f1b", recompute="full"),
+        # Recompute per stage: 3 of the first stage's 4 layers, 1 of the last's.
+        "llama-pp2-1f1b-full-per-stage": make_plan("llama", pp=2, schedule="1f1b", recompute="full",
+                                                   recompute_layers=[3, 1]),
         "llama-dp2-zero3": make_plan("llama", dp=2, zero=3),
         # Offload: the blocks' saved activations to host memory; FSDP2's CPUOffloadPolicy (ZeRO-3, CPU optimizer).
         "llama-dp2-zero3-offload-activations": offload_plan("llama", offload_activations=True),

@@ -27,7 +27,7 @@ from autoconf.report.exporters import export_texts, megatron_args, megatron_flag
 from autoconf.report.torchtitan_export import FUNCTION, TORCHTITAN_FLAVORS, module_fqns, upstream_recipe
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.model import MoESpec
-from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.plan import ParallelConfig, recomputed_layers
 from autoconf.spec.presets import PRESETS, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,10 +46,10 @@ def _upstream(module: str):
 
 def _plan(model="tiny-llama", tp=1, pp=2, dp=2, vpp=1, schedule="1f1b", zero=0, recompute="none", sp=False,
           dtype="bf16", partition=None, nodes=1, gpus=4, global_batch=16, seq=64, cluster="dgx-a100-80g", ep=1,
-          **offload):
+          recompute_layers=None, **offload):
     config = ParallelConfig(tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=1, global_batch_size=global_batch,
                             seq_len=seq, schedule=schedule, zero_stage=zero, recompute=recompute,
-                            sequence_parallel=sp, dtype=dtype, ep=ep, **offload)
+                            sequence_parallel=sp, dtype=dtype, ep=ep, recompute_layers=recompute_layers, **offload)
     model = PRESETS[model] if isinstance(model, str) else model
     return estimate(model, load_cluster(cluster, nodes=nodes, gpus_per_node=gpus), config, partition=partition)
 
@@ -75,6 +75,7 @@ PLANS = {
         shared_expert_intermediate_size=96, first_k_dense=1)), pp=2, dp=2, zero=1, ep=2),
     "offload-activations-and-optimizer": lambda: _plan(pp=1, dp=4, zero=3, offload_activations=True,
                                                        offload_optimizer=True),
+    "per-stage-recompute": lambda: _plan(pp=2, dp=2, recompute="full", recompute_layers=[3, 1]),
 }
 
 
@@ -116,6 +117,10 @@ def parse_megatron(text: str) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_args(tokens), given
 
 
+def layers_of(plan) -> list[int]:
+    return [end - first for first, end in plan.partition]
+
+
 def test_megatron_flag_table_names_its_source():
     """The vendored flag list names Megatron-LM's file, the tag the exports target and its commit, and holds the
     flags it is known for (so a truncated extraction fails)."""
@@ -146,6 +151,15 @@ def test_megatron_args_parse_at_the_named_tag(name):
     assert args.global_batch_size // (args.micro_batch_size * dp) == c.num_microbatches
     assert args.seq_length == c.seq_len and args.num_layers == m.num_layers
     assert args.recompute_granularity == (None if c.recompute == "none" else c.recompute)
+    if c.recompute == "full":  # Megatron recomputes at least the layers the plan does, in every stage
+        counts = recomputed_layers(c, plan.partition)
+        if args.recompute_method == "block":
+            assert all(min(args.recompute_num_layers, end - first) >= k
+                       for k, (first, end) in zip(counts, plan.partition))
+            assert args.recompute_num_layers == max(counts)
+        else:
+            assert args.recompute_method == "uniform" and args.recompute_num_layers == 1
+            assert counts == layers_of(plan)
     assert args.use_distributed_optimizer == (c.zero_stage >= 1) and args.sequence_parallel == c.sequence_parallel
     assert (args.bf16, args.fp16) == (c.dtype == "bf16", c.dtype == "fp16")
     layers = [end - first for first, end in plan.partition]

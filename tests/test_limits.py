@@ -99,12 +99,16 @@ def test_limits_only_model_of_a_file_model_asks_for_a_family(tmp_path):
 
 
 def test_limits_of_an_moe_model_count_all_its_experts():
-    """Mixtral (46.7B parameters, 12.9B active) cannot train on one node of 8 H100s at any sequence length: its
+    """Mixtral (46.7B parameters, 12.9B active) cannot train on one node of 8 H100s from device memory alone: its
     experts' training state (at least 16 bytes each, sharded at most 8 ways by EP or ZeRO) outgrows 80 GB. A model
-    costed by its active parameters only would fit."""
-    result = CliRunner().invoke(main, ["limits", "--cluster", "dgx-h100-80g", "--global-batch", "8", "--model",
-                                       "mixtral-8x7b", "--only", "seq", "--max-seq-len", "512"])
+    costed by its active parameters only would fit; with the optimizer state offloaded to the host it does."""
+    base = ["limits", "--cluster", "dgx-h100-80g", "--global-batch", "8", "--model", "mixtral-8x7b", "--only", "seq",
+            "--max-seq-len", "512"]
+    result = CliRunner().invoke(main, base + ["--fix", "offload_optimizer=false"])
     assert "none fits" in result.output, result.output
+    result = CliRunner().invoke(main, base + ["--json"])
+    assert result.exit_code == 0, result.output
+    assert "\"offload_optimizer\": true" in result.output
 
 
 def test_preset_families_group_every_size_of_one_model_line():

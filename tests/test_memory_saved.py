@@ -12,11 +12,12 @@ import dataclasses
 import pytest
 import torch
 
-from autoconf.cost.memory import executor_layer_activation_bytes, logits_temporary_bytes
-from autoconf.execute.model import Block
+from autoconf.cost.memory import (executor_layer_activation_bytes, logits_temporary_bytes,
+                                  stage_layer_activation_bytes)
+from autoconf.execute.model import Block, build_model
 from autoconf.execute.parallelize import apply_recompute
 from autoconf.profile.activations import saved_bytes
-from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.plan import ParallelConfig, recomputed_layer_indices
 from autoconf.spec.presets import PRESETS
 
 # Tokens per micro-batch (3 x 40) differ from every weight dimension, so activations and weights never share a shape.
@@ -84,3 +85,27 @@ def test_with_one_micro_batch_the_gradients_and_the_activations_are_never_all_al
     m1, m2 = (estimate(model, cluster, c).prediction["memory_per_stage"][0] for c in (one, two))
     assert m1["grads"] == 0.0 and m1["activations"] > 0
     assert m2["grads"] == pytest.approx(4 * model.total_params(), rel=1e-3) and m2["activations"] > 0
+
+
+@pytest.mark.parametrize("arch", ["tiny-gpt", "tiny-llama"])
+@pytest.mark.parametrize("recompute", ["selective", "full"])
+def test_a_stage_that_recomputes_its_first_layers_saves_what_the_estimate_counts(arch, recompute):
+    """A stage of 3 blocks that recomputes only its first (`recompute_layers`: the executor checkpoints the layers
+    `recomputed_layer_indices` names) keeps one recomputed block's and two plain blocks' tensors, as
+    `stage_layer_activation_bytes` counts, and less than the same stage without recompute."""
+    spec = dataclasses.replace(PRESETS[arch], dropout=0.0)
+    config = ParallelConfig(tp=1, pp=2, dp=1, micro_batch_size=MB, global_batch_size=2 * MB, seq_len=SEQ,
+                            dtype="fp32", recompute=recompute, recompute_layers=(1, 0))
+    partition = [[2, 5], [5, spec.num_layers]]
+    layers = recomputed_layer_indices(config, partition)
+    assert layers == {2}
+    torch.manual_seed(0)
+    stage = build_model(spec, 2, 5, embed=False, head=False, device="cpu").train()
+    x = torch.randn(MB, SEQ, spec.hidden_size, requires_grad=True)
+    plain = saved_bytes(stage, x)
+    apply_recompute(stage, recompute, layers)
+    assert [b.recompute_full or b.attention.recompute_core for b in stage.layers.values()] == [True, False, False]
+    measured = saved_bytes(stage, x)
+    estimated = stage_layer_activation_bytes(spec, config, 3, 1, "torch", "cpu")
+    assert measured < plain
+    assert estimated <= measured <= 1.03 * estimated

@@ -1,6 +1,6 @@
 """One configuration in, one prediction out: iteration time as a sum of named terms, and memory per pipeline rank.
 
-    stage costs  = per virtual stage: its layers' compute (+ recompute) + the TP collectives inside each layer,
+    stage costs  = per virtual stage: its layers' compute (+ recompute of its recomputed layers) + the TP collectives inside each layer,
                    the embedding on the first stage, the head and loss on the last          (compute.py, comm.py)
     simulation   = the schedule's action lists run on those costs, with P2P transfers between the devices of
                    neighbouring stages and the DP/FSDP collectives on a separate stream    (schedules.py, simulate.py)
@@ -28,17 +28,18 @@ import numpy as np
 from autoconf.cost.comm import collective_time, p2p_time, slowest_collective_time
 from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, measured_tp_layer, model_pieces,
                                    rank_optimizer_time)
-from autoconf.cost.memory import layer_activation_bytes, stage_expert_params, stage_memory, stage_params
+from autoconf.cost.memory import stage_block_activation_bytes, stage_expert_params, stage_memory, stage_params
 from autoconf.cost.moe import ep_comm_layer, local_params, moe_layers
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_host_memory, check_offload,
                                    gather_copy_time, host_memory_per_node, reduce_copy_time)
 from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order_peaks, simulate
+from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, check_dtype, gather_bytes, precision
 from autoconf.spec.frameworks import PRESETS, Execution, changed_flags
 from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import ParallelConfig, Plan, uniform_partition
+from autoconf.spec.plan import ParallelConfig, Plan, recompute_layers_problem, recomputed_layers, uniform_partition
 from autoconf.spec.schedules import build_schedule, rank_actions, schedule_spec, stage_to_rank
 
 FRAMEWORKS = tuple(PRESETS)
@@ -233,10 +234,8 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     measured_tp = measured_tp_layer(model, cluster, c) if ours else None
     overlap_tp = execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1
     matmul_share = selective_matmul_share(model, execution)
-    layer_copy, moe_copy = (activation_copy_times(cluster, activation_copy_bytes(c, layer_activation_bytes(
-        model, c, execution.memory_layout, cluster.device.kind, selective=execution.selective_recompute, moe=moe)))
-        for moe in (False, model.moe is not None))
     offload_parts = []
+    recomputed = recomputed_layers(c, partition)
     forward, back_in, back_w = [], [], []
     compute_parts, recompute_parts, tp_parts, gathers, reduces, buckets, ep_parts = [], [], [], [], [], [], []
     moe_pieces = pieces.kind(True) if model.moe is not None else None
@@ -269,18 +268,20 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             tp = PassTimes((per_layer.forward + 2 * grow) * layers,
                            (per_layer.backward_input + 2 * grow) * layers + regather, 0.0)
         compute = pieces.block.scaled(layers)
-        recompute = recompute_time(pieces, c, one, matmul_share) * layers
+        recompute = recompute_time(pieces, c, one, matmul_share) * recomputed[st]
         ep = PassTimes(0.0, 0.0, 0.0)
         if n_moe:
-            # MoE layers: their own block, and the token exchange in each pass (and in a full recompute's forward).
+            # MoE layers: their own block, and the token exchange in each pass (and in a full recompute's forward);
+            # the first recomputed[st] layers of the stage recompute.
             if rank not in ep_of_rank:
                 ep_of_rank[rank] = ep_comm_layer(model, cluster, c, *(expert_groups(grid, rank, c.ep, c.etp, axis)[0]
                                                                       for axis in ("ep", "etp")))
             exchange = ep_of_rank[rank]
+            r_moe = moe_layers(model, first, first + recomputed[st])
             compute = pieces.block.scaled(layers - n_moe) + moe_pieces.block.scaled(n_moe)
-            recompute = (recompute_time(pieces, c, one, matmul_share) * (layers - n_moe)
+            recompute = (recompute_time(pieces, c, one, matmul_share) * (recomputed[st] - r_moe)
                          + (recompute_time(moe_pieces, c, one, matmul_share)
-                            + (exchange if c.recompute == "full" else 0.0)) * n_moe)
+                            + (exchange if c.recompute == "full" else 0.0)) * r_moe)
             ep = PassTimes(exchange * n_moe, exchange * n_moe, 0.0)
         if st == 0:
             compute = compute + pieces.embedding
@@ -298,8 +299,9 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                     a + b for a, b in zip(dp_of_stage[rank, params, experts, layers], dp_collectives(
                         cluster, c, experts, expert_groups(grid, rank, c.ep, c.etp, "edp")[0], units=n_moe)))
         per_microbatch_gather, gather, reduce = dp_of_stage[rank, params, experts, layers]
-        offload = PassTimes(layer_copy[0] * (layers - n_moe) + moe_copy[0] * n_moe,
-                            layer_copy[1] * (layers - n_moe) + moe_copy[1] * n_moe, 0.0)
+        offload = PassTimes(*activation_copy_times(cluster, activation_copy_bytes(c, stage_block_activation_bytes(
+            model, c, first, end, recomputed[st], execution.memory_layout, cluster.device.kind,
+            execution.selective_recompute) if c.offload_activations else 0.0)), 0.0)
         offload_parts.append(offload)
         fwd = compute.forward + tp.forward + ep.forward + pass_overhead + offload.forward
         bwd_in = (compute.backward_input + tp.backward_input + ep.backward_input + recompute + pass_overhead
@@ -411,6 +413,8 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
     check_dtype(c.dtype, cluster.device.peak_flops, cluster.device.name)
     check_offload(cluster, c)
     partition = [list(p) for p in (partition or default_partition(model, c))]
+    if recompute_layers_problem(c, partition):
+        raise UserError(recompute_layers_problem(c, partition))
     grid = RankGrid(default_mesh(c) if mesh is None else mesh)
     extrapolate = extrapolate and not detail and c.num_microbatches > EXTRAPOLATE_ABOVE * c.pp
     schedule = _schedule(c.schedule, c.pp, 3 * c.pp if extrapolate else c.num_microbatches, c.vpp)
@@ -452,7 +456,8 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
     limit = cluster.usable_memory_bytes
     tokens = c.global_batch_size * c.seq_len
     model_flops = model.model_flops_per_iteration(c.seq_len, c.global_batch_size)
-    hardware_flops = model.hardware_flops_per_iteration(c.seq_len, c.global_batch_size, c.recompute)
+    hardware_flops = model.hardware_flops_per_iteration(c.seq_len, c.global_batch_size, c.recompute,
+                                                        sum(recomputed_layers(c, partition)))
     peak_flops = cluster.device.peak(precision(c.dtype).element)  # fp8: MFU at the bf16 peak (torchtitan reports none)
     prediction = {
         "iteration_time_s": iteration,

@@ -36,9 +36,10 @@ Parameter, gradient and optimizer-state bytes per parameter of one rank (after T
               FSDP2 has no mode that shards the optimizer state alone: ZeRO-1 runs as ZeRO-2.
 
 Activations: each virtual stage keeps `inflight[s]` micro-batches (counted by the schedule simulation), each
-worth its layers' `layer_activation_bytes` plus the embedding dropout mask (first stage) and the head inputs (last
+worth its layers' `layer_activation_bytes` (its first `recomputed_layers` under the plan's recompute mode, the
+others without recompute) plus the embedding dropout mask (first stage) and the head inputs (last
 stage). Temporaries: the logits with their fp32 loss copy and gradient, one layer's recomputed activations under full
-recompute, P2P send/receive buffers. With one micro-batch per step the executor's gradients only come into
+recompute (on a rank that recomputes a layer), P2P send/receive buffers. With one micro-batch per step the executor's gradients only come into
 existence as the activations go, so the larger of the two counts.
 
 Mixture of experts (cost/moe.py): the routed experts of a rank's MoE layers are split over ep x etp instead of tp,
@@ -63,7 +64,7 @@ from autoconf.cost.offload import activation_copy_bytes, host_state_bytes_per_pa
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.plan import ParallelConfig, recomputed_layers
 from autoconf.spec.schedules import schedule_spec
 
 LAYOUTS = ("torch", "megatron")
@@ -358,6 +359,30 @@ def unit_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
             head_input_bytes(model, c, layout, device_kind))
 
 
+def stage_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layers: int, recomputed: int,
+                                 layout: str, device_kind: str, selective: str = "attention_core",
+                                 moe: bool = False) -> float:
+    """Bytes `layers` transformer layers of one stage (MoE blocks with `moe`) keep per micro-batch: `recomputed` of
+    them under the plan's recompute mode (the `selective` policy's layout), the others without recompute
+    (`recomputed_layers`)."""
+    if not layers:
+        return 0.0
+    act = layer_activation_bytes(model, config, layout, device_kind, selective=selective, moe=moe)
+    plain = (act if config.recompute == "none"
+             else layer_activation_bytes(model, config, layout, device_kind, "none", selective, moe))
+    return recomputed * act + (layers - recomputed) * plain
+
+
+def stage_block_activation_bytes(model: ModelSpec, config: ParallelConfig, first: int, end: int, recomputed: int,
+                                 layout: str, device_kind: str, selective: str = "attention_core") -> float:
+    """Bytes the transformer layers [first, end) of one stage keep per micro-batch, of which the first `recomputed`
+    recompute (`recomputed_layers`): dense and MoE blocks each at their own size (before any offload)."""
+    n_moe, r_moe = moe_layers(model, first, end), moe_layers(model, first, first + recomputed)
+    return (stage_layer_activation_bytes(model, config, end - first - n_moe, recomputed - r_moe, layout, device_kind,
+                                         selective)
+            + stage_layer_activation_bytes(model, config, n_moe, r_moe, layout, device_kind, selective, moe=True))
+
+
 def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig,
                  partition: Sequence[Sequence[int]], stage_to_rank: Sequence[int], inflight: Sequence[float],
                  layout: str = "torch", ranks: Sequence[int] | None = None,
@@ -374,43 +399,52 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     embed_act, layer_act, head_act = unit_activation_bytes(model, c, layout, cluster.device.kind, selective)
     moe_act = (layer_activation_bytes(model, c, layout, cluster.device.kind, selective=selective, moe=True)
                if model.moe else 0.0)
-    # Under offload_activations each block's saved activations go to the host.
-    layer_host, moe_host = activation_copy_bytes(c, layer_act), activation_copy_bytes(c, moe_act)
-    layer_device, moe_device = (0.0, 0.0) if c.offload_activations else (layer_act, moe_act)
+    # Layers beyond a stage's recomputed ones keep every activation (`recomputed_layers`).
+    recomputed = recomputed_layers(c, partition)
+    plain_act, moe_plain_act = (stage_layer_activation_bytes(model, c, 1, 0, layout, cluster.device.kind, selective,
+                                                             moe) for moe in (False, model.moe is not None))
     fixed = cluster.device.memory_overhead_bytes + p2p_buffer_bytes(model, c)
     last = len(partition) - 1
     out = []
+    stages_of: dict[int, list[int]] = {}
+    for st, r in enumerate(stage_to_rank):
+        stages_of.setdefault(r, []).append(st)
     for rank in (range(c.pp) if ranks is None else ranks):
-        stages = [st for st, r in enumerate(stage_to_rank) if r == rank]
+        stages = stages_of.get(rank, [])
         expert_params = sum(stage_expert_params(model, partition, st) for st in stages)
         local_params, local_experts = local_params_of(c, sum(stage_params(model, partition, st) for st in stages),
                                                       expert_params)
-        buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, partition, st),
-                                          partition[st][1] - partition[st][0]) for st in stages]
-        param_buffer, grad_buffer = max(b[0] for b in buffers), max(b[1] for b in buffers)
+        param_buffer = grad_buffer = 0.0
+        if layout == "torch" and c.zero_sharded:  # (unsharded_buffer_bytes is 0 otherwise)
+            buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, partition, st),
+                                              partition[st][1] - partition[st][0]) for st in stages]
+            param_buffer, grad_buffer = max(b[0] for b in buffers), max(b[1] for b in buffers)
         activations = host_activations = 0.0
         for st in stages:
             first, end = partition[st]
-            n_moe = moe_layers(model, first, end)
-            per_mb = (end - first - n_moe) * layer_device + (embed_act if st == 0 else 0.0) + (head_act if st == last
-                                                                                             else 0.0)
-            if n_moe:
-                per_mb += n_moe * moe_device
+            layers = stage_block_activation_bytes(model, c, first, end, recomputed[st], layout, cluster.device.kind,
+                                                  selective)
+            # Under offload_activations each block's saved activations go to the host.
+            host_activations += activation_copy_bytes(c, layers) * inflight[st]
+            layers = 0.0 if c.offload_activations else layers
+            per_mb = layers + (embed_act if st == 0 else 0.0) + (head_act if st == last else 0.0)
             activations += per_mb * inflight[st]
-            host_activations += ((end - first - n_moe) * layer_host + n_moe * moe_host) * inflight[st]
         # Temporaries that exist one at a time: the largest of them counts.
         temporaries = [0.0]
         if last in stages:
             temporaries.append(logits_temporary_bytes(model, c, layout))
-        if c.recompute == "full" or (c.recompute == "selective" and selective == "alternate_matmuls"):
+        recomputing = any(recomputed[st] for st in stages)
+        if recomputing and (c.recompute == "full" or (c.recompute == "selective" and selective == "alternate_matmuls")):
             temporaries.append(layer_activation_bytes(model, c, layout, cluster.device.kind, "none"))
         if any(moe_layers(model, *partition[st]) for st in stages):
             temporaries.append(all_to_all_buffer_bytes(model, c) + (
                 layer_activation_bytes(model, c, layout, cluster.device.kind, "none", moe=True)
-                if c.recompute == "full" else 0.0))
+                if c.recompute == "full" and recomputing else 0.0))
         if c.offload_activations:  # the block whose backward runs, copied back (and recomputed under full recompute)
-            temporaries.append(max(layer_act, moe_act) + (
-                layer_activation_bytes(model, c, layout, cluster.device.kind, "none") if c.recompute == "full" else 0))
+            every = all(recomputed[st] == partition[st][1] - partition[st][0] for st in stages)
+            temporaries.append((max(layer_act, moe_act) if every else max(plain_act, moe_plain_act)) + (
+                layer_activation_bytes(model, c, layout, cluster.device.kind, "none")
+                if c.recompute == "full" and recomputing else 0))
         grads = local_params * g_b + local_experts * expert_bytes[1] + grad_buffer
         if layout == "torch" and c.num_microbatches == 1:
             # The gradients come into existence during the only backward while the activations go: the peak is at

@@ -7,7 +7,8 @@
    mesh (mesh.build_expert_mesh: each pipeline rank's ranks folded as edp x ep x etp);
 2. materialisation and the seeded initialisation (`model.init_weights`), so every layout starts from the same
    weights: each parameter's full value is generated on CPU and this rank keeps its TP shard;
-3. activation recompute: "selective" checkpoints the attention core (softmax(QK^T)V) and SwiGLU's silu(gate) * up
+3. activation recompute, in the first `recompute_layers` blocks of each stage (all by default): "selective"
+   checkpoints the attention core (softmax(QK^T)V) and SwiGLU's silu(gate) * up
    (elementwise: its input is kept, the silu output is not), "full" each whole block,
    both with non-reentrant `torch.utils.checkpoint` inside the module's forward (parameter names do not change);
 4. `torch.compile` of each block where the plan asks for it and the device supports it (`compiles`: CUDA);
@@ -140,12 +141,16 @@ def materialize(model: Transformer, device: torch.device, seed: int) -> None:
     init_weights(model, seed)
 
 
-def apply_recompute(model: Transformer, mode: str) -> None:
-    for block in model.layers.values():
-        block.recompute_full = mode == "full"
-        block.attention.recompute_core = mode == "selective"
+def apply_recompute(model: Transformer, mode: str, layers: set[int] | None = None) -> None:
+    """Recompute `mode` in the blocks whose global layer index is in `layers` (spec/plan.py
+    `recomputed_layer_indices`: the first ones of each stage), in every block when None; the others keep their
+    activations."""
+    for index, block in model.layers.items():
+        on = layers is None or int(index) in layers
+        block.recompute_full = on and mode == "full"
+        block.attention.recompute_core = on and mode == "selective"
         if hasattr(block.feed_forward, "recompute_gate"):
-            block.feed_forward.recompute_gate = mode == "selective"
+            block.feed_forward.recompute_gate = on and mode == "selective"
 
 
 def compiles(config, device_type: str) -> bool:
@@ -225,17 +230,17 @@ def apply_data_parallel(model: Transformer, mesh, config, mp_policy, device: tor
 
 
 def parallelize_chunk(model: Transformer, mesh, config, device: torch.device, seed: int,
-                      expert_mesh=None) -> Transformer:
-    """TP, expert parallelism (MoE models: `expert_mesh`, mesh.build_expert_mesh), materialise + init, recompute, FP8
-    linears (dtype fp8), compile, then mixed precision and data parallelism (FSDP2) on one model chunk built on the
-    meta device."""
+                      expert_mesh=None, recomputed: set[int] | None = None) -> Transformer:
+    """TP, expert parallelism (MoE models: `expert_mesh`, mesh.build_expert_mesh), materialise + init, recompute (of
+    the layers in `recomputed`, every layer when None), FP8 linears (dtype fp8), compile, then mixed precision and
+    data parallelism (FSDP2) on one model chunk built on the meta device."""
     if config.tp > 1:
         apply_tp(model, mesh["tp"], config.sequence_parallel)
     if expert_mesh is not None:
         apply_expert_parallel(model, expert_mesh, config)
     # CPUOffloadPolicy wants the parameters in host memory before fully_shard; it computes on the mesh's device.
     materialize(model, torch.device("cpu") if config.offload_optimizer else device, seed)
-    apply_recompute(model, config.recompute)
+    apply_recompute(model, config.recompute, recomputed)
     if config.offload_activations:
         from autoconf.execute.offload import apply_activation_offload
 

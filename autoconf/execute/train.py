@@ -38,7 +38,7 @@ from autoconf.execute.parallelize import GradReducer, match_grad_layout, moe_lay
 from autoconf.files import open_append, write_file
 from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_schedule, loss_fn
 from autoconf.spec.grid import AXES, RankGrid
-from autoconf.spec.plan import Plan, load_plan
+from autoconf.spec.plan import Plan, load_plan, recomputed_layer_indices
 from autoconf.spec.support import check_supported
 
 @dataclass
@@ -114,8 +114,9 @@ class Trainer:
         self.sizes = {axis: grid.size(axis) for axis in AXES} | {"edp": c.edp}
         self.fsdp = c.zero_sharded
         self.chunks = build_chunks(plan, self.coords["pp"])
+        recomputed = recomputed_layer_indices(c, plan.partition)
         for _, chunk in self.chunks:
-            parallelize_chunk(chunk, self.mesh, c, device, opts.seed, self.expert_mesh)
+            parallelize_chunk(chunk, self.mesh, c, device, opts.seed, self.expert_mesh, recomputed)
         self.models = [chunk for _, chunk in self.chunks]
         self.tied = TiedEmbeddingSync(plan, grid, self.chunks, self.rank)
         # ZeRO-0 over dp > 1 (or over edp > 1 for the routed experts): each chunk's gradients are averaged during

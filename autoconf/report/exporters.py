@@ -22,7 +22,7 @@ from autoconf.report.torchtitan_export import MODULE as TORCHTITAN_MODULE
 from autoconf.report.torchtitan_export import torchtitan_config as _torchtitan_config
 from autoconf.report.upstream import MEGATRON_TARGET
 from autoconf.spec.frameworks import plan_execution
-from autoconf.spec.plan import Plan, node_blocks
+from autoconf.spec.plan import Plan, node_blocks, recomputed_layers
 from autoconf.spec.schedules import schedule_spec
 
 # More nodes than this get one torchrun script that takes the node rank as $1 instead of one script per node.
@@ -211,11 +211,7 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
               ("--max-position-embeddings", m.max_seq_len if m.arch == "gpt" else max(m.max_seq_len, c.seq_len))]
     if c.sequence_parallel:
         flags.append(("--sequence-parallel", None))
-    if c.recompute == "selective":
-        flags.append(("--recompute-granularity", "selective"))
-    elif c.recompute == "full":
-        flags += [("--recompute-granularity", "full"), ("--recompute-method", "uniform"),
-                  ("--recompute-num-layers", 1)]
+    flags += _megatron_recompute(plan, notes)
     if c.zero_stage >= 1:
         flags.append(("--use-distributed-optimizer", None))
     offload_args, offload_notes = megatron_offload_args(c, m.num_layers)
@@ -247,6 +243,31 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
         notes.append("GPU placement differs from Megatron's rank order (tp fastest, then dp, then pp) and cannot be "
                      "expressed with arguments; order the hosts or CUDA_VISIBLE_DEVICES to match plan placement.mesh")
     return _first_of_each(flags), notes
+
+
+def _megatron_recompute(plan: Plan, notes: list[str]) -> list[Flag]:
+    """Recompute flags. Every layer: selective, or full with --recompute-method uniform over 1-layer groups. The
+    first N layers of each stage (`recompute_layers`): full with --recompute-method block
+    --recompute-num-layers N, which Megatron applies to every (virtual) stage alike, so N is the largest count and
+    a note says where that recomputes more than the plan; selective has no count in Megatron (every layer)."""
+    c = plan.config
+    if c.recompute == "none":
+        return []
+    counts = recomputed_layers(c, plan.partition)
+    uneven = c.recompute_layers is not None
+    if c.recompute == "selective":
+        if uneven:
+            notes.append(f"Megatron's selective recompute covers every layer; the plan recomputes only the first "
+                         f"{counts} layers of its stages (more recompute, less memory than planned)")
+        return [("--recompute-granularity", "selective")]
+    if not uneven:
+        return [("--recompute-granularity", "full"), ("--recompute-method", "uniform"), ("--recompute-num-layers", 1)]
+    most = max(counts)
+    if any(min(most, end - first) != k for k, (first, end) in zip(counts, plan.partition)):
+        notes.append(f"Megatron recomputes the first --recompute-num-layers {most} layers of every pipeline stage; "
+                     f"the plan recomputes {counts} per stage, so stages that planned fewer recompute more "
+                     f"(slower, never more memory)")
+    return [("--recompute-granularity", "full"), ("--recompute-method", "block"), ("--recompute-num-layers", most)]
 
 
 def _as_flags(lines: list[str]) -> list[Flag]:

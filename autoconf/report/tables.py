@@ -78,7 +78,8 @@ def layout_label(plan: Plan) -> str:
     parts.append(c.schedule)
     parts.append(f"zero{c.zero_stage}")
     if c.recompute != "none":
-        parts.append(f"rc-{c.recompute}")
+        counts = "" if c.recompute_layers is None else "[" + ",".join(map(str, c.recompute_layers)) + "]"
+        parts.append(f"rc-{c.recompute}{counts}")
     if c.sequence_parallel:
         parts.append("sp")
     if c.offload_activations:
@@ -115,6 +116,11 @@ def prediction_table(plan: Plan) -> Table:
         table.add_row(f"  pipeline rank {rank}",
                       " ".join(f"{k[:5]} {m[k] / GiB:.2f}" for k in ("params", "grads", "optimizer", "activations",
                                                                        "other")) + f" = {m['total'] / GiB:.2f} GiB")
+    if isinstance(p.get("recompute_per_stage"), dict):  # what recomputing per stage bought (solve/search.py)
+        r = p["recompute_per_stage"]
+        table.add_row(f"recompute {c.recompute}, first layers per stage {r['layers']}",
+                      f"{p['iteration_time_s']:.4g} s, {p['peak_memory_bytes'] / GiB:.1f} GiB vs every layer: "
+                      f"{r['every_layer_iteration_time_s']:.4g} s, {r['every_layer_peak_memory_bytes'] / GiB:.1f} GiB")
     table.add_row("compute times from", p.get("compute_source", "specification"))
     if "training" in p:
         for label, value in training_rows(p["training"]):

@@ -114,6 +114,10 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
         notes.append(torchtitan_fp8_note(c))
     offload_lines, offload_notes = torchtitan_offload(c)
     notes += offload_notes
+    if c.recompute_layers is not None:
+        notes.append(f"torchtitan 0.3.0 checkpoints every transformer block alike; the plan recomputes only the "
+                     f"first {list(c.recompute_layers)} layers of its stages: below, every block (slower, never "
+                     f"more memory)")
     if c.tp > 1 and not c.sequence_parallel:
         notes.append("the plan runs tensor parallelism without sequence parallelism (enable_sequence_parallel=False)")
     lines = [f"# {summary}",

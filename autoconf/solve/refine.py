@@ -136,19 +136,31 @@ def _moved(bounds: list[int], a: int, b: int, k: int) -> list[int] | None:
 def refined_partition_by_estimate(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
                                   execution: Execution, mesh: np.ndarray | None = None,
                                   default_time: float | None = None, time_limit_s: float = 1.0,
-                                  seed: int = 0) -> tuple[list[list[int]] | None, float]:
+                                  seed: int = 0, per_stage: bool = False) -> tuple[list[list[int]] | None, float]:
     """(partition, fast estimate) of the fastest partition found for `c` on `mesh`, or (None, the default's time)
     when none beats the uniform split: CP-SAT's partition (`refined_partition`, on the linear model of
     `partition_problem`), then, for pipelines of at most POLISH_MAX_STAGES stages, the local-search polish
     (`polished_partition`) of the better of the two scored by the estimate itself. `default_time` is the uniform
-    split's fast estimate on `mesh` when the caller has it."""
+    split's fast estimate on `mesh` when the caller has it. With `per_stage`, `c` recomputes every layer in the
+    CP-SAT model and each partition is scored with the fewest recomputed layers per stage that fit it
+    (solve/recompute.py)."""
     from autoconf.cost.estimate import default_partition, predict
-
-    def score(partition) -> float:
-        p = predict(model, cluster, c, partition=partition, mesh=mesh, execution=execution, detail=False)[3]
-        return p["iteration_time_s"] if p["fits"] else float("inf")
+    from autoconf.solve.recompute import fewest_recomputed
 
     uniform = default_partition(model, c)
+
+    def score(partition) -> float:
+        config = c
+        if per_stage:
+            config = fewest_recomputed(model, cluster, c, partition or uniform, execution)
+            if config is None:
+                return float("inf")
+        # Extrapolated (the search's estimate: never below the full simulation), so a partition that scores below
+        # the default's full time is faster in full too.
+        p = predict(model, cluster, config, partition=partition, mesh=mesh, execution=execution, detail=False,
+                    extrapolate=True)[3]
+        return p["iteration_time_s"] if p["fits"] else float("inf")
+
     best_time = score(None) if default_time is None else default_time
     best = None
     solved = refined_partition(model, cluster, c, execution, time_limit_s=time_limit_s, seed=seed)

@@ -33,6 +33,7 @@ from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times,
                                    plans_offload)
 from autoconf.errors import UserError
 from autoconf.spec.support import unsupported_reason
+from autoconf.solve.recompute import fewest_recomputed
 from autoconf.solve.space import candidates, normalise_fixed, with_changes
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.grid import RankGrid
@@ -131,6 +132,25 @@ class _BoundCache:
                                                                               axis=-1))
         return self._pair_sets[key]
 
+    def _rank_layers(self, c: ParallelConfig) -> tuple[int, ...]:
+        """Transformer layers the uniform partition gives each pipeline rank."""
+        key = ("ranks", c.pp, c.vpp, schedule_spec(c.schedule).v_placement)
+        if key not in self._rank0:
+            owner = self._stage_to_rank(c)
+            parts = uniform_partition(self.model.num_layers, c.num_stages)
+            layers = [0] * c.pp
+            for st, (first, end) in enumerate(parts):
+                layers[owner[st]] += end - first
+            self._rank0[key] = tuple(layers)
+        return self._rank0[key]
+
+    def _rank_recomputed(self, c: ParallelConfig) -> list[int]:
+        """Recomputed layers of each pipeline rank under `c.recompute_layers`."""
+        out = [0] * c.pp
+        for k, r in zip(c.recompute_layers, self._stage_to_rank(c)):
+            out[r] += k
+        return out
+
     def _rank0_layers(self, c: ParallelConfig) -> int:
         """Transformer layers the uniform partition gives pipeline rank 0."""
         key = (c.pp, c.vpp, schedule_spec(c.schedule).v_placement)
@@ -172,19 +192,30 @@ class _BoundCache:
         block_fwd, block_bwd_in, block_bwd_w, one, recompute = self._per_layer(c)
         S = c.num_stages
         per_stage_layers = model.num_layers // S
+        # Recomputed layers (`recompute_layers`, counted on the uniform partition): at least these many in the
+        # smallest stage, on the rank recomputing least, and in all.
+        n, rank_layers = S // c.pp, math.ceil(model.num_layers / c.pp)
+        stage_rc, rank_rc, total_rc = self._recomputed(c, per_stage_layers, rank_layers)
         p2p, gather, gather_once, reduce = self._comm(c, per_stage_layers)
         m = c.num_microbatches
         overhead = self._overheads[0]
         chunk_fwd = per_stage_layers * (block_fwd + 2 * one) + overhead
-        chunk_bwd = per_stage_layers * (block_bwd_in + 2 * one + recompute) + overhead
+        chunk_bwd = per_stage_layers * (block_bwd_in + 2 * one) + stage_rc * recompute + overhead
         chunk_w = per_stage_layers * block_bwd_w
         chunk_fwd, chunk_bwd = max(chunk_fwd, gather), max(chunk_bwd, gather)
         # Busiest rank: it holds at least ceil(L/pp) layers in S/pp stages, each pass at least its FSDP gather.
-        n, rank_layers = S // c.pp, math.ceil(model.num_layers / c.pp)
         layer_fwd = block_fwd + 2 * one
-        layer_bwd = block_bwd_in + 2 * one + recompute
-        busy = m * (max(rank_layers * layer_fwd + n * overhead, n * gather)
-                    + max(rank_layers * layer_bwd + n * overhead, n * gather) + rank_layers * block_bwd_w)
+        layer_bwd = block_bwd_in + 2 * one
+
+        def rank_work(layers: int, recomputed: int) -> float:
+            return m * (max(layers * layer_fwd + n * overhead, n * gather)
+                        + max(layers * layer_bwd + recomputed * recompute + n * overhead, n * gather)
+                        + layers * block_bwd_w)
+
+        busy = rank_work(rank_layers, rank_rc)
+        if c.recompute_layers is not None:  # each rank of the uniform partition with its own recomputed layers
+            busy = max(busy, max(rank_work(layers, recomputed)
+                                 for layers, recomputed in zip(self._rank_layers(c), self._rank_recomputed(c))))
         spec = schedule_spec(c.schedule)
         bubble = spec.bubble(c.pp, chunk_fwd, chunk_bwd, chunk_w)
         hops = self._hops(c)
@@ -204,15 +235,27 @@ class _BoundCache:
                                                per_stage_layers, c.dp)
         compute_path = first_gather + busy + idle + last_reduce
         # Micro-batch 0 passes every stage forward and backward in turn, hopping ranks between stages.
-        chain = model.num_layers * (layer_fwd + layer_bwd) + 2 * S * overhead + 2 * hops * p2p
+        chain = (model.num_layers * (layer_fwd + layer_bwd) + total_rc * recompute + 2 * S * overhead
+                 + 2 * hops * p2p)
         return max(compute_path, comm_stream, chain) + self._step_comm(c) + optimizer + self._overheads[1]
 
     def busy_bound(self, c: ParallelConfig) -> float:
         """A lower bound on the step, cheaper than `time_bound` and below it: every micro-batch through the
-        ceil(L/pp) layers of the busiest rank, forward and backward (`time_bound`'s compute path holds it)."""
+        ceil(L/pp) layers of the busiest rank, forward and backward, with the least rank's recomputed layers
+        (`time_bound`'s compute path holds it)."""
         fwd, bwd_in, bwd_w, one, recompute = self._per_layer(c)
-        return c.num_microbatches * math.ceil(self.model.num_layers / c.pp) * (fwd + bwd_in + bwd_w + 4 * one
-                                                                                + recompute)
+        rank_layers = math.ceil(self.model.num_layers / c.pp)
+        rank_rc = self._recomputed(c, self.model.num_layers // c.num_stages, rank_layers)[1]
+        return c.num_microbatches * (rank_layers * (fwd + bwd_in + bwd_w + 4 * one) + rank_rc * recompute)
+
+    def _recomputed(self, c: ParallelConfig, stage_layers: int, rank_layers: int) -> tuple[int, int, int]:
+        """(smallest stage's, least rank's, all) recomputed layers of `c`: with every layer recomputing, the
+        uniform partition's smallest stage, the busiest rank's layers and every layer (the busiest rank holds at
+        least `rank_layers`); with per-stage counts, read from them."""
+        if c.recompute_layers is None:
+            return stage_layers, rank_layers, self.model.num_layers
+        counts = c.recompute_layers
+        return min(counts), min(self._rank_recomputed(c)), sum(counts)
 
     def _per_layer(self, c: ParallelConfig) -> tuple[float, float, float, float, float]:
         """(block forward, block input backward, block weight backward, one TP collective, recompute) per layer: of
@@ -290,6 +333,10 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     # The stages worth telling apart (the executor runs ZeRO-1 exactly as ZeRO-2: one of them is enough unless the
     # user pins it).
     zero_stages = execution.zero_searched
+    # Unless the user pins the recompute mode, a selective or full candidate recomputes only the fewest layers of
+    # each stage that fit (solve/recompute.py), found when the walk reaches it: until then it is bounded as if it
+    # recomputed none, then put back with the bound of its counts.
+    per_stage = "recompute" not in fixed
     for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
                              attention, fixed, zero_stages):
         seen += 1
@@ -301,12 +348,15 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         # The bound does not read grad_reduce (reducing every micro-batch only adds to the step), so a layout and
         # its twin that reduces every micro-batch share one.
         once = dataclasses.replace(config, grad_reduce="step") if config.grad_reduce != "step" else config
+        if per_stage and config.recompute != "none":
+            once = dataclasses.replace(once, recompute_layers=(0,) * config.num_stages)
         if once not in bound_of:
             bound_of[once] = cache.time_bound(once)
-        scored.append((bound_of[once], ranking_key(config), config))
+        scored.append((bound_of[once], ranking_key(config), len(scored), config,
+                       not per_stage or config.recompute == "none"))
     if not scored:
         raise UserError(_no_candidate_message(model, cluster, global_batch, fixed))
-    scored.sort(key=lambda item: (item[0], item[1]))
+    heapq.heapify(scored)  # by bound, then key; a candidate put back after fitting its recompute keeps its key
 
     best: list[tuple[float, tuple, ParallelConfig, dict]] = []  # the K best extrapolated times: a max-heap (negated)
     near: list[tuple[float, tuple, ParallelConfig, dict]] = []  # every fitting candidate, with its (extrapolated) time
@@ -353,29 +403,50 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         elif item > best[0]:
             heapq.heapreplace(best, item)
 
-    def walk(items) -> None:
-        """`consider` each (bound, key, config) in bound order until the K-th best time is below the next bound."""
-        nonlocal pruned_time
-        for index, (time_bound, key, config) in enumerate(items):
+    def walk(heap: list) -> None:
+        """Pops (bound, key, order, config, fitted) in bound order and `consider`s each until the K-th best time is
+        below the next bound. A recompute candidate not yet `fitted` first gets the fewest recomputed layers per
+        stage that fit (solve/recompute.py) and goes back with the bound of its counts."""
+        nonlocal pruned_time, pruned_memory, closest
+        while heap:
+            time_bound, key, order, config, fitted = heapq.heappop(heap)
             # Extrapolated times are at or above the full simulation, so the K-th best of them is at or above the
             # K-th best full time: a bound beyond it rules a candidate out.
             if len(best) >= top_k and time_bound >= -best[0][0]:
-                pruned_time += len(items) - index
+                pruned_time += len(heap) + 1
                 break
             if config.grad_reduce != "step" and key[:-1] in fitting_once:
                 pruned_time += 1
                 continue
+            if not fitted:
+                every = cache.memory_bound(config)  # rank 0 recomputing every layer: no count fits if it does not
+                if every > limit:
+                    pruned_memory += 1
+                    if closest is None or every - limit < closest[0]:
+                        closest = (every - limit, config)
+                    if offloading:
+                        unfit.append((time_bound, key, config, cache.rank0_memory(config)))
+                    continue
+                counted = fewest_recomputed(model, cluster, config, default_partition(model, config), execution)
+                if counted is not None and counted.recompute == "none":
+                    continue  # needs no recompute: the same layout as its twin without recompute
+                if counted is not None:
+                    config = counted
+                    tighter = cache.time_bound(config)
+                    if tighter > time_bound:
+                        heapq.heappush(heap, (tighter, key, order, config, True))
+                        continue
             consider(time_bound, key, config)
 
     walk(scored)
     twins = _offload_walk(model, cluster, cache, fixed, launchable_only, unfit, limit,
                           -best[0][0] if len(best) >= top_k else math.inf, bound_of)
-    walk(twins)
+    walk([(bound, key, order, config, True) for order, (bound, key, config) in enumerate(twins)])
     chosen = _ranked_by_full_simulation(model, cluster, execution, best, near, top_k)
     search_seconds = time.perf_counter() - start
     if refine:
-        ranked = [_refine(model, cluster, config, execution, partition_time_s, placement_time_s, full_time)
-                  for full_time, config in chosen]
+        ranked = [_refine(model, cluster, config, execution, partition_time_s, placement_time_s, full_time,
+                          per_stage) for full_time, config in chosen]
         ranked.sort(key=lambda plan: (plan.prediction["iteration_time_s"], ranking_key(plan.config)))
     else:
         ranked = [estimate(model, cluster, config, execution=execution) for _, config in chosen]
@@ -384,7 +455,20 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
              "search_seconds": round(search_seconds, 3), **({"offload_candidates": len(twins)} if twins else {})}
     for plan in ranked:
         plan.prediction["launchable"] = unsupported_reason(plan.config) is None
+    if ranked and ranked[0].config.recompute_layers is not None:
+        ranked[0].prediction["recompute_per_stage"] = every_layer_comparison(model, cluster, ranked[0], execution)
     return SearchResult(ranked, stats, closest if not ranked else None)
+
+
+def every_layer_comparison(model: ModelSpec, cluster: ClusterProfile, plan: Plan, execution: Execution) -> dict:
+    """What recomputing per stage bought the plan: its counts, and the step time and peak memory of the same layout
+    recomputing every layer (all or nothing per layer, as before per-stage counts)."""
+    c = plan.config
+    every = dataclasses.replace(c, recompute_layers=None)
+    p = predict(model, cluster, every, partition=plan.partition, mesh=np.asarray(plan.placement["mesh"]),
+                execution=execution, detail=False)[3]
+    return {"layers": list(c.recompute_layers), "every_layer_iteration_time_s": p["iteration_time_s"],
+            "every_layer_peak_memory_bytes": p["peak_memory_bytes"]}
 
 
 def _ranked_by_full_simulation(model: ModelSpec, cluster: ClusterProfile, execution: Execution, best: list,
@@ -468,10 +552,11 @@ def _negated(key: tuple) -> tuple:
 
 
 def _refine(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, execution: Execution,
-            partition_time_s: float, placement_time_s: float, default_time: float) -> Plan:
+            partition_time_s: float, placement_time_s: float, default_time: float, per_stage: bool = False) -> Plan:
     """The detailed estimate of `config` with the CP-SAT placement and partition, each kept only where the (fast)
     estimate predicts it faster than the default and the plan still fits. `default_time` is the fast estimate of the
-    default layout (the search's full simulation of a fitting config)."""
+    default layout (the search's full simulation of a fitting config). With `per_stage`, each partition tried
+    recomputes the fewest layers per stage that fit it (`fewest_recomputed`)."""
     from autoconf.solve.refine import refined_mesh, refined_partition_by_estimate
 
     def fast(partition=None, mesh=None) -> float:
@@ -487,8 +572,11 @@ def _refine(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, e
             best_time, best_mesh = t, mesh
     # With several stages per rank CP-SAT rarely improves on its greedy hint after the first fraction of a second.
     limit = partition_time_s if config.vpp == 1 else min(partition_time_s, 0.3)
-    best_partition, best_time = refined_partition_by_estimate(model, cluster, config, execution, best_mesh,
-                                                              best_time, time_limit_s=limit)
+    every = dataclasses.replace(config, recompute_layers=None) if per_stage else config
+    best_partition, best_time = refined_partition_by_estimate(model, cluster, every, execution, best_mesh,
+                                                              best_time, time_limit_s=limit, per_stage=per_stage)
+    if per_stage and best_partition is not None:
+        config = fewest_recomputed(model, cluster, every, best_partition, execution)
     return estimate(model, cluster, config, partition=best_partition, mesh=best_mesh, execution=execution)
 
 

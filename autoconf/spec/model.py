@@ -336,7 +336,15 @@ class ModelSpec:
     def layer_params(self, layer: int | None = None) -> int:
         """Parameters of one transformer block (attention, MLP or MoE layer, and its two norms); `layer` may be left
         out when every block is alike."""
-        return sum(op.params for op in self.layer_ops(self._uniform_layer(layer)))
+        sums = self._layer_param_sums
+        if self.moe is None:
+            return sums["dense"]
+        return sums["moe" if self.is_moe_layer(self._uniform_layer(layer)) else "dense"]
+
+    @functools.cached_property
+    def _layer_param_sums(self) -> dict:
+        """Parameters of a dense and of an MoE block, summed once per spec (the cost model reads them often)."""
+        return {kind: sum(op.params for op in self._ops[kind]) for kind in ("dense", "moe")}
 
     def layer_active_params(self, layer: int | None = None) -> int:
         """Parameters of one block that one token uses (all but the routed experts it is not sent to)."""
@@ -386,14 +394,18 @@ class ModelSpec:
         per_sample += self.head_forward_flops(seq_len, 1)
         return 3.0 * per_sample * global_batch
 
-    def hardware_flops_per_iteration(self, seq_len: int, global_batch: int, recompute: str) -> float:
-        """FLOPs actually executed: model FLOPs plus the recomputed forward (full block or attention core)."""
+    def hardware_flops_per_iteration(self, seq_len: int, global_batch: int, recompute: str,
+                                     recomputed_layers: int | None = None) -> float:
+        """FLOPs actually executed: model FLOPs plus the recomputed forward (full block or attention core) of every
+        layer, or of `recomputed_layers` of them (counted at the average layer's FLOPs)."""
         if recompute not in RECOMPUTE:
             raise UserError(f"recompute {recompute!r} is not one of {', '.join(RECOMPUTE)}")
         extra = sum(count * {"none": 0.0,
                              "selective": self.layer_attention_flops(seq_len, 1),
                              "full": self.layer_forward_flops(seq_len, 1, first)}[recompute]
                     for first, count in self.layer_groups())
+        if recomputed_layers is not None:
+            extra *= recomputed_layers / self.num_layers
         return self.model_flops_per_iteration(seq_len, global_batch) + extra * global_batch
 
     # ---- activations ---------------------------------------------------------------------------------------------

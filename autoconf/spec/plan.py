@@ -62,6 +62,14 @@ class ParallelConfig:
     etp: int = 1
     offload_activations: bool = False  # see OFFLOADS
     offload_optimizer: bool = False  # see OFFLOADS
+    # How many transformer layers of each virtual stage (in stage order) run the `recompute` mode: the first ones
+    # of the stage, as Megatron's --recompute-method block; the others keep their activations. None: every layer.
+    # `recomputed_layers` is the one reading of it.
+    recompute_layers: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.recompute_layers, list):
+            object.__setattr__(self, "recompute_layers", tuple(self.recompute_layers))
 
     @property
     def dims(self) -> ParallelDims:
@@ -157,6 +165,16 @@ class ParallelConfig:
             out.append(f"zero_stage must be 0, 1, 2 or 3 (got {self.zero_stage!r})")
         if self.recompute not in RECOMPUTE:
             out.append(f"recompute {self.recompute!r} is not one of {', '.join(RECOMPUTE)}")
+        if self.recompute_layers is not None:
+            counts = self.recompute_layers
+            if not isinstance(counts, tuple) or not all(_is_int(n) and n >= 0 for n in counts):
+                out.append(f"recompute_layers must be a list of layer counts >= 0, one per virtual stage, or null "
+                           f"(got {counts!r})")
+            elif len(counts) != self.num_stages:
+                out.append(f"recompute_layers has {len(counts)} entries but pp*vpp = {self.num_stages} stages")
+            elif self.recompute == "none":
+                out.append("recompute_layers needs recompute selective or full (it counts the layers of each "
+                           "stage that recompute)")
         if self.dtype not in DTYPES:
             out.append(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         for name in ("compile", *OFFLOADS):
@@ -207,7 +225,12 @@ class ParallelConfig:
         return self
 
     def to_dict(self) -> dict:
+        """The config JSON; `recompute_layers` only when set, so a plan without it reads as before."""
         d = dataclasses.asdict(self)
+        if self.recompute_layers is None:
+            del d["recompute_layers"]
+        else:
+            d["recompute_layers"] = list(self.recompute_layers)
         d["num_microbatches"] = self.num_microbatches
         return d
 
@@ -305,6 +328,9 @@ class Plan:
             expected_start = stage[1]
         if expected_start != self.model.num_layers:
             raise UserError(f"{source}: partition ends at layer {expected_start}, model has {self.model.num_layers}")
+        problem = recompute_layers_problem(c, self.partition)
+        if problem:
+            raise UserError(f"{source}: {problem}")
         mesh = self.placement.get("mesh")
         flat = _flatten(mesh)
         if (flat is None or len(flat) != c.world_size or sorted(flat) != list(range(c.world_size))
@@ -367,6 +393,36 @@ def prediction_problems(pred: dict) -> list[str]:
         if not isinstance(terms, dict) or not all(isinstance(k, str) and number(v) for k, v in terms.items()):
             out.append("prediction.time_breakdown must be an object of term name -> seconds >= 0")
     return out
+
+
+def recomputed_layers(config: ParallelConfig, partition) -> list[int]:
+    """How many transformer layers of each virtual stage of `partition` run `config.recompute` (the first ones of
+    the stage; the others keep their activations): none without recompute, every layer when
+    `config.recompute_layers` is None, else its counts. The one rule the memory estimate, the stage times, the
+    search, the executor and the exporters read."""
+    if config.recompute == "none":
+        return [0] * len(partition)
+    if config.recompute_layers is None:
+        return [end - first for first, end in partition]
+    return list(config.recompute_layers)
+
+
+def recompute_layers_problem(config: ParallelConfig, partition) -> str | None:
+    """What is wrong with `config.recompute_layers` on `partition` (a count above its stage's layers), or None."""
+    if config.recompute_layers is None:
+        return None
+    over = [s for s, (n, (first, end)) in enumerate(zip(config.recompute_layers, partition)) if n > end - first]
+    if over:
+        return (f"recompute_layers {list(config.recompute_layers)} exceeds the layers of stage(s) "
+                f"{', '.join(map(str, over))} (partition {[list(p) for p in partition]})")
+    return None
+
+
+def recomputed_layer_indices(config: ParallelConfig, partition) -> set[int]:
+    """The transformer layers (global indices) that run `config.recompute`: the first `recomputed_layers` of each
+    stage. What the executor checkpoints, whatever chunks it builds."""
+    counts = recomputed_layers(config, partition)
+    return {i for (first, _), k in zip(partition, counts) for i in range(first, first + k)}
 
 
 def max_pipeline_stages(num_layers: int) -> int:

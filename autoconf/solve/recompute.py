@@ -1,0 +1,97 @@
+"""Recompute per pipeline stage: the fewest layers of each stage that recompute, given the stage partition.
+
+A config's `recompute` mode (selective or full) applies to the first `recompute_layers[s]` transformer layers of
+virtual stage s (Megatron's --recompute-method block); the other layers keep their activations. Early 1F1B ranks
+hold more micro-batches in flight than late ones, so they need more of their layers recomputed to fit.
+
+Why the fewest that fit is the fastest (one stage per pipeline rank). Given the partition, the schedule and every
+other field of the config:
+- the memory of pipeline rank r depends on its own stage's count k only (`cost/memory.stage_memory`: the rank's
+  activations are inflight[s] x (k x recomputed layer + (n - k) x plain layer), everything else is fixed), and for
+  k >= 1 it does not grow with k (a recomputed layer keeps no more than a plain one; the one-layer temporary of full
+  recompute is there for every k >= 1). k = 0 drops that temporary too, so memory(0) may lie below memory(1):
+  the fewest count that fits is 0 if 0 fits, else the least k >= 1 that fits (found by bisection);
+- the time only grows with k: recompute adds `recompute_time` per recomputed layer to the stage's backward pass,
+  and a simulated step (a fixed order of passes, each starting when its inputs and its rank are free) never ends
+  earlier when a pass gets longer.
+So the vector of per-stage minima fits and is, stage by stage, at or below any other fitting vector: no fitting
+choice is faster. tests/test_recompute.py checks it against every count vector on small cases.
+
+With several stages per rank (interleaved and V schedules) a rank's memory is a sum over its stages, each
+recomputed layer of stage s saving inflight[s] x (plain - recomputed) bytes: the least total count that fits takes
+layers from the stages with the most micro-batches in flight first (the greedy choice is optimal for the count,
+every layer costing the same time). The rank's busy time is the same for every split of that total; which stage
+carries it may move the bubble, which is not searched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from autoconf.cost.estimate import Execution, schedule_inflight
+from autoconf.cost.memory import stage_memory
+from autoconf.spec.cluster import ClusterProfile
+from autoconf.spec.model import ModelSpec
+from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.schedules import stage_to_rank
+
+
+def fewest_recomputed(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list,
+                      execution: Execution = Execution()) -> ParallelConfig | None:
+    """`config` with `recompute_layers` set to the fewest layers per virtual stage of `partition` that fit the
+    usable memory of every rank (the module docstring says why that is fastest), or None when even every layer
+    recomputed does not fit. The counts are None again when every layer recomputes, and a config that needs no
+    recompute at all comes back with recompute "none". A config without recompute comes back unchanged."""
+    c = dataclasses.replace(config, recompute_layers=None)
+    if c.recompute == "none":
+        return config
+    owner = stage_to_rank(c.schedule, c.pp, c.vpp)
+    inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches)
+    limit = cluster.usable_memory_bytes
+    layers = [end - first for first, end in partition]
+    # Each rank's stages in the order they take recomputed layers: most micro-batches in flight first.
+    order = {r: sorted((s for s in range(len(owner)) if owner[s] == r), key=lambda s: (-inflight[s], s))
+             for r in range(c.pp)}
+    most = {r: sum(layers[s] for s in order[r]) for r in order}
+
+    def counts_of(totals: dict[int, int]) -> tuple[int, ...]:
+        counts = [0] * len(owner)
+        for r, total in totals.items():
+            for s in order[r]:
+                counts[s] = min(layers[s], total)
+                total -= counts[s]
+        return tuple(counts)
+
+    def fits(totals: dict[int, int]) -> dict[int, bool]:
+        """Whether each rank of `totals` fits with that many recomputed layers (its memory reads its own only)."""
+        trial = dataclasses.replace(c, recompute_layers=counts_of(totals))
+        ranks = list(totals)
+        memory = stage_memory(model, cluster, trial, partition, owner, inflight, execution.memory_layout, ranks)
+        return {r: m["total"] <= limit for r, m in zip(ranks, memory)}
+
+    chosen = {r: 0 for r, ok in fits({r: 0 for r in order}).items() if ok}
+    if len(chosen) == c.pp:
+        return dataclasses.replace(c, recompute="none")
+    if not all(fits({r: most[r] for r in order if r not in chosen}).values()):
+        return None
+    # Bisection on the ranks that need recompute: the least total >= 1 that fits lies in (low, high].
+    low = {r: 0 for r in order if r not in chosen}
+    high = {r: most[r] for r in low}
+    while True:
+        for r in [r for r in low if high[r] - low[r] <= 1]:
+            chosen[r] = high[r]
+            del low[r], high[r]
+        if not low:
+            break
+        probe = {r: (low[r] + high[r]) // 2 for r in low}  # strictly between: high - low >= 2
+        for r, ok in fits(probe).items():
+            if ok:
+                high[r] = probe[r]
+            else:
+                low[r] = probe[r]
+    counts = counts_of(chosen)
+    if not any(counts):
+        return dataclasses.replace(c, recompute="none")
+    if list(counts) == layers:
+        return c
+    return dataclasses.replace(c, recompute_layers=counts)

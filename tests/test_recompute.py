@@ -1,0 +1,148 @@
+"""Recompute per pipeline stage (`recompute_layers`): the config field and its one reading (`recomputed_layers`),
+what memory and time charge for it, the fewest counts that fit (solve/recompute.py) against every count vector,
+and the search that chooses them."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+
+import pytest
+from rich.console import Console
+
+from autoconf.cost.estimate import estimate, predict
+from autoconf.errors import UserError
+from autoconf.report.tables import prediction_table
+from autoconf.solve.recompute import fewest_recomputed
+from autoconf.solve.search import search
+from autoconf.spec.cluster import load_cluster
+from autoconf.spec.plan import ParallelConfig, Plan, recomputed_layers, uniform_partition
+from autoconf.spec.presets import PRESETS
+
+# A six-layer Llama-3-8B on four H100: at seq 16384 and micro-batch 4 some stages must recompute, not all.
+MODEL = dataclasses.replace(PRESETS["llama3-8b"], num_layers=6)
+CLUSTER = load_cluster("dgx-h100-80g", nodes=1, gpus_per_node=4)
+
+
+def _config(schedule="1f1b", vpp=1, **changes) -> ParallelConfig:
+    fields = dict(tp=2, pp=2, dp=1, micro_batch_size=4, global_batch_size=16, seq_len=16384, recompute="full")
+    return ParallelConfig(schedule=schedule, vpp=vpp, **{**fields, **changes})
+
+
+def _time(config: ParallelConfig, partition) -> float:
+    """The fast estimate's step time, inf when it does not fit."""
+    p = predict(MODEL, CLUSTER, config, partition=partition, detail=False)[3]
+    return p["iteration_time_s"] if p["fits"] else float("inf")
+
+
+@pytest.mark.parametrize("schedule", ["1f1b", "gpipe"])
+def test_the_fewest_counts_that_fit_are_the_fastest_of_every_count_vector(schedule):
+    """One stage per rank: the chosen counts fit, lie at or below every fitting count vector stage by stage, and no
+    vector is faster (brute force over all (k0, k1))."""
+    config = _config(schedule)
+    partition = uniform_partition(MODEL.num_layers, 2)
+    chosen = fewest_recomputed(MODEL, CLUSTER, config, partition)
+    counts = recomputed_layers(chosen, partition)
+    times = {ks: _time(dataclasses.replace(config, recompute_layers=ks), partition)
+             for ks in itertools.product(*(range(end - first + 1) for first, end in partition))}
+    fitting = [ks for ks, t in times.items() if t < float("inf")]
+    assert 0 < len(fitting) < len(times)  # the case needs some recompute, and not all of it
+    assert any(counts) and counts != [end - first for first, end in partition]
+    assert _time(chosen, partition) == min(times.values())
+    assert all(all(k <= f for k, f in zip(counts, ks)) for ks in fitting)
+
+
+def test_with_two_stages_per_rank_the_fewest_total_per_rank_fits():
+    """Interleaved 1F1B: the counts fit, and no fitting vector recomputes fewer layers on any rank."""
+    config = _config("interleaved-1f1b", vpp=2)
+    partition = uniform_partition(MODEL.num_layers, 4)
+    chosen = fewest_recomputed(MODEL, CLUSTER, config, partition)
+    counts = recomputed_layers(chosen, partition)
+    assert _time(chosen, partition) < float("inf") and any(counts)
+
+    def per_rank(ks):
+        return [ks[r] + ks[r + 2] for r in range(2)]
+
+    for ks in itertools.product(*(range(end - first + 1) for first, end in partition)):
+        if any(ks) and _time(dataclasses.replace(config, recompute_layers=ks), partition) < float("inf"):
+            assert all(a <= b for a, b in zip(per_rank(counts), per_rank(ks))), (counts, ks)
+
+
+def test_counts_that_need_no_recompute_or_every_layer_come_back_in_the_old_form():
+    """A layout that fits without recompute comes back as recompute "none"; one that does not fit with every layer
+    recomputed is None; without recompute the config is unchanged."""
+    partition = uniform_partition(MODEL.num_layers, 2)
+    short = _config(seq_len=4096)
+    assert fewest_recomputed(MODEL, CLUSTER, short, partition).recompute == "none"
+    assert fewest_recomputed(MODEL, CLUSTER, _config(micro_batch_size=16, global_batch_size=64), partition) is None
+    none = dataclasses.replace(short, recompute="none")
+    assert fewest_recomputed(MODEL, CLUSTER, none, partition) is none
+
+
+def test_memory_and_time_read_the_counts():
+    """Counts equal to every layer are the old all-layer plan; zero counts under full recompute are the plan
+    without recompute; in between, the recompute time is the recomputed layers' and the last stage's activations
+    lie between the two, while the first stage's are those without recompute."""
+    partition = uniform_partition(MODEL.num_layers, 2)
+    full = estimate(MODEL, CLUSTER, _config(), partition=partition).prediction
+    every = estimate(MODEL, CLUSTER, _config(recompute_layers=(3, 3)), partition=partition).prediction
+    none = estimate(MODEL, CLUSTER, _config(recompute="none"), partition=partition).prediction
+    zero = estimate(MODEL, CLUSTER, _config(recompute_layers=(0, 0)), partition=partition).prediction
+    some = estimate(MODEL, CLUSTER, _config(recompute_layers=(0, 2)), partition=partition).prediction
+    assert every["memory_per_stage"] == full["memory_per_stage"]
+    assert every["iteration_time_s"] == full["iteration_time_s"]
+    assert zero["memory_per_stage"] == none["memory_per_stage"]
+    assert zero["time_breakdown"]["recompute"] == 0.0 and zero["hfu"] == pytest.approx(zero["mfu"])
+    act = [m["memory_per_stage"][1]["activations"] for m in (full, some, none)]
+    assert act[0] < act[1] < act[2]
+    assert some["memory_per_stage"][0] == none["memory_per_stage"][0]
+    # the busiest (last, with the head) rank's backward passes recompute 2 of its 3 layers once per micro-batch
+    assert some["time_breakdown"]["recompute"] == pytest.approx(2 / 3 * full["time_breakdown"]["recompute"])
+    flops = [m["hfu"] * m["iteration_time_s"] for m in (none, some, full)]  # hardware FLOPs, to a constant
+    assert flops[1] - flops[0] == pytest.approx(2 / 6 * (flops[2] - flops[0]))
+
+
+def test_plans_with_and_without_counts_load_and_bad_counts_are_one_line(tmp_path):
+    """A plan without the field (every old plan) loads with None and writes no field; counts round-trip; a wrong
+    length, a negative count, more than a stage holds, or counts without a recompute mode are one UserError."""
+    plan = estimate(MODEL, CLUSTER, _config(recompute_layers=[2, 0]))
+    data = json.loads(plan.to_json())
+    assert data["config"]["recompute_layers"] == [2, 0]
+    assert Plan.from_dict(data).config.recompute_layers == (2, 0)
+    old = estimate(MODEL, CLUSTER, _config()).to_dict()
+    assert "recompute_layers" not in old["config"] and Plan.from_dict(old).config.recompute_layers is None
+    for bad, words in (([1], "2 stages"), ([-1, 0], "counts >= 0"), ([4, 0], "exceeds the layers"),
+                       ("ab", "list of layer counts")):
+        broken = json.loads(json.dumps(data))
+        broken["config"]["recompute_layers"] = bad
+        with pytest.raises(UserError, match=words):
+            Plan.from_dict(broken)
+    broken = json.loads(json.dumps(data))
+    broken["config"]["recompute"] = "none"
+    with pytest.raises(UserError, match="needs recompute selective or full"):
+        Plan.from_dict(broken)
+
+
+def test_the_search_picks_per_stage_counts_at_least_as_fast_as_all_or_nothing():
+    """With the recompute mode left free (tp 2, pp 2, micro-batch 4 pinned; no refinement), the search's best plan is no slower
+    than the best with each mode pinned (all or nothing per layer) and it recomputes some layers of some stages
+    only; pinning the mode keeps every layer."""
+    fixed = {"tp": 2, "pp": 2, "micro_batch_size": 4}
+    free = search(MODEL, CLUSTER, 16, 16384, "bf16", fixed=fixed, top_k=1, refine=False).plans[0]
+    pinned = [search(MODEL, CLUSTER, 16, 16384, "bf16", fixed={**fixed, "recompute": mode}, top_k=1,
+                     refine=False).plans
+              for mode in ("none", "selective", "full")]
+    best_pinned = min(p[0].prediction["iteration_time_s"] for p in pinned if p)
+    assert free.prediction["iteration_time_s"] <= best_pinned
+    assert free.config.recompute_layers is not None
+    assert all(p[0].config.recompute_layers is None for p in pinned if p)
+    # the plan says what the counts bought against recomputing every layer of the same layout, in the table too
+    bought = free.prediction["recompute_per_stage"]
+    assert bought["layers"] == list(free.config.recompute_layers)
+    assert bought["every_layer_iteration_time_s"] > free.prediction["iteration_time_s"]
+    assert bought["every_layer_peak_memory_bytes"] < free.prediction["peak_memory_bytes"]
+    console = Console(width=200, record=True)
+    console.print(prediction_table(free))
+    text = console.export_text()
+    assert "every layer" in text and f"rc-full[{','.join(map(str, bought['layers']))}]" in text
