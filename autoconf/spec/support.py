@@ -18,6 +18,9 @@ from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 def unsupported_reason(config) -> str | None:
     """Why the executor refuses this ParallelConfig (one line naming what would work), or None if it runs it."""
+    if config.cp > 1:
+        return (f"context parallelism (cp {config.cp}) is planned and exported (Megatron, torchtitan) but the bundled "
+                f"executor does not run it yet; use cp 1")
     if config.dtype == "fp8" and config.tp > 1:
         return (f"dtype fp8 with tp {config.tp}: the executor's FP8 linears (torchao Float8Linear) are not combined "
                 f"with its tensor parallelism; use tp 1 (FSDP and pipelining run fp8), or bf16")
