@@ -109,10 +109,10 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
     if c.dtype == "fp8":
         notes.append(torchtitan_fp8_note(c))
     if c.cp > 1 and c.cp_comm == "ring":
-        notes.append("the plan passes K/V blocks around the CP ring; torchtitan 0.3.0 has no setting for it and torch's "
-                     "context parallelism all-gathers K/V by default: call torch.distributed.tensor.experimental."
-                     "_attention.set_rotate_method(\"alltoall\") before training for the closest (K/V rotated between "
-                     "the CP ranks)")
+        notes.append("the plan passes K/V blocks around the CP ring; torchtitan 0.3.0 has no setting for it and "
+                     "torch's context parallelism all-gathers K/V by default: call torch.distributed.tensor."
+                     "experimental._attention.set_rotate_method(\"alltoall\") before training for the closest (K/V "
+                     "rotated between the CP ranks)")
     if c.cp > 1 and c.zero_stage == 0:
         notes.append("torchtitan shards the weights over dp_shard x cp whenever cp > 1 (FSDP), so the plan's ZeRO-0 "
                      "runs as ZeRO-3 over the CP ranks there")
