@@ -386,8 +386,8 @@ def uniform_partition(num_layers: int, num_stages: int) -> list[list[int]]:
 
 
 def node_blocks(devices: list[int], gpus_per_node: int) -> list[int] | None:
-    """For a placement given as the device of each grid position (flat, in grid order: spec/grid.py AXES): the node hosting
-    each block of `gpus_per_node` consecutive positions, or None when a block spans nodes.
+    """For a placement given as the device of each grid position (flat, in grid order: spec/grid.py AXES): the node
+    hosting each block of `gpus_per_node` consecutive positions, or None when a block spans nodes.
 
     The executor runs grid position i as global rank i, and torchrun gives node rank k the global ranks of block k;
     so a placement is launchable when every block lies on one node, and the launcher then starts the physical node
