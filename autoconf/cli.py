@@ -188,6 +188,8 @@ def profiles(as_json: bool) -> None:
 @click.option("--tp", type=int, required=True)
 @click.option("--pp", type=int, required=True)
 @click.option("--dp", type=int, required=True)
+@click.option("--cp", type=int, default=1, show_default=True,
+              help="context parallelism: each sequence split over this many ranks")
 @click.option("--vpp", type=int, default=1, show_default=True, help="model chunks (virtual stages) per rank")
 @click.option("--ep", type=int, default=1, show_default=True, help="expert-parallel degree (MoE models)")
 @click.option("--etp", type=int, default=1, show_default=True, help="expert tensor-parallel degree (MoE models)")
@@ -222,7 +224,7 @@ def profiles(as_json: bool) -> None:
               callback=output_path, help="draw the memory breakdown of the rank that needs the most (PNG)")
 @headroom_option
 @user_errors
-def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, ep, etp, micro_batch, global_batch,
+def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, ep, etp, micro_batch, global_batch,
              seq_len, schedule, zero, recompute, recompute_layers, sequence_parallel, dtype, attention,
              offload_activations, offload_optimizer, framework, framework_flags, as_json, out, force, memory_picture,
              memory_headroom) -> None:
@@ -239,13 +241,15 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, ep, 
         cluster = cluster.with_memory_headroom(memory_headroom)
     if dtype:
         check_dtype(dtype, cluster.device.peak_flops, cluster.device.name)
-    config = ParallelConfig(tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=micro_batch,
+    config = ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, micro_batch_size=micro_batch,
                             global_batch_size=global_batch,
                             seq_len=default_seq_len(model) if seq_len is None else seq_len,
                             schedule=schedule, zero_stage=zero, recompute=recompute,
                             sequence_parallel=sequence_parallel, dtype=dtype or default_dtype(cluster),
                             attention=attention, ep=ep, etp=etp, offload_activations=offload_activations,
                             offload_optimizer=offload_optimizer, recompute_layers=recompute_layers)
+    if model.context_problem(config.seq_len):
+        raise UserError(model.context_problem(config.seq_len))
     if memory_picture is not None:
         from autoconf.files import check_new
 

@@ -81,8 +81,31 @@ class ModelPieces:
 
 def model_pieces(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig,
                  share: float | None = None, execution: Execution | None = None) -> ModelPieces:
-    """The pieces' times; measured kernel times are divided by `share` (default: the profile's `cpu_share`). The
-    specification model reads the `execution`'s kernels (`eager_ops`, `attention_kernel`; default: the executor's)."""
+    """The pieces' times on one TP (and CP) rank; measured kernel times are divided by `share` (default: the
+    profile's `cpu_share`). The specification model reads the `execution`'s kernels (`eager_ops`,
+    `attention_kernel`; default: the executor's).
+
+    Under context parallelism a rank holds seq_len / cp tokens of every sequence in two load-balanced chunks (the
+    i-th and (2cp-1-i)-th of 2cp), so every piece that grows with tokens (projections, MLP, norms, embedding, head)
+    is read at seq_len / cp, and the attention core, whose causal work grows with seq_len^2, is the core at the
+    whole sequence divided by cp: the chunk pairing gives each rank the same share of the causal triangle. A
+    measured table reads that core at the full length in micro_batch x seq_len^2 (`profile --seq-len` times it
+    there). The blockwise kernels' lower efficiency on 1/cp-long blocks is not modelled."""
+    if config.cp > 1:
+        local = _pieces(model, cluster, rank_view(config), share, execution)
+        whole = _pieces(model, cluster, dataclasses.replace(config, cp=1), share, execution)
+        return dataclasses.replace(local, attention_core=whole.attention_core.scaled(1 / config.cp))
+    return _pieces(model, cluster, config, share, execution)
+
+
+def rank_view(config: ParallelConfig) -> ParallelConfig:
+    """The config as one CP rank sees its tokens: a sequence of seq_len / cp and no context parallelism (what
+    everything but the attention core and the K/V exchange costs)."""
+    return dataclasses.replace(config, seq_len=config.local_seq_len, cp=1)
+
+
+def _pieces(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, share: float | None,
+            execution: Execution | None) -> ModelPieces:
     measured = _measured_pieces(model, cluster, config, cpu_share(cluster) if share is None else share)
     return measured if measured is not None else _spec_pieces(model, cluster, config, execution)
 
@@ -96,7 +119,7 @@ def measured_tp_layer(model: ModelSpec, cluster: ClusterProfile,
     beyond it). None when not measured. The backward's share is `backward_input`: the collectives belong to the
     activation-gradient pass."""
     table = cluster.compute
-    c = config
+    c = rank_view(config)
     if (c.tp == 1 or not table or not table.get("tp_layers") or not _shape_matches(table, model, c.dtype)
             or not _dense_attention(model)):
         return None
@@ -148,10 +171,10 @@ def optimizer_step_time(local_params: float, cluster: ClusterProfile, dtensor_pa
 def rank_optimizer_time(cluster: ClusterProfile, c: ParallelConfig, rank_params: float,
                         expert_params: float = 0.0) -> float:
     """The optimizer step of a pipeline rank holding `rank_params` parameters (all its stages, before TP and ZeRO
-    sharding), of which `expert_params` are routed experts: its TP (and, when ZeRO shards, DP) slice of the rest,
-    its EP x ETP (and expert-DP) slice of the experts; DTensor parameters (TP, or FSDP) also pay the profile's
+    sharding), of which `expert_params` are routed experts: its TP (and, when ZeRO shards, DP x CP) slice of the
+    rest, its EP x ETP (and expert-DP) slice of the experts; DTensor parameters (TP, or FSDP) also pay the profile's
     DTensor rate on the unsharded count."""
-    shard = c.dp if c.zero_sharded else 1
+    shard = c.dp_cp if c.zero_sharded else 1
     expert_shard = c.edp if c.zero_stage >= 1 else 1
     dtensor = c.tp > 1 or c.zero_sharded
     local = (rank_params - expert_params) / c.tp / shard

@@ -76,7 +76,7 @@ def local_params(c: ParallelConfig, params: float, expert_params: float) -> tupl
 
 def tokens_per_rank(c: ParallelConfig) -> float:
     """Tokens of one micro-batch a rank routes in an MoE layer: its 1/tp share of the sequence."""
-    return c.seq_len * c.micro_batch_size / c.tp
+    return c.local_seq_len * c.micro_batch_size / c.tp
 
 
 def rows_per_expert(model: ModelSpec, c: ParallelConfig) -> float:
@@ -97,7 +97,7 @@ def expert_gemms(model: ModelSpec, c: ParallelConfig) -> tuple[list[float], list
     the routed experts: gate, up, down of each local expert at its `rows_per_expert`). Each backward GEMM has the
     FLOPs of its forward one."""
     m, h = model.moe, model.hidden_size
-    tokens = c.seq_len * c.micro_batch_size
+    tokens = c.local_seq_len * c.micro_batch_size
     dense = [2.0 * tokens_per_rank(c) * h * m.num_experts]
     if m.num_shared_experts:
         width = m.num_shared_experts * m.shared_expert_intermediate_size
@@ -142,7 +142,7 @@ def routed_activation_bytes(model: ModelSpec, c: ParallelConfig, recompute: str)
     out += e * t * m.num_experts_per_tok * h
     if m.num_shared_experts:
         width = m.num_shared_experts * m.shared_expert_intermediate_size
-        out += tensors * e * c.seq_len * c.micro_batch_size * width / c.tp
+        out += tensors * e * c.local_seq_len * c.micro_batch_size * width / c.tp
     return out
 
 

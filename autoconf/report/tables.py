@@ -70,6 +70,8 @@ def limits_table(limits: list, title: str) -> Table:
 def layout_label(plan: Plan) -> str:
     c = plan.config
     parts = [f"tp{c.tp} pp{c.pp} dp{c.dp}"]
+    if c.cp > 1:
+        parts.append(f"cp{c.cp} {c.cp_comm}")
     if c.ep > 1 or c.etp > 1:
         parts.append(f"ep{c.ep}" + (f" etp{c.etp}" if c.etp > 1 else ""))
     if c.vpp > 1:

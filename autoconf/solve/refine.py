@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from autoconf.cost.compute import model_pieces
-from autoconf.cost.estimate import (Execution, activation_bytes, dp_buffer_bytes, p2p_bytes, recompute_time,
-                                    schedule_inflight, selective_matmul_share, tp_collective)
-from autoconf.cost.memory import (gather_buffer_bytes, layer_activation_bytes, logits_temporary_bytes,
-                                  p2p_buffer_bytes, state_bytes_per_param, unit_activation_bytes)
+from autoconf.cost.estimate import (Execution, activation_bytes, cp_attention_comm, dp_buffer_bytes, p2p_bytes,
+                                    recompute_time, schedule_inflight, selective_matmul_share, tp_collective)
+from autoconf.cost.memory import (cp_buffer_bytes, cp_kv_bytes, gather_buffer_bytes, layer_activation_bytes,
+                                  logits_temporary_bytes, p2p_buffer_bytes, state_bytes_per_param,
+                                  unit_activation_bytes)
 from autoconf.cost.moe import dispatch_bytes, ep_comm_layer, layer_kind_params, local_params, moe_layers
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.grid import RankGrid, expert_groups
@@ -35,6 +36,11 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     one = tp_collective(model, cluster, c, list(range(c.tp)))
     share = selective_matmul_share(model, execution)
     layer_time = pieces.block.total + 4 * one + recompute_time(pieces, c, one, share)
+    cp_time = 0.0
+    if c.cp > 1:  # every block's attention exchanges K/V over the CP group (again in a full recompute's forward)
+        cp = cp_attention_comm(model, cluster, c, np.arange(c.cp) * c.tp, pieces.attention_core)
+        cp_time = cp.total + (cp.forward if c.recompute == "full" else 0.0)
+        layer_time += cp_time
     per_param = sum(state_bytes_per_param(c, layout))
     head_params = model.head_params() + (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)
     embedding, layer, head = unit_activation_bytes(model, c, layout, cluster.device.kind,
@@ -49,7 +55,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
                                                       for axis in ("ep", "etp")))
         moe_pieces = pieces.kind(True)
         moe_time = (moe_pieces.block.total + 4 * one + 2 * exchange + recompute_time(moe_pieces, c, one, share)
-                    + (exchange if c.recompute == "full" else 0.0))
+                    + (exchange if c.recompute == "full" else 0.0) + cp_time)
         dense, moe, experts = layer_kind_params(model)
         attention_part, expert_part = local_params(c, moe, experts)
         moe_static = attention_part * per_param + expert_part * sum(state_bytes_per_param(c, layout, experts=True))
@@ -66,7 +72,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     unit_act = [embedding] + layers_act + [head]
     inflight = tuple(int(np.ceil(n)) for n in schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches))
     limit = (cluster.usable_memory_bytes - cluster.device.memory_overhead_bytes - p2p_buffer_bytes(model, c)
-             - gather_buffer_bytes(model, c, layout))
+             - gather_buffer_bytes(model, c, layout) - cp_buffer_bytes(model, c))
     return PartitionProblem(unit_time=tuple(unit_time), unit_static_bytes=tuple(unit_static),
                             unit_activation_bytes=tuple(unit_act),
                             stage_to_rank=stage_to_rank(c.schedule, c.pp, c.vpp), inflight=inflight,
@@ -175,11 +181,14 @@ def refined_partition_by_estimate(model: ModelSpec, cluster: ClusterProfile, c: 
     return best, best_time
 
 
-def traffic(model: ModelSpec, c: ParallelConfig, execution: Execution = Execution()) -> tuple[float, float, float]:
-    """Bytes per step each rank moves in its TP group, to its pipeline neighbour and in its DP group, from the
-    estimate's own buffers: two TP collectives per layer and direction on `activation_bytes`, the estimate's
-    `p2p_bytes` per micro-batch and direction (a 1/tp slice under sequence parallelism), and the gradient reduction
-    buffer of `dp_buffer_bytes` for the rank's share of the parameters.
+def traffic(model: ModelSpec, c: ParallelConfig,
+            execution: Execution = Execution()) -> tuple[float, float, float, float]:
+    """Bytes per step each rank moves in its TP group, to its pipeline neighbour, in its DP group and in its CP
+    group, from the estimate's own buffers: two TP collectives per layer and direction on `activation_bytes`, the
+    estimate's `p2p_bytes` per micro-batch and direction (a 1/tp slice under sequence parallelism), the gradient
+    reduction buffer of `dp_buffer_bytes` for the rank's share of the parameters (over dp x cp), and per layer and
+    micro-batch the K/V exchange of `cp_attention_comm`: either algorithm moves (cp - 1) K/V blocks
+    (`cp_kv_bytes`) forward and twice that backward, which a ring all-reduce of 1.5 x cp blocks moves too.
 
     MoE: the dispatch and combine all-to-all of every MoE layer in both passes (`dispatch_bytes`) go on the axis
     their EP group lies along in the folded grid (spec/grid.py `expert_grid`): inside a TP group when
@@ -187,7 +196,8 @@ def traffic(model: ModelSpec, c: ParallelConfig, execution: Execution = Executio
     layers_per_rank = model.num_layers / c.pp
     tp_bytes = 4 * layers_per_rank * activation_bytes(model, c) * c.num_microbatches if c.tp > 1 else 0.0
     pp_bytes = 2 * c.vpp * p2p_bytes(model, c, execution) * c.num_microbatches if c.pp > 1 else 0.0
-    dp_bytes = dp_buffer_bytes(c, model.total_params() / c.pp / c.tp)[0] if c.dp > 1 else 0.0
+    dp_bytes = dp_buffer_bytes(c, model.total_params() / c.pp / c.tp)[0] if c.dp_cp > 1 else 0.0
+    cp_bytes = 1.5 * c.cp * cp_kv_bytes(model, c) * layers_per_rank * c.num_microbatches if c.cp > 1 else 0.0
     if model.moe is not None and c.ep * c.etp > 1:
         exchange = 4 * moe_layers(model, 0, model.num_layers) / c.pp * dispatch_bytes(model, c) * c.num_microbatches
         if c.ep > 1 and c.ep * c.etp <= c.tp:
@@ -196,16 +206,16 @@ def traffic(model: ModelSpec, c: ParallelConfig, execution: Execution = Executio
             dp_bytes += exchange
         if c.etp > 1:
             tp_bytes += exchange * c.etp
-    return tp_bytes, pp_bytes, dp_bytes
+    return tp_bytes, pp_bytes, dp_bytes, cp_bytes
 
 
 def refined_mesh(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, execution: Execution = Execution(),
                  time_limit_s: float = 5.0, seed: int = 0) -> np.ndarray | None:
-    """The placement solver's [pp][dp][tp] mesh for `c` on `cluster`'s links."""
+    """The placement solver's [pp][dp][cp][tp] mesh for `c` on `cluster`'s links."""
     from autoconf.solve.placement import solve_placement
 
     if c.world_size == 1:
         return None
-    tp_bytes, pp_bytes, dp_bytes = traffic(model, c, execution)
+    tp_bytes, pp_bytes, dp_bytes, cp_bytes = traffic(model, c, execution)
     return np.asarray(solve_placement(c.pp, c.dp, c.tp, cluster, tp_bytes, pp_bytes, dp_bytes,
-                                      time_limit_s=time_limit_s, seed=seed))
+                                      time_limit_s=time_limit_s, seed=seed, cp=c.cp, cp_bytes=cp_bytes))

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from autoconf.cost.comm import distinct_pair_sets, p2p_time
-from autoconf.cost.compute import measured_tp_layer, model_pieces, rank_optimizer_time
-from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mesh, default_partition, dp_collectives,
-                                    estimate, exposed_dp, overlapped_tp_layer, p2p_bytes, predict, recompute_time,
-                                    schedule_inflight, selective_matmul_share, step_collectives, tp_collective)
+from autoconf.cost.compute import PassTimes, measured_tp_layer, model_pieces, rank_optimizer_time
+from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, cp_attention_comm, default_mesh, default_partition,
+                                    dp_collectives, estimate, exposed_dp, overlapped_tp_layer, p2p_bytes, predict,
+                                    recompute_time, schedule_inflight, selective_matmul_share, step_collectives,
+                                    tp_collective)
 from autoconf.cost.memory import layer_activation_bytes, stage_memory
 from autoconf.cost.moe import layer_kinds, smallest_layer_params
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_offload, host_memory_per_node,
@@ -81,14 +82,14 @@ class _BoundCache:
         return self._owner[key]
 
     def _layer(self, c: ParallelConfig):
-        key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len, c.ep, c.etp)
+        key = (c.tp, c.cp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len, c.ep, c.etp)
         if key not in self._pieces:
             # A CPU rank may get a whole core when others wait: bound with the fastest share.
             self._pieces[key] = model_pieces(self.model, self.cluster, c, share=1.0, execution=self.execution)
         return self._pieces[key]
 
     def _tp_collective(self, c: ParallelConfig) -> float:
-        key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len)
+        key = (c.tp, c.cp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len)
         if key not in self._tp:
             measured = measured_tp_layer(self.model, self.cluster, c) if self.execution.executor_overheads else None
             one = tp_collective(self.model, self.cluster, c, list(range(c.tp)))
@@ -106,7 +107,7 @@ class _BoundCache:
         """(P2P transfer, per-pass FSDP gather, once-per-step FSDP gather, gradient reduction) of one middle stage
         on the default mesh."""
         model, cluster = self.model, self.cluster
-        p2p_key = (c.tp, c.pp, c.dp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len)
+        p2p_key = (c.tp, c.cp, c.pp, c.dp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len)
         if p2p_key not in self._p2p:
             nbytes = p2p_bytes(model, c, self.execution)
             p2p = 0.0
@@ -114,19 +115,20 @@ class _BoundCache:
                 # The cheapest hop between neighbouring pipeline ranks of the default mesh (wrap-around included).
                 p2p = min(p2p_time(cluster, nbytes, pairs) for pairs in self._hop_pairs(c))
             self._p2p[p2p_key] = p2p
-        dp_key = (c.tp, c.pp, c.dp, per_stage_layers, c.dtype, c.zero_stage,
+        dp_key = (c.tp, c.cp, c.pp, c.dp, per_stage_layers, c.dtype, c.zero_stage,
                   schedule_spec(c.schedule).fsdp_gather_per_chunk, c.offload_optimizer)
         if dp_key not in self._dp:
             params = per_stage_layers * smallest_layer_params(model) / c.tp
-            self._dp[dp_key] = dp_collectives(cluster, c, params, np.arange(c.dp) * c.tp)
+            # The default mesh's first weight group: every DP replica's CP ranks at TP position 0.
+            self._dp[dp_key] = dp_collectives(cluster, c, params, np.arange(c.dp_cp) * c.tp)
         return (self._p2p[p2p_key], *self._dp[dp_key])
 
     def _hop_pairs(self, c: ParallelConfig) -> np.ndarray:
-        """For each pipeline rank r of the default mesh (devices [r*dp*tp, (r+1)*dp*tp)), the pairs of its hop to
+        """For each pipeline rank r of the default mesh (devices [r*w, (r+1)*w), w = dp*cp*tp), the pairs of its hop to
         rank r+1 (wrap-around included), as far as they can differ in time."""
-        key = (c.pp, c.dp, c.tp)
+        key = (c.pp, c.dp, c.cp, c.tp)
         if key not in self._pair_sets:
-            width = c.dp * c.tp
+            width = c.dp * c.cp * c.tp
             src = np.arange(c.pp * width).reshape(c.pp, width)
             self._pair_sets[key] = distinct_pair_sets(self.cluster, np.stack([src, (src + width) % src.size],
                                                                               axis=-1))
@@ -171,7 +173,7 @@ class _BoundCache:
     def _step_comm(self, c: ParallelConfig) -> float:
         """The estimate's own step collectives (gradient norm, loss, tied embedding) on the default mesh."""
         owner = self._stage_to_rank(c)
-        key = (c.tp, c.pp, c.dp, c.zero_sharded, owner[0], owner[-1])
+        key = (c.tp, c.cp, c.pp, c.dp, c.zero_sharded, owner[0], owner[-1])
         if key not in self._step:
             self._step[key] = step_collectives(self.model, self.cluster, c, RankGrid(default_mesh(c)), owner)
         return self._step[key]
@@ -232,7 +234,7 @@ class _BoundCache:
         # Of rank 0's own gather and reduction, the execution's buckets leave at least these exposed.
         first_gather, last_reduce = exposed_dp(self.execution, gather_once, reduce,
                                                per_stage_layers * smallest_layer_params(model) / c.tp,
-                                               per_stage_layers, c.dp)
+                                               per_stage_layers, c.dp_cp)
         compute_path = first_gather + busy + idle + last_reduce
         # Micro-batch 0 passes every stage forward and backward in turn, hopping ranks between stages.
         chain = (model.num_layers * (layer_fwd + layer_bwd) + total_rc * recompute + 2 * S * overhead
@@ -260,26 +262,31 @@ class _BoundCache:
     def _per_layer(self, c: ParallelConfig) -> tuple[float, float, float, float, float]:
         """(block forward, block input backward, block weight backward, one TP collective, recompute) per layer: of
         a model with dense and MoE blocks, the smaller of each (the MoE token exchange left out), plus the estimate's
-        own activation copies of offload_activations (on the compute stream)."""
-        key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len, c.recompute, c.ep,
-               c.etp, c.offload_activations)
+        own activation copies of offload_activations (on the compute stream) and exposed CP K/V exchange."""
+        key = (c.tp, c.cp, c.cp_comm, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len,
+               c.recompute, c.ep, c.etp, c.offload_activations)
         if key not in self._layers:
             one = self._tp_collective(c)
             kinds = [self._layer(c).kind(moe) for moe in layer_kinds(self.model)]
             copies = [activation_copy_times(self.cluster, activation_copy_bytes(c, layer_activation_bytes(
                 self.model, c, self.execution.memory_layout, self.cluster.device.kind,
                 selective=self.execution.selective_recompute, moe=moe))) for moe in layer_kinds(self.model)]
-            self._layers[key] = (min(p.block.forward + f for p, (f, _) in zip(kinds, copies)),
-                                 min(p.block.backward_input + b for p, (_, b) in zip(kinds, copies)),
-                                 min(p.block.backward_weight for p in kinds), one,
-                                 min(recompute_time(p, c, one) for p in kinds))
+            cp = PassTimes(0.0, 0.0, 0.0)
+            if c.cp > 1:  # the estimate's exposed K/V exchange, on the default mesh's first CP group
+                cp = cp_attention_comm(self.model, self.cluster, c, np.arange(c.cp) * c.tp,
+                                       self._layer(c).attention_core)
+            self._layers[key] = (min(p.block.forward + f for p, (f, _) in zip(kinds, copies)) + cp.forward,
+                                 min(p.block.backward_input + b for p, (_, b) in zip(kinds, copies)) + cp.backward_input,
+                                 min(p.block.backward_weight for p in kinds) + cp.backward_weight, one,
+                                 min(recompute_time(p, c, one) for p in kinds)
+                                 + (cp.forward if c.recompute == "full" else 0.0))
         return self._layers[key]
 
     def _optimizer(self, c: ParallelConfig) -> float:
         """The optimizer step of pipeline rank 0 of the uniform partition (the estimate's slowest rank is no
         faster)."""
         rank0_layers = self._rank0_layers(c)
-        key = (c.tp, c.dp, c.zero_sharded, rank0_layers, c.offload_optimizer)
+        key = (c.tp, c.dp_cp, c.zero_sharded, rank0_layers, c.offload_optimizer)
         if key not in self._optimizers:
             model = self.model
             params_rank0 = (rank0_layers * smallest_layer_params(model) + model.embedding_params()) / c.tp
@@ -323,13 +330,14 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     """
     start = time.perf_counter()
     fixed = normalise_fixed(fixed or {})
-    if model.learned_positions and seq_len > model.max_seq_len:
-        raise UserError(f"seq_len {seq_len} exceeds {model.name}'s {model.max_seq_len} learned positions")
+    if model.context_problem(seq_len):
+        raise UserError(model.context_problem(seq_len))
     limit = cluster.usable_memory_bytes
     cache = _BoundCache(model, cluster, execution)
     scored = []
     bound_of: dict[ParallelConfig, float] = {}
     seen = unlaunchable = 0
+    refused = None  # why the executor refused the first layout it refused
     # The stages worth telling apart (the executor runs ZeRO-1 exactly as ZeRO-2: one of them is enough unless the
     # user pins it).
     zero_stages = execution.zero_searched
@@ -344,6 +352,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             check_offload(cluster, config)
         if launchable_only and unsupported_reason(config):
             unlaunchable += 1
+            refused = refused or unsupported_reason(config)
             continue
         # The bound does not read grad_reduce (reducing every micro-batch only adds to the step), so a layout and
         # its twin that reduces every micro-batch share one.
@@ -355,6 +364,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         scored.append((bound_of[once], ranking_key(config), len(scored), config,
                        not per_stage or config.recompute == "none"))
     if not scored:
+        if refused:
+            raise UserError(f"every legal layout is one the executor cannot run: {refused}")
         raise UserError(_no_candidate_message(model, cluster, global_batch, fixed))
     heapq.heapify(scored)  # by bound, then key; a candidate put back after fitting its recompute keeps its key
 
