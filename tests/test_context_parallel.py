@@ -7,6 +7,9 @@ losses and gradient norms, and a checkpoint written at cp2 resumes in layouts wi
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,9 +17,15 @@ import torch.nn.functional as F
 from autoconf.execute import context_parallel as cpx
 from autoconf.execute.model import Attention, _rope
 from autoconf.spec.model import ModelSpec
+from plan_helpers import even_plan
+from test_execute import _close, _torchrun
 
+STEPS = 3
 LLAMA = ModelSpec(name="test-llama", arch="llama", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=2,
                   ffn_hidden_size=176, vocab_size=256, max_seq_len=64)
+GPT = ModelSpec(name="test-gpt", arch="gpt", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=4,
+                ffn_hidden_size=256, vocab_size=256, max_seq_len=64, tied_embeddings=True)
+MODELS = {"llama": LLAMA, "gpt": GPT}
 
 
 @pytest.mark.parametrize("cp", [1, 2, 4, 8])
@@ -81,3 +90,78 @@ def test_a_rank_attends_like_the_full_sequence_on_its_share(attention, cp):
     torch.testing.assert_close(full[:, :, 0], v.repeat_interleave(2, dim=1)[:, :, 0])
     assert not torch.allclose(F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)),
                               full)
+
+
+# ---- layouts under torchrun ---------------------------------------------------------------------------------------
+def make_plan(arch: str = "llama", **layout):
+    """4 layers, 32 tokens (divisible by 2 x cp for cp up to 4), 4 sequences per step, fp32."""
+    return even_plan(MODELS[arch], global_batch=4, seq=32, **layout)
+
+
+CHECKPOINT_WRITER = "llama-cp2-dp2-zero3"  # writes a checkpoint every step; step 2 is resumed by the *-resumed runs
+# name -> plan, one torchrun job per world size (the 4-rank job first: it writes the checkpoint the others resume).
+LAYOUTS = {
+    4: {"llama-cp4": make_plan(cp=4),
+        "llama-cp2-tp2-sp": make_plan(cp=2, tp=2, sp=True),
+        "llama-cp2-pp2-1f1b": make_plan(cp=2, pp=2, schedule="1f1b"),
+        "llama-cp2-pp2-interleaved": make_plan(cp=2, pp=2, vpp=2, schedule="interleaved-1f1b"),
+        CHECKPOINT_WRITER: make_plan(cp=2, dp=2, zero=3)},
+    2: {"llama-cp2": make_plan(cp=2),
+        # learned positions, tied embedding, explicit softmax, the attention core (and its K/V all-gather) recomputed
+        "gpt-cp2-standard-selective": make_plan("gpt", cp=2, attention="standard", recompute="selective"),
+        "llama-tp2-resumed": make_plan(tp=2)},
+    1: {"llama": make_plan(), "gpt": make_plan("gpt"), "llama-resumed": make_plan()},
+}
+_RESULTS: dict[str, dict] = {}
+
+
+def results(tmp_path_factory) -> dict[str, dict]:
+    """Runs the three jobs once per session; name -> {"records", "seconds"}."""
+    if _RESULTS:
+        return _RESULTS
+    tmp = tmp_path_factory.mktemp("cp")
+    written = tmp / "written"
+    for world in (4, 2, 1):
+        names = list(LAYOUTS[world])
+        options = {}
+        for i, name in enumerate(names):
+            if name == CHECKPOINT_WRITER:
+                options[str(i)] = {"checkpoint_dir": str(written), "checkpoint_every": 1}
+            elif name.endswith("-resumed"):
+                shutil.copytree(written / "step-00000002", tmp / name / "step-00000002")
+                options[str(i)] = {"checkpoint_dir": str(tmp / name)}
+        job = {"plans": [LAYOUTS[world][n].to_dict() for n in names], "steps": STEPS, "seed": 0, "options": options}
+        (tmp / f"job{world}.json").write_text(json.dumps(job))
+        proc = _torchrun(world, ["scripts/executor_layouts.py", str(tmp / f"job{world}.json"),
+                                 str(tmp / f"out{world}.json")])
+        assert proc.returncode == 0, f"world {world} job failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        _RESULTS.update(zip(names, json.loads((tmp / f"out{world}.json").read_text())))
+    return _RESULTS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for w in (4, 2) for n in LAYOUTS[w] if not n.endswith("-resumed")])
+def test_context_parallel_layout_matches_single_process(name, tmp_path_factory):
+    """Every step's loss and global gradient norm equal the single-process run's within 1e-4 relative (fp32, 3
+    steps), and the reference really trains (its losses change)."""
+    out = results(tmp_path_factory)
+    reference = out[name.split("-")[0]]["records"]
+    assert len({round(r["loss"], 6) for r in reference}) == STEPS
+    got = out[name]["records"]
+    assert len(got) == STEPS
+    for ref, rec in zip(reference, got):
+        assert _close(rec["loss"], ref["loss"]), (name, rec["step"], rec["loss"], ref["loss"])
+        assert _close(rec["grad_norm"], ref["grad_norm"]), (name, rec["step"], rec["grad_norm"], ref["grad_norm"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["llama-resumed", "llama-tp2-resumed"])
+def test_checkpoint_written_with_context_parallelism_resumes_without_it(name, tmp_path_factory):
+    """The step-2 checkpoint of cp2 x dp2 (ZeRO-3: shards over the 4 ranks of dp x cp) resumes in one process and at
+    tp2: step 3 alone runs, with the uninterrupted run's loss and gradient norm."""
+    out = results(tmp_path_factory)
+    step3 = out["llama"]["records"][2]
+    assert out[CHECKPOINT_WRITER]["records"][2]["loss"] == pytest.approx(step3["loss"], rel=1e-4)
+    records = out[name]["records"]
+    assert [r["step"] for r in records] == [3]
+    assert _close(records[0]["loss"], step3["loss"]) and _close(records[0]["grad_norm"], step3["grad_norm"])

@@ -113,7 +113,8 @@ class ContextParallel:
         if self.uses_torch:
             repeat = q_heads // k.shape[1]
             return k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1), None
-        return self.gather(k), self.gather(v), self.mask
+        k, v = self.gather(torch.cat([k, v], dim=1)).chunk(2, dim=1)  # one collective for both
+        return k, v, self.mask
 
     def torch_attention(self):
         """The context the training step runs in: torch's `context_parallel` on the CUDA path (UNTESTED here),
