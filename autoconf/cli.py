@@ -174,6 +174,8 @@ def profiles(as_json: bool) -> None:
 @click.option("--tp", type=int, required=True)
 @click.option("--pp", type=int, required=True)
 @click.option("--dp", type=int, required=True)
+@click.option("--cp", type=int, default=1, show_default=True,
+              help="context parallelism: each sequence split over this many ranks")
 @click.option("--vpp", type=int, default=1, show_default=True, help="model chunks (virtual stages) per rank")
 @click.option("--micro-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
 @click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
@@ -199,7 +201,7 @@ def profiles(as_json: bool) -> None:
               callback=output_path, help="draw the memory breakdown of the rank that needs the most (PNG)")
 @headroom_option
 @user_errors
-def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micro_batch, global_batch, seq_len,
+def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, micro_batch, global_batch, seq_len,
              schedule, zero, recompute, sequence_parallel, dtype, attention, framework, framework_flags, as_json, out,
              force, memory_picture, memory_headroom) -> None:
     """Predict time and memory of one layout."""
@@ -215,7 +217,7 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, vpp, micr
         cluster = cluster.with_memory_headroom(memory_headroom)
     if dtype:
         check_dtype(dtype, cluster.device.peak_flops, cluster.device.name)
-    config = ParallelConfig(tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=micro_batch,
+    config = ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, micro_batch_size=micro_batch,
                             global_batch_size=global_batch,
                             seq_len=default_seq_len(model) if seq_len is None else seq_len,
                             schedule=schedule, zero_stage=zero, recompute=recompute,

@@ -125,14 +125,16 @@ def test_unknown_preset_and_profile_names():
 
 @pytest.mark.parametrize("degrees,needle", [
     (("3", "1", "1"), "does not divide the 4 attention heads"),
-    (("1", "1", "3"), "pp*dp*tp"),
-    (("2", "4", "2"), "pp*dp*tp"),
+    (("1", "1", "3"), "pp*dp*cp*tp"),
+    (("2", "4", "2"), "pp*dp*cp*tp"),
     (("0", "2", "2"), "positive integer"),
     (("1", "16", "1"), "stages"),
+    (("1", "1", "2", "4"), "pp*dp*cp*tp = 1*2*4*1 = 8 but the cluster has 4"),
+    (("1", "1", "1", "3"), "seq_len 64 divisible by 2 x cp = 6"),
 ])
 def test_impossible_degrees(degrees, needle):
-    args = list(ESTIMATE)
-    for flag, value in zip(("--tp", "--pp", "--dp"), degrees):
+    args = list(ESTIMATE) + ["--cp", "1"]
+    for flag, value in zip(("--tp", "--pp", "--dp", "--cp"), degrees):
         args[args.index(flag) + 1] = value
     assert_one_clear_error(run_cli(args), needle)
 

@@ -43,9 +43,24 @@ def test_cp_sat_matches_brute_force(shape, seed):
     n = int(np.prod(shape))
     links = _random_links(seed, n, 4 if n % 4 == 0 else 2 if n % 2 == 0 else 1)
     mesh = solve_placement(*shape, links, *VOLUMES, time_limit_s=10.0)
-    assert mesh.shape == shape and _is_permutation(mesh, n)
+    pp, dp, tp = shape
+    assert mesh.shape == (pp, dp, 1, tp) and _is_permutation(mesh, n)
     best = brute_force_placement(*shape, links, *VOLUMES)
     assert placement_cost(mesh, links, *VOLUMES) == pytest.approx(placement_cost(best, links, *VOLUMES), rel=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cp_sat_matches_brute_force_with_a_context_parallel_axis(seed):
+    """The cp axis is one more ring in the cost: the solver still reaches the brute-force optimum, and charging CP
+    traffic changes what it optimises (the CP rings' time is part of the cost)."""
+    links = _random_links(seed, 8, 4)
+    volumes = dict(cp=2, cp_bytes=3e8)
+    mesh = solve_placement(2, 1, 2, links, *VOLUMES, time_limit_s=10.0, **volumes)
+    assert mesh.shape == (2, 1, 2, 2) and _is_permutation(mesh, 8)
+    best = brute_force_placement(2, 1, 2, links, *VOLUMES, **volumes)
+    cost = placement_cost_breakdown(mesh, links, *VOLUMES, cp_bytes=3e8)
+    assert cost["cp"] > 0
+    assert cost["total"] == pytest.approx(placement_cost(best, links, *VOLUMES, cp_bytes=3e8), rel=1e-4)
 
 
 @pytest.mark.parametrize("shape", [(2, 2, 2), (1, 4, 2), (4, 1, 2)])
@@ -68,7 +83,7 @@ def test_one_slow_inter_node_link_is_avoided(shape):
     mesh = solve_placement(*shape, links, *VOLUMES, time_limit_s=5.0)
     assert _is_permutation(mesh, 32)
     assert placement_cost(mesh, links, *VOLUMES) < placement_cost(default_mesh(*shape), links, *VOLUMES)
-    assert all(len({int(d) // 8 for d in mesh[p, d_, :]}) == 1 for p in range(shape[0]) for d_ in range(shape[1]))
+    assert all(len({int(d) // 8 for d in mesh[p, d_, 0, :]}) == 1 for p in range(shape[0]) for d_ in range(shape[1]))
 
 
 def test_heterogeneous_sixteen_nodes_improves():

@@ -111,7 +111,7 @@ def test_parallel_config_explains_every_bad_factor():
     with pytest.raises(UserError) as err:
         bad.check(PRESETS["tiny-llama"], world_size=64)
     message = str(err.value)
-    for fragment in ("pp*dp*tp = 16*2*3 = 96", "64 devices", "tp 3 does not divide the 4 attention heads",
+    for fragment in ("pp*dp*cp*tp = 16*2*1*3 = 96", "64 devices", "tp 3 does not divide the 4 attention heads",
                      "2 KV heads", "16 stages but the model has only 8 layers", "not divisible by micro-batch 3"):
         assert fragment in message
 

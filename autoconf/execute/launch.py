@@ -144,9 +144,8 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
                             f"use --nnodes in {[d for d in range(1, world + 1) if world % d == 0]}")
         nproc_per_node = world // nnodes
     if nnodes * nproc_per_node != world:
-        raise UserError(f"the plan needs {world} processes (tp*pp*dp = {plan.config.tp}*{plan.config.pp}*"
-                        f"{plan.config.dp}) but {nnodes} nodes x {nproc_per_node} processes = "
-                        f"{nnodes * nproc_per_node}; use --nproc-per-node {world // nnodes if world % nnodes == 0 else '?'}"
+        raise UserError(f"the plan needs {world} processes ({plan.config.dims.product()}) but {nnodes} nodes x "
+                        f"{nproc_per_node} processes = {nnodes * nproc_per_node}; use --nproc-per-node {world // nnodes if world % nnodes == 0 else '?'}"
                         f" or a plan for {nnodes * nproc_per_node} devices")
     devices = plan.device_of()
     planned_gpus = int(plan.cluster.get("gpus_per_node", nproc_per_node))

@@ -102,7 +102,7 @@ class Trainer:
         c = self.config = plan.config
         self.rank = dist.get_rank()
         if dist.get_world_size() != c.world_size:
-            raise UserError(f"plan needs {c.world_size} processes (tp*pp*dp = {c.tp}*{c.pp}*{c.dp}) but "
+            raise UserError(f"plan needs {c.world_size} processes ({c.dims.product()}) but "
                             f"{dist.get_world_size()} were started")
         check_supported(c)
         # Grid position i runs as global rank i; which device hosts it is the launcher's business (node ranks and

@@ -1,14 +1,15 @@
-"""Map the [pp][dp][tp] rank grid onto physical devices using the measured links.
+"""Map the [pp][dp][cp][tp] rank grid (spec/grid.py AXES) onto physical devices using the measured links.
 
 Cost of a placement (a sum of named terms, each the slowest group of its dimension), with cost/comm.py's rules::
 
     ring(group, bytes) = comm.ring_time("all_reduce", bytes, n, largest alpha, smallest bandwidth along the ring)
                        = 2(n-1) * alpha + 2(n-1)/n * bytes / bandwidth
-    tp = max over TP groups (mesh[p, d, :]) of ring(group, tp_bytes)
-    dp = max over DP groups (mesh[p, :, t]) of ring(group, dp_bytes)
-    pp = max over neighbouring pipeline pairs (mesh[p, d, t], mesh[p+1, d, t]) of
+    tp = max over TP groups (mesh[p, d, c, :]) of ring(group, tp_bytes)
+    cp = max over CP groups (mesh[p, d, :, t]) of ring(group, cp_bytes)
+    dp = max over DP groups (mesh[p, :, c, t]) of ring(group, dp_bytes)
+    pp = max over neighbouring pipeline pairs (mesh[p, d, c, t], mesh[p+1, d, c, t]) of
          comm.transfer_time(pp_bytes, alpha, bandwidth)
-    total = w_tp * tp + w_pp * pp + w_dp * dp            (weights default to 1; the caller may pass others)
+    total = w_tp * tp + w_pp * pp + w_dp * dp + w_cp * cp  (weights default to 1; the caller may pass others)
 
 A ring visits its group in mesh order and closes (a two-rank ring crosses its one link twice). On a cluster profile
 a link's bandwidth is what comm.py achieves on it (times the profile's comm_intra / comm_inter efficiency).
@@ -16,7 +17,7 @@ a link's bandwidth is what comm.py achieves on it (times the profile's comm_intr
 Solvers, by size:
 
 - uniform cluster (every intra-node link alike and every inter-node link alike): the default order is returned
-  at once (TP fills a node first, then DP, then PP);
+  at once (TP fills a node first, then CP, then DP, then PP);
 - N <= EXACT_MAX_DEVICES: exact CP-SAT over rank -> device booleans with pair indicators per ring edge;
 - larger: TP groups stay inside a node, chunks of g/tp TP groups (in default order) are assigned to nodes by a
   deterministic swap local search on the exact cost, time-limited (deterministic unless the wall-clock limit
@@ -148,8 +149,20 @@ def _is_uniform(links: LinkModel) -> bool:
     return len(intra) <= 1 and len(inter) <= 1
 
 
-def default_mesh(pp: int, dp: int, tp: int) -> np.ndarray:
-    return RankGrid.logical(ParallelDims(pp=pp, dp=dp, tp=tp)).devices
+RING_AXES = ("tp", "cp", "dp")
+DIMS = ("tp", "pp", "dp", "cp")  # the order of `weights` (a 3-tuple leaves cp at weight 1)
+
+
+def default_mesh(pp: int, dp: int, tp: int, cp: int = 1) -> np.ndarray:
+    return RankGrid.logical(ParallelDims(pp=pp, dp=dp, cp=cp, tp=tp)).devices
+
+
+def _weights(weights) -> dict[str, float]:
+    return dict(zip(DIMS, (*weights, 1.0) if len(weights) == 3 else weights))
+
+
+def _volumes(tp_bytes: float, pp_bytes: float, dp_bytes: float, cp_bytes: float) -> dict[str, float]:
+    return {"tp": tp_bytes, "pp": pp_bytes, "dp": dp_bytes, "cp": cp_bytes}
 
 
 def _ring_edges(group) -> list[tuple[int, int]]:
@@ -160,7 +173,7 @@ def _ring_edges(group) -> list[tuple[int, int]]:
 def _groups(mesh: np.ndarray):
     """(dimension, group) for every ring group and every pair of neighbouring pipeline ranks, in a fixed order."""
     grid = RankGrid(mesh)
-    for axis in ("tp", "dp"):
+    for axis in RING_AXES:
         for group in grid.groups(axis):
             yield axis, list(group)
     chains = grid.groups("pp")
@@ -180,11 +193,11 @@ def _ring_factor(n: int) -> float:
 
 
 def placement_cost_breakdown(mesh, links: LinkModel, tp_bytes: float, pp_bytes: float, dp_bytes: float,
-                             weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> dict[str, float]:
-    """{"tp", "pp", "dp", "total"} in seconds per step (see the module docstring)."""
+                             weights: tuple[float, ...] = (1.0, 1.0, 1.0), cp_bytes: float = 0.0) -> dict[str, float]:
+    """{"tp", "pp", "dp", "cp", "total"} in seconds per step (see the module docstring)."""
     mesh = np.asarray(mesh)
-    cost = {"tp": 0.0, "pp": 0.0, "dp": 0.0}
-    volume = {"tp": tp_bytes, "dp": dp_bytes}
+    cost = {"tp": 0.0, "pp": 0.0, "dp": 0.0, "cp": 0.0}
+    volume = _volumes(tp_bytes, pp_bytes, dp_bytes, cp_bytes)
     for dim, group in _groups(mesh):
         if dim == "pp":
             a, bw = link(links, int(group[0]), int(group[1]))
@@ -195,25 +208,26 @@ def placement_cost_breakdown(mesh, links: LinkModel, tp_bytes: float, pp_bytes: 
                 continue
             t = ring_time("all_reduce", volume[dim], len(group), max(a for a, _ in edges), min(bw for _, bw in edges))
         cost[dim] = max(cost[dim], t)
-    w_tp, w_pp, w_dp = weights
-    cost["total"] = w_tp * cost["tp"] + w_pp * cost["pp"] + w_dp * cost["dp"]
+    w = _weights(weights)
+    cost["total"] = w["tp"] * cost["tp"] + w["pp"] * cost["pp"] + w["dp"] * cost["dp"] + w["cp"] * cost["cp"]
     return cost
 
 
 def placement_cost(mesh, links: LinkModel, tp_bytes: float, pp_bytes: float, dp_bytes: float,
-                   weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> float:
-    return placement_cost_breakdown(mesh, links, tp_bytes, pp_bytes, dp_bytes, weights)["total"]
+                   weights: tuple[float, ...] = (1.0, 1.0, 1.0), cp_bytes: float = 0.0) -> float:
+    return placement_cost_breakdown(mesh, links, tp_bytes, pp_bytes, dp_bytes, weights, cp_bytes)["total"]
 
 
-def brute_force_placement(pp, dp, tp, links, tp_bytes, pp_bytes, dp_bytes, weights=(1.0, 1.0, 1.0)):
+def brute_force_placement(pp, dp, tp, links, tp_bytes, pp_bytes, dp_bytes, weights=(1.0, 1.0, 1.0), cp=1,
+                          cp_bytes=0.0):
     """Best mesh over all N! device orders (first in lexicographic order on ties). Tests and N <= 8 only."""
-    n = pp * dp * tp
+    n = pp * dp * cp * tp
     alpha = np.array([[link(links, i, j)[0] if i != j else 0.0 for j in range(n)] for i in range(n)])
     inv_bw = np.array([[1.0 / link(links, i, j)[1] if i != j else 0.0 for j in range(n)] for i in range(n)])
     perms = np.array(list(itertools.permutations(range(n))))
-    volume = {"tp": tp_bytes, "dp": dp_bytes, "pp": pp_bytes}
-    cost = {d: np.zeros(len(perms)) for d in ("tp", "pp", "dp")}
-    for dim, group in _groups(default_mesh(pp, dp, tp)):  # groups of flat positions
+    volume = _volumes(tp_bytes, pp_bytes, dp_bytes, cp_bytes)
+    cost = {d: np.zeros(len(perms)) for d in DIMS}
+    for dim, group in _groups(default_mesh(pp, dp, tp, cp)):  # groups of flat positions
         ends = [tuple(group)] if dim == "pp" else _ring_edges(group)
         if not ends:
             continue
@@ -226,31 +240,33 @@ def brute_force_placement(pp, dp, tp, links, tp_bytes, pp_bytes, dp_bytes, weigh
         a = np.max([alpha[perms[:, i], perms[:, j]] for i, j in ends], axis=0)
         slow = np.max([inv_bw[perms[:, i], perms[:, j]] for i, j in ends], axis=0)
         cost[dim] = np.maximum(cost[dim], steps * a + factor * volume[dim] * slow)
-    total = weights[0] * cost["tp"] + weights[1] * cost["pp"] + weights[2] * cost["dp"]
-    return perms[int(np.argmin(total))].reshape(pp, dp, tp)
+    w = _weights(weights)
+    total = sum(w[d] * cost[d] for d in DIMS)
+    return perms[int(np.argmin(total))].reshape(pp, dp, cp, tp)
 
 
 def solve_placement(pp: int, dp: int, tp: int, links: LinkModel, tp_bytes: float, pp_bytes: float,
                     dp_bytes: float, time_limit_s: float = 10.0, seed: int = 0,
-                    weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
-    """Mesh of device ids [pp][dp][tp] that minimises ``placement_cost`` (exactly for small N)."""
-    n = pp * dp * tp
-    if links.num_devices != n:
-        raise ValueError(f"pp*dp*tp = {pp}*{dp}*{tp} = {n} ranks but the cluster has {links.num_devices} devices")
+                    weights: tuple[float, ...] = (1.0, 1.0, 1.0), cp: int = 1, cp_bytes: float = 0.0) -> np.ndarray:
+    """Mesh of device ids [pp][dp][cp][tp] that minimises ``placement_cost`` (exactly for small N)."""
+    dims = ParallelDims(pp=pp, dp=dp, cp=cp, tp=tp)
+    if links.num_devices != dims.world_size:
+        raise ValueError(f"{dims.product()} = {dims.world_size} ranks but the cluster has {links.num_devices} "
+                         f"devices")
+    volumes = (tp_bytes, pp_bytes, dp_bytes, cp_bytes)
     if _is_uniform(links):
-        return default_mesh(pp, dp, tp)
-    if n <= EXACT_MAX_DEVICES:
-        return _solve_exact(pp, dp, tp, links, (tp_bytes, pp_bytes, dp_bytes), weights, time_limit_s, seed)
-    return _solve_by_nodes(pp, dp, tp, links, (tp_bytes, pp_bytes, dp_bytes), weights, time_limit_s, seed)
+        return default_mesh(pp, dp, tp, cp)
+    if dims.world_size <= EXACT_MAX_DEVICES:
+        return _solve_exact(dims, links, volumes, weights, time_limit_s, seed)
+    return _solve_by_nodes(dims, links, volumes, weights, time_limit_s)
 
 
-def _solve_exact(pp, dp, tp, links, volumes, weights, time_limit_s, seed) -> np.ndarray:
+def _solve_exact(dims: ParallelDims, links, volumes, weights, time_limit_s, seed) -> np.ndarray:
     # Data: every rank is a cell of the grid, ring edges and pipeline pairs connect cells.
-    n = pp * dp * tp
-    cells = default_mesh(pp, dp, tp)
-    tp_bytes, pp_bytes, dp_bytes = volumes
-    start = default_mesh(pp, dp, tp)
-    quantum = max(placement_cost(start, links, *volumes, weights), 1e-30) / COST_QUANTA
+    n = dims.world_size
+    cells = start = default_mesh(dims.pp, dims.dp, dims.tp, dims.cp)
+    volume_of = _volumes(*volumes)
+    quantum = max(_cost(start, links, volumes, weights)["total"], 1e-30) / COST_QUANTA
     pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
     lat = {(i, j): link(links, i, j)[0] for i, j in pairs}
     bw = {(i, j): link(links, i, j)[1] for i, j in pairs}
@@ -279,13 +295,13 @@ def _solve_exact(pp, dp, tp, links, volumes, weights, time_limit_s, seed) -> np.
 
     # Each group's time (comm.ring_time, comm.transfer_time): its steps times the largest alpha on its ring plus its
     # volume over every edge's bandwidth (the slowest binds).
-    dim_cost = {dim: model.new_int_var(0, 1 << 50, f"cost_{dim}") for dim in ("tp", "pp", "dp")}
+    dim_cost = {dim: model.new_int_var(0, 1 << 50, f"cost_{dim}") for dim in DIMS}
     by_group = {}
     for e, (g, _, _) in enumerate(edges):
         by_group.setdefault(g, []).append(e)
     for g, members in by_group.items():
         dim, group = groups[g]
-        raw = {"tp": tp_bytes, "dp": dp_bytes, "pp": pp_bytes}[dim]
+        raw = volume_of[dim]
         if dim != "pp" and raw <= 0:
             continue
         steps = 1 if dim == "pp" else _ring_steps(len(group))
@@ -297,8 +313,8 @@ def _solve_exact(pp, dp, tp, links, volumes, weights, time_limit_s, seed) -> np.
             model.add(dim_cost[dim] >= steps * alpha + sum(round(volume / bw[i, j] / quantum) * y[e, i, j]
                                                            for i, j in pairs))
 
-    # Objective: weighted sum of the three dimensions' slowest groups.
-    model.minimize(sum(round(w * WEIGHT_SCALE) * dim_cost[d] for w, d in zip(weights, ("tp", "pp", "dp"))))
+    # Objective: weighted sum of the dimensions' slowest groups.
+    model.minimize(sum(round(w * WEIGHT_SCALE) * dim_cost[d] for d, w in _weights(weights).items()))
 
     # Hint: the local-search placement from the default order.
     hint = _local_search(start, links, volumes, weights, time.monotonic() + time_limit_s / 4, swap_any=True)
@@ -311,9 +327,9 @@ def _solve_exact(pp, dp, tp, links, volumes, weights, time_limit_s, seed) -> np.
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return hint
     flat = [next(i for i in range(n) if solver.value(x[r, i])) for r in range(n)]
-    mesh = np.array(flat).reshape(pp, dp, tp)
+    mesh = np.array(flat).reshape(dims.shape)
     # Rounding to integer quanta can tie different meshes: keep whichever is better in seconds.
-    if placement_cost(hint, links, *volumes, weights) < placement_cost(mesh, links, *volumes, weights):
+    if _cost(hint, links, volumes, weights)["total"] < _cost(mesh, links, volumes, weights)["total"]:
         return hint
     return mesh
 
@@ -330,8 +346,8 @@ def _local_search(mesh, links, volumes, weights, deadline, swap_any=False, units
 
     def score(arr):
         m = arr.reshape(shape)
-        br = placement_cost_breakdown(m, links, *volumes, weights)
-        return br["total"], br["tp"] + br["pp"] + br["dp"]
+        br = _cost(m, links, volumes, weights)
+        return br["total"], br["tp"] + br["pp"] + br["dp"] + br["cp"]
 
     best = score(flat)
     improved = True
@@ -349,13 +365,16 @@ def _local_search(mesh, links, volumes, weights, deadline, swap_any=False, units
     return flat.reshape(shape)
 
 
-def _solve_by_nodes(pp, dp, tp, links, volumes, weights, time_limit_s, seed) -> np.ndarray:
+def _cost(mesh, links, volumes, weights) -> dict[str, float]:
+    tp_bytes, pp_bytes, dp_bytes, cp_bytes = volumes
+    return placement_cost_breakdown(mesh, links, tp_bytes, pp_bytes, dp_bytes, weights, cp_bytes)
+
+
+def _solve_by_nodes(dims: ParallelDims, links, volumes, weights, time_limit_s) -> np.ndarray:
     """TP groups inside a node; whole nodes' chunks of the default order swapped to lower the cost."""
     g = links.devices_per_node
-    start = default_mesh(pp, dp, tp)
-    if tp > g or g % tp:
+    start = default_mesh(dims.pp, dims.dp, dims.tp, dims.cp)
+    if dims.tp > g or g % dims.tp:
         return start  # a TP group would straddle nodes differently per chunk: keep the default order
-    n = pp * dp * tp
-    chunks = [list(range(k, k + g)) for k in range(0, n, g)]  # flat positions that one node fills
-    del seed  # the search is deterministic; the argument is kept for a uniform solver signature
+    chunks = [list(range(k, k + g)) for k in range(0, dims.world_size, g)]  # flat positions that one node fills
     return _local_search(start, links, volumes, weights, time.monotonic() + time_limit_s, units=chunks)

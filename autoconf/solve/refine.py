@@ -153,11 +153,11 @@ def traffic(model: ModelSpec, c: ParallelConfig, execution: Execution = Executio
 
 def refined_mesh(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, execution: Execution = Execution(),
                  time_limit_s: float = 5.0, seed: int = 0) -> np.ndarray | None:
-    """The placement solver's [pp][dp][tp] mesh for `c` on `cluster`'s links."""
+    """The placement solver's [pp][dp][cp][tp] mesh for `c` on `cluster`'s links."""
     from autoconf.solve.placement import solve_placement
 
     if c.world_size == 1:
         return None
     tp_bytes, pp_bytes, dp_bytes = traffic(model, c, execution)
     return np.asarray(solve_placement(c.pp, c.dp, c.tp, cluster, tp_bytes, pp_bytes, dp_bytes,
-                                      time_limit_s=time_limit_s, seed=seed))
+                                      time_limit_s=time_limit_s, seed=seed, cp=c.cp))

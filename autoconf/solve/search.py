@@ -255,6 +255,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     scored = []
     bound_of: dict[ParallelConfig, float] = {}
     seen = unlaunchable = 0
+    refused = None  # why the executor refused the first layout it refused
     # The stages worth telling apart (the executor runs ZeRO-1 exactly as ZeRO-2: one of them is enough unless the
     # user pins it).
     zero_stages = execution.zero_searched
@@ -263,6 +264,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         seen += 1
         if launchable_only and unsupported_reason(config):
             unlaunchable += 1
+            refused = refused or unsupported_reason(config)
             continue
         # The bound does not read grad_reduce (reducing every micro-batch only adds to the step), so a layout and
         # its twin that reduces every micro-batch share one.
@@ -271,6 +273,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             bound_of[once] = cache.time_bound(once)
         scored.append((bound_of[once], ranking_key(config), config))
     if not scored:
+        if refused:
+            raise UserError(f"every legal layout is one the executor cannot run: {refused}")
         raise UserError(_no_candidate_message(model, cluster, global_batch, fixed))
     scored.sort(key=lambda item: (item[0], item[1]))
 

@@ -20,11 +20,11 @@ from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import GRAD_REDUCE, ParallelConfig, max_pipeline_stages
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
-FIXABLE = ("tp", "pp", "dp", "vpp", "micro_batch_size", "schedule", "zero_stage", "recompute", "sequence_parallel",
+FIXABLE = ("tp", "pp", "dp", "cp", "vpp", "micro_batch_size", "schedule", "zero_stage", "recompute", "sequence_parallel",
            "dtype", "grad_reduce")
 ALIASES = {"mb": "micro_batch_size", "micro_batch": "micro_batch_size", "zero": "zero_stage",
            "sp": "sequence_parallel"}
-INT_FIELDS = ("tp", "pp", "dp", "vpp", "micro_batch_size", "zero_stage")
+INT_FIELDS = ("tp", "pp", "dp", "cp", "vpp", "micro_batch_size", "zero_stage")
 MAX_MICRO_BATCH = 16
 
 
@@ -80,14 +80,15 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
 
     head_divisors = [d for d in _divisors(model.num_kv_heads) if model.num_heads % d == 0]
     tps = choices("tp", [t for t in head_divisors if t <= gpus_per_node and world_size % t == 0])
-    for tp in tps:
-        if world_size % tp:
+    for tp, cp in ((tp, cp) for tp in tps for cp in choices("cp", [1])):
+        if world_size % (tp * cp) or seq_len % (2 * cp) and cp > 1:
             continue
-        pps = choices("pp", [p for p in _divisors(world_size // tp) if p <= max_pipeline_stages(model.num_layers)])
+        pps = choices("pp", [p for p in _divisors(world_size // (tp * cp))
+                             if p <= max_pipeline_stages(model.num_layers)])
         for pp in pps:
-            if world_size % (tp * pp):
+            if world_size % (tp * cp * pp):
                 continue
-            dp = world_size // (tp * pp)
+            dp = world_size // (tp * cp * pp)
             if "dp" in fixed and fixed["dp"] != dp:
                 continue
             if global_batch % dp:
@@ -104,7 +105,7 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                                 for reduce in choices("grad_reduce", _grad_reduce_choices(
                                         pp, dp, per_replica // mb, schedule, zero)):
                                     yield ParallelConfig(
-                                        tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=mb,
+                                        tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, micro_batch_size=mb,
                                         global_batch_size=global_batch, seq_len=seq_len, schedule=schedule,
                                         zero_stage=zero, recompute=recompute, sequence_parallel=sp,
                                         dtype=fixed.get("dtype", dtype), attention=attention, grad_reduce=reduce)

@@ -6,7 +6,7 @@ shape: the device of each grid position (grid position i runs as global rank i).
 of a pipeline rank, every DP group, the devices of one pipeline rank) is a slice or a reshape of that array, so the
 estimate, the placement and partition solvers, the exporters and the executor's mesh all take their ranks from here.
 
-Adding a degree (cp, ep, ...) is one field of `ParallelDims` and one name in `AXES`. Pure Python + numpy.
+Adding a degree (ep, ...) is one field of `ParallelDims` and one name in `AXES`. Pure Python + numpy.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-AXES = ("pp", "dp", "tp")
+# Outermost first. TP is innermost and CP next to it, so on the logical grid a TP x CP block fills consecutive devices
+# (one node's fast links where tp * cp <= devices per node): the two degrees that exchange activations every layer.
+AXES = ("pp", "dp", "cp", "tp")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class ParallelDims:
 
     pp: int = 1
     dp: int = 1
+    cp: int = 1
     tp: int = 1
 
     @classmethod
@@ -48,10 +51,12 @@ class ParallelDims:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 out.append(f"{f.name} must be a positive integer (got {value!r})")
         if not out and world_size is not None and self.world_size != world_size:
-            names = "*".join(AXES)
-            factors = "*".join(str(v) for v in self.shape)
-            out.append(f"{names} = {factors} = {self.world_size} but the cluster has {world_size} devices")
+            out.append(f"{self.product()} = {self.world_size} but the cluster has {world_size} devices")
         return out
+
+    def product(self) -> str:
+        """The device count as its factors, every axis named: "pp*dp*cp*tp = 2*4*1*8"."""
+        return f"{'*'.join(AXES)} = {'*'.join(str(v) for v in self.shape)}"
 
 
 class RankGrid:
@@ -59,11 +64,14 @@ class RankGrid:
 
     def __init__(self, devices):
         self.devices = np.asarray(devices, dtype=np.int64)
+        if self.devices.ndim == len(AXES) - 1:
+            # A plan written before the cp axis existed: [pp][dp][tp], read as cp = 1.
+            self.devices = np.expand_dims(self.devices, AXES.index("cp"))
         assert self.devices.ndim == len(AXES), f"a rank grid has axes {AXES}, got shape {self.devices.shape}"
 
     @classmethod
     def logical(cls, dims: ParallelDims) -> "RankGrid":
-        """Grid position i on device i: TP fills consecutive devices first, then DP, then PP."""
+        """Grid position i on device i: TP fills consecutive devices first, then CP, then DP, then PP."""
         return cls(np.arange(dims.world_size).reshape(dims.shape))
 
     @property
@@ -93,7 +101,7 @@ class RankGrid:
         return [int(d) for d in self.devices[tuple(index[a] for a in AXES)]]
 
     def pipeline_rank(self, pp_rank: int) -> np.ndarray:
-        """The devices of one pipeline rank, shape (dp, tp)."""
+        """The devices of one pipeline rank, shape (dp, cp, tp)."""
         return self.devices[pp_rank]
 
     def first_group_array(self, axis: str, pp_rank: int) -> np.ndarray:

@@ -46,6 +46,7 @@ class ParallelConfig:
     attention: str = "flash"
     grad_reduce: str = "step"
     compile: bool = True  # torch.compile each transformer block where the device supports it (CUDA)
+    cp: int = 1  # context parallelism: each sequence split over cp ranks (load-balanced causal chunks)
 
     @property
     def dims(self) -> ParallelDims:
@@ -66,9 +67,10 @@ class ParallelConfig:
 
     @property
     def zero_sharded(self) -> bool:
-        """Whether ZeRO sharding takes effect: zero_stage >= 1 over more than one data-parallel replica (with dp == 1
-        there is nothing to shard; the executor runs such a plan as ZeRO-0, without FSDP)."""
-        return self.zero_stage >= 1 and self.dp > 1
+        """Whether ZeRO sharding takes effect: zero_stage >= 1 over more than one rank holding the same weights, the
+        dp x cp ranks (the CP ranks of a replica train the same weights on other tokens; with dp * cp == 1 there is
+        nothing to shard and the executor runs such a plan as ZeRO-0, without FSDP)."""
+        return self.zero_stage >= 1 and self.dp * self.cp > 1
 
     @property
     def reduces_every_microbatch(self) -> bool:
@@ -134,8 +136,13 @@ class ParallelConfig:
             out.append(f"grad_reduce {self.grad_reduce!r} is not one of {', '.join(GRAD_REDUCE)}")
         if self.sequence_parallel and self.tp == 1:
             out.append("sequence_parallel needs tp > 1")
-        if self.sequence_parallel and self.seq_len % self.tp:
-            out.append(f"sequence_parallel needs tp {self.tp} to divide seq_len {self.seq_len}")
+        if self.cp > 1 and self.seq_len % (2 * self.cp):
+            out.append(f"cp {self.cp} needs seq_len {self.seq_len} divisible by 2 x cp = {2 * self.cp} (each rank "
+                       f"holds one head and one tail chunk of the causal sequence; use cp in "
+                       f"{_cp_divisors(self.seq_len)})")
+        if self.sequence_parallel and (self.seq_len % self.cp or (self.seq_len // self.cp) % self.tp):
+            out.append(f"sequence_parallel needs tp {self.tp} to divide the {self.seq_len} / cp {self.cp} tokens "
+                       f"of each rank's sequence share")
         if not out and self.schedule in SCHEDULES:
             problem = schedule_spec(self.schedule).problem(self.pp, self.vpp, self.num_microbatches)
             if problem:
@@ -169,6 +176,11 @@ def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
+def _cp_divisors(seq_len: int, at_most: int = 64) -> str:
+    """The context-parallel degrees up to `at_most` that split `seq_len` into 2 x cp equal chunks."""
+    return ", ".join(str(c) for c in range(1, at_most + 1) if c == 1 or seq_len % (2 * c) == 0)
+
+
 @dataclass
 class Plan:
     """Everything `launch` needs: the model, the cluster shape, the config, partition, placement, prediction."""
@@ -177,10 +189,13 @@ class Plan:
     cluster: dict  # {"name", "nodes", "gpus_per_node", "backend", "device"}
     config: ParallelConfig
     partition: list  # [[first_layer, end_layer], ...] per virtual stage in stage order
-    placement: dict  # {"mesh": nested [pp][dp][tp] of global ranks}
+    placement: dict  # {"mesh": nested [pp][dp][cp][tp] of global ranks (spec/grid.py AXES)}
     prediction: dict = field(default_factory=dict)
     # The simulated step the prediction was read from (cost.simulate.Timeline; not saved): what pictures draw.
     timeline: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.placement = _with_cp_axis(self.placement)
 
     def to_dict(self) -> dict:
         return {"version": PLAN_VERSION, "kind": "plan", "model": self.model.to_dict(), "cluster": self.cluster,
@@ -347,7 +362,7 @@ def uniform_partition(num_layers: int, num_stages: int) -> list[list[int]]:
 
 
 def node_blocks(devices: list[int], gpus_per_node: int) -> list[int] | None:
-    """For a placement given as the device of each grid position (flat, [pp][dp][tp] order): the node hosting
+    """For a placement given as the device of each grid position (flat, in grid order: spec/grid.py AXES): the node hosting
     each block of `gpus_per_node` consecutive positions, or None when a block spans nodes.
 
     The executor runs grid position i as global rank i, and torchrun gives node rank k the global ranks of block k;
@@ -379,6 +394,14 @@ def _flatten(mesh) -> list | None:
             return None
         out.extend(sub)
     return out
+
+
+def _with_cp_axis(placement: dict) -> dict:
+    """A placement written before the cp axis existed ([pp][dp][tp]) as the grid's [pp][dp][cp][tp] with cp = 1."""
+    mesh = placement.get("mesh") if isinstance(placement, dict) else None
+    if len(_shape(mesh)) == len(AXES) - 1 and _flatten(mesh) is not None:
+        return {**placement, "mesh": [[[row] for row in replica] for replica in mesh]}
+    return placement
 
 
 def _shape(mesh) -> list:
