@@ -105,15 +105,15 @@ def test_a_sequence_no_chunking_splits_is_one_clear_error():
 
 
 class _Gathered:
-    """What `ContextParallel` hands rank r's attention: the whole sequence's K and V, r's positions and mask."""
+    """What "allgather" hands rank r's attention math: the whole sequence's K and V, and r's mask."""
 
     def __init__(self, k, v, seq, cp, rank):
         self.k, self.v, self.local = k, v, cpx.shard(k, cp, rank, dim=2)
         self.positions, self.mask = cpx.positions(seq, cp, rank), cpx.causal_mask(seq, cp, rank)
 
-    def keys_values(self, k, v, q_heads):
+    def attention(self, q, k, v, p, attend):
         assert torch.equal(k, self.local)  # the layer hands over its own share
-        return self.k, self.v, self.mask
+        return attend(q, self.k, self.v, self.mask, p)
 
 
 @pytest.mark.parametrize("attention", ["flash", "standard"])
@@ -155,8 +155,8 @@ LAYOUTS = {
         "llama-cp2-pp2-interleaved": make_plan(cp=2, pp=2, vpp=2, schedule="interleaved-1f1b"),
         CHECKPOINT_WRITER: make_plan(cp=2, dp=2, zero=3)},
     2: {"llama-cp2": make_plan(cp=2),
-        # learned positions, tied embedding, explicit softmax, the attention core (and its K/V all-gather) recomputed
-        "gpt-cp2-standard-selective": make_plan("gpt", cp=2, attention="standard", recompute="selective"),
+        # learned positions, tied embedding, the attention core (and its K/V exchange) recomputed in the backward
+        "gpt-cp2-selective": make_plan("gpt", cp=2, recompute="selective"),
         "llama-tp2-resumed": make_plan(tp=2)},
     1: {"llama": make_plan(), "gpt": make_plan("gpt"), "llama-resumed": make_plan()},
 }

@@ -6,16 +6,22 @@ attends to the same number of (query, key) pairs. A rank's tokens keep their rea
 angles, learned position embeddings and the causal mask all read them, never 0..s/cp. `shard` gives a rank its share
 of a [batch, seq] tensor (tokens, labels), `unshard` puts the cp shares back in sequence order.
 
-Attention over the group (`ContextParallel.keys_values`, "allgather", Llama 3's): each rank computes Q, K and V of
-its own tokens, all-gathers K and V over the group with torch's autograd-aware functional collective
-(`all_gather_single_autograd`: on CPU with gloo too; its backward reduce-scatters, i.e. sums, the K/V gradients
-onto the ranks that own the tokens), reorders them to sequence order and attends with the mask query position >= key
-position. The ring variant (K/V blocks passed around by P2P, log-sum-exp merging) is not built.
+Attention over the group (`ContextParallel.attention`), two algorithms (ALGORITHMS, the plan's choice):
+- "allgather" (Llama 3's): each rank computes Q, K and V of its own tokens, all-gathers K and V over the group with
+  torch's autograd-aware functional collective (`all_gather_single_autograd`, on CPU with gloo too: its backward
+  reduce-scatters, i.e. sums, the K/V gradients onto the ranks that own the tokens), reorders them to sequence
+  order and runs the model's attention with the mask query position >= key position;
+- "ring": the K/V block of each rank travels around the ring (cp - 1 steps of a one-peer all-to-all, autograd-aware:
+  the backward sends the gradients back the other way) while each rank attends to the block it holds; the blockwise
+  results merge by their log-sum-exp (`ring_attention`, explicit softmax in fp32). Blocks are not overlapped with
+  their transfer here (the functional collective is waited on at once); the backward is autograd's, which keeps
+  every visiting block's probabilities (no recomputation).
 
 On CUDA, with SDPA ("flash") and no attention dropout, torch's `context_parallel` runs the attention instead: its
 ring attention over the flash / memory-efficient kernels, whose head-tail order is this one (`torch_attention`
 wraps the training step; it also shards a position buffer with torch's load balancer and checks it equals
-`positions`). That path is UNTESTED here (no GPU in the session that wrote it); everything else runs `keys_values`.
+`positions`). That path is UNTESTED here (no GPU in the session that wrote it); on CPU both algorithms are this
+file's own.
 
 The weights are the same on every CP rank: the training loop reduces gradients over dp x cp (each rank's loss is the
 mean over its own tokens; the average over the dp x cp ranks of those gradients is the single-process gradient).
@@ -82,14 +88,19 @@ def attach(model, context: "ContextParallel") -> None:
         block.attention.context = context
 
 
+ALGORITHMS = ("allgather", "ring")
+
+
 class ContextParallel:
-    """One rank's view of its CP group: its token positions and the K/V exchange its attention layers call.
+    """One rank's view of its CP group: its token positions and the attention over the group its layers call, by
+    `algorithm` (ALGORITHMS). `uses_torch`: the CUDA path (torch's ring attention patches SDPA inside
+    `torch_attention`), whatever the algorithm."""
 
-    `uses_torch`: the CUDA path (torch's ring attention patches SDPA inside `torch_attention`); then `keys_values`
-    hands back the local K and V and no mask, and the attention runs SDPA with is_causal on the local shards.
-    """
-
-    def __init__(self, mesh, seq_len: int, device: torch.device, uses_torch: bool = False):
+    def __init__(self, mesh, seq_len: int, device: torch.device, algorithm: str = "allgather",
+                 uses_torch: bool = False):
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"context-parallel attention {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+        self.algorithm = algorithm
         self.mesh, self.group = mesh, mesh.get_group()
         self.cp, self.rank, self.seq_len = mesh.size(), mesh.get_local_rank(), seq_len
         self.uses_torch = uses_torch
@@ -106,15 +117,59 @@ class ContextParallel:
         everyone = all_gather_single_autograd(local, 0, self.group)
         return everyone.index_select(0, self.order).movedim(0, 2)
 
-    def keys_values(self, k: torch.Tensor, v: torch.Tensor, q_heads: int):
-        """(K, V, mask) for this rank's queries: every rank's keys and values in sequence order and the boolean
-        causal mask [seq/cp, seq] from the real positions; or, on the torch path, the local K and V with their
-        heads repeated to the `q_heads` query heads (torch's ring kernels are not given grouped K/V) and None."""
+    def rotate(self, t: torch.Tensor) -> torch.Tensor:
+        """The ring step: sends `t` [batch, heads, n, dim] to the next CP rank and returns the previous rank's, with
+        autograd (the gradient goes back the other way). One all-to-all that moves data to one peer only."""
+        from torch.distributed._functional_collectives import all_to_all_single_autograd
+
+        local = t.movedim(2, 0).contiguous()
+        n, to, since = local.shape[0], (self.rank + 1) % self.cp, (self.rank - 1) % self.cp
+        sizes = [n if r == to else 0 for r in range(self.cp)], [n if r == since else 0 for r in range(self.cp)]
+        return all_to_all_single_autograd(local, sizes[1], sizes[0], self.group).movedim(0, 2)
+
+    def ring_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+        """softmax(QK^T / sqrt(d)) V of this rank's queries over the whole sequence, K/V visiting in cp - 1 ring
+        steps (own block first). Each block's partial result is merged by the running log-sum-exp: with m the
+        running row maximum (a constant of the math, so detached), O = sum_b exp(m_b - m) P_b V_b and
+        l = sum_b exp(m_b - m) rowsum(P_b), the output O / l. A query row that no key of a block may see adds
+        nothing. Autograd differentiates through the merge and the rotations."""
+        scale = q.shape[-1] ** -0.5
+        repeat = q.shape[1] // k.shape[1]
+        kv, owner = torch.cat([k, v], dim=1), self.rank
+        out = total = peak = None
+        for step in range(self.cp):
+            if step:
+                kv, owner = self.rotate(kv), (owner - 1) % self.cp
+            kb, vb = (t.repeat_interleave(repeat, dim=1) for t in kv.chunk(2, dim=1))
+            seen = self.positions[:, None] >= positions(self.seq_len, self.cp, owner, q.device)[None, :]
+            scores = ((q @ kb.transpose(-2, -1)) * scale).float().masked_fill(~seen, float("-inf"))
+            block_peak = scores.amax(dim=-1, keepdim=True).detach()
+            block_peak = torch.where(torch.isfinite(block_peak), block_peak, torch.zeros_like(block_peak))
+            probs = (scores - block_peak).exp()
+            part, part_total = torch.nn.functional.dropout(probs, dropout_p).to(q.dtype) @ vb, probs.sum(-1, True)
+            if out is None:
+                out, total, peak = part.float(), part_total, block_peak
+                continue
+            new_peak = torch.maximum(peak, block_peak)
+            old_w, new_w = (peak - new_peak).exp(), (block_peak - new_peak).exp()
+            out, total, peak = out * old_w + part.float() * new_w, total * old_w + part_total * new_w, new_peak
+        return (out / total).to(q.dtype)
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, attend) -> torch.Tensor:
+        """This rank's queries attending to the whole sequence. `attend(q, k, v, mask, dropout_p)` is the model's
+        attention math (mask: True where a query may see a key; None: causal over equal positions).
+        - "allgather": every rank's K and V (one collective for both) in sequence order, and the causal mask
+          [seq/cp, seq] of real positions;
+        - "ring": `ring_attention`;
+        - the torch path: the local K and V with their heads repeated to the query heads' count (torch's ring kernels
+          are not given grouped K/V) under is_causal; torch's patched SDPA exchanges them."""
         if self.uses_torch:
-            repeat = q_heads // k.shape[1]
-            return k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1), None
-        k, v = self.gather(torch.cat([k, v], dim=1)).chunk(2, dim=1)  # one collective for both
-        return k, v, self.mask
+            repeat = q.shape[1] // k.shape[1]
+            return attend(q, k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1), None, dropout_p)
+        if self.algorithm == "ring":
+            return self.ring_attention(q, k, v, dropout_p)
+        k, v = self.gather(torch.cat([k, v], dim=1)).chunk(2, dim=1)
+        return attend(q, k, v, self.mask, dropout_p)
 
     def torch_attention(self):
         """The context the training step runs in: torch's `context_parallel` on the CUDA path (UNTESTED here),

@@ -81,14 +81,18 @@ class Attention(nn.Module):
         self.context = None  # set by context_parallel.attach: K/V exchanged over the CP group
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """softmax(QK^T / sqrt(d)) V with a causal mask; q [b, heads, s, d], k and v [b, kv_heads, s, d]. The fused
-        kernel reads grouped K and V as they are (`enable_gqa`: it keeps them for its backward unrepeated). Under
-        context parallelism K and V are every CP rank's (`ContextParallel.keys_values`) and the mask compares real
-        positions (query position >= key position)."""
+        """softmax(QK^T / sqrt(d)) V with a causal mask; q [b, heads, s, d], k and v [b, kv_heads, s, d]. Under
+        context parallelism the rank's queries attend to every CP rank's K/V (`ContextParallel.attention`)."""
         p = self.p_attn if self.training else 0.0
-        mask = None  # None: the causal mask of equal query and key positions
         if self.context is not None:
-            k, v, mask = self.context.keys_values(k, v, q.shape[1])
+            return self.context.attention(q, k, v, p, self.attend)
+        return self.attend(q, k, v, None, p)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+               p: float) -> torch.Tensor:
+        """The attention math: `mask` [q positions, k positions] True where a query may see a key, or None for the
+        causal mask of equal query and key positions. The fused kernel reads grouped K and V as they are
+        (`enable_gqa`: it keeps them for its backward unrepeated)."""
         if self.attention == "flash":
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=p,
                                                   enable_gqa=k.shape[1] != q.shape[1])
