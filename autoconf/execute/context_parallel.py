@@ -18,9 +18,9 @@ Attention over the group (`ContextParallel.attention`), two algorithms (ALGORITH
   every visiting block's probabilities (no recomputation).
 
 On CUDA, with SDPA ("flash") and no attention dropout, torch's `context_parallel` runs the attention instead: its
-ring attention over the flash / memory-efficient kernels, whose head-tail order is this one (`torch_attention`
-wraps the training step; it also shards a position buffer with torch's load balancer and checks it equals
-`positions`). That path is UNTESTED here (no GPU in the session that wrote it); on CPU both algorithms are this
+ring attention over the flash / memory-efficient kernels, whose head-tail order is this one, its K/V exchange by
+the plan's algorithm (torch's rotate method "allgather", or "alltoall" for "ring"). `torch_attention` wraps the
+training step; it also shards a position buffer with torch's load balancer and checks it equals `positions`. That path is UNTESTED here (no GPU in the session that wrote it); on CPU both algorithms are this
 file's own.
 
 The weights are the same on every CP rank: the training loop reduces gradients over dp x cp (each rank's loss is the
@@ -182,7 +182,9 @@ class ContextParallel:
 @contextlib.contextmanager
 def _torch_context(ctx: ContextParallel):
     from torch.distributed.tensor.experimental import context_parallel
+    from torch.distributed.tensor.experimental._attention import set_rotate_method
 
+    set_rotate_method({"allgather": "allgather", "ring": "alltoall"}[ctx.algorithm])  # K/V passed ring-wise
     probe = torch.arange(ctx.seq_len, device=ctx.positions.device).unsqueeze(0)
     with context_parallel(ctx.mesh, buffers=[probe], buffer_seq_dims=[1], no_restore_buffers={probe}):
         if not torch.equal(probe[0], ctx.positions):

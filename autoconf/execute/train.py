@@ -118,10 +118,11 @@ class Trainer:
         self.models = [chunk for _, chunk in self.chunks]
         # Context parallelism: this rank holds a share of every sequence (context_parallel.py); its attention
         # layers exchange K/V over the "cp" mesh dimension.
-        self.context = None
+        self.context, self.attention_context = None, contextlib.nullcontext
         if c.cp > 1:
             self.context = cpx.ContextParallel(self.mesh["cp"], c.seq_len, device,
                                                cpx.uses_torch_attention(c, device.type, plan.model.dropout))
+            self.attention_context = self.context.torch_attention  # the CUDA path's torch context_parallel
             for model in self.models:
                 cpx.attach(model, self.context)
         self.tied = TiedEmbeddingSync(plan, grid, self.chunks, self.rank)
@@ -229,7 +230,7 @@ class Trainer:
             inputs, targets = (cpx.shard(t, c.cp, self.coords["cp"]) for t in (inputs, targets))
         losses: list[torch.Tensor] = []
         clock.lap("data")
-        with self.context.torch_attention() if self.context is not None else contextlib.nullcontext():
+        with self.attention_context():
             if self.schedule is None:
                 self._accumulate(inputs, targets, losses)
             else:
