@@ -223,6 +223,8 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
                             schedule=schedule, zero_stage=zero, recompute=recompute,
                             sequence_parallel=sequence_parallel, dtype=dtype or default_dtype(cluster),
                             attention=attention)
+    if model.context_problem(config.seq_len):
+        raise UserError(model.context_problem(config.seq_len))
     if memory_picture is not None:
         from autoconf.files import check_new
 

@@ -1,12 +1,14 @@
-"""Context parallelism (cp): the fourth degree of the grid, and the executor's (autoconf/execute/context_parallel.py).
+"""Context parallelism (cp): the fourth degree of the grid, its cost and search, and the executor's
+(autoconf/execute/context_parallel.py).
 
-Fast: the axis and old plans, the rules on cp; the load-balanced chunking, its positions and its inverse; the sharded
-attention and RoPE equal the full sequence's on each rank's share; launch accepts a cp plan. Slow (torchrun, CPU + gloo): layouts with cp > 1 train to the single-process
-losses and gradient norms, and a checkpoint written at cp2 resumes in layouts without CP.
+Executor, fast: the load-balanced chunking, its positions and its inverse; a rank's attention and RoPE equal the full
+sequence's on its share. Slow (three torchrun jobs, CPU + gloo): layouts with cp > 1, under both K/V exchanges,
+train to the single-process losses and gradient norms, and a checkpoint written at cp2 x dp2 resumes without CP.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -76,6 +78,152 @@ def test_cp_rules_name_what_would_work():
     assert any("sequence_parallel needs tp 16 to divide the 32 / cp 4 tokens" in p for p in sp.problems(model))
 
 
+# ---- cost ---------------------------------------------------------------------------------------------------------
+from autoconf.cost.compute import model_pieces  # noqa: E402
+from autoconf.cost.estimate import PRESETS as FRAMEWORKS, cp_attention_comm, estimate  # noqa: E402
+from autoconf.spec.cluster import load_cluster  # noqa: E402
+
+H100 = load_cluster("dgx-h100-80g", nodes=2)
+LONG = PRESETS["llama3.1-8b"]
+
+
+def _long(cp: int, cp_comm: str = "ring", seq: int = 131072, **kw) -> ParallelConfig:
+    base = dict(tp=1, pp=1, dp=16 // cp, cp=cp, cp_comm=cp_comm, micro_batch_size=1, global_batch_size=16 // cp,
+                seq_len=seq, zero_stage=3, recompute="full", dtype="bf16")
+    return ParallelConfig(**{**base, **kw})
+
+
+def test_cp_1_predictions_are_those_of_main_to_the_last_bit():
+    """Numbers printed by main (8b6e569's parent) for two layouts: adding the cp axis changed none of them."""
+    one = load_cluster("dgx-h100-80g", nodes=1)
+    c = ParallelConfig(tp=2, pp=2, dp=2, micro_batch_size=1, global_batch_size=16, seq_len=8192, zero_stage=1,
+                       recompute="selective", sequence_parallel=True, dtype="bf16")
+    p = estimate(PRESETS["llama3-8b"], one, c).prediction
+    assert (p["iteration_time_s"], p["peak_memory_bytes"]) == (1.926244869289007, 46891032576.0)
+    c = ParallelConfig(tp=8, pp=4, dp=2, vpp=2, schedule="interleaved-1f1b", micro_batch_size=1, global_batch_size=64,
+                       seq_len=8192, recompute="full", dtype="bf16")
+    p = estimate(PRESETS["llama3-70b"], load_cluster("dgx-h100-80g", nodes=8), c,
+                 execution=FRAMEWORKS["megatron-core"]).prediction
+    assert (p["iteration_time_s"], p["peak_memory_bytes"]) == (12.53347270312683, 58589659136.0)
+    assert "cp_comm" not in p["time_breakdown"]
+
+
+def test_a_cp_rank_computes_its_tokens_and_one_cp_th_of_the_causal_attention():
+    c = _long(4)
+    pieces = model_pieces(LONG, H100, c)
+    local = model_pieces(LONG, H100, dataclasses.replace(c, seq_len=c.seq_len // 4, cp=1))
+    whole = model_pieces(LONG, H100, dataclasses.replace(c, cp=1))
+    assert pieces.block_rest == local.block_rest and pieces.head == local.head
+    assert pieces.attention_core.forward == pytest.approx(whole.attention_core.forward / 4, rel=1e-12)
+    # attention grows with s^2, the rest with s: the rank's attention share is 4x the one of a sequence of s/4
+    assert pieces.attention_core.forward == pytest.approx(4 * local.attention_core.forward, rel=1e-9)
+
+
+def test_memory_per_rank_falls_with_cp_and_ring_holds_less_than_allgather():
+    peaks = {}
+    for comm in ("ring", "allgather"):
+        for cp in (1, 2, 4, 8, 16):
+            p = estimate(LONG, H100, _long(cp, comm), detail=False).prediction
+            peaks[comm, cp] = p["peak_memory_bytes"]
+            activations = p["memory_per_stage"][0]["activations"]
+            if cp == 1:
+                base = activations
+            assert activations == pytest.approx(base / cp, rel=1e-9)  # the sequence / cp
+        assert all(peaks[comm, a] > peaks[comm, b] for a, b in ((1, 2), (2, 4), (4, 8), (8, 16)))
+    # the K/V buffer: the whole sequence's K/V and their gradients (2 cp blocks) against four blocks of the ring
+    from autoconf.cost.memory import cp_buffer_bytes, cp_kv_bytes
+
+    for cp in (4, 8, 16):
+        assert peaks["ring", cp] <= peaks["allgather", cp]
+        assert cp_buffer_bytes(LONG, _long(cp, "allgather")) == 2 * cp * cp_kv_bytes(LONG, _long(cp))
+        assert cp_buffer_bytes(LONG, _long(cp, "ring")) == 4 * cp_kv_bytes(LONG, _long(cp)) > 0
+
+
+def test_ring_hides_behind_the_attention_where_the_all_gather_cannot():
+    """At 128k tokens a K/V block's transfer is far shorter than the attention on the block before: the ring
+    exposes nothing, the all-gather its whole time. Both move the same bytes, so with no attention to hide behind
+    the ring exposes about what the all-gather does."""
+    group = [0, 1, 2, 3]
+    c = _long(4)
+    core = model_pieces(LONG, H100, c).attention_core
+    ring = cp_attention_comm(LONG, H100, c, group, core)
+    gather = cp_attention_comm(LONG, H100, dataclasses.replace(c, cp_comm="allgather"), group, core)
+    assert ring.forward == ring.backward_input == 0.0 < gather.forward < gather.backward_input
+    bare = cp_attention_comm(LONG, H100, c, group, dataclasses.replace(core, forward=0.0, backward_input=0.0))
+    assert bare.forward == pytest.approx(gather.forward, rel=0.05)
+    across = cp_attention_comm(LONG, H100, dataclasses.replace(c, cp_comm="allgather"), [0, 8, 1, 9], core)
+    assert across.forward > gather.forward  # the link matrix: a group across nodes is slower
+    p = estimate(LONG, H100, dataclasses.replace(c, cp_comm="allgather")).prediction
+    assert p["time_breakdown"]["cp_comm"] > 0
+
+
+def test_gradients_are_reduced_over_dp_x_cp():
+    """CP ranks hold the same weights: with dp 1 a cp 2 layout still reduces gradients (over its two CP ranks), and
+    ZeRO shards over dp x cp."""
+    c = _long(2, dp=1, global_batch_size=1, zero_stage=0)
+    one_node = load_cluster("dgx-h100-80g", nodes=1, gpus_per_node=2)
+    assert estimate(LONG, one_node, c).prediction["time_breakdown"]["dp_comm"] > 0
+    sharded = estimate(LONG, one_node, dataclasses.replace(c, zero_stage=3)).prediction["memory_per_stage"][0]
+    whole = estimate(LONG, one_node, c).prediction["memory_per_stage"][0]
+    assert sharded["optimizer"] == pytest.approx(whole["optimizer"] / 2)
+
+
+def test_context_beyond_the_model_needs_rope_scaling():
+    assert "context of 8,192 tokens" in PRESETS["llama3-8b"].context_problem(131072)
+    assert "--seq-len 8192 or less" in PRESETS["llama3-8b"].context_problem(8193)
+    assert PRESETS["llama3-8b"].context_problem(8192) is None
+    assert LONG.context_problem(1 << 20) is None  # llama3.1: RoPE scaling, 1M tokens plannable
+    assert _long(16, seq=1 << 20).problems(LONG, 16) == []
+
+
+# ---- search -------------------------------------------------------------------------------------------------------
+from autoconf.solve.space import CP_MIN_SEQ_LEN, candidates, cp_choices  # noqa: E402
+
+
+def test_cp_is_searched_for_long_sequences_only():
+    assert cp_choices(64, CP_MIN_SEQ_LEN - 2) == [1]
+    assert cp_choices(64, 32768) == [1, 2, 4, 8, 16, 32]  # 32768 / 64 = 512 tokens a rank: too short
+    assert cp_choices(12, 24576) == [1, 2, 3, 4, 6, 12]
+    short = {c.cp for c in candidates(LONG, 16, 8, 16, 8192, "bf16", fixed={"pp": 1, "recompute": "full"})}
+    assert short == {1}
+    long = list(candidates(LONG, 16, 8, 16, 32768, "bf16", fixed={"pp": 1, "recompute": "full", "zero_stage": 3}))
+    assert {c.cp for c in long} == {1, 2, 4, 8, 16}
+    assert {c.cp_comm for c in long if c.cp > 1} == {"ring", "allgather"}
+    assert all(c.world_size == 16 and c.seq_len % (2 * c.cp) == 0 for c in long)
+
+
+def test_bounds_never_exceed_the_estimate_with_cp():
+    """The search's time and memory bounds read the same CP rules as the estimate: never above it."""
+    from autoconf.cost.estimate import Execution
+    from autoconf.solve.search import _BoundCache
+
+    cache = _BoundCache(LONG, H100, Execution())
+    checked = 0
+    for config in candidates(LONG, 16, 8, 16, 32768, "bf16", fixed={"micro_batch_size": 1, "zero_stage": 3}):
+        if config.cp == 1 or config.pp > 2 or config.schedule not in ("1f1b", "interleaved-1f1b", "zbv"):
+            continue
+        bound = cache.bounds(config)
+        p = estimate(LONG, H100, config, detail=False).prediction
+        assert bound.time_s <= p["iteration_time_s"] * (1 + 1e-9), config
+        assert bound.memory_bytes <= p["peak_memory_bytes"] * (1 + 1e-9), config
+        checked += 1
+    assert checked > 50
+
+
+def test_the_planner_splits_a_128k_sequence_that_fits_no_other_way():
+    from autoconf.solve.search import search
+
+    one = load_cluster("dgx-h100-80g", nodes=1)
+    fixed = {"micro_batch_size": 1, "recompute": "full", "pp": 1}
+    result = search(LONG, one, 8, 131072, "bf16", fixed=fixed, top_k=2, refine=False, launchable_only=False)
+    best = result.plans[0]
+    assert best.config.cp > 1 and best.prediction["fits"]
+    assert not estimate(LONG, one, dataclasses.replace(best.config, cp=1, dp=best.config.dp_cp), detail=False
+                        ).prediction["fits"]
+    assert search(LONG, one, 8, 131072, "bf16", fixed={**fixed, "cp": 8}, top_k=1, refine=False).plans[0].config.cp == 8
+
+
+# ---- executor: chunks, positions, attention -----------------------------------------------------------------------
 @pytest.mark.parametrize("cp", [1, 2, 4, 8])
 def test_shards_partition_the_sequence_and_unshard_inverts(cp):
     """Each rank holds chunks r and 2cp-1-r with their real positions; the shares cover every position once;
@@ -141,22 +289,26 @@ def test_a_rank_attends_like_the_full_sequence_on_its_share(attention, cp):
 
 
 # ---- layouts under torchrun ---------------------------------------------------------------------------------------
-def make_plan(arch: str = "llama", **layout):
+def make_plan(arch: str = "llama", cp_comm: str = "ring", **layout):
     """4 layers, 32 tokens (divisible by 2 x cp for cp up to 4), 4 sequences per step, fp32."""
-    return even_plan(MODELS[arch], global_batch=4, seq=32, **layout)
+    plan = even_plan(MODELS[arch], global_batch=4, seq=32, **layout)
+    plan.config = dataclasses.replace(plan.config, cp_comm=cp_comm)
+    plan.validate()
+    return plan
 
 
-CHECKPOINT_WRITER = "llama-cp2-dp2-zero3"  # writes a checkpoint every step; step 2 is resumed by the *-resumed runs
+CHECKPOINT_WRITER = "llama-cp2-dp2-zero3-ring"  # writes a checkpoint every step; the *-resumed runs resume step 2
 # name -> plan, one torchrun job per world size (the 4-rank job first: it writes the checkpoint the others resume).
 LAYOUTS = {
-    4: {"llama-cp4": make_plan(cp=4),
-        "llama-cp2-tp2-sp": make_plan(cp=2, tp=2, sp=True),
-        "llama-cp2-pp2-1f1b": make_plan(cp=2, pp=2, schedule="1f1b"),
-        "llama-cp2-pp2-interleaved": make_plan(cp=2, pp=2, vpp=2, schedule="interleaved-1f1b"),
+    4: {"llama-cp4-ring": make_plan(cp=4),
+        "llama-cp2-tp2-sp-allgather": make_plan(cp=2, tp=2, sp=True, cp_comm="allgather"),
+        "llama-cp2-pp2-1f1b-ring": make_plan(cp=2, pp=2, schedule="1f1b"),
+        "llama-cp2-pp2-interleaved-allgather": make_plan(cp=2, pp=2, vpp=2, schedule="interleaved-1f1b",
+                                                         cp_comm="allgather"),
         CHECKPOINT_WRITER: make_plan(cp=2, dp=2, zero=3)},
-    2: {"llama-cp2": make_plan(cp=2),
+    2: {"llama-cp2-allgather": make_plan(cp=2, cp_comm="allgather"),
         # learned positions, tied embedding, the attention core (and its K/V exchange) recomputed in the backward
-        "gpt-cp2-selective": make_plan("gpt", cp=2, recompute="selective"),
+        "gpt-cp2-selective-ring": make_plan("gpt", cp=2, recompute="selective"),
         "llama-tp2-resumed": make_plan(tp=2)},
     1: {"llama": make_plan(), "gpt": make_plan("gpt"), "llama-resumed": make_plan()},
 }
@@ -206,7 +358,7 @@ def test_context_parallel_layout_matches_single_process(name, tmp_path_factory):
 @pytest.mark.parametrize("name", ["llama-resumed", "llama-tp2-resumed"])
 def test_checkpoint_written_with_context_parallelism_resumes_without_it(name, tmp_path_factory):
     """The step-2 checkpoint of cp2 x dp2 (ZeRO-3: shards over the 4 ranks of dp x cp) resumes in one process and at
-    tp2: step 3 alone runs, with the uninterrupted run's loss and gradient norm."""
+    tp2 (DCP reshards): step 3 alone runs, with the uninterrupted run's loss and gradient norm."""
     out = results(tmp_path_factory)
     step3 = out["llama"]["records"][2]
     assert out[CHECKPOINT_WRITER]["records"][2]["loss"] == pytest.approx(step3["loss"], rel=1e-4)

@@ -44,10 +44,11 @@ def _upstream(module: str):
 
 
 def _plan(model="tiny-llama", tp=1, pp=2, dp=2, vpp=1, schedule="1f1b", zero=0, recompute="none", sp=False,
-          dtype="bf16", partition=None, nodes=1, gpus=4, global_batch=16, seq=64, cluster="dgx-a100-80g"):
+          dtype="bf16", partition=None, nodes=1, gpus=4, global_batch=16, seq=64, cluster="dgx-a100-80g", cp=1,
+          cp_comm="ring"):
     config = ParallelConfig(tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=1, global_batch_size=global_batch,
                             seq_len=seq, schedule=schedule, zero_stage=zero, recompute=recompute,
-                            sequence_parallel=sp, dtype=dtype)
+                            sequence_parallel=sp, dtype=dtype, cp=cp, cp_comm=cp_comm)
     model = PRESETS[model] if isinstance(model, str) else model
     return estimate(model, load_cluster(cluster, nodes=nodes, gpus_per_node=gpus), config, partition=partition)
 
@@ -67,6 +68,9 @@ PLANS = {
     "head-dim-64": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], head_dim=64), tp=2, pp=1, dp=2),
     "embedding-and-head-chunks": lambda: _plan(pp=2, dp=2, vpp=5, schedule="interleaved-1f1b"),  # 8 layers + 2
     "head-only-last-stage": lambda: _plan(pp=2, dp=2, partition=[[0, 8], [8, 8]]),
+    "llama3.1-8b-cp4-ring-128k": lambda: _plan("llama3.1-8b", tp=2, pp=1, dp=1, cp=4, sp=True, zero=3,
+                                               recompute="full", nodes=1, gpus=8, seq=131072, global_batch=1),
+    "cp2-allgather-pp2": lambda: _plan(pp=2, dp=1, cp=2, cp_comm="allgather", zero=1),
 }
 
 
@@ -134,7 +138,10 @@ def test_megatron_args_parse_at_the_named_tag(name):
     args, given = parse_megatron(text)
     assert len(given) == len(set(given)), "a flag is given twice"
     assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size) == (c.tp, c.pp)
-    dp = c.world_size // (c.tp * c.pp)
+    assert (args.context_parallel_size or 1) == c.cp
+    if c.cp > 1:
+        assert args.cp_comm_type == [{"ring": "p2p", "allgather": "all_gather"}[c.cp_comm]]
+    dp = c.world_size // (c.tp * c.pp * c.cp)
     assert args.global_batch_size // (args.micro_batch_size * dp) == c.num_microbatches
     assert args.seq_length == c.seq_len and args.num_layers == m.num_layers
     assert args.recompute_granularity == (None if c.recompute == "none" else c.recompute)
@@ -233,6 +240,8 @@ def test_megatron_args_build_megatron_cores_configs(megatron_core, name):
             kwargs[cls][target] = value
     if args.group_query_attention is False:
         kwargs[transformer_cls].pop("num_query_groups", None)
+    if isinstance(args.cp_comm_type, list) and len(args.cp_comm_type) == 1:  # as core_transformer_config_from_args
+        kwargs[transformer_cls]["cp_comm_type"] = args.cp_comm_type[0]
     if args.num_layers_per_virtual_pipeline_stage:  # Megatron-LM's validate_args derives the vpp size from it
         kwargs[transformer_cls]["virtual_pipeline_model_parallel_size"] = (
             args.num_layers // (args.pipeline_model_parallel_size * args.num_layers_per_virtual_pipeline_stage))

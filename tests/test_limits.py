@@ -1,6 +1,7 @@
 """`autoconf limits`: the longest sequence, the largest micro-batch and the largest model that fit, each with its
 plan; and the worst rank's memory picture of `estimate`."""
 
+import dataclasses
 import json
 import random
 
@@ -25,6 +26,17 @@ def test_largest_finds_the_threshold_of_a_monotone_test():
             assert len(probes) <= 2 * n.bit_length() + 2
 
 
+# tiny-llama with RoPE scaling, so that sequences beyond its 128-token context are legal (ModelSpec.context_problem)
+SCALED = dataclasses.replace(PRESETS["tiny-llama"], rope_scaling_factor=8.0)
+
+
+def test_a_ceiling_beyond_the_context_of_a_model_without_rope_scaling_is_one_line(planner):
+    from autoconf.errors import UserError
+
+    with pytest.raises(UserError, match="context of 128 tokens"):
+        longest_sequence(planner, PRESETS["tiny-llama"], ceiling=1 << 17)
+
+
 @pytest.fixture(scope="module")
 def planner():
     """tiny-llama on 2 CPU ranks of 4 GiB, standard attention (whose s^2 scores make memory bind)."""
@@ -33,11 +45,11 @@ def planner():
 
 @pytest.fixture(scope="module")
 def longest(planner):
-    return longest_sequence(planner, PRESETS["tiny-llama"], ceiling=1 << 17)
+    return longest_sequence(planner, SCALED, ceiling=1 << 17)
 
 
 def test_longest_sequence_fits_and_one_step_longer_does_not(planner, longest):
-    model = PRESETS["tiny-llama"]
+    model = SCALED
     limit = longest
     assert limit.value is not None and limit.value % SEQ_GRANULARITY == 0 and limit.value < 1 << 17
     assert limit.plan.config.seq_len == limit.value and limit.plan.prediction["fits"]
@@ -46,7 +58,7 @@ def test_longest_sequence_fits_and_one_step_longer_does_not(planner, longest):
 
 
 def test_largest_micro_batch_fits_and_the_next_divisor_does_not(planner, longest):
-    model = PRESETS["tiny-llama"]
+    model = SCALED
     seq = longest.value // 2 // SEQ_GRANULARITY * SEQ_GRANULARITY  # micro-batch 1 fits; 8 cannot
     limit = largest_micro_batch(planner, model, seq)
     assert limit.plan.config.micro_batch_size == limit.value and limit.plan.prediction["fits"]

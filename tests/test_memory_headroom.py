@@ -19,16 +19,17 @@ from autoconf.spec.presets import load_model
 from autoconf.spec.profile_checks import profile_problems
 
 GiB = 1024**3
-# llama3-8b, dp 8 ZeRO-3 with a reduce-scatter per micro-batch: 77.9 GiB, between 95% and 100% of an 80 GiB H100.
+# llama3.1-8b (llama3-8b with RoPE scaling: sequences beyond 8192 are legal), dp 8 ZeRO-3 with a reduce-scatter per
+# micro-batch: 77.9 GiB, between 95% and 100% of an 80 GiB H100.
 BASE = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=1, global_batch_size=64, seq_len=8192, zero_stage=3,
                       grad_reduce="microbatch")
 
 
 def _near_full() -> ParallelConfig:
-    """BASE at the first sequence length (multiples of 512 from 8192) whose llama3-8b peak on one DGX H100 lies
+    """BASE at the first sequence length (multiples of 512 from 8192) whose llama3.1-8b peak on one DGX H100 lies
     between the usable memory and the device's memory: found, not hard-coded, so that the test keeps its meaning
     when the memory model changes."""
-    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100-80g", nodes=1)
+    model, cluster = load_model("llama3.1-8b"), load_cluster("dgx-h100-80g", nodes=1)
     for seq in range(8192, 4 * 8192, 512):
         config = dataclasses.replace(BASE, seq_len=seq)
         peak = estimate(model, cluster, config, detail=False).prediction["peak_memory_bytes"]
@@ -74,7 +75,7 @@ def test_profile_checks_refuse_a_bad_headroom(entry, needle):
 
 def test_fit_check_leaves_the_headroom_free():
     """A plan between the usable memory and the device's memory does not fit; it fits without headroom."""
-    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100-80g", nodes=1)
+    model, cluster = load_model("llama3.1-8b"), load_cluster("dgx-h100-80g", nodes=1)
     near_full = _near_full()
     tight = estimate(model, cluster, near_full, detail=False).prediction
     assert cluster.usable_memory_bytes < tight["peak_memory_bytes"] <= cluster.device.memory_bytes
@@ -97,12 +98,12 @@ def test_cli_flag_overrides_the_profile():
 
 
 def test_search_uses_the_usable_memory():
-    """The planner's first choice for llama3-8b on one DGX H100 node fits in the usable memory, and the same search
+    """The planner's first choice for llama3.1-8b on one DGX H100 node fits in the usable memory, and the same search
     without headroom may choose a plan above it (here it does: dp 8 with a reduce-scatter per micro-batch, at the
     sequence length that puts it between the two limits)."""
     from autoconf.solve.search import search
 
-    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100-80g", nodes=1)
+    model, cluster = load_model("llama3.1-8b"), load_cluster("dgx-h100-80g", nodes=1)
     fixed = {"tp": 1, "pp": 1, "micro_batch_size": 1, "recompute": "none", "zero_stage": 3}
     seq = _near_full().seq_len
     with_headroom = search(model, cluster, 64, seq, "bf16", fixed=fixed, top_k=1, refine=False)

@@ -140,7 +140,7 @@ def test_placement_beats_the_default_rank_order_on_a_heterogeneous_fabric():
     assert solved < default
     for pp_rank in range(2):
         for dp_rank in range(2):
-            a, b = mesh[pp_rank, dp_rank]
+            a, b = mesh[pp_rank, dp_rank, 0]
             assert a // 2 == b // 2, "TP pairs sit on the fast links"
 
 

@@ -69,7 +69,29 @@ class ModelPieces:
 
 def model_pieces(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig,
                  share: float | None = None) -> ModelPieces:
-    """The pieces' times; measured kernel times are divided by `share` (default: the profile's `cpu_share`)."""
+    """The pieces' times on one TP (and CP) rank; measured kernel times are divided by `share` (default: the
+    profile's `cpu_share`).
+
+    Under context parallelism a rank holds seq_len / cp tokens of every sequence in two load-balanced chunks (the
+    i-th and (2cp-1-i)-th of 2cp), so every piece that grows with tokens (projections, MLP, norms, embedding, head)
+    is read at seq_len / cp, and the attention core, whose causal work grows with seq_len^2, is the core at the
+    whole sequence divided by cp: the chunk pairing gives each rank the same share of the causal triangle. A
+    measured table reads that core at the full length in micro_batch x seq_len^2 (`profile --seq-len` times it
+    there). The blockwise kernels' lower efficiency on 1/cp-long blocks is not modelled."""
+    if config.cp > 1:
+        local = _pieces(model, cluster, rank_view(config), share)
+        whole = _pieces(model, cluster, dataclasses.replace(config, cp=1), share)
+        return dataclasses.replace(local, attention_core=whole.attention_core.scaled(1 / config.cp))
+    return _pieces(model, cluster, config, share)
+
+
+def rank_view(config: ParallelConfig) -> ParallelConfig:
+    """The config as one CP rank sees its tokens: a sequence of seq_len / cp and no context parallelism (what
+    everything but the attention core and the K/V exchange costs)."""
+    return dataclasses.replace(config, seq_len=config.local_seq_len, cp=1)
+
+
+def _pieces(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, share: float | None) -> ModelPieces:
     measured = _measured_pieces(model, cluster, config, cpu_share(cluster) if share is None else share)
     return measured if measured is not None else _spec_pieces(model, cluster, config)
 
@@ -83,7 +105,7 @@ def measured_tp_layer(model: ModelSpec, cluster: ClusterProfile,
     beyond it). None when not measured. The backward's share is `backward_input`: the collectives belong to the
     activation-gradient pass."""
     table = cluster.compute
-    c = config
+    c = rank_view(config)
     if c.tp == 1 or not table or not table.get("tp_layers") or not _shape_matches(table, model, c.dtype):
         return None
     rows = [e for e in table["tp_layers"] if e.get("tp") == c.tp and
@@ -135,7 +157,7 @@ def rank_optimizer_time(cluster: ClusterProfile, c: ParallelConfig, rank_params:
     """The optimizer step of a pipeline rank holding `rank_params` parameters (all its stages, before TP and ZeRO
     sharding): its TP (and, when ZeRO shards, DP) slice of them; DTensor parameters (TP, or FSDP) also pay the
     profile's DTensor rate on the unsharded count."""
-    shard = c.dp if c.zero_sharded else 1
+    shard = c.dp_cp if c.zero_sharded else 1
     dtensor = c.tp > 1 or c.zero_sharded
     return optimizer_step_time(rank_params / c.tp / shard, cluster, rank_params if dtensor else None)
 

@@ -1,6 +1,7 @@
 """One configuration in, one prediction out: iteration time as a sum of named terms, and memory per pipeline rank.
 
-    stage costs  = per virtual stage: its layers' compute (+ recompute) + the TP collectives inside each layer,
+    stage costs  = per virtual stage: its layers' compute (+ recompute) + the TP collectives inside each layer
+                   + what the CP exchange of keys and values leaves exposed (`cp_attention_comm`),
                    the embedding on the first stage, the head and loss on the last          (compute.py, comm.py)
     simulation   = the schedule's action lists run on those costs, with P2P transfers between the devices of
                    neighbouring stages and the DP/FSDP collectives on a separate stream    (schedules.py, simulate.py)
@@ -12,9 +13,9 @@ Where frameworks differ, an `Execution`'s flags decide (spec/frameworks.py): wha
 overlap (whole, or bucket by bucket with the first forward and the last backward), whether TP communication hides
 behind the GEMMs, the P2P scheme, the memory layout, what selective recompute redoes.
 
-The time breakdown (compute, recompute, tp_comm, bubble, pp_comm, dp_comm, step_comm, optimizer, framework) adds up
-to the iteration time: the terms after tp_comm are what each extra ingredient adds to the simulated makespan of the
-critical rank.
+The time breakdown (compute, recompute, tp_comm, [cp_comm when cp > 1,] bubble, pp_comm, dp_comm, step_comm,
+optimizer, framework) adds up to the iteration time: the terms after tp_comm (cp_comm) are what each extra ingredient
+adds to the simulated makespan of the critical rank.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from autoconf.cost.comm import collective_time, p2p_time, slowest_collective_time
 from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, measured_tp_layer, model_pieces,
                                    rank_optimizer_time)
-from autoconf.cost.memory import stage_memory, stage_params
+from autoconf.cost.memory import cp_kv_bytes, stage_memory, stage_params
 from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order_peaks, simulate
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, check_dtype, gather_bytes, precision
@@ -73,12 +74,13 @@ class StagePlan:
     buckets: list[int]  # gradient (and parameter-gather) buckets per stage: Execution.buckets
     # The reduce-scatters of every micro-batch but the last (grad_reduce "microbatch"); the last one is `reduce`.
     early_reduce: list[float] = dataclasses.field(default_factory=list)
+    cp_comm: list[PassTimes] = dataclasses.field(default_factory=list)  # exposed CP K/V exchange per stage (cp > 1)
 
 
 def activation_bytes(model: ModelSpec, c: ParallelConfig) -> float:
-    """One micro-batch's hidden states (seq x micro-batch x hidden, compute dtype): the buffer of a TP collective
-    and, unsplit, of a P2P transfer."""
-    return c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
+    """One micro-batch's hidden states on one rank (seq / cp x micro-batch x hidden, compute dtype): the buffer of a
+    TP collective and, unsplit, of a P2P transfer."""
+    return c.local_seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
 
 
 def dp_buffer_bytes(c: ParallelConfig, params: float) -> tuple[float, float]:
@@ -119,8 +121,35 @@ def sp_regather_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfi
     tokens, so they are charged in full. Zero without SP and for layouts that keep the gathered input (torch)."""
     if not c.sequence_parallel or c.tp == 1 or execution.memory_layout != "megatron":
         return 0.0
-    nbytes = c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
+    nbytes = c.local_seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
     return 2 * collective_time(cluster, "all_gather", nbytes, devices)
+
+
+def cp_attention_comm(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices,
+                      core: PassTimes) -> PassTimes:
+    """Seconds per layer that context parallelism's exchange of keys and values leaves exposed, in the forward and
+    in the input-gradient pass, on the CP group `devices` (one rank's share of the K/V is `memory.cp_kv_bytes`;
+    `core` is the rank's attention core, `model_pieces`).
+
+    "allgather" (Llama 3): the K/V of the whole sequence are all-gathered before the attention, not overlapped; the
+    backward gathers them again and reduce-scatters their gradients. "ring": the cp - 1 transfers of a K/V block to
+    the next rank of the ring each run beside the attention on the block before (the rank's own block first), so a
+    step costs max(transfer, core / cp) and exposes what the transfer exceeds; the chunk pairing gives every step
+    the same causal work. The backward passes the K/V and their gradients (twice the bytes) the same way. The ring
+    sends the same bytes as the all-gather and hides behind the core, so it never exposes more than the all-gather
+    on a ring of equal links. 0 without CP."""
+    if c.cp == 1:
+        return PassTimes(0.0, 0.0, 0.0)
+    kv = cp_kv_bytes(model, c)
+    if c.cp_comm == "allgather":
+        gather = collective_time(cluster, "all_gather", kv * c.cp, devices)
+        return PassTimes(gather, gather + collective_time(cluster, "reduce_scatter", kv * c.cp, devices), 0.0)
+    group = np.asarray(devices).reshape(-1)
+    pairs = np.stack([group, np.roll(group, -1)], axis=1)
+    steps = c.cp - 1
+    forward = steps * max(0.0, p2p_time(cluster, kv, pairs) - core.forward / c.cp)
+    backward = steps * max(0.0, p2p_time(cluster, 2 * kv, pairs) - core.backward_input / c.cp)
+    return PassTimes(forward, backward, 0.0)
 
 
 def recompute_time(pieces, c: ParallelConfig, one_collective: float, matmul_share: float | None = None) -> float:
@@ -157,7 +186,7 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
     step, or at ZeRO-3 again for every pass (reshard after forward) except under looped-bfs, where all
     micro-batches pass a chunk together. Each FSDP unit is its own collective and pays the profile's
     `collective_sync_s`."""
-    if c.dp <= 1:
+    if c.dp_cp <= 1:
         return 0.0, 0.0, 0.0
     grad_bytes, param_bytes = dp_buffer_bytes(c, params)
     if c.zero_stage == 0:
@@ -196,7 +225,7 @@ def step_collectives(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfi
     seconds = collective_time(cluster, "all_reduce", 8, everyone) + collective_time(cluster, "all_reduce", 16, everyone)
     last = stage_to_rank[-1]
     if model.tied_embeddings and c.pp > 1 and last != stage_to_rank[0]:
-        shard = c.dp if c.zero_sharded else 1
+        shard = c.dp_cp if c.zero_sharded else 1
         grad_bytes = model.vocab_size * model.hidden_size / c.tp / shard * 4
         pairs = np.stack([grid.pipeline_rank(stage_to_rank[0]).reshape(-1), grid.pipeline_rank(last).reshape(-1)],
                          axis=1)
@@ -225,9 +254,11 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     overlap_tp = execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1
     matmul_share = selective_matmul_share(model, execution)
     forward, back_in, back_w = [], [], []
-    compute_parts, recompute_parts, tp_parts, gathers, reduces, buckets = [], [], [], [], [], []
+    compute_parts, recompute_parts, tp_parts, gathers, reduces, buckets, cp_parts = [], [], [], [], [], [], []
     # The stages of one rank share its groups: their collectives are timed once per rank (and stage size).
-    tp_of_rank, grow_of_rank, dp_of_stage = {}, {}, {}
+    tp_of_rank, grow_of_rank, dp_of_stage, cp_of_rank = {}, {}, {}, {}
+    # The ranks holding the same weights reduce gradients together: a DP group, or every DP replica's CP ranks.
+    weight_axes = ("dp", "cp") if c.cp > 1 else "dp"
     for st, (first, end) in enumerate(partition):
         rank = stage_to_rank[st]
         layers = end - first
@@ -255,6 +286,14 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                            (per_layer.backward_input + 2 * grow) * layers + regather, 0.0)
         compute = pieces.block.scaled(layers)
         recompute = recompute_time(pieces, c, one, matmul_share) * layers
+        if c.cp > 1:
+            if rank not in cp_of_rank:
+                cp_of_rank[rank] = cp_attention_comm(model, cluster, c, grid.first_group_array("cp", rank),
+                                                     pieces.attention_core)
+            cp_layer = cp_of_rank[rank]
+            if c.recompute == "full":  # the repeated forward exchanges the K/V again
+                recompute += cp_layer.forward * layers
+            cp_parts.append(cp_layer.scaled(layers))
         if st == 0:
             compute = compute + pieces.embedding
             tp = tp + PassTimes(one, 0.0, 0.0)
@@ -264,11 +303,15 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         # DP / FSDP collectives of this stage's parameters.
         params = stage_params(model, partition, st) / c.tp
         if (rank, params, layers) not in dp_of_stage:
-            dp_of_stage[rank, params, layers] = dp_collectives(cluster, c, params, grid.first_group_array("dp", rank),
+            dp_of_stage[rank, params, layers] = dp_collectives(cluster, c, params,
+                                                               grid.first_group_array(weight_axes, rank),
                                                                units=layers + 1)
         per_microbatch_gather, gather, reduce = dp_of_stage[rank, params, layers]
         fwd = compute.forward + tp.forward + pass_overhead
         bwd_in = compute.backward_input + tp.backward_input + recompute + pass_overhead
+        if c.cp > 1:
+            fwd += cp_parts[-1].forward
+            bwd_in += cp_parts[-1].backward_input
         if fsdp_unit_pass:  # FSDP's hooks on every unit (each block and the stage's root), per pass
             fwd += fsdp_unit_pass * (layers + 1)
             bwd_in += fsdp_unit_pass * (layers + 1)
@@ -294,10 +337,10 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             # backward's parameter re-gathers (ZeRO-3): the stream holds both.
             reduce += per_microbatch_gather
         reduces.append(reduce)
-        buckets.append(execution.buckets(params, layers, rank, c.dp))
+        buckets.append(execution.buckets(params, layers, rank, c.dp_cp))
     early = [(c.num_microbatches - 1) * r for r in reduces] if c.reduces_every_microbatch else []
     return StagePlan(StageCosts(forward, back_in, back_w), compute_parts, recompute_parts, tp_parts, pass_overhead,
-                     gathers, reduces, buckets, early)
+                     gathers, reduces, buckets, early, cp_parts)
 
 
 def p2p_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution) -> float:
@@ -557,29 +600,33 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, 
     bare = simulate(schedule, sp.costs, 0.0)
     with_p2p = simulate(schedule, sp.costs, p2p)
     busiest = max(range(schedule.pp), key=lambda r: bare.compute_time_per_rank[r])
-    compute = recompute = tp = overhead = 0.0
+    compute = recompute = tp = cp = overhead = 0.0
     for action, _, _ in bare.events[busiest]:
         if action.kind != "W":
             overhead += sp.pass_overhead
         s = action.stage
         parts = sp.compute[s]
         tp_parts = sp.tp_comm[s]
+        cp_parts = sp.cp_comm[s] if sp.cp_comm else PassTimes(0.0, 0.0, 0.0)
         if action.kind == "F":
             compute += parts.forward
             tp += tp_parts.forward
+            cp += cp_parts.forward
         elif action.kind in ("B", "I"):
             compute += parts.backward_input + (parts.backward_weight if action.kind == "B" else 0.0)
             tp += tp_parts.backward_input
+            cp += cp_parts.backward_input
             recompute += sp.recompute[s]
         else:
             compute += parts.backward_weight
     busy = bare.compute_time_per_rank[busiest]
     # Gather waits hidden in max(compute, gather) show up as compute time of the stage: attribute them to dp_comm.
-    fsdp_wait = max(0.0, busy - (compute + recompute + tp + overhead))  # float noise below zero is none
-    return {
+    fsdp_wait = max(0.0, busy - (compute + recompute + tp + cp + overhead))  # float noise below zero is none
+    terms = {
         "compute": compute,
         "recompute": recompute,
         "tp_comm": tp,
+        **({"cp_comm": cp} if sp.cp_comm else {}),
         "bubble": bare.makespan - busy,
         "pp_comm": with_p2p.makespan - bare.makespan,
         "dp_comm": makespan - with_p2p.makespan + fsdp_wait,
@@ -587,3 +634,4 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, 
         "optimizer": optimizer,
         "framework": overhead + step_overhead,
     }
+    return terms

@@ -48,9 +48,9 @@ def scaling_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -
     p = precision(c.dtype)
     if not p.dynamic_scaling:
         return 0.0, 0.0, 0.0
-    tokens = c.seq_len * c.micro_batch_size
+    tokens = c.local_seq_len * c.micro_batch_size
     fp8_gather = p.gather == "fp8" and c.zero_sharded
-    weight_forward = 1.0 / c.dp if fp8_gather else 1.0
+    weight_forward = 1.0 / c.dp_cp if fp8_gather else 1.0
     weight_backward = 0.0 if fp8_gather else 1.0
     linears = block_linears(model, c.tp)
     outputs = sum(tokens * n for _, n in linears)
@@ -75,7 +75,7 @@ def input_cast_elements(model: ModelSpec, c: ParallelConfig) -> tuple[float, flo
     all-gather, and its column-parallel linears use (and save) that fp8 tensor, so only the row-parallel linears
     (output projection, down matrix) cast their inputs in both passes. The executor does not run fp8 with TP
     (`autoconf.spec.support`)."""
-    tokens = c.seq_len * c.micro_batch_size
+    tokens = c.local_seq_len * c.micro_batch_size
     linears = block_linears(model, c.tp)
     every = sum(tokens * k for k, _ in linears)
     if c.tp == 1:

@@ -1,6 +1,7 @@
 """Peak memory per pipeline rank: weights, gradients, optimizer states, activations, temporaries, runtime.
 
-Parameter, gradient and optimizer-state bytes per parameter of one rank (after TP; d = dp), by layout:
+Parameter, gradient and optimizer-state bytes per parameter of one rank (after TP; d = dp x cp, the ranks holding the
+same weights), by layout:
 
   "megatron"  Megatron-LM mixed precision: bf16 weights 2, fp32 main gradients 4 in one contiguous buffer, fp32
               master weights and Adam moments 12. Its distributed optimizer (`--use-distributed-optimizer`, zero
@@ -35,11 +36,12 @@ Parameter, gradient and optimizer-state bytes per parameter of one rank (after T
                 either gradient reduction.
               FSDP2 has no mode that shards the optimizer state alone: ZeRO-1 runs as ZeRO-2.
 
-Activations: each virtual stage keeps `inflight[s]` micro-batches (counted by the schedule simulation), each
-worth its layers' `layer_activation_bytes` plus the embedding dropout mask (first stage) and the head inputs (last
-stage). Temporaries: the logits with their fp32 loss copy and gradient, one layer's recomputed activations under full
-recompute, P2P send/receive buffers. With one micro-batch per step the executor's gradients only come into
-existence as the activations go, so the larger of the two counts.
+Activations: each virtual stage keeps `inflight[s]` micro-batches (counted by the schedule simulation), each worth
+its layers' `layer_activation_bytes` plus the embedding dropout mask (first stage) and the head inputs (last stage),
+all over the rank's seq_len / cp tokens under context parallelism. Temporaries: the logits with their fp32 loss copy
+and gradient, one layer's recomputed activations under full recompute, P2P send/receive buffers, the K/V buffer of
+context-parallel attention (`cp_buffer_bytes`). With one micro-batch per step the executor's gradients only come
+into existence as the activations go, so the larger of the two counts.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     c = config
     recompute = c.recompute if recompute is None else recompute
     if layout == "megatron":
-        return model.layer_activation_bytes(c.seq_len, c.micro_batch_size, c.tp, c.sequence_parallel, recompute,
+        return model.layer_activation_bytes(c.local_seq_len, c.micro_batch_size, c.tp, c.sequence_parallel, recompute,
                                             c.attention, DTYPE_BYTES[c.dtype])
     return executor_layer_activation_bytes(model, c, recompute, device_kind)
 
@@ -93,7 +95,7 @@ def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, re
     block input only. Dropout masks take a byte per element (CUDA's fused kernel).
     """
     c = config
-    s, b, h, f = c.seq_len, c.micro_batch_size, model.hidden_size, model.ffn_hidden_size
+    s, b, h, f = c.local_seq_len, c.micro_batch_size, model.hidden_size, model.ffn_hidden_size
     t, e = c.tp, DTYPE_BYTES[c.dtype]
     sbh = s * b * h
     split = t if c.sequence_parallel else 1
@@ -124,7 +126,7 @@ def logits_temporary_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     """Peak bytes of the loss on the last stage for one micro-batch: the logits, their fp32 copy and gradient
     (Megatron); in the executor, the fp32 log-softmax the loss keeps and the two fp32 gradients of its backward."""
     c = config
-    logits = c.seq_len * c.micro_batch_size * model.vocab_size / c.tp
+    logits = c.local_seq_len * c.micro_batch_size * model.vocab_size / c.tp
     return logits * (DTYPE_BYTES[c.dtype] + 8 if layout == "megatron" else 12)
 
 
@@ -133,7 +135,7 @@ def head_input_bytes(model: ModelSpec, config: ParallelConfig, layout: str, devi
     (in the executor the head's column-parallel input is gathered to the full sequence under SP)."""
     c = config
     e = DTYPE_BYTES[c.dtype]
-    sbh = c.seq_len * c.micro_batch_size * model.hidden_size
+    sbh = c.local_seq_len * c.micro_batch_size * model.hidden_size
     split = c.tp if c.sequence_parallel else 1
     if layout == "torch":
         return (norm_saved_bytes(model, c, device_kind) / split + e) * sbh
@@ -179,7 +181,7 @@ def holds_unsharded_params(config: ParallelConfig) -> bool:
 def state_bytes_per_param(config: ParallelConfig, layout: str) -> tuple[float, float, float, float]:
     """(weights, gradients, optimizer, unsharded compute copy) bytes per local parameter held through the step, as
     the module docstring lays out; what is held of only the units in use is `unsharded_buffer_bytes`."""
-    dp = config.dp
+    dp = config.dp_cp
     z = config.zero_stage if config.zero_sharded else 0
     compute = DTYPE_BYTES[config.dtype]
     if layout == "megatron":
@@ -242,7 +244,7 @@ def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str
         # In the reducing backward, a reduced block's sharded gradient exists while its fp32 reduce-scatter input
         # is kept instead of its unsharded gradient: one block's 4/dp more. Under mixed precision each backward
         # first writes a block's gradient in the compute dtype, then adds it to the fp32 sum.
-        grads = block * 4 / c.dp + (block * e if e != 4 else 0.0)
+        grads = block * 4 / c.dp_cp + (block * e if e != 4 else 0.0)
     else:
         in_flight = block * 4 if blocks >= 1 else 0.0  # the last reduced block's input, at the root's reduction
         grads = max(root_all * e + in_flight, (root_early + block) * e + (block * 4 if blocks >= 2 else 0.0))
@@ -261,7 +263,27 @@ def p2p_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:
     if c.pp == 1:
         return 0.0
     split = c.tp if c.sequence_parallel else 1
-    return 4 * c.seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype] / split
+    return 4 * c.local_seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype] / split
+
+
+def cp_kv_bytes(model: ModelSpec, config: ParallelConfig) -> float:
+    """The keys and values of one rank's share of one sequence for one layer on one TP rank: seq_len / cp tokens of
+    the layer's K and V heads (grouped, unrepeated), in the compute dtype. The unit of context-parallel traffic."""
+    c = config
+    return c.local_seq_len * c.micro_batch_size * 2 * model.kv_dim / c.tp * DTYPE_BYTES[c.dtype]
+
+
+def cp_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:
+    """The K/V buffer context-parallel attention holds while one layer computes (a temporary: the backward gathers
+    or receives them again; the saved activations are the rank's own Q, K, V): under "allgather" the gathered K/V
+    of the whole sequence and, in the backward, their gradients before the reduce-scatter (2 x cp blocks); under
+    "ring" the block being computed on and the one arriving, and in the backward their gradients travelling with
+    them (4 blocks). 0 without CP."""
+    c = config
+    if c.cp == 1:
+        return 0.0
+    blocks = 2 * c.cp if c.cp_comm == "allgather" else 4
+    return blocks * cp_kv_bytes(model, c)
 
 
 def unit_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
@@ -270,7 +292,7 @@ def unit_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
     embedding's dropout mask, the layer's saved tensors, the head's inputs. The partition units of the solver."""
     c = config
     split = c.tp if c.sequence_parallel else 1
-    sbh = c.seq_len * c.micro_batch_size * model.hidden_size
+    sbh = c.local_seq_len * c.micro_batch_size * model.hidden_size
     embedding = sbh / split if model.dropout > 0 else 0.0
     return (embedding, layer_activation_bytes(model, c, layout, device_kind),
             head_input_bytes(model, c, layout, device_kind))
@@ -307,6 +329,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
             temporaries.append(logits_temporary_bytes(model, c, layout))
         if c.recompute == "full":
             temporaries.append(layer_activation_bytes(model, c, layout, cluster.device.kind, "none"))
+        temporaries.append(cp_buffer_bytes(model, c))
         grads = local_params * g_b + grad_buffer
         if layout == "torch" and c.num_microbatches == 1:
             # The gradients come into existence during the only backward while the activations go: the peak is at

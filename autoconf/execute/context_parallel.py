@@ -6,7 +6,7 @@ attends to the same number of (query, key) pairs. A rank's tokens keep their rea
 angles, learned position embeddings and the causal mask all read them, never 0..s/cp. `shard` gives a rank its share
 of a [batch, seq] tensor (tokens, labels), `unshard` puts the cp shares back in sequence order.
 
-Attention over the group (`ContextParallel.attention`), two algorithms (ALGORITHMS, the plan's choice):
+Attention over the group (`ContextParallel.attention`), the plan's `cp_comm` (spec/plan.py CP_COMM):
 - "allgather" (Llama 3's): each rank computes Q, K and V of its own tokens, all-gathers K and V over the group with
   torch's autograd-aware functional collective (`all_gather_single_autograd`, on CPU with gloo too: its backward
   reduce-scatters, i.e. sums, the K/V gradients onto the ranks that own the tokens), reorders them to sequence
@@ -32,6 +32,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
+
+from autoconf.spec.plan import CP_COMM
 
 
 def chunks_of(cp: int, rank: int) -> tuple[int, int]:
@@ -88,18 +90,15 @@ def attach(model, context: "ContextParallel") -> None:
         block.attention.context = context
 
 
-ALGORITHMS = ("allgather", "ring")
-
-
 class ContextParallel:
     """One rank's view of its CP group: its token positions and the attention over the group its layers call, by
-    `algorithm` (ALGORITHMS). `uses_torch`: the CUDA path (torch's ring attention patches SDPA inside
+    `algorithm` (the plan's cp_comm, one of spec/plan.py CP_COMM). `uses_torch`: the CUDA path (torch's ring attention patches SDPA inside
     `torch_attention`), whatever the algorithm."""
 
     def __init__(self, mesh, seq_len: int, device: torch.device, algorithm: str = "allgather",
                  uses_torch: bool = False):
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"context-parallel attention {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+        if algorithm not in CP_COMM:
+            raise ValueError(f"context-parallel attention {algorithm!r} is not one of {', '.join(CP_COMM)}")
         self.algorithm = algorithm
         self.mesh, self.group = mesh, mesh.get_group()
         self.cp, self.rank, self.seq_len = mesh.size(), mesh.get_local_rank(), seq_len

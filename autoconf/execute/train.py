@@ -120,7 +120,7 @@ class Trainer:
         # layers exchange K/V over the "cp" mesh dimension.
         self.context, self.attention_context = None, contextlib.nullcontext
         if c.cp > 1:
-            self.context = cpx.ContextParallel(self.mesh["cp"], c.seq_len, device,
+            self.context = cpx.ContextParallel(self.mesh["cp"], c.seq_len, device, c.cp_comm,
                                                cpx.uses_torch_attention(c, device.type, plan.model.dropout))
             self.attention_context = self.context.torch_attention  # the CUDA path's torch context_parallel
             for model in self.models:
@@ -130,9 +130,8 @@ class Trainer:
         # pipeline's 1/micro-batches scaling (torch's scale_grads, an in-place division after the backward) is
         # folded into the average instead, so nothing writes the gradients while their reduction is in flight.
         self.reducers: list[GradReducer] = []
-        replicas = c.dp * c.cp
-        if replicas > 1 and not self.fsdp:
-            divisor = replicas * (c.num_microbatches if c.pp > 1 else 1)
+        if c.dp_cp > 1 and not self.fsdp:
+            divisor = c.dp_cp * (c.num_microbatches if c.pp > 1 else 1)
             group = replica_mesh(self.mesh, c).get_group()
             self.reducers = [GradReducer(model, group, c.num_microbatches, divisor) for model in self.models]
         self.schedule = None

@@ -181,6 +181,8 @@ def _job_name(plan: Plan) -> str:
 
 
 Flag = tuple[str, object]  # (Megatron-LM flag, value); value None for a switch
+# The plan's CP K/V exchange (spec/plan.py CP_COMM) as Megatron-LM's --cp-comm-type.
+MEGATRON_CP_COMM = {"ring": "p2p", "allgather": "all_gather"}
 
 
 def _pipeline_layout(plan: Plan) -> str:
@@ -202,6 +204,10 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
     m, c = plan.model, plan.config
     notes: list[str] = []
     flags: list[Flag] = [("--tensor-model-parallel-size", c.tp), ("--pipeline-model-parallel-size", c.pp)]
+    if c.cp > 1:
+        # Megatron-Core's CP runs in Transformer Engine's attention: p2p is the ring of K/V blocks, all_gather Llama
+        # 3's gather of the whole sequence's K/V; both split the sequence into 2 x cp load-balanced chunks.
+        flags += [("--context-parallel-size", c.cp), ("--cp-comm-type", MEGATRON_CP_COMM[c.cp_comm])]
     if schedule_spec(c.schedule).megatron_note:
         notes.append(schedule_spec(c.schedule).megatron_note)
     flags += _megatron_partition(plan)
@@ -242,7 +248,7 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
     flags.append(("--attention-backend", "flash" if c.attention == "flash" else "unfused"))
     mesh = np.asarray(plan.placement.get("mesh"))
     if mesh.size and not np.array_equal(mesh.ravel(), np.arange(mesh.size)):
-        notes.append("GPU placement differs from Megatron's rank order (tp fastest, then dp, then pp) and cannot be "
+        notes.append("GPU placement differs from Megatron's rank order (tp fastest, then cp, dp, pp) and cannot be "
                      "expressed with arguments; order the hosts or CUDA_VISIBLE_DEVICES to match plan placement.mesh")
     return _first_of_each(flags), notes
 

@@ -108,6 +108,14 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
         notes.append("torchtitan's mixed precision is bfloat16 or float32, not fp16: bfloat16 below")
     if c.dtype == "fp8":
         notes.append(torchtitan_fp8_note(c))
+    if c.cp > 1 and c.cp_comm == "ring":
+        notes.append("the plan passes K/V blocks around the CP ring; torchtitan 0.3.0 has no setting for it and "
+                     "torch's context parallelism all-gathers K/V by default: call torch.distributed.tensor."
+                     "experimental._attention.set_rotate_method(\"alltoall\") before training for the closest (K/V "
+                     "rotated between the CP ranks)")
+    if c.cp > 1 and c.zero_stage == 0:
+        notes.append("torchtitan shards the weights over dp_shard x cp whenever cp > 1 (FSDP), so the plan's ZeRO-0 "
+                     "runs as ZeRO-3 over the CP ranks there")
     if c.tp > 1 and not c.sequence_parallel:
         notes.append("the plan runs tensor parallelism without sequence parallelism (enable_sequence_parallel=False)")
     lines = [f"# {summary}",
@@ -139,6 +147,7 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
               f"    parallelism.tensor_parallel_degree = {c.tp}",
               f"    parallelism.enable_sequence_parallel = {c.sequence_parallel or c.tp == 1}",
               f"    parallelism.pipeline_parallel_degree = {c.pp}",
+              f"    parallelism.context_parallel_degree = {c.cp}",
               f'    parallelism.pipeline_parallel_schedule = "{schedule_spec(c.schedule).torch_class}"',
               f"    parallelism.pipeline_parallel_microbatch_size = {c.micro_batch_size}"]
     if c.pp > 1:

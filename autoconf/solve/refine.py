@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from autoconf.cost.compute import model_pieces
-from autoconf.cost.estimate import (Execution, activation_bytes, dp_buffer_bytes, p2p_bytes, recompute_time,
-                                    schedule_inflight, selective_matmul_share, tp_collective)
-from autoconf.cost.memory import (gather_buffer_bytes, logits_temporary_bytes, p2p_buffer_bytes, state_bytes_per_param,
-                                  unit_activation_bytes)
+from autoconf.cost.estimate import (Execution, activation_bytes, cp_attention_comm, dp_buffer_bytes, p2p_bytes,
+                                    recompute_time, schedule_inflight, selective_matmul_share, tp_collective)
+from autoconf.cost.memory import (cp_buffer_bytes, cp_kv_bytes, gather_buffer_bytes, logits_temporary_bytes,
+                                  p2p_buffer_bytes, state_bytes_per_param, unit_activation_bytes)
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, min_stage_layers
@@ -32,6 +32,9 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     pieces = model_pieces(model, cluster, c)
     one = tp_collective(model, cluster, c, list(range(c.tp)))
     layer_time = pieces.block.total + 4 * one + recompute_time(pieces, c, one, selective_matmul_share(model, execution))
+    if c.cp > 1:
+        cp = cp_attention_comm(model, cluster, c, np.arange(c.cp) * c.tp, pieces.attention_core)
+        layer_time += cp.total + (cp.forward if c.recompute == "full" else 0.0)
     per_param = sum(state_bytes_per_param(c, layout))
     head_params = model.head_params() + (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)
     unit_time = [pieces.embedding.total + one] + [layer_time] * model.num_layers + [pieces.head.total + one]
@@ -42,7 +45,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     unit_act = [embedding] + [layer] * model.num_layers + [head]
     inflight = tuple(int(np.ceil(n)) for n in schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches))
     limit = (cluster.usable_memory_bytes - cluster.device.memory_overhead_bytes - p2p_buffer_bytes(model, c)
-             - gather_buffer_bytes(model, c, layout))
+             - gather_buffer_bytes(model, c, layout) - cp_buffer_bytes(model, c))
     return PartitionProblem(unit_time=tuple(unit_time), unit_static_bytes=tuple(unit_static),
                             unit_activation_bytes=tuple(unit_act),
                             stage_to_rank=stage_to_rank(c.schedule, c.pp, c.vpp), inflight=inflight,
@@ -139,16 +142,20 @@ def refined_partition_by_estimate(model: ModelSpec, cluster: ClusterProfile, c: 
     return best, best_time
 
 
-def traffic(model: ModelSpec, c: ParallelConfig, execution: Execution = Execution()) -> tuple[float, float, float]:
-    """Bytes per step each rank moves in its TP group, to its pipeline neighbour and in its DP group, from the
-    estimate's own buffers: two TP collectives per layer and direction on `activation_bytes`, the estimate's
-    `p2p_bytes` per micro-batch and direction (a 1/tp slice under sequence parallelism), and the gradient reduction
-    buffer of `dp_buffer_bytes` for the rank's share of the parameters."""
+def traffic(model: ModelSpec, c: ParallelConfig,
+            execution: Execution = Execution()) -> tuple[float, float, float, float]:
+    """Bytes per step each rank moves in its TP group, to its pipeline neighbour, in its DP group and in its CP
+    group, from the estimate's own buffers: two TP collectives per layer and direction on `activation_bytes`, the
+    estimate's `p2p_bytes` per micro-batch and direction (a 1/tp slice under sequence parallelism), the gradient
+    reduction buffer of `dp_buffer_bytes` for the rank's share of the parameters (over dp x cp), and per layer and
+    micro-batch the K/V exchange of `cp_attention_comm`: either algorithm moves (cp - 1) K/V blocks
+    (`cp_kv_bytes`) forward and twice that backward, which a ring all-reduce of 1.5 x cp blocks moves too."""
     layers_per_rank = model.num_layers / c.pp
     tp_bytes = 4 * layers_per_rank * activation_bytes(model, c) * c.num_microbatches if c.tp > 1 else 0.0
     pp_bytes = 2 * c.vpp * p2p_bytes(model, c, execution) * c.num_microbatches if c.pp > 1 else 0.0
-    dp_bytes = dp_buffer_bytes(c, model.total_params() / c.pp / c.tp)[0] if c.dp > 1 else 0.0
-    return tp_bytes, pp_bytes, dp_bytes
+    dp_bytes = dp_buffer_bytes(c, model.total_params() / c.pp / c.tp)[0] if c.dp_cp > 1 else 0.0
+    cp_bytes = 1.5 * c.cp * cp_kv_bytes(model, c) * layers_per_rank * c.num_microbatches if c.cp > 1 else 0.0
+    return tp_bytes, pp_bytes, dp_bytes, cp_bytes
 
 
 def refined_mesh(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, execution: Execution = Execution(),
@@ -158,6 +165,6 @@ def refined_mesh(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, e
 
     if c.world_size == 1:
         return None
-    tp_bytes, pp_bytes, dp_bytes = traffic(model, c, execution)
+    tp_bytes, pp_bytes, dp_bytes, cp_bytes = traffic(model, c, execution)
     return np.asarray(solve_placement(c.pp, c.dp, c.tp, cluster, tp_bytes, pp_bytes, dp_bytes,
-                                      time_limit_s=time_limit_s, seed=seed, cp=c.cp))
+                                      time_limit_s=time_limit_s, seed=seed, cp=c.cp, cp_bytes=cp_bytes))

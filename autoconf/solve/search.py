@@ -24,9 +24,10 @@ import numpy as np
 
 from autoconf.cost.comm import distinct_pair_sets, p2p_time
 from autoconf.cost.compute import measured_tp_layer, model_pieces, rank_optimizer_time
-from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mesh, default_partition, dp_collectives,
-                                    estimate, exposed_dp, overlapped_tp_layer, p2p_bytes, predict, recompute_time,
-                                    schedule_inflight, selective_matmul_share, step_collectives, tp_collective)
+from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, cp_attention_comm, default_mesh, default_partition,
+                                    dp_collectives, estimate, exposed_dp, overlapped_tp_layer, p2p_bytes, predict,
+                                    recompute_time, schedule_inflight, selective_matmul_share, step_collectives,
+                                    tp_collective)
 from autoconf.cost.memory import stage_memory
 from autoconf.errors import UserError
 from autoconf.spec.support import unsupported_reason
@@ -76,14 +77,14 @@ class _BoundCache:
         return self._owner[key]
 
     def _layer(self, c: ParallelConfig):
-        key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len)
+        key = (c.tp, c.cp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len)
         if key not in self._pieces:
             # A CPU rank may get a whole core when others wait: bound with the fastest share.
             self._pieces[key] = model_pieces(self.model, self.cluster, c, share=1.0)
         return self._pieces[key]
 
     def _tp_collective(self, c: ParallelConfig) -> float:
-        key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len)
+        key = (c.tp, c.cp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len)
         if key not in self._tp:
             measured = measured_tp_layer(self.model, self.cluster, c) if self.execution.executor_overheads else None
             one = tp_collective(self.model, self.cluster, c, list(range(c.tp)))
@@ -101,7 +102,7 @@ class _BoundCache:
         """(P2P transfer, per-pass FSDP gather, once-per-step FSDP gather, gradient reduction) of one middle stage
         on the default mesh."""
         model, cluster = self.model, self.cluster
-        p2p_key = (c.tp, c.pp, c.dp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len)
+        p2p_key = (c.tp, c.cp, c.pp, c.dp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len)
         if p2p_key not in self._p2p:
             nbytes = p2p_bytes(model, c, self.execution)
             p2p = 0.0
@@ -109,19 +110,20 @@ class _BoundCache:
                 # The cheapest hop between neighbouring pipeline ranks of the default mesh (wrap-around included).
                 p2p = min(p2p_time(cluster, nbytes, pairs) for pairs in self._hop_pairs(c))
             self._p2p[p2p_key] = p2p
-        dp_key = (c.tp, c.pp, c.dp, per_stage_layers, c.dtype, c.zero_stage,
+        dp_key = (c.tp, c.cp, c.pp, c.dp, per_stage_layers, c.dtype, c.zero_stage,
                   schedule_spec(c.schedule).fsdp_gather_per_chunk)
         if dp_key not in self._dp:
             params = per_stage_layers * model.layer_params() / c.tp
-            self._dp[dp_key] = dp_collectives(cluster, c, params, np.arange(c.dp) * c.tp)
+            # The default mesh's first weight group: every DP replica's CP ranks at TP position 0.
+            self._dp[dp_key] = dp_collectives(cluster, c, params, np.arange(c.dp_cp) * c.tp)
         return (self._p2p[p2p_key], *self._dp[dp_key])
 
     def _hop_pairs(self, c: ParallelConfig) -> np.ndarray:
-        """For each pipeline rank r of the default mesh (devices [r*dp*tp, (r+1)*dp*tp)), the pairs of its hop to
+        """For each pipeline rank r of the default mesh (devices [r*w, (r+1)*w), w = dp*cp*tp), the pairs of its hop to
         rank r+1 (wrap-around included), as far as they can differ in time."""
-        key = (c.pp, c.dp, c.tp)
+        key = (c.pp, c.dp, c.cp, c.tp)
         if key not in self._pair_sets:
-            width = c.dp * c.tp
+            width = c.dp * c.cp * c.tp
             src = np.arange(c.pp * width).reshape(c.pp, width)
             self._pair_sets[key] = distinct_pair_sets(self.cluster, np.stack([src, (src + width) % src.size],
                                                                               axis=-1))
@@ -147,7 +149,7 @@ class _BoundCache:
     def _step_comm(self, c: ParallelConfig) -> float:
         """The estimate's own step collectives (gradient norm, loss, tied embedding) on the default mesh."""
         owner = self._stage_to_rank(c)
-        key = (c.tp, c.pp, c.dp, c.zero_sharded, owner[0], owner[-1])
+        key = (c.tp, c.cp, c.pp, c.dp, c.zero_sharded, owner[0], owner[-1])
         if key not in self._step:
             self._step[key] = step_collectives(self.model, self.cluster, c, RankGrid(default_mesh(c)), owner)
         return self._step[key]
@@ -196,7 +198,8 @@ class _BoundCache:
         idle = bubble + fill_drain if spec.exposed_fill_drain else max(bubble, fill_drain)
         # Of rank 0's own gather and reduction, the execution's buckets leave at least these exposed.
         first_gather, last_reduce = exposed_dp(self.execution, gather_once, reduce,
-                                               per_stage_layers * model.layer_params() / c.tp, per_stage_layers, c.dp)
+                                               per_stage_layers * model.layer_params() / c.tp, per_stage_layers,
+                                               c.dp_cp)
         compute_path = first_gather + busy + idle + last_reduce
         # Micro-batch 0 passes every stage forward and backward in turn, hopping ranks between stages.
         chain = model.num_layers * (layer_fwd + layer_bwd) + 2 * S * overhead + 2 * hops * p2p
@@ -204,20 +207,25 @@ class _BoundCache:
 
     def _per_layer(self, c: ParallelConfig) -> tuple[float, float, float, float, float]:
         """(block forward, block input backward, block weight backward, one TP collective, recompute) per layer."""
-        key = (c.tp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len, c.recompute)
+        key = (c.tp, c.cp, c.cp_comm, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len,
+               c.recompute)
         if key not in self._layers:
             pieces = self._layer(c)
             one = self._tp_collective(c)
             block = pieces.block
-            self._layers[key] = (block.forward, block.backward_input, block.backward_weight, one,
-                                 recompute_time(pieces, c, one))
+            recompute = recompute_time(pieces, c, one)
+            if c.cp > 1:  # the estimate's exposed K/V exchange, on the default mesh's first CP group
+                cp = cp_attention_comm(self.model, self.cluster, c, np.arange(c.cp) * c.tp, pieces.attention_core)
+                block = block + cp
+                recompute += cp.forward if c.recompute == "full" else 0.0
+            self._layers[key] = (block.forward, block.backward_input, block.backward_weight, one, recompute)
         return self._layers[key]
 
     def _optimizer(self, c: ParallelConfig) -> float:
         """The optimizer step of pipeline rank 0 of the uniform partition (the estimate's slowest rank is no
         faster)."""
         rank0_layers = self._rank0_layers(c)
-        key = (c.tp, c.dp, c.zero_sharded, rank0_layers)
+        key = (c.tp, c.dp_cp, c.zero_sharded, rank0_layers)
         if key not in self._optimizers:
             model = self.model
             params_rank0 = (rank0_layers * model.layer_params() + model.embedding_params()) / c.tp
@@ -248,8 +256,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     check_costable(model)
     start = time.perf_counter()
     fixed = normalise_fixed(fixed or {})
-    if model.learned_positions and seq_len > model.max_seq_len:
-        raise UserError(f"seq_len {seq_len} exceeds {model.name}'s {model.max_seq_len} learned positions")
+    if model.context_problem(seq_len):
+        raise UserError(model.context_problem(seq_len))
     limit = cluster.usable_memory_bytes
     cache = _BoundCache(model, cluster, execution)
     scored = []

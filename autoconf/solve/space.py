@@ -5,7 +5,8 @@ than a node; PP up to the layer count; DP the rest of the devices, dividing the 
 dividing the per-replica batch; every schedule with the chunk counts it accepts; ZeRO 0-3 (only 0 without DP);
 recompute none/selective/full; sequence parallelism where TP > 1; where FSDP shards (ZeRO >= 1, DP > 1) and
 gradients accumulate (several micro-batches or a pipeline), the gradient reduce-scatter once per step or after
-every micro-batch (`grad_reduce`; not under the split-backward schedules). Every candidate is legal by construction (the
+every micro-batch (`grad_reduce`; not under the split-backward schedules); context parallelism (`cp_choices`) for
+long sequences, with both K/V exchanges (`cp_comm`). Every candidate is legal by construction (the
 schedule's own micro-batch rules are checked here); `search` checks what holds for all of them (sequence length).
 """
 
@@ -17,15 +18,21 @@ from collections.abc import Iterator
 from autoconf.errors import UserError
 from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import GRAD_REDUCE, ParallelConfig, max_pipeline_stages
+from autoconf.spec.plan import CP_COMM, GRAD_REDUCE, ParallelConfig, max_pipeline_stages
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 FIXABLE = ("tp", "pp", "dp", "cp", "vpp", "micro_batch_size", "schedule", "zero_stage", "recompute", "sequence_parallel",
-           "dtype", "grad_reduce")
+           "dtype", "grad_reduce", "cp_comm")
 ALIASES = {"mb": "micro_batch_size", "micro_batch": "micro_batch_size", "zero": "zero_stage",
            "sp": "sequence_parallel"}
 INT_FIELDS = ("tp", "pp", "dp", "cp", "vpp", "micro_batch_size", "zero_stage")
 MAX_MICRO_BATCH = 16
+# Context parallelism is searched from this sequence length up (Megatron-Core's and torchtitan's long-context recipes
+# start CP at 16k-32k tokens; below it a rank's share of the attention is too short to hide the K/V exchange, and
+# TP, PP and recompute fit the activations). A pinned --fix cp is honoured at any length.
+CP_MIN_SEQ_LEN = 16_384
+# Nor are the sequence's chunks cut shorter than this many tokens per rank (CP's blockwise kernels on short blocks).
+CP_MIN_LOCAL_TOKENS = 1_024
 
 
 def parse_fix_value(key: str, value: str):
@@ -52,6 +59,8 @@ def parse_fix_value(key: str, value: str):
         raise UserError(f"--fix schedule={value}: unknown schedule; choose from {', '.join(SCHEDULES)}")
     if key == "recompute" and value not in ("none", "selective", "full"):
         raise UserError(f"--fix recompute={value}: choose none, selective or full")
+    if key == "cp_comm" and value not in CP_COMM:
+        raise UserError(f"--fix cp_comm={value}: choose {' or '.join(CP_COMM)}")
     if key == "grad_reduce" and value not in GRAD_REDUCE:
         raise UserError(f"--fix grad_reduce={value}: choose {' or '.join(GRAD_REDUCE)}")
     if key == "dtype" and value not in DTYPES:
@@ -80,7 +89,10 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
 
     head_divisors = [d for d in _divisors(model.num_kv_heads) if model.num_heads % d == 0]
     tps = choices("tp", [t for t in head_divisors if t <= gpus_per_node and world_size % t == 0])
-    for tp, cp in ((tp, cp) for tp in tps for cp in choices("cp", [1])):
+    def cps(tp: int) -> list[int]:
+        return choices("cp", cp_choices(world_size // tp, seq_len) if attention == "flash" else [1])
+
+    for tp, cp in ((tp, cp) for tp in tps for cp in cps(tp)):
         if world_size % (tp * cp) or seq_len % (2 * cp) and cp > 1:
             continue
         pps = choices("pp", [p for p in _divisors(world_size // (tp * cp))
@@ -99,16 +111,28 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                 if per_replica % mb:
                     continue
                 for schedule, vpp in _schedule_choices(model, pp, per_replica // mb, fixed):
-                    for zero in choices("zero_stage", list(zero_stages) if dp > 1 else [0]):
+                    for zero in choices("zero_stage", list(zero_stages) if dp * cp > 1 else [0]):
                         for recompute in choices("recompute", ["none", "selective", "full"]):
                             for sp in choices("sequence_parallel", [False, True] if tp > 1 else [False]):
-                                for reduce in choices("grad_reduce", _grad_reduce_choices(
-                                        pp, dp, per_replica // mb, schedule, zero)):
+                                for reduce, cp_comm in ((r, x) for r in choices("grad_reduce", _grad_reduce_choices(
+                                        pp, dp * cp, per_replica // mb, schedule, zero))
+                                        for x in choices("cp_comm", list(CP_COMM) if cp > 1 else ["ring"])):
                                     yield ParallelConfig(
                                         tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, micro_batch_size=mb,
                                         global_batch_size=global_batch, seq_len=seq_len, schedule=schedule,
                                         zero_stage=zero, recompute=recompute, sequence_parallel=sp,
-                                        dtype=fixed.get("dtype", dtype), attention=attention, grad_reduce=reduce)
+                                        dtype=fixed.get("dtype", dtype), attention=attention, grad_reduce=reduce,
+                                        cp_comm=cp_comm)
+
+
+def cp_choices(devices: int, seq_len: int) -> list[int]:
+    """The context-parallel degrees searched on `devices` ranks (after TP): 1, and from CP_MIN_SEQ_LEN tokens on
+    every divisor cp of the ranks that splits the sequence into 2 x cp equal chunks of at least
+    CP_MIN_LOCAL_TOKENS / 2 tokens (the load-balanced causal layout)."""
+    if seq_len < CP_MIN_SEQ_LEN:
+        return [1]
+    return [d for d in _divisors(devices)
+            if d == 1 or (seq_len % (2 * d) == 0 and seq_len // d >= CP_MIN_LOCAL_TOKENS)]
 
 
 def _grad_reduce_choices(pp: int, dp: int, m: int, schedule: str, zero: int) -> list[str]:

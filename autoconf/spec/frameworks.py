@@ -164,7 +164,7 @@ class Execution:
 def _applies(when: str, c) -> bool:
     """Whether a setting's condition holds for config `c`: "always", "dp" (data parallel > 1), "sharded" (ZeRO >= 1
     over dp > 1), "sp" (sequence parallelism with tp > 1), "pp" (pipeline > 1)."""
-    return {"always": True, "dp": c.dp > 1, "sharded": c.zero_sharded, "sp": c.sequence_parallel and c.tp > 1,
+    return {"always": True, "dp": c.dp_cp > 1, "sharded": c.zero_sharded, "sp": c.sequence_parallel and c.tp > 1,
             "pp": c.pp > 1}[when]
 
 

@@ -104,13 +104,17 @@ class RankGrid:
         """The devices of one pipeline rank, shape (dp, cp, tp)."""
         return self.devices[pp_rank]
 
-    def first_group_array(self, axis: str, pp_rank: int) -> np.ndarray:
-        """The first group along `axis` within pipeline rank `pp_rank` (every other position 0): the group the
-        cost model charges for that stage. A view of the grid (no copy: for groups of many thousand devices)."""
+    def first_group_array(self, axis: str | tuple[str, ...], pp_rank: int) -> np.ndarray:
+        """The first group along `axis` (or along several axes together, flattened in grid order) within pipeline
+        rank `pp_rank` (every other position 0): the group the cost model charges for that stage. Along one axis a
+        view of the grid (no copy: for groups of many thousand devices)."""
+        axes = (axis,) if isinstance(axis, str) else axis
         index = {a: 0 for a in AXES}
         index.update(pp=pp_rank)
-        index[axis] = slice(None)
-        return self.devices[tuple(index[a] for a in AXES)]
+        for a in axes:
+            index[a] = slice(None)
+        group = self.devices[tuple(index[a] for a in AXES)]
+        return group if len(axes) == 1 else group.reshape(-1)
 
     def flat(self) -> list[int]:
         return [int(d) for d in self.devices.reshape(-1)]

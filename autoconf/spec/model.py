@@ -277,6 +277,24 @@ class ModelSpec:
     def linear_bias(self) -> bool:
         return self.arch == "gpt"
 
+    def context_problem(self, seq_len: int) -> str | None:
+        """Why the model cannot be trained on sequences of `seq_len` tokens (one line naming what would work), or
+        None. Learned positions stop at `max_seq_len`. Rotary positions train beyond the model's context
+        (`max_seq_len`, Hugging Face's max_position_embeddings) only with RoPE scaling (`rope_scaling_factor` > 1,
+        Llama 3.1's "llama3" rope_type), which long-context training extends further, as Llama 3 did from 8k to
+        128k tokens; up to the context any rotary model trains."""
+        if seq_len <= self.max_seq_len:
+            return None
+        if self.learned_positions:
+            return (f"seq_len {seq_len} exceeds {self.name}'s {self.max_seq_len} learned positions; use "
+                    f"--seq-len {self.max_seq_len} or less")
+        if self.rope_scaling_factor == 1:
+            return (f"seq_len {seq_len} exceeds {self.name}'s context of {self.max_seq_len:,} tokens "
+                    f"(max_position_embeddings) and the model has no RoPE scaling; use --seq-len "
+                    f"{self.max_seq_len} or less, or a model whose config sets rope_scaling (the llama3.1 presets: "
+                    f"131,072 tokens, longer with their llama3 scaling)")
+        return None
+
     @property
     def is_moe(self) -> bool:
         return self.moe is not None

@@ -27,6 +27,12 @@ MAX_SEQ_LEN = 1 << 22  # tokens per sequence
 # unsharded fp32 gradients accumulate until then), or after every micro-batch's backward (sharded gradients, one
 # reduce-scatter per micro-batch). cost/memory.py and cost/estimate.py say what each costs.
 GRAD_REDUCE = ("step", "microbatch")
+# How context-parallel attention meets the rest of the sequence's keys and values (cost/estimate.py says what each
+# costs, cost/memory.py what each holds): "allgather" gathers the K/V of the whole sequence before the attention
+# (Llama 3, Sec. 3.3.2; torchtitan's default rotate method; Megatron --cp-comm-type all_gather), "ring" passes K/V
+# blocks around the CP group, each transfer overlapped with the attention on the block before (Ring Attention;
+# Megatron --cp-comm-type p2p).
+CP_COMM = ("allgather", "ring")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class ParallelConfig:
     grad_reduce: str = "step"
     compile: bool = True  # torch.compile each transformer block where the device supports it (CUDA)
     cp: int = 1  # context parallelism: each sequence split over cp ranks (load-balanced causal chunks)
+    cp_comm: str = "ring"  # one of CP_COMM; read only when cp > 1
 
     @property
     def dims(self) -> ParallelDims:
@@ -66,11 +73,23 @@ class ParallelConfig:
         return self.pp * self.vpp
 
     @property
+    def local_seq_len(self) -> int:
+        """Tokens of each sequence one rank holds: seq_len / cp (two chunks of seq_len / (2 cp) under context
+        parallelism, the i-th and the (2 cp - 1 - i)-th, so every rank does the same causal attention work)."""
+        return self.seq_len // self.cp
+
+    @property
+    def dp_cp(self) -> int:
+        """Ranks holding the same weights: every data-parallel replica's CP ranks. They reduce their gradients
+        together and ZeRO shards over them (Megatron's data-parallel group with CP, torchtitan's dp_shard x cp)."""
+        return self.dp * self.cp
+
+    @property
     def zero_sharded(self) -> bool:
-        """Whether ZeRO sharding takes effect: zero_stage >= 1 over more than one rank holding the same weights, the
-        dp x cp ranks (the CP ranks of a replica train the same weights on other tokens; with dp * cp == 1 there is
-        nothing to shard and the executor runs such a plan as ZeRO-0, without FSDP)."""
-        return self.zero_stage >= 1 and self.dp * self.cp > 1
+        """Whether ZeRO sharding takes effect: zero_stage >= 1 over more than one rank holding the same weights
+        (`dp_cp`; with dp == cp == 1 there is nothing to shard; the executor runs such a plan as ZeRO-0, without
+        FSDP)."""
+        return self.zero_stage >= 1 and self.dp_cp > 1
 
     @property
     def reduces_every_microbatch(self) -> bool:
@@ -136,6 +155,11 @@ class ParallelConfig:
             out.append(f"grad_reduce {self.grad_reduce!r} is not one of {', '.join(GRAD_REDUCE)}")
         if self.sequence_parallel and self.tp == 1:
             out.append("sequence_parallel needs tp > 1")
+        if self.cp_comm not in CP_COMM:
+            out.append(f"cp_comm {self.cp_comm!r} is not one of {', '.join(CP_COMM)}")
+        if self.cp > 1 and self.attention != "flash":
+            out.append(f"cp {self.cp} needs attention flash (context-parallel attention is blockwise); use cp 1 for "
+                       f"attention {self.attention}")
         if self.cp > 1 and self.seq_len % (2 * self.cp):
             out.append(f"cp {self.cp} needs seq_len {self.seq_len} divisible by 2 x cp = {2 * self.cp} (each rank "
                        f"holds one head and one tail chunk of the causal sequence; use cp in "
