@@ -3,8 +3,8 @@
     python -m torch.distributed.run --nproc-per-node N scripts/executor_layouts.py JOB.json OUT.json
 
 JOB.json: {"plans": [plan, ...], "steps": 3, "seed": 0, "lr": 3e-4, "options": {"INDEX": {...}}} ("options",
-optional: more TrainOptions fields for the plan of that index, e.g. checkpoint_dir). OUT.json (rank 0): per plan, the records (loss,
-grad_norm) of each step and the seconds it took. Start-up (imports, process group) is paid once per job.
+optional: more TrainOptions fields for the plan of that index, e.g. checkpoint_dir). OUT.json (rank 0): per plan,
+the records (loss, grad_norm) of each step and the seconds it took. Start-up (imports, process group) is paid once per job.
 """
 
 import json
@@ -27,10 +27,11 @@ def main() -> None:
     for index, data in enumerate(job["plans"]):
         plan = Plan.from_dict(data)
         c = plan.config
-        print(f"[rank {dist.get_rank()}] plan {index}: tp {c.tp} cp {c.cp} pp {c.pp} dp {c.dp} vpp {c.vpp} {c.schedule} "
-              f"zero {c.zero_stage} sp {c.sequence_parallel}", file=sys.stderr, flush=True)
+        print(f"[rank {dist.get_rank()}] plan {index}: tp {c.tp} cp {c.cp} pp {c.pp} dp {c.dp} vpp {c.vpp} "
+              f"{c.schedule} zero {c.zero_stage} sp {c.sequence_parallel}", file=sys.stderr, flush=True)
+        extra = job.get("options", {}).get(str(index), {})
         opts = TrainOptions(steps=job["steps"], seed=job.get("seed", 0), lr=job.get("lr", 3e-4), quiet=True,
-                            max_grad_norm=job.get("max_grad_norm", 1.0), **job.get("options", {}).get(str(index), {}))
+                            max_grad_norm=job.get("max_grad_norm", 1.0), **extra)
         t0 = time.perf_counter()
         records = train(plan, opts, device)
         results.append({"records": records, "seconds": time.perf_counter() - t0})

@@ -20,8 +20,8 @@ Attention over the group (`ContextParallel.attention`), the plan's `cp_comm` (sp
 On CUDA, with SDPA ("flash") and no attention dropout, torch's `context_parallel` runs the attention instead: its
 ring attention over the flash / memory-efficient kernels, whose head-tail order is this one, its K/V exchange by
 the plan's algorithm (torch's rotate method "allgather", or "alltoall" for "ring"). `torch_attention` wraps the
-training step; it also shards a position buffer with torch's load balancer and checks it equals `positions`. That path is UNTESTED here (no GPU in the session that wrote it); on CPU both algorithms are this
-file's own.
+training step; it also shards a position buffer with torch's load balancer and checks it equals `positions`. That
+path is UNTESTED here (no GPU in the session that wrote it); on CPU both algorithms are this file's own.
 
 The weights are the same on every CP rank: the training loop reduces gradients over dp x cp (each rank's loss is the
 mean over its own tokens; the average over the dp x cp ranks of those gradients is the single-process gradient).
@@ -92,8 +92,8 @@ def attach(model, context: "ContextParallel") -> None:
 
 class ContextParallel:
     """One rank's view of its CP group: its token positions and the attention over the group its layers call, by
-    `algorithm` (the plan's cp_comm, one of spec/plan.py CP_COMM). `uses_torch`: the CUDA path (torch's ring attention patches SDPA inside
-    `torch_attention`), whatever the algorithm."""
+    `algorithm` (the plan's cp_comm, one of spec/plan.py CP_COMM). `uses_torch`: the CUDA path (torch's ring
+    attention patches SDPA inside `torch_attention`), its rotate method by the algorithm."""
 
     def __init__(self, mesh, seq_len: int, device: torch.device, algorithm: str = "allgather",
                  uses_torch: bool = False):
@@ -183,7 +183,7 @@ def _torch_context(ctx: ContextParallel):
     from torch.distributed.tensor.experimental import context_parallel
     from torch.distributed.tensor.experimental._attention import set_rotate_method
 
-    set_rotate_method({"allgather": "allgather", "ring": "alltoall"}[ctx.algorithm])  # K/V passed ring-wise
+    set_rotate_method({"allgather": "allgather", "ring": "alltoall"}[ctx.algorithm])
     probe = torch.arange(ctx.seq_len, device=ctx.positions.device).unsqueeze(0)
     with context_parallel(ctx.mesh, buffers=[probe], buffer_seq_dims=[1], no_restore_buffers={probe}):
         if not torch.equal(probe[0], ctx.positions):
