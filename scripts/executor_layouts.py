@@ -28,8 +28,8 @@ def main() -> None:
     for index, data in enumerate(job["plans"]):
         plan = Plan.from_dict(data)
         c = plan.config
-        print(f"[rank {dist.get_rank()}] plan {index}: tp {c.tp} pp {c.pp} dp {c.dp} vpp {c.vpp} {c.schedule} "
-              f"zero {c.zero_stage} sp {c.sequence_parallel}", file=sys.stderr, flush=True)
+        print(f"[rank {dist.get_rank()}] plan {index}: tp {c.tp} cp {c.cp} pp {c.pp} dp {c.dp} vpp {c.vpp} "
+              f"{c.schedule} zero {c.zero_stage} sp {c.sequence_parallel}", file=sys.stderr, flush=True)
         extra = job.get("options", [{}] * len(job["plans"]))[index]
         opts = TrainOptions(steps=job["steps"], seed=job.get("seed", 0), lr=job.get("lr", 3e-4), quiet=True,
                             max_grad_norm=job.get("max_grad_norm", 1.0), **extra)

@@ -384,7 +384,7 @@ def test_placement_that_reorders_the_pipeline_trains_the_same(tmp_path):
     from autoconf.execute.launch import launch
 
     losses = {}
-    for name, mesh in (("default", [[[0], [1]], [[2], [3]]]), ("reordered", [[[1], [3]], [[0], [2]]])):
+    for name, mesh in (("default", [[[[0]], [[1]]], [[[2]], [[3]]]]), ("reordered", [[[[1]], [[3]]], [[[0]], [[2]]]])):
         plan = make_plan(pp=2, dp=2, schedule="zbv", vpp=2, zero=1)
         plan.placement = {"mesh": mesh}
         plan.validate()

@@ -12,8 +12,9 @@ torch.distributed.checkpoint reshard a checkpoint into another layout, and what 
 
 Q, K and V are separate projections (not one fused matrix) so that column-parallel TP splits heads correctly.
 Attention is `F.scaled_dot_product_attention(is_causal=True)` ("flash": memory-efficient) or an explicit
-softmax(QK^T / sqrt(d)) ("standard"). Head counts are read from tensor shapes, so a TP-sharded block just sees
-fewer heads. Modules are built on the meta device; `init_weights` fills them deterministically from the seed.
+softmax(QK^T / sqrt(d)) ("standard"); under context parallelism (`context_parallel.py`) each rank holds a share of
+the sequence, attends to every rank's K/V, and RoPE / learned positions read the real positions of its tokens.
+Head counts are read from tensor shapes, so a TP-sharded block just sees fewer heads. Modules are built on the meta device; `init_weights` fills them deterministically from the seed.
 """
 
 from __future__ import annotations
@@ -38,20 +39,26 @@ class Embedding(nn.Module):
         self.tok = nn.Embedding(spec.vocab_size, spec.hidden_size)
         self.pos = nn.Embedding(spec.max_seq_len, spec.hidden_size) if spec.learned_positions else None
         self.dropout = nn.Dropout(spec.dropout)
+        self.context = None  # set by context_parallel.attach: this rank's share of the sequence
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         h = self.tok(tokens)
         if self.pos is not None:
-            positions = torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0)
-            h = h + self.pos(positions)
+            h = h + self.pos(token_positions(self.context, tokens.shape[1], tokens.device).unsqueeze(0))
         return self.dropout(h)
 
 
-def _rope(x: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary embedding (rotate-half convention) of x [batch, heads, seq, head_dim]."""
-    d, s = x.shape[-1], x.shape[-2]
+def token_positions(context, seq: int, device) -> torch.Tensor:
+    """Positions of the `seq` tokens a module sees: 0..seq-1, or under context parallelism the real positions of
+    this rank's chunks."""
+    return torch.arange(seq, device=device) if context is None else context.positions
+
+
+def _rope(x: torch.Tensor, theta: float, positions: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding (rotate-half convention) of x [batch, heads, seq, head_dim] at token `positions` [seq]."""
+    d = x.shape[-1]
     inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
-    angles = torch.outer(torch.arange(s, device=x.device, dtype=torch.float32), inv_freq)
+    angles = torch.outer(positions.to(torch.float32), inv_freq)
     angles = torch.cat((angles, angles), dim=-1)
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     x1, x2 = x[..., : d // 2], x[..., d // 2:]
@@ -73,21 +80,31 @@ class Attention(nn.Module):
         self.p_attn = spec.dropout
         self.resid_dropout = nn.Dropout(spec.dropout)
         self.recompute_core = False  # set by parallelize (selective recompute)
+        self.context = None  # set by context_parallel.attach: K/V exchanged over the CP group
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """softmax(QK^T / sqrt(d)) V with a causal mask; q [b, heads, s, d], k and v [b, kv_heads, s, d]. The fused
-        kernel reads grouped K and V as they are (`enable_gqa`: it keeps them for its backward unrepeated)."""
+        """softmax(QK^T / sqrt(d)) V with a causal mask; q [b, heads, s, d], k and v [b, kv_heads, s, d]. Under
+        context parallelism the rank's queries attend to every CP rank's K/V (`ContextParallel.attention`)."""
         p = self.p_attn if self.training else 0.0
+        if self.context is not None:
+            return self.context.attention(q, k, v, p, self.attend)
+        return self.attend(q, k, v, None, p)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+               p: float) -> torch.Tensor:
+        """The attention math: `mask` [q positions, k positions] True where a query may see a key, or None for the
+        causal mask of equal query and key positions. The fused kernel reads grouped K and V as they are
+        (`enable_gqa`: it keeps them for its backward unrepeated)."""
         if self.attention == "flash":
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p,
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=p,
                                                   enable_gqa=k.shape[1] != q.shape[1])
         if k.shape[1] != q.shape[1]:
             repeat = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        s = q.shape[-2]
+        if mask is None:
+            mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-        mask = torch.ones(s, s, dtype=torch.bool, device=q.device).triu(1)
-        probs = scores.float().masked_fill(mask, float("-inf")).softmax(dim=-1).to(q.dtype)
+        probs = scores.float().masked_fill(~mask, float("-inf")).softmax(dim=-1).to(q.dtype)
         return F.dropout(probs, p) @ v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,7 +112,8 @@ class Attention(nn.Module):
         b, s = q.shape[0], q.shape[1]
         q, k, v = (t.view(b, s, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
         if self.rope_theta is not None:
-            q, k = _rope(q, self.rope_theta), _rope(k, self.rope_theta)
+            positions = token_positions(self.context, s, x.device)
+            q, k = _rope(q, self.rope_theta, positions), _rope(k, self.rope_theta, positions)
         if self.recompute_core and torch.is_grad_enabled():
             out = checkpoint(self.core, q, k, v, use_reentrant=False)
         else:

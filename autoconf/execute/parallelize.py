@@ -17,7 +17,7 @@
    dtype>, reduce_dtype=fp32)`. Parameters, gradients and AdamW's states are fp32 (the master weights); each unit
    casts a bf16 compute copy of its parameters when it runs, so activations, the residual stream included, are
    bf16, and casts its gradient back to fp32. (On CPU the dtype is fp32: FSDP casts nothing.) By ZeRO stage over
-   the "dp" mesh dimension:
+   the "dp" mesh dimension (with context parallelism: over dp x cp, `replica_mesh`; "dp" below means that):
    - 0 (and any stage with dp == 1): one-rank FSDP units (over "dp" when dp == 1, else over the size-1 "solo"
      axis): whole parameters, FSDP only casts, after every micro-batch's backward; the units free their compute
      copy after the forward when there is no pipeline (`ParallelConfig.reshard_after_forward`). With dp > 1 the
@@ -197,6 +197,15 @@ def apply_fsdp(model: Transformer, dp_mesh, zero_stage: int, mp_policy=None,
     fully_shard(model, mesh=dp_mesh, reshard_after_forward=zero_stage == 3, mp_policy=policy, offload_policy=offload)
 
 
+def replica_mesh(mesh, config):
+    """The ranks that hold the same weights and average their gradients: the "dp" mesh dimension, or with context
+    parallelism dp x cp flattened into one dimension "dp_cp" (torchtitan's dp_shard_cp: the CP ranks of a replica
+    see different tokens of the same sequences)."""
+    if config.cp == 1:
+        return mesh["dp"]
+    return mesh["dp", "cp"]._flatten("dp_cp")
+
+
 def offload_policy(config, device: torch.device):
     """FSDP2's CPUOffloadPolicy under offload_optimizer (pinned host memory on CUDA only), else None."""
     if not config.offload_optimizer:
@@ -208,7 +217,8 @@ def offload_policy(config, device: torch.device):
 
 def apply_data_parallel(model: Transformer, mesh, config, mp_policy, device: torch.device | None = None,
                         expert_mesh=None) -> None:
-    """FSDP units by the plan's ZeRO stage (step 5 of the module docstring); under offload_optimizer with
+    """FSDP units by the plan's ZeRO stage (step 5 of the module docstring), sharded over `replica_mesh`; under
+    offload_optimizer with
     CPUOffloadPolicy (the parameters were materialised in host memory). The routed experts of each MoE layer
     are a unit of their own over the expert mesh: sharded over "edp" under ZeRO 1-3, else a one-rank unit (their
     ZeRO-0 reducer averages over edp, `GradReducer` with `expert_params`)."""
@@ -222,7 +232,7 @@ def apply_data_parallel(model: Transformer, mesh, config, mp_policy, device: tor
             fully_shard(moe.experts, mesh=expert_mesh[SOLO], reshard_after_forward=config.reshard_after_forward,
                         mp_policy=mp_policy)
     if config.zero_sharded:
-        apply_fsdp(model, mesh["dp"], config.zero_stage, mp_policy,
+        apply_fsdp(model, replica_mesh(mesh, config), config.zero_stage, mp_policy,
                    offload_policy=offload_policy(config, device or torch.device("cpu")))
     else:
         apply_fsdp(model, mesh["dp"] if config.dp == 1 else mesh[SOLO], 0, mp_policy,

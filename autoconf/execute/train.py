@@ -11,6 +11,7 @@ on every rank (bf16 parameters, activations and compute, fp32 master weights, gr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import math
@@ -29,12 +30,13 @@ import torch.distributed as dist
 
 from autoconf.errors import UserError
 from autoconf.execute import checkpoint as ckpt
+from autoconf.execute import context_parallel as cpx
 from autoconf.execute import faults
 from autoconf.execute.data import TokenSource, local_rows
 from autoconf.execute.mesh import build_expert_mesh, build_mesh
 from autoconf.execute.model import init_seed
 from autoconf.execute.moe import is_expert_param
-from autoconf.execute.parallelize import GradReducer, match_grad_layout, moe_layers, parallelize_chunk
+from autoconf.execute.parallelize import GradReducer, match_grad_layout, moe_layers, parallelize_chunk, replica_mesh
 from autoconf.files import open_append, write_file
 from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_schedule, loss_fn
 from autoconf.spec.grid import AXES, RankGrid
@@ -118,16 +120,26 @@ class Trainer:
         for _, chunk in self.chunks:
             parallelize_chunk(chunk, self.mesh, c, device, opts.seed, self.expert_mesh, recomputed)
         self.models = [chunk for _, chunk in self.chunks]
+        # Context parallelism: this rank holds a share of every sequence (context_parallel.py); its attention
+        # layers exchange K/V over the "cp" mesh dimension.
+        self.context, self.attention_context = None, contextlib.nullcontext
+        if c.cp > 1:
+            self.context = cpx.ContextParallel(self.mesh["cp"], c.seq_len, device, c.cp_comm,
+                                               cpx.uses_torch_attention(c, device.type, plan.model.dropout))
+            self.attention_context = self.context.torch_attention  # the CUDA path's torch context_parallel
+            for model in self.models:
+                cpx.attach(model, self.context)
         self.tied = TiedEmbeddingSync(plan, grid, self.chunks, self.rank)
-        # ZeRO-0 over dp > 1 (or over edp > 1 for the routed experts): each chunk's gradients are averaged during
-        # its last micro-batch's backward, the experts' over the expert-data-parallel group. The pipeline's
+        # ZeRO-0 over dp x cp > 1 (or over edp > 1 for the routed experts): each chunk's gradients are averaged
+        # during its last micro-batch's backward, the experts' over the expert-data-parallel group. The pipeline's
         # 1/micro-batches scaling (torch's scale_grads, an in-place division after the backward) is folded into the
         # average instead, so nothing writes the gradients while their reduction is in flight.
         self.reducers: list[GradReducer] = []
-        if not self.fsdp and (c.dp > 1 or (moe and c.edp > 1)):
+        if not self.fsdp and (c.dp_cp > 1 or (moe and c.edp > 1)):
             m = c.num_microbatches if c.pp > 1 else 1
             for model in self.models:
-                self.reducers.append(GradReducer(model, self.mesh["dp"].get_group(), c.num_microbatches, c.dp * m))
+                self.reducers.append(GradReducer(model, replica_mesh(self.mesh, c).get_group(), c.num_microbatches,
+                                                 c.dp_cp * m))
                 if moe:
                     self.reducers.append(GradReducer(model, self.expert_mesh["edp"].get_group(), c.num_microbatches,
                                                      c.edp * m, expert_params=True))
@@ -169,9 +181,9 @@ class Trainer:
     @torch.no_grad()
     def grad_norm(self) -> torch.Tensor:
         """L2 norm of the whole model's gradient. Each rank adds its local shards' squares, divided by how many
-        ranks hold the same values (the dp/tp dimensions the tensor is not sharded over; for routed experts the edp
-        dimension); a sum over all ranks then counts every element once. The tied head copy is left out (it equals
-        the embedding's gradient)."""
+        ranks hold the same values (the dp/cp/tp dimensions the tensor is not sharded over; for routed experts the
+        edp dimension); a sum over all ranks then counts every element once. The tied head copy is left out (it
+        equals the embedding's gradient)."""
         from torch.distributed.tensor import DTensor
 
         total = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -184,11 +196,12 @@ class Trainer:
                 g, sharded = p.grad, set()
                 if isinstance(g, DTensor):
                     # Not is_shard(): FSDP over TP uses _StridedShard, which is_shard() does not count.
-                    sharded = {n for n, pl in zip(g.device_mesh.mesh_dim_names, g.placements)
-                               if not pl.is_replicate()}
+                    # A flattened dimension ("dp_cp") shards over each axis it joins.
+                    sharded = {axis for n, pl in zip(g.device_mesh.mesh_dim_names, g.placements)
+                               if not pl.is_replicate() for axis in n.split("_")}
                     g = g.to_local()
                 replicas = 1
-                for dim in ("edp",) if is_expert_param(name) else ("dp", "tp"):
+                for dim in ("edp",) if is_expert_param(name) else ("dp", "cp", "tp"):
                     if dim not in sharded:
                         replicas *= self.sizes[dim]
                 total += g.double().pow(2).sum() / replicas
@@ -226,12 +239,15 @@ class Trainer:
         clock = PhaseClock(self.device)
         batch = local_rows(self.data.global_batch(step, c.global_batch_size), self.coords["dp"], c.dp).to(self.device)
         inputs, targets = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+        if self.context is not None:  # this CP rank's tokens and their labels (the same chunks of both)
+            inputs, targets = (cpx.shard(t, c.cp, self.coords["cp"]) for t in (inputs, targets))
         losses: list[torch.Tensor] = []
         clock.lap("data")
-        if self.schedule is None:
-            self._accumulate(inputs, targets, losses)
-        else:
-            self._pipeline(inputs, targets, losses)
+        with self.attention_context():
+            if self.schedule is None:
+                self._accumulate(inputs, targets, losses)
+            else:
+                self._pipeline(inputs, targets, losses)
         clock.lap("forward_backward")
         for reducer in self.reducers:
             reducer.finish()  # waits for the reductions the backward launched (ZeRO-0)
@@ -246,7 +262,7 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
         clock.lap("optimizer")
         # Mean over every micro-batch of every replica (ranks that hold no loss add zeros; TP copies count alike
-        # in the sum and in the count).
+        # in the sum and in the count; CP ranks add the means over equal shares of the same sequences).
         stats = torch.zeros(2, dtype=torch.float64, device=self.device)
         if losses:
             stats[0] = torch.stack([l.detach().double() for l in losses]).sum()
@@ -351,9 +367,11 @@ def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) ->
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer = Trainer(plan, opts, device)
-    # Dropout draws from the global generators: one seeded stream per (pipeline, data-parallel) position, shared by
-    # the TP ranks of a group (their replicated activations must get the same mask), checkpointed with the model.
-    torch.manual_seed(init_seed(opts.seed, f"dropout/pp{trainer.coords['pp']}/dp{trainer.coords['dp']}"))
+    # Dropout draws from the global generators: one seeded stream per (pipeline, data-parallel, context-parallel)
+    # position, shared by the TP ranks of a group (their replicated activations must get the same mask),
+    # checkpointed with the model.
+    cp_stream = f"/cp{trainer.coords['cp']}" if plan.config.cp > 1 else ""
+    torch.manual_seed(init_seed(opts.seed, f"dropout/pp{trainer.coords['pp']}/dp{trainer.coords['dp']}{cp_stream}"))
     start = 0
     if opts.checkpoint_dir:
         found = ckpt.find_verified(Path(opts.checkpoint_dir), log=log)
@@ -529,7 +547,7 @@ def main(argv=None) -> int:
         if device.type == "cuda":
             device = torch.device("cuda", placed_local_device(plan, int(os.environ.get("RANK", 0))))
         init_distributed(device, args.timeout)
-        _log(f"autoconf: tp {plan.config.tp} pp {plan.config.pp} dp {plan.config.dp} schedule "
+        _log(f"autoconf: tp {plan.config.tp} cp {plan.config.cp} pp {plan.config.pp} dp {plan.config.dp} schedule "
              f"{plan.config.schedule} zero {plan.config.zero_stage} on {dist.get_world_size()} x {device.type}")
         train(plan, opts, device)
         dist.barrier()  # every rank done (and its last sends received) before the process groups are torn down

@@ -1,9 +1,11 @@
 """Which plans the bundled executor runs: the one rule the planner, `validate` and the executor all read.
 
 Verified on torch 2.13 (CPU, gloo; tests/test_execute.py): every schedule with pp 2 and 4, TP with and without
-sequence parallelism, ZeRO 0-3, and mixed layouts train to the single-process losses and gradient norms. MoE models
-(tests/test_moe_execute.py): expert parallelism with dp, tp, pp and ZeRO-3. Not built: expert tensor parallelism
-(etp > 1), multi-head latent attention, qk_norm, capacity-factor routing (refused, one line each).
+sequence parallelism, ZeRO 0-3, and mixed layouts train to the single-process losses and gradient norms; context
+parallelism (tests/test_context_parallel.py) with cp 2 and 4, and cp 2 with TP + SP, 1F1B, interleaved 1F1B and
+ZeRO-3 over dp x cp. MoE models (tests/test_moe_execute.py): expert parallelism with dp, tp, pp and ZeRO-3. Not
+built: expert tensor parallelism (etp > 1), multi-head latent attention, qk_norm, capacity-factor routing (refused,
+one line each).
 
 One combination is refused, per schedule in the registry (`ScheduleSpec.executor_zero3`): ZeRO-3 (FSDP2
 `reshard_after_forward=True`, only applied when dp > 1) under the schedules that split the backward into input (I)

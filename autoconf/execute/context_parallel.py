@@ -1,0 +1,197 @@
+"""Context parallelism (CP) in the executor: every sequence split over the ranks of a CP group.
+
+Layout (load-balanced causal chunks, Llama 3's and torch's head-tail order): a sequence of s tokens is cut into
+2 * cp chunks of s / (2 cp); CP rank r holds chunk r followed by chunk 2cp-1-r, so under the causal mask every rank
+attends to the same number of (query, key) pairs. A rank's tokens keep their real positions (`positions`): RoPE
+angles, learned position embeddings and the causal mask all read them, never 0..s/cp. `shard` gives a rank its share
+of a [batch, seq] tensor (tokens, labels), `unshard` puts the cp shares back in sequence order.
+
+Attention over the group (`ContextParallel.attention`), the plan's `cp_comm` (spec/plan.py CP_COMM):
+- "allgather" (Llama 3's): each rank computes Q, K and V of its own tokens, all-gathers K and V over the group with
+  torch's autograd-aware functional collective (`all_gather_single_autograd`, on CPU with gloo too: its backward
+  reduce-scatters, i.e. sums, the K/V gradients onto the ranks that own the tokens), reorders them to sequence
+  order and runs the model's attention with the mask query position >= key position;
+- "ring": the K/V block of each rank travels around the ring (cp - 1 steps of a one-peer all-to-all, autograd-aware:
+  the backward sends the gradients back the other way) while each rank attends to the block it holds; the blockwise
+  results merge by their log-sum-exp (`ring_attention`, explicit softmax in fp32). Blocks are not overlapped with
+  their transfer here (the functional collective is waited on at once); the backward is autograd's, which keeps
+  every visiting block's probabilities (no recomputation).
+
+On CUDA, with SDPA ("flash") and no attention dropout, torch's `context_parallel` runs the attention instead: its
+ring attention over the flash / memory-efficient kernels, whose head-tail order is this one, its K/V exchange by
+the plan's algorithm (torch's rotate method "allgather", or "alltoall" for "ring"). `torch_attention` wraps the
+training step; it also shards a position buffer with torch's load balancer and checks it equals `positions`. That
+path is UNTESTED here (no GPU in the session that wrote it); on CPU both algorithms are this file's own.
+
+The weights are the same on every CP rank: the training loop reduces gradients over dp x cp (each rank's loss is the
+mean over its own tokens; the average over the dp x cp ranks of those gradients is the single-process gradient).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from autoconf.spec.plan import CP_COMM
+
+
+def chunks_of(cp: int, rank: int) -> tuple[int, int]:
+    """The two chunks (of 2 * cp) that CP rank `rank` holds, in the order it holds them."""
+    return rank, 2 * cp - 1 - rank
+
+
+def _chunk_len(seq_len: int, cp: int) -> int:
+    if seq_len % (2 * cp):
+        raise ValueError(f"context parallelism over {cp} ranks needs a sequence divisible by 2 x cp = {2 * cp} "
+                         f"(got {seq_len})")
+    return seq_len // (2 * cp)
+
+
+def positions(seq_len: int, cp: int, rank: int, device=None) -> torch.Tensor:
+    """The real positions (int64, ascending) of the seq_len / cp tokens CP rank `rank` holds."""
+    n = _chunk_len(seq_len, cp)
+    return torch.cat([torch.arange(c * n, (c + 1) * n, device=device) for c in chunks_of(cp, rank)])
+
+
+def shard(x: torch.Tensor, cp: int, rank: int, dim: int = 1) -> torch.Tensor:
+    """CP rank `rank`'s share of `x` along `dim` (the sequence): its two chunks, concatenated."""
+    n = _chunk_len(x.shape[dim], cp)
+    return torch.cat([x.narrow(dim, c * n, n) for c in chunks_of(cp, rank)], dim=dim)
+
+
+def unshard(shares: list[torch.Tensor], dim: int = 1) -> torch.Tensor:
+    """The inverse of `shard`: the shares of ranks 0..cp-1 put back in sequence order."""
+    cp = len(shares)
+    pieces: list = [None] * (2 * cp)
+    for rank, share in enumerate(shares):
+        for c, piece in zip(chunks_of(cp, rank), share.chunk(2, dim=dim)):
+            pieces[c] = piece
+    return torch.cat(pieces, dim=dim)
+
+
+def gather_order(seq_len: int, cp: int, device=None) -> torch.Tensor:
+    """For the cp shares concatenated in rank order: the index of each sequence position (an index_select of the
+    concatenation by it equals `unshard`)."""
+    return torch.cat([positions(seq_len, cp, r, device) for r in range(cp)]).argsort()
+
+
+def causal_mask(seq_len: int, cp: int, rank: int, device=None) -> torch.Tensor:
+    """Boolean [seq/cp, seq]: CP rank `rank`'s token i may attend to sequence position j when j <= its real
+    position."""
+    return positions(seq_len, cp, rank, device)[:, None] >= torch.arange(seq_len, device=device)[None, :]
+
+
+def attach(model, context: "ContextParallel") -> None:
+    """Makes a model chunk's embedding and attention layers read `context` (positions and K/V exchange)."""
+    if model.embed is not None:
+        model.embed.context = context
+    for block in model.layers.values():
+        block.attention.context = context
+
+
+class ContextParallel:
+    """One rank's view of its CP group: its token positions and the attention over the group its layers call, by
+    `algorithm` (the plan's cp_comm, one of spec/plan.py CP_COMM). `uses_torch`: the CUDA path (torch's ring
+    attention patches SDPA inside `torch_attention`), its rotate method by the algorithm."""
+
+    def __init__(self, mesh, seq_len: int, device: torch.device, algorithm: str = "allgather",
+                 uses_torch: bool = False):
+        if algorithm not in CP_COMM:
+            raise ValueError(f"context-parallel attention {algorithm!r} is not one of {', '.join(CP_COMM)}")
+        self.algorithm = algorithm
+        self.mesh, self.group = mesh, mesh.get_group()
+        self.cp, self.rank, self.seq_len = mesh.size(), mesh.get_local_rank(), seq_len
+        self.uses_torch = uses_torch
+        self.positions = positions(seq_len, self.cp, self.rank, device)
+        self.order = gather_order(seq_len, self.cp, device)
+        self.mask = causal_mask(seq_len, self.cp, self.rank, device)
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """[batch, heads, seq/cp, dim] local shares -> [batch, heads, seq, dim] in sequence order, with autograd
+        (the backward sums every rank's gradient of a K/V share onto its owner)."""
+        from torch.distributed._functional_collectives import all_gather_single_autograd
+
+        local = t.movedim(2, 0).contiguous()  # the functional collective gathers along dim 0 only
+        everyone = all_gather_single_autograd(local, 0, self.group)
+        return everyone.index_select(0, self.order).movedim(0, 2)
+
+    def rotate(self, t: torch.Tensor) -> torch.Tensor:
+        """The ring step: sends `t` [batch, heads, n, dim] to the next CP rank and returns the previous rank's, with
+        autograd (the gradient goes back the other way). One all-to-all that moves data to one peer only."""
+        from torch.distributed._functional_collectives import all_to_all_single_autograd
+
+        local = t.movedim(2, 0).contiguous()
+        n, to, since = local.shape[0], (self.rank + 1) % self.cp, (self.rank - 1) % self.cp
+        sizes = [n if r == to else 0 for r in range(self.cp)], [n if r == since else 0 for r in range(self.cp)]
+        return all_to_all_single_autograd(local, sizes[1], sizes[0], self.group).movedim(0, 2)
+
+    def ring_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+        """softmax(QK^T / sqrt(d)) V of this rank's queries over the whole sequence, K/V visiting in cp - 1 ring
+        steps (own block first). Each block's partial result is merged by the running log-sum-exp: with m the
+        running row maximum (a constant of the math, so detached), O = sum_b exp(m_b - m) P_b V_b and
+        l = sum_b exp(m_b - m) rowsum(P_b), the output O / l. A query row that no key of a block may see adds
+        nothing. Autograd differentiates through the merge and the rotations."""
+        scale = q.shape[-1] ** -0.5
+        repeat = q.shape[1] // k.shape[1]
+        kv, owner = torch.cat([k, v], dim=1), self.rank
+        out = total = peak = None
+        for step in range(self.cp):
+            if step:
+                kv, owner = self.rotate(kv), (owner - 1) % self.cp
+            kb, vb = (t.repeat_interleave(repeat, dim=1) for t in kv.chunk(2, dim=1))
+            seen = self.positions[:, None] >= positions(self.seq_len, self.cp, owner, q.device)[None, :]
+            scores = ((q @ kb.transpose(-2, -1)) * scale).float().masked_fill(~seen, float("-inf"))
+            block_peak = scores.amax(dim=-1, keepdim=True).detach()
+            block_peak = torch.where(torch.isfinite(block_peak), block_peak, torch.zeros_like(block_peak))
+            probs = (scores - block_peak).exp()
+            part, part_total = torch.nn.functional.dropout(probs, dropout_p).to(q.dtype) @ vb, probs.sum(-1, True)
+            if out is None:
+                out, total, peak = part.float(), part_total, block_peak
+                continue
+            new_peak = torch.maximum(peak, block_peak)
+            old_w, new_w = (peak - new_peak).exp(), (block_peak - new_peak).exp()
+            out, total, peak = out * old_w + part.float() * new_w, total * old_w + part_total * new_w, new_peak
+        return (out / total).to(q.dtype)
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, attend) -> torch.Tensor:
+        """This rank's queries attending to the whole sequence. `attend(q, k, v, mask, dropout_p)` is the model's
+        attention math (mask: True where a query may see a key; None: causal over equal positions).
+        - "allgather": every rank's K and V (one collective for both) in sequence order, and the causal mask
+          [seq/cp, seq] of real positions;
+        - "ring": `ring_attention`;
+        - the torch path: the local K and V with their heads repeated to the query heads' count (torch's ring kernels
+          are not given grouped K/V) under is_causal; torch's patched SDPA exchanges them."""
+        if self.uses_torch:
+            repeat = q.shape[1] // k.shape[1]
+            return attend(q, k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1), None, dropout_p)
+        if self.algorithm == "ring":
+            return self.ring_attention(q, k, v, dropout_p)
+        k, v = self.gather(torch.cat([k, v], dim=1)).chunk(2, dim=1)
+        return attend(q, k, v, self.mask, dropout_p)
+
+    def torch_attention(self):
+        """The context the training step runs in: torch's `context_parallel` on the CUDA path (UNTESTED here),
+        else nothing."""
+        if not self.uses_torch:
+            return contextlib.nullcontext()
+        return _torch_context(self)
+
+
+@contextlib.contextmanager
+def _torch_context(ctx: ContextParallel):
+    from torch.distributed.tensor.experimental import context_parallel
+    from torch.distributed.tensor.experimental._attention import set_rotate_method
+
+    set_rotate_method({"allgather": "allgather", "ring": "alltoall"}[ctx.algorithm])
+    probe = torch.arange(ctx.seq_len, device=ctx.positions.device).unsqueeze(0)
+    with context_parallel(ctx.mesh, buffers=[probe], buffer_seq_dims=[1], no_restore_buffers={probe}):
+        if not torch.equal(probe[0], ctx.positions):
+            raise RuntimeError(f"torch's context_parallel gives CP rank {ctx.rank} positions "
+                               f"{probe[0].tolist()[:8]}..., autoconf's layout {ctx.positions.tolist()[:8]}...")
+        yield
+
+
+def uses_torch_attention(config, device_type: str, dropout: float) -> bool:
+    """Whether torch's context_parallel runs the attention: CUDA, SDPA ("flash"), no attention dropout."""
+    return device_type == "cuda" and config.attention == "flash" and dropout == 0.0
