@@ -28,7 +28,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
+from itertools import accumulate, chain
 from typing import Callable, Sequence
+
+import numpy as np
 
 from autoconf.spec.schedules import Action, Schedule
 
@@ -81,28 +84,34 @@ class Timeline:
     def compute_end(self) -> float:
         """End of the last compute action."""
         if isinstance(self.events, _Events):
-            return max((ends[-1] for ends in self.events.ends if ends), default=0.0)
+            return self.events.end()
         return max((ev[-1][2] for ev in self.events if ev), default=0.0)
 
 
 class _Events(SequenceABC):
     """`Timeline.events` of a simulation, each rank's (action, start, end) list built when first read: the search
-    reads only the makespan and the busy times of most timelines."""
+    reads only the makespan and the busy times of most timelines. `starts` and `ends` hold every action's times,
+    rank by rank (`offsets[r]` is rank r's first)."""
 
-    def __init__(self, actions, starts: list[list[float]], ends: list[list[float]]):
-        self.actions, self.starts, self.ends = actions, starts, ends
+    def __init__(self, actions, starts: np.ndarray, ends: np.ndarray, offsets: list[int]):
+        self.actions, self.starts, self.ends, self.offsets = actions, starts, ends, offsets
         self._rows: dict[int, list] = {}
 
     def __len__(self) -> int:
-        return len(self.ends)
+        return len(self.offsets) - 1
 
     def __getitem__(self, rank):
         if isinstance(rank, slice):
             return [self[r] for r in range(len(self))[rank]]
         rank = range(len(self))[rank]  # negative indices, and IndexError past the end
         if rank not in self._rows:
-            self._rows[rank] = list(zip(self.actions[rank], self.starts[rank], self.ends[rank]))
+            a, b = self.offsets[rank], self.offsets[rank + 1]
+            self._rows[rank] = list(zip(self.actions[rank], self.starts[a:b].tolist(), self.ends[a:b].tolist()))
         return self._rows[rank]
+
+    def end(self) -> float:
+        """End of the last action."""
+        return float(self.ends.max(initial=0.0))
 
 
 def simulate(
@@ -121,7 +130,6 @@ def simulate(
     """
     S = schedule.num_stages
     R = schedule.pp
-    M = schedule.num_microbatches
     s2r = schedule.stage_to_rank
     fwd = [float(x) for x in costs.forward]
     bi = [float(x) for x in costs.backward_input]
@@ -138,118 +146,31 @@ def simulate(
         pf = [c if s > 0 and s2r[s - 1] != s2r[s] else 0.0 for s in range(S)]
         pb = [c if s < S - 1 and s2r[s + 1] != s2r[s] else 0.0 for s in range(S)]
 
-    compiled = schedule.compiled
+    graph = _graph(schedule)
 
     # FSDP gathers: per rank, in first-use order, back to back from time 0
     ready_at = [0.0] * S
     # With gather buckets: the end of the stage's whole gather, and the share of its first forward after it.
-    gathered_at = [0.0] * S
-    tail_share = [0.0] * S
+    floor = {}  # stage -> earliest end of its first forward (the last gather bucket arrives while it runs)
     comm_events: list[list[tuple[str, int, float, float]]] = [[] for _ in range(R)]
     comm_free = [0.0] * R
     if allgather_time is not None:
         for r in range(R):
             t = 0.0
-            seen = set()
-            for _, s, _ in compiled[r]:
-                if s not in seen:
-                    seen.add(s)
-                    g = float(allgather_time[s])
-                    comm_events[r].append(("allgather", s, t, t + g))
-                    n = gather_buckets[s] if gather_buckets is not None else 1
-                    ready_at[s] = t + g / n
-                    t += g
-                    if n > 1:
-                        gathered_at[s], tail_share[s] = t, 1.0 / n
+            for s in graph.first_use[r]:
+                g = float(allgather_time[s])
+                comm_events[r].append(("allgather", s, t, t + g))
+                n = gather_buckets[s] if gather_buckets is not None else 1
+                ready_at[s] = t + g / n
+                t += g
+                if n > 1:
+                    floor[s] = t + (1.0 / n) * fwd[s]
             comm_free[r] = t
-    first_forward = [True] * S
 
-    # end times of F (index s*M+i) and of the input-gradient backward B/I (same index); None until computed
-    SM = S * M
-    f_end: list = [None] * SM
-    b_end: list = [None] * SM
-    waiters: dict[int, list[int]] = {}  # key (F: idx, B/I: SM + idx) -> parked ranks
-    last = S - 1
-
-    ptr = [0] * R
-    clock = [0.0] * R
-    busy = [0.0] * R
-    starts: list[list[float]] = [[] for _ in range(R)]
-    ends: list[list[float]] = [[] for _ in range(R)]
-    last_bwd = [0.0] * S
-    last_bwd_start = [0.0] * S
-    ready = list(range(R))
-    while ready:
-        r = ready.pop()
-        acts = compiled[r]
-        n = len(acts)
-        i = ptr[r]
-        t = clock[r]
-        st = starts[r]
-        en = ends[r]
-        while i < n:
-            k, s, mb = acts[i]
-            idx = s * M + mb
-            if k == _F:
-                if s:
-                    d = f_end[idx - M]
-                    if d is None:
-                        waiters.setdefault(idx - M, []).append(r)
-                        break
-                    d += pf[s]
-                else:
-                    d = 0.0
-            elif k == _W:
-                d = b_end[idx]
-                assert d is not None, f"rank {r} runs W{s},{mb} before its I (action {i})"
-            else:
-                if s == last:
-                    d = f_end[idx]
-                    assert d is not None, f"rank {r} runs {_KIND[k]}{s},{mb} before its F (action {i})"
-                else:
-                    d = b_end[idx + M]
-                    if d is None:
-                        waiters.setdefault(SM + idx + M, []).append(r)
-                        break
-                    d += pb[s]
-            if d < t:
-                d = t
-            g = ready_at[s]
-            if g > d:
-                d = g
-            t = d + dur[k][s]
-            if k == _F and first_forward[s]:
-                first_forward[s] = False
-                if tail_share[s]:  # the last gather bucket arrives while the forward runs
-                    t = max(t, gathered_at[s] + tail_share[s] * dur[k][s])
-            st.append(d)
-            en.append(t)
-            busy[r] += dur[k][s]
-            if k == _F:
-                f_end[idx] = t
-                w = waiters.pop(idx, None)
-            else:
-                if k != _I:
-                    last_bwd[s] = t
-                    last_bwd_start[s] = d
-                if k == _W:
-                    w = None
-                else:
-                    b_end[idx] = t
-                    w = waiters.pop(SM + idx, None)
-            if w:
-                ready.extend(w)
-            i += 1
-        ptr[r] = i
-        clock[r] = t
-
-    for r in range(R):
-        if ptr[r] < len(compiled[r]):
-            k, s, mb = compiled[r][ptr[r]]
-            raise AssertionError(
-                f"deadlock: rank {r} waits forever at action {ptr[r]} "
-                f"({_KIND[k]} stage {s} micro-batch {mb}) of schedule {schedule.name}"
-            )
+    starts, ends, busy = graph.run(dur, pf, pb, ready_at if allgather_time is not None else None, floor)
+    clock = [float(ends[b - 1]) if b > a else 0.0 for a, b in zip(graph.offsets, graph.offsets[1:])]
+    last_bwd = [float(ends[i]) if i >= 0 else 0.0 for i in graph.last_bwd]
+    last_bwd_start = [float(starts[i]) if i >= 0 else 0.0 for i in graph.last_bwd]
 
     # gradient reductions: after the last B/W of each stage (bucket by bucket during it), in that order, on the
     # rank's comm stream
@@ -269,11 +190,158 @@ def simulate(
             comm_free[r] = t
 
     makespan = max(max(clock), max(comm_free)) if R else 0.0
-    events = _Events(schedule.actions, starts, ends)
+    events = _Events(schedule.actions, starts, ends, graph.offsets)
     peak, peak_w, peak_rank = (list(x) for x in order_peaks(schedule))
     total = sum(busy)
     bubble = 1.0 - total / (R * makespan) if makespan > 0 else 0.0
     return Timeline(events, comm_events, makespan, busy, bubble, peak, peak_w, peak_rank)
+
+
+class _Graph:
+    """What a simulation of a schedule needs that does not depend on the costs, worked out once per schedule
+    object (a frozen value that the estimate reuses).
+
+    The actions are numbered rank by rank in list order (`offsets[r]` is rank r's first). Each action waits for
+    its rank's previous action and for one input (`simulate`'s rules: F(s-1, i), B/I(s+1, i), the last stage's
+    own F(s, i), W's own I), or for none. Every action gets a wave, one more than the later of the waves of the two
+    actions it waits for: the actions of one wave wait only on earlier waves, and a rank has at most one action
+    in each. `run` then computes a wave at a time with numpy, each action by the same operations on the same
+    operands as one at a time, so the times are the same to the last bit.
+    """
+
+    def __init__(self, schedule: Schedule):
+        compiled = schedule.compiled
+        S, M, R = schedule.num_stages, schedule.num_microbatches, schedule.pp
+        lengths = [len(acts) for acts in compiled]
+        N = sum(lengths)
+        self.offsets = offsets = [0] + list(accumulate(lengths))
+        flat = np.fromiter(chain.from_iterable(chain.from_iterable(compiled)), dtype=np.int64, count=3 * N)
+        kind, stage, mb = flat.reshape(N, 3).T if N else (flat,) * 3
+        key = stage * M + mb
+        ids = np.arange(N)
+        is_f = kind == _F
+        is_bi = (kind == _B) | (kind == _I)
+        f_id = np.full(S * M + 1, N + 1)  # N: no input (ready at 0); N + 1: an input that never comes
+        b_id = np.full(S * M + 1, N + 1)
+        f_id[key[is_f]] = ids[is_f]
+        b_id[key[is_bi]] = ids[is_bi]
+        last = S - 1
+        dep = np.full(N, N)
+        sel = is_f & (stage > 0)
+        dep[sel] = f_id[key[sel] - M]
+        sel = is_bi & (stage < last)
+        dep[sel] = b_id[key[sel] + M]
+        sel = is_bi & (stage == last)
+        dep[sel] = f_id[key[sel]]
+        sel = kind == _W
+        dep[sel] = b_id[key[sel]]
+        # which p2p delay the input adds: 1 forward (pf[s]), 2 backward (pb[s]), 0 none
+        via = np.where(is_f & (stage > 0), 1, np.where(is_bi & (stage < last), 2, 0))
+
+        wave = self._waves(schedule, dep, offsets)
+        order = np.argsort(wave, kind="stable")
+        self.bounds = np.searchsorted(wave[order], np.arange(1, int(wave.max(initial=0)) + 2)).tolist()
+        pos = np.empty(N + 1, dtype=np.int64)
+        pos[order] = ids
+        pos[N] = N
+        prev = ids - 1
+        prev[np.asarray(offsets[:-1])[np.asarray(lengths) > 0]] = N
+        self.position = pos[:N]  # wave position of each action
+        self.dep = pos[dep[order]]
+        self.prev = pos[prev[order]]
+        self.kind, self.stage, self.via = kind[order], stage[order], via[order]
+        self.kind_rm, self.stage_rm = kind, stage
+        first_f = np.full(S, -1)
+        f_stages = stage[is_f]
+        uniq, first = np.unique(f_stages, return_index=True)
+        first_f[uniq] = pos[ids[is_f][first]]
+        self.first_f = first_f.tolist()
+        last_b = np.full(S, -1)
+        sel = (kind == _B) | (kind == _W)
+        np.maximum.at(last_b, stage[sel], ids[sel])
+        self.last_bwd = last_b.tolist()  # per stage, its last B or W (numbered rank by rank), or -1
+        self.first_use = []
+        for r in range(R):
+            stages = stage[offsets[r]:offsets[r + 1]]
+            uniq, first = np.unique(stages, return_index=True)
+            self.first_use.append(uniq[np.argsort(first)].tolist())
+
+    @staticmethod
+    def _waves(schedule: Schedule, dep: np.ndarray, offsets: list[int]) -> np.ndarray:
+        """Each action's wave (see the class docstring), found a wave at a time: in wave k every rank runs its next
+        action if that action's input came in an earlier wave. AssertionError naming the rank and the action on a
+        deadlock (some rank's next action never gets its input)."""
+        N, R = len(dep), len(offsets) - 1
+        # Each rank's actions followed by a stopper that never runs; G: no input (wave 0), G + 1: never.
+        G = N + R
+        rank_of = np.repeat(np.arange(R), np.diff(offsets))
+        slot = np.arange(N) + rank_of
+        to_slot = np.concatenate([slot, [G, G + 1]])
+        dep_slot = np.full(G + 2, G + 1)
+        dep_slot[slot] = to_slot[dep]
+        wave = np.full(G + 2, -1)
+        wave[G] = 0
+        ptr = np.asarray(offsets[:-1]) + np.arange(R)
+        k = 1
+        while True:
+            ready = wave[dep_slot[ptr]] >= 0
+            if not ready.any():
+                break
+            wave[ptr[ready]] = k
+            ptr += ready
+            k += 1
+        stuck = ptr - np.arange(R) < np.asarray(offsets[1:])
+        if stuck.any():
+            r = int(np.argmax(stuck))
+            i = int(ptr[r]) - r - offsets[r]
+            k_, s, mb = schedule.compiled[r][i]
+            raise AssertionError(f"deadlock: rank {r} waits forever at action {i} ({_KIND[k_]} stage {s} "
+                                 f"micro-batch {mb}) of schedule {schedule.name}")
+        return wave[slot]
+
+    def run(self, dur, pf, pb, ready_at, floor) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        """(start, end) of every action (numbered rank by rank) and each rank's busy seconds (summed in its list
+        order), for durations `dur[kind][stage]`, p2p delays into each stage `pf`/`pb`, the stages' gather ends
+        `ready_at` (or None) and the earliest ends of first forwards `floor` ({stage: seconds})."""
+        N = len(self.kind)
+        table = np.array(dur, dtype=np.float64).reshape(4, -1)
+        length = table[self.kind, self.stage]
+        S = table.shape[1]
+        delay = np.array([[0.0] * S, pf, pb], dtype=np.float64)[self.via, self.stage]
+        ready = np.array(ready_at, dtype=np.float64)[self.stage] if ready_at is not None else None
+        low = None
+        if floor:
+            low = np.full(N, -np.inf)
+            for s, t in floor.items():
+                if self.first_f[s] >= 0:
+                    low[self.first_f[s]] = t
+        end = np.zeros(N + 1)
+        start = np.empty(N)
+        dep, prev, bounds = self.dep, self.prev, self.bounds
+        maximum = np.maximum
+        for lo, hi in zip(bounds, bounds[1:]):
+            d = end[dep[lo:hi]]
+            d += delay[lo:hi]
+            maximum(d, end[prev[lo:hi]], out=d)
+            if ready is not None:
+                maximum(d, ready[lo:hi], out=d)
+            start[lo:hi] = d
+            d += length[lo:hi]
+            if low is not None:
+                maximum(d, low[lo:hi], out=d)
+            end[lo:hi] = d
+        pos = self.position
+        length_rm = length[pos]
+        busy = [float(np.add.accumulate(length_rm[a:b])[-1]) if b > a else 0.0
+                for a, b in zip(self.offsets, self.offsets[1:])]
+        return start[pos], end[:N][pos], busy
+
+
+def _graph(schedule: Schedule) -> _Graph:
+    graph = schedule.__dict__.get("_graph")
+    if graph is None:
+        graph = schedule.__dict__["_graph"] = _Graph(schedule)  # as functools.cached_property does
+    return graph
 
 
 def order_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int]]:
