@@ -21,13 +21,16 @@ contention) is not modelled.
 
 The simulation is dependency-driven and linear in the number of actions: a rank runs until its next action waits on
 an input not yet computed, and parks on that input; computing it wakes the rank. A rank still parked at the end is a
-deadlock, reported with an AssertionError naming the rank and the action.
+deadlock, reported with an AssertionError naming the rank and the action. Wide pipelines (a 1T model's 128 stages
+run hundreds of thousands of actions) are computed a wave of independent actions at a time with numpy instead, on
+a dependency graph worked out once per schedule (`_Graph`); every time is the same to the last bit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
+from functools import partial
 from itertools import accumulate, chain
 from typing import Callable, Sequence
 
@@ -90,10 +93,10 @@ class Timeline:
 
 class _Events(SequenceABC):
     """`Timeline.events` of a simulation, each rank's (action, start, end) list built when first read: the search
-    reads only the makespan and the busy times of most timelines. `starts` and `ends` hold every action's times,
-    rank by rank (`offsets[r]` is rank r's first)."""
+    reads only the makespan and the busy times of most timelines. `starts` and `ends` (lists or arrays) hold every
+    action's times, rank by rank (`offsets[r]` is rank r's first)."""
 
-    def __init__(self, actions, starts: np.ndarray, ends: np.ndarray, offsets: list[int]):
+    def __init__(self, actions, starts, ends, offsets: list[int]):
         self.actions, self.starts, self.ends, self.offsets = actions, starts, ends, offsets
         self._rows: dict[int, list] = {}
 
@@ -106,12 +109,20 @@ class _Events(SequenceABC):
         rank = range(len(self))[rank]  # negative indices, and IndexError past the end
         if rank not in self._rows:
             a, b = self.offsets[rank], self.offsets[rank + 1]
-            self._rows[rank] = list(zip(self.actions[rank], self.starts[a:b].tolist(), self.ends[a:b].tolist()))
+            starts, ends = self.starts[a:b], self.ends[a:b]
+            if isinstance(starts, np.ndarray):
+                starts, ends = starts.tolist(), ends.tolist()
+            self._rows[rank] = list(zip(self.actions[rank], starts, ends))
         return self._rows[rank]
 
     def end(self) -> float:
-        """End of the last action."""
-        return float(self.ends.max(initial=0.0))
+        """End of the last action (a rank's actions end in order)."""
+        return max((float(self.ends[b - 1]) for a, b in zip(self.offsets, self.offsets[1:]) if b > a), default=0.0)
+
+
+# Pipelines of at least this many ranks are simulated a wave at a time (`_Graph`); narrower ones, whose waves hold
+# too few actions to repay numpy's per-call cost, one action at a time (`_run_in_order`). Both give the same times.
+WAVES_FROM_RANKS = 16
 
 
 def simulate(
@@ -146,18 +157,19 @@ def simulate(
         pf = [c if s > 0 and s2r[s - 1] != s2r[s] else 0.0 for s in range(S)]
         pb = [c if s < S - 1 and s2r[s + 1] != s2r[s] else 0.0 for s in range(S)]
 
-    graph = _graph(schedule)
+    graph = _graph(schedule) if R >= WAVES_FROM_RANKS else None
 
     # FSDP gathers: per rank, in first-use order, back to back from time 0
-    ready_at = [0.0] * S
-    # With gather buckets: the end of the stage's whole gather, and the share of its first forward after it.
-    floor = {}  # stage -> earliest end of its first forward (the last gather bucket arrives while it runs)
+    ready_at = None
+    floor = {}  # stage -> earliest end of its first forward: with gather buckets the last one arrives during it
     comm_events: list[list[tuple[str, int, float, float]]] = [[] for _ in range(R)]
     comm_free = [0.0] * R
     if allgather_time is not None:
+        ready_at = [0.0] * S
+        first_use = graph.first_use if graph is not None else _first_use(schedule)
         for r in range(R):
             t = 0.0
-            for s in graph.first_use[r]:
+            for s in first_use[r]:
                 g = float(allgather_time[s])
                 comm_events[r].append(("allgather", s, t, t + g))
                 n = gather_buckets[s] if gather_buckets is not None else 1
@@ -167,10 +179,11 @@ def simulate(
                     floor[s] = t + (1.0 / n) * fwd[s]
             comm_free[r] = t
 
-    starts, ends, busy = graph.run(dur, pf, pb, ready_at if allgather_time is not None else None, floor)
-    clock = [float(ends[b - 1]) if b > a else 0.0 for a, b in zip(graph.offsets, graph.offsets[1:])]
-    last_bwd = [float(ends[i]) if i >= 0 else 0.0 for i in graph.last_bwd]
-    last_bwd_start = [float(starts[i]) if i >= 0 else 0.0 for i in graph.last_bwd]
+    run = graph.run if graph is not None else partial(_run_in_order, schedule)
+    starts, ends, offsets, busy, last_bwd = run(dur, pf, pb, ready_at, floor)
+    clock = [float(ends[b - 1]) if b > a else 0.0 for a, b in zip(offsets, offsets[1:])]
+    last_bwd_start = [float(starts[i]) if i >= 0 else 0.0 for i in last_bwd]
+    last_bwd = [float(ends[i]) if i >= 0 else 0.0 for i in last_bwd]
 
     # gradient reductions: after the last B/W of each stage (bucket by bucket during it), in that order, on the
     # rank's comm stream
@@ -190,11 +203,121 @@ def simulate(
             comm_free[r] = t
 
     makespan = max(max(clock), max(comm_free)) if R else 0.0
-    events = _Events(schedule.actions, starts, ends, graph.offsets)
+    events = _Events(schedule.actions, starts, ends, offsets)
     peak, peak_w, peak_rank = (list(x) for x in order_peaks(schedule))
     total = sum(busy)
     bubble = 1.0 - total / (R * makespan) if makespan > 0 else 0.0
     return Timeline(events, comm_events, makespan, busy, bubble, peak, peak_w, peak_rank)
+
+
+def _first_use(schedule: Schedule) -> list[list[int]]:
+    """Per rank, its stages in the order its list first uses them."""
+    out = []
+    for acts in schedule.compiled:
+        seen: dict[int, None] = {}
+        for _, s, _ in acts:
+            if s not in seen:
+                seen[s] = None
+        out.append(list(seen))
+    return out
+
+
+def _run_in_order(schedule: Schedule, dur, pf, pb, ready_at, floor):
+    """The compute actions' times one action at a time (the module docstring's rules): a rank runs until its next
+    action waits on an input not yet computed and parks on that input; computing it wakes the rank. Returns what
+    `_Graph.run` returns."""
+    S = schedule.num_stages
+    R = schedule.pp
+    M = schedule.num_microbatches
+    compiled = schedule.compiled
+    ready_at = ready_at or [0.0] * S
+    first_forward = [True] * S
+    # end times of F (index s*M+i) and of the input-gradient backward B/I (same index); None until computed
+    SM = S * M
+    f_end: list = [None] * SM
+    b_end: list = [None] * SM
+    waiters: dict[int, list[int]] = {}  # key (F: idx, B/I: SM + idx) -> parked ranks
+    last = S - 1
+    ptr = [0] * R
+    clock = [0.0] * R
+    busy = [0.0] * R
+    starts: list[list[float]] = [[] for _ in range(R)]
+    ends: list[list[float]] = [[] for _ in range(R)]
+    last_bwd = [(-1, -1)] * S  # (rank, index in its list) of each stage's last B or W
+    ready = list(range(R))
+    while ready:
+        r = ready.pop()
+        acts = compiled[r]
+        n = len(acts)
+        i = ptr[r]
+        t = clock[r]
+        st = starts[r]
+        en = ends[r]
+        while i < n:
+            k, s, mb = acts[i]
+            idx = s * M + mb
+            if k == _F:
+                if s:
+                    d = f_end[idx - M]
+                    if d is None:
+                        waiters.setdefault(idx - M, []).append(r)
+                        break
+                    d += pf[s]
+                else:
+                    d = 0.0
+            elif k == _W:
+                d = b_end[idx]
+                assert d is not None, f"rank {r} runs W{s},{mb} before its I (action {i})"
+            else:
+                if s == last:
+                    d = f_end[idx]
+                    assert d is not None, f"rank {r} runs {_KIND[k]}{s},{mb} before its F (action {i})"
+                else:
+                    d = b_end[idx + M]
+                    if d is None:
+                        waiters.setdefault(SM + idx + M, []).append(r)
+                        break
+                    d += pb[s]
+            if d < t:
+                d = t
+            g = ready_at[s]
+            if g > d:
+                d = g
+            t = d + dur[k][s]
+            if k == _F and first_forward[s]:
+                first_forward[s] = False
+                if s in floor and floor[s] > t:
+                    t = floor[s]
+            st.append(d)
+            en.append(t)
+            busy[r] += dur[k][s]
+            if k == _F:
+                f_end[idx] = t
+                w = waiters.pop(idx, None)
+            else:
+                if k != _I:
+                    last_bwd[s] = (r, i)
+                if k == _W:
+                    w = None
+                else:
+                    b_end[idx] = t
+                    w = waiters.pop(SM + idx, None)
+            if w:
+                ready.extend(w)
+            i += 1
+        ptr[r] = i
+        clock[r] = t
+
+    for r in range(R):
+        if ptr[r] < len(compiled[r]):
+            k, s, mb = compiled[r][ptr[r]]
+            raise AssertionError(
+                f"deadlock: rank {r} waits forever at action {ptr[r]} "
+                f"({_KIND[k]} stage {s} micro-batch {mb}) of schedule {schedule.name}"
+            )
+    offsets = [0] + list(accumulate(len(acts) for acts in compiled))
+    last_bwd = [offsets[r] + i if r >= 0 else -1 for r, i in last_bwd]
+    return list(chain.from_iterable(starts)), list(chain.from_iterable(ends)), offsets, busy, last_bwd
 
 
 class _Graph:
@@ -299,10 +422,11 @@ class _Graph:
                                  f"micro-batch {mb}) of schedule {schedule.name}")
         return wave[slot]
 
-    def run(self, dur, pf, pb, ready_at, floor) -> tuple[np.ndarray, np.ndarray, list[float]]:
-        """(start, end) of every action (numbered rank by rank) and each rank's busy seconds (summed in its list
-        order), for durations `dur[kind][stage]`, p2p delays into each stage `pf`/`pb`, the stages' gather ends
-        `ready_at` (or None) and the earliest ends of first forwards `floor` ({stage: seconds})."""
+    def run(self, dur, pf, pb, ready_at, floor) -> tuple[np.ndarray, np.ndarray, list[int], list[float], list[int]]:
+        """(starts, ends, offsets, busy, last_bwd): the start and end of every action, numbered rank by rank (rank r's
+        from offsets[r]), each rank's busy seconds (summed in its list order) and each stage's last B or W (its
+        number, -1 for none), for durations `dur[kind][stage]`, p2p delays into each stage `pf`/`pb`, the stages'
+        gather ends `ready_at` (None: all at 0) and the earliest ends of first forwards `floor` ({stage: seconds})."""
         N = len(self.kind)
         table = np.array(dur, dtype=np.float64).reshape(4, -1)
         length = table[self.kind, self.stage]
@@ -334,7 +458,7 @@ class _Graph:
         length_rm = length[pos]
         busy = [float(np.add.accumulate(length_rm[a:b])[-1]) if b > a else 0.0
                 for a, b in zip(self.offsets, self.offsets[1:])]
-        return start[pos], end[:N][pos], busy
+        return start[pos], end[:N][pos], self.offsets, busy, self.last_bwd
 
 
 def _graph(schedule: Schedule) -> _Graph:
