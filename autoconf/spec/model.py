@@ -336,6 +336,8 @@ class ModelSpec:
     def layer_params(self, layer: int | None = None) -> int:
         """Parameters of one transformer block (attention, MLP or MoE layer, and its two norms); `layer` may be left
         out when every block is alike."""
+        if layer is None and self.moe is None:  # every block alike: the search asks this hundreds of thousands of times
+            return self._param_sums["dense"]
         return sum(op.params for op in self.layer_ops(self._uniform_layer(layer)))
 
     def layer_active_params(self, layer: int | None = None) -> int:
@@ -344,11 +346,16 @@ class ModelSpec:
 
     def embedding_params(self) -> int:
         """Token embedding plus learned positions (GPT)."""
-        return sum(op.params for op in self._ops["embedding"])
+        return self._param_sums["embedding"]
 
     def head_params(self) -> int:
         """Final norm plus the LM head (zero extra weights when tied to the embedding)."""
-        return sum(op.params for op in self._ops["head"])
+        return self._param_sums["head"]
+
+    @functools.cached_property
+    def _param_sums(self) -> dict:
+        """Parameters of a dense block, the embedding and the head: sums over the op table, once per spec."""
+        return {part: sum(op.params for op in self._ops[part]) for part in ("dense", "embedding", "head")}
 
     def total_params(self) -> int:
         return sum(count * op.params for _, count, op in self.op_table())
