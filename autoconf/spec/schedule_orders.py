@@ -69,43 +69,32 @@ def interleaved_order(rank: int, pp: int, vpp: int, m: int, zero_bubble: bool = 
     rounds = max(1, m // pp)
     per_round = m // rounds
     warmup = min((vpp - 1) * per_round + (1 if zero_bubble else 2) * (pp - 1 - rank), m * vpp)
-    total = vpp * m + warmup  # warmup + (vpp*m - warmup) steady + warmup cooldown
-
-    def fwd_stage(step: int) -> int:
-        return ((step // per_round) % vpp) * pp + rank
-
-    def bwd_stage(step: int) -> int:
-        return (vpp - 1 - ((step - warmup) // per_round) % vpp) * pp + rank
-
+    forwards = vpp * m
+    # Step k runs a forward while k < vpp*m, in chunk (k // per_round) % vpp, and from k = warmup on a backward, in
+    # the chunks in reverse; each chunk's micro-batches go in order.
     fwd_mb = [0] * (pp * vpp)
     bwd_mb = [0] * (pp * vpp)
-    w_mb = [0] * (pp * vpp)
     bkind = I if zero_bubble else B
     ops: list[Op] = []
-    bwd_steps: list[int] = []
+    append = ops.append
+    weights: list[Op] = []  # the W of each backward, in the backwards' order (torch runs them in that order)
     n_w = 0
-
-    def weight() -> None:
-        nonlocal n_w
-        s = bwd_stage(bwd_steps[n_w])
-        ops.append((W, s, w_mb[s]))
-        w_mb[s] += 1
-        n_w += 1
-
-    for step in range(total):
-        if step < vpp * m:  # warmup and steady phases run a forward
-            s = fwd_stage(step)
-            ops.append((F, s, fwd_mb[s]))
+    for step in range(forwards + warmup):
+        if step < forwards:  # warmup and steady phases run a forward
+            s = ((step // per_round) % vpp) * pp + rank
+            append((F, s, fwd_mb[s]))
             fwd_mb[s] += 1
         if step >= warmup:  # steady and cooldown phases run a backward
-            s = bwd_stage(step)
-            ops.append((bkind, s, bwd_mb[s]))
-            bwd_mb[s] += 1
-            bwd_steps.append(step)
-            if zero_bubble and step - warmup >= rank:
-                weight()
-    while zero_bubble and n_w < len(bwd_steps):
-        weight()
+            s = (vpp - 1 - ((step - warmup) // per_round) % vpp) * pp + rank
+            i = bwd_mb[s]
+            bwd_mb[s] = i + 1
+            append((bkind, s, i))
+            if zero_bubble:
+                weights.append((W, s, i))
+                if step - warmup >= rank:  # W trails its backward by `rank` steps
+                    append(weights[n_w])
+                    n_w += 1
+    ops.extend(weights[n_w:])
     return ops
 
 
