@@ -333,13 +333,11 @@ class _Graph:
     """
 
     def __init__(self, schedule: Schedule):
-        compiled = schedule.compiled
         S, M, R = schedule.num_stages, schedule.num_microbatches, schedule.pp
-        lengths = [len(acts) for acts in compiled]
-        N = sum(lengths)
-        self.offsets = offsets = [0] + list(accumulate(lengths))
-        flat = np.fromiter(chain.from_iterable(chain.from_iterable(compiled)), dtype=np.int64, count=3 * N)
-        kind, stage, mb = flat.reshape(N, 3).T if N else (flat,) * 3
+        kind, stage, mb, offsets = _arrays(schedule)
+        N = len(kind)
+        lengths = np.diff(offsets)
+        self.offsets = offsets
         key = stage * M + mb
         ids = np.arange(N)
         is_f = kind == _F
@@ -368,7 +366,7 @@ class _Graph:
         pos[order] = ids
         pos[N] = N
         prev = ids - 1
-        prev[np.asarray(offsets[:-1])[np.asarray(lengths) > 0]] = N
+        prev[np.asarray(offsets[:-1])[lengths > 0]] = N
         self.position = pos[:N]  # wave position of each action
         self.dep = pos[dep[order]]
         self.prev = pos[prev[order]]
@@ -468,16 +466,58 @@ def _graph(schedule: Schedule) -> _Graph:
     return graph
 
 
+def _arrays(schedule: Schedule) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """(kind codes, stages, micro-batches, offsets): every action of the schedule rank by rank, rank r's from
+    offsets[r]; made once per schedule object."""
+    arrays = schedule.__dict__.get("_arrays")
+    if arrays is None:
+        compiled = schedule.compiled
+        offsets = [0] + list(accumulate(len(acts) for acts in compiled))
+        N = offsets[-1]
+        flat = np.fromiter(chain.from_iterable(chain.from_iterable(compiled)), dtype=np.int64, count=3 * N)
+        kind, stage, mb = flat.reshape(N, 3).T if N else (flat,) * 3
+        arrays = schedule.__dict__["_arrays"] = (kind, stage, mb, offsets)
+    return arrays
+
+
 def order_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int]]:
     """(peak_inflight, peak_inflight_weight, peak_inflight_rank) as `Timeline` defines them, from the order alone: a
     rank's actions run one at a time, so its counts follow its list whatever the costs. Counted once per schedule
     object (a frozen value; the estimate reuses its schedules) and remembered on it; callers get fresh lists."""
     peaks = schedule.__dict__.get("_order_peaks")
     if peaks is None:
-        peaks = tuple(tuple(x) for x in rank_order_peaks(schedule.num_stages, dict(enumerate(schedule.compiled)),
-                                                         schedule.pp))
+        if schedule.pp >= WAVES_FROM_RANKS:
+            peaks = _array_peaks(schedule)
+        else:
+            peaks = rank_order_peaks(schedule.num_stages, dict(enumerate(schedule.compiled)), schedule.pp)
+        peaks = tuple(tuple(x) for x in peaks)
         schedule.__dict__["_order_peaks"] = peaks  # what functools.cached_property does on a frozen dataclass
     return tuple(list(x) for x in peaks)
+
+
+def _array_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int]]:
+    """`rank_order_peaks` of every rank with numpy, for wide pipelines: each count is a running sum over the
+    actions in order (a stage's over its own, in its rank's order; a rank's over its list), its peak the largest
+    prefix sum and at least 0."""
+    S, R = schedule.num_stages, schedule.pp
+    kind, stage, _, offsets = _arrays(schedule)
+    live = np.where(kind == _F, 1, np.where(kind == _W, 0, -1))  # F holds a micro-batch, B or I frees it
+    waiting = np.where(kind == _I, 1, np.where(kind == _W, -1, 0))  # I leaves work for W
+    by_stage = np.argsort(stage, kind="stable")
+
+    def peaks(delta: np.ndarray, counts: np.ndarray) -> list[int]:
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        running = np.cumsum(delta)
+        running -= np.repeat(np.concatenate([[0], running])[first], counts)  # each segment from 0
+        out = np.zeros(len(counts), dtype=np.int64)
+        held = counts > 0
+        if held.any():
+            out[held] = np.maximum.reduceat(running, first[held])
+        return np.maximum(out, 0).tolist()
+
+    per_stage = np.bincount(stage, minlength=S)
+    per_rank = np.diff(offsets)
+    return peaks(live[by_stage], per_stage), peaks(waiting[by_stage], per_stage), peaks(live, per_rank)
 
 
 def rank_order_peaks(num_stages: int, compiled: dict[int, Sequence[tuple[int, int, int]]],
