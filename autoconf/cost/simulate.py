@@ -36,10 +36,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from autoconf.spec.schedule_orders import B as _B, F as _F, I as _I, KINDS as _KIND, W as _W
 from autoconf.spec.schedules import Action, Schedule
-
-_F, _B, _I, _W = 0, 1, 2, 3
-_KIND = "FBIW"
 
 
 @dataclass(frozen=True)

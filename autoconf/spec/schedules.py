@@ -292,7 +292,7 @@ def rank_actions(name: str, pp: int, num_microbatches: int, vpp: int, rank: int)
     return tuple(schedule_spec(name).order(rank, pp, vpp, num_microbatches))
 
 
-_CODE = {"F": 0, "B": 1, "I": 2, "W": 3}
+_CODE = {letter: code for code, letter in enumerate(orders.KINDS)}
 
 
 def _compiled(actions) -> tuple[tuple[int, int, int], ...]:
