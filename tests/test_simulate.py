@@ -187,8 +187,12 @@ def test_timeline_accounts_for_every_action():
         assert tl.compute_time_per_rank[r] == pytest.approx(total)
 
 
-def test_deadlocking_order_is_detected_with_rank_and_action():
+@pytest.mark.parametrize("wide_from", [16, 1])  # one action at a time, and a wave at a time
+def test_deadlocking_order_is_detected_with_rank_and_action(wide_from, monkeypatch):
     """A hand-made order where rank 0 runs B(0,0) before F(0,0) can never progress: AssertionError names it."""
+    import autoconf.cost.simulate as simulate_module
+
+    monkeypatch.setattr(simulate_module, "WAVES_FROM_RANKS", wide_from)
     acts = ((Action("B", 0, 0), Action("F", 0, 0)), (Action("F", 1, 0), Action("B", 1, 0)))
     sch = Schedule("handmade", 2, 1, 1, (0, 1), acts)
     with pytest.raises(AssertionError, match="rank 0 .*B stage 0 micro-batch 0"):
@@ -220,3 +224,37 @@ def test_simulate_16_ranks_512_microbatches_is_exact_and_runs_each_action_once(n
     assert sum(len(ev) for ev in tl.events) == actions
     assert [[a for a, _, _ in ev] for ev in tl.events] == [list(acts) for acts in sch.actions]
     assert tl.compute_time_per_rank == pytest.approx([m * (f + b + w)] * p, rel=1e-12)
+
+
+def test_wave_and_in_order_simulations_agree_to_the_last_bit(monkeypatch):
+    """Wide pipelines are simulated a wave of independent actions at a time with numpy, narrow ones one action at a
+    time: on random costs, P2P delays, FSDP gathers and buckets both give the same times bit for bit, and the same
+    in-flight counts."""
+    import random
+
+    import autoconf.cost.simulate as simulate_module
+
+    rng = random.Random(7)
+    for name, pp, vpp, m in [("1f1b", 4, 1, 9), ("zb-h1", 3, 1, 12), ("interleaved-1f1b", 4, 2, 8),
+                             ("looped-bfs", 3, 3, 5), ("zbv", 4, 2, 17), ("dualpipev", 3, 2, 12), ("gpipe", 2, 1, 5)]:
+        sch = build_schedule(name, pp, m, vpp)
+        S = sch.num_stages
+        costs = StageCosts([rng.random() for _ in range(S)], [rng.random() for _ in range(S)],
+                           [rng.random() for _ in range(S)])
+        delays = {}
+        kw = dict(p2p_time=lambda a, b: delays.setdefault((a, b), rng.random() / 10),
+                  allgather_time=[rng.random() for _ in range(S)], reduce_time=[rng.random() for _ in range(S)],
+                  gather_buckets=[rng.randint(1, 3) for _ in range(S)],
+                  reduce_buckets=[rng.randint(1, 3) for _ in range(S)])
+        runs = []
+        for wide_from in (10**9, 1):
+            monkeypatch.setattr(simulate_module, "WAVES_FROM_RANKS", wide_from)
+            fresh = build_schedule(name, pp, m, vpp)  # nothing remembered from the other path
+            runs.append(simulate(fresh, costs, **kw))
+        in_order, waves = runs
+        assert waves.makespan == in_order.makespan
+        assert waves.compute_time_per_rank == in_order.compute_time_per_rank
+        assert list(waves.events) == list(in_order.events)
+        assert waves.comm_events == in_order.comm_events
+        assert (waves.peak_inflight, waves.peak_inflight_weight, waves.peak_inflight_rank) == \
+            (in_order.peak_inflight, in_order.peak_inflight_weight, in_order.peak_inflight_rank)

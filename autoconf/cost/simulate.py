@@ -21,19 +21,23 @@ contention) is not modelled.
 
 The simulation is dependency-driven and linear in the number of actions: a rank runs until its next action waits on
 an input not yet computed, and parks on that input; computing it wakes the rank. A rank still parked at the end is a
-deadlock, reported with an AssertionError naming the rank and the action.
+deadlock, reported with an AssertionError naming the rank and the action. Wide pipelines (a 1T model's 128 stages
+run hundreds of thousands of actions) are computed a wave of independent actions at a time with numpy instead, on
+a dependency graph worked out once per schedule (`_Graph`); every time is the same to the last bit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
+from functools import partial
+from itertools import accumulate, chain
 from typing import Callable, Sequence
 
-from autoconf.spec.schedules import Action, Schedule
+import numpy as np
 
-_F, _B, _I, _W = 0, 1, 2, 3
-_KIND = "FBIW"
+from autoconf.spec.schedule_orders import B as _B, F as _F, I as _I, KINDS as _KIND, W as _W
+from autoconf.spec.schedules import Action, Schedule
 
 
 @dataclass(frozen=True)
@@ -81,28 +85,42 @@ class Timeline:
     def compute_end(self) -> float:
         """End of the last compute action."""
         if isinstance(self.events, _Events):
-            return max((ends[-1] for ends in self.events.ends if ends), default=0.0)
+            return self.events.end()
         return max((ev[-1][2] for ev in self.events if ev), default=0.0)
 
 
 class _Events(SequenceABC):
     """`Timeline.events` of a simulation, each rank's (action, start, end) list built when first read: the search
-    reads only the makespan and the busy times of most timelines."""
+    reads only the makespan and the busy times of most timelines. `starts` and `ends` (lists or arrays) hold every
+    action's times, rank by rank (`offsets[r]` is rank r's first)."""
 
-    def __init__(self, actions, starts: list[list[float]], ends: list[list[float]]):
-        self.actions, self.starts, self.ends = actions, starts, ends
+    def __init__(self, actions, starts, ends, offsets: list[int]):
+        self.actions, self.starts, self.ends, self.offsets = actions, starts, ends, offsets
         self._rows: dict[int, list] = {}
 
     def __len__(self) -> int:
-        return len(self.ends)
+        return len(self.offsets) - 1
 
     def __getitem__(self, rank):
         if isinstance(rank, slice):
             return [self[r] for r in range(len(self))[rank]]
         rank = range(len(self))[rank]  # negative indices, and IndexError past the end
         if rank not in self._rows:
-            self._rows[rank] = list(zip(self.actions[rank], self.starts[rank], self.ends[rank]))
+            a, b = self.offsets[rank], self.offsets[rank + 1]
+            starts, ends = self.starts[a:b], self.ends[a:b]
+            if isinstance(starts, np.ndarray):
+                starts, ends = starts.tolist(), ends.tolist()
+            self._rows[rank] = list(zip(self.actions[rank], starts, ends))
         return self._rows[rank]
+
+    def end(self) -> float:
+        """End of the last action (a rank's actions end in order)."""
+        return max((float(self.ends[b - 1]) for a, b in zip(self.offsets, self.offsets[1:]) if b > a), default=0.0)
+
+
+# Pipelines of at least this many ranks are simulated a wave at a time (`_Graph`); narrower ones, whose waves hold
+# too few actions to repay numpy's per-call cost, one action at a time (`_run_in_order`). Both give the same times.
+WAVES_FROM_RANKS = 16
 
 
 def simulate(
@@ -121,7 +139,6 @@ def simulate(
     """
     S = schedule.num_stages
     R = schedule.pp
-    M = schedule.num_microbatches
     s2r = schedule.stage_to_rank
     fwd = [float(x) for x in costs.forward]
     bi = [float(x) for x in costs.backward_input]
@@ -138,46 +155,93 @@ def simulate(
         pf = [c if s > 0 and s2r[s - 1] != s2r[s] else 0.0 for s in range(S)]
         pb = [c if s < S - 1 and s2r[s + 1] != s2r[s] else 0.0 for s in range(S)]
 
-    compiled = schedule.compiled
+    graph = _graph(schedule) if R >= WAVES_FROM_RANKS else None
 
     # FSDP gathers: per rank, in first-use order, back to back from time 0
-    ready_at = [0.0] * S
-    # With gather buckets: the end of the stage's whole gather, and the share of its first forward after it.
-    gathered_at = [0.0] * S
-    tail_share = [0.0] * S
+    ready_at = None
+    floor = {}  # stage -> earliest end of its first forward: with gather buckets the last one arrives during it
     comm_events: list[list[tuple[str, int, float, float]]] = [[] for _ in range(R)]
     comm_free = [0.0] * R
     if allgather_time is not None:
+        ready_at = [0.0] * S
+        first_use = graph.first_use if graph is not None else _first_use(schedule)
         for r in range(R):
             t = 0.0
-            seen = set()
-            for _, s, _ in compiled[r]:
-                if s not in seen:
-                    seen.add(s)
-                    g = float(allgather_time[s])
-                    comm_events[r].append(("allgather", s, t, t + g))
-                    n = gather_buckets[s] if gather_buckets is not None else 1
-                    ready_at[s] = t + g / n
-                    t += g
-                    if n > 1:
-                        gathered_at[s], tail_share[s] = t, 1.0 / n
+            for s in first_use[r]:
+                g = float(allgather_time[s])
+                comm_events[r].append(("allgather", s, t, t + g))
+                n = gather_buckets[s] if gather_buckets is not None else 1
+                ready_at[s] = t + g / n
+                t += g
+                if n > 1:
+                    floor[s] = t + (1.0 / n) * fwd[s]
             comm_free[r] = t
-    first_forward = [True] * S
 
+    run = graph.run if graph is not None else partial(_run_in_order, schedule)
+    starts, ends, offsets, busy, last_bwd = run(dur, pf, pb, ready_at, floor)
+    clock = [float(ends[b - 1]) if b > a else 0.0 for a, b in zip(offsets, offsets[1:])]
+    last_bwd_start = [float(starts[i]) if i >= 0 else 0.0 for i in last_bwd]
+    last_bwd = [float(ends[i]) if i >= 0 else 0.0 for i in last_bwd]
+
+    # gradient reductions: after the last B/W of each stage (bucket by bucket during it), in that order, on the
+    # rank's comm stream
+    if reduce_time is not None:
+        for r in range(R):
+            t = comm_free[r]
+            for s in sorted(schedule.stages_of_rank(r), key=lambda s: last_bwd[s]):
+                n = reduce_buckets[s] if reduce_buckets is not None else 1
+                share = float(reduce_time[s]) / n
+                span = last_bwd[s] - last_bwd_start[s]
+                first = None
+                for j in range(n):
+                    start = max(t, last_bwd_start[s] + span * (j + 1) / n)
+                    first = start if first is None else first
+                    t = start + share
+                comm_events[r].append(("reduce", s, first, t))
+            comm_free[r] = t
+
+    makespan = max(max(clock), max(comm_free)) if R else 0.0
+    events = _Events(schedule.actions, starts, ends, offsets)
+    peak, peak_w, peak_rank = (list(x) for x in order_peaks(schedule))
+    total = sum(busy)
+    bubble = 1.0 - total / (R * makespan) if makespan > 0 else 0.0
+    return Timeline(events, comm_events, makespan, busy, bubble, peak, peak_w, peak_rank)
+
+
+def _first_use(schedule: Schedule) -> list[list[int]]:
+    """Per rank, its stages in the order its list first uses them."""
+    out = []
+    for acts in schedule.compiled:
+        seen: dict[int, None] = {}
+        for _, s, _ in acts:
+            if s not in seen:
+                seen[s] = None
+        out.append(list(seen))
+    return out
+
+
+def _run_in_order(schedule: Schedule, dur, pf, pb, ready_at, floor):
+    """The compute actions' times one action at a time (the module docstring's rules): a rank runs until its next
+    action waits on an input not yet computed and parks on that input; computing it wakes the rank. Returns what
+    `_Graph.run` returns."""
+    S = schedule.num_stages
+    R = schedule.pp
+    M = schedule.num_microbatches
+    compiled = schedule.compiled
+    ready_at = ready_at or [0.0] * S
+    first_forward = [True] * S
     # end times of F (index s*M+i) and of the input-gradient backward B/I (same index); None until computed
     SM = S * M
     f_end: list = [None] * SM
     b_end: list = [None] * SM
     waiters: dict[int, list[int]] = {}  # key (F: idx, B/I: SM + idx) -> parked ranks
     last = S - 1
-
     ptr = [0] * R
     clock = [0.0] * R
     busy = [0.0] * R
     starts: list[list[float]] = [[] for _ in range(R)]
     ends: list[list[float]] = [[] for _ in range(R)]
-    last_bwd = [0.0] * S
-    last_bwd_start = [0.0] * S
+    last_bwd = [(-1, -1)] * S  # (rank, index in its list) of each stage's last B or W
     ready = list(range(R))
     while ready:
         r = ready.pop()
@@ -220,8 +284,8 @@ def simulate(
             t = d + dur[k][s]
             if k == _F and first_forward[s]:
                 first_forward[s] = False
-                if tail_share[s]:  # the last gather bucket arrives while the forward runs
-                    t = max(t, gathered_at[s] + tail_share[s] * dur[k][s])
+                if s in floor and floor[s] > t:
+                    t = floor[s]
             st.append(d)
             en.append(t)
             busy[r] += dur[k][s]
@@ -230,8 +294,7 @@ def simulate(
                 w = waiters.pop(idx, None)
             else:
                 if k != _I:
-                    last_bwd[s] = t
-                    last_bwd_start[s] = d
+                    last_bwd[s] = (r, i)
                 if k == _W:
                     w = None
                 else:
@@ -250,30 +313,169 @@ def simulate(
                 f"deadlock: rank {r} waits forever at action {ptr[r]} "
                 f"({_KIND[k]} stage {s} micro-batch {mb}) of schedule {schedule.name}"
             )
+    offsets = [0] + list(accumulate(len(acts) for acts in compiled))
+    last_bwd = [offsets[r] + i if r >= 0 else -1 for r, i in last_bwd]
+    return list(chain.from_iterable(starts)), list(chain.from_iterable(ends)), offsets, busy, last_bwd
 
-    # gradient reductions: after the last B/W of each stage (bucket by bucket during it), in that order, on the
-    # rank's comm stream
-    if reduce_time is not None:
+
+class _Graph:
+    """What a simulation of a schedule needs that does not depend on the costs, worked out once per schedule
+    object (a frozen value that the estimate reuses).
+
+    The actions are numbered rank by rank in list order (`offsets[r]` is rank r's first). Each action waits for
+    its rank's previous action and for one input (`simulate`'s rules: F(s-1, i), B/I(s+1, i), the last stage's
+    own F(s, i), W's own I), or for none. Every action gets a wave, one more than the later of the waves of the two
+    actions it waits for: the actions of one wave wait only on earlier waves, and a rank has at most one action
+    in each. `run` then computes a wave at a time with numpy, each action by the same operations on the same
+    operands as one at a time, so the times are the same to the last bit.
+    """
+
+    def __init__(self, schedule: Schedule):
+        S, M, R = schedule.num_stages, schedule.num_microbatches, schedule.pp
+        kind, stage, mb, offsets = _arrays(schedule)
+        N = len(kind)
+        lengths = np.diff(offsets)
+        self.offsets = offsets
+        key = stage * M + mb
+        ids = np.arange(N)
+        is_f = kind == _F
+        is_bi = (kind == _B) | (kind == _I)
+        f_id = np.full(S * M + 1, N + 1)  # N: no input (ready at 0); N + 1: an input that never comes
+        b_id = np.full(S * M + 1, N + 1)
+        f_id[key[is_f]] = ids[is_f]
+        b_id[key[is_bi]] = ids[is_bi]
+        last = S - 1
+        dep = np.full(N, N)
+        sel = is_f & (stage > 0)
+        dep[sel] = f_id[key[sel] - M]
+        sel = is_bi & (stage < last)
+        dep[sel] = b_id[key[sel] + M]
+        sel = is_bi & (stage == last)
+        dep[sel] = f_id[key[sel]]
+        sel = kind == _W
+        dep[sel] = b_id[key[sel]]
+        # which p2p delay the input adds: 1 forward (pf[s]), 2 backward (pb[s]), 0 none
+        via = np.where(is_f & (stage > 0), 1, np.where(is_bi & (stage < last), 2, 0))
+
+        wave = self._waves(schedule, dep, offsets)
+        order = np.argsort(wave, kind="stable")
+        self.bounds = np.searchsorted(wave[order], np.arange(1, int(wave.max(initial=0)) + 2)).tolist()
+        pos = np.empty(N + 1, dtype=np.int64)
+        pos[order] = ids
+        pos[N] = N
+        prev = ids - 1
+        prev[np.asarray(offsets[:-1])[lengths > 0]] = N
+        self.position = pos[:N]  # wave position of each action
+        self.dep = pos[dep[order]]
+        self.prev = pos[prev[order]]
+        self.kind, self.stage, self.via = kind[order], stage[order], via[order]
+        self.kind_rm, self.stage_rm = kind, stage
+        first_f = np.full(S, -1)
+        f_stages = stage[is_f]
+        uniq, first = np.unique(f_stages, return_index=True)
+        first_f[uniq] = pos[ids[is_f][first]]
+        self.first_f = first_f.tolist()
+        last_b = np.full(S, -1)
+        sel = (kind == _B) | (kind == _W)
+        np.maximum.at(last_b, stage[sel], ids[sel])
+        self.last_bwd = last_b.tolist()  # per stage, its last B or W (numbered rank by rank), or -1
+        self.first_use = []
         for r in range(R):
-            t = comm_free[r]
-            for s in sorted(schedule.stages_of_rank(r), key=lambda s: last_bwd[s]):
-                n = reduce_buckets[s] if reduce_buckets is not None else 1
-                share = float(reduce_time[s]) / n
-                span = last_bwd[s] - last_bwd_start[s]
-                first = None
-                for j in range(n):
-                    start = max(t, last_bwd_start[s] + span * (j + 1) / n)
-                    first = start if first is None else first
-                    t = start + share
-                comm_events[r].append(("reduce", s, first, t))
-            comm_free[r] = t
+            stages = stage[offsets[r]:offsets[r + 1]]
+            uniq, first = np.unique(stages, return_index=True)
+            self.first_use.append(uniq[np.argsort(first)].tolist())
 
-    makespan = max(max(clock), max(comm_free)) if R else 0.0
-    events = _Events(schedule.actions, starts, ends)
-    peak, peak_w, peak_rank = (list(x) for x in order_peaks(schedule))
-    total = sum(busy)
-    bubble = 1.0 - total / (R * makespan) if makespan > 0 else 0.0
-    return Timeline(events, comm_events, makespan, busy, bubble, peak, peak_w, peak_rank)
+    @staticmethod
+    def _waves(schedule: Schedule, dep: np.ndarray, offsets: list[int]) -> np.ndarray:
+        """Each action's wave (see the class docstring), found a wave at a time: in wave k every rank runs its next
+        action if that action's input came in an earlier wave. AssertionError naming the rank and the action on a
+        deadlock (some rank's next action never gets its input)."""
+        N, R = len(dep), len(offsets) - 1
+        # Each rank's actions followed by a stopper that never runs; G: no input (wave 0), G + 1: never.
+        G = N + R
+        rank_of = np.repeat(np.arange(R), np.diff(offsets))
+        slot = np.arange(N) + rank_of
+        to_slot = np.concatenate([slot, [G, G + 1]])
+        dep_slot = np.full(G + 2, G + 1)
+        dep_slot[slot] = to_slot[dep]
+        wave = np.full(G + 2, -1)
+        wave[G] = 0
+        ptr = np.asarray(offsets[:-1]) + np.arange(R)
+        k = 1
+        while True:
+            ready = wave[dep_slot[ptr]] >= 0
+            if not ready.any():
+                break
+            wave[ptr[ready]] = k
+            ptr += ready
+            k += 1
+        stuck = ptr - np.arange(R) < np.asarray(offsets[1:])
+        if stuck.any():
+            r = int(np.argmax(stuck))
+            i = int(ptr[r]) - r - offsets[r]
+            k_, s, mb = schedule.compiled[r][i]
+            raise AssertionError(f"deadlock: rank {r} waits forever at action {i} ({_KIND[k_]} stage {s} "
+                                 f"micro-batch {mb}) of schedule {schedule.name}")
+        return wave[slot]
+
+    def run(self, dur, pf, pb, ready_at, floor) -> tuple[np.ndarray, np.ndarray, list[int], list[float], list[int]]:
+        """(starts, ends, offsets, busy, last_bwd): the start and end of every action, numbered rank by rank (rank r's
+        from offsets[r]), each rank's busy seconds (summed in its list order) and each stage's last B or W (its
+        number, -1 for none), for durations `dur[kind][stage]`, p2p delays into each stage `pf`/`pb`, the stages'
+        gather ends `ready_at` (None: all at 0) and the earliest ends of first forwards `floor` ({stage: seconds})."""
+        N = len(self.kind)
+        table = np.array(dur, dtype=np.float64).reshape(4, -1)
+        length = table[self.kind, self.stage]
+        S = table.shape[1]
+        delay = np.array([[0.0] * S, pf, pb], dtype=np.float64)[self.via, self.stage]
+        ready = np.array(ready_at, dtype=np.float64)[self.stage] if ready_at is not None else None
+        low = None
+        if floor:
+            low = np.full(N, -np.inf)
+            for s, t in floor.items():
+                if self.first_f[s] >= 0:
+                    low[self.first_f[s]] = t
+        end = np.zeros(N + 1)
+        start = np.empty(N)
+        dep, prev, bounds = self.dep, self.prev, self.bounds
+        maximum = np.maximum
+        for lo, hi in zip(bounds, bounds[1:]):
+            d = end[dep[lo:hi]]
+            d += delay[lo:hi]
+            maximum(d, end[prev[lo:hi]], out=d)
+            if ready is not None:
+                maximum(d, ready[lo:hi], out=d)
+            start[lo:hi] = d
+            d += length[lo:hi]
+            if low is not None:
+                maximum(d, low[lo:hi], out=d)
+            end[lo:hi] = d
+        pos = self.position
+        length_rm = length[pos]
+        busy = [float(np.add.accumulate(length_rm[a:b])[-1]) if b > a else 0.0
+                for a, b in zip(self.offsets, self.offsets[1:])]
+        return start[pos], end[:N][pos], self.offsets, busy, self.last_bwd
+
+
+def _graph(schedule: Schedule) -> _Graph:
+    graph = schedule.__dict__.get("_graph")
+    if graph is None:
+        graph = schedule.__dict__["_graph"] = _Graph(schedule)  # as functools.cached_property does
+    return graph
+
+
+def _arrays(schedule: Schedule) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """(kind codes, stages, micro-batches, offsets): every action of the schedule rank by rank, rank r's from
+    offsets[r]; made once per schedule object."""
+    arrays = schedule.__dict__.get("_arrays")
+    if arrays is None:
+        compiled = schedule.compiled
+        offsets = [0] + list(accumulate(len(acts) for acts in compiled))
+        N = offsets[-1]
+        flat = np.fromiter(chain.from_iterable(chain.from_iterable(compiled)), dtype=np.int64, count=3 * N)
+        kind, stage, mb = flat.reshape(N, 3).T if N else (flat,) * 3
+        arrays = schedule.__dict__["_arrays"] = (kind, stage, mb, offsets)
+    return arrays
 
 
 def order_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int]]:
@@ -282,10 +484,38 @@ def order_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int]]:
     object (a frozen value; the estimate reuses its schedules) and remembered on it; callers get fresh lists."""
     peaks = schedule.__dict__.get("_order_peaks")
     if peaks is None:
-        peaks = tuple(tuple(x) for x in rank_order_peaks(schedule.num_stages, dict(enumerate(schedule.compiled)),
-                                                         schedule.pp))
+        if schedule.pp >= WAVES_FROM_RANKS:
+            peaks = _array_peaks(schedule)
+        else:
+            peaks = rank_order_peaks(schedule.num_stages, dict(enumerate(schedule.compiled)), schedule.pp)
+        peaks = tuple(tuple(x) for x in peaks)
         schedule.__dict__["_order_peaks"] = peaks  # what functools.cached_property does on a frozen dataclass
     return tuple(list(x) for x in peaks)
+
+
+def _array_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int]]:
+    """`rank_order_peaks` of every rank with numpy, for wide pipelines: each count is a running sum over the
+    actions in order (a stage's over its own, in its rank's order; a rank's over its list), its peak the largest
+    prefix sum and at least 0."""
+    S, R = schedule.num_stages, schedule.pp
+    kind, stage, _, offsets = _arrays(schedule)
+    live = np.where(kind == _F, 1, np.where(kind == _W, 0, -1))  # F holds a micro-batch, B or I frees it
+    waiting = np.where(kind == _I, 1, np.where(kind == _W, -1, 0))  # I leaves work for W
+    by_stage = np.argsort(stage, kind="stable")
+
+    def peaks(delta: np.ndarray, counts: np.ndarray) -> list[int]:
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        running = np.cumsum(delta)
+        running -= np.repeat(np.concatenate([[0], running])[first], counts)  # each segment from 0
+        out = np.zeros(len(counts), dtype=np.int64)
+        held = counts > 0
+        if held.any():
+            out[held] = np.maximum.reduceat(running, first[held])
+        return np.maximum(out, 0).tolist()
+
+    per_stage = np.bincount(stage, minlength=S)
+    per_rank = np.diff(offsets)
+    return peaks(live[by_stage], per_stage), peaks(waiting[by_stage], per_stage), peaks(live, per_rank)
 
 
 def rank_order_peaks(num_stages: int, compiled: dict[int, Sequence[tuple[int, int, int]]],

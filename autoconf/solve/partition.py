@@ -258,19 +258,21 @@ def _one_stage_per_rank_dp(p: PartitionProblem, q: _Quantised) -> tuple[int, lis
     best = np.full(num_units + 1, inf, dtype=np.int64)
     best[0] = 0
     args = []
-    ends = np.arange(num_units + 1)
+    starts = np.arange(num_units + 1)
+    # Ends b are scored a block of rows at a time, each row every start a < b (later starts never win).
+    rows = max(1, 4_000_000 // (num_units + 1))
     for s in range(num_stages):
         limit = q.limit[p.stage_to_rank[s]]
         new, arg = np.full(num_units + 1, inf, dtype=np.int64), np.zeros(num_units + 1, dtype=np.int64)
         lo_end = s + 1  # stages 0..s hold at least one unit each
         hi_end = num_units - (num_stages - 1 - s)  # and every later stage one
-        for b in range(lo_end, hi_end + 1):
-            starts = ends[:b]
+        for first in range(lo_end, hi_end + 1, rows):
+            b = np.arange(first, min(first + rows, hi_end + 1))[:, None]
             mem = (static_pre[b] - static_pre[starts]) + p.inflight[s] * (act_pre[b] - act_pre[starts])
-            cost = np.maximum(best[:b], time_pre[b] - time_pre[starts])
-            cost = np.where((best[:b] < inf) & (mem <= limit), cost, inf)
-            a = int(np.argmin(cost))
-            new[b], arg[b] = cost[a], a
+            cost = np.maximum(best, time_pre[b] - time_pre[starts])
+            cost = np.where((starts < b) & (best < inf) & (mem <= limit), cost, inf)
+            a = np.argmin(cost, axis=1)  # the first of equal costs, as scanning the starts in order
+            new[b[:, 0]], arg[b[:, 0]] = cost[np.arange(len(a)), a], a
         best = new
         args.append(arg)
     if best[num_units] == inf:

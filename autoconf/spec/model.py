@@ -354,15 +354,10 @@ class ModelSpec:
     def layer_params(self, layer: int | None = None) -> int:
         """Parameters of one transformer block (attention, MLP or MoE layer, and its two norms); `layer` may be left
         out when every block is alike."""
-        sums = self._layer_param_sums
+        sums = self._param_sums
         if self.moe is None:
             return sums["dense"]
         return sums["moe" if self.is_moe_layer(self._uniform_layer(layer)) else "dense"]
-
-    @functools.cached_property
-    def _layer_param_sums(self) -> dict:
-        """Parameters of a dense and of an MoE block, summed once per spec (the cost model reads them often)."""
-        return {kind: sum(op.params for op in self._ops[kind]) for kind in ("dense", "moe")}
 
     def layer_active_params(self, layer: int | None = None) -> int:
         """Parameters of one block that one token uses (all but the routed experts it is not sent to)."""
@@ -370,11 +365,17 @@ class ModelSpec:
 
     def embedding_params(self) -> int:
         """Token embedding plus learned positions (GPT)."""
-        return sum(op.params for op in self._ops["embedding"])
+        return self._param_sums["embedding"]
 
     def head_params(self) -> int:
         """Final norm plus the LM head (zero extra weights when tied to the embedding)."""
-        return sum(op.params for op in self._ops["head"])
+        return self._param_sums["head"]
+
+    @functools.cached_property
+    def _param_sums(self) -> dict:
+        """Parameters of a dense block, an MoE block, the embedding and the head: sums over the op table, once per
+        spec (the search's bounds ask for them hundreds of thousands of times)."""
+        return {part: sum(op.params for op in self._ops[part]) for part in ("dense", "moe", "embedding", "head")}
 
     def total_params(self) -> int:
         return sum(count * op.params for _, count, op in self.op_table())

@@ -1,7 +1,9 @@
 """The order each pipeline schedule runs its compute actions in, one builder per schedule.
 
-A builder takes (rank, pp, vpp, m) and returns that rank's actions in execution order: F (forward), B (full
-backward), I (backward for inputs only) and W (backward for weights only) of one virtual stage and one micro-batch.
+A builder takes (rank, pp, vpp, m) and returns that rank's actions in execution order, each a plain tuple (kind,
+virtual stage, micro-batch) with kind one of the codes F (forward), B (full backward), I (backward for inputs only)
+and W (backward for weights only) below: a 1T model's pipeline runs hundreds of thousands of actions, and the
+search builds them faster as tuples (`Action` is their readable form, made when a schedule's actions are read).
 Each equals the order torch.distributed.pipelining 2.13 runs for its class (tests/test_schedules_torch.py). Idle
 steps (torch's `None`) and communication actions are left out: a rank simply waits for its inputs. The registry in
 `spec/schedules.py` names which builder serves which schedule. Pure Python.
@@ -10,6 +12,11 @@ steps (torch's `None`) and communication actions are left out: a rank simply wai
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+F, B, I, W = 0, 1, 2, 3  # action kind codes; KINDS[code] is the kind's letter
+KINDS = "FBIW"
+Op = tuple[int, int, int]  # (kind code, stage, micro-batch)
 
 
 @dataclass(frozen=True)
@@ -26,22 +33,22 @@ class Action:
 # Single stage per rank (ScheduleGPipe, Schedule1F1B `_step_microbatches`)
 
 
-def gpipe_order(rank: int, pp: int, vpp: int, m: int) -> list[Action]:
-    return [Action("F", rank, i) for i in range(m)] + [Action("B", rank, i) for i in range(m)]
+def gpipe_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
+    return [(F, rank, i) for i in range(m)] + [(B, rank, i) for i in range(m)]
 
 
-def one_f_one_b_order(rank: int, pp: int, vpp: int, m: int) -> list[Action]:
+def one_f_one_b_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
     warmup = min(m, pp - rank)  # rank r runs pp - r forwards before its first backward
-    ops = [Action("F", rank, i) for i in range(warmup)]
+    ops = [(F, rank, i) for i in range(warmup)]
     fwd, bwd = warmup, 0
     while True:
-        ops.append(Action("B", rank, bwd))
+        ops.append((B, rank, bwd))
         bwd += 1
         if fwd == m:
             break
-        ops.append(Action("F", rank, fwd))
+        ops.append((F, rank, fwd))
         fwd += 1
-    ops.extend(Action("B", rank, i) for i in range(bwd, m))
+    ops.extend((B, rank, i) for i in range(bwd, m))
     return ops
 
 
@@ -49,155 +56,144 @@ def one_f_one_b_order(rank: int, pp: int, vpp: int, m: int) -> list[Action]:
 # Multi-stage schedules: ports of torch's `_calculate_single_rank_operations` with the None steps dropped.
 
 
-def looped_bfs_order(rank: int, pp: int, vpp: int, m: int) -> list[Action]:
+def looped_bfs_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
     stages = range(rank, pp * vpp, pp)
-    ops = [Action("F", s, i) for s in stages for i in range(m)]
-    ops += [Action("B", s, i) for s in reversed(stages) for i in reversed(range(m))]
+    ops = [(F, s, i) for s in stages for i in range(m)]
+    ops += [(B, s, i) for s in reversed(stages) for i in reversed(range(m))]
     return ops
 
 
-def interleaved_order(rank: int, pp: int, vpp: int, m: int, zero_bubble: bool = False) -> list[Action]:
+def interleaved_order(rank: int, pp: int, vpp: int, m: int, zero_bubble: bool = False) -> list[Op]:
     """torch's `_get_1f1b_rank_ops` for ScheduleInterleaved1F1B (zero_bubble=False) and
     ScheduleInterleavedZeroBubble (zero_bubble=True: I instead of B, W deferred by `rank` steps)."""
     rounds = max(1, m // pp)
     per_round = m // rounds
     warmup = min((vpp - 1) * per_round + (1 if zero_bubble else 2) * (pp - 1 - rank), m * vpp)
-    total = vpp * m + warmup  # warmup + (vpp*m - warmup) steady + warmup cooldown
-
-    def fwd_stage(step: int) -> int:
-        return ((step // per_round) % vpp) * pp + rank
-
-    def bwd_stage(step: int) -> int:
-        return (vpp - 1 - ((step - warmup) // per_round) % vpp) * pp + rank
-
+    forwards = vpp * m
+    # Step k runs a forward while k < vpp*m, in chunk (k // per_round) % vpp, and from k = warmup on a backward, in
+    # the chunks in reverse; each chunk's micro-batches go in order.
     fwd_mb = [0] * (pp * vpp)
     bwd_mb = [0] * (pp * vpp)
-    w_mb = [0] * (pp * vpp)
-    bkind = "I" if zero_bubble else "B"
-    ops: list[Action] = []
-    bwd_steps: list[int] = []
+    bkind = I if zero_bubble else B
+    ops: list[Op] = []
+    append = ops.append
+    weights: list[Op] = []  # the W of each backward, in the backwards' order (torch runs them in that order)
     n_w = 0
-
-    def weight() -> None:
-        nonlocal n_w
-        s = bwd_stage(bwd_steps[n_w])
-        ops.append(Action("W", s, w_mb[s]))
-        w_mb[s] += 1
-        n_w += 1
-
-    for step in range(total):
-        if step < vpp * m:  # warmup and steady phases run a forward
-            s = fwd_stage(step)
-            ops.append(Action("F", s, fwd_mb[s]))
+    for step in range(forwards + warmup):
+        if step < forwards:  # warmup and steady phases run a forward
+            s = ((step // per_round) % vpp) * pp + rank
+            append((F, s, fwd_mb[s]))
             fwd_mb[s] += 1
         if step >= warmup:  # steady and cooldown phases run a backward
-            s = bwd_stage(step)
-            ops.append(Action(bkind, s, bwd_mb[s]))
-            bwd_mb[s] += 1
-            bwd_steps.append(step)
-            if zero_bubble and step - warmup >= rank:
-                weight()
-    while zero_bubble and n_w < len(bwd_steps):
-        weight()
+            s = (vpp - 1 - ((step - warmup) // per_round) % vpp) * pp + rank
+            i = bwd_mb[s]
+            bwd_mb[s] = i + 1
+            append((bkind, s, i))
+            if zero_bubble:
+                weights.append((W, s, i))
+                if step - warmup >= rank:  # W trails its backward by `rank` steps
+                    append(weights[n_w])
+                    n_w += 1
+    ops.extend(weights[n_w:])
     return ops
 
 
-def zb_h1_order(rank: int, pp: int, vpp: int, m: int) -> list[Action]:
+def zb_h1_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
     return interleaved_order(rank, pp, vpp, m, zero_bubble=True)
 
 
-def zbv_order(rank: int, pp: int, vpp: int, m: int) -> list[Action]:
+def zbv_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
     n = max(2 * pp - 1, m)  # torch pads to 2pp-1 micro-batches, then drops actions of the padding ones
     s0, s1 = rank, 2 * pp - 1 - rank
-    ops: list[tuple[str, int, int]] = []
+    ops: list[Op] = []
     f0 = f1 = b0 = b1 = 0
     for _ in range(2 * (pp - rank) - 1):
-        ops.append(("F", s0, f0))
+        ops.append((F, s0, f0))
         f0 += 1
     for _ in range(rank):
-        ops += [("F", s1, f1), ("F", s0, f0)]
+        ops += [(F, s1, f1), (F, s0, f0)]
         f1 += 1
         f0 += 1
     for _ in range(pp - rank):
-        ops += [("F", s1, f1), ("I", s1, b1), ("W", s1, b1)]
+        ops += [(F, s1, f1), (I, s1, b1), (W, s1, b1)]
         f1 += 1
         b1 += 1
     while f1 < f0 or f0 < n:
         if f0 < n:
-            ops.append(("F", s0, f0))
+            ops.append((F, s0, f0))
             f0 += 1
-        ops += [("I", s0, b0), ("W", s0, b0), ("F", s1, f1), ("I", s1, b1), ("W", s1, b1)]
+        ops += [(I, s0, b0), (W, s0, b0), (F, s1, f1), (I, s1, b1), (W, s1, b1)]
         b0 += 1
         f1 += 1
         b1 += 1
     w0, w1 = b0, b1
     for _ in range(rank):
-        ops += [("I", s0, b0), ("I", s1, b1)]
+        ops += [(I, s0, b0), (I, s1, b1)]
         b0 += 1
         b1 += 1
     for _ in range(pp - rank):
-        ops += [("I", s0, b0), ("W", s0, w0)]
+        ops += [(I, s0, b0), (W, s0, w0)]
         b0 += 1
         w0 += 1
-    ops += [("W", s1, i) for i in range(w1, b1)]
-    ops += [("W", s0, i) for i in range(w0, b0)]
-    return [Action(k, s, i) for k, s, i in ops if i < m]
+    ops += [(W, s1, i) for i in range(w1, b1)]
+    ops += [(W, s0, i) for i in range(w0, b0)]
+    return [op for op in ops if op[2] < m]
 
 
-def dualpipev_order(rank: int, pp: int, vpp: int, m: int) -> list[Action]:
+def dualpipev_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
     """torch's ScheduleDualPipeV order. Its OVERLAP_F_B actions (a forward of one stage overlapped with a full
     backward of the other) appear here as the two separate actions F then B, the order torch's runtime runs them."""
     s0, s1 = rank, 2 * pp - 1 - rank
     nf = {s0: 0, s1: 0}  # next forward micro-batch
     nb = {s0: 0, s1: 0}  # next backward (B or I) micro-batch
     weights: list[tuple[int, int]] = []  # pending W after I, oldest first
-    ops: list[Action] = []
+    ops: list[Op] = []
 
-    def add(kind: str, s: int) -> None:
-        if kind == "F":
-            ops.append(Action("F", s, nf[s]))
+    def add(kind: int, s: int) -> None:
+        if kind == F:
+            ops.append((F, s, nf[s]))
             nf[s] += 1
         else:
-            ops.append(Action(kind, s, nb[s]))
-            if kind == "I":
+            ops.append((kind, s, nb[s]))
+            if kind == I:
                 weights.append((s, nb[s]))
             nb[s] += 1
 
     def weight() -> None:
         if weights:
             s, i = weights.pop(0)
-            ops.append(Action("W", s, i))
+            ops.append((W, s, i))
 
     for _ in range((pp - rank - 1) * 2):
-        add("F", s0)
+        add(F, s0)
     for _ in range(rank + 1):
-        add("F", s0)
-        add("F", s1)
+        add(F, s0)
+        add(F, s1)
     for _ in range(pp - rank - 1):
-        add("I", s1)
+        add(I, s1)
         weight()
-        add("F", s1)
+        add(F, s1)
     for i in range(m - 2 * pp + rank + 1):
-        add("F", s0)  # the last rank's first pair is not overlapped in torch; same order either way
-        add("B", s1)
-        add("F", s1)
-        add("B", s0)
+        add(F, s0)  # the last rank's first pair is not overlapped in torch; same order either way
+        add(B, s1)
+        add(F, s1)
+        add(B, s0)
     for _ in range(pp - rank - 1):
-        add("B", s1)
-        add("F", s1)
-        add("B", s0)
+        add(B, s1)
+        add(F, s1)
+        add(B, s0)
     steps = rank + 1
     zb = False
     for i in range(steps):
         if i == steps // 2 and rank % 2 == 1:
             zb = True
-        add("I" if zb else "B", s1)
+        add(I if zb else B, s1)
         if i == steps // 2 and rank % 2 == 0:
             zb = True
-        add("I" if zb else "B", s0)
+        add(I if zb else B, s0)
     for _ in range(pp - rank - 1):
         weight()
-        add("I" if zb else "B", s0)
+        add(I if zb else B, s0)
     for _ in range(rank + 1):
         weight()
     return ops

@@ -72,7 +72,7 @@ class ScheduleSpec:
 
     name: str
     torch_class: str
-    order: Callable[[int, int, int, int], list[Action]]
+    order: Callable[[int, int, int, int], list[orders.Op]]  # (rank, pp, vpp, m) -> (kind code, stage, micro-batch)s
     chunks: tuple[int, ...]
     min_vpp: int
     max_vpp: int | None
@@ -201,6 +201,42 @@ register(ScheduleSpec(
                   "closest is the interleaved 1F1B schedule below"))
 
 
+class RankActions(Sequence):
+    """A schedule's actions, per rank in execution order, from the builders' (kind code, stage, micro-batch)
+    tuples (`compiled`): each rank's tuple of `Action`s is made when first read (the search reads few of them)."""
+
+    def __init__(self, compiled: tuple[tuple[tuple[int, int, int], ...], ...]):
+        self.compiled = compiled
+        self._rows: dict[int, tuple[Action, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self.compiled)
+
+    def __getitem__(self, rank):
+        if isinstance(rank, slice):
+            return tuple(self[r] for r in range(len(self))[rank])
+        rank = range(len(self))[rank]  # negative indices, and IndexError past the end
+        row = self._rows.get(rank)
+        if row is None:
+            letter = orders.KINDS
+            row = self._rows[rank] = tuple(Action(letter[k], s, i) for k, s, i in self.compiled[rank])
+        return row
+
+    def __iter__(self) -> Iterator[tuple[Action, ...]]:
+        return (self[r] for r in range(len(self)))
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, RankActions):
+            return self.compiled == other.compiled
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
 @dataclass(frozen=True)
 class Schedule:
     name: str
@@ -208,7 +244,7 @@ class Schedule:
     vpp: int
     num_microbatches: int
     stage_to_rank: tuple[int, ...]  # rank that holds each virtual stage (len pp*vpp)
-    actions: tuple[tuple[Action, ...], ...]  # per rank, in execution order
+    actions: Sequence[tuple[Action, ...]]  # per rank, in execution order (build_schedule gives a RankActions)
 
     @property
     def num_stages(self) -> int:
@@ -217,7 +253,7 @@ class Schedule:
     @property
     def splits_backward(self) -> bool:
         """True if the schedule runs I/W (split backward) actions anywhere."""
-        return any(a.kind in ("I", "W") for acts in self.actions for a in acts)
+        return any(k in (orders.I, orders.W) for acts in self.compiled for k, _, _ in acts)
 
     def stages_of_rank(self, rank: int) -> tuple[int, ...]:
         return tuple(s for s, r in enumerate(self.stage_to_rank) if r == rank)
@@ -225,6 +261,8 @@ class Schedule:
     @cached_property
     def compiled(self) -> tuple[tuple[tuple[int, int, int], ...], ...]:
         """Per rank, (kind code, stage, micro-batch) with codes F=0, B=1, I=2, W=3; cached for the simulator."""
+        if isinstance(self.actions, RankActions):
+            return self.actions.compiled
         return tuple(_compiled(acts) for acts in self.actions)
 
     def __str__(self) -> str:
@@ -251,10 +289,10 @@ def check_schedule(name: str, pp: int, vpp: int, num_microbatches: int) -> None:
 def rank_actions(name: str, pp: int, num_microbatches: int, vpp: int, rank: int) -> tuple[tuple[int, int, int], ...]:
     """`build_schedule(...).compiled[rank]`: one rank's list without building the others'."""
     check_schedule(name, pp, vpp, num_microbatches)
-    return _compiled(schedule_spec(name).order(rank, pp, vpp, num_microbatches))
+    return tuple(schedule_spec(name).order(rank, pp, vpp, num_microbatches))
 
 
-_CODE = {"F": 0, "B": 1, "I": 2, "W": 3}
+_CODE = {letter: code for code, letter in enumerate(orders.KINDS)}
 
 
 def _compiled(actions) -> tuple[tuple[int, int, int], ...]:
@@ -265,5 +303,5 @@ def build_schedule(name: str, pp: int, num_microbatches: int, vpp: int = 1) -> S
     """Per-rank action lists of schedule `name` (checked with `check_schedule` first)."""
     check_schedule(name, pp, vpp, num_microbatches)
     spec = schedule_spec(name)
-    actions = tuple(tuple(spec.order(rank, pp, vpp, num_microbatches)) for rank in range(pp))
-    return Schedule(name, pp, vpp, num_microbatches, spec.stage_to_rank(pp, vpp), actions)
+    compiled = tuple(tuple(spec.order(rank, pp, vpp, num_microbatches)) for rank in range(pp))
+    return Schedule(name, pp, vpp, num_microbatches, spec.stage_to_rank(pp, vpp), RankActions(compiled))
