@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from autoconf.cost.estimate import estimate
-from autoconf.spec.frameworks import compiled, execution as framework_execution
+from autoconf.spec.frameworks import execution as framework_execution
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
@@ -41,7 +41,7 @@ def _predict(run: dict, dtype: str) -> dict:
     if run["framework"] == "torchtitan":
         # Every torchtitan pair ran under torch.compile (the data file's notes), with the K/V copies of its Llama
         # code of Dec 2024 and Jun 2025 (repeat_kv).
-        execution = compiled(execution.replace(eager_ops=("repeat_kv",)))
+        execution = execution.replace(eager_ops=("repeat_kv",))
     p = estimate(PRESETS[run["model"]], cluster, _config(run, dtype), execution=execution, detail=False).prediction
     return {"tokens_per_s_per_gpu": p["tokens_per_s"] / run["gpus"], "memory_gib": p["peak_memory_bytes"] / GiB}
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from autoconf.cost.comm import collective_time, p2p_time, slowest_collective_time
-from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, measured_tp_layer, model_pieces,
+from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, fsdp_copy_time, measured_tp_layer, model_pieces,
                                    rank_optimizer_time)
 from autoconf.cost.memory import stage_memory, stage_params
 from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order_peaks, simulate
@@ -253,7 +253,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             one = (per_layer.forward + per_layer.backward_input) / 4 + grow
             tp = PassTimes((per_layer.forward + 2 * grow) * layers,
                            (per_layer.backward_input + 2 * grow) * layers + regather, 0.0)
-        compute = pieces.block.scaled(layers)
+        compute = (pieces.block + fsdp_copy_time(model, cluster, c, execution)).scaled(layers)
         recompute = recompute_time(pieces, c, one, matmul_share) * layers
         if st == 0:
             compute = compute + pieces.embedding
