@@ -5,9 +5,9 @@ same layout) it prints predicted vs published tokens/s per GPU for each, memory 
 (FP8 row / bf16 row): the fair figure while the bf16 baseline itself is still off (framework model, FSDP memory).
 Runs published in FP8 only (Megatron-Bridge) give the absolute figure alone.
 
-torchtitan runs are estimated with the executor's own FSDP2 layout (framework "autoconf"; torch.compile is not
-modelled, both rows of a pair compiled) on the `grand-teton-h100-96g-500w` profile; Megatron-Bridge with framework
-"megatron" on `dgx-h100-80g`. Nothing is fitted. Usage: python scripts/truth_fp8.py [--json]
+Each run is estimated with the framework preset its data entry names: torchtitan runs with `torchtitan` (both rows
+of a pair compiled: the plan's `compile` field, on by default) on the `grand-teton-h100-96g-500w` profile,
+Megatron-Bridge with `megatron-core` on `dgx-h100-80g`. Nothing is fitted. Usage: python scripts/truth_fp8.py [--json]
 """
 
 from __future__ import annotations

@@ -220,11 +220,13 @@ PRESETS: dict[str, Execution] = {
         name="torchtitan", memory_layout="torch", zero_stages=(0, 2, 3), zero_searched=(0, 2, 3),
         grad_reduce_start="per_bucket", param_gather_overlap=True, selective_recompute="alternate_matmuls",
         executor_overheads=False,
-        # torchtitan 0.3.0 (the exporters' target) without torch.compile, its default: the complex fp32 rotary
-        # (models/common/rope.py) and SwiGLU (feed_forward.py) as eager kernels; nn.RMSNorm (torch's fused kernel)
-        # and SDPA with enable_gqa (no K/V copies) are fused; SDPA's flash backend is FlashAttention-2. Its
-        # published runs (Dec 2024 and earlier) ran older code: torchtitan's own fp32 RMSNorm ("rmsnorm") and
-        # repeat_kv ("repeat_kv"); scripts/truth_torchtitan.py sets each run's kernels. `compiled` for compile.
+        # torchtitan 0.3.0 (the exporters' target) without torch.compile: the complex fp32 rotary
+        # (models/common/rope.py), SwiGLU (feed_forward.py) and the fp32 loss (components/loss.py) as eager
+        # kernels; nn.RMSNorm (torch's fused kernel) and SDPA with enable_gqa (no K/V copies) are fused; SDPA's
+        # flash backend is FlashAttention-2. The plan's `compile` field (exported as compile.enable, components
+        # model and loss) fuses them on a GPU. Its published runs (Dec 2024 and earlier) ran older code:
+        # torchtitan's own fp32 RMSNorm ("rmsnorm") and repeat_kv ("repeat_kv"); scripts/truth_torchtitan.py sets
+        # each run's kernels. FSDP2's copy kernels beside its collectives: fsdp_copies.
         eager_ops=("rotary", "swiglu", "cross_entropy"), attention_kernel="fa2", fsdp_copies=True,
         torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),)),
 }
