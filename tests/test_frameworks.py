@@ -232,7 +232,8 @@ def test_torchtitan_kernels_eager_slower_than_compiled_and_fa2_slower_on_h100_on
     for op in block_ops:  # each op adds bytes to the forward and the backward
         assert all(x > 0 for x in eager_elementwise_bytes(model, c, (op,)))
     fused = sum(loss_bytes_per_logit((), 2))  # Megatron's and torch's eager losses move more than the fused count
-    assert sum(loss_bytes_per_logit(("vocab_parallel_ce",), 2)) > fused < sum(loss_bytes_per_logit(("cross_entropy",), 2))
+    assert sum(loss_bytes_per_logit(("vocab_parallel_ce",), 2)) > fused
+    assert sum(loss_bytes_per_logit(("cross_entropy",), 2)) > fused
     a100 = load_cluster("dgx-a100-80g")
     assert (estimate(model, a100, c, execution=compiled(titan)).prediction["iteration_time_s"]
             == estimate(model, a100, c, execution=compiled(titan).replace(attention_kernel="fused"))
@@ -259,5 +260,6 @@ def test_fsdp_copies_cost_time_only_where_fsdp_shards():
     assert sum(fsdp_copy_bytes(model, c, titan)) > sum(fsdp_copy_bytes(model, z2, titan)) > 0
     assert fsdp_copy_bytes(model, dataclasses.replace(c, zero_stage=0), titan) == (0.0, 0.0)
     assert fsdp_copy_bytes(model, c, plain) == (0.0, 0.0)
-    with_copies, without = (estimate(model, h100, c, execution=ex).prediction["time_breakdown"] for ex in (titan, plain))
+    with_copies, without = (estimate(model, h100, c, execution=ex).prediction["time_breakdown"]
+                            for ex in (titan, plain))
     assert with_copies["compute"] > without["compute"] and with_copies["recompute"] == without["recompute"]

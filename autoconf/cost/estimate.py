@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from autoconf.cost.comm import collective_time, p2p_time, slowest_collective_time
-from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, fsdp_copy_time, measured_tp_layer, model_pieces,
-                                   rank_optimizer_time)
+from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, fsdp_copy_time, measured_tp_layer,
+                                   model_pieces, rank_optimizer_time)
 from autoconf.cost.memory import stage_memory, stage_params
 from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order_peaks, simulate
 from autoconf.spec.cluster import ClusterProfile
