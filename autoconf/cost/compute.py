@@ -258,17 +258,17 @@ def fsdp_copy_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution | 
     """Bytes FSDP2's copy kernels move per block and micro-batch on one rank, averaged over the step's micro-batches,
     forward and backward, when the execution's `fsdp_copies` is on and ZeRO shards over dp > 1 (torch's
     `_fsdp_collectives.py`): each all-gather's copy-out of the block's low-precision parameters into their
-    unsharded tensors (a read and a write of e bytes per parameter; at ZeRO 3 before every forward and every
-    backward, else once per step), and each reduce-scatter's copy-in (the gradient cast from e bytes to the fp32
-    reduce dtype, then copied into the chunked fp32 input: e + 4 + 8 bytes per parameter; once per step, or every
-    micro-batch under grad_reduce "microbatch")."""
+    unsharded tensors (`split_with_sizes_copy`: a read and a write of e bytes per parameter; at ZeRO 3 before every
+    forward and every backward, else once per step), and each reduce-scatter's copy-in (`_chunk_cat` of the e-byte
+    gradients into the fp32 reduce-scatter input, casting as it copies: e + 4 bytes per parameter; once per step,
+    or every micro-batch under grad_reduce "microbatch")."""
     if execution is None or not execution.fsdp_copies or not c.zero_sharded or execution.memory_layout != "torch":
         return 0.0, 0.0
     e = DTYPE_BYTES[c.dtype]
     params = model.layer_params() / c.tp
     m = c.num_microbatches
     gather = 2 * e * params * (1.0 if c.zero_stage == 3 else 1.0 / m)
-    reduce = (e + 12) * params * (1.0 if c.reduces_every_microbatch else 1.0 / m)
+    reduce = (e + 4) * params * (1.0 if c.reduces_every_microbatch else 1.0 / m)
     return gather, (gather if c.zero_stage == 3 else 0.0) + reduce
 
 
