@@ -51,9 +51,10 @@ def execution_of(row: dict) -> Execution:
     """The `torchtitan` preset with the row's kernels, as the torchtitan of these runs (9dec370 and older) ran its
     Llama without torch.compile: the rotary embedding, SwiGLU and the fp32 loss eager, K and V copied to every head
     (`repeat_kv`), its fp32 RMSNorm where the run's norm_type is "rmsnorm" (not its Triton "fused_rmsnorm"). The
-    compile rows' fusion is the config's `compile` field (`config_of`)."""
+    compile rows' fusion is the config's `compile` field (`config_of`); their loss stayed eager (`compile_loss`:
+    9dec370's train.py leaves `torch.compile(loss_fn)` commented out)."""
     ops = ("rotary", "swiglu", "repeat_kv", "cross_entropy") + (("rmsnorm",) if row["norm_type"] == "rmsnorm" else ())
-    return execution("torchtitan").replace(eager_ops=ops)
+    return execution("torchtitan").replace(eager_ops=ops, compile_loss=False)
 
 
 def reserved_bytes(model, cluster, c: ParallelConfig, peak: float) -> float:

@@ -263,3 +263,22 @@ def test_fsdp_copies_cost_time_only_where_fsdp_shards():
     with_copies, without = (estimate(model, h100, c, execution=ex).prediction["time_breakdown"]
                             for ex in (titan, plain))
     assert with_copies["compute"] > without["compute"] and with_copies["recompute"] == without["recompute"]
+
+
+def test_compile_loss_keeps_torchs_loss_eager_and_is_exported():
+    """With `compile_loss` off, torch.compile leaves torch's fp32 loss eager (the published torchtitan runs of
+    2024), which costs time, and the torchtitan export compiles the model only."""
+    from autoconf.spec.frameworks import compiled
+
+    titan = execution("torchtitan")
+    assert "cross_entropy" not in compiled(titan).eager_ops
+    assert "cross_entropy" in compiled(titan.replace(compile_loss=False)).eager_ops
+    model = MODELS["llama3-8b"]
+    c = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=1, global_batch_size=8, seq_len=4096, zero_stage=3,
+                       dtype="bf16")
+    h100 = load_cluster("dgx-h100-80g")
+    step = [estimate(model, h100, c, execution=ex).prediction["iteration_time_s"]
+            for ex in (titan, titan.replace(compile_loss=False))]
+    assert step[1] > step[0]
+    assert 'config.compile.components = ["model"]' in titan.replace(compile_loss=False).export_lines("torchtitan", c)
+    assert not any("components" in line for line in titan.export_lines("torchtitan", c))

@@ -286,8 +286,8 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     """The specification model's pieces. The execution's eager ops are those it runs without torch.compile; under
     the plan's `compile` on a GPU only those torch.compile leaves eager count (`compiled_ops`)."""
     ops = execution.eager_ops if execution is not None else ()
-    if c.compile and cluster.device.kind == "gpu":
-        ops = compiled_ops(ops)
+    if execution is not None and c.compile and cluster.device.kind == "gpu":
+        ops = compiled_ops(ops, execution.compile_loss)
     peak = cluster.device.peak(precision(c.dtype).element)
     att_rate = peak * attention_efficiency(cluster, execution)
     mem_rate = cluster.device.memory_bandwidth_Bps * cluster.eff("memory")

@@ -87,6 +87,8 @@ class Execution:
     fsdp_copies: FSDP2's copy kernels beside its collectives cost HBM time on the rank (specification profiles;
         `autoconf.cost.compute.fsdp_copy_bytes` counts them): the all-gather's copy-out into the unsharded
         parameters, the reduce-scatter's copy-in (the cast to the fp32 reduce dtype and the chunked copy).
+    compile_loss: under torch.compile the loss is compiled too (torchtitan 0.3.0's compile components "model" and
+        "loss"); False: it stays eager (torchtitan's train.py until 2025 left `torch.compile(loss_fn)` commented out).
     megatron_args / torchtitan_settings: what makes the target framework run as modelled, as (when, flag, line):
         the line applies when the config matches `when` (see `_applies`) and the flag ("name" or "name=value") holds.
     """
@@ -108,6 +110,7 @@ class Execution:
     eager_ops: tuple[str, ...] = ()
     attention_kernel: str = "fused"
     fsdp_copies: bool = False
+    compile_loss: bool = True
     megatron_args: tuple[tuple[str, str, str], ...] = ()
     torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
 
@@ -228,20 +231,22 @@ PRESETS: dict[str, Execution] = {
         # torchtitan's own fp32 RMSNorm ("rmsnorm") and repeat_kv ("repeat_kv"); scripts/truth_torchtitan.py sets
         # each run's kernels. FSDP2's copy kernels beside its collectives: fsdp_copies.
         eager_ops=("rotary", "swiglu", "cross_entropy"), attention_kernel="fa2", fsdp_copies=True,
-        torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),)),
+        torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),
+                             ("always", "compile_loss=False", 'config.compile.components = ["model"]'))),
 }
 DEFAULT = "autoconf"
 
 
-def compiled_ops(ops: tuple[str, ...]) -> tuple[str, ...]:
-    """The eager ops that stay eager under torch.compile (`NOT_COMPILED`)."""
-    return tuple(op for op in ops if op in NOT_COMPILED)
+def compiled_ops(ops: tuple[str, ...], compile_loss: bool = True) -> tuple[str, ...]:
+    """The eager ops that stay eager under torch.compile (`NOT_COMPILED`, and torch's loss unless it is compiled)."""
+    kept = NOT_COMPILED if compile_loss else NOT_COMPILED + ("cross_entropy",)
+    return tuple(op for op in ops if op in kept)
 
 
 def compiled(ex: Execution) -> Execution:
     """The same framework with each block (and the loss) under torch.compile: its element-wise ops fused, but those
     of `NOT_COMPILED`. Estimates apply this themselves where the plan's `compile` field is on for a GPU."""
-    return ex.replace(eager_ops=compiled_ops(ex.eager_ops))
+    return ex.replace(eager_ops=compiled_ops(ex.eager_ops, ex.compile_loss))
 
 
 def execution(name: str = DEFAULT) -> Execution:
@@ -255,7 +260,7 @@ def execution(name: str = DEFAULT) -> Execution:
 # Flags a user may change on a preset (`--framework-flag KEY=VALUE`): the behaviour, not the name or export data.
 USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_reduce_start", "bucket_params",
               "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
-              "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies")
+              "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies", "compile_loss")
 
 
 def parse_flags(pairs) -> dict:
