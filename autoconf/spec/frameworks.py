@@ -86,7 +86,7 @@ class Execution:
     attention_kernel: see ATTENTION_KERNELS.
     fsdp_copies: FSDP2's copy kernels beside its collectives cost HBM time on the rank (specification profiles;
         `autoconf.cost.compute.fsdp_copy_bytes` counts them): the all-gather's copy-out into the unsharded
-        parameters, the reduce-scatter's copy-in (the cast to the fp32 reduce dtype and the chunked copy).
+        parameters, the reduce-scatter's copy-in (one chunked copy that casts to the fp32 reduce dtype).
     compile_loss: under torch.compile the loss is compiled too (torchtitan 0.3.0's compile components "model" and
         "loss"); False: it stays eager (torchtitan's train.py until 2025 left `torch.compile(loss_fn)` commented out).
     megatron_args / torchtitan_settings: what makes the target framework run as modelled, as (when, flag, line):
@@ -260,7 +260,8 @@ def execution(name: str = DEFAULT) -> Execution:
 # Flags a user may change on a preset (`--framework-flag KEY=VALUE`): the behaviour, not the name or export data.
 USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_reduce_start", "bucket_params",
               "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
-              "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies", "compile_loss")
+              "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies",
+              "compile_loss")
 
 
 def parse_flags(pairs) -> dict:
