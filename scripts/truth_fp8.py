@@ -5,9 +5,9 @@ same layout) it prints predicted vs published tokens/s per GPU for each, memory 
 (FP8 row / bf16 row): the fair figure while the bf16 baseline itself is still off (framework model, FSDP memory).
 Runs published in FP8 only (Megatron-Bridge) give the absolute figure alone.
 
-torchtitan runs are estimated with the executor's own FSDP2 layout (framework "autoconf"; torch.compile is not
-modelled, both rows of a pair compiled) on the `grand-teton-h100-96g-500w` profile; Megatron-Bridge with framework
-"megatron" on `dgx-h100-80g`. Nothing is fitted. Usage: python scripts/truth_fp8.py [--json]
+Each run is estimated with the framework preset its data entry names: torchtitan runs with `torchtitan` (both rows
+of a pair compiled: the plan's `compile` field, on by default) on the `grand-teton-h100-96g-500w` profile,
+Megatron-Bridge with `megatron-core` on `dgx-h100-80g`. Nothing is fitted. Usage: python scripts/truth_fp8.py [--json]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from autoconf.cost.estimate import estimate
-from autoconf.spec.frameworks import compiled, execution as framework_execution
+from autoconf.spec.frameworks import execution as framework_execution
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
@@ -41,7 +41,7 @@ def _predict(run: dict, dtype: str) -> dict:
     if run["framework"] == "torchtitan":
         # Every torchtitan pair ran under torch.compile (the data file's notes), with the K/V copies of its Llama
         # code of Dec 2024 and Jun 2025 (repeat_kv).
-        execution = compiled(execution.replace(eager_ops=("repeat_kv",)))
+        execution = execution.replace(eager_ops=("repeat_kv",))
     p = estimate(PRESETS[run["model"]], cluster, _config(run, dtype), execution=execution, detail=False).prediction
     return {"tokens_per_s_per_gpu": p["tokens_per_s"] / run["gpus"], "memory_gib": p["peak_memory_bytes"] / GiB}
 

@@ -3,9 +3,9 @@
 Rows: scripts/data/torchtitan_published.csv (its header cites the sources). Each row is estimated with the
 `torchtitan` framework preset on the profile the data file names for it (nothing fitted); a row that needs what the
 cost model does not describe (Float8, async TP, layer-frequency selective recompute) is listed with the reason and
-left out of the errors. The row's kernels follow its run: torch.compile fuses the element-wise ops
-(`autoconf.spec.frameworks.compiled`); eager, the preset's eager ops, RMSNorm fused where the run used norm_type
-"fused_rmsnorm" (the data file's norm_type column).
+left out of the errors. The row's kernels follow its run: its eager ops (RMSNorm fused where the run used norm_type
+"fused_rmsnorm", the data file's norm_type column), and the plan's `compile` field set as the row ran, under which
+the estimate fuses what torch.compile fuses (`autoconf.spec.frameworks.compiled_ops`).
 
 torchtitan's layouts as its configs run them: FSDP2 over dp (fully_shard per block, reshard after forward without
 pipelining: ZeRO 3), tensor parallelism with sequence parallelism, one micro-batch per step (local batch = micro-batch),
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from autoconf.cost.estimate import estimate
 from autoconf.spec.cluster import load_cluster
-from autoconf.spec.frameworks import Execution, compiled, execution
+from autoconf.spec.frameworks import Execution, execution
 from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import load_model
@@ -49,11 +49,12 @@ def not_modelled(row: dict) -> str | None:
 
 def execution_of(row: dict) -> Execution:
     """The `torchtitan` preset with the row's kernels, as the torchtitan of these runs (9dec370 and older) ran its
-    Llama: the rotary embedding and SwiGLU eager, K and V copied to every head (`repeat_kv`), its fp32 RMSNorm where
-    the run's norm_type is "rmsnorm" (not its Triton "fused_rmsnorm"); under torch.compile only the copies stay."""
-    ops = ("rotary", "swiglu", "repeat_kv") + (("rmsnorm",) if row["norm_type"] == "rmsnorm" else ())
-    ex = execution("torchtitan").replace(eager_ops=ops)
-    return compiled(ex) if row["compile"] == "1" else ex
+    Llama without torch.compile: the rotary embedding, SwiGLU and the fp32 loss eager, K and V copied to every head
+    (`repeat_kv`), its fp32 RMSNorm where the run's norm_type is "rmsnorm" (not its Triton "fused_rmsnorm"). The
+    compile rows' fusion is the config's `compile` field (`config_of`); their loss stayed eager (`compile_loss`:
+    9dec370's train.py leaves `torch.compile(loss_fn)` commented out)."""
+    ops = ("rotary", "swiglu", "repeat_kv", "cross_entropy") + (("rmsnorm",) if row["norm_type"] == "rmsnorm" else ())
+    return execution("torchtitan").replace(eager_ops=ops, compile_loss=False)
 
 
 def reserved_bytes(model, cluster, c: ParallelConfig, peak: float) -> float:
@@ -79,7 +80,7 @@ def config_of(row: dict) -> ParallelConfig:
     tp, dp, b = int(row["tp"]), int(row["dp"]), int(row["local_batch"])
     return ParallelConfig(tp=tp, pp=1, dp=dp, micro_batch_size=b, global_batch_size=b * dp,
                           seq_len=int(row["seq_len"]), zero_stage=3 if dp > 1 else 0, recompute=row["recompute"],
-                          sequence_parallel=tp > 1, dtype="bf16", attention="flash")
+                          sequence_parallel=tp > 1, dtype="bf16", attention="flash", compile=row["compile"] == "1")
 
 
 def compare() -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -207,24 +208,32 @@ def test_cli_framework_flags_are_checked_recorded_and_exported():
 
 
 def test_torchtitan_kernels_eager_slower_than_compiled_and_fa2_slower_on_h100_only():
-    """torchtitan's eager element-wise kernels cost time that torch.compile (`compiled`) takes back, FA2 attention is
-    slower than the profile's fused kernel where the profile states `attention_fa2` (H100) and the same where it
-    does not (A100), and unknown kernel names are one line naming the known ones."""
-    from autoconf.cost.compute import eager_elementwise_bytes
-    from autoconf.spec.frameworks import EAGER_OPS, compiled, parse_flags
+    """torchtitan's eager element-wise kernels cost time that the plan's `compile` field takes back on a GPU (what
+    `compiled` leaves), FA2 attention is slower than the profile's fused kernel where the profile states
+    `attention_fa2` (H100) and the same where it does not (A100), and unknown kernel names are one line naming the
+    known ones."""
+    from autoconf.cost.compute import eager_elementwise_bytes, loss_bytes_per_logit
+    from autoconf.spec.frameworks import compiled, parse_flags
 
     model = MODELS["llama3-8b"]
     c = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=1, global_batch_size=8, seq_len=8192, zero_stage=3,
                        recompute="selective", dtype="bf16")
-    titan = execution("torchtitan").replace(eager_ops=EAGER_OPS)  # as torchtitan's December 2024 runs
+    eager = dataclasses.replace(c, compile=False)
+    block_ops = ("rmsnorm", "rotary", "swiglu", "repeat_kv")
+    titan = execution("torchtitan").replace(eager_ops=block_ops + ("cross_entropy",))  # torchtitan's Dec 2024 runs
     h100 = load_cluster("dgx-h100-80g")
-    step = {name: estimate(model, h100, c, execution=ex).prediction["iteration_time_s"]
-            for name, ex in (("eager", titan), ("compiled", compiled(titan)),
-                             ("fused attention", compiled(titan).replace(attention_kernel="fused")))}
+    step = {name: estimate(model, h100, cfg, execution=ex).prediction["iteration_time_s"]
+            for name, cfg, ex in (("eager", eager, titan), ("compiled", c, titan),
+                                  ("compiled by hand", eager, compiled(titan)),
+                                  ("fused attention", c, titan.replace(attention_kernel="fused")))}
     assert step["eager"] > step["compiled"] > step["fused attention"]
+    assert step["compiled"] == step["compiled by hand"]
     assert compiled(titan).eager_ops == ("repeat_kv",)
-    for op in EAGER_OPS:  # each op adds bytes to the forward and the backward
+    for op in block_ops:  # each op adds bytes to the forward and the backward
         assert all(x > 0 for x in eager_elementwise_bytes(model, c, (op,)))
+    fused = sum(loss_bytes_per_logit((), 2))  # Megatron's and torch's eager losses move more than the fused count
+    assert sum(loss_bytes_per_logit(("vocab_parallel_ce",), 2)) > fused
+    assert sum(loss_bytes_per_logit(("cross_entropy",), 2)) > fused
     a100 = load_cluster("dgx-a100-80g")
     assert (estimate(model, a100, c, execution=compiled(titan)).prediction["iteration_time_s"]
             == estimate(model, a100, c, execution=compiled(titan).replace(attention_kernel="fused"))
@@ -233,3 +242,43 @@ def test_torchtitan_kernels_eager_slower_than_compiled_and_fa2_slower_on_h100_on
         titan.replace(eager_ops=("layernorm",))
     assert parse_flags(["eager_ops=rotary,swiglu", "attention_kernel=fused"]) == {
         "eager_ops": ("rotary", "swiglu"), "attention_kernel": "fused"}
+
+
+def test_fsdp_copies_cost_time_only_where_fsdp_shards():
+    """FSDP2's copy-out and copy-in kernels (`fsdp_copies`, on in the torchtitan preset) add time where ZeRO shards
+    over dp > 1, more at ZeRO 3 (a gather before every pass) than at ZeRO 2, nothing without sharding; recompute
+    repeats none of it."""
+    from autoconf.cost.compute import fsdp_copy_bytes
+
+    model = MODELS["llama3-8b"]
+    titan = execution("torchtitan")
+    plain = titan.replace(fsdp_copies=False)
+    h100 = load_cluster("dgx-h100-80g")
+    c = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=1, global_batch_size=16, seq_len=4096, zero_stage=3,
+                       recompute="full", dtype="bf16")
+    z2 = dataclasses.replace(c, zero_stage=2)
+    assert sum(fsdp_copy_bytes(model, c, titan)) > sum(fsdp_copy_bytes(model, z2, titan)) > 0
+    assert fsdp_copy_bytes(model, dataclasses.replace(c, zero_stage=0), titan) == (0.0, 0.0)
+    assert fsdp_copy_bytes(model, c, plain) == (0.0, 0.0)
+    with_copies, without = (estimate(model, h100, c, execution=ex).prediction["time_breakdown"]
+                            for ex in (titan, plain))
+    assert with_copies["compute"] > without["compute"] and with_copies["recompute"] == without["recompute"]
+
+
+def test_compile_loss_keeps_torchs_loss_eager_and_is_exported():
+    """With `compile_loss` off, torch.compile leaves torch's fp32 loss eager (the published torchtitan runs of
+    2024), which costs time, and the torchtitan export compiles the model only."""
+    from autoconf.spec.frameworks import compiled
+
+    titan = execution("torchtitan")
+    assert "cross_entropy" not in compiled(titan).eager_ops
+    assert "cross_entropy" in compiled(titan.replace(compile_loss=False)).eager_ops
+    model = MODELS["llama3-8b"]
+    c = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=1, global_batch_size=8, seq_len=4096, zero_stage=3,
+                       dtype="bf16")
+    h100 = load_cluster("dgx-h100-80g")
+    step = [estimate(model, h100, c, execution=ex).prediction["iteration_time_s"]
+            for ex in (titan, titan.replace(compile_loss=False))]
+    assert step[1] > step[0]
+    assert 'config.compile.components = ["model"]' in titan.replace(compile_loss=False).export_lines("torchtitan", c)
+    assert not any("components" in line for line in titan.export_lines("torchtitan", c))

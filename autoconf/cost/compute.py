@@ -25,7 +25,7 @@ from autoconf.spec.cluster import ClusterProfile
 from autoconf.cost.fp8 import scaling_time
 from autoconf.cost.offload import cpu_optimizer_time
 from autoconf.spec.dtypes import DTYPE_BYTES, precision
-from autoconf.spec.frameworks import Execution
+from autoconf.spec.frameworks import Execution, compiled_ops
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 
@@ -293,8 +293,65 @@ def eager_elementwise_bytes(model: ModelSpec, c: ParallelConfig, ops: tuple[str,
     return forward, backward
 
 
+def loss_bytes_per_logit(ops: tuple[str, ...], e: int) -> tuple[float, float]:
+    """Bytes the loss moves per logit on one TP rank (logits in the compute dtype of `e` bytes), forward and
+    backward. The fused count is 16 and 16 (an fp32 read and write in each pass); eager `ops`
+    (`autoconf.spec.frameworks.EAGER_OPS`) count each kernel's reads and writes in full:
+
+      vocab_parallel_ce  Megatron's: forward .float() (e + 4), max (4), in-place subtract (8), exp (8), sum (4),
+                         divide (8); backward the in-place scale (8) and autograd's cast of the fp32 gradient to
+                         the logits' dtype (4 + e)
+      cross_entropy      torch's eager fp32 loss: forward .float() (e + 4), log_softmax over rows too long for one
+                         pass (max, sum of exp, write: 16), nll_loss (a gather); backward nll_loss's zero-filled
+                         gradient (4), log_softmax's backward (sum, then read both and write: 16) and the cast back
+                         (4 + e)
+    """
+    if "vocab_parallel_ce" in ops:
+        return 32.0 + e, 12.0 + e
+    if "cross_entropy" in ops:
+        return 20.0 + e, 24.0 + e
+    return 16.0, 16.0
+
+
+def fsdp_copy_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution | None,
+                    moe: bool = False) -> tuple[float, float]:
+    """Bytes FSDP2's copy kernels move per block and micro-batch on one rank, averaged over the step's micro-batches,
+    forward and backward, when the execution's `fsdp_copies` is on and ZeRO shards over dp > 1 (torch's
+    `_fsdp_collectives.py`): each all-gather's copy-out of the block's low-precision parameters into their
+    unsharded tensors (`split_with_sizes_copy`: a read and a write of e bytes per parameter; at ZeRO 3 before every
+    forward and every backward, else once per step), and each reduce-scatter's copy-in (`_chunk_cat` of the e-byte
+    gradients into the fp32 reduce-scatter input, casting as it copies: e + 4 bytes per parameter; once per step,
+    or every micro-batch under grad_reduce "microbatch"). With `moe`, of an MoE block (its routed experts split over
+    ep x etp)."""
+    if execution is None or not execution.fsdp_copies or not c.zero_sharded or execution.memory_layout != "torch":
+        return 0.0, 0.0
+    from autoconf.cost.moe import layer_kind_params, local_params
+
+    e = DTYPE_BYTES[c.dtype]
+    dense, moe_params, experts = layer_kind_params(model)
+    params = sum(local_params(c, moe_params, experts)) if moe else dense / c.tp
+    m = c.num_microbatches
+    gather = 2 * e * params * (1.0 if c.zero_stage == 3 else 1.0 / m)
+    reduce = (e + 4) * params * (1.0 if c.reduces_every_microbatch else 1.0 / m)
+    return gather, (gather if c.zero_stage == 3 else 0.0) + reduce
+
+
+def fsdp_copy_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
+                   execution: Execution | None, moe: bool = False) -> PassTimes:
+    """Seconds of `fsdp_copy_bytes` per block (an MoE block with `moe`) and micro-batch at the profile's element-wise
+    rate, in the forward and in the input-gradient pass. Not part of the pieces: recompute repeats none of it."""
+    forward, backward = fsdp_copy_bytes(model, c, execution, moe)
+    rate = cluster.device.memory_bandwidth_Bps * cluster.eff("memory")
+    return PassTimes(forward / rate, backward / rate, 0.0)
+
+
 def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
                  execution: Execution | None = None) -> ModelPieces:
+    """The specification model's pieces. The execution's eager ops are those it runs without torch.compile; under
+    the plan's `compile` on a GPU only those torch.compile leaves eager count (`compiled_ops`)."""
+    ops = execution.eager_ops if execution is not None else ()
+    if execution is not None and c.compile and cluster.device.kind == "gpu":
+        ops = compiled_ops(ops, execution.compile_loss)
     peak = cluster.device.peak(precision(c.dtype).element)
     att_rate = peak * attention_efficiency(cluster, execution)
     mem_rate = cluster.device.memory_bandwidth_Bps * cluster.eff("memory")
@@ -326,7 +383,7 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     else:
         sharded_bytes = 3 * s * b * f * e / t + 2 * s * b * (h + kv) * e / t  # SwiGLU product; rotary on Q and K
     elementwise = (replicated_bytes + sharded_bytes) / mem_rate
-    eager_f, eager_b = eager_elementwise_bytes(model, c, execution.eager_ops if execution is not None else ())
+    eager_f, eager_b = eager_elementwise_bytes(model, c, ops)
     scaling = PassTimes(*scaling_time(model, cluster, c))
     eager = PassTimes(eager_f / mem_rate, eager_b / mem_rate, 0.0)
     block_rest = PassTimes(mm + elementwise, mm + 2 * elementwise, mm) + eager + scaling
@@ -343,9 +400,11 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
 
     # Head: final norm, the vocab-parallel projection, and the fp32 cross-entropy over the logits.
     head_mm = gemms_time(cluster, precision(c.dtype).element, [model.head_forward_flops(s, b) / t])
-    logits_bytes = s * b * model.vocab_size / t * 4 * 4
+    logits = s * b * model.vocab_size / t
+    loss_f, loss_b = loss_bytes_per_logit(ops, e)
     norm = 2 * sbh * e / replicated_div / mem_rate
-    head = PassTimes(head_mm + norm + logits_bytes / mem_rate, head_mm + 2 * norm + logits_bytes / mem_rate, head_mm)
+    head = PassTimes(head_mm + norm + logits * loss_f / mem_rate, head_mm + 2 * norm + logits * loss_b / mem_rate,
+                     head_mm)
     return ModelPieces(attention_core, block_rest, embedding, head, "specification", moe_rest)
 
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from autoconf.cost.comm import collective_time, p2p_time, slowest_collective_time
-from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, measured_tp_layer, model_pieces,
-                                   rank_optimizer_time)
+from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, fsdp_copy_time, measured_tp_layer,
+                                   model_pieces, rank_optimizer_time)
 from autoconf.cost.memory import (cp_kv_bytes, stage_block_activation_bytes, stage_expert_params, stage_memory,
                                   stage_params)
 from autoconf.cost.moe import ep_comm_layer, local_params, moe_layers
@@ -301,7 +301,8 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             one = (per_layer.forward + per_layer.backward_input) / 4 + grow
             tp = PassTimes((per_layer.forward + 2 * grow) * layers,
                            (per_layer.backward_input + 2 * grow) * layers + regather, 0.0)
-        compute = pieces.block.scaled(layers)
+        copies = fsdp_copy_time(model, cluster, c, execution)  # FSDP2's copy kernels per block (not recomputed)
+        compute = (pieces.block + copies).scaled(layers)
         recompute = recompute_time(pieces, c, one, matmul_share) * recomputed[st]
         ep = PassTimes(0.0, 0.0, 0.0)
         if n_moe:
@@ -312,7 +313,8 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                                                                       for axis in ("ep", "etp")))
             exchange = ep_of_rank[rank]
             r_moe = moe_layers(model, first, first + recomputed[st])
-            compute = pieces.block.scaled(layers - n_moe) + moe_pieces.block.scaled(n_moe)
+            compute = ((pieces.block + copies).scaled(layers - n_moe)
+                       + (moe_pieces.block + fsdp_copy_time(model, cluster, c, execution, moe=True)).scaled(n_moe))
             recompute = (recompute_time(pieces, c, one, matmul_share) * (recomputed[st] - r_moe)
                          + (recompute_time(moe_pieces, c, one, matmul_share)
                             + (exchange if c.recompute == "full" else 0.0)) * r_moe)

@@ -149,6 +149,7 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
               f"    training.global_batch_size = {c.global_batch_size}",
               f"    training.seq_len = {c.seq_len}",
               f'    training.mixed_precision_param = "{precision}"',
+              f"    config.compile.enable = {c.compile}  # the plan's compile field",
               # what makes torchtitan run as the plan's framework was modelled (spec/frameworks.py)
               *(f"    {line}" for line in plan_execution(plan.prediction).export_lines("torchtitan", c)),
               f"    parallelism.data_parallel_replicate_degree = {replicate}",

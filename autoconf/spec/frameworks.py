@@ -43,7 +43,14 @@ MEMORY_LAYOUTS = ("torch", "megatron")
 #   "swiglu"     silu and the gate product as two kernels
 #   "repeat_kv"  grouped K and V copied to every query head before the attention kernel (torchtitan's `repeat_kv`
 #                until SDPA's enable_gqa; also under torch.compile: the attention kernel needs the copies)
-EAGER_OPS = ("rmsnorm", "rotary", "swiglu", "repeat_kv")
+#   "cross_entropy"      the loss as torch's eager fp32 kernels: logits.float(), log_softmax, nll_loss (torchtitan's
+#                        cross_entropy_loss without torch.compile; its compile config compiles "model" and "loss")
+#   "vocab_parallel_ce"  Megatron's vocab-parallel cross entropy (megatron/core/tensor_parallel/cross_entropy.py):
+#                        fp32 copy, max, in-place subtract, exp, sum and divide, its backward in place; never compiled
+EAGER_OPS = ("rmsnorm", "rotary", "swiglu", "repeat_kv", "cross_entropy", "vocab_parallel_ce")
+# Ops torch.compile leaves as they are: the K/V copies (the attention kernel needs them materialized) and Megatron's
+# cross entropy (Megatron does not compile).
+NOT_COMPILED = ("repeat_kv", "vocab_parallel_ce")
 # Which attention kernel the framework's flash path runs: "fused" reads the profile's efficiency["attention"];
 # "fa2" (torch's SDPA flash backend is FlashAttention-2) reads efficiency["attention_fa2"] where the profile states
 # it (a device on which FA2 lags the vendor's fused kernels, e.g. H100) and efficiency["attention"] otherwise.
@@ -77,6 +84,11 @@ class Execution:
         per unit, TP layers timed in the executor) describe this framework's runtime.
     eager_ops: see EAGER_OPS (specification profiles only; measured tables time the executor's own kernels).
     attention_kernel: see ATTENTION_KERNELS.
+    fsdp_copies: FSDP2's copy kernels beside its collectives cost HBM time on the rank (specification profiles;
+        `autoconf.cost.compute.fsdp_copy_bytes` counts them): the all-gather's copy-out into the unsharded
+        parameters, the reduce-scatter's copy-in (one chunked copy that casts to the fp32 reduce dtype).
+    compile_loss: under torch.compile the loss is compiled too (torchtitan 0.3.0's compile components "model" and
+        "loss"); False: it stays eager (torchtitan's train.py until 2025 left `torch.compile(loss_fn)` commented out).
     megatron_args / torchtitan_settings: what makes the target framework run as modelled, as (when, flag, line):
         the line applies when the config matches `when` (see `_applies`) and the flag ("name" or "name=value") holds.
     """
@@ -97,6 +109,8 @@ class Execution:
     executor_overheads: bool = True
     eager_ops: tuple[str, ...] = ()
     attention_kernel: str = "fused"
+    fsdp_copies: bool = False
+    compile_loss: bool = True
     megatron_args: tuple[tuple[str, str, str], ...] = ()
     torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
 
@@ -195,12 +209,12 @@ PRESETS: dict[str, Execution] = {
     "megatron": Execution(
         name="megatron", memory_layout="megatron", zero_stages=(0, 1, 2, 3), zero_searched=(0, 1, 2, 3),
         grad_reduce_start="after_flush", param_gather_overlap=False, blocking_p2p=True, p2p_scatter_gather=True,
-        executor_overheads=False,
+        executor_overheads=False, eager_ops=("vocab_parallel_ce",),
         megatron_args=(("sharded", "memory_layout=megatron", "--use-distributed-optimizer"),)),
     "megatron-core": Execution(
         name="megatron-core", memory_layout="megatron", zero_stages=(0, 1), zero_searched=(0, 1),
         distributed_optimizer=True, grad_reduce_start="per_bucket", bucket_params=40e6, bucket_first_rank_only=True,
-        param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False,
+        param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False, eager_ops=("vocab_parallel_ce",),
         megatron_args=(("dp", "grad_reduce_start=per_bucket", "--overlap-grad-reduce"),
                        ("sharded", "distributed_optimizer", "--use-distributed-optimizer"),
                        ("sharded", "param_gather_overlap", "--overlap-param-gather"),
@@ -209,21 +223,30 @@ PRESETS: dict[str, Execution] = {
         name="torchtitan", memory_layout="torch", zero_stages=(0, 2, 3), zero_searched=(0, 2, 3),
         grad_reduce_start="per_bucket", param_gather_overlap=True, selective_recompute="alternate_matmuls",
         executor_overheads=False,
-        # torchtitan 0.3.0 (the exporters' target) without torch.compile, its default: the complex fp32 rotary
-        # (models/common/rope.py) and SwiGLU (feed_forward.py) as eager kernels; nn.RMSNorm (torch's fused kernel)
-        # and SDPA with enable_gqa (no K/V copies) are fused; SDPA's flash backend is FlashAttention-2. Its
-        # published runs (Dec 2024 and earlier) ran older code: torchtitan's own fp32 RMSNorm ("rmsnorm") and
-        # repeat_kv ("repeat_kv"); scripts/truth_torchtitan.py sets each run's kernels. `compiled` for compile.
-        eager_ops=("rotary", "swiglu"), attention_kernel="fa2",
-        torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),)),
+        # torchtitan 0.3.0 (the exporters' target) without torch.compile: the complex fp32 rotary
+        # (models/common/rope.py), SwiGLU (feed_forward.py) and the fp32 loss (components/loss.py) as eager
+        # kernels; nn.RMSNorm (torch's fused kernel) and SDPA with enable_gqa (no K/V copies) are fused; SDPA's
+        # flash backend is FlashAttention-2. The plan's `compile` field (exported as compile.enable, components
+        # model and loss) fuses them on a GPU. Its published runs (Dec 2024 and earlier) ran older code:
+        # torchtitan's own fp32 RMSNorm ("rmsnorm") and repeat_kv ("repeat_kv"); scripts/truth_torchtitan.py sets
+        # each run's kernels. FSDP2's copy kernels beside its collectives: fsdp_copies.
+        eager_ops=("rotary", "swiglu", "cross_entropy"), attention_kernel="fa2", fsdp_copies=True,
+        torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),
+                             ("always", "compile_loss=False", 'config.compile.components = ["model"]'))),
 }
 DEFAULT = "autoconf"
 
 
+def compiled_ops(ops: tuple[str, ...], compile_loss: bool = True) -> tuple[str, ...]:
+    """The eager ops that stay eager under torch.compile (`NOT_COMPILED`, and torch's loss unless it is compiled)."""
+    kept = NOT_COMPILED if compile_loss else NOT_COMPILED + ("cross_entropy",)
+    return tuple(op for op in ops if op in kept)
+
+
 def compiled(ex: Execution) -> Execution:
-    """The same framework with each block under torch.compile: its element-wise ops fused, but the K/V copies of
-    grouped-query attention (the attention kernel needs them materialized)."""
-    return ex.replace(eager_ops=tuple(op for op in ex.eager_ops if op == "repeat_kv"))
+    """The same framework with each block (and the loss) under torch.compile: its element-wise ops fused, but those
+    of `NOT_COMPILED`. Estimates apply this themselves where the plan's `compile` field is on for a GPU."""
+    return ex.replace(eager_ops=compiled_ops(ex.eager_ops, ex.compile_loss))
 
 
 def execution(name: str = DEFAULT) -> Execution:
@@ -237,7 +260,8 @@ def execution(name: str = DEFAULT) -> Execution:
 # Flags a user may change on a preset (`--framework-flag KEY=VALUE`): the behaviour, not the name or export data.
 USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_reduce_start", "bucket_params",
               "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
-              "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel")
+              "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies",
+              "compile_loss")
 
 
 def parse_flags(pairs) -> dict:
