@@ -51,10 +51,11 @@ def test_expert_grid_folds_the_pipeline_rank():
         assert folded.shape == (1, 4, 2)
         assert sorted(folded.reshape(-1)) == sorted(grid.pipeline_rank(p).reshape(-1))
         etp_groups = expert_groups(grid, p, 4, 2, "etp")
-        assert sorted(map(tuple, etp_groups)) == sorted(map(tuple, grid.pipeline_rank(p)))
+        tp_groups = grid.pipeline_rank(p).reshape(-1, dims.tp)  # (dp x cp) rows of a TP group each
+        assert sorted(map(tuple, etp_groups)) == sorted(map(tuple, tp_groups))
         ep_groups = expert_groups(grid, p, 2, 1, "ep")
         assert ep_groups.shape == (4, 2)
-        assert [int(d) for d in ep_groups[0]] == [int(d) for d in grid.pipeline_rank(p)[0]]
+        assert [int(d) for d in ep_groups[0]] == [int(d) for d in tp_groups[0]]
         assert expert_groups(grid, p, 2, 1, "edp").shape == (2, 4)
     with pytest.raises(ValueError, match="does not divide the 8 ranks"):
         expert_grid(grid, 0, ep=3, etp=1)

@@ -263,3 +263,17 @@ def test_a_bad_moe_field_in_a_model_json_is_named_once(tmp_path):
     with pytest.raises(UserError) as err:
         load_model(str(path))
     assert str(err.value).count("moe: ") == 1 and "moe_intermediate_size must be a positive integer" in str(err.value)
+
+
+def test_a_plan_of_a_model_the_executor_cannot_build_is_marked_not_launchable():
+    """The planner plans a model whose latent attention the executor does not build (for Megatron's exports) but
+    marks its plans not launchable; the same MoE model without it is launchable."""
+    from autoconf.solve.search import search
+    from autoconf.spec.cluster import load_cluster
+
+    mla = PRESETS["deepseek-v3"].mla
+    cluster = load_cluster("dgx-h100-80g", nodes=1)
+    for model, launchable in ((TINY_MOE, True),
+                              (dataclasses.replace(TINY_MOE, mla=mla, head_dim=mla.v_head_dim), False)):
+        plans = search(model, cluster, 8, 64, "bf16", top_k=1, refine=False).plans
+        assert plans and plans[0].prediction["launchable"] is launchable
