@@ -109,7 +109,7 @@ def planner_picks() -> list[dict]:
     for nodes, seq, batch in ((1, 131072, 8), (8, 1 << 20, 8)):
         cluster = load_cluster("dgx-h100-80g", nodes=nodes)
         result = search(model, cluster, batch, seq, "bf16", fixed={"micro_batch_size": 1, "pp": 1}, top_k=1,
-                        refine=False, launchable_only=False)
+                        refine=False)
         c, p = result.plans[0].config, result.plans[0].prediction
         out.append({"setting": f"llama3.1-8b, {nodes * 8} H100, batch {batch} x {seq}",
                     "plan": f"tp{c.tp} cp{c.cp} ({c.cp_comm}) dp{c.dp} zero{c.zero_stage} recompute={c.recompute}",
@@ -153,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {m['model']} | {m['seq_len']:,} | {m['tp']}x{m['pp']} | {m['cp']} | {m['gpus']} | {m['peak_GiB']} | "
               f"{m['activations_GiB']} | {m['states_GiB']} | {m['fits']} | {m['tokens_per_s_per_gpu']} | "
               f"{m['mfu_pct']}% |")
-    print("\nWhat the search picks (micro-batch 1, pp 1 fixed; the executor does not run cp > 1 yet, so "
-          "launchable_only=False):")
+    print("\nWhat the search picks (micro-batch 1, pp 1 fixed; layouts the executor runs):")
     for p in result["planner"]:
         print(f"- {p['setting']}: {p['plan']}, {p['peak_GiB']} GiB, {p['mfu_pct']}% MFU "
               f"({p['candidates']} candidates, {p['search_s']} s)")

