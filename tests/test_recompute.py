@@ -20,7 +20,8 @@ from autoconf.spec.cluster import load_cluster
 from autoconf.spec.plan import ParallelConfig, Plan, recomputed_layers, uniform_partition
 from autoconf.spec.presets import PRESETS
 
-# A six-layer Llama-3.1-8B (its 128k context) on four H100: at seq 16384 and micro-batch 4 some stages must recompute, not all.
+# A six-layer Llama-3.1-8B (its 128k context) on four H100: at seq 16384 and micro-batch 4 some stages must
+# recompute, not all.
 MODEL = dataclasses.replace(PRESETS["llama3.1-8b"], num_layers=6)
 CLUSTER = load_cluster("dgx-h100-80g", nodes=1, gpus_per_node=4)
 
@@ -125,9 +126,9 @@ def test_plans_with_and_without_counts_load_and_bad_counts_are_one_line(tmp_path
 
 
 def test_the_search_picks_per_stage_counts_at_least_as_fast_as_all_or_nothing():
-    """With the recompute mode left free (tp 2, pp 2, cp 1, micro-batch 4 pinned; no refinement), the search's best plan is no slower
-    than the best with each mode pinned (all or nothing per layer) and it recomputes some layers of some stages
-    only; pinning the mode keeps every layer."""
+    """With the recompute mode left free (tp 2, pp 2, cp 1, micro-batch 4 pinned; no refinement), the search's best
+    plan is no slower than the best with each mode pinned (all or nothing per layer) and it recomputes some layers
+    of some stages only; pinning the mode keeps every layer."""
     fixed = {"tp": 2, "pp": 2, "micro_batch_size": 4, "cp": 1}
     free = search(MODEL, CLUSTER, 16, 16384, "bf16", fixed=fixed, top_k=1, refine=False).plans[0]
     pinned = [search(MODEL, CLUSTER, 16, 16384, "bf16", fixed={**fixed, "recompute": mode}, top_k=1,

@@ -275,8 +275,9 @@ class _BoundCache:
             if c.cp > 1:  # the estimate's exposed K/V exchange, on the default mesh's first CP group
                 cp = cp_attention_comm(self.model, self.cluster, c, np.arange(c.cp) * c.tp,
                                        self._layer(c).attention_core)
-            self._layers[key] = (min(p.block.forward + f for p, (f, _) in zip(kinds, copies)) + cp.forward,
-                                 min(p.block.backward_input + b for p, (_, b) in zip(kinds, copies)) + cp.backward_input,
+            forward = min(p.block.forward + f for p, (f, _) in zip(kinds, copies))
+            backward_input = min(p.block.backward_input + b for p, (_, b) in zip(kinds, copies))
+            self._layers[key] = (forward + cp.forward, backward_input + cp.backward_input,
                                  min(p.block.backward_weight for p in kinds) + cp.backward_weight, one,
                                  min(recompute_time(p, c, one) for p in kinds)
                                  + (cp.forward if c.recompute == "full" else 0.0))
@@ -462,7 +463,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     else:
         ranked = [estimate(model, cluster, config, execution=execution) for _, config in chosen]
     stats = {"candidates": seen, "unlaunchable": unlaunchable, "pruned_memory": pruned_memory,
-             "pruned_time": pruned_time, "simulated": simulated, "feasible": len(ranked), "seconds": round(time.perf_counter() - start, 3),
+             "pruned_time": pruned_time, "simulated": simulated, "feasible": len(ranked),
+             "seconds": round(time.perf_counter() - start, 3),
              "search_seconds": round(search_seconds, 3), **({"offload_candidates": len(twins)} if twins else {})}
     for plan in ranked:
         plan.prediction["launchable"] = unsupported_reason(plan.config, model) is None
@@ -526,7 +528,8 @@ def _offload_levers(cluster: ClusterProfile, fixed: dict) -> list[tuple[bool, bo
 
 
 def _offload_walk(model: ModelSpec, cluster: ClusterProfile, cache: "_BoundCache", fixed: dict, launchable_only: bool,
-                  unfit: list, limit: float, cutoff: float, bound_of: dict) -> list[tuple[float, tuple, ParallelConfig]]:
+                  unfit: list, limit: float, cutoff: float,
+                  bound_of: dict) -> list[tuple[float, tuple, ParallelConfig]]:
     """The offloading twins worth walking, as (time bound, key, config) in bound order: of each candidate that did
     not fit (`unfit`: with its bound and its memory entry, the largest rank's or rank 0's), the twins (each lever
     combination of `_offload_levers` the layout allows: offload_optimizer needs FSDP) that can move enough off the

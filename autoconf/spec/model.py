@@ -490,7 +490,8 @@ class ModelSpec:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields - {"version", "kind"} - set(DERIVED_COUNTS))
         if unknown:
-            raise UserError(f"{source}: unknown model field(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+            raise UserError(f"{source}: unknown model field(s) {', '.join(unknown)}; "
+                            f"known: {', '.join(sorted(fields))}")
         missing = sorted(f.name for f in dataclasses.fields(cls)
                          if f.default is dataclasses.MISSING and f.name not in data)
         if missing:

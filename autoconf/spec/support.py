@@ -52,9 +52,9 @@ def unsupported_reason(config, model=None) -> str | None:
         return (f"dtype fp8 with tp {config.tp}: the executor's FP8 linears (torchao Float8Linear) are not combined "
                 f"with its tensor parallelism; use tp 1 (FSDP and pipelining run fp8), or bf16")
     if config.offload_optimizer is True and (config.tp > 1 or config.pp > 1 or config.dtype == "fp8"):
-        return (f"offload_optimizer with tp {config.tp}, pp {config.pp}, dtype {config.dtype}: the executor runs FSDP2's "
-                f"CPUOffloadPolicy on data-parallel layouts only (tp 1, pp 1, not fp8; tested on CPU); drop the offload or "
-                f"use tp 1, pp 1 and bf16")
+        return (f"offload_optimizer with tp {config.tp}, pp {config.pp}, dtype {config.dtype}: the executor runs "
+                f"FSDP2's CPUOffloadPolicy on data-parallel layouts only (tp 1, pp 1, not fp8; tested on CPU); drop "
+                f"the offload or use tp 1, pp 1 and bf16")
     spec = schedule_spec(config.schedule)
     if config.zero_sharded and config.zero_stage == 3 and config.pp > 1 and not spec.executor_zero3:
         runs = ", ".join(name for name in SCHEDULES if schedule_spec(name).executor_zero3)
