@@ -23,7 +23,7 @@ from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, load_plan
 from autoconf.spec.presets import PRESETS
 from plan_helpers import even_plan
-from test_execute import _close, _torchrun
+from test_execute import _close, _torchrun, assert_same_records
 
 STEPS = 3
 LLAMA = ModelSpec(name="test-llama", arch="llama", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=2,
@@ -354,11 +354,7 @@ def test_context_parallel_layout_matches_single_process(name, tmp_path_factory):
     out = results(tmp_path_factory)
     reference = out[name.split("-")[0]]["records"]
     assert len({round(r["loss"], 6) for r in reference}) == STEPS
-    got = out[name]["records"]
-    assert len(got) == STEPS
-    for ref, rec in zip(reference, got):
-        assert _close(rec["loss"], ref["loss"]), (name, rec["step"], rec["loss"], ref["loss"])
-        assert _close(rec["grad_norm"], ref["grad_norm"]), (name, rec["step"], rec["grad_norm"], ref["grad_norm"])
+    assert_same_records(reference, out[name]["records"], name)
 
 
 @pytest.mark.slow

@@ -138,15 +138,19 @@ def _close(a: float, b: float, rel: float = 1e-4) -> bool:
     return abs(a - b) <= rel * abs(b)
 
 
-@pytest.mark.parametrize("world,name", [(w, n) for w in (2, 4) for n in LAYOUTS[w]])
-def test_layout_matches_single_process(world, name, tmp_path_factory):
-    """Every step's loss and global gradient norm equal the single-process run's within 1e-4 relative."""
-    reference = results(1, tmp_path_factory)[name.split("-")[0]]["records"]
-    got = results(world, tmp_path_factory)[name]["records"]
+def assert_same_records(reference: list[dict], got: list[dict], name: str) -> None:
+    """`got` has STEPS records, each step's loss and global gradient norm within 1e-4 relative of `reference`'s."""
     assert len(got) == STEPS
     for ref, rec in zip(reference, got):
         assert _close(rec["loss"], ref["loss"]), (name, rec["step"], rec["loss"], ref["loss"])
         assert _close(rec["grad_norm"], ref["grad_norm"]), (name, rec["step"], rec["grad_norm"], ref["grad_norm"])
+
+
+@pytest.mark.parametrize("world,name", [(w, n) for w in (2, 4) for n in LAYOUTS[w]])
+def test_layout_matches_single_process(world, name, tmp_path_factory):
+    """Every step's loss and global gradient norm equal the single-process run's within 1e-4 relative."""
+    assert_same_records(results(1, tmp_path_factory)[name.split("-")[0]]["records"],
+                        results(world, tmp_path_factory)[name]["records"], name)
 
 
 def test_single_process_losses_move(tmp_path_factory):
