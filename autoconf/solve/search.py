@@ -382,27 +382,31 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     unfit: list[tuple[float, tuple, ParallelConfig, dict]] = []
     offloading = plans_offload(cluster)
 
+    def does_not_fit(over: float, time_bound: float, key: tuple, config: ParallelConfig, memory) -> None:
+        """Records a candidate `over` bytes beyond the limit: the closest miss (for the advice when nothing fits)
+        and, where the cluster plans offload, the parent of offloading twins with its memory entry (`memory()`).
+        An offloading twin that does not fit is neither."""
+        nonlocal closest
+        if config.offloads:
+            return
+        if closest is None or over < closest[0]:
+            closest = (over, config)
+        if offloading:
+            unfit.append((time_bound, key, config, memory()))
+
     def consider(time_bound: float, key: tuple, config: ParallelConfig) -> None:
         """Memory bound, then the (extrapolated) simulation; the K best that fit are kept."""
-        nonlocal pruned_memory, simulated, closest
+        nonlocal pruned_memory, simulated
         memory_bound = cache.memory_bound(config)  # only for the candidates the walk reaches
         if memory_bound > limit or (config.offloads and cache.host_bound(config) > cluster.host["memory_bytes"]):
             pruned_memory += 1
-            if not config.offloads:
-                if closest is None or memory_bound - limit < closest[0]:
-                    closest = (memory_bound - limit, config)
-                if offloading:
-                    unfit.append((time_bound, key, config, cache.rank0_memory(config)))
+            does_not_fit(memory_bound - limit, time_bound, key, config, lambda: cache.rank0_memory(config))
             return
         p = predict(model, cluster, config, execution=execution, detail=False, extrapolate=True)[3]
         simulated += 1
         if not p["fits"]:
-            over = p["peak_memory_bytes"] - limit
-            if not config.offloads:
-                if closest is None or over < closest[0]:
-                    closest = (over, config)
-                if offloading:
-                    unfit.append((time_bound, key, config, max(p["memory_per_stage"], key=lambda m: m["total"])))
+            does_not_fit(p["peak_memory_bytes"] - limit, time_bound, key, config,
+                         lambda: max(p["memory_per_stage"], key=lambda m: m["total"]))
             return
         if config.grad_reduce == "step":
             fitting_once.add(key[:-1])
@@ -419,7 +423,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         """Pops (bound, key, order, config, fitted) in bound order and `consider`s each until the K-th best time is
         below the next bound. A recompute candidate not yet `fitted` first gets the fewest recomputed layers per
         stage that fit (solve/recompute.py) and goes back with the bound of its counts."""
-        nonlocal pruned_time, pruned_memory, closest
+        nonlocal pruned_time, pruned_memory
         while heap:
             time_bound, key, order, config, fitted = heapq.heappop(heap)
             # Extrapolated times are at or above the full simulation, so the K-th best of them is at or above the
@@ -434,10 +438,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
                 every = cache.memory_bound(config)  # rank 0 recomputing every layer: no count fits if it does not
                 if every > limit:
                     pruned_memory += 1
-                    if closest is None or every - limit < closest[0]:
-                        closest = (every - limit, config)
-                    if offloading:
-                        unfit.append((time_bound, key, config, cache.rank0_memory(config)))
+                    does_not_fit(every - limit, time_bound, key, config, lambda: cache.rank0_memory(config))
                     continue
                 counted = fewest_recomputed(model, cluster, config, default_partition(model, config), execution)
                 if counted is not None and counted.recompute == "none":
