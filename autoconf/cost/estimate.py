@@ -407,7 +407,9 @@ def _p2p_function(cluster: ClusterProfile, config: ParallelConfig, model: ModelS
             a, b = grid.pipeline_rank(key[0]), grid.pipeline_rank(key[1])
             cache[key] = p2p_time(cluster, nbytes, np.stack([a.reshape(-1), b.reshape(-1)], axis=1))
             if execution.p2p_scatter_gather and c.tp > 1 and not c.sequence_parallel:
-                cache[key] += collective_time(cluster, "all_gather", nbytes * c.tp, b[0])
+                # Megatron's scatter/gather: the receiving TP group all-gathers the scattered activation.
+                receivers = grid.first_group_array("tp", key[1])
+                cache[key] += collective_time(cluster, "all_gather", nbytes * c.tp, receivers)
         return cache[key]
 
     return p2p
