@@ -154,3 +154,33 @@ def test_malformed_plans_are_rejected_with_a_reason(tmp_path, mutate, message):
     mutate(data)
     with pytest.raises(UserError, match=message):
         Plan.from_dict(data)
+
+
+def test_nemo_truth_rows_cite_their_tables_and_count_the_publishers_model_flops():
+    """scripts/data/published_nemo.json: every table names its source and the recipes its unprinted flags come from,
+    every row's layout fills its GPUs with whole micro-batches, and on NeMo 24.07's table (Megatron's FLOPs formula)
+    the published model TFLOP/s over tokens/s is the model FLOPs per token autoconf counts for the row's model
+    (padded vocabulary included) within 1%."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "truth_nemo.py"
+    spec = importlib.util.spec_from_file_location("truth_nemo", path)
+    truth = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(truth)
+    data = truth.load()
+    models = {k: v for k, v in data["models"].items() if k != "source"}
+    checked = 0
+    for table in data["tables"]:
+        assert "http" in table["source"] and table["recipes"] and table["rows"]
+        for row in table["rows"]:
+            dp, rest = divmod(row["gpus"], row["tp"] * row["pp"] * row["cp"])
+            assert rest == 0 and row["gbs"] % (row["mbs"] * dp) == 0, row["label"]
+            if table["id"] != "nemo-24.07":
+                continue
+            model = truth.model_of(row, models, row["tp"])
+            per_token = model.model_flops_per_iteration(row["seq_len"], row["gbs"]) / (row["gbs"] * row["seq_len"])
+            published = row["model_tflops_per_gpu"] * 1e12 / row["tokens_per_s_per_gpu"]
+            assert published == pytest.approx(per_token, rel=0.01), row["label"]
+            checked += 1
+    assert checked == 12
