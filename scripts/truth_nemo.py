@@ -88,22 +88,34 @@ def config_of(row: dict, dtype: str) -> ParallelConfig:
                           attention="flash")
 
 
-def execution_of(row: dict):
-    flags = {"tp_comm_overlap": row["tp_comm_overlap"]}
+def execution_of(row: dict, table: dict):
+    """The megatron-core preset with the row's recipe settings: TP overlap, the gradient buffer's dtype, fp8
+    parameters, the table's optimizer, and the cross entropy (fused: no eager loss kernels; Transformer Engine's
+    implementation writes the gradient into the logits, Megatron-Core's own keeps the fp32 softmax as the
+    preset's unfused one does)."""
+    flags = {"tp_comm_overlap": row["tp_comm_overlap"], "grad_buffer_dtype": row["grad_buffer_dtype"],
+             "fp8_params": row["fp8_params"], "optimizer": table["optimizer"]}
     if row["cross_entropy_fusion"]:
         flags["eager_ops"] = ()
+        if table["cross_entropy_fusion_impl"] == "te":
+            flags["loss_memory"] = "fused"
     return execution(FRAMEWORK).replace(**flags)
 
 
-def predict(row: dict, model: ModelSpec, dtype: str) -> dict:
-    cluster = load_cluster(PROFILE, nodes=row["gpus"] // 8)
+def cluster_of(row: dict):
+    return load_cluster(PROFILE, nodes=row["gpus"] // 8)
+
+
+def predict(row: dict, table: dict, model: ModelSpec, dtype: str) -> dict:
+    cluster = cluster_of(row)
     c = config_of(row, dtype)
     assert c.world_size == row["gpus"], row
-    p = estimate(model, cluster, c, execution=execution_of(row), detail=False).prediction
-    return {"tokens_per_s_per_gpu": p["tokens_per_s"] / row["gpus"], "peak_memory_gib": p["peak_memory_bytes"] / GiB}
+    p = estimate(model, cluster, c, execution=execution_of(row, table), detail=False).prediction
+    return {"tokens_per_s_per_gpu": p["tokens_per_s"] / row["gpus"], "peak_memory_gib": p["peak_memory_bytes"] / GiB,
+            "fits": p["fits"]}
 
 
-def compare_row(row: dict, models: dict) -> dict:
+def compare_row(row: dict, models: dict, table: dict) -> dict:
     out = {"label": row["label"], "precision": row["precision"], "gpus": row["gpus"],
            "layout": f"tp{row['tp']} pp{row['pp']} cp{row['cp']} vp{row.get('vp') or 1}"
                      + (f" ep{row['ep']}" if row.get("ep", 1) > 1 else ""),
@@ -113,14 +125,14 @@ def compare_row(row: dict, models: dict) -> dict:
         return {**out, "not_modelled": reason}
     model = model_of(row, models, row["tp"])
     try:
-        ours = predict(row, model, row["precision"])
-        bf16 = predict(row, model, "bf16") if row["precision"] == "fp8" else None
+        ours = predict(row, table, model, row["precision"])
+        bf16 = predict(row, table, model, "bf16") if row["precision"] == "fp8" else None
     except UserError as e:
         return {**out, "not_modelled": str(e)}
     flops_per_token = model.model_flops_per_iteration(row["seq_len"], row["gbs"]) / (row["gbs"] * row["seq_len"])
     out.update(predicted_tps=round(ours["tokens_per_s_per_gpu"], 1),
                error_pct=round(100 * (ours["tokens_per_s_per_gpu"] / row["tokens_per_s_per_gpu"] - 1), 2),
-               peak_memory_gib=round(ours["peak_memory_gib"], 1),
+               peak_memory_gib=round(ours["peak_memory_gib"], 1), fits=ours["fits"],
                flops_ratio=round(row["model_tflops_per_gpu"] * 1e12
                                  / (row["tokens_per_s_per_gpu"] * flops_per_token), 3))
     if bf16:
@@ -141,7 +153,7 @@ def compare() -> dict:
     models = {k: v for k, v in data["models"].items() if k != "source"}
     tables = []
     for table in data["tables"]:
-        rows = [compare_row(row, models) for row in table["rows"]]
+        rows = [compare_row(row, models, table) for row in table["rows"]]
         summary = {dtype: _stats([r["error_pct"] for r in rows if "error_pct" in r and r["precision"] == dtype])
                    for dtype in ("fp8", "bf16")}
         tables.append({"id": table["id"], "title": table["title"], "rows": rows, "summary": summary})
@@ -151,6 +163,11 @@ def compare() -> dict:
     speedups = [r["predicted_speedup"] for r in every if "predicted_speedup" in r]
     summary["predicted_fp8_speedup"] = ({"min": min(speedups), "max": max(speedups), "n": len(speedups)}
                                         if speedups else {})
+    modelled = [r for r in every if "fits" in r]
+    summary["memory"] = {"fit": sum(r["fits"] for r in modelled), "n": len(modelled),
+                         "usable_gib": round(cluster_of({"gpus": 8}).usable_memory_bytes / GiB, 2),
+                         "peak_gib": {"min": min(r["peak_memory_gib"] for r in modelled),
+                                      "max": max(r["peak_memory_gib"] for r in modelled)} if modelled else {}}
     return {"profile": PROFILE, "framework": FRAMEWORK, "tables": tables, "summary": summary}
 
 
@@ -172,7 +189,7 @@ def main() -> int:
     for table in result["tables"]:
         print(f"\n{table['title']} [{table['id']}]")
         print(f"{'row':16s} {'prec':4s} {'GPUs':>5s} {'layout':20s} {'published':>9s} {'pred':>8s} {'error':>8s} "
-              f"{'FLOPs':>5s} {'GiB':>5s} {'pred bf16':>9s} {'fp8/bf16':>8s}")
+              f"{'FLOPs':>5s} {'GiB':>5s} {'fits':>4s} {'pred bf16':>9s} {'fp8/bf16':>8s}")
         for r in table["rows"]:
             head = f"{r['label']:16s} {r['precision']:4s} {r['gpus']:5d} {r['layout']:20s} {r['published_tps']:9.0f}"
             if "not_modelled" in r:
@@ -181,7 +198,7 @@ def main() -> int:
             tail = (f"{r['predicted_bf16_tps']:9.0f} {r['predicted_speedup']:8.3f}" if "predicted_speedup" in r
                     else f"{'-':>9s} {'-':>8s}")
             print(f"{head} {r['predicted_tps']:8.0f} {r['error_pct']:+7.2f}% {r['flops_ratio']:5.2f} "
-                  f"{r['peak_memory_gib']:5.1f} {tail}")
+                  f"{r['peak_memory_gib']:5.1f} {'yes' if r['fits'] else 'NO':>4s} {tail}")
         for dtype in ("fp8", "bf16"):
             _print_stats(dtype, table["summary"][dtype])
     print("\nAll tables")
@@ -191,6 +208,11 @@ def main() -> int:
     if s:
         print(f"  predicted FP8 / BF16 speed-up of the same layout: {s['min']:.3f} to {s['max']:.3f} over {s['n']} "
               f"rows (no BF16 row of these layouts is published)")
+    m = result["summary"]["memory"]
+    if m["n"]:
+        print(f"  memory: {m['fit']} of {m['n']} published layouts predicted to fit ({m['usable_gib']:.1f} GiB usable "
+              f"of 80 GiB, the profile's headroom; every run was on 80 GB H100s); predicted peaks "
+              f"{m['peak_gib']['min']:.1f} to {m['peak_gib']['max']:.1f} GiB")
     return 0
 
 

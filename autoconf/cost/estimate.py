@@ -632,7 +632,7 @@ def _memory(model, cluster, c, partition, schedule, timeline: Timeline, executio
     inflight = stage_inflight(schedule.stage_to_rank, timeline.peak_inflight, timeline.peak_inflight_weight,
                               timeline.peak_inflight_rank)
     return stage_memory(model, cluster, c, partition, schedule.stage_to_rank, inflight, execution.memory_layout,
-                        selective=execution.selective_recompute)
+                        selective=execution.selective_recompute, execution=execution)
 
 
 def stage_inflight(stage_to_rank, peak, peak_weight, peak_rank) -> list[float]:

@@ -9,7 +9,15 @@ same weights), by layout:
               rank through the accumulation and is reduce-scattered in place, so 6 + 12/d (Megatron-LM
               docs/source/api-guide/dist_optimizer.md: "[no] distribute model gradients", bf16 param + fp32 grads:
               18 bytes, or 6 + 12/d distributed). Stages 2 and 3 describe ZeRO as published (Rajbhandari et al.
-              2020): the gradients, then the weights, divided by d as well.
+              2020): the gradients, then the weights, divided by d as well. The execution's flags
+              (spec/frameworks.py) say how Megatron-Core and its recipes differ, read here only:
+              - grad_buffer_dtype "bf16": the gradient buffer holds 2 bytes per parameter, not 4;
+              - optimizer "apex" (NeMo 1.x's DistributedFusedAdam with a bf16 model): the sharded state is the
+                16-bit remainders of the fp32 master weights, the fp32 moments and the reduced gradients' shard in
+                the buffer's dtype, (2 + 8 + g) / d instead of 12 / d;
+              - transformer_engine under fp8 without fp8_params: each block's linear layers keep an fp8 copy of
+                their weight and of its transpose (TE's weight workspace, cast on the first micro-batch and reused
+                by the others: `is_first_microbatch`), 2 more bytes per block parameter (`fp8_weight_cache_bytes`).
   "torch"     autoconf's executor. Without sharding (ZeRO-0): fp32 weights 4, fp32 gradients 4, fp32 moments 8,
               plus the compute-dtype copy of every weight under bf16/fp16. With FSDP2 (ZeRO >= 1 over d > 1) the
               fp32 weights and the moments are sharded, 4/d + 8/d, at every stage, and what else a rank holds
@@ -65,6 +73,7 @@ from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.offload import activation_copy_bytes, host_state_bytes_per_param
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES
+from autoconf.spec.frameworks import Execution
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, recomputed_layers
 from autoconf.spec.schedules import schedule_spec
@@ -81,12 +90,14 @@ def dense_mlp_tensors(layout: str, recompute: str) -> int:
 
 
 def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str,
-                           recompute: str | None = None, selective: str = "attention_core", moe: bool = False) -> float:
+                           recompute: str | None = None, selective: str = "attention_core", moe: bool = False,
+                           execution: Execution | None = None) -> float:
     """Bytes one block keeps from its forward until its backward for one micro-batch on one TP rank: Megatron-LM's
-    accounting (`ModelSpec.layer_activation_bytes`) for the "megatron" layout, the executor's own on a `device_kind`
-    ("gpu" or "cpu") device for "torch"; under selective recompute by the "alternate_matmuls" policy
-    (`Execution.selective_recompute`), what that policy saves (`op_policy_layer_activation_bytes`); with `moe`, an
-    MoE block's (the dense MLP's tensors replaced by the routed ones)."""
+    accounting (`ModelSpec.layer_activation_bytes`) for the "megatron" layout, with Transformer Engine's blocks
+    where the `execution` says so (`te_activation_delta`), the executor's own on a `device_kind` ("gpu" or "cpu")
+    device for "torch"; under selective recompute by the "alternate_matmuls" policy (`Execution.selective_recompute`),
+    what that policy saves (`op_policy_layer_activation_bytes`); with `moe`, an MoE block's (the dense MLP's tensors
+    replaced by the routed ones; Megatron's accounting without the TE changes)."""
     c = config
     recompute = c.recompute if recompute is None else recompute
     if moe:
@@ -98,9 +109,49 @@ def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     if recompute == "selective" and selective == "alternate_matmuls":
         return op_policy_layer_activation_bytes(model, c)
     if layout == "megatron":
-        return model.layer_activation_bytes(c.local_seq_len, c.micro_batch_size, c.tp, c.sequence_parallel, recompute,
-                                            c.attention, DTYPE_BYTES[c.dtype])
+        return (model.layer_activation_bytes(c.local_seq_len, c.micro_batch_size, c.tp, c.sequence_parallel,
+                                             recompute, c.attention, DTYPE_BYTES[c.dtype])
+                + te_activation_delta(model, c, recompute, execution))
     return executor_layer_activation_bytes(model, c, recompute, device_kind)
+
+
+def te_activation_delta(model: ModelSpec, config: ParallelConfig, recompute: str,
+                        execution: Execution | None) -> float:
+    """What Transformer Engine's blocks (Megatron-Core's TE layer spec) keep beyond Megatron-LM's accounting
+    (`ModelSpec.layer_activation_bytes`) for one micro-batch on one TP rank; 0 unless `execution.transformer_engine`,
+    and under full recompute (the block input only either way).
+
+    - SwiGLU is Megatron-Core's fused kernel (bias_swiglu, megatron/core/fusions/fused_bias_swiglu.py): it saves
+      its input (the gate and up projections) and recomputes silu and the product in the backward, whose output the
+      second MLP linear saves: three tensors of the FFN width, not four (gate, silu, up, product).
+    - Under fp8 every linear layer of the block saves its input cast to fp8 (1 byte) for the weight-gradient GEMM
+      (TE's Linear / LayerNormLinear; under sequence parallelism the local shard, gathered again in the backward):
+      the QKV and first-MLP inputs (the norms' outputs) and the second MLP linear's input take 1 byte instead of 2;
+      the output projection's input is the attention output, which the attention kernel keeps in bf16 for its own
+      backward, so the projection's fp8 copy is one more byte beside it, or, under selective recompute (the
+      attention core is recomputed, its output not kept), 1 byte instead of 2."""
+    c = config
+    if execution is None or not execution.transformer_engine or recompute == "full":
+        return 0.0
+    s, b, h, f, t = c.local_seq_len, c.micro_batch_size, model.hidden_size, model.ffn_hidden_size, c.tp
+    e = DTYPE_BYTES[c.dtype]
+    split = t if c.sequence_parallel else 1
+    delta = -e * s * b * f / t if model.arch == "llama" else 0.0  # fused SwiGLU keeps no silu output
+    if c.dtype == "fp8":
+        fp8 = 1.0
+        delta -= 2 * (e - fp8) * s * b * h / split  # the norms' outputs, the QKV and first-MLP linear inputs
+        delta -= (e - fp8) * s * b * f / t  # the second MLP linear's input
+        delta += (-(e - fp8) if recompute == "selective" else fp8) * s * b * model.q_dim / t  # output projection
+    return delta
+
+
+def fp8_weight_cache_bytes(config: ParallelConfig, execution: Execution | None) -> float:
+    """Bytes per block parameter (of its linear layers; the blocks' norms are counted with them) that Transformer
+    Engine keeps beside the weights under fp8: the fp8 weight and its transpose, cast on the step's first
+    micro-batch and reused by the others (TE's weight workspace); 0 without TE, in bf16, or with fp8 parameters."""
+    if execution is None or not execution.transformer_engine or config.dtype != "fp8" or execution.fp8_params:
+        return 0.0
+    return 2.0
 
 
 def norm_saved_bytes(model: ModelSpec, config: ParallelConfig, device_kind: str) -> float:
@@ -181,12 +232,20 @@ def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig) -
     return e * s * b * (h / split + saved + attention + reduce_scatters)
 
 
-def logits_temporary_bytes(model: ModelSpec, config: ParallelConfig, layout: str) -> float:
-    """Peak bytes of the loss on the last stage for one micro-batch: the logits, their fp32 copy and gradient
-    (Megatron); in the executor, the fp32 log-softmax the loss keeps and the two fp32 gradients of its backward."""
+LOSS_BYTES_PER_LOGIT = {"copy": 8, "inplace": 4, "fused": 0}  # beyond the logits (spec.frameworks.LOSS_MEMORY)
+
+
+def logits_temporary_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
+                           execution: Execution | None = None) -> float:
+    """Peak bytes of the loss on the last stage for one micro-batch: in the megatron layout the logits and what the
+    execution's cross entropy holds beside them (`Execution.loss_memory`; Megatron 2022's fp32 copy and its
+    shifted fp32 copy without an execution); in the executor, the fp32 log-softmax the loss keeps and the two fp32
+    gradients of its backward."""
     c = config
     logits = c.local_seq_len * c.micro_batch_size * model.vocab_size / c.tp
-    return logits * (DTYPE_BYTES[c.dtype] + 8 if layout == "megatron" else 12)
+    if layout != "megatron":
+        return logits * 12
+    return logits * (DTYPE_BYTES[c.dtype] + LOSS_BYTES_PER_LOGIT[execution.loss_memory if execution else "copy"])
 
 
 def head_input_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str = "gpu") -> float:
@@ -245,16 +304,19 @@ def holds_unsharded_params(config: ParallelConfig) -> bool:
     return c.pp > 1 and (schedule_spec(c.schedule).fsdp_gathers_chunks or not c.reduces_every_microbatch)
 
 
-def state_bytes_per_param(config: ParallelConfig, layout: str,
-                          experts: bool = False) -> tuple[float, float, float, float]:
+def state_bytes_per_param(config: ParallelConfig, layout: str, experts: bool = False,
+                          execution: Execution | None = None) -> tuple[float, float, float, float]:
     """(weights, gradients, optimizer, unsharded compute copy) bytes per local parameter held through the step, as
     the module docstring lays out; what is held of only the units in use is `unsharded_buffer_bytes`. With
-    `experts`, of a routed-expert parameter: ZeRO shards over edp instead of dp x cp."""
+    `experts`, of a routed-expert parameter: ZeRO shards over edp instead of dp x cp. `execution`: the megatron
+    layout's gradient buffer dtype and optimizer (Megatron-LM's fp32 buffer and distributed optimizer without)."""
     dp = config.edp if experts else config.dp_cp
     z = config.zero_stage if config.zero_stage >= 1 and dp > 1 else 0
     compute = DTYPE_BYTES[config.dtype]
     if layout == "megatron":
-        weights, grads, optim = 2.0, 4.0, 12.0
+        grads = 2.0 if execution and execution.grad_buffer_dtype == "bf16" else 4.0
+        optim = 2.0 + 8.0 + grads if execution and execution.optimizer == "apex" else 12.0
+        weights = 2.0
         if config.offload_optimizer:
             optim = 0.0
         if z >= 1:
@@ -370,7 +432,8 @@ def cp_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:
 
 
 def unit_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str,
-                          selective: str = "attention_core") -> tuple[float, float, float]:
+                          selective: str = "attention_core",
+                          execution: Execution | None = None) -> tuple[float, float, float]:
     """Bytes one micro-batch keeps until its backward in (the embedding, one transformer layer, the head): the
     embedding's dropout mask, the layer's saved tensors (`selective`: the execution's selective policy), the head's
     inputs. The partition units of the solver."""
@@ -378,54 +441,58 @@ def unit_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
     split = c.tp if c.sequence_parallel else 1
     sbh = c.local_seq_len * c.micro_batch_size * model.hidden_size
     embedding = sbh / split if model.dropout > 0 else 0.0
-    return (embedding, layer_activation_bytes(model, c, layout, device_kind, selective=selective),
+    return (embedding, layer_activation_bytes(model, c, layout, device_kind, selective=selective, execution=execution),
             head_input_bytes(model, c, layout, device_kind))
 
 
 def stage_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layers: int, recomputed: int,
                                  layout: str, device_kind: str, selective: str = "attention_core",
-                                 moe: bool = False) -> float:
+                                 moe: bool = False, execution: Execution | None = None) -> float:
     """Bytes `layers` transformer layers of one stage (MoE blocks with `moe`) keep per micro-batch: `recomputed` of
     them under the plan's recompute mode (the `selective` policy's layout), the others without recompute
     (`recomputed_layers`)."""
     if not layers:
         return 0.0
-    act = layer_activation_bytes(model, config, layout, device_kind, selective=selective, moe=moe)
+    act = layer_activation_bytes(model, config, layout, device_kind, selective=selective, moe=moe, execution=execution)
     plain = (act if config.recompute == "none"
-             else layer_activation_bytes(model, config, layout, device_kind, "none", selective, moe))
+             else layer_activation_bytes(model, config, layout, device_kind, "none", selective, moe, execution))
     return recomputed * act + (layers - recomputed) * plain
 
 
 def stage_block_activation_bytes(model: ModelSpec, config: ParallelConfig, first: int, end: int, recomputed: int,
-                                 layout: str, device_kind: str, selective: str = "attention_core") -> float:
+                                 layout: str, device_kind: str, selective: str = "attention_core",
+                                 execution: Execution | None = None) -> float:
     """Bytes the transformer layers [first, end) of one stage keep per micro-batch, of which the first `recomputed`
     recompute (`recomputed_layers`): dense and MoE blocks each at their own size (before any offload)."""
     n_moe, r_moe = moe_layers(model, first, end), moe_layers(model, first, first + recomputed)
     return (stage_layer_activation_bytes(model, config, end - first - n_moe, recomputed - r_moe, layout, device_kind,
-                                         selective)
+                                         selective, execution=execution)
             + stage_layer_activation_bytes(model, config, n_moe, r_moe, layout, device_kind, selective, moe=True))
 
 
 def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig,
                  partition: Sequence[Sequence[int]], stage_to_rank: Sequence[int], inflight: Sequence[float],
                  layout: str = "torch", ranks: Sequence[int] | None = None,
-                 selective: str = "attention_core") -> list[dict]:
+                 selective: str = "attention_core", execution: Execution | None = None) -> list[dict]:
     """Peak bytes per pipeline rank (of `ranks`, default all), as {"params", "grads", "optimizer", "activations",
     "other", "total"}; `inflight[s]` is the micro-batches stage s keeps at the rank's peak. "params" and "grads"
     include the unsharded copies FSDP holds (the whole copy, or the units in use); "other" is the runtime's
     overhead, the largest temporary and the P2P buffers. `selective`: the execution's selective recompute policy
-    (`Execution.selective_recompute`)."""
+    (`Execution.selective_recompute`). `execution`: the megatron layout's framework flags (Megatron-LM's defaults
+    without; see `state_bytes_per_param`, `te_activation_delta`, `logits_temporary_bytes`)."""
     assert layout in LAYOUTS, layout
     c = config
-    w_b, g_b, o_b, copy_b = state_bytes_per_param(c, layout)
-    expert_bytes = state_bytes_per_param(c, layout, experts=True) if model.moe else (0.0, 0.0, 0.0, 0.0)
-    embed_act, layer_act, head_act = unit_activation_bytes(model, c, layout, cluster.device.kind, selective)
+    w_b, g_b, o_b, copy_b = state_bytes_per_param(c, layout, execution=execution)
+    expert_bytes = (state_bytes_per_param(c, layout, experts=True, execution=execution) if model.moe
+                    else (0.0, 0.0, 0.0, 0.0))
+    fp8_cache = fp8_weight_cache_bytes(c, execution)
+    embed_act, layer_act, head_act = unit_activation_bytes(model, c, layout, cluster.device.kind, selective, execution)
     moe_act = (layer_activation_bytes(model, c, layout, cluster.device.kind, selective=selective, moe=True)
                if model.moe else 0.0)
     # Layers beyond a stage's recomputed ones keep every activation (`recomputed_layers`).
     recomputed = recomputed_layers(c, partition)
     plain_act, moe_plain_act = (stage_layer_activation_bytes(model, c, 1, 0, layout, cluster.device.kind, selective,
-                                                             moe) for moe in (False, model.moe is not None))
+                                                             moe, execution) for moe in (False, model.moe is not None))
     fixed = cluster.device.memory_overhead_bytes + p2p_buffer_bytes(model, c)
     last = len(partition) - 1
     out = []
@@ -446,7 +513,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
         for st in stages:
             first, end = partition[st]
             layers = stage_block_activation_bytes(model, c, first, end, recomputed[st], layout, cluster.device.kind,
-                                                  selective)
+                                                  selective, execution)
             # Under offload_activations each block's saved activations go to the host.
             host_activations += activation_copy_bytes(c, layers) * inflight[st]
             layers = 0.0 if c.offload_activations else layers
@@ -455,10 +522,11 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
         # Temporaries that exist one at a time: the largest of them counts.
         temporaries = [0.0]
         if last in stages:
-            temporaries.append(logits_temporary_bytes(model, c, layout))
+            temporaries.append(logits_temporary_bytes(model, c, layout, execution))
         recomputing = any(recomputed[st] for st in stages)
         if recomputing and (c.recompute == "full" or (c.recompute == "selective" and selective == "alternate_matmuls")):
-            temporaries.append(layer_activation_bytes(model, c, layout, cluster.device.kind, "none"))
+            temporaries.append(layer_activation_bytes(model, c, layout, cluster.device.kind, "none",
+                                                      execution=execution))
         if any(moe_layers(model, *partition[st]) for st in stages):
             temporaries.append(all_to_all_buffer_bytes(model, c) + (
                 layer_activation_bytes(model, c, layout, cluster.device.kind, "none", moe=True)
@@ -478,8 +546,14 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
             else:
                 activations, temporaries = 0.0, [0.0]
         other = fixed + max(temporaries)
+        if fp8_cache:
+            block_params = [blocks_params(model, *partition[st]) for st in stages]
+            fp8_cache_bytes = fp8_cache * sum(local_params_of(c, sum(p[0] for p in block_params),
+                                                              sum(p[1] for p in block_params)))
+        else:
+            fp8_cache_bytes = 0.0
         entry = {"params": local_params * (w_b + copy_b) + local_experts * (expert_bytes[0] + expert_bytes[3])
-                 + param_buffer, "grads": grads,
+                 + param_buffer + fp8_cache_bytes, "grads": grads,
                  "optimizer": local_params * o_b + local_experts * expert_bytes[2], "activations": activations,
                  "other": other}
         entry["total"] = sum(entry.values())

@@ -66,7 +66,8 @@ def fewest_recomputed(model: ModelSpec, cluster: ClusterProfile, config: Paralle
         """Whether each rank of `totals` fits with that many recomputed layers (its memory reads its own only)."""
         trial = dataclasses.replace(c, recompute_layers=counts_of(totals))
         ranks = list(totals)
-        memory = stage_memory(model, cluster, trial, partition, owner, inflight, execution.memory_layout, ranks)
+        memory = stage_memory(model, cluster, trial, partition, owner, inflight, execution.memory_layout, ranks,
+                              execution=execution)
         return {r: m["total"] <= limit for r, m in zip(ranks, memory)}
 
     chosen = {r: 0 for r, ok in fits({r: 0 for r in order}).items() if ok}

@@ -12,7 +12,8 @@ import numpy as np
 from autoconf.cost.compute import model_pieces
 from autoconf.cost.estimate import (Execution, activation_bytes, cp_attention_comm, dp_buffer_bytes, p2p_bytes,
                                     recompute_time, schedule_inflight, selective_matmul_share, tp_collective)
-from autoconf.cost.memory import (cp_buffer_bytes, cp_kv_bytes, gather_buffer_bytes, layer_activation_bytes,
+from autoconf.cost.memory import (cp_buffer_bytes, cp_kv_bytes, fp8_weight_cache_bytes, gather_buffer_bytes,
+                                  layer_activation_bytes,
                                   logits_temporary_bytes, p2p_buffer_bytes, state_bytes_per_param,
                                   unit_activation_bytes)
 from autoconf.cost.moe import dispatch_bytes, ep_comm_layer, layer_kind_params, local_params, moe_layers
@@ -41,11 +42,12 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
         cp = cp_attention_comm(model, cluster, c, np.arange(c.cp) * c.tp, pieces.attention_core)
         cp_time = cp.total + (cp.forward if c.recompute == "full" else 0.0)
         layer_time += cp_time
-    per_param = sum(state_bytes_per_param(c, layout))
+    per_param = sum(state_bytes_per_param(c, layout, execution=execution))
+    block_per_param = per_param + fp8_weight_cache_bytes(c, execution)
     head_params = model.head_params() + (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)
     embedding, layer, head = unit_activation_bytes(model, c, layout, cluster.device.kind,
-                                                   execution.selective_recompute)
-    layer_static = model.layer_params() / c.tp * per_param if model.moe is None else 0.0
+                                                   execution.selective_recompute, execution)
+    layer_static = model.layer_params() / c.tp * block_per_param if model.moe is None else 0.0
     layers_time, layers_static, layers_act = [layer_time] * model.num_layers, [layer_static] * model.num_layers, \
         [layer] * model.num_layers
     if model.moe is not None:
@@ -68,7 +70,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
                 layers_static[i] = dense / c.tp * per_param
     unit_time = [pieces.embedding.total + one] + layers_time + [pieces.head.total + one]
     unit_static = ([model.embedding_params() / c.tp * per_param] + layers_static
-                   + [head_params / c.tp * per_param + logits_temporary_bytes(model, c, layout)])
+                   + [head_params / c.tp * per_param + logits_temporary_bytes(model, c, layout, execution)])
     unit_act = [embedding] + layers_act + [head]
     inflight = tuple(int(np.ceil(n)) for n in schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches))
     limit = (cluster.usable_memory_bytes - cluster.device.memory_overhead_bytes - p2p_buffer_bytes(model, c)

@@ -316,7 +316,8 @@ class _BoundCache:
         partition, owner = self._layout[key]
         inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, rank=0)
         entry = stage_memory(self.model, self.cluster, c, partition, owner, inflight, self.execution.memory_layout,
-                             ranks=[0], selective=self.execution.selective_recompute)[0]
+                             ranks=[0], selective=self.execution.selective_recompute,
+                             execution=self.execution)[0]
         self._last_memory = (c, entry)
         return entry
 

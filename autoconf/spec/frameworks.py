@@ -55,6 +55,23 @@ NOT_COMPILED = ("repeat_kv", "vocab_parallel_ce")
 # "fa2" (torch's SDPA flash backend is FlashAttention-2) reads efficiency["attention_fa2"] where the profile states
 # it (a device on which FA2 lags the vendor's fused kernels, e.g. H100) and efficiency["attention"] otherwise.
 ATTENTION_KERNELS = ("fused", "fa2")
+# The megatron memory layout's main-gradient buffer (what the gradients accumulate in and are reduced from): "fp32"
+# (Megatron-LM under --bf16, --accumulate-allreduce-grads-in-fp32) or "bf16" (Megatron-Bridge's
+# grad_reduce_in_fp32=False; NeMo 1.x's distributed Adam with grad_sync_dtype bf16).
+GRAD_BUFFER_DTYPES = ("fp32", "bf16")
+# The optimizer state of the megatron layout, per parameter sharded over the data-parallel ranks:
+#   "megatron"  Megatron's distributed optimizer: fp32 master weights and Adam moments (12 bytes)
+#   "apex"      apex's DistributedFusedAdam as NeMo 1.x (NeMo 24.07) sets it up for a bf16 model: the 16-bit
+#               remainders of the fp32 master weights (the bf16 weight holds the other half), fp32 moments, and a
+#               sharded copy of the reduced gradients in the grad buffer's dtype (2 + 8 + 4 or 2 bytes)
+OPTIMIZERS = ("megatron", "apex")
+# What the loss of the megatron layout holds per logit beyond the logits themselves, at its peak:
+#   "copy"     Megatron 2022's vocab-parallel cross entropy: an fp32 copy and an fp32 max-subtracted copy (8 bytes)
+#   "inplace"  Megatron-Core's (megatron/core/tensor_parallel/cross_entropy.py and its fused variant): the fp32
+#              copy, shifted and exponentiated in place and kept as the softmax for the backward (4 bytes)
+#   "fused"    Transformer Engine's parallel cross entropy (Megatron-Core's cross_entropy_fusion_impl "te"): the
+#              kernel writes the gradient into the logits (0 bytes)
+LOSS_MEMORY = ("copy", "inplace", "fused")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +106,13 @@ class Execution:
         parameters, the reduce-scatter's copy-in (one chunked copy that casts to the fp32 reduce dtype).
     compile_loss: under torch.compile the loss is compiled too (torchtitan 0.3.0's compile components "model" and
         "loss"); False: it stays eager (torchtitan's train.py until 2025 left `torch.compile(loss_fn)` commented out).
+    transformer_engine: the megatron layout's blocks are Transformer Engine modules (Megatron-Core's TE layer spec):
+        SwiGLU is one fused kernel that saves its input only; under fp8 the linear layers save their inputs as fp8
+        and (without fp8_params) keep an fp8 copy of their weight and its transpose through the step
+        (`autoconf.cost.memory` says what each changes).
+    fp8_params: under fp8 the blocks' linear weights are stored in fp8 (Megatron's --fp8-param-gather: the fp8 weight
+        and its transpose replace the bf16 weight) instead of bf16 plus TE's cached fp8 copies.
+    grad_buffer_dtype: see GRAD_BUFFER_DTYPES. optimizer: see OPTIMIZERS. loss_memory: see LOSS_MEMORY.
     megatron_args / torchtitan_settings: what makes the target framework run as modelled, as (when, flag, line):
         the line applies when the config matches `when` (see `_applies`) and the flag ("name" or "name=value") holds.
     """
@@ -111,6 +135,11 @@ class Execution:
     attention_kernel: str = "fused"
     fsdp_copies: bool = False
     compile_loss: bool = True
+    transformer_engine: bool = False
+    fp8_params: bool = False
+    grad_buffer_dtype: str = "fp32"
+    optimizer: str = "megatron"
+    loss_memory: str = "copy"
     megatron_args: tuple[tuple[str, str, str], ...] = ()
     torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
 
@@ -130,6 +159,13 @@ class Execution:
             out.append(f"eager_ops {', '.join(self.eager_ops)}: each must be one of {', '.join(EAGER_OPS)}")
         if self.attention_kernel not in ATTENTION_KERNELS:
             out.append(f"attention_kernel {self.attention_kernel!r} is none of {', '.join(ATTENTION_KERNELS)}")
+        for flag, known in (("grad_buffer_dtype", GRAD_BUFFER_DTYPES), ("optimizer", OPTIMIZERS),
+                            ("loss_memory", LOSS_MEMORY)):
+            if getattr(self, flag) not in known:
+                out.append(f"{flag} {getattr(self, flag)!r} is none of {', '.join(known)}")
+        if self.memory_layout != "megatron" and (self.transformer_engine or self.optimizer != "megatron"):
+            out.append("transformer_engine and optimizer describe the megatron memory layout; the torch layout is the "
+                       "executor's own")
         if self.grad_reduce_start not in GRAD_REDUCE_START:
             out.append(f"grad_reduce_start {self.grad_reduce_start!r} is none of {', '.join(GRAD_REDUCE_START)}")
         if not set(self.zero_searched) <= set(self.zero_stages) or not set(self.zero_stages) <= {0, 1, 2, 3}:
@@ -197,9 +233,9 @@ class Execution:
 
 def _applies(when: str, c) -> bool:
     """Whether a setting's condition holds for config `c`: "always", "dp" (data parallel > 1), "sharded" (ZeRO >= 1
-    over dp > 1), "sp" (sequence parallelism with tp > 1), "pp" (pipeline > 1)."""
+    over dp > 1), "sp" (sequence parallelism with tp > 1), "pp" (pipeline > 1), "fp8" (dtype fp8)."""
     return {"always": True, "dp": c.dp_cp > 1, "sharded": c.zero_sharded, "sp": c.sequence_parallel and c.tp > 1,
-            "pp": c.pp > 1}[when]
+            "pp": c.pp > 1, "fp8": c.dtype == "fp8"}[when]
 
 
 PRESETS: dict[str, Execution] = {
@@ -215,10 +251,12 @@ PRESETS: dict[str, Execution] = {
         name="megatron-core", memory_layout="megatron", zero_stages=(0, 1), zero_searched=(0, 1),
         distributed_optimizer=True, grad_reduce_start="per_bucket", bucket_params=40e6, bucket_first_rank_only=True,
         param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False, eager_ops=("vocab_parallel_ce",),
+        transformer_engine=True, loss_memory="inplace",
         megatron_args=(("dp", "grad_reduce_start=per_bucket", "--overlap-grad-reduce"),
                        ("sharded", "distributed_optimizer", "--use-distributed-optimizer"),
                        ("sharded", "param_gather_overlap", "--overlap-param-gather"),
-                       ("sp", "tp_comm_overlap", "--tp-comm-overlap"))),
+                       ("sp", "tp_comm_overlap", "--tp-comm-overlap"),
+                       ("fp8", "fp8_params", "--fp8-param-gather"))),
     "torchtitan": Execution(
         name="torchtitan", memory_layout="torch", zero_stages=(0, 2, 3), zero_searched=(0, 2, 3),
         grad_reduce_start="per_bucket", param_gather_overlap=True, selective_recompute="alternate_matmuls",
@@ -261,7 +299,7 @@ def execution(name: str = DEFAULT) -> Execution:
 USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_reduce_start", "bucket_params",
               "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
               "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies",
-              "compile_loss")
+              "compile_loss", "transformer_engine", "fp8_params", "grad_buffer_dtype", "optimizer", "loss_memory")
 
 
 def parse_flags(pairs) -> dict:
