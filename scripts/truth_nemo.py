@@ -27,7 +27,7 @@ publishes a BF16 row of an FP8 layout, so that ratio has no published counterpar
 publisher's model TFLOP/s per GPU over tokens/s per GPU times autoconf's model FLOPs per token: 1.00 when both count
 the same model FLOPs (a check of the model spec, not of the estimate).
 
-Usage: python scripts/truth_nemo.py [--json]
+Usage: python scripts/truth_nemo.py [--json | --memory]
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ import json
 import sys
 from pathlib import Path
 
-from autoconf.cost.estimate import estimate
+from autoconf.cost.estimate import estimate, schedule_inflight, stage_to_rank
+from autoconf.cost.memory import fp8_weight_cache_bytes, layer_activation_bytes, logits_temporary_bytes, stage_params
+from autoconf.cost.moe import blocks_params
 from autoconf.errors import UserError
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import execution
@@ -141,6 +143,94 @@ def compare_row(row: dict, models: dict, table: dict) -> dict:
     return out
 
 
+def megatron_warmup_inflight(c: ParallelConfig, rank: int) -> int:
+    """Micro-batches (of one chunk) Megatron-Core's schedule holds on pipeline `rank` at its peak: the warm-up
+    forwards plus the steady state's one; interleaved, (pp - rank - 1) x 2 + (vpp - 1) x pp warm-up forwards
+    (megatron/core/pipeline_parallel/schedules.py, microbatch_group_size_per_vp_stage = pp), at most every one."""
+    m = c.num_microbatches
+    if c.vpp > 1:
+        return min((c.pp - rank - 1) * 2 + (c.vpp - 1) * c.pp + 1, m * c.vpp)
+    return min(c.pp - rank, m)
+
+
+def megatron_theoretical_gib(model: ModelSpec, c: ParallelConfig) -> dict:
+    """Megatron-LM's own published estimate (megatron/training/theoretical_memory_usage.py,
+    report_theoretical_memory), restated: the most loaded shard (its 1/pp of the blocks plus the embedding, and
+    the output layer too when untied at pp 1) at 6 + 12/dp bytes per parameter (the distributed optimizer), and the
+    first stage's activations under sequence parallelism and selective recompute, s b h (18 + 4 f/h) per layer
+    over all L layers (pp micro-batches in flight), times 1 + (pp - 1)/(pp vpp) when interleaved, or min(1, m/pp)
+    with pp > 1 otherwise, plus the embedding's input and dropout, and at pp 1 the output layer's input and logits
+    (4 s b h (1 + V/h)), over tp. It counts neither GQA, SwiGLU's third matrix in the activations, CP, fp8 nor
+    the runtime's buffers."""
+    s, b, h, f, V = c.seq_len, c.micro_batch_size, model.hidden_size, model.ffn_hidden_size, model.vocab_size
+    blocks = blocks_params(model, 0, model.num_layers)[0] + model.hidden_size * (2 if model.arch == "gpt" else 1)
+    embedding = h * V
+    shard = (blocks / c.pp + embedding) / c.tp
+    if not model.tied_embeddings and c.pp == 1:
+        shard += embedding / c.tp
+    weights_optimizer = shard * (6 + 12 / c.dp)
+    act = s * b * h * (18 + 4 * f / h) * model.num_layers + 8 * s * b * c.pp + s * b * h * c.pp
+    if c.vpp > 1:
+        act *= 1 + (c.pp - 1) / (c.pp * c.vpp)
+    elif c.pp > 1:
+        act *= min(1.0, c.num_microbatches / c.pp)
+    if c.pp == 1:
+        act += s * b * h * 4 * (1 + V / h)
+    act /= c.tp
+    return {"weights_optimizer": weights_optimizer / GiB, "activations": act / GiB,
+            "total": (weights_optimizer + act) / GiB}
+
+
+def memory_breakdown(row: dict, table: dict, models: dict) -> dict:
+    """The estimate's peak rank term by term (GiB), beside Megatron-Core's in-flight count for that rank and
+    Megatron-LM's theoretical estimate."""
+    model = model_of(row, models, row["tp"])
+    c = config_of(row, row["precision"])
+    ex = execution_of(row, table)
+    plan = estimate(model, cluster_of(row), c, execution=ex, detail=False)
+    memory = plan.prediction["memory_per_stage"]
+    rank = max(range(len(memory)), key=lambda r: memory[r]["total"])
+    owner = stage_to_rank(c.schedule, c.pp, c.vpp)
+    stages = [st for st, r in enumerate(owner) if r == rank]
+    inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches)
+    layers = [plan.partition[st][1] - plan.partition[st][0] for st in stages]
+    block_params = sum(blocks_params(model, *plan.partition[st])[0] for st in stages) / c.tp
+    params = sum(stage_params(model, plan.partition, st) for st in stages) / c.tp
+    m = memory[rank]
+    cache = fp8_weight_cache_bytes(c, ex) * block_params
+    return {
+        "label": row["label"], "rank": rank, "pp": c.pp, "dp": c.dp, "microbatches": c.num_microbatches,
+        "params_b": params / 1e9, "weights": (m["params"] - cache) / GiB, "fp8_cache": cache / GiB,
+        "grads": m["grads"] / GiB, "optimizer": m["optimizer"] / GiB, "activations": m["activations"] / GiB,
+        "layer_mib": layer_activation_bytes(model, c, "megatron", "gpu", execution=ex) / 2**20,
+        "layers_per_chunk": max(layers), "inflight": sum(inflight[st] for st in stages),
+        "megatron_inflight": megatron_warmup_inflight(c, rank),
+        "logits": (logits_temporary_bytes(model, c, "megatron", ex) / GiB if len(owner) - 1 in stages else 0.0),
+        "other": m["other"] / GiB, "total": m["total"] / GiB,
+        "megatron_formula": megatron_theoretical_gib(model, c)}
+
+
+def print_memory(data: dict) -> None:
+    models = {k: v for k, v in data["models"].items() if k != "source"}
+    print("Peak rank of each modelled row, GiB (the estimate's terms; in flight: micro-batches of one chunk the "
+          "estimate keeps / Megatron-Core's warm-up count + 1 for that rank; Megatron-LM's theoretical estimate: "
+          "weights + optimizer, activations)")
+    print(f"{'row':16s} {'rank':>4s} {'P/rank':>6s} {'weights':>7s} {'fp8 w':>5s} {'grads':>5s} {'optim':>5s} "
+          f"{'act':>5s} {'layer MiB':>9s} {'x chunk':>7s} {'in flight':>11s} {'logits':>6s} {'other':>5s} "
+          f"{'total':>5s} | {'Mtron w+o':>9s} {'act':>5s} {'total':>5s}")
+    for table in data["tables"]:
+        for row in table["rows"]:
+            if not_modelled(row, models):
+                continue
+            r = memory_breakdown(row, table, models)
+            f = r["megatron_formula"]
+            print(f"{r['label']:16s} {r['rank']:4d} {r['params_b']:5.2f}B {r['weights']:7.1f} {r['fp8_cache']:5.1f} "
+                  f"{r['grads']:5.1f} {r['optimizer']:5.1f} {r['activations']:5.1f} {r['layer_mib']:9.0f} "
+                  f"{r['layers_per_chunk']:7d} {r['inflight']:5.1f}/{r['megatron_inflight']:<5d} {r['logits']:6.1f} "
+                  f"{r['other']:5.1f} {r['total']:5.1f} | {f['weights_optimizer']:9.1f} {f['activations']:5.1f} "
+                  f"{f['total']:5.1f}")
+
+
 def _stats(errors: list[float]) -> dict:
     if not errors:
         return {}
@@ -180,6 +270,9 @@ def _print_stats(name: str, s: dict) -> None:
 
 
 def main() -> int:
+    if "--memory" in sys.argv:
+        print_memory(load())
+        return 0
     result = compare()
     if "--json" in sys.argv:
         print(json.dumps(result, indent=2))

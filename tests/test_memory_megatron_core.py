@@ -1,0 +1,121 @@
+"""Megatron-Core's memory as the megatron-core framework flags state it (spec/frameworks.py, read in
+cost/memory.py): Transformer Engine's blocks, the gradient buffer's dtype, the optimizer's state, the loss. The
+published layouts these flags describe are compared in scripts/truth_nemo.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from autoconf.cost.estimate import estimate
+from autoconf.cost.memory import (fp8_weight_cache_bytes, layer_activation_bytes, logits_temporary_bytes,
+                                  state_bytes_per_param)
+from autoconf.errors import UserError
+from autoconf.spec.cluster import load_cluster
+from autoconf.spec.frameworks import execution
+from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.presets import load_model
+
+GiB = 1024**3
+CORE = execution("megatron-core")
+
+
+def _config(**changes) -> ParallelConfig:
+    base = ParallelConfig(tp=4, pp=1, dp=8, micro_batch_size=1, global_batch_size=64, seq_len=8192, zero_stage=1,
+                          sequence_parallel=True)
+    return dataclasses.replace(base, **changes)
+
+
+def test_transformer_engine_blocks_keep_less_than_megatrons_accounting():
+    """Megatron 2022's preset keeps Megatron-LM's accounting; Megatron-Core's TE block drops SwiGLU's silu output (one
+    FFN-wide bf16 tensor) and under fp8 saves the linear inputs in fp8: less again, by at most the bytes of those
+    inputs; full recompute keeps the block input either way."""
+    model = load_model("llama3-70b")
+    c = _config()
+    s, f, h, t = c.seq_len, model.ffn_hidden_size, model.hidden_size, c.tp
+    megatron = layer_activation_bytes(model, c, "megatron", "gpu", execution=execution("megatron"))
+    assert megatron == model.layer_activation_bytes(s, 1, t, True, "none", "flash", 2)
+    core = layer_activation_bytes(model, c, "megatron", "gpu", execution=CORE)
+    assert megatron - core == pytest.approx(2 * s * f / t)
+    fp8 = layer_activation_bytes(model, dataclasses.replace(c, dtype="fp8"), "megatron", "gpu", execution=CORE)
+    linear_inputs = s * (2 * h + f) / t  # one byte less each: QKV and first-MLP inputs, second-MLP input
+    assert core - fp8 == pytest.approx(linear_inputs - s * model.q_dim / t)  # the projection's fp8 copy beside
+    full = dataclasses.replace(c, recompute="full", dtype="fp8")
+    assert (layer_activation_bytes(model, full, "megatron", "gpu", execution=CORE)
+            == layer_activation_bytes(model, full, "megatron", "gpu"))
+
+
+def test_gradient_buffer_and_optimizer_state_follow_the_recipe():
+    """Megatron-LM: 2 + 4 + 12/d bytes; a bf16 gradient buffer 2 + 2 + 12/d; apex's DistributedFusedAdam (bf16
+    remainders, fp32 moments, the gradient shard) 2 + g + (10 + g)/d."""
+    for dp in (2, 16):
+        c = _config(dp=dp, global_batch_size=dp * 8)
+        assert sum(state_bytes_per_param(c, "megatron", execution=CORE)) == pytest.approx(6 + 12 / dp)
+        bf16 = CORE.replace(grad_buffer_dtype="bf16")
+        assert sum(state_bytes_per_param(c, "megatron", execution=bf16)) == pytest.approx(4 + 12 / dp)
+        for g, dtype in ((4, "fp32"), (2, "bf16")):
+            apex = CORE.replace(optimizer="apex", grad_buffer_dtype=dtype)
+            assert sum(state_bytes_per_param(c, "megatron", execution=apex)) == pytest.approx(2 + g + (10 + g) / dp)
+
+
+def test_fp8_weight_copies_are_kept_unless_the_weights_are_fp8():
+    """TE's cached fp8 weight and transpose: 2 bytes per block parameter under fp8 without fp8 parameters, none in
+    bf16, with fp8 parameters, or without TE; the estimate's weights term grows by exactly that."""
+    fp8 = _config(dtype="fp8")
+    assert fp8_weight_cache_bytes(fp8, CORE) == 2.0
+    assert fp8_weight_cache_bytes(_config(), CORE) == 0.0
+    assert fp8_weight_cache_bytes(fp8, CORE.replace(fp8_params=True)) == 0.0
+    assert fp8_weight_cache_bytes(fp8, execution("megatron")) == 0.0
+    model = load_model("llama3-8b")
+    cluster = load_cluster("dgx-h100-80g", nodes=4)
+    c = _config(tp=1, dp=32, global_batch_size=256, sequence_parallel=False, dtype="fp8")
+    cached, fp8_params = (estimate(model, cluster, c, execution=ex, detail=False).prediction["memory_per_stage"][0]
+                          for ex in (CORE, CORE.replace(fp8_params=True)))
+    blocks = model.num_layers * model.layer_params()
+    assert cached["params"] - fp8_params["params"] == pytest.approx(2 * blocks)
+    assert cached["activations"] == fp8_params["activations"]
+
+
+def test_the_loss_holds_what_its_cross_entropy_keeps():
+    """Per logit beyond the bf16 logits: Megatron 2022 two fp32 copies, Megatron-Core's vocab-parallel cross
+    entropy its fp32 softmax, TE's fused one nothing (the gradient overwrites the logits)."""
+    model = load_model("llama3-8b")
+    c = _config()
+    logits = c.seq_len * model.vocab_size / c.tp
+    assert logits_temporary_bytes(model, c, "megatron") == 10 * logits
+    assert logits_temporary_bytes(model, c, "megatron", CORE) == 6 * logits
+    assert logits_temporary_bytes(model, c, "megatron", CORE.replace(loss_memory="fused")) == 2 * logits
+
+
+def test_memory_flags_reject_what_no_framework_runs():
+    """Unknown values and TE / apex flags on the torch layout are one-line errors naming what would work."""
+    with pytest.raises(UserError, match="grad_buffer_dtype 'fp16' is none of fp32, bf16"):
+        CORE.replace(grad_buffer_dtype="fp16")
+    with pytest.raises(UserError, match="loss_memory"):
+        CORE.replace(loss_memory="chunked")
+    with pytest.raises(UserError, match="megatron memory layout"):
+        execution("autoconf").replace(transformer_engine=True)
+
+
+def test_nvidia_published_recipes_state_their_memory_settings_and_the_bridge_70b_row_fits():
+    """scripts/data/published_nemo.json states each table's optimizer and cross entropy and each row's gradient
+    buffer and fp8 parameters; Megatron-Bridge's Llama 3 70B layout (tp4 pp8 vp5, FP8-CS, 64 H100 80GB), which
+    needed 88 GiB under the Megatron-LM defaults, fits."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / "truth_nemo.py"
+    spec = importlib.util.spec_from_file_location("truth_nemo", path)
+    truth = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(truth)
+    data = truth.load()
+    models = {k: v for k, v in data["models"].items() if k != "source"}
+    for table in data["tables"]:
+        assert table["optimizer"] in ("megatron", "apex") and table["cross_entropy_fusion_impl"] in ("native", "te")
+        for row in table["rows"]:
+            assert row["grad_buffer_dtype"] in ("fp32", "bf16") and isinstance(row["fp8_params"], bool), row["label"]
+    bridge = next(t for t in data["tables"] if t["id"] == "megatron-bridge-25.11")
+    row = next(r for r in bridge["rows"] if r["label"] == "LLAMA3_70B")
+    model = truth.model_of(row, models, row["tp"])
+    ours = truth.predict(row, bridge, model, "fp8")
+    assert ours["fits"] and ours["peak_memory_gib"] < 76
