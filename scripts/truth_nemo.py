@@ -17,10 +17,16 @@ data file), one rule for every row, never chosen per row to improve agreement:
   context parallelism as Megatron-Core's default `cp_comm_type` p2p, a ring (`cp_comm` "ring").
 - the vocabulary padded as Megatron pads it: to a multiple of 128 x tp (make_vocab_size_divisible_by 128;
   Megatron-Bridge should_pad_vocab).
-- gradients reduced in fp32 (the model's only choice; the Megatron-Bridge Llama recipes reduce in bf16, so their DP
-  traffic is over-counted, mostly hidden behind the backward by the overlap).
+- memory: the recipe's gradient buffer dtype (`grad_buffer_dtype`: bf16 in Megatron-Bridge's Llama configs and in
+  NeMo 24.07's FP8 recipe files), fp8 parameters (`fp8_params`: Megatron-Bridge's FP8-CS recipe), the table's
+  optimizer (NeMo 24.07: apex's DistributedFusedAdam; Megatron-Bridge: Megatron-Core's distributed optimizer) and
+  cross entropy (Transformer Engine's for Megatron-Bridge), each a framework flag (spec/frameworks.py). The DP
+  traffic is still costed in fp32 (`dp_buffer_bytes`), over-counted for bf16 buffers, mostly hidden behind the
+  backward by the overlap.
 - FP8 is autoconf's tensorwise dynamic scaling for both tables (NeMo 24.07 ran TE's delayed scaling).
-Rows that need what autoconf cannot express print "not modelled: <reason>" and count in no mean.
+Rows that need what autoconf cannot express print "not modelled: <reason>" and count in no mean. "fits": the predicted
+peak within the profile's usable memory (80 GiB less its headroom); every published run trained on 80 GB H100s.
+`--memory` prints the peak rank of each row term by term beside Megatron-LM's own theoretical estimate.
 
 For each row it also estimates the same layout in bf16 and prints the predicted FP8 / BF16 speed-up; neither table
 publishes a BF16 row of an FP8 layout, so that ratio has no published counterpart here. The "FLOPs" column is the
