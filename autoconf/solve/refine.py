@@ -13,9 +13,8 @@ from autoconf.cost.compute import model_pieces
 from autoconf.cost.estimate import (Execution, activation_bytes, cp_attention_comm, dp_buffer_bytes, p2p_bytes,
                                     recompute_time, schedule_inflight, selective_matmul_share, tp_collective)
 from autoconf.cost.memory import (cp_buffer_bytes, cp_kv_bytes, fp8_weight_cache_bytes, gather_buffer_bytes,
-                                  layer_activation_bytes,
-                                  logits_temporary_bytes, p2p_buffer_bytes, state_bytes_per_param,
-                                  unit_activation_bytes)
+                                  layer_activation_bytes, logits_temporary_bytes, p2p_buffer_bytes,
+                                  state_bytes_per_param, unit_activation_bytes)
 from autoconf.cost.moe import dispatch_bytes, ep_comm_layer, layer_kind_params, local_params, moe_layers
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.grid import RankGrid, expert_groups
