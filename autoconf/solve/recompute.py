@@ -31,6 +31,7 @@ import dataclasses
 from autoconf.cost.estimate import Execution, schedule_inflight
 from autoconf.cost.memory import stage_memory
 from autoconf.spec.cluster import ClusterProfile
+from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.schedules import stage_to_rank
@@ -66,7 +67,8 @@ def fewest_recomputed(model: ModelSpec, cluster: ClusterProfile, config: Paralle
         """Whether each rank of `totals` fits with that many recomputed layers (its memory reads its own only)."""
         trial = dataclasses.replace(c, recompute_layers=counts_of(totals))
         ranks = list(totals)
-        memory = stage_memory(model, cluster, trial, partition, owner, inflight, execution.memory_layout, ranks)
+        memory = stage_memory(model, cluster, trial, partition, owner, inflight, execution.memory_layout, ranks,
+                              selective_policy(c, execution))
         return {r: m["total"] <= limit for r, m in zip(ranks, memory)}
 
     chosen = {r: 0 for r, ok in fits({r: 0 for r in order}).items() if ok}

@@ -17,6 +17,7 @@ from autoconf.cost.memory import (cp_buffer_bytes, cp_kv_bytes, gather_buffer_by
                                   unit_activation_bytes)
 from autoconf.cost.moe import dispatch_bytes, ep_comm_layer, layer_kind_params, local_params, moe_layers
 from autoconf.spec.cluster import ClusterProfile
+from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, min_stage_layers
@@ -34,7 +35,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     layout = execution.memory_layout
     pieces = model_pieces(model, cluster, c, execution=execution)
     one = tp_collective(model, cluster, c, list(range(c.tp)))
-    share = selective_matmul_share(model, execution)
+    share = selective_matmul_share(model, c, execution)
     layer_time = pieces.block.total + 4 * one + recompute_time(pieces, c, one, share)
     cp_time = 0.0
     if c.cp > 1:  # every block's attention exchanges K/V over the CP group (again in a full recompute's forward)
@@ -44,7 +45,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     per_param = sum(state_bytes_per_param(c, layout))
     head_params = model.head_params() + (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)
     embedding, layer, head = unit_activation_bytes(model, c, layout, cluster.device.kind,
-                                                   execution.selective_recompute)
+                                                   selective_policy(c, execution))
     layer_static = model.layer_params() / c.tp * per_param if model.moe is None else 0.0
     layers_time, layers_static, layers_act = [layer_time] * model.num_layers, [layer_static] * model.num_layers, \
         [layer] * model.num_layers
@@ -59,8 +60,8 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
         dense, moe, experts = layer_kind_params(model)
         attention_part, expert_part = local_params(c, moe, experts)
         moe_static = attention_part * per_param + expert_part * sum(state_bytes_per_param(c, layout, experts=True))
-        moe_act = layer_activation_bytes(model, c, layout, cluster.device.kind, selective=execution.selective_recompute,
-                                         moe=True)
+        moe_act = layer_activation_bytes(model, c, layout, cluster.device.kind,
+                                         selective=selective_policy(c, execution), moe=True)
         for i in range(model.num_layers):
             if model.is_moe_layer(i):
                 layers_time[i], layers_static[i], layers_act[i] = moe_time, moe_static, moe_act
