@@ -1,69 +1,85 @@
-"""The memory estimator's layout for torchtitan's selective "op" recompute policy (`Execution.selective_recompute`
-"alternate_matmuls") is what torch's selective checkpointing really keeps under that rule: a Llama block (the
-executor's, whose matmuls run in torchtitan's order wq wk wv wo w1 w3 w2) wrapped in a non-reentrant checkpoint
-whose policy saves the outputs of the 1st, 3rd, ... matmul and of the attention kernel and recomputes the rest,
-counted on CPU in bf16 from the checkpoint's own cache of saved outputs plus the block input it keeps."""
+"""The per-op selective policy (selective_recompute "alternate_matmuls", torchtitan's selective "op" option) as the
+executor runs it (execute/checkpoint_policy.py): what a block keeps for its backward, counted on CPU from autograd's
+saved-tensor hooks plus the checkpoint's own cache of saved op outputs (profile/activations.py `saved_bytes`), is the
+memory estimate's per-layer activation term for that policy; and the block's gradients are those of the block
+without recompute."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from autoconf.cost.memory import executor_layer_activation_bytes, layer_activation_bytes
-from autoconf.execute.model import Block
-from autoconf.spec.plan import ParallelConfig
+from autoconf.cost.memory import executor_layer_activation_bytes, layer_activation_bytes, stage_layer_activation_bytes
+from autoconf.execute.model import Block, build_model
+from autoconf.execute.parallelize import apply_recompute
+from autoconf.profile.activations import saved_bytes
+from autoconf.spec.plan import ParallelConfig, recomputed_layer_indices
 from autoconf.spec.presets import PRESETS
 
+# Tokens per micro-batch (3 x 40) differ from every weight dimension, so activations and weights never share a shape.
 MB, SEQ = 3, 40
-# The attention kernel's op: CUDA's flash kernel in torchtitan's list; SDPA's CPU flash kernel stands in for it here.
-ATTENTION_OPS = {torch.ops.aten._scaled_dot_product_flash_attention.default,
-                 torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default}
+OP = "alternate_matmuls"
 
 
-def _op_policy_context(caches: list):
-    """A selective-checkpoint context under the op policy's rule; appends its cache of saved outputs to `caches`."""
-    counts = {False: 0, True: 0}
+class _OneBlock(torch.nn.Module):
+    """What `apply_recompute` walks: a model whose layers are this one block."""
 
-    def policy(ctx, func, *args, **kwargs):
-        if func == torch.ops.aten.mm.default:
-            counts[ctx.is_recompute] += 1
-            keep = counts[ctx.is_recompute] % 2 == 1
-        else:
-            keep = func in ATTENTION_OPS
-        return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
-
-    forward, recompute = create_selective_checkpoint_contexts(policy)
-    caches.append(forward.storage)
-    return forward, recompute
+    def __init__(self, block: Block):
+        super().__init__()
+        self.layers = torch.nn.ModuleDict({"0": block})
 
 
-def _tensors(entry):
-    entry = getattr(entry, "val", entry)
-    if isinstance(entry, torch.Tensor):
-        yield entry
-    elif isinstance(entry, (tuple, list)):
-        for item in entry:
-            yield from _tensors(item)
+def _config(dtype: str, **changes) -> ParallelConfig:
+    return ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=MB, global_batch_size=MB, seq_len=SEQ, dtype=dtype,
+                          attention="flash", recompute="selective", selective_recompute=OP, **changes)
 
 
-def test_op_policy_layout_is_what_selective_checkpointing_keeps():
-    spec = dataclasses.replace(PRESETS["tiny-llama"], dropout=0.0)
+@pytest.mark.parametrize("arch", ["tiny-gpt", "tiny-llama"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_the_block_keeps_what_the_estimate_counts_under_the_op_policy(arch, dtype):
+    """Exactly the estimate's bytes (block input, every other weight matmul's output, the attention kernel's output
+    and log-sum-exp), less than the attention-core policy keeps; and the same gradients as without recompute."""
+    spec = dataclasses.replace(PRESETS[arch], dropout=0.0)
+    low = torch.bfloat16 if dtype == "bf16" else torch.float32
     torch.manual_seed(0)
-    block = Block(spec, "flash").train().to(torch.bfloat16)
-    x = torch.randn(MB, SEQ, spec.hidden_size, dtype=torch.bfloat16, requires_grad=True)
-    caches: list = []
-    out = checkpoint(block, x, use_reentrant=False, context_fn=lambda: _op_policy_context(caches))
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                for cache in caches for outputs in cache.values() for entry in outputs.values()
-                for t in _tensors(entry)}
-    measured = sum(storages.values()) + x.untyped_storage().nbytes()
-    config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=MB, global_batch_size=MB, seq_len=SEQ, dtype="bf16",
-                            attention="flash", recompute="selective")
-    estimated = layer_activation_bytes(spec, config, "torch", "cpu", selective="alternate_matmuls")
-    assert estimated == measured
-    # The policy keeps less than the executor's own selective layout, and the backward still runs.
+    block = Block(spec, "flash").train().to(low)
+    x = torch.randn(MB, SEQ, spec.hidden_size, dtype=low, requires_grad=True)
+    block(x).square().sum().backward()
+    plain = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
+    x.grad = None
+    block.zero_grad(set_to_none=True)
+
+    apply_recompute(_OneBlock(block), "selective", None, OP)
+    assert block.recompute_ops and not block.attention.recompute_core
+    measured = saved_bytes(block, x)
+    config = _config(dtype)
+    estimated = layer_activation_bytes(spec, config, "torch", "cpu", selective=OP)
+    assert measured == estimated
     assert estimated < executor_layer_activation_bytes(spec, config, "selective", "cpu")
-    out.sum().backward()
-    assert x.grad is not None and torch.isfinite(x.grad.float()).all()
+    block(x).square().sum().backward()
+    again = [x.grad] + [p.grad for p in block.parameters()]
+    tolerance = 1e-2 if dtype == "bf16" else 1e-6
+    for a, b in zip(plain, again):
+        assert torch.allclose(a.float(), b.float(), rtol=tolerance, atol=tolerance * a.float().abs().max().item())
+
+
+def test_a_stage_that_recomputes_its_first_layers_by_the_op_policy_saves_what_the_estimate_counts():
+    """A stage of 3 Llama blocks recomputing its first (`recompute_layers`) by the per-op policy keeps one
+    policy block's and two plain blocks' tensors, as `stage_layer_activation_bytes` counts with the policy."""
+    spec = dataclasses.replace(PRESETS["tiny-llama"], dropout=0.0)
+    config = dataclasses.replace(_config("fp32"), pp=2, global_batch_size=2 * MB, recompute_layers=(1, 0))
+    partition = [[2, 5], [5, spec.num_layers]]
+    layers = recomputed_layer_indices(config, partition)
+    torch.manual_seed(0)
+    stage = build_model(spec, 2, 5, embed=False, head=False, device="cpu").train()
+    x = torch.randn(MB, SEQ, spec.hidden_size, requires_grad=True)
+    plain = saved_bytes(stage, x)
+    apply_recompute(stage, "selective", layers, OP)
+    assert [b.recompute_ops for b in stage.layers.values()] == [True, False, False]
+    measured = saved_bytes(stage, x)
+    estimated = stage_layer_activation_bytes(spec, config, 3, 1, "torch", "cpu", OP)
+    assert measured < plain
+    # What is left over in the plain blocks: norm statistics and rotary tables (tests/test_memory_saved.py).
+    assert estimated <= measured <= 1.03 * estimated
