@@ -83,3 +83,64 @@ def test_a_stage_that_recomputes_its_first_layers_by_the_op_policy_saves_what_th
     assert measured < plain
     # What is left over in the plain blocks: norm statistics and rotary tables (tests/test_memory_saved.py).
     assert estimated <= measured <= 1.03 * estimated
+
+
+def test_the_policy_is_a_plan_field_that_old_plans_lack_and_bad_values_are_one_line():
+    """`selective_recompute` is saved only when set (an older plan reads as before, its framework's policy), loads
+    back, and a value that no policy names, that has no selective recompute to qualify, that needs the fused
+    attention kernel, or that the plan's framework does not run is one line."""
+    from autoconf.cost.estimate import estimate
+    from autoconf.errors import UserError
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.frameworks import execution, selective_policy
+    from autoconf.spec.plan import Plan
+
+    spec, cluster = PRESETS["tiny-llama"], load_cluster("cpu-local", nodes=1, gpus_per_node=1)
+    old = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=1, global_batch_size=1, seq_len=SEQ, dtype="fp32",
+                         recompute="selective")
+    assert "selective_recompute" not in old.to_dict() and selective_policy(old) == "attention_core"
+    assert selective_policy(old, execution("torchtitan")) == OP
+    plan = estimate(spec, cluster, dataclasses.replace(old, selective_recompute=OP))
+    again = Plan.from_dict(plan.to_dict())
+    assert again.config.selective_recompute == OP and selective_policy(again.config, execution("megatron")) == OP
+    for changes, words in (({"selective_recompute": "every_op"}, "is not one of"),
+                           ({"selective_recompute": OP, "recompute": "full"}, "needs recompute selective"),
+                           ({"selective_recompute": OP, "attention": "standard"}, "needs attention flash")):
+        with pytest.raises(UserError, match=words) as err:
+            ParallelConfig.from_dict({**old.to_dict(), **changes}).check(spec, 1)
+        assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="runs selective recompute as attention_core, not alternate_matmuls"):
+        estimate(spec, cluster, dataclasses.replace(old, selective_recompute=OP), execution=execution("megatron"))
+
+
+def test_the_estimate_charges_the_policy_by_the_torchtitan_presets_functions_and_the_search_weighs_both():
+    """An autoconf plan naming the per-op policy keeps the policy's activation bytes per layer, and recomputes the
+    share of the block that the torchtitan preset charges; for Llama 3 8B at tp2 SP, micro-batch 2, seq 8192 the
+    policy keeps less and recomputes more than the attention core, and the search offers both."""
+    from autoconf.cost.estimate import estimate, selective_matmul_share
+    from autoconf.report.tables import layout_label
+    from autoconf.solve.search import search
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.frameworks import execution
+
+    spec, cluster = PRESETS["llama3-8b"], load_cluster("dgx-h100-80g", nodes=1, gpus_per_node=8)
+    core = ParallelConfig(tp=2, pp=1, dp=4, micro_batch_size=2, global_batch_size=64, seq_len=8192, zero_stage=3,
+                          recompute="selective", sequence_parallel=True)
+    op = dataclasses.replace(core, selective_recompute=OP)
+    assert (selective_matmul_share(spec, op, execution("autoconf"))
+            == selective_matmul_share(spec, core, execution("torchtitan")) > 0)
+    assert selective_matmul_share(spec, core, execution("autoconf")) is None
+    p_core, p_op = (estimate(spec, cluster, c).prediction for c in (core, op))
+    layers = spec.num_layers
+    kept = layer_activation_bytes(spec, op, "torch", "gpu", selective=OP)
+    assert kept < layer_activation_bytes(spec, core, "torch", "gpu")
+    # one micro-batch in flight without a pipeline: the activations are the layers' plus the head's inputs
+    assert p_op["memory_per_stage"][0]["activations"] - p_core["memory_per_stage"][0]["activations"] == pytest.approx(
+        layers * (kept - layer_activation_bytes(spec, core, "torch", "gpu")))
+    assert p_op["time_breakdown"]["recompute"] > p_core["time_breakdown"]["recompute"] > 0
+    fixed = {"tp": 2, "dp": 4, "micro_batch_size": 2, "zero_stage": 3, "sequence_parallel": True,
+             "recompute": "selective"}
+    plans = search(spec, cluster, 64, 8192, "bf16", fixed=fixed, top_k=4, refine=False).plans
+    assert {p.config.selective_recompute for p in plans} == {None, OP}
+    for plan in plans:
+        assert ("rc-selective/op" in layout_label(plan)) == (plan.config.selective_recompute == OP)
