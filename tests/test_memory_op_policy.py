@@ -36,8 +36,7 @@ def _config(dtype: str, **changes) -> ParallelConfig:
                           attention="flash", recompute="selective", selective_recompute=OP, **changes)
 
 
-@pytest.mark.parametrize("arch", ["tiny-gpt", "tiny-llama"])
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("arch,dtype", [("tiny-gpt", "fp32"), ("tiny-llama", "bf16")])
 def test_the_block_keeps_what_the_estimate_counts_under_the_op_policy(arch, dtype):
     """Exactly the estimate's bytes (block input, every other weight matmul's output, the attention kernel's output
     and log-sum-exp), less than the attention-core policy keeps; and the same gradients as without recompute."""
