@@ -245,6 +245,8 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
         cluster = cluster.with_memory_headroom(memory_headroom)
     if dtype:
         check_dtype(dtype, cluster.device.peak_flops, cluster.device.name)
+    if selective_recompute is not None and recompute != "selective":
+        raise UserError(f"--selective-recompute {selective_recompute} needs --recompute selective (got {recompute})")
     config = ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, micro_batch_size=micro_batch,
                             global_batch_size=global_batch,
                             seq_len=default_seq_len(model) if seq_len is None else seq_len,

@@ -86,8 +86,9 @@ def test_a_stage_that_recomputes_its_first_layers_by_the_op_policy_saves_what_th
 
 def test_the_policy_is_a_plan_field_that_old_plans_lack_and_bad_values_are_one_line():
     """`selective_recompute` is saved only when set (an older plan reads as before, its framework's policy), loads
-    back, and a value that no policy names, that has no selective recompute to qualify, that needs the fused
-    attention kernel, or that the plan's framework does not run is one line."""
+    back, is dropped with another recompute mode (the search's `replace(recompute=...)` stays legal), and a value
+    that no policy names, that needs the fused attention kernel, or that the plan's framework does not run is one
+    line."""
     from autoconf.cost.estimate import estimate
     from autoconf.errors import UserError
     from autoconf.spec.cluster import load_cluster
@@ -103,11 +104,11 @@ def test_the_policy_is_a_plan_field_that_old_plans_lack_and_bad_values_are_one_l
     again = Plan.from_dict(plan.to_dict())
     assert again.config.selective_recompute == OP and selective_policy(again.config, execution("megatron")) == OP
     for changes, words in (({"selective_recompute": "every_op"}, "is not one of"),
-                           ({"selective_recompute": OP, "recompute": "full"}, "needs recompute selective"),
                            ({"selective_recompute": OP, "attention": "standard"}, "needs attention flash")):
         with pytest.raises(UserError, match=words) as err:
             ParallelConfig.from_dict({**old.to_dict(), **changes}).check(spec, 1)
         assert "\n" not in str(err.value)
+    assert dataclasses.replace(again.config, recompute="full").selective_recompute is None
     with pytest.raises(UserError, match="runs selective recompute as attention_core, not alternate_matmuls"):
         estimate(spec, cluster, dataclasses.replace(old, selective_recompute=OP), execution=execution("megatron"))
 

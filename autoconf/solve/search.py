@@ -350,10 +350,10 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     per_stage = "recompute" not in fixed
     # Selective candidates run the framework's own policy and, where it runs others, each of them (the per-op policy
     # saves more and recomputes less than the attention core, or the reverse: the estimate decides).
-    # (The executor does not run the per-op policy on MoE layers: spec/support.py `op_policy_unsupported`.)
-    policies = (None, *(p for p in execution.selective_policies if p != execution.selective_recompute
-                        and not (launchable_only and p == "alternate_matmuls" and op_policy_unsupported(
-                            ParallelConfig(1, 1, 1, 1, 1, 1), model))))
+    others = [p for p in execution.selective_policies if p != execution.selective_recompute]
+    if launchable_only and op_policy_unsupported(ParallelConfig(1, 1, 1, 1, 1, 1), model):
+        others = [p for p in others if p != "alternate_matmuls"]  # not run on this model (MoE layers)
+    policies = (None, *others)
     for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
                              attention, fixed, zero_stages, policies):
         seen += 1

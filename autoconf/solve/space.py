@@ -3,13 +3,14 @@
 A candidate is a `ParallelConfig`. The space: TP dividing the attention and KV heads and (unless fixed) no wider
 than a node; PP up to the layer count; DP the rest of the devices, dividing the global batch; micro-batch sizes
 dividing the per-replica batch; every schedule with the chunk counts it accepts; ZeRO 0-3 (only 0 without DP);
-recompute none/selective/full (selective under each policy the caller weighs, `selective_policies`); sequence parallelism where TP > 1; where FSDP shards (ZeRO >= 1, DP > 1) and
-gradients accumulate (several micro-batches or a pipeline), the gradient reduce-scatter once per step or after
-every micro-batch (`grad_reduce`; not under the split-backward schedules); context parallelism (`cp_choices`) for
-long sequences, with both K/V exchanges (`cp_comm`). On a mixture-of-experts model, every expert-parallel degree ep
-dividing the experts and the ranks of a pipeline rank, with expert TP etp of 1 or tp (`expert_choices`); a dense
-model keeps ep = etp = 1, so its space is as before. Every candidate is legal by construction (the schedule's own
-micro-batch rules are checked here); `search` checks what holds for all of them (sequence length).
+recompute none/selective/full (selective under each policy the caller weighs, `selective_policies`); sequence
+parallelism where TP > 1; where FSDP shards (ZeRO >= 1, DP > 1) and gradients accumulate (several micro-batches or a
+pipeline), the gradient reduce-scatter once per step or after every micro-batch (`grad_reduce`; not under the
+split-backward schedules); context parallelism (`cp_choices`) for long sequences, with both K/V exchanges
+(`cp_comm`). On a mixture-of-experts model, every expert-parallel degree ep dividing the experts and the ranks of a
+pipeline rank, with expert TP etp of 1 or tp (`expert_choices`); a dense model keeps ep = etp = 1, so its space is
+as before. Every candidate is legal by construction (the schedule's own micro-batch rules are checked here);
+`search` checks what holds for all of them (sequence length).
 """
 
 from __future__ import annotations

@@ -180,7 +180,7 @@ class Execution:
             raise UserError(f"framework {self.name!r} runs ZeRO stages {', '.join(map(str, self.zero_stages))}, not "
                             f"{config.zero_stage}; pick one of those or a framework that runs it "
                             f"({', '.join(able) or 'none'})")
-        policy = getattr(config, "selective_recompute", None)
+        policy = config.selective_recompute
         if config.recompute == "selective" and policy is not None and policy not in self.selective_policies:
             raise UserError(f"framework {self.name!r} runs selective recompute as "
                             f"{' or '.join(self.selective_policies)}, not {policy}; drop selective_recompute or "
@@ -256,7 +256,7 @@ def selective_policy(config, execution: Execution | None = None) -> str:
     """What selective recompute redoes in `config` (SELECTIVE_RECOMPUTE): the plan's own
     `selective_recompute` when it names one, else the framework's (`execution`, default autoconf's executor). The
     one reading the estimate, the search, the executor and the exporters share."""
-    own = getattr(config, "selective_recompute", None)
+    own = config.selective_recompute
     return own if own is not None else (execution or PRESETS[DEFAULT]).selective_recompute
 
 

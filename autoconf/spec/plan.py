@@ -77,12 +77,15 @@ class ParallelConfig:
     # `recomputed_layers` is the one reading of it.
     recompute_layers: tuple[int, ...] | None = None
     # What `recompute` "selective" redoes (spec/frameworks.py SELECTIVE_RECOMPUTE): "attention_core" or torchtitan's
-    # per-op "alternate_matmuls". None: the framework's own (`selective_policy` is the one reading).
+    # per-op "alternate_matmuls". None: the framework's own (`selective_policy` is the one reading). It qualifies
+    # selective recompute only: a config with another recompute mode holds None.
     selective_recompute: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.recompute_layers, list):
             object.__setattr__(self, "recompute_layers", tuple(self.recompute_layers))
+        if self.recompute != "selective" and self.selective_recompute is not None:
+            object.__setattr__(self, "selective_recompute", None)
 
     @property
     def dims(self) -> ParallelDims:
@@ -205,9 +208,6 @@ class ParallelConfig:
             if self.selective_recompute not in SELECTIVE_RECOMPUTE:
                 out.append(f"selective_recompute {self.selective_recompute!r} is not one of "
                            f"{', '.join(SELECTIVE_RECOMPUTE)}")
-            elif self.recompute != "selective":
-                out.append(f"selective_recompute {self.selective_recompute} needs recompute selective (got "
-                           f"{self.recompute})")
             elif self.selective_recompute == "alternate_matmuls" and self.attention != "flash":
                 out.append("selective_recompute alternate_matmuls saves the fused attention kernel's output: it needs "
                            f"attention flash (got {self.attention})")

@@ -55,7 +55,7 @@ def unsupported_reason(config, model=None) -> str | None:
         return (f"offload_optimizer with tp {config.tp}, pp {config.pp}, dtype {config.dtype}: the executor runs "
                 f"FSDP2's CPUOffloadPolicy on data-parallel layouts only (tp 1, pp 1, not fp8; tested on CPU); drop "
                 f"the offload or use tp 1, pp 1 and bf16")
-    if getattr(config, "selective_recompute", None) == "alternate_matmuls" and config.recompute == "selective":
+    if config.selective_recompute == "alternate_matmuls":
         reason = op_policy_unsupported(config, model)
         if reason:
             return reason
