@@ -16,6 +16,7 @@ import click
 from autoconf.errors import UserError
 from autoconf.spec import frameworks
 from autoconf.spec.dtypes import DTYPES, PROFILED_DTYPES, check_dtype
+from autoconf.spec.frameworks import SELECTIVE_RECOMPUTE
 from autoconf.spec.plan import MAX_GLOBAL_BATCH, MAX_SEQ_LEN
 from autoconf.spec.schedules import SCHEDULES
 
@@ -203,6 +204,9 @@ def profiles(as_json: bool) -> None:
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default="none", show_default=True)
 @click.option("--recompute-layers", default=None, metavar="N,N,...", callback=layer_counts,
               help="recompute only the first N layers of each virtual stage (one count per stage; default: all)")
+@click.option("--selective-recompute", type=click.Choice(SELECTIVE_RECOMPUTE), default=None,
+              help="what --recompute selective redoes: the attention core or torchtitan's per-op policy "
+                   "(default: the framework's)")
 @click.option("--sequence-parallel", is_flag=True)
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="default: bf16 on GPUs, fp32 on CPU")
@@ -225,9 +229,9 @@ def profiles(as_json: bool) -> None:
 @headroom_option
 @user_errors
 def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, ep, etp, micro_batch, global_batch,
-             seq_len, schedule, zero, recompute, recompute_layers, sequence_parallel, dtype, attention,
-             offload_activations, offload_optimizer, framework, framework_flags, as_json, out, force, memory_picture,
-             memory_headroom) -> None:
+             seq_len, schedule, zero, recompute, recompute_layers, selective_recompute, sequence_parallel, dtype,
+             attention, offload_activations, offload_optimizer, framework, framework_flags, as_json, out, force,
+             memory_picture, memory_headroom) -> None:
     """Predict time and memory of one layout."""
     from autoconf.cost.estimate import estimate as run_estimate
     from autoconf.report.tables import prediction_table, print_table
@@ -241,13 +245,16 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
         cluster = cluster.with_memory_headroom(memory_headroom)
     if dtype:
         check_dtype(dtype, cluster.device.peak_flops, cluster.device.name)
+    if selective_recompute is not None and recompute != "selective":
+        raise UserError(f"--selective-recompute {selective_recompute} needs --recompute selective (got {recompute})")
     config = ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, micro_batch_size=micro_batch,
                             global_batch_size=global_batch,
                             seq_len=default_seq_len(model) if seq_len is None else seq_len,
                             schedule=schedule, zero_stage=zero, recompute=recompute,
                             sequence_parallel=sequence_parallel, dtype=dtype or default_dtype(cluster),
                             attention=attention, ep=ep, etp=etp, offload_activations=offload_activations,
-                            offload_optimizer=offload_optimizer, recompute_layers=recompute_layers)
+                            offload_optimizer=offload_optimizer, recompute_layers=recompute_layers,
+                            selective_recompute=selective_recompute)
     if model.context_problem(config.seq_len):
         raise UserError(model.context_problem(config.seq_len))
     if memory_picture is not None:

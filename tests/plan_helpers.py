@@ -11,13 +11,14 @@ from autoconf.spec.plan import ParallelConfig, Plan
 def even_plan(spec: ModelSpec, tp: int = 1, pp: int = 1, dp: int = 1, schedule: str = "1f1b", vpp: int = 1,
               zero: int = 0, sp: bool = False, recompute: str = "none", attention: str = "flash",
               global_batch: int = 8, micro_batch: int = 1, seq: int = 32,
-              recompute_layers: list[int] | None = None, cp: int = 1) -> Plan:
+              recompute_layers: list[int] | None = None, cp: int = 1,
+              selective_recompute: str | None = None) -> Plan:
     """A validated fp32 plan of `spec` on one node: layers split evenly over pp*vpp stages, mesh
     arange(world).reshape(pp, dp, cp, tp)."""
     config = ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, micro_batch_size=micro_batch,
                             global_batch_size=global_batch, seq_len=seq, schedule=schedule, zero_stage=zero,
                             recompute=recompute, sequence_parallel=sp, dtype="fp32", attention=attention,
-                            recompute_layers=recompute_layers)
+                            recompute_layers=recompute_layers, selective_recompute=selective_recompute)
     stages = pp * vpp
     bounds = [round(i * spec.num_layers / stages) for i in range(stages + 1)]
     plan = Plan(model=spec, cluster={"name": "test", "nodes": 1, "gpus_per_node": config.world_size},

@@ -73,6 +73,16 @@ LAYOUTS: dict[int, dict[str, Plan]] = {
         "llama-pp2-1f1b-full-per-stage": make_plan("llama", pp=2, schedule="1f1b", recompute="full",
                                                    recompute_layers=[3, 1]),
         "llama-dp2-zero3": make_plan("llama", dp=2, zero=3),
+        # torchtitan's per-op selective policy (execute/checkpoint_policy.py): with TP + SP (the reduce-scatters
+        # saved, the all-gathers recomputed; 2 of the 8 blocks, as its dispatch mode is slow on DTensors on CPU),
+        # on the first layers of each pipeline stage, and under ZeRO-3.
+        "llama-tp2-sp-selective-op": make_plan("llama", tp=2, sp=True, recompute="selective",
+                                               selective_recompute="alternate_matmuls", recompute_layers=[2]),
+        "gpt-pp2-1f1b-selective-op-per-stage": make_plan(pp=2, schedule="1f1b", recompute="selective",
+                                                         selective_recompute="alternate_matmuls",
+                                                         recompute_layers=[3, 1]),
+        "llama-dp2-zero3-selective-op": make_plan("llama", dp=2, zero=3, recompute="selective",
+                                                  selective_recompute="alternate_matmuls"),
         # Offload: the blocks' saved activations to host memory; FSDP2's CPUOffloadPolicy (ZeRO-3, CPU optimizer).
         "llama-dp2-zero3-offload-activations": offload_plan("llama", offload_activations=True),
         "gpt-dp2-zero3-offload-optimizer": offload_plan("gpt", offload_optimizer=True),

@@ -77,6 +77,10 @@ PLANS = {
     "offload-activations-and-optimizer": lambda: _plan(pp=1, dp=4, zero=3, offload_activations=True,
                                                        offload_optimizer=True),
     "per-stage-recompute": lambda: _plan(pp=2, dp=2, recompute="full", recompute_layers=[3, 1]),
+    # torchtitan's per-op policy, on the first layers of each stage: torchtitan's SelectiveAC; Megatron, which has
+    # no per-op mode, recomputes those layers in full.
+    "per-op-selective-per-stage": lambda: _plan(pp=2, dp=2, recompute="selective",
+                                                selective_recompute="alternate_matmuls", recompute_layers=[2, 1]),
     "cp2-ring-tp2-sp-zero3": lambda: _plan(tp=2, pp=1, dp=1, cp=2, sp=True, zero=3, recompute="full"),
     "cp2-allgather-pp2": lambda: _plan(pp=2, dp=1, cp=2, cp_comm="allgather", zero=1),
 }
@@ -156,8 +160,10 @@ def test_megatron_args_parse_at_the_named_tag(name):
     dp = c.world_size // (c.tp * c.pp * c.cp)
     assert args.global_batch_size // (args.micro_batch_size * dp) == c.num_microbatches
     assert args.seq_length == c.seq_len and args.num_layers == m.num_layers
-    assert args.recompute_granularity == (None if c.recompute == "none" else c.recompute)
-    if c.recompute == "full":  # Megatron recomputes at least the layers the plan does, in every stage
+    per_op = c.recompute == "selective" and c.selective_recompute == "alternate_matmuls"
+    assert args.recompute_granularity == (None if c.recompute == "none" else "full" if per_op else c.recompute)
+    assert per_op == any("no per-op selective recompute" in line for line in text.splitlines())
+    if c.recompute == "full" or per_op:  # Megatron recomputes at least the layers the plan does, in every stage
         counts = recomputed_layers(c, plan.partition)
         if args.recompute_method == "block":
             assert all(min(args.recompute_num_layers, end - first) >= k
@@ -339,6 +345,9 @@ def test_torchtitan_config_loads_with_torchtitans_config_manager(torchtitan, nam
     torch.distributed.pipelining.schedules.get_schedule_class(par.pipeline_parallel_schedule)
     ac = type(config.activation_checkpoint).__qualname__ if config.activation_checkpoint else None
     assert ac == {"none": None, "selective": "SelectiveAC.Config", "full": "FullAC.Config"}[c.recompute]
+    # SelectiveAC is the per-op policy: a plan recomputing the attention core is told it differs.
+    core = c.recompute == "selective" and c.selective_recompute != "alternate_matmuls"
+    assert core == ("SelectiveAC) is per-op" in text)
     if upstream_recipe(plan):
         assert config.model_spec.flavor == TORCHTITAN_FLAVORS[upstream_recipe(plan)][0]
         return  # an 8B model is not built in a unit test; the flavor table is checked below

@@ -1,69 +1,146 @@
-"""The memory estimator's layout for torchtitan's selective "op" recompute policy (`Execution.selective_recompute`
-"alternate_matmuls") is what torch's selective checkpointing really keeps under that rule: a Llama block (the
-executor's, whose matmuls run in torchtitan's order wq wk wv wo w1 w3 w2) wrapped in a non-reentrant checkpoint
-whose policy saves the outputs of the 1st, 3rd, ... matmul and of the attention kernel and recomputes the rest,
-counted on CPU in bf16 from the checkpoint's own cache of saved outputs plus the block input it keeps."""
+"""The per-op selective policy (selective_recompute "alternate_matmuls", torchtitan's selective "op" option) as the
+executor runs it (execute/checkpoint_policy.py): what a block keeps for its backward, counted on CPU from autograd's
+saved-tensor hooks plus the checkpoint's own cache of saved op outputs (profile/activations.py `saved_bytes`), is the
+memory estimate's per-layer activation term for that policy; and the block's gradients are those of the block
+without recompute."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from autoconf.cost.memory import executor_layer_activation_bytes, layer_activation_bytes
-from autoconf.execute.model import Block
-from autoconf.spec.plan import ParallelConfig
+from autoconf.cost.memory import executor_layer_activation_bytes, layer_activation_bytes, stage_layer_activation_bytes
+from autoconf.execute.model import Block, build_model
+from autoconf.execute.parallelize import apply_recompute
+from autoconf.profile.activations import saved_bytes
+from autoconf.spec.plan import ParallelConfig, recomputed_layer_indices
 from autoconf.spec.presets import PRESETS
 
+# Tokens per micro-batch (3 x 40) differ from every weight dimension, so activations and weights never share a shape.
 MB, SEQ = 3, 40
-# The attention kernel's op: CUDA's flash kernel in torchtitan's list; SDPA's CPU flash kernel stands in for it here.
-ATTENTION_OPS = {torch.ops.aten._scaled_dot_product_flash_attention.default,
-                 torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default}
+OP = "alternate_matmuls"
 
 
-def _op_policy_context(caches: list):
-    """A selective-checkpoint context under the op policy's rule; appends its cache of saved outputs to `caches`."""
-    counts = {False: 0, True: 0}
+class _OneBlock(torch.nn.Module):
+    """What `apply_recompute` walks: a model whose layers are this one block."""
 
-    def policy(ctx, func, *args, **kwargs):
-        if func == torch.ops.aten.mm.default:
-            counts[ctx.is_recompute] += 1
-            keep = counts[ctx.is_recompute] % 2 == 1
-        else:
-            keep = func in ATTENTION_OPS
-        return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
-
-    forward, recompute = create_selective_checkpoint_contexts(policy)
-    caches.append(forward.storage)
-    return forward, recompute
+    def __init__(self, block: Block):
+        super().__init__()
+        self.layers = torch.nn.ModuleDict({"0": block})
 
 
-def _tensors(entry):
-    entry = getattr(entry, "val", entry)
-    if isinstance(entry, torch.Tensor):
-        yield entry
-    elif isinstance(entry, (tuple, list)):
-        for item in entry:
-            yield from _tensors(item)
+def _config(dtype: str, **changes) -> ParallelConfig:
+    return ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=MB, global_batch_size=MB, seq_len=SEQ, dtype=dtype,
+                          attention="flash", recompute="selective", selective_recompute=OP, **changes)
 
 
-def test_op_policy_layout_is_what_selective_checkpointing_keeps():
-    spec = dataclasses.replace(PRESETS["tiny-llama"], dropout=0.0)
+@pytest.mark.parametrize("arch,dtype", [("tiny-gpt", "fp32"), ("tiny-llama", "bf16")])
+def test_the_block_keeps_what_the_estimate_counts_under_the_op_policy(arch, dtype):
+    """Exactly the estimate's bytes (block input, every other weight matmul's output, the attention kernel's output
+    and log-sum-exp), less than the attention-core policy keeps; and the same gradients as without recompute."""
+    spec = dataclasses.replace(PRESETS[arch], dropout=0.0)
+    low = torch.bfloat16 if dtype == "bf16" else torch.float32
     torch.manual_seed(0)
-    block = Block(spec, "flash").train().to(torch.bfloat16)
-    x = torch.randn(MB, SEQ, spec.hidden_size, dtype=torch.bfloat16, requires_grad=True)
-    caches: list = []
-    out = checkpoint(block, x, use_reentrant=False, context_fn=lambda: _op_policy_context(caches))
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                for cache in caches for outputs in cache.values() for entry in outputs.values()
-                for t in _tensors(entry)}
-    measured = sum(storages.values()) + x.untyped_storage().nbytes()
-    config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=MB, global_batch_size=MB, seq_len=SEQ, dtype="bf16",
-                            attention="flash", recompute="selective")
-    estimated = layer_activation_bytes(spec, config, "torch", "cpu", selective="alternate_matmuls")
-    assert estimated == measured
-    # The policy keeps less than the executor's own selective layout, and the backward still runs.
+    block = Block(spec, "flash").train().to(low)
+    x = torch.randn(MB, SEQ, spec.hidden_size, dtype=low, requires_grad=True)
+    block(x).square().sum().backward()
+    plain = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
+    x.grad = None
+    block.zero_grad(set_to_none=True)
+
+    apply_recompute(_OneBlock(block), "selective", None, OP)
+    assert block.recompute_ops and not block.attention.recompute_core
+    measured = saved_bytes(block, x)
+    config = _config(dtype)
+    estimated = layer_activation_bytes(spec, config, "torch", "cpu", selective=OP)
+    assert measured == estimated
     assert estimated < executor_layer_activation_bytes(spec, config, "selective", "cpu")
-    out.sum().backward()
-    assert x.grad is not None and torch.isfinite(x.grad.float()).all()
+    block(x).square().sum().backward()
+    again = [x.grad] + [p.grad for p in block.parameters()]
+    tolerance = 1e-2 if dtype == "bf16" else 1e-6
+    for a, b in zip(plain, again):
+        assert torch.allclose(a.float(), b.float(), rtol=tolerance, atol=tolerance * a.float().abs().max().item())
+
+
+def test_a_stage_that_recomputes_its_first_layers_by_the_op_policy_saves_what_the_estimate_counts():
+    """A stage of 3 Llama blocks recomputing its first (`recompute_layers`) by the per-op policy keeps one
+    policy block's and two plain blocks' tensors, as `stage_layer_activation_bytes` counts with the policy."""
+    spec = dataclasses.replace(PRESETS["tiny-llama"], dropout=0.0)
+    config = dataclasses.replace(_config("fp32"), pp=2, global_batch_size=2 * MB, recompute_layers=(1, 0))
+    partition = [[2, 5], [5, spec.num_layers]]
+    layers = recomputed_layer_indices(config, partition)
+    torch.manual_seed(0)
+    stage = build_model(spec, 2, 5, embed=False, head=False, device="cpu").train()
+    x = torch.randn(MB, SEQ, spec.hidden_size, requires_grad=True)
+    plain = saved_bytes(stage, x)
+    apply_recompute(stage, "selective", layers, OP)
+    assert [b.recompute_ops for b in stage.layers.values()] == [True, False, False]
+    measured = saved_bytes(stage, x)
+    estimated = stage_layer_activation_bytes(spec, config, 3, 1, "torch", "cpu", OP)
+    assert measured < plain
+    # What is left over in the plain blocks: norm statistics and rotary tables (tests/test_memory_saved.py).
+    assert estimated <= measured <= 1.03 * estimated
+
+
+def test_the_policy_is_a_plan_field_that_old_plans_lack_and_bad_values_are_one_line():
+    """`selective_recompute` is saved only when set (an older plan reads as before, its framework's policy), loads
+    back, is dropped with another recompute mode (the search's `replace(recompute=...)` stays legal), and a value
+    that no policy names, that needs the fused attention kernel, or that the plan's framework does not run is one
+    line."""
+    from autoconf.cost.estimate import estimate
+    from autoconf.errors import UserError
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.frameworks import execution, selective_policy
+    from autoconf.spec.plan import Plan
+
+    spec, cluster = PRESETS["tiny-llama"], load_cluster("cpu-local", nodes=1, gpus_per_node=1)
+    old = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=1, global_batch_size=1, seq_len=SEQ, dtype="fp32",
+                         recompute="selective")
+    assert "selective_recompute" not in old.to_dict() and selective_policy(old) == "attention_core"
+    assert selective_policy(old, execution("torchtitan")) == OP
+    plan = estimate(spec, cluster, dataclasses.replace(old, selective_recompute=OP))
+    again = Plan.from_dict(plan.to_dict())
+    assert again.config.selective_recompute == OP and selective_policy(again.config, execution("megatron")) == OP
+    for changes, words in (({"selective_recompute": "every_op"}, "is not one of"),
+                           ({"selective_recompute": OP, "attention": "standard"}, "needs attention flash")):
+        with pytest.raises(UserError, match=words) as err:
+            ParallelConfig.from_dict({**old.to_dict(), **changes}).check(spec, 1)
+        assert "\n" not in str(err.value)
+    assert dataclasses.replace(again.config, recompute="full").selective_recompute is None
+    with pytest.raises(UserError, match="runs selective recompute as attention_core, not alternate_matmuls"):
+        estimate(spec, cluster, dataclasses.replace(old, selective_recompute=OP), execution=execution("megatron"))
+
+
+def test_the_estimate_charges_the_policy_by_the_torchtitan_presets_functions_and_the_search_weighs_both():
+    """An autoconf plan naming the per-op policy keeps the policy's activation bytes per layer, and recomputes the
+    share of the block that the torchtitan preset charges; for Llama 3 8B at tp2 SP, micro-batch 2, seq 8192 the
+    policy keeps less and recomputes more than the attention core, and the search offers both."""
+    from autoconf.cost.estimate import estimate, selective_matmul_share
+    from autoconf.report.tables import layout_label
+    from autoconf.solve.search import search
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.frameworks import execution
+
+    spec, cluster = PRESETS["llama3-8b"], load_cluster("dgx-h100-80g", nodes=1, gpus_per_node=8)
+    core = ParallelConfig(tp=2, pp=1, dp=4, micro_batch_size=2, global_batch_size=64, seq_len=8192, zero_stage=3,
+                          recompute="selective", sequence_parallel=True)
+    op = dataclasses.replace(core, selective_recompute=OP)
+    assert (selective_matmul_share(spec, op, execution("autoconf"))
+            == selective_matmul_share(spec, core, execution("torchtitan")) > 0)
+    assert selective_matmul_share(spec, core, execution("autoconf")) is None
+    p_core, p_op = (estimate(spec, cluster, c).prediction for c in (core, op))
+    layers = spec.num_layers
+    kept = layer_activation_bytes(spec, op, "torch", "gpu", selective=OP)
+    assert kept < layer_activation_bytes(spec, core, "torch", "gpu")
+    # one micro-batch in flight without a pipeline: the activations are the layers' plus the head's inputs
+    assert p_op["memory_per_stage"][0]["activations"] - p_core["memory_per_stage"][0]["activations"] == pytest.approx(
+        layers * (kept - layer_activation_bytes(spec, core, "torch", "gpu")))
+    assert p_op["time_breakdown"]["recompute"] > p_core["time_breakdown"]["recompute"] > 0
+    fixed = {"tp": 2, "dp": 4, "micro_batch_size": 2, "zero_stage": 3, "sequence_parallel": True,
+             "recompute": "selective"}
+    plans = search(spec, cluster, 64, 8192, "bf16", fixed=fixed, top_k=4, refine=False).plans
+    assert {p.config.selective_recompute for p in plans} == {None, OP}
+    for plan in plans:
+        assert ("rc-selective/op" in layout_label(plan)) == (plan.config.selective_recompute == OP)

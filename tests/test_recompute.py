@@ -147,3 +147,58 @@ def test_the_search_picks_per_stage_counts_at_least_as_fast_as_all_or_nothing():
     console.print(prediction_table(free))
     text = console.export_text()
     assert "every layer" in text and f"rc-full[{','.join(map(str, bought['layers']))}]" in text
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_cp_sat_partition_charges_recompute_on_each_stages_first_layers_as_brute_force_does(seed):
+    """With per-stage counts (`recompute_counts`, None: every layer) the partition charges a recomputed unit's time
+    and activation saving on the first counts[s] layers of each stage only (`PartitionProblem.recomputed_units`,
+    the rule of `recomputed_layers`): on random small chains, loop and V placements, loose and binding memory, CP-SAT
+    (and the exact DP of one stage per rank behind it) reaches the exhaustive optimum, and every stage's recomputed
+    units are the first layers its counts name."""
+    import random
+
+    from autoconf.solve.partition import (PartitionProblem, brute_force_partition, evaluate_partition,
+                                          loop_placement, solve_partition, v_placement)
+
+    rng = random.Random(seed)
+    v_shape = seed % 4 == 3
+    pp = rng.randint(1, 2) if v_shape else rng.randint(2, 4)
+    vpp = 1 if v_shape else rng.randint(1, max(1, 4 // pp))
+    placement = v_placement(pp) if v_shape else loop_placement(pp, vpp)
+    stages = len(placement)
+    layers = rng.randint(max(1, stages - 2), 8)
+    units = layers + 2
+    time = tuple(rng.uniform(0.1, 3.0) * 1e-3 for _ in range(units))
+    static = tuple(rng.uniform(1, 4) * 2**30 for _ in range(units))
+    act = tuple(rng.uniform(0.5, 2) * 2**30 for _ in range(units))
+    layer_only = [0.0] + [1.0] * layers + [0.0]
+    rc_time = tuple(w * rng.uniform(0.2, 1.0) * t for w, t in zip(layer_only, time))
+    rc_saved = tuple(w * rng.uniform(0.3, 0.9) * a for w, a in zip(layer_only, act))
+    inflight = tuple(min(pp, stages - s) for s in range(stages))
+    counts = None if seed % 5 == 0 else tuple(rng.randint(0, 3) for _ in range(stages))
+    loose = PartitionProblem(time, static, act, placement, inflight, 1e18, rng.randint(1, 16),
+                             unit_recompute_time=rc_time, unit_recompute_saved_bytes=rc_saved,
+                             recompute_counts=counts)
+    problem = loose
+    if seed % 2:  # a limit between the smallest peak and the fastest partition's, so memory binds
+        peak = max(brute_force_partition(loose).rank_memory_bytes)
+        problem = dataclasses.replace(loose, memory_limit_bytes=0.97 * peak)
+    exact = brute_force_partition(problem)
+    solved = solve_partition(problem, time_limit_s=5.0)
+    if exact is None:
+        assert solved is None
+        return
+    assert solved is not None and solved.optimal
+    assert solved.objective_s == pytest.approx(exact.objective_s, rel=1e-5)
+    assert all(m <= lim for m, lim in zip(solved.rank_memory_bytes, problem.limits()))
+    for s, (a, b) in enumerate(solved.stages):
+        first, end = max(a, 1), min(b, layers + 1)
+        want = max(0, min(end - first, layers if counts is None else counts[s]))
+        assert list(problem.recomputed_units(s, a, b)) == list(range(first, first + want))
+    # Recomputing more layers never lowers a fixed partition's time nor raises its memory.
+    if counts is not None:
+        more = dataclasses.replace(problem, recompute_counts=tuple(k + 1 for k in counts))
+        mine, theirs = evaluate_partition(problem, solved.stages), evaluate_partition(more, solved.stages)
+        assert sum(theirs.stage_time_s) >= sum(mine.stage_time_s)
+        assert all(x <= y for x, y in zip(theirs.rank_memory_bytes, mine.rank_memory_bytes))

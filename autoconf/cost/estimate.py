@@ -38,7 +38,7 @@ from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order
 from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, check_dtype, gather_bytes, precision
-from autoconf.spec.frameworks import PRESETS, Execution, changed_flags
+from autoconf.spec.frameworks import PRESETS, Execution, changed_flags, selective_policy
 from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, recompute_layers_problem, recomputed_layers, uniform_partition
@@ -164,26 +164,29 @@ def cp_attention_comm(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
 def recompute_time(pieces, c: ParallelConfig, one_collective: float, matmul_share: float | None = None) -> float:
     """Per layer: the forward that recompute repeats in the backward (the block with its TP collectives, or under
     selective recompute the attention core; with `matmul_share` (`selective_matmul_share`) instead that share of
-    the block's matmul time and all of its element-wise time, the matmul time being the weight-gradient pass's)."""
+    the block's matmul time, all of its element-wise time and, under TP, its two forward collectives: the per-op
+    policy saves the reduce-scatters' outputs but not the sequence-parallel all-gathers', nor the all-reduces'
+    without SP; the matmul time being the weight-gradient pass's)."""
     if c.recompute == "full":
         return pieces.block.forward + 2 * one_collective
     if c.recompute == "selective":
         if matmul_share is None:
             return pieces.attention_core.forward
         rest = pieces.block_rest
-        return matmul_share * rest.backward_weight + max(0.0, rest.forward - rest.backward_weight)
+        return (matmul_share * rest.backward_weight + max(0.0, rest.forward - rest.backward_weight)
+                + (2 * one_collective if c.tp > 1 else 0.0))
     return 0.0
 
 
-def selective_matmul_share(model: ModelSpec, execution: Execution) -> float | None:
-    """The FLOP share of a block's matmuls that the execution's selective recompute redoes ("alternate_matmuls":
-    the 2nd, 4th, ... matmul in forward order: Llama's wq wk wv wo w1 w3 w2, GPT's qkv proj fc1 fc2), or None when
-    it redoes the attention core."""
-    if execution.selective_recompute != "alternate_matmuls":
+def selective_matmul_share(model: ModelSpec, c: ParallelConfig, execution: Execution) -> float | None:
+    """The FLOP share of a block's matmuls that selective recompute redoes under `c`'s policy (`selective_policy`;
+    "alternate_matmuls": the 2nd, 4th, ... weight matmul in forward order: Llama's wq wk wv wo w1 w3 w2, GPT's wq wk
+    wv wo fc1 fc2), or None when it redoes the attention core."""
+    if selective_policy(c, execution) != "alternate_matmuls":
         return None
-    h, f, kv = model.hidden_size, model.ffn_hidden_size, model.kv_dim
-    sizes = [h * h, h * kv, h * kv, h * h, h * f, h * f, f * h] if model.arch == "llama" else \
-        [h * (h + 2 * kv), h * h, h * f, f * h]
+    h, f, q, kv = model.hidden_size, model.ffn_hidden_size, model.q_dim, model.kv_dim
+    sizes = [h * q, h * kv, h * kv, q * h, h * f, h * f, f * h] if model.arch == "llama" else \
+        [h * q, h * kv, h * kv, q * h, h * f, f * h]
     return sum(sizes[1::2]) / sum(sizes)
 
 
@@ -264,7 +267,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     last = len(partition) - 1
     measured_tp = measured_tp_layer(model, cluster, c) if ours else None
     overlap_tp = execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1
-    matmul_share = selective_matmul_share(model, execution)
+    matmul_share = selective_matmul_share(model, c, execution)
     offload_parts = []
     recomputed = recomputed_layers(c, partition)
     forward, back_in, back_w = [], [], []
@@ -345,7 +348,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         per_microbatch_gather, gather, reduce = dp_of_stage[rank, params, experts, layers]
         offload = PassTimes(*activation_copy_times(cluster, activation_copy_bytes(c, stage_block_activation_bytes(
             model, c, first, end, recomputed[st], execution.memory_layout, cluster.device.kind,
-            execution.selective_recompute) if c.offload_activations else 0.0)), 0.0)
+            selective_policy(c, execution)) if c.offload_activations else 0.0)), 0.0)
         offload_parts.append(offload)
         fwd = compute.forward + tp.forward + ep.forward + pass_overhead + offload.forward
         bwd_in = (compute.backward_input + tp.backward_input + ep.backward_input + recompute + pass_overhead
@@ -632,7 +635,7 @@ def _memory(model, cluster, c, partition, schedule, timeline: Timeline, executio
     inflight = stage_inflight(schedule.stage_to_rank, timeline.peak_inflight, timeline.peak_inflight_weight,
                               timeline.peak_inflight_rank)
     return stage_memory(model, cluster, c, partition, schedule.stage_to_rank, inflight, execution.memory_layout,
-                        selective=execution.selective_recompute, execution=execution)
+                        selective=selective_policy(c, execution), execution=execution)
 
 
 def stage_inflight(stage_to_rank, peak, peak_weight, peak_rank) -> list[float]:

@@ -209,23 +209,23 @@ def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, re
 def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig) -> float:
     """Bytes one block keeps under torchtitan's selective "op" policy, for one micro-batch on one TP rank.
 
-    The policy (torchtitan `_apply_ac_to_transformer_block`, its `_save_list`, unchanged from 2024-04 to 0.3.0)
-    wraps each block in a non-reentrant checkpoint whose dispatch mode saves the outputs of matmuls except every
-    second one in forward order, of the SDPA kernel and of the TP reduce-scatters, and recomputes everything else;
-    the checkpoint keeps the block input. Kept: the block input; the outputs of the 1st, 3rd, ... weight matmul
-    (Llama's wq, wv, w1, w2 of wq wk wv wo w1 w3 w2; GPT's fused QKV and first MLP matrix of qkv proj fc1 fc2), a
-    column-parallel output being 1/tp wide and a row-parallel one the full partial sum; the attention output with
-    its fp32 log-sum-exp per query row; under sequence parallelism the two reduce-scatter outputs (1/tp of the
-    sequence)."""
+    The policy (torchtitan `_apply_ac_to_transformer_block` and its `_save_list` from 2024-04, `SelectiveAC` in
+    0.3.0; the executor's execute/checkpoint_policy.py) wraps each block in a non-reentrant checkpoint whose
+    dispatch mode saves the outputs of the weight matmuls except every second one in forward order, of the fused
+    attention kernel and of the TP reduce-scatters, and recomputes everything else; the checkpoint keeps the block
+    input. Kept: the block input; the outputs of the 1st, 3rd, ... weight matmul (Llama's wq, wv, w1, w2 of wq wk
+    wv wo w1 w3 w2; GPT's wq, wv, fc1 of wq wk wv wo fc1 fc2), a column-parallel output being 1/tp wide and a
+    row-parallel one the full partial sum; the attention output with its fp32 log-sum-exp per query row; under
+    sequence parallelism the two reduce-scatter outputs (1/tp of the sequence). tests/test_memory_op_policy.py
+    counts what the executor's block keeps under it."""
     c = config
     s, b, h, f = c.local_seq_len, c.micro_batch_size, model.hidden_size, model.ffn_hidden_size
     t, e = c.tp, DTYPE_BYTES[c.dtype]
     split = t if c.sequence_parallel else 1
     q, kv = model.q_dim, model.kv_dim
-    if model.arch == "gpt":  # (output width, column-parallel) in forward order
-        matmuls = [(q + 2 * kv, True), (h, False), (f, True), (h, False)]
-    else:
-        matmuls = [(q, True), (kv, True), (kv, True), (h, False), (f, True), (f, True), (h, False)]
+    # (output width, column-parallel) in forward order
+    matmuls = [(q, True), (kv, True), (kv, True), (h, False)]
+    matmuls += [(f, True), (h, False)] if model.arch == "gpt" else [(f, True), (f, True), (h, False)]
     saved = sum(width / t if column else width for width, column in matmuls[0::2])
     attention = q / t + 4 / e * model.num_heads / t  # output, fp32 log-sum-exp per head and row
     reduce_scatters = 2 * h / t if c.sequence_parallel and t > 1 else 0.0

@@ -178,6 +178,7 @@ class Block(nn.Module):
         self.ffn_norm = make_norm(spec)
         self.feed_forward = make_ffn(spec, layer)
         self.recompute_full = False  # set by parallelize (full recompute)
+        self.recompute_ops = False  # set by parallelize (the per-op selective policy, execute/checkpoint_policy.py)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x))
@@ -186,6 +187,10 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.recompute_full and torch.is_grad_enabled():
             return checkpoint(self._forward, x, use_reentrant=False)
+        if self.recompute_ops and torch.is_grad_enabled():
+            from autoconf.execute.checkpoint_policy import checkpoint_ops
+
+            return checkpoint_ops(self._forward, x)
         return self._forward(x)
 
 

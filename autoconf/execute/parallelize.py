@@ -9,8 +9,9 @@
    weights: each parameter's full value is generated on CPU and this rank keeps its TP shard;
 3. activation recompute, in the first `recompute_layers` blocks of each stage (all by default): "selective"
    checkpoints the attention core (softmax(QK^T)V) and SwiGLU's silu(gate) * up
-   (elementwise: its input is kept, the silu output is not), "full" each whole block,
-   both with non-reentrant `torch.utils.checkpoint` inside the module's forward (parameter names do not change);
+   (elementwise: its input is kept, the silu output is not), or under selective_recompute "alternate_matmuls" the
+   whole block with torchtitan's per-op policy (execute/checkpoint_policy.py); "full" each whole block,
+   all with non-reentrant `torch.utils.checkpoint` inside the module's forward (parameter names do not change);
 4. `torch.compile` of each block where the plan asks for it and the device supports it (`compiles`: CUDA);
 5. mixed precision and data parallelism, both by FSDP2 (torchtitan's scheme): every block is an FSDP unit and the
    chunk itself the root unit (embedding, final norm, head), under `MixedPrecisionPolicy(param_dtype=<the plan's
@@ -64,6 +65,7 @@ from autoconf.execute.dtypes import TORCH_DTYPES
 from autoconf.execute.mesh import SOLO
 from autoconf.execute.model import Transformer, init_weights
 from autoconf.execute.moe import MoE, is_expert_param
+from autoconf.spec.frameworks import selective_policy
 
 
 def apply_tp(model: Transformer, tp_mesh, sequence_parallel: bool) -> None:
@@ -141,16 +143,20 @@ def materialize(model: Transformer, device: torch.device, seed: int) -> None:
     init_weights(model, seed)
 
 
-def apply_recompute(model: Transformer, mode: str, layers: set[int] | None = None) -> None:
+def apply_recompute(model: Transformer, mode: str, layers: set[int] | None = None,
+                    policy: str = "attention_core") -> None:
     """Recompute `mode` in the blocks whose global layer index is in `layers` (spec/plan.py
     `recomputed_layer_indices`: the first ones of each stage), in every block when None; the others keep their
-    activations."""
+    activations. Selective recompute by `policy` (spec/frameworks.py SELECTIVE_RECOMPUTE): the attention core and
+    SwiGLU's silu, or the per-op policy over the whole block (execute/checkpoint_policy.py)."""
+    ops = policy == "alternate_matmuls"
     for index, block in model.layers.items():
         on = layers is None or int(index) in layers
         block.recompute_full = on and mode == "full"
-        block.attention.recompute_core = on and mode == "selective"
+        block.recompute_ops = on and mode == "selective" and ops
+        block.attention.recompute_core = on and mode == "selective" and not ops
         if hasattr(block.feed_forward, "recompute_gate"):
-            block.feed_forward.recompute_gate = on and mode == "selective"
+            block.feed_forward.recompute_gate = on and mode == "selective" and not ops
 
 
 def compiles(config, device_type: str) -> bool:
@@ -250,7 +256,7 @@ def parallelize_chunk(model: Transformer, mesh, config, device: torch.device, se
         apply_expert_parallel(model, expert_mesh, config)
     # CPUOffloadPolicy wants the parameters in host memory before fully_shard; it computes on the mesh's device.
     materialize(model, torch.device("cpu") if config.offload_optimizer else device, seed)
-    apply_recompute(model, config.recompute, recomputed)
+    apply_recompute(model, config.recompute, recomputed, selective_policy(config))
     if config.offload_activations:
         from autoconf.execute.offload import apply_activation_offload
 

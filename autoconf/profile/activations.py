@@ -9,9 +9,12 @@ import torch
 
 def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
     """Bytes of the distinct storages autograd saves during `module(x)`, leaving out the parameters and any tensor
-    of a parameter's shape or its transpose (2-D: choose the tokens of `x` unlike every weight dimension). To count
-    what the executor's FSDP2 mixed precision keeps, pass the module and `x` in the compute dtype (the executor runs
-    each block on low-precision compute copies of its parameters)."""
+    of a parameter's shape or its transpose (2-D: choose the tokens of `x` unlike every weight dimension), together
+    with the op outputs the per-op selective checkpoint caches for the backward (execute/checkpoint_policy.py: they
+    bypass the saved-tensor hooks). To count what the executor's FSDP2 mixed precision keeps, pass the module and
+    `x` in the compute dtype (the executor runs each block on low-precision compute copies of its parameters)."""
+    from autoconf.execute.checkpoint_policy import cached_tensors, recording
+
     params = {p.untyped_storage().data_ptr() for p in module.parameters()}
     shapes = {tuple(p.shape) for p in module.parameters()}
     storages: dict[int, int] = {}
@@ -23,6 +26,9 @@ def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
             storages[storage.data_ptr()] = storage.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with recording() as caches, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         module(x)
+    for context in caches:
+        for t in cached_tensors(context):
+            pack(t)
     return sum(storages.values())

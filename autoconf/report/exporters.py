@@ -21,7 +21,7 @@ from autoconf.report.precision_flags import megatron_fp8_args
 from autoconf.report.torchtitan_export import MODULE as TORCHTITAN_MODULE
 from autoconf.report.torchtitan_export import torchtitan_config as _torchtitan_config
 from autoconf.report.upstream import MEGATRON_TARGET
-from autoconf.spec.frameworks import plan_execution
+from autoconf.spec.frameworks import plan_execution, selective_policy
 from autoconf.spec.plan import Plan, node_blocks, recomputed_layers
 from autoconf.spec.schedules import schedule_spec
 
@@ -255,13 +255,19 @@ def _megatron_recompute(plan: Plan, notes: list[str]) -> list[Flag]:
     """Recompute flags. Every layer: selective, or full with --recompute-method uniform over 1-layer groups. The
     first N layers of each stage (`recompute_layers`): full with --recompute-method block
     --recompute-num-layers N, which Megatron applies to every (virtual) stage alike, so N is the largest count and
-    a note says where that recomputes more than the plan; selective has no count in Megatron (every layer)."""
+    a note says where that recomputes more than the plan; selective has no count in Megatron (every layer).
+    Megatron has no per-op policy (selective_recompute "alternate_matmuls"): such a plan exports as full recompute
+    of the same layers, which keeps only each block's input (less memory than the policy, more recompute), and a
+    note says so; Megatron's selective (the attention core) would keep more than planned."""
     c = plan.config
     if c.recompute == "none":
         return []
     counts = recomputed_layers(c, plan.partition)
     uneven = c.recompute_layers is not None
-    if c.recompute == "selective":
+    if c.recompute == "selective" and selective_policy(c, plan_execution(plan.prediction)) == "alternate_matmuls":
+        notes.append("Megatron has no per-op selective recompute (torchtitan's policy, which the plan runs): full "
+                     "recompute of the same layers below (less memory, more recompute than planned)")
+    elif c.recompute == "selective":
         if uneven:
             notes.append(f"Megatron's selective recompute covers every layer; the plan recomputes only the first "
                          f"{counts} layers of its stages (more recompute, less memory than planned)")

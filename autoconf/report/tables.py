@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from autoconf.spec.frameworks import plan_execution, selective_policy
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import Plan
 
@@ -81,7 +82,8 @@ def layout_label(plan: Plan) -> str:
     parts.append(f"zero{c.zero_stage}")
     if c.recompute != "none":
         counts = "" if c.recompute_layers is None else "[" + ",".join(map(str, c.recompute_layers)) + "]"
-        parts.append(f"rc-{c.recompute}{counts}")
+        op = c.recompute == "selective" and selective_policy(c, plan_execution(plan.prediction)) == "alternate_matmuls"
+        parts.append(f"rc-{c.recompute}{'/op' if op else ''}{counts}")
     if c.sequence_parallel:
         parts.append("sp")
     if c.offload_activations:

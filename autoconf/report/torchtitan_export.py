@@ -12,7 +12,7 @@ from __future__ import annotations
 from autoconf.report.offload_flags import torchtitan_offload
 from autoconf.report.precision_flags import torchtitan_fp8_note
 from autoconf.report.upstream import TORCHTITAN_TARGET, TORCHTITAN_VERSION
-from autoconf.spec.frameworks import plan_execution
+from autoconf.spec.frameworks import plan_execution, selective_policy
 from autoconf.spec.plan import Plan
 from autoconf.spec.schedules import schedule_spec
 
@@ -114,6 +114,12 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
         notes.append(torchtitan_fp8_note(c))
     offload_lines, offload_notes = torchtitan_offload(c)
     notes += offload_notes
+    per_op = selective_policy(c, plan_execution(plan.prediction)) == "alternate_matmuls"
+    if c.recompute == "selective" and not per_op:
+        notes.append(f"torchtitan {TORCHTITAN_VERSION}'s selective checkpointing (SelectiveAC) is per-op: it saves "
+                     f"every other matmul's output and the attention output and recomputes the rest of each block; "
+                     f"the plan recomputes the attention core only (selective_recompute attention_core), so memory "
+                     f"and recompute time differ from the plan's")
     if c.recompute_layers is not None:
         notes.append(f"torchtitan 0.3.0 checkpoints every transformer block alike; the plan recomputes only the "
                      f"first {list(c.recompute_layers)} layers of its stages: below, every block (slower, never "
@@ -168,6 +174,7 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
         lines.append("    parallelism.module_fqns_per_model_part = [  # one list per model chunk, in stage order")
         lines += ["        [" + ", ".join(f'"{n}"' for n in part) + "]," for part in module_fqns(plan)]
         lines.append("    ]")
+    # SelectiveAC is torchtitan's per-op policy (TOML releases: mode "selective", selective_ac_option "op").
     ac = {"none": "None", "selective": "SelectiveAC.Config()", "full": "FullAC.Config()"}[c.recompute]
     lines += [f"    config.activation_checkpoint = {ac}", "    return config"]
     return "\n".join(lines) + "\n"

@@ -18,6 +18,12 @@ busiest rank. A caller can pass other ``stage_weight`` / ``bottleneck_weight`` v
 
 Memory: for every rank r, ``sum over its stages of (static + inflight[s] * activation) <= limit[r]``.
 
+Recompute per stage (`recompute_counts`, the plan's `recompute_layers`; spec/plan.py `recomputed_layers` is the
+rule): stage s recomputes its first ``recompute_counts[s]`` transformer layers (every layer when the counts are
+None), each adding ``unit_recompute_time[u]`` to the stage's time and keeping ``unit_recompute_saved_bytes[u]``
+less activation per micro-batch (`recomputed_units` is the one reading; the units' own time and activation are
+those without recompute). Without the two per-unit tuples nothing recomputes.
+
 Integer resolution. CP-SAT works on integers, so the data are quantised before solving (by every solver here,
 the brute force included, so they decide on the same numbers):
 
@@ -56,6 +62,9 @@ class PartitionProblem:
     num_microbatches: int
     stage_weight: tuple[float, ...] | None = None  # weight of each stage in the path term; default 1
     bottleneck_weight: float | None = None  # weight of the busiest rank; default num_microbatches - 1
+    unit_recompute_time: tuple[float, ...] | None = None  # seconds a recomputed unit adds per micro-batch
+    unit_recompute_saved_bytes: tuple[float, ...] | None = None  # activation bytes a recomputed unit keeps less
+    recompute_counts: tuple[int, ...] | None = None  # recomputed layers per stage; None: every layer
 
     def __post_init__(self):
         n = len(self.unit_time)
@@ -76,6 +85,12 @@ class PartitionProblem:
         if self.num_stages > max_pipeline_stages(self.num_layers):
             raise ValueError(f"{self.num_layers} transformer layers cannot fill {self.num_stages} stages "
                              f"(at most layers + 2)")
+        if (self.unit_recompute_time is None) != (self.unit_recompute_saved_bytes is None) or any(
+                x is not None and len(x) != n for x in (self.unit_recompute_time, self.unit_recompute_saved_bytes)):
+            raise ValueError(f"unit_recompute_time and unit_recompute_saved_bytes go together, {n} entries each")
+        if self.recompute_counts is not None and len(self.recompute_counts) != self.num_stages:
+            raise ValueError(f"recompute_counts has {len(self.recompute_counts)} entries for {self.num_stages} "
+                             f"stages")
 
 
     @property
@@ -94,6 +109,22 @@ class PartitionProblem:
         if isinstance(self.memory_limit_bytes, (int, float)):
             return (float(self.memory_limit_bytes),) * self.num_ranks
         return tuple(float(x) for x in self.memory_limit_bytes)
+
+    @property
+    def recomputes(self) -> bool:
+        return self.unit_recompute_time is not None
+
+    def counts(self) -> tuple[int, ...]:
+        """Recomputed layers per stage: none without recompute, every layer (L) when the counts are None."""
+        if not self.recomputes:
+            return (0,) * self.num_stages
+        return self.recompute_counts if self.recompute_counts is not None else (self.num_layers,) * self.num_stages
+
+    def recomputed_units(self, stage: int, first: int, end: int) -> range:
+        """The units of `stage` = units [first, end) that recompute: its first `counts()[stage]` transformer layers
+        (units 1..L; the embedding and the head never)."""
+        start = max(first, 1)
+        return range(start, max(start, min(end, self.num_layers + 1, start + self.counts()[stage])))
 
     def weights(self) -> tuple[tuple[float, ...], float]:
         path = self.stage_weight if self.stage_weight is not None else (1.0,) * self.num_stages
@@ -133,6 +164,8 @@ class _Quantised:
     limit: tuple[int, ...]
     path_w: tuple[int, ...]
     neck_w: int
+    rc_time: tuple[int, ...]  # added by a recomputed unit
+    rc_saved: tuple[int, ...]  # activation a recomputed unit keeps less (rounded down: usage stays rounded up)
 
 
 def _quantise(p: PartitionProblem) -> _Quantised:
@@ -146,6 +179,9 @@ def _quantise(p: PartitionProblem) -> _Quantised:
         limit=tuple(math.floor(b / MEMORY_QUANTUM_BYTES) for b in p.limits()),
         path_w=tuple(round(w * WEIGHT_SCALE) for w in path),
         neck_w=round(neck * WEIGHT_SCALE),
+        rc_time=tuple(round(t / quantum) for t in p.unit_recompute_time or (0.0,) * len(p.unit_time)),
+        rc_saved=tuple(math.floor(b / MEMORY_QUANTUM_BYTES)
+                       for b in p.unit_recompute_saved_bytes or (0.0,) * len(p.unit_time)),
     )
 
 
@@ -156,12 +192,17 @@ def _bounds_to_stages(bounds: list[int]) -> tuple[tuple[int, int], ...]:
 def evaluate_partition(p: PartitionProblem, stages, optimal: bool = False) -> PartitionResult:
     """Float objective, stage times and per-rank memory of a given partition (no feasibility check)."""
     path, neck = p.weights()
-    stage_time = tuple(sum(p.unit_time[a:b]) for a, b in stages)
+    rc_time = p.unit_recompute_time or (0.0,) * len(p.unit_time)
+    rc_saved = p.unit_recompute_saved_bytes or (0.0,) * len(p.unit_time)
+    recomputed = [p.recomputed_units(s, a, b) for s, (a, b) in enumerate(stages)]
+    stage_time = tuple(sum(p.unit_time[a:b]) + sum(rc_time[u] for u in rc)
+                       for (a, b), rc in zip(stages, recomputed))
     mem = [0.0] * p.num_ranks
     rank_time = [0.0] * p.num_ranks
     for s, (a, b) in enumerate(stages):
         r = p.stage_to_rank[s]
-        mem[r] += sum(p.unit_static_bytes[a:b]) + p.inflight[s] * sum(p.unit_activation_bytes[a:b])
+        mem[r] += sum(p.unit_static_bytes[a:b]) + p.inflight[s] * (sum(p.unit_activation_bytes[a:b])
+                                                                    - sum(rc_saved[u] for u in recomputed[s]))
         rank_time[r] += stage_time[s]
     objective = sum(w * t for w, t in zip(path, stage_time)) + neck * max(rank_time)
     return PartitionResult(tuple(tuple(x) for x in stages), objective, stage_time, tuple(mem), optimal)
@@ -174,10 +215,11 @@ def _int_cost(p: PartitionProblem, q: _Quantised, stages) -> int | None:
     path = 0
     for s, (a, b) in enumerate(stages):
         r = p.stage_to_rank[s]
-        t = sum(q.time[a:b])
+        rc = p.recomputed_units(s, a, b)
+        t = sum(q.time[a:b]) + sum(q.rc_time[u] for u in rc)
         path += q.path_w[s] * t
         rank_time[r] += t
-        mem[r] += sum(q.static[a:b]) + p.inflight[s] * sum(q.act[a:b])
+        mem[r] += sum(q.static[a:b]) + p.inflight[s] * (sum(q.act[a:b]) - sum(q.rc_saved[u] for u in rc))
     if any(m > lim for m, lim in zip(mem, q.limit)):
         return None
     return path + q.neck_w * max(rank_time)
@@ -209,8 +251,11 @@ def _greedy_fill(p: PartitionProblem, q: _Quantised, budget: int) -> list[int] |
         fixed_t_left[r] -= fixed_t[s]
         fixed_m_left[r] -= fixed_m[s]
         b, t, m = a, 0, 0
+        recomputed = p.recomputed_units(s, a, num_units)
         while b < hi:
             dt, dm = q.time[b], q.static[b] + p.inflight[s] * q.act[b]
+            if b in recomputed:
+                dt, dm = dt + q.rc_time[b], dm - p.inflight[s] * q.rc_saved[b]
             if b >= lo and (t + dt > t_cap or m + dm > m_cap):
                 break
             b, t, m = b + 1, t + dt, m + dm
@@ -231,7 +276,7 @@ def greedy_partition(p: PartitionProblem) -> tuple[tuple[int, int], ...]:
     falls back to the uniform split.
     """
     q = _quantise(p)
-    lo, hi = 0, sum(q.time) * p.num_stages
+    lo, hi = 0, (sum(q.time) + sum(q.rc_time)) * p.num_stages
     best = _greedy_fill(p, q, hi)
     if best is None:
         layers = uniform_partition(p.num_layers, p.num_stages)
@@ -253,12 +298,15 @@ def _one_stage_per_rank_dp(p: PartitionProblem, q: _Quantised) -> tuple[int, lis
     time_pre = np.concatenate([[0], np.cumsum(q.time, dtype=np.int64)])
     static_pre = np.concatenate([[0], np.cumsum(q.static, dtype=np.int64)])
     act_pre = np.concatenate([[0], np.cumsum(q.act, dtype=np.int64)])
+    rc_time_pre = np.concatenate([[0], np.cumsum(q.rc_time, dtype=np.int64)])
+    rc_saved_pre = np.concatenate([[0], np.cumsum(q.rc_saved, dtype=np.int64)])
     inf = np.iinfo(np.int64).max
     # best[b] = smallest bottleneck of stages 0..s-1 covering units [0, b); arg[s][b] = where stage s-1 starts.
     best = np.full(num_units + 1, inf, dtype=np.int64)
     best[0] = 0
     args = []
     starts = np.arange(num_units + 1)
+    first_layer = np.maximum(starts, 1)  # `recomputed_units`: a stage's first layers, from its first layer unit
     # Ends b are scored a block of rows at a time, each row every start a < b (later starts never win).
     rows = max(1, 4_000_000 // (num_units + 1))
     for s in range(num_stages):
@@ -268,8 +316,11 @@ def _one_stage_per_rank_dp(p: PartitionProblem, q: _Quantised) -> tuple[int, lis
         hi_end = num_units - (num_stages - 1 - s)  # and every later stage one
         for first in range(lo_end, hi_end + 1, rows):
             b = np.arange(first, min(first + rows, hi_end + 1))[:, None]
-            mem = (static_pre[b] - static_pre[starts]) + p.inflight[s] * (act_pre[b] - act_pre[starts])
-            cost = np.maximum(best, time_pre[b] - time_pre[starts])
+            rc_end = np.maximum(first_layer, np.minimum(np.minimum(b, p.num_layers + 1),
+                                                        first_layer + p.counts()[s]))
+            mem = (static_pre[b] - static_pre[starts]) + p.inflight[s] * (
+                act_pre[b] - act_pre[starts] - (rc_saved_pre[rc_end] - rc_saved_pre[first_layer]))
+            cost = np.maximum(best, time_pre[b] - time_pre[starts] + rc_time_pre[rc_end] - rc_time_pre[first_layer])
             cost = np.where((starts < b) & (best < inf) & (mem <= limit), cost, inf)
             a = np.argmin(cost, axis=1)  # the first of equal costs, as scanning the starts in order
             new[b[:, 0]], arg[b[:, 0]] = cost[np.arange(len(a)), a], a
@@ -346,13 +397,34 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
     # Embedding on stage 0, head on the last stage, and each stage holds a unit: fixed by the domains above
     # (the head's lower bound is S-1, no skipped stage in between).
 
-    stage_time = [sum(q.time[u] * on(u, s) for u in range(num_units)) for s in range(num_stages)]
+    # Recompute (`recomputed_units`): rc[u, s] <=> unit u is one of the first counts[s] layers of stage s, that is
+    # u is a layer on stage s and unit u - counts[s] (clipped to the embedding) lies on an earlier stage (stage 0
+    # starts at the embedding: its layers 1..counts[0]).
+    counts = p.counts()
+    rc = {}
+    for s in range(num_stages):
+        for u in range(1, p.num_layers + 1):
+            if counts[s] == 0 or not (q.rc_time[u] or q.rc_saved[u]) or isinstance(on(u, s), int) and on(u, s) == 0:
+                continue
+            before = (1 if u <= counts[s] else 0) if s == 0 else 1 - after[max(u - counts[s], 0), s]
+            if isinstance(before, int) and before == 0:
+                continue
+            var = model.new_bool_var(f"rc_{u}_{s}")
+            model.add(var <= on(u, s))
+            model.add(var <= before)
+            model.add(var >= on(u, s) + before - 1)
+            rc[u, s] = var
+
+    stage_time = [sum(q.time[u] * on(u, s) for u in range(num_units))
+                  + sum(q.rc_time[u] * rc[u, t] for u, t in rc if t == s) for s in range(num_stages)]
     rank_stages = [[s for s in range(num_stages) if p.stage_to_rank[s] == r] for r in range(num_ranks)]
 
     # Each rank's static memory plus in-flight activations of its stages fit in its limit.
     for r in range(num_ranks):
         model.add(sum((q.static[u] + p.inflight[s] * q.act[u]) * on(u, s)
-                      for s in rank_stages[r] for u in range(num_units)) <= q.limit[r])
+                      for s in rank_stages[r] for u in range(num_units))
+                  - sum(p.inflight[t] * q.rc_saved[u] * rc[u, t] for u, t in rc if p.stage_to_rank[t] == r)
+                  <= q.limit[r])
 
     # The bottleneck is at least every rank's total stage time, and at least the exact optimum of the chain
     # split when each rank holds a single stage (dynamic programming; then CP-SAT only confirms it).
@@ -364,7 +436,7 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
         if exact is None:
             return None  # the DP is exhaustive: no partition fits in memory
         floor, hint = exact[0], _bounds_to_stages(exact[1])
-    bottleneck = model.new_int_var(floor, max(floor, total), "bottleneck")
+    bottleneck = model.new_int_var(floor, max(floor, total + sum(q.rc_time)), "bottleneck")
     for r in range(num_ranks):
         model.add(sum(stage_time[s] for s in rank_stages[r]) <= bottleneck)
 
@@ -374,6 +446,8 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
     # Hint: the greedy budget split (or the DP optimum).
     hints = [(after[u, t], s >= t) for s, (a, b) in enumerate(hint) for u in range(a, b)
              for t in range(1, num_stages) if not isinstance(after[u, t], int)]
+    hinted = {(u, s) for s, (a, b) in enumerate(hint) for u in p.recomputed_units(s, a, b)}
+    hints += [(var, key in hinted) for key, var in rc.items()]
 
     # Solve (seeded, time-limited, one worker: solve/cpsat.py); presolve and probing spend seconds here and find
     # nothing.

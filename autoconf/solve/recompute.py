@@ -31,6 +31,7 @@ import dataclasses
 from autoconf.cost.estimate import Execution, schedule_inflight
 from autoconf.cost.memory import stage_memory
 from autoconf.spec.cluster import ClusterProfile
+from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.schedules import stage_to_rank
@@ -67,7 +68,7 @@ def fewest_recomputed(model: ModelSpec, cluster: ClusterProfile, config: Paralle
         trial = dataclasses.replace(c, recompute_layers=counts_of(totals))
         ranks = list(totals)
         memory = stage_memory(model, cluster, trial, partition, owner, inflight, execution.memory_layout, ranks,
-                              execution=execution)
+                              selective_policy(c, execution), execution=execution)
         return {r: m["total"] <= limit for r, m in zip(ranks, memory)}
 
     chosen = {r: 0 for r, ok in fits({r: 0 for r in order}).items() if ok}

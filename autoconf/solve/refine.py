@@ -17,6 +17,7 @@ from autoconf.cost.memory import (cp_buffer_bytes, cp_kv_bytes, fp8_weight_cache
                                   state_bytes_per_param, unit_activation_bytes)
 from autoconf.cost.moe import dispatch_bytes, ep_comm_layer, layer_kind_params, local_params, moe_layers
 from autoconf.spec.cluster import ClusterProfile
+from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, min_stage_layers
@@ -26,58 +27,66 @@ from autoconf.spec.schedules import stage_to_rank
 def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, execution: Execution):
     """The partition units with the estimate's own costs: time from the same pieces, bytes from cost/memory.py's
     functions (state bytes per parameter, activations per unit, in-flight counts of the schedule's order, the P2P
-    and FSDP gather buffers taken off the limit). Two rules of the estimate that are not linear in the units are
-    taken on the safe side: the in-flight counts are rounded up, and with one micro-batch per step the gradients
-    are counted beside the activations (the estimate takes the larger)."""
+    and FSDP gather buffers taken off the limit). Recompute is charged per stage as the plan's `recompute_layers`
+    say (every layer when None): a layer's time and activations without recompute, and what recomputing it adds
+    and saves. Two rules of the estimate that are not linear in the units are taken on the safe side: the
+    in-flight counts are rounded up, and with one micro-batch per step the gradients are counted beside the
+    activations (the estimate takes the larger)."""
     from autoconf.solve.partition import PartitionProblem
 
-    layout = execution.memory_layout
+    layout, kind, policy = execution.memory_layout, cluster.device.kind, selective_policy(c, execution)
     pieces = model_pieces(model, cluster, c, execution=execution)
     one = tp_collective(model, cluster, c, list(range(c.tp)))
-    share = selective_matmul_share(model, execution)
-    layer_time = pieces.block.total + 4 * one + recompute_time(pieces, c, one, share)
-    cp_time = 0.0
+    share = selective_matmul_share(model, c, execution)
+    layer_time, layer_rc = pieces.block.total + 4 * one, recompute_time(pieces, c, one, share)
+    cp_time = cp_rc = 0.0
     if c.cp > 1:  # every block's attention exchanges K/V over the CP group (again in a full recompute's forward)
         cp = cp_attention_comm(model, cluster, c, np.arange(c.cp) * c.tp, pieces.attention_core)
-        cp_time = cp.total + (cp.forward if c.recompute == "full" else 0.0)
-        layer_time += cp_time
+        cp_time, cp_rc = cp.total, (cp.forward if c.recompute == "full" else 0.0)
+        layer_time, layer_rc = layer_time + cp_time, layer_rc + cp_rc
     per_param = sum(state_bytes_per_param(c, layout, execution=execution))
     block_per_param = per_param + fp8_weight_cache_bytes(c, execution)
     head_params = model.head_params() + (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)
-    embedding, layer, head = unit_activation_bytes(model, c, layout, cluster.device.kind,
-                                                   execution.selective_recompute, execution)
+    embedding, layer, head = unit_activation_bytes(model, c, layout, kind, policy, execution)
+    layer_plain = layer_activation_bytes(model, c, layout, kind, "none", policy, execution=execution)
     layer_static = model.layer_params() / c.tp * block_per_param if model.moe is None else 0.0
-    layers_time, layers_static, layers_act = [layer_time] * model.num_layers, [layer_static] * model.num_layers, \
-        [layer] * model.num_layers
+    n = model.num_layers
+    layers_time, layers_static, layers_act = [layer_time] * n, [layer_static] * n, [layer_plain] * n
+    layers_rc, layers_saved = [layer_rc] * n, [layer_plain - layer] * n
     if model.moe is not None:
         # Dense and MoE blocks differ: each costed as the estimate costs it on pipeline rank 0 of the default grid.
         grid = RankGrid.logical(c.dims)
         exchange = ep_comm_layer(model, cluster, c, *(expert_groups(grid, 0, c.ep, c.etp, axis)[0]
                                                       for axis in ("ep", "etp")))
         moe_pieces = pieces.kind(True)
-        moe_time = (moe_pieces.block.total + 4 * one + 2 * exchange + recompute_time(moe_pieces, c, one, share)
-                    + (exchange if c.recompute == "full" else 0.0) + cp_time)
+        moe_time = moe_pieces.block.total + 4 * one + 2 * exchange + cp_time
+        moe_rc = recompute_time(moe_pieces, c, one, share) + (exchange if c.recompute == "full" else 0.0) + cp_rc
         dense, moe, experts = layer_kind_params(model)
         attention_part, expert_part = local_params(c, moe, experts)
         moe_static = attention_part * per_param + expert_part * sum(state_bytes_per_param(c, layout, experts=True))
-        moe_act = layer_activation_bytes(model, c, layout, cluster.device.kind, selective=execution.selective_recompute,
-                                         moe=True)
-        for i in range(model.num_layers):
+        moe_act = layer_activation_bytes(model, c, layout, kind, selective=policy, moe=True)
+        moe_plain = layer_activation_bytes(model, c, layout, kind, "none", policy, moe=True)
+        for i in range(n):
             if model.is_moe_layer(i):
-                layers_time[i], layers_static[i], layers_act[i] = moe_time, moe_static, moe_act
+                layers_time[i], layers_static[i], layers_act[i] = moe_time, moe_static, moe_plain
+                layers_rc[i], layers_saved[i] = moe_rc, moe_plain - moe_act
             else:
                 layers_static[i] = dense / c.tp * per_param
     unit_time = [pieces.embedding.total + one] + layers_time + [pieces.head.total + one]
     unit_static = ([model.embedding_params() / c.tp * per_param] + layers_static
                    + [head_params / c.tp * per_param + logits_temporary_bytes(model, c, layout, execution)])
     unit_act = [embedding] + layers_act + [head]
+    recompute = {}
+    if c.recompute != "none":
+        recompute = dict(unit_recompute_time=(0.0, *layers_rc, 0.0),
+                         unit_recompute_saved_bytes=(0.0, *layers_saved, 0.0), recompute_counts=c.recompute_layers)
     inflight = tuple(int(np.ceil(n)) for n in schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches))
     limit = (cluster.usable_memory_bytes - cluster.device.memory_overhead_bytes - p2p_buffer_bytes(model, c)
              - gather_buffer_bytes(model, c, layout) - cp_buffer_bytes(model, c))
     return PartitionProblem(unit_time=tuple(unit_time), unit_static_bytes=tuple(unit_static),
                             unit_activation_bytes=tuple(unit_act),
                             stage_to_rank=stage_to_rank(c.schedule, c.pp, c.vpp), inflight=inflight,
-                            memory_limit_bytes=float(limit), num_microbatches=c.num_microbatches)
+                            memory_limit_bytes=float(limit), num_microbatches=c.num_microbatches, **recompute)
 
 
 def refined_partition(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, execution: Execution,
@@ -149,8 +158,8 @@ def refined_partition_by_estimate(model: ModelSpec, cluster: ClusterProfile, c: 
     `partition_problem`), then, for pipelines of at most POLISH_MAX_STAGES stages, the local-search polish
     (`polished_partition`) of the better of the two scored by the estimate itself. `default_time` is the uniform
     split's fast estimate on `mesh` when the caller has it. With `per_stage`, `c` recomputes every layer in the
-    CP-SAT model and each partition is scored with the fewest recomputed layers per stage that fit it
-    (solve/recompute.py)."""
+    CP-SAT model reads the fewest recomputed layers per stage that fit the uniform split, and each partition is
+    scored with the fewest that fit it (solve/recompute.py)."""
     from autoconf.cost.estimate import default_partition, predict
     from autoconf.solve.recompute import fewest_recomputed
 
@@ -170,7 +179,8 @@ def refined_partition_by_estimate(model: ModelSpec, cluster: ClusterProfile, c: 
 
     best_time = score(None) if default_time is None else default_time
     best = None
-    solved = refined_partition(model, cluster, c, execution, time_limit_s=time_limit_s, seed=seed)
+    counted = fewest_recomputed(model, cluster, c, uniform, execution) if per_stage else None
+    solved = refined_partition(model, cluster, counted or c, execution, time_limit_s=time_limit_s, seed=seed)
     if solved is not None and solved != uniform:
         t = score(solved)
         if t < best_time:

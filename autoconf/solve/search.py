@@ -33,10 +33,11 @@ from autoconf.cost.moe import layer_kinds, smallest_layer_params
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_offload, host_memory_per_node,
                                    plans_offload)
 from autoconf.errors import UserError
-from autoconf.spec.support import unsupported_reason
+from autoconf.spec.support import op_policy_unsupported, unsupported_reason
 from autoconf.solve.recompute import fewest_recomputed
 from autoconf.solve.space import candidates, normalise_fixed, with_changes
 from autoconf.spec.cluster import ClusterProfile
+from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, node_blocks, uniform_partition
@@ -264,13 +265,13 @@ class _BoundCache:
         a model with dense and MoE blocks, the smaller of each (the MoE token exchange left out), plus the estimate's
         own activation copies of offload_activations (on the compute stream) and exposed CP K/V exchange."""
         key = (c.tp, c.cp, c.cp_comm, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len,
-               c.recompute, c.ep, c.etp, c.offload_activations)
+               c.recompute, c.ep, c.etp, c.offload_activations, c.selective_recompute)
         if key not in self._layers:
             one = self._tp_collective(c)
             kinds = [self._layer(c).kind(moe) for moe in layer_kinds(self.model)]
             copies = [activation_copy_times(self.cluster, activation_copy_bytes(c, layer_activation_bytes(
                 self.model, c, self.execution.memory_layout, self.cluster.device.kind,
-                selective=self.execution.selective_recompute, moe=moe))) for moe in layer_kinds(self.model)]
+                selective=selective_policy(c, self.execution), moe=moe))) for moe in layer_kinds(self.model)]
             cp = PassTimes(0.0, 0.0, 0.0)
             if c.cp > 1:  # the estimate's exposed K/V exchange, on the default mesh's first CP group
                 cp = cp_attention_comm(self.model, self.cluster, c, np.arange(c.cp) * c.tp,
@@ -279,7 +280,8 @@ class _BoundCache:
             backward_input = min(p.block.backward_input + b for p, (_, b) in zip(kinds, copies))
             self._layers[key] = (forward + cp.forward, backward_input + cp.backward_input,
                                  min(p.block.backward_weight for p in kinds) + cp.backward_weight, one,
-                                 min(recompute_time(p, c, one) for p in kinds)
+                                 min(recompute_time(p, c, one, selective_matmul_share(self.model, c, self.execution))
+                                     for p in kinds)
                                  + (cp.forward if c.recompute == "full" else 0.0))
         return self._layers[key]
 
@@ -316,7 +318,7 @@ class _BoundCache:
         partition, owner = self._layout[key]
         inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, rank=0)
         entry = stage_memory(self.model, self.cluster, c, partition, owner, inflight, self.execution.memory_layout,
-                             ranks=[0], selective=self.execution.selective_recompute,
+                             ranks=[0], selective=selective_policy(c, self.execution),
                              execution=self.execution)[0]
         self._last_memory = (c, entry)
         return entry
@@ -347,8 +349,14 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     # each stage that fit (solve/recompute.py), found when the walk reaches it: until then it is bounded as if it
     # recomputed none, then put back with the bound of its counts.
     per_stage = "recompute" not in fixed
+    # Selective candidates run the framework's own policy and, where it runs others, each of them (the per-op policy
+    # saves more and recomputes less than the attention core, or the reverse: the estimate decides).
+    others = [p for p in execution.selective_policies if p != execution.selective_recompute]
+    if launchable_only and op_policy_unsupported(ParallelConfig(1, 1, 1, 1, 1, 1), model):
+        others = [p for p in others if p != "alternate_matmuls"]  # not run on this model (MoE layers)
+    policies = (None, *others)
     for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
-                             attention, fixed, zero_stages):
+                             attention, fixed, zero_stages, policies):
         seen += 1
         if config.offloads:  # pinned by --fix: refused in one line on a profile without host facts
             check_offload(cluster, config)
@@ -514,8 +522,8 @@ def _ranked_by_full_simulation(model: ModelSpec, cluster: ClusterProfile, execut
 def ranking_key(config: ParallelConfig) -> tuple:
     """How plans of equal predicted time are ordered (the same in the search, validate and the tests)."""
     return (config.tp, config.pp, config.dp, config.vpp, config.micro_batch_size, config.schedule,
-            config.zero_stage, config.recompute, config.sequence_parallel, config.ep, config.etp,
-            config.offload_activations, config.offload_optimizer,
+            config.zero_stage, config.recompute, config.selective_recompute or "", config.sequence_parallel, config.ep,
+            config.etp, config.offload_activations, config.offload_optimizer,
             config.grad_reduce != "step")  # grad_reduce last: the search finds a layout's twin by key[:-1]
 
 

@@ -3,13 +3,14 @@
 A candidate is a `ParallelConfig`. The space: TP dividing the attention and KV heads and (unless fixed) no wider
 than a node; PP up to the layer count; DP the rest of the devices, dividing the global batch; micro-batch sizes
 dividing the per-replica batch; every schedule with the chunk counts it accepts; ZeRO 0-3 (only 0 without DP);
-recompute none/selective/full; sequence parallelism where TP > 1; where FSDP shards (ZeRO >= 1, DP > 1) and
-gradients accumulate (several micro-batches or a pipeline), the gradient reduce-scatter once per step or after
-every micro-batch (`grad_reduce`; not under the split-backward schedules); context parallelism (`cp_choices`) for
-long sequences, with both K/V exchanges (`cp_comm`). On a mixture-of-experts model, every expert-parallel degree ep
-dividing the experts and the ranks of a pipeline rank, with expert TP etp of 1 or tp (`expert_choices`); a dense
-model keeps ep = etp = 1, so its space is as before. Every candidate is legal by construction (the schedule's own
-micro-batch rules are checked here); `search` checks what holds for all of them (sequence length).
+recompute none/selective/full (selective under each policy the caller weighs, `selective_policies`); sequence
+parallelism where TP > 1; where FSDP shards (ZeRO >= 1, DP > 1) and gradients accumulate (several micro-batches or a
+pipeline), the gradient reduce-scatter once per step or after every micro-batch (`grad_reduce`; not under the
+split-backward schedules); context parallelism (`cp_choices`) for long sequences, with both K/V exchanges
+(`cp_comm`). On a mixture-of-experts model, every expert-parallel degree ep dividing the experts and the ranks of a
+pipeline rank, with expert TP etp of 1 or tp (`expert_choices`); a dense model keeps ep = etp = 1, so its space is
+as before. Every candidate is legal by construction (the schedule's own micro-batch rules are checked here);
+`search` checks what holds for all of them (sequence length).
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from collections.abc import Iterator
 
 from autoconf.errors import UserError
 from autoconf.spec.dtypes import DTYPES
+from autoconf.spec.frameworks import SELECTIVE_RECOMPUTE
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import CP_COMM, GRAD_REDUCE, OFFLOADS, ParallelConfig, max_pipeline_stages
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 FIXABLE = ("tp", "pp", "dp", "cp", "vpp", "micro_batch_size", "schedule", "zero_stage", "recompute",
-           "sequence_parallel", "dtype", "grad_reduce", "cp_comm", "ep", "etp", *OFFLOADS)
+           "selective_recompute", "sequence_parallel", "dtype", "grad_reduce", "cp_comm", "ep", "etp", *OFFLOADS)
 ALIASES = {"mb": "micro_batch_size", "micro_batch": "micro_batch_size", "zero": "zero_stage",
            "sp": "sequence_parallel"}
 INT_FIELDS = ("tp", "pp", "dp", "cp", "vpp", "micro_batch_size", "zero_stage", "ep", "etp")
@@ -62,6 +64,8 @@ def parse_fix_value(key: str, value: str):
         raise UserError(f"--fix schedule={value}: unknown schedule; choose from {', '.join(SCHEDULES)}")
     if key == "recompute" and value not in ("none", "selective", "full"):
         raise UserError(f"--fix recompute={value}: choose none, selective or full")
+    if key == "selective_recompute" and value not in SELECTIVE_RECOMPUTE:
+        raise UserError(f"--fix selective_recompute={value}: choose {' or '.join(SELECTIVE_RECOMPUTE)}")
     if key == "cp_comm" and value not in CP_COMM:
         raise UserError(f"--fix cp_comm={value}: choose {' or '.join(CP_COMM)}")
     if key == "grad_reduce" and value not in GRAD_REDUCE:
@@ -82,9 +86,12 @@ def _divisors(n: int) -> list[int]:
 
 def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_batch: int, seq_len: int,
                dtype: str, attention: str = "flash", fixed: dict | None = None,
-               zero_stages: tuple[int, ...] = (0, 1, 2, 3)) -> Iterator[ParallelConfig]:
+               zero_stages: tuple[int, ...] = (0, 1, 2, 3),
+               selective_policies: tuple[str | None, ...] = (None,)) -> Iterator[ParallelConfig]:
     """Every legal layout honouring `fixed`; deterministic order. `zero_stages` lists the stages worth telling
-    apart (a pinned --fix zero_stage is always honoured)."""
+    apart (a pinned --fix zero_stage is always honoured); `selective_policies` the `selective_recompute` values of
+    the selective candidates (None: the framework's own; a pinned --fix selective_recompute is honoured, and pins
+    recompute to selective)."""
     fixed = normalise_fixed(fixed or {})
     if "ep" in fixed or "etp" in fixed:
         # The rules that do not depend on the other degrees, as one line before any search.
@@ -96,6 +103,19 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
 
     def choices(key, default):
         return [fixed[key]] if key in fixed else default
+
+    if "selective_recompute" in fixed:
+        if fixed.get("recompute", "selective") != "selective":
+            raise UserError(f"--fix selective_recompute={fixed['selective_recompute']} needs recompute selective "
+                            f"(got --fix recompute={fixed['recompute']})")
+        fixed = {**fixed, "recompute": "selective"}
+
+    def policies(recompute: str) -> list[str | None]:
+        """The selective policies of a candidate: the per-op one only with the fused attention kernel."""
+        if recompute != "selective":
+            return [None]
+        chosen = choices("selective_recompute", list(selective_policies))
+        return [p for p in chosen if p != "alternate_matmuls" or attention == "flash"]
 
     head_divisors = [d for d in _divisors(model.num_kv_heads) if model.num_heads % d == 0]
     tps = choices("tp", [t for t in head_divisors if t <= gpus_per_node and world_size % t == 0])
@@ -127,7 +147,8 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                     for zero in choices("zero_stage", list(zero_stages) if dp * cp > 1 else [0]):
                         if fixed.get("offload_optimizer") is True and not (zero >= 1 and dp * cp > 1):
                             continue  # CPUOffloadPolicy needs FSDP
-                        for recompute in choices("recompute", ["none", "selective", "full"]):
+                        for recompute, policy in ((r, p) for r in choices("recompute", ["none", "selective", "full"])
+                                                  for p in policies(r)):
                             for sp in choices("sequence_parallel", [False, True] if tp > 1 else [False]):
                                 for reduce, cp_comm, (ep, etp) in itertools.product(
                                         choices("grad_reduce", _grad_reduce_choices(pp, dp * cp, per_replica // mb,
@@ -140,7 +161,8 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                                         dtype=fixed.get("dtype", dtype), attention=attention, grad_reduce=reduce,
                                         cp_comm=cp_comm, ep=ep, etp=etp,
                                         offload_activations=fixed.get("offload_activations", False),
-                                        offload_optimizer=fixed.get("offload_optimizer", False))
+                                        offload_optimizer=fixed.get("offload_optimizer", False),
+                                        selective_recompute=policy)
 
 
 def expert_choices(model: ModelSpec, ranks: int, tp: int, fixed: dict) -> list[tuple[int, int]]:

@@ -34,6 +34,8 @@ GRAD_REDUCE_START = ("after_flush", "after_stage", "per_bucket")
 #   "alternate_matmuls"  every op but the attention kernel and every other matmul of a block in forward order
 #                        (torchtitan's selective_ac_option "op": it saves mm outputs except every second one, and
 #                        the SDPA output)
+# A plan may name its own (`ParallelConfig.selective_recompute`) among those its framework runs
+# (`Execution.selective_policies`); `selective_policy` is the one reading.
 SELECTIVE_RECOMPUTE = ("attention_core", "alternate_matmuls")
 MEMORY_LAYOUTS = ("torch", "megatron")
 # Element-wise ops a framework runs as separate eager torch kernels instead of one fused kernel each (the
@@ -96,7 +98,9 @@ class Execution:
         after the transfer (Megatron's scatter/gather optimisation); with sequence parallelism they are sliced anyway.
     tp_comm_overlap: under sequence parallelism the TP all-gathers and reduce-scatters are pipelined with the GEMMs
         beside them (Megatron-Core's userbuffers): a layer's TP time is what its GEMMs do not cover.
-    selective_recompute: see SELECTIVE_RECOMPUTE.
+    selective_recompute: see SELECTIVE_RECOMPUTE: the policy of a plan that names none.
+    selective_policies: the selective policies the framework runs (a plan's own must be one; the search weighs
+        each): autoconf's executor runs both, Megatron the attention core, torchtitan its per-op policy.
     executor_overheads: the profile's measurements of autoconf's executor (pipeline runtime per pass, FSDP hooks
         per unit, TP layers timed in the executor) describe this framework's runtime.
     eager_ops: see EAGER_OPS (specification profiles only; measured tables time the executor's own kernels).
@@ -130,6 +134,7 @@ class Execution:
     p2p_scatter_gather: bool = False
     tp_comm_overlap: bool = False
     selective_recompute: str = "attention_core"
+    selective_policies: tuple[str, ...] = SELECTIVE_RECOMPUTE
     executor_overheads: bool = True
     eager_ops: tuple[str, ...] = ()
     attention_kernel: str = "fused"
@@ -155,6 +160,9 @@ class Execution:
             out.append(f"memory_layout {self.memory_layout!r} is none of {', '.join(MEMORY_LAYOUTS)}")
         if self.selective_recompute not in SELECTIVE_RECOMPUTE:
             out.append(f"selective_recompute {self.selective_recompute!r} is none of {', '.join(SELECTIVE_RECOMPUTE)}")
+        elif self.selective_recompute not in self.selective_policies:
+            out.append(f"selective_recompute {self.selective_recompute!r} is not among the policies the framework "
+                       f"runs ({', '.join(self.selective_policies)})")
         if not set(self.eager_ops) <= set(EAGER_OPS):
             out.append(f"eager_ops {', '.join(self.eager_ops)}: each must be one of {', '.join(EAGER_OPS)}")
         if self.attention_kernel not in ATTENTION_KERNELS:
@@ -208,6 +216,11 @@ class Execution:
             raise UserError(f"framework {self.name!r} runs ZeRO stages {', '.join(map(str, self.zero_stages))}, not "
                             f"{config.zero_stage}; pick one of those or a framework that runs it "
                             f"({', '.join(able) or 'none'})")
+        policy = config.selective_recompute
+        if config.recompute == "selective" and policy is not None and policy not in self.selective_policies:
+            raise UserError(f"framework {self.name!r} runs selective recompute as "
+                            f"{' or '.join(self.selective_policies)}, not {policy}; drop selective_recompute or "
+                            f"use a framework that runs it (autoconf runs {' and '.join(SELECTIVE_RECOMPUTE)})")
 
     def buckets(self, params: float, layers: int, pipeline_rank: int, dp: int) -> int:
         """How many gradient (and parameter-gather) buckets a stage of `params` parameters per TP rank and `layers`
@@ -244,11 +257,13 @@ PRESETS: dict[str, Execution] = {
     "autoconf": Execution(),
     "megatron": Execution(
         name="megatron", memory_layout="megatron", zero_stages=(0, 1, 2, 3), zero_searched=(0, 1, 2, 3),
-        grad_reduce_start="after_flush", param_gather_overlap=False, blocking_p2p=True, p2p_scatter_gather=True,
+        selective_policies=("attention_core",), grad_reduce_start="after_flush", param_gather_overlap=False,
+        blocking_p2p=True, p2p_scatter_gather=True,
         executor_overheads=False, eager_ops=("vocab_parallel_ce",),
         megatron_args=(("sharded", "memory_layout=megatron", "--use-distributed-optimizer"),)),
     "megatron-core": Execution(
         name="megatron-core", memory_layout="megatron", zero_stages=(0, 1), zero_searched=(0, 1),
+        selective_policies=("attention_core",),
         distributed_optimizer=True, grad_reduce_start="per_bucket", bucket_params=40e6, bucket_first_rank_only=True,
         param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False, eager_ops=("vocab_parallel_ce",),
         transformer_engine=True, loss_memory="inplace",
@@ -260,7 +275,7 @@ PRESETS: dict[str, Execution] = {
     "torchtitan": Execution(
         name="torchtitan", memory_layout="torch", zero_stages=(0, 2, 3), zero_searched=(0, 2, 3),
         grad_reduce_start="per_bucket", param_gather_overlap=True, selective_recompute="alternate_matmuls",
-        executor_overheads=False,
+        selective_policies=("alternate_matmuls",), executor_overheads=False,
         # torchtitan 0.3.0 (the exporters' target) without torch.compile: the complex fp32 rotary
         # (models/common/rope.py), SwiGLU (feed_forward.py) and the fp32 loss (components/loss.py) as eager
         # kernels; nn.RMSNorm (torch's fused kernel) and SDPA with enable_gqa (no K/V copies) are fused; SDPA's
@@ -273,6 +288,14 @@ PRESETS: dict[str, Execution] = {
                              ("always", "compile_loss=False", 'config.compile.components = ["model"]'))),
 }
 DEFAULT = "autoconf"
+
+
+def selective_policy(config, execution: Execution | None = None) -> str:
+    """What selective recompute redoes in `config` (SELECTIVE_RECOMPUTE): the plan's own
+    `selective_recompute` when it names one, else the framework's (`execution`, default autoconf's executor). The
+    one reading the estimate, the search, the executor and the exporters share."""
+    own = config.selective_recompute
+    return own if own is not None else (execution or PRESETS[DEFAULT]).selective_recompute
 
 
 def compiled_ops(ops: tuple[str, ...], compile_loss: bool = True) -> tuple[str, ...]:
@@ -346,6 +369,8 @@ def with_flags(preset: Execution, flags: dict) -> Execution:
     if "zero_stages" in flags:
         kept = tuple(z for z in preset.zero_searched if z in flags["zero_stages"])
         flags = {**flags, "zero_searched": kept or flags["zero_stages"]}
+    if "selective_recompute" in flags and flags["selective_recompute"] not in preset.selective_policies:
+        flags = {**flags, "selective_policies": (flags["selective_recompute"],)}
     return preset.replace(**flags)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from autoconf.errors import UserError
 from autoconf.spec.dtypes import DTYPES
+from autoconf.spec.frameworks import SELECTIVE_RECOMPUTE
 from autoconf.spec.grid import AXES, ParallelDims, RankGrid
 from autoconf.spec.model import ATTENTION, RECOMPUTE, ModelSpec, is_printable_name
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
@@ -75,10 +76,16 @@ class ParallelConfig:
     # of the stage, as Megatron's --recompute-method block; the others keep their activations. None: every layer.
     # `recomputed_layers` is the one reading of it.
     recompute_layers: tuple[int, ...] | None = None
+    # What `recompute` "selective" redoes (spec/frameworks.py SELECTIVE_RECOMPUTE): "attention_core" or torchtitan's
+    # per-op "alternate_matmuls". None: the framework's own (`selective_policy` is the one reading). It qualifies
+    # selective recompute only: a config with another recompute mode holds None.
+    selective_recompute: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.recompute_layers, list):
             object.__setattr__(self, "recompute_layers", tuple(self.recompute_layers))
+        if self.recompute != "selective" and self.selective_recompute is not None:
+            object.__setattr__(self, "selective_recompute", None)
 
     @property
     def dims(self) -> ParallelDims:
@@ -197,6 +204,13 @@ class ParallelConfig:
             elif self.recompute == "none":
                 out.append("recompute_layers needs recompute selective or full (it counts the layers of each "
                            "stage that recompute)")
+        if self.selective_recompute is not None:
+            if self.selective_recompute not in SELECTIVE_RECOMPUTE:
+                out.append(f"selective_recompute {self.selective_recompute!r} is not one of "
+                           f"{', '.join(SELECTIVE_RECOMPUTE)}")
+            elif self.selective_recompute == "alternate_matmuls" and self.attention != "flash":
+                out.append("selective_recompute alternate_matmuls saves the fused attention kernel's output: it needs "
+                           f"attention flash (got {self.attention})")
         if self.dtype not in DTYPES:
             out.append(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         for name in ("compile", *OFFLOADS):
@@ -257,8 +271,11 @@ class ParallelConfig:
         return self
 
     def to_dict(self) -> dict:
-        """The config JSON; `recompute_layers` only when set, so a plan without it reads as before."""
+        """The config JSON; `recompute_layers` and `selective_recompute` only when set, so a plan without them
+        reads as before."""
         d = dataclasses.asdict(self)
+        if self.selective_recompute is None:
+            del d["selective_recompute"]
         if self.recompute_layers is None:
             del d["recompute_layers"]
         else:

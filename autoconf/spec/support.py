@@ -55,6 +55,10 @@ def unsupported_reason(config, model=None) -> str | None:
         return (f"offload_optimizer with tp {config.tp}, pp {config.pp}, dtype {config.dtype}: the executor runs "
                 f"FSDP2's CPUOffloadPolicy on data-parallel layouts only (tp 1, pp 1, not fp8; tested on CPU); drop "
                 f"the offload or use tp 1, pp 1 and bf16")
+    if config.selective_recompute == "alternate_matmuls":
+        reason = op_policy_unsupported(config, model)
+        if reason:
+            return reason
     spec = schedule_spec(config.schedule)
     if config.zero_sharded and config.zero_stage == 3 and config.pp > 1 and not spec.executor_zero3:
         runs = ", ".join(name for name in SCHEDULES if schedule_spec(name).executor_zero3)
@@ -66,6 +70,22 @@ def unsupported_reason(config, model=None) -> str | None:
                 f"would reduce before the weight pass; use grad_reduce step, or a schedule without a split "
                 f"backward ({', '.join(n for n in SCHEDULES if not schedule_spec(n).split_backward)})")
     return None
+
+
+def op_policy_unsupported(config, model=None) -> str | None:
+    """Why the executor does not run selective_recompute "alternate_matmuls" (torchtitan's per-op policy) with this
+    layout, or None. Tried on CPU (tests/test_execute.py): TP with and without SP, pipelines, FSDP. Not tried:
+    context parallelism (its blockwise attention calls the kernel once per K/V block), MoE layers (routing and
+    expert matmuls that the policy does not name), FP8 linears (scaled matmuls) and offload_activations (the
+    policy's saved outputs bypass the saved-tensor hooks)."""
+    others = [what for what, on in (("cp > 1", config.cp > 1), ("dtype fp8", config.dtype == "fp8"),
+                                    ("offload_activations", config.offload_activations is True),
+                                    ("a mixture-of-experts model", model is not None and model.moe is not None))
+              if on]
+    if not others:
+        return None
+    return (f"selective_recompute alternate_matmuls (the per-op policy) with {', '.join(others)} is not run; use "
+            f"selective_recompute attention_core, or drop {', '.join(others)}")
 
 
 def check_supported(config, model=None) -> None:

@@ -1,0 +1,89 @@
+"""torchtitan's per-op selective checkpointing (selective_recompute "alternate_matmuls") for one transformer block.
+
+The block runs inside a non-reentrant `torch.utils.checkpoint` whose dispatch mode
+(`create_selective_checkpoint_contexts`) decides op by op what the backward keeps: the outputs of the weight matmuls
+in forward order except every second one (aten.mm, and aten.addmm for the linears with a bias), of the fused
+attention kernel (SDPA, whichever backend runs it) and of the TP reduce-scatters (sequence parallelism) are saved;
+everything else (norms, rotary, activations, the other matmuls, the SP all-gathers, the all-reduces without SP) is
+recomputed in the backward. As torchtitan does (torchtitan/distributed/activation_checkpoint.py `SelectiveAC`), the
+recompute runs the whole block (no early stop), so the forward and the recompute count the same matmuls.
+cost/memory.py `op_policy_layer_activation_bytes` is what it keeps, cost/estimate.py `recompute_time` what it redoes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.utils.checkpoint import (CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts,
+                                    set_checkpoint_early_stop)
+
+aten = torch.ops.aten
+WEIGHT_MATMULS = frozenset({aten.mm.default, aten.addmm.default, aten.linear.default})
+# The fused attention kernels SDPA dispatches to (CUDA's flash, memory-efficient and cuDNN kernels, CPU's flash).
+ATTENTION_KERNELS = frozenset({aten._scaled_dot_product_flash_attention.default,
+                               aten._scaled_dot_product_efficient_attention.default,
+                               aten._scaled_dot_product_cudnn_attention.default,
+                               aten._scaled_dot_product_flash_attention_for_cpu.default})
+SAVED_COLLECTIVES = frozenset({torch.ops._c10d_functional.reduce_scatter_tensor.default})
+
+# Lists that collect each new checkpoint's cache of saved outputs while `recording()` is active.
+_recorders: list[list] = []
+
+
+def op_policy():
+    """A fresh policy function (one per checkpointed forward): it counts the weight matmuls of the forward and of
+    the recompute separately, so both save the same ones."""
+    counts = {False: 0, True: 0}
+
+    def policy(ctx, func, *args, **kwargs) -> CheckpointPolicy:
+        if func in WEIGHT_MATMULS:
+            counts[ctx.is_recompute] += 1
+            keep = counts[ctx.is_recompute] % 2 == 1
+        else:
+            keep = func in ATTENTION_KERNELS or func in SAVED_COLLECTIVES
+        return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return policy
+
+
+def op_policy_contexts():
+    """The (forward, recompute) context pair of one checkpointed call under the per-op policy."""
+    forward, recompute = create_selective_checkpoint_contexts(op_policy())
+    for caches in _recorders:
+        caches.append(forward)
+    return forward, recompute
+
+
+def checkpoint_ops(function, *args):
+    """`function(*args)` checkpointed under the per-op policy."""
+    with set_checkpoint_early_stop(False):
+        return checkpoint(function, *args, use_reentrant=False, context_fn=op_policy_contexts)
+
+
+@contextlib.contextmanager
+def recording():
+    """Yields a list that receives the forward context of every per-op checkpoint started inside (its `storage`:
+    the outputs the policy saved), for counting what the backward keeps (profile/activations.py)."""
+    caches: list = []
+    _recorders.append(caches)
+    try:
+        yield caches
+    finally:
+        _recorders.remove(caches)
+
+
+def cached_tensors(context):
+    """The tensors a forward context's cache holds."""
+    def walk(entry):
+        entry = getattr(entry, "val", entry)
+        if isinstance(entry, torch.Tensor):
+            yield entry
+        elif isinstance(entry, dict):
+            for item in entry.values():
+                yield from walk(item)
+        elif isinstance(entry, (tuple, list)):
+            for item in entry:
+                yield from walk(item)
+
+    yield from walk(context.storage)
