@@ -62,9 +62,10 @@ from collections.abc import Sequence
 from autoconf.cost.moe import (all_to_all_buffer_bytes, blocks_params, layer_kind_params, moe_layers,
                                routed_activation_bytes)
 from autoconf.cost.moe import local_params as local_params_of
+from autoconf.cost.saved import saved_bytes
 from autoconf.cost.offload import activation_copy_bytes, host_state_bytes_per_param
 from autoconf.spec.cluster import ClusterProfile
-from autoconf.spec.dtypes import DTYPE_BYTES
+from autoconf.spec.dtypes import DTYPE_BYTES, STORAGE_BYTES, precision
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, recomputed_layers
 from autoconf.spec.schedules import schedule_spec
@@ -89,6 +90,9 @@ def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     MoE block's (the dense MLP's tensors replaced by the routed ones)."""
     c = config
     recompute = c.recompute if recompute is None else recompute
+    if layout == "megatron" and (model.mla is not None or precision(c.dtype).cached) and not (
+            recompute == "selective" and selective == "alternate_matmuls"):
+        return saved_bytes(model, c, recompute, selective, moe)  # the closed formula spelled out, tensor by tensor
     if moe:
         # The dense MLP's tensors (`dense_mlp_tensors` of ffn_hidden_size) give way to the routed ones.
         dense_mlp = (dense_mlp_tensors(layout, recompute) * DTYPE_BYTES[c.dtype] * c.local_seq_len
@@ -254,7 +258,8 @@ def state_bytes_per_param(config: ParallelConfig, layout: str,
     z = config.zero_stage if config.zero_stage >= 1 and dp > 1 else 0
     compute = DTYPE_BYTES[config.dtype]
     if layout == "megatron":
-        weights, grads, optim = 2.0, 4.0, 12.0
+        # fp32 master weights and two Adam moments in the recipe's `moments` dtype (fp32: 12 bytes)
+        weights, grads, optim = 2.0, 4.0, 4.0 + 2 * STORAGE_BYTES[precision(config.dtype).moments]
         if config.offload_optimizer:
             optim = 0.0
         if z >= 1:

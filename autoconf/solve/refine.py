@@ -15,7 +15,7 @@ from autoconf.cost.estimate import (Execution, activation_bytes, cp_attention_co
 from autoconf.cost.memory import (cp_buffer_bytes, cp_kv_bytes, gather_buffer_bytes, layer_activation_bytes,
                                   logits_temporary_bytes, p2p_buffer_bytes, state_bytes_per_param,
                                   unit_activation_bytes)
-from autoconf.cost.moe import dispatch_bytes, ep_comm_layer, layer_kind_params, local_params, moe_layers
+from autoconf.cost.moe import dispatch_bytes, ep_comm_passes, layer_kind_params, local_params, moe_layers
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
@@ -51,10 +51,10 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     if model.moe is not None:
         # Dense and MoE blocks differ: each costed as the estimate costs it on pipeline rank 0 of the default grid.
         grid = RankGrid.logical(c.dims)
-        exchange = ep_comm_layer(model, cluster, c, *(expert_groups(grid, 0, c.ep, c.etp, axis)[0]
-                                                      for axis in ("ep", "etp")))
+        exchange, exchange_back = ep_comm_passes(model, cluster, c, *(expert_groups(grid, 0, c.ep, c.etp, axis)[0]
+                                                                      for axis in ("ep", "etp")))
         moe_pieces = pieces.kind(True)
-        moe_time = (moe_pieces.block.total + 4 * one + 2 * exchange + recompute_time(moe_pieces, c, one, share)
+        moe_time = (moe_pieces.block.total + 4 * one + exchange + exchange_back + recompute_time(moe_pieces, c, one, selective_matmul_share(model, execution, moe=True))
                     + (exchange if c.recompute == "full" else 0.0) + cp_time)
         dense, moe, experts = layer_kind_params(model)
         attention_part, expert_part = local_params(c, moe, experts)

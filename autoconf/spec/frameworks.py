@@ -23,6 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from autoconf.errors import UserError
+from autoconf.spec.dtypes import precision
 
 # When a stage's gradient reduction may start:
 #   "after_flush"  after every stage's last backward, the stages' reductions one after another (no overlap)
@@ -34,7 +35,10 @@ GRAD_REDUCE_START = ("after_flush", "after_stage", "per_bucket")
 #   "alternate_matmuls"  every op but the attention kernel and every other matmul of a block in forward order
 #                        (torchtitan's selective_ac_option "op": it saves mm outputs except every second one, and
 #                        the SDPA output)
-SELECTIVE_RECOMPUTE = ("attention_core", "alternate_matmuls")
+#   "norms_mla_swiglu"   every RMSNorm, the up-projections of multi-head latent attention (so their outputs Q, K, V)
+#                        and the output of the MoE experts' SwiGLU (DeepSeek-V3 report Sec. 3.2.3 and 3.3.3); the
+#                        attention core is not redone (cost/saved.py)
+SELECTIVE_RECOMPUTE = ("attention_core", "alternate_matmuls", "norms_mla_swiglu")
 MEMORY_LAYOUTS = ("torch", "megatron")
 # Element-wise ops a framework runs as separate eager torch kernels instead of one fused kernel each (the
 # specification model's count, `autoconf.cost.compute.eager_elementwise_bytes` says what each adds):
@@ -148,6 +152,9 @@ class Execution:
                            "--overlap-param-gather with --overlap-grad-reduce)")
         if self.bucket_params is not None and not self.bucket_params > 0:
             out.append(f"bucket_params must be > 0 parameters, got {self.bucket_params}")
+        if self.selective_recompute == "norms_mla_swiglu" and self.memory_layout != "megatron":
+            out.append("selective_recompute 'norms_mla_swiglu' (DeepSeek-V3's) is described in the megatron memory "
+                       "layout only; the executor's selective recompute is 'attention_core'")
         if self.tp_comm_overlap and self.memory_layout != "megatron":
             out.append("TP communication overlap is Megatron-Core's (userbuffers); torch's TP does not overlap it")
         return out
@@ -166,7 +173,11 @@ class Execution:
         return dataclasses.replace(self, **flags)
 
     def check(self, config) -> None:
-        """Raises UserError when this framework cannot run `config` (a ZeRO stage it does not have)."""
+        """Raises UserError when this framework cannot run `config` (a ZeRO stage it does not have; a precision
+        recipe whose cached activations its memory layout does not describe)."""
+        if precision(config.dtype).cached and self.memory_layout != "megatron":
+            raise UserError(f"dtype {config.dtype} caches activations in its own dtypes, which only the megatron "
+                            f"memory layout describes; use a framework with it (megatron, megatron-core)")
         if config.zero_stage not in self.zero_stages:
             able = [n for n, e in PRESETS.items() if config.zero_stage in e.zero_stages]
             raise UserError(f"framework {self.name!r} runs ZeRO stages {', '.join(map(str, self.zero_stages))}, not "

@@ -48,6 +48,9 @@ def unsupported_reason(config, model=None) -> str | None:
     if config.etp > 1:
         return (f"etp {config.etp}: the executor does not split an expert's FFN over ranks (expert tensor "
                 f"parallelism); use etp 1 (ep, edp and tp on the attention run)")
+    if config.dtype not in ("fp32", "bf16", "fp16", "fp8"):
+        return (f"dtype {config.dtype} is another framework's precision recipe (autoconf.spec.dtypes), which the "
+                f"executor does not run; use fp8 (torchao) or bf16")
     if config.dtype == "fp8" and config.tp > 1:
         return (f"dtype fp8 with tp {config.tp}: the executor's FP8 linears (torchao Float8Linear) are not combined "
                 f"with its tensor parallelism; use tp 1 (FSDP and pipelining run fp8), or bf16")
