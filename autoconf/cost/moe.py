@@ -118,8 +118,10 @@ def ep_comm_passes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
                    etp_group) -> tuple[float, float]:
     """Seconds of one MoE layer's token exchange in the (forward, backward) pass: a dispatch and a combine
     all-to-all over `ep_group`, and with etp > 1 an all-gather and a reduce-scatter of the routed tokens over
-    `etp_group`; the busiest rank's bytes (`load_imbalance`). The forward dispatch sends the precision's
-    `dispatch_dtype` (fp8 under fp8-deepseek); the combine and both backward exchanges the compute dtype."""
+    `etp_group`; the busiest rank's bytes (`load_imbalance`). What travels towards the experts (the forward
+    dispatch, and in the backward the gradient before the experts' down projections) is in the precision's
+    `dispatch_dtype` (fp8 under fp8-deepseek), what comes back (the combine and its backward twin) in the compute
+    dtype."""
     p = precision(c.dtype)
     imbalance = load_imbalance(cluster)
     nbytes = dispatch_bytes(model, c) * imbalance
@@ -130,7 +132,7 @@ def ep_comm_passes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     if c.etp > 1:
         etp = (collective_time(cluster, "all_gather", nbytes * c.etp, etp_group)
                + collective_time(cluster, "reduce_scatter", nbytes * c.etp, etp_group))
-    return dispatch + all_to_all + etp, 2 * all_to_all + etp
+    return dispatch + all_to_all + etp, dispatch + all_to_all + etp
 
 
 def routed_activation_bytes(model: ModelSpec, c: ParallelConfig, recompute: str) -> float:

@@ -26,8 +26,8 @@ device peak the linears' GEMMs run at, `gather` the dtype FSDP gathers parameter
 fine-grained online scaling (1x128 activation tiles, 128x128 weight blocks); the activations a linear layer caches
 for its backward are kept in fp8 (`cached`), except the attention output, the input of the linear after the
 attention core, which is kept in a customised E5M6 format (`attention_output`, 12 bits); the AdamW moments are bf16
-(`moments`) while master weights and gradients stay fp32; the MoE dispatch sends fp8 tokens (`dispatch`), the
-combine stays bf16. GEMMs, scaling and gathers are costed as under fp8. autoconf's executor does not run it (`autoconf.spec.support`); the cost model describes it in
+(`moments`) while master weights and gradients stay fp32; the MoE dispatch sends fp8 tokens and the backward the
+fp8 gradient before the experts' down projections (`dispatch`), the combine and its backward stay bf16. GEMMs, scaling and gathers are costed as under fp8. autoconf's executor does not run it (`autoconf.spec.support`); the cost model describes it in
 the Megatron memory layout. The 1x128 tiles' fp32 scales (3% of an fp8 tensor) are not counted.
 
 `tf32` is not here: it is a matmul mode of fp32 tensors (a device's `peak_flops` may state it), not a storage dtype.
@@ -55,7 +55,7 @@ class Precision:
     cached: str = ""  # the activations a linear layer keeps for its backward ("": the element dtype)
     attention_output: str = ""  # the attention core's output kept for the output projection ("": `cached`)
     moments: str = "fp32"  # the optimizer's moments (AdamW's first and second)
-    dispatch: str = ""  # the tokens the forward MoE dispatch sends ("": the element dtype; the combine is element)
+    dispatch: str = ""  # what the MoE all-to-all sends towards the experts, in both passes ("": the element dtype)
 
     @property
     def cached_dtype(self) -> str:
