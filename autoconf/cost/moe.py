@@ -126,8 +126,10 @@ def ep_comm_passes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     imbalance = load_imbalance(cluster)
     nbytes = dispatch_bytes(model, c) * imbalance
     all_to_all = collective_time(cluster, "all_to_all", nbytes, ep_group)
-    dispatch = (all_to_all if p.dispatch_dtype == p.element else
-                collective_time(cluster, "all_to_all", dispatch_bytes(model, c, p.dispatch_dtype) * imbalance, ep_group))
+    dispatch = all_to_all
+    if p.dispatch_dtype != p.element:
+        dispatch = collective_time(cluster, "all_to_all", dispatch_bytes(model, c, p.dispatch_dtype) * imbalance,
+                                   ep_group)
     etp = 0.0
     if c.etp > 1:
         etp = (collective_time(cluster, "all_gather", nbytes * c.etp, etp_group)

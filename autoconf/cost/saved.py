@@ -82,7 +82,8 @@ def _swiglu_rows(name: str, width: float, split: str, policy: str) -> list[tuple
     return rows
 
 
-def saved_tensors(model: ModelSpec, c: ParallelConfig, recompute: str, selective: str, moe: bool) -> list[tuple[str, float]]:
+def saved_tensors(model: ModelSpec, c: ParallelConfig, recompute: str, selective: str,
+                  moe: bool) -> list[tuple[str, float]]:
     """(name, bytes) of what one block keeps for its backward (see the module docstring), one micro-batch, one TP
     rank; `selective` is the execution's selective recompute policy, read when `recompute` is "selective"."""
     s, b, h = c.local_seq_len, c.micro_batch_size, model.hidden_size

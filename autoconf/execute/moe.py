@@ -201,8 +201,9 @@ class MoE(nn.Module):
         self.shared = SharedExperts(h, width) if width else None
         self.shared_gate = nn.Linear(h, 1, bias=False) if m.shared_expert_gate else None
         # Set by parallelize: the expert-parallel group (None: every expert here), the expert-tensor-parallel
-        # group (None: whole experts) and the TP group whose ranks hold the same tokens (None: tp 1); set by the training loop: the aux loss gradient's scale (1/m when
-        # the loop divides each micro-batch's loss by the m micro-batches, 1 when the pipeline scales afterwards).
+        # group (None: whole experts) and the TP group whose ranks hold the same tokens (None: tp 1); set by the
+        # training loop: the aux loss gradient's scale (1/m when the loop divides each micro-batch's loss by the m
+        # micro-batches, 1 when the pipeline scales afterwards).
         self.ep_group = None
         self.etp_group = None
         self.token_group = None

@@ -54,7 +54,8 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
         exchange, exchange_back = ep_comm_passes(model, cluster, c, *(expert_groups(grid, 0, c.ep, c.etp, axis)[0]
                                                                       for axis in ("ep", "etp")))
         moe_pieces = pieces.kind(True)
-        moe_time = (moe_pieces.block.total + 4 * one + exchange + exchange_back + recompute_time(moe_pieces, c, one, selective_matmul_share(model, execution, moe=True))
+        moe_time = (moe_pieces.block.total + 4 * one + exchange + exchange_back
+                    + recompute_time(moe_pieces, c, one, selective_matmul_share(model, execution, moe=True))
                     + (exchange if c.recompute == "full" else 0.0) + cp_time)
         dense, moe, experts = layer_kind_params(model)
         attention_part, expert_part = local_params(c, moe, experts)

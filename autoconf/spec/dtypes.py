@@ -27,8 +27,10 @@ fine-grained online scaling (1x128 activation tiles, 128x128 weight blocks); the
 for its backward are kept in fp8 (`cached`), except the attention output, the input of the linear after the
 attention core, which is kept in a customised E5M6 format (`attention_output`, 12 bits); the AdamW moments are bf16
 (`moments`) while master weights and gradients stay fp32; the MoE dispatch sends fp8 tokens and the backward the
-fp8 gradient before the experts' down projections (`dispatch`), the combine and its backward stay bf16. GEMMs, scaling and gathers are costed as under fp8. autoconf's executor does not run it (`autoconf.spec.support`); the cost model describes it in
-the Megatron memory layout. The 1x128 tiles' fp32 scales (3% of an fp8 tensor) are not counted.
+fp8 gradient before the experts' down projections (`dispatch`), the combine and its backward stay bf16. GEMMs,
+scaling and gathers are costed as under fp8. autoconf's executor does not run it (`autoconf.spec.support`); the cost
+model describes it in the Megatron memory layout. The 1x128 tiles' fp32 scales (3% of an fp8 tensor) are not
+counted.
 
 `tf32` is not here: it is a matmul mode of fp32 tensors (a device's `peak_flops` may state it), not a storage dtype.
 """
