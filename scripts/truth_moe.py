@@ -1,8 +1,12 @@
 """Compares `estimate` with published mixture-of-experts training runs (scripts/data/published_moe_runs.json): the
 throughput each publisher states, and whether each published layout fits an 80 GB device as it did.
 
-Nothing is fitted: the H100 profile's efficiencies are the same for every model. Usage:
-python scripts/truth_moe.py [--json]
+Nothing is fitted: the H100 profile's efficiencies are the same for every model (the H800 profile is the H100's with
+its slower NVLink). A run's `framework_flags` change its framework preset where the publisher states a behaviour
+(DeepSeek-V3's recompute policy). Usage:
+python scripts/truth_moe.py [--json] [--breakdown]
+--breakdown: for each run, the peak pipeline rank's memory by term and what one MoE block keeps per micro-batch,
+tensor by tensor (`autoconf.cost.saved`).
 """
 
 from __future__ import annotations
@@ -12,28 +16,51 @@ import sys
 from pathlib import Path
 
 from autoconf.cost.estimate import estimate
+from autoconf.cost.saved import saved_tensors
 from autoconf.spec.cluster import load_cluster
-from autoconf.spec.frameworks import execution
+from autoconf.spec.frameworks import Execution, execution
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
 
 DATA = Path(__file__).resolve().parent / "data" / "published_moe_runs.json"
 
 
-def predict(run: dict) -> dict:
+def layout(run: dict) -> tuple[ParallelConfig, Execution]:
     c = ParallelConfig(tp=run["tp"], pp=run["pp"], dp=run["gpus"] // (run["tp"] * run["pp"]), vpp=run["vpp"],
                        micro_batch_size=run["micro_batch"], global_batch_size=run["global_batch"],
                        seq_len=run["seq_len"], schedule=run["schedule"], zero_stage=run["zero_stage"],
                        recompute=run["recompute"], sequence_parallel=run["sequence_parallel"], dtype=run["dtype"],
                        ep=run["ep"], etp=run["etp"])
+    return c, execution(run["framework"]).replace(**run.get("framework_flags", {}))
+
+
+def predict(run: dict) -> dict:
+    c, ex = layout(run)
     cluster = load_cluster(run["cluster"], nodes=run["gpus"] // 8)
-    return estimate(PRESETS[run["model"]], cluster, c, execution=execution(run["framework"])).prediction
+    return estimate(PRESETS[run["model"]], cluster, c, execution=ex).prediction
+
+
+def breakdown(run: dict, prediction: dict) -> list[str]:
+    """The peak rank's memory terms, and one MoE block's saved tensors (megatron layout), in GiB / MiB."""
+    c, ex = layout(run)
+    model = PRESETS[run["model"]]
+    stages = prediction["memory_per_stage"]
+    peak = max(range(len(stages)), key=lambda r: stages[r]["total"])
+    terms = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in stages[peak].items())
+    lines = [f"{run['label']}: pipeline rank {peak} of {len(stages)} at its peak (GiB): {terms}"]
+    if ex.memory_layout == "megatron":
+        rows = [(n, b) for n, b in saved_tensors(model, c, c.recompute, ex.selective_recompute, True) if b]
+        lines.append(f"  one MoE block, one micro-batch ({c.recompute} recompute, {ex.selective_recompute}, dtype "
+                     f"{c.dtype}): {sum(b for _, b in rows) / 2**20:.0f} MiB")
+        lines += [f"    {name:48s} {nbytes / 2**20:8.1f} MiB" for name, nbytes in rows]
+    return lines
 
 
 def main() -> int:
-    rows = []
+    rows, details = [], []
     for run in json.loads(DATA.read_text())["runs"]:
         p = predict(run)
+        details += breakdown(run, p)
         row = {"run": run["label"], "layout": f"tp{run['tp']} ep{run['ep']} etp{run['etp']} pp{run['pp']} "
                                               f"vpp{run['vpp']} on {run['gpus']}",
                "fits": p["fits"], "peak_GiB": round(p["peak_memory_bytes"] / 2**30, 1),
@@ -58,6 +85,8 @@ def main() -> int:
     errors = [abs(r["error"]) for r in rows if "error" in r]
     print(f"\nthroughput: mean |error| {100 * sum(errors) / len(errors):.1f}%, max {100 * max(errors):.1f}% over "
           f"{len(errors)} runs; {sum(r['fits'] for r in rows)} of {len(rows)} published layouts fit")
+    if "--breakdown" in sys.argv[1:]:
+        print("\n" + "\n".join(details))
     return 0
 
 

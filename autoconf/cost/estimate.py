@@ -31,7 +31,7 @@ from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, fsdp_c
                                    model_pieces, rank_optimizer_time)
 from autoconf.cost.memory import (cp_kv_bytes, stage_block_activation_bytes, stage_expert_params, stage_memory,
                                   stage_params)
-from autoconf.cost.moe import ep_comm_layer, local_params, moe_layers
+from autoconf.cost.moe import ep_comm_passes, local_params, moe_layers
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_host_memory, check_offload,
                                    gather_copy_time, host_memory_per_node, reduce_copy_time)
 from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order_peaks, simulate
@@ -178,11 +178,20 @@ def recompute_time(pieces, c: ParallelConfig, one_collective: float, matmul_shar
     return 0.0
 
 
-def selective_matmul_share(model: ModelSpec, c: ParallelConfig, execution: Execution) -> float | None:
-    """The FLOP share of a block's matmuls that selective recompute redoes under `c`'s policy (`selective_policy`;
-    "alternate_matmuls": the 2nd, 4th, ... weight matmul in forward order: Llama's wq wk wv wo w1 w3 w2, GPT's wq wk
-    wv wo fc1 fc2), or None when it redoes the attention core."""
-    if selective_policy(c, execution) != "alternate_matmuls":
+def selective_matmul_share(model: ModelSpec, c: ParallelConfig, execution: Execution,
+                           moe: bool = False) -> float | None:
+    """The FLOP share of a block's matmuls (an MoE block's with `moe`) that selective recompute redoes under `c`'s
+    policy (`selective_policy`), or None when it redoes the attention core. "alternate_matmuls": the 2nd, 4th, ...
+    weight matmul in forward order (Llama's wq wk wv wo w1 w3 w2, GPT's wq wk wv wo fc1 fc2); "norms_mla_swiglu":
+    latent attention's up-projections (q_b_proj, kv_b_proj of the op table; 0 without them), its element-wise
+    share being the norms' and SwiGLU's."""
+    policy = selective_policy(c, execution)
+    if policy == "norms_mla_swiglu":
+        first = next((f for f, _ in model.layer_groups() if model.is_moe_layer(f) == moe), 0)
+        ops = [op for op in model.layer_ops(first) if op.kind in ("linear", "router", "experts")]
+        matmuls = sum(op.flops for op in ops)
+        return sum(op.flops for op in ops if op.name in ("q_b_proj", "kv_b_proj")) / matmuls
+    if policy != "alternate_matmuls":
         return None
     h, f, q, kv = model.hidden_size, model.ffn_hidden_size, model.q_dim, model.kv_dim
     sizes = [h * q, h * kv, h * kv, q * h, h * f, h * f, f * h] if model.arch == "llama" else \
@@ -268,6 +277,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     measured_tp = measured_tp_layer(model, cluster, c) if ours else None
     overlap_tp = execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1
     matmul_share = selective_matmul_share(model, c, execution)
+    moe_share = selective_matmul_share(model, c, execution, moe=True) if model.moe is not None else None
     offload_parts = []
     recomputed = recomputed_layers(c, partition)
     forward, back_in, back_w = [], [], []
@@ -312,16 +322,16 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             # MoE layers: their own block, and the token exchange in each pass (and in a full recompute's forward);
             # the first recomputed[st] layers of the stage recompute.
             if rank not in ep_of_rank:
-                ep_of_rank[rank] = ep_comm_layer(model, cluster, c, *(expert_groups(grid, rank, c.ep, c.etp, axis)[0]
-                                                                      for axis in ("ep", "etp")))
-            exchange = ep_of_rank[rank]
+                ep_of_rank[rank] = ep_comm_passes(model, cluster, c, *(expert_groups(grid, rank, c.ep, c.etp, axis)[0]
+                                                                       for axis in ("ep", "etp")))
+            exchange, exchange_back = ep_of_rank[rank]
             r_moe = moe_layers(model, first, first + recomputed[st])
             compute = ((pieces.block + copies).scaled(layers - n_moe)
                        + (moe_pieces.block + fsdp_copy_time(model, cluster, c, execution, moe=True)).scaled(n_moe))
             recompute = (recompute_time(pieces, c, one, matmul_share) * (recomputed[st] - r_moe)
-                         + (recompute_time(moe_pieces, c, one, matmul_share)
+                         + (recompute_time(moe_pieces, c, one, moe_share)
                             + (exchange if c.recompute == "full" else 0.0)) * r_moe)
-            ep = PassTimes(exchange * n_moe, exchange * n_moe, 0.0)
+            ep = PassTimes(exchange * n_moe, exchange_back * n_moe, 0.0)
         if c.cp > 1:
             if rank not in cp_of_rank:
                 cp_of_rank[rank] = cp_attention_comm(model, cluster, c, grid.first_group_array("cp", rank),

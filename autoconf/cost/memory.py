@@ -70,9 +70,10 @@ from collections.abc import Sequence
 from autoconf.cost.moe import (all_to_all_buffer_bytes, blocks_params, layer_kind_params, moe_layers,
                                routed_activation_bytes)
 from autoconf.cost.moe import local_params as local_params_of
+from autoconf.cost.saved import saved_bytes
 from autoconf.cost.offload import activation_copy_bytes, host_state_bytes_per_param
 from autoconf.spec.cluster import ClusterProfile
-from autoconf.spec.dtypes import DTYPE_BYTES
+from autoconf.spec.dtypes import DTYPE_BYTES, STORAGE_BYTES, precision
 from autoconf.spec.frameworks import Execution
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, recomputed_layers
@@ -100,6 +101,9 @@ def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     replaced by the routed ones; Megatron's accounting without the TE changes)."""
     c = config
     recompute = c.recompute if recompute is None else recompute
+    if layout == "megatron" and (model.mla is not None or precision(c.dtype).cached) and not (
+            recompute == "selective" and selective == "alternate_matmuls"):
+        return saved_bytes(model, c, recompute, selective, moe)  # the closed formula spelled out, tensor by tensor
     if moe:
         # The dense MLP's tensors (`dense_mlp_tensors` of ffn_hidden_size) give way to the routed ones.
         dense_mlp = (dense_mlp_tensors(layout, recompute) * DTYPE_BYTES[c.dtype] * c.local_seq_len
@@ -314,8 +318,11 @@ def state_bytes_per_param(config: ParallelConfig, layout: str, experts: bool = F
     z = config.zero_stage if config.zero_stage >= 1 and dp > 1 else 0
     compute = DTYPE_BYTES[config.dtype]
     if layout == "megatron":
+        # fp32 master weights (apex: their 16-bit remainders), two Adam moments in the recipe's `moments` dtype
+        # (fp32: 8 bytes) and the gradient buffer in its dtype
         grads = 2.0 if execution and execution.grad_buffer_dtype == "bf16" else 4.0
-        optim = 2.0 + 8.0 + grads if execution and execution.optimizer == "apex" else 12.0
+        moments = 2 * STORAGE_BYTES[precision(config.dtype).moments]
+        optim = 2.0 + moments + grads if execution and execution.optimizer == "apex" else 4.0 + moments
         weights = 2.0
         if config.offload_optimizer:
             optim = 0.0

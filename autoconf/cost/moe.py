@@ -19,7 +19,7 @@ import functools
 
 from autoconf.cost.comm import collective_time
 from autoconf.spec.cluster import ClusterProfile
-from autoconf.spec.dtypes import DTYPE_BYTES
+from autoconf.spec.dtypes import DTYPE_BYTES, STORAGE_BYTES, precision
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 
@@ -107,21 +107,34 @@ def expert_gemms(model: ModelSpec, c: ParallelConfig) -> tuple[list[float], list
     return dense, routed
 
 
-def dispatch_bytes(model: ModelSpec, c: ParallelConfig) -> float:
-    """Bytes one rank sends in one dispatch (and one combine) all-to-all: T x k hidden vectors in the compute dtype."""
-    return tokens_per_rank(c) * model.moe.num_experts_per_tok * model.hidden_size * DTYPE_BYTES[c.dtype]
+def dispatch_bytes(model: ModelSpec, c: ParallelConfig, dtype: str | None = None) -> float:
+    """Bytes one rank sends in one dispatch (and one combine) all-to-all: T x k hidden vectors in the compute dtype
+    (or storage dtype `dtype`)."""
+    nbytes = DTYPE_BYTES[c.dtype] if dtype is None else STORAGE_BYTES[dtype]
+    return tokens_per_rank(c) * model.moe.num_experts_per_tok * model.hidden_size * nbytes
 
 
-def ep_comm_layer(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, ep_group, etp_group) -> float:
-    """Seconds of one MoE layer's token exchange in one pass (forward or backward): dispatch and combine
-    all-to-all over `ep_group`, and with etp > 1 the all-gather and reduce-scatter of the routed tokens over
-    `etp_group`; the busiest rank's bytes (`load_imbalance`)."""
-    nbytes = dispatch_bytes(model, c) * load_imbalance(cluster)
-    seconds = 2 * collective_time(cluster, "all_to_all", nbytes, ep_group)
+def ep_comm_passes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, ep_group,
+                   etp_group) -> tuple[float, float]:
+    """Seconds of one MoE layer's token exchange in the (forward, backward) pass: a dispatch and a combine
+    all-to-all over `ep_group`, and with etp > 1 an all-gather and a reduce-scatter of the routed tokens over
+    `etp_group`; the busiest rank's bytes (`load_imbalance`). What travels towards the experts (the forward
+    dispatch, and in the backward the gradient before the experts' down projections) is in the precision's
+    `dispatch_dtype` (fp8 under fp8-deepseek), what comes back (the combine and its backward twin) in the compute
+    dtype."""
+    p = precision(c.dtype)
+    imbalance = load_imbalance(cluster)
+    nbytes = dispatch_bytes(model, c) * imbalance
+    all_to_all = collective_time(cluster, "all_to_all", nbytes, ep_group)
+    dispatch = all_to_all
+    if p.dispatch_dtype != p.element:
+        dispatch = collective_time(cluster, "all_to_all", dispatch_bytes(model, c, p.dispatch_dtype) * imbalance,
+                                   ep_group)
+    etp = 0.0
     if c.etp > 1:
-        seconds += (collective_time(cluster, "all_gather", nbytes * c.etp, etp_group)
-                    + collective_time(cluster, "reduce_scatter", nbytes * c.etp, etp_group))
-    return seconds
+        etp = (collective_time(cluster, "all_gather", nbytes * c.etp, etp_group)
+               + collective_time(cluster, "reduce_scatter", nbytes * c.etp, etp_group))
+    return dispatch + all_to_all + etp, dispatch + all_to_all + etp
 
 
 def routed_activation_bytes(model: ModelSpec, c: ParallelConfig, recompute: str) -> float:

@@ -25,6 +25,12 @@ and gives the others theirs back at the end (`_GatherShares`), so each token is 
 are sorted by expert, the per-rank counts exchanged (`all_to_all_single`), the tokens sent to the ranks holding
 their experts with the autograd-aware `_functional_collectives.all_to_all_single_autograd` (verified on gloo), computed
 there, sent back the same way and combined, weighted by their router weights.
+
+Expert tensor parallelism (etp > 1): each rank of an ETP group holds a 1/etp slice of every local expert's FFN width
+(w1, w3 split by columns, w2 by rows; DTensors over ("ep", "etp")); after the dispatch the ETP ranks gather each
+other's rows, each computes the SwiGLU of its slice (SwiGLU is element-wise over the width, so the slices' down
+projections are partial sums of the whole expert's output), and each rank's rows' partial outputs are summed back to
+it before the combine (Megatron-Core's all-gather and reduce-scatter over the expert-TP group).
 """
 
 from __future__ import annotations
@@ -194,10 +200,12 @@ class MoE(nn.Module):
         width = m.num_shared_experts * m.shared_expert_intermediate_size
         self.shared = SharedExperts(h, width) if width else None
         self.shared_gate = nn.Linear(h, 1, bias=False) if m.shared_expert_gate else None
-        # Set by parallelize: the expert-parallel group (None: every expert here) and the TP group whose ranks
-        # hold the same tokens (None: tp 1); set by the training loop: the aux loss gradient's scale (1/m when
-        # the loop divides each micro-batch's loss by the m micro-batches, 1 when the pipeline scales afterwards).
+        # Set by parallelize: the expert-parallel group (None: every expert here), the expert-tensor-parallel
+        # group (None: whole experts) and the TP group whose ranks hold the same tokens (None: tp 1); set by the
+        # training loop: the aux loss gradient's scale (1/m when the loop divides each micro-batch's loss by the m
+        # micro-batches, 1 when the pipeline scales afterwards).
         self.ep_group = None
+        self.etp_group = None
         self.token_group = None
         self.aux_loss_scale = 1.0
 
@@ -238,30 +246,52 @@ class MoE(nn.Module):
         order = flat.argsort(stable=True)  # the token-copies sorted by expert
         rows = x[order // k]
         counts = torch.bincount(flat, minlength=experts)
-        if self.ep_group is None:
+        if self.ep_group is None and self.etp_group is None:
             out = self.experts(rows, counts.tolist())
         else:
-            out = self._exchange(rows, counts, dist.get_world_size(self.ep_group))
+            out = self._exchange(rows, counts)
         combined = out[order.argsort()].view(t, k, -1) * weights.unsqueeze(-1).to(out.dtype)
         return combined.sum(1)
 
-    def _exchange(self, rows: torch.Tensor, counts: torch.Tensor, ep: int) -> torch.Tensor:
+    def _exchange(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Sends rows (sorted by expert, counts[e] for expert e) to the ranks of the ep group that hold their
-        experts, runs the local experts, and returns the outputs in the rows' order."""
+        experts, runs the local experts (`_local_experts`), and returns the outputs in the rows' order."""
         from torch.distributed._functional_collectives import all_to_all_single, all_to_all_single_autograd
 
+        ep = dist.get_world_size(self.ep_group) if self.ep_group is not None else 1
         local = self.moe.num_experts // ep
+        if ep == 1:
+            return self._local_experts(rows, counts.view(1, local))
         # received[i, j]: rows rank i sends for this rank's j-th local expert.
         received = all_to_all_single(counts, None, None, self.ep_group).wait().view(ep, local)
         send_splits = counts.view(ep, local).sum(1).tolist()
         recv_splits = received.sum(1).tolist()
         got = all_to_all_single_autograd(rows, recv_splits, send_splits, self.ep_group)
-        # Received rows come by source rank, then by expert: regroup them by expert for the local experts.
-        expert_of_row = torch.arange(local, device=rows.device).repeat(ep).repeat_interleave(received.flatten())
-        by_expert = expert_of_row.argsort(stable=True)
-        out = self.experts(got[by_expert], received.sum(0).tolist())
-        back = out[by_expert.argsort()]
+        back = self._local_experts(got, received)
         return all_to_all_single_autograd(back, send_splits, recv_splits, self.ep_group)
+
+    def _local_experts(self, got: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+        """The local experts' outputs of rows `got`, which come by source rank, then by local expert
+        (received[i, j] rows), in the same order. With expert tensor parallelism (etp group) each rank holds
+        1/etp of every local expert's FFN width: the ETP ranks first gather each other's rows, compute partial
+        outputs over their width slice, and sum each rank's rows' partials back to it (an all-gather and a
+        reduce-scatter of uneven blocks, as two autograd all-to-alls)."""
+        from torch.distributed._functional_collectives import all_to_all_single_autograd
+
+        local = received.shape[1]
+        etp, n = 1, got.shape[0]
+        if self.etp_group is not None:
+            etp = dist.get_world_size(self.etp_group)
+            received = _all_gather_rows(received.flatten().contiguous(), self.etp_group).view(etp, -1, local)
+            sizes = received.view(etp, -1).sum(1).tolist()
+            got = all_to_all_single_autograd(got.repeat(etp, 1), sizes, [n] * etp, self.etp_group)
+        # Regroup the rows (by ETP rank, source rank, then local expert) by expert for the local experts.
+        expert_of_row = torch.arange(local, device=got.device).repeat(received.numel() // local)
+        by_expert = expert_of_row.repeat_interleave(received.flatten()).argsort(stable=True)
+        out = self.experts(got[by_expert], received.reshape(-1, local).sum(0).tolist())[by_expert.argsort()]
+        if etp > 1:
+            out = all_to_all_single_autograd(out, [n] * etp, sizes, self.etp_group).view(etp, n, -1).sum(0)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

@@ -122,14 +122,23 @@ def moe_layers(model: nn.Module) -> list[MoE]:
 def apply_expert_parallel(model: Transformer, expert_mesh, config) -> None:
     """Expert parallelism on the meta device: with ep > 1 each routed-expert weight becomes a DTensor sharded over
     the "ep" axis of the expert mesh (Shard(0): this rank holds experts [r E/ep, (r+1) E/ep)), so checkpoints keep
-    every expert under its one name, and the MoE layer exchanges tokens over that group.
+    every expert under its one name, and the MoE layer exchanges tokens over that group; with etp > 1 also over
+    "etp" (a 1/etp slice of each expert's FFN width), and the layer gathers and sums rows over the ETP group.
 
     Gradients: an expert's gradient on a rank sums the contributions of every token routed to it from the ep group,
     each token counted once (TP ranks route disjoint shares). The data-parallel average the dense weights get is
     the sum over all the ranks of a pipeline rank divided by dp; averaging over the edp replicas (FSDP, or the
     ZeRO-0 reducer) divides by edp, so the experts' gradients are first scaled by edp / dp."""
     for moe in moe_layers(model):
-        if config.ep > 1:
+        if config.etp > 1:  # and each expert's FFN width over "etp": w1, w3 [E, h, f] by columns, w2 [E, f, h] by rows
+            mesh = expert_mesh["ep", "etp"]
+            for name, param in list(moe.experts.named_parameters()):
+                width = Shard(1) if name == "w2" else Shard(2)
+                sharded = distribute_tensor(param.data, mesh, [Shard(0), width])
+                moe.experts.register_parameter(name, nn.Parameter(sharded, requires_grad=param.requires_grad))
+            moe.ep_group = expert_mesh["ep"].get_group() if config.ep > 1 else None
+            moe.etp_group = expert_mesh["etp"].get_group()
+        elif config.ep > 1:
             for name, param in list(moe.experts.named_parameters()):
                 sharded = distribute_tensor(param.data, expert_mesh["ep"], [Shard(0)])
                 moe.experts.register_parameter(name, nn.Parameter(sharded, requires_grad=param.requires_grad))

@@ -235,6 +235,10 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
         flags, notes = flags + _as_flags(fp8_args), notes + fp8_notes
     elif c.dtype == "fp16":
         flags.append(("--fp16", None))
+    elif c.dtype != "fp32":  # a recipe of another framework (spec/dtypes.py), e.g. fp8-deepseek
+        flags.append(("--bf16", None))
+        notes.append(f"dtype {c.dtype} is not exported: its fp8 recipe, cached activations and optimizer moments "
+                     f"have no Megatron flags here (bf16 below)")
     else:
         notes.append("dtype fp32: Megatron's default, no flag")
     flags += _megatron_model(plan)

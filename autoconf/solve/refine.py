@@ -15,7 +15,7 @@ from autoconf.cost.estimate import (Execution, activation_bytes, cp_attention_co
 from autoconf.cost.memory import (cp_buffer_bytes, cp_kv_bytes, fp8_weight_cache_bytes, gather_buffer_bytes,
                                   layer_activation_bytes, logits_temporary_bytes, p2p_buffer_bytes,
                                   state_bytes_per_param, unit_activation_bytes)
-from autoconf.cost.moe import dispatch_bytes, ep_comm_layer, layer_kind_params, local_params, moe_layers
+from autoconf.cost.moe import dispatch_bytes, ep_comm_passes, layer_kind_params, local_params, moe_layers
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.grid import RankGrid, expert_groups
@@ -56,22 +56,25 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     if model.moe is not None:
         # Dense and MoE blocks differ: each costed as the estimate costs it on pipeline rank 0 of the default grid.
         grid = RankGrid.logical(c.dims)
-        exchange = ep_comm_layer(model, cluster, c, *(expert_groups(grid, 0, c.ep, c.etp, axis)[0]
-                                                      for axis in ("ep", "etp")))
+        exchange, exchange_back = ep_comm_passes(model, cluster, c, *(expert_groups(grid, 0, c.ep, c.etp, axis)[0]
+                                                                      for axis in ("ep", "etp")))
         moe_pieces = pieces.kind(True)
-        moe_time = moe_pieces.block.total + 4 * one + 2 * exchange + cp_time
-        moe_rc = recompute_time(moe_pieces, c, one, share) + (exchange if c.recompute == "full" else 0.0) + cp_rc
+        moe_time = moe_pieces.block.total + 4 * one + exchange + exchange_back + cp_time
+        moe_rc = (recompute_time(moe_pieces, c, one, selective_matmul_share(model, c, execution, moe=True))
+                  + (exchange if c.recompute == "full" else 0.0) + cp_rc)
         dense, moe, experts = layer_kind_params(model)
         attention_part, expert_part = local_params(c, moe, experts)
-        moe_static = attention_part * per_param + expert_part * sum(state_bytes_per_param(c, layout, experts=True))
-        moe_act = layer_activation_bytes(model, c, layout, kind, selective=policy, moe=True)
-        moe_plain = layer_activation_bytes(model, c, layout, kind, "none", policy, moe=True)
+        expert_per_param = (sum(state_bytes_per_param(c, layout, experts=True, execution=execution))
+                            + fp8_weight_cache_bytes(c, execution))
+        moe_static = attention_part * block_per_param + expert_part * expert_per_param
+        moe_act = layer_activation_bytes(model, c, layout, kind, selective=policy, moe=True, execution=execution)
+        moe_plain = layer_activation_bytes(model, c, layout, kind, "none", policy, moe=True, execution=execution)
         for i in range(n):
             if model.is_moe_layer(i):
                 layers_time[i], layers_static[i], layers_act[i] = moe_time, moe_static, moe_plain
                 layers_rc[i], layers_saved[i] = moe_rc, moe_plain - moe_act
             else:
-                layers_static[i] = dense / c.tp * per_param
+                layers_static[i] = dense / c.tp * block_per_param
     unit_time = [pieces.embedding.total + one] + layers_time + [pieces.head.total + one]
     unit_static = ([model.embedding_params() / c.tp * per_param] + layers_static
                    + [head_params / c.tp * per_param + logits_temporary_bytes(model, c, layout, execution)])

@@ -280,8 +280,9 @@ class _BoundCache:
             backward_input = min(p.block.backward_input + b for p, (_, b) in zip(kinds, copies))
             self._layers[key] = (forward + cp.forward, backward_input + cp.backward_input,
                                  min(p.block.backward_weight for p in kinds) + cp.backward_weight, one,
-                                 min(recompute_time(p, c, one, selective_matmul_share(self.model, c, self.execution))
-                                     for p in kinds)
+                                 min(recompute_time(p, c, one,
+                                                    selective_matmul_share(self.model, c, self.execution, moe))
+                                     for p, moe in zip(kinds, layer_kinds(self.model)))
                                  + (cp.forward if c.recompute == "full" else 0.0))
         return self._layers[key]
 

@@ -9,6 +9,7 @@ kind of tensor has:
 | fp32 | fp32 | fp32 | fp32 | fp32 | fp32 | fp32 |
 | bf16 / fp16 | fp32 | bf16 / fp16 | bf16 / fp16 | bf16 / fp16 | fp32 | fp32 |
 | fp8 | fp32 | bf16 | fp8 (e4m3 forward, e5m2 gradients) | bf16 | fp32 | fp32 |
+| fp8-deepseek | fp32 | bf16 | fp8 (e4m3, 1x128 / 128x128 scales) | bf16; linear inputs fp8, attention output e5m6 | fp32 | fp32 master, bf16 moments |
 
 `fp8` is torchao's float8 training (`torchao.float8.convert_to_float8_training`, tensorwise dynamic scaling): every
 linear layer of a transformer block casts its input and weight to fp8 right before the GEMM, with a scale from the
@@ -21,6 +22,16 @@ fp8 (torchao `enable_fsdp_float8_all_gather`: the weight is cast on its shard be
 bf16). In a `Precision`: `element` is the dtype of activations, working weights and the P2P/TP traffic, `gemm` the
 device peak the linears' GEMMs run at, `gather` the dtype FSDP gathers parameters in.
 
+`fp8-deepseek` is the recipe of the DeepSeek-V3 technical report (arXiv 2412.19437 v1, Sec. 3.3): FP8 GEMMs with
+fine-grained online scaling (1x128 activation tiles, 128x128 weight blocks); the activations a linear layer caches
+for its backward are kept in fp8 (`cached`), except the attention output, the input of the linear after the
+attention core, which is kept in a customised E5M6 format (`attention_output`, 12 bits); the AdamW moments are bf16
+(`moments`) while master weights and gradients stay fp32; the MoE dispatch sends fp8 tokens and the backward the
+fp8 gradient before the experts' down projections (`dispatch`), the combine and its backward stay bf16. GEMMs,
+scaling and gathers are costed as under fp8. autoconf's executor does not run it (`autoconf.spec.support`); the cost
+model describes it in the Megatron memory layout. The 1x128 tiles' fp32 scales (3% of an fp8 tensor) are not
+counted.
+
 `tf32` is not here: it is a matmul mode of fp32 tensors (a device's `peak_flops` may state it), not a storage dtype.
 """
 
@@ -31,7 +42,7 @@ from dataclasses import dataclass
 from autoconf.errors import UserError
 
 # Bytes of one element of each storage type a precision names (keys of a device's `peak_flops` besides tf32).
-STORAGE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp32": 4, "fp8": 1}
+STORAGE_BYTES: dict[str, float] = {"bf16": 2, "fp16": 2, "fp32": 4, "fp8": 1, "e5m6": 1.5}
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,22 @@ class Precision:
     gemm: str  # the device peak (`peak_flops` key) the block's linear layers run their GEMMs at
     gather: str  # the dtype FSDP all-gathers parameters in
     dynamic_scaling: bool = False  # GEMM inputs cast with a scale from their amax, in forward and backward
+    cached: str = ""  # the activations a linear layer keeps for its backward ("": the element dtype)
+    attention_output: str = ""  # the attention core's output kept for the output projection ("": `cached`)
+    moments: str = "fp32"  # the optimizer's moments (AdamW's first and second)
+    dispatch: str = ""  # what the MoE all-to-all sends towards the experts, in both passes ("": the element dtype)
+
+    @property
+    def cached_dtype(self) -> str:
+        return self.cached or self.element
+
+    @property
+    def attention_output_dtype(self) -> str:
+        return self.attention_output or self.cached_dtype
+
+    @property
+    def dispatch_dtype(self) -> str:
+        return self.dispatch or self.element
 
 
 PRECISIONS: dict[str, Precision] = {
@@ -50,6 +77,8 @@ PRECISIONS: dict[str, Precision] = {
     "fp16": Precision("fp16", "fp16", "fp16", "fp16"),
     "fp32": Precision("fp32", "fp32", "fp32", "fp32"),
     "fp8": Precision("fp8", element="bf16", gemm="fp8", gather="fp8", dynamic_scaling=True),
+    "fp8-deepseek": Precision("fp8-deepseek", element="bf16", gemm="fp8", gather="fp8", dynamic_scaling=True,
+                              cached="fp8", attention_output="e5m6", moments="bf16", dispatch="fp8"),
 }
 DTYPES: tuple[str, ...] = tuple(PRECISIONS)  # the names, in the order the CLI offers them
 # The dtypes the profiler times its compute tables in: those whose GEMMs run in their element dtype (it times plain

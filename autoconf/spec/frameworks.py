@@ -23,6 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from autoconf.errors import UserError
+from autoconf.spec.dtypes import precision
 
 # When a stage's gradient reduction may start:
 #   "after_flush"  after every stage's last backward, the stages' reductions one after another (no overlap)
@@ -34,9 +35,14 @@ GRAD_REDUCE_START = ("after_flush", "after_stage", "per_bucket")
 #   "alternate_matmuls"  every op but the attention kernel and every other matmul of a block in forward order
 #                        (torchtitan's selective_ac_option "op": it saves mm outputs except every second one, and
 #                        the SDPA output)
+#   "norms_mla_swiglu"   every RMSNorm, the up-projections of multi-head latent attention (so their outputs Q, K, V)
+#                        and the output of the MoE experts' SwiGLU (DeepSeek-V3 report Sec. 3.2.3 and 3.3.3); the
+#                        attention core is not redone (cost/saved.py)
 # A plan may name its own (`ParallelConfig.selective_recompute`) among those its framework runs
 # (`Execution.selective_policies`); `selective_policy` is the one reading.
-SELECTIVE_RECOMPUTE = ("attention_core", "alternate_matmuls")
+SELECTIVE_RECOMPUTE = ("attention_core", "alternate_matmuls", "norms_mla_swiglu")
+# The policies autoconf's executor builds (execute/parallelize.py, execute/checkpoint_policy.py).
+EXECUTOR_SELECTIVE = ("attention_core", "alternate_matmuls")
 MEMORY_LAYOUTS = ("torch", "megatron")
 # Element-wise ops a framework runs as separate eager torch kernels instead of one fused kernel each (the
 # specification model's count, `autoconf.cost.compute.eager_elementwise_bytes` says what each adds):
@@ -134,7 +140,7 @@ class Execution:
     p2p_scatter_gather: bool = False
     tp_comm_overlap: bool = False
     selective_recompute: str = "attention_core"
-    selective_policies: tuple[str, ...] = SELECTIVE_RECOMPUTE
+    selective_policies: tuple[str, ...] = EXECUTOR_SELECTIVE
     executor_overheads: bool = True
     eager_ops: tuple[str, ...] = ()
     attention_kernel: str = "fused"
@@ -192,6 +198,9 @@ class Execution:
                            "--overlap-param-gather with --overlap-grad-reduce)")
         if self.bucket_params is not None and not self.bucket_params > 0:
             out.append(f"bucket_params must be > 0 parameters, got {self.bucket_params}")
+        if self.selective_recompute == "norms_mla_swiglu" and self.memory_layout != "megatron":
+            out.append("selective_recompute 'norms_mla_swiglu' (DeepSeek-V3's) is described in the megatron memory "
+                       "layout only; the executor's selective recompute is 'attention_core'")
         if self.tp_comm_overlap and self.memory_layout != "megatron":
             out.append("TP communication overlap is Megatron-Core's (userbuffers); torch's TP does not overlap it")
         return out
@@ -202,15 +211,23 @@ class Execution:
         return self.name
 
     def replace(self, **flags) -> "Execution":
-        """These flags with some changed (checked again); an unknown flag is a one-line error."""
+        """These flags with some changed (checked again); an unknown flag is a one-line error. A selective policy
+        the framework does not list becomes the one it runs."""
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(flags) - known)
         if unknown:
             raise UserError(f"unknown framework flag(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        policy = flags.get("selective_recompute")
+        if policy is not None and "selective_policies" not in flags and policy not in self.selective_policies:
+            flags = {**flags, "selective_policies": (policy,)}  # the framework runs the policy it is told to
         return dataclasses.replace(self, **flags)
 
     def check(self, config) -> None:
-        """Raises UserError when this framework cannot run `config` (a ZeRO stage it does not have)."""
+        """Raises UserError when this framework cannot run `config` (a ZeRO stage it does not have; a precision
+        recipe whose cached activations its memory layout does not describe)."""
+        if precision(config.dtype).cached and self.memory_layout != "megatron":
+            raise UserError(f"dtype {config.dtype} caches activations in its own dtypes, which only the megatron "
+                            f"memory layout describes; use a framework with it (megatron, megatron-core)")
         if config.zero_stage not in self.zero_stages:
             able = [n for n, e in PRESETS.items() if config.zero_stage in e.zero_stages]
             raise UserError(f"framework {self.name!r} runs ZeRO stages {', '.join(map(str, self.zero_stages))}, not "
@@ -220,7 +237,7 @@ class Execution:
         if config.recompute == "selective" and policy is not None and policy not in self.selective_policies:
             raise UserError(f"framework {self.name!r} runs selective recompute as "
                             f"{' or '.join(self.selective_policies)}, not {policy}; drop selective_recompute or "
-                            f"use a framework that runs it (autoconf runs {' and '.join(SELECTIVE_RECOMPUTE)})")
+                            f"use a framework that runs it (autoconf runs {' and '.join(EXECUTOR_SELECTIVE)})")
 
     def buckets(self, params: float, layers: int, pipeline_rank: int, dp: int) -> int:
         """How many gradient (and parameter-gather) buckets a stage of `params` parameters per TP rank and `layers`
@@ -369,8 +386,6 @@ def with_flags(preset: Execution, flags: dict) -> Execution:
     if "zero_stages" in flags:
         kept = tuple(z for z in preset.zero_searched if z in flags["zero_stages"])
         flags = {**flags, "zero_searched": kept or flags["zero_stages"]}
-    if "selective_recompute" in flags and flags["selective_recompute"] not in preset.selective_policies:
-        flags = {**flags, "selective_policies": (flags["selective_recompute"],)}
     return preset.replace(**flags)
 
 

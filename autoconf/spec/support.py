@@ -3,9 +3,9 @@
 Verified on torch 2.13 (CPU, gloo; tests/test_execute.py): every schedule with pp 2 and 4, TP with and without
 sequence parallelism, ZeRO 0-3, and mixed layouts train to the single-process losses and gradient norms; context
 parallelism (tests/test_context_parallel.py) with cp 2 and 4, and cp 2 with TP + SP, 1F1B, interleaved 1F1B and
-ZeRO-3 over dp x cp. MoE models (tests/test_moe_execute.py): expert parallelism with dp, tp, pp and ZeRO-3. Not
-built: expert tensor parallelism (etp > 1), multi-head latent attention, qk_norm, capacity-factor routing (refused,
-one line each).
+ZeRO-3 over dp x cp. MoE models (tests/test_moe_execute.py): expert parallelism with dp, tp, pp and ZeRO-3, and
+expert tensor parallelism (ep2 x etp2 over tp2 x dp2). Not built: multi-head latent attention, qk_norm,
+capacity-factor routing (refused, one line each).
 
 One combination is refused, per schedule in the registry (`ScheduleSpec.executor_zero3`): ZeRO-3 (FSDP2
 `reshard_after_forward=True`, only applied when dp > 1) under the schedules that split the backward into input (I)
@@ -45,9 +45,9 @@ def unsupported_reason(config, model=None) -> str | None:
                 and (config.micro_batch_size * config.seq_len) % config.tp):
             return (f"tp {config.tp} does not divide the micro-batch's {config.micro_batch_size * config.seq_len} "
                     f"tokens, which an MoE layer's TP ranks route a share each of; use a seq_len divisible by tp")
-    if config.etp > 1:
-        return (f"etp {config.etp}: the executor does not split an expert's FFN over ranks (expert tensor "
-                f"parallelism); use etp 1 (ep, edp and tp on the attention run)")
+    if config.dtype not in ("fp32", "bf16", "fp16", "fp8"):
+        return (f"dtype {config.dtype} is another framework's precision recipe (autoconf.spec.dtypes), which the "
+                f"executor does not run; use fp8 (torchao) or bf16")
     if config.dtype == "fp8" and config.tp > 1:
         return (f"dtype fp8 with tp {config.tp}: the executor's FP8 linears (torchao Float8Linear) are not combined "
                 f"with its tensor parallelism; use tp 1 (FSDP and pipelining run fp8), or bf16")
