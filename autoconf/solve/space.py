@@ -60,6 +60,8 @@ def parse_fix_value(key: str, value: str):
         return lowered in ("true", "1", "yes")
     if key == "schedule" and value not in SCHEDULES:
         raise UserError(f"--fix schedule={value}: unknown schedule; choose from {', '.join(SCHEDULES)}")
+    if key == "schedule" and not schedule_spec(value).chunks:  # a schedule the search leaves out (seq1f1b)
+        raise UserError(f"--fix schedule={value}: the search leaves it out: {schedule_spec(value).executor_note}")
     if key == "recompute" and value not in ("none", "selective", "full"):
         raise UserError(f"--fix recompute={value}: choose none, selective or full")
     if key == "cp_comm" and value not in CP_COMM:

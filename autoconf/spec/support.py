@@ -7,6 +7,9 @@ ZeRO-3 over dp x cp. MoE models (tests/test_moe_execute.py): expert parallelism 
 built: expert tensor parallelism (etp > 1), multi-head latent attention, qk_norm, capacity-factor routing (refused,
 one line each).
 
+A schedule the executor does not run says why in its registry entry (`ScheduleSpec.executor_note`): seq1f1b
+(sequence-level pipelining) is predicted by `estimate` but refused by `launch` and left out by the search.
+
 One combination is refused, per schedule in the registry (`ScheduleSpec.executor_zero3`): ZeRO-3 (FSDP2
 `reshard_after_forward=True`, only applied when dp > 1) under the schedules that split the backward into input (I)
 and weight (W) passes: zb-h1, zbv and dualpipev. There torch runs W after FSDP has resharded the stage's
@@ -56,6 +59,8 @@ def unsupported_reason(config, model=None) -> str | None:
                 f"FSDP2's CPUOffloadPolicy on data-parallel layouts only (tp 1, pp 1, not fp8; tested on CPU); drop "
                 f"the offload or use tp 1, pp 1 and bf16")
     spec = schedule_spec(config.schedule)
+    if spec.executor_note:
+        return spec.executor_note
     if config.zero_sharded and config.zero_stage == 3 and config.pp > 1 and not spec.executor_zero3:
         runs = ", ".join(name for name in SCHEDULES if schedule_spec(name).executor_zero3)
         return (f"schedule {config.schedule} with zero_stage 3 (dp {config.dp}) loses weight gradients in torch "
