@@ -70,7 +70,8 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     unit_static = ([model.embedding_params() / c.tp * per_param] + layers_static
                    + [head_params / c.tp * per_param + logits_temporary_bytes(model, c, layout)])
     unit_act = [embedding] + layers_act + [head]
-    inflight = tuple(int(np.ceil(n)) for n in schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches))
+    inflight = tuple(int(np.ceil(n)) for n in schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches,
+                                                                            seq_chunks=c.seq_chunks))
     limit = (cluster.usable_memory_bytes - cluster.device.memory_overhead_bytes - p2p_buffer_bytes(model, c)
              - gather_buffer_bytes(model, c, layout) - cp_buffer_bytes(model, c))
     return PartitionProblem(unit_time=tuple(unit_time), unit_static_bytes=tuple(unit_static),

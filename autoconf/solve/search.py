@@ -314,7 +314,7 @@ class _BoundCache:
             owner = self._stage_to_rank(c)
             self._layout[key] = (uniform_partition(self.model.num_layers, c.num_stages), owner)
         partition, owner = self._layout[key]
-        inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, rank=0)
+        inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, rank=0, seq_chunks=c.seq_chunks)
         entry = stage_memory(self.model, self.cluster, c, partition, owner, inflight, self.execution.memory_layout,
                              ranks=[0], selective=self.execution.selective_recompute)[0]
         self._last_memory = (c, entry)

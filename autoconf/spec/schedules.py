@@ -21,7 +21,7 @@ model simulates these lists (`cost/simulate.py`) and the executor runs the torch
                                                        zero-bubble paper, torch accepts one stage per rank there)
     zbv               ScheduleZBVZeroBubble           (`pipeline_order`)
     dualpipev         ScheduleDualPipeV               (`pipeline_order`, OVERLAP_F_B split into its F then B)
-    seq1f1b           none: the bundled executor does not run it (`ScheduleSpec.executor_note` says why)
+    seq1f1b           none: torch's `_PipelineScheduleRuntime` runs this order itself (execute/seq_chunks.py)
 
 seq1f1b (Sun et al., "Seq1F1B", arXiv 2406.03488) splits each micro-batch's sequence into k chunks that flow through
 the pipeline as units, in causal order, the later chunks attending to the earlier chunks' keys and values. k is the
@@ -62,8 +62,7 @@ def _bubble_v(pp: int, forward: float, backward: float, weight: float) -> float:
 class ScheduleSpec:
     """What a pipeline schedule is, in one place.
 
-    chunks: the chunk counts per rank (vpp) the search tries; the first is the one the profiler times. Empty for a
-        schedule the executor does not run (seq1f1b): the search leaves it out, `estimate` predicts it.
+    chunks: the chunk counts per rank (vpp) the search tries; the first is the one the profiler times.
     min_vpp / max_vpp: the chunk counts torch accepts (max None: any).
     min_microbatches_per_rank: m must be at least this times pp (1f1b: 1, dualpipev: 2).
     whole_rounds: m must be a multiple of its rounds max(1, m // pp) (torch's interleaved family).
@@ -79,7 +78,6 @@ class ScheduleSpec:
     torchtitan_note: why torchtitan cannot run it as is, or None (torchtitan names torch's schedule classes).
     sequence_chunks: splits each micro-batch's sequence into `ParallelConfig.seq_chunks` chunks that flow as
         units (the order builder takes `seq_chunks`).
-    executor_note: why the bundled executor does not run it (the support rule, spec/support.py, reads it), or None.
     """
 
     name: str
@@ -100,7 +98,6 @@ class ScheduleSpec:
     megatron_note: str | None = None
     torchtitan_note: str | None = None
     sequence_chunks: bool = False
-    executor_note: str | None = None
 
     @property
     def single_chunk(self) -> bool:
@@ -224,16 +221,13 @@ def _bubble_seq1f1b(pp: int, forward: float, backward: float, weight: float) -> 
 
 
 register(ScheduleSpec(
-    "seq1f1b", None, orders.seq1f1b_order, chunks=(), min_vpp=1, max_vpp=1, v_placement=False,
+    "seq1f1b", None, orders.seq1f1b_order, chunks=(1,), min_vpp=1, max_vpp=1, v_placement=False,
     split_backward=False, bubble=_bubble_seq1f1b, exposed_fill_drain=True, fsdp_gathers_chunks=False,
     sequence_chunks=True,
     megatron_note="schedule seq1f1b (sequence-level 1F1B) is not in Megatron-LM; its authors' fork "
                   "(github.com/MayDomine/Seq1F1B, --pipe-sp-splits) runs it; upstream runs the 1F1B schedule below",
     torchtitan_note="schedule seq1f1b (sequence-level 1F1B) has no torch.distributed.pipelining class, so torchtitan "
-                    "cannot run it; the 1F1B schedule below is the closest",
-    executor_note="schedule seq1f1b is predicted but not run by the bundled executor (torch 2.13 has no schedule "
-                  "class for it and the executor builds none, docs/long-context.md); use 1f1b, or `autoconf "
-                  "estimate --schedule seq1f1b --seq-chunks K` for its prediction"))
+                    "cannot run it; the 1F1B schedule below is the closest"))
 
 
 class RankActions(Sequence):

@@ -7,8 +7,8 @@ ZeRO-3 over dp x cp. MoE models (tests/test_moe_execute.py): expert parallelism 
 built: expert tensor parallelism (etp > 1), multi-head latent attention, qk_norm, capacity-factor routing (refused,
 one line each).
 
-A schedule the executor does not run says why in its registry entry (`ScheduleSpec.executor_note`): seq1f1b
-(sequence-level pipelining) is predicted by `estimate` but refused by `launch` and left out by the search.
+seq1f1b (sequence-level pipelining, execute/seq_chunks.py) runs on the layout its test checks
+(`sequence_chunks_reason`: pp > 1, tp 1, dp 1, cp 1, no recompute or offload, dense models).
 
 One combination is refused, per schedule in the registry (`ScheduleSpec.executor_zero3`): ZeRO-3 (FSDP2
 `reshard_after_forward=True`, only applied when dp > 1) under the schedules that split the backward into input (I)
@@ -59,8 +59,10 @@ def unsupported_reason(config, model=None) -> str | None:
                 f"FSDP2's CPUOffloadPolicy on data-parallel layouts only (tp 1, pp 1, not fp8; tested on CPU); drop "
                 f"the offload or use tp 1, pp 1 and bf16")
     spec = schedule_spec(config.schedule)
-    if spec.executor_note:
-        return spec.executor_note
+    if spec.sequence_chunks:
+        reason = sequence_chunks_reason(config, model)
+        if reason:
+            return reason
     if config.zero_sharded and config.zero_stage == 3 and config.pp > 1 and not spec.executor_zero3:
         runs = ", ".join(name for name in SCHEDULES if schedule_spec(name).executor_zero3)
         return (f"schedule {config.schedule} with zero_stage 3 (dp {config.dp}) loses weight gradients in torch "
@@ -71,6 +73,23 @@ def unsupported_reason(config, model=None) -> str | None:
                 f"would reduce before the weight pass; use grad_reduce step, or a schedule without a split "
                 f"backward ({', '.join(n for n in SCHEDULES if not schedule_spec(n).split_backward)})")
     return None
+
+
+def sequence_chunks_reason(config, model=None) -> str | None:
+    """Why the executor does not run this seq1f1b layout, or None. It runs the schedule (execute/seq_chunks.py,
+    tests/test_seq1f1b.py) on a pipeline of dense blocks without tensor, data or context parallelism, without
+    recompute and offload: the layout its CPU test checks; the rest is not built or not tested."""
+    c = config
+    found = [f"{name} {value}" for name, value, ok in (
+        ("pp", c.pp, c.pp > 1), ("tp", c.tp, c.tp == 1), ("dp", c.dp, c.dp == 1), ("cp", c.cp, c.cp == 1),
+        ("recompute", c.recompute, c.recompute == "none"),
+        ("offload_activations", c.offload_activations, not c.offload_activations)) if not ok]
+    if model is not None and model.moe is not None:
+        found.append(f"the mixture-of-experts model {model.name}")
+    if not found:
+        return None
+    return (f"schedule seq1f1b runs in the executor with pp > 1, tp 1, dp 1, cp 1, recompute none, no offload and a "
+            f"dense model; this plan has {', '.join(found)}: use those, or 1f1b")
 
 
 def check_supported(config, model=None) -> None:
