@@ -1,5 +1,6 @@
-"""Sequence-level pipelining (seq1f1b, Sun et al. arXiv 2406.03488): its order, simulation, cost, memory, and how the
-planner, the executor-support rule and the exporters treat a schedule the executor does not run."""
+"""Sequence-level pipelining (seq1f1b, Sun et al. arXiv 2406.03488): its order, simulation, cost, memory, the
+executor-support rule, the search (when pinned) and the exporters. The executor's pp2 runs against one process are
+layouts of tests/test_execute.py's two-rank job."""
 
 import dataclasses
 import json
@@ -124,19 +125,52 @@ def test_chunks_shrink_the_bubble_and_send_k_times_smaller_messages():
         p2p_bytes(LLAMA, _config(k=1), Execution()) / 4)
 
 
-def test_the_executor_refuses_it_the_search_leaves_it_out_and_estimate_marks_it():
-    """The support rule names why the executor does not run seq1f1b; `estimate` predicts it and marks the plan not
-    launchable with that reason; the search space never holds it; pinning it in `plan` says why in one line."""
-    from autoconf.solve.space import parse_fix_value
+def test_the_executor_runs_one_layout_and_estimate_marks_the_others():
+    """The support rule lets the executor run seq1f1b on the layout its test checks (pp > 1, tp 1, dp 1) and names
+    what it refuses in one line; `estimate` predicts a refused layout and marks it not launchable with the reason
+    (the pp2 runs themselves: tests/test_execute.py, llama-pp2-seq1f1b-k2 and gpt-pp2-seq1f1b-k4-mb2)."""
+    runs = dataclasses.replace(_config(), tp=1, sequence_parallel=False, pp=16)
+    assert unsupported_reason(runs, LLAMA) is None
+    assert "launchable" not in estimate(LLAMA, H100, runs).prediction
+    for changes, named in ((dict(tp=2, sequence_parallel=True, pp=8), "tp 2"), (dict(dp=2, pp=8), "dp 2"),
+                           (dict(recompute="full"), "recompute full"), (dict(pp=1, dp=16), "pp 1")):
+        reason = unsupported_reason(dataclasses.replace(runs, **changes), LLAMA)
+        assert reason and named in reason and "1f1b" in reason and "\n" not in reason
+    prediction = estimate(LLAMA, H100, _config()).prediction  # tp 2
+    assert prediction["launchable"] is False
+    assert prediction["not_launchable_reason"] == unsupported_reason(_config(), LLAMA)
 
-    reason = unsupported_reason(_config())
-    assert reason and "seq1f1b" in reason and "executor" in reason
-    prediction = estimate(LLAMA, H100, _config()).prediction
-    assert prediction["launchable"] is False and prediction["not_launchable_reason"] == reason
-    assert "launchable" not in estimate(LLAMA, H100, _config("1f1b", 1)).prediction
-    assert not schedule_spec("seq1f1b").chunks  # the candidate space takes none of it
-    with pytest.raises(UserError, match="the search leaves it out"):
-        parse_fix_value("schedule", "seq1f1b")
+
+def test_the_search_weighs_it_when_pinned_only():
+    """The default space holds no seq1f1b layout (its statistics unchanged); pinned, every candidate is seq1f1b
+    with a chunk count of SEQ_CHUNKS that divides the sequence, and the best plan is one the executor runs."""
+    from autoconf.solve.search import search
+    from autoconf.solve.space import SEQ_CHUNKS, candidates
+
+    model = PRESETS["tiny-llama"]
+    assert all(c.schedule != "seq1f1b" for c in candidates(model, 8, 8, 8, 96, "bf16"))
+    pinned = list(candidates(model, 8, 8, 8, 96, "bf16", fixed={"schedule": "seq1f1b"}))
+    assert pinned and {c.seq_chunks for c in pinned} == {k for k in SEQ_CHUNKS if 96 % k == 0}
+    best = search(model, load_cluster("dgx-h100-80g", nodes=1), 8, 96, "bf16", fixed={"schedule": "seq1f1b"},
+                  top_k=1, refine=False).plans[0]
+    assert best.config.schedule == "seq1f1b" and best.config.seq_chunks > 1
+    assert best.prediction["launchable"] is True
+
+
+def test_to_units_lays_out_each_micro_batchs_chunks_in_causal_order():
+    """Rows (i * k + j) * b .. + b of the unit batch are micro-batch i's chunk j, whose tokens are s/k apart."""
+    import torch
+
+    from autoconf.execute.seq_chunks import to_units
+
+    m, b, k, s = 3, 2, 4, 8
+    batch = torch.arange(m * b * s).reshape(m * b, s)
+    units = to_units(batch, b, k)
+    assert units.shape == (m * k * b, s // k)
+    for i in range(m):
+        for j in range(k):
+            rows = units[(i * k + j) * b:(i * k + j + 1) * b]
+            assert torch.equal(rows, batch[i * b:(i + 1) * b, j * (s // k):(j + 1) * (s // k)])
 
 
 def test_exporters_say_megatron_and_torchtitan_cannot_run_it():
