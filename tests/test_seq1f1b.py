@@ -96,7 +96,7 @@ def test_first_rank_holds_pp_plus_k_minus_1_chunks():
 @pytest.mark.parametrize("pp,k", [(8, 2), (8, 4), (16, 4)])
 def test_first_stage_activations_drop_by_about_k_against_1f1b(pp, k):
     """The first stage keeps p + k - 1 chunks of seq/k tokens against 1F1B's p sequences: its activations are
-    1F1B's x (p + k - 1) / (p k), plus one chunk's share of the K/V cache per layer and chunk in flight; for k small
+    1F1B's x (p + k - 1) / (p k), plus the earlier chunks' K/V each chunk in flight keeps per layer; for k small
     against p that is about 1/k."""
     from autoconf.cost.memory import seq_chunk_kv_bytes
 
