@@ -125,8 +125,9 @@ def runtime_schedule(plan, stages, loss_fn, scale_grads: bool):
     order = schedule_order(c.schedule, c.pp, c.num_microbatches, c.vpp, c.seq_chunks)
     schedule = _PipelineScheduleRuntime(stages, n_microbatches=order.num_microbatches, loss_fn=loss_fn,
                                         scale_grads=scale_grads)
-    schedule._prepare_schedule_with_comms(
-        {rank: [_Action(a.stage, kinds[a.kind], a.microbatch) for a in acts] for rank, acts in enumerate(order.actions)})
+    actions = {rank: [_Action(a.stage, kinds[a.kind], a.microbatch) for a in acts]
+               for rank, acts in enumerate(order.actions)}
+    schedule._prepare_schedule_with_comms(actions)
     return schedule
 
 
