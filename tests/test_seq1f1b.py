@@ -65,17 +65,17 @@ def test_equal_chunks_bubble_is_the_spec_formula_exactly(p, m, k):
 @pytest.mark.parametrize("p,m,k", GRID)
 def test_causal_even_split_bubble_is_at_least_the_spec_formula(p, m, k):
     """Under an even token split chunk j does (2j+1)/k of the mean chunk's attention: the simulated idle time of the
-    busiest rank is at least the spec's bubble of the smallest chunk's passes (a lower bound, as for the other
-    schedules), and the per-chunk costs average to the mean chunk's."""
-    mean = StageCosts.uniform(p, 1.0, 2.0, 1.0)
-    core = type("Core", (), {"forward": 0.6, "backward_input": 1.2, "backward_weight": 0.0})()
-    costs = seq_chunk_costs(mean, core, [1] * p, [0] * p, k)
-    for s in range(p):
-        assert sum(costs.forward[s * k:(s + 1) * k]) == pytest.approx(k * 1.0)
-    tl = simulate(build_schedule("seq1f1b", p, m, 1, k), costs)
-    idle = tl.makespan - max(tl.compute_time_per_rank)
-    assert idle >= schedule_spec("seq1f1b").bubble(p, costs.forward[0], costs.backward_input[0],
-                                                   costs.backward_weight[0]) - 1e-12
+    busiest rank is at least the spec's bubble of the mean chunk's passes (what the search's bound feeds it), for
+    attention shares from a tenth to nearly all of a chunk's work; the per-chunk costs average to the mean's."""
+    for share in (0.1, 0.5, 0.99):
+        mean = StageCosts.uniform(p, 1.0, 2.0, 1.0)
+        core = type("Core", (), {"forward": share, "backward_input": 2 * share, "backward_weight": 0.0})()
+        costs = seq_chunk_costs(mean, core, [1] * p, [0] * p, k)
+        for s in range(p):
+            assert sum(costs.forward[s * k:(s + 1) * k]) == pytest.approx(k * 1.0)
+        tl = simulate(build_schedule("seq1f1b", p, m, 1, k), costs)
+        idle = tl.makespan - max(tl.compute_time_per_rank)
+        assert idle >= schedule_spec("seq1f1b").bubble(p, 1.0, 2.0, 1.0) - 1e-12
 
 
 def test_causal_chunk_shares_average_to_one_and_grow_with_the_chunk():
@@ -208,3 +208,24 @@ def test_bad_sequence_chunks_are_named_in_one_line(changes, needle):
     with pytest.raises(UserError) as err:
         c.check(LLAMA, H100.world_size)
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_search_bounds_never_exceed_the_estimate_of_a_seq1f1b_layout():
+    """The search's time and memory bounds of pinned seq1f1b layouts (chunk counts 2, 4, 8; the cache shared with
+    1f1b layouts of the same degrees) stay at or below the estimate."""
+    from autoconf.solve.search import _BoundCache
+    from autoconf.solve.space import candidates
+
+    cache = _BoundCache(LLAMA, H100, Execution())
+    checked = 0
+    for schedule in ("1f1b", "seq1f1b"):
+        for config in candidates(LLAMA, 16, 8, 16, 32768, "bf16", fixed={"schedule": schedule, "micro_batch_size": 1,
+                                                                          "zero_stage": 0, "recompute": "none"}):
+            if config.pp not in (4, 16) or config.tp > 2:
+                continue
+            bound = cache.bounds(config)
+            p = estimate(LLAMA, H100, config, detail=False).prediction
+            assert bound.time_s <= p["iteration_time_s"] * (1 + 1e-9), config
+            assert bound.memory_bytes <= p["peak_memory_bytes"] * (1 + 1e-9), config
+            checked += config.schedule == "seq1f1b"
+    assert checked >= 6

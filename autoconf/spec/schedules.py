@@ -214,9 +214,10 @@ register(ScheduleSpec(
 
 
 def _bubble_seq1f1b(pp: int, forward: float, backward: float, weight: float) -> float:
-    """In the seconds of the smallest sequence chunk's passes: 1F1B's (p-1)(F+B+W) over chunks, which is 1F1B's
-    bubble / k when every chunk costs the same (the paper's computation-wise split; exact then, tests/
-    test_seq1f1b.py) and a lower bound when the chunks differ (an even token split under causal attention)."""
+    """1F1B's (p-1)(F+B+W) over sequence chunks, in the seconds of the mean chunk's passes: 1F1B's bubble / k when
+    every chunk costs the same (the paper's computation-wise split; exact then), and below what the simulation
+    finds under an even token split, whose later chunks do more causal attention (checked over a grid of p, m, k
+    and attention shares in tests/test_seq1f1b.py, not proven)."""
     return _bubble_full(pp, forward, backward, weight)
 
 
