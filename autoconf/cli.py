@@ -200,6 +200,8 @@ def profiles(as_json: bool) -> None:
               help="default: the model's context, at most 8192")
 @click.option("--schedule", default="1f1b", show_default=True,
               type=ScheduleChoice())
+@click.option("--seq-chunks", type=click.IntRange(1, MAX_SEQ_LEN), default=1, show_default=True,
+              help="schedule seq1f1b: chunks of each micro-batch's sequence that flow through the pipeline as units")
 @click.option("--zero", type=click.IntRange(0, 3), default=0, show_default=True)
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default="none", show_default=True)
 @click.option("--recompute-layers", default=None, metavar="N,N,...", callback=layer_counts,
@@ -229,8 +231,8 @@ def profiles(as_json: bool) -> None:
 @headroom_option
 @user_errors
 def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, ep, etp, micro_batch, global_batch,
-             seq_len, schedule, zero, recompute, recompute_layers, selective_recompute, sequence_parallel, dtype,
-             attention, offload_activations, offload_optimizer, framework, framework_flags, as_json, out, force,
+             seq_len, schedule, seq_chunks, zero, recompute, recompute_layers, selective_recompute, sequence_parallel,
+             dtype, attention, offload_activations, offload_optimizer, framework, framework_flags, as_json, out, force,
              memory_picture, memory_headroom) -> None:
     """Predict time and memory of one layout."""
     from autoconf.cost.estimate import estimate as run_estimate
@@ -254,7 +256,7 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
                             sequence_parallel=sequence_parallel, dtype=dtype or default_dtype(cluster),
                             attention=attention, ep=ep, etp=etp, offload_activations=offload_activations,
                             offload_optimizer=offload_optimizer, recompute_layers=recompute_layers,
-                            selective_recompute=selective_recompute)
+                            selective_recompute=selective_recompute, seq_chunks=seq_chunks)
     if model.context_problem(config.seq_len):
         raise UserError(model.context_problem(config.seq_len))
     if memory_picture is not None:
@@ -273,6 +275,8 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
         click.echo(plan.to_json(), nl=False)
     else:
         print_table(prediction_table(plan))
+        if plan.prediction.get("launchable") is False:
+            click.echo(f"not launchable: {plan.prediction['not_launchable_reason']}")
         for path in (out, memory_picture):
             if path is not None:
                 click.echo(f"wrote {path}")

@@ -60,6 +60,14 @@ def offload_plan(arch: str, **changes) -> Plan:
     return plan
 
 
+def seq_chunk_plan(arch: str, chunks: int, **layout) -> Plan:
+    """A pp2 seq1f1b plan whose sequences flow in `chunks` chunks."""
+    plan = make_plan(arch, pp=2, schedule="seq1f1b", **layout)
+    plan.config = dataclasses.replace(plan.config, seq_chunks=chunks)
+    plan.validate()
+    return plan
+
+
 # name -> plan, grouped by world size (one torchrun job each).
 LAYOUTS: dict[int, dict[str, Plan]] = {
     1: {"gpt": make_plan("gpt"), "llama": make_plan("llama")},
@@ -91,6 +99,10 @@ LAYOUTS: dict[int, dict[str, Plan]] = {
             "llama", [[0, 0]] + [[i, i + 1] for i in range(8)] + [[8, 8]], pp=2, schedule="interleaved-1f1b", vpp=5),
         "gpt-pp2-1f1b-embedding-stage": end_chunk_plan("gpt", [[0, 0], [0, 8]], pp=2, schedule="1f1b"),
         "llama-pp2-1f1b-head-stage": end_chunk_plan("llama", [[0, 8], [8, 8]], pp=2, schedule="1f1b"),
+        # Sequence-level pipelining (execute/seq_chunks.py): each sequence in 2 chunks; in 4, two rows per
+        # micro-batch, learned positions and the tied embedding.
+        "llama-pp2-seq1f1b-k2": seq_chunk_plan("llama", 2),
+        "gpt-pp2-seq1f1b-k4-mb2": seq_chunk_plan("gpt", 4, micro_batch=2),
     },
     4: {
         "gpt-tp4": make_plan(tp=4),

@@ -61,11 +61,11 @@ def test_stage_to_rank_is_loop_or_v():
 
 
 def test_splits_backward_only_for_zero_bubble_schedules():
-    """gpipe, 1f1b, interleaved and looped-bfs use full B; zb-h1, zbv and dualpipev use I/W."""
+    """gpipe, 1f1b, interleaved, looped-bfs and seq1f1b use full B; zb-h1, zbv and dualpipev use I/W."""
     split = {name: build_schedule(name, 4, 8, 2 if name in ("interleaved-1f1b", "zbv", "dualpipev") else 1)
              .splits_backward for name in SCHEDULES}
     assert split == {"gpipe": False, "1f1b": False, "interleaved-1f1b": False, "looped-bfs": False,
-                     "zb-h1": True, "zbv": True, "dualpipev": True}
+                     "zb-h1": True, "zbv": True, "dualpipev": True, "seq1f1b": False}
 
 
 def test_1f1b_rank_r_runs_pp_minus_r_forwards_before_its_first_backward():

@@ -90,18 +90,30 @@ def model_pieces(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     is read at seq_len / cp, and the attention core, whose causal work grows with seq_len^2, is the core at the
     whole sequence divided by cp: the chunk pairing gives each rank the same share of the causal triangle. A
     measured table reads that core at the full length in micro_batch x seq_len^2 (`profile --seq-len` times it
-    there). The blockwise kernels' lower efficiency on 1/cp-long blocks is not modelled."""
-    if config.cp > 1:
+    there). The blockwise kernels' lower efficiency on 1/cp-long blocks is not modelled.
+
+    Under seq1f1b (`seq_chunks` k > 1) the pieces are those of one pipeline unit, a chunk of seq_len / k tokens:
+    the attention core is the mean chunk's, the whole sequence's core / k; chunk j of an even split does
+    `causal_chunk_share(j, k)` times it."""
+    if config.cp > 1 or config.seq_chunks > 1:
         local = _pieces(model, cluster, rank_view(config), share, execution)
-        whole = _pieces(model, cluster, dataclasses.replace(config, cp=1), share, execution)
-        return dataclasses.replace(local, attention_core=whole.attention_core.scaled(1 / config.cp))
+        whole = _pieces(model, cluster, dataclasses.replace(config, cp=1, seq_chunks=1), share, execution)
+        return dataclasses.replace(local, attention_core=whole.attention_core.scaled(
+            1 / (config.cp * config.seq_chunks)))
     return _pieces(model, cluster, config, share, execution)
 
 
+def causal_chunk_share(chunk: int, chunks: int) -> float:
+    """The causal attention work of chunk j of a sequence split into k equal chunks, in units of the mean chunk's
+    (the whole core / k): its queries meet the j earlier chunks' keys in full and its own keys causally,
+    (j + 1/2) blocks of the k^2 / 2 of the whole triangle, so (2j + 1) / k."""
+    return (2 * chunk + 1) / chunks
+
+
 def rank_view(config: ParallelConfig) -> ParallelConfig:
-    """The config as one CP rank sees its tokens: a sequence of seq_len / cp and no context parallelism (what
-    everything but the attention core and the K/V exchange costs)."""
-    return dataclasses.replace(config, seq_len=config.local_seq_len, cp=1)
+    """The config as one CP rank sees its tokens in one pipeline unit: a sequence of seq_len / cp (/ seq_chunks)
+    and no context parallelism (what everything but the attention core and the K/V exchange costs)."""
+    return dataclasses.replace(config, seq_len=config.local_seq_len, cp=1, seq_chunks=1)
 
 
 def _pieces(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, share: float | None,

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from autoconf.cost.comm import collective_time, p2p_time, slowest_collective_time
-from autoconf.cost.compute import (PassTimes, cpu_share, cpu_share_alone, fsdp_copy_time, measured_tp_layer,
-                                   model_pieces, rank_optimizer_time)
+from autoconf.cost.compute import (PassTimes, causal_chunk_share, cpu_share, cpu_share_alone, fsdp_copy_time,
+                                   measured_tp_layer, model_pieces, rank_optimizer_time)
 from autoconf.cost.memory import (cp_kv_bytes, stage_block_activation_bytes, stage_expert_params, stage_memory,
                                   stage_params)
 from autoconf.cost.moe import ep_comm_passes, local_params, moe_layers
@@ -43,6 +43,7 @@ from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, recompute_layers_problem, recomputed_layers, uniform_partition
 from autoconf.spec.schedules import build_schedule, rank_actions, schedule_spec, stage_to_rank
+from autoconf.spec.support import unsupported_reason
 
 FRAMEWORKS = tuple(PRESETS)
 # Share of a block's activations that the weight-gradient pass (W) still needs after I: the inputs of the linear
@@ -394,9 +395,33 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         reduces.append(reduce)
         buckets.append(execution.buckets(params + experts, layers, rank, c.dp_cp))
     early = [(c.num_microbatches - 1) * r for r in reduces] if c.reduces_every_microbatch else []
-    return StagePlan(StageCosts(forward, back_in, back_w), compute_parts, recompute_parts, tp_parts, pass_overhead,
+    costs = StageCosts(forward, back_in, back_w)
+    if c.seq_chunks > 1:
+        core_recomputed = c.recompute == "full" or (c.recompute == "selective" and matmul_share is None)
+        costs = seq_chunk_costs(costs, pieces.attention_core, [end - first for first, end in partition],
+                                recomputed if core_recomputed else [0] * len(partition), c.seq_chunks)
+    return StagePlan(costs, compute_parts, recompute_parts, tp_parts, pass_overhead,
                      gathers, reduces, buckets, early, ep_comm=ep_parts if model.moe is not None else [],
                      offload=offload_parts, cp_comm=cp_parts)
+
+
+def seq_chunk_costs(costs: StageCosts, core: PassTimes, layers: list[int], core_recomputed: list[int],
+                    chunks: int) -> StageCosts:
+    """Per stage and sequence chunk (seq1f1b; `StageCosts`' layout s * k + j), from the mean chunk's `costs`: chunk
+    j of an even split does `causal_chunk_share(j, k)` times the mean chunk's attention core (`core`, per layer) in
+    each of the stage's `layers` and, in its backward, again in the `core_recomputed` layers that redo the core;
+    everything else grows with tokens and is the same for every chunk. The chunks' mean is `costs`."""
+    out = ([], [], [])
+    for s, (fwd, b_in, b_w) in enumerate(zip(costs.forward, costs.backward_input, costs.backward_weight)):
+        core_f = layers[s] * core.forward
+        core_b = layers[s] * core.backward_input + core_recomputed[s] * core.forward
+        core_w = layers[s] * core.backward_weight
+        for j in range(chunks):
+            extra = causal_chunk_share(j, chunks) - 1.0
+            out[0].append(fwd + extra * core_f)
+            out[1].append(b_in + extra * core_b)
+            out[2].append(b_w + extra * core_w)
+    return StageCosts(*out)
 
 
 def p2p_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution) -> float:
@@ -437,6 +462,10 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
     check_host_memory(cluster, c, prediction.get("host_memory_per_node_bytes", 0.0))
     if c.offloads:
         prediction["offload_effect"] = offload_effect(model, cluster, c, partition, grid, prediction, execution)
+    reason = unsupported_reason(c, model)
+    if reason:  # predicted for comparison, but `launch` refuses it (spec/support.py)
+        prediction["launchable"] = False
+        prediction["not_launchable_reason"] = reason
     plan = Plan(model=model, cluster=_cluster_summary(cluster), config=c, partition=partition,
                 placement={"mesh": grid.tolist()}, prediction=prediction)
     plan.timeline = timeline
@@ -479,7 +508,7 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
         raise UserError(recompute_layers_problem(c, partition))
     grid = RankGrid(default_mesh(c) if mesh is None else mesh)
     extrapolate = extrapolate and not detail and c.num_microbatches > EXTRAPOLATE_ABOVE * c.pp
-    schedule = _schedule(c.schedule, c.pp, 3 * c.pp if extrapolate else c.num_microbatches, c.vpp)
+    schedule = _schedule(c.schedule, c.pp, 3 * c.pp if extrapolate else c.num_microbatches, c.vpp, c.seq_chunks)
     p2p = _p2p_function(cluster, c, model, schedule.stage_to_rank, grid, execution)
 
     def run(share: float):
@@ -568,9 +597,9 @@ def comm_stream_bound(sp: StagePlan, schedule) -> float:
 
 
 @functools.lru_cache(maxsize=64)
-def _schedule(name: str, pp: int, num_microbatches: int, vpp: int):
+def _schedule(name: str, pp: int, num_microbatches: int, vpp: int, seq_chunks: int = 1):
     """build_schedule, remembered: the search asks for the same schedule for many configs."""
-    return build_schedule(name, pp, num_microbatches, vpp)
+    return build_schedule(name, pp, num_microbatches, vpp, seq_chunks)
 
 
 def _simulate_step(schedule, sp: StagePlan, p2p, execution: Execution) -> tuple[Timeline, float]:
@@ -608,8 +637,8 @@ def _extrapolated_step(c: ParallelConfig, sp: StagePlan, p2p, execution: Executi
     """
     m = c.num_microbatches
     m1, m2 = 2 * c.pp, 3 * c.pp
-    t1, span1 = _simulate_step(_schedule(c.schedule, c.pp, m1, c.vpp), sp, p2p, execution)
-    t2, span2 = _simulate_step(_schedule(c.schedule, c.pp, m2, c.vpp), sp, p2p, execution)
+    t1, span1 = _simulate_step(_schedule(c.schedule, c.pp, m1, c.vpp, c.seq_chunks), sp, p2p, execution)
+    t2, span2 = _simulate_step(_schedule(c.schedule, c.pp, m2, c.vpp, c.seq_chunks), sp, p2p, execution)
 
     def extend(a: float, b: float) -> float:
         return b + (b - a) * (m - m2) / (m2 - m1)
@@ -620,7 +649,7 @@ def _extrapolated_step(c: ParallelConfig, sp: StagePlan, p2p, execution: Executi
     compute = [extend(a, b) for a, b in zip(t1.compute_time_per_rank, t2.compute_time_per_rank)]
     peak, peak_weight, peak_rank = _extended_peaks(
         (t1.peak_inflight, t1.peak_inflight_weight, t1.peak_inflight_rank),
-        (t2.peak_inflight, t2.peak_inflight_weight, t2.peak_inflight_rank), c.pp, m, c.vpp)
+        (t2.peak_inflight, t2.peak_inflight_weight, t2.peak_inflight_rank), c.pp, m, c.vpp, c.seq_chunks)
     timeline = Timeline(
         events=[], comm_events=[], makespan=makespan, compute_time_per_rank=compute,
         bubble_fraction=1 - sum(compute) / (c.pp * makespan), peak_inflight=peak, peak_inflight_weight=peak_weight,
@@ -628,10 +657,11 @@ def _extrapolated_step(c: ParallelConfig, sp: StagePlan, p2p, execution: Executi
     return timeline, makespan
 
 
-def _extended_peaks(at_2p, at_3p, pp: int, m: int, vpp: int) -> list[list[int]]:
+def _extended_peaks(at_2p, at_3p, pp: int, m: int, vpp: int, seq_chunks: int = 1) -> list[list[int]]:
     """The in-flight counts (per stage, per stage for W, per rank) of m micro-batches from those of 2p and 3p:
-    constant or growing by the same step per p micro-batches, at most every micro-batch (of every chunk)."""
-    caps = (m, m, m * vpp)
+    constant or growing by the same step per p micro-batches, at most every micro-batch (of every chunk; under
+    seq1f1b counted in sequence chunks)."""
+    caps = (m * seq_chunks, m * seq_chunks, m * vpp * seq_chunks)
     return [[min(cap, int(round(b + (b - a) * (m - 3 * pp) / pp))) for a, b in zip(xs, ys)]
             for xs, ys, cap in zip(at_2p, at_3p, caps)]
 
@@ -665,25 +695,27 @@ def stage_inflight(stage_to_rank, peak, peak_weight, peak_rank) -> list[float]:
 
 @functools.lru_cache(maxsize=4096)
 def schedule_inflight(name: str, pp: int, vpp: int, num_microbatches: int,
-                      rank: int | None = None) -> tuple[float, ...]:
+                      rank: int | None = None, seq_chunks: int = 1) -> tuple[float, ...]:
     """`stage_inflight` of a schedule from its order alone (the counts do not depend on costs); above
     EXTRAPOLATE_ABOVE x pp micro-batches counted at 2p and 3p and extended as `_extrapolated_step` does. With
-    `rank`, from that pipeline rank's own list only: its stages' counts are the same, the other stages read 0."""
+    `rank`, from that pipeline rank's own list only: its stages' counts are the same, the other stages read 0.
+    Under seq1f1b (`seq_chunks` > 1) the counts are of sequence chunks."""
     m = num_microbatches
     owner = stage_to_rank(name, pp, vpp)
     if m <= EXTRAPOLATE_ABOVE * pp:
-        return tuple(stage_inflight(owner, *_order_peaks(name, pp, m, vpp, rank)))
-    first, second = (_order_peaks(name, pp, k * pp, vpp, rank) for k in (2, 3))
-    return tuple(stage_inflight(owner, *_extended_peaks(first, second, pp, m, vpp)))
+        return tuple(stage_inflight(owner, *_order_peaks(name, pp, m, vpp, rank, seq_chunks)))
+    first, second = (_order_peaks(name, pp, k * pp, vpp, rank, seq_chunks) for k in (2, 3))
+    return tuple(stage_inflight(owner, *_extended_peaks(first, second, pp, m, vpp, seq_chunks)))
 
 
 @functools.lru_cache(maxsize=4096)
-def _order_peaks(name: str, pp: int, num_microbatches: int, vpp: int, rank: int | None) -> tuple:
+def _order_peaks(name: str, pp: int, num_microbatches: int, vpp: int, rank: int | None,
+                 seq_chunks: int = 1) -> tuple:
     """`order_peaks` of a schedule (of one rank's list with `rank`), remembered: the 2p and 3p samples serve every
     larger count."""
     if rank is None:
-        return order_peaks(_schedule(name, pp, num_microbatches, vpp))
-    return rank_order_peaks(pp * vpp, {rank: rank_actions(name, pp, num_microbatches, vpp, rank)}, pp)
+        return order_peaks(_schedule(name, pp, num_microbatches, vpp, seq_chunks))
+    return rank_order_peaks(pp * vpp, {rank: rank_actions(name, pp, num_microbatches, vpp, rank, seq_chunks)}, pp)
 
 
 def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, optimizer: float,

@@ -47,7 +47,9 @@ same weights), by layout:
 Activations: each virtual stage keeps `inflight[s]` micro-batches (counted by the schedule simulation), each worth
 its layers' `layer_activation_bytes` (its first `recomputed_layers` under the plan's recompute mode, the others
 without recompute) plus the embedding dropout mask (first stage) and the head inputs (last stage), all over the
-rank's seq_len / cp tokens under context parallelism. Temporaries: the logits with their fp32 loss copy and
+rank's seq_len / cp tokens under context parallelism. Under seq1f1b the units in flight are sequence chunks of
+seq_len / k tokens, each also keeping earlier chunks' keys and values, and a rank holds the K/V gradients of up to
+k - 1 earlier chunks per layer (`seq_chunk_kv_bytes`, by layout). Temporaries: the logits with their fp32 loss copy and
 gradient, one layer's recomputed activations under full recompute (on a rank that recomputes a layer), P2P
 send/receive buffers, the K/V buffer of context-parallel attention (`cp_buffer_bytes`). With one micro-batch per
 step the executor's gradients only come into existence as the activations go, so the larger of the two counts.
@@ -438,6 +440,25 @@ def cp_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:
     return blocks * cp_kv_bytes(model, c)
 
 
+def seq_chunk_kv_bytes(model: ModelSpec, config: ParallelConfig, layout: str = "torch") -> tuple[float, float]:
+    """Per layer, what sequence-level pipelining (seq1f1b, `seq_chunks` k > 1) keeps beyond each chunk's own
+    activations: (the earlier chunks' keys and values per chunk in flight, the K/V gradients a rank holds for the
+    earlier chunks). A chunk's K/V is `cp_kv_bytes` (its seq_len / k tokens).
+
+    K/V of earlier chunks: the authors' implementation ("megatron" layout; MayDomine/Seq1F1B,
+    megatron/model/transformer.py) appends every forwarded chunk's K/V to its micro-batch's cache, which each
+    chunk's backward shrinks again: one K/V copy per chunk in flight. The executor (execute/seq_chunks.py) hands the
+    earlier chunks' K/V on as leaves sharing their storage, but chunk j's attention concatenates them with its own,
+    and the attention keeps that concatenation for its backward: j more chunks' K/V, (k - 1) / 2 on average over a
+    micro-batch's chunks. K/V gradients: a micro-batch's later chunks' backwards accumulate them for its earlier
+    chunks' until those run, at most k - 1 chunks' worth. (0, 0) without sequence chunks."""
+    if config.seq_chunks == 1:
+        return 0.0, 0.0
+    kv = cp_kv_bytes(model, config)
+    earlier = kv if layout == "megatron" else kv * (config.seq_chunks - 1) / 2
+    return earlier, (config.seq_chunks - 1) * kv
+
+
 def unit_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str,
                           selective: str = "attention_core",
                           execution: Execution | None = None) -> tuple[float, float, float]:
@@ -501,6 +522,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     plain_act, moe_plain_act = (stage_layer_activation_bytes(model, c, 1, 0, layout, cluster.device.kind, selective,
                                                              moe, execution) for moe in (False, model.moe is not None))
     fixed = cluster.device.memory_overhead_bytes + p2p_buffer_bytes(model, c)
+    kv_cache, kv_grads = seq_chunk_kv_bytes(model, c, layout)
     last = len(partition) - 1
     out = []
     stages_of: dict[int, list[int]] = {}
@@ -524,7 +546,8 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
             # Under offload_activations each block's saved activations go to the host.
             host_activations += activation_copy_bytes(c, layers) * inflight[st]
             layers = 0.0 if c.offload_activations else layers
-            per_mb = layers + (embed_act if st == 0 else 0.0) + (head_act if st == last else 0.0)
+            per_mb = (layers + kv_cache * (end - first) + (embed_act if st == 0 else 0.0)
+                      + (head_act if st == last else 0.0))
             activations += per_mb * inflight[st]
         # Temporaries that exist one at a time: the largest of them counts.
         temporaries = [0.0]
@@ -552,7 +575,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
                 grads = 0.0
             else:
                 activations, temporaries = 0.0, [0.0]
-        other = fixed + max(temporaries)
+        other = fixed + max(temporaries) + kv_grads * sum(partition[st][1] - partition[st][0] for st in stages)
         if fp8_cache:
             block_params = [blocks_params(model, *partition[st]) for st in stages]
             fp8_cache_bytes = fp8_cache * sum(local_params_of(c, sum(p[0] for p in block_params),

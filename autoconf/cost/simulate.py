@@ -42,7 +42,9 @@ from autoconf.spec.schedules import Action, Schedule
 
 @dataclass(frozen=True)
 class StageCosts:
-    """Seconds per virtual stage for one micro-batch. A full "B" costs backward_input + backward_weight."""
+    """Seconds per virtual stage for one micro-batch. A full "B" costs backward_input + backward_weight. For a schedule
+    whose units are sequence chunks (`Schedule.seq_chunks` k > 1, seq1f1b) the lists may instead hold one entry per
+    stage and chunk, chunk j of stage s at s * k + j (chunks of one sequence differ in attention work)."""
 
     forward: Sequence[float]
     backward_input: Sequence[float]
@@ -143,8 +145,10 @@ def simulate(
     fwd = [float(x) for x in costs.forward]
     bi = [float(x) for x in costs.backward_input]
     bw = [float(x) for x in costs.backward_weight]
-    assert len(fwd) == len(bi) == len(bw) == S, f"costs describe {len(fwd)} stages, the schedule has {S}"
-    dur = (fwd, [bi[s] + bw[s] for s in range(S)], bi, bw)
+    # Costs per stage, or per stage and sequence chunk (StageCosts): action (s, u) reads entry s * chunks + u % chunks.
+    chunks = schedule.seq_chunks if len(fwd) != S else 1
+    assert len(fwd) == len(bi) == len(bw) == S * chunks, f"costs describe {len(fwd)} stages, the schedule has {S}"
+    dur = (fwd, [bi[s] + bw[s] for s in range(len(fwd))], bi, bw)
 
     # p2p delay into stage s: forward from s-1, backward from s+1 (zero when both stages share a rank)
     if callable(p2p_time):
@@ -174,11 +178,11 @@ def simulate(
                 ready_at[s] = t + g / n
                 t += g
                 if n > 1:
-                    floor[s] = t + (1.0 / n) * fwd[s]
+                    floor[s] = t + (1.0 / n) * fwd[s * chunks]
             comm_free[r] = t
 
     run = graph.run if graph is not None else partial(_run_in_order, schedule)
-    starts, ends, offsets, busy, last_bwd = run(dur, pf, pb, ready_at, floor)
+    starts, ends, offsets, busy, last_bwd = run(dur, pf, pb, ready_at, floor, chunks)
     clock = [float(ends[b - 1]) if b > a else 0.0 for a, b in zip(offsets, offsets[1:])]
     last_bwd_start = [float(starts[i]) if i >= 0 else 0.0 for i in last_bwd]
     last_bwd = [float(ends[i]) if i >= 0 else 0.0 for i in last_bwd]
@@ -220,7 +224,7 @@ def _first_use(schedule: Schedule) -> list[list[int]]:
     return out
 
 
-def _run_in_order(schedule: Schedule, dur, pf, pb, ready_at, floor):
+def _run_in_order(schedule: Schedule, dur, pf, pb, ready_at, floor, chunks: int = 1):
     """The compute actions' times one action at a time (the module docstring's rules): a rank runs until its next
     action waits on an input not yet computed and parks on that input; computing it wakes the rank. Returns what
     `_Graph.run` returns."""
@@ -281,14 +285,15 @@ def _run_in_order(schedule: Schedule, dur, pf, pb, ready_at, floor):
             g = ready_at[s]
             if g > d:
                 d = g
-            t = d + dur[k][s]
+            c = s if chunks == 1 else s * chunks + mb % chunks
+            t = d + dur[k][c]
             if k == _F and first_forward[s]:
                 first_forward[s] = False
                 if s in floor and floor[s] > t:
                     t = floor[s]
             st.append(d)
             en.append(t)
-            busy[r] += dur[k][s]
+            busy[r] += dur[k][c]
             if k == _F:
                 f_end[idx] = t
                 w = waiters.pop(idx, None)
@@ -368,7 +373,7 @@ class _Graph:
         self.position = pos[:N]  # wave position of each action
         self.dep = pos[dep[order]]
         self.prev = pos[prev[order]]
-        self.kind, self.stage, self.via = kind[order], stage[order], via[order]
+        self.kind, self.stage, self.via, self.mb = kind[order], stage[order], via[order], mb[order]
         self.kind_rm, self.stage_rm = kind, stage
         first_f = np.full(S, -1)
         f_stages = stage[is_f]
@@ -418,15 +423,17 @@ class _Graph:
                                  f"micro-batch {mb}) of schedule {schedule.name}")
         return wave[slot]
 
-    def run(self, dur, pf, pb, ready_at, floor) -> tuple[np.ndarray, np.ndarray, list[int], list[float], list[int]]:
+    def run(self, dur, pf, pb, ready_at, floor,
+            chunks: int = 1) -> tuple[np.ndarray, np.ndarray, list[int], list[float], list[int]]:
         """(starts, ends, offsets, busy, last_bwd): the start and end of every action, numbered rank by rank (rank r's
         from offsets[r]), each rank's busy seconds (summed in its list order) and each stage's last B or W (its
         number, -1 for none), for durations `dur[kind][stage]`, p2p delays into each stage `pf`/`pb`, the stages'
-        gather ends `ready_at` (None: all at 0) and the earliest ends of first forwards `floor` ({stage: seconds})."""
+        gather ends `ready_at` (None: all at 0) and the earliest ends of first forwards `floor` ({stage: seconds});
+        with `chunks` > 1 the durations are per stage and sequence chunk (`simulate`)."""
         N = len(self.kind)
         table = np.array(dur, dtype=np.float64).reshape(4, -1)
-        length = table[self.kind, self.stage]
-        S = table.shape[1]
+        length = table[self.kind, self.stage if chunks == 1 else self.stage * chunks + self.mb % chunks]
+        S = len(pf)
         delay = np.array([[0.0] * S, pf, pb], dtype=np.float64)[self.via, self.stage]
         ready = np.array(ready_at, dtype=np.float64)[self.stage] if ready_at is not None else None
         low = None

@@ -8,7 +8,8 @@
   gpipe->ScheduleGPipe, 1f1b->Schedule1F1B, interleaved-1f1b->ScheduleInterleaved1F1B, looped-bfs->ScheduleLoopedBFS,
   zb-h1->ScheduleInterleavedZeroBubble (torch accepts one stage per rank: with vpp == 1 it is ZB-H1),
   zbv->ScheduleZBVZeroBubble, dualpipev->ScheduleDualPipeV. Its per-rank order equals the cost model's action lists
-  (tests/test_schedules_torch.py).
+  (tests/test_schedules_torch.py). seq1f1b has no torch class: torch's `_PipelineScheduleRuntime` runs the cost
+  model's own action list (execute/seq_chunks.py).
 - With tied embeddings and pp > 1, the first and the last stage each hold a copy of the embedding matrix;
   `TiedEmbeddingSync` sums their gradients after every backward (Megatron's embedding group), so both copies stay
   equal.
@@ -74,6 +75,8 @@ def build_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device
     from torch.distributed.pipelining.schedules import PipelineScheduleSingle, get_schedule_class
 
     c = plan.config
+    if schedule_spec(c.schedule).sequence_chunks:
+        return _sequence_chunk_schedule(plan, chunks, pp_group, device, scale_grads)
     cls = get_schedule_class(schedule_spec(c.schedule).torch_class)
     # ZeRO-0 chunks (one-rank FSDP units) run behind a plain wrapper so that torch's stage does not postpone their
     # root unit's gradient work; split-backward schedules need torch's own handling of the weight pass.
@@ -94,6 +97,25 @@ def build_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device
             ours = dict(enumerate(stage_to_rank(c.schedule, c.pp, c.vpp)))
             assert dict(torch_map) == ours, f"torch places stages {torch_map}, the cost model {ours}"
     return schedule, stages
+
+
+def _sequence_chunk_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device: torch.device,
+                             scale_grads: bool):
+    """seq1f1b (execute/seq_chunks.py): the rank's chunks read one `SequenceChunks`, their stages tell it which unit
+    runs, and torch's runtime runs the cost model's order. Only ZeRO-0 without data parallelism reaches here
+    (spec/support.py), so the chunks run behind the plain wrapper."""
+    from autoconf.execute import seq_chunks
+
+    c = plan.config
+    context = seq_chunks.SequenceChunks(c.seq_len, c.seq_chunks, device)
+    stage_class = seq_chunks.chunk_stage_class()
+    stages = []
+    for s, chunk in chunks:
+        seq_chunks.attach(chunk, context)
+        stage = stage_class(_Unsharded(chunk), s, c.num_stages, device, group=pp_group)
+        stage.chunk_context = context
+        stages.append(stage)
+    return seq_chunks.runtime_schedule(plan, stages, loss_fn, scale_grads), stages
 
 
 def _reducing_stage_class(reshard: bool):

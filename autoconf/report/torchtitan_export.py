@@ -134,6 +134,9 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
                      "runs as ZeRO-3 over the CP ranks there")
     if c.tp > 1 and not c.sequence_parallel:
         notes.append("the plan runs tensor parallelism without sequence parallelism (enable_sequence_parallel=False)")
+    schedule = schedule_spec(c.schedule)
+    if schedule.torchtitan_note:
+        notes.append(schedule.torchtitan_note)
     lines = [f"# {summary}",
              f"# Targets {TORCHTITAN_TARGET}: a config_registry module. Run from this folder with",
              f"#   PYTHONPATH=. torchrun ... -m torchtitan.train --module {MODULE} --config {FUNCTION}",
@@ -165,7 +168,7 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
               f"    parallelism.enable_sequence_parallel = {c.sequence_parallel or c.tp == 1}",
               f"    parallelism.pipeline_parallel_degree = {c.pp}",
               f"    parallelism.context_parallel_degree = {c.cp}",
-              f'    parallelism.pipeline_parallel_schedule = "{schedule_spec(c.schedule).torch_class}"',
+              f'    parallelism.pipeline_parallel_schedule = "{schedule.torch_class or "1F1B"}"',
               f"    parallelism.pipeline_parallel_microbatch_size = {c.micro_batch_size}",
               *([f"    parallelism.expert_parallel_degree = {c.ep}"] if c.ep > 1 else []),
               *(f"    {line}" for line in offload_lines)]

@@ -47,7 +47,7 @@ def fewest_recomputed(model: ModelSpec, cluster: ClusterProfile, config: Paralle
     if c.recompute == "none":
         return config
     owner = stage_to_rank(c.schedule, c.pp, c.vpp)
-    inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches)
+    inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, seq_chunks=c.seq_chunks)
     limit = cluster.usable_memory_bytes
     layers = [end - first for first, end in partition]
     # Each rank's stages in the order they take recomputed layers: most micro-batches in flight first.

@@ -83,7 +83,8 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     if c.recompute != "none":
         recompute = dict(unit_recompute_time=(0.0, *layers_rc, 0.0),
                          unit_recompute_saved_bytes=(0.0, *layers_saved, 0.0), recompute_counts=c.recompute_layers)
-    inflight = tuple(int(np.ceil(n)) for n in schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches))
+    inflight = tuple(int(np.ceil(n)) for n in schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches,
+                                                                            seq_chunks=c.seq_chunks))
     limit = (cluster.usable_memory_bytes - cluster.device.memory_overhead_bytes - p2p_buffer_bytes(model, c)
              - gather_buffer_bytes(model, c, layout) - cp_buffer_bytes(model, c))
     return PartitionProblem(unit_time=tuple(unit_time), unit_static_bytes=tuple(unit_static),

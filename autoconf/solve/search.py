@@ -83,14 +83,15 @@ class _BoundCache:
         return self._owner[key]
 
     def _layer(self, c: ParallelConfig):
-        key = (c.tp, c.cp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len, c.ep, c.etp)
+        key = (c.tp, c.cp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len, c.ep, c.etp,
+               c.seq_chunks)
         if key not in self._pieces:
             # A CPU rank may get a whole core when others wait: bound with the fastest share.
             self._pieces[key] = model_pieces(self.model, self.cluster, c, share=1.0, execution=self.execution)
         return self._pieces[key]
 
     def _tp_collective(self, c: ParallelConfig) -> float:
-        key = (c.tp, c.cp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len)
+        key = (c.tp, c.cp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len, c.seq_chunks)
         if key not in self._tp:
             measured = measured_tp_layer(self.model, self.cluster, c) if self.execution.executor_overheads else None
             one = tp_collective(self.model, self.cluster, c, list(range(c.tp)))
@@ -108,7 +109,7 @@ class _BoundCache:
         """(P2P transfer, per-pass FSDP gather, once-per-step FSDP gather, gradient reduction) of one middle stage
         on the default mesh."""
         model, cluster = self.model, self.cluster
-        p2p_key = (c.tp, c.cp, c.pp, c.dp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len)
+        p2p_key = (c.tp, c.cp, c.pp, c.dp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len, c.seq_chunks)
         if p2p_key not in self._p2p:
             nbytes = p2p_bytes(model, c, self.execution)
             p2p = 0.0
@@ -200,7 +201,7 @@ class _BoundCache:
         n, rank_layers = S // c.pp, math.ceil(model.num_layers / c.pp)
         stage_rc, rank_rc, total_rc = self._recomputed(c, per_stage_layers, rank_layers)
         p2p, gather, gather_once, reduce = self._comm(c, per_stage_layers)
-        m = c.num_microbatches
+        m = c.num_microbatches * c.seq_chunks  # units through the pipeline (seq1f1b: sequence chunks)
         overhead = self._overheads[0]
         chunk_fwd = per_stage_layers * (block_fwd + 2 * one) + overhead
         chunk_bwd = per_stage_layers * (block_bwd_in + 2 * one) + stage_rc * recompute + overhead
@@ -249,7 +250,8 @@ class _BoundCache:
         fwd, bwd_in, bwd_w, one, recompute = self._per_layer(c)
         rank_layers = math.ceil(self.model.num_layers / c.pp)
         rank_rc = self._recomputed(c, self.model.num_layers // c.num_stages, rank_layers)[1]
-        return c.num_microbatches * (rank_layers * (fwd + bwd_in + bwd_w + 4 * one) + rank_rc * recompute)
+        units = c.num_microbatches * c.seq_chunks  # seq1f1b: sequence chunks
+        return units * (rank_layers * (fwd + bwd_in + bwd_w + 4 * one) + rank_rc * recompute)
 
     def _recomputed(self, c: ParallelConfig, stage_layers: int, rank_layers: int) -> tuple[int, int, int]:
         """(smallest stage's, least rank's, all) recomputed layers of `c`: with every layer recomputing, the
@@ -265,7 +267,7 @@ class _BoundCache:
         a model with dense and MoE blocks, the smaller of each (the MoE token exchange left out), plus the estimate's
         own activation copies of offload_activations (on the compute stream) and exposed CP K/V exchange."""
         key = (c.tp, c.cp, c.cp_comm, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len,
-               c.recompute, c.ep, c.etp, c.offload_activations, c.selective_recompute)
+               c.recompute, c.ep, c.etp, c.offload_activations, c.selective_recompute, c.seq_chunks)
         if key not in self._layers:
             one = self._tp_collective(c)
             kinds = [self._layer(c).kind(moe) for moe in layer_kinds(self.model)]
@@ -317,7 +319,7 @@ class _BoundCache:
             owner = self._stage_to_rank(c)
             self._layout[key] = (uniform_partition(self.model.num_layers, c.num_stages), owner)
         partition, owner = self._layout[key]
-        inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, rank=0)
+        inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, rank=0, seq_chunks=c.seq_chunks)
         entry = stage_memory(self.model, self.cluster, c, partition, owner, inflight, self.execution.memory_layout,
                              ranks=[0], selective=selective_policy(c, self.execution),
                              execution=self.execution)[0]

@@ -27,10 +27,15 @@ from autoconf.spec.plan import CP_COMM, GRAD_REDUCE, OFFLOADS, ParallelConfig, m
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 FIXABLE = ("tp", "pp", "dp", "cp", "vpp", "micro_batch_size", "schedule", "zero_stage", "recompute",
-           "selective_recompute", "sequence_parallel", "dtype", "grad_reduce", "cp_comm", "ep", "etp", *OFFLOADS)
+           "selective_recompute", "sequence_parallel", "dtype", "grad_reduce", "cp_comm", "ep", "etp", "seq_chunks",
+           *OFFLOADS)
 ALIASES = {"mb": "micro_batch_size", "micro_batch": "micro_batch_size", "zero": "zero_stage",
            "sp": "sequence_parallel"}
-INT_FIELDS = ("tp", "pp", "dp", "cp", "vpp", "micro_batch_size", "zero_stage", "ep", "etp")
+INT_FIELDS = ("tp", "pp", "dp", "cp", "vpp", "micro_batch_size", "zero_stage", "ep", "etp", "seq_chunks")
+# Chunks per sequence tried for a schedule that splits sequences (seq1f1b). Such a schedule is searched only when
+# pinned (--fix schedule=seq1f1b): the executor runs it on one narrow layout (spec/support.py), so the default space
+# and its statistics stay those of the other schedules.
+SEQ_CHUNKS = (2, 4, 8)
 MAX_MICRO_BATCH = 16
 # Context parallelism is searched from this sequence length up (Megatron-Core's and torchtitan's long-context recipes
 # start CP at 16k-32k tokens; below it a rank's share of the attention is too short to hide the K/V exchange, and
@@ -143,13 +148,17 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
             for mb in mbs:
                 if per_replica % mb:
                     continue
-                for schedule, vpp in _schedule_choices(model, pp, per_replica // mb, fixed):
+                for schedule, vpp, chunks in ((s, v, k) for s, v in _schedule_choices(model, pp, per_replica // mb,
+                                                                                         fixed)
+                                              for k in _seq_chunk_choices(s, seq_len, cp, attention, fixed)):
                     for zero in choices("zero_stage", list(zero_stages) if dp * cp > 1 else [0]):
                         if fixed.get("offload_optimizer") is True and not (zero >= 1 and dp * cp > 1):
                             continue  # CPUOffloadPolicy needs FSDP
                         for recompute, policy in ((r, p) for r in choices("recompute", ["none", "selective", "full"])
                                                   for p in policies(r)):
                             for sp in choices("sequence_parallel", [False, True] if tp > 1 else [False]):
+                                if sp and chunks > 1 and (seq_len // chunks) % tp:
+                                    continue  # a chunk's tokens must split over the TP ranks
                                 for reduce, cp_comm, (ep, etp) in itertools.product(
                                         choices("grad_reduce", _grad_reduce_choices(pp, dp * cp, per_replica // mb,
                                                                                     schedule, zero)),
@@ -159,7 +168,7 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                                         global_batch_size=global_batch, seq_len=seq_len, schedule=schedule,
                                         zero_stage=zero, recompute=recompute, sequence_parallel=sp,
                                         dtype=fixed.get("dtype", dtype), attention=attention, grad_reduce=reduce,
-                                        cp_comm=cp_comm, ep=ep, etp=etp,
+                                        cp_comm=cp_comm, ep=ep, etp=etp, seq_chunks=chunks,
                                         offload_activations=fixed.get("offload_activations", False),
                                         offload_optimizer=fixed.get("offload_optimizer", False),
                                         selective_recompute=policy)
@@ -202,13 +211,24 @@ def _schedule_choices(model: ModelSpec, pp: int, m: int, fixed: dict) -> list[tu
     if pp == 1:
         name = fixed.get("schedule", "1f1b")
         return [(name, 1)] if schedule_spec(name).single_chunk and fixed.get("vpp", 1) == 1 else []
-    names = [fixed["schedule"]] if "schedule" in fixed else list(SCHEDULES)
+    names = [fixed["schedule"]] if "schedule" in fixed else [n for n in SCHEDULES
+                                                             if not schedule_spec(n).sequence_chunks]
     out = []
     for name in names:
         spec = schedule_spec(name)
         vpps = [v for v in spec.chunks if pp * v <= max_pipeline_stages(model.num_layers) and fixed.get("vpp", v) == v]
         out.extend((name, v) for v in vpps if spec.problem(pp, v, m) is None)
     return out
+
+
+def _seq_chunk_choices(schedule: str, seq_len: int, cp: int, attention: str, fixed: dict) -> list[int]:
+    """Chunks per sequence for `schedule`: 1 unless it splits sequences, then SEQ_CHUNKS (or the pinned count)
+    that divide the sequence, with flash attention and without context parallelism (`seq_chunk_problems`)."""
+    if not schedule_spec(schedule).sequence_chunks:
+        return [1] if fixed.get("seq_chunks", 1) == 1 else []
+    if cp > 1 or attention != "flash":
+        return []
+    return [k for k in ([fixed["seq_chunks"]] if "seq_chunks" in fixed else SEQ_CHUNKS) if seq_len % k == 0]
 
 
 def with_changes(config: ParallelConfig, **changes) -> ParallelConfig:

@@ -80,6 +80,10 @@ class ParallelConfig:
     # per-op "alternate_matmuls". None: the framework's own (`selective_policy` is the one reading). It qualifies
     # selective recompute only: a config with another recompute mode holds None.
     selective_recompute: str | None = None
+    # Sequence-level pipelining (schedule seq1f1b): each micro-batch's sequence is split into this many equal chunks
+    # that flow through the pipeline as units (spec/schedules.py); 1 for every other schedule. Written to a plan
+    # JSON only when > 1, so a plan without it reads as before.
+    seq_chunks: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.recompute_layers, list):
@@ -117,9 +121,10 @@ class ParallelConfig:
 
     @property
     def local_seq_len(self) -> int:
-        """Tokens of each sequence one rank holds: seq_len / cp (two chunks of seq_len / (2 cp) under context
-        parallelism, the i-th and the (2 cp - 1 - i)-th, so every rank does the same causal attention work)."""
-        return self.seq_len // self.cp
+        """Tokens of each sequence one rank holds in one pipeline unit: seq_len / cp (two chunks of seq_len / (2 cp)
+        under context parallelism, the i-th and the (2 cp - 1 - i)-th, so every rank does the same causal attention
+        work), and of those one of the seq_chunks chunks under seq1f1b."""
+        return self.seq_len // (self.cp * self.seq_chunks)
 
     @property
     def dp_cp(self) -> int:
@@ -158,7 +163,7 @@ class ParallelConfig:
     def problems(self, model: ModelSpec, world_size: int | None = None) -> list[str]:
         """Every rule this configuration breaks, each naming the offending factors and what would work."""
         out = ParallelDims.of(self).problems()
-        for name in ("vpp", "micro_batch_size", "global_batch_size", "seq_len", "ep", "etp"):
+        for name in ("vpp", "micro_batch_size", "global_batch_size", "seq_len", "ep", "etp", "seq_chunks"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 out.append(f"{name} must be a positive integer (got {value!r})")
@@ -237,10 +242,37 @@ class ParallelConfig:
         if self.sequence_parallel and (self.seq_len % self.cp or (self.seq_len // self.cp) % self.tp):
             out.append(f"sequence_parallel needs tp {self.tp} to divide the {self.seq_len} / cp {self.cp} tokens "
                        f"of each rank's sequence share")
+        out += self.seq_chunk_problems()
         if not out and self.schedule in SCHEDULES:
             problem = schedule_spec(self.schedule).problem(self.pp, self.vpp, self.num_microbatches)
             if problem:
                 out.append(problem)
+        return out
+
+    def seq_chunk_problems(self) -> list[str]:
+        """The sequence-chunk rules: seq_chunks > 1 only under a schedule that splits sequences (seq1f1b), into
+        equal chunks (seq_len divisible by seq_chunks, and by tp under sequence parallelism), with flash attention
+        (a chunk's scores against the earlier chunks' keys are not modelled for standard attention) and without
+        context parallelism (not modelled together)."""
+        k = self.seq_chunks
+        if k == 1:
+            return []
+        if self.schedule in SCHEDULES and not schedule_spec(self.schedule).sequence_chunks:
+            chunked = ", ".join(n for n in SCHEDULES if schedule_spec(n).sequence_chunks)
+            return [f"seq_chunks {k} needs a schedule that splits sequences ({chunked}); schedule {self.schedule} "
+                    f"takes seq_chunks 1"]
+        out = []
+        if self.seq_len % k:
+            out.append(f"seq_chunks {k} does not divide seq_len {self.seq_len} (use seq_chunks in "
+                       f"{_divisors(self.seq_len, 64)})")
+        elif self.sequence_parallel and (self.seq_len // k) % self.tp:
+            out.append(f"sequence_parallel needs tp {self.tp} to divide each of the seq_chunks {k} chunks' "
+                       f"{self.seq_len // k} tokens")
+        if self.attention != "flash":
+            out.append(f"seq_chunks {k} needs attention flash (the chunks' attention to earlier chunks' keys is "
+                       f"modelled for flash attention only)")
+        if self.cp > 1:
+            out.append(f"seq_chunks {k} with cp {self.cp} is not modelled; use one of them")
         return out
 
     def expert_problems(self, model: ModelSpec) -> list[str]:
@@ -276,6 +308,8 @@ class ParallelConfig:
         d = dataclasses.asdict(self)
         if self.selective_recompute is None:
             del d["selective_recompute"]
+        if self.seq_chunks == 1:
+            del d["seq_chunks"]
         if self.recompute_layers is None:
             del d["recompute_layers"]
         else:
@@ -295,8 +329,8 @@ class ParallelConfig:
             raise UserError(f"{source}: {err}") from None
 
 
-def _divisors(n: int) -> str:
-    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+def _divisors(n: int, at_most: int | None = None) -> str:
+    return ", ".join(str(d) for d in range(1, min(n, at_most or n) + 1) if n % d == 0)
 
 
 def _cp_divisors(seq_len: int, at_most: int = 64) -> str:

@@ -197,3 +197,27 @@ def dualpipev_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
     for _ in range(rank + 1):
         weight()
     return ops
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sequence-level 1F1B (Seq1F1B, Sun et al., arXiv 2406.03488): no torch class runs it.
+
+
+def seq1f1b_order(rank: int, pp: int, vpp: int, m: int, seq_chunks: int = 1) -> list[Op]:
+    """1F1B over the k = `seq_chunks` chunks of each of the m micro-batches' sequences. The units that flow are
+    numbered u = i * k + j (micro-batch i, chunk j); forwards run in that order, each micro-batch's chunks in causal
+    order. Rank r runs (pp - r - 1) + (k - 1) forwards first, then one forward and one backward in turn, then the
+    remaining backwards, as the authors' Megatron-LM schedule does (MayDomine/Seq1F1B,
+    `forward_backward_pipelining_without_interleaving`); the backwards take the oldest micro-batch's chunks last
+    chunk first (its "partially ordered queue"), since chunk j's backward produces the key/value gradients of the
+    chunks before it. With k == 1 this is `one_f_one_b_order`."""
+    k = seq_chunks
+    units = m * k
+    warmup = min(units, pp - rank - 1 + k - 1)
+    backward = [(B, rank, i * k + j) for i in range(m) for j in reversed(range(k))]
+    ops = [(F, rank, u) for u in range(warmup)]
+    for step in range(units - warmup):
+        ops.append((F, rank, warmup + step))
+        ops.append(backward[step])
+    ops.extend(backward[units - warmup:])
+    return ops

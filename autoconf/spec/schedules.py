@@ -21,6 +21,13 @@ model simulates these lists (`cost/simulate.py`) and the executor runs the torch
                                                        zero-bubble paper, torch accepts one stage per rank there)
     zbv               ScheduleZBVZeroBubble           (`pipeline_order`)
     dualpipev         ScheduleDualPipeV               (`pipeline_order`, OVERLAP_F_B split into its F then B)
+    seq1f1b           none: torch's `_PipelineScheduleRuntime` runs this order itself (execute/seq_chunks.py)
+
+seq1f1b (Sun et al., "Seq1F1B", arXiv 2406.03488) splits each micro-batch's sequence into k chunks that flow through
+the pipeline as units, in causal order, the later chunks attending to the earlier chunks' keys and values. k is the
+config field `ParallelConfig.seq_chunks` (1 for every other schedule, and absent from a plan JSON unless > 1); a
+schedule built with k > 1 numbers its units u = i * k + j (micro-batch i, chunk j) and its `num_microbatches` counts
+units.
 
 Pure Python: must not import torch.
 """
@@ -29,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 
 from autoconf.spec import schedule_orders as orders
 from autoconf.spec.schedule_orders import Action
@@ -68,10 +75,13 @@ class ScheduleSpec:
     fsdp_gathers_chunks: torch's runtime gathers whole chunks under FSDP itself (UNSHARD/RESHARD actions,
         torch 2.13 `_PipelineScheduleRuntime`); False where FSDP's own hooks decide (torch's single-stage schedules).
     megatron_note: why Megatron-LM cannot run it as is, or None.
+    torchtitan_note: why torchtitan cannot run it as is, or None (torchtitan names torch's schedule classes).
+    sequence_chunks: splits each micro-batch's sequence into `ParallelConfig.seq_chunks` chunks that flow as
+        units (the order builder takes `seq_chunks`).
     """
 
     name: str
-    torch_class: str
+    torch_class: str | None  # None: no torch.distributed.pipelining class runs it
     order: Callable[[int, int, int, int], list[orders.Op]]  # (rank, pp, vpp, m) -> (kind code, stage, micro-batch)s
     chunks: tuple[int, ...]
     min_vpp: int
@@ -86,6 +96,8 @@ class ScheduleSpec:
     executor_zero3: bool = True
     fsdp_gathers_chunks: bool = True
     megatron_note: str | None = None
+    torchtitan_note: str | None = None
+    sequence_chunks: bool = False
 
     @property
     def single_chunk(self) -> bool:
@@ -201,6 +213,24 @@ register(ScheduleSpec(
                   "closest is the interleaved 1F1B schedule below"))
 
 
+def _bubble_seq1f1b(pp: int, forward: float, backward: float, weight: float) -> float:
+    """1F1B's (p-1)(F+B+W) over sequence chunks, in the seconds of the mean chunk's passes: 1F1B's bubble / k when
+    every chunk costs the same (the paper's computation-wise split; exact then), and below what the simulation
+    finds under an even token split, whose later chunks do more causal attention (checked over a grid of p, m, k
+    and attention shares in tests/test_seq1f1b.py, not proven)."""
+    return _bubble_full(pp, forward, backward, weight)
+
+
+register(ScheduleSpec(
+    "seq1f1b", None, orders.seq1f1b_order, chunks=(1,), min_vpp=1, max_vpp=1, v_placement=False,
+    split_backward=False, bubble=_bubble_seq1f1b, exposed_fill_drain=True, fsdp_gathers_chunks=False,
+    sequence_chunks=True,
+    megatron_note="schedule seq1f1b (sequence-level 1F1B) is not in Megatron-LM; its authors' fork "
+                  "(github.com/MayDomine/Seq1F1B, --pipe-sp-splits) runs it; upstream runs the 1F1B schedule below",
+    torchtitan_note="schedule seq1f1b (sequence-level 1F1B) has no torch.distributed.pipelining class, so torchtitan "
+                    "cannot run it; the 1F1B schedule below is the closest"))
+
+
 class RankActions(Sequence):
     """A schedule's actions, per rank in execution order, from the builders' (kind code, stage, micro-batch)
     tuples (`compiled`): each rank's tuple of `Action`s is made when first read (the search reads few of them)."""
@@ -245,6 +275,9 @@ class Schedule:
     num_microbatches: int
     stage_to_rank: tuple[int, ...]  # rank that holds each virtual stage (len pp*vpp)
     actions: Sequence[tuple[Action, ...]]  # per rank, in execution order (build_schedule gives a RankActions)
+    # Chunks of each micro-batch's sequence that flow as units (seq1f1b); num_microbatches then counts the units,
+    # unit u being chunk u % seq_chunks of micro-batch u // seq_chunks.
+    seq_chunks: int = 1
 
     @property
     def num_stages(self) -> int:
@@ -274,22 +307,33 @@ def stage_to_rank(name: str, pp: int, vpp: int) -> tuple[int, ...]:
     return schedule_spec(name).stage_to_rank(pp, vpp)
 
 
-def check_schedule(name: str, pp: int, vpp: int, num_microbatches: int) -> None:
+def check_schedule(name: str, pp: int, vpp: int, num_microbatches: int, seq_chunks: int = 1) -> None:
     """Raise ValueError (one line: the offending factor and what would work) unless torch 2.13 runs this schedule
-    (the rules are the spec's: `ScheduleSpec.problem`)."""
+    (the rules are the spec's: `ScheduleSpec.problem`), or for seq1f1b unless its order is defined."""
     spec = schedule_spec(name)
-    for factor, value in (("pp", pp), ("vpp", vpp), ("num_microbatches", num_microbatches)):
+    for factor, value in (("pp", pp), ("vpp", vpp), ("num_microbatches", num_microbatches),
+                          ("seq_chunks", seq_chunks)):
         if value < 1:
             raise ValueError(f"{factor} must be >= 1 (got {value})")
+    if seq_chunks > 1 and not spec.sequence_chunks:
+        chunked = ", ".join(n for n in SCHEDULES if schedule_spec(n).sequence_chunks)
+        raise ValueError(f"seq_chunks {seq_chunks} needs a schedule that splits sequences ({chunked}); "
+                         f"{name} takes seq_chunks 1")
     problem = spec.problem(pp, vpp, num_microbatches)
     if problem:
         raise ValueError(problem)
 
 
-def rank_actions(name: str, pp: int, num_microbatches: int, vpp: int, rank: int) -> tuple[tuple[int, int, int], ...]:
+def _order(spec: ScheduleSpec, seq_chunks: int):
+    """The spec's order builder as (rank, pp, vpp, m) -> ops, with the sequence chunks bound."""
+    return partial(spec.order, seq_chunks=seq_chunks) if spec.sequence_chunks else spec.order
+
+
+def rank_actions(name: str, pp: int, num_microbatches: int, vpp: int, rank: int,
+                 seq_chunks: int = 1) -> tuple[tuple[int, int, int], ...]:
     """`build_schedule(...).compiled[rank]`: one rank's list without building the others'."""
-    check_schedule(name, pp, vpp, num_microbatches)
-    return tuple(schedule_spec(name).order(rank, pp, vpp, num_microbatches))
+    check_schedule(name, pp, vpp, num_microbatches, seq_chunks)
+    return tuple(_order(schedule_spec(name), seq_chunks)(rank, pp, vpp, num_microbatches))
 
 
 _CODE = {letter: code for code, letter in enumerate(orders.KINDS)}
@@ -299,9 +343,12 @@ def _compiled(actions) -> tuple[tuple[int, int, int], ...]:
     return tuple((_CODE[a.kind], a.stage, a.microbatch) for a in actions)
 
 
-def build_schedule(name: str, pp: int, num_microbatches: int, vpp: int = 1) -> Schedule:
-    """Per-rank action lists of schedule `name` (checked with `check_schedule` first)."""
-    check_schedule(name, pp, vpp, num_microbatches)
+def build_schedule(name: str, pp: int, num_microbatches: int, vpp: int = 1, seq_chunks: int = 1) -> Schedule:
+    """Per-rank action lists of schedule `name` (checked with `check_schedule` first); with `seq_chunks` k > 1
+    (seq1f1b), of num_microbatches x k units."""
+    check_schedule(name, pp, vpp, num_microbatches, seq_chunks)
     spec = schedule_spec(name)
-    compiled = tuple(tuple(spec.order(rank, pp, vpp, num_microbatches)) for rank in range(pp))
-    return Schedule(name, pp, vpp, num_microbatches, spec.stage_to_rank(pp, vpp), RankActions(compiled))
+    order = _order(spec, seq_chunks)
+    compiled = tuple(tuple(order(rank, pp, vpp, num_microbatches)) for rank in range(pp))
+    return Schedule(name, pp, vpp, num_microbatches * seq_chunks, spec.stage_to_rank(pp, vpp), RankActions(compiled),
+                    seq_chunks)

@@ -7,6 +7,9 @@ ZeRO-3 over dp x cp. MoE models (tests/test_moe_execute.py): expert parallelism 
 expert tensor parallelism (ep2 x etp2 over tp2 x dp2). Not built: multi-head latent attention, qk_norm,
 capacity-factor routing (refused, one line each).
 
+seq1f1b (sequence-level pipelining, execute/seq_chunks.py) runs on the layout its test checks
+(`sequence_chunks_reason`: pp > 1, tp 1, dp 1, cp 1, no recompute or offload, dense models).
+
 One combination is refused, per schedule in the registry (`ScheduleSpec.executor_zero3`): ZeRO-3 (FSDP2
 `reshard_after_forward=True`, only applied when dp > 1) under the schedules that split the backward into input (I)
 and weight (W) passes: zb-h1, zbv and dualpipev. There torch runs W after FSDP has resharded the stage's
@@ -60,6 +63,10 @@ def unsupported_reason(config, model=None) -> str | None:
         if reason:
             return reason
     spec = schedule_spec(config.schedule)
+    if spec.sequence_chunks:
+        reason = sequence_chunks_reason(config, model)
+        if reason:
+            return reason
     if config.zero_sharded and config.zero_stage == 3 and config.pp > 1 and not spec.executor_zero3:
         runs = ", ".join(name for name in SCHEDULES if schedule_spec(name).executor_zero3)
         return (f"schedule {config.schedule} with zero_stage 3 (dp {config.dp}) loses weight gradients in torch "
@@ -86,6 +93,23 @@ def op_policy_unsupported(config, model=None) -> str | None:
         return None
     return (f"selective_recompute alternate_matmuls (the per-op policy) with {', '.join(others)} is not run; use "
             f"selective_recompute attention_core, or drop {', '.join(others)}")
+
+
+def sequence_chunks_reason(config, model=None) -> str | None:
+    """Why the executor does not run this seq1f1b layout, or None. It runs the schedule (execute/seq_chunks.py,
+    tests/test_seq1f1b.py) on a pipeline of dense blocks without tensor, data or context parallelism, without
+    recompute and offload: the layout its CPU test checks; the rest is not built or not tested."""
+    c = config
+    found = [f"{name} {value}" for name, value, ok in (
+        ("pp", c.pp, c.pp > 1), ("tp", c.tp, c.tp == 1), ("dp", c.dp, c.dp == 1), ("cp", c.cp, c.cp == 1),
+        ("recompute", c.recompute, c.recompute == "none"),
+        ("offload_activations", c.offload_activations, not c.offload_activations)) if not ok]
+    if model is not None and model.moe is not None:
+        found.append(f"the mixture-of-experts model {model.name}")
+    if not found:
+        return None
+    return (f"schedule seq1f1b runs in the executor with pp > 1, tp 1, dp 1, cp 1, recompute none, no offload and a "
+            f"dense model; this plan has {', '.join(found)}: use those, or 1f1b")
 
 
 def check_supported(config, model=None) -> None:
