@@ -314,7 +314,7 @@ def state_bytes_per_param(config: ParallelConfig, layout: str, experts: bool = F
     z = config.zero_stage if config.zero_stage >= 1 and dp > 1 else 0
     compute = DTYPE_BYTES[config.dtype]
     if layout == "megatron":
-        grads = 2.0 if execution and execution.grad_buffer_dtype == "bf16" else 4.0
+        grads = float(execution.grad_buffer_bytes) if execution else 4.0
         optim = 2.0 + 8.0 + grads if execution and execution.optimizer == "apex" else 12.0
         weights = 2.0
         if config.offload_optimizer:
