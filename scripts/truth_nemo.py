@@ -21,8 +21,8 @@ data file), one rule for every row, never chosen per row to improve agreement:
   NeMo 24.07's FP8 recipe files), fp8 parameters (`fp8_params`: Megatron-Bridge's FP8-CS recipe), the table's
   optimizer (NeMo 24.07: apex's DistributedFusedAdam; Megatron-Bridge: Megatron-Core's distributed optimizer) and
   cross entropy (Transformer Engine's for Megatron-Bridge), each a framework flag (spec/frameworks.py). The DP
-  traffic is still costed in fp32 (`dp_buffer_bytes`), over-counted for bf16 buffers, mostly hidden behind the
-  backward by the overlap.
+  traffic reads the same flags (`dp_buffer_bytes`: gradients in the buffer's dtype, bf16 parameters unless
+  fp8_params).
 - FP8 is autoconf's tensorwise dynamic scaling for both tables (NeMo 24.07 ran TE's delayed scaling).
 Rows that need what autoconf cannot express print "not modelled: <reason>" and count in no mean. "fits": the predicted
 peak within the profile's usable memory (80 GiB less its headroom); every published run trained on 80 GB H100s.

@@ -136,6 +136,39 @@ def test_tp_comm_overlap_applies_under_sequence_parallelism_only():
         assert (a < b) if smaller else a == pytest.approx(b)
 
 
+def test_tp_overlap_pairs_each_collective_with_its_own_gemm():
+    """Userbuffers hide a collective behind the GEMM it is paired with only (TP_OVERLAP_PAIRS): the same GEMM time
+    moved from the attention's GEMMs to the MLP's exposes more; huge GEMMs leave the pipelined reduce-scatters'
+    last chunks (TP_OVERLAP_SPLITS) and nothing else; no GEMM leaves every collective exposed."""
+    from autoconf.cost.estimate import overlapped_tp_layer
+    from autoconf.spec.frameworks import TP_OVERLAP_PAIRS, TP_OVERLAP_SPLITS
+
+    ag, rs, tp = 1.0, 1.0, 8
+    even = overlapped_tp_layer(ag, rs, {"qkv": 1.5, "proj": 1.5, "fc1": 1.5, "fc2": 1.5}, tp)
+    gqa = overlapped_tp_layer(ag, rs, {"qkv": 0.5, "proj": 0.5, "fc1": 2.5, "fc2": 2.5}, tp)
+    assert gqa.forward > even.forward and gqa.backward_input > even.backward_input
+    huge = overlapped_tp_layer(ag, rs, dict.fromkeys(("qkv", "proj", "fc1", "fc2"), 1e3), tp)
+    assert huge.forward == pytest.approx(2 * rs / TP_OVERLAP_SPLITS) and huge.backward_input == 0.0
+    bare = overlapped_tp_layer(ag, rs, dict.fromkeys(("qkv", "proj", "fc1", "fc2"), 0.0), tp)
+    count = {p: sum(1 for pair in TP_OVERLAP_PAIRS if pair[0] == p) for p in ("forward", "backward")}
+    assert (bare.forward, bare.backward_input) == (count["forward"] * 1.0, count["backward"] * 1.0)
+
+
+def test_dp_traffic_reads_the_memory_flags():
+    """The DP reduction moves the gradient buffer's dtype and the gather bf16 parameters unless fp8_params, as the
+    megatron memory holds them; the torch layout reduces fp32 and gathers fp8 under fp8 (torchao)."""
+    from autoconf.cost.estimate import dp_buffer_bytes
+    from autoconf.cost.memory import state_bytes_per_param
+
+    core = execution("megatron-core")
+    for flags, dtype, want in (({}, "bf16", (4, 2)), ({"grad_buffer_dtype": "bf16"}, "fp8", (2, 2)),
+                               ({"grad_buffer_dtype": "bf16", "fp8_params": True}, "fp8", (2, 1))):
+        ex = core.replace(**flags)
+        assert dp_buffer_bytes(cfg(dtype=dtype), 1.0, ex) == want
+        assert state_bytes_per_param(cfg(dtype=dtype, zero_stage=0), "megatron", execution=ex)[1] == want[0]
+    assert dp_buffer_bytes(cfg(dtype="fp8"), 1.0, execution("torchtitan")) == (4, 1)
+
+
 def test_exporters_emit_the_flags_of_the_modelled_framework():
     from autoconf.report.exporters import megatron_args, torchtitan_config
 

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from autoconf.cost.comm import collective_time, p2p_time, slowest_collective_time
-from autoconf.cost.compute import (PassTimes, causal_chunk_share, cpu_share, cpu_share_alone, fsdp_copy_time,
-                                   measured_tp_layer, model_pieces, rank_optimizer_time)
+from autoconf.cost.compute import (PassTimes, attention_gemms, causal_chunk_share, cpu_share, cpu_share_alone,
+                                   fsdp_copy_time, gemms_time, layer_gemms, measured_tp_layer, model_pieces,
+                                   rank_optimizer_time)
 from autoconf.cost.memory import (cp_kv_bytes, stage_block_activation_bytes, stage_expert_params, stage_memory,
                                   stage_params)
 from autoconf.cost.moe import ep_comm_passes, local_params, moe_layers
@@ -38,7 +39,8 @@ from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order
 from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, check_dtype, gather_bytes, precision
-from autoconf.spec.frameworks import PRESETS, Execution, changed_flags, selective_policy
+from autoconf.spec.frameworks import (PRESETS, TP_OVERLAP_PAIRS, TP_OVERLAP_SPLITS, Execution, changed_flags,
+                                      selective_policy)
 from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, recompute_layers_problem, recomputed_layers, uniform_partition
@@ -93,32 +95,66 @@ def activation_bytes(model: ModelSpec, c: ParallelConfig) -> float:
     return c.local_seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
 
 
-def dp_buffer_bytes(c: ParallelConfig, params: float) -> tuple[float, float]:
-    """(gradient reduction, parameter gather) buffers of a stage holding `params` parameters per TP rank: fp32
-    gradients, parameters at the dtype's gather width (fp8: every parameter at one byte, the bf16 embedding, norms
-    and head too, a small undercount)."""
-    return params * 4, params * gather_bytes(c.dtype)
+def dp_buffer_bytes(c: ParallelConfig, params: float, execution: Execution | None = None) -> tuple[float, float]:
+    """(gradient reduction, parameter gather) buffers of a stage holding `params` parameters per TP rank, in the
+    dtypes the memory model holds them in. The torch layout (FSDP2, the executor, torchtitan; also without
+    `execution`): fp32 gradients, parameters at the dtype's gather width (fp8: torchao's float8 all-gather, every
+    parameter at one byte, the bf16 embedding, norms and head too, a small undercount). The megatron layout: the
+    gradient buffer's dtype (`Execution.grad_buffer_bytes`), bf16 parameters, or one byte under fp8 with
+    `fp8_params` (Megatron's --fp8-param-gather)."""
+    if execution is None or execution.memory_layout != "megatron":
+        return params * 4, params * gather_bytes(c.dtype)
+    fp8_gather = c.dtype == "fp8" and execution.fp8_params
+    return params * execution.grad_buffer_bytes, params * (1 if fp8_gather else 2)
 
 
 def tp_collective(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices: list[int]) -> float:
     """One of the two TP collectives per layer and direction: an all-reduce of the micro-batch's activation, or
     under sequence parallelism the all-gather before and the reduce-scatter after a TP region."""
-    nbytes = activation_bytes(model, c)
     if c.sequence_parallel:
-        return (collective_time(cluster, "all_gather", nbytes, devices)
-                + collective_time(cluster, "reduce_scatter", nbytes, devices))
-    return collective_time(cluster, "all_reduce", nbytes, devices)
+        return sum(tp_sp_collectives(model, cluster, c, devices))
+    return collective_time(cluster, "all_reduce", activation_bytes(model, c), devices)
 
 
-def overlapped_tp_layer(forward_comm: float, backward_comm: float, rest: PassTimes, tp: int) -> PassTimes:
-    """The TP seconds per layer that stay exposed when the collectives are pipelined with the GEMMs beside them
-    (Megatron-Core's --tp-comm-overlap: userbuffers split each all-gather / reduce-scatter into tp chunks, one per
-    ring step, each overlapping the GEMM on the chunk before): per pass, what the block's compute outside the
-    attention core (`rest`; in the backward the input- and weight-gradient GEMMs) does not cover of the pass's
-    collectives (`forward_comm`, `backward_comm` seconds, the backward's with the SP re-gathers), and at least their
-    first chunk. The GEMMs the concurrent chunks slow are not modelled."""
-    return PassTimes(max(forward_comm - rest.forward, forward_comm / tp),
-                     max(backward_comm - rest.backward_input - rest.backward_weight, backward_comm / tp), 0.0)
+def tp_overlap_gemms(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> dict[str, float]:
+    """Seconds of one forward of each GEMM a TP collective can hide behind (`TP_OVERLAP_PAIRS`) on one TP rank, each
+    at its own `matmul_rate`: "qkv" (with latent attention, every projection before the core), "proj", "fc1" (under
+    SwiGLU the gate and up matrices as one GEMM, as Transformer Engine's LayerNormMLP runs them), "fc2"; under
+    context parallelism on the rank's seq_len / cp tokens."""
+    dtype, tokens = precision(c.dtype).gemm, (c.local_seq_len, c.micro_batch_size, c.tp)
+    gemms, attention = layer_gemms(model, *tokens), attention_gemms(model, *tokens)
+    return {"qkv": gemms_time(cluster, dtype, [sum(attention[:-1])]), "proj": gemms_time(cluster, dtype, attention[-1:]),
+            "fc1": gemms_time(cluster, dtype, [sum(gemms[2:-1])]), "fc2": gemms_time(cluster, dtype, gemms[-1:])}
+
+
+def overlapped_tp_layer(all_gather: float, reduce_scatter: float, gemms: dict[str, float], tp: int) -> PassTimes:
+    """The TP seconds per layer that stay exposed under `tp_comm_overlap` (Megatron-Core's userbuffers), given one
+    all-gather's and one reduce-scatter's time on the TP group and `tp_overlap_gemms`: every collective of
+    `TP_OVERLAP_PAIRS` exposes what the GEMM beside it does not cover under its method (ring exchange: what its
+    tp - 1 steps exceed the GEMM's chunks, max(0, comm - gemm x (tp - 1) / tp); pipeline: the last of its
+    TP_OVERLAP_SPLITS chunks plus what the others exceed theirs; bulk: max(0, comm - gemm)). Forward and backward
+    (the backward's with the sequence-parallel re-gathers and the wgrad GEMMs); the SMs the collectives take from
+    the GEMMs beside them are not modelled."""
+    comm = {"all_gather": all_gather, "reduce_scatter": reduce_scatter}
+    exposed = {"forward": 0.0, "backward": 0.0}
+    for pass_, collective, gemm_name, method in TP_OVERLAP_PAIRS:
+        seconds, gemm = comm[collective], gemms[gemm_name]
+        if method == "ring_exchange":
+            exposed[pass_] += max(0.0, seconds - gemm * (tp - 1) / tp)
+        elif method == "pipeline":
+            n = TP_OVERLAP_SPLITS
+            exposed[pass_] += seconds / n + max(0.0, seconds - gemm) * (n - 1) / n
+        else:
+            exposed[pass_] += max(0.0, seconds - gemm)
+    return PassTimes(exposed["forward"], exposed["backward"], 0.0)
+
+
+def tp_sp_collectives(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices) -> tuple[float, float]:
+    """(all-gather, reduce-scatter) of one micro-batch's activation on the TP group `devices`: the two halves of a
+    sequence-parallel `tp_collective`."""
+    nbytes = activation_bytes(model, c)
+    return (collective_time(cluster, "all_gather", nbytes, devices),
+            collective_time(cluster, "reduce_scatter", nbytes, devices))
 
 
 def sp_regather_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices: list[int],
@@ -201,17 +237,18 @@ def selective_matmul_share(model: ModelSpec, c: ParallelConfig, execution: Execu
 
 
 def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, devices,
-                   units: int = 1) -> tuple[float, float, float]:
+                   units: int = 1, execution: Execution | None = None) -> tuple[float, float, float]:
     """(gather per forward/backward pass, gather once per step, gradient reduction) of a stage holding `params`
-    parameters per TP rank: ZeRO-0 all-reduces fp32 gradients in one bucket; FSDP (ZeRO >= 1, one unit per block
-    plus the stage's root, `units` in all) reduce-scatters them and gathers the parameters (`gather_bytes`: fp8 under fp8) once per
+    parameters per TP rank, on the `dp_buffer_bytes` of the execution's layout: ZeRO-0 all-reduces the gradients in
+    one bucket; FSDP (ZeRO >= 1, one unit per block plus the stage's root, `units` in all) or Megatron's distributed
+    optimizer reduce-scatters them and gathers the parameters once per
     step, or at ZeRO-3 again for every pass (reshard after forward) except under looped-bfs, where all
     micro-batches pass a chunk together. Each FSDP unit is its own collective and pays the profile's
     `collective_sync_s`. `devices` is the group holding the same weights (DP x CP; the expert-DP group for
     routed-expert parameters)."""
     if len(devices) <= 1:
         return 0.0, 0.0, 0.0
-    grad_bytes, param_bytes = dp_buffer_bytes(c, params)
+    grad_bytes, param_bytes = dp_buffer_bytes(c, params, execution)
     if c.zero_stage == 0:
         return 0.0, 0.0, collective_time(cluster, "all_reduce", grad_bytes, devices)
     extra = (units - 1) * cluster.overhead("collective_sync_s")
@@ -297,12 +334,13 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         if rank not in tp_of_rank:
             tp_group = grid.first_group_array("tp", rank)
             tp_of_rank[rank] = (tp_collective(model, cluster, c, tp_group),
-                                sp_regather_time(model, cluster, c, tp_group, execution))
-        one, regather_layer = tp_of_rank[rank]
+                                sp_regather_time(model, cluster, c, tp_group, execution),
+                                overlapped_tp_layer(*tp_sp_collectives(model, cluster, c, tp_group),
+                                                    tp_overlap_gemms(model, cluster, c), c.tp) if overlap_tp else None)
+        one, regather_layer, exposed = tp_of_rank[rank]
         regather = regather_layer * layers
         tp = PassTimes(2 * one * layers, 2 * one * layers + regather, 0.0)
         if overlap_tp:
-            exposed = overlapped_tp_layer(2 * one, 2 * one + regather_layer, pieces.block_rest, c.tp)
             tp = exposed.scaled(layers)
             one = exposed.forward / 2
         elif measured_tp is not None:
@@ -351,11 +389,12 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         params, experts = local_params(c, stage_params(model, partition, st), stage_expert_params(model, partition, st))
         if (rank, params, experts, layers) not in dp_of_stage:
             dp_of_stage[rank, params, experts, layers] = dp_collectives(
-                cluster, c, params, grid.first_group_array(weight_axes, rank), units=layers + 1)
+                cluster, c, params, grid.first_group_array(weight_axes, rank), units=layers + 1, execution=execution)
             if experts:
                 dp_of_stage[rank, params, experts, layers] = tuple(
                     a + b for a, b in zip(dp_of_stage[rank, params, experts, layers], dp_collectives(
-                        cluster, c, experts, expert_groups(grid, rank, c.ep, c.etp, "edp")[0], units=n_moe)))
+                        cluster, c, experts, expert_groups(grid, rank, c.ep, c.etp, "edp")[0], units=n_moe,
+                        execution=execution)))
         per_microbatch_gather, gather, reduce = dp_of_stage[rank, params, experts, layers]
         offload = PassTimes(*activation_copy_times(cluster, activation_copy_bytes(c, stage_block_activation_bytes(
             model, c, first, end, recomputed[st], execution.memory_layout, cluster.device.kind,

@@ -322,7 +322,7 @@ def state_bytes_per_param(config: ParallelConfig, layout: str, experts: bool = F
     if layout == "megatron":
         # fp32 master weights (apex: their 16-bit remainders), two Adam moments in the recipe's `moments` dtype
         # (fp32: 8 bytes) and the gradient buffer in its dtype
-        grads = 2.0 if execution and execution.grad_buffer_dtype == "bf16" else 4.0
+        grads = float(execution.grad_buffer_bytes) if execution else 4.0
         moments = 2 * STORAGE_BYTES[precision(config.dtype).moments]
         optim = 2.0 + moments + grads if execution and execution.optimizer == "apex" else 4.0 + moments
         weights = 2.0

@@ -211,7 +211,7 @@ def traffic(model: ModelSpec, c: ParallelConfig,
     layers_per_rank = model.num_layers / c.pp
     tp_bytes = 4 * layers_per_rank * activation_bytes(model, c) * c.num_microbatches if c.tp > 1 else 0.0
     pp_bytes = 2 * c.vpp * p2p_bytes(model, c, execution) * c.num_microbatches if c.pp > 1 else 0.0
-    dp_bytes = dp_buffer_bytes(c, model.total_params() / c.pp / c.tp)[0] if c.dp_cp > 1 else 0.0
+    dp_bytes = dp_buffer_bytes(c, model.total_params() / c.pp / c.tp, execution)[0] if c.dp_cp > 1 else 0.0
     cp_bytes = 1.5 * c.cp * cp_kv_bytes(model, c) * layers_per_rank * c.num_microbatches if c.cp > 1 else 0.0
     if model.moe is not None and c.ep * c.etp > 1:
         exchange = 4 * moe_layers(model, 0, model.num_layers) / c.pp * dispatch_bytes(model, c) * c.num_microbatches

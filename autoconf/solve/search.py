@@ -27,7 +27,7 @@ from autoconf.cost.compute import PassTimes, measured_tp_layer, model_pieces, ra
 from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, cp_attention_comm, default_mesh, default_partition,
                                     dp_collectives, estimate, exposed_dp, overlapped_tp_layer, p2p_bytes, predict,
                                     recompute_time, schedule_inflight, selective_matmul_share, step_collectives,
-                                    tp_collective)
+                                    tp_collective, tp_overlap_gemms, tp_sp_collectives)
 from autoconf.cost.memory import layer_activation_bytes, stage_memory
 from autoconf.cost.moe import layer_kinds, smallest_layer_params
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_offload, host_memory_per_node,
@@ -97,7 +97,8 @@ class _BoundCache:
             one = tp_collective(self.model, self.cluster, c, list(range(c.tp)))
             if self.execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1:
                 # what the GEMMs leave exposed, per collective: bound by the smaller pass
-                exposed = overlapped_tp_layer(2 * one, 2 * one, self._layer(c).block_rest, c.tp)
+                exposed = overlapped_tp_layer(*tp_sp_collectives(self.model, self.cluster, c, list(range(c.tp))),
+                                              tp_overlap_gemms(self.model, self.cluster, c), c.tp)
                 self._tp[key] = min(exposed.forward, exposed.backward_input) / 2
             elif measured is not None:  # the estimate charges each pass its own measured side: bound by the smaller
                 self._tp[key] = min(measured[0].forward, measured[0].backward_input) / 2
@@ -122,7 +123,8 @@ class _BoundCache:
         if dp_key not in self._dp:
             params = per_stage_layers * smallest_layer_params(model) / c.tp
             # The default mesh's first weight group: every DP replica's CP ranks at TP position 0.
-            self._dp[dp_key] = dp_collectives(cluster, c, params, np.arange(c.dp_cp) * c.tp)
+            self._dp[dp_key] = dp_collectives(cluster, c, params, np.arange(c.dp_cp) * c.tp,
+                                              execution=self.execution)
         return (self._p2p[p2p_key], *self._dp[dp_key])
 
     def _hop_pairs(self, c: ParallelConfig) -> np.ndarray:

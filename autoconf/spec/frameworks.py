@@ -23,7 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from autoconf.errors import UserError
-from autoconf.spec.dtypes import precision
+from autoconf.spec.dtypes import STORAGE_BYTES, precision
 
 # When a stage's gradient reduction may start:
 #   "after_flush"  after every stage's last backward, the stages' reductions one after another (no overlap)
@@ -80,6 +80,33 @@ OPTIMIZERS = ("megatron", "apex")
 #   "fused"    Transformer Engine's parallel cross entropy (Megatron-Core's cross_entropy_fusion_impl "te"): the
 #              kernel writes the gradient into the logits (0 bytes)
 LOSS_MEMORY = ("copy", "inplace", "fused")
+# What `tp_comm_overlap` overlaps: Transformer Engine's userbuffers as Megatron-Core's --tp-comm-overlap sets them up
+# under sequence parallelism (TE pytorch/module/base.py `initialize_ub`, its default method per layer, unchanged from
+# TE 1.x to 2.x). Each TP collective of a layer runs beside one GEMM of the same layer and pass only, as
+# (pass, collective, GEMM, method); a GEMM's backward (dgrad, wgrad) has its forward's FLOPs:
+#   "ring_exchange"  the all-gather as tp - 1 ring steps, each beside the GEMM on the chunk already here (the
+#                    rank's own chunk first): exposes what the steps exceed, nothing when the GEMM covers them
+#   "pipeline"       the GEMM split in TP_OVERLAP_SPLITS, the reduce-scatter of each chunk beside the next chunk's
+#                    GEMM: the last chunk's reduce-scatter is always exposed
+#   "bulk"           the whole collective beside the whole GEMM, launched together: exposes what it exceeds
+# Forward: the all-gathers before QKV and FC1 (column-parallel) beside those GEMMs, the reduce-scatters after the
+# output projection and FC2 (row-parallel) beside them. Backward: the row-parallel layers' output-gradient
+# all-gather beside their dgrad GEMM; the column-parallel layers' input re-gather (sequence parallelism keeps only
+# the 1/tp slice) beside their dgrad GEMM and the reduce-scatter of that dgrad beside their wgrad GEMM. The attention
+# core, the element-wise kernels and the row-parallel wgrad GEMMs hide nothing.
+TP_OVERLAP_PAIRS = (
+    ("forward", "all_gather", "qkv", "ring_exchange"),
+    ("forward", "reduce_scatter", "proj", "pipeline"),
+    ("forward", "all_gather", "fc1", "ring_exchange"),
+    ("forward", "reduce_scatter", "fc2", "pipeline"),
+    ("backward", "all_gather", "proj", "ring_exchange"),
+    ("backward", "all_gather", "fc2", "ring_exchange"),
+    ("backward", "all_gather", "qkv", "bulk"),
+    ("backward", "reduce_scatter", "qkv", "bulk"),
+    ("backward", "all_gather", "fc1", "bulk"),
+    ("backward", "reduce_scatter", "fc1", "bulk"),
+)
+TP_OVERLAP_SPLITS = 4  # TE's num_splits for the "pipeline" method
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,8 +129,8 @@ class Execution:
     blocking_p2p: a pipeline send also occupies the sending rank (Megatron 2022's batched isend/irecv + wait).
     p2p_scatter_gather: stage activations cross the pipeline as a 1/tp slice and are all-gathered over the TP group
         after the transfer (Megatron's scatter/gather optimisation); with sequence parallelism they are sliced anyway.
-    tp_comm_overlap: under sequence parallelism the TP all-gathers and reduce-scatters are pipelined with the GEMMs
-        beside them (Megatron-Core's userbuffers): a layer's TP time is what its GEMMs do not cover.
+    tp_comm_overlap: under sequence parallelism each TP all-gather and reduce-scatter runs beside one GEMM of its
+        layer (Megatron-Core's userbuffers, TP_OVERLAP_PAIRS): a layer's TP time is what those GEMMs do not cover.
     selective_recompute: see SELECTIVE_RECOMPUTE: the policy of a plan that names none.
     selective_policies: the selective policies the framework runs (a plan's own must be one; the search weighs
         each): autoconf's executor runs both, Megatron the attention core, torchtitan its per-op policy.
@@ -122,7 +149,8 @@ class Execution:
         (`autoconf.cost.memory` says what each changes).
     fp8_params: under fp8 the blocks' linear weights are stored in fp8 (Megatron's --fp8-param-gather: the fp8 weight
         and its transpose replace the bf16 weight) instead of bf16 plus TE's cached fp8 copies.
-    grad_buffer_dtype: see GRAD_BUFFER_DTYPES. optimizer: see OPTIMIZERS. loss_memory: see LOSS_MEMORY.
+    grad_buffer_dtype: see GRAD_BUFFER_DTYPES; the megatron layout reduces its gradients in it (the torch layout
+        holds and reduces fp32 gradients). optimizer: see OPTIMIZERS. loss_memory: see LOSS_MEMORY.
     megatron_args / torchtitan_settings: what makes the target framework run as modelled, as (when, flag, line):
         the line applies when the config matches `when` (see `_applies`) and the flag ("name" or "name=value") holds.
     """
@@ -204,6 +232,11 @@ class Execution:
         if self.tp_comm_overlap and self.memory_layout != "megatron":
             out.append("TP communication overlap is Megatron-Core's (userbuffers); torch's TP does not overlap it")
         return out
+
+    @property
+    def grad_buffer_bytes(self) -> int:
+        """Bytes per parameter of the megatron layout's gradient buffer: what it holds and what its reduction moves."""
+        return STORAGE_BYTES[self.grad_buffer_dtype]
 
     @property
     def framework(self) -> str:
