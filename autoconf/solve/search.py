@@ -34,13 +34,17 @@ from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times,
                                    plans_offload)
 from autoconf.errors import UserError
 from autoconf.spec.support import unsupported_reason
-from autoconf.solve.recompute import fewest_recomputed
+from autoconf.solve.recompute import fewest_counts, fewest_recomputed
 from autoconf.solve.space import candidates, normalise_fixed, with_changes
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, node_blocks, uniform_partition
 from autoconf.spec.schedules import schedule_spec, stage_to_rank
+
+# How far the walk has fitted a recompute candidate's per-stage counts (`search`'s walk).
+UNFITTED, RANK0_FITTED, FITTED = 0, 1, 2
+
 
 @dataclass
 class SearchResult:
@@ -304,16 +308,29 @@ class _BoundCache:
         the estimate takes the busiest rank); 0 without offload."""
         return host_memory_per_node(self.cluster, [self.rank0_memory(c).get("host", 0.0)])
 
+    def memory(self, c: ParallelConfig) -> list[dict]:
+        """cost/memory.stage_memory of every pipeline rank on the uniform partition with the in-flight counts of the
+        schedule's order: the estimate's own `memory_per_stage` of the default layout (the simulation counts the
+        same in-flight micro-batches from the same order)."""
+        partition, owner = self._uniform_layout(c)
+        inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches)
+        return stage_memory(self.model, self.cluster, c, partition, owner, inflight, self.execution.memory_layout,
+                            selective=self.execution.selective_recompute)
+
+    def _uniform_layout(self, c: ParallelConfig) -> tuple[list, tuple[int, ...]]:
+        """(uniform partition, stage-to-rank owner) of `c`'s pipeline."""
+        key = (c.pp, c.vpp, c.schedule)
+        if key not in self._layout:
+            owner = self._stage_to_rank(c)
+            self._layout[key] = (uniform_partition(self.model.num_layers, c.num_stages), owner)
+        return self._layout[key]
+
     def rank0_memory(self, c: ParallelConfig) -> dict:
         """cost/memory.stage_memory of pipeline rank 0 on the uniform partition (what `memory_bound` totals); the
         last one is remembered (the walk reads it again for the same candidate)."""
         if self._last_memory[0] == c:
             return self._last_memory[1]
-        key = (c.pp, c.vpp, c.schedule)
-        if key not in self._layout:
-            owner = self._stage_to_rank(c)
-            self._layout[key] = (uniform_partition(self.model.num_layers, c.num_stages), owner)
-        partition, owner = self._layout[key]
+        partition, owner = self._uniform_layout(c)
         inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, rank=0)
         entry = stage_memory(self.model, self.cluster, c, partition, owner, inflight, self.execution.memory_layout,
                              ranks=[0], selective=self.execution.selective_recompute)[0]
@@ -363,7 +380,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         if once not in bound_of:
             bound_of[once] = cache.time_bound(once)
         scored.append((bound_of[once], ranking_key(config), len(scored), config,
-                       not per_stage or config.recompute == "none"))
+                       UNFITTED if per_stage and config.recompute != "none" else FITTED))
     if not scored:
         if refused:
             raise UserError(f"every legal layout is one the executor cannot run: {refused}")
@@ -421,8 +438,10 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
 
     def walk(heap: list) -> None:
         """Pops (bound, key, order, config, fitted) in bound order and `consider`s each until the K-th best time is
-        below the next bound. A recompute candidate not yet `fitted` first gets the fewest recomputed layers per
-        stage that fit (solve/recompute.py) and goes back with the bound of its counts."""
+        below the next bound. A recompute candidate not yet fitted (`fitted` < FITTED) first gets the fewest
+        recomputed layers of pipeline rank 0 (solve/recompute.py: a rank's count reads its own memory only, so
+        these are its final counts and a lower bound of the others), and goes back with the bound of those counts
+        (RANK0_FITTED); then the fewest of every rank, and goes back with the bound of all its counts (FITTED)."""
         nonlocal pruned_time, pruned_memory
         while heap:
             time_bound, key, order, config, fitted = heapq.heappop(heap)
@@ -434,27 +453,41 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             if config.grad_reduce != "step" and key[:-1] in fitting_once:
                 pruned_time += 1
                 continue
-            if not fitted:
+            if fitted == UNFITTED:
                 every = cache.memory_bound(config)  # rank 0 recomputing every layer: no count fits if it does not
                 if every > limit:
                     pruned_memory += 1
                     does_not_fit(every - limit, time_bound, key, config, lambda: cache.rank0_memory(config))
                     continue
-                counted = fewest_recomputed(model, cluster, config, default_partition(model, config), execution)
-                if counted is not None and counted.recompute == "none":
-                    continue  # needs no recompute: the same layout as its twin without recompute
-                if counted is not None:
-                    config = counted
-                    tighter = cache.time_bound(config)
+                rank0 = fewest_counts(model, cluster, config, default_partition(model, config), execution, [0])
+                if rank0 is not None and any(rank0):
+                    tighter = cache.time_bound(dataclasses.replace(config, recompute_layers=rank0))
                     if tighter > time_bound:
-                        heapq.heappush(heap, (tighter, key, order, config, True))
+                        heapq.heappush(heap, (tighter, key, order, config, RANK0_FITTED))
                         continue
+            if fitted != FITTED:
+                counted = fewest_recomputed(model, cluster, config, default_partition(model, config), execution)
+                if counted is None:
+                    # Some rank does not fit even recomputing every layer: the estimate's own memory of the layout
+                    # (every rank, the in-flight counts of its order) says so without a simulation.
+                    pruned_memory += 1
+                    memory = cache.memory(config)
+                    largest = max(memory, key=lambda m: m["total"])
+                    does_not_fit(largest["total"] - limit, time_bound, key, config, lambda: largest)
+                    continue
+                if counted.recompute == "none":
+                    continue  # needs no recompute: the same layout as its twin without recompute
+                config = counted
+                tighter = cache.time_bound(config)
+                if tighter > time_bound:
+                    heapq.heappush(heap, (tighter, key, order, config, FITTED))
+                    continue
             consider(time_bound, key, config)
 
     walk(scored)
     twins = _offload_walk(model, cluster, cache, fixed, launchable_only, unfit, limit,
                           -best[0][0] if len(best) >= top_k else math.inf, bound_of)
-    walk([(bound, key, order, config, True) for order, (bound, key, config) in enumerate(twins)])
+    walk([(bound, key, order, config, FITTED) for order, (bound, key, config) in enumerate(twins)])
     chosen = _ranked_by_full_simulation(model, cluster, execution, best, near, top_k)
     search_seconds = time.perf_counter() - start
     if refine:
