@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
+import operator
 import time
 from dataclasses import dataclass, field
 
@@ -42,6 +43,8 @@ from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, node_blocks, uniform_partition
 from autoconf.spec.schedules import schedule_spec, stage_to_rank
 
+# Every config field but grad_reduce: what the time bound reads (`search` shares one bound between twins).
+_BOUND_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(ParallelConfig) if f.name != "grad_reduce"))
 # How far the walk has fitted a recompute candidate's per-stage counts (`search`'s walk).
 UNFITTED, RANK0_FITTED, FITTED = 0, 1, 2
 
@@ -76,6 +79,8 @@ class _BoundCache:
         self._owner: dict = {}
         self._layers: dict = {}
         self._optimizers: dict = {}
+        self._recomputed_of: dict = {}
+        self._shapes: dict = {}
         self._last_memory: tuple = (None, None)
         self._overheads = (cluster.overhead("pass_overhead_s"), cluster.overhead("step_overhead_s"))
 
@@ -150,12 +155,23 @@ class _BoundCache:
             self._rank0[key] = tuple(layers)
         return self._rank0[key]
 
-    def _rank_recomputed(self, c: ParallelConfig) -> list[int]:
+    def _rank_recomputed(self, c: ParallelConfig) -> tuple[int, ...]:
         """Recomputed layers of each pipeline rank under `c.recompute_layers`."""
-        out = [0] * c.pp
-        for k, r in zip(c.recompute_layers, self._stage_to_rank(c)):
-            out[r] += k
-        return out
+        key = (c.schedule, c.pp, c.vpp, c.recompute_layers)
+        if key not in self._recomputed_of:
+            out = [0] * c.pp
+            for k, r in zip(c.recompute_layers, self._stage_to_rank(c)):
+                out[r] += k
+            self._recomputed_of[key] = tuple(out)
+        return self._recomputed_of[key]
+
+    def _rank_shapes(self, c: ParallelConfig) -> frozenset[tuple[int, int]]:
+        """The distinct (layers, recomputed layers) of the pipeline ranks of the uniform partition under
+        `c.recompute_layers`: ranks of the same shape do the same work."""
+        key = (c.schedule, c.pp, c.vpp, c.recompute_layers)
+        if key not in self._shapes:
+            self._shapes[key] = frozenset(zip(self._rank_layers(c), self._rank_recomputed(c)))
+        return self._shapes[key]
 
     def _rank0_layers(self, c: ParallelConfig) -> int:
         """Transformer layers the uniform partition gives pipeline rank 0."""
@@ -220,8 +236,7 @@ class _BoundCache:
 
         busy = rank_work(rank_layers, rank_rc)
         if c.recompute_layers is not None:  # each rank of the uniform partition with its own recomputed layers
-            busy = max(busy, max(rank_work(layers, recomputed)
-                                 for layers, recomputed in zip(self._rank_layers(c), self._rank_recomputed(c))))
+            busy = max(busy, max(rank_work(layers, recomputed) for layers, recomputed in self._rank_shapes(c)))
         spec = schedule_spec(c.schedule)
         bubble = spec.bubble(c.pp, chunk_fwd, chunk_bwd, chunk_w)
         hops = self._hops(c)
@@ -354,6 +369,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     cache = _BoundCache(model, cluster, execution)
     scored = []
     bound_of: dict[ParallelConfig, float] = {}
+    bound_by_fields: dict[tuple, float] = {}
     seen = unlaunchable = 0
     refused = None  # why the executor refused the first layout it refused
     # The stages worth telling apart (the executor runs ZeRO-1 exactly as ZeRO-2: one of them is enough unless the
@@ -374,12 +390,13 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             continue
         # The bound does not read grad_reduce (reducing every micro-batch only adds to the step), so a layout and
         # its twin that reduces every micro-batch share one.
-        once = dataclasses.replace(config, grad_reduce="step") if config.grad_reduce != "step" else config
-        if per_stage and config.recompute != "none":
-            once = dataclasses.replace(once, recompute_layers=(0,) * config.num_stages)
-        if once not in bound_of:
-            bound_of[once] = cache.time_bound(once)
-        scored.append((bound_of[once], ranking_key(config), len(scored), config,
+        fields = _BOUND_FIELDS(config)
+        if fields not in bound_by_fields:
+            changes = {"grad_reduce": "step"} if config.grad_reduce != "step" else {}
+            if per_stage and config.recompute != "none":
+                changes["recompute_layers"] = (0,) * config.num_stages
+            bound_by_fields[fields] = cache.time_bound(dataclasses.replace(config, **changes) if changes else config)
+        scored.append((bound_by_fields[fields], ranking_key(config), len(scored), config,
                        UNFITTED if per_stage and config.recompute != "none" else FITTED))
     if not scored:
         if refused:
