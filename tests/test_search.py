@@ -197,3 +197,44 @@ def test_plan_refuses_a_dtype_the_cpu_executor_cannot_train():
     out = CliRunner().invoke(main, ["plan", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8",
                                     "--fix", "dtype=bf16"])
     assert out.exit_code == 2 and "fp32" in out.output and "Traceback" not in out.output
+
+
+def test_bounds_of_refitted_recompute_candidates_stay_below_the_estimate():
+    """The walk bounds a selective/full candidate with its first rank's fewest recomputed layers, then with every
+    rank's (solve/recompute.py): over every launchable recompute candidate of a case where some stages must recompute
+    and others need not, the first rank's counts lie at or below every rank's stage by stage (equal on its own
+    stages), and the two bounds lie in order at or below the estimate of the refitted layout, time and memory. A
+    candidate that does not fit even recomputing every layer is pruned on `_BoundCache.memory`: the estimate's own
+    memory per rank, which says it does not fit."""
+    from autoconf.cost.estimate import Execution, default_partition
+    from autoconf.solve.recompute import fewest_counts, fewest_recomputed
+    from autoconf.solve.search import _BoundCache
+    from autoconf.spec.schedules import stage_to_rank
+
+    model = dataclasses.replace(PRESETS["llama3.1-8b"], num_layers=6)
+    cluster = load_cluster("dgx-h100-80g", nodes=1, gpus_per_node=4)
+    cache = _BoundCache(model, cluster, Execution())
+    refitted = unfit = 0
+    for config in candidates(model, cluster.world_size, cluster.gpus_per_node, 16, 16384, "bf16",
+                             fixed={"recompute": "full"}):
+        if unsupported_reason(config):
+            continue
+        partition = default_partition(model, config)
+        counted = fewest_recomputed(model, cluster, config, partition)
+        if counted is None:
+            p = estimate(model, cluster, config, detail=False).prediction
+            assert not p["fits"] and cache.memory(config) == p["memory_per_stage"], config
+            unfit += 1
+            continue
+        if counted.recompute == "none" or counted.recompute_layers is None:
+            continue
+        rank0 = fewest_counts(model, cluster, config, partition, ranks=[0])
+        owner = stage_to_rank(config.schedule, config.pp, config.vpp)
+        assert all(a <= b and (a == b or owner[s] != 0)
+                   for s, (a, b) in enumerate(zip(rank0, counted.recompute_layers))), (rank0, counted)
+        p = estimate(model, cluster, counted, detail=False).prediction
+        first = cache.time_bound(dataclasses.replace(config, recompute_layers=rank0))
+        assert first <= cache.time_bound(counted) <= p["iteration_time_s"] * (1 + 1e-9), counted
+        assert cache.memory_bound(counted) <= p["peak_memory_bytes"] * (1 + 1e-9), counted
+        refitted += 1
+    assert refitted >= 5 and unfit >= 1, (refitted, unfit)

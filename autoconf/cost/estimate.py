@@ -722,8 +722,11 @@ def stage_inflight(stage_to_rank, peak, peak_weight, peak_rank) -> list[float]:
     (`Timeline`): those between forward and input-gradient backward, plus the weight-gradient share of those
     waiting for W; the stages of one rank do not all peak at once, so their sum is capped by the rank's own peak."""
     inflight = [p + WEIGHT_GRAD_ACTIVATION_SHARE * w for p, w in zip(peak, peak_weight)]
+    stages_of: dict[int, list[int]] = {}
+    for s, r in enumerate(stage_to_rank):
+        stages_of.setdefault(r, []).append(s)
     for rank, rank_peak in enumerate(peak_rank):
-        stages = [s for s, r in enumerate(stage_to_rank) if r == rank]
+        stages = stages_of.get(rank, [])
         total = sum(inflight[s] for s in stages)
         cap = rank_peak + WEIGHT_GRAD_ACTIVATION_SHARE * max(peak_weight[s] for s in stages)
         if total > cap > 0:

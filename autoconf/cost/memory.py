@@ -67,6 +67,7 @@ entries carry "host": the bytes that rank keeps in host memory (not part of "tot
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from autoconf.cost.moe import (all_to_all_buffer_bytes, blocks_params, layer_kind_params, moe_layers,
@@ -498,6 +499,16 @@ def stage_block_activation_bytes(model: ModelSpec, config: ParallelConfig, first
             + stage_layer_activation_bytes(model, config, n_moe, r_moe, layout, device_kind, selective, moe=True))
 
 
+@functools.lru_cache(maxsize=256)
+def _stages_of_ranks(stage_to_rank: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
+    """Each pipeline rank's virtual stages, in stage order (remembered: the search asks about the same pipelines
+    many times, one rank at a time)."""
+    stages_of: dict[int, list[int]] = {}
+    for st, r in enumerate(stage_to_rank):
+        stages_of.setdefault(r, []).append(st)
+    return {r: tuple(stages) for r, stages in stages_of.items()}
+
+
 def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig,
                  partition: Sequence[Sequence[int]], stage_to_rank: Sequence[int], inflight: Sequence[float],
                  layout: str = "torch", ranks: Sequence[int] | None = None,
@@ -519,17 +530,16 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
                if model.moe else 0.0)
     # Layers beyond a stage's recomputed ones keep every activation (`recomputed_layers`).
     recomputed = recomputed_layers(c, partition)
-    plain_act, moe_plain_act = (stage_layer_activation_bytes(model, c, 1, 0, layout, cluster.device.kind, selective,
-                                                             moe, execution) for moe in (False, model.moe is not None))
+    plain_act, moe_plain_act = ((stage_layer_activation_bytes(model, c, 1, 0, layout, cluster.device.kind, selective,
+                                                              moe, execution) for moe in (False, model.moe is not None))
+                                if c.offload_activations else (0.0, 0.0))  # read under offload_activations only
     fixed = cluster.device.memory_overhead_bytes + p2p_buffer_bytes(model, c)
     kv_cache, kv_grads = seq_chunk_kv_bytes(model, c, layout)
     last = len(partition) - 1
     out = []
-    stages_of: dict[int, list[int]] = {}
-    for st, r in enumerate(stage_to_rank):
-        stages_of.setdefault(r, []).append(st)
+    stages_of = _stages_of_ranks(tuple(stage_to_rank))
     for rank in (range(c.pp) if ranks is None else ranks):
-        stages = stages_of.get(rank, [])
+        stages = stages_of.get(rank, ())
         expert_params = sum(stage_expert_params(model, partition, st) for st in stages)
         local_params, local_experts = local_params_of(c, sum(stage_params(model, partition, st) for st in stages),
                                                       expert_params)

@@ -364,11 +364,17 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
     # constants.
     model = cp_model.CpModel()
     after = {}
+    on_stage = [[] for _ in range(num_stages)]  # the units that can be on each stage: on(u, s) is 0 for the others
+    lows, highs = [], []  # after[u, s] is a variable for lows[u] < s <= highs[u] only
     for u in range(num_units):
         lo = 0 if u == 0 else max(0, u + num_stages - 2 - p.num_layers)
         hi = min(num_stages - 1, u)
         for s in range(1, num_stages):
             after[u, s] = 1 if s <= lo else (0 if s > hi else model.new_bool_var(f"after_{u}_{s}"))
+        for s in range(lo, hi + 1):
+            on_stage[s].append(u)
+        lows.append(lo)
+        highs.append(hi)
 
     def on(u, s):  # 1 when unit u is on stage s, as a linear expression
         return (after[u, s] if s > 0 else 1) - (after[u, s + 1] if s + 1 < num_stages else 0)
@@ -384,13 +390,14 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
         else:
             assert not (fixed_a and fixed_b and a == 1 and b == 0)  # the domains above are consistent
 
-    # A unit on stage >= s is also on stage >= s-1 (the encoding is consistent).
+    # A unit on stage >= s is also on stage >= s-1 (the encoding is consistent). (The loops skip the stages where
+    # every term is fixed: there the implication holds by the domains.)
     for u in range(num_units):
-        for s in range(2, num_stages):
+        for s in range(max(2, lows[u] + 1), highs[u] + 1):
             implies(after[u, s], after[u, s - 1])
     # Stages follow unit order and never skip: unit u+1 is on the same stage as unit u or the next one.
     for u in range(num_units - 1):
-        for s in range(1, num_stages):
+        for s in range(max(1, min(lows[u] + 1, lows[u + 1])), min(num_stages, max(highs[u], highs[u + 1]) + 1)):
             implies(after[u, s], after[u + 1, s])
             if s + 1 < num_stages:
                 implies(after[u + 1, s + 1], after[u, s])
@@ -403,8 +410,8 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
     counts = p.counts()
     rc = {}
     for s in range(num_stages):
-        for u in range(1, p.num_layers + 1):
-            if counts[s] == 0 or not (q.rc_time[u] or q.rc_saved[u]) or isinstance(on(u, s), int) and on(u, s) == 0:
+        for u in on_stage[s]:
+            if u == 0 or u > p.num_layers or counts[s] == 0 or not (q.rc_time[u] or q.rc_saved[u]):
                 continue
             before = (1 if u <= counts[s] else 0) if s == 0 else 1 - after[max(u - counts[s], 0), s]
             if isinstance(before, int) and before == 0:
@@ -415,14 +422,14 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
             model.add(var >= on(u, s) + before - 1)
             rc[u, s] = var
 
-    stage_time = [sum(q.time[u] * on(u, s) for u in range(num_units))
+    stage_time = [sum(q.time[u] * on(u, s) for u in on_stage[s])
                   + sum(q.rc_time[u] * rc[u, t] for u, t in rc if t == s) for s in range(num_stages)]
     rank_stages = [[s for s in range(num_stages) if p.stage_to_rank[s] == r] for r in range(num_ranks)]
 
     # Each rank's static memory plus in-flight activations of its stages fit in its limit.
     for r in range(num_ranks):
         model.add(sum((q.static[u] + p.inflight[s] * q.act[u]) * on(u, s)
-                      for s in rank_stages[r] for u in range(num_units))
+                      for s in rank_stages[r] for u in on_stage[s])
                   - sum(p.inflight[t] * q.rc_saved[u] * rc[u, t] for u, t in rc if p.stage_to_rank[t] == r)
                   <= q.limit[r])
 
@@ -457,7 +464,9 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
         # Out of time before any solution: fall back on the hint when it fits, otherwise report no partition.
         fits = status == cp_model.UNKNOWN and _int_cost(p, q, hint) is not None
         return evaluate_partition(p, hint) if fits else None
-    unit_stage = [sum(solver.value(after[u, s]) for s in range(1, num_stages)) for u in range(num_units)]
+    solution = solver.response_proto.solution
+    unit_stage = [sum(after[u, s] if isinstance(after[u, s], int) else solution[after[u, s].index]
+                      for s in range(1, num_stages)) for u in range(num_units)]
     bounds = [0] + [u for u in range(1, num_units) if unit_stage[u] != unit_stage[u - 1]] + [num_units]
     assert len(bounds) == num_stages + 1, bounds
     return evaluate_partition(p, _bounds_to_stages(bounds), optimal=status == cp_model.OPTIMAL)

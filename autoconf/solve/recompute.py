@@ -46,13 +46,32 @@ def fewest_recomputed(model: ModelSpec, cluster: ClusterProfile, config: Paralle
     c = dataclasses.replace(config, recompute_layers=None)
     if c.recompute == "none":
         return config
+    counts = fewest_counts(model, cluster, c, partition, execution)
+    if counts is None:
+        return None
+    if not any(counts):
+        return dataclasses.replace(c, recompute="none")
+    if list(counts) == [end - first for first, end in partition]:
+        return c
+    return dataclasses.replace(c, recompute_layers=counts)
+
+
+def fewest_counts(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list,
+                  execution: Execution = Execution(), ranks: list[int] | None = None) -> tuple[int, ...] | None:
+    """The fewest recomputed layers of each virtual stage of `partition` that fit (`fewest_recomputed`'s counts),
+    of the stages of pipeline `ranks` (default all; the other stages read 0), or None when one of those ranks does
+    not fit with every layer recomputed. A rank's memory reads its own count only, so its counts are the same
+    whichever ranks are asked: those of some ranks are a lower bound, stage by stage, of the counts of all."""
+    c = dataclasses.replace(config, recompute_layers=None)
     owner = stage_to_rank(c.schedule, c.pp, c.vpp)
-    inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, seq_chunks=c.seq_chunks)
+    # One rank's in-flight counts read its own order only (cheaper than every rank's for a wide pipeline).
+    one = (ranks[0],) if ranks is not None and len(ranks) == 1 else ()
+    inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, *one, seq_chunks=c.seq_chunks)
     limit = cluster.usable_memory_bytes
     layers = [end - first for first, end in partition]
     # Each rank's stages in the order they take recomputed layers: most micro-batches in flight first.
     order = {r: sorted((s for s in range(len(owner)) if owner[s] == r), key=lambda s: (-inflight[s], s))
-             for r in range(c.pp)}
+             for r in (range(c.pp) if ranks is None else ranks)}
     most = {r: sum(layers[s] for s in order[r]) for r in order}
 
     def counts_of(totals: dict[int, int]) -> tuple[int, ...]:
@@ -72,8 +91,8 @@ def fewest_recomputed(model: ModelSpec, cluster: ClusterProfile, config: Paralle
         return {r: m["total"] <= limit for r, m in zip(ranks, memory)}
 
     chosen = {r: 0 for r, ok in fits({r: 0 for r in order}).items() if ok}
-    if len(chosen) == c.pp:
-        return dataclasses.replace(c, recompute="none")
+    if len(chosen) == len(order):
+        return counts_of(chosen)
     if not all(fits({r: most[r] for r in order if r not in chosen}).values()):
         return None
     # Bisection on the ranks that need recompute: the least total >= 1 that fits lies in (low, high].
@@ -91,9 +110,4 @@ def fewest_recomputed(model: ModelSpec, cluster: ClusterProfile, config: Paralle
                 high[r] = probe[r]
             else:
                 low[r] = probe[r]
-    counts = counts_of(chosen)
-    if not any(counts):
-        return dataclasses.replace(c, recompute="none")
-    if list(counts) == layers:
-        return c
-    return dataclasses.replace(c, recompute_layers=counts)
+    return counts_of(chosen)

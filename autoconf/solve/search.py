@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
+import operator
 import time
 from dataclasses import dataclass, field
 
@@ -34,7 +35,7 @@ from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times,
                                    plans_offload)
 from autoconf.errors import UserError
 from autoconf.spec.support import op_policy_unsupported, unsupported_reason
-from autoconf.solve.recompute import fewest_recomputed
+from autoconf.solve.recompute import fewest_counts, fewest_recomputed
 from autoconf.solve.space import candidates, normalise_fixed, with_changes
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
@@ -42,6 +43,12 @@ from autoconf.spec.grid import RankGrid
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, node_blocks, uniform_partition
 from autoconf.spec.schedules import schedule_spec, stage_to_rank
+
+# Every config field but grad_reduce: what the time bound reads (`search` shares one bound between twins).
+_BOUND_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(ParallelConfig) if f.name != "grad_reduce"))
+# How far the walk has fitted a recompute candidate's per-stage counts (`search`'s walk).
+UNFITTED, RANK0_FITTED, FITTED = 0, 1, 2
+
 
 @dataclass
 class SearchResult:
@@ -73,6 +80,8 @@ class _BoundCache:
         self._owner: dict = {}
         self._layers: dict = {}
         self._optimizers: dict = {}
+        self._recomputed_of: dict = {}
+        self._shapes: dict = {}
         self._last_memory: tuple = (None, None)
         self._overheads = (cluster.overhead("pass_overhead_s"), cluster.overhead("step_overhead_s"))
 
@@ -150,12 +159,23 @@ class _BoundCache:
             self._rank0[key] = tuple(layers)
         return self._rank0[key]
 
-    def _rank_recomputed(self, c: ParallelConfig) -> list[int]:
+    def _rank_recomputed(self, c: ParallelConfig) -> tuple[int, ...]:
         """Recomputed layers of each pipeline rank under `c.recompute_layers`."""
-        out = [0] * c.pp
-        for k, r in zip(c.recompute_layers, self._stage_to_rank(c)):
-            out[r] += k
-        return out
+        key = (c.schedule, c.pp, c.vpp, c.recompute_layers)
+        if key not in self._recomputed_of:
+            out = [0] * c.pp
+            for k, r in zip(c.recompute_layers, self._stage_to_rank(c)):
+                out[r] += k
+            self._recomputed_of[key] = tuple(out)
+        return self._recomputed_of[key]
+
+    def _rank_shapes(self, c: ParallelConfig) -> frozenset[tuple[int, int]]:
+        """The distinct (layers, recomputed layers) of the pipeline ranks of the uniform partition under
+        `c.recompute_layers`: ranks of the same shape do the same work."""
+        key = (c.schedule, c.pp, c.vpp, c.recompute_layers)
+        if key not in self._shapes:
+            self._shapes[key] = frozenset(zip(self._rank_layers(c), self._rank_recomputed(c)))
+        return self._shapes[key]
 
     def _rank0_layers(self, c: ParallelConfig) -> int:
         """Transformer layers the uniform partition gives pipeline rank 0."""
@@ -220,8 +240,7 @@ class _BoundCache:
 
         busy = rank_work(rank_layers, rank_rc)
         if c.recompute_layers is not None:  # each rank of the uniform partition with its own recomputed layers
-            busy = max(busy, max(rank_work(layers, recomputed)
-                                 for layers, recomputed in zip(self._rank_layers(c), self._rank_recomputed(c))))
+            busy = max(busy, max(rank_work(layers, recomputed) for layers, recomputed in self._rank_shapes(c)))
         spec = schedule_spec(c.schedule)
         bubble = spec.bubble(c.pp, chunk_fwd, chunk_bwd, chunk_w)
         hops = self._hops(c)
@@ -311,16 +330,29 @@ class _BoundCache:
         the estimate takes the busiest rank); 0 without offload."""
         return host_memory_per_node(self.cluster, [self.rank0_memory(c).get("host", 0.0)])
 
+    def memory(self, c: ParallelConfig) -> list[dict]:
+        """cost/memory.stage_memory of every pipeline rank on the uniform partition with the in-flight counts of the
+        schedule's order: the estimate's own `memory_per_stage` of the default layout (the simulation counts the
+        same in-flight micro-batches from the same order)."""
+        partition, owner = self._uniform_layout(c)
+        inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, seq_chunks=c.seq_chunks)
+        return stage_memory(self.model, self.cluster, c, partition, owner, inflight, self.execution.memory_layout,
+                            selective=selective_policy(c, self.execution), execution=self.execution)
+
+    def _uniform_layout(self, c: ParallelConfig) -> tuple[list, tuple[int, ...]]:
+        """(uniform partition, stage-to-rank owner) of `c`'s pipeline."""
+        key = (c.pp, c.vpp, c.schedule)
+        if key not in self._layout:
+            owner = self._stage_to_rank(c)
+            self._layout[key] = (uniform_partition(self.model.num_layers, c.num_stages), owner)
+        return self._layout[key]
+
     def rank0_memory(self, c: ParallelConfig) -> dict:
         """cost/memory.stage_memory of pipeline rank 0 on the uniform partition (what `memory_bound` totals); the
         last one is remembered (the walk reads it again for the same candidate)."""
         if self._last_memory[0] == c:
             return self._last_memory[1]
-        key = (c.pp, c.vpp, c.schedule)
-        if key not in self._layout:
-            owner = self._stage_to_rank(c)
-            self._layout[key] = (uniform_partition(self.model.num_layers, c.num_stages), owner)
-        partition, owner = self._layout[key]
+        partition, owner = self._uniform_layout(c)
         inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, rank=0, seq_chunks=c.seq_chunks)
         entry = stage_memory(self.model, self.cluster, c, partition, owner, inflight, self.execution.memory_layout,
                              ranks=[0], selective=selective_policy(c, self.execution),
@@ -345,6 +377,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     cache = _BoundCache(model, cluster, execution)
     scored = []
     bound_of: dict[ParallelConfig, float] = {}
+    bound_by_fields: dict[tuple, float] = {}
     seen = unlaunchable = 0
     refused = None  # why the executor refused the first layout it refused
     # The stages worth telling apart (the executor runs ZeRO-1 exactly as ZeRO-2: one of them is enough unless the
@@ -371,13 +404,14 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             continue
         # The bound does not read grad_reduce (reducing every micro-batch only adds to the step), so a layout and
         # its twin that reduces every micro-batch share one.
-        once = dataclasses.replace(config, grad_reduce="step") if config.grad_reduce != "step" else config
-        if per_stage and config.recompute != "none":
-            once = dataclasses.replace(once, recompute_layers=(0,) * config.num_stages)
-        if once not in bound_of:
-            bound_of[once] = cache.time_bound(once)
-        scored.append((bound_of[once], ranking_key(config), len(scored), config,
-                       not per_stage or config.recompute == "none"))
+        fields = _BOUND_FIELDS(config)
+        if fields not in bound_by_fields:
+            changes = {"grad_reduce": "step"} if config.grad_reduce != "step" else {}
+            if per_stage and config.recompute != "none":
+                changes["recompute_layers"] = (0,) * config.num_stages
+            bound_by_fields[fields] = cache.time_bound(dataclasses.replace(config, **changes) if changes else config)
+        scored.append((bound_by_fields[fields], ranking_key(config), len(scored), config,
+                       UNFITTED if per_stage and config.recompute != "none" else FITTED))
     if not scored:
         if refused:
             raise UserError(f"every legal layout is one the executor cannot run: {refused}")
@@ -435,8 +469,10 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
 
     def walk(heap: list) -> None:
         """Pops (bound, key, order, config, fitted) in bound order and `consider`s each until the K-th best time is
-        below the next bound. A recompute candidate not yet `fitted` first gets the fewest recomputed layers per
-        stage that fit (solve/recompute.py) and goes back with the bound of its counts."""
+        below the next bound. A recompute candidate not yet fitted (`fitted` < FITTED) first gets the fewest
+        recomputed layers of pipeline rank 0 (solve/recompute.py: a rank's count reads its own memory only, so
+        these are its final counts and a lower bound of the others), and goes back with the bound of those counts
+        (RANK0_FITTED); then the fewest of every rank, and goes back with the bound of all its counts (FITTED)."""
         nonlocal pruned_time, pruned_memory
         while heap:
             time_bound, key, order, config, fitted = heapq.heappop(heap)
@@ -448,27 +484,41 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             if config.grad_reduce != "step" and key[:-1] in fitting_once:
                 pruned_time += 1
                 continue
-            if not fitted:
+            if fitted == UNFITTED:
                 every = cache.memory_bound(config)  # rank 0 recomputing every layer: no count fits if it does not
                 if every > limit:
                     pruned_memory += 1
                     does_not_fit(every - limit, time_bound, key, config, lambda: cache.rank0_memory(config))
                     continue
-                counted = fewest_recomputed(model, cluster, config, default_partition(model, config), execution)
-                if counted is not None and counted.recompute == "none":
-                    continue  # needs no recompute: the same layout as its twin without recompute
-                if counted is not None:
-                    config = counted
-                    tighter = cache.time_bound(config)
+                rank0 = fewest_counts(model, cluster, config, default_partition(model, config), execution, [0])
+                if rank0 is not None and any(rank0):
+                    tighter = cache.time_bound(dataclasses.replace(config, recompute_layers=rank0))
                     if tighter > time_bound:
-                        heapq.heappush(heap, (tighter, key, order, config, True))
+                        heapq.heappush(heap, (tighter, key, order, config, RANK0_FITTED))
                         continue
+            if fitted != FITTED:
+                counted = fewest_recomputed(model, cluster, config, default_partition(model, config), execution)
+                if counted is None:
+                    # Some rank does not fit even recomputing every layer: the estimate's own memory of the layout
+                    # (every rank, the in-flight counts of its order) says so without a simulation.
+                    pruned_memory += 1
+                    memory = cache.memory(config)
+                    largest = max(memory, key=lambda m: m["total"])
+                    does_not_fit(largest["total"] - limit, time_bound, key, config, lambda: largest)
+                    continue
+                if counted.recompute == "none":
+                    continue  # needs no recompute: the same layout as its twin without recompute
+                config = counted
+                tighter = cache.time_bound(config)
+                if tighter > time_bound:
+                    heapq.heappush(heap, (tighter, key, order, config, FITTED))
+                    continue
             consider(time_bound, key, config)
 
     walk(scored)
     twins = _offload_walk(model, cluster, cache, fixed, launchable_only, unfit, limit,
                           -best[0][0] if len(best) >= top_k else math.inf, bound_of)
-    walk([(bound, key, order, config, True) for order, (bound, key, config) in enumerate(twins)])
+    walk([(bound, key, order, config, FITTED) for order, (bound, key, config) in enumerate(twins)])
     chosen = _ranked_by_full_simulation(model, cluster, execution, best, near, top_k)
     search_seconds = time.perf_counter() - start
     if refine:
