@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 
 from autoconf.spec.model import ModelSpec
@@ -26,3 +29,12 @@ def even_plan(spec: ModelSpec, tp: int = 1, pp: int = 1, dp: int = 1, schedule: 
                 placement={"mesh": np.arange(config.world_size).reshape(pp, dp, cp, tp).tolist()})
     plan.validate()
     return plan
+
+
+def script_module(name: str):
+    """scripts/NAME.py loaded as a module (the truth scripts are files, not a package)."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

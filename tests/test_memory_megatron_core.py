@@ -5,8 +5,6 @@ published layouts these flags describe are compared in scripts/truth_nemo.py."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-from pathlib import Path
 
 import pytest
 
@@ -18,6 +16,7 @@ from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import execution
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import load_model
+from plan_helpers import script_module
 
 GiB = 1024**3
 CORE = execution("megatron-core")
@@ -104,10 +103,7 @@ def test_nvidia_published_recipes_state_their_memory_settings_and_the_bridge_70b
     """scripts/data/published_nemo.json states each table's optimizer and cross entropy and each row's gradient
     buffer and fp8 parameters; Megatron-Bridge's Llama 3 70B layout (tp4 pp8 vp5, FP8-CS, 64 H100 80GB), which
     needed 88 GiB under the Megatron-LM defaults, fits."""
-    path = Path(__file__).resolve().parent.parent / "scripts" / "truth_nemo.py"
-    spec = importlib.util.spec_from_file_location("truth_nemo", path)
-    truth = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(truth)
+    truth = script_module("truth_nemo")
     data = truth.load()
     models = {k: v for k, v in data["models"].items() if k != "source"}
     for table in data["tables"]:

@@ -46,15 +46,21 @@ def test_cp_sat_matches_brute_force(seed):
     num_stages = 2 * pp if v_shape else pp * vpp
     num_layers = rng.randint(max(1, num_stages - 2), 8)  # down to layers + 2 stages: empty end stages
     problem = _random_problem(rng, num_layers, pp, vpp, v_shape, memory="binding" if seed % 2 else "loose")
+    solve_like_brute_force(problem)
+
+
+def solve_like_brute_force(problem: PartitionProblem):
+    """CP-SAT's partition of `problem`, checked to be optimal, within the memory limits and at the exhaustive
+    optimum's objective (None where brute force finds no partition that fits)."""
     exact = brute_force_partition(problem)
     solved = solve_partition(problem, time_limit_s=5.0)
     if exact is None:
         assert solved is None
-        return
+        return None
     assert solved is not None and solved.optimal
     assert solved.objective_s == pytest.approx(exact.objective_s, rel=1e-5)
-    limit = problem.limits()
-    assert all(m <= lim for m, lim in zip(solved.rank_memory_bytes, limit))
+    assert all(m <= lim for m, lim in zip(solved.rank_memory_bytes, problem.limits()))
+    return solved
 
 
 def test_binding_memory_changes_the_answer():

@@ -8,6 +8,7 @@ from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile, Link, bundled_profiles, load_cluster
 from autoconf.spec.plan import ParallelConfig, Plan, load_plan
 from autoconf.spec.presets import PRESETS, PUBLISHED_PARAMS, from_hf_config, load_model
+from plan_helpers import script_module
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))
@@ -161,13 +162,7 @@ def test_nemo_truth_rows_cite_their_tables_and_count_the_publishers_model_flops(
     every row's layout fills its GPUs with whole micro-batches, and on NeMo 24.07's table (Megatron's FLOPs formula)
     the published model TFLOP/s over tokens/s is the model FLOPs per token autoconf counts for the row's model
     (padded vocabulary included) within 1%."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / "truth_nemo.py"
-    spec = importlib.util.spec_from_file_location("truth_nemo", path)
-    truth = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(truth)
+    truth = script_module("truth_nemo")
     data = truth.load()
     models = {k: v for k, v in data["models"].items() if k != "source"}
     checked = 0
