@@ -28,11 +28,14 @@ from plan_helpers import even_plan
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zb-h1", "zbv", "dualpipev")
 VPP = {"interleaved-1f1b": 2, "looped-bfs": 2, "zbv": 2, "dualpipev": 2}
 
-GPT = ModelSpec(name="test-gpt", arch="gpt", num_layers=8, hidden_size=64, num_heads=4, num_kv_heads=4,
+GPT = ModelSpec(name="test-gpt", arch="gpt", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=4,
                 ffn_hidden_size=256, vocab_size=256, max_seq_len=64, tied_embeddings=True)
-LLAMA = ModelSpec(name="test-llama", arch="llama", num_layers=8, hidden_size=64, num_heads=4, num_kv_heads=2,
+LLAMA = ModelSpec(name="test-llama", arch="llama", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=2,
                   ffn_hidden_size=176, vocab_size=256, max_seq_len=64)
-MODELS = {"gpt": GPT, "llama": LLAMA}
+# 8 layers where the layout needs 8 pipeline chunks (pp4 with two chunks per rank, pp2 with five); 4 elsewhere, since
+# a layout's cost on CPU grows with its layers (tensor-parallel ones most).
+MODELS = {"gpt": GPT, "llama": LLAMA, "gpt8": dataclasses.replace(GPT, name="test-gpt8", num_layers=8),
+          "llama8": dataclasses.replace(LLAMA, name="test-llama8", num_layers=8)}
 
 
 def make_plan(arch: str = "gpt", **layout) -> Plan:
@@ -70,27 +73,26 @@ GRAD_SYNC = {"probe": "tests/grad_sync_probe.py"}
 # name -> Layout(world, plan[, options]); the name's first word is the reference run's (world 1). One shared torchrun
 # job per world size trains them (tests/executor_jobs.py).
 LAYOUTS: dict[str, Layout] = {
-    "gpt": Layout(1, make_plan("gpt")),
-    "llama": Layout(1, make_plan("llama")),
+    **{arch: Layout(1, make_plan(arch)) for arch in MODELS},
     "gpt-tp2": Layout(2, make_plan(tp=2)),
     **{f"gpt-pp2-{s}": Layout(2, make_plan(pp=2, schedule=s, vpp=VPP.get(s, 1))) for s in SCHEDULES},
     **{f"gpt-dp2-zero{z}": Layout(2, make_plan(dp=2, zero=z)) for z in range(4)},
     "llama-tp2-selective-standard": Layout(2, make_plan("llama", tp=2, recompute="selective", attention="standard")),
     "llama-pp2-1f1b-full": Layout(2, make_plan("llama", pp=2, schedule="1f1b", recompute="full")),
     # Recompute per stage: 3 of the first stage's 4 layers, 1 of the last's.
-    "llama-pp2-1f1b-full-per-stage": Layout(2, make_plan("llama", pp=2, schedule="1f1b", recompute="full",
-                                                         recompute_layers=[3, 1])),
+    "llama8-pp2-1f1b-full-per-stage": Layout(2, make_plan("llama8", pp=2, schedule="1f1b", recompute="full",
+                                                          recompute_layers=[3, 1])),
     "llama-dp2-zero3": Layout(2, make_plan("llama", dp=2, zero=3)),
     # Offload: the blocks' saved activations to host memory; FSDP2's CPUOffloadPolicy (ZeRO-3, CPU optimizer).
     "llama-dp2-zero3-offload-activations": Layout(2, offload_plan("llama", offload_activations=True)),
     "gpt-dp2-zero3-offload-optimizer": Layout(2, offload_plan("gpt", offload_optimizer=True)),
     # pp * vpp = layers + 2: the first chunk holds only the embedding, the last only the head.
-    "llama-pp2-interleaved-endchunks": Layout(2, end_chunk_plan(
-        "llama", [[0, 0]] + [[i, i + 1] for i in range(8)] + [[8, 8]], pp=2, schedule="interleaved-1f1b", vpp=5)),
-    "gpt-pp2-1f1b-embedding-stage": Layout(2, end_chunk_plan("gpt", [[0, 0], [0, 8]], pp=2, schedule="1f1b")),
-    "llama-pp2-1f1b-head-stage": Layout(2, end_chunk_plan("llama", [[0, 8], [8, 8]], pp=2, schedule="1f1b")),
+    "llama8-pp2-interleaved-endchunks": Layout(2, end_chunk_plan(
+        "llama8", [[0, 0]] + [[i, i + 1] for i in range(8)] + [[8, 8]], pp=2, schedule="interleaved-1f1b", vpp=5)),
+    "gpt-pp2-1f1b-embedding-stage": Layout(2, end_chunk_plan("gpt", [[0, 0], [0, 4]], pp=2, schedule="1f1b")),
+    "llama-pp2-1f1b-head-stage": Layout(2, end_chunk_plan("llama", [[0, 4], [4, 4]], pp=2, schedule="1f1b")),
     "gpt-tp4": Layout(4, make_plan(tp=4)),
-    **{f"gpt-pp4-{s}": Layout(4, make_plan(pp=4, schedule=s, vpp=VPP.get(s, 1))) for s in SCHEDULES},
+    **{f"gpt8-pp4-{s}": Layout(4, make_plan("gpt8", pp=4, schedule=s, vpp=VPP.get(s, 1))) for s in SCHEDULES},
     **{f"gpt-dp4-zero{z}": Layout(4, make_plan(dp=4, zero=z)) for z in range(4)},
     "gpt-pp2-dp2-1f1b-zero1": Layout(4, make_plan(pp=2, dp=2, schedule="1f1b", zero=1)),
     "gpt-pp2-dp2-zbv-zero1-reordered": Layout(4, reordered_plan()),
@@ -138,7 +140,7 @@ def test_layout_matches_single_process(name, tmp_path_factory):
 @pytest.mark.slow
 def test_single_process_losses_move(tmp_path_factory):
     """The reference run really trains (losses change step to step), so equal losses are a real check."""
-    for name in ("gpt", "llama"):
+    for name in MODELS:
         losses = [r["loss"] for r in results(tmp_path_factory)[name]["records"]]
         assert len(set(round(x, 6) for x in losses)) == STEPS
 
@@ -205,8 +207,8 @@ def test_zero0_reduces_buckets_during_the_last_backward(tmp_path_factory):
     micro-batches' backward, none after it); the losses and gradient norms equal the single-process run's (the
     layouts' own test_layout_matches_single_process)."""
     out = results(tmp_path_factory)
-    # blocks + head + embedding; a pipeline stage holds 4 blocks and the embedding or head
-    for name, n_buckets in (("gpt-tp2-dp2-zero0", 8 + 2), ("gpt-pp2-dp2-1f1b-zero0", 4 + 1)):
+    # blocks + head + embedding; a pipeline stage holds 2 blocks and the embedding or head
+    for name, n_buckets in (("gpt-tp2-dp2-zero0", 4 + 2), ("gpt-pp2-dp2-1f1b-zero0", 2 + 1)):
         m = LAYOUTS[name].plan.config.num_microbatches
         assert m == 4
         assert len(out[name]["probe"]) == 4
