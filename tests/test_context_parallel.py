@@ -2,15 +2,15 @@
 (autoconf/execute/context_parallel.py).
 
 Executor, fast: the load-balanced chunking, its positions and its inverse; a rank's attention and RoPE equal the full
-sequence's on its share. Slow (three torchrun jobs, CPU + gloo): layouts with cp > 1, under both K/V exchanges,
-train to the single-process losses and gradient norms, and a checkpoint written at cp2 x dp2 resumes without CP.
+sequence's on its share. Slow (the session's shared torchrun jobs, CPU + gloo): layouts with cp > 1, under both K/V
+exchanges, train to the single-process losses and gradient norms, and a checkpoint written at cp2 x dp2 resumes
+without CP.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -22,10 +22,11 @@ from autoconf.execute.model import Attention, _rope
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, load_plan
 from autoconf.spec.presets import PRESETS
+import executor_jobs
+from executor_jobs import STEPS, Layout, assert_same_records
+from executor_jobs import close as _close
 from plan_helpers import even_plan
-from test_execute import _close, _torchrun, assert_same_records
 
-STEPS = 3
 LLAMA = ModelSpec(name="test-llama", arch="llama", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=2,
                   ffn_hidden_size=176, vocab_size=256, max_seq_len=64)
 GPT = ModelSpec(name="test-gpt", arch="gpt", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=4,
@@ -304,50 +305,35 @@ def make_plan(arch: str = "llama", cp_comm: str = "ring", **layout):
     return plan
 
 
-CHECKPOINT_WRITER = "llama-cp2-dp2-zero3-ring"  # writes a checkpoint every step; the *-resumed runs resume step 2
-# name -> plan, one torchrun job per world size (the 4-rank job first: it writes the checkpoint the others resume).
-LAYOUTS = {
-    4: {"llama-cp4-ring": make_plan(cp=4),
-        "llama-cp2-tp2-sp-allgather": make_plan(cp=2, tp=2, sp=True, cp_comm="allgather"),
-        "llama-cp2-pp2-1f1b-ring": make_plan(cp=2, pp=2, schedule="1f1b"),
-        "llama-cp2-pp2-interleaved-allgather": make_plan(cp=2, pp=2, vpp=2, schedule="interleaved-1f1b",
-                                                         cp_comm="allgather"),
-        CHECKPOINT_WRITER: make_plan(cp=2, dp=2, zero=3)},
-    2: {"llama-cp2-allgather": make_plan(cp=2, cp_comm="allgather"),
-        # learned positions, tied embedding, the attention core (and its K/V exchange) recomputed in the backward
-        "gpt-cp2-selective-ring": make_plan("gpt", cp=2, recompute="selective"),
-        "llama-tp2-resumed": make_plan(tp=2)},
-    1: {"llama": make_plan(), "gpt": make_plan("gpt"), "llama-resumed": make_plan()},
+CHECKPOINT_WRITER = "llama-cp2-dp2-zero3-ring"  # writes a checkpoint at step 2; the *-resumed runs resume it
+RESUME = {"checkpoint_dir": "resumed", "copy_checkpoint": "written/step-00000002"}
+# name -> Layout(world, plan, options), trained in the session's shared jobs (tests/executor_jobs.py: the 4-rank job
+# runs first, so the checkpoint its writer leaves is there for the smaller jobs to resume).
+LAYOUTS: dict[str, Layout] = {
+    "llama-cp4-ring": Layout(4, make_plan(cp=4)),
+    "llama-cp2-tp2-sp-allgather": Layout(4, make_plan(cp=2, tp=2, sp=True, cp_comm="allgather")),
+    "llama-cp2-pp2-1f1b-ring": Layout(4, make_plan(cp=2, pp=2, schedule="1f1b")),
+    "llama-cp2-pp2-interleaved-allgather": Layout(4, make_plan(cp=2, pp=2, vpp=2, schedule="interleaved-1f1b",
+                                                               cp_comm="allgather")),
+    CHECKPOINT_WRITER: Layout(4, make_plan(cp=2, dp=2, zero=3), {"checkpoint_dir": "written", "checkpoint_every": 2}),
+    "llama-cp2-allgather": Layout(2, make_plan(cp=2, cp_comm="allgather")),
+    # learned positions, tied embedding, the attention core (and its K/V exchange) recomputed in the backward
+    "gpt-cp2-selective-ring": Layout(2, make_plan("gpt", cp=2, recompute="selective")),
+    "llama-tp2-resumed": Layout(2, make_plan(tp=2), {**RESUME, "checkpoint_dir": "tp2-resumed"}),
+    "llama": Layout(1, make_plan()),
+    "gpt": Layout(1, make_plan("gpt")),
+    "llama-resumed": Layout(1, make_plan(), RESUME),
 }
-_RESULTS: dict[str, dict] = {}
+executor_jobs.register("cp", LAYOUTS)
 
 
 def results(tmp_path_factory) -> dict[str, dict]:
-    """Runs the three jobs once per session; name -> {"records", "seconds"}."""
-    if _RESULTS:
-        return _RESULTS
-    tmp = tmp_path_factory.mktemp("cp")
-    written = tmp / "written"
-    for world in (4, 2, 1):
-        names = list(LAYOUTS[world])
-        options = [{} for _ in names]
-        for i, name in enumerate(names):
-            if name == CHECKPOINT_WRITER:
-                options[i] = {"checkpoint_dir": str(written), "checkpoint_every": 1}
-            elif name.endswith("-resumed"):
-                shutil.copytree(written / "step-00000002", tmp / name / "step-00000002")
-                options[i] = {"checkpoint_dir": str(tmp / name)}
-        job = {"plans": [LAYOUTS[world][n].to_dict() for n in names], "steps": STEPS, "seed": 0, "options": options}
-        (tmp / f"job{world}.json").write_text(json.dumps(job))
-        proc = _torchrun(world, ["scripts/executor_layouts.py", str(tmp / f"job{world}.json"),
-                                 str(tmp / f"out{world}.json")])
-        assert proc.returncode == 0, f"world {world} job failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-        _RESULTS.update(zip(names, json.loads((tmp / f"out{world}.json").read_text())))
-    return _RESULTS
+    """name -> {"records", "seconds"} of this module's layouts (tests/executor_jobs.py runs them once)."""
+    return executor_jobs.results("cp", tmp_path_factory)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for w in (4, 2) for n in LAYOUTS[w] if not n.endswith("-resumed")])
+@pytest.mark.parametrize("name", [n for n, lay in LAYOUTS.items() if lay.world > 1 and not n.endswith("-resumed")])
 def test_context_parallel_layout_matches_single_process(name, tmp_path_factory):
     """Every step's loss and global gradient norm equal the single-process run's within 1e-4 relative (fp32, 3
     steps), and the reference really trains (its losses change)."""

@@ -1,7 +1,7 @@
 """Executor tests on CPU with gloo: every layout trains to the losses of a single-process run.
 
-The layouts run in three torchrun jobs (1, 2 and 4 processes, started once per module and shared by the tests):
-start-up dominates, so each job trains all of its layouts in one process group (scripts/executor_layouts.py).
+The layouts run in the session's three shared torchrun jobs (1, 2 and 4 processes, tests/executor_jobs.py): start-up
+dominates, so each job trains every registered layout in one process group (scripts/executor_layouts.py).
 Each layout trains 3 steps in fp32 with dropout 0 from the seeded initialisation; its per-step loss and global
 gradient norm must equal the single-process run's within 1e-4 relative. (Adam is nearly invariant to a gradient's
 scale, so the loss alone would miss a wrongly scaled gradient; the global norm catches it.)
@@ -12,30 +12,30 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import executor_jobs
 from autoconf.errors import UserError
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import Plan
+from executor_jobs import STEPS, Layout, assert_same_records
+from executor_jobs import close as _close
 from plan_helpers import even_plan
 
-REPO = Path(__file__).resolve().parents[1]
-STEPS = 3
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zb-h1", "zbv", "dualpipev")
 VPP = {"interleaved-1f1b": 2, "looped-bfs": 2, "zbv": 2, "dualpipev": 2}
 
-GPT = ModelSpec(name="test-gpt", arch="gpt", num_layers=8, hidden_size=64, num_heads=4, num_kv_heads=4,
+GPT = ModelSpec(name="test-gpt", arch="gpt", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=4,
                 ffn_hidden_size=256, vocab_size=256, max_seq_len=64, tied_embeddings=True)
-LLAMA = ModelSpec(name="test-llama", arch="llama", num_layers=8, hidden_size=64, num_heads=4, num_kv_heads=2,
+LLAMA = ModelSpec(name="test-llama", arch="llama", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=2,
                   ffn_hidden_size=176, vocab_size=256, max_seq_len=64)
-MODELS = {"gpt": GPT, "llama": LLAMA}
+# 8 layers where the layout needs 8 pipeline chunks (pp4 with two chunks per rank, pp2 with five); 4 elsewhere, since
+# a layout's cost on CPU grows with its layers (tensor-parallel ones most).
+MODELS = {"gpt": GPT, "llama": LLAMA, "gpt8": dataclasses.replace(GPT, name="test-gpt8", num_layers=8),
+          "llama8": dataclasses.replace(LLAMA, name="test-llama8", num_layers=8)}
 
 
 def make_plan(arch: str = "gpt", **layout) -> Plan:
@@ -64,143 +64,141 @@ def seq_chunk_plan(arch: str, chunks: int, **layout) -> Plan:
     """A pp2 seq1f1b plan whose sequences flow in `chunks` chunks."""
     plan = make_plan(arch, pp=2, schedule="seq1f1b", **layout)
     plan.config = dataclasses.replace(plan.config, seq_chunks=chunks)
+    return plan
+
+
+def reordered_plan() -> Plan:
+    """pp2 x dp2 (zbv, ZeRO-1) whose placement puts pipeline rank 0 on devices 1 and 3 (the order torch's sorted
+    process groups would otherwise contradict)."""
+    plan = make_plan(pp=2, dp=2, schedule="zbv", vpp=2, zero=1)
+    plan.placement = {"mesh": [[[[1]], [[3]]], [[[0]], [[2]]]]}
     plan.validate()
     return plan
 
 
-# name -> plan, grouped by world size (one torchrun job each).
-LAYOUTS: dict[int, dict[str, Plan]] = {
-    1: {"gpt": make_plan("gpt"), "llama": make_plan("llama")},
-    2: {
-        "gpt-tp2": make_plan(tp=2),
-        **{f"gpt-pp2-{s}": make_plan(pp=2, schedule=s, vpp=VPP.get(s, 1)) for s in SCHEDULES},
-        **{f"gpt-dp2-zero{z}": make_plan(dp=2, zero=z) for z in range(4)},
-        "llama-tp2-selective-standard": make_plan("llama", tp=2, recompute="selective", attention="standard"),
-        "llama-pp2-1f1b-full": make_plan("llama", pp=2, schedule="1f1b", recompute="full"),
-        # Recompute per stage: 3 of the first stage's 4 layers, 1 of the last's.
-        "llama-pp2-1f1b-full-per-stage": make_plan("llama", pp=2, schedule="1f1b", recompute="full",
-                                                   recompute_layers=[3, 1]),
-        "llama-dp2-zero3": make_plan("llama", dp=2, zero=3),
-        # torchtitan's per-op selective policy (execute/checkpoint_policy.py): with TP + SP (the reduce-scatters
-        # saved, the all-gathers recomputed; 2 of the 8 blocks, as its dispatch mode is slow on DTensors on CPU),
-        # on the first layers of each pipeline stage, and under ZeRO-3.
-        "llama-tp2-sp-selective-op": make_plan("llama", tp=2, sp=True, recompute="selective",
-                                               selective_recompute="alternate_matmuls", recompute_layers=[2]),
-        "gpt-pp2-1f1b-selective-op-per-stage": make_plan(pp=2, schedule="1f1b", recompute="selective",
-                                                         selective_recompute="alternate_matmuls",
-                                                         recompute_layers=[3, 1]),
-        "llama-dp2-zero3-selective-op": make_plan("llama", dp=2, zero=3, recompute="selective",
-                                                  selective_recompute="alternate_matmuls"),
-        # Offload: the blocks' saved activations to host memory; FSDP2's CPUOffloadPolicy (ZeRO-3, CPU optimizer).
-        "llama-dp2-zero3-offload-activations": offload_plan("llama", offload_activations=True),
-        "gpt-dp2-zero3-offload-optimizer": offload_plan("gpt", offload_optimizer=True),
-        # pp * vpp = layers + 2: the first chunk holds only the embedding, the last only the head.
-        "llama-pp2-interleaved-endchunks": end_chunk_plan(
-            "llama", [[0, 0]] + [[i, i + 1] for i in range(8)] + [[8, 8]], pp=2, schedule="interleaved-1f1b", vpp=5),
-        "gpt-pp2-1f1b-embedding-stage": end_chunk_plan("gpt", [[0, 0], [0, 8]], pp=2, schedule="1f1b"),
-        "llama-pp2-1f1b-head-stage": end_chunk_plan("llama", [[0, 8], [8, 8]], pp=2, schedule="1f1b"),
-        # Sequence-level pipelining (execute/seq_chunks.py): each sequence in 2 chunks; in 4, two rows per
-        # micro-batch, learned positions and the tied embedding.
-        "llama-pp2-seq1f1b-k2": seq_chunk_plan("llama", 2),
-        "gpt-pp2-seq1f1b-k4-mb2": seq_chunk_plan("gpt", 4, micro_batch=2),
-    },
-    4: {
-        "gpt-tp4": make_plan(tp=4),
-        **{f"gpt-pp4-{s}": make_plan(pp=4, schedule=s, vpp=VPP.get(s, 1)) for s in SCHEDULES},
-        **{f"gpt-dp4-zero{z}": make_plan(dp=4, zero=z) for z in range(4)},
-        "gpt-pp2-dp2-1f1b-zero1": make_plan(pp=2, dp=2, schedule="1f1b", zero=1),
-        # ZeRO-0 reduces in the backward's hooks: pipelined (tied embedding across pipeline ranks, split backward
-        # with the V placement, two chunks per rank) and with TP shards (vocabulary-parallel tied embedding, SP).
-        **{f"gpt-pp2-dp2-{s}-zero0": make_plan(pp=2, dp=2, schedule=s, vpp=VPP.get(s, 1), zero=0)
-           for s in ("1f1b", "zbv", "interleaved-1f1b")},
-        "gpt-tp2-dp2-zero0": make_plan(tp=2, dp=2, zero=0),
-        "llama-tp2-dp2-sp-zero0": make_plan("llama", tp=2, dp=2, sp=True, zero=0),
-        "gpt-tp2-pp2-interleaved": make_plan(tp=2, pp=2, schedule="interleaved-1f1b", vpp=2),
-        "gpt-tp2-dp2-sp-zero2": make_plan(tp=2, dp=2, sp=True, zero=2),
-        "llama-tp2-dp2-sp-zero3": make_plan("llama", tp=2, dp=2, sp=True, zero=3),
-        "llama-pp2-dp2-zbv-zero2-full": make_plan("llama", pp=2, dp=2, schedule="zbv", vpp=2, zero=2,
-                                                   recompute="full"),
-        "llama-pp2-dp2-looped-bfs-zero3": make_plan("llama", pp=2, dp=2, schedule="looped-bfs", vpp=2, zero=3),
-        "llama-tp2-pp2-sp-zb-h1-selective": make_plan("llama", tp=2, pp=2, schedule="zb-h1", sp=True,
-                                                      recompute="selective"),
-    },
+GRAD_SYNC = {"probe": "tests/grad_sync_probe.py"}
+# name -> Layout(world, plan[, options]); the name's first word is the reference run's (world 1). One shared torchrun
+# job per world size trains them (tests/executor_jobs.py).
+LAYOUTS: dict[str, Layout] = {
+    **{arch: Layout(1, make_plan(arch)) for arch in MODELS},
+    "gpt-tp2": Layout(2, make_plan(tp=2)),
+    **{f"gpt-pp2-{s}": Layout(2, make_plan(pp=2, schedule=s, vpp=VPP.get(s, 1))) for s in SCHEDULES},
+    **{f"gpt-dp2-zero{z}": Layout(2, make_plan(dp=2, zero=z)) for z in range(4)},
+    "llama-tp2-selective-standard": Layout(2, make_plan("llama", tp=2, recompute="selective", attention="standard")),
+    "llama-pp2-1f1b-full": Layout(2, make_plan("llama", pp=2, schedule="1f1b", recompute="full")),
+    # Recompute per stage: 3 of the first stage's 4 layers, 1 of the last's.
+    "llama8-pp2-1f1b-full-per-stage": Layout(2, make_plan("llama8", pp=2, schedule="1f1b", recompute="full",
+                                                          recompute_layers=[3, 1])),
+    "llama-dp2-zero3": Layout(2, make_plan("llama", dp=2, zero=3)),
+    # Offload: the blocks' saved activations to host memory; FSDP2's CPUOffloadPolicy (ZeRO-3, CPU optimizer).
+    "llama-dp2-zero3-offload-activations": Layout(2, offload_plan("llama", offload_activations=True)),
+    "gpt-dp2-zero3-offload-optimizer": Layout(2, offload_plan("gpt", offload_optimizer=True)),
+    # pp * vpp = layers + 2: the first chunk holds only the embedding, the last only the head.
+    "llama8-pp2-interleaved-endchunks": Layout(2, end_chunk_plan(
+        "llama8", [[0, 0]] + [[i, i + 1] for i in range(8)] + [[8, 8]], pp=2, schedule="interleaved-1f1b", vpp=5)),
+    "gpt-pp2-1f1b-embedding-stage": Layout(2, end_chunk_plan("gpt", [[0, 0], [0, 4]], pp=2, schedule="1f1b")),
+    "llama-pp2-1f1b-head-stage": Layout(2, end_chunk_plan("llama", [[0, 4], [4, 4]], pp=2, schedule="1f1b")),
+    # torchtitan's per-op selective policy (execute/checkpoint_policy.py): with TP + SP (the reduce-scatters saved,
+    # the all-gathers recomputed; 2 of the 4 blocks, as its dispatch mode is slow on DTensors on CPU), on the first
+    # layers of each pipeline stage, and under ZeRO-3.
+    "llama-tp2-sp-selective-op": Layout(2, make_plan("llama", tp=2, sp=True, recompute="selective",
+                                                     selective_recompute="alternate_matmuls", recompute_layers=[2])),
+    "gpt8-pp2-1f1b-selective-op-per-stage": Layout(2, make_plan("gpt8", pp=2, schedule="1f1b", recompute="selective",
+                                                                selective_recompute="alternate_matmuls",
+                                                                recompute_layers=[3, 1])),
+    "llama-dp2-zero3-selective-op": Layout(2, make_plan("llama", dp=2, zero=3, recompute="selective",
+                                                        selective_recompute="alternate_matmuls")),
+    # Sequence-level pipelining (execute/seq_chunks.py): each sequence in 2 chunks; in 4, two rows per micro-batch,
+    # learned positions and the tied embedding.
+    "llama-pp2-seq1f1b-k2": Layout(2, seq_chunk_plan("llama", 2)),
+    "gpt-pp2-seq1f1b-k4-mb2": Layout(2, seq_chunk_plan("gpt", 4, micro_batch=2)),
+    "gpt-tp4": Layout(4, make_plan(tp=4)),
+    **{f"gpt8-pp4-{s}": Layout(4, make_plan("gpt8", pp=4, schedule=s, vpp=VPP.get(s, 1))) for s in SCHEDULES},
+    **{f"gpt-dp4-zero{z}": Layout(4, make_plan(dp=4, zero=z)) for z in range(4)},
+    "gpt-pp2-dp2-1f1b-zero1": Layout(4, make_plan(pp=2, dp=2, schedule="1f1b", zero=1)),
+    "gpt-pp2-dp2-zbv-zero1-reordered": Layout(4, reordered_plan()),
+    # ZeRO-0 reduces in the backward's hooks: pipelined (tied embedding across pipeline ranks, split backward
+    # with the V placement, two chunks per rank) and with TP shards (vocabulary-parallel tied embedding, SP). The
+    # probe records when the 1f1b and the tp2 layouts' all-reduces are issued.
+    "gpt-pp2-dp2-1f1b-zero0": Layout(4, make_plan(pp=2, dp=2, schedule="1f1b", zero=0), GRAD_SYNC),
+    **{f"gpt-pp2-dp2-{s}-zero0": Layout(4, make_plan(pp=2, dp=2, schedule=s, vpp=VPP.get(s, 1), zero=0))
+       for s in ("zbv", "interleaved-1f1b")},
+    "gpt-tp2-dp2-zero0": Layout(4, make_plan(tp=2, dp=2, zero=0), GRAD_SYNC),
+    "llama-tp2-dp2-sp-zero0": Layout(4, make_plan("llama", tp=2, dp=2, sp=True, zero=0)),
+    "gpt-tp2-pp2-interleaved": Layout(4, make_plan(tp=2, pp=2, schedule="interleaved-1f1b", vpp=2)),
+    "gpt-tp2-dp2-sp-zero2": Layout(4, make_plan(tp=2, dp=2, sp=True, zero=2)),
+    "llama-tp2-dp2-sp-zero3": Layout(4, make_plan("llama", tp=2, dp=2, sp=True, zero=3)),
+    "llama-pp2-dp2-zbv-zero2-full": Layout(4, make_plan("llama", pp=2, dp=2, schedule="zbv", vpp=2, zero=2,
+                                                        recompute="full")),
+    "llama-pp2-dp2-looped-bfs-zero3": Layout(4, make_plan("llama", pp=2, dp=2, schedule="looped-bfs", vpp=2, zero=3)),
+    "llama-tp2-pp2-sp-zb-h1-selective": Layout(4, make_plan("llama", tp=2, pp=2, schedule="zb-h1", sp=True,
+                                                            recompute="selective")),
 }
+# Checkpoint and resume in the same jobs: pp2 x dp2 (zbv, ZeRO-2, two chunks per rank) stops after 2 steps with a
+# checkpoint every step; tp2 x dp2 (SP, ZeRO-3) resumes a copy of its step 2. The test then resumes it via `launch`.
+RESUMES: dict[str, Layout] = {
+    "llama-stop-after-2": Layout(4, LAYOUTS["llama-pp2-dp2-zbv-zero2-full"].plan,
+                                 {"checkpoint_dir": "ckpt", "checkpoint_every": 1, "stop_after": 2}),
+    "llama-resumed-tp2-dp2-sp-zero3": Layout(4, LAYOUTS["llama-tp2-dp2-sp-zero3"].plan,
+                                             {"checkpoint_dir": "other", "copy_checkpoint": "ckpt/step-00000002"}),
+}
+executor_jobs.register("execute", {**LAYOUTS, **RESUMES})
 
 
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
+def results(tmp_path_factory) -> dict[str, dict]:
+    """name -> {"records", "seconds"} of this module's layouts (tests/executor_jobs.py runs them once)."""
+    return executor_jobs.results("execute", tmp_path_factory)
 
 
-def _torchrun(nproc: int, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", *args]
-    return subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
-
-
-_RESULTS: dict[int, dict[str, dict]] = {}
-
-
-def results(world: int, tmp_path_factory) -> dict[str, dict]:
-    """Runs the job of one world size once per session; name -> {"records", "seconds"}."""
-    if world not in _RESULTS:
-        tmp = tmp_path_factory.mktemp(f"world{world}")
-        names = list(LAYOUTS[world])
-        job = {"plans": [LAYOUTS[world][n].to_dict() for n in names], "steps": STEPS, "seed": 0}
-        (tmp / "job.json").write_text(json.dumps(job))
-        proc = _torchrun(world, ["scripts/executor_layouts.py", str(tmp / "job.json"), str(tmp / "out.json")])
-        assert proc.returncode == 0, f"world {world} job failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-        out = json.loads((tmp / "out.json").read_text())
-        _RESULTS[world] = dict(zip(names, out))
-    return _RESULTS[world]
-
-
-def _close(a: float, b: float, rel: float = 1e-4) -> bool:
-    return abs(a - b) <= rel * abs(b)
-
-
-def assert_same_records(reference: list[dict], got: list[dict], name: str) -> None:
-    """`got` has STEPS records, each step's loss and global gradient norm within 1e-4 relative of `reference`'s."""
-    assert len(got) == STEPS
-    for ref, rec in zip(reference, got):
-        assert _close(rec["loss"], ref["loss"]), (name, rec["step"], rec["loss"], ref["loss"])
-        assert _close(rec["grad_norm"], ref["grad_norm"]), (name, rec["step"], rec["grad_norm"], ref["grad_norm"])
-
-
-@pytest.mark.parametrize("world,name", [(w, n) for w in (2, 4) for n in LAYOUTS[w]])
-def test_layout_matches_single_process(world, name, tmp_path_factory):
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n, layout in LAYOUTS.items() if layout.world > 1])
+def test_layout_matches_single_process(name, tmp_path_factory):
     """Every step's loss and global gradient norm equal the single-process run's within 1e-4 relative."""
-    assert_same_records(results(1, tmp_path_factory)[name.split("-")[0]]["records"],
-                        results(world, tmp_path_factory)[name]["records"], name)
+    out = results(tmp_path_factory)
+    assert_same_records(out[name.split("-")[0]]["records"], out[name]["records"], name)
 
 
+@pytest.mark.slow
 def test_single_process_losses_move(tmp_path_factory):
     """The reference run really trains (losses change step to step), so equal losses are a real check."""
-    for name in ("gpt", "llama"):
-        losses = [r["loss"] for r in results(1, tmp_path_factory)[name]["records"]]
+    for name in MODELS:
+        losses = [r["loss"] for r in results(tmp_path_factory)[name]["records"]]
         assert len(set(round(x, 6) for x in losses)) == STEPS
 
 
-def test_checkpoint_resume_gives_same_next_losses(tmp_path, tmp_path_factory):
+@pytest.mark.slow
+def test_placement_that_reorders_the_pipeline_trains_the_same(tmp_path_factory):
+    """A plan whose placement puts pipeline rank 0 on devices 1 and 3 trains to the single-process losses and
+    gradient norms, as the grid-order placement does: grid position i runs as rank i."""
+    plan = LAYOUTS["gpt-pp2-dp2-zbv-zero1-reordered"].plan
+    assert plan.device_of() != sorted(plan.device_of())
+    out = results(tmp_path_factory)
+    assert_same_records(out["gpt"]["records"], out["gpt-pp2-dp2-zbv-zero1-reordered"]["records"], "reordered")
+    assert_same_records(out["gpt"]["records"], out["gpt-pp2-dp2-1f1b-zero1"]["records"], "grid order")
+
+
+@pytest.mark.slow
+def test_checkpoint_resume_gives_same_next_losses(tmp_path_factory, capfd):
     """pp2 x dp2 (zbv, ZeRO-2, two chunks per rank): stop after 2 steps with a checkpoint, resume through `launch`:
     step 3 equals the uninterrupted run; the metrics file ends with a summary; an incomplete checkpoint is skipped;
-    and the checkpoint also resumes into a different layout with the same step-3 loss."""
+    and the checkpoint also resumes into a different layout (tp2 x dp2 with sequence parallelism, ZeRO-3) with the
+    same step-3 loss."""
     from autoconf.execute.launch import launch
 
-    name = "llama-pp2-dp2-zbv-zero2-full"
-    plan_path = tmp_path / "plan.json"
-    LAYOUTS[4][name].save(plan_path)
-    ckpt = tmp_path / "ckpt"
-    first = _torchrun(4, ["-m", "autoconf.execute.train", "--plan", str(plan_path), "--steps", str(STEPS),
-                          "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1", "--stop-after", "2"])
-    assert first.returncode == 0, first.stderr[-4000:]
+    out = results(tmp_path_factory)
+    uninterrupted = out["llama-pp2-dp2-zbv-zero2-full"]["records"][2]
+    assert [r["step"] for r in out["llama-stop-after-2"]["records"]] == [1, 2]
+    other = out["llama-resumed-tp2-dp2-sp-zero3"]["records"]
+    assert [r["step"] for r in other] == [3]
+    assert _close(other[0]["loss"], uninterrupted["loss"]) and _close(other[0]["grad_norm"], uninterrupted["grad_norm"])
+
+    folder = executor_jobs.checkpoints("execute", tmp_path_factory)
+    ckpt = folder / "ckpt"
     assert sorted(p.name for p in ckpt.iterdir()) == ["step-00000001", "step-00000002"]
-    other_layout = tmp_path / "other-layout"
-    other_layout.mkdir()
-    shutil.copytree(ckpt / "step-00000002", other_layout / "step-00000002")
     (ckpt / "step-00000009").mkdir()  # newer but incomplete: no marker
-    metrics = tmp_path / "metrics.jsonl"
+    plan_path = folder / "plan.json"
+    RESUMES["llama-stop-after-2"].plan.save(plan_path)
+    metrics = folder / "metrics.jsonl"
     env_backup = dict(os.environ)
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
@@ -208,10 +206,12 @@ def test_checkpoint_resume_gives_same_next_losses(tmp_path, tmp_path_factory):
     finally:
         os.environ.clear()
         os.environ.update(env_backup)
-    assert rc == 0
+    printed, err = capfd.readouterr()
+    assert rc == 0, err[-4000:]
+    assert "skipping incomplete checkpoint" in printed
+    assert f"resumed from {ckpt / 'step-00000002'} at step 2" in printed
     lines = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [line["step"] for line in lines[:-1]] == [3]
-    uninterrupted = results(4, tmp_path_factory)[name]["records"][2]
     assert _close(lines[0]["loss"], uninterrupted["loss"])
     assert _close(lines[0]["grad_norm"], uninterrupted["grad_norm"])
     summary = lines[-1]["summary"]
@@ -219,43 +219,27 @@ def test_checkpoint_resume_gives_same_next_losses(tmp_path, tmp_path_factory):
     assert summary["measured_peak_memory_bytes"] >= 0 and "CPU" in summary["peak_memory_kind"]
     assert (ckpt / "step-00000003" / "complete.json").is_file()
 
-    # The same checkpoint resumes into another layout (tp2 x dp2 with sequence parallelism, ZeRO-3).
-    other_plan = tmp_path / "other.json"
-    make_plan("llama", tp=2, dp=2, sp=True, zero=3).save(other_plan)
-    resumed = _torchrun(4, ["-m", "autoconf.execute.train", "--plan", str(other_plan), "--steps", str(STEPS),
-                            "--checkpoint-dir", str(other_layout), "--metrics", str(tmp_path / "other.jsonl")])
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert "resumed from" in resumed.stdout
-    step3 = json.loads((tmp_path / "other.jsonl").read_text().splitlines()[0])
-    assert step3["step"] == 3 and _close(step3["loss"], uninterrupted["loss"])
-    assert _close(step3["grad_norm"], uninterrupted["grad_norm"])
-
 
 @pytest.mark.slow
-def test_zero0_reduces_buckets_during_the_last_backward(tmp_path, tmp_path_factory):
+def test_zero0_reduces_buckets_during_the_last_backward(tmp_path_factory):
     """ZeRO-0 with gradient accumulation over 4 micro-batches (dp2 with tp2; pp2 x dp2 under 1f1b): on every rank
     and step the gradient all-reduces over the dp group are issued while the last micro-batch's backward is still
     running (one per bucket: each block, the head and the embedding of the rank's stage; none during the earlier
-    micro-batches' backward, none after it), and the losses and gradient norms still equal the single-process run's."""
-    plans = [make_plan(tp=2, dp=2, zero=0), make_plan(pp=2, dp=2, schedule="1f1b", zero=0)]
-    buckets = [8 + 2, 4 + 1]  # blocks + head + embedding; a pipeline stage holds 4 blocks and the embedding or head
-    job = tmp_path / "job.json"
-    job.write_text(json.dumps({"plans": [p.to_dict() for p in plans], "steps": STEPS}))
-    proc = _torchrun(4, ["tests/grad_sync_worker.py", str(job), str(tmp_path / "out.json")])
-    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    reference = results(1, tmp_path_factory)["gpt"]["records"]
-    for plan, n_buckets, out in zip(plans, buckets, json.loads((tmp_path / "out.json").read_text())):
-        m = plan.config.num_microbatches
+    micro-batches' backward, none after it); the losses and gradient norms equal the single-process run's (the
+    layouts' own test_layout_matches_single_process)."""
+    out = results(tmp_path_factory)
+    # blocks + head + embedding; a pipeline stage holds 2 blocks and the embedding or head
+    for name, n_buckets in (("gpt-tp2-dp2-zero0", 4 + 2), ("gpt-pp2-dp2-1f1b-zero0", 2 + 1)):
+        m = LAYOUTS[name].plan.config.num_microbatches
         assert m == 4
-        for ref, rec in zip(reference, out["records"]):
-            assert _close(rec["loss"], ref["loss"]) and _close(rec["grad_norm"], ref["grad_norm"])
-        for rank, events in enumerate(out["events"]):
+        assert len(out[name]["probe"]) == 4
+        for rank, events in enumerate(out[name]["probe"]):
             for step in range(STEPS):
                 backwards = [e for e in events if e["kind"] == "backward" and e["step"] == step]
                 reduces = [e for e in events if e["kind"] == "all_reduce" and e["step"] == step]
-                assert len(backwards) == m, (rank, step, backwards)
-                assert len(reduces) == n_buckets, (rank, step, reduces)
-                assert all(e["inside_backward"] and e["index"] == m - 1 for e in reduces), (rank, step, reduces)
+                assert len(backwards) == m, (name, rank, step, backwards)
+                assert len(reduces) == n_buckets, (name, rank, step, reduces)
+                assert all(e["inside_backward"] and e["index"] == m - 1 for e in reduces), (name, rank, step, reduces)
 
 
 # ---- pieces that need no process group ----------------------------------------------------------------------------
@@ -402,21 +386,3 @@ def test_lr_schedule_warms_up_then_decays():
     lrs = [lr_at(s, opts) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] >= 1e-4
-
-
-def test_placement_that_reorders_the_pipeline_trains_the_same(tmp_path):
-    """A plan whose placement puts pipeline rank 0 on devices 1 and 3 (the order torch's sorted process groups
-    would otherwise contradict) runs and gives the default placement's losses: grid position i runs as rank i."""
-    from autoconf.execute.launch import launch
-
-    losses = {}
-    for name, mesh in (("default", [[[[0]], [[1]]], [[[2]], [[3]]]]), ("reordered", [[[[1]], [[3]]], [[[0]], [[2]]]])):
-        plan = make_plan(pp=2, dp=2, schedule="zbv", vpp=2, zero=1)
-        plan.placement = {"mesh": mesh}
-        plan.validate()
-        path = tmp_path / f"{name}.json"
-        plan.save(path)
-        metrics = tmp_path / f"{name}.jsonl"
-        assert launch(path, steps=2, metrics=str(metrics)) == 0
-        losses[name] = [json.loads(line)["loss"] for line in metrics.read_text().splitlines()[:-1]]
-    assert losses["default"] == pytest.approx(losses["reordered"], rel=1e-6)

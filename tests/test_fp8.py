@@ -10,7 +10,6 @@ import copy
 import dataclasses
 import importlib.util
 import json
-import os
 
 import pytest
 import torch
@@ -28,6 +27,9 @@ from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import load_model
 from autoconf.spec.support import unsupported_reason
 from tests.test_bad_input import assert_one_clear_error, run_cli
+
+import executor_jobs
+from executor_jobs import Layout
 
 TINY = ModelSpec(name="t", arch="llama", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2,
                  ffn_hidden_size=128, vocab_size=128, max_seq_len=64)
@@ -266,41 +268,31 @@ def test_fp8_training_tracks_bf16_losses():
     assert all(b < a for a, b in zip(got, got[1:])) and all(b < a for a, b in zip(ref, ref[1:]))
 
 
+def _layout_plan(dtype, **layout):
+    from plan_helpers import even_plan
+
+    plan = even_plan(dataclasses.replace(TINY, num_layers=4), **layout)
+    plan.config = dataclasses.replace(plan.config, dtype=dtype)
+    return plan
+
+
+# Trained in the session's shared 2-rank torchrun job (tests/executor_jobs.py); only where torchao is installed.
+FP8_LAYOUTS = {"fp8-dp2-zero1": Layout(2, _layout_plan("fp8", dp=2, zero=1)),
+               "fp8-pp2": Layout(2, _layout_plan("fp8", pp=2)),
+               "fp32-dp2-zero1": Layout(2, _layout_plan("fp32", dp=2, zero=1))}
+if importlib.util.find_spec("torchao") is not None:
+    executor_jobs.register("fp8", FP8_LAYOUTS)
+
 
 @needs_torchao
 @pytest.mark.slow
-def test_fp8_trains_the_same_under_fsdp_and_pipelining(tmp_path):
+def test_fp8_trains_the_same_under_fsdp_and_pipelining(tmp_path_factory):
     """The executor's fp8 plans (torchao Float8Linear, CPU emulation, gloo): FSDP with fp8 all-gather (dp 2, ZeRO-1)
     and a two-stage pipeline start from the same loss (1e-6) and stay within 1e-3 in loss and 1e-2 in gradient norm
     (fp8 rounding turns the layouts' different reduction orders into whole fp8 steps on some elements; measured 8e-6
     and 1e-3), and differ from the same plan in fp32 (the FP8 casts really run)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from plan_helpers import even_plan
-
-    model = dataclasses.replace(TINY, num_layers=4)
-
-    def plan(dtype, **layout):
-        p = even_plan(model, **layout)
-        p.config = dataclasses.replace(p.config, dtype=dtype)
-        return p.to_dict()
-
-    job = {"plans": [plan("fp8", dp=2, zero=1), plan("fp8", pp=2), plan("fp32", dp=2, zero=1)], "steps": 3,
-           "seed": 0}
-    (tmp_path / "job.json").write_text(json.dumps(job))
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend",
-                           "c10d", "--rdzv-endpoint", "127.0.0.1:0", "scripts/executor_layouts.py",
-                           str(tmp_path / "job.json"), str(tmp_path / "out.json")],
-                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    fsdp, pipeline, fp32 = [[(r["loss"], r["grad_norm"]) for r in run["records"]]
-                            for run in json.loads((tmp_path / "out.json").read_text())]
+    out = executor_jobs.results("fp8", tmp_path_factory)
+    fsdp, pipeline, fp32 = [[(r["loss"], r["grad_norm"]) for r in out[name]["records"]] for name in FP8_LAYOUTS]
     assert abs(fsdp[0][0] - pipeline[0][0]) <= 1e-6 * pipeline[0][0]
     for (la, ga), (lb, gb) in zip(fsdp, pipeline):
         assert abs(la - lb) <= 1e-3 * lb and abs(ga - gb) <= 1e-2 * gb

@@ -2,18 +2,18 @@
 
 Single process: the MoE model has the spec's parameters, trains (the loss falls, gradients reach the router, the
 routed and the shared experts), and the grouped GEMM and the loop over experts give the same numbers.
-Several ranks (three torchrun jobs of 1, 2 and 4 processes, each training all its layouts in one process group,
-scripts/executor_layouts.py): every layout's per-step loss and global gradient norm over 3 steps in fp32 (dropless
-routing) equal the single-process run's within 1e-4 relative, for ep2, ep4, ep2 x tp2, ep2 x pp2, ep2 x dp2 under
-ZeRO-3, ep2 over tp2 x dp2 with sequence parallelism and ep2 x etp2 over tp2 x dp2 (expert tensor parallelism); a
-model with a load-balancing loss and DeepSeek-style routing (sigmoid scores, group-limited) under ep2 and ep2 x pp2;
-and a checkpoint written under ep2 resumes under ep1 (tp2) with the uninterrupted run's step-3 loss.
+Several ranks (the session's shared torchrun jobs of 1, 2 and 4 processes, each training every registered layout
+in one process group, tests/executor_jobs.py): every layout's per-step loss and global gradient norm over 3 steps in
+fp32 (dropless routing) equal the single-process run's within 1e-4 relative, for ep2, ep4, ep2 x tp2, ep2 x pp2,
+ep2 x dp2 under ZeRO-3, ep2 over tp2 x dp2 with sequence parallelism and ep2 x etp2 over tp2 x dp2 (expert tensor
+parallelism); a model with a load-balancing loss and DeepSeek-style routing (sigmoid scores, group-limited) under
+ep2 and ep2 x pp2; and a checkpoint written under ep2 resumes under ep1 (tp2) with the uninterrupted run's step-3
+loss.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 import torch
@@ -21,8 +21,10 @@ import torch
 from autoconf.errors import UserError
 from autoconf.spec.plan import Plan
 from autoconf.spec.presets import PRESETS
+import executor_jobs
+from executor_jobs import STEPS, Layout, assert_same_records
+from executor_jobs import close as _close
 from plan_helpers import even_plan
-from test_execute import STEPS, _close, _torchrun, assert_same_records
 
 MOE = PRESETS["tiny-moe"]
 # Sigmoid scores with group-limited routing (DeepSeek-V3's router), a scale on the routed output and a
@@ -42,64 +44,51 @@ def moe_plan(model: str = "moe", ep: int = 1, etp: int = 1, **layout) -> Plan:
     return plan
 
 
-# name -> (plan, extra TrainOptions); the name's first word is the reference run's.
-LAYOUTS: dict[int, dict[str, tuple[Plan, dict]]] = {
-    1: {"moe": (moe_plan(), {}), "aux": (moe_plan("aux"), {})},
-    2: {
-        "moe-ep2": (moe_plan(ep=2, dp=2), {}),
-        "moe-ep2-tp2": (moe_plan(ep=2, tp=2), {}),
-        "aux-ep2": (moe_plan("aux", ep=2, dp=2), {}),
-        # ep2 writes a checkpoint after step 2, which ep1 (over tp2) resumes for step 3.
-        "moe-ckpt-ep2": (moe_plan(ep=2, dp=2), {"checkpoint_dir": "CKPT", "stop_after": 2}),
-        "moe-resume-ep1": (moe_plan(ep=1, tp=2), {"checkpoint_dir": "CKPT"}),
-    },
-    4: {
-        "moe-ep4": (moe_plan(ep=4, dp=4), {}),
-        "moe-ep2-dp2-zero3": (moe_plan(ep=2, dp=4, zero=3), {}),
-        "moe-ep2-pp2": (moe_plan(ep=2, pp=2, dp=2), {}),
-        "aux-ep2-pp2": (moe_plan("aux", ep=2, pp=2, dp=2), {}),
-        "moe-ep2-tp2-dp2-sp": (moe_plan(ep=2, tp=2, dp=2, sp=True), {}),
-        "moe-ep2-etp2-tp2-dp2": (moe_plan(ep=2, etp=2, tp=2, dp=2), {}),
-    },
+# name -> Layout(world, plan, options); the name's first word is the reference run's (world 1). Trained in the
+# session's shared torchrun jobs (tests/executor_jobs.py).
+LAYOUTS: dict[str, Layout] = {
+    "moe": Layout(1, moe_plan()),
+    "aux": Layout(1, moe_plan("aux")),
+    "moe-ep2": Layout(2, moe_plan(ep=2, dp=2)),
+    "moe-ep2-tp2": Layout(2, moe_plan(ep=2, tp=2)),
+    "aux-ep2": Layout(2, moe_plan("aux", ep=2, dp=2)),
+    "moe-ep4": Layout(4, moe_plan(ep=4, dp=4)),
+    "moe-ep2-dp2-zero3": Layout(4, moe_plan(ep=2, dp=4, zero=3)),
+    "moe-ep2-pp2": Layout(4, moe_plan(ep=2, pp=2, dp=2)),
+    "aux-ep2-pp2": Layout(4, moe_plan("aux", ep=2, pp=2, dp=2)),
+    "moe-ep2-tp2-dp2-sp": Layout(4, moe_plan(ep=2, tp=2, dp=2, sp=True)),
+    "moe-ep2-etp2-tp2-dp2": Layout(4, moe_plan(ep=2, etp=2, tp=2, dp=2)),
 }
+# ep2 writes a checkpoint after step 2, which ep1 (over tp2) resumes for step 3.
+RESUMES: dict[str, Layout] = {
+    "moe-ckpt-ep2": Layout(2, moe_plan(ep=2, dp=2), {"checkpoint_dir": "ckpt", "stop_after": 2}),
+    "moe-resume-ep1": Layout(2, moe_plan(ep=1, tp=2), {"checkpoint_dir": "ckpt"}),
+}
+executor_jobs.register("moe", {**LAYOUTS, **RESUMES})
 
-_RESULTS: dict[int, dict[str, dict]] = {}
 
-
-def results(world: int, tmp_path_factory) -> dict[str, dict]:
-    """Runs the job of one world size once per session; name -> {"records", "seconds"}."""
-    if world not in _RESULTS:
-        tmp = tmp_path_factory.mktemp(f"moe-world{world}")
-        names = list(LAYOUTS[world])
-        options = [{k: str(tmp / "ckpt") if v == "CKPT" else v for k, v in LAYOUTS[world][n][1].items()}
-                   for n in names]
-        job = {"plans": [LAYOUTS[world][n][0].to_dict() for n in names], "steps": STEPS, "seed": 0,
-               "options": options}
-        (tmp / "job.json").write_text(json.dumps(job))
-        proc = _torchrun(world, ["scripts/executor_layouts.py", str(tmp / "job.json"), str(tmp / "out.json")])
-        assert proc.returncode == 0, f"world {world} job failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-        _RESULTS[world] = dict(zip(names, json.loads((tmp / "out.json").read_text())))
-    return _RESULTS[world]
+def results(tmp_path_factory) -> dict[str, dict]:
+    """name -> {"records", "seconds"} of this module's layouts (tests/executor_jobs.py runs them once)."""
+    return executor_jobs.results("moe", tmp_path_factory)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("world,name", [(w, n) for w in (2, 4) for n in LAYOUTS[w] if "ckpt" not in n
-                                        and "resume" not in n])
-def test_moe_layout_matches_single_process(world, name, tmp_path_factory):
+@pytest.mark.parametrize("name", [n for n, layout in LAYOUTS.items() if layout.world > 1])
+def test_moe_layout_matches_single_process(name, tmp_path_factory):
     """Every step's loss and global gradient norm equal the single-process run's within 1e-4 relative."""
-    assert_same_records(results(1, tmp_path_factory)[name.split("-")[0]]["records"],
-                        results(world, tmp_path_factory)[name]["records"], name)
+    out = results(tmp_path_factory)
+    assert_same_records(out[name.split("-")[0]]["records"], out[name]["records"], name)
 
 
 @pytest.mark.slow
 def test_moe_checkpoint_reshards_from_ep2_to_ep1(tmp_path_factory):
     """A checkpoint written under ep2 x dp2 after step 2 resumes under ep1 x tp2: step 3's loss and gradient norm
     equal the uninterrupted single-process run's."""
-    out = results(2, tmp_path_factory)
+    out = results(tmp_path_factory)
     assert [r["step"] for r in out["moe-ckpt-ep2"]["records"]] == [1, 2]
     resumed = out["moe-resume-ep1"]["records"]
     assert [r["step"] for r in resumed] == [3]
-    reference = results(1, tmp_path_factory)["moe"]["records"][2]
+    reference = out["moe"]["records"][2]
     assert _close(resumed[0]["loss"], reference["loss"]) and _close(resumed[0]["grad_norm"], reference["grad_norm"])
 
 
@@ -107,7 +96,7 @@ def test_moe_checkpoint_reshards_from_ep2_to_ep1(tmp_path_factory):
 def test_moe_reference_runs_train(tmp_path_factory):
     """The reference runs move step to step, and the load-balancing loss changes the gradients (the same weights
     with it and without it differ in gradient norm), so equal numbers are a real check."""
-    ref = results(1, tmp_path_factory)
+    ref = results(tmp_path_factory)
     for name in ("moe", "aux"):
         assert len({round(r["loss"], 6) for r in ref[name]["records"]}) == STEPS
     assert not _close(ref["aux"]["records"][0]["grad_norm"], ref["moe"]["records"][0]["grad_norm"])

@@ -1,8 +1,8 @@
 """Reliability of the executor on CPU with gloo: real faults, atomic checkpoints, resharded resume, no hang.
 
-One 4-rank torchrun job (this file run as a script) trains pp2 x dp2 GPT (tied embeddings) and Llama plans for 4
-uninterrupted steps with a checkpoint every step, then resumes the step-2 checkpoint under tp2 x dp2 and pp4. The
-fault tests then launch real runs through `autoconf.execute.launch` with the test-only hooks of
+The session's shared 4-rank torchrun job (tests/executor_jobs.py) trains pp2 x dp2 GPT (tied embeddings) and Llama
+plans for 4 uninterrupted steps with a checkpoint every 2 steps, then resumes the step-2 checkpoint under tp2 x dp2 and
+pp4. The fault tests then launch real runs through `autoconf.execute.launch` with the test-only hooks of
 `autoconf.execute.faults` (a rank SIGKILLs itself, or hangs) and compare with the uninterrupted losses.
 """
 
@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+import executor_jobs
+from autoconf.spec.model import ModelSpec
+from executor_jobs import Layout
+from plan_helpers import even_plan
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 4
@@ -24,11 +26,10 @@ RESUME_AT = 2
 
 
 def _specs():
-    from autoconf.spec.model import ModelSpec
-
-    gpt = ModelSpec(name="rel-gpt", arch="gpt", num_layers=8, hidden_size=64, num_heads=4, num_kv_heads=4,
+    # 4 layers: enough for pp4 and for two chunks on each of two pipeline ranks.
+    gpt = ModelSpec(name="rel-gpt", arch="gpt", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=4,
                     ffn_hidden_size=256, vocab_size=256, max_seq_len=64, tied_embeddings=True)
-    llama = ModelSpec(name="rel-llama", arch="llama", num_layers=8, hidden_size=64, num_heads=4, num_kv_heads=2,
+    llama = ModelSpec(name="rel-llama", arch="llama", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=2,
                       ffn_hidden_size=176, vocab_size=256, max_seq_len=64)
     dropout = ModelSpec(name="rel-dropout", arch="gpt", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=4,
                         ffn_hidden_size=256, vocab_size=256, max_seq_len=64, tied_embeddings=True, dropout=0.2)
@@ -36,8 +37,6 @@ def _specs():
 
 
 def make_plan(arch: str, **layout):
-    from plan_helpers import even_plan
-
     return even_plan(_specs()[arch], **layout)
 
 
@@ -55,32 +54,20 @@ def cases() -> dict:
     }
 
 
-# ---- the torchrun worker -------------------------------------------------------------------------------------------
-def worker(root: Path) -> None:
-    """Source plans run STEPS steps with a checkpoint every step; each target resumes a copy of step RESUME_AT."""
-    import torch
-    import torch.distributed as dist
-
-    from autoconf.execute.train import TrainOptions, init_distributed, train
-
-    device = torch.device("cpu")
-    init_distributed(device, timeout_s=300)
-    out: dict = {}
+def _layouts() -> dict[str, Layout]:
+    """Source plans run STEPS steps with a checkpoint every RESUME_AT steps; each target resumes a copy of step
+    RESUME_AT."""
+    layouts = {}
     for arch, (source, targets) in cases().items():
-        src_dir = root / f"{arch}-source"
-        opts = TrainOptions(steps=STEPS, checkpoint_dir=str(src_dir), checkpoint_every=1, quiet=True)
-        out[f"{arch}/source"] = train(source, opts, device)
-        for name in targets:
-            if dist.get_rank() == 0:
-                shutil.copytree(src_dir / f"step-{RESUME_AT:08d}", root / f"{arch}-{name}" / f"step-{RESUME_AT:08d}")
-        dist.barrier()
+        layouts[f"{arch}/source"] = Layout(4, source, {"steps": STEPS, "checkpoint_dir": f"{arch}-source",
+                                                       "checkpoint_every": RESUME_AT})
         for name, plan in targets.items():
-            opts = TrainOptions(steps=STEPS, checkpoint_dir=str(root / f"{arch}-{name}"), quiet=True)
-            out[f"{arch}/{name}"] = train(plan, opts, device)
-            dist.barrier()
-    if dist.get_rank() == 0:
-        (root / "out.json").write_text(json.dumps(out))
-    dist.destroy_process_group()
+            layouts[f"{arch}/{name}"] = Layout(4, plan, {"steps": STEPS, "checkpoint_dir": f"{arch}-{name}",
+                                                         "copy_checkpoint": f"{arch}-source/step-{RESUME_AT:08d}"})
+    return layouts
+
+
+executor_jobs.register("reliability", _layouts())
 
 
 def _env(**extra) -> dict:
@@ -92,14 +79,7 @@ def _env(**extra) -> dict:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict:
     """name -> step records from the 4-rank job (sources: all STEPS steps; targets: the steps after RESUME_AT)."""
-    root = tmp_path_factory.mktemp("reshard")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4", "--rdzv-backend", "c10d",
-               "--rdzv-endpoint", "127.0.0.1:0", str(Path(__file__).resolve()), str(root)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"reshard job failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    print(f"reshard job: {time.perf_counter() - t0:.1f} s")
-    return json.loads((root / "out.json").read_text())
+    return {name: out["records"] for name, out in executor_jobs.results("reliability", tmp_path_factory).items()}
 
 
 def _close(a: float, b: float, rel: float = 1e-4) -> bool:
@@ -247,7 +227,3 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     with pytest.raises(UserError, match="differs from this plan"):
         check_resumable(tmp_path, meta, plan, TrainOptions(steps=1), print)
     check_resumable(tmp_path, {**meta, "model": plan.model.to_dict()}, plan, TrainOptions(steps=1), print)
-
-
-if __name__ == "__main__":
-    worker(Path(sys.argv[1]))

@@ -1,13 +1,11 @@
-"""torchrun worker for tests/test_memory_fsdp.py: the parameter, gradient and optimizer bytes each rank holds.
+"""Probe for tests/test_memory_fsdp.py (scripts/executor_layouts.py option "probe"): the parameter, gradient and
+optimizer bytes each rank holds.
 
-    python -m torch.distributed.run --nproc-per-node N tests/memory_fsdp_worker.py JOB.json OUT.json
-
-Trains each plan of JOB.json ({"plans": [...], "steps": n}) with the executor and takes an inventory of the bytes
-this rank holds, by storage (a storage shared by several tensors counts once), at every point where FSDP's
-unsharded buffers are largest: just before each FSDP unit's post-forward and post-backward (the unit is gathered,
-the next one may be prefetched, its unsharded gradient is complete; under pipelining also the stage's one
-reduction after its last backward), after each backward call, after the pipeline's step and after the optimizer
-step. Categories:
+While its plan trains, takes an inventory of the bytes this rank holds, by storage (a storage shared by several
+tensors counts once), at every point where FSDP's unsharded buffers are largest: just before each FSDP unit's
+post-forward and post-backward (the unit is gathered, the next one may be prefetched, its unsharded gradient is
+complete; under pipelining also the stage's one reduction after its last backward), after each backward call, after
+the pipeline's step and after the optimizer step. Categories:
 
     params      the sharded fp32 parameters, every unsharded (gathered) copy and the all-gather outputs not yet
                 freed (a prefetched unit's, or the previous unit's kept while the next gathers)
@@ -17,20 +15,14 @@ step. Categories:
 
 FSDP2's own objects (`FSDPParam`: `sharded_param`, `_unsharded_param`, `unsharded_accumulated_grad`; the param
 group's all-gather result; the shared all-gather and reduce-scatter states) are what torch's `FSDPMemTracker`
-reads as well. OUT.json (rank 0): per plan, {"records": [...], "peaks": [per rank:
-{category: bytes}]}.
+reads as well. `finish()` restores torch and returns this rank's peaks, {category: bytes}.
 """
 
-import json
-import sys
-
 import torch
-import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup
 
 from autoconf.execute import train as train_module
-from autoconf.spec.plan import Plan
 
 TRAINER: list = []
 PEAKS: dict = {}
@@ -91,70 +83,42 @@ def sample() -> None:
         PEAKS[key] = max(PEAKS.get(key, 0), value)
 
 
-_post_backward = FSDPParamGroup.post_backward
-_post_forward = FSDPParamGroup.post_forward
-_backward = torch.autograd.backward
-_init = train_module.Trainer.__init__
-_train_step = train_module.Trainer.train_step
-_pipeline = train_module.Trainer._pipeline
+def _sampled(fn, before: bool):
+    """`fn` with an inventory taken before (or after) each call."""
+    def wrapper(*args, **kwargs):
+        if before:
+            sample()
+        out = fn(*args, **kwargs)
+        if not before:
+            sample()
+        return out
+    return wrapper
 
 
-def post_backward(self, *args, **kwargs):
-    sample()
-    return _post_backward(self, *args, **kwargs)
+class Probe:
+    # (owner, attribute, sample before the call?): FSDP units just before their post-forward and post-backward; each
+    # backward call, the pipeline's step and the optimizer step (its state exists) just after.
+    POINTS = ((FSDPParamGroup, "post_backward", True), (FSDPParamGroup, "post_forward", True),
+              (torch.autograd, "backward", False), (train_module.Trainer, "train_step", False),
+              (train_module.Trainer, "_pipeline", False))
 
-
-def post_forward(self, *args, **kwargs):
-    sample()
-    return _post_forward(self, *args, **kwargs)
-
-
-def backward(*args, **kwargs):
-    out = _backward(*args, **kwargs)
-    sample()
-    return out
-
-
-def init(self, *args, **kwargs):
-    _init(self, *args, **kwargs)
-    TRAINER[:] = [self]
-
-
-def train_step(self, step):
-    out = _train_step(self, step)
-    sample()  # after the optimizer step: its state exists
-    return out
-
-
-def pipeline(self, *args, **kwargs):
-    out = _pipeline(self, *args, **kwargs)
-    sample()
-    return out
-
-
-def main() -> None:
-    job = json.load(open(sys.argv[1]))
-    FSDPParamGroup.post_backward = post_backward
-    FSDPParamGroup.post_forward = post_forward
-    torch.autograd.backward = backward
-    train_module.Trainer.__init__ = init
-    train_module.Trainer.train_step = train_step
-    train_module.Trainer._pipeline = pipeline
-    device = torch.device("cpu")
-    train_module.init_distributed(device, timeout_s=120)
-    out = []
-    for data in job["plans"]:
-        plan = Plan.from_dict(data)
+    def __init__(self, plan):
         PEAKS.clear()
-        records = train_module.train(plan, train_module.TrainOptions(steps=job["steps"], quiet=True), device)
-        gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, dict(PEAKS))
-        out.append({"records": records, "peaks": gathered})
-    if dist.get_rank() == 0:
-        with open(sys.argv[2], "w") as f:
-            json.dump(out, f)
-    dist.destroy_process_group()
+        TRAINER.clear()
+        self.saved = [(owner, name, getattr(owner, name)) for owner, name, _ in self.POINTS]
+        for (owner, name, before), (_, _, fn) in zip(self.POINTS, self.saved):
+            setattr(owner, name, _sampled(fn, before))
+        init = train_module.Trainer.__init__
+        self.saved.append((train_module.Trainer, "__init__", init))
 
+        def remembered_init(trainer, *args, **kwargs):
+            init(trainer, *args, **kwargs)
+            TRAINER[:] = [trainer]
 
-if __name__ == "__main__":
-    main()
+        train_module.Trainer.__init__ = remembered_init
+
+    def finish(self) -> dict:
+        for owner, name, fn in self.saved:
+            setattr(owner, name, fn)
+        TRAINER.clear()
+        return dict(PEAKS)
