@@ -37,7 +37,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["gpt3-1.3b", "llama3-8b"])
     parser.add_argument("--tokens", nargs=2, type=int, default=[3, 1000], metavar=("MB", "SEQ"))
-    parser.add_argument("--recompute", nargs="+", default=["none", "selective"], choices=["none", "selective", "selective-op", "full"])
+    parser.add_argument("--recompute", nargs="+", default=["none", "selective"],
+                        choices=["none", "selective", "selective-op", "full"])
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     kind = "gpu" if device.type == "cuda" else "cpu"

@@ -71,7 +71,8 @@ def main() -> int:
         if run.get("tokens_per_s_per_gpu"):
             per_gpu = p["tokens_per_s"] / run["gpus"]
             row.update(published=f"{run['tokens_per_s_per_gpu']:.0f} tokens/s/GPU",
-                       predicted=f"{per_gpu:.0f} tokens/s/GPU", error=round(per_gpu / run["tokens_per_s_per_gpu"] - 1, 3))
+                       predicted=f"{per_gpu:.0f} tokens/s/GPU",
+                       error=round(per_gpu / run["tokens_per_s_per_gpu"] - 1, 3))
         rows.append(row)
     if "--json" in sys.argv[1:]:
         print(json.dumps(rows, indent=2))

@@ -123,7 +123,8 @@ def tp_overlap_gemms(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfi
     context parallelism on the rank's seq_len / cp tokens."""
     dtype, tokens = precision(c.dtype).gemm, (c.local_seq_len, c.micro_batch_size, c.tp)
     gemms, attention = layer_gemms(model, *tokens), attention_gemms(model, *tokens)
-    return {"qkv": gemms_time(cluster, dtype, [sum(attention[:-1])]), "proj": gemms_time(cluster, dtype, attention[-1:]),
+    return {"qkv": gemms_time(cluster, dtype, [sum(attention[:-1])]),
+            "proj": gemms_time(cluster, dtype, attention[-1:]),
             "fc1": gemms_time(cluster, dtype, [sum(gemms[2:-1])]), "fc2": gemms_time(cluster, dtype, gemms[-1:])}
 
 
@@ -534,9 +535,9 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
     With `detail`, the breakdown is measured by re-simulating without P2P and DP communication (three simulations);
     without it only the total is computed (one simulation). With `extrapolate` and without `detail`, a step of many
     micro-batches is simulated at 2p and 3p of them and extended linearly (`prediction["extrapolated"]`): never
-    below the full simulation and above it by at most EXTRAPOLATION_MARGIN (tested); the search prunes with it. Unless extrapolated,
-    `plan.timeline` is the simulated step the prediction was read from: its makespan plus the step's tail
-    (collectives, optimizer, step overhead) is `iteration_time_s`.
+    below the full simulation and above it by at most EXTRAPOLATION_MARGIN (tested); the search prunes with it.
+    Unless extrapolated, `plan.timeline` is the simulated step the prediction was read from: its makespan plus the
+    step's tail (collectives, optimizer, step overhead) is `iteration_time_s`.
     """
     c = config.check(model, cluster.world_size)
     execution.check(c)
