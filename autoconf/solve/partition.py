@@ -229,7 +229,7 @@ def _greedy_fill(p: PartitionProblem, q: _Quantised, budget: int) -> list[int] |
     """Walk the stages in order; each takes units while its rank stays within a fair share of ``budget`` time and
     of its memory limit (the rank's remainder split evenly over its stages still to come). None if the chain
     does not fit."""
-    num_stages, num_layers, num_units = p.num_stages, p.num_layers, len(q.time)
+    num_stages, num_units = p.num_stages, len(q.time)
     left = [p.stage_to_rank.count(r) for r in range(p.num_ranks)]
     time_left, mem_left = [budget] * p.num_ranks, list(q.limit)
     # The embedding and the head are pinned to the first and last stage: share only the rest evenly.
@@ -357,7 +357,6 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
     # Data.
     q = _quantise(p)
     num_units, num_stages, num_ranks = len(p.unit_time), p.num_stages, p.num_ranks
-    last = num_units - 1
 
     # Variables: after[u, s] <=> unit u sits on stage s or later (order encoding of the unit's stage, s >= 1).
     # Unit u >= 1 can be on stages [u + S - 2 - L ... u] only (one unit at least on every stage), so the rest are

@@ -73,7 +73,7 @@ class _BoundCache:
         self._dp: dict = {}
         self._p2p: dict = {}
         self._pair_sets: dict = {}
-        self._rank0: dict = {}
+        self._layers_of_rank: dict = {}
         self._hop_count: dict = {}
         self._layout: dict = {}
         self._step: dict = {}
@@ -149,15 +149,15 @@ class _BoundCache:
 
     def _rank_layers(self, c: ParallelConfig) -> tuple[int, ...]:
         """Transformer layers the uniform partition gives each pipeline rank."""
-        key = ("ranks", c.pp, c.vpp, schedule_spec(c.schedule).v_placement)
-        if key not in self._rank0:
+        key = (c.pp, c.vpp, schedule_spec(c.schedule).v_placement)
+        if key not in self._layers_of_rank:
             owner = self._stage_to_rank(c)
             parts = uniform_partition(self.model.num_layers, c.num_stages)
             layers = [0] * c.pp
             for st, (first, end) in enumerate(parts):
                 layers[owner[st]] += end - first
-            self._rank0[key] = tuple(layers)
-        return self._rank0[key]
+            self._layers_of_rank[key] = tuple(layers)
+        return self._layers_of_rank[key]
 
     def _rank_recomputed(self, c: ParallelConfig) -> tuple[int, ...]:
         """Recomputed layers of each pipeline rank under `c.recompute_layers`."""
@@ -176,15 +176,6 @@ class _BoundCache:
         if key not in self._shapes:
             self._shapes[key] = frozenset(zip(self._rank_layers(c), self._rank_recomputed(c)))
         return self._shapes[key]
-
-    def _rank0_layers(self, c: ParallelConfig) -> int:
-        """Transformer layers the uniform partition gives pipeline rank 0."""
-        key = (c.pp, c.vpp, schedule_spec(c.schedule).v_placement)
-        if key not in self._rank0:
-            owner = self._stage_to_rank(c)
-            parts = uniform_partition(self.model.num_layers, c.num_stages)
-            self._rank0[key] = sum(end - first for st, (first, end) in enumerate(parts) if owner[st] == 0)
-        return self._rank0[key]
 
     def _hops(self, c: ParallelConfig) -> int:
         """How many times consecutive stages sit on different ranks."""
@@ -214,7 +205,7 @@ class _BoundCache:
         drain, the gradient reduction of the first stage after rank 0's last backward, and the step's tail as the
         estimate adds it (the step collectives on the default mesh, the optimizer, the step overhead).
         """
-        model, cluster = self.model, self.cluster
+        model = self.model
         block_fwd, block_bwd_in, block_bwd_w, one, recompute = self._per_layer(c)
         S = c.num_stages
         per_stage_layers = model.num_layers // S
@@ -312,7 +303,7 @@ class _BoundCache:
     def _optimizer(self, c: ParallelConfig) -> float:
         """The optimizer step of pipeline rank 0 of the uniform partition (the estimate's slowest rank is no
         faster)."""
-        rank0_layers = self._rank0_layers(c)
+        rank0_layers = self._rank_layers(c)[0]
         key = (c.tp, c.dp_cp, c.zero_sharded, rank0_layers, c.offload_optimizer)
         if key not in self._optimizers:
             model = self.model
