@@ -130,3 +130,11 @@ def assert_same_records(reference: list[dict], got: list[dict], name: str, steps
     for ref, rec in zip(reference, got):
         assert close(rec["loss"], ref["loss"]), (name, rec["step"], rec["loss"], ref["loss"])
         assert close(rec["grad_norm"], ref["grad_norm"]), (name, rec["step"], rec["grad_norm"], ref["grad_norm"])
+
+
+def assert_matches_reference(out: dict[str, dict], name: str) -> list[dict]:
+    """Layout `name`'s records equal (`assert_same_records`) its reference run's, the layout named by the first
+    word of `name` (the single-process run); returns the reference's records."""
+    reference = out[name.split("-")[0]]["records"]
+    assert_same_records(reference, out[name]["records"], name)
+    return reference

@@ -23,7 +23,7 @@ from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, load_plan
 from autoconf.spec.presets import PRESETS
 import executor_jobs
-from executor_jobs import STEPS, Layout, assert_same_records
+from executor_jobs import STEPS, Layout, assert_matches_reference
 from executor_jobs import close as _close
 from plan_helpers import even_plan
 
@@ -202,20 +202,11 @@ def test_cp_is_searched_for_long_sequences_only():
 
 def test_bounds_never_exceed_the_estimate_with_cp():
     """The search's time and memory bounds read the same CP rules as the estimate: never above it."""
-    from autoconf.cost.estimate import Execution
-    from autoconf.solve.search import _BoundCache
+    from test_search import assert_bounds_below_estimate
 
-    cache = _BoundCache(LONG, H100, Execution())
-    checked = 0
-    for config in candidates(LONG, 16, 8, 16, 32768, "bf16", fixed={"micro_batch_size": 1, "zero_stage": 3}):
-        if config.cp == 1 or config.pp > 2 or config.schedule not in ("1f1b", "interleaved-1f1b", "zbv"):
-            continue
-        bound = cache.bounds(config)
-        p = estimate(LONG, H100, config, detail=False).prediction
-        assert bound.time_s <= p["iteration_time_s"] * (1 + 1e-9), config
-        assert bound.memory_bytes <= p["peak_memory_bytes"] * (1 + 1e-9), config
-        checked += 1
-    assert checked > 50
+    configs = candidates(LONG, 16, 8, 16, 32768, "bf16", fixed={"micro_batch_size": 1, "zero_stage": 3})
+    assert len(assert_bounds_below_estimate(LONG, H100, (
+        c for c in configs if c.cp > 1 and c.pp <= 2 and c.schedule in ("1f1b", "interleaved-1f1b", "zbv")))) > 50
 
 
 def test_the_planner_splits_a_128k_sequence_that_fits_no_other_way():
@@ -337,10 +328,8 @@ def results(tmp_path_factory) -> dict[str, dict]:
 def test_context_parallel_layout_matches_single_process(name, tmp_path_factory):
     """Every step's loss and global gradient norm equal the single-process run's within 1e-4 relative (fp32, 3
     steps), and the reference really trains (its losses change)."""
-    out = results(tmp_path_factory)
-    reference = out[name.split("-")[0]]["records"]
+    reference = assert_matches_reference(results(tmp_path_factory), name)
     assert len({round(r["loss"], 6) for r in reference}) == STEPS
-    assert_same_records(reference, out[name]["records"], name)
 
 
 @pytest.mark.slow

@@ -81,21 +81,13 @@ def test_tp_layers_beyond_the_largest_measured_micro_batch_grow_with_the_modelle
 
 def test_search_bounds_stay_below_the_simulation_on_a_measured_cpu_profile():
     """The pruning bounds read the same measured entries (TP layers, overheads, core share) and stay below."""
-    from autoconf.cost.estimate import Execution
     from autoconf.spec.support import unsupported_reason
-    from autoconf.solve.search import _BoundCache
     from autoconf.solve.space import candidates
+    from test_search import assert_bounds_below_estimate
 
     cluster = measured_cpu_profile(0.5, alone=0.7)
-    cache = _BoundCache(TINY, cluster, Execution())
-    checked = 0
-    for config in candidates(TINY, 4, 4, 16, SEQ, "fp32"):
-        if unsupported_reason(config):
-            continue
-        p = estimate(TINY, cluster, config, detail=False).prediction
-        assert cache.bounds(config).time_s <= p["iteration_time_s"] * (1 + 1e-9), config
-        checked += 1
-    assert checked > 50
+    configs = (c for c in candidates(TINY, 4, 4, 16, SEQ, "fp32") if not unsupported_reason(c))
+    assert len(assert_bounds_below_estimate(TINY, cluster, configs, memory=False)) > 50
 
 
 def test_cpu_work_time_does_not_count_waiting():

@@ -21,7 +21,7 @@ import executor_jobs
 from autoconf.errors import UserError
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import Plan
-from executor_jobs import STEPS, Layout, assert_same_records
+from executor_jobs import STEPS, Layout, assert_matches_reference, assert_same_records
 from executor_jobs import close as _close
 from plan_helpers import even_plan
 
@@ -154,8 +154,7 @@ def results(tmp_path_factory) -> dict[str, dict]:
 @pytest.mark.parametrize("name", [n for n, layout in LAYOUTS.items() if layout.world > 1])
 def test_layout_matches_single_process(name, tmp_path_factory):
     """Every step's loss and global gradient norm equal the single-process run's within 1e-4 relative."""
-    out = results(tmp_path_factory)
-    assert_same_records(out[name.split("-")[0]]["records"], out[name]["records"], name)
+    assert_matches_reference(results(tmp_path_factory), name)
 
 
 @pytest.mark.slow

@@ -213,19 +213,12 @@ def test_bad_sequence_chunks_are_named_in_one_line(changes, needle):
 def test_search_bounds_never_exceed_the_estimate_of_a_seq1f1b_layout():
     """The search's time and memory bounds of pinned seq1f1b layouts (chunk counts 2, 4, 8; the cache shared with
     1f1b layouts of the same degrees) stay at or below the estimate."""
-    from autoconf.solve.search import _BoundCache
     from autoconf.solve.space import candidates
+    from test_search import assert_bounds_below_estimate
 
-    cache = _BoundCache(LLAMA, H100, Execution())
-    checked = 0
-    for schedule in ("1f1b", "seq1f1b"):
-        for config in candidates(LLAMA, 16, 8, 16, 32768, "bf16", fixed={"schedule": schedule, "micro_batch_size": 1,
-                                                                          "zero_stage": 0, "recompute": "none"}):
-            if config.pp not in (4, 16) or config.tp > 2:
-                continue
-            bound = cache.bounds(config)
-            p = estimate(LLAMA, H100, config, detail=False).prediction
-            assert bound.time_s <= p["iteration_time_s"] * (1 + 1e-9), config
-            assert bound.memory_bytes <= p["peak_memory_bytes"] * (1 + 1e-9), config
-            checked += config.schedule == "seq1f1b"
-    assert checked >= 6
+    configs = [c for schedule in ("1f1b", "seq1f1b")
+               for c in candidates(LLAMA, 16, 8, 16, 32768, "bf16", fixed={"schedule": schedule, "micro_batch_size": 1,
+                                                                             "zero_stage": 0, "recompute": "none"})
+               if c.pp in (4, 16) and c.tp <= 2]
+    checked = assert_bounds_below_estimate(LLAMA, H100, configs)
+    assert sum(c.schedule == "seq1f1b" for c in checked) >= 6
