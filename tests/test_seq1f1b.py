@@ -155,6 +155,9 @@ def test_the_search_weighs_it_when_pinned_only():
                   top_k=1, refine=False).plans[0]
     assert best.config.schedule == "seq1f1b" and best.config.seq_chunks > 1
     assert best.prediction["launchable"] is True
+    with pytest.raises(UserError, match="--fix seq_chunks=4 needs a schedule that splits sequences: add --fix "
+                                        "schedule=seq1f1b"):
+        list(candidates(model, 8, 8, 8, 96, "bf16", fixed={"seq_chunks": 4}))
 
 
 def test_to_units_lays_out_each_micro_batchs_chunks_in_causal_order():

@@ -115,6 +115,12 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                             f"(got --fix recompute={fixed['recompute']})")
         fixed = {**fixed, "recompute": "selective"}
 
+    if fixed.get("seq_chunks", 1) != 1:
+        splitting = [n for n in SCHEDULES if schedule_spec(n).sequence_chunks]
+        if fixed.get("schedule") not in splitting:
+            raise UserError(f"--fix seq_chunks={fixed['seq_chunks']} needs a schedule that splits sequences: add "
+                            f"--fix schedule={' or '.join(splitting)}")
+
     def policies(recompute: str) -> list[str | None]:
         """The selective policies of a candidate: the per-op one only with the fused attention kernel."""
         if recompute != "selective":
