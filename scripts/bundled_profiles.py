@@ -10,6 +10,7 @@ from pathlib import Path
 GiB = 1024**3
 OUT = Path(__file__).resolve().parent.parent / "autoconf" / "profiles"
 PRICES = Path(__file__).resolve().parent / "data" / "gpu_prices.json"
+ATTENTION = Path(__file__).resolve().parent / "data" / "published_attention.json"
 
 
 def published_price(device_name):
@@ -44,11 +45,36 @@ GEMM_SIZE_CURVE = {
 }
 
 
-def gpu_profile(name, description, device, intra, inter, efficiency):
+def hopper_attention_curves():
+    """The profile's `attention_curves` from scripts/data/published_attention.json (FlashAttention-3 paper, H100
+    SXM5): each kernel's causal forward and backward TFLOP/s over sequence length per head dim, as fractions of the
+    989 TFLOP/s peak the paper ran at. The causal backward is not published: the non-causal backward times the causal
+    forward's fraction of the non-causal forward at the same length and head dim (the data file's rule)."""
+    data = json.loads(ATTENTION.read_text())
+    peak, lengths = data["peak_tflops"], data["seq_lens"]
+
+    def curve(values):
+        return [[n, round(v / peak, 4)] for n, v in zip(lengths, values)]
+
+    kernels = {}
+    for kernel, k in data["kernels"].items():
+        backward = {dim: [b * fc / f for b, fc, f in zip(k["backward"][dim], k["forward_causal"][dim], k["forward"][dim])]
+                    for dim in k["backward"]}
+        kernels[kernel] = {"forward": {dim: curve(v) for dim, v in k["forward_causal"].items()},
+                           "backward": {dim: curve(v) for dim, v in backward.items()}}
+    return {"kernels": kernels,
+            "source": f"{data['source']} {data['figures']['forward_causal']}; {data['figures']['backward']}. "
+                      f"Causal backward: {data['causal_backward']} Fractions of {peak} TFLOP/s, the peak at the "
+                      f"paper's fixed clock; seq_len read piecewise-linearly between the points and held beyond "
+                      f"them, then head dim the same way (scripts/data/published_attention.json)"}
+
+
+def gpu_profile(name, description, device, intra, inter, efficiency, attention_curves=None):
     return {"version": 1, "kind": "cluster", "name": name, "description": description, "source": "specification",
             "backend": "nccl", "nodes": 1, "gpus_per_node": 8, "device": device, "intra_node": intra,
             "inter_node": inter, "intra_node_matrix": None, "inter_node_matrix": None, "efficiency": efficiency,
             "collectives": {}, "compute": None, "hostnames": None, "matmul_size_curve": GEMM_SIZE_CURVE,
+            **({"attention_curves": attention_curves} if attention_curves else {}),
             **({"price": published_price(device["name"])} if published_price(device["name"]) else {})}
 
 
@@ -97,15 +123,12 @@ H100 = gpu_profile(
     {
         "matmul": eff(0.70, "large bf16 GEMMs on H100 SXM reach about 700 of 989 TFLOP/s with cuBLAS "
                             "(power and clock limits keep it below A100's fraction)"),
-        "attention": eff(0.50, "fused attention kernels reach about half of the dense peak on H100"),
-        "attention_fa2": eff(0.35, "FlashAttention-2, torch's SDPA flash backend (frameworks with attention_kernel "
-                                   "fa2), reaches about 35% of H100's dense peak: FlashAttention-3 (Shah et al. "
-                                   "2024, arXiv 2407.08608), abstract: 'FlashAttention-2 achieves only 35% "
-                                   "utilization on H100 GPUs'"),
+        "attention": eff(0.50, "the standard (unfused) attention path's score and value products on H100; flash "
+                               "kernels run at their published speed over sequence length (attention_curves)"),
         "memory": eff(0.80, "element-wise and normalisation kernels reach about 80% of HBM bandwidth"),
         "comm_intra": eff(0.80, "NCCL ring bus bandwidth over NVLink 4 is about 360 of 450 GB/s per direction"),
         "comm_inter": eff(0.90, "NCCL over NDR InfiniBand reaches about 45 of 50 GB/s per GPU"),
-    })
+    }, hopper_attention_curves())
 
 H100_96G_500W = gpu_profile(
     "grand-teton-h100-96g-500w",
@@ -124,7 +147,7 @@ H100_96G_500W = gpu_profile(
     {
         **H100["efficiency"],
         "matmul": eff(0.70, "the SXM profile's large-GEMM fraction, applied to the power-capped peak above"),
-    })
+    }, H100["attention_curves"])
 
 CPU = {
     "version": 1, "kind": "cluster", "name": "cpu-local", "source": "specification", "backend": "gloo",

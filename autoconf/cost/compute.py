@@ -7,8 +7,9 @@ Two sources, in this order of preference:
    the attention core in micro_batch x seq_len^2 (`_measured_attention`), and divided by the profile's `cpu_share`
    (the share of a core a CPU rank gets while all ranks compute);
 2. the specification model: each weight GEMM at `matmul_rate` (`peak x efficiency["matmul"]`, times the profile's
-   `matmul_size_curve` read at the GEMM's FLOPs: small GEMMs run below the large-GEMM plateau), the attention core
-   at `peak x efficiency["attention"]`, element-wise traffic at `HBM bandwidth x efficiency["memory"]`. The peak is
+   `matmul_size_curve` read at the GEMM's FLOPs: small GEMMs run below the large-GEMM plateau), the flash attention
+   core at the kernel's speed over sequence length (`attention_efficiency`: the profile's `attention_curves`, else
+   `efficiency["attention"]`; the standard path at the flat value), element-wise traffic at `HBM bandwidth x efficiency["memory"]`. The peak is
    the dtype's (`autoconf.spec.dtypes.precision`): under `fp8` the block's linear layers run at the `fp8` peak on
    the same size curve and pay the casts of `cost/fp8.py`; attention, norms, embedding and head stay at `bf16`.
 
@@ -252,12 +253,37 @@ def _layer_matmul_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelCon
     return model.layer_matmul_flops(c.seq_len, c.micro_batch_size) / c.tp * seconds_per_flop
 
 
-def attention_efficiency(cluster: ClusterProfile, execution: Execution | None) -> float:
-    """The attention core's fraction of the peak: the profile's efficiency for the execution's attention kernel
-    ("fa2": `attention_fa2` where the profile states it), else its `attention`."""
-    if execution is not None and execution.attention_kernel == "fa2" and "attention_fa2" in cluster.efficiency:
-        return cluster.eff("attention_fa2")
-    return cluster.eff("attention")
+ATTENTION_PASSES = ("forward", "backward")
+
+
+def attention_efficiency(cluster: ClusterProfile, execution: Execution | None, seq_len: int,
+                         head_dim: int) -> tuple[float, float]:
+    """(forward, backward) fractions of the peak that the execution's flash attention kernel (`attention_kernel`;
+    default the executor's, "fused") reaches on causal sequences of `seq_len` with heads of `head_dim`, in the
+    FLOP count of `_spec_pieces` (causal forward: half the square; backward: 2.5x the forward).
+
+    From the profile's `attention_curves` entry for the kernel: each pass's curve is read at `seq_len` for every
+    head dim it states, then at `head_dim` across those (`autoconf.cost.interpolate`, edges "clamp" both times: below
+    the shortest and beyond the longest published sequence, and outside the published head dims, the nearest end's
+    value holds). A profile without a curve for the kernel: its flat efficiency for both passes, "fa2" reading
+    `attention_fa2` where stated, every kernel else `attention`."""
+    kernel = execution.attention_kernel if execution is not None else "fused"
+    curves = (cluster.attention_curves or {}).get("kernels", {}).get(kernel)
+    if curves is None:
+        name = "attention_fa2" if kernel == "fa2" and "attention_fa2" in cluster.efficiency else "attention"
+        return cluster.eff(name), cluster.eff(name)
+    forward, backward = (interpolate([(int(dim), interpolate([(p[0], p[1]) for p in points], seq_len, CLAMP))
+                                      for dim, points in curves[name].items()], head_dim, CLAMP)
+                         for name in ATTENTION_PASSES)
+    return forward, backward
+
+
+def attention_head_dim(model: ModelSpec) -> int:
+    """The width of one head's query-key product, which sets an attention kernel's tile shape: `head_dim`, or under
+    latent attention the query-key head width (nope + rope)."""
+    if model.mla is not None:
+        return model.mla.qk_nope_head_dim + model.mla.qk_rope_head_dim
+    return model.head_dim
 
 
 def eager_elementwise_bytes(model: ModelSpec, c: ParallelConfig, ops: tuple[str, ...]) -> tuple[float, float]:
@@ -365,7 +391,6 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     if execution is not None and c.compile and cluster.device.kind == "gpu":
         ops = compiled_ops(ops, execution.compile_loss)
     peak = cluster.device.peak(precision(c.dtype).element)
-    att_rate = peak * attention_efficiency(cluster, execution)
     mem_rate = cluster.device.memory_bandwidth_Bps * cluster.eff("memory")
     e = DTYPE_BYTES[c.dtype]
     t, s, b = c.tp, c.seq_len, c.micro_batch_size
@@ -373,13 +398,16 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     sbh = s * b * h
     replicated_div = t if c.sequence_parallel else 1
 
-    # Attention core. Flash kernels skip the masked upper triangle of the causal square; the standard path computes
-    # the whole square and streams the scores through memory (write, softmax read+write, dropout, read by AV).
+    # Attention core. Flash kernels skip the masked upper triangle of the causal square, each pass at the kernel's
+    # published speed at this sequence length; the standard path computes the whole square at the flat
+    # efficiency["attention"] and streams the scores through memory (write, softmax read+write, dropout, read by AV).
     att_flops = model.layer_attention_flops(s, b) / t
     if c.attention == "flash":
-        core_f = 0.5 * att_flops / att_rate
-        core_b = 2.5 * core_f  # the backward kernel recomputes the scores: about 2.5x the forward time
+        eff_f, eff_b = attention_efficiency(cluster, execution, s, attention_head_dim(model))
+        core_f = 0.5 * att_flops / (peak * eff_f)
+        core_b = 2.5 * 0.5 * att_flops / (peak * eff_b)  # the backward recomputes the scores: 5 matmuls to 2
     else:
+        att_rate = peak * cluster.eff("attention")
         score_bytes = a * s * s * b / t * (6 * e + (1 if model.dropout > 0 else 0))
         core_f = att_flops / att_rate + score_bytes / mem_rate
         core_b = 2 * att_flops / att_rate + 1.5 * score_bytes / mem_rate

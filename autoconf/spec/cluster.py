@@ -120,6 +120,10 @@ class ClusterProfile:
     # GEMM efficiency against size, as a fraction of efficiency["matmul"]: {"points": [[GFLOP, fraction], ...],
     # "source": text}; read by cost/compute.py's `matmul_rate`. None: every GEMM at efficiency["matmul"].
     matmul_size_curve: dict | None = None
+    # Flash attention's speed over sequence length per kernel and pass, as fractions of the peak:
+    # {"kernels": {kernel: {"forward"|"backward": {head_dim: [[seq_len, fraction], ...]}}}, "source": text}; read by
+    # cost/compute.py's `attention_efficiency`. None: every flash kernel at its flat efficiency entry.
+    attention_curves: dict | None = None
     # {"usd_per_gpu_hour": float, "source": text}: a published price of the device, for training time and cost
     price: dict | None = None
     memory_headroom: dict = field(default_factory=lambda: dict(DEFAULT_MEMORY_HEADROOM))  # {"value": fraction, "why"}
@@ -235,6 +239,7 @@ class ClusterProfile:
             "efficiency": self.efficiency, "collectives": self.collectives, "compute": self.compute,
             "hostnames": None if self.hostnames is None else list(self.hostnames),
             "matmul_size_curve": self.matmul_size_curve,
+            **({} if self.attention_curves is None else {"attention_curves": self.attention_curves}),
             **({} if self.price is None else {"price": self.price}),
             "memory_headroom": dict(self.memory_headroom),
             **({} if self.host is None else {"host": dict(self.host)}),
@@ -301,6 +306,7 @@ class ClusterProfile:
                 hostnames=None if data.get("hostnames") is None else tuple(data["hostnames"]),
                 source=str(data.get("source", "specification")),
                 matmul_size_curve=data.get("matmul_size_curve"),
+                attention_curves=data.get("attention_curves"),
                 price=None if data.get("price") is None else dict(data["price"]),
                 memory_headroom=dict(data.get("memory_headroom") or DEFAULT_MEMORY_HEADROOM),
                 host=None if data.get("host") is None else dict(data["host"]))

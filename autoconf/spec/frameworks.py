@@ -59,10 +59,11 @@ EAGER_OPS = ("rmsnorm", "rotary", "swiglu", "repeat_kv", "cross_entropy", "vocab
 # Ops torch.compile leaves as they are: the K/V copies (the attention kernel needs them materialized) and Megatron's
 # cross entropy (Megatron does not compile).
 NOT_COMPILED = ("repeat_kv", "vocab_parallel_ce")
-# Which attention kernel the framework's flash path runs: "fused" reads the profile's efficiency["attention"];
-# "fa2" (torch's SDPA flash backend is FlashAttention-2) reads efficiency["attention_fa2"] where the profile states
-# it (a device on which FA2 lags the vendor's fused kernels, e.g. H100) and efficiency["attention"] otherwise.
-ATTENTION_KERNELS = ("fused", "fa2")
+# Which attention kernel the framework's flash path runs: "fused" (cuDNN / Transformer Engine fused attention),
+# "fa2" (FlashAttention-2: torch's SDPA flash backend), "fa3" (FlashAttention-3, Hopper). The profile's
+# attention_curves give each kernel's speed over sequence length (cost/compute.py `attention_efficiency`); a profile
+# without a curve for it reads its flat efficiency["attention_fa2"] ("fa2", where stated) or efficiency["attention"].
+ATTENTION_KERNELS = ("fused", "fa2", "fa3")
 # The megatron memory layout's main-gradient buffer (what the gradients accumulate in and are reduced from): "fp32"
 # (Megatron-LM under --bf16, --accumulate-allreduce-grads-in-fp32) or "bf16" (Megatron-Bridge's
 # grad_reduce_in_fp32=False; NeMo 1.x's distributed Adam with grad_sync_dtype bf16).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from autoconf.spec.frameworks import ATTENTION_KERNELS
 from autoconf.spec.model import is_printable_name
 
 MAX_NODES = 1_000_000
@@ -84,6 +85,7 @@ def profile_problems(data: dict) -> list[str]:
     _collectives(c, data.get("collectives"))
     _compute(c, data.get("compute"))
     _matmul_size_curve(c, data.get("matmul_size_curve"))
+    _attention_curves(c, data.get("attention_curves"))
     _price(c, data.get("price"))
     hosts = data.get("hostnames")
     if hosts is not None and c.kind(hosts, list, "hostnames"):
@@ -284,3 +286,50 @@ def _matmul_size_curve(c: _Checker, curve) -> None:
         c.number(point[1], f"{where}[1] (a fraction of efficiency.matmul)", 0, 1, lo_open=True)
     if len(set(sizes)) != len(sizes):
         c.bad("matmul_size_curve.points", "pairs of distinct sizes", sorted(sizes))
+
+
+def _attention_curves(c: _Checker, curves) -> None:
+    """{"kernels": {kernel: {"forward": curve, "backward": curve}}, "source": text}, each kernel one of
+    ATTENTION_KERNELS, each curve {head_dim: [[seq_len, fraction of the peak], ...]} with head dims and sequence
+    lengths positive integers, distinct within a curve, and fractions in (0, MAX_EFFICIENCY]."""
+    if curves is None or not c.kind(curves, dict, "attention_curves"):
+        return
+    if "source" in curves:
+        c.text(curves["source"], "attention_curves.source")
+    kernels = curves.get("kernels")
+    if not c.kind(kernels, dict, "attention_curves.kernels"):
+        return
+    for kernel, passes in kernels.items():
+        where = f"attention_curves.kernels.{kernel}"
+        if kernel not in ATTENTION_KERNELS:
+            c.bad("attention_curves.kernels", f"keyed by kernels among {', '.join(ATTENTION_KERNELS)}", kernel)
+            continue
+        if not c.kind(passes, dict, where):
+            continue
+        for name in ("forward", "backward"):
+            curve = passes.get(name)
+            if not c.kind(curve, dict, f"{where}.{name}"):
+                continue
+            if not curve:
+                c.bad(f"{where}.{name}", "a non-empty object of head_dim -> [[seq_len, fraction], ...]", curve)
+            for head_dim, points in curve.items():
+                _attention_curve(c, head_dim, points, f"{where}.{name}.{head_dim}")
+
+
+def _attention_curve(c: _Checker, head_dim, points, where: str) -> None:
+    if not (isinstance(head_dim, str) and head_dim.isdigit() and int(head_dim) > 0):
+        c.bad(where, "keyed by a positive integer head dim", head_dim)
+    if not c.kind(points, list, where):
+        return
+    if not points:
+        c.bad(where, "a non-empty list of [seq_len, fraction] pairs", points)
+    lengths = []
+    for i, point in enumerate(points):
+        if not isinstance(point, list) or len(point) != 2:
+            c.bad(f"{where}[{i}]", "a [seq_len, fraction] pair", point)
+            continue
+        if c.integer(point[0], f"{where}[{i}][0] (seq_len)", 1, 1 << 40):
+            lengths.append(point[0])
+        c.number(point[1], f"{where}[{i}][1] (a fraction of the peak)", 0, MAX_EFFICIENCY, lo_open=True)
+    if len(set(lengths)) != len(lengths):
+        c.bad(where, "pairs of distinct sequence lengths", sorted(lengths))
