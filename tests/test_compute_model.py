@@ -1,13 +1,16 @@
-"""Compute side of the cost model: GEMM efficiency against size, attention over sequence length in measured tables,
-Megatron's sequence-parallel re-gather, and the power-capped bundled profile."""
+"""Compute side of the cost model: GEMM efficiency against size, attention over sequence length in measured tables and
+as published kernel curves, Megatron's sequence-parallel re-gather, and the power-capped bundled profile."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 
-from autoconf.cost.compute import (PassTimes, gemms_time, layer_gemms, matmul_size_factor, model_pieces)
+from autoconf.cost.compute import (PassTimes, attention_efficiency, gemms_time, layer_gemms, matmul_size_factor,
+                                   model_pieces)
 from autoconf.cost.estimate import estimate, sp_regather_time
 from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile, load_cluster
@@ -172,3 +175,71 @@ def test_layer_gemms_add_up_to_the_op_tables_matmul_flops_with_a_wide_head_dim()
         assert model.q_dim != model.hidden_size
         for tp in (1, 4):
             assert sum(layer_gemms(model, 1024, 2, tp)) == pytest.approx(model.layer_matmul_flops(1024, 2) / tp)
+
+
+PUBLISHED_ATTENTION = Path(__file__).resolve().parent.parent / "scripts" / "data" / "published_attention.json"
+KERNELS = ("fused", "fa2", "fa3")
+
+
+def test_attention_curves_read_the_published_speeds_and_rise_with_sequence_length():
+    """On H100 each kernel's causal forward is the published TFLOP/s / 989 at every published length (head dim 128);
+    both passes never slow down as the sequence grows, the backward runs below the forward, the ends hold (below 512
+    and beyond 16k), and a head dim between the published ones lies between their readings."""
+    h100 = load_cluster("dgx-h100-80g")
+    data = json.loads(PUBLISHED_ATTENTION.read_text())
+    for kernel in KERNELS:
+        ex = execution("autoconf").replace(attention_kernel=kernel)
+        published = data["kernels"][kernel]["forward_causal"]["128"]
+        readings = [attention_efficiency(h100, ex, s, 128) for s in data["seq_lens"]]
+        assert [f for f, _ in readings] == pytest.approx([v / 989 for v in published], abs=1e-4)
+        for (f0, b0), (f1, b1) in zip(readings, readings[1:]):
+            assert f1 >= f0 and b1 >= b0
+        assert all(b < f for f, b in readings)
+        assert attention_efficiency(h100, ex, 256, 128) == readings[0]
+        assert attention_efficiency(h100, ex, 1 << 20, 128) == readings[-1]
+        at64, at96 = attention_efficiency(h100, ex, 4096, 64), attention_efficiency(h100, ex, 4096, 96)
+        for low, mid, high in zip(at64, at96, readings[3]):
+            assert min(low, high) <= mid <= max(low, high)
+    fused, fa2 = (attention_efficiency(h100, execution("autoconf").replace(attention_kernel=k), 8192, 128)
+                  for k in ("fused", "fa2"))
+    assert fa2[0] < fused[0] and fa2[1] < fused[1]
+
+
+def test_short_sequences_run_the_flash_core_slower_per_flop_and_old_profiles_stay_flat():
+    """The flash core's seconds per causal FLOP on a curve profile are higher at 1k than at 8k tokens per sequence;
+    without the curve (an older profile) they are equal, at the flat efficiency["attention"] for both passes, and
+    "fa2" reads efficiency["attention_fa2"] where the profile states it."""
+    model = PRESETS["llama3-8b"]
+    h100 = load_cluster("dgx-h100-80g")
+    flat = dataclasses.replace(h100, attention_curves=None)
+
+    def per_flop(cluster, s):
+        core = model_pieces(model, cluster, _config(seq_len=s)).attention_core
+        return core.total / model.layer_attention_flops(s, 1)
+
+    assert per_flop(h100, 1024) > 1.2 * per_flop(h100, 8192)
+    assert per_flop(flat, 1024) == pytest.approx(per_flop(flat, 8192))
+    assert attention_efficiency(flat, None, 1024, 128) == (0.5, 0.5)
+    stated = dataclasses.replace(flat, efficiency={**flat.efficiency, "attention_fa2": {"value": 0.3, "why": "x"}})
+    assert attention_efficiency(stated, execution("torchtitan"), 1024, 128) == (0.3, 0.3)
+    assert ClusterProfile.from_dict(h100.to_dict()).attention_curves == h100.attention_curves
+    assert "attention_curves" not in flat.to_dict()
+
+
+@pytest.mark.parametrize("curves, field", [
+    ({"kernels": {"fa4": {}}}, "attention_curves.kernels"),
+    ({"kernels": {"fused": {"forward": {"128": [[512, 0.3]]}}}}, "attention_curves.kernels.fused.backward"),
+    ({"kernels": {"fused": {"forward": {"128": [[512, 0.3]]}, "backward": {"128": [[512, -1]]}}}},
+     "attention_curves.kernels.fused.backward.128[0][1]"),
+    ({"kernels": {"fa2": {"forward": {"x": [[512, 0.3]]}, "backward": {"64": [[512, 0.3]]}}}},
+     "attention_curves.kernels.fa2.forward.x"),
+    ({"kernels": {"fa2": {"forward": {"64": [[512, 0.3], [512, 0.4]]}, "backward": {"64": []}}}},
+     "distinct sequence lengths"),
+    ([0.5], "attention_curves"),
+])
+def test_bad_attention_curves_are_one_line_naming_the_field(curves, field):
+    data = {**load_cluster("dgx-h100-80g").to_dict(), "attention_curves": curves}
+    with pytest.raises(UserError, match=field.replace("[", r"\[").replace("]", r"\]")) as err:
+        ClusterProfile.from_dict(data)
+    assert "\n" not in str(err.value)
+
