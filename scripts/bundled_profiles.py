@@ -58,7 +58,8 @@ def hopper_attention_curves():
 
     kernels = {}
     for kernel, k in data["kernels"].items():
-        backward = {dim: [b * fc / f for b, fc, f in zip(k["backward"][dim], k["forward_causal"][dim], k["forward"][dim])]
+        backward = {dim: [b * fc / f for b, fc, f in
+                          zip(k["backward"][dim], k["forward_causal"][dim], k["forward"][dim])]
                     for dim in k["backward"]}
         kernels[kernel] = {"forward": {dim: curve(v) for dim, v in k["forward_causal"].items()},
                            "backward": {dim: curve(v) for dim, v in backward.items()}}

@@ -9,9 +9,10 @@ Two sources, in this order of preference:
 2. the specification model: each weight GEMM at `matmul_rate` (`peak x efficiency["matmul"]`, times the profile's
    `matmul_size_curve` read at the GEMM's FLOPs: small GEMMs run below the large-GEMM plateau), the flash attention
    core at the kernel's speed over sequence length (`attention_efficiency`: the profile's `attention_curves`, else
-   `efficiency["attention"]`; the standard path at the flat value), element-wise traffic at `HBM bandwidth x efficiency["memory"]`. The peak is
-   the dtype's (`autoconf.spec.dtypes.precision`): under `fp8` the block's linear layers run at the `fp8` peak on
-   the same size curve and pay the casts of `cost/fp8.py`; attention, norms, embedding and head stay at `bf16`.
+   `efficiency["attention"]`; the standard path at the flat value), element-wise traffic at
+   `HBM bandwidth x efficiency["memory"]`. The peak is the dtype's (`autoconf.spec.dtypes.precision`): under `fp8`
+   the block's linear layers run at the `fp8` peak on the same size curve and pay the casts of `cost/fp8.py`;
+   attention, norms, embedding and head stay at `bf16`.
 
 Communication is not in here (see comm.py); recomputation is applied by `stage_plan` in estimate.py.
 """
