@@ -93,9 +93,9 @@ def model_pieces(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     measured table reads that core at the full length in micro_batch x seq_len^2 (`profile --seq-len` times it
     there). The blockwise kernels' lower efficiency on 1/cp-long blocks is not modelled.
 
-    Under seq1f1b (`seq_chunks` k > 1) the pieces are those of one pipeline unit, a chunk of seq_len / k tokens:
-    the attention core is the mean chunk's, the whole sequence's core / k; chunk j of an even split does
-    `causal_chunk_share(j, k)` times it."""
+    Under seq1f1b (`seq_chunks` k > 1) the pieces are those of the mean pipeline unit, a chunk of seq_len / k
+    tokens: the attention core is the mean chunk's, the whole sequence's core / k; chunk j of an even split does
+    `causal_chunk_share(j, k)` times it, of any split `causal_span_share` of its tokens (`seq_chunk_bounds`)."""
     if config.cp > 1 or config.seq_chunks > 1:
         local = _pieces(model, cluster, rank_view(config), share, execution)
         whole = _pieces(model, cluster, dataclasses.replace(config, cp=1, seq_chunks=1), share, execution)

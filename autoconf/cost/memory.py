@@ -48,11 +48,13 @@ Activations: each virtual stage keeps `inflight[s]` micro-batches (counted by th
 its layers' `layer_activation_bytes` (its first `recomputed_layers` under the plan's recompute mode, the others
 without recompute) plus the embedding dropout mask (first stage) and the head inputs (last stage), all over the
 rank's seq_len / cp tokens under context parallelism. Under seq1f1b the units in flight are sequence chunks of
-seq_len / k tokens, each also keeping earlier chunks' keys and values, and a rank holds the K/V gradients of up to
-k - 1 earlier chunks per layer (`seq_chunk_kv_bytes`, by layout). Temporaries: the logits with their fp32 loss copy and
-gradient, one layer's recomputed activations under full recompute (on a rank that recomputes a layer), P2P
-send/receive buffers, the K/V buffer of context-parallel attention (`cp_buffer_bytes`). With one micro-batch per
-step the executor's gradients only come into existence as the activations go, so the larger of the two counts.
+seq_len / k tokens on average, each also keeping earlier chunks' keys and values, and a rank holds the K/V gradients
+of up to k - 1 earlier chunks per layer (`seq_chunk_kv_bytes`, by layout); under the equal-work split the chunks'
+lengths differ (`seq_chunk_scales`: the executor pads each to the longest). Temporaries: the logits with their fp32
+loss copy and gradient, one layer's recomputed activations under full recompute (on a rank that recomputes a
+layer), P2P send/receive buffers, the K/V buffer of context-parallel attention (`cp_buffer_bytes`). With one
+micro-batch per step the executor's gradients only come into existence as the activations go, so the larger of the
+two counts.
 
 Mixture of experts (cost/moe.py): the routed experts of a rank's MoE layers are split over ep x etp instead of tp,
 and ZeRO shards their state over the expert-data-parallel degree edp instead of dp (Megatron-Core's distributed
@@ -628,7 +630,9 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
                 grads = 0.0
             else:
                 activations, temporaries = 0.0, [0.0]
-        other = fixed + (temp_scale - 1.0) * p2p_buffer_bytes(model, c) + temp_scale * max(temporaries) + kv_grads * sum(partition[st][1] - partition[st][0] for st in stages)
+        # Under an uneven seq1f1b split the per-chunk buffers and temporaries are the longest chunk's.
+        other = (fixed + (temp_scale - 1.0) * p2p_buffer_bytes(model, c) + temp_scale * max(temporaries)
+                 + kv_grads * sum(partition[st][1] - partition[st][0] for st in stages))
         if fp8_cache:
             block_params = [blocks_params(model, *partition[st]) for st in stages]
             fp8_cache_bytes = fp8_cache * sum(local_params_of(c, sum(p[0] for p in block_params),

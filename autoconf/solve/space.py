@@ -7,10 +7,11 @@ recompute none/selective/full (selective under each policy the caller weighs, `s
 parallelism where TP > 1; where FSDP shards (ZeRO >= 1, DP > 1) and gradients accumulate (several micro-batches or a
 pipeline), the gradient reduce-scatter once per step or after every micro-batch (`grad_reduce`; not under the
 split-backward schedules); context parallelism (`cp_choices`) for long sequences, with both K/V exchanges
-(`cp_comm`). On a mixture-of-experts model, every expert-parallel degree ep dividing the experts and the ranks of a
-pipeline rank, with expert TP etp of 1 or tp (`expert_choices`); a dense model keeps ep = etp = 1, so its space is
-as before. Every candidate is legal by construction (the schedule's own micro-batch rules are checked here);
-`search` checks what holds for all of them (sequence length).
+(`cp_comm`), each TP x CP block within the devices that share fast links where the caller passes them
+(`placement.tp_cp_domain`). On a mixture-of-experts model, every expert-parallel degree ep dividing the experts and
+the ranks of a pipeline rank, with expert TP etp of 1 or tp (`expert_choices`); a dense model keeps ep = etp = 1, so
+its space is as before. Every candidate is legal by construction (the schedule's own micro-batch rules are checked
+here); `search` checks what holds for all of them (sequence length).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ FIXABLE = ("tp", "pp", "dp", "cp", "vpp", "micro_batch_size", "schedule", "zero_
 ALIASES = {"mb": "micro_batch_size", "micro_batch": "micro_batch_size", "zero": "zero_stage",
            "sp": "sequence_parallel"}
 INT_FIELDS = ("tp", "pp", "dp", "cp", "vpp", "micro_batch_size", "zero_stage", "ep", "etp", "seq_chunks")
-# Chunks per sequence tried for a schedule that splits sequences (seq1f1b). Such a schedule is searched only when
+# Chunks per sequence tried for a schedule that splits sequences (seq1f1b), each under both splits (SEQ_SPLITS:
+# equal lengths or equal work; `--fix seq_split` pins one). Such a schedule is searched only when
 # pinned (--fix schedule=seq1f1b): the executor runs it on one narrow layout (spec/support.py), so the default space
 # and its statistics stay those of the other schedules.
 SEQ_CHUNKS = (2, 4, 8)
@@ -141,7 +143,8 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
     domain, why = tp_cp_domain
     if domain and "cp" in fixed and tps and min(tps) * fixed["cp"] > domain:
         cp, tp = fixed["cp"], min(tps)
-        fits = f"tp {tp} with cp <= {domain // tp}" + (f", or tp <= {domain // cp} with cp {cp}" if cp <= domain else "")
+        fits = f"tp {tp} with cp <= {domain // tp}" + (f", or tp <= {domain // cp} with cp {cp}" if cp <= domain
+                                                       else "")
         raise UserError(f"--fix cp={cp}: a TP x CP block of tp {tp} x cp {cp} = {tp * cp} devices would leave the "
                         f"{domain} that share fast links ({why}); use {fits}")
     for tp, cp in ((tp, cp) for tp in tps for cp in cps(tp)):

@@ -263,8 +263,9 @@ class ParallelConfig:
         return out
 
     def seq_chunk_problems(self) -> list[str]:
-        """The sequence-chunk rules: seq_chunks > 1 only under a schedule that splits sequences (seq1f1b), into
-        equal chunks (seq_len divisible by seq_chunks, and by tp under sequence parallelism), with flash attention
+        """The sequence-chunk rules: seq_chunks > 1 only under a schedule that splits sequences (seq1f1b), with
+        seq_len divisible by seq_chunks (the mean chunk the costs are read at; and a chunk by tp under sequence
+        parallelism), a known `seq_split`, with flash attention
         (a chunk's scores against the earlier chunks' keys are not modelled for standard attention) and without
         context parallelism (not modelled together)."""
         k = self.seq_chunks
