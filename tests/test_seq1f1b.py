@@ -379,3 +379,22 @@ def test_an_uneven_split_trains_as_one_process(tmp_path_factory):
     reference = executor_jobs.assert_matches_reference(out, "gpt-pp2-seq1f1b-k4-uneven")
     for ref, rec in zip(reference, out["gpt-pp2-seq1f1b-k4-uneven"]["records"]):
         assert executor_jobs.close(rec["loss"], ref["loss"], rel=1e-6), (rec, ref)
+
+
+def test_estimate_takes_the_split_on_the_command_line():
+    """`estimate --seq-split work` writes the config's split and its boundaries; without chunks it is one line."""
+    from click.testing import CliRunner
+
+    from autoconf.cli import main
+
+    args = ["estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100-80g", "--nodes", "2", "--tp", "2", "--pp", "8",
+            "--dp", "1", "--micro-batch", "1", "--global-batch", "16", "--seq-len", "32768", "--sequence-parallel",
+            "--seq-split", "work"]
+    result = CliRunner().invoke(main, args + ["--schedule", "seq1f1b", "--seq-chunks", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["config"]["seq_split"] == "work"
+    assert plan["sequence_split"] == list(seq_chunk_bounds(LLAMA, H100, _config(seq_split="work")))
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code != 0 and "--seq-split work splits sequences into chunks" in refused.output
+    assert "Traceback" not in refused.output
