@@ -17,7 +17,7 @@ from autoconf.errors import UserError
 from autoconf.spec import frameworks
 from autoconf.spec.dtypes import DTYPES, PROFILED_DTYPES, check_dtype
 from autoconf.spec.frameworks import SELECTIVE_RECOMPUTE
-from autoconf.spec.plan import MAX_GLOBAL_BATCH, MAX_SEQ_LEN
+from autoconf.spec.plan import MAX_GLOBAL_BATCH, MAX_SEQ_LEN, SEQ_SPLITS
 from autoconf.spec.schedules import SCHEDULES
 
 FRAMEWORK_NAMES = list(frameworks.PRESETS)
@@ -202,6 +202,8 @@ def profiles(as_json: bool) -> None:
               type=ScheduleChoice())
 @click.option("--seq-chunks", type=click.IntRange(1, MAX_SEQ_LEN), default=1, show_default=True,
               help="schedule seq1f1b: chunks of each micro-batch's sequence that flow through the pipeline as units")
+@click.option("--seq-split", type=click.Choice(SEQ_SPLITS), default="even", show_default=True,
+              help="schedule seq1f1b: chunks of equal length, or of equal work (Seq1F1B's computation-wise split)")
 @click.option("--zero", type=click.IntRange(0, 3), default=0, show_default=True)
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default="none", show_default=True)
 @click.option("--recompute-layers", default=None, metavar="N,N,...", callback=layer_counts,
@@ -231,9 +233,9 @@ def profiles(as_json: bool) -> None:
 @headroom_option
 @user_errors
 def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, ep, etp, micro_batch, global_batch,
-             seq_len, schedule, seq_chunks, zero, recompute, recompute_layers, selective_recompute, sequence_parallel,
-             dtype, attention, offload_activations, offload_optimizer, framework, framework_flags, as_json, out, force,
-             memory_picture, memory_headroom) -> None:
+             seq_len, schedule, seq_chunks, seq_split, zero, recompute, recompute_layers, selective_recompute,
+             sequence_parallel, dtype, attention, offload_activations, offload_optimizer, framework, framework_flags,
+             as_json, out, force, memory_picture, memory_headroom) -> None:
     """Predict time and memory of one layout."""
     from autoconf.cost.estimate import estimate as run_estimate
     from autoconf.report.tables import prediction_table, print_table
@@ -249,6 +251,9 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
         check_dtype(dtype, cluster.device.peak_flops, cluster.device.name)
     if selective_recompute is not None and recompute != "selective":
         raise UserError(f"--selective-recompute {selective_recompute} needs --recompute selective (got {recompute})")
+    if seq_split != "even" and seq_chunks == 1:
+        raise UserError(f"--seq-split {seq_split} splits sequences into chunks: add --schedule seq1f1b and "
+                        f"--seq-chunks K (K > 1)")
     config = ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, micro_batch_size=micro_batch,
                             global_batch_size=global_batch,
                             seq_len=default_seq_len(model) if seq_len is None else seq_len,
@@ -256,7 +261,7 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
                             sequence_parallel=sequence_parallel, dtype=dtype or default_dtype(cluster),
                             attention=attention, ep=ep, etp=etp, offload_activations=offload_activations,
                             offload_optimizer=offload_optimizer, recompute_layers=recompute_layers,
-                            selective_recompute=selective_recompute, seq_chunks=seq_chunks)
+                            selective_recompute=selective_recompute, seq_chunks=seq_chunks, seq_split=seq_split)
     if model.context_problem(config.seq_len):
         raise UserError(model.context_problem(config.seq_len))
     if memory_picture is not None:

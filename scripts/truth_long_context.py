@@ -7,7 +7,9 @@ profile; Llama 3's long-context row (405B, TP8 CP16 PP16 DP8, 128k) with the cho
 in the data file (the alternatives are printed beside it). Nothing is fitted.
 
 Then, per model, the memory of the busiest rank against the CP degree at a fixed TP x PP (dp 1, so the devices are
-tp x pp x cp), and what the search picks for llama3.1-8b on one and on eight DGX H100 nodes.
+tp x pp x cp), what the search picks for llama3.1-8b on one and on eight DGX H100 nodes, and Seq1F1B's two sequence
+splits on the layout its authors' scripts run (30B, TP8 PP8, 64k tokens, 64 A100): predicted only, the paper's
+throughput tables could not be read (the data file says what was tried).
 
 Usage: python scripts/truth_long_context.py [--json]
 """
@@ -23,6 +25,7 @@ from autoconf.cost.estimate import estimate
 from autoconf.solve.search import search
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import execution
+from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import load_model
 
@@ -118,13 +121,38 @@ def planner_picks() -> list[dict]:
     return out
 
 
+def seq1f1b_splits(data: dict) -> list[dict]:
+    """1F1B and seq1f1b (even and equal-work splits) on the Seq1F1B authors' 30B layout, with Megatron-LM's framework
+    terms (their fork) and with autoconf's executor's."""
+    row = data["seq1f1b_layout"]
+    model = ModelSpec(name="seq1f1b-30b", num_kv_heads=row["model"]["num_heads"], max_seq_len=row["seq_len"],
+                      **row["model"])
+    cluster = load_cluster(row["profile"], nodes=row["gpus"] // 8)
+    out = []
+    for schedule, chunks, split in (("1f1b", 1, "even"), ("seq1f1b", row["seq_chunks"], "even"),
+                                    ("seq1f1b", row["seq_chunks"], "work")):
+        c = ParallelConfig(tp=row["tp"], pp=row["pp"], dp=1, micro_batch_size=row["micro_batch"],
+                           global_batch_size=row["num_microbatches"] * row["micro_batch"], seq_len=row["seq_len"],
+                           schedule=schedule, seq_chunks=chunks, seq_split=split, sequence_parallel=True)
+        for framework in ("megatron", "autoconf"):
+            plan = estimate(model, cluster, c, execution=execution(framework))
+            p = plan.prediction
+            out.append({"schedule": schedule if chunks == 1 else f"seq1f1b k{chunks} {split}",
+                        "framework": framework, "bounds": plan.sequence_split,
+                        "step_s": round(p["iteration_time_s"], 2), "bubble_s": round(p["time_breakdown"]["bubble"], 2),
+                        "tokens_per_s": round(p["tokens_per_s"]), "mfu_pct": round(100 * p["mfu"], 1),
+                        "peak_GiB": round(p["peak_memory_bytes"] / GIB, 1), "fits": p["fits"]})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     data = json.loads(DATA.read_text())
     result = {"torchtitan": torchtitan_rows(data), "llama3": llama3_row(data), "memory_against_cp": memory_against_cp(),
-              "planner": planner_picks(), "not_modelled": data["nemo_not_modelled"]}
+              "planner": planner_picks(), "not_modelled": data["nemo_not_modelled"],
+              "seq1f1b": seq1f1b_splits(data)}
     errors = [abs(r["tps_error_pct"]) for r in result["torchtitan"]] + [abs(result["llama3"]["error_pct"])]
     result["summary"] = {"throughput_mean_abs_error_pct": round(sum(errors) / len(errors), 1),
                          "throughput_max_abs_error_pct": max(errors), "rows": len(errors)}
@@ -157,6 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     for p in result["planner"]:
         print(f"- {p['setting']}: {p['plan']}, {p['peak_GiB']} GiB, {p['mfu_pct']}% MFU "
               f"({p['candidates']} candidates, {p['search_s']} s)")
+    print("\nSeq1F1B's splits on its authors' 30B layout (TP8 PP8, 16 x 64k tokens, 64 A100 80 GB, no recompute; "
+          "predicted only, no published number read):")
+    print("| schedule | framework terms | chunk bounds | step s | bubble s | tok/s | MFU | peak GiB | fits |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---|")
+    for r in result["seq1f1b"]:
+        print(f"| {r['schedule']} | {r['framework']} | {r['bounds'] or '-'} | {r['step_s']} | {r['bubble_s']} | "
+              f"{r['tokens_per_s']} | {r['mfu_pct']}% | {r['peak_GiB']} | {r['fits']} |")
     n = result["not_modelled"]
     print(f"\nNot modelled: {n['source']} ({n['why']}).")
     s = result["summary"]

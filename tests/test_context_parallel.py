@@ -222,6 +222,32 @@ def test_the_planner_splits_a_128k_sequence_that_fits_no_other_way():
     assert search(LONG, one, 8, 131072, "bf16", fixed={**fixed, "cp": 8}, top_k=1, refine=False).plans[0].config.cp == 8
 
 
+def test_tp_x_cp_blocks_stay_within_a_node_unless_the_links_across_nodes_are_fast():
+    """The rule (solve/placement.py CROSS_NODE_CP_RATIO; TP innermost then CP, Megatron-Core's tp-cp-ep-dp-pp order):
+    on dgx-a100-80g (300 GB/s NVLink, 25 GB/s per GPU across nodes) a TP x CP block stays within a node's 8 GPUs;
+    on dgx-h100-80g (450 against 50 GB/s, Llama 3's CP16-across-nodes fabric) and on one node it may cross. A
+    pinned --fix cp that no TP fits names what would, in one line; without the rule the space is as before."""
+    from autoconf.errors import UserError
+    from autoconf.solve.placement import tp_cp_domain
+    from autoconf.solve.search import search
+
+    a100, h100 = (load_cluster(name, nodes=2) for name in ("dgx-a100-80g", "dgx-h100-80g"))
+    domain = tp_cp_domain(a100)
+    assert domain[0] == 8 and "25 GB/s" in domain[1]
+    assert tp_cp_domain(h100)[0] is None and tp_cp_domain(load_cluster("dgx-a100-80g", nodes=1))[0] is None
+    fixed = {"pp": 1, "recompute": "full", "zero_stage": 3}
+    free = list(candidates(LONG, 16, 8, 16, 32768, "bf16", fixed=fixed))
+    kept = list(candidates(LONG, 16, 8, 16, 32768, "bf16", fixed=fixed, tp_cp_domain=domain))
+    assert kept == [c for c in free if c.tp * c.cp <= 8] and len(kept) < len(free)
+    assert {c.cp for c in kept} == {1, 2, 4, 8}
+    with pytest.raises(UserError) as err:
+        search(LONG, a100, 16, 32768, "bf16", fixed={"tp": 8, "cp": 2}, top_k=1, refine=False)
+    line = str(err.value)
+    assert "--fix cp=2" in line and "tp 8 with cp <= 1, or tp <= 4 with cp 2" in line and "\n" not in line
+    assert any(c.tp * c.cp == 16 for c in candidates(LONG, 16, 8, 16, 32768, "bf16", fixed={"tp": 8, **fixed},
+                                                      tp_cp_domain=tp_cp_domain(h100)))
+
+
 # ---- executor: chunks, positions, attention -----------------------------------------------------------------------
 @pytest.mark.parametrize("cp", [1, 2, 4, 8])
 def test_shards_partition_the_sequence_and_unshard_inverts(cp):

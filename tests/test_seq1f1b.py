@@ -1,22 +1,26 @@
 """Sequence-level pipelining (seq1f1b, Sun et al. arXiv 2406.03488): its order, simulation, cost, memory, the
 executor-support rule, the search (when pinned) and the exporters. The executor's pp2 runs against one process are
-layouts of tests/test_execute.py's two-rank job."""
+layouts of tests/test_execute.py's two-rank job; the uneven split's, of this module's (the same shared job)."""
 
 import dataclasses
 import json
 
 import pytest
 
-from autoconf.cost.compute import causal_chunk_share
+import executor_jobs
+from autoconf.cost.compute import (causal_chunk_share, causal_span_share, equal_work_bounds, model_pieces,
+                                   seq_chunk_bounds)
 from autoconf.cost.estimate import estimate, p2p_bytes, seq_chunk_costs
 from autoconf.cost.simulate import StageCosts, simulate
 from autoconf.errors import UserError
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import Execution
+from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan
 from autoconf.spec.presets import PRESETS
 from autoconf.spec.schedules import build_schedule, schedule_spec
 from autoconf.spec.support import unsupported_reason
+from plan_helpers import even_plan
 
 H100 = load_cluster("dgx-h100-80g", nodes=2)
 LLAMA = PRESETS["llama3.1-8b"]
@@ -168,12 +172,21 @@ def test_to_units_lays_out_each_micro_batchs_chunks_in_causal_order():
 
     m, b, k, s = 3, 2, 4, 8
     batch = torch.arange(m * b * s).reshape(m * b, s)
-    units = to_units(batch, b, k)
+    units = to_units(batch, b, [0, 2, 4, 6, 8])
     assert units.shape == (m * k * b, s // k)
     for i in range(m):
         for j in range(k):
             rows = units[(i * k + j) * b:(i * k + j + 1) * b]
             assert torch.equal(rows, batch[i * b:(i + 1) * b, j * (s // k):(j + 1) * (s // k)])
+    # An uneven split: each chunk's tokens, then the pad value up to the longest chunk's length.
+    bounds = [0, 4, 7, 8]
+    units = to_units(batch, b, bounds, pad=-100)
+    assert units.shape == (m * 3 * b, 4)
+    for i in range(m):
+        for j, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+            rows = units[(i * 3 + j) * b:(i * 3 + j + 1) * b]
+            assert torch.equal(rows[:, :hi - lo], batch[i * b:(i + 1) * b, lo:hi])
+            assert (rows[:, hi - lo:] == -100).all()
 
 
 def test_exporters_say_megatron_and_torchtitan_cannot_run_it():
@@ -225,3 +238,163 @@ def test_search_bounds_never_exceed_the_estimate_of_a_seq1f1b_layout():
                if c.pp in (4, 16) and c.tp <= 2]
     checked = assert_bounds_below_estimate(LLAMA, H100, configs)
     assert sum(c.schedule == "seq1f1b" for c in checked) >= 6
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The equal-work split (Seq1F1B's computation-wise partition): config seq_split "work", compute.seq_chunk_bounds.
+
+
+def _chunk_forwards(linear: float, core: float, bounds) -> list[float]:
+    """One layer's forward per chunk as the estimate costs it (`seq_chunk_costs`): the mean chunk's linear part x
+    tokens / (seq_len / k) plus its attention core x `causal_span_share`."""
+    k, seq = len(bounds) - 1, bounds[-1]
+    return [linear * (b - a) * k / seq + core * causal_span_share(a, b, seq, k) for a, b in zip(bounds, bounds[1:])]
+
+
+@pytest.mark.parametrize("model,seq,k", [("llama3.1-8b", 32768, 4), ("llama3.1-8b", 131072, 8),
+                                         ("llama3.1-70b", 65536, 2), ("llama3.1-8b", 16384, 8)])
+def test_equal_work_chunks_cost_the_same_within_the_rounding(model, seq, k):
+    """The work split's chunks (earlier ones longer) cost the same forward within one rounding step of the last
+    token's marginal cost on each of their two boundaries, on multiples of `seq_split_multiple`; the even split's
+    chunks differ by far more."""
+    spec, c = PRESETS[model], _config(k=k, seq=seq, seq_split="work")
+    pieces = model_pieces(spec, H100, c)
+    linear, core = pieces.block_rest.forward, pieces.attention_core.forward
+    bounds = seq_chunk_bounds(spec, H100, c)
+    step = c.seq_split_multiple
+    assert bounds[0] == 0 and bounds[-1] == seq and all(b % step == 0 for b in bounds)
+    lengths = [b - a for a, b in zip(bounds, bounds[1:])]
+    assert lengths == sorted(lengths, reverse=True) and lengths[0] > lengths[-1]
+    work = _chunk_forwards(linear, core, bounds)
+    mean = sum(work) / k
+    marginal = linear * k / seq + core * 2 * k / seq  # the last token's cost, the largest of any token
+    assert max(abs(w - mean) for w in work) <= 2 * step * marginal
+    even = _chunk_forwards(linear, core, seq_chunk_bounds(spec, H100, dataclasses.replace(c, seq_split="even")))
+    assert max(even) - min(even) > 10 * (max(work) - min(work))
+
+
+@pytest.mark.parametrize("p,m,k", [(p, m, k) for p in (2, 4, 8) for m in (1, 3, 8) for k in (2, 3, 4)])
+def test_equal_work_bubble_is_the_spec_formula(p, m, k):
+    """Stage costs per chunk of the equal-work split (`seq_chunk_costs` at `equal_work_bounds`, rounded to one token
+    of 2^24) are equal, so the busiest rank idles the spec's bubble of the mean chunk, as under a uniform split;
+    the even split of the same costs idles more."""
+    seq, share = 1 << 24, 0.6
+    mean = StageCosts.uniform(p, 1.0, 2.0, 1.0)
+    core = type("Core", (), {"forward": share, "backward_input": 2 * share, "backward_weight": share})()
+    bubble = schedule_spec("seq1f1b").bubble(p, 1.0, 2.0, 1.0)
+    idles = []
+    for bounds in (equal_work_bounds(1.0 - share, share, seq, k, 1), None):
+        costs = seq_chunk_costs(mean, core, [1] * p, [0] * p, k, bounds)
+        tl = simulate(build_schedule("seq1f1b", p, m, 1, k), costs)
+        idles.append(tl.makespan - max(tl.compute_time_per_rank))
+    assert idles[0] == pytest.approx(bubble, rel=1e-5)
+    assert idles[1] > idles[0] * (1 + 1e-3)
+
+
+def test_the_plan_stores_the_estimates_split_and_old_plans_predict_the_same():
+    """`estimate` writes the boundaries its costs read (`Plan.sequence_split`), which the executor reads back; a
+    plan JSON without seq_split (the even split) loads and predicts exactly as before; the work split here (pp 8,
+    k 4, 32k tokens) shrinks the bubble and the step."""
+    even, work = (estimate(LLAMA, H100, _config(seq_split=x)) for x in ("even", "work"))
+    assert work.sequence_split == list(seq_chunk_bounds(LLAMA, H100, work.config)) != even.sequence_split
+    old = even.to_dict()
+    assert "seq_split" not in old["config"]
+    del old["sequence_split"]
+    loaded = Plan.from_dict(json.loads(json.dumps(old)))
+    assert loaded.config == even.config and loaded.chunk_bounds == even.sequence_split
+    assert estimate(LLAMA, H100, loaded.config).prediction["iteration_time_s"] == even.prediction["iteration_time_s"]
+    back = Plan.from_dict(json.loads(json.dumps(work.to_dict())))
+    assert back.config.seq_split == "work" and back.chunk_bounds == work.sequence_split
+    assert work.prediction["time_breakdown"]["bubble"] < 0.7 * even.prediction["time_breakdown"]["bubble"]
+    assert work.prediction["iteration_time_s"] < even.prediction["iteration_time_s"]
+
+
+def test_uneven_chunks_memory_reads_the_longest_chunk_or_the_tokens_in_flight():
+    """The executor pads every chunk to the longest (torch's runtime keeps one buffer shape per stage): its units
+    and temporaries weigh longest / mean chunk. The authors' layout holds each chunk at its own length: the first
+    rank's peak of tokens in flight, at least its warm-up's p + k - 1 chunks' and at most the longest's per unit."""
+    from autoconf.cost.memory import seq_chunk_scales
+
+    c = _config(seq_split="work")
+    bounds = seq_chunk_bounds(LLAMA, H100, c)
+    lengths = [b - a for a, b in zip(bounds, bounds[1:])]
+    mean, longest = c.seq_len / c.seq_chunks, max(lengths) / (c.seq_len / c.seq_chunks)
+    assert seq_chunk_scales(c, bounds, "torch", 0) == (longest, longest)
+    act, temp = seq_chunk_scales(c, bounds, "megatron", 0)
+    warmup = c.pp + c.seq_chunks - 1
+    assert temp == longest
+    assert sum(lengths[u % c.seq_chunks] for u in range(warmup)) / warmup / mean <= act <= longest
+    assert seq_chunk_scales(_config(), seq_chunk_bounds(LLAMA, H100, _config()), "megatron", 0) == (1.0, 1.0)
+    even, work = (estimate(LLAMA, H100, _config(seq_split=x)).prediction["memory_per_stage"][0] for x in ("even",
+                                                                                                           "work"))
+    assert work["activations"] > even["activations"]
+
+
+def test_the_search_weighs_both_splits_and_a_bad_one_is_one_line():
+    """Pinned to seq1f1b the space holds each chunked layout under both splits (`--fix seq_split` pins one);
+    seq_split without a splitting schedule, or a stored split that is not one, is one clear line."""
+    from autoconf.solve.space import candidates, parse_fix_value
+
+    model = PRESETS["tiny-llama"]
+    pinned = list(candidates(model, 8, 8, 8, 96, "bf16", fixed={"schedule": "seq1f1b"}))
+    assert {c.seq_split for c in pinned} == {"even", "work"}
+    assert sum(c.seq_split == "work" for c in pinned) == sum(c.seq_split == "even" for c in pinned)
+    assert {c.seq_split for c in candidates(model, 8, 8, 8, 96, "bf16",
+                                           fixed={"schedule": "seq1f1b", "seq_split": "work"})} == {"work"}
+    with pytest.raises(UserError, match="--fix seq_split=work needs a schedule that splits sequences"):
+        list(candidates(model, 8, 8, 8, 96, "bf16", fixed={"seq_split": "work"}))
+    with pytest.raises(UserError, match="choose even or work"):
+        parse_fix_value("seq_split", "uneven")
+    data = estimate(LLAMA, H100, _config(seq_split="work")).to_dict()
+    data["sequence_split"] = [0, 100, 32768, 32768, 32768]
+    with pytest.raises(UserError) as err:
+        Plan.from_dict(data)
+    assert "is not a work split of 32768 tokens" in str(err.value) and "\n" not in str(err.value)
+
+
+# The executor on an uneven split (execute/seq_chunks.py pads each chunk to the longest): a pp2 run of the test GPT
+# (learned positions, tied embedding) in chunks of 11, 9, 7 and 5 tokens, two micro-batches of two rows, in the
+# session's two-rank job, against one process (tests/executor_jobs.py).
+SMALL_GPT = ModelSpec(name="test-gpt", arch="gpt", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=4,
+                      ffn_hidden_size=256, vocab_size=256, max_seq_len=64, tied_embeddings=True)
+
+
+def _uneven_plan() -> Plan:
+    plan = even_plan(SMALL_GPT, pp=2, schedule="seq1f1b", global_batch=4, micro_batch=2)
+    plan.config = dataclasses.replace(plan.config, seq_chunks=4, seq_split="work")
+    plan.sequence_split = [0, 11, 20, 27, 32]
+    plan.validate()
+    return plan
+
+
+executor_jobs.register("seq1f1b", {"gpt": executor_jobs.Layout(1, even_plan(SMALL_GPT, global_batch=4)),
+                                   "gpt-pp2-seq1f1b-k4-uneven": executor_jobs.Layout(2, _uneven_plan())})
+
+
+@pytest.mark.slow
+def test_an_uneven_split_trains_as_one_process(tmp_path_factory):
+    """Every step's loss equals the single-process run's within 1e-6 relative (gradient norms within 1e-4), with
+    chunks of 11, 9, 7 and 5 tokens padded to 11."""
+    out = executor_jobs.results("seq1f1b", tmp_path_factory)
+    reference = executor_jobs.assert_matches_reference(out, "gpt-pp2-seq1f1b-k4-uneven")
+    for ref, rec in zip(reference, out["gpt-pp2-seq1f1b-k4-uneven"]["records"]):
+        assert executor_jobs.close(rec["loss"], ref["loss"], rel=1e-6), (rec, ref)
+
+
+def test_estimate_takes_the_split_on_the_command_line():
+    """`estimate --seq-split work` writes the config's split and its boundaries; without chunks it is one line."""
+    from click.testing import CliRunner
+
+    from autoconf.cli import main
+
+    args = ["estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100-80g", "--nodes", "2", "--tp", "2", "--pp", "8",
+            "--dp", "1", "--micro-batch", "1", "--global-batch", "16", "--seq-len", "32768", "--sequence-parallel",
+            "--seq-split", "work"]
+    result = CliRunner().invoke(main, args + ["--schedule", "seq1f1b", "--seq-chunks", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["config"]["seq_split"] == "work"
+    assert plan["sequence_split"] == list(seq_chunk_bounds(LLAMA, H100, _config(seq_split="work")))
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code != 0 and "--seq-split work splits sequences into chunks" in refused.output
+    assert "Traceback" not in refused.output

@@ -20,6 +20,7 @@ Communication is not in here (see comm.py); recomputation is applied by `stage_p
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from autoconf.cost.interpolate import CLAMP, EXTRAPOLATE, interpolate, interpolate_many
@@ -94,9 +95,9 @@ def model_pieces(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     measured table reads that core at the full length in micro_batch x seq_len^2 (`profile --seq-len` times it
     there). The blockwise kernels' lower efficiency on 1/cp-long blocks is not modelled.
 
-    Under seq1f1b (`seq_chunks` k > 1) the pieces are those of one pipeline unit, a chunk of seq_len / k tokens:
-    the attention core is the mean chunk's, the whole sequence's core / k; chunk j of an even split does
-    `causal_chunk_share(j, k)` times it."""
+    Under seq1f1b (`seq_chunks` k > 1) the pieces are those of the mean pipeline unit, a chunk of seq_len / k
+    tokens: the attention core is the mean chunk's, the whole sequence's core / k; chunk j of an even split does
+    `causal_chunk_share(j, k)` times it, of any split `causal_span_share` of its tokens (`seq_chunk_bounds`)."""
     if config.cp > 1 or config.seq_chunks > 1:
         local = _pieces(model, cluster, rank_view(config), share, execution)
         whole = _pieces(model, cluster, dataclasses.replace(config, cp=1, seq_chunks=1), share, execution)
@@ -109,7 +110,49 @@ def causal_chunk_share(chunk: int, chunks: int) -> float:
     """The causal attention work of chunk j of a sequence split into k equal chunks, in units of the mean chunk's
     (the whole core / k): its queries meet the j earlier chunks' keys in full and its own keys causally,
     (j + 1/2) blocks of the k^2 / 2 of the whole triangle, so (2j + 1) / k."""
-    return (2 * chunk + 1) / chunks
+    return causal_span_share(chunk, chunk + 1, chunks, chunks)
+
+
+def causal_span_share(start: float, end: float, seq_len: float, chunks: int) -> float:
+    """The causal attention work of the queries at tokens [start, end) of a sequence of seq_len, in units of the
+    mean chunk's of k = `chunks` (the whole core / k): they meet every key before them, (end^2 - start^2) / 2 of
+    the seq_len^2 / 2 query-key pairs of the triangle, so k (end^2 - start^2) / seq_len^2."""
+    return chunks * (end * end - start * start) / (seq_len * seq_len)
+
+
+def seq_chunk_bounds(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig,
+                     execution: Execution | None = None) -> tuple[int, ...]:
+    """The token boundaries [0, b_1, ..., seq_len] of the config's seq_chunks chunks under its `seq_split`: even,
+    or (split "work", Seq1F1B's computation-wise partition) `equal_work_bounds` of one transformer layer's forward
+    as this model reads it for the mean chunk: the rest of the block (linear in tokens) and the attention core
+    (`model_pieces`). Every view of a seq1f1b plan reads this: the stage costs (`estimate.seq_chunk_costs`), the
+    memory (`memory.seq_chunk_scale`) and, through `Plan.sequence_split`, the executor."""
+    c = config
+    k = c.seq_chunks
+    if c.seq_split == "even" or k == 1:
+        return tuple(j * c.seq_len // k for j in range(k + 1))
+    pieces = model_pieces(model, cluster, c, execution=execution)
+    return equal_work_bounds(pieces.block_rest.forward, pieces.attention_core.forward, c.seq_len, k,
+                             c.seq_split_multiple)
+
+
+def equal_work_bounds(linear: float, core: float, seq_len: int, chunks: int, step: int) -> tuple[int, ...]:
+    """Boundaries [0, b_1, ..., seq_len] on multiples of `step` that give k = `chunks` chunks the same time, each
+    chunk costing `linear` x its tokens / (seq_len / k) plus `core` x `causal_span_share` (`linear` and `core`: the
+    mean chunk's seconds of the work that grows with tokens and of the causal attention core). The work before
+    token t is W(x) = linear x + core x^2 (x = t / seq_len, in units of k chunks), so b_j solves
+    W(b_j / seq_len) = (j / k) W(1); each is then rounded to the nearest multiple of `step`, keeping at least one
+    step per chunk. A chunk's time is off the mean by at most `step` tokens' worth of the last token's marginal
+    cost."""
+    k = chunks
+    bounds = [0]
+    for j in range(1, k):
+        target = j / k * (linear + core)
+        x = j / k if core <= 0 else (-linear + math.sqrt(linear * linear + 4 * core * target)) / (2 * core)
+        b = round(x * seq_len / step) * step
+        bounds.append(min(max(b, bounds[-1] + step), seq_len - (k - j) * step))
+    bounds.append(seq_len)
+    return tuple(bounds)
 
 
 def rank_view(config: ParallelConfig) -> ParallelConfig:

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from autoconf.cost.comm import collective_time, p2p_time, slowest_collective_time
-from autoconf.cost.compute import (PassTimes, attention_gemms, causal_chunk_share, cpu_share, cpu_share_alone,
+from autoconf.cost.compute import (PassTimes, attention_gemms, causal_span_share, cpu_share, cpu_share_alone,
                                    fsdp_copy_time, gemms_time, layer_gemms, measured_tp_layer, model_pieces,
-                                   rank_optimizer_time)
+                                   rank_optimizer_time, seq_chunk_bounds)
 from autoconf.cost.memory import (cp_kv_bytes, stage_block_activation_bytes, stage_expert_params, stage_memory,
                                   stage_params)
 from autoconf.cost.moe import ep_comm_passes, local_params, moe_layers
@@ -439,28 +440,33 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     if c.seq_chunks > 1:
         core_recomputed = c.recompute == "full" or (c.recompute == "selective" and matmul_share is None)
         costs = seq_chunk_costs(costs, pieces.attention_core, [end - first for first, end in partition],
-                                recomputed if core_recomputed else [0] * len(partition), c.seq_chunks)
+                                recomputed if core_recomputed else [0] * len(partition), c.seq_chunks,
+                                seq_chunk_bounds(model, cluster, c, execution))
     return StagePlan(costs, compute_parts, recompute_parts, tp_parts, pass_overhead,
                      gathers, reduces, buckets, early, ep_comm=ep_parts if model.moe is not None else [],
                      offload=offload_parts, cp_comm=cp_parts)
 
 
 def seq_chunk_costs(costs: StageCosts, core: PassTimes, layers: list[int], core_recomputed: list[int],
-                    chunks: int) -> StageCosts:
+                    chunks: int, bounds: Sequence[int] | None = None) -> StageCosts:
     """Per stage and sequence chunk (seq1f1b; `StageCosts`' layout s * k + j), from the mean chunk's `costs`: chunk
-    j of an even split does `causal_chunk_share(j, k)` times the mean chunk's attention core (`core`, per layer) in
-    each of the stage's `layers` and, in its backward, again in the `core_recomputed` layers that redo the core;
-    everything else grows with tokens and is the same for every chunk. The chunks' mean is `costs`."""
+    j, tokens [b_j, b_j+1) of the split `bounds` (`seq_chunk_bounds`; default even), does
+    `causal_span_share(b_j, b_j+1)` times the mean chunk's attention core (`core`, per layer) in each of the
+    stage's `layers` and, in its backward, again in the `core_recomputed` layers that redo the core; everything
+    else grows with tokens, (b_j+1 - b_j) / (seq_len / k) times the mean chunk's (the same for every chunk of an
+    even split). The chunks' mean is `costs`."""
+    bounds = bounds or tuple(range(chunks + 1))
+    seq = bounds[-1]
+    shares = [(causal_span_share(a, b, seq, chunks), (b - a) * chunks / seq) for a, b in zip(bounds, bounds[1:])]
     out = ([], [], [])
     for s, (fwd, b_in, b_w) in enumerate(zip(costs.forward, costs.backward_input, costs.backward_weight)):
         core_f = layers[s] * core.forward
         core_b = layers[s] * core.backward_input + core_recomputed[s] * core.forward
         core_w = layers[s] * core.backward_weight
-        for j in range(chunks):
-            extra = causal_chunk_share(j, chunks) - 1.0
-            out[0].append(fwd + extra * core_f)
-            out[1].append(b_in + extra * core_b)
-            out[2].append(b_w + extra * core_w)
+        for share, tokens in shares:
+            out[0].append((fwd - core_f) * tokens + share * core_f)
+            out[1].append((b_in - core_b) * tokens + share * core_b)
+            out[2].append((b_w - core_w) * tokens + share * core_w)
     return StageCosts(*out)
 
 
@@ -507,7 +513,8 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
         prediction["launchable"] = False
         prediction["not_launchable_reason"] = reason
     plan = Plan(model=model, cluster=_cluster_summary(cluster), config=c, partition=partition,
-                placement={"mesh": grid.tolist()}, prediction=prediction)
+                placement={"mesh": grid.tolist()}, prediction=prediction,
+                sequence_split=list(seq_chunk_bounds(model, cluster, c, execution)) if c.seq_chunks > 1 else None)
     plan.timeline = timeline
     return plan
 

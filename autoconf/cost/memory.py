@@ -48,11 +48,13 @@ Activations: each virtual stage keeps `inflight[s]` micro-batches (counted by th
 its layers' `layer_activation_bytes` (its first `recomputed_layers` under the plan's recompute mode, the others
 without recompute) plus the embedding dropout mask (first stage) and the head inputs (last stage), all over the
 rank's seq_len / cp tokens under context parallelism. Under seq1f1b the units in flight are sequence chunks of
-seq_len / k tokens, each also keeping earlier chunks' keys and values, and a rank holds the K/V gradients of up to
-k - 1 earlier chunks per layer (`seq_chunk_kv_bytes`, by layout). Temporaries: the logits with their fp32 loss copy and
-gradient, one layer's recomputed activations under full recompute (on a rank that recomputes a layer), P2P
-send/receive buffers, the K/V buffer of context-parallel attention (`cp_buffer_bytes`). With one micro-batch per
-step the executor's gradients only come into existence as the activations go, so the larger of the two counts.
+seq_len / k tokens on average, each also keeping earlier chunks' keys and values, and a rank holds the K/V gradients
+of up to k - 1 earlier chunks per layer (`seq_chunk_kv_bytes`, by layout); under the equal-work split the chunks'
+lengths differ (`seq_chunk_scales`: the executor pads each to the longest). Temporaries: the logits with their fp32
+loss copy and gradient, one layer's recomputed activations under full recompute (on a rank that recomputes a
+layer), P2P send/receive buffers, the K/V buffer of context-parallel attention (`cp_buffer_bytes`). With one
+micro-batch per step the executor's gradients only come into existence as the activations go, so the larger of the
+two counts.
 
 Mixture of experts (cost/moe.py): the routed experts of a rank's MoE layers are split over ep x etp instead of tp,
 and ZeRO shards their state over the expert-data-parallel degree edp instead of dp (Megatron-Core's distributed
@@ -70,6 +72,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
+from autoconf.cost.compute import seq_chunk_bounds
 from autoconf.cost.moe import (all_to_all_buffer_bytes, blocks_params, layer_kind_params, moe_layers,
                                routed_activation_bytes)
 from autoconf.cost.moe import local_params as local_params_of
@@ -80,7 +83,7 @@ from autoconf.spec.dtypes import DTYPE_BYTES, STORAGE_BYTES, precision
 from autoconf.spec.frameworks import Execution
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, recomputed_layers
-from autoconf.spec.schedules import schedule_spec
+from autoconf.spec.schedules import rank_actions, schedule_spec
 
 LAYOUTS = ("torch", "megatron")
 
@@ -441,23 +444,63 @@ def cp_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:
     return blocks * cp_kv_bytes(model, c)
 
 
-def seq_chunk_kv_bytes(model: ModelSpec, config: ParallelConfig, layout: str = "torch") -> tuple[float, float]:
+def seq_chunk_kv_bytes(model: ModelSpec, config: ParallelConfig, layout: str = "torch",
+                       bounds: Sequence[int] | None = None) -> tuple[float, float]:
     """Per layer, what sequence-level pipelining (seq1f1b, `seq_chunks` k > 1) keeps beyond each chunk's own
     activations: (the earlier chunks' keys and values per chunk in flight, the K/V gradients a rank holds for the
-    earlier chunks). A chunk's K/V is `cp_kv_bytes` (its seq_len / k tokens).
+    earlier chunks). A mean chunk's K/V is `cp_kv_bytes` (its seq_len / k tokens); `bounds`: the split
+    (`compute.seq_chunk_bounds`; default even), chunk j starting at token a_j.
 
     K/V of earlier chunks: the authors' implementation ("megatron" layout; MayDomine/Seq1F1B,
     megatron/model/transformer.py) appends every forwarded chunk's K/V to its micro-batch's cache, which each
-    chunk's backward shrinks again: one K/V copy per chunk in flight. The executor (execute/seq_chunks.py) hands the
-    earlier chunks' K/V on as leaves sharing their storage, but chunk j's attention concatenates them with its own,
-    and the attention keeps that concatenation for its backward: j more chunks' K/V, (k - 1) / 2 on average over a
-    micro-batch's chunks. K/V gradients: a micro-batch's later chunks' backwards accumulate them for its earlier
-    chunks' until those run, at most k - 1 chunks' worth. (0, 0) without sequence chunks."""
-    if config.seq_chunks == 1:
+    chunk's backward shrinks again: one K/V copy per chunk in flight, of that chunk's own length (the caller weighs
+    it with the activations, `seq_chunk_scales`). The executor (execute/seq_chunks.py) hands the earlier chunks'
+    K/V on as leaves sharing their storage, but chunk j's attention concatenates them with its own, and the
+    attention keeps that concatenation for its backward: a_j more tokens' K/V, the mean of a_j over a micro-batch's
+    chunks ((k - 1) / 2 chunks under the even split). K/V gradients: a micro-batch's later chunks' backwards
+    accumulate them for its earlier chunks' until those run, at most the a_(k-1) tokens before the last chunk
+    (k - 1 chunks' worth when even). (0, 0) without sequence chunks."""
+    k = config.seq_chunks
+    if k == 1:
         return 0.0, 0.0
     kv = cp_kv_bytes(model, config)
-    earlier = kv if layout == "megatron" else kv * (config.seq_chunks - 1) / 2
-    return earlier, (config.seq_chunks - 1) * kv
+    starts = [j * config.seq_len / k for j in range(k)] if bounds is None else list(bounds[:-1])
+    mean = config.seq_len / k
+    earlier = kv if layout == "megatron" else kv * sum(starts) / k / mean
+    return earlier, starts[-1] / mean * kv
+
+
+def seq_chunk_scales(config: ParallelConfig, bounds: Sequence[int], layout: str, rank: int) -> tuple[float, float]:
+    """(activations, temporaries) of a seq1f1b pipeline rank under the split `bounds`, against those of the mean
+    chunk of seq_len / k tokens that the per-unit sizes are computed at. Temporaries (the logits and loss, a
+    recomputed layer, the P2P buffers) are one chunk's: the longest. Activations: the executor ("torch" layout)
+    pads every chunk to the longest, since torch's pipeline runtime keeps one buffer shape per stage
+    (execute/seq_chunks.py), so the longest again; the authors' implementation ("megatron") holds each chunk at its
+    own length, so the rank's peak of tokens in flight over its order (`_inflight_tokens`) per unit in flight.
+    (1, 1) for the even split."""
+    lengths = tuple(b - a for a, b in zip(bounds, bounds[1:]))
+    mean = config.seq_len / config.seq_chunks
+    longest = max(lengths) / mean
+    if layout == "torch" or longest == 1:
+        return longest, longest
+    c = config
+    # The order repeats per micro-batch once every rank is past its warm-up of pp + k - 2 chunks at most.
+    m = min(c.num_microbatches, -(-(c.pp + c.seq_chunks) // c.seq_chunks) + 2)
+    return _inflight_tokens(c.schedule, c.pp, m, rank, lengths) / mean, longest
+
+
+@functools.lru_cache(maxsize=1024)
+def _inflight_tokens(schedule: str, pp: int, m: int, rank: int, lengths: tuple[int, ...]) -> float:
+    """Tokens per unit in flight at the rank's peak of held tokens: each forward of unit u holds
+    lengths[u % k] until its backward. The peak of tokens / the peak of units."""
+    k = len(lengths)
+    held = count = peak = peak_count = 0
+    for kind, _, unit in rank_actions(schedule, pp, m, 1, rank, k):
+        sign = 1 if kind == 0 else -1
+        held += sign * lengths[unit % k]
+        count += sign
+        peak, peak_count = max(peak, held), max(peak_count, count)
+    return peak / peak_count
 
 
 def unit_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str,
@@ -534,7 +577,8 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
                                                               moe, execution) for moe in (False, model.moe is not None))
                                 if c.offload_activations else (0.0, 0.0))  # read under offload_activations only
     fixed = cluster.device.memory_overhead_bytes + p2p_buffer_bytes(model, c)
-    kv_cache, kv_grads = seq_chunk_kv_bytes(model, c, layout)
+    bounds = seq_chunk_bounds(model, cluster, c, execution) if c.seq_chunks > 1 else None
+    kv_cache, kv_grads = seq_chunk_kv_bytes(model, c, layout, bounds)
     last = len(partition) - 1
     out = []
     stages_of = _stages_of_ranks(tuple(stage_to_rank))
@@ -548,16 +592,17 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
             buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, partition, st),
                                               partition[st][1] - partition[st][0]) for st in stages]
             param_buffer, grad_buffer = max(b[0] for b in buffers), max(b[1] for b in buffers)
+        act_scale, temp_scale = seq_chunk_scales(c, bounds, layout, rank) if bounds else (1.0, 1.0)
         activations = host_activations = 0.0
         for st in stages:
             first, end = partition[st]
             layers = stage_block_activation_bytes(model, c, first, end, recomputed[st], layout, cluster.device.kind,
                                                   selective, execution)
             # Under offload_activations each block's saved activations go to the host.
-            host_activations += activation_copy_bytes(c, layers) * inflight[st]
+            host_activations += activation_copy_bytes(c, layers) * inflight[st] * act_scale
             layers = 0.0 if c.offload_activations else layers
-            per_mb = (layers + kv_cache * (end - first) + (embed_act if st == 0 else 0.0)
-                      + (head_act if st == last else 0.0))
+            per_mb = ((layers + (embed_act if st == 0 else 0.0) + (head_act if st == last else 0.0)) * act_scale
+                      + kv_cache * (end - first) * (act_scale if layout == "megatron" else 1.0))
             activations += per_mb * inflight[st]
         # Temporaries that exist one at a time: the largest of them counts.
         temporaries = [0.0]
@@ -585,7 +630,9 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
                 grads = 0.0
             else:
                 activations, temporaries = 0.0, [0.0]
-        other = fixed + max(temporaries) + kv_grads * sum(partition[st][1] - partition[st][0] for st in stages)
+        # Under an uneven seq1f1b split the per-chunk buffers and temporaries are the longest chunk's.
+        other = (fixed + (temp_scale - 1.0) * p2p_buffer_bytes(model, c) + temp_scale * max(temporaries)
+                 + kv_grads * sum(partition[st][1] - partition[st][0] for st in stages))
         if fp8_cache:
             block_params = [blocks_params(model, *partition[st]) for st in stages]
             fp8_cache_bytes = fp8_cache * sum(local_params_of(c, sum(p[0] for p in block_params),

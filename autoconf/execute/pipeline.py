@@ -107,7 +107,7 @@ def _sequence_chunk_schedule(plan, chunks: list[tuple[int, Transformer]], pp_gro
     from autoconf.execute import seq_chunks
 
     c = plan.config
-    context = seq_chunks.SequenceChunks(c.seq_len, c.seq_chunks, device)
+    context = seq_chunks.SequenceChunks(plan.chunk_bounds, device)
     stage_class = seq_chunks.chunk_stage_class()
     stages = []
     for s, chunk in chunks:

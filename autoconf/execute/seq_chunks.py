@@ -1,21 +1,27 @@
 """Sequence-level pipelining (schedule seq1f1b, Sun et al. arXiv 2406.03488) in the executor.
 
-Each micro-batch's sequence is cut into k = `seq_chunks` equal chunks that flow through the pipeline as units:
-unit u = i * k + j is chunk j of micro-batch i (`to_units` lays a batch out that way, so torch's runtime splits it
-into m * k units of micro_batch_size rows). The order is the cost model's (`spec.schedule_orders.seq1f1b_order`),
-run by torch 2.13's `_PipelineScheduleRuntime` from an explicit action list (its lowering adds the P2P actions; its
+Each micro-batch's sequence is cut into k = `seq_chunks` chunks at the plan's boundaries (`Plan.chunk_bounds`: the
+even split, or the equal-work split that `cost/compute.py::seq_chunk_bounds` chose, earlier chunks longer) and the
+chunks flow through the pipeline as units: unit u = i * k + j is chunk j of micro-batch i (`to_units` lays a batch
+out that way, so torch's runtime splits it into m * k units of micro_batch_size rows). torch's runtime keeps one
+buffer shape per stage, so every unit is padded at its end to the longest chunk's length: padded inputs are token 0,
+padded targets `IGNORE` (no loss), and no real token sees a padded one (they come after it in the causal order, and
+a later chunk reads only the real K/V of the earlier ones), so the real tokens compute exactly what one process does.
+A unit's loss is the sum over its real tokens / (micro_batch x seq_len / k), so the runtime's mean over units is the
+mean over the step's tokens for any split. The order is the cost model's (`spec.schedule_orders.seq1f1b_order`), run
+by torch 2.13's `_PipelineScheduleRuntime` from an explicit action list (its lowering adds the P2P actions; its
 only check on the order is that a unit's forward precedes its backward, so a micro-batch's chunks may go backward
 last chunk first).
 
 What torch does not provide is the state between the units of one sequence, kept here per pipeline rank
 (`SequenceChunks`, attached to the rank's embedding and attention layers like context parallelism's object):
 
-- positions: chunk j's tokens sit at j * s/k .. (j+1) * s/k - 1 (RoPE, learned positions and the causal mask read
-  them);
+- positions: chunk j's tokens sit at b_j .. b_j+1 - 1 (RoPE, learned positions and the causal mask read them; its
+  padding continues the count, clamped to the last position for the embedding tables);
 - keys and values: chunk j's attention reads the K/V of chunks 0..j-1 of its micro-batch. torch's stage runs each
   unit's backward as an autograd graph of its own, so a later chunk must not backpropagate into an earlier chunk's
-  graph: each chunk hands its K/V on as detached leaves, a later chunk's backward accumulates their gradients there,
-  and a hook on the chunk's own K/V adds them when its backward runs, which the order puts after every later
+  graph: each chunk hands its real K/V on as detached leaves, a later chunk's backward accumulates their gradients
+  there, and a hook on the chunk's own K/V adds them when its backward runs, which the order puts after every later
   chunk's. The leaves share the K/V's storage (no copy); a micro-batch's entry is dropped at its chunk 0's backward.
 
 The runtime's shape inference calls a stage once outside any unit: it then sees chunk 0 with no earlier chunks.
@@ -28,18 +34,39 @@ import torch
 from autoconf.spec.schedules import build_schedule as schedule_order
 
 
-def to_units(t: torch.Tensor, micro_batch: int, chunks: int) -> torch.Tensor:
-    """A [m * b, s] batch as [m * k * b, s / k]: micro-batch i's chunk j (its b rows) at rows (i * k + j) * b."""
-    rows, seq = t.shape
-    m = rows // micro_batch
-    return t.reshape(m, micro_batch, chunks, seq // chunks).transpose(1, 2).reshape(m * chunks * micro_batch, -1)
+IGNORE = -100  # F.cross_entropy's default ignore_index: padded targets
+
+
+def to_units(t: torch.Tensor, micro_batch: int, bounds: list[int], pad: int = 0) -> torch.Tensor:
+    """A [m * b, s] batch as [m * k * b, L]: micro-batch i's chunk j (its b rows, tokens bounds[j]..bounds[j+1]) at
+    rows (i * k + j) * b, each padded with `pad` to L, the longest chunk's length."""
+    rows, _ = t.shape
+    m, k = rows // micro_batch, len(bounds) - 1
+    longest = max(b - a for a, b in zip(bounds, bounds[1:]))
+    out = t.new_full((m, k, micro_batch, longest), pad)
+    for j, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        out[:, j, :, :b - a] = t[:, a:b].reshape(m, micro_batch, b - a)
+    return out.reshape(m * k * micro_batch, longest)
+
+
+def unit_loss(loss_fn, seq_len: int, chunks: int):
+    """`loss_fn` (a mean over the unit's targets, `IGNORE` left out) as the sum over the unit's real tokens /
+    (rows x seq_len / k): the mean over units is then the mean over every token of the step, whatever the split."""
+
+    def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        real = (target != IGNORE).sum()
+        return loss_fn(output, target) * (real / (target.shape[0] * seq_len / chunks))
+
+    return loss
 
 
 class SequenceChunks:
     """One pipeline rank's view of the unit it computes: `start(u)` before unit u's forward (None outside one)."""
 
-    def __init__(self, seq_len: int, chunks: int, device: torch.device):
-        self.chunks, self.chunk_len, self.device = chunks, seq_len // chunks, device
+    def __init__(self, bounds: list[int], device: torch.device):
+        self.bounds, self.device = list(bounds), device
+        self.chunks, self.seq_len = len(bounds) - 1, bounds[-1]
+        self.padded_len = max(b - a for a, b in zip(bounds, bounds[1:]))
         self.unit: int | None = None
 
     def start(self, unit: int | None) -> None:
@@ -49,10 +76,19 @@ class SequenceChunks:
     def chunk(self) -> int:
         return 0 if self.unit is None else self.unit % self.chunks
 
+    def length(self, chunk: int) -> int:
+        return self.bounds[chunk + 1] - self.bounds[chunk]
+
+    @property
+    def query_positions(self) -> torch.Tensor:
+        """The positions of the unit's rows, its padding continuing the count (what the causal mask compares)."""
+        first = self.bounds[self.chunk]
+        return torch.arange(first, first + self.padded_len, device=self.device)
+
     @property
     def positions(self) -> torch.Tensor:
-        first = self.chunk * self.chunk_len
-        return torch.arange(first, first + self.chunk_len, device=self.device)
+        """`query_positions` clamped to the sequence (what RoPE and learned positions read)."""
+        return self.query_positions.clamp(max=self.seq_len - 1)
 
     def layer(self) -> "LayerChunks":
         return LayerChunks(self)
@@ -80,14 +116,14 @@ class LayerChunks:
         if j:
             keys = torch.cat([kl for kl, _ in earlier] + [k], dim=2)
             values = torch.cat([vl for _, vl in earlier] + [v], dim=2)
-            n = shared.chunk_len
-            query_pos = torch.arange(j * n, (j + 1) * n, device=q.device)
-            mask = query_pos[:, None] >= torch.arange((j + 1) * n, device=q.device)[None, :]
+            query_pos = shared.query_positions
+            mask = query_pos[:, None] >= torch.arange(shared.bounds[j] + k.shape[2], device=q.device)[None, :]
             out = attend(q, keys, values, mask, p)
-        else:
+        else:  # the causal mask: the padding comes after every real token
             out = attend(q, k, v, None, p)
         if j < shared.chunks - 1 and torch.is_grad_enabled():
-            leaves = (k.detach().requires_grad_(), v.detach().requires_grad_())
+            n = shared.length(j)
+            leaves = (k[:, :, :n].detach().requires_grad_(), v[:, :, :n].detach().requires_grad_())
             earlier.append(leaves)
             for own, leaf in zip((k, v), leaves):
                 own.register_hook(self._adds(leaf, micro_batch if j == 0 else None))
@@ -101,7 +137,9 @@ class LayerChunks:
             extra, leaf.grad = leaf.grad, None
             if done is not None:
                 self.kv.pop(done, None)
-            return grad if extra is None else grad + extra
+            if extra is None:
+                return grad
+            return grad + torch.nn.functional.pad(extra, (0, 0, 0, grad.shape[2] - extra.shape[2]))
 
         return hook
 
@@ -117,13 +155,14 @@ def attach(model, context: SequenceChunks) -> None:
 
 def runtime_schedule(plan, stages, loss_fn, scale_grads: bool):
     """torch's `_PipelineScheduleRuntime` over this rank's `stages`, running the cost model's seq1f1b order for
-    every rank (m x k units)."""
+    every rank (m x k units), each unit's loss `unit_loss`."""
     from torch.distributed.pipelining.schedules import _Action, _ComputationType, _PipelineScheduleRuntime
 
     c = plan.config
     kinds = {"F": _ComputationType.FORWARD, "B": _ComputationType.FULL_BACKWARD}
     order = schedule_order(c.schedule, c.pp, c.num_microbatches, c.vpp, c.seq_chunks)
-    schedule = _PipelineScheduleRuntime(stages, n_microbatches=order.num_microbatches, loss_fn=loss_fn,
+    schedule = _PipelineScheduleRuntime(stages, n_microbatches=order.num_microbatches,
+                                        loss_fn=unit_loss(loss_fn, c.seq_len, c.seq_chunks),
                                         scale_grads=scale_grads)
     actions = {rank: [_Action(a.stage, kinds[a.kind], a.microbatch) for a in acts]
                for rank, acts in enumerate(order.actions)}

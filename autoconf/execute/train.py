@@ -39,7 +39,7 @@ from autoconf.execute.moe import is_expert_param
 from autoconf.execute.parallelize import GradReducer, match_grad_layout, moe_layers, parallelize_chunk, replica_mesh
 from autoconf.files import open_append, write_file
 from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_schedule, loss_fn
-from autoconf.execute.seq_chunks import to_units
+from autoconf.execute.seq_chunks import IGNORE, to_units
 from autoconf.spec.grid import AXES, RankGrid
 from autoconf.spec.plan import Plan, load_plan, recomputed_layer_indices
 from autoconf.spec.support import check_supported
@@ -294,7 +294,8 @@ class Trainer:
     def _pipeline(self, inputs, targets, losses) -> None:
         c = self.config
         if c.seq_chunks > 1:  # seq1f1b: the runtime's units are the sequences' chunks (execute/seq_chunks.py)
-            inputs, targets = (to_units(t, c.micro_batch_size, c.seq_chunks) for t in (inputs, targets))
+            inputs, targets = (to_units(t, c.micro_batch_size, self.plan.chunk_bounds, pad)
+                               for t, pad in ((inputs, 0), (targets, IGNORE)))
         stage_ids = [s for s, _ in self.chunks]
         first, last = 0 in stage_ids, self.config.num_stages - 1 in stage_ids
         args = (inputs,) if first else ()

@@ -40,8 +40,38 @@ from autoconf.solve import cpsat
 from autoconf.spec.grid import ParallelDims, RankGrid
 
 EXACT_MAX_DEVICES = 16
+# TP x CP blocks. The rank grid puts TP innermost and CP next (spec/grid.py AXES [pp][dp][cp][tp]), as Megatron-Core
+# orders its process groups (`initialize_model_parallel`'s default order "tp-cp-ep-dp-pp") and torchtitan its device
+# mesh ([pp, dp_replicate, dp_shard, cp, tp], parallel_dims.py): a TP x CP block fills consecutive devices, and
+# the launchable meshes keep each node's devices consecutive (`spec.plan.node_blocks`). Neither framework stops the
+# block from outgrowing a node (its CP groups then cross nodes, TP stays inside); autoconf's search keeps it within
+# the devices that share fast links, a node, unless the profile's links join the nodes fast enough: the slowest
+# intra-node link at most CROSS_NODE_CP_RATIO times the slowest inter-node link's bandwidth. 9: 450 GB/s NVLink per
+# direction against 400 Gb/s RoCE per H100, the fabric Llama 3 405B trained TP8 x CP16 on, its CP groups across
+# nodes (Llama 3 paper, arXiv 2407.21783, Sec. 3.3.1-3.3.2). `estimate` predicts any block.
+CROSS_NODE_CP_RATIO = 9
 COST_QUANTA = 1 << 20  # the default placement's cost is split into this many integer steps in CP-SAT
 WEIGHT_SCALE = 1000
+
+
+def tp_cp_domain(cluster) -> tuple[int | None, str]:
+    """(the devices a TP x CP block must stay within, None for any; why, in words) of a cluster profile, by the rule
+    of CROSS_NODE_CP_RATIO above. Read by the search's candidate space (`space.candidates`)."""
+    if cluster.nodes == 1:
+        return None, "one node"
+    intra = min(_bandwidths(cluster.intra_node_matrix, cluster.intra_node))
+    inter = min(_bandwidths(cluster.inter_node_matrix, cluster.inter_node))
+    if intra <= CROSS_NODE_CP_RATIO * inter:
+        return None, f"{cluster.name}'s inter-node links are fast"
+    return cluster.gpus_per_node, (f"a node of {cluster.name}: its inter-node links, {inter / 1e9:g} GB/s, are slower "
+                                   f"than 1/{CROSS_NODE_CP_RATIO} of the intra-node {intra / 1e9:g} GB/s")
+
+
+def _bandwidths(matrix, link) -> list[float]:
+    if matrix is None:
+        return [link.bandwidth_Bps]
+    return [row[j].bandwidth_Bps for i, row in enumerate(matrix) for j in range(len(row)) if i != j] or [
+        link.bandwidth_Bps]
 
 
 class LinkModel(Protocol):

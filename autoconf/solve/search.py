@@ -35,6 +35,7 @@ from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times,
                                    plans_offload)
 from autoconf.errors import UserError
 from autoconf.spec.support import op_policy_unsupported, unsupported_reason
+from autoconf.solve.placement import tp_cp_domain
 from autoconf.solve.recompute import fewest_counts, fewest_recomputed
 from autoconf.solve.space import candidates, normalise_fixed, with_changes
 from autoconf.spec.cluster import ClusterProfile
@@ -385,7 +386,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         others = [p for p in others if p != "alternate_matmuls"]  # not run on this model (MoE layers)
     policies = (None, *others)
     for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
-                             attention, fixed, zero_stages, policies):
+                             attention, fixed, zero_stages, policies, tp_cp_domain(cluster)):
         seen += 1
         if config.offloads:  # pinned by --fix: refused in one line on a profile without host facts
             check_offload(cluster, config)
@@ -569,7 +570,7 @@ def ranking_key(config: ParallelConfig) -> tuple:
     """How plans of equal predicted time are ordered (the same in the search, validate and the tests)."""
     return (config.tp, config.pp, config.dp, config.vpp, config.micro_batch_size, config.schedule,
             config.zero_stage, config.recompute, config.selective_recompute or "", config.sequence_parallel, config.ep,
-            config.etp, config.offload_activations, config.offload_optimizer,
+            config.etp, config.offload_activations, config.offload_optimizer, config.seq_chunks, config.seq_split,
             config.grad_reduce != "step")  # grad_reduce last: the search finds a layout's twin by key[:-1]
 
 
@@ -691,7 +692,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         bigger = cluster.resized(nodes=cluster.nodes * factor)
         cache = _BoundCache(model, bigger, execution)
         for config in candidates(model, bigger.world_size, bigger.gpus_per_node, global_batch, seq_len, dtype,
-                                 attention, fixed):
+                                 attention, fixed, tp_cp_domain=tp_cp_domain(bigger)):
             if unsupported_reason(config) or cache.memory_bound(config) > bigger.usable_memory_bytes:
                 continue
             if estimate(model, bigger, config, execution=execution, detail=False).prediction["fits"]:

@@ -7,10 +7,11 @@ recompute none/selective/full (selective under each policy the caller weighs, `s
 parallelism where TP > 1; where FSDP shards (ZeRO >= 1, DP > 1) and gradients accumulate (several micro-batches or a
 pipeline), the gradient reduce-scatter once per step or after every micro-batch (`grad_reduce`; not under the
 split-backward schedules); context parallelism (`cp_choices`) for long sequences, with both K/V exchanges
-(`cp_comm`). On a mixture-of-experts model, every expert-parallel degree ep dividing the experts and the ranks of a
-pipeline rank, with expert TP etp of 1 or tp (`expert_choices`); a dense model keeps ep = etp = 1, so its space is
-as before. Every candidate is legal by construction (the schedule's own micro-batch rules are checked here);
-`search` checks what holds for all of them (sequence length).
+(`cp_comm`), each TP x CP block within the devices that share fast links where the caller passes them
+(`placement.tp_cp_domain`). On a mixture-of-experts model, every expert-parallel degree ep dividing the experts and
+the ranks of a pipeline rank, with expert TP etp of 1 or tp (`expert_choices`); a dense model keeps ep = etp = 1, so
+its space is as before. Every candidate is legal by construction (the schedule's own micro-batch rules are checked
+here); `search` checks what holds for all of them (sequence length).
 """
 
 from __future__ import annotations
@@ -23,16 +24,17 @@ from autoconf.errors import UserError
 from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.frameworks import SELECTIVE_RECOMPUTE
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import CP_COMM, GRAD_REDUCE, OFFLOADS, ParallelConfig, max_pipeline_stages
+from autoconf.spec.plan import CP_COMM, GRAD_REDUCE, OFFLOADS, SEQ_SPLITS, ParallelConfig, max_pipeline_stages
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 FIXABLE = ("tp", "pp", "dp", "cp", "vpp", "micro_batch_size", "schedule", "zero_stage", "recompute",
            "selective_recompute", "sequence_parallel", "dtype", "grad_reduce", "cp_comm", "ep", "etp", "seq_chunks",
-           *OFFLOADS)
+           "seq_split", *OFFLOADS)
 ALIASES = {"mb": "micro_batch_size", "micro_batch": "micro_batch_size", "zero": "zero_stage",
            "sp": "sequence_parallel"}
 INT_FIELDS = ("tp", "pp", "dp", "cp", "vpp", "micro_batch_size", "zero_stage", "ep", "etp", "seq_chunks")
-# Chunks per sequence tried for a schedule that splits sequences (seq1f1b). Such a schedule is searched only when
+# Chunks per sequence tried for a schedule that splits sequences (seq1f1b), each under both splits (SEQ_SPLITS:
+# equal lengths or equal work; `--fix seq_split` pins one). Such a schedule is searched only when
 # pinned (--fix schedule=seq1f1b): the executor runs it on one narrow layout (spec/support.py), so the default space
 # and its statistics stay those of the other schedules.
 SEQ_CHUNKS = (2, 4, 8)
@@ -73,6 +75,8 @@ def parse_fix_value(key: str, value: str):
         raise UserError(f"--fix selective_recompute={value}: choose {' or '.join(SELECTIVE_RECOMPUTE)}")
     if key == "cp_comm" and value not in CP_COMM:
         raise UserError(f"--fix cp_comm={value}: choose {' or '.join(CP_COMM)}")
+    if key == "seq_split" and value not in SEQ_SPLITS:
+        raise UserError(f"--fix seq_split={value}: choose {' or '.join(SEQ_SPLITS)}")
     if key == "grad_reduce" and value not in GRAD_REDUCE:
         raise UserError(f"--fix grad_reduce={value}: choose {' or '.join(GRAD_REDUCE)}")
     if key == "dtype" and value not in DTYPES:
@@ -92,11 +96,14 @@ def _divisors(n: int) -> list[int]:
 def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_batch: int, seq_len: int,
                dtype: str, attention: str = "flash", fixed: dict | None = None,
                zero_stages: tuple[int, ...] = (0, 1, 2, 3),
-               selective_policies: tuple[str | None, ...] = (None,)) -> Iterator[ParallelConfig]:
+               selective_policies: tuple[str | None, ...] = (None,),
+               tp_cp_domain: tuple[int | None, str] = (None, "")) -> Iterator[ParallelConfig]:
     """Every legal layout honouring `fixed`; deterministic order. `zero_stages` lists the stages worth telling
     apart (a pinned --fix zero_stage is always honoured); `selective_policies` the `selective_recompute` values of
     the selective candidates (None: the framework's own; a pinned --fix selective_recompute is honoured, and pins
-    recompute to selective)."""
+    recompute to selective). `tp_cp_domain`: (devices, why) that a TP x CP block stays within
+    (`placement.tp_cp_domain` of the cluster; None devices: any); a pinned --fix cp that no TP fits in is one
+    line naming what would."""
     fixed = normalise_fixed(fixed or {})
     if "ep" in fixed or "etp" in fixed:
         # The rules that do not depend on the other degrees, as one line before any search.
@@ -115,10 +122,10 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                             f"(got --fix recompute={fixed['recompute']})")
         fixed = {**fixed, "recompute": "selective"}
 
-    if fixed.get("seq_chunks", 1) != 1:
+    for key, plain in (("seq_chunks", 1), ("seq_split", "even")):
         splitting = [n for n in SCHEDULES if schedule_spec(n).sequence_chunks]
-        if fixed.get("schedule") not in splitting:
-            raise UserError(f"--fix seq_chunks={fixed['seq_chunks']} needs a schedule that splits sequences: add "
+        if fixed.get(key, plain) != plain and fixed.get("schedule") not in splitting:
+            raise UserError(f"--fix {key}={fixed[key]} needs a schedule that splits sequences: add "
                             f"--fix schedule={' or '.join(splitting)}")
 
     def policies(recompute: str) -> list[str | None]:
@@ -133,8 +140,15 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
     def cps(tp: int) -> list[int]:
         return choices("cp", cp_choices(world_size // tp, seq_len) if attention == "flash" else [1])
 
+    domain, why = tp_cp_domain
+    if domain and "cp" in fixed and tps and min(tps) * fixed["cp"] > domain:
+        cp, tp = fixed["cp"], min(tps)
+        fits = f"tp {tp} with cp <= {domain // tp}" + (f", or tp <= {domain // cp} with cp {cp}" if cp <= domain
+                                                       else "")
+        raise UserError(f"--fix cp={cp}: a TP x CP block of tp {tp} x cp {cp} = {tp * cp} devices would leave the "
+                        f"{domain} that share fast links ({why}); use {fits}")
     for tp, cp in ((tp, cp) for tp in tps for cp in cps(tp)):
-        if world_size % (tp * cp) or seq_len % (2 * cp) and cp > 1:
+        if world_size % (tp * cp) or seq_len % (2 * cp) and cp > 1 or domain and tp * cp > domain:
             continue
         pps = choices("pp", [p for p in _divisors(world_size // (tp * cp))
                              if p <= max_pipeline_stages(model.num_layers)])
@@ -154,9 +168,10 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
             for mb in mbs:
                 if per_replica % mb:
                     continue
-                for schedule, vpp, chunks in ((s, v, k) for s, v in _schedule_choices(model, pp, per_replica // mb,
-                                                                                         fixed)
-                                              for k in _seq_chunk_choices(s, seq_len, cp, attention, fixed)):
+                for schedule, vpp, chunks, split in ((s, v, k, x) for s, v in _schedule_choices(
+                                                         model, pp, per_replica // mb, fixed)
+                                                     for k in _seq_chunk_choices(s, seq_len, cp, attention, fixed)
+                                                     for x in _seq_split_choices(k, fixed)):
                     for zero in choices("zero_stage", list(zero_stages) if dp * cp > 1 else [0]):
                         if fixed.get("offload_optimizer") is True and not (zero >= 1 and dp * cp > 1):
                             continue  # CPUOffloadPolicy needs FSDP
@@ -174,7 +189,7 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                                         global_batch_size=global_batch, seq_len=seq_len, schedule=schedule,
                                         zero_stage=zero, recompute=recompute, sequence_parallel=sp,
                                         dtype=fixed.get("dtype", dtype), attention=attention, grad_reduce=reduce,
-                                        cp_comm=cp_comm, ep=ep, etp=etp, seq_chunks=chunks,
+                                        cp_comm=cp_comm, ep=ep, etp=etp, seq_chunks=chunks, seq_split=split,
                                         offload_activations=fixed.get("offload_activations", False),
                                         offload_optimizer=fixed.get("offload_optimizer", False),
                                         selective_recompute=policy)
@@ -235,6 +250,13 @@ def _seq_chunk_choices(schedule: str, seq_len: int, cp: int, attention: str, fix
     if cp > 1 or attention != "flash":
         return []
     return [k for k in ([fixed["seq_chunks"]] if "seq_chunks" in fixed else SEQ_CHUNKS) if seq_len % k == 0]
+
+
+def _seq_split_choices(chunks: int, fixed: dict) -> list[str]:
+    """Where the chunks' boundaries fall (SEQ_SPLITS; the pinned one): both splits when a sequence is chunked."""
+    if chunks == 1:
+        return ["even"]
+    return [fixed["seq_split"]] if "seq_split" in fixed else list(SEQ_SPLITS)
 
 
 def with_changes(config: ParallelConfig, **changes) -> ParallelConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,14 @@ OFFLOADS = ("offload_activations", "offload_optimizer")
 # blocks around the CP group, each transfer overlapped with the attention on the block before (Ring Attention;
 # Megatron --cp-comm-type p2p).
 CP_COMM = ("allgather", "ring")
+# How seq1f1b cuts each sequence into its `seq_chunks` chunks: "even" (equal token counts, the chunks' causal
+# attention growing as 2j + 1) or "work" (Seq1F1B's computation-wise split: chunk boundaries that give every chunk
+# the same forward time, later chunks shorter; `cost/compute.py::seq_chunk_bounds` solves for them and is the one
+# source: the plan stores its answer as `Plan.sequence_split`, which the executor reads).
+SEQ_SPLITS = ("even", "work")
+# Equal-work chunk boundaries fall on multiples of this many tokens: FlashAttention's query tile, so no chunk ends
+# in a partial tile (`seq_split_multiple` makes it finer for short sequences).
+SEQ_SPLIT_TILE = 128
 
 
 @dataclass(frozen=True)
@@ -84,12 +93,16 @@ class ParallelConfig:
     # that flow through the pipeline as units (spec/schedules.py); 1 for every other schedule. Written to a plan
     # JSON only when > 1, so a plan without it reads as before.
     seq_chunks: int = 1
+    # Where the chunks' boundaries fall (one of SEQ_SPLITS); written to a plan JSON only when not "even".
+    seq_split: str = "even"
 
     def __post_init__(self) -> None:
         if isinstance(self.recompute_layers, list):
             object.__setattr__(self, "recompute_layers", tuple(self.recompute_layers))
         if self.recompute != "selective" and self.selective_recompute is not None:
             object.__setattr__(self, "selective_recompute", None)
+        if self.seq_chunks == 1 and self.seq_split == "work":
+            object.__setattr__(self, "seq_split", "even")  # one chunk has one split
 
     @property
     def dims(self) -> ParallelDims:
@@ -250,8 +263,9 @@ class ParallelConfig:
         return out
 
     def seq_chunk_problems(self) -> list[str]:
-        """The sequence-chunk rules: seq_chunks > 1 only under a schedule that splits sequences (seq1f1b), into
-        equal chunks (seq_len divisible by seq_chunks, and by tp under sequence parallelism), with flash attention
+        """The sequence-chunk rules: seq_chunks > 1 only under a schedule that splits sequences (seq1f1b), with
+        seq_len divisible by seq_chunks (the mean chunk the costs are read at; and a chunk by tp under sequence
+        parallelism), a known `seq_split`, with flash attention
         (a chunk's scores against the earlier chunks' keys are not modelled for standard attention) and without
         context parallelism (not modelled together)."""
         k = self.seq_chunks
@@ -273,7 +287,23 @@ class ParallelConfig:
                        f"modelled for flash attention only)")
         if self.cp > 1:
             out.append(f"seq_chunks {k} with cp {self.cp} is not modelled; use one of them")
+        if self.seq_split not in SEQ_SPLITS:
+            out.append(f"seq_split {self.seq_split!r} is not one of {', '.join(SEQ_SPLITS)}")
         return out
+
+    @property
+    def seq_split_multiple(self) -> int:
+        """The token multiple every chunk boundary falls on: for the even split the chunk length itself; for the
+        equal-work split the largest divisor of SEQ_SPLIT_TILE (FlashAttention's 128-token query tile) that divides
+        seq_len / (8 k), so a chunk can move in at least 8 steps on short test sequences, times tp under sequence
+        parallelism (each chunk's tokens split over the TP ranks). Divides seq_len."""
+        k = self.seq_chunks
+        if self.seq_split == "even" or k == 1:
+            return self.seq_len // k
+        step = math.gcd(SEQ_SPLIT_TILE, max(1, self.seq_len // (8 * k)))
+        if self.sequence_parallel:
+            step = math.lcm(step, self.tp)
+        return step if self.seq_len % step == 0 else self.seq_len // k
 
     def expert_problems(self, model: ModelSpec) -> list[str]:
         """The expert-parallel rules: ep and etp only on MoE models; ep divides the routed experts; etp divides
@@ -310,6 +340,8 @@ class ParallelConfig:
             del d["selective_recompute"]
         if self.seq_chunks == 1:
             del d["seq_chunks"]
+        if self.seq_split == "even":
+            del d["seq_split"]
         if self.recompute_layers is None:
             del d["recompute_layers"]
         else:
@@ -348,6 +380,9 @@ class Plan:
     partition: list  # [[first_layer, end_layer], ...] per virtual stage in stage order
     placement: dict  # {"mesh": nested [pp][dp][cp][tp] of global ranks (spec/grid.py AXES)}
     prediction: dict = field(default_factory=dict)
+    # seq1f1b: the token boundaries of each sequence's chunks, [0, b_1, ..., seq_len] (`cost/compute.py
+    # seq_chunk_bounds` of the config's `seq_split`; the executor cuts sequences there). None: the even split.
+    sequence_split: list | None = None
     # The simulated step the prediction was read from (cost.simulate.Timeline; not saved): what pictures draw.
     timeline: object = field(default=None, repr=False, compare=False)
 
@@ -357,7 +392,16 @@ class Plan:
     def to_dict(self) -> dict:
         return {"version": PLAN_VERSION, "kind": "plan", "model": self.model.to_dict(), "cluster": self.cluster,
                 "config": self.config.to_dict(), "partition": [list(p) for p in self.partition],
-                "placement": self.placement, "prediction": self.prediction}
+                "placement": self.placement, "prediction": self.prediction,
+                **({"sequence_split": list(self.sequence_split)} if self.sequence_split is not None else {})}
+
+    @property
+    def chunk_bounds(self) -> list[int]:
+        """The sequence chunks' token boundaries the executor uses: `sequence_split`, else the even split."""
+        if self.sequence_split is not None:
+            return list(self.sequence_split)
+        c = self.config
+        return [j * c.seq_len // c.seq_chunks for j in range(c.seq_chunks + 1)]
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
@@ -385,7 +429,8 @@ class Plan:
         try:
             plan = cls(model=model, cluster=dict(data["cluster"]), config=config,
                        partition=[list(p) if isinstance(p, list) else p for p in data["partition"]],
-                       placement=dict(data["placement"]), prediction=dict(data.get("prediction") or {}))
+                       placement=dict(data["placement"]), prediction=dict(data.get("prediction") or {}),
+                       sequence_split=data.get("sequence_split"))
             plan.validate(source)
         except (TypeError, ValueError, OverflowError, AttributeError, KeyError, IndexError, RecursionError) as err:
             if isinstance(err, UserError):
@@ -422,6 +467,9 @@ class Plan:
         problem = recompute_layers_problem(c, self.partition)
         if problem:
             raise UserError(f"{source}: {problem}")
+        problem = self.sequence_split_problem()
+        if problem:
+            raise UserError(f"{source}: {problem}")
         mesh = self.placement.get("mesh")
         flat = _flatten(mesh)
         if (flat is None or len(flat) != c.world_size or sorted(flat) != list(range(c.world_size))
@@ -434,6 +482,23 @@ class Plan:
         if gpus > 0 and c.world_size % gpus == 0 and node_blocks(flat, gpus) is None:
             raise UserError(f"{source}: placement mesh cannot be launched: each run of {gpus} consecutive grid "
                             f"positions ([pp][dp][tp] order) must sit on the devices of one node")
+
+    def sequence_split_problem(self) -> str | None:
+        """Why `sequence_split` is not a split of this config's sequences (one line), or None: seq_chunks + 1
+        increasing boundaries from 0 to seq_len on multiples of `seq_split_multiple`, the even ones under
+        seq_split "even"."""
+        c, bounds = self.config, self.sequence_split
+        if bounds is None:
+            return None
+        even = [j * c.seq_len // c.seq_chunks for j in range(c.seq_chunks + 1)]
+        step = c.seq_split_multiple
+        if (not isinstance(bounds, list) or len(bounds) != c.seq_chunks + 1 or not all(_is_int(b) for b in bounds)
+                or bounds[0] != 0 or bounds[-1] != c.seq_len or any(b <= a for a, b in zip(bounds, bounds[1:]))
+                or any(b % step for b in bounds) or (c.seq_split == "even" and bounds != even)):
+            return (f"sequence_split {bounds!r} is not a {c.seq_split} split of {c.seq_len} tokens into seq_chunks "
+                    f"{c.seq_chunks}: {c.seq_chunks + 1} increasing multiples of {step} from 0 to {c.seq_len}"
+                    + (f" ({even})" if c.seq_split == "even" else ""))
+        return None
 
     def device_of(self) -> list[int]:
         """The device (node * gpus_per_node + local index) of each grid position, in grid order."""

@@ -27,7 +27,8 @@ seq1f1b (Sun et al., "Seq1F1B", arXiv 2406.03488) splits each micro-batch's sequ
 the pipeline as units, in causal order, the later chunks attending to the earlier chunks' keys and values. k is the
 config field `ParallelConfig.seq_chunks` (1 for every other schedule, and absent from a plan JSON unless > 1); a
 schedule built with k > 1 numbers its units u = i * k + j (micro-batch i, chunk j) and its `num_microbatches` counts
-units.
+units. Where the chunks' boundaries fall (`ParallelConfig.seq_split`: equal lengths, or the paper's equal work) does
+not change the order, only the units' costs (`cost/compute.py::seq_chunk_bounds`).
 
 Pure Python: must not import torch.
 """
@@ -215,9 +216,10 @@ register(ScheduleSpec(
 
 def _bubble_seq1f1b(pp: int, forward: float, backward: float, weight: float) -> float:
     """1F1B's (p-1)(F+B+W) over sequence chunks, in the seconds of the mean chunk's passes: 1F1B's bubble / k when
-    every chunk costs the same (the paper's computation-wise split; exact then), and below what the simulation
-    finds under an even token split, whose later chunks do more causal attention (checked over a grid of p, m, k
-    and attention shares in tests/test_seq1f1b.py, not proven)."""
+    every chunk costs the same (the paper's computation-wise split, seq_split "work"; exact then, up to the
+    boundaries' rounding), and below what the simulation finds under an even token split, whose later chunks do
+    more causal attention (checked over a grid of p, m, k and attention shares in tests/test_seq1f1b.py, not
+    proven)."""
     return _bubble_full(pp, forward, backward, weight)
 
 
