@@ -266,14 +266,15 @@ def test_a_bad_moe_field_in_a_model_json_is_named_once(tmp_path):
 
 
 def test_a_plan_of_a_model_the_executor_cannot_build_is_marked_not_launchable():
-    """The planner plans a model whose latent attention the executor does not build (for Megatron's exports) but
-    marks its plans not launchable; the same MoE model without it is launchable."""
+    """The planner plans a model whose capacity-factor routing the executor does not build (for Megatron's exports)
+    but marks its plans not launchable; the same MoE model without it, and with latent attention, is launchable."""
     from autoconf.solve.search import search
     from autoconf.spec.cluster import load_cluster
 
     mla = PRESETS["deepseek-v3"].mla
+    capped = dataclasses.replace(TINY_MOE, moe=dataclasses.replace(TINY_MOE.moe, capacity_factor=1.25))
     cluster = load_cluster("dgx-h100-80g", nodes=1)
-    for model, launchable in ((TINY_MOE, True),
-                              (dataclasses.replace(TINY_MOE, mla=mla, head_dim=mla.v_head_dim), False)):
+    for model, launchable in ((TINY_MOE, True), (dataclasses.replace(TINY_MOE, mla=mla, head_dim=mla.v_head_dim), True),
+                              (capped, False)):
         plans = search(model, cluster, 8, 64, "bf16", top_k=1, refine=False).plans
         assert plans and plans[0].prediction["launchable"] is launchable

@@ -9,6 +9,8 @@ torch.distributed.checkpoint reshard a checkpoint into another layout, and what 
 - llama: RMSNorm, SwiGLU MLP, rotary positions (rope_theta), grouped-query attention (num_kv_heads), optional QKV bias.
 - MoE (a llama-family spec with `moe`): the MLP of every MoE layer is execute/moe.py's `MoE` (router, routed experts,
   shared experts); the leading `first_k_dense` layers and `dense_layers` keep the dense SwiGLU.
+- qk_norm (Qwen3): an RMSNorm of head_dim on every query and key head before RoPE (`Attention.q_norm`, `k_norm`).
+- mla (DeepSeek-V2/V3): every block's attention is execute/mla.py's `LatentAttention` (`make_attention`).
 
 Q, K and V are separate projections (not one fused matrix) so that column-parallel TP splits heads correctly.
 Attention is `F.scaled_dot_product_attention(is_causal=True)` ("flash": memory-efficient) or an explicit
