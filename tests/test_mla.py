@@ -1,8 +1,9 @@
 """The executor's multi-head latent attention (execute/mla.py) and qk-norm (execute/model.py `Attention`), on CPU.
 
 Single process: the built modules hold the spec's parameters (latent attention with and without a query bottleneck,
-qk-norm); what a latent-attention block keeps for its backward (autograd's saved-tensor hooks) is cost/saved.py's
-count; with `transformers` installed, the attention equals its `DeepseekV3Attention` with the same weights.
+qk-norm); recompute keeps the gradients; what a latent-attention block keeps for its backward (autograd's
+saved-tensor hooks) is cost/saved.py's count; with `transformers` installed (the `hf` extra), the attention equals
+its `DeepseekV3Attention`, and the qk-norm attention its `Qwen3Attention`, with the same weights (skipped without).
 Several ranks (the session's shared torchrun jobs, tests/executor_jobs.py), 3 steps in fp32, per-step loss and
 global gradient norm within 1e-4 of one process: a tiny DeepSeek-style model (latent attention, MoE layers with a
 shared expert after a leading dense layer) under tp2, tp2 x dp2 with sequence parallelism and ZeRO-3, ep2 x pp2
@@ -101,6 +102,26 @@ def test_qk_norm_normalises_each_head():
     assert not torch.allclose(attention(x), out, rtol=1e-3, atol=1e-5)
 
 
+def test_recompute_gives_the_gradients_of_no_recompute():
+    """Selective (the attention core) and full recompute of a latent-attention MoE block and of a qk-norm block
+    give the gradients the block gives without recompute."""
+    from autoconf.execute.parallelize import apply_recompute
+
+    for spec, layer in ((MLA, "1"), (QK, "0")):
+        model = _model(spec)
+        block = model.layers[layer]
+        x = torch.randn(2, 16, spec.hidden_size)
+        grads = []
+        for mode in ("none", "selective", "full"):
+            apply_recompute(model, mode)
+            block.zero_grad(set_to_none=True)
+            block(x).square().sum().backward()
+            grads.append([p.grad.clone() for p in block.parameters()])
+        assert block.recompute_full and len(grads[0]) == len(list(block.parameters()))
+        for other in grads[1:]:
+            assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(grads[0], other))
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_latent_attention_saves_what_cost_saved_counts(dtype):
     """What a latent-attention block's attention half (norm and attention, no recompute, flash) keeps for its
@@ -177,11 +198,15 @@ def test_latent_attention_equals_transformers_deepseek_v3(spec, attention):
             p.copy_(mine[copied[-1]])
     assert sorted(copied) == sorted(mine)
     ours.attention = attention
+    _assert_same_function(ours, theirs, DeepseekV3RotaryEmbedding(config), spec.hidden_size)
+
+
+def _assert_same_function(ours, theirs, rotary, hidden: int) -> None:
+    """`ours(x)` and transformers' `theirs(x, cos_sin, causal mask)[0]` agree in output and input gradient."""
     torch.manual_seed(0)
     b, s = 2, 12
-    x = torch.randn(b, s, spec.hidden_size)
-    positions = torch.arange(s).unsqueeze(0)
-    cos_sin = DeepseekV3RotaryEmbedding(config)(x, positions)
+    x = torch.randn(b, s, hidden)
+    cos_sin = rotary(x, torch.arange(s).unsqueeze(0))
     mask = torch.full((s, s), float("-inf")).triu(1)[None, None]
     outs = []
     for run in (lambda t: ours(t), lambda t: theirs(t, cos_sin, mask)[0]):
@@ -191,6 +216,35 @@ def test_latent_attention_equals_transformers_deepseek_v3(spec, attention):
         outs.append((out.detach(), leaf.grad))
     for mine, hf in zip(outs[0], outs[1]):  # output, input gradient: equal to fp32 rounding
         assert (mine - hf).norm() <= 1e-5 * hf.norm(), ((mine - hf).norm(), hf.norm())
+
+
+def test_qk_norm_attention_equals_transformers_qwen3():
+    """With the same weights (norms random), the executor's qk-norm attention and transformers' `Qwen3Attention`
+    (eager) give the same output and input gradient."""
+    pytest.importorskip("transformers")
+    from transformers import Qwen3Config
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, Qwen3RotaryEmbedding
+
+    spec = QK
+    config = Qwen3Config(hidden_size=spec.hidden_size, num_attention_heads=spec.num_heads,
+                         num_key_value_heads=spec.num_kv_heads, head_dim=spec.head_dim, rope_theta=spec.rope_theta,
+                         rms_norm_eps=spec.norm_eps, attention_bias=False, attention_dropout=0.0,
+                         max_position_embeddings=spec.max_seq_len, rope_scaling=None)
+    config._attn_implementation = "eager"
+    ours = _model(spec).layers["0"].attention.train()
+    theirs = Qwen3Attention(config, layer_idx=0).train()
+    names = {"q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo", "q_norm": "q_norm", "k_norm": "k_norm"}
+    mine = dict(ours.named_parameters())
+    with torch.no_grad():
+        for name, p in mine.items():
+            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if name.endswith("norm.weight") else 0.0))
+        copied = []
+        for name, p in theirs.named_parameters():
+            module, leaf = name.split(".", 1)
+            copied.append(f"{names[module]}.{leaf}")
+            p.copy_(mine[copied[-1]])
+    assert sorted(copied) == sorted(mine)
+    _assert_same_function(ours, theirs, Qwen3RotaryEmbedding(config), spec.hidden_size)
 
 
 def test_launch_runs_latent_attention_and_refuses_context_parallelism(tmp_path):
