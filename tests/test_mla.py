@@ -153,6 +153,42 @@ def test_latent_attention_saves_what_cost_saved_counts(dtype):
     assert counted + cpu_norms <= measured <= counted + cpu_norms + left_over, (measured, counted, cpu_norms)
 
 
+class _OneBlock(torch.nn.Module):
+    """What `apply_recompute` walks: a model whose layers are this one block."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.layers = torch.nn.ModuleDict({"0": block})
+
+
+@pytest.mark.parametrize("spec", [MLA, dataclasses.replace(MLA, mla=dataclasses.replace(MLA.mla, q_lora_rank=None)),
+                                  QK], ids=["mla", "mla-full-rank-query", "qk-norm"])
+def test_memory_estimate_counts_what_the_block_saves(spec):
+    """The memory estimate of the executor's block (cost/memory.py `executor_layer_activation_bytes`: latent
+    attention's own count, qk-norm's norm inputs) is what a dense block of the model keeps for its backward, in fp32
+    and bf16, with both attention kernels and every recompute mode; left over (under 3%): norm statistics and rotary
+    tables, as for grouped-query blocks (tests/test_memory_saved.py)."""
+    from autoconf.cost.memory import executor_layer_activation_bytes
+    from autoconf.execute.model import Block
+    from autoconf.execute.parallelize import apply_recompute
+    from autoconf.profile.activations import saved_bytes
+
+    mb, seq = 3, 40
+    torch.manual_seed(0)
+    for dtype in ("fp32", "bf16"):
+        low = torch.bfloat16 if dtype == "bf16" else torch.float32
+        for attention in ("flash", "standard"):
+            for recompute in ("none", "selective", "full"):
+                block = Block(spec, attention, 0).train().to(low)
+                apply_recompute(_OneBlock(block), recompute)
+                x = torch.randn(mb, seq, spec.hidden_size, dtype=low, requires_grad=True)
+                measured = saved_bytes(block, x)
+                config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=mb, global_batch_size=mb, seq_len=seq,
+                                        dtype=dtype, attention=attention, recompute=recompute)
+                estimated = executor_layer_activation_bytes(spec, config, recompute, "cpu")
+                assert estimated <= measured <= 1.03 * estimated, (dtype, attention, recompute, measured, estimated)
+
+
 def _hf_config(spec):
     from transformers import DeepseekV3Config
 
