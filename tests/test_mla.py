@@ -6,8 +6,9 @@ saved-tensor hooks) is cost/saved.py's count; with `transformers` installed (the
 its `DeepseekV3Attention`, and the qk-norm attention its `Qwen3Attention`, with the same weights (skipped without).
 Several ranks (the session's shared torchrun jobs, tests/executor_jobs.py), 3 steps in fp32, per-step loss and
 global gradient norm within 1e-4 of one process: a tiny DeepSeek-style model (latent attention, MoE layers with a
-shared expert after a leading dense layer) under tp2, tp2 x dp2 with sequence parallelism and ZeRO-3, ep2 x pp2
-and dp2 ZeRO-3; a qk-norm model under tp2 with sequence parallelism and cp2.
+shared expert after a leading dense layer) under tp2 with sequence parallelism, ep2 x pp2 and dp2 ZeRO-3; a
+qk-norm model under tp2 with sequence parallelism and cp2. (tp2 without sequence parallelism and tp2 x dp2 with it
+under ZeRO-3 passed too when this was written, and were left out to keep the suite's time.)
 """
 
 from __future__ import annotations
@@ -30,13 +31,16 @@ from plan_helpers import even_plan
 MOE = PRESETS["tiny-moe"]
 MLA = dataclasses.replace(MOE, name="tiny-mla", num_kv_heads=MOE.num_heads, head_dim=24, mla=MLASpec(
     q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=24))
-QK = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-qk-norm", num_layers=4, qk_norm=True)
+QK = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-qk-norm", num_layers=4, hidden_size=64, head_dim=None,
+                         ffn_hidden_size=176, qk_norm=True)
 MODELS = {"mla": MLA, "qk": QK}
 
 
 def mla_plan(model: str = "mla", ep: int = 1, **layout) -> Plan:
-    """`even_plan` of a test model with an expert-parallel degree, 4 sequences a step."""
-    plan = even_plan(MODELS[model], **{"global_batch": 4, **layout})
+    """`even_plan` of a test model with an expert-parallel degree, 4 sequences a step in micro-batches of 2 (of 1
+    with a pipeline, which needs as many micro-batches as stages)."""
+    plan = even_plan(MODELS[model], **{"global_batch": 4, "micro_batch": 1 if layout.get("pp", 1) > 1 else 2,
+                                       **layout})
     plan = Plan(model=plan.model, cluster=plan.cluster, config=dataclasses.replace(plan.config, ep=ep),
                 partition=plan.partition, placement=plan.placement)
     plan.validate()
@@ -47,12 +51,11 @@ def mla_plan(model: str = "mla", ep: int = 1, **layout) -> Plan:
 LAYOUTS: dict[str, Layout] = {
     "mla": Layout(1, mla_plan()),
     "qk": Layout(1, mla_plan("qk")),
-    "mla-tp2": Layout(2, mla_plan(tp=2)),
+    "mla-tp2-sp": Layout(2, mla_plan(tp=2, sp=True)),
     "mla-dp2-zero3": Layout(2, mla_plan(dp=2, zero=3)),
     "qk-tp2-sp": Layout(2, mla_plan("qk", tp=2, sp=True)),
     "qk-cp2": Layout(2, mla_plan("qk", cp=2)),
     "mla-ep2-pp2": Layout(4, mla_plan(ep=2, pp=2, dp=2)),
-    "mla-tp2-dp2-sp-zero3": Layout(4, mla_plan(tp=2, dp=2, sp=True, zero=3)),
 }
 executor_jobs.register("mla", LAYOUTS)
 

@@ -5,9 +5,9 @@ sequence parallelism, ZeRO 0-3, and mixed layouts train to the single-process lo
 parallelism (tests/test_context_parallel.py) with cp 2 and 4, and cp 2 with TP + SP, 1F1B, interleaved 1F1B and
 ZeRO-3 over dp x cp. MoE models (tests/test_moe_execute.py): expert parallelism with dp, tp, pp and ZeRO-3, and
 expert tensor parallelism (ep2 x etp2 over tp2 x dp2). Multi-head latent attention (tests/test_mla.py): a
-DeepSeek-style model under tp2, tp2 x dp2 with sequence parallelism and ZeRO-3, ep2 x pp2 and dp2 ZeRO-3; not with
-context parallelism (`latent_attention_reason`). qk_norm (Qwen3) under tp2 with sequence parallelism and cp2. Not
-built: capacity-factor routing (refused in one line).
+DeepSeek-style model under tp2 (with and without sequence parallelism), tp2 x dp2 with sequence parallelism and
+ZeRO-3, ep2 x pp2 and dp2 ZeRO-3; not with context parallelism (`latent_attention_reason`). qk_norm (Qwen3) under
+tp2 with sequence parallelism and cp2. Not built: capacity-factor routing (refused in one line).
 
 seq1f1b (sequence-level pipelining, execute/seq_chunks.py) runs on the layout its test checks
 (`sequence_chunks_reason`: pp > 1, tp 1, dp 1, cp 1, no recompute or offload, dense models).
