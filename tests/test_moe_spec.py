@@ -186,9 +186,9 @@ def test_a_model_with_no_moe_layer_is_refused():
         dataclasses.replace(TINY_MOE, moe=dataclasses.replace(TINY_MOE.moe, first_k_dense=8))
 
 
-def test_launch_takes_an_moe_plan_and_refuses_latent_attention(tmp_path):
+def test_launch_takes_an_moe_plan_and_latent_attention(tmp_path):
     """A plan file whose model is MoE (written by hand) launches (the executor builds MoE layers,
-    tests/test_moe_execute.py); one whose model uses latent attention is refused in one line."""
+    tests/test_moe_execute.py), and so does one whose model uses DeepSeek-V3's latent attention (tests/test_mla.py)."""
     dense = tmp_path / "dense.json"
     result = run_cli(["estimate", "--model", "tiny-llama", "--cluster", "cpu-local", "--tp", "1", "--pp", "2",
                       "--dp", "2", "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64", "--out", dense])
@@ -201,17 +201,17 @@ def test_launch_takes_an_moe_plan_and_refuses_latent_attention(tmp_path):
     mla = PRESETS["deepseek-v3"].mla
     plan["model"] = dataclasses.replace(TINY_MOE, mla=mla, head_dim=mla.v_head_dim).to_dict()
     moe.write_text(json.dumps(plan))
-    assert_one_line_refusal(run_cli(["launch", moe, "--dry-run"]), "multi-head latent attention")
+    assert run_cli(["launch", moe, "--dry-run"]).exit_code == 0
     assert run_cli(["launch", dense, "--dry-run"]).exit_code == 0
 
 
 def test_the_executor_refusal_is_one_rule():
-    """launch and profile read one rule (spec/support.py `model_unsupported_reason`): latent attention and a capacity
-    factor are refused, an MoE model with dropless routing and a dense model pass."""
+    """launch and profile read one rule (spec/support.py `model_unsupported_reason`): a capacity factor is refused;
+    an MoE model with dropless routing, a dense model and DeepSeek-V3 pass."""
     from autoconf.spec.support import model_unsupported_reason
 
     assert model_unsupported_reason(TINY_MOE) is None and model_unsupported_reason(PRESETS["tiny-llama"]) is None
-    assert "latent attention" in model_unsupported_reason(PRESETS["deepseek-v3"])
+    assert model_unsupported_reason(PRESETS["deepseek-v3"]) is None
     capped = dataclasses.replace(TINY_MOE, moe=dataclasses.replace(TINY_MOE.moe, capacity_factor=1.25))
     assert "dropless" in model_unsupported_reason(capped)
 
@@ -266,14 +266,15 @@ def test_a_bad_moe_field_in_a_model_json_is_named_once(tmp_path):
 
 
 def test_a_plan_of_a_model_the_executor_cannot_build_is_marked_not_launchable():
-    """The planner plans a model whose latent attention the executor does not build (for Megatron's exports) but
-    marks its plans not launchable; the same MoE model without it is launchable."""
+    """The planner plans a model whose capacity-factor routing the executor does not build (for Megatron's exports)
+    but marks its plans not launchable; the same MoE model without it, and with latent attention, is launchable."""
     from autoconf.solve.search import search
     from autoconf.spec.cluster import load_cluster
 
     mla = PRESETS["deepseek-v3"].mla
+    capped = dataclasses.replace(TINY_MOE, moe=dataclasses.replace(TINY_MOE.moe, capacity_factor=1.25))
     cluster = load_cluster("dgx-h100-80g", nodes=1)
-    for model, launchable in ((TINY_MOE, True),
-                              (dataclasses.replace(TINY_MOE, mla=mla, head_dim=mla.v_head_dim), False)):
+    for model, launchable in ((TINY_MOE, True), (dataclasses.replace(TINY_MOE, mla=mla, head_dim=mla.v_head_dim), True),
+                              (capped, False)):
         plans = search(model, cluster, 8, 64, "bf16", top_k=1, refine=False).plans
         assert plans and plans[0].prediction["launchable"] is launchable

@@ -173,6 +173,21 @@ def norm_saved_bytes(model: ModelSpec, config: ParallelConfig, device_kind: str)
     return float(DTYPE_BYTES[config.dtype])
 
 
+def executor_latent_attention_bytes(model: ModelSpec, config: ParallelConfig, device_kind: str = "gpu") -> float:
+    """What the executor's latent attention (execute/mla.py) keeps beyond its input, before the attention kernel's
+    own statistics, for one micro-batch on one TP rank: on every TP rank the whole latents (the query latent as its
+    norm's input and as the up-projection's input, the key-value projection's output, latent and rotary key, which
+    its norm keeps a view of, and the normed latent), also under sequence parallelism (the attention reads the
+    gathered sequence); per head Q, K, V and the output projection's input (cost/saved.py's rows, tests/test_mla.py
+    measures them)."""
+    m, c = model.mla, config
+    tokens, t, e = c.local_seq_len * c.micro_batch_size, c.tp, DTYPE_BYTES[c.dtype]
+    norm = norm_saved_bytes(model, c, device_kind)
+    latents = (norm + e) * (m.q_lora_rank or 0) + (norm + e) * m.kv_lora_rank + e * m.qk_rope_head_dim
+    heads = model.num_heads * (2 * (m.qk_nope_head_dim + m.qk_rope_head_dim) + 2 * m.v_head_dim)
+    return tokens * (latents + e * heads / t)
+
+
 def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, recompute: str,
                                     device_kind: str = "gpu") -> float:
     """What autoconf's executor block saves for its backward (tests/test_memory_saved.py counts it with autograd's
@@ -186,7 +201,8 @@ def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, re
     low-precision copy. Selective recompute keeps the attention core's inputs Q, K, V (unrepeated) and its output,
     and recomputes SwiGLU's silu (its inputs stay, the silu output goes). Torch tensor parallelism saves the gathered
     (full-sequence) input of its column-parallel layers also with sequence parallelism. Full recompute keeps the
-    block input only. Dropout masks take a byte per element (CUDA's fused kernel).
+    block input only. Dropout masks take a byte per element (CUDA's fused kernel). Latent attention: its own count
+    (`executor_latent_attention_bytes`); qk-norm adds its norms' inputs.
     """
     c = config
     s, b, h, f = c.local_seq_len, c.micro_batch_size, model.hidden_size, model.ffn_hidden_size
@@ -198,15 +214,21 @@ def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, re
     dropout_masks = 2 * sbh if model.dropout > 0 else 0
     norms = 2 * norm_saved_bytes(model, c, device_kind) * sbh / split + dropout_masks / split
     linear_inputs = 2 * e * sbh
-    qkv = e * s * b * (h + 2 * model.kv_dim) / t
-    attention = qkv + e * sbh / t  # Q, K, V and the output projection's input
+    if model.mla is not None:
+        attention = executor_latent_attention_bytes(model, c, device_kind)
+    else:
+        qkv = e * s * b * (h + 2 * model.kv_dim) / t
+        attention = qkv + e * sbh / t  # Q, K, V and the output projection's input
+        if model.qk_norm:  # the norms' inputs, the Q and K projections' outputs
+            attention += norm_saved_bytes(model, c, device_kind) * s * b * (model.q_dim + model.kv_dim) / t
     if recompute != "selective":
         if c.attention == "flash":
             attention += 4 * model.num_heads * s * b / t
         else:
             scores = model.num_heads * s * s * b / t
             softmax = 4 + (e if e < 4 else 0)  # fp32 softmax, and its low-precision copy
-            attention += e * s * b * 2 * (h - model.kv_dim) / t  # K and V repeated to every head
+            if model.mla is None:
+                attention += e * s * b * 2 * (h - model.kv_dim) / t  # K and V repeated to every head
             attention += softmax * scores + ((1 + e) * scores if model.dropout > 0 else 0)
     if model.arch == "gpt":
         mlp_tensors = 2  # GeLU input and output

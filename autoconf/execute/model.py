@@ -9,6 +9,8 @@ torch.distributed.checkpoint reshard a checkpoint into another layout, and what 
 - llama: RMSNorm, SwiGLU MLP, rotary positions (rope_theta), grouped-query attention (num_kv_heads), optional QKV bias.
 - MoE (a llama-family spec with `moe`): the MLP of every MoE layer is execute/moe.py's `MoE` (router, routed experts,
   shared experts); the leading `first_k_dense` layers and `dense_layers` keep the dense SwiGLU.
+- qk_norm (Qwen3): an RMSNorm of head_dim on every query and key head before RoPE (`Attention.q_norm`, `k_norm`).
+- mla (DeepSeek-V2/V3): every block's attention is execute/mla.py's `LatentAttention` (`make_attention`).
 
 Q, K and V are separate projections (not one fused matrix) so that column-parallel TP splits heads correctly.
 Attention is `F.scaled_dot_product_attention(is_causal=True)` ("flash": memory-efficient) or an explicit
@@ -65,17 +67,13 @@ def _rope(x: torch.Tensor, theta: float, positions: torch.Tensor) -> torch.Tenso
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-class Attention(nn.Module):
+class AttentionCore(nn.Module):
+    """What every attention module shares: the causal attention math over per-head Q, K, V (`core`, `attend`), its
+    selective recompute and its context-parallel exchange. Subclasses make Q, K and V (`Attention`: grouped-query;
+    execute/mla.py `LatentAttention`: DeepSeek's latent attention)."""
+
     def __init__(self, spec: ModelSpec, attention: str):
         super().__init__()
-        h, kv, q = spec.hidden_size, spec.kv_dim, spec.q_dim
-        qkv_bias = spec.linear_bias or spec.qkv_bias
-        self.wq = nn.Linear(h, q, bias=qkv_bias)
-        self.wk = nn.Linear(h, kv, bias=qkv_bias)
-        self.wv = nn.Linear(h, kv, bias=qkv_bias)
-        self.wo = nn.Linear(q, h, bias=spec.linear_bias)
-        self.head_dim = spec.head_dim
-        self.rope_theta = spec.rope_theta if spec.arch == "llama" else None
         self.attention = attention
         self.p_attn = spec.dropout
         self.resid_dropout = nn.Dropout(spec.dropout)
@@ -83,8 +81,9 @@ class Attention(nn.Module):
         self.context = None  # set by context_parallel.attach: K/V exchanged over the CP group
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """softmax(QK^T / sqrt(d)) V with a causal mask; q [b, heads, s, d], k and v [b, kv_heads, s, d]. Under
-        context parallelism the rank's queries attend to every CP rank's K/V (`ContextParallel.attention`)."""
+        """softmax(QK^T / sqrt(d)) V with a causal mask; q [b, heads, s, d], k and v [b, kv_heads, s, d] (v's width
+        may differ from q's: latent attention). Under context parallelism the rank's queries attend to every CP
+        rank's K/V (`ContextParallel.attention`)."""
         p = self.p_attn if self.training else 0.0
         if self.context is not None:
             return self.context.attention(q, k, v, p, self.attend)
@@ -107,19 +106,56 @@ class Attention(nn.Module):
         probs = scores.float().masked_fill(~mask, float("-inf")).softmax(dim=-1).to(q.dtype)
         return F.dropout(probs, p) @ v
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.wq(x), self.wk(x), self.wv(x)
-        b, s = q.shape[0], q.shape[1]
-        q, k, v = (t.view(b, s, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        if self.rope_theta is not None:
-            positions = token_positions(self.context, s, x.device)
-            q, k = _rope(q, self.rope_theta, positions), _rope(k, self.rope_theta, positions)
+    def attend_and_project(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The core (checkpointed under selective recompute) over q, k, v [b, heads, s, d], then the output
+        projection `wo` and the residual dropout: [b, s, hidden]."""
+        b, s = q.shape[0], q.shape[2]
         if self.recompute_core and torch.is_grad_enabled():
             out = checkpoint(self.core, q, k, v, use_reentrant=False)
         else:
             out = self.core(q, k, v)
         out = out.transpose(1, 2).reshape(b, s, -1)
         return self.resid_dropout(self.wo(out))
+
+
+class Attention(AttentionCore):
+    """Grouped-query attention: Q, K, V projections, with Qwen3's qk-norm (`qk_norm`: an RMSNorm of head_dim on
+    every query and key head, `q_norm` and `k_norm`, before RoPE) when the spec has it."""
+
+    def __init__(self, spec: ModelSpec, attention: str):
+        super().__init__(spec, attention)
+        h, kv, q = spec.hidden_size, spec.kv_dim, spec.q_dim
+        qkv_bias = spec.linear_bias or spec.qkv_bias
+        self.wq = nn.Linear(h, q, bias=qkv_bias)
+        self.wk = nn.Linear(h, kv, bias=qkv_bias)
+        self.wv = nn.Linear(h, kv, bias=qkv_bias)
+        self.wo = nn.Linear(q, h, bias=spec.linear_bias)
+        self.q_norm = nn.RMSNorm(spec.head_dim, eps=spec.norm_eps) if spec.qk_norm else None
+        self.k_norm = nn.RMSNorm(spec.head_dim, eps=spec.norm_eps) if spec.qk_norm else None
+        self.head_dim = spec.head_dim
+        self.rope_theta = spec.rope_theta if spec.arch == "llama" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        b, s = q.shape[0], q.shape[1]
+        q, k, v = (t.view(b, s, -1, self.head_dim) for t in (q, k, v))
+        if self.q_norm is not None:  # [b, s, heads, head_dim]: under TP the heads dimension is this rank's share
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        if self.rope_theta is not None:
+            positions = token_positions(self.context, s, x.device)
+            q, k = _rope(q, self.rope_theta, positions), _rope(k, self.rope_theta, positions)
+        return self.attend_and_project(q, k, v)
+
+
+def make_attention(spec: ModelSpec, attention: str) -> AttentionCore:
+    """A block's attention: DeepSeek's multi-head latent attention (execute/mla.py) where the spec has `mla`, else
+    grouped-query attention."""
+    if spec.mla is not None:
+        from autoconf.execute.mla import LatentAttention
+
+        return LatentAttention(spec, attention)
+    return Attention(spec, attention)
 
 
 class GeluMLP(nn.Module):
@@ -174,7 +210,7 @@ class Block(nn.Module):
     def __init__(self, spec: ModelSpec, attention: str, layer: int | None = None):
         super().__init__()
         self.attention_norm = make_norm(spec)
-        self.attention = Attention(spec, attention)
+        self.attention = make_attention(spec, attention)
         self.ffn_norm = make_norm(spec)
         self.feed_forward = make_ffn(spec, layer)
         self.recompute_full = False  # set by parallelize (full recompute)

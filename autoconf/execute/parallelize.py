@@ -1,7 +1,7 @@
 """Applies a plan's intra-stage parallelism to one model chunk, in one fixed order:
 
 1. tensor parallelism (DTensor `parallelize_module`: Colwise/Rowwise, plus SequenceParallel norms when planned), on
-   the meta device;
+   the meta device; attention by `attention_tp_plan` (grouped-query with or without qk-norm, or latent attention);
    MoE layers stay whole on every TP rank (each TP rank routes its share of the tokens, execute/moe.py);
    then expert parallelism (`apply_expert_parallel`): the routed experts' weights sharded over "ep" of the expert
    mesh (mesh.build_expert_mesh: each pipeline rank's ranks folded as edp x ep x etp);
@@ -63,6 +63,7 @@ from torch.distributed.tensor.parallel import (
 
 from autoconf.execute.dtypes import TORCH_DTYPES
 from autoconf.execute.mesh import SOLO
+from autoconf.execute.mla import LatentAttention
 from autoconf.execute.model import Transformer, init_weights
 from autoconf.execute.moe import MoE, is_expert_param
 from autoconf.spec.frameworks import selective_policy
@@ -89,12 +90,7 @@ def apply_tp(model: Transformer, tp_mesh, sequence_parallel: bool) -> None:
     gpt = model.spec.arch == "gpt"
     for block in model.layers.values():
         moe = isinstance(block.feed_forward, MoE)
-        plan = {
-            "attention.wq": ColwiseParallel(),
-            "attention.wk": ColwiseParallel(),
-            "attention.wv": ColwiseParallel(),
-            "attention.wo": RowwiseParallel(output_layouts=residual),
-        }
+        plan = attention_tp_plan(block.attention, tp_mesh, residual)
         if moe:  # replicated over TP; each TP rank routes its share of the tokens (execute/moe.py)
             block.feed_forward.token_group = tp_mesh.get_group()
         elif gpt:
@@ -109,10 +105,38 @@ def apply_tp(model: Transformer, tp_mesh, sequence_parallel: bool) -> None:
             ffn = (PrepareModuleInputOutput(**gather, use_local_input=True, output_layouts=(Replicate(),),
                                             desired_output_layouts=(Shard(1),), use_local_output=True)
                    if moe else PrepareModuleInput(**gather))
+            # Latent attention's replicated down-projections are plain modules: they take the gathered sequence as
+            # a plain tensor (its gradient is the same on every TP rank: parallelize's module docstring).
+            attention = PrepareModuleInput(**gather, use_local_output=isinstance(block.attention, LatentAttention))
             plan.update({"attention_norm": SequenceParallel(), "ffn_norm": SequenceParallel(),
-                         "attention": PrepareModuleInput(**gather), "feed_forward": ffn})
+                         "attention": attention, "feed_forward": ffn})
         parallelize_module(block, tp_mesh, plan)
     model.tie_weights()  # TP replaced the embedding's parameter; the head shares it again (both Shard(0)).
+
+
+def attention_tp_plan(attention, tp_mesh, residual) -> dict:
+    """The TP plan of a block's attention (keys relative to the block): the heads split, the projections into the
+    heads column-parallel, the output projection row-parallel (its output in the `residual` layout).
+
+    - grouped-query attention: wq, wk, wv column-parallel; qk-norm's `q_norm` and `k_norm` (one head_dim weight
+      every head shares) replicated DTensors over the rank's heads (`SequenceParallel` over the heads dimension 2
+      of [b, s, heads, head_dim]), so their gradients are summed over the TP ranks' heads;
+    - latent attention (execute/mla.py): the up-projections `wq_b` (or the one query projection `wq`) and `wkv_b`
+      column-parallel; the down-projections `wq_a`, `wkv_a` and their norms plain replicated modules (every TP rank
+      computes the whole latent, with the same gradient: the column-parallel inputs' backward sums theirs over
+      the group, and the shared rotary key's is summed in the module, `tp_mesh`)."""
+    if isinstance(attention, LatentAttention):
+        attention.tp_mesh = tp_mesh
+        query = {"attention.wq": ColwiseParallel()} if hasattr(attention, "wq") else {
+            "attention.wq_b": ColwiseParallel()}
+        return {**query, "attention.wkv_b": ColwiseParallel(),
+                "attention.wo": RowwiseParallel(output_layouts=residual)}
+    plan = {"attention.wq": ColwiseParallel(), "attention.wk": ColwiseParallel(),
+            "attention.wv": ColwiseParallel(), "attention.wo": RowwiseParallel(output_layouts=residual)}
+    if attention.q_norm is not None:
+        plan.update({"attention.q_norm": SequenceParallel(sequence_dim=2, use_local_output=True),
+                     "attention.k_norm": SequenceParallel(sequence_dim=2, use_local_output=True)})
+    return plan
 
 
 def moe_layers(model: nn.Module) -> list[MoE]:

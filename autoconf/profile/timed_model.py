@@ -17,11 +17,14 @@ from autoconf.spec.model import ModelSpec
 
 def timed_model(model: ModelSpec) -> ModelSpec:
     """The model whose blocks the profiler builds and times (module docstring). Raises a UserError for what the
-    executor's blocks cannot build (latent attention, qk_norm)."""
+    executor's blocks cannot build, and for latent attention, which the profiler's attention block (grouped-query,
+    profile/compute.py) does not time."""
     from autoconf.spec.support import model_unsupported_reason
 
     dense = dataclasses.replace(model, moe=None) if model.moe is not None else model
-    reason = model_unsupported_reason(dense)
+    reason = model_unsupported_reason(dense) or (
+        f"{model.name} uses multi-head latent attention, whose blocks the profiler does not build (it times "
+        f"grouped-query attention); profile a model with grouped-query attention" if model.mla else None)
     if reason:
         raise UserError(f"the profiler times the executor's blocks: {reason}")
     return dense

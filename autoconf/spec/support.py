@@ -4,8 +4,10 @@ Verified on torch 2.13 (CPU, gloo; tests/test_execute.py): every schedule with p
 sequence parallelism, ZeRO 0-3, and mixed layouts train to the single-process losses and gradient norms; context
 parallelism (tests/test_context_parallel.py) with cp 2 and 4, and cp 2 with TP + SP, 1F1B, interleaved 1F1B and
 ZeRO-3 over dp x cp. MoE models (tests/test_moe_execute.py): expert parallelism with dp, tp, pp and ZeRO-3, and
-expert tensor parallelism (ep2 x etp2 over tp2 x dp2). Not built: multi-head latent attention, qk_norm,
-capacity-factor routing (refused, one line each).
+expert tensor parallelism (ep2 x etp2 over tp2 x dp2). Multi-head latent attention (tests/test_mla.py): a
+DeepSeek-style model under tp2 (with and without sequence parallelism), tp2 x dp2 with sequence parallelism and
+ZeRO-3, ep2 x pp2 and dp2 ZeRO-3; not with context parallelism (`latent_attention_reason`). qk_norm (Qwen3) under
+tp2 with sequence parallelism and cp2. Not built: capacity-factor routing (refused in one line).
 
 seq1f1b (sequence-level pipelining, execute/seq_chunks.py) runs on the layout its test checks
 (`sequence_chunks_reason`: pp > 1, tp 1, dp 1, cp 1, no recompute or offload, dense models).
@@ -25,23 +27,34 @@ from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 def model_unsupported_reason(model) -> str | None:
     """Why the executor cannot build `model` (one line naming what would work), or None if it can."""
-    if model.mla is not None:
-        return (f"{model.name} uses multi-head latent attention, which the executor does not build; models with "
-                f"grouped-query attention (Mixtral, Qwen-MoE, the dense presets) run")
-    if model.qk_norm:
-        return (f"{model.name} normalises each query and key head (qk_norm, Qwen3), which the executor does not "
-                f"build; models without it run")
     if model.moe is not None and model.moe.capacity_factor is not None:
         return (f"{model.name} has capacity_factor {model.moe.capacity_factor}: the executor routes dropless only "
                 f"(every token reaches its experts); set capacity_factor null")
     return None
 
 
+def latent_attention_reason(config, model) -> str | None:
+    """Why the executor does not run this layout of a model with multi-head latent attention (execute/mla.py), or
+    None. Tested on CPU (tests/test_mla.py): TP (with and without sequence parallelism), pipelines, ZeRO-3 and
+    expert parallelism. Not built: context parallelism (its K/V exchange carries K and V of one width; latent
+    attention's differ, and its rotary key is shared by the heads). Not tried: the per-op selective policy
+    (alternate_matmuls) and seq1f1b's sequence chunks."""
+    found = [what for what, on in (
+        (f"cp {config.cp} (context parallelism is not built for latent attention)", config.cp > 1),
+        ("selective_recompute alternate_matmuls", config.selective_recompute == "alternate_matmuls"),
+        (f"schedule {config.schedule}", schedule_spec(config.schedule).sequence_chunks)) if on]
+    if not found:
+        return None
+    return (f"{model.name} uses multi-head latent attention, which the executor runs with tp, pp, dp, ep, ZeRO and "
+            f"recompute but not with {', '.join(found)}; use cp 1, selective_recompute attention_core and a "
+            f"schedule without sequence chunks")
+
+
 def unsupported_reason(config, model=None) -> str | None:
     """Why the executor refuses this ParallelConfig (one line naming what would work), or None if it runs it. With
     `model`, also what the executor cannot build of the model (`model_unsupported_reason`) or of its layout."""
     if model is not None:
-        reason = model_unsupported_reason(model)
+        reason = model_unsupported_reason(model) or (latent_attention_reason(config, model) if model.mla else None)
         if reason:
             return reason
         if (model.moe is not None and config.tp > 1

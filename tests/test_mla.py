@@ -1,0 +1,306 @@
+"""The executor's multi-head latent attention (execute/mla.py) and qk-norm (execute/model.py `Attention`), on CPU.
+
+Single process: the built modules hold the spec's parameters (latent attention with and without a query bottleneck,
+qk-norm); recompute keeps the gradients; what a latent-attention block keeps for its backward (autograd's
+saved-tensor hooks) is cost/saved.py's count; with `transformers` installed (the `hf` extra), the attention equals
+its `DeepseekV3Attention`, and the qk-norm attention its `Qwen3Attention`, with the same weights (skipped without).
+Several ranks (the session's shared torchrun jobs, tests/executor_jobs.py), 3 steps in fp32, per-step loss and
+global gradient norm within 1e-4 of one process: a tiny DeepSeek-style model (latent attention, MoE layers with a
+shared expert after a leading dense layer) under tp2 with sequence parallelism, ep2 x pp2 and dp2 ZeRO-3; a
+qk-norm model under tp2 with sequence parallelism and cp2. (tp2 without sequence parallelism and tp2 x dp2 with it
+under ZeRO-3 passed too when this was written, and were left out to keep the suite's time.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from autoconf.spec.model import MLASpec
+from autoconf.spec.plan import ParallelConfig, Plan
+from autoconf.spec.presets import PRESETS
+import executor_jobs
+from executor_jobs import STEPS, Layout, assert_matches_reference
+from plan_helpers import even_plan
+
+# DeepSeek-V3's shape in miniature: a query bottleneck, a latent of 16, 16 + 8 query/key widths per head (8 rotary)
+# and values as wide as a query head (CPU's fused attention kernel needs equal widths; HF_MLA below has unequal
+# ones); tiny-moe's MoE layers (8 experts, top-2, a shared expert) after one dense layer.
+MOE = PRESETS["tiny-moe"]
+MLA = dataclasses.replace(MOE, name="tiny-mla", num_kv_heads=MOE.num_heads, head_dim=24, mla=MLASpec(
+    q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=24))
+QK = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-qk-norm", num_layers=4, hidden_size=64, head_dim=None,
+                         ffn_hidden_size=176, qk_norm=True)
+MODELS = {"mla": MLA, "qk": QK}
+
+
+def mla_plan(model: str = "mla", ep: int = 1, **layout) -> Plan:
+    """`even_plan` of a test model with an expert-parallel degree, 4 sequences a step in micro-batches of 2 (of 1
+    with a pipeline, which needs as many micro-batches as stages)."""
+    plan = even_plan(MODELS[model], **{"global_batch": 4, "micro_batch": 1 if layout.get("pp", 1) > 1 else 2,
+                                       **layout})
+    plan = Plan(model=plan.model, cluster=plan.cluster, config=dataclasses.replace(plan.config, ep=ep),
+                partition=plan.partition, placement=plan.placement)
+    plan.validate()
+    return plan
+
+
+# name -> Layout(world, plan); the name's first word is the reference run's (world 1).
+LAYOUTS: dict[str, Layout] = {
+    "mla": Layout(1, mla_plan()),
+    "qk": Layout(1, mla_plan("qk")),
+    "mla-tp2-sp": Layout(2, mla_plan(tp=2, sp=True)),
+    "mla-dp2-zero3": Layout(2, mla_plan(dp=2, zero=3)),
+    "qk-tp2-sp": Layout(2, mla_plan("qk", tp=2, sp=True)),
+    "qk-cp2": Layout(2, mla_plan("qk", cp=2)),
+    "mla-ep2-pp2": Layout(4, mla_plan(ep=2, pp=2, dp=2)),
+}
+executor_jobs.register("mla", LAYOUTS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n, layout in LAYOUTS.items() if layout.world > 1])
+def test_layout_matches_single_process(name, tmp_path_factory):
+    """Every step's loss and global gradient norm equal the single-process run's within 1e-4 relative."""
+    assert_matches_reference(executor_jobs.results("mla", tmp_path_factory), name)
+
+
+@pytest.mark.slow
+def test_reference_runs_train(tmp_path_factory):
+    """The reference runs move step to step (so equal numbers are a real check)."""
+    out = executor_jobs.results("mla", tmp_path_factory)
+    for name in ("mla", "qk"):
+        assert len({round(r["loss"], 6) for r in out[name]["records"]}) == STEPS
+
+
+# ---- pieces that need no process group ----------------------------------------------------------------------------
+def _model(spec):
+    from autoconf.execute.model import build_model, init_weights
+
+    model = build_model(spec, device="cpu")
+    init_weights(model, 0)
+    return model
+
+
+@pytest.mark.parametrize("spec", [MLA, dataclasses.replace(MLA, mla=dataclasses.replace(MLA.mla, q_lora_rank=None)),
+                                  QK], ids=["mla", "mla-full-rank-query", "qk-norm"])
+def test_built_model_has_the_spec_parameters(spec):
+    """The executor's model holds exactly the parameters the spec's op table counts."""
+    assert sum(p.numel() for p in _model(spec).parameters()) == spec.total_params()
+
+
+def test_qk_norm_normalises_each_head():
+    """With unit norm weights every query and key head reaching the attention has RMS 1 before RoPE (RoPE keeps
+    the norm): scaling a head's projection changes nothing downstream."""
+    attention = _model(QK).layers["0"].attention
+    x = torch.randn(2, 8, QK.hidden_size)
+    out = attention(x)
+    with torch.no_grad():
+        attention.wq.weight[: QK.head_dim] *= 7.0  # head 0 of the queries
+        attention.wk.weight[QK.head_dim:] *= 3.0  # key head 1
+    assert torch.allclose(attention(x), out, rtol=1e-3, atol=1e-5)
+    attention.q_norm = None  # without the norm the scaled head changes the output
+    assert not torch.allclose(attention(x), out, rtol=1e-3, atol=1e-5)
+
+
+def test_recompute_gives_the_gradients_of_no_recompute():
+    """Selective (the attention core) and full recompute of a latent-attention MoE block and of a qk-norm block
+    give the gradients the block gives without recompute."""
+    from autoconf.execute.parallelize import apply_recompute
+
+    for spec, layer in ((MLA, "1"), (QK, "0")):
+        model = _model(spec)
+        block = model.layers[layer]
+        x = torch.randn(2, 16, spec.hidden_size)
+        grads = []
+        for mode in ("none", "selective", "full"):
+            apply_recompute(model, mode)
+            block.zero_grad(set_to_none=True)
+            block(x).square().sum().backward()
+            grads.append([p.grad.clone() for p in block.parameters()])
+        assert block.recompute_full and len(grads[0]) == len(list(block.parameters()))
+        for other in grads[1:]:
+            assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(grads[0], other))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_latent_attention_saves_what_cost_saved_counts(dtype):
+    """What a latent-attention block's attention half (norm and attention, no recompute, flash) keeps for its
+    backward, counted with autograd's saved-tensor hooks, is cost/saved.py's rows for it (norm input, latents,
+    Q, K, V, output projection input, log-sum-exp), plus what CPU's composite RMSNorm keeps beyond its input
+    (cost/memory.py `norm_saved_bytes`) for each of its three norms; left over: the norms' fp32 statistics (one per
+    token and norm) and the rotary tables (cos and sin for the queries and the shared key)."""
+    from autoconf.cost.memory import norm_saved_bytes
+    from autoconf.cost.saved import saved_tensors
+    from autoconf.execute.model import Block
+    from autoconf.profile.activations import saved_bytes
+    from autoconf.spec.dtypes import STORAGE_BYTES, precision
+
+    mb, seq, spec = 3, 40, MLA
+    low = torch.bfloat16 if dtype == "bf16" else torch.float32
+    torch.manual_seed(0)
+    block = Block(spec, "flash").train().to(low)
+    x = torch.randn(mb, seq, spec.hidden_size, dtype=low, requires_grad=True)
+    measured = saved_bytes(torch.nn.Sequential(block.attention_norm, block.attention), x)
+    config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=mb, global_batch_size=mb, seq_len=seq, dtype=dtype,
+                            attention="flash", recompute="none")
+    rows = saved_tensors(spec, config, "none", "attention_core", moe=False)
+    counted = sum(nbytes for name, nbytes in rows if not name.startswith("MLP"))
+    assert len(rows) - sum(name.startswith("MLP") for name, _ in rows) == 9  # the rows of latent attention
+    e = STORAGE_BYTES[precision(dtype).element]
+    norm_widths = spec.hidden_size + spec.mla.q_lora_rank + spec.mla.kv_lora_rank
+    cpu_norms = (norm_saved_bytes(spec, config, "cpu") - e) * mb * seq * norm_widths
+    left_over = 3 * 4 * mb * seq + 4 * e * seq * spec.mla.qk_rope_head_dim
+    assert counted + cpu_norms <= measured <= counted + cpu_norms + left_over, (measured, counted, cpu_norms)
+
+
+class _OneBlock(torch.nn.Module):
+    """What `apply_recompute` walks: a model whose layers are this one block."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.layers = torch.nn.ModuleDict({"0": block})
+
+
+@pytest.mark.parametrize("spec", [MLA, dataclasses.replace(MLA, mla=dataclasses.replace(MLA.mla, q_lora_rank=None)),
+                                  QK], ids=["mla", "mla-full-rank-query", "qk-norm"])
+def test_memory_estimate_counts_what_the_block_saves(spec):
+    """The memory estimate of the executor's block (cost/memory.py `executor_layer_activation_bytes`: latent
+    attention's own count, qk-norm's norm inputs) is what a dense block of the model keeps for its backward, in fp32
+    and bf16, with both attention kernels and every recompute mode; left over (under 3%): norm statistics and rotary
+    tables, as for grouped-query blocks (tests/test_memory_saved.py)."""
+    from autoconf.cost.memory import executor_layer_activation_bytes
+    from autoconf.execute.model import Block
+    from autoconf.execute.parallelize import apply_recompute
+    from autoconf.profile.activations import saved_bytes
+
+    mb, seq = 3, 40
+    torch.manual_seed(0)
+    for dtype in ("fp32", "bf16"):
+        low = torch.bfloat16 if dtype == "bf16" else torch.float32
+        for attention in ("flash", "standard"):
+            for recompute in ("none", "selective", "full"):
+                block = Block(spec, attention, 0).train().to(low)
+                apply_recompute(_OneBlock(block), recompute)
+                x = torch.randn(mb, seq, spec.hidden_size, dtype=low, requires_grad=True)
+                measured = saved_bytes(block, x)
+                config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=mb, global_batch_size=mb, seq_len=seq,
+                                        dtype=dtype, attention=attention, recompute=recompute)
+                estimated = executor_layer_activation_bytes(spec, config, recompute, "cpu")
+                assert estimated <= measured <= 1.03 * estimated, (dtype, attention, recompute, measured, estimated)
+
+
+def _hf_config(spec):
+    from transformers import DeepseekV3Config
+
+    m = spec.mla
+    return DeepseekV3Config(hidden_size=spec.hidden_size, num_attention_heads=spec.num_heads,
+                            num_key_value_heads=spec.num_heads, q_lora_rank=m.q_lora_rank,
+                            kv_lora_rank=m.kv_lora_rank, qk_nope_head_dim=m.qk_nope_head_dim,
+                            qk_rope_head_dim=m.qk_rope_head_dim, v_head_dim=m.v_head_dim,
+                            rope_theta=spec.rope_theta, rms_norm_eps=spec.norm_eps, attention_bias=False,
+                            rope_interleave=False, rope_scaling=None, max_position_embeddings=spec.max_seq_len,
+                            attention_dropout=0.0)
+
+
+# Values narrower than a query head (DeepSeek-V3: 192 vs 128), so the check covers unequal widths too.
+HF_MLA = dataclasses.replace(MLA, head_dim=16, mla=dataclasses.replace(MLA.mla, v_head_dim=16))
+
+
+@pytest.mark.parametrize("spec", [HF_MLA, dataclasses.replace(HF_MLA, mla=dataclasses.replace(HF_MLA.mla,
+                                                                                                q_lora_rank=None))],
+                         ids=["query-bottleneck", "full-rank-query"])
+@pytest.mark.parametrize("attention", ["flash", "standard"])
+def test_latent_attention_equals_transformers_deepseek_v3(spec, attention):
+    """With the same weights, the executor's latent attention and transformers' `DeepseekV3Attention` (eager, no
+    interleaved RoPE, no YaRN scaling) give the same output and input gradient."""
+    pytest.importorskip("transformers")
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import (DeepseekV3Attention,
+                                                                        DeepseekV3RotaryEmbedding)
+
+    config = _hf_config(spec)
+    config._attn_implementation = "eager"
+    ours = _model(spec).layers["0"].attention.train()
+    theirs = DeepseekV3Attention(config, layer_idx=0).train()
+    names = {"q_proj": "wq", "q_a_proj": "wq_a", "q_a_layernorm": "q_a_norm", "q_b_proj": "wq_b",
+             "kv_a_proj_with_mqa": "wkv_a", "kv_a_layernorm": "kv_a_norm", "kv_b_proj": "wkv_b", "o_proj": "wo"}
+    mine = dict(ours.named_parameters())
+    with torch.no_grad():
+        for name, p in mine.items():  # the norms' weights random too, so that a swapped norm would show
+            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if name.endswith("norm.weight") else 0.0))
+        copied = []
+        for name, p in theirs.named_parameters():
+            module, leaf = name.split(".", 1)
+            copied.append(f"{names[module]}.{leaf}")
+            p.copy_(mine[copied[-1]])
+    assert sorted(copied) == sorted(mine)
+    ours.attention = attention
+    _assert_same_function(ours, theirs, DeepseekV3RotaryEmbedding(config), spec.hidden_size)
+
+
+def _assert_same_function(ours, theirs, rotary, hidden: int) -> None:
+    """`ours(x)` and transformers' `theirs(x, cos_sin, causal mask)[0]` agree in output and input gradient."""
+    torch.manual_seed(0)
+    b, s = 2, 12
+    x = torch.randn(b, s, hidden)
+    cos_sin = rotary(x, torch.arange(s).unsqueeze(0))
+    mask = torch.full((s, s), float("-inf")).triu(1)[None, None]
+    outs = []
+    for run in (lambda t: ours(t), lambda t: theirs(t, cos_sin, mask)[0]):
+        leaf = x.clone().requires_grad_()
+        out = run(leaf)
+        out.square().sum().backward()
+        outs.append((out.detach(), leaf.grad))
+    for mine, hf in zip(outs[0], outs[1]):  # output, input gradient: equal to fp32 rounding
+        assert (mine - hf).norm() <= 1e-5 * hf.norm(), ((mine - hf).norm(), hf.norm())
+
+
+def test_qk_norm_attention_equals_transformers_qwen3():
+    """With the same weights (norms random), the executor's qk-norm attention and transformers' `Qwen3Attention`
+    (eager) give the same output and input gradient."""
+    pytest.importorskip("transformers")
+    from transformers import Qwen3Config
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, Qwen3RotaryEmbedding
+
+    spec = QK
+    config = Qwen3Config(hidden_size=spec.hidden_size, num_attention_heads=spec.num_heads,
+                         num_key_value_heads=spec.num_kv_heads, head_dim=spec.head_dim, rope_theta=spec.rope_theta,
+                         rms_norm_eps=spec.norm_eps, attention_bias=False, attention_dropout=0.0,
+                         max_position_embeddings=spec.max_seq_len, rope_scaling=None)
+    config._attn_implementation = "eager"
+    ours = _model(spec).layers["0"].attention.train()
+    theirs = Qwen3Attention(config, layer_idx=0).train()
+    names = {"q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo", "q_norm": "q_norm", "k_norm": "k_norm"}
+    mine = dict(ours.named_parameters())
+    with torch.no_grad():
+        for name, p in mine.items():
+            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if name.endswith("norm.weight") else 0.0))
+        copied = []
+        for name, p in theirs.named_parameters():
+            module, leaf = name.split(".", 1)
+            copied.append(f"{names[module]}.{leaf}")
+            p.copy_(mine[copied[-1]])
+    assert sorted(copied) == sorted(mine)
+    _assert_same_function(ours, theirs, Qwen3RotaryEmbedding(config), spec.hidden_size)
+
+
+def test_launch_runs_latent_attention_and_refuses_context_parallelism(tmp_path):
+    """launch --dry-run takes a latent-attention plan; the executor's rule takes DeepSeek-V3 at tp2; cp2 with latent
+    attention is refused in one line saying what would work."""
+    from click.testing import CliRunner
+
+    from autoconf.cli import main
+    from autoconf.spec.support import unsupported_reason
+
+    path = tmp_path / "mla.json"
+    mla_plan(tp=2).save(path)
+    result = CliRunner().invoke(main, ["launch", str(path), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert unsupported_reason(mla_plan(tp=2).config, PRESETS["deepseek-v3"]) is None
+    mla_plan(cp=2).save(tmp_path / "cp.json")
+    result = CliRunner().invoke(main, ["launch", str(tmp_path / "cp.json"), "--dry-run"])
+    errors = [line for line in result.output.splitlines() if line.startswith("autoconf: error:")]
+    assert result.exit_code != 0 and "Traceback" not in result.output and len(errors) == 1, result.output
+    assert "latent attention" in errors[0] and "use cp 1" in errors[0], errors[0]
