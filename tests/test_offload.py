@@ -46,7 +46,7 @@ def _offload_plan(**layout) -> Plan:
 
 
 # FSDP2's CPUOffloadPolicy over the DTensor TP mesh and under a pipeline, in the session's shared jobs
-# (tests/executor_jobs.py); "gpt" is their single-process reference.
+# (tests/executor_jobs.py); "gpt" is their single-process reference, tests/test_execute.py's (trained once).
 LAYOUTS = {"gpt": Layout(1, even_plan(GPT)),
            "gpt-tp2-dp2-zero3-offload-optimizer": Layout(4, _offload_plan(tp=2), HOST_PROBE),
            "gpt-pp2-dp2-1f1b-zero3-offload-optimizer": Layout(4, _offload_plan(pp=2, schedule="1f1b"), HOST_PROBE)}

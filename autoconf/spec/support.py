@@ -95,18 +95,23 @@ def optimizer_offload_unsupported(config) -> str | None:
 
 def op_policy_unsupported(config, model=None) -> str | None:
     """Why the executor does not run selective_recompute "alternate_matmuls" (torchtitan's per-op policy) with this
-    layout, or None. Tried on CPU (tests/test_execute.py): TP with and without SP, pipelines, FSDP. Not tried:
-    context parallelism (its blockwise attention calls the kernel once per K/V block), MoE layers (routing and
-    expert matmuls that the policy does not name), FP8 linears (scaled matmuls) and offload_activations (the
-    policy's saved outputs bypass the saved-tensor hooks)."""
-    others = [what for what, on in (("cp > 1", config.cp > 1), ("dtype fp8", config.dtype == "fp8"),
-                                    ("offload_activations", config.offload_activations is True),
+    layout, or None. Run on CPU to the single-process losses: TP with and without SP, pipelines, FSDP
+    (tests/test_execute.py); FP8 linears and offload_activations (tests/test_memory_op_policy.py: the block keeps,
+    and the offload hooks move, what the estimate counts). Not run:
+    - context parallelism: the executor's CP attention (execute/context_parallel.py) calls the attention kernel once
+      per K/V block and exchanges K/V in a ring; the policy would save every block's partial output and
+      log-sum-exp (cp of them, not one) and recompute the exchange, which no saved-bytes or time rule counts;
+    - MoE layers: the routed experts' GEMMs are one matmul per expert holding tokens (on CPU) or a grouped GEMM, so
+      "every second matmul" depends on the routing; saving the all-to-all outputs (torchtitan's list) would not
+      make the expert GEMMs' share countable."""
+    others = [what for what, on in (("cp > 1", config.cp > 1),
                                     ("a mixture-of-experts model", model is not None and model.moe is not None))
               if on]
     if not others:
         return None
-    return (f"selective_recompute alternate_matmuls (the per-op policy) with {', '.join(others)} is not run; use "
-            f"selective_recompute attention_core, or drop {', '.join(others)}")
+    return (f"selective_recompute alternate_matmuls (the per-op policy) with {', '.join(others)} is not run (no "
+            f"saved-bytes rule for its blockwise or routed GEMMs); use selective_recompute attention_core, or drop "
+            f"{', '.join(others)}")
 
 
 def sequence_chunks_reason(config, model=None) -> str | None:
