@@ -98,9 +98,11 @@ def op_policy_unsupported(config, model=None) -> str | None:
     layout, or None. Run on CPU to the single-process losses: TP with and without SP, pipelines, FSDP
     (tests/test_execute.py); FP8 linears and offload_activations (tests/test_memory_op_policy.py: the block keeps,
     and the offload hooks move, what the estimate counts). Not run:
-    - context parallelism: the executor's CP attention (execute/context_parallel.py) calls the attention kernel once
-      per K/V block and exchanges K/V in a ring; the policy would save every block's partial output and
-      log-sum-exp (cp of them, not one) and recompute the exchange, which no saved-bytes or time rule counts;
+    - context parallelism: the executor's CP attention (execute/context_parallel.py) all-gathers K/V and runs a
+      masked attention, or passes K/V around a ring and merges blockwise results (an explicit softmax on CPU, the
+      flash kernel once per K/V block under torch's context_parallel on CUDA); the policy would save no attention
+      output or cp partial ones, and redo the K/V exchange in the backward, which no saved-bytes or time rule
+      counts;
     - MoE layers: the routed experts' GEMMs are one matmul per expert holding tokens (on CPU) or a grouped GEMM, so
       "every second matmul" depends on the routing; saving the all-to-all outputs (torchtitan's list) would not
       make the expert GEMMs' share countable."""
