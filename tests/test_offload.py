@@ -32,24 +32,25 @@ from plan_helpers import even_plan
 GiB = 1024 ** 3
 
 
-# The test GPT of tests/test_execute.py (tied embeddings: under pp 2 the last stage holds the head's copy).
-GPT = ModelSpec(name="test-gpt", arch="gpt", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=4,
-                ffn_hidden_size=256, vocab_size=256, max_seq_len=64, tied_embeddings=True)
+# The test GPT of tests/test_execute.py with 2 layers (a TP layout's time on CPU grows with its layers; tied
+# embeddings: under pp 2 the last stage holds the head's copy).
+GPT2 = ModelSpec(name="test-gpt2", arch="gpt", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=4,
+                 ffn_hidden_size=256, vocab_size=256, max_seq_len=64, tied_embeddings=True)
 HOST_PROBE = {"probe": "tests/offload_probe.py"}
 
 
 def _offload_plan(**layout) -> Plan:
-    plan = even_plan(GPT, dp=2, zero=3, **layout)
+    plan = even_plan(GPT2, dp=2, zero=3, **layout)
     plan.config = dataclasses.replace(plan.config, offload_optimizer=True)
     plan.validate()
     return plan
 
 
 # FSDP2's CPUOffloadPolicy over the DTensor TP mesh and under a pipeline, in the session's shared jobs
-# (tests/executor_jobs.py); "gpt" is their single-process reference, tests/test_execute.py's (trained once).
-LAYOUTS = {"gpt": Layout(1, even_plan(GPT)),
-           "gpt-tp2-dp2-zero3-offload-optimizer": Layout(4, _offload_plan(tp=2), HOST_PROBE),
-           "gpt-pp2-dp2-1f1b-zero3-offload-optimizer": Layout(4, _offload_plan(pp=2, schedule="1f1b"), HOST_PROBE)}
+# (tests/executor_jobs.py); "gpt2" is their single-process reference.
+LAYOUTS = {"gpt2": Layout(1, even_plan(GPT2)),
+           "gpt2-tp2-dp2-zero3-offload-optimizer": Layout(4, _offload_plan(tp=2), HOST_PROBE),
+           "gpt2-pp2-dp2-1f1b-zero3-offload-optimizer": Layout(4, _offload_plan(pp=2, schedule="1f1b"), HOST_PROBE)}
 executor_jobs.register("offload", LAYOUTS)
 
 
