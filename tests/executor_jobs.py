@@ -7,7 +7,8 @@ modules do not start their own: each registers its layouts at import, under its 
     executor_jobs.register("execute", LAYOUTS)
 
 and reads them back with `results("execute", tmp_path_factory)`, which runs every registered layout once per
-session in three jobs: world 4, then 2, then 1; within a job in registration order. A layout may resume a
+session in three jobs: world 4, then 2, then 1; within a job in registration order, a layout that several modules
+register with the same plan and options (a shared reference run) once. A layout may resume a
 checkpoint written by one that runs before it: its options name `copy_checkpoint` (a step directory), which the
 worker copies into its `checkpoint_dir` before training. Those two options, when relative, are directories under the
 registering module's own folder (`checkpoints(prefix, tmp_path_factory)`); other options are TrainOptions fields
@@ -81,8 +82,18 @@ def _options(prefix: str, layout: Layout, tmp_path_factory) -> dict:
 def _run_all(tmp_path_factory) -> None:
     root = _root(tmp_path_factory)
     for world in WORLD_ORDER:
-        keys = [(prefix, name) for prefix, layouts in _REGISTRY.items() for name, layout in layouts.items()
-                if layout.world == world]
+        every = [(prefix, name) for prefix, layouts in _REGISTRY.items() for name, layout in layouts.items()
+                 if layout.world == world]
+        # A layout that another module registered too (the same plan and options: a shared reference run) trains
+        # once; both read its records.
+        runs: dict[str, tuple[str, str]] = {}
+        same: dict[tuple[str, str], str] = {}
+        for prefix, name in every:
+            layout = _REGISTRY[prefix][name]
+            key = json.dumps([layout.plan.to_dict(), _options(prefix, layout, tmp_path_factory)], sort_keys=True)
+            runs.setdefault(key, (prefix, name))
+            same[(prefix, name)] = key
+        keys = list(runs.values())
         if not keys:
             continue
         job = {"names": [f"{p}/{n}" for p, n in keys], "seed": 0,
@@ -100,8 +111,9 @@ def _run_all(tmp_path_factory) -> None:
                     shutil.rmtree(options["checkpoint_dir"], ignore_errors=True)
             proc = torchrun(world, args, timeout=1800)
         assert proc.returncode == 0, f"world {world} job failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-        for (prefix, name), out in zip(keys, json.loads((root / f"out{world}.json").read_text())):
-            _RESULTS.setdefault(prefix, {})[name] = out
+        outs = dict(zip(keys, json.loads((root / f"out{world}.json").read_text())))
+        for prefix, name in every:
+            _RESULTS.setdefault(prefix, {})[name] = outs[runs[same[(prefix, name)]]]
     for prefix in _REGISTRY:
         _RESULTS.setdefault(prefix, {})
 

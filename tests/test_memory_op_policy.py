@@ -2,11 +2,15 @@
 executor runs it (execute/checkpoint_policy.py): what a block keeps for its backward, counted on CPU from autograd's
 saved-tensor hooks plus the checkpoint's own cache of saved op outputs (profile/activations.py `saved_bytes`), is the
 memory estimate's per-layer activation term for that policy; and the block's gradients are those of the block
-without recompute."""
+without recompute. With FP8 linears (torchao, emulated on CPU) the block keeps the same bytes; under
+offload_activations the hooks move exactly those bytes; both train in the executor to the losses of the same layout
+without recompute (the shared torchrun jobs, tests/executor_jobs.py). Context parallelism and MoE layers stay
+refused (spec/support.py `op_policy_unsupported`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
 import pytest
 import torch
@@ -15,8 +19,16 @@ from autoconf.cost.memory import executor_layer_activation_bytes, layer_activati
 from autoconf.execute.model import Block, build_model
 from autoconf.execute.parallelize import apply_recompute
 from autoconf.profile.activations import saved_bytes
+from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, recomputed_layer_indices
 from autoconf.spec.presets import PRESETS
+from autoconf.spec.support import op_policy_unsupported
+
+import executor_jobs
+from executor_jobs import Layout, assert_matches_reference, assert_same_records
+from plan_helpers import even_plan
+
+HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
 
 # Tokens per micro-batch (3 x 40) differ from every weight dimension, so activations and weights never share a shape.
 MB, SEQ = 3, 40
@@ -144,3 +156,126 @@ def test_the_estimate_charges_the_policy_by_the_torchtitan_presets_functions_and
     assert {p.config.selective_recompute for p in plans} == {None, OP}
     for plan in plans:
         assert ("rc-selective/op" in layout_label(plan)) == (plan.config.selective_recompute == OP)
+
+
+def _policy_block(arch: str, low: torch.dtype, fp8: bool = False):
+    """A seeded block of `arch` in dtype `low` (its linears torchao Float8Linear with `fp8`), an input, and the
+    gradients (input first) of the block without recompute."""
+    spec = dataclasses.replace(PRESETS[arch], dropout=0.0)
+    torch.manual_seed(0)
+    block = Block(spec, "flash").train().to(low)
+    if fp8:
+        from autoconf.execute.fp8 import apply_float8
+
+        apply_float8(_OneBlock(block), False, torch.device("cpu"))
+    x = torch.randn(MB, SEQ, spec.hidden_size, dtype=low, requires_grad=True)
+    block(x).float().square().sum().backward()
+    plain = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
+    x.grad = None
+    block.zero_grad(set_to_none=True)
+    apply_recompute(_OneBlock(block), "selective", None, OP)
+    return spec, block, x, plain
+
+
+def _same_gradients(block, x, plain) -> bool:
+    block(x).float().square().sum().backward()
+    return all(torch.equal(a, b) for a, b in zip(plain, [x.grad] + [p.grad for p in block.parameters()]))
+
+
+@pytest.mark.skipif(not HAS_TORCHAO, reason="torchao not installed")
+@pytest.mark.parametrize("arch", ["tiny-llama", "tiny-gpt"])
+def test_fp8_linears_keep_what_bf16_keeps_under_the_op_policy(arch):
+    """FP8 linears (torchao, the GEMM emulated on CPU): the policy saves each GEMM's output in the compute dtype as in
+    bf16 and recomputes the casts, so the block keeps exactly the estimate's bytes for dtype fp8, those of bf16; the
+    gradients are bit for bit those without recompute."""
+    spec, block, x, plain = _policy_block(arch, torch.bfloat16, fp8=True)
+    assert type(block.attention.wq).__name__ == "Float8Linear"
+    measured = saved_bytes(block, x)
+    estimated = layer_activation_bytes(spec, _config("fp8"), "torch", "cpu", selective=OP)
+    assert measured == estimated == layer_activation_bytes(spec, _config("bf16"), "torch", "cpu", selective=OP)
+    assert _same_gradients(block, x, plain)
+
+
+@pytest.mark.parametrize("arch", ["tiny-llama", "tiny-gpt"])
+def test_offload_hooks_move_what_the_op_policy_keeps(arch):
+    """offload_activations with the per-op policy: the hooks move the block input and every output the policy
+    cached, exactly the bytes the estimate puts on the host per block and micro-batch; the gradients are bit for bit
+    those without recompute and offload."""
+    from autoconf.cost.offload import activation_copy_bytes
+    from autoconf.execute.offload import apply_activation_offload
+
+    spec, block, x, plain = _policy_block(arch, torch.float32)
+    hook = apply_activation_offload(_OneBlock(block), torch.device("cpu"))[0]
+    block(x).float().square().sum().backward()
+    x.grad = None
+    block.zero_grad(set_to_none=True)
+    config = _config("fp32", offload_activations=True)
+    estimated = layer_activation_bytes(spec, config, "torch", "cpu", selective=OP)
+    assert hook.moved_bytes == activation_copy_bytes(config, estimated) == estimated
+    hook.reset()
+    assert _same_gradients(block, x, plain) and hook.moved_bytes == estimated
+
+
+# The executor tests' 4-layer Llama (tests/test_execute.py) and tests/test_fp8.py's 4-layer one: their reference
+# layouts are those modules' own, trained once in a full run (tests/executor_jobs.py).
+LLAMA = ModelSpec(name="test-llama", arch="llama", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=2,
+                  ffn_hidden_size=176, vocab_size=256, max_seq_len=64)
+FP8_LLAMA = ModelSpec(name="t", arch="llama", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=2,
+                      ffn_hidden_size=128, vocab_size=128, max_seq_len=64)
+
+
+def _plan(spec: ModelSpec, dtype: str = "fp32", **layout):
+    changes = {k: layout.pop(k) for k in ("offload_activations",) if k in layout}
+    plan = even_plan(spec, **layout)
+    plan.config = dataclasses.replace(plan.config, dtype=dtype, **changes)
+    plan.validate()
+    return plan
+
+
+POLICY = dict(recompute="selective", selective_recompute=OP)
+# The policy with the levers it now runs beside, in the shared jobs; each against its layout without recompute (fp8
+# layouts differ from a single process by whole fp8 steps, tests/test_fp8.py) or the single-process run ("llama").
+LAYOUTS = {"llama": Layout(1, _plan(LLAMA)),
+           "llama-dp2-zero3-offload-activations-selective-op": Layout(2, _plan(
+               LLAMA, dp=2, zero=3, offload_activations=True, **POLICY))}
+FP8_LAYOUTS = {"fp8-dp2-zero1": Layout(2, _plan(FP8_LLAMA, "fp8", dp=2, zero=1)),
+               "fp8-dp2-zero1-selective-op": Layout(2, _plan(FP8_LLAMA, "fp8", dp=2, zero=1, **POLICY))}
+executor_jobs.register("op_policy", {**LAYOUTS, **(FP8_LAYOUTS if HAS_TORCHAO else {})})
+
+
+@pytest.mark.slow
+def test_the_policy_trains_with_offload_and_fp8_as_without_it(tmp_path_factory):
+    """Llama dp2 ZeRO-3 with offload_activations and the policy: the single-process losses and gradient norms
+    within 1e-4; fp8 dp2 ZeRO-1 (fp8 all-gather) with the policy: those of the same fp8 layout without recompute."""
+    out = executor_jobs.results("op_policy", tmp_path_factory)
+    assert_matches_reference(out, "llama-dp2-zero3-offload-activations-selective-op")
+    if HAS_TORCHAO:
+        assert_same_records(out["fp8-dp2-zero1"]["records"], out["fp8-dp2-zero1-selective-op"]["records"], "fp8")
+
+
+def test_context_parallelism_and_moe_stay_refused_in_one_line():
+    """The levers the policy does not run with are one line each, naming what does run; fp8 and offload_activations
+    run."""
+    base = ParallelConfig(tp=1, pp=1, dp=2, cp=2, micro_batch_size=1, global_batch_size=4, seq_len=64,
+                          zero_stage=3, **POLICY)
+    assert "cp > 1" in op_policy_unsupported(base) and "\n" not in op_policy_unsupported(base)
+    dense = dataclasses.replace(base, cp=1, dtype="fp8", offload_activations=True)
+    assert op_policy_unsupported(dense) is None
+    moe = op_policy_unsupported(dataclasses.replace(base, cp=1), PRESETS["tiny-moe"])
+    assert "mixture-of-experts" in moe and "attention_core" in moe
+
+
+def test_under_offload_the_recomputed_block_holds_its_copied_back_bytes_and_its_rebuilt_activations():
+    """offload_activations with the per-op policy: the block whose backward runs holds what the policy kept (copied
+    back) and the activations its recompute rebuilds, as under full recompute (which keeps only the block input):
+    on a first pipeline stage (no logits) the temporaries differ by exactly the two modes' kept bytes."""
+    from autoconf.cost.estimate import estimate
+    from autoconf.spec.cluster import load_cluster
+
+    spec, cluster = PRESETS["llama3-8b"], load_cluster("dgx-h100-80g", nodes=1, gpus_per_node=8)
+    full = ParallelConfig(tp=1, pp=2, dp=4, micro_batch_size=1, global_batch_size=32, seq_len=4096, zero_stage=1,
+                          recompute="full", offload_activations=True)
+    op = dataclasses.replace(full, **POLICY)
+    other = [estimate(spec, cluster, c).prediction["memory_per_stage"][0]["other"] for c in (full, op)]
+    kept = [layer_activation_bytes(spec, c, "torch", "gpu", selective=OP) for c in (full, op)]
+    assert other[1] - other[0] == pytest.approx(kept[1] - kept[0])

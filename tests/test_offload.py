@@ -1,8 +1,9 @@
 """Offload to host memory (spec/plan.py OFFLOADS, cost/offload.py): the plan fields and the profile's host object
 load and default off; what leaves the device is what the host holds; the copies and the CPU optimizer cost what
 the host rates say; the executor's hook moves what the cost model counts; the search weighs offload only where a
-layout does not fit without it; the profiler measures the host; the exports carry it. (The executor's losses with
-offload are checked in tests/test_execute.py's world-2 job.)"""
+layout does not fit without it; the profiler measures the host; the exports carry it. The executor's losses with
+offload at tp 1, pp 1 are checked in tests/test_execute.py's world-2 job; with tp 2 and with pp 2 here, in the
+shared world-4 job, with what each rank holds on the host against the estimate."""
 
 from __future__ import annotations
 
@@ -19,11 +20,38 @@ from autoconf.errors import UserError
 from autoconf.report.exporters import megatron_flags, torchtitan_config
 from autoconf.solve.search import search
 from autoconf.spec.cluster import ClusterProfile, load_cluster
+from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan
 from autoconf.spec.presets import PRESETS
 from tests.test_bad_input import assert_one_clear_error, run_cli
 
+import executor_jobs
+from executor_jobs import Layout, assert_matches_reference
+from plan_helpers import even_plan
+
 GiB = 1024 ** 3
+
+
+# The test GPT of tests/test_execute.py with 2 layers (a TP layout's time on CPU grows with its layers; tied
+# embeddings: under pp 2 the last stage holds the head's copy).
+GPT2 = ModelSpec(name="test-gpt2", arch="gpt", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=4,
+                 ffn_hidden_size=256, vocab_size=256, max_seq_len=64, tied_embeddings=True)
+HOST_PROBE = {"probe": "tests/offload_probe.py"}
+
+
+def _offload_plan(**layout) -> Plan:
+    plan = even_plan(GPT2, dp=2, zero=3, **layout)
+    plan.config = dataclasses.replace(plan.config, offload_optimizer=True)
+    plan.validate()
+    return plan
+
+
+# FSDP2's CPUOffloadPolicy over the DTensor TP mesh and under a pipeline, in the session's shared jobs
+# (tests/executor_jobs.py); "gpt2" is their single-process reference.
+LAYOUTS = {"gpt2": Layout(1, even_plan(GPT2)),
+           "gpt2-tp2-dp2-zero3-offload-optimizer": Layout(4, _offload_plan(tp=2), HOST_PROBE),
+           "gpt2-pp2-dp2-1f1b-zero3-offload-optimizer": Layout(4, _offload_plan(pp=2, schedule="1f1b"), HOST_PROBE)}
+executor_jobs.register("offload", LAYOUTS)
 
 
 def _config(**kw) -> ParallelConfig:
@@ -181,3 +209,38 @@ def test_exports_carry_offload():
     plain = estimate(model, cluster, _config())
     assert "--cpu-offloading-num-layers" not in dict(megatron_flags(plain)[0])
     assert "enable_cpu_offload" not in torchtitan_config(plain)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n, layout in LAYOUTS.items() if layout.world > 1])
+def test_optimizer_offload_with_tp_and_pp_trains_as_one_process_and_holds_the_estimated_host_bytes(
+        name, tmp_path_factory):
+    """offload_optimizer at tp 2 x dp 2 and pp 2 x dp 2 (ZeRO-3): every step's loss and gradient norm are the
+    single-process run's within 1e-4, and each rank's parameter shards, gradient shards and AdamW moments (counted
+    on the executor's tensors, tests/offload_probe.py) are what the estimate puts on that pipeline rank's host, with
+    nothing left for the device's optimizer; within 1%: the norms and row-parallel biases are whole on every TP
+    rank, the estimate divides them by tp."""
+    out = executor_jobs.results("offload", tmp_path_factory)
+    assert_matches_reference(out, name)
+    plan = LAYOUTS[name].plan
+    cluster = load_cluster("dgx-h100-80g", nodes=1, gpus_per_node=plan.config.world_size)
+    memory = estimate(plan.model, cluster, plan.config, plan.partition).prediction["memory_per_stage"]
+    for rank in out[name]["probe"]:
+        held = rank["params"] + rank["grads"] + rank["moments"]
+        assert rank["devices"] == ["cpu"] and rank["grads"] == rank["params"] and rank["moments"] == 2 * rank["params"]
+        entry = memory[rank["pp"]]
+        assert entry["optimizer"] == 0
+        assert entry["host"] == pytest.approx(held, rel=0.01)
+
+
+def test_the_executor_refuses_optimizer_offload_only_where_it_was_not_run():
+    """offload_optimizer runs at tp 2 and at pp 2 (above) and at dp alone; tp with pp together and fp8 are one line
+    each naming what runs."""
+    from autoconf.spec.support import unsupported_reason
+
+    def reason(**kw):
+        return unsupported_reason(_config(offload_optimizer=True, global_batch_size=64, **kw))
+
+    assert reason(tp=2, dp=4) is None and reason(pp=2, dp=4) is None and reason() is None
+    for kw, words in (({"tp": 2, "pp": 2, "dp": 2}, "tp 2 with pp 2"), ({"dtype": "fp8"}, "dtype fp8")):
+        assert words in reason(**kw) and "CPUOffloadPolicy" in reason(**kw) and "\n" not in reason(**kw)

@@ -631,18 +631,20 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
         if last in stages:
             temporaries.append(logits_temporary_bytes(model, c, layout, execution))
         recomputing = any(recomputed[st] for st in stages)
-        if recomputing and (c.recompute == "full" or (c.recompute == "selective" and selective == "alternate_matmuls")):
+        # Full recompute and the per-op policy rebuild a whole block's activations in its backward.
+        whole_block = recomputing and (c.recompute == "full" or (c.recompute == "selective"
+                                                                and selective == "alternate_matmuls"))
+        if whole_block:
             temporaries.append(layer_activation_bytes(model, c, layout, cluster.device.kind, "none",
                                                       execution=execution))
         if any(moe_layers(model, *partition[st]) for st in stages):
             temporaries.append(all_to_all_buffer_bytes(model, c) + (
                 layer_activation_bytes(model, c, layout, cluster.device.kind, "none", moe=True)
                 if c.recompute == "full" and recomputing else 0.0))
-        if c.offload_activations:  # the block whose backward runs, copied back (and recomputed under full recompute)
+        if c.offload_activations:  # the block whose backward runs, copied back (and rebuilt when it recomputes)
             every = all(recomputed[st] == partition[st][1] - partition[st][0] for st in stages)
             temporaries.append((max(layer_act, moe_act) if every else max(plain_act, moe_plain_act)) + (
-                layer_activation_bytes(model, c, layout, cluster.device.kind, "none")
-                if c.recompute == "full" and recomputing else 0))
+                layer_activation_bytes(model, c, layout, cluster.device.kind, "none") if whole_block else 0))
         temporaries.append(cp_buffer_bytes(model, c))
         grads = local_params * g_b + local_experts * expert_bytes[1] + grad_buffer
         if layout == "torch" and c.num_microbatches == 1:

@@ -7,6 +7,12 @@ attention kernel (SDPA, whichever backend runs it) and of the TP reduce-scatters
 everything else (norms, rotary, activations, the other matmuls, the SP all-gathers, the all-reduces without SP) is
 recomputed in the backward. As torchtitan does (torchtitan/distributed/activation_checkpoint.py `SelectiveAC`), the
 recompute runs the whole block (no early stop), so the forward and the recompute count the same matmuls.
+
+Under dtype fp8 (torchao Float8Linear, execute/fp8.py) a block linear's GEMM is `aten._scaled_mm` on the GPU and
+`aten.mm` of the fp8-rounded operands under CPU emulation, its output in the compute dtype either way: both count
+as weight matmuls, so the block keeps what it keeps in bf16. (torchtitan's list names aten.mm only, so it would
+recompute every FP8 GEMM; it also saves `aten.max`, the amax scalars of the casts: the executor recomputes them
+with the casts, which keeps one saved-bytes rule for every dtype.)
 cost/memory.py `op_policy_layer_activation_bytes` is what it keeps, cost/estimate.py `recompute_time` what it redoes.
 """
 
@@ -19,7 +25,7 @@ from torch.utils.checkpoint import (CheckpointPolicy, checkpoint, create_selecti
                                     set_checkpoint_early_stop)
 
 aten = torch.ops.aten
-WEIGHT_MATMULS = frozenset({aten.mm.default, aten.addmm.default, aten.linear.default})
+WEIGHT_MATMULS = frozenset({aten.mm.default, aten.addmm.default, aten.linear.default, aten._scaled_mm.default})
 # The fused attention kernels SDPA dispatches to (CUDA's flash, memory-efficient and cuDNN kernels, CPU's flash).
 ATTENTION_KERNELS = frozenset({aten._scaled_dot_product_flash_attention.default,
                                aten._scaled_dot_product_efficient_attention.default,
@@ -73,11 +79,11 @@ def recording():
         _recorders.remove(caches)
 
 
-def cached_tensors(context):
-    """The tensors a forward context's cache holds."""
+def cached_entries(context):
+    """The entries of a forward context's cache that hold tensors (torch's `_VersionWrapper`: the tensor in `val`,
+    its version counter at caching in `version`, which the recompute checks)."""
     def walk(entry):
-        entry = getattr(entry, "val", entry)
-        if isinstance(entry, torch.Tensor):
+        if isinstance(getattr(entry, "val", None), torch.Tensor):
             yield entry
         elif isinstance(entry, dict):
             for item in entry.values():
@@ -87,3 +93,9 @@ def cached_tensors(context):
                 yield from walk(item)
 
     yield from walk(context.storage)
+
+
+def cached_tensors(context):
+    """The tensors a forward context's cache holds."""
+    for entry in cached_entries(context):
+        yield entry.val

@@ -67,10 +67,10 @@ def unsupported_reason(config, model=None) -> str | None:
     if config.dtype == "fp8" and config.tp > 1:
         return (f"dtype fp8 with tp {config.tp}: the executor's FP8 linears (torchao Float8Linear) are not combined "
                 f"with its tensor parallelism; use tp 1 (FSDP and pipelining run fp8), or bf16")
-    if config.offload_optimizer is True and (config.tp > 1 or config.pp > 1 or config.dtype == "fp8"):
-        return (f"offload_optimizer with tp {config.tp}, pp {config.pp}, dtype {config.dtype}: the executor runs "
-                f"FSDP2's CPUOffloadPolicy on data-parallel layouts only (tp 1, pp 1, not fp8; tested on CPU); drop "
-                f"the offload or use tp 1, pp 1 and bf16")
+    if config.offload_optimizer is True:
+        reason = optimizer_offload_unsupported(config)
+        if reason:
+            return reason
     if config.selective_recompute == "alternate_matmuls":
         reason = op_policy_unsupported(config, model)
         if reason:
@@ -92,20 +92,41 @@ def unsupported_reason(config, model=None) -> str | None:
     return None
 
 
+def optimizer_offload_unsupported(config) -> str | None:
+    """Why the executor does not run offload_optimizer (FSDP2's CPUOffloadPolicy on every FSDP unit) with this
+    layout, or None. Run on CPU to the single-process losses, with each rank's host bytes as estimated: dp 2 alone
+    (tests/test_execute.py), tp 2 x dp 2 over the DTensor TP mesh and pp 2 x dp 2 under 1F1B (tests/test_offload.py).
+    Not run: tp and pp together (eight ranks, beyond the tests' jobs) and FP8 linears (torchao's fp8 all-gather of
+    the offloaded shards)."""
+    others = [what for what, on in ((f"tp {config.tp} with pp {config.pp}", config.tp > 1 and config.pp > 1),
+                                    ("dtype fp8", config.dtype == "fp8")) if on]
+    if not others:
+        return None
+    return (f"offload_optimizer (FSDP2's CPUOffloadPolicy) with {' and '.join(others)} is not run by the executor "
+            f"(it runs with tp or pp alone, in fp32/bf16); drop the offload, or use tp 1 or pp 1 and bf16")
+
+
 def op_policy_unsupported(config, model=None) -> str | None:
     """Why the executor does not run selective_recompute "alternate_matmuls" (torchtitan's per-op policy) with this
-    layout, or None. Tried on CPU (tests/test_execute.py): TP with and without SP, pipelines, FSDP. Not tried:
-    context parallelism (its blockwise attention calls the kernel once per K/V block), MoE layers (routing and
-    expert matmuls that the policy does not name), FP8 linears (scaled matmuls) and offload_activations (the
-    policy's saved outputs bypass the saved-tensor hooks)."""
-    others = [what for what, on in (("cp > 1", config.cp > 1), ("dtype fp8", config.dtype == "fp8"),
-                                    ("offload_activations", config.offload_activations is True),
+    layout, or None. Run on CPU to the single-process losses: TP with and without SP, pipelines, FSDP
+    (tests/test_execute.py); FP8 linears and offload_activations (tests/test_memory_op_policy.py: the block keeps,
+    and the offload hooks move, what the estimate counts). Not run:
+    - context parallelism: the executor's CP attention (execute/context_parallel.py) all-gathers K/V and runs a
+      masked attention, or passes K/V around a ring and merges blockwise results (an explicit softmax on CPU, the
+      flash kernel once per K/V block under torch's context_parallel on CUDA); the policy would save no attention
+      output or cp partial ones, and redo the K/V exchange in the backward, which no saved-bytes or time rule
+      counts;
+    - MoE layers: the routed experts' GEMMs are one matmul per expert holding tokens (on CPU) or a grouped GEMM, so
+      "every second matmul" depends on the routing; saving the all-to-all outputs (torchtitan's list) would not
+      make the expert GEMMs' share countable."""
+    others = [what for what, on in (("cp > 1", config.cp > 1),
                                     ("a mixture-of-experts model", model is not None and model.moe is not None))
               if on]
     if not others:
         return None
-    return (f"selective_recompute alternate_matmuls (the per-op policy) with {', '.join(others)} is not run; use "
-            f"selective_recompute attention_core, or drop {', '.join(others)}")
+    return (f"selective_recompute alternate_matmuls (the per-op policy) with {', '.join(others)} is not run (no "
+            f"saved-bytes rule for its blockwise or routed GEMMs); use selective_recompute attention_core, or drop "
+            f"{', '.join(others)}")
 
 
 def sequence_chunks_reason(config, model=None) -> str | None:
