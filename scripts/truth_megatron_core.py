@@ -28,6 +28,7 @@ from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import execution
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
+from truth_summary import error_line, error_stats
 
 DATA = Path(__file__).resolve().parent / "data" / "megatron_core_h100_weak_scaling.csv"
 PROFILE = "dgx-h100-80g"
@@ -78,8 +79,8 @@ def compare(framework: str = "megatron-core") -> dict:
                      "predicted_step_s": round(p["iteration_time_s"], 3), "published_step_s": round(published_s, 3),
                      "peak_memory_GiB": round(p["peak_memory_bytes"] / 2**30, 1),
                      "breakdown_s": {k: round(v, 3) for k, v in terms.items()}})
-    summary = {"throughput_mean_abs_error_pct": round(100 * sum(errors) / len(errors), 2),
-               "throughput_max_abs_error_pct": round(100 * max(errors), 2), "rows": len(rows)}
+    mean, largest, _ = error_stats(errors)
+    summary = {"throughput_mean_abs_error_pct": mean, "throughput_max_abs_error_pct": largest, "rows": len(rows)}
     return {"profile": PROFILE, "framework": framework, "rows": rows, "summary": summary}
 
 
@@ -101,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['predicted_mfu_pct']:7.1f}% {r['published_tokens_per_s_per_gpu']:13d} "
               f"{r['predicted_tokens_per_s_per_gpu']:7d} {r['error_pct']:+7.2f}% {r['peak_memory_GiB']:8.1f}")
     s = result["summary"]
-    print(f"throughput: mean |error| {s['throughput_mean_abs_error_pct']:.2f}%, "
-          f"max {s['throughput_max_abs_error_pct']:.2f}% over {s['rows']} rows "
+    print(f"throughput: {error_line(s['throughput_mean_abs_error_pct'], s['throughput_max_abs_error_pct'], s['rows'])} "
           f"(error = predicted / published throughput - 1)")
     return 0
 

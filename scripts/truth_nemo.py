@@ -52,6 +52,7 @@ from autoconf.spec.frameworks import execution
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
+from truth_summary import error_line, error_stats
 
 DATA = Path(__file__).resolve().parent / "data" / "published_nemo.json"
 PROFILE = "dgx-h100-80g"
@@ -240,8 +241,7 @@ def print_memory(data: dict) -> None:
 def _stats(errors: list[float]) -> dict:
     if not errors:
         return {}
-    return {"mean_abs_error_pct": round(sum(map(abs, errors)) / len(errors), 2),
-            "max_abs_error_pct": round(max(map(abs, errors)), 2), "n": len(errors)}
+    return dict(zip(("mean_abs_error_pct", "max_abs_error_pct", "n"), error_stats(errors, scale=1.0)))
 
 
 def compare() -> dict:
@@ -269,8 +269,7 @@ def compare() -> dict:
 
 def _print_stats(name: str, s: dict) -> None:
     if s:
-        print(f"  {name:5s} tokens/s: mean |error| {s['mean_abs_error_pct']:.2f}%, max {s['max_abs_error_pct']:.2f}%"
-              f" over {s['n']} rows")
+        print(f"  {name:5s} tokens/s: {error_line(s['mean_abs_error_pct'], s['max_abs_error_pct'], s['n'])}")
     else:
         print(f"  {name:5s} tokens/s: no modelled row")
 
