@@ -172,3 +172,13 @@ def test_layer_gemms_add_up_to_the_op_tables_matmul_flops_with_a_wide_head_dim()
         assert model.q_dim != model.hidden_size
         for tp in (1, 4):
             assert sum(layer_gemms(model, 1024, 2, tp)) == pytest.approx(model.layer_matmul_flops(1024, 2) / tp)
+
+
+def test_megatron_cross_entropy_counts_every_kernel_it_runs_on_the_logits():
+    """Megatron-Core r0.8's vocab-parallel cross entropy (`tensor_parallel/cross_entropy.py`) moves, per bf16 logit,
+    38 bytes forward (the fp32 copy 2 + 4, max 4, in-place subtract 8, exp 8, sum 4, divide 8) and 14 backward (the
+    in-place scale 8, the cast back 4 + 2): the 52 bytes docs/accuracy.md states, one fp32 pass more than the count
+    before this test (34 forward)."""
+    from autoconf.cost.compute import loss_bytes_per_logit
+
+    assert loss_bytes_per_logit(("vocab_parallel_ce",), 2) == (38.0, 14.0)

@@ -319,7 +319,7 @@ def loss_bytes_per_logit(ops: tuple[str, ...], e: int) -> tuple[float, float]:
                          (4 + e)
     """
     if "vocab_parallel_ce" in ops:
-        return 32.0 + e, 12.0 + e
+        return 36.0 + e, 12.0 + e
     if "cross_entropy" in ops:
         return 20.0 + e, 24.0 + e
     return 16.0, 16.0
