@@ -182,3 +182,26 @@ def test_megatron_cross_entropy_counts_every_kernel_it_runs_on_the_logits():
     from autoconf.cost.compute import loss_bytes_per_logit
 
     assert loss_bytes_per_logit(("vocab_parallel_ce",), 2) == (38.0, 14.0)
+
+
+def test_embedding_weight_gradient_fills_the_whole_vocabulary_slice_and_megatron_adds_it_to_its_main_grad():
+    """torch's dense embedding backward zero-fills the rank's whole vocab / tp x hidden gradient before scattering
+    the tokens' rows, so the embedding's weight-gradient pass grows with the vocabulary at fixed tokens and shrinks
+    with TP; Megatron's layout then adds it into the fp32 main gradient (a read of the bf16 gradient, a read and a
+    write of the buffer), more than the torch layout."""
+    h100 = load_cluster("dgx-h100-80g")
+    model = PRESETS["llama3-8b"]
+    c = _config(seq_len=4096)
+    big = dataclasses.replace(model, vocab_size=2 * model.vocab_size)
+
+    def emb_w(m, cfg, framework):
+        return model_pieces(m, h100, cfg, execution=execution(framework)).embedding.backward_weight
+
+    assert emb_w(big, c, "autoconf") > emb_w(model, c, "autoconf")
+    assert emb_w(model, _config(seq_len=4096, tp=2), "autoconf") < emb_w(model, c, "autoconf")
+    table_bytes = model.vocab_size * model.hidden_size * 2
+    rate = h100.device.memory_bandwidth_Bps * h100.eff("memory")
+    assert emb_w(model, c, "autoconf") > table_bytes / rate
+    # the megatron layout's main-gradient add: 2 + 4 + 4 more bytes per weight
+    extra = emb_w(model, c, "megatron-core") - emb_w(model, c, "autoconf")
+    assert extra == pytest.approx(5 * table_bytes / rate)

@@ -325,6 +325,22 @@ def loss_bytes_per_logit(ops: tuple[str, ...], e: int) -> tuple[float, float]:
     return 16.0, 16.0
 
 
+def embedding_grad_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution | None) -> float:
+    """Bytes the input embedding's weight gradient moves per micro-batch on one TP rank beyond the scattered rows:
+    torch's dense embedding backward (`embedding_dense_backward`, what nn.Embedding and Megatron's
+    VocabParallelEmbedding run) zero-fills a gradient of the rank's whole vocabulary slice (vocab / tp x hidden, in
+    the compute dtype) before it scatters the tokens' rows in; under the megatron memory layout the parameter's
+    gradient hook then adds that tensor into the main-gradient buffer (`param.main_grad.add_(param.grad)`, in
+    Megatron-Core's distributed/param_and_grad_buffer hooks: a read of it, a read and a write of the buffer), every
+    micro-batch."""
+    e = DTYPE_BYTES[c.dtype]
+    weights = model.vocab_size / c.tp * model.hidden_size
+    per_weight = e
+    if execution is not None and execution.memory_layout == "megatron":
+        per_weight += e + 2 * execution.grad_buffer_bytes
+    return weights * per_weight
+
+
 def fsdp_copy_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution | None,
                     moe: bool = False) -> tuple[float, float]:
     """Bytes FSDP2's copy kernels move per block and micro-batch on one rank, averaged over the step's micro-batches,
@@ -406,9 +422,10 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
         elementwise += moe_elementwise - 3 * s * b * f * e / t / mem_rate  # the dense MLP's SwiGLU product goes
         moe_rest = PassTimes(mm + elementwise, mm + 2 * elementwise, mm) + eager + scaling
 
-    # Embedding: a gather of s*b rows (and learned positions), and a scatter-add in the weight backward.
+    # Embedding: a gather of s*b rows (and learned positions); the weight backward scatters them into the dense
+    # gradient of the whole table (`embedding_grad_bytes`).
     emb = (2 if model.learned_positions else 1) * sbh * e / replicated_div / mem_rate
-    embedding = PassTimes(emb, 0.0, 2 * emb)
+    embedding = PassTimes(emb, 0.0, 2 * emb + embedding_grad_bytes(model, c, execution) / mem_rate)
 
     # Head: final norm, the vocab-parallel projection, and the fp32 cross-entropy over the logits.
     head_mm = gemms_time(cluster, precision(c.dtype).element, [model.head_forward_flops(s, b) / t])
