@@ -101,9 +101,13 @@ def execution_of(row: dict, table: dict):
     """The megatron-core preset with the row's recipe settings: TP overlap, the gradient buffer's dtype, fp8
     parameters, the table's optimizer, and the cross entropy (fused: no eager loss kernels; Transformer Engine's
     implementation writes the gradient into the logits, Megatron-Core's own keeps the fp32 softmax as the
-    preset's unfused one does)."""
+    preset's unfused one does), and the passes over the gradient buffer: none counted for apex's distributed Adam
+    (NeMo 24.07 does not run Megatron-Core's DDP buffer), the zeroing alone for Megatron-Bridge's performance runs
+    (scripts/performance/utils/helpers.py at v0.2.0 turns check_for_nan_in_grad off; recipes/llama/llama3.py
+    averages in the collective, so nothing scales the buffer)."""
     flags = {"tp_comm_overlap": row["tp_comm_overlap"], "grad_buffer_dtype": row["grad_buffer_dtype"],
-             "fp8_params": row["fp8_params"], "optimizer": table["optimizer"]}
+             "fp8_params": row["fp8_params"], "optimizer": table["optimizer"],
+             "grad_buffer_passes": () if table["optimizer"] == "apex" else ("zero",)}
     if row["cross_entropy_fusion"]:
         flags["eager_ops"] = ()
         if table["cross_entropy_fusion_impl"] == "te":

@@ -25,7 +25,7 @@ from autoconf.spec.cluster import ClusterProfile
 from autoconf.cost.fp8 import scaling_time
 from autoconf.cost.offload import cpu_optimizer_time
 from autoconf.spec.dtypes import DTYPE_BYTES, precision
-from autoconf.spec.frameworks import Execution, compiled_ops
+from autoconf.spec.frameworks import GRAD_BUFFER_PASSES, Execution, compiled_ops
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 
@@ -181,20 +181,34 @@ def optimizer_step_time(local_params: float, cluster: ClusterProfile, dtensor_pa
 
 
 def rank_optimizer_time(cluster: ClusterProfile, c: ParallelConfig, rank_params: float,
-                        expert_params: float = 0.0) -> float:
+                        expert_params: float = 0.0, execution: Execution | None = None) -> float:
     """The optimizer step of a pipeline rank holding `rank_params` parameters (all its stages, before TP and ZeRO
     sharding), of which `expert_params` are routed experts: its TP (and, when ZeRO shards, DP x CP) slice of the
     rest, its EP x ETP (and expert-DP) slice of the experts; DTensor parameters (TP, or FSDP) also pay the profile's
-    DTensor rate on the unsharded count."""
+    DTensor rate on the unsharded count. With an `execution`, plus its once-per-step passes over the main-gradient
+    buffer (`grad_buffer_pass_time`); without one, none (what the search's bound reads)."""
     shard = c.dp_cp if c.zero_sharded else 1
     expert_shard = c.edp if c.zero_stage >= 1 else 1
     dtensor = c.tp > 1 or c.zero_sharded
+    unsharded = (rank_params - expert_params) / c.tp + (expert_params / (c.ep * c.etp) if expert_params else 0.0)
     local = (rank_params - expert_params) / c.tp / shard
     if expert_params:
         local += expert_params / (c.ep * c.etp) / expert_shard
+    passes = grad_buffer_pass_time(cluster, unsharded, execution)
     if c.offload_optimizer:  # FSDP2 CPUOffloadPolicy: the step runs on the host CPU (cost/offload.py)
-        return cpu_optimizer_time(cluster, local)
-    return optimizer_step_time(local, cluster, rank_params if dtensor else None)
+        return cpu_optimizer_time(cluster, local) + passes
+    return optimizer_step_time(local, cluster, rank_params if dtensor else None) + passes
+
+
+def grad_buffer_pass_time(cluster: ClusterProfile, params: float, execution: Execution | None) -> float:
+    """Seconds of the execution's `grad_buffer_passes` over a main-gradient buffer of `params` parameters (the
+    rank's, not ZeRO-sharded: Megatron's buffer holds every gradient of the rank) at the profile's element-wise
+    rate: each pass reads or writes the buffer as `autoconf.spec.frameworks.GRAD_BUFFER_PASSES` counts."""
+    if execution is None or not execution.grad_buffer_passes:
+        return 0.0
+    touches = sum(GRAD_BUFFER_PASSES[name] for name in execution.grad_buffer_passes)
+    return touches * params * execution.grad_buffer_bytes / (
+        cluster.device.memory_bandwidth_Bps * cluster.eff("memory"))
 
 
 # ---- specification model ------------------------------------------------------------------------------------------
