@@ -366,6 +366,12 @@ def test_megatron_grad_buffer_passes_cost_their_bytes_once_per_step_and_only_in_
     assert rank_optimizer_time(h100, c, MODEL.total_params()) < rank_optimizer_time(h100, c, MODEL.total_params(),
                                                                                       execution=core)
     assert parse_flags(["grad_buffer_passes=zero,scale"]) == {"grad_buffer_passes": ("zero", "scale")}
+    # the exporter asks Megatron-LM for what was modelled: by default nothing (its defaults), without the NaN check
+    # or the scale pass the flags that drop them
+    assert not {"--no-check-for-nan-in-loss-and-grad", "--ddp-average-in-collective"} & set(
+        core.export_lines("megatron", c))
+    assert {"--no-check-for-nan-in-loss-and-grad", "--ddp-average-in-collective"} <= set(
+        core.replace(grad_buffer_passes=("zero",)).export_lines("megatron", c))
     with pytest.raises(UserError, match="grad_buffer_passes=none"):
         execution("autoconf").replace(grad_buffer_passes=("zero",))
     with pytest.raises(UserError, match="nan_check"):

@@ -257,6 +257,16 @@ class Execution:
         return STORAGE_BYTES[self.grad_buffer_dtype]
 
     @property
+    def skips_nan_check(self) -> bool:
+        """The megatron layout without the per-bucket NaN check (what `--no-check-for-nan-in-loss-and-grad` asks)."""
+        return self.memory_layout == "megatron" and "nan_check" not in self.grad_buffer_passes
+
+    @property
+    def averages_in_collective(self) -> bool:
+        """The megatron layout without the 1/dp scale pass: the collective averages (`--ddp-average-in-collective`)."""
+        return self.memory_layout == "megatron" and "scale" not in self.grad_buffer_passes
+
+    @property
     def framework(self) -> str:
         """The preset's name (older code read `Execution.framework`)."""
         return self.name
@@ -339,7 +349,9 @@ PRESETS: dict[str, Execution] = {
                        ("sharded", "distributed_optimizer", "--use-distributed-optimizer"),
                        ("sharded", "param_gather_overlap", "--overlap-param-gather"),
                        ("sp", "tp_comm_overlap", "--tp-comm-overlap"),
-                       ("fp8", "fp8_params", "--fp8-param-gather"))),
+                       ("fp8", "fp8_params", "--fp8-param-gather"),
+                       ("always", "skips_nan_check", "--no-check-for-nan-in-loss-and-grad"),
+                       ("dp", "averages_in_collective", "--ddp-average-in-collective"))),
     "torchtitan": Execution(
         name="torchtitan", memory_layout="torch", zero_stages=(0, 2, 3), zero_searched=(0, 2, 3),
         grad_reduce_start="per_bucket", param_gather_overlap=True, selective_recompute="alternate_matmuls",
