@@ -20,6 +20,7 @@ from autoconf.spec.frameworks import execution
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
+from truth_summary import error_line, error_stats
 
 DATA = Path(__file__).resolve().parent / "data" / "published_megatron.json"
 MODES = {"full": ("full", False), "selective+sp": ("selective", True)}
@@ -81,10 +82,9 @@ def main() -> int:
             mem_errors.append(abs(error))
             mem_rows.append({"model": run["model"], "mode": mode, "paper_GiB": round(paper / 2**30, 2),
                              "predicted_GiB": round(ours / 2**30, 2), "error_pct": round(100 * error, 2)})
-    summary = {"time_mean_abs_error_pct": round(100 * sum(errors) / len(errors), 2),
-               "time_max_abs_error_pct": round(100 * max(errors), 2),
-               "activation_memory_mean_abs_error_pct": round(100 * sum(mem_errors) / len(mem_errors), 2),
-               "activation_memory_max_abs_error_pct": round(100 * max(mem_errors), 2)}
+    (time_mean, time_max, _), (mem_mean, mem_max, _) = error_stats(errors), error_stats(mem_errors)
+    summary = {"time_mean_abs_error_pct": time_mean, "time_max_abs_error_pct": time_max,
+               "activation_memory_mean_abs_error_pct": mem_mean, "activation_memory_max_abs_error_pct": mem_max}
     if "--json" in sys.argv:
         print(json.dumps({"time": rows, "memory": mem_rows, "summary": summary}, indent=2))
         return 0
@@ -93,16 +93,14 @@ def main() -> int:
     for r in rows:
         print(f"{r['model']:10s} {r['mode']:13s} {r['published_s']:11.2f} {r['predicted_s']:11.2f} "
               f"{r['error_pct']:+7.2f}% {r['mfu_pct']:5.1f}%")
-    print(f"time: mean |error| {summary['time_mean_abs_error_pct']:.2f}%, max {summary['time_max_abs_error_pct']:.2f}%"
-          f" over {len(rows)} runs")
+    print(f"time: {error_line(time_mean, time_max, len(rows), 'runs')}")
     print()
     print("First-stage activation memory vs the paper's closed form (Table 2 x layers x Eq. 5 interleaving factor)")
     print(f"{'model':10s} {'mode':15s} {'paper GiB':>10s} {'predicted GiB':>13s} {'error':>8s}")
     for r in mem_rows:
         print(f"{r['model']:10s} {r['mode']:15s} {r['paper_GiB']:10.2f} {r['predicted_GiB']:13.2f} "
               f"{r['error_pct']:+7.2f}%")
-    print(f"activation memory: mean |error| {summary['activation_memory_mean_abs_error_pct']:.2f}%, "
-          f"max {summary['activation_memory_max_abs_error_pct']:.2f}% over {len(mem_rows)} points")
+    print(f"activation memory: {error_line(mem_mean, mem_max, len(mem_rows), 'points')}")
     return 0
 
 

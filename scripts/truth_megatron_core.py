@@ -12,7 +12,11 @@ sizes need them), bf16, flash attention, no dropout, micro-batch 1, no activatio
 wherever tp > 1 (--tp-comm-overlap needs it), the distributed optimizer (ZeRO-1; --overlap-param-gather needs it),
 the 1F1B schedule without interleaving.
 
-Usage: python scripts/truth_megatron_core.py [--json] [--framework NAME]
+Usage: python scripts/truth_megatron_core.py [--json] [--terms] [--framework NAME]
+
+--terms prints what one micro-batch costs on one rank, term by term (milliseconds, forward + both backward passes):
+the weight GEMMs of one block with the profile's size factor of each (forward FLOPs in GFLOP), the attention core,
+the block's element-wise kernels, the head's GEMM and its loss kernels, the embedding; then the step's named terms.
 """
 
 from __future__ import annotations
@@ -23,11 +27,14 @@ import json
 import sys
 from pathlib import Path
 
+from autoconf.cost.compute import gemms_time, layer_gemms, loss_bytes_per_logit, matmul_size_factor, model_pieces
 from autoconf.cost.estimate import estimate
+from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import execution
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
+from truth_summary import error_line, error_stats
 
 DATA = Path(__file__).resolve().parent / "data" / "megatron_core_h100_weak_scaling.csv"
 PROFILE = "dgx-h100-80g"
@@ -78,17 +85,67 @@ def compare(framework: str = "megatron-core") -> dict:
                      "predicted_step_s": round(p["iteration_time_s"], 3), "published_step_s": round(published_s, 3),
                      "peak_memory_GiB": round(p["peak_memory_bytes"] / 2**30, 1),
                      "breakdown_s": {k: round(v, 3) for k, v in terms.items()}})
-    summary = {"throughput_mean_abs_error_pct": round(100 * sum(errors) / len(errors), 2),
-               "throughput_max_abs_error_pct": round(100 * max(errors), 2), "rows": len(rows)}
+    mean, largest, _ = error_stats(errors)
+    summary = {"throughput_mean_abs_error_pct": mean, "throughput_max_abs_error_pct": largest, "rows": len(rows)}
     return {"profile": PROFILE, "framework": framework, "rows": rows, "summary": summary}
+
+
+def micro_batch_terms(row: dict, framework: str = "megatron-core") -> dict:
+    """Milliseconds one micro-batch costs on one TP rank, by term (forward + input-gradient + weight-gradient
+    passes), from the specification model's own pieces: per block the weight GEMMs (with each GEMM's forward GFLOP
+    and size factor), the attention core and the element-wise rest; the head's GEMM, its loss kernels and its norm;
+    the embedding; and the whole micro-batch over the stage's blocks."""
+    model, c = model_of(row), config_of(row)
+    cluster = load_cluster(PROFILE, nodes=int(row["gpus"]) // 8)
+    ex = execution(framework)
+    pieces = model_pieces(model, cluster, c, execution=ex)
+    gemms = layer_gemms(model, c.seq_len, c.micro_batch_size, c.tp)
+    block_gemms = 3 * gemms_time(cluster, "bf16", gemms)
+    head_gemm = 3 * gemms_time(cluster, "bf16", [model.head_forward_flops(c.seq_len, c.micro_batch_size) / c.tp])
+    logits = c.seq_len * c.micro_batch_size * model.vocab_size / c.tp
+    loss = logits * sum(loss_bytes_per_logit(ex.eager_ops, DTYPE_BYTES[c.dtype])) / (
+        cluster.device.memory_bandwidth_Bps * cluster.eff("memory"))
+    layers = model.num_layers // c.pp
+    ms = 1e3
+    return {"gemm_gflop": [round(f / 1e9) for f in gemms],
+            "gemm_size_factor": [round(matmul_size_factor(cluster, f), 3) for f in gemms],
+            "block_gemms_ms": block_gemms * ms, "attention_core_ms": pieces.attention_core.total * ms,
+            "block_elementwise_ms": (pieces.block_rest.total - block_gemms) * ms, "block_ms": pieces.block.total * ms,
+            "head_gemm_ms": head_gemm * ms, "loss_ms": loss * ms,
+            "head_norm_ms": (pieces.head.total - head_gemm - loss) * ms, "embedding_ms": pieces.embedding.total * ms,
+            "layers_per_stage": layers,
+            "micro_batch_ms": (layers * pieces.block.total + pieces.head.total + pieces.embedding.total) * ms}
+
+
+def print_terms(result: dict) -> None:
+    print("One micro-batch on one rank, ms (forward + backward): per block GEMMs [forward GFLOP x size factor], "
+          "attention core, element-wise; head GEMM, loss, embedding; the pipeline rank's whole micro-batch")
+    print(f"{'model':6s} {'block GEMMs':>11s} {'[GFLOP x factor]':40s} {'attn':>6s} {'elem':>6s} {'block':>6s} "
+          f"{'head mm':>7s} {'loss':>6s} {'emb':>5s} {'layers':>6s} {'mb ms':>7s}")
+    for row, r in zip(read_rows(), result["rows"]):
+        t = micro_batch_terms(row, result["framework"])
+        shapes = " ".join(f"{g}x{f:.2f}" for g, f in zip(t["gemm_gflop"], t["gemm_size_factor"]))
+        print(f"{r['model']:6s} {t['block_gemms_ms']:11.2f} {shapes:40s} {t['attention_core_ms']:6.2f} "
+              f"{t['block_elementwise_ms']:6.2f} {t['block_ms']:6.2f} {t['head_gemm_ms']:7.2f} {t['loss_ms']:6.2f} "
+              f"{t['embedding_ms']:5.2f} {t['layers_per_stage']:6d} {t['micro_batch_ms']:7.1f}")
+    print("The step's terms on the critical rank, s (estimate's time_breakdown), against the published step")
+    names = list(result["rows"][0]["breakdown_s"])
+    print(f"{'model':6s} " + " ".join(f"{n:>9s}" for n in names) + f" {'predicted':>9s} {'published':>9s}")
+    for r in result["rows"]:
+        print(f"{r['model']:6s} " + " ".join(f"{r['breakdown_s'][n]:9.3f}" for n in names)
+              + f" {r['predicted_step_s']:9.3f} {r['published_step_s']:9.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--framework", default="megatron-core")
+    parser.add_argument("--terms", action="store_true", help="each row's time, term by term")
     args = parser.parse_args(argv)
     result = compare(args.framework)
+    if args.terms and not args.json:
+        print_terms(result)
+        return 0
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -101,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['predicted_mfu_pct']:7.1f}% {r['published_tokens_per_s_per_gpu']:13d} "
               f"{r['predicted_tokens_per_s_per_gpu']:7d} {r['error_pct']:+7.2f}% {r['peak_memory_GiB']:8.1f}")
     s = result["summary"]
-    print(f"throughput: mean |error| {s['throughput_mean_abs_error_pct']:.2f}%, "
-          f"max {s['throughput_max_abs_error_pct']:.2f}% over {s['rows']} rows "
+    print(f"throughput: {error_line(s['throughput_mean_abs_error_pct'], s['throughput_max_abs_error_pct'], s['rows'])} "
           f"(error = predicted / published throughput - 1)")
     return 0
 

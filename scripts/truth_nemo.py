@@ -52,6 +52,7 @@ from autoconf.spec.frameworks import execution
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
+from truth_summary import error_line, error_stats
 
 DATA = Path(__file__).resolve().parent / "data" / "published_nemo.json"
 PROFILE = "dgx-h100-80g"
@@ -100,9 +101,13 @@ def execution_of(row: dict, table: dict):
     """The megatron-core preset with the row's recipe settings: TP overlap, the gradient buffer's dtype, fp8
     parameters, the table's optimizer, and the cross entropy (fused: no eager loss kernels; Transformer Engine's
     implementation writes the gradient into the logits, Megatron-Core's own keeps the fp32 softmax as the
-    preset's unfused one does)."""
+    preset's unfused one does), and the passes over the gradient buffer: none counted for apex's distributed Adam
+    (NeMo 24.07 does not run Megatron-Core's DDP buffer), the zeroing alone for Megatron-Bridge's performance runs
+    (scripts/performance/utils/helpers.py at v0.2.0 turns check_for_nan_in_grad off; recipes/llama/llama3.py
+    averages in the collective, so nothing scales the buffer)."""
     flags = {"tp_comm_overlap": row["tp_comm_overlap"], "grad_buffer_dtype": row["grad_buffer_dtype"],
-             "fp8_params": row["fp8_params"], "optimizer": table["optimizer"]}
+             "fp8_params": row["fp8_params"], "optimizer": table["optimizer"],
+             "grad_buffer_passes": () if table["optimizer"] == "apex" else ("zero",)}
     if row["cross_entropy_fusion"]:
         flags["eager_ops"] = ()
         if table["cross_entropy_fusion_impl"] == "te":
@@ -240,8 +245,7 @@ def print_memory(data: dict) -> None:
 def _stats(errors: list[float]) -> dict:
     if not errors:
         return {}
-    return {"mean_abs_error_pct": round(sum(map(abs, errors)) / len(errors), 2),
-            "max_abs_error_pct": round(max(map(abs, errors)), 2), "n": len(errors)}
+    return dict(zip(("mean_abs_error_pct", "max_abs_error_pct", "n"), error_stats(errors, scale=1.0)))
 
 
 def compare() -> dict:
@@ -269,8 +273,7 @@ def compare() -> dict:
 
 def _print_stats(name: str, s: dict) -> None:
     if s:
-        print(f"  {name:5s} tokens/s: mean |error| {s['mean_abs_error_pct']:.2f}%, max {s['max_abs_error_pct']:.2f}%"
-              f" over {s['n']} rows")
+        print(f"  {name:5s} tokens/s: {error_line(s['mean_abs_error_pct'], s['max_abs_error_pct'], s['n'])}")
     else:
         print(f"  {name:5s} tokens/s: no modelled row")
 

@@ -29,6 +29,7 @@ from autoconf.spec.frameworks import Execution, execution
 from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import load_model
+from truth_summary import error_line, error_stats
 
 DATA = Path(__file__).resolve().parent / "data" / "torchtitan_published.csv"
 GIB = 2**30
@@ -116,10 +117,10 @@ def compare() -> dict:
             mem_errors.append(abs(mem_error))
             out["memory_error_pct"] = round(100 * mem_error, 2)
         rows.append(out)
-    summary = {"throughput_mean_abs_error_pct": round(100 * sum(tps_errors) / len(tps_errors), 2),
-               "throughput_max_abs_error_pct": round(100 * max(tps_errors), 2), "throughput_rows": len(tps_errors),
-               "memory_mean_abs_error_pct": round(100 * sum(mem_errors) / len(mem_errors), 2),
-               "memory_max_abs_error_pct": round(100 * max(mem_errors), 2), "memory_rows": len(mem_errors)}
+    tps, mem = error_stats(tps_errors), error_stats(mem_errors)
+    summary = {"throughput_mean_abs_error_pct": tps[0], "throughput_max_abs_error_pct": tps[1],
+               "throughput_rows": tps[2], "memory_mean_abs_error_pct": mem[0], "memory_max_abs_error_pct": mem[1],
+               "memory_rows": mem[2]}
     return {"framework": "torchtitan", "rows": rows, "not_modelled": skipped, "summary": summary}
 
 
@@ -143,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in result["not_modelled"]:
         print(f"{r['row']:62s} not modelled: needs {r['needs']}")
     s = result["summary"]
-    print(f"throughput: mean |error| {s['throughput_mean_abs_error_pct']:.2f}%, "
-          f"max {s['throughput_max_abs_error_pct']:.2f}% over {s['throughput_rows']} rows; memory: mean |error| {s['memory_mean_abs_error_pct']:.2f}%, "
-          f"max {s['memory_max_abs_error_pct']:.2f}% over {s['memory_rows']} rows")
+    throughput = error_line(s["throughput_mean_abs_error_pct"], s["throughput_max_abs_error_pct"], s["throughput_rows"])
+    memory = error_line(s["memory_mean_abs_error_pct"], s["memory_max_abs_error_pct"], s["memory_rows"])
+    print(f"throughput: {throughput}; memory: {memory}")
     return 0
 
 

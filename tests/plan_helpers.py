@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,12 @@ def even_plan(spec: ModelSpec, tp: int = 1, pp: int = 1, dp: int = 1, schedule: 
 
 
 def script_module(name: str):
-    """scripts/NAME.py loaded as a module (the truth scripts are files, not a package)."""
-    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    """scripts/NAME.py loaded as a module (the truth scripts are files, not a package), with scripts/ on the import
+    path as when run as `python scripts/NAME.py` (they import their shared helpers from beside them)."""
+    folder = Path(__file__).resolve().parent.parent / "scripts"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    path = folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

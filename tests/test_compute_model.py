@@ -243,3 +243,48 @@ def test_bad_attention_curves_are_one_line_naming_the_field(curves, field):
         ClusterProfile.from_dict(data)
     assert "\n" not in str(err.value)
 
+def test_megatron_cross_entropy_counts_every_kernel_it_runs_on_the_logits():
+    """Megatron-Core r0.8's vocab-parallel cross entropy (`tensor_parallel/cross_entropy.py`) moves, per bf16 logit,
+    38 bytes forward (the fp32 copy 2 + 4, max 4, in-place subtract 8, exp 8, sum 4, divide 8) and 14 backward (the
+    in-place scale 8, the cast back 4 + 2): the 52 bytes docs/accuracy.md states, one fp32 pass more than the count
+    before this test (34 forward)."""
+    from autoconf.cost.compute import loss_bytes_per_logit
+
+    assert loss_bytes_per_logit(("vocab_parallel_ce",), 2) == (38.0, 14.0)
+
+
+def test_embedding_weight_gradient_fills_the_whole_vocabulary_slice_and_megatron_adds_it_to_its_main_grad():
+    """torch's dense embedding backward zero-fills the rank's whole vocab / tp x hidden gradient before scattering
+    the tokens' rows, so the embedding's weight-gradient pass grows with the vocabulary at fixed tokens and shrinks
+    with TP; Megatron's layout then adds it into the fp32 main gradient (a read of the bf16 gradient, a read and a
+    write of the buffer), more than the torch layout."""
+    h100 = load_cluster("dgx-h100-80g")
+    model = PRESETS["llama3-8b"]
+    c = _config(seq_len=4096)
+    big = dataclasses.replace(model, vocab_size=2 * model.vocab_size)
+
+    def emb_w(m, cfg, framework):
+        return model_pieces(m, h100, cfg, execution=execution(framework)).embedding.backward_weight
+
+    assert emb_w(big, c, "autoconf") > emb_w(model, c, "autoconf")
+    assert emb_w(model, _config(seq_len=4096, tp=2), "autoconf") < emb_w(model, c, "autoconf")
+    table_bytes = model.vocab_size * model.hidden_size * 2
+    rate = h100.device.memory_bandwidth_Bps * h100.eff("memory")
+    assert emb_w(model, c, "autoconf") > table_bytes / rate
+    # the megatron layout's main-gradient add: 2 + 4 + 4 more bytes per weight
+    extra = emb_w(model, c, "megatron-core") - emb_w(model, c, "autoconf")
+    assert extra == pytest.approx(5 * table_bytes / rate)
+
+
+def test_h100_size_curve_agrees_with_xlas_measured_gemms_on_the_megatron_core_blocks():
+    """The dgx-h100-80g size curve (FLOPs only) prices each Megatron-Core weak-scaling block's GEMMs within 4% of
+    OpenXLA's measured H100 table relative to its 4096^3 GEMM (scripts/gemm_shapes.py, its data file cites it), the
+    1.7B's h=2048 GEMMs included: GEMM shape is not what the table's small rows miss. The table itself falls with
+    size where it must (a 2048^3 GEMM below 4096^3)."""
+    from tests.plan_helpers import script_module
+
+    shapes = script_module("gemm_shapes")
+    table = shapes.read_table()
+    assert table[(1, 2048, 2048, 2048)] < table[(1, 4096, 4096, 4096)]
+    for row in shapes.compare():
+        assert row["curve_block"] == pytest.approx(row["xla_block"], rel=0.04), row["model"]

@@ -341,3 +341,38 @@ def test_megatron_p2p_all_gathers_the_scattered_activation_over_the_receiving_tp
 
     sent = first_forward(megatron) - first_forward(dataclasses.replace(megatron, blocking_p2p=False))
     assert sent == pytest.approx(expected, rel=1e-12)
+
+
+def test_megatron_grad_buffer_passes_cost_their_bytes_once_per_step_and_only_in_the_megatron_layout():
+    """Megatron-Core zeroes its fp32 main-gradient buffer, scales it by 1/dp and takes each bucket's norm (the NaN
+    check) once per step: 1 + 2 + 1 passes over every gradient of the rank at the element-wise rate, in the
+    estimate's optimizer term and not in the search's bound (which passes no execution); Megatron 2022 makes the
+    first two; the torch layout has no such buffer, and asking for the passes there is one line naming the fix."""
+    from autoconf.cost.compute import rank_optimizer_time
+    from autoconf.spec.frameworks import parse_flags
+
+    h100 = load_cluster("dgx-h100-80g", nodes=2)
+    c = cfg(tp=2, pp=1, dp=8, global_batch_size=64, zero_stage=1)
+    core = execution("megatron-core")
+    bare = core.replace(grad_buffer_passes=())
+
+    def optimizer(ex):
+        return estimate(MODEL, h100, c, execution=ex).prediction["time_breakdown"]["optimizer"]
+
+    rate = h100.device.memory_bandwidth_Bps * h100.eff("memory")
+    buffer_bytes = MODEL.total_params() / c.tp * 4  # fp32 main gradients, not sharded by the distributed optimizer
+    assert optimizer(core) - optimizer(bare) == pytest.approx(4 * buffer_bytes / rate)
+    assert execution("megatron").grad_buffer_passes == ("zero", "scale")
+    assert rank_optimizer_time(h100, c, MODEL.total_params()) < rank_optimizer_time(h100, c, MODEL.total_params(),
+                                                                                      execution=core)
+    assert parse_flags(["grad_buffer_passes=zero,scale"]) == {"grad_buffer_passes": ("zero", "scale")}
+    # the exporter asks Megatron-LM for what was modelled: by default nothing (its defaults), without the NaN check
+    # or the scale pass the flags that drop them
+    assert not {"--no-check-for-nan-in-loss-and-grad", "--ddp-average-in-collective"} & set(
+        core.export_lines("megatron", c))
+    assert {"--no-check-for-nan-in-loss-and-grad", "--ddp-average-in-collective"} <= set(
+        core.replace(grad_buffer_passes=("zero",)).export_lines("megatron", c))
+    with pytest.raises(UserError, match="grad_buffer_passes=none"):
+        execution("autoconf").replace(grad_buffer_passes=("zero",))
+    with pytest.raises(UserError, match="nan_check"):
+        core.replace(grad_buffer_passes=("zero", "memset"))

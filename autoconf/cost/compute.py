@@ -28,7 +28,7 @@ from autoconf.spec.cluster import ClusterProfile
 from autoconf.cost.fp8 import scaling_time
 from autoconf.cost.offload import cpu_optimizer_time
 from autoconf.spec.dtypes import DTYPE_BYTES, precision
-from autoconf.spec.frameworks import Execution, compiled_ops
+from autoconf.spec.frameworks import GRAD_BUFFER_PASSES, Execution, compiled_ops
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 
@@ -226,20 +226,34 @@ def optimizer_step_time(local_params: float, cluster: ClusterProfile, dtensor_pa
 
 
 def rank_optimizer_time(cluster: ClusterProfile, c: ParallelConfig, rank_params: float,
-                        expert_params: float = 0.0) -> float:
+                        expert_params: float = 0.0, execution: Execution | None = None) -> float:
     """The optimizer step of a pipeline rank holding `rank_params` parameters (all its stages, before TP and ZeRO
     sharding), of which `expert_params` are routed experts: its TP (and, when ZeRO shards, DP x CP) slice of the
     rest, its EP x ETP (and expert-DP) slice of the experts; DTensor parameters (TP, or FSDP) also pay the profile's
-    DTensor rate on the unsharded count."""
+    DTensor rate on the unsharded count. With an `execution`, plus its once-per-step passes over the main-gradient
+    buffer (`grad_buffer_pass_time`); without one, none (what the search's bound reads)."""
     shard = c.dp_cp if c.zero_sharded else 1
     expert_shard = c.edp if c.zero_stage >= 1 else 1
     dtensor = c.tp > 1 or c.zero_sharded
+    unsharded = (rank_params - expert_params) / c.tp + (expert_params / (c.ep * c.etp) if expert_params else 0.0)
     local = (rank_params - expert_params) / c.tp / shard
     if expert_params:
         local += expert_params / (c.ep * c.etp) / expert_shard
+    passes = grad_buffer_pass_time(cluster, unsharded, execution)
     if c.offload_optimizer:  # FSDP2 CPUOffloadPolicy: the step runs on the host CPU (cost/offload.py)
-        return cpu_optimizer_time(cluster, local)
-    return optimizer_step_time(local, cluster, rank_params if dtensor else None)
+        return cpu_optimizer_time(cluster, local) + passes
+    return optimizer_step_time(local, cluster, rank_params if dtensor else None) + passes
+
+
+def grad_buffer_pass_time(cluster: ClusterProfile, params: float, execution: Execution | None) -> float:
+    """Seconds of the execution's `grad_buffer_passes` over a main-gradient buffer of `params` parameters (the
+    rank's, not ZeRO-sharded: Megatron's buffer holds every gradient of the rank) at the profile's element-wise
+    rate: each pass reads or writes the buffer as `autoconf.spec.frameworks.GRAD_BUFFER_PASSES` counts."""
+    if execution is None or not execution.grad_buffer_passes:
+        return 0.0
+    touches = sum(GRAD_BUFFER_PASSES[name] for name in execution.grad_buffer_passes)
+    return touches * params * execution.grad_buffer_bytes / (
+        cluster.device.memory_bandwidth_Bps * cluster.eff("memory"))
 
 
 # ---- specification model ------------------------------------------------------------------------------------------
@@ -389,10 +403,26 @@ def loss_bytes_per_logit(ops: tuple[str, ...], e: int) -> tuple[float, float]:
                          (4 + e)
     """
     if "vocab_parallel_ce" in ops:
-        return 32.0 + e, 12.0 + e
+        return 36.0 + e, 12.0 + e
     if "cross_entropy" in ops:
         return 20.0 + e, 24.0 + e
     return 16.0, 16.0
+
+
+def embedding_grad_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution | None) -> float:
+    """Bytes the input embedding's weight gradient moves per micro-batch on one TP rank beyond the scattered rows:
+    torch's dense embedding backward (`embedding_dense_backward`, what nn.Embedding and Megatron's
+    VocabParallelEmbedding run) zero-fills a gradient of the rank's whole vocabulary slice (vocab / tp x hidden, in
+    the compute dtype) before it scatters the tokens' rows in; under the megatron memory layout the parameter's
+    gradient hook then adds that tensor into the main-gradient buffer (`param.main_grad.add_(param.grad)`, in
+    Megatron-Core's distributed/param_and_grad_buffer hooks: a read of it, a read and a write of the buffer), every
+    micro-batch."""
+    e = DTYPE_BYTES[c.dtype]
+    weights = model.vocab_size / c.tp * model.hidden_size
+    per_weight = e
+    if execution is not None and execution.memory_layout == "megatron":
+        per_weight += e + 2 * execution.grad_buffer_bytes
+    return weights * per_weight
 
 
 def fsdp_copy_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution | None,
@@ -478,9 +508,10 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
         elementwise += moe_elementwise - 3 * s * b * f * e / t / mem_rate  # the dense MLP's SwiGLU product goes
         moe_rest = PassTimes(mm + elementwise, mm + 2 * elementwise, mm) + eager + scaling
 
-    # Embedding: a gather of s*b rows (and learned positions), and a scatter-add in the weight backward.
+    # Embedding: a gather of s*b rows (and learned positions); the weight backward scatters them into the dense
+    # gradient of the whole table (`embedding_grad_bytes`).
     emb = (2 if model.learned_positions else 1) * sbh * e / replicated_div / mem_rate
-    embedding = PassTimes(emb, 0.0, 2 * emb)
+    embedding = PassTimes(emb, 0.0, 2 * emb + embedding_grad_bytes(model, c, execution) / mem_rate)
 
     # Head: final norm, the vocab-parallel projection, and the fp32 cross-entropy over the logits.
     head_mm = gemms_time(cluster, precision(c.dtype).element, [model.head_forward_flops(s, b) / t])

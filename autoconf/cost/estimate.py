@@ -584,7 +584,7 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
     optimizer = max(rank_optimizer_time(cluster, c, sum(stage_params(model, partition, st)
                                                         for st in schedule.stages_of_rank(r)),
                                         sum(stage_expert_params(model, partition, st)
-                                            for st in schedule.stages_of_rank(r))) for r in range(c.pp))
+                                            for st in schedule.stages_of_rank(r)), execution) for r in range(c.pp))
     step_comm = step_collectives(model, cluster, c, grid, schedule.stage_to_rank)
     step_overhead = cluster.overhead("step_overhead_s")
     iteration = makespan + step_comm + optimizer + step_overhead

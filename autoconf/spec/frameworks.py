@@ -68,6 +68,15 @@ ATTENTION_KERNELS = ("fused", "fa2", "fa3")
 # (Megatron-LM under --bf16, --accumulate-allreduce-grads-in-fp32) or "bf16" (Megatron-Bridge's
 # grad_reduce_in_fp32=False; NeMo 1.x's distributed Adam with grad_sync_dtype bf16).
 GRAD_BUFFER_DTYPES = ("fp32", "bf16")
+# Passes a framework makes over the megatron layout's whole main-gradient buffer once per step on the compute stream
+# (each of the rank's parameters, before ZeRO sharding, at `Execution.grad_buffer_bytes`), with the reads and writes
+# each costs:
+#   "zero"       the buffer zeroed before the step's first micro-batch (Megatron's zero_grad_buffer)
+#   "scale"      the gradients scaled by 1/dp in place before the collective sums them (Megatron's
+#                gradient_scaling_factor; not when --ddp-average-in-collective averages in the collective)
+#   "nan_check"  each bucket's norm taken before its collective, to stop on a NaN (Megatron-Core's
+#                check_for_nan_in_grad, on by default for bf16: `--no-check-for-nan-in-loss-and-grad` turns it off)
+GRAD_BUFFER_PASSES = {"zero": 1, "scale": 2, "nan_check": 1}
 # The optimizer state of the megatron layout, per parameter sharded over the data-parallel ranks:
 #   "megatron"  Megatron's distributed optimizer: fp32 master weights and Adam moments (12 bytes)
 #   "apex"      apex's DistributedFusedAdam as NeMo 1.x (NeMo 24.07) sets it up for a bf16 model: the 16-bit
@@ -152,6 +161,8 @@ class Execution:
         and its transpose replace the bf16 weight) instead of bf16 plus TE's cached fp8 copies.
     grad_buffer_dtype: see GRAD_BUFFER_DTYPES; the megatron layout reduces its gradients in it (the torch layout
         holds and reduces fp32 gradients). optimizer: see OPTIMIZERS. loss_memory: see LOSS_MEMORY.
+    grad_buffer_passes: see GRAD_BUFFER_PASSES (megatron layout; `autoconf.cost.compute.rank_optimizer_time` adds
+        them to the step's optimizer term).
     megatron_args / torchtitan_settings: what makes the target framework run as modelled, as (when, flag, line):
         the line applies when the config matches `when` (see `_applies`) and the flag ("name" or "name=value") holds.
     """
@@ -180,6 +191,7 @@ class Execution:
     grad_buffer_dtype: str = "fp32"
     optimizer: str = "megatron"
     loss_memory: str = "copy"
+    grad_buffer_passes: tuple[str, ...] = ()
     megatron_args: tuple[tuple[str, str, str], ...] = ()
     torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
 
@@ -206,6 +218,12 @@ class Execution:
                             ("loss_memory", LOSS_MEMORY)):
             if getattr(self, flag) not in known:
                 out.append(f"{flag} {getattr(self, flag)!r} is none of {', '.join(known)}")
+        if not set(self.grad_buffer_passes) <= set(GRAD_BUFFER_PASSES):
+            out.append(f"grad_buffer_passes {', '.join(self.grad_buffer_passes)}: each must be one of "
+                       f"{', '.join(GRAD_BUFFER_PASSES)}")
+        elif self.grad_buffer_passes and self.memory_layout != "megatron":
+            out.append("grad_buffer_passes describe the megatron layout's main-gradient buffer; the torch layout has "
+                       "none (set grad_buffer_passes=none)")
         if self.memory_layout != "megatron" and (self.transformer_engine or self.optimizer != "megatron"):
             out.append("transformer_engine and optimizer describe the megatron memory layout; the torch layout is the "
                        "executor's own")
@@ -238,6 +256,16 @@ class Execution:
     def grad_buffer_bytes(self) -> int:
         """Bytes per parameter of the megatron layout's gradient buffer: what it holds and what its reduction moves."""
         return STORAGE_BYTES[self.grad_buffer_dtype]
+
+    @property
+    def skips_nan_check(self) -> bool:
+        """The megatron layout without the per-bucket NaN check (what `--no-check-for-nan-in-loss-and-grad` asks)."""
+        return self.memory_layout == "megatron" and "nan_check" not in self.grad_buffer_passes
+
+    @property
+    def averages_in_collective(self) -> bool:
+        """The megatron layout without the 1/dp scale pass: the collective averages (`--ddp-average-in-collective`)."""
+        return self.memory_layout == "megatron" and "scale" not in self.grad_buffer_passes
 
     @property
     def framework(self) -> str:
@@ -310,19 +338,21 @@ PRESETS: dict[str, Execution] = {
         name="megatron", memory_layout="megatron", zero_stages=(0, 1, 2, 3), zero_searched=(0, 1, 2, 3),
         selective_policies=("attention_core",), grad_reduce_start="after_flush", param_gather_overlap=False,
         blocking_p2p=True, p2p_scatter_gather=True,
-        executor_overheads=False, eager_ops=("vocab_parallel_ce",),
+        executor_overheads=False, eager_ops=("vocab_parallel_ce",), grad_buffer_passes=("zero", "scale"),
         megatron_args=(("sharded", "memory_layout=megatron", "--use-distributed-optimizer"),)),
     "megatron-core": Execution(
         name="megatron-core", memory_layout="megatron", zero_stages=(0, 1), zero_searched=(0, 1),
         selective_policies=("attention_core",),
         distributed_optimizer=True, grad_reduce_start="per_bucket", bucket_params=40e6, bucket_first_rank_only=True,
         param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False, eager_ops=("vocab_parallel_ce",),
-        transformer_engine=True, loss_memory="inplace",
+        transformer_engine=True, loss_memory="inplace", grad_buffer_passes=("zero", "scale", "nan_check"),
         megatron_args=(("dp", "grad_reduce_start=per_bucket", "--overlap-grad-reduce"),
                        ("sharded", "distributed_optimizer", "--use-distributed-optimizer"),
                        ("sharded", "param_gather_overlap", "--overlap-param-gather"),
                        ("sp", "tp_comm_overlap", "--tp-comm-overlap"),
-                       ("fp8", "fp8_params", "--fp8-param-gather"))),
+                       ("fp8", "fp8_params", "--fp8-param-gather"),
+                       ("always", "skips_nan_check", "--no-check-for-nan-in-loss-and-grad"),
+                       ("dp", "averages_in_collective", "--ddp-average-in-collective"))),
     "torchtitan": Execution(
         name="torchtitan", memory_layout="torch", zero_stages=(0, 2, 3), zero_searched=(0, 2, 3),
         grad_reduce_start="per_bucket", param_gather_overlap=True, selective_recompute="alternate_matmuls",
@@ -373,7 +403,8 @@ def execution(name: str = DEFAULT) -> Execution:
 USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_reduce_start", "bucket_params",
               "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
               "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies",
-              "compile_loss", "transformer_engine", "fp8_params", "grad_buffer_dtype", "optimizer", "loss_memory")
+              "compile_loss", "transformer_engine", "fp8_params", "grad_buffer_dtype", "optimizer", "loss_memory",
+              "grad_buffer_passes")
 
 
 def parse_flags(pairs) -> dict:
@@ -396,7 +427,7 @@ def parse_flags(pairs) -> dict:
                 out[key] = None if value.lower() == "none" else float(value)
             elif key == "zero_stages":
                 out[key] = tuple(sorted({int(v) for v in value.split(",")}))
-            elif key == "eager_ops":
+            elif key in ("eager_ops", "grad_buffer_passes"):
                 out[key] = tuple(v.strip() for v in value.split(",") if v.strip() and v.strip() != "none")
             else:
                 out[key] = value
