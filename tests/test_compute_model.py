@@ -243,6 +243,7 @@ def test_bad_attention_curves_are_one_line_naming_the_field(curves, field):
         ClusterProfile.from_dict(data)
     assert "\n" not in str(err.value)
 
+
 def test_megatron_cross_entropy_counts_every_kernel_it_runs_on_the_logits():
     """Megatron-Core r0.8's vocab-parallel cross entropy (`tensor_parallel/cross_entropy.py`) moves, per bf16 logit,
     38 bytes forward (the fp32 copy 2 + 4, max 4, in-place subtract 8, exp 8, sum 4, divide 8) and 14 backward (the

@@ -181,8 +181,8 @@ def test_search_bounds_never_exceed_the_simulation(cluster_name):
 
 
 def assert_bounds_below_estimate(model, cluster, configs, execution=None, memory: bool = True) -> list:
-    """Each config's search bounds (`_BoundCache.bounds`: time, and memory with `memory`) at or below its estimate;
-    the configs checked."""
+    """Each config's search bounds (`_BoundCache.bounds`: time, and memory with `memory`) at or below its estimate,
+    and the cheap memory bound (`state_bound`) at or below the memory bound; the configs checked."""
     from autoconf.cost.estimate import Execution
     from autoconf.solve.search import _BoundCache
 
@@ -192,6 +192,7 @@ def assert_bounds_below_estimate(model, cluster, configs, execution=None, memory
         p = estimate(model, cluster, config, detail=False).prediction
         assert bound.time_s <= p["iteration_time_s"] * (1 + 1e-9), config
         if memory:
+            assert cache.state_bound(config) <= bound.memory_bytes * (1 + 1e-9), config
             assert bound.memory_bytes <= p["peak_memory_bytes"] * (1 + 1e-9), config
         checked.append(config)
     return checked
@@ -244,6 +245,25 @@ def test_bounds_of_refitted_recompute_candidates_stay_below_the_estimate():
         p = estimate(model, cluster, counted, detail=False).prediction
         first = cache.time_bound(dataclasses.replace(config, recompute_layers=rank0))
         assert first <= cache.time_bound(counted) <= p["iteration_time_s"] * (1 + 1e-9), counted
-        assert cache.memory_bound(counted) <= p["peak_memory_bytes"] * (1 + 1e-9), counted
+        assert cache.state_bound(counted) <= cache.memory_bound(counted) <= p["peak_memory_bytes"] * (1 + 1e-9), counted
         refitted += 1
     assert refitted >= 5 and unfit >= 1, (refitted, unfit)
+
+
+def test_the_space_and_replaced_build_what_the_constructor_builds():
+    """The search builds configs without the dataclass constructor (`space._config`, `space.replaced`): each
+    candidate of a small space, and each change the search makes to one, equals (and hashes as) the config the
+    constructor builds from the same fields."""
+    from autoconf.solve.space import replaced
+    from autoconf.spec.plan import ParallelConfig
+
+    checked = 0
+    for config in candidates(PRESETS["tiny-llama"], 8, 4, 16, 64, "fp32", fixed={"micro_batch_size": 1}):
+        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        built = ParallelConfig(**fields)
+        assert built == config and hash(built) == hash(config) and vars(built) == vars(config), config
+        for changes in ({"grad_reduce": "step"}, {"offload_optimizer": True, "offload_activations": True},
+                        {"recompute_layers": (1,) * config.num_stages}):
+            assert vars(replaced(config, **changes)) == vars(dataclasses.replace(config, **changes)), changes
+        checked += 1
+    assert checked > 50

@@ -604,6 +604,24 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     last = len(partition) - 1
     out = []
     stages_of = _stages_of_ranks(tuple(stage_to_rank))
+    # Stages of one shape hold the same: each shape's blocks and FSDP buffers are worked out once per call (a dense
+    # model's blocks by their count, an MoE model's by their place).
+    shapes: dict[tuple, float] = {}
+    buffer_shapes: dict[tuple, tuple[float, float]] = {}
+
+    def blocks_bytes(first: int, end: int, recomputed_blocks: int) -> float:
+        key = (end - first, recomputed_blocks) if model.moe is None else (first, end, recomputed_blocks)
+        if key not in shapes:
+            shapes[key] = stage_block_activation_bytes(model, c, first, end, recomputed_blocks, layout,
+                                                       cluster.device.kind, selective, execution)
+        return shapes[key]
+
+    def buffer_bytes(st: int) -> tuple[float, float]:
+        key = (root_unit_params(model, partition, st), partition[st][1] - partition[st][0])
+        if key not in buffer_shapes:
+            buffer_shapes[key] = unsharded_buffer_bytes(model, c, layout, *key)
+        return buffer_shapes[key]
+
     for rank in (range(c.pp) if ranks is None else ranks):
         stages = stages_of.get(rank, ())
         expert_params = sum(stage_expert_params(model, partition, st) for st in stages)
@@ -611,18 +629,16 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
                                                       expert_params)
         param_buffer = grad_buffer = 0.0
         if layout == "torch" and c.zero_sharded:  # (unsharded_buffer_bytes is 0 otherwise)
-            buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, partition, st),
-                                              partition[st][1] - partition[st][0]) for st in stages]
+            buffers = [buffer_bytes(st) for st in stages]
             param_buffer, grad_buffer = max(b[0] for b in buffers), max(b[1] for b in buffers)
         act_scale, temp_scale = seq_chunk_scales(c, bounds, layout, rank) if bounds else (1.0, 1.0)
         activations = host_activations = 0.0
         for st in stages:
             first, end = partition[st]
-            layers = stage_block_activation_bytes(model, c, first, end, recomputed[st], layout, cluster.device.kind,
-                                                  selective, execution)
-            # Under offload_activations each block's saved activations go to the host.
-            host_activations += activation_copy_bytes(c, layers) * inflight[st] * act_scale
-            layers = 0.0 if c.offload_activations else layers
+            layers = blocks_bytes(first, end, recomputed[st])
+            if c.offload_activations:  # each block's saved activations go to the host
+                host_activations += activation_copy_bytes(c, layers) * inflight[st] * act_scale
+                layers = 0.0
             per_mb = ((layers + (embed_act if st == 0 else 0.0) + (head_act if st == last else 0.0)) * act_scale
                       + kv_cache * (end - first) * (act_scale if layout == "megatron" else 1.0))
             activations += per_mb * inflight[st]

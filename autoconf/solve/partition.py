@@ -357,6 +357,20 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
     # Data.
     q = _quantise(p)
     num_units, num_stages, num_ranks = len(p.unit_time), p.num_stages, p.num_ranks
+    rank_stages = [[s for s in range(num_stages) if p.stage_to_rank[s] == r] for r in range(num_ranks)]
+
+    # The bottleneck is at least every rank's total stage time, and at least the exact optimum of the chain
+    # split when each rank holds a single stage (dynamic programming; then CP-SAT only confirms it). The hint:
+    # that optimum, else the greedy budget split.
+    total = sum(q.time)
+    floor = math.ceil(total / num_ranks) if total else 0
+    if all(len(stages) == 1 for stages in rank_stages):
+        exact = _one_stage_per_rank_dp(p, q)
+        if exact is None:
+            return None  # the DP is exhaustive: no partition fits in memory
+        floor, hint = exact[0], _bounds_to_stages(exact[1])
+    else:
+        hint = greedy_partition(p)
 
     # Variables: after[u, s] <=> unit u sits on stage s or later (order encoding of the unit's stage, s >= 1).
     # Unit u >= 1 can be on stages [u + S - 2 - L ... u] only (one unit at least on every stage), so the rest are
@@ -423,7 +437,6 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
 
     stage_time = [sum(q.time[u] * on(u, s) for u in on_stage[s])
                   + sum(q.rc_time[u] * rc[u, t] for u, t in rc if t == s) for s in range(num_stages)]
-    rank_stages = [[s for s in range(num_stages) if p.stage_to_rank[s] == r] for r in range(num_ranks)]
 
     # Each rank's static memory plus in-flight activations of its stages fit in its limit.
     for r in range(num_ranks):
@@ -432,16 +445,7 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
                   - sum(p.inflight[t] * q.rc_saved[u] * rc[u, t] for u, t in rc if p.stage_to_rank[t] == r)
                   <= q.limit[r])
 
-    # The bottleneck is at least every rank's total stage time, and at least the exact optimum of the chain
-    # split when each rank holds a single stage (dynamic programming; then CP-SAT only confirms it).
-    total = sum(q.time)
-    floor = math.ceil(total / num_ranks) if total else 0
-    hint = greedy_partition(p)
-    if all(len(stages) == 1 for stages in rank_stages):
-        exact = _one_stage_per_rank_dp(p, q)
-        if exact is None:
-            return None  # the DP is exhaustive: no partition fits in memory
-        floor, hint = exact[0], _bounds_to_stages(exact[1])
+    # The bottleneck: at least `floor`, and at least every rank's total stage time.
     bottleneck = model.new_int_var(floor, max(floor, total + sum(q.rc_time)), "bottleneck")
     for r in range(num_ranks):
         model.add(sum(stage_time[s] for s in rank_stages[r]) <= bottleneck)

@@ -30,6 +30,7 @@ import dataclasses
 
 from autoconf.cost.estimate import Execution, schedule_inflight
 from autoconf.cost.memory import stage_memory
+from autoconf.solve.space import replaced
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.model import ModelSpec
@@ -84,7 +85,7 @@ def fewest_counts(model: ModelSpec, cluster: ClusterProfile, config: ParallelCon
 
     def fits(totals: dict[int, int]) -> dict[int, bool]:
         """Whether each rank of `totals` fits with that many recomputed layers (its memory reads its own only)."""
-        trial = dataclasses.replace(c, recompute_layers=counts_of(totals))
+        trial = replaced(c, recompute_layers=counts_of(totals))
         ranks = list(totals)
         memory = stage_memory(model, cluster, trial, partition, owner, inflight, execution.memory_layout, ranks,
                               selective_policy(c, execution), execution=execution)

@@ -15,10 +15,12 @@ Deterministic: the same inputs visit candidates in the same order and the solver
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import math
 import operator
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,15 +31,17 @@ from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, cp_attentio
                                     dp_collectives, estimate, exposed_dp, overlapped_tp_layer, p2p_bytes, predict,
                                     recompute_time, schedule_inflight, selective_matmul_share, step_collectives,
                                     tp_collective, tp_overlap_gemms, tp_sp_collectives)
-from autoconf.cost.memory import layer_activation_bytes, stage_memory
+from autoconf.cost.memory import (layer_activation_bytes, p2p_buffer_bytes, stage_expert_params, stage_memory,
+                                  stage_params, state_bytes_per_param)
 from autoconf.cost.moe import layer_kinds, smallest_layer_params
+from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_offload, host_memory_per_node,
                                    plans_offload)
 from autoconf.errors import UserError
 from autoconf.spec.support import op_policy_unsupported, unsupported_reason
 from autoconf.solve.placement import tp_cp_domain
 from autoconf.solve.recompute import fewest_counts, fewest_recomputed
-from autoconf.solve.space import candidates, normalise_fixed, with_changes
+from autoconf.solve.space import candidates, normalise_fixed, replaced, with_changes
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.grid import RankGrid
@@ -84,6 +88,7 @@ class _BoundCache:
         self._recomputed_of: dict = {}
         self._shapes: dict = {}
         self._last_memory: tuple = (None, None)
+        self._rank0_params: dict = {}
         self._overheads = (cluster.overhead("pass_overhead_s"), cluster.overhead("step_overhead_s"))
 
     def _stage_to_rank(self, c: ParallelConfig) -> tuple[int, ...]:
@@ -339,6 +344,28 @@ class _BoundCache:
             self._layout[key] = (uniform_partition(self.model.num_layers, c.num_stages), owner)
         return self._layout[key]
 
+    def state_bound(self, c: ParallelConfig) -> float:
+        """A lower bound of `memory_bound`, without its per-config work (unit activations, in-flight counts, FSDP
+        buffers): `stage_memory`'s entry of pipeline rank 0 on the uniform partition with its activations,
+        temporaries, FSDP unit buffers and fp8 weight cache taken as 0 (each is at least 0). What is left is read
+        from the same functions: the rank's parameters (`stage_params`, `stage_expert_params`, split by
+        `local_params`) times every byte `state_bytes_per_param` holds per parameter, plus the fixed bytes (the
+        device's runtime overhead and `p2p_buffer_bytes`). Where the estimate counts either the gradients or the
+        activations (one micro-batch, torch layout), the activations and temporaries it keeps are at least the
+        gradients it drops, so this holds there too (tests/test_search.py checks it below `memory_bound`)."""
+        key = (c.pp, c.vpp, c.schedule)
+        if key not in self._rank0_params:
+            partition, owner = self._uniform_layout(c)
+            stages = [st for st, r in enumerate(owner) if r == 0]
+            self._rank0_params[key] = (sum(stage_params(self.model, partition, st) for st in stages),
+                                       sum(stage_expert_params(self.model, partition, st) for st in stages))
+        layout = self.execution.memory_layout
+        params, experts = local_params_of(c, *self._rank0_params[key])
+        state = params * sum(state_bytes_per_param(c, layout, execution=self.execution))
+        if experts:
+            state += experts * sum(state_bytes_per_param(c, layout, experts=True, execution=self.execution))
+        return state + self.cluster.device.memory_overhead_bytes + p2p_buffer_bytes(self.model, c)
+
     def rank0_memory(self, c: ParallelConfig) -> dict:
         """cost/memory.stage_memory of pipeline rank 0 on the uniform partition (what `memory_bound` totals); the
         last one is remembered (the walk reads it again for the same candidate)."""
@@ -401,7 +428,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             changes = {"grad_reduce": "step"} if config.grad_reduce != "step" else {}
             if per_stage and config.recompute != "none":
                 changes["recompute_layers"] = (0,) * config.num_stages
-            bound_by_fields[fields] = cache.time_bound(dataclasses.replace(config, **changes) if changes else config)
+            bound_by_fields[fields] = cache.time_bound(replaced(config, **changes) if changes else config)
         scored.append((bound_by_fields[fields], ranking_key(config), len(scored), config,
                        UNFITTED if per_stage and config.recompute != "none" else FITTED))
     if not scored:
@@ -413,40 +440,59 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     best: list[tuple[float, tuple, ParallelConfig, dict]] = []  # the K best extrapolated times: a max-heap (negated)
     near: list[tuple[float, tuple, ParallelConfig, dict]] = []  # every fitting candidate, with its (extrapolated) time
     pruned_memory = pruned_time = simulated = 0
-    closest: tuple[float, ParallelConfig] | None = None
+    # (bytes over the limit, whether exact, config) of every candidate that does not fit, in walk order: where the
+    # cheap `state_bound` pruned, the bytes are at most the exact ones (`memory_bound`), worked out if nothing fits.
+    misses: list[tuple[float, bool, ParallelConfig]] = []
     # Reducing every micro-batch costs time and saves memory: it is only worth simulating where its twin that
     # reduces once per step (sorted just before it: same bound, smaller key) did not fit.
     fitting_once = set()
     # Offload costs time and saves memory: it is weighed after the walk, for the candidates that did not fit
     # (`_offload_walk`), so the walk over layouts that fit is unchanged.
-    unfit: list[tuple[float, tuple, ParallelConfig, dict]] = []
+    unfit: list[tuple[float, tuple, ParallelConfig, Callable[[], dict]]] = []
     offloading = plans_offload(cluster)
 
-    def does_not_fit(over: float, time_bound: float, key: tuple, config: ParallelConfig, memory) -> None:
-        """Records a candidate `over` bytes beyond the limit: the closest miss (for the advice when nothing fits)
-        and, where the cluster plans offload, the parent of offloading twins with its memory entry (`memory()`).
-        An offloading twin that does not fit is neither."""
-        nonlocal closest
+    def does_not_fit(over: float, time_bound: float, key: tuple, config: ParallelConfig,
+                     memory: Callable[[], dict], exact: bool = True) -> None:
+        """Records a candidate `over` bytes beyond the limit (at least that many without `exact`): a miss (the
+        closest is the advice when nothing fits) and, where the cluster plans offload, the parent of offloading
+        twins with its memory entry (`memory()`, asked only for the parents `_offload_walk` weighs). An offloading
+        twin that does not fit is neither."""
         if config.offloads:
             return
-        if closest is None or over < closest[0]:
-            closest = (over, config)
+        misses.append((over, exact, config))
         if offloading:
-            unfit.append((time_bound, key, config, memory()))
+            unfit.append((time_bound, key, config, memory))
+
+    def memory_pruned(time_bound: float, key: tuple, config: ParallelConfig) -> bool:
+        """Whether rank 0 of `config` exceeds the device: the cheap `state_bound` first, `memory_bound` where it
+        does not decide; a candidate that exceeds is recorded (`does_not_fit`)."""
+        nonlocal pruned_memory
+        floor = cache.state_bound(config)
+        if floor > limit:
+            pruned_memory += 1
+            does_not_fit(floor - limit, time_bound, key, config, functools.partial(cache.rank0_memory, config),
+                         exact=False)
+            return True
+        entry = cache.rank0_memory(config)  # `memory_bound`'s entry
+        if entry["total"] > limit:
+            pruned_memory += 1
+            does_not_fit(entry["total"] - limit, time_bound, key, config, lambda: entry)
+            return True
+        return False
 
     def consider(time_bound: float, key: tuple, config: ParallelConfig) -> None:
         """Memory bound, then the (extrapolated) simulation; the K best that fit are kept."""
         nonlocal pruned_memory, simulated
-        memory_bound = cache.memory_bound(config)  # only for the candidates the walk reaches
-        if memory_bound > limit or (config.offloads and cache.host_bound(config) > cluster.host["memory_bytes"]):
-            pruned_memory += 1
-            does_not_fit(memory_bound - limit, time_bound, key, config, lambda: cache.rank0_memory(config))
+        if memory_pruned(time_bound, key, config):  # only for the candidates the walk reaches
             return
+        if config.offloads and cache.host_bound(config) > cluster.host["memory_bytes"]:
+            pruned_memory += 1
+            return  # (an offloading twin is no miss: `does_not_fit` records nothing for it)
         p = predict(model, cluster, config, execution=execution, detail=False, extrapolate=True)[3]
         simulated += 1
         if not p["fits"]:
             does_not_fit(p["peak_memory_bytes"] - limit, time_bound, key, config,
-                         lambda: max(p["memory_per_stage"], key=lambda m: m["total"]))
+                         functools.partial(max, p["memory_per_stage"], key=operator.itemgetter("total")))
             return
         if config.grad_reduce == "step":
             fitting_once.add(key[:-1])
@@ -477,14 +523,11 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
                 pruned_time += 1
                 continue
             if fitted == UNFITTED:
-                every = cache.memory_bound(config)  # rank 0 recomputing every layer: no count fits if it does not
-                if every > limit:
-                    pruned_memory += 1
-                    does_not_fit(every - limit, time_bound, key, config, lambda: cache.rank0_memory(config))
+                if memory_pruned(time_bound, key, config):  # rank 0 recomputing every layer: then no count fits
                     continue
                 rank0 = fewest_counts(model, cluster, config, default_partition(model, config), execution, [0])
                 if rank0 is not None and any(rank0):
-                    tighter = cache.time_bound(dataclasses.replace(config, recompute_layers=rank0))
+                    tighter = cache.time_bound(replaced(config, recompute_layers=rank0))
                     if tighter > time_bound:
                         heapq.heappush(heap, (tighter, key, order, config, RANK0_FITTED))
                         continue
@@ -495,8 +538,9 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
                     # (every rank, the in-flight counts of its order) says so without a simulation.
                     pruned_memory += 1
                     memory = cache.memory(config)
-                    largest = max(memory, key=lambda m: m["total"])
-                    does_not_fit(largest["total"] - limit, time_bound, key, config, lambda: largest)
+                    largest = max(memory, key=operator.itemgetter("total"))
+                    does_not_fit(largest["total"] - limit, time_bound, key, config,
+                                 functools.partial(max, memory, key=operator.itemgetter("total")))
                     continue
                 if counted.recompute == "none":
                     continue  # needs no recompute: the same layout as its twin without recompute
@@ -519,6 +563,13 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         ranked.sort(key=lambda plan: (plan.prediction["iteration_time_s"], ranking_key(plan.config)))
     else:
         ranked = [estimate(model, cluster, config, execution=execution) for _, config in chosen]
+    closest = None  # the smallest miss, the first of equals
+    for over, exact, config in misses if not ranked else ():
+        if closest is not None and over >= closest[0]:
+            continue  # (an inexact miss is at least `over` bytes over)
+        over = over if exact else cache.memory_bound(config) - limit
+        if closest is None or over < closest[0]:
+            closest = (over, config)
     stats = {"candidates": seen, "unlaunchable": unlaunchable, "pruned_memory": pruned_memory,
              "pruned_time": pruned_time, "simulated": simulated, "feasible": len(ranked),
              "seconds": round(time.perf_counter() - start, 3),
@@ -588,27 +639,31 @@ def _offload_walk(model: ModelSpec, cluster: ClusterProfile, cache: "_BoundCache
                   unfit: list, limit: float, cutoff: float,
                   bound_of: dict) -> list[tuple[float, tuple, ParallelConfig]]:
     """The offloading twins worth walking, as (time bound, key, config) in bound order: of each candidate that did
-    not fit (`unfit`: with its bound and its memory entry, the largest rank's or rank 0's), the twins (each lever
-    combination of `_offload_levers` the layout allows: offload_optimizer needs FSDP) that can move enough off the
-    device (at most the activations, or the weights, gradients and optimizer states) and whose bound is below
-    `cutoff` (the K-th best time of the walk so far: nothing at or beyond it can enter the K best). A twin's work
-    on its busiest rank (`busy_bound`, below its time bound) is checked first, as it is cheaper."""
+    not fit (`unfit`: with its bound and a call giving its memory entry, the largest rank's or rank 0's), the twins
+    (each lever combination of `_offload_levers` the layout allows: offload_optimizer needs FSDP) that can move
+    enough off the device (at most the activations, or the weights, gradients and optimizer states) and whose
+    bound is below `cutoff` (the K-th best time of the walk so far: nothing at or beyond it can enter the K best).
+    A twin's work on its busiest rank (`busy_bound`, below its time bound) is checked first, as it is cheaper; the
+    parent's memory entry is asked only then."""
     levers = _offload_levers(cluster, fixed)
     out = []
-    for parent_bound, _, config, memory in unfit if levers else []:
+    for parent_bound, _, config, parent_memory in unfit if levers else []:
         if parent_bound >= cutoff:
             continue
+        memory = None
         for activations, optimizer in levers:
             if optimizer and not config.zero_sharded:
                 continue
+            twin = replaced(config, offload_activations=activations, offload_optimizer=optimizer)
+            if cache.busy_bound(twin) >= cutoff:
+                continue
+            if memory is None:
+                memory = parent_memory()
             movable = (memory["activations"] if activations else 0.0) + (
                 memory["params"] + memory["grads"] + memory["optimizer"] if optimizer else 0.0)
-            if memory["total"] - movable > limit:
+            if memory["total"] - movable > limit or (launchable_only and unsupported_reason(twin)):
                 continue
-            twin = dataclasses.replace(config, offload_activations=activations, offload_optimizer=optimizer)
-            if cache.busy_bound(twin) >= cutoff or (launchable_only and unsupported_reason(twin)):
-                continue
-            once = dataclasses.replace(twin, grad_reduce="step") if twin.grad_reduce != "step" else twin
+            once = replaced(twin, grad_reduce="step") if twin.grad_reduce != "step" else twin
             if once not in bound_of:
                 bound_of[once] = cache.time_bound(once)
             if bound_of[once] < cutoff:
@@ -693,7 +748,8 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         cache = _BoundCache(model, bigger, execution)
         for config in candidates(model, bigger.world_size, bigger.gpus_per_node, global_batch, seq_len, dtype,
                                  attention, fixed, tp_cp_domain=tp_cp_domain(bigger)):
-            if unsupported_reason(config) or cache.memory_bound(config) > bigger.usable_memory_bytes:
+            if unsupported_reason(config) or any(bound(config) > bigger.usable_memory_bytes
+                                                 for bound in (cache.state_bound, cache.memory_bound)):
                 continue
             if estimate(model, bigger, config, execution=execution, detail=False).prediction["fits"]:
                 return message + (f"; the smallest change that fits: {bigger.nodes} nodes "
