@@ -3,7 +3,9 @@ throughput each publisher states, and whether each published layout fits an 80 G
 
 Nothing is fitted: the H100 profile's efficiencies are the same for every model (the H800 profile is the H100's with
 its slower NVLink). A run's `framework_flags` change its framework preset where the publisher states a behaviour
-(DeepSeek-V3's recompute policy). Usage:
+(DeepSeek-V3's recompute policy, DualPipe's overlapped pairs); a `published_layout` that autoconf costs through an
+equivalent layout (DeepSeek's DualPipe through its per-device twin, dualpipev at half the pipeline ranks) is printed
+beside the layout costed. Usage:
 python scripts/truth_moe.py [--json] [--breakdown]
 --breakdown: for each run, the peak pipeline rank's memory by term and what one MoE block keeps per micro-batch,
 tensor by tensor (`autoconf.cost.saved`).
@@ -61,8 +63,10 @@ def main() -> int:
     for run in json.loads(DATA.read_text())["runs"]:
         p = predict(run)
         details += breakdown(run, p)
-        row = {"run": run["label"], "layout": f"tp{run['tp']} ep{run['ep']} etp{run['etp']} pp{run['pp']} "
-                                              f"vpp{run['vpp']} on {run['gpus']}",
+        costed = f"tp{run['tp']} ep{run['ep']} etp{run['etp']} pp{run['pp']} vpp{run['vpp']} on {run['gpus']}"
+        if run.get("published_layout"):  # a schedule autoconf costs through an equivalent one (the run's levers)
+            costed = f"{run['published_layout']}, costed as {run['schedule']} {costed}"
+        row = {"run": run["label"], "layout": costed,
                "fits": p["fits"], "peak_GiB": round(p["peak_memory_bytes"] / 2**30, 1),
                "ep_comm_share": round(p["time_breakdown"].get("ep_comm", 0.0) / p["iteration_time_s"], 3)}
         if run.get("tflops_per_gpu"):

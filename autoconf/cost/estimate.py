@@ -321,6 +321,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     recomputed = recomputed_layers(c, partition)
     forward, back_in, back_w = [], [], []
     compute_parts, recompute_parts, tp_parts, gathers, reduces, buckets, ep_parts = [], [], [], [], [], [], []
+    exchange_back_parts = []  # per stage, the token exchange inside its input backward (a full recompute's too)
     cp_parts = []
     moe_pieces = pieces.kind(True) if model.moe is not None else None
     # The stages of one rank share its groups: their collectives are timed once per rank (and stage size).
@@ -358,6 +359,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         compute = (pieces.block + copies).scaled(layers)
         recompute = recompute_time(pieces, c, one, matmul_share) * recomputed[st]
         ep = PassTimes(0.0, 0.0, 0.0)
+        recompute_exchange = 0.0  # a full recompute's forward exchange again, in the backward
         if n_moe:
             # MoE layers: their own block, and the token exchange in each pass (and in a full recompute's forward);
             # the first recomputed[st] layers of the stage recompute.
@@ -368,10 +370,12 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             r_moe = moe_layers(model, first, first + recomputed[st])
             compute = ((pieces.block + copies).scaled(layers - n_moe)
                        + (moe_pieces.block + fsdp_copy_time(model, cluster, c, execution, moe=True)).scaled(n_moe))
+            recompute_exchange = exchange * r_moe if c.recompute == "full" else 0.0
             recompute = (recompute_time(pieces, c, one, matmul_share) * (recomputed[st] - r_moe)
                          + (recompute_time(moe_pieces, c, one, moe_share)
                             + (exchange if c.recompute == "full" else 0.0)) * r_moe)
             ep = PassTimes(exchange * n_moe, exchange_back * n_moe, 0.0)
+        exchange_back_parts.append(ep.backward_input + recompute_exchange)
         if c.cp > 1:
             if rank not in cp_of_rank:
                 cp_of_rank[rank] = cp_attention_comm(model, cluster, c, grid.first_group_array("cp", rank),
@@ -436,6 +440,10 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         buckets.append(execution.buckets(params + experts, layers, rank, c.dp_cp))
     early = [(c.num_microbatches - 1) * r for r in reduces] if c.reduces_every_microbatch else []
     costs = StageCosts(forward, back_in, back_w)
+    if model.moe is not None and execution.overlap_paired_chunks and schedule_spec(c.schedule).overlaps_paired_chunks:
+        # DualPipe's paired chunks: the token exchange of each pass may hide behind the paired pass's compute.
+        costs = StageCosts(forward, back_in, back_w, [e.forward for e in ep_parts], exchange_back_parts,
+                           execution.overlap_comm_sm_share)
     if c.seq_chunks > 1:
         core_recomputed = c.recompute == "full" or (c.recompute == "selective" and matmul_share is None)
         costs = seq_chunk_costs(costs, pieces.attention_core, [end - first for first, end in partition],
@@ -794,6 +802,8 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, 
         else:
             compute += parts.backward_weight
     busy = bare.compute_time_per_rank[busiest]
+    if bare.overlap_saved_per_rank:  # DualPipe's pairs: the exchange they hid is no longer on the rank's time
+        ep -= bare.overlap_saved_per_rank[busiest]
     # Gather waits hidden in max(compute, gather) show up as compute time of the stage: attribute them to dp_comm.
     fsdp_wait = max(0.0, busy - (compute + recompute + tp + cp + ep + overhead + offload))  # float noise: none
     terms = {

@@ -151,6 +151,12 @@ class Execution:
         and its transpose replace the bf16 weight) instead of bf16 plus TE's cached fp8 copies.
     grad_buffer_dtype: see GRAD_BUFFER_DTYPES; the megatron layout reduces its gradients in it (the torch layout
         holds and reduces fp32 gradients). optimizer: see OPTIMIZERS. loss_memory: see LOSS_MEMORY.
+    overlap_paired_chunks: runs the paired forward and backward chunks of a schedule that pairs them
+        (`ScheduleSpec.pairs`: dualpipev) together, so that each one's token exchange runs during the other's
+        compute (DeepSeek's DualPipe code does; torch's ScheduleDualPipeV does only with a user-registered
+        OVERLAP_F_B function, which autoconf's executor does not register, so its runtime runs each pair's F then its
+        B). overlap_comm_sm_share: the share of the device's SMs the exchange kernels take from the compute they run
+        beside (DeepSeek-V3: 20 of the H800's 132, report Sec. 3.5.1); cost/simulate.py says how a pair is timed.
     megatron_args / torchtitan_settings: what makes the target framework run as modelled, as (when, flag, line):
         the line applies when the config matches `when` (see `_applies`) and the flag ("name" or "name=value") holds.
     """
@@ -179,6 +185,8 @@ class Execution:
     grad_buffer_dtype: str = "fp32"
     optimizer: str = "megatron"
     loss_memory: str = "copy"
+    overlap_paired_chunks: bool = False
+    overlap_comm_sm_share: float = 0.0
     megatron_args: tuple[tuple[str, str, str], ...] = ()
     torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
 
@@ -229,6 +237,12 @@ class Execution:
         if self.selective_recompute == "norms_mla_swiglu" and self.memory_layout != "megatron":
             out.append("selective_recompute 'norms_mla_swiglu' (DeepSeek-V3's) is described in the megatron memory "
                        "layout only; the executor's selective recompute is 'attention_core'")
+        if self.overlap_paired_chunks and self.executor_overheads:  # the runtime is autoconf's executor
+            out.append("autoconf's executor runs torch's ScheduleDualPipeV without an OVERLAP_F_B function, so each "
+                       "paired forward and backward run one after the other; overlap_paired_chunks describes "
+                       "DeepSeek's DualPipe code (use it with another framework, e.g. megatron-core)")
+        if not 0.0 <= self.overlap_comm_sm_share < 1.0:
+            out.append(f"overlap_comm_sm_share must lie in [0, 1), got {self.overlap_comm_sm_share}")
         if self.tp_comm_overlap and self.memory_layout != "megatron":
             out.append("TP communication overlap is Megatron-Core's (userbuffers); torch's TP does not overlap it")
         return out
@@ -372,7 +386,8 @@ def execution(name: str = DEFAULT) -> Execution:
 USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_reduce_start", "bucket_params",
               "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
               "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies",
-              "compile_loss", "transformer_engine", "fp8_params", "grad_buffer_dtype", "optimizer", "loss_memory")
+              "compile_loss", "transformer_engine", "fp8_params", "grad_buffer_dtype", "optimizer", "loss_memory",
+              "overlap_paired_chunks", "overlap_comm_sm_share")
 
 
 def parse_flags(pairs) -> dict:
@@ -393,6 +408,8 @@ def parse_flags(pairs) -> dict:
                 out[key] = value.lower() == "true"
             elif key == "bucket_params":
                 out[key] = None if value.lower() == "none" else float(value)
+            elif isinstance(current, float):
+                out[key] = float(value)
             elif key == "zero_stages":
                 out[key] = tuple(sorted({int(v) for v in value.split(",")}))
             elif key == "eager_ops":
