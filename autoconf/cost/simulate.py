@@ -40,8 +40,8 @@ a dependency graph worked out once per schedule (`_Graph`); every time is the sa
 
 from __future__ import annotations
 
-from collections.abc import Sequence as SequenceABC
 import dataclasses
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from functools import partial
 from itertools import accumulate, chain
@@ -481,8 +481,8 @@ class _Graph:
     @staticmethod
     def _waves(schedule: Schedule, dep: np.ndarray, offsets: list[int], dep2: np.ndarray) -> np.ndarray:
         """Each action's wave (see the class docstring), found a wave at a time: in wave k every rank runs its next
-        action if that action's inputs (`dep`, and `dep2` for a paired forward) came in an earlier wave. AssertionError naming the rank and the action on a
-        deadlock (some rank's next action never gets its input)."""
+        action if that action's inputs (`dep`, and `dep2` for a paired forward) came in an earlier wave.
+        AssertionError naming the rank and the action on a deadlock (some rank's next action never gets its input)."""
         N, R = len(dep), len(offsets) - 1
         # Each rank's actions followed by a stopper that never runs; G: no input (wave 0), G + 1: never.
         G = N + R
