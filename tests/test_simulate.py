@@ -256,8 +256,9 @@ def test_wave_and_in_order_simulations_agree_to_the_last_bit(monkeypatch):
         assert waves.compute_time_per_rank == in_order.compute_time_per_rank
         assert list(waves.events) == list(in_order.events)
         assert waves.comm_events == in_order.comm_events
-        assert (waves.peak_inflight, waves.peak_inflight_weight, waves.peak_inflight_rank) == \
-            (in_order.peak_inflight, in_order.peak_inflight_weight, in_order.peak_inflight_rank)
+        assert (waves.peak_inflight, waves.peak_inflight_weight, waves.peak_inflight_rank,
+                waves.peak_inflight_joint) == (in_order.peak_inflight, in_order.peak_inflight_weight,
+                                               in_order.peak_inflight_rank, in_order.peak_inflight_joint)
 
 
 # DualPipe's overlapped pairs: a forward and the full backward after it run together (schedule registry `pairs`).

@@ -90,6 +90,8 @@ class Timeline:
         output gradients the weight gradient still needs). Zero for schedules without split backward.
     peak_inflight_rank: per rank, the most stage-micro-batches its stages hold at once (forward done, B or I not yet;
         in units of one stage's activations for one micro-batch, summed over the rank's stages).
+    peak_inflight_joint: per rank, the most it holds at once counting also those waiting for W, each as
+        WEIGHT_GRAD_ACTIVATION_SHARE of one, at the same instant of its order; peak_inflight_rank without W.
     overlap_saved_per_rank: per rank, the seconds its overlapped pairs saved against running each F then its B
         (empty when no pair overlapped). compute_time_per_rank counts the pairs as they ran.
     """
@@ -103,6 +105,7 @@ class Timeline:
     peak_inflight_weight: list[int]
     peak_inflight_rank: list[int]
     overlap_saved_per_rank: list[float] = dataclasses.field(default_factory=list)
+    peak_inflight_joint: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def compute_end(self) -> float:
@@ -144,6 +147,9 @@ class _Events(SequenceABC):
 # Pipelines of at least this many ranks are simulated a wave at a time (`_Graph`); narrower ones, whose waves hold
 # too few actions to repay numpy's per-call cost, one action at a time (`_run_in_order`). Both give the same times.
 WAVES_FROM_RANKS = 16
+# Share of a block's activations that the weight-gradient pass (W) still needs after I: the inputs of the linear
+# layers (QKV, output projection, both MLP matrices) -- 14 of the 34 s*b*h units of a GPT block.
+WEIGHT_GRAD_ACTIVATION_SHARE = 14 / 34
 
 
 def simulate(
@@ -228,14 +234,14 @@ def simulate(
 
     makespan = max(max(clock), max(comm_free)) if R else 0.0
     events = _Events(schedule.actions, starts, ends, offsets)
-    peak, peak_w, peak_rank = (list(x) for x in order_peaks(schedule))
+    peak, peak_w, peak_rank, joint = order_peaks(schedule)
     total = sum(busy)
     bubble = 1.0 - total / (R * makespan) if makespan > 0 else 0.0
     saved = []
     if pairs:
         saved = [sum(dur[_F][acts[j][1]] + dur[_B][acts[j + 1][1]] - pairs[acts[j][1], acts[j + 1][1]]
                      for j in schedule.paired[r]) for r, acts in enumerate(schedule.compiled)]
-    return Timeline(events, comm_events, makespan, busy, bubble, peak, peak_w, peak_rank, saved)
+    return Timeline(events, comm_events, makespan, busy, bubble, peak, peak_w, peak_rank, saved, joint)
 
 
 def paired_seconds(forward: float, forward_comm: float, backward: float, backward_comm: float,
@@ -586,10 +592,11 @@ def _arrays(schedule: Schedule) -> tuple[np.ndarray, np.ndarray, np.ndarray, lis
     return arrays
 
 
-def order_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int]]:
-    """(peak_inflight, peak_inflight_weight, peak_inflight_rank) as `Timeline` defines them, from the order alone: a
-    rank's actions run one at a time, so its counts follow its list whatever the costs. Counted once per schedule
-    object (a frozen value; the estimate reuses its schedules) and remembered on it; callers get fresh lists."""
+def order_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int], list[float]]:
+    """(peak_inflight, peak_inflight_weight, peak_inflight_rank, peak_inflight_joint) as `Timeline` defines them,
+    from the order alone: a rank's actions run one at a time, so its counts follow its list whatever the costs.
+    Counted once per schedule object (a frozen value; the estimate reuses its schedules) and remembered on it;
+    callers get fresh lists."""
     peaks = schedule.__dict__.get("_order_peaks")
     if peaks is None:
         if schedule.pp >= WAVES_FROM_RANKS:
@@ -601,7 +608,7 @@ def order_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int]]:
     return tuple(list(x) for x in peaks)
 
 
-def _array_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int]]:
+def _array_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int], list[float]]:
     """`rank_order_peaks` of every rank with numpy, for wide pipelines: each count is a running sum over the
     actions in order (a stage's over its own, in its rank's order; a rank's over its list), its peak the largest
     prefix sum and at least 0."""
@@ -611,23 +618,30 @@ def _array_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int]]:
     waiting = np.where(kind == _I, 1, np.where(kind == _W, -1, 0))  # I leaves work for W
     by_stage = np.argsort(stage, kind="stable")
 
-    def peaks(delta: np.ndarray, counts: np.ndarray) -> list[int]:
+    def running(delta: np.ndarray, counts: np.ndarray) -> np.ndarray:
         first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        running = np.cumsum(delta)
-        running -= np.repeat(np.concatenate([[0], running])[first], counts)  # each segment from 0
-        out = np.zeros(len(counts), dtype=np.int64)
+        total = np.cumsum(delta)
+        return total - np.repeat(np.concatenate([[0], total])[first], counts)  # each segment from 0
+
+    def peaks(values: np.ndarray, counts: np.ndarray) -> list:
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        out = np.zeros(len(counts), dtype=values.dtype)
         held = counts > 0
         if held.any():
-            out[held] = np.maximum.reduceat(running, first[held])
+            out[held] = np.maximum.reduceat(values, first[held])
         return np.maximum(out, 0).tolist()
 
     per_stage = np.bincount(stage, minlength=S)
     per_rank = np.diff(offsets)
-    return peaks(live[by_stage], per_stage), peaks(waiting[by_stage], per_stage), peaks(live, per_rank)
+    held = running(live, per_rank)
+    joint = held + WEIGHT_GRAD_ACTIVATION_SHARE * running(waiting, per_rank)
+    return (peaks(running(live[by_stage], per_stage), per_stage), peaks(running(waiting[by_stage], per_stage),
+                                                                       per_stage),
+            peaks(held, per_rank), peaks(joint, per_rank))
 
 
 def rank_order_peaks(num_stages: int, compiled: dict[int, Sequence[tuple[int, int, int]]],
-                     pp: int) -> tuple[list[int], list[int], list[int]]:
+                     pp: int) -> tuple[list[int], list[int], list[int], list[float]]:
     """`order_peaks` from the compiled lists of some ranks ({rank: list}): a rank's counts depend on its own list
     only, so these ranks' stages and peaks are exact; the other ranks' read 0."""
     S = num_stages
@@ -636,8 +650,10 @@ def rank_order_peaks(num_stages: int, compiled: dict[int, Sequence[tuple[int, in
     peak = [0] * S
     peak_w = [0] * S
     peak_rank = [0] * pp
+    peak_joint = [0.0] * pp
     for rank, acts in compiled.items():
-        cur = best = 0
+        cur = best = waiting = 0
+        joint = 0.0  # only an F raises live + share x waiting: I trades one live for one waiting, W frees
         for k, s, _ in acts:
             if k == _F:
                 live[s] += 1
@@ -646,14 +662,18 @@ def rank_order_peaks(num_stages: int, compiled: dict[int, Sequence[tuple[int, in
                     peak[s] = live[s]
                 if cur > best:
                     best = cur
+                joint = max(joint, cur + WEIGHT_GRAD_ACTIVATION_SHARE * waiting)
             elif k == _W:
                 wait_w[s] -= 1
+                waiting -= 1
             else:
                 live[s] -= 1
                 cur -= 1
                 if k == _I:
                     wait_w[s] += 1
+                    waiting += 1
                     if wait_w[s] > peak_w[s]:
                         peak_w[s] = wait_w[s]
         peak_rank[rank] = best
-    return peak, peak_w, peak_rank
+        peak_joint[rank] = joint
+    return peak, peak_w, peak_rank, peak_joint
