@@ -157,6 +157,13 @@ class Execution:
         OVERLAP_F_B function, which autoconf's executor does not register, so its runtime runs each pair's F then its
         B). overlap_comm_sm_share: the share of the device's SMs the exchange kernels take from the compute they run
         beside (DeepSeek-V3: 20 of the H800's 132, report Sec. 3.5.1); cost/simulate.py says how a pair is timed.
+    moe_combine_keeps_outputs: an MoE layer weighs its T x k expert outputs by the routing weights after the experts
+        (in the combine), so it keeps those outputs for the weights' gradient: autoconf's executor
+        (execute/moe.py `MoE.routed`), Megatron-Core up to core_v0.12 (`unpermute(..., probs=...)` in
+        moe/token_dispatcher.py). False: the weights multiply the SwiGLU output inside the experts, whose fused
+        kernel keeps its input and the weights only, and the combine takes no weights (Megatron-Core since
+        core_v0.13.0: moe/experts.py `weighted_bias_swiglu_impl(..., permuted_probs)`, checked at core_v0.16.1).
+        Read by the memory model's MoE rule only (cost/moe.routed_activation_bytes, cost/saved.saved_tensors).
     megatron_args / torchtitan_settings: what makes the target framework run as modelled, as (when, flag, line):
         the line applies when the config matches `when` (see `_applies`) and the flag ("name" or "name=value") holds.
     """
@@ -187,6 +194,7 @@ class Execution:
     loss_memory: str = "copy"
     overlap_paired_chunks: bool = False
     overlap_comm_sm_share: float = 0.0
+    moe_combine_keeps_outputs: bool = True
     megatron_args: tuple[tuple[str, str, str], ...] = ()
     torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
 
@@ -330,7 +338,7 @@ PRESETS: dict[str, Execution] = {
         selective_policies=("attention_core",),
         distributed_optimizer=True, grad_reduce_start="per_bucket", bucket_params=40e6, bucket_first_rank_only=True,
         param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False, eager_ops=("vocab_parallel_ce",),
-        transformer_engine=True, loss_memory="inplace",
+        transformer_engine=True, loss_memory="inplace", moe_combine_keeps_outputs=False,
         megatron_args=(("dp", "grad_reduce_start=per_bucket", "--overlap-grad-reduce"),
                        ("sharded", "distributed_optimizer", "--use-distributed-optimizer"),
                        ("sharded", "param_gather_overlap", "--overlap-param-gather"),
