@@ -635,9 +635,10 @@ def _array_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int], l
     per_rank = np.diff(offsets)
     held = running(live, per_rank)
     joint = held + WEIGHT_GRAD_ACTIVATION_SHARE * running(waiting, per_rank)
-    return (peaks(running(live[by_stage], per_stage), per_stage), peaks(running(waiting[by_stage], per_stage),
-                                                                       per_stage),
-            peaks(held, per_rank), peaks(joint, per_rank))
+    stage_live = running(live[by_stage], per_stage)
+    stage_waiting = running(waiting[by_stage], per_stage)
+    return (peaks(stage_live, per_stage), peaks(stage_waiting, per_stage), peaks(held, per_rank),
+            peaks(joint, per_rank))
 
 
 def rank_order_peaks(num_stages: int, compiled: dict[int, Sequence[tuple[int, int, int]]],
