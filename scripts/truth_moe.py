@@ -3,7 +3,9 @@ throughput each publisher states, and whether each published layout fits an 80 G
 
 Nothing is fitted: the H100 profile's efficiencies are the same for every model (the H800 profile is the H100's with
 its slower NVLink). A run's `framework_flags` change its framework preset where the publisher states a behaviour
-(DeepSeek-V3's recompute policy). Usage:
+(DeepSeek-V3's recompute policy, DualPipe's overlapped pairs); a `published_layout` that autoconf costs through an
+equivalent layout (DeepSeek's DualPipe through its per-device twin, dualpipev at half the pipeline ranks) is printed
+beside the layout costed. Usage:
 python scripts/truth_moe.py [--json] [--breakdown]
 --breakdown: for each run, the peak pipeline rank's memory by term and what one MoE block keeps per micro-batch,
 tensor by tensor (`autoconf.cost.saved`).
@@ -49,7 +51,8 @@ def breakdown(run: dict, prediction: dict) -> list[str]:
     terms = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in stages[peak].items())
     lines = [f"{run['label']}: pipeline rank {peak} of {len(stages)} at its peak (GiB): {terms}"]
     if ex.memory_layout == "megatron":
-        rows = [(n, b) for n, b in saved_tensors(model, c, c.recompute, ex.selective_recompute, True) if b]
+        rows = [(n, b) for n, b in saved_tensors(model, c, c.recompute, ex.selective_recompute, True,
+                                                ex.moe_combine_keeps_outputs) if b]
         lines.append(f"  one MoE block, one micro-batch ({c.recompute} recompute, {ex.selective_recompute}, dtype "
                      f"{c.dtype}): {sum(b for _, b in rows) / 2**20:.0f} MiB")
         lines += [f"    {name:48s} {nbytes / 2**20:8.1f} MiB" for name, nbytes in rows]
@@ -61,8 +64,10 @@ def main() -> int:
     for run in json.loads(DATA.read_text())["runs"]:
         p = predict(run)
         details += breakdown(run, p)
-        row = {"run": run["label"], "layout": f"tp{run['tp']} ep{run['ep']} etp{run['etp']} pp{run['pp']} "
-                                              f"vpp{run['vpp']} on {run['gpus']}",
+        costed = f"tp{run['tp']} ep{run['ep']} etp{run['etp']} pp{run['pp']} vpp{run['vpp']} on {run['gpus']}"
+        if run.get("published_layout"):  # a schedule autoconf costs through an equivalent one (the run's levers)
+            costed = f"{run['published_layout']}, costed as {run['schedule']} {costed}"
+        row = {"run": run["label"], "layout": costed,
                "fits": p["fits"], "peak_GiB": round(p["peak_memory_bytes"] / 2**30, 1),
                "ep_comm_share": round(p["time_breakdown"].get("ep_comm", 0.0) / p["iteration_time_s"], 3)}
         if run.get("tflops_per_gpu"):

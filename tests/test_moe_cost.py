@@ -125,6 +125,9 @@ def run_cli(args):
      "ep 3 does not divide the 8 experts"),
     (["estimate", "--model", "llama3-8b", "--cluster", "dgx-h100-80g", "--tp", "1", "--pp", "1", "--dp", "8",
       "--ep", "2", "--micro-batch", "1", "--global-batch", "16"], "llama3-8b is dense"),
+    (["estimate", "--model", "mixtral-8x7b", "--cluster", "dgx-h100-80g", "--nodes", "2", "--tp", "1", "--pp", "2",
+      "--vpp", "2", "--dp", "8", "--ep", "8", "--micro-batch", "1", "--global-batch", "64", "--schedule", "dualpipev",
+      "--framework-flag", "overlap_paired_chunks=true"], "without an OVERLAP_F_B function"),
 ])
 def test_bad_expert_layouts_are_one_line(args, needle):
     result = run_cli(args)
@@ -143,3 +146,28 @@ def test_top_k_above_the_experts_is_one_line(tmp_path):
                       "--micro-batch", "1", "--global-batch", "1", "--seq-len", "64"])
     lines = result.output.strip().splitlines()
     assert result.exit_code != 0 and len(lines) == 1 and "num_experts_per_tok 5 exceeds the 4 experts" in lines[0]
+
+
+def test_dualpipe_pairs_hide_part_of_the_token_exchange_where_the_framework_overlaps_them():
+    """dualpipev under a framework that overlaps its paired chunks (DeepSeek's DualPipe code): the step is shorter
+    and the breakdown's ep_comm is only what the pairs left exposed (its terms still add up to the step); the search's
+    bounds stay at or below it. The flag changes nothing on a schedule without pairs or on a dense model."""
+    cluster = load_cluster("dgx-h100-80g", 4, 8)
+    plain = FRAMEWORKS["megatron-core"]
+    paired = plain.replace(overlap_paired_chunks=True, overlap_comm_sm_share=20 / 132)
+    c = config(pp=2, vpp=2, dp=16, ep=4, schedule="dualpipev", global_batch_size=128)
+    before = predict(TINY_MOE, cluster, c, execution=plain)[3]
+    after = predict(TINY_MOE, cluster, c, execution=paired)[3]
+    assert after["iteration_time_s"] < before["iteration_time_s"]
+    assert 0.0 <= after["time_breakdown"]["ep_comm"] < before["time_breakdown"]["ep_comm"]
+    assert sum(after["time_breakdown"].values()) == pytest.approx(after["iteration_time_s"], rel=1e-9)
+    cache = _BoundCache(TINY_MOE, cluster, paired)
+    for layout in (c, dataclasses.replace(c, ep=2), dataclasses.replace(c, pp=4, dp=8, global_batch_size=64)):
+        p = predict(TINY_MOE, cluster, layout, execution=paired, detail=False)[3]
+        assert cache.time_bound(layout) <= p["iteration_time_s"] * (1 + 1e-9), layout
+    one_f_one_b = dataclasses.replace(c, vpp=1, schedule="1f1b")
+    assert (predict(TINY_MOE, cluster, one_f_one_b, execution=paired)[3]["iteration_time_s"]
+            == predict(TINY_MOE, cluster, one_f_one_b, execution=plain)[3]["iteration_time_s"])
+    dense = dataclasses.replace(c, ep=1)
+    assert (predict(PRESETS["tiny-llama"], cluster, dense, execution=paired)[3]["iteration_time_s"]
+            == predict(PRESETS["tiny-llama"], cluster, dense, execution=plain)[3]["iteration_time_s"])

@@ -178,6 +178,24 @@ def test_router_weights_and_group_limits():
     assert torch.allclose(weights.sum(-1), torch.full((16,), AUX.moe.routed_scaling_factor))
 
 
+def test_the_combine_keeps_the_expert_outputs_as_the_autoconf_preset_states():
+    """The executor weighs the expert outputs by the routing weights in the combine, so autograd keeps the [T, k, h]
+    outputs for the weights' gradient: what the autoconf preset's `moe_combine_keeps_outputs` tells the memory
+    model (Megatron-Core's preset, which weighs inside the experts, says the opposite)."""
+    from autoconf.spec.frameworks import PRESETS as FRAMEWORKS
+
+    torch.manual_seed(0)
+    layer = _model().layers["1"].feed_forward
+    x = torch.randn(16, MOE.hidden_size, requires_grad=True)
+    index, weights, _ = layer.route(x)
+    shapes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+        layer.routed(x, index, weights)
+    kept = (16, MOE.moe.num_experts_per_tok, MOE.hidden_size) in shapes
+    assert kept and FRAMEWORKS["autoconf"].moe_combine_keeps_outputs
+    assert not FRAMEWORKS["megatron-core"].moe_combine_keeps_outputs
+
+
 def test_aux_loss_only_when_the_spec_has_one():
     """The load-balancing loss changes the router's gradient, not the output; without a coefficient there is none."""
     torch.manual_seed(0)

@@ -20,7 +20,9 @@ from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
 from autoconf.spec.support import unsupported_reason
 
-DEEPSEEK = FRAMEWORKS["megatron-core"].replace(selective_recompute="norms_mla_swiglu")
+# As scripts/data/published_moe_runs.json runs it: the report's recompute policy, the expert outputs kept (the report
+# does not say otherwise; Megatron-Core's preset weighs inside the experts and keeps none).
+DEEPSEEK = FRAMEWORKS["megatron-core"].replace(selective_recompute="norms_mla_swiglu", moe_combine_keeps_outputs=True)
 
 
 def published(**changes) -> ParallelConfig:
@@ -73,6 +75,28 @@ def test_published_deepseek_v3_layout_fits_an_h800_with_the_reported_levers():
     assert with_levers["fits"], with_levers["peak_memory_bytes"] / 2**30
     without = estimate(model, cluster, published(dtype="fp8"), execution=FRAMEWORKS["megatron-core"]).prediction
     assert not without["fits"]
+
+
+@pytest.mark.parametrize("model,c", [("mixtral-8x7b", ParallelConfig(tp=2, pp=1, dp=4, ep=4, micro_batch_size=1,
+                                                                     global_batch_size=8, seq_len=4096)),
+                                     ("deepseek-v3", published())])
+def test_weighing_inside_the_experts_drops_exactly_the_expert_outputs(model, c):
+    """Without `moe_combine_keeps_outputs` an MoE block keeps the T x k x hidden expert outputs less (compute dtype)
+    and nothing else changes, in the tensor table and in the memory model's block; a dense block is unchanged."""
+    spec = PRESETS[model]
+    keep, drop = DEEPSEEK, DEEPSEEK.replace(moe_combine_keeps_outputs=False)
+    outputs = 2 * (c.local_seq_len * c.micro_batch_size / c.tp) * spec.moe.num_experts_per_tok * spec.hidden_size
+    kept = dict(saved_tensors(spec, c, "selective", "norms_mla_swiglu", True, True))
+    dropped = dict(saved_tensors(spec, c, "selective", "norms_mla_swiglu", True, False))
+    assert set(kept) - set(dropped) == {"expert outputs (combine weights)"}
+    assert kept["expert outputs (combine weights)"] == outputs  # bf16 T x k x hidden, T this TP rank's tokens
+    for layout in ("megatron", "torch"):
+        if layout == "torch" and spec.mla is not None:
+            continue
+        def block(ex, moe):
+            return layer_activation_bytes(spec, c, layout, "gpu", selective="attention_core", moe=moe, execution=ex)
+        assert block(keep, True) - block(drop, True) == pytest.approx(kept["expert outputs (combine weights)"])
+        assert block(keep, False) == block(drop, False)
 
 
 def test_fp8_dispatch_shrinks_what_travels_towards_the_experts():

@@ -180,3 +180,24 @@ def test_torch_rejects_what_check_schedule_rejects():
             make()
         with pytest.raises(ValueError):
             build_schedule(name, pp, m, vpp)
+
+
+@pytest.mark.parametrize("pp,m", [(2, 4), (2, 7), (4, 8), (4, 13)])
+def test_dualpipev_pairs_are_torchs_overlap_f_b_actions(pp, m):
+    """The registry's pairs of dualpipev (`ScheduleSpec.pairs`, which the simulation may overlap) are exactly the
+    forwards torch's ScheduleDualPipeV puts in an OVERLAP_F_B action with the backward after them, at their positions
+    in the rank's compute order; schedules without pairs have none."""
+    sch = _torch_multi("dualpipev", pp, m, 2)
+    ours = build_schedule("dualpipev", pp, m, 2)
+    for rank, actions in sch.pipeline_order.items():
+        pos, theirs = 0, []
+        for action in actions:
+            if action is None:
+                continue
+            if action.computation_type == TS.OVERLAP_F_B:
+                theirs.append(pos)
+                pos += len(action.sub_actions)
+            elif action.computation_type in (TS.F, TS.B, TS.I, TS.W):
+                pos += 1
+        assert ours.paired[rank] == tuple(theirs)
+    assert not build_schedule("zbv", 4, 8, 2).paired and not build_schedule("1f1b", 4, 8).paired

@@ -256,5 +256,95 @@ def test_wave_and_in_order_simulations_agree_to_the_last_bit(monkeypatch):
         assert waves.compute_time_per_rank == in_order.compute_time_per_rank
         assert list(waves.events) == list(in_order.events)
         assert waves.comm_events == in_order.comm_events
-        assert (waves.peak_inflight, waves.peak_inflight_weight, waves.peak_inflight_rank) == \
-            (in_order.peak_inflight, in_order.peak_inflight_weight, in_order.peak_inflight_rank)
+        assert (waves.peak_inflight, waves.peak_inflight_weight, waves.peak_inflight_rank,
+                waves.peak_inflight_joint) == (in_order.peak_inflight, in_order.peak_inflight_weight,
+                                               in_order.peak_inflight_rank, in_order.peak_inflight_joint)
+
+
+# DualPipe's overlapped pairs: a forward and the full backward after it run together (schedule registry `pairs`).
+
+def _random_paired_costs(rng, S: int, share: float = 0.15) -> StageCosts:
+    f, b = [rng.uniform(1, 2) for _ in range(S)], [rng.uniform(1, 2) for _ in range(S)]
+    return StageCosts(f, b, [rng.uniform(0.2, 1) for _ in range(S)], [x * rng.uniform(0, 0.9) for x in f],
+                      [x * rng.uniform(0, 0.9) for x in b], share)
+
+
+def test_paired_seconds_hide_each_pass_communication_behind_the_other_pass_compute():
+    """A pair lasts max(Fm, Bc + f Fm) + max(Bm, Fc + f Bm): between its compute alone and F + B; with each one's
+    communication within the other's compute and no SM share it is the compute alone; an SM share slows the compute
+    that runs beside the communication."""
+    from autoconf.cost.simulate import paired_seconds
+
+    assert paired_seconds(3.0, 1.0, 5.0, 2.0, 0.0) == 2.0 + 3.0  # fully hidden: Fc + Bc
+    assert paired_seconds(3.0, 2.5, 2.0, 1.5, 0.0) == 2.5 + 1.5  # communication-bound: Fm + Bm
+    assert paired_seconds(3.0, 1.0, 5.0, 2.0, 0.2) == pytest.approx(3.0 + 0.2 + 2.0 + 0.4)
+    assert paired_seconds(3.0, 0.0, 5.0, 0.0, 0.2) == 8.0  # nothing to hide: F then B
+    import random
+
+    rng = random.Random(3)
+    for _ in range(200):
+        f, b, share = rng.uniform(0.1, 3), rng.uniform(0.1, 3), rng.uniform(0, 0.5)
+        fm, bm = f * rng.random(), b * rng.random()
+        pair = paired_seconds(f, fm, b, bm, share)
+        assert f + b - fm - bm - 1e-12 <= pair <= f + b + 1e-12
+
+
+def test_a_pair_starts_with_both_inputs_and_its_forward_and_backward_end_together():
+    """In the simulation each paired F and B share one start, no earlier than either input's arrival, and one end,
+    the pair's seconds later; the rank's busy time counts the pair once; the seconds saved are F + B - pair."""
+    import random
+
+    from autoconf.cost.simulate import paired_seconds
+
+    rng = random.Random(11)
+    sch = build_schedule("dualpipev", 4, 10, 2)
+    costs = _random_paired_costs(rng, sch.num_stages)
+    tl = simulate(sch, costs, 0.05)
+    end = {(a.kind if a.kind != "I" else "B", a.stage, a.microbatch): e for ev in tl.events for a, _, e in ev}
+    last = sch.num_stages - 1
+    for r, js in enumerate(sch.paired):
+        saved = 0.0
+        for j in js:
+            (fa, fs, fe), (ba, bs, be) = tl.events[r][j], tl.events[r][j + 1]
+            full = costs.backward_input[ba.stage] + costs.backward_weight[ba.stage]
+            pair = paired_seconds(costs.forward[fa.stage], costs.forward_comm[fa.stage], full,
+                                  costs.backward_comm[ba.stage], costs.comm_sm_share)
+            assert (fs, fe) == (bs, be) and fe == pytest.approx(fs + pair)
+            assert fa.stage == 0 or fs >= end["F", fa.stage - 1, fa.microbatch]
+            assert fs >= end["F" if ba.stage == last else "B", min(ba.stage + 1, last), ba.microbatch]
+            saved += costs.forward[fa.stage] + full - pair
+        assert tl.overlap_saved_per_rank[r] == pytest.approx(saved)
+        assert tl.compute_time_per_rank[r] == pytest.approx(sum(e - s for _, s, e in tl.events[r]) - sum(
+            tl.events[r][j + 1][2] - tl.events[r][j + 1][1] for j in js))
+    # Without stated communication nothing pairs: the order runs as torch's runtime runs it, F then B.
+    plain = simulate(sch, StageCosts(costs.forward, costs.backward_input, costs.backward_weight), 0.05)
+    assert not plain.overlap_saved_per_rank
+    assert all(e1 <= s2 for ev in plain.events for (_, _, e1), (_, s2, _) in zip(ev, ev[1:]))
+
+
+def test_paired_wave_and_in_order_simulations_agree_to_the_last_bit(monkeypatch):
+    """With overlapped pairs, FSDP gathers and buckets, the wave-at-a-time and one-at-a-time simulations give the
+    same times bit for bit."""
+    import random
+
+    import autoconf.cost.simulate as simulate_module
+
+    rng = random.Random(5)
+    for pp, m in [(3, 12), (4, 11), (16, 33)]:
+        S = 2 * pp
+        costs = _random_paired_costs(rng, S)
+        delays = {}
+        kw = dict(p2p_time=lambda a, b: delays.setdefault((a, b), rng.random() / 10),
+                  allgather_time=[rng.random() for _ in range(S)], reduce_time=[rng.random() for _ in range(S)],
+                  gather_buckets=[rng.randint(1, 3) for _ in range(S)],
+                  reduce_buckets=[rng.randint(1, 3) for _ in range(S)])
+        runs = []
+        for wide_from in (10**9, 1):
+            monkeypatch.setattr(simulate_module, "WAVES_FROM_RANKS", wide_from)
+            runs.append(simulate(build_schedule("dualpipev", pp, m, 2), costs, **kw))
+        in_order, waves = runs
+        assert waves.makespan == in_order.makespan
+        assert waves.compute_time_per_rank == in_order.compute_time_per_rank
+        assert list(waves.events) == list(in_order.events)
+        assert waves.comm_events == in_order.comm_events
+        assert waves.overlap_saved_per_rank == in_order.overlap_saved_per_rank

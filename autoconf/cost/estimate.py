@@ -36,7 +36,8 @@ from autoconf.cost.memory import (cp_kv_bytes, stage_block_activation_bytes, sta
 from autoconf.cost.moe import ep_comm_passes, local_params, moe_layers
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_host_memory, check_offload,
                                    gather_copy_time, host_memory_per_node, reduce_copy_time)
-from autoconf.cost.simulate import StageCosts, Timeline, order_peaks, rank_order_peaks, simulate
+from autoconf.cost.simulate import (WEIGHT_GRAD_ACTIVATION_SHARE, StageCosts, Timeline, order_peaks,
+                                    rank_order_peaks, simulate)
 from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, check_dtype, gather_bytes, precision
@@ -49,9 +50,6 @@ from autoconf.spec.schedules import build_schedule, rank_actions, schedule_spec,
 from autoconf.spec.support import unsupported_reason
 
 FRAMEWORKS = tuple(PRESETS)
-# Share of a block's activations that the weight-gradient pass (W) still needs after I: the inputs of the linear
-# layers (QKV, output projection, both MLP matrices) -- 14 of the 34 s*b*h units of a GPT block.
-WEIGHT_GRAD_ACTIVATION_SHARE = 14 / 34
 # With `extrapolate`, schedules with more than this many micro-batches per pipeline rank are simulated at 2p and 3p
 # micro-batches and extended linearly (see _extrapolated_step).
 EXTRAPOLATE_ABOVE = 4
@@ -322,6 +320,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     recomputed = recomputed_layers(c, partition)
     forward, back_in, back_w = [], [], []
     compute_parts, recompute_parts, tp_parts, gathers, reduces, buckets, ep_parts = [], [], [], [], [], [], []
+    exchange_back_parts = []  # per stage, the token exchange inside its input backward (a full recompute's too)
     cp_parts = []
     moe_pieces = pieces.kind(True) if model.moe is not None else None
     # The stages of one rank share its groups: their collectives are timed once per rank (and stage size).
@@ -359,6 +358,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         compute = (pieces.block + copies).scaled(layers)
         recompute = recompute_time(pieces, c, one, matmul_share) * recomputed[st]
         ep = PassTimes(0.0, 0.0, 0.0)
+        recompute_exchange = 0.0  # a full recompute's forward exchange again, in the backward
         if n_moe:
             # MoE layers: their own block, and the token exchange in each pass (and in a full recompute's forward);
             # the first recomputed[st] layers of the stage recompute.
@@ -369,10 +369,12 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             r_moe = moe_layers(model, first, first + recomputed[st])
             compute = ((pieces.block + copies).scaled(layers - n_moe)
                        + (moe_pieces.block + fsdp_copy_time(model, cluster, c, execution, moe=True)).scaled(n_moe))
+            recompute_exchange = exchange * r_moe if c.recompute == "full" else 0.0
             recompute = (recompute_time(pieces, c, one, matmul_share) * (recomputed[st] - r_moe)
                          + (recompute_time(moe_pieces, c, one, moe_share)
                             + (exchange if c.recompute == "full" else 0.0)) * r_moe)
             ep = PassTimes(exchange * n_moe, exchange_back * n_moe, 0.0)
+        exchange_back_parts.append(ep.backward_input + recompute_exchange)
         if c.cp > 1:
             if rank not in cp_of_rank:
                 cp_of_rank[rank] = cp_attention_comm(model, cluster, c, grid.first_group_array("cp", rank),
@@ -437,6 +439,10 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         buckets.append(execution.buckets(params + experts, layers, rank, c.dp_cp))
     early = [(c.num_microbatches - 1) * r for r in reduces] if c.reduces_every_microbatch else []
     costs = StageCosts(forward, back_in, back_w)
+    if model.moe is not None and execution.overlap_paired_chunks and schedule_spec(c.schedule).overlaps_paired_chunks:
+        # DualPipe's paired chunks: the token exchange of each pass may hide behind the paired pass's compute.
+        costs = StageCosts(forward, back_in, back_w, [e.forward for e in ep_parts], exchange_back_parts,
+                           execution.overlap_comm_sm_share)
     if c.seq_chunks > 1:
         core_recomputed = c.recompute == "full" or (c.recompute == "selective" and matmul_share is None)
         costs = seq_chunk_costs(costs, pieces.attention_core, [end - first for first, end in partition],
@@ -694,23 +700,26 @@ def _extrapolated_step(c: ParallelConfig, sp: StagePlan, p2p, execution: Executi
     pace = max(t2.compute_end - t1.compute_end, busiest) / (m2 - m1)
     makespan = t2.compute_end + pace * (m - m2) + (span2 - t2.compute_end)
     compute = [extend(a, b) for a, b in zip(t1.compute_time_per_rank, t2.compute_time_per_rank)]
-    peak, peak_weight, peak_rank = _extended_peaks(
-        (t1.peak_inflight, t1.peak_inflight_weight, t1.peak_inflight_rank),
-        (t2.peak_inflight, t2.peak_inflight_weight, t2.peak_inflight_rank), c.pp, m, c.vpp, c.seq_chunks)
+    peak, peak_weight, peak_rank, peak_joint = _extended_peaks(
+        (t1.peak_inflight, t1.peak_inflight_weight, t1.peak_inflight_rank, t1.peak_inflight_joint),
+        (t2.peak_inflight, t2.peak_inflight_weight, t2.peak_inflight_rank, t2.peak_inflight_joint), c.pp, m, c.vpp,
+        c.seq_chunks)
     timeline = Timeline(
         events=[], comm_events=[], makespan=makespan, compute_time_per_rank=compute,
         bubble_fraction=1 - sum(compute) / (c.pp * makespan), peak_inflight=peak, peak_inflight_weight=peak_weight,
-        peak_inflight_rank=peak_rank)
+        peak_inflight_rank=peak_rank, peak_inflight_joint=peak_joint)
     return timeline, makespan
 
 
-def _extended_peaks(at_2p, at_3p, pp: int, m: int, vpp: int, seq_chunks: int = 1) -> list[list[int]]:
-    """The in-flight counts (per stage, per stage for W, per rank) of m micro-batches from those of 2p and 3p:
-    constant or growing by the same step per p micro-batches, at most every micro-batch (of every chunk; under
-    seq1f1b counted in sequence chunks)."""
-    caps = (m * seq_chunks, m * seq_chunks, m * vpp * seq_chunks)
-    return [[min(cap, int(round(b + (b - a) * (m - 3 * pp) / pp))) for a, b in zip(xs, ys)]
-            for xs, ys, cap in zip(at_2p, at_3p, caps)]
+def _extended_peaks(at_2p, at_3p, pp: int, m: int, vpp: int, seq_chunks: int = 1) -> list[list]:
+    """The in-flight counts (per stage, per stage for W, per rank, per rank jointly with W's share) of m
+    micro-batches from those of 2p and 3p: constant or growing by the same step per p micro-batches, at most every
+    micro-batch (of every chunk; under seq1f1b counted in sequence chunks)."""
+    caps = (m * seq_chunks, m * seq_chunks, m * vpp * seq_chunks, m * vpp * seq_chunks)
+    counts = [[min(cap, int(round(b + (b - a) * (m - 3 * pp) / pp))) for a, b in zip(xs, ys)]
+              for xs, ys, cap in zip(at_2p[:3], at_3p[:3], caps)]
+    joint = [min(caps[3], round(b + (b - a) * (m - 3 * pp) / pp, 9)) for a, b in zip(at_2p[3], at_3p[3])]
+    return [*counts, joint]
 
 
 def _cluster_summary(cluster: ClusterProfile) -> dict:
@@ -720,24 +729,25 @@ def _cluster_summary(cluster: ClusterProfile) -> dict:
 
 def _memory(model, cluster, c, partition, schedule, timeline: Timeline, execution: Execution) -> list[dict]:
     inflight = stage_inflight(schedule.stage_to_rank, timeline.peak_inflight, timeline.peak_inflight_weight,
-                              timeline.peak_inflight_rank)
+                              timeline.peak_inflight_joint)
     return stage_memory(model, cluster, c, partition, schedule.stage_to_rank, inflight, execution.memory_layout,
                         selective=selective_policy(c, execution), execution=execution)
 
 
-def stage_inflight(stage_to_rank, peak, peak_weight, peak_rank) -> list[float]:
+def stage_inflight(stage_to_rank, peak, peak_weight, peak_joint) -> list[float]:
     """Micro-batches of activations each virtual stage holds at its rank's peak, from a step's in-flight counts
     (`Timeline`): those between forward and input-gradient backward, plus the weight-gradient share of those
-    waiting for W; the stages of one rank do not all peak at once, so their sum is capped by the rank's own peak."""
+    waiting for W. A rank's stages sum to exactly its joint peak (`Timeline.peak_inflight_joint`: both kinds
+    counted at the same instant of its order), shared among its stages in proportion to their own peaks; a stage
+    alone on its rank holds the joint peak. Schedules without W hold their rank's peak in flight."""
     inflight = [p + WEIGHT_GRAD_ACTIVATION_SHARE * w for p, w in zip(peak, peak_weight)]
     stages_of: dict[int, list[int]] = {}
     for s, r in enumerate(stage_to_rank):
         stages_of.setdefault(r, []).append(s)
-    for rank, rank_peak in enumerate(peak_rank):
+    for rank, cap in enumerate(peak_joint):
         stages = stages_of.get(rank, [])
         total = sum(inflight[s] for s in stages)
-        cap = rank_peak + WEIGHT_GRAD_ACTIVATION_SHARE * max(peak_weight[s] for s in stages)
-        if total > cap > 0:
+        if total > cap > 0:  # a stage's own peaks are at least its share of the rank's: total >= cap
             for s in stages:
                 inflight[s] *= cap / total
     return inflight
@@ -753,9 +763,11 @@ def schedule_inflight(name: str, pp: int, vpp: int, num_microbatches: int,
     m = num_microbatches
     owner = stage_to_rank(name, pp, vpp)
     if m <= EXTRAPOLATE_ABOVE * pp:
-        return tuple(stage_inflight(owner, *_order_peaks(name, pp, m, vpp, rank, seq_chunks)))
-    first, second = (_order_peaks(name, pp, k * pp, vpp, rank, seq_chunks) for k in (2, 3))
-    return tuple(stage_inflight(owner, *_extended_peaks(first, second, pp, m, vpp, seq_chunks)))
+        peak, peak_weight, _, peak_joint = _order_peaks(name, pp, m, vpp, rank, seq_chunks)
+    else:
+        first, second = (_order_peaks(name, pp, k * pp, vpp, rank, seq_chunks) for k in (2, 3))
+        peak, peak_weight, _, peak_joint = _extended_peaks(first, second, pp, m, vpp, seq_chunks)
+    return tuple(stage_inflight(owner, peak, peak_weight, peak_joint))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -801,6 +813,8 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, 
         else:
             compute += parts.backward_weight
     busy = bare.compute_time_per_rank[busiest]
+    if bare.overlap_saved_per_rank:  # DualPipe's pairs: the exchange they hid is no longer on the rank's time
+        ep -= bare.overlap_saved_per_rank[busiest]
     # Gather waits hidden in max(compute, gather) show up as compute time of the stage: attribute them to dp_comm.
     fsdp_wait = max(0.0, busy - (compute + recompute + tp + cp + ep + overhead + offload))  # float noise: none
     terms = {

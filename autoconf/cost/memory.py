@@ -107,15 +107,18 @@ def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     replaced by the routed ones; Megatron's accounting without the TE changes)."""
     c = config
     recompute = c.recompute if recompute is None else recompute
+    keeps_outputs = (execution or Execution()).moe_combine_keeps_outputs
     if layout == "megatron" and (model.mla is not None or precision(c.dtype).cached) and not (
             recompute == "selective" and selective == "alternate_matmuls"):
-        return saved_bytes(model, c, recompute, selective, moe)  # the closed formula spelled out, tensor by tensor
+        # the closed formula spelled out, tensor by tensor
+        return saved_bytes(model, c, recompute, selective, moe, keeps_outputs)
     if moe:
         # The dense MLP's tensors (`dense_mlp_tensors` of ffn_hidden_size) give way to the routed ones.
         dense_mlp = (dense_mlp_tensors(layout, recompute) * DTYPE_BYTES[c.dtype] * c.local_seq_len
                      * c.micro_batch_size)
         return (layer_activation_bytes(model, c, layout, device_kind, recompute, selective)
-                - dense_mlp * model.ffn_hidden_size / c.tp + routed_activation_bytes(model, c, recompute))
+                - dense_mlp * model.ffn_hidden_size / c.tp
+                + routed_activation_bytes(model, c, recompute, keeps_outputs))
     if recompute == "selective" and selective == "alternate_matmuls":
         return op_policy_layer_activation_bytes(model, c)
     if layout == "megatron":
@@ -561,7 +564,8 @@ def stage_block_activation_bytes(model: ModelSpec, config: ParallelConfig, first
     n_moe, r_moe = moe_layers(model, first, end), moe_layers(model, first, first + recomputed)
     return (stage_layer_activation_bytes(model, config, end - first - n_moe, recomputed - r_moe, layout, device_kind,
                                          selective, execution=execution)
-            + stage_layer_activation_bytes(model, config, n_moe, r_moe, layout, device_kind, selective, moe=True))
+            + stage_layer_activation_bytes(model, config, n_moe, r_moe, layout, device_kind, selective, moe=True,
+                                           execution=execution))
 
 
 @functools.lru_cache(maxsize=256)
@@ -591,8 +595,8 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
                     else (0.0, 0.0, 0.0, 0.0))
     fp8_cache = fp8_weight_cache_bytes(c, execution)
     embed_act, layer_act, head_act = unit_activation_bytes(model, c, layout, cluster.device.kind, selective, execution)
-    moe_act = (layer_activation_bytes(model, c, layout, cluster.device.kind, selective=selective, moe=True)
-               if model.moe else 0.0)
+    moe_act = (layer_activation_bytes(model, c, layout, cluster.device.kind, selective=selective, moe=True,
+                                      execution=execution) if model.moe else 0.0)
     # Layers beyond a stage's recomputed ones keep every activation (`recomputed_layers`).
     recomputed = recomputed_layers(c, partition)
     plain_act, moe_plain_act = ((stage_layer_activation_bytes(model, c, 1, 0, layout, cluster.device.kind, selective,
@@ -655,7 +659,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
                                                       execution=execution))
         if any(moe_layers(model, *partition[st]) for st in stages):
             temporaries.append(all_to_all_buffer_bytes(model, c) + (
-                layer_activation_bytes(model, c, layout, cluster.device.kind, "none", moe=True)
+                layer_activation_bytes(model, c, layout, cluster.device.kind, "none", moe=True, execution=execution)
                 if c.recompute == "full" and recomputing else 0.0))
         if c.offload_activations:  # the block whose backward runs, copied back (and rebuilt when it recomputes)
             every = all(recomputed[st] == partition[st][1] - partition[st][0] for st in stages)

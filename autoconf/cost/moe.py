@@ -137,13 +137,14 @@ def ep_comm_passes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     return dispatch + all_to_all + etp, dispatch + all_to_all + etp
 
 
-def routed_activation_bytes(model: ModelSpec, c: ParallelConfig, recompute: str) -> float:
+def routed_activation_bytes(model: ModelSpec, c: ParallelConfig, recompute: str,
+                            keeps_outputs: bool = True) -> float:
     """Bytes one MoE layer's FFN part keeps for its backward on one rank, one micro-batch, in place of a dense MLP's:
     the router's fp32 logits and probabilities (T x experts each); the T x k x etp routed tokens the local experts
     read; per routed row the SwiGLU tensors of width moe_intermediate_size / etp (gate, up, their product, and the
-    silu output unless selective recompute redoes it); the T x k expert outputs the combine weighs (the gradient of
-    the routing probabilities reads them); the shared experts' SwiGLU tensors like a dense MLP's (TP-split).
-    Full recompute keeps none of it (the block input only)."""
+    silu output unless selective recompute redoes it); with `keeps_outputs` (`Execution.moe_combine_keeps_outputs`)
+    the T x k expert outputs the combine weighs (the gradient of the routing probabilities reads them); the shared
+    experts' SwiGLU tensors like a dense MLP's (TP-split). Full recompute keeps none of it (the block input only)."""
     if recompute == "full":
         return 0.0
     m, h, e = model.moe, model.hidden_size, DTYPE_BYTES[c.dtype]
@@ -152,7 +153,7 @@ def routed_activation_bytes(model: ModelSpec, c: ParallelConfig, recompute: str)
     routed_rows = t * m.num_experts_per_tok * c.etp
     out = 8 * t * m.num_experts
     out += e * routed_rows * h + tensors * e * routed_rows * m.moe_intermediate_size / c.etp
-    out += e * t * m.num_experts_per_tok * h
+    out += e * t * m.num_experts_per_tok * h if keeps_outputs else 0.0
     if m.num_shared_experts:
         width = m.num_shared_experts * m.shared_expert_intermediate_size
         out += tensors * e * c.local_seq_len * c.micro_batch_size * width / c.tp

@@ -83,9 +83,10 @@ def _swiglu_rows(name: str, width: float, split: str, policy: str) -> list[tuple
 
 
 def saved_tensors(model: ModelSpec, c: ParallelConfig, recompute: str, selective: str,
-                  moe: bool) -> list[tuple[str, float]]:
+                  moe: bool, keeps_outputs: bool = True) -> list[tuple[str, float]]:
     """(name, bytes) of what one block keeps for its backward (see the module docstring), one micro-batch, one TP
-    rank; `selective` is the execution's selective recompute policy, read when `recompute` is "selective"."""
+    rank; `selective` is the execution's selective recompute policy, read when `recompute` is "selective";
+    `keeps_outputs`: an MoE block keeps the expert outputs its combine weighs (`Execution.moe_combine_keeps_outputs`)."""
     s, b, h = c.local_seq_len, c.micro_batch_size, model.hidden_size
     nbytes = _dtype_bytes(c)
     tokens = s * b
@@ -117,7 +118,8 @@ def saved_tensors(model: ModelSpec, c: ParallelConfig, recompute: str, selective
         if policy == "attention_core":  # Megatron's selective count of the experts keeps 3 SwiGLU tensors
             experts = [r for r in experts if not r[0].endswith("silu")]
         rows += experts
-        rows.append(("expert outputs (combine weights)", m.num_experts_per_tok * h, "element", "tokens"))
+        if keeps_outputs:
+            rows.append(("expert outputs (combine weights)", m.num_experts_per_tok * h, "element", "tokens"))
         if m.num_shared_experts:
             shared = _swiglu_rows("shared expert", m.num_shared_experts * m.shared_expert_intermediate_size,
                                   "sharded", policy)
@@ -136,6 +138,7 @@ def saved_tensors(model: ModelSpec, c: ParallelConfig, recompute: str, selective
     return out
 
 
-def saved_bytes(model: ModelSpec, c: ParallelConfig, recompute: str, selective: str, moe: bool) -> float:
+def saved_bytes(model: ModelSpec, c: ParallelConfig, recompute: str, selective: str, moe: bool,
+                keeps_outputs: bool = True) -> float:
     """The sum of `saved_tensors`."""
-    return sum(nbytes for _, nbytes in saved_tensors(model, c, recompute, selective, moe))
+    return sum(nbytes for _, nbytes in saved_tensors(model, c, recompute, selective, moe, keeps_outputs))

@@ -19,6 +19,18 @@ forward ends no earlier than the whole gather's end plus the compute of the last
 backward. The buckets are even shares of the stage; the compute a concurrent collective slows (SM and memory
 contention) is not modelled.
 
+Overlapped pairs: a schedule that pairs a forward with the full backward right after it (`Schedule.paired`,
+DualPipe's F&B) runs each pair as one action when the costs state the communication inside each pass
+(`StageCosts.forward_comm` / `backward_comm`, the token exchange; None: nothing overlaps, the pair runs as its F then
+its B). The pair starts once the rank is free and both inputs are there, and both end together after
+
+    max(Fm, Bc + f * Fm) + max(Bm, Fc + f * Bm)
+
+where Fc, Bc are the forward's and backward's seconds less their communication Fm, Bm, and f is
+`StageCosts.comm_sm_share`: each one's communication runs during the other's compute, and while it runs it takes f of
+the device from that compute (a phase of compute C beside communication M lasts max(M, C + f * M)). What the
+compute cannot cover stays exposed; compute never hides compute, so a pair lasts at least Fc + Bc and at most F + B.
+
 The simulation is dependency-driven and linear in the number of actions: a rank runs until its next action waits on
 an input not yet computed, and parks on that input; computing it wakes the rank. A rank still parked at the end is a
 deadlock, reported with an AssertionError naming the rank and the action. Wide pipelines (a 1T model's 128 stages
@@ -28,6 +40,7 @@ a dependency graph worked out once per schedule (`_Graph`); every time is the sa
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from functools import partial
@@ -49,6 +62,11 @@ class StageCosts:
     forward: Sequence[float]
     backward_input: Sequence[float]
     backward_weight: Sequence[float]
+    # Per stage, the seconds of its forward and of its input backward that are communication an overlapped pair can
+    # hide (module docstring), and the share of the device that communication takes from compute beside it.
+    forward_comm: Sequence[float] | None = None
+    backward_comm: Sequence[float] | None = None
+    comm_sm_share: float = 0.0
 
     @classmethod
     def uniform(cls, num_stages: int, forward: float, backward_input: float, backward_weight: float) -> "StageCosts":
@@ -72,6 +90,10 @@ class Timeline:
         output gradients the weight gradient still needs). Zero for schedules without split backward.
     peak_inflight_rank: per rank, the most stage-micro-batches its stages hold at once (forward done, B or I not yet;
         in units of one stage's activations for one micro-batch, summed over the rank's stages).
+    peak_inflight_joint: per rank, the most it holds at once counting also those waiting for W, each as
+        WEIGHT_GRAD_ACTIVATION_SHARE of one, at the same instant of its order; peak_inflight_rank without W.
+    overlap_saved_per_rank: per rank, the seconds its overlapped pairs saved against running each F then its B
+        (empty when no pair overlapped). compute_time_per_rank counts the pairs as they ran.
     """
 
     events: list[list[tuple[Action, float, float]]]
@@ -82,6 +104,8 @@ class Timeline:
     peak_inflight: list[int]
     peak_inflight_weight: list[int]
     peak_inflight_rank: list[int]
+    overlap_saved_per_rank: list[float] = dataclasses.field(default_factory=list)
+    peak_inflight_joint: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def compute_end(self) -> float:
@@ -123,6 +147,9 @@ class _Events(SequenceABC):
 # Pipelines of at least this many ranks are simulated a wave at a time (`_Graph`); narrower ones, whose waves hold
 # too few actions to repay numpy's per-call cost, one action at a time (`_run_in_order`). Both give the same times.
 WAVES_FROM_RANKS = 16
+# Share of a block's activations that the weight-gradient pass (W) still needs after I: the inputs of the linear
+# layers (QKV, output projection, both MLP matrices) -- 14 of the 34 s*b*h units of a GPT block.
+WEIGHT_GRAD_ACTIVATION_SHARE = 14 / 34
 
 
 def simulate(
@@ -149,6 +176,7 @@ def simulate(
     chunks = schedule.seq_chunks if len(fwd) != S else 1
     assert len(fwd) == len(bi) == len(bw) == S * chunks, f"costs describe {len(fwd)} stages, the schedule has {S}"
     dur = (fwd, [bi[s] + bw[s] for s in range(len(fwd))], bi, bw)
+    pairs = _pair_seconds(schedule, costs, dur) if costs.forward_comm is not None and schedule.paired else None
 
     # p2p delay into stage s: forward from s-1, backward from s+1 (zero when both stages share a rank)
     if callable(p2p_time):
@@ -182,7 +210,7 @@ def simulate(
             comm_free[r] = t
 
     run = graph.run if graph is not None else partial(_run_in_order, schedule)
-    starts, ends, offsets, busy, last_bwd = run(dur, pf, pb, ready_at, floor, chunks)
+    starts, ends, offsets, busy, last_bwd = run(dur, pf, pb, ready_at, floor, chunks, pairs)
     clock = [float(ends[b - 1]) if b > a else 0.0 for a, b in zip(offsets, offsets[1:])]
     last_bwd_start = [float(starts[i]) if i >= 0 else 0.0 for i in last_bwd]
     last_bwd = [float(ends[i]) if i >= 0 else 0.0 for i in last_bwd]
@@ -206,10 +234,37 @@ def simulate(
 
     makespan = max(max(clock), max(comm_free)) if R else 0.0
     events = _Events(schedule.actions, starts, ends, offsets)
-    peak, peak_w, peak_rank = (list(x) for x in order_peaks(schedule))
+    peak, peak_w, peak_rank, joint = order_peaks(schedule)
     total = sum(busy)
     bubble = 1.0 - total / (R * makespan) if makespan > 0 else 0.0
-    return Timeline(events, comm_events, makespan, busy, bubble, peak, peak_w, peak_rank)
+    saved = []
+    if pairs:
+        saved = [sum(dur[_F][acts[j][1]] + dur[_B][acts[j + 1][1]] - pairs[acts[j][1], acts[j + 1][1]]
+                     for j in schedule.paired[r]) for r, acts in enumerate(schedule.compiled)]
+    return Timeline(events, comm_events, makespan, busy, bubble, peak, peak_w, peak_rank, saved, joint)
+
+
+def paired_seconds(forward: float, forward_comm: float, backward: float, backward_comm: float,
+                   sm_share: float) -> float:
+    """Seconds of a forward and a full backward run as one overlapped pair (module docstring): between
+    forward + backward - both communications (compute never hides compute) and forward + backward."""
+    forward_compute, backward_compute = forward - forward_comm, backward - backward_comm
+    return (max(forward_comm, backward_compute + sm_share * forward_comm)
+            + max(backward_comm, forward_compute + sm_share * backward_comm))
+
+
+def _pair_seconds(schedule: Schedule, costs: StageCosts, dur) -> dict[tuple[int, int], float]:
+    """{(forward stage, backward stage): seconds of the pair} for every kind of pair the schedule runs."""
+    assert len(costs.forward_comm) == len(dur[_F]) == schedule.num_stages, "pairs take costs per stage"
+    out = {}
+    for r, acts in enumerate(schedule.compiled):
+        for j in schedule.paired[r]:
+            (kf, sf, _), (kb, sb, _) = acts[j], acts[j + 1]
+            assert kf == _F and kb == _B, f"rank {r} pairs {_KIND[kf]} at {j} with {_KIND[kb]}, not F with B"
+            if (sf, sb) not in out:
+                out[sf, sb] = paired_seconds(dur[_F][sf], float(costs.forward_comm[sf]), dur[_B][sb],
+                                             float(costs.backward_comm[sb]), float(costs.comm_sm_share))
+    return out
 
 
 def _first_use(schedule: Schedule) -> list[list[int]]:
@@ -224,9 +279,10 @@ def _first_use(schedule: Schedule) -> list[list[int]]:
     return out
 
 
-def _run_in_order(schedule: Schedule, dur, pf, pb, ready_at, floor, chunks: int = 1):
+def _run_in_order(schedule: Schedule, dur, pf, pb, ready_at, floor, chunks: int = 1, pairs=None):
     """The compute actions' times one action at a time (the module docstring's rules): a rank runs until its next
-    action waits on an input not yet computed and parks on that input; computing it wakes the rank. Returns what
+    action waits on an input not yet computed and parks on that input; computing it wakes the rank. With `pairs`
+    ({(forward stage, backward stage): seconds}), the schedule's paired F and B run together. Returns what
     `_Graph.run` returns."""
     S = schedule.num_stages
     R = schedule.pp
@@ -246,6 +302,7 @@ def _run_in_order(schedule: Schedule, dur, pf, pb, ready_at, floor, chunks: int 
     starts: list[list[float]] = [[] for _ in range(R)]
     ends: list[list[float]] = [[] for _ in range(R)]
     last_bwd = [(-1, -1)] * S  # (rank, index in its list) of each stage's last B or W
+    paired_at = [frozenset(p) for p in schedule.paired] if pairs else [frozenset()] * R
     ready = list(range(R))
     while ready:
         r = ready.pop()
@@ -255,9 +312,11 @@ def _run_in_order(schedule: Schedule, dur, pf, pb, ready_at, floor, chunks: int 
         t = clock[r]
         st = starts[r]
         en = ends[r]
+        paired = paired_at[r]
         while i < n:
             k, s, mb = acts[i]
             idx = s * M + mb
+            pair = None
             if k == _F:
                 if s:
                     d = f_end[idx - M]
@@ -267,6 +326,20 @@ def _run_in_order(schedule: Schedule, dur, pf, pb, ready_at, floor, chunks: int 
                     d += pf[s]
                 else:
                     d = 0.0
+                if i in paired:  # and the backward after it: the pair starts once both inputs are there
+                    _, s2, mb2 = acts[i + 1]
+                    pair = s2 * M + mb2
+                    if s2 == last:
+                        d2 = f_end[pair]
+                        assert d2 is not None, f"rank {r} pairs B{s2},{mb2} before its F (action {i + 1})"
+                    else:
+                        d2 = b_end[pair + M]
+                        if d2 is None:
+                            waiters.setdefault(SM + pair + M, []).append(r)
+                            break
+                        d2 += pb[s2]
+                    if d2 > d:
+                        d = d2
             elif k == _W:
                 d = b_end[idx]
                 assert d is not None, f"rank {r} runs W{s},{mb} before its I (action {i})"
@@ -286,17 +359,26 @@ def _run_in_order(schedule: Schedule, dur, pf, pb, ready_at, floor, chunks: int 
             if g > d:
                 d = g
             c = s if chunks == 1 else s * chunks + mb % chunks
-            t = d + dur[k][c]
+            length = dur[k][c] if pair is None else pairs[s, s2]
+            t = d + length
             if k == _F and first_forward[s]:
                 first_forward[s] = False
                 if s in floor and floor[s] > t:
                     t = floor[s]
             st.append(d)
             en.append(t)
-            busy[r] += dur[k][c]
+            busy[r] += length
             if k == _F:
                 f_end[idx] = t
                 w = waiters.pop(idx, None)
+                if pair is not None:  # the paired backward ran beside it: same start and end, no time of its own
+                    st.append(d)
+                    en.append(t)
+                    busy[r] += 0.0
+                    b_end[pair] = t
+                    last_bwd[s2] = (r, i + 1)
+                    w = (w or []) + waiters.pop(SM + pair, [])
+                    i += 1
             else:
                 if k != _I:
                     last_bwd[s] = (r, i)
@@ -361,8 +443,17 @@ class _Graph:
         dep[sel] = b_id[key[sel]]
         # which p2p delay the input adds: 1 forward (pf[s]), 2 backward (pb[s]), 0 none
         via = np.where(is_f & (stage > 0), 1, np.where(is_bi & (stage < last), 2, 0))
+        # A paired forward also waits for its backward's input (used only when the pairs overlap; an extra wait
+        # only moves waves later, which changes no time).
+        pair_f = np.fromiter((offsets[r] + j for r, js in enumerate(schedule.paired) for j in js), dtype=np.int64)
+        dep2 = np.full(N, N)
+        dep2[pair_f] = dep[pair_f + 1]
+        via2 = np.zeros(N, dtype=np.int64)
+        via2[pair_f] = via[pair_f + 1]
+        stage2 = stage.copy()
+        stage2[pair_f] = stage[pair_f + 1]
 
-        wave = self._waves(schedule, dep, offsets)
+        wave = self._waves(schedule, dep, offsets, dep2)
         order = np.argsort(wave, kind="stable")
         self.bounds = np.searchsorted(wave[order], np.arange(1, int(wave.max(initial=0)) + 2)).tolist()
         pos = np.empty(N + 1, dtype=np.int64)
@@ -374,6 +465,9 @@ class _Graph:
         self.dep = pos[dep[order]]
         self.prev = pos[prev[order]]
         self.kind, self.stage, self.via, self.mb = kind[order], stage[order], via[order], mb[order]
+        self.dep2, self.via2, self.stage2 = pos[dep2[order]], via2[order], stage2[order]
+        self.pair_f, self.pair_b = pos[pair_f], pos[pair_f + 1]  # wave positions of each pair's F and B
+        self.pair_stages = list(zip(stage[pair_f].tolist(), stage[pair_f + 1].tolist()))
         self.kind_rm, self.stage_rm = kind, stage
         first_f = np.full(S, -1)
         f_stages = stage[is_f]
@@ -391,10 +485,10 @@ class _Graph:
             self.first_use.append(uniq[np.argsort(first)].tolist())
 
     @staticmethod
-    def _waves(schedule: Schedule, dep: np.ndarray, offsets: list[int]) -> np.ndarray:
+    def _waves(schedule: Schedule, dep: np.ndarray, offsets: list[int], dep2: np.ndarray) -> np.ndarray:
         """Each action's wave (see the class docstring), found a wave at a time: in wave k every rank runs its next
-        action if that action's input came in an earlier wave. AssertionError naming the rank and the action on a
-        deadlock (some rank's next action never gets its input)."""
+        action if that action's inputs (`dep`, and `dep2` for a paired forward) came in an earlier wave.
+        AssertionError naming the rank and the action on a deadlock (some rank's next action never gets its input)."""
         N, R = len(dep), len(offsets) - 1
         # Each rank's actions followed by a stopper that never runs; G: no input (wave 0), G + 1: never.
         G = N + R
@@ -403,12 +497,14 @@ class _Graph:
         to_slot = np.concatenate([slot, [G, G + 1]])
         dep_slot = np.full(G + 2, G + 1)
         dep_slot[slot] = to_slot[dep]
+        dep2_slot = np.full(G + 2, G + 1)
+        dep2_slot[slot] = to_slot[dep2]
         wave = np.full(G + 2, -1)
         wave[G] = 0
         ptr = np.asarray(offsets[:-1]) + np.arange(R)
         k = 1
         while True:
-            ready = wave[dep_slot[ptr]] >= 0
+            ready = (wave[dep_slot[ptr]] >= 0) & (wave[dep2_slot[ptr]] >= 0)
             if not ready.any():
                 break
             wave[ptr[ready]] = k
@@ -423,18 +519,25 @@ class _Graph:
                                  f"micro-batch {mb}) of schedule {schedule.name}")
         return wave[slot]
 
-    def run(self, dur, pf, pb, ready_at, floor,
-            chunks: int = 1) -> tuple[np.ndarray, np.ndarray, list[int], list[float], list[int]]:
+    def run(self, dur, pf, pb, ready_at, floor, chunks: int = 1,
+            pairs=None) -> tuple[np.ndarray, np.ndarray, list[int], list[float], list[int]]:
         """(starts, ends, offsets, busy, last_bwd): the start and end of every action, numbered rank by rank (rank r's
         from offsets[r]), each rank's busy seconds (summed in its list order) and each stage's last B or W (its
         number, -1 for none), for durations `dur[kind][stage]`, p2p delays into each stage `pf`/`pb`, the stages'
         gather ends `ready_at` (None: all at 0) and the earliest ends of first forwards `floor` ({stage: seconds});
-        with `chunks` > 1 the durations are per stage and sequence chunk (`simulate`)."""
+        with `chunks` > 1 the durations are per stage and sequence chunk (`simulate`); with `pairs` ({(forward
+        stage, backward stage): seconds}) each pair runs as one action of those seconds (`_run_in_order`)."""
         N = len(self.kind)
         table = np.array(dur, dtype=np.float64).reshape(4, -1)
         length = table[self.kind, self.stage if chunks == 1 else self.stage * chunks + self.mb % chunks]
         S = len(pf)
-        delay = np.array([[0.0] * S, pf, pb], dtype=np.float64)[self.via, self.stage]
+        delays = np.array([[0.0] * S, pf, pb], dtype=np.float64)
+        delay = delays[self.via, self.stage]
+        pair_wait = None
+        if pairs and len(self.pair_f):
+            length[self.pair_f] = [pairs[k] for k in self.pair_stages]
+            length[self.pair_b] = 0.0
+            pair_wait = (self.dep2, delays[self.via2, self.stage2])
         ready = np.array(ready_at, dtype=np.float64)[self.stage] if ready_at is not None else None
         low = None
         if floor:
@@ -449,6 +552,8 @@ class _Graph:
         for lo, hi in zip(bounds, bounds[1:]):
             d = end[dep[lo:hi]]
             d += delay[lo:hi]
+            if pair_wait is not None:
+                maximum(d, end[pair_wait[0][lo:hi]] + pair_wait[1][lo:hi], out=d)
             maximum(d, end[prev[lo:hi]], out=d)
             if ready is not None:
                 maximum(d, ready[lo:hi], out=d)
@@ -457,6 +562,8 @@ class _Graph:
             if low is not None:
                 maximum(d, low[lo:hi], out=d)
             end[lo:hi] = d
+        if pair_wait is not None:  # a pair's backward ran beside its forward
+            start[self.pair_b] = start[self.pair_f]
         pos = self.position
         length_rm = length[pos]
         busy = [float(np.add.accumulate(length_rm[a:b])[-1]) if b > a else 0.0
@@ -485,10 +592,11 @@ def _arrays(schedule: Schedule) -> tuple[np.ndarray, np.ndarray, np.ndarray, lis
     return arrays
 
 
-def order_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int]]:
-    """(peak_inflight, peak_inflight_weight, peak_inflight_rank) as `Timeline` defines them, from the order alone: a
-    rank's actions run one at a time, so its counts follow its list whatever the costs. Counted once per schedule
-    object (a frozen value; the estimate reuses its schedules) and remembered on it; callers get fresh lists."""
+def order_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int], list[float]]:
+    """(peak_inflight, peak_inflight_weight, peak_inflight_rank, peak_inflight_joint) as `Timeline` defines them,
+    from the order alone: a rank's actions run one at a time, so its counts follow its list whatever the costs.
+    Counted once per schedule object (a frozen value; the estimate reuses its schedules) and remembered on it;
+    callers get fresh lists."""
     peaks = schedule.__dict__.get("_order_peaks")
     if peaks is None:
         if schedule.pp >= WAVES_FROM_RANKS:
@@ -500,7 +608,7 @@ def order_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int]]:
     return tuple(list(x) for x in peaks)
 
 
-def _array_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int]]:
+def _array_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int], list[float]]:
     """`rank_order_peaks` of every rank with numpy, for wide pipelines: each count is a running sum over the
     actions in order (a stage's over its own, in its rank's order; a rank's over its list), its peak the largest
     prefix sum and at least 0."""
@@ -510,23 +618,31 @@ def _array_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int]]:
     waiting = np.where(kind == _I, 1, np.where(kind == _W, -1, 0))  # I leaves work for W
     by_stage = np.argsort(stage, kind="stable")
 
-    def peaks(delta: np.ndarray, counts: np.ndarray) -> list[int]:
+    def running(delta: np.ndarray, counts: np.ndarray) -> np.ndarray:
         first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        running = np.cumsum(delta)
-        running -= np.repeat(np.concatenate([[0], running])[first], counts)  # each segment from 0
-        out = np.zeros(len(counts), dtype=np.int64)
+        total = np.cumsum(delta)
+        return total - np.repeat(np.concatenate([[0], total])[first], counts)  # each segment from 0
+
+    def peaks(values: np.ndarray, counts: np.ndarray) -> list:
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        out = np.zeros(len(counts), dtype=values.dtype)
         held = counts > 0
         if held.any():
-            out[held] = np.maximum.reduceat(running, first[held])
+            out[held] = np.maximum.reduceat(values, first[held])
         return np.maximum(out, 0).tolist()
 
     per_stage = np.bincount(stage, minlength=S)
     per_rank = np.diff(offsets)
-    return peaks(live[by_stage], per_stage), peaks(waiting[by_stage], per_stage), peaks(live, per_rank)
+    held = running(live, per_rank)
+    joint = held + WEIGHT_GRAD_ACTIVATION_SHARE * running(waiting, per_rank)
+    stage_live = running(live[by_stage], per_stage)
+    stage_waiting = running(waiting[by_stage], per_stage)
+    return (peaks(stage_live, per_stage), peaks(stage_waiting, per_stage), peaks(held, per_rank),
+            peaks(joint, per_rank))
 
 
 def rank_order_peaks(num_stages: int, compiled: dict[int, Sequence[tuple[int, int, int]]],
-                     pp: int) -> tuple[list[int], list[int], list[int]]:
+                     pp: int) -> tuple[list[int], list[int], list[int], list[float]]:
     """`order_peaks` from the compiled lists of some ranks ({rank: list}): a rank's counts depend on its own list
     only, so these ranks' stages and peaks are exact; the other ranks' read 0."""
     S = num_stages
@@ -535,8 +651,10 @@ def rank_order_peaks(num_stages: int, compiled: dict[int, Sequence[tuple[int, in
     peak = [0] * S
     peak_w = [0] * S
     peak_rank = [0] * pp
+    peak_joint = [0.0] * pp
     for rank, acts in compiled.items():
-        cur = best = 0
+        cur = best = waiting = 0
+        joint = 0.0  # only an F raises live + share x waiting: I trades one live for one waiting, W frees
         for k, s, _ in acts:
             if k == _F:
                 live[s] += 1
@@ -545,14 +663,18 @@ def rank_order_peaks(num_stages: int, compiled: dict[int, Sequence[tuple[int, in
                     peak[s] = live[s]
                 if cur > best:
                     best = cur
+                joint = max(joint, cur + WEIGHT_GRAD_ACTIVATION_SHARE * waiting)
             elif k == _W:
                 wait_w[s] -= 1
+                waiting -= 1
             else:
                 live[s] -= 1
                 cur -= 1
                 if k == _I:
                     wait_w[s] += 1
+                    waiting += 1
                     if wait_w[s] > peak_w[s]:
                         peak_w[s] = wait_w[s]
         peak_rank[rank] = best
-    return peak, peak_w, peak_rank
+        peak_joint[rank] = joint
+    return peak, peak_w, peak_rank, peak_joint

@@ -291,7 +291,8 @@ class _BoundCache:
             kinds = [self._layer(c).kind(moe) for moe in layer_kinds(self.model)]
             copies = [activation_copy_times(self.cluster, activation_copy_bytes(c, layer_activation_bytes(
                 self.model, c, self.execution.memory_layout, self.cluster.device.kind,
-                selective=selective_policy(c, self.execution), moe=moe))) for moe in layer_kinds(self.model)]
+                selective=selective_policy(c, self.execution), moe=moe, execution=self.execution)))
+                for moe in layer_kinds(self.model)]
             cp = PassTimes(0.0, 0.0, 0.0)
             if c.cp > 1:  # the estimate's exposed K/V exchange, on the default mesh's first CP group
                 cp = cp_attention_comm(self.model, self.cluster, c, np.arange(c.cp) * c.tp,

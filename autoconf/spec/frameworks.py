@@ -163,6 +163,19 @@ class Execution:
         holds and reduces fp32 gradients). optimizer: see OPTIMIZERS. loss_memory: see LOSS_MEMORY.
     grad_buffer_passes: see GRAD_BUFFER_PASSES (megatron layout; `autoconf.cost.compute.rank_optimizer_time` adds
         them to the step's optimizer term).
+    overlap_paired_chunks: runs the paired forward and backward chunks of a schedule that pairs them
+        (`ScheduleSpec.pairs`: dualpipev) together, so that each one's token exchange runs during the other's
+        compute (DeepSeek's DualPipe code does; torch's ScheduleDualPipeV does only with a user-registered
+        OVERLAP_F_B function, which autoconf's executor does not register, so its runtime runs each pair's F then its
+        B). overlap_comm_sm_share: the share of the device's SMs the exchange kernels take from the compute they run
+        beside (DeepSeek-V3: 20 of the H800's 132, report Sec. 3.5.1); cost/simulate.py says how a pair is timed.
+    moe_combine_keeps_outputs: an MoE layer weighs its T x k expert outputs by the routing weights after the experts
+        (in the combine), so it keeps those outputs for the weights' gradient: autoconf's executor
+        (execute/moe.py `MoE.routed`), Megatron-Core up to core_v0.12 (`unpermute(..., probs=...)` in
+        moe/token_dispatcher.py). False: the weights multiply the SwiGLU output inside the experts, whose fused
+        kernel keeps its input and the weights only, and the combine takes no weights (Megatron-Core since
+        core_v0.13.0: moe/experts.py `weighted_bias_swiglu_impl(..., permuted_probs)`, checked at core_v0.16.1).
+        Read by the memory model's MoE rule only (cost/moe.routed_activation_bytes, cost/saved.saved_tensors).
     megatron_args / torchtitan_settings: what makes the target framework run as modelled, as (when, flag, line):
         the line applies when the config matches `when` (see `_applies`) and the flag ("name" or "name=value") holds.
     """
@@ -192,6 +205,9 @@ class Execution:
     optimizer: str = "megatron"
     loss_memory: str = "copy"
     grad_buffer_passes: tuple[str, ...] = ()
+    overlap_paired_chunks: bool = False
+    overlap_comm_sm_share: float = 0.0
+    moe_combine_keeps_outputs: bool = True
     megatron_args: tuple[tuple[str, str, str], ...] = ()
     torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
 
@@ -248,6 +264,12 @@ class Execution:
         if self.selective_recompute == "norms_mla_swiglu" and self.memory_layout != "megatron":
             out.append("selective_recompute 'norms_mla_swiglu' (DeepSeek-V3's) is described in the megatron memory "
                        "layout only; the executor's selective recompute is 'attention_core'")
+        if self.overlap_paired_chunks and self.executor_overheads:  # the runtime is autoconf's executor
+            out.append("autoconf's executor runs torch's ScheduleDualPipeV without an OVERLAP_F_B function, so each "
+                       "paired forward and backward run one after the other; overlap_paired_chunks describes "
+                       "DeepSeek's DualPipe code (use it with another framework, e.g. megatron-core)")
+        if not 0.0 <= self.overlap_comm_sm_share < 1.0:
+            out.append(f"overlap_comm_sm_share must lie in [0, 1), got {self.overlap_comm_sm_share}")
         if self.tp_comm_overlap and self.memory_layout != "megatron":
             out.append("TP communication overlap is Megatron-Core's (userbuffers); torch's TP does not overlap it")
         return out
@@ -346,6 +368,7 @@ PRESETS: dict[str, Execution] = {
         distributed_optimizer=True, grad_reduce_start="per_bucket", bucket_params=40e6, bucket_first_rank_only=True,
         param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False, eager_ops=("vocab_parallel_ce",),
         transformer_engine=True, loss_memory="inplace", grad_buffer_passes=("zero", "scale", "nan_check"),
+        moe_combine_keeps_outputs=False,
         megatron_args=(("dp", "grad_reduce_start=per_bucket", "--overlap-grad-reduce"),
                        ("sharded", "distributed_optimizer", "--use-distributed-optimizer"),
                        ("sharded", "param_gather_overlap", "--overlap-param-gather"),
@@ -404,7 +427,7 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
               "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies",
               "compile_loss", "transformer_engine", "fp8_params", "grad_buffer_dtype", "optimizer", "loss_memory",
-              "grad_buffer_passes")
+              "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs")
 
 
 def parse_flags(pairs) -> dict:
@@ -425,6 +448,8 @@ def parse_flags(pairs) -> dict:
                 out[key] = value.lower() == "true"
             elif key == "bucket_params":
                 out[key] = None if value.lower() == "none" else float(value)
+            elif isinstance(current, float):
+                out[key] = float(value)
             elif key == "zero_stages":
                 out[key] = tuple(sorted({int(v) for v in value.split(",")}))
             elif key in ("eager_ops", "grad_buffer_passes"):

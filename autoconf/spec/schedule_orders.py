@@ -142,8 +142,21 @@ def zbv_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
 
 def dualpipev_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
     """torch's ScheduleDualPipeV order. Its OVERLAP_F_B actions (a forward of one stage overlapped with a full
-    backward of the other) appear here as the two separate actions F then B, the order torch's runtime runs them."""
+    backward of the other) appear here as the two separate actions F then B, the order torch's runtime runs them
+    without a user-registered OVERLAP_F_B function; `dualpipev_pairs` says which they are."""
+    return _dualpipev(rank, pp, m)[0]
+
+
+def dualpipev_pairs(rank: int, pp: int, vpp: int, m: int) -> tuple[int, ...]:
+    """The positions in `dualpipev_order(rank, ...)` of the forwards that torch's ScheduleDualPipeV pairs with the
+    full backward right after them in one OVERLAP_F_B action: every F-then-B of its main and fifth steps but the
+    last rank's first (torch leaves that one unpaired to shorten the bubble)."""
+    return _dualpipev(rank, pp, m)[1]
+
+
+def _dualpipev(rank: int, pp: int, m: int) -> tuple[list[Op], tuple[int, ...]]:
     s0, s1 = rank, 2 * pp - 1 - rank
+    pairs: list[int] = []
     nf = {s0: 0, s1: 0}  # next forward micro-batch
     nb = {s0: 0, s1: 0}  # next backward (B or I) micro-batch
     weights: list[tuple[int, int]] = []  # pending W after I, oldest first
@@ -174,12 +187,16 @@ def dualpipev_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
         weight()
         add(F, s1)
     for i in range(m - 2 * pp + rank + 1):
-        add(F, s0)  # the last rank's first pair is not overlapped in torch; same order either way
+        if not (i == 0 and rank == pp - 1):  # torch does not overlap the last rank's first pair
+            pairs.append(len(ops))
+        add(F, s0)
         add(B, s1)
+        pairs.append(len(ops))
         add(F, s1)
         add(B, s0)
     for _ in range(pp - rank - 1):
         add(B, s1)
+        pairs.append(len(ops))
         add(F, s1)
         add(B, s0)
     steps = rank + 1
@@ -196,7 +213,7 @@ def dualpipev_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
         add(I if zb else B, s0)
     for _ in range(rank + 1):
         weight()
-    return ops
+    return ops, tuple(pairs)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ model simulates these lists (`cost/simulate.py`) and the executor runs the torch
     zb-h1             ScheduleInterleavedZeroBubble   (`pipeline_order`; with vpp == 1 this is ZB-H1 of the
                                                        zero-bubble paper, torch accepts one stage per rank there)
     zbv               ScheduleZBVZeroBubble           (`pipeline_order`)
-    dualpipev         ScheduleDualPipeV               (`pipeline_order`, OVERLAP_F_B split into its F then B)
+    dualpipev         ScheduleDualPipeV               (`pipeline_order`, OVERLAP_F_B split into its F then B;
+                                                       the pairs are `ScheduleSpec.pairs`)
     seq1f1b           none: torch's `_PipelineScheduleRuntime` runs this order itself (execute/seq_chunks.py)
 
 seq1f1b (Sun et al., "Seq1F1B", arXiv 2406.03488) splits each micro-batch's sequence into k chunks that flow through
@@ -79,6 +80,11 @@ class ScheduleSpec:
     torchtitan_note: why torchtitan cannot run it as is, or None (torchtitan names torch's schedule classes).
     sequence_chunks: splits each micro-batch's sequence into `ParallelConfig.seq_chunks` chunks that flow as
         units (the order builder takes `seq_chunks`).
+    pairs: (rank, pp, vpp, m) -> the positions in the rank's order of the forwards the schedule runs together with
+        the full backward (of another stage and micro-batch) right after them, as one overlapped pair (DualPipe's
+        F&B, torch's OVERLAP_F_B action), or None. Whether a pair really overlaps is the framework's
+        (`Execution.overlap_paired_chunks`); the simulation then lets each one's communication hide behind the
+        other's compute (cost/simulate.py).
     """
 
     name: str
@@ -99,6 +105,12 @@ class ScheduleSpec:
     megatron_note: str | None = None
     torchtitan_note: str | None = None
     sequence_chunks: bool = False
+    pairs: Callable[[int, int, int, int], tuple[int, ...]] | None = None
+
+    @property
+    def overlaps_paired_chunks(self) -> bool:
+        """Its steady state runs a forward chunk and a backward chunk of different micro-batches as one pair."""
+        return self.pairs is not None
 
     @property
     def single_chunk(self) -> bool:
@@ -209,7 +221,7 @@ register(ScheduleSpec(
 register(ScheduleSpec(
     "dualpipev", "DualPipeV", orders.dualpipev_order, chunks=(2,), min_vpp=2, max_vpp=2, v_placement=True,
     split_backward=True, bubble=_bubble_v,
-    min_microbatches_per_rank=2, executor_zero3=False,
+    min_microbatches_per_rank=2, executor_zero3=False, pairs=orders.dualpipev_pairs,
     megatron_note="schedule dualpipev (V-shaped, two chunks per rank) cannot be expressed in Megatron-LM; the "
                   "closest is the interleaved 1F1B schedule below"))
 
@@ -280,6 +292,8 @@ class Schedule:
     # Chunks of each micro-batch's sequence that flow as units (seq1f1b); num_microbatches then counts the units,
     # unit u being chunk u % seq_chunks of micro-batch u // seq_chunks.
     seq_chunks: int = 1
+    # Per rank, the positions of the forwards paired with the backward after them (`ScheduleSpec.pairs`); () none.
+    paired: tuple[tuple[int, ...], ...] = ()
 
     @property
     def num_stages(self) -> int:
@@ -352,5 +366,6 @@ def build_schedule(name: str, pp: int, num_microbatches: int, vpp: int = 1, seq_
     spec = schedule_spec(name)
     order = _order(spec, seq_chunks)
     compiled = tuple(tuple(order(rank, pp, vpp, num_microbatches)) for rank in range(pp))
+    paired = tuple(spec.pairs(rank, pp, vpp, num_microbatches) for rank in range(pp)) if spec.pairs else ()
     return Schedule(name, pp, vpp, num_microbatches * seq_chunks, spec.stage_to_rank(pp, vpp), RankActions(compiled),
-                    seq_chunks)
+                    seq_chunks, paired)
