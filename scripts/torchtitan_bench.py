@@ -26,7 +26,7 @@ def _stub_triton() -> None:
 
     if importlib.util.find_spec("triton") is None:
         import torch._dynamo  # noqa: F401  (torch decides now, before the stand-in exists, that it has no triton)
-        import torch._inductor.compile_fx  # noqa: F401
+        import torch._inductor.compile_fx  # noqa: F401  (the same)
 
         sys.modules["triton"] = mock.MagicMock()
         sys.modules["triton.language"] = mock.MagicMock()

@@ -7,7 +7,7 @@ import pytest
 from autoconf.cost.comm import collective_time, p2p_time
 from autoconf.cost.compute import model_pieces, rank_optimizer_time
 from autoconf.cost.estimate import estimate
-from autoconf.spec.frameworks import Execution, execution
+from autoconf.spec.frameworks import execution
 from autoconf.spec.cluster import Link, load_cluster
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS

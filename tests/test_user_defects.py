@@ -1,7 +1,6 @@
 """Defects a first-time user met (issue 17), each with the property that would have caught it."""
 
 import json
-import os
 import stat
 import subprocess
 from pathlib import Path

@@ -86,7 +86,8 @@ def saved_tensors(model: ModelSpec, c: ParallelConfig, recompute: str, selective
                   moe: bool, keeps_outputs: bool = True) -> list[tuple[str, float]]:
     """(name, bytes) of what one block keeps for its backward (see the module docstring), one micro-batch, one TP
     rank; `selective` is the execution's selective recompute policy, read when `recompute` is "selective";
-    `keeps_outputs`: an MoE block keeps the expert outputs its combine weighs (`Execution.moe_combine_keeps_outputs`)."""
+    `keeps_outputs`: an MoE block keeps the expert outputs its combine weighs
+    (`Execution.moe_combine_keeps_outputs`)."""
     s, b, h = c.local_seq_len, c.micro_batch_size, model.hidden_size
     nbytes = _dtype_bytes(c)
     tokens = s * b

@@ -612,7 +612,7 @@ def _array_peaks(schedule: Schedule) -> tuple[list[int], list[int], list[int], l
     """`rank_order_peaks` of every rank with numpy, for wide pipelines: each count is a running sum over the
     actions in order (a stage's over its own, in its rank's order; a rank's over its list), its peak the largest
     prefix sum and at least 0."""
-    S, R = schedule.num_stages, schedule.pp
+    S = schedule.num_stages
     kind, stage, _, offsets = _arrays(schedule)
     live = np.where(kind == _F, 1, np.where(kind == _W, 0, -1))  # F holds a micro-batch, B or I frees it
     waiting = np.where(kind == _I, 1, np.where(kind == _W, -1, 0))  # I leaves work for W

@@ -16,7 +16,8 @@ Q, K and V are separate projections (not one fused matrix) so that column-parall
 Attention is `F.scaled_dot_product_attention(is_causal=True)` ("flash": memory-efficient) or an explicit
 softmax(QK^T / sqrt(d)) ("standard"); under context parallelism (`context_parallel.py`) each rank holds a share of
 the sequence, attends to every rank's K/V, and RoPE / learned positions read the real positions of its tokens.
-Head counts are read from tensor shapes, so a TP-sharded block just sees fewer heads. Modules are built on the meta device; `init_weights` fills them deterministically from the seed.
+Head counts are read from tensor shapes, so a TP-sharded block just sees fewer heads. Modules are built on the meta
+device; `init_weights` fills them deterministically from the seed.
 """
 
 from __future__ import annotations

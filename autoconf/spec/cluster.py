@@ -96,7 +96,7 @@ def host_problems(host) -> list[str]:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
             out.append(f"host.{key} ({HOST_FIELDS[key]}) must be a positive number, got {value!r}")
     if not isinstance(host.get("source"), str) or not host["source"]:
-        out.append(f"host.source must say where the host numbers come from")
+        out.append("host.source must say where the host numbers come from")
     return out
 
 
