@@ -147,16 +147,19 @@ def test_the_executor_runs_one_layout_and_estimate_marks_the_others():
 
 def test_the_search_weighs_it_when_pinned_only():
     """The default space holds no seq1f1b layout (its statistics unchanged); pinned, every candidate is seq1f1b
-    with a chunk count of SEQ_CHUNKS that divides the sequence, and the best plan is one the executor runs."""
+    with a chunk count of SEQ_CHUNKS that divides the sequence, and the best plan is one the executor runs. The
+    split is pinned to one (test_the_search_weighs_both_splits_... checks that the space holds both)."""
     from autoconf.solve.search import search
     from autoconf.solve.space import SEQ_CHUNKS, candidates
 
     model = PRESETS["tiny-llama"]
     assert all(c.schedule != "seq1f1b" for c in candidates(model, 8, 8, 8, 96, "bf16"))
-    pinned = list(candidates(model, 8, 8, 8, 96, "bf16", fixed={"schedule": "seq1f1b"}))
-    assert pinned and {c.seq_chunks for c in pinned} == {k for k in SEQ_CHUNKS if 96 % k == 0}
-    best = search(model, load_cluster("dgx-h100-80g", nodes=1), 8, 96, "bf16", fixed={"schedule": "seq1f1b"},
-                  top_k=1, refine=False).plans[0]
+    fixed = {"schedule": "seq1f1b", "seq_split": "even"}
+    pinned = list(candidates(model, 8, 8, 8, 96, "bf16", fixed=fixed))
+    assert pinned and all(c.schedule == "seq1f1b" for c in pinned)
+    assert {c.seq_chunks for c in pinned} == {k for k in SEQ_CHUNKS if 96 % k == 0}
+    best = search(model, load_cluster("dgx-h100-80g", nodes=1), 8, 96, "bf16", fixed=fixed, top_k=1,
+                  refine=False).plans[0]
     assert best.config.schedule == "seq1f1b" and best.config.seq_chunks > 1
     assert best.prediction["launchable"] is True
     with pytest.raises(UserError, match="--fix seq_chunks=4 needs a schedule that splits sequences: add --fix "
