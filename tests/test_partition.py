@@ -234,3 +234,40 @@ def test_refined_partition_reaches_the_brute_force_optimum_of_the_estimate(name,
         assert refined == best
     else:
         assert best <= refined <= best * (1 + tolerance)
+
+
+@pytest.mark.parametrize("framework", ["autoconf", "megatron"])
+def test_the_seq1f1b_work_split_partition_fits_where_one_does(framework):
+    """Under seq1f1b's work split a rank's activations weigh `memory.seq_chunk_scales` times the mean chunk's (the
+    executor pads to the longest chunk; the authors' layout holds its peak of tokens in flight). The refinement's
+    problem reads that scale: on a device just too small for the time-optimal 5 + 3 split of an 8-layer llama3.1-8b
+    (pp 2, 32k tokens, K 4), with a fitting 4 + 4 split, CP-SAT (= brute force) picks a split the estimate says fits;
+    without the scale it picks the one that does not."""
+    import dataclasses
+
+    from autoconf.cost.estimate import PRESETS as FRAMEWORKS, predict
+    from autoconf.solve.refine import partition_problem
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.plan import ParallelConfig
+    from autoconf.spec.presets import PRESETS
+
+    execution = FRAMEWORKS[framework]
+    model = dataclasses.replace(PRESETS["llama3.1-8b"], num_layers=8)
+    config = ParallelConfig(tp=1, pp=2, dp=1, micro_batch_size=1, global_batch_size=4, seq_len=32768,
+                            schedule="seq1f1b", seq_chunks=4, seq_split="work", dtype="bf16")
+    h100 = load_cluster("dgx-h100-80g", nodes=1).resized(gpus_per_node=2)
+
+    def peak(cluster, partition):
+        return predict(model, cluster, config, partition=partition, execution=execution,
+                       detail=False)[3]["peak_memory_bytes"]
+
+    # A device whose usable memory lies between the two splits' predicted peaks.
+    usable = (peak(h100, [[0, 5], [5, 8]]) + peak(h100, [[0, 4], [4, 8]])) / 2
+    device = dataclasses.replace(h100.device, memory_bytes=usable / (1 - float(h100.memory_headroom["value"])))
+    cluster = dataclasses.replace(h100, device=device)
+    problem = partition_problem(model, cluster, config, execution)
+    assert problem.activation_scale is not None and min(problem.activation_scale) > 1.1
+    solved = solve_like_brute_force(problem)
+    assert solved.layer_ranges() == [[0, 4], [4, 8]] and peak(cluster, solved.layer_ranges()) <= usable
+    unscaled = solve_partition(dataclasses.replace(problem, activation_scale=None)).layer_ranges()
+    assert unscaled == [[0, 5], [5, 8]] and peak(cluster, unscaled) > usable
