@@ -193,16 +193,31 @@ def test_to_units_lays_out_each_micro_batchs_chunks_in_causal_order():
 
 
 def test_exporters_say_megatron_and_torchtitan_cannot_run_it():
-    """Megatron's flags carry the spec's note; torchtitan's config notes it and names 1F1B, torch's closest class."""
-    from autoconf.report.exporters import megatron_flags
+    """Megatron's flags carry the spec's note; torchtitan's config notes it and names 1F1B, torch's closest class.
+    Every view that names the chunks names the split (the plan table's layout label, the exports' headers), and the
+    Megatron notes give the authors' fork's flags for it, said to be the fork's: --pipe-sp-strategy uniform_comp for
+    the work split, average for the even one; no such flag among the Megatron-LM flags."""
+    from autoconf.report.exporters import export_texts, megatron_flags
+    from autoconf.report.tables import layout_label
     from autoconf.report.torchtitan_export import torchtitan_config
 
     plan = estimate(LLAMA, H100, _config())
-    notes = megatron_flags(plan)[1]
+    flags, notes = megatron_flags(plan)
     assert schedule_spec("seq1f1b").megatron_note in notes
     text = torchtitan_config(plan, "test")
     assert schedule_spec("seq1f1b").torchtitan_note in text
     assert 'pipeline_parallel_schedule = "1F1B"' in text
+    for split, strategy in (("even", "average"), ("work", "uniform_comp")):
+        plan = estimate(LLAMA, H100, _config(seq_split=split))
+        assert f"seq1f1b k4 {split}" in layout_label(plan)
+        texts = export_texts(plan, "plan.json")
+        assert all(f"seq1f1b k4 {split}" in texts[name] for name in ("megatron_args.txt", "torchtitan_config.py"))
+        flags, notes = megatron_flags(plan)
+        fork = [n for n in notes if "--pipe-sp-splits 4" in n]
+        assert len(fork) == 1 and f"--pipe-sp-strategy {strategy}" in fork[0]
+        assert "not upstream Megatron-LM" in fork[0] and f"--pipe-sp-strategy {strategy}" in texts["megatron_args.txt"]
+        assert not any(str(flag).startswith("--pipe-sp") for flag, _ in flags)
+    assert "seq1f1b k" not in layout_label(estimate(LLAMA, H100, _config("1f1b", 1)))
 
 
 def test_a_plan_without_seq_chunks_loads_and_one_with_them_round_trips():
