@@ -198,9 +198,10 @@ def _pipeline_layout(plan: Plan) -> str:
     return "|".join(stages)
 
 
-# The authors' Seq1F1B fork of Megatron-LM (github.com/thunlp/Seq1F1B, also MayDomine/Seq1F1B; its arguments:
-# --pipe-sp-splits, --pipe-sp-strategy with choices average and uniform_comp, default average): the strategy of
-# each `seq_split`. Not upstream Megatron-LM flags, so they go in a note, never in the flags.
+# The authors' Seq1F1B fork of Megatron-LM (github.com/thunlp/Seq1F1B, also MayDomine/Seq1F1B, commit 43eb818):
+# --pipe-sp-splits K and --pipe-sp-strategy, which megatron/core/pipeline_parallel/sp_utils.py `get_splits` reads as
+# equal lengths for "average" and as its FLOP solver's split otherwise ("uniform_comp" in the authors' exp.sh): the
+# strategy of each `seq_split`. Not upstream Megatron-LM flags, so they go in a note, never in the flags.
 SEQ1F1B_FORK_STRATEGY = {"even": "average", "work": "uniform_comp"}
 
 
