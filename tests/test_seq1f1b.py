@@ -3,6 +3,7 @@ executor-support rule, the search (when pinned) and the exporters. The executor'
 layouts of tests/test_execute.py's two-rank job; the uneven split's, of this module's (the same shared job)."""
 
 import dataclasses
+import functools
 import json
 
 import pytest
@@ -145,17 +146,26 @@ def test_the_executor_runs_one_layout_and_estimate_marks_the_others():
     assert prediction["not_launchable_reason"] == unsupported_reason(_config(), LLAMA)
 
 
+@functools.lru_cache(maxsize=1)
+def _pinned_space() -> tuple[ParallelConfig, ...]:
+    """The tiny Llama's candidates on 8 ranks, batch 8 x 96 tokens, with --fix schedule=seq1f1b (both splits)."""
+    from autoconf.solve.space import candidates
+
+    return tuple(candidates(PRESETS["tiny-llama"], 8, 8, 8, 96, "bf16", fixed={"schedule": "seq1f1b"}))
+
+
 def test_the_search_weighs_it_when_pinned_only():
     """The default space holds no seq1f1b layout (its statistics unchanged); pinned, every candidate is seq1f1b
     with a chunk count of SEQ_CHUNKS that divides the sequence, and the best plan is one the executor runs. The
-    split is pinned to one (test_the_search_weighs_both_splits_... checks that the space holds both)."""
+    search runs with the split pinned to one, on half the candidates (the pinned space, shared with
+    test_the_search_weighs_both_splits_..., holds both)."""
     from autoconf.solve.search import search
     from autoconf.solve.space import SEQ_CHUNKS, candidates
 
     model = PRESETS["tiny-llama"]
     assert all(c.schedule != "seq1f1b" for c in candidates(model, 8, 8, 8, 96, "bf16"))
     fixed = {"schedule": "seq1f1b", "seq_split": "even"}
-    pinned = list(candidates(model, 8, 8, 8, 96, "bf16", fixed=fixed))
+    pinned = _pinned_space()
     assert pinned and all(c.schedule == "seq1f1b" for c in pinned)
     assert {c.seq_chunks for c in pinned} == {k for k in SEQ_CHUNKS if 96 % k == 0}
     best = search(model, load_cluster("dgx-h100-80g", nodes=1), 8, 96, "bf16", fixed=fixed, top_k=1,
@@ -197,7 +207,8 @@ def test_exporters_say_megatron_and_torchtitan_cannot_run_it():
     Every view that names the chunks names the split (the plan table's layout label, the exports' headers), and the
     Megatron notes give the authors' fork's flags for it, said to be the fork's: --pipe-sp-strategy uniform_comp for
     the work split, average for the even one; no such flag among the Megatron-LM flags."""
-    from autoconf.report.exporters import export_texts, megatron_flags
+    from autoconf.report import exporters
+    from autoconf.report.exporters import megatron_flags
     from autoconf.report.tables import layout_label
     from autoconf.report.torchtitan_export import torchtitan_config
 
@@ -210,12 +221,12 @@ def test_exporters_say_megatron_and_torchtitan_cannot_run_it():
     for split, strategy in (("even", "average"), ("work", "uniform_comp")):
         plan = estimate(LLAMA, H100, _config(seq_split=split))
         assert f"seq1f1b k4 {split}" in layout_label(plan)
-        texts = export_texts(plan, "plan.json")
-        assert all(f"seq1f1b k4 {split}" in texts[name] for name in ("megatron_args.txt", "torchtitan_config.py"))
+        megatron = exporters.megatron_args(plan)
+        assert f"seq1f1b k4 {split}" in megatron and f"seq1f1b k4 {split}" in exporters.torchtitan_config(plan)
         flags, notes = megatron_flags(plan)
         fork = [n for n in notes if "--pipe-sp-splits 4" in n]
         assert len(fork) == 1 and f"--pipe-sp-strategy {strategy}" in fork[0]
-        assert "not upstream Megatron-LM" in fork[0] and f"--pipe-sp-strategy {strategy}" in texts["megatron_args.txt"]
+        assert "not upstream Megatron-LM" in fork[0] and f"--pipe-sp-strategy {strategy}" in megatron
         assert not any(str(flag).startswith("--pipe-sp") for flag, _ in flags)
     assert "seq1f1b k" not in layout_label(estimate(LLAMA, H100, _config("1f1b", 1)))
 
@@ -356,7 +367,7 @@ def test_the_search_weighs_both_splits_and_a_bad_one_is_one_line():
     from autoconf.solve.space import candidates, parse_fix_value
 
     model = PRESETS["tiny-llama"]
-    pinned = list(candidates(model, 8, 8, 8, 96, "bf16", fixed={"schedule": "seq1f1b"}))
+    pinned = _pinned_space()
     assert {c.seq_split for c in pinned} == {"even", "work"}
     assert sum(c.seq_split == "work" for c in pinned) == sum(c.seq_split == "even" for c in pinned)
     assert {c.seq_split for c in candidates(model, 8, 8, 8, 96, "bf16",
