@@ -212,14 +212,14 @@ def test_exporters_say_megatron_and_torchtitan_cannot_run_it():
     from autoconf.report.tables import layout_label
     from autoconf.report.torchtitan_export import torchtitan_config
 
-    plan = estimate(LLAMA, H100, _config())
-    flags, notes = megatron_flags(plan)
+    even = estimate(LLAMA, H100, _config())
+    flags, notes = megatron_flags(even)
     assert schedule_spec("seq1f1b").megatron_note in notes
-    text = torchtitan_config(plan, "test")
+    text = torchtitan_config(even, "test")
     assert schedule_spec("seq1f1b").torchtitan_note in text
     assert 'pipeline_parallel_schedule = "1F1B"' in text
     for split, strategy in (("even", "average"), ("work", "uniform_comp")):
-        plan = estimate(LLAMA, H100, _config(seq_split=split))
+        plan = even if split == "even" else estimate(LLAMA, H100, _config(seq_split=split, batch=8))
         assert f"seq1f1b k4 {split}" in layout_label(plan)
         megatron = exporters.megatron_args(plan)
         assert f"seq1f1b k4 {split}" in megatron and f"seq1f1b k4 {split}" in exporters.torchtitan_config(plan)
@@ -228,7 +228,7 @@ def test_exporters_say_megatron_and_torchtitan_cannot_run_it():
         assert len(fork) == 1 and f"--pipe-sp-strategy {strategy}" in fork[0]
         assert "not upstream Megatron-LM" in fork[0] and f"--pipe-sp-strategy {strategy}" in megatron
         assert not any(str(flag).startswith("--pipe-sp") for flag, _ in flags)
-    assert "seq1f1b k" not in layout_label(estimate(LLAMA, H100, _config("1f1b", 1)))
+    assert "seq1f1b" not in layout_label(dataclasses.replace(even, config=_config("1f1b", 1)))
 
 
 def test_a_plan_without_seq_chunks_loads_and_one_with_them_round_trips():

@@ -101,7 +101,8 @@ def test_the_spread_keeps_tp_x_cp_blocks_within_a_node_as_the_search_does():
     from autoconf.solve.placement import tp_cp_domain
 
     spec, a100 = PRESETS["llama3.1-8b"], load_cluster("dgx-a100-80g", nodes=2)
-    fixed = {"tp": 1, "pp": 1, "recompute": "full", "zero_stage": 3, "micro_batch_size": 1}
+    fixed = {"tp": 1, "pp": 1, "recompute": "full", "zero_stage": 3, "micro_batch_size": 1, "cp_comm": "ring",
+             "grad_reduce": "step"}
     plans = select_layouts(spec, a100, 16, 32768, "bf16", 50, fixed=fixed, refine=False)
     assert tp_cp_domain(a100)[0] == 8
     assert {p.config.cp for p in plans} == {1, 2, 4, 8}
