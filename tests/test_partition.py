@@ -11,14 +11,17 @@ from autoconf.solve.partition import (
 from autoconf.spec.plan import uniform_partition
 
 
-def _random_problem(rng, num_layers, pp, vpp, v_shape, memory="loose"):
+def _random_problem(rng, num_layers, pp, vpp, v_shape, memory="loose", scaled=False):
+    """`scaled`: each rank's activations weigh 1-2x the units' own (`activation_scale`, seq1f1b's uneven chunks)."""
     placement = v_placement(pp) if v_shape else loop_placement(pp, vpp)
     num_stages = len(placement)
     time = [rng.uniform(0.1, 3.0) * 1e-3 for _ in range(num_layers + 2)]
     static = [rng.uniform(1, 4) * 2**30 for _ in range(num_layers + 2)]
     act = [rng.uniform(0.5, 2) * 2**30 for _ in range(num_layers + 2)]
     inflight = tuple(min(pp, num_stages - s) for s in range(num_stages))
-    base = PartitionProblem(tuple(time), tuple(static), tuple(act), placement, inflight, 1e18, rng.randint(1, 16))
+    scale = tuple(rng.uniform(1, 2) for _ in range(pp)) if scaled else None
+    base = PartitionProblem(tuple(time), tuple(static), tuple(act), placement, inflight, 1e18, rng.randint(1, 16),
+                            activation_scale=scale)
     if memory == "loose":
         return base
     # A limit between the smallest achievable peak and the time-optimal partition's peak, so it binds.
@@ -27,7 +30,7 @@ def _random_problem(rng, num_layers, pp, vpp, v_shape, memory="loose"):
                    for inner in itertools.combinations(range(1, num_layers + 2), num_stages - 1))
     limit = (peak + smallest) / 2 if peak > smallest * 1.001 else peak * 1.001  # KiB rounding is conservative
     return PartitionProblem(tuple(time), tuple(static), tuple(act), placement, inflight, limit,
-                            base.num_microbatches)
+                            base.num_microbatches, activation_scale=scale)
 
 
 def _stages(inner, num_layers):
@@ -37,15 +40,16 @@ def _stages(inner, num_layers):
 
 @pytest.mark.parametrize("seed", range(40))
 def test_cp_sat_matches_brute_force(seed):
-    """On random small chains (loop and V placements, loose and binding memory) CP-SAT's objective is the
-    exhaustive optimum."""
+    """On random small chains (loop and V placements, loose and binding memory, every fifth with per-rank
+    activation scales) CP-SAT's objective is the exhaustive optimum."""
     rng = random.Random(seed)
     v_shape = seed % 4 == 3
     pp = rng.randint(1, 2) if v_shape else rng.randint(1, 4)
     vpp = 1 if v_shape else rng.randint(1, max(1, 4 // pp))
     num_stages = 2 * pp if v_shape else pp * vpp
     num_layers = rng.randint(max(1, num_stages - 2), 8)  # down to layers + 2 stages: empty end stages
-    problem = _random_problem(rng, num_layers, pp, vpp, v_shape, memory="binding" if seed % 2 else "loose")
+    problem = _random_problem(rng, num_layers, pp, vpp, v_shape, memory="binding" if seed % 2 else "loose",
+                              scaled=seed % 5 == 4)
     solve_like_brute_force(problem)
 
 
@@ -74,6 +78,23 @@ def test_binding_memory_changes_the_answer():
     assert max(solved.rank_memory_bytes) <= 2.5 * 2**21
     assert solved.stages == brute_force_partition(problem).stages
     assert solved.layer_ranges()[0] == [0, 2]
+
+
+def test_a_ranks_activation_scale_moves_layers_off_it():
+    """seq1f1b's uneven chunks weigh a rank's in-flight activations `activation_scale` times the units' own
+    (cost/memory.py seq_chunk_scales): the unscaled optimum, 3 + 3 layers, breaks rank 0's limit at scale 1.5;
+    CP-SAT (= brute force) gives rank 0 fewer layers, within the limit in bytes."""
+    import dataclasses
+
+    time, static = (1e-3,) * 8, (1.0,) * 8
+    act = (0.0,) + (2**20,) * 6 + (0.0,)
+    plain = PartitionProblem(time, static, act, loop_placement(2), (2, 1), 6.5 * 2**20, 8)
+    scaled = dataclasses.replace(plain, activation_scale=(1.5, 1.0))
+    assert solve_partition(plain).layer_ranges() == [[0, 3], [3, 6]]
+    assert evaluate_partition(scaled, solve_partition(plain).stages).rank_memory_bytes[0] > 6.5 * 2**20
+    solved = solve_like_brute_force(scaled)
+    assert solved.layer_ranges() == [[0, 2], [2, 6]]
+    assert solved.rank_memory_bytes[0] == 3.0 + 2 * 1.5 * 2 * 2**20  # 3 units' state, 2 layers x 2 in flight x 1.5
 
 
 def test_infeasible_memory_returns_none():
@@ -213,3 +234,40 @@ def test_refined_partition_reaches_the_brute_force_optimum_of_the_estimate(name,
         assert refined == best
     else:
         assert best <= refined <= best * (1 + tolerance)
+
+
+@pytest.mark.parametrize("framework", ["autoconf", "megatron"])
+def test_the_seq1f1b_work_split_partition_fits_where_one_does(framework):
+    """Under seq1f1b's work split a rank's activations weigh `memory.seq_chunk_scales` times the mean chunk's (the
+    executor pads to the longest chunk; the authors' layout holds its peak of tokens in flight). The refinement's
+    problem reads that scale: on a device just too small for the time-optimal 5 + 3 split of an 8-layer llama3.1-8b
+    (pp 2, 32k tokens, K 4), with a fitting 4 + 4 split, CP-SAT (= brute force) picks a split the estimate says fits;
+    without the scale it picks the one that does not."""
+    import dataclasses
+
+    from autoconf.cost.estimate import PRESETS as FRAMEWORKS, predict
+    from autoconf.solve.refine import partition_problem
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.plan import ParallelConfig
+    from autoconf.spec.presets import PRESETS
+
+    execution = FRAMEWORKS[framework]
+    model = dataclasses.replace(PRESETS["llama3.1-8b"], num_layers=8)
+    config = ParallelConfig(tp=1, pp=2, dp=1, micro_batch_size=1, global_batch_size=4, seq_len=32768,
+                            schedule="seq1f1b", seq_chunks=4, seq_split="work", dtype="bf16")
+    h100 = load_cluster("dgx-h100-80g", nodes=1).resized(gpus_per_node=2)
+
+    def peak(cluster, partition):
+        return predict(model, cluster, config, partition=partition, execution=execution,
+                       detail=False)[3]["peak_memory_bytes"]
+
+    # A device whose usable memory lies between the two splits' predicted peaks.
+    usable = (peak(h100, [[0, 5], [5, 8]]) + peak(h100, [[0, 4], [4, 8]])) / 2
+    device = dataclasses.replace(h100.device, memory_bytes=usable / (1 - float(h100.memory_headroom["value"])))
+    cluster = dataclasses.replace(h100, device=device)
+    problem = partition_problem(model, cluster, config, execution)
+    assert problem.activation_scale is not None and min(problem.activation_scale) > 1.1
+    solved = solve_like_brute_force(problem)
+    assert solved.layer_ranges() == [[0, 4], [4, 8]] and peak(cluster, solved.layer_ranges()) <= usable
+    unscaled = solve_partition(dataclasses.replace(problem, activation_scale=None)).layer_ranges()
+    assert unscaled == [[0, 5], [5, 8]] and peak(cluster, unscaled) > usable

@@ -94,6 +94,23 @@ def test_fixed_fields_are_honoured(tiny):
     assert all(p.config.pp == 2 for p in plans) and len(plans) == 4
 
 
+def test_the_spread_keeps_tp_x_cp_blocks_within_a_node_as_the_search_does():
+    """On 2 x dgx-a100-80g (slow links across nodes, solve/placement.py tp_cp_domain) no layout in the spread has a
+    TP x CP block larger than a node, though cp 16 would fit; the list holds every fitting layout that is left."""
+    from autoconf.spec.presets import PRESETS
+    from autoconf.solve.placement import tp_cp_domain
+
+    spec, a100 = PRESETS["llama3.1-8b"], load_cluster("dgx-a100-80g", nodes=2)
+    fixed = {"tp": 1, "pp": 1, "recompute": "full", "zero_stage": 3, "micro_batch_size": 1, "cp_comm": "ring",
+             "grad_reduce": "step"}
+    plans = select_layouts(spec, a100, 16, 32768, "bf16", 50, fixed=fixed, refine=False)
+    assert tp_cp_domain(a100)[0] == 8
+    assert {p.config.cp for p in plans} == {1, 2, 4, 8}
+    cp16 = ParallelConfig(tp=1, pp=1, dp=1, cp=16, micro_batch_size=1, global_batch_size=16, seq_len=32768,
+                          dtype="bf16", zero_stage=3, recompute="full")
+    assert estimate(spec, a100, cp16, detail=False).prediction["fits"]  # left out by the rule, not by memory
+
+
 # ---- report -------------------------------------------------------------------------------------------------------
 def test_report_round_trips_through_json(tmp_path):
     runs = [Run(0, "a", {"tp": 1}, 0.10, 0.11, chosen=True, status="ok", step_times_s=[0.2, 0.11, 0.11]),

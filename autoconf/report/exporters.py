@@ -198,6 +198,23 @@ def _pipeline_layout(plan: Plan) -> str:
     return "|".join(stages)
 
 
+# The authors' Seq1F1B fork of Megatron-LM (github.com/thunlp/Seq1F1B, also MayDomine/Seq1F1B, commit 43eb818):
+# --pipe-sp-splits K and --pipe-sp-strategy, which megatron/core/pipeline_parallel/sp_utils.py `get_splits` reads as
+# equal lengths for "average" and as its FLOP solver's split otherwise ("uniform_comp" in the authors' exp.sh): the
+# strategy of each `seq_split`. Not upstream Megatron-LM flags, so they go in a note, never in the flags.
+SEQ1F1B_FORK_STRATEGY = {"even": "average", "work": "uniform_comp"}
+
+
+def _seq1f1b_fork_note(c) -> str:
+    """The authors' fork's flags for the plan's chunks and split, in words (a note: upstream has neither)."""
+    how = ("equal lengths" if c.seq_split == "even" else
+           "its computation-wise split, which equalises FLOPs where the plan equalises modelled time, so its "
+           "boundaries may differ from the plan's sequence_split")
+    return (f"seq_chunks {c.seq_chunks}, seq_split {c.seq_split}: in the Seq1F1B authors' fork of Megatron-LM "
+            f"(github.com/thunlp/Seq1F1B; these flags are the fork's, not upstream Megatron-LM's) "
+            f"--pipe-sp-splits {c.seq_chunks} --pipe-sp-strategy {SEQ1F1B_FORK_STRATEGY[c.seq_split]} ({how})")
+
+
 def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
     """The Megatron-LM arguments for the plan's layout and model as (flag, value) pairs, and notes on what Megatron
     cannot express. Every flag is one Megatron-LM declares at MEGATRON_LM_TAG (tests check them against the flags
@@ -211,6 +228,8 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
         flags += [("--context-parallel-size", c.cp), ("--cp-comm-type", MEGATRON_CP_COMM[c.cp_comm])]
     if schedule_spec(c.schedule).megatron_note:
         notes.append(schedule_spec(c.schedule).megatron_note)
+    if c.seq_chunks > 1:
+        notes.append(_seq1f1b_fork_note(c))
     flags += _megatron_partition(plan)
     flags += [("--micro-batch-size", c.micro_batch_size), ("--global-batch-size", c.global_batch_size),
               ("--seq-length", c.seq_len),

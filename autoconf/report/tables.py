@@ -78,7 +78,7 @@ def layout_label(plan: Plan) -> str:
     if c.vpp > 1:
         parts.append(f"vpp{c.vpp}")
     parts.append(f"mb{c.micro_batch_size}")
-    parts.append(c.schedule + (f" k{c.seq_chunks}" if c.seq_chunks > 1 else ""))
+    parts.append(c.schedule + (f" k{c.seq_chunks} {c.seq_split}" if c.seq_chunks > 1 else ""))
     parts.append(f"zero{c.zero_stage}")
     if c.recompute != "none":
         counts = "" if c.recompute_layers is None else "[" + ",".join(map(str, c.recompute_layers)) + "]"

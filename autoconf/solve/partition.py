@@ -16,7 +16,9 @@ one micro-batch walks through every stage once, and the other m-1 micro-batches 
 With the default weights w_s = 1 the first term is the total chain time, a constant, so the solver minimises the
 busiest rank. A caller can pass other ``stage_weight`` / ``bottleneck_weight`` values.
 
-Memory: for every rank r, ``sum over its stages of (static + inflight[s] * activation) <= limit[r]``.
+Memory: for every rank r, ``sum over its stages of (static + inflight[s] * scale[r] * activation) <= limit[r]``,
+where ``scale[r]`` (`activation_scale`, default 1) is what the rank's in-flight activations weigh against the units'
+own: seq1f1b's uneven chunks (`autoconf.cost.memory.seq_chunk_scales`, the one source of that rule).
 
 Recompute per stage (`recompute_counts`, the plan's `recompute_layers`; spec/plan.py `recomputed_layers` is the
 rule): stage s recomputes its first ``recompute_counts[s]`` transformer layers (every layer when the counts are
@@ -65,6 +67,7 @@ class PartitionProblem:
     unit_recompute_time: tuple[float, ...] | None = None  # seconds a recomputed unit adds per micro-batch
     unit_recompute_saved_bytes: tuple[float, ...] | None = None  # activation bytes a recomputed unit keeps less
     recompute_counts: tuple[int, ...] | None = None  # recomputed layers per stage; None: every layer
+    activation_scale: tuple[float, ...] | None = None  # per rank: multiplies its activations and the recompute savings
 
     def __post_init__(self):
         n = len(self.unit_time)
@@ -88,6 +91,8 @@ class PartitionProblem:
         if (self.unit_recompute_time is None) != (self.unit_recompute_saved_bytes is None) or any(
                 x is not None and len(x) != n for x in (self.unit_recompute_time, self.unit_recompute_saved_bytes)):
             raise ValueError(f"unit_recompute_time and unit_recompute_saved_bytes go together, {n} entries each")
+        if self.activation_scale is not None and len(self.activation_scale) != self.num_ranks:
+            raise ValueError(f"activation_scale has {len(self.activation_scale)} entries for {self.num_ranks} ranks")
         if self.recompute_counts is not None and len(self.recompute_counts) != self.num_stages:
             raise ValueError(f"recompute_counts has {len(self.recompute_counts)} entries for {self.num_stages} "
                              f"stages")
@@ -126,6 +131,10 @@ class PartitionProblem:
         start = max(first, 1)
         return range(start, max(start, min(end, self.num_layers + 1, start + self.counts()[stage])))
 
+    def stage_scale(self, stage: int) -> float:
+        """What an in-flight activation byte of `stage` weighs on its rank (`activation_scale`; 1 without)."""
+        return 1.0 if self.activation_scale is None else float(self.activation_scale[self.stage_to_rank[stage]])
+
     def weights(self) -> tuple[tuple[float, ...], float]:
         path = self.stage_weight if self.stage_weight is not None else (1.0,) * self.num_stages
         neck = self.bottleneck_weight if self.bottleneck_weight is not None else self.num_microbatches - 1
@@ -160,28 +169,35 @@ def v_placement(pp: int) -> tuple[int, ...]:
 class _Quantised:
     time: tuple[int, ...]
     static: tuple[int, ...]
-    act: tuple[int, ...]
+    act: tuple[tuple[int, ...], ...]  # per stage, per unit: its rank's `activation_scale` applied
     limit: tuple[int, ...]
     path_w: tuple[int, ...]
     neck_w: int
     rc_time: tuple[int, ...]  # added by a recomputed unit
-    rc_saved: tuple[int, ...]  # activation a recomputed unit keeps less (rounded down: usage stays rounded up)
+    rc_saved: tuple[tuple[int, ...], ...]  # per stage: what a recomputed unit keeps less (rounded down: usage stays
+    # rounded up)
 
 
 def _quantise(p: PartitionProblem) -> _Quantised:
     total = sum(p.unit_time)
     quantum = total / TIME_QUANTA if total > 0 else 1.0
     path, neck = p.weights()
+    saved = p.unit_recompute_saved_bytes or (0.0,) * len(p.unit_time)
+    scaled: dict[float, tuple] = {}  # (activations, savings) at each distinct scale, quantised once
+    for x in map(p.stage_scale, range(p.num_stages)):
+        if x not in scaled:
+            scaled[x] = (tuple(math.ceil(b * x / MEMORY_QUANTUM_BYTES) for b in p.unit_activation_bytes),
+                         tuple(math.floor(b * x / MEMORY_QUANTUM_BYTES) for b in saved))
+    per_stage = [scaled[p.stage_scale(s)] for s in range(p.num_stages)]
     return _Quantised(
         time=tuple(round(t / quantum) for t in p.unit_time),
         static=tuple(math.ceil(b / MEMORY_QUANTUM_BYTES) for b in p.unit_static_bytes),
-        act=tuple(math.ceil(b / MEMORY_QUANTUM_BYTES) for b in p.unit_activation_bytes),
+        act=tuple(a for a, _ in per_stage),
         limit=tuple(math.floor(b / MEMORY_QUANTUM_BYTES) for b in p.limits()),
         path_w=tuple(round(w * WEIGHT_SCALE) for w in path),
         neck_w=round(neck * WEIGHT_SCALE),
         rc_time=tuple(round(t / quantum) for t in p.unit_recompute_time or (0.0,) * len(p.unit_time)),
-        rc_saved=tuple(math.floor(b / MEMORY_QUANTUM_BYTES)
-                       for b in p.unit_recompute_saved_bytes or (0.0,) * len(p.unit_time)),
+        rc_saved=tuple(r for _, r in per_stage),
     )
 
 
@@ -201,8 +217,8 @@ def evaluate_partition(p: PartitionProblem, stages, optimal: bool = False) -> Pa
     rank_time = [0.0] * p.num_ranks
     for s, (a, b) in enumerate(stages):
         r = p.stage_to_rank[s]
-        mem[r] += sum(p.unit_static_bytes[a:b]) + p.inflight[s] * (sum(p.unit_activation_bytes[a:b])
-                                                                    - sum(rc_saved[u] for u in recomputed[s]))
+        mem[r] += sum(p.unit_static_bytes[a:b]) + p.inflight[s] * p.stage_scale(s) * (
+            sum(p.unit_activation_bytes[a:b]) - sum(rc_saved[u] for u in recomputed[s]))
         rank_time[r] += stage_time[s]
     objective = sum(w * t for w, t in zip(path, stage_time)) + neck * max(rank_time)
     return PartitionResult(tuple(tuple(x) for x in stages), objective, stage_time, tuple(mem), optimal)
@@ -219,7 +235,7 @@ def _int_cost(p: PartitionProblem, q: _Quantised, stages) -> int | None:
         t = sum(q.time[a:b]) + sum(q.rc_time[u] for u in rc)
         path += q.path_w[s] * t
         rank_time[r] += t
-        mem[r] += sum(q.static[a:b]) + p.inflight[s] * (sum(q.act[a:b]) - sum(q.rc_saved[u] for u in rc))
+        mem[r] += sum(q.static[a:b]) + p.inflight[s] * (sum(q.act[s][a:b]) - sum(q.rc_saved[s][u] for u in rc))
     if any(m > lim for m, lim in zip(mem, q.limit)):
         return None
     return path + q.neck_w * max(rank_time)
@@ -236,7 +252,7 @@ def _greedy_fill(p: PartitionProblem, q: _Quantised, budget: int) -> list[int] |
     fixed_t, fixed_m = [0] * num_stages, [0] * num_stages
     for s, u in ((0, 0), (num_stages - 1, num_units - 1)):
         fixed_t[s] += q.time[u]
-        fixed_m[s] += q.static[u] + p.inflight[s] * q.act[u]
+        fixed_m[s] += q.static[u] + p.inflight[s] * q.act[s][u]
     fixed_t_left, fixed_m_left = [0] * p.num_ranks, [0] * p.num_ranks
     for s in range(num_stages):
         fixed_t_left[p.stage_to_rank[s]] += fixed_t[s]
@@ -253,9 +269,9 @@ def _greedy_fill(p: PartitionProblem, q: _Quantised, budget: int) -> list[int] |
         b, t, m = a, 0, 0
         recomputed = p.recomputed_units(s, a, num_units)
         while b < hi:
-            dt, dm = q.time[b], q.static[b] + p.inflight[s] * q.act[b]
+            dt, dm = q.time[b], q.static[b] + p.inflight[s] * q.act[s][b]
             if b in recomputed:
-                dt, dm = dt + q.rc_time[b], dm - p.inflight[s] * q.rc_saved[b]
+                dt, dm = dt + q.rc_time[b], dm - p.inflight[s] * q.rc_saved[s][b]
             if b >= lo and (t + dt > t_cap or m + dm > m_cap):
                 break
             b, t, m = b + 1, t + dt, m + dm
@@ -297,9 +313,7 @@ def _one_stage_per_rank_dp(p: PartitionProblem, q: _Quantised) -> tuple[int, lis
     num_units, num_stages = len(q.time), p.num_stages
     time_pre = np.concatenate([[0], np.cumsum(q.time, dtype=np.int64)])
     static_pre = np.concatenate([[0], np.cumsum(q.static, dtype=np.int64)])
-    act_pre = np.concatenate([[0], np.cumsum(q.act, dtype=np.int64)])
     rc_time_pre = np.concatenate([[0], np.cumsum(q.rc_time, dtype=np.int64)])
-    rc_saved_pre = np.concatenate([[0], np.cumsum(q.rc_saved, dtype=np.int64)])
     inf = np.iinfo(np.int64).max
     # best[b] = smallest bottleneck of stages 0..s-1 covering units [0, b); arg[s][b] = where stage s-1 starts.
     best = np.full(num_units + 1, inf, dtype=np.int64)
@@ -311,6 +325,8 @@ def _one_stage_per_rank_dp(p: PartitionProblem, q: _Quantised) -> tuple[int, lis
     rows = max(1, 4_000_000 // (num_units + 1))
     for s in range(num_stages):
         limit = q.limit[p.stage_to_rank[s]]
+        act_pre = np.concatenate([[0], np.cumsum(q.act[s], dtype=np.int64)])
+        rc_saved_pre = np.concatenate([[0], np.cumsum(q.rc_saved[s], dtype=np.int64)])
         new, arg = np.full(num_units + 1, inf, dtype=np.int64), np.zeros(num_units + 1, dtype=np.int64)
         lo_end = s + 1  # stages 0..s hold at least one unit each
         hi_end = num_units - (num_stages - 1 - s)  # and every later stage one
@@ -424,7 +440,7 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
     rc = {}
     for s in range(num_stages):
         for u in on_stage[s]:
-            if u == 0 or u > p.num_layers or counts[s] == 0 or not (q.rc_time[u] or q.rc_saved[u]):
+            if u == 0 or u > p.num_layers or counts[s] == 0 or not (q.rc_time[u] or q.rc_saved[s][u]):
                 continue
             before = (1 if u <= counts[s] else 0) if s == 0 else 1 - after[max(u - counts[s], 0), s]
             if isinstance(before, int) and before == 0:
@@ -440,9 +456,9 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
 
     # Each rank's static memory plus in-flight activations of its stages fit in its limit.
     for r in range(num_ranks):
-        model.add(sum((q.static[u] + p.inflight[s] * q.act[u]) * on(u, s)
+        model.add(sum((q.static[u] + p.inflight[s] * q.act[s][u]) * on(u, s)
                       for s in rank_stages[r] for u in on_stage[s])
-                  - sum(p.inflight[t] * q.rc_saved[u] * rc[u, t] for u, t in rc if p.stage_to_rank[t] == r)
+                  - sum(p.inflight[t] * q.rc_saved[t][u] * rc[u, t] for u, t in rc if p.stage_to_rank[t] == r)
                   <= q.limit[r])
 
     # The bottleneck: at least `floor`, and at least every rank's total stage time.

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from autoconf.cost.compute import model_pieces
+from autoconf.cost.compute import model_pieces, seq_chunk_bounds
 from autoconf.cost.estimate import (Execution, activation_bytes, cp_attention_comm, dp_buffer_bytes, p2p_bytes,
                                     recompute_time, schedule_inflight, selective_matmul_share, tp_collective)
 from autoconf.cost.memory import (cp_buffer_bytes, cp_kv_bytes, fp8_weight_cache_bytes, gather_buffer_bytes,
                                   layer_activation_bytes, logits_temporary_bytes, p2p_buffer_bytes,
-                                  state_bytes_per_param, unit_activation_bytes)
+                                  seq_chunk_kv_bytes, seq_chunk_scales, state_bytes_per_param,
+                                  unit_activation_bytes)
 from autoconf.cost.moe import dispatch_bytes, ep_comm_passes, layer_kind_params, local_params, moe_layers
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
@@ -31,7 +32,11 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     say (every layer when None): a layer's time and activations without recompute, and what recomputing it adds
     and saves. Two rules of the estimate that are not linear in the units are taken on the safe side: the
     in-flight counts are rounded up, and with one micro-batch per step the gradients are counted beside the
-    activations (the estimate takes the larger)."""
+    activations (the estimate takes the larger). Under seq1f1b (`seq_chunks` > 1) each layer also keeps the earlier
+    chunks' K/V per chunk in flight and their gradients (`memory.seq_chunk_kv_bytes`), and the split's
+    `memory.seq_chunk_scales` weigh each rank's in-flight activations (`activation_scale`) and the temporaries;
+    under the torch layout the K/V copies take their rank's activation scale too (the estimate: none), on the
+    safe side."""
     from autoconf.solve.partition import PartitionProblem
 
     layout, kind, policy = execution.memory_layout, cluster.device.kind, selective_policy(c, execution)
@@ -51,8 +56,12 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     layer_plain = layer_activation_bytes(model, c, layout, kind, "none", policy, execution=execution)
     layer_static = model.layer_params() / c.tp * block_per_param if model.moe is None else 0.0
     n = model.num_layers
-    layers_time, layers_static, layers_act = [layer_time] * n, [layer_static] * n, [layer_plain] * n
-    layers_rc, layers_saved = [layer_rc] * n, [layer_plain - layer] * n
+    bounds = seq_chunk_bounds(model, cluster, c, execution) if c.seq_chunks > 1 else None
+    kv_cache, kv_grads = seq_chunk_kv_bytes(model, c, layout, bounds)
+    scales = [seq_chunk_scales(c, bounds, layout, r) if bounds else (1.0, 1.0) for r in range(c.pp)]
+    temp_scale = max(t for _, t in scales)  # one chunk's temporaries: the longest chunk's on every rank
+    layers_time, layers_static = [layer_time] * n, [layer_static + kv_grads] * n
+    layers_act, layers_rc, layers_saved = [layer_plain + kv_cache] * n, [layer_rc] * n, [layer_plain - layer] * n
     if model.moe is not None:
         # Dense and MoE blocks differ: each costed as the estimate costs it on pipeline rank 0 of the default grid.
         grid = RankGrid.logical(c.dims)
@@ -71,13 +80,15 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
         moe_plain = layer_activation_bytes(model, c, layout, kind, "none", policy, moe=True, execution=execution)
         for i in range(n):
             if model.is_moe_layer(i):
-                layers_time[i], layers_static[i], layers_act[i] = moe_time, moe_static, moe_plain
+                layers_time[i], layers_static[i] = moe_time, moe_static + kv_grads
+                layers_act[i] = moe_plain + kv_cache
                 layers_rc[i], layers_saved[i] = moe_rc, moe_plain - moe_act
             else:
-                layers_static[i] = dense / c.tp * block_per_param
+                layers_static[i] = dense / c.tp * block_per_param + kv_grads
     unit_time = [pieces.embedding.total + one] + layers_time + [pieces.head.total + one]
     unit_static = ([model.embedding_params() / c.tp * per_param] + layers_static
-                   + [head_params / c.tp * per_param + logits_temporary_bytes(model, c, layout, execution)])
+                   + [head_params / c.tp * per_param
+                      + temp_scale * logits_temporary_bytes(model, c, layout, execution)])
     unit_act = [embedding] + layers_act + [head]
     recompute = {}
     if c.recompute != "none":
@@ -85,12 +96,14 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
                          unit_recompute_saved_bytes=(0.0, *layers_saved, 0.0), recompute_counts=c.recompute_layers)
     inflight = tuple(int(np.ceil(n)) for n in schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches,
                                                                             seq_chunks=c.seq_chunks))
-    limit = (cluster.usable_memory_bytes - cluster.device.memory_overhead_bytes - p2p_buffer_bytes(model, c)
-             - gather_buffer_bytes(model, c, layout) - cp_buffer_bytes(model, c))
+    limit = (cluster.usable_memory_bytes - cluster.device.memory_overhead_bytes
+             - temp_scale * p2p_buffer_bytes(model, c) - gather_buffer_bytes(model, c, layout)
+             - cp_buffer_bytes(model, c))
     return PartitionProblem(unit_time=tuple(unit_time), unit_static_bytes=tuple(unit_static),
                             unit_activation_bytes=tuple(unit_act),
                             stage_to_rank=stage_to_rank(c.schedule, c.pp, c.vpp), inflight=inflight,
-                            memory_limit_bytes=float(limit), num_microbatches=c.num_microbatches, **recompute)
+                            memory_limit_bytes=float(limit), num_microbatches=c.num_microbatches,
+                            activation_scale=tuple(a for a, _ in scales) if bounds else None, **recompute)
 
 
 def refined_partition(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, execution: Execution,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from autoconf.cost.estimate import Execution, estimate
 from autoconf.spec.support import unsupported_reason
+from autoconf.solve.placement import tp_cp_domain
 from autoconf.solve.search import ranking_key, search
 from autoconf.solve.space import candidates
 from autoconf.spec.cluster import ClusterProfile
@@ -54,7 +55,7 @@ def select_layouts(model: ModelSpec, cluster: ClusterProfile, global_batch: int,
     chosen: list[Plan] = [best]
     pool: list[tuple[float, tuple, ParallelConfig]] = []
     for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
-                             attention, fixed):
+                             attention, fixed, tp_cp_domain=tp_cp_domain(cluster)):
         if config == best.config or unsupported_reason(config):
             continue
         p = estimate(model, cluster, config, execution=execution, detail=False).prediction
