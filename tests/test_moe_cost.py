@@ -3,6 +3,8 @@ that falls with expert parallelism, all-to-all on the link model, bounds at or b
 layouts that fit, and one-line refusals."""
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -188,3 +190,10 @@ def test_megatron_combined_1f1b_hides_the_exchange_of_interleaved_1f1b_and_holds
     assert after["peak_memory_bytes"] >= before["peak_memory_bytes"]
     cache = _BoundCache(TINY_MOE, cluster, paired)
     assert cache.time_bound(c) <= after["iteration_time_s"] * (1 + 1e-9)
+    # Megatron runs it as modelled with both flags (declared at the exports' Megatron-LM tag), and only with EP.
+    declared = json.loads((Path(__file__).resolve().parents[1] / "scripts" / "data"
+                           / "megatron_lm_core_v0.16.1_flags.json").read_text())["flags"]
+    lines = paired.export_lines("megatron", c)
+    assert {"--overlap-moe-expert-parallel-comm", "--delay-wgrad-compute"} <= set(lines) <= set(declared)
+    assert not set(plain.export_lines("megatron", c)) & {"--overlap-moe-expert-parallel-comm"}
+    assert "--overlap-moe-expert-parallel-comm" not in paired.export_lines("megatron", dataclasses.replace(c, ep=1))
