@@ -380,3 +380,7 @@ def test_megatron_combined_1f1b_pairs_every_steady_step_of_interleaved_1f1b():
         unpaired = simulate(paired, StageCosts(costs.forward, costs.backward_input, costs.backward_weight), 0.05)
         assert tl.makespan <= unpaired.makespan + 1e-9
         assert all(s > 0 for s in tl.overlap_saved_per_rank)
+    # Without a pipeline: the first forward alone, each next one with the previous backward, the last backward alone.
+    flat = build_schedule("1f1b", 1, 4, overlap=True)
+    assert str(flat) == "rank 0: 0F0 0F1 0B0 0F2 0B1 0F3 0B2 0B3" and flat.paired == ((1, 3, 5),)
+    assert build_schedule("1f1b", 2, 4, overlap=True).paired == ((), ())

@@ -5,7 +5,8 @@ virtual stage, micro-batch) with kind one of the codes F (forward), B (full back
 and W (backward for weights only) below: a 1T model's pipeline runs hundreds of thousands of actions, and the
 search builds them faster as tuples (`Action` is their readable form, made when a schedule's actions are read).
 Each equals the order torch.distributed.pipelining 2.13 runs for its class (tests/test_schedules_torch.py), except
-`interleaved_combined_order`, Megatron-Core's order when it overlaps the pairs (no torch class runs it). Idle
+`interleaved_combined_order` and `one_f_one_b_combined_order`, Megatron-Core's orders when it overlaps the pairs
+(no torch class runs them). Idle
 steps (torch's `None`) and communication actions are left out: a rank simply waits for its inputs. The registry in
 `spec/schedules.py` names which builder serves which schedule. Pure Python.
 """
@@ -38,8 +39,8 @@ def gpipe_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
     return [(F, rank, i) for i in range(m)] + [(B, rank, i) for i in range(m)]
 
 
-def one_f_one_b_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
-    warmup = min(m, pp - rank)  # rank r runs pp - r forwards before its first backward
+def one_f_one_b_order(rank: int, pp: int, vpp: int, m: int, extra_warmup: int = 0) -> list[Op]:
+    warmup = min(m, pp - rank + extra_warmup)  # rank r runs pp - r forwards before its first backward
     ops = [(F, rank, i) for i in range(warmup)]
     fwd, bwd = warmup, 0
     while True:
@@ -51,6 +52,23 @@ def one_f_one_b_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
         fwd += 1
     ops.extend((B, rank, i) for i in range(bwd, m))
     return ops
+
+
+def one_f_one_b_combined_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
+    """Megatron-Core's `combined_1f1b_schedule_for_no_pipelining` (core_v0.14.0 pipeline_parallel/combined_1f1b.py,
+    with `overlap_moe_expert_parallel_comm` and pp == 1): the first forward alone, then each next forward together
+    with the previous micro-batch's backward, then the last backward alone: 1F1B with one more warmup forward.
+    Megatron refuses the flag with pp > 1 without a virtual pipeline, so there the order is the plain one."""
+    return one_f_one_b_order(rank, pp, vpp, m, extra_warmup=1 if pp == 1 else 0)
+
+
+def one_f_one_b_combined_pairs(rank: int, pp: int, vpp: int, m: int) -> tuple[int, ...]:
+    """The positions in `one_f_one_b_combined_order` of the forwards run together with the backward after them:
+    every forward followed by a backward with pp == 1, none otherwise."""
+    if pp != 1:
+        return ()
+    ops = one_f_one_b_combined_order(rank, pp, vpp, m)
+    return tuple(j for j in range(len(ops) - 1) if ops[j][0] == F and ops[j + 1][0] == B)
 
 
 # ---------------------------------------------------------------------------------------------------------------

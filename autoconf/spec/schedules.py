@@ -14,7 +14,9 @@ model simulates these lists (`cost/simulate.py`) and the executor runs the torch
 
     gpipe             ScheduleGPipe                   (runtime order of `_step_microbatches`)
     1f1b              Schedule1F1B                    (runtime order of `_step_microbatches`; torch's own
-                                                       `pipeline_order` IR mislabels the last rank's micro-batches)
+                                                       `pipeline_order` IR mislabels the last rank's micro-batches;
+                                                       with its pairs overlapped and pp 1, Megatron-Core's combined
+                                                       1F1B without pipelining)
     interleaved-1f1b  ScheduleInterleaved1F1B         (`pipeline_order`; with its pairs overlapped, Megatron-Core's
                                                        combined 1F1B order, one more warmup forward)
     looped-bfs        ScheduleLoopedBFS               (`pipeline_order`)
@@ -201,7 +203,8 @@ register(ScheduleSpec(
 register(ScheduleSpec(
     "1f1b", "1F1B", orders.one_f_one_b_order, chunks=(1,), min_vpp=1, max_vpp=1, v_placement=False,
     split_backward=False, bubble=_bubble_full, exposed_fill_drain=True, fsdp_gathers_chunks=False,
-    min_microbatches_per_rank=1))
+    min_microbatches_per_rank=1, pairs=orders.one_f_one_b_combined_pairs,
+    paired_order=orders.one_f_one_b_combined_order))
 register(ScheduleSpec(
     "interleaved-1f1b", "Interleaved1F1B", orders.interleaved_order, chunks=MANY_CHUNKS, min_vpp=2, max_vpp=None,
     v_placement=False, split_backward=False, bubble=_bubble_full, whole_rounds=True,
