@@ -24,6 +24,9 @@ data file), one rule for every row, never chosen per row to improve agreement:
   traffic reads the same flags (`dp_buffer_bytes`: gradients in the buffer's dtype, bf16 parameters unless
   fp8_params).
 - FP8 is autoconf's tensorwise dynamic scaling for both tables (NeMo 24.07 ran TE's delayed scaling).
+- MoE rows: the table's EP (expert TP 1, every Qwen3 config's expert_tensor_parallel_size), and where the recipe
+  sets moe_a2a_overlap, Megatron-Core's combined 1F1B (the preset's `overlap_paired_chunks`, no SM share: see
+  `execution_of`); each row's "note" in the data file cites the recipe.
 Rows that need what autoconf cannot express print "not modelled: <reason>" and count in no mean. "fits": the predicted
 peak within the profile's usable memory (80 GiB less its headroom); every published run trained on 80 GB H100s.
 `--memory` prints the peak rank of each row term by term beside Megatron-LM's own theoretical estimate.
@@ -72,8 +75,6 @@ def not_modelled(row: dict, models: dict) -> str | None:
                 f"attention are not expressible)")
     if row.get("fsdp", 0) > 0:
         return "Megatron-FSDP (ZeRO-3 in Megatron-Core); the megatron-core preset runs ZeRO 0 and 1"
-    if row.get("moe_a2a_overlap"):
-        return "the EP all-to-all overlapped with another micro-batch's compute (moe_a2a_overlap)"
     return None
 
 
@@ -90,7 +91,8 @@ def config_of(row: dict, dtype: str) -> ParallelConfig:
     tp, pp, cp = row["tp"], row["pp"], row["cp"]
     dp = row["gpus"] // (tp * pp * cp)
     vp = row.get("vp") or 1
-    return ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, cp_comm="ring", vpp=vp, micro_batch_size=row["mbs"],
+    return ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, cp_comm="ring", vpp=vp, ep=row.get("ep", 1),
+                          etp=row.get("etp", 1), micro_batch_size=row["mbs"],
                           global_batch_size=row["gbs"], seq_len=row["seq_len"],
                           schedule="interleaved-1f1b" if vp > 1 else "1f1b", zero_stage=1,
                           recompute=row["recompute"], sequence_parallel=row["sequence_parallel"], dtype=dtype,
@@ -104,10 +106,15 @@ def execution_of(row: dict, table: dict):
     preset's unfused one does), and the passes over the gradient buffer: none counted for apex's distributed Adam
     (NeMo 24.07 does not run Megatron-Core's DDP buffer), the zeroing alone for Megatron-Bridge's performance runs
     (scripts/performance/utils/helpers.py at v0.2.0 turns check_for_nan_in_grad off; recipes/llama/llama3.py
-    averages in the collective, so nothing scales the buffer)."""
+    averages in the collective, so nothing scales the buffer). An MoE row with `moe_a2a_overlap` (Megatron-Bridge
+    v0.2.0 scripts/performance/utils/helpers.py set_moe_a2a_overlap_overrides: overlap_moe_expert_parallel_comm and
+    delay_wgrad_compute) overlaps its schedule's paired chunks (`overlap_paired_chunks`: Megatron-Core's combined
+    1F1B, `ScheduleSpec.pairs` of interleaved-1f1b); its dispatcher is NCCL's all-to-all (no flex backend in the
+    H100 configs), which states no SM count, so no SM share is charged (`overlap_comm_sm_share` 0)."""
     flags = {"tp_comm_overlap": row["tp_comm_overlap"], "grad_buffer_dtype": row["grad_buffer_dtype"],
              "fp8_params": row["fp8_params"], "optimizer": table["optimizer"],
-             "grad_buffer_passes": () if table["optimizer"] == "apex" else ("zero",)}
+             "grad_buffer_passes": () if table["optimizer"] == "apex" else ("zero",),
+             "overlap_paired_chunks": bool(row.get("moe_a2a_overlap"))}
     if row["cross_entropy_fusion"]:
         flags["eager_ops"] = ()
         if table["cross_entropy_fusion_impl"] == "te":

@@ -348,3 +348,39 @@ def test_paired_wave_and_in_order_simulations_agree_to_the_last_bit(monkeypatch)
         assert list(waves.events) == list(in_order.events)
         assert waves.comm_events == in_order.comm_events
         assert waves.overlap_saved_per_rank == in_order.overlap_saved_per_rank
+
+
+def test_megatron_combined_1f1b_pairs_every_steady_step_of_interleaved_1f1b():
+    """interleaved-1f1b with its pairs overlapped is Megatron-Core's combined 1F1B: each rank runs one more warmup
+    forward than the plain order and then pairs every steady forward with the backward after it, whose own forward
+    ran before the pair (the two are independent); the plain build states no pairs. Simulated with stated
+    communication, every pair shares one start and end and the step is no longer than F then B would give."""
+    import random
+
+    rng = random.Random(7)
+    for pp, vpp, m in [(2, 2, 4), (4, 2, 8), (4, 3, 12), (3, 4, 6)]:
+        plain, paired = build_schedule("interleaved-1f1b", pp, m, vpp), build_schedule(
+            "interleaved-1f1b", pp, m, vpp, overlap=True)
+        assert plain.paired == ()
+        for r in range(pp):
+            acts, plain_acts = paired.actions[r], plain.actions[r]
+            # the forwards before the first backward: the warmup, then the first steady step's
+            warm, plain_warm = (next(j for j, a in enumerate(x) if a.kind == "B") - 1 for x in (acts, plain_acts))
+            assert warm == plain_warm + 1 and paired.paired[r][0] == warm
+            assert len(paired.paired[r]) == m * vpp - warm
+            for j in paired.paired[r]:
+                f, b = acts[j], acts[j + 1]
+                assert (f.kind, b.kind) == ("F", "B")
+                assert acts.index(Action("F", b.stage, b.microbatch)) < j
+        costs = _random_paired_costs(rng, paired.num_stages)
+        tl = simulate(paired, costs, 0.05)
+        for r, js in enumerate(paired.paired):
+            for j in js:
+                assert tl.events[r][j][1:] == tl.events[r][j + 1][1:]
+        unpaired = simulate(paired, StageCosts(costs.forward, costs.backward_input, costs.backward_weight), 0.05)
+        assert tl.makespan <= unpaired.makespan + 1e-9
+        assert all(s > 0 for s in tl.overlap_saved_per_rank)
+    # Without a pipeline: the first forward alone, each next one with the previous backward, the last backward alone.
+    flat = build_schedule("1f1b", 1, 4, overlap=True)
+    assert str(flat) == "rank 0: 0F0 0F1 0B0 0F2 0B1 0F3 0B2 0B3" and flat.paired == ((1, 3, 5),)
+    assert build_schedule("1f1b", 2, 4, overlap=True).paired == ((), ())

@@ -402,7 +402,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         per_microbatch_gather, gather, reduce = dp_of_stage[rank, params, experts, layers]
         offload = PassTimes(*activation_copy_times(cluster, activation_copy_bytes(c, stage_block_activation_bytes(
             model, c, first, end, recomputed[st], execution.memory_layout, cluster.device.kind,
-            selective_policy(c, execution)) if c.offload_activations else 0.0)), 0.0)
+            selective_policy(c, execution), execution) if c.offload_activations else 0.0)), 0.0)
         offload_parts.append(offload)
         fwd = compute.forward + tp.forward + ep.forward + pass_overhead + offload.forward
         bwd_in = (compute.backward_input + tp.backward_input + ep.backward_input + recompute + pass_overhead
@@ -439,8 +439,9 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         buckets.append(execution.buckets(params + experts, layers, rank, c.dp_cp))
     early = [(c.num_microbatches - 1) * r for r in reduces] if c.reduces_every_microbatch else []
     costs = StageCosts(forward, back_in, back_w)
-    if model.moe is not None and execution.overlap_paired_chunks and schedule_spec(c.schedule).overlaps_paired_chunks:
-        # DualPipe's paired chunks: the token exchange of each pass may hide behind the paired pass's compute.
+    if overlaps_pairs(model, c, execution):
+        # Paired chunks (DualPipe's, Megatron's combined 1F1B): each pass's token exchange may hide behind the
+        # paired pass's compute.
         costs = StageCosts(forward, back_in, back_w, [e.forward for e in ep_parts], exchange_back_parts,
                            execution.overlap_comm_sm_share)
     if c.seq_chunks > 1:
@@ -561,7 +562,8 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
         raise UserError(recompute_layers_problem(c, partition))
     grid = RankGrid(default_mesh(c) if mesh is None else mesh)
     extrapolate = extrapolate and not detail and c.num_microbatches > EXTRAPOLATE_ABOVE * c.pp
-    schedule = _schedule(c.schedule, c.pp, 3 * c.pp if extrapolate else c.num_microbatches, c.vpp, c.seq_chunks)
+    schedule = _schedule(c.schedule, c.pp, 3 * c.pp if extrapolate else c.num_microbatches, c.vpp, c.seq_chunks,
+                         overlaps_pairs(model, c, execution))
     p2p = _p2p_function(cluster, c, model, schedule.stage_to_rank, grid, execution)
 
     def run(share: float):
@@ -649,10 +651,17 @@ def comm_stream_bound(sp: StagePlan, schedule) -> float:
                for r in range(schedule.pp))
 
 
+def overlaps_pairs(model: ModelSpec, c: ParallelConfig, execution: Execution) -> bool:
+    """The step runs the schedule's paired chunks overlapped (`ScheduleSpec.pairs`, in its `paired_order`): an MoE
+    model (a token exchange to hide) under a framework that overlaps them (`Execution.overlap_paired_chunks`)."""
+    return (model.moe is not None and execution.overlap_paired_chunks
+            and schedule_spec(c.schedule).overlaps_paired_chunks)
+
+
 @functools.lru_cache(maxsize=64)
-def _schedule(name: str, pp: int, num_microbatches: int, vpp: int, seq_chunks: int = 1):
+def _schedule(name: str, pp: int, num_microbatches: int, vpp: int, seq_chunks: int = 1, overlap: bool = False):
     """build_schedule, remembered: the search asks for the same schedule for many configs."""
-    return build_schedule(name, pp, num_microbatches, vpp, seq_chunks)
+    return build_schedule(name, pp, num_microbatches, vpp, seq_chunks, overlap)
 
 
 def _simulate_step(schedule, sp: StagePlan, p2p, execution: Execution) -> tuple[Timeline, float]:
@@ -690,8 +699,9 @@ def _extrapolated_step(c: ParallelConfig, sp: StagePlan, p2p, execution: Executi
     """
     m = c.num_microbatches
     m1, m2 = 2 * c.pp, 3 * c.pp
-    t1, span1 = _simulate_step(_schedule(c.schedule, c.pp, m1, c.vpp, c.seq_chunks), sp, p2p, execution)
-    t2, span2 = _simulate_step(_schedule(c.schedule, c.pp, m2, c.vpp, c.seq_chunks), sp, p2p, execution)
+    overlap = sp.costs.forward_comm is not None  # the stage plan states the exchange only when pairs overlap
+    t1, span1 = _simulate_step(_schedule(c.schedule, c.pp, m1, c.vpp, c.seq_chunks, overlap), sp, p2p, execution)
+    t2, span2 = _simulate_step(_schedule(c.schedule, c.pp, m2, c.vpp, c.seq_chunks, overlap), sp, p2p, execution)
 
     def extend(a: float, b: float) -> float:
         return b + (b - a) * (m - m2) / (m2 - m1)

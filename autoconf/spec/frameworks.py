@@ -164,8 +164,10 @@ class Execution:
     grad_buffer_passes: see GRAD_BUFFER_PASSES (megatron layout; `autoconf.cost.compute.rank_optimizer_time` adds
         them to the step's optimizer term).
     overlap_paired_chunks: runs the paired forward and backward chunks of a schedule that pairs them
-        (`ScheduleSpec.pairs`: dualpipev) together, so that each one's token exchange runs during the other's
-        compute (DeepSeek's DualPipe code does; torch's ScheduleDualPipeV does only with a user-registered
+        (`ScheduleSpec.pairs`: dualpipev, interleaved-1f1b) together, in the order the schedule then runs
+        (`ScheduleSpec.paired_order`), so that each one's token exchange runs during the other's compute (DeepSeek's
+        DualPipe code does; Megatron-Core's --overlap-moe-expert-parallel-comm with --delay-wgrad-compute does for
+        interleaved 1F1B, exported where ep > 1; torch's ScheduleDualPipeV does only with a user-registered
         OVERLAP_F_B function, which autoconf's executor does not register, so its runtime runs each pair's F then its
         B). overlap_comm_sm_share: the share of the device's SMs the exchange kernels take from the compute they run
         beside (DeepSeek-V3: 20 of the H800's 132, report Sec. 3.5.1); cost/simulate.py says how a pair is timed.
@@ -347,9 +349,10 @@ class Execution:
 
 def _applies(when: str, c) -> bool:
     """Whether a setting's condition holds for config `c`: "always", "dp" (data parallel > 1), "sharded" (ZeRO >= 1
-    over dp > 1), "sp" (sequence parallelism with tp > 1), "pp" (pipeline > 1), "fp8" (dtype fp8)."""
+    over dp > 1), "sp" (sequence parallelism with tp > 1), "pp" (pipeline > 1), "fp8" (dtype fp8), "ep" (expert
+    parallel > 1)."""
     return {"always": True, "dp": c.dp_cp > 1, "sharded": c.zero_sharded, "sp": c.sequence_parallel and c.tp > 1,
-            "pp": c.pp > 1, "fp8": c.dtype == "fp8"}[when]
+            "pp": c.pp > 1, "fp8": c.dtype == "fp8", "ep": c.ep > 1}[when]
 
 
 PRESETS: dict[str, Execution] = {
@@ -375,7 +378,9 @@ PRESETS: dict[str, Execution] = {
                        ("sp", "tp_comm_overlap", "--tp-comm-overlap"),
                        ("fp8", "fp8_params", "--fp8-param-gather"),
                        ("always", "skips_nan_check", "--no-check-for-nan-in-loss-and-grad"),
-                       ("dp", "averages_in_collective", "--ddp-average-in-collective"))),
+                       ("dp", "averages_in_collective", "--ddp-average-in-collective"),
+                       ("ep", "overlap_paired_chunks", "--overlap-moe-expert-parallel-comm"),
+                       ("ep", "overlap_paired_chunks", "--delay-wgrad-compute"))),
     "torchtitan": Execution(
         name="torchtitan", memory_layout="torch", zero_stages=(0, 2, 3), zero_searched=(0, 2, 3),
         grad_reduce_start="per_bucket", param_gather_overlap=True, selective_recompute="alternate_matmuls",

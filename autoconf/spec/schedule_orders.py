@@ -4,7 +4,9 @@ A builder takes (rank, pp, vpp, m) and returns that rank's actions in execution 
 virtual stage, micro-batch) with kind one of the codes F (forward), B (full backward), I (backward for inputs only)
 and W (backward for weights only) below: a 1T model's pipeline runs hundreds of thousands of actions, and the
 search builds them faster as tuples (`Action` is their readable form, made when a schedule's actions are read).
-Each equals the order torch.distributed.pipelining 2.13 runs for its class (tests/test_schedules_torch.py). Idle
+Each equals the order torch.distributed.pipelining 2.13 runs for its class (tests/test_schedules_torch.py), except
+`interleaved_combined_order` and `one_f_one_b_combined_order`, Megatron-Core's orders when it overlaps the pairs
+(no torch class runs them). Idle
 steps (torch's `None`) and communication actions are left out: a rank simply waits for its inputs. The registry in
 `spec/schedules.py` names which builder serves which schedule. Pure Python.
 """
@@ -37,8 +39,8 @@ def gpipe_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
     return [(F, rank, i) for i in range(m)] + [(B, rank, i) for i in range(m)]
 
 
-def one_f_one_b_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
-    warmup = min(m, pp - rank)  # rank r runs pp - r forwards before its first backward
+def one_f_one_b_order(rank: int, pp: int, vpp: int, m: int, extra_warmup: int = 0) -> list[Op]:
+    warmup = min(m, pp - rank + extra_warmup)  # rank r runs pp - r forwards before its first backward
     ops = [(F, rank, i) for i in range(warmup)]
     fwd, bwd = warmup, 0
     while True:
@@ -52,6 +54,23 @@ def one_f_one_b_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
     return ops
 
 
+def one_f_one_b_combined_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
+    """Megatron-Core's `combined_1f1b_schedule_for_no_pipelining` (core_v0.14.0 pipeline_parallel/combined_1f1b.py,
+    with `overlap_moe_expert_parallel_comm` and pp == 1): the first forward alone, then each next forward together
+    with the previous micro-batch's backward, then the last backward alone: 1F1B with one more warmup forward.
+    Megatron refuses the flag with pp > 1 without a virtual pipeline, so there the order is the plain one."""
+    return one_f_one_b_order(rank, pp, vpp, m, extra_warmup=1 if pp == 1 else 0)
+
+
+def one_f_one_b_combined_pairs(rank: int, pp: int, vpp: int, m: int) -> tuple[int, ...]:
+    """The positions in `one_f_one_b_combined_order` of the forwards run together with the backward after them:
+    every forward followed by a backward with pp == 1, none otherwise."""
+    if pp != 1:
+        return ()
+    ops = one_f_one_b_combined_order(rank, pp, vpp, m)
+    return tuple(j for j in range(len(ops) - 1) if ops[j][0] == F and ops[j + 1][0] == B)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Multi-stage schedules: ports of torch's `_calculate_single_rank_operations` with the None steps dropped.
 
@@ -63,12 +82,14 @@ def looped_bfs_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
     return ops
 
 
-def interleaved_order(rank: int, pp: int, vpp: int, m: int, zero_bubble: bool = False) -> list[Op]:
+def interleaved_order(rank: int, pp: int, vpp: int, m: int, zero_bubble: bool = False,
+                      extra_warmup: int = 0) -> list[Op]:
     """torch's `_get_1f1b_rank_ops` for ScheduleInterleaved1F1B (zero_bubble=False) and
-    ScheduleInterleavedZeroBubble (zero_bubble=True: I instead of B, W deferred by `rank` steps)."""
+    ScheduleInterleavedZeroBubble (zero_bubble=True: I instead of B, W deferred by `rank` steps); `extra_warmup`
+    more forwards before the first backward (Megatron's combined 1F1B: `interleaved_combined_order`)."""
     rounds = max(1, m // pp)
     per_round = m // rounds
-    warmup = min((vpp - 1) * per_round + (1 if zero_bubble else 2) * (pp - 1 - rank), m * vpp)
+    warmup = min((vpp - 1) * per_round + (1 if zero_bubble else 2) * (pp - 1 - rank) + extra_warmup, m * vpp)
     forwards = vpp * m
     # Step k runs a forward while k < vpp*m, in chunk (k // per_round) % vpp, and from k = warmup on a backward, in
     # the chunks in reverse; each chunk's micro-batches go in order.
@@ -96,6 +117,24 @@ def interleaved_order(rank: int, pp: int, vpp: int, m: int, zero_bubble: bool = 
                     n_w += 1
     ops.extend(weights[n_w:])
     return ops
+
+
+def interleaved_combined_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
+    """Megatron-Core's interleaved 1F1B with `overlap_moe_expert_parallel_comm` (core_v0.14.0
+    pipeline_parallel/schedules.py `get_pp_rank_microbatches`): Megatron's own interleaved order (the same as
+    torch's for whole rounds of pp micro-batches, microbatch_group_size_per_vp_stage = pp) with one more warmup
+    forward, so that each steady step's forward and backward are of different micro-batches and independent; each
+    steady step then runs as one combined forward-backward (`interleaved_combined_pairs`)."""
+    return interleaved_order(rank, pp, vpp, m, extra_warmup=1)
+
+
+def interleaved_combined_pairs(rank: int, pp: int, vpp: int, m: int) -> tuple[int, ...]:
+    """The positions in `interleaved_combined_order(rank, ...)` of the forwards Megatron-Core runs together with the
+    backward right after them (`combined_1f1b_schedule_for_interleaved_pipelining`, called for every steady-state
+    step of `forward_backward_pipelining_with_interleaving`, core_v0.14.0): each steady step is a forward then a
+    backward, warmup runs forwards only and cooldown backwards only, so every forward followed by a backward."""
+    ops = interleaved_combined_order(rank, pp, vpp, m)
+    return tuple(j for j in range(len(ops) - 1) if ops[j][0] == F and ops[j + 1][0] == B)
 
 
 def zb_h1_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:

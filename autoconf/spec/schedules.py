@@ -14,8 +14,11 @@ model simulates these lists (`cost/simulate.py`) and the executor runs the torch
 
     gpipe             ScheduleGPipe                   (runtime order of `_step_microbatches`)
     1f1b              Schedule1F1B                    (runtime order of `_step_microbatches`; torch's own
-                                                       `pipeline_order` IR mislabels the last rank's micro-batches)
-    interleaved-1f1b  ScheduleInterleaved1F1B         (`pipeline_order`)
+                                                       `pipeline_order` IR mislabels the last rank's micro-batches;
+                                                       with its pairs overlapped and pp 1, Megatron-Core's combined
+                                                       1F1B without pipelining)
+    interleaved-1f1b  ScheduleInterleaved1F1B         (`pipeline_order`; with its pairs overlapped, Megatron-Core's
+                                                       combined 1F1B order, one more warmup forward)
     looped-bfs        ScheduleLoopedBFS               (`pipeline_order`)
     zb-h1             ScheduleInterleavedZeroBubble   (`pipeline_order`; with vpp == 1 this is ZB-H1 of the
                                                        zero-bubble paper, torch accepts one stage per rank there)
@@ -84,7 +87,9 @@ class ScheduleSpec:
         the full backward (of another stage and micro-batch) right after them, as one overlapped pair (DualPipe's
         F&B, torch's OVERLAP_F_B action), or None. Whether a pair really overlaps is the framework's
         (`Execution.overlap_paired_chunks`); the simulation then lets each one's communication hide behind the
-        other's compute (cost/simulate.py).
+        other's compute (cost/simulate.py). The positions are in `paired_order`'s list where it is set.
+    paired_order: the order the schedule runs when its pairs overlap, where that differs from `order` (Megatron-Core's
+        interleaved 1F1B with `overlap_moe_expert_parallel_comm` runs one more warmup forward), or None: the same.
     """
 
     name: str
@@ -106,6 +111,7 @@ class ScheduleSpec:
     torchtitan_note: str | None = None
     sequence_chunks: bool = False
     pairs: Callable[[int, int, int, int], tuple[int, ...]] | None = None
+    paired_order: Callable[[int, int, int, int], list[orders.Op]] | None = None
 
     @property
     def overlaps_paired_chunks(self) -> bool:
@@ -197,10 +203,12 @@ register(ScheduleSpec(
 register(ScheduleSpec(
     "1f1b", "1F1B", orders.one_f_one_b_order, chunks=(1,), min_vpp=1, max_vpp=1, v_placement=False,
     split_backward=False, bubble=_bubble_full, exposed_fill_drain=True, fsdp_gathers_chunks=False,
-    min_microbatches_per_rank=1))
+    min_microbatches_per_rank=1, pairs=orders.one_f_one_b_combined_pairs,
+    paired_order=orders.one_f_one_b_combined_order))
 register(ScheduleSpec(
     "interleaved-1f1b", "Interleaved1F1B", orders.interleaved_order, chunks=MANY_CHUNKS, min_vpp=2, max_vpp=None,
-    v_placement=False, split_backward=False, bubble=_bubble_full, whole_rounds=True))
+    v_placement=False, split_backward=False, bubble=_bubble_full, whole_rounds=True,
+    pairs=orders.interleaved_combined_pairs, paired_order=orders.interleaved_combined_order))
 register(ScheduleSpec(
     "looped-bfs", "LoopedBFS", orders.looped_bfs_order, chunks=MANY_CHUNKS, min_vpp=1, max_vpp=None,
     v_placement=False, split_backward=False, bubble=_bubble_full,
@@ -340,16 +348,19 @@ def check_schedule(name: str, pp: int, vpp: int, num_microbatches: int, seq_chun
         raise ValueError(problem)
 
 
-def _order(spec: ScheduleSpec, seq_chunks: int):
-    """The spec's order builder as (rank, pp, vpp, m) -> ops, with the sequence chunks bound."""
+def _order(spec: ScheduleSpec, seq_chunks: int, overlap: bool = False):
+    """The spec's order builder as (rank, pp, vpp, m) -> ops, with the sequence chunks bound; with `overlap`, the
+    order it runs when its pairs overlap (`ScheduleSpec.paired_order`)."""
+    if overlap and spec.paired_order is not None:
+        return spec.paired_order
     return partial(spec.order, seq_chunks=seq_chunks) if spec.sequence_chunks else spec.order
 
 
 def rank_actions(name: str, pp: int, num_microbatches: int, vpp: int, rank: int,
-                 seq_chunks: int = 1) -> tuple[tuple[int, int, int], ...]:
+                 seq_chunks: int = 1, overlap: bool = False) -> tuple[tuple[int, int, int], ...]:
     """`build_schedule(...).compiled[rank]`: one rank's list without building the others'."""
     check_schedule(name, pp, vpp, num_microbatches, seq_chunks)
-    return tuple(_order(schedule_spec(name), seq_chunks)(rank, pp, vpp, num_microbatches))
+    return tuple(_order(schedule_spec(name), seq_chunks, overlap)(rank, pp, vpp, num_microbatches))
 
 
 _CODE = {letter: code for code, letter in enumerate(orders.KINDS)}
@@ -359,13 +370,17 @@ def _compiled(actions) -> tuple[tuple[int, int, int], ...]:
     return tuple((_CODE[a.kind], a.stage, a.microbatch) for a in actions)
 
 
-def build_schedule(name: str, pp: int, num_microbatches: int, vpp: int = 1, seq_chunks: int = 1) -> Schedule:
+def build_schedule(name: str, pp: int, num_microbatches: int, vpp: int = 1, seq_chunks: int = 1,
+                   overlap: bool = False) -> Schedule:
     """Per-rank action lists of schedule `name` (checked with `check_schedule` first); with `seq_chunks` k > 1
-    (seq1f1b), of num_microbatches x k units."""
+    (seq1f1b), of num_microbatches x k units. `paired` holds the pairs of the order built: with `overlap` (the
+    framework overlaps them) the order the schedule runs then (`ScheduleSpec.paired_order`) and its pairs; without,
+    the pairs only where that order is the plain one (dualpipev), else none."""
     check_schedule(name, pp, vpp, num_microbatches, seq_chunks)
     spec = schedule_spec(name)
-    order = _order(spec, seq_chunks)
+    order = _order(spec, seq_chunks, overlap)
     compiled = tuple(tuple(order(rank, pp, vpp, num_microbatches)) for rank in range(pp))
-    paired = tuple(spec.pairs(rank, pp, vpp, num_microbatches) for rank in range(pp)) if spec.pairs else ()
+    with_pairs = spec.pairs is not None and (overlap or spec.paired_order is None)
+    paired = tuple(spec.pairs(rank, pp, vpp, num_microbatches) for rank in range(pp)) if with_pairs else ()
     return Schedule(name, pp, vpp, num_microbatches * seq_chunks, spec.stage_to_rank(pp, vpp), RankActions(compiled),
                     seq_chunks, paired)
