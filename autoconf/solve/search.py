@@ -46,7 +46,7 @@ from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import ParallelConfig, Plan, node_blocks, uniform_partition
+from autoconf.spec.plan import OFFLOADS, ParallelConfig, Plan, node_blocks, uniform_partition
 from autoconf.spec.schedules import schedule_spec, stage_to_rank
 
 # Every config field but grad_reduce: what the time bound reads (`search` shares one bound between twins).
@@ -442,10 +442,11 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     if launchable_only and op_policy_unsupported(ParallelConfig(1, 1, 1, 1, 1, 1), model):
         others = [p for p in others if p != "alternate_matmuls"]  # not run on this model (MoE layers)
     policies = (None, *others)
+    pinned_offload = any(fixed.get(name) is True for name in OFFLOADS)  # the space offloads only where --fix says
     for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
                              attention, fixed, zero_stages, policies, tp_cp_domain(cluster)):
         seen += 1
-        if config.offloads:  # pinned by --fix: refused in one line on a profile without host facts
+        if pinned_offload and config.offloads:  # refused in one line on a profile without host facts
             check_offload(cluster, config)
         if launchable_only and unsupported_reason(config):
             unlaunchable += 1
