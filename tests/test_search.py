@@ -182,7 +182,8 @@ def test_search_bounds_never_exceed_the_simulation(cluster_name):
 
 def assert_bounds_below_estimate(model, cluster, configs, execution=None, memory: bool = True) -> list:
     """Each config's search bounds (`_BoundCache.bounds`: time, and memory with `memory`) at or below its estimate,
-    and the cheap memory bound (`state_bound`) at or below the memory bound; the configs checked."""
+    the cheap memory bound (`state_bound`) at or below the memory bound, and an offloading twin's floor
+    (`offload_floor`, every lever) at or below what stays of rank 0's entry; the configs checked."""
     from autoconf.cost.estimate import Execution
     from autoconf.solve.search import _BoundCache
 
@@ -194,6 +195,12 @@ def assert_bounds_below_estimate(model, cluster, configs, execution=None, memory
         if memory:
             assert cache.state_bound(config) <= bound.memory_bytes * (1 + 1e-9), config
             assert bound.memory_bytes <= p["peak_memory_bytes"] * (1 + 1e-9), config
+            entry = cache.rank0_memory(config)
+            for activations in (False, True):  # what an offloading twin leaves of rank 0, as `_offload_walk` counts
+                for optimizer in (False, True):
+                    stays = entry["total"] - (entry["activations"] if activations else 0.0) - (
+                        entry["params"] + entry["grads"] + entry["optimizer"] if optimizer else 0.0)
+                    assert cache.offload_floor(config, activations, optimizer) <= stays * (1 + 1e-9) + 1e-6, config
         checked.append(config)
     return checked
 

@@ -46,11 +46,15 @@ from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import ParallelConfig, Plan, node_blocks, uniform_partition
+from autoconf.spec.plan import OFFLOADS, ParallelConfig, Plan, node_blocks, uniform_partition
 from autoconf.spec.schedules import schedule_spec, stage_to_rank
 
 # Every config field but grad_reduce: what the time bound reads (`search` shares one bound between twins).
 _BOUND_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(ParallelConfig) if f.name != "grad_reduce"))
+# Every config field but the ZeRO stage and grad_reduce: what rank 0's activations and other bytes read
+# (`_BoundCache.offload_floor` shares them between the layouts that differ only there).
+_RESIDENT_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(ParallelConfig)
+                                         if f.name not in ("grad_reduce", "zero_stage")))
 # How far the walk has fitted a recompute candidate's per-stage counts (`search`'s walk).
 UNFITTED, RANK0_FITTED, FITTED = 0, 1, 2
 
@@ -89,6 +93,7 @@ class _BoundCache:
         self._shapes: dict = {}
         self._last_memory: tuple = (None, None)
         self._rank0_params: dict = {}
+        self._resident: dict = {}
         self._overheads = (cluster.overhead("pass_overhead_s"), cluster.overhead("step_overhead_s"))
 
     def _stage_to_rank(self, c: ParallelConfig) -> tuple[int, ...]:
@@ -354,6 +359,11 @@ class _BoundCache:
         device's runtime overhead and `p2p_buffer_bytes`). Where the estimate counts either the gradients or the
         activations (one micro-batch, torch layout), the activations and temporaries it keeps are at least the
         gradients it drops, so this holds there too (tests/test_search.py checks it below `memory_bound`)."""
+        return self._state_bytes(c) + self.cluster.device.memory_overhead_bytes + p2p_buffer_bytes(self.model, c)
+
+    def _state_bytes(self, c: ParallelConfig) -> float:
+        """Rank 0's parameters on the uniform partition times every byte `state_bytes_per_param` holds per
+        parameter (weights, gradients, optimizer states, master copy; experts by their own bytes)."""
         key = (c.pp, c.vpp, c.schedule)
         if key not in self._rank0_params:
             partition, owner = self._uniform_layout(c)
@@ -365,7 +375,26 @@ class _BoundCache:
         state = params * sum(state_bytes_per_param(c, layout, execution=self.execution))
         if experts:
             state += experts * sum(state_bytes_per_param(c, layout, experts=True, execution=self.execution))
-        return state + self.cluster.device.memory_overhead_bytes + p2p_buffer_bytes(self.model, c)
+        return state
+
+    def offload_floor(self, c: ParallelConfig, activations: bool, optimizer: bool) -> float:
+        """A lower bound of what stays on the device of rank 0's entry (`rank0_memory`) when an offloading twin
+        moves its activations (`activations`) and its weights, gradients and optimizer states (`optimizer`) off, as
+        `_offload_walk` reckons it: the entry's "other" bytes, plus its activations unless moved, plus
+        `_state_bytes` (at most its params, grads and optimizer) unless moved. The activations and other bytes are
+        `stage_memory`'s own, read once for the layouts that differ only in the ZeRO stage and grad_reduce (which
+        move only the state bytes and FSDP buffers). Under the torch layout with one micro-batch the estimate drops
+        either the gradients or the activations and temporaries, depending on the state: there only the device's
+        runtime overhead is certain."""
+        if self.execution.memory_layout == "torch" and c.num_microbatches == 1:
+            return self.cluster.device.memory_overhead_bytes
+        key = _RESIDENT_FIELDS(c)
+        if key not in self._resident:
+            entry = self.rank0_memory(c)
+            self._resident[key] = (entry["activations"], entry["other"])
+        resident_activations, other = self._resident[key]
+        return (other + (0.0 if activations else resident_activations)
+                + (0.0 if optimizer else self._state_bytes(c)))
 
     def rank0_memory(self, c: ParallelConfig) -> dict:
         """cost/memory.stage_memory of pipeline rank 0 on the uniform partition (what `memory_bound` totals); the
@@ -413,10 +442,11 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     if launchable_only and op_policy_unsupported(ParallelConfig(1, 1, 1, 1, 1, 1), model):
         others = [p for p in others if p != "alternate_matmuls"]  # not run on this model (MoE layers)
     policies = (None, *others)
+    pinned_offload = any(fixed.get(name) is True for name in OFFLOADS)  # the space offloads only where --fix says
     for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
                              attention, fixed, zero_stages, policies, tp_cp_domain(cluster)):
         seen += 1
-        if config.offloads:  # pinned by --fix: refused in one line on a profile without host facts
+        if pinned_offload and config.offloads:  # refused in one line on a profile without host facts
             check_offload(cluster, config)
         if launchable_only and unsupported_reason(config):
             unlaunchable += 1
@@ -453,16 +483,18 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     offloading = plans_offload(cluster)
 
     def does_not_fit(over: float, time_bound: float, key: tuple, config: ParallelConfig,
-                     memory: Callable[[], dict], exact: bool = True) -> None:
+                     memory: Callable[[], dict], exact: bool = True,
+                     floor: Callable[[bool, bool], float] | None = None) -> None:
         """Records a candidate `over` bytes beyond the limit (at least that many without `exact`): a miss (the
         closest is the advice when nothing fits) and, where the cluster plans offload, the parent of offloading
-        twins with its memory entry (`memory()`, asked only for the parents `_offload_walk` weighs). An offloading
-        twin that does not fit is neither."""
+        twins with its memory entry (`memory()`, asked only for the parents `_offload_walk` weighs) and, where
+        given, a lower bound of what stays of that entry under each lever (`floor(activations, optimizer)`). An
+        offloading twin that does not fit is neither."""
         if config.offloads:
             return
         misses.append((over, exact, config))
         if offloading:
-            unfit.append((time_bound, key, config, memory))
+            unfit.append((time_bound, key, config, memory, floor))
 
     def memory_pruned(time_bound: float, key: tuple, config: ParallelConfig) -> bool:
         """Whether rank 0 of `config` exceeds the device: the cheap `state_bound` first, `memory_bound` where it
@@ -472,7 +504,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         if floor > limit:
             pruned_memory += 1
             does_not_fit(floor - limit, time_bound, key, config, functools.partial(cache.rank0_memory, config),
-                         exact=False)
+                         exact=False, floor=functools.partial(cache.offload_floor, config))
             return True
         entry = cache.rank0_memory(config)  # `memory_bound`'s entry
         if entry["total"] > limit:
@@ -644,11 +676,12 @@ def _offload_walk(model: ModelSpec, cluster: ClusterProfile, cache: "_BoundCache
     (each lever combination of `_offload_levers` the layout allows: offload_optimizer needs FSDP) that can move
     enough off the device (at most the activations, or the weights, gradients and optimizer states) and whose
     bound is below `cutoff` (the K-th best time of the walk so far: nothing at or beyond it can enter the K best).
-    A twin's work on its busiest rank (`busy_bound`, below its time bound) is checked first, as it is cheaper; the
+    A twin's work on its busiest rank (`busy_bound`, below its time bound) is checked first, as it is cheaper, then
+    the parent's floor of what stays on the device where `unfit` gives one (`_BoundCache.offload_floor`); the
     parent's memory entry is asked only then."""
     levers = _offload_levers(cluster, fixed)
     out = []
-    for parent_bound, _, config, parent_memory in unfit if levers else []:
+    for parent_bound, _, config, parent_memory, floor in unfit if levers else []:
         if parent_bound >= cutoff:
             continue
         memory = None
@@ -659,6 +692,8 @@ def _offload_walk(model: ModelSpec, cluster: ClusterProfile, cache: "_BoundCache
             if cache.busy_bound(twin) >= cutoff:
                 continue
             if memory is None:
+                if floor is not None and floor(activations, optimizer) > limit:
+                    continue  # what stays is at least the floor
                 memory = parent_memory()
             movable = (memory["activations"] if activations else 0.0) + (
                 memory["params"] + memory["grads"] + memory["optimizer"] if optimizer else 0.0)
