@@ -1,4 +1,5 @@
-"""Cost model properties: the breakdown's terms are the quantities they name, memory follows the ZeRO layout, collectives follow alpha-beta."""
+"""Cost model properties: the breakdown's terms are the quantities they name, memory follows the ZeRO layout,
+collectives follow alpha-beta."""
 
 import dataclasses
 
@@ -188,7 +189,8 @@ def test_measured_compute_tables_take_precedence_when_the_shape_matches():
 
 EXTRAPOLATION_CASES = [  # (model, cluster, framework, per-replica batch): uniform GPU nodes, Megatron's layout, a
     # measured CPU profile whose ranks share cores
-    ("gpt3-6.7b", "a100", "autoconf", 128), ("gpt3-6.7b", "a100", "megatron", 96), ("tiny-gpt", "measured", "autoconf", 48)]
+    ("gpt3-6.7b", "a100", "autoconf", 128), ("gpt3-6.7b", "a100", "megatron", 96),
+    ("tiny-gpt", "measured", "autoconf", 48)]
 
 
 @pytest.mark.parametrize("model_name,cluster_name,framework,batch", EXTRAPOLATION_CASES)
