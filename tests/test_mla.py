@@ -226,9 +226,17 @@ def test_latent_attention_equals_transformers_deepseek_v3(spec, attention):
     theirs = DeepseekV3Attention(config, layer_idx=0).train()
     names = {"q_proj": "wq", "q_a_proj": "wq_a", "q_a_layernorm": "q_a_norm", "q_b_proj": "wq_b",
              "kv_a_proj_with_mqa": "wkv_a", "kv_a_layernorm": "kv_a_norm", "kv_b_proj": "wkv_b", "o_proj": "wo"}
+    _share_random_weights(ours, theirs, names)
+    ours.attention = attention
+    _assert_same_function(ours, theirs, DeepseekV3RotaryEmbedding(config), spec.hidden_size)
+
+
+def _share_random_weights(ours, theirs, names: dict) -> None:
+    """Random weights in `ours` (the norms' too, so that a swapped norm would show), copied into `theirs` through
+    `names` (their module name -> ours); every parameter of ours is copied exactly once."""
     mine = dict(ours.named_parameters())
     with torch.no_grad():
-        for name, p in mine.items():  # the norms' weights random too, so that a swapped norm would show
+        for name, p in mine.items():
             p.copy_(torch.randn_like(p) * 0.2 + (1.0 if name.endswith("norm.weight") else 0.0))
         copied = []
         for name, p in theirs.named_parameters():
@@ -236,8 +244,6 @@ def test_latent_attention_equals_transformers_deepseek_v3(spec, attention):
             copied.append(f"{names[module]}.{leaf}")
             p.copy_(mine[copied[-1]])
     assert sorted(copied) == sorted(mine)
-    ours.attention = attention
-    _assert_same_function(ours, theirs, DeepseekV3RotaryEmbedding(config), spec.hidden_size)
 
 
 def _assert_same_function(ours, theirs, rotary, hidden: int) -> None:
@@ -273,16 +279,7 @@ def test_qk_norm_attention_equals_transformers_qwen3():
     ours = _model(spec).layers["0"].attention.train()
     theirs = Qwen3Attention(config, layer_idx=0).train()
     names = {"q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo", "q_norm": "q_norm", "k_norm": "k_norm"}
-    mine = dict(ours.named_parameters())
-    with torch.no_grad():
-        for name, p in mine.items():
-            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if name.endswith("norm.weight") else 0.0))
-        copied = []
-        for name, p in theirs.named_parameters():
-            module, leaf = name.split(".", 1)
-            copied.append(f"{names[module]}.{leaf}")
-            p.copy_(mine[copied[-1]])
-    assert sorted(copied) == sorted(mine)
+    _share_random_weights(ours, theirs, names)
     _assert_same_function(ours, theirs, Qwen3RotaryEmbedding(config), spec.hidden_size)
 
 

@@ -226,6 +226,16 @@ def test_simulate_16_ranks_512_microbatches_is_exact_and_runs_each_action_once(n
     assert tl.compute_time_per_rank == pytest.approx([m * (f + b + w)] * p, rel=1e-12)
 
 
+def _random_comm(rng, stages: int) -> dict:
+    """`simulate`'s communication arguments drawn at random for `stages` stages: one P2P delay per stage pair
+    (fixed once drawn), gather and reduce times and bucket counts per stage."""
+    delays = {}
+    return dict(p2p_time=lambda a, b: delays.setdefault((a, b), rng.random() / 10),
+                allgather_time=[rng.random() for _ in range(stages)], reduce_time=[rng.random() for _ in range(stages)],
+                gather_buckets=[rng.randint(1, 3) for _ in range(stages)],
+                reduce_buckets=[rng.randint(1, 3) for _ in range(stages)])
+
+
 def test_wave_and_in_order_simulations_agree_to_the_last_bit(monkeypatch):
     """Wide pipelines are simulated a wave of independent actions at a time with numpy, narrow ones one action at a
     time: on random costs, P2P delays, FSDP gathers and buckets both give the same times bit for bit, and the same
@@ -241,11 +251,7 @@ def test_wave_and_in_order_simulations_agree_to_the_last_bit(monkeypatch):
         S = sch.num_stages
         costs = StageCosts([rng.random() for _ in range(S)], [rng.random() for _ in range(S)],
                            [rng.random() for _ in range(S)])
-        delays = {}
-        kw = dict(p2p_time=lambda a, b: delays.setdefault((a, b), rng.random() / 10),
-                  allgather_time=[rng.random() for _ in range(S)], reduce_time=[rng.random() for _ in range(S)],
-                  gather_buckets=[rng.randint(1, 3) for _ in range(S)],
-                  reduce_buckets=[rng.randint(1, 3) for _ in range(S)])
+        kw = _random_comm(rng, S)
         runs = []
         for wide_from in (10**9, 1):
             monkeypatch.setattr(simulate_module, "WAVES_FROM_RANKS", wide_from)
@@ -333,11 +339,7 @@ def test_paired_wave_and_in_order_simulations_agree_to_the_last_bit(monkeypatch)
     for pp, m in [(3, 12), (4, 11), (16, 33)]:
         S = 2 * pp
         costs = _random_paired_costs(rng, S)
-        delays = {}
-        kw = dict(p2p_time=lambda a, b: delays.setdefault((a, b), rng.random() / 10),
-                  allgather_time=[rng.random() for _ in range(S)], reduce_time=[rng.random() for _ in range(S)],
-                  gather_buckets=[rng.randint(1, 3) for _ in range(S)],
-                  reduce_buckets=[rng.randint(1, 3) for _ in range(S)])
+        kw = _random_comm(rng, S)
         runs = []
         for wide_from in (10**9, 1):
             monkeypatch.setattr(simulate_module, "WAVES_FROM_RANKS", wide_from)
