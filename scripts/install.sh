@@ -5,7 +5,8 @@
 #   - otherwise: the CPU build of torch 2.13.0 (about 200 MB) from PyTorch's CPU index,
 #     https://download.pytorch.org/whl/cpu (a matching wheel in pip's find-links, such as a local one, is used first).
 # AUTOCONF_TORCH=cpu or AUTOCONF_TORCH=cuda chooses the build instead. Every choice is printed before it is made.
-# Usage: scripts/install.sh [--test]   (--test adds the test extra: pytest, hypothesis, the exports' upstream packages)
+# Usage: scripts/install.sh [--test]   (--test adds the test extra: pytest, hypothesis, the exports' upstream packages,
+#   and the hf extra: transformers, against which the Hugging Face import and the executor's attention are checked)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -30,6 +31,6 @@ else
     esac
 fi
 extra=""
-[ "${1:-}" = "--test" ] && extra="[test]"
+[ "${1:-}" = "--test" ] && extra="[test,hf]"
 "$PY" -m pip install -q -e ".${extra}"
 "$PY" -c "import torch; print(f'install.sh: autoconf installed with torch {torch.__version__}', '(CUDA ' + torch.version.cuda + ')' if torch.version.cuda else '(CPU build)')"
