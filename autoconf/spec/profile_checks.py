@@ -270,22 +270,8 @@ def _matmul_size_curve(c: _Checker, curve) -> None:
         return
     if "source" in curve:
         c.text(curve["source"], "matmul_size_curve.source")
-    points = curve.get("points")
-    if not c.kind(points, list, "matmul_size_curve.points"):
-        return
-    if not points:
-        c.bad("matmul_size_curve.points", "a non-empty list of [GFLOP, fraction] pairs", points)
-    sizes = []
-    for i, point in enumerate(points):
-        where = f"matmul_size_curve.points[{i}]"
-        if not isinstance(point, list) or len(point) != 2:
-            c.bad(where, "a [GFLOP, fraction] pair", point)
-            continue
-        if c.number(point[0], f"{where}[0] (GFLOP)", 0, MAX_RATE):
-            sizes.append(point[0])
-        c.number(point[1], f"{where}[1] (a fraction of efficiency.matmul)", 0, 1, lo_open=True)
-    if len(set(sizes)) != len(sizes):
-        c.bad("matmul_size_curve.points", "pairs of distinct sizes", sorted(sizes))
+    _curve_points(c, curve.get("points"), "matmul_size_curve.points", "GFLOP", "sizes",
+                  lambda v, where: c.number(v, where, 0, MAX_RATE), "a fraction of efficiency.matmul", 1)
 
 
 def _attention_curves(c: _Checker, curves) -> None:
@@ -319,17 +305,25 @@ def _attention_curves(c: _Checker, curves) -> None:
 def _attention_curve(c: _Checker, head_dim, points, where: str) -> None:
     if not (isinstance(head_dim, str) and head_dim.isdigit() and int(head_dim) > 0):
         c.bad(where, "keyed by a positive integer head dim", head_dim)
+    _curve_points(c, points, where, "seq_len", "sequence lengths",
+                  lambda v, at: c.integer(v, at, 1, 1 << 40), "a fraction of the peak", MAX_EFFICIENCY)
+
+
+def _curve_points(c: _Checker, points, where: str, x_name: str, x_plural: str, x_ok, fraction: str,
+                  fraction_hi: float) -> None:
+    """A non-empty list of [x, fraction] pairs at `where`, each x passing `x_ok(value, where)` (which reports its own
+    error) and distinct, each fraction in (0, fraction_hi]; `x_name`, `x_plural` and `fraction` name them in errors."""
     if not c.kind(points, list, where):
         return
     if not points:
-        c.bad(where, "a non-empty list of [seq_len, fraction] pairs", points)
-    lengths = []
+        c.bad(where, f"a non-empty list of [{x_name}, fraction] pairs", points)
+    xs = []
     for i, point in enumerate(points):
         if not isinstance(point, list) or len(point) != 2:
-            c.bad(f"{where}[{i}]", "a [seq_len, fraction] pair", point)
+            c.bad(f"{where}[{i}]", f"a [{x_name}, fraction] pair", point)
             continue
-        if c.integer(point[0], f"{where}[{i}][0] (seq_len)", 1, 1 << 40):
-            lengths.append(point[0])
-        c.number(point[1], f"{where}[{i}][1] (a fraction of the peak)", 0, MAX_EFFICIENCY, lo_open=True)
-    if len(set(lengths)) != len(lengths):
-        c.bad(where, "pairs of distinct sequence lengths", sorted(lengths))
+        if x_ok(point[0], f"{where}[{i}][0] ({x_name})"):
+            xs.append(point[0])
+        c.number(point[1], f"{where}[{i}][1] ({fraction})", 0, fraction_hi, lo_open=True)
+    if len(set(xs)) != len(xs):
+        c.bad(where, f"pairs of distinct {x_plural}", sorted(xs))
