@@ -27,12 +27,12 @@ def cfg(**kw) -> ParallelConfig:
 
 
 def test_presets_are_the_named_frameworks_and_the_cli_choices():
-    """The four frameworks of the design exist, autoconf's executor is the default flags, and both CLI commands
-    offer exactly the presets."""
+    """The four frameworks of the design and DeepSeek-V3's (docs/moe.md) exist, autoconf's executor is the default
+    flags, and both CLI commands offer exactly the presets."""
     from autoconf.cli import estimate as estimate_cmd
     from autoconf.cli import plan as plan_cmd
 
-    assert list(PRESETS) == ["autoconf", "megatron", "megatron-core", "torchtitan"]
+    assert list(PRESETS) == ["autoconf", "megatron", "megatron-core", "torchtitan", "deepseek"]
     assert PRESETS["autoconf"] == Execution()
     for command in (estimate_cmd, plan_cmd):
         option = next(p for p in command.params if p.name == "framework")

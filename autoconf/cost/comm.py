@@ -10,7 +10,8 @@ gloo (the CPU backend) implements reduce-scatter as an all-reduce followed by a 
 
 An all-to-all (the MoE token exchange) sends 1/k of each member's buffer to every other member at once: the share
 for members on the same node over the intra-node link, the share for other nodes over the member's own NIC
-(`all_to_all_time`).
+(`all_to_all_time`). A dispatch that sends a token once per node it reaches and forwards it inside the node
+(`cost/moe.dispatch_shares`) moves other shares of the two parts (`shares`).
 """
 
 from __future__ import annotations
@@ -63,15 +64,17 @@ def _measured(cluster: ClusterProfile, op: str, scope: str, k: int, nbytes: floa
     return interpolate(list(by_size.items()), nbytes, EXTRAPOLATE)
 
 
-def collective_time(cluster: ClusterProfile, op: str, nbytes: float, devices) -> float:
+def collective_time(cluster: ClusterProfile, op: str, nbytes: float, devices,
+                    shares: tuple[float, float] = (1.0, 1.0)) -> float:
     """Seconds for `op` over `devices` (a sequence or an array of device ids) on a buffer of `nbytes` (all-reduce
     input / all-gather output size), plus the profile's `collective_sync_s`: the wait for every member to be
-    scheduled when CPU ranks share cores."""
+    scheduled when CPU ranks share cores. `shares` (all_to_all only): the intra-node and cross-node bytes moved, as
+    multiples of an all-to-all's (`all_to_all_time`)."""
     assert op in OPS, op
     k = len(devices)
     if k <= 1 or nbytes <= 0:
         return 0.0
-    return _collective_transfer(cluster, op, nbytes, _group_shape(cluster, devices)) + cluster.overhead(
+    return _collective_transfer(cluster, op, nbytes, _group_shape(cluster, devices), shares) + cluster.overhead(
         "collective_sync_s")
 
 
@@ -155,16 +158,18 @@ def _counted_fill(devices: np.ndarray, gpus_per_node: int) -> tuple[tuple[int, .
     return tuple(int(n) for n in np.unique(counts)), len(counts)
 
 
-def _collective_transfer(cluster: ClusterProfile, op: str, nbytes: float, shape) -> float:
+def _collective_transfer(cluster: ClusterProfile, op: str, nbytes: float, shape,
+                         shares: tuple[float, float] = (1.0, 1.0)) -> float:
     k, rings, across, n_nodes = shape
     if op == "reduce_scatter" and cluster.backend == "gloo":
         op = "all_reduce"
     scope = "intra" if n_nodes == 1 else "inter"
-    measured = _measured(cluster, op, scope, k, nbytes)
+    # a measured all-to-all is NCCL's: it does not describe other shares
+    measured = _measured(cluster, op, scope, k, nbytes) if shares == (1.0, 1.0) or n_nodes == 1 else None
     if measured is not None:
         return measured
     if op == "all_to_all":
-        return all_to_all_time(cluster, nbytes, k, rings, across, n_nodes)
+        return all_to_all_time(cluster, nbytes, k, rings, across, n_nodes, shares)
     if n_nodes == 1:
         _, latency, bandwidth = rings[0]
         return ring_time(op, nbytes, k, latency, bandwidth * cluster.eff("comm_intra"))
@@ -182,19 +187,21 @@ def _collective_transfer(cluster: ClusterProfile, op: str, nbytes: float, shape)
 
 
 def all_to_all_time(cluster: ClusterProfile, nbytes: float, k: int, rings: list, across: tuple[float, float],
-                    n_nodes: int) -> float:
+                    n_nodes: int, shares: tuple[float, float] = (1.0, 1.0)) -> float:
     """An all-to-all of `nbytes` per member (its whole send buffer, its own share included) over k members, spread
     over `n_nodes` nodes (`_group_shape`'s rings and cross-node link): each member sends (members on its node - 1)/k
-    of its buffer over the slowest intra-node link and (k - members on its node)/k over its NIC, all at once; the
-    two parts are added (they share the member's copy engines), each paying its link's latency once."""
+    of its buffer over the slowest intra-node link and (k - members on its node)/k over its NIC (each times its
+    entry of `shares`), all at once; the two parts are added (they share the member's copy engines), each paying its
+    link's latency once."""
     local = max(members for members, _, _ in rings)
     seconds = 0.0
     if local > 1:
-        seconds = max(transfer_time(nbytes * (members - 1) / k, latency, bandwidth * cluster.eff("comm_intra"))
+        seconds = max(transfer_time(nbytes * (members - 1) / k * shares[0], latency,
+                                    bandwidth * cluster.eff("comm_intra"))
                       for members, latency, bandwidth in rings if members > 1)
     if n_nodes > 1:
         latency, bandwidth = across
-        seconds += transfer_time(nbytes * (k - local) / k, latency, bandwidth * cluster.eff("comm_inter"))
+        seconds += transfer_time(nbytes * (k - local) / k * shares[1], latency, bandwidth * cluster.eff("comm_inter"))
     return seconds
 
 

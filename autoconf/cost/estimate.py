@@ -364,7 +364,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             # the first recomputed[st] layers of the stage recompute.
             if rank not in ep_of_rank:
                 ep_of_rank[rank] = ep_comm_passes(model, cluster, c, *(expert_groups(grid, rank, c.ep, c.etp, axis)[0]
-                                                                       for axis in ("ep", "etp")))
+                                                                       for axis in ("ep", "etp")), execution)
             exchange, exchange_back = ep_of_rank[rank]
             r_moe = moe_layers(model, first, first + recomputed[st])
             compute = ((pieces.block + copies).scaled(layers - n_moe)
@@ -653,8 +653,9 @@ def comm_stream_bound(sp: StagePlan, schedule) -> float:
 
 def overlaps_pairs(model: ModelSpec, c: ParallelConfig, execution: Execution) -> bool:
     """The step runs the schedule's paired chunks overlapped (`ScheduleSpec.pairs`, in its `paired_order`): an MoE
-    model (a token exchange to hide) under a framework that overlaps them (`Execution.overlap_paired_chunks`)."""
-    return (model.moe is not None and execution.overlap_paired_chunks
+    model (a token exchange to hide) under a framework that overlaps them for this config (`Execution.runs_pairs`:
+    Megatron-Core not under full recompute)."""
+    return (model.moe is not None and execution.runs_pairs(c)
             and schedule_spec(c.schedule).overlaps_paired_chunks)
 
 

@@ -11,15 +11,22 @@ experts; the all-to-all over the EP group (dispatch) carries T x k hidden vector
 all-gathers them, so each rank holds num_experts / ep experts of width moe_intermediate_size / etp and each local
 expert runs its GEMMs on R = T x k x ep x etp / num_experts rows (`rows_per_expert`); a reduce-scatter over ETP and
 the reverse all-to-all (combine) bring the results back. The backward repeats both with the gradients.
+
+Under a framework whose dispatch sends a token once per node it reaches (`Execution.dispatch_per_node`, DeepEP's), a
+group-limited router bounds the nodes a token reaches (`dispatch_nodes_bound`), and so the cross-node bytes
+(`dispatch_shares`).
 """
 
 from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 from autoconf.cost.comm import collective_time
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, STORAGE_BYTES, precision
+from autoconf.spec.frameworks import Execution
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 
@@ -114,22 +121,73 @@ def dispatch_bytes(model: ModelSpec, c: ParallelConfig, dtype: str | None = None
     return tokens_per_rank(c) * model.moe.num_experts_per_tok * model.hidden_size * nbytes
 
 
+def _ep_nodes(cluster: ClusterProfile, ep_group) -> int | None:
+    """How many nodes the EP group spans when its ranks, in EP order, fill them in equal consecutive runs (so the
+    routed experts, in order over the EP ranks, fill them in equal consecutive runs too); None otherwise."""
+    nodes = np.array([cluster.node_of(int(d)) for d in np.asarray(ep_group).reshape(-1)])
+    n = len(np.unique(nodes))
+    if len(nodes) % n:
+        return None
+    runs = nodes.reshape(n, -1)
+    return n if (runs == runs[:, :1]).all() and len(np.unique(runs[:, 0])) == n else None
+
+
+def dispatch_nodes_bound(model: ModelSpec, cluster: ClusterProfile, ep_group) -> int | None:
+    """The most nodes one token's routed experts can lie on over `ep_group`, or None where the routing bounds
+    nothing on this layout. Group-limited routing (`MoESpec.n_group` groups of consecutive experts, a token using
+    `topk_group` of them) bounds the nodes when the groups fall on whole nodes: the EP ranks hold the experts in
+    order and fill the n nodes in equal runs (`_ep_nodes`), so a node holds num_experts / n consecutive experts;
+    when that is a whole number of groups a group lies on one node, when a group is a whole number of nodes' experts
+    it spans that many. DeepSeek-V3 at ep 64 over 8 nodes: 8 groups of 32 experts, one per node, topk_group 4: 4
+    nodes, the report's M (arXiv 2412.19437, Sec. 2.1.2 and 4.2)."""
+    m = model.moe
+    n = _ep_nodes(cluster, ep_group)
+    if m.n_group <= 1 or n is None:
+        return None
+    per_node, group = m.num_experts // n, m.num_experts // m.n_group
+    if per_node % group == 0:
+        return min(n, m.topk_group)
+    if group % per_node == 0:
+        return min(n, m.topk_group * (group // per_node))
+    return None
+
+
+def dispatch_shares(model: ModelSpec, cluster: ClusterProfile, ep_group,
+                    execution: Execution | None) -> tuple[float, float]:
+    """The intra-node and cross-node bytes one dispatch (and one combine) over `ep_group` moves, as multiples of an
+    all-to-all's (`cost/comm.all_to_all_time`): (1, 1) unless the framework sends a token once per node it reaches
+    and forwards it there (`Execution.dispatch_per_node`) and the group spans n > 1 nodes in equal runs of
+    l = ep / n ranks. Per token of top-k, an all-to-all sends k (l - 1) / ep copies inside the node and
+    k (n - 1) / n across. Per node instead: at most min(k, M, n) nodes are reached (M `dispatch_nodes_bound`, or
+    n), each the token's own with chance 1/n on balanced routing, so min(k, M, n) (n - 1) / n copies cross; and
+    every copy whose GPU is not the receiving one of its node, k (l - 1) / l, is forwarded over NVLink. Shares
+    (n, min(k, M, n) / k). DeepSeek-V3 at ep 64 on 8 nodes: (8, 4 / 8) (arXiv 2412.19437, Sec. 3.2.2).
+    Combine: the same paths back, one summed vector per node."""
+    n = _ep_nodes(cluster, ep_group)
+    if execution is None or not execution.dispatch_per_node or n is None or n <= 1:
+        return 1.0, 1.0
+    k = model.moe.num_experts_per_tok
+    bound = dispatch_nodes_bound(model, cluster, ep_group)
+    return float(n), min(k, n, bound or n) / k
+
+
 def ep_comm_passes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, ep_group,
-                   etp_group) -> tuple[float, float]:
+                   etp_group, execution: Execution | None = None) -> tuple[float, float]:
     """Seconds of one MoE layer's token exchange in the (forward, backward) pass: a dispatch and a combine
     all-to-all over `ep_group`, and with etp > 1 an all-gather and a reduce-scatter of the routed tokens over
     `etp_group`; the busiest rank's bytes (`load_imbalance`). What travels towards the experts (the forward
     dispatch, and in the backward the gradient before the experts' down projections) is in the precision's
     `dispatch_dtype` (fp8 under fp8-deepseek), what comes back (the combine and its backward twin) in the compute
-    dtype."""
+    dtype. Each exchange moves `dispatch_shares` of an all-to-all's intra- and cross-node bytes under `execution`."""
     p = precision(c.dtype)
     imbalance = load_imbalance(cluster)
     nbytes = dispatch_bytes(model, c) * imbalance
-    all_to_all = collective_time(cluster, "all_to_all", nbytes, ep_group)
+    shares = dispatch_shares(model, cluster, ep_group, execution)
+    all_to_all = collective_time(cluster, "all_to_all", nbytes, ep_group, shares)
     dispatch = all_to_all
     if p.dispatch_dtype != p.element:
         dispatch = collective_time(cluster, "all_to_all", dispatch_bytes(model, c, p.dispatch_dtype) * imbalance,
-                                   ep_group)
+                                   ep_group, shares)
     etp = 0.0
     if c.etp > 1:
         etp = (collective_time(cluster, "all_gather", nbytes * c.etp, etp_group)

@@ -379,8 +379,12 @@ def _megatron_moe(plan: Plan) -> tuple[list[Flag], list[str]]:
     flags += [("--num-experts", e.num_experts), ("--moe-router-topk", e.num_experts_per_tok),
               ("--moe-ffn-hidden-size", e.moe_intermediate_size),
               ("--expert-model-parallel-size", c.ep), ("--expert-tensor-parallel-size", c.etp),
-              ("--moe-grouped-gemm", None), ("--moe-token-dispatcher-type", "alltoall"),
-              ("--moe-router-score-function", e.scoring_func)]
+              ("--moe-grouped-gemm", None)]
+    # a dispatch that sends a token once per node (the framework's `dispatch_per_node`) is DeepEP's, Megatron-Core's
+    # flex dispatcher; NCCL's all-to-all otherwise
+    flags += ([("--moe-token-dispatcher-type", "flex"), ("--moe-flex-dispatcher-backend", "deepep")]
+              if plan_execution(plan.prediction).dispatch_per_node else [("--moe-token-dispatcher-type", "alltoall")])
+    flags.append(("--moe-router-score-function", e.scoring_func))
     if e.num_shared_experts:
         flags.append(("--moe-shared-expert-intermediate-size",
                       e.num_shared_experts * e.shared_expert_intermediate_size))

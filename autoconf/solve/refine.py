@@ -66,7 +66,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
         # Dense and MoE blocks differ: each costed as the estimate costs it on pipeline rank 0 of the default grid.
         grid = RankGrid.logical(c.dims)
         exchange, exchange_back = ep_comm_passes(model, cluster, c, *(expert_groups(grid, 0, c.ep, c.etp, axis)[0]
-                                                                      for axis in ("ep", "etp")))
+                                                                      for axis in ("ep", "etp")), execution)
         moe_pieces = pieces.kind(True)
         moe_time = moe_pieces.block.total + 4 * one + exchange + exchange_back + cp_time
         moe_rc = (recompute_time(moe_pieces, c, one, selective_matmul_share(model, c, execution, moe=True))

@@ -12,6 +12,9 @@ the pictures and the exporters read its flags and never a framework's name. The 
                  sequence parallelism (--tp-comm-overlap)
   torchtitan     torchtitan's FSDP2 (fully_shard per block, bf16 parameters, fp32 gradient reduction, implicit
                  forward/backward prefetch; reshard after forward unless pipelined)
+  deepseek       DeepSeek-V3's training framework as its report and published kernels state it (DualPipe's
+                 overlapped pairs, its recompute policy, no expert outputs kept, node-deduplicated dispatch); the
+                 rest megatron-core's (see PRESETS["deepseek"])
 
 `Execution.check(config)` says in one line what a framework cannot run; building an `Execution` whose flags
 contradict each other (an overlapped parameter gather without the distributed optimizer) says what would work.
@@ -178,6 +181,18 @@ class Execution:
         kernel keeps its input and the weights only, and the combine takes no weights (Megatron-Core since
         core_v0.13.0: moe/experts.py `weighted_bias_swiglu_impl(..., permuted_probs)`, checked at core_v0.16.1).
         Read by the memory model's MoE rule only (cost/moe.routed_activation_bytes, cost/saved.saved_tensors).
+    pairs_full_recompute: the framework overlaps paired chunks (`overlap_paired_chunks`) under full recompute too.
+        Megatron-Core refuses --overlap-moe-expert-parallel-comm with --recompute-granularity full
+        (megatron/core/transformer/transformer_config.py at core_v0.16.1, `__post_init__`: "disable full
+        recomputation when enabling overlap_moe_expert_parallel_comm"), so its preset is False and such a plan runs
+        and is exported without pairs. `runs_pairs(config)` is the one reading.
+    dispatch_per_node: the MoE dispatch sends a token once to each node its experts lie on (over the NIC to the GPU
+        of the same in-node index) and forwards it there over NVLink, and the combine returns one summed vector per
+        node: DeepEP's internode kernels (DeepSeek-V3 report, arXiv 2412.19437, Sec. 3.2.2; deepseek-ai/DeepEP
+        README). With a routing that reaches at most M nodes (`cost/moe.dispatch_nodes_bound`) the cross-node bytes
+        are then min(M, top-k) / top-k of an all-to-all's, and the NVLink forwarding carries more than its
+        intra-node part (`cost/moe.dispatch_shares`). False: NCCL's all-to-all, every routed copy travels on its
+        own (Megatron-Core's alltoall dispatcher).
     megatron_args / torchtitan_settings: what makes the target framework run as modelled, as (when, flag, line):
         the line applies when the config matches `when` (see `_applies`) and the flag ("name" or "name=value") holds.
     """
@@ -210,6 +225,8 @@ class Execution:
     overlap_paired_chunks: bool = False
     overlap_comm_sm_share: float = 0.0
     moe_combine_keeps_outputs: bool = True
+    pairs_full_recompute: bool = True
+    dispatch_per_node: bool = False
     megatron_args: tuple[tuple[str, str, str], ...] = ()
     torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
 
@@ -276,6 +293,12 @@ class Execution:
             out.append("TP communication overlap is Megatron-Core's (userbuffers); torch's TP does not overlap it")
         return out
 
+    def runs_pairs(self, config) -> bool:
+        """Whether the framework runs a schedule's paired chunks overlapped for `config` (`overlap_paired_chunks`;
+        under full recompute only with `pairs_full_recompute`): read by the estimate (`cost/estimate.overlaps_pairs`)
+        and the Megatron export."""
+        return self.overlap_paired_chunks and (config.recompute != "full" or self.pairs_full_recompute)
+
     @property
     def grad_buffer_bytes(self) -> int:
         """Bytes per parameter of the megatron layout's gradient buffer: what it holds and what its reduction moves."""
@@ -339,11 +362,13 @@ class Execution:
         """The settings of `target` ("megatron" arguments or "torchtitan" config-module statements) that make it run
         `config` as modelled; settings that apply to a feature the config does not use are left out."""
         entries = {"megatron": self.megatron_args, "torchtitan": self.torchtitan_settings}[target]
-        return [line for when, flag, line in entries if _applies(when, config) and self._holds(flag)]
+        return [line for when, flag, line in entries if _applies(when, config) and self._holds(flag, config)]
 
-    def _holds(self, flag: str) -> bool:
+    def _holds(self, flag: str, config) -> bool:
         name, _, value = flag.partition("=")
         current = getattr(self, name)
+        if callable(current):  # a rule of the config (runs_pairs)
+            return bool(current(config))
         return str(current) == value if value else bool(current)
 
 
@@ -379,8 +404,9 @@ PRESETS: dict[str, Execution] = {
                        ("fp8", "fp8_params", "--fp8-param-gather"),
                        ("always", "skips_nan_check", "--no-check-for-nan-in-loss-and-grad"),
                        ("dp", "averages_in_collective", "--ddp-average-in-collective"),
-                       ("ep", "overlap_paired_chunks", "--overlap-moe-expert-parallel-comm"),
-                       ("ep", "overlap_paired_chunks", "--delay-wgrad-compute"))),
+                       ("ep", "runs_pairs", "--overlap-moe-expert-parallel-comm"),
+                       ("ep", "runs_pairs", "--delay-wgrad-compute")),
+        pairs_full_recompute=False),
     "torchtitan": Execution(
         name="torchtitan", memory_layout="torch", zero_stages=(0, 2, 3), zero_searched=(0, 2, 3),
         grad_reduce_start="per_bucket", param_gather_overlap=True, selective_recompute="alternate_matmuls",
@@ -396,6 +422,27 @@ PRESETS: dict[str, Execution] = {
         torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),
                              ("always", "compile_loss=False", 'config.compile.components = ["model"]'))),
 }
+# DeepSeek-V3's own training framework (not public) as DeepSeek states it; every flag it does not state is the
+# megatron-core preset's (docs/moe.md "DeepSeek-V3's memory" lists them as assumed):
+# - ZeRO-1 data parallelism, no TP (arXiv 2412.19437, Sec. 3.2);
+# - selective recompute of every RMSNorm and the MLA up-projections (Sec. 3.2.3) and of the experts' SwiGLU output
+#   from its cached inputs (Sec. 3.3.3);
+# - DualPipe's forward and backward chunks run as overlapped pairs (Sec. 3.2.1), the exchange kernels on 20 of the
+#   H800's 132 SMs (Sec. 3.2.2, 3.5.1);
+# - the routing weights multiply the SwiGLU output inside the experts and the combine sums without weights, so no
+#   expert output is kept: DeepSeek's published training trace (deepseek-ai/profile-data train.json at 4496024,
+#   EP64 TP1 4K, 4 MoE layers per chunk) runs `swiglu_forward_with_weight_...` before the down projection and
+#   `swiglu_forward_backward_with_weight_impl` / `swiglu_weight_backward_with_weight_impl` in the backward, and
+#   DeepEP's combine is "addition **without** weights" (deep_ep/buffer.py at ebfe47e, its training example
+#   dispatches topk_weights with the tokens);
+# - node-deduplicated dispatch and combine (Sec. 3.2.2; DeepEP's internode kernels, which the trace runs);
+# - its own kernels, not Transformer Engine's (the trace's dpsk:: grouped GEMMs and cuda:: SwiGLU kernels).
+# The precision recipe (Sec. 3.3) is dtype fp8-deepseek, and the layout (DualPipe) the plan's.
+PRESETS["deepseek"] = PRESETS["megatron-core"].replace(
+    name="deepseek", zero_stages=(0, 1), zero_searched=(1,), selective_recompute="norms_mla_swiglu",
+    selective_policies=("norms_mla_swiglu",), overlap_paired_chunks=True, overlap_comm_sm_share=20 / 132,
+    moe_combine_keeps_outputs=False, dispatch_per_node=True, tp_comm_overlap=False, transformer_engine=False,
+    megatron_args=(), torchtitan_settings=())
 DEFAULT = "autoconf"
 
 
@@ -432,7 +479,8 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
               "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies",
               "compile_loss", "transformer_engine", "fp8_params", "grad_buffer_dtype", "optimizer", "loss_memory",
-              "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs")
+              "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs",
+              "pairs_full_recompute", "dispatch_per_node")
 
 
 def parse_flags(pairs) -> dict:
