@@ -108,3 +108,16 @@ def test_megatron_core_pairs_nothing_under_full_recompute():
     assert (predict(tiny, cluster, selective, execution=paired)[3]["iteration_time_s"]
             < predict(tiny, cluster, selective, execution=plain)[3]["iteration_time_s"])
     assert "--overlap-moe-expert-parallel-comm" in paired.export_lines("megatron", selective)
+
+
+def test_deepseeks_policy_is_counted_on_a_dense_llama_too():
+    """Under the deepseek preset a grouped-query Llama block (bf16, no latent attention) is counted tensor by tensor
+    with DeepSeek's policy: the two norm outputs (QKV and MLP inputs, s x h bf16 each) fewer than Megatron's
+    selective count; the dense MLP's SwiGLU is kept whole (the report recomputes the MoE SwiGLU only)."""
+    from autoconf.cost.memory import layer_activation_bytes
+
+    model = PRESETS["llama3-8b"]
+    c = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=1, global_batch_size=8, seq_len=4096, recompute="selective")
+    ours = layer_activation_bytes(model, c, "megatron", "gpu", selective=DEEPSEEK.selective_recompute)
+    megatron = layer_activation_bytes(model, c, "megatron", "gpu", selective="attention_core")
+    assert megatron - ours == 2 * 4096 * model.hidden_size * 2

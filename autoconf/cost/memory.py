@@ -76,7 +76,7 @@ from autoconf.cost.compute import seq_chunk_bounds
 from autoconf.cost.moe import (all_to_all_buffer_bytes, blocks_params, layer_kind_params, moe_layers,
                                routed_activation_bytes)
 from autoconf.cost.moe import local_params as local_params_of
-from autoconf.cost.saved import saved_bytes
+from autoconf.cost.saved import NORMS_MLA_SWIGLU, saved_bytes
 from autoconf.cost.offload import activation_copy_bytes, host_state_bytes_per_param
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, STORAGE_BYTES, precision
@@ -108,9 +108,10 @@ def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     c = config
     recompute = c.recompute if recompute is None else recompute
     keeps_outputs = (execution or Execution()).moe_combine_keeps_outputs
-    if layout == "megatron" and (model.mla is not None or precision(c.dtype).cached) and not (
+    deepseek_policy = recompute == "selective" and selective == NORMS_MLA_SWIGLU and model.arch == "llama"
+    if layout == "megatron" and (model.mla is not None or precision(c.dtype).cached or deepseek_policy) and not (
             recompute == "selective" and selective == "alternate_matmuls"):
-        # the closed formula spelled out, tensor by tensor
+        # the closed formula spelled out, tensor by tensor (the only count of DeepSeek's policy)
         return saved_bytes(model, c, recompute, selective, moe, keeps_outputs)
     if moe:
         # The dense MLP's tensors (`dense_mlp_tensors` of ffn_hidden_size) give way to the routed ones.
