@@ -121,3 +121,20 @@ def test_deepseeks_policy_is_counted_on_a_dense_llama_too():
     ours = layer_activation_bytes(model, c, "megatron", "gpu", selective=DEEPSEEK.selective_recompute)
     megatron = layer_activation_bytes(model, c, "megatron", "gpu", selective="attention_core")
     assert megatron - ours == 2 * 4096 * model.hidden_size * 2
+
+
+def test_a_per_node_dispatch_exports_megatrons_deepep_dispatcher():
+    """A plan whose framework dispatches per node exports Megatron-Core's flex dispatcher on DeepEP, one under
+    NCCL's all-to-all the alltoall dispatcher; every flag is one Megatron-LM declares at the exports' tag."""
+    from autoconf.report.exporters import megatron_flags
+
+    tiny = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-moe", moe=MoESpec(
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64))
+    cluster = load_cluster("dgx-h100-80g", 1, 8)
+    c = ParallelConfig(tp=1, pp=1, dp=8, ep=4, micro_batch_size=1, global_batch_size=8, seq_len=512, zero_stage=1)
+    declared = json.loads((RUNS.parent / "megatron_lm_core_v0.16.1_flags.json").read_text())["flags"]
+    flags = dict(megatron_flags(estimate(tiny, cluster, c, execution=DEEPSEEK))[0])
+    assert flags["--moe-token-dispatcher-type"] == "flex" and flags["--moe-flex-dispatcher-backend"] == "deepep"
+    assert set(flags) <= set(declared)
+    core = dict(megatron_flags(estimate(tiny, cluster, c, execution=FRAMEWORKS["megatron-core"]))[0])
+    assert core["--moe-token-dispatcher-type"] == "alltoall" and "--moe-flex-dispatcher-backend" not in core

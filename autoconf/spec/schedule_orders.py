@@ -64,11 +64,11 @@ def one_f_one_b_combined_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]
 
 def one_f_one_b_combined_pairs(rank: int, pp: int, vpp: int, m: int) -> tuple[int, ...]:
     """The positions in `one_f_one_b_combined_order` of the forwards run together with the backward after them:
-    every forward followed by a backward with pp == 1, none otherwise."""
+    every forward followed by another micro-batch's backward with pp == 1 (one micro-batch: none), none otherwise."""
     if pp != 1:
         return ()
     ops = one_f_one_b_combined_order(rank, pp, vpp, m)
-    return tuple(j for j in range(len(ops) - 1) if ops[j][0] == F and ops[j + 1][0] == B)
+    return tuple(j for j in range(len(ops) - 1) if ops[j][0] == F and ops[j + 1][0] == B and ops[j + 1][2] != ops[j][2])
 
 
 # ---------------------------------------------------------------------------------------------------------------
