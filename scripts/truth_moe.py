@@ -2,8 +2,9 @@
 throughput each publisher states, and whether each published layout fits an 80 GB device as it did.
 
 Nothing is fitted: the H100 profile's efficiencies are the same for every model (the H800 profile is the H100's with
-its slower NVLink). A run's `framework_flags` change its framework preset where the publisher states a behaviour
-(DeepSeek-V3's recompute policy, DualPipe's overlapped pairs); a `published_layout` that autoconf costs through an
+its slower NVLink). A run's framework is a preset (DeepSeek-V3's is `deepseek`: its recompute policy, DualPipe's
+overlapped pairs, no expert outputs kept, node-deduplicated dispatch, each sourced in spec/frameworks.py), and its
+`framework_flags` change it where the publisher states a behaviour; a `published_layout` that autoconf costs through an
 equivalent layout (DeepSeek's DualPipe through its per-device twin, dualpipev at half the pipeline ranks) is printed
 beside the layout costed. Usage:
 python scripts/truth_moe.py [--json] [--breakdown]
