@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from autoconf.cost.interpolate import CLAMP, EXTRAPOLATE, interpolate, interpolate_many
 from autoconf.spec.cluster import ClusterProfile
-from autoconf.cost.fp8 import scaling_time
+from autoconf.cost.fp8 import cast_seconds, mlp_cast_elements, scaling_time
 from autoconf.cost.offload import cpu_optimizer_time
 from autoconf.spec.dtypes import DTYPE_BYTES, precision
 from autoconf.spec.frameworks import GRAD_BUFFER_PASSES, Execution, compiled_ops
@@ -506,7 +506,13 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
         moe_mm, moe_elementwise = _moe_ffn_time(model, cluster, c, mem_rate)
         mm = mm - gemms_time(cluster, precision(c.dtype).gemm, layer_gemms(model, s, b, t)[2:]) + moe_mm
         elementwise += moe_elementwise - 3 * s * b * f * e / t / mem_rate  # the dense MLP's SwiGLU product goes
-        moe_rest = PassTimes(mm + elementwise, mm + 2 * elementwise, mm) + eager + scaling
+        from autoconf.cost.moe import expert_cast_elements, routed_copy_bytes
+
+        copies = routed_copy_bytes(model, c, execution is not None and execution.moe_fp8_padding) / mem_rate
+        experts_scaling = PassTimes(*cast_seconds(cluster, c, *expert_cast_elements(model, c)))
+        mlp_scaling = PassTimes(*cast_seconds(cluster, c, *mlp_cast_elements(model, c)))
+        moe_rest = (PassTimes(mm + elementwise + copies, mm + 2 * elementwise + copies, mm) + eager + scaling
+                    + experts_scaling + mlp_scaling.scaled(-1))
 
     # Embedding: a gather of s*b rows (and learned positions); the weight backward scatters them into the dense
     # gradient of the whole table (`embedding_grad_bytes`).

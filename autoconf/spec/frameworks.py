@@ -178,6 +178,11 @@ class Execution:
         kernel keeps its input and the weights only, and the combine takes no weights (Megatron-Core since
         core_v0.13.0: moe/experts.py `weighted_bias_swiglu_impl(..., permuted_probs)`, checked at core_v0.16.1).
         Read by the memory model's MoE rule only (cost/moe.routed_activation_bytes, cost/saved.saved_tensors).
+    moe_fp8_padding: under fp8 the grouped experts pad each local expert's routed rows to the fp8 GEMM's multiple
+        with a copy before the GEMMs and unpad the output with another (Megatron-Core's TEGroupedMLP with Transformer
+        Engine's Fp8Padding / Fp8Unpadding whenever config.fp8 is set, core_v0.15.0 moe/experts.py; TE copies unless
+        every count is already a multiple of 16). Timed by `cost/moe.routed_copy_bytes`. autoconf's executor runs no
+        fp8 experts.
     megatron_args / torchtitan_settings: what makes the target framework run as modelled, as (when, flag, line):
         the line applies when the config matches `when` (see `_applies`) and the flag ("name" or "name=value") holds.
     """
@@ -210,6 +215,7 @@ class Execution:
     overlap_paired_chunks: bool = False
     overlap_comm_sm_share: float = 0.0
     moe_combine_keeps_outputs: bool = True
+    moe_fp8_padding: bool = False
     megatron_args: tuple[tuple[str, str, str], ...] = ()
     torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
 
@@ -371,7 +377,7 @@ PRESETS: dict[str, Execution] = {
         distributed_optimizer=True, grad_reduce_start="per_bucket", bucket_params=40e6, bucket_first_rank_only=True,
         param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False, eager_ops=("vocab_parallel_ce",),
         transformer_engine=True, loss_memory="inplace", grad_buffer_passes=("zero", "scale", "nan_check"),
-        moe_combine_keeps_outputs=False,
+        moe_combine_keeps_outputs=False, moe_fp8_padding=True,
         megatron_args=(("dp", "grad_reduce_start=per_bucket", "--overlap-grad-reduce"),
                        ("sharded", "distributed_optimizer", "--use-distributed-optimizer"),
                        ("sharded", "param_gather_overlap", "--overlap-param-gather"),
@@ -432,7 +438,8 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
               "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies",
               "compile_loss", "transformer_engine", "fp8_params", "grad_buffer_dtype", "optimizer", "loss_memory",
-              "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs")
+              "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs",
+              "moe_fp8_padding")
 
 
 def parse_flags(pairs) -> dict:
