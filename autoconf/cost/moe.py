@@ -121,7 +121,8 @@ def routed_copy_bytes(model: ModelSpec, c: ParallelConfig, fp8_padding: bool) ->
     - with ep x etp > 1 and more than one local expert, the rows a rank receives arrive grouped by source rank and
       are sorted by local expert before the experts, and unsorted before the combine (Megatron-Core's alltoall
       dispatcher, moe/token_dispatcher.py `sort_chunks_by_idxs` in dispatch_postprocess and combine_preprocess,
-      core_v0.15.0; autoconf's executor, execute/moe.py, indexes them by expert and back);
+      core_v0.15.0; autoconf's executor, execute/moe.py, indexes them by expert and back; Megatron-Core also runs the
+      sort, in identity order, on a single EP rank, which is not counted);
     - `fp8_padding` (`Execution.moe_fp8_padding`) under a dynamic-scaling fp8 dtype: each local expert's rows are
       padded to the fp8 GEMM's multiple before the grouped GEMM and the output unpadded after it (Megatron-Core's
       TEGroupedMLP with Transformer Engine's Fp8Padding / Fp8Unpadding, core_v0.15.0 moe/experts.py; TE copies
