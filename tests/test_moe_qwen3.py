@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from autoconf.cost.compute import model_pieces
+from autoconf.cost.compute import gemms_time, model_pieces
 from autoconf.cost.fp8 import cast_seconds, mlp_cast_elements
-from autoconf.cost.moe import expert_cast_elements, routed_copy_bytes, routed_rows
+from autoconf.cost.moe import expert_cast_elements, expert_gemms, routed_copy_bytes, routed_rows
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import PRESETS as FRAMEWORKS
 from autoconf.spec.plan import ParallelConfig
@@ -75,3 +75,20 @@ def test_megatron_cores_padding_slows_the_fp8_moe_block_by_its_copies():
     assert padded.forward - plain.forward == pytest.approx(extra)
     assert padded.backward_input - plain.backward_input == pytest.approx(extra)
     assert padded.backward_weight == pytest.approx(plain.backward_weight)
+
+
+def test_the_executors_routed_experts_stay_in_bf16_under_fp8():
+    """autoconf's executor converts only the blocks' linear layers to fp8 (its grouped experts are raw weights): its
+    routed GEMMs run at the bf16 peak and cast nothing. Qwen3 has no shared experts, so no expert casts are left,
+    and the block differs from one with fp8 routed experts by exactly the GEMMs' rate and the routed casts."""
+    c = config()
+    assert not FRAMEWORKS["autoconf"].moe_fp8_routed_experts and MCORE.moe_fp8_routed_experts
+    assert expert_cast_elements(QWEN3, c, routed=False) == (0.0, 0.0, 0.0, 0.0)
+    executor = FRAMEWORKS["autoconf"]
+    bf16 = model_pieces(QWEN3, H100, c, execution=executor).moe_rest
+    fp8 = model_pieces(QWEN3, H100, c, execution=executor.replace(moe_fp8_routed_experts=True)).moe_rest
+    routed = expert_gemms(QWEN3, c)[1]
+    gemms = 3 * (gemms_time(H100, "fp8", routed) - gemms_time(H100, "bf16", routed))
+    casts = sum(cast_seconds(H100, c, *expert_cast_elements(QWEN3, c)))
+    assert gemms < 0 < casts
+    assert fp8.total - bf16.total == pytest.approx(gemms + casts)

@@ -136,17 +136,21 @@ def routed_copy_bytes(model: ModelSpec, c: ParallelConfig, fp8_padding: bool) ->
     return copies * 2 * routed_rows(model, c) * model.hidden_size * DTYPE_BYTES[c.dtype]
 
 
-def expert_cast_elements(model: ModelSpec, c: ParallelConfig) -> tuple[float, float, float, float]:
+def expert_cast_elements(model: ModelSpec, c: ParallelConfig,
+                         routed: bool = True) -> tuple[float, float, float, float]:
     """Elements one MoE layer's experts cast to fp8 per micro-batch on one rank under the rule of `cost/fp8.py`, as
     `cost/fp8.cast_seconds` takes them (forward inputs, outputs, inputs re-cast in the weight-gradient pass,
-    weights): the routed experts' two GEMMs on `routed_rows` (the gate and up projections as one, `linear_fc1` of
-    Megatron-Core's grouped experts; the down projection), every local expert's weights; the shared experts as one
-    such pair on the rank's tokens, TP-split. The router stays in the compute dtype."""
+    weights): with `routed` (`Execution.moe_fp8_routed_experts`) the routed experts' two GEMMs on `routed_rows`
+    (the gate and up projections as one, `linear_fc1` of Megatron-Core's grouped experts; the down projection) and
+    every local expert's weights; the shared experts as one such pair on the rank's tokens, TP-split. The router
+    stays in the compute dtype."""
     m, h = model.moe, model.hidden_size
-    rows, width = routed_rows(model, c), m.moe_intermediate_size / c.etp
-    inputs = rows * (h + width)
-    outputs = rows * (2 * width + h)
-    weights = (m.num_experts // c.ep) * 3 * h * width
+    inputs = outputs = weights = 0.0
+    if routed:
+        rows, width = routed_rows(model, c), m.moe_intermediate_size / c.etp
+        inputs = rows * (h + width)
+        outputs = rows * (2 * width + h)
+        weights = (m.num_experts // c.ep) * 3 * h * width
     if m.num_shared_experts:
         tokens = c.local_seq_len * c.micro_batch_size
         shared = m.num_shared_experts * m.shared_expert_intermediate_size / c.tp
