@@ -29,14 +29,15 @@ data file), one rule for every row, never chosen per row to improve agreement:
   `execution_of`); each row's "note" in the data file cites the recipe.
 Rows that need what autoconf cannot express print "not modelled: <reason>" and count in no mean. "fits": the predicted
 peak within the profile's usable memory (80 GiB less its headroom); every published run trained on 80 GB H100s.
-`--memory` prints the peak rank of each row term by term beside Megatron-LM's own theoretical estimate.
+`--memory` prints the peak rank of each row term by term beside Megatron-LM's own theoretical estimate; `--terms`
+what one MoE block costs a rank per micro-batch in each MoE row, term by term, and the step's terms.
 
 For each row it also estimates the same layout in bf16 and prints the predicted FP8 / BF16 speed-up; neither table
 publishes a BF16 row of an FP8 layout, so that ratio has no published counterpart here. The "FLOPs" column is the
 publisher's model TFLOP/s per GPU over tokens/s per GPU times autoconf's model FLOPs per token: 1.00 when both count
 the same model FLOPs (a check of the model spec, not of the estimate).
 
-Usage: python scripts/truth_nemo.py [--json | --memory]
+Usage: python scripts/truth_nemo.py [--json | --memory | --terms]
 """
 
 from __future__ import annotations
@@ -48,9 +49,13 @@ from pathlib import Path
 
 from autoconf.cost.estimate import estimate, schedule_inflight, stage_to_rank
 from autoconf.cost.memory import fp8_weight_cache_bytes, layer_activation_bytes, logits_temporary_bytes, stage_params
-from autoconf.cost.moe import blocks_params
+from autoconf.cost.compute import attention_gemms, gemms_time, model_pieces
+from autoconf.cost.fp8 import cast_seconds, mlp_cast_elements, scaling_time
+from autoconf.cost.moe import (blocks_params, expert_cast_elements, expert_gemms, load_imbalance, routed_copy_bytes,
+                               rows_per_expert)
 from autoconf.errors import UserError
 from autoconf.spec.cluster import load_cluster
+from autoconf.spec.dtypes import precision
 from autoconf.spec.frameworks import execution
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
@@ -110,11 +115,15 @@ def execution_of(row: dict, table: dict):
     v0.2.0 scripts/performance/utils/helpers.py set_moe_a2a_overlap_overrides: overlap_moe_expert_parallel_comm and
     delay_wgrad_compute) overlaps its schedule's paired chunks (`overlap_paired_chunks`: Megatron-Core's combined
     1F1B, `ScheduleSpec.pairs` of interleaved-1f1b); its dispatcher is NCCL's all-to-all (no flex backend in the
-    H100 configs), which states no SM count, so no SM share is charged (`overlap_comm_sm_share` 0)."""
+    H100 configs), which states no SM count, so no SM share is charged (`overlap_comm_sm_share` 0). A row's
+    `moe_fp8_padding` replaces the preset's where its recipe makes every expert's row count a multiple of 16 (token
+    drop with padding to capacity), so Transformer Engine's fp8 padding copies nothing."""
     flags = {"tp_comm_overlap": row["tp_comm_overlap"], "grad_buffer_dtype": row["grad_buffer_dtype"],
              "fp8_params": row["fp8_params"], "optimizer": table["optimizer"],
              "grad_buffer_passes": () if table["optimizer"] == "apex" else ("zero",),
              "overlap_paired_chunks": bool(row.get("moe_a2a_overlap"))}
+    if "moe_fp8_padding" in row:
+        flags["moe_fp8_padding"] = row["moe_fp8_padding"]
     if row["cross_entropy_fusion"]:
         flags["eager_ops"] = ()
         if table["cross_entropy_fusion_impl"] == "te":
@@ -249,6 +258,53 @@ def print_memory(data: dict) -> None:
                   f"{f['total']:5.1f}")
 
 
+def moe_block_terms(row: dict, table: dict, models: dict) -> dict:
+    """Milliseconds one MoE block costs one rank per micro-batch (forward + both backward passes) in the row's
+    layout, term by term from the specification model's pieces: the attention core, the attention projections, the
+    router (and shared experts), the routed experts' grouped GEMMs, the fp8 casts (the block's, with the experts'
+    in place of a dense MLP's), the copies of the routed rows (`cost/moe.routed_copy_bytes`), the rest of the
+    element-wise work (norms, SwiGLU, the permutation to and from the all-to-all); and the step's terms (s)."""
+    model = model_of(row, models, row["tp"])
+    c, ex, cluster = config_of(row, row["precision"]), execution_of(row, table), cluster_of(row)
+    pieces = model_pieces(model, cluster, c, execution=ex)
+    gemm = precision(c.dtype).gemm
+    dense, routed = expert_gemms(model, c)
+    tokens = (c.local_seq_len, c.micro_batch_size, c.tp)
+    rate = cluster.device.memory_bandwidth_Bps * cluster.eff("memory")
+    ms = 1e3
+    terms = {"attention core": pieces.attention_core.total,
+             "attention GEMMs": 3 * gemms_time(cluster, gemm, attention_gemms(model, *tokens)),
+             "router GEMM": 3 * gemms_time(cluster, gemm, dense),
+             "routed GEMMs": 3 * gemms_time(cluster, gemm, routed) * load_imbalance(cluster),
+             "fp8 casts": sum(scaling_time(model, cluster, c)) + sum(cast_seconds(cluster, c, *expert_cast_elements(
+                 model, c))) - sum(cast_seconds(cluster, c, *mlp_cast_elements(model, c))),
+             "routed copies": 2 * routed_copy_bytes(model, c, ex.moe_fp8_padding) / rate}
+    block = pieces.attention_core.total + pieces.moe_rest.total
+    terms["other element-wise"] = block - sum(terms.values())
+    p = estimate(model, cluster, c, execution=ex, detail=True).prediction
+    return {"label": row["label"], "block_ms": {k: v * ms for k, v in terms.items()}, "total_ms": block * ms,
+            "rows_per_expert": rows_per_expert(model, c), "step_s": p["time_breakdown"],
+            "predicted_step_s": p["iteration_time_s"],
+            "published_step_s": row["gbs"] * row["seq_len"] / row["gpus"] / row["tokens_per_s_per_gpu"]}
+
+
+def print_terms(data: dict) -> None:
+    models = {k: v for k, v in data["models"].items() if k != "source"}
+    for table in data["tables"]:
+        for row in table["rows"]:
+            model = PRESETS.get(row["model"])
+            if not_modelled(row, models) or model is None or model.moe is None:
+                continue
+            r = moe_block_terms(row, table, models)
+            print(f"{r['label']}: one MoE block, one micro-batch, one rank, ms (forward + backward; "
+                  f"{r['rows_per_expert']:.0f} rows per local expert)")
+            for name, value in r["block_ms"].items():
+                print(f"  {name:20s} {value:7.2f}")
+            print(f"  {'block':20s} {r['total_ms']:7.2f}")
+            steps = ", ".join(f"{k} {v:.2f}" for k, v in r["step_s"].items() if v >= 0.005)
+            print(f"  step, s: {steps}; predicted {r['predicted_step_s']:.2f}, published {r['published_step_s']:.2f}")
+
+
 def _stats(errors: list[float]) -> dict:
     if not errors:
         return {}
@@ -288,6 +344,9 @@ def _print_stats(name: str, s: dict) -> None:
 def main() -> int:
     if "--memory" in sys.argv:
         print_memory(load())
+        return 0
+    if "--terms" in sys.argv:
+        print_terms(load())
         return 0
     result = compare()
     if "--json" in sys.argv:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from autoconf.cost.interpolate import CLAMP, EXTRAPOLATE, interpolate, interpolate_many
 from autoconf.spec.cluster import ClusterProfile
-from autoconf.cost.fp8 import scaling_time
+from autoconf.cost.fp8 import cast_seconds, mlp_cast_elements, scaling_time
 from autoconf.cost.offload import cpu_optimizer_time
 from autoconf.spec.dtypes import DTYPE_BYTES, precision
 from autoconf.spec.frameworks import GRAD_BUFFER_PASSES, Execution, compiled_ops
@@ -503,10 +503,17 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     block_rest = PassTimes(mm + elementwise, mm + 2 * elementwise, mm) + eager + scaling
     moe_rest = None
     if model.moe is not None:
-        moe_mm, moe_elementwise = _moe_ffn_time(model, cluster, c, mem_rate)
+        routed_fp8 = execution is not None and execution.moe_fp8_routed_experts
+        moe_mm, moe_elementwise = _moe_ffn_time(model, cluster, c, mem_rate, routed_fp8)
         mm = mm - gemms_time(cluster, precision(c.dtype).gemm, layer_gemms(model, s, b, t)[2:]) + moe_mm
         elementwise += moe_elementwise - 3 * s * b * f * e / t / mem_rate  # the dense MLP's SwiGLU product goes
-        moe_rest = PassTimes(mm + elementwise, mm + 2 * elementwise, mm) + eager + scaling
+        from autoconf.cost.moe import expert_cast_elements, routed_copy_bytes
+
+        copies = routed_copy_bytes(model, c, execution is not None and execution.moe_fp8_padding) / mem_rate
+        experts_scaling = PassTimes(*cast_seconds(cluster, c, *expert_cast_elements(model, c, routed_fp8)))
+        mlp_scaling = PassTimes(*cast_seconds(cluster, c, *mlp_cast_elements(model, c)))
+        moe_rest = (PassTimes(mm + elementwise + copies, mm + 2 * elementwise + copies, mm) + eager + scaling
+                    + experts_scaling + mlp_scaling.scaled(-1))
 
     # Embedding: a gather of s*b rows (and learned positions); the weight backward scatters them into the dense
     # gradient of the whole table (`embedding_grad_bytes`).
@@ -523,17 +530,21 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     return ModelPieces(attention_core, block_rest, embedding, head, "specification", moe_rest)
 
 
-def _moe_ffn_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
-                  mem_rate: float) -> tuple[float, float]:
+def _moe_ffn_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, mem_rate: float,
+                  routed_fp8: bool = True) -> tuple[float, float]:
     """(one forward of the GEMMs, the element-wise seconds) of an MoE layer's FFN part on one rank: the router and
     shared experts, and every local expert's GEMMs at its own shape (`cost/moe.expert_gemms`: the size curve
-    prices the small GEMMs of many experts), slowed by the load imbalance; element-wise, SwiGLU's product on the
-    routed rows (and the shared experts'), and the permutation that orders the routed tokens by expert and back."""
+    prices the small GEMMs of many experts), slowed by the load imbalance, at the dtype's GEMM peak, or without
+    `routed_fp8` (`Execution.moe_fp8_routed_experts`) the routed ones at the compute dtype's; element-wise,
+    SwiGLU's product on the routed rows (and the shared experts'), and the permutation that orders the routed tokens
+    by expert and back."""
     from autoconf.cost.moe import expert_gemms, load_imbalance, tokens_per_rank
 
-    gemm = precision(c.dtype).gemm
+    p = precision(c.dtype)
+    gemm = p.gemm
     dense, routed = expert_gemms(model, c)
-    seconds = gemms_time(cluster, gemm, dense) + gemms_time(cluster, gemm, routed) * load_imbalance(cluster)
+    seconds = (gemms_time(cluster, gemm, dense)
+               + gemms_time(cluster, gemm if routed_fp8 else p.element, routed) * load_imbalance(cluster))
     m, e = model.moe, DTYPE_BYTES[c.dtype]
     routed_tokens = tokens_per_rank(c) * m.num_experts_per_tok
     shared = m.num_shared_experts * m.shared_expert_intermediate_size

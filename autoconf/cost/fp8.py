@@ -45,17 +45,29 @@ def scaling_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -
     (forward, input-gradient pass, weight-gradient pass), at `HBM bandwidth x efficiency["memory"]`; zero for a
     dtype without dynamic scaling. The column-parallel linears see the full sequence also under sequence
     parallelism (their input is gathered first), so every linear casts `seq_len x micro_batch` tokens."""
-    p = precision(c.dtype)
-    if not p.dynamic_scaling:
+    if not precision(c.dtype).dynamic_scaling:
         return 0.0, 0.0, 0.0
     tokens = c.local_seq_len * c.micro_batch_size
-    fp8_gather = p.gather == "fp8" and c.zero_sharded
-    weight_forward = 1.0 / c.dp_cp if fp8_gather else 1.0
-    weight_backward = 0.0 if fp8_gather else 1.0
     linears = block_linears(model, c.tp)
     outputs = sum(tokens * n for _, n in linears)
     weights = sum(k * n for k, n in linears)
     forward_inputs, backward_inputs = input_cast_elements(model, c)
+    return cast_seconds(cluster, c, forward_inputs, outputs, backward_inputs, weights)
+
+
+def cast_seconds(cluster: ClusterProfile, c: ParallelConfig, forward_inputs: float, outputs: float,
+                 backward_inputs: float, weights: float) -> tuple[float, float, float]:
+    """(forward, input-gradient, weight-gradient) seconds of casting, for linear layers whose GEMMs read
+    `forward_inputs` input elements in the forward (`backward_inputs` re-cast in the weight-gradient pass), write
+    `outputs` output elements (their gradients are cast in both backward passes) and hold `weights` weight elements
+    (cast in the forward and the input-gradient pass, or with FSDP's fp8 all-gather only the rank's 1/dp shard in
+    the forward), at `HBM bandwidth x efficiency["memory"]`; zero for a dtype without dynamic scaling."""
+    p = precision(c.dtype)
+    if not p.dynamic_scaling:
+        return 0.0, 0.0, 0.0
+    fp8_gather = p.gather == "fp8" and c.zero_sharded
+    weight_forward = 1.0 / c.dp_cp if fp8_gather else 1.0
+    weight_backward = 0.0 if fp8_gather else 1.0
     seconds_per_element = cast_bytes_per_element(p.element) / (cluster.device.memory_bandwidth_Bps *
                                                                cluster.eff("memory"))
     return ((forward_inputs + weight_forward * weights) * seconds_per_element,
@@ -84,6 +96,20 @@ def input_cast_elements(model: ModelSpec, c: ParallelConfig) -> tuple[float, flo
     row_parallel = tokens * (h // t + f // t)
     regions = 2 * tokens * h / (t if c.sequence_parallel else 1)
     return regions + row_parallel, row_parallel
+
+
+def mlp_cast_elements(model: ModelSpec, c: ParallelConfig) -> tuple[float, float, float, float]:
+    """The dense MLP's share of `scaling_time`'s elements, as `cast_seconds` takes them (forward inputs, outputs,
+    inputs re-cast in the weight-gradient pass, weights): what an MoE block casts for its experts instead
+    (`cost/moe.expert_cast_elements`)."""
+    tokens = c.local_seq_len * c.micro_batch_size
+    mlp = block_linears(model, c.tp)[4:]
+    if c.tp == 1:
+        forward_inputs = backward_inputs = sum(tokens * k for k, _ in mlp)
+    else:
+        backward_inputs = tokens * (model.ffn_hidden_size // c.tp)
+        forward_inputs = backward_inputs + tokens * model.hidden_size / (c.tp if c.sequence_parallel else 1)
+    return (forward_inputs, sum(tokens * n for _, n in mlp), backward_inputs, sum(k * n for k, n in mlp))
 
 
 def float8_linear_saved_bytes(tokens: int, in_features: int, dtype: str) -> int:

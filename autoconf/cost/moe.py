@@ -114,6 +114,59 @@ def expert_gemms(model: ModelSpec, c: ParallelConfig) -> tuple[list[float], list
     return dense, routed
 
 
+def routed_rows(model: ModelSpec, c: ParallelConfig) -> float:
+    """Rows of routed tokens one rank's local experts run on average in one MoE layer and micro-batch: the T x k
+    tokens of its EP group's ranks that reach its experts, times etp (the ETP group all-gathers them):
+    `rows_per_expert` times the local experts."""
+    return tokens_per_rank(c) * model.moe.num_experts_per_tok * c.etp
+
+
+def routed_copy_bytes(model: ModelSpec, c: ParallelConfig, fp8_padding: bool) -> float:
+    """Bytes one MoE layer moves on one rank per pass (forward; the backward moves the same for the gradients)
+    copying its routed rows beyond the permutation that sorts them by destination and its inverse (counted in
+    `cost/compute._moe_ffn_time`), each copy a read and a write of `routed_rows` x hidden in the compute dtype:
+    - with ep x etp > 1 and more than one local expert, the rows a rank receives arrive grouped by source rank and
+      are sorted by local expert before the experts, and unsorted before the combine (Megatron-Core's alltoall
+      dispatcher, moe/token_dispatcher.py `sort_chunks_by_idxs` in dispatch_postprocess and combine_preprocess,
+      core_v0.15.0; autoconf's executor, execute/moe.py, indexes them by expert and back; Megatron-Core also runs the
+      sort, in identity order, on a single EP rank, which is not counted);
+    - `fp8_padding` (`Execution.moe_fp8_padding`) under a dynamic-scaling fp8 dtype: each local expert's rows are
+      padded to the fp8 GEMM's multiple before the grouped GEMM and the output unpadded after it (Megatron-Core's
+      TEGroupedMLP with Transformer Engine's Fp8Padding / Fp8Unpadding, core_v0.15.0 moe/experts.py; TE copies
+      unless every expert's row count is already a multiple of 16, which routed counts almost never are)."""
+    m = model.moe
+    copies = 0
+    if c.ep * c.etp > 1 and m.num_experts // c.ep > 1:
+        copies += 2
+    if fp8_padding and precision(c.dtype).dynamic_scaling:
+        copies += 2
+    return copies * 2 * routed_rows(model, c) * model.hidden_size * DTYPE_BYTES[c.dtype]
+
+
+def expert_cast_elements(model: ModelSpec, c: ParallelConfig,
+                         routed: bool = True) -> tuple[float, float, float, float]:
+    """Elements one MoE layer's experts cast to fp8 per micro-batch on one rank under the rule of `cost/fp8.py`, as
+    `cost/fp8.cast_seconds` takes them (forward inputs, outputs, inputs re-cast in the weight-gradient pass,
+    weights): with `routed` (`Execution.moe_fp8_routed_experts`) the routed experts' two GEMMs on `routed_rows`
+    (the gate and up projections as one, `linear_fc1` of Megatron-Core's grouped experts; the down projection) and
+    every local expert's weights; the shared experts as one such pair on the rank's tokens, TP-split. The router
+    stays in the compute dtype."""
+    m, h = model.moe, model.hidden_size
+    inputs = outputs = weights = 0.0
+    if routed:
+        rows, width = routed_rows(model, c), m.moe_intermediate_size / c.etp
+        inputs = rows * (h + width)
+        outputs = rows * (2 * width + h)
+        weights = (m.num_experts // c.ep) * 3 * h * width
+    if m.num_shared_experts:
+        tokens = c.local_seq_len * c.micro_batch_size
+        shared = m.num_shared_experts * m.shared_expert_intermediate_size / c.tp
+        inputs += tokens * (h / (c.tp if c.sequence_parallel else 1) + shared)
+        outputs += tokens * (2 * shared + h)
+        weights += 3 * h * shared
+    return inputs, outputs, inputs, weights
+
+
 def dispatch_bytes(model: ModelSpec, c: ParallelConfig, dtype: str | None = None) -> float:
     """Bytes one rank sends in one dispatch (and one combine) all-to-all: T x k hidden vectors in the compute dtype
     (or storage dtype `dtype`)."""

@@ -193,6 +193,17 @@ class Execution:
         are then min(M, top-k) / top-k of an all-to-all's, and the NVLink forwarding carries more than its
         intra-node part (`cost/moe.dispatch_shares`). False: NCCL's all-to-all, every routed copy travels on its
         own (Megatron-Core's alltoall dispatcher).
+    moe_fp8_padding: under fp8 the grouped experts pad each local expert's routed rows to the fp8 GEMM's multiple
+        with a copy before the GEMMs and unpad the output with another (Megatron-Core's TEGroupedMLP with Transformer
+        Engine's Fp8Padding / Fp8Unpadding whenever config.fp8 is set, core_v0.15.0 moe/experts.py; TE copies unless
+        every count is already a multiple of 16). Timed by `cost/moe.routed_copy_bytes`. autoconf's executor runs no
+        fp8 routed experts.
+    moe_fp8_routed_experts: under a dynamic-scaling fp8 dtype the routed experts' grouped GEMMs run in fp8 and cast
+        their operands (Megatron-Core's TEGroupedMLP: Transformer Engine's GroupedLinear under the fp8 recipe). False:
+        they run in the compute dtype, uncast (autoconf's executor: torchao converts the blocks' nn.Linear modules,
+        execute/fp8.py `is_block_linear`, and the routed experts are the raw weights of execute/moe.py
+        `GroupedExperts`); the shared experts are linear layers and run in fp8 either way, the router in neither.
+        Read by `cost/compute._moe_ffn_time` (the GEMMs' peak) and `cost/moe.expert_cast_elements` (the casts).
     megatron_args / torchtitan_settings: what makes the target framework run as modelled, as (when, flag, line):
         the line applies when the config matches `when` (see `_applies`) and the flag ("name" or "name=value") holds.
     """
@@ -227,6 +238,8 @@ class Execution:
     moe_combine_keeps_outputs: bool = True
     pairs_full_recompute: bool = True
     dispatch_per_node: bool = False
+    moe_fp8_padding: bool = False
+    moe_fp8_routed_experts: bool = False
     megatron_args: tuple[tuple[str, str, str], ...] = ()
     torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
 
@@ -396,7 +409,7 @@ PRESETS: dict[str, Execution] = {
         distributed_optimizer=True, grad_reduce_start="per_bucket", bucket_params=40e6, bucket_first_rank_only=True,
         param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False, eager_ops=("vocab_parallel_ce",),
         transformer_engine=True, loss_memory="inplace", grad_buffer_passes=("zero", "scale", "nan_check"),
-        moe_combine_keeps_outputs=False,
+        moe_combine_keeps_outputs=False, moe_fp8_padding=True, moe_fp8_routed_experts=True,
         megatron_args=(("dp", "grad_reduce_start=per_bucket", "--overlap-grad-reduce"),
                        ("sharded", "distributed_optimizer", "--use-distributed-optimizer"),
                        ("sharded", "param_gather_overlap", "--overlap-param-gather"),
@@ -480,7 +493,7 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies",
               "compile_loss", "transformer_engine", "fp8_params", "grad_buffer_dtype", "optimizer", "loss_memory",
               "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs",
-              "pairs_full_recompute", "dispatch_per_node")
+              "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts")
 
 
 def parse_flags(pairs) -> dict:
