@@ -95,15 +95,16 @@ def unsupported_reason(config, model=None) -> str | None:
 def optimizer_offload_unsupported(config) -> str | None:
     """Why the executor does not run offload_optimizer (FSDP2's CPUOffloadPolicy on every FSDP unit) with this
     layout, or None. Run on CPU to the single-process losses, with each rank's host bytes as estimated: dp 2 alone
-    (tests/test_execute.py), tp 2 x dp 2 over the DTensor TP mesh and pp 2 x dp 2 under 1F1B (tests/test_offload.py).
-    Not run: tp and pp together (eight ranks, beyond the tests' jobs) and FP8 linears (torchao's fp8 all-gather of
-    the offloaded shards)."""
-    others = [what for what, on in ((f"tp {config.tp} with pp {config.pp}", config.tp > 1 and config.pp > 1),
-                                    ("dtype fp8", config.dtype == "fp8")) if on]
-    if not others:
+    (tests/test_execute.py), tp 2 x pp 2 x dp 2 under 1F1B with ZeRO-3 (each TP shard of each stage's units on the
+    host; tests/test_offload.py, the 8-rank job) and, before it, tp 2 x dp 2 and pp 2 x dp 2; fp8 (torchao's
+    Float8Linear with its fp8 all-gather of the offloaded shards, CPU emulation) at dp 2 with ZeRO-1, to the losses
+    of the same plan without offload. Not run: fp8 with a pipeline (fp8 runs with tp 1 only, so that is the one
+    fp8 layout left)."""
+    if config.dtype != "fp8" or config.pp == 1:
         return None
-    return (f"offload_optimizer (FSDP2's CPUOffloadPolicy) with {' and '.join(others)} is not run by the executor "
-            f"(it runs with tp or pp alone, in fp32/bf16); drop the offload, or use tp 1 or pp 1 and bf16")
+    return (f"offload_optimizer (FSDP2's CPUOffloadPolicy) with dtype fp8 and pp {config.pp} is not run by the "
+            f"executor (it runs fp8 offload without a pipeline, and fp32/bf16 offload with tp and pp); drop the "
+            f"offload, or use pp 1 or bf16")
 
 
 def op_policy_unsupported(config, model=None) -> str | None:
