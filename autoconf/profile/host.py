@@ -7,7 +7,8 @@ with CUDA events. The AdamW rate is the executor's own host optimizer step (exec
 its parameter groups, as it steps offload_optimizer's host shards) over a few million fp32 parameters, with the
 rank's threads (one unless OMP_NUM_THREADS says otherwise: execute/launch.py). On CPU the "device" is the host: the
 copy rates measured are a memcpy between two host tensors (bytes copied per second, one direction), not a PCIe
-number. Host memory is the node's physical RAM (/proc/meminfo).
+number, and every time is the thread's CPU time (as the compute tables). Host memory is the node's physical RAM
+(/proc/meminfo).
 
 `autoconf profile` measures all of it with the rest of a profile (profile/run.py). For a profile written by hand
 (cpu-local), `python -m autoconf.profile.host PROFILE.json [--ranks N]` measures only its host object, N processes
@@ -23,16 +24,26 @@ from autoconf.profile.timing import median, time_repeated, work_time
 
 
 def copy_rates(device: torch.device, nbytes: int, warmup: int, repeats: int) -> tuple[float, float]:
-    """(host-to-device, device-to-host) bytes per second of one `nbytes` copy; on CPU both are a memcpy rate."""
+    """(host-to-device, device-to-host) bytes per second of one `nbytes` copy; on CPU both are a memcpy rate, timed
+    as the thread's CPU time (`work_time`)."""
     numel = nbytes // 4
     on_gpu = device.type == "cuda"
     host = torch.ones(numel, dtype=torch.float32)
     if on_gpu:
         host = host.pin_memory()
     dev = torch.empty(numel, dtype=torch.float32, device=device)
-    h2d = median(time_repeated(lambda: dev.copy_(host, non_blocking=on_gpu), device, warmup, repeats))
-    d2h = median(time_repeated(lambda: host.copy_(dev, non_blocking=on_gpu), device, warmup, repeats))
-    return numel * 4 / h2d, numel * 4 / d2h
+    return (numel * 4 / _median_time(lambda: dev.copy_(host, non_blocking=on_gpu), device, warmup, repeats),
+            numel * 4 / _median_time(lambda: host.copy_(dev, non_blocking=on_gpu), device, warmup, repeats))
+
+
+def _median_time(fn, device: torch.device, warmup: int, repeats: int) -> float:
+    """The median seconds of `repeats` calls after `warmup`: CUDA events on GPU; on CPU the thread's CPU time (as the
+    compute tables: the wall time of a shared host depends on its other load)."""
+    if device.type == "cuda":
+        return median(time_repeated(fn, device, warmup, repeats))
+    for _ in range(warmup):
+        fn()
+    return median([work_time(fn, device) for _ in range(repeats)])
 
 
 # The parameters of the timed AdamW step: matrices of MATRIX x MATRIX (decayed) and one MATRIX-vector (not decayed)
@@ -54,14 +65,11 @@ def adam_time_per_param(device: torch.device, numel: int, warmup: int, repeats: 
     for p in params:
         p.grad = torch.randn_like(p)
     opt = adamw(param_groups(params, ADAM_WEIGHT_DECAY), ADAM_LR, fused=False)
-    cpu = torch.device("cpu")
-    if device.type == "cuda":
-        times = time_repeated(opt.step, cpu, warmup, repeats)
+    if device.type == "cuda":  # the host step's wall time
+        seconds = median(time_repeated(opt.step, torch.device("cpu"), warmup, repeats))
     else:
-        for _ in range(warmup):
-            opt.step()
-        times = [work_time(opt.step, cpu) for _ in range(repeats)]
-    return median(times) / sum(p.numel() for p in params)
+        seconds = _median_time(opt.step, device, warmup, repeats)
+    return seconds / sum(p.numel() for p in params)
 
 
 def measure_host(device: torch.device, quick: bool, tiny: bool) -> dict:
@@ -85,13 +93,13 @@ def combine_host(measured: list[dict], on_gpu: bool, when: str) -> dict:
     what = (f"pinned host-device copies of {size} MiB (CUDA events) and {adam} (wall time)"
             if on_gpu else
             f"on CPU the device is the host: h2d_Bps and d2h_Bps are a memcpy of {size} MiB between host tensors "
-            f"(one direction), not a PCIe rate; {adam} (the thread's CPU time)")
+            f"(one direction), not a PCIe rate, and {adam}, each timed as the thread's CPU time")
     return {"memory_bytes": median([m["memory_bytes"] for m in measured]),
             "h2d_Bps": median([m["h2d_Bps"] for m in measured]),
             "d2h_Bps": median([m["d2h_Bps"] for m in measured]),
             "adam_s_per_param": median([m["adam_s_per_param"] for m in measured]),
-            "source": f"measured by autoconf profile on {when}, every rank at once (median over ranks): {what}; "
-                      f"memory_bytes is the node's physical RAM (/proc/meminfo)"}
+            "source": f"measured by the profiler (profile/host.py) on {when}, every rank at once (median over "
+                      f"ranks): {what}; memory_bytes is the node's physical RAM (/proc/meminfo)"}
 
 
 def _measure_one(barrier, quick: bool) -> dict:
