@@ -7,7 +7,7 @@ modules do not start their own: each registers its layouts at import, under its 
     executor_jobs.register("execute", LAYOUTS)
 
 and reads them back with `results("execute", tmp_path_factory)`, which runs every registered layout once per
-session in three jobs: world 4, then 2, then 1; within a job in registration order, a layout that several modules
+session in one job per world size: 8, 4, 2, then 1; within a job in registration order, a layout that several modules
 register with the same plan and options (a shared reference run) once. A layout may resume a
 checkpoint written by one that runs before it: its options name `copy_checkpoint` (a step directory), which the
 worker copies into its `checkpoint_dir` before training. Those two options, when relative, are directories under the
@@ -29,7 +29,7 @@ from autoconf.spec.plan import Plan
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 3
-WORLD_ORDER = (4, 2, 1)  # checkpoints are written by the bigger worlds, resumed by the smaller ones
+WORLD_ORDER = (8, 4, 2, 1)  # checkpoints are written by the bigger worlds, resumed by the smaller ones
 PATH_OPTIONS = ("checkpoint_dir", "copy_checkpoint")
 ABORT = "terminate called without an active exception"
 

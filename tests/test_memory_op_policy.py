@@ -254,15 +254,16 @@ def test_the_policy_trains_with_offload_and_fp8_as_without_it(tmp_path_factory):
 
 
 def test_context_parallelism_and_moe_stay_refused_in_one_line():
-    """The levers the policy does not run with are one line each, naming what does run; fp8 and offload_activations
-    run."""
+    """The levers the policy does not run with are one line each, saying why and naming what does run; fp8 and
+    offload_activations run."""
     base = ParallelConfig(tp=1, pp=1, dp=2, cp=2, micro_batch_size=1, global_batch_size=4, seq_len=64,
                           zero_stage=3, **POLICY)
-    assert "cp > 1" in op_policy_unsupported(base) and "\n" not in op_policy_unsupported(base)
+    refused = op_policy_unsupported(base)
+    assert "cp > 1" in refused and "K/V exchange" in refused and "cp 1" in refused and "\n" not in refused
     dense = dataclasses.replace(base, cp=1, dtype="fp8", offload_activations=True)
     assert op_policy_unsupported(dense) is None
     moe = op_policy_unsupported(dataclasses.replace(base, cp=1), PRESETS["tiny-moe"])
-    assert "mixture-of-experts" in moe and "attention_core" in moe
+    assert "mixture-of-experts" in moe and "routing" in moe and "attention_core" in moe and "\n" not in moe
 
 
 def test_under_offload_the_recomputed_block_holds_its_copied_back_bytes_and_its_rebuilt_activations():

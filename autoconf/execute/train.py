@@ -36,6 +36,7 @@ from autoconf.execute.data import TokenSource, local_rows
 from autoconf.execute.mesh import build_expert_mesh, build_mesh
 from autoconf.execute.model import init_seed
 from autoconf.execute.moe import is_expert_param
+from autoconf.execute.optimizer import adamw, param_groups
 from autoconf.execute.parallelize import GradReducer, match_grad_layout, moe_layers, parallelize_chunk, replica_mesh
 from autoconf.files import open_append, write_file
 from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_schedule, loss_fn
@@ -159,24 +160,10 @@ class Trainer:
 
     # ---- optimizer -------------------------------------------------------------------------------------------
     def _optimizer(self, model) -> torch.optim.Optimizer:
-        """AdamW on the fp32 master weights, fused on CUDA and foreach (multi-tensor) on CPU; decay on matrices only.
-        Parameters are grouped by kind (plain tensor, or DTensor of one mesh) so that one multi-tensor update never
-        mixes them."""
-        from torch.distributed.tensor import DTensor
-
-        groups: dict = {}
-        seen: set[int] = set()
-        for p in model.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                mesh_key = (p.device_mesh.mesh_dim_names, tuple(p.device_mesh.mesh.flatten().tolist())) \
-                    if isinstance(p, DTensor) else None
-                groups.setdefault((p.ndim >= 2, mesh_key), []).append(p)
-        param_groups = [{"params": ps, "weight_decay": self.opts.weight_decay if decay else 0.0}
-                        for (decay, _), ps in groups.items()]
+        """AdamW on the fp32 master weights (execute/optimizer.py), fused on CUDA and foreach (multi-tensor) on CPU
+        and on offload_optimizer's host tensors; decay on matrices only."""
         fused = self.device.type == "cuda" and not self.config.offload_optimizer  # offloaded: host tensors
-        return torch.optim.AdamW(param_groups, lr=self.opts.lr, betas=(0.9, 0.95), eps=1e-8, fused=fused,
-                                 foreach=not fused)
+        return adamw(param_groups(model.parameters(), self.opts.weight_decay), self.opts.lr, fused)
 
     # ---- gradients ---------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -95,38 +95,45 @@ def unsupported_reason(config, model=None) -> str | None:
 def optimizer_offload_unsupported(config) -> str | None:
     """Why the executor does not run offload_optimizer (FSDP2's CPUOffloadPolicy on every FSDP unit) with this
     layout, or None. Run on CPU to the single-process losses, with each rank's host bytes as estimated: dp 2 alone
-    (tests/test_execute.py), tp 2 x dp 2 over the DTensor TP mesh and pp 2 x dp 2 under 1F1B (tests/test_offload.py).
-    Not run: tp and pp together (eight ranks, beyond the tests' jobs) and FP8 linears (torchao's fp8 all-gather of
-    the offloaded shards)."""
-    others = [what for what, on in ((f"tp {config.tp} with pp {config.pp}", config.tp > 1 and config.pp > 1),
-                                    ("dtype fp8", config.dtype == "fp8")) if on]
-    if not others:
+    (tests/test_execute.py), tp 2 x pp 2 x dp 2 under 1F1B with ZeRO-3 (each TP shard of each stage's units on the
+    host; tests/test_offload.py, the 8-rank job) and, before it, tp 2 x dp 2 and pp 2 x dp 2; fp8 (torchao's
+    Float8Linear with its fp8 all-gather of the offloaded shards, CPU emulation) at dp 2 with ZeRO-1, to the losses
+    of the same plan without offload. Not run: fp8 with a pipeline (fp8 runs with tp 1 only, so that is the one
+    fp8 layout left)."""
+    if config.dtype != "fp8" or config.pp == 1:
         return None
-    return (f"offload_optimizer (FSDP2's CPUOffloadPolicy) with {' and '.join(others)} is not run by the executor "
-            f"(it runs with tp or pp alone, in fp32/bf16); drop the offload, or use tp 1 or pp 1 and bf16")
+    return (f"offload_optimizer (FSDP2's CPUOffloadPolicy) with dtype fp8 and pp {config.pp} is not run by the "
+            f"executor (it runs fp8 offload without a pipeline, and fp32/bf16 offload with tp and pp); drop the "
+            f"offload, or use pp 1 or bf16")
 
 
 def op_policy_unsupported(config, model=None) -> str | None:
     """Why the executor does not run selective_recompute "alternate_matmuls" (torchtitan's per-op policy) with this
     layout, or None. Run on CPU to the single-process losses: TP with and without SP, pipelines, FSDP
     (tests/test_execute.py); FP8 linears and offload_activations (tests/test_memory_op_policy.py: the block keeps,
-    and the offload hooks move, what the estimate counts). Not run:
+    and the offload hooks move, what the estimate counts). Not run (docs/recompute.md says what would make each
+    run):
     - context parallelism: the executor's CP attention (execute/context_parallel.py) all-gathers K/V and runs a
       masked attention, or passes K/V around a ring and merges blockwise results (an explicit softmax on CPU, the
       flash kernel once per K/V block under torch's context_parallel on CUDA); the policy would save no attention
       output or cp partial ones, and redo the K/V exchange in the backward, which no saved-bytes or time rule
       counts;
     - MoE layers: the routed experts' GEMMs are one matmul per expert holding tokens (on CPU) or a grouped GEMM, so
-      "every second matmul" depends on the routing; saving the all-to-all outputs (torchtitan's list) would not
-      make the expert GEMMs' share countable."""
-    others = [what for what, on in (("cp > 1", config.cp > 1),
-                                    ("a mixture-of-experts model", model is not None and model.moe is not None))
-              if on]
-    if not others:
+      the policy's "every second matmul" count runs through a routing-dependent number of them; saving the
+      all-to-all outputs (torchtitan's list) would spare the exchange, not make that count fixed."""
+    found = [(what, why) for what, why, on in (
+        ("cp > 1", "autoconf's CP attention (a K/V all-gather or ring, then a masked or blockwise attention) is no "
+                   "kernel the policy saves, so the backward would redo the K/V exchange and keep bytes no rule "
+                   "counts", config.cp > 1),
+        ("a mixture-of-experts model", "its experts' matmuls (on CPU one per expert holding tokens) enter the "
+                                       "every-second-matmul count, so what a block keeps depends on the routing",
+         model is not None and model.moe is not None)) if on]
+    if not found:
         return None
-    return (f"selective_recompute alternate_matmuls (the per-op policy) with {', '.join(others)} is not run (no "
-            f"saved-bytes rule for its blockwise or routed GEMMs); use selective_recompute attention_core, or drop "
-            f"{', '.join(others)}")
+    return ("selective_recompute alternate_matmuls (the per-op policy) is not run " +
+            "; nor ".join(f"with {what}: {why}" for what, why in found) +
+            "; use selective_recompute attention_core" +
+            (", or cp 1" if config.cp > 1 else ""))
 
 
 def sequence_chunks_reason(config, model=None) -> str | None:

@@ -1,0 +1,33 @@
+"""The executor's optimizer, built once here: AdamW on the fp32 master weights (train.py, one per model chunk), and
+the same step the profiler times over host tensors for the profile's host AdamW rate (profile/host.py), which is
+the CPU step of offload_optimizer (cost/offload.py `cpu_optimizer_time`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+BETAS = (0.9, 0.95)
+EPS = 1e-8
+
+
+def param_groups(params, weight_decay: float) -> list[dict]:
+    """The distinct `params` in AdamW groups: decay on matrices only, and grouped by kind (plain tensor, or DTensor
+    of one mesh) so that one multi-tensor update never mixes them."""
+    from torch.distributed.tensor import DTensor
+
+    groups: dict = {}
+    seen: set[int] = set()
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            mesh_key = (p.device_mesh.mesh_dim_names, tuple(p.device_mesh.mesh.flatten().tolist())) \
+                if isinstance(p, DTensor) else None
+            groups.setdefault((p.ndim >= 2, mesh_key), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if decay else 0.0} for (decay, _), ps in groups.items()]
+
+
+def adamw(groups: list[dict], lr: float, fused: bool) -> torch.optim.AdamW:
+    """AdamW with the executor's betas and eps: torch's fused kernel (`fused`, CUDA tensors), else foreach
+    (multi-tensor), as on CPU and on the host tensors of offload_optimizer."""
+    return torch.optim.AdamW(groups, lr=lr, betas=BETAS, eps=EPS, fused=fused, foreach=not fused)
