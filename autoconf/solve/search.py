@@ -314,13 +314,15 @@ class _BoundCache:
 
     def _optimizer(self, c: ParallelConfig) -> float:
         """The optimizer step of pipeline rank 0 of the uniform partition (the estimate's slowest rank is no
-        faster)."""
+        faster), with the execution's passes over the main-gradient buffer (linear in the rank's unsharded
+        parameters, of which this counts no more than the estimate)."""
         rank0_layers = self._rank_layers(c)[0]
         key = (c.tp, c.dp_cp, c.zero_sharded, rank0_layers, c.offload_optimizer)
         if key not in self._optimizers:
             model = self.model
             params_rank0 = (rank0_layers * smallest_layer_params(model) + model.embedding_params()) / c.tp
-            self._optimizers[key] = rank_optimizer_time(self.cluster, c, params_rank0 * c.tp)
+            self._optimizers[key] = rank_optimizer_time(self.cluster, c, params_rank0 * c.tp,
+                                                        execution=self.execution)
         return self._optimizers[key]
 
     def memory_bound(self, c: ParallelConfig) -> float:
