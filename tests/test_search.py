@@ -182,8 +182,10 @@ def test_search_bounds_never_exceed_the_simulation(cluster_name):
 
 def assert_bounds_below_estimate(model, cluster, configs, execution=None, memory: bool = True) -> list:
     """Each config's search bounds (`_BoundCache.bounds`: time, and memory with `memory`) at or below its estimate,
-    the cheap memory bound (`state_bound`) at or below the memory bound, and an offloading twin's floor
-    (`offload_floor`, every lever) at or below what stays of rank 0's entry; the configs checked."""
+    the cheap memory bound (`state_bound`) at or below the memory bound, an offloading twin's floor
+    (`offload_floor`, every lever) at or below what stays of rank 0's entry, and a recompute candidate's bound as the
+    walk first takes it (no layer recomputed yet) at or above its twin's without recompute (`search` bounds a family
+    of candidates by its members without recompute); the configs checked."""
     from autoconf.cost.estimate import Execution
     from autoconf.solve.search import _BoundCache
 
@@ -192,6 +194,10 @@ def assert_bounds_below_estimate(model, cluster, configs, execution=None, memory
         bound = cache.bounds(config)
         p = estimate(model, cluster, config, detail=False).prediction
         assert bound.time_s <= p["iteration_time_s"] * (1 + 1e-9), config
+        if config.recompute != "none" and not config.offload_activations:
+            unfitted = dataclasses.replace(config, recompute_layers=(0,) * config.num_stages)
+            plain = dataclasses.replace(config, recompute="none", selective_recompute=None)
+            assert cache.time_bound(unfitted) >= cache.time_bound(plain), config
         if memory:
             assert cache.state_bound(config) <= bound.memory_bytes * (1 + 1e-9), config
             assert bound.memory_bytes <= p["peak_memory_bytes"] * (1 + 1e-9), config
