@@ -346,7 +346,7 @@ def test_megatron_p2p_all_gathers_the_scattered_activation_over_the_receiving_tp
 def test_megatron_grad_buffer_passes_cost_their_bytes_once_per_step_and_only_in_the_megatron_layout():
     """Megatron-Core zeroes its fp32 main-gradient buffer, scales it by 1/dp and takes each bucket's norm (the NaN
     check) once per step: 1 + 2 + 1 passes over every gradient of the rank at the element-wise rate, in the
-    estimate's optimizer term and not in the search's bound (which passes no execution); Megatron 2022 makes the
+    estimate's optimizer term and in the search's time bound (on its own parameter count); Megatron 2022 makes the
     first two; the torch layout has no such buffer, and asking for the passes there is one line naming the fix."""
     from autoconf.cost.compute import rank_optimizer_time
     from autoconf.spec.frameworks import parse_flags

@@ -182,8 +182,10 @@ def test_search_bounds_never_exceed_the_simulation(cluster_name):
 
 def assert_bounds_below_estimate(model, cluster, configs, execution=None, memory: bool = True) -> list:
     """Each config's search bounds (`_BoundCache.bounds`: time, and memory with `memory`) at or below its estimate,
-    the cheap memory bound (`state_bound`) at or below the memory bound, and an offloading twin's floor
-    (`offload_floor`, every lever) at or below what stays of rank 0's entry; the configs checked."""
+    the cheap memory bound (`state_bound`) at or below the memory bound, an offloading twin's floor
+    (`offload_floor`, every lever) at or below what stays of rank 0's entry, and a recompute candidate's bound as the
+    walk first takes it (no layer recomputed yet) at or above its twin's without recompute (`search` bounds a family
+    of candidates by its members without recompute); the configs checked."""
     from autoconf.cost.estimate import Execution
     from autoconf.solve.search import _BoundCache
 
@@ -192,6 +194,10 @@ def assert_bounds_below_estimate(model, cluster, configs, execution=None, memory
         bound = cache.bounds(config)
         p = estimate(model, cluster, config, detail=False).prediction
         assert bound.time_s <= p["iteration_time_s"] * (1 + 1e-9), config
+        if config.recompute != "none" and not config.offload_activations:
+            unfitted = dataclasses.replace(config, recompute_layers=(0,) * config.num_stages)
+            plain = dataclasses.replace(config, recompute="none", selective_recompute=None)
+            assert cache.time_bound(unfitted) >= cache.time_bound(plain), config
         if memory:
             assert cache.state_bound(config) <= bound.memory_bytes * (1 + 1e-9), config
             assert bound.memory_bytes <= p["peak_memory_bytes"] * (1 + 1e-9), config
@@ -274,3 +280,42 @@ def test_the_space_and_replaced_build_what_the_constructor_builds():
             assert vars(replaced(config, **changes)) == vars(dataclasses.replace(config, **changes)), changes
         checked += 1
     assert checked > 50
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_the_refinement_skips_cp_sat_only_where_the_dp_partition_is_the_optimum(seed, monkeypatch):
+    """Where `solve_partition` returns the one-stage-per-rank DP's partition without CP-SAT (recompute counts per
+    stage make the path term depend on the split), that partition's objective is the exhaustive optimum and CP-SAT
+    run on the same problem returns the same partition; the shortcut is taken on some cases and not on others."""
+    import random
+
+    from autoconf.solve import partition
+    rng = random.Random(seed)
+    taken = []
+    real = partition._dp_optimum_proven
+
+    def spy(*args):
+        taken.append(real(*args))
+        return taken[-1]
+
+    for _ in range(12):
+        pp, layers = rng.randint(2, 4), rng.randint(4, 8)
+        n = layers + 2
+        slow = rng.uniform(1, 3)  # recomputing costs a share of a layer, more on some layers
+        problem = partition.PartitionProblem(
+            tuple(rng.choice((1.0, slow)) * 1e-3 for _ in range(n)), (2**30,) * n, (2**30,) * n,
+            partition.loop_placement(pp), tuple(range(pp, 0, -1)), 1e18, rng.randint(1, 6),
+            unit_recompute_time=(0.0, *(rng.uniform(0.1, 0.5) * 1e-3 for _ in range(layers)), 0.0),
+            unit_recompute_saved_bytes=(0.0,) * n, recompute_counts=tuple(rng.randint(0, 2) for _ in range(pp)))
+        monkeypatch.setattr(partition, "_dp_optimum_proven", spy)
+        shortcut = partition.solve_partition(problem)
+        if not taken[-1]:
+            continue
+        monkeypatch.setattr(partition, "_dp_optimum_proven", lambda *args: False)
+        solved = partition.solve_partition(problem, time_limit_s=5.0)
+        exhaustive = partition.brute_force_partition(problem)
+        q = partition._quantise(problem)
+        assert solved.optimal and solved.stages == shortcut.stages
+        assert partition._int_cost(problem, q, shortcut.stages) == partition._int_cost(problem, q,
+                                                                                         exhaustive.stages)
+    assert any(taken) and not all(taken)

@@ -350,6 +350,57 @@ def _one_stage_per_rank_dp(p: PartitionProblem, q: _Quantised) -> tuple[int, lis
     return int(best[num_units]), bounds[::-1]
 
 
+def _stage_times(p: PartitionProblem, q: _Quantised, stages) -> list[int]:
+    """Each stage's quantised time under `stages` ([first_unit, end_unit) per stage): its units and the recomputed
+    ones' extra (`recomputed_units`), as the CP-SAT model's `stage_time`."""
+    return [sum(q.time[a:b]) + sum(q.rc_time[u] for u in p.recomputed_units(s, a, b))
+            for s, (a, b) in enumerate(stages)]
+
+
+def _least_path(p: PartitionProblem, q: _Quantised, cap: int | None = None) -> int | None:
+    """The smallest path term (sum over stages of path_w[s] x stage time, quantised) of a partition whose every
+    stage takes at most `cap` (any partition without it), memory left out: so at most the path term of every
+    partition that fits and keeps within `cap`. None when no partition keeps within `cap`. Dynamic programming
+    over stage ends, O(S * U^2) with numpy, on the stage times of `_stage_times`."""
+    num_units, num_stages = len(q.time), p.num_stages
+    time_pre = np.concatenate([[0], np.cumsum(q.time, dtype=np.int64)])
+    rc_time_pre = np.concatenate([[0], np.cumsum(q.rc_time, dtype=np.int64)])
+    inf = np.iinfo(np.int64).max
+    best = np.full(num_units + 1, inf, dtype=np.int64)  # best[b]: stages 0..s-1 covering units [0, b)
+    best[0] = 0
+    starts = np.arange(num_units + 1)
+    first_layer = np.maximum(starts, 1)
+    for s in range(num_stages):
+        b = np.arange(s + 1, num_units - (num_stages - 1 - s) + 1)[:, None]
+        rc_end = np.maximum(first_layer, np.minimum(np.minimum(b, p.num_layers + 1),
+                                                    first_layer + p.counts()[s]))
+        t = time_pre[b] - time_pre[starts] + rc_time_pre[rc_end] - rc_time_pre[first_layer]
+        ok = (starts < b) & (best < inf) & (t <= (inf if cap is None else cap))
+        cost = np.where(ok, np.where(best < inf, best, 0) + q.path_w[s] * t, inf)
+        best = np.full(num_units + 1, inf, dtype=np.int64)
+        best[b[:, 0]] = cost.min(axis=1)
+    return None if best[num_units] == inf else int(best[num_units])
+
+
+def _dp_optimum_proven(p: PartitionProblem, q: _Quantised, bottleneck: int, bounds: list[int]) -> bool:
+    """Whether the partition `bounds` that `_one_stage_per_rank_dp` found (smallest bottleneck `bottleneck`, every
+    rank one stage) also minimises the whole objective, path term included, on the quantised data. With its path
+    term P_h and the least path term of any partition P_min (`_least_path`, memory left out), a partition whose
+    busiest stage exceeds bottleneck + (P_h - P_min) // neck_w costs more in the bottleneck term than it can save
+    in the path term; every other fitting partition has a bottleneck of at least `bottleneck` (the DP is exact)
+    and a path term of at least the least one within that cap. So where that least is P_h, no partition is
+    cheaper, and CP-SAT, which keeps its hint (this partition) unless it finds a strictly cheaper one, would
+    return it."""
+    times = _stage_times(p, q, _bounds_to_stages(bounds))
+    if max(times) != bottleneck:
+        return False
+    path = sum(w * t for w, t in zip(q.path_w, times))
+    least = _least_path(p, q)
+    if q.neck_w == 0:
+        return least == path
+    return _least_path(p, q, bottleneck + (path - least) // q.neck_w) == path
+
+
 def brute_force_partition(p: PartitionProblem) -> PartitionResult | None:
     """Try every partition (on the same quantised data as CP-SAT). For tests and tiny chains only."""
     q = _quantise(p)
@@ -385,6 +436,8 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
         if exact is None:
             return None  # the DP is exhaustive: no partition fits in memory
         floor, hint = exact[0], _bounds_to_stages(exact[1])
+        if _dp_optimum_proven(p, q, *exact):
+            return evaluate_partition(p, hint, optimal=True)  # what CP-SAT would prove from this hint
     else:
         hint = greedy_partition(p)
 

@@ -55,8 +55,14 @@ _BOUND_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Paralle
 # (`_BoundCache.offload_floor` shares them between the layouts that differ only there).
 _RESIDENT_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(ParallelConfig)
                                          if f.name not in ("grad_reduce", "zero_stage")))
-# How far the walk has fitted a recompute candidate's per-stage counts (`search`'s walk).
-UNFITTED, RANK0_FITTED, FITTED = 0, 1, 2
+# The fields a family of candidates shares (`space.candidates` varies the levers innermost: ZeRO, recompute,
+# sequence parallelism, grad_reduce, the CP exchange, the expert degrees); the walk bounds a family before it
+# builds its members' entries (`search`).
+_FAMILY_FIELDS = operator.attrgetter("tp", "cp", "pp", "dp", "vpp", "micro_batch_size", "schedule", "seq_chunks",
+                                     "seq_split")
+# How far the walk has fitted a recompute candidate's per-stage counts (`search`'s walk); FAMILY marks a family's
+# entry, whose members are not yet in the heap.
+FAMILY, UNFITTED, RANK0_FITTED, FITTED = -1, 0, 1, 2
 
 
 @dataclass
@@ -314,13 +320,15 @@ class _BoundCache:
 
     def _optimizer(self, c: ParallelConfig) -> float:
         """The optimizer step of pipeline rank 0 of the uniform partition (the estimate's slowest rank is no
-        faster)."""
+        faster), with the execution's passes over the main-gradient buffer (linear in the rank's unsharded
+        parameters, of which this counts no more than the estimate)."""
         rank0_layers = self._rank_layers(c)[0]
         key = (c.tp, c.dp_cp, c.zero_sharded, rank0_layers, c.offload_optimizer)
         if key not in self._optimizers:
             model = self.model
             params_rank0 = (rank0_layers * smallest_layer_params(model) + model.embedding_params()) / c.tp
-            self._optimizers[key] = rank_optimizer_time(self.cluster, c, params_rank0 * c.tp)
+            self._optimizers[key] = rank_optimizer_time(self.cluster, c, params_rank0 * c.tp,
+                                                        execution=self.execution)
         return self._optimizers[key]
 
     def memory_bound(self, c: ParallelConfig) -> float:
@@ -424,7 +432,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         raise UserError(model.context_problem(seq_len))
     limit = cluster.usable_memory_bytes
     cache = _BoundCache(model, cluster, execution)
-    scored = []
+    launchable = 0
     bound_of: dict[ParallelConfig, float] = {}
     bound_by_fields: dict[tuple, float] = {}
     seen = unlaunchable = 0
@@ -443,15 +451,15 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         others = [p for p in others if p != "alternate_matmuls"]  # not run on this model (MoE layers)
     policies = (None, *others)
     pinned_offload = any(fixed.get(name) is True for name in OFFLOADS)  # the space offloads only where --fix says
-    for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
-                             attention, fixed, zero_stages, policies, tp_cp_domain(cluster)):
-        seen += 1
-        if pinned_offload and config.offloads:  # refused in one line on a profile without host facts
-            check_offload(cluster, config)
-        if launchable_only and unsupported_reason(config):
-            unlaunchable += 1
-            refused = refused or unsupported_reason(config)
-            continue
+    # A family's bound is at most each member's: the least bound of its members without recompute, which is at most
+    # the bound of their twins that recompute (bounded with no layer recomputed: the same time bound, plus each
+    # rank's own layers where it reads per-stage counts; tests/test_search.py checks it). Not so where activations
+    # are offloaded (their copies shrink with recompute): there every member counts.
+    relaxed = per_stage and not fixed.get("offload_activations")
+    families: dict[tuple, list] = {}  # family fields -> [bound, [(order, config) of its launchable members]]
+
+    def bound_of_fields(config: ParallelConfig) -> float:
+        """The time bound a candidate enters the walk with (shared by the twins it does not read)."""
         # The bound does not read grad_reduce (reducing every micro-batch only adds to the step), so a layout and
         # its twin that reduces every micro-batch share one.
         fields = _BOUND_FIELDS(config)
@@ -460,13 +468,37 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             if per_stage and config.recompute != "none":
                 changes["recompute_layers"] = (0,) * config.num_stages
             bound_by_fields[fields] = cache.time_bound(replaced(config, **changes) if changes else config)
-        scored.append((bound_by_fields[fields], ranking_key(config), len(scored), config,
-                       UNFITTED if per_stage and config.recompute != "none" else FITTED))
-    if not scored:
+        return bound_by_fields[fields]
+
+    for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
+                             attention, fixed, zero_stages, policies, tp_cp_domain(cluster)):
+        seen += 1
+        if pinned_offload and config.offloads:  # refused in one line on a profile without host facts
+            check_offload(cluster, config)
+        family = families.setdefault(_FAMILY_FIELDS(config), [math.inf, []])
+        if not relaxed or config.recompute == "none":  # (launchable or not: the bound reads neither)
+            family[0] = min(family[0], bound_of_fields(config))
+        if launchable_only and unsupported_reason(config):
+            unlaunchable += 1
+            refused = refused or unsupported_reason(config)
+            continue
+        family[1].append((launchable, config))
+        launchable += 1
+    if not launchable:
         if refused:
             raise UserError(f"every legal layout is one the executor cannot run: {refused}")
         raise UserError(_no_candidate_message(model, cluster, global_batch, fixed))
+    # A family enters the walk with its bound, the shared part of its members' keys (a proper prefix: smaller than
+    # each of them) and its first member's order, so it leaves the heap before any of its members would have: the
+    # walk pops the candidates in the same order as if every one had been in the heap from the start.
+    scored = [(bound, ranking_key(members[0][1])[:6], members[0][0], members, FAMILY)
+              for bound, members in families.values() if members]
     heapq.heapify(scored)  # by bound, then key; a candidate put back after fitting its recompute keeps its key
+
+    def entries(members: list) -> list:
+        """The walk's entries of a family's members: (bound, key, order, config, how far fitted)."""
+        return [(bound_of_fields(config), ranking_key(config), order, config,
+                 UNFITTED if per_stage and config.recompute != "none" else FITTED) for order, config in members]
 
     best: list[tuple[float, tuple, ParallelConfig, dict]] = []  # the K best extrapolated times: a max-heap (negated)
     near: list[tuple[float, tuple, ParallelConfig, dict]] = []  # every fitting candidate, with its (extrapolated) time
@@ -550,8 +582,13 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             # Extrapolated times are at or above the full simulation, so the K-th best of them is at or above the
             # K-th best full time: a bound beyond it rules a candidate out.
             if len(best) >= top_k and time_bound >= -best[0][0]:
-                pruned_time += len(heap) + 1
+                pruned_time += sum(len(e[3]) if e[4] == FAMILY else 1 for e in [*heap, (time_bound, key, order,
+                                                                                        config, fitted)])
                 break
+            if fitted == FAMILY:
+                for entry in entries(config):
+                    heapq.heappush(heap, entry)
+                continue
             if config.grad_reduce != "step" and key[:-1] in fitting_once:
                 pruned_time += 1
                 continue

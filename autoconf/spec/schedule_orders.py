@@ -13,6 +13,7 @@ steps (torch's `None`) and communication actions are left out: a rank simply wai
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 
@@ -183,7 +184,7 @@ def dualpipev_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
     """torch's ScheduleDualPipeV order. Its OVERLAP_F_B actions (a forward of one stage overlapped with a full
     backward of the other) appear here as the two separate actions F then B, the order torch's runtime runs them
     without a user-registered OVERLAP_F_B function; `dualpipev_pairs` says which they are."""
-    return _dualpipev(rank, pp, m)[0]
+    return list(_dualpipev(rank, pp, m)[0])
 
 
 def dualpipev_pairs(rank: int, pp: int, vpp: int, m: int) -> tuple[int, ...]:
@@ -193,7 +194,10 @@ def dualpipev_pairs(rank: int, pp: int, vpp: int, m: int) -> tuple[int, ...]:
     return _dualpipev(rank, pp, m)[1]
 
 
-def _dualpipev(rank: int, pp: int, m: int) -> tuple[list[Op], tuple[int, ...]]:
+@functools.lru_cache(maxsize=256)
+def _dualpipev(rank: int, pp: int, m: int) -> tuple[tuple[Op, ...], tuple[int, ...]]:
+    """(order, pair positions) of one rank, remembered: a schedule's build reads every rank's order, then its
+    pairs, from the same walk."""
     s0, s1 = rank, 2 * pp - 1 - rank
     pairs: list[int] = []
     nf = {s0: 0, s1: 0}  # next forward micro-batch
@@ -252,7 +256,7 @@ def _dualpipev(rank: int, pp: int, m: int) -> tuple[list[Op], tuple[int, ...]]:
         add(I if zb else B, s0)
     for _ in range(rank + 1):
         weight()
-    return ops, tuple(pairs)
+    return tuple(ops), tuple(pairs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
