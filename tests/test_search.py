@@ -319,3 +319,17 @@ def test_the_refinement_skips_cp_sat_only_where_the_dp_partition_is_the_optimum(
         assert partition._int_cost(problem, q, shortcut.stages) == partition._int_cost(problem, q,
                                                                                          exhaustive.stages)
     assert any(taken) and not all(taken)
+
+
+def test_a_search_returns_each_plan_once():
+    """Two candidates that refine to one plan (config, partition, placement) are returned once: `_distinct` keeps the
+    first of equal plans and every different one, and a refined search's plans are pairwise different."""
+    from autoconf.solve.search import _distinct
+
+    config = next(iter(candidates(TINY, CPU.world_size, CPU.gpus_per_node, 16, 64, "fp32", "standard", {})))
+    plan = estimate(TINY, CPU, config)
+    other = estimate(TINY, CPU, dataclasses.replace(config, micro_batch_size=config.micro_batch_size * 2))
+    assert _distinct([plan, estimate(TINY, CPU, config), other]) == [plan, other]
+    plans = search(TINY, CPU, 16, 64, "fp32", top_k=8).plans
+    keys = [json.dumps([p.config.to_dict(), p.partition, p.placement], sort_keys=True) for p in plans]
+    assert len(plans) > 1 and len(set(keys)) == len(keys)

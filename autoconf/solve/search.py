@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import heapq
+import json
 import math
 import operator
 import time
@@ -631,6 +632,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         ranked = [_refine(model, cluster, config, execution, partition_time_s, placement_time_s, full_time,
                           per_stage) for full_time, config in chosen]
         ranked.sort(key=lambda plan: (plan.prediction["iteration_time_s"], ranking_key(plan.config)))
+        ranked = _distinct(ranked)
     else:
         ranked = [estimate(model, cluster, config, execution=execution) for _, config in chosen]
     closest = None  # the smallest miss, the first of equals
@@ -649,6 +651,19 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     if ranked and ranked[0].config.recompute_layers is not None:
         ranked[0].prediction["recompute_per_stage"] = every_layer_comparison(model, cluster, ranked[0], execution)
     return SearchResult(ranked, stats, closest if not ranked else None)
+
+
+def _distinct(plans: list[Plan]) -> list[Plan]:
+    """`plans` without any plan equal to an earlier one in config, partition and placement. Two candidates can refine
+    to one plan: a layout recomputing every layer whose per-stage counts come out at zero is its twin without
+    recompute. So a search may return fewer plans than asked for, each of them different."""
+    seen, out = set(), []
+    for plan in plans:
+        key = json.dumps([plan.config.to_dict(), plan.partition, plan.placement], sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(plan)
+    return out
 
 
 def every_layer_comparison(model: ModelSpec, cluster: ClusterProfile, plan: Plan, execution: Execution) -> dict:
