@@ -1,0 +1,141 @@
+"""The partition's memory is the estimate's: for random small layouts (uneven splits, MoE, recompute, offload,
+context parallelism, seq1f1b's chunk scales, three frameworks' layouts) a rank's bytes in the CP-SAT model under a
+split equal the estimate's peak for that split, and CP-SAT still finds the brute force's optimum of its model."""
+import dataclasses
+import random
+
+import pytest
+
+from autoconf.cost.estimate import PRESETS as FRAMEWORKS, predict
+from autoconf.errors import UserError
+from autoconf.solve.partition import evaluate_partition
+from autoconf.solve.refine import partition_problem
+from autoconf.spec.cluster import load_cluster
+from autoconf.spec.plan import ParallelConfig, min_stage_layers
+from autoconf.spec.presets import PRESETS
+from test_partition import solve_like_brute_force
+
+_MIXTRAL = PRESETS["mixtral-8x7b"]
+_MODELS = {
+    "llama3.1-8b": PRESETS["llama3.1-8b"],
+    "gpt3-1.3b": PRESETS["gpt3-1.3b"],
+    # an MoE model whose first layer is dense: the "moe" fact depends on the split
+    "mixtral-dense-first": dataclasses.replace(_MIXTRAL, moe=dataclasses.replace(_MIXTRAL.moe, first_k_dense=1)),
+}
+_SCHEDULES = [("1f1b", 1, 1), ("gpipe", 1, 1), ("interleaved-1f1b", 2, 1), ("zbv", 2, 1), ("zb-h1", 1, 1),
+              ("seq1f1b", 1, 2), ("seq1f1b", 1, 4)]
+
+
+def _random_case(rng: random.Random):
+    """(model, cluster, config, execution) drawn from the space above; the config may be one the estimate refuses."""
+    name = rng.choice(sorted(_MODELS))
+    layers = rng.randint(4, 7)
+    model = dataclasses.replace(_MODELS[name], num_layers=layers)
+    schedule, vpp, chunks = rng.choice(_SCHEDULES)
+    pp = rng.randint(2, 2 if vpp > 1 or layers < 6 else 3)
+    tp, cp = rng.choice([1, 2]), rng.choice([1, 1, 2])
+    dp = rng.choice([1, 2])
+    moe = model.moe is not None
+    ep = rng.choice([1, 2]) if moe and dp * cp * tp >= 2 else 1
+    recompute = rng.choice(["none", "selective", "full"])
+    stages = pp * vpp
+    recompute_layers = None
+    if recompute != "none" and rng.random() < 0.5:
+        recompute_layers = tuple(rng.randint(0, 1) for _ in range(stages))
+    microbatches = rng.choice([1, pp, 2 * pp, 3 * pp])
+    config = ParallelConfig(
+        tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, vpp=vpp, schedule=schedule, micro_batch_size=1,
+        global_batch_size=microbatches * dp, seq_len=2048, dtype="bf16", zero_stage=rng.choice([0, 1, 2, 3]),
+        recompute=recompute, recompute_layers=recompute_layers, sequence_parallel=tp > 1 and rng.random() < 0.5,
+        offload_activations=rng.random() < 0.3, offload_optimizer=rng.random() < 0.3,
+        cp_comm=rng.choice(["ring", "allgather"]), seq_chunks=chunks,
+        seq_split=rng.choice(["even", "work"]) if chunks > 1 else "even")
+    cluster = load_cluster("dgx-h100-80g", nodes=1).resized(gpus_per_node=config.world_size)
+    return model, cluster, config, FRAMEWORKS[rng.choice(["autoconf", "megatron", "megatron-core"])]
+
+
+def _random_split(rng: random.Random, layers: int, stages: int) -> list[list[int]]:
+    """A random valid split (`min_stage_layers`) of `layers` layers over `stages` stages."""
+    while True:
+        cuts = sorted(rng.randint(0, layers) for _ in range(stages - 1))
+        bounds = [0, *cuts, layers]
+        split = [[bounds[s], bounds[s + 1]] for s in range(stages)]
+        if all(b - a >= min_stage_layers(s, stages) for s, (a, b) in enumerate(split)):
+            return split
+
+
+def _units(split: list[list[int]], layers: int) -> tuple[tuple[int, int], ...]:
+    """A layer split's unit ranges (unit 0 the embedding, L + 1 the head)."""
+    bounds = [0] + [end + 1 for _, end in split[:-1]] + [layers + 2]
+    return tuple((bounds[s], bounds[s + 1]) for s in range(len(split)))
+
+
+def _cases(count: int, seed: int = 0):
+    """`count` random cases the estimate accepts, each with its estimate for a uniform and a random split."""
+    rng = random.Random(seed)
+    out = []
+    while len(out) < count:
+        model, cluster, config, execution = _random_case(rng)
+        splits = [None, _random_split(rng, model.num_layers, config.num_stages)]
+        try:  # (a split that leaves a stage fewer layers than its recompute count is refused too)
+            predictions = [predict(model, cluster, config, partition=s, execution=execution, detail=False)
+                           for s in splits]
+        except (UserError, ValueError):
+            continue
+        out.append((model, cluster, config, execution, [(p[1], p[3]) for p in predictions]))
+    return out
+
+
+_CASES = _cases(24)
+
+
+def _bound_only(config: ParallelConfig, execution, split) -> bool:
+    """Where `partition_problem` is an upper bound, not equal (its docstring): FSDP's gather buffers of a stage
+    with fewer than two blocks, and one micro-batch per step in the torch layout."""
+    if execution.memory_layout != "torch":
+        return False
+    return config.num_microbatches == 1 or (config.zero_sharded and any(b - a < 2 for a, b in split))
+
+
+@pytest.mark.parametrize("index", range(len(_CASES)))
+def test_the_partition_counts_the_estimates_bytes_per_rank(index):
+    """For the uniform and a random split, each rank's bytes in the partition's model (what its limit leaves out
+    plus `evaluate_partition`'s) equal the estimate's total within a millionth, or, in the two rules where the
+    model is an upper bound, are at least the estimate's."""
+    model, cluster, config, execution, predicted = _CASES[index]
+    problem = partition_problem(model, cluster, config, execution)
+    for split, prediction in predicted:
+        mine = evaluate_partition(problem, _units(split, model.num_layers)).rank_memory_bytes
+        mine = [m + cluster.usable_memory_bytes - lim for m, lim in zip(mine, problem.limits())]
+        theirs = [m["total"] for m in prediction["memory_per_stage"]]
+        if _bound_only(config, execution, split):
+            assert all(a >= b * (1 - 1e-9) for a, b in zip(mine, theirs)), (config, split)
+        else:
+            assert mine == pytest.approx(theirs, rel=1e-6), (config, split)
+
+
+def test_the_cases_reach_every_term():
+    """The random cases hold the terms the partition reads: MoE with a dense layer, recompute (per stage too),
+    offload of activations and of the optimizer, context parallelism, seq1f1b and every framework's layout."""
+    configs = [case[2] for case in _CASES]
+    assert any(c.offload_activations for c in configs) and any(c.offload_optimizer for c in configs)
+    assert any(c.recompute == "full" for c in configs) and any(c.recompute_layers for c in configs)
+    assert any(c.cp > 1 for c in configs) and any(c.seq_chunks > 1 for c in configs)
+    assert any(c.ep > 1 for c in configs)
+    assert {case[3].memory_layout for case in _CASES} == {"torch", "megatron"}
+
+
+@pytest.mark.parametrize("index", range(0, len(_CASES), 3))
+def test_cp_sat_finds_the_brute_force_optimum_with_the_estimates_terms(index):
+    """With every rank's limit set between the smallest and the time-optimal peak (so memory binds), CP-SAT's
+    objective is the brute force's on the same model, temporaries and their facts included."""
+    model, cluster, config, execution, _ = _CASES[index]
+    problem = partition_problem(model, cluster, config, execution)
+    loose = dataclasses.replace(problem, memory_limit_bytes=1e18)
+    fastest = solve_like_brute_force(loose)
+    peak = max(fastest.rank_memory_bytes)
+    smallest = min(max(evaluate_partition(loose, _units(_random_split(random.Random(k), model.num_layers,
+                                                                       problem.num_stages), model.num_layers))
+                       .rank_memory_bytes) for k in range(20))
+    binding = dataclasses.replace(problem, memory_limit_bytes=(peak + smallest) / 2 if smallest < peak else peak)
+    solve_like_brute_force(binding)
