@@ -386,6 +386,8 @@ def _one_stage_per_rank_dp(p: PartitionProblem, q: _Quantised) -> tuple[int, lis
                          "recomputes": rc_end > first_layer, "keeps": np.minimum(b, p.num_layers + 1) > rc_end}
                 temp = np.zeros(mem.shape, dtype=np.int64)
                 for term, size in zip(p.temporaries, q.temp):
+                    if not size:
+                        continue
                     holds = np.ones(mem.shape, dtype=bool)
                     for w in term.when:
                         holds &= ~facts[w[1:]] if w.startswith("!") else facts[w]
@@ -511,20 +513,13 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
     stage_time = [sum(q.time[u] * on(u, s) for u in on_stage[s])
                   + sum(q.rc_time[u] * rc[u, t] for u, t in rc if t == s) for s in range(num_stages)]
 
-    # Temporaries: each rank's facts are 0/1 indicators equal to the OR of their literals (a constant where the
-    # domains decide), and its temporary is at least every term whose facts all hold; the memory limit pushes it
-    # down to their maximum.
-    def any_of(literals, name):
+    # Temporaries: a rank's facts are 0/1 indicators equal to the OR of their literals (constants where the domains
+    # decide them), and its temporary is at least every term whose facts all hold; the memory limit pushes it down
+    # to their maximum.
+    def known(literals):  # the OR's value when the domains decide it, else None
         if any(isinstance(x, int) and x == 1 for x in literals):
             return 1
-        literals = [x for x in literals if not isinstance(x, int)]
-        if not literals:
-            return 0
-        var = model.new_bool_var(name)
-        for x in literals:
-            model.add(var >= x)
-        model.add(var <= sum(literals))
-        return var
+        return 0 if all(isinstance(x, int) for x in literals) else None
 
     moe_units = set(p.moe_units)
     rank_temp, indicators = [0] * num_ranks, {}
@@ -535,14 +530,33 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
                     "recomputes": [rc[u, s] for u, s in held if (u, s) in rc],
                     "keeps": [on(u, s) - rc[u, s] if (u, s) in rc else on(u, s) for u, s in held
                               if 1 <= u <= p.num_layers]}
-        fact = {name: any_of(literals[name], f"{name}_{r}") for name in facts_used}
-        indicators.update({(r, name): x for name, x in fact.items() if not isinstance(x, int)})
-        temp = model.new_int_var(0, max(q.temp), f"temp_{r}")
+        value = {name: known(literals[name]) for name in facts_used}
+        terms = []  # (size, the facts the domains leave open as (name, negated)) of the terms that can hold
         for term, size in zip(p.temporaries, q.temp):
-            holds = [1 - fact[w[1:]] if w.startswith("!") else fact[w] for w in term.when]
-            if size and not any(isinstance(x, int) and x == 0 for x in holds):
-                model.add(temp >= size * (sum(holds) - (len(holds) - 1)))
-        rank_temp[r] = temp
+            open_facts, holds = [], size > 0
+            for w in term.when:
+                name, negated = w.lstrip("!"), w.startswith("!")
+                if value[name] is None:
+                    open_facts.append((name, negated))
+                elif value[name] == negated:
+                    holds = False
+            if holds:
+                terms.append((size, open_facts))
+        fixed = max([0, *(size for size, open_facts in terms if not open_facts)])
+        terms = [(size, open_facts) for size, open_facts in terms if size > fixed]
+        if not terms:
+            rank_temp[r] = fixed
+            continue
+        for name in sorted({name for _, open_facts in terms for name, _ in open_facts}):
+            var = indicators[r, name] = model.new_bool_var(f"{name}_{r}")
+            open_literals = [x for x in literals[name] if not isinstance(x, int)]
+            for x in open_literals:
+                model.add(var >= x)
+            model.add(var <= sum(open_literals))
+        temp = rank_temp[r] = model.new_int_var(fixed, max(size for size, _ in terms), f"temp_{r}")
+        for size, open_facts in terms:
+            holds = [1 - indicators[r, name] if negated else indicators[r, name] for name, negated in open_facts]
+            model.add(temp >= size * (sum(holds) - (len(holds) - 1)))
 
     # Each rank's static memory plus in-flight activations of its stages plus its temporary fit in its limit.
     for r in range(num_ranks):
