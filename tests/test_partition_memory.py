@@ -2,6 +2,7 @@
 context parallelism, seq1f1b's chunk scales, three frameworks' layouts) a rank's bytes in the CP-SAT model under a
 split equal the estimate's peak for that split, and CP-SAT still finds the brute force's optimum of its model."""
 import dataclasses
+import itertools
 import random
 
 import pytest
@@ -86,7 +87,7 @@ def _cases(count: int, seed: int = 0):
     return out
 
 
-_CASES = _cases(24)
+_CASES = _cases(16)
 
 
 def _bound_only(config: ParallelConfig, execution, split) -> bool:
@@ -139,3 +140,36 @@ def test_cp_sat_finds_the_brute_force_optimum_with_the_estimates_terms(index):
                        .rank_memory_bytes) for k in range(20))
     binding = dataclasses.replace(problem, memory_limit_bytes=(peak + smallest) / 2 if smallest < peak else peak)
     solve_like_brute_force(binding)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_cp_sat_models_the_largest_temporary_whose_facts_hold(seed):
+    """On random chains with random temporaries (each under up to two facts, some negated), MoE units, per-stage
+    recompute counts and several stages per rank (loop and V placements), with a limit that binds, CP-SAT's
+    objective is the brute force's: the maximum over the terms whose facts hold is modelled exactly."""
+    from autoconf.cost.memory import TEMPORARY_FACTS, Temporary
+    from autoconf.solve.partition import loop_placement, v_placement
+    from test_partition import _random_problem, _stages
+
+    rng = random.Random(seed)
+    v_shape = seed % 3 == 2
+    pp = 2 if v_shape else rng.randint(2, 3)
+    vpp = 2 if v_shape else rng.randint(1, 2)
+    stages = 2 * pp if v_shape else pp * vpp
+    layers = rng.randint(stages, 8)
+    base = _random_problem(rng, layers, pp, vpp, v_shape)
+    temporaries = tuple(Temporary(rng.uniform(1, 12) * 2**30,
+                                  tuple(rng.choice(["", "!"]) + f for f in rng.sample(TEMPORARY_FACTS, rng.randint(0, 2))))
+                        for _ in range(rng.randint(1, 4)))
+    problem = dataclasses.replace(
+        base, temporaries=temporaries, moe_units=tuple(u for u in range(1, layers + 1) if rng.random() < 0.25),
+        unit_recompute_time=tuple(rng.uniform(0, 1e-3) * (1 <= u <= layers) for u in range(layers + 2)),
+        unit_recompute_saved_bytes=tuple(rng.uniform(0, 1) * 2**30 * (1 <= u <= layers) for u in range(layers + 2)),
+        recompute_counts=tuple(rng.randint(0, 3) for _ in range(stages)) if rng.random() < 0.7 else None)
+    placement = v_placement(pp) if v_shape else loop_placement(pp, vpp)
+    assert problem.stage_to_rank == placement
+    solve_like_brute_force(problem)
+    # Limits at the median of every partition's peak: half the partitions fit.
+    peaks = sorted(max(evaluate_partition(problem, _stages(inner, layers)).rank_memory_bytes)
+                   for inner in itertools.combinations(range(1, layers + 2), stages - 1))
+    solve_like_brute_force(dataclasses.replace(problem, memory_limit_bytes=peaks[len(peaks) // 2] * 1.0001))
