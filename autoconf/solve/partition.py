@@ -366,6 +366,7 @@ def _one_stage_per_rank_dp(p: PartitionProblem, q: _Quantised) -> tuple[int, lis
     moe = np.zeros(num_units, dtype=np.int64)
     moe[list(p.moe_units)] = 1
     moe_pre = np.concatenate([[0], np.cumsum(moe)])
+    facts_used = {w.lstrip("!") for t in p.temporaries for w in t.when}
     # Ends b are scored a block of rows at a time, each row every start a < b (later starts never win).
     rows = max(1, 4_000_000 // (num_units + 1))
     for s in range(num_stages):
@@ -381,17 +382,21 @@ def _one_stage_per_rank_dp(p: PartitionProblem, q: _Quantised) -> tuple[int, lis
                                                         first_layer + p.counts()[s]))
             mem = (static_pre[b] - static_pre[starts] + act_pre[b] - act_pre[starts]
                    - (rc_saved_pre[rc_end] - rc_saved_pre[first_layer]))
-            if p.temporaries:  # `PartitionProblem.rank_facts` of the stage [starts, b) alone on its rank
-                facts = {"last": np.full(mem.shape, s == num_stages - 1), "moe": moe_pre[b] > moe_pre[starts],
-                         "recomputes": rc_end > first_layer, "keeps": np.minimum(b, p.num_layers + 1) > rc_end}
-                temp = np.zeros(mem.shape, dtype=np.int64)
+            if p.temporaries:  # `PartitionProblem.rank_facts` of the stage [starts, b) alone on its rank, as needed
+                facts = {"last": s == num_stages - 1}
+                if "moe" in facts_used:
+                    facts["moe"] = moe_pre[b] > moe_pre[starts]
+                if "recomputes" in facts_used:
+                    facts["recomputes"] = rc_end > first_layer
+                if "keeps" in facts_used:
+                    facts["keeps"] = np.minimum(b, p.num_layers + 1) > rc_end
+                temp = 0
                 for term, size in zip(p.temporaries, q.temp):
-                    if not size:
-                        continue
-                    holds = np.ones(mem.shape, dtype=bool)
+                    holds = True
                     for w in term.when:
-                        holds &= ~facts[w[1:]] if w.startswith("!") else facts[w]
-                    temp = np.maximum(temp, np.where(holds, size, 0))
+                        fact = facts[w.lstrip("!")]
+                        holds = np.logical_and(holds, np.logical_not(fact) if w.startswith("!") else fact)
+                    temp = np.maximum(temp, np.where(holds, size, 0)) if size else temp
                 mem = mem + temp
             cost = np.maximum(best, time_pre[b] - time_pre[starts] + rc_time_pre[rc_end] - rc_time_pre[first_layer])
             cost = np.where((starts < b) & (best < inf) & (mem <= limit), cost, inf)
