@@ -9,7 +9,7 @@ import pytest
 
 from autoconf.cost.estimate import PRESETS as FRAMEWORKS, predict
 from autoconf.errors import UserError
-from autoconf.solve.partition import evaluate_partition
+from autoconf.solve.partition import evaluate_partition, solve_partition
 from autoconf.solve.refine import partition_problem
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.plan import ParallelConfig, min_stage_layers
@@ -173,3 +173,21 @@ def test_cp_sat_models_the_largest_temporary_whose_facts_hold(seed):
     peaks = sorted(max(evaluate_partition(problem, _stages(inner, layers)).rank_memory_bytes)
                    for inner in itertools.combinations(range(1, layers + 2), stages - 1))
     solve_like_brute_force(dataclasses.replace(problem, memory_limit_bytes=peaks[len(peaks) // 2] * 1.0001))
+
+
+@pytest.mark.parametrize("index", range(0, len(_CASES), 2))
+def test_a_device_the_uniform_split_just_fits_gets_a_partition_that_fits(index):
+    """On a device whose usable memory is the uniform split's predicted peak, the partition finds a split (the
+    uniform one fits its model too) and the estimate says the split it returns fits: the model neither refuses a
+    split that fits nor accepts one that does not."""
+    model, cluster, config, execution, predicted = _CASES[index]
+    (uniform, prediction), _ = predicted
+    if _bound_only(config, execution, uniform):
+        return
+    usable = prediction["peak_memory_bytes"] * (1 + 1e-7)
+    device = dataclasses.replace(cluster.device, memory_bytes=usable / (1 - float(cluster.memory_headroom["value"])))
+    tight = dataclasses.replace(cluster, device=device)
+    solved = solve_partition(partition_problem(model, tight, config, execution), time_limit_s=2.0)
+    assert solved is not None, config
+    split = solved.layer_ranges()
+    assert predict(model, tight, config, partition=split, execution=execution, detail=False)[3]["fits"], (config, split)
