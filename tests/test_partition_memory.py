@@ -2,6 +2,7 @@
 context parallelism, seq1f1b's chunk scales, three frameworks' layouts) a rank's bytes in the CP-SAT model under a
 split equal the estimate's peak for that split, and CP-SAT still finds the brute force's optimum of its model."""
 import dataclasses
+import functools
 import itertools
 import random
 
@@ -71,8 +72,10 @@ def _units(split: list[list[int]], layers: int) -> tuple[tuple[int, int], ...]:
     return tuple((bounds[s], bounds[s + 1]) for s in range(len(split)))
 
 
-def _cases(count: int, seed: int = 0):
-    """`count` random cases the estimate accepts, each with its estimate for a uniform and a random split."""
+@functools.lru_cache(maxsize=1)
+def _cases(count: int = 16, seed: int = 0):
+    """`count` random cases the estimate accepts, each with its estimate for a uniform and a random split (drawn
+    once, when the first test asks)."""
     rng = random.Random(seed)
     out = []
     while len(out) < count:
@@ -84,10 +87,10 @@ def _cases(count: int, seed: int = 0):
         except (UserError, ValueError):
             continue
         out.append((model, cluster, config, execution, [(p[1], p[3]) for p in predictions]))
-    return out
+    return tuple(out)
 
 
-_CASES = _cases(16)
+_COUNT = 16
 
 
 def _bound_only(config: ParallelConfig, execution, split) -> bool:
@@ -98,12 +101,12 @@ def _bound_only(config: ParallelConfig, execution, split) -> bool:
     return config.num_microbatches == 1 or (config.zero_sharded and any(b - a < 2 for a, b in split))
 
 
-@pytest.mark.parametrize("index", range(len(_CASES)))
+@pytest.mark.parametrize("index", range(_COUNT))
 def test_the_partition_counts_the_estimates_bytes_per_rank(index):
     """For the uniform and a random split, each rank's bytes in the partition's model (what its limit leaves out
     plus `evaluate_partition`'s) equal the estimate's total within a millionth, or, in the two rules where the
     model is an upper bound, are at least the estimate's."""
-    model, cluster, config, execution, predicted = _CASES[index]
+    model, cluster, config, execution, predicted = _cases()[index]
     problem = partition_problem(model, cluster, config, execution)
     for split, prediction in predicted:
         mine = evaluate_partition(problem, _units(split, model.num_layers)).rank_memory_bytes
@@ -118,19 +121,19 @@ def test_the_partition_counts_the_estimates_bytes_per_rank(index):
 def test_the_cases_reach_every_term():
     """The random cases hold the terms the partition reads: MoE with a dense layer, recompute (per stage too),
     offload of activations and of the optimizer, context parallelism, seq1f1b and every framework's layout."""
-    configs = [case[2] for case in _CASES]
+    configs = [case[2] for case in _cases()]
     assert any(c.offload_activations for c in configs) and any(c.offload_optimizer for c in configs)
     assert any(c.recompute == "full" for c in configs) and any(c.recompute_layers for c in configs)
     assert any(c.cp > 1 for c in configs) and any(c.seq_chunks > 1 for c in configs)
     assert any(c.ep > 1 for c in configs)
-    assert {case[3].memory_layout for case in _CASES} == {"torch", "megatron"}
+    assert {case[3].memory_layout for case in _cases()} == {"torch", "megatron"}
 
 
-@pytest.mark.parametrize("index", range(0, len(_CASES), 3))
+@pytest.mark.parametrize("index", range(0, _COUNT, 3))
 def test_cp_sat_finds_the_brute_force_optimum_with_the_estimates_terms(index):
     """With every rank's limit set between the smallest and the time-optimal peak (so memory binds), CP-SAT's
     objective is the brute force's on the same model, temporaries and their facts included."""
-    model, cluster, config, execution, _ = _CASES[index]
+    model, cluster, config, execution, _ = _cases()[index]
     problem = partition_problem(model, cluster, config, execution)
     loose = dataclasses.replace(problem, memory_limit_bytes=1e18)
     fastest = solve_like_brute_force(loose)
@@ -175,12 +178,12 @@ def test_cp_sat_models_the_largest_temporary_whose_facts_hold(seed):
     solve_like_brute_force(dataclasses.replace(problem, memory_limit_bytes=peaks[len(peaks) // 2] * 1.0001))
 
 
-@pytest.mark.parametrize("index", range(0, len(_CASES), 2))
+@pytest.mark.parametrize("index", range(0, _COUNT, 2))
 def test_a_device_the_uniform_split_just_fits_gets_a_partition_that_fits(index):
     """On a device whose usable memory is the uniform split's predicted peak, the partition finds a split (the
     uniform one fits its model too) and the estimate says the split it returns fits: the model neither refuses a
     split that fits nor accepts one that does not."""
-    model, cluster, config, execution, predicted = _CASES[index]
+    model, cluster, config, execution, predicted = _cases()[index]
     (uniform, prediction), _ = predicted
     if _bound_only(config, execution, uniform):
         return
