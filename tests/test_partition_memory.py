@@ -161,9 +161,10 @@ def test_cp_sat_models_the_largest_temporary_whose_facts_hold(seed):
     stages = 2 * pp if v_shape else pp * vpp
     layers = rng.randint(stages, 8)
     base = _random_problem(rng, layers, pp, vpp, v_shape)
-    temporaries = tuple(Temporary(rng.uniform(1, 12) * 2**30,
-                                  tuple(rng.choice(["", "!"]) + f for f in rng.sample(TEMPORARY_FACTS, rng.randint(0, 2))))
-                        for _ in range(rng.randint(1, 4)))
+    def facts():
+        return tuple(rng.choice(["", "!"]) + f for f in rng.sample(TEMPORARY_FACTS, rng.randint(0, 2)))
+
+    temporaries = tuple(Temporary(rng.uniform(1, 12) * 2**30, facts()) for _ in range(rng.randint(1, 4)))
     problem = dataclasses.replace(
         base, temporaries=temporaries, moe_units=tuple(u for u in range(1, layers + 1) if rng.random() < 0.25),
         unit_recompute_time=tuple(rng.uniform(0, 1e-3) * (1 <= u <= layers) for u in range(layers + 2)),
