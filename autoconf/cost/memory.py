@@ -435,12 +435,6 @@ def largest_block_bytes(model: ModelSpec, c: ParallelConfig) -> float:
     return max(dense / c.tp, sum(local_params_of(c, moe, experts)))
 
 
-def gather_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str) -> float:
-    """The bytes `unsharded_buffer_bytes` adds to a rank beyond its per-parameter state, at their largest (any
-    chunk's root unit): parameters and gradients together."""
-    return sum(unsharded_buffer_bytes(model, config, layout))
-
-
 def p2p_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:
     """Pipeline send and receive buffers, forward and backward: four activations of one micro-batch."""
     c = config
