@@ -95,10 +95,11 @@ _COUNT = 16
 
 def _bound_only(config: ParallelConfig, execution, split) -> bool:
     """Where `partition_problem` is an upper bound, not equal (its docstring): FSDP's gather buffers of a stage
-    with fewer than two blocks, and one micro-batch per step in the torch layout."""
+    with fewer than two blocks, and one micro-batch per step under seq1f1b's work split, in the torch layout."""
     if execution.memory_layout != "torch":
         return False
-    return config.num_microbatches == 1 or (config.zero_sharded and any(b - a < 2 for a, b in split))
+    return (config.num_microbatches == 1 and config.seq_split == "work") or (
+        config.zero_sharded and any(b - a < 2 for a, b in split))
 
 
 @pytest.mark.parametrize("index", range(_COUNT))
@@ -148,8 +149,9 @@ def test_cp_sat_finds_the_brute_force_optimum_with_the_estimates_terms(index):
 @pytest.mark.parametrize("seed", range(12))
 def test_cp_sat_models_the_largest_temporary_whose_facts_hold(seed):
     """On random chains with random temporaries (each under up to two facts, some negated), MoE units, per-stage
-    recompute counts and several stages per rank (loop and V placements), with a limit that binds, CP-SAT's
-    objective is the brute force's: the maximum over the terms whose facts hold is modelled exactly."""
+    recompute counts, one backward every other seed, and several stages per rank (loop and V placements), with a
+    limit that binds, CP-SAT's objective is the brute force's: the maximum over the terms whose facts hold, and
+    the larger of gradients and transient bytes, are modelled exactly."""
     from autoconf.cost.memory import TEMPORARY_FACTS, Temporary
     from autoconf.solve.partition import loop_placement, v_placement
     from test_partition import _random_problem, _stages
@@ -170,6 +172,10 @@ def test_cp_sat_models_the_largest_temporary_whose_facts_hold(seed):
         unit_recompute_time=tuple(rng.uniform(0, 1e-3) * (1 <= u <= layers) for u in range(layers + 2)),
         unit_recompute_saved_bytes=tuple(rng.uniform(0, 1) * 2**30 * (1 <= u <= layers) for u in range(layers + 2)),
         recompute_counts=tuple(rng.randint(0, 3) for _ in range(stages)) if rng.random() < 0.7 else None)
+    if seed % 2:  # one backward: the gradients (a share of the static bytes) against the transient bytes
+        problem = dataclasses.replace(problem, unit_gradient_bytes=tuple(b * rng.uniform(0.2, 0.6)
+                                                                         for b in problem.unit_static_bytes),
+                                      rank_gradient_bytes=tuple(rng.uniform(0, 4) * 2**30 for _ in range(pp)))
     placement = v_placement(pp) if v_shape else loop_placement(pp, vpp)
     assert problem.stage_to_rank == placement
     solve_like_brute_force(problem)
@@ -195,3 +201,26 @@ def test_a_device_the_uniform_split_just_fits_gets_a_partition_that_fits(index):
     assert solved is not None, config
     split = solved.layer_ranges()
     assert predict(model, tight, config, partition=split, execution=execution, detail=False)[3]["fits"], (config, split)
+
+
+@pytest.mark.parametrize("schedule,vpp,zero,recompute", [("gpipe", 1, 0, "none"), ("gpipe", 1, 3, "full"),
+                                                          ("interleaved-1f1b", 2, 1, "selective")])
+def test_one_backward_counts_the_larger_of_gradients_and_activations(schedule, vpp, zero, recompute):
+    """With one micro-batch per step in the executor's layout the gradients come into existence as the activations
+    go (`memory.stage_memory`): the partition's bytes per rank are still the estimate's, for the uniform split and
+    every other one, whichever of the two is larger on a rank."""
+    model = dataclasses.replace(PRESETS["llama3.1-8b"], num_layers=6)
+    config = ParallelConfig(tp=1, pp=2, dp=2, vpp=vpp, schedule=schedule, micro_batch_size=1, global_batch_size=2,
+                            seq_len=8192, dtype="bf16", zero_stage=zero, recompute=recompute)
+    cluster = load_cluster("dgx-h100-80g", nodes=1).resized(gpus_per_node=config.world_size)
+    execution = FRAMEWORKS["autoconf"]
+    problem = partition_problem(model, cluster, config, execution)
+    assert problem.unit_gradient_bytes is not None
+    for split in ([[0, 3], [3, 6]], [[0, 1], [1, 6]], [[0, 5], [5, 6]]) if vpp == 1 else (
+            [[0, 2], [2, 3], [3, 5], [5, 6]], [[0, 1], [1, 2], [2, 3], [3, 6]]):
+        if _bound_only(config, execution, split):
+            continue
+        prediction = predict(model, cluster, config, partition=split, execution=execution, detail=False)[3]
+        mine = evaluate_partition(problem, _units(split, model.num_layers)).rank_memory_bytes
+        mine = [m + cluster.usable_memory_bytes - lim for m, lim in zip(mine, problem.limits())]
+        assert mine == pytest.approx([m["total"] for m in prediction["memory_per_stage"]], rel=1e-6), split

@@ -26,6 +26,12 @@ the `moe_units`, a recomputed unit, a layer it does not recompute. CP-SAT models
 indicator per fact and rank, equal to the OR of its units' literals), so the memory of a partition is the same
 number in every solver here.
 
+One backward (`unit_gradient_bytes` given: one micro-batch per step, where the gradients come into existence as
+the activations go, `autoconf.cost.memory.stage_memory`): a rank's bytes are its static bytes less its units'
+gradients plus the larger of (those gradients + `rank_gradient_bytes[r]`) and (its activations + temporary), so
+two limits per rank in CP-SAT; `rank_gradient_bytes` are gradient buffers beyond the units, outside the limit
+otherwise.
+
 Recompute per stage (`recompute_counts`, the plan's `recompute_layers`; spec/plan.py `recomputed_layers` is the
 rule): stage s recomputes its first ``recompute_counts[s]`` transformer layers (every layer when the counts are
 None), each adding ``unit_recompute_time[u]`` to the stage's time and keeping ``unit_recompute_saved_bytes[u]``
@@ -77,6 +83,8 @@ class PartitionProblem:
     activation_scale: tuple[float, ...] | None = None  # per rank: multiplies its activations and the recompute savings
     temporaries: tuple[Temporary, ...] = ()  # one at a time: a rank holds the largest whose facts hold on it
     moe_units: tuple[int, ...] = ()  # the units that make the "moe" fact of a rank that holds one
+    unit_gradient_bytes: tuple[float, ...] | None = None  # one backward: the gradients within unit_static_bytes
+    rank_gradient_bytes: tuple[float, ...] | None = None  # one backward: each rank's gradient buffers beyond them
 
     def __post_init__(self):
         n = len(self.unit_time)
@@ -105,6 +113,9 @@ class PartitionProblem:
         if self.recompute_counts is not None and len(self.recompute_counts) != self.num_stages:
             raise ValueError(f"recompute_counts has {len(self.recompute_counts)} entries for {self.num_stages} "
                              f"stages")
+        if (self.unit_gradient_bytes is not None and len(self.unit_gradient_bytes) != n) or (
+                self.rank_gradient_bytes is not None and len(self.rank_gradient_bytes) != self.num_ranks):
+            raise ValueError(f"unit_gradient_bytes has {n} entries, rank_gradient_bytes one per rank")
         unknown = {w.lstrip("!") for t in self.temporaries for w in t.when} - set(TEMPORARY_FACTS)
         if unknown:
             raise ValueError(f"temporaries name unknown facts {sorted(unknown)} (known: {TEMPORARY_FACTS})")
@@ -167,6 +178,17 @@ class PartitionProblem:
         sizes = [t.bytes for t in self.temporaries] if sizes is None else sizes
         return max([0, *(x for t, x in zip(self.temporaries, sizes) if t.holds(facts))])
 
+    def rank_bytes(self, static: float, gradients: float, transient: float, rank: int,
+                   rank_gradients: float | None = None) -> float:
+        """A rank's bytes from its units' static bytes, the gradients among them and its activations plus
+        temporary (`transient`): their sum, or under one backward the larger of the gradients (with the rank's
+        gradient buffers: `rank_gradients`, default `rank_gradient_bytes`) and the transient bytes."""
+        if self.unit_gradient_bytes is None:
+            return static + transient
+        if rank_gradients is None:
+            rank_gradients = self.rank_gradient_bytes[rank] if self.rank_gradient_bytes is not None else 0.0
+        return static - gradients + max(gradients + rank_gradients, transient)
+
     def weights(self) -> tuple[tuple[float, ...], float]:
         path = self.stage_weight if self.stage_weight is not None else (1.0,) * self.num_stages
         neck = self.bottleneck_weight if self.bottleneck_weight is not None else self.num_microbatches - 1
@@ -210,6 +232,8 @@ class _Quantised:
     rc_saved: tuple[tuple[int, ...], ...]  # per stage, as `act`: what a recomputed unit keeps less (rounded down:
     # usage stays rounded up)
     temp: tuple[int, ...]  # the temporaries, rounded up
+    grad: tuple[int, ...]  # one backward: the units' gradients, rounded down (usage stays rounded up)
+    rank_grad: tuple[int, ...]  # one backward: each rank's gradient buffers, rounded up
 
 
 def _quantise(p: PartitionProblem) -> _Quantised:
@@ -234,6 +258,8 @@ def _quantise(p: PartitionProblem) -> _Quantised:
         rc_time=tuple(round(t / quantum) for t in p.unit_recompute_time or (0.0,) * len(p.unit_time)),
         rc_saved=tuple(r for _, r in per_stage),
         temp=tuple(math.ceil(t.bytes / MEMORY_QUANTUM_BYTES) for t in p.temporaries),
+        grad=tuple(math.floor(b / MEMORY_QUANTUM_BYTES) for b in p.unit_gradient_bytes or (0.0,) * len(p.unit_time)),
+        rank_grad=tuple(math.ceil(b / MEMORY_QUANTUM_BYTES) for b in p.rank_gradient_bytes or (0.0,) * p.num_ranks),
     )
 
 
@@ -249,23 +275,27 @@ def evaluate_partition(p: PartitionProblem, stages, optimal: bool = False) -> Pa
     recomputed = [p.recomputed_units(s, a, b) for s, (a, b) in enumerate(stages)]
     stage_time = tuple(sum(p.unit_time[a:b]) + sum(rc_time[u] for u in rc)
                        for (a, b), rc in zip(stages, recomputed))
-    mem = [0.0] * p.num_ranks
+    static, grads, transient = ([0.0] * p.num_ranks for _ in range(3))
     rank_time = [0.0] * p.num_ranks
+    unit_grads = p.unit_gradient_bytes or (0.0,) * len(p.unit_time)
     for s, (a, b) in enumerate(stages):
         r = p.stage_to_rank[s]
-        mem[r] += sum(p.unit_static_bytes[a:b]) + p.inflight[s] * p.stage_scale(s) * (
+        static[r] += sum(p.unit_static_bytes[a:b])
+        grads[r] += sum(unit_grads[a:b])
+        transient[r] += p.inflight[s] * p.stage_scale(s) * (
             sum(p.unit_activation_bytes[a:b]) - sum(rc_saved[u] for u in recomputed[s]))
         rank_time[r] += stage_time[s]
     if p.temporaries:
         for r, facts in enumerate(p.rank_facts(stages)):
-            mem[r] += p.rank_temporary(facts)
+            transient[r] += p.rank_temporary(facts)
+    mem = [p.rank_bytes(*x, r) for r, x in enumerate(zip(static, grads, transient))]
     objective = sum(w * t for w, t in zip(path, stage_time)) + neck * max(rank_time)
     return PartitionResult(tuple(tuple(x) for x in stages), objective, stage_time, tuple(mem), optimal)
 
 
 def _int_cost(p: PartitionProblem, q: _Quantised, stages) -> int | None:
     """Integer objective of a partition on the quantised data, or None when it breaks a memory limit."""
-    mem = [0] * p.num_ranks
+    static, grads, transient = ([0] * p.num_ranks for _ in range(3))
     rank_time = [0] * p.num_ranks
     path = 0
     for s, (a, b) in enumerate(stages):
@@ -274,10 +304,13 @@ def _int_cost(p: PartitionProblem, q: _Quantised, stages) -> int | None:
         t = sum(q.time[a:b]) + sum(q.rc_time[u] for u in rc)
         path += q.path_w[s] * t
         rank_time[r] += t
-        mem[r] += sum(q.static[a:b]) + sum(q.act[s][a:b]) - sum(q.rc_saved[s][u] for u in rc)
+        static[r] += sum(q.static[a:b])
+        grads[r] += sum(q.grad[a:b])
+        transient[r] += sum(q.act[s][a:b]) - sum(q.rc_saved[s][u] for u in rc)
     if p.temporaries:
         for r, facts in enumerate(p.rank_facts(stages)):
-            mem[r] += p.rank_temporary(facts, q.temp)
+            transient[r] += p.rank_temporary(facts, q.temp)
+    mem = [p.rank_bytes(*x, r, q.rank_grad[r]) for r, x in enumerate(zip(static, grads, transient))]
     if any(m > lim for m, lim in zip(mem, q.limit)):
         return None
     return path + q.neck_w * max(rank_time)
@@ -289,7 +322,8 @@ def _greedy_fill(p: PartitionProblem, q: _Quantised, budget: int) -> list[int] |
     temporary whatever its facts. None if the chain does not fit."""
     num_stages, num_units = p.num_stages, len(q.time)
     left = [p.stage_to_rank.count(r) for r in range(p.num_ranks)]
-    time_left, mem_left = [budget] * p.num_ranks, [lim - max([0, *q.temp]) for lim in q.limit]
+    time_left = [budget] * p.num_ranks
+    mem_left = [lim - max([0, *q.temp]) - g for lim, g in zip(q.limit, q.rank_grad)]
     # The embedding and the head are pinned to the first and last stage: share only the rest evenly.
     fixed_t, fixed_m = [0] * num_stages, [0] * num_stages
     for s, u in ((0, 0), (num_stages - 1, num_units - 1)):
@@ -356,6 +390,7 @@ def _one_stage_per_rank_dp(p: PartitionProblem, q: _Quantised) -> tuple[int, lis
     time_pre = np.concatenate([[0], np.cumsum(q.time, dtype=np.int64)])
     static_pre = np.concatenate([[0], np.cumsum(q.static, dtype=np.int64)])
     rc_time_pre = np.concatenate([[0], np.cumsum(q.rc_time, dtype=np.int64)])
+    grad_pre = np.concatenate([[0], np.cumsum(q.grad, dtype=np.int64)])
     inf = np.iinfo(np.int64).max
     # best[b] = smallest bottleneck of stages 0..s-1 covering units [0, b); arg[s][b] = where stage s-1 starts.
     best = np.full(num_units + 1, inf, dtype=np.int64)
@@ -398,6 +433,10 @@ def _one_stage_per_rank_dp(p: PartitionProblem, q: _Quantised) -> tuple[int, lis
                         holds = np.logical_and(holds, np.logical_not(fact) if w.startswith("!") else fact)
                     temp = np.maximum(temp, np.where(holds, size, 0)) if size else temp
                 mem = mem + temp
+            if p.unit_gradient_bytes is not None:  # `PartitionProblem.rank_bytes` under one backward
+                grads = grad_pre[b] - grad_pre[starts]
+                static = static_pre[b] - static_pre[starts]
+                mem = np.maximum(static + q.rank_grad[p.stage_to_rank[s]], mem - grads)
             cost = np.maximum(best, time_pre[b] - time_pre[starts] + rc_time_pre[rc_end] - rc_time_pre[first_layer])
             cost = np.where((starts < b) & (best < inf) & (mem <= limit), cost, inf)
             a = np.argmin(cost, axis=1)  # the first of equal costs, as scanning the starts in order
@@ -564,10 +603,18 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
             model.add(temp >= size * (sum(holds) - (len(holds) - 1)))
 
     # Each rank's static memory plus in-flight activations of its stages plus its temporary fit in its limit.
+    # Under one backward (`PartitionProblem.rank_bytes`) the gradients and the transient bytes are two limits.
+    one_backward = p.unit_gradient_bytes is not None
     for r in range(num_ranks):
-        model.add(sum((q.static[u] + q.act[s][u]) * on(u, s) for s in rank_stages[r] for u in on_stage[s])
-                  - sum(q.rc_saved[t][u] * rc[u, t] for u, t in rc if p.stage_to_rank[t] == r)
-                  + rank_temp[r] <= q.limit[r])
+        held = [(u, s) for s in rank_stages[r] for u in on_stage[s]]
+        static = sum(q.static[u] * on(u, s) for u, s in held)
+        transient = (sum(q.act[s][u] * on(u, s) for u, s in held)
+                     - sum(q.rc_saved[t][u] * rc[u, t] for u, t in rc if p.stage_to_rank[t] == r) + rank_temp[r])
+        if one_backward:
+            model.add(static + q.rank_grad[r] <= q.limit[r])
+            model.add(static - sum(q.grad[u] * on(u, s) for u, s in held) + transient <= q.limit[r])
+        else:
+            model.add(static + transient <= q.limit[r])
 
     # The bottleneck: at least `floor`, and at least every rank's total stage time.
     bottleneck = model.new_int_var(floor, max(floor, total + sum(q.rc_time)), "bottleneck")

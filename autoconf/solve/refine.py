@@ -40,12 +40,16 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     `memory.seq_chunk_scales` weigh each rank's in-flight activations (`activation_scale`; the torch layout's K/V
     copies unweighed, as the estimate's) and the temporaries.
 
+    With one micro-batch per step in the torch layout the gradients come into existence as the activations go:
+    the rank's peak counts the larger of its gradients and its activations plus temporary
+    (`PartitionProblem.unit_gradient_bytes`, as `stage_memory`).
+
     So a rank's bytes under a partition (`partition.evaluate_partition`, plus what its limit leaves out) are
     `stage_memory`'s "total" for the same in-flight counts, to float rounding (tests/test_partition_memory.py),
-    except in two rules that are not linear in the units, where they are an upper bound: a stage's FSDP gather
-    buffers are counted as those of a stage of two or more blocks (`unsharded_buffer_bytes`: a chunk of one block
-    holds less), and with one micro-batch per step the gradients are counted beside the activations and the
-    temporaries (the estimate takes the larger)."""
+    except in two rules, where they are an upper bound: a stage's FSDP gather buffers are counted as those of a
+    stage of two or more blocks (`unsharded_buffer_bytes`: a chunk of one block holds less), and under one
+    backward with seq1f1b's work split the estimate weighs the gradients against the mean chunk's temporary but
+    counts the longest chunk's."""
     from autoconf.solve.partition import PartitionProblem
 
     layout, kind, policy = execution.memory_layout, cluster.device.kind, selective_policy(c, execution)
@@ -109,32 +113,43 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     owner = stage_to_rank(c.schedule, c.pp, c.vpp)
     temporaries = tuple(Temporary(temp_scale * t.bytes, t.when)
                         for t in temporary_terms(model, c, layout, kind, policy, execution))
+    reserved = reserved_bytes(model, cluster, c, layout, owner, temp_scale)
+    one_backward = {}
+    if layout == "torch" and c.num_microbatches == 1:  # the gradients exist only as the activations go
+        grad = state_bytes_per_param(c, layout, execution=execution)[1]
+        layers_grad = [model.layer_params() / c.tp * grad] * n
+        if model.moe is not None:
+            expert_grad = state_bytes_per_param(c, layout, experts=True, execution=execution)[1]
+            layers_grad = [attention_part * grad + expert_part * expert_grad if model.is_moe_layer(i)
+                           else dense / c.tp * grad for i in range(n)]
+        one_backward = dict(unit_gradient_bytes=(model.embedding_params() / c.tp * grad, *layers_grad,
+                                                 head_params / c.tp * grad),
+                            rank_gradient_bytes=tuple(g for g, _ in reserved))
+    limits = tuple(cluster.usable_memory_bytes - rest - (0.0 if one_backward else g) for g, rest in reserved)
     return PartitionProblem(unit_time=tuple(unit_time), unit_static_bytes=tuple(unit_static),
                             unit_activation_bytes=tuple(unit_act), stage_to_rank=owner, inflight=tuple(inflight),
-                            memory_limit_bytes=tuple(cluster.usable_memory_bytes - b for b in
-                                                     reserved_bytes(model, cluster, c, layout, owner, temp_scale)),
-                            num_microbatches=c.num_microbatches,
+                            memory_limit_bytes=limits, num_microbatches=c.num_microbatches,
                             activation_scale=tuple(a for a, _ in scales) if bounds else None,
                             temporaries=temporaries, moe_units=tuple(1 + i for i in range(n) if model.is_moe_layer(i)),
-                            **recompute)
+                            **recompute, **one_backward)
 
 
 def reserved_bytes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, layout: str,
-                   owner: tuple[int, ...], temp_scale: float = 1.0) -> tuple[float, ...]:
+                   owner: tuple[int, ...], temp_scale: float = 1.0) -> tuple[tuple[float, float], ...]:
     """Per pipeline rank (`owner`: the rank of each virtual stage), the bytes `memory.stage_memory` counts whatever
-    the partition, which `partition_problem` takes off its limit: the runtime's overhead, the P2P buffers at
-    `temp_scale` (seq1f1b's longest chunk against the mean) and the FSDP gather buffers of its stages
-    (`memory.unsharded_buffer_bytes`, the largest parameter and the largest gradient buffer of its stages), each
-    stage's root unit (embedding, head) known by its place and its blocks counted as two or more (a stage of one
-    block holds less: an upper bound there)."""
+    the partition, which `partition_problem` takes off its limit, as (gradient buffers, the rest): the runtime's
+    overhead, the P2P buffers at `temp_scale` (seq1f1b's longest chunk against the mean) and the FSDP gather
+    buffers of its stages (`memory.unsharded_buffer_bytes`, the largest parameter and the largest gradient buffer
+    of its stages), each stage's root unit (embedding, head) known by its place and its blocks counted as two or
+    more (a stage of one block holds less: an upper bound there)."""
     fixed = cluster.device.memory_overhead_bytes + temp_scale * p2p_buffer_bytes(model, c)
     if layout != "torch" or not c.zero_sharded:
-        return (fixed,) * c.pp
+        return ((0.0, fixed),) * c.pp
     places = [[0, 0]] * len(owner)  # a stage's root unit depends on its place only (its blocks cancel out)
     buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, places, st), 2)
                for st in range(len(owner))]
-    return tuple(fixed + max(buffers[st][0] for st in range(len(owner)) if owner[st] == r)
-                 + max(buffers[st][1] for st in range(len(owner)) if owner[st] == r) for r in range(c.pp))
+    return tuple((max(buffers[st][1] for st in range(len(owner)) if owner[st] == r),
+                  fixed + max(buffers[st][0] for st in range(len(owner)) if owner[st] == r)) for r in range(c.pp))
 
 
 def refined_partition(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, execution: Execution,
