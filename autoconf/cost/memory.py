@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from autoconf.cost.compute import seq_chunk_bounds
 from autoconf.cost.moe import (all_to_all_buffer_bytes, blocks_params, layer_kind_params, moe_layers,
@@ -435,12 +436,6 @@ def largest_block_bytes(model: ModelSpec, c: ParallelConfig) -> float:
     return max(dense / c.tp, sum(local_params_of(c, moe, experts)))
 
 
-def gather_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str) -> float:
-    """The bytes `unsharded_buffer_bytes` adds to a rank beyond its per-parameter state, at their largest (any
-    chunk's root unit): parameters and gradients together."""
-    return sum(unsharded_buffer_bytes(model, config, layout))
-
-
 def p2p_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:
     """Pipeline send and receive buffers, forward and backward: four activations of one micro-batch."""
     c = config
@@ -569,6 +564,58 @@ def stage_block_activation_bytes(model: ModelSpec, config: ParallelConfig, first
                                            execution=execution))
 
 
+TEMPORARY_FACTS = ("last", "moe", "recomputes", "keeps")
+
+
+@dataclass(frozen=True)
+class Temporary:
+    """A temporary a pipeline rank holds at some moment of its step when every fact named in `when` holds on it
+    (a leading "!" negates one; none: always). The facts (TEMPORARY_FACTS) of a rank under a partition: "last", it
+    holds the last stage; "moe", it holds an MoE layer; "recomputes", it recomputes a layer; "keeps", it holds a
+    layer it does not recompute."""
+    bytes: float
+    when: tuple[str, ...] = ()
+
+    def holds(self, facts: dict[str, bool]) -> bool:
+        return all(not facts[w[1:]] if w.startswith("!") else facts[w] for w in self.when)
+
+
+def temporary_terms(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str,
+                    selective: str = "attention_core", execution: Execution | None = None) -> tuple[Temporary, ...]:
+    """The temporaries `stage_memory` weighs, one micro-batch's (of the mean seq1f1b chunk), each with the facts
+    under which a rank holds it. They exist one at a time: a rank's peak counts the largest whose facts hold. The
+    logits with the loss's copies (last stage); the K/V buffer of context-parallel attention; a whole block's
+    activations rebuilt in its backward under full recompute or the per-op policy (a recomputing rank); an MoE
+    layer's all-to-all buffers, with the MoE block rebuilt under full recompute; under offload_activations one
+    block's saved activations copied back for its backward (a recomputed block's when the rank recomputes every
+    layer it holds), with the block rebuilt when it recomputes."""
+    c = config
+    terms = [Temporary(logits_temporary_bytes(model, c, layout, execution), ("last",)),
+             Temporary(cp_buffer_bytes(model, c))]
+    whole_block = c.recompute == "full" or (c.recompute == "selective" and selective == "alternate_matmuls")
+    if whole_block:
+        terms.append(Temporary(layer_activation_bytes(model, c, layout, device_kind, "none", execution=execution),
+                               ("recomputes",)))
+    if model.moe is not None:
+        exchange = all_to_all_buffer_bytes(model, c)
+        terms.append(Temporary(exchange, ("moe",)))
+        if c.recompute == "full":
+            terms.append(Temporary(exchange + layer_activation_bytes(model, c, layout, device_kind, "none", moe=True,
+                                                                     execution=execution), ("moe", "recomputes")))
+    if c.offload_activations:
+        moe = (False, True) if model.moe is not None else (False,)
+        recomputed = max(layer_activation_bytes(model, c, layout, device_kind, selective=selective, moe=m,
+                                                execution=execution) for m in moe)
+        plain = max(stage_layer_activation_bytes(model, c, 1, 0, layout, device_kind, selective, m, execution)
+                    for m in moe)
+        rebuilt = layer_activation_bytes(model, c, layout, device_kind, "none") if whole_block else 0.0
+        terms += [Temporary(recomputed, ("!keeps",)), Temporary(plain, ("keeps",))]
+        if rebuilt:
+            terms += [Temporary(recomputed + rebuilt, ("!keeps", "recomputes")),
+                      Temporary(plain + rebuilt, ("keeps", "recomputes"))]
+    return tuple(terms)
+
+
 @functools.lru_cache(maxsize=256)
 def _stages_of_ranks(stage_to_rank: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
     """Each pipeline rank's virtual stages, in stage order (remembered: the search asks about the same pipelines
@@ -595,14 +642,10 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     expert_bytes = (state_bytes_per_param(c, layout, experts=True, execution=execution) if model.moe
                     else (0.0, 0.0, 0.0, 0.0))
     fp8_cache = fp8_weight_cache_bytes(c, execution)
-    embed_act, layer_act, head_act = unit_activation_bytes(model, c, layout, cluster.device.kind, selective, execution)
-    moe_act = (layer_activation_bytes(model, c, layout, cluster.device.kind, selective=selective, moe=True,
-                                      execution=execution) if model.moe else 0.0)
+    embed_act, _, head_act = unit_activation_bytes(model, c, layout, cluster.device.kind, selective, execution)
     # Layers beyond a stage's recomputed ones keep every activation (`recomputed_layers`).
     recomputed = recomputed_layers(c, partition)
-    plain_act, moe_plain_act = ((stage_layer_activation_bytes(model, c, 1, 0, layout, cluster.device.kind, selective,
-                                                              moe, execution) for moe in (False, model.moe is not None))
-                                if c.offload_activations else (0.0, 0.0))  # read under offload_activations only
+    temporary_terms_ = temporary_terms(model, c, layout, cluster.device.kind, selective, execution)
     fixed = cluster.device.memory_overhead_bytes + p2p_buffer_bytes(model, c)
     bounds = seq_chunk_bounds(model, cluster, c, execution) if c.seq_chunks > 1 else None
     kv_cache, kv_grads = seq_chunk_kv_bytes(model, c, layout, bounds)
@@ -647,26 +690,11 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
             per_mb = ((layers + (embed_act if st == 0 else 0.0) + (head_act if st == last else 0.0)) * act_scale
                       + kv_cache * (end - first) * (act_scale if layout == "megatron" else 1.0))
             activations += per_mb * inflight[st]
-        # Temporaries that exist one at a time: the largest of them counts.
-        temporaries = [0.0]
-        if last in stages:
-            temporaries.append(logits_temporary_bytes(model, c, layout, execution))
-        recomputing = any(recomputed[st] for st in stages)
-        # Full recompute and the per-op policy rebuild a whole block's activations in its backward.
-        whole_block = recomputing and (c.recompute == "full" or (c.recompute == "selective"
-                                                                and selective == "alternate_matmuls"))
-        if whole_block:
-            temporaries.append(layer_activation_bytes(model, c, layout, cluster.device.kind, "none",
-                                                      execution=execution))
-        if any(moe_layers(model, *partition[st]) for st in stages):
-            temporaries.append(all_to_all_buffer_bytes(model, c) + (
-                layer_activation_bytes(model, c, layout, cluster.device.kind, "none", moe=True, execution=execution)
-                if c.recompute == "full" and recomputing else 0.0))
-        if c.offload_activations:  # the block whose backward runs, copied back (and rebuilt when it recomputes)
-            every = all(recomputed[st] == partition[st][1] - partition[st][0] for st in stages)
-            temporaries.append((max(layer_act, moe_act) if every else max(plain_act, moe_plain_act)) + (
-                layer_activation_bytes(model, c, layout, cluster.device.kind, "none") if whole_block else 0))
-        temporaries.append(cp_buffer_bytes(model, c))
+        # Temporaries that exist one at a time: the largest of those whose facts hold on this rank counts.
+        facts = {"last": last in stages, "moe": any(moe_layers(model, *partition[st]) for st in stages),
+                 "recomputes": any(recomputed[st] for st in stages),
+                 "keeps": any(recomputed[st] < partition[st][1] - partition[st][0] for st in stages)}
+        temporaries = [0.0] + [t.bytes for t in temporary_terms_ if t.holds(facts)]
         grads = local_params * g_b + local_experts * expert_bytes[1] + grad_buffer
         if layout == "torch" and c.num_microbatches == 1:
             # The gradients come into existence during the only backward while the activations go: the peak is at

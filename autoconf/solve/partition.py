@@ -16,9 +16,21 @@ one micro-batch walks through every stage once, and the other m-1 micro-batches 
 With the default weights w_s = 1 the first term is the total chain time, a constant, so the solver minimises the
 busiest rank. A caller can pass other ``stage_weight`` / ``bottleneck_weight`` values.
 
-Memory: for every rank r, ``sum over its stages of (static + inflight[s] * scale[r] * activation) <= limit[r]``,
-where ``scale[r]`` (`activation_scale`, default 1) is what the rank's in-flight activations weigh against the units'
-own: seq1f1b's uneven chunks (`autoconf.cost.memory.seq_chunk_scales`, the one source of that rule).
+Memory: for every rank r,
+``sum over its stages of (static + inflight[s] * scale[r] * activation) + temporary[r] <= limit[r]``, where
+``scale[r]`` (`activation_scale`, default 1) is what the rank's in-flight activations weigh against the units' own:
+seq1f1b's uneven chunks (`autoconf.cost.memory.seq_chunk_scales`, the one source of that rule); ``inflight[s]``
+may be fractional (the estimate's `stage_inflight`); and ``temporary[r]`` is the largest of the `temporaries`
+(`autoconf.cost.memory.Temporary`) whose facts hold on rank r under the partition: it holds the last stage, one of
+the `moe_units`, a recomputed unit, a layer it does not recompute. CP-SAT models that maximum exactly (one 0/1
+indicator per fact and rank, equal to the OR of its units' literals), so the memory of a partition is the same
+number in every solver here.
+
+One backward (`unit_gradient_bytes` given: one micro-batch per step, where the gradients come into existence as
+the activations go, `autoconf.cost.memory.stage_memory`): a rank's bytes are its static bytes less its units'
+gradients plus the larger of (those gradients + `rank_gradient_bytes[r]`) and (its activations + temporary), so
+two limits per rank in CP-SAT; `rank_gradient_bytes` are gradient buffers beyond the units, outside the limit
+otherwise.
 
 Recompute per stage (`recompute_counts`, the plan's `recompute_layers`; spec/plan.py `recomputed_layers` is the
 rule): stage s recomputes its first ``recompute_counts[s]`` transformer layers (every layer when the counts are
@@ -45,6 +57,7 @@ from dataclasses import dataclass
 import numpy as np
 from ortools.sat.python import cp_model
 
+from autoconf.cost.memory import TEMPORARY_FACTS, Temporary
 from autoconf.solve import cpsat
 from autoconf.spec.plan import max_pipeline_stages, uniform_partition
 
@@ -59,7 +72,7 @@ class PartitionProblem:
     unit_static_bytes: tuple[float, ...]  # parameters + gradients + optimizer state
     unit_activation_bytes: tuple[float, ...]  # activations kept per micro-batch
     stage_to_rank: tuple[int, ...]  # one entry per virtual stage
-    inflight: tuple[int, ...]  # micro-batches whose activations a stage holds at once
+    inflight: tuple[float, ...]  # micro-batches whose activations a stage holds at its rank's peak
     memory_limit_bytes: float | tuple[float, ...]  # one for all ranks or one per rank
     num_microbatches: int
     stage_weight: tuple[float, ...] | None = None  # weight of each stage in the path term; default 1
@@ -68,6 +81,10 @@ class PartitionProblem:
     unit_recompute_saved_bytes: tuple[float, ...] | None = None  # activation bytes a recomputed unit keeps less
     recompute_counts: tuple[int, ...] | None = None  # recomputed layers per stage; None: every layer
     activation_scale: tuple[float, ...] | None = None  # per rank: multiplies its activations and the recompute savings
+    temporaries: tuple[Temporary, ...] = ()  # one at a time: a rank holds the largest whose facts hold on it
+    moe_units: tuple[int, ...] = ()  # the units that make the "moe" fact of a rank that holds one
+    unit_gradient_bytes: tuple[float, ...] | None = None  # one backward: the gradients within unit_static_bytes
+    rank_gradient_bytes: tuple[float, ...] | None = None  # one backward: each rank's gradient buffers beyond them
 
     def __post_init__(self):
         n = len(self.unit_time)
@@ -96,6 +113,12 @@ class PartitionProblem:
         if self.recompute_counts is not None and len(self.recompute_counts) != self.num_stages:
             raise ValueError(f"recompute_counts has {len(self.recompute_counts)} entries for {self.num_stages} "
                              f"stages")
+        if (self.unit_gradient_bytes is not None and len(self.unit_gradient_bytes) != n) or (
+                self.rank_gradient_bytes is not None and len(self.rank_gradient_bytes) != self.num_ranks):
+            raise ValueError(f"unit_gradient_bytes has {n} entries, rank_gradient_bytes one per rank")
+        unknown = {w.lstrip("!") for t in self.temporaries for w in t.when} - set(TEMPORARY_FACTS)
+        if unknown:
+            raise ValueError(f"temporaries name unknown facts {sorted(unknown)} (known: {TEMPORARY_FACTS})")
 
 
     @property
@@ -135,6 +158,37 @@ class PartitionProblem:
         """What an in-flight activation byte of `stage` weighs on its rank (`activation_scale`; 1 without)."""
         return 1.0 if self.activation_scale is None else float(self.activation_scale[self.stage_to_rank[stage]])
 
+    def rank_facts(self, stages) -> list[dict[str, bool]]:
+        """Each rank's facts (`Temporary`) under the partition `stages` ([first_unit, end_unit) per stage)."""
+        facts = [dict.fromkeys(TEMPORARY_FACTS, False) for _ in range(self.num_ranks)]
+        moe = set(self.moe_units)
+        for s, (a, b) in enumerate(stages):
+            f = facts[self.stage_to_rank[s]]
+            rc = self.recomputed_units(s, a, b)
+            layers = range(max(a, 1), min(b, self.num_layers + 1))
+            f["last"] |= s == self.num_stages - 1
+            f["moe"] |= any(u in moe for u in range(a, b))
+            f["recomputes"] |= len(rc) > 0
+            f["keeps"] |= len(layers) > len(rc)
+        return facts
+
+    def rank_temporary(self, facts: dict[str, bool], sizes=None) -> float:
+        """The largest temporary whose facts hold (0 without any); `sizes`: the terms' sizes (default their
+        bytes)."""
+        sizes = [t.bytes for t in self.temporaries] if sizes is None else sizes
+        return max([0, *(x for t, x in zip(self.temporaries, sizes) if t.holds(facts))])
+
+    def rank_bytes(self, static: float, gradients: float, transient: float, rank: int,
+                   rank_gradients: float | None = None) -> float:
+        """A rank's bytes from its units' static bytes, the gradients among them and its activations plus
+        temporary (`transient`): their sum, or under one backward the larger of the gradients (with the rank's
+        gradient buffers: `rank_gradients`, default `rank_gradient_bytes`) and the transient bytes."""
+        if self.unit_gradient_bytes is None:
+            return static + transient
+        if rank_gradients is None:
+            rank_gradients = self.rank_gradient_bytes[rank] if self.rank_gradient_bytes is not None else 0.0
+        return static - gradients + max(gradients + rank_gradients, transient)
+
     def weights(self) -> tuple[tuple[float, ...], float]:
         path = self.stage_weight if self.stage_weight is not None else (1.0,) * self.num_stages
         neck = self.bottleneck_weight if self.bottleneck_weight is not None else self.num_microbatches - 1
@@ -169,13 +223,17 @@ def v_placement(pp: int) -> tuple[int, ...]:
 class _Quantised:
     time: tuple[int, ...]
     static: tuple[int, ...]
-    act: tuple[tuple[int, ...], ...]  # per stage, per unit: its rank's `activation_scale` applied
+    act: tuple[tuple[int, ...], ...]  # per stage, per unit: times the stage's in-flight count and its rank's
+    # `activation_scale`
     limit: tuple[int, ...]
     path_w: tuple[int, ...]
     neck_w: int
     rc_time: tuple[int, ...]  # added by a recomputed unit
-    rc_saved: tuple[tuple[int, ...], ...]  # per stage: what a recomputed unit keeps less (rounded down: usage stays
-    # rounded up)
+    rc_saved: tuple[tuple[int, ...], ...]  # per stage, as `act`: what a recomputed unit keeps less (rounded down:
+    # usage stays rounded up)
+    temp: tuple[int, ...]  # the temporaries, rounded up
+    grad: tuple[int, ...]  # one backward: the units' gradients, rounded down (usage stays rounded up)
+    rank_grad: tuple[int, ...]  # one backward: each rank's gradient buffers, rounded up
 
 
 def _quantise(p: PartitionProblem) -> _Quantised:
@@ -183,12 +241,13 @@ def _quantise(p: PartitionProblem) -> _Quantised:
     quantum = total / TIME_QUANTA if total > 0 else 1.0
     path, neck = p.weights()
     saved = p.unit_recompute_saved_bytes or (0.0,) * len(p.unit_time)
-    scaled: dict[float, tuple] = {}  # (activations, savings) at each distinct scale, quantised once
-    for x in map(p.stage_scale, range(p.num_stages)):
+    scaled: dict[float, tuple] = {}  # (activations, savings) at each distinct weight, quantised once
+    weights = [p.inflight[s] * p.stage_scale(s) for s in range(p.num_stages)]
+    for x in weights:
         if x not in scaled:
             scaled[x] = (tuple(math.ceil(b * x / MEMORY_QUANTUM_BYTES) for b in p.unit_activation_bytes),
                          tuple(math.floor(b * x / MEMORY_QUANTUM_BYTES) for b in saved))
-    per_stage = [scaled[p.stage_scale(s)] for s in range(p.num_stages)]
+    per_stage = [scaled[x] for x in weights]
     return _Quantised(
         time=tuple(round(t / quantum) for t in p.unit_time),
         static=tuple(math.ceil(b / MEMORY_QUANTUM_BYTES) for b in p.unit_static_bytes),
@@ -198,6 +257,9 @@ def _quantise(p: PartitionProblem) -> _Quantised:
         neck_w=round(neck * WEIGHT_SCALE),
         rc_time=tuple(round(t / quantum) for t in p.unit_recompute_time or (0.0,) * len(p.unit_time)),
         rc_saved=tuple(r for _, r in per_stage),
+        temp=tuple(math.ceil(t.bytes / MEMORY_QUANTUM_BYTES) for t in p.temporaries),
+        grad=tuple(math.floor(b / MEMORY_QUANTUM_BYTES) for b in p.unit_gradient_bytes or (0.0,) * len(p.unit_time)),
+        rank_grad=tuple(math.ceil(b / MEMORY_QUANTUM_BYTES) for b in p.rank_gradient_bytes or (0.0,) * p.num_ranks),
     )
 
 
@@ -213,20 +275,27 @@ def evaluate_partition(p: PartitionProblem, stages, optimal: bool = False) -> Pa
     recomputed = [p.recomputed_units(s, a, b) for s, (a, b) in enumerate(stages)]
     stage_time = tuple(sum(p.unit_time[a:b]) + sum(rc_time[u] for u in rc)
                        for (a, b), rc in zip(stages, recomputed))
-    mem = [0.0] * p.num_ranks
+    static, grads, transient = ([0.0] * p.num_ranks for _ in range(3))
     rank_time = [0.0] * p.num_ranks
+    unit_grads = p.unit_gradient_bytes or (0.0,) * len(p.unit_time)
     for s, (a, b) in enumerate(stages):
         r = p.stage_to_rank[s]
-        mem[r] += sum(p.unit_static_bytes[a:b]) + p.inflight[s] * p.stage_scale(s) * (
+        static[r] += sum(p.unit_static_bytes[a:b])
+        grads[r] += sum(unit_grads[a:b])
+        transient[r] += p.inflight[s] * p.stage_scale(s) * (
             sum(p.unit_activation_bytes[a:b]) - sum(rc_saved[u] for u in recomputed[s]))
         rank_time[r] += stage_time[s]
+    if p.temporaries:
+        for r, facts in enumerate(p.rank_facts(stages)):
+            transient[r] += p.rank_temporary(facts)
+    mem = [p.rank_bytes(*x, r) for r, x in enumerate(zip(static, grads, transient))]
     objective = sum(w * t for w, t in zip(path, stage_time)) + neck * max(rank_time)
     return PartitionResult(tuple(tuple(x) for x in stages), objective, stage_time, tuple(mem), optimal)
 
 
 def _int_cost(p: PartitionProblem, q: _Quantised, stages) -> int | None:
     """Integer objective of a partition on the quantised data, or None when it breaks a memory limit."""
-    mem = [0] * p.num_ranks
+    static, grads, transient = ([0] * p.num_ranks for _ in range(3))
     rank_time = [0] * p.num_ranks
     path = 0
     for s, (a, b) in enumerate(stages):
@@ -235,7 +304,13 @@ def _int_cost(p: PartitionProblem, q: _Quantised, stages) -> int | None:
         t = sum(q.time[a:b]) + sum(q.rc_time[u] for u in rc)
         path += q.path_w[s] * t
         rank_time[r] += t
-        mem[r] += sum(q.static[a:b]) + p.inflight[s] * (sum(q.act[s][a:b]) - sum(q.rc_saved[s][u] for u in rc))
+        static[r] += sum(q.static[a:b])
+        grads[r] += sum(q.grad[a:b])
+        transient[r] += sum(q.act[s][a:b]) - sum(q.rc_saved[s][u] for u in rc)
+    if p.temporaries:
+        for r, facts in enumerate(p.rank_facts(stages)):
+            transient[r] += p.rank_temporary(facts, q.temp)
+    mem = [p.rank_bytes(*x, r, q.rank_grad[r]) for r, x in enumerate(zip(static, grads, transient))]
     if any(m > lim for m, lim in zip(mem, q.limit)):
         return None
     return path + q.neck_w * max(rank_time)
@@ -243,16 +318,17 @@ def _int_cost(p: PartitionProblem, q: _Quantised, stages) -> int | None:
 
 def _greedy_fill(p: PartitionProblem, q: _Quantised, budget: int) -> list[int] | None:
     """Walk the stages in order; each takes units while its rank stays within a fair share of ``budget`` time and
-    of its memory limit (the rank's remainder split evenly over its stages still to come). None if the chain
-    does not fit."""
+    of its memory limit (the rank's remainder split evenly over its stages still to come), less the largest
+    temporary whatever its facts. None if the chain does not fit."""
     num_stages, num_units = p.num_stages, len(q.time)
     left = [p.stage_to_rank.count(r) for r in range(p.num_ranks)]
-    time_left, mem_left = [budget] * p.num_ranks, list(q.limit)
+    time_left = [budget] * p.num_ranks
+    mem_left = [lim - max([0, *q.temp]) - g for lim, g in zip(q.limit, q.rank_grad)]
     # The embedding and the head are pinned to the first and last stage: share only the rest evenly.
     fixed_t, fixed_m = [0] * num_stages, [0] * num_stages
     for s, u in ((0, 0), (num_stages - 1, num_units - 1)):
         fixed_t[s] += q.time[u]
-        fixed_m[s] += q.static[u] + p.inflight[s] * q.act[s][u]
+        fixed_m[s] += q.static[u] + q.act[s][u]
     fixed_t_left, fixed_m_left = [0] * p.num_ranks, [0] * p.num_ranks
     for s in range(num_stages):
         fixed_t_left[p.stage_to_rank[s]] += fixed_t[s]
@@ -269,9 +345,9 @@ def _greedy_fill(p: PartitionProblem, q: _Quantised, budget: int) -> list[int] |
         b, t, m = a, 0, 0
         recomputed = p.recomputed_units(s, a, num_units)
         while b < hi:
-            dt, dm = q.time[b], q.static[b] + p.inflight[s] * q.act[s][b]
+            dt, dm = q.time[b], q.static[b] + q.act[s][b]
             if b in recomputed:
-                dt, dm = dt + q.rc_time[b], dm - p.inflight[s] * q.rc_saved[s][b]
+                dt, dm = dt + q.rc_time[b], dm - q.rc_saved[s][b]
             if b >= lo and (t + dt > t_cap or m + dm > m_cap):
                 break
             b, t, m = b + 1, t + dt, m + dm
@@ -314,6 +390,7 @@ def _one_stage_per_rank_dp(p: PartitionProblem, q: _Quantised) -> tuple[int, lis
     time_pre = np.concatenate([[0], np.cumsum(q.time, dtype=np.int64)])
     static_pre = np.concatenate([[0], np.cumsum(q.static, dtype=np.int64)])
     rc_time_pre = np.concatenate([[0], np.cumsum(q.rc_time, dtype=np.int64)])
+    grad_pre = np.concatenate([[0], np.cumsum(q.grad, dtype=np.int64)])
     inf = np.iinfo(np.int64).max
     # best[b] = smallest bottleneck of stages 0..s-1 covering units [0, b); arg[s][b] = where stage s-1 starts.
     best = np.full(num_units + 1, inf, dtype=np.int64)
@@ -321,6 +398,10 @@ def _one_stage_per_rank_dp(p: PartitionProblem, q: _Quantised) -> tuple[int, lis
     args = []
     starts = np.arange(num_units + 1)
     first_layer = np.maximum(starts, 1)  # `recomputed_units`: a stage's first layers, from its first layer unit
+    moe = np.zeros(num_units, dtype=np.int64)
+    moe[list(p.moe_units)] = 1
+    moe_pre = np.concatenate([[0], np.cumsum(moe)])
+    facts_used = {w.lstrip("!") for t in p.temporaries for w in t.when}
     # Ends b are scored a block of rows at a time, each row every start a < b (later starts never win).
     rows = max(1, 4_000_000 // (num_units + 1))
     for s in range(num_stages):
@@ -334,8 +415,28 @@ def _one_stage_per_rank_dp(p: PartitionProblem, q: _Quantised) -> tuple[int, lis
             b = np.arange(first, min(first + rows, hi_end + 1))[:, None]
             rc_end = np.maximum(first_layer, np.minimum(np.minimum(b, p.num_layers + 1),
                                                         first_layer + p.counts()[s]))
-            mem = (static_pre[b] - static_pre[starts]) + p.inflight[s] * (
-                act_pre[b] - act_pre[starts] - (rc_saved_pre[rc_end] - rc_saved_pre[first_layer]))
+            mem = (static_pre[b] - static_pre[starts] + act_pre[b] - act_pre[starts]
+                   - (rc_saved_pre[rc_end] - rc_saved_pre[first_layer]))
+            if p.temporaries:  # `PartitionProblem.rank_facts` of the stage [starts, b) alone on its rank, as needed
+                facts = {"last": s == num_stages - 1}
+                if "moe" in facts_used:
+                    facts["moe"] = moe_pre[b] > moe_pre[starts]
+                if "recomputes" in facts_used:
+                    facts["recomputes"] = rc_end > first_layer
+                if "keeps" in facts_used:
+                    facts["keeps"] = np.minimum(b, p.num_layers + 1) > rc_end
+                temp = 0
+                for term, size in zip(p.temporaries, q.temp):
+                    holds = True
+                    for w in term.when:
+                        fact = facts[w.lstrip("!")]
+                        holds = np.logical_and(holds, np.logical_not(fact) if w.startswith("!") else fact)
+                    temp = np.maximum(temp, np.where(holds, size, 0)) if size else temp
+                mem = mem + temp
+            if p.unit_gradient_bytes is not None:  # `PartitionProblem.rank_bytes` under one backward
+                grads = grad_pre[b] - grad_pre[starts]
+                static = static_pre[b] - static_pre[starts]
+                mem = np.maximum(static + q.rank_grad[p.stage_to_rank[s]], mem - grads)
             cost = np.maximum(best, time_pre[b] - time_pre[starts] + rc_time_pre[rc_end] - rc_time_pre[first_layer])
             cost = np.where((starts < b) & (best < inf) & (mem <= limit), cost, inf)
             a = np.argmin(cost, axis=1)  # the first of equal costs, as scanning the starts in order
@@ -490,10 +591,12 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
     # u is a layer on stage s and unit u - counts[s] (clipped to the embedding) lies on an earlier stage (stage 0
     # starts at the embedding: its layers 1..counts[0]).
     counts = p.counts()
+    facts_used = {w.lstrip("!") for t in p.temporaries for w in t.when}
+    every_rc = bool(facts_used & {"recomputes", "keeps"})  # the facts read every recomputed unit
     rc = {}
     for s in range(num_stages):
         for u in on_stage[s]:
-            if u == 0 or u > p.num_layers or counts[s] == 0 or not (q.rc_time[u] or q.rc_saved[s][u]):
+            if u == 0 or u > p.num_layers or counts[s] == 0 or not (q.rc_time[u] or q.rc_saved[s][u] or every_rc):
                 continue
             before = (1 if u <= counts[s] else 0) if s == 0 else 1 - after[max(u - counts[s], 0), s]
             if isinstance(before, int) and before == 0:
@@ -507,12 +610,64 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
     stage_time = [sum(q.time[u] * on(u, s) for u in on_stage[s])
                   + sum(q.rc_time[u] * rc[u, t] for u, t in rc if t == s) for s in range(num_stages)]
 
-    # Each rank's static memory plus in-flight activations of its stages fit in its limit.
+    # Temporaries: a rank's facts are 0/1 indicators equal to the OR of their literals (constants where the domains
+    # decide them), and its temporary is at least every term whose facts all hold; the memory limit pushes it down
+    # to their maximum.
+    def known(literals):  # the OR's value when the domains decide it, else None
+        if any(isinstance(x, int) and x == 1 for x in literals):
+            return 1
+        return 0 if all(isinstance(x, int) for x in literals) else None
+
+    moe_units = set(p.moe_units)
+    rank_temp, indicators = [0] * num_ranks, {}
+    for r in range(num_ranks) if any(q.temp) else ():
+        held = [(u, s) for s in rank_stages[r] for u in on_stage[s]]
+        literals = {"last": [int(r == p.stage_to_rank[-1])],
+                    "moe": [on(u, s) for u, s in held if u in moe_units],
+                    "recomputes": [rc[u, s] for u, s in held if (u, s) in rc],
+                    "keeps": [on(u, s) - rc[u, s] if (u, s) in rc else on(u, s) for u, s in held
+                              if 1 <= u <= p.num_layers]}
+        value = {name: known(literals[name]) for name in facts_used}
+        terms = []  # (size, the facts the domains leave open as (name, negated)) of the terms that can hold
+        for term, size in zip(p.temporaries, q.temp):
+            open_facts, holds = [], size > 0
+            for w in term.when:
+                name, negated = w.lstrip("!"), w.startswith("!")
+                if value[name] is None:
+                    open_facts.append((name, negated))
+                elif value[name] == negated:
+                    holds = False
+            if holds:
+                terms.append((size, open_facts))
+        fixed = max([0, *(size for size, open_facts in terms if not open_facts)])
+        terms = [(size, open_facts) for size, open_facts in terms if size > fixed]
+        if not terms:
+            rank_temp[r] = fixed
+            continue
+        for name in sorted({name for _, open_facts in terms for name, _ in open_facts}):
+            var = indicators[r, name] = model.new_bool_var(f"{name}_{r}")
+            open_literals = [x for x in literals[name] if not isinstance(x, int)]
+            for x in open_literals:
+                model.add(var >= x)
+            model.add(var <= sum(open_literals))
+        temp = rank_temp[r] = model.new_int_var(fixed, max(size for size, _ in terms), f"temp_{r}")
+        for size, open_facts in terms:
+            holds = [1 - indicators[r, name] if negated else indicators[r, name] for name, negated in open_facts]
+            model.add(temp >= size * (sum(holds) - (len(holds) - 1)))
+
+    # Each rank's static memory plus in-flight activations of its stages plus its temporary fit in its limit.
+    # Under one backward (`PartitionProblem.rank_bytes`) the gradients and the transient bytes are two limits.
+    one_backward = p.unit_gradient_bytes is not None
     for r in range(num_ranks):
-        model.add(sum((q.static[u] + p.inflight[s] * q.act[s][u]) * on(u, s)
-                      for s in rank_stages[r] for u in on_stage[s])
-                  - sum(p.inflight[t] * q.rc_saved[t][u] * rc[u, t] for u, t in rc if p.stage_to_rank[t] == r)
-                  <= q.limit[r])
+        held = [(u, s) for s in rank_stages[r] for u in on_stage[s]]
+        static = sum(q.static[u] * on(u, s) for u, s in held)
+        transient = (sum(q.act[s][u] * on(u, s) for u, s in held)
+                     - sum(q.rc_saved[t][u] * rc[u, t] for u, t in rc if p.stage_to_rank[t] == r) + rank_temp[r])
+        if one_backward:
+            model.add(static + q.rank_grad[r] <= q.limit[r])
+            model.add(static - sum(q.grad[u] * on(u, s) for u, s in held) + transient <= q.limit[r])
+        else:
+            model.add(static + transient <= q.limit[r])
 
     # The bottleneck: at least `floor`, and at least every rank's total stage time.
     bottleneck = model.new_int_var(floor, max(floor, total + sum(q.rc_time)), "bottleneck")
@@ -527,6 +682,11 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
              for t in range(1, num_stages) if not isinstance(after[u, t], int)]
     hinted = {(u, s) for s, (a, b) in enumerate(hint) for u in p.recomputed_units(s, a, b)}
     hints += [(var, key in hinted) for key, var in rc.items()]
+    if indicators:
+        hint_facts = p.rank_facts(hint)
+        hints += [(var, hint_facts[r][name]) for (r, name), var in indicators.items()]
+        hints += [(rank_temp[r], p.rank_temporary(hint_facts[r], q.temp)) for r in range(num_ranks)
+                  if not isinstance(rank_temp[r], int)]
 
     # Solve (seeded, time-limited, one worker: solve/cpsat.py); presolve and probing spend seconds here and find
     # nothing.

@@ -12,10 +12,10 @@ import numpy as np
 from autoconf.cost.compute import model_pieces, seq_chunk_bounds
 from autoconf.cost.estimate import (Execution, activation_bytes, cp_attention_comm, dp_buffer_bytes, p2p_bytes,
                                     recompute_time, schedule_inflight, selective_matmul_share, tp_collective)
-from autoconf.cost.memory import (cp_buffer_bytes, cp_kv_bytes, fp8_weight_cache_bytes, gather_buffer_bytes,
-                                  layer_activation_bytes, logits_temporary_bytes, p2p_buffer_bytes,
-                                  seq_chunk_kv_bytes, seq_chunk_scales, state_bytes_per_param,
-                                  unit_activation_bytes)
+from autoconf.cost.memory import (Temporary, cp_kv_bytes, fp8_weight_cache_bytes, layer_activation_bytes,
+                                  p2p_buffer_bytes, root_unit_params, seq_chunk_kv_bytes, seq_chunk_scales,
+                                  state_bytes_per_param, temporary_terms, unit_activation_bytes,
+                                  unsharded_buffer_bytes)
 from autoconf.cost.moe import dispatch_bytes, ep_comm_passes, layer_kind_params, local_params, moe_layers
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
@@ -27,16 +27,29 @@ from autoconf.spec.schedules import stage_to_rank
 
 def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, execution: Execution):
     """The partition units with the estimate's own costs: time from the same pieces, bytes from cost/memory.py's
-    functions (state bytes per parameter, activations per unit, in-flight counts of the schedule's order, the P2P
-    and FSDP gather buffers taken off the limit). Recompute is charged per stage as the plan's `recompute_layers`
-    say (every layer when None): a layer's time and activations without recompute, and what recomputing it adds
-    and saves. Two rules of the estimate that are not linear in the units are taken on the safe side: the
-    in-flight counts are rounded up, and with one micro-batch per step the gradients are counted beside the
-    activations (the estimate takes the larger). Under seq1f1b (`seq_chunks` > 1) each layer also keeps the earlier
-    chunks' K/V per chunk in flight and their gradients (`memory.seq_chunk_kv_bytes`), and the split's
-    `memory.seq_chunk_scales` weigh each rank's in-flight activations (`activation_scale`) and the temporaries;
-    under the torch layout the K/V copies take their rank's activation scale too (the estimate: none), on the
-    safe side."""
+    functions, term by term as `memory.stage_memory` adds them: state bytes per parameter (offloaded optimizer
+    state excluded, `state_bytes_per_param`), activations per unit (none of the blocks' on the device under
+    offload_activations: they are in host memory), the in-flight counts of the schedule's order
+    (`estimate.schedule_inflight`, fractional as the estimate's), the temporaries with the facts under which a rank
+    holds them (`memory.temporary_terms`: the logits, the CP K/V buffer, a recomputed block rebuilt, the MoE
+    all-to-all buffers, an offloaded block copied back; `PartitionProblem.temporaries`), and off each rank's limit
+    the runtime overhead, the P2P buffers and the FSDP gather buffers of its stages. Recompute is charged per stage
+    as the plan's `recompute_layers` say (every layer when None): a layer's time and activations without
+    recompute, and what recomputing it adds and saves. Under seq1f1b (`seq_chunks` > 1) each layer also keeps the
+    earlier chunks' K/V per chunk in flight and their gradients (`memory.seq_chunk_kv_bytes`), and the split's
+    `memory.seq_chunk_scales` weigh each rank's in-flight activations (`activation_scale`; the torch layout's K/V
+    copies unweighed, as the estimate's) and the temporaries.
+
+    With one micro-batch per step in the torch layout the gradients come into existence as the activations go:
+    the rank's peak counts the larger of its gradients and its activations plus temporary
+    (`PartitionProblem.unit_gradient_bytes`, as `stage_memory`).
+
+    So a rank's bytes under a partition (`partition.evaluate_partition`, plus what its limit leaves out) are
+    `stage_memory`'s "total" for the same in-flight counts, to float rounding (tests/test_partition_memory.py),
+    except in two rules, where they are an upper bound: a stage's FSDP gather buffers are counted as those of a
+    stage of two or more blocks (`unsharded_buffer_bytes`: a chunk of one block holds less), and under one
+    backward with seq1f1b's work split the estimate weighs the gradients against the mean chunk's temporary but
+    counts the longest chunk's."""
     from autoconf.solve.partition import PartitionProblem
 
     layout, kind, policy = execution.memory_layout, cluster.device.kind, selective_policy(c, execution)
@@ -50,6 +63,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
         cp_time, cp_rc = cp.total, (cp.forward if c.recompute == "full" else 0.0)
         layer_time, layer_rc = layer_time + cp_time, layer_rc + cp_rc
     per_param = sum(state_bytes_per_param(c, layout, execution=execution))
+    offloaded = c.offload_activations  # the blocks' saved activations live in host memory
     block_per_param = per_param + fp8_weight_cache_bytes(c, execution)
     head_params = model.head_params() + (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)
     embedding, layer, head = unit_activation_bytes(model, c, layout, kind, policy, execution)
@@ -60,8 +74,11 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     kv_cache, kv_grads = seq_chunk_kv_bytes(model, c, layout, bounds)
     scales = [seq_chunk_scales(c, bounds, layout, r) if bounds else (1.0, 1.0) for r in range(c.pp)]
     temp_scale = max(t for _, t in scales)  # one chunk's temporaries: the longest chunk's on every rank
+    if layout == "torch":  # the executor's K/V copies are a mean chunk's, whatever the rank's activation scale
+        kv_cache /= scales[0][0]  # (the torch layout's scale is the same on every rank: the longest chunk)
     layers_time, layers_static = [layer_time] * n, [layer_static + kv_grads] * n
-    layers_act, layers_rc, layers_saved = [layer_plain + kv_cache] * n, [layer_rc] * n, [layer_plain - layer] * n
+    layers_act = [(0.0 if offloaded else layer_plain) + kv_cache] * n
+    layers_rc, layers_saved = [layer_rc] * n, [0.0 if offloaded else layer_plain - layer] * n
     if model.moe is not None:
         # Dense and MoE blocks differ: each costed as the estimate costs it on pipeline rank 0 of the default grid.
         grid = RankGrid.logical(c.dims)
@@ -81,29 +98,58 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
         for i in range(n):
             if model.is_moe_layer(i):
                 layers_time[i], layers_static[i] = moe_time, moe_static + kv_grads
-                layers_act[i] = moe_plain + kv_cache
-                layers_rc[i], layers_saved[i] = moe_rc, moe_plain - moe_act
+                layers_act[i] = (0.0 if offloaded else moe_plain) + kv_cache
+                layers_rc[i], layers_saved[i] = moe_rc, 0.0 if offloaded else moe_plain - moe_act
             else:
                 layers_static[i] = dense / c.tp * block_per_param + kv_grads
     unit_time = [pieces.embedding.total + one] + layers_time + [pieces.head.total + one]
-    unit_static = ([model.embedding_params() / c.tp * per_param] + layers_static
-                   + [head_params / c.tp * per_param
-                      + temp_scale * logits_temporary_bytes(model, c, layout, execution)])
+    unit_static = [model.embedding_params() / c.tp * per_param] + layers_static + [head_params / c.tp * per_param]
     unit_act = [embedding] + layers_act + [head]
     recompute = {}
     if c.recompute != "none":
         recompute = dict(unit_recompute_time=(0.0, *layers_rc, 0.0),
                          unit_recompute_saved_bytes=(0.0, *layers_saved, 0.0), recompute_counts=c.recompute_layers)
-    inflight = tuple(int(np.ceil(n)) for n in schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches,
-                                                                            seq_chunks=c.seq_chunks))
-    limit = (cluster.usable_memory_bytes - cluster.device.memory_overhead_bytes
-             - temp_scale * p2p_buffer_bytes(model, c) - gather_buffer_bytes(model, c, layout)
-             - cp_buffer_bytes(model, c))
+    inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, seq_chunks=c.seq_chunks)
+    owner = stage_to_rank(c.schedule, c.pp, c.vpp)
+    temporaries = tuple(Temporary(temp_scale * t.bytes, t.when)
+                        for t in temporary_terms(model, c, layout, kind, policy, execution))
+    reserved = reserved_bytes(model, cluster, c, layout, owner, temp_scale)
+    one_backward = {}
+    if layout == "torch" and c.num_microbatches == 1:  # the gradients exist only as the activations go
+        grad = state_bytes_per_param(c, layout, execution=execution)[1]
+        layers_grad = [model.layer_params() / c.tp * grad] * n
+        if model.moe is not None:
+            expert_grad = state_bytes_per_param(c, layout, experts=True, execution=execution)[1]
+            layers_grad = [attention_part * grad + expert_part * expert_grad if model.is_moe_layer(i)
+                           else dense / c.tp * grad for i in range(n)]
+        one_backward = dict(unit_gradient_bytes=(model.embedding_params() / c.tp * grad, *layers_grad,
+                                                 head_params / c.tp * grad),
+                            rank_gradient_bytes=tuple(g for g, _ in reserved))
+    limits = tuple(cluster.usable_memory_bytes - rest - (0.0 if one_backward else g) for g, rest in reserved)
     return PartitionProblem(unit_time=tuple(unit_time), unit_static_bytes=tuple(unit_static),
-                            unit_activation_bytes=tuple(unit_act),
-                            stage_to_rank=stage_to_rank(c.schedule, c.pp, c.vpp), inflight=inflight,
-                            memory_limit_bytes=float(limit), num_microbatches=c.num_microbatches,
-                            activation_scale=tuple(a for a, _ in scales) if bounds else None, **recompute)
+                            unit_activation_bytes=tuple(unit_act), stage_to_rank=owner, inflight=tuple(inflight),
+                            memory_limit_bytes=limits, num_microbatches=c.num_microbatches,
+                            activation_scale=tuple(a for a, _ in scales) if bounds else None,
+                            temporaries=temporaries, moe_units=tuple(1 + i for i in range(n) if model.is_moe_layer(i)),
+                            **recompute, **one_backward)
+
+
+def reserved_bytes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, layout: str,
+                   owner: tuple[int, ...], temp_scale: float = 1.0) -> tuple[tuple[float, float], ...]:
+    """Per pipeline rank (`owner`: the rank of each virtual stage), the bytes `memory.stage_memory` counts whatever
+    the partition, which `partition_problem` takes off its limit, as (gradient buffers, the rest): the runtime's
+    overhead, the P2P buffers at `temp_scale` (seq1f1b's longest chunk against the mean) and the FSDP gather
+    buffers of its stages (`memory.unsharded_buffer_bytes`, the largest parameter and the largest gradient buffer
+    of its stages), each stage's root unit (embedding, head) known by its place and its blocks counted as two or
+    more (a stage of one block holds less: an upper bound there)."""
+    fixed = cluster.device.memory_overhead_bytes + temp_scale * p2p_buffer_bytes(model, c)
+    if layout != "torch" or not c.zero_sharded:
+        return ((0.0, fixed),) * c.pp
+    places = [[0, 0]] * len(owner)  # a stage's root unit depends on its place only (its blocks cancel out)
+    buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, places, st), 2)
+               for st in range(len(owner))]
+    return tuple((max(buffers[st][1] for st in range(len(owner)) if owner[st] == r),
+                  fixed + max(buffers[st][0] for st in range(len(owner)) if owner[st] == r)) for r in range(c.pp))
 
 
 def refined_partition(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, execution: Execution,

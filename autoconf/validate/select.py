@@ -2,8 +2,10 @@
 
     1. the planner's best plan (search top 1, with its refined partition and placement)
     2. from every legal, launchable layout that is predicted to fit (default partition and placement), greedily the
-       one that adds the most that no chosen layout has yet: a new (tp, pp, dp) combination first, then a new
-       schedule, micro-batch size, ZeRO stage, recompute and sequence-parallel setting; ties go to the layout
+       one that adds the most that no chosen layout has yet (`novelty`, compared in this order): a new combination
+       of every degree (tp, pp, dp, cp, ep, etp); then how many of those degrees take a value no chosen layout
+       has; then a new pipeline shape (schedule, vpp, sequence chunks); then the levers (micro-batch size, ZeRO
+       stage, recompute, sequence parallelism, CP algorithm, offload, gradient reduction); ties go to the layout
        predicted fastest (the spread stays among layouts someone would run), then to the config key.
 Deterministic: the same inputs give the same list, in the same order.
 """
@@ -19,21 +21,37 @@ from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan
 
-# Weight of each kind of novelty: one new degree combination outweighs every lesser novelty together.
-NOVELTY_WEIGHTS = {"degrees": 64, "schedule": 32, "micro_batch": 16, "zero": 8, "recompute": 4, "sp": 2,
-                   "vpp": 1}
+DEGREES = ("tp", "pp", "dp", "cp", "ep", "etp")  # every degree of a layout (spec/plan.py ParallelConfig)
+# Within a tier, the weight of each kind of novelty: the tiers themselves are compared in order (`novelty`).
+PIPELINE_WEIGHTS = {"schedule": 4, "vpp": 2, "seq_chunks": 1}
+LEVER_WEIGHTS = {"micro_batch": 64, "zero": 32, "recompute": 16, "sp": 8, "cp_comm": 4, "offload": 2,
+                 "grad_reduce": 1}
 
 
 def features(c: ParallelConfig) -> dict:
-    """What a layout is made of. Without a pipeline the schedule is moot ("none", never new)."""
-    return {"degrees": (c.tp, c.pp, c.dp), "schedule": c.schedule if c.pp > 1 else "none",
-            "micro_batch": c.micro_batch_size, "zero": c.zero_stage, "recompute": c.recompute,
-            "sp": c.sequence_parallel, "vpp": c.vpp}
+    """What a layout is made of: its degrees (as one combination, and each alone), its pipeline shape and its
+    levers. Without a pipeline the schedule is moot ("none", never new), as is the CP algorithm without CP."""
+    out = {"degrees": tuple(getattr(c, d) for d in DEGREES)}
+    out.update({f"degree_{d}": getattr(c, d) for d in DEGREES})
+    out.update({"schedule": c.schedule if c.pp > 1 else "none", "vpp": c.vpp, "seq_chunks": c.seq_chunks,
+                "micro_batch": c.micro_batch_size, "zero": c.zero_stage, "recompute": c.recompute,
+                "sp": c.sequence_parallel, "cp_comm": c.cp_comm if c.cp > 1 else "none",
+                "offload": (c.offload_activations, c.offload_optimizer), "grad_reduce": c.grad_reduce})
+    return out
 
 
-def novelty(c: ParallelConfig, seen: dict[str, set]) -> int:
+def novelty(c: ParallelConfig, seen: dict[str, set]) -> tuple[int, int, int, int]:
+    """How much `c` adds to the layouts seen (`seen`: each feature's values so far), compared as a tuple: (a new
+    combination of every degree, the degrees with a new value, the pipeline shape's weighted novelty, the levers'
+    weighted novelty). A higher tuple is more novel; an earlier element outweighs every later one."""
     f = features(c)
-    return sum(w for name, w in NOVELTY_WEIGHTS.items() if f[name] not in seen[name])
+
+    def new(name: str) -> bool:
+        return f[name] not in seen.get(name, set())
+
+    return (int(new("degrees")), sum(new(f"degree_{d}") for d in DEGREES),
+            sum(w for name, w in PIPELINE_WEIGHTS.items() if new(name)),
+            sum(w for name, w in LEVER_WEIGHTS.items() if new(name)))
 
 
 def select_layouts(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, dtype: str,
@@ -61,16 +79,16 @@ def select_layouts(model: ModelSpec, cluster: ClusterProfile, global_batch: int,
         p = estimate(model, cluster, config, execution=execution, detail=False).prediction
         if p["fits"]:
             pool.append((p["iteration_time_s"], ranking_key(config), config))
-    seen = {name: set() for name in NOVELTY_WEIGHTS}
-    seen["schedule"].add("none")
+    seen: dict[str, set] = {"schedule": {"none"}, "cp_comm": {"none"}}
 
     def remember(c: ParallelConfig) -> None:
         for name, value in features(c).items():
-            seen[name].add(value)
+            seen.setdefault(name, set()).add(value)
 
     remember(best.config)
     while len(chosen) < count and pool:
-        index = min(range(len(pool)), key=lambda i: (-novelty(pool[i][2], seen), pool[i][0], pool[i][1]))
+        index = min(range(len(pool)),
+                    key=lambda i: (tuple(-x for x in novelty(pool[i][2], seen)), pool[i][0], pool[i][1]))
         _, _, config = pool.pop(index)
         remember(config)
         chosen.append(estimate(model, cluster, config, execution=execution))
