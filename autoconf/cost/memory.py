@@ -608,7 +608,8 @@ def temporary_terms(model: ModelSpec, config: ParallelConfig, layout: str, devic
                                                 execution=execution) for m in moe)
         plain = max(stage_layer_activation_bytes(model, c, 1, 0, layout, device_kind, selective, m, execution)
                     for m in moe)
-        rebuilt = layer_activation_bytes(model, c, layout, device_kind, "none", execution=execution) if whole_block else 0.0
+        rebuilt = (layer_activation_bytes(model, c, layout, device_kind, "none", execution=execution)
+                   if whole_block else 0.0)
         terms += [Temporary(recomputed, ("!keeps",)), Temporary(plain, ("keeps",))]
         if rebuilt:
             terms += [Temporary(recomputed + rebuilt, ("!keeps", "recomputes")),
