@@ -1,11 +1,15 @@
 """Writes the specification-based profiles in autoconf/profiles/ (package data) from public data sheets.
 
 Every number is either a data-sheet value (cited in `description`) or a named efficiency assumption with its reason.
-Run `python scripts/bundled_profiles.py` after changing an assumption; the JSON files are what autoconf reads.
+Run `python scripts/bundled_profiles.py` after changing an assumption; the JSON files are what autoconf reads, and
+`files()` is exactly what is shipped (tests/test_spec.py checks it byte for byte). The measured profiles there
+(h100-gpt3-1.3b, h100-llama3-8b: `autoconf profile` output) are not written here.
 """
 
 import json
 from pathlib import Path
+
+from autoconf.cost.compute import ADAM_BYTES_PER_PARAM
 
 GiB = 1024**3
 OUT = Path(__file__).resolve().parent.parent / "autoconf" / "profiles"
@@ -70,13 +74,22 @@ def hopper_attention_curves():
                       f"them, then head dim the same way (scripts/data/published_attention.json)"}
 
 
-def gpu_profile(name, description, device, intra, inter, efficiency, attention_curves=None):
+def data_sheet_host(memory_bytes, link_Bps, node_dram_Bps, source):
+    """The profile's `host` object from data sheets: the node's RAM, the GPU's host link per direction for both
+    copy directions, and AdamW's time per parameter derived (not measured) as ADAM_BYTES_PER_PARAM moved at the
+    node's DRAM bandwidth shared by its 8 ranks, a lower bound on the step time."""
+    return {"memory_bytes": memory_bytes, "h2d_Bps": link_Bps, "d2h_Bps": link_Bps,
+            "adam_s_per_param": ADAM_BYTES_PER_PARAM / (node_dram_Bps / 8), "source": source}
+
+
+def gpu_profile(name, description, device, intra, inter, efficiency, attention_curves=None, host=None):
     return {"version": 1, "kind": "cluster", "name": name, "description": description, "source": "specification",
             "backend": "nccl", "nodes": 1, "gpus_per_node": 8, "device": device, "intra_node": intra,
             "inter_node": inter, "intra_node_matrix": None, "inter_node_matrix": None, "efficiency": efficiency,
             "collectives": {}, "compute": None, "hostnames": None, "matmul_size_curve": GEMM_SIZE_CURVE,
             **({"attention_curves": attention_curves} if attention_curves else {}),
-            **({"price": published_price(device["name"])} if published_price(device["name"]) else {})}
+            **({"price": published_price(device["name"])} if published_price(device["name"]) else {}),
+            **({"host": host} if host else {})}
 
 
 # H100 SXM5 peaks (dense, FLOP/s) at 700 W, and H100 NVL's (NVIDIA H100 data sheet) at its 400 W maximum. FP8
@@ -109,7 +122,16 @@ A100 = gpu_profile(
         "memory": eff(0.80, "element-wise and normalisation kernels reach about 80% of HBM bandwidth"),
         "comm_intra": eff(0.78, "NCCL ring bus bandwidth over NVLink 3 is about 235 of 300 GB/s per direction"),
         "comm_inter": eff(0.90, "NCCL over HDR InfiniBand reaches about 22.5 of 25 GB/s per GPU"),
-    })
+    },
+    host=data_sheet_host(
+        2e12, 32e9, 2 * 8 * 25.6e9,
+        "NVIDIA DGX A100 data sheet (https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/nvidia-dgx-a100-"
+        "datasheet.pdf, 2020): DGX A100 640GB (8x A100 80GB) has 2 TB system memory, dual AMD Rome 7742; NVIDIA A100 "
+        "data sheet: A100 SXM host interface PCIe Gen4 64 GB/s, taken as 32 GB/s per direction per GPU (the link's "
+        "peak; shared PCIe switches not modelled); adam_s_per_param derived, not measured: AdamW moves "
+        f"{ADAM_BYTES_PER_PARAM} bytes per parameter (cost/compute.py ADAM_BYTES_PER_PARAM) at the node's DDR4 "
+        "bandwidth shared by its 8 ranks, 2 sockets x 8 channels DDR4-3200 = 409.6 GB/s (AMD EPYC 7742 product page: "
+        "8 channels, 204.8 GB/s per socket), a lower bound on the step time"))
 
 H100 = gpu_profile(
     "dgx-h100-80g",
@@ -129,7 +151,36 @@ H100 = gpu_profile(
         "memory": eff(0.80, "element-wise and normalisation kernels reach about 80% of HBM bandwidth"),
         "comm_intra": eff(0.80, "NCCL ring bus bandwidth over NVLink 4 is about 360 of 450 GB/s per direction"),
         "comm_inter": eff(0.90, "NCCL over NDR InfiniBand reaches about 45 of 50 GB/s per GPU"),
-    }, hopper_attention_curves())
+    }, hopper_attention_curves(),
+    data_sheet_host(
+        2e12, 64e9, 2 * 8 * 38.4e9,
+        "NVIDIA DGX H100 data sheet (https://resources.nvidia.com/en-us-dgx-systems/ai-enterprise-dgx, 2023): 2 TB "
+        "system memory, dual Intel Xeon Platinum 8480C; NVIDIA H100 Tensor Core GPU data sheet "
+        "(https://www.nvidia.com/en-us/data-center/h100/): H100 SXM host interface PCIe Gen5 128 GB/s, taken as 64 "
+        "GB/s per direction per GPU (the link's peak; PCIe switches shared by two GPUs and a NIC would lower it when "
+        "all copy at once, not modelled); adam_s_per_param derived, not measured: AdamW moves "
+        f"{ADAM_BYTES_PER_PARAM} bytes per parameter (cost/compute.py ADAM_BYTES_PER_PARAM) at the node's DDR5 "
+        "bandwidth shared by its 8 ranks, 2 sockets x 8 channels DDR5-4800 x 38.4 GB/s = 614.4 GB/s (Intel ark, Xeon "
+        "Platinum 8480+: 8 channels DDR5-4800), a lower bound on the step time"))
+
+# DeepSeek-V3's H800 nodes: the H100 SXM5 part with NVLink cut to 200 GB/s per direction; every other fact (compute,
+# memory, efficiencies, attention curves, host) is the DGX H100 profile's.
+H800 = gpu_profile(
+    "dgx-h800-80g",
+    "H800 nodes as DeepSeek trained V3 on: 8x H800-SXM5-80GB per node, the export variant of the H100 SXM5 with the "
+    "same compute and memory (989 TFLOP/s dense bf16, 1979 dense fp8; 3.35 TB/s HBM3; 80 GiB) and NVLink cut to 400 "
+    "GB/s bidirectional = 200 GB/s per direction per GPU through NVSwitch; one 400 Gb/s InfiniBand NIC per GPU (50 "
+    "GB/s per direction). DeepSeek-V3 technical report (arXiv 2412.19437 v1) Sec. 3.1 (8 GPUs per node, NVLink and "
+    "NVSwitch within nodes, InfiniBand across) and Sec. 3.2.2 (NVLink about 160 GB/s, IB 50 GB/s as achieved: 0.8 of "
+    "200 GB/s is the 160, the same NCCL efficiency the H100 profile states). Everything else is the dgx-h100-80g "
+    "profile's, unmeasured.",
+    {**H100["device"], "name": "H800-SXM5-80GB"},
+    link(5e-6, 200e9), H100["inter_node"],
+    {
+        **H100["efficiency"],
+        "comm_intra": eff(0.80, "as on H100 (NCCL over NVLink at 0.8 of the per-direction bandwidth): 160 of 200 "
+                                "GB/s, the NVLink figure of the DeepSeek-V3 report, Sec. 3.2.2"),
+    }, H100["attention_curves"], H100["host"])
 
 H100_96G_500W = gpu_profile(
     "grand-teton-h100-96g-500w",
@@ -170,8 +221,15 @@ CPU = {
     "collectives": {}, "compute": None, "hostnames": None,
 }
 
+
+
+def files() -> dict[str, str]:
+    """File name -> text of every profile this script owns in autoconf/profiles/."""
+    return {f"{p['name']}.json": json.dumps(p, indent=2) + "\n" for p in (A100, H100, H100_96G_500W, H800, CPU)}
+
+
 if __name__ == "__main__":
     OUT.mkdir(exist_ok=True)
-    for profile in (A100, H100, H100_96G_500W, CPU):
-        (OUT / f"{profile['name']}.json").write_text(json.dumps(profile, indent=2) + "\n")
-        print("wrote", OUT / f"{profile['name']}.json")
+    for name, text in files().items():
+        (OUT / name).write_text(text)
+        print("wrote", OUT / name)

@@ -325,18 +325,20 @@ def make_plan(arch: str = "llama", cp_comm: str = "ring", **layout):
 CHECKPOINT_WRITER = "llama-cp2-dp2-zero3-ring"  # writes a checkpoint at step 2; the *-resumed runs resume it
 RESUME = {"checkpoint_dir": "resumed", "copy_checkpoint": "written/step-00000002"}
 # name -> Layout(world, plan, options), trained in the session's shared jobs (tests/executor_jobs.py: the 4-rank job
-# runs first, so the checkpoint its writer leaves is there for the smaller jobs to resume).
+# runs first, so the checkpoint its writer leaves is there for the smaller jobs to resume). Layouts without pipeline
+# or data parallelism train in micro-batches of 2: on CPU their cost is per micro-batch (each block's K/V exchange
+# and TP collectives), and the global batch, so the reference's losses, is the same.
 LAYOUTS: dict[str, Layout] = {
-    "llama-cp4-ring": Layout(4, make_plan(cp=4)),
-    "llama-cp2-tp2-sp-allgather": Layout(4, make_plan(cp=2, tp=2, sp=True, cp_comm="allgather")),
+    "llama-cp4-ring": Layout(4, make_plan(cp=4, micro_batch=2)),
+    "llama-cp2-tp2-sp-allgather": Layout(4, make_plan(cp=2, tp=2, sp=True, cp_comm="allgather", micro_batch=2)),
     "llama-cp2-pp2-1f1b-ring": Layout(4, make_plan(cp=2, pp=2, schedule="1f1b")),
     "llama-cp2-pp2-interleaved-allgather": Layout(4, make_plan(cp=2, pp=2, vpp=2, schedule="interleaved-1f1b",
                                                                cp_comm="allgather")),
     CHECKPOINT_WRITER: Layout(4, make_plan(cp=2, dp=2, zero=3), {"checkpoint_dir": "written", "checkpoint_every": 2}),
-    "llama-cp2-allgather": Layout(2, make_plan(cp=2, cp_comm="allgather")),
+    "llama-cp2-allgather": Layout(2, make_plan(cp=2, cp_comm="allgather", micro_batch=2)),
     # learned positions, tied embedding, the attention core (and its K/V exchange) recomputed in the backward
-    "gpt-cp2-selective-ring": Layout(2, make_plan("gpt", cp=2, recompute="selective")),
-    "llama-tp2-resumed": Layout(2, make_plan(tp=2), {**RESUME, "checkpoint_dir": "tp2-resumed"}),
+    "gpt-cp2-selective-ring": Layout(2, make_plan("gpt", cp=2, recompute="selective", micro_batch=2)),
+    "llama-tp2-resumed": Layout(2, make_plan(tp=2, micro_batch=2), {**RESUME, "checkpoint_dir": "tp2-resumed"}),
     "llama": Layout(1, make_plan()),
     "gpt": Layout(1, make_plan("gpt")),
     "llama-resumed": Layout(1, make_plan(), RESUME),

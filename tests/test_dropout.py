@@ -17,7 +17,9 @@ from plan_helpers import even_plan
 
 SPEC = ModelSpec(name="dropout-tp", arch="gpt", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=4,
                  ffn_hidden_size=256, vocab_size=256, max_seq_len=64, tied_embeddings=True, dropout=0.3)
-executor_jobs.register("dropout", {"tp2": Layout(2, even_plan(SPEC, tp=2), {"probe": "tests/dropout_probe.py"})})
+# micro-batches of 2: a tensor-parallel layout's CPU cost is per micro-batch; each still draws its own masks
+executor_jobs.register("dropout", {"tp2": Layout(2, even_plan(SPEC, tp=2, micro_batch=2),
+                                                 {"probe": "tests/dropout_probe.py"})})
 
 
 @pytest.mark.slow

@@ -78,13 +78,16 @@ def reordered_plan() -> Plan:
 
 GRAD_SYNC = {"probe": "tests/grad_sync_probe.py"}
 # name -> Layout(world, plan[, options]); the name's first word is the reference run's (world 1). One shared torchrun
-# job per world size trains them (tests/executor_jobs.py).
+# job per world size trains them (tests/executor_jobs.py). Tensor-parallel layouts train in micro-batches of 2 (still
+# 2 or more per rank): on CPU their cost is per micro-batch (each block's collectives), and the global batch, so the
+# reference's losses, is the same.
 LAYOUTS: dict[str, Layout] = {
     **{arch: Layout(1, make_plan(arch)) for arch in MODELS},
-    "gpt-tp2": Layout(2, make_plan(tp=2)),
+    "gpt-tp2": Layout(2, make_plan(tp=2, micro_batch=2)),
     **{f"gpt-pp2-{s}": Layout(2, make_plan(pp=2, schedule=s, vpp=VPP.get(s, 1))) for s in SCHEDULES},
     **{f"gpt-dp2-zero{z}": Layout(2, make_plan(dp=2, zero=z)) for z in range(4)},
-    "llama-tp2-selective-standard": Layout(2, make_plan("llama", tp=2, recompute="selective", attention="standard")),
+    "llama-tp2-selective-standard": Layout(2, make_plan("llama", tp=2, recompute="selective", attention="standard",
+                                                        micro_batch=2)),
     "llama-pp2-1f1b-full": Layout(2, make_plan("llama", pp=2, schedule="1f1b", recompute="full")),
     # Recompute per stage: 3 of the first stage's 4 layers, 1 of the last's.
     "llama8-pp2-1f1b-full-per-stage": Layout(2, make_plan("llama8", pp=2, schedule="1f1b", recompute="full",
@@ -102,7 +105,8 @@ LAYOUTS: dict[str, Layout] = {
     # the all-gathers recomputed; 2 of the 4 blocks, as its dispatch mode is slow on DTensors on CPU), on the first
     # layers of each pipeline stage, and under ZeRO-3.
     "llama-tp2-sp-selective-op": Layout(2, make_plan("llama", tp=2, sp=True, recompute="selective",
-                                                     selective_recompute="alternate_matmuls", recompute_layers=[2])),
+                                                     selective_recompute="alternate_matmuls", recompute_layers=[2],
+                                                     micro_batch=2)),
     "gpt8-pp2-1f1b-selective-op-per-stage": Layout(2, make_plan("gpt8", pp=2, schedule="1f1b", recompute="selective",
                                                                 selective_recompute="alternate_matmuls",
                                                                 recompute_layers=[3, 1])),
@@ -112,7 +116,7 @@ LAYOUTS: dict[str, Layout] = {
     # learned positions and the tied embedding.
     "llama-pp2-seq1f1b-k2": Layout(2, seq_chunk_plan("llama", 2)),
     "gpt-pp2-seq1f1b-k4-mb2": Layout(2, seq_chunk_plan("gpt", 4, micro_batch=2)),
-    "gpt-tp4": Layout(4, make_plan(tp=4)),
+    "gpt-tp4": Layout(4, make_plan(tp=4, micro_batch=2)),
     **{f"gpt8-pp4-{s}": Layout(4, make_plan("gpt8", pp=4, schedule=s, vpp=VPP.get(s, 1))) for s in SCHEDULES},
     **{f"gpt-dp4-zero{z}": Layout(4, make_plan(dp=4, zero=z)) for z in range(4)},
     "gpt-pp2-dp2-1f1b-zero1": Layout(4, make_plan(pp=2, dp=2, schedule="1f1b", zero=1)),
@@ -124,15 +128,15 @@ LAYOUTS: dict[str, Layout] = {
     **{f"gpt-pp2-dp2-{s}-zero0": Layout(4, make_plan(pp=2, dp=2, schedule=s, vpp=VPP.get(s, 1), zero=0))
        for s in ("zbv", "interleaved-1f1b")},
     "gpt-tp2-dp2-zero0": Layout(4, make_plan(tp=2, dp=2, zero=0), GRAD_SYNC),
-    "llama-tp2-dp2-sp-zero0": Layout(4, make_plan("llama", tp=2, dp=2, sp=True, zero=0)),
-    "gpt-tp2-pp2-interleaved": Layout(4, make_plan(tp=2, pp=2, schedule="interleaved-1f1b", vpp=2)),
-    "gpt-tp2-dp2-sp-zero2": Layout(4, make_plan(tp=2, dp=2, sp=True, zero=2)),
-    "llama-tp2-dp2-sp-zero3": Layout(4, make_plan("llama", tp=2, dp=2, sp=True, zero=3)),
+    "llama-tp2-dp2-sp-zero0": Layout(4, make_plan("llama", tp=2, dp=2, sp=True, zero=0, micro_batch=2)),
+    "gpt-tp2-pp2-interleaved": Layout(4, make_plan(tp=2, pp=2, schedule="interleaved-1f1b", vpp=2, micro_batch=2)),
+    "gpt-tp2-dp2-sp-zero2": Layout(4, make_plan(tp=2, dp=2, sp=True, zero=2, micro_batch=2)),
+    "llama-tp2-dp2-sp-zero3": Layout(4, make_plan("llama", tp=2, dp=2, sp=True, zero=3, micro_batch=2)),
     "llama-pp2-dp2-zbv-zero2-full": Layout(4, make_plan("llama", pp=2, dp=2, schedule="zbv", vpp=2, zero=2,
                                                         recompute="full")),
     "llama-pp2-dp2-looped-bfs-zero3": Layout(4, make_plan("llama", pp=2, dp=2, schedule="looped-bfs", vpp=2, zero=3)),
     "llama-tp2-pp2-sp-zb-h1-selective": Layout(4, make_plan("llama", tp=2, pp=2, schedule="zb-h1", sp=True,
-                                                            recompute="selective")),
+                                                            recompute="selective", micro_batch=2)),
 }
 # Checkpoint and resume in the same jobs: pp2 x dp2 (zbv, ZeRO-2, two chunks per rank) stops after 2 steps with a
 # checkpoint every step; tp2 x dp2 (SP, ZeRO-3) resumes a copy of its step 2. The test then resumes it via `launch`.

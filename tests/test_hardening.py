@@ -7,6 +7,7 @@ stopped launcher leaves no training behind; two runs cannot share outputs; the r
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -406,17 +407,55 @@ def _wait_for(predicate, timeout: float) -> bool:
     return False
 
 
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory):
+    """(plan, metrics, checkpoint dir, launcher) of one long 2-rank run with metrics and a checkpoint folder: the
+    lock and bind-address test reads it while it trains, then the SIGTERM case of the stop test ends it (one launch
+    start-up for both). Whatever is left of it at the end is killed."""
+    folder = tmp_path_factory.mktemp("shared-run")
+    plan = _long_plan(folder)
+    metrics, ckpt = folder / "m.jsonl", folder / "ck"
+    proc = _start_launch(folder, plan, "--metrics", str(metrics), "--checkpoint-dir", str(ckpt),
+                         "--checkpoint-every", "1000")
+    yield plan, metrics, ckpt, proc
+    for pid in _training_processes(str(plan)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_second_run_into_the_same_outputs_is_refused_and_store_binds_loopback(shared_run):
+    plan, _, ckpt, first = shared_run
+    assert _wait_for(lambda: (ckpt / ".autoconf-run.lock").exists() and len(_descendants(first.pid)) >= 3, 300)
+    time.sleep(5)  # the agent's stores are up once the workers run
+    second = subprocess.run([sys.executable, "-m", "autoconf", "launch", str(plan), "--steps", "1",
+                             "--checkpoint-dir", str(ckpt)], cwd=plan.parent, capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    assert second.returncode == 2 and "in use by another run" in second.stderr and str(first.pid) in second.stderr
+    # every listening socket of the run's processes is on 127.0.0.1
+    pids = _descendants(first.pid) | {first.pid}
+    listen = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+    ours = [line for line in listen.splitlines() if any(f"pid={p}," in line for p in pids)]
+    assert ours, listen
+    wildcard = [line for line in ours if line.split()[3].startswith(("*:", "0.0.0.0:", "[::]:"))]
+    store = [line for line in wildcard if "python" in line and any(f"pid={p}," in line for p in _agent(pids))]
+    assert store == [], ours
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_stopping_the_launcher_ends_torchrun_and_the_workers(tmp_path, sig):
+def test_stopping_the_launcher_ends_torchrun_and_the_workers(tmp_path, sig, request):
     """A signal to the launcher's PID alone (not its group): within seconds no process of the run is left,
-    and no worker of it keeps writing metrics."""
-    plan = _long_plan(tmp_path)
-    metrics = tmp_path / "m.jsonl"
-    proc = _start_launch(tmp_path, plan, "--metrics", str(metrics))
+    and no worker of it keeps writing metrics. SIGTERM ends the shared run; SIGKILL one of its own."""
+    if sig == signal.SIGTERM:
+        plan, metrics, _, proc = request.getfixturevalue("shared_run")
+    else:
+        plan, metrics = _long_plan(tmp_path), tmp_path / "m.jsonl"
+        proc = _start_launch(tmp_path, plan, "--metrics", str(metrics))
     try:
         assert _wait_for(lambda: metrics.exists() and metrics.stat().st_size > 0, 300), \
-            (tmp_path / "launch.log").read_text()[-3000:]
+            (plan.parent / "launch.log").read_text()[-3000:]
         marker = str(plan)
         assert len(_training_processes(marker)) >= 3  # launcher, torchrun, 2 workers
         os.kill(proc.pid, sig)
@@ -429,31 +468,6 @@ def test_stopping_the_launcher_ends_torchrun_and_the_workers(tmp_path, sig):
     finally:
         for pid in _training_processes(str(plan)):
             os.kill(pid, signal.SIGKILL)
-
-
-@pytest.mark.slow
-def test_second_run_into_the_same_outputs_is_refused_and_store_binds_loopback(tmp_path):
-    plan = _long_plan(tmp_path)
-    ckpt = tmp_path / "ck"
-    first = _start_launch(tmp_path, plan, "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1000")
-    try:
-        assert _wait_for(lambda: (ckpt / ".autoconf-run.lock").exists() and len(_descendants(first.pid)) >= 3, 300)
-        time.sleep(5)  # the agent's stores are up once the workers run
-        second = subprocess.run([sys.executable, "-m", "autoconf", "launch", str(plan), "--steps", "1",
-                                 "--checkpoint-dir", str(ckpt)], cwd=tmp_path, capture_output=True, text=True,
-                                env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
-        assert second.returncode == 2 and "in use by another run" in second.stderr and str(first.pid) in second.stderr
-        # every listening socket of the run's processes is on 127.0.0.1
-        pids = _descendants(first.pid) | {first.pid}
-        listen = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
-        ours = [line for line in listen.splitlines() if any(f"pid={p}," in line for p in pids)]
-        assert ours, listen
-        wildcard = [line for line in ours if line.split()[3].startswith(("*:", "0.0.0.0:", "[::]:"))]
-        store = [line for line in wildcard if "python" in line and any(f"pid={p}," in line for p in _agent(pids))]
-        assert store == [], ours
-    finally:
-        os.kill(first.pid, signal.SIGTERM)
-        first.wait(timeout=60)
 
 
 def _agent(pids: set[int]) -> set[int]:

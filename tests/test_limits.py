@@ -69,9 +69,10 @@ def test_largest_micro_batch_fits_and_the_next_divisor_does_not(planner, longest
 
 def test_limits_verb_json_and_largest_model_of_a_family():
     """The gpt3 family on one 80 GB A100 node at seq 2048: the largest preset that fits has a fitting plan, and
-    every larger preset of the family was probed and refused."""
+    every larger preset of the family was probed and refused (a global batch of 8: fewer layouts per probe than 64,
+    the same largest model)."""
     result = CliRunner().invoke(main, ["limits", "--family", "gpt3", "--only", "model", "--cluster", "dgx-a100-80g",
-                                       "--global-batch", "64", "--json"])
+                                       "--global-batch", "8", "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output[result.output.index("{"):])["model"]
     best = PRESETS[doc["value"]]
@@ -113,12 +114,14 @@ def test_limits_only_model_of_a_file_model_asks_for_a_family(tmp_path):
 def test_limits_of_an_moe_model_count_all_its_experts():
     """Mixtral (46.7B parameters, 12.9B active) cannot train on one node of 8 H100s from device memory alone: its
     experts' training state (at least 16 bytes each, sharded at most 8 ways by EP or ZeRO) outgrows 80 GB. A model
-    costed by its active parameters only would fit; with the optimizer state offloaded to the host it does."""
+    costed by its active parameters only would fit; with the optimizer state offloaded to the host it does: the
+    planner turns offload on by itself (shown without a pipeline, the cheapest search to find one; the refusal
+    searches every layout). A 256-token ceiling, the smallest value probed: one probe each."""
     base = ["limits", "--cluster", "dgx-h100-80g", "--global-batch", "8", "--model", "mixtral-8x7b", "--only", "seq",
-            "--max-seq-len", "512"]
+            "--max-seq-len", "256"]
     result = CliRunner().invoke(main, base + ["--fix", "offload_optimizer=false"])
     assert "none fits" in result.output, result.output
-    result = CliRunner().invoke(main, base + ["--json"])
+    result = CliRunner().invoke(main, base + ["--fix", "pp=1", "--json"])
     assert result.exit_code == 0, result.output
     assert "\"offload_optimizer\": true" in result.output
 

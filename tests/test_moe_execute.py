@@ -45,19 +45,20 @@ def moe_plan(model: str = "moe", ep: int = 1, etp: int = 1, **layout) -> Plan:
 
 
 # name -> Layout(world, plan, options); the name's first word is the reference run's (world 1). Trained in the
-# session's shared torchrun jobs (tests/executor_jobs.py).
+# session's shared torchrun jobs (tests/executor_jobs.py). Tensor-parallel layouts in micro-batches of 2 (their CPU
+# cost is per micro-batch; the global batch, so the reference's losses, is the same).
 LAYOUTS: dict[str, Layout] = {
     "moe": Layout(1, moe_plan()),
     "aux": Layout(1, moe_plan("aux")),
     "moe-ep2": Layout(2, moe_plan(ep=2, dp=2)),
-    "moe-ep2-tp2": Layout(2, moe_plan(ep=2, tp=2)),
+    "moe-ep2-tp2": Layout(2, moe_plan(ep=2, tp=2, micro_batch=2)),
     "aux-ep2": Layout(2, moe_plan("aux", ep=2, dp=2)),
     "moe-ep4": Layout(4, moe_plan(ep=4, dp=4)),
     "moe-ep2-dp2-zero3": Layout(4, moe_plan(ep=2, dp=4, zero=3)),
     "moe-ep2-pp2": Layout(4, moe_plan(ep=2, pp=2, dp=2)),
     "aux-ep2-pp2": Layout(4, moe_plan("aux", ep=2, pp=2, dp=2)),
-    "moe-ep2-tp2-dp2-sp": Layout(4, moe_plan(ep=2, tp=2, dp=2, sp=True)),
-    "moe-ep2-etp2-tp2-dp2": Layout(4, moe_plan(ep=2, etp=2, tp=2, dp=2)),
+    "moe-ep2-tp2-dp2-sp": Layout(4, moe_plan(ep=2, tp=2, dp=2, sp=True, micro_batch=2)),
+    "moe-ep2-etp2-tp2-dp2": Layout(4, moe_plan(ep=2, etp=2, tp=2, dp=2, micro_batch=2)),
 }
 # ep2 writes a checkpoint after step 2, which ep1 (over tp2) resumes for step 3.
 RESUMES: dict[str, Layout] = {

@@ -41,12 +41,14 @@ def make_plan(arch: str, **layout):
 
 
 def cases() -> dict:
-    """arch -> (source plan, {target name: target plan}); all on 4 ranks."""
+    """arch -> (source plan, {target name: target plan}); all on 4 ranks. The tensor-parallel targets train in
+    micro-batches of 2 (their CPU cost is per micro-batch; the global batch, so the losses, is the source's)."""
     return {
         "gpt": (make_plan("gpt", pp=2, dp=2, schedule="1f1b", zero=1),
-                {"tp2-dp2": make_plan("gpt", tp=2, dp=2, zero=3), "pp4": make_plan("gpt", pp=4, schedule="gpipe")}),
+                {"tp2-dp2": make_plan("gpt", tp=2, dp=2, zero=3, micro_batch=2),
+                 "pp4": make_plan("gpt", pp=4, schedule="gpipe")}),
         "llama": (make_plan("llama", pp=2, dp=2, schedule="interleaved-1f1b", vpp=2, zero=2),
-                  {"tp2-dp2": make_plan("llama", tp=2, dp=2, sp=True, zero=1),
+                  {"tp2-dp2": make_plan("llama", tp=2, dp=2, sp=True, zero=1, micro_batch=2),
                    "pp4": make_plan("llama", pp=4, schedule="1f1b")}),
         "dropout": (make_plan("dropout", pp=2, dp=2, schedule="1f1b", zero=1),
                     {"same": make_plan("dropout", pp=2, dp=2, schedule="1f1b", zero=1),

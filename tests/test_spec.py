@@ -86,6 +86,19 @@ def test_bundled_profiles_round_trip_and_state_their_assumptions(name):
         assert 0 < entry["value"] <= 1 and len(entry["why"]) > 10
 
 
+def test_bundled_profiles_script_writes_the_shipped_specification_profiles():
+    """scripts/bundled_profiles.py writes every shipped specification profile byte for byte, and nothing else (the
+    measured ones come from `autoconf profile`)."""
+    from autoconf.spec.cluster import PROFILES_DIR
+
+    written = script_module("bundled_profiles").files()
+    shipped = {p.name: p.read_text() for p in PROFILES_DIR.iterdir() if p.name.endswith(".json")}
+    specification = {name for name, text in shipped.items() if json.loads(text)["source"] == "specification"}
+    assert set(written) == specification
+    for name, text in written.items():
+        assert text == shipped[name], name
+
+
 def test_heterogeneous_profile_round_trips_and_resizing_is_refused():
     """A per-node-pair link matrix survives JSON, and a measured matrix cannot be silently resized."""
     base = load_cluster("dgx-a100-80g", nodes=3)
