@@ -3,7 +3,8 @@
 Every number is either a data-sheet value (cited in `description`) or a named efficiency assumption with its reason.
 Run `python scripts/bundled_profiles.py` after changing an assumption; the JSON files are what autoconf reads, and
 `files()` is exactly what is shipped (tests/test_spec.py checks it byte for byte). The measured profiles there
-(h100-gpt3-1.3b, h100-llama3-8b: `autoconf profile` output) are not written here.
+(h100-gpt3-1.3b, h100-llama3-8b: `autoconf profile` output) are not written here, nor is cpu-local's measured `host`
+object (carried over from the shipped file).
 """
 
 import json
@@ -219,6 +220,9 @@ CPU = {
         "comm_inter": eff(1.0, "gloo TCP bandwidth above is already an achieved figure"),
     },
     "collectives": {}, "compute": None, "hostnames": None,
+    # Measured, not a data sheet: `python -m autoconf.profile.host autoconf/profiles/cpu-local.json` rewrites only
+    # this object on this machine; it is carried over from the shipped file as it is.
+    "host": json.loads((OUT / "cpu-local.json").read_text())["host"],
 }
 
 
