@@ -286,7 +286,8 @@ def test_the_space_and_replaced_build_what_the_constructor_builds():
 def test_the_refinement_skips_cp_sat_only_where_the_dp_partition_is_the_optimum(seed, monkeypatch):
     """Where `solve_partition` returns the one-stage-per-rank DP's partition without CP-SAT (recompute counts per
     stage make the path term depend on the split), that partition's objective is the exhaustive optimum and CP-SAT
-    run on the same problem returns the same partition; the shortcut is taken on some cases and not on others."""
+    run on the same problem returns the same partition; the shortcut is taken on some cases and not on others, and on
+    some only because a rank's memory limit rules out the splits with cheaper paths."""
     import random
 
     from autoconf.solve import partition
@@ -298,27 +299,33 @@ def test_the_refinement_skips_cp_sat_only_where_the_dp_partition_is_the_optimum(
         taken.append(real(*args))
         return taken[-1]
 
-    for _ in range(12):
+    by_memory = 0
+    for _ in range(16):
         pp, layers = rng.randint(2, 4), rng.randint(4, 8)
         n = layers + 2
         slow = rng.uniform(1, 3)  # recomputing costs a share of a layer, more on some layers
+        limit = rng.choice((1e18, rng.uniform(2, 4) * (pp + 1) * 2**30))  # half of the cases bound by memory
         problem = partition.PartitionProblem(
             tuple(rng.choice((1.0, slow)) * 1e-3 for _ in range(n)), (2**30,) * n, (2**30,) * n,
-            partition.loop_placement(pp), tuple(range(pp, 0, -1)), 1e18, rng.randint(1, 6),
+            partition.loop_placement(pp), tuple(range(pp, 0, -1)), limit, rng.randint(1, 6),
             unit_recompute_time=(0.0, *(rng.uniform(0.1, 0.5) * 1e-3 for _ in range(layers)), 0.0),
             unit_recompute_saved_bytes=(0.0,) * n, recompute_counts=tuple(rng.randint(0, 2) for _ in range(pp)))
         monkeypatch.setattr(partition, "_dp_optimum_proven", spy)
         shortcut = partition.solve_partition(problem)
-        if not taken[-1]:
+        if shortcut is None or not taken[-1]:
             continue
+        q = partition._quantise(problem)
+        times = partition._stage_times(problem, q, shortcut.stages)
+        path, least = sum(w * t for w, t in zip(q.path_w, times)), partition._least_path(problem, q)
+        cap = None if q.neck_w == 0 else max(times) + (path - least) // q.neck_w
+        by_memory += partition._least_path(problem, q, cap) != path  # memory left out, the proof fails
         monkeypatch.setattr(partition, "_dp_optimum_proven", lambda *args: False)
         solved = partition.solve_partition(problem, time_limit_s=5.0)
         exhaustive = partition.brute_force_partition(problem)
-        q = partition._quantise(problem)
         assert solved.optimal and solved.stages == shortcut.stages
         assert partition._int_cost(problem, q, shortcut.stages) == partition._int_cost(problem, q,
                                                                                          exhaustive.stages)
-    assert any(taken) and not all(taken)
+    assert any(taken) and not all(taken) and by_memory
 
 
 def test_a_search_returns_each_plan_once():
