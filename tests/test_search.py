@@ -340,3 +340,27 @@ def test_a_search_returns_each_plan_once():
     plans = search(TINY, CPU, 16, 64, "fp32", top_k=8).plans
     keys = [json.dumps([p.config.to_dict(), p.partition, p.placement], sort_keys=True) for p in plans]
     assert len(plans) > 1 and len(set(keys)) == len(keys)
+
+
+def test_the_time_bound_counts_rank_0s_optimizer_step_with_its_experts():
+    """The time bound's optimizer term is the estimate's own step of pipeline rank 0 on the uniform partition,
+    routed experts included (offloaded to the host, the step is most of an MoE plan's time): at or below the
+    estimate for the offloading twins of MoE layouts, and with one pipeline rank (rank 0 is the slowest) at or
+    above the estimate's optimizer term."""
+    from autoconf.cost.estimate import Execution
+    from autoconf.solve.search import _BoundCache
+    from autoconf.solve.space import replaced
+
+    model, cluster = PRESETS["mixtral-8x7b"], load_cluster("dgx-h100-80g", nodes=1)
+    cache = _BoundCache(model, cluster, Execution())
+    pool = [c for c in candidates(model, 8, 8, 8, 512, "bf16") if c.zero_sharded and c.ep > 1
+            and c.recompute == "none" and c.micro_batch_size == 1]
+    checked = set()
+    for c in pool[::max(1, len(pool) // 12)]:
+        twin = replaced(c, offload_optimizer=True)
+        p = estimate(model, cluster, twin).prediction
+        assert cache.time_bound(twin) <= p["iteration_time_s"] * (1 + 1e-9), twin
+        if twin.pp == 1:
+            assert cache.time_bound(twin) >= p["time_breakdown"]["optimizer"], twin
+        checked.add(twin.pp)
+    assert 1 in checked and len(checked) > 1

@@ -321,16 +321,25 @@ class _BoundCache:
 
     def _optimizer(self, c: ParallelConfig) -> float:
         """The optimizer step of pipeline rank 0 of the uniform partition (the estimate's slowest rank is no
-        faster), with the execution's passes over the main-gradient buffer (linear in the rank's unsharded
-        parameters, of which this counts no more than the estimate)."""
-        rank0_layers = self._rank_layers(c)[0]
-        key = (c.tp, c.dp_cp, c.zero_sharded, rank0_layers, c.offload_optimizer)
+        faster): the estimate's own `rank_optimizer_time` on the rank's parameters and routed-expert parameters
+        (`stage_params`, `stage_expert_params` of its stages), with the execution's passes over the main-gradient
+        buffer."""
+        key = (c.pp, c.vpp, c.schedule, c.tp, c.dp, c.cp, c.zero_stage, c.ep, c.etp, c.offload_optimizer)
         if key not in self._optimizers:
-            model = self.model
-            params_rank0 = (rank0_layers * smallest_layer_params(model) + model.embedding_params()) / c.tp
-            self._optimizers[key] = rank_optimizer_time(self.cluster, c, params_rank0 * c.tp,
+            self._optimizers[key] = rank_optimizer_time(self.cluster, c, *self._rank0_parameters(c),
                                                         execution=self.execution)
         return self._optimizers[key]
+
+    def _rank0_parameters(self, c: ParallelConfig) -> tuple[float, float]:
+        """(parameters, routed-expert parameters) of pipeline rank 0's stages on the uniform partition, all TP and
+        EP ranks together (`stage_params`, `stage_expert_params`)."""
+        key = (c.pp, c.vpp, c.schedule)
+        if key not in self._rank0_params:
+            partition, owner = self._uniform_layout(c)
+            stages = [st for st, r in enumerate(owner) if r == 0]
+            self._rank0_params[key] = (sum(stage_params(self.model, partition, st) for st in stages),
+                                       sum(stage_expert_params(self.model, partition, st) for st in stages))
+        return self._rank0_params[key]
 
     def memory_bound(self, c: ParallelConfig) -> float:
         """The estimate's own memory of pipeline rank 0 (cost/memory.stage_memory on the uniform partition, with the
@@ -373,14 +382,8 @@ class _BoundCache:
     def _state_bytes(self, c: ParallelConfig) -> float:
         """Rank 0's parameters on the uniform partition times every byte `state_bytes_per_param` holds per
         parameter (weights, gradients, optimizer states, master copy; experts by their own bytes)."""
-        key = (c.pp, c.vpp, c.schedule)
-        if key not in self._rank0_params:
-            partition, owner = self._uniform_layout(c)
-            stages = [st for st, r in enumerate(owner) if r == 0]
-            self._rank0_params[key] = (sum(stage_params(self.model, partition, st) for st in stages),
-                                       sum(stage_expert_params(self.model, partition, st) for st in stages))
         layout = self.execution.memory_layout
-        params, experts = local_params_of(c, *self._rank0_params[key])
+        params, experts = local_params_of(c, *self._rank0_parameters(c))
         state = params * sum(state_bytes_per_param(c, layout, execution=self.execution))
         if experts:
             state += experts * sum(state_bytes_per_param(c, layout, experts=True, execution=self.execution))
