@@ -286,7 +286,8 @@ def test_the_space_and_replaced_build_what_the_constructor_builds():
 def test_the_refinement_skips_cp_sat_only_where_the_dp_partition_is_the_optimum(seed, monkeypatch):
     """Where `solve_partition` returns the one-stage-per-rank DP's partition without CP-SAT (recompute counts per
     stage make the path term depend on the split), that partition's objective is the exhaustive optimum and CP-SAT
-    run on the same problem returns the same partition; the shortcut is taken on some cases and not on others."""
+    run on the same problem returns the same partition; the shortcut is taken on some cases and not on others, and on
+    some only because a rank's memory limit rules out the splits with cheaper paths."""
     import random
 
     from autoconf.solve import partition
@@ -298,27 +299,33 @@ def test_the_refinement_skips_cp_sat_only_where_the_dp_partition_is_the_optimum(
         taken.append(real(*args))
         return taken[-1]
 
-    for _ in range(12):
+    by_memory = 0
+    for _ in range(16):
         pp, layers = rng.randint(2, 4), rng.randint(4, 8)
         n = layers + 2
         slow = rng.uniform(1, 3)  # recomputing costs a share of a layer, more on some layers
+        limit = rng.choice((1e18, rng.uniform(2, 4) * (pp + 1) * 2**30))  # half of the cases bound by memory
         problem = partition.PartitionProblem(
             tuple(rng.choice((1.0, slow)) * 1e-3 for _ in range(n)), (2**30,) * n, (2**30,) * n,
-            partition.loop_placement(pp), tuple(range(pp, 0, -1)), 1e18, rng.randint(1, 6),
+            partition.loop_placement(pp), tuple(range(pp, 0, -1)), limit, rng.randint(1, 6),
             unit_recompute_time=(0.0, *(rng.uniform(0.1, 0.5) * 1e-3 for _ in range(layers)), 0.0),
             unit_recompute_saved_bytes=(0.0,) * n, recompute_counts=tuple(rng.randint(0, 2) for _ in range(pp)))
         monkeypatch.setattr(partition, "_dp_optimum_proven", spy)
         shortcut = partition.solve_partition(problem)
-        if not taken[-1]:
+        if shortcut is None or not taken[-1]:
             continue
+        q = partition._quantise(problem)
+        times = partition._stage_times(problem, q, shortcut.stages)
+        path, least = sum(w * t for w, t in zip(q.path_w, times)), partition._least_path(problem, q)
+        cap = None if q.neck_w == 0 else max(times) + (path - least) // q.neck_w
+        by_memory += partition._least_path(problem, q, cap) != path  # memory left out, the proof fails
         monkeypatch.setattr(partition, "_dp_optimum_proven", lambda *args: False)
         solved = partition.solve_partition(problem, time_limit_s=5.0)
         exhaustive = partition.brute_force_partition(problem)
-        q = partition._quantise(problem)
         assert solved.optimal and solved.stages == shortcut.stages
         assert partition._int_cost(problem, q, shortcut.stages) == partition._int_cost(problem, q,
                                                                                          exhaustive.stages)
-    assert any(taken) and not all(taken)
+    assert any(taken) and not all(taken) and by_memory
 
 
 def test_a_search_returns_each_plan_once():
@@ -333,3 +340,27 @@ def test_a_search_returns_each_plan_once():
     plans = search(TINY, CPU, 16, 64, "fp32", top_k=8).plans
     keys = [json.dumps([p.config.to_dict(), p.partition, p.placement], sort_keys=True) for p in plans]
     assert len(plans) > 1 and len(set(keys)) == len(keys)
+
+
+def test_the_time_bound_counts_rank_0s_optimizer_step_with_its_experts():
+    """The time bound's optimizer term is the estimate's own step of pipeline rank 0 on the uniform partition,
+    routed experts included (offloaded to the host, the step is most of an MoE plan's time): at or below the
+    estimate for the offloading twins of MoE layouts, and with one pipeline rank (rank 0 is the slowest) at or
+    above the estimate's optimizer term."""
+    from autoconf.cost.estimate import Execution
+    from autoconf.solve.search import _BoundCache
+    from autoconf.solve.space import replaced
+
+    model, cluster = PRESETS["mixtral-8x7b"], load_cluster("dgx-h100-80g", nodes=1)
+    cache = _BoundCache(model, cluster, Execution())
+    pool = [c for c in candidates(model, 8, 8, 8, 512, "bf16") if c.zero_sharded and c.ep > 1
+            and c.recompute == "none" and c.micro_batch_size == 1]
+    checked = set()
+    for c in pool[::max(1, len(pool) // 12)]:
+        twin = replaced(c, offload_optimizer=True)
+        p = estimate(model, cluster, twin).prediction
+        assert cache.time_bound(twin) <= p["iteration_time_s"] * (1 + 1e-9), twin
+        if twin.pp == 1:
+            assert cache.time_bound(twin) >= p["time_breakdown"]["optimizer"], twin
+        checked.add(twin.pp)
+    assert 1 in checked and len(checked) > 1

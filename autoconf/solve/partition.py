@@ -383,62 +383,84 @@ def greedy_partition(p: PartitionProblem) -> tuple[tuple[int, int], ...]:
     return _bounds_to_stages(best)
 
 
+class _OneStageRows:
+    """Each stage's quantised time and whether it fits its rank's memory limit, for stage s on units [a, b) of
+    every start a (numpy, a block of ends b at a time), where every rank holds one stage: the one memory and time
+    rule of `_one_stage_per_rank_dp` and `_least_path` (that of `_int_cost` for a rank of one stage)."""
+
+    def __init__(self, p: PartitionProblem, q: _Quantised):
+        self.p, self.q = p, q
+        self.time_pre = np.concatenate([[0], np.cumsum(q.time, dtype=np.int64)])
+        self.static_pre = np.concatenate([[0], np.cumsum(q.static, dtype=np.int64)])
+        self.rc_time_pre = np.concatenate([[0], np.cumsum(q.rc_time, dtype=np.int64)])
+        self.grad_pre = np.concatenate([[0], np.cumsum(q.grad, dtype=np.int64)])
+        self.starts = np.arange(len(q.time) + 1)
+        self.first_layer = np.maximum(self.starts, 1)  # `recomputed_units`: a stage's first layers
+        moe = np.zeros(len(q.time), dtype=np.int64)
+        moe[list(p.moe_units)] = 1
+        self.moe_pre = np.concatenate([[0], np.cumsum(moe)])
+        self.facts_used = {w.lstrip("!") for t in p.temporaries for w in t.when}
+        self._stage = None
+
+    def rows(self, s: int, b: np.ndarray, memory: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """(time, fits) of stage s on [start, b) for the ends `b` (a column) and every start (a row); fits is None
+        without `memory`. Only the entries with start < b mean anything."""
+        p, q, starts, first_layer = self.p, self.q, self.starts, self.first_layer
+        rc_end = np.maximum(first_layer, np.minimum(np.minimum(b, p.num_layers + 1), first_layer + p.counts()[s]))
+        time = (self.time_pre[b] - self.time_pre[starts] + self.rc_time_pre[rc_end]
+                - self.rc_time_pre[first_layer])
+        if not memory:
+            return time, None
+        if self._stage is None or self._stage[0] != s:
+            self._stage = (s, np.concatenate([[0], np.cumsum(q.act[s], dtype=np.int64)]),
+                           np.concatenate([[0], np.cumsum(q.rc_saved[s], dtype=np.int64)]))
+        _, act_pre, rc_saved_pre = self._stage
+        static = self.static_pre[b] - self.static_pre[starts]
+        mem = static + act_pre[b] - act_pre[starts] - (rc_saved_pre[rc_end] - rc_saved_pre[first_layer])
+        if p.temporaries:  # `PartitionProblem.rank_facts` of the stage [starts, b) alone on its rank, as needed
+            facts = {"last": s == p.num_stages - 1}
+            if "moe" in self.facts_used:
+                facts["moe"] = self.moe_pre[b] > self.moe_pre[starts]
+            if "recomputes" in self.facts_used:
+                facts["recomputes"] = rc_end > first_layer
+            if "keeps" in self.facts_used:
+                facts["keeps"] = np.minimum(b, p.num_layers + 1) > rc_end
+            temp = 0
+            for term, size in zip(p.temporaries, q.temp):
+                holds = True
+                for w in term.when:
+                    fact = facts[w.lstrip("!")]
+                    holds = np.logical_and(holds, np.logical_not(fact) if w.startswith("!") else fact)
+                temp = np.maximum(temp, np.where(holds, size, 0)) if size else temp
+            mem = mem + temp
+        if p.unit_gradient_bytes is not None:  # `PartitionProblem.rank_bytes` under one backward
+            grads = self.grad_pre[b] - self.grad_pre[starts]
+            mem = np.maximum(static + q.rank_grad[p.stage_to_rank[s]], mem - grads)
+        return time, mem <= q.limit[p.stage_to_rank[s]]
+
+
 def _one_stage_per_rank_dp(p: PartitionProblem, q: _Quantised) -> tuple[int, list[int]] | None:
     """Exact smallest bottleneck (and a partition reaching it) when every rank holds one stage, by dynamic
     programming over stage boundaries: O(S * U^2) with numpy. None when no partition fits in memory."""
     num_units, num_stages = len(q.time), p.num_stages
-    time_pre = np.concatenate([[0], np.cumsum(q.time, dtype=np.int64)])
-    static_pre = np.concatenate([[0], np.cumsum(q.static, dtype=np.int64)])
-    rc_time_pre = np.concatenate([[0], np.cumsum(q.rc_time, dtype=np.int64)])
-    grad_pre = np.concatenate([[0], np.cumsum(q.grad, dtype=np.int64)])
     inf = np.iinfo(np.int64).max
     # best[b] = smallest bottleneck of stages 0..s-1 covering units [0, b); arg[s][b] = where stage s-1 starts.
     best = np.full(num_units + 1, inf, dtype=np.int64)
     best[0] = 0
     args = []
-    starts = np.arange(num_units + 1)
-    first_layer = np.maximum(starts, 1)  # `recomputed_units`: a stage's first layers, from its first layer unit
-    moe = np.zeros(num_units, dtype=np.int64)
-    moe[list(p.moe_units)] = 1
-    moe_pre = np.concatenate([[0], np.cumsum(moe)])
-    facts_used = {w.lstrip("!") for t in p.temporaries for w in t.when}
+    table = _OneStageRows(p, q)
+    starts = table.starts
     # Ends b are scored a block of rows at a time, each row every start a < b (later starts never win).
     rows = max(1, 4_000_000 // (num_units + 1))
     for s in range(num_stages):
-        limit = q.limit[p.stage_to_rank[s]]
-        act_pre = np.concatenate([[0], np.cumsum(q.act[s], dtype=np.int64)])
-        rc_saved_pre = np.concatenate([[0], np.cumsum(q.rc_saved[s], dtype=np.int64)])
         new, arg = np.full(num_units + 1, inf, dtype=np.int64), np.zeros(num_units + 1, dtype=np.int64)
         lo_end = s + 1  # stages 0..s hold at least one unit each
         hi_end = num_units - (num_stages - 1 - s)  # and every later stage one
         for first in range(lo_end, hi_end + 1, rows):
             b = np.arange(first, min(first + rows, hi_end + 1))[:, None]
-            rc_end = np.maximum(first_layer, np.minimum(np.minimum(b, p.num_layers + 1),
-                                                        first_layer + p.counts()[s]))
-            mem = (static_pre[b] - static_pre[starts] + act_pre[b] - act_pre[starts]
-                   - (rc_saved_pre[rc_end] - rc_saved_pre[first_layer]))
-            if p.temporaries:  # `PartitionProblem.rank_facts` of the stage [starts, b) alone on its rank, as needed
-                facts = {"last": s == num_stages - 1}
-                if "moe" in facts_used:
-                    facts["moe"] = moe_pre[b] > moe_pre[starts]
-                if "recomputes" in facts_used:
-                    facts["recomputes"] = rc_end > first_layer
-                if "keeps" in facts_used:
-                    facts["keeps"] = np.minimum(b, p.num_layers + 1) > rc_end
-                temp = 0
-                for term, size in zip(p.temporaries, q.temp):
-                    holds = True
-                    for w in term.when:
-                        fact = facts[w.lstrip("!")]
-                        holds = np.logical_and(holds, np.logical_not(fact) if w.startswith("!") else fact)
-                    temp = np.maximum(temp, np.where(holds, size, 0)) if size else temp
-                mem = mem + temp
-            if p.unit_gradient_bytes is not None:  # `PartitionProblem.rank_bytes` under one backward
-                grads = grad_pre[b] - grad_pre[starts]
-                static = static_pre[b] - static_pre[starts]
-                mem = np.maximum(static + q.rank_grad[p.stage_to_rank[s]], mem - grads)
-            cost = np.maximum(best, time_pre[b] - time_pre[starts] + rc_time_pre[rc_end] - rc_time_pre[first_layer])
-            cost = np.where((starts < b) & (best < inf) & (mem <= limit), cost, inf)
+            time, fits = table.rows(s, b)
+            cost = np.maximum(best, time)
+            cost = np.where((starts < b) & (best < inf) & fits, cost, inf)
             a = np.argmin(cost, axis=1)  # the first of equal costs, as scanning the starts in order
             new[b[:, 0]], arg[b[:, 0]] = cost[np.arange(len(a)), a], a
         best = new
@@ -458,25 +480,24 @@ def _stage_times(p: PartitionProblem, q: _Quantised, stages) -> list[int]:
             for s, (a, b) in enumerate(stages)]
 
 
-def _least_path(p: PartitionProblem, q: _Quantised, cap: int | None = None) -> int | None:
+def _least_path(p: PartitionProblem, q: _Quantised, cap: int | None = None, memory: bool = False) -> int | None:
     """The smallest path term (sum over stages of path_w[s] x stage time, quantised) of a partition whose every
-    stage takes at most `cap` (any partition without it), memory left out: so at most the path term of every
-    partition that fits and keeps within `cap`. None when no partition keeps within `cap`. Dynamic programming
-    over stage ends, O(S * U^2) with numpy, on the stage times of `_stage_times`."""
+    stage takes at most `cap` (any partition without it), memory left out unless `memory` (then every rank holds
+    one stage and only the partitions that fit count): so at most the path term of every partition that fits and
+    keeps within `cap`. None when no partition keeps within `cap` (and fits). Dynamic programming over stage ends,
+    O(S * U^2) with numpy, on the stage times of `_stage_times`."""
     num_units, num_stages = len(q.time), p.num_stages
-    time_pre = np.concatenate([[0], np.cumsum(q.time, dtype=np.int64)])
-    rc_time_pre = np.concatenate([[0], np.cumsum(q.rc_time, dtype=np.int64)])
     inf = np.iinfo(np.int64).max
     best = np.full(num_units + 1, inf, dtype=np.int64)  # best[b]: stages 0..s-1 covering units [0, b)
     best[0] = 0
-    starts = np.arange(num_units + 1)
-    first_layer = np.maximum(starts, 1)
+    table = _OneStageRows(p, q)
+    starts = table.starts
     for s in range(num_stages):
         b = np.arange(s + 1, num_units - (num_stages - 1 - s) + 1)[:, None]
-        rc_end = np.maximum(first_layer, np.minimum(np.minimum(b, p.num_layers + 1),
-                                                    first_layer + p.counts()[s]))
-        t = time_pre[b] - time_pre[starts] + rc_time_pre[rc_end] - rc_time_pre[first_layer]
+        t, fits = table.rows(s, b, memory)
         ok = (starts < b) & (best < inf) & (t <= (inf if cap is None else cap))
+        if memory:
+            ok &= fits
         cost = np.where(ok, np.where(best < inf, best, 0) + q.path_w[s] * t, inf)
         best = np.full(num_units + 1, inf, dtype=np.int64)
         best[b[:, 0]] = cost.min(axis=1)
@@ -486,20 +507,27 @@ def _least_path(p: PartitionProblem, q: _Quantised, cap: int | None = None) -> i
 def _dp_optimum_proven(p: PartitionProblem, q: _Quantised, bottleneck: int, bounds: list[int]) -> bool:
     """Whether the partition `bounds` that `_one_stage_per_rank_dp` found (smallest bottleneck `bottleneck`, every
     rank one stage) also minimises the whole objective, path term included, on the quantised data. With its path
-    term P_h and the least path term of any partition P_min (`_least_path`, memory left out), a partition whose
-    busiest stage exceeds bottleneck + (P_h - P_min) // neck_w costs more in the bottleneck term than it can save
-    in the path term; every other fitting partition has a bottleneck of at least `bottleneck` (the DP is exact)
-    and a path term of at least the least one within that cap. So where that least is P_h, no partition is
-    cheaper, and CP-SAT, which keeps its hint (this partition) unless it finds a strictly cheaper one, would
-    return it."""
+    term P_h and the least path term of any fitting partition P_min (`_least_path`), a partition whose busiest
+    stage exceeds bottleneck + (P_h - P_min) // neck_w costs more in the bottleneck term than it can save in the
+    path term; every other fitting partition has a bottleneck of at least `bottleneck` (the DP is exact) and a
+    path term of at least the least one of the fitting partitions within that cap. So where that least is P_h, no
+    partition is cheaper, and CP-SAT, which keeps its hint (this partition) unless it finds a strictly cheaper one,
+    would return it. Memory is first left out (a cheaper DP, which decides most problems: a lower P_min only
+    widens the cap), then, where that leaves a cheaper path, counted (a rank's limit can rule out the splits with
+    the cheaper paths)."""
     times = _stage_times(p, q, _bounds_to_stages(bounds))
     if max(times) != bottleneck:
         return False
     path = sum(w * t for w, t in zip(q.path_w, times))
-    least = _least_path(p, q)
-    if q.neck_w == 0:
-        return least == path
-    return _least_path(p, q, bottleneck + (path - least) // q.neck_w) == path
+    for memory in (False, True):
+        least = _least_path(p, q, memory=memory)
+        if q.neck_w == 0:
+            proven = least == path
+        else:
+            proven = _least_path(p, q, bottleneck + (path - least) // q.neck_w, memory=memory) == path
+        if proven:
+            return True
+    return False
 
 
 def brute_force_partition(p: PartitionProblem) -> PartitionResult | None:

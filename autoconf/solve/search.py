@@ -34,7 +34,7 @@ from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, cp_attentio
                                     tp_collective, tp_overlap_gemms, tp_sp_collectives)
 from autoconf.cost.memory import (layer_activation_bytes, p2p_buffer_bytes, stage_expert_params, stage_memory,
                                   stage_params, state_bytes_per_param)
-from autoconf.cost.moe import layer_kinds, smallest_layer_params
+from autoconf.cost.moe import layer_kind_params, layer_kinds, moe_layers, smallest_layer_params
 from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_offload, host_memory_per_node,
                                    plans_offload)
@@ -45,7 +45,7 @@ from autoconf.solve.recompute import fewest_counts, fewest_recomputed
 from autoconf.solve.space import candidates, normalise_fixed, replaced, with_changes
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
-from autoconf.spec.grid import RankGrid
+from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import OFFLOADS, ParallelConfig, Plan, node_blocks, uniform_partition
 from autoconf.spec.schedules import schedule_spec, stage_to_rank
@@ -146,13 +146,26 @@ class _BoundCache:
                 p2p = min(p2p_time(cluster, nbytes, pairs) for pairs in self._hop_pairs(c))
             self._p2p[p2p_key] = p2p
         dp_key = (c.tp, c.cp, c.pp, c.dp, per_stage_layers, c.dtype, c.zero_stage,
-                  schedule_spec(c.schedule).fsdp_gather_per_chunk, c.offload_optimizer)
+                  schedule_spec(c.schedule).fsdp_gather_per_chunk, c.offload_optimizer, c.ep, c.etp)
         if dp_key not in self._dp:
             params = per_stage_layers * smallest_layer_params(model) / c.tp
             # The default mesh's first weight group: every DP replica's CP ranks at TP position 0.
             self._dp[dp_key] = dp_collectives(cluster, c, params, np.arange(c.dp_cp) * c.tp,
                                               execution=self.execution)
+            moe, experts = self._stage_experts(c, per_stage_layers)
+            if experts:  # the routed experts over their expert-DP group, added as the estimate's `stage_plan` does
+                group = expert_groups(RankGrid(default_mesh(c)), 0, c.ep, c.etp, "edp")[0]
+                self._dp[dp_key] = tuple(a + b for a, b in zip(self._dp[dp_key], dp_collectives(
+                    cluster, c, experts, group, units=moe, execution=self.execution)))
         return (self._p2p[p2p_key], *self._dp[dp_key])
+
+    def _stage_experts(self, c: ParallelConfig, layers: int) -> tuple[int, float]:
+        """(MoE blocks, routed-expert parameters one rank holds, split over ep x etp as `local_params` splits them)
+        of the run of `layers` consecutive blocks with the fewest MoE blocks; (0, 0) for a dense model."""
+        if self.model.moe is None:
+            return 0, 0.0
+        moe = min(moe_layers(self.model, first, first + layers) for first in range(self.model.num_layers - layers + 1))
+        return moe, local_params_of(c, 0.0, moe * layer_kind_params(self.model)[2])[1]
 
     def _hop_pairs(self, c: ParallelConfig) -> np.ndarray:
         """For each pipeline rank r of the default mesh (devices [r*w, (r+1)*w), w = dp*cp*tp), the pairs of its hop to
@@ -265,7 +278,8 @@ class _BoundCache:
         idle = bubble + fill_drain if spec.exposed_fill_drain else max(bubble, fill_drain)
         # Of rank 0's own gather and reduction, the execution's buckets leave at least these exposed.
         first_gather, last_reduce = exposed_dp(self.execution, gather_once, reduce,
-                                               per_stage_layers * smallest_layer_params(model) / c.tp,
+                                               per_stage_layers * smallest_layer_params(model) / c.tp
+                                               + self._stage_experts(c, per_stage_layers)[1],
                                                per_stage_layers, c.dp_cp)
         compute_path = first_gather + busy + idle + last_reduce
         # Micro-batch 0 passes every stage forward and backward in turn, hopping ranks between stages.
@@ -321,16 +335,25 @@ class _BoundCache:
 
     def _optimizer(self, c: ParallelConfig) -> float:
         """The optimizer step of pipeline rank 0 of the uniform partition (the estimate's slowest rank is no
-        faster), with the execution's passes over the main-gradient buffer (linear in the rank's unsharded
-        parameters, of which this counts no more than the estimate)."""
-        rank0_layers = self._rank_layers(c)[0]
-        key = (c.tp, c.dp_cp, c.zero_sharded, rank0_layers, c.offload_optimizer)
+        faster): the estimate's own `rank_optimizer_time` on the rank's parameters and routed-expert parameters
+        (`stage_params`, `stage_expert_params` of its stages), with the execution's passes over the main-gradient
+        buffer."""
+        key = (c.pp, c.vpp, c.schedule, c.tp, c.dp, c.cp, c.zero_stage, c.ep, c.etp, c.offload_optimizer)
         if key not in self._optimizers:
-            model = self.model
-            params_rank0 = (rank0_layers * smallest_layer_params(model) + model.embedding_params()) / c.tp
-            self._optimizers[key] = rank_optimizer_time(self.cluster, c, params_rank0 * c.tp,
+            self._optimizers[key] = rank_optimizer_time(self.cluster, c, *self._rank0_parameters(c),
                                                         execution=self.execution)
         return self._optimizers[key]
+
+    def _rank0_parameters(self, c: ParallelConfig) -> tuple[float, float]:
+        """(parameters, routed-expert parameters) of pipeline rank 0's stages on the uniform partition, all TP and
+        EP ranks together (`stage_params`, `stage_expert_params`)."""
+        key = (c.pp, c.vpp, c.schedule)
+        if key not in self._rank0_params:
+            partition, owner = self._uniform_layout(c)
+            stages = [st for st, r in enumerate(owner) if r == 0]
+            self._rank0_params[key] = (sum(stage_params(self.model, partition, st) for st in stages),
+                                       sum(stage_expert_params(self.model, partition, st) for st in stages))
+        return self._rank0_params[key]
 
     def memory_bound(self, c: ParallelConfig) -> float:
         """The estimate's own memory of pipeline rank 0 (cost/memory.stage_memory on the uniform partition, with the
@@ -373,14 +396,8 @@ class _BoundCache:
     def _state_bytes(self, c: ParallelConfig) -> float:
         """Rank 0's parameters on the uniform partition times every byte `state_bytes_per_param` holds per
         parameter (weights, gradients, optimizer states, master copy; experts by their own bytes)."""
-        key = (c.pp, c.vpp, c.schedule)
-        if key not in self._rank0_params:
-            partition, owner = self._uniform_layout(c)
-            stages = [st for st, r in enumerate(owner) if r == 0]
-            self._rank0_params[key] = (sum(stage_params(self.model, partition, st) for st in stages),
-                                       sum(stage_expert_params(self.model, partition, st) for st in stages))
         layout = self.execution.memory_layout
-        params, experts = local_params_of(c, *self._rank0_params[key])
+        params, experts = local_params_of(c, *self._rank0_parameters(c))
         state = params * sum(state_bytes_per_param(c, layout, execution=self.execution))
         if experts:
             state += experts * sum(state_bytes_per_param(c, layout, experts=True, execution=self.execution))
