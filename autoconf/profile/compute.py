@@ -37,7 +37,7 @@ from torch import nn
 
 from autoconf.errors import UserError
 from autoconf.execute.dtypes import TORCH_DTYPES
-from autoconf.profile.timing import median, percentile, sync, work_time
+from autoconf.profile.timing import median, percentile, sync, work_time, work_times
 from autoconf.spec.model import ModelSpec
 
 BLOCKS = ("attention", "mlp", "norm", "embedding", "head")
@@ -191,11 +191,7 @@ def optimizer_time_per_param(device: torch.device, numel: int, warmup: int, repe
     for p in params:
         p.grad = torch.randn_like(p)
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1)
-    for _ in range(warmup):
-        opt.step()
-    sync(device)
-    times = [work_time(opt.step, device) for _ in range(repeats)]
-    return median(times) / sum(p.numel() for p in params)
+    return median(work_times(opt.step, device, warmup, repeats)) / sum(p.numel() for p in params)
 
 
 # ---- the grid across ranks ---------------------------------------------------------------------------------------

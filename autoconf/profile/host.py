@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from autoconf.profile.hardware import physical_memory_bytes
-from autoconf.profile.timing import median, time_repeated, work_time
+from autoconf.profile.timing import median, time_repeated, work_times
 
 
 def copy_rates(device: torch.device, nbytes: int, warmup: int, repeats: int) -> tuple[float, float]:
@@ -32,18 +32,8 @@ def copy_rates(device: torch.device, nbytes: int, warmup: int, repeats: int) -> 
     if on_gpu:
         host = host.pin_memory()
     dev = torch.empty(numel, dtype=torch.float32, device=device)
-    return (numel * 4 / _median_time(lambda: dev.copy_(host, non_blocking=on_gpu), device, warmup, repeats),
-            numel * 4 / _median_time(lambda: host.copy_(dev, non_blocking=on_gpu), device, warmup, repeats))
-
-
-def _median_time(fn, device: torch.device, warmup: int, repeats: int) -> float:
-    """The median seconds of `repeats` calls after `warmup`: CUDA events on GPU; on CPU the thread's CPU time (as the
-    compute tables: the wall time of a shared host depends on its other load)."""
-    if device.type == "cuda":
-        return median(time_repeated(fn, device, warmup, repeats))
-    for _ in range(warmup):
-        fn()
-    return median([work_time(fn, device) for _ in range(repeats)])
+    return (numel * 4 / median(work_times(lambda: dev.copy_(host, non_blocking=on_gpu), device, warmup, repeats)),
+            numel * 4 / median(work_times(lambda: host.copy_(dev, non_blocking=on_gpu), device, warmup, repeats)))
 
 
 # The parameters of the timed AdamW step: matrices of MATRIX x MATRIX (decayed) and one MATRIX-vector (not decayed)
@@ -68,7 +58,7 @@ def adam_time_per_param(device: torch.device, numel: int, warmup: int, repeats: 
     if device.type == "cuda":  # the host step's wall time
         seconds = median(time_repeated(opt.step, torch.device("cpu"), warmup, repeats))
     else:
-        seconds = _median_time(opt.step, device, warmup, repeats)
+        seconds = median(work_times(opt.step, device, warmup, repeats))
     return seconds / sum(p.numel() for p in params)
 
 

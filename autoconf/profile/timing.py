@@ -68,6 +68,14 @@ def work_time(fn: Callable[[], object], device: torch.device) -> float:
     return time.thread_time() - t0
 
 
+def work_times(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """`warmup` untimed calls, then the `work_time` of each of `repeats` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    return [work_time(fn, device) for _ in range(repeats)]
+
+
 def time_repeated(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int,
                   min_time_s: float = 0.0, max_repeats: int = 1000) -> list[float]:
     """`warmup` untimed calls, then the times of at least `repeats` calls, continuing until `min_time_s` of timed
