@@ -67,13 +67,14 @@ def reserved_bytes(model, cluster, c: ParallelConfig, peak: float) -> float:
     holds: the low-precision logits block, freed (`del pred`) before the loss backward asks for fp32 blocks twice its
     size; in FSDP2's reduce-scatter stream, the previous step's sharded fp32 gradients (set to None by zero_grad,
     4/dp bytes per parameter) and one block's fp32 reduce-scatter input; in its all-gather stream, one block's
-    gathered parameters. Not measured on a GPU here: a reading of the allocator's rules
-    (c10/cuda/CUDACachingAllocator.cpp) against torchtitan's train step and FSDP2's streams."""
+    gathered parameters. Under context parallelism the logits are the rank's seq_len / cp tokens' and the
+    gradients shard over dp x cp (torchtitan's dp_shard x cp mesh). Not measured on a GPU here: a reading of the
+    allocator's rules (c10/cuda/CUDACachingAllocator.cpp) against torchtitan's train step and FSDP2's streams."""
     e = DTYPE_BYTES[c.dtype]
     layer = model.layer_params() / c.tp
-    cached = e * c.seq_len * c.micro_batch_size * model.vocab_size / c.tp
+    cached = e * c.local_seq_len * c.micro_batch_size * model.vocab_size / c.tp
     if c.zero_sharded:
-        cached += 4 * model.total_params() / c.tp / c.dp + 4 * layer + e * layer
+        cached += 4 * model.total_params() / c.tp / c.dp_cp + 4 * layer + e * layer
     return peak - cluster.device.memory_overhead_bytes + cached
 
 

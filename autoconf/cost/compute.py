@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from autoconf.cost.interpolate import CLAMP, EXTRAPOLATE, interpolate, interpolate_many
 from autoconf.spec.cluster import ClusterProfile
+from autoconf.cost.cp_ring import merge_bytes
 from autoconf.cost.fp8 import cast_seconds, mlp_cast_elements, scaling_time
 from autoconf.cost.offload import cpu_optimizer_time
 from autoconf.spec.dtypes import DTYPE_BYTES, precision
@@ -93,7 +94,9 @@ def model_pieces(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     is read at seq_len / cp, and the attention core, whose causal work grows with seq_len^2, is the core at the
     whole sequence divided by cp: the chunk pairing gives each rank the same share of the causal triangle. A
     measured table reads that core at the full length in micro_batch x seq_len^2 (`profile --seq-len` times it
-    there). The blockwise kernels' lower efficiency on 1/cp-long blocks is not modelled.
+    there). The blockwise kernels' lower efficiency on 1/cp-long blocks is not modelled. Under torch's ring
+    (`execution.cp_attention` "torch") the core adds its eager merges and fp32 accumulations
+    (`cp_ring.merge_bytes`) at the profile's element-wise rate.
 
     Under seq1f1b (`seq_chunks` k > 1) the pieces are those of the mean pipeline unit, a chunk of seq_len / k
     tokens: the attention core is the mean chunk's, the whole sequence's core / k; chunk j of an even split does
@@ -101,8 +104,10 @@ def model_pieces(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     if config.cp > 1 or config.seq_chunks > 1:
         local = _pieces(model, cluster, rank_view(config), share, execution)
         whole = _pieces(model, cluster, dataclasses.replace(config, cp=1, seq_chunks=1), share, execution)
+        merge_f, merge_b = merge_bytes(model, config, execution)
+        rate = cluster.device.memory_bandwidth_Bps * cluster.eff("memory")
         return dataclasses.replace(local, attention_core=whole.attention_core.scaled(
-            1 / (config.cp * config.seq_chunks)))
+            1 / (config.cp * config.seq_chunks)) + PassTimes(merge_f / rate, merge_b / rate, 0.0))
     return _pieces(model, cluster, config, share, execution)
 
 

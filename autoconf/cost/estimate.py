@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from autoconf.cost.comm import collective_time, p2p_time, slowest_collective_time
+from autoconf.cost.cp_ring import dkv_bytes, sdpa_kv_bytes, torch_ring
 from autoconf.cost.compute import (PassTimes, attention_gemms, causal_span_share, cpu_share, cpu_share_alone,
                                    fsdp_copy_time, gemms_time, layer_gemms, measured_tp_layer, model_pieces,
                                    rank_optimizer_time, seq_chunk_bounds)
@@ -172,7 +173,7 @@ def sp_regather_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfi
 
 
 def cp_attention_comm(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices,
-                      core: PassTimes) -> PassTimes:
+                      core: PassTimes, execution: Execution | None = None) -> PassTimes:
     """Seconds per layer that context parallelism's exchange of keys and values leaves exposed, in the forward and
     in the input-gradient pass, on the CP group `devices` (one rank's share of the K/V is `memory.cp_kv_bytes`;
     `core` is the rank's attention core, `model_pieces`).
@@ -183,16 +184,32 @@ def cp_attention_comm(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     step costs max(transfer, core / cp) and exposes what the transfer exceeds; the chunk pairing gives every step
     the same causal work. The backward passes the K/V and their gradients (twice the bytes) the same way. The ring
     sends the same bytes as the all-gather and hides behind the core, so it never exposes more than the all-gather
-    on a ring of equal links. 0 without CP."""
+    on a ring of equal links. 0 without CP.
+
+    Under torch's ring (`cp_ring.torch_ring`) the K/V travel at the width the kernel sees (`cp_ring.sdpa_kv_bytes`);
+    "allgather" is issued before the rank's own step and awaited after it, so it exposes what exceeds that step
+    (core / cp), in the forward and again in the backward; "ring" (torch's all-to-all rotation) as above, K/V only.
+    The backward passes the fp32 dK/dV (`cp_ring.dkv_bytes`) to the next rank after every step: each transfer runs
+    beside the next step, the last one is awaited after the loop."""
     if c.cp == 1:
         return PassTimes(0.0, 0.0, 0.0)
-    kv = cp_kv_bytes(model, c)
-    if c.cp_comm == "allgather":
-        gather = collective_time(cluster, "all_gather", kv * c.cp, devices)
-        return PassTimes(gather, gather + collective_time(cluster, "reduce_scatter", kv * c.cp, devices), 0.0)
+    kv = sdpa_kv_bytes(model, c, execution, cp_kv_bytes(model, c))
     group = np.asarray(devices).reshape(-1)
     pairs = np.stack([group, np.roll(group, -1)], axis=1)
     steps = c.cp - 1
+    if torch_ring(c, execution):
+        if c.cp_comm == "allgather":
+            gather = collective_time(cluster, "all_gather", kv * c.cp, devices)
+            forward = max(0.0, gather - core.forward / c.cp)
+            kv_back = max(0.0, gather - core.backward_input / c.cp)
+        else:
+            forward = steps * max(0.0, p2p_time(cluster, kv, pairs) - core.forward / c.cp)
+            kv_back = steps * max(0.0, p2p_time(cluster, kv, pairs) - core.backward_input / c.cp)
+        dkv = p2p_time(cluster, dkv_bytes(model, c, execution), pairs)
+        return PassTimes(forward, kv_back + steps * max(0.0, dkv - core.backward_input / c.cp) + dkv, 0.0)
+    if c.cp_comm == "allgather":
+        gather = collective_time(cluster, "all_gather", kv * c.cp, devices)
+        return PassTimes(gather, gather + collective_time(cluster, "reduce_scatter", kv * c.cp, devices), 0.0)
     forward = steps * max(0.0, p2p_time(cluster, kv, pairs) - core.forward / c.cp)
     backward = steps * max(0.0, p2p_time(cluster, 2 * kv, pairs) - core.backward_input / c.cp)
     return PassTimes(forward, backward, 0.0)
@@ -378,7 +395,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         if c.cp > 1:
             if rank not in cp_of_rank:
                 cp_of_rank[rank] = cp_attention_comm(model, cluster, c, grid.first_group_array("cp", rank),
-                                                     pieces.attention_core)
+                                                     pieces.attention_core, execution)
             cp_layer = cp_of_rank[rank]
             if c.recompute == "full":  # the repeated forward exchanges the K/V again
                 recompute += cp_layer.forward * recomputed[st]

@@ -59,7 +59,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     layer_time, layer_rc = pieces.block.total + 4 * one, recompute_time(pieces, c, one, share)
     cp_time = cp_rc = 0.0
     if c.cp > 1:  # every block's attention exchanges K/V over the CP group (again in a full recompute's forward)
-        cp = cp_attention_comm(model, cluster, c, np.arange(c.cp) * c.tp, pieces.attention_core)
+        cp = cp_attention_comm(model, cluster, c, np.arange(c.cp) * c.tp, pieces.attention_core, execution)
         cp_time, cp_rc = cp.total, (cp.forward if c.recompute == "full" else 0.0)
         layer_time, layer_rc = layer_time + cp_time, layer_rc + cp_rc
     per_param = sum(state_bytes_per_param(c, layout, execution=execution))

@@ -322,7 +322,7 @@ class _BoundCache:
             cp = PassTimes(0.0, 0.0, 0.0)
             if c.cp > 1:  # the estimate's exposed K/V exchange, on the default mesh's first CP group
                 cp = cp_attention_comm(self.model, self.cluster, c, np.arange(c.cp) * c.tp,
-                                       self._layer(c).attention_core)
+                                       self._layer(c).attention_core, self.execution)
             forward = min(p.block.forward + f for p, (f, _) in zip(kinds, copies))
             backward_input = min(p.block.backward_input + b for p, (_, b) in zip(kinds, copies))
             self._layers[key] = (forward + cp.forward, backward_input + cp.backward_input,

@@ -67,6 +67,16 @@ NOT_COMPILED = ("repeat_kv", "vocab_parallel_ce")
 # attention_curves give each kernel's speed over sequence length (cost/compute.py `attention_efficiency`); a profile
 # without a curve for it reads its flat efficiency["attention_fa2"] ("fa2", where stated) or efficiency["attention"].
 ATTENTION_KERNELS = ("fused", "fa2", "fa3")
+# How context-parallel attention runs its blockwise steps (`autoconf.cost.cp_ring` says what each costs):
+#   "kernel"  nothing is counted beyond the attention kernels and the K/V exchange (`cost/estimate.py`
+#             `cp_attention_comm`): the model before this flag, kept for autoconf's executor and Megatron (Transformer
+#             Engine corrects its partial outputs in kernels of its own, not counted)
+#   "torch"   torch's `torch.distributed.tensor.experimental.context_parallel` (`_templated_ring_attention`): one
+#             SDPA call per ring step on the K/V the kernel sees (every query head's, where K/V are repeated before
+#             SDPA), each partial output merged by log-sum-exp in fp32 eager kernels, the backward accumulating dQ,
+#             dK, dV in fp32 and passing dK/dV around the ring in fp32 by all-to-all; the forward's all-gather (or
+#             ring transfer) issued before the local step and awaited after it
+CP_ATTENTION = ("kernel", "torch")
 # The megatron memory layout's main-gradient buffer (what the gradients accumulate in and are reduced from): "fp32"
 # (Megatron-LM under --bf16, --accumulate-allreduce-grads-in-fp32) or "bf16" (Megatron-Bridge's
 # grad_reduce_in_fp32=False; NeMo 1.x's distributed Adam with grad_sync_dtype bf16).
@@ -151,6 +161,7 @@ class Execution:
         per unit, TP layers timed in the executor) describe this framework's runtime.
     eager_ops: see EAGER_OPS (specification profiles only; measured tables time the executor's own kernels).
     attention_kernel: see ATTENTION_KERNELS.
+    cp_attention: see CP_ATTENTION (read only under context parallelism).
     fsdp_copies: FSDP2's copy kernels beside its collectives cost HBM time on the rank (specification profiles;
         `autoconf.cost.compute.fsdp_copy_bytes` counts them): the all-gather's copy-out into the unsharded
         parameters, the reduce-scatter's copy-in (one chunked copy that casts to the fp32 reduce dtype).
@@ -225,6 +236,7 @@ class Execution:
     executor_overheads: bool = True
     eager_ops: tuple[str, ...] = ()
     attention_kernel: str = "fused"
+    cp_attention: str = "kernel"
     fsdp_copies: bool = False
     compile_loss: bool = True
     transformer_engine: bool = False
@@ -262,6 +274,8 @@ class Execution:
             out.append(f"eager_ops {', '.join(self.eager_ops)}: each must be one of {', '.join(EAGER_OPS)}")
         if self.attention_kernel not in ATTENTION_KERNELS:
             out.append(f"attention_kernel {self.attention_kernel!r} is none of {', '.join(ATTENTION_KERNELS)}")
+        if self.cp_attention not in CP_ATTENTION:
+            out.append(f"cp_attention {self.cp_attention!r} is none of {', '.join(CP_ATTENTION)}")
         for flag, known in (("grad_buffer_dtype", GRAD_BUFFER_DTYPES), ("optimizer", OPTIMIZERS),
                             ("loss_memory", LOSS_MEMORY)):
             if getattr(self, flag) not in known:
@@ -430,8 +444,10 @@ PRESETS: dict[str, Execution] = {
         # flash backend is FlashAttention-2. The plan's `compile` field (exported as compile.enable, components
         # model and loss) fuses them on a GPU. Its published runs (Dec 2024 and earlier) ran older code:
         # torchtitan's own fp32 RMSNorm ("rmsnorm") and repeat_kv ("repeat_kv"); scripts/truth_torchtitan.py sets
-        # each run's kernels. FSDP2's copy kernels beside its collectives: fsdp_copies.
-        eager_ops=("rotary", "swiglu", "cross_entropy"), attention_kernel="fa2", fsdp_copies=True,
+        # each run's kernels. FSDP2's copy kernels beside its collectives: fsdp_copies. Its context parallelism is
+        # torch's (parallelisms/parallelize_llama.py and utils.py create_context_parallel_ctx): cp_attention "torch".
+        eager_ops=("rotary", "swiglu", "cross_entropy"), attention_kernel="fa2", cp_attention="torch",
+        fsdp_copies=True,
         torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),
                              ("always", "compile_loss=False", 'config.compile.components = ["model"]'))),
 }
@@ -490,7 +506,7 @@ def execution(name: str = DEFAULT) -> Execution:
 # Flags a user may change on a preset (`--framework-flag KEY=VALUE`): the behaviour, not the name or export data.
 USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_reduce_start", "bucket_params",
               "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
-              "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies",
+              "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "cp_attention", "fsdp_copies",
               "compile_loss", "transformer_engine", "fp8_params", "grad_buffer_dtype", "optimizer", "loss_memory",
               "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs",
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts")

@@ -1,0 +1,86 @@
+"""What torch's context-parallel attention costs beyond its attention kernels (`Execution.cp_attention` "torch").
+
+torch's `context_parallel` (torch/distributed/tensor/experimental/_attention.py: `_templated_ring_attention`, its
+backward `_templated_ring_attention_backward` and `_SDPAMerger`; read in the stored pytorch/pytorch version
+0123248a; torchtitan's December 2024 runs used torch 1963fc8, whose copy could not be read here) runs a causal,
+load-balanced layer on each of the cp ranks as cp SDPA calls: the rank's own two chunks causally, then one call
+per K/V block received, each of half a block's causal work (all queries against half the block, or half the
+queries against all of it), so the kernels do the causal share exactly (`compute.model_pieces`). Around them:
+
+- forward: every partial output is cast to fp32 and merged into the running output by log-sum-exp (`_SDPAMerger`:
+  out - sigmoid(lse_block - lse) * (out - block_out), four eager kernels), the merged output cast back at the end;
+  before every step but the last the K and V it holds are concatenated into one send buffer;
+- backward: dQ, dK, dV accumulate in fp32 buffers (zero-filled), each step's bf16 results added in; on the last
+  rank of the group (every step after the first takes all its queries against the first half of the block) the
+  block's dK/dV are added into the first half of the travelling fp32 dK/dV and the halves concatenated again
+  (`_partial_update`); before every step the fp32 dK and dV are concatenated and sent to the next rank by
+  all-to-all (`dkv_rotater` is all-to-all for either rotate method), and the K/V are gathered (or received) again
+  as in the forward.
+
+The bytes below are those eager kernels' reads and writes on the group's last rank (the busiest: its merges are
+all full-size), per layer, for the K/V width the kernel sees: every query head's when K and V are repeated to the
+heads before SDPA (`repeat_kv` among the execution's eager ops), else the grouped K/V. The log-sum-exp terms
+(1/head_dim of an output) are not counted. No traffic counted under cp 1 or cp_attention "kernel"."""
+
+from __future__ import annotations
+
+from autoconf.spec.dtypes import DTYPE_BYTES
+from autoconf.spec.frameworks import Execution
+from autoconf.spec.model import ModelSpec
+from autoconf.spec.plan import ParallelConfig
+
+FP32 = 4
+
+
+def torch_ring(config: ParallelConfig, execution: Execution | None) -> bool:
+    """Whether `config`'s attention runs torch's context-parallel ring (cp > 1 under cp_attention "torch")."""
+    return config.cp > 1 and execution is not None and execution.cp_attention == "torch"
+
+
+def sdpa_kv_width(model: ModelSpec, execution: Execution | None) -> int:
+    """Width of K (and of V) per token as the attention kernel receives them: every query head's when the execution
+    repeats grouped K/V before SDPA (`repeat_kv`), else the model's K/V heads."""
+    if execution is not None and "repeat_kv" in execution.eager_ops:
+        return max(model.q_dim, model.kv_dim)
+    return model.kv_dim
+
+
+def merge_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution | None) -> tuple[float, float]:
+    """(forward, backward) bytes per layer that torch's ring attention moves in eager kernels on one rank beyond
+    the attention kernels (module docstring). Linear in cp: a fixed part and one per ring step. (0, 0) unless
+    `torch_ring`."""
+    c = config
+    if not torch_ring(c, execution):
+        return 0.0, 0.0
+    e = DTYPE_BYTES[c.dtype]
+    tokens = c.local_seq_len * c.micro_batch_size
+    out = tokens * model.q_dim / c.tp  # elements of the attention output (and of Q)
+    kv = tokens * sdpa_kv_width(model, execution) / c.tp  # elements of K (and of V)
+    later = c.cp - 1
+    # Forward: first output to fp32 (e + 4); per later step its output to fp32 (e + 4), out - block (12), times the
+    # sigmoid (8), out - that (12); the result back to the compute dtype (4 + e); the K/V send buffer (2e each).
+    forward = out * ((e + FP32) + later * (e + FP32 + 32) + (FP32 + e)) + later * 2 * (2 * e) * kv
+    # Backward: fp32 zeros (4 each for dQ, dK, dV); dQ += per step (8 + e); dK, dV += at step 0 (8 + e each), per
+    # later step a half-block add (8 + e) / 2 and the re-concatenation (8) each; the fp32 dK/dV send buffer every
+    # step (8 each); the K/V send buffer again (2e each, every step but the last); the casts back (4 + e each).
+    backward = (out * (FP32 + c.cp * (8 + e) + (FP32 + e))
+                + kv * (2 * FP32 + 2 * (8 + e) + later * 2 * ((8 + e) / 2 + 8) + c.cp * 2 * 8
+                        + later * 2 * (2 * e) + 2 * (FP32 + e)))
+    return forward, backward
+
+
+def dkv_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution | None) -> float:
+    """Bytes of one dK/dV transfer of torch's ring backward (fp32 gradients of the rank's K and V at the kernel's
+    width); 0 unless `torch_ring`."""
+    c = config
+    if not torch_ring(c, execution):
+        return 0.0
+    return 2 * c.local_seq_len * c.micro_batch_size * sdpa_kv_width(model, execution) / c.tp * FP32
+
+
+def sdpa_kv_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution | None, kv_bytes: float) -> float:
+    """`kv_bytes` (one rank's K/V block at the model's K/V width, `memory.cp_kv_bytes`) at the width the attention
+    kernel receives under torch's ring (repeated K/V are sent repeated); unchanged otherwise."""
+    if not torch_ring(config, execution):
+        return kv_bytes
+    return kv_bytes * sdpa_kv_width(model, execution) / model.kv_dim
