@@ -1,0 +1,109 @@
+"""torch's context-parallel ring (`Execution.cp_attention` "torch", autoconf/cost/cp_ring.py): what it adds to the
+attention core and to the K/V exchange, and where it adds nothing."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from autoconf.cost import cp_ring
+from autoconf.cost.comm import collective_time, p2p_time
+from autoconf.cost.compute import model_pieces
+from autoconf.cost.estimate import cp_attention_comm, estimate
+from autoconf.cost.memory import cp_kv_bytes
+from autoconf.solve.search import _BoundCache
+from autoconf.spec.cluster import load_cluster
+from autoconf.spec.frameworks import execution
+from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.presets import PRESETS
+
+MODEL = PRESETS["llama3.1-8b"]
+GT = load_cluster("grand-teton-h100-96g-500w", nodes=1)
+TORCH = execution("torchtitan")
+KERNEL = TORCH.replace(cp_attention="kernel")
+RATE = GT.device.memory_bandwidth_Bps * GT.eff("memory")
+
+
+def _row(cp: int, local: int = 32768, cp_comm: str = "allgather", **kw) -> ParallelConfig:
+    """torchtitan's Table 2 layout: 8 ranks, fsdp 8 / cp, 32k tokens per rank."""
+    base = dict(tp=1, pp=1, dp=8 // cp, cp=cp, cp_comm=cp_comm, micro_batch_size=1, global_batch_size=8 // cp,
+                seq_len=local * cp, zero_stage=3, recompute="full", dtype="bf16")
+    return ParallelConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("cp", [2, 4, 8])
+def test_ring_core_is_the_causal_share_plus_the_stated_merges(cp):
+    """Under torch's ring a rank's attention core is the whole sequence's core / cp (the kernels do exactly the
+    causal share) plus `merge_bytes` at the element-wise rate, in the forward and in the backward; the "kernel"
+    flag keeps the causal share alone."""
+    c = _row(cp)
+    whole = model_pieces(MODEL, GT, dataclasses.replace(c, cp=1), execution=TORCH).attention_core
+    ring = model_pieces(MODEL, GT, c, execution=TORCH).attention_core
+    plain = model_pieces(MODEL, GT, c, execution=KERNEL).attention_core
+    f, b = cp_ring.merge_bytes(MODEL, c, TORCH)
+    assert f > 0 and b > 0
+    assert ring.forward == pytest.approx(whole.forward / cp + f / RATE, rel=1e-12)
+    assert ring.backward_input == pytest.approx(whole.backward_input / cp + b / RATE, rel=1e-12)
+    assert plain.forward == pytest.approx(whole.forward / cp, rel=1e-12)
+    assert plain.backward_input == pytest.approx(whole.backward_input / cp, rel=1e-12)
+
+
+def test_the_ring_terms_vanish_at_cp_1_and_for_other_frameworks():
+    """No merges, no dK/dV ring and the same prediction to the last bit at cp 1, and nothing under the "kernel"
+    flag (autoconf's executor, Megatron) at any cp."""
+    c1 = _row(1)
+    assert cp_ring.merge_bytes(MODEL, c1, TORCH) == (0.0, 0.0) and cp_ring.dkv_bytes(MODEL, c1, TORCH) == 0.0
+    ring, plain = (estimate(MODEL, GT, c1, execution=ex, detail=False).prediction for ex in (TORCH, KERNEL))
+    assert plain.pop("framework_flags") == {"cp_attention": "kernel"} and ring == plain
+    for name in ("autoconf", "megatron-core"):
+        assert cp_ring.merge_bytes(MODEL, _row(8), execution(name)) == (0.0, 0.0)
+        assert cp_ring.dkv_bytes(MODEL, _row(8), execution(name)) == 0.0
+
+
+def test_merges_grow_by_the_same_bytes_with_every_ring_step():
+    """At a fixed share of tokens per rank every ring step adds the same bytes (one merge, one accumulation, one
+    dK/dV hand-off): the bytes are affine in cp, with a positive slope in both passes."""
+    f = {cp: cp_ring.merge_bytes(MODEL, _row(cp), TORCH) for cp in (2, 4, 8)}
+    for p in (0, 1):
+        step = (f[4][p] - f[2][p]) / 2
+        assert step > 0
+        assert f[8][p] - f[4][p] == pytest.approx(4 * step, rel=1e-12)
+
+
+def test_repeated_kv_travel_at_every_heads_width():
+    """Where K/V are repeated to every query head before SDPA (`repeat_kv`), the ring moves and merges them at the
+    query width: 4x the grouped K/V of Llama 3.1 8B (32 heads, 8 K/V heads) in the exchange, more merge bytes."""
+    repeated = TORCH.replace(eager_ops=TORCH.eager_ops + ("repeat_kv",))
+    c = _row(4)
+    assert cp_ring.sdpa_kv_width(MODEL, repeated) == MODEL.q_dim == 4 * MODEL.kv_dim
+    assert cp_ring.sdpa_kv_bytes(MODEL, c, repeated, 1.0) == 4.0 and cp_ring.sdpa_kv_bytes(MODEL, c, TORCH, 1.0) == 1.0
+    assert cp_ring.dkv_bytes(MODEL, c, repeated) == 4 * cp_ring.dkv_bytes(MODEL, c, TORCH)
+    assert all(r > t for r, t in zip(cp_ring.merge_bytes(MODEL, c, repeated), cp_ring.merge_bytes(MODEL, c, TORCH)))
+
+
+def test_torch_all_gather_hides_behind_the_local_step_and_the_last_dkv_stays_exposed():
+    """torch issues the all-gather before the rank's own step: with a core long enough it exposes nothing in the
+    forward, and the backward exposes exactly one fp32 dK/dV transfer (the last, awaited after the loop); with no
+    core to hide behind, the whole gather shows in the forward."""
+    c = _row(8)
+    group = np.arange(8)
+    core = model_pieces(MODEL, GT, c, execution=TORCH).attention_core
+    exposed = cp_attention_comm(MODEL, GT, c, group, core, TORCH)
+    pairs = np.stack([group, np.roll(group, -1)], axis=1)
+    last = p2p_time(GT, cp_ring.dkv_bytes(MODEL, c, TORCH), pairs)
+    assert exposed.forward == 0.0
+    assert exposed.backward_input == pytest.approx(last, rel=1e-12) and last > 0
+    bare = cp_attention_comm(MODEL, GT, c, group, dataclasses.replace(core, forward=0.0, backward_input=0.0), TORCH)
+    gather = collective_time(GT, "all_gather", cp_ring.sdpa_kv_bytes(MODEL, c, TORCH, cp_kv_bytes(MODEL, c)) * 8,
+                             group)
+    assert bare.forward == pytest.approx(gather, rel=1e-12)
+
+
+def test_search_bounds_stay_below_the_torchtitan_estimate_with_cp():
+    """The search's time bound reads the same ring terms as the estimate (the execution passed to both)."""
+    cache = _BoundCache(MODEL, GT, TORCH)
+    for cp in (2, 4, 8):
+        for cp_comm in ("allgather", "ring"):
+            c = _row(cp, cp_comm=cp_comm)
+            assert cache.bounds(c).time_s <= estimate(MODEL, GT, c, execution=TORCH,
+                                                      detail=False).prediction["iteration_time_s"] * (1 + 1e-9)
