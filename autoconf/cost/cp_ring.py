@@ -20,7 +20,9 @@ queries against all of it), so the kernels do the causal share exactly (`compute
 The bytes below are those eager kernels' reads and writes on the group's last rank (the busiest: its merges are
 all full-size), per layer, for the K/V width the kernel sees: every query head's when K and V are repeated to the
 heads before SDPA (`repeat_kv` among the execution's eager ops), else the grouped K/V. The log-sum-exp terms
-(1/head_dim of an output) are not counted. No traffic counted under cp 1 or cp_attention "kernel"."""
+(1/head_dim of an output) are not counted. They are eager kernels as the dispatcher issues them; under
+torch.compile they are counted the same (whether a compiled block traces through the dispatcher is not stated in
+the sources read). No traffic counted under cp 1 or cp_attention "kernel"."""
 
 from __future__ import annotations
 
