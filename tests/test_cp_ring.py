@@ -10,7 +10,7 @@ from autoconf.cost import cp_ring
 from autoconf.cost.comm import collective_time, p2p_time
 from autoconf.cost.compute import model_pieces
 from autoconf.cost.estimate import cp_attention_comm, estimate
-from autoconf.cost.memory import cp_kv_bytes
+from autoconf.cost.memory import cp_buffer_bytes, cp_kv_bytes
 from autoconf.solve.search import _BoundCache
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import execution
@@ -99,11 +99,30 @@ def test_torch_all_gather_hides_behind_the_local_step_and_the_last_dkv_stays_exp
     assert bare.forward == pytest.approx(gather, rel=1e-12)
 
 
+def test_torch_ring_holds_its_fp32_gradients_and_the_gathered_kv():
+    """torch's backward holds the K/V the kernels read (the whole sequence's under "allgather", two blocks under
+    "ring") and a send buffer at the kernel's width, fp32 dQ and three fp32 dK/dV blocks: more than the "kernel"
+    reading's buffer, growing with cp only under "allgather", nothing at cp 1."""
+    for cp_comm, blocks in (("allgather", 8), ("ring", 2)):
+        c = _row(8, cp_comm=cp_comm)
+        kv_block = cp_ring.sdpa_kv_bytes(MODEL, c, TORCH, cp_kv_bytes(MODEL, c))
+        q = 32768 * MODEL.q_dim
+        assert cp_buffer_bytes(MODEL, c, TORCH) == pytest.approx(
+            (blocks + 1) * kv_block + 4 * q + 3 * cp_ring.dkv_bytes(MODEL, c, TORCH), rel=1e-12)
+        assert cp_buffer_bytes(MODEL, c, TORCH) > cp_buffer_bytes(MODEL, c, KERNEL) > 0
+    assert cp_buffer_bytes(MODEL, _row(8, cp_comm="ring"), TORCH) == cp_buffer_bytes(MODEL, _row(4, cp_comm="ring"),
+                                                                                     TORCH)
+    assert cp_buffer_bytes(MODEL, _row(1), TORCH) == 0.0
+
+
 def test_search_bounds_stay_below_the_torchtitan_estimate_with_cp():
-    """The search's time bound reads the same ring terms as the estimate (the execution passed to both)."""
+    """The search's time and memory bounds read the same ring terms as the estimate (the execution passed to
+    both)."""
     cache = _BoundCache(MODEL, GT, TORCH)
     for cp in (2, 4, 8):
         for cp_comm in ("allgather", "ring"):
             c = _row(cp, cp_comm=cp_comm)
-            assert cache.bounds(c).time_s <= estimate(MODEL, GT, c, execution=TORCH,
-                                                      detail=False).prediction["iteration_time_s"] * (1 + 1e-9)
+            p = estimate(MODEL, GT, c, execution=TORCH, detail=False).prediction
+            bound = cache.bounds(c)
+            assert bound.time_s <= p["iteration_time_s"] * (1 + 1e-9)
+            assert bound.memory_bytes <= p["peak_memory_bytes"] * (1 + 1e-9)

@@ -86,3 +86,18 @@ def sdpa_kv_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution
     if not torch_ring(config, execution):
         return kv_bytes
     return kv_bytes * sdpa_kv_width(model, execution) / model.kv_dim
+
+
+def buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution | None) -> float:
+    """The temporary torch's ring backward holds while one layer computes (its forward holds less), on one rank:
+    the K/V the kernels read at the kernel's width (under "allgather" the whole sequence's, cp blocks; under "ring"
+    the block computed on and the one arriving) plus the concatenated send buffer of one block; dQ accumulating in
+    fp32; the fp32 dK/dV accumulated, concatenated for sending and arriving (three `dkv_bytes`). 0 unless
+    `torch_ring`."""
+    c = config
+    if not torch_ring(c, execution):
+        return 0.0
+    tokens = c.local_seq_len * c.micro_batch_size
+    kv_block = 2 * tokens * sdpa_kv_width(model, execution) / c.tp * DTYPE_BYTES[c.dtype]
+    blocks = c.cp if c.cp_comm == "allgather" else 2
+    return (blocks + 1) * kv_block + FP32 * tokens * model.q_dim / c.tp + 3 * dkv_bytes(model, c, execution)

@@ -74,6 +74,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from autoconf.cost.compute import seq_chunk_bounds
+from autoconf.cost.cp_ring import buffer_bytes as torch_ring_buffer_bytes, torch_ring
 from autoconf.cost.moe import (all_to_all_buffer_bytes, blocks_params, layer_kind_params, moe_layers,
                                routed_activation_bytes)
 from autoconf.cost.moe import local_params as local_params_of
@@ -452,15 +453,18 @@ def cp_kv_bytes(model: ModelSpec, config: ParallelConfig) -> float:
     return c.local_seq_len * c.micro_batch_size * 2 * model.kv_dim / c.tp * DTYPE_BYTES[c.dtype]
 
 
-def cp_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:
+def cp_buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution | None = None) -> float:
     """The K/V buffer context-parallel attention holds while one layer computes (a temporary: the backward gathers
     or receives them again; the saved activations are the rank's own Q, K, V): under "allgather" the gathered K/V
     of the whole sequence and, in the backward, their gradients before the reduce-scatter (2 x cp blocks); under
     "ring" the block being computed on and the one arriving, and in the backward their gradients travelling with
-    them (4 blocks). 0 without CP."""
+    them (4 blocks). Under torch's ring (`execution.cp_attention` "torch") what `cp_ring.buffer_bytes` says. 0
+    without CP."""
     c = config
     if c.cp == 1:
         return 0.0
+    if torch_ring(c, execution):
+        return torch_ring_buffer_bytes(model, c, execution)
     blocks = 2 * c.cp if c.cp_comm == "allgather" else 4
     return blocks * cp_kv_bytes(model, c)
 
@@ -591,7 +595,7 @@ def temporary_terms(model: ModelSpec, config: ParallelConfig, layout: str, devic
     layer it holds), with the block rebuilt when it recomputes."""
     c = config
     terms = [Temporary(logits_temporary_bytes(model, c, layout, execution), ("last",)),
-             Temporary(cp_buffer_bytes(model, c))]
+             Temporary(cp_buffer_bytes(model, c, execution))]
     whole_block = c.recompute == "full" or (c.recompute == "selective" and selective == "alternate_matmuls")
     if whole_block:
         terms.append(Temporary(layer_activation_bytes(model, c, layout, device_kind, "none", execution=execution),
