@@ -12,7 +12,9 @@ sizes need them), bf16, flash attention, no dropout, micro-batch 1, no activatio
 wherever tp > 1 (--tp-comm-overlap needs it), the distributed optimizer (ZeRO-1; --overlap-param-gather needs it),
 the 1F1B schedule without interleaving.
 
-Usage: python scripts/truth_megatron_core.py [--json] [--terms] [--framework NAME] [--micro-batch B]
+--flag KEY=VALUE changes a framework flag for every row (e.g. tp_comm_overlap=false: the TP collectives exposed).
+
+Usage: python scripts/truth_megatron_core.py [--json] [--terms] [--framework NAME] [--micro-batch B] [--flag K=V ...]
 
 --terms prints what one micro-batch costs on one rank, term by term (milliseconds, forward + both backward passes):
 the weight GEMMs of one block with the profile's size factor of each (forward FLOPs in GFLOP), the attention core,
@@ -33,7 +35,7 @@ from autoconf.cost.compute import gemms_time, layer_gemms, loss_bytes_per_logit,
 from autoconf.cost.estimate import estimate
 from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.cluster import load_cluster
-from autoconf.spec.frameworks import execution
+from autoconf.spec.frameworks import execution, parse_flags, with_flags
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 from truth_summary import error_line, error_stats
@@ -66,14 +68,16 @@ def config_of(row: dict, micro_batch: int = 1) -> ParallelConfig:
                           dtype="bf16", attention="flash")
 
 
-def compare(framework: str = "megatron-core", micro_batch: int = 1) -> dict:
+def compare(framework: str = "megatron-core", micro_batch: int = 1, flags: dict | None = None) -> dict:
+    """Every row estimated with the `framework` preset (with `flags` changed, `--flag`) at `micro_batch`."""
+    ex = with_flags(execution(framework), flags or {})
     rows, errors = [], []
     for row in read_rows():
         model, c = model_of(row), config_of(row, micro_batch)
         gpus = int(row["gpus"])
         assert c.world_size == gpus, row
         cluster = load_cluster(PROFILE, nodes=gpus // 8)
-        plan = estimate(model, cluster, c, execution=execution(framework))
+        plan = estimate(model, cluster, c, execution=ex)
         p = plan.prediction
         flops = model.model_flops_per_iteration(SEQ, c.global_batch_size)
         published_s = flops / (float(row["tflops_per_gpu"]) * 1e12 * gpus)
@@ -92,17 +96,19 @@ def compare(framework: str = "megatron-core", micro_batch: int = 1) -> dict:
                      "breakdown_s": {k: round(v, 3) for k, v in terms.items()}})
     mean, largest, _ = error_stats(errors)
     summary = {"throughput_mean_abs_error_pct": mean, "throughput_max_abs_error_pct": largest, "rows": len(rows)}
-    return {"profile": PROFILE, "framework": framework, "micro_batch": micro_batch, "rows": rows, "summary": summary}
+    return {"profile": PROFILE, "framework": framework, "flags": flags or {}, "micro_batch": micro_batch, "rows": rows,
+            "summary": summary}
 
 
-def micro_batch_terms(row: dict, framework: str = "megatron-core", micro_batch: int = 1) -> dict:
+def micro_batch_terms(row: dict, framework: str = "megatron-core", micro_batch: int = 1,
+                      flags: dict | None = None) -> dict:
     """Milliseconds one micro-batch costs on one TP rank, by term (forward + input-gradient + weight-gradient
     passes), from the specification model's own pieces: per block the weight GEMMs (with each GEMM's forward GFLOP
     and size factor), the attention core and the element-wise rest; the head's GEMM, its loss kernels and its norm;
     the embedding; and the whole micro-batch over the stage's blocks."""
     model, c = model_of(row), config_of(row, micro_batch)
     cluster = load_cluster(PROFILE, nodes=int(row["gpus"]) // 8)
-    ex = execution(framework)
+    ex = with_flags(execution(framework), flags or {})
     pieces = model_pieces(model, cluster, c, execution=ex)
     gemms = layer_gemms(model, c.seq_len, c.micro_batch_size, c.tp)
     block_gemms = 3 * gemms_time(cluster, "bf16", gemms)
@@ -128,7 +134,7 @@ def print_terms(result: dict) -> None:
     print(f"{'model':6s} {'block GEMMs':>11s} {'[GFLOP x factor]':40s} {'attn':>6s} {'elem':>6s} {'block':>6s} "
           f"{'head mm':>7s} {'loss':>6s} {'emb':>5s} {'layers':>6s} {'mb ms':>7s}")
     for row, r in zip(read_rows(), result["rows"]):
-        t = micro_batch_terms(row, result["framework"], result["micro_batch"])
+        t = micro_batch_terms(row, result["framework"], result["micro_batch"], result["flags"])
         shapes = " ".join(f"{g}x{f:.2f}" for g, f in zip(t["gemm_gflop"], t["gemm_size_factor"]))
         print(f"{r['model']:6s} {t['block_gemms_ms']:11.2f} {shapes:40s} {t['attention_core_ms']:6.2f} "
               f"{t['block_elementwise_ms']:6.2f} {t['block_ms']:6.2f} {t['head_gemm_ms']:7.2f} {t['loss_ms']:6.2f} "
@@ -140,7 +146,7 @@ def print_terms(result: dict) -> None:
     print(f"{'model':6s} " + " ".join(f"{n:>9s}" for n in names) + f" {'predicted':>9s} {'published':>9s} "
           f"{'excess ms':>9s} {'of block':>8s}")
     for row, r in zip(read_rows(), result["rows"]):
-        t = micro_batch_terms(row, result["framework"], result["micro_batch"])
+        t = micro_batch_terms(row, result["framework"], result["micro_batch"], result["flags"])
         per_block = excess_per_block(r["published_step_s"], r["predicted_step_s"], t["layers_per_stage"],
                                      config_of(row, result["micro_batch"]).num_microbatches)
         print(f"{r['model']:6s} " + " ".join(f"{r['breakdown_s'][n]:9.3f}" for n in names)
@@ -162,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--terms", action="store_true", help="each row's time, term by term")
     parser.add_argument("--micro-batch", type=int, default=1,
                         help="every row's micro-batch (not published; capped at the row's sequences per DP rank)")
+    parser.add_argument("--flag", action="append", default=[], metavar="KEY=VALUE",
+                        help="a framework flag changed for every row (as estimate's --framework-flag)")
     args = parser.parse_args(argv)
-    result = compare(args.framework, args.micro_batch)
+    result = compare(args.framework, args.micro_batch, parse_flags(args.flag))
     if args.terms and not args.json:
         print_terms(result)
         return 0
@@ -172,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"Throughput vs the Megatron-LM README H100 weak-scaling table (Megatron-Core r0.8.0), "
           f"framework={result['framework']}, profile={result['profile']}"
-          + (f", micro-batch {result['micro_batch']} (capped per row)" if result["micro_batch"] != 1 else ""))
+          + (f", micro-batch {result['micro_batch']} (capped per row)" if result["micro_batch"] != 1 else "")
+          + "".join(f", {k}={v}" for k, v in result["flags"].items()))
     print(f"{'model':6s} {'layout':15s} {'GPUs':>5s} {'MFU pub':>8s} {'MFU pred':>8s} {'tok/s/GPU pub':>13s} "
           f"{'pred':>7s} {'error':>8s} {'mem GiB':>8s}")
     for r in result["rows"]:

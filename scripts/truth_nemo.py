@@ -40,7 +40,10 @@ the same model FLOPs (a check of the model spec, not of the estimate).
 `--gaps` the published step's excess over the predicted one per block and micro-batch of each dense row, beside the
 block's predicted time (the test of a per-layer host overhead, docs/accuracy.md).
 
-Usage: python scripts/truth_nemo.py [--json | --memory | --terms | --gaps]
+`--flag KEY=VALUE` (repeatable) changes a framework flag for every row after the row's own (e.g.
+tp_comm_overlap=false: every TP collective exposed).
+
+Usage: python scripts/truth_nemo.py [--json | --memory | --terms | --gaps] [--flag KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ from autoconf.cost.moe import (blocks_params, expert_cast_elements, expert_gemms
 from autoconf.errors import UserError
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.dtypes import precision
-from autoconf.spec.frameworks import execution
+from autoconf.spec.frameworks import execution, parse_flags
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
@@ -70,6 +73,7 @@ PROFILE = "dgx-h100-80g"
 FRAMEWORK = "megatron-core"
 VOCAB_MULTIPLE = 128  # Megatron's make_vocab_size_divisible_by, times tp
 GiB = 2**30
+OVERRIDES: dict = {}  # framework flags changed for every row (`--flag KEY=VALUE`), after each row's own
 
 
 def load() -> dict:
@@ -131,7 +135,7 @@ def execution_of(row: dict, table: dict):
         flags["eager_ops"] = ()
         if table["cross_entropy_fusion_impl"] == "te":
             flags["loss_memory"] = "fused"
-    return execution(FRAMEWORK).replace(**flags)
+    return execution(FRAMEWORK).replace(**{**flags, **OVERRIDES})
 
 
 def cluster_of(row: dict):
@@ -379,6 +383,8 @@ def _print_stats(name: str, s: dict) -> None:
 
 
 def main() -> int:
+    OVERRIDES.update(parse_flags(a.split("=", 1)[1] if a.startswith("--flag=") else sys.argv[i + 1]
+                                 for i, a in enumerate(sys.argv) if a == "--flag" or a.startswith("--flag=")))
     if "--memory" in sys.argv:
         print_memory(load())
         return 0
@@ -392,8 +398,9 @@ def main() -> int:
     if "--json" in sys.argv:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"NeMo / Megatron-Core published H100 pre-training vs estimate, framework={result['framework']}, "
-          f"profile={result['profile']} (tokens/s per GPU; error = predicted / published - 1)")
+    print(f"NeMo / Megatron-Core published H100 pre-training vs estimate, framework={result['framework']}"
+          + "".join(f", {k}={v}" for k, v in OVERRIDES.items())
+          + f", profile={result['profile']} (tokens/s per GPU; error = predicted / published - 1)")
     for table in result["tables"]:
         print(f"\n{table['title']} [{table['id']}]")
         print(f"{'row':16s} {'prec':4s} {'GPUs':>5s} {'layout':20s} {'published':>9s} {'pred':>8s} {'error':>8s} "
