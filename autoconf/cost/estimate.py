@@ -41,7 +41,7 @@ from autoconf.cost.simulate import (WEIGHT_GRAD_ACTIVATION_SHARE, StageCosts, Ti
 from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, check_dtype, gather_bytes, precision
-from autoconf.spec.frameworks import (PRESETS, TP_OVERLAP_PAIRS, TP_OVERLAP_SPLITS, Execution, changed_flags,
+from autoconf.spec.frameworks import (PRESETS, TP_OVERLAP_PAIRS, Execution, changed_flags,
                                       selective_policy, tp_overlap_chunks)
 from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
@@ -162,10 +162,10 @@ def overlapped_tp_layer(all_gather: float, reduce_scatter: float, gemms: dict[st
     exposed = {"forward": 0.0, "backward": 0.0}
     for pass_, collective, gemm_name, method in TP_OVERLAP_PAIRS:
         seconds, gemm = comm[collective], gemms[gemm_name]
+        n = tp_overlap_chunks(method, tp)
         if method == "ring_exchange":
-            exposed[pass_] += max(0.0, seconds - gemm * (tp - 1) / tp)
+            exposed[pass_] += max(0.0, seconds - gemm * (n - 1) / n)
         elif method == "pipeline":
-            n = TP_OVERLAP_SPLITS
             exposed[pass_] += seconds / n + max(0.0, seconds - gemm) * (n - 1) / n
         else:
             exposed[pass_] += max(0.0, seconds - gemm)
