@@ -12,15 +12,15 @@ sizes need them), bf16, flash attention, no dropout, micro-batch 1, no activatio
 wherever tp > 1 (--tp-comm-overlap needs it), the distributed optimizer (ZeRO-1; --overlap-param-gather needs it),
 the 1F1B schedule without interleaving.
 
---flag KEY=VALUE changes a framework flag for every row (e.g. tp_comm_overlap=false: the TP collectives exposed).
-
 Usage: python scripts/truth_megatron_core.py [--json] [--terms] [--framework NAME] [--micro-batch B] [--flag K=V ...]
 
 --terms prints what one micro-batch costs on one rank, term by term (milliseconds, forward + both backward passes):
 the weight GEMMs of one block with the profile's size factor of each (forward FLOPs in GFLOP), the attention core,
-the block's element-wise kernels, the head's GEMM and its loss kernels, the embedding; then the step's named terms and the published step's excess per block and micro-batch.
+the block's element-wise kernels, the head's GEMM and its loss kernels, the embedding; then the step's named terms
+and the published step's excess per block and micro-batch.
 --micro-batch B estimates every row at micro-batch B (at most the row's sequences per DP rank) instead of 1: the
 sensitivity to the largest unpublished setting, not a fit (the default stays 1 for every row).
+--flag KEY=VALUE changes a framework flag for every row (e.g. tp_comm_overlap=false: the TP collectives exposed).
 """
 
 from __future__ import annotations

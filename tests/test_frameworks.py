@@ -156,26 +156,23 @@ def test_tp_overlap_pairs_each_collective_with_its_own_gemm():
 
 def test_tp_overlap_split_prices_each_chunk_on_the_size_curve(monkeypatch):
     """Userbuffers cut a ring-exchange GEMM into tp chunks and a pipelined one into TP_OVERLAP_SPLITS
-    (`tp_overlap_chunks`); the split costs what the chunks lose on the profile's GEMM size curve: more at tp 8 than
-    at tp 2 (smaller chunks), as a share of the paired GEMMs, nothing without a curve or once every chunk is past the curve's plateau, and the
-    estimate's exposed TP time carries it once per layer."""
-    from autoconf.cost.estimate import overlapped_tp_layer, tp_overlap_gemms, tp_overlap_split_time, \
-        tp_sp_collectives
+    (`tp_overlap_chunks`); the split costs what the chunks lose on the profile's GEMM size curve: a larger share of
+    the paired GEMMs at tp 8 than at tp 2 (smaller chunks), nothing without a curve or once every chunk is past the
+    curve's plateau, and the estimate's exposed TP time carries it once per layer and micro-batch."""
+    import autoconf.cost.estimate as est
     from autoconf.cost.compute import PassTimes
     from autoconf.spec.frameworks import TP_OVERLAP_SPLITS, tp_overlap_chunks
 
     assert [tp_overlap_chunks(m, 8) for m in ("ring_exchange", "pipeline", "bulk")] == [8, TP_OVERLAP_SPLITS, 1]
-    small, wide = tp_overlap_split_time(MODEL, H100, cfg(tp=2)), tp_overlap_split_time(MODEL, H100, cfg(tp=8))
-    share = [split.total / sum(tp_overlap_gemms(MODEL, H100, cfg(tp=tp)).values())
-             for split, tp in ((small, 2), (wide, 8))]
+    share = [est.tp_overlap_split_time(MODEL, H100, cfg(tp=tp)).total
+             / sum(est.tp_overlap_gemms(MODEL, H100, cfg(tp=tp)).values()) for tp in (2, 8)]
     assert 0 < share[0] < share[1]
     flat = dataclasses.replace(H100, matmul_size_curve=None)
-    assert tp_overlap_split_time(MODEL, flat, cfg(tp=8)).total == 0.0
-    assert tp_overlap_split_time(MODEL, H100, cfg(tp=2, micro_batch_size=64, global_batch_size=512)).total == 0.0
+    assert est.tp_overlap_split_time(MODEL, flat, cfg(tp=8)).total == 0.0
+    assert est.tp_overlap_split_time(MODEL, H100, cfg(tp=2, micro_batch_size=64, global_batch_size=512)).total == 0.0
     c = cfg(tp=8, pp=1, dp=4)
     core = execution("megatron-core")
     per_step = c.num_microbatches * MODEL.num_layers
-    import autoconf.cost.estimate as est
 
     def tp_comm(split: PassTimes) -> float:
         monkeypatch.setattr(est, "tp_overlap_split_time", lambda *args: split)
