@@ -33,6 +33,7 @@ from pathlib import Path
 
 from autoconf.cost.compute import gemms_time, layer_gemms, loss_bytes_per_logit, matmul_size_factor, model_pieces
 from autoconf.cost.estimate import estimate
+from autoconf.errors import UserError
 from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import execution, parse_flags, with_flags
@@ -195,4 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except UserError as e:
+        sys.exit(f"{sys.argv[0]}: error: {e}")

@@ -383,8 +383,9 @@ def _print_stats(name: str, s: dict) -> None:
 
 
 def main() -> int:
-    OVERRIDES.update(parse_flags(a.split("=", 1)[1] if a.startswith("--flag=") else sys.argv[i + 1]
-                                 for i, a in enumerate(sys.argv) if a == "--flag" or a.startswith("--flag=")))
+    args = sys.argv[1:] + [""]  # a trailing --flag reads "" and is refused by parse_flags in one line
+    OVERRIDES.update(parse_flags(a.split("=", 1)[1] if a.startswith("--flag=") else args[i + 1]
+                                 for i, a in enumerate(args[:-1]) if a == "--flag" or a.startswith("--flag=")))
     if "--memory" in sys.argv:
         print_memory(load())
         return 0
@@ -433,4 +434,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except UserError as e:
+        sys.exit(f"{sys.argv[0]}: error: {e}")
