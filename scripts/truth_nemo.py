@@ -37,7 +37,13 @@ publishes a BF16 row of an FP8 layout, so that ratio has no published counterpar
 publisher's model TFLOP/s per GPU over tokens/s per GPU times autoconf's model FLOPs per token: 1.00 when both count
 the same model FLOPs (a check of the model spec, not of the estimate).
 
-Usage: python scripts/truth_nemo.py [--json | --memory | --terms]
+`--gaps` the published step's excess over the predicted one per block and micro-batch of each dense row, beside the
+block's predicted time (the test of a per-layer host overhead, docs/accuracy.md).
+
+`--flag KEY=VALUE` (repeatable) changes a framework flag for every row after the row's own (e.g.
+tp_comm_overlap=false: every TP collective exposed).
+
+Usage: python scripts/truth_nemo.py [--json | --memory | --terms | --gaps] [--flag KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ from autoconf.cost.moe import (blocks_params, expert_cast_elements, expert_gemms
 from autoconf.errors import UserError
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.dtypes import precision
-from autoconf.spec.frameworks import execution
+from autoconf.spec.frameworks import execution, parse_flags
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
@@ -67,6 +73,7 @@ PROFILE = "dgx-h100-80g"
 FRAMEWORK = "megatron-core"
 VOCAB_MULTIPLE = 128  # Megatron's make_vocab_size_divisible_by, times tp
 GiB = 2**30
+OVERRIDES: dict = {}  # framework flags changed for every row (`--flag KEY=VALUE`), after each row's own
 
 
 def load() -> dict:
@@ -128,7 +135,7 @@ def execution_of(row: dict, table: dict):
         flags["eager_ops"] = ()
         if table["cross_entropy_fusion_impl"] == "te":
             flags["loss_memory"] = "fused"
-    return execution(FRAMEWORK).replace(**flags)
+    return execution(FRAMEWORK).replace(**{**flags, **OVERRIDES})
 
 
 def cluster_of(row: dict):
@@ -159,7 +166,7 @@ def compare_row(row: dict, models: dict, table: dict) -> dict:
     except UserError as e:
         return {**out, "not_modelled": str(e)}
     flops_per_token = model.model_flops_per_iteration(row["seq_len"], row["gbs"]) / (row["gbs"] * row["seq_len"])
-    out.update(predicted_tps=round(ours["tokens_per_s_per_gpu"], 1),
+    out.update(moe=model.moe is not None, predicted_tps=round(ours["tokens_per_s_per_gpu"], 1),
                error_pct=round(100 * (ours["tokens_per_s_per_gpu"] / row["tokens_per_s_per_gpu"] - 1), 2),
                peak_memory_gib=round(ours["peak_memory_gib"], 1), fits=ours["fits"],
                flops_ratio=round(row["model_tflops_per_gpu"] * 1e12
@@ -323,6 +330,7 @@ def compare() -> dict:
     every = [r for t in tables for r in t["rows"]]
     summary = {dtype: _stats([r["error_pct"] for r in every if "error_pct" in r and r["precision"] == dtype])
                for dtype in ("fp8", "bf16")}
+    summary["dense"] = _stats([r["error_pct"] for r in every if "error_pct" in r and not r["moe"]])
     speedups = [r["predicted_speedup"] for r in every if "predicted_speedup" in r]
     summary["predicted_fp8_speedup"] = ({"min": min(speedups), "max": max(speedups), "n": len(speedups)}
                                         if speedups else {})
@@ -334,6 +342,39 @@ def compare() -> dict:
     return {"profile": PROFILE, "framework": FRAMEWORK, "tables": tables, "summary": summary}
 
 
+def block_gaps(data: dict) -> list[dict]:
+    """For every modelled dense row: the published step's excess over the predicted one per transformer block and
+    micro-batch of a pipeline rank (what a cost charged once per block and micro-batch, such as a host overhead per
+    layer, would have to be to close the gap alone), beside the predicted block's time (forward and backward, one
+    micro-batch, one rank)."""
+    models = {k: v for k, v in data["models"].items() if k != "source"}
+    out = []
+    for table in data["tables"]:
+        for row in table["rows"]:
+            if not_modelled(row, models):
+                continue
+            model = model_of(row, models, row["tp"])
+            if model.moe is not None:
+                continue
+            c, ex, cluster = config_of(row, row["precision"]), execution_of(row, table), cluster_of(row)
+            predicted = predict(row, table, model, row["precision"])["tokens_per_s_per_gpu"]
+            tokens_per_gpu = c.global_batch_size * c.seq_len / row["gpus"]
+            excess = (tokens_per_gpu / row["tokens_per_s_per_gpu"] - tokens_per_gpu / predicted) / (
+                model.num_layers / c.pp * c.num_microbatches)
+            block = model_pieces(model, cluster, c, execution=ex).block.total
+            out.append({"label": row["label"], "layout": f"tp{c.tp} pp{c.pp} cp{c.cp} mbs{c.micro_batch_size}",
+                        "excess_ms": 1e3 * excess, "block_ms": 1e3 * block, "share_pct": 100 * excess / block})
+    return out
+
+
+def print_gaps(data: dict) -> None:
+    print("Dense rows: the published step's excess per block and micro-batch of a pipeline rank, ms, and as a share "
+          "of the predicted block (forward + backward)")
+    print(f"{'row':16s} {'layout':22s} {'excess ms':>9s} {'block ms':>8s} {'share':>6s}")
+    for g in block_gaps(data):
+        print(f"{g['label']:16s} {g['layout']:22s} {g['excess_ms']:9.2f} {g['block_ms']:8.2f} {g['share_pct']:5.0f}%")
+
+
 def _print_stats(name: str, s: dict) -> None:
     if s:
         print(f"  {name:5s} tokens/s: {error_line(s['mean_abs_error_pct'], s['max_abs_error_pct'], s['n'])}")
@@ -342,18 +383,25 @@ def _print_stats(name: str, s: dict) -> None:
 
 
 def main() -> int:
+    args = sys.argv[1:] + [""]  # a trailing --flag reads "" and is refused by parse_flags in one line
+    OVERRIDES.update(parse_flags(a.split("=", 1)[1] if a.startswith("--flag=") else args[i + 1]
+                                 for i, a in enumerate(args[:-1]) if a == "--flag" or a.startswith("--flag=")))
     if "--memory" in sys.argv:
         print_memory(load())
         return 0
     if "--terms" in sys.argv:
         print_terms(load())
         return 0
+    if "--gaps" in sys.argv:
+        print_gaps(load())
+        return 0
     result = compare()
     if "--json" in sys.argv:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"NeMo / Megatron-Core published H100 pre-training vs estimate, framework={result['framework']}, "
-          f"profile={result['profile']} (tokens/s per GPU; error = predicted / published - 1)")
+    print(f"NeMo / Megatron-Core published H100 pre-training vs estimate, framework={result['framework']}"
+          + "".join(f", {k}={v}" for k, v in OVERRIDES.items())
+          + f", profile={result['profile']} (tokens/s per GPU; error = predicted / published - 1)")
     for table in result["tables"]:
         print(f"\n{table['title']} [{table['id']}]")
         print(f"{'row':16s} {'prec':4s} {'GPUs':>5s} {'layout':20s} {'published':>9s} {'pred':>8s} {'error':>8s} "
@@ -372,6 +420,7 @@ def main() -> int:
     print("\nAll tables")
     for dtype in ("fp8", "bf16"):
         _print_stats(dtype, result["summary"][dtype])
+    _print_stats("dense", result["summary"]["dense"])
     s = result["summary"]["predicted_fp8_speedup"]
     if s:
         print(f"  predicted FP8 / BF16 speed-up of the same layout: {s['min']:.3f} to {s['max']:.3f} over {s['n']} "
@@ -385,4 +434,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except UserError as e:
+        sys.exit(f"{sys.argv[0]}: error: {e}")

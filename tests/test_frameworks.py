@@ -154,6 +154,34 @@ def test_tp_overlap_pairs_each_collective_with_its_own_gemm():
     assert (bare.forward, bare.backward_input) == (count["forward"] * 1.0, count["backward"] * 1.0)
 
 
+def test_tp_overlap_split_prices_each_chunk_on_the_size_curve(monkeypatch):
+    """Userbuffers cut a ring-exchange GEMM into tp chunks and a pipelined one into TP_OVERLAP_SPLITS
+    (`tp_overlap_chunks`); the split costs what the chunks lose on the profile's GEMM size curve: a larger share of
+    the paired GEMMs at tp 8 than at tp 2 (smaller chunks), nothing without a curve or once every chunk is past the
+    curve's plateau, and the estimate's exposed TP time carries it once per layer and micro-batch."""
+    import autoconf.cost.estimate as est
+    from autoconf.cost.compute import PassTimes
+    from autoconf.spec.frameworks import TP_OVERLAP_SPLITS, tp_overlap_chunks
+
+    assert [tp_overlap_chunks(m, 8) for m in ("ring_exchange", "pipeline", "bulk")] == [8, TP_OVERLAP_SPLITS, 1]
+    share = [est.tp_overlap_split_time(MODEL, H100, cfg(tp=tp)).total
+             / sum(est.tp_overlap_gemms(MODEL, H100, cfg(tp=tp)).values()) for tp in (2, 8)]
+    assert 0 < share[0] < share[1]
+    flat = dataclasses.replace(H100, matmul_size_curve=None)
+    assert est.tp_overlap_split_time(MODEL, flat, cfg(tp=8)).total == 0.0
+    assert est.tp_overlap_split_time(MODEL, H100, cfg(tp=2, micro_batch_size=64, global_batch_size=512)).total == 0.0
+    c = cfg(tp=8, pp=1, dp=4)
+    core = execution("megatron-core")
+    per_step = c.num_microbatches * MODEL.num_layers
+
+    def tp_comm(split: PassTimes) -> float:
+        monkeypatch.setattr(est, "tp_overlap_split_time", lambda *args: split)
+        return estimate(MODEL, H100, c, execution=core).prediction["time_breakdown"]["tp_comm"]
+
+    ms = 1e-3
+    assert tp_comm(PassTimes(ms, 0.0, 0.0)) - tp_comm(PassTimes(0.0, 0.0, 0.0)) == pytest.approx(per_step * ms)
+
+
 def test_dp_traffic_reads_the_memory_flags():
     """The DP reduction moves the gradient buffer's dtype and the gather bf16 parameters unless fp8_params, as the
     megatron memory holds them; the torch layout reduces fp32 and gathers fp8 under fp8 (torchao)."""

@@ -42,8 +42,8 @@ from autoconf.cost.simulate import (WEIGHT_GRAD_ACTIVATION_SHARE, StageCosts, Ti
 from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, check_dtype, gather_bytes, precision
-from autoconf.spec.frameworks import (PRESETS, TP_OVERLAP_PAIRS, TP_OVERLAP_SPLITS, Execution, changed_flags,
-                                      selective_policy)
+from autoconf.spec.frameworks import (PRESETS, TP_OVERLAP_PAIRS, Execution, changed_flags,
+                                      selective_policy, tp_overlap_chunks)
 from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, recompute_layers_problem, recomputed_layers, uniform_partition
@@ -116,16 +116,39 @@ def tp_collective(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, 
     return collective_time(cluster, "all_reduce", activation_bytes(model, c), devices)
 
 
-def tp_overlap_gemms(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> dict[str, float]:
-    """Seconds of one forward of each GEMM a TP collective can hide behind (`TP_OVERLAP_PAIRS`) on one TP rank, each
-    at its own `matmul_rate`: "qkv" (with latent attention, every projection before the core), "proj", "fc1" (under
-    SwiGLU the gate and up matrices as one GEMM, as Transformer Engine's LayerNormMLP runs them), "fc2"; under
-    context parallelism on the rank's seq_len / cp tokens."""
-    dtype, tokens = precision(c.dtype).gemm, (c.local_seq_len, c.micro_batch_size, c.tp)
+def tp_overlap_gemm_flops(model: ModelSpec, c: ParallelConfig) -> dict[str, float]:
+    """Forward FLOPs on one TP rank of each GEMM a TP collective can hide behind (`TP_OVERLAP_PAIRS`): "qkv" (with
+    latent attention, every projection before the core), "proj", "fc1" (under SwiGLU the gate and up matrices as
+    one GEMM, as Transformer Engine's LayerNormMLP runs them), "fc2"; under context parallelism on the rank's
+    seq_len / cp tokens. A GEMM's dgrad and wgrad have its forward's FLOPs."""
+    tokens = (c.local_seq_len, c.micro_batch_size, c.tp)
     gemms, attention = layer_gemms(model, *tokens), attention_gemms(model, *tokens)
-    return {"qkv": gemms_time(cluster, dtype, [sum(attention[:-1])]),
-            "proj": gemms_time(cluster, dtype, attention[-1:]),
-            "fc1": gemms_time(cluster, dtype, [sum(gemms[2:-1])]), "fc2": gemms_time(cluster, dtype, gemms[-1:])}
+    return {"qkv": sum(attention[:-1]), "proj": attention[-1], "fc1": sum(gemms[2:-1]), "fc2": gemms[-1]}
+
+
+def tp_overlap_gemms(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> dict[str, float]:
+    """Seconds of one forward of each GEMM of `tp_overlap_gemm_flops`, each at its own `matmul_rate`."""
+    dtype = precision(c.dtype).gemm
+    return {name: gemms_time(cluster, dtype, [flops]) for name, flops in tp_overlap_gemm_flops(model, c).items()}
+
+
+def tp_overlap_split_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> PassTimes:
+    """Seconds per layer, forward and backward, that `tp_comm_overlap` adds to the compute by cutting the paired
+    GEMMs into chunks (`tp_overlap_chunks`: a ring exchange runs tp GEMMs of 1/tp of the tokens, a pipelined
+    reduce-scatter TP_OVERLAP_SPLITS): each chunk at the `matmul_rate` of its own FLOPs, less the whole GEMM at its
+    rate. Never negative; 0 where the profile's size curve is flat over the chunks' sizes (or states none), and
+    for GEMMs that no split touches (the bulk pairs, the wgrad of the row-parallel layers)."""
+    dtype, flops = precision(c.dtype).gemm, tp_overlap_gemm_flops(model, c)
+    chunks: dict[tuple[str, str], int] = {}
+    for pass_, _collective, gemm_name, method in TP_OVERLAP_PAIRS:
+        key = (pass_, gemm_name)
+        chunks[key] = max(chunks.get(key, 1), tp_overlap_chunks(method, c.tp))
+    extra = {"forward": 0.0, "backward": 0.0}
+    for (pass_, gemm_name), n in chunks.items():
+        f = flops[gemm_name]
+        if n > 1 and f > 0:
+            extra[pass_] += max(0.0, gemms_time(cluster, dtype, [f / n] * n) - gemms_time(cluster, dtype, [f]))
+    return PassTimes(extra["forward"], extra["backward"], 0.0)
 
 
 def overlapped_tp_layer(all_gather: float, reduce_scatter: float, gemms: dict[str, float], tp: int) -> PassTimes:
@@ -140,10 +163,10 @@ def overlapped_tp_layer(all_gather: float, reduce_scatter: float, gemms: dict[st
     exposed = {"forward": 0.0, "backward": 0.0}
     for pass_, collective, gemm_name, method in TP_OVERLAP_PAIRS:
         seconds, gemm = comm[collective], gemms[gemm_name]
+        n = tp_overlap_chunks(method, tp)
         if method == "ring_exchange":
-            exposed[pass_] += max(0.0, seconds - gemm * (tp - 1) / tp)
+            exposed[pass_] += max(0.0, seconds - gemm * (n - 1) / n)
         elif method == "pipeline":
-            n = TP_OVERLAP_SPLITS
             exposed[pass_] += seconds / n + max(0.0, seconds - gemm) * (n - 1) / n
         else:
             exposed[pass_] += max(0.0, seconds - gemm)
@@ -353,14 +376,17 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             tp_group = grid.first_group_array("tp", rank)
             tp_of_rank[rank] = (tp_collective(model, cluster, c, tp_group),
                                 sp_regather_time(model, cluster, c, tp_group, execution),
-                                overlapped_tp_layer(*tp_sp_collectives(model, cluster, c, tp_group),
-                                                    tp_overlap_gemms(model, cluster, c), c.tp) if overlap_tp else None)
-        one, regather_layer, exposed = tp_of_rank[rank]
+                                (overlapped_tp_layer(*tp_sp_collectives(model, cluster, c, tp_group),
+                                                     tp_overlap_gemms(model, cluster, c), c.tp),
+                                 tp_overlap_split_time(model, cluster, c)) if overlap_tp else None)
+        one, regather_layer, overlapped = tp_of_rank[rank]
         regather = regather_layer * layers
         tp = PassTimes(2 * one * layers, 2 * one * layers + regather, 0.0)
+        layer_one = one  # a layer's forward TP time per collective, which full recompute repeats
         if overlap_tp:
-            tp = exposed.scaled(layers)
-            one = exposed.forward / 2
+            exposed, split = overlapped  # the split GEMMs' loss is the layers' own, not the ends' collectives'
+            tp = (exposed + split).scaled(layers)
+            one, layer_one = exposed.forward / 2, (exposed + split).forward / 2
         elif measured_tp is not None:
             per_layer, read_at = measured_tp
             # Beyond the largest measured micro-batch the modelled collectives carry the growth.
@@ -369,11 +395,12 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                 grow_of_rank[rank] = one - tp_collective(model, cluster, at_read, grid.first_group_array("tp", rank))
             grow = grow_of_rank[rank]
             one = (per_layer.forward + per_layer.backward_input) / 4 + grow
+            layer_one = one
             tp = PassTimes((per_layer.forward + 2 * grow) * layers,
                            (per_layer.backward_input + 2 * grow) * layers + regather, 0.0)
         copies = fsdp_copy_time(model, cluster, c, execution)  # FSDP2's copy kernels per block (not recomputed)
         compute = (pieces.block + copies).scaled(layers)
-        recompute = recompute_time(pieces, c, one, matmul_share) * recomputed[st]
+        recompute = recompute_time(pieces, c, layer_one, matmul_share) * recomputed[st]
         ep = PassTimes(0.0, 0.0, 0.0)
         recompute_exchange = 0.0  # a full recompute's forward exchange again, in the backward
         if n_moe:
@@ -387,8 +414,8 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             compute = ((pieces.block + copies).scaled(layers - n_moe)
                        + (moe_pieces.block + fsdp_copy_time(model, cluster, c, execution, moe=True)).scaled(n_moe))
             recompute_exchange = exchange * r_moe if c.recompute == "full" else 0.0
-            recompute = (recompute_time(pieces, c, one, matmul_share) * (recomputed[st] - r_moe)
-                         + (recompute_time(moe_pieces, c, one, moe_share)
+            recompute = (recompute_time(pieces, c, layer_one, matmul_share) * (recomputed[st] - r_moe)
+                         + (recompute_time(moe_pieces, c, layer_one, moe_share)
                             + (exchange if c.recompute == "full" else 0.0)) * r_moe)
             ep = PassTimes(exchange * n_moe, exchange_back * n_moe, 0.0)
         exchange_back_parts.append(ep.backward_input + recompute_exchange)

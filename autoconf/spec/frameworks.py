@@ -132,6 +132,14 @@ TP_OVERLAP_PAIRS = (
 TP_OVERLAP_SPLITS = 4  # TE's num_splits for the "pipeline" method
 
 
+def tp_overlap_chunks(method: str, tp: int) -> int:
+    """How many GEMMs Transformer Engine's userbuffers cut the GEMM of a `TP_OVERLAP_PAIRS` entry into, each on its
+    share of the tokens (TE pytorch/module/base.py `initialize_ub`, default num_splits per method, the same in TE 1.x
+    and 2.x): "ring_exchange" one per TP rank (each ring step multiplies the chunk already there), "pipeline"
+    TP_OVERLAP_SPLITS, "bulk" one (the whole GEMM beside the whole collective)."""
+    return {"ring_exchange": tp, "pipeline": TP_OVERLAP_SPLITS, "bulk": 1}[method]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Execution:
     """Explicit flags of one training framework (Calculon's `Execution` is the model).
