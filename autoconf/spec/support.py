@@ -67,10 +67,6 @@ def unsupported_reason(config, model=None) -> str | None:
     if config.dtype == "fp8" and config.tp > 1:
         return (f"dtype fp8 with tp {config.tp}: the executor's FP8 linears (torchao Float8Linear) are not combined "
                 f"with its tensor parallelism; use tp 1 (FSDP and pipelining run fp8), or bf16")
-    if config.offload_optimizer is True:
-        reason = optimizer_offload_unsupported(config)
-        if reason:
-            return reason
     if config.selective_recompute == "alternate_matmuls":
         reason = op_policy_unsupported(config, model)
         if reason:
@@ -90,21 +86,6 @@ def unsupported_reason(config, model=None) -> str | None:
                 f"would reduce before the weight pass; use grad_reduce step, or a schedule without a split "
                 f"backward ({', '.join(n for n in SCHEDULES if not schedule_spec(n).split_backward)})")
     return None
-
-
-def optimizer_offload_unsupported(config) -> str | None:
-    """Why the executor does not run offload_optimizer (FSDP2's CPUOffloadPolicy on every FSDP unit) with this
-    layout, or None. Run on CPU to the single-process losses, with each rank's host bytes as estimated: dp 2 alone
-    (tests/test_execute.py), tp 2 x pp 2 x dp 2 under 1F1B with ZeRO-3 (each TP shard of each stage's units on the
-    host; tests/test_offload.py, the 8-rank job) and, before it, tp 2 x dp 2 and pp 2 x dp 2; fp8 (torchao's
-    Float8Linear with its fp8 all-gather of the offloaded shards, CPU emulation) at dp 2 with ZeRO-1, to the losses
-    of the same plan without offload. Not run: fp8 with a pipeline (fp8 runs with tp 1 only, so that is the one
-    fp8 layout left)."""
-    if config.dtype != "fp8" or config.pp == 1:
-        return None
-    return (f"offload_optimizer (FSDP2's CPUOffloadPolicy) with dtype fp8 and pp {config.pp} is not run by the "
-            f"executor (it runs fp8 offload without a pipeline, and fp32/bf16 offload with tp and pp); drop the "
-            f"offload, or use pp 1 or bf16")
 
 
 def op_policy_unsupported(config, model=None) -> str | None:
