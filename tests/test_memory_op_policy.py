@@ -339,6 +339,9 @@ def test_an_moe_block_keeps_what_the_estimate_counts_whatever_the_routing():
     spec = PRESETS["tiny-moe"]
     torch.manual_seed(0)
     block = Block(spec, "flash", spec.moe.first_k_dense).train()
+    with torch.no_grad():
+        for p in block.feed_forward.experts.parameters():  # stacked 3-D weights: created empty
+            p.normal_(0.0, 0.02)
     xs = [torch.randn(MB, SEQ, spec.hidden_size, requires_grad=True) for _ in range(2)]
     routes = []
     for x in xs:
