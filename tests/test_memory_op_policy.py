@@ -302,19 +302,18 @@ def _one_rank_cp(algorithm: str):
                            algorithm)
 
 
-@pytest.mark.parametrize("algorithm", ["allgather", "ring"])
-def test_under_context_parallelism_the_policy_saves_the_cp_attention_op_as_it_saves_the_fused_kernel(algorithm):
-    """With the CP attention (a one-rank group) the block runs it as one op (torch.ops.autoconf.cp_attention), the
-    policy caches its output and fp32 log-sum-exp and none of its exchange, so the block keeps exactly the
-    estimate's bytes; the gradients are those of the block without recompute and CP. (Across ranks: the cp2 layout
-    above, and the op's exchange in tests of its own algorithms there.)"""
+def test_under_context_parallelism_the_policy_saves_the_cp_attention_op_as_it_saves_the_fused_kernel():
+    """With the CP attention (a one-rank group, all-gather) the block runs it as one op
+    (torch.ops.autoconf.cp_attention), the policy caches its output and fp32 log-sum-exp and none of its exchange,
+    so the block keeps exactly the estimate's bytes; the gradients are those of the block without recompute and CP.
+    (Across ranks, with the ring: the cp2 layout above.)"""
     import torch.distributed as dist
 
     from autoconf.execute.checkpoint_policy import cached_tensors, recording
 
     spec, block, x, plain = _policy_block("tiny-llama", torch.float32)
     try:
-        block.attention.context = _one_rank_cp(algorithm)
+        block.attention.context = _one_rank_cp("allgather")
         assert block.attention.core_as_op
         measured = saved_bytes(block, x)
         assert measured == layer_activation_bytes(spec, _config("fp32"), "torch", "cpu", selective=OP)
