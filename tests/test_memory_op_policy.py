@@ -4,8 +4,10 @@ saved-tensor hooks plus the checkpoint's own cache of saved op outputs (profile/
 memory estimate's per-layer activation term for that policy; and the block's gradients are those of the block
 without recompute. With FP8 linears (torchao, emulated on CPU) the block keeps the same bytes; under
 offload_activations the hooks move exactly those bytes; both train in the executor to the losses of the same layout
-without recompute (the shared torchrun jobs, tests/executor_jobs.py). Context parallelism and MoE layers stay
-refused (spec/support.py `op_policy_unsupported`)."""
+without recompute (the shared torchrun jobs, tests/executor_jobs.py). Under context parallelism the attention is
+one custom op the policy saves (execute/cp_attention.py); in MoE layers the router and the routed experts are
+recomputed outside the matmul count; both train to the single-process losses (spec/support.py
+`op_policy_unsupported` names what stays refused)."""
 
 from __future__ import annotations
 
@@ -233,37 +235,127 @@ def _plan(spec: ModelSpec, dtype: str = "fp32", **layout):
 
 
 POLICY = dict(recompute="selective", selective_recompute=OP)
+
+
+def _moe_plan(**layout):
+    """tests/test_moe_execute.py's plan of tiny-moe (the same "moe" reference run) with expert parallelism 2 over
+    dp 2 when `layout` has dp 2."""
+    plan = _plan(PRESETS["tiny-moe"], **layout)
+    if plan.config.dp > 1:
+        plan.config = dataclasses.replace(plan.config, ep=plan.config.dp)
+        plan.validate()
+    return plan
+
+
 # The policy with the levers it now runs beside, in the shared jobs; each against its layout without recompute (fp8
-# layouts differ from a single process by whole fp8 steps, tests/test_fp8.py) or the single-process run ("llama").
+# layouts differ from a single process by whole fp8 steps, tests/test_fp8.py) or the single-process run ("llama",
+# "moe": tests/test_moe_execute.py's). CP and MoE in one micro-batch per rank (the same global batch) and two steps:
+# on CPU a layout's cost is per micro-batch and step.
+SHORT = {"steps": 2}
 LAYOUTS = {"llama": Layout(1, _plan(LLAMA)),
            "llama-dp2-zero3-offload-activations-selective-op": Layout(2, _plan(
-               LLAMA, dp=2, zero=3, offload_activations=True, **POLICY))}
+               LLAMA, dp=2, zero=3, offload_activations=True, **POLICY)),
+           "llama-cp2-ring-selective-op": Layout(2, _plan(LLAMA, cp=2, micro_batch=8, **POLICY), SHORT),
+           "moe": Layout(1, _moe_plan()),
+           "moe-ep2-selective-op": Layout(2, _moe_plan(dp=2, micro_batch=4, **POLICY), SHORT)}
 FP8_LAYOUTS = {"fp8-dp2-zero1": Layout(2, _plan(FP8_LLAMA, "fp8", dp=2, zero=1)),
                "fp8-dp2-zero1-selective-op": Layout(2, _plan(FP8_LLAMA, "fp8", dp=2, zero=1, **POLICY))}
 executor_jobs.register("op_policy", {**LAYOUTS, **(FP8_LAYOUTS if HAS_TORCHAO else {})})
 
 
 @pytest.mark.slow
-def test_the_policy_trains_with_offload_and_fp8_as_without_it(tmp_path_factory):
-    """Llama dp2 ZeRO-3 with offload_activations and the policy: the single-process losses and gradient norms
-    within 1e-4; fp8 dp2 ZeRO-1 (fp8 all-gather) with the policy: those of the same fp8 layout without recompute."""
+def test_the_policy_trains_with_offload_fp8_context_parallelism_and_moe_as_without_it(tmp_path_factory):
+    """Llama dp2 ZeRO-3 with offload_activations, Llama cp2 (ring, the CP attention op) and tiny-moe at ep2 with
+    the policy: the single-process losses and gradient norms within 1e-4; fp8 dp2 ZeRO-1 (fp8 all-gather) with the
+    policy: those of the same fp8 layout without recompute."""
     out = executor_jobs.results("op_policy", tmp_path_factory)
     assert_matches_reference(out, "llama-dp2-zero3-offload-activations-selective-op")
+    for name, reference in (("llama-cp2-ring-selective-op", "llama"), ("moe-ep2-selective-op", "moe")):
+        assert_same_records(out[reference]["records"], out[name]["records"], name, SHORT["steps"])
     if HAS_TORCHAO:
         assert_same_records(out["fp8-dp2-zero1"]["records"], out["fp8-dp2-zero1-selective-op"]["records"], "fp8")
 
 
-def test_context_parallelism_and_moe_stay_refused_in_one_line():
-    """The levers the policy does not run with are one line each, saying why and naming what does run; fp8 and
-    offload_activations run."""
+def test_what_the_policy_does_not_run_is_one_line():
+    """The policy runs with cp > 1, MoE at tp 1, fp8 and offload_activations; with CP and attention dropout (the CP
+    op has none) and with MoE at tp 2 it is one line each, saying why and naming what does run."""
     base = ParallelConfig(tp=1, pp=1, dp=2, cp=2, micro_batch_size=1, global_batch_size=4, seq_len=64,
                           zero_stage=3, **POLICY)
-    refused = op_policy_unsupported(base)
-    assert "cp > 1" in refused and "K/V exchange" in refused and "cp 1" in refused and "\n" not in refused
-    dense = dataclasses.replace(base, cp=1, dtype="fp8", offload_activations=True)
-    assert op_policy_unsupported(dense) is None
-    moe = op_policy_unsupported(dataclasses.replace(base, cp=1), PRESETS["tiny-moe"])
-    assert "mixture-of-experts" in moe and "routing" in moe and "attention_core" in moe and "\n" not in moe
+    assert op_policy_unsupported(base, LLAMA) is None
+    assert op_policy_unsupported(dataclasses.replace(base, dtype="fp8", offload_activations=True), LLAMA) is None
+    assert op_policy_unsupported(dataclasses.replace(base, cp=1, ep=2), PRESETS["tiny-moe"]) is None
+    refused = op_policy_unsupported(base, dataclasses.replace(LLAMA, dropout=0.1))
+    assert "cp 2" in refused and "dropout" in refused and "attention_core" in refused and "\n" not in refused
+    moe = op_policy_unsupported(dataclasses.replace(base, cp=1, tp=2, dp=1), PRESETS["tiny-moe"])
+    assert "mixture-of-experts" in moe and "tp 2" in moe and "attention_core" in moe and "\n" not in moe
+
+
+def _one_rank_cp(algorithm: str):
+    """A ContextParallel over a one-rank gloo group (the process group torn down by the caller)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from autoconf.execute.context_parallel import ContextParallel
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    return ContextParallel(init_device_mesh("cpu", (1,), mesh_dim_names=("cp",))["cp"], SEQ, torch.device("cpu"),
+                           algorithm)
+
+
+def test_under_context_parallelism_the_policy_saves_the_cp_attention_op_as_it_saves_the_fused_kernel():
+    """With the CP attention (a one-rank group, all-gather) the block runs it as one op
+    (torch.ops.autoconf.cp_attention), the policy caches its output and fp32 log-sum-exp and none of its exchange,
+    so the block keeps exactly the estimate's bytes; the gradients are those of the block without recompute and CP.
+    (Across ranks, with the ring: the cp2 layout above.)"""
+    import torch.distributed as dist
+
+    from autoconf.execute.checkpoint_policy import cached_tensors, recording
+
+    spec, block, x, plain = _policy_block("tiny-llama", torch.float32)
+    try:
+        block.attention.context = _one_rank_cp("allgather")
+        assert block.attention.core_as_op
+        measured = saved_bytes(block, x)
+        assert measured == layer_activation_bytes(spec, _config("fp32"), "torch", "cpu", selective=OP)
+        with recording() as caches:
+            block(x)
+        lse = [t for c in caches for t in cached_tensors(c) if t.dtype == torch.float32 and t.dim() == 3]
+        assert [tuple(t.shape) for t in lse] == [(MB, spec.num_heads, SEQ)]
+        block.zero_grad(set_to_none=True)
+        x.grad = None
+        block(x).float().square().sum().backward()
+        again = [x.grad] + [p.grad for p in block.parameters()]
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6 * a.abs().max().item()) for a, b in zip(plain, again))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_moe_block_keeps_what_the_estimate_counts_whatever_the_routing():
+    """tiny-moe's MoE block under the policy: the router and the routed experts are recomputed outside the matmul
+    count, so for two inputs that route differently the block keeps the same bytes, the estimate's for an MoE
+    layer (block input, wq, wv, the attention output and log-sum-exp, the shared experts' w1 and w2); the
+    gradients are those without recompute."""
+    spec = PRESETS["tiny-moe"]
+    torch.manual_seed(0)
+    block = Block(spec, "flash", spec.moe.first_k_dense).train()
+    with torch.no_grad():
+        for p in block.feed_forward.experts.parameters():  # stacked 3-D weights: created empty
+            p.normal_(0.0, 0.02)
+    xs = [torch.randn(MB, SEQ, spec.hidden_size, requires_grad=True) for _ in range(2)]
+    routes = []
+    for x in xs:
+        routes.append(block.feed_forward.route(x.detach().reshape(-1, spec.hidden_size))[0])
+    assert not torch.equal(routes[0].sort(-1).values, routes[1].sort(-1).values)
+    block(xs[0]).square().sum().backward()
+    plain = [xs[0].grad.clone()] + [p.grad.clone() for p in block.parameters()]
+    xs[0].grad = None
+    block.zero_grad(set_to_none=True)
+    apply_recompute(_OneBlock(block), "selective", None, OP)
+    estimated = layer_activation_bytes(spec, _config("fp32"), "torch", "cpu", selective=OP, moe=True)
+    assert [saved_bytes(block, x) for x in xs] == [estimated, estimated]
+    block(xs[0]).square().sum().backward()
+    again = [xs[0].grad] + [p.grad for p in block.parameters()]
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6 * a.abs().max().item()) for a, b in zip(plain, again))
 
 
 def test_under_offload_the_recomputed_block_holds_its_copied_back_bytes_and_its_rebuilt_activations():

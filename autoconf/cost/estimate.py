@@ -259,7 +259,9 @@ def selective_matmul_share(model: ModelSpec, c: ParallelConfig, execution: Execu
                            moe: bool = False) -> float | None:
     """The FLOP share of a block's matmuls (an MoE block's with `moe`) that selective recompute redoes under `c`'s
     policy (`selective_policy`), or None when it redoes the attention core. "alternate_matmuls": the 2nd, 4th, ...
-    weight matmul in forward order (Llama's wq wk wv wo w1 w3 w2, GPT's wq wk wv wo fc1 fc2); "norms_mla_swiglu":
+    weight matmul in forward order (Llama's wq wk wv wo w1 w3 w2, GPT's wq wk wv wo fc1 fc2; an MoE block's wq wk wv
+    wo and shared experts' w1 w3 w2, plus its router and routed experts, which the policy recomputes outside its
+    count, execute/checkpoint_policy.py `uncounted_matmuls`); "norms_mla_swiglu":
     latent attention's up-projections (q_b_proj, kv_b_proj of the op table; 0 without them), its element-wise
     share being the norms' and SwiGLU's."""
     policy = selective_policy(c, execution)
@@ -271,9 +273,17 @@ def selective_matmul_share(model: ModelSpec, c: ParallelConfig, execution: Execu
     if policy != "alternate_matmuls":
         return None
     h, f, q, kv = model.hidden_size, model.ffn_hidden_size, model.q_dim, model.kv_dim
-    sizes = [h * q, h * kv, h * kv, q * h, h * f, h * f, f * h] if model.arch == "llama" else \
-        [h * q, h * kv, h * kv, q * h, h * f, f * h]
-    return sum(sizes[1::2]) / sum(sizes)
+    sizes = [h * q, h * kv, h * kv, q * h]  # the counted weight matmuls in forward order
+    uncounted = 0.0  # recomputed outside the count: an MoE layer's router and routed experts
+    if moe:
+        m = model.moe
+        shared = m.num_shared_experts * m.shared_expert_intermediate_size
+        sizes += [h * shared, h * shared, shared * h] if shared else []
+        sizes += [h] if shared and m.shared_expert_gate else []
+        uncounted = h * m.num_experts + m.num_experts_per_tok * 3 * h * m.moe_intermediate_size
+    else:
+        sizes += [h * f, h * f, f * h] if model.arch == "llama" else [h * f, f * h]
+    return (sum(sizes[1::2]) + uncounted) / (sum(sizes) + uncounted)
 
 
 def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, devices,

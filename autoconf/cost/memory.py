@@ -75,8 +75,8 @@ from dataclasses import dataclass
 
 from autoconf.cost.compute import seq_chunk_bounds
 from autoconf.cost.cp_ring import buffer_bytes as torch_ring_buffer_bytes, torch_ring
-from autoconf.cost.moe import (all_to_all_buffer_bytes, blocks_params, layer_kind_params, moe_layers,
-                               routed_activation_bytes)
+from autoconf.cost.moe import (all_to_all_buffer_bytes, blocks_params, dispatch_bytes, layer_kind_params,
+                               moe_layers, routed_activation_bytes)
 from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.saved import NORMS_MLA_SWIGLU, saved_bytes
 from autoconf.cost.offload import activation_copy_bytes, host_state_bytes_per_param
@@ -115,6 +115,8 @@ def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str
             recompute == "selective" and selective == "alternate_matmuls"):
         # the closed formula spelled out, tensor by tensor (the only count of DeepSeek's policy)
         return saved_bytes(model, c, recompute, selective, moe, keeps_outputs)
+    if recompute == "selective" and selective == "alternate_matmuls":
+        return op_policy_layer_activation_bytes(model, c, moe)
     if moe:
         # The dense MLP's tensors (`dense_mlp_tensors` of ffn_hidden_size) give way to the routed ones.
         dense_mlp = (dense_mlp_tensors(layout, recompute) * DTYPE_BYTES[c.dtype] * c.local_seq_len
@@ -122,8 +124,6 @@ def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str
         return (layer_activation_bytes(model, c, layout, device_kind, recompute, selective)
                 - dense_mlp * model.ffn_hidden_size / c.tp
                 + routed_activation_bytes(model, c, recompute, keeps_outputs))
-    if recompute == "selective" and selective == "alternate_matmuls":
-        return op_policy_layer_activation_bytes(model, c)
     if layout == "megatron":
         return (model.layer_activation_bytes(c.local_seq_len, c.micro_batch_size, c.tp, c.sequence_parallel,
                                              recompute, c.attention, DTYPE_BYTES[c.dtype])
@@ -244,7 +244,7 @@ def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, re
     return norms + linear_inputs + attention + mlp
 
 
-def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig) -> float:
+def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, moe: bool = False) -> float:
     """Bytes one block keeps under torchtitan's selective "op" policy, for one micro-batch on one TP rank.
 
     The policy (torchtitan `_apply_ac_to_transformer_block` and its `_save_list` from 2024-04, `SelectiveAC` in
@@ -254,8 +254,11 @@ def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig) -
     input. Kept: the block input; the outputs of the 1st, 3rd, ... weight matmul (Llama's wq, wv, w1, w2 of wq wk
     wv wo w1 w3 w2; GPT's wq, wv, fc1 of wq wk wv wo fc1 fc2), a column-parallel output being 1/tp wide and a
     row-parallel one the full partial sum; the attention output with its fp32 log-sum-exp per query row; under
-    sequence parallelism the two reduce-scatter outputs (1/tp of the sequence). tests/test_memory_op_policy.py
-    counts what the executor's block keeps under it."""
+    sequence parallelism the two reduce-scatter outputs (1/tp of the sequence). With `moe` (an MoE block, tp 1 in
+    the executor): the router and the routed experts are recomputed outside the count, the shared experts' linears
+    (w1 w3 w2) continue it, and under expert parallelism the dispatch and combine all-to-all outputs are kept (T x k
+    rows each, balanced routing) with the exchanged per-expert counts. tests/test_memory_op_policy.py counts what
+    the executor's block keeps under it."""
     c = config
     s, b, h, f = c.local_seq_len, c.micro_batch_size, model.hidden_size, model.ffn_hidden_size
     t, e = c.tp, DTYPE_BYTES[c.dtype]
@@ -263,11 +266,20 @@ def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig) -
     q, kv = model.q_dim, model.kv_dim
     # (output width, column-parallel) in forward order
     matmuls = [(q, True), (kv, True), (kv, True), (h, False)]
-    matmuls += [(f, True), (h, False)] if model.arch == "gpt" else [(f, True), (f, True), (h, False)]
+    exchange = 0.0
+    if moe:
+        m = model.moe
+        shared = m.num_shared_experts * m.shared_expert_intermediate_size
+        matmuls += [(shared, True), (shared, True), (h, False)] if shared else []
+        matmuls += [(1, False)] if shared and m.shared_expert_gate else []
+        if c.ep > 1:
+            exchange = 2 * dispatch_bytes(model, c) + 8 * m.num_experts
+    else:
+        matmuls += [(f, True), (h, False)] if model.arch == "gpt" else [(f, True), (f, True), (h, False)]
     saved = sum(width / t if column else width for width, column in matmuls[0::2])
     attention = q / t + 4 / e * model.num_heads / t  # output, fp32 log-sum-exp per head and row
     reduce_scatters = 2 * h / t if c.sequence_parallel and t > 1 else 0.0
-    return e * s * b * (h / split + saved + attention + reduce_scatters)
+    return e * s * b * (h / split + saved + attention + reduce_scatters) + exchange
 
 
 LOSS_BYTES_PER_LOGIT = {"copy": 8, "inplace": 4, "fused": 0}  # beyond the logits (spec.frameworks.LOSS_MEMORY)
@@ -590,7 +602,8 @@ def temporary_terms(model: ModelSpec, config: ParallelConfig, layout: str, devic
     under which a rank holds it. They exist one at a time: a rank's peak counts the largest whose facts hold. The
     logits with the loss's copies (last stage); the K/V buffer of context-parallel attention; a whole block's
     activations rebuilt in its backward under full recompute or the per-op policy (a recomputing rank); an MoE
-    layer's all-to-all buffers, with the MoE block rebuilt under full recompute; under offload_activations one
+    layer's all-to-all buffers, with the MoE block rebuilt under full recompute (and without the buffers under the
+    per-op policy, which saved the exchange); under offload_activations one
     block's saved activations copied back for its backward (a recomputed block's when the rank recomputes every
     layer it holds), with the block rebuilt when it recomputes."""
     c = config
@@ -603,9 +616,10 @@ def temporary_terms(model: ModelSpec, config: ParallelConfig, layout: str, devic
     if model.moe is not None:
         exchange = all_to_all_buffer_bytes(model, c)
         terms.append(Temporary(exchange, ("moe",)))
-        if c.recompute == "full":
-            terms.append(Temporary(exchange + layer_activation_bytes(model, c, layout, device_kind, "none", moe=True,
-                                                                     execution=execution), ("moe", "recomputes")))
+        if whole_block:  # the per-op policy saved the exchange's outputs: its recompute does not exchange
+            terms.append(Temporary((exchange if c.recompute == "full" else 0.0)
+                                   + layer_activation_bytes(model, c, layout, device_kind, "none", moe=True,
+                                                            execution=execution), ("moe", "recomputes")))
     if c.offload_activations:
         moe = (False, True) if model.moe is not None else (False,)
         recomputed = max(layer_activation_bytes(model, c, layout, device_kind, selective=selective, moe=m,

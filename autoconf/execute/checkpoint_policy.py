@@ -5,7 +5,10 @@ The block runs inside a non-reentrant `torch.utils.checkpoint` whose dispatch mo
 in forward order except every second one (aten.mm, and aten.addmm for the linears with a bias), of the fused
 attention kernel (SDPA, whichever backend runs it) and of the TP reduce-scatters (sequence parallelism) are saved;
 everything else (norms, rotary, activations, the other matmuls, the SP all-gathers, the all-reduces without SP) is
-recomputed in the backward. As torchtitan does (torchtitan/distributed/activation_checkpoint.py `SelectiveAC`), the
+recomputed in the backward. In an MoE layer the router and the routed experts are recomputed and left out of the
+count (`uncounted_matmuls`), and the all-to-alls of the token exchange are saved; the shared experts' linears
+continue the count. Under context parallelism the attention is autoconf's custom op (execute/cp_attention.py),
+saved like the fused kernels. As torchtitan does (torchtitan/distributed/activation_checkpoint.py `SelectiveAC`), the
 recompute runs the whole block (no early stop), so the forward and the recompute count the same matmuls.
 
 Under dtype fp8 (torchao Float8Linear, execute/fp8.py) a block linear's GEMM is `aten._scaled_mm` on the GPU and
@@ -19,19 +22,53 @@ cost/memory.py `op_policy_layer_activation_bytes` is what it keeps, cost/estimat
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 from torch.utils.checkpoint import (CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts,
                                     set_checkpoint_early_stop)
 
+import autoconf.execute.cp_attention  # noqa: F401  (registers torch.ops.autoconf.cp_attention)
+
 aten = torch.ops.aten
 WEIGHT_MATMULS = frozenset({aten.mm.default, aten.addmm.default, aten.linear.default, aten._scaled_mm.default})
-# The fused attention kernels SDPA dispatches to (CUDA's flash, memory-efficient and cuDNN kernels, CPU's flash).
+# The fused attention kernels SDPA dispatches to (CUDA's flash, memory-efficient and cuDNN kernels, CPU's flash),
+# and under context parallelism autoconf's own (execute/cp_attention.py: the K/V exchange and the attention as one op).
 ATTENTION_KERNELS = frozenset({aten._scaled_dot_product_flash_attention.default,
                                aten._scaled_dot_product_efficient_attention.default,
                                aten._scaled_dot_product_cudnn_attention.default,
-                               aten._scaled_dot_product_flash_attention_for_cpu.default})
-SAVED_COLLECTIVES = frozenset({torch.ops._c10d_functional.reduce_scatter_tensor.default})
+                               aten._scaled_dot_product_flash_attention_for_cpu.default,
+                               torch.ops.autoconf.cp_attention.default})
+# The TP reduce-scatters (sequence parallelism) and, as torchtitan saves them, the all-to-alls: an MoE layer's token
+# dispatch and combine (and its per-expert counts), so the recompute does not exchange the tokens again.
+SAVED_COLLECTIVES = frozenset({torch.ops._c10d_functional.reduce_scatter_tensor.default,
+                               torch.ops._c10d_functional.all_to_all_single.default})
+
+# torch 2.13's selective checkpoint replays the forward's ops in order and fails on any op the recompute runs a
+# different number of times. FSDP2's hooks of a unit inside the block (an MoE layer's routed experts, their own unit
+# on the expert mesh) open profiler ranges in the forward and the recompute by its state (gathering or not), so the
+# profiler's range markers, which carry no data, join the ops torch's checkpoint leaves out of that replay.
+torch.utils.checkpoint.SAC_IGNORED_OPS.update({torch.ops.profiler._record_function_enter.default,
+                                               torch.ops.profiler._record_function_enter_new.default,
+                                               torch.ops.profiler._record_function_exit.default,
+                                               torch.ops.profiler._record_function_exit._RecordFunction})
+
+# Depth of `uncounted_matmuls` regions per thread (the forward and the recompute each run in one thread).
+_uncounted = threading.local()
+
+
+@contextlib.contextmanager
+def uncounted_matmuls():
+    """Inside, the policy recomputes the weight matmuls and leaves them out of its every-second count: an MoE
+    layer's router (torchtitan force-recomputes its gate the same way) and routed experts (torchtitan's grouped GEMM
+    is not in its save list; on CPU the executor's experts are one matmul per expert holding tokens, a number the
+    routing decides). The count then runs over the block's dense linears only."""
+    depth = getattr(_uncounted, "depth", 0)
+    _uncounted.depth = depth + 1
+    try:
+        yield
+    finally:
+        _uncounted.depth = depth
 
 # Lists that collect each new checkpoint's cache of saved outputs while `recording()` is active.
 _recorders: list[list] = []
@@ -44,6 +81,8 @@ def op_policy():
 
     def policy(ctx, func, *args, **kwargs) -> CheckpointPolicy:
         if func in WEIGHT_MATMULS:
+            if getattr(_uncounted, "depth", 0):
+                return CheckpointPolicy.PREFER_RECOMPUTE
             counts[ctx.is_recompute] += 1
             keep = counts[ctx.is_recompute] % 2 == 1
         else:

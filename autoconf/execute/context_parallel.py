@@ -154,14 +154,22 @@ class ContextParallel:
             out, total, peak = out * old_w + part.float() * new_w, total * old_w + part_total * new_w, new_peak
         return (out / total).to(q.dtype)
 
-    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, attend) -> torch.Tensor:
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, attend,
+                  as_op: bool = False) -> torch.Tensor:
         """This rank's queries attending to the whole sequence. `attend(q, k, v, mask, dropout_p)` is the model's
         attention math (mask: True where a query may see a key; None: causal over equal positions).
         - "allgather": every rank's K and V (one collective for both) in sequence order, and the causal mask
           [seq/cp, seq] of real positions;
         - "ring": `ring_attention`;
         - the torch path: the local K and V with their heads repeated to the query heads' count (torch's ring kernels
-          are not given grouped K/V) under is_causal; torch's patched SDPA exchanges them."""
+          are not given grouped K/V) under is_causal; torch's patched SDPA exchanges them;
+        - `as_op` (a block under the per-op selective policy): the exchange and the attention as one custom op by
+          the plan's algorithm on every device (execute/cp_attention.py), whose output the policy saves."""
+        if as_op:
+            from autoconf.execute.cp_attention import cp_attention
+
+            assert dropout_p == 0.0, "spec/support.py refuses the per-op policy with CP and attention dropout"
+            return cp_attention(q, k, v, self.group.group_name, self.algorithm, self.seq_len)[0]
         if self.uses_torch:
             repeat = q.shape[1] // k.shape[1]
             return attend(q, k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1), None, dropout_p)

@@ -79,6 +79,7 @@ class AttentionCore(nn.Module):
         self.p_attn = spec.dropout
         self.resid_dropout = nn.Dropout(spec.dropout)
         self.recompute_core = False  # set by parallelize (selective recompute)
+        self.core_as_op = False  # set by parallelize (the per-op policy: CP attention as one op, cp_attention.py)
         self.context = None  # set by context_parallel.attach: K/V exchanged over the CP group
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -87,6 +88,8 @@ class AttentionCore(nn.Module):
         rank's K/V (`ContextParallel.attention`)."""
         p = self.p_attn if self.training else 0.0
         if self.context is not None:
+            if self.core_as_op:  # a ContextParallel's (seq1f1b's context has no op and never runs the policy)
+                return self.context.attention(q, k, v, p, self.attend, as_op=True)
             return self.context.attention(q, k, v, p, self.attend)
         return self.attend(q, k, v, None, p)
 

@@ -35,6 +35,7 @@ it before the combine (Megatron-Core's all-gather and reduce-scatter over the ex
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 
 import torch
@@ -42,6 +43,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from autoconf.execute.checkpoint_policy import uncounted_matmuls
 from autoconf.spec.model import ModelSpec
 
 
@@ -71,9 +73,16 @@ def _expert_grouped(x: torch.Tensor, counts: list[int], w1, w3, w2) -> torch.Ten
 def grouped_mm_runs(device_type: str, device_index, dtype: torch.dtype, hidden: int, width: int) -> bool:
     """Whether `torch._grouped_mm` computes this device's and dtype's expert GEMMs (forward and backward) as the
     loop does. Measured once per shape: it needs 16-byte aligned rows, and on CUDA bf16 and a recent GPU; on CPU
-    torch 2.13 runs it in fp32."""
+    torch 2.13 runs it in fp32. The probe runs in a thread of its own: the first call comes from inside a block's
+    forward, whose checkpoint (its dispatch mode and saved-tensor hooks, thread-local) must not see the probe's
+    forward and backward."""
     if not hasattr(torch, "_grouped_mm"):
         return False
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(_probe_grouped_mm, device_type, device_index, dtype, hidden, width).result()
+
+
+def _probe_grouped_mm(device_type: str, device_index, dtype: torch.dtype, hidden: int, width: int) -> bool:
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
     gen = torch.Generator().manual_seed(0)
     tensors = [torch.randn(shape, generator=gen).to(device, dtype)
@@ -117,13 +126,15 @@ class GroupedExperts(nn.Module):
         self.grad_scale = 1.0
 
     def forward(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """x: rows grouped by local expert, counts[e] rows for local expert e; returns their outputs in that order."""
+        """x: rows grouped by local expert, counts[e] rows for local expert e; returns their outputs in that order.
+        Under the per-op selective policy their GEMMs are recomputed, outside its matmul count."""
         w1, w3, w2 = _local(self.w1), _local(self.w3), _local(self.w2)
         if self.grad_scale != 1.0:
             w1, w3, w2 = (_ScaleGrad.apply(w, self.grad_scale) for w in (w1, w3, w2))
-        if grouped_mm_runs(x.device.type, x.device.index, x.dtype, w1.shape[1], w1.shape[2]):
-            return _expert_grouped(x, counts, w1, w3, w2)
-        return _expert_loop(x, counts, w1, w3, w2)
+        with uncounted_matmuls():
+            if grouped_mm_runs(x.device.type, x.device.index, x.dtype, w1.shape[1], w1.shape[2]):
+                return _expert_grouped(x, counts, w1, w3, w2)
+            return _expert_loop(x, counts, w1, w3, w2)
 
 
 class SharedExperts(nn.Module):
@@ -213,7 +224,8 @@ class MoE(nn.Module):
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(expert indices [T, k], weights [T, k], normalised scores [T, E]) of tokens x [T, h]."""
         m = self.moe
-        logits = self.router(x).float()
+        with uncounted_matmuls():  # the per-op policy recomputes the router, outside its matmul count
+            logits = self.router(x).float()
         scores = logits.softmax(-1) if m.scoring_func == "softmax" else logits.sigmoid()
         choose = scores
         if m.n_group > 1:

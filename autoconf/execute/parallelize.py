@@ -188,6 +188,7 @@ def apply_recompute(model: Transformer, mode: str, layers: set[int] | None = Non
         block.recompute_full = on and mode == "full"
         block.recompute_ops = on and mode == "selective" and ops
         block.attention.recompute_core = on and mode == "selective" and not ops
+        block.attention.core_as_op = on and mode == "selective" and ops
         if hasattr(block.feed_forward, "recompute_gate"):
             block.feed_forward.recompute_gate = on and mode == "selective" and not ops
 

@@ -9,6 +9,9 @@ DeepSeek-style model under tp2 (with and without sequence parallelism), tp2 x dp
 ZeRO-3, ep2 x pp2 and dp2 ZeRO-3; not with context parallelism (`latent_attention_reason`). qk_norm (Qwen3) under
 tp2 with sequence parallelism and cp2. Not built: capacity-factor routing (refused in one line).
 
+The levers: optimizer offload runs wherever its layout runs without it (fp8 with a pipeline included); the per-op
+selective policy with context parallelism and MoE layers, short of what `op_policy_unsupported` names.
+
 seq1f1b (sequence-level pipelining, execute/seq_chunks.py) runs on the layout its test checks
 (`sequence_chunks_reason`: pp > 1, tp 1, dp 1, cp 1, no recompute or offload, dense models).
 
@@ -67,10 +70,6 @@ def unsupported_reason(config, model=None) -> str | None:
     if config.dtype == "fp8" and config.tp > 1:
         return (f"dtype fp8 with tp {config.tp}: the executor's FP8 linears (torchao Float8Linear) are not combined "
                 f"with its tensor parallelism; use tp 1 (FSDP and pipelining run fp8), or bf16")
-    if config.offload_optimizer is True:
-        reason = optimizer_offload_unsupported(config)
-        if reason:
-            return reason
     if config.selective_recompute == "alternate_matmuls":
         reason = op_policy_unsupported(config, model)
         if reason:
@@ -92,48 +91,30 @@ def unsupported_reason(config, model=None) -> str | None:
     return None
 
 
-def optimizer_offload_unsupported(config) -> str | None:
-    """Why the executor does not run offload_optimizer (FSDP2's CPUOffloadPolicy on every FSDP unit) with this
-    layout, or None. Run on CPU to the single-process losses, with each rank's host bytes as estimated: dp 2 alone
-    (tests/test_execute.py), tp 2 x pp 2 x dp 2 under 1F1B with ZeRO-3 (each TP shard of each stage's units on the
-    host; tests/test_offload.py, the 8-rank job) and, before it, tp 2 x dp 2 and pp 2 x dp 2; fp8 (torchao's
-    Float8Linear with its fp8 all-gather of the offloaded shards, CPU emulation) at dp 2 with ZeRO-1, to the losses
-    of the same plan without offload. Not run: fp8 with a pipeline (fp8 runs with tp 1 only, so that is the one
-    fp8 layout left)."""
-    if config.dtype != "fp8" or config.pp == 1:
-        return None
-    return (f"offload_optimizer (FSDP2's CPUOffloadPolicy) with dtype fp8 and pp {config.pp} is not run by the "
-            f"executor (it runs fp8 offload without a pipeline, and fp32/bf16 offload with tp and pp); drop the "
-            f"offload, or use pp 1 or bf16")
-
-
 def op_policy_unsupported(config, model=None) -> str | None:
     """Why the executor does not run selective_recompute "alternate_matmuls" (torchtitan's per-op policy) with this
     layout, or None. Run on CPU to the single-process losses: TP with and without SP, pipelines, FSDP
-    (tests/test_execute.py); FP8 linears and offload_activations (tests/test_memory_op_policy.py: the block keeps,
-    and the offload hooks move, what the estimate counts). Not run (docs/recompute.md says what would make each
-    run):
-    - context parallelism: the executor's CP attention (execute/context_parallel.py) all-gathers K/V and runs a
-      masked attention, or passes K/V around a ring and merges blockwise results (an explicit softmax on CPU, the
-      flash kernel once per K/V block under torch's context_parallel on CUDA); the policy would save no attention
-      output or cp partial ones, and redo the K/V exchange in the backward, which no saved-bytes or time rule
-      counts;
-    - MoE layers: the routed experts' GEMMs are one matmul per expert holding tokens (on CPU) or a grouped GEMM, so
-      the policy's "every second matmul" count runs through a routing-dependent number of them; saving the
-      all-to-all outputs (torchtitan's list) would spare the exchange, not make that count fixed."""
+    (tests/test_execute.py); FP8 linears, offload_activations, context parallelism (its attention one custom op the
+    policy saves, execute/cp_attention.py) and MoE layers at ep 2 (router and routed experts recomputed outside the
+    matmul count, the all-to-alls saved; tests/test_memory_op_policy.py: the block keeps what the estimate counts).
+    Not run (docs/recompute.md):
+    - context parallelism with attention dropout: the CP attention op has none (no RNG state of its own to replay
+      in its backward);
+    - MoE layers with tp or etp > 1: their token shares move by gathers the policy would recompute, and the shared
+      experts' and gathered rows' bytes are not in the policy's MoE rule; not tried."""
+    c = config
     found = [(what, why) for what, why, on in (
-        ("cp > 1", "autoconf's CP attention (a K/V all-gather or ring, then a masked or blockwise attention) is no "
-                   "kernel the policy saves, so the backward would redo the K/V exchange and keep bytes no rule "
-                   "counts", config.cp > 1),
-        ("a mixture-of-experts model", "its experts' matmuls (on CPU one per expert holding tokens) enter the "
-                                       "every-second-matmul count, so what a block keeps depends on the routing",
-         model is not None and model.moe is not None)) if on]
+        (f"cp {c.cp} and attention dropout {getattr(model, 'dropout', 0.0)}",
+         "autoconf's CP attention op, which the policy saves, runs without dropout",
+         c.cp > 1 and model is not None and model.dropout > 0),
+        (f"a mixture-of-experts model at tp {c.tp}, etp {c.etp}",
+         "its TP ranks' token shares move by gathers the policy would recompute (not tried beyond tp 1, etp 1)",
+         model is not None and model.moe is not None and (c.tp > 1 or c.etp > 1))) if on]
     if not found:
         return None
     return ("selective_recompute alternate_matmuls (the per-op policy) is not run " +
             "; nor ".join(f"with {what}: {why}" for what, why in found) +
-            "; use selective_recompute attention_core" +
-            (", or cp 1" if config.cp > 1 else ""))
+            "; use selective_recompute attention_core")
 
 
 def sequence_chunks_reason(config, model=None) -> str | None:
