@@ -22,7 +22,7 @@ from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, min_stage_layers
-from autoconf.spec.schedules import stage_to_rank
+from autoconf.spec.schedules import schedule_spec, stage_to_rank
 
 
 def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, execution: Execution):
@@ -157,7 +157,9 @@ def refined_partition(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     """CP-SAT's stage partition for `c`, or None when it finds none (the caller keeps the uniform split)."""
     from autoconf.solve.partition import solve_partition
 
-    if c.num_stages == 1:
+    if c.num_stages == 1 or schedule_spec(c.schedule).directions > 1:
+        # (Its problem places each stage on one rank; dualpipe's two copies of a model stage sit on two ranks, so
+        # dualpipe keeps the uniform split and the polish below, which scores with the estimate.)
         return None
     result = solve_partition(partition_problem(model, cluster, c, execution), time_limit_s=time_limit_s, seed=seed)
     return None if result is None else [list(r) for r in result.layer_ranges()]
