@@ -592,7 +592,8 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
     optimizer = max(rank_optimizer_time(cluster, c, sum(stage_params(model, partition, st)
                                                         for st in schedule.model_stages_of_rank(r)),
                                         sum(stage_expert_params(model, partition, st)
-                                            for st in schedule.model_stages_of_rank(r)), execution) for r in range(c.pp))
+                                            for st in schedule.model_stages_of_rank(r)), execution)
+                    for r in range(c.pp))
     step_comm = step_collectives(model, cluster, c, grid, schedule.stage_to_rank)
     step_overhead = cluster.overhead("step_overhead_s")
     iteration = makespan + step_comm + optimizer + step_overhead
@@ -789,7 +790,8 @@ def _order_peaks(name: str, pp: int, num_microbatches: int, vpp: int, rank: int 
     larger count."""
     if rank is None:
         return order_peaks(_schedule(name, pp, num_microbatches, vpp, seq_chunks))
-    return rank_order_peaks(schedule_spec(name).num_stages(pp, vpp), {rank: rank_actions(name, pp, num_microbatches, vpp, rank, seq_chunks)}, pp)
+    return rank_order_peaks(schedule_spec(name).num_stages(pp, vpp),
+                            {rank: rank_actions(name, pp, num_microbatches, vpp, rank, seq_chunks)}, pp)
 
 
 def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, optimizer: float,

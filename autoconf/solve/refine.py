@@ -17,7 +17,8 @@ from autoconf.cost.memory import (Temporary, cp_kv_bytes, fp8_weight_cache_bytes
                                   p2p_buffer_bytes, root_unit_params, seq_chunk_kv_bytes, seq_chunk_scales,
                                   state_bytes_per_param, temporary_terms, unit_activation_bytes,
                                   unsharded_buffer_bytes)
-from autoconf.cost.moe import dispatch_bytes, dispatch_shares, ep_comm_passes, layer_kind_params, local_params, moe_layers
+from autoconf.cost.moe import (dispatch_bytes, dispatch_shares, ep_comm_passes, layer_kind_params, local_params,
+                               moe_layers)
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.grid import RankGrid, expert_groups
