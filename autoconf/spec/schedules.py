@@ -274,7 +274,7 @@ register(ScheduleSpec(
     split_backward=True, bubble=_bubble_dual, min_microbatches_per_rank=2, executor_zero3=False,
     pairs=orders.dualpipe_pairs, directions=2,
     megatron_note="schedule dualpipe (bidirectional, two parameter copies per rank) cannot be expressed in "
-                  "Megatron-LM; the closest is the interleaved 1F1B schedule below",
+                  "Megatron-LM; the 1F1B schedule below runs the same pipeline stages in one direction",
     torchtitan_note="schedule dualpipe (bidirectional, two parameter copies per rank) has no "
                     "torch.distributed.pipelining class, so torchtitan cannot run it; dualpipev is its V twin",
     executor_note="schedule dualpipe is not run by the executor: torch.distributed.pipelining has no class for "
