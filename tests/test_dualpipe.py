@@ -7,6 +7,8 @@ import pytest
 from autoconf.cost.estimate import estimate
 from autoconf.cost.simulate import StageCosts, paired_seconds, simulate
 from autoconf.report.exporters import megatron_flags
+from autoconf.solve.search import search
+from autoconf.solve.space import candidates
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
@@ -87,3 +89,17 @@ def test_the_executor_refuses_it_and_megatron_cannot_express_it():
                     c)
     assert plan.prediction["launchable"] is False and plan.prediction["not_launchable_reason"] == reason
     assert schedule_spec("dualpipe").megatron_note in megatron_flags(plan)[1]
+
+
+def test_the_search_weighs_it_only_where_pinned_and_marks_it_not_launchable():
+    """The default candidate space leaves dualpipe out (the executor does not run it); `--fix schedule=dualpipe`
+    costs it, one partition entry per model stage, and marks the plan not launchable with the support rule's line."""
+    model = PRESETS["tiny-llama"]
+    cluster = load_cluster("dgx-h100-80g", nodes=1).resized(gpus_per_node=4)
+    assert "dualpipe" not in {c.schedule for c in candidates(model, 4, 4, 16, 128, "bf16")}
+    result = search(model, cluster, 16, 128, "bf16", fixed={"schedule": "dualpipe"}, top_k=1,
+                    partition_time_s=0.2, placement_time_s=0.2)
+    plan = result.plans[0]
+    assert plan.config.schedule == "dualpipe" and len(plan.partition) == plan.config.pp
+    assert plan.prediction["launchable"] is False
+    assert plan.prediction["not_launchable_reason"] == schedule_spec("dualpipe").executor_note
