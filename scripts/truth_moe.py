@@ -5,8 +5,8 @@ Nothing is fitted: the H100 profile's efficiencies are the same for every model 
 its slower NVLink). A run's framework is a preset (DeepSeek-V3's is `deepseek`: its recompute policy, DualPipe's
 overlapped pairs, no expert outputs kept, node-deduplicated dispatch, each sourced in spec/frameworks.py), and its
 `framework_flags` change it where the publisher states a behaviour; a `published_layout` that autoconf costs through an
-equivalent layout (DeepSeek's DualPipe through its per-device twin, dualpipev at half the pipeline ranks) is printed
-beside the layout costed. Usage:
+equivalent layout is printed beside the layout costed (DeepSeek-V3's DualPipe on 16 ranks is costed as published,
+schedule dualpipe). Usage:
 python scripts/truth_moe.py [--json] [--breakdown]
 --breakdown: for each run, the peak pipeline rank's memory by term and what one MoE block keeps per micro-batch,
 tensor by tensor (`autoconf.cost.saved`).

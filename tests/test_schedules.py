@@ -30,8 +30,9 @@ def test_every_schedule_name_has_legal_configurations():
 
 @pytest.mark.parametrize("name,pp,vpp,m", LEGAL)
 def test_every_stage_and_microbatch_runs_once_on_its_rank_in_dependency_order(name, pp, vpp, m):
-    """Each (stage, micro-batch) has one F and either one B or one I then one W, all on the rank holding the stage,
-    with F before B/I before W in that rank's order."""
+    """Each (stage, micro-batch) that passes the stage (all, or under two directions its direction's half) has one F
+    and either one B or one I then one W, all on the rank holding the stage, with F before B/I before W in that
+    rank's order; nothing else runs."""
     sch = build_schedule(name, pp, m, vpp)
     assert len(sch.actions) == pp and len(sch.stage_to_rank) == sch.num_stages
     seen = {}
@@ -41,7 +42,7 @@ def test_every_stage_and_microbatch_runs_once_on_its_rank_in_dependency_order(na
             assert (a.kind, a.stage, a.microbatch) not in seen
             seen[a.kind, a.stage, a.microbatch] = pos
     for s in range(sch.num_stages):
-        for i in range(m):
+        for i in sch.microbatches_of_stage(s):
             f = seen.pop(("F", s, i))
             if ("B", s, i) in seen:
                 assert seen.pop(("B", s, i)) > f
@@ -58,14 +59,18 @@ def test_stage_to_rank_is_loop_or_v():
     assert stage_to_rank("zbv", 4, 2) == (0, 1, 2, 3, 3, 2, 1, 0)
     sch = build_schedule("dualpipev", 4, 8, 2)
     assert [sch.stages_of_rank(r) for r in range(4)] == [(0, 7), (1, 6), (2, 5), (3, 4)]
+    # dualpipe: stage d*pp + k is model stage k in direction d; rank r holds model stages r and pp-1-r
+    dual = build_schedule("dualpipe", 4, 8, 1)
+    assert dual.stage_to_rank == (0, 1, 2, 3, 3, 2, 1, 0) and dual.num_stages == 8
+    assert [dual.model_stages_of_rank(r) for r in range(4)] == [(0, 3), (1, 2), (2, 1), (3, 0)]
 
 
 def test_splits_backward_only_for_zero_bubble_schedules():
-    """gpipe, 1f1b, interleaved, looped-bfs and seq1f1b use full B; zb-h1, zbv and dualpipev use I/W."""
+    """gpipe, 1f1b, interleaved, looped-bfs and seq1f1b use full B; zb-h1, zbv, dualpipev and dualpipe use I/W."""
     split = {name: build_schedule(name, 4, 8, 2 if name in ("interleaved-1f1b", "zbv", "dualpipev") else 1)
              .splits_backward for name in SCHEDULES}
     assert split == {"gpipe": False, "1f1b": False, "interleaved-1f1b": False, "looped-bfs": False,
-                     "zb-h1": True, "zbv": True, "dualpipev": True, "seq1f1b": False}
+                     "zb-h1": True, "zbv": True, "dualpipev": True, "dualpipe": True, "seq1f1b": False}
 
 
 def test_1f1b_rank_r_runs_pp_minus_r_forwards_before_its_first_backward():
@@ -95,6 +100,10 @@ def test_gpipe_runs_all_forwards_then_all_backwards():
         (("gpipe", 4, 2, 8), "gpipe needs vpp == 1"),
         (("1f1b", 4, 2, 8), "1f1b needs vpp == 1"),
         (("dualpipev", 4, 2, 7), "dualpipev needs num_microbatches (7) >= 2 * pp (8)"),
+        (("dualpipe", 4, 2, 8), "dualpipe needs vpp == 1 (got 2)"),
+        (("dualpipe", 3, 1, 8), "dualpipe needs an even pp (got 3)"),
+        (("dualpipe", 4, 1, 9), "dualpipe needs an even num_microbatches (got 9)"),
+        (("dualpipe", 4, 1, 6), "dualpipe needs num_microbatches (6) >= 2 * pp (8)"),
         (("interleaved-1f1b", 4, 2, 11), "use 10 or 12 micro-batches"),
         (("zb-h1", 4, 1, 9), "multiple of the number of rounds"),
         (("pipedream", 4, 1, 8), "unknown schedule"),

@@ -644,9 +644,10 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
 
     # Optimizer: AdamW over each rank's (ZeRO-sharded) parameters; the slowest rank bounds the step.
     optimizer = max(rank_optimizer_time(cluster, c, sum(stage_params(model, partition, st)
-                                                        for st in schedule.stages_of_rank(r)),
+                                                        for st in schedule.model_stages_of_rank(r)),
                                         sum(stage_expert_params(model, partition, st)
-                                            for st in schedule.stages_of_rank(r)), execution) for r in range(c.pp))
+                                            for st in schedule.model_stages_of_rank(r)), execution)
+                    for r in range(c.pp))
     step_comm = step_collectives(model, cluster, c, grid, schedule.stage_to_rank)
     step_overhead = cluster.overhead("step_overhead_s")
     iteration = makespan + step_comm + optimizer + step_overhead
@@ -701,7 +702,7 @@ def comm_stream_bound(sp: StagePlan, schedule) -> float:
     stream has room (0 without them)."""
     if not sp.early_reduce:
         return 0.0
-    return max(sum(sp.allgather[s] + sp.early_reduce[s] + sp.reduce[s] for s in schedule.stages_of_rank(r))
+    return max(sum(sp.allgather[s] + sp.early_reduce[s] + sp.reduce[s] for s in schedule.model_stages_of_rank(r))
                for r in range(schedule.pp))
 
 
@@ -734,8 +735,9 @@ def _simulate_step(schedule, sp: StagePlan, p2p, execution: Execution) -> tuple[
     for r in range(schedule.pp):
         t = flushed
         for s in schedule.stages_of_rank(r):
-            timeline.comm_events[r].append(("reduce", s, t, t + sp.reduce[s]))
-            t += sp.reduce[s]
+            seconds = sp.reduce[schedule.model_stage(s)]
+            timeline.comm_events[r].append(("reduce", s, t, t + seconds))
+            t += seconds
         timeline.makespan = max(timeline.makespan, t)
     return timeline, timeline.makespan
 
@@ -842,7 +844,8 @@ def _order_peaks(name: str, pp: int, num_microbatches: int, vpp: int, rank: int 
     larger count."""
     if rank is None:
         return order_peaks(_schedule(name, pp, num_microbatches, vpp, seq_chunks))
-    return rank_order_peaks(pp * vpp, {rank: rank_actions(name, pp, num_microbatches, vpp, rank, seq_chunks)}, pp)
+    return rank_order_peaks(schedule_spec(name).num_stages(pp, vpp),
+                            {rank: rank_actions(name, pp, num_microbatches, vpp, rank, seq_chunks)}, pp)
 
 
 def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, optimizer: float,
@@ -857,7 +860,7 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, 
     for action, _, _ in bare.events[busiest]:
         if action.kind != "W":
             overhead += sp.pass_overhead
-        s = action.stage
+        s = schedule.model_stage(action.stage)  # the stage plan's entry (dualpipe: each copy's model stage)
         parts = sp.compute[s]
         tp_parts = sp.tp_comm[s]
         exchange = sp.ep_comm[s] if sp.ep_comm else None

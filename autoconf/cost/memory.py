@@ -654,7 +654,9 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     include the unsharded copies FSDP holds (the whole copy, or the units in use); "other" is the runtime's
     overhead, the largest temporary and the P2P buffers. `selective`: the execution's selective recompute policy
     (`Execution.selective_recompute`). `execution`: the megatron layout's framework flags (Megatron-LM's defaults
-    without; see `state_bytes_per_param`, `te_activation_delta`, `logits_temporary_bytes`)."""
+    without; see `state_bytes_per_param`, `te_activation_delta`, `logits_temporary_bytes`). Where `stage_to_rank`
+    has more stages than `partition` (dualpipe's two directions), stage s runs model stage s % len(partition) with
+    a copy of its own (weights, gradients and optimizer states; `Schedule.model_stage`), and keeps `inflight[s]`."""
     assert layout in LAYOUTS, layout
     c = config
     w_b, g_b, o_b, copy_b = state_bytes_per_param(c, layout, execution=execution)
@@ -689,8 +691,10 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
             buffer_shapes[key] = unsharded_buffer_bytes(model, c, layout, *key)
         return buffer_shapes[key]
 
+    n = len(partition)
     for rank in (range(c.pp) if ranks is None else ranks):
-        stages = stages_of.get(rank, ())
+        copies = stages_of.get(rank, ())  # schedule stages, each reading inflight[st]
+        stages = tuple(st % n for st in copies)  # their model stages (partition entries)
         expert_params = sum(stage_expert_params(model, partition, st) for st in stages)
         local_params, local_experts = local_params_of(c, sum(stage_params(model, partition, st) for st in stages),
                                                       expert_params)
@@ -700,15 +704,15 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
             param_buffer, grad_buffer = max(b[0] for b in buffers), max(b[1] for b in buffers)
         act_scale, temp_scale = seq_chunk_scales(c, bounds, layout, rank) if bounds else (1.0, 1.0)
         activations = host_activations = 0.0
-        for st in stages:
+        for copy, st in zip(copies, stages):
             first, end = partition[st]
             layers = blocks_bytes(first, end, recomputed[st])
             if c.offload_activations:  # each block's saved activations go to the host
-                host_activations += activation_copy_bytes(c, layers) * inflight[st] * act_scale
+                host_activations += activation_copy_bytes(c, layers) * inflight[copy] * act_scale
                 layers = 0.0
             per_mb = ((layers + (embed_act if st == 0 else 0.0) + (head_act if st == last else 0.0)) * act_scale
                       + kv_cache * (end - first) * (act_scale if layout == "megatron" else 1.0))
-            activations += per_mb * inflight[st]
+            activations += per_mb * inflight[copy]
         # Temporaries that exist one at a time: the largest of those whose facts hold on this rank counts.
         facts = {"last": last in stages, "moe": any(moe_layers(model, *partition[st]) for st in stages),
                  "recomputes": any(recomputed[st] for st in stages),

@@ -7,6 +7,10 @@ rank is free and its input is there:
     B/I(s, i)    after B/I(s+1, i) (+ p2p_time(s+1, s) across ranks); the last stage after its own F(s, i)
     W(s, i)      after I(s, i) (same rank)
 
+Under two directions (dualpipe, `Schedule.directions`) each micro-batch passes its direction's chain of stages
+only (`Schedule.chain`): the first and last stage above are its chain's, and the costs may be given per model stage
+(`Schedule.model_stage`), each copy of a model stage costing the same.
+
 With FSDP, `allgather_time[s]` (the parameter gather of stage s) runs on the rank's DP comm stream, one gather per
 stage in the order the rank first uses its stages, all issued at time 0; no compute of stage s starts before its
 gather ends. `reduce_time[s]` (gradient reduction) starts on the same comm stream after the last B or W of stage s.
@@ -169,6 +173,10 @@ def simulate(
     S = schedule.num_stages
     R = schedule.pp
     s2r = schedule.stage_to_rank
+    if schedule.directions > 1 and len(costs.forward) == schedule.chain:
+        costs, allgather_time, reduce_time, gather_buckets, reduce_buckets = _per_schedule_stage(
+            schedule, costs, allgather_time, reduce_time, gather_buckets, reduce_buckets)
+    head, tail = _chain_ends(schedule)
     fwd = [float(x) for x in costs.forward]
     bi = [float(x) for x in costs.backward_input]
     bw = [float(x) for x in costs.backward_weight]
@@ -180,12 +188,12 @@ def simulate(
 
     # p2p delay into stage s: forward from s-1, backward from s+1 (zero when both stages share a rank)
     if callable(p2p_time):
-        pf = [p2p_time(s - 1, s) if s > 0 and s2r[s - 1] != s2r[s] else 0.0 for s in range(S)]
-        pb = [p2p_time(s + 1, s) if s < S - 1 and s2r[s + 1] != s2r[s] else 0.0 for s in range(S)]
+        pf = [p2p_time(s - 1, s) if not head[s] and s2r[s - 1] != s2r[s] else 0.0 for s in range(S)]
+        pb = [p2p_time(s + 1, s) if not tail[s] and s2r[s + 1] != s2r[s] else 0.0 for s in range(S)]
     else:
         c = float(p2p_time)
-        pf = [c if s > 0 and s2r[s - 1] != s2r[s] else 0.0 for s in range(S)]
-        pb = [c if s < S - 1 and s2r[s + 1] != s2r[s] else 0.0 for s in range(S)]
+        pf = [c if not head[s] and s2r[s - 1] != s2r[s] else 0.0 for s in range(S)]
+        pb = [c if not tail[s] and s2r[s + 1] != s2r[s] else 0.0 for s in range(S)]
 
     graph = _graph(schedule) if R >= WAVES_FROM_RANKS else None
 
@@ -244,6 +252,27 @@ def simulate(
     return Timeline(events, comm_events, makespan, busy, bubble, peak, peak_w, peak_rank, saved, joint)
 
 
+def _chain_ends(schedule: Schedule) -> tuple[list[bool], list[bool]]:
+    """Per stage, whether it is the first and whether it is the last stage of its micro-batches' chain."""
+    n = schedule.chain
+    S = schedule.num_stages
+    return [s % n == 0 for s in range(S)], [s % n == n - 1 for s in range(S)]
+
+
+def _per_schedule_stage(schedule: Schedule, costs: StageCosts, *per_stage):
+    """`costs` and the other per-stage lists (None stays None) given per model stage, per schedule stage: each
+    copy of a model stage (two directions) costs what the model stage costs."""
+    model = [schedule.model_stage(s) for s in range(schedule.num_stages)]
+
+    def tiled(xs):
+        return None if xs is None else [xs[k] for k in model]
+
+    costs = dataclasses.replace(costs, forward=tiled(costs.forward), backward_input=tiled(costs.backward_input),
+                                backward_weight=tiled(costs.backward_weight), forward_comm=tiled(costs.forward_comm),
+                                backward_comm=tiled(costs.backward_comm))
+    return (costs, *(tiled(xs) for xs in per_stage))
+
+
 def paired_seconds(forward: float, forward_comm: float, backward: float, backward_comm: float,
                    sm_share: float) -> float:
     """Seconds of a forward and a full backward run as one overlapped pair (module docstring): between
@@ -295,7 +324,7 @@ def _run_in_order(schedule: Schedule, dur, pf, pb, ready_at, floor, chunks: int 
     f_end: list = [None] * SM
     b_end: list = [None] * SM
     waiters: dict[int, list[int]] = {}  # key (F: idx, B/I: SM + idx) -> parked ranks
-    last = S - 1
+    head, tail = _chain_ends(schedule)
     ptr = [0] * R
     clock = [0.0] * R
     busy = [0.0] * R
@@ -318,7 +347,7 @@ def _run_in_order(schedule: Schedule, dur, pf, pb, ready_at, floor, chunks: int 
             idx = s * M + mb
             pair = None
             if k == _F:
-                if s:
+                if not head[s]:
                     d = f_end[idx - M]
                     if d is None:
                         waiters.setdefault(idx - M, []).append(r)
@@ -329,7 +358,7 @@ def _run_in_order(schedule: Schedule, dur, pf, pb, ready_at, floor, chunks: int 
                 if i in paired:  # and the backward after it: the pair starts once both inputs are there
                     _, s2, mb2 = acts[i + 1]
                     pair = s2 * M + mb2
-                    if s2 == last:
+                    if tail[s2]:
                         d2 = f_end[pair]
                         assert d2 is not None, f"rank {r} pairs B{s2},{mb2} before its F (action {i + 1})"
                     else:
@@ -344,7 +373,7 @@ def _run_in_order(schedule: Schedule, dur, pf, pb, ready_at, floor, chunks: int 
                 d = b_end[idx]
                 assert d is not None, f"rank {r} runs W{s},{mb} before its I (action {i})"
             else:
-                if s == last:
+                if tail[s]:
                     d = f_end[idx]
                     assert d is not None, f"rank {r} runs {_KIND[k]}{s},{mb} before its F (action {i})"
                 else:
@@ -431,18 +460,19 @@ class _Graph:
         b_id = np.full(S * M + 1, N + 1)
         f_id[key[is_f]] = ids[is_f]
         b_id[key[is_bi]] = ids[is_bi]
-        last = S - 1
+        heads, tails = (np.array(x, dtype=bool) for x in _chain_ends(schedule))
+        at_head, at_tail = heads[stage], tails[stage]
         dep = np.full(N, N)
-        sel = is_f & (stage > 0)
+        sel = is_f & ~at_head
         dep[sel] = f_id[key[sel] - M]
-        sel = is_bi & (stage < last)
+        sel = is_bi & ~at_tail
         dep[sel] = b_id[key[sel] + M]
-        sel = is_bi & (stage == last)
+        sel = is_bi & at_tail
         dep[sel] = f_id[key[sel]]
         sel = kind == _W
         dep[sel] = b_id[key[sel]]
         # which p2p delay the input adds: 1 forward (pf[s]), 2 backward (pb[s]), 0 none
-        via = np.where(is_f & (stage > 0), 1, np.where(is_bi & (stage < last), 2, 0))
+        via = np.where(is_f & ~at_head, 1, np.where(is_bi & ~at_tail, 2, 0))
         # A paired forward also waits for its backward's input (used only when the pairs overlap; an extra wait
         # only moves waves later, which changes no time).
         pair_f = np.fromiter((offsets[r] + j for r, js in enumerate(schedule.paired) for j in js), dtype=np.int64)

@@ -70,13 +70,17 @@ def fewest_counts(model: ModelSpec, cluster: ClusterProfile, config: ParallelCon
     inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, *one, seq_chunks=c.seq_chunks)
     limit = cluster.usable_memory_bytes
     layers = [end - first for first, end in partition]
-    # Each rank's stages in the order they take recomputed layers: most micro-batches in flight first.
-    order = {r: sorted((s for s in range(len(owner)) if owner[s] == r), key=lambda s: (-inflight[s], s))
+    # Each rank's stages in the order they take recomputed layers: most micro-batches in flight first; as model
+    # stages (dualpipe's copy s of model stage s % n: the mirror ranks r and pp-1-r hold the same two model stages
+    # in the same roles, so they choose the same counts).
+    n = len(partition)
+    order = {r: [s % n for s in sorted((s for s in range(len(owner)) if owner[s] == r),
+                                       key=lambda s: (-inflight[s], s))]
              for r in (range(c.pp) if ranks is None else ranks)}
     most = {r: sum(layers[s] for s in order[r]) for r in order}
 
     def counts_of(totals: dict[int, int]) -> tuple[int, ...]:
-        counts = [0] * len(owner)
+        counts = [0] * n
         for r, total in totals.items():
             for s in order[r]:
                 counts[s] = min(layers[s], total)

@@ -10,19 +10,21 @@ from __future__ import annotations
 import numpy as np
 
 from autoconf.cost.compute import model_pieces, seq_chunk_bounds
-from autoconf.cost.estimate import (Execution, activation_bytes, cp_attention_comm, dp_buffer_bytes, p2p_bytes,
-                                    recompute_time, schedule_inflight, selective_matmul_share, tp_collective)
+from autoconf.cost.comm import collective_time
+from autoconf.cost.estimate import (Execution, activation_bytes, cp_attention_comm, default_mesh, dp_buffer_bytes,
+                                    p2p_bytes, recompute_time, schedule_inflight, selective_matmul_share, tp_collective)
 from autoconf.cost.memory import (Temporary, cp_kv_bytes, fp8_weight_cache_bytes, layer_activation_bytes,
                                   p2p_buffer_bytes, root_unit_params, seq_chunk_kv_bytes, seq_chunk_scales,
                                   state_bytes_per_param, temporary_terms, unit_activation_bytes,
                                   unsharded_buffer_bytes)
-from autoconf.cost.moe import dispatch_bytes, ep_comm_passes, layer_kind_params, local_params, moe_layers
+from autoconf.cost.moe import (dispatch_bytes, dispatch_shares, ep_comm_passes, layer_kind_params, local_params,
+                               moe_layers)
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, min_stage_layers
-from autoconf.spec.schedules import stage_to_rank
+from autoconf.spec.schedules import schedule_spec, stage_to_rank
 
 
 def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, execution: Execution):
@@ -157,7 +159,9 @@ def refined_partition(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     """CP-SAT's stage partition for `c`, or None when it finds none (the caller keeps the uniform split)."""
     from autoconf.solve.partition import solve_partition
 
-    if c.num_stages == 1:
+    if c.num_stages == 1 or schedule_spec(c.schedule).directions > 1:
+        # (Its problem places each stage on one rank; dualpipe's two copies of a model stage sit on two ranks, so
+        # dualpipe keeps the uniform split and the polish below, which scores with the estimate.)
         return None
     result = solve_partition(partition_problem(model, cluster, c, execution), time_limit_s=time_limit_s, seed=seed)
     return None if result is None else [list(r) for r in result.layer_ranges()]
@@ -255,8 +259,8 @@ def refined_partition_by_estimate(model: ModelSpec, cluster: ClusterProfile, c: 
     return best, best_time
 
 
-def traffic(model: ModelSpec, c: ParallelConfig,
-            execution: Execution = Execution()) -> tuple[float, float, float, float]:
+def traffic(model: ModelSpec, c: ParallelConfig, execution: Execution = Execution(),
+            cluster: ClusterProfile | None = None) -> tuple[float, float, float, float]:
     """Bytes per step each rank moves in its TP group, to its pipeline neighbour, in its DP group and in its CP
     group, from the estimate's own buffers: two TP collectives per layer and direction on `activation_bytes`, the
     estimate's `p2p_bytes` per micro-batch and direction (a 1/tp slice under sequence parallelism), the gradient
@@ -266,7 +270,9 @@ def traffic(model: ModelSpec, c: ParallelConfig,
 
     MoE: the dispatch and combine all-to-all of every MoE layer in both passes (`dispatch_bytes`) go on the axis
     their EP group lies along in the folded grid (spec/grid.py `expert_grid`): inside a TP group when
-    ep x etp <= tp, else across consecutive DP replicas; ETP's gathers and scatters stay inside the TP group."""
+    ep x etp <= tp, else across consecutive DP replicas; ETP's gathers and scatters stay inside the TP group. With
+    `cluster`, an exchange over DP replicas counts as the estimate times it (`exchange_scale`: a framework that
+    dispatches once per node moves fewer bytes across nodes and forwards more inside them)."""
     layers_per_rank = model.num_layers / c.pp
     tp_bytes = 4 * layers_per_rank * activation_bytes(model, c) * c.num_microbatches if c.tp > 1 else 0.0
     pp_bytes = 2 * c.vpp * p2p_bytes(model, c, execution) * c.num_microbatches if c.pp > 1 else 0.0
@@ -277,10 +283,24 @@ def traffic(model: ModelSpec, c: ParallelConfig,
         if c.ep > 1 and c.ep * c.etp <= c.tp:
             tp_bytes += exchange
         elif c.ep > 1:
-            dp_bytes += exchange
+            dp_bytes += exchange * (exchange_scale(model, cluster, c, execution) if cluster is not None else 1.0)
         if c.etp > 1:
             tp_bytes += exchange * c.etp
     return tp_bytes, pp_bytes, dp_bytes, cp_bytes
+
+
+def exchange_scale(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, execution: Execution) -> float:
+    """The seconds of one token exchange over the default mesh's first EP group as the estimate times it (the
+    bytes `cost/moe.dispatch_shares` sends under `execution`) over those of a plain all-to-all of the same buffer:
+    1 unless the framework dispatches once per node and the group spans nodes. The placement's rings charge bytes on
+    their slowest link, so the exchange enters them as its bytes times this."""
+    group = expert_groups(RankGrid(default_mesh(c)), 0, c.ep, c.etp, "ep")[0]
+    shares = dispatch_shares(model, cluster, group, execution)
+    if shares == (1.0, 1.0):
+        return 1.0
+    nbytes = dispatch_bytes(model, c)
+    return collective_time(cluster, "all_to_all", nbytes, group, shares) / collective_time(
+        cluster, "all_to_all", nbytes, group)
 
 
 def refined_mesh(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, execution: Execution = Execution(),
@@ -290,6 +310,6 @@ def refined_mesh(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, e
 
     if c.world_size == 1:
         return None
-    tp_bytes, pp_bytes, dp_bytes, cp_bytes = traffic(model, c, execution)
+    tp_bytes, pp_bytes, dp_bytes, cp_bytes = traffic(model, c, execution, cluster)
     return np.asarray(solve_placement(c.pp, c.dp, c.tp, cluster, tp_bytes, pp_bytes, dp_bytes,
                                       time_limit_s=time_limit_s, seed=seed, cp=c.cp, cp_bytes=cp_bytes))

@@ -178,16 +178,19 @@ class _BoundCache:
                                                                               axis=-1))
         return self._pair_sets[key]
 
-    def _rank_layers(self, c: ParallelConfig) -> tuple[int, ...]:
-        """Transformer layers the uniform partition gives each pipeline rank."""
-        key = (c.pp, c.vpp, schedule_spec(c.schedule).v_placement)
+    def _rank_layers(self, c: ParallelConfig) -> tuple[float, ...]:
+        """Transformer layers the uniform partition gives each pipeline rank per micro-batch: under two directions
+        (dualpipe) the mean of its two copies' model stages, each passed by half the micro-batches."""
+        directions = schedule_spec(c.schedule).directions
+        key = (c.pp, c.vpp, schedule_spec(c.schedule).v_placement, directions)
         if key not in self._layers_of_rank:
             owner = self._stage_to_rank(c)
             parts = uniform_partition(self.model.num_layers, c.num_stages)
             layers = [0] * c.pp
-            for st, (first, end) in enumerate(parts):
-                layers[owner[st]] += end - first
-            self._layers_of_rank[key] = tuple(layers)
+            for st, r in enumerate(owner):
+                first, end = parts[st % len(parts)]
+                layers[r] += end - first
+            self._layers_of_rank[key] = tuple(x / directions if directions > 1 else x for x in layers)
         return self._layers_of_rank[key]
 
     def _rank_recomputed(self, c: ParallelConfig) -> tuple[int, ...]:
@@ -195,9 +198,10 @@ class _BoundCache:
         key = (c.schedule, c.pp, c.vpp, c.recompute_layers)
         if key not in self._recomputed_of:
             out = [0] * c.pp
-            for k, r in zip(c.recompute_layers, self._stage_to_rank(c)):
-                out[r] += k
-            self._recomputed_of[key] = tuple(out)
+            directions = schedule_spec(c.schedule).directions
+            for st, r in enumerate(self._stage_to_rank(c)):  # (dualpipe: each copy passed by half the micro-batches)
+                out[r] += c.recompute_layers[st % len(c.recompute_layers)]
+            self._recomputed_of[key] = tuple(x / directions if directions > 1 else x for x in out)
         return self._recomputed_of[key]
 
     def _rank_shapes(self, c: ParallelConfig) -> frozenset[tuple[int, int]]:
@@ -212,8 +216,9 @@ class _BoundCache:
         """How many times consecutive stages sit on different ranks."""
         key = (c.schedule, c.pp, c.vpp)
         if key not in self._hop_count:
-            owner = self._stage_to_rank(c)
-            self._hop_count[key] = sum(owner[s] != owner[s + 1] for s in range(len(owner) - 1))
+            owner = self._stage_to_rank(c)  # (a micro-batch passes c.num_stages of them: dualpipe's one direction)
+            self._hop_count[key] = sum(owner[s] != owner[s + 1] for s in range(len(owner) - 1)
+                                       if (s + 1) % c.num_stages)
         return self._hop_count[key]
 
     def _step_comm(self, c: ParallelConfig) -> float:
@@ -242,7 +247,7 @@ class _BoundCache:
         per_stage_layers = model.num_layers // S
         # Recomputed layers (`recompute_layers`, counted on the uniform partition): at least these many in the
         # smallest stage, on the rank recomputing least, and in all.
-        n, rank_layers = S // c.pp, math.ceil(model.num_layers / c.pp)
+        n, rank_layers = S // c.pp, self._busiest_layers(c)
         stage_rc, rank_rc, total_rc = self._recomputed(c, per_stage_layers, rank_layers)
         p2p, gather, gather_once, reduce = self._comm(c, per_stage_layers)
         m = c.num_microbatches * c.seq_chunks  # units through the pipeline (seq1f1b: sequence chunks)
@@ -292,10 +297,17 @@ class _BoundCache:
         ceil(L/pp) layers of the busiest rank, forward and backward, with the least rank's recomputed layers
         (`time_bound`'s compute path holds it)."""
         fwd, bwd_in, bwd_w, one, recompute = self._per_layer(c)
-        rank_layers = math.ceil(self.model.num_layers / c.pp)
+        rank_layers = self._busiest_layers(c)
         rank_rc = self._recomputed(c, self.model.num_layers // c.num_stages, rank_layers)[1]
         units = c.num_microbatches * c.seq_chunks  # seq1f1b: sequence chunks
         return units * (rank_layers * (fwd + bwd_in + bwd_w + 4 * one) + rank_rc * recompute)
+
+    def _busiest_layers(self, c: ParallelConfig) -> float:
+        """Layers per micro-batch of the busiest rank: at least ceil(L/pp); under two directions (dualpipe), where a
+        rank's are the mean of its two model stages', those of the uniform partition's busiest rank."""
+        if schedule_spec(c.schedule).directions > 1:
+            return max(self._rank_layers(c))
+        return math.ceil(self.model.num_layers / c.pp)
 
     def _recomputed(self, c: ParallelConfig, stage_layers: int, rank_layers: int) -> tuple[int, int, int]:
         """(smallest stage's, least rank's, all) recomputed layers of `c`: with every layer recomputing, the
@@ -350,7 +362,7 @@ class _BoundCache:
         key = (c.pp, c.vpp, c.schedule)
         if key not in self._rank0_params:
             partition, owner = self._uniform_layout(c)
-            stages = [st for st, r in enumerate(owner) if r == 0]
+            stages = [st % len(partition) for st, r in enumerate(owner) if r == 0]  # (dualpipe: model stages)
             self._rank0_params[key] = (sum(stage_params(self.model, partition, st) for st in stages),
                                        sum(stage_expert_params(self.model, partition, st) for st in stages))
         return self._rank0_params[key]
@@ -475,6 +487,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     # are offloaded (their copies shrink with recompute): there every member counts.
     relaxed = per_stage and not fixed.get("offload_activations")
     families: dict[tuple, list] = {}  # family fields -> [bound, [(order, config) of its launchable members]]
+    # A pinned schedule the executor does not run (dualpipe) is costed all the same, its plans marked not launchable.
+    pinned_unrun = schedule_spec(fixed["schedule"]).executor_note if "schedule" in fixed else None
 
     def bound_of_fields(config: ParallelConfig) -> float:
         """The time bound a candidate enters the walk with (shared by the twins it does not read)."""
@@ -496,9 +510,10 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         family = families.setdefault(_FAMILY_FIELDS(config), [math.inf, []])
         if not relaxed or config.recompute == "none":  # (launchable or not: the bound reads neither)
             family[0] = min(family[0], bound_of_fields(config))
-        if launchable_only and unsupported_reason(config):
+        reason = unsupported_reason(config) if launchable_only else None
+        if reason and reason != pinned_unrun:
             unlaunchable += 1
-            refused = refused or unsupported_reason(config)
+            refused = refused or reason
             continue
         family[1].append((launchable, config))
         launchable += 1

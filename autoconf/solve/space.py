@@ -36,7 +36,8 @@ INT_FIELDS = ("tp", "pp", "dp", "cp", "vpp", "micro_batch_size", "zero_stage", "
 # Chunks per sequence tried for a schedule that splits sequences (seq1f1b), each under both splits (SEQ_SPLITS:
 # equal lengths or equal work; `--fix seq_split` pins one). Such a schedule is searched only when
 # pinned (--fix schedule=seq1f1b): the executor runs it on one narrow layout (spec/support.py), so the default space
-# and its statistics stay those of the other schedules.
+# and its statistics stay those of the other schedules. So is a schedule the executor does not run at all
+# (`ScheduleSpec.executor_note`: dualpipe), which the search then costs and marks not launchable.
 SEQ_CHUNKS = (2, 4, 8)
 MAX_MICRO_BATCH = 16
 # Context parallelism is searched from this sequence length up (Megatron-Core's and torchtitan's long-context recipes
@@ -245,8 +246,8 @@ def _schedule_choices(model: ModelSpec, pp: int, m: int, fixed: dict) -> list[tu
     if pp == 1:
         name = fixed.get("schedule", "1f1b")
         return [(name, 1)] if schedule_spec(name).single_chunk and fixed.get("vpp", 1) == 1 else []
-    names = [fixed["schedule"]] if "schedule" in fixed else [n for n in SCHEDULES
-                                                             if not schedule_spec(n).sequence_chunks]
+    names = [fixed["schedule"]] if "schedule" in fixed else [n for n in SCHEDULES if not (
+        schedule_spec(n).sequence_chunks or schedule_spec(n).executor_note)]
     out = []
     for name in names:
         spec = schedule_spec(name)

@@ -259,6 +259,43 @@ def _dualpipev(rank: int, pp: int, m: int) -> tuple[tuple[Op, ...], tuple[int, .
     return tuple(ops), tuple(pairs)
 
 
+def dualpipe_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
+    """DeepSeek's bidirectional DualPipe (deepseek-ai/DualPipe `DualPipe.step`, the eight steps of the report's
+    Fig. 5), its F&B pairs written as F then B (`dualpipe_pairs` says which). Stage d * pp + k is model stage k in
+    direction d; micro-batches 0 .. m/2-1 run in direction 0 (entering at rank 0), m/2 .. m-1 in direction 1
+    (entering at rank pp-1).
+
+    `DualPipe.step` runs on rank r, with h = min(r, pp-1-r), the steps of `DualPipeV.step` on rank h of pp/2 ranks
+    with m/2 micro-batches (`_dualpipev`): the same counts per step, the same zero-bubble switch and the same
+    unpaired first F&B on the middle ranks (h = pp/2 - 1; dualpipev's last rank). Its phase 0 is the shallower of
+    the rank's two stages (direction 0 on the first half of the ranks, direction 1 on the second), dualpipev's
+    first chunk; its phase 1 the deeper one, dualpipev's second chunk. So each rank's order is dualpipev's with the
+    stages and micro-batches renamed, and each direction passes the ranks as dualpipev's V passes its chunks."""
+    return list(_dualpipe(rank, pp, m)[0])
+
+
+def dualpipe_pairs(rank: int, pp: int, vpp: int, m: int) -> tuple[int, ...]:
+    """The positions in `dualpipe_order(rank, ...)` of the forwards run as one overlapped F&B with the full backward
+    right after them (`DualPipe._forward_backward_chunk`): those of dualpipev's order it renames."""
+    return _dualpipe(rank, pp, m)[1]
+
+
+@functools.lru_cache(maxsize=256)
+def _dualpipe(rank: int, pp: int, m: int) -> tuple[tuple[Op, ...], tuple[int, ...]]:
+    half = pp // 2
+    h = min(rank, pp - 1 - rank)
+    ops, pairs = _dualpipev(h, half, m // 2)
+    own, mirror = rank, 2 * pp - 1 - rank  # direction 0's stage on this rank, direction 1's
+    shallow, deep = (own, mirror) if rank < half else (mirror, own)
+    stage = {h: shallow, 2 * half - 1 - h: deep}
+    offset = {own: 0, mirror: m // 2}
+    renamed = []
+    for k, s, i in ops:
+        s = stage[s]
+        renamed.append((k, s, i + offset[s]))
+    return tuple(renamed), pairs
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Sequence-level 1F1B (Seq1F1B, Sun et al., arXiv 2406.03488): no torch class runs it.
 

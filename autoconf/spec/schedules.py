@@ -25,6 +25,8 @@ model simulates these lists (`cost/simulate.py`) and the executor runs the torch
     zbv               ScheduleZBVZeroBubble           (`pipeline_order`)
     dualpipev         ScheduleDualPipeV               (`pipeline_order`, OVERLAP_F_B split into its F then B;
                                                        the pairs are `ScheduleSpec.pairs`)
+    dualpipe          none: DeepSeek's bidirectional DualPipe (deepseek-ai/DualPipe `DualPipe.step`); the
+                                                       executor refuses it (`ScheduleSpec.executor_note`)
     seq1f1b           none: torch's `_PipelineScheduleRuntime` runs this order itself (execute/seq_chunks.py)
 
 seq1f1b (Sun et al., "Seq1F1B", arXiv 2406.03488) splits each micro-batch's sequence into k chunks that flow through
@@ -33,6 +35,14 @@ config field `ParallelConfig.seq_chunks` (1 for every other schedule, and absent
 schedule built with k > 1 numbers its units u = i * k + j (micro-batch i, chunk j) and its `num_microbatches` counts
 units. Where the chunks' boundaries fall (`ParallelConfig.seq_split`: equal lengths, or the paper's equal work) does
 not change the order, only the units' costs (`cost/compute.py::seq_chunk_bounds`).
+
+dualpipe (DeepSeek-V3 technical report, Sec. 3.2.1, Fig. 5, Table 2) feeds micro-batches from both ends of the
+pipeline: rank r holds model stage r of the forward direction and model stage pp-1-r of the reverse one, two copies
+of the parameters of a model stage on the ranks r and pp-1-r. Its config splits the model into pp stages (vpp 1,
+the partition one entry per model stage); its schedule has `directions` 2 and 2 * pp stages, stage d * pp + k being
+model stage k in direction d (`Schedule.model_stage`), placed as V placement places them (rank r holds stages r
+and 2pp-1-r). The first half of the micro-batches (0 .. m/2-1) run in direction 0, the others in direction 1; each
+micro-batch passes the pp stages of its direction only (`Schedule.chain`).
 
 Pure Python: must not import torch.
 """
@@ -63,6 +73,13 @@ def _bubble_v(pp: int, forward: float, backward: float, weight: float) -> float:
     return (pp - 1) * forward
 
 
+def _bubble_dual(pp: int, forward: float, backward: float, weight: float) -> float:
+    """DualPipe on pp ranks runs, rank for rank, dualpipev's order on pp/2 ranks (`schedule_orders.dualpipe_order`),
+    so its bound is dualpipev's there. Table 2's (pp/2 - 1)(F&B + B - 3W) needs the pair's time F&B, which the
+    bound does not take (tests/test_schedules.py checks the simulation against Table 2)."""
+    return _bubble_v(pp // 2, forward, backward, weight)
+
+
 @dataclass(frozen=True)
 class ScheduleSpec:
     """What a pipeline schedule is, in one place.
@@ -90,6 +107,10 @@ class ScheduleSpec:
         other's compute (cost/simulate.py). The positions are in `paired_order`'s list where it is set.
     paired_order: the order the schedule runs when its pairs overlap, where that differs from `order` (Megatron-Core's
         interleaved 1F1B with `overlap_moe_expert_parallel_comm` runs one more warmup forward), or None: the same.
+    directions: 1, or 2 where micro-batches enter from both ends (dualpipe; module docstring): its schedule has
+        directions x pp x vpp stages, each model stage held twice, and needs an even pp and an even m.
+    executor_note: why autoconf's executor cannot run it (one line naming what would), or None. The support rule
+        refuses it with this line; the search proposes it only where `--fix schedule=` pins it.
     """
 
     name: str
@@ -112,6 +133,8 @@ class ScheduleSpec:
     sequence_chunks: bool = False
     pairs: Callable[[int, int, int, int], tuple[int, ...]] | None = None
     paired_order: Callable[[int, int, int, int], list[orders.Op]] | None = None
+    directions: int = 1
+    executor_note: str | None = None
 
     @property
     def overlaps_paired_chunks(self) -> bool:
@@ -121,11 +144,21 @@ class ScheduleSpec:
     @property
     def single_chunk(self) -> bool:
         """Runs with one chunk per rank, so also without a pipeline (pp == 1: plain gradient accumulation)."""
-        return self.chunks == (1,)
+        return self.chunks == (1,) and self.directions == 1
 
     def problem(self, pp: int, vpp: int, m: int) -> str | None:
         """Why torch 2.13 cannot run this schedule with these factors (one line naming what would work), or None."""
         name = self.name
+        if self.directions > 1:
+            if vpp != 1:
+                return (f"{name} needs vpp == 1 (got {vpp}): each rank holds one model stage and its mirror rank's "
+                        f"(pp stages, each twice); use dualpipev for two chunks per rank")
+            if pp % 2:
+                return (f"{name} needs an even pp (got {pp}): rank r holds the stages of ranks r and pp-1-r; use "
+                        f"pp {pp + 1} or dualpipev")
+            if m % 2:
+                return (f"{name} needs an even num_microbatches (got {m}): half run in each direction; use {m - 1} "
+                        f"or {m + 1} micro-batches")
         if self.max_vpp == self.min_vpp and vpp != self.min_vpp:
             hint = ("exactly two stages per rank in V placement" if self.v_placement else
                     "use interleaved-1f1b or looped-bfs for vpp > 1")
@@ -152,6 +185,10 @@ class ScheduleSpec:
         if self.v_placement:
             return tuple(s if s < pp else 2 * pp - 1 - s for s in range(2 * pp))
         return tuple(s % pp for s in range(pp * vpp))
+
+    def num_stages(self, pp: int, vpp: int) -> int:
+        """Stages of its schedule: pp * vpp, twice that for two directions (dualpipe)."""
+        return pp * vpp * self.directions
 
 
 _REGISTRY: dict[str, ScheduleSpec] = {}
@@ -232,6 +269,17 @@ register(ScheduleSpec(
     min_microbatches_per_rank=2, executor_zero3=False, pairs=orders.dualpipev_pairs,
     megatron_note="schedule dualpipev (V-shaped, two chunks per rank) cannot be expressed in Megatron-LM; the "
                   "closest is the interleaved 1F1B schedule below"))
+register(ScheduleSpec(
+    "dualpipe", None, orders.dualpipe_order, chunks=(1,), min_vpp=1, max_vpp=1, v_placement=True,
+    split_backward=True, bubble=_bubble_dual, min_microbatches_per_rank=2, executor_zero3=False,
+    pairs=orders.dualpipe_pairs, directions=2,
+    megatron_note="schedule dualpipe (bidirectional, two parameter copies per rank) cannot be expressed in "
+                  "Megatron-LM; the 1F1B schedule below runs the same pipeline stages in one direction",
+    torchtitan_note="schedule dualpipe (bidirectional, two parameter copies per rank) has no "
+                    "torch.distributed.pipelining class, so torchtitan cannot run it; dualpipev is its V twin",
+    executor_note="schedule dualpipe is not run by the executor: torch.distributed.pipelining has no class for "
+                  "stages whose parameters are duplicated on two ranks in two directions; use dualpipev (its V "
+                  "twin: the same bubble, half the parameters per rank)"))
 
 
 def _bubble_seq1f1b(pp: int, forward: float, backward: float, weight: float) -> float:
@@ -302,10 +350,32 @@ class Schedule:
     seq_chunks: int = 1
     # Per rank, the positions of the forwards paired with the backward after them (`ScheduleSpec.pairs`); () none.
     paired: tuple[tuple[int, ...], ...] = ()
+    # 2 where micro-batches enter from both ends (dualpipe): stage d * chain + k is model stage k in direction d.
+    directions: int = 1
 
     @property
     def num_stages(self) -> int:
+        return self.pp * self.vpp * self.directions
+
+    @property
+    def chain(self) -> int:
+        """Stages each micro-batch passes, in stage order: all of them, or one direction's (dualpipe)."""
         return self.pp * self.vpp
+
+    def model_stage(self, stage: int) -> int:
+        """The model stage (partition entry) that schedule stage `stage` runs: itself, or under two directions the
+        same model stage of the other direction's copy."""
+        return stage % self.chain
+
+    def model_stages_of_rank(self, rank: int) -> tuple[int, ...]:
+        """The model stages (partition entries) whose parameters `rank` holds, one entry per copy."""
+        return tuple(self.model_stage(s) for s in self.stages_of_rank(rank))
+
+    def microbatches_of_stage(self, stage: int) -> range:
+        """The micro-batches that pass `stage`: all, or its direction's half (dualpipe)."""
+        per = self.num_microbatches // self.directions
+        d = stage // self.chain
+        return range(d * per, (d + 1) * per)
 
     @property
     def splits_backward(self) -> bool:
@@ -383,4 +453,4 @@ def build_schedule(name: str, pp: int, num_microbatches: int, vpp: int = 1, seq_
     with_pairs = spec.pairs is not None and (overlap or spec.paired_order is None)
     paired = tuple(spec.pairs(rank, pp, vpp, num_microbatches) for rank in range(pp)) if with_pairs else ()
     return Schedule(name, pp, vpp, num_microbatches * seq_chunks, spec.stage_to_rank(pp, vpp), RankActions(compiled),
-                    seq_chunks, paired)
+                    seq_chunks, paired, spec.directions)

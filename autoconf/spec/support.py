@@ -15,6 +15,10 @@ selective policy with context parallelism and MoE layers, short of what `op_poli
 seq1f1b (sequence-level pipelining, execute/seq_chunks.py) runs on the layout its test checks
 (`sequence_chunks_reason`: pp > 1, tp 1, dp 1, cp 1, no recompute or offload, dense models).
 
+dualpipe (DeepSeek's bidirectional DualPipe) is refused in one line (`ScheduleSpec.executor_note`): its ranks hold
+two copies of stages in two directions, which no torch.distributed.pipelining class runs. The planner still costs it
+where `--fix schedule=dualpipe` pins it.
+
 One combination is refused, per schedule in the registry (`ScheduleSpec.executor_zero3`): ZeRO-3 (FSDP2
 `reshard_after_forward=True`, only applied when dp > 1) under the schedules that split the backward into input (I)
 and weight (W) passes: zb-h1, zbv and dualpipev. There torch runs W after FSDP has resharded the stage's
@@ -75,6 +79,8 @@ def unsupported_reason(config, model=None) -> str | None:
         if reason:
             return reason
     spec = schedule_spec(config.schedule)
+    if spec.executor_note:
+        return spec.executor_note
     if spec.sequence_chunks:
         reason = sequence_chunks_reason(config, model)
         if reason:

@@ -1,0 +1,105 @@
+"""DeepSeek's bidirectional DualPipe (`dualpipe` in the schedule registry): its order, bubble, memory and handling."""
+
+import dataclasses
+
+import pytest
+
+from autoconf.cost.estimate import estimate
+from autoconf.cost.simulate import StageCosts, paired_seconds, simulate
+from autoconf.report.exporters import megatron_flags
+from autoconf.solve.search import search
+from autoconf.solve.space import candidates
+from autoconf.spec.cluster import load_cluster
+from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.presets import PRESETS
+from autoconf.spec.schedules import build_schedule, schedule_spec
+from autoconf.spec.support import unsupported_reason
+
+
+def _uniform(pp: int, forward: float, backward_input: float, weight: float, comm: float) -> StageCosts:
+    """Per model stage: every copy of a stage costs the same (the simulation tiles them over both directions)."""
+    return StageCosts([forward] * pp, [backward_input] * pp, [weight] * pp, [comm] * pp, [comm] * pp, 0.0)
+
+
+@pytest.mark.parametrize("pp,m", [(2, 4), (4, 8), (4, 12), (8, 16), (8, 40), (16, 32)])
+@pytest.mark.parametrize("comm", [0.0, 0.3, 1.0])
+def test_simulated_bubble_is_table_2s_closed_form_at_equal_cells(pp, m, comm):
+    """With every forward, input-backward and weight pass of a stage the same length (F = I = W, so B = 2W) and the
+    F&B pairs overlapped to any F&B between F + I and F + B, the idlest rank waits exactly the report's Table 2
+    bubble (PP/2 - 1)(F&B + B - 3W); pp 16 goes through the wave-at-a-time simulation."""
+    f = i = w = 1.0
+    timeline = simulate(build_schedule("dualpipe", pp, m), _uniform(pp, f, i, w, comm))
+    pair = paired_seconds(f, comm, i + w, comm, 0.0)
+    bubble = (pp / 2 - 1) * (pair + (i + w) - 3 * w)
+    assert max(timeline.makespan - busy for busy in timeline.compute_time_per_rank) == pytest.approx(bubble)
+    assert timeline.overlap_saved_per_rank  # the pairs ran as pairs
+
+
+@pytest.mark.parametrize("pp,m", [(2, 4), (4, 8), (8, 16), (8, 24)])
+def test_each_rank_runs_dualpipev_on_half_the_ranks(pp, m):
+    """Rank for rank, DualPipe on pp ranks with m micro-batches runs DualPipeV's order on pp/2 ranks with m/2 (the
+    reference implementation's steps), renamed: the same kinds in the same order, pairs at the same places, and
+    with uniform stages and no P2P the same step."""
+    dual, twin = build_schedule("dualpipe", pp, m), build_schedule("dualpipev", pp // 2, m // 2, 2)
+    for r in range(pp):
+        h = min(r, pp - 1 - r)
+        assert [k for k, _, _ in dual.compiled[r]] == [k for k, _, _ in twin.compiled[h]]
+        assert dual.paired[r] == twin.paired[h]
+    costs = StageCosts.uniform(pp, 1.0, 1.5, 0.5)
+    assert simulate(dual, costs).makespan == simulate(twin, costs).makespan
+
+
+@pytest.mark.parametrize("pp", [2, 4, 8, 16])
+def test_every_rank_keeps_pp_plus_1_stage_micro_batches(pp):
+    """Table 2's activation memory: PP + 1 micro-batches of one stage in flight on every rank, counted from the order
+    (forward done, input backward not yet)."""
+    for m in (2 * pp, 4 * pp):
+        assert build_schedule("dualpipe", pp, m).paired  # (the pairs are stated without asking for the overlap)
+        timeline = simulate(build_schedule("dualpipe", pp, m), StageCosts.uniform(pp, 1.0, 1.0, 1.0))
+        assert timeline.peak_inflight_rank == [pp + 1] * pp
+
+
+def _memory(schedule: str, vpp: int) -> list[dict]:
+    model = dataclasses.replace(PRESETS["llama3-8b"], num_layers=16)
+    c = ParallelConfig(tp=1, pp=4, dp=2, vpp=vpp, micro_batch_size=1, global_batch_size=32, seq_len=2048,
+                       schedule=schedule, zero_stage=0, dtype="bf16")
+    cluster = load_cluster("dgx-h100-80g", nodes=1)
+    return estimate(model, cluster, c).prediction["memory_per_stage"]
+
+
+def test_a_rank_holds_twice_dualpipevs_parameters_gradients_and_optimizer_states():
+    """At the same pipeline ranks, a DualPipe rank holds two whole model stages (pp-way split) where a DualPipeV rank
+    holds two chunks of a 2pp-way split: twice the weights, gradients and optimizer states on the ranks holding
+    blocks only; both end ranks hold the embedding and the head besides twice the blocks."""
+    dual, twin = _memory("dualpipe", 1), _memory("dualpipev", 2)
+    for kind in ("params", "grads", "optimizer"):
+        for r in (1, 2):
+            assert dual[r][kind] == pytest.approx(2 * twin[r][kind])
+        assert dual[0][kind] == pytest.approx(dual[3][kind])
+        assert dual[0][kind] - dual[1][kind] == pytest.approx(twin[0][kind] - twin[1][kind])
+
+
+def test_the_executor_refuses_it_and_megatron_cannot_express_it():
+    """One line each: the support rule names dualpipev as what runs; Megatron's export notes the schedule."""
+    c = ParallelConfig(tp=1, pp=4, dp=2, micro_batch_size=1, global_batch_size=16, seq_len=2048,
+                       schedule="dualpipe", dtype="bf16")
+    reason = unsupported_reason(c)
+    assert reason == schedule_spec("dualpipe").executor_note and "dualpipev" in reason and "\n" not in reason
+    plan = estimate(dataclasses.replace(PRESETS["llama3-8b"], num_layers=8), load_cluster("dgx-h100-80g", nodes=1),
+                    c)
+    assert plan.prediction["launchable"] is False and plan.prediction["not_launchable_reason"] == reason
+    assert schedule_spec("dualpipe").megatron_note in megatron_flags(plan)[1]
+
+
+def test_the_search_weighs_it_only_where_pinned_and_marks_it_not_launchable():
+    """The default candidate space leaves dualpipe out (the executor does not run it); `--fix schedule=dualpipe`
+    costs it, one partition entry per model stage, and marks the plan not launchable with the support rule's line."""
+    model = PRESETS["tiny-llama"]
+    cluster = load_cluster("dgx-h100-80g", nodes=1).resized(gpus_per_node=4)
+    assert "dualpipe" not in {c.schedule for c in candidates(model, 4, 4, 16, 128, "bf16")}
+    result = search(model, cluster, 16, 128, "bf16", fixed={"schedule": "dualpipe"}, top_k=1,
+                    partition_time_s=0.2, placement_time_s=0.2)
+    plan = result.plans[0]
+    assert plan.config.schedule == "dualpipe" and len(plan.partition) == plan.config.pp
+    assert plan.prediction["launchable"] is False
+    assert plan.prediction["not_launchable_reason"] == schedule_spec("dualpipe").executor_note
