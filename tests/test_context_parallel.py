@@ -31,7 +31,9 @@ LLAMA = ModelSpec(name="test-llama", arch="llama", num_layers=4, hidden_size=64,
                   ffn_hidden_size=176, vocab_size=256, max_seq_len=64)
 GPT = ModelSpec(name="test-gpt", arch="gpt", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=4,
                 ffn_hidden_size=256, vocab_size=256, max_seq_len=64, tied_embeddings=True)
-MODELS = {"llama": LLAMA, "gpt": GPT}
+# "llama2": 2 layers for the layouts without a pipeline or data parallelism (still a block after a block; a layout's
+# cost on CPU grows with its layers, each with its K/V exchange).
+MODELS = {"llama": LLAMA, "gpt": GPT, "llama2": dataclasses.replace(LLAMA, name="test-llama2", num_layers=2)}
 
 
 def _cp_plan(cp: int = 2, dp: int = 1, seq: int = 64) -> Plan:
@@ -315,7 +317,7 @@ def test_a_rank_attends_like_the_full_sequence_on_its_share(attention, cp):
 
 # ---- layouts under torchrun ---------------------------------------------------------------------------------------
 def make_plan(arch: str = "llama", cp_comm: str = "ring", **layout):
-    """4 layers, 32 tokens (divisible by 2 x cp for cp up to 4), 4 sequences per step, fp32."""
+    """32 tokens (divisible by 2 x cp for cp up to 4), 4 sequences per step, fp32."""
     plan = even_plan(MODELS[arch], global_batch=4, seq=32, **layout)
     plan.config = dataclasses.replace(plan.config, cp_comm=cp_comm)
     plan.validate()
@@ -329,17 +331,19 @@ RESUME = {"checkpoint_dir": "resumed", "copy_checkpoint": "written/step-00000002
 # or data parallelism train in micro-batches of 2: on CPU their cost is per micro-batch (each block's K/V exchange
 # and TP collectives), and the global batch, so the reference's losses, is the same.
 LAYOUTS: dict[str, Layout] = {
-    "llama-cp4-ring": Layout(4, make_plan(cp=4, micro_batch=2)),
-    "llama-cp2-tp2-sp-allgather": Layout(4, make_plan(cp=2, tp=2, sp=True, cp_comm="allgather", micro_batch=2)),
+    "llama2-cp4-ring": Layout(4, make_plan("llama2", cp=4, micro_batch=2)),
+    "llama2-cp2-tp2-sp-allgather": Layout(4, make_plan("llama2", cp=2, tp=2, sp=True, cp_comm="allgather",
+                                                       micro_batch=2)),
     "llama-cp2-pp2-1f1b-ring": Layout(4, make_plan(cp=2, pp=2, schedule="1f1b")),
     "llama-cp2-pp2-interleaved-allgather": Layout(4, make_plan(cp=2, pp=2, vpp=2, schedule="interleaved-1f1b",
                                                                cp_comm="allgather")),
     CHECKPOINT_WRITER: Layout(4, make_plan(cp=2, dp=2, zero=3), {"checkpoint_dir": "written", "checkpoint_every": 2}),
-    "llama-cp2-allgather": Layout(2, make_plan(cp=2, cp_comm="allgather", micro_batch=2)),
+    "llama2-cp2-allgather": Layout(2, make_plan("llama2", cp=2, cp_comm="allgather", micro_batch=2)),
     # learned positions, tied embedding, the attention core (and its K/V exchange) recomputed in the backward
     "gpt-cp2-selective-ring": Layout(2, make_plan("gpt", cp=2, recompute="selective", micro_batch=2)),
     "llama-tp2-resumed": Layout(2, make_plan(tp=2, micro_batch=2), {**RESUME, "checkpoint_dir": "tp2-resumed"}),
     "llama": Layout(1, make_plan()),
+    "llama2": Layout(1, make_plan("llama2")),
     "gpt": Layout(1, make_plan("gpt")),
     "llama-resumed": Layout(1, make_plan(), RESUME),
 }

@@ -32,10 +32,14 @@ GPT = ModelSpec(name="test-gpt", arch="gpt", num_layers=4, hidden_size=64, num_h
                 ffn_hidden_size=256, vocab_size=256, max_seq_len=64, tied_embeddings=True)
 LLAMA = ModelSpec(name="test-llama", arch="llama", num_layers=4, hidden_size=64, num_heads=4, num_kv_heads=2,
                   ffn_hidden_size=176, vocab_size=256, max_seq_len=64)
-# 8 layers where the layout needs 8 pipeline chunks (pp4 with two chunks per rank, pp2 with five); 4 elsewhere, since
-# a layout's cost on CPU grows with its layers (tensor-parallel ones most).
+# 8 layers where the layout needs 8 pipeline chunks (pp4 with two chunks per rank, pp2 with five); 2 ("gpt2",
+# "llama2") for the tensor-parallel layouts that need no more (no pipeline: still a block after a block; pp2 with one
+# chunk per rank), 4 elsewhere, since a layout's cost on CPU grows with its layers (tensor-parallel ones most).
+# "gpt2" is tests/test_offload.py's GPT2 too (one reference run for both).
 MODELS = {"gpt": GPT, "llama": LLAMA, "gpt8": dataclasses.replace(GPT, name="test-gpt8", num_layers=8),
-          "llama8": dataclasses.replace(LLAMA, name="test-llama8", num_layers=8)}
+          "llama8": dataclasses.replace(LLAMA, name="test-llama8", num_layers=8),
+          "gpt2": dataclasses.replace(GPT, name="test-gpt2", num_layers=2),
+          "llama2": dataclasses.replace(LLAMA, name="test-llama2", num_layers=2)}
 
 
 def make_plan(arch: str = "gpt", **layout) -> Plan:
@@ -83,11 +87,11 @@ GRAD_SYNC = {"probe": "tests/grad_sync_probe.py"}
 # reference's losses, is the same.
 LAYOUTS: dict[str, Layout] = {
     **{arch: Layout(1, make_plan(arch)) for arch in MODELS},
-    "gpt-tp2": Layout(2, make_plan(tp=2, micro_batch=2)),
+    "gpt2-tp2": Layout(2, make_plan("gpt2", tp=2, micro_batch=2)),
     **{f"gpt-pp2-{s}": Layout(2, make_plan(pp=2, schedule=s, vpp=VPP.get(s, 1))) for s in SCHEDULES},
     **{f"gpt-dp2-zero{z}": Layout(2, make_plan(dp=2, zero=z)) for z in range(4)},
-    "llama-tp2-selective-standard": Layout(2, make_plan("llama", tp=2, recompute="selective", attention="standard",
-                                                        micro_batch=2)),
+    "llama2-tp2-selective-standard": Layout(2, make_plan("llama2", tp=2, recompute="selective", attention="standard",
+                                                         micro_batch=2)),
     "llama-pp2-1f1b-full": Layout(2, make_plan("llama", pp=2, schedule="1f1b", recompute="full")),
     # Recompute per stage: 3 of the first stage's 4 layers, 1 of the last's.
     "llama8-pp2-1f1b-full-per-stage": Layout(2, make_plan("llama8", pp=2, schedule="1f1b", recompute="full",
@@ -102,11 +106,11 @@ LAYOUTS: dict[str, Layout] = {
     "gpt-pp2-1f1b-embedding-stage": Layout(2, end_chunk_plan("gpt", [[0, 0], [0, 4]], pp=2, schedule="1f1b")),
     "llama-pp2-1f1b-head-stage": Layout(2, end_chunk_plan("llama", [[0, 4], [4, 4]], pp=2, schedule="1f1b")),
     # torchtitan's per-op selective policy (execute/checkpoint_policy.py): with TP + SP (the reduce-scatters saved,
-    # the all-gathers recomputed; 2 of the 4 blocks, as its dispatch mode is slow on DTensors on CPU), on the first
+    # the all-gathers recomputed; 1 of the 2 blocks, as its dispatch mode is slow on DTensors on CPU), on the first
     # layers of each pipeline stage, and under ZeRO-3.
-    "llama-tp2-sp-selective-op": Layout(2, make_plan("llama", tp=2, sp=True, recompute="selective",
-                                                     selective_recompute="alternate_matmuls", recompute_layers=[2],
-                                                     micro_batch=2)),
+    "llama2-tp2-sp-selective-op": Layout(2, make_plan("llama2", tp=2, sp=True, recompute="selective",
+                                                      selective_recompute="alternate_matmuls", recompute_layers=[1],
+                                                      micro_batch=2)),
     "gpt8-pp2-1f1b-selective-op-per-stage": Layout(2, make_plan("gpt8", pp=2, schedule="1f1b", recompute="selective",
                                                                 selective_recompute="alternate_matmuls",
                                                                 recompute_layers=[3, 1])),
@@ -116,8 +120,11 @@ LAYOUTS: dict[str, Layout] = {
     # learned positions and the tied embedding.
     "llama-pp2-seq1f1b-k2": Layout(2, seq_chunk_plan("llama", 2)),
     "gpt-pp2-seq1f1b-k4-mb2": Layout(2, seq_chunk_plan("gpt", 4, micro_batch=2)),
-    "gpt-tp4": Layout(4, make_plan(tp=4, micro_batch=2)),
-    **{f"gpt8-pp4-{s}": Layout(4, make_plan("gpt8", pp=4, schedule=s, vpp=VPP.get(s, 1))) for s in SCHEDULES},
+    "gpt2-tp4": Layout(4, make_plan("gpt2", tp=4, micro_batch=2)),
+    # gpipe and 1f1b at pp4 (a stage between two others): tests/test_reliability.py's gpt/pp4 and llama/pp4 (the same
+    # 4-rank job; their steps after a resume equal the uninterrupted run's).
+    **{f"gpt8-pp4-{s}": Layout(4, make_plan("gpt8", pp=4, schedule=s, vpp=VPP.get(s, 1)))
+       for s in SCHEDULES if s not in ("gpipe", "1f1b")},
     **{f"gpt-dp4-zero{z}": Layout(4, make_plan(dp=4, zero=z)) for z in range(4)},
     "gpt-pp2-dp2-1f1b-zero1": Layout(4, make_plan(pp=2, dp=2, schedule="1f1b", zero=1)),
     "gpt-pp2-dp2-zbv-zero1-reordered": Layout(4, reordered_plan()),
@@ -127,23 +134,23 @@ LAYOUTS: dict[str, Layout] = {
     "gpt-pp2-dp2-1f1b-zero0": Layout(4, make_plan(pp=2, dp=2, schedule="1f1b", zero=0), GRAD_SYNC),
     **{f"gpt-pp2-dp2-{s}-zero0": Layout(4, make_plan(pp=2, dp=2, schedule=s, vpp=VPP.get(s, 1), zero=0))
        for s in ("zbv", "interleaved-1f1b")},
-    "gpt-tp2-dp2-zero0": Layout(4, make_plan(tp=2, dp=2, zero=0), GRAD_SYNC),
-    "llama-tp2-dp2-sp-zero0": Layout(4, make_plan("llama", tp=2, dp=2, sp=True, zero=0, micro_batch=2)),
+    "gpt2-tp2-dp2-zero0": Layout(4, make_plan("gpt2", tp=2, dp=2, zero=0), GRAD_SYNC),
+    "llama2-tp2-dp2-sp-zero0": Layout(4, make_plan("llama2", tp=2, dp=2, sp=True, zero=0, micro_batch=2)),
     "gpt-tp2-pp2-interleaved": Layout(4, make_plan(tp=2, pp=2, schedule="interleaved-1f1b", vpp=2, micro_batch=2)),
-    "gpt-tp2-dp2-sp-zero2": Layout(4, make_plan(tp=2, dp=2, sp=True, zero=2, micro_batch=2)),
-    "llama-tp2-dp2-sp-zero3": Layout(4, make_plan("llama", tp=2, dp=2, sp=True, zero=3, micro_batch=2)),
+    "gpt2-tp2-dp2-sp-zero2": Layout(4, make_plan("gpt2", tp=2, dp=2, sp=True, zero=2, micro_batch=2)),
+    "llama2-tp2-dp2-sp-zero3": Layout(4, make_plan("llama2", tp=2, dp=2, sp=True, zero=3, micro_batch=2)),
     "llama-pp2-dp2-zbv-zero2-full": Layout(4, make_plan("llama", pp=2, dp=2, schedule="zbv", vpp=2, zero=2,
                                                         recompute="full")),
     "llama-pp2-dp2-looped-bfs-zero3": Layout(4, make_plan("llama", pp=2, dp=2, schedule="looped-bfs", vpp=2, zero=3)),
-    "llama-tp2-pp2-sp-zb-h1-selective": Layout(4, make_plan("llama", tp=2, pp=2, schedule="zb-h1", sp=True,
-                                                            recompute="selective", micro_batch=2)),
+    "llama2-tp2-pp2-sp-zb-h1-selective": Layout(4, make_plan("llama2", tp=2, pp=2, schedule="zb-h1", sp=True,
+                                                             recompute="selective", micro_batch=2)),
 }
 # Checkpoint and resume in the same jobs: pp2 x dp2 (zbv, ZeRO-2, two chunks per rank) stops after 2 steps with a
 # checkpoint every step; tp2 x dp2 (SP, ZeRO-3) resumes a copy of its step 2. The test then resumes it via `launch`.
 RESUMES: dict[str, Layout] = {
     "llama-stop-after-2": Layout(4, LAYOUTS["llama-pp2-dp2-zbv-zero2-full"].plan,
                                  {"checkpoint_dir": "ckpt", "checkpoint_every": 1, "stop_after": 2}),
-    "llama-resumed-tp2-dp2-sp-zero3": Layout(4, LAYOUTS["llama-tp2-dp2-sp-zero3"].plan,
+    "llama-resumed-tp2-dp2-sp-zero3": Layout(4, make_plan("llama", tp=2, dp=2, sp=True, zero=3, micro_batch=2),
                                              {"checkpoint_dir": "other", "copy_checkpoint": "ckpt/step-00000002"}),
 }
 executor_jobs.register("execute", {**LAYOUTS, **RESUMES})
@@ -182,10 +189,11 @@ def test_placement_that_reorders_the_pipeline_trains_the_same(tmp_path_factory):
 
 @pytest.mark.slow
 def test_checkpoint_resume_gives_same_next_losses(tmp_path_factory, capfd):
-    """pp2 x dp2 (zbv, ZeRO-2, two chunks per rank): stop after 2 steps with a checkpoint, resume through `launch`:
-    step 3 equals the uninterrupted run; the metrics file ends with a summary; an incomplete checkpoint is skipped;
-    and the checkpoint also resumes into a different layout (tp2 x dp2 with sequence parallelism, ZeRO-3) with the
-    same step-3 loss."""
+    """pp2 x dp2 (zbv, ZeRO-2, two chunks per rank): stop after 2 steps with a checkpoint, resume through `launch`
+    under pp2 alone (the same stages on 2 ranks, whose start is far cheaper on CPU than 4; DCP reshards the ZeRO-2
+    state): step 3 equals the uninterrupted run; the metrics file ends with a summary; an incomplete checkpoint is
+    skipped; and the checkpoint also resumes into tp2 x dp2 with sequence parallelism, ZeRO-3, with the same step-3
+    loss. (A resume through `launch` under the writer's own layout: tests/test_reliability.py's killed worker.)"""
     from autoconf.execute.launch import launch
 
     out = results(tmp_path_factory)
@@ -200,7 +208,7 @@ def test_checkpoint_resume_gives_same_next_losses(tmp_path_factory, capfd):
     assert sorted(p.name for p in ckpt.iterdir()) == ["step-00000001", "step-00000002"]
     (ckpt / "step-00000009").mkdir()  # newer but incomplete: no marker
     plan_path = folder / "plan.json"
-    RESUMES["llama-stop-after-2"].plan.save(plan_path)
+    make_plan("llama", pp=2, schedule="zbv", vpp=2, recompute="full").save(plan_path)
     metrics = folder / "metrics.jsonl"
     env_backup = dict(os.environ)
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -225,14 +233,14 @@ def test_checkpoint_resume_gives_same_next_losses(tmp_path_factory, capfd):
 
 @pytest.mark.slow
 def test_zero0_reduces_buckets_during_the_last_backward(tmp_path_factory):
-    """ZeRO-0 with gradient accumulation over 4 micro-batches (dp2 with tp2; pp2 x dp2 under 1f1b): on every rank
-    and step the gradient all-reduces over the dp group are issued while the last micro-batch's backward is still
+    """ZeRO-0 with gradient accumulation over 4 micro-batches (dp2 with tp2, 2 blocks; pp2 x dp2 under 1f1b): on every
+    rank and step the gradient all-reduces over the dp group are issued while the last micro-batch's backward is still
     running (one per bucket: each block, the head and the embedding of the rank's stage; none during the earlier
     micro-batches' backward, none after it); the losses and gradient norms equal the single-process run's (the
     layouts' own test_layout_matches_single_process)."""
     out = results(tmp_path_factory)
     # blocks + head + embedding; a pipeline stage holds 2 blocks and the embedding or head
-    for name, n_buckets in (("gpt-tp2-dp2-zero0", 4 + 2), ("gpt-pp2-dp2-1f1b-zero0", 2 + 1)):
+    for name, n_buckets in (("gpt2-tp2-dp2-zero0", 2 + 2), ("gpt-pp2-dp2-1f1b-zero0", 2 + 1)):
         m = LAYOUTS[name].plan.config.num_microbatches
         assert m == 4
         assert len(out[name]["probe"]) == 4

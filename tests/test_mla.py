@@ -33,7 +33,10 @@ MLA = dataclasses.replace(MOE, name="tiny-mla", num_kv_heads=MOE.num_heads, head
     q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=24))
 QK = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-qk-norm", num_layers=4, hidden_size=64, head_dim=None,
                          ffn_hidden_size=176, qk_norm=True)
-MODELS = {"mla": MLA, "qk": QK}
+# 2 layers (mla2: the dense one, then one latent-attention MoE layer) for the layouts without a pipeline: a layout's
+# cost on CPU grows with its layers, tensor-parallel ones most.
+MODELS = {"mla": MLA, "mla2": dataclasses.replace(MLA, name="tiny-mla2", num_layers=2),
+          "qk2": dataclasses.replace(QK, name="tiny-qk-norm2", num_layers=2)}
 
 
 def mla_plan(model: str = "mla", ep: int = 1, **layout) -> Plan:
@@ -50,11 +53,12 @@ def mla_plan(model: str = "mla", ep: int = 1, **layout) -> Plan:
 # name -> Layout(world, plan); the name's first word is the reference run's (world 1).
 LAYOUTS: dict[str, Layout] = {
     "mla": Layout(1, mla_plan()),
-    "qk": Layout(1, mla_plan("qk")),
-    "mla-tp2-sp": Layout(2, mla_plan(tp=2, sp=True)),
-    "mla-dp2-zero3": Layout(2, mla_plan(dp=2, zero=3)),
-    "qk-tp2-sp": Layout(2, mla_plan("qk", tp=2, sp=True)),
-    "qk-cp2": Layout(2, mla_plan("qk", cp=2)),
+    "mla2": Layout(1, mla_plan("mla2")),
+    "qk2": Layout(1, mla_plan("qk2")),
+    "mla2-tp2-sp": Layout(2, mla_plan("mla2", tp=2, sp=True)),
+    "mla2-dp2-zero3": Layout(2, mla_plan("mla2", dp=2, zero=3)),
+    "qk2-tp2-sp": Layout(2, mla_plan("qk2", tp=2, sp=True)),
+    "qk2-cp2": Layout(2, mla_plan("qk2", cp=2)),
     "mla-ep2-pp2": Layout(4, mla_plan(ep=2, pp=2, dp=2)),
 }
 executor_jobs.register("mla", LAYOUTS)
@@ -71,7 +75,7 @@ def test_layout_matches_single_process(name, tmp_path_factory):
 def test_reference_runs_train(tmp_path_factory):
     """The reference runs move step to step (so equal numbers are a real check)."""
     out = executor_jobs.results("mla", tmp_path_factory)
-    for name in ("mla", "qk"):
+    for name in ("mla", "mla2", "qk2"):
         assert len({round(r["loss"], 6) for r in out[name]["records"]}) == STEPS
 
 

@@ -31,7 +31,9 @@ MOE = PRESETS["tiny-moe"]
 # load-balancing loss: the aux loss's gradient must scale like the cross entropy's in every layout.
 AUX = dataclasses.replace(MOE, name="tiny-moe-aux", moe=dataclasses.replace(
     MOE.moe, scoring_func="sigmoid", n_group=2, topk_group=1, routed_scaling_factor=2.0, router_aux_loss_coef=0.05))
-MODELS = {"moe": MOE, "aux": AUX}
+# 2 layers (the dense one, then one MoE layer) for the layouts without a pipeline: a layout's cost on CPU grows with
+# its layers, tensor- and expert-parallel ones most, and every MoE layer runs the same dispatch.
+MODELS = {"moe": MOE, "aux": AUX, "moe2": dataclasses.replace(MOE, name="tiny-moe2", num_layers=2)}
 
 
 def moe_plan(model: str = "moe", ep: int = 1, etp: int = 1, **layout) -> Plan:
@@ -46,19 +48,21 @@ def moe_plan(model: str = "moe", ep: int = 1, etp: int = 1, **layout) -> Plan:
 
 # name -> Layout(world, plan, options); the name's first word is the reference run's (world 1). Trained in the
 # session's shared torchrun jobs (tests/executor_jobs.py). Tensor-parallel layouts in micro-batches of 2 (their CPU
-# cost is per micro-batch; the global batch, so the reference's losses, is the same).
+# cost is per micro-batch; the global batch, so the reference's losses, is the same). ep2 (world 2) and the pipelined
+# layouts keep 4 layers (MoE layers on both stages).
 LAYOUTS: dict[str, Layout] = {
     "moe": Layout(1, moe_plan()),
     "aux": Layout(1, moe_plan("aux")),
+    "moe2": Layout(1, moe_plan("moe2")),
     "moe-ep2": Layout(2, moe_plan(ep=2, dp=2)),
-    "moe-ep2-tp2": Layout(2, moe_plan(ep=2, tp=2, micro_batch=2)),
+    "moe2-ep2-tp2": Layout(2, moe_plan("moe2", ep=2, tp=2, micro_batch=2)),
     "aux-ep2": Layout(2, moe_plan("aux", ep=2, dp=2)),
-    "moe-ep4": Layout(4, moe_plan(ep=4, dp=4)),
-    "moe-ep2-dp2-zero3": Layout(4, moe_plan(ep=2, dp=4, zero=3)),
+    "moe2-ep4": Layout(4, moe_plan("moe2", ep=4, dp=4)),
+    "moe2-ep2-dp2-zero3": Layout(4, moe_plan("moe2", ep=2, dp=4, zero=3)),
     "moe-ep2-pp2": Layout(4, moe_plan(ep=2, pp=2, dp=2)),
     "aux-ep2-pp2": Layout(4, moe_plan("aux", ep=2, pp=2, dp=2)),
-    "moe-ep2-tp2-dp2-sp": Layout(4, moe_plan(ep=2, tp=2, dp=2, sp=True, micro_batch=2)),
-    "moe-ep2-etp2-tp2-dp2": Layout(4, moe_plan(ep=2, etp=2, tp=2, dp=2, micro_batch=2)),
+    "moe2-ep2-tp2-dp2-sp": Layout(4, moe_plan("moe2", ep=2, tp=2, dp=2, sp=True, micro_batch=2)),
+    "moe2-ep2-etp2-tp2-dp2": Layout(4, moe_plan("moe2", ep=2, etp=2, tp=2, dp=2, micro_batch=2)),
 }
 # ep2 writes a checkpoint after step 2, which ep1 (over tp2) resumes for step 3.
 RESUMES: dict[str, Layout] = {
@@ -97,7 +101,7 @@ def test_moe_reference_runs_train(tmp_path_factory):
     """The reference runs move step to step, and the load-balancing loss changes the gradients (the same weights
     with it and without it differ in gradient norm), so equal numbers are a real check."""
     ref = results(tmp_path_factory)
-    for name in ("moe", "aux"):
+    for name in ("moe", "aux", "moe2"):
         assert len({round(r["loss"], 6) for r in ref[name]["records"]}) == STEPS
     assert not _close(ref["aux"]["records"][0]["grad_norm"], ref["moe"]["records"][0]["grad_norm"])
 

@@ -5,6 +5,9 @@
                                          the checkpoint is committed (leaves an incomplete .tmp-step directory)
     AUTOCONF_FAULT_HANG_AT_STEP=K        ... or stops working at step K (a hung peer: alive, never answers)
     AUTOCONF_FAULT_RANK=r                the global rank that fails (default 0)
+    AUTOCONF_FAULT_START_TOGETHER=1      the ranks meet in torchrun's store (waiting up to START_TOGETHER_S) before
+                                         their process group is made, so that a test's short collective timeout
+                                         is not spent on a loaded machine's uneven start-up (imports)
     AUTOCONF_FAULT_KILL_AGENT=1          first SIGKILL the parent (the torchrun agent), as when a node is lost
     AUTOCONF_FAULT_MARKER=PATH           fire each kind once: only while PATH.<kind> does not exist (it is created
                                          just before);
@@ -17,7 +20,10 @@ import os
 import signal
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
+
+START_TOGETHER_S = 600.0
 
 
 def _armed(kind: str, step: int, rank: int) -> bool:
@@ -39,6 +45,21 @@ def _fire(sig: int, what: str, rank: int) -> None:
     if os.environ.get("AUTOCONF_FAULT_KILL_AGENT") == "1":
         os.kill(os.getppid(), signal.SIGKILL)
     os.kill(os.getpid(), sig)
+
+
+def start_together() -> None:
+    """With AUTOCONF_FAULT_START_TOGETHER=1 under torchrun: returns once every rank of this attempt has called it."""
+    if os.environ.get("AUTOCONF_FAULT_START_TOGETHER") != "1" or "MASTER_ADDR" not in os.environ:
+        return
+    from torch.distributed.rendezvous import _create_c10d_store
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store = _create_c10d_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank, world,
+                               timedelta(seconds=START_TOGETHER_S))
+    key = f"autoconf/start_together/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    if store.add(key, 1) == world:
+        store.set(f"{key}/all", "1")
+    store.wait([f"{key}/all"])
 
 
 def at_step(step: int, rank: int) -> None:

@@ -538,6 +538,7 @@ def main(argv=None) -> int:
         plan = load_plan(args.plan)
         if device.type == "cuda":
             device = torch.device("cuda", placed_local_device(plan, int(os.environ.get("RANK", 0))))
+        faults.start_together()
         init_distributed(device, args.timeout)
         _log(f"autoconf: tp {plan.config.tp} cp {plan.config.cp} pp {plan.config.pp} dp {plan.config.dp} schedule "
              f"{plan.config.schedule} zero {plan.config.zero_stage} on {dist.get_world_size()} x {device.type}")
