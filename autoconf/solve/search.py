@@ -416,11 +416,19 @@ class _BoundCache:
             return self.cluster.device.memory_overhead_bytes
         key = _RESIDENT_FIELDS(c)
         if key not in self._resident:
-            entry = self.rank0_memory(c)
-            self._resident[key] = (entry["activations"], entry["other"])
+            self.rank0_memory(c)  # (which remembers its resident bytes)
         resident_activations, other = self._resident[key]
         return (other + (0.0 if activations else resident_activations)
                 + (0.0 if optimizer else self._state_bytes(c)))
+
+    def known_floor(self, c: ParallelConfig) -> float | None:
+        """`offload_floor` without either lever (a lower bound of `memory_bound`: the entry's other bytes, its
+        activations and `_state_bytes`) where it costs no `stage_memory` call, that is where a layout differing
+        from `c` only in the ZeRO stage and grad_reduce has had its entry; else None."""
+        if self.execution.memory_layout == "torch" and c.num_microbatches == 1:
+            return None
+        resident = self._resident.get(_RESIDENT_FIELDS(c))
+        return None if resident is None else resident[0] + resident[1] + self._state_bytes(c)
 
     def rank0_memory(self, c: ParallelConfig) -> dict:
         """cost/memory.stage_memory of pipeline rank 0 on the uniform partition (what `memory_bound` totals); the
@@ -433,6 +441,7 @@ class _BoundCache:
                              ranks=[0], selective=selective_policy(c, self.execution),
                              execution=self.execution)[0]
         self._last_memory = (c, entry)
+        self._resident.setdefault(_RESIDENT_FIELDS(c), (entry["activations"], entry["other"]))
         return entry
 
 
@@ -554,6 +563,12 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         if floor > limit:
             pruned_memory += 1
             does_not_fit(floor - limit, time_bound, key, config, functools.partial(cache.rank0_memory, config),
+                         exact=False, floor=functools.partial(cache.offload_floor, config))
+            return True
+        known = cache.known_floor(config)
+        if known is not None and known > limit:  # as above, from the entry of a twin in ZeRO stage / grad_reduce
+            pruned_memory += 1
+            does_not_fit(known - limit, time_bound, key, config, functools.partial(cache.rank0_memory, config),
                          exact=False, floor=functools.partial(cache.offload_floor, config))
             return True
         entry = cache.rank0_memory(config)  # `memory_bound`'s entry
@@ -754,12 +769,16 @@ def _offload_walk(model: ModelSpec, cluster: ClusterProfile, cache: "_BoundCache
         if parent_bound >= cutoff:
             continue
         memory = None
+        sharded = config.zero_sharded
+        busy = {}  # the twins' busy bound by offload_activations (it does not read offload_optimizer)
         for activations, optimizer in levers:
-            if optimizer and not config.zero_sharded:
+            if optimizer and not sharded:
+                continue
+            if activations not in busy:
+                busy[activations] = cache.busy_bound(replaced(config, offload_activations=activations))
+            if busy[activations] >= cutoff:
                 continue
             twin = replaced(config, offload_activations=activations, offload_optimizer=optimizer)
-            if cache.busy_bound(twin) >= cutoff:
-                continue
             if memory is None:
                 if floor is not None and floor(activations, optimizer) > limit:
                     continue  # what stays is at least the floor
