@@ -198,6 +198,10 @@ def assert_bounds_below_estimate(model, cluster, configs, execution=None, memory
             unfitted = dataclasses.replace(config, recompute_layers=(0,) * config.num_stages)
             plain = dataclasses.replace(config, recompute="none", selective_recompute=None)
             assert cache.time_bound(unfitted) >= cache.time_bound(plain), config
+            # no layer recomputed yet: the bound reads neither the mode nor the policy (`search` shares it)
+            other = "full" if config.recompute == "selective" else "selective"
+            assert cache.time_bound(unfitted) == cache.time_bound(dataclasses.replace(
+                unfitted, recompute=other, selective_recompute=None)), config
         if memory:
             assert cache.state_bound(config) <= bound.memory_bytes * (1 + 1e-9), config
             assert bound.memory_bytes <= p["peak_memory_bytes"] * (1 + 1e-9), config

@@ -52,6 +52,10 @@ from autoconf.spec.schedules import schedule_spec, stage_to_rank
 
 # Every config field but grad_reduce: what the time bound reads (`search` shares one bound between twins).
 _BOUND_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(ParallelConfig) if f.name != "grad_reduce"))
+# Every config field but grad_reduce and the recompute mode and policy: what the time bound reads of a candidate that
+# recomputes no layer yet (`search`: each recomputed layer's term is 0 x its time) and does not offload activations.
+_UNFITTED_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(ParallelConfig)
+                                         if f.name not in ("grad_reduce", "recompute", "selective_recompute")))
 # Every config field but the ZeRO stage and grad_reduce: what rank 0's activations and other bytes read
 # (`_BoundCache.offload_floor` shares them between the layouts that differ only there).
 _RESIDENT_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(ParallelConfig)
@@ -488,8 +492,11 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     def bound_of_fields(config: ParallelConfig) -> float:
         """The time bound a candidate enters the walk with (shared by the twins it does not read)."""
         # The bound does not read grad_reduce (reducing every micro-batch only adds to the step), so a layout and
-        # its twin that reduces every micro-batch share one.
-        fields = _BOUND_FIELDS(config)
+        # its twin that reduces every micro-batch share one. Nor, while no layer recomputes, the recompute mode or
+        # policy: their recompute time enters only times a count of 0, and without offloaded activations (whose
+        # copies the policy sizes) the twins in selective and full recompute share one bound.
+        unfitted = per_stage and config.recompute != "none" and not config.offload_activations
+        fields = (True, _UNFITTED_FIELDS(config)) if unfitted else _BOUND_FIELDS(config)
         if fields not in bound_by_fields:
             changes = {"grad_reduce": "step"} if config.grad_reduce != "step" else {}
             if per_stage and config.recompute != "none":
