@@ -168,7 +168,7 @@ class PartitionProblem:
         rc = self.recomputed_units(stage, first, end)
         layers = range(max(first, 1), min(end, self.num_layers + 1))
         facts["last"] |= stage == self.num_stages - 1
-        facts["moe"] |= any(u in self.moe_units for u in range(first, end))
+        facts["moe"] |= any(first <= u < end for u in self.moe_units)
         facts["recomputes"] |= len(rc) > 0
         facts["keeps"] |= len(layers) > len(rc)
 
