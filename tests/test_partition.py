@@ -271,3 +271,45 @@ def test_the_seq1f1b_work_split_partition_fits_where_one_does(framework):
     assert solved.layer_ranges() == [[0, 4], [4, 8]] and peak(cluster, solved.layer_ranges()) <= usable
     unscaled = solve_partition(dataclasses.replace(problem, activation_scale=None)).layer_ranges()
     assert unscaled == [[0, 5], [5, 8]] and peak(cluster, unscaled) > usable
+
+
+def test_v_placement_skips_cp_sat_only_where_the_hint_is_the_optimum(monkeypatch):
+    """Where `solve_partition` returns the greedy hint of a V placement without CP-SAT (`_v_optimum_proven`: a
+    dynamic programme over the ranks from the outside in, memory and per-stage recompute counts included), the
+    hint's objective is the exhaustive optimum and CP-SAT run on the same problem returns the same partition; the
+    proof holds on some chains and not on others, and it is not tried on a chain with many units beyond one per
+    stage."""
+    from autoconf.solve import partition
+    rng = random.Random(3)
+    proven = []
+    real = partition._v_optimum_proven
+
+    def spy(*args):
+        proven.append(real(*args))
+        return proven[-1]
+
+    for _ in range(24):
+        pp = rng.randint(1, 3)
+        layers = rng.randint(max(1, 2 * pp - 2), 2 * pp + 1)
+        n = layers + 2
+        slow = rng.uniform(1, 3)
+        limit = rng.choice((1e18, rng.uniform(2, 5) * (pp + 1) * 2**30))  # some chains bound by memory
+        problem = PartitionProblem(
+            tuple(rng.choice((1.0, slow)) * 1e-3 for _ in range(n)), (2**30,) * n, (2**30,) * n, v_placement(pp),
+            tuple(rng.randint(1, 4) for _ in range(2 * pp)), limit, rng.randint(1, 6),
+            unit_recompute_time=(0.0, *(rng.uniform(0.1, 0.5) * 1e-3 for _ in range(layers)), 0.0),
+            unit_recompute_saved_bytes=(0.0, *(rng.uniform(0, 0.5) * 2**30 for _ in range(layers)), 0.0),
+            recompute_counts=tuple(rng.randint(0, 2) for _ in range(2 * pp)))
+        monkeypatch.setattr(partition, "_v_optimum_proven", spy)
+        shortcut = solve_partition(problem)
+        if shortcut is None or not proven[-1]:
+            continue
+        q = partition._quantise(problem)
+        exhaustive = brute_force_partition(problem)
+        assert partition._int_cost(problem, q, shortcut.stages) == partition._int_cost(problem, q, exhaustive.stages)
+        monkeypatch.setattr(partition, "_v_optimum_proven", lambda *args: False)
+        solved = solve_partition(problem, time_limit_s=5.0)
+        assert solved.optimal and solved.stages == shortcut.stages
+    assert any(proven) and not all(proven)
+    wide = PartitionProblem((1e-3,) * 42, (1.0,) * 42, (1.0,) * 42, v_placement(4), (1.0,) * 8, 1e18, 8)
+    assert not partition._v_optimum_proven(wide, partition._quantise(wide), greedy_partition(wide))

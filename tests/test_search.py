@@ -198,10 +198,16 @@ def assert_bounds_below_estimate(model, cluster, configs, execution=None, memory
             unfitted = dataclasses.replace(config, recompute_layers=(0,) * config.num_stages)
             plain = dataclasses.replace(config, recompute="none", selective_recompute=None)
             assert cache.time_bound(unfitted) >= cache.time_bound(plain), config
+            # no layer recomputed yet: the bound reads neither the mode nor the policy (`search` shares it)
+            other = "full" if config.recompute == "selective" else "selective"
+            assert cache.time_bound(unfitted) == cache.time_bound(dataclasses.replace(
+                unfitted, recompute=other, selective_recompute=None)), config
         if memory:
             assert cache.state_bound(config) <= bound.memory_bytes * (1 + 1e-9), config
             assert bound.memory_bytes <= p["peak_memory_bytes"] * (1 + 1e-9), config
             entry = cache.rank0_memory(config)
+            known = cache.known_floor(config)  # (the walk prunes on it where a ZeRO / grad_reduce twin had its entry)
+            assert known is None or known <= entry["total"] * (1 + 1e-9) + 1e-6, config
             for activations in (False, True):  # what an offloading twin leaves of rank 0, as `_offload_walk` counts
                 for optimizer in (False, True):
                     stays = entry["total"] - (entry["activations"] if activations else 0.0) - (

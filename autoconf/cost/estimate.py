@@ -843,7 +843,7 @@ def _order_peaks(name: str, pp: int, num_microbatches: int, vpp: int, rank: int 
     """`order_peaks` of a schedule (of one rank's list with `rank`), remembered: the 2p and 3p samples serve every
     larger count."""
     if rank is None:
-        return order_peaks(_schedule(name, pp, num_microbatches, vpp, seq_chunks))
+        return order_peaks(_schedule(name, pp, num_microbatches, vpp, seq_chunks, False))  # (predict's cache key)
     return rank_order_peaks(schedule_spec(name).num_stages(pp, vpp),
                             {rank: rank_actions(name, pp, num_microbatches, vpp, rank, seq_chunks)}, pp)
 

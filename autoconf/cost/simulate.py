@@ -508,11 +508,11 @@ class _Graph:
         sel = (kind == _B) | (kind == _W)
         np.maximum.at(last_b, stage[sel], ids[sel])
         self.last_bwd = last_b.tolist()  # per stage, its last B or W (numbered rank by rank), or -1
-        self.first_use = []
-        for r in range(R):
-            stages = stage[offsets[r]:offsets[r + 1]]
-            uniq, first = np.unique(stages, return_index=True)
-            self.first_use.append(uniq[np.argsort(first)].tolist())
+        # Each rank's stages in the order of their first action: the first action of each (rank, stage), taken in
+        # action order (rank by rank, so each rank's stages come together).
+        uniq, first = np.unique(np.repeat(np.arange(R), lengths) * S + stage, return_index=True)
+        used = uniq[np.argsort(first)]
+        self.first_use = [x.tolist() for x in np.split(used % S, np.cumsum(np.bincount(used // S, minlength=R))[:-1])]
 
     @staticmethod
     def _waves(schedule: Schedule, dep: np.ndarray, offsets: list[int], dep2: np.ndarray) -> np.ndarray:

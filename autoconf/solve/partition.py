@@ -55,10 +55,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from ortools.sat.python import cp_model
 
 from autoconf.cost.memory import TEMPORARY_FACTS, Temporary
-from autoconf.solve import cpsat
 from autoconf.spec.plan import max_pipeline_stages, uniform_partition
 
 TIME_QUANTA = 1 << 20  # total chain time is split into this many integer time steps
@@ -161,16 +159,18 @@ class PartitionProblem:
     def rank_facts(self, stages) -> list[dict[str, bool]]:
         """Each rank's facts (`Temporary`) under the partition `stages` ([first_unit, end_unit) per stage)."""
         facts = [dict.fromkeys(TEMPORARY_FACTS, False) for _ in range(self.num_ranks)]
-        moe = set(self.moe_units)
         for s, (a, b) in enumerate(stages):
-            f = facts[self.stage_to_rank[s]]
-            rc = self.recomputed_units(s, a, b)
-            layers = range(max(a, 1), min(b, self.num_layers + 1))
-            f["last"] |= s == self.num_stages - 1
-            f["moe"] |= any(u in moe for u in range(a, b))
-            f["recomputes"] |= len(rc) > 0
-            f["keeps"] |= len(layers) > len(rc)
+            self.add_stage_facts(facts[self.stage_to_rank[s]], s, a, b)
         return facts
+
+    def add_stage_facts(self, facts: dict[str, bool], stage: int, first: int, end: int) -> None:
+        """Adds to a rank's `facts` those that `stage` on units [first, end) makes hold."""
+        rc = self.recomputed_units(stage, first, end)
+        layers = range(max(first, 1), min(end, self.num_layers + 1))
+        facts["last"] |= stage == self.num_stages - 1
+        facts["moe"] |= any(first <= u < end for u in self.moe_units)
+        facts["recomputes"] |= len(rc) > 0
+        facts["keeps"] |= len(layers) > len(rc)
 
     def rank_temporary(self, facts: dict[str, bool], sizes=None) -> float:
         """The largest temporary whose facts hold (0 without any); `sizes`: the terms' sizes (default their
@@ -295,25 +295,35 @@ def evaluate_partition(p: PartitionProblem, stages, optimal: bool = False) -> Pa
 
 def _int_cost(p: PartitionProblem, q: _Quantised, stages) -> int | None:
     """Integer objective of a partition on the quantised data, or None when it breaks a memory limit."""
-    static, grads, transient = ([0] * p.num_ranks for _ in range(3))
-    rank_time = [0] * p.num_ranks
-    path = 0
+    held: list[list] = [[] for _ in range(p.num_ranks)]
     for s, (a, b) in enumerate(stages):
-        r = p.stage_to_rank[s]
+        held[p.stage_to_rank[s]].append((s, a, b))
+    path, neck = 0, 0
+    for r, own in enumerate(held):
+        rank_time, rank_path, fits = _rank_int_cost(p, q, r, own)
+        if not fits:
+            return None
+        path, neck = path + rank_path, max(neck, rank_time)
+    return path + q.neck_w * neck
+
+
+def _rank_int_cost(p: PartitionProblem, q: _Quantised, rank: int, own) -> tuple[int, int, bool]:
+    """(time, path term, whether it fits its memory limit) of pipeline `rank` holding the stages `own`, as
+    (stage, first unit, end unit) in stage order, on the quantised data: `_int_cost`'s rule for one rank."""
+    static = grads = transient = rank_time = path = 0
+    facts = dict.fromkeys(TEMPORARY_FACTS, False)
+    for s, a, b in own:
         rc = p.recomputed_units(s, a, b)
         t = sum(q.time[a:b]) + sum(q.rc_time[u] for u in rc)
         path += q.path_w[s] * t
-        rank_time[r] += t
-        static[r] += sum(q.static[a:b])
-        grads[r] += sum(q.grad[a:b])
-        transient[r] += sum(q.act[s][a:b]) - sum(q.rc_saved[s][u] for u in rc)
+        rank_time += t
+        static += sum(q.static[a:b])
+        grads += sum(q.grad[a:b])
+        transient += sum(q.act[s][a:b]) - sum(q.rc_saved[s][u] for u in rc)
+        p.add_stage_facts(facts, s, a, b)
     if p.temporaries:
-        for r, facts in enumerate(p.rank_facts(stages)):
-            transient[r] += p.rank_temporary(facts, q.temp)
-    mem = [p.rank_bytes(*x, r, q.rank_grad[r]) for r, x in enumerate(zip(static, grads, transient))]
-    if any(m > lim for m, lim in zip(mem, q.limit)):
-        return None
-    return path + q.neck_w * max(rank_time)
+        transient += p.rank_temporary(facts, q.temp)
+    return rank_time, path, p.rank_bytes(static, grads, transient, rank, q.rank_grad[rank]) <= q.limit[rank]
 
 
 def _greedy_fill(p: PartitionProblem, q: _Quantised, budget: int) -> list[int] | None:
@@ -530,6 +540,77 @@ def _dp_optimum_proven(p: PartitionProblem, q: _Quantised, bottleneck: int, boun
     return False
 
 
+# The V-placement proof (`_v_optimum_proven`) walks (slack + 1)^4 rank choices per rank, slack = units - stages
+# (how many units beyond one per stage): it is tried up to this many in all.
+V_PROOF_MAX_CHOICES = 20_000
+
+
+def _v_optimum_proven(p: PartitionProblem, q: _Quantised, hint) -> bool:
+    """Whether `hint` ([first_unit, end_unit) per stage) minimises the whole objective on the quantised data where
+    rank r holds stages r and S-1-r (`v_placement`), by dynamic programming over the ranks from the outside in:
+    rank r's two stages start and end where rank r-1's leave off at either end of the chain, so a state is the
+    pair (first unit of stage r, end unit of stage S-1-r) and every rank is costed by `_rank_int_cost`, memory
+    included. The least bottleneck B* and the least path terms follow (`_dp_optimum_proven`'s argument: a
+    partition whose busiest rank exceeds B* + (P_h - P_min) // neck_w costs more than the hint, whose bottleneck
+    must be B*, and where the least path term within that cap is the hint's P_h no partition is cheaper, so CP-SAT
+    would keep its hint). Only where the chain leaves few units beyond one per stage (V_PROOF_MAX_CHOICES);
+    False elsewhere and where the proof fails."""
+    S, R, U = p.num_stages, p.num_ranks, len(q.time)
+    slack = U - S
+    if tuple(p.stage_to_rank) != v_placement(R) or R * (slack + 1) ** 4 > V_PROOF_MAX_CHOICES:
+        return False
+    # Each rank's choices: from state (a, b) to (a2, b2), stage r on [a, a2) and stage S-1-r on [b2, b), each of
+    # at least one unit and at least one unit left for every stage between; the innermost rank takes all of
+    # [a, b) in its two stages, split at a2 = b2.
+    steps = []
+    states = {(0, U)}
+    for r in range(R):
+        step = {}
+        inner = S - 2 * (r + 1)  # stages left between
+        for a, b in states:
+            if r == R - 1:
+                choices = ((a2, a2) for a2 in range(a + 1, b))
+            else:
+                choices = ((a2, b2) for a2 in range(a + 1, b - inner) for b2 in range(a2 + inner, b))
+            for a2, b2 in choices:
+                time, path, fits = _rank_int_cost(p, q, r, ((r, a, a2), (S - 1 - r, b2, b)))
+                if fits:
+                    step[a, b, a2, b2] = (time, path)
+        steps.append(step)
+        states = {(a2, b2) for _, _, a2, b2 in step}
+    last = {(x, x) for x in range(U + 1)}
+
+    def least(cap: int | None, bottleneck: bool) -> int | None:
+        """The least path term of the fitting partitions whose every rank takes at most `cap`, or with
+        `bottleneck` the least busiest rank of any fitting partition; None when there is none."""
+        best = {(0, U): 0}
+        for step in steps:
+            new: dict = {}
+            for (a, b, a2, b2), (time, path) in step.items():
+                if (a, b) not in best or (cap is not None and time > cap):
+                    continue
+                value = max(best[a, b], time) if bottleneck else best[a, b] + path
+                if new.get((a2, b2), value + 1) > value:
+                    new[a2, b2] = value
+            best = new
+        ends = [v for key, v in best.items() if key in last]
+        return min(ends) if ends else None
+
+    own = [[] for _ in range(R)]
+    for s, (a, b) in enumerate(hint):
+        own[p.stage_to_rank[s]].append((s, a, b))
+    costs = [_rank_int_cost(p, q, r, own[r]) for r in range(R)]
+    if not all(fits for _, _, fits in costs):
+        return False
+    neck, path = max(t for t, _, _ in costs), sum(x for _, x, _ in costs)
+    if least(None, True) != neck:
+        return False
+    smallest = least(None, False)
+    if q.neck_w == 0:
+        return smallest == path
+    return least(neck + (path - smallest) // q.neck_w, False) == path
+
+
 def brute_force_partition(p: PartitionProblem) -> PartitionResult | None:
     """Try every partition (on the same quantised data as CP-SAT). For tests and tiny chains only."""
     q = _quantise(p)
@@ -569,6 +650,13 @@ def solve_partition(p: PartitionProblem, time_limit_s: float = 10.0, seed: int =
             return evaluate_partition(p, hint, optimal=True)  # what CP-SAT would prove from this hint
     else:
         hint = greedy_partition(p)
+        if _v_optimum_proven(p, q, hint):
+            return evaluate_partition(p, hint, optimal=True)  # what CP-SAT would prove from this hint
+
+    # ortools loads only when a model is solved (its import, pandas included, takes about half a CPU second).
+    from ortools.sat.python import cp_model
+
+    from autoconf.solve import cpsat
 
     # Variables: after[u, s] <=> unit u sits on stage s or later (order encoding of the unit's stage, s >= 1).
     # Unit u >= 1 can be on stages [u + S - 2 - L ... u] only (one unit at least on every stage), so the rest are

@@ -33,10 +33,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from ortools.sat.python import cp_model
 
 from autoconf.cost.comm import ring_time, transfer_time
-from autoconf.solve import cpsat
 from autoconf.spec.grid import ParallelDims, RankGrid
 
 EXACT_MAX_DEVICES = 16
@@ -292,6 +290,11 @@ def solve_placement(pp: int, dp: int, tp: int, links: LinkModel, tp_bytes: float
 
 
 def _solve_exact(dims: ParallelDims, links, volumes, weights, time_limit_s, seed) -> np.ndarray:
+    # ortools loads only when a model is solved (its import, pandas included, takes about half a CPU second).
+    from ortools.sat.python import cp_model
+
+    from autoconf.solve import cpsat
+
     # Data: every rank is a cell of the grid, ring edges and pipeline pairs connect cells.
     n = dims.world_size
     cells = start = default_mesh(dims.pp, dims.dp, dims.tp, dims.cp)

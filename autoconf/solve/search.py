@@ -52,6 +52,10 @@ from autoconf.spec.schedules import schedule_spec, stage_to_rank
 
 # Every config field but grad_reduce: what the time bound reads (`search` shares one bound between twins).
 _BOUND_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(ParallelConfig) if f.name != "grad_reduce"))
+# Every config field but grad_reduce and the recompute mode and policy: what the time bound reads of a candidate that
+# recomputes no layer yet (`search`: each recomputed layer's term is 0 x its time) and does not offload activations.
+_UNFITTED_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(ParallelConfig)
+                                         if f.name not in ("grad_reduce", "recompute", "selective_recompute")))
 # Every config field but the ZeRO stage and grad_reduce: what rank 0's activations and other bytes read
 # (`_BoundCache.offload_floor` shares them between the layouts that differ only there).
 _RESIDENT_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(ParallelConfig)
@@ -428,11 +432,19 @@ class _BoundCache:
             return self.cluster.device.memory_overhead_bytes
         key = _RESIDENT_FIELDS(c)
         if key not in self._resident:
-            entry = self.rank0_memory(c)
-            self._resident[key] = (entry["activations"], entry["other"])
+            self.rank0_memory(c)  # (which remembers its resident bytes)
         resident_activations, other = self._resident[key]
         return (other + (0.0 if activations else resident_activations)
                 + (0.0 if optimizer else self._state_bytes(c)))
+
+    def known_floor(self, c: ParallelConfig) -> float | None:
+        """`offload_floor` without either lever (a lower bound of `memory_bound`: the entry's other bytes, its
+        activations and `_state_bytes`) where it costs no `stage_memory` call, that is where a layout differing
+        from `c` only in the ZeRO stage and grad_reduce has had its entry; else None."""
+        if self.execution.memory_layout == "torch" and c.num_microbatches == 1:
+            return None
+        resident = self._resident.get(_RESIDENT_FIELDS(c))
+        return None if resident is None else resident[0] + resident[1] + self._state_bytes(c)
 
     def rank0_memory(self, c: ParallelConfig) -> dict:
         """cost/memory.stage_memory of pipeline rank 0 on the uniform partition (what `memory_bound` totals); the
@@ -445,6 +457,7 @@ class _BoundCache:
                              ranks=[0], selective=selective_policy(c, self.execution),
                              execution=self.execution)[0]
         self._last_memory = (c, entry)
+        self._resident.setdefault(_RESIDENT_FIELDS(c), (entry["activations"], entry["other"]))
         return entry
 
 
@@ -493,8 +506,11 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     def bound_of_fields(config: ParallelConfig) -> float:
         """The time bound a candidate enters the walk with (shared by the twins it does not read)."""
         # The bound does not read grad_reduce (reducing every micro-batch only adds to the step), so a layout and
-        # its twin that reduces every micro-batch share one.
-        fields = _BOUND_FIELDS(config)
+        # its twin that reduces every micro-batch share one. Nor, while no layer recomputes, the recompute mode or
+        # policy: their recompute time enters only times a count of 0, and without offloaded activations (whose
+        # copies the policy sizes) the twins in selective and full recompute share one bound.
+        unfitted = per_stage and config.recompute != "none" and not config.offload_activations
+        fields = (True, _UNFITTED_FIELDS(config)) if unfitted else _BOUND_FIELDS(config)
         if fields not in bound_by_fields:
             changes = {"grad_reduce": "step"} if config.grad_reduce != "step" else {}
             if per_stage and config.recompute != "none":
@@ -569,6 +585,12 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         if floor > limit:
             pruned_memory += 1
             does_not_fit(floor - limit, time_bound, key, config, functools.partial(cache.rank0_memory, config),
+                         exact=False, floor=functools.partial(cache.offload_floor, config))
+            return True
+        known = cache.known_floor(config)
+        if known is not None and known > limit:  # as above, from the entry of a twin in ZeRO stage / grad_reduce
+            pruned_memory += 1
+            does_not_fit(known - limit, time_bound, key, config, functools.partial(cache.rank0_memory, config),
                          exact=False, floor=functools.partial(cache.offload_floor, config))
             return True
         entry = cache.rank0_memory(config)  # `memory_bound`'s entry
@@ -769,12 +791,16 @@ def _offload_walk(model: ModelSpec, cluster: ClusterProfile, cache: "_BoundCache
         if parent_bound >= cutoff:
             continue
         memory = None
+        sharded = config.zero_sharded
+        busy = {}  # the twins' busy bound by offload_activations (it does not read offload_optimizer)
         for activations, optimizer in levers:
-            if optimizer and not config.zero_sharded:
+            if optimizer and not sharded:
+                continue
+            if activations not in busy:
+                busy[activations] = cache.busy_bound(replaced(config, offload_activations=activations))
+            if busy[activations] >= cutoff:
                 continue
             twin = replaced(config, offload_activations=activations, offload_optimizer=optimizer)
-            if cache.busy_bound(twin) >= cutoff:
-                continue
             if memory is None:
                 if floor is not None and floor(activations, optimizer) > limit:
                     continue  # what stays is at least the floor

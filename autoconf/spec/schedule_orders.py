@@ -13,6 +13,7 @@ steps (torch's `None`) and communication actions are left out: a rank simply wai
 
 from __future__ import annotations
 
+import collections
 import functools
 from dataclasses import dataclass
 
@@ -197,63 +198,69 @@ def dualpipev_pairs(rank: int, pp: int, vpp: int, m: int) -> tuple[int, ...]:
 @functools.lru_cache(maxsize=256)
 def _dualpipev(rank: int, pp: int, m: int) -> tuple[tuple[Op, ...], tuple[int, ...]]:
     """(order, pair positions) of one rank, remembered: a schedule's build reads every rank's order, then its
-    pairs, from the same walk."""
+    pairs, from the same walk. Stage s0 = rank and s1 = 2pp-1-rank each count their next forward (f0, f1) and next
+    backward, B or I (b0, b1); an I leaves its W pending, and the oldest pending W runs where torch's order places
+    one (`weight`)."""
     s0, s1 = rank, 2 * pp - 1 - rank
     pairs: list[int] = []
-    nf = {s0: 0, s1: 0}  # next forward micro-batch
-    nb = {s0: 0, s1: 0}  # next backward (B or I) micro-batch
-    weights: list[tuple[int, int]] = []  # pending W after I, oldest first
     ops: list[Op] = []
-
-    def add(kind: int, s: int) -> None:
-        if kind == F:
-            ops.append((F, s, nf[s]))
-            nf[s] += 1
-        else:
-            ops.append((kind, s, nb[s]))
-            if kind == I:
-                weights.append((s, nb[s]))
-            nb[s] += 1
+    append = ops.append
+    weights: collections.deque[Op] = collections.deque()  # pending W after I, oldest first
 
     def weight() -> None:
         if weights:
-            s, i = weights.pop(0)
-            ops.append((W, s, i))
+            append(weights.popleft())
 
-    for _ in range((pp - rank - 1) * 2):
-        add(F, s0)
+    warm = (pp - rank - 1) * 2
+    ops.extend((F, s0, i) for i in range(warm))
+    f0, f1, b0, b1 = warm, 0, 0, 0
     for _ in range(rank + 1):
-        add(F, s0)
-        add(F, s1)
+        append((F, s0, f0))
+        append((F, s1, f1))
+        f0, f1 = f0 + 1, f1 + 1
     for _ in range(pp - rank - 1):
-        add(I, s1)
+        append((I, s1, b1))
+        weights.append((W, s1, b1))
+        b1 += 1
         weight()
-        add(F, s1)
+        append((F, s1, f1))
+        f1 += 1
     for i in range(m - 2 * pp + rank + 1):
-        if not (i == 0 and rank == pp - 1):  # torch does not overlap the last rank's first pair
+        if i or rank != pp - 1:  # torch does not overlap the last rank's first pair
             pairs.append(len(ops))
-        add(F, s0)
-        add(B, s1)
+        append((F, s0, f0))
+        append((B, s1, b1))
         pairs.append(len(ops))
-        add(F, s1)
-        add(B, s0)
+        append((F, s1, f1))
+        append((B, s0, b0))
+        f0, b1, f1, b0 = f0 + 1, b1 + 1, f1 + 1, b0 + 1
     for _ in range(pp - rank - 1):
-        add(B, s1)
+        append((B, s1, b1))
         pairs.append(len(ops))
-        add(F, s1)
-        add(B, s0)
+        append((F, s1, f1))
+        append((B, s0, b0))
+        b1, f1, b0 = b1 + 1, f1 + 1, b0 + 1
     steps = rank + 1
     zb = False
     for i in range(steps):
         if i == steps // 2 and rank % 2 == 1:
             zb = True
-        add(I if zb else B, s1)
+        append((I if zb else B, s1, b1))
+        if zb:
+            weights.append((W, s1, b1))
+        b1 += 1
         if i == steps // 2 and rank % 2 == 0:
             zb = True
-        add(I if zb else B, s0)
+        append((I if zb else B, s0, b0))
+        if zb:
+            weights.append((W, s0, b0))
+        b0 += 1
     for _ in range(pp - rank - 1):
         weight()
-        add(I if zb else B, s0)
+        append((I if zb else B, s0, b0))
+        if zb:
+            weights.append((W, s0, b0))
+        b0 += 1
     for _ in range(rank + 1):
         weight()
     return tuple(ops), tuple(pairs)
