@@ -39,7 +39,7 @@ from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_offload, host_memory_per_node,
                                    plans_offload)
 from autoconf.errors import UserError
-from autoconf.spec.support import op_policy_unsupported, unsupported_reason
+from autoconf.spec.support import unsupported_reason
 from autoconf.solve.placement import tp_cp_domain
 from autoconf.solve.recompute import fewest_counts, fewest_recomputed
 from autoconf.solve.space import candidates, normalise_fixed, replaced, with_changes
@@ -490,8 +490,6 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     # Selective candidates run the framework's own policy and, where it runs others, each of them (the per-op policy
     # saves more and recomputes less than the attention core, or the reverse: the estimate decides).
     others = [p for p in execution.selective_policies if p != execution.selective_recompute]
-    if launchable_only and op_policy_unsupported(ParallelConfig(1, 1, 1, 1, 1, 1), model):
-        others = [p for p in others if p != "alternate_matmuls"]  # not run on this model (MoE layers)
     policies = (None, *others)
     pinned_offload = any(fixed.get(name) is True for name in OFFLOADS)  # the space offloads only where --fix says
     # A family's bound is at most each member's: the least bound of its members without recompute, which is at most
