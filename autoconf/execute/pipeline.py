@@ -147,10 +147,11 @@ class TiedEmbeddingSync:
 
     Both copies have the same layout (TP Shard(0), the same FSDP sharding), so local shards line up. When one rank
     holds both (V placement, or pp == 1 where the parameter is simply shared) nothing crosses the network.
-    Every rank must construct this object (process groups are created collectively).
+    Every rank must construct this object (process groups are created collectively); the group of the two copies'
+    ranks times out after `timeout` (torch's default when None).
     """
 
-    def __init__(self, plan, grid: RankGrid, chunks: list[tuple[int, Transformer]], rank: int):
+    def __init__(self, plan, grid: RankGrid, chunks: list[tuple[int, Transformer]], rank: int, timeout=None):
         self.params: list[torch.nn.Parameter] = []
         self.group = None
         c = plan.config
@@ -166,7 +167,7 @@ class TiedEmbeddingSync:
             return
         for first, last in zip(grid.pipeline_rank(0).flat, grid.pipeline_rank(last_rank).flat):
             ranks = [int(first), int(last)]
-            group = dist.new_group(ranks)
+            group = dist.new_group(ranks, timeout=timeout)
             if rank in ranks:
                 self.group = group
 

@@ -33,7 +33,7 @@ from autoconf.execute import checkpoint as ckpt
 from autoconf.execute import context_parallel as cpx
 from autoconf.execute import faults
 from autoconf.execute.data import TokenSource, local_rows
-from autoconf.execute.mesh import build_expert_mesh, build_mesh
+from autoconf.execute.mesh import build_expert_mesh, build_mesh, process_group_backend, subgroup_backend
 from autoconf.execute.model import init_seed
 from autoconf.execute.moe import is_expert_param
 from autoconf.execute.optimizer import adamw, param_groups
@@ -61,6 +61,7 @@ class TrainOptions:
     timing_warmup: int = 2  # steps left out of the measured median iteration time
     stop_after: int | None = None  # end this run after that many steps (the schedule still spans `steps`)
     quiet: bool = False
+    timeout_s: float = 600.0  # every collective's timeout: the default group's (init_distributed) and the meshes'
 
 
 class PhaseClock:
@@ -111,9 +112,10 @@ class Trainer:
         # Grid position i runs as global rank i; which device hosts it is the launcher's business (node ranks and
         # local devices follow plan.placement, see spec/plan.py node_blocks), so every group is in grid order.
         grid = RankGrid.logical(c.dims)
-        self.mesh = build_mesh(grid, device.type, solo=c.dp > 1 and not c.zero_sharded)
+        groups = subgroup_backend(device.type, opts.timeout_s)
+        self.mesh = build_mesh(grid, device.type, solo=c.dp > 1 and not c.zero_sharded, groups=groups)
         moe = plan.model.is_moe
-        self.expert_mesh = build_expert_mesh(grid, c.ep, c.etp, device.type) if moe else None
+        self.expert_mesh = build_expert_mesh(grid, c.ep, c.etp, device.type, groups) if moe else None
         self.coords = grid.coords(self.rank)
         self.sizes = {axis: grid.size(axis) for axis in AXES} | {"edp": c.edp}
         self.fsdp = c.zero_sharded
@@ -131,7 +133,7 @@ class Trainer:
             self.attention_context = self.context.torch_attention  # the CUDA path's torch context_parallel
             for model in self.models:
                 cpx.attach(model, self.context)
-        self.tied = TiedEmbeddingSync(plan, grid, self.chunks, self.rank)
+        self.tied = TiedEmbeddingSync(plan, grid, self.chunks, self.rank, timedelta(seconds=opts.timeout_s))
         # ZeRO-0 over dp x cp > 1 (or over edp > 1 for the routed experts): each chunk's gradients are averaged
         # during its last micro-batch's backward, the experts' over the expert-data-parallel group. The pipeline's
         # 1/micro-batches scaling (torch's scale_grads, an in-place division after the backward) is folded into the
@@ -470,7 +472,7 @@ def init_distributed(device: torch.device, timeout_s: float = 600.0) -> None:
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = process_group_backend(device.type)
     timeout = timedelta(seconds=timeout_s)
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     if restart != "0" and "MASTER_ADDR" in os.environ:
@@ -533,13 +535,13 @@ def main(argv=None) -> int:
     opts = TrainOptions(steps=args.steps, seed=args.seed, data=args.data, metrics=args.metrics,
                         checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, lr=args.lr,
                         warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm,
-                        timing_warmup=args.timing_warmup, stop_after=args.stop_after)
+                        timing_warmup=args.timing_warmup, stop_after=args.stop_after, timeout_s=args.timeout)
     try:
         plan = load_plan(args.plan)
         if device.type == "cuda":
             device = torch.device("cuda", placed_local_device(plan, int(os.environ.get("RANK", 0))))
         faults.start_together()
-        init_distributed(device, args.timeout)
+        init_distributed(device, opts.timeout_s)
         _log(f"autoconf: tp {plan.config.tp} cp {plan.config.cp} pp {plan.config.pp} dp {plan.config.dp} schedule "
              f"{plan.config.schedule} zero {plan.config.zero_stage} on {dist.get_world_size()} x {device.type}")
         train(plan, opts, device)
