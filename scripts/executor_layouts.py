@@ -24,6 +24,8 @@ import torch
 from autoconf.execute.train import TrainOptions, init_distributed, train
 from autoconf.spec.plan import Plan
 
+TIMEOUT_S = 300.0  # every collective of the shared jobs, in the default group and the meshes' subgroups
+
 
 def load_probe(path: str):
     """The `Probe` class of the file at `path`."""
@@ -36,7 +38,7 @@ def load_probe(path: str):
 def main() -> None:
     job = json.load(open(sys.argv[1]))
     device = torch.device("cpu")
-    init_distributed(device, timeout_s=300)
+    init_distributed(device, timeout_s=TIMEOUT_S)
     import torch.distributed as dist
 
     results = []
@@ -54,7 +56,8 @@ def main() -> None:
             dist.barrier()
         probe_file = extra.pop("probe", None)
         settings = {"steps": job.get("steps"), "seed": job.get("seed", 0), "lr": job.get("lr", 3e-4),
-                    "max_grad_norm": job.get("max_grad_norm", 1.0), "quiet": True, **extra}
+                    "max_grad_norm": job.get("max_grad_norm", 1.0), "quiet": True, "timeout_s": TIMEOUT_S,
+                    **extra}
         probe = load_probe(probe_file)(plan) if probe_file else None
         t0 = time.perf_counter()
         records = train(plan, TrainOptions(**settings), device)
