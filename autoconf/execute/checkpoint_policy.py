@@ -28,7 +28,7 @@ import torch
 from torch.utils.checkpoint import (CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts,
                                     set_checkpoint_early_stop)
 
-import autoconf.execute.cp_attention  # noqa: F401  (registers torch.ops.autoconf.cp_attention)
+from autoconf.execute.cp_attention import CP_ATTENTION_OP
 
 aten = torch.ops.aten
 WEIGHT_MATMULS = frozenset({aten.mm.default, aten.addmm.default, aten.linear.default, aten._scaled_mm.default})
@@ -38,7 +38,7 @@ ATTENTION_KERNELS = frozenset({aten._scaled_dot_product_flash_attention.default,
                                aten._scaled_dot_product_efficient_attention.default,
                                aten._scaled_dot_product_cudnn_attention.default,
                                aten._scaled_dot_product_flash_attention_for_cpu.default,
-                               torch.ops.autoconf.cp_attention.default})
+                               CP_ATTENTION_OP})
 # The TP reduce-scatters (sequence parallelism) and, as torchtitan saves them, the all-to-alls: an MoE layer's token
 # dispatch and combine (and its per-expert counts), so the recompute does not exchange the tokens again.
 SAVED_COLLECTIVES = frozenset({torch.ops._c10d_functional.reduce_scatter_tensor.default,

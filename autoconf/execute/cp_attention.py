@@ -161,3 +161,6 @@ def _backward(ctx, grad_out, grad_lse):
 
 
 cp_attention.register_autograd(_backward, setup_context=_setup_context)
+
+# The op as the dispatcher names it (what a selective-checkpoint policy compares `func` with).
+CP_ATTENTION_OP = torch.ops.autoconf.cp_attention.default
