@@ -576,21 +576,18 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             unfit.append((time_bound, key, config, memory, floor))
 
     def memory_pruned(time_bound: float, key: tuple, config: ParallelConfig) -> bool:
-        """Whether rank 0 of `config` exceeds the device: the cheap `state_bound` first, `memory_bound` where it
-        does not decide; a candidate that exceeds is recorded (`does_not_fit`)."""
+        """Whether rank 0 of `config` exceeds the device: the cheap `state_bound` and `known_floor` first,
+        `memory_bound` where they do not decide; a candidate that exceeds is recorded (`does_not_fit`)."""
         nonlocal pruned_memory
-        floor = cache.state_bound(config)
-        if floor > limit:
-            pruned_memory += 1
-            does_not_fit(floor - limit, time_bound, key, config, functools.partial(cache.rank0_memory, config),
-                         exact=False, floor=functools.partial(cache.offload_floor, config))
-            return True
-        known = cache.known_floor(config)
-        if known is not None and known > limit:  # as above, from the entry of a twin in ZeRO stage / grad_reduce
-            pruned_memory += 1
-            does_not_fit(known - limit, time_bound, key, config, functools.partial(cache.rank0_memory, config),
-                         exact=False, floor=functools.partial(cache.offload_floor, config))
-            return True
+        # Lower bounds that cost no `stage_memory` call, each asked only where the one before does not decide: the
+        # state bound, then the floor a twin in ZeRO stage / grad_reduce left (None where none has an entry).
+        for lower_bound in (cache.state_bound, cache.known_floor):
+            floor = lower_bound(config)
+            if floor is not None and floor > limit:
+                pruned_memory += 1
+                does_not_fit(floor - limit, time_bound, key, config, functools.partial(cache.rank0_memory, config),
+                             exact=False, floor=functools.partial(cache.offload_floor, config))
+                return True
         entry = cache.rank0_memory(config)  # `memory_bound`'s entry
         if entry["total"] > limit:
             pruned_memory += 1
