@@ -715,8 +715,9 @@ def overlaps_pairs(model: ModelSpec, c: ParallelConfig, execution: Execution) ->
 
 
 @functools.lru_cache(maxsize=64)
-def _schedule(name: str, pp: int, num_microbatches: int, vpp: int, seq_chunks: int = 1, overlap: bool = False):
-    """build_schedule, remembered: the search asks for the same schedule for many configs."""
+def _schedule(name: str, pp: int, num_microbatches: int, vpp: int, seq_chunks: int, overlap: bool):
+    """build_schedule, remembered: the search asks for the same schedule for many configs. Every argument is
+    required, so every caller makes the same cache key for the same schedule."""
     return build_schedule(name, pp, num_microbatches, vpp, seq_chunks, overlap)
 
 
@@ -843,7 +844,7 @@ def _order_peaks(name: str, pp: int, num_microbatches: int, vpp: int, rank: int 
     """`order_peaks` of a schedule (of one rank's list with `rank`), remembered: the 2p and 3p samples serve every
     larger count."""
     if rank is None:
-        return order_peaks(_schedule(name, pp, num_microbatches, vpp, seq_chunks, False))  # (predict's cache key)
+        return order_peaks(_schedule(name, pp, num_microbatches, vpp, seq_chunks, False))
     return rank_order_peaks(schedule_spec(name).num_stages(pp, vpp),
                             {rank: rank_actions(name, pp, num_microbatches, vpp, rank, seq_chunks)}, pp)
 
