@@ -226,8 +226,9 @@ def cp_attention_comm(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
             forward = max(0.0, gather - core.forward / c.cp)
             kv_back = max(0.0, gather - core.backward_input / c.cp)
         else:
-            forward = steps * max(0.0, p2p_time(cluster, kv, pairs) - core.forward / c.cp)
-            kv_back = steps * max(0.0, p2p_time(cluster, kv, pairs) - core.backward_input / c.cp)
+            transfer = p2p_time(cluster, kv, pairs)
+            forward = steps * max(0.0, transfer - core.forward / c.cp)
+            kv_back = steps * max(0.0, transfer - core.backward_input / c.cp)
         dkv = p2p_time(cluster, dkv_bytes(model, c, execution), pairs)
         return PassTimes(forward, kv_back + steps * max(0.0, dkv - core.backward_input / c.cp) + dkv, 0.0)
     if c.cp_comm == "allgather":
