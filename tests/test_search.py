@@ -370,3 +370,21 @@ def test_the_time_bound_counts_rank_0s_optimizer_step_with_its_experts():
             assert cache.time_bound(twin) >= p["time_breakdown"]["optimizer"], twin
         checked.add(twin.pp)
     assert 1 in checked and len(checked) > 1
+
+
+def test_ranking_keys_tell_every_candidate_apart_and_start_with_their_familys():
+    """Every candidate has its own ranking key (the full ranking skips a key it has already chosen, so two layouts
+    that differ only in cp or the CP exchange must not share one), and a key's head is made of the fields its family
+    shares, so a family's entry leaves the walk's heap before any of its members."""
+    from autoconf.solve.search import _FAMILY_FIELDS, _KEY_HEAD, ranking_key
+
+    configs = [config for cp in (1, 2, 4)
+               for config in candidates(PRESETS["tiny-llama"], CPU.world_size, CPU.gpus_per_node, 8, 64, "fp32",
+                                        fixed={"cp": cp})]
+    assert {config.cp for config in configs} == {1, 2, 4}
+    assert {config.cp_comm for config in configs if config.cp > 1} == {"ring", "allgather"}
+    assert len({ranking_key(config) for config in configs}) == len(configs)
+    heads = {}
+    for config in configs:
+        heads.setdefault(_FAMILY_FIELDS(config), set()).add(ranking_key(config)[:_KEY_HEAD])
+    assert all(len(family_heads) == 1 for family_heads in heads.values())

@@ -51,11 +51,10 @@ def start_together() -> None:
     """With AUTOCONF_FAULT_START_TOGETHER=1 under torchrun: returns once every rank of this attempt has called it."""
     if os.environ.get("AUTOCONF_FAULT_START_TOGETHER") != "1" or "MASTER_ADDR" not in os.environ:
         return
-    from torch.distributed.rendezvous import _create_c10d_store
+    from autoconf.execute.mesh import torchrun_store
 
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    store = _create_c10d_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank, world,
-                               timedelta(seconds=START_TOGETHER_S))
+    world = int(os.environ["WORLD_SIZE"])
+    store = torchrun_store(timedelta(seconds=START_TOGETHER_S))
     key = f"autoconf/start_together/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
     if store.add(key, 1) == world:
         store.set(f"{key}/all", "1")

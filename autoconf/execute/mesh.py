@@ -34,6 +34,17 @@ def subgroup_backend(device_type: str, timeout_s: float):
     return backend, options
 
 
+def torchrun_store(timeout: timedelta):
+    """The c10d TCP store of this torchrun attempt's ranks (MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE from the
+    environment), whose operations wait at most `timeout`."""
+    import os
+
+    from torch.distributed.rendezvous import _create_c10d_store
+
+    return _create_c10d_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["RANK"]),
+                              int(os.environ["WORLD_SIZE"]), timeout)
+
+
 def build_mesh(grid: RankGrid, device_type: str, solo: bool = False, groups=None):
     """A DeviceMesh over the default process group with the grid's shape and axis names (and the SOLO axis), its
     subgroups made with `groups` (`subgroup_backend`; torch's defaults when None). With context parallelism it also

@@ -33,7 +33,8 @@ from autoconf.execute import checkpoint as ckpt
 from autoconf.execute import context_parallel as cpx
 from autoconf.execute import faults
 from autoconf.execute.data import TokenSource, local_rows
-from autoconf.execute.mesh import build_expert_mesh, build_mesh, process_group_backend, subgroup_backend
+from autoconf.execute.mesh import (build_expert_mesh, build_mesh, process_group_backend, subgroup_backend,
+                                   torchrun_store)
 from autoconf.execute.model import init_seed
 from autoconf.execute.moe import is_expert_param
 from autoconf.execute.optimizer import adamw, param_groups
@@ -478,12 +479,9 @@ def init_distributed(device: torch.device, timeout_s: float = 600.0) -> None:
     if restart != "0" and "MASTER_ADDR" in os.environ:
         # After a torchrun restart the workers meet in the same store as the failed attempt, whose gloo addresses
         # (of dead processes) are still there: give every attempt its own key space.
-        from torch.distributed.rendezvous import _create_c10d_store
-
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        store = _create_c10d_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank, world, timeout)
-        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"autoconf/attempt_{restart}", store),
-                                rank=rank, world_size=world, timeout=timeout)
+        store = dist.PrefixStore(f"autoconf/attempt_{restart}", torchrun_store(timeout))
+        dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
         return
     dist.init_process_group(backend=backend, timeout=timeout)
 

@@ -538,7 +538,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     # A family enters the walk with its bound, the shared part of its members' keys (a proper prefix: smaller than
     # each of them) and its first member's order, so it leaves the heap before any of its members would have: the
     # walk pops the candidates in the same order as if every one had been in the heap from the start.
-    scored = [(bound, ranking_key(members[0][1])[:6], members[0][0], members, FAMILY)
+    scored = [(bound, ranking_key(members[0][1])[:_KEY_HEAD], members[0][0], members, FAMILY)
               for bound, members in families.values() if members]
     heapq.heapify(scored)  # by bound, then key; a candidate put back after fitting its recompute keeps its key
 
@@ -756,7 +756,13 @@ def ranking_key(config: ParallelConfig) -> tuple:
     return (config.tp, config.pp, config.dp, config.vpp, config.micro_batch_size, config.schedule,
             config.zero_stage, config.recompute, config.selective_recompute or "", config.sequence_parallel, config.ep,
             config.etp, config.offload_activations, config.offload_optimizer, config.seq_chunks, config.seq_split,
+            config.cp, config.cp_comm,
             config.grad_reduce != "step")  # grad_reduce last: the search finds a layout's twin by key[:-1]
+
+
+# How many leading fields of `ranking_key` are family fields (`_FAMILY_FIELDS`): a family's entry in the walk carries
+# this head of its members' keys.
+_KEY_HEAD = 6
 
 
 def _offload_levers(cluster: ClusterProfile, fixed: dict) -> list[tuple[bool, bool]]:
