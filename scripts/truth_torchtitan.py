@@ -43,8 +43,6 @@ def read_rows(path: Path = DATA) -> list[dict]:
 def not_modelled(row: dict) -> str | None:
     """Why a row is outside what the cost model describes, or None."""
     needs = [name for name in ("float8", "async_tp") if row[name] == "1"]
-    if row["recompute"] == "selective-layer":
-        needs.append("selective recompute every k-th layer")
     return ", ".join(needs) or None
 
 
@@ -78,26 +76,35 @@ def reserved_bytes(model, cluster, c: ParallelConfig, peak: float) -> float:
     return peak - cluster.device.memory_overhead_bytes + cached
 
 
-def config_of(row: dict) -> ParallelConfig:
+def config_of(row: dict, model) -> ParallelConfig:
+    """The row's layout. A "selective-layer" row (torchtitan's selective_ac_option k: every k-th transformer block
+    wrapped in full activation checkpointing) is full recompute of num_layers // k blocks, the count torchtitan
+    wraps; at pp 1 which blocks they are moves neither time nor memory."""
     tp, dp, b = int(row["tp"]), int(row["dp"]), int(row["local_batch"])
+    recompute, layers = row["recompute"], None
+    if recompute == "selective-layer":
+        recompute, layers = "full", (model.num_layers // int(row["ac_every"]),)
     return ParallelConfig(tp=tp, pp=1, dp=dp, micro_batch_size=b, global_batch_size=b * dp,
-                          seq_len=int(row["seq_len"]), zero_stage=3 if dp > 1 else 0, recompute=row["recompute"],
-                          sequence_parallel=tp > 1, dtype="bf16", attention="flash", compile=row["compile"] == "1")
+                          seq_len=int(row["seq_len"]), zero_stage=3 if dp > 1 else 0, recompute=recompute,
+                          recompute_layers=layers, sequence_parallel=tp > 1, dtype="bf16", attention="flash",
+                          compile=row["compile"] == "1")
 
 
 def compare() -> dict:
     rows, skipped, tps_errors, mem_errors = [], [], [], []
     for row in read_rows():
         label = (f"{row['source']}: {row['model']} {row['gpus']} GPUs tp{row['tp']} dp{row['dp']} b{row['local_batch']}"
+                 + (f" AC every {row['ac_every']} blocks" if row["ac_every"] else "")
                  + (" compile" if row["compile"] == "1" else ""))
         reason = not_modelled(row)
         if reason:
             skipped.append({"row": label, "needs": reason})
             continue
-        c = config_of(row)
+        model = load_model(row["model"])
+        c = config_of(row, model)
         gpus = int(row["gpus"])
         cluster = load_cluster(row["profile"], nodes=max(1, gpus // 8))
-        plan = estimate(load_model(row["model"]), cluster, c, execution=execution_of(row))
+        plan = estimate(model, cluster, c, execution=execution_of(row))
         p = plan.prediction
         predicted_tps = p["tokens_per_s"] / gpus
         published_tps = float(row["tokens_per_s_per_gpu"])
@@ -110,7 +117,6 @@ def compare() -> dict:
                "predicted_memory_GiB": round(p["peak_memory_bytes"] / GIB, 1),
                "published_memory_GiB": float(row["memory_gib"]) if row["memory_gib"] else None,
                "memory_error_pct": None}
-        model = load_model(row["model"])
         reserved = reserved_bytes(model, cluster, c, p["peak_memory_bytes"])
         out["predicted_reserved_GiB"] = round(reserved / GIB, 1)
         if out["published_memory_GiB"]:
