@@ -27,7 +27,7 @@ from autoconf.report.exporters import export_texts, megatron_args, megatron_flag
 from autoconf.report.torchtitan_export import FUNCTION, TORCHTITAN_FLAVORS, module_fqns, upstream_recipe
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.model import MoESpec
-from autoconf.spec.plan import ParallelConfig, recomputed_layers
+from autoconf.spec.plan import ParallelConfig, recomputed_layer_indices, recomputed_layers
 from autoconf.spec.presets import PRESETS, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -317,6 +317,26 @@ def _load_torchtitan(text: str, tmp_path: Path, ConfigManager):
         sys.modules.pop(module, None)
 
 
+def _check_planned_blocks(ac_config, plan) -> None:
+    """torchtitan's policy, built from the exported config and applied to a stand-in model with the plan's blocks,
+    checkpoints exactly the transformer blocks the plan recomputes, with the plan's policy (SelectiveAC per-op,
+    FullAC the whole block)."""
+    import torch
+    from torchtitan.distributed.activation_checkpoint import FullAC, SelectiveAC
+
+    c = plan.config
+    blocks = recomputed_layer_indices(c, plan.partition)
+    if not blocks:
+        assert ac_config is None
+        return
+    assert isinstance(ac_config, {"selective": SelectiveAC.Config, "full": FullAC.Config}[c.recompute])
+    stand_in = torch.nn.Module()
+    stand_in.layers = torch.nn.ModuleDict({str(i): torch.nn.Linear(2, 2) for i in range(plan.model.num_layers)})
+    ac_config.build().apply(stand_in)
+    wrapped = {int(name) for name, block in stand_in.layers.named_children() if not isinstance(block, torch.nn.Linear)}
+    assert wrapped == blocks
+
+
 @pytest.mark.parametrize("name", sorted(PLANS))
 def test_torchtitan_config_loads_with_torchtitans_config_manager(torchtitan, name, tmp_path):
     """torchtitan's ConfigManager loads torchtitan_config.py; ParallelDims accepts its degrees for the plan's world
@@ -343,8 +363,7 @@ def test_torchtitan_config_loads_with_torchtitans_config_manager(torchtitan, nam
         assert train.local_batch_size // par.pipeline_parallel_microbatch_size == c.num_microbatches
     assert par.enable_sequence_parallel == (c.sequence_parallel or c.tp == 1)
     torch.distributed.pipelining.schedules.get_schedule_class(par.pipeline_parallel_schedule)
-    ac = type(config.activation_checkpoint).__qualname__ if config.activation_checkpoint else None
-    assert ac == {"none": None, "selective": "SelectiveAC.Config", "full": "FullAC.Config"}[c.recompute]
+    _check_planned_blocks(config.activation_checkpoint, plan)
     # SelectiveAC is the per-op policy: a plan recomputing the attention core is told it differs.
     core = c.recompute == "selective" and c.selective_recompute != "alternate_matmuls"
     assert core == ("SelectiveAC) is per-op" in text)

@@ -283,19 +283,19 @@ def _megatron_recompute(plan: Plan, notes: list[str]) -> list[Flag]:
     of the same layers, which keeps only each block's input (less memory than the policy, more recompute), and a
     note says so; Megatron's selective (the attention core) would keep more than planned."""
     c = plan.config
-    if c.recompute == "none":
-        return []
     counts = recomputed_layers(c, plan.partition)
-    uneven = c.recompute_layers is not None
+    if not any(counts):  # recompute none, or recompute_layers all zero
+        return []
+    every_layer = all(k == end - first for k, (first, end) in zip(counts, plan.partition))
     if c.recompute == "selective" and selective_policy(c, plan_execution(plan.prediction)) == "alternate_matmuls":
         notes.append("Megatron has no per-op selective recompute (torchtitan's policy, which the plan runs): full "
                      "recompute of the same layers below (less memory, more recompute than planned)")
     elif c.recompute == "selective":
-        if uneven:
+        if not every_layer:
             notes.append(f"Megatron's selective recompute covers every layer; the plan recomputes only the first "
                          f"{counts} layers of its stages (more recompute, less memory than planned)")
         return [("--recompute-granularity", "selective")]
-    if not uneven:
+    if every_layer:
         return [("--recompute-granularity", "full"), ("--recompute-method", "uniform"), ("--recompute-num-layers", 1)]
     most = max(counts)
     if any(min(most, end - first) != k for k, (first, end) in zip(counts, plan.partition)):

@@ -13,7 +13,7 @@ from autoconf.report.offload_flags import torchtitan_offload
 from autoconf.report.precision_flags import torchtitan_fp8_note
 from autoconf.report.upstream import TORCHTITAN_TARGET, TORCHTITAN_VERSION
 from autoconf.spec.frameworks import plan_execution, selective_policy
-from autoconf.spec.plan import Plan
+from autoconf.spec.plan import Plan, recomputed_layer_indices
 from autoconf.spec.schedules import schedule_spec
 
 MODULE = "torchtitan_config"
@@ -120,10 +120,6 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
                      f"every other matmul's output and the attention output and recomputes the rest of each block; "
                      f"the plan recomputes the attention core only (selective_recompute attention_core), so memory "
                      f"and recompute time differ from the plan's")
-    if c.recompute_layers is not None:
-        notes.append(f"torchtitan 0.3.0 checkpoints every transformer block alike; the plan recomputes only the "
-                     f"first {list(c.recompute_layers)} layers of its stages: below, every block (slower, never "
-                     f"more memory)")
     if c.cp > 1 and c.cp_comm == "ring":
         notes.append("the plan passes K/V blocks around the CP ring; torchtitan 0.3.0 has no setting for it and "
                      "torch's context parallelism all-gathers K/V by default: call torch.distributed.tensor."
@@ -149,7 +145,10 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
     if recipe is None:
         imports = ["import dataclasses", "", "from torchtitan.models import llama3",
                    "from torchtitan.models.common import ComplexRoPE, Embedding, Linear, RMSNorm"] + imports
-    lines += imports + ["", "", f"def {FUNCTION}():", f"    config = {base}()"]
+    ac, ac_class = _activation_checkpoint(plan)
+    if ac_class and recipe is not None:
+        imports = ["import dataclasses", ""] + imports
+    lines += imports + ac_class + ["", "", f"def {FUNCTION}():", f"    config = {base}()"]
     if recipe is None:
         lines += _custom_model(plan)
     precision = "float32" if c.dtype == "fp32" else "bfloat16"
@@ -177,7 +176,34 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
         lines.append("    parallelism.module_fqns_per_model_part = [  # one list per model chunk, in stage order")
         lines += ["        [" + ", ".join(f'"{n}"' for n in part) + "]," for part in module_fqns(plan)]
         lines.append("    ]")
-    # SelectiveAC is torchtitan's per-op policy (TOML releases: mode "selective", selective_ac_option "op").
-    ac = {"none": "None", "selective": "SelectiveAC.Config()", "full": "FullAC.Config()"}[c.recompute]
     lines += [f"    config.activation_checkpoint = {ac}", "    return config"]
     return "\n".join(lines) + "\n"
+
+
+def _activation_checkpoint(plan: Plan) -> tuple[str, list[str]]:
+    """(the value of config.activation_checkpoint, the lines of the policy class it needs). SelectiveAC is
+    torchtitan's per-op policy (TOML releases: mode "selective", selective_ac_option "op"), FullAC the whole block.
+    torchtitan 0.3.0 applies either to every transformer block; where the plan recomputes only some blocks
+    (`recompute_layers`), the module defines PlannedBlocksAC: the same policy on exactly the plan's blocks
+    (`recomputed_layer_indices`), the others left as they are."""
+    c = plan.config
+    blocks = sorted(recomputed_layer_indices(c, plan.partition))
+    if not blocks:
+        return "None", []
+    policy = {"selective": "SelectiveAC", "full": "FullAC"}[c.recompute]
+    if len(blocks) == plan.model.num_layers:
+        return f"{policy}.Config()", []
+    names = ", ".join(f'"layers.{i}"' for i in blocks)
+    return "PlannedBlocksAC.Config()", [
+        "", "",
+        f"class PlannedBlocksAC({policy}):",
+        f'    """torchtitan\'s {policy}, only on the transformer blocks the plan recomputes."""',
+        "",
+        f"    BLOCKS = frozenset({{{names}}})",
+        "",
+        "    @dataclasses.dataclass(kw_only=True, slots=True)",
+        f"    class Config({policy}.Config):",
+        "        pass",
+        "",
+        "    def _wrap_block(self, module, *, base_fqn=None):",
+        "        return super()._wrap_block(module, base_fqn=base_fqn) if base_fqn in self.BLOCKS else module"]
