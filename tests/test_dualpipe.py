@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from autoconf.cost.estimate import estimate
+from autoconf.cost.memory import stage_params
 from autoconf.cost.simulate import StageCosts, paired_seconds, simulate
 from autoconf.report.exporters import megatron_flags
 from autoconf.solve.search import search
@@ -103,3 +104,42 @@ def test_the_search_weighs_it_only_where_pinned_and_marks_it_not_launchable():
     assert plan.config.schedule == "dualpipe" and len(plan.partition) == plan.config.pp
     assert plan.prediction["launchable"] is False
     assert plan.prediction["not_launchable_reason"] == schedule_spec("dualpipe").executor_note
+
+
+@pytest.mark.parametrize("pp", [2, 4, 8, 16])
+def test_mirror_pairs_hold_the_same_two_model_stages_and_cover_each_rank_once(pp):
+    """Rank r and rank pp-1-r hold copies of the same two model stages (the gradients they sum)."""
+    from autoconf.cost.estimate import mirror_pairs
+
+    schedule = build_schedule("dualpipe", pp, 2 * pp)
+    pairs = mirror_pairs(pp)
+    assert sorted(r for pair in pairs for r in pair) == list(range(pp))
+    for r, mirror in pairs:
+        assert sorted(schedule.model_stages_of_rank(r)) == sorted(schedule.model_stages_of_rank(mirror)) == \
+            sorted({r, pp - 1 - r})
+
+
+@pytest.mark.parametrize("zero", [0, 1])
+def test_the_step_adds_the_mirror_ranks_gradient_sum_under_dualpipe_only(zero, monkeypatch):
+    """Under dualpipe the step grows by exactly the mirror pairs' gradient all-reduce (its bytes: both stages'
+    gradients of a rank, sharded over DP under ZeRO); the term is zero for every one-direction schedule."""
+    from autoconf.cost import estimate as estimate_module
+    from autoconf.cost.memory import copy_grad_bytes
+
+    model = dataclasses.replace(PRESETS["llama3-8b"], num_layers=8)
+    cluster = load_cluster("dgx-h100-80g", nodes=2)
+    c = ParallelConfig(tp=1, pp=4, dp=4, micro_batch_size=1, global_batch_size=32, seq_len=2048,
+                       schedule="dualpipe", zero_stage=zero, dtype="bf16")
+    plan = estimate(model, cluster, c)
+    kept = estimate_module.mirror_grad_sum
+    seconds = []
+    monkeypatch.setattr(estimate_module, "mirror_grad_sum", lambda *a: seconds.append(kept(*a)) or 0.0)
+    without = estimate(model, cluster, c)
+    assert seconds[0] > 0
+    assert plan.prediction["iteration_time_s"] - without.prediction["iteration_time_s"] == pytest.approx(seconds[0])
+    both = copy_grad_bytes(model, c, plan.partition, 1, "torch") + copy_grad_bytes(model, c, plan.partition, 2, "torch")
+    whole = 4 * sum(stage_params(model, plan.partition, st) for st in (1, 2))
+    assert both == pytest.approx(whole / (c.dp if zero else 1))
+    seconds.clear()
+    estimate(model, cluster, dataclasses.replace(c, schedule="1f1b"))
+    assert seconds == [0.0]

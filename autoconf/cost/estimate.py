@@ -32,8 +32,8 @@ from autoconf.cost.cp_ring import dkv_bytes, sdpa_kv_bytes, torch_ring
 from autoconf.cost.compute import (PassTimes, attention_gemms, causal_span_share, cpu_share, cpu_share_alone,
                                    fsdp_copy_time, gemms_time, layer_gemms, measured_tp_layer, model_pieces,
                                    rank_optimizer_time, seq_chunk_bounds)
-from autoconf.cost.memory import (cp_kv_bytes, stage_block_activation_bytes, stage_expert_params, stage_memory,
-                                  stage_params)
+from autoconf.cost.memory import (copy_grad_bytes, cp_kv_bytes, stage_block_activation_bytes, stage_expert_params,
+                                  stage_memory, stage_params)
 from autoconf.cost.moe import ep_comm_passes, local_params, moe_layers
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_host_memory, check_offload,
                                    gather_copy_time, host_memory_per_node, reduce_copy_time)
@@ -346,6 +346,30 @@ def step_collectives(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfi
     return seconds
 
 
+def mirror_pairs(pp: int) -> list[tuple[int, int]]:
+    """The pipeline ranks that hold copies of the same two model stages under two directions (dualpipe): r and
+    pp-1-r, each rank in one pair."""
+    return [(r, pp - 1 - r) for r in range(pp // 2)]
+
+
+def mirror_grad_sum(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, partition: list, grid: RankGrid,
+                    schedule, execution: Execution) -> float:
+    """Seconds of the step's sum of the two copies' gradients under two directions (0 under one): each pair of
+    mirror ranks (`mirror_pairs`) all-reduces its gradients of both its model stages (`memory.copy_grad_bytes`),
+    after the pipeline flush and the DP reduction, before the optimizer, as deepseek-ai/DualPipe's example does
+    after `DualPipe.step` (examples/example_dualpipe.py: each copy's gradient plus the mirror rank's other copy's).
+    The pairs run at once; the slowest bounds the step."""
+    if schedule.directions == 1:
+        return 0.0
+    seconds = 0.0
+    for r, mirror in mirror_pairs(c.pp):
+        nbytes = sum(copy_grad_bytes(model, c, partition, st, execution.memory_layout, execution)
+                     for st in schedule.model_stages_of_rank(r))
+        pairs = np.stack([grid.pipeline_rank(r).reshape(-1), grid.pipeline_rank(mirror).reshape(-1)], axis=1)
+        seconds = max(seconds, slowest_collective_time(cluster, "all_reduce", nbytes, pairs))
+    return seconds
+
+
 def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list,
                stage_to_rank: tuple, grid: RankGrid, execution: Execution, p2p=None,
                share: float | None = None) -> StagePlan:
@@ -649,7 +673,8 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
                                         sum(stage_expert_params(model, partition, st)
                                             for st in schedule.model_stages_of_rank(r)), execution)
                     for r in range(c.pp))
-    step_comm = step_collectives(model, cluster, c, grid, schedule.stage_to_rank)
+    step_comm = (step_collectives(model, cluster, c, grid, schedule.stage_to_rank)
+                 + mirror_grad_sum(model, cluster, c, partition, grid, schedule, execution))
     step_overhead = cluster.overhead("step_overhead_s")
     iteration = makespan + step_comm + optimizer + step_overhead
 

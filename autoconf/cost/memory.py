@@ -333,6 +333,21 @@ def stage_expert_params(model: ModelSpec, partition: Sequence[Sequence[int]], st
     return blocks_params(model, first, end)[1]
 
 
+def copy_grad_bytes(model: ModelSpec, config: ParallelConfig, partition: Sequence[Sequence[int]], stage: int,
+                    layout: str, execution: Execution | None = None) -> float:
+    """Bytes of a rank's gradient of model stage `stage` once the step's data-parallel reduction is done: its TP
+    slice and EP x ETP slice of the experts and, where ZeRO shards, only its DP x CP (expert-DP) shard, in the
+    layout's gradient dtype (fp32; the megatron layout's buffer dtype). What a dualpipe rank sums with its mirror
+    rank's copy of the same stage (`estimate.mirror_grad_sum`)."""
+    c = config
+    dense, experts = local_params_of(c, stage_params(model, partition, stage),
+                                     stage_expert_params(model, partition, stage))
+    shard = c.dp_cp if c.zero_sharded else 1
+    expert_shard = c.edp if c.zero_stage >= 1 else 1
+    grad = float(execution.grad_buffer_bytes) if layout == "megatron" and execution else 4.0
+    return grad * (dense / shard + experts / expert_shard)
+
+
 def holds_unsharded_grads(config: ParallelConfig) -> bool:
     """Whether FSDP holds the rank's whole unsharded gradient until the step's reduce-scatter (see the module
     docstring): sharded, grad_reduce "step", and gradients accumulated over several micro-batches or pipelined."""
