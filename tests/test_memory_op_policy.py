@@ -6,8 +6,8 @@ without recompute. With FP8 linears (torchao, emulated on CPU) the block keeps t
 offload_activations the hooks move exactly those bytes; both train in the executor to the losses of the same layout
 without recompute (the shared torchrun jobs, tests/executor_jobs.py). Under context parallelism the attention is
 one custom op the policy saves (execute/cp_attention.py); in MoE layers the router and the routed experts are
-recomputed outside the matmul count; both train to the single-process losses (spec/support.py
-`op_policy_unsupported` names what stays refused)."""
+recomputed outside the matmul count; both train to the single-process losses (MoE at tp and etp > 1:
+tests/test_moe_policy.py; spec/support.py `op_policy_unsupported` names what stays refused)."""
 
 from __future__ import annotations
 
@@ -277,8 +277,9 @@ def test_the_policy_trains_with_offload_fp8_context_parallelism_and_moe_as_witho
 
 
 def test_what_the_policy_does_not_run_is_one_line():
-    """The policy runs with cp > 1, MoE at tp 1, fp8 and offload_activations; with CP and attention dropout (the CP
-    op has none) and with MoE at tp 2 it is one line each, saying why and naming what does run."""
+    """The policy runs with cp > 1, MoE layers (at tp and etp 1 or 2: tests/test_moe_policy.py trains them), fp8 and
+    offload_activations; with CP and attention dropout (the CP op has none) it is one line, saying why and naming
+    what does run."""
     base = ParallelConfig(tp=1, pp=1, dp=2, cp=2, micro_batch_size=1, global_batch_size=4, seq_len=64,
                           zero_stage=3, **POLICY)
     assert op_policy_unsupported(base, LLAMA) is None
@@ -286,8 +287,8 @@ def test_what_the_policy_does_not_run_is_one_line():
     assert op_policy_unsupported(dataclasses.replace(base, cp=1, ep=2), PRESETS["tiny-moe"]) is None
     refused = op_policy_unsupported(base, dataclasses.replace(LLAMA, dropout=0.1))
     assert "cp 2" in refused and "dropout" in refused and "attention_core" in refused and "\n" not in refused
-    moe = op_policy_unsupported(dataclasses.replace(base, cp=1, tp=2, dp=1), PRESETS["tiny-moe"])
-    assert "mixture-of-experts" in moe and "tp 2" in moe and "attention_core" in moe and "\n" not in moe
+    for changes in ({"tp": 2, "dp": 1, "ep": 2}, {"tp": 2, "dp": 1, "ep": 2, "etp": 2}):
+        assert op_policy_unsupported(dataclasses.replace(base, cp=1, **changes), PRESETS["tiny-moe"]) is None
 
 
 def _one_rank_cp(algorithm: str):

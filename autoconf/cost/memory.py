@@ -254,32 +254,51 @@ def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, m
     input. Kept: the block input; the outputs of the 1st, 3rd, ... weight matmul (Llama's wq, wv, w1, w2 of wq wk
     wv wo w1 w3 w2; GPT's wq, wv, fc1 of wq wk wv wo fc1 fc2), a column-parallel output being 1/tp wide and a
     row-parallel one the full partial sum; the attention output with its fp32 log-sum-exp per query row; under
-    sequence parallelism the two reduce-scatter outputs (1/tp of the sequence). With `moe` (an MoE block, tp 1 in
-    the executor): the router and the routed experts are recomputed outside the count, the shared experts' linears
-    (w1 w3 w2) continue it, and under expert parallelism the dispatch and combine all-to-all outputs are kept (T x k
-    rows each, balanced routing) with the exchanged per-expert counts. tests/test_memory_op_policy.py counts what
-    the executor's block keeps under it."""
+    sequence parallelism the two reduce-scatter outputs (1/tp of the sequence). With `moe` (an MoE block): the
+    router and the routed experts are recomputed outside the count; the shared experts' linears (w1 w3 w2, then
+    Qwen2-MoE's gate) continue it, full width on all the micro-batch's tokens on every TP rank (the executor keeps
+    the MoE layer whole on each TP rank, execute/moe.py); under sequence parallelism the block has one
+    reduce-scatter (attention's; the MoE layer's input is gathered, recomputed, and its output this rank's slice);
+    the outputs of the token exchange's all-to-alls are kept (`moe_exchange_saved_bytes`). The TP share taking and
+    giving back, the gathers of the counts are recomputed. tests/test_memory_op_policy.py and
+    tests/test_moe_policy.py count what the executor's block keeps under it."""
     c = config
     s, b, h, f = c.local_seq_len, c.micro_batch_size, model.hidden_size, model.ffn_hidden_size
     t, e = c.tp, DTYPE_BYTES[c.dtype]
     split = t if c.sequence_parallel else 1
     q, kv = model.q_dim, model.kv_dim
     # (output width, column-parallel) in forward order
-    matmuls = [(q, True), (kv, True), (kv, True), (h, False)]
+    # (output width, TP split) in forward order: column-parallel outputs 1/tp wide, row-parallel and replicated
+    # ones whole
+    matmuls = [(q, t), (kv, t), (kv, t), (h, 1)]
     exchange = 0.0
     if moe:
         m = model.moe
         shared = m.num_shared_experts * m.shared_expert_intermediate_size
-        matmuls += [(shared, True), (shared, True), (h, False)] if shared else []
-        matmuls += [(1, False)] if shared and m.shared_expert_gate else []
-        if c.ep > 1:
-            exchange = 2 * dispatch_bytes(model, c) + 8 * m.num_experts
+        matmuls += [(shared, 1), (shared, 1), (h, 1)] if shared else []
+        matmuls += [(1, 1)] if shared and m.shared_expert_gate else []
+        exchange = moe_exchange_saved_bytes(model, c)
     else:
-        matmuls += [(f, True), (h, False)] if model.arch == "gpt" else [(f, True), (f, True), (h, False)]
-    saved = sum(width / t if column else width for width, column in matmuls[0::2])
+        matmuls += [(f, t), (h, 1)] if model.arch == "gpt" else [(f, t), (f, t), (h, 1)]
+    saved = sum(width / split_by for width, split_by in matmuls[0::2])
     attention = q / t + 4 / e * model.num_heads / t  # output, fp32 log-sum-exp per head and row
-    reduce_scatters = 2 * h / t if c.sequence_parallel and t > 1 else 0.0
+    reduce_scatters = (1 if moe else 2) * h / t if c.sequence_parallel and t > 1 else 0.0
     return e * s * b * (h / split + saved + attention + reduce_scatters) + exchange
+
+
+def moe_exchange_saved_bytes(model: ModelSpec, config: ParallelConfig) -> float:
+    """Bytes of an MoE layer's token exchange that the per-op policy keeps (it saves every all-to-all output), per
+    rank and micro-batch, on balanced routing (summed over the ranks, exact whatever the routing): with ep > 1 the
+    exchanged per-expert counts (int64) and the dispatch and combine outputs, T x k rows each (`dispatch_bytes`);
+    with etp > 1 the expert-TP all-gather and reduce-scatter, each an all-to-all whose output holds the rows of the
+    etp ranks of the group, etp times the dispatch's (execute/moe.py `_local_experts`)."""
+    c = config
+    kept = 0.0
+    if c.ep > 1:
+        kept += 2 * dispatch_bytes(model, c) + 8 * model.moe.num_experts
+    if c.etp > 1:
+        kept += 2 * c.etp * dispatch_bytes(model, c)
+    return kept
 
 
 LOSS_BYTES_PER_LOGIT = {"copy": 8, "inplace": 4, "fused": 0}  # beyond the logits (spec.frameworks.LOSS_MEMORY)

@@ -6,9 +6,12 @@ in forward order except every second one (aten.mm, and aten.addmm for the linear
 attention kernel (SDPA, whichever backend runs it) and of the TP reduce-scatters (sequence parallelism) are saved;
 everything else (norms, rotary, activations, the other matmuls, the SP all-gathers, the all-reduces without SP) is
 recomputed in the backward. In an MoE layer the router and the routed experts are recomputed and left out of the
-count (`uncounted_matmuls`), and the all-to-alls of the token exchange are saved; the shared experts' linears
-continue the count. Under context parallelism the attention is autoconf's custom op (execute/cp_attention.py),
-saved like the fused kernels. As torchtitan does (torchtitan/distributed/activation_checkpoint.py `SelectiveAC`), the
+count (`uncounted_matmuls`), and the all-to-alls of the token exchange are saved (expert TP's gather and
+reduce-scatter of the routed rows included: they run as all-to-alls); the shared experts' linears continue the
+count. At tp > 1 the TP ranks' token shares are taken by a copy and given back by a c10d all-gather, both
+recomputed (the recompute gathers the routed outputs again), as is the sequence-parallel gather of the layer's
+input. Under context parallelism the attention is autoconf's custom op (execute/cp_attention.py), saved like the
+fused kernels. As torchtitan does (torchtitan/distributed/activation_checkpoint.py `SelectiveAC`), the
 recompute runs the whole block (no early stop), so the forward and the recompute count the same matmuls.
 
 Under dtype fp8 (torchao Float8Linear, execute/fp8.py) a block linear's GEMM is `aten._scaled_mm` on the GPU and

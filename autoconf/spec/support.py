@@ -10,7 +10,8 @@ ZeRO-3, ep2 x pp2 and dp2 ZeRO-3; not with context parallelism (`latent_attentio
 tp2 with sequence parallelism and cp2. Not built: capacity-factor routing (refused in one line).
 
 The levers: optimizer offload runs wherever its layout runs without it (fp8 with a pipeline included); the per-op
-selective policy with context parallelism and MoE layers, short of what `op_policy_unsupported` names.
+selective policy with context parallelism and MoE layers (also at tp or etp > 1), short of what
+`op_policy_unsupported` names.
 
 seq1f1b (sequence-level pipelining, execute/seq_chunks.py) runs on the layout its test checks
 (`sequence_chunks_reason`: pp > 1, tp 1, dp 1, cp 1, no recompute or offload, dense models).
@@ -101,21 +102,16 @@ def op_policy_unsupported(config, model=None) -> str | None:
     """Why the executor does not run selective_recompute "alternate_matmuls" (torchtitan's per-op policy) with this
     layout, or None. Run on CPU to the single-process losses: TP with and without SP, pipelines, FSDP
     (tests/test_execute.py); FP8 linears, offload_activations, context parallelism (its attention one custom op the
-    policy saves, execute/cp_attention.py) and MoE layers at ep 2 (router and routed experts recomputed outside the
-    matmul count, the all-to-alls saved; tests/test_memory_op_policy.py: the block keeps what the estimate counts).
-    Not run (docs/recompute.md):
-    - context parallelism with attention dropout: the CP attention op has none (no RNG state of its own to replay
-      in its backward);
-    - MoE layers with tp or etp > 1: their token shares move by gathers the policy would recompute, and the shared
-      experts' and gathered rows' bytes are not in the policy's MoE rule; not tried."""
+    policy saves, execute/cp_attention.py) and MoE layers (router and routed experts recomputed outside the matmul
+    count, the all-to-alls saved, the TP share gathers recomputed) at ep 2, ep2 x tp2, ep2 x tp2 x dp2 with
+    sequence parallelism and ep2 x etp2 (tests/test_memory_op_policy.py, tests/test_moe_policy.py: the block keeps
+    what the estimate counts). Not run (docs/recompute.md): context parallelism with attention dropout: the CP
+    attention op has none (no RNG state of its own to replay in its backward)."""
     c = config
     found = [(what, why) for what, why, on in (
         (f"cp {c.cp} and attention dropout {getattr(model, 'dropout', 0.0)}",
          "autoconf's CP attention op, which the policy saves, runs without dropout",
-         c.cp > 1 and model is not None and model.dropout > 0),
-        (f"a mixture-of-experts model at tp {c.tp}, etp {c.etp}",
-         "its TP ranks' token shares move by gathers the policy would recompute (not tried beyond tp 1, etp 1)",
-         model is not None and model.moe is not None and (c.tp > 1 or c.etp > 1))) if on]
+         c.cp > 1 and model is not None and model.dropout > 0),) if on]
     if not found:
         return None
     return ("selective_recompute alternate_matmuls (the per-op policy) is not run " +
