@@ -29,12 +29,12 @@ import numpy as np
 from autoconf.cost.comm import distinct_pair_sets, p2p_time
 from autoconf.cost.compute import PassTimes, measured_tp_layer, model_pieces, rank_optimizer_time
 from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, cp_attention_comm, default_mesh, default_partition,
-                                    dp_collectives, estimate, exposed_dp, overlapped_tp_layer, p2p_bytes, predict,
-                                    recompute_time, schedule_inflight, selective_matmul_share, step_collectives,
-                                    tp_collective, tp_overlap_gemms, tp_sp_collectives)
+                                    dp_collectives, estimate, exposed_dp, overlapped_tp_layer, overlaps_pairs,
+                                    p2p_bytes, predict, recompute_time, schedule_inflight, selective_matmul_share,
+                                    step_collectives, tp_collective, tp_overlap_gemms, tp_sp_collectives)
 from autoconf.cost.memory import (layer_activation_bytes, p2p_buffer_bytes, stage_expert_params, stage_memory,
                                   stage_params, state_bytes_per_param)
-from autoconf.cost.moe import layer_kind_params, layer_kinds, moe_layers, smallest_layer_params
+from autoconf.cost.moe import ep_comm_passes, layer_kind_params, layer_kinds, moe_layers, smallest_layer_params
 from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_offload, host_memory_per_node,
                                    plans_offload)
@@ -99,6 +99,9 @@ class _BoundCache:
         self._step: dict = {}
         self._owner: dict = {}
         self._layers: dict = {}
+        self._exchange: dict = {}
+        self._moe_blocks = moe_layers(model, 0, model.num_layers)
+        self._fewest_moe: dict = {}
         self._optimizers: dict = {}
         self._recomputed_of: dict = {}
         self._shapes: dict = {}
@@ -168,7 +171,10 @@ class _BoundCache:
         of the run of `layers` consecutive blocks with the fewest MoE blocks; (0, 0) for a dense model."""
         if self.model.moe is None:
             return 0, 0.0
-        moe = min(moe_layers(self.model, first, first + layers) for first in range(self.model.num_layers - layers + 1))
+        if layers not in self._fewest_moe:
+            self._fewest_moe[layers] = min(moe_layers(self.model, first, first + layers)
+                                           for first in range(self.model.num_layers - layers + 1))
+        moe = self._fewest_moe[layers]
         return moe, local_params_of(c, 0.0, moe * layer_kind_params(self.model)[2])[1]
 
     def _hop_pairs(self, c: ParallelConfig) -> np.ndarray:
@@ -256,18 +262,28 @@ class _BoundCache:
         p2p, gather, gather_once, reduce = self._comm(c, per_stage_layers)
         m = c.num_microbatches * c.seq_chunks  # units through the pipeline (seq1f1b: sequence chunks)
         overhead = self._overheads[0]
-        chunk_fwd = per_stage_layers * (block_fwd + 2 * one) + overhead
-        chunk_bwd = per_stage_layers * (block_bwd_in + 2 * one) + stage_rc * recompute + overhead
-        chunk_w = per_stage_layers * block_bwd_w
+        kinds = self._kind_layers(c)
+        exchange = self._exposed_exchange(c) if len(kinds) > 1 else None
+
+        def run(layers: float, index: int, extra: float = 0.0) -> float:
+            """Term `index` of `_kind_layers` (0 forward, 1 input backward, 2 weight backward, 3 recompute) over
+            `layers` blocks, plus `extra` per block: of a model with dense and MoE blocks, `_layers_sum`."""
+            if len(kinds) == 1:
+                return layers * ((block_fwd, block_bwd_in, block_bwd_w, recompute)[index] + extra)
+            return self._layers_sum(kinds, exchange, layers, index) + layers * extra
+
+        chunk_fwd = run(per_stage_layers, 0, 2 * one) + overhead
+        chunk_bwd = run(per_stage_layers, 1, 2 * one) + run(stage_rc, 3) + overhead
+        chunk_w = run(per_stage_layers, 2)
         chunk_fwd, chunk_bwd = max(chunk_fwd, gather), max(chunk_bwd, gather)
         # Busiest rank: it holds at least ceil(L/pp) layers in S/pp stages, each pass at least its FSDP gather.
         layer_fwd = block_fwd + 2 * one
         layer_bwd = block_bwd_in + 2 * one
 
         def rank_work(layers: int, recomputed: int) -> float:
-            return m * (max(layers * layer_fwd + n * overhead, n * gather)
-                        + max(layers * layer_bwd + recomputed * recompute + n * overhead, n * gather)
-                        + layers * block_bwd_w)
+            return m * (max(run(layers, 0, 2 * one) + n * overhead, n * gather)
+                        + max(run(layers, 1, 2 * one) + run(recomputed, 3) + n * overhead, n * gather)
+                        + run(layers, 2))
 
         busy = rank_work(rank_layers, rank_rc)
         if c.recompute_layers is not None:  # each rank of the uniform partition with its own recomputed layers
@@ -292,8 +308,9 @@ class _BoundCache:
                                                per_stage_layers, c.dp_cp)
         compute_path = first_gather + busy + idle + last_reduce
         # Micro-batch 0 passes every stage forward and backward in turn, hopping ranks between stages.
-        chain = (model.num_layers * (layer_fwd + layer_bwd) + total_rc * recompute + 2 * S * overhead
-                 + 2 * hops * p2p)
+        every = (model.num_layers * (layer_fwd + layer_bwd) if len(kinds) == 1
+                 else run(model.num_layers, 0, 2 * one) + run(model.num_layers, 1, 2 * one))
+        chain = every + run(total_rc, 3) + 2 * S * overhead + 2 * hops * p2p
         return max(compute_path, comm_stream, chain) + self._step_comm(c) + optimizer + self._overheads[1]
 
     def busy_bound(self, c: ParallelConfig) -> float:
@@ -324,8 +341,47 @@ class _BoundCache:
 
     def _per_layer(self, c: ParallelConfig) -> tuple[float, float, float, float, float]:
         """(block forward, block input backward, block weight backward, one TP collective, recompute) per layer: of
-        a model with dense and MoE blocks, the smaller of each (the MoE token exchange left out), plus the estimate's
-        own activation copies of offload_activations (on the compute stream) and exposed CP K/V exchange."""
+        a model with dense and MoE blocks, the smaller of each (`_kind_layers`, the MoE token exchange left out)."""
+        kinds = self._kind_layers(c)
+        return (*(min(k[i] for k in kinds.values()) for i in range(3)), self._tp_collective(c),
+                min(k[3] for k in kinds.values()))
+
+    def _layers_sum(self, kinds: dict, exchange: tuple, layers: float, index: int) -> float:
+        """A lower bound of term `index` of `kinds` (`_kind_layers` of a model with dense and MoE blocks) summed
+        over any `layers` of the model's blocks: at least layers - (dense blocks) of them are MoE blocks (plus the
+        token `exchange` the estimate leaves on the compute stream, `_exposed_exchange`) and at least
+        layers - (MoE blocks) dense; the rest at the smaller of the two."""
+        n_moe = self._moe_blocks
+        dense, moe = kinds[False][index], kinds[True][index] + exchange[index]
+        at_least_moe = max(0.0, layers - (self.model.num_layers - n_moe))
+        at_least_dense = max(0.0, layers - n_moe)
+        return (at_least_moe * moe + at_least_dense * dense
+                + (layers - at_least_moe - at_least_dense) * min(dense, moe))
+
+    def _exposed_exchange(self, c: ParallelConfig) -> tuple[float, float, float, float]:
+        """The MoE token exchange one MoE block adds to (forward, input backward, weight backward, recompute) on
+        the compute stream, as the estimate adds it (`ep_comm_passes` on each pipeline rank's first EP and ETP
+        groups of the default mesh; the least of the ranks): zeros where paired chunks may hide it
+        (`overlaps_pairs`) or under seq1f1b (whose units the estimate splits afterwards)."""
+        key = (c.tp, c.cp, c.pp, c.dp, c.ep, c.etp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len,
+               c.seq_chunks, c.schedule, c.recompute)
+        if key not in self._exchange:
+            out = (0.0, 0.0, 0.0, 0.0)
+            if self.model.moe is not None and c.seq_chunks == 1 and not overlaps_pairs(self.model, c,
+                                                                                       self.execution):
+                grid = RankGrid(default_mesh(c))
+                passes = [ep_comm_passes(self.model, self.cluster, c, *(expert_groups(grid, rank, c.ep, c.etp, axis)[0]
+                                                                        for axis in ("ep", "etp")), self.execution)
+                          for rank in range(c.pp)]
+                forward, backward = (min(p[0] for p in passes), min(p[1] for p in passes))
+                out = (forward, backward, 0.0, forward if c.recompute == "full" else 0.0)
+            self._exchange[key] = out
+        return self._exchange[key]
+
+    def _kind_layers(self, c: ParallelConfig) -> dict[bool, tuple[float, float, float, float]]:
+        """Per kind of block (`layer_kinds`: False dense, True MoE), (block forward, block input backward, block
+        weight backward, recompute) per layer (the MoE token exchange left out), plus the estimate's own activation
+        copies of offload_activations (on the compute stream) and exposed CP K/V exchange."""
         key = (c.tp, c.cp, c.cp_comm, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len,
                c.recompute, c.ep, c.etp, c.offload_activations, c.selective_recompute, c.seq_chunks)
         if key not in self._layers:
@@ -339,14 +395,12 @@ class _BoundCache:
             if c.cp > 1:  # the estimate's exposed K/V exchange, on the default mesh's first CP group
                 cp = cp_attention_comm(self.model, self.cluster, c, np.arange(c.cp) * c.tp,
                                        self._layer(c).attention_core, self.execution)
-            forward = min(p.block.forward + f for p, (f, _) in zip(kinds, copies))
-            backward_input = min(p.block.backward_input + b for p, (_, b) in zip(kinds, copies))
-            self._layers[key] = (forward + cp.forward, backward_input + cp.backward_input,
-                                 min(p.block.backward_weight for p in kinds) + cp.backward_weight, one,
-                                 min(recompute_time(p, c, one,
-                                                    selective_matmul_share(self.model, c, self.execution, moe))
-                                     for p, moe in zip(kinds, layer_kinds(self.model)))
-                                 + (cp.forward if c.recompute == "full" else 0.0))
+            self._layers[key] = {moe: (p.block.forward + f + cp.forward, p.block.backward_input + b + cp.backward_input,
+                                       p.block.backward_weight + cp.backward_weight,
+                                       recompute_time(p, c, one, selective_matmul_share(self.model, c, self.execution,
+                                                                                        moe))
+                                       + (cp.forward if c.recompute == "full" else 0.0))
+                                 for p, (f, b), moe in zip(kinds, copies, layer_kinds(self.model))}
         return self._layers[key]
 
     def _optimizer(self, c: ParallelConfig) -> float:
