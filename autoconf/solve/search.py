@@ -246,8 +246,9 @@ class _BoundCache:
     def time_bound(self, c: ParallelConfig) -> float:
         """A lower bound on the simulated iteration time of the uniform partition.
 
-        Time: the busiest rank's work (at least ceil(L/pp) layers, each pass at least its FSDP gather) for every
-        micro-batch, the schedule's textbook bubble on the smallest stage, the P2P hops of the pipeline fill and
+        Time: the busiest rank's work (at least ceil(L/pp) layers, each pass at least its FSDP gather; of a model
+        with dense and MoE blocks, as many MoE blocks as the dense ones leave, with their exposed token exchange:
+        `_layers_sum`) for every micro-batch, the schedule's textbook bubble on the smallest stage, the P2P hops of the pipeline fill and
         drain, the gradient reduction of the first stage after rank 0's last backward, and the step's tail as the
         estimate adds it (the step collectives on the default mesh, the optimizer, the step overhead).
         """
