@@ -250,7 +250,8 @@ class _BoundCache:
         with dense and MoE blocks, as many MoE blocks as the dense ones leave, with their exposed token exchange:
         `_layers_sum`) for every micro-batch, the schedule's textbook bubble on the smallest stage, the P2P hops of
         the pipeline fill and drain, the gradient reduction of the first stage after rank 0's last backward, and the
-        step's tail as the estimate adds it (the step collectives on the default mesh, the optimizer, the step overhead).
+        step's tail as the estimate adds it (the step collectives on the default mesh, the optimizer, the step
+        overhead).
         """
         model = self.model
         block_fwd, block_bwd_in, block_bwd_w, one, recompute = self._per_layer(c)
