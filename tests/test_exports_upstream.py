@@ -287,7 +287,7 @@ def test_megatron_args_build_megatron_cores_configs(megatron_core, name):
     assert config.num_layers == plan.model.num_layers and config.tensor_model_parallel_size == plan.config.tp
     if args.pipeline_model_parallel_layout:
         layout = config.pipeline_model_parallel_layout
-        layout.validate_layer_layout(num_layers=plan.model.num_layers, mtp_num_layers=None)
+        layout.validate_layer_layout(num_layers=plan.model.num_layers, mtp_num_layers=plan.model.mtp_num_layers or None)
         assert layout.virtual_pipeline_model_parallel_size == plan.config.vpp
     optimizer_cls(**kwargs[optimizer_cls])
     ddp = ddp_cls(**kwargs[ddp_cls])
