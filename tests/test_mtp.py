@@ -148,23 +148,26 @@ SMALL_MOE = dataclasses.replace(MIXTRAL, num_layers=6, mtp_num_layers=1,
                                 moe=dataclasses.replace(MIXTRAL.moe, first_k_dense=1))
 
 
-@pytest.mark.parametrize("model,schedule,vpp,zero,recompute,microbatches", [
-    (dataclasses.replace(LLAMA, num_layers=6, mtp_num_layers=1), "1f1b", 1, 1, "none", 4),
-    (dataclasses.replace(LLAMA, num_layers=6, mtp_num_layers=2), "interleaved-1f1b", 2, 3, "full", 4),
-    (SMALL_MOE, "zbv", 2, 0, "selective", 4),
-    (SMALL_MOE, "gpipe", 1, 3, "full", 1),
+@pytest.mark.parametrize("model,schedule,vpp,zero,recompute,microbatches,cp", [
+    (dataclasses.replace(LLAMA, num_layers=6, mtp_num_layers=1), "1f1b", 1, 1, "none", 4, 1),
+    (dataclasses.replace(LLAMA, num_layers=6, mtp_num_layers=1), "1f1b", 1, 1, "full", 4, 2),
+    (dataclasses.replace(LLAMA, num_layers=6, mtp_num_layers=2), "interleaved-1f1b", 2, 3, "full", 4, 1),
+    (SMALL_MOE, "zbv", 2, 0, "selective", 4, 1),
+    (SMALL_MOE, "gpipe", 1, 3, "full", 1, 1),
 ])
-def test_the_partition_sees_the_mtp_cost_as_the_estimate_does(model, schedule, vpp, zero, recompute, microbatches):
+def test_the_partition_sees_the_mtp_cost_as_the_estimate_does(model, schedule, vpp, zero, recompute, microbatches,
+                                                                cp):
     """The CP-SAT partition's units carry the MTP modules with the head (solve/refine.py): each rank's bytes in its
     model equal the estimate's for the same split (a V placement keeps no embedding copy; one backward too), and
-    the head unit's time grows by the modules' cost."""
+    the head unit's time grows by the modules' cost; under CP the MTP block exchanges K/V as a layer does."""
     from autoconf.solve.partition import evaluate_partition
     from autoconf.solve.refine import partition_problem
 
-    cluster = load_cluster("dgx-h100-80g", nodes=1).resized(gpus_per_node=4)
+    cluster = load_cluster("dgx-h100-80g", nodes=1).resized(gpus_per_node=4 * cp)
     ep = 2 if model.moe else 1
-    c = ParallelConfig(tp=1, pp=2, dp=2, vpp=vpp, ep=ep, micro_batch_size=1, global_batch_size=2 * microbatches,
-                       seq_len=2048, schedule=schedule, zero_stage=zero, recompute=recompute)
+    c = ParallelConfig(tp=1, pp=2, dp=2, cp=cp, cp_comm="allgather", vpp=vpp, ep=ep, micro_batch_size=1,
+                       global_batch_size=2 * microbatches, seq_len=2048, schedule=schedule, zero_stage=zero,
+                       recompute=recompute)
     split = [[0, 2], [2, 3], [3, 5], [5, 6]] if vpp == 2 else [[0, 4], [4, 6]]
     problem = partition_problem(model, cluster, c, AUTOCONF)
     mine = evaluate_partition(problem, _units(split, model.num_layers)).rank_memory_bytes
@@ -176,3 +179,6 @@ def test_the_partition_sees_the_mtp_cost_as_the_estimate_does(model, schedule, v
         assert mine == pytest.approx(theirs, rel=1e-6)
     plain = partition_problem(dataclasses.replace(model, mtp_num_layers=0), cluster, c, AUTOCONF)
     assert problem.unit_time[-1] > plain.unit_time[-1] and problem.unit_time[:-1] == plain.unit_time[:-1]
+    if cp > 1:  # the MTP block exchanges K/V as a layer does: the last stage's 2 layers + 1 against the first's 4
+        cp_comm = _stage_plan(model, cluster, c, split).cp_comm
+        assert cp_comm[-1].forward == pytest.approx(cp_comm[0].forward * 3 / 4, rel=1e-12) and cp_comm[0].forward > 0

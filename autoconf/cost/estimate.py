@@ -463,6 +463,10 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                 model, cluster, c, pieces, compute, tp, ep, recompute, one, layer_one, matmul_share, moe_share,
                 exchange_of(rank) if mtp_block_is_moe(model) else None)
             recompute_exchange += exposed
+            if c.cp > 1:  # the MTP blocks' attention exchanges K/V as the stage's blocks do
+                cp_parts[-1] = cp_parts[-1] + cp_layer.scaled(model.mtp_num_layers)
+                if c.recompute == "full":
+                    recompute += cp_layer.forward * model.mtp_num_layers
         exchange_back_parts.append(ep.backward_input + recompute_exchange)
         # DP / FSDP collectives of this stage's parameters (over DP x CP); routed experts over their expert-DP group.
         params, experts = local_params(c, stage_params(model, partition, st), stage_expert_params(model, partition, st))

@@ -118,7 +118,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
         d, block = model.mtp_num_layers, pieces.kind(bool(mtp_moe))
         block_share = selective_matmul_share(model, c, execution, moe=bool(mtp_moe))
         unit_time[-1] += (mtp_pass_times(model, cluster, c, block).total + 6 * one * d
-                          + recompute_time(block, c, one, block_share) * d)
+                          + (recompute_time(block, c, one, block_share) + cp_time + cp_rc) * d)
         if mtp_moe:
             unit_time[-1] += (exchange + exchange_back + (exchange if c.recompute == "full" else 0.0)) * d
         mtp_params, mtp_experts = local_params(c, *mtp_stage_params(model, embedding_copy=owner[0] != owner[-1]))
