@@ -8,12 +8,13 @@ main model: on a single-stage model they are the same weights; under pipelining 
 embedding (Megatron-Core's `mtp` embedding on the last stage), unless the rank also holds the first stage (V
 placements), where the one embedding serves both.
 
-Counted: weights, gradients and optimizer states of the modules (and of the embedding copy); per pass one block
-(its token exchange when it is an MoE block, its TP collectives, its K/V exchange under CP), the projection GEMM, the norms, one more
-embedding lookup and one more head with its loss; the activations the module keeps until its backward (the block's,
-under the plan's recompute mode, the head's inputs, the projection's input). The estimate (`estimate.stage_plan`,
-`memory.stage_memory`) and the partition's units (`solve/refine.partition_problem`) read these. Not counted: the
-MTP loss's own reduction across ranks (one scalar), the modules' FLOPs in the model FLOPs of MFU.
+Counted: weights, gradients and optimizer states of the modules (and of the embedding copy); per pass one block (its
+token exchange when it is an MoE block, its TP collectives, its K/V exchange under CP), the projection GEMM, the
+norms, one more embedding lookup and one more head with its loss; the activations the module keeps until its
+backward (the block's, under the plan's recompute mode, the head's inputs, the projection's input). The estimate
+(`estimate.stage_plan`, `memory.stage_memory`) and the partition's units (`solve/refine.partition_problem`) read
+these. Not counted: the MTP loss's own reduction across ranks (one scalar), the modules' FLOPs in the model FLOPs of
+MFU.
 """
 
 from __future__ import annotations
