@@ -62,22 +62,24 @@ def breakdown(run: dict, prediction: dict) -> list[str]:
     return lines
 
 
-# The figures a publisher states, each as (unit, autoconf's prediction of it for a run): a run's "figure" names one.
+# The figures a publisher states, each as (unit, autoconf's prediction of it for a run, whether more is faster): a
+# run's "figure" names one.
 FIGURES = {
-    "step_time_s": ("s/step", lambda p, run: p["iteration_time_s"]),
-    "tflops_per_gpu": ("TFLOP/s", lambda p, run: p["tflops_per_gpu"]),
-    "tokens_per_s_per_gpu": ("tokens/s/GPU", lambda p, run: p["tokens_per_s"] / run["gpus"]),
+    "step_time_s": ("s/step", lambda p, run: p["iteration_time_s"], False),
+    "tflops_per_gpu": ("TFLOP/s", lambda p, run: p["tflops_per_gpu"], True),
+    "tokens_per_s_per_gpu": ("tokens/s/GPU", lambda p, run: p["tokens_per_s"] / run["gpus"], True),
 }
 
 
 def compare(run: dict) -> tuple[dict, list[str]]:
     """One run's row: the layout costed, the published figure beside the predicted one and their error
-    (predicted / published - 1 of that figure: for a step time + is slower than published), fit and all-to-all
+    (as every truth script's, of throughput: predicted / published throughput - 1, a step time's inverse, so + is
+    predicted faster than published), fit and all-to-all
     share; with the memory breakdown lines. A run autoconf cannot express gets its reason only."""
     costed = f"tp{run['tp']} ep{run['ep']} etp{run['etp']} pp{run['pp']} vpp{run['vpp']} on {run['gpus']}"
     if run.get("published_layout"):  # a schedule autoconf costs through an equivalent one (the run's levers)
         costed = f"{run['published_layout']}, costed as {run['schedule']} {costed}"
-    unit, predicted = FIGURES[run["figure"]]
+    unit, predicted, faster_is_more = FIGURES[run["figure"]]
     row = {"run": run["label"], "layout": costed, "figure": run["figure"]}
     if run["published"] is not None:
         row["published"] = f"{run['published']:g} {unit}"
@@ -89,7 +91,8 @@ def compare(run: dict) -> tuple[dict, list[str]]:
     value = predicted(p, run)
     row["predicted"] = f"{value:.1f} {unit}" if run["figure"] == "step_time_s" else f"{value:.0f} {unit}"
     if run["published"] is not None:
-        row["error"] = round(value / run["published"] - 1, 3)
+        ratio = value / run["published"]
+        row["error"] = round((ratio if faster_is_more else 1 / ratio) - 1, 3)
     return row, breakdown(run, p)
 
 
@@ -114,7 +117,7 @@ def main() -> int:
               f"{'yes' if r['fits'] else 'NO'} ({r['peak_GiB']}) | {100 * r['ep_comm_share']:.1f}% |")
     costed = [r for r in rows if "not_modelled" not in r]
     errors = [r["error"] for r in costed if "error" in r]
-    print(f"\npublished figure (error: predicted / published - 1): "
+    print(f"\nthroughput (error: predicted / published throughput - 1, a step time's inverse): "
           f"{error_line(*error_stats(errors), of='runs')}; "
           f"{sum(r['fits'] for r in costed)} of {len(costed)} published layouts fit; "
           f"{len(rows) - len(costed)} not modelled")
