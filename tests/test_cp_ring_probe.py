@@ -34,10 +34,12 @@ def _probe(rank, world, port, method, queue):
     aten = torch.ops.aten
     out, lse = att._templated_ring_attention(group, 2, aten._scaled_dot_product_flash_attention_for_cpu.default,
                                              q, k, v, is_causal=True)[:2]
+    forward = dict(counts)
+    counts.update(all_gather=0, permute=0)
     att._templated_ring_attention_backward(group, 2, aten._scaled_dot_product_flash_attention_for_cpu_backward.default,
                                            torch.ones_like(out), "grad_out", q, k, v, out, lse, True, dropout_p=0.0)
     dist.destroy_process_group()
-    queue.put(counts)
+    queue.put({"forward": forward, "backward": counts})
 
 
 @pytest.mark.slow
@@ -56,4 +58,6 @@ def test_transfers_match_torch(cp, comm, method):
     seen = [queue.get(timeout=120) for _ in procs]
     for p in procs:
         p.join()
-    assert all(s == transfers(cp, comm) for s in seen), seen
+    expected = {p: {"all_gather": n["kv_gather"], "permute": n["kv_rotate"] + n["dkv_rotate"]}
+                for p, n in transfers(cp, comm).items()}
+    assert all(s == expected for s in seen), (seen, expected)

@@ -103,13 +103,15 @@ def buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution 
     return (blocks + 1) * kv_block + FP32 * tokens * model.q_dim / c.tp + 3 * dkv_bytes(model, c, execution)
 
 
-def transfers(cp: int, cp_comm: str) -> dict[str, int]:
+def transfers(cp: int, cp_comm: str) -> dict[str, dict[str, int]]:
     """Collectives one layer of torch's ring issues on each rank (torch 2.13, `_templated_ring_attention` and its
-    backward), by kind: "all_gather" (K/V under "allgather": once in the forward, once again in the backward) and
-    "permute" (one-hop all-to-all: under "ring" the cp - 1 K/V rotations of each pass, and in every method the cp
-    dK/dV rotations of the backward, the last returning each block's gradient to its owner). `estimate.
-    cp_attention_comm` times these; tests/test_cp_ring_probe.py counts them on a gloo group."""
+    backward), per pass ("forward", "backward") and kind: "kv_gather" (the K/V all-gather of "allgather", once per
+    pass), "kv_rotate" (one-hop all-to-all of a K/V block: under "ring" cp - 1 per pass), "dkv_rotate" (the fp32
+    dK/dV, by one-hop all-to-all in every method: cp in the backward, the last one returning each block's gradient to
+    its owner). `estimate.cp_attention_comm` times exactly these; tests/test_cp_ring_probe.py counts them on a gloo
+    group."""
     if cp == 1:
-        return {"all_gather": 0, "permute": 0}
-    kv = {"all_gather": 2, "permute": 0} if cp_comm == "allgather" else {"all_gather": 0, "permute": 2 * (cp - 1)}
-    return {"all_gather": kv["all_gather"], "permute": kv["permute"] + cp}
+        return {p: {"kv_gather": 0, "kv_rotate": 0, "dkv_rotate": 0} for p in ("forward", "backward")}
+    gathers, rotations = (1, 0) if cp_comm == "allgather" else (0, cp - 1)
+    return {"forward": {"kv_gather": gathers, "kv_rotate": rotations, "dkv_rotate": 0},
+            "backward": {"kv_gather": gathers, "kv_rotate": rotations, "dkv_rotate": cp}}

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from autoconf.cost.comm import collective_time, p2p_time, slowest_collective_time
-from autoconf.cost.cp_ring import dkv_bytes, sdpa_kv_bytes, torch_ring
+from autoconf.cost.cp_ring import dkv_bytes, sdpa_kv_bytes, torch_ring, transfers
 from autoconf.cost.compute import (PassTimes, attention_gemms, causal_span_share, cpu_share, cpu_share_alone,
                                    fsdp_copy_time, gemms_time, layer_gemms, measured_tp_layer, model_pieces,
                                    rank_optimizer_time, seq_chunk_bounds)
@@ -224,7 +224,7 @@ def cp_attention_comm(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     "allgather" is issued before the rank's own step and awaited after it, so it exposes what exceeds that step
     (core / cp), in the forward and again in the backward; "ring" (torch's all-to-all rotation) as above, K/V only.
     The backward passes the fp32 dK/dV (`cp_ring.dkv_bytes`) to the next rank after every step: each transfer runs
-    beside the next step, the last one is awaited after the loop."""
+    beside the next step, the last one is awaited after the loop. How many of each per pass: `cp_ring.transfers`."""
     if c.cp == 1:
         return PassTimes(0.0, 0.0, 0.0)
     kv = sdpa_kv_bytes(model, c, execution, cp_kv_bytes(model, c))
@@ -232,16 +232,19 @@ def cp_attention_comm(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     pairs = np.stack([group, np.roll(group, -1)], axis=1)
     steps = c.cp - 1
     if torch_ring(c, execution):
-        if c.cp_comm == "allgather":
-            gather = collective_time(cluster, "all_gather", kv * c.cp, devices)
-            forward = max(0.0, gather - core.forward / c.cp)
-            kv_back = max(0.0, gather - core.backward_input / c.cp)
-        else:
-            transfer = p2p_time(cluster, kv, pairs)
-            forward = steps * max(0.0, transfer - core.forward / c.cp)
-            kv_back = steps * max(0.0, transfer - core.backward_input / c.cp)
+        count = transfers(c.cp, c.cp_comm)
+        gather = collective_time(cluster, "all_gather", kv * c.cp, devices) if c.cp_comm == "allgather" else 0.0
+        rotate = p2p_time(cluster, kv, pairs) if c.cp_comm != "allgather" else 0.0
         dkv = p2p_time(cluster, dkv_bytes(model, c, execution), pairs)
-        return PassTimes(forward, kv_back + steps * max(0.0, dkv - core.backward_input / c.cp) + dkv, 0.0)
+
+        def exposed(n: dict, step: float) -> float:
+            """Each transfer beside one step of the ring (the last dK/dV awaited after the loop)."""
+            hidden = (n["kv_gather"] * max(0.0, gather - step) + n["kv_rotate"] * max(0.0, rotate - step)
+                      + max(0, n["dkv_rotate"] - 1) * max(0.0, dkv - step))
+            return hidden + (dkv if n["dkv_rotate"] else 0.0)
+
+        return PassTimes(exposed(count["forward"], core.forward / c.cp),
+                         exposed(count["backward"], core.backward_input / c.cp), 0.0)
     if c.cp_comm == "allgather":
         gather = collective_time(cluster, "all_gather", kv * c.cp, devices)
         return PassTimes(gather, gather + collective_time(cluster, "reduce_scatter", kv * c.cp, devices), 0.0)
