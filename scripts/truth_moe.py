@@ -1,5 +1,6 @@
 """Compares `estimate` with published mixture-of-experts training runs (scripts/data/published_moe_runs.json): the
-throughput each publisher states, and whether each published layout fits an 80 GB device as it did.
+figure each publisher states (a step time, TFLOP/s per GPU or tokens/s per GPU: the run's
+"figure"), and whether each published layout fits an 80 GB device as it did.
 
 Nothing is fitted: the H100 profile's efficiencies are the same for every model (the H800 profile is the H100's with
 its slower NVLink). A run's framework is a preset (DeepSeek-V3's is `deepseek`: its recompute policy, DualPipe's
@@ -24,6 +25,7 @@ from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import Execution, execution
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
+from truth_summary import error_line, error_stats
 
 DATA = Path(__file__).resolve().parent / "data" / "published_moe_runs.json"
 
@@ -60,38 +62,65 @@ def breakdown(run: dict, prediction: dict) -> list[str]:
     return lines
 
 
+# The figures a publisher states, each as (unit, autoconf's prediction of it for a run, whether more is faster): a
+# run's "figure" names one.
+FIGURES = {
+    "step_time_s": ("s/step", lambda p, run: p["iteration_time_s"], False),
+    "tflops_per_gpu": ("TFLOP/s", lambda p, run: p["tflops_per_gpu"], True),
+    "tokens_per_s_per_gpu": ("tokens/s/GPU", lambda p, run: p["tokens_per_s"] / run["gpus"], True),
+}
+
+
+def compare(run: dict) -> tuple[dict, list[str]]:
+    """One run's row: the layout costed, the published figure beside the predicted one and their error
+    (as every truth script's, of throughput: predicted / published throughput - 1, a step time's inverse, so + is
+    predicted faster than published), fit and all-to-all
+    share; with the memory breakdown lines. A run autoconf cannot express gets its reason only."""
+    costed = f"tp{run['tp']} ep{run['ep']} etp{run['etp']} pp{run['pp']} vpp{run['vpp']} on {run['gpus']}"
+    if run.get("published_layout"):  # a schedule autoconf costs through an equivalent one (the run's levers)
+        costed = f"{run['published_layout']}, costed as {run['schedule']} {costed}"
+    unit, predicted, faster_is_more = FIGURES[run["figure"]]
+    row = {"run": run["label"], "layout": costed, "figure": run["figure"]}
+    if run["published"] is not None:
+        row["published"] = f"{run['published']:g} {unit}"
+    if run.get("not_modelled"):
+        return {**row, "not_modelled": run["not_modelled"]}, []
+    p = predict(run)
+    row.update(fits=p["fits"], peak_GiB=round(p["peak_memory_bytes"] / 2**30, 1),
+               ep_comm_share=round(p["time_breakdown"].get("ep_comm", 0.0) / p["iteration_time_s"], 3))
+    value = predicted(p, run)
+    row["predicted"] = f"{value:.1f} {unit}" if run["figure"] == "step_time_s" else f"{value:.0f} {unit}"
+    if run["published"] is not None:
+        ratio = value / run["published"]
+        row["error"] = round((ratio if faster_is_more else 1 / ratio) - 1, 3)
+    return row, breakdown(run, p)
+
+
 def main() -> int:
     rows, details = [], []
     for run in json.loads(DATA.read_text())["runs"]:
-        p = predict(run)
-        details += breakdown(run, p)
-        costed = f"tp{run['tp']} ep{run['ep']} etp{run['etp']} pp{run['pp']} vpp{run['vpp']} on {run['gpus']}"
-        if run.get("published_layout"):  # a schedule autoconf costs through an equivalent one (the run's levers)
-            costed = f"{run['published_layout']}, costed as {run['schedule']} {costed}"
-        row = {"run": run["label"], "layout": costed,
-               "fits": p["fits"], "peak_GiB": round(p["peak_memory_bytes"] / 2**30, 1),
-               "ep_comm_share": round(p["time_breakdown"].get("ep_comm", 0.0) / p["iteration_time_s"], 3)}
-        if run.get("tflops_per_gpu"):
-            row.update(published=f"{run['tflops_per_gpu']} TFLOP/s", predicted=f"{p['tflops_per_gpu']:.0f} TFLOP/s",
-                       error=round(p["tflops_per_gpu"] / run["tflops_per_gpu"] - 1, 3))
-        if run.get("tokens_per_s_per_gpu"):
-            per_gpu = p["tokens_per_s"] / run["gpus"]
-            row.update(published=f"{run['tokens_per_s_per_gpu']:.0f} tokens/s/GPU",
-                       predicted=f"{per_gpu:.0f} tokens/s/GPU",
-                       error=round(per_gpu / run["tokens_per_s_per_gpu"] - 1, 3))
+        row, lines = compare(run)
         rows.append(row)
+        details += lines
     if "--json" in sys.argv[1:]:
         print(json.dumps(rows, indent=2))
         return 0
     print("| run | layout | published | predicted | error | fits (peak GiB) | all-to-all share |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
+        if "not_modelled" in r:
+            print(f"| {r['run']} | {r['layout']} | {r.get('published', '')} | not modelled: {r['not_modelled']} "
+                  f"| | | |")
+            continue
         error = f"{100 * r['error']:+.1f}%" if "error" in r else ""
         print(f"| {r['run']} | {r['layout']} | {r.get('published', '')} | {r.get('predicted', '')} | {error} | "
               f"{'yes' if r['fits'] else 'NO'} ({r['peak_GiB']}) | {100 * r['ep_comm_share']:.1f}% |")
-    errors = [abs(r["error"]) for r in rows if "error" in r]
-    print(f"\nthroughput: mean |error| {100 * sum(errors) / len(errors):.1f}%, max {100 * max(errors):.1f}% over "
-          f"{len(errors)} runs; {sum(r['fits'] for r in rows)} of {len(rows)} published layouts fit")
+    costed = [r for r in rows if "not_modelled" not in r]
+    errors = [r["error"] for r in costed if "error" in r]
+    print(f"\nthroughput (error: predicted / published throughput - 1, a step time's inverse): "
+          f"{error_line(*error_stats(errors), of='runs')}; "
+          f"{sum(r['fits'] for r in costed)} of {len(costed)} published layouts fit; "
+          f"{len(rows) - len(costed)} not modelled")
     if "--breakdown" in sys.argv[1:]:
         print("\n" + "\n".join(details))
     return 0

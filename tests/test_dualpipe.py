@@ -124,7 +124,7 @@ def test_the_step_adds_the_mirror_ranks_gradient_sum_under_dualpipe_only(zero, m
     """Under dualpipe the step grows by exactly the mirror pairs' gradient all-reduce (its bytes: both stages'
     gradients of a rank, sharded over DP under ZeRO); the term is zero for every one-direction schedule."""
     from autoconf.cost import estimate as estimate_module
-    from autoconf.cost.memory import copy_grad_bytes
+    from autoconf.cost.memory import reduced_grad_bytes
 
     model = dataclasses.replace(PRESETS["llama3-8b"], num_layers=8)
     cluster = load_cluster("dgx-h100-80g", nodes=2)
@@ -137,7 +137,7 @@ def test_the_step_adds_the_mirror_ranks_gradient_sum_under_dualpipe_only(zero, m
     without = estimate(model, cluster, c)
     assert seconds[0] > 0
     assert plan.prediction["iteration_time_s"] - without.prediction["iteration_time_s"] == pytest.approx(seconds[0])
-    both = copy_grad_bytes(model, c, plan.partition, 1, "torch") + copy_grad_bytes(model, c, plan.partition, 2, "torch")
+    both = reduced_grad_bytes(model, c, plan.partition, (1, 2), "torch")
     whole = 4 * sum(stage_params(model, plan.partition, st) for st in (1, 2))
     assert both == pytest.approx(whole / (c.dp if zero else 1))
     seconds.clear()

@@ -74,6 +74,10 @@ PLANS = {
     "moe-ep2-first-dense": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], name="tiny-moe", moe=MoESpec(
         num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, num_shared_experts=1,
         shared_expert_intermediate_size=96, first_k_dense=1)), pp=2, dp=2, zero=1, ep=2),
+    # one MTP module after the last stage's layers: --mtp-num-layers and 'm' before 'L' in the layout
+    "mtp-interleaved-layout": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], mtp_num_layers=1), pp=2, dp=2,
+                                            vpp=2, schedule="interleaved-1f1b",
+                                            partition=[[0, 1], [1, 3], [3, 6], [6, 8]]),
     "offload-activations-and-optimizer": lambda: _plan(pp=1, dp=4, zero=3, offload_activations=True,
                                                        offload_optimizer=True),
     "per-stage-recompute": lambda: _plan(pp=2, dp=2, recompute="full", recompute_layers=[3, 1]),
@@ -178,12 +182,14 @@ def test_megatron_args_parse_at_the_named_tag(name):
     if args.pipeline_model_parallel_layout:
         stages = args.pipeline_model_parallel_layout.split("|")
         assert len(stages) == c.pp * c.vpp
-        assert [len(re.sub(r"t\*(\d+)", lambda g: "t" * int(g[1]), s).strip("EL")) for s in stages] == layers
+        assert [re.sub(r"t\*(\d+)", lambda g: "t" * int(g[1]), s).count("t") for s in stages] == layers
+        assert stages[-1].endswith("m" * m.mtp_num_layers + "L") and "m" not in "".join(stages[:-1])
     elif args.num_layers_per_virtual_pipeline_stage:
         assert [args.num_layers_per_virtual_pipeline_stage] * (c.pp * c.vpp) == layers
     elif len(set(layers)) > 1:
         assert (args.decoder_first_pipeline_num_layers or layers[0]) == layers[0]
         assert (args.decoder_last_pipeline_num_layers or layers[-1]) == layers[-1]
+    assert (args.mtp_num_layers or 0) == m.mtp_num_layers
     if m.moe is not None:
         assert (args.num_experts, args.moe_router_topk, args.moe_ffn_hidden_size) == (
             m.moe.num_experts, m.moe.num_experts_per_tok, m.moe.moe_intermediate_size)
@@ -287,7 +293,7 @@ def test_megatron_args_build_megatron_cores_configs(megatron_core, name):
     assert config.num_layers == plan.model.num_layers and config.tensor_model_parallel_size == plan.config.tp
     if args.pipeline_model_parallel_layout:
         layout = config.pipeline_model_parallel_layout
-        layout.validate_layer_layout(num_layers=plan.model.num_layers, mtp_num_layers=None)
+        layout.validate_layer_layout(num_layers=plan.model.num_layers, mtp_num_layers=plan.model.mtp_num_layers or None)
         assert layout.virtual_pipeline_model_parallel_size == plan.config.vpp
     optimizer_cls(**kwargs[optimizer_cls])
     ddp = ddp_cls(**kwargs[ddp_cls])

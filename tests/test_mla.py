@@ -288,8 +288,8 @@ def test_qk_norm_attention_equals_transformers_qwen3():
 
 
 def test_launch_runs_latent_attention_and_refuses_context_parallelism(tmp_path):
-    """launch --dry-run takes a latent-attention plan; the executor's rule takes DeepSeek-V3 at tp2; cp2 with latent
-    attention is refused in one line saying what would work."""
+    """launch --dry-run takes a latent-attention plan; the executor's rule takes DeepSeek-V3 (without MTP) at tp2;
+    cp2 with latent attention is refused in one line saying what would work."""
     from click.testing import CliRunner
 
     from autoconf.cli import main
@@ -299,7 +299,8 @@ def test_launch_runs_latent_attention_and_refuses_context_parallelism(tmp_path):
     mla_plan(tp=2).save(path)
     result = CliRunner().invoke(main, ["launch", str(path), "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert unsupported_reason(mla_plan(tp=2).config, PRESETS["deepseek-v3"]) is None
+    v3 = dataclasses.replace(PRESETS["deepseek-v3"], mtp_num_layers=0)  # (its MTP module: tests/test_mtp.py)
+    assert unsupported_reason(mla_plan(tp=2).config, v3) is None
     mla_plan(cp=2).save(tmp_path / "cp.json")
     result = CliRunner().invoke(main, ["launch", str(tmp_path / "cp.json"), "--dry-run"])
     errors = [line for line in result.output.splitlines() if line.startswith("autoconf: error:")]

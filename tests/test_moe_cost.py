@@ -46,13 +46,15 @@ def test_routed_expert_flops_are_the_op_tables_active_experts():
 
 
 def test_stage_parameters_add_up_to_the_model():
-    """The stages' parameters add up to the model's, their routed experts to the MoE layers' experts (DeepSeek-V3:
-    three dense layers first, so the stages differ)."""
+    """The stages' parameters add up to the model's with its MTP module and the last stage's embedding copy for it,
+    their routed experts to the MoE layers' and the MTP block's experts (DeepSeek-V3: three dense layers first, so
+    the stages differ)."""
     model = PRESETS["deepseek-v3"]
     parts = uniform_partition(model.num_layers, 16)
-    assert sum(stage_params(model, parts, s) for s in range(16)) == pytest.approx(model.total_params())
+    copy = model.vocab_size * model.hidden_size
+    assert sum(stage_params(model, parts, s) for s in range(16)) == model.total_params_with_mtp() + copy
     per_layer = model.moe.num_experts * 3 * model.hidden_size * model.moe.moe_intermediate_size
-    assert sum(stage_expert_params(model, parts, s) for s in range(16)) == pytest.approx(58 * per_layer)
+    assert sum(stage_expert_params(model, parts, s) for s in range(16)) == pytest.approx(59 * per_layer)
     assert moe_layers(model, 0, model.num_layers) == 58 and moe_layers(model, 0, 3) == 0
 
 

@@ -220,7 +220,7 @@ def test_aux_loss_only_when_the_spec_has_one():
 
 def test_launch_takes_moe_and_refuses_what_the_executor_does_not_build(tmp_path, capsys):
     """launch --dry-run accepts an MoE plan; a capacity factor is refused in one line, DeepSeek-V3 (latent
-    attention, tests/test_mla.py) is not."""
+    attention, tests/test_mla.py; its MTP module: tests/test_mtp.py) without MTP is not."""
     from autoconf.execute.launch import launch
 
     path = tmp_path / "moe.json"
@@ -228,7 +228,7 @@ def test_launch_takes_moe_and_refuses_what_the_executor_does_not_build(tmp_path,
     assert launch(path, steps=1, dry_run=True, nnodes=1) == 0
     from autoconf.spec.support import model_unsupported_reason
 
-    assert model_unsupported_reason(PRESETS["deepseek-v3"]) is None
+    assert model_unsupported_reason(dataclasses.replace(PRESETS["deepseek-v3"], mtp_num_layers=0)) is None
     capped = dataclasses.replace(MOE, moe=dataclasses.replace(MOE.moe, capacity_factor=1.25))
     bad = even_plan(capped)
     bad.save(tmp_path / "capped.json")

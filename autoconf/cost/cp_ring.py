@@ -101,3 +101,17 @@ def buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution 
     kv_block = 2 * tokens * sdpa_kv_width(model, execution) / c.tp * DTYPE_BYTES[c.dtype]
     blocks = c.cp if c.cp_comm == "allgather" else 2
     return (blocks + 1) * kv_block + FP32 * tokens * model.q_dim / c.tp + 3 * dkv_bytes(model, c, execution)
+
+
+def transfers(cp: int, cp_comm: str) -> dict[str, dict[str, int]]:
+    """Collectives one layer of torch's ring issues on each rank (torch 2.13, `_templated_ring_attention` and its
+    backward), per pass ("forward", "backward") and kind: "kv_gather" (the K/V all-gather of "allgather", once per
+    pass), "kv_rotate" (one-hop all-to-all of a K/V block: under "ring" cp - 1 per pass), "dkv_rotate" (the fp32
+    dK/dV, by one-hop all-to-all in every method: cp in the backward, the last one returning each block's gradient to
+    its owner). `estimate.cp_attention_comm` times exactly these; tests/test_cp_ring_probe.py counts them on a gloo
+    group."""
+    if cp == 1:
+        return {p: {"kv_gather": 0, "kv_rotate": 0, "dkv_rotate": 0} for p in ("forward", "backward")}
+    gathers, rotations = (1, 0) if cp_comm == "allgather" else (0, cp - 1)
+    return {"forward": {"kv_gather": gathers, "kv_rotate": rotations, "dkv_rotate": 0},
+            "backward": {"kv_gather": gathers, "kv_rotate": rotations, "dkv_rotate": cp}}

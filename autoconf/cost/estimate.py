@@ -28,12 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from autoconf.cost.comm import collective_time, p2p_time, slowest_collective_time
-from autoconf.cost.cp_ring import dkv_bytes, sdpa_kv_bytes, torch_ring
+from autoconf.cost.cp_ring import dkv_bytes, sdpa_kv_bytes, torch_ring, transfers
 from autoconf.cost.compute import (PassTimes, attention_gemms, causal_span_share, cpu_share, cpu_share_alone,
                                    fsdp_copy_time, gemms_time, layer_gemms, measured_tp_layer, model_pieces,
                                    rank_optimizer_time, seq_chunk_bounds)
-from autoconf.cost.memory import (copy_grad_bytes, cp_kv_bytes, stage_block_activation_bytes, stage_expert_params,
-                                  stage_memory, stage_params)
+from autoconf.cost.memory import (cp_kv_bytes, rank_params, reduced_grad_bytes, stage_block_activation_bytes,
+                                  stage_expert_params, stage_memory, stage_params)
+from autoconf.cost.mtp import mtp_block_is_moe, mtp_pass_times
 from autoconf.cost.moe import ep_comm_passes, local_params, moe_layers
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_host_memory, check_offload,
                                    gather_copy_time, host_memory_per_node, reduce_copy_time)
@@ -65,7 +66,17 @@ def default_mesh(config: ParallelConfig) -> np.ndarray:
 
 
 def default_partition(model: ModelSpec, config: ParallelConfig) -> list[list[int]]:
-    return uniform_partition(model.num_layers, config.num_stages)
+    """The even split of the layers over the stages; with MTP modules (cost/mtp.py) the split of the layers and the
+    modules together, the modules at the end of the last stage, so the last stage makes room for them (where that
+    leaves a stage before the last without a layer, the plain split)."""
+    stages = config.num_stages
+    d = model.mtp_num_layers
+    if d and 1 < stages <= model.num_layers:
+        room = [[min(a, model.num_layers), min(b, model.num_layers)]
+                for a, b in uniform_partition(model.num_layers + d, stages)]
+        if all(b > a for a, b in room[:-1]):
+            return room
+    return uniform_partition(model.num_layers, stages)
 
 
 @dataclass
@@ -213,7 +224,7 @@ def cp_attention_comm(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     "allgather" is issued before the rank's own step and awaited after it, so it exposes what exceeds that step
     (core / cp), in the forward and again in the backward; "ring" (torch's all-to-all rotation) as above, K/V only.
     The backward passes the fp32 dK/dV (`cp_ring.dkv_bytes`) to the next rank after every step: each transfer runs
-    beside the next step, the last one is awaited after the loop."""
+    beside the next step, the last one is awaited after the loop. How many of each per pass: `cp_ring.transfers`."""
     if c.cp == 1:
         return PassTimes(0.0, 0.0, 0.0)
     kv = sdpa_kv_bytes(model, c, execution, cp_kv_bytes(model, c))
@@ -221,16 +232,19 @@ def cp_attention_comm(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     pairs = np.stack([group, np.roll(group, -1)], axis=1)
     steps = c.cp - 1
     if torch_ring(c, execution):
-        if c.cp_comm == "allgather":
-            gather = collective_time(cluster, "all_gather", kv * c.cp, devices)
-            forward = max(0.0, gather - core.forward / c.cp)
-            kv_back = max(0.0, gather - core.backward_input / c.cp)
-        else:
-            transfer = p2p_time(cluster, kv, pairs)
-            forward = steps * max(0.0, transfer - core.forward / c.cp)
-            kv_back = steps * max(0.0, transfer - core.backward_input / c.cp)
+        count = transfers(c.cp, c.cp_comm)
+        gather = collective_time(cluster, "all_gather", kv * c.cp, devices) if c.cp_comm == "allgather" else 0.0
+        rotate = p2p_time(cluster, kv, pairs) if c.cp_comm != "allgather" else 0.0
         dkv = p2p_time(cluster, dkv_bytes(model, c, execution), pairs)
-        return PassTimes(forward, kv_back + steps * max(0.0, dkv - core.backward_input / c.cp) + dkv, 0.0)
+
+        def exposed(n: dict, step: float) -> float:
+            """Each transfer beside one step of the ring (the last dK/dV awaited after the loop)."""
+            hidden = (n["kv_gather"] * max(0.0, gather - step) + n["kv_rotate"] * max(0.0, rotate - step)
+                      + max(0, n["dkv_rotate"] - 1) * max(0.0, dkv - step))
+            return hidden + (dkv if n["dkv_rotate"] else 0.0)
+
+        return PassTimes(exposed(count["forward"], core.forward / c.cp),
+                         exposed(count["backward"], core.backward_input / c.cp), 0.0)
     if c.cp_comm == "allgather":
         gather = collective_time(cluster, "all_gather", kv * c.cp, devices)
         return PassTimes(gather, gather + collective_time(cluster, "reduce_scatter", kv * c.cp, devices), 0.0)
@@ -355,7 +369,7 @@ def mirror_pairs(pp: int) -> list[tuple[int, int]]:
 def mirror_grad_sum(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, partition: list, grid: RankGrid,
                     schedule, execution: Execution) -> float:
     """Seconds of the step's sum of the two copies' gradients under two directions (0 under one): each pair of
-    mirror ranks (`mirror_pairs`) all-reduces its gradients of both its model stages (`memory.copy_grad_bytes`),
+    mirror ranks (`mirror_pairs`) all-reduces its gradients of both its model stages (`memory.reduced_grad_bytes`),
     after the pipeline flush and the DP reduction, before the optimizer, as deepseek-ai/DualPipe's example does
     after `DualPipe.step` (examples/example_dualpipe.py: each copy's gradient plus the mirror rank's other copy's).
     The pairs run at once; the slowest bounds the step."""
@@ -363,8 +377,8 @@ def mirror_grad_sum(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig
         return 0.0
     seconds = 0.0
     for r, mirror in mirror_pairs(c.pp):
-        nbytes = sum(copy_grad_bytes(model, c, partition, st, execution.memory_layout, execution)
-                     for st in schedule.model_stages_of_rank(r))
+        nbytes = reduced_grad_bytes(model, c, partition, schedule.model_stages_of_rank(r), execution.memory_layout,
+                                    execution)
         pairs = np.stack([grid.pipeline_rank(r).reshape(-1), grid.pipeline_rank(mirror).reshape(-1)], axis=1)
         seconds = max(seconds, slowest_collective_time(cluster, "all_reduce", nbytes, pairs))
     return seconds
@@ -402,6 +416,13 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     tp_of_rank, grow_of_rank, dp_of_stage, ep_of_rank, cp_of_rank = {}, {}, {}, {}, {}
     # The ranks holding the same weights reduce gradients together: a DP group, or every DP replica's CP ranks.
     weight_axes = ("dp", "cp") if c.cp > 1 else "dp"
+    def exchange_of(rank: int) -> tuple[float, float]:
+        """One MoE layer's token exchange (forward, input backward) on `rank`."""
+        if rank not in ep_of_rank:
+            ep_of_rank[rank] = ep_comm_passes(model, cluster, c, *(expert_groups(grid, rank, c.ep, c.etp, axis)[0]
+                                                                   for axis in ("ep", "etp")), execution)
+        return ep_of_rank[rank]
+
     for st, (first, end) in enumerate(partition):
         rank = stage_to_rank[st]
         layers = end - first
@@ -441,10 +462,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         if n_moe:
             # MoE layers: their own block, and the token exchange in each pass (and in a full recompute's forward);
             # the first recomputed[st] layers of the stage recompute.
-            if rank not in ep_of_rank:
-                ep_of_rank[rank] = ep_comm_passes(model, cluster, c, *(expert_groups(grid, rank, c.ep, c.etp, axis)[0]
-                                                                       for axis in ("ep", "etp")), execution)
-            exchange, exchange_back = ep_of_rank[rank]
+            exchange, exchange_back = exchange_of(rank)
             r_moe = moe_layers(model, first, first + recomputed[st])
             compute = ((pieces.block + copies).scaled(layers - n_moe)
                        + (moe_pieces.block + fsdp_copy_time(model, cluster, c, execution, moe=True)).scaled(n_moe))
@@ -453,7 +471,6 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                          + (recompute_time(moe_pieces, c, layer_one, moe_share)
                             + (exchange if c.recompute == "full" else 0.0)) * r_moe)
             ep = PassTimes(exchange * n_moe, exchange_back * n_moe, 0.0)
-        exchange_back_parts.append(ep.backward_input + recompute_exchange)
         if c.cp > 1:
             if rank not in cp_of_rank:
                 cp_of_rank[rank] = cp_attention_comm(model, cluster, c, grid.first_group_array("cp", rank),
@@ -468,6 +485,16 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         if st == last:
             compute = compute + pieces.head
             tp = tp + PassTimes(0.0, one, 0.0)
+        if st == last and model.mtp_num_layers:
+            compute, tp, ep, recompute, exposed = mtp_stage_costs(
+                model, cluster, c, pieces, compute, tp, ep, recompute, one, layer_one, matmul_share, moe_share,
+                exchange_of(rank) if mtp_block_is_moe(model) else None)
+            recompute_exchange += exposed
+            if c.cp > 1:  # the MTP blocks' attention exchanges K/V as the stage's blocks do
+                cp_parts[-1] = cp_parts[-1] + cp_layer.scaled(model.mtp_num_layers)
+                if c.recompute == "full":
+                    recompute += cp_layer.forward * model.mtp_num_layers
+        exchange_back_parts.append(ep.backward_input + recompute_exchange)
         # DP / FSDP collectives of this stage's parameters (over DP x CP); routed experts over their expert-DP group.
         params, experts = local_params(c, stage_params(model, partition, st), stage_expert_params(model, partition, st))
         if (rank, params, experts, layers) not in dp_of_stage:
@@ -476,7 +503,8 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             if experts:
                 dp_of_stage[rank, params, experts, layers] = tuple(
                     a + b for a, b in zip(dp_of_stage[rank, params, experts, layers], dp_collectives(
-                        cluster, c, experts, expert_groups(grid, rank, c.ep, c.etp, "edp")[0], units=n_moe,
+                        cluster, c, experts, expert_groups(grid, rank, c.ep, c.etp, "edp")[0],
+                        units=n_moe + (model.mtp_num_layers if st == last else 0),
                         execution=execution)))
         per_microbatch_gather, gather, reduce = dp_of_stage[rank, params, experts, layers]
         offload = PassTimes(*activation_copy_times(cluster, activation_copy_bytes(c, stage_block_activation_bytes(
@@ -531,6 +559,26 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     return StagePlan(costs, compute_parts, recompute_parts, tp_parts, pass_overhead,
                      gathers, reduces, buckets, early, ep_comm=ep_parts if model.moe is not None else [],
                      offload=offload_parts, cp_comm=cp_parts)
+
+
+def mtp_stage_costs(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, pieces, compute: PassTimes,
+                    tp: PassTimes, ep: PassTimes, recompute: float, one: float, layer_one: float,
+                    matmul_share: float | None, moe_share: float | None, exchange: tuple[float, float] | None):
+    """The last stage's (compute, TP, token exchange, recompute, recomputed exchange) with the MTP modules added
+    (cost/mtp.py): each module's block under the same rules as the stage's blocks (two TP collectives per pass, its
+    token exchange when it is an MoE block, recomputed under the plan's mode), its embedding's and head's TP
+    collectives (forward, backward), and the
+    module's own projection, norms, embedding lookup and head."""
+    d = model.mtp_num_layers
+    moe = exchange is not None
+    block = pieces.kind(moe)
+    compute = compute + mtp_pass_times(model, cluster, c, block)
+    tp = tp + PassTimes(3 * one * d, 3 * one * d, 0.0)  # the block's two, the embedding's and the head's one
+    redo = exchange[0] if moe and c.recompute == "full" else 0.0
+    recompute += (recompute_time(block, c, layer_one, moe_share if moe else matmul_share) + redo) * d
+    if moe:
+        ep = ep + PassTimes(exchange[0] * d, exchange[1] * d, 0.0)
+    return compute, tp, ep, recompute, redo * d
 
 
 def seq_chunk_costs(costs: StageCosts, core: PassTimes, layers: list[int], core_recomputed: list[int],
@@ -668,10 +716,8 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
                 makespan = full.makespan = max(makespan, comm_stream_bound(sp, schedule))
 
     # Optimizer: AdamW over each rank's (ZeRO-sharded) parameters; the slowest rank bounds the step.
-    optimizer = max(rank_optimizer_time(cluster, c, sum(stage_params(model, partition, st)
-                                                        for st in schedule.model_stages_of_rank(r)),
-                                        sum(stage_expert_params(model, partition, st)
-                                            for st in schedule.model_stages_of_rank(r)), execution)
+    optimizer = max(rank_optimizer_time(cluster, c, *rank_params(model, partition, schedule.model_stages_of_rank(r)),
+                                        execution)
                     for r in range(c.pp))
     step_comm = (step_collectives(model, cluster, c, grid, schedule.stage_to_rank)
                  + mirror_grad_sum(model, cluster, c, partition, grid, schedule, execution))

@@ -79,6 +79,7 @@ from autoconf.cost.moe import (all_to_all_buffer_bytes, blocks_params, dispatch_
                                moe_layers, routed_activation_bytes)
 from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.saved import NORMS_MLA_SWIGLU, saved_bytes
+from autoconf.cost.mtp import mtp_activation_bytes, mtp_block_is_moe, mtp_stage_params
 from autoconf.cost.offload import activation_copy_bytes, host_state_bytes_per_param
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, STORAGE_BYTES, precision
@@ -331,36 +332,50 @@ def head_input_bytes(model: ModelSpec, config: ParallelConfig, layout: str, devi
 
 def stage_params(model: ModelSpec, partition: Sequence[Sequence[int]], stage: int) -> float:
     """Parameters of one virtual stage (all TP ranks together): its layers, the embedding on the first stage, the
-    head on the last (a tied embedding is held by both ends when they are different stages)."""
+    head on the last (a tied embedding is held by both ends when they are different stages), and on the last the
+    MTP modules with their embedding copy when it is not the first stage (cost/mtp.py; `rank_params` drops that
+    copy on a rank that also holds the first stage)."""
     first, end = partition[stage]
     params = blocks_params(model, first, end)[0]
     last = len(partition) - 1
     if stage == 0:
         params += model.embedding_params()
     if stage == last:
-        params += model.head_params()
+        params += model.head_params() + mtp_stage_params(model, embedding_copy=last != 0)[0]
         if model.tied_embeddings and last != 0:
             params += model.vocab_size * model.hidden_size
     return params
 
 
 def stage_expert_params(model: ModelSpec, partition: Sequence[Sequence[int]], stage: int) -> float:
-    """Routed-expert parameters of one virtual stage (all EP x ETP ranks together); 0 for a dense model."""
+    """Routed-expert parameters of one virtual stage (all EP x ETP ranks together), the MTP modules' on the last;
+    0 for a dense model."""
     if model.moe is None:
         return 0.0
     first, end = partition[stage]
-    return blocks_params(model, first, end)[1]
+    mtp = mtp_stage_params(model, False)[1] if stage == len(partition) - 1 else 0.0
+    return blocks_params(model, first, end)[1] + mtp
 
 
-def copy_grad_bytes(model: ModelSpec, config: ParallelConfig, partition: Sequence[Sequence[int]], stage: int,
-                    layout: str, execution: Execution | None = None) -> float:
-    """Bytes of a rank's gradient of model stage `stage` once the step's data-parallel reduction is done: its TP
-    slice and EP x ETP slice of the experts and, where ZeRO shards, only its DP x CP (expert-DP) shard, in the
-    layout's gradient dtype (fp32; the megatron layout's buffer dtype). What a dualpipe rank sums with its mirror
-    rank's copy of the same stage (`estimate.mirror_grad_sum`)."""
+def rank_params(model: ModelSpec, partition: Sequence[Sequence[int]], stages: Sequence[int]) -> tuple[float, float]:
+    """(parameters, routed-expert parameters) of the model stages `stages` one pipeline rank holds, all TP and EP
+    ranks together: their `stage_params` and `stage_expert_params`, the MTP modules' embedding once (a rank holding
+    the first and the last stage uses the first's)."""
+    params = sum(stage_params(model, partition, st) for st in stages)
+    last = len(partition) - 1
+    if model.mtp_num_layers and last != 0 and last in stages and 0 in stages:
+        params -= model.vocab_size * model.hidden_size
+    return params, sum(stage_expert_params(model, partition, st) for st in stages)
+
+
+def reduced_grad_bytes(model: ModelSpec, config: ParallelConfig, partition: Sequence[Sequence[int]],
+                       stages: Sequence[int], layout: str, execution: Execution | None = None) -> float:
+    """Bytes of a pipeline rank's gradients of its model stages `stages` (`rank_params`) once the step's
+    data-parallel reduction is done: its TP slice and EP x ETP slice of the experts and, where ZeRO shards, only its
+    DP x CP (expert-DP) shard, in the layout's gradient dtype (fp32; the megatron layout's buffer dtype). What a
+    dualpipe rank sums with its mirror rank's copies of the same stages (`estimate.mirror_grad_sum`)."""
     c = config
-    dense, experts = local_params_of(c, stage_params(model, partition, stage),
-                                     stage_expert_params(model, partition, stage))
+    dense, experts = local_params_of(c, *rank_params(model, partition, stages))
     shard = c.dp_cp if c.zero_sharded else 1
     expert_shard = c.edp if c.zero_stage >= 1 else 1
     grad = float(execution.grad_buffer_bytes) if layout == "megatron" and execution else 4.0
@@ -432,6 +447,8 @@ def root_unit_params(model: ModelSpec, partition: Sequence[Sequence[int]] | None
         return root, root - model.embedding_params()
     first, end = partition[stage]
     root = stage_params(model, partition, stage) - blocks_params(model, first, end)[0]
+    if stage == len(partition) - 1:
+        root -= model.mtp_params()  # the MTP blocks are units of their own
     return root, root - (model.embedding_params() if stage == 0 else 0)
 
 
@@ -705,6 +722,10 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     bounds = seq_chunk_bounds(model, cluster, c, execution) if c.seq_chunks > 1 else None
     kv_cache, kv_grads = seq_chunk_kv_bytes(model, c, layout, bounds)
     last = len(partition) - 1
+    # The MTP modules' saved activations on the last stage, their blocks under the plan's recompute mode.
+    mtp_act = mtp_activation_bytes(model, c, stage_layer_activation_bytes(
+        model, c, 1, int(c.recompute != "none"), layout, cluster.device.kind, selective, mtp_block_is_moe(model),
+        execution) if model.mtp_num_layers else 0.0, head_act)
     out = []
     stages_of = _stages_of_ranks(tuple(stage_to_rank))
     # Stages of one shape hold the same: each shape's blocks and FSDP buffers are worked out once per call (a dense
@@ -729,9 +750,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     for rank in (range(c.pp) if ranks is None else ranks):
         copies = stages_of.get(rank, ())  # schedule stages, each reading inflight[st]
         stages = tuple(st % n for st in copies)  # their model stages (partition entries)
-        expert_params = sum(stage_expert_params(model, partition, st) for st in stages)
-        local_params, local_experts = local_params_of(c, sum(stage_params(model, partition, st) for st in stages),
-                                                      expert_params)
+        local_params, local_experts = local_params_of(c, *rank_params(model, partition, stages))
         param_buffer = grad_buffer = 0.0
         if layout == "torch" and c.zero_sharded:  # (unsharded_buffer_bytes is 0 otherwise)
             buffers = [buffer_bytes(st) for st in stages]
@@ -744,7 +763,8 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
             if c.offload_activations:  # each block's saved activations go to the host
                 host_activations += activation_copy_bytes(c, layers) * inflight[copy] * act_scale
                 layers = 0.0
-            per_mb = ((layers + (embed_act if st == 0 else 0.0) + (head_act if st == last else 0.0)) * act_scale
+            per_mb = ((layers + (embed_act if st == 0 else 0.0) + (head_act + mtp_act if st == last else 0.0))
+                      * act_scale
                       + kv_cache * (end - first) * (act_scale if layout == "megatron" else 1.0))
             activations += per_mb * inflight[copy]
         # Temporaries that exist one at a time: the largest of those whose facts hold on this rank counts.

@@ -21,7 +21,8 @@ def timed_model(model: ModelSpec) -> ModelSpec:
     profile/compute.py) does not time."""
     from autoconf.spec.support import model_unsupported_reason
 
-    dense = dataclasses.replace(model, moe=None) if model.moe is not None else model
+    # the profiler times blocks: the MTP modules are blocks too, timed as the model's own
+    dense = dataclasses.replace(model, moe=None, mtp_num_layers=0) if model.moe or model.mtp_num_layers else model
     reason = model_unsupported_reason(dense) or (
         f"{model.name} uses multi-head latent attention, whose blocks the profiler does not build (it times "
         f"grouped-query attention); profile a model with grouped-query attention" if model.mla else None)

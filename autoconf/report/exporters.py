@@ -189,11 +189,14 @@ MEGATRON_CP_COMM = {"ring": "p2p", "allgather": "all_gather"}
 def _pipeline_layout(plan: Plan) -> str:
     """Megatron-Core's --pipeline-model-parallel-layout for the plan's partition: one '|'-separated entry per virtual
     stage in stage order (chunk-major: stage v*pp + r is rank r's chunk v, as in the plan), 't' per transformer layer
-    (written t*N), 'E' (embedding) first and 'L' (loss) last."""
+    (written t*N), 'E' (embedding) first, the MTP modules 'm' (cost/mtp.py: after the last stage's layers) and 'L'
+    (loss) last."""
     stages = []
     last = len(plan.partition) - 1
+    mtp = "m" * plan.model.mtp_num_layers
     for st, n in enumerate(_stage_layers(plan)):
-        text = ("E" if st == 0 else "") + ("t" if n == 1 else f"t*{n}" if n else "") + ("L" if st == last else "")
+        text = (("E" if st == 0 else "") + ("t" if n == 1 else f"t*{n}" if n else "")
+                + (mtp + "L" if st == last else ""))
         stages.append(text)
     return "|".join(stages)
 
@@ -340,6 +343,8 @@ def _megatron_model(plan: Plan) -> list[Flag]:
     m = plan.model
     flags: list[Flag] = [("--num-layers", m.num_layers), ("--hidden-size", m.hidden_size),
                          ("--num-attention-heads", m.num_heads), ("--ffn-hidden-size", m.ffn_hidden_size)]
+    if m.mtp_num_layers:  # on the last pipeline stage, as the plan costs them (cost/mtp.py)
+        flags.append(("--mtp-num-layers", m.mtp_num_layers))
     if m.head_dim != m.hidden_size // m.num_heads:  # e.g. Mistral-NeMo: heads of 128 at hidden 5120 / 32 heads
         flags.append(("--kv-channels", m.head_dim))
     if m.arch == "llama":

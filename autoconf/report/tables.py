@@ -20,13 +20,16 @@ def human_count(n: float) -> str:
 
 
 def models_table(models: list[ModelSpec]) -> Table:
+    """One row per model; params and active without the multi-token-prediction modules, which the mtp column counts
+    (modules, and their own parameters)."""
     table = Table(title="Model presets")
-    for col in ("name", "arch", "params", "active", "experts", "layers", "hidden", "heads", "kv heads", "ffn",
+    for col in ("name", "arch", "params", "active", "experts", "mtp", "layers", "hidden", "heads", "kv heads", "ffn",
                 "vocab", "max seq"):
         table.add_column(col, justify="left" if col in ("name", "arch") else "right")
     for m in models:
         experts = f"{m.moe.num_experts} top-{m.moe.num_experts_per_tok}" if m.moe else "-"
-        table.add_row(m.name, m.arch, human_count(m.total_params()), human_count(m.active_params()), experts,
+        mtp = f"{m.mtp_num_layers} (+{human_count(m.mtp_params())})" if m.mtp_num_layers else "-"
+        table.add_row(m.name, m.arch, human_count(m.total_params()), human_count(m.active_params()), experts, mtp,
                       str(m.num_layers), str(m.hidden_size), str(m.num_heads), str(m.num_kv_heads),
                       str(m.ffn_hidden_size), str(m.vocab_size), str(m.max_seq_len))
     return table

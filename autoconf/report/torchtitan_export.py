@@ -105,6 +105,9 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
                      "model below has none of them")
     if m.qkv_bias:
         notes.append("torchtitan's llama3 model has no QKV bias; the model below has none")
+    if m.mtp_num_layers:
+        notes.append(f"torchtitan {TORCHTITAN_VERSION} trains no multi-token-prediction module; the run below "
+                     f"leaves out the model's {m.mtp_num_layers} MTP module(s) that the plan costs on the last stage")
     if c.etp > 1:
         notes.append(f"expert tensor parallelism (etp {c.etp}) has no torchtitan {TORCHTITAN_VERSION} "
                      f"setting: its experts are split over expert_parallel_degree and FSDP only")

@@ -15,10 +15,11 @@ from autoconf.cost.estimate import (Execution, activation_bytes, cp_attention_co
                                     p2p_bytes, recompute_time, schedule_inflight, selective_matmul_share, tp_collective)
 from autoconf.cost.memory import (Temporary, cp_kv_bytes, fp8_weight_cache_bytes, layer_activation_bytes,
                                   p2p_buffer_bytes, root_unit_params, seq_chunk_kv_bytes, seq_chunk_scales,
-                                  state_bytes_per_param, temporary_terms, unit_activation_bytes,
-                                  unsharded_buffer_bytes)
+                                  stage_layer_activation_bytes, state_bytes_per_param, temporary_terms,
+                                  unit_activation_bytes, unsharded_buffer_bytes)
 from autoconf.cost.moe import (dispatch_bytes, dispatch_shares, ep_comm_passes, layer_kind_params, local_params,
                                moe_layers)
+from autoconf.cost.mtp import mtp_activation_bytes, mtp_block_is_moe, mtp_pass_times, mtp_stage_params
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.grid import RankGrid, expert_groups
@@ -107,32 +108,57 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     unit_time = [pieces.embedding.total + one] + layers_time + [pieces.head.total + one]
     unit_static = [model.embedding_params() / c.tp * per_param] + layers_static + [head_params / c.tp * per_param]
     unit_act = [embedding] + layers_act + [head]
+    owner = stage_to_rank(c.schedule, c.pp, c.vpp)
+    head_grad = head_params / c.tp
+    mtp_moe = model.mtp_num_layers and mtp_block_is_moe(model)
+    if model.mtp_num_layers:
+        # The MTP modules ride with the head on the last stage (cost/mtp.py), as the estimate costs them: their
+        # blocks (recomputed under the plan's mode), TP collectives and token exchange, their own compute; their
+        # weights with the embedding copy a last stage on its own rank holds; their activations.
+        d, block = model.mtp_num_layers, pieces.kind(bool(mtp_moe))
+        block_share = selective_matmul_share(model, c, execution, moe=bool(mtp_moe))
+        unit_time[-1] += (mtp_pass_times(model, cluster, c, block).total + 6 * one * d
+                          + (recompute_time(block, c, one, block_share) + cp_time + cp_rc) * d)
+        if mtp_moe:
+            unit_time[-1] += (exchange + exchange_back + (exchange if c.recompute == "full" else 0.0)) * d
+        mtp_params, mtp_experts = local_params(c, *mtp_stage_params(model, embedding_copy=owner[0] != owner[-1]))
+        unit_static[-1] += mtp_params * per_param + mtp_experts * sum(
+            state_bytes_per_param(c, layout, experts=True, execution=execution))
+        unit_act[-1] += mtp_activation_bytes(model, c, stage_layer_activation_bytes(
+            model, c, 1, int(c.recompute != "none"), layout, kind, policy, bool(mtp_moe), execution), head)
+        head_grad += mtp_params  # (expert gradients below)
     recompute = {}
     if c.recompute != "none":
         recompute = dict(unit_recompute_time=(0.0, *layers_rc, 0.0),
                          unit_recompute_saved_bytes=(0.0, *layers_saved, 0.0), recompute_counts=c.recompute_layers)
     inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, seq_chunks=c.seq_chunks)
-    owner = stage_to_rank(c.schedule, c.pp, c.vpp)
     temporaries = tuple(Temporary(temp_scale * t.bytes, t.when)
                         for t in temporary_terms(model, c, layout, kind, policy, execution))
     reserved = reserved_bytes(model, cluster, c, layout, owner, temp_scale)
     one_backward = {}
     if layout == "torch" and c.num_microbatches == 1:  # the gradients exist only as the activations go
         grad = state_bytes_per_param(c, layout, execution=execution)[1]
-        layers_grad = [model.layer_params() / c.tp * grad] * n
-        if model.moe is not None:
+        if model.moe is None:
+            layers_grad = [model.layer_params() / c.tp * grad] * n
+        else:  # (layer_params needs a layer when dense and MoE blocks differ)
             expert_grad = state_bytes_per_param(c, layout, experts=True, execution=execution)[1]
             layers_grad = [attention_part * grad + expert_part * expert_grad if model.is_moe_layer(i)
                            else dense / c.tp * grad for i in range(n)]
-        one_backward = dict(unit_gradient_bytes=(model.embedding_params() / c.tp * grad, *layers_grad,
-                                                 head_params / c.tp * grad),
+        if model.mtp_num_layers:
+            head_grad = head_grad * grad + mtp_experts * state_bytes_per_param(
+                c, layout, experts=True, execution=execution)[1]
+        else:
+            head_grad *= grad
+        one_backward = dict(unit_gradient_bytes=(model.embedding_params() / c.tp * grad, *layers_grad, head_grad),
                             rank_gradient_bytes=tuple(g for g, _ in reserved))
     limits = tuple(cluster.usable_memory_bytes - rest - (0.0 if one_backward else g) for g, rest in reserved)
     return PartitionProblem(unit_time=tuple(unit_time), unit_static_bytes=tuple(unit_static),
                             unit_activation_bytes=tuple(unit_act), stage_to_rank=owner, inflight=tuple(inflight),
                             memory_limit_bytes=limits, num_microbatches=c.num_microbatches,
                             activation_scale=tuple(a for a, _ in scales) if bounds else None,
-                            temporaries=temporaries, moe_units=tuple(1 + i for i in range(n) if model.is_moe_layer(i)),
+                            temporaries=temporaries,
+                            moe_units=tuple(1 + i for i in range(n) if model.is_moe_layer(i))
+                            + ((n + 1,) if mtp_moe else ()),
                             **recompute, **one_backward)
 
 

@@ -32,8 +32,8 @@ from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, cp_attentio
                                     dp_collectives, estimate, exposed_dp, overlapped_tp_layer, overlaps_pairs,
                                     p2p_bytes, predict, recompute_time, schedule_inflight, selective_matmul_share,
                                     step_collectives, tp_collective, tp_overlap_gemms, tp_sp_collectives)
-from autoconf.cost.memory import (layer_activation_bytes, p2p_buffer_bytes, stage_expert_params, stage_memory,
-                                  stage_params, state_bytes_per_param)
+from autoconf.cost.memory import (layer_activation_bytes, p2p_buffer_bytes, rank_params, stage_memory,
+                                  state_bytes_per_param)
 from autoconf.cost.moe import ep_comm_passes, layer_kind_params, layer_kinds, moe_layers, smallest_layer_params
 from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_offload, host_memory_per_node,
@@ -418,13 +418,12 @@ class _BoundCache:
 
     def _rank0_parameters(self, c: ParallelConfig) -> tuple[float, float]:
         """(parameters, routed-expert parameters) of pipeline rank 0's stages on the uniform partition, all TP and
-        EP ranks together (`stage_params`, `stage_expert_params`)."""
+        EP ranks together (`rank_params`)."""
         key = (c.pp, c.vpp, c.schedule)
         if key not in self._rank0_params:
             partition, owner = self._uniform_layout(c)
             stages = [st % len(partition) for st, r in enumerate(owner) if r == 0]  # (dualpipe: model stages)
-            self._rank0_params[key] = (sum(stage_params(self.model, partition, st) for st in stages),
-                                       sum(stage_expert_params(self.model, partition, st) for st in stages))
+            self._rank0_params[key] = rank_params(self.model, partition, stages)
         return self._rank0_params[key]
 
     def memory_bound(self, c: ParallelConfig) -> float:

@@ -5,8 +5,8 @@ files and of transformers 5's own config classes (which rename some: Qwen3-MoE's
 `num_local_experts`, `rope_theta` moves into `rope_parameters`). Any other config whose keys name experts is
 refused with one line (`refuse_hidden_experts`), so that an MoE model is never planned as a dense one.
 
-Not modelled, and said so in docs/moe.md: DeepSeek's multi-token-prediction module (`num_nextn_predict_layers`,
-left out of the published 671B), sliding-window attention, gpt-oss (attention sinks, biased experts).
+DeepSeek's multi-token-prediction modules (`num_nextn_predict_layers`) are read into `mtp_num_layers`.
+Not modelled, and said so in docs/moe.md: sliding-window attention, gpt-oss (attention sinks, biased experts).
 """
 
 from __future__ import annotations
@@ -143,8 +143,12 @@ def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
                   v_head_dim=config["v_head_dim"])
     # head_dim: the width of each head's value and of the attention output per head (the rotary keys and the
     # latent are the mla object's).
+    mtp = config.get("num_nextn_predict_layers") or 0
+    if isinstance(mtp, bool) or not isinstance(mtp, int) or mtp < 0:
+        raise UserError(f"{name}: num_nextn_predict_layers must be a whole number of MTP modules, 0 for none "
+                        f"(got {mtp!r})")
     return ModelSpec(**common, ffn_hidden_size=config["intermediate_size"], norm_eps=config.get("rms_norm_eps", 1e-6),
-                     head_dim=mla.v_head_dim, moe=moe, mla=mla)
+                     head_dim=mla.v_head_dim, moe=moe, mla=mla, mtp_num_layers=mtp)
 
 
 # The published config.json of each MoE preset (only the keys the importer reads; values as published).
@@ -177,8 +181,8 @@ PRESET_CONFIGS = {
         "norm_topk_prob": True, "vocab_size": 151936, "max_position_embeddings": 40960, "rms_norm_eps": 1e-06,
         "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001, "attention_bias": False,
         "tie_word_embeddings": False},
-    # https://huggingface.co/deepseek-ai/DeepSeek-V3/blob/main/config.json (num_nextn_predict_layers 1: the MTP
-    # module is not part of the model here, as it is not of the published 671B).
+    # https://huggingface.co/deepseek-ai/DeepSeek-V3/blob/main/config.json (num_nextn_predict_layers 1: one MTP
+    # module, trained with the model and left out of the published 671B).
     "deepseek-v3": {
         "model_type": "deepseek_v3", "num_hidden_layers": 61, "hidden_size": 7168, "intermediate_size": 18432,
         "moe_intermediate_size": 2048, "num_attention_heads": 128, "num_key_value_heads": 128,

@@ -196,6 +196,9 @@ class ModelSpec:
     moe: MoESpec | None = None       # mixture-of-experts layers; None: every layer has a dense MLP
     mla: MLASpec | None = None       # multi-head latent attention (DeepSeek); None: grouped-query attention
     rope_scaling_factor: float = 1.0  # Llama 3.x ("llama3" rope_type) RoPE scaling factor; 1 is none
+    # Multi-token-prediction modules (DeepSeek-V3, HF num_nextn_predict_layers; Megatron-Core --mtp-num-layers),
+    # trained after the last block on the last pipeline stage; 0: none.
+    mtp_num_layers: int = 0
 
     def __post_init__(self) -> None:
         problems = []
@@ -210,6 +213,8 @@ class ModelSpec:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{field} must be a positive integer (got {value!r})")
+        if isinstance(self.mtp_num_layers, bool) or not isinstance(self.mtp_num_layers, int) or self.mtp_num_layers < 0:
+            problems.append(f"mtp_num_layers must be a whole number, 0 for none (got {self.mtp_num_layers!r})")
         if self.head_dim is not None and not _positive_int(self.head_dim):
             problems.append(f"head_dim must be a positive integer or null (got {self.head_dim!r})")
         if not problems:
@@ -382,8 +387,31 @@ class ModelSpec:
 
     def active_params(self) -> int:
         """Parameters one token uses: all of them for a dense model; for MoE, the routed experts count top-k times
-        instead of num_experts times (the embedding and head count in full: docs/moe.md)."""
+        instead of num_experts times (the embedding and head count in full: docs/moe.md). Without the MTP modules."""
         return sum(count * op.active_params for _, count, op in self.op_table())
+
+    # ---- multi-token prediction (DeepSeek-V3 report sec. 2.2) -----------------------------------------------------
+    def mtp_extra_params(self) -> int:
+        """Parameters of one MTP module beyond its block: the norms of the hidden state and of the next token's
+        embedding, the 2h -> h projection, the module's final norm (Megatron-Core's MultiTokenPredictionLayer:
+        enorm, hnorm, eh_proj, final_layernorm; HF: enorm, hnorm, eh_proj, shared_head.norm). The embedding and the
+        output head are the model's own, shared."""
+        h = self.hidden_size
+        return 3 * h + 2 * h * h
+
+    def mtp_params(self) -> int:
+        """Parameters of all MTP modules: each a block like the model's last one plus `mtp_extra_params`."""
+        return self.mtp_num_layers * (self.layer_params(self.num_layers - 1) + self.mtp_extra_params())
+
+    def total_params_with_mtp(self) -> int:
+        """`total_params` plus the MTP modules (DeepSeek-V3: the published 671B plus the module's 11.6B of own
+        weights; the 685B of its HF checkpoint also hold copies of the shared embedding and head)."""
+        return self.total_params() + self.mtp_params()
+
+    def active_params_with_mtp(self) -> int:
+        """`active_params` plus what one token uses of the MTP modules."""
+        return self.active_params() + self.mtp_num_layers * (self.layer_active_params(self.num_layers - 1)
+                                                             + self.mtp_extra_params())
 
     # ---- FLOPs -------------------------------------------------------------------------------------------------
     def layer_matmul_flops(self, seq_len: int, micro_batch: int, layer: int | None = None) -> float:
@@ -467,17 +495,21 @@ class ModelSpec:
     def to_dict(self) -> dict:
         """The model JSON: the fields (head_dim only when it is not hidden_size / num_heads, qk_norm, moe and mla
         only when set, so a dense model's JSON is as before), then the derived `parameters` and
-        `active_parameters` (equal for a dense model)."""
+        `active_parameters` (equal for a dense model; both without MTP modules), and with MTP modules
+        `parameters_with_mtp` and `active_parameters_with_mtp`."""
         data = {"version": 1, "kind": "model"}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name == "head_dim" and value * self.num_heads == self.hidden_size:
                 continue
-            if f.name in ("qk_norm", "moe", "mla") and not value:
+            if f.name in ("qk_norm", "moe", "mla", "mtp_num_layers") and not value:
                 continue
             data[f.name] = value.to_dict() if f.name in ("moe", "mla") else value
         data["parameters"] = self.total_params()
         data["active_parameters"] = self.active_params()
+        if self.mtp_num_layers:
+            data["parameters_with_mtp"] = self.total_params_with_mtp()
+            data["active_parameters_with_mtp"] = self.active_params_with_mtp()
         return data
 
     @classmethod
@@ -514,4 +546,7 @@ class ModelSpec:
         return spec
 
 
-DERIVED_COUNTS = {"parameters": ModelSpec.total_params, "active_parameters": ModelSpec.active_params}
+# `parameters` and `active_parameters` leave the MTP modules out, as published counts do (DeepSeek-V3's 671B).
+DERIVED_COUNTS = {"parameters": ModelSpec.total_params, "active_parameters": ModelSpec.active_params,
+                  "parameters_with_mtp": ModelSpec.total_params_with_mtp,
+                  "active_parameters_with_mtp": ModelSpec.active_params_with_mtp}

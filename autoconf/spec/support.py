@@ -35,6 +35,10 @@ from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 def model_unsupported_reason(model) -> str | None:
     """Why the executor cannot build `model` (one line naming what would work), or None if it can."""
+    if model.mtp_num_layers:
+        return (f"{model.name} has {model.mtp_num_layers} multi-token-prediction module(s) (mtp_num_layers), which "
+                f"the executor does not build; set mtp_num_layers 0 to run it without them, or export the plan to "
+                f"Megatron-LM (--mtp-num-layers)")
     if model.moe is not None and model.moe.capacity_factor is not None:
         return (f"{model.name} has capacity_factor {model.moe.capacity_factor}: the executor routes dropless only "
                 f"(every token reaches its experts); set capacity_factor null")

@@ -1,0 +1,86 @@
+"""Multi-token prediction (DeepSeek-V3 report sec. 2.2; Megatron-Core `--mtp-num-layers`): what the MTP modules
+add to the last pipeline stage, where Megatron-Core places them.
+
+Each module takes the last block's hidden states and the embedding of the token one further ahead, normalises
+both (enorm, hnorm), projects their concatenation 2h -> h (eh_proj), runs one transformer block like the model's
+last one, a final norm, and the model's own output head and loss. The embedding and the head are shared with the
+main model: on a single-stage model they are the same weights; under pipelining the last stage holds a copy of the
+embedding (Megatron-Core's `mtp` embedding on the last stage), unless the rank also holds the first stage (V
+placements), where the one embedding serves both.
+
+Counted: weights, gradients and optimizer states of the modules (and of the embedding copy); per pass one block (its
+token exchange when it is an MoE block, its TP collectives, its K/V exchange under CP), the projection GEMM, the
+norms, one more embedding lookup and one more head with its loss; the activations the module keeps until its
+backward (the block's, under the plan's recompute mode, the head's inputs, the projection's input). The estimate
+(`estimate.stage_plan`, `memory.stage_memory`) and the partition's units (`solve/refine.partition_problem`) read
+these. Not counted: the MTP loss's own reduction across ranks (one scalar), the modules' FLOPs in the model FLOPs of
+MFU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from autoconf.cost.compute import ModelPieces, PassTimes, gemms_time
+from autoconf.cost.moe import layer_kind_params
+from autoconf.spec.cluster import ClusterProfile
+from autoconf.spec.dtypes import DTYPE_BYTES, precision
+from autoconf.spec.model import ModelSpec
+from autoconf.spec.plan import ParallelConfig
+
+
+def mtp_block_is_moe(model: ModelSpec) -> bool:
+    """Whether an MTP module's block is an MoE block (it is built like the model's last block)."""
+    return model.is_moe_layer(model.num_layers - 1)
+
+
+def mtp_embedding_copy(partition: Sequence[Sequence[int]], stages: Sequence[int]) -> bool:
+    """Whether the rank holding model stages `stages` keeps its own copy of the embedding for the MTP modules: it
+    holds the last stage but not the first (on one rank with the first, the embedding is the same weights)."""
+    last = len(partition) - 1
+    return last in stages and 0 not in stages
+
+
+def mtp_stage_params(model: ModelSpec, embedding_copy: bool) -> tuple[float, float]:
+    """(all parameters, routed-expert parameters) the MTP modules add to the last stage, over all ranks; with
+    `embedding_copy` the embedding the last stage holds for them (`mtp_embedding_copy`)."""
+    if not model.mtp_num_layers:
+        return 0.0, 0.0
+    experts = layer_kind_params(model)[2] if mtp_block_is_moe(model) else 0
+    params = model.mtp_params() + (model.vocab_size * model.hidden_size if embedding_copy else 0)
+    return float(params), float(model.mtp_num_layers * experts)
+
+
+def mtp_projection_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> float:
+    """Seconds of one module's 2h -> h projection GEMM on one TP rank for one micro-batch (forward; each backward
+    pass repeats its FLOPs)."""
+    h = model.hidden_size
+    flops = 2.0 * c.local_seq_len * c.micro_batch_size * 2 * h * h / c.tp
+    return gemms_time(cluster, precision(c.dtype).gemm, [flops])
+
+
+def mtp_pass_times(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, pieces: ModelPieces) -> PassTimes:
+    """Compute the MTP modules add to one micro-batch of the last stage: per module a block (`pieces` of its kind),
+    the projection, two norms over h and 2h inputs, an embedding lookup and the head with its loss. Collectives,
+    the token exchange and recompute are the caller's (the block's own rules)."""
+    if not model.mtp_num_layers:
+        return PassTimes(0.0, 0.0, 0.0)
+    proj = mtp_projection_time(model, cluster, c)
+    mem_rate = cluster.device.memory_bandwidth_Bps * cluster.eff("memory")
+    split = c.tp if c.sequence_parallel else 1
+    norms = 2 * 2 * c.local_seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype] / split / mem_rate
+    one = (pieces.block + pieces.head + PassTimes(pieces.embedding.forward, 0.0, 0.0)
+           + PassTimes(proj + norms, proj + 2 * norms, proj))
+    return one.scaled(model.mtp_num_layers)
+
+
+def mtp_activation_bytes(model: ModelSpec, c: ParallelConfig, block_bytes: float, head_bytes: float) -> float:
+    """Bytes the MTP modules keep per micro-batch on the last stage: per module its block's (`block_bytes`, under
+    the plan's recompute mode), its head's inputs (`head_bytes`, as the main head's) and the projection's 2h input
+    with the two norms' inputs (compute dtype; sequence-parallel ranks keep their share)."""
+    if not model.mtp_num_layers:
+        return 0.0
+    split = c.tp if c.sequence_parallel else 1
+    sbh = c.local_seq_len * c.micro_batch_size * model.hidden_size
+    own = (2 + 2) * sbh * DTYPE_BYTES[c.dtype] / split
+    return model.mtp_num_layers * (block_bytes + head_bytes + own)
