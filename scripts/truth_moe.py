@@ -74,8 +74,8 @@ FIGURES = {
 def compare(run: dict) -> tuple[dict, list[str]]:
     """One run's row: the layout costed, the published figure beside the predicted one and their error
     (as every truth script's, of throughput: predicted / published throughput - 1, a step time's inverse, so + is
-    predicted faster than published), fit and all-to-all
-    share; with the memory breakdown lines. A run autoconf cannot express gets its reason only."""
+    predicted faster than published), fit and all-to-all share; with the memory breakdown lines. A run autoconf
+    cannot express gets its reason only."""
     costed = f"tp{run['tp']} ep{run['ep']} etp{run['etp']} pp{run['pp']} vpp{run['vpp']} on {run['gpus']}"
     if run.get("published_layout"):  # a schedule autoconf costs through an equivalent one (the run's levers)
         costed = f"{run['published_layout']}, costed as {run['schedule']} {costed}"

@@ -567,8 +567,7 @@ def mtp_stage_costs(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig
     """The last stage's (compute, TP, token exchange, recompute, recomputed exchange) with the MTP modules added
     (cost/mtp.py): each module's block under the same rules as the stage's blocks (two TP collectives per pass, its
     token exchange when it is an MoE block, recomputed under the plan's mode), its embedding's and head's TP
-    collectives (forward, backward), and the
-    module's own projection, norms, embedding lookup and head."""
+    collectives (forward, backward), and the module's own projection, norms, embedding lookup and head."""
     d = model.mtp_num_layers
     moe = exchange is not None
     block = pieces.kind(moe)

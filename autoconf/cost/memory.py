@@ -79,7 +79,7 @@ from autoconf.cost.moe import (all_to_all_buffer_bytes, blocks_params, dispatch_
                                moe_layers, routed_activation_bytes)
 from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.saved import NORMS_MLA_SWIGLU, saved_bytes
-from autoconf.cost.mtp import mtp_activation_bytes, mtp_block_is_moe, mtp_stage_params
+from autoconf.cost.mtp import mtp_activation_bytes, mtp_block_is_moe, mtp_embedding_copy, mtp_stage_params
 from autoconf.cost.offload import activation_copy_bytes, host_state_bytes_per_param
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, STORAGE_BYTES, precision
@@ -268,7 +268,6 @@ def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, m
     t, e = c.tp, DTYPE_BYTES[c.dtype]
     split = t if c.sequence_parallel else 1
     q, kv = model.q_dim, model.kv_dim
-    # (output width, column-parallel) in forward order
     # (output width, TP split) in forward order: column-parallel outputs 1/tp wide, row-parallel and replicated
     # ones whole
     matmuls = [(q, t), (kv, t), (kv, t), (h, 1)]
@@ -363,8 +362,8 @@ def rank_params(model: ModelSpec, partition: Sequence[Sequence[int]], stages: Se
     the first and the last stage uses the first's)."""
     params = sum(stage_params(model, partition, st) for st in stages)
     last = len(partition) - 1
-    if model.mtp_num_layers and last != 0 and last in stages and 0 in stages:
-        params -= model.vocab_size * model.hidden_size
+    if model.mtp_num_layers and last != 0 and last in stages and not mtp_embedding_copy(partition, stages):
+        params -= model.vocab_size * model.hidden_size  # the copy `stage_params` counted on the last stage
     return params, sum(stage_expert_params(model, partition, st) for st in stages)
 
 
