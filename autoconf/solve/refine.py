@@ -19,7 +19,8 @@ from autoconf.cost.memory import (Temporary, cp_kv_bytes, fp8_weight_cache_bytes
                                   unit_activation_bytes, unsharded_buffer_bytes)
 from autoconf.cost.moe import (dispatch_bytes, dispatch_shares, ep_comm_passes, layer_kind_params, local_params,
                                moe_layers)
-from autoconf.cost.mtp import mtp_activation_bytes, mtp_block_is_moe, mtp_pass_times, mtp_stage_params
+from autoconf.cost.mtp import (mtp_activation_bytes, mtp_block_is_moe, mtp_embedding_copy, mtp_pass_times,
+                               mtp_stage_params)
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.grid import RankGrid, expert_groups
@@ -121,7 +122,8 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
                           + (recompute_time(block, c, one, block_share) + cp_time + cp_rc) * d)
         if mtp_moe:
             unit_time[-1] += (exchange + exchange_back + (exchange if c.recompute == "full" else 0.0)) * d
-        mtp_params, mtp_experts = local_params(c, *mtp_stage_params(model, embedding_copy=owner[0] != owner[-1]))
+        mtp_params, mtp_experts = local_params(c, *mtp_stage_params(model, embedding_copy=mtp_embedding_copy(
+            owner, [st for st, rank in enumerate(owner) if rank == owner[-1]])))
         unit_static[-1] += mtp_params * per_param + mtp_experts * sum(
             state_bytes_per_param(c, layout, experts=True, execution=execution))
         unit_act[-1] += mtp_activation_bytes(model, c, stage_layer_activation_bytes(
