@@ -1,13 +1,14 @@
 """Probe for tests/test_moe_policy.py (scripts/executor_layouts.py option "probe"): what each block of this rank keeps
-for its backward under the per-op selective policy, in the executor's own run.
+for its backward, in the executor's own run, with or without the per-op selective policy.
 
-Every block forward under the policy goes through `checkpoint_policy.checkpoint_ops`; the probe wraps it on the
-step's first micro-batch and counts, by distinct storage (DTensors by their local shard), what the checkpoint keeps:
-the block input (saved by the checkpoint outside its own hooks, so autograd's saved-tensor hooks see it) and the op
-outputs the policy caches (which bypass those hooks), as profile/activations.py `saved_bytes` does for one block;
-parameters (FSDP's gathered copies, TP and EP shards) left out. The all-to-all outputs (the token exchange) are
-counted apart, as they depend on the routing. `finish()` restores the executor and returns [{"layer", "bytes",
-"exchange"}, ...] in forward order.
+The probe wraps `Block.forward` on the step's first micro-batch and counts, by distinct storage (DTensors by their
+local shard), what autograd's saved-tensor hooks see (without recompute: everything the block saves; under the
+policy: the block input, which the checkpoint saves outside its own hooks) and the op outputs the policy caches
+(which bypass those hooks), as profile/activations.py `saved_bytes` does for one block. Parameters are left out,
+taken when each tensor is saved: FSDP's gathered copies, TP and EP shards, and the routed experts' own FSDP unit,
+whose compute copies are gathered inside the block's forward. The outputs the policy caches of the all-to-alls (the
+token exchange) are counted apart, as they depend on the routing. `finish()` restores the executor and returns
+[{"layer", "bytes", "exchange"}, ...] in forward order.
 """
 
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ from types import SimpleNamespace
 import torch
 
 from autoconf.execute import checkpoint_policy
+from autoconf.execute.model import Block
 
 
 def _local(t):
@@ -26,29 +28,27 @@ def _local(t):
 class Probe:
     def __init__(self, plan):
         self.found: list = []
-        self.saved = checkpoint_policy.checkpoint_ops
+        self.saved = Block.forward
         inner, found = self.saved, self.found
         layers = plan.partition[0][1] - plan.partition[0][0]  # one stage (pp 1): one forward per block and batch
         all_to_all = torch.ops._c10d_functional.all_to_all_single.default
 
-        def counted(function, *args):
-            if len(found) >= layers:
-                return inner(function, *args)
-            block = function.__self__
-            params = {_local(p).untyped_storage().data_ptr() for p in block.parameters()}
+        def counted(block, x):
+            if len(found) >= layers or not torch.is_grad_enabled():
+                return inner(block, x)
             storages: dict = {}
             exchange: set = set()
 
             def pack(t, exchanged=False):
                 storage = _local(t).untyped_storage()
-                if storage.data_ptr() not in params:
+                if storage.data_ptr() not in {_local(p).untyped_storage().data_ptr() for p in block.parameters()}:
                     storages[storage.data_ptr()] = storage.nbytes()
                     if exchanged:
                         exchange.add(storage.data_ptr())
                 return t
 
             with checkpoint_policy.recording() as caches, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                out = inner(function, *args)
+                out = inner(block, x)
             for context in caches:
                 for key, entries in context.storage.items():
                     for entry in checkpoint_policy.cached_entries(SimpleNamespace(storage=entries)):
@@ -57,8 +57,8 @@ class Probe:
                           "exchange": sum(storages[p] for p in exchange)})
             return out
 
-        checkpoint_policy.checkpoint_ops = counted
+        Block.forward = counted
 
     def finish(self) -> list:
-        checkpoint_policy.checkpoint_ops = self.saved
+        Block.forward = self.saved
         return self.found

@@ -6,9 +6,9 @@ Several ranks (the session's shared torchrun jobs of 1, 2 and 4 processes, each 
 in one process group, tests/executor_jobs.py): every layout's per-step loss and global gradient norm over 3 steps in
 fp32 (dropless routing) equal the single-process run's within 1e-4 relative, for ep2, ep4, ep2 x tp2, ep2 x pp2,
 ep2 x dp2 under ZeRO-3, ep2 over tp2 x dp2 with sequence parallelism and ep2 x etp2 over tp2 x dp2 (expert tensor
-parallelism); a model with a load-balancing loss and DeepSeek-style routing (sigmoid scores, group-limited) under
-ep2 and ep2 x pp2; and a checkpoint written under ep2 resumes under ep1 (tp2) with the uninterrupted run's step-3
-loss.
+parallelism); a shared expert with Qwen2-MoE's gate at ep2 x tp2 with sequence parallelism; a model with a
+load-balancing loss and DeepSeek-style routing (sigmoid scores, group-limited) under ep2 and ep2 x pp2; and a
+checkpoint written under ep2 resumes under ep1 (tp2) with the uninterrupted run's step-3 loss.
 """
 
 from __future__ import annotations
@@ -33,7 +33,11 @@ AUX = dataclasses.replace(MOE, name="tiny-moe-aux", moe=dataclasses.replace(
     MOE.moe, scoring_func="sigmoid", n_group=2, topk_group=1, routed_scaling_factor=2.0, router_aux_loss_coef=0.05))
 # 2 layers (the dense one, then one MoE layer) for the layouts without a pipeline: a layout's cost on CPU grows with
 # its layers, tensor- and expert-parallel ones most, and every MoE layer runs the same dispatch.
-MODELS = {"moe": MOE, "aux": AUX, "moe2": dataclasses.replace(MOE, name="tiny-moe2", num_layers=2)}
+# Qwen2-MoE's sigmoid gate on the shared expert, which under TP and sequence parallelism weighs this rank's part of
+# the sequence.
+MODELS = {"moe": MOE, "aux": AUX, "moe2": dataclasses.replace(MOE, name="tiny-moe2", num_layers=2),
+          "gate2": dataclasses.replace(MOE, name="tiny-moe-gate2", num_layers=2,
+                                       moe=dataclasses.replace(MOE.moe, shared_expert_gate=True))}
 
 
 def moe_plan(model: str = "moe", ep: int = 1, etp: int = 1, **layout) -> Plan:
@@ -63,6 +67,8 @@ LAYOUTS: dict[str, Layout] = {
     "aux-ep2-pp2": Layout(4, moe_plan("aux", ep=2, pp=2, dp=2)),
     "moe2-ep2-tp2-dp2-sp": Layout(4, moe_plan("moe2", ep=2, tp=2, dp=2, sp=True, micro_batch=2)),
     "moe2-ep2-etp2-tp2-dp2": Layout(4, moe_plan("moe2", ep=2, etp=2, tp=2, dp=2, micro_batch=2)),
+    "gate2": Layout(1, moe_plan("gate2")),
+    "gate2-ep2-tp2-sp": Layout(2, moe_plan("gate2", ep=2, tp=2, sp=True, micro_batch=2)),
 }
 # ep2 writes a checkpoint after step 2, which ep1 (over tp2) resumes for step 3.
 RESUMES: dict[str, Layout] = {

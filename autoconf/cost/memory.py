@@ -257,10 +257,10 @@ def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, m
     row-parallel one the full partial sum; the attention output with its fp32 log-sum-exp per query row; under
     sequence parallelism the two reduce-scatter outputs (1/tp of the sequence). With `moe` (an MoE block): the
     router and the routed experts are recomputed outside the count; the shared experts' linears (w1 w3 w2, then
-    Qwen2-MoE's gate) continue it, full width on all the micro-batch's tokens on every TP rank (the executor keeps
-    the MoE layer whole on each TP rank, execute/moe.py); under sequence parallelism the block has one
-    reduce-scatter (attention's; the MoE layer's input is gathered, recomputed, and its output this rank's slice);
-    the outputs of the token exchange's all-to-alls are kept (`moe_exchange_saved_bytes`). The TP share taking and
+    Qwen2-MoE's gate) continue it, split over TP like a dense MLP's (execute/parallelize.py `mlp_tp_plan`), their
+    down projection's reduce-scatter the block's second under sequence parallelism (without shared experts the
+    block has one: the MoE layer's input is gathered, recomputed, and its routed output this rank's slice); the
+    outputs of the token exchange's all-to-alls are kept (`moe_exchange_saved_bytes`). The TP share taking and
     giving back, the gathers of the counts are recomputed. tests/test_memory_op_policy.py and
     tests/test_moe_policy.py count what the executor's block keeps under it."""
     c = config
@@ -272,17 +272,19 @@ def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, m
     # ones whole
     matmuls = [(q, t), (kv, t), (kv, t), (h, 1)]
     exchange = 0.0
+    mlp = True
     if moe:
         m = model.moe
         shared = m.num_shared_experts * m.shared_expert_intermediate_size
-        matmuls += [(shared, 1), (shared, 1), (h, 1)] if shared else []
+        mlp = shared > 0
+        matmuls += [(shared, t), (shared, t), (h, 1)] if shared else []
         matmuls += [(1, 1)] if shared and m.shared_expert_gate else []
         exchange = moe_exchange_saved_bytes(model, c)
     else:
         matmuls += [(f, t), (h, 1)] if model.arch == "gpt" else [(f, t), (f, t), (h, 1)]
     saved = sum(width / split_by for width, split_by in matmuls[0::2])
     attention = q / t + 4 / e * model.num_heads / t  # output, fp32 log-sum-exp per head and row
-    reduce_scatters = (1 if moe else 2) * h / t if c.sequence_parallel and t > 1 else 0.0
+    reduce_scatters = (1 + mlp) * h / t if c.sequence_parallel and t > 1 else 0.0
     return e * s * b * (h / split + saved + attention + reduce_scatters) + exchange
 
 

@@ -12,7 +12,10 @@
   on this device and dtype (probed once: forward and backward against a loop), else a loop over the experts; the
   two give the same numbers (tests/test_moe_execute.py).
 - shared experts: one SwiGLU of num_shared_experts x shared_expert_intermediate_size (the same function as that
-  many experts of the narrower width, summed), every token passes through it.
+  many experts of the narrower width, summed), every token passes through it; with tp > 1 split over the TP ranks
+  like a dense MLP (gate and up column-parallel, down row-parallel: an all-reduce, or under sequence parallelism a
+  reduce-scatter to this rank's part of the sequence; parallelize.py `mlp_tp_plan`), as Megatron-Core and
+  torchtitan split them.
 - load-balancing loss: only when the spec's `router_aux_loss_coef` > 0: Switch Transformer's
   coef * E * sum_e f_e P_e over the micro-batch's tokens (f_e: share of the top-k assignments sent to e, P_e: mean
   normalised score), added to the training objective through the backward (`_AddAuxLoss`); the reported loss stays
@@ -21,10 +24,11 @@
 Expert parallelism (`parallelize.apply_expert_parallel` sets the groups): the routed experts of a rank are the
 contiguous block [r E/ep, (r+1) E/ep) of its ep group. With tp > 1 the TP ranks hold the same tokens, so the routed
 part first takes this TP rank's 1/tp of the micro-batch's tokens (`_TakeShare`: its backward gathers the gradient)
-and gives the others theirs back at the end (`_GatherShares`), so each token is routed once. The tokens of a rank
-are sorted by expert, the per-rank counts exchanged (`all_to_all_single`), the tokens sent to the ranks holding
-their experts with the autograd-aware `_functional_collectives.all_to_all_single_autograd` (verified on gloo), computed
-there, sent back the same way and combined, weighted by their router weights.
+and gives the others theirs back at the end (`_GatherShares`), so each token is routed once. Under sequence
+parallelism the layer takes the whole sequence (gathered by the TP plan) and returns this rank's part of it. The
+tokens of a rank are sorted by expert, the per-rank counts exchanged (`all_to_all_single`), the tokens sent to the
+ranks holding their experts with the autograd-aware `_functional_collectives.all_to_all_single_autograd` (verified on
+gloo), computed there, sent back the same way and combined, weighted by their router weights.
 
 Expert tensor parallelism (etp > 1): each rank of an ETP group holds a 1/etp slice of every local expert's FFN width
 (w1, w3 split by columns, w2 by rows; DTensors over ("ep", "etp")); after the dispatch the ETP ranks gather each
@@ -138,7 +142,8 @@ class GroupedExperts(nn.Module):
 
 
 class SharedExperts(nn.Module):
-    """The shared experts as one SwiGLU of their summed width."""
+    """The shared experts as one SwiGLU of their summed width, split over TP like a dense MLP (parallelize.py
+    `mlp_tp_plan`)."""
 
     def __init__(self, hidden: int, width: int):
         super().__init__()
@@ -200,7 +205,8 @@ def _all_gather_rows(x: torch.Tensor, group) -> torch.Tensor:
 
 
 class MoE(nn.Module):
-    """An MoE layer: input and output [batch, seq, hidden] (the TP ranks' replicated activations)."""
+    """An MoE layer: input [batch, seq, hidden] (the TP ranks' replicated activations), output the same, or under
+    sequence parallelism this TP rank's part of the sequence."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -212,12 +218,14 @@ class MoE(nn.Module):
         self.shared = SharedExperts(h, width) if width else None
         self.shared_gate = nn.Linear(h, 1, bias=False) if m.shared_expert_gate else None
         # Set by parallelize: the expert-parallel group (None: every expert here), the expert-tensor-parallel
-        # group (None: whole experts) and the TP group whose ranks hold the same tokens (None: tp 1); set by the
-        # training loop: the aux loss gradient's scale (1/m when the loop divides each micro-batch's loss by the m
-        # micro-batches, 1 when the pipeline scales afterwards).
+        # group (None: whole experts), the TP group whose ranks hold the same tokens (None: tp 1) and, under
+        # sequence parallelism, the TP mesh whose ranks each return their part of the sequence (else None); set by
+        # the training loop: the aux loss gradient's scale (1/m when the loop divides each micro-batch's loss by
+        # the m micro-batches, 1 when the pipeline scales afterwards).
         self.ep_group = None
         self.etp_group = None
         self.token_group = None
+        self.sequence_mesh = None
         self.aux_loss_scale = 1.0
 
     # ---- routing -------------------------------------------------------------------------------------------------
@@ -305,7 +313,19 @@ class MoE(nn.Module):
             out = all_to_all_single_autograd(out, [n] * etp, sizes, self.etp_group).view(etp, n, -1).sum(0)
         return out
 
+    def _sequence_share(self, t: torch.Tensor) -> torch.Tensor:
+        """t [batch, seq, ...], alike on the TP ranks: under sequence parallelism this rank's part of the sequence
+        (its backward gathers the TP ranks' gradients of their parts), else t."""
+        if self.sequence_mesh is None:
+            return t
+        from torch.distributed.tensor import DTensor, Replicate, Shard
+
+        whole = DTensor.from_local(t, self.sequence_mesh, [Replicate()], run_check=False)
+        return whole.redistribute(self.sequence_mesh, [Shard(1)]).to_local()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [batch, seq, hidden], alike on the TP ranks; returns the layer's output, under sequence parallelism
+        this rank's part of the sequence."""
         shape = x.shape
         tokens = x.reshape(-1, shape[-1])
         index, weights, probs = self.route(tokens)
@@ -318,12 +338,12 @@ class MoE(nn.Module):
         out = self.routed(mine, my_index, my_weights)
         if self.token_group is not None:
             out = _GatherShares.apply(out, self.token_group)
+        out = self._sequence_share(out.view(shape))
         if self.shared is not None:
-            shared = self.shared(tokens)
+            shared = self.shared(x)  # TP-split: this rank's sequence share under sequence parallelism
             if self.shared_gate is not None:
-                shared = torch.sigmoid(self.shared_gate(tokens)) * shared
+                shared = self._sequence_share(torch.sigmoid(self.shared_gate(x))) * shared
             out = out + shared
-        out = out.view(shape)
         if aux is not None:
             out = _AddAuxLoss.apply(out, aux, self.aux_loss_scale)
         return out

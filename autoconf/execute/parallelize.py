@@ -1,8 +1,9 @@
 """Applies a plan's intra-stage parallelism to one model chunk, in one fixed order:
 
 1. tensor parallelism (DTensor `parallelize_module`: Colwise/Rowwise, plus SequenceParallel norms when planned), on
-   the meta device; attention by `attention_tp_plan` (grouped-query with or without qk-norm, or latent attention);
-   MoE layers stay whole on every TP rank (each TP rank routes its share of the tokens, execute/moe.py);
+   the meta device; attention by `attention_tp_plan` (grouped-query with or without qk-norm, or latent attention),
+   dense MLPs and MoE layers' shared experts by `mlp_tp_plan`; an MoE layer's router and routed experts stay whole
+   on every TP rank (each TP rank routes its share of the tokens, execute/moe.py);
    then expert parallelism (`apply_expert_parallel`): the routed experts' weights sharded over "ep" of the expert
    mesh (mesh.build_expert_mesh: each pipeline rank's ranks folded as edp x ep x etp);
 2. materialisation and the seeded initialisation (`model.init_weights`), so every layout starts from the same
@@ -55,7 +56,6 @@ from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
-    PrepareModuleInputOutput,
     RowwiseParallel,
     SequenceParallel,
     parallelize_module,
@@ -91,20 +91,18 @@ def apply_tp(model: Transformer, tp_mesh, sequence_parallel: bool) -> None:
     for block in model.layers.values():
         moe = isinstance(block.feed_forward, MoE)
         plan = attention_tp_plan(block.attention, tp_mesh, residual)
-        if moe:  # replicated over TP; each TP rank routes its share of the tokens (execute/moe.py)
+        if moe:  # router and routed experts replicated over TP, each TP rank routing its share of the tokens
+            # (execute/moe.py); the shared experts split like a dense MLP
             block.feed_forward.token_group = tp_mesh.get_group()
-        elif gpt:
-            plan.update({"feed_forward.fc1": ColwiseParallel(),
-                         "feed_forward.fc2": RowwiseParallel(output_layouts=residual)})
+            block.feed_forward.sequence_mesh = tp_mesh if sp else None
+            if block.feed_forward.shared is not None:
+                plan.update(mlp_tp_plan("feed_forward.shared", False, residual))
         else:
-            plan.update({"feed_forward.w1": ColwiseParallel(), "feed_forward.w3": ColwiseParallel(),
-                         "feed_forward.w2": RowwiseParallel(output_layouts=residual)})
+            plan.update(mlp_tp_plan("feed_forward", gpt, residual))
         if sp:
             gather = dict(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),))
-            # The MoE layer takes and returns plain tensors: the whole sequence in, this rank's part out.
-            ffn = (PrepareModuleInputOutput(**gather, use_local_input=True, output_layouts=(Replicate(),),
-                                            desired_output_layouts=(Shard(1),), use_local_output=True)
-                   if moe else PrepareModuleInput(**gather))
+            # The MoE layer takes a plain tensor, the whole sequence, and returns this rank's part (execute/moe.py).
+            ffn = PrepareModuleInput(**gather, use_local_output=moe)
             # Latent attention's replicated down-projections are plain modules: they take the gathered sequence as
             # a plain tensor (its gradient is the same on every TP rank: parallelize's module docstring).
             attention = PrepareModuleInput(**gather, use_local_output=isinstance(block.attention, LatentAttention))
@@ -112,6 +110,16 @@ def apply_tp(model: Transformer, tp_mesh, sequence_parallel: bool) -> None:
                          "attention": attention, "feed_forward": ffn})
         parallelize_module(block, tp_mesh, plan)
     model.tie_weights()  # TP replaced the embedding's parameter; the head shares it again (both Shard(0)).
+
+
+def mlp_tp_plan(prefix: str, gpt: bool, residual) -> dict:
+    """The TP plan of the MLP at `prefix` (a dense block's FFN, an MoE layer's shared experts): the first matrices
+    (GeLU's fc1; SwiGLU's gate w1 and up w3) column-parallel, the last (fc2, w2) row-parallel with its output in
+    the `residual` layout (an all-reduce, or a reduce-scatter along the sequence under sequence parallelism)."""
+    first = ["fc1"] if gpt else ["w1", "w3"]
+    plan: dict = {f"{prefix}.{name}": ColwiseParallel() for name in first}
+    plan[f"{prefix}.{'fc2' if gpt else 'w2'}"] = RowwiseParallel(output_layouts=residual)
+    return plan
 
 
 def attention_tp_plan(attention, tp_mesh, residual) -> dict:
