@@ -34,17 +34,21 @@ MLA = dataclasses.replace(MOE, name="tiny-mla", num_kv_heads=MOE.num_heads, head
 QK = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-qk-norm", num_layers=4, hidden_size=64, head_dim=None,
                          ffn_hidden_size=176, qk_norm=True)
 # 2 layers (mla2: the dense one, then one latent-attention MoE layer) for the layouts without a pipeline: a layout's
-# cost on CPU grows with its layers, tensor-parallel ones most.
+# cost on CPU grows with its layers, tensor-parallel ones most. narrow2: values narrower than a query head (16
+# against 16 + 8, as DeepSeek-V3's 128 against 192), so context parallelism's K/V exchange carries unequal widths.
 MODELS = {"mla": MLA, "mla2": dataclasses.replace(MLA, name="tiny-mla2", num_layers=2),
+          "narrow2": dataclasses.replace(MLA, name="tiny-mla-narrow2", num_layers=2, head_dim=16,
+                                         mla=dataclasses.replace(MLA.mla, v_head_dim=16)),
           "qk2": dataclasses.replace(QK, name="tiny-qk-norm2", num_layers=2)}
 
 
-def mla_plan(model: str = "mla", ep: int = 1, **layout) -> Plan:
-    """`even_plan` of a test model with an expert-parallel degree, 4 sequences a step in micro-batches of 2 (of 1
-    with a pipeline, which needs as many micro-batches as stages)."""
+def mla_plan(model: str = "mla", ep: int = 1, cp_comm: str = "ring", **layout) -> Plan:
+    """`even_plan` of a test model with an expert-parallel degree and a K/V exchange, 4 sequences a step in
+    micro-batches of 2 (of 1 with a pipeline, which needs as many micro-batches as stages)."""
     plan = even_plan(MODELS[model], **{"global_batch": 4, "micro_batch": 1 if layout.get("pp", 1) > 1 else 2,
                                        **layout})
-    plan = Plan(model=plan.model, cluster=plan.cluster, config=dataclasses.replace(plan.config, ep=ep),
+    config = dataclasses.replace(plan.config, ep=ep, cp_comm=cp_comm)
+    plan = Plan(model=plan.model, cluster=plan.cluster, config=config,
                 partition=plan.partition, placement=plan.placement)
     plan.validate()
     return plan
@@ -55,11 +59,18 @@ LAYOUTS: dict[str, Layout] = {
     "mla": Layout(1, mla_plan()),
     "mla2": Layout(1, mla_plan("mla2")),
     "qk2": Layout(1, mla_plan("qk2")),
+    "narrow2": Layout(1, mla_plan("narrow2")),
     "mla2-tp2-sp": Layout(2, mla_plan("mla2", tp=2, sp=True)),
     "mla2-dp2-zero3": Layout(2, mla_plan("mla2", dp=2, zero=3)),
     "qk2-tp2-sp": Layout(2, mla_plan("qk2", tp=2, sp=True)),
     "qk2-cp2": Layout(2, mla_plan("qk2", cp=2)),
     "mla-ep2-pp2": Layout(4, mla_plan(ep=2, pp=2, dp=2)),
+    "narrow2-cp2-allgather": Layout(2, mla_plan("narrow2", cp=2, cp_comm="allgather")),
+    "narrow2-cp2-ring": Layout(2, mla_plan("narrow2", cp=2)),
+    "narrow2-cp2-ep2-ring": Layout(2, mla_plan("narrow2", cp=2, ep=2)),
+    "narrow2-cp2-tp2-sp-allgather": Layout(4, mla_plan("narrow2", cp=2, tp=2, sp=True, cp_comm="allgather")),
+    "narrow2-cp2-ops-ring": Layout(2, mla_plan("narrow2", cp=2, recompute="selective",
+                                                          selective_recompute="alternate_matmuls")),
 }
 executor_jobs.register("mla", LAYOUTS)
 

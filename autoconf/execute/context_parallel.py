@@ -134,12 +134,12 @@ class ContextParallel:
         nothing. Autograd differentiates through the merge and the rotations."""
         scale = q.shape[-1] ** -0.5
         repeat = q.shape[1] // k.shape[1]
-        kv, owner = torch.cat([k, v], dim=1), self.rank
+        kv, owner, widths = torch.cat([k, v], dim=-1), self.rank, [k.shape[-1], v.shape[-1]]
         out = total = peak = None
         for step in range(self.cp):
             if step:
                 kv, owner = self.rotate(kv), (owner - 1) % self.cp
-            kb, vb = (t.repeat_interleave(repeat, dim=1) for t in kv.chunk(2, dim=1))
+            kb, vb = (t.repeat_interleave(repeat, dim=1) for t in kv.split(widths, dim=-1))
             seen = self.positions[:, None] >= positions(self.seq_len, self.cp, owner, q.device)[None, :]
             scores = ((q @ kb.transpose(-2, -1)) * scale).float().masked_fill(~seen, float("-inf"))
             block_peak = scores.amax(dim=-1, keepdim=True).detach()
@@ -175,7 +175,7 @@ class ContextParallel:
             return attend(q, k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1), None, dropout_p)
         if self.algorithm == "ring":
             return self.ring_attention(q, k, v, dropout_p)
-        k, v = self.gather(torch.cat([k, v], dim=1)).chunk(2, dim=1)
+        k, v = self.gather(torch.cat([k, v], dim=-1)).split([k.shape[-1], v.shape[-1]], dim=-1)
         return attend(q, k, v, self.mask, dropout_p)
 
     def torch_attention(self):

@@ -52,8 +52,7 @@ def latent_attention_reason(config, model) -> str | None:
     attention's differ, and its rotary key is shared by the heads). Not tried: the per-op selective policy
     (alternate_matmuls) and seq1f1b's sequence chunks."""
     found = [what for what, on in (
-        (f"cp {config.cp} (context parallelism is not built for latent attention)", config.cp > 1),
-        ("selective_recompute alternate_matmuls", config.selective_recompute == "alternate_matmuls"),
+        ("selective_recompute alternate_matmuls", False and config.selective_recompute == "alternate_matmuls"),
         (f"schedule {config.schedule}", schedule_spec(config.schedule).sequence_chunks)) if on]
     if not found:
         return None
