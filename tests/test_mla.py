@@ -298,22 +298,65 @@ def test_qk_norm_attention_equals_transformers_qwen3():
     _assert_same_function(ours, theirs, Qwen3RotaryEmbedding(config), spec.hidden_size)
 
 
-def test_launch_runs_latent_attention_and_refuses_context_parallelism(tmp_path):
-    """launch --dry-run takes a latent-attention plan; the executor's rule takes DeepSeek-V3 (without MTP) at tp2;
-    cp2 with latent attention is refused in one line saying what would work."""
+def test_launch_runs_latent_attention_with_context_parallelism(tmp_path):
+    """launch --dry-run takes latent-attention plans at tp2 and at cp2 (refused before CP carried K and V of
+    different widths); the executor's rule takes DeepSeek-V3 (without MTP) at tp2 and at cp2 under either K/V
+    exchange."""
     from click.testing import CliRunner
 
     from autoconf.cli import main
     from autoconf.spec.support import unsupported_reason
 
-    path = tmp_path / "mla.json"
-    mla_plan(tp=2).save(path)
-    result = CliRunner().invoke(main, ["launch", str(path), "--dry-run"])
-    assert result.exit_code == 0, result.output
     v3 = dataclasses.replace(PRESETS["deepseek-v3"], mtp_num_layers=0)  # (its MTP module: tests/test_mtp.py)
-    assert unsupported_reason(mla_plan(tp=2).config, v3) is None
-    mla_plan(cp=2).save(tmp_path / "cp.json")
-    result = CliRunner().invoke(main, ["launch", str(tmp_path / "cp.json"), "--dry-run"])
-    errors = [line for line in result.output.splitlines() if line.startswith("autoconf: error:")]
-    assert result.exit_code != 0 and "Traceback" not in result.output and len(errors) == 1, result.output
-    assert "latent attention" in errors[0] and "use cp 1" in errors[0], errors[0]
+    for name, plan in (("tp", mla_plan(tp=2)), ("cp", mla_plan("narrow2", cp=2)),
+                       ("cp-allgather", mla_plan("narrow2", cp=2, cp_comm="allgather"))):
+        plan.save(tmp_path / f"{name}.json")
+        result = CliRunner().invoke(main, ["launch", str(tmp_path / f"{name}.json"), "--dry-run"])
+        assert result.exit_code == 0, result.output
+        assert unsupported_reason(plan.config, v3) is None
+
+
+class _Exchange:
+    """A CP rank's context (`ContextParallel`'s positions, mask and gather order, no process group) whose K/V
+    exchange records the bytes it sends and hands back its own block in place of the others'."""
+
+    def __init__(self, seq: int, cp: int, algorithm: str):
+        from autoconf.execute import context_parallel as cpx
+
+        self.cp, self.rank, self.seq_len, self.algorithm, self.uses_torch = cp, 0, seq, algorithm, False
+        self.positions, self.mask = cpx.positions(seq, cp, 0), cpx.causal_mask(seq, cp, 0)
+        self.sent: list[int] = []
+
+    def gather(self, t):
+        self.sent.append(t.nbytes)
+        return torch.cat([t] * self.cp, dim=2)
+
+    def rotate(self, t):
+        self.sent.append(t.nbytes)
+        return t.clone()
+
+
+@pytest.mark.parametrize("algorithm", ["allgather", "ring"])
+def test_context_parallelism_exchanges_the_k_and_v_widths_the_estimate_counts(algorithm):
+    """What a latent-attention layer with narrower values hands its CP exchange per transfer (its K of nope + rope
+    and V of v_head_dim per head, one tensor) is cost/memory.py `cp_kv_bytes`, the unit cp_attention_comm and the
+    CP buffers count; the ring sends it cp - 1 times, the all-gather once; a grouped-query layer likewise."""
+    from autoconf.cost.memory import cp_kv_bytes
+    from autoconf.execute.context_parallel import ContextParallel
+    from autoconf.execute.model import make_attention
+
+    mb, seq, cp = 2, 32, 4
+    for spec in (MODELS["narrow2"], MODELS["qk2"]):
+        attention = make_attention(spec, "flash")
+        exchange = _Exchange(seq, cp, algorithm)
+        exchange.attention = ContextParallel.attention.__get__(exchange)
+        exchange.ring_attention = ContextParallel.ring_attention.__get__(exchange)
+        attention.context = exchange
+        out = attention(torch.randn(mb, seq // cp, spec.hidden_size))
+        assert out.shape == (mb, seq // cp, spec.hidden_size)
+        config = ParallelConfig(tp=1, pp=1, dp=1, cp=cp, cp_comm=algorithm, micro_batch_size=mb,
+                                global_batch_size=mb, seq_len=seq, dtype="fp32")
+        assert exchange.sent == [cp_kv_bytes(spec, config)] * (1 if algorithm == "allgather" else cp - 1), spec.name
+    m = MODELS["narrow2"].mla
+    assert MODELS["narrow2"].attention_kv_dim == MODELS["narrow2"].num_heads * (
+        m.qk_nope_head_dim + m.qk_rope_head_dim + m.v_head_dim) != 2 * MODELS["narrow2"].kv_dim

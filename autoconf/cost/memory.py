@@ -510,9 +510,10 @@ def p2p_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:
 
 def cp_kv_bytes(model: ModelSpec, config: ParallelConfig) -> float:
     """The keys and values of one rank's share of one sequence for one layer on one TP rank: seq_len / cp tokens of
-    the layer's K and V heads (grouped, unrepeated), in the compute dtype. The unit of context-parallel traffic."""
+    the layer's K and V heads (grouped, unrepeated; latent attention's per-head K and V of their own widths,
+    `ModelSpec.attention_kv_dim`), in the compute dtype. The unit of context-parallel traffic."""
     c = config
-    return c.local_seq_len * c.micro_batch_size * 2 * model.kv_dim / c.tp * DTYPE_BYTES[c.dtype]
+    return c.local_seq_len * c.micro_batch_size * model.attention_kv_dim / c.tp * DTYPE_BYTES[c.dtype]
 
 
 def cp_buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution | None = None) -> float:
