@@ -6,9 +6,12 @@ saved-tensor hooks) is cost/saved.py's count; with `transformers` installed (the
 its `DeepseekV3Attention`, and the qk-norm attention its `Qwen3Attention`, with the same weights (skipped without).
 Several ranks (the session's shared torchrun jobs, tests/executor_jobs.py), 3 steps in fp32, per-step loss and
 global gradient norm within 1e-4 of one process: a tiny DeepSeek-style model (latent attention, MoE layers with a
-shared expert after a leading dense layer) under tp2 with sequence parallelism, ep2 x pp2 and dp2 ZeRO-3; a
-qk-norm model under tp2 with sequence parallelism and cp2. (tp2 without sequence parallelism and tp2 x dp2 with it
-under ZeRO-3 passed too when this was written, and were left out to keep the suite's time.)
+shared expert after a leading dense layer) under tp2 with sequence parallelism, ep2 x pp2 and dp2 ZeRO-3; with
+values narrower than a query head under context parallelism (cp2 by both K/V exchanges, cp2 x ep2, cp2 x tp2 with
+sequence parallelism and the per-op policy, cp2 with the per-op policy) and, dense, under seq1f1b; a qk-norm model
+under tp2 with sequence parallelism and cp2. (tp2 without sequence parallelism and tp2 x dp2 with it under ZeRO-3
+passed too when this was written, and were left out to keep the suite's time.) Single process also: the K/V bytes
+a CP layer exchanges are the estimate's unit, and under the per-op policy a block keeps what the estimate counts.
 """
 
 from __future__ import annotations
@@ -40,26 +43,29 @@ MODELS = {"mla": MLA, "mla2": dataclasses.replace(MLA, name="tiny-mla2", num_lay
           "narrow2": dataclasses.replace(MLA, name="tiny-mla-narrow2", num_layers=2, head_dim=16,
                                          mla=dataclasses.replace(MLA.mla, v_head_dim=16)),
           "qk2": dataclasses.replace(QK, name="tiny-qk-norm2", num_layers=2)}
+MODELS["dense2"] = dataclasses.replace(MODELS["narrow2"], name="tiny-mla-dense2", moe=None)  # (seq1f1b: dense only)
 
 
-def mla_plan(model: str = "mla", ep: int = 1, cp_comm: str = "ring", **layout) -> Plan:
-    """`even_plan` of a test model with an expert-parallel degree and a K/V exchange, 4 sequences a step in
-    micro-batches of 2 (of 1 with a pipeline, which needs as many micro-batches as stages)."""
+def mla_plan(model: str = "mla", ep: int = 1, cp_comm: str = "ring", seq_chunks: int = 1, **layout) -> Plan:
+    """`even_plan` of a test model with an expert-parallel degree, a K/V exchange and sequence chunks, 4 sequences
+    a step in micro-batches of 2 (of 1 with a pipeline, which needs as many micro-batches as stages)."""
     plan = even_plan(MODELS[model], **{"global_batch": 4, "micro_batch": 1 if layout.get("pp", 1) > 1 else 2,
                                        **layout})
-    config = dataclasses.replace(plan.config, ep=ep, cp_comm=cp_comm)
+    config = dataclasses.replace(plan.config, ep=ep, cp_comm=cp_comm, seq_chunks=seq_chunks)
     plan = Plan(model=plan.model, cluster=plan.cluster, config=config,
                 partition=plan.partition, placement=plan.placement)
     plan.validate()
     return plan
 
 
+OPS = {"recompute": "selective", "selective_recompute": "alternate_matmuls"}  # the per-op policy
 # name -> Layout(world, plan); the name's first word is the reference run's (world 1).
 LAYOUTS: dict[str, Layout] = {
     "mla": Layout(1, mla_plan()),
     "mla2": Layout(1, mla_plan("mla2")),
     "qk2": Layout(1, mla_plan("qk2")),
     "narrow2": Layout(1, mla_plan("narrow2")),
+    "dense2": Layout(1, mla_plan("dense2")),
     "mla2-tp2-sp": Layout(2, mla_plan("mla2", tp=2, sp=True)),
     "mla2-dp2-zero3": Layout(2, mla_plan("mla2", dp=2, zero=3)),
     "qk2-tp2-sp": Layout(2, mla_plan("qk2", tp=2, sp=True)),
@@ -68,9 +74,10 @@ LAYOUTS: dict[str, Layout] = {
     "narrow2-cp2-allgather": Layout(2, mla_plan("narrow2", cp=2, cp_comm="allgather")),
     "narrow2-cp2-ring": Layout(2, mla_plan("narrow2", cp=2)),
     "narrow2-cp2-ep2-ring": Layout(2, mla_plan("narrow2", cp=2, ep=2)),
-    "narrow2-cp2-tp2-sp-allgather": Layout(4, mla_plan("narrow2", cp=2, tp=2, sp=True, cp_comm="allgather")),
-    "narrow2-cp2-ops-ring": Layout(2, mla_plan("narrow2", cp=2, recompute="selective",
-                                                          selective_recompute="alternate_matmuls")),
+    "narrow2-cp2-tp2-sp-ops-allgather": Layout(4, mla_plan("narrow2", cp=2, tp=2, sp=True, cp_comm="allgather",
+                                                           **OPS)),
+    "narrow2-cp2-ops-ring": Layout(2, mla_plan("narrow2", cp=2, **OPS)),
+    "dense2-pp2-seq1f1b-k2": Layout(2, mla_plan("dense2", pp=2, schedule="seq1f1b", seq_chunks=2)),
 }
 executor_jobs.register("mla", LAYOUTS)
 
@@ -205,6 +212,39 @@ def test_memory_estimate_counts_what_the_block_saves(spec):
                                         dtype=dtype, attention=attention, recompute=recompute)
                 estimated = executor_layer_activation_bytes(spec, config, recompute, "cpu")
                 assert estimated <= measured <= 1.03 * estimated, (dtype, attention, recompute, measured, estimated)
+
+
+@pytest.mark.parametrize("spec", [MLA, dataclasses.replace(MLA, mla=dataclasses.replace(MLA.mla, q_lora_rank=None))],
+                         ids=["mla", "mla-full-rank-query"])
+@pytest.mark.parametrize("layer", ["0", "1"], ids=["dense", "moe"])
+def test_the_per_op_policy_keeps_what_the_estimate_counts(spec, layer):
+    """Under the per-op policy (alternate_matmuls) a latent-attention block, dense or MoE, keeps exactly the
+    estimate's bytes (block input; the 1st, 3rd, ... weight matmul's output of wq_a wq_b wkv_a wkv_b wo (or wq wkv_a
+    wkv_b wo), the MLP or shared experts continuing the count; the attention kernel's output and log-sum-exp) and
+    gives the gradients of no recompute. Values as wide as a query head: CPU's fused kernel, the one the policy
+    saves, takes equal widths only (narrower values run CPU's math kernel, which the policy recomputes; CUDA's
+    memory-efficient kernel takes them)."""
+    from autoconf.cost.memory import layer_activation_bytes
+    from autoconf.execute.parallelize import apply_recompute
+    from autoconf.profile.activations import saved_bytes
+
+    mb, seq, op = 3, 40, "alternate_matmuls"
+    torch.manual_seed(0)
+    block = _model(spec).layers[layer].train()
+    x = torch.randn(mb, seq, spec.hidden_size, requires_grad=True)
+    block(x).square().sum().backward()
+    plain = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
+    x.grad = None
+    block.zero_grad(set_to_none=True)
+    apply_recompute(_OneBlock(block), "selective", None, op)
+    assert block.recompute_ops
+    config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=mb, global_batch_size=mb, seq_len=seq, dtype="fp32",
+                            attention="flash", recompute="selective", selective_recompute=op)
+    estimated = layer_activation_bytes(spec, config, "torch", "cpu", selective=op, moe=spec.is_moe_layer(int(layer)))
+    assert saved_bytes(block, x) == estimated
+    block(x).square().sum().backward()
+    for a, b in zip(plain, [x.grad] + [p.grad for p in block.parameters()]):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-6 * a.abs().max().item())
 
 
 def _hf_config(spec):

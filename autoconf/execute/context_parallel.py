@@ -23,6 +23,11 @@ the plan's algorithm (torch's rotate method "allgather", or "alltoall" for "ring
 training step; it also shards a position buffer with torch's load balancer and checks it equals `positions`. That
 path is UNTESTED here (no GPU in the session that wrote it); on CPU both algorithms are this file's own.
 
+K and V travel as one tensor concatenated along the head width (split back by width), so their widths may differ:
+latent attention (execute/mla.py) exchanges each head's K of qk_nope + qk_rope and V of v_head_dim. torch's ring
+on the CUDA path sends K and V flattened into one buffer, and SDPA there picks the memory-efficient or cuDNN kernel
+for unequal widths (flash needs equal ones), both of which it wraps (read in torch 2.13's source, not run).
+
 The weights are the same on every CP rank: the training loop reduces gradients over dp x cp (each rank's loss is the
 mean over its own tokens; the average over the dp x cp ranks of those gradients is the single-process gradient).
 """

@@ -37,7 +37,8 @@ _REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", None) or dist.reduce_sc
 
 def _kv_blocks(k: Tensor, v: Tensor, group, algorithm: str, cp: int, rank: int):
     """Yields (owner, k block, v block) of every CP rank, by the algorithm's exchange (own block first for the
-    ring). The all-gather yields one block: the whole sequence, owner None."""
+    ring) of K and V concatenated along the width. The all-gather yields one block: the whole sequence, owner
+    None."""
     if algorithm == "allgather":
         kv = torch.cat([k, v], dim=-1).movedim(2, 0).contiguous()
         everyone = torch.empty((cp * kv.shape[0], *kv.shape[1:]), dtype=kv.dtype, device=kv.device)
@@ -84,8 +85,9 @@ def _context(group_name: str, seq_len: int, device):
 def cp_attention(q: Tensor, k: Tensor, v: Tensor, group_name: str, algorithm: str,
                  seq_len: int) -> tuple[Tensor, Tensor]:
     """Causal attention of this rank's queries q [b, heads, s/cp, d] over the whole sequence's K/V (k, v: this
-    rank's [b, kv_heads, s/cp, d]; exchanged over the CP group `group_name` by `algorithm`): the output
-    [b, heads, s/cp, d_v] in q's dtype and the fp32 log-sum-exp [b, heads, s/cp] of each query row's scores."""
+    rank's [b, kv_heads, s/cp, d] and [b, kv_heads, s/cp, d_v], d_v possibly not d; exchanged over the CP group
+    `group_name` by `algorithm`, concatenated along the width): the output [b, heads, s/cp, d_v] in q's dtype and the
+    fp32 log-sum-exp [b, heads, s/cp] of each query row's scores."""
     group, cp, rank, mine = _context(group_name, seq_len, q.device)
     out = lse = None
     for owner, kb, vb in _kv_blocks(k, v, group, algorithm, cp, rank):
