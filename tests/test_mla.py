@@ -356,42 +356,36 @@ def test_launch_runs_latent_attention_with_context_parallelism(tmp_path):
         assert unsupported_reason(plan.config, v3) is None
 
 
-class _Exchange:
-    """A CP rank's context (`ContextParallel`'s positions, mask and gather order, no process group) whose K/V
-    exchange records the bytes it sends and hands back its own block in place of the others'."""
-
-    def __init__(self, seq: int, cp: int, algorithm: str):
-        from autoconf.execute import context_parallel as cpx
-
-        self.cp, self.rank, self.seq_len, self.algorithm, self.uses_torch = cp, 0, seq, algorithm, False
-        self.positions, self.mask = cpx.positions(seq, cp, 0), cpx.causal_mask(seq, cp, 0)
-        self.sent: list[int] = []
-
-    def gather(self, t):
-        self.sent.append(t.nbytes)
-        return torch.cat([t] * self.cp, dim=2)
-
-    def rotate(self, t):
-        self.sent.append(t.nbytes)
-        return t.clone()
-
-
 @pytest.mark.parametrize("algorithm", ["allgather", "ring"])
 def test_context_parallelism_exchanges_the_k_and_v_widths_the_estimate_counts(algorithm):
     """What a latent-attention layer with narrower values hands its CP exchange per transfer (its K of nope + rope
     and V of v_head_dim per head, one tensor) is cost/memory.py `cp_kv_bytes`, the unit cp_attention_comm and the
     CP buffers count; the ring sends it cp - 1 times, the all-gather once; a grouped-query layer likewise."""
     from autoconf.cost.memory import cp_kv_bytes
-    from autoconf.execute.context_parallel import ContextParallel
+    from autoconf.execute import context_parallel as cpx
     from autoconf.execute.model import make_attention
+
+    class Exchange(cpx.ContextParallel):
+        """CP rank 0's context without a process group: its exchange records the bytes it sends and hands back
+        its own block in place of the others'."""
+
+        def __init__(self, seq: int, cp: int):
+            self.algorithm, self.cp, self.rank, self.seq_len, self.uses_torch = algorithm, cp, 0, seq, False
+            self.positions, self.mask = cpx.positions(seq, cp, 0), cpx.causal_mask(seq, cp, 0)
+            self.sent: list[int] = []
+
+        def gather(self, t):
+            self.sent.append(t.nbytes)
+            return torch.cat([t] * self.cp, dim=2)
+
+        def rotate(self, t):
+            self.sent.append(t.nbytes)
+            return t.clone()
 
     mb, seq, cp = 2, 32, 4
     for spec in (MODELS["narrow2"], MODELS["qk2"]):
         attention = make_attention(spec, "flash")
-        exchange = _Exchange(seq, cp, algorithm)
-        exchange.attention = ContextParallel.attention.__get__(exchange)
-        exchange.ring_attention = ContextParallel.ring_attention.__get__(exchange)
-        attention.context = exchange
+        attention.context = exchange = Exchange(seq, cp)
         out = attention(torch.randn(mb, seq // cp, spec.hidden_size))
         assert out.shape == (mb, seq // cp, spec.hidden_size)
         config = ParallelConfig(tp=1, pp=1, dp=1, cp=cp, cp_comm=algorithm, micro_batch_size=mb,
