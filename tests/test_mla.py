@@ -6,9 +6,12 @@ saved-tensor hooks) is cost/saved.py's count; with `transformers` installed (the
 its `DeepseekV3Attention`, and the qk-norm attention its `Qwen3Attention`, with the same weights (skipped without).
 Several ranks (the session's shared torchrun jobs, tests/executor_jobs.py), 3 steps in fp32, per-step loss and
 global gradient norm within 1e-4 of one process: a tiny DeepSeek-style model (latent attention, MoE layers with a
-shared expert after a leading dense layer) under tp2 with sequence parallelism, ep2 x pp2 and dp2 ZeRO-3; a
-qk-norm model under tp2 with sequence parallelism and cp2. (tp2 without sequence parallelism and tp2 x dp2 with it
-under ZeRO-3 passed too when this was written, and were left out to keep the suite's time.)
+shared expert after a leading dense layer) under tp2 with sequence parallelism, ep2 x pp2 and dp2 ZeRO-3; with
+values narrower than a query head under context parallelism (cp2 by both K/V exchanges, cp2 x ep2, cp2 x tp2 with
+sequence parallelism and the per-op policy, cp2 with the per-op policy) and, dense, under seq1f1b; a qk-norm model
+under tp2 with sequence parallelism and cp2. (tp2 without sequence parallelism and tp2 x dp2 with it under ZeRO-3
+passed too when this was written, and were left out to keep the suite's time.) Single process also: the K/V bytes
+a CP layer exchanges are the estimate's unit, and under the per-op policy a block keeps what the estimate counts.
 """
 
 from __future__ import annotations
@@ -34,32 +37,47 @@ MLA = dataclasses.replace(MOE, name="tiny-mla", num_kv_heads=MOE.num_heads, head
 QK = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-qk-norm", num_layers=4, hidden_size=64, head_dim=None,
                          ffn_hidden_size=176, qk_norm=True)
 # 2 layers (mla2: the dense one, then one latent-attention MoE layer) for the layouts without a pipeline: a layout's
-# cost on CPU grows with its layers, tensor-parallel ones most.
+# cost on CPU grows with its layers, tensor-parallel ones most. narrow2: values narrower than a query head (16
+# against 16 + 8, as DeepSeek-V3's 128 against 192), so context parallelism's K/V exchange carries unequal widths.
 MODELS = {"mla": MLA, "mla2": dataclasses.replace(MLA, name="tiny-mla2", num_layers=2),
+          "narrow2": dataclasses.replace(MLA, name="tiny-mla-narrow2", num_layers=2, head_dim=16,
+                                         mla=dataclasses.replace(MLA.mla, v_head_dim=16)),
           "qk2": dataclasses.replace(QK, name="tiny-qk-norm2", num_layers=2)}
+MODELS["dense2"] = dataclasses.replace(MODELS["narrow2"], name="tiny-mla-dense2", moe=None)  # (seq1f1b: dense only)
 
 
-def mla_plan(model: str = "mla", ep: int = 1, **layout) -> Plan:
-    """`even_plan` of a test model with an expert-parallel degree, 4 sequences a step in micro-batches of 2 (of 1
-    with a pipeline, which needs as many micro-batches as stages)."""
+def mla_plan(model: str = "mla", ep: int = 1, cp_comm: str = "ring", seq_chunks: int = 1, **layout) -> Plan:
+    """`even_plan` of a test model with an expert-parallel degree, a K/V exchange and sequence chunks, 4 sequences
+    a step in micro-batches of 2 (of 1 with a pipeline, which needs as many micro-batches as stages)."""
     plan = even_plan(MODELS[model], **{"global_batch": 4, "micro_batch": 1 if layout.get("pp", 1) > 1 else 2,
                                        **layout})
-    plan = Plan(model=plan.model, cluster=plan.cluster, config=dataclasses.replace(plan.config, ep=ep),
+    config = dataclasses.replace(plan.config, ep=ep, cp_comm=cp_comm, seq_chunks=seq_chunks)
+    plan = Plan(model=plan.model, cluster=plan.cluster, config=config,
                 partition=plan.partition, placement=plan.placement)
     plan.validate()
     return plan
 
 
+OPS = {"recompute": "selective", "selective_recompute": "alternate_matmuls"}  # the per-op policy
 # name -> Layout(world, plan); the name's first word is the reference run's (world 1).
 LAYOUTS: dict[str, Layout] = {
     "mla": Layout(1, mla_plan()),
     "mla2": Layout(1, mla_plan("mla2")),
     "qk2": Layout(1, mla_plan("qk2")),
+    "narrow2": Layout(1, mla_plan("narrow2")),
+    "dense2": Layout(1, mla_plan("dense2")),
     "mla2-tp2-sp": Layout(2, mla_plan("mla2", tp=2, sp=True)),
     "mla2-dp2-zero3": Layout(2, mla_plan("mla2", dp=2, zero=3)),
     "qk2-tp2-sp": Layout(2, mla_plan("qk2", tp=2, sp=True)),
     "qk2-cp2": Layout(2, mla_plan("qk2", cp=2)),
     "mla-ep2-pp2": Layout(4, mla_plan(ep=2, pp=2, dp=2)),
+    "narrow2-cp2-allgather": Layout(2, mla_plan("narrow2", cp=2, cp_comm="allgather")),
+    "narrow2-cp2-ring": Layout(2, mla_plan("narrow2", cp=2)),
+    "narrow2-cp2-ep2-ring": Layout(2, mla_plan("narrow2", cp=2, ep=2)),
+    "narrow2-cp2-tp2-sp-ops-allgather": Layout(4, mla_plan("narrow2", cp=2, tp=2, sp=True, cp_comm="allgather",
+                                                           **OPS)),
+    "narrow2-cp2-ops-ring": Layout(2, mla_plan("narrow2", cp=2, **OPS)),
+    "dense2-pp2-seq1f1b-k2": Layout(2, mla_plan("dense2", pp=2, schedule="seq1f1b", seq_chunks=2)),
 }
 executor_jobs.register("mla", LAYOUTS)
 
@@ -196,6 +214,39 @@ def test_memory_estimate_counts_what_the_block_saves(spec):
                 assert estimated <= measured <= 1.03 * estimated, (dtype, attention, recompute, measured, estimated)
 
 
+@pytest.mark.parametrize("spec", [MLA, dataclasses.replace(MLA, mla=dataclasses.replace(MLA.mla, q_lora_rank=None))],
+                         ids=["mla", "mla-full-rank-query"])
+@pytest.mark.parametrize("layer", ["0", "1"], ids=["dense", "moe"])
+def test_the_per_op_policy_keeps_what_the_estimate_counts(spec, layer):
+    """Under the per-op policy (alternate_matmuls) a latent-attention block, dense or MoE, keeps exactly the
+    estimate's bytes (block input; the 1st, 3rd, ... weight matmul's output of wq_a wq_b wkv_a wkv_b wo (or wq wkv_a
+    wkv_b wo), the MLP or shared experts continuing the count; the attention kernel's output and log-sum-exp) and
+    gives the gradients of no recompute. Values as wide as a query head: CPU's fused kernel, the one the policy
+    saves, takes equal widths only (narrower values run CPU's math kernel, which the policy recomputes; CUDA's
+    memory-efficient kernel takes them)."""
+    from autoconf.cost.memory import layer_activation_bytes
+    from autoconf.execute.parallelize import apply_recompute
+    from autoconf.profile.activations import saved_bytes
+
+    mb, seq, op = 3, 40, "alternate_matmuls"
+    torch.manual_seed(0)
+    block = _model(spec).layers[layer].train()
+    x = torch.randn(mb, seq, spec.hidden_size, requires_grad=True)
+    block(x).square().sum().backward()
+    plain = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
+    x.grad = None
+    block.zero_grad(set_to_none=True)
+    apply_recompute(_OneBlock(block), "selective", None, op)
+    assert block.recompute_ops
+    config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=mb, global_batch_size=mb, seq_len=seq, dtype="fp32",
+                            attention="flash", recompute="selective", selective_recompute=op)
+    estimated = layer_activation_bytes(spec, config, "torch", "cpu", selective=op, moe=spec.is_moe_layer(int(layer)))
+    assert saved_bytes(block, x) == estimated
+    block(x).square().sum().backward()
+    for a, b in zip(plain, [x.grad] + [p.grad for p in block.parameters()]):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-6 * a.abs().max().item())
+
+
 def _hf_config(spec):
     from transformers import DeepseekV3Config
 
@@ -287,22 +338,59 @@ def test_qk_norm_attention_equals_transformers_qwen3():
     _assert_same_function(ours, theirs, Qwen3RotaryEmbedding(config), spec.hidden_size)
 
 
-def test_launch_runs_latent_attention_and_refuses_context_parallelism(tmp_path):
-    """launch --dry-run takes a latent-attention plan; the executor's rule takes DeepSeek-V3 (without MTP) at tp2;
-    cp2 with latent attention is refused in one line saying what would work."""
+def test_launch_runs_latent_attention_with_context_parallelism(tmp_path):
+    """launch --dry-run takes latent-attention plans at tp2 and at cp2 (refused before CP carried K and V of
+    different widths); the executor's rule takes DeepSeek-V3 (without MTP) at tp2 and at cp2 under either K/V
+    exchange."""
     from click.testing import CliRunner
 
     from autoconf.cli import main
     from autoconf.spec.support import unsupported_reason
 
-    path = tmp_path / "mla.json"
-    mla_plan(tp=2).save(path)
-    result = CliRunner().invoke(main, ["launch", str(path), "--dry-run"])
-    assert result.exit_code == 0, result.output
     v3 = dataclasses.replace(PRESETS["deepseek-v3"], mtp_num_layers=0)  # (its MTP module: tests/test_mtp.py)
-    assert unsupported_reason(mla_plan(tp=2).config, v3) is None
-    mla_plan(cp=2).save(tmp_path / "cp.json")
-    result = CliRunner().invoke(main, ["launch", str(tmp_path / "cp.json"), "--dry-run"])
-    errors = [line for line in result.output.splitlines() if line.startswith("autoconf: error:")]
-    assert result.exit_code != 0 and "Traceback" not in result.output and len(errors) == 1, result.output
-    assert "latent attention" in errors[0] and "use cp 1" in errors[0], errors[0]
+    for name, plan in (("tp", mla_plan(tp=2)), ("cp", mla_plan("narrow2", cp=2)),
+                       ("cp-allgather", mla_plan("narrow2", cp=2, cp_comm="allgather"))):
+        plan.save(tmp_path / f"{name}.json")
+        result = CliRunner().invoke(main, ["launch", str(tmp_path / f"{name}.json"), "--dry-run"])
+        assert result.exit_code == 0, result.output
+        assert unsupported_reason(plan.config, v3) is None
+
+
+@pytest.mark.parametrize("algorithm", ["allgather", "ring"])
+def test_context_parallelism_exchanges_the_k_and_v_widths_the_estimate_counts(algorithm):
+    """What a latent-attention layer with narrower values hands its CP exchange per transfer (its K of nope + rope
+    and V of v_head_dim per head, one tensor) is cost/memory.py `cp_kv_bytes`, the unit cp_attention_comm and the
+    CP buffers count; the ring sends it cp - 1 times, the all-gather once; a grouped-query layer likewise."""
+    from autoconf.cost.memory import cp_kv_bytes
+    from autoconf.execute import context_parallel as cpx
+    from autoconf.execute.model import make_attention
+
+    class Exchange(cpx.ContextParallel):
+        """CP rank 0's context without a process group: its exchange records the bytes it sends and hands back
+        its own block in place of the others'."""
+
+        def __init__(self, seq: int, cp: int):
+            self.algorithm, self.cp, self.rank, self.seq_len, self.uses_torch = algorithm, cp, 0, seq, False
+            self.positions, self.mask = cpx.positions(seq, cp, 0), cpx.causal_mask(seq, cp, 0)
+            self.sent: list[int] = []
+
+        def gather(self, t):
+            self.sent.append(t.nbytes)
+            return torch.cat([t] * self.cp, dim=2)
+
+        def rotate(self, t):
+            self.sent.append(t.nbytes)
+            return t.clone()
+
+    mb, seq, cp = 2, 32, 4
+    for spec in (MODELS["narrow2"], MODELS["qk2"]):
+        attention = make_attention(spec, "flash")
+        attention.context = exchange = Exchange(seq, cp)
+        out = attention(torch.randn(mb, seq // cp, spec.hidden_size))
+        assert out.shape == (mb, seq // cp, spec.hidden_size)
+        config = ParallelConfig(tp=1, pp=1, dp=1, cp=cp, cp_comm=algorithm, micro_batch_size=mb,
+                                global_batch_size=mb, seq_len=seq, dtype="fp32")
+        assert exchange.sent == [cp_kv_bytes(spec, config)] * (1 if algorithm == "allgather" else cp - 1), spec.name
+    m = MODELS["narrow2"].mla
+    assert MODELS["narrow2"].attention_kv_dim == MODELS["narrow2"].num_heads * (
+        m.qk_nope_head_dim + m.qk_rope_head_dim + m.v_head_dim) != 2 * MODELS["narrow2"].kv_dim

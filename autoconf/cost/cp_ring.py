@@ -39,12 +39,12 @@ def torch_ring(config: ParallelConfig, execution: Execution | None) -> bool:
     return config.cp > 1 and execution is not None and execution.cp_attention == "torch"
 
 
-def sdpa_kv_width(model: ModelSpec, execution: Execution | None) -> int:
+def sdpa_kv_width(model: ModelSpec, execution: Execution | None) -> float:
     """Width of K (and of V) per token as the attention kernel receives them: every query head's when the execution
-    repeats grouped K/V before SDPA (`repeat_kv`), else the model's K/V heads."""
-    if execution is not None and "repeat_kv" in execution.eager_ops:
-        return max(model.q_dim, model.kv_dim)
-    return model.kv_dim
+    repeats grouped K/V before SDPA (`repeat_kv`), else the model's K/V heads. Under latent attention K and V differ
+    in width; every term below moves K and V alike, so this is their mean (`ModelSpec.attention_kv_dim` / 2)."""
+    repeats = execution is not None and "repeat_kv" in execution.eager_ops
+    return model.attention_kv_dim / 2 * (model.num_heads // model.num_kv_heads if repeats else 1)
 
 
 def merge_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution | None) -> tuple[float, float]:
@@ -85,7 +85,7 @@ def sdpa_kv_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution
     kernel receives under torch's ring (repeated K/V are sent repeated); unchanged otherwise."""
     if not torch_ring(config, execution):
         return kv_bytes
-    return kv_bytes * sdpa_kv_width(model, execution) / model.kv_dim
+    return kv_bytes * sdpa_kv_width(model, execution) / (model.attention_kv_dim / 2)
 
 
 def buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution | None) -> float:

@@ -32,7 +32,7 @@ from autoconf.cost.cp_ring import dkv_bytes, sdpa_kv_bytes, torch_ring, transfer
 from autoconf.cost.compute import (PassTimes, attention_gemms, causal_span_share, cpu_share, cpu_share_alone,
                                    fsdp_copy_time, gemms_time, layer_gemms, measured_tp_layer, model_pieces,
                                    rank_optimizer_time, seq_chunk_bounds)
-from autoconf.cost.memory import (cp_kv_bytes, rank_params, reduced_grad_bytes, stage_block_activation_bytes,
+from autoconf.cost.memory import (attention_matmuls, cp_kv_bytes, rank_params, reduced_grad_bytes, stage_block_activation_bytes,
                                   stage_expert_params, stage_memory, stage_params)
 from autoconf.cost.mtp import mtp_block_is_moe, mtp_pass_times
 from autoconf.cost.moe import ep_comm_passes, local_params, moe_layers
@@ -274,9 +274,10 @@ def selective_matmul_share(model: ModelSpec, c: ParallelConfig, execution: Execu
                            moe: bool = False) -> float | None:
     """The FLOP share of a block's matmuls (an MoE block's with `moe`) that selective recompute redoes under `c`'s
     policy (`selective_policy`), or None when it redoes the attention core. "alternate_matmuls": the 2nd, 4th, ...
-    weight matmul in forward order (Llama's wq wk wv wo w1 w3 w2, GPT's wq wk wv wo fc1 fc2; an MoE block's wq wk wv
-    wo and shared experts' w1 w3 w2, plus its router and routed experts, which the policy recomputes outside its
-    count, execute/checkpoint_policy.py `uncounted_matmuls`); "norms_mla_swiglu":
+    weight matmul in forward order (Llama's wq wk wv wo w1 w3 w2, GPT's wq wk wv wo fc1 fc2, latent attention's
+    `memory.attention_matmuls` before the MLP's; an MoE block's attention and shared experts' w1 w3 w2, plus its
+    router and routed experts, which the policy recomputes outside its count, execute/checkpoint_policy.py
+    `uncounted_matmuls`); "norms_mla_swiglu":
     latent attention's up-projections (q_b_proj, kv_b_proj of the op table; 0 without them), its element-wise
     share being the norms' and SwiGLU's."""
     policy = selective_policy(c, execution)
@@ -287,8 +288,8 @@ def selective_matmul_share(model: ModelSpec, c: ParallelConfig, execution: Execu
         return sum(op.flops for op in ops if op.name in ("q_b_proj", "kv_b_proj")) / matmuls
     if policy != "alternate_matmuls":
         return None
-    h, f, q, kv = model.hidden_size, model.ffn_hidden_size, model.q_dim, model.kv_dim
-    sizes = [h * q, h * kv, h * kv, q * h]  # the counted weight matmuls in forward order
+    h, f = model.hidden_size, model.ffn_hidden_size
+    sizes = [n_in * n_out for n_in, n_out, _ in attention_matmuls(model)]  # the counted weight matmuls in order
     uncounted = 0.0  # recomputed outside the count: an MoE layer's router and routed experts
     if moe:
         m = model.moe

@@ -245,6 +245,23 @@ def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, re
     return norms + linear_inputs + attention + mlp
 
 
+def attention_matmuls(model: ModelSpec) -> list[tuple[int, int, bool]]:
+    """(input width, output width, split over TP) of a block's attention weight matmuls in the executor's forward
+    order: wq wk wv wo, or latent attention's wq_a wq_b (or one wq) wkv_a wkv_b wo (execute/mla.py; its
+    down-projections are replicated on every TP rank). Split: column-parallel, the output 1/tp wide; the output
+    projection (row-parallel) and replicated ones give the whole width."""
+    h = model.hidden_size
+    if model.mla is None:
+        q, kv = model.q_dim, model.kv_dim
+        return [(h, q, True), (h, kv, True), (h, kv, True), (q, h, False)]
+    m, a = model.mla, model.num_heads
+    qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+    query = [(h, a * qk, True)] if m.q_lora_rank is None else [(h, m.q_lora_rank, False),
+                                                               (m.q_lora_rank, a * qk, True)]
+    return query + [(h, m.kv_lora_rank + m.qk_rope_head_dim, False),
+                    (m.kv_lora_rank, a * (m.qk_nope_head_dim + m.v_head_dim), True), (a * m.v_head_dim, h, False)]
+
+
 def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, moe: bool = False) -> float:
     """Bytes one block keeps under torchtitan's selective "op" policy, for one micro-batch on one TP rank.
 
@@ -262,15 +279,15 @@ def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, m
     block has one: the MoE layer's input is gathered, recomputed, and its routed output this rank's slice); the
     outputs of the token exchange's all-to-alls are kept (`moe_exchange_saved_bytes`). The TP share taking and
     giving back, the gathers of the counts are recomputed. tests/test_memory_op_policy.py and
-    tests/test_moe_policy.py count what the executor's block keeps under it."""
+    tests/test_moe_policy.py count what the executor's block keeps under it. Latent attention: its five (or four)
+    matmuls (`attention_matmuls`) lead the count, its attention output is v_head_dim wide per head."""
     c = config
     s, b, h, f = c.local_seq_len, c.micro_batch_size, model.hidden_size, model.ffn_hidden_size
     t, e = c.tp, DTYPE_BYTES[c.dtype]
     split = t if c.sequence_parallel else 1
-    q, kv = model.q_dim, model.kv_dim
     # (output width, TP split) in forward order: column-parallel outputs 1/tp wide, row-parallel and replicated
     # ones whole
-    matmuls = [(q, t), (kv, t), (kv, t), (h, 1)]
+    matmuls = [(width, t if column else 1) for _, width, column in attention_matmuls(model)]
     exchange = 0.0
     mlp = True
     if moe:
@@ -283,7 +300,8 @@ def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, m
     else:
         matmuls += [(f, t), (h, 1)] if model.arch == "gpt" else [(f, t), (f, t), (h, 1)]
     saved = sum(width / split_by for width, split_by in matmuls[0::2])
-    attention = q / t + 4 / e * model.num_heads / t  # output, fp32 log-sum-exp per head and row
+    out = model.q_dim if model.mla is None else model.num_heads * model.mla.v_head_dim
+    attention = out / t + 4 / e * model.num_heads / t  # output, fp32 log-sum-exp per head and row
     reduce_scatters = (1 + mlp) * h / t if c.sequence_parallel and t > 1 else 0.0
     return e * s * b * (h / split + saved + attention + reduce_scatters) + exchange
 
@@ -512,9 +530,10 @@ def p2p_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:
 
 def cp_kv_bytes(model: ModelSpec, config: ParallelConfig) -> float:
     """The keys and values of one rank's share of one sequence for one layer on one TP rank: seq_len / cp tokens of
-    the layer's K and V heads (grouped, unrepeated), in the compute dtype. The unit of context-parallel traffic."""
+    the layer's K and V heads (grouped, unrepeated; latent attention's per-head K and V of their own widths,
+    `ModelSpec.attention_kv_dim`), in the compute dtype. The unit of context-parallel traffic."""
     c = config
-    return c.local_seq_len * c.micro_batch_size * 2 * model.kv_dim / c.tp * DTYPE_BYTES[c.dtype]
+    return c.local_seq_len * c.micro_batch_size * model.attention_kv_dim / c.tp * DTYPE_BYTES[c.dtype]
 
 
 def cp_buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution | None = None) -> float:

@@ -23,6 +23,11 @@ the plan's algorithm (torch's rotate method "allgather", or "alltoall" for "ring
 training step; it also shards a position buffer with torch's load balancer and checks it equals `positions`. That
 path is UNTESTED here (no GPU in the session that wrote it); on CPU both algorithms are this file's own.
 
+K and V travel as one tensor concatenated along the head width (split back by width), so their widths may differ:
+latent attention (execute/mla.py) exchanges each head's K of qk_nope + qk_rope and V of v_head_dim. torch's ring
+on the CUDA path sends K and V flattened into one buffer, and SDPA there picks the memory-efficient or cuDNN kernel
+for unequal widths (flash needs equal ones), both of which it wraps (read in torch 2.13's source, not run).
+
 The weights are the same on every CP rank: the training loop reduces gradients over dp x cp (each rank's loss is the
 mean over its own tokens; the average over the dp x cp ranks of those gradients is the single-process gradient).
 """
@@ -134,12 +139,12 @@ class ContextParallel:
         nothing. Autograd differentiates through the merge and the rotations."""
         scale = q.shape[-1] ** -0.5
         repeat = q.shape[1] // k.shape[1]
-        kv, owner = torch.cat([k, v], dim=1), self.rank
+        kv, owner, widths = torch.cat([k, v], dim=-1), self.rank, [k.shape[-1], v.shape[-1]]
         out = total = peak = None
         for step in range(self.cp):
             if step:
                 kv, owner = self.rotate(kv), (owner - 1) % self.cp
-            kb, vb = (t.repeat_interleave(repeat, dim=1) for t in kv.chunk(2, dim=1))
+            kb, vb = (t.repeat_interleave(repeat, dim=1) for t in kv.split(widths, dim=-1))
             seen = self.positions[:, None] >= positions(self.seq_len, self.cp, owner, q.device)[None, :]
             scores = ((q @ kb.transpose(-2, -1)) * scale).float().masked_fill(~seen, float("-inf"))
             block_peak = scores.amax(dim=-1, keepdim=True).detach()
@@ -175,7 +180,7 @@ class ContextParallel:
             return attend(q, k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1), None, dropout_p)
         if self.algorithm == "ring":
             return self.ring_attention(q, k, v, dropout_p)
-        k, v = self.gather(torch.cat([k, v], dim=1)).chunk(2, dim=1)
+        k, v = self.gather(torch.cat([k, v], dim=-1)).split([k.shape[-1], v.shape[-1]], dim=-1)
         return attend(q, k, v, self.mask, dropout_p)
 
     def torch_attention(self):

@@ -37,20 +37,21 @@ _REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", None) or dist.reduce_sc
 
 def _kv_blocks(k: Tensor, v: Tensor, group, algorithm: str, cp: int, rank: int):
     """Yields (owner, k block, v block) of every CP rank, by the algorithm's exchange (own block first for the
-    ring). The all-gather yields one block: the whole sequence, owner None."""
+    ring) of K and V concatenated along the width. The all-gather yields one block: the whole sequence, owner
+    None."""
     if algorithm == "allgather":
-        kv = torch.cat([k, v], dim=1).movedim(2, 0).contiguous()
+        kv = torch.cat([k, v], dim=-1).movedim(2, 0).contiguous()
         everyone = torch.empty((cp * kv.shape[0], *kv.shape[1:]), dtype=kv.dtype, device=kv.device)
         _ALL_GATHER(everyone, kv, group=group)
         order = torch.cat([positions(cp * kv.shape[0], cp, r, kv.device) for r in range(cp)]).argsort()
         full = everyone.index_select(0, order).movedim(0, 2)
-        yield None, *full.split([k.shape[1], v.shape[1]], dim=1)
+        yield None, *full.split([k.shape[-1], v.shape[-1]], dim=-1)
         return
-    kv, owner = torch.cat([k, v], dim=1).contiguous(), rank
+    kv, owner = torch.cat([k, v], dim=-1).contiguous(), rank
     for step in range(cp):
         if step:
             kv, owner = _rotate(kv, group, cp, rank), (owner - 1) % cp
-        yield owner, *kv.split([k.shape[1], v.shape[1]], dim=1)
+        yield owner, *kv.split([k.shape[-1], v.shape[-1]], dim=-1)
 
 
 def _rotate(t: Tensor, group, cp: int, rank: int) -> Tensor:
@@ -84,8 +85,9 @@ def _context(group_name: str, seq_len: int, device):
 def cp_attention(q: Tensor, k: Tensor, v: Tensor, group_name: str, algorithm: str,
                  seq_len: int) -> tuple[Tensor, Tensor]:
     """Causal attention of this rank's queries q [b, heads, s/cp, d] over the whole sequence's K/V (k, v: this
-    rank's [b, kv_heads, s/cp, d]; exchanged over the CP group `group_name` by `algorithm`): the output
-    [b, heads, s/cp, d_v] in q's dtype and the fp32 log-sum-exp [b, heads, s/cp] of each query row's scores."""
+    rank's [b, kv_heads, s/cp, d] and [b, kv_heads, s/cp, d_v], d_v possibly not d; exchanged over the CP group
+    `group_name` by `algorithm`, concatenated along the width): the output [b, heads, s/cp, d_v] in q's dtype and the
+    fp32 log-sum-exp [b, heads, s/cp] of each query row's scores."""
     group, cp, rank, mine = _context(group_name, seq_len, q.device)
     out = lse = None
     for owner, kb, vb in _kv_blocks(k, v, group, algorithm, cp, rank):
@@ -128,23 +130,24 @@ def _backward_blocks(grad: Tensor, grad_lse: Tensor | None, q: Tensor, k: Tensor
         ds = probs * (g @ vr.transpose(-2, -1) - row)
         dq += ds @ kb.repeat_interleave(repeat, dim=1).float() * scale
         dk = ds.transpose(-2, -1) @ qf * scale
-        dkv = torch.cat([t.unflatten(1, (kb.shape[1], repeat)).sum(2) for t in (dk, dv)], dim=1)
+        dkv = torch.cat([t.unflatten(1, (kb.shape[1], repeat)).sum(2) for t in (dk, dv)], dim=-1)
         if algorithm == "allgather":
-            return dq.to(q.dtype), *_reduce_scatter(dkv, group, cp, k.shape[1])
+            return dq.to(q.dtype), *_reduce_scatter(dkv, group, cp, k.shape[-1])
         travelling = dkv if travelling is None else _rotate(travelling, group, cp, rank) + dkv
     mine_dkv = _rotate(travelling, group, cp, rank)  # the last block held is the next rank's
-    dk, dv = mine_dkv.split([k.shape[1], v.shape[1]], dim=1)
+    dk, dv = mine_dkv.split([k.shape[-1], v.shape[-1]], dim=-1)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
-def _reduce_scatter(dkv: Tensor, group, cp: int, kv_heads: int) -> tuple[Tensor, Tensor]:
-    """The whole sequence's dK/dV [b, heads, s, d] summed over the CP group onto the ranks owning the tokens."""
+def _reduce_scatter(dkv: Tensor, group, cp: int, k_width: int) -> tuple[Tensor, Tensor]:
+    """The whole sequence's dK/dV [b, kv_heads, s, d_k + d_v] summed over the CP group onto the ranks owning the
+    tokens, split into dK and dV."""
     seq = dkv.shape[2]
     order = torch.cat([positions(seq, cp, r, dkv.device) for r in range(cp)])
     rows = dkv.movedim(2, 0).index_select(0, order).contiguous()  # rank r's tokens at rows [r s/cp, (r+1) s/cp)
     local = torch.empty((seq // cp, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
     _REDUCE_SCATTER(local, rows, group=group)
-    dk, dv = local.movedim(0, 2).split([kv_heads, dkv.shape[1] - kv_heads], dim=1)
+    dk, dv = local.movedim(0, 2).split([k_width, dkv.shape[-1] - k_width], dim=-1)
     return dk, dv
 
 

@@ -159,8 +159,9 @@ def apply_expert_parallel(model: Transformer, expert_mesh, config) -> None:
 
     Gradients: an expert's gradient on a rank sums the contributions of every token routed to it from the ep group,
     each token counted once (TP ranks route disjoint shares). The data-parallel average the dense weights get is
-    the sum over all the ranks of a pipeline rank divided by dp; averaging over the edp replicas (FSDP, or the
-    ZeRO-0 reducer) divides by edp, so the experts' gradients are first scaled by edp / dp."""
+    the sum over all the ranks of a pipeline rank divided by dp x cp (the CP ranks of a replica hold a share of its
+    tokens each); averaging over the edp replicas (FSDP, or the ZeRO-0 reducer) divides by edp, so the experts'
+    gradients are first scaled by edp / (dp x cp)."""
     for moe in moe_layers(model):
         if config.etp > 1:  # and each expert's FFN width over "etp": w1, w3 [E, h, f] by columns, w2 [E, f, h] by rows
             mesh = expert_mesh["ep", "etp"]
@@ -175,7 +176,7 @@ def apply_expert_parallel(model: Transformer, expert_mesh, config) -> None:
                 sharded = distribute_tensor(param.data, expert_mesh["ep"], [Shard(0)])
                 moe.experts.register_parameter(name, nn.Parameter(sharded, requires_grad=param.requires_grad))
             moe.ep_group = expert_mesh["ep"].get_group()
-        moe.experts.grad_scale = config.edp / config.dp
+        moe.experts.grad_scale = config.edp / config.dp_cp
 
 
 def materialize(model: Transformer, device: torch.device, seed: int) -> None:

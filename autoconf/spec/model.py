@@ -275,6 +275,16 @@ class ModelSpec:
         return self.num_kv_heads * self.head_dim
 
     @property
+    def attention_kv_dim(self) -> int:
+        """Width of one token's keys and values together as the attention core reads them (what context
+        parallelism exchanges): 2 x kv_dim, or under latent attention every head's key (qk_nope_head_dim +
+        qk_rope_head_dim, the shared rotary key copied to each head) and value (v_head_dim), after the
+        up-projection."""
+        if self.mla is None:
+            return 2 * self.kv_dim
+        return self.num_heads * (self.mla.qk_nope_head_dim + self.mla.qk_rope_head_dim + self.mla.v_head_dim)
+
+    @property
     def learned_positions(self) -> bool:
         return self.arch == "gpt"
 

@@ -6,8 +6,9 @@ parallelism (tests/test_context_parallel.py) with cp 2 and 4, and cp 2 with TP +
 ZeRO-3 over dp x cp. MoE models (tests/test_moe_execute.py): expert parallelism with dp, tp, pp and ZeRO-3, and
 expert tensor parallelism (ep2 x etp2 over tp2 x dp2). Multi-head latent attention (tests/test_mla.py): a
 DeepSeek-style model under tp2 (with and without sequence parallelism), tp2 x dp2 with sequence parallelism and
-ZeRO-3, ep2 x pp2 and dp2 ZeRO-3; not with context parallelism (`latent_attention_reason`). qk_norm (Qwen3) under
-tp2 with sequence parallelism and cp2. Not built: capacity-factor routing (refused in one line).
+ZeRO-3, ep2 x pp2 and dp2 ZeRO-3; with values narrower than a query head under cp2 (both K/V exchanges), cp2 x ep2,
+cp2 x tp2 with sequence parallelism and the per-op policy, and (dense) seq1f1b at pp2. qk_norm (Qwen3) under tp2
+with sequence parallelism and cp2. Not built: capacity-factor routing (refused in one line).
 
 The levers: optimizer offload runs wherever its layout runs without it (fp8 with a pipeline included); the per-op
 selective policy with context parallelism and MoE layers (also at tp or etp > 1), short of what
@@ -45,28 +46,11 @@ def model_unsupported_reason(model) -> str | None:
     return None
 
 
-def latent_attention_reason(config, model) -> str | None:
-    """Why the executor does not run this layout of a model with multi-head latent attention (execute/mla.py), or
-    None. Tested on CPU (tests/test_mla.py): TP (with and without sequence parallelism), pipelines, ZeRO-3 and
-    expert parallelism. Not built: context parallelism (its K/V exchange carries K and V of one width; latent
-    attention's differ, and its rotary key is shared by the heads). Not tried: the per-op selective policy
-    (alternate_matmuls) and seq1f1b's sequence chunks."""
-    found = [what for what, on in (
-        (f"cp {config.cp} (context parallelism is not built for latent attention)", config.cp > 1),
-        ("selective_recompute alternate_matmuls", config.selective_recompute == "alternate_matmuls"),
-        (f"schedule {config.schedule}", schedule_spec(config.schedule).sequence_chunks)) if on]
-    if not found:
-        return None
-    return (f"{model.name} uses multi-head latent attention, which the executor runs with tp, pp, dp, ep, ZeRO and "
-            f"recompute but not with {', '.join(found)}; use cp 1, selective_recompute attention_core and a "
-            f"schedule without sequence chunks")
-
-
 def unsupported_reason(config, model=None) -> str | None:
     """Why the executor refuses this ParallelConfig (one line naming what would work), or None if it runs it. With
     `model`, also what the executor cannot build of the model (`model_unsupported_reason`) or of its layout."""
     if model is not None:
-        reason = model_unsupported_reason(model) or (latent_attention_reason(config, model) if model.mla else None)
+        reason = model_unsupported_reason(model)
         if reason:
             return reason
         if (model.moe is not None and config.tp > 1
@@ -109,7 +93,8 @@ def op_policy_unsupported(config, model=None) -> str | None:
     policy saves, execute/cp_attention.py) and MoE layers (router and routed experts recomputed outside the matmul
     count, the all-to-alls saved, the TP share gathers recomputed) at ep 2, ep2 x tp2, ep2 x tp2 x dp2 with
     sequence parallelism and ep2 x etp2 (tests/test_memory_op_policy.py, tests/test_moe_policy.py: the block keeps
-    what the estimate counts). Not run (docs/recompute.md): context parallelism with attention dropout: the CP
+    what the estimate counts); latent attention under cp2 and cp2 x tp2 with SP (tests/test_mla.py, whose blocks
+    keep what the estimate counts). Not run (docs/recompute.md): context parallelism with attention dropout: the CP
     attention op has none (no RNG state of its own to replay in its backward)."""
     c = config
     found = [(what, why) for what, why, on in (
@@ -125,8 +110,9 @@ def op_policy_unsupported(config, model=None) -> str | None:
 
 def sequence_chunks_reason(config, model=None) -> str | None:
     """Why the executor does not run this seq1f1b layout, or None. It runs the schedule (execute/seq_chunks.py,
-    tests/test_seq1f1b.py) on a pipeline of dense blocks without tensor, data or context parallelism, without
-    recompute and offload: the layout its CPU test checks; the rest is not built or not tested."""
+    tests/test_seq1f1b.py; latent attention: tests/test_mla.py) on a pipeline of dense blocks without tensor, data
+    or context parallelism, without recompute and offload: the layout its CPU test checks; the rest is not built or
+    not tested."""
     c = config
     found = [f"{name} {value}" for name, value, ok in (
         ("pp", c.pp, c.pp > 1), ("tp", c.tp, c.tp == 1), ("dp", c.dp, c.dp == 1), ("cp", c.cp, c.cp == 1),
