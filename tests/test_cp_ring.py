@@ -120,14 +120,15 @@ def test_torch_ring_holds_its_fp32_gradients_and_the_gathered_kv():
     assert cp_buffer_bytes(MODEL, _row(1), TORCH) == 0.0
 
 
-def test_search_bounds_stay_below_the_torchtitan_estimate_with_cp():
+@pytest.mark.parametrize("ex", [TORCH, AUTOCONF], ids=["torchtitan", "autoconf"])
+def test_search_bounds_stay_below_the_estimate_with_torchs_ring(ex):
     """The search's time and memory bounds read the same ring terms as the estimate (the execution passed to
-    both)."""
-    cache = _BoundCache(MODEL, GT, TORCH)
+    both), for torchtitan's ring and the executor's."""
+    cache = _BoundCache(MODEL, GT, ex)
     for cp in (2, 4, 8):
         for cp_comm in ("allgather", "ring"):
             c = _row(cp, cp_comm=cp_comm)
-            p = estimate(MODEL, GT, c, execution=TORCH, detail=False).prediction
+            p = estimate(MODEL, GT, c, execution=ex, detail=False).prediction
             bound = cache.bounds(c)
             assert bound.time_s <= p["iteration_time_s"] * (1 + 1e-9)
             assert bound.memory_bytes <= p["peak_memory_bytes"] * (1 + 1e-9)
