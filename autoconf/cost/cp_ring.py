@@ -30,8 +30,9 @@ torchtitan of the December 2024 runs repeated them in every block (eager op "rep
 The bytes below are those eager kernels' reads and writes on the group's last rank (the busiest: its merges are
 all full-size), per layer, for the K/V width the kernel sees: every query head's when K and V are repeated to the
 heads before SDPA (`sdpa_kv_width`), else the grouped K/V. The log-sum-exp terms (1/head_dim of an output) are
-not counted, nor the executor's own copies that repeat K/V (its element-wise kernels are timed by a measured
-profile, and a specification profile counts only `Execution.eager_ops`). They are eager kernels as the dispatcher
+not counted, nor the executor's copies that repeat K/V before torch's ring (a specification profile counts only
+`Execution.eager_ops`, and a measured profile times attention without CP, where the executor passes grouped K/V
+to SDPA). They are eager kernels as the dispatcher
 issues them; under torch.compile they are counted the same (whether a compiled block traces through the dispatcher
 is not stated in the sources read). No traffic counted where `torch_ring` is False (cp 1, cp_attention "kernel",
 the executor's own attention)."""
