@@ -88,6 +88,9 @@ from autoconf.spec.cluster import load_cluster  # noqa: E402
 
 H100 = load_cluster("dgx-h100-80g", nodes=2)
 LONG = PRESETS["llama3.1-8b"]
+# The "kernel" reading of CP attention (Megatron's presets; the executor where it runs its own attention): the rules
+# below. Where the executor hands attention to torch's ring, tests/test_cp_ring.py.
+KERNEL = FRAMEWORKS["autoconf"].replace(cp_attention="kernel")
 
 
 def _long(cp: int, cp_comm: str = "ring", seq: int = 131072, **kw) -> ParallelConfig:
@@ -120,9 +123,9 @@ def test_a_plan_from_before_the_cp_axis_predicts_what_cp_1_predicts():
 
 def test_a_cp_rank_computes_its_tokens_and_one_cp_th_of_the_causal_attention():
     c = _long(4)
-    pieces = model_pieces(LONG, H100, c)
-    local = model_pieces(LONG, H100, dataclasses.replace(c, seq_len=c.seq_len // 4, cp=1))
-    whole = model_pieces(LONG, H100, dataclasses.replace(c, cp=1))
+    pieces = model_pieces(LONG, H100, c, execution=KERNEL)
+    local = model_pieces(LONG, H100, dataclasses.replace(c, seq_len=c.seq_len // 4, cp=1), execution=KERNEL)
+    whole = model_pieces(LONG, H100, dataclasses.replace(c, cp=1), execution=KERNEL)
     assert pieces.block_rest == local.block_rest and pieces.head == local.head
     assert pieces.attention_core.forward == pytest.approx(whole.attention_core.forward / 4, rel=1e-12)
     # attention grows with s^2, the rest with s: the rank's attention share is 4x the one of a sequence of s/4
@@ -145,8 +148,8 @@ def test_memory_per_rank_falls_with_cp_and_ring_holds_less_than_allgather():
 
     for cp in (4, 8, 16):
         assert peaks["ring", cp] <= peaks["allgather", cp]
-        assert cp_buffer_bytes(LONG, _long(cp, "allgather")) == 2 * cp * cp_kv_bytes(LONG, _long(cp))
-        assert cp_buffer_bytes(LONG, _long(cp, "ring")) == 4 * cp_kv_bytes(LONG, _long(cp)) > 0
+        assert cp_buffer_bytes(LONG, _long(cp, "allgather"), KERNEL) == 2 * cp * cp_kv_bytes(LONG, _long(cp))
+        assert cp_buffer_bytes(LONG, _long(cp, "ring"), KERNEL) == 4 * cp_kv_bytes(LONG, _long(cp)) > 0
 
 
 def test_ring_hides_behind_the_attention_where_the_all_gather_cannot():
@@ -155,13 +158,13 @@ def test_ring_hides_behind_the_attention_where_the_all_gather_cannot():
     the ring exposes about what the all-gather does."""
     group = [0, 1, 2, 3]
     c = _long(4)
-    core = model_pieces(LONG, H100, c).attention_core
-    ring = cp_attention_comm(LONG, H100, c, group, core)
-    gather = cp_attention_comm(LONG, H100, dataclasses.replace(c, cp_comm="allgather"), group, core)
+    core = model_pieces(LONG, H100, c, execution=KERNEL).attention_core
+    ring = cp_attention_comm(LONG, H100, c, group, core, KERNEL)
+    gather = cp_attention_comm(LONG, H100, dataclasses.replace(c, cp_comm="allgather"), group, core, KERNEL)
     assert ring.forward == ring.backward_input == 0.0 < gather.forward < gather.backward_input
-    bare = cp_attention_comm(LONG, H100, c, group, dataclasses.replace(core, forward=0.0, backward_input=0.0))
+    bare = cp_attention_comm(LONG, H100, c, group, dataclasses.replace(core, forward=0.0, backward_input=0.0), KERNEL)
     assert bare.forward == pytest.approx(gather.forward, rel=0.05)
-    across = cp_attention_comm(LONG, H100, dataclasses.replace(c, cp_comm="allgather"), [0, 8, 1, 9], core)
+    across = cp_attention_comm(LONG, H100, dataclasses.replace(c, cp_comm="allgather"), [0, 8, 1, 9], core, KERNEL)
     assert across.forward > gather.forward  # the link matrix: a group across nodes is slower
     p = estimate(LONG, H100, dataclasses.replace(c, cp_comm="allgather")).prediction
     assert p["time_breakdown"]["cp_comm"] > 0

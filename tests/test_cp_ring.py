@@ -1,5 +1,6 @@
-"""torch's context-parallel ring (`Execution.cp_attention` "torch", autoconf/cost/cp_ring.py): what it adds to the
-attention core and to the K/V exchange, and where it adds nothing."""
+"""torch's context-parallel ring (`Execution.cp_attention` "torch", and "executor" where autoconf's executor hands
+attention to it; autoconf/cost/cp_ring.py): what it adds to the attention core and to the K/V exchange, and where it
+adds nothing."""
 
 import dataclasses
 
@@ -21,6 +22,7 @@ MODEL = PRESETS["llama3.1-8b"]
 GT = load_cluster("grand-teton-h100-96g-500w", nodes=1)
 TORCH = execution("torchtitan")
 KERNEL = TORCH.replace(cp_attention="kernel")
+AUTOCONF = execution("autoconf")
 RATE = GT.device.memory_bandwidth_Bps * GT.eff("memory")
 
 
@@ -49,13 +51,16 @@ def test_ring_core_is_the_causal_share_plus_the_stated_merges(cp):
 
 
 def test_the_ring_terms_vanish_at_cp_1_and_for_other_frameworks():
-    """No merges, no dK/dV ring and the same prediction to the last bit at cp 1, and nothing under the "kernel"
-    flag (autoconf's executor, Megatron) at any cp."""
+    """No merges, no dK/dV ring and the same prediction to the last bit at cp 1 (torchtitan's and the executor's),
+    and nothing under the "kernel" flag (Megatron's presets) at any cp."""
     c1 = _row(1)
     assert cp_ring.merge_bytes(MODEL, c1, TORCH) == (0.0, 0.0) and cp_ring.dkv_bytes(MODEL, c1, TORCH) == 0.0
     ring, plain = (estimate(MODEL, GT, c1, execution=ex, detail=False).prediction for ex in (TORCH, KERNEL))
     assert plain.pop("framework_flags") == {"cp_attention": "kernel"} and ring == plain
-    for name in ("autoconf", "megatron-core"):
+    ring, plain = (estimate(MODEL, GT, c1, execution=ex, detail=False).prediction
+                   for ex in (AUTOCONF, AUTOCONF.replace(cp_attention="kernel")))
+    assert plain.pop("framework_flags") == {"cp_attention": "kernel"} and ring == plain
+    for name in ("megatron", "megatron-core", "deepseek"):
         assert cp_ring.merge_bytes(MODEL, _row(8), execution(name)) == (0.0, 0.0)
         assert cp_ring.dkv_bytes(MODEL, _row(8), execution(name)) == 0.0
 
@@ -115,14 +120,59 @@ def test_torch_ring_holds_its_fp32_gradients_and_the_gathered_kv():
     assert cp_buffer_bytes(MODEL, _row(1), TORCH) == 0.0
 
 
-def test_search_bounds_stay_below_the_torchtitan_estimate_with_cp():
+@pytest.mark.parametrize("ex", [TORCH, AUTOCONF], ids=["torchtitan", "autoconf"])
+def test_search_bounds_stay_below_the_estimate_with_torchs_ring(ex):
     """The search's time and memory bounds read the same ring terms as the estimate (the execution passed to
-    both)."""
-    cache = _BoundCache(MODEL, GT, TORCH)
+    both), for torchtitan's ring and the executor's."""
+    cache = _BoundCache(MODEL, GT, ex)
     for cp in (2, 4, 8):
         for cp_comm in ("allgather", "ring"):
             c = _row(cp, cp_comm=cp_comm)
-            p = estimate(MODEL, GT, c, execution=TORCH, detail=False).prediction
+            p = estimate(MODEL, GT, c, execution=ex, detail=False).prediction
             bound = cache.bounds(c)
             assert bound.time_s <= p["iteration_time_s"] * (1 + 1e-9)
             assert bound.memory_bytes <= p["peak_memory_bytes"] * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("cp_comm", ["allgather", "ring"])
+@pytest.mark.parametrize("cp", [2, 8])
+def test_the_autoconf_preset_counts_torchs_ring_at_the_query_width(cp, cp_comm):
+    """autoconf's executor hands CP attention on CUDA to torch's ring with the grouped K/V repeated to every query
+    head (execute/context_parallel.py): the preset's merges, dK/dV transfers, buffer and exposed exchange are the
+    ring's at the query width (torchtitan's flag with K/V repeated), 4x the grouped dK/dV of Llama 3.1 8B, and its
+    step is slower than the "kernel" reading's, which counted none of them."""
+    c = _row(cp, cp_comm=cp_comm)
+    repeated = TORCH.replace(cp_repeat_kv=True)
+    assert cp_ring.torch_ring(MODEL, c, AUTOCONF) and cp_ring.torch_ring(MODEL, c, None)
+    assert cp_ring.merge_bytes(MODEL, c, AUTOCONF) == cp_ring.merge_bytes(MODEL, c, repeated)
+    assert cp_ring.dkv_bytes(MODEL, c, AUTOCONF) == 4 * cp_ring.dkv_bytes(MODEL, c, TORCH) > 0
+    assert cp_buffer_bytes(MODEL, c, AUTOCONF) == cp_buffer_bytes(MODEL, c, repeated)
+    core = model_pieces(MODEL, GT, c, execution=AUTOCONF).attention_core
+    group = np.arange(cp)
+    assert cp_attention_comm(MODEL, GT, c, group, core, AUTOCONF) == cp_attention_comm(MODEL, GT, c, group, core,
+                                                                                       repeated)
+    ring, plain = (estimate(MODEL, GT, c, execution=ex, detail=False).prediction
+                   for ex in (AUTOCONF, AUTOCONF.replace(cp_attention="kernel")))
+    assert ring["iteration_time_s"] > plain["iteration_time_s"]
+
+
+def test_the_estimate_counts_torchs_ring_exactly_where_the_executor_hands_it_attention():
+    """The executor runs torch's ring on CUDA with SDPA ("flash"), no attention dropout and not under the per-op
+    selective policy (whose blocks run autoconf's own op); elsewhere, and always on CPU, its own attention. The
+    autoconf preset counts the ring's merges and dK/dV transfers in exactly those configs: one rule
+    (`frameworks.executor_torch_cp`) read by both."""
+    cpx = pytest.importorskip("autoconf.execute.context_parallel")
+    seen = set()
+    for attention in ("flash", "standard"):
+        for dropout in (0.0, 0.1):
+            model = dataclasses.replace(MODEL, dropout=dropout)
+            for recompute, policy in (("none", None), ("full", None), ("selective", "attention_core"),
+                                      ("selective", "alternate_matmuls")):
+                c = _row(4, attention=attention, recompute=recompute, selective_recompute=policy)
+                hands = cpx.uses_torch_attention(c, "cuda", dropout)
+                assert not cpx.uses_torch_attention(c, "cpu", dropout)
+                assert (cp_ring.merge_bytes(model, c, AUTOCONF)[0] > 0) == hands
+                assert (cp_ring.dkv_bytes(model, c, AUTOCONF) > 0) == hands
+                seen.add((attention, dropout, recompute, policy, hands))
+    assert ("flash", 0.0, "none", None, True) in seen and ("flash", 0.0, "selective", "attention_core", True) in seen
+    assert sum(hands for *_, hands in seen) == 3  # none, full and attention_core, all with flash and no dropout

@@ -1,63 +1,103 @@
-"""The collectives `cp_ring.transfers` assumes equal those torch's ring attention issues (gloo, CPU, cp2 and cp4)."""
+"""The collectives `cp_ring.transfers` assumes equal those torch's ring attention issues (gloo, CPU, cp2 and cp4), and
+each carries the bytes `cp_ring` charges for autoconf's executor (grouped K/V repeated to the query heads)."""
 
 import os
 import socket
 
 import pytest
 
+from autoconf.cost import cp_ring
 from autoconf.cost.cp_ring import transfers
+from autoconf.cost.memory import cp_kv_bytes
+from autoconf.spec.frameworks import execution
+from autoconf.spec.model import ModelSpec
+from autoconf.spec.plan import ParallelConfig
 
 torch = pytest.importorskip("torch")
 
 
-def _probe(rank, world, port, method, queue):
+def _probe(rank, world, port, method, queue, kv_heads=2, dtype="float32"):
+    """One rank's collectives in torch's ring forward and backward on Q [1, 2 heads, 8 tokens, 4] and K/V of
+    `kv_heads` repeated to the 2 query heads before the ring (as the executor's torch path does): per pass, the
+    count of each kind and (kind, dtype, bytes) of every tensor sent."""
     import torch.distributed as dist
     from torch.distributed.tensor.experimental._context_parallel import _attention as att
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     counts = {"all_gather": 0, "permute": 0}
+    sent = []
     gather, permute = att.ft_c.all_gather_single, att.ft_c.permute_tensor
 
-    def counted_gather(*a, **k):
-        counts["all_gather"] += 1
-        return gather(*a, **k)
+    def counted(kind, collective):
+        def run(t, *a, **k):
+            counts[kind] += 1
+            sent.append((kind, str(t.dtype), t.numel() * t.element_size()))
+            return collective(t, *a, **k)
+        return run
 
-    def counted_permute(*a, **k):
-        counts["permute"] += 1
-        return permute(*a, **k)
-
-    att.ft_c.all_gather_single, att.ft_c.permute_tensor = counted_gather, counted_permute
+    att.ft_c.all_gather_single, att.ft_c.permute_tensor = counted("all_gather", gather), counted("permute", permute)
     att.set_rotate_method(method)
     group = dist.group.WORLD
-    q, k, v = (torch.randn(1, 2, 8, 4) for _ in range(3))
+    dt = getattr(torch, dtype)
+    q, k, v = torch.randn(1, 2, 8, 4, dtype=dt), torch.randn(1, kv_heads, 8, 4, dtype=dt), torch.randn(1, kv_heads, 8, 4,
+                                                                                                      dtype=dt)
+    k, v = (t.repeat_interleave(2 // kv_heads, dim=1) for t in (k, v))
     aten = torch.ops.aten
     out, lse = att._templated_ring_attention(group, 2, aten._scaled_dot_product_flash_attention_for_cpu.default,
                                              q, k, v, is_causal=True)[:2]
-    forward = dict(counts)
+    forward, forward_sent = dict(counts), list(sent)
     counts.update(all_gather=0, permute=0)
+    sent.clear()
     att._templated_ring_attention_backward(group, 2, aten._scaled_dot_product_flash_attention_for_cpu_backward.default,
                                            torch.ones_like(out), "grad_out", q, k, v, out, lse, True, dropout_p=0.0)
     dist.destroy_process_group()
-    queue.put({"forward": forward, "backward": counts})
+    queue.put({"forward": forward, "backward": counts, "sent": {"forward": forward_sent, "backward": list(sent)}})
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("cp", [2, 4])
-@pytest.mark.parametrize("comm,method", [("allgather", "allgather"), ("ring", "alltoall")])
-def test_transfers_match_torch(cp, comm, method):
+def _run(cp, method, **kw):
     import torch.multiprocessing as mp
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_probe, args=(r, cp, port, method, queue)) for r in range(cp)]
+    procs = [ctx.Process(target=_probe, args=(r, cp, port, method, queue), kwargs=kw) for r in range(cp)]
     for p in procs:
         p.start()
     seen = [queue.get(timeout=120) for _ in procs]
     for p in procs:
         p.join()
+    return seen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cp", [2, 4])
+@pytest.mark.parametrize("comm,method", [("allgather", "allgather"), ("ring", "alltoall")])
+def test_transfers_match_torch(cp, comm, method):
+    seen = _run(cp, method)
     expected = {p: {"all_gather": n["kv_gather"], "permute": n["kv_rotate"] + n["dkv_rotate"]}
                 for p, n in transfers(cp, comm).items()}
-    assert all(s == expected for s in seen), (seen, expected)
+    assert all({p: s[p] for p in expected} == expected for s in seen), (seen, expected)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("comm,method", [("allgather", "allgather"), ("ring", "alltoall")])
+def test_each_transfer_carries_the_bytes_cp_ring_charges_the_executor(comm, method):
+    """A bf16 model of 2 query heads and 1 K/V head of 4, its K/V repeated to the query heads as autoconf's executor
+    does before torch's ring, at cp 2: every K/V all-gather or permute sends one rank's block at the query width
+    (`cp_ring.sdpa_kv_bytes` of the autoconf preset: twice the grouped `cp_kv_bytes`), every dK/dV permute the fp32
+    gradients `cp_ring.dkv_bytes` charges."""
+    model = ModelSpec(name="probe", arch="llama", num_layers=1, hidden_size=8, num_heads=2, num_kv_heads=1,
+                      ffn_hidden_size=16, vocab_size=16, max_seq_len=16)
+    c = ParallelConfig(tp=1, pp=1, dp=1, cp=2, cp_comm=comm, micro_batch_size=1, global_batch_size=1, seq_len=16,
+                       dtype="bf16")
+    ex = execution("autoconf")
+    kv = cp_ring.sdpa_kv_bytes(model, c, ex, cp_kv_bytes(model, c))
+    assert kv == 2 * cp_kv_bytes(model, c) and cp_ring.dkv_bytes(model, c, ex) == 2 * kv
+    for s in _run(2, method, kv_heads=1, dtype="bfloat16"):
+        sends = s["sent"]["forward"] + s["sent"]["backward"]
+        blocks = [n for _, dtype, n in sends if dtype == "torch.bfloat16"]
+        assert blocks == [kv] * sum(n["kv_gather"] + n["kv_rotate"] for n in transfers(2, comm).values()), sends
+        dkv = [n for _, dtype, n in sends if dtype == "torch.float32"]
+        assert dkv == [cp_ring.dkv_bytes(model, c, ex)] * transfers(2, comm)["backward"]["dkv_rotate"], sends

@@ -1,15 +1,18 @@
-"""What torch's context-parallel attention costs beyond its attention kernels (`Execution.cp_attention` "torch").
+"""What torch's context-parallel attention costs beyond its attention kernels (`Execution.cp_attention` "torch", and
+"executor" where `frameworks.executor_torch_cp` hands the attention to torch).
 
 torch's `context_parallel` (torch/distributed/tensor/experimental/_attention.py: `_templated_ring_attention`, its
 backward `_templated_ring_attention_backward` and `_SDPAMerger`; read in the stored pytorch/pytorch version
-0123248a; torchtitan's December 2024 runs used torch 1963fc8, whose copy could not be read here) runs a causal,
+0123248a and again in torch 2.13.0's _context_parallel/_attention.py, the same code in every line counted here;
+torchtitan's December 2024 runs used torch 1963fc8, whose copy could not be read here) runs a causal,
 load-balanced layer on each of the cp ranks as cp SDPA calls: the rank's own two chunks causally, then one call
 per K/V block received, each of half a block's causal work (all queries against half the block, or half the
 queries against all of it), so the kernels do the causal share exactly (`compute.model_pieces`). Around them:
 
 - forward: every partial output is cast to fp32 and merged into the running output by log-sum-exp (`_SDPAMerger`:
   out - sigmoid(lse_block - lse) * (out - block_out), four eager kernels), the merged output cast back at the end;
-  before every step but the last the K and V it holds are concatenated into one send buffer;
+  before every step but the last the K and V it holds are concatenated into one send buffer (also under the
+  all-gather, which sends only the first);
 - backward: dQ, dK, dV accumulate in fp32 buffers (zero-filled), each step's bf16 results added in; on the last
   rank of the group (every step after the first takes all its queries against the first half of the block) the
   block's dK/dV are added into the first half of the travelling fp32 dK/dV and the halves concatenated again
@@ -17,33 +20,49 @@ queries against all of it), so the kernels do the causal share exactly (`compute
   all-to-all (`dkv_rotater` is all-to-all for either rotate method), and the K/V are gathered (or received) again
   as in the forward.
 
+In torch 2.13 the fp32 merges and accumulations are `_cp_options.convert_to_f32` (True, never changed by autoconf
+or torchtitan), the head-tail load balancing `enable_load_balance` (on whenever seq_len divides by 2 cp, which the
+layout requires), the rotate method `set_rotate_method` ("allgather" by default, "alltoall" for the plan's "ring").
+What the frameworks hand it differs only in the K/V width: autoconf's executor repeats the grouped K/V to every
+query head before SDPA (`Execution.cp_repeat_kv`), torchtitan 0.3.0 passes them grouped with enable_gqa, and the
+torchtitan of the December 2024 runs repeated them in every block (eager op "repeat_kv").
+
 The bytes below are those eager kernels' reads and writes on the group's last rank (the busiest: its merges are
 all full-size), per layer, for the K/V width the kernel sees: every query head's when K and V are repeated to the
-heads before SDPA (`repeat_kv` among the execution's eager ops), else the grouped K/V. The log-sum-exp terms
-(1/head_dim of an output) are not counted. They are eager kernels as the dispatcher issues them; under
-torch.compile they are counted the same (whether a compiled block traces through the dispatcher is not stated in
-the sources read). No traffic counted under cp 1 or cp_attention "kernel"."""
+heads before SDPA (`sdpa_kv_width`), else the grouped K/V. The log-sum-exp terms (1/head_dim of an output) are
+not counted, nor the executor's copies that repeat K/V before torch's ring (a specification profile counts only
+`Execution.eager_ops`, and a measured profile times attention without CP, where the executor passes grouped K/V
+to SDPA). They are eager kernels as the dispatcher
+issues them; under torch.compile they are counted the same (whether a compiled block traces through the dispatcher
+is not stated in the sources read). No traffic counted where `torch_ring` is False (cp 1, cp_attention "kernel",
+the executor's own attention)."""
 
 from __future__ import annotations
 
 from autoconf.spec.dtypes import DTYPE_BYTES
-from autoconf.spec.frameworks import Execution
+from autoconf.spec.frameworks import Execution, executor_torch_cp
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 
 FP32 = 4
 
 
-def torch_ring(config: ParallelConfig, execution: Execution | None) -> bool:
-    """Whether `config`'s attention runs torch's context-parallel ring (cp > 1 under cp_attention "torch")."""
-    return config.cp > 1 and execution is not None and execution.cp_attention == "torch"
+def torch_ring(model: ModelSpec, config: ParallelConfig, execution: Execution | None) -> bool:
+    """Whether `config`'s attention runs torch's context-parallel ring: cp > 1 under cp_attention "torch", or under
+    "executor" where `frameworks.executor_torch_cp` says (`execution` None: autoconf's executor)."""
+    ex = execution or Execution()
+    if config.cp == 1 or ex.cp_attention == "kernel":
+        return False
+    return ex.cp_attention == "torch" or executor_torch_cp(config, model.dropout)
 
 
 def sdpa_kv_width(model: ModelSpec, execution: Execution | None) -> float:
-    """Width of K (and of V) per token as the attention kernel receives them: every query head's when the execution
-    repeats grouped K/V before SDPA (`repeat_kv`), else the model's K/V heads. Under latent attention K and V differ
-    in width; every term below moves K and V alike, so this is their mean (`ModelSpec.attention_kv_dim` / 2)."""
-    repeats = execution is not None and "repeat_kv" in execution.eager_ops
+    """Width of K (and of V) per token as the attention kernel receives them under torch's ring: every query head's
+    when the execution repeats grouped K/V before SDPA (`cp_repeat_kv`, or the eager op `repeat_kv` in every
+    block), else the model's K/V heads. Under latent attention K and V differ in width; every term below moves K and
+    V alike, so this is their mean (`ModelSpec.attention_kv_dim` / 2)."""
+    ex = execution or Execution()
+    repeats = ex.cp_repeat_kv or "repeat_kv" in ex.eager_ops
     return model.attention_kv_dim / 2 * (model.num_heads // model.num_kv_heads if repeats else 1)
 
 
@@ -52,7 +71,7 @@ def merge_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution |
     the attention kernels (module docstring). Linear in cp: a fixed part and one per ring step. (0, 0) unless
     `torch_ring`."""
     c = config
-    if not torch_ring(c, execution):
+    if not torch_ring(model, c, execution):
         return 0.0, 0.0
     e = DTYPE_BYTES[c.dtype]
     tokens = c.local_seq_len * c.micro_batch_size
@@ -75,7 +94,7 @@ def dkv_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution | N
     """Bytes of one dK/dV transfer of torch's ring backward (fp32 gradients of the rank's K and V at the kernel's
     width); 0 unless `torch_ring`."""
     c = config
-    if not torch_ring(c, execution):
+    if not torch_ring(model, c, execution):
         return 0.0
     return 2 * c.local_seq_len * c.micro_batch_size * sdpa_kv_width(model, execution) / c.tp * FP32
 
@@ -83,7 +102,7 @@ def dkv_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution | N
 def sdpa_kv_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution | None, kv_bytes: float) -> float:
     """`kv_bytes` (one rank's K/V block at the model's K/V width, `memory.cp_kv_bytes`) at the width the attention
     kernel receives under torch's ring (repeated K/V are sent repeated); unchanged otherwise."""
-    if not torch_ring(config, execution):
+    if not torch_ring(model, config, execution):
         return kv_bytes
     return kv_bytes * sdpa_kv_width(model, execution) / (model.attention_kv_dim / 2)
 
@@ -95,7 +114,7 @@ def buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution 
     fp32; the fp32 dK/dV accumulated, concatenated for sending and arriving (three `dkv_bytes`). 0 unless
     `torch_ring`."""
     c = config
-    if not torch_ring(c, execution):
+    if not torch_ring(model, c, execution):
         return 0.0
     tokens = c.local_seq_len * c.micro_batch_size
     kv_block = 2 * tokens * sdpa_kv_width(model, execution) / c.tp * DTYPE_BYTES[c.dtype]

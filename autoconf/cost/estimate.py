@@ -231,7 +231,7 @@ def cp_attention_comm(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     group = np.asarray(devices).reshape(-1)
     pairs = np.stack([group, np.roll(group, -1)], axis=1)
     steps = c.cp - 1
-    if torch_ring(c, execution):
+    if torch_ring(model, c, execution):
         count = transfers(c.cp, c.cp_comm)
         gather = collective_time(cluster, "all_gather", kv * c.cp, devices) if c.cp_comm == "allgather" else 0.0
         rotate = p2p_time(cluster, kv, pairs) if c.cp_comm != "allgather" else 0.0

@@ -546,7 +546,7 @@ def cp_buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: Executi
     c = config
     if c.cp == 1:
         return 0.0
-    if torch_ring(c, execution):
+    if torch_ring(model, c, execution):
         return torch_ring_buffer_bytes(model, c, execution)
     blocks = 2 * c.cp if c.cp_comm == "allgather" else 4
     return blocks * cp_kv_bytes(model, c)

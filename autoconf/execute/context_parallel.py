@@ -17,11 +17,15 @@ Attention over the group (`ContextParallel.attention`), the plan's `cp_comm` (sp
   their transfer here (the functional collective is waited on at once); the backward is autograd's, which keeps
   every visiting block's probabilities (no recomputation).
 
-On CUDA, with SDPA ("flash") and no attention dropout, torch's `context_parallel` runs the attention instead: its
-ring attention over the flash / memory-efficient kernels, whose head-tail order is this one, its K/V exchange by
-the plan's algorithm (torch's rotate method "allgather", or "alltoall" for "ring"). `torch_attention` wraps the
-training step; it also shards a position buffer with torch's load balancer and checks it equals `positions`. That
-path is UNTESTED here (no GPU in the session that wrote it); on CPU both algorithms are this file's own.
+On CUDA, with SDPA ("flash"), no attention dropout and not under the per-op selective policy
+(spec/frameworks.py `executor_torch_cp`, which the estimate reads too), torch's `context_parallel` runs the attention
+instead: its ring attention over the flash / memory-efficient / cuDNN kernels, whose head-tail order is this one
+(torch's _HeadTailLoadBalancer, on whenever seq_len divides by 2 cp), its K/V exchange by the plan's algorithm
+(torch's rotate method "allgather", or "alltoall" for "ring"), partial outputs merged and gradients accumulated in
+fp32 (torch's default convert_to_f32), K/V repeated to the query heads before SDPA (`attention`). What that costs:
+autoconf/cost/cp_ring.py. `torch_attention` wraps the training step; it also shards a position buffer with torch's
+load balancer and checks it equals `positions`. That path is UNTESTED here (no GPU in the sessions that wrote it);
+on CPU both algorithms are this file's own.
 
 K and V travel as one tensor concatenated along the head width (split back by width), so their widths may differ:
 latent attention (execute/mla.py) exchanges each head's K of qk_nope + qk_rope and V of v_head_dim. torch's ring
@@ -38,6 +42,7 @@ import contextlib
 
 import torch
 
+from autoconf.spec.frameworks import executor_torch_cp
 from autoconf.spec.plan import CP_COMM
 
 
@@ -206,5 +211,6 @@ def _torch_context(ctx: ContextParallel):
 
 
 def uses_torch_attention(config, device_type: str, dropout: float) -> bool:
-    """Whether torch's context_parallel runs the attention: CUDA, SDPA ("flash"), no attention dropout."""
-    return device_type == "cuda" and config.attention == "flash" and dropout == 0.0
+    """Whether torch's context_parallel runs the attention: CUDA and spec/frameworks.py `executor_torch_cp` (SDPA,
+    no attention dropout, not the per-op selective policy), the rule the estimate reads too."""
+    return device_type == "cuda" and executor_torch_cp(config, dropout)

@@ -67,16 +67,21 @@ NOT_COMPILED = ("repeat_kv", "vocab_parallel_ce")
 # attention_curves give each kernel's speed over sequence length (cost/compute.py `attention_efficiency`); a profile
 # without a curve for it reads its flat efficiency["attention_fa2"] ("fa2", where stated) or efficiency["attention"].
 ATTENTION_KERNELS = ("fused", "fa2", "fa3")
-# How context-parallel attention runs its blockwise steps (`autoconf.cost.cp_ring` says what each costs):
-#   "kernel"  nothing is counted beyond the attention kernels and the K/V exchange (`cost/estimate.py`
-#             `cp_attention_comm`): the model before this flag, kept for autoconf's executor and Megatron (Transformer
-#             Engine corrects its partial outputs in kernels of its own, not counted)
-#   "torch"   torch's `torch.distributed.tensor.experimental.context_parallel` (`_templated_ring_attention`): one
-#             SDPA call per ring step on the K/V the kernel sees (every query head's, where K/V are repeated before
-#             SDPA), each partial output merged by log-sum-exp in fp32 eager kernels, the backward accumulating dQ,
-#             dK, dV in fp32 and passing dK/dV around the ring in fp32 by all-to-all; the forward's all-gather (or
-#             ring transfer) issued before the local step and awaited after it
-CP_ATTENTION = ("kernel", "torch")
+# How context-parallel attention runs its blockwise steps (`autoconf.cost.cp_ring` says what each costs;
+# `cp_ring.torch_ring` is the one reading):
+#   "kernel"    nothing is counted beyond the attention kernels and the K/V exchange (`cost/estimate.py`
+#               `cp_attention_comm`): Megatron (Transformer Engine corrects its partial outputs in kernels of its own,
+#               not counted)
+#   "torch"     torch's `torch.distributed.tensor.experimental.context_parallel` (`_templated_ring_attention`) in
+#               every block: one SDPA call per ring step on the K/V the kernel sees (`cp_ring.sdpa_kv_width`), each
+#               partial output merged by log-sum-exp in fp32 eager kernels, the backward accumulating dQ, dK, dV in
+#               fp32 and passing dK/dV around the ring in fp32 by all-to-all; the forward's all-gather (or ring
+#               transfer) issued before the local step and awaited after it
+#   "executor"  autoconf's executor on CUDA: "torch" where it hands attention to torch's `context_parallel`
+#               (`executor_torch_cp`), "kernel" where it runs its own (execute/context_parallel.py,
+#               execute/cp_attention.py: explicit blockwise math whose merges are not counted). On CPU the executor
+#               always runs its own; the planner plans GPUs, so the preset describes CUDA.
+CP_ATTENTION = ("kernel", "torch", "executor")
 # The megatron memory layout's main-gradient buffer (what the gradients accumulate in and are reduced from): "fp32"
 # (Megatron-LM under --bf16, --accumulate-allreduce-grads-in-fp32) or "bf16" (Megatron-Bridge's
 # grad_reduce_in_fp32=False; NeMo 1.x's distributed Adam with grad_sync_dtype bf16).
@@ -170,6 +175,10 @@ class Execution:
     eager_ops: see EAGER_OPS (specification profiles only; measured tables time the executor's own kernels).
     attention_kernel: see ATTENTION_KERNELS.
     cp_attention: see CP_ATTENTION (read only under context parallelism).
+    cp_repeat_kv: under torch's ring the grouped K/V are repeated to every query head before SDPA, so the ring
+        exchanges, merges and accumulates them at the query width (autoconf's executor: `ContextParallel.attention`
+        repeats them on torch's path and calls SDPA without enable_gqa). False: SDPA receives the grouped K/V
+        (torchtitan 0.3.0's enable_gqa); the eager op "repeat_kv" repeats them in every block, CP or not.
     fsdp_copies: FSDP2's copy kernels beside its collectives cost HBM time on the rank (specification profiles;
         `autoconf.cost.compute.fsdp_copy_bytes` counts them): the all-gather's copy-out into the unsharded
         parameters, the reduce-scatter's copy-in (one chunked copy that casts to the fp32 reduce dtype).
@@ -244,7 +253,8 @@ class Execution:
     executor_overheads: bool = True
     eager_ops: tuple[str, ...] = ()
     attention_kernel: str = "fused"
-    cp_attention: str = "kernel"
+    cp_attention: str = "executor"
+    cp_repeat_kv: bool = True
     fsdp_copies: bool = False
     compile_loss: bool = True
     transformer_engine: bool = False
@@ -417,13 +427,15 @@ def _applies(when: str, c) -> bool:
 
 PRESETS: dict[str, Execution] = {
     # The defaults: FSDP2 gathers unit by unit with implicit prefetch; ZeRO-0's GradReducer and FSDP2 reduce per
-    # block during the last micro-batch's backward (execute/parallelize.py); ZeRO-1 runs as ZeRO-2 (FSDP2).
+    # block during the last micro-batch's backward (execute/parallelize.py); ZeRO-1 runs as ZeRO-2 (FSDP2). Context
+    # parallelism on CUDA: torch's ring where `executor_torch_cp` says, with K/V repeated to the query heads.
     "autoconf": Execution(),
     "megatron": Execution(
         name="megatron", memory_layout="megatron", zero_stages=(0, 1, 2, 3), zero_searched=(0, 1, 2, 3),
         selective_policies=("attention_core",), grad_reduce_start="after_flush", param_gather_overlap=False,
         blocking_p2p=True, p2p_scatter_gather=True,
         executor_overheads=False, eager_ops=("vocab_parallel_ce",), grad_buffer_passes=("zero", "scale"),
+        cp_attention="kernel", cp_repeat_kv=False,
         megatron_args=(("sharded", "memory_layout=megatron", "--use-distributed-optimizer"),)),
     "megatron-core": Execution(
         name="megatron-core", memory_layout="megatron", zero_stages=(0, 1), zero_searched=(0, 1),
@@ -431,8 +443,8 @@ PRESETS: dict[str, Execution] = {
         distributed_optimizer=True, grad_reduce_start="per_bucket", bucket_params=40e6, bucket_first_rank_only=True,
         param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False, eager_ops=("vocab_parallel_ce",),
         transformer_engine=True, loss_memory="inplace", grad_buffer_passes=("zero", "scale", "nan_check"),
-        moe_combine_keeps_outputs=False, moe_fp8_padding=True, moe_fp8_routed_experts=True,
-        megatron_args=(("dp", "grad_reduce_start=per_bucket", "--overlap-grad-reduce"),
+        moe_combine_keeps_outputs=False, moe_fp8_padding=True, moe_fp8_routed_experts=True, cp_attention="kernel",
+        cp_repeat_kv=False, megatron_args=(("dp", "grad_reduce_start=per_bucket", "--overlap-grad-reduce"),
                        ("sharded", "distributed_optimizer", "--use-distributed-optimizer"),
                        ("sharded", "param_gather_overlap", "--overlap-param-gather"),
                        ("sp", "tp_comm_overlap", "--tp-comm-overlap"),
@@ -455,7 +467,7 @@ PRESETS: dict[str, Execution] = {
         # each run's kernels. FSDP2's copy kernels beside its collectives: fsdp_copies. Its context parallelism is
         # torch's (parallelisms/parallelize_llama.py and utils.py create_context_parallel_ctx): cp_attention "torch".
         eager_ops=("rotary", "swiglu", "cross_entropy"), attention_kernel="fa2", cp_attention="torch",
-        fsdp_copies=True,
+        cp_repeat_kv=False, fsdp_copies=True,
         torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),
                              ("always", "compile_loss=False", 'config.compile.components = ["model"]'))),
 }
@@ -491,6 +503,15 @@ def selective_policy(config, execution: Execution | None = None) -> str:
     return own if own is not None else (execution or PRESETS[DEFAULT]).selective_recompute
 
 
+def executor_torch_cp(config, dropout: float) -> bool:
+    """Whether autoconf's executor on CUDA hands the attention of `config`'s blocks to torch's `context_parallel`
+    (cp > 1; SDPA, i.e. attention "flash"; no attention dropout; and not under the per-op selective policy, whose
+    blocks run autoconf's own op, execute/cp_attention.py). The one rule the executor (execute/train.py) and the
+    estimate (`cp_ring.torch_ring` under cp_attention "executor") read; on CPU the executor runs its own always."""
+    per_op = config.recompute == "selective" and selective_policy(config) == "alternate_matmuls"
+    return config.cp > 1 and config.attention == "flash" and dropout == 0.0 and not per_op
+
+
 def compiled_ops(ops: tuple[str, ...], compile_loss: bool = True) -> tuple[str, ...]:
     """The eager ops that stay eager under torch.compile (`NOT_COMPILED`, and torch's loss unless it is compiled)."""
     kept = NOT_COMPILED if compile_loss else NOT_COMPILED + ("cross_entropy",)
@@ -518,7 +539,7 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "compile_loss", "transformer_engine", "fp8_params", "grad_buffer_dtype", "optimizer", "loss_memory",
               "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs",
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts",
-              "cp_attention")
+              "cp_attention", "cp_repeat_kv")
 
 
 def parse_flags(pairs) -> dict:
