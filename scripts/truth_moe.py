@@ -39,7 +39,8 @@ def layout(run: dict) -> tuple[ParallelConfig, Execution]:
                        seq_len=run["seq_len"], schedule=run["schedule"], zero_stage=run["zero_stage"],
                        recompute=run["recompute"], sequence_parallel=run["sequence_parallel"], dtype=run["dtype"],
                        ep=run["ep"], etp=run["etp"])
-    return c, execution(run["framework"]).replace(**run.get("framework_flags", {}))
+    flags = {k: tuple(v) if isinstance(v, list) else v for k, v in run.get("framework_flags", {}).items()}
+    return c, execution(run["framework"]).replace(**flags)  # JSON lists as the flags' tuples
 
 
 def layout_partition(text: str, model, stages: int) -> list[list[int]]:

@@ -298,7 +298,7 @@ class Execution:
         for flag, known in (("grad_buffer_dtype", GRAD_BUFFER_DTYPES), ("optimizer", OPTIMIZERS),
                             ("loss_memory", LOSS_MEMORY), ("optimizer_moments", MOMENTS_DTYPES)):
             if getattr(self, flag) not in known:
-                out.append(f"{flag} {getattr(self, flag)!r} is none of {', '.join(known)}")
+                out.append(f"{flag} {getattr(self, flag)!r} is none of {', '.join(k or repr(k) for k in known)}")
         if not set(self.grad_buffer_passes) <= set(GRAD_BUFFER_PASSES):
             out.append(f"grad_buffer_passes {', '.join(self.grad_buffer_passes)}: each must be one of "
                        f"{', '.join(GRAD_BUFFER_PASSES)}")
