@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from autoconf.cost.compute import model_pieces
-from autoconf.cost.estimate import predict, recompute_time, selective_matmul_share, selective_matmuls_only
+from autoconf.cost.estimate import (estimate, predict, recompute_time, selective_matmul_share,
+                                    selective_matmuls_only)
 from autoconf.cost.memory import state_bytes_per_param
 from autoconf.cost.saved import saved_tensors
 from autoconf.errors import UserError
+from autoconf.report.exporters import megatron_args
 from autoconf.solve.search import _BoundCache
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import PRESETS as FRAMEWORKS
@@ -22,6 +24,9 @@ from autoconf.spec.presets import PRESETS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from truth_moe import layout_partition  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_exports_upstream import parse_megatron  # noqa: E402
 
 V3 = PRESETS["deepseek-v3"]
 CORE = FRAMEWORKS["megatron-core"]
@@ -109,3 +114,19 @@ def test_a_published_pipeline_layout_reads_as_its_partition():
     for bad, stages in (("Et|(tt|)*29mL", 32), ("Et|(tt|)*30L", 32), ("Et|(tt|*30mL", 32), ("Et|(tt|)*30mL", 16)):
         with pytest.raises(UserError, match="pipeline_layout"):
             layout_partition(bad, V3, stages)
+
+
+def test_the_policy_exports_megatron_cores_recompute_modules():
+    """A plan under the policy exports --recompute-granularity selective --recompute-modules mla_up_proj mlp, which
+    parses with the flags of the Megatron-LM tag the exports target (nargs '+'); Megatron's own selective exports
+    no module list (its default, the attention core)."""
+    tiny = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-mla", moe=MoESpec(
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, first_k_dense=1),
+        mla=MLASpec(q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16))
+    c = ParallelConfig(tp=1, pp=2, dp=4, ep=4, micro_batch_size=1, global_batch_size=16, seq_len=256, zero_stage=1,
+                       recompute="selective")
+    cluster = load_cluster("dgx-h100-80g", 1, 8)
+    args, given = parse_megatron(megatron_args(estimate(tiny, cluster, c, execution=POLICY)))
+    assert args.recompute_granularity == "selective" and args.recompute_modules == ["mla_up_proj", "mlp"]
+    args, given = parse_megatron(megatron_args(estimate(tiny, cluster, c, execution=CORE)))
+    assert args.recompute_granularity == "selective" and "recompute_modules" not in given
