@@ -7,7 +7,8 @@ its slower NVLink). A run's framework is a preset (DeepSeek-V3's is `deepseek`: 
 overlapped pairs, no expert outputs kept, node-deduplicated dispatch, each sourced in spec/frameworks.py), and its
 `framework_flags` change it where the publisher states a behaviour; a `published_layout` that autoconf costs through an
 equivalent layout is printed beside the layout costed (DeepSeek-V3's DualPipe on 16 ranks is costed as published,
-schedule dualpipe). Usage:
+schedule dualpipe). A run's `pipeline_layout` is Megatron-Core's --pipeline-model-parallel-layout as published
+(`layout_partition` reads it into the partition costed). Usage:
 python scripts/truth_moe.py [--json] [--breakdown]
 --breakdown: for each run, the peak pipeline rank's memory by term and what one MoE block keeps per micro-batch,
 tensor by tensor (`autoconf.cost.saved`).
@@ -16,11 +17,13 @@ tensor by tensor (`autoconf.cost.saved`).
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 from autoconf.cost.estimate import estimate
 from autoconf.cost.saved import saved_tensors
+from autoconf.errors import UserError
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import Execution, execution
 from autoconf.spec.plan import ParallelConfig
@@ -36,13 +39,42 @@ def layout(run: dict) -> tuple[ParallelConfig, Execution]:
                        seq_len=run["seq_len"], schedule=run["schedule"], zero_stage=run["zero_stage"],
                        recompute=run["recompute"], sequence_parallel=run["sequence_parallel"], dtype=run["dtype"],
                        ep=run["ep"], etp=run["etp"])
-    return c, execution(run["framework"]).replace(**run.get("framework_flags", {}))
+    flags = {k: tuple(v) if isinstance(v, list) else v for k, v in run.get("framework_flags", {}).items()}
+    return c, execution(run["framework"]).replace(**flags)  # JSON lists as the flags' tuples
+
+
+def layout_partition(text: str, model, stages: int) -> list[list[int]]:
+    """The [first, end) layers of each virtual stage (chunk-major, as Megatron-Core and a plan order them) that
+    Megatron-Core's --pipeline-model-parallel-layout `text` gives: '|' ends a stage, 't' is a transformer layer,
+    'E' the embedding (first stage), 'm' an MTP module and 'L' the loss (last stage, where autoconf costs them),
+    'X*N' and '(...)*N' repeat. A UserError names what does not match the model or the layout's stage count."""
+    flat = text.replace(" ", "")
+    while "(" in flat:
+        expanded = re.sub(r"\(([^()]*)\)\*(\d+)", lambda g: g.group(1) * int(g.group(2)), flat)
+        if expanded == flat:
+            raise UserError(f"pipeline_layout {text!r}: a parenthesised group needs '*N'")
+        flat = expanded
+    flat = re.sub(r"([EtmL])\*(\d+)", lambda g: g.group(1) * int(g.group(2)), flat)
+    parts = flat.split("|")
+    wrong = set(flat) - set("EtmL|")
+    if wrong or len(parts) != stages:
+        raise UserError(f"pipeline_layout {text!r} gives {len(parts)} stages of {''.join(sorted(set(flat)))}; "
+                        f"the run has {stages} (pp x vpp) and layouts use E, t, m, L, '|', '*N' and '(...)*N'")
+    counts = [part.count("t") for part in parts]
+    if (sum(counts) != model.num_layers or "".join(parts).count("m") != model.mtp_num_layers
+            or any("E" in part for part in parts[1:]) or any(set("mL") & set(part) for part in parts[:-1])):
+        raise UserError(f"pipeline_layout {text!r}: needs the model's {model.num_layers} layers ('t'), its "
+                        f"{model.mtp_num_layers} MTP modules ('m') and 'L' on the last stage and 'E' on the first")
+    ends = [sum(counts[:i + 1]) for i in range(stages)]
+    return [[end - n, end] for n, end in zip(counts, ends)]
 
 
 def predict(run: dict) -> dict:
     c, ex = layout(run)
+    model = PRESETS[run["model"]]
     cluster = load_cluster(run["cluster"], nodes=run["gpus"] // 8)
-    return estimate(PRESETS[run["model"]], cluster, c, execution=ex).prediction
+    partition = layout_partition(run["pipeline_layout"], model, c.num_stages) if run.get("pipeline_layout") else None
+    return estimate(model, cluster, c, partition=partition, execution=ex).prediction
 
 
 def breakdown(run: dict, prediction: dict) -> list[str]:
@@ -77,6 +109,8 @@ def compare(run: dict) -> tuple[dict, list[str]]:
     predicted faster than published), fit and all-to-all share; with the memory breakdown lines. A run autoconf
     cannot express gets its reason only."""
     costed = f"tp{run['tp']} ep{run['ep']} etp{run['etp']} pp{run['pp']} vpp{run['vpp']} on {run['gpus']}"
+    if run.get("pipeline_layout"):
+        costed += f" ({run['pipeline_layout']})"
     if run.get("published_layout"):  # a schedule autoconf costs through an equivalent one (the run's levers)
         costed = f"{run['published_layout']}, costed as {run['schedule']} {costed}"
     unit, predicted, faster_is_more = FIGURES[run["figure"]]
@@ -99,7 +133,11 @@ def compare(run: dict) -> tuple[dict, list[str]]:
 def main() -> int:
     rows, details = [], []
     for run in json.loads(DATA.read_text())["runs"]:
-        row, lines = compare(run)
+        try:
+            row, lines = compare(run)
+        except UserError as err:
+            print(f"{run['label']}: {err}", file=sys.stderr)
+            return 1
         rows.append(row)
         details += lines
     if "--json" in sys.argv[1:]:
@@ -108,6 +146,7 @@ def main() -> int:
     print("| run | layout | published | predicted | error | fits (peak GiB) | all-to-all share |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
+        r = {**r, "layout": r["layout"].replace("|", "\\|")}  # a pipeline layout's '|' inside a table cell
         if "not_modelled" in r:
             print(f"| {r['run']} | {r['layout']} | {r.get('published', '')} | not modelled: {r['not_modelled']} "
                   f"| | | |")

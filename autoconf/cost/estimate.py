@@ -253,21 +253,31 @@ def cp_attention_comm(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     return PassTimes(forward, backward, 0.0)
 
 
-def recompute_time(pieces, c: ParallelConfig, one_collective: float, matmul_share: float | None = None) -> float:
+def recompute_time(pieces, c: ParallelConfig, one_collective: float, matmul_share: float | None = None,
+                   matmuls_only: bool = False) -> float:
     """Per layer: the forward that recompute repeats in the backward (the block with its TP collectives, or under
     selective recompute the attention core; with `matmul_share` (`selective_matmul_share`) instead that share of
     the block's matmul time, all of its element-wise time and, under TP, its two forward collectives: the per-op
     policy saves the reduce-scatters' outputs but not the sequence-parallel all-gathers', nor the all-reduces'
-    without SP; the matmul time being the weight-gradient pass's)."""
+    without SP; the matmul time being the weight-gradient pass's). `matmuls_only` (`selective_matmuls_only`): the
+    share of the matmul time alone."""
     if c.recompute == "full":
         return pieces.block.forward + 2 * one_collective
     if c.recompute == "selective":
         if matmul_share is None:
             return pieces.attention_core.forward
         rest = pieces.block_rest
+        if matmuls_only:
+            return matmul_share * rest.backward_weight
         return (matmul_share * rest.backward_weight + max(0.0, rest.forward - rest.backward_weight)
                 + (2 * one_collective if c.tp > 1 else 0.0))
     return 0.0
+
+
+def selective_matmuls_only(c: ParallelConfig, execution: Execution) -> bool:
+    """Whether `c`'s selective policy redoes matmuls alone ("mla_up_proj_mlp": the up-projections, and a dense
+    layer's MLP, whose SwiGLU and, under TP, two collectives are not counted; RoPE's application neither)."""
+    return selective_policy(c, execution) == "mla_up_proj_mlp"
 
 
 def selective_matmul_share(model: ModelSpec, c: ParallelConfig, execution: Execution,
@@ -279,13 +289,15 @@ def selective_matmul_share(model: ModelSpec, c: ParallelConfig, execution: Execu
     router and routed experts, which the policy recomputes outside its count, execute/checkpoint_policy.py
     `uncounted_matmuls`); "norms_mla_swiglu":
     latent attention's up-projections (q_b_proj, kv_b_proj of the op table; 0 without them), its element-wise
-    share being the norms' and SwiGLU's."""
+    share being the norms' and SwiGLU's; "mla_up_proj_mlp": the same up-projections and, in a dense block, its MLP
+    (gate_up_proj, down_proj)."""
     policy = selective_policy(c, execution)
-    if policy == "norms_mla_swiglu":
+    if policy in ("norms_mla_swiglu", "mla_up_proj_mlp"):
+        redone = ("q_b_proj", "kv_b_proj") + (("gate_up_proj", "down_proj") if policy == "mla_up_proj_mlp" else ())
         first = next((f for f, _ in model.layer_groups() if model.is_moe_layer(f) == moe), 0)
         ops = [op for op in model.layer_ops(first) if op.kind in ("linear", "router", "experts")]
         matmuls = sum(op.flops for op in ops)
-        return sum(op.flops for op in ops if op.name in ("q_b_proj", "kv_b_proj")) / matmuls
+        return sum(op.flops for op in ops if op.name in redone) / matmuls
     if policy != "alternate_matmuls":
         return None
     h, f = model.hidden_size, model.ffn_hidden_size
@@ -406,6 +418,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     overlap_tp = execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1
     matmul_share = selective_matmul_share(model, c, execution)
     moe_share = selective_matmul_share(model, c, execution, moe=True) if model.moe is not None else None
+    only = selective_matmuls_only(c, execution)
     offload_parts = []
     recomputed = recomputed_layers(c, partition)
     forward, back_in, back_w = [], [], []
@@ -457,7 +470,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                            (per_layer.backward_input + 2 * grow) * layers + regather, 0.0)
         copies = fsdp_copy_time(model, cluster, c, execution)  # FSDP2's copy kernels per block (not recomputed)
         compute = (pieces.block + copies).scaled(layers)
-        recompute = recompute_time(pieces, c, layer_one, matmul_share) * recomputed[st]
+        recompute = recompute_time(pieces, c, layer_one, matmul_share, only) * recomputed[st]
         ep = PassTimes(0.0, 0.0, 0.0)
         recompute_exchange = 0.0  # a full recompute's forward exchange again, in the backward
         if n_moe:
@@ -468,8 +481,8 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             compute = ((pieces.block + copies).scaled(layers - n_moe)
                        + (moe_pieces.block + fsdp_copy_time(model, cluster, c, execution, moe=True)).scaled(n_moe))
             recompute_exchange = exchange * r_moe if c.recompute == "full" else 0.0
-            recompute = (recompute_time(pieces, c, layer_one, matmul_share) * (recomputed[st] - r_moe)
-                         + (recompute_time(moe_pieces, c, layer_one, moe_share)
+            recompute = (recompute_time(pieces, c, layer_one, matmul_share, only) * (recomputed[st] - r_moe)
+                         + (recompute_time(moe_pieces, c, layer_one, moe_share, only)
                             + (exchange if c.recompute == "full" else 0.0)) * r_moe)
             ep = PassTimes(exchange * n_moe, exchange_back * n_moe, 0.0)
         if c.cp > 1:
@@ -489,7 +502,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         if st == last and model.mtp_num_layers:
             compute, tp, ep, recompute, exposed = mtp_stage_costs(
                 model, cluster, c, pieces, compute, tp, ep, recompute, one, layer_one, matmul_share, moe_share,
-                exchange_of(rank) if mtp_block_is_moe(model) else None)
+                exchange_of(rank) if mtp_block_is_moe(model) else None, only)
             recompute_exchange += exposed
             if c.cp > 1:  # the MTP blocks' attention exchanges K/V as the stage's blocks do
                 cp_parts[-1] = cp_parts[-1] + cp_layer.scaled(model.mtp_num_layers)
@@ -564,7 +577,8 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
 
 def mtp_stage_costs(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, pieces, compute: PassTimes,
                     tp: PassTimes, ep: PassTimes, recompute: float, one: float, layer_one: float,
-                    matmul_share: float | None, moe_share: float | None, exchange: tuple[float, float] | None):
+                    matmul_share: float | None, moe_share: float | None, exchange: tuple[float, float] | None,
+                    matmuls_only: bool = False):
     """The last stage's (compute, TP, token exchange, recompute, recomputed exchange) with the MTP modules added
     (cost/mtp.py): each module's block under the same rules as the stage's blocks (two TP collectives per pass, its
     token exchange when it is an MoE block, recomputed under the plan's mode), its embedding's and head's TP
@@ -575,7 +589,7 @@ def mtp_stage_costs(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig
     compute = compute + mtp_pass_times(model, cluster, c, block)
     tp = tp + PassTimes(3 * one * d, 3 * one * d, 0.0)  # the block's two, the embedding's and the head's one
     redo = exchange[0] if moe and c.recompute == "full" else 0.0
-    recompute += (recompute_time(block, c, layer_one, moe_share if moe else matmul_share) + redo) * d
+    recompute += (recompute_time(block, c, layer_one, moe_share if moe else matmul_share, matmuls_only) + redo) * d
     if moe:
         ep = ep + PassTimes(exchange[0] * d, exchange[1] * d, 0.0)
     return compute, tp, ep, recompute, redo * d

@@ -78,7 +78,7 @@ from autoconf.cost.cp_ring import buffer_bytes as torch_ring_buffer_bytes, torch
 from autoconf.cost.moe import (all_to_all_buffer_bytes, blocks_params, dispatch_bytes, layer_kind_params,
                                moe_layers, routed_activation_bytes)
 from autoconf.cost.moe import local_params as local_params_of
-from autoconf.cost.saved import NORMS_MLA_SWIGLU, saved_bytes
+from autoconf.cost.saved import MLA_UP_PROJ_MLP, NORMS_MLA_SWIGLU, saved_bytes
 from autoconf.cost.mtp import mtp_activation_bytes, mtp_block_is_moe, mtp_embedding_copy, mtp_stage_params
 from autoconf.cost.offload import activation_copy_bytes, host_state_bytes_per_param
 from autoconf.spec.cluster import ClusterProfile
@@ -111,10 +111,11 @@ def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     c = config
     recompute = c.recompute if recompute is None else recompute
     keeps_outputs = (execution or Execution()).moe_combine_keeps_outputs
-    deepseek_policy = recompute == "selective" and selective == NORMS_MLA_SWIGLU and model.arch == "llama"
-    if layout == "megatron" and (model.mla is not None or precision(c.dtype).cached or deepseek_policy) and not (
+    counted_policy = (recompute == "selective" and selective in (NORMS_MLA_SWIGLU, MLA_UP_PROJ_MLP)
+                      and model.arch == "llama")
+    if layout == "megatron" and (model.mla is not None or precision(c.dtype).cached or counted_policy) and not (
             recompute == "selective" and selective == "alternate_matmuls"):
-        # the closed formula spelled out, tensor by tensor (the only count of DeepSeek's policy)
+        # the closed formula spelled out, tensor by tensor (the only count of those policies)
         return saved_bytes(model, c, recompute, selective, moe, keeps_outputs)
     if recompute == "selective" and selective == "alternate_matmuls":
         return op_policy_layer_activation_bytes(model, c, moe)
@@ -432,10 +433,10 @@ def state_bytes_per_param(config: ParallelConfig, layout: str, experts: bool = F
     z = config.zero_stage if config.zero_stage >= 1 and dp > 1 else 0
     compute = DTYPE_BYTES[config.dtype]
     if layout == "megatron":
-        # fp32 master weights (apex: their 16-bit remainders), two Adam moments in the recipe's `moments` dtype
-        # (fp32: 8 bytes) and the gradient buffer in its dtype
+        # fp32 master weights (apex: their 16-bit remainders), two Adam moments in the framework's dtype or the
+        # recipe's `moments` dtype (fp32: 8 bytes) and the gradient buffer in its dtype
         grads = float(execution.grad_buffer_bytes) if execution else 4.0
-        moments = 2 * STORAGE_BYTES[precision(config.dtype).moments]
+        moments = 2 * STORAGE_BYTES[(execution and execution.optimizer_moments) or precision(config.dtype).moments]
         optim = 2.0 + moments + grads if execution and execution.optimizer == "apex" else 4.0 + moments
         weights = 2.0
         if config.offload_optimizer:

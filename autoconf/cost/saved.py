@@ -5,9 +5,10 @@
 It describes the blocks the closed formula of `ModelSpec.layer_activation_bytes` (Korthikanti et al. 2022) does not:
 multi-head latent attention (DeepSeek-V2/V3), precision recipes that keep a linear layer's input in a dtype other
 than the activations' (`Precision.cached`, `attention_output`: dtype fp8-deepseek), and the selective recompute
-policy "norms_mla_swiglu" (`Execution.selective_recompute`). For grouped-query attention with an element-dtype
-recipe it equals the closed formula and `cost/moe.routed_activation_bytes` (tests/test_moe_memory.py), so it is that
-formula spelled out; `cost/memory.layer_activation_bytes` reads it for MLA models and for such recipes only.
+policies "norms_mla_swiglu" and "mla_up_proj_mlp" (`Execution.selective_recompute`). For grouped-query attention
+with an element-dtype recipe it equals the closed formula and `cost/moe.routed_activation_bytes`
+(tests/test_moe_memory.py), so it is that formula spelled out; `cost/memory.layer_activation_bytes` reads it for MLA
+models, for such recipes and for those policies only.
 
 Each row has a width per token, a dtype and a split:
 - "replicated": outside the TP region (norm inputs and outputs, MLA's latents), divided by tp only under sequence
@@ -21,8 +22,10 @@ Under "norms_mla_swiglu" the backward redoes every RMSNorm (so the linear inputs
 kept), MLA's up-projections (so Q, K, V are not kept; the compressed latents are) and the experts' SwiGLU output
 (its inputs, gate and up, are kept; silu and the product are not): DeepSeek-V3 technical report (arXiv 2412.19437
 v1), Sec. 3.2.3 "Recomputation of RMSNorm and MLA Up-Projection" and Sec. 3.3.3 (SwiGLU inputs cached, output
-recomputed). Megatron's selective recompute ("attention_core") drops the attention scores of the standard kernel
-(flash attention keeps none); full recompute keeps the block input only.
+recomputed). Under "mla_up_proj_mlp" (Megatron-Core's --recompute-modules mla_up_proj mlp) the backward redoes
+MLA's up-projections (Q, K, V not kept) and a dense layer's whole MLP (only its input, the norm output, kept); the
+norms and the experts keep what they keep without it. Megatron's selective recompute ("attention_core") drops the
+attention scores of the standard kernel (flash attention keeps none); full recompute keeps the block input only.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 
 NORMS_MLA_SWIGLU = "norms_mla_swiglu"
+MLA_UP_PROJ_MLP = "mla_up_proj_mlp"
+# The selective policies whose experts keep Megatron's three SwiGLU tensors (Transformer Engine's fused SwiGLU keeps
+# no silu output).
+MEGATRON_SELECTIVE = ("attention_core", MLA_UP_PROJ_MLP)
 
 
 def _dtype_bytes(c: ParallelConfig) -> dict[str, float]:
@@ -45,6 +52,7 @@ def _attention_rows(model: ModelSpec, c: ParallelConfig, policy: str) -> list[tu
     """(name, width per token, dtype, split) of the attention half, its norm included."""
     h, heads = model.hidden_size, model.num_heads
     redo_norms = policy == NORMS_MLA_SWIGLU
+    redo_up = policy in (NORMS_MLA_SWIGLU, MLA_UP_PROJ_MLP)  # MLA's up-projections
     rows = [("attention norm input", h, "element", "replicated")]
     if model.mla is None:
         if not redo_norms:
@@ -63,10 +71,10 @@ def _attention_rows(model: ModelSpec, c: ParallelConfig, policy: str) -> list[tu
         rows.append(("key-value latent and rope key", a.kv_lora_rank + a.qk_rope_head_dim, "element", "replicated"))
         if not redo_norms:
             rows.append(("key-value latent normed (up-projection input)", a.kv_lora_rank, "cached", "replicated"))
-        # Under the policy the up-projections' outputs are recomputed; a full-rank query (no q_lora_rank) is not an
-        # up-projection and stays.
-        q_kept = not redo_norms or not a.q_lora_rank
-        rows.append(("Q, K, V", (heads * qk if q_kept else 0) + (0 if redo_norms else heads * (qk + a.v_head_dim)),
+        # Under either policy the up-projections' outputs are recomputed; a full-rank query (no q_lora_rank) is not
+        # an up-projection and stays.
+        q_kept = not redo_up or not a.q_lora_rank
+        rows.append(("Q, K, V", (heads * qk if q_kept else 0) + (0 if redo_up else heads * (qk + a.v_head_dim)),
                      "element", "sharded"))
         rows.append(("output projection input", heads * a.v_head_dim, "attention_output", "sharded"))
     return rows
@@ -97,7 +105,7 @@ def saved_tensors(model: ModelSpec, c: ParallelConfig, recompute: str, selective
     rows = _attention_rows(model, c, policy)
     if c.attention == "flash":
         rows.append(("attention log-sum-exp", model.num_heads, "fp32", "sharded"))
-    elif recompute != "selective":
+    elif recompute != "selective" or policy == MLA_UP_PROJ_MLP:  # that policy keeps the attention core
         scores = model.num_heads * s
         rows += ([("attention softmax and dropout", 2 * scores, "element", "sharded"),
                   ("attention dropout mask", scores, "byte", "sharded")] if model.dropout > 0
@@ -108,15 +116,16 @@ def saved_tensors(model: ModelSpec, c: ParallelConfig, recompute: str, selective
     if model.dropout > 0:
         rows.append(("residual dropout masks", 2 * h, "byte", "replicated"))
     if not moe:
-        rows += [("MLP gate and up", 2 * model.ffn_hidden_size, "element", "sharded"),
-                 ("MLP silu", model.ffn_hidden_size, "element", "sharded"),
-                 ("MLP product", model.ffn_hidden_size, "cached", "sharded")]
+        if policy != MLA_UP_PROJ_MLP:  # that policy redoes the dense MLP from its input (the norm output above)
+            rows += [("MLP gate and up", 2 * model.ffn_hidden_size, "element", "sharded"),
+                     ("MLP silu", model.ffn_hidden_size, "element", "sharded"),
+                     ("MLP product", model.ffn_hidden_size, "cached", "sharded")]
     else:
         m = model.moe
         rows.append(("router logits and probabilities", 2 * m.num_experts, "fp32", "tokens"))
         rows.append(("routed tokens (expert input)", h, "cached", "routed"))
         experts = _swiglu_rows("expert", m.moe_intermediate_size / c.etp, "routed", policy)
-        if policy == "attention_core":  # Megatron's selective count of the experts keeps 3 SwiGLU tensors
+        if policy in MEGATRON_SELECTIVE:  # Megatron's selective count of the experts keeps 3 SwiGLU tensors
             experts = [r for r in experts if not r[0].endswith("silu")]
         rows += experts
         if keeps_outputs:
@@ -124,7 +133,7 @@ def saved_tensors(model: ModelSpec, c: ParallelConfig, recompute: str, selective
         if m.num_shared_experts:
             shared = _swiglu_rows("shared expert", m.num_shared_experts * m.shared_expert_intermediate_size,
                                   "sharded", policy)
-            rows += [r for r in shared if policy != "attention_core" or not r[0].endswith("silu")]
+            rows += [r for r in shared if policy not in MEGATRON_SELECTIVE or not r[0].endswith("silu")]
     out = []
     for name, width, dtype, split in rows:
         if split == "replicated":

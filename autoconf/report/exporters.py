@@ -181,7 +181,7 @@ def _job_name(plan: Plan) -> str:
     return "autoconf-" + re.sub(r"[^A-Za-z0-9._-]", "_", str(plan.model.name))[:64]
 
 
-Flag = tuple[str, object]  # (Megatron-LM flag, value); value None for a switch
+Flag = tuple[str, object]  # (Megatron-LM flag, value); value None for a switch, a tuple for a list (nargs '+')
 # The plan's CP K/V exchange (spec/plan.py CP_COMM) as Megatron-LM's --cp-comm-type.
 MEGATRON_CP_COMM = {"ring": "p2p", "allgather": "all_gather"}
 
@@ -297,6 +297,8 @@ def _megatron_recompute(plan: Plan, notes: list[str]) -> list[Flag]:
         if not every_layer:
             notes.append(f"Megatron's selective recompute covers every layer; the plan recomputes only the first "
                          f"{counts} layers of its stages (more recompute, less memory than planned)")
+        if selective_policy(c, plan_execution(plan.prediction)) == "mla_up_proj_mlp":  # Megatron-Core's modules
+            return [("--recompute-granularity", "selective"), ("--recompute-modules", ("mla_up_proj", "mlp"))]
         return [("--recompute-granularity", "selective")]
     if every_layer:
         return [("--recompute-granularity", "full"), ("--recompute-method", "uniform"), ("--recompute-num-layers", 1)]
@@ -423,7 +425,8 @@ def megatron_args(plan: Plan) -> str:
     flags, notes = megatron_flags(plan)
     header = [f"# {_summary(plan)}", f"# Targets {MEGATRON_TARGET}.",
               "# Megatron-LM arguments; use with: grep -v '^#' megatron_args.txt | xargs python pretrain_gpt.py ..."]
-    lines = [flag if value is None else f"{flag} {shlex.quote(str(value))}" for flag, value in flags]
+    lines = [flag if value is None else f"{flag} {' '.join(shlex.quote(str(v)) for v in value)}"
+             if isinstance(value, tuple) else f"{flag} {shlex.quote(str(value))}" for flag, value in flags]
     return "\n".join(header + [f"# NOTE: {comment_text(n)}" for n in notes] + lines) + "\n"
 
 

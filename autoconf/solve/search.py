@@ -31,7 +31,8 @@ from autoconf.cost.compute import PassTimes, measured_tp_layer, model_pieces, ra
 from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, cp_attention_comm, default_mesh, default_partition,
                                     dp_collectives, estimate, exposed_dp, overlapped_tp_layer, overlaps_pairs,
                                     p2p_bytes, predict, recompute_time, schedule_inflight, selective_matmul_share,
-                                    step_collectives, tp_collective, tp_overlap_gemms, tp_sp_collectives)
+                                    selective_matmuls_only, step_collectives, tp_collective, tp_overlap_gemms,
+                                    tp_sp_collectives)
 from autoconf.cost.memory import (layer_activation_bytes, p2p_buffer_bytes, rank_params, stage_memory,
                                   state_bytes_per_param)
 from autoconf.cost.moe import ep_comm_passes, layer_kind_params, layer_kinds, moe_layers, smallest_layer_params
@@ -400,7 +401,8 @@ class _BoundCache:
             self._layers[key] = {moe: (p.block.forward + f + cp.forward, p.block.backward_input + b + cp.backward_input,
                                        p.block.backward_weight + cp.backward_weight,
                                        recompute_time(p, c, one, selective_matmul_share(self.model, c, self.execution,
-                                                                                        moe))
+                                                                                        moe),
+                                                      selective_matmuls_only(c, self.execution))
                                        + (cp.forward if c.recompute == "full" else 0.0))
                                  for p, (f, b), moe in zip(kinds, copies, layer_kinds(self.model))}
         return self._layers[key]

@@ -41,9 +41,14 @@ GRAD_REDUCE_START = ("after_flush", "after_stage", "per_bucket")
 #   "norms_mla_swiglu"   every RMSNorm, the up-projections of multi-head latent attention (so their outputs Q, K, V)
 #                        and the output of the MoE experts' SwiGLU (DeepSeek-V3 report Sec. 3.2.3 and 3.3.3); the
 #                        attention core is not redone (cost/saved.py)
+#   "mla_up_proj_mlp"    Megatron-Core's --recompute-modules mla_up_proj mlp (core_v0.14.0 transformer_config.py
+#                        `recompute_modules`): the up-projections of multi-head latent attention (their outputs Q, K,
+#                        V; output-discarding checkpointing) and the MLP of the dense layers only (transformer_layer.py
+#                        sets recompute_mlp for a non-MoELayer mlp; normal checkpointing, which keeps the MLP input);
+#                        neither the norms, the attention core nor the experts are redone (cost/saved.py)
 # A plan may name its own (`ParallelConfig.selective_recompute`) among those its framework runs
 # (`Execution.selective_policies`); `selective_policy` is the one reading.
-SELECTIVE_RECOMPUTE = ("attention_core", "alternate_matmuls", "norms_mla_swiglu")
+SELECTIVE_RECOMPUTE = ("attention_core", "alternate_matmuls", "norms_mla_swiglu", "mla_up_proj_mlp")
 # The policies autoconf's executor builds (execute/parallelize.py, execute/checkpoint_policy.py).
 EXECUTOR_SELECTIVE = ("attention_core", "alternate_matmuls")
 MEMORY_LAYOUTS = ("torch", "megatron")
@@ -101,6 +106,8 @@ GRAD_BUFFER_PASSES = {"zero": 1, "scale": 2, "nan_check": 1}
 #               remainders of the fp32 master weights (the bf16 weight holds the other half), fp32 moments, and a
 #               sharded copy of the reduced gradients in the grad buffer's dtype (2 + 8 + 4 or 2 bytes)
 OPTIMIZERS = ("megatron", "apex")
+# The dtype the megatron layout's Adam moments may be kept in ("": the precision recipe's, `Precision.moments`).
+MOMENTS_DTYPES = ("", "fp32", "bf16")
 # What the loss of the megatron layout holds per logit beyond the logits themselves, at its peak:
 #   "copy"     Megatron 2022's vocab-parallel cross entropy: an fp32 copy and an fp32 max-subtracted copy (8 bytes)
 #   "inplace"  Megatron-Core's (megatron/core/tensor_parallel/cross_entropy.py and its fused variant): the fp32
@@ -192,6 +199,9 @@ class Execution:
         and its transpose replace the bf16 weight) instead of bf16 plus TE's cached fp8 copies.
     grad_buffer_dtype: see GRAD_BUFFER_DTYPES; the megatron layout reduces its gradients in it (the torch layout
         holds and reduces fp32 gradients). optimizer: see OPTIMIZERS. loss_memory: see LOSS_MEMORY.
+    optimizer_moments: the dtype of the megatron layout's two Adam moments (MOMENTS_DTYPES; Megatron-Core's
+        --use-precision-aware-optimizer with --exp-avg-dtype and --exp-avg-sq-dtype), "" for the precision recipe's
+        (`Precision.moments`: fp32 but under fp8-deepseek).
     grad_buffer_passes: see GRAD_BUFFER_PASSES (megatron layout; `autoconf.cost.compute.rank_optimizer_time` adds
         them to the step's optimizer term).
     overlap_paired_chunks: runs the paired forward and backward chunks of a schedule that pairs them
@@ -261,6 +271,7 @@ class Execution:
     fp8_params: bool = False
     grad_buffer_dtype: str = "fp32"
     optimizer: str = "megatron"
+    optimizer_moments: str = ""
     loss_memory: str = "copy"
     grad_buffer_passes: tuple[str, ...] = ()
     overlap_paired_chunks: bool = False
@@ -295,9 +306,9 @@ class Execution:
         if self.cp_attention not in CP_ATTENTION:
             out.append(f"cp_attention {self.cp_attention!r} is none of {', '.join(CP_ATTENTION)}")
         for flag, known in (("grad_buffer_dtype", GRAD_BUFFER_DTYPES), ("optimizer", OPTIMIZERS),
-                            ("loss_memory", LOSS_MEMORY)):
+                            ("loss_memory", LOSS_MEMORY), ("optimizer_moments", MOMENTS_DTYPES)):
             if getattr(self, flag) not in known:
-                out.append(f"{flag} {getattr(self, flag)!r} is none of {', '.join(known)}")
+                out.append(f"{flag} {getattr(self, flag)!r} is none of {', '.join(k or repr(k) for k in known)}")
         if not set(self.grad_buffer_passes) <= set(GRAD_BUFFER_PASSES):
             out.append(f"grad_buffer_passes {', '.join(self.grad_buffer_passes)}: each must be one of "
                        f"{', '.join(GRAD_BUFFER_PASSES)}")
@@ -325,8 +336,8 @@ class Execution:
                            "--overlap-param-gather with --overlap-grad-reduce)")
         if self.bucket_params is not None and not self.bucket_params > 0:
             out.append(f"bucket_params must be > 0 parameters, got {self.bucket_params}")
-        if self.selective_recompute == "norms_mla_swiglu" and self.memory_layout != "megatron":
-            out.append("selective_recompute 'norms_mla_swiglu' (DeepSeek-V3's) is described in the megatron memory "
+        if self.selective_recompute in ("norms_mla_swiglu", "mla_up_proj_mlp") and self.memory_layout != "megatron":
+            out.append(f"selective_recompute {self.selective_recompute!r} is described in the megatron memory "
                        "layout only; the executor's selective recompute is 'attention_core'")
         if self.overlap_paired_chunks and self.executor_overheads:  # the runtime is autoconf's executor
             out.append("autoconf's executor runs torch's ScheduleDualPipeV without an OVERLAP_F_B function, so each "
@@ -536,7 +547,8 @@ def execution(name: str = DEFAULT) -> Execution:
 USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_reduce_start", "bucket_params",
               "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
               "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies",
-              "compile_loss", "transformer_engine", "fp8_params", "grad_buffer_dtype", "optimizer", "loss_memory",
+              "compile_loss", "transformer_engine", "fp8_params", "grad_buffer_dtype", "optimizer",
+              "optimizer_moments", "loss_memory",
               "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs",
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts",
               "cp_attention", "cp_repeat_kv")
