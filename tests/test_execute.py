@@ -64,10 +64,14 @@ def offload_plan(arch: str, **changes) -> Plan:
     return plan
 
 
-def seq_chunk_plan(arch: str, chunks: int, **layout) -> Plan:
-    """A pp2 seq1f1b plan whose sequences flow in `chunks` chunks."""
+def seq_chunk_plan(arch: str, chunks: int, split: list[int] | None = None, grad_reduce: str = "step",
+                   **layout) -> Plan:
+    """A pp2 seq1f1b plan whose sequences flow in `chunks` chunks (at the boundaries `split`, else evenly)."""
     plan = make_plan(arch, pp=2, schedule="seq1f1b", **layout)
-    plan.config = dataclasses.replace(plan.config, seq_chunks=chunks)
+    plan.config = dataclasses.replace(plan.config, seq_chunks=chunks, grad_reduce=grad_reduce,
+                                      seq_split="even" if split is None else "work")
+    plan.sequence_split = split
+    plan.validate()
     return plan
 
 
@@ -127,6 +131,13 @@ LAYOUTS: dict[str, Layout] = {
        for s in SCHEDULES if s not in ("gpipe", "1f1b")},
     **{f"gpt-dp4-zero{z}": Layout(4, make_plan(dp=4, zero=z)) for z in range(4)},
     "gpt-pp2-dp2-1f1b-zero1": Layout(4, make_plan(pp=2, dp=2, schedule="1f1b", zero=1)),
+    # seq1f1b with data parallelism (ZeRO-1 with the tied embedding; ZeRO-3 reducing every micro-batch, the
+    # reducing stage over the chunk stage) and with TP + SP on an uneven split (chunks of 12, 8, 6, 6 tokens).
+    "gpt-pp2-dp2-seq1f1b-k4-zero1-mb2": Layout(4, seq_chunk_plan("gpt", 4, dp=2, zero=1, micro_batch=2)),
+    "llama-pp2-dp2-seq1f1b-k2-zero3-microbatch": Layout(4, seq_chunk_plan("llama", 2, dp=2, zero=3,
+                                                                          grad_reduce="microbatch")),
+    "gpt-tp2-pp2-seq1f1b-k4-sp-uneven": Layout(4, seq_chunk_plan("gpt", 4, [0, 12, 20, 26, 32], tp=2, sp=True,
+                                                                 micro_batch=2)),
     "gpt-pp2-dp2-zbv-zero1-reordered": Layout(4, reordered_plan()),
     # ZeRO-0 reduces in the backward's hooks: pipelined (tied embedding across pipeline ranks, split backward
     # with the V placement, two chunks per rank) and with TP shards (vocabulary-parallel tied embedding, SP). The

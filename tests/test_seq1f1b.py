@@ -130,20 +130,25 @@ def test_chunks_shrink_the_bubble_and_send_k_times_smaller_messages():
         p2p_bytes(LLAMA, _config(k=1), Execution()) / 4)
 
 
-def test_the_executor_runs_one_layout_and_estimate_marks_the_others():
-    """The support rule lets the executor run seq1f1b on the layout its test checks (pp > 1, tp 1, dp 1) and names
-    what it refuses in one line; `estimate` predicts a refused layout and marks it not launchable with the reason
-    (the pp2 runs themselves: tests/test_execute.py, llama-pp2-seq1f1b-k2 and gpt-pp2-seq1f1b-k4-mb2)."""
-    runs = dataclasses.replace(_config(), tp=1, sequence_parallel=False, pp=16)
-    assert unsupported_reason(runs, LLAMA) is None
-    assert "launchable" not in estimate(LLAMA, H100, runs).prediction
-    for changes, named in ((dict(tp=2, sequence_parallel=True, pp=8), "tp 2"), (dict(dp=2, pp=8), "dp 2"),
-                           (dict(recompute="full"), "recompute full"), (dict(pp=1, dp=16), "pp 1")):
+def test_the_executor_runs_the_tested_layouts_and_estimate_marks_the_others():
+    """The support rule lets the executor run seq1f1b on the layouts its tests check (pp > 1 with tp, SP, dp and
+    ZeRO: tests/test_execute.py's llama-pp2-seq1f1b-k2, gpt-pp2-seq1f1b-k4-mb2 and the 4-rank seq1f1b layouts) and
+    names what it refuses in one line; `estimate` predicts a refused layout and marks it not launchable with the
+    reason."""
+    runs = _config()  # tp 2 with SP, pp 8
+    for changes in ({}, dict(tp=1, sequence_parallel=False, pp=16), dict(dp=2, pp=4, zero_stage=3),
+                    dict(dp=2, pp=4, zero_stage=1)):
+        config = dataclasses.replace(runs, **changes)
+        assert unsupported_reason(config, LLAMA) is None, changes
+        assert "launchable" not in estimate(LLAMA, H100, config).prediction
+    for changes, named in ((dict(cp=2, pp=4), "cp 2"), (dict(recompute="full"), "recompute full"),
+                           (dict(pp=1, dp=16), "pp 1"), (dict(offload_activations=True), "offload_activations")):
         reason = unsupported_reason(dataclasses.replace(runs, **changes), LLAMA)
         assert reason and named in reason and "1f1b" in reason and "\n" not in reason
-    prediction = estimate(LLAMA, H100, _config()).prediction  # tp 2
+    refused = dataclasses.replace(runs, recompute="full")
+    prediction = estimate(LLAMA, H100, refused).prediction
     assert prediction["launchable"] is False
-    assert prediction["not_launchable_reason"] == unsupported_reason(_config(), LLAMA)
+    assert prediction["not_launchable_reason"] == unsupported_reason(refused, LLAMA)
 
 
 @functools.lru_cache(maxsize=1)

@@ -78,15 +78,8 @@ def build_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device
     if schedule_spec(c.schedule).sequence_chunks:
         return _sequence_chunk_schedule(plan, chunks, pp_group, device, scale_grads)
     cls = get_schedule_class(schedule_spec(c.schedule).torch_class)
-    # ZeRO-0 chunks (one-rank FSDP units) run behind a plain wrapper so that torch's stage does not postpone their
-    # root unit's gradient work; split-backward schedules need torch's own handling of the weight pass.
-    plain = not c.zero_sharded and not schedule_spec(c.schedule).split_backward
-    if c.reduces_every_microbatch:
-        stages = [_reducing_stage_class(c.zero_stage >= 3)(chunk, s, c.num_stages, device, group=pp_group)
-                  for s, chunk in chunks]
-    else:
-        stages = [PipelineStage(_Unsharded(chunk) if plain else chunk, s, c.num_stages, device, group=pp_group)
-                  for s, chunk in chunks]
+    stage_class, wrap = _stage_kind(c, PipelineStage)
+    stages = [stage_class(wrap(chunk), s, c.num_stages, device, group=pp_group) for s, chunk in chunks]
     if issubclass(cls, PipelineScheduleSingle):
         assert len(stages) == 1
         schedule = cls(stages[0], n_microbatches=c.num_microbatches, loss_fn=loss_fn, scale_grads=scale_grads)
@@ -99,37 +92,48 @@ def build_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device
     return schedule, stages
 
 
+def _stage_kind(c, base):
+    """(stage class, chunk wrapper) for a rank's chunks, `base` a PipelineStage class: a sharded plan that reduces
+    every micro-batch's gradients runs `_reducing_stage_class` over `base`; ZeRO-0 chunks (one-rank FSDP units) run
+    behind the plain `_Unsharded` wrapper so that torch's stage does not postpone their root unit's gradient work;
+    split-backward schedules need torch's own handling of the weight pass, so their chunks stay unwrapped."""
+    if c.reduces_every_microbatch:
+        return _reducing_stage_class(c.zero_stage >= 3, base), (lambda chunk: chunk)
+    if not c.zero_sharded and not schedule_spec(c.schedule).split_backward:
+        return base, _Unsharded
+    return base, (lambda chunk: chunk)
+
+
 def _sequence_chunk_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device: torch.device,
                              scale_grads: bool):
-    """seq1f1b (execute/seq_chunks.py): the rank's chunks read one `SequenceChunks`, their stages tell it which unit
-    runs, and torch's runtime runs the cost model's order. Only ZeRO-0 without data parallelism reaches here
-    (spec/support.py), so the chunks run behind the plain wrapper."""
+    """seq1f1b (execute/seq_chunks.py): the rank's chunks read one `SequenceChunks`, their stages (of the class and
+    wrapper the other schedules take, `_stage_kind`) tell it which unit runs, and torch's runtime runs the cost
+    model's order."""
     from autoconf.execute import seq_chunks
 
     c = plan.config
     context = seq_chunks.SequenceChunks(plan.chunk_bounds, device)
-    stage_class = seq_chunks.chunk_stage_class()
+    stage_class, wrap = _stage_kind(c, seq_chunks.chunk_stage_class())
     stages = []
     for s, chunk in chunks:
         seq_chunks.attach(chunk, context)
-        stage = stage_class(_Unsharded(chunk), s, c.num_stages, device, group=pp_group)
+        stage = stage_class(wrap(chunk), s, c.num_stages, device, group=pp_group)
         stage.chunk_context = context
         stages.append(stage)
     return seq_chunks.runtime_schedule(plan, stages, loss_fn, scale_grads), stages
 
 
-def _reducing_stage_class(reshard: bool):
-    """A PipelineStage whose FSDP chunk reduce-scatters every micro-batch's gradients during its backward
-    (grad_reduce "microbatch"). torch's stage runs every backward with `set_requires_gradient_sync(False)` and
+def _reducing_stage_class(reshard: bool, base):
+    """A subclass of the PipelineStage class `base` whose FSDP chunk reduce-scatters every micro-batch's gradients
+    during its backward (grad_reduce "microbatch"). torch's stage runs every backward with `set_requires_gradient_sync(False)` and
     `set_reshard_after_backward(False)` and reduces after the stage's last one (`perform_reduce_grad`, which still
     runs and then finds nothing left to reduce); this one keeps the sync on, as FSDP runs outside a pipeline, and
     reshards after each backward at ZeRO-3 (`reshard`), after the last at ZeRO-1/2. Only the full backward: the
     split I/W schedules are refused with this choice (spec/support.py)."""
     from torch.distributed.fsdp import FSDPModule
-    from torch.distributed.pipelining import PipelineStage
     from torch.distributed.pipelining._backward import stage_backward
 
-    class ReducingStage(PipelineStage):
+    class ReducingStage(base):
         def backward_maybe_with_nosync(self, backward_type, bwd_kwargs: dict, last_backward: bool = False):
             if backward_type != "full" or not isinstance(self.submod, FSDPModule):
                 return super().backward_maybe_with_nosync(backward_type, bwd_kwargs, last_backward)
