@@ -124,6 +124,12 @@ LAYOUTS: dict[str, Layout] = {
     # learned positions and the tied embedding.
     "llama-pp2-seq1f1b-k2": Layout(2, seq_chunk_plan("llama", 2)),
     "gpt-pp2-seq1f1b-k4-mb2": Layout(2, seq_chunk_plan("gpt", 4, micro_batch=2)),
+    # ... under recompute (a unit's backward runs its forward again, seeing the same earlier chunks): full, on an
+    # uneven split (chunks of 11, 9, 7, 5 tokens), and the per-op policy on the first layers of each stage.
+    "gpt-pp2-seq1f1b-k4-uneven-full": Layout(2, seq_chunk_plan("gpt", 4, [0, 11, 20, 27, 32], recompute="full",
+                                                               micro_batch=2)),
+    "llama8-pp2-seq1f1b-k4-selective-op-per-stage": Layout(2, seq_chunk_plan(
+        "llama8", 4, recompute="selective", selective_recompute="alternate_matmuls", recompute_layers=[3, 1])),
     "gpt2-tp4": Layout(4, make_plan("gpt2", tp=4, micro_batch=2)),
     # gpipe and 1f1b at pp4 (a stage between two others): tests/test_reliability.py's gpt/pp4 and llama/pp4 (the same
     # 4-rank job; their steps after a resume equal the uninterrupted run's).
@@ -132,10 +138,11 @@ LAYOUTS: dict[str, Layout] = {
     **{f"gpt-dp4-zero{z}": Layout(4, make_plan(dp=4, zero=z)) for z in range(4)},
     "gpt-pp2-dp2-1f1b-zero1": Layout(4, make_plan(pp=2, dp=2, schedule="1f1b", zero=1)),
     # seq1f1b with data parallelism (ZeRO-1 with the tied embedding; ZeRO-3 reducing every micro-batch, the
-    # reducing stage over the chunk stage) and with TP + SP on an uneven split (chunks of 12, 8, 6, 6 tokens).
+    # reducing stage over the chunk stage, with full recompute) and with TP + SP on an uneven split (chunks of 12,
+    # 8, 6, 6 tokens).
     "gpt-pp2-dp2-seq1f1b-k4-zero1-mb2": Layout(4, seq_chunk_plan("gpt", 4, dp=2, zero=1, micro_batch=2)),
-    "llama-pp2-dp2-seq1f1b-k2-zero3-microbatch": Layout(4, seq_chunk_plan("llama", 2, dp=2, zero=3,
-                                                                          grad_reduce="microbatch")),
+    "llama-pp2-dp2-seq1f1b-k2-zero3-microbatch-full": Layout(4, seq_chunk_plan(
+        "llama", 2, dp=2, zero=3, grad_reduce="microbatch", recompute="full")),
     "gpt-tp2-pp2-seq1f1b-k4-sp-uneven": Layout(4, seq_chunk_plan("gpt", 4, [0, 12, 20, 26, 32], tp=2, sp=True,
                                                                  micro_batch=2)),
     "gpt-pp2-dp2-zbv-zero1-reordered": Layout(4, reordered_plan()),

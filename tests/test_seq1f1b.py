@@ -131,21 +131,22 @@ def test_chunks_shrink_the_bubble_and_send_k_times_smaller_messages():
 
 
 def test_the_executor_runs_the_tested_layouts_and_estimate_marks_the_others():
-    """The support rule lets the executor run seq1f1b on the layouts its tests check (pp > 1 with tp, SP, dp and
-    ZeRO: tests/test_execute.py's llama-pp2-seq1f1b-k2, gpt-pp2-seq1f1b-k4-mb2 and the 4-rank seq1f1b layouts) and
+    """The support rule lets the executor run seq1f1b on the layouts its tests check (pp > 1 with tp, SP, dp, ZeRO
+    and recompute: tests/test_execute.py's seq1f1b layouts) and
     names what it refuses in one line; `estimate` predicts a refused layout and marks it not launchable with the
     reason."""
     runs = _config()  # tp 2 with SP, pp 8
     for changes in ({}, dict(tp=1, sequence_parallel=False, pp=16), dict(dp=2, pp=4, zero_stage=3),
-                    dict(dp=2, pp=4, zero_stage=1)):
+                    dict(dp=2, pp=4, zero_stage=1), dict(recompute="full"),
+                    dict(recompute="selective", selective_recompute="alternate_matmuls")):
         config = dataclasses.replace(runs, **changes)
         assert unsupported_reason(config, LLAMA) is None, changes
         assert "launchable" not in estimate(LLAMA, H100, config).prediction
-    for changes, named in ((dict(cp=2, pp=4), "cp 2"), (dict(recompute="full"), "recompute full"),
-                           (dict(pp=1, dp=16), "pp 1"), (dict(offload_activations=True), "offload_activations")):
+    for changes, named in ((dict(cp=2, pp=4), "cp 2"), (dict(pp=1, dp=16), "pp 1"),
+                           (dict(offload_activations=True), "offload_activations")):
         reason = unsupported_reason(dataclasses.replace(runs, **changes), LLAMA)
         assert reason and named in reason and "1f1b" in reason and "\n" not in reason
-    refused = dataclasses.replace(runs, recompute="full")
+    refused = dataclasses.replace(runs, offload_activations=True)
     prediction = estimate(LLAMA, H100, refused).prediction
     assert prediction["launchable"] is False
     assert prediction["not_launchable_reason"] == unsupported_reason(refused, LLAMA)

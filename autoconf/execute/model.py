@@ -88,7 +88,7 @@ class AttentionCore(nn.Module):
         rank's K/V (`ContextParallel.attention`)."""
         p = self.p_attn if self.training else 0.0
         if self.context is not None:
-            if self.core_as_op:  # a ContextParallel's (seq1f1b's context has no op and never runs the policy)
+            if self.core_as_op:  # the per-op policy: CP's exchange as one op (seq1f1b's context ignores it)
                 return self.context.attention(q, k, v, p, self.attend, as_op=True)
             return self.context.attention(q, k, v, p, self.attend)
         return self.attend(q, k, v, None, p)

@@ -106,16 +106,23 @@ class LayerChunks:
     def positions(self) -> torch.Tensor:
         return self.shared.positions
 
-    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float, attend) -> torch.Tensor:
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float, attend,
+                  as_op: bool = False) -> torch.Tensor:
+        """The unit's attention over the earlier chunks' K/V and its own. `as_op` (a block under the per-op policy)
+        changes nothing: the chunk's attention is one `attend` call, whose kernel the policy sees itself (context
+        parallelism needs its own op for its exchange, cp_attention.py)."""
         shared = self.shared
         if shared.unit is None:
             return attend(q, k, v, None, p)
         micro_batch, j = divmod(shared.unit, shared.chunks)
         earlier = self.kv.setdefault(micro_batch, [])
-        assert len(earlier) == j, f"chunk {j} of micro-batch {micro_batch} runs after {len(earlier)} earlier chunks"
+        # A recomputed forward (in the unit's backward) finds its own leaves kept already: it reads the same earlier
+        # chunks and keeps nothing new.
+        recomputing = len(earlier) > j
+        assert recomputing or len(earlier) == j, f"chunk {j} of micro-batch {micro_batch} runs after {len(earlier)}"
         if j:
-            keys = torch.cat([kl for kl, _ in earlier] + [k], dim=2)
-            values = torch.cat([vl for _, vl in earlier] + [v], dim=2)
+            keys = torch.cat([kl for kl, _ in earlier[:j]] + [k], dim=2)
+            values = torch.cat([vl for _, vl in earlier[:j]] + [v], dim=2)
             query_pos = shared.query_positions
             mask = query_pos[:, None] >= torch.arange(shared.bounds[j] + k.shape[2], device=q.device)[None, :]
             out = attend(q, keys, values, mask, p)
@@ -124,9 +131,10 @@ class LayerChunks:
         if j < shared.chunks - 1 and torch.is_grad_enabled():
             n = shared.length(j)
             leaves = (k[:, :, :n].detach().requires_grad_(), v[:, :, :n].detach().requires_grad_())
-            earlier.append(leaves)
-            for own, leaf in zip((k, v), leaves):
-                own.register_hook(self._adds(leaf, micro_batch if j == 0 else None))
+            if not recomputing:  # the ops stay those of the first forward (the per-op policy replays them in order)
+                earlier.append(leaves)
+                for own, leaf in zip((k, v), leaves):
+                    own.register_hook(self._adds(leaf, micro_batch if j == 0 else None))
         return out
 
     def _adds(self, leaf: torch.Tensor, done: int | None):
@@ -172,7 +180,7 @@ def runtime_schedule(plan, stages, loss_fn, scale_grads: bool):
 
 def chunk_stage_class():
     """A PipelineStage that tells its `SequenceChunks` (the module attribute `chunk_context`) which unit it
-    computes."""
+    computes, in its forward and in its backward (where recompute runs the unit's forward again)."""
     from torch.distributed.pipelining import PipelineStage
 
     class ChunkStage(PipelineStage):
@@ -182,6 +190,13 @@ def chunk_stage_class():
             self.chunk_context.start(fwd_chunk_id)
             try:
                 return super().forward_one_chunk(fwd_chunk_id, *args, **kwargs)
+            finally:
+                self.chunk_context.start(None)
+
+        def backward_one_chunk(self, bwd_chunk_id, *args, **kwargs):
+            self.chunk_context.start(bwd_chunk_id)
+            try:
+                return super().backward_one_chunk(bwd_chunk_id, *args, **kwargs)
             finally:
                 self.chunk_context.start(None)
 
