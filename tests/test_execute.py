@@ -65,11 +65,12 @@ def offload_plan(arch: str, **changes) -> Plan:
 
 
 def seq_chunk_plan(arch: str, chunks: int, split: list[int] | None = None, grad_reduce: str = "step",
-                   **layout) -> Plan:
+                   offload_activations: bool = False, **layout) -> Plan:
     """A pp2 seq1f1b plan whose sequences flow in `chunks` chunks (at the boundaries `split`, else evenly)."""
     plan = make_plan(arch, pp=2, schedule="seq1f1b", **layout)
     plan.config = dataclasses.replace(plan.config, seq_chunks=chunks, grad_reduce=grad_reduce,
-                                      seq_split="even" if split is None else "work")
+                                      seq_split="even" if split is None else "work",
+                                      offload_activations=offload_activations)
     plan.sequence_split = split
     plan.validate()
     return plan
@@ -130,6 +131,7 @@ LAYOUTS: dict[str, Layout] = {
                                                                micro_batch=2)),
     "llama8-pp2-seq1f1b-k4-selective-op-per-stage": Layout(2, seq_chunk_plan(
         "llama8", 4, recompute="selective", selective_recompute="alternate_matmuls", recompute_layers=[3, 1])),
+    "llama-pp2-seq1f1b-k2-offload-activations": Layout(2, seq_chunk_plan("llama", 2, offload_activations=True)),
     "gpt2-tp4": Layout(4, make_plan("gpt2", tp=4, micro_batch=2)),
     # gpipe and 1f1b at pp4 (a stage between two others): tests/test_reliability.py's gpt/pp4 and llama/pp4 (the same
     # 4-rank job; their steps after a resume equal the uninterrupted run's).

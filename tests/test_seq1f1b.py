@@ -131,22 +131,23 @@ def test_chunks_shrink_the_bubble_and_send_k_times_smaller_messages():
 
 
 def test_the_executor_runs_the_tested_layouts_and_estimate_marks_the_others():
-    """The support rule lets the executor run seq1f1b on the layouts its tests check (pp > 1 with tp, SP, dp, ZeRO
-    and recompute: tests/test_execute.py's seq1f1b layouts) and
+    """The support rule lets the executor run seq1f1b on the layouts its tests check (pp > 1 with tp, SP, dp, ZeRO,
+    recompute and offload: tests/test_execute.py's seq1f1b layouts) and
     names what it refuses in one line; `estimate` predicts a refused layout and marks it not launchable with the
     reason."""
     runs = _config()  # tp 2 with SP, pp 8
     for changes in ({}, dict(tp=1, sequence_parallel=False, pp=16), dict(dp=2, pp=4, zero_stage=3),
                     dict(dp=2, pp=4, zero_stage=1), dict(recompute="full"),
-                    dict(recompute="selective", selective_recompute="alternate_matmuls")):
+                    dict(recompute="selective", selective_recompute="alternate_matmuls"),
+                    dict(offload_activations=True)):
         config = dataclasses.replace(runs, **changes)
         assert unsupported_reason(config, LLAMA) is None, changes
         assert "launchable" not in estimate(LLAMA, H100, config).prediction
-    for changes, named in ((dict(cp=2, pp=4), "cp 2"), (dict(pp=1, dp=16), "pp 1"),
-                           (dict(offload_activations=True), "offload_activations")):
+    for changes, named in ((dict(cp=2, pp=4), "cp 2"), (dict(pp=1, dp=16), "pp 1")):
         reason = unsupported_reason(dataclasses.replace(runs, **changes), LLAMA)
         assert reason and named in reason and "1f1b" in reason and "\n" not in reason
-    refused = dataclasses.replace(runs, offload_activations=True)
+    assert "mixture-of-experts" in unsupported_reason(runs, PRESETS["mixtral-8x7b"])
+    refused = dataclasses.replace(runs, pp=1, dp=8)
     prediction = estimate(LLAMA, H100, refused).prediction
     assert prediction["launchable"] is False
     assert prediction["not_launchable_reason"] == unsupported_reason(refused, LLAMA)

@@ -15,8 +15,8 @@ selective policy with context parallelism and MoE layers (also at tp or etp > 1)
 `op_policy_unsupported` names.
 
 seq1f1b (sequence-level pipelining, execute/seq_chunks.py) runs on the layouts its tests check
-(`sequence_chunks_reason`: pp > 1 with any tp (with or without SP), dp, ZeRO stage and recompute, cp 1, no
-activation offload, dense models).
+(`sequence_chunks_reason`: pp > 1 with any tp (with or without SP), dp, ZeRO stage, recompute and offload, cp 1,
+dense models).
 
 dualpipe (DeepSeek's bidirectional DualPipe) is refused in one line (`ScheduleSpec.executor_note`): its ranks hold
 two copies of stages in two directions, which no torch.distributed.pipelining class runs. The planner still costs it
@@ -112,19 +112,17 @@ def op_policy_unsupported(config, model=None) -> str | None:
 def sequence_chunks_reason(config, model=None) -> str | None:
     """Why the executor does not run this seq1f1b layout, or None. It runs the schedule (execute/seq_chunks.py,
     tests/test_seq1f1b.py and test_execute.py; latent attention: tests/test_mla.py) on a pipeline of dense blocks,
-    with tensor (and sequence) and data parallelism at any ZeRO stage, under any recompute, without context
-    parallelism and activation offload: the layouts its CPU tests check. Not built: context parallelism (a second
-    split of the sequence), MoE blocks (their load-balancing statistics would be per chunk); not tested: activation
-    offload."""
+    with tensor (and sequence) and data parallelism at any ZeRO stage, under any recompute and offload, without
+    context parallelism: the layouts its CPU tests check. Not built: context parallelism (a second split of the
+    sequence), MoE blocks (their load-balancing statistics would be per chunk)."""
     c = config
     found = [f"{name} {value}" for name, value, ok in (
-        ("pp", c.pp, c.pp > 1), ("cp", c.cp, c.cp == 1),
-        ("offload_activations", c.offload_activations, not c.offload_activations)) if not ok]
+        ("pp", c.pp, c.pp > 1), ("cp", c.cp, c.cp == 1)) if not ok]
     if model is not None and model.moe is not None:
         found.append(f"the mixture-of-experts model {model.name}")
     if not found:
         return None
-    return (f"schedule seq1f1b runs in the executor with pp > 1, cp 1, no activation offload and a dense model; "
+    return (f"schedule seq1f1b runs in the executor with pp > 1, cp 1 and a dense model; "
             f"this plan has {', '.join(found)}: use those, or 1f1b")
 
 
