@@ -28,6 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import CausalBias
 from torch.utils.checkpoint import checkpoint
 
 from autoconf.spec.model import ModelSpec
@@ -95,17 +96,19 @@ class AttentionCore(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                p: float) -> torch.Tensor:
-        """The attention math: `mask` [q positions, k positions] True where a query may see a key, or None for the
-        causal mask of equal query and key positions. The fused kernel reads grouped K and V as they are
-        (`enable_gqa`: it keeps them for its backward unrepeated)."""
+        """The attention math: `mask` [q positions, k positions] True where a query may see a key, None for the
+        causal mask of equal query and key positions, or torch's lower-right causal bias (`causal_lower_right`: the
+        queries are the last keys' positions), which the fused kernels apply without a mask tensor. The fused kernel
+        reads grouped K and V as they are (`enable_gqa`: it keeps them for its backward unrepeated)."""
         if self.attention == "flash":
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=p,
                                                   enable_gqa=k.shape[1] != q.shape[1])
         if k.shape[1] != q.shape[1]:
             repeat = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        if mask is None:
-            mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        if mask is None or isinstance(mask, CausalBias):
+            offset = k.shape[-2] - q.shape[-2]
+            mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril(offset)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
         probs = scores.float().masked_fill(~mask, float("-inf")).softmax(dim=-1).to(q.dtype)
         return F.dropout(probs, p) @ v

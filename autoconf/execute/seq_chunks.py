@@ -16,8 +16,10 @@ last chunk first).
 What torch does not provide is the state between the units of one sequence, kept here per pipeline rank
 (`SequenceChunks`, attached to the rank's embedding and attention layers like context parallelism's object):
 
-- positions: chunk j's tokens sit at b_j .. b_j+1 - 1 (RoPE, learned positions and the causal mask read them; its
-  padding continues the count, clamped to the last position for the embedding tables);
+- positions: chunk j's tokens sit at b_j .. b_j+1 - 1 (RoPE and learned positions read them; its padding continues
+  the count, clamped to the last position for the embedding tables); its queries are the last of the keys its
+  attention reads, so the mask is torch's lower-right causal bias, which the fused kernels apply without a mask
+  tensor (on CPU the math kernel builds it);
 - keys and values: chunk j's attention reads the K/V of chunks 0..j-1 of its micro-batch. torch's stage runs each
   unit's backward as an autograd graph of its own, so a later chunk must not backpropagate into an earlier chunk's
   graph: each chunk hands its real K/V on as detached leaves, a later chunk's backward accumulates their gradients
@@ -30,6 +32,7 @@ The runtime's shape inference calls a stage once outside any unit: it then sees 
 from __future__ import annotations
 
 import torch
+from torch.nn.attention.bias import causal_lower_right
 
 from autoconf.spec.schedules import build_schedule as schedule_order
 
@@ -68,6 +71,9 @@ class SequenceChunks:
         self.chunks, self.seq_len = len(bounds) - 1, bounds[-1]
         self.padded_len = max(b - a for a, b in zip(bounds, bounds[1:]))
         self.unit: int | None = None
+        # Chunk j's queries are the last padded_len of its b_j + padded_len keys. Built here, outside the modes a
+        # forward may run under (the per-op policy's): torch cannot create this tensor subclass inside them.
+        self.masks = [None] + [causal_lower_right(self.padded_len, a + self.padded_len) for a in self.bounds[1:-1]]
 
     def start(self, unit: int | None) -> None:
         self.unit = unit
@@ -80,15 +86,11 @@ class SequenceChunks:
         return self.bounds[chunk + 1] - self.bounds[chunk]
 
     @property
-    def query_positions(self) -> torch.Tensor:
-        """The positions of the unit's rows, its padding continuing the count (what the causal mask compares)."""
-        first = self.bounds[self.chunk]
-        return torch.arange(first, first + self.padded_len, device=self.device)
-
-    @property
     def positions(self) -> torch.Tensor:
-        """`query_positions` clamped to the sequence (what RoPE and learned positions read)."""
-        return self.query_positions.clamp(max=self.seq_len - 1)
+        """The positions of the unit's rows, its padding continuing the count, clamped to the sequence (what RoPE
+        and learned positions read)."""
+        first = self.bounds[self.chunk]
+        return torch.arange(first, first + self.padded_len, device=self.device).clamp(max=self.seq_len - 1)
 
     def layer(self) -> "LayerChunks":
         return LayerChunks(self)
@@ -123,9 +125,7 @@ class LayerChunks:
         if j:
             keys = torch.cat([kl for kl, _ in earlier[:j]] + [k], dim=2)
             values = torch.cat([vl for _, vl in earlier[:j]] + [v], dim=2)
-            query_pos = shared.query_positions
-            mask = query_pos[:, None] >= torch.arange(shared.bounds[j] + k.shape[2], device=q.device)[None, :]
-            out = attend(q, keys, values, mask, p)
+            out = attend(q, keys, values, shared.masks[j], p)
         else:  # the causal mask: the padding comes after every real token
             out = attend(q, k, v, None, p)
         if j < shared.chunks - 1 and torch.is_grad_enabled():
