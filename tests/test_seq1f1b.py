@@ -436,3 +436,71 @@ def test_estimate_takes_the_split_on_the_command_line():
     refused = CliRunner().invoke(main, args)
     assert refused.exit_code != 0 and "--seq-split work splits sequences into chunks" in refused.output
     assert "Traceback" not in refused.output
+
+
+def _executor_kv_extra_tokens(bounds, recompute: str, policy: str) -> float:
+    """Tokens' K and V one executor layer keeps per micro-batch, all its chunks in flight, beyond what the same
+    layer keeps for the same chunks without sequence chunks (no earlier K/V): the storages of the tensors saved for
+    the backward and of the earlier chunks' leaves, counted once each (head-dim tensors only: the CPU math kernel's
+    score matrices are not what the estimate describes)."""
+    import torch
+
+    from autoconf.execute import seq_chunks
+    from autoconf.execute.model import Block
+    from autoconf.execute.parallelize import apply_recompute
+
+    spec = _PROBE
+    longest = max(b - a for a, b in zip(bounds, bounds[1:]))
+
+    def kept(context: bool) -> int:
+        torch.manual_seed(0)
+        block = Block(spec, 0, "flash")
+        if recompute != "none":
+            holder = torch.nn.Module()
+            holder.layers = torch.nn.ModuleDict({"0": block})
+            apply_recompute(holder, recompute, policy=policy)
+        chunks = seq_chunks.SequenceChunks(list(bounds), torch.device("cpu"))
+        layer = chunks.layer()
+        block.attention.context = layer if context else None
+        params = {p.untyped_storage().data_ptr() for p in block.parameters()}
+        storages = {}
+
+        def pack(t):
+            if t.dim() >= 3 and spec.head_dim in t.shape[-2:] and t.untyped_storage().data_ptr() not in params:
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        outputs = []
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            for j in range(len(bounds) - 1):
+                chunks.start(j if context else None)
+                outputs.append(block(torch.randn(1, longest, spec.hidden_size, requires_grad=True)))
+        for leaves in layer.kv.values():
+            for pair in leaves:
+                storages.update({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in pair})
+        return sum(storages.values())
+
+    return (kept(True) - kept(False)) / (2 * spec.kv_dim * 4)
+
+
+# Every query head its own K/V head: with grouped K/V the CPU math kernel (the one that takes the lower-right bias
+# on CPU) keeps them repeated to the query width, which CUDA's fused kernels do not.
+_PROBE = ModelSpec(name="probe", arch="llama", num_layers=1, hidden_size=64, num_heads=4, num_kv_heads=4,
+                   ffn_hidden_size=128, vocab_size=64, max_seq_len=4096)
+
+
+@pytest.mark.parametrize("bounds", [(0, 64, 128), (0, 32, 64, 96, 128), (0, 44, 80, 108, 128)])
+@pytest.mark.parametrize("recompute,policy", [("none", "attention_core"), ("selective", "attention_core"),
+                                              ("selective", "alternate_matmuls"), ("full", "attention_core")])
+def test_the_earlier_chunks_kv_the_estimate_counts_is_what_the_executor_keeps(bounds, recompute, policy):
+    """Per layer and micro-batch, the executor keeps the earlier chunks' K/V `seq_chunk_kv_bytes` counts (k chunks in
+    flight), under each recompute mode and selective policy it runs, on even and uneven splits: counted on a
+    one-layer block on CPU."""
+    from autoconf.cost.memory import cp_kv_bytes, seq_chunk_kv_bytes
+
+    k = len(bounds) - 1
+    c = ParallelConfig(tp=1, pp=2, dp=1, micro_batch_size=1, global_batch_size=2, seq_len=bounds[-1],
+                       schedule="seq1f1b", seq_chunks=k, recompute=recompute)
+    per_chunk, _ = seq_chunk_kv_bytes(_PROBE, c, "torch", bounds, recompute != "none", policy)
+    estimated = per_chunk * k / cp_kv_bytes(_PROBE, c) * bounds[-1] / k
+    assert _executor_kv_extra_tokens(bounds, recompute, policy) == pytest.approx(estimated, abs=1e-9)

@@ -49,7 +49,7 @@ its layers' `layer_activation_bytes` (its first `recomputed_layers` under the pl
 without recompute) plus the embedding dropout mask (first stage) and the head inputs (last stage), all over the
 rank's seq_len / cp tokens under context parallelism. Under seq1f1b the units in flight are sequence chunks of
 seq_len / k tokens on average, each also keeping earlier chunks' keys and values, and a rank holds the K/V gradients
-of up to k - 1 earlier chunks per layer (`seq_chunk_kv_bytes`, by layout); under the equal-work split the chunks'
+of up to k - 1 earlier chunks per layer (`seq_chunk_kv_bytes`, by layout and recompute mode); under the equal-work split the chunks'
 lengths differ (`seq_chunk_scales`: the executor pads each to the longest). Temporaries: the logits with their fp32
 loss copy and gradient, one layer's recomputed activations under full recompute (on a rank that recomputes a
 layer), P2P send/receive buffers, the K/V buffer of context-parallel attention (`cp_buffer_bytes`). With one
@@ -554,29 +554,53 @@ def cp_buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: Executi
 
 
 def seq_chunk_kv_bytes(model: ModelSpec, config: ParallelConfig, layout: str = "torch",
-                       bounds: Sequence[int] | None = None) -> tuple[float, float]:
+                       bounds: Sequence[int] | None = None, recomputed: bool = False,
+                       selective: str = "attention_core") -> tuple[float, float]:
     """Per layer, what sequence-level pipelining (seq1f1b, `seq_chunks` k > 1) keeps beyond each chunk's own
     activations: (the earlier chunks' keys and values per chunk in flight, the K/V gradients a rank holds for the
     earlier chunks). A mean chunk's K/V is `cp_kv_bytes` (its seq_len / k tokens); `bounds`: the split
-    (`compute.seq_chunk_bounds`; default even), chunk j starting at token a_j.
+    (`compute.seq_chunk_bounds`; default even), chunk j starting at token a_j, the longest chunk L tokens;
+    `recomputed`: whether the layer runs the plan's recompute mode (`selective`: its policy).
 
     K/V of earlier chunks: the authors' implementation ("megatron" layout; MayDomine/Seq1F1B,
     megatron/model/transformer.py) appends every forwarded chunk's K/V to its micro-batch's cache, which each
     chunk's backward shrinks again: one K/V copy per chunk in flight, of that chunk's own length (the caller weighs
-    it with the activations, `seq_chunk_scales`). The executor (execute/seq_chunks.py) hands the earlier chunks'
-    K/V on as leaves sharing their storage, but chunk j's attention concatenates them with its own, and the
-    attention keeps that concatenation for its backward: a_j more tokens' K/V, the mean of a_j over a micro-batch's
-    chunks ((k - 1) / 2 chunks under the even split). K/V gradients: a micro-batch's later chunks' backwards
-    accumulate them for its earlier chunks' until those run, at most the a_(k-1) tokens before the last chunk
-    (k - 1 chunks' worth when even). (0, 0) without sequence chunks."""
+    it with the activations, `seq_chunk_scales`). The executor (execute/seq_chunks.py) hands chunks 0..k-2's K/V on
+    as leaves sharing the storage of the chunk's own K/V (padded to L), kept until the micro-batch's chunk 0 runs
+    its backward; chunk j's attention concatenates them with its own K/V and, where it keeps its inputs, keeps the
+    concatenation (`_executor_kv_tokens` says what that leaves per micro-batch in each case). K/V gradients: a
+    micro-batch's later chunks' backwards accumulate them for its earlier chunks' until those run, at most the
+    a_(k-1) tokens before the last chunk (k - 1 chunks' worth when even). (0, 0) without sequence chunks."""
     k = config.seq_chunks
     if k == 1:
         return 0.0, 0.0
     kv = cp_kv_bytes(model, config)
-    starts = [j * config.seq_len / k for j in range(k)] if bounds is None else list(bounds[:-1])
+    bounds = [j * config.seq_len / k for j in range(k + 1)] if bounds is None else list(bounds)
     mean = config.seq_len / k
-    earlier = kv if layout == "megatron" else kv * sum(starts) / k / mean
-    return earlier, starts[-1] / mean * kv
+    grads = bounds[-2] / mean * kv
+    if layout == "megatron":
+        return kv, grads
+    offloaded = config.offload_activations
+    tokens = _executor_kv_tokens(bounds, "leaves" if offloaded or (recomputed and config.recompute == "full") else
+                                 "none" if not recomputed else selective)
+    return tokens / k / mean * kv, grads
+
+
+def _executor_kv_tokens(bounds: Sequence[float], kept: str) -> float:
+    """Tokens of K/V the executor's seq1f1b keeps per micro-batch in one layer beyond what the layer's own saved
+    tensors count (`kept`: "none", the layer keeps its tensors; a selective policy; "leaves", the layer's saved
+    tensors are recomputed or in host memory). Without recompute the attention keeps each chunk j's concatenation
+    (a_j tokens beyond its own), and the leaves of chunks 1..k-2 keep their own K/V, which the concatenation
+    replaced (chunk 0 keeps its own: a_0 = 0 needs none); under "attention_core" the recomputed core's inputs are
+    the chunk's own K/V, which the leaves share: nothing more; otherwise only the leaves, k - 1 chunks of L tokens.
+    Counted on CPU for each case, even and uneven splits (tests/test_seq1f1b.py)."""
+    k, starts = len(bounds) - 1, bounds[:-1]
+    longest = max(b - a for a, b in zip(bounds, bounds[1:]))
+    if kept == "none":
+        return sum(starts) + (k - 2) * longest
+    if kept == "attention_core":
+        return 0.0
+    return (k - 1) * longest
 
 
 def seq_chunk_scales(config: ParallelConfig, bounds: Sequence[int], layout: str, rank: int) -> tuple[float, float]:
@@ -741,7 +765,8 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     temporary_terms_ = temporary_terms(model, c, layout, cluster.device.kind, selective, execution)
     fixed = cluster.device.memory_overhead_bytes + p2p_buffer_bytes(model, c)
     bounds = seq_chunk_bounds(model, cluster, c, execution) if c.seq_chunks > 1 else None
-    kv_cache, kv_grads = seq_chunk_kv_bytes(model, c, layout, bounds)
+    kv_cache, kv_grads = seq_chunk_kv_bytes(model, c, layout, bounds, selective=selective)
+    kv_recomputed, _ = seq_chunk_kv_bytes(model, c, layout, bounds, True, selective)
     last = len(partition) - 1
     # The MTP modules' saved activations on the last stage, their blocks under the plan's recompute mode.
     mtp_act = mtp_activation_bytes(model, c, stage_layer_activation_bytes(
@@ -786,7 +811,8 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
                 layers = 0.0
             per_mb = ((layers + (embed_act if st == 0 else 0.0) + (head_act + mtp_act if st == last else 0.0))
                       * act_scale
-                      + kv_cache * (end - first) * (act_scale if layout == "megatron" else 1.0))
+                      + (kv_cache * (end - first - recomputed[st]) + kv_recomputed * recomputed[st])
+                      * (act_scale if layout == "megatron" else 1.0))
             activations += per_mb * inflight[copy]
         # Temporaries that exist one at a time: the largest of those whose facts hold on this rank counts.
         facts = {"last": last in stages, "moe": any(moe_layers(model, *partition[st]) for st in stages),

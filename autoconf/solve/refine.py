@@ -41,7 +41,8 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     the runtime overhead, the P2P buffers and the FSDP gather buffers of its stages. Recompute is charged per stage
     as the plan's `recompute_layers` say (every layer when None): a layer's time and activations without
     recompute, and what recomputing it adds and saves. Under seq1f1b (`seq_chunks` > 1) each layer also keeps the
-    earlier chunks' K/V per chunk in flight and their gradients (`memory.seq_chunk_kv_bytes`), and the split's
+    earlier chunks' K/V per chunk in flight (what recomputing the layer frees of them with the rest) and their
+    gradients (`memory.seq_chunk_kv_bytes`), and the split's
     `memory.seq_chunk_scales` weigh each rank's in-flight activations (`activation_scale`; the torch layout's K/V
     copies unweighed, as the estimate's) and the temporaries.
 
@@ -77,14 +78,15 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     layer_static = model.layer_params() / c.tp * block_per_param if model.moe is None else 0.0
     n = model.num_layers
     bounds = seq_chunk_bounds(model, cluster, c, execution) if c.seq_chunks > 1 else None
-    kv_cache, kv_grads = seq_chunk_kv_bytes(model, c, layout, bounds)
+    kv_cache, kv_grads = seq_chunk_kv_bytes(model, c, layout, bounds, selective=policy)
+    kv_saved = kv_cache - seq_chunk_kv_bytes(model, c, layout, bounds, True, policy)[0]  # what recomputing frees
     scales = [seq_chunk_scales(c, bounds, layout, r) if bounds else (1.0, 1.0) for r in range(c.pp)]
     temp_scale = max(t for _, t in scales)  # one chunk's temporaries: the longest chunk's on every rank
-    if layout == "torch":  # the executor's K/V copies are a mean chunk's, whatever the rank's activation scale
-        kv_cache /= scales[0][0]  # (the torch layout's scale is the same on every rank: the longest chunk)
+    if layout == "torch":  # the executor's K/V terms count their tokens, whatever the rank's activation scale
+        kv_cache, kv_saved = kv_cache / scales[0][0], kv_saved / scales[0][0]  # (the same on every rank: the longest)
     layers_time, layers_static = [layer_time] * n, [layer_static + kv_grads] * n
     layers_act = [(0.0 if offloaded else layer_plain) + kv_cache] * n
-    layers_rc, layers_saved = [layer_rc] * n, [0.0 if offloaded else layer_plain - layer] * n
+    layers_rc, layers_saved = [layer_rc] * n, [(0.0 if offloaded else layer_plain - layer) + kv_saved] * n
     if model.moe is not None:
         # Dense and MoE blocks differ: each costed as the estimate costs it on pipeline rank 0 of the default grid.
         grid = RankGrid.logical(c.dims)
@@ -105,7 +107,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
             if model.is_moe_layer(i):
                 layers_time[i], layers_static[i] = moe_time, moe_static + kv_grads
                 layers_act[i] = (0.0 if offloaded else moe_plain) + kv_cache
-                layers_rc[i], layers_saved[i] = moe_rc, 0.0 if offloaded else moe_plain - moe_act
+                layers_rc[i], layers_saved[i] = moe_rc, (0.0 if offloaded else moe_plain - moe_act) + kv_saved
             else:
                 layers_static[i] = dense / c.tp * block_per_param + kv_grads
     unit_time = [pieces.embedding.total + one] + layers_time + [pieces.head.total + one]
