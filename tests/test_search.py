@@ -119,6 +119,17 @@ def test_no_legal_layout_is_a_user_error():
         search(TINY, CPU, 7, 64, "fp32", fixed={"tp": 1, "pp": 1})
 
 
+@pytest.mark.parametrize("fixed,needle", [({"cp": 3}, "--fix cp=3: cp must divide the 8 devices (use cp in 1, 2, 4, 8)"),
+                                          ({"tp": 4, "cp": 4}, "tp x pp x dp x cp = 16 must divide the 8 devices"),
+                                          ({"pp": 3}, "--fix pp=3: pp must divide")])
+def test_a_pinned_degree_the_devices_cannot_hold_is_named(fixed, needle):
+    """A pinned degree (or product of degrees) that does not divide the devices is named with what would work,
+    not blamed on the global batch."""
+    with pytest.raises(UserError) as error:
+        search(PRESETS["llama3.1-8b"], load_cluster("dgx-h100-80g", nodes=1), 8, 4096, "bf16", fixed=fixed)
+    assert needle in str(error.value) and "global batch" not in str(error.value)
+
+
 def heterogeneous_cluster():
     """Two nodes of 4 devices with a fast intra-node link, where device pairs (0,1), (2,3), ... are on a fast
     NVLink-like pair link and the other intra-node pairs are slow."""

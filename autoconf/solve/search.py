@@ -910,7 +910,22 @@ def _refine(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, e
     return estimate(model, cluster, config, partition=best_partition, mesh=best_mesh, execution=execution)
 
 
+_DEVICE_DEGREES = ("tp", "pp", "dp", "cp", "ep", "etp")  # each a divisor of the devices (ep x etp of a pipeline rank's)
+
+
 def _no_candidate_message(model: ModelSpec, cluster: ClusterProfile, global_batch: int, fixed: dict) -> str:
+    """Why no layout honours `fixed`: a pinned degree that cannot divide the devices, named with the degrees that
+    can; else the pins and the global batch to change."""
+    world = cluster.world_size
+    pinned = {k: v for k, v in normalise_fixed(fixed).items() if k in _DEVICE_DEGREES and isinstance(v, int)}
+    for name, value in pinned.items():
+        if world % value:
+            usable = ", ".join(str(d) for d in range(1, world + 1) if world % d == 0)
+            return f"--fix {name}={value}: {name} must divide the {world} devices (use {name} in {usable})"
+    product = math.prod(pinned.get(k, 1) for k in ("tp", "pp", "dp", "cp"))
+    if world % product:
+        pins = " ".join(f"{k}={pinned[k]}" for k in ("tp", "pp", "dp", "cp") if k in pinned)
+        return f"--fix {pins}: tp x pp x dp x cp = {product} must divide the {world} devices"
     hints = []
     if fixed:
         hints.append("drop or change --fix " + " ".join(f"{k}={v}" for k, v in fixed.items()))
