@@ -130,7 +130,7 @@ class MoESpec:
                 problems.append(f"n_group {self.n_group} does not divide the {self.num_experts} experts")
             elif self.topk_group > self.n_group:
                 problems.append(f"topk_group {self.topk_group} exceeds n_group {self.n_group}")
-            elif self.num_experts_per_tok > self.num_experts // self.n_group * self.topk_group:
+            elif self.n_group > 1 and self.num_experts_per_tok > self.num_experts // self.n_group * self.topk_group:
                 problems.append(f"num_experts_per_tok {self.num_experts_per_tok} exceeds the "
                                 f"{self.num_experts // self.n_group * self.topk_group} experts in topk_group "
                                 f"{self.topk_group} of {self.n_group} groups")
