@@ -136,21 +136,23 @@ def test_search_bounds_stay_below_the_estimate_with_torchs_ring(ex):
 
 @pytest.mark.parametrize("cp_comm", ["allgather", "ring"])
 @pytest.mark.parametrize("cp", [2, 8])
-def test_the_autoconf_preset_counts_torchs_ring_at_the_query_width(cp, cp_comm):
-    """autoconf's executor hands CP attention on CUDA to torch's ring with the grouped K/V repeated to every query
-    head (execute/context_parallel.py): the preset's merges, dK/dV transfers, buffer and exposed exchange are the
-    ring's at the query width (torchtitan's flag with K/V repeated), 4x the grouped dK/dV of Llama 3.1 8B, and its
-    step is slower than the "kernel" reading's, which counted none of them."""
+def test_the_autoconf_preset_counts_torchs_ring_at_the_grouped_width(cp, cp_comm):
+    """autoconf's executor hands CP attention on CUDA to torch's ring with the grouped K/V where the flash kernel
+    takes them (execute/context_parallel.py `torch_ring_kv`): the preset's merges, dK/dV transfers, buffer and
+    exposed exchange are the ring's at the grouped width (torchtitan 0.3.0's enable_gqa), a quarter of the dK/dV
+    repeated to Llama 3.1 8B's query heads would be, and its step is slower than the "kernel" reading's, which
+    counted none of them."""
     c = _row(cp, cp_comm=cp_comm)
     repeated = TORCH.replace(cp_repeat_kv=True)
     assert cp_ring.torch_ring(MODEL, c, AUTOCONF) and cp_ring.torch_ring(MODEL, c, None)
-    assert cp_ring.merge_bytes(MODEL, c, AUTOCONF) == cp_ring.merge_bytes(MODEL, c, repeated)
-    assert cp_ring.dkv_bytes(MODEL, c, AUTOCONF) == 4 * cp_ring.dkv_bytes(MODEL, c, TORCH) > 0
-    assert cp_buffer_bytes(MODEL, c, AUTOCONF) == cp_buffer_bytes(MODEL, c, repeated)
+    assert cp_ring.merge_bytes(MODEL, c, AUTOCONF) == cp_ring.merge_bytes(MODEL, c, TORCH)
+    assert 4 * cp_ring.dkv_bytes(MODEL, c, AUTOCONF) == cp_ring.dkv_bytes(MODEL, c, repeated) > 0
+    assert cp_buffer_bytes(MODEL, c, AUTOCONF) == cp_buffer_bytes(MODEL, c, TORCH) < cp_buffer_bytes(MODEL, c,
+                                                                                                    repeated)
     core = model_pieces(MODEL, GT, c, execution=AUTOCONF).attention_core
     group = np.arange(cp)
     assert cp_attention_comm(MODEL, GT, c, group, core, AUTOCONF) == cp_attention_comm(MODEL, GT, c, group, core,
-                                                                                       repeated)
+                                                                                       TORCH)
     ring, plain = (estimate(MODEL, GT, c, execution=ex, detail=False).prediction
                    for ex in (AUTOCONF, AUTOCONF.replace(cp_attention="kernel")))
     assert ring["iteration_time_s"] > plain["iteration_time_s"]

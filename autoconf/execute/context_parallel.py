@@ -22,7 +22,8 @@ On CUDA, with SDPA ("flash"), no attention dropout and not under the per-op sele
 instead: its ring attention over the flash / memory-efficient / cuDNN kernels, whose head-tail order is this one
 (torch's _HeadTailLoadBalancer, on whenever seq_len divides by 2 cp), its K/V exchange by the plan's algorithm
 (torch's rotate method "allgather", or "alltoall" for "ring"), partial outputs merged and gradients accumulated in
-fp32 (torch's default convert_to_f32), K/V repeated to the query heads before SDPA (`attention`). What that costs:
+fp32 (torch's default convert_to_f32), grouped K/V as they are where the flash kernel takes them (`torch_ring_kv`).
+What that costs:
 autoconf/cost/cp_ring.py. `torch_attention` wraps the training step; it also shards a position buffer with torch's
 load balancer and checks it equals `positions`. That path is UNTESTED here (no GPU in the sessions that wrote it);
 on CPU both algorithms are this file's own.
@@ -171,8 +172,8 @@ class ContextParallel:
         - "allgather": every rank's K and V (one collective for both) in sequence order, and the causal mask
           [seq/cp, seq] of real positions;
         - "ring": `ring_attention`;
-        - the torch path: the local K and V with their heads repeated to the query heads' count (torch's ring kernels
-          are not given grouped K/V) under is_causal; torch's patched SDPA exchanges them;
+        - the torch path: the local K and V as `torch_ring_kv` gives them, under is_causal; torch's patched SDPA
+          exchanges them;
         - `as_op` (a block under the per-op selective policy): the exchange and the attention as one custom op by
           the plan's algorithm on every device (execute/cp_attention.py), whose output the policy saves."""
         if as_op:
@@ -181,8 +182,7 @@ class ContextParallel:
             assert dropout_p == 0.0, "spec/support.py refuses the per-op policy with CP and attention dropout"
             return cp_attention(q, k, v, self.group.group_name, self.algorithm, self.seq_len)[0]
         if self.uses_torch:
-            repeat = q.shape[1] // k.shape[1]
-            return attend(q, k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1), None, dropout_p)
+            return attend(q, *torch_ring_kv(q, k, v, dropout_p), None, dropout_p)
         if self.algorithm == "ring":
             return self.ring_attention(q, k, v, dropout_p)
         k, v = self.gather(torch.cat([k, v], dim=-1)).split([k.shape[-1], v.shape[-1]], dim=-1)
@@ -194,6 +194,22 @@ class ContextParallel:
         if not self.uses_torch:
             return contextlib.nullcontext()
         return _torch_context(self)
+
+
+def torch_ring_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float):
+    """K and V as torch's ring attention is handed them: grouped, where SDPA's flash kernel takes them so (its GQA;
+    the ring then exchanges and accumulates them at the grouped width, as torchtitan's enable_gqa does), else
+    repeated to the query heads (the memory-efficient and cuDNN kernels, the ring's others, take no groups).
+    torch's ring is shape-agnostic in the heads: tests/test_cp_ring_probe.py runs it on gloo with the CPU flash
+    kernel on grouped and on repeated K/V and finds the same outputs and gradients."""
+    repeat = q.shape[1] // k.shape[1]
+    if repeat == 1:
+        return k, v
+    from torch.backends.cuda import SDPAParams, can_use_flash_attention
+
+    if can_use_flash_attention(SDPAParams(q, k, v, None, dropout_p, True, True)):
+        return k, v
+    return k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
 
 
 @contextlib.contextmanager

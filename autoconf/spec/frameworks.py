@@ -183,9 +183,9 @@ class Execution:
     attention_kernel: see ATTENTION_KERNELS.
     cp_attention: see CP_ATTENTION (read only under context parallelism).
     cp_repeat_kv: under torch's ring the grouped K/V are repeated to every query head before SDPA, so the ring
-        exchanges, merges and accumulates them at the query width (autoconf's executor: `ContextParallel.attention`
-        repeats them on torch's path and calls SDPA without enable_gqa). False: SDPA receives the grouped K/V
-        (torchtitan 0.3.0's enable_gqa); the eager op "repeat_kv" repeats them in every block, CP or not.
+        exchanges, merges and accumulates them at the query width. False: SDPA receives the grouped K/V (torchtitan
+        0.3.0's enable_gqa; autoconf's executor since 2026-12-03, where the flash kernel takes them:
+        `context_parallel.torch_ring_kv`); the eager op "repeat_kv" repeats them in every block, CP or not.
     fsdp_copies: FSDP2's copy kernels beside its collectives cost HBM time on the rank (specification profiles;
         `autoconf.cost.compute.fsdp_copy_bytes` counts them): the all-gather's copy-out into the unsharded
         parameters, the reduce-scatter's copy-in (one chunked copy that casts to the fp32 reduce dtype).
@@ -264,7 +264,7 @@ class Execution:
     eager_ops: tuple[str, ...] = ()
     attention_kernel: str = "fused"
     cp_attention: str = "executor"
-    cp_repeat_kv: bool = True
+    cp_repeat_kv: bool = False
     fsdp_copies: bool = False
     compile_loss: bool = True
     transformer_engine: bool = False
@@ -439,14 +439,14 @@ def _applies(when: str, c) -> bool:
 PRESETS: dict[str, Execution] = {
     # The defaults: FSDP2 gathers unit by unit with implicit prefetch; ZeRO-0's GradReducer and FSDP2 reduce per
     # block during the last micro-batch's backward (execute/parallelize.py); ZeRO-1 runs as ZeRO-2 (FSDP2). Context
-    # parallelism on CUDA: torch's ring where `executor_torch_cp` says, with K/V repeated to the query heads.
+    # parallelism on CUDA: torch's ring where `executor_torch_cp` says, handed grouped K/V.
     "autoconf": Execution(),
     "megatron": Execution(
         name="megatron", memory_layout="megatron", zero_stages=(0, 1, 2, 3), zero_searched=(0, 1, 2, 3),
         selective_policies=("attention_core",), grad_reduce_start="after_flush", param_gather_overlap=False,
         blocking_p2p=True, p2p_scatter_gather=True,
         executor_overheads=False, eager_ops=("vocab_parallel_ce",), grad_buffer_passes=("zero", "scale"),
-        cp_attention="kernel", cp_repeat_kv=False,
+        cp_attention="kernel",
         megatron_args=(("sharded", "memory_layout=megatron", "--use-distributed-optimizer"),)),
     "megatron-core": Execution(
         name="megatron-core", memory_layout="megatron", zero_stages=(0, 1), zero_searched=(0, 1),
@@ -455,7 +455,7 @@ PRESETS: dict[str, Execution] = {
         param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False, eager_ops=("vocab_parallel_ce",),
         transformer_engine=True, loss_memory="inplace", grad_buffer_passes=("zero", "scale", "nan_check"),
         moe_combine_keeps_outputs=False, moe_fp8_padding=True, moe_fp8_routed_experts=True, cp_attention="kernel",
-        cp_repeat_kv=False, megatron_args=(("dp", "grad_reduce_start=per_bucket", "--overlap-grad-reduce"),
+        megatron_args=(("dp", "grad_reduce_start=per_bucket", "--overlap-grad-reduce"),
                        ("sharded", "distributed_optimizer", "--use-distributed-optimizer"),
                        ("sharded", "param_gather_overlap", "--overlap-param-gather"),
                        ("sp", "tp_comm_overlap", "--tp-comm-overlap"),
@@ -478,7 +478,7 @@ PRESETS: dict[str, Execution] = {
         # each run's kernels. FSDP2's copy kernels beside its collectives: fsdp_copies. Its context parallelism is
         # torch's (parallelisms/parallelize_llama.py and utils.py create_context_parallel_ctx): cp_attention "torch".
         eager_ops=("rotary", "swiglu", "cross_entropy"), attention_kernel="fa2", cp_attention="torch",
-        cp_repeat_kv=False, fsdp_copies=True,
+        fsdp_copies=True,
         torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),
                              ("always", "compile_loss=False", 'config.compile.components = ["model"]'))),
 }
