@@ -35,9 +35,11 @@ ALIASES = {"mb": "micro_batch_size", "micro_batch": "micro_batch_size", "zero": 
 INT_FIELDS = ("tp", "pp", "dp", "cp", "vpp", "micro_batch_size", "zero_stage", "ep", "etp", "seq_chunks")
 # Chunks per sequence tried for a schedule that splits sequences (seq1f1b), each under both splits (SEQ_SPLITS:
 # equal lengths or equal work; `--fix seq_split` pins one). Such a schedule is searched only when
-# pinned (--fix schedule=seq1f1b): the executor runs it on one narrow layout (spec/support.py), so the default space
-# and its statistics stay those of the other schedules. So is a schedule the executor does not run at all
-# (`ScheduleSpec.executor_note`: dualpipe), which the search then costs and marks not launchable.
+# pinned (--fix schedule=seq1f1b): where sequences are long enough for it to pay, context parallelism splits them for
+# less (docs/long-context.md: llama3.1-70b at 32k and 128k tokens on 64 and 32 H100s, cp8 13% and 14% faster than
+# the best seq1f1b layout), and weighing it would multiply the pipelined candidates by 7. So is a schedule the
+# executor does not run at all (`ScheduleSpec.executor_note`: dualpipe), which the search then costs and marks not
+# launchable.
 SEQ_CHUNKS = (2, 4, 8)
 MAX_MICRO_BATCH = 16
 # Context parallelism is searched from this sequence length up (Megatron-Core's and torchtitan's long-context recipes
