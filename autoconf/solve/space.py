@@ -36,7 +36,7 @@ INT_FIELDS = ("tp", "pp", "dp", "cp", "vpp", "micro_batch_size", "zero_stage", "
 # Chunks per sequence tried for a schedule that splits sequences (seq1f1b), each under both splits (SEQ_SPLITS:
 # equal lengths or equal work; `--fix seq_split` pins one). Such a schedule is searched only when
 # pinned (--fix schedule=seq1f1b): where sequences are long enough for it to pay, context parallelism splits them for
-# less (docs/long-context.md: llama3.1-70b at 32k and 128k tokens on 64 and 32 H100s, cp8 13% and 14% faster than
+# less (docs/long-context.md: llama3.1-70b at 32k and 128k tokens on 64 and 32 H100s, cp8 14% faster in both than
 # the best seq1f1b layout), and weighing it would multiply the pipelined candidates by 7. So is a schedule the
 # executor does not run at all (`ScheduleSpec.executor_note`: dualpipe), which the search then costs and marks not
 # launchable.
