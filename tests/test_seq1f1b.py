@@ -438,11 +438,12 @@ def test_estimate_takes_the_split_on_the_command_line():
     assert "Traceback" not in refused.output
 
 
-def _executor_kv_extra_tokens(bounds, recompute: str, policy: str) -> float:
-    """Tokens' K and V one executor layer keeps per micro-batch, all its chunks in flight, beyond what the same
-    layer keeps for the same chunks without sequence chunks (no earlier K/V): the storages of the tensors saved for
-    the backward and of the earlier chunks' leaves, counted once each (head-dim tensors only: the CPU math kernel's
-    score matrices are not what the estimate describes)."""
+def _executor_kv_tokens(bounds, recompute: str, policy: str) -> tuple[float, float]:
+    """Tokens' K and V one executor layer holds for a micro-batch: (kept with all its chunks in flight beyond what
+    the same layer keeps for the same chunks without sequence chunks (no earlier K/V): the storages of the tensors
+    saved for the backward and of the earlier chunks' leaves, counted once each, head-dim tensors only, the CPU math
+    kernel's score matrices not being what the estimate describes; the gradients in the earlier chunks' leaves once
+    the last chunk's backward has run)."""
     import torch
 
     from autoconf.execute import seq_chunks
@@ -452,7 +453,7 @@ def _executor_kv_extra_tokens(bounds, recompute: str, policy: str) -> float:
     spec = _PROBE
     longest = max(b - a for a, b in zip(bounds, bounds[1:]))
 
-    def kept(context: bool) -> int:
+    def held(context: bool) -> tuple[int, int]:
         torch.manual_seed(0)
         block = Block(spec, 0, "flash")
         if recompute != "none":
@@ -475,14 +476,15 @@ def _executor_kv_extra_tokens(bounds, recompute: str, policy: str) -> float:
             for j in range(len(bounds) - 1):
                 chunks.start(j if context else None)
                 outputs.append(block(torch.randn(1, longest, spec.hidden_size, requires_grad=True)))
-        for leaves in layer.kv.values():
-            for pair in leaves:
-                storages.update({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in pair})
-        return sum(storages.values())
+        leaves = [t for pairs in layer.kv.values() for pair in pairs for t in pair]
+        storages.update({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in leaves})
+        chunks.start(len(bounds) - 2 if context else None)
+        outputs[-1].sum().backward()
+        return sum(storages.values()), sum(t.grad.nbytes for t in leaves if t.grad is not None)
 
-    return (kept(True) - kept(False)) / (2 * spec.kv_dim * 4)
-
-
+    (kept, grads), (plain, _) = held(True), held(False)
+    token = 2 * spec.kv_dim * 4
+    return (kept - plain) / token, grads / token
 # Every query head its own K/V head: with grouped K/V the CPU math kernel (the one that takes the lower-right bias
 # on CPU) keeps them repeated to the query width, which CUDA's fused kernels do not.
 _PROBE = ModelSpec(name="probe", arch="llama", num_layers=1, hidden_size=64, num_heads=4, num_kv_heads=4,
@@ -492,15 +494,17 @@ _PROBE = ModelSpec(name="probe", arch="llama", num_layers=1, hidden_size=64, num
 @pytest.mark.parametrize("bounds", [(0, 64, 128), (0, 32, 64, 96, 128), (0, 44, 80, 108, 128)])
 @pytest.mark.parametrize("recompute,policy", [("none", "attention_core"), ("selective", "attention_core"),
                                               ("selective", "alternate_matmuls"), ("full", "attention_core")])
-def test_the_earlier_chunks_kv_the_estimate_counts_is_what_the_executor_keeps(bounds, recompute, policy):
+def test_the_executor_holds_the_earlier_chunks_kv_and_gradients_counted(bounds, recompute, policy):
     """Per layer and micro-batch, the executor keeps the earlier chunks' K/V `seq_chunk_kv_bytes` counts (k chunks in
-    flight), under each recompute mode and selective policy it runs, on even and uneven splits: counted on a
-    one-layer block on CPU."""
+    flight), and holds the K/V gradients it counts once the last chunk's backward has run, under each recompute mode
+    and selective policy it runs, on even and uneven splits: counted on a one-layer block on CPU."""
     from autoconf.cost.memory import cp_kv_bytes, seq_chunk_kv_bytes
 
     k = len(bounds) - 1
     c = ParallelConfig(tp=1, pp=2, dp=1, micro_batch_size=1, global_batch_size=2, seq_len=bounds[-1],
                        schedule="seq1f1b", seq_chunks=k, recompute=recompute)
-    per_chunk, _ = seq_chunk_kv_bytes(_PROBE, c, "torch", bounds, recompute != "none", policy)
-    estimated = per_chunk * k / cp_kv_bytes(_PROBE, c) * bounds[-1] / k
-    assert _executor_kv_extra_tokens(bounds, recompute, policy) == pytest.approx(estimated, abs=1e-9)
+    per_chunk, grads = seq_chunk_kv_bytes(_PROBE, c, "torch", bounds, recompute != "none", policy)
+    tokens = bounds[-1] / k / cp_kv_bytes(_PROBE, c)  # tokens of K and V per byte counted
+    kept, held_grads = _executor_kv_tokens(bounds, recompute, policy)
+    assert kept == pytest.approx(per_chunk * k * tokens, abs=1e-9)
+    assert held_grads == pytest.approx(grads * tokens, abs=1e-9)
