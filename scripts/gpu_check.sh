@@ -12,7 +12,8 @@
 #      each by the bundled executor on CUDA, predicted vs measured step time and peak memory;
 #   3. while time is left (DEADLINE_S after the start), a quick profile of MODEL2's blocks (the larger model a
 #      multi-GPU plan is made for; MODEL2= skips it).
-# First, the activation bytes the executor's blocks save on this device against the memory estimator's.
+# First, the activation bytes the executor's blocks save on this device against the memory estimator's, and the
+# attention paths only CUDA takes (scripts/cuda_attention_check.py: seq1f1b's lower-right bias, CP's grouped K/V).
 # Results go to OUT (default out/gpu-check): profile JSONs, logs, report.json and validate.tgz (the whole folder):
 # at most eight files, as the lent machine returns.
 #
@@ -71,6 +72,9 @@ tail -n 5 "$OUT/lean.log"
 
 say "saved activations per layer vs the memory estimator"
 timeout 60 python3 scripts/saved_activations.py --models "$MODEL" ${MODEL2:+"$MODEL2"} 2>&1 | tail -n 12
+
+say "seq1f1b chunks and torch's CP ring on this device's attention kernels (docs/long-context.md)"
+timeout 120 python3 scripts/cuda_attention_check.py 2>&1 | tail -n 20
 
 say "profile: $MODEL blocks at tp 1..$MAXTP"
 profile="$OUT/profile.json"

@@ -1,0 +1,157 @@
+"""Checks of two attention paths that only a CUDA device takes, for `scripts/gpu_check.sh` (one GPU is enough):
+
+- seq1f1b: a Llama block run chunk by chunk as the executor's sequence chunks run it (execute/seq_chunks.py: each
+  chunk's queries against the earlier chunks' K/V under torch's lower-right causal bias) gives the outputs and
+  gradients of the whole sequence run at once, SDPA limited to the flash kernel where it is called with a mask,
+  and the last chunk's call one that the flash kernel takes (so the bias runs without a mask tensor, as
+  docs/long-context.md says);
+- context parallelism: `context_parallel.torch_ring_kv` hands torch's ring grouped K/V on this device, and torch's
+  ring (`_templated_ring_attention`, one rank) over the flash kernel gives on grouped K/V the outputs and gradients
+  it gives on K/V repeated to the query heads.
+
+On CPU (a dry run of the script) the same comparisons run with the CPU kernels, the flash limit left out. Prints one
+JSON object; exits 1 when a comparison is off by more than its tolerance, 2 on bad arguments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+
+import torch
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    return 3e-2 if dtype == torch.bfloat16 else 1e-4
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+
+
+def seq_chunk_check(device: torch.device, dtype: torch.dtype, seq: int, chunks: int) -> dict:
+    """Largest relative difference between the chunked and the whole-sequence run of one Llama block: outputs,
+    input gradients and parameter gradients."""
+    from autoconf.execute import seq_chunks
+    from autoconf.execute.model import Block
+    from autoconf.spec.model import ModelSpec
+
+    spec = ModelSpec(name="cuda-check", arch="llama", num_layers=1, hidden_size=1024, num_heads=8, num_kv_heads=2,
+                     ffn_hidden_size=2816, vocab_size=256, max_seq_len=seq)
+    torch.manual_seed(0)
+    block = Block(spec, 0, "flash").to(device=device, dtype=dtype)
+    x = torch.randn(1, seq, spec.hidden_size, device=device, dtype=dtype)
+    grad = torch.randn_like(x)
+
+    whole_in = x.clone().requires_grad_()
+    whole = block(whole_in)
+    whole.backward(grad)
+    reference = [whole.detach(), whole_in.grad] + [p.grad.clone() for p in block.parameters()]
+    block.zero_grad(set_to_none=True)
+
+    bounds = [j * seq // chunks for j in range(chunks + 1)]
+    context = seq_chunks.SequenceChunks(bounds, device)
+    block.attention.context = context.layer()
+    inputs, outputs = [], []
+    with _flash_only(device):
+        for j, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            context.start(j)
+            inputs.append(x[:, a:b].clone().requires_grad_())
+            outputs.append(block(inputs[-1]))
+        for j in reversed(range(chunks)):  # the backward order of a micro-batch's chunks: last chunk first
+            context.start(j)
+            outputs[j].backward(grad[:, bounds[j]:bounds[j + 1]])
+    context.start(None)
+    chunked = [torch.cat([o.detach() for o in outputs], 1), torch.cat([i.grad for i in inputs], 1)]
+    chunked += [p.grad for p in block.parameters()]
+    diffs = [_relative(a, b) for a, b in zip(chunked, reference)]
+    flash = _flash_takes(x.new_empty(1, spec.num_heads, seq // chunks, spec.head_dim),
+                         x.new_empty(1, spec.num_kv_heads, seq, spec.head_dim))
+    return {"seq": seq, "chunks": chunks, "last_chunk_on_flash": flash, "max_relative_difference": max(diffs),
+            "ok": max(diffs) < _tolerance(dtype) and (flash or device.type != "cuda")}
+
+
+def _flash_takes(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether torch's lower-right causal bias runs a query block q against keys k (grouped) on the flash kernel:
+    the test `CausalBias` makes before it would fall back to another kernel."""
+    from torch.backends.cuda import SDPAParams, can_use_flash_attention
+
+    return q.is_cuda and can_use_flash_attention(SDPAParams(q, k, k, None, 0.0, False, True))
+
+
+def _flash_only(device: torch.device):
+    """SDPA limited to the flash kernel on CUDA (it raises if the call cannot run there); nothing on CPU."""
+    import contextlib
+
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+
+
+def ring_check(device: torch.device, dtype: torch.dtype, seq: int) -> dict:
+    """torch's ring on one rank over this device's flash kernel: grouped against repeated K/V, and whether
+    `torch_ring_kv` hands it the grouped ones."""
+    import torch.distributed as dist
+    from torch.distributed.tensor.experimental._context_parallel import _attention as att
+
+    from autoconf.execute.context_parallel import torch_ring_kv
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    try:
+        aten = torch.ops.aten
+        forward, backward = ((aten._scaled_dot_product_flash_attention.default,
+                              aten._scaled_dot_product_flash_attention_backward.default) if device.type == "cuda" else
+                             (aten._scaled_dot_product_flash_attention_for_cpu.default,
+                              aten._scaled_dot_product_flash_attention_for_cpu_backward.default))
+        generator = torch.Generator(device=device).manual_seed(0)
+        q, k, v, grad_out = (torch.randn(1, heads, seq, 128, device=device, dtype=dtype, generator=generator)
+                             for heads in (32, 8, 8, 32))
+        handed = torch_ring_kv(q, k, v, 0.0)
+        results = []
+        for repeat in (1, 4):
+            kr, vr = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+            outputs = att._templated_ring_attention(dist.group.WORLD, 2, forward, q, kr, vr, is_causal=True)
+            out, lse = outputs[:2]
+            # The CUDA kernel's backward also takes what its forward returned beside them (torch's ring passes them
+            # on the same way, `_scaled_dot_product_ring_flash_attention_backward`).
+            names = ("cum_seq_q", "cum_seq_k", "max_q", "max_k", "philox_seed", "philox_offset")
+            extra = dict(zip(names, outputs[2:8])) if device.type == "cuda" else {}
+            dq, dk, dv = att._templated_ring_attention_backward(dist.group.WORLD, 2, backward, grad_out, "grad_out",
+                                                                q, kr, vr, out, lse, True, dropout_p=0.0, **extra)[:3]
+            results.append((out, dq, *(t.unflatten(1, (8, repeat)).sum(2) for t in (dk, dv))))
+    finally:
+        dist.destroy_process_group()
+    diffs = [_relative(a, b) for a, b in zip(*results)]
+    grouped = handed[0].shape[1] == k.shape[1]
+    return {"seq": seq, "torch_ring_kv_grouped": grouped, "max_relative_difference": max(diffs),
+            "ok": max(diffs) < _tolerance(dtype) and (grouped or device.type != "cuda")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq", type=int, default=8192, help="tokens of the sequence (default 8192)")
+    parser.add_argument("--chunks", type=int, default=4, help="seq1f1b chunks (default 4)")
+    args = parser.parse_args(argv)
+    if args.seq < 2 * args.chunks or args.seq % (2 * args.chunks) or args.chunks < 2:
+        print(f"cuda_attention_check: --seq {args.seq} must be a multiple of 2 x --chunks {args.chunks} and "
+              f"--chunks at least 2", file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype),
+              "seq1f1b": seq_chunk_check(device, dtype, args.seq, args.chunks),
+              "cp_ring": ring_check(device, dtype, args.seq)}
+    print(json.dumps(report, indent=2))
+    return 0 if report["seq1f1b"]["ok"] and report["cp_ring"]["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
