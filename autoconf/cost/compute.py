@@ -284,14 +284,14 @@ def gemms_time(cluster: ClusterProfile, dtype: str, gemms: list[float]) -> float
 
 def attention_gemms(model: ModelSpec, seq_len: int, micro_batch: int, tp: int) -> list[float]:
     """Forward FLOPs of each weight GEMM of a block's attention on one TP rank: QKV and the output projection, or
-    the projections of latent attention (the op table's linear ops)."""
+    the projections of latent attention (the op table's linear ops, each split over tp unless `tp_replicated`)."""
     tokens = seq_len * micro_batch
     if model.mla is None:
         h, q, kv = model.hidden_size, model.q_dim, model.kv_dim
         return [2.0 * tokens * w / tp for w in [h * (q + 2 * kv), q * h]]
     from autoconf.spec.layers import attention_ops
 
-    return [tokens * op.flops / tp for op in attention_ops(model) if op.kind == "linear"]
+    return [tokens * op.flops / (1 if op.tp_replicated else tp) for op in attention_ops(model) if op.kind == "linear"]
 
 
 def layer_gemms(model: ModelSpec, seq_len: int, micro_batch: int, tp: int) -> list[float]:

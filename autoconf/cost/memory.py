@@ -84,6 +84,7 @@ from autoconf.cost.offload import activation_copy_bytes, host_state_bytes_per_pa
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, STORAGE_BYTES, precision
 from autoconf.spec.frameworks import Execution
+from autoconf.spec.layers import attention_ops
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, recomputed_layers
 from autoconf.spec.schedules import rank_actions, schedule_spec
@@ -249,18 +250,20 @@ def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, re
 def attention_matmuls(model: ModelSpec) -> list[tuple[int, int, bool]]:
     """(input width, output width, split over TP) of a block's attention weight matmuls in the executor's forward
     order: wq wk wv wo, or latent attention's wq_a wq_b (or one wq) wkv_a wkv_b wo (execute/mla.py; its
-    down-projections are replicated on every TP rank). Split: column-parallel, the output 1/tp wide; the output
-    projection (row-parallel) and replicated ones give the whole width."""
+    down-projections are the op table's `tp_replicated` ones). Split: column-parallel, the output 1/tp wide; the
+    output projection (row-parallel) and replicated ones give the whole width."""
     h = model.hidden_size
     if model.mla is None:
         q, kv = model.q_dim, model.kv_dim
         return [(h, q, True), (h, kv, True), (h, kv, True), (q, h, False)]
+    split = {op.name: not op.tp_replicated for op in attention_ops(model)}
     m, a = model.mla, model.num_heads
     qk = m.qk_nope_head_dim + m.qk_rope_head_dim
-    query = [(h, a * qk, True)] if m.q_lora_rank is None else [(h, m.q_lora_rank, False),
-                                                               (m.q_lora_rank, a * qk, True)]
-    return query + [(h, m.kv_lora_rank + m.qk_rope_head_dim, False),
-                    (m.kv_lora_rank, a * (m.qk_nope_head_dim + m.v_head_dim), True), (a * m.v_head_dim, h, False)]
+    query = [(h, a * qk, True)] if m.q_lora_rank is None else [(h, m.q_lora_rank, split["q_a_proj"]),
+                                                               (m.q_lora_rank, a * qk, split["q_b_proj"])]
+    return query + [(h, m.kv_lora_rank + m.qk_rope_head_dim, split["kv_a_proj"]),
+                    (m.kv_lora_rank, a * (m.qk_nope_head_dim + m.v_head_dim), split["kv_b_proj"]),
+                    (a * m.v_head_dim, h, False)]
 
 
 def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, moe: bool = False) -> float:

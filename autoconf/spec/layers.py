@@ -19,7 +19,10 @@ KINDS = ("embedding", "norm", "linear", "attention", "router", "experts")
 @dataclass(frozen=True)
 class Op:
     """One operation. `flops` are the forward FLOPs of one token; `context_flops` the forward FLOPs of one token per
-    token of its sequence (the attention core), so a token in a sequence of s costs flops + context_flops * s."""
+    token of its sequence (the attention core), so a token in a sequence of s costs flops + context_flops * s.
+    `tp_replicated`: an op of a block that every tensor-parallel rank runs whole on all its tokens (latent
+    attention's down-projections and their norms: Megatron-Core builds them `parallel_mode='duplicated'`,
+    autoconf's executor leaves them out of its TP plan, execute/mla.py); the block's other linear ops are split."""
 
     name: str
     kind: str
@@ -27,6 +30,7 @@ class Op:
     active_params: int
     flops: int
     context_flops: int = 0
+    tp_replicated: bool = False
 
     def __post_init__(self) -> None:
         assert self.kind in KINDS, self.kind
@@ -37,15 +41,15 @@ class Op:
         return self.flops + self.context_flops * seq_len
 
 
-def linear(name: str, n_in: int, n_out: int, bias: bool = False) -> Op:
+def linear(name: str, n_in: int, n_out: int, bias: bool = False, tp_replicated: bool = False) -> Op:
     params = n_in * n_out + (n_out if bias else 0)
-    return Op(name, "linear", params, params, 2 * n_in * n_out)
+    return Op(name, "linear", params, params, 2 * n_in * n_out, tp_replicated=tp_replicated)
 
 
-def norm(name: str, width: int, bias: bool) -> Op:
+def norm(name: str, width: int, bias: bool, tp_replicated: bool = False) -> Op:
     """LayerNorm (weight and bias) or RMSNorm (weight only)."""
     params = width * (2 if bias else 1)
-    return Op(name, "norm", params, params, 0)
+    return Op(name, "norm", params, params, 0, tp_replicated=tp_replicated)
 
 
 def embedding_ops(model) -> tuple[Op, ...]:
@@ -89,9 +93,10 @@ def _latent_attention_ops(model) -> tuple[Op, ...]:
     if m.q_lora_rank is None:
         ops = [linear("q_proj", h, a * qk)]
     else:
-        ops = [linear("q_a_proj", h, m.q_lora_rank), norm("q_a_norm", m.q_lora_rank, False),
-               linear("q_b_proj", m.q_lora_rank, a * qk)]
-    ops += [linear("kv_a_proj", h, m.kv_lora_rank + m.qk_rope_head_dim), norm("kv_a_norm", m.kv_lora_rank, False),
+        ops = [linear("q_a_proj", h, m.q_lora_rank, tp_replicated=True),
+               norm("q_a_norm", m.q_lora_rank, False, tp_replicated=True), linear("q_b_proj", m.q_lora_rank, a * qk)]
+    ops += [linear("kv_a_proj", h, m.kv_lora_rank + m.qk_rope_head_dim, tp_replicated=True),
+            norm("kv_a_norm", m.kv_lora_rank, False, tp_replicated=True),
             linear("kv_b_proj", m.kv_lora_rank, a * (m.qk_nope_head_dim + m.v_head_dim)),
             Op("attention", "attention", 0, 0, 0, context_flops=2 * a * (qk + m.v_head_dim)),
             linear("out_proj", a * m.v_head_dim, h)]
