@@ -394,3 +394,23 @@ def test_context_parallelism_exchanges_the_k_and_v_widths_the_estimate_counts(al
     m = MODELS["narrow2"].mla
     assert MODELS["narrow2"].attention_kv_dim == MODELS["narrow2"].num_heads * (
         m.qk_nope_head_dim + m.qk_rope_head_dim + m.v_head_dim) != 2 * MODELS["narrow2"].kv_dim
+
+
+@pytest.mark.parametrize("tp", [1, 2, 8])
+def test_the_compute_model_splits_over_tp_exactly_the_linears_the_executor_splits(tp):
+    """Latent attention's GEMMs on one TP rank: the ones the executor's TP plan splits (`parallelize.attention_tp_plan`)
+    at 1/tp of their FLOPs, the replicated down-projections whole (`Op.tp_replicated`), for DeepSeek-V3's shapes."""
+    from autoconf.cost.compute import attention_gemms
+    from autoconf.execute.model import build_model
+    from autoconf.execute.parallelize import attention_tp_plan
+    from autoconf.spec.layers import attention_ops
+
+    model = PRESETS["deepseek-v3"]
+    linears = [op for op in attention_ops(model) if op.kind == "linear"]
+    block = build_model(MLA).layers["0"]
+    split_names = {name.rsplit(".", 1)[-1] for name in attention_tp_plan(block.attention, None, None)}
+    names = {"q_a_proj": "wq_a", "q_b_proj": "wq_b", "q_proj": "wq", "kv_a_proj": "wkv_a", "kv_b_proj": "wkv_b",
+             "out_proj": "wo"}
+    assert [not op.tp_replicated for op in linears] == [names[op.name] in split_names for op in linears]
+    expected = [1000 * op.flops / (1 if op.tp_replicated else tp) for op in linears]
+    assert attention_gemms(model, 1000, 1, tp) == pytest.approx(expected)

@@ -50,9 +50,9 @@ without recompute) plus the embedding dropout mask (first stage) and the head in
 rank's seq_len / cp tokens under context parallelism. Under seq1f1b the units in flight are sequence chunks of
 seq_len / k tokens on average, each also keeping earlier chunks' keys and values, and a rank holds the K/V gradients
 of up to k - 1 earlier chunks per layer (`seq_chunk_kv_bytes`, by layout and recompute mode); under the equal-work
-split the chunks' lengths differ (`seq_chunk_scales`: the executor pads each to the longest). Temporaries: the logits with their fp32
-loss copy and gradient, one layer's recomputed activations under full recompute (on a rank that recomputes a
-layer), P2P send/receive buffers, the K/V buffer of context-parallel attention (`cp_buffer_bytes`). With one
+split the chunks' lengths differ (`seq_chunk_scales`: the executor pads each to the longest). Temporaries: the
+logits with their fp32 loss copy and gradient, one layer's recomputed activations under full recompute (on a rank
+that recomputes a layer), P2P send/receive buffers, the K/V buffer of context-parallel attention (`cp_buffer_bytes`). With one
 micro-batch per step the executor's gradients only come into existence as the activations go, so the larger of the
 two counts.
 
