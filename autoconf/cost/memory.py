@@ -52,9 +52,9 @@ seq_len / k tokens on average, each also keeping earlier chunks' keys and values
 of up to k - 1 earlier chunks per layer (`seq_chunk_kv_bytes`, by layout and recompute mode); under the equal-work
 split the chunks' lengths differ (`seq_chunk_scales`: the executor pads each to the longest). Temporaries: the
 logits with their fp32 loss copy and gradient, one layer's recomputed activations under full recompute (on a rank
-that recomputes a layer), P2P send/receive buffers, the K/V buffer of context-parallel attention (`cp_buffer_bytes`). With one
-micro-batch per step the executor's gradients only come into existence as the activations go, so the larger of the
-two counts.
+that recomputes a layer), P2P send/receive buffers, the K/V buffer of context-parallel attention
+(`cp_buffer_bytes`). With one micro-batch per step the executor's gradients only come into existence as the
+activations go, so the larger of the two counts.
 
 Mixture of experts (cost/moe.py): the routed experts of a rank's MoE layers are split over ep x etp instead of tp,
 and ZeRO shards their state over the expert-data-parallel degree edp instead of dp (Megatron-Core's distributed
