@@ -909,30 +909,32 @@ def stage_inflight(stage_to_rank, peak, peak_weight, peak_joint) -> list[float]:
 
 @functools.lru_cache(maxsize=4096)
 def schedule_inflight(name: str, pp: int, vpp: int, num_microbatches: int,
-                      rank: int | None = None, seq_chunks: int = 1) -> tuple[float, ...]:
+                      rank: int | None = None, seq_chunks: int = 1, overlap: bool = False) -> tuple[float, ...]:
     """`stage_inflight` of a schedule from its order alone (the counts do not depend on costs); above
     EXTRAPOLATE_ABOVE x pp micro-batches counted at 2p and 3p and extended as `_extrapolated_step` does. With
     `rank`, from that pipeline rank's own list only: its stages' counts are the same, the other stages read 0.
-    Under seq1f1b (`seq_chunks` > 1) the counts are of sequence chunks."""
+    Under seq1f1b (`seq_chunks` > 1) the counts are of sequence chunks. With `overlap` (`overlaps_pairs`), of the
+    order the schedule runs when its pairs overlap, the one the estimate simulates then (it may hold more: the
+    combined interleaved order one more micro-batch per rank)."""
     m = num_microbatches
     owner = stage_to_rank(name, pp, vpp)
     if m <= EXTRAPOLATE_ABOVE * pp:
-        peak, peak_weight, _, peak_joint = _order_peaks(name, pp, m, vpp, rank, seq_chunks)
+        peak, peak_weight, _, peak_joint = _order_peaks(name, pp, m, vpp, rank, seq_chunks, overlap)
     else:
-        first, second = (_order_peaks(name, pp, k * pp, vpp, rank, seq_chunks) for k in (2, 3))
+        first, second = (_order_peaks(name, pp, k * pp, vpp, rank, seq_chunks, overlap) for k in (2, 3))
         peak, peak_weight, _, peak_joint = _extended_peaks(first, second, pp, m, vpp, seq_chunks)
     return tuple(stage_inflight(owner, peak, peak_weight, peak_joint))
 
 
 @functools.lru_cache(maxsize=4096)
 def _order_peaks(name: str, pp: int, num_microbatches: int, vpp: int, rank: int | None,
-                 seq_chunks: int = 1) -> tuple:
-    """`order_peaks` of a schedule (of one rank's list with `rank`), remembered: the 2p and 3p samples serve every
-    larger count."""
+                 seq_chunks: int = 1, overlap: bool = False) -> tuple:
+    """`order_peaks` of a schedule (of one rank's list with `rank`; of the paired order with `overlap`),
+    remembered: the 2p and 3p samples serve every larger count."""
     if rank is None:
-        return order_peaks(_schedule(name, pp, num_microbatches, vpp, seq_chunks, False))
+        return order_peaks(_schedule(name, pp, num_microbatches, vpp, seq_chunks, overlap))
     return rank_order_peaks(schedule_spec(name).num_stages(pp, vpp),
-                            {rank: rank_actions(name, pp, num_microbatches, vpp, rank, seq_chunks)}, pp)
+                            {rank: rank_actions(name, pp, num_microbatches, vpp, rank, seq_chunks, overlap)}, pp)
 
 
 def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, optimizer: float,

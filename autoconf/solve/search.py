@@ -68,7 +68,8 @@ _FAMILY_FIELDS = operator.attrgetter("tp", "cp", "pp", "dp", "vpp", "micro_batch
                                      "seq_split")
 # How far the walk has fitted a recompute candidate's per-stage counts (`search`'s walk); FAMILY marks a family's
 # entry, whose members are not yet in the heap.
-FAMILY, UNFITTED, RANK0_FITTED, FITTED = -1, 0, 1, 2
+# OFFLOAD_PARENT marks the entry of a candidate that did not fit, standing for its offloading twins.
+OFFLOAD_PARENT, FAMILY, UNFITTED, RANK0_FITTED, FITTED = -2, -1, 0, 1, 2
 
 
 @dataclass
@@ -366,20 +367,19 @@ class _BoundCache:
         the compute stream, as the estimate adds it (`ep_comm_passes` on each pipeline rank's first EP and ETP
         groups of the default mesh; the least of the ranks): zeros where paired chunks may hide it
         (`overlaps_pairs`) or under seq1f1b (whose units the estimate splits afterwards)."""
-        key = (c.tp, c.cp, c.pp, c.dp, c.ep, c.etp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.seq_len,
-               c.seq_chunks, c.schedule, c.recompute)
+        if self.model.moe is None or c.seq_chunks > 1 or overlaps_pairs(self.model, c, self.execution):
+            return (0.0, 0.0, 0.0, 0.0)
+        # What `ep_comm_passes` reads of the config (its tokens, dtype and etp; the mesh's degrees and expert
+        # groups), so the candidates that differ elsewhere (schedule, recompute, ZeRO, ...) share one exchange.
+        key = (c.tp, c.cp, c.pp, c.dp, c.ep, c.etp, c.micro_batch_size, c.dtype, c.seq_len)
         if key not in self._exchange:
-            out = (0.0, 0.0, 0.0, 0.0)
-            if self.model.moe is not None and c.seq_chunks == 1 and not overlaps_pairs(self.model, c,
-                                                                                       self.execution):
-                grid = RankGrid(default_mesh(c))
-                passes = [ep_comm_passes(self.model, self.cluster, c, *(expert_groups(grid, rank, c.ep, c.etp, axis)[0]
-                                                                        for axis in ("ep", "etp")), self.execution)
-                          for rank in range(c.pp)]
-                forward, backward = (min(p[0] for p in passes), min(p[1] for p in passes))
-                out = (forward, backward, 0.0, forward if c.recompute == "full" else 0.0)
-            self._exchange[key] = out
-        return self._exchange[key]
+            grid = RankGrid(default_mesh(c))
+            passes = [ep_comm_passes(self.model, self.cluster, c, *(expert_groups(grid, rank, c.ep, c.etp, axis)[0]
+                                                                    for axis in ("ep", "etp")), self.execution)
+                      for rank in range(c.pp)]
+            self._exchange[key] = (min(p[0] for p in passes), min(p[1] for p in passes))
+        forward, backward = self._exchange[key]
+        return (forward, backward, 0.0, forward if c.recompute == "full" else 0.0)
 
     def _kind_layers(self, c: ParallelConfig) -> dict[bool, tuple[float, float, float, float]]:
         """Per kind of block (`layer_kinds`: False dense, True MoE), (block forward, block input backward, block
@@ -446,6 +446,18 @@ class _BoundCache:
         inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, seq_chunks=c.seq_chunks)
         return stage_memory(self.model, self.cluster, c, partition, owner, inflight, self.execution.memory_layout,
                             selective=selective_policy(c, self.execution), execution=self.execution)
+
+    def layout_memory(self, c: ParallelConfig) -> list[dict]:
+        """The estimate's own `memory_per_stage` of the default layout, without simulating it: cost/memory's
+        `stage_memory` of every pipeline rank on the estimate's partition (`default_partition`), with the in-flight
+        counts of the order the estimate simulates (`schedule_inflight`, paired where `overlaps_pairs`), which are
+        the simulated step's (tests/test_search.py checks the two equal). The walk asks it before simulating a
+        candidate, so a layout that does not fit on some rank is never simulated."""
+        inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, seq_chunks=c.seq_chunks,
+                                     overlap=overlaps_pairs(self.model, c, self.execution))
+        return stage_memory(self.model, self.cluster, c, default_partition(self.model, c), self._stage_to_rank(c),
+                            inflight, self.execution.memory_layout, selective=selective_policy(c, self.execution),
+                            execution=self.execution)
 
     def _uniform_layout(self, c: ParallelConfig) -> tuple[list, tuple[int, ...]]:
         """(uniform partition, stage-to-rank owner) of `c`'s pipeline."""
@@ -614,9 +626,11 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     # reduces once per step (sorted just before it: same bound, smaller key) did not fit.
     fitting_once = set()
     # Offload costs time and saves memory: it is weighed after the walk, for the candidates that did not fit
-    # (`_offload_walk`), so the walk over layouts that fit is unchanged.
+    # (`_offload_parents`).
     unfit: list[tuple[float, tuple, ParallelConfig, Callable[[], dict]]] = []
+    levers = _offload_levers(cluster, fixed)
     offloading = plans_offload(cluster)
+    twins = 0  # offloading twins that joined the walk
 
     def does_not_fit(over: float, time_bound: float, key: tuple, config: ParallelConfig,
                      memory: Callable[[], dict], exact: bool = True,
@@ -660,6 +674,15 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         if config.offloads and cache.host_bound(config) > cluster.host["memory_bytes"]:
             pruned_memory += 1
             return  # (an offloading twin is no miss: `does_not_fit` records nothing for it)
+        # Every rank's memory, the simulation's own (`layout_memory`): a layout that does not fit is recorded as the
+        # simulation would have recorded it, without simulating it.
+        memory = cache.layout_memory(config)
+        peak = max(entry["total"] for entry in memory)
+        if peak > limit:
+            pruned_memory += 1
+            does_not_fit(peak - limit, time_bound, key, config,
+                         functools.partial(max, memory, key=operator.itemgetter("total")))
+            return
         p = predict(model, cluster, config, execution=execution, detail=False, extrapolate=True)[3]
         simulated += 1
         if not p["fits"]:
@@ -683,18 +706,23 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         recomputed layers of pipeline rank 0 (solve/recompute.py: a rank's count reads its own memory only, so
         these are its final counts and a lower bound of the others), and goes back with the bound of those counts
         (RANK0_FITTED); then the fewest of every rank, and goes back with the bound of all its counts (FITTED)."""
-        nonlocal pruned_time, pruned_memory
+        nonlocal pruned_time, pruned_memory, twins
         while heap:
             time_bound, key, order, config, fitted = heapq.heappop(heap)
             # Extrapolated times are at or above the full simulation, so the K-th best of them is at or above the
             # K-th best full time: a bound beyond it rules a candidate out.
             if len(best) >= top_k and time_bound >= -best[0][0]:
-                pruned_time += sum(len(e[3]) if e[4] == FAMILY else 1 for e in [*heap, (time_bound, key, order,
-                                                                                        config, fitted)])
+                pruned_time += sum(_candidates_of(e) for e in [*heap, (time_bound, key, order, config, fitted)])
                 break
             if fitted == FAMILY:
                 for entry in entries(config):
                     heapq.heappush(heap, entry)
+                continue
+            if fitted == OFFLOAD_PARENT:
+                for entry in _offload_twins(cache, launchable_only, (time_bound, key, order, config, fitted), limit,
+                                            -best[0][0] if len(best) >= top_k else math.inf, bound_of):
+                    heapq.heappush(heap, entry)
+                    twins += 1
                 continue
             if config.grad_reduce != "step" and key[:-1] in fitting_once:
                 pruned_time += 1
@@ -729,9 +757,9 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             consider(time_bound, key, config)
 
     walk(scored)
-    twins = _offload_walk(model, cluster, cache, fixed, launchable_only, unfit, limit,
-                          -best[0][0] if len(best) >= top_k else math.inf, bound_of)
-    walk([(bound, key, order, config, FITTED) for order, (bound, key, config) in enumerate(twins)])
+    # Offload is weighed after the walk, for the candidates that did not fit, so the walk over layouts that fit is
+    # unchanged: a second walk over their offloading twins, each parent's asked only when the walk reaches it.
+    walk(_offload_parents(cache, levers, unfit, -best[0][0] if len(best) >= top_k else math.inf))
     chosen = _ranked_by_full_simulation(model, cluster, execution, best, near, top_k)
     search_seconds = time.perf_counter() - start
     if refine:
@@ -751,7 +779,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     stats = {"candidates": seen, "unlaunchable": unlaunchable, "pruned_memory": pruned_memory,
              "pruned_time": pruned_time, "simulated": simulated, "feasible": len(ranked),
              "seconds": round(time.perf_counter() - start, 3),
-             "search_seconds": round(search_seconds, 3), **({"offload_candidates": len(twins)} if twins else {})}
+             "search_seconds": round(search_seconds, 3), **({"offload_candidates": twins} if twins else {})}
     for plan in ranked:
         plan.prediction["launchable"] = unsupported_reason(plan.config, model) is None
     if ranked and ranked[0].config.recompute_layers is not None:
@@ -832,48 +860,73 @@ def _offload_levers(cluster: ClusterProfile, fixed: dict) -> list[tuple[bool, bo
     return [(a, o) for a in activations for o in optimizer if a or o]
 
 
-def _offload_walk(model: ModelSpec, cluster: ClusterProfile, cache: "_BoundCache", fixed: dict, launchable_only: bool,
-                  unfit: list, limit: float, cutoff: float,
-                  bound_of: dict) -> list[tuple[float, tuple, ParallelConfig]]:
-    """The offloading twins worth walking, as (time bound, key, config) in bound order: of each candidate that did
-    not fit (`unfit`: with its bound and a call giving its memory entry, the largest rank's or rank 0's), the twins
-    (each lever combination of `_offload_levers` the layout allows: offload_optimizer needs FSDP) that can move
-    enough off the device (at most the activations, or the weights, gradients and optimizer states) and whose
-    bound is below `cutoff` (the K-th best time of the walk so far: nothing at or beyond it can enter the K best).
-    A twin's work on its busiest rank (`busy_bound`, below its time bound) is checked first, as it is cheaper, then
-    the parent's floor of what stays on the device where `unfit` gives one (`_BoundCache.offload_floor`); the
-    parent's memory entry is asked only then."""
-    levers = _offload_levers(cluster, fixed)
+def _offload_parents(cache: "_BoundCache", levers: list[tuple[bool, bool]], unfit: list,
+                     cutoff: float) -> list[tuple]:
+    """The walk's entries of the candidates that did not fit (`unfit`, in walk order, each with its bound and a call
+    giving its memory entry) whose own bound is below `cutoff` (the K-th best time of the first walk): one entry per
+    parent, standing for its offloading twins (each lever combination of `levers` the layout allows:
+    offload_optimizer needs FSDP) until the walk pops it (`_offload_twins`). It enters with its own work on its
+    busiest rank (`busy_bound`: at most each twin's, which offload_optimizer does not change and offloaded
+    activations only lengthen with their copies, and below each twin's time bound) and its own key (below each
+    twin's: the same fields but the offload levers, all off), so it leaves the heap before any of its twins would
+    have, and the walk pops the twins in the same order as if every one had been in the heap from the start; a
+    parent the walk never pops costs no memory entry and no time bound."""
     out = []
-    for parent_bound, _, config, parent_memory, floor in unfit if levers else []:
+    for index, record in enumerate(unfit if levers else ()):
+        parent_bound, key, config = record[:3]
         if parent_bound >= cutoff:
             continue
-        memory = None
-        sharded = config.zero_sharded
-        busy = {}  # the twins' busy bound by offload_activations (it does not read offload_optimizer)
-        for activations, optimizer in levers:
-            if optimizer and not sharded:
-                continue
-            if activations not in busy:
-                busy[activations] = cache.busy_bound(replaced(config, offload_activations=activations))
-            if busy[activations] >= cutoff:
-                continue
-            twin = replaced(config, offload_activations=activations, offload_optimizer=optimizer)
-            if memory is None:
-                if floor is not None and floor(activations, optimizer) > limit:
-                    continue  # what stays is at least the floor
-                memory = parent_memory()
-            movable = (memory["activations"] if activations else 0.0) + (
-                memory["params"] + memory["grads"] + memory["optimizer"] if optimizer else 0.0)
-            if memory["total"] - movable > limit or (launchable_only and unsupported_reason(twin)):
-                continue
-            once = replaced(twin, grad_reduce="step") if twin.grad_reduce != "step" else twin
-            if once not in bound_of:
-                bound_of[once] = cache.time_bound(once)
-            if bound_of[once] < cutoff:
-                out.append((bound_of[once], ranking_key(twin), twin))
-    out.sort(key=lambda item: (item[0], item[1]))
+        allowed = [(activations, optimizer) for activations, optimizer in levers
+                   if config.zero_sharded or not optimizer]
+        if allowed:
+            out.append((cache.busy_bound(config), key, index, (record, allowed), OFFLOAD_PARENT))
+    heapq.heapify(out)
     return out
+
+
+def _offload_twins(cache: "_BoundCache", launchable_only: bool, entry: tuple, limit: float, cutoff: float,
+                   bound_of: dict) -> list[tuple]:
+    """The walk's entries (time bound, key, order, config, FITTED) of a parent's offloading twins worth walking
+    (`entry`: its `_offload_parents` entry): each lever combination the layout allows whose twin can move enough off
+    the device (at most the activations, or the weights, gradients and optimizer states) and whose bound is below
+    `cutoff` (the K-th best time of the walk so far: nothing at or beyond it can enter the K best). A twin's work on
+    its busiest rank (`busy_bound`, below its time bound) is checked first, as it is cheaper, then the parent's floor
+    of what stays on the device where it has one (`_BoundCache.offload_floor`); the parent's memory entry is asked
+    only then."""
+    parent_busy, _, index, ((_, _, config, parent_memory, floor), allowed), _ = entry
+    out = []
+    memory = None
+    busy = {False: parent_busy}  # the twins' busy bound by offload_activations (it does not read offload_optimizer)
+    for activations, optimizer in allowed:
+        if activations not in busy:
+            busy[activations] = cache.busy_bound(replaced(config, offload_activations=activations))
+        if busy[activations] >= cutoff:
+            continue
+        twin = replaced(config, offload_activations=activations, offload_optimizer=optimizer)
+        if memory is None:
+            if floor is not None and floor(activations, optimizer) > limit:
+                continue  # what stays is at least the floor
+            memory = parent_memory()
+        movable = (memory["activations"] if activations else 0.0) + (
+            memory["params"] + memory["grads"] + memory["optimizer"] if optimizer else 0.0)
+        if memory["total"] - movable > limit or (launchable_only and unsupported_reason(twin)):
+            continue
+        once = replaced(twin, grad_reduce="step") if twin.grad_reduce != "step" else twin
+        if once not in bound_of:
+            bound_of[once] = cache.time_bound(once)
+        if bound_of[once] < cutoff:
+            out.append((bound_of[once], ranking_key(twin), index, twin, FITTED))
+    return out
+
+
+def _candidates_of(entry: tuple) -> int:
+    """How many candidates a walk entry stands for: a family its members, an offload parent the twins its levers
+    allow (`_offload_parents`), any other one."""
+    if entry[4] == FAMILY:
+        return len(entry[3])
+    if entry[4] == OFFLOAD_PARENT:
+        return len(entry[3][1])
+    return 1
 
 
 def _negated(key: tuple) -> tuple:
