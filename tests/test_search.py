@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from autoconf.cost.estimate import estimate
+from autoconf.cost.estimate import estimate, predict
 from autoconf.errors import UserError
 from autoconf.spec.support import unsupported_reason
 from autoconf.solve.search import explain_infeasible, search
@@ -216,10 +216,15 @@ def assert_bounds_below_estimate(model, cluster, configs, execution=None, memory
         if memory:
             assert cache.state_bound(config) <= bound.memory_bytes * (1 + 1e-9), config
             assert bound.memory_bytes <= p["peak_memory_bytes"] * (1 + 1e-9), config
+            # The walk's check before simulating (`layout_memory`) is the simulation's own memory, rank by rank.
+            simulated = predict(model, cluster, config, execution=cache.execution, detail=False,
+                                extrapolate=True)[3]["memory_per_stage"]
+            assert [e["total"] for e in cache.layout_memory(config)] == pytest.approx(
+                [e["total"] for e in simulated], rel=1e-12), config
             entry = cache.rank0_memory(config)
             known = cache.known_floor(config)  # (the walk prunes on it where a ZeRO / grad_reduce twin had its entry)
             assert known is None or known <= entry["total"] * (1 + 1e-9) + 1e-6, config
-            for activations in (False, True):  # what an offloading twin leaves of rank 0, as `_offload_walk` counts
+            for activations in (False, True):  # what an offloading twin leaves of rank 0, as `_offload_twins` counts
                 for optimizer in (False, True):
                     stays = entry["total"] - (entry["activations"] if activations else 0.0) - (
                         entry["params"] + entry["grads"] + entry["optimizer"] if optimizer else 0.0)
@@ -399,3 +404,20 @@ def test_ranking_keys_tell_every_candidate_apart_and_start_with_their_familys():
     for config in configs:
         heads.setdefault(_FAMILY_FIELDS(config), set()).add(ranking_key(config)[:_KEY_HEAD])
     assert all(len(family_heads) == 1 for family_heads in heads.values())
+
+
+def test_the_memory_check_before_simulating_changes_no_plan(monkeypatch):
+    """The walk checks every rank's memory (`_BoundCache.layout_memory`, the simulation's own) before it simulates a
+    candidate: a tiny MoE model on devices of 2 GiB (some layouts fit, many do not) gets the same ranked plans with
+    the check turned off (every layout said to fit until simulated), which simulates more."""
+    from autoconf.solve.search import _BoundCache
+
+    base = load_cluster("dgx-h100-80g", nodes=1)
+    cluster = dataclasses.replace(base, device=dataclasses.replace(base.device, memory_bytes=2 * 1024**3))
+    model = dataclasses.replace(PRESETS["tiny-moe"], max_seq_len=8192)
+    checked = search(model, cluster, 64, 8192, "bf16", refine=False)
+    monkeypatch.setattr(_BoundCache, "layout_memory", lambda self, config: [{"total": 0.0}])
+    unchecked = search(model, cluster, 64, 8192, "bf16", refine=False)
+    assert [p.to_dict() for p in checked.plans] == [p.to_dict() for p in unchecked.plans] and checked.plans
+    assert checked.stats["simulated"] < unchecked.stats["simulated"]
+

@@ -491,7 +491,7 @@ class _BoundCache:
     def offload_floor(self, c: ParallelConfig, activations: bool, optimizer: bool) -> float:
         """A lower bound of what stays on the device of rank 0's entry (`rank0_memory`) when an offloading twin
         moves its activations (`activations`) and its weights, gradients and optimizer states (`optimizer`) off, as
-        `_offload_walk` reckons it: the entry's "other" bytes, plus its activations unless moved, plus
+        `_offload_twins` reckons it: the entry's "other" bytes, plus its activations unless moved, plus
         `_state_bytes` (at most its params, grads and optimizer) unless moved. The activations and other bytes are
         `stage_memory`'s own, read once for the layouts that differ only in the ZeRO stage and grad_reduce (which
         move only the state bytes and FSDP buffers). Under the torch layout with one micro-batch the estimate drops
@@ -637,7 +637,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
                      floor: Callable[[bool, bool], float] | None = None) -> None:
         """Records a candidate `over` bytes beyond the limit (at least that many without `exact`): a miss (the
         closest is the advice when nothing fits) and, where the cluster plans offload, the parent of offloading
-        twins with its memory entry (`memory()`, asked only for the parents `_offload_walk` weighs) and, where
+        twins with its memory entry (`memory()`, asked only for the parents `_offload_twins` weighs) and, where
         given, a lower bound of what stays of that entry under each lever (`floor(activations, optimizer)`). An
         offloading twin that does not fit is neither."""
         if config.offloads:
