@@ -9,6 +9,7 @@ import pytest
 
 from autoconf.cost import cp_ring
 from autoconf.cost.cp_ring import transfers
+from autoconf.cost.estimate import cp_exchange_bytes
 from autoconf.cost.memory import cp_kv_bytes
 from autoconf.spec.frameworks import execution
 from autoconf.spec.model import ModelSpec
@@ -118,7 +119,8 @@ def test_each_transfer_carries_the_bytes_cp_ring_charges_the_executor(comm, meth
     """A bf16 model of 2 query heads and 1 K/V head of 4, its K/V handed to torch's ring grouped as autoconf's
     executor does where the flash kernel takes them, at cp 2: every K/V all-gather or permute sends one rank's
     grouped block (`cp_ring.sdpa_kv_bytes` of the autoconf preset: the grouped `cp_kv_bytes`), every dK/dV permute
-    the fp32 gradients `cp_ring.dkv_bytes` charges; repeated to the query heads (`cp_repeat_kv`), twice both."""
+    the fp32 gradients `cp_ring.dkv_bytes` charges; repeated to the query heads (`cp_repeat_kv`), twice both. Their
+    sum is what the placement charges the CP group (`estimate.cp_exchange_bytes`)."""
     model = ModelSpec(name="probe", arch="llama", num_layers=1, hidden_size=8, num_heads=2, num_kv_heads=1,
                       ffn_hidden_size=16, vocab_size=16, max_seq_len=16)
     c = ParallelConfig(tp=1, pp=1, dp=1, cp=2, cp_comm=comm, micro_batch_size=1, global_batch_size=1, seq_len=16,
@@ -132,6 +134,9 @@ def test_each_transfer_carries_the_bytes_cp_ring_charges_the_executor(comm, meth
             assert blocks == [kv] * sum(n["kv_gather"] + n["kv_rotate"] for n in transfers(2, comm).values()), sends
             dkv = [n for _, dtype, n in sends if dtype == "torch.float32"]
             assert dkv == [cp_ring.dkv_bytes(model, c, ex)] * transfers(2, comm)["backward"]["dkv_rotate"], sends
+            # what the placement charges the CP group (`estimate.cp_exchange_bytes`): every byte the rank sent
+            sent = sum(n * (c.cp - 1 if kind == "all_gather" else 1) for kind, _, n in sends)
+            assert cp_exchange_bytes(model, c, ex) == sent
 
 
 @pytest.mark.slow

@@ -253,6 +253,22 @@ def cp_attention_comm(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     return PassTimes(forward, backward, 0.0)
 
 
+def cp_exchange_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution | None = None) -> float:
+    """Bytes one rank sends in its CP group per layer and micro-batch, forward and input-gradient pass together, in
+    the transfers `cp_attention_comm` times: under torch's ring those `cp_ring.transfers` counts (an all-gather
+    sends the rank's K/V block to the cp - 1 others, a rotation one block, a dK/dV rotation `cp_ring.dkv_bytes`);
+    otherwise cp - 1 K/V blocks forward and twice that backward (all-gather, then all-gather and reduce-scatter; or
+    the ring's blocks, then blocks with their gradients). 0 without CP."""
+    if c.cp == 1:
+        return 0.0
+    kv = sdpa_kv_bytes(model, c, execution, cp_kv_bytes(model, c))
+    if not torch_ring(model, c, execution):
+        return 3 * (c.cp - 1) * kv
+    dkv = dkv_bytes(model, c, execution)
+    return sum(n["kv_gather"] * (c.cp - 1) * kv + n["kv_rotate"] * kv + n["dkv_rotate"] * dkv
+               for n in transfers(c.cp, c.cp_comm).values())
+
+
 def recompute_time(pieces, c: ParallelConfig, one_collective: float, matmul_share: float | None = None,
                    matmuls_only: bool = False) -> float:
     """Per layer: the forward that recompute repeats in the backward (the block with its TP collectives, or under

@@ -11,10 +11,10 @@ import numpy as np
 
 from autoconf.cost.compute import model_pieces, seq_chunk_bounds
 from autoconf.cost.comm import collective_time
-from autoconf.cost.estimate import (Execution, activation_bytes, cp_attention_comm, default_mesh, dp_buffer_bytes,
-                                    p2p_bytes, recompute_time, schedule_inflight, selective_matmul_share,
-                                    selective_matmuls_only, tp_collective)
-from autoconf.cost.memory import (Temporary, cp_kv_bytes, fp8_weight_cache_bytes, layer_activation_bytes,
+from autoconf.cost.estimate import (Execution, activation_bytes, cp_attention_comm, cp_exchange_bytes, default_mesh,
+                                    dp_buffer_bytes, p2p_bytes, recompute_time, schedule_inflight,
+                                    selective_matmul_share, selective_matmuls_only, tp_collective)
+from autoconf.cost.memory import (Temporary, fp8_weight_cache_bytes, layer_activation_bytes,
                                   p2p_buffer_bytes, root_unit_params, seq_chunk_kv_bytes, seq_chunk_scales,
                                   stage_layer_activation_bytes, state_bytes_per_param, temporary_terms,
                                   unit_activation_bytes, unsharded_buffer_bytes)
@@ -297,8 +297,8 @@ def traffic(model: ModelSpec, c: ParallelConfig, execution: Execution = Executio
     group, from the estimate's own buffers: two TP collectives per layer and direction on `activation_bytes`, the
     estimate's `p2p_bytes` per micro-batch and direction (a 1/tp slice under sequence parallelism), the gradient
     reduction buffer of `dp_buffer_bytes` for the rank's share of the parameters (over dp x cp), and per layer and
-    micro-batch the K/V exchange of `cp_attention_comm`: either algorithm moves (cp - 1) K/V blocks
-    (`cp_kv_bytes`) forward and twice that backward, which a ring all-reduce of 1.5 x cp blocks moves too.
+    micro-batch the bytes the estimate's CP exchange sends (`cp_exchange_bytes`), as the buffer whose ring
+    all-reduce moves as many (its bytes x cp / (2 (cp - 1))): the placement's rings charge all-reduces.
 
     MoE: the dispatch and combine all-to-all of every MoE layer in both passes (`dispatch_bytes`) go on the axis
     their EP group lies along in the folded grid (spec/grid.py `expert_grid`): inside a TP group when
@@ -309,7 +309,8 @@ def traffic(model: ModelSpec, c: ParallelConfig, execution: Execution = Executio
     tp_bytes = 4 * layers_per_rank * activation_bytes(model, c) * c.num_microbatches if c.tp > 1 else 0.0
     pp_bytes = 2 * c.vpp * p2p_bytes(model, c, execution) * c.num_microbatches if c.pp > 1 else 0.0
     dp_bytes = dp_buffer_bytes(c, model.total_params() / c.pp / c.tp, execution)[0] if c.dp_cp > 1 else 0.0
-    cp_bytes = 1.5 * c.cp * cp_kv_bytes(model, c) * layers_per_rank * c.num_microbatches if c.cp > 1 else 0.0
+    cp_bytes = (cp_exchange_bytes(model, c, execution) * c.cp / (2 * (c.cp - 1)) * layers_per_rank
+                * c.num_microbatches if c.cp > 1 else 0.0)
     if model.moe is not None and c.ep * c.etp > 1:
         exchange = 4 * moe_layers(model, 0, model.num_layers) / c.pp * dispatch_bytes(model, c) * c.num_microbatches
         if c.ep > 1 and c.ep * c.etp <= c.tp:
