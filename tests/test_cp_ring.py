@@ -178,3 +178,22 @@ def test_the_estimate_counts_torchs_ring_exactly_where_the_executor_hands_it_att
                 seen.add((attention, dropout, recompute, policy, hands))
     assert ("flash", 0.0, "none", None, True) in seen and ("flash", 0.0, "selective", "attention_core", True) in seen
     assert sum(hands for *_, hands in seen) == 3  # none, full and attention_core, all with flash and no dropout
+
+
+def test_under_latent_attention_dq_is_at_the_query_width_and_the_merges_at_the_value_width():
+    """DeepSeek-V3's queries are 192 wide per head (128 + 64 rotary), its values 128: moving 32 per head from the
+    query's non-rotary part to the value keeps K and V as wide together, shrinks the fp32 dQ the ring's backward
+    holds by exactly that width, and grows the forward's output merges."""
+    from autoconf.cost.cp_ring import buffer_bytes, merge_bytes
+    from autoconf.spec.frameworks import execution
+
+    base = PRESETS["deepseek-v3"]
+    moved = dataclasses.replace(base, mla=dataclasses.replace(base.mla, qk_nope_head_dim=96, v_head_dim=160))
+    assert moved.attention_kv_dim == base.attention_kv_dim
+    assert (base.attention_q_dim, base.attention_out_dim) == (128 * 192, 128 * 128)
+    c = ParallelConfig(tp=1, pp=1, dp=1, cp=4, cp_comm="ring", micro_batch_size=1, global_batch_size=1,
+                       seq_len=32768, dtype="bf16")
+    ex = execution("torchtitan")
+    assert buffer_bytes(base, c, ex) - buffer_bytes(moved, c, ex) == 4 * c.local_seq_len * 128 * 32
+    (forward, backward), (forward_moved, backward_moved) = merge_bytes(base, c, ex), merge_bytes(moved, c, ex)
+    assert forward_moved > forward and backward_moved < backward

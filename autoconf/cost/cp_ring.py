@@ -75,7 +75,8 @@ def merge_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution |
         return 0.0, 0.0
     e = DTYPE_BYTES[c.dtype]
     tokens = c.local_seq_len * c.micro_batch_size
-    out = tokens * model.q_dim / c.tp  # elements of the attention output (and of Q)
+    out = tokens * model.attention_out_dim / c.tp  # elements of the attention output
+    q = tokens * model.attention_q_dim / c.tp  # elements of Q (and dQ)
     kv = tokens * sdpa_kv_width(model, execution) / c.tp  # elements of K (and of V)
     later = c.cp - 1
     # Forward: first output to fp32 (e + 4); per later step its output to fp32 (e + 4), out - block (12), times the
@@ -84,7 +85,7 @@ def merge_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution |
     # Backward: fp32 zeros (4 each for dQ, dK, dV); dQ += per step (8 + e); dK, dV += at step 0 (8 + e each), per
     # later step a half-block add (8 + e) / 2 and the re-concatenation (8) each; the fp32 dK/dV send buffer every
     # step (8 each); the K/V send buffer again (2e each, every step but the last); the casts back (4 + e each).
-    backward = (out * (FP32 + c.cp * (8 + e) + (FP32 + e))
+    backward = (q * (FP32 + c.cp * (8 + e) + (FP32 + e))
                 + kv * (2 * FP32 + 2 * (8 + e) + later * 2 * ((8 + e) / 2 + 8) + c.cp * 2 * 8
                         + later * 2 * (2 * e) + 2 * (FP32 + e)))
     return forward, backward
@@ -119,7 +120,7 @@ def buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution 
     tokens = c.local_seq_len * c.micro_batch_size
     kv_block = 2 * tokens * sdpa_kv_width(model, execution) / c.tp * DTYPE_BYTES[c.dtype]
     blocks = c.cp if c.cp_comm == "allgather" else 2
-    return (blocks + 1) * kv_block + FP32 * tokens * model.q_dim / c.tp + 3 * dkv_bytes(model, c, execution)
+    return (blocks + 1) * kv_block + FP32 * tokens * model.attention_q_dim / c.tp + 3 * dkv_bytes(model, c, execution)
 
 
 def transfers(cp: int, cp_comm: str) -> dict[str, dict[str, int]]:

@@ -285,6 +285,22 @@ class ModelSpec:
         return self.num_heads * (self.mla.qk_nope_head_dim + self.mla.qk_rope_head_dim + self.mla.v_head_dim)
 
     @property
+    def attention_q_dim(self) -> int:
+        """Width of one token's queries as the attention core reads them: q_dim, or under latent attention every
+        head's qk_nope_head_dim + qk_rope_head_dim."""
+        if self.mla is None:
+            return self.q_dim
+        return self.num_heads * (self.mla.qk_nope_head_dim + self.mla.qk_rope_head_dim)
+
+    @property
+    def attention_out_dim(self) -> int:
+        """Width of one token's attention output (before the output projection): q_dim, or under latent attention
+        every head's v_head_dim."""
+        if self.mla is None:
+            return self.q_dim
+        return self.num_heads * self.mla.v_head_dim
+
+    @property
     def learned_positions(self) -> bool:
         return self.arch == "gpt"
 
