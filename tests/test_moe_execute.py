@@ -61,6 +61,8 @@ LAYOUTS: dict[str, Layout] = {
     "moe-ep2": Layout(2, moe_plan(ep=2, dp=2)),
     "moe2-ep2-tp2": Layout(2, moe_plan("moe2", ep=2, tp=2, micro_batch=2)),
     "aux-ep2": Layout(2, moe_plan("aux", ep=2, dp=2)),
+    # the load-balancing statistics over the CP ranks' parts of each sequence (MoE.aux_loss)
+    "aux-cp2-ep2": Layout(2, moe_plan("aux", ep=2, cp=2)),
     "moe2-ep4": Layout(4, moe_plan("moe2", ep=4, dp=4)),
     "moe2-ep2-dp2-zero3": Layout(4, moe_plan("moe2", ep=2, dp=4, zero=3)),
     "moe-ep2-pp2": Layout(4, moe_plan(ep=2, pp=2, dp=2)),

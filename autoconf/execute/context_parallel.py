@@ -94,11 +94,14 @@ def causal_mask(seq_len: int, cp: int, rank: int, device=None) -> torch.Tensor:
 
 
 def attach(model, context: "ContextParallel") -> None:
-    """Makes a model chunk's embedding and attention layers read `context` (positions and K/V exchange)."""
+    """Makes a model chunk's embedding and attention layers read `context` (positions and K/V exchange), and its MoE
+    layers take their load-balancing statistics over the CP group (`MoE.aux_loss`)."""
     if model.embed is not None:
         model.embed.context = context
     for block in model.layers.values():
         block.attention.context = context
+        if hasattr(block.feed_forward, "sequence_group"):
+            block.feed_forward.sequence_group = context.group
 
 
 class ContextParallel:

@@ -226,6 +226,7 @@ class MoE(nn.Module):
         self.etp_group = None
         self.token_group = None
         self.sequence_mesh = None
+        self.sequence_group = None  # set by context_parallel.attach: the CP group holding the rest of the sequences
         self.aux_loss_scale = 1.0
 
     # ---- routing -------------------------------------------------------------------------------------------------
@@ -252,10 +253,18 @@ class MoE(nn.Module):
         return index, weights, probs
 
     def aux_loss(self, index: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        """Switch Transformer's load-balancing loss coef * E * sum_e f_e P_e over these tokens."""
-        e = self.moe.num_experts
-        share = torch.bincount(index.flatten(), minlength=e).float() / index.numel()
-        return self.moe.router_aux_loss_coef * e * (share * probs.mean(0)).sum()
+        """Switch Transformer's load-balancing loss coef * E * sum_e f_e P_e over the micro-batch's tokens; under
+        context parallelism over its whole sequences, as one process computes it: the CP ranks' assignment counts
+        and score sums added up (the scores' with autograd, whose backward sums every rank's gradient, so with the
+        gradients averaged over dp x cp each rank's router gets its own tokens' share)."""
+        e, k = self.moe.num_experts, index.shape[1]
+        counts, scores, tokens = torch.bincount(index.flatten(), minlength=e).float(), probs.sum(0), probs.shape[0]
+        if self.sequence_group is not None:
+            from torch.distributed._functional_collectives import all_reduce
+
+            counts, scores = (all_reduce(t, "sum", self.sequence_group) for t in (counts, scores))
+            tokens *= dist.get_world_size(self.sequence_group)
+        return self.moe.router_aux_loss_coef * e * (counts / (tokens * k) * scores / tokens).sum()
 
     # ---- dispatch, experts, combine --------------------------------------------------------------------------------
     def routed(self, x: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
