@@ -126,7 +126,7 @@ def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str
                      * c.micro_batch_size)
         return (layer_activation_bytes(model, c, layout, device_kind, recompute, selective)
                 - dense_mlp * model.ffn_hidden_size / c.tp
-                + routed_activation_bytes(model, c, recompute, keeps_outputs))
+                + routed_activation_bytes(model, c, layout, recompute, keeps_outputs))
     if layout == "megatron":
         return (model.layer_activation_bytes(c.local_seq_len, c.micro_batch_size, c.tp, c.sequence_parallel,
                                              recompute, c.attention, DTYPE_BYTES[c.dtype])

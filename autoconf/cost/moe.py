@@ -34,6 +34,10 @@ from autoconf.spec.plan import ParallelConfig
 # over the mean), routing is taken as balanced: dropless routing with a balancing loss or DeepSeek's bias
 # balancing keeps the global load close to even (docs/moe.md), and autoconf has no measured ratio to state.
 DEFAULT_LOAD_IMBALANCE = 1.0
+# Router-score tensors of T x experts fp32 an MoE layer keeps per token it routes, by memory layout: the executor
+# ("torch", execute/moe.py) keeps the softmax or sigmoid output its backward reads; Megatron's accounting ("megatron")
+# keeps the logits and the probabilities.
+ROUTER_SCORE_TENSORS = {"torch": 1, "megatron": 2}
 
 
 @functools.lru_cache(maxsize=256)
@@ -248,21 +252,22 @@ def ep_comm_passes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     return dispatch + all_to_all + etp, dispatch + all_to_all + etp
 
 
-def routed_activation_bytes(model: ModelSpec, c: ParallelConfig, recompute: str,
+def routed_activation_bytes(model: ModelSpec, c: ParallelConfig, layout: str, recompute: str,
                             keeps_outputs: bool = True) -> float:
-    """Bytes one MoE layer's FFN part keeps for its backward on one rank, one micro-batch, in place of a dense MLP's:
-    the router's fp32 logits and probabilities (T x experts each); the T x k x etp routed tokens the local experts
-    read; per routed row the SwiGLU tensors of width moe_intermediate_size / etp (gate, up, their product, and the
-    silu output unless selective recompute redoes it); with `keeps_outputs` (`Execution.moe_combine_keeps_outputs`)
-    the T x k expert outputs the combine weighs (the gradient of the routing probabilities reads them); the shared
-    experts' SwiGLU tensors like a dense MLP's (TP-split). Full recompute keeps none of it (the block input only)."""
+    """Bytes one MoE layer's FFN part keeps for its backward on one rank, one micro-batch, in place of a dense MLP's,
+    in memory layout `layout`: the router's fp32 scores (`ROUTER_SCORE_TENSORS[layout]` tensors of T x experts); the
+    T x k x etp routed tokens the local experts read; per routed row the SwiGLU tensors of width
+    moe_intermediate_size / etp (gate, up, their product, and the silu output unless selective recompute redoes it);
+    with `keeps_outputs` (`Execution.moe_combine_keeps_outputs`) the T x k expert outputs the combine weighs (the
+    gradient of the routing probabilities reads them); the shared experts' SwiGLU tensors like a dense MLP's
+    (TP-split). Full recompute keeps none of it (the block input only)."""
     if recompute == "full":
         return 0.0
     m, h, e = model.moe, model.hidden_size, DTYPE_BYTES[c.dtype]
     tensors = 3 if recompute == "selective" else 4
     t = tokens_per_rank(c)
     routed_rows = t * m.num_experts_per_tok * c.etp
-    out = 8 * t * m.num_experts
+    out = 4 * ROUTER_SCORE_TENSORS[layout] * t * m.num_experts
     out += e * routed_rows * h + tensors * e * routed_rows * m.moe_intermediate_size / c.etp
     out += e * t * m.num_experts_per_tok * h if keeps_outputs else 0.0
     if m.num_shared_experts:

@@ -30,7 +30,7 @@ attention scores of the standard kernel (flash attention keeps none); full recom
 
 from __future__ import annotations
 
-from autoconf.cost.moe import tokens_per_rank
+from autoconf.cost.moe import ROUTER_SCORE_TENSORS, tokens_per_rank
 from autoconf.spec.dtypes import STORAGE_BYTES, precision
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
@@ -122,7 +122,8 @@ def saved_tensors(model: ModelSpec, c: ParallelConfig, recompute: str, selective
                      ("MLP product", model.ffn_hidden_size, "cached", "sharded")]
     else:
         m = model.moe
-        rows.append(("router logits and probabilities", 2 * m.num_experts, "fp32", "tokens"))
+        rows.append(("router logits and probabilities", ROUTER_SCORE_TENSORS["megatron"] * m.num_experts, "fp32",
+                     "tokens"))
         rows.append(("routed tokens (expert input)", h, "cached", "routed"))
         experts = _swiglu_rows("expert", m.moe_intermediate_size / c.etp, "routed", policy)
         if policy in MEGATRON_SELECTIVE:  # Megatron's selective count of the experts keeps 3 SwiGLU tensors

@@ -22,9 +22,11 @@
   the token cross entropy, so losses compare across models and layouts.
 
 Expert parallelism (`parallelize.apply_expert_parallel` sets the groups): the routed experts of a rank are the
-contiguous block [r E/ep, (r+1) E/ep) of its ep group. With tp > 1 the TP ranks hold the same tokens, so the routed
-part first takes this TP rank's 1/tp of the micro-batch's tokens (`_TakeShare`: its backward gathers the gradient)
-and gives the others theirs back at the end (`_GatherShares`), so each token is routed once. Under sequence
+contiguous block [r E/ep, (r+1) E/ep) of its ep group. With tp > 1 the TP ranks hold the same tokens, so the layer
+first takes this TP rank's 1/tp of the micro-batch's tokens (`_TakeShare`, a view: its backward gathers the
+gradient), routes only those (the router's gradients summed over the TP ranks by `_SumGrad`, the load-balancing
+loss's statistics by `_SumOver`, so both are one process's) and gives the others their outputs back at the end
+(`_GatherShares`), so each token is routed once. Under sequence
 parallelism the layer takes the whole sequence (gathered by the TP plan) and returns this rank's part of it. The
 tokens of a rank are sorted by expert, the per-rank counts exchanged (`all_to_all_single`), the tokens sent to the
 ranks holding their experts with the autograd-aware `_functional_collectives.all_to_all_single_autograd` (verified on
@@ -170,13 +172,14 @@ class _AddAuxLoss(torch.autograd.Function):
 
 
 class _TakeShare(torch.autograd.Function):
-    """Rows [r n/k, (r+1) n/k) of a tensor that the k ranks of `group` hold alike; the backward gathers every rank's
-    gradient of its share, so the gradient of the whole tensor is complete (and alike) on every rank."""
+    """Rows [r n/k, (r+1) n/k) of a tensor that the k ranks of `group` hold alike, as a view (no copy); the backward
+    gathers every rank's gradient of its share, so the gradient of the whole tensor is complete (and alike) on every
+    rank."""
 
     @staticmethod
     def forward(ctx, x, group):
         ctx.group, k = group, dist.get_world_size(group)
-        return x.chunk(k)[dist.get_rank(group)].clone()
+        return x.chunk(k)[dist.get_rank(group)]
 
     @staticmethod
     def backward(ctx, grad):
@@ -195,6 +198,37 @@ class _GatherShares(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad.chunk(dist.get_world_size(ctx.group))[dist.get_rank(ctx.group)].contiguous(), None
+
+
+class _SumGrad(torch.autograd.Function):
+    """The identity on a parameter the ranks of `group` hold alike and use on different tokens; the backward sums
+    its gradient over them, so each holds the gradient of all their tokens (one process's)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from torch.distributed._functional_collectives import all_reduce
+
+        return torch.ops._c10d_functional.wait_tensor(all_reduce(grad.contiguous(), "sum", ctx.group)), None
+
+
+class _SumOver(torch.autograd.Function):
+    """The sum over the ranks of `group` of a tensor each computes from its own tokens; the backward passes the
+    (alike) gradient of the sum to each rank's part unchanged."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        from torch.distributed._functional_collectives import all_reduce
+
+        return torch.ops._c10d_functional.wait_tensor(all_reduce(x.contiguous(), "sum", group))
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
 
 
 def _all_gather_rows(x: torch.Tensor, group) -> torch.Tensor:
@@ -234,7 +268,12 @@ class MoE(nn.Module):
         """(expert indices [T, k], weights [T, k], normalised scores [T, E]) of tokens x [T, h]."""
         m = self.moe
         with uncounted_matmuls():  # the per-op policy recomputes the router, outside its matmul count
-            logits = self.router(x).float()
+            if self.token_group is None:
+                logits = self.router(x).float()
+            else:  # x is this TP rank's share of the tokens: the router's gradients sum over the shares
+                bias = self.router.bias
+                logits = F.linear(x, _SumGrad.apply(self.router.weight, self.token_group),
+                                  None if bias is None else _SumGrad.apply(bias, self.token_group)).float()
         scores = logits.softmax(-1) if m.scoring_func == "softmax" else logits.sigmoid()
         choose = scores
         if m.n_group > 1:
@@ -253,17 +292,22 @@ class MoE(nn.Module):
         return index, weights, probs
 
     def aux_loss(self, index: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        """Switch Transformer's load-balancing loss coef * E * sum_e f_e P_e over the micro-batch's tokens; under
-        context parallelism over its whole sequences, as one process computes it: the CP ranks' assignment counts
-        and score sums added up (the scores' with autograd, whose backward sums every rank's gradient, so with the
-        gradients averaged over dp x cp each rank's router gets its own tokens' share)."""
+        """Switch Transformer's load-balancing loss coef * E * sum_e f_e P_e over the micro-batch's tokens, as one
+        process computes it: at tp > 1 (`token_group`) over all the TP ranks' shares, their per-expert assignment
+        counts, score sums and token counts added up (`_SumOver`, whose backward leaves each rank its share's
+        gradient: the router's are summed over TP by `_SumGrad`); under context parallelism over its whole
+        sequences, the CP ranks' sums added up too (with autograd, whose backward sums every rank's gradient, so
+        with the gradients averaged over dp x cp each rank's router gets its own tokens' share)."""
         e, k = self.moe.num_experts, index.shape[1]
-        counts, scores, tokens = torch.bincount(index.flatten(), minlength=e).float(), probs.sum(0), probs.shape[0]
+        stats = torch.cat([torch.bincount(index.flatten(), minlength=e).to(probs.dtype), probs.sum(0),
+                           probs.new_full((1,), probs.shape[0])])  # counts, score sums, tokens: one all-reduce
+        if self.token_group is not None:
+            stats = _SumOver.apply(stats, self.token_group)
         if self.sequence_group is not None:
             from torch.distributed._functional_collectives import all_reduce
 
-            counts, scores = (all_reduce(t, "sum", self.sequence_group) for t in (counts, scores))
-            tokens *= dist.get_world_size(self.sequence_group)
+            stats = all_reduce(stats, "sum", self.sequence_group)
+        counts, scores, tokens = stats[:e], stats[e:2 * e], stats[-1]
         return self.moe.router_aux_loss_coef * e * (counts / (tokens * k) * scores / tokens).sum()
 
     # ---- dispatch, experts, combine --------------------------------------------------------------------------------
@@ -336,15 +380,12 @@ class MoE(nn.Module):
         """x [batch, seq, hidden], alike on the TP ranks; returns the layer's output, under sequence parallelism
         this rank's part of the sequence."""
         shape = x.shape
-        tokens = x.reshape(-1, shape[-1])
-        index, weights, probs = self.route(tokens)
-        aux = self.aux_loss(index, probs) if (self.moe.router_aux_loss_coef > 0 and torch.is_grad_enabled()) else None
-        mine, my_index, my_weights = tokens, index, weights
+        mine = x.reshape(-1, shape[-1])
         if self.token_group is not None:  # each TP rank routes its share of the (alike) tokens
-            mine = _TakeShare.apply(tokens, self.token_group)
-            my_index = index.chunk(dist.get_world_size(self.token_group))[dist.get_rank(self.token_group)]
-            my_weights = _TakeShare.apply(weights, self.token_group)
-        out = self.routed(mine, my_index, my_weights)
+            mine = _TakeShare.apply(mine, self.token_group)
+        index, weights, probs = self.route(mine)
+        aux = self.aux_loss(index, probs) if (self.moe.router_aux_loss_coef > 0 and torch.is_grad_enabled()) else None
+        out = self.routed(mine, index, weights)
         if self.token_group is not None:
             out = _GatherShares.apply(out, self.token_group)
         out = self._sequence_share(out.view(shape))
