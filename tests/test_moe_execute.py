@@ -7,13 +7,17 @@ in one process group, tests/executor_jobs.py): every layout's per-step loss and 
 fp32 (dropless routing) equal the single-process run's within 1e-4 relative, for ep2, ep4, ep2 x tp2, ep2 x pp2,
 ep2 x dp2 under ZeRO-3, ep2 over tp2 x dp2 with sequence parallelism and ep2 x etp2 over tp2 x dp2 (expert tensor
 parallelism); a shared expert with Qwen2-MoE's gate at ep2 x tp2 with sequence parallelism; a model with a
-load-balancing loss and DeepSeek-style routing (sigmoid scores, group-limited) under ep2 and ep2 x pp2; and a
-checkpoint written under ep2 resumes under ep1 (tp2) with the uninterrupted run's step-3 loss.
+load-balancing loss and DeepSeek-style routing (sigmoid scores, group-limited) under ep2, ep2 x pp2 and ep2 x tp2
+with sequence parallelism; and a checkpoint written under ep2 resumes under ep1 (tp2) with the uninterrupted run's
+step-3 loss. Two gloo ranks sharing their tokens as TP ranks do: each routes only its half, and the output, the
+load-balancing loss and the gradients (router, experts, input) equal one process's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
 
 import pytest
 import torch
@@ -71,6 +75,7 @@ LAYOUTS: dict[str, Layout] = {
     "moe2-ep2-etp2-tp2-dp2": Layout(4, moe_plan("moe2", ep=2, etp=2, tp=2, dp=2, micro_batch=2)),
     "gate2": Layout(1, moe_plan("gate2")),
     "gate2-ep2-tp2-sp": Layout(2, moe_plan("gate2", ep=2, tp=2, sp=True, micro_batch=2)),
+    "aux-ep2-tp2-sp": Layout(2, moe_plan("aux", ep=2, tp=2, sp=True, micro_batch=2)),
 }
 # ep2 writes a checkpoint after step 2, which ep1 (over tp2) resumes for step 3.
 RESUMES: dict[str, Layout] = {
@@ -254,3 +259,71 @@ def test_profiler_times_the_dense_view_of_an_moe_model():
     assert "routed experts" in timed_note(MOE) and timed_note(dense) is None
     with pytest.raises(UserError, match="latent attention"):
         timed_model(PRESETS["deepseek-v3"])
+
+
+def _share_worker(rank: int, port: int, queue) -> None:
+    """One of 2 gloo ranks holding the same 16 tokens as TP ranks do (`token_group`): the layer's output, input and
+    router gradients and the load-balancing loss against the same layer without the group on all the tokens, and
+    the row counts of the fp32 [rows, experts] tensors its forward keeps for the backward (the scores: a row per
+    token routed)."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    spec = dataclasses.replace(AUX, moe=dataclasses.replace(AUX.moe, router_bias=True, router_aux_loss_coef=0.5))
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, spec.hidden_size)
+    grad = torch.randn(2, 8, spec.hidden_size)
+    got = []
+    for group in (None, dist.group.WORLD):
+        layer = _model(spec).layers["1"].feed_forward
+        layer.token_group = group
+        leaf = x.clone().requires_grad_()
+        rows = []
+
+        def pack(t):
+            if t.dtype == torch.float32 and t.dim() == 2 and t.shape[1] == spec.moe.num_experts:
+                rows.append(t.shape[0])
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = layer(leaf)
+        out.backward(grad)
+        mine = leaf.detach().reshape(-1, spec.hidden_size)
+        if group is not None:
+            mine = mine.chunk(2)[rank]
+        index, _, probs = layer.route(mine)
+        got.append({"out": out.detach(), "aux": layer.aux_loss(index, probs).detach(), "x": leaf.grad,
+                    "weight": layer.router.weight.grad, "bias": layer.router.bias.grad,
+                    "w1": layer.experts.w1.grad, "rows": sorted(set(rows))})
+    one, shared = got
+    dist.all_reduce(shared["w1"])  # each rank's experts saw its share: the expert-data-parallel reduction sums them
+    dist.destroy_process_group()
+    queue.put({"rows": (one["rows"], shared["rows"]), "aux": (float(one["aux"]), float(shared["aux"])),
+               "differ": {k: float((one[k] - shared[k]).abs().max() / one[k].abs().max())
+                          for k in ("out", "x", "weight", "bias", "w1")}})
+
+
+@pytest.mark.slow
+def test_each_tp_rank_routes_its_share_and_the_router_learns_as_one_process():
+    """Two ranks sharing 16 tokens as TP ranks: each keeps router scores for its 8 tokens only (one process: 16),
+    and the output, the load-balancing loss and the gradients of the input, the router's weight and bias and the
+    experts (summed over the ranks) equal one process's within 1e-5 relative."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_share_worker, args=(r, port, queue)) for r in range(2)]
+    for proc in procs:
+        proc.start()
+    seen = [queue.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join()
+    for found in seen:
+        one, shared = found["rows"]
+        assert 16 in one and 16 not in shared and 8 in shared, found
+        assert _close(found["aux"][1], found["aux"][0], 1e-5) and found["aux"][0] > 0, found
+        assert all(d <= 1e-5 for d in found["differ"].values()), found
