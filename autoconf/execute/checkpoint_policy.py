@@ -8,9 +8,9 @@ everything else (norms, rotary, activations, the other matmuls, the SP all-gathe
 recomputed in the backward. In an MoE layer the router and the routed experts are recomputed and left out of the
 count (`uncounted_matmuls`), and the all-to-alls of the token exchange are saved (expert TP's gather and
 reduce-scatter of the routed rows included: they run as all-to-alls); the shared experts' linears continue the
-count. At tp > 1 the TP ranks' token shares are taken by a copy and given back by a c10d all-gather, both
-recomputed (the recompute gathers the routed outputs again), as is the sequence-parallel gather of the layer's
-input. Under context parallelism the attention is autoconf's custom op (execute/cp_attention.py), saved like the
+count. At tp > 1 each TP rank routes only its share of the tokens, taken as a view and given back by a c10d
+all-gather, recomputed (the recompute gathers the routed outputs again), as are the all-reduce of the
+load-balancing loss's statistics over the TP ranks and the sequence-parallel gather of the layer's input. Under context parallelism the attention is autoconf's custom op (execute/cp_attention.py), saved like the
 fused kernels. As torchtitan does (torchtitan/distributed/activation_checkpoint.py `SelectiveAC`), the
 recompute runs the whole block (no early stop), so the forward and the recompute count the same matmuls.
 
