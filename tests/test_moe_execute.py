@@ -75,7 +75,8 @@ LAYOUTS: dict[str, Layout] = {
     "moe2-ep2-etp2-tp2-dp2": Layout(4, moe_plan("moe2", ep=2, etp=2, tp=2, dp=2, micro_batch=2)),
     "gate2": Layout(1, moe_plan("gate2")),
     "gate2-ep2-tp2-sp": Layout(2, moe_plan("gate2", ep=2, tp=2, sp=True, micro_batch=2)),
-    "aux-ep2-tp2-sp": Layout(2, moe_plan("aux", ep=2, tp=2, sp=True, micro_batch=2)),
+    # micro-batches of 1 as the reference's: the load-balancing loss is taken over a micro-batch's tokens
+    "aux-ep2-tp2-sp": Layout(2, moe_plan("aux", ep=2, tp=2, sp=True)),
 }
 # ep2 writes a checkpoint after step 2, which ep1 (over tp2) resumes for step 3.
 RESUMES: dict[str, Layout] = {
