@@ -10,9 +10,10 @@ count (`uncounted_matmuls`), and the all-to-alls of the token exchange are saved
 reduce-scatter of the routed rows included: they run as all-to-alls); the shared experts' linears continue the
 count. At tp > 1 each TP rank routes only its share of the tokens, taken as a view and given back by a c10d
 all-gather, recomputed (the recompute gathers the routed outputs again), as are the all-reduce of the
-load-balancing loss's statistics over the TP ranks and the sequence-parallel gather of the layer's input. Under context parallelism the attention is autoconf's custom op (execute/cp_attention.py), saved like the
-fused kernels. As torchtitan does (torchtitan/distributed/activation_checkpoint.py `SelectiveAC`), the
-recompute runs the whole block (no early stop), so the forward and the recompute count the same matmuls.
+load-balancing loss's statistics over the TP ranks and the sequence-parallel gather of the layer's input. Under
+context parallelism the attention is autoconf's custom op (execute/cp_attention.py), saved like the fused kernels.
+As torchtitan does (torchtitan/distributed/activation_checkpoint.py `SelectiveAC`), the recompute runs the whole
+block (no early stop), so the forward and the recompute count the same matmuls.
 
 Under dtype fp8 (torchao Float8Linear, execute/fp8.py) a block linear's GEMM is `aten._scaled_mm` on the GPU and
 `aten.mm` of the fp8-rounded operands under CPU emulation, its output in the compute dtype either way: both count
