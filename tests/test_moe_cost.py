@@ -95,8 +95,8 @@ def test_bounds_stay_at_or_below_the_estimate_for_moe_layouts():
         assert cache.time_bound(c) <= p["iteration_time_s"] * (1 + 1e-9), c
         assert cache.memory_bound(c) <= p["peak_memory_bytes"] * (1 + 1e-9), c
         # the walk's check before simulating is the simulation's own memory, rank by rank
-        assert [e["total"] for e in cache.layout_memory(c)] == pytest.approx(
-            [e["total"] for e in p["memory_per_stage"]], rel=1e-12), c
+        assert [e["total"] for e in cache.layout_memory(c)] == (
+            [e["total"] for e in p["memory_per_stage"]]), c
 
 
 def test_bounds_of_deepseek_v3_count_its_moe_blocks_and_stay_below_the_estimate():

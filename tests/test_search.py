@@ -219,8 +219,8 @@ def assert_bounds_below_estimate(model, cluster, configs, execution=None, memory
             # The walk's check before simulating (`layout_memory`) is the simulation's own memory, rank by rank.
             simulated = predict(model, cluster, config, execution=cache.execution, detail=False,
                                 extrapolate=True)[3]["memory_per_stage"]
-            assert [e["total"] for e in cache.layout_memory(config)] == pytest.approx(
-                [e["total"] for e in simulated], rel=1e-12), config
+            assert [e["total"] for e in cache.layout_memory(config)] == (
+                [e["total"] for e in simulated]), config
             entry = cache.rank0_memory(config)
             known = cache.known_floor(config)  # (the walk prunes on it where a ZeRO / grad_reduce twin had its entry)
             assert known is None or known <= entry["total"] * (1 + 1e-9) + 1e-6, config
