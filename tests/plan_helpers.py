@@ -43,3 +43,24 @@ def script_module(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+PARAM_COUNT = {"probe": "tests/param_count_probe.py"}  # a layout option: count what each rank holds
+
+
+def assert_ranks_hold_the_estimated_params(plan: Plan, found: list[dict]) -> None:
+    """Every rank of `plan` (no ZeRO sharding of parameters) holds, as tests/param_count_probe.py counted it
+    (`found`, one entry per rank), exactly the parameters the memory estimate gives its pipeline rank:
+    `local_params` of `rank_params` over the model stages the schedule puts there (each TP rank's share of the split
+    ones, the TP-replicated ones whole, its EP x ETP share of the routed experts)."""
+    from autoconf.cost.memory import rank_params
+    from autoconf.cost.moe import local_params
+    from autoconf.spec.schedules import stage_to_rank
+
+    c = plan.config
+    assert not c.zero_sharded
+    owner = stage_to_rank(c.schedule, c.pp, c.vpp)
+    for rank, entry in enumerate(found):
+        stages = [st % len(plan.partition) for st, r in enumerate(owner) if r == entry["pp"]]
+        expected = sum(local_params(c, *rank_params(plan.model, plan.partition, stages)))
+        assert entry["params"] == expected, (rank, entry, expected)

@@ -23,7 +23,7 @@ from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import Plan
 from executor_jobs import STEPS, Layout, assert_matches_reference, assert_same_records
 from executor_jobs import close as _close
-from plan_helpers import even_plan
+from plan_helpers import PARAM_COUNT, assert_ranks_hold_the_estimated_params, even_plan
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "looped-bfs", "zb-h1", "zbv", "dualpipev")
 VPP = {"interleaved-1f1b": 2, "looped-bfs": 2, "zbv": 2, "dualpipev": 2}
@@ -92,7 +92,7 @@ GRAD_SYNC = {"probe": "tests/grad_sync_probe.py"}
 # reference's losses, is the same.
 LAYOUTS: dict[str, Layout] = {
     **{arch: Layout(1, make_plan(arch)) for arch in MODELS},
-    "gpt2-tp2": Layout(2, make_plan("gpt2", tp=2, micro_batch=2)),
+    "gpt2-tp2": Layout(2, make_plan("gpt2", tp=2, micro_batch=2), PARAM_COUNT),
     **{f"gpt-pp2-{s}": Layout(2, make_plan(pp=2, schedule=s, vpp=VPP.get(s, 1))) for s in SCHEDULES},
     **{f"gpt-dp2-zero{z}": Layout(2, make_plan(dp=2, zero=z)) for z in range(4)},
     "llama2-tp2-selective-standard": Layout(2, make_plan("llama2", tp=2, recompute="selective", attention="standard",
@@ -156,7 +156,8 @@ LAYOUTS: dict[str, Layout] = {
        for s in ("zbv", "interleaved-1f1b")},
     "gpt2-tp2-dp2-zero0": Layout(4, make_plan("gpt2", tp=2, dp=2, zero=0), GRAD_SYNC),
     "llama2-tp2-dp2-sp-zero0": Layout(4, make_plan("llama2", tp=2, dp=2, sp=True, zero=0, micro_batch=2)),
-    "gpt-tp2-pp2-interleaved": Layout(4, make_plan(tp=2, pp=2, schedule="interleaved-1f1b", vpp=2, micro_batch=2)),
+    "gpt-tp2-pp2-interleaved": Layout(4, make_plan(tp=2, pp=2, schedule="interleaved-1f1b", vpp=2, micro_batch=2),
+                                      PARAM_COUNT),
     "gpt2-tp2-dp2-sp-zero2": Layout(4, make_plan("gpt2", tp=2, dp=2, sp=True, zero=2, micro_batch=2)),
     "llama2-tp2-dp2-sp-zero3": Layout(4, make_plan("llama2", tp=2, dp=2, sp=True, zero=3, micro_batch=2)),
     "llama-pp2-dp2-zbv-zero2-full": Layout(4, make_plan("llama", pp=2, dp=2, schedule="zbv", vpp=2, zero=2,
@@ -271,6 +272,14 @@ def test_zero0_reduces_buckets_during_the_last_backward(tmp_path_factory):
                 assert len(backwards) == m, (name, rank, step, backwards)
                 assert len(reduces) == n_buckets, (name, rank, step, reduces)
                 assert all(e["inside_backward"] and e["index"] == m - 1 for e in reduces), (name, rank, step, reduces)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gpt2-tp2", "gpt-tp2-pp2-interleaved"])
+def test_each_rank_holds_the_parameters_the_memory_estimate_counts(name, tmp_path_factory):
+    """GPT blocks under tp2 (and pp2 x vpp2): the TP-split weights at 1/tp, the norms and the row-parallel biases
+    whole, the embedding and head on their stages, counted on every rank (tests/param_count_probe.py)."""
+    assert_ranks_hold_the_estimated_params(LAYOUTS[name].plan, results(tmp_path_factory)[name]["probe"])
 
 
 # ---- pieces that need no process group ----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from autoconf.spec.plan import ParallelConfig, Plan
 from autoconf.spec.presets import PRESETS
 import executor_jobs
 from executor_jobs import STEPS, Layout, assert_matches_reference
-from plan_helpers import even_plan
+from plan_helpers import PARAM_COUNT, assert_ranks_hold_the_estimated_params, even_plan
 
 # DeepSeek-V3's shape in miniature: a query bottleneck, a latent of 16, 16 + 8 query/key widths per head (8 rotary)
 # and values as wide as a query head (CPU's fused attention kernel needs equal widths; HF_MLA below has unequal
@@ -66,9 +66,9 @@ LAYOUTS: dict[str, Layout] = {
     "qk2": Layout(1, mla_plan("qk2")),
     "narrow2": Layout(1, mla_plan("narrow2")),
     "dense2": Layout(1, mla_plan("dense2")),
-    "mla2-tp2-sp": Layout(2, mla_plan("mla2", tp=2, sp=True)),
+    "mla2-tp2-sp": Layout(2, mla_plan("mla2", tp=2, sp=True), PARAM_COUNT),
     "mla2-dp2-zero3": Layout(2, mla_plan("mla2", dp=2, zero=3)),
-    "qk2-tp2-sp": Layout(2, mla_plan("qk2", tp=2, sp=True)),
+    "qk2-tp2-sp": Layout(2, mla_plan("qk2", tp=2, sp=True), PARAM_COUNT),
     "qk2-cp2": Layout(2, mla_plan("qk2", cp=2)),
     "mla-ep2-pp2": Layout(4, mla_plan(ep=2, pp=2, dp=2)),
     "narrow2-cp2-allgather": Layout(2, mla_plan("narrow2", cp=2, cp_comm="allgather")),
@@ -95,6 +95,16 @@ def test_reference_runs_train(tmp_path_factory):
     out = executor_jobs.results("mla", tmp_path_factory)
     for name in ("mla", "mla2", "qk2"):
         assert len({round(r["loss"], 6) for r in out[name]["records"]}) == STEPS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mla2-tp2-sp", "qk2-tp2-sp"])
+def test_each_rank_holds_the_parameters_the_memory_estimate_counts(name, tmp_path_factory):
+    """Under tp2: latent attention's down-projections and their norms, the router and every norm (qk-norm's too)
+    whole on each rank, the split weights at 1/tp (tests/param_count_probe.py); before the op table's
+    `tp_replicated_params` the estimate divided them all by tp."""
+    found = executor_jobs.results("mla", tmp_path_factory)[name]["probe"]
+    assert_ranks_hold_the_estimated_params(LAYOUTS[name].plan, found)
 
 
 # ---- pieces that need no process group ----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from autoconf.spec.presets import PRESETS
 import executor_jobs
 from executor_jobs import STEPS, Layout, assert_matches_reference
 from executor_jobs import close as _close
-from plan_helpers import even_plan
+from plan_helpers import PARAM_COUNT, assert_ranks_hold_the_estimated_params, even_plan
 
 MOE = PRESETS["tiny-moe"]
 # Sigmoid scores with group-limited routing (DeepSeek-V3's router), a scale on the routed output and a
@@ -63,7 +63,7 @@ LAYOUTS: dict[str, Layout] = {
     "aux": Layout(1, moe_plan("aux")),
     "moe2": Layout(1, moe_plan("moe2")),
     "moe-ep2": Layout(2, moe_plan(ep=2, dp=2)),
-    "moe2-ep2-tp2": Layout(2, moe_plan("moe2", ep=2, tp=2, micro_batch=2)),
+    "moe2-ep2-tp2": Layout(2, moe_plan("moe2", ep=2, tp=2, micro_batch=2), PARAM_COUNT),
     "aux-ep2": Layout(2, moe_plan("aux", ep=2, dp=2)),
     # the load-balancing statistics over the CP ranks' parts of each sequence (MoE.aux_loss)
     "aux-cp2-ep2": Layout(2, moe_plan("aux", ep=2, cp=2)),
@@ -74,7 +74,7 @@ LAYOUTS: dict[str, Layout] = {
     "moe2-ep2-tp2-dp2-sp": Layout(4, moe_plan("moe2", ep=2, tp=2, dp=2, sp=True, micro_batch=2)),
     "moe2-ep2-etp2-tp2-dp2": Layout(4, moe_plan("moe2", ep=2, etp=2, tp=2, dp=2, micro_batch=2)),
     "gate2": Layout(1, moe_plan("gate2")),
-    "gate2-ep2-tp2-sp": Layout(2, moe_plan("gate2", ep=2, tp=2, sp=True, micro_batch=2)),
+    "gate2-ep2-tp2-sp": Layout(2, moe_plan("gate2", ep=2, tp=2, sp=True, micro_batch=2), PARAM_COUNT),
     # micro-batches of 1 as the reference's: the load-balancing loss is taken over a micro-batch's tokens
     "aux-ep2-tp2-sp": Layout(2, moe_plan("aux", ep=2, tp=2, sp=True)),
 }
@@ -96,6 +96,14 @@ def results(tmp_path_factory) -> dict[str, dict]:
 def test_moe_layout_matches_single_process(name, tmp_path_factory):
     """Every step's loss and global gradient norm equal the single-process run's within 1e-4 relative."""
     assert_matches_reference(results(tmp_path_factory), name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["moe2-ep2-tp2", "gate2-ep2-tp2-sp"])
+def test_each_rank_holds_the_parameters_the_memory_estimate_counts(name, tmp_path_factory):
+    """ep2 x tp2 on 2 ranks: the routed experts at 1/ep, the router (and the shared expert's gate) and the norms
+    whole, the rest at 1/tp (tests/param_count_probe.py)."""
+    assert_ranks_hold_the_estimated_params(LAYOUTS[name].plan, results(tmp_path_factory)[name]["probe"])
 
 
 @pytest.mark.slow

@@ -231,19 +231,22 @@ def optimizer_step_time(local_params: float, cluster: ClusterProfile, dtensor_pa
 
 
 def rank_optimizer_time(cluster: ClusterProfile, c: ParallelConfig, rank_params: float,
-                        expert_params: float = 0.0, execution: Execution | None = None) -> float:
+                        expert_params: float = 0.0, replicated_params: float = 0.0,
+                        execution: Execution | None = None) -> float:
     """The optimizer step of a pipeline rank holding `rank_params` parameters (all its stages, before TP and ZeRO
-    sharding), of which `expert_params` are routed experts: its TP (and, when ZeRO shards, DP x CP) slice of the
-    rest, its EP x ETP (and expert-DP) slice of the experts; DTensor parameters (TP, or FSDP) also pay the profile's
+    sharding), of which `expert_params` are routed experts and `replicated_params` TP-replicated (`rank_params`'
+    triple): its slice of the rest as `local_params` splits it (and, when ZeRO shards, its DP x CP shard of that),
+    its EP x ETP (and expert-DP) slice of the experts; DTensor parameters (TP, or FSDP) also pay the profile's
     DTensor rate on the unsharded count. With an `execution`, plus its once-per-step passes over the main-gradient
     buffer (`grad_buffer_pass_time`); without one, none (what the search's bound reads)."""
+    from autoconf.cost.moe import local_params
+
     shard = c.dp_cp if c.zero_sharded else 1
     expert_shard = c.edp if c.zero_stage >= 1 else 1
     dtensor = c.tp > 1 or c.zero_sharded
-    unsharded = (rank_params - expert_params) / c.tp + (expert_params / (c.ep * c.etp) if expert_params else 0.0)
-    local = (rank_params - expert_params) / c.tp / shard
-    if expert_params:
-        local += expert_params / (c.ep * c.etp) / expert_shard
+    dense, experts = local_params(c, rank_params, expert_params, replicated_params)
+    unsharded = dense + experts
+    local = dense / shard + experts / expert_shard
     passes = grad_buffer_pass_time(cluster, unsharded, execution)
     if c.offload_optimizer:  # FSDP2 CPUOffloadPolicy: the step runs on the host CPU (cost/offload.py)
         return cpu_optimizer_time(cluster, local) + passes
@@ -446,7 +449,8 @@ def fsdp_copy_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution | 
 
     e = DTYPE_BYTES[c.dtype]
     dense, moe_params, experts = layer_kind_params(model)
-    params = sum(local_params(c, moe_params, experts)) if moe else dense / c.tp
+    params = sum(local_params(c, moe_params, experts, model.tp_replicated_params("moe")) if moe
+                 else local_params(c, dense, 0.0, model.tp_replicated_params("dense")))
     m = c.num_microbatches
     gather = 2 * e * params * (1.0 if c.zero_stage == 3 else 1.0 / m)
     reduce = (e + 4) * params * (1.0 if c.reduces_every_microbatch else 1.0 / m)

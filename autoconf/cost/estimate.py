@@ -33,7 +33,7 @@ from autoconf.cost.compute import (PassTimes, attention_gemms, causal_span_share
                                    fsdp_copy_time, gemms_time, layer_gemms, measured_tp_layer, model_pieces,
                                    rank_optimizer_time, seq_chunk_bounds)
 from autoconf.cost.memory import (attention_matmuls, cp_kv_bytes, rank_params, reduced_grad_bytes, stage_block_activation_bytes,
-                                  stage_expert_params, stage_memory, stage_params)
+                                  stage_expert_params, stage_memory, stage_params, stage_replicated_params)
 from autoconf.cost.mtp import mtp_block_is_moe, mtp_pass_times
 from autoconf.cost.moe import ep_comm_passes, local_params, moe_layers
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_host_memory, check_offload,
@@ -526,7 +526,8 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                     recompute += cp_layer.forward * model.mtp_num_layers
         exchange_back_parts.append(ep.backward_input + recompute_exchange)
         # DP / FSDP collectives of this stage's parameters (over DP x CP); routed experts over their expert-DP group.
-        params, experts = local_params(c, stage_params(model, partition, st), stage_expert_params(model, partition, st))
+        params, experts = local_params(c, stage_params(model, partition, st), stage_expert_params(model, partition, st),
+                                       stage_replicated_params(model, partition, st))
         if (rank, params, experts, layers) not in dp_of_stage:
             dp_of_stage[rank, params, experts, layers] = dp_collectives(
                 cluster, c, params, grid.first_group_array(weight_axes, rank), units=layers + 1, execution=execution)
@@ -747,7 +748,7 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
 
     # Optimizer: AdamW over each rank's (ZeRO-sharded) parameters; the slowest rank bounds the step.
     optimizer = max(rank_optimizer_time(cluster, c, *rank_params(model, partition, schedule.model_stages_of_rank(r)),
-                                        execution)
+                                        execution=execution)
                     for r in range(c.pp))
     step_comm = (step_collectives(model, cluster, c, grid, schedule.stage_to_rank)
                  + mirror_grad_sum(model, cluster, c, partition, grid, schedule, execution))

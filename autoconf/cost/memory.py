@@ -380,15 +380,30 @@ def stage_expert_params(model: ModelSpec, partition: Sequence[Sequence[int]], st
     return blocks_params(model, first, end)[1] + mtp
 
 
-def rank_params(model: ModelSpec, partition: Sequence[Sequence[int]], stages: Sequence[int]) -> tuple[float, float]:
-    """(parameters, routed-expert parameters) of the model stages `stages` one pipeline rank holds, all TP and EP
-    ranks together: their `stage_params` and `stage_expert_params`, the MTP modules' embedding once (a rank holding
-    the first and the last stage uses the first's)."""
+def stage_replicated_params(model: ModelSpec, partition: Sequence[Sequence[int]], stage: int) -> float:
+    """Of one virtual stage's `stage_params`, those every TP rank holds whole (`ModelSpec.tp_replicated_params`):
+    its blocks', the embedding's on the first stage, the head's and the MTP modules' on the last."""
+    first, end = partition[stage]
+    replicated = blocks_params(model, first, end)[2]
+    if stage == 0:
+        replicated += model.tp_replicated_params("embedding")
+    if stage == len(partition) - 1:
+        replicated += model.tp_replicated_params("head") + mtp_stage_params(model, False)[2]
+    return replicated
+
+
+def rank_params(model: ModelSpec, partition: Sequence[Sequence[int]],
+                stages: Sequence[int]) -> tuple[float, float, float]:
+    """(parameters, routed-expert parameters, TP-replicated parameters) of the model stages `stages` one pipeline
+    rank holds, all TP and EP ranks together: their `stage_params`, `stage_expert_params` and
+    `stage_replicated_params`, the MTP modules' embedding once (a rank holding the first and the last stage uses the
+    first's). `local_params` splits the triple into what one rank holds."""
     params = sum(stage_params(model, partition, st) for st in stages)
     last = len(partition) - 1
     if model.mtp_num_layers and last != 0 and last in stages and not mtp_embedding_copy(partition, stages):
         params -= model.vocab_size * model.hidden_size  # the copy `stage_params` counted on the last stage
-    return params, sum(stage_expert_params(model, partition, st) for st in stages)
+    return (params, sum(stage_expert_params(model, partition, st) for st in stages),
+            sum(stage_replicated_params(model, partition, st) for st in stages))
 
 
 def reduced_grad_bytes(model: ModelSpec, config: ParallelConfig, partition: Sequence[Sequence[int]],
@@ -516,11 +531,12 @@ def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str
 
 def largest_block_bytes(model: ModelSpec, c: ParallelConfig) -> float:
     """Parameters one rank holds of its largest block (an FSDP unit): a dense block's over tp, an MoE block's with
-    its routed experts over ep x etp."""
-    if model.moe is None:
-        return model.layer_params() / c.tp
+    its routed experts over ep x etp (each block's TP-replicated parameters whole, `local_params`)."""
     dense, moe, experts = layer_kind_params(model)
-    return max(dense / c.tp, sum(local_params_of(c, moe, experts)))
+    dense_part = local_params_of(c, dense, 0.0, model.tp_replicated_params("dense"))[0] if dense else 0.0
+    if model.moe is None:
+        return dense_part
+    return max(dense_part, sum(local_params_of(c, moe, experts, model.tp_replicated_params("moe"))))
 
 
 def p2p_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:
@@ -835,8 +851,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
                  + kv_grads * sum(partition[st][1] - partition[st][0] for st in stages))
         if fp8_cache:
             block_params = [blocks_params(model, *partition[st]) for st in stages]
-            fp8_cache_bytes = fp8_cache * sum(local_params_of(c, sum(p[0] for p in block_params),
-                                                              sum(p[1] for p in block_params)))
+            fp8_cache_bytes = fp8_cache * sum(local_params_of(c, *(sum(p[i] for p in block_params) for i in range(3))))
         else:
             fp8_cache_bytes = 0.0
         entry = {"params": local_params * (w_b + copy_b) + local_experts * (expert_bytes[0] + expert_bytes[3])

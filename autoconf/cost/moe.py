@@ -70,19 +70,25 @@ def layer_kind_params(model: ModelSpec) -> tuple[int, int, int]:
     return dense, moe, experts
 
 
-def blocks_params(model: ModelSpec, first: int, end: int) -> tuple[float, float]:
-    """(all parameters, routed-expert parameters) of blocks [first, end), over all ranks."""
+def blocks_params(model: ModelSpec, first: int, end: int) -> tuple[float, float, float]:
+    """(all parameters, routed-expert parameters, TP-replicated parameters) of blocks [first, end), over all ranks;
+    the last two are parts of the first (`ModelSpec.tp_replicated_params`: what every TP rank holds whole)."""
     if model.moe is None:
-        return (end - first) * model.layer_params(), 0.0
+        return (float((end - first) * model.layer_params()), 0.0,
+                float((end - first) * model.tp_replicated_params("dense")))
     n_moe = moe_layers(model, first, end)
     dense, moe, experts = layer_kind_params(model)
-    return float((end - first - n_moe) * dense + n_moe * moe), float(n_moe * experts)
+    replicated = (end - first - n_moe) * model.tp_replicated_params("dense") + n_moe * model.tp_replicated_params("moe")
+    return float((end - first - n_moe) * dense + n_moe * moe), float(n_moe * experts), float(replicated)
 
 
-def local_params(c: ParallelConfig, params: float, expert_params: float) -> tuple[float, float]:
-    """(attention-layout params, expert params) one rank holds of a stage's `params` (of which `expert_params` are
-    routed experts): the first split over tp, the routed experts over ep x etp."""
-    return (params - expert_params) / c.tp, expert_params / (c.ep * c.etp)
+def local_params(c: ParallelConfig, params: float, expert_params: float,
+                 replicated_params: float = 0.0) -> tuple[float, float]:
+    """(attention-layout params, expert params) one rank holds of a stage's `params`, of which `expert_params` are
+    routed experts and `replicated_params` TP-replicated (`ModelSpec.tp_replicated_params`): the rest split over tp
+    with the replicated ones whole, the routed experts over ep x etp."""
+    return ((params - expert_params - replicated_params) / c.tp + replicated_params,
+            expert_params / (c.ep * c.etp))
 
 
 def tokens_per_rank(c: ParallelConfig) -> float:
@@ -283,8 +289,8 @@ def all_to_all_buffer_bytes(model: ModelSpec, c: ParallelConfig) -> float:
 
 
 def smallest_layer_params(model: ModelSpec) -> int:
-    """The fewest parameters a block of the model splits over tp (the routed experts, split over ep x etp, left
-    out): what a lower bound may take for every block."""
+    """The fewest parameters a block of the model has beside its routed experts (which split over ep x etp): what
+    a lower bound may take for every block."""
     if model.moe is None:
         return model.layer_params()
     dense, moe, experts = layer_kind_params(model)

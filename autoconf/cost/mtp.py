@@ -41,14 +41,16 @@ def mtp_embedding_copy(partition: Sequence[Sequence[int]], stages: Sequence[int]
     return last in stages and 0 not in stages
 
 
-def mtp_stage_params(model: ModelSpec, embedding_copy: bool) -> tuple[float, float]:
-    """(all parameters, routed-expert parameters) the MTP modules add to the last stage, over all ranks; with
-    `embedding_copy` the embedding the last stage holds for them (`mtp_embedding_copy`)."""
+def mtp_stage_params(model: ModelSpec, embedding_copy: bool) -> tuple[float, float, float]:
+    """(all parameters, routed-expert parameters, TP-replicated parameters) the MTP modules add to the last stage,
+    over all ranks; with `embedding_copy` the embedding the last stage holds for them (`mtp_embedding_copy`). The
+    TP-replicated ones: `ModelSpec.mtp_tp_replicated_params` of each module."""
     if not model.mtp_num_layers:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0
     experts = layer_kind_params(model)[2] if mtp_block_is_moe(model) else 0
     params = model.mtp_params() + (model.vocab_size * model.hidden_size if embedding_copy else 0)
-    return float(params), float(model.mtp_num_layers * experts)
+    return (float(params), float(model.mtp_num_layers * experts),
+            float(model.mtp_num_layers * model.mtp_tp_replicated_params()))
 
 
 def mtp_projection_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> float:

@@ -75,7 +75,11 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     head_params = model.head_params() + (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)
     embedding, layer, head = unit_activation_bytes(model, c, layout, kind, policy, execution)
     layer_plain = layer_activation_bytes(model, c, layout, kind, "none", policy, execution=execution)
-    layer_static = model.layer_params() / c.tp * block_per_param if model.moe is None else 0.0
+    # One rank's parameters of a dense block, of the embedding, of the head (and a tied embedding's copy there).
+    dense_part = local_params(c, layer_kind_params(model)[0], 0.0, model.tp_replicated_params("dense"))[0]
+    embedding_part = local_params(c, model.embedding_params(), 0.0, model.tp_replicated_params("embedding"))[0]
+    head_part = local_params(c, head_params, 0.0, model.tp_replicated_params("head"))[0]
+    layer_static = dense_part * block_per_param if model.moe is None else 0.0
     n = model.num_layers
     bounds = seq_chunk_bounds(model, cluster, c, execution) if c.seq_chunks > 1 else None
     kv_cache, kv_grads = seq_chunk_kv_bytes(model, c, layout, bounds, selective=policy)
@@ -96,8 +100,8 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
         moe_time = moe_pieces.block.total + 4 * one + exchange + exchange_back + cp_time
         moe_rc = (recompute_time(moe_pieces, c, one, selective_matmul_share(model, c, execution, moe=True), only)
                   + (exchange if c.recompute == "full" else 0.0) + cp_rc)
-        dense, moe, experts = layer_kind_params(model)
-        attention_part, expert_part = local_params(c, moe, experts)
+        _, moe, experts = layer_kind_params(model)
+        attention_part, expert_part = local_params(c, moe, experts, model.tp_replicated_params("moe"))
         expert_per_param = (sum(state_bytes_per_param(c, layout, experts=True, execution=execution))
                             + fp8_weight_cache_bytes(c, execution))
         moe_static = attention_part * block_per_param + expert_part * expert_per_param
@@ -109,12 +113,12 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
                 layers_act[i] = (0.0 if offloaded else moe_plain) + kv_cache
                 layers_rc[i], layers_saved[i] = moe_rc, (0.0 if offloaded else moe_plain - moe_act) + kv_saved
             else:
-                layers_static[i] = dense / c.tp * block_per_param + kv_grads
+                layers_static[i] = dense_part * block_per_param + kv_grads
     unit_time = [pieces.embedding.total + one] + layers_time + [pieces.head.total + one]
-    unit_static = [model.embedding_params() / c.tp * per_param] + layers_static + [head_params / c.tp * per_param]
+    unit_static = [embedding_part * per_param] + layers_static + [head_part * per_param]
     unit_act = [embedding] + layers_act + [head]
     owner = stage_to_rank(c.schedule, c.pp, c.vpp)
-    head_grad = head_params / c.tp
+    head_grad = head_part
     mtp_moe = model.mtp_num_layers and mtp_block_is_moe(model)
     if model.mtp_num_layers:
         # The MTP modules ride with the head on the last stage (cost/mtp.py), as the estimate costs them: their
@@ -145,17 +149,17 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     if layout == "torch" and c.num_microbatches == 1:  # the gradients exist only as the activations go
         grad = state_bytes_per_param(c, layout, execution=execution)[1]
         if model.moe is None:
-            layers_grad = [model.layer_params() / c.tp * grad] * n
+            layers_grad = [dense_part * grad] * n
         else:  # (layer_params needs a layer when dense and MoE blocks differ)
             expert_grad = state_bytes_per_param(c, layout, experts=True, execution=execution)[1]
             layers_grad = [attention_part * grad + expert_part * expert_grad if model.is_moe_layer(i)
-                           else dense / c.tp * grad for i in range(n)]
+                           else dense_part * grad for i in range(n)]
         if model.mtp_num_layers:
             head_grad = head_grad * grad + mtp_experts * state_bytes_per_param(
                 c, layout, experts=True, execution=execution)[1]
         else:
             head_grad *= grad
-        one_backward = dict(unit_gradient_bytes=(model.embedding_params() / c.tp * grad, *layers_grad, head_grad),
+        one_backward = dict(unit_gradient_bytes=(embedding_part * grad, *layers_grad, head_grad),
                             rank_gradient_bytes=tuple(g for g, _ in reserved))
     limits = tuple(cluster.usable_memory_bytes - rest - (0.0 if one_backward else g) for g, rest in reserved)
     return PartitionProblem(unit_time=tuple(unit_time), unit_static_bytes=tuple(unit_static),

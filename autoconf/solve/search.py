@@ -157,7 +157,7 @@ class _BoundCache:
         dp_key = (c.tp, c.cp, c.pp, c.dp, per_stage_layers, c.dtype, c.zero_stage,
                   schedule_spec(c.schedule).fsdp_gather_per_chunk, c.offload_optimizer, c.ep, c.etp)
         if dp_key not in self._dp:
-            params = per_stage_layers * smallest_layer_params(model) / c.tp
+            params = self._fewest_block_params(c, per_stage_layers)
             # The default mesh's first weight group: every DP replica's CP ranks at TP position 0.
             self._dp[dp_key] = dp_collectives(cluster, c, params, np.arange(c.dp_cp) * c.tp,
                                               execution=self.execution)
@@ -167,6 +167,12 @@ class _BoundCache:
                 self._dp[dp_key] = tuple(a + b for a, b in zip(self._dp[dp_key], dp_collectives(
                     cluster, c, experts, group, units=moe, execution=self.execution)))
         return (self._p2p[p2p_key], *self._dp[dp_key])
+
+    def _fewest_block_params(self, c: ParallelConfig, layers: int) -> float:
+        """At most the parameters one rank holds of any `layers` blocks beside their routed experts: each block at
+        `smallest_layer_params` with the fewest TP-replicated ones of any kind, split as `local_params` splits it."""
+        replicated = min(self.model.tp_replicated_params("moe" if kind else "dense") for kind in layer_kinds(self.model))
+        return local_params_of(c, layers * smallest_layer_params(self.model), 0.0, layers * replicated)[0]
 
     def _stage_experts(self, c: ParallelConfig, layers: int) -> tuple[int, float]:
         """(MoE blocks, routed-expert parameters one rank holds, split over ep x etp as `local_params` splits them)
@@ -307,7 +313,7 @@ class _BoundCache:
         idle = bubble + fill_drain if spec.exposed_fill_drain else max(bubble, fill_drain)
         # Of rank 0's own gather and reduction, the execution's buckets leave at least these exposed.
         first_gather, last_reduce = exposed_dp(self.execution, gather_once, reduce,
-                                               per_stage_layers * smallest_layer_params(model) / c.tp
+                                               self._fewest_block_params(c, per_stage_layers)
                                                + self._stage_experts(c, per_stage_layers)[1],
                                                per_stage_layers, c.dp_cp)
         compute_path = first_gather + busy + idle + last_reduce
@@ -418,9 +424,9 @@ class _BoundCache:
                                                         execution=self.execution)
         return self._optimizers[key]
 
-    def _rank0_parameters(self, c: ParallelConfig) -> tuple[float, float]:
-        """(parameters, routed-expert parameters) of pipeline rank 0's stages on the uniform partition, all TP and
-        EP ranks together (`rank_params`)."""
+    def _rank0_parameters(self, c: ParallelConfig) -> tuple[float, float, float]:
+        """(parameters, routed-expert parameters, TP-replicated parameters) of pipeline rank 0's stages on the
+        uniform partition, all TP and EP ranks together (`rank_params`)."""
         key = (c.pp, c.vpp, c.schedule)
         if key not in self._rank0_params:
             partition, owner = self._uniform_layout(c)

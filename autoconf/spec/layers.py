@@ -11,6 +11,7 @@ router's top-k selection are not counted), plus attention's QK^T and A.V over th
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 KINDS = ("embedding", "norm", "linear", "attention", "router", "experts")
@@ -22,7 +23,10 @@ class Op:
     token of its sequence (the attention core), so a token in a sequence of s costs flops + context_flops * s.
     `tp_replicated`: an op of a block that every tensor-parallel rank runs whole on all its tokens (latent
     attention's down-projections and their norms: Megatron-Core builds them `parallel_mode='duplicated'`,
-    autoconf's executor leaves them out of its TP plan, execute/mla.py); the block's other linear ops are split."""
+    autoconf's executor leaves them out of its TP plan, execute/mla.py); the block's other linear ops are split.
+    `tp_replicated_params`: of `params`, those every tensor-parallel rank holds whole (TP splits the rest): all of
+    a `tp_replicated` op's, a norm's and a router's, and the bias of a row-parallel linear (Megatron's
+    RowParallelLinear and torch's RowwiseParallel keep it whole; TP splits only its weight's input dimension)."""
 
     name: str
     kind: str
@@ -31,25 +35,31 @@ class Op:
     flops: int
     context_flops: int = 0
     tp_replicated: bool = False
+    tp_replicated_params: int = 0
 
     def __post_init__(self) -> None:
         assert self.kind in KINDS, self.kind
         assert 0 <= self.active_params <= self.params, self
+        assert 0 <= self.tp_replicated_params <= self.params, self
 
     def token_flops(self, seq_len: int) -> int:
         """Forward FLOPs of one token in a sequence of `seq_len` tokens."""
         return self.flops + self.context_flops * seq_len
 
 
-def linear(name: str, n_in: int, n_out: int, bias: bool = False, tp_replicated: bool = False) -> Op:
+def linear(name: str, n_in: int, n_out: int, bias: bool = False, tp_replicated: bool = False,
+           row_parallel: bool = False) -> Op:
+    """A weight matmul of n_in -> n_out; `row_parallel`: TP splits its input dimension (an output projection)."""
     params = n_in * n_out + (n_out if bias else 0)
-    return Op(name, "linear", params, params, 2 * n_in * n_out, tp_replicated=tp_replicated)
+    whole = params if tp_replicated else (n_out if bias and row_parallel else 0)
+    return Op(name, "linear", params, params, 2 * n_in * n_out, tp_replicated=tp_replicated,
+              tp_replicated_params=whole)
 
 
 def norm(name: str, width: int, bias: bool, tp_replicated: bool = False) -> Op:
-    """LayerNorm (weight and bias) or RMSNorm (weight only)."""
+    """LayerNorm (weight and bias) or RMSNorm (weight only); every TP rank holds its parameters whole."""
     params = width * (2 if bias else 1)
-    return Op(name, "norm", params, params, 0, tp_replicated=tp_replicated)
+    return Op(name, "norm", params, params, 0, tp_replicated=tp_replicated, tp_replicated_params=params)
 
 
 def embedding_ops(model) -> tuple[Op, ...]:
@@ -78,9 +88,10 @@ def attention_ops(model) -> tuple[Op, ...]:
     q, kv = model.q_dim, model.kv_dim
     ops = [linear("qkv_proj", h, q + 2 * kv, bias=model.linear_bias or model.qkv_bias)]
     if model.qk_norm:
-        ops.append(Op("qk_norm", "norm", 2 * model.head_dim, 2 * model.head_dim, 0))
+        ops.append(Op("qk_norm", "norm", 2 * model.head_dim, 2 * model.head_dim, 0,
+                      tp_replicated_params=2 * model.head_dim))
     ops.append(Op("attention", "attention", 0, 0, 0, context_flops=2 * a * (model.head_dim + model.head_dim)))
-    ops.append(linear("out_proj", q, h, bias=model.linear_bias))
+    ops.append(linear("out_proj", q, h, bias=model.linear_bias, row_parallel=True))
     return tuple(ops)
 
 
@@ -99,7 +110,7 @@ def _latent_attention_ops(model) -> tuple[Op, ...]:
             norm("kv_a_norm", m.kv_lora_rank, False, tp_replicated=True),
             linear("kv_b_proj", m.kv_lora_rank, a * (m.qk_nope_head_dim + m.v_head_dim)),
             Op("attention", "attention", 0, 0, 0, context_flops=2 * a * (qk + m.v_head_dim)),
-            linear("out_proj", a * m.v_head_dim, h)]
+            linear("out_proj", a * m.v_head_dim, h, row_parallel=True)]
     return tuple(ops)
 
 
@@ -107,8 +118,8 @@ def mlp_ops(model) -> tuple[Op, ...]:
     """A dense MLP of ffn_hidden_size: GeLU with biases (GPT) or SwiGLU (llama family)."""
     h, f = model.hidden_size, model.ffn_hidden_size
     if model.arch == "gpt":
-        return linear("fc1", h, f, bias=True), linear("fc2", f, h, bias=True)
-    return linear("gate_up_proj", h, 2 * f), linear("down_proj", f, h)
+        return linear("fc1", h, f, bias=True), linear("fc2", f, h, bias=True, row_parallel=True)
+    return linear("gate_up_proj", h, 2 * f), linear("down_proj", f, h, row_parallel=True)
 
 
 def moe_ops(model) -> tuple[Op, ...]:
@@ -118,14 +129,15 @@ def moe_ops(model) -> tuple[Op, ...]:
     m, h = model.moe, model.hidden_size
     expert = 3 * h * m.moe_intermediate_size
     router = h * m.num_experts + (m.num_experts if m.router_bias else 0)
-    ops = [Op("router", "router", router, router, 2 * h * m.num_experts),
+    ops = [Op("router", "router", router, router, 2 * h * m.num_experts, tp_replicated_params=router),
            Op("experts", "experts", m.num_experts * expert, m.num_experts_per_tok * expert,
               2 * m.num_experts_per_tok * expert)]
     if m.num_shared_experts:
         shared = m.num_shared_experts * 3 * h * m.shared_expert_intermediate_size
         ops.append(Op("shared_experts", "linear", shared, shared, 2 * shared))
     if m.shared_expert_gate:
-        ops.append(linear("shared_expert_gate", h, 1))
+        gate = linear("shared_expert_gate", h, 1)  # a plain module on every TP rank, like the router
+        ops.append(dataclasses.replace(gate, tp_replicated_params=gate.params))
     return tuple(ops)
 
 

@@ -25,6 +25,7 @@ from autoconf.spec import layers
 ARCHES = ("gpt", "llama")
 RECOMPUTE = ("none", "selective", "full")
 ATTENTION = ("flash", "standard")
+MTP_NORMS = 3  # of one MTP module: enorm, hnorm and its final norm (`ModelSpec.mtp_extra_params`)
 
 
 def is_printable_name(value) -> bool:
@@ -402,6 +403,17 @@ class ModelSpec:
         """Final norm plus the LM head (zero extra weights when tied to the embedding)."""
         return self._param_sums["head"]
 
+    def tp_replicated_params(self, part: str) -> int:
+        """Parameters of a dense block ("dense"), an MoE block ("moe"), the embedding ("embedding") or the head
+        ("head") that every tensor-parallel rank holds whole (`Op.tp_replicated_params`: norms, routers, latent
+        attention's down-projections, row-parallel biases); TP splits the rest. 0 for a part the model lacks."""
+        return self._replicated_sums[part]
+
+    @functools.cached_property
+    def _replicated_sums(self) -> dict:
+        return {part: sum(op.tp_replicated_params for op in self._ops[part])
+                for part in ("dense", "moe", "embedding", "head")}
+
     @functools.cached_property
     def _param_sums(self) -> dict:
         """Parameters of a dense block, an MoE block, the embedding and the head: sums over the op table, once per
@@ -423,7 +435,13 @@ class ModelSpec:
         enorm, hnorm, eh_proj, final_layernorm; HF: enorm, hnorm, eh_proj, shared_head.norm). The embedding and the
         output head are the model's own, shared."""
         h = self.hidden_size
-        return 3 * h + 2 * h * h
+        return MTP_NORMS * h + 2 * h * h
+
+    def mtp_tp_replicated_params(self) -> int:
+        """Of one MTP module's parameters, those every TP rank holds whole: its block's (`tp_replicated_params`)
+        and its three norms (`mtp_extra_params`)."""
+        last = "moe" if self.is_moe_layer(self.num_layers - 1) else "dense"
+        return self.tp_replicated_params(last) + MTP_NORMS * self.hidden_size
 
     def mtp_params(self) -> int:
         """Parameters of all MTP modules: each a block like the model's last one plus `mtp_extra_params`."""
