@@ -146,6 +146,14 @@ def test_impossible_fix_in_plan():
     assert_one_clear_error(run_cli([*PLAN, "--fix", "tp"]))
 
 
+def test_pinned_cp_that_cannot_split_the_sequence_in_plan():
+    """A pinned cp whose 2 x cp chunks do not divide the sequence is named with the degrees that do and that divide
+    the devices (it was a line about the global batch)."""
+    args = [*PLAN[:PLAN.index("--seq-len") + 1], "62", "--fix", "cp=2", "--top", "2"]
+    assert_one_clear_error(run_cli(args), "--fix cp=2: cp 2 needs seq_len 62 divisible by 2 x cp = 4",
+                           "use cp in 1)")
+
+
 @pytest.mark.parametrize("verb", ["estimate", "plan", "profile"])
 @pytest.mark.parametrize("where", ["under_file", "proc"])
 def test_unwritable_out(files, verb, where):

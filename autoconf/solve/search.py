@@ -48,7 +48,7 @@ from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import OFFLOADS, ParallelConfig, Plan, node_blocks, uniform_partition
+from autoconf.spec.plan import OFFLOADS, ParallelConfig, Plan, cp_split_problem, node_blocks, uniform_partition
 from autoconf.spec.schedules import schedule_spec, stage_to_rank
 
 # Every config field but grad_reduce: what the time bound reads (`search` shares one bound between twins).
@@ -609,7 +609,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     if not launchable:
         if refused:
             raise UserError(f"every legal layout is one the executor cannot run: {refused}")
-        raise UserError(_no_candidate_message(model, cluster, global_batch, fixed))
+        raise UserError(_no_candidate_message(model, cluster, global_batch, seq_len, fixed))
     # A family enters the walk with its bound, the shared part of its members' keys (a proper prefix: smaller than
     # each of them) and its first member's order, so it leaves the heap before any of its members would have: the
     # walk pops the candidates in the same order as if every one had been in the heap from the start.
@@ -972,9 +972,11 @@ def _refine(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, e
 _DEVICE_DEGREES = ("tp", "pp", "dp", "cp", "ep", "etp")  # each a divisor of the devices (ep x etp of a pipeline rank's)
 
 
-def _no_candidate_message(model: ModelSpec, cluster: ClusterProfile, global_batch: int, fixed: dict) -> str:
+def _no_candidate_message(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int,
+                          fixed: dict) -> str:
     """Why no layout honours `fixed`: a pinned degree that cannot divide the devices, named with the degrees that
-    can; else the pins and the global batch to change."""
+    can; a pinned cp that cannot split the sequence (`cp_split_problem`); else the pins and the global batch to
+    change."""
     world = cluster.world_size
     pinned = {k: v for k, v in normalise_fixed(fixed).items() if k in _DEVICE_DEGREES and isinstance(v, int)}
     for name, value in pinned.items():
@@ -985,6 +987,9 @@ def _no_candidate_message(model: ModelSpec, cluster: ClusterProfile, global_batc
     if world % product:
         pins = " ".join(f"{k}={pinned[k]}" for k in ("tp", "pp", "dp", "cp") if k in pinned)
         return f"--fix {pins}: tp x pp x dp x cp = {product} must divide the {world} devices"
+    split = cp_split_problem(seq_len, pinned.get("cp", 1), world)
+    if split:
+        return f"--fix cp={pinned['cp']}: {split}"
     hints = []
     if fixed:
         hints.append("drop or change --fix " + " ".join(f"{k}={v}" for k, v in fixed.items()))

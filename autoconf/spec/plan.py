@@ -248,10 +248,9 @@ class ParallelConfig:
         if self.cp > 1 and self.attention != "flash":
             out.append(f"cp {self.cp} needs attention flash (context-parallel attention is blockwise); use cp 1 for "
                        f"attention {self.attention}")
-        if self.cp > 1 and self.seq_len % (2 * self.cp):
-            out.append(f"cp {self.cp} needs seq_len {self.seq_len} divisible by 2 x cp = {2 * self.cp} (each rank "
-                       f"holds one head and one tail chunk of the causal sequence; use cp in "
-                       f"{_cp_divisors(self.seq_len)})")
+        split = cp_split_problem(self.seq_len, self.cp)
+        if split:
+            out.append(split)
         if self.sequence_parallel and (self.seq_len % self.cp or (self.seq_len // self.cp) % self.tp):
             out.append(f"sequence_parallel needs tp {self.tp} to divide the {self.seq_len} / cp {self.cp} tokens "
                        f"of each rank's sequence share")
@@ -365,9 +364,21 @@ def _divisors(n: int, at_most: int | None = None) -> str:
     return ", ".join(str(d) for d in range(1, min(n, at_most or n) + 1) if n % d == 0)
 
 
-def _cp_divisors(seq_len: int, at_most: int = 64) -> str:
-    """The context-parallel degrees up to `at_most` that split `seq_len` into 2 x cp equal chunks."""
-    return ", ".join(str(c) for c in range(1, at_most + 1) if c == 1 or seq_len % (2 * c) == 0)
+def cp_split_problem(seq_len: int, cp: int, devices: int | None = None) -> str | None:
+    """Why `cp` cannot split sequences of `seq_len` tokens into its load-balanced causal chunks (2 x cp equal ones,
+    a head and a tail per rank), naming the degrees that can (of those dividing `devices`, when given); None when
+    it can."""
+    if cp > 1 and seq_len % (2 * cp):
+        return (f"cp {cp} needs seq_len {seq_len} divisible by 2 x cp = {2 * cp} (each rank holds one head and one "
+                f"tail chunk of the causal sequence; use cp in {_cp_divisors(seq_len, devices)})")
+    return None
+
+
+def _cp_divisors(seq_len: int, devices: int | None = None, at_most: int = 64) -> str:
+    """The context-parallel degrees up to `at_most` (and dividing `devices`, when given) that split `seq_len` into
+    2 x cp equal chunks."""
+    return ", ".join(str(c) for c in range(1, at_most + 1)
+                     if (c == 1 or seq_len % (2 * c) == 0) and (devices is None or devices % c == 0))
 
 
 @dataclass
