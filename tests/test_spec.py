@@ -192,3 +192,21 @@ def test_nemo_truth_rows_cite_their_tables_and_count_the_publishers_model_flops(
             assert published == pytest.approx(per_token, rel=0.01), row["label"]
             checked += 1
     assert checked == 12
+
+
+def test_remembered_hash_follows_equality():
+    """Model specs and framework flags remember their hash (spec/hashing.py): equal instances hash alike, and a
+    spec made from another with a field changed gets its own hash, not the one its source remembered."""
+    import dataclasses
+
+    from autoconf.spec.frameworks import execution
+    from autoconf.spec.presets import PRESETS
+
+    for spec in (PRESETS["deepseek-v3"], PRESETS["llama3-8b"], execution("megatron-core")):
+        assert hash(spec) == hash(spec)  # remembered now
+        same = dataclasses.replace(spec)
+        assert same == spec and hash(same) == hash(spec)
+        changed = (dataclasses.replace(spec, num_layers=spec.num_layers + 1) if hasattr(spec, "num_layers")
+                   else spec.replace(tp_comm_overlap=not spec.tp_comm_overlap))
+        fields = tuple(getattr(changed, f.name) for f in dataclasses.fields(changed) if f.compare)
+        assert changed != spec and hash(changed) == hash(fields) != hash(spec)

@@ -20,6 +20,7 @@ Communication is not in here (see comm.py); recomputation is applied by `stage_p
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -269,10 +270,13 @@ def matmul_size_factor(cluster: ClusterProfile, flops: float) -> float:
     """The profile's `matmul_size_curve` at a GEMM of `flops` FLOPs: a fraction of `efficiency["matmul"]`,
     piecewise-linear in GFLOP through the curve's points and held at the nearest end beyond them (the CLAMP rule of
     `autoconf.cost.interpolate`); 1 when the profile states no curve."""
-    curve = cluster.matmul_size_curve
-    if not curve:
-        return 1.0
-    return interpolate([(float(x), float(y)) for x, y in curve["points"]], flops / 1e9, CLAMP)
+    points = cluster.matmul_size_points
+    return _size_factor(points, flops / 1e9) if points else 1.0
+
+
+@functools.lru_cache(maxsize=65536)  # (the search times the same GEMMs for many layouts)
+def _size_factor(points: tuple[tuple[float, float], ...], gflop: float) -> float:
+    return interpolate(list(points), gflop, CLAMP)
 
 
 def matmul_rate(cluster: ClusterProfile, dtype: str, flops: float) -> float:

@@ -76,7 +76,7 @@ from dataclasses import dataclass
 from autoconf.cost.compute import seq_chunk_bounds
 from autoconf.cost.cp_ring import buffer_bytes as torch_ring_buffer_bytes, torch_ring
 from autoconf.cost.moe import (all_to_all_buffer_bytes, blocks_params, dispatch_bytes, layer_kind_params,
-                               moe_layers, routed_activation_bytes)
+                               layer_kinds, moe_layers, routed_activation_bytes)
 from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.saved import MLA_UP_PROJ_MLP, NORMS_MLA_SWIGLU, saved_bytes
 from autoconf.cost.mtp import mtp_activation_bytes, mtp_block_is_moe, mtp_embedding_copy, mtp_stage_params
@@ -100,6 +100,7 @@ def dense_mlp_tensors(layout: str, recompute: str) -> int:
     return 3 if recompute == "selective" and layout == "torch" else 4
 
 
+@functools.lru_cache(maxsize=4096)  # (the search asks for the same blocks of a config many times over)
 def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str,
                            recompute: str | None = None, selective: str = "attention_core", moe: bool = False,
                            execution: Execution | None = None) -> float:
@@ -398,6 +399,25 @@ def rank_params(model: ModelSpec, partition: Sequence[Sequence[int]],
     rank holds, all TP and EP ranks together: their `stage_params`, `stage_expert_params` and
     `stage_replicated_params`, the MTP modules' embedding once (a rank holding the first and the last stage uses the
     first's). `local_params` splits the triple into what one rank holds."""
+    return _rank_params(model, partition_key(partition), tuple(stages))
+
+
+@functools.lru_cache(maxsize=4096)
+def _rank_block_params(model: ModelSpec, partition: tuple[tuple[int, int], ...],
+                       stages: tuple[int, ...]) -> tuple[float, ...]:
+    """`blocks_params` summed over the blocks of the model stages `stages`."""
+    per_stage = [blocks_params(model, *partition[st]) for st in stages]
+    return tuple(sum(p[i] for p in per_stage) for i in range(3))
+
+
+def partition_key(partition: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
+    """`partition` as a hashable key of the caches below."""
+    return tuple(map(tuple, partition))
+
+
+@functools.lru_cache(maxsize=4096)  # (the search's recompute bisection asks for the same ranks many times)
+def _rank_params(model: ModelSpec, partition: tuple[tuple[int, int], ...],
+                 stages: tuple[int, ...]) -> tuple[float, float, float]:
     params = sum(stage_params(model, partition, st) for st in stages)
     last = len(partition) - 1
     if model.mtp_num_layers and last != 0 and last in stages and not mtp_embedding_copy(partition, stages):
@@ -669,30 +689,43 @@ def unit_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
             head_input_bytes(model, c, layout, device_kind))
 
 
-def stage_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layers: int, recomputed: int,
-                                 layout: str, device_kind: str, selective: str = "attention_core",
-                                 moe: bool = False, execution: Execution | None = None) -> float:
-    """Bytes `layers` transformer layers of one stage (MoE blocks with `moe`) keep per micro-batch: `recomputed` of
-    them under the plan's recompute mode (the `selective` policy's layout), the others without recompute
-    (`recomputed_layers`)."""
-    if not layers:
-        return 0.0
+def block_activation_pair(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str,
+                          selective: str = "attention_core", moe: bool = False,
+                          execution: Execution | None = None) -> tuple[float, float]:
+    """(bytes a block recomputed under the plan's mode keeps, bytes a block without recompute keeps) per
+    micro-batch (MoE blocks with `moe`): `layer_activation_bytes` in both modes."""
     act = layer_activation_bytes(model, config, layout, device_kind, selective=selective, moe=moe, execution=execution)
     plain = (act if config.recompute == "none"
              else layer_activation_bytes(model, config, layout, device_kind, "none", selective, moe, execution))
+    return act, plain
+
+
+def stage_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layers: int, recomputed: int,
+                                 layout: str, device_kind: str, selective: str = "attention_core",
+                                 moe: bool = False, execution: Execution | None = None,
+                                 pair: tuple[float, float] | None = None) -> float:
+    """Bytes `layers` transformer layers of one stage (MoE blocks with `moe`) keep per micro-batch: `recomputed` of
+    them under the plan's recompute mode (the `selective` policy's layout), the others without recompute
+    (`recomputed_layers`). `pair`: `block_activation_pair` of these arguments, when the caller has it."""
+    if not layers:
+        return 0.0
+    act, plain = pair or block_activation_pair(model, config, layout, device_kind, selective, moe, execution)
     return recomputed * act + (layers - recomputed) * plain
 
 
 def stage_block_activation_bytes(model: ModelSpec, config: ParallelConfig, first: int, end: int, recomputed: int,
                                  layout: str, device_kind: str, selective: str = "attention_core",
-                                 execution: Execution | None = None) -> float:
+                                 execution: Execution | None = None,
+                                 pairs: dict[bool, tuple[float, float]] | None = None) -> float:
     """Bytes the transformer layers [first, end) of one stage keep per micro-batch, of which the first `recomputed`
-    recompute (`recomputed_layers`): dense and MoE blocks each at their own size (before any offload)."""
+    recompute (`recomputed_layers`): dense and MoE blocks each at their own size (before any offload). `pairs`:
+    `block_activation_pair` of the dense (False) and MoE (True) blocks, when the caller has them."""
+    pairs = pairs or {}
     n_moe, r_moe = moe_layers(model, first, end), moe_layers(model, first, first + recomputed)
     return (stage_layer_activation_bytes(model, config, end - first - n_moe, recomputed - r_moe, layout, device_kind,
-                                         selective, execution=execution)
+                                         selective, execution=execution, pair=pairs.get(False))
             + stage_layer_activation_bytes(model, config, n_moe, r_moe, layout, device_kind, selective, moe=True,
-                                           execution=execution))
+                                           execution=execution, pair=pairs.get(True)))
 
 
 TEMPORARY_FACTS = ("last", "moe", "recomputes", "keeps")
@@ -798,11 +831,14 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     shapes: dict[tuple, float] = {}
     buffer_shapes: dict[tuple, tuple[float, float]] = {}
 
+    pairs = {moe: block_activation_pair(model, c, layout, cluster.device.kind, selective, moe, execution)
+             for moe in layer_kinds(model)}
+
     def blocks_bytes(first: int, end: int, recomputed_blocks: int) -> float:
         key = (end - first, recomputed_blocks) if model.moe is None else (first, end, recomputed_blocks)
         if key not in shapes:
             shapes[key] = stage_block_activation_bytes(model, c, first, end, recomputed_blocks, layout,
-                                                       cluster.device.kind, selective, execution)
+                                                       cluster.device.kind, selective, execution, pairs)
         return shapes[key]
 
     def buffer_bytes(st: int) -> tuple[float, float]:
@@ -811,11 +847,11 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
             buffer_shapes[key] = unsharded_buffer_bytes(model, c, layout, *key)
         return buffer_shapes[key]
 
-    n = len(partition)
+    n, part_key = len(partition), partition_key(partition)
     for rank in (range(c.pp) if ranks is None else ranks):
         copies = stages_of.get(rank, ())  # schedule stages, each reading inflight[st]
         stages = tuple(st % n for st in copies)  # their model stages (partition entries)
-        local_params, local_experts = local_params_of(c, *rank_params(model, partition, stages))
+        local_params, local_experts = local_params_of(c, *_rank_params(model, part_key, stages))
         param_buffer = grad_buffer = 0.0
         if layout == "torch" and c.zero_sharded:  # (unsharded_buffer_bytes is 0 otherwise)
             buffers = [buffer_bytes(st) for st in stages]
@@ -850,8 +886,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
         other = (fixed + (temp_scale - 1.0) * p2p_buffer_bytes(model, c) + temp_scale * max(temporaries)
                  + kv_grads * sum(partition[st][1] - partition[st][0] for st in stages))
         if fp8_cache:
-            block_params = [blocks_params(model, *partition[st]) for st in stages]
-            fp8_cache_bytes = fp8_cache * sum(local_params_of(c, *(sum(p[i] for p in block_params) for i in range(3))))
+            fp8_cache_bytes = fp8_cache * sum(local_params_of(c, *_rank_block_params(model, part_key, stages)))
         else:
             fp8_cache_bytes = 0.0
         entry = {"params": local_params * (w_b + copy_b) + local_experts * (expert_bytes[0] + expert_bytes[3])

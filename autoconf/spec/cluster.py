@@ -10,6 +10,7 @@ described: pairs inside a node by `intra_node` (or the per-pair `intra_node_matr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from importlib import resources
@@ -128,6 +129,12 @@ class ClusterProfile:
     price: dict | None = None
     memory_headroom: dict = field(default_factory=lambda: dict(DEFAULT_MEMORY_HEADROOM))  # {"value": fraction, "why"}
     host: dict | None = None  # HOST_FIELDS and "source"; None: not known, no offload planned
+
+    @functools.cached_property
+    def matmul_size_points(self) -> tuple[tuple[float, float], ...]:
+        """`matmul_size_curve`'s points as (GFLOP, fraction) pairs; () without a curve."""
+        curve = self.matmul_size_curve
+        return tuple((float(x), float(y)) for x, y in curve["points"]) if curve else ()
 
     @property
     def usable_memory_bytes(self) -> float:

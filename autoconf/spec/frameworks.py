@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from autoconf.errors import UserError
 from autoconf.spec.dtypes import STORAGE_BYTES, precision
+from autoconf.spec.hashing import remembered_hash
 
 # When a stage's gradient reduction may start:
 #   "after_flush"  after every stage's last backward, the stages' reductions one after another (no overlap)
@@ -283,6 +284,8 @@ class Execution:
     moe_fp8_routed_experts: bool = False
     megatron_args: tuple[tuple[str, str, str], ...] = ()
     torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
+
+    __hash__ = remembered_hash
 
     def __post_init__(self) -> None:
         problems = self.problems()

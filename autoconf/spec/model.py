@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from autoconf.errors import UserError
 from autoconf.spec import layers
+from autoconf.spec.hashing import remembered_hash
 
 ARCHES = ("gpt", "llama")
 RECOMPUTE = ("none", "selective", "full")
@@ -200,6 +201,8 @@ class ModelSpec:
     # Multi-token-prediction modules (DeepSeek-V3, HF num_nextn_predict_layers; Megatron-Core --mtp-num-layers),
     # trained after the last block on the last pipeline stage; 0: none.
     mtp_num_layers: int = 0
+
+    __hash__ = remembered_hash
 
     def __post_init__(self) -> None:
         problems = []
