@@ -69,6 +69,7 @@ entries carry "host": the bytes that rank keeps in host memory (not part of "tot
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -694,6 +695,8 @@ def block_activation_pair(model: ModelSpec, config: ParallelConfig, layout: str,
                           execution: Execution | None = None) -> tuple[float, float]:
     """(bytes a block recomputed under the plan's mode keeps, bytes a block without recompute keeps) per
     micro-batch (MoE blocks with `moe`): `layer_activation_bytes` in both modes."""
+    if config.recompute_layers is not None:  # (which blocks recompute changes no block's bytes: one cache entry)
+        config = dataclasses.replace(config, recompute_layers=None)
     act = layer_activation_bytes(model, config, layout, device_kind, selective=selective, moe=moe, execution=execution)
     plain = (act if config.recompute == "none"
              else layer_activation_bytes(model, config, layout, device_kind, "none", selective, moe, execution))
