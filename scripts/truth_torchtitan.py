@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 
 from autoconf.cost.estimate import estimate
+from autoconf.cost.memory import largest_block_bytes, rank_params
+from autoconf.cost.moe import local_params
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import Execution, execution
 from autoconf.spec.dtypes import DTYPE_BYTES
@@ -69,10 +71,11 @@ def reserved_bytes(model, cluster, c: ParallelConfig, peak: float) -> float:
     gradients shard over dp x cp (torchtitan's dp_shard x cp mesh). Not measured on a GPU here: a reading of the
     allocator's rules (c10/cuda/CUDACachingAllocator.cpp) against torchtitan's train step and FSDP2's streams."""
     e = DTYPE_BYTES[c.dtype]
-    layer = model.layer_params() / c.tp
+    layer = largest_block_bytes(model, c)
     cached = e * c.local_seq_len * c.micro_batch_size * model.vocab_size / c.tp
     if c.zero_sharded:
-        cached += 4 * model.total_params() / c.tp / c.dp_cp + 4 * layer + e * layer
+        whole = sum(local_params(c, *rank_params(model, [[0, model.num_layers]], [0])))
+        cached += 4 * whole / c.dp_cp + 4 * layer + e * layer
     return peak - cluster.device.memory_overhead_bytes + cached
 
 
