@@ -54,7 +54,8 @@ import sys
 from pathlib import Path
 
 from autoconf.cost.estimate import estimate, schedule_inflight, stage_to_rank
-from autoconf.cost.memory import fp8_weight_cache_bytes, layer_activation_bytes, logits_temporary_bytes, rank_params
+from autoconf.cost.memory import (fp8_weight_cache_bytes, layer_activation_bytes, logits_temporary_bytes,
+                                  rank_block_params, rank_params)
 from autoconf.cost.compute import attention_gemms, gemms_time, model_pieces
 from autoconf.cost.fp8 import cast_seconds, mlp_cast_elements, scaling_time
 from autoconf.cost.moe import (blocks_params, expert_cast_elements, expert_gemms, load_imbalance, local_params,
@@ -228,8 +229,7 @@ def memory_breakdown(row: dict, table: dict, models: dict) -> dict:
     stages = [st for st, r in enumerate(owner) if r == rank]
     inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches)
     layers = [plan.partition[st][1] - plan.partition[st][0] for st in stages]
-    blocks = [blocks_params(model, *plan.partition[st]) for st in stages]
-    block_params = sum(local_params(c, *(sum(p[i] for p in blocks) for i in range(3))))
+    block_params = sum(local_params(c, *rank_block_params(model, plan.partition, stages)))
     params = sum(local_params(c, *rank_params(model, plan.partition, stages)))
     m = memory[rank]
     cache = fp8_weight_cache_bytes(c, ex) * block_params

@@ -449,12 +449,10 @@ def fsdp_copy_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution | 
     ep x etp)."""
     if execution is None or not execution.fsdp_copies or not c.zero_sharded or execution.memory_layout != "torch":
         return 0.0, 0.0
-    from autoconf.cost.moe import layer_kind_params, local_params
+    from autoconf.cost.moe import block_local_params
 
     e = DTYPE_BYTES[c.dtype]
-    dense, moe_params, experts = layer_kind_params(model)
-    params = sum(local_params(c, moe_params, experts, model.tp_replicated_params("moe")) if moe
-                 else local_params(c, dense, 0.0, model.tp_replicated_params("dense")))
+    params = sum(block_local_params(model, c, moe))
     m = c.num_microbatches
     gather = 2 * e * params * (1.0 if c.zero_stage == 3 else 1.0 / m)
     reduce = (e + 4) * params * (1.0 if c.reduces_every_microbatch else 1.0 / m)

@@ -76,7 +76,7 @@ from dataclasses import dataclass
 
 from autoconf.cost.compute import seq_chunk_bounds
 from autoconf.cost.cp_ring import buffer_bytes as torch_ring_buffer_bytes, torch_ring
-from autoconf.cost.moe import (all_to_all_buffer_bytes, blocks_params, dispatch_bytes, layer_kind_params,
+from autoconf.cost.moe import (all_to_all_buffer_bytes, block_local_params, blocks_params, dispatch_bytes,
                                layer_kinds, moe_layers, routed_activation_bytes)
 from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.saved import MLA_UP_PROJ_MLP, NORMS_MLA_SWIGLU, saved_bytes
@@ -403,10 +403,16 @@ def rank_params(model: ModelSpec, partition: Sequence[Sequence[int]],
     return _rank_params(model, partition_key(partition), tuple(stages))
 
 
+def rank_block_params(model: ModelSpec, partition: Sequence[Sequence[int]],
+                      stages: Sequence[int]) -> tuple[float, float, float]:
+    """`blocks_params` summed over the transformer blocks of the model stages `stages` (no embedding, head or MTP
+    modules): what the fp8 weight cache holds, before `local_params` splits it."""
+    return _rank_block_params(model, partition_key(partition), tuple(stages))
+
+
 @functools.lru_cache(maxsize=4096)
 def _rank_block_params(model: ModelSpec, partition: tuple[tuple[int, int], ...],
                        stages: tuple[int, ...]) -> tuple[float, ...]:
-    """`blocks_params` summed over the blocks of the model stages `stages`."""
     per_stage = [blocks_params(model, *partition[st]) for st in stages]
     return tuple(sum(p[i] for p in per_stage) for i in range(3))
 
@@ -553,11 +559,7 @@ def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str
 def largest_block_bytes(model: ModelSpec, c: ParallelConfig) -> float:
     """Parameters one rank holds of its largest block (an FSDP unit): a dense block's over tp, an MoE block's with
     its routed experts over ep x etp (each block's TP-replicated parameters whole, `local_params`)."""
-    dense, moe, experts = layer_kind_params(model)
-    dense_part = local_params_of(c, dense, 0.0, model.tp_replicated_params("dense"))[0] if dense else 0.0
-    if model.moe is None:
-        return dense_part
-    return max(dense_part, sum(local_params_of(c, moe, experts, model.tp_replicated_params("moe"))))
+    return max(sum(block_local_params(model, c, moe)) for moe in layer_kinds(model))
 
 
 def p2p_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:

@@ -91,6 +91,16 @@ def local_params(c: ParallelConfig, params: float, expert_params: float,
             expert_params / (c.ep * c.etp))
 
 
+def block_local_params(model: ModelSpec, c: ParallelConfig, moe: bool) -> tuple[float, float]:
+    """`local_params` of one dense block, or with `moe` of one MoE block: (what the attention layout splits, with
+    the block's TP-replicated parameters whole; its routed experts over ep x etp). (0, 0) for a kind the model
+    lacks."""
+    dense, moe_params, experts = layer_kind_params(model)
+    if moe:
+        return local_params(c, moe_params, experts, model.tp_replicated_params("moe"))
+    return local_params(c, dense, 0.0, model.tp_replicated_params("dense"))
+
+
 def tokens_per_rank(c: ParallelConfig) -> float:
     """Tokens of one micro-batch a rank routes in an MoE layer: its 1/tp share of the sequence."""
     return c.local_seq_len * c.micro_batch_size / c.tp

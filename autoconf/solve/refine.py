@@ -18,7 +18,7 @@ from autoconf.cost.memory import (Temporary, fp8_weight_cache_bytes, layer_activ
                                   p2p_buffer_bytes, root_unit_params, seq_chunk_kv_bytes, seq_chunk_scales,
                                   stage_layer_activation_bytes, state_bytes_per_param, temporary_terms,
                                   unit_activation_bytes, unsharded_buffer_bytes)
-from autoconf.cost.moe import (dispatch_bytes, dispatch_shares, ep_comm_passes, layer_kind_params, local_params,
+from autoconf.cost.moe import (block_local_params, dispatch_bytes, dispatch_shares, ep_comm_passes, local_params,
                                moe_layers)
 from autoconf.cost.mtp import (mtp_activation_bytes, mtp_block_is_moe, mtp_embedding_copy, mtp_pass_times,
                                mtp_stage_params)
@@ -76,7 +76,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     embedding, layer, head = unit_activation_bytes(model, c, layout, kind, policy, execution)
     layer_plain = layer_activation_bytes(model, c, layout, kind, "none", policy, execution=execution)
     # One rank's parameters of a dense block, of the embedding, of the head (and a tied embedding's copy there).
-    dense_part = local_params(c, layer_kind_params(model)[0], 0.0, model.tp_replicated_params("dense"))[0]
+    dense_part = block_local_params(model, c, moe=False)[0]
     embedding_part = local_params(c, model.embedding_params(), 0.0, model.tp_replicated_params("embedding"))[0]
     head_part = local_params(c, head_params, 0.0, model.tp_replicated_params("head"))[0]
     layer_static = dense_part * block_per_param if model.moe is None else 0.0
@@ -100,8 +100,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
         moe_time = moe_pieces.block.total + 4 * one + exchange + exchange_back + cp_time
         moe_rc = (recompute_time(moe_pieces, c, one, selective_matmul_share(model, c, execution, moe=True), only)
                   + (exchange if c.recompute == "full" else 0.0) + cp_rc)
-        _, moe, experts = layer_kind_params(model)
-        attention_part, expert_part = local_params(c, moe, experts, model.tp_replicated_params("moe"))
+        attention_part, expert_part = block_local_params(model, c, moe=True)
         expert_per_param = (sum(state_bytes_per_param(c, layout, experts=True, execution=execution))
                             + fp8_weight_cache_bytes(c, execution))
         moe_static = attention_part * block_per_param + expert_part * expert_per_param
