@@ -154,6 +154,23 @@ def test_pinned_cp_that_cannot_split_the_sequence_in_plan():
                            "use cp in 1)")
 
 
+def test_plan_that_fits_nowhere_names_a_layout_that_fits_on_more_nodes():
+    """A sequence too long for one node gets one line naming the node count and a layout that fits there, with its
+    context-parallel degree (the line named tp, pp and dp only, so the layout it suggested read as one rank): planned
+    on those nodes with the named degrees pinned, it fits."""
+    import re
+
+    args = ["plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100-80g", "--global-batch", "8",
+            "--seq-len", "1048576"]
+    result = run_cli(args)
+    assert_one_clear_error(result, "no layout fits", "the smallest change that fits")
+    nodes, layout = re.search(r"the smallest change that fits: (\d+) nodes .*e\.g\. (.*)$", result.output.strip()).groups()
+    degrees = dict(re.findall(r"\b(tp|pp|dp|cp|ep)(\d+)\b", layout))
+    assert int(degrees["cp"]) > 1, layout
+    fits = run_cli([*args, "--nodes", nodes, "--top", "1"] + [a for k, v in degrees.items() for a in ("--fix", f"{k}={v}")])
+    assert fits.exit_code == 0, fits.output
+
+
 @pytest.mark.parametrize("verb", ["estimate", "plan", "profile"])
 @pytest.mark.parametrize("where", ["under_file", "proc"])
 def test_unwritable_out(files, verb, where):

@@ -72,28 +72,8 @@ def limits_table(limits: list, title: str) -> Table:
 
 
 def layout_label(plan: Plan) -> str:
-    c = plan.config
-    parts = [f"tp{c.tp} pp{c.pp} dp{c.dp}"]
-    if c.cp > 1:
-        parts.append(f"cp{c.cp} {c.cp_comm}")
-    if c.ep > 1 or c.etp > 1:
-        parts.append(f"ep{c.ep}" + (f" etp{c.etp}" if c.etp > 1 else ""))
-    if c.vpp > 1:
-        parts.append(f"vpp{c.vpp}")
-    parts.append(f"mb{c.micro_batch_size}")
-    parts.append(c.schedule + (f" k{c.seq_chunks} {c.seq_split}" if c.seq_chunks > 1 else ""))
-    parts.append(f"zero{c.zero_stage}")
-    if c.recompute != "none":
-        counts = "" if c.recompute_layers is None else "[" + ",".join(map(str, c.recompute_layers)) + "]"
-        op = c.recompute == "selective" and selective_policy(c, plan_execution(plan.prediction)) == "alternate_matmuls"
-        parts.append(f"rc-{c.recompute}{'/op' if op else ''}{counts}")
-    if c.sequence_parallel:
-        parts.append("sp")
-    if c.offload_activations:
-        parts.append("off-act")
-    if c.offload_optimizer:
-        parts.append("off-opt")
-    return " ".join(parts)
+    """The plan's layout in one line (`ParallelConfig.label`), the selective policy read from its framework."""
+    return plan.config.label(selective_policy(plan.config, plan_execution(plan.prediction)))
 
 
 def prediction_table(plan: Plan) -> Table:

@@ -1011,8 +1011,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
     GiB = 1024**3
     message = (f"no layout fits in {cluster.usable_memory_bytes / GiB:.1f} GiB per device (the memory less the "
                f"profile's {100 * cluster.memory_headroom['value']:g}% headroom): the closest "
-               f"(tp{config.tp} pp{config.pp} dp{config.dp} mb{config.micro_batch_size} {config.schedule} "
-               f"zero{config.zero_stage} recompute={config.recompute}) needs {memory[rank]['total'] / GiB:.1f} GiB "
+               f"({config.label(selective_policy(config, execution))}) needs {memory[rank]['total'] / GiB:.1f} GiB "
                f"on pipeline rank {rank}, {over / GiB:.1f} GiB over")
     for label, changes in (("grad_reduce=microbatch", {"grad_reduce": "microbatch"}),
                            ("recompute=full", {"recompute": "full"}),
@@ -1036,5 +1035,5 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
                 continue
             if estimate(model, bigger, config, execution=execution, detail=False).prediction["fits"]:
                 return message + (f"; the smallest change that fits: {bigger.nodes} nodes "
-                                  f"({bigger.world_size} devices), e.g. tp{config.tp} pp{config.pp} dp{config.dp}")
+                                  f"({bigger.world_size} devices), e.g. {config.label(selective_policy(config, execution))}")
     return message + "; nothing tried fits (more devices up to 64x, full recompute, ZeRO-3): use a bigger device"

@@ -104,6 +104,31 @@ class ParallelConfig:
         if self.seq_chunks == 1 and self.seq_split == "work":
             object.__setattr__(self, "seq_split", "even")  # one chunk has one split
 
+    def label(self, selective: str | None = None) -> str:
+        """The layout in one line, every degree and choice that differs from the plain default ("tp2 pp4 dp8 cp2
+        ring vpp2 mb1 interleaved-1f1b zero1 rc-selective sp"): what tables, pictures and one-line messages name a
+        layout by. `selective`: what selective recompute redoes (`frameworks.selective_policy`), marked "/op" when it
+        is the per-op policy."""
+        parts = [f"tp{self.tp} pp{self.pp} dp{self.dp}"]
+        if self.cp > 1:
+            parts.append(f"cp{self.cp} {self.cp_comm}")
+        if self.ep > 1 or self.etp > 1:
+            parts.append(f"ep{self.ep}" + (f" etp{self.etp}" if self.etp > 1 else ""))
+        if self.vpp > 1:
+            parts.append(f"vpp{self.vpp}")
+        parts.append(f"mb{self.micro_batch_size}")
+        parts.append(self.schedule + (f" k{self.seq_chunks} {self.seq_split}" if self.seq_chunks > 1 else ""))
+        parts.append(f"zero{self.zero_stage}")
+        if self.recompute != "none":
+            counts = "" if self.recompute_layers is None else "[" + ",".join(map(str, self.recompute_layers)) + "]"
+            op = self.recompute == "selective" and (selective or self.selective_recompute) == "alternate_matmuls"
+            parts.append(f"rc-{self.recompute}{'/op' if op else ''}{counts}")
+        for flag, name in ((self.sequence_parallel, "sp"), (self.offload_activations, "off-act"),
+                           (self.offload_optimizer, "off-opt")):
+            if flag:
+                parts.append(name)
+        return " ".join(parts)
+
     @property
     def dims(self) -> ParallelDims:
         return ParallelDims.of(self)
