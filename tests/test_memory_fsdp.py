@@ -100,3 +100,19 @@ def test_fsdp_state_bytes_match_the_estimate_pp2_dp2(tmp_path_factory):
     """pp 2 x dp 2 under 1F1B, 4 micro-batches, ZeRO 1-3: the same, with torch's pipelining stage (every backward
     without gradient sync and without resharding, one reduction after the stage's last backward)."""
     _check(*_results(2, tmp_path_factory))
+
+
+@pytest.mark.parametrize("name, final_norm", [("tiny-gpt", 2 * 128), ("tiny-llama", 128)])
+def test_root_unit_holds_the_final_norm_whole_under_tp(name, final_norm):
+    """One TP rank's share of the FSDP root unit (embedding, final norm, head): the final norm (a LayerNorm's
+    weight and bias, an RMSNorm's weight) whole, as every TP rank holds it; the rest over tp. It divided the norm
+    by tp too."""
+    from autoconf.cost.memory import root_unit_params
+    from autoconf.spec.plan import ParallelConfig
+    from autoconf.spec.presets import load_model
+
+    model = load_model(name)
+    one, two = (root_unit_params(model, ParallelConfig(tp=tp, pp=1, dp=1, micro_batch_size=1, global_batch_size=1,
+                                                       seq_len=64)) for tp in (1, 2))
+    for whole, local in zip(one, two):
+        assert local == (whole - final_norm) / 2 + final_norm

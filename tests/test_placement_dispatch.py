@@ -9,7 +9,7 @@ from autoconf.spec.frameworks import execution
 from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
-from autoconf.solve.refine import exchange_scale, traffic
+from autoconf.solve.refine import exchange_scale, rank_share_of_params, traffic
 
 V3 = PRESETS["deepseek-v3"]
 # DeepSeek-V3's published layout: ep 64 over 8 nodes, so the exchange rides the DP replicas' links.
@@ -31,6 +31,9 @@ def test_per_node_dispatch_scales_the_exchange_as_the_estimate_times_it():
     assert exchange_scale(V3, H800, C, plain) == 1.0
     tp, pp, dp_plain, cp = traffic(V3, C, plain, H800)
     assert traffic(V3, C, ours) == (tp, pp, dp_plain, cp) == traffic(V3, C, plain)
-    gradients = dp_buffer_bytes(C, V3.total_params() / C.pp / C.tp, ours)[0]  # the DP axis's other traffic
+    # The DP axis's other traffic: the attention layout's gradients over dp, the experts' over their expert-DP pairs.
+    dense, experts = rank_share_of_params(V3, C)
+    assert C.edp == 2 and experts < dense
+    gradients = dp_buffer_bytes(C, dense, ours)[0] + dp_buffer_bytes(C, experts, ours)[0]
     dp_ours = traffic(V3, C, ours, H800)[2]
     assert dp_ours - gradients == pytest.approx(scale * (dp_plain - gradients))

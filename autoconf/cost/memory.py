@@ -502,19 +502,27 @@ def state_bytes_per_param(config: ParallelConfig, layout: str, experts: bool = F
     return 4.0 / dp, grads, 8.0 / dp, copy
 
 
-def root_unit_params(model: ModelSpec, partition: Sequence[Sequence[int]] | None = None,
+def root_unit_params(model: ModelSpec, c: ParallelConfig, partition: Sequence[Sequence[int]] | None = None,
                      stage: int | None = None) -> tuple[float, float]:
-    """(all, early) parameters (all TP ranks) of a chunk's FSDP root unit, what the chunk holds beside its blocks:
-    all of them (embedding, final norm, head), and those whose gradients the backward computes first (all but the
-    embedding). Without a stage: the root of the whole model (pp == 1), the largest any chunk can have."""
-    if partition is None or stage is None:
+    """(all, early) parameters one TP rank holds of a chunk's FSDP root unit, what the chunk holds beside its
+    blocks: all of them (embedding, final norm, head), and those whose gradients the backward computes first (all
+    but the embedding); the TP-replicated ones (the final norm, a learned position embedding) whole, the rest over
+    tp (`local_params`). Without a stage: the root of the whole model (pp == 1), the largest any chunk can have."""
+    whole = partition is None or stage is None
+    first_stage = whole or stage == 0
+    last_stage = whole or stage == len(partition) - 1
+    if whole:
         root = model.total_params() - blocks_params(model, 0, model.num_layers)[0]
-        return root, root - model.embedding_params()
-    first, end = partition[stage]
-    root = stage_params(model, partition, stage) - blocks_params(model, first, end)[0]
-    if stage == len(partition) - 1:
-        root -= model.mtp_params()  # the MTP blocks are units of their own
-    return root, root - (model.embedding_params() if stage == 0 else 0)
+    else:
+        first, end = partition[stage]
+        root = stage_params(model, partition, stage) - blocks_params(model, first, end)[0]
+        if last_stage:
+            root -= model.mtp_params()  # the MTP blocks are units of their own
+    embedding = model.embedding_params() if first_stage else 0
+    embedding_replicated = model.tp_replicated_params("embedding") if first_stage else 0
+    replicated = embedding_replicated + (model.tp_replicated_params("head") if last_stage else 0)
+    return (local_params_of(c, root, 0, replicated)[0],
+            local_params_of(c, root - embedding, 0, replicated - embedding_replicated)[0])
 
 
 def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
@@ -530,14 +538,13 @@ def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     current block's, or the whole root's at the end, in the compute dtype, and the previous unit's fp32
     reduce-scatter input (kept until the next unit reduces); beside a whole unsharded gradient, one block's
     sharded gradient and, in bf16/fp16, the block's new low-precision gradient before FSDP adds it to the fp32
-    sum. `root` is `root_unit_params`' pair (default: the whole model's); `blocks` the chunk's blocks (a chunk of
-    one block has no previous block's reduce-scatter input beside its block's gradient)."""
+    sum. `root` is `root_unit_params`' pair, one TP rank's (default: the whole model's); `blocks` the chunk's
+    blocks (a chunk of one block has no previous block's reduce-scatter input beside its block's gradient)."""
     c = config
     if layout != "torch" or not c.zero_sharded:
         return 0.0, 0.0
     e = DTYPE_BYTES[c.dtype]
-    root_all, root_early = root_unit_params(model) if root is None else root
-    root_all, root_early = root_all / c.tp, root_early / c.tp
+    root_all, root_early = root_unit_params(model, c) if root is None else root
     block = largest_block_bytes(model, c)
     if holds_unsharded_params(c):
         # ZeRO-1/2 gather the whole copy unit by unit in the forward, each unit's all-gather output kept until the
@@ -847,7 +854,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
         return shapes[key]
 
     def buffer_bytes(st: int) -> tuple[float, float]:
-        key = (root_unit_params(model, partition, st), partition[st][1] - partition[st][0])
+        key = (root_unit_params(model, c, partition, st), partition[st][1] - partition[st][0])
         if key not in buffer_shapes:
             buffer_shapes[key] = unsharded_buffer_bytes(model, c, layout, *key)
         return buffer_shapes[key]

@@ -18,7 +18,7 @@ from autoconf.cost.memory import (Temporary, fp8_weight_cache_bytes, layer_activ
                                   p2p_buffer_bytes, root_unit_params, seq_chunk_kv_bytes, seq_chunk_scales,
                                   stage_layer_activation_bytes, state_bytes_per_param, temporary_terms,
                                   unit_activation_bytes, unsharded_buffer_bytes)
-from autoconf.cost.moe import (block_local_params, dispatch_bytes, dispatch_shares, ep_comm_passes, local_params,
+from autoconf.cost.moe import (block_local_params, blocks_params, dispatch_bytes, dispatch_shares, ep_comm_passes, local_params,
                                moe_layers)
 from autoconf.cost.mtp import (mtp_activation_bytes, mtp_block_is_moe, mtp_embedding_copy, mtp_pass_times,
                                mtp_stage_params)
@@ -183,7 +183,7 @@ def reserved_bytes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     if layout != "torch" or not c.zero_sharded:
         return ((0.0, fixed),) * c.pp
     places = [[0, 0]] * len(owner)  # a stage's root unit depends on its place only (its blocks cancel out)
-    buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, places, st), 2)
+    buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, c, places, st), 2)
                for st in range(len(owner))]
     return tuple((max(buffers[st][1] for st in range(len(owner)) if owner[st] == r),
                   fixed + max(buffers[st][0] for st in range(len(owner)) if owner[st] == r)) for r in range(c.pp))
@@ -299,7 +299,8 @@ def traffic(model: ModelSpec, c: ParallelConfig, execution: Execution = Executio
     """Bytes per step each rank moves in its TP group, to its pipeline neighbour, in its DP group and in its CP
     group, from the estimate's own buffers: two TP collectives per layer and direction on `activation_bytes`, the
     estimate's `p2p_bytes` per micro-batch and direction (a 1/tp slice under sequence parallelism), the gradient
-    reduction buffer of `dp_buffer_bytes` for the rank's share of the parameters (over dp x cp), and per layer and
+    reduction buffers of `dp_buffer_bytes` for the rank's share of the parameters (`rank_share_of_params`: the
+    attention layout's over dp x cp, the routed experts' over their expert-DP group), and per layer and
     micro-batch the bytes the estimate's CP exchange sends (`cp_exchange_bytes`), as the buffer whose ring
     all-reduce moves as many (its bytes x cp / (2 (cp - 1))): the placement's rings charge all-reduces.
 
@@ -311,7 +312,9 @@ def traffic(model: ModelSpec, c: ParallelConfig, execution: Execution = Executio
     layers_per_rank = model.num_layers / c.pp
     tp_bytes = 4 * layers_per_rank * activation_bytes(model, c) * c.num_microbatches if c.tp > 1 else 0.0
     pp_bytes = 2 * c.vpp * p2p_bytes(model, c, execution) * c.num_microbatches if c.pp > 1 else 0.0
-    dp_bytes = dp_buffer_bytes(c, model.total_params() / c.pp / c.tp, execution)[0] if c.dp_cp > 1 else 0.0
+    dense, experts = rank_share_of_params(model, c)
+    dp_bytes = ((dp_buffer_bytes(c, dense, execution)[0] if c.dp_cp > 1 else 0.0)
+                + (dp_buffer_bytes(c, experts, execution)[0] if c.edp > 1 else 0.0))
     cp_bytes = (cp_exchange_bytes(model, c, execution) * c.cp / (2 * (c.cp - 1)) * layers_per_rank
                 * c.num_microbatches if c.cp > 1 else 0.0)
     if model.moe is not None and c.ep * c.etp > 1:
@@ -323,6 +326,15 @@ def traffic(model: ModelSpec, c: ParallelConfig, execution: Execution = Executio
         if c.etp > 1:
             tp_bytes += exchange * c.etp
     return tp_bytes, pp_bytes, dp_bytes, cp_bytes
+
+
+def rank_share_of_params(model: ModelSpec, c: ParallelConfig) -> tuple[float, float]:
+    """(attention-layout, routed-expert) parameters one rank holds, the model spread evenly over the pipeline
+    ranks (`local_params`: the TP-replicated ones whole, the experts over ep x etp): a placement weight, which
+    `traffic` reads before any partition is known."""
+    _, experts, replicated = blocks_params(model, 0, model.num_layers)
+    replicated += model.tp_replicated_params("embedding") + model.tp_replicated_params("head")
+    return local_params(c, model.total_params() / c.pp, experts / c.pp, replicated / c.pp)
 
 
 def exchange_scale(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, execution: Execution) -> float:
