@@ -34,7 +34,7 @@ from autoconf.cost.compute import (PassTimes, attention_gemms, causal_span_share
                                    rank_optimizer_time, seq_chunk_bounds)
 from autoconf.cost.memory import (attention_matmuls, cp_kv_bytes, rank_params, reduced_grad_bytes, stage_block_activation_bytes,
                                   stage_expert_params, stage_memory, stage_params, stage_replicated_params)
-from autoconf.cost.mtp import mtp_block_is_moe, mtp_pass_times
+from autoconf.cost.mtp import mtp_pass_times
 from autoconf.cost.moe import ep_comm_passes, local_params, moe_layers
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_host_memory, check_offload,
                                    gather_copy_time, host_memory_per_node, reduce_copy_time)
@@ -518,7 +518,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         if st == last and model.mtp_num_layers:
             compute, tp, ep, recompute, exposed = mtp_stage_costs(
                 model, cluster, c, pieces, compute, tp, ep, recompute, one, layer_one, matmul_share, moe_share,
-                exchange_of(rank) if mtp_block_is_moe(model) else None, only)
+                exchange_of(rank) if model.mtp_block_is_moe() else None, only)
             recompute_exchange += exposed
             if c.cp > 1:  # the MTP blocks' attention exchanges K/V as the stage's blocks do
                 cp_parts[-1] = cp_parts[-1] + cp_layer.scaled(model.mtp_num_layers)

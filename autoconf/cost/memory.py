@@ -80,7 +80,7 @@ from autoconf.cost.moe import (all_to_all_buffer_bytes, block_local_params, bloc
                                layer_kinds, moe_layers, routed_activation_bytes)
 from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.saved import MLA_UP_PROJ_MLP, NORMS_MLA_SWIGLU, saved_bytes
-from autoconf.cost.mtp import mtp_activation_bytes, mtp_block_is_moe, mtp_embedding_copy, mtp_stage_params
+from autoconf.cost.mtp import mtp_activation_bytes, mtp_embedding_copy, mtp_stage_params
 from autoconf.cost.offload import activation_copy_bytes, host_state_bytes_per_param
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, STORAGE_BYTES, precision
@@ -834,7 +834,7 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     last = len(partition) - 1
     # The MTP modules' saved activations on the last stage, their blocks under the plan's recompute mode.
     mtp_act = mtp_activation_bytes(model, c, stage_layer_activation_bytes(
-        model, c, 1, int(c.recompute != "none"), layout, cluster.device.kind, selective, mtp_block_is_moe(model),
+        model, c, 1, int(c.recompute != "none"), layout, cluster.device.kind, selective, model.mtp_block_is_moe(),
         execution) if model.mtp_num_layers else 0.0, head_act)
     out = []
     stages_of = _stages_of_ranks(tuple(stage_to_rank))

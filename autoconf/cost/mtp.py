@@ -29,11 +29,6 @@ from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 
 
-def mtp_block_is_moe(model: ModelSpec) -> bool:
-    """Whether an MTP module's block is an MoE block (it is built like the model's last block)."""
-    return model.is_moe_layer(model.num_layers - 1)
-
-
 def mtp_embedding_copy(partition: Sequence[Sequence[int]], stages: Sequence[int]) -> bool:
     """Whether the rank holding model stages `stages` keeps its own copy of the embedding for the MTP modules: it
     holds the last stage but not the first (on one rank with the first, the embedding is the same weights)."""
@@ -47,7 +42,7 @@ def mtp_stage_params(model: ModelSpec, embedding_copy: bool) -> tuple[float, flo
     TP-replicated ones: `ModelSpec.mtp_tp_replicated_params` of each module."""
     if not model.mtp_num_layers:
         return 0.0, 0.0, 0.0
-    experts = layer_kind_params(model)[2] if mtp_block_is_moe(model) else 0
+    experts = layer_kind_params(model)[2] if model.mtp_block_is_moe() else 0
     params = model.mtp_params() + (model.vocab_size * model.hidden_size if embedding_copy else 0)
     return (float(params), float(model.mtp_num_layers * experts),
             float(model.mtp_num_layers * model.mtp_tp_replicated_params()))

@@ -20,7 +20,7 @@ from autoconf.cost.memory import (Temporary, fp8_weight_cache_bytes, layer_activ
                                   unit_activation_bytes, unsharded_buffer_bytes)
 from autoconf.cost.moe import (block_local_params, blocks_params, dispatch_bytes, dispatch_shares, ep_comm_passes, local_params,
                                moe_layers)
-from autoconf.cost.mtp import (mtp_activation_bytes, mtp_block_is_moe, mtp_embedding_copy, mtp_pass_times,
+from autoconf.cost.mtp import (mtp_activation_bytes, mtp_embedding_copy, mtp_pass_times,
                                mtp_stage_params)
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
@@ -118,7 +118,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     unit_act = [embedding] + layers_act + [head]
     owner = stage_to_rank(c.schedule, c.pp, c.vpp)
     head_grad = head_part
-    mtp_moe = model.mtp_num_layers and mtp_block_is_moe(model)
+    mtp_moe = model.mtp_num_layers and model.mtp_block_is_moe()
     if model.mtp_num_layers:
         # The MTP modules ride with the head on the last stage (cost/mtp.py), as the estimate costs them: their
         # blocks (recomputed under the plan's mode), TP collectives and token exchange, their own compute; their

@@ -440,15 +440,25 @@ class ModelSpec:
         h = self.hidden_size
         return MTP_NORMS * h + 2 * h * h
 
+    @property
+    def mtp_block_layer(self) -> int:
+        """The layer an MTP module's block is built like: the model's last (DeepSeek-V3's MTP blocks are MoE blocks
+        as its last layer is; Megatron-Core builds them from the last layer's spec). The one statement of that rule:
+        the MTP counts here and the MTP costs (cost/mtp.py) read it."""
+        return self.num_layers - 1
+
+    def mtp_block_is_moe(self) -> bool:
+        """Whether an MTP module's block is an MoE block (`mtp_block_layer`)."""
+        return self.is_moe_layer(self.mtp_block_layer)
+
     def mtp_tp_replicated_params(self) -> int:
         """Of one MTP module's parameters, those every TP rank holds whole: its block's (`tp_replicated_params`)
         and its three norms (`mtp_extra_params`)."""
-        last = "moe" if self.is_moe_layer(self.num_layers - 1) else "dense"
-        return self.tp_replicated_params(last) + MTP_NORMS * self.hidden_size
+        return self.tp_replicated_params("moe" if self.mtp_block_is_moe() else "dense") + MTP_NORMS * self.hidden_size
 
     def mtp_params(self) -> int:
-        """Parameters of all MTP modules: each a block like the model's last one plus `mtp_extra_params`."""
-        return self.mtp_num_layers * (self.layer_params(self.num_layers - 1) + self.mtp_extra_params())
+        """Parameters of all MTP modules: each a block like `mtp_block_layer` plus `mtp_extra_params`."""
+        return self.mtp_num_layers * (self.layer_params(self.mtp_block_layer) + self.mtp_extra_params())
 
     def total_params_with_mtp(self) -> int:
         """`total_params` plus the MTP modules (DeepSeek-V3: the published 671B plus the module's 11.6B of own
@@ -457,7 +467,7 @@ class ModelSpec:
 
     def active_params_with_mtp(self) -> int:
         """`active_params` plus what one token uses of the MTP modules."""
-        return self.active_params() + self.mtp_num_layers * (self.layer_active_params(self.num_layers - 1)
+        return self.active_params() + self.mtp_num_layers * (self.layer_active_params(self.mtp_block_layer)
                                                              + self.mtp_extra_params())
 
     # ---- FLOPs -------------------------------------------------------------------------------------------------
