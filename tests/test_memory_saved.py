@@ -109,3 +109,47 @@ def test_a_stage_that_recomputes_its_first_layers_saves_what_the_estimate_counts
     estimated = stage_layer_activation_bytes(spec, config, 3, 1, "torch", "cpu")
     assert measured < plain
     assert estimated <= measured <= 1.03 * estimated
+
+
+def test_a_blocks_activations_read_only_the_fields_they_are_remembered_by():
+    """`layer_activation_bytes` remembers its count by `LAYER_ACTIVATION_FIELDS` of the config: over every layout,
+    framework, recompute mode and policy, precision, attention kernel and degree that shapes a block, the count
+    reads no other field of the config (a field read but left out of the key would hand one config's count to
+    another)."""
+    import itertools
+
+    from autoconf.cost import memory
+    from autoconf.spec import frameworks
+    from autoconf.spec.plan import ParallelConfig
+
+    read: set[str] = set()
+    recording = [False]
+
+    @dataclasses.dataclass(frozen=True)
+    class Spy(ParallelConfig):
+        def __getattribute__(self, name):
+            if recording[0] and not name.startswith("__"):
+                read.add(name)
+            return object.__getattribute__(self, name)
+
+        __hash__ = object.__hash__
+
+    policies = ("attention_core", "alternate_matmuls", "norms_mla_swiglu", "mla_up_proj_mlp")
+    for name, fw in itertools.product(("llama3-8b", "gpt3-1.3b", "deepseek-v3", "qwen3-30b-a3b"), frameworks.PRESETS):
+        model, execution = PRESETS[name], frameworks.execution(fw)
+        for recompute, policy, dtype, sp, cp, chunks, attention in itertools.product(
+                ("none", "selective", "full"), policies, ("bf16", "fp8"), (False, True), (1, 2), (1, 2),
+                ("flash", "standard")):
+            c = Spy(tp=2, pp=2, dp=2, micro_batch_size=1, global_batch_size=8, seq_len=4096, recompute=recompute,
+                    dtype=dtype, sequence_parallel=sp, cp=cp, ep=2 if model.moe else 1, seq_chunks=chunks,
+                    schedule="seq1f1b" if chunks > 1 else "1f1b", attention=attention)
+            for layout, kind, moe in itertools.product(memory.LAYOUTS, ("gpu", "cpu"),
+                                                       (False, True) if model.moe else (False,)):
+                recording[0] = True
+                try:
+                    memory._layer_activation_bytes(model, c, layout, kind, None, policy, moe, execution)
+                finally:
+                    recording[0] = False
+    properties = {n for n in read if isinstance(getattr(ParallelConfig, n, None), property)}
+    assert read - properties <= set(memory.LAYER_ACTIVATION_FIELDS), read - properties
+    assert {"tp", "cp", "seq_len", "micro_batch_size", "recompute"} <= read  # the spy sees the reads

@@ -69,8 +69,8 @@ entries carry "host": the bytes that rank keeps in host memory (not part of "tot
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -101,7 +101,15 @@ def dense_mlp_tensors(layout: str, recompute: str) -> int:
     return 3 if recompute == "selective" and layout == "torch" else 4
 
 
-@functools.lru_cache(maxsize=4096)  # (the search asks for the same blocks of a config many times over)
+# The fields of a config one block's saved activations read (tests/test_memory_saved.py checks that
+# `layer_activation_bytes` reads no other): configs that differ only elsewhere (pipeline, data parallelism, ZeRO,
+# which layers recompute) share one remembered count.
+LAYER_ACTIVATION_FIELDS = ("tp", "cp", "ep", "etp", "dtype", "attention", "micro_batch_size", "seq_len",
+                           "seq_chunks", "sequence_parallel", "recompute", "selective_recompute")
+_layer_activation_key = operator.attrgetter(*LAYER_ACTIVATION_FIELDS)
+_layer_activations: dict[tuple, float] = {}
+
+
 def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str,
                            recompute: str | None = None, selective: str = "attention_core", moe: bool = False,
                            execution: Execution | None = None) -> float:
@@ -110,7 +118,20 @@ def layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     where the `execution` says so (`te_activation_delta`), the executor's own on a `device_kind` ("gpu" or "cpu")
     device for "torch"; under selective recompute by the "alternate_matmuls" policy (`Execution.selective_recompute`),
     what that policy saves (`op_policy_layer_activation_bytes`); with `moe`, an MoE block's (the dense MLP's tensors
-    replaced by the routed ones; Megatron's accounting without the TE changes)."""
+    replaced by the routed ones; Megatron's accounting without the TE changes). Remembered by the
+    `LAYER_ACTIVATION_FIELDS` of `config` (the search asks for the same blocks many times over)."""
+    key = (model, layout, device_kind, recompute, selective, moe, execution, _layer_activation_key(config))
+    known = _layer_activations.get(key)
+    if known is None:
+        if len(_layer_activations) >= 1 << 16:
+            _layer_activations.clear()
+        known = _layer_activations[key] = _layer_activation_bytes(model, config, layout, device_kind, recompute,
+                                                                  selective, moe, execution)
+    return known
+
+
+def _layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str,
+                            recompute: str | None, selective: str, moe: bool, execution: Execution | None) -> float:
     c = config
     recompute = c.recompute if recompute is None else recompute
     keeps_outputs = (execution or Execution()).moe_combine_keeps_outputs
@@ -704,8 +725,6 @@ def block_activation_pair(model: ModelSpec, config: ParallelConfig, layout: str,
                           execution: Execution | None = None) -> tuple[float, float]:
     """(bytes a block recomputed under the plan's mode keeps, bytes a block without recompute keeps) per
     micro-batch (MoE blocks with `moe`): `layer_activation_bytes` in both modes."""
-    if config.recompute_layers is not None:  # (which blocks recompute changes no block's bytes: one cache entry)
-        config = dataclasses.replace(config, recompute_layers=None)
     act = layer_activation_bytes(model, config, layout, device_kind, selective=selective, moe=moe, execution=execution)
     plain = (act if config.recompute == "none"
              else layer_activation_bytes(model, config, layout, device_kind, "none", selective, moe, execution))
@@ -816,98 +835,142 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     (`Execution.selective_recompute`). `execution`: the megatron layout's framework flags (Megatron-LM's defaults
     without; see `state_bytes_per_param`, `te_activation_delta`, `logits_temporary_bytes`). Where `stage_to_rank`
     has more stages than `partition` (dualpipe's two directions), stage s runs model stage s % len(partition) with
-    a copy of its own (weights, gradients and optimizer states; `Schedule.model_stage`), and keeps `inflight[s]`."""
-    assert layout in LAYOUTS, layout
-    c = config
-    w_b, g_b, o_b, copy_b = state_bytes_per_param(c, layout, execution=execution)
-    expert_bytes = (state_bytes_per_param(c, layout, experts=True, execution=execution) if model.moe
-                    else (0.0, 0.0, 0.0, 0.0))
-    fp8_cache = fp8_weight_cache_bytes(c, execution)
-    embed_act, _, head_act = unit_activation_bytes(model, c, layout, cluster.device.kind, selective, execution)
-    # Layers beyond a stage's recomputed ones keep every activation (`recomputed_layers`).
-    recomputed = recomputed_layers(c, partition)
-    temporary_terms_ = temporary_terms(model, c, layout, cluster.device.kind, selective, execution)
-    fixed = cluster.device.memory_overhead_bytes + p2p_buffer_bytes(model, c)
-    bounds = seq_chunk_bounds(model, cluster, c, execution) if c.seq_chunks > 1 else None
-    kv_cache, kv_grads = seq_chunk_kv_bytes(model, c, layout, bounds, selective=selective)
-    kv_recomputed, _ = seq_chunk_kv_bytes(model, c, layout, bounds, True, selective)
-    last = len(partition) - 1
-    # The MTP modules' saved activations on the last stage, their blocks under the plan's recompute mode.
-    mtp_act = mtp_activation_bytes(model, c, stage_layer_activation_bytes(
-        model, c, 1, int(c.recompute != "none"), layout, cluster.device.kind, selective, model.mtp_block_is_moe(),
-        execution) if model.mtp_num_layers else 0.0, head_act)
-    out = []
-    stages_of = _stages_of_ranks(tuple(stage_to_rank))
-    # Stages of one shape hold the same: each shape's blocks and FSDP buffers are worked out once per call (a dense
-    # model's blocks by their count, an MoE model's by their place).
-    shapes: dict[tuple, float] = {}
-    buffer_shapes: dict[tuple, tuple[float, float]] = {}
+    a copy of its own (weights, gradients and optimizer states; `Schedule.model_stage`), and keeps `inflight[s]`.
+    Layers beyond a stage's recomputed ones keep every activation (`recomputed_layers`)."""
+    return RankMemory(model, cluster, config, partition, stage_to_rank, inflight, layout, selective,
+                      execution).of(recomputed_layers(config, partition), ranks)
 
-    pairs = {moe: block_activation_pair(model, c, layout, cluster.device.kind, selective, moe, execution)
-             for moe in layer_kinds(model)}
 
-    def blocks_bytes(first: int, end: int, recomputed_blocks: int) -> float:
-        key = (end - first, recomputed_blocks) if model.moe is None else (first, end, recomputed_blocks)
-        if key not in shapes:
-            shapes[key] = stage_block_activation_bytes(model, c, first, end, recomputed_blocks, layout,
-                                                       cluster.device.kind, selective, execution, pairs)
-        return shapes[key]
+class RankMemory:
+    """`stage_memory` of one layout, worked out once for any recomputed-layer counts: everything but which
+    layers of each stage recompute (`config.recompute_layers`, which no other term reads) is set up here, so the
+    recompute search (solve/recompute.py) asks about many counts of one layout for the price of one set-up."""
 
-    def buffer_bytes(st: int) -> tuple[float, float]:
-        key = (root_unit_params(model, c, partition, st), partition[st][1] - partition[st][0])
-        if key not in buffer_shapes:
-            buffer_shapes[key] = unsharded_buffer_bytes(model, c, layout, *key)
-        return buffer_shapes[key]
+    def __init__(self, model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig,
+                 partition: Sequence[Sequence[int]], stage_to_rank: Sequence[int], inflight: Sequence[float],
+                 layout: str = "torch", selective: str = "attention_core", execution: Execution | None = None):
+        assert layout in LAYOUTS, layout
+        c = config
+        self.model, self.c, self.partition, self.inflight = model, c, partition, inflight
+        self.layout, self.selective, self.execution = layout, selective, execution
+        self.device_kind = cluster.device.kind
+        self.state = state_bytes_per_param(c, layout, execution=execution)
+        self.expert_state = (state_bytes_per_param(c, layout, experts=True, execution=execution) if model.moe
+                             else (0.0, 0.0, 0.0, 0.0))
+        self.fp8_cache = fp8_weight_cache_bytes(c, execution)
+        self.embed_act, _, self.head_act = unit_activation_bytes(model, c, layout, cluster.device.kind, selective,
+                                                                 execution)
+        self.temporaries = temporary_terms(model, c, layout, cluster.device.kind, selective, execution)
+        self.p2p = p2p_buffer_bytes(model, c)
+        self.fixed = cluster.device.memory_overhead_bytes + self.p2p
+        self.bounds = seq_chunk_bounds(model, cluster, c, execution) if c.seq_chunks > 1 else None
+        self.kv_cache, self.kv_grads = seq_chunk_kv_bytes(model, c, layout, self.bounds, selective=selective)
+        self.kv_recomputed, _ = seq_chunk_kv_bytes(model, c, layout, self.bounds, True, selective)
+        # The MTP modules' saved activations on the last stage, their blocks under the plan's recompute mode.
+        self.mtp_act = mtp_activation_bytes(model, c, stage_layer_activation_bytes(
+            model, c, 1, int(c.recompute != "none"), layout, cluster.device.kind, selective,
+            model.mtp_block_is_moe(), execution) if model.mtp_num_layers else 0.0, self.head_act)
+        self.stages_of = _stages_of_ranks(tuple(stage_to_rank))
+        self.pairs = {moe: block_activation_pair(model, c, layout, cluster.device.kind, selective, moe, execution)
+                      for moe in layer_kinds(model)}
+        self.part_key = partition_key(partition)
+        # Stages of one shape hold the same: each shape's blocks and FSDP buffers are worked out once (a dense
+        # model's blocks by their count, an MoE model's by their place).
+        self._shapes: dict[tuple, float] = {}
+        self._buffer_shapes: dict[tuple, tuple[float, float]] = {}
+        self._ranks: dict[int, tuple] = {}
+        self._temporary: dict[tuple[bool, ...], float] = {}
 
-    n, part_key = len(partition), partition_key(partition)
-    for rank in (range(c.pp) if ranks is None else ranks):
-        copies = stages_of.get(rank, ())  # schedule stages, each reading inflight[st]
-        stages = tuple(st % n for st in copies)  # their model stages (partition entries)
-        local_params, local_experts = local_params_of(c, *_rank_params(model, part_key, stages))
+    def _blocks_bytes(self, first: int, end: int, recomputed_blocks: int) -> float:
+        key = (end - first, recomputed_blocks) if self.model.moe is None else (first, end, recomputed_blocks)
+        if key not in self._shapes:
+            self._shapes[key] = stage_block_activation_bytes(
+                self.model, self.c, first, end, recomputed_blocks, self.layout, self.device_kind, self.selective,
+                self.execution, self.pairs)
+        return self._shapes[key]
+
+    def _buffer_bytes(self, st: int) -> tuple[float, float]:
+        key = (root_unit_params(self.model, self.c, self.partition, st), self.partition[st][1] - self.partition[st][0])
+        if key not in self._buffer_shapes:
+            self._buffer_shapes[key] = unsharded_buffer_bytes(self.model, self.c, self.layout, *key)
+        return self._buffer_shapes[key]
+
+    def _rank(self, rank: int) -> tuple:
+        """What pipeline rank `rank` holds whatever its recomputed layers: (its schedule stages and their model
+        stages, parameter bytes, gradient bytes, optimizer bytes, host state bytes, the activation and temporary
+        scales of its seq1f1b chunks, the parts of "other" before and after its temporary, whether it holds the
+        last stage and an MoE layer)."""
+        if rank in self._ranks:
+            return self._ranks[rank]
+        model, c, partition, layout = self.model, self.c, self.partition, self.layout
+        w_b, g_b, o_b, copy_b = self.state
+        expert_bytes = self.expert_state
+        copies = self.stages_of.get(rank, ())  # schedule stages, each reading inflight[st]
+        stages = tuple(st % len(partition) for st in copies)  # their model stages (partition entries)
+        local_params, local_experts = local_params_of(c, *_rank_params(model, self.part_key, stages))
         param_buffer = grad_buffer = 0.0
         if layout == "torch" and c.zero_sharded:  # (unsharded_buffer_bytes is 0 otherwise)
-            buffers = [buffer_bytes(st) for st in stages]
+            buffers = [self._buffer_bytes(st) for st in stages]
             param_buffer, grad_buffer = max(b[0] for b in buffers), max(b[1] for b in buffers)
-        act_scale, temp_scale = seq_chunk_scales(c, bounds, layout, rank) if bounds else (1.0, 1.0)
-        activations = host_activations = 0.0
-        for copy, st in zip(copies, stages):
-            first, end = partition[st]
-            layers = blocks_bytes(first, end, recomputed[st])
-            if c.offload_activations:  # each block's saved activations go to the host
-                host_activations += activation_copy_bytes(c, layers) * inflight[copy] * act_scale
-                layers = 0.0
-            per_mb = ((layers + (embed_act if st == 0 else 0.0) + (head_act + mtp_act if st == last else 0.0))
-                      * act_scale
-                      + (kv_cache * (end - first - recomputed[st]) + kv_recomputed * recomputed[st])
-                      * (act_scale if layout == "megatron" else 1.0))
-            activations += per_mb * inflight[copy]
-        # Temporaries that exist one at a time: the largest of those whose facts hold on this rank counts.
-        facts = {"last": last in stages, "moe": any(moe_layers(model, *partition[st]) for st in stages),
-                 "recomputes": any(recomputed[st] for st in stages),
-                 "keeps": any(recomputed[st] < partition[st][1] - partition[st][0] for st in stages)}
-        temporaries = [0.0] + [t.bytes for t in temporary_terms_ if t.holds(facts)]
+        scales = seq_chunk_scales(c, self.bounds, layout, rank) if self.bounds else (1.0, 1.0)
+        fp8_cache_bytes = (self.fp8_cache * sum(local_params_of(c, *_rank_block_params(model, self.part_key, stages)))
+                           if self.fp8_cache else 0.0)
+        params = (local_params * (w_b + copy_b) + local_experts * (expert_bytes[0] + expert_bytes[3]) + param_buffer
+                  + fp8_cache_bytes)
         grads = local_params * g_b + local_experts * expert_bytes[1] + grad_buffer
-        if layout == "torch" and c.num_microbatches == 1:
-            # The gradients come into existence during the only backward while the activations go: the peak is at
-            # the loss without them, or at the end of the backward with them and without the activations.
-            if activations + max(temporaries) >= grads:
-                grads = 0.0
-            else:
-                activations, temporaries = 0.0, [0.0]
+        optimizer = local_params * o_b + local_experts * expert_bytes[2]
+        host = (local_params * host_state_bytes_per_param(c, layout)
+                + local_experts * host_state_bytes_per_param(c, layout, experts=True)) if c.offloads else 0.0
         # Under an uneven seq1f1b split the per-chunk buffers and temporaries are the longest chunk's.
-        other = (fixed + (temp_scale - 1.0) * p2p_buffer_bytes(model, c) + temp_scale * max(temporaries)
-                 + kv_grads * sum(partition[st][1] - partition[st][0] for st in stages))
-        if fp8_cache:
-            fp8_cache_bytes = fp8_cache * sum(local_params_of(c, *_rank_block_params(model, part_key, stages)))
-        else:
-            fp8_cache_bytes = 0.0
-        entry = {"params": local_params * (w_b + copy_b) + local_experts * (expert_bytes[0] + expert_bytes[3])
-                 + param_buffer + fp8_cache_bytes, "grads": grads,
-                 "optimizer": local_params * o_b + local_experts * expert_bytes[2], "activations": activations,
-                 "other": other}
-        entry["total"] = sum(entry.values())
-        if c.offloads:
-            entry["host"] = (local_params * host_state_bytes_per_param(c, layout)
-                             + local_experts * host_state_bytes_per_param(c, layout, experts=True) + host_activations)
-        out.append(entry)
-    return out
+        other = (self.fixed + (scales[1] - 1.0) * self.p2p,
+                 self.kv_grads * sum(partition[st][1] - partition[st][0] for st in stages))
+        last = len(partition) - 1 in stages
+        moe = any(moe_layers(model, *partition[st]) for st in stages)
+        self._ranks[rank] = (copies, stages, params, grads, optimizer, host, scales, other, last, moe)
+        return self._ranks[rank]
+
+    def _largest_temporary(self, facts: tuple[bool, bool, bool, bool]) -> float:
+        """The largest temporary (0 if none) whose facts hold on a rank with `facts` (TEMPORARY_FACTS' order)."""
+        if facts not in self._temporary:
+            named = dict(zip(TEMPORARY_FACTS, facts))
+            self._temporary[facts] = max([0.0] + [t.bytes for t in self.temporaries if t.holds(named)])
+        return self._temporary[facts]
+
+    def of(self, recomputed: Sequence[int], ranks: Sequence[int] | None = None) -> list[dict]:
+        """`stage_memory`'s entries of pipeline `ranks` (default all) with `recomputed[s]` recomputed layers in
+        model stage s (`recomputed_layers`' reading of the counts)."""
+        c, partition, inflight, layout = self.c, self.partition, self.inflight, self.layout
+        out = []
+        for rank in (range(c.pp) if ranks is None else ranks):
+            copies, stages, params, grads, optimizer, host, (act_scale, temp_scale), other, last, moe = self._rank(rank)
+            activations = host_activations = 0.0
+            recomputes = keeps = False
+            for copy, st in zip(copies, stages):
+                first, end = partition[st]
+                recomputes = recomputes or recomputed[st] > 0
+                keeps = keeps or recomputed[st] < end - first
+                layers = self._blocks_bytes(first, end, recomputed[st])
+                if c.offload_activations:  # each block's saved activations go to the host
+                    host_activations += activation_copy_bytes(c, layers) * inflight[copy] * act_scale
+                    layers = 0.0
+                per_mb = ((layers + (self.embed_act if st == 0 else 0.0)
+                           + (self.head_act + self.mtp_act if st == len(partition) - 1 else 0.0)) * act_scale
+                          + (self.kv_cache * (end - first - recomputed[st]) + self.kv_recomputed * recomputed[st])
+                          * (act_scale if layout == "megatron" else 1.0))
+                activations += per_mb * inflight[copy]
+            # Temporaries that exist one at a time: the largest of those whose facts hold on this rank counts.
+            temporary = self._largest_temporary((last, moe, recomputes, keeps))
+            if layout == "torch" and c.num_microbatches == 1:
+                # The gradients come into existence during the only backward while the activations go: the peak is
+                # at the loss without them, or at the end of the backward with them and without the activations.
+                if activations + temporary >= grads:
+                    grads = 0.0
+                else:
+                    activations, temporary = 0.0, 0.0
+            entry = {"params": params, "grads": grads, "optimizer": optimizer, "activations": activations,
+                     "other": other[0] + temp_scale * temporary + other[1]}
+            entry["total"] = sum(entry.values())
+            if c.offloads:
+                entry["host"] = host + host_activations
+            out.append(entry)
+        return out

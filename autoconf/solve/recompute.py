@@ -29,8 +29,7 @@ from __future__ import annotations
 import dataclasses
 
 from autoconf.cost.estimate import Execution, schedule_inflight
-from autoconf.cost.memory import stage_memory
-from autoconf.solve.space import replaced
+from autoconf.cost.memory import RankMemory
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.model import ModelSpec
@@ -87,13 +86,13 @@ def fewest_counts(model: ModelSpec, cluster: ClusterProfile, config: ParallelCon
                 total -= counts[s]
         return tuple(counts)
 
+    memory = RankMemory(model, cluster, c, partition, owner, inflight, execution.memory_layout,
+                        selective_policy(c, execution), execution)
+
     def fits(totals: dict[int, int]) -> dict[int, bool]:
         """Whether each rank of `totals` fits with that many recomputed layers (its memory reads its own only)."""
-        trial = replaced(c, recompute_layers=counts_of(totals))
         ranks = list(totals)
-        memory = stage_memory(model, cluster, trial, partition, owner, inflight, execution.memory_layout, ranks,
-                              selective_policy(c, execution), execution=execution)
-        return {r: m["total"] <= limit for r, m in zip(ranks, memory)}
+        return {r: m["total"] <= limit for r, m in zip(ranks, memory.of(counts_of(totals), ranks))}
 
     chosen = {r: 0 for r, ok in fits({r: 0 for r in order}).items() if ok}
     if len(chosen) == len(order):
