@@ -75,7 +75,9 @@ def test_cp_rules_name_what_would_work():
     base = dict(tp=1, pp=1, dp=1, micro_batch_size=1, global_batch_size=4, dtype="fp32")
     problems = ParallelConfig(cp=3, seq_len=64, **base).problems(model, 3)
     assert problems == ["cp 3 needs seq_len 64 divisible by 2 x cp = 6 (each rank holds one head and one tail "
-                        "chunk of the causal sequence; use cp in 1, 2, 4, 8, 16, 32)"]
+                        "chunk of the causal sequence; use cp in 1)"]  # (only those that divide the 3 devices)
+    problems = ParallelConfig(cp=3, seq_len=64, **base).problems(model)
+    assert problems[0].endswith("use cp in 1, 2, 4, 8, 16, 32)")  # (no devices given: every degree that splits)
     assert ParallelConfig(cp=4, seq_len=64, **base).problems(model, 4) == []
     sp = ParallelConfig(cp=4, seq_len=32, sequence_parallel=True, **{**base, "tp": 16})
     assert any("sequence_parallel needs tp 16 to divide the 32 / cp 4 tokens" in p for p in sp.problems(model))

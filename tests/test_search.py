@@ -421,3 +421,18 @@ def test_the_memory_check_before_simulating_changes_no_plan(monkeypatch):
     assert [p.to_dict() for p in checked.plans] == [p.to_dict() for p in unchecked.plans] and checked.plans
     assert checked.stats["simulated"] < unchecked.stats["simulated"]
 
+
+
+@pytest.mark.parametrize("name, world, seq_len", [("llama3-8b", 8, 4097), ("llama3.1-8b", 16, 65535),
+                                                  ("llama3.1-8b", 16, 32768), ("mixtral-8x7b", 16, 4095),
+                                                  ("tiny-llama", 4, 96)])
+def test_every_candidate_of_the_space_is_a_legal_layout(name, world, seq_len):
+    """The search's space yields only layouts `ParallelConfig.problems` accepts, so the walk never stops on one it
+    generated: a sequence length tp does not divide keeps its sequence-parallel layouts out (they stopped the
+    whole plan with a line about a layout the user never asked for), as do cp degrees that cannot split it."""
+    model = PRESETS[name]
+    seen = 0
+    for config in candidates(model, world, 8, 64, seq_len, "bf16", selective_policies=(None, "alternate_matmuls")):
+        assert config.problems(model, world) == [], (config.label(), config.problems(model, world))
+        seen += 1
+    assert seen

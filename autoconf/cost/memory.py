@@ -890,9 +890,12 @@ class RankMemory:
         return self._shapes[key]
 
     def _buffer_bytes(self, st: int) -> tuple[float, float]:
-        key = (root_unit_params(self.model, self.c, self.partition, st), self.partition[st][1] - self.partition[st][0])
+        # A stage's root unit is its embedding, head and MTP embedding copy: it depends on its place only.
+        first, end = self.partition[st]
+        key = (st == 0, st == len(self.partition) - 1, end - first)
         if key not in self._buffer_shapes:
-            self._buffer_shapes[key] = unsharded_buffer_bytes(self.model, self.c, self.layout, *key)
+            self._buffer_shapes[key] = unsharded_buffer_bytes(
+                self.model, self.c, self.layout, root_unit_params(self.model, self.c, self.partition, st), end - first)
         return self._buffer_shapes[key]
 
     def _rank(self, rank: int) -> tuple:

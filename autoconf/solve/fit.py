@@ -32,11 +32,12 @@ def _steps(config) -> list[tuple[str, dict]]:
 
 
 def smallest_fitting_change(model, cluster, config, execution: Execution = Execution()) -> str | None:
-    """The first change of `_steps` under which the layout is predicted to fit and stays legal, as the flags that
-    make it (e.g. '--recompute selective'); None when none does."""
+    """The first change of `_steps` under which the layout is predicted to fit and stays legal (also for the
+    framework: `Execution.problem`), as the flags that make it (e.g. '--recompute selective'); None when none
+    does."""
     for label, changes in _steps(config):
         changed = with_changes(config, **changes)
-        if changed.problems(model, cluster.world_size) or unsupported_reason(changed):
+        if changed.problems(model, cluster.world_size) or unsupported_reason(changed) or execution.problem(changed):
             continue
         if estimate(model, cluster, changed, execution=execution, detail=False).prediction["fits"]:
             return label

@@ -1021,7 +1021,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         if any(k in fixed and fixed[k] != v for k, v in changes.items()):
             continue
         changed = with_changes(config, **changes)
-        if changed.problems(model, cluster.world_size) or unsupported_reason(changed):
+        if changed.problems(model, cluster.world_size) or unsupported_reason(changed) or execution.problem(changed):
             continue
         if estimate(model, cluster, changed, execution=execution, detail=False).prediction["fits"]:
             return message + f"; it fits with {label}"
@@ -1029,9 +1029,9 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         bigger = cluster.resized(nodes=cluster.nodes * factor)
         cache = _BoundCache(model, bigger, execution)
         for config in candidates(model, bigger.world_size, bigger.gpus_per_node, global_batch, seq_len, dtype,
-                                 attention, fixed, tp_cp_domain=tp_cp_domain(bigger)):
-            if unsupported_reason(config) or any(bound(config) > bigger.usable_memory_bytes
-                                                 for bound in (cache.state_bound, cache.memory_bound)):
+                                 attention, fixed, execution.zero_searched, tp_cp_domain=tp_cp_domain(bigger)):
+            if unsupported_reason(config) or execution.problem(config) or any(
+                    bound(config) > bigger.usable_memory_bytes for bound in (cache.state_bound, cache.memory_bound)):
                 continue
             if estimate(model, bigger, config, execution=execution, detail=False).prediction["fits"]:
                 return message + (f"; the smallest change that fits: {bigger.nodes} nodes "

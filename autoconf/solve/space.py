@@ -24,7 +24,8 @@ from autoconf.errors import UserError
 from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.frameworks import SELECTIVE_RECOMPUTE
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import CP_COMM, GRAD_REDUCE, OFFLOADS, SEQ_SPLITS, ParallelConfig, max_pipeline_stages
+from autoconf.spec.plan import (CP_COMM, GRAD_REDUCE, OFFLOADS, SEQ_SPLITS, ParallelConfig, max_pipeline_stages,
+                                 sequence_parallel_problem)
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 FIXABLE = ("tp", "pp", "dp", "cp", "vpp", "micro_batch_size", "schedule", "zero_stage", "recompute",
@@ -175,14 +176,16 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                                                          model, pp, per_replica // mb, fixed)
                                                      for k in _seq_chunk_choices(s, seq_len, cp, attention, fixed)
                                                      for x in _seq_split_choices(k, fixed)):
-                    for zero in choices("zero_stage", list(zero_stages) if dp * cp > 1 else [0]):
+                    # (Without data parallelism the stage is moot: one candidate, at a stage the framework runs.)
+                    moot = [0] if 0 in zero_stages else [min(zero_stages)]
+                    for zero in choices("zero_stage", list(zero_stages) if dp * cp > 1 else moot):
                         if fixed.get("offload_optimizer") is True and not (zero >= 1 and dp * cp > 1):
                             continue  # CPUOffloadPolicy needs FSDP
                         for recompute, policy in ((r, p) for r in choices("recompute", ["none", "selective", "full"])
                                                   for p in policies(r)):
                             for sp in choices("sequence_parallel", [False, True] if tp > 1 else [False]):
-                                if sp and chunks > 1 and (seq_len // chunks) % tp:
-                                    continue  # a chunk's tokens must split over the TP ranks
+                                if sp and sequence_parallel_problem(seq_len, tp, cp, chunks):
+                                    continue  # a rank's tokens (of each chunk) must split over the TP ranks
                                 for reduce, cp_comm, (ep, etp) in itertools.product(
                                         choices("grad_reduce", _grad_reduce_choices(pp, dp * cp, per_replica // mb,
                                                                                     schedule, zero)),

@@ -390,22 +390,31 @@ class Execution:
             flags = {**flags, "selective_policies": (policy,)}  # the framework runs the policy it is told to
         return dataclasses.replace(self, **flags)
 
-    def check(self, config) -> None:
-        """Raises UserError when this framework cannot run `config` (a ZeRO stage it does not have; a precision
-        recipe whose cached activations its memory layout does not describe)."""
+    def problem(self, config) -> str | None:
+        """What this framework cannot run of `config`, in one line (a ZeRO stage it does not have; a selective
+        policy it does not run; a precision recipe whose cached activations its memory layout does not describe),
+        or None. The one rule `check`, the search and the fitting advice read."""
         if precision(config.dtype).cached and self.memory_layout != "megatron":
-            raise UserError(f"dtype {config.dtype} caches activations in its own dtypes, which only the megatron "
-                            f"memory layout describes; use a framework with it (megatron, megatron-core)")
+            return (f"dtype {config.dtype} caches activations in its own dtypes, which only the megatron memory "
+                    f"layout describes; use a framework with it (megatron, megatron-core)")
         if config.zero_stage not in self.zero_stages:
-            able = [n for n, e in PRESETS.items() if config.zero_stage in e.zero_stages]
-            raise UserError(f"framework {self.name!r} runs ZeRO stages {', '.join(map(str, self.zero_stages))}, not "
-                            f"{config.zero_stage}; pick one of those or a framework that runs it "
-                            f"({', '.join(able) or 'none'})")
+            able = [n for n, e in PRESETS.items() if config.zero_stage in e.zero_stages and n != self.name]
+            return (f"framework {self.name!r} runs ZeRO stages {', '.join(map(str, self.zero_stages))}, not "
+                    f"{config.zero_stage}; pick one of those or a framework that runs it ({', '.join(able) or 'none'})")
         policy = config.selective_recompute
         if config.recompute == "selective" and policy is not None and policy not in self.selective_policies:
-            raise UserError(f"framework {self.name!r} runs selective recompute as "
-                            f"{' or '.join(self.selective_policies)}, not {policy}; drop selective_recompute or "
-                            f"use a framework that runs it (autoconf runs {' and '.join(EXECUTOR_SELECTIVE)})")
+            able = [n for n, e in PRESETS.items() if policy in e.selective_policies and n != self.name]
+            return (f"framework {self.name!r} runs selective recompute as {' or '.join(self.selective_policies)}, "
+                    f"not {policy}; drop selective_recompute, or run it with --framework-flag "
+                    f"selective_recompute={policy}" + (f" or a framework that runs it ({', '.join(able)})"
+                                                       if able else ""))
+        return None
+
+    def check(self, config) -> None:
+        """Raises UserError with `problem`'s line when this framework cannot run `config`."""
+        problem = self.problem(config)
+        if problem:
+            raise UserError(problem)
 
     def buckets(self, params: float, layers: int, pipeline_rank: int, dp: int) -> int:
         """How many gradient (and parameter-gather) buckets a stage of `params` parameters per TP rank and `layers`

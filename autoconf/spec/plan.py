@@ -273,12 +273,13 @@ class ParallelConfig:
         if self.cp > 1 and self.attention != "flash":
             out.append(f"cp {self.cp} needs attention flash (context-parallel attention is blockwise); use cp 1 for "
                        f"attention {self.attention}")
-        split = cp_split_problem(self.seq_len, self.cp)
+        split = cp_split_problem(self.seq_len, self.cp, world_size)
         if split:
             out.append(split)
-        if self.sequence_parallel and (self.seq_len % self.cp or (self.seq_len // self.cp) % self.tp):
-            out.append(f"sequence_parallel needs tp {self.tp} to divide the {self.seq_len} / cp {self.cp} tokens "
-                       f"of each rank's sequence share")
+        chunks = self.seq_chunks if self.seq_len % self.seq_chunks == 0 else 1  # (else a seq_chunks problem)
+        sp_split = self.sequence_parallel and sequence_parallel_problem(self.seq_len, self.tp, self.cp, chunks)
+        if sp_split:
+            out.append(sp_split)
         out += self.seq_chunk_problems()
         if not out and self.schedule in SCHEDULES:
             problem = schedule_spec(self.schedule).problem(self.pp, self.vpp, self.num_microbatches)
@@ -288,8 +289,8 @@ class ParallelConfig:
 
     def seq_chunk_problems(self) -> list[str]:
         """The sequence-chunk rules: seq_chunks > 1 only under a schedule that splits sequences (seq1f1b), with
-        seq_len divisible by seq_chunks (the mean chunk the costs are read at; and a chunk by tp under sequence
-        parallelism), a known `seq_split`, with flash attention
+        seq_len divisible by seq_chunks (the mean chunk the costs are read at; a chunk's tokens over tp under
+        sequence parallelism is `sequence_parallel_problem`'s), a known `seq_split`, with flash attention
         (a chunk's scores against the earlier chunks' keys are not modelled for standard attention) and without
         context parallelism (not modelled together)."""
         k = self.seq_chunks
@@ -303,9 +304,6 @@ class ParallelConfig:
         if self.seq_len % k:
             out.append(f"seq_chunks {k} does not divide seq_len {self.seq_len} (use seq_chunks in "
                        f"{_divisors(self.seq_len, 64)})")
-        elif self.sequence_parallel and (self.seq_len // k) % self.tp:
-            out.append(f"sequence_parallel needs tp {self.tp} to divide each of the seq_chunks {k} chunks' "
-                       f"{self.seq_len // k} tokens")
         if self.attention != "flash":
             out.append(f"seq_chunks {k} needs attention flash (the chunks' attention to earlier chunks' keys is "
                        f"modelled for flash attention only)")
@@ -396,6 +394,18 @@ def cp_split_problem(seq_len: int, cp: int, devices: int | None = None) -> str |
     if cp > 1 and seq_len % (2 * cp):
         return (f"cp {cp} needs seq_len {seq_len} divisible by 2 x cp = {2 * cp} (each rank holds one head and one "
                 f"tail chunk of the causal sequence; use cp in {_cp_divisors(seq_len, devices)})")
+    return None
+
+
+def sequence_parallel_problem(seq_len: int, tp: int, cp: int = 1, chunks: int = 1) -> str | None:
+    """Why sequence parallelism cannot split a rank's tokens of each sequence over its `tp` ranks: the seq_len / cp
+    tokens of its share, and of each of seq1f1b's `chunks` chunks; None when it can. The one rule the config's
+    problems and the search's candidates read."""
+    if seq_len % cp or (seq_len // cp) % tp:
+        return (f"sequence_parallel needs tp {tp} to divide the {seq_len} / cp {cp} tokens of each rank's sequence "
+                f"share")
+    if chunks > 1 and (seq_len // chunks) % tp:
+        return f"sequence_parallel needs tp {tp} to divide each of the seq_chunks {chunks} chunks' {seq_len // chunks} tokens"
     return None
 
 
