@@ -405,6 +405,9 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
     console.print(f"searched {s['candidates']} candidates: {s['pruned_memory']} pruned by memory, "
                   f"{s['pruned_time']} by time bound, {s['simulated']} simulated, {s['unlaunchable']} not "
                   f"launchable; {s['seconds']:.2f} s")
+    if best.prediction.get("launchable") is False:
+        console.print(f"#1 is not launchable by autoconf's executor: {best.prediction['not_launchable_reason']} "
+                      f"(--explain writes the Megatron-LM and torchtitan exports, not autoconf's launch scripts)")
     if tokens is not None:
         t = best.prediction["training"]
         cost = "" if t["cost"] is None else f", {t['cost']:,.0f} USD at {t['usd_per_gpu_hour']:g} USD/GPU-hour"

@@ -170,6 +170,23 @@ def test_fitting_advice_and_the_search_keep_to_the_frameworks_zero_stages():
     assert json.loads(planned.output)["plans"][0]["config"]["zero_stage"] == 3
 
 
+def test_a_plan_the_executor_refuses_says_so_and_gets_no_launch_scripts(tmp_path):
+    """A pinned layout the executor cannot run for this model (seq1f1b with an MoE model) is planned and said to be
+    not launchable in one line, and --explain writes the other frameworks' exports but none of autoconf's launch
+    scripts, which `launch` would refuse."""
+    out = tmp_path / "explain"
+    result = run_cli(["plan", "--model", "mixtral-8x7b", "--cluster", "dgx-h100-80g", "--nodes", "2",
+                      "--global-batch", "64", "--seq-len", "4096", "--fix", "schedule=seq1f1b", "--top", "1",
+                      "--explain", out])
+    assert result.exit_code == 0, result.output
+    assert "#1 is not launchable by autoconf's executor: schedule seq1f1b" in result.output
+    written = {p.name for p in out.iterdir()}
+    assert {"megatron_args.txt", "torchtitan_config.py", "plan.json"} <= written
+    assert not written & {"launch.sh", "slurm.sbatch", "pytorchjob.yaml"} and not any(
+        n.startswith("torchrun_node") for n in written), written
+    assert json.loads((out / "plan.json").read_text())["prediction"]["launchable"] is False
+
+
 def test_plan_that_fits_nowhere_names_a_layout_that_fits_on_more_nodes():
     """A sequence too long for one node gets one line naming the node count and a layout that fits there, with its
     context-parallel degree (the line named tp, pp and dp only, so the layout it suggested read as one rank): planned

@@ -24,6 +24,7 @@ from autoconf.report.upstream import MEGATRON_TARGET
 from autoconf.spec.frameworks import plan_execution, selective_policy
 from autoconf.spec.plan import Plan, node_blocks, recomputed_layers
 from autoconf.spec.schedules import schedule_spec
+from autoconf.spec.support import unsupported_reason
 
 # More nodes than this get one torchrun script that takes the node rank as $1 instead of one script per node.
 MAX_NODE_SCRIPTS = 8
@@ -436,16 +437,20 @@ EXPORT_GLOBS = ("launch.sh", "torchrun_node*.sh", "slurm.sbatch", "pytorchjob.ya
 
 
 def export_texts(plan: Plan, plan_path: str | Path | None) -> dict[str, str]:
-    """File name -> text of every export (each name matches one of EXPORT_GLOBS)."""
+    """File name -> text of every export (each name matches one of EXPORT_GLOBS). The scripts that run `autoconf
+    launch` (launch.sh, torchrun, SLURM, PyTorchJob) only for a plan the executor runs (`unsupported_reason`):
+    for another, `launch` would refuse, and the other frameworks' exports are what there is to run."""
     nodes, _ = _nodes(plan)
-    files = {"launch.sh": launch_script(plan, plan_path)}
-    if nodes <= MAX_NODE_SCRIPTS:
-        for i in range(nodes):
-            files[f"torchrun_node{i}.sh"] = torchrun_script(plan, plan_path, i)
-    else:
-        files["torchrun_node.sh"] = torchrun_script(plan, plan_path, None)
-    files["slurm.sbatch"] = slurm_script(plan, plan_path)
-    files["pytorchjob.yaml"] = pytorchjob(plan, plan_path)
+    files = {}
+    if unsupported_reason(plan.config, plan.model) is None:
+        files["launch.sh"] = launch_script(plan, plan_path)
+        if nodes <= MAX_NODE_SCRIPTS:
+            for i in range(nodes):
+                files[f"torchrun_node{i}.sh"] = torchrun_script(plan, plan_path, i)
+        else:
+            files["torchrun_node.sh"] = torchrun_script(plan, plan_path, None)
+        files["slurm.sbatch"] = slurm_script(plan, plan_path)
+        files["pytorchjob.yaml"] = pytorchjob(plan, plan_path)
     files["megatron_args.txt"] = megatron_args(plan)
     files[f"{TORCHTITAN_MODULE}.py"] = torchtitan_config(plan)
     return files

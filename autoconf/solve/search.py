@@ -786,8 +786,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
              "pruned_time": pruned_time, "simulated": simulated, "feasible": len(ranked),
              "seconds": round(time.perf_counter() - start, 3),
              "search_seconds": round(search_seconds, 3), **({"offload_candidates": twins} if twins else {})}
-    for plan in ranked:
-        plan.prediction["launchable"] = unsupported_reason(plan.config, model) is None
+    for plan in ranked:  # (`estimate` marks those the executor refuses, with the reason)
+        plan.prediction.setdefault("launchable", True)
     if ranked and ranked[0].config.recompute_layers is not None:
         ranked[0].prediction["recompute_per_stage"] = every_layer_comparison(model, cluster, ranked[0], execution)
     return SearchResult(ranked, stats, closest if not ranked else None)
