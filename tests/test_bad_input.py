@@ -187,6 +187,19 @@ def test_a_plan_the_executor_refuses_says_so_and_gets_no_launch_scripts(tmp_path
     assert json.loads((out / "plan.json").read_text())["prediction"]["launchable"] is False
 
 
+def test_another_frameworks_precision_recipe_is_planned_and_marked_not_launchable():
+    """--dtype fp8-deepseek (DeepSeek's recipe, which the executor does not run) is the user's choice, like a pinned
+    schedule: the search costs its layouts and marks them not launchable (every layout was refused before, so the
+    dtype `plan --help` offers could never be planned)."""
+    result = run_cli(["plan", "--model", "mixtral-8x7b", "--cluster", "dgx-h100-80g", "--nodes", "2",
+                      "--global-batch", "64", "--seq-len", "4096", "--framework", "deepseek", "--dtype",
+                      "fp8-deepseek", "--top", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    best = json.loads(result.output)["plans"][0]
+    assert best["config"]["dtype"] == "fp8-deepseek" and best["prediction"]["launchable"] is False
+    assert "fp8-deepseek" in best["prediction"]["not_launchable_reason"]
+
+
 def test_plan_that_fits_nowhere_names_a_layout_that_fits_on_more_nodes():
     """A sequence too long for one node gets one line naming the node count and a layout that fits there, with its
     context-parallel degree (the line named tp, pp and dp only, so the layout it suggested read as one rank): planned

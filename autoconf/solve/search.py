@@ -573,8 +573,11 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     # are offloaded (their copies shrink with recompute): there every member counts.
     relaxed = per_stage and not fixed.get("offload_activations")
     families: dict[tuple, list] = {}  # family fields -> [bound, [(order, config) of its launchable members]]
-    # A pinned schedule the executor does not run (dualpipe) is costed all the same, its plans marked not launchable.
-    pinned_unrun = schedule_spec(fixed["schedule"]).executor_note if "schedule" in fixed else None
+    # What the user chose and the executor does not run, a pinned schedule (dualpipe) or a precision recipe of
+    # another framework (--dtype fp8-deepseek), is costed all the same, its plans marked not launchable.
+    chosen_unrun = {schedule_spec(fixed["schedule"]).executor_note if "schedule" in fixed else None,
+                    unsupported_reason(ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=1, global_batch_size=1,
+                                                      seq_len=seq_len, dtype=fixed.get("dtype", dtype)))} - {None}
 
     def bound_of_fields(config: ParallelConfig) -> float:
         """The time bound a candidate enters the walk with (shared by the twins it does not read)."""
@@ -600,7 +603,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         if not relaxed or config.recompute == "none":  # (launchable or not: the bound reads neither)
             family[0] = min(family[0], bound_of_fields(config))
         reason = unsupported_reason(config) if launchable_only else None
-        if reason and reason != pinned_unrun:
+        if reason and reason not in chosen_unrun:
             unlaunchable += 1
             refused = refused or reason
             continue
