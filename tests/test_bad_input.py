@@ -200,6 +200,22 @@ def test_another_frameworks_precision_recipe_is_planned_and_marked_not_launchabl
     assert "fp8-deepseek" in best["prediction"]["not_launchable_reason"]
 
 
+@pytest.mark.parametrize("pins, needles", [
+    (["vpp=2", "schedule=1f1b"], ["--fix vpp=2 cannot be taken together with --fix schedule=1f1b",
+                                  "1f1b needs vpp == 1"]),
+    (["offload_optimizer=true", "zero=0"], ["cannot be taken together", "needs FSDP sharding"]),
+    (["schedule=seq1f1b", "seq_chunks=3"], ["cannot be taken together", "seq_chunks 3 does not divide seq_len"]),
+])
+def test_pins_that_conflict_are_named_with_the_rule_they_break(pins, needles):
+    """Pins that no layout can honour together get one line naming them and the rule broken (it blamed the global
+    batch, which divides)."""
+    args = ["plan", "--model", "llama3-8b", "--cluster", "dgx-h100-80g", "--nodes", "1", "--global-batch", "64",
+            "--seq-len", "4096"] + [a for pin in pins for a in ("--fix", pin)]
+    result = run_cli(args)
+    assert_one_clear_error(result, *needles)
+    assert "global batch" not in result.output
+
+
 def test_plan_that_fits_nowhere_names_a_layout_that_fits_on_more_nodes():
     """A sequence too long for one node gets one line naming the node count and a layout that fits there, with its
     context-parallel degree (the line named tp, pp and dp only, so the layout it suggested read as one rank): planned

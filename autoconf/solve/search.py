@@ -612,7 +612,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     if not launchable:
         if refused:
             raise UserError(f"every legal layout is one the executor cannot run: {refused}")
-        raise UserError(_no_candidate_message(model, cluster, global_batch, seq_len, fixed))
+        raise UserError(_no_candidate_message(model, cluster, global_batch, seq_len, fixed, dtype, attention,
+                                              execution))
     # A family enters the walk with its bound, the shared part of its members' keys (a proper prefix: smaller than
     # each of them) and its first member's order, so it leaves the heap before any of its members would have: the
     # walk pops the candidates in the same order as if every one had been in the heap from the start.
@@ -976,15 +977,18 @@ _DEVICE_DEGREES = ("tp", "pp", "dp", "cp", "ep", "etp")  # each a divisor of the
 
 
 def _no_candidate_message(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int,
-                          fixed: dict) -> str:
+                          fixed: dict, dtype: str = "bf16", attention: str = "flash",
+                          execution: Execution = Execution()) -> str:
     """Why no layout honours `fixed`: a pinned degree that cannot divide the devices, named with the degrees that
-    can; a pinned cp that cannot split the sequence (`cp_split_problem`); else the pins and the global batch to
+    can (cp: those that also split the sequence); a pinned cp that cannot split the sequence (`cp_split_problem`);
+    a pin that no layout honouring the others can take (`_conflicting_pin`); else the pins and the global batch to
     change."""
     world = cluster.world_size
     pinned = {k: v for k, v in normalise_fixed(fixed).items() if k in _DEVICE_DEGREES and isinstance(v, int)}
     for name, value in pinned.items():
         if world % value:
-            usable = ", ".join(str(d) for d in range(1, world + 1) if world % d == 0)
+            usable = ", ".join(str(d) for d in range(1, world + 1)
+                               if world % d == 0 and (name != "cp" or not cp_split_problem(seq_len, d)))
             return f"--fix {name}={value}: {name} must divide the {world} devices (use {name} in {usable})"
     product = math.prod(pinned.get(k, 1) for k in ("tp", "pp", "dp", "cp"))
     if world % product:
@@ -993,12 +997,53 @@ def _no_candidate_message(model: ModelSpec, cluster: ClusterProfile, global_batc
     split = cp_split_problem(seq_len, pinned.get("cp", 1), world)
     if split:
         return f"--fix cp={pinned['cp']}: {split}"
+    conflict = _conflicting_pin(model, cluster, global_batch, seq_len, normalise_fixed(fixed), dtype, attention,
+                                execution)
+    if conflict:
+        return conflict
     hints = []
     if fixed:
         hints.append("drop or change --fix " + " ".join(f"{k}={v}" for k, v in fixed.items()))
     hints.append(f"use a global batch divisible by the data-parallel degrees the {cluster.world_size} devices allow")
     return (f"no legal layout of {model.name} on {cluster.world_size} devices with global batch {global_batch}"
             + (f" and {fixed}" if fixed else "") + "; " + "; or ".join(hints))
+
+
+def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, fixed: dict,
+                     dtype: str, attention: str, execution: Execution) -> str | None:
+    """The first pin that no layout honouring the other pins can take, with the rule it breaks: the first such
+    layout with the pin put back, and what `ParallelConfig.problems` (or the executor, or the framework) says of
+    it. None when every pin alone is to blame for nothing (then the batch or several pins together are)."""
+    if len(fixed) < 2:
+        return None
+    world = cluster.world_size
+    for key, value in fixed.items():
+        rest = {k: v for k, v in fixed.items() if k != key}
+        try:
+            witness = next(iter(candidates(model, world, cluster.gpus_per_node, global_batch, seq_len, dtype,
+                                           attention, rest, execution.zero_searched,
+                                           tp_cp_domain=tp_cp_domain(cluster))), None)
+        except UserError:
+            continue
+        if witness is None:
+            continue
+        others = " ".join(f"{k}={v}" for k, v in rest.items())
+        changes = {key: value}
+        if key in ("tp", "pp", "cp") and "dp" not in fixed:  # the data-parallel degree fills the devices again
+            rest_degrees = math.prod(value if k == key else getattr(witness, k) for k in ("tp", "pp", "cp"))
+            if world % rest_degrees:
+                continue
+            changes["dp"] = world // rest_degrees
+        try:
+            probe = dataclasses.replace(witness, **changes)
+        except (TypeError, ValueError):
+            return f"--fix {key}={value} cannot be taken together with --fix {others}; drop or change one of them"
+        why = (probe.problems(model, world) or [unsupported_reason(probe, model) or execution.problem(probe)])[0]
+        if why and "global batch" in why:
+            return None  # the batch is to blame: the caller's line says so
+        return (f"--fix {key}={value} cannot be taken together with --fix {others}"
+                + (f": {why}" if why else "; drop or change one of them"))
+    return None
 
 
 def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: SearchResult, global_batch: int,
