@@ -66,6 +66,15 @@ def default_dtype(cluster) -> str:
     return "fp32" if cluster.device.kind == "cpu" else "bf16"
 
 
+def chosen_dtype(fixed: dict, dtype: str | None, cluster) -> str:
+    """The dtype a search plans in: --dtype or --fix dtype (taken out of `fixed`; one line when the two disagree),
+    else the cluster's default."""
+    pinned = fixed.pop("dtype", None)
+    if dtype and pinned and pinned != dtype:
+        raise UserError(f"--dtype {dtype} and --fix dtype={pinned} disagree; give one of them")
+    return pinned or dtype or default_dtype(cluster)
+
+
 def parse_fix(values: tuple[str, ...]) -> dict:
     """--fix KEY=VALUE pairs into typed config fields."""
     from autoconf.solve.space import ALIASES, FIXABLE, parse_fix_value
@@ -76,7 +85,10 @@ def parse_fix(values: tuple[str, ...]) -> dict:
             raise UserError(f"--fix {item!r} must look like KEY=VALUE, e.g. --fix tp=8 (keys: {', '.join(FIXABLE)})")
         key, value = item.split("=", 1)
         key = key.strip().replace("-", "_")
-        fixed[ALIASES.get(key, key)] = parse_fix_value(key, value.strip())
+        name, parsed = ALIASES.get(key, key), parse_fix_value(key, value.strip())
+        if name in fixed and fixed[name] != parsed:
+            raise UserError(f"--fix {name} is given twice ({fixed[name]} and {parsed}); give it once")
+        fixed[name] = parsed
     return fixed
 
 
@@ -352,7 +364,7 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
     seq_len = default_seq_len(model) if seq_len is None else seq_len
     if seq_len < 1:
         raise UserError(f"--seq-len must be >= 1 (got {seq_len})")
-    dtype = fixed.pop("dtype", None) or dtype or default_dtype(cluster)
+    dtype = chosen_dtype(fixed, dtype, cluster)
     check_dtype(dtype, cluster.device.peak_flops, cluster.device.name)  # fp8 only where asked and where it runs
     if cluster.device.kind == "cpu" and dtype != "fp32":
         raise UserError(f"the bundled executor trains in fp32 on CPU ranks, so a {dtype} plan for {cluster.name} could "
@@ -518,7 +530,7 @@ def limits(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, 
             family = lim.family_of(model.name)
     cluster = load_cluster(cluster_arg, nodes, gpus_per_node)
     fixed = parse_fix(fix)
-    dtype = fixed.pop("dtype", None) or dtype or default_dtype(cluster)
+    dtype = chosen_dtype(fixed, dtype, cluster)
     planner = lim.Planner(cluster, global_batch, dtype, attention, fixed, frameworks.execution(framework))
     if out_dir is not None:
         from autoconf.files import check_new

@@ -146,6 +146,14 @@ def test_impossible_fix_in_plan():
     assert_one_clear_error(run_cli([*PLAN, "--fix", "tp"]))
 
 
+def test_a_pin_given_twice_or_against_its_flag_is_refused():
+    """`--fix tp=2 --fix tp=4` planned tp 4 and `--dtype bf16 --fix dtype=fp8` planned fp8, silently."""
+    assert_one_clear_error(run_cli([*PLAN, "--fix", "dp=2", "--fix", "dp=4"]), "--fix dp is given twice (2 and 4)")
+    args = ["plan", "--model", "llama3-8b", "--cluster", "dgx-h100-80g", "--global-batch", "64"]
+    assert_one_clear_error(run_cli([*args, "--dtype", "bf16", "--fix", "dtype=fp8"]),
+                           "--dtype bf16 and --fix dtype=fp8 disagree")
+
+
 def test_pinned_cp_that_cannot_split_the_sequence_in_plan():
     """A pinned cp whose 2 x cp chunks do not divide the sequence is named with the degrees that do and that divide
     the devices (it was a line about the global batch)."""
