@@ -66,6 +66,15 @@ def default_dtype(cluster) -> str:
     return "fp32" if cluster.device.kind == "cpu" else "bf16"
 
 
+def search_summary(s: dict) -> str:
+    """The search's counts in one line; each candidate and offloading twin it weighed is in exactly one of them."""
+    twins = f" and {s['offload_weighed']} offloading twins" if s.get("offload_weighed") else ""
+    same = f", {s['same_as_another']} the same as another" if s.get("same_as_another") else ""
+    return (f"searched {s['candidates']} candidates{twins}: {s['pruned_memory']} pruned by memory, "
+            f"{s['pruned_time']} by time bound, {s['simulated']} simulated, {s['unlaunchable']} not launchable"
+            f"{same}; {s['seconds']:.2f} s")
+
+
 def chosen_dtype(fixed: dict, dtype: str | None, cluster) -> str:
     """The dtype a search plans in: --dtype or --fix dtype (taken out of `fixed`; one line when the two disagree),
     else the cluster's default."""
@@ -414,9 +423,7 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
     s = result.stats
     title = f"{model.name} on {cluster.name} ({cluster.world_size} devices), global batch {global_batch}, seq {seq_len}"
     print_table(ranked_table(result.plans, title, wide=console.width >= 130), console)
-    console.print(f"searched {s['candidates']} candidates: {s['pruned_memory']} pruned by memory, "
-                  f"{s['pruned_time']} by time bound, {s['simulated']} simulated, {s['unlaunchable']} not "
-                  f"launchable; {s['seconds']:.2f} s")
+    console.print(search_summary(s))
     if best.prediction.get("launchable") is False:
         console.print(f"#1 is not launchable by autoconf's executor: {best.prediction['not_launchable_reason']} "
                       f"(--explain writes the Megatron-LM and torchtitan exports, not autoconf's launch scripts)")

@@ -436,3 +436,14 @@ def test_every_candidate_of_the_space_is_a_legal_layout(name, world, seq_len):
         assert config.problems(model, world) == [], (config.label(), config.problems(model, world))
         seen += 1
     assert seen
+
+
+@pytest.mark.parametrize("name, nodes, fixed", [("mixtral-8x7b", 2, {"ep": 8, "etp": 2}), ("llama3-8b", 1, {})])
+def test_the_search_counts_every_candidate_and_twin_once(name, nodes, fixed):
+    """The summary adds up: each candidate of the space and each offloading twin the second walk weighs is pruned by
+    memory or by time, simulated, refused by the executor, or the same as its twin without recompute, exactly once
+    (the pruned counts overran the candidates: twins the walk never built were counted by time)."""
+    s = search(PRESETS[name], load_cluster("dgx-h100-80g", nodes=nodes), 64, 4096, "bf16", fixed=fixed).stats
+    assert s.get("offload_weighed", 0) > 0
+    assert (s["candidates"] + s.get("offload_weighed", 0)
+            == s["pruned_memory"] + s["pruned_time"] + s["simulated"] + s["unlaunchable"] + s.get("same_as_another", 0))

@@ -641,6 +641,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     levers = _offload_levers(cluster, fixed)
     offloading = plans_offload(cluster)
     twins = 0  # offloading twins that joined the walk
+    weighed_twins = 0  # offloading twins of the parents that entered the second walk (`_candidates_of`)
+    same = 0  # recompute candidates whose fewest counts are none: their twin without recompute
 
     def does_not_fit(over: float, time_bound: float, key: tuple, config: ParallelConfig,
                      memory: Callable[[], dict], exact: bool = True,
@@ -716,7 +718,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         recomputed layers of pipeline rank 0 (solve/recompute.py: a rank's count reads its own memory only, so
         these are its final counts and a lower bound of the others), and goes back with the bound of those counts
         (RANK0_FITTED); then the fewest of every rank, and goes back with the bound of all its counts (FITTED)."""
-        nonlocal pruned_time, pruned_memory, twins
+        nonlocal pruned_time, pruned_memory, twins, weighed_twins, unlaunchable, same
+        weighed_twins += sum(_candidates_of(e) for e in heap if e[4] == OFFLOAD_PARENT)
         while heap:
             time_bound, key, order, config, fitted = heapq.heappop(heap)
             # Extrapolated times are at or above the full simulation, so the K-th best of them is at or above the
@@ -729,10 +732,14 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
                     heapq.heappush(heap, entry)
                 continue
             if fitted == OFFLOAD_PARENT:
+                skipped = {"time": 0, "memory": 0, "unlaunchable": 0}
                 for entry in _offload_twins(cache, launchable_only, (time_bound, key, order, config, fitted), limit,
-                                            -best[0][0] if len(best) >= top_k else math.inf, bound_of):
+                                            -best[0][0] if len(best) >= top_k else math.inf, bound_of, skipped):
                     heapq.heappush(heap, entry)
                     twins += 1
+                pruned_time += skipped["time"]
+                pruned_memory += skipped["memory"]
+                unlaunchable += skipped["unlaunchable"]
                 continue
             if config.grad_reduce != "step" and key[:-1] in fitting_once:
                 pruned_time += 1
@@ -758,6 +765,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
                                  functools.partial(max, memory, key=operator.itemgetter("total")))
                     continue
                 if counted.recompute == "none":
+                    same += 1
                     continue  # needs no recompute: the same layout as its twin without recompute
                 config = counted
                 tighter = cache.time_bound(config)
@@ -789,7 +797,9 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     stats = {"candidates": seen, "unlaunchable": unlaunchable, "pruned_memory": pruned_memory,
              "pruned_time": pruned_time, "simulated": simulated, "feasible": len(ranked),
              "seconds": round(time.perf_counter() - start, 3),
-             "search_seconds": round(search_seconds, 3), **({"offload_candidates": twins} if twins else {})}
+             "search_seconds": round(search_seconds, 3), **({"offload_candidates": twins} if twins else {}),
+             **({"offload_weighed": weighed_twins} if weighed_twins else {}),
+             **({"same_as_another": same} if same else {})}
     for plan in ranked:  # (`estimate` marks those the executor refuses, with the reason)
         plan.prediction.setdefault("launchable", True)
     if ranked and ranked[0].config.recompute_layers is not None:
@@ -895,14 +905,14 @@ def _offload_parents(cache: "_BoundCache", levers: list[tuple[bool, bool]], unfi
 
 
 def _offload_twins(cache: "_BoundCache", launchable_only: bool, entry: tuple, limit: float, cutoff: float,
-                   bound_of: dict) -> list[tuple]:
+                   bound_of: dict, skipped: dict[str, int]) -> list[tuple]:
     """The walk's entries (time bound, key, order, config, FITTED) of a parent's offloading twins worth walking
     (`entry`: its `_offload_parents` entry): each lever combination the layout allows whose twin can move enough off
     the device (at most the activations, or the weights, gradients and optimizer states) and whose bound is below
     `cutoff` (the K-th best time of the walk so far: nothing at or beyond it can enter the K best). A twin's work on
     its busiest rank (`busy_bound`, below its time bound) is checked first, as it is cheaper, then the parent's floor
     of what stays on the device where it has one (`_BoundCache.offload_floor`); the parent's memory entry is asked
-    only then."""
+    only then. Each twin left out is counted in `skipped` by why: "time", "memory" or "unlaunchable"."""
     parent_busy, _, index, ((_, _, config, parent_memory, floor), allowed), _ = entry
     out = []
     memory = None
@@ -911,21 +921,29 @@ def _offload_twins(cache: "_BoundCache", launchable_only: bool, entry: tuple, li
         if activations not in busy:
             busy[activations] = cache.busy_bound(replaced(config, offload_activations=activations))
         if busy[activations] >= cutoff:
+            skipped["time"] += 1
             continue
         twin = replaced(config, offload_activations=activations, offload_optimizer=optimizer)
         if memory is None:
             if floor is not None and floor(activations, optimizer) > limit:
+                skipped["memory"] += 1
                 continue  # what stays is at least the floor
             memory = parent_memory()
         movable = (memory["activations"] if activations else 0.0) + (
             memory["params"] + memory["grads"] + memory["optimizer"] if optimizer else 0.0)
-        if memory["total"] - movable > limit or (launchable_only and unsupported_reason(twin)):
+        if memory["total"] - movable > limit:
+            skipped["memory"] += 1
+            continue
+        if launchable_only and unsupported_reason(twin):
+            skipped["unlaunchable"] += 1
             continue
         once = replaced(twin, grad_reduce="step") if twin.grad_reduce != "step" else twin
         if once not in bound_of:
             bound_of[once] = cache.time_bound(once)
         if bound_of[once] < cutoff:
             out.append((bound_of[once], ranking_key(twin), index, twin, FITTED))
+        else:
+            skipped["time"] += 1
     return out
 
 
