@@ -1075,8 +1075,8 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
     rank = max(range(len(memory)), key=lambda r: memory[r]["total"])
     over = memory[rank]["total"] - cluster.usable_memory_bytes
     GiB = 1024**3
-    message = (f"no layout fits in {cluster.usable_memory_bytes / GiB:.1f} GiB per device (the memory less the "
-               f"profile's {100 * cluster.memory_headroom['value']:g}% headroom): the closest "
+    message = (f"no layout fits in {cluster.usable_memory_bytes / GiB:.1f} GiB per device (the memory less "
+               f"{cluster.headroom_phrase} headroom): the closest "
                f"({config.label(selective_policy(config, execution))}) needs {memory[rank]['total'] / GiB:.1f} GiB "
                f"on pipeline rank {rank}, {over / GiB:.1f} GiB over")
     for label, changes in (("grad_reduce=microbatch", {"grad_reduce": "microbatch"}),

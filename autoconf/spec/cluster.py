@@ -19,6 +19,9 @@ from pathlib import Path
 from autoconf.errors import UserError
 
 
+COMMAND_LINE = "set on the command line"  # the reason a headroom from --memory-headroom states
+
+
 @dataclass(frozen=True)
 class Link:
     """One direction of a point-to-point path: time(n) = latency_s + n / bandwidth_Bps."""
@@ -141,7 +144,13 @@ class ClusterProfile:
         """Device memory a plan may fill: memory_bytes less the stated headroom (the fit check's limit)."""
         return self.device.memory_bytes * (1.0 - float(self.memory_headroom["value"]))
 
-    def with_memory_headroom(self, fraction: float, why: str = "set on the command line") -> "ClusterProfile":
+    @property
+    def headroom_phrase(self) -> str:
+        """Whose the memory headroom is, for one-line messages: "--memory-headroom's 10%" or "the profile's 5%"."""
+        whose = "--memory-headroom's" if self.memory_headroom.get("why") == COMMAND_LINE else "the profile's"
+        return f"{whose} {100 * self.memory_headroom['value']:g}%"
+
+    def with_memory_headroom(self, fraction: float, why: str = COMMAND_LINE) -> "ClusterProfile":
         """The same profile holding back `fraction` of each device's memory instead."""
         if not 0 <= fraction < 1:
             raise UserError(f"memory headroom must be a fraction in [0, 1), got {fraction}")

@@ -103,7 +103,10 @@ def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
     if model_type in ("qwen2_moe", "qwen3_moe"):
         step = config.get("decoder_sparse_step") or 1
         sparse_step = {i for i in range(layers) if (i + 1) % step} if step > 1 else set()
-        dense = sorted(set(config.get("mlp_only_layers") or []) | sparse_step)
+        only = config.get("mlp_only_layers") or []
+        if not isinstance(only, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in only):
+            raise UserError(f"{name}: mlp_only_layers must be a list of layer indices, e.g. [0, 1] (got {only!r})")
+        dense = sorted(set(only) | sparse_step)
         shared = (config.get("shared_expert_intermediate_size") or 0) if model_type == "qwen2_moe" else 0
         expert = config["moe_intermediate_size"]
         moe = MoESpec(num_experts=_first(config, "num_experts", "num_local_experts"), num_experts_per_tok=top_k,

@@ -296,7 +296,7 @@ register(ScheduleSpec(
     split_backward=False, bubble=_bubble_seq1f1b, exposed_fill_drain=True, fsdp_gathers_chunks=False,
     sequence_chunks=True,
     megatron_note="schedule seq1f1b (sequence-level 1F1B) is not in Megatron-LM; its authors' fork "
-                  "(github.com/MayDomine/Seq1F1B, --pipe-sp-splits) runs it; upstream runs the 1F1B schedule below",
+                  "(github.com/thunlp/Seq1F1B, --pipe-sp-splits) runs it; upstream runs the 1F1B schedule below",
     torchtitan_note="schedule seq1f1b (sequence-level 1F1B) has no torch.distributed.pipelining class, so torchtitan "
                     "cannot run it; the 1F1B schedule below is the closest"))
 
