@@ -11,6 +11,7 @@ Adding a degree (ep, ...) is one field of `ParallelDims` and one name in `AXES`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -18,6 +19,11 @@ import numpy as np
 # Outermost first. TP is innermost and CP next to it, so on the logical grid a TP x CP block fills consecutive devices
 # (one node's fast links where tp * cp <= devices per node): the two degrees that exchange activations every layer.
 AXES = ("pp", "dp", "cp", "tp")
+
+
+def world_size_of(degrees) -> int:
+    """The ranks of anything carrying one degree per axis of `AXES` as attributes: their product."""
+    return math.prod(getattr(degrees, axis) for axis in AXES)
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ class ParallelDims:
 
     @property
     def world_size(self) -> int:
-        return int(np.prod(self.shape))
+        return world_size_of(self)
 
     def problems(self, world_size: int | None = None) -> list[str]:
         """Every degree that is not a positive integer, and a product that misses the device count (naming each

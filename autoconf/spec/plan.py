@@ -16,7 +16,7 @@ from pathlib import Path
 from autoconf.errors import UserError
 from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.frameworks import SELECTIVE_RECOMPUTE
-from autoconf.spec.grid import AXES, ParallelDims, RankGrid
+from autoconf.spec.grid import AXES, ParallelDims, RankGrid, world_size_of
 from autoconf.spec.model import ATTENTION, RECOMPUTE, ModelSpec, is_printable_name
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
@@ -135,7 +135,7 @@ class ParallelConfig:
 
     @property
     def world_size(self) -> int:
-        return self.dims.world_size
+        return world_size_of(self)
 
     @property
     def num_microbatches(self) -> int:
