@@ -584,10 +584,17 @@ def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     return params, grads
 
 
+_largest_blocks: dict[tuple, float] = {}
+
+
 def largest_block_bytes(model: ModelSpec, c: ParallelConfig) -> float:
     """Parameters one rank holds of its largest block (an FSDP unit): a dense block's over tp, an MoE block's with
-    its routed experts over ep x etp (each block's TP-replicated parameters whole, `local_params`)."""
-    return max(sum(block_local_params(model, c, moe)) for moe in layer_kinds(model))
+    its routed experts over ep x etp (each block's TP-replicated parameters whole, `local_params`, which reads
+    those three degrees only: the count is remembered by them)."""
+    key = (model, c.tp, c.ep, c.etp)
+    if key not in _largest_blocks:
+        _largest_blocks[key] = max(sum(block_local_params(model, c, moe)) for moe in layer_kinds(model))
+    return _largest_blocks[key]
 
 
 def p2p_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:
