@@ -280,3 +280,9 @@ def test_a_plan_of_a_model_the_executor_cannot_build_is_marked_not_launchable():
                               (capped, False)):
         plans = search(model, cluster, 8, 64, "bf16", top_k=1, refine=False).plans
         assert plans and plans[0].prediction["launchable"] is launchable
+
+
+def test_a_bad_expert_key_of_a_config_json_is_named_with_the_file():
+    """The expert spec's checks speak for the user's config.json by its name (they said "moe:")."""
+    with pytest.raises(UserError, match=r"^mine: num_experts_per_tok 9 exceeds the 8 experts"):
+        from_hf_config({**PRESET_CONFIGS["mixtral-8x7b"], "num_experts_per_tok": 9}, "mine")

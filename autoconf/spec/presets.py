@@ -87,7 +87,10 @@ def from_hf_config(config: dict, name: str) -> ModelSpec:
         refuse_hidden_experts(config, name, model_type)
     try:
         if model_type in HF_MOE_TYPES:
-            return moe_from_hf(config, name, model_type)
+            try:
+                return moe_from_hf(config, name, model_type)
+            except UserError as err:  # the expert spec's own checks say "moe:"; the user's file is `name`
+                raise UserError(f"{name}: {str(err).removeprefix('moe: ')}") from None
         if model_type == "gpt2":
             hidden = config["n_embd"]
             return ModelSpec(
