@@ -49,7 +49,7 @@ from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import OFFLOADS, ParallelConfig, Plan, cp_split_problem, node_blocks, uniform_partition
-from autoconf.spec.schedules import schedule_spec, stage_to_rank
+from autoconf.spec.schedules import SCHEDULES, schedule_spec, stage_to_rank
 
 # Every config field but grad_reduce: what the time bound reads (`search` shares one bound between twins).
 _BOUND_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(ParallelConfig) if f.name != "grad_reduce"))
@@ -1052,6 +1052,8 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
             if world % rest_degrees:
                 continue
             changes["dp"] = world // rest_degrees
+        if key == "schedule" and "vpp" not in fixed and value in SCHEDULES:  # the chunks per rank it runs with
+            changes["vpp"] = schedule_spec(value).chunks[0]
         try:
             probe = dataclasses.replace(witness, **changes)
         except (TypeError, ValueError):
