@@ -143,6 +143,8 @@ LAYOUTS: dict[str, Layout] = {
     # reducing stage over the chunk stage, with full recompute) and with TP + SP on an uneven split (chunks of 12,
     # 8, 6, 6 tokens).
     "gpt-pp2-dp2-seq1f1b-k4-zero1-mb2": Layout(4, seq_chunk_plan("gpt", 4, dp=2, zero=1, micro_batch=2)),
+    # ZeRO-0's bucketed all-reduce waits for every chunk's backward (it reduced after the first micro-batch's worth).
+    "llama-pp2-dp2-seq1f1b-k2-zero0": Layout(4, seq_chunk_plan("llama", 2, dp=2, zero=0)),
     "llama-pp2-dp2-seq1f1b-k2-zero3-microbatch-full": Layout(4, seq_chunk_plan(
         "llama", 2, dp=2, zero=3, grad_reduce="microbatch", recompute="full")),
     "gpt-tp2-pp2-seq1f1b-k4-sp-uneven": Layout(4, seq_chunk_plan("gpt", 4, [0, 12, 20, 26, 32], tp=2, sp=True,

@@ -139,15 +139,17 @@ class Trainer:
         # during its last micro-batch's backward, the experts' over the expert-data-parallel group. The pipeline's
         # 1/micro-batches scaling (torch's scale_grads, an in-place division after the backward) is folded into the
         # average instead, so nothing writes the gradients while their reduction is in flight.
+        # Each parameter's gradient accumulates once per backward unit: a micro-batch, or under seq1f1b each of its
+        # seq_chunks chunks (torch's pipeline runtime also scales by the units).
         self.reducers: list[GradReducer] = []
         if not self.fsdp and (c.dp_cp > 1 or (moe and c.edp > 1)):
-            m = c.num_microbatches if c.pp > 1 else 1
+            units = c.num_microbatches * c.seq_chunks
+            m = units if c.pp > 1 else 1
             for model in self.models:
-                self.reducers.append(GradReducer(model, replica_mesh(self.mesh, c).get_group(), c.num_microbatches,
-                                                 c.dp_cp * m))
+                self.reducers.append(GradReducer(model, replica_mesh(self.mesh, c).get_group(), units, c.dp_cp * m))
                 if moe:
-                    self.reducers.append(GradReducer(model, self.expert_mesh["edp"].get_group(), c.num_microbatches,
-                                                     c.edp * m, expert_params=True))
+                    self.reducers.append(GradReducer(model, self.expert_mesh["edp"].get_group(), units, c.edp * m,
+                                                     expert_params=True))
         self.schedule = None
         if c.pp > 1:
             self.schedule, self.stages = build_schedule(plan, self.chunks, self.mesh["pp"].get_group(), device,
