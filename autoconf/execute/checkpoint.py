@@ -200,6 +200,26 @@ def restore_rng(path: Path, rank: int) -> bool:
     return True
 
 
+def _tied_request(merged: dict, saved: set[str]) -> tuple[dict, dict]:
+    """What to ask the checkpoint for: `merged`, except that a tied head copy's state (a pipeline's last stage holds
+    its own `output.weight`, tied to the first stage's embedding) that a checkpoint without that copy lacks (written
+    where embedding and head were one parameter, saved under the embedding's name) is read from the embedding's.
+    Returns (request, {(section, key): the key read instead})."""
+    from autoconf.execute.model import EMBED_WEIGHT, HEAD_WEIGHT
+
+    request = {section: dict(entries) for section, entries in merged.items()}
+    aliases = {}
+    for section, entries in merged.items():
+        for key in entries:
+            alias = key.replace(HEAD_WEIGHT, EMBED_WEIGHT, 1)
+            if f"{section}.{key}" in saved or alias == key or f"{section}.{alias}" not in saved:
+                continue
+            aliases[section, key] = alias
+            request[section].setdefault(alias, entries[key])
+            del request[section][key]
+    return request, aliases
+
+
 def load(path: Path, models: list, optimizers: list) -> None:
     """Collective: loads model and optimizer state from a DCP checkpoint, resharding to this layout."""
     import torch.distributed.checkpoint as dcp
@@ -207,7 +227,16 @@ def load(path: Path, models: list, optimizers: list) -> None:
 
     states = _states(models, optimizers)
     merged = _merged(states)
-    dcp.load(merged, checkpoint_id=str(path))
+    request, aliases = _tied_request(merged, set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata))
+    dcp.load(request, checkpoint_id=str(path))
+    for (section, key), alias in aliases.items():
+        value, mine = request[section][alias], merged[section][key]
+        if value is mine:
+            continue
+        if isinstance(mine, torch.Tensor):
+            mine.copy_(value)
+        else:
+            merged[section][key] = value
     options = StateDictOptions(flatten_optimizer_state_dict=True)
     for (m, o), (msd, osd) in zip(zip(models, optimizers), states):
         set_state_dict(m, o, model_state_dict={k: merged["model"][k] for k in msd},
