@@ -308,6 +308,19 @@ def test_launch_calls_dev_zero_not_a_regular_file(tmp_path):
                            "not a regular file")
 
 
+def test_metrics_at_the_plan_or_data_path_is_refused_even_with_force(tmp_path):
+    """`--metrics` naming the plan or the data file, with --force, deleted it before the run read it."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(tiny_plan_dict()))
+    data = tmp_path / "tokens.txt"
+    data.write_text("the quick brown fox jumps over the lazy dog " * 200)
+    for target, what in ((plan, "is the plan"), (data, "is the data file")):
+        before = target.read_bytes()
+        assert_one_clear_error(run_cli(["launch", plan, "--dry-run", "--data", data, "--metrics", target,
+                                        "--force"]), what)
+        assert target.read_bytes() == before
+
+
 # ---- 3. corrupt checkpoints ----------------------------------------------------------------------------------------
 def _ckpt_plan():
     from plan_helpers import even_plan

@@ -162,6 +162,10 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
         train_args += ["--data", str(data_path)]
     if metrics is not None:
         metrics_path = Path(os.path.abspath(metrics))  # not resolved: a link at the path itself is refused
+        for what, other in (("plan", plan_path), ("data file", data)):
+            if other is not None and metrics_path.exists() and metrics_path.samefile(other):
+                raise UserError(f"--metrics {metrics} is the {what}, which the run reads (--force would delete it); "
+                                f"choose another path for the metrics")
         check_new(metrics_path, force, hint="choose another path")
         _check_writable_dir(metrics_path.parent, "metrics directory")
         train_args += ["--metrics", str(metrics_path)]
