@@ -75,6 +75,15 @@ def search_summary(s: dict) -> str:
             f"{same}; {s['seconds']:.2f} s")
 
 
+def check_search_dtype(dtype: str, cluster) -> None:
+    """A dtype a search may plan in on `cluster`: one the device has a rate for (fp8 only where it runs), and fp32
+    on CPU ranks, where the bundled executor trains in fp32 (`estimate` takes any, for what-if numbers)."""
+    check_dtype(dtype, cluster.device.peak_flops, cluster.device.name)
+    if cluster.device.kind == "cpu" and dtype != "fp32":
+        raise UserError(f"the bundled executor trains in fp32 on CPU ranks, so a {dtype} plan for {cluster.name} could "
+                        f"not run as planned; drop --dtype / --fix dtype (fp32) or use `estimate` for what-if numbers")
+
+
 def chosen_dtype(fixed: dict, dtype: str | None, cluster) -> str:
     """The dtype a search plans in: --dtype or --fix dtype (taken out of `fixed`; one line when the two disagree),
     else the cluster's default."""
@@ -374,10 +383,7 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
     if seq_len < 1:
         raise UserError(f"--seq-len must be >= 1 (got {seq_len})")
     dtype = chosen_dtype(fixed, dtype, cluster)
-    check_dtype(dtype, cluster.device.peak_flops, cluster.device.name)  # fp8 only where asked and where it runs
-    if cluster.device.kind == "cpu" and dtype != "fp32":
-        raise UserError(f"the bundled executor trains in fp32 on CPU ranks, so a {dtype} plan for {cluster.name} could "
-                        f"not run as planned; drop --dtype / --fix dtype (fp32) or use `estimate` for what-if numbers")
+    check_search_dtype(dtype, cluster)
     if global_batch < 1:
         raise UserError(f"--global-batch must be >= 1 (got {global_batch})")
     if out is not None:
@@ -538,6 +544,7 @@ def limits(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, 
     cluster = load_cluster(cluster_arg, nodes, gpus_per_node)
     fixed = parse_fix(fix)
     dtype = chosen_dtype(fixed, dtype, cluster)
+    check_search_dtype(dtype, cluster)
     planner = lim.Planner(cluster, global_batch, dtype, attention, fixed, frameworks.execution(framework))
     if out_dir is not None:
         from autoconf.files import check_new

@@ -102,6 +102,17 @@ def test_limits_refuses_a_limit_it_has_nothing_to_find_with(args):
     assert result.exit_code != 0 and "give --model" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("args, needle", [(["--only", "micro-batch", "--seq-len", "256"], "exceeds tiny-gpt's 128"),
+                                          (["--only", "seq", "--fix", "tp=3"], "tp must divide the 4 devices"),
+                                          (["--dtype", "fp8"], "no FP8 rate")])
+def test_limits_refuses_the_input_plan_refuses(args, needle):
+    """Input `plan` refuses in one line (a sequence beyond the context, a pin the devices cannot take, a dtype the
+    device has no rate for) is refused by `limits` the same way: it printed "none fits" and exited 0."""
+    result = CliRunner().invoke(main, ["limits", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch",
+                                       "8", *args])
+    assert result.exit_code == 2 and needle in result.output and "none fits" not in result.output, result.output
+
+
 def test_limits_only_model_of_a_file_model_asks_for_a_family(tmp_path):
     """--only model with a model from a file (no preset family) names the missing --family."""
     path = tmp_path / "m.json"

@@ -43,16 +43,26 @@ class Planner:
     fixed: dict
     execution: object
 
+    refusal: str | None = None  # why the last `best` had no legal layout at all (the search's one line), else None
+
     def best(self, model, seq_len: int, fixed: dict | None = None, refine: bool = False):
-        """The best fitting plan, or None when no layout fits (or none is legal)."""
+        """The best fitting plan, or None when no layout fits (or none is legal: `refusal` then says why)."""
         from autoconf.solve.search import search
 
+        self.refusal = None
         try:
             result = search(model, self.cluster, self.global_batch, seq_len, self.dtype, self.attention,
                             {**self.fixed, **(fixed or {})}, 1, self.execution, refine=refine)
-        except UserError:
+        except UserError as err:
+            self.refusal = str(err)
             return None
         return result.plans[0] if result.plans else None
+
+    def refused(self, value) -> None:
+        """Raises the search's refusal when even the smallest probe (`value` None) had no legal layout: the input
+        is at fault (a pin, the sequence, the dtype), not the memory, and "none fits" would hide it."""
+        if value is None and self.refusal:
+            raise UserError(self.refusal)
 
 
 def _largest(values: list, fits) -> tuple[object | None, list]:
@@ -95,6 +105,7 @@ def longest_sequence(planner: Planner, model, ceiling: int | None = None) -> Lim
     if not values or values[-1] != ceiling:
         values.append(ceiling)
     value, probes = _largest(values, lambda s: planner.best(model, s) is not None)
+    planner.refused(value)
     note = ""
     if value == ceiling:
         note = f"the ceiling: {model.name}'s context is {model.max_seq_len} tokens" if ceiling == model.max_seq_len \
@@ -109,6 +120,7 @@ def largest_micro_batch(planner: Planner, model, seq_len: int) -> Limit:
     if "micro_batch_size" in planner.fixed:
         raise UserError("--fix micro_batch_size pins the micro-batch whose limit is asked for; drop it")
     value, probes = _largest(values, lambda m: planner.best(model, seq_len, {"micro_batch_size": m}) is not None)
+    planner.refused(value)
     plan = None if value is None else planner.best(model, seq_len, {"micro_batch_size": value}, refine=True)
     note = "the global batch itself" if value == planner.global_batch else ""
     return Limit("micro_batch_size", value, plan, probes, note)
@@ -139,6 +151,7 @@ def largest_model(planner: Planner, family: str, seq_len: int | None) -> Limit:
         return seq_len or min(m.max_seq_len, 8192)
 
     value, probes = _largest(members, lambda m: planner.best(m, length(m)) is not None)
+    planner.refused(value)
     plan = None if value is None else planner.best(value, length(value), refine=True)
     probes = [(m.name, ok) for m, ok in probes]
     note = f"{len(members)} presets in {family}: {', '.join(m.name for m in members)}"
