@@ -224,6 +224,20 @@ def test_pins_that_conflict_are_named_with_the_rule_they_break(pins, needles):
     assert "global batch" not in result.output
 
 
+def test_validate_of_a_gpu_profile_on_a_host_without_cuda_is_refused(tmp_path):
+    """validate measures on this host: a GPU profile here would compare CPU times with GPU predictions (it ran, with
+    errors near -100%, and exited 0)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has a CUDA device")
+    out = tmp_path / "v"
+    result = run_cli(["validate", "--model", "tiny-gpt", "--cluster", "dgx-h100-80g", "--global-batch", "8",
+                      "--seq-len", "64", "--configs", "2", "--steps", "3", "--out", out])
+    assert_one_clear_error(result, "no CUDA device", "use a CPU profile")
+    assert not out.exists()
+
+
 def test_plan_that_fits_nowhere_names_a_layout_that_fits_on_more_nodes():
     """A sequence too long for one node gets one line naming the node count and a layout that fits there, with its
     context-parallel degree (the line named tp, pp and dp only, so the layout it suggested read as one rank): planned

@@ -373,6 +373,10 @@ def validate(model: ModelSpec, cluster: ClusterProfile, cluster_label: str, glob
         raise UserError(f"{existing[0]} already exists; pass --force to overwrite it or choose another --out")
     if cluster.world_size > 64:
         raise UserError(f"validate starts every rank on this host; {cluster.world_size} ranks is too many")
+    if cluster.device.kind != "cpu" and not _has_cuda():
+        raise UserError(f"validate measures each layout on this host's devices, but {cluster.name} describes GPUs "
+                        f"and this host has no CUDA device: its CPU times would be compared with GPU predictions; "
+                        f"use a CPU profile (cpu-local, or one `autoconf profile` measured here) or run it on the GPUs")
     plans = select_layouts(model, cluster, global_batch, seq_len, dtype, configs, fixed, refine=refine)
     log(f"validating {len(plans)} layouts of {model.name} on {cluster_label} ({cluster.world_size} ranks), "
         f"{steps} steps each")
@@ -382,6 +386,8 @@ def validate(model: ModelSpec, cluster: ClusterProfile, cluster_label: str, glob
     if calibrate:
         log("calibrating ...")
         report.calibration = calibrate_report(report, model, cluster, plans)
+        if "skipped" in report.calibration:
+            log(f"calibration skipped: {report.calibration['skipped']}")
         if "factors" in report.calibration:
             from autoconf.validate.calibrate import calibrated_profile
 
@@ -394,6 +400,12 @@ def validate(model: ModelSpec, cluster: ClusterProfile, cluster_label: str, glob
     if report.ok_runs():
         scatter_png(report, scatter_path)
     return report
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _renamed(cluster: ClusterProfile, note: str) -> ClusterProfile:
