@@ -321,6 +321,18 @@ def test_metrics_at_the_plan_or_data_path_is_refused_even_with_force(tmp_path):
         assert target.read_bytes() == before
 
 
+@pytest.mark.parametrize("edit, needle", [(lambda c: c.pop("pp"), "missing config field(s) pp"),
+                                          (lambda c: c.update(sequence_parallel="yes"),
+                                           "sequence_parallel must be true or false")])
+def test_a_plan_config_missing_a_degree_or_with_a_word_for_a_flag_is_named(tmp_path, edit, needle):
+    """A config without pp read as Python's "__init__() missing 1 required positional argument"; a string where
+    sequence_parallel's true or false belongs was taken."""
+    doc = tiny_plan_dict()
+    edit(doc["config"])
+    (tmp_path / "plan.json").write_text(json.dumps(doc))
+    assert_one_clear_error(run_cli(["launch", tmp_path / "plan.json", "--dry-run"]), needle)
+
+
 # ---- 3. corrupt checkpoints ----------------------------------------------------------------------------------------
 def _ckpt_plan():
     from plan_helpers import even_plan

@@ -256,7 +256,7 @@ class ParallelConfig:
                            f"attention flash (got {self.attention})")
         if self.dtype not in DTYPES:
             out.append(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
-        for name in ("compile", *OFFLOADS):
+        for name in ("compile", "sequence_parallel", *OFFLOADS):
             if not isinstance(getattr(self, name), bool):
                 out.append(f"{name} must be true or false (got {getattr(self, name)!r})")
         if self.offload_optimizer is True and not self.zero_sharded:
@@ -377,6 +377,11 @@ class ParallelConfig:
         unknown = sorted(set(data) - fields - {"num_microbatches"})
         if unknown:
             raise UserError(f"{source}: unknown config field(s) {', '.join(unknown)}")
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                   and f.name not in data]
+        if missing:
+            raise UserError(f"{source}: missing config field(s) {', '.join(missing)}")
         try:
             return cls(**{k: v for k, v in data.items() if k in fields})
         except TypeError as err:
