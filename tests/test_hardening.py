@@ -333,6 +333,21 @@ def test_a_plan_config_missing_a_degree_or_with_a_word_for_a_flag_is_named(tmp_p
     assert_one_clear_error(run_cli(["launch", tmp_path / "plan.json", "--dry-run"]), needle)
 
 
+def test_a_launch_with_nothing_left_to_train_is_refused(tmp_path):
+    """--steps at or below the newest checkpoint's step started every rank to train nothing and said "done"."""
+    from autoconf.execute.checkpoint import MARKER, step_dir
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(tiny_plan_dict()))
+    done = step_dir(tmp_path / "ck", 14)
+    done.mkdir(parents=True)
+    (done / MARKER).write_text(json.dumps({"step": 14, "data_position": 0}))
+    args = ["launch", plan, "--dry-run", "--checkpoint-dir", tmp_path / "ck"]
+    assert_one_clear_error(run_cli([*args, "--steps", "5"]), "at step 14, at or past --steps 5",
+                           "--steps above 14")
+    assert run_cli([*args, "--steps", "15"]).exit_code == 0
+
+
 # ---- 3. corrupt checkpoints ----------------------------------------------------------------------------------------
 def _ckpt_plan():
     from plan_helpers import even_plan

@@ -114,6 +114,18 @@ def _check_devices(plan, nproc_per_node: int, allow_cpu: bool = False) -> None:
                         f"{plan.config.world_size // max(1, torch.cuda.device_count())} or re-plan for this cluster")
 
 
+def _check_steps_left(ckpt_path: Path, steps: int) -> None:
+    """Refuses a run whose newest complete checkpoint is already at or past `steps` (it would start every rank to
+    train nothing): one line naming the step to go beyond."""
+    from autoconf.execute.checkpoint import find_latest
+
+    latest = find_latest(ckpt_path, log=lambda message: None)
+    if latest is not None and latest[1].get("step", 0) >= steps:
+        raise UserError(f"the newest checkpoint in {ckpt_path} is at step {latest[1]['step']}, at or past --steps "
+                        f"{steps}: nothing to train; pass --steps above {latest[1]['step']} to go on, or another "
+                        f"--checkpoint-dir to start over")
+
+
 def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str | None = None,
                    metrics: str | None = None, checkpoint_dir: str | None = None, checkpoint_every: int = 0,
                    max_restarts: int = 0, nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
@@ -172,6 +184,7 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
     if checkpoint_dir is not None:
         ckpt_path = Path(checkpoint_dir).resolve()
         _check_writable_dir(ckpt_path, "checkpoint directory")
+        _check_steps_left(ckpt_path, steps)
         train_args += ["--checkpoint-dir", str(ckpt_path), "--checkpoint-every", str(checkpoint_every)]
     elif checkpoint_every:
         raise UserError("--checkpoint-every needs --checkpoint-dir")
