@@ -143,6 +143,9 @@ class AutoconfGroup(click.Group):
         except click.exceptions.Abort:
             click.echo("autoconf: interrupted", err=True)
             sys.exit(130)
+        except click.exceptions.NoArgsIsHelpError as err:  # a bare `autoconf`: its help, as `--help` prints it
+            click.echo(err.ctx.get_help())
+            sys.exit(0)
         except click.ClickException as err:
             message = " ".join(err.format_message().split())
             ctx = getattr(err, "ctx", None)

@@ -33,8 +33,9 @@ SCALED = dataclasses.replace(PRESETS["tiny-llama"], rope_scaling_factor=8.0)
 def test_a_ceiling_beyond_the_context_of_a_model_without_rope_scaling_is_one_line(planner):
     from autoconf.errors import UserError
 
-    with pytest.raises(UserError, match="context of 128 tokens"):
+    with pytest.raises(UserError, match="context of 128 tokens") as err:
         longest_sequence(planner, PRESETS["tiny-llama"], ceiling=1 << 17)
+    assert "use --max-seq-len 128 or less" in str(err.value)  # the flag that set the ceiling (it said --seq-len)
 
 
 @pytest.fixture(scope="module")

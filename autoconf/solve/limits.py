@@ -99,8 +99,8 @@ def longest_sequence(planner: Planner, model, ceiling: int | None = None) -> Lim
     """The longest sequence (a multiple of SEQ_GRANULARITY tokens, or the ceiling itself) with a fitting layout,
     up to `ceiling` (default: the model's context)."""
     ceiling = ceiling or model.max_seq_len
-    if model.context_problem(ceiling):
-        raise UserError(model.context_problem(ceiling))
+    if model.context_problem(ceiling):  # (the ceiling is --max-seq-len here)
+        raise UserError(model.context_problem(ceiling).replace("--seq-len", "--max-seq-len"))
     values = list(range(SEQ_GRANULARITY, ceiling + 1, SEQ_GRANULARITY))
     if not values or values[-1] != ceiling:
         values.append(ceiling)
