@@ -658,7 +658,8 @@ def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, mo
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data", type=click.Path(dir_okay=False), default=None,
               help="token file (.bin uint16/uint32) or text file; default: synthetic tokens")
-@click.option("--metrics", type=click.Path(dir_okay=False), default=None, help="JSON lines, one per step")
+@click.option("--metrics", type=click.Path(dir_okay=False), default=None,
+              help="JSON lines, one per step (a run that resumes from --checkpoint-dir continues an existing file)")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None)
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True)
@@ -672,7 +673,7 @@ def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, mo
               help="seconds before a stuck collective ends the job (default 600)")
 @click.option("--rendezvous-timeout", type=click.FloatRange(min=1), default=None,
               help="seconds to wait for every node to join (default 600)")
-@click.option("--force", is_flag=True, help="overwrite an existing metrics file")
+@click.option("--force", is_flag=True, help="overwrite an existing metrics file (of a run that does not resume)")
 @click.option("--allow-cpu", is_flag=True, help="run a GPU plan on this host's CPU ranks (a rehearsal of the layout)")
 @click.option("--allow-unfit", is_flag=True, help="launch a plan predicted not to fit in device memory")
 @user_errors

@@ -348,6 +348,25 @@ def test_a_launch_with_nothing_left_to_train_is_refused(tmp_path):
     assert run_cli([*args, "--steps", "15"]).exit_code == 0
 
 
+def test_a_resumed_run_continues_its_metrics_without_force(tmp_path):
+    """Relaunching a run to go on from its checkpoint with the same --metrics needed --force, which deleted the steps
+    before the checkpoint; a run that resumes now continues the file (the trainer keeps the steps up to the
+    checkpoint, `train.dedupe_metrics`), and one that does not still needs --force."""
+    from autoconf.execute.checkpoint import MARKER, step_dir
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(tiny_plan_dict()))
+    metrics = tmp_path / "m.jsonl"
+    metrics.write_text('{"step": 1}\n')
+    args = ["launch", plan, "--dry-run", "--steps", "10", "--metrics", metrics, "--checkpoint-dir", tmp_path / "ck"]
+    assert_one_clear_error(run_cli(args), "--force")
+    done = step_dir(tmp_path / "ck", 4)
+    done.mkdir(parents=True)
+    (done / MARKER).write_text(json.dumps({"step": 4, "data_position": 4}))
+    assert run_cli(args).exit_code == 0
+    assert metrics.read_text() == '{"step": 1}\n'
+
+
 # ---- 3. corrupt checkpoints ----------------------------------------------------------------------------------------
 def _ckpt_plan():
     from plan_helpers import even_plan

@@ -114,6 +114,13 @@ def _check_devices(plan, nproc_per_node: int, allow_cpu: bool = False) -> None:
                         f"{plan.config.world_size // max(1, torch.cuda.device_count())} or re-plan for this cluster")
 
 
+def _resumes(checkpoint_dir: str | None) -> bool:
+    """Whether a run with `checkpoint_dir` resumes from a complete checkpoint there."""
+    from autoconf.execute.checkpoint import find_latest
+
+    return checkpoint_dir is not None and find_latest(Path(checkpoint_dir).resolve(), log=lambda m: None) is not None
+
+
 def _check_steps_left(ckpt_path: Path, steps: int) -> None:
     """Refuses a run whose newest complete checkpoint is already at or past `steps` (it would start every rank to
     train nothing): one line naming the step to go beyond."""
@@ -178,7 +185,8 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
             if other is not None and metrics_path.exists() and metrics_path.samefile(other):
                 raise UserError(f"--metrics {metrics} is the {what}, which the run reads (--force would delete it); "
                                 f"choose another path for the metrics")
-        check_new(metrics_path, force, hint="choose another path")
+        if not _resumes(checkpoint_dir):  # (a resumed run continues its metrics: the trainer keeps the steps before)
+            check_new(metrics_path, force, hint="choose another path")
         _check_writable_dir(metrics_path.parent, "metrics directory")
         train_args += ["--metrics", str(metrics_path)]
     if checkpoint_dir is not None:
@@ -377,7 +385,11 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
         locks.append((m.with_name(f".{m.name}{suffix}.lock"), "metrics file"))
     with run_locks(locks):
         if metrics is not None and Path(metrics).exists():
-            Path(metrics).unlink()  # `force` was checked above; the trainer appends
+            if _resumes(checkpoint_dir):
+                print(f"autoconf: note: continuing {metrics}: the steps up to the checkpoint resumed from are kept",
+                      file=sys.stderr, flush=True)
+            else:
+                Path(metrics).unlink()  # `force` was checked above; the trainer appends
         env = worker_environment()
         # Once a worker failed (a collective timed out), the others get SIGTERM and then, after this grace, SIGKILL
         # (torchrun's default grace is 30 s, which a hung peer would add to the collective timeout).
