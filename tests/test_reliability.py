@@ -252,3 +252,23 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     with pytest.raises(UserError, match="differs from this plan"):
         check_resumable(tmp_path, meta, plan, TrainOptions(steps=1), print)
     check_resumable(tmp_path, {**meta, "model": plan.model.to_dict()}, plan, TrainOptions(steps=1), print)
+
+
+def test_checkpoint_of_another_model_is_refused_before_any_rank_starts(tmp_path):
+    """The launcher reads the newest checkpoint's marker itself: one line (every rank refused it in turn, each with
+    its own error lines)."""
+    from click.testing import CliRunner
+
+    from autoconf.cli import main
+    from autoconf.execute.checkpoint import MARKER, step_dir
+
+    gpt = make_plan("gpt")
+    path = tmp_path / "plan.json"
+    path.write_text(gpt.to_json())
+    done = step_dir(tmp_path / "ck", 2)
+    done.mkdir(parents=True)
+    (done / MARKER).write_text(json.dumps({"step": 2, "data_position": 2, "model": make_plan("llama").model.to_dict()}))
+    result = CliRunner().invoke(main, ["launch", str(path), "--dry-run", "--steps", "4", "--checkpoint-dir",
+                                       str(tmp_path / "ck")])
+    assert result.exit_code == 2 and result.output.count("autoconf: error:") == 1, result.output
+    assert "differs from this plan" in result.output

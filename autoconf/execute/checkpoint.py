@@ -71,6 +71,22 @@ def complete_checkpoints(root: Path, log=print) -> list[tuple[Path, dict]]:
     return found
 
 
+def model_mismatch(path: Path, meta: dict, model) -> str | None:
+    """Why checkpoint `path` (its marker `meta`) cannot be resumed by `model` (a ModelSpec): it holds another model,
+    whose tensors would not fit; None when it can (another layout is fine: DCP reshards)."""
+    saved = meta.get("model")
+    if not isinstance(saved, dict):
+        return None
+    mine = model.to_dict()
+    derived = ("parameters", "active_parameters")  # written since the MoE spec; older checkpoints lack them
+    diff = sorted(k for k in set(saved) | set(mine)
+                  if k not in ("name", "dropout", *derived) and saved.get(k) != mine.get(k))
+    if not diff:
+        return None
+    return (f"checkpoint {path} holds model {saved.get('name')!r}, which differs from this plan's {model.name!r} in "
+            f"{', '.join(diff)}; use another --checkpoint-dir")
+
+
 def _files(path: Path) -> list[str]:
     """The checkpoint's files (relative paths, sorted), the marker left out."""
     return sorted(str(p.relative_to(path)) for p in Path(path).rglob("*") if p.is_file() and p.name != MARKER)

@@ -121,12 +121,15 @@ def _resumes(checkpoint_dir: str | None) -> bool:
     return checkpoint_dir is not None and find_latest(Path(checkpoint_dir).resolve(), log=lambda m: None) is not None
 
 
-def _check_steps_left(ckpt_path: Path, steps: int) -> None:
-    """Refuses a run whose newest complete checkpoint is already at or past `steps` (it would start every rank to
-    train nothing): one line naming the step to go beyond."""
-    from autoconf.execute.checkpoint import find_latest
+def _check_checkpoint(ckpt_path: Path, steps: int, model) -> None:
+    """Refuses, before any rank starts, a run whose newest complete checkpoint holds another model
+    (`checkpoint.model_mismatch`, which every rank would refuse in turn) or is already at or past `steps` (it would
+    train nothing): one line each."""
+    from autoconf.execute.checkpoint import find_latest, model_mismatch
 
     latest = find_latest(ckpt_path, log=lambda message: None)
+    if latest is not None and model_mismatch(*latest, model):
+        raise UserError(model_mismatch(*latest, model))
     if latest is not None and latest[1].get("step", 0) >= steps:
         raise UserError(f"the newest checkpoint in {ckpt_path} is at step {latest[1]['step']}, at or past --steps "
                         f"{steps}: nothing to train; pass --steps above {latest[1]['step']} to go on, or another "
@@ -192,7 +195,7 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
     if checkpoint_dir is not None:
         ckpt_path = Path(checkpoint_dir).resolve()
         _check_writable_dir(ckpt_path, "checkpoint directory")
-        _check_steps_left(ckpt_path, steps)
+        _check_checkpoint(ckpt_path, steps, plan.model)
         train_args += ["--checkpoint-dir", str(ckpt_path), "--checkpoint-every", str(checkpoint_every)]
     elif checkpoint_every:
         raise UserError("--checkpoint-every needs --checkpoint-dir")

@@ -319,15 +319,9 @@ def _mesh_list(plan: Plan):
 def check_resumable(path: Path, meta: dict, plan: Plan, opts: TrainOptions, log) -> None:
     """Refuses a checkpoint of another model (its tensors would not fit); warns when seed or data differ. A
     different layout (degrees, schedule, partition, ZeRO) is fine: DCP reshards."""
-    saved = meta.get("model")
-    if isinstance(saved, dict):
-        mine = plan.model.to_dict()
-        derived = ("parameters", "active_parameters")  # written since the MoE spec; older checkpoints lack them
-        diff = sorted(k for k in set(saved) | set(mine)
-                      if k not in ("name", "dropout", *derived) and saved.get(k) != mine.get(k))
-        if diff:
-            raise UserError(f"checkpoint {path} holds model {saved.get('name')!r}, which differs from this plan's "
-                            f"{plan.model.name!r} in {', '.join(diff)}; use another --checkpoint-dir")
+    mismatch = ckpt.model_mismatch(path, meta, plan.model)
+    if mismatch:
+        raise UserError(mismatch)
     if meta.get("seed") != opts.seed or meta.get("data") != opts.data:
         log(f"warning: {path} was written with seed {meta.get('seed')} and data {meta.get('data')!r}")
 
