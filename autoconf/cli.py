@@ -610,10 +610,11 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
                             f"{cluster.name!r}; pass the profile the plan was made with, or re-plan on this one")
     needed = {"iteration_time_s", "tokens_per_s", "tflops_per_gpu", "mfu", "bubble_fraction", "peak_memory_bytes",
               "memory_limit_bytes", "fits", "memory_per_stage"}
-    if needed <= set(plan_obj.prediction):
-        print_table(prediction_table(plan_obj))
-    else:
-        click.echo(f"{plan_path}: no complete prediction in the plan (run `autoconf estimate` to make one)")
+    if not needed <= set(plan_obj.prediction):  # (its pictures are drawn from the prediction: before writing any)
+        raise UserError(f"{plan_path}: no complete prediction in the plan (missing "
+                        f"{', '.join(sorted(needed - set(plan_obj.prediction)))}); run `autoconf estimate` with its "
+                        f"layout to make one")
+    print_table(prediction_table(plan_obj))
     for path in show_plan(plan_path, out_dir, force=force, cluster=cluster):
         click.echo(f"wrote {path}")
 

@@ -246,6 +246,16 @@ def test_show_with_a_malformed_prediction(tmp_path, edit):
     assert_one_clear_error(run_cli(["show", tmp_path / "p.json", "--out", tmp_path / "o"]), "prediction")
 
 
+def test_show_of_a_plan_without_a_prediction_writes_nothing(tmp_path):
+    """It wrote timeline.png, then stopped on the missing memory prediction with two lines."""
+    plan = tiny_plan_dict()
+    plan["prediction"] = {}
+    (tmp_path / "p.json").write_text(json.dumps(plan))
+    assert_one_clear_error(run_cli(["show", tmp_path / "p.json", "--out", tmp_path / "o"]),
+                           "no complete prediction in the plan")
+    assert not (tmp_path / "o").exists()
+
+
 ESTIMATE = ["estimate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--tp", "1", "--pp", "2", "--dp", "2",
             "--micro-batch", "1", "--seq-len", "64"]
 
