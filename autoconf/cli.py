@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -146,6 +147,12 @@ class AutoconfGroup(click.Group):
         except click.exceptions.NoArgsIsHelpError as err:  # a bare `autoconf`: its help, as `--help` prints it
             click.echo(err.ctx.get_help())
             sys.exit(0)
+        except OSError as err:  # a system call failed (a full disk, a closed pipe): one line, not a traceback
+            _drop_stdout()
+            if not isinstance(err, BrokenPipeError):
+                where = f": {err.filename}" if err.filename else " (writing the output)"
+                click.echo(f"autoconf: error: {err.strerror or err}{where}", err=True)
+            sys.exit(1)
         except click.ClickException as err:
             message = " ".join(err.format_message().split())
             ctx = getattr(err, "ctx", None)
@@ -153,6 +160,16 @@ class AutoconfGroup(click.Group):
             click.echo(f"autoconf: error: {message}{hint}", err=True)
             sys.exit(err.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _drop_stdout() -> None:
+    """Points stdout at the null device, so the interpreter's last flush of output that could not be written does
+    not fail again at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def output_path(ctx, param, value):

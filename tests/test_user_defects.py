@@ -190,3 +190,17 @@ def test_long_timeline_shows_warm_up_steady_state_and_drain(tmp_path):
     assert phase_windows(short.timeline, short.prediction["iteration_time_s"], 8, 1) == [
         ("", 0.0, short.prediction["iteration_time_s"])]
     assert timeline_png(long, tmp_path / "t.png").stat().st_size > 0
+
+
+def test_output_that_cannot_be_written_is_one_line():
+    """`autoconf models --json > /dev/full` ended in an OSError traceback."""
+    import subprocess
+    import sys
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this host")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "autoconf", "models", "--json"], stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines() == ["autoconf: error: No space left on device (writing the output)"]
