@@ -204,3 +204,11 @@ def test_output_that_cannot_be_written_is_one_line():
                                 stderr=subprocess.PIPE, text=True, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines() == ["autoconf: error: No space left on device (writing the output)"]
+
+
+def test_a_bare_autoconf_prints_its_help():
+    """`autoconf` alone printed its whole help squashed into one `autoconf: error:` line."""
+    result = run_cli([])
+    assert result.exit_code == 0, result.output
+    assert "autoconf: error" not in result.output and "Commands:" in result.output
+    assert len(result.output.splitlines()) > 10
