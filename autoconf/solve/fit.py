@@ -31,13 +31,19 @@ def _steps(config) -> list[tuple[str, dict]]:
             if any(current.get(k) != v for k, v in changes.items())]
 
 
+def advisable(model, cluster, config, execution: Execution) -> bool:
+    """Whether fitting advice may name `config`: a legal layout on the cluster's devices that the executor runs
+    (`unsupported_reason`) and the framework runs (`Execution.problem`). The one test `smallest_fitting_change`
+    and the search's no-fit line (`search.explain_infeasible`) apply to a change."""
+    return not (config.problems(model, cluster.world_size) or unsupported_reason(config) or execution.problem(config))
+
+
 def smallest_fitting_change(model, cluster, config, execution: Execution = Execution()) -> str | None:
-    """The first change of `_steps` under which the layout is predicted to fit and stays legal (also for the
-    framework: `Execution.problem`), as the flags that make it (e.g. '--recompute selective'); None when none
-    does."""
+    """The first change of `_steps` under which the layout is predicted to fit and stays `advisable`, as the flags
+    that make it (e.g. '--recompute selective'); None when none does."""
     for label, changes in _steps(config):
         changed = with_changes(config, **changes)
-        if changed.problems(model, cluster.world_size) or unsupported_reason(changed) or execution.problem(changed):
+        if not advisable(model, cluster, changed, execution):
             continue
         if estimate(model, cluster, changed, execution=execution, detail=False).prediction["fits"]:
             return label

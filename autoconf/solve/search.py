@@ -40,7 +40,8 @@ from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_offload, host_memory_per_node,
                                    plans_offload)
 from autoconf.errors import UserError
-from autoconf.spec.support import unsupported_reason
+from autoconf.spec.support import dtype_unsupported_reason, unsupported_reason
+from autoconf.solve.fit import advisable
 from autoconf.solve.placement import tp_cp_domain
 from autoconf.solve.recompute import fewest_counts, fewest_recomputed
 from autoconf.solve.space import candidates, normalise_fixed, replaced, with_changes
@@ -576,8 +577,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     # What the user chose and the executor does not run, a pinned schedule (dualpipe) or a precision recipe of
     # another framework (--dtype fp8-deepseek), is costed all the same, its plans marked not launchable.
     chosen_unrun = {schedule_spec(fixed["schedule"]).executor_note if "schedule" in fixed else None,
-                    unsupported_reason(ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=1, global_batch_size=1,
-                                                      seq_len=seq_len, dtype=fixed.get("dtype", dtype)))} - {None}
+                    dtype_unsupported_reason(fixed.get("dtype", dtype))} - {None}
 
     def bound_of_fields(config: ParallelConfig) -> float:
         """The time bound a candidate enters the walk with (shared by the twins it does not read)."""
@@ -1089,7 +1089,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         if any(k in fixed and fixed[k] != v for k, v in changes.items()):
             continue
         changed = with_changes(config, **changes)
-        if changed.problems(model, cluster.world_size) or unsupported_reason(changed) or execution.problem(changed):
+        if not advisable(model, cluster, changed, execution):
             continue
         if estimate(model, cluster, changed, execution=execution, detail=False).prediction["fits"]:
             return message + f"; it fits with {label}"
@@ -1102,6 +1102,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
                     bound(config) > bigger.usable_memory_bytes for bound in (cache.state_bound, cache.memory_bound)):
                 continue
             if estimate(model, bigger, config, execution=execution, detail=False).prediction["fits"]:
+                layout = config.label(selective_policy(config, execution))
                 return message + (f"; the smallest change that fits: {bigger.nodes} nodes "
-                                  f"({bigger.world_size} devices), e.g. {config.label(selective_policy(config, execution))}")
+                                  f"({bigger.world_size} devices), e.g. {layout}")
     return message + "; nothing tried fits (more devices up to 64x, full recompute, ZeRO-3): use a bigger device"

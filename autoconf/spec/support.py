@@ -47,6 +47,14 @@ def model_unsupported_reason(model) -> str | None:
     return None
 
 
+def dtype_unsupported_reason(dtype: str) -> str | None:
+    """Why the executor does not run `dtype` in any layout (another framework's precision recipe), or None."""
+    if dtype not in ("fp32", "bf16", "fp16", "fp8"):
+        return (f"dtype {dtype} is another framework's precision recipe (autoconf.spec.dtypes), which the executor "
+                f"does not run; use fp8 (torchao) or bf16")
+    return None
+
+
 def unsupported_reason(config, model=None) -> str | None:
     """Why the executor refuses this ParallelConfig (one line naming what would work), or None if it runs it. With
     `model`, also what the executor cannot build of the model (`model_unsupported_reason`) or of its layout."""
@@ -58,9 +66,9 @@ def unsupported_reason(config, model=None) -> str | None:
                 and (config.micro_batch_size * config.seq_len) % config.tp):
             return (f"tp {config.tp} does not divide the micro-batch's {config.micro_batch_size * config.seq_len} "
                     f"tokens, which an MoE layer's TP ranks route a share each of; use a seq_len divisible by tp")
-    if config.dtype not in ("fp32", "bf16", "fp16", "fp8"):
-        return (f"dtype {config.dtype} is another framework's precision recipe (autoconf.spec.dtypes), which the "
-                f"executor does not run; use fp8 (torchao) or bf16")
+    reason = dtype_unsupported_reason(config.dtype)
+    if reason:
+        return reason
     if config.dtype == "fp8" and config.tp > 1:
         return (f"dtype fp8 with tp {config.tp}: the executor's FP8 linears (torchao Float8Linear) are not combined "
                 f"with its tensor parallelism; use tp 1 (FSDP and pipelining run fp8), or bf16")
