@@ -114,25 +114,27 @@ def _check_devices(plan, nproc_per_node: int, allow_cpu: bool = False) -> None:
                         f"{plan.config.world_size // max(1, torch.cuda.device_count())} or re-plan for this cluster")
 
 
-def _resumes(checkpoint_dir: str | None) -> bool:
-    """Whether a run with `checkpoint_dir` resumes from a complete checkpoint there."""
+def _latest_checkpoint(checkpoint_dir: str | None) -> tuple[Path, dict] | None:
+    """The complete checkpoint a run with `checkpoint_dir` resumes from (`checkpoint.find_latest`), or None."""
     from autoconf.execute.checkpoint import find_latest
 
-    return checkpoint_dir is not None and find_latest(Path(checkpoint_dir).resolve(), log=lambda m: None) is not None
+    return None if checkpoint_dir is None else find_latest(Path(checkpoint_dir).resolve(), log=lambda m: None)
 
 
-def _check_checkpoint(ckpt_path: Path, steps: int, model) -> None:
-    """Refuses, before any rank starts, a run whose newest complete checkpoint holds another model
+def _check_checkpoint(latest: tuple[Path, dict] | None, steps: int, model) -> None:
+    """Refuses, before any rank starts, a run whose checkpoint to resume from (`latest`) holds another model
     (`checkpoint.model_mismatch`, which every rank would refuse in turn) or is already at or past `steps` (it would
     train nothing): one line each."""
-    from autoconf.execute.checkpoint import find_latest, model_mismatch
+    from autoconf.execute.checkpoint import model_mismatch
 
-    latest = find_latest(ckpt_path, log=lambda message: None)
-    if latest is not None and model_mismatch(*latest, model):
-        raise UserError(model_mismatch(*latest, model))
-    if latest is not None and latest[1].get("step", 0) >= steps:
-        raise UserError(f"the newest checkpoint in {ckpt_path} is at step {latest[1]['step']}, at or past --steps "
-                        f"{steps}: nothing to train; pass --steps above {latest[1]['step']} to go on, or another "
+    if latest is None:
+        return
+    mismatch = model_mismatch(*latest, model)
+    if mismatch:
+        raise UserError(mismatch)
+    if latest[1].get("step", 0) >= steps:
+        raise UserError(f"the newest checkpoint in {latest[0].parent} is at step {latest[1]['step']}, at or past "
+                        f"--steps {steps}: nothing to train; pass --steps above {latest[1]['step']} to go on, or another "
                         f"--checkpoint-dir to start over")
 
 
@@ -182,20 +184,21 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
 
         check_data_file(data_path, plan.model.vocab_size, plan.config.seq_len)
         train_args += ["--data", str(data_path)]
+    latest = _latest_checkpoint(checkpoint_dir)
     if metrics is not None:
         metrics_path = Path(os.path.abspath(metrics))  # not resolved: a link at the path itself is refused
         for what, other in (("plan", plan_path), ("data file", data)):
             if other is not None and metrics_path.exists() and metrics_path.samefile(other):
                 raise UserError(f"--metrics {metrics} is the {what}, which the run reads (--force would delete it); "
                                 f"choose another path for the metrics")
-        if not _resumes(checkpoint_dir):  # (a resumed run continues its metrics: the trainer keeps the steps before)
+        if latest is None:  # (a resumed run continues its metrics: the trainer keeps the steps before)
             check_new(metrics_path, force, hint="choose another path")
         _check_writable_dir(metrics_path.parent, "metrics directory")
         train_args += ["--metrics", str(metrics_path)]
     if checkpoint_dir is not None:
         ckpt_path = Path(checkpoint_dir).resolve()
         _check_writable_dir(ckpt_path, "checkpoint directory")
-        _check_checkpoint(ckpt_path, steps, plan.model)
+        _check_checkpoint(latest, steps, plan.model)
         train_args += ["--checkpoint-dir", str(ckpt_path), "--checkpoint-every", str(checkpoint_every)]
     elif checkpoint_every:
         raise UserError("--checkpoint-every needs --checkpoint-dir")
@@ -388,7 +391,7 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
         locks.append((m.with_name(f".{m.name}{suffix}.lock"), "metrics file"))
     with run_locks(locks):
         if metrics is not None and Path(metrics).exists():
-            if _resumes(checkpoint_dir):
+            if _latest_checkpoint(checkpoint_dir) is not None:
                 print(f"autoconf: note: continuing {metrics}: the steps up to the checkpoint resumed from are kept",
                       file=sys.stderr, flush=True)
             else:

@@ -18,8 +18,8 @@ from autoconf.cost.memory import (Temporary, fp8_weight_cache_bytes, layer_activ
                                   p2p_buffer_bytes, root_unit_params, seq_chunk_kv_bytes, seq_chunk_scales,
                                   stage_layer_activation_bytes, state_bytes_per_param, temporary_terms,
                                   unit_activation_bytes, unsharded_buffer_bytes)
-from autoconf.cost.moe import (block_local_params, blocks_params, dispatch_bytes, dispatch_shares, ep_comm_passes, local_params,
-                               moe_layers)
+from autoconf.cost.moe import (block_local_params, blocks_params, dispatch_bytes, dispatch_shares, ep_comm_passes,
+                               local_params, moe_layers)
 from autoconf.cost.mtp import (mtp_activation_bytes, mtp_embedding_copy, mtp_pass_times,
                                mtp_stage_params)
 from autoconf.spec.cluster import ClusterProfile

@@ -410,7 +410,8 @@ def sequence_parallel_problem(seq_len: int, tp: int, cp: int = 1, chunks: int = 
         return (f"sequence_parallel needs tp {tp} to divide the {seq_len} / cp {cp} tokens of each rank's sequence "
                 f"share")
     if chunks > 1 and (seq_len // chunks) % tp:
-        return f"sequence_parallel needs tp {tp} to divide each of the seq_chunks {chunks} chunks' {seq_len // chunks} tokens"
+        return (f"sequence_parallel needs tp {tp} to divide each of the seq_chunks {chunks} chunks' "
+                f"{seq_len // chunks} tokens")
     return None
 
 
