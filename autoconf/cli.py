@@ -179,6 +179,19 @@ def output_path(ctx, param, value):
     return value
 
 
+def output_file(ctx, param, value):
+    """A file output as a Path: empty paths and paths that end in a separator (a folder the user meant to write
+    into, which Path would turn into a file of the folder's name) are refused by name."""
+    value = output_path(ctx, param, value)
+    if value is None:
+        return None
+    if value.endswith(("/", os.sep)):
+        example = "memory.png" if param.name == "memory_picture" else f"{ctx.info_name}.json"
+        raise click.BadParameter(f"{value!r} names a folder; give a file in it, e.g. "
+                                 f"{str(Path(value) / example)!r}", ctx=ctx, param=param)
+    return Path(value)
+
+
 def layer_counts(ctx, param, value):
     """--recompute-layers 3,1: one non-negative count per virtual stage."""
     if value is None:
@@ -275,11 +288,11 @@ def profiles(as_json: bool) -> None:
 @click.option("--framework-flag", "framework_flags", multiple=True, metavar="KEY=VALUE",
               help="change one flag of the framework, e.g. param_gather_overlap=false (repeatable)")
 @click.option("--json", "as_json", is_flag=True, help="print the plan object as JSON")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the plan here",
-              callback=output_path)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the plan here",
+              callback=output_file)
 @click.option("--force", is_flag=True, help="overwrite --out if it exists")
-@click.option("--memory-picture", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              callback=output_path, help="draw the memory breakdown of the rank that needs the most (PNG)")
+@click.option("--memory-picture", type=click.Path(dir_okay=False), default=None,
+              callback=output_file, help="draw the memory breakdown of the rank that needs the most (PNG)")
 @headroom_option
 @user_errors
 def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, ep, etp, micro_batch, global_batch,
@@ -368,8 +381,8 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
               help="change one flag of the framework, e.g. param_gather_overlap=false (repeatable)")
 @click.option("--top", "top_k", type=click.IntRange(1, 100), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help='print {"plans": [...], "search": {...}} as JSON')
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the best plan",
-              callback=output_path)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the best plan",
+              callback=output_file)
 @click.option("--explain", "explain_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="write pictures and launch scripts here", callback=output_path)
 @click.option("--force", is_flag=True, help="overwrite existing output files")
@@ -637,12 +650,13 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
 
 
 @main.command()
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, callback=output_path)
+@click.option("--out", type=click.Path(dir_okay=False), required=True, callback=output_file)
 @click.option("--nproc-per-node", type=int, default=None, help="default: GPUs, or 2 (quick) / 4 CPU ranks")
 @click.option("--nnodes", type=click.IntRange(1, 100_000), default=1, show_default=True)
 @click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--master-addr", default="127.0.0.1", show_default=True)
-@click.option("--master-port", type=click.IntRange(1, 65535), default=29500, show_default=True)
+@click.option("--master-port", type=click.IntRange(1, 65535), default=None,
+              help="default: a free port on one node, 29500 on more")
 @click.option("--model", "model_arg", default=None, help="model whose blocks to time (default tiny-gpt on CPU)")
 @click.option("--quick", is_flag=True, help="small grid: 2 CPU ranks, a tiny model, under 3 minutes")
 @click.option("--base-profile", default=None, help="bundled profile supplying what is not measured (GPU)")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from autoconf.errors import UserError
-from autoconf.profile.compute import Grid, assign, default_grid, tp_widths
+from autoconf.profile.compute import Grid, assign, default_grid, tp_widths, tp_widths_note
 from autoconf.profile.hardware import parse_bytes
 from autoconf.profile.launch import build_command, check_output, profile
 from autoconf.profile.network import (HostLayout, collective_groups, fit_alpha_beta, group_hosts, round_robin_pairs,
@@ -142,6 +142,15 @@ def test_tp_widths_divide_heads_and_ffn():
     assert isinstance(grid, Grid) and grid.seq_lens == (128,)
 
 
+def test_a_max_tp_the_model_cannot_take_is_said():
+    """`profile --max-tp 8` on tiny-llama timed widths 1 and 2 without a word."""
+    llama = PRESETS["tiny-llama"]
+    note = tp_widths_note(llama, 8, tuple(tp_widths(llama, 8)))
+    assert note and "TP widths 1, 2 only" in note and "2 KV heads" in note
+    assert tp_widths_note(PRESETS["tiny-gpt"], 4, tuple(tp_widths(PRESETS["tiny-gpt"], 4))) is None
+    assert "--max-tp 3" in tp_widths_note(PRESETS["tiny-gpt"], 3, (1, 2))
+
+
 def test_parse_bytes_reads_suffixes():
     assert parse_bytes("4GiB") == 4 << 30
     assert parse_bytes("512M") == 512 << 20
@@ -210,20 +219,21 @@ def test_profile_refuses_a_bad_sequence_length(tmp_path):
     assert not out.exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_rank_quick_profile_round_trips(tmp_path, monkeypatch):
     """A real 2-rank gloo run (tiny grid) writes a measured profile that loads, round-trips, and has a compute table
-    in the format the cost model reads; with two pretend nodes the inter-node paths are exercised too."""
+    in the format the cost model reads; with two pretend nodes the inter-node paths are exercised too. With
+    torchrun's default port 29500 taken, it runs on a free one (it refused before unless given --master-port)."""
     monkeypatch.setenv("AUTOCONF_PROFILE_TINY", "1")
     monkeypatch.setenv("AUTOCONF_PROFILE_FAKE_NODES", "2")
     out = tmp_path / "profile.json"
-    assert profile(out, nproc_per_node=2, quick=True, master_port=_free_port()) == 0
+    with socket.socket() as busy:
+        try:
+            busy.bind(("127.0.0.1", 29500))
+            busy.listen()
+        except OSError:  # taken already: the case this checks
+            pass
+        assert profile(out, nproc_per_node=2, quick=True) == 0
     data = json.loads(out.read_text())
     cluster = ClusterProfile.from_dict(data)
     assert cluster.to_dict() == data

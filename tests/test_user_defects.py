@@ -212,3 +212,15 @@ def test_a_bare_autoconf_prints_its_help():
     assert result.exit_code == 0, result.output
     assert "autoconf: error" not in result.output and "Commands:" in result.output
     assert len(result.output.splitlines()) > 10
+
+
+@pytest.mark.parametrize("args", [["profile", "--out"], ["plan", "--model", "tiny-gpt", "--cluster", "cpu-local",
+                                                         "--global-batch", "8", "--out"],
+                                  ["estimate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8",
+                                   "--memory-picture"]])
+def test_a_file_output_ending_in_a_separator_is_refused(tmp_path, args):
+    """`profile --out runs/` (a folder not yet made) wrote a file named `runs`."""
+    target = tmp_path / "runs"
+    result = run_cli([*args, f"{target}/"])
+    assert_one_clear_error(result, "names a folder", str(target / "x")[:-1])
+    assert not target.exists()

@@ -64,6 +64,16 @@ def tp_widths(model: ModelSpec, max_tp: int) -> list[int]:
     return out
 
 
+def tp_widths_note(model: ModelSpec, max_tp: int, tps: tuple[int, ...]) -> str | None:
+    """The sentence saying why the blocks are timed at no width as wide as an asked `--max-tp`; None when the
+    widest timed width is `max_tp` itself."""
+    if tps and max(tps) >= max_tp:
+        return None
+    return (f"--max-tp {max_tp}: the blocks are timed at TP widths {', '.join(map(str, tps))} only, the powers of two "
+            f"up to {max_tp} that divide {model.name}'s {model.num_heads} heads, {model.num_kv_heads} KV heads and "
+            f"MLP width {model.ffn_hidden_size}")
+
+
 def default_grid(model: ModelSpec, max_tp: int, quick: bool, tiny: bool = False,
                  seq_lens: tuple[int, ...] = ()) -> Grid:
     """The micro-batch sizes, sequence lengths and TP widths to time.

@@ -16,10 +16,12 @@ import tempfile
 from pathlib import Path
 
 from autoconf.errors import UserError
+from autoconf.execute.launch import free_port
 from autoconf.files import check_new
 from autoconf.spec.dtypes import PROFILED_DTYPES
 
 RDZV = ("static", "c10d")
+MULTI_NODE_PORT = 29500  # torchrun's own default: every node must be given the same
 
 
 def _cuda_devices() -> int:
@@ -88,7 +90,8 @@ def build_command(out: Path, nproc_per_node: int, nnodes: int, node_rank: int, m
 
 
 def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: int = 0,
-            master_addr: str = "127.0.0.1", master_port: int = 29500, model: str | None = None, quick: bool = False,
+            master_addr: str = "127.0.0.1", master_port: int | None = None, model: str | None = None,
+            quick: bool = False,
             force: bool = False, base_profile: str | None = None, memory_per_rank: str | None = None,
             dtype: str | None = None, rdzv: str = "static", max_tp: int | None = None,
             seq_lens: tuple[int, ...] = ()) -> int:
@@ -97,11 +100,16 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
     `nproc_per_node` defaults to the number of GPUs, or on a CPU-only host 2 ranks with `quick` and 4 without.
     `rdzv` "static" (the default) passes --node-rank/--master-addr/--master-port to torchrun, so node k of the
     profile is the node started with node_rank k; "c10d" uses a c10d rendezvous at master_addr:master_port instead
-    (nodes may join in any order). `max_tp` times the blocks at TP widths up to it (default: the ranks per node),
-    e.g. 8 on a single GPU whose profile will plan 8-GPU nodes. `seq_lens` are sequence lengths to plan for: the
-    attention block is timed at each, so its seq^2 term is measured there rather than extrapolated.
+    (nodes may join in any order). `master_port` defaults to a free port when this one node is the whole cluster
+    and to 29500 (torchrun's default) on more nodes, which must agree on it. `max_tp` times the blocks at TP widths
+    up to it (default: the ranks per node), e.g. 8 on a single GPU whose profile will plan 8-GPU nodes. `seq_lens`
+    are sequence lengths to plan for: the attention block is timed at each, so its seq^2 term is measured there
+    rather than extrapolated.
     """
     path = check_output(out, force)
+    if master_port is None:
+        local = nnodes == 1 and master_addr in ("127.0.0.1", "localhost")
+        master_port = free_port() if local else MULTI_NODE_PORT
     gpus = _cuda_devices()
     if nproc_per_node is None:
         nproc_per_node = gpus or (2 if quick else 4)

@@ -250,6 +250,10 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
             notes.append(note.rstrip("."))
         model = timed_model(model)
         grid = compute.default_grid(model, args.max_tp or layout.gpus_per_node, quick, tiny, tuple(args.seq_len))
+        capped = args.max_tp and compute.tp_widths_note(model, args.max_tp, grid.tps)
+        if capped:
+            log(f"note: {capped}")
+            notes.append(capped)
         log(f"compute: {model.name} blocks, {main_dtype}")
         optimizer_numel = (1 << 20) if (quick or not on_gpu) else (64 << 20)
         table = compute.measure_compute(model, grid, device, main_dtype,
@@ -259,7 +263,7 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
         else:
             _gpu_model_entries(model, table, grid, device, main_dtype, log)
     else:
-        log("compute: skipped (no --model)")
+        log("compute: skipped (no --model)" + (f"; --max-tp {args.max_tp} has no blocks to time" if args.max_tp else ""))
 
     name = args.name or Path(args.out).stem
     description = (f"Measured by `autoconf profile` ({kind}) on {layout.nodes} node(s) x {layout.gpus_per_node} "
