@@ -44,6 +44,18 @@ def test_dry_run_of_an_8x8_plan_runs_8_nodes_of_8(plan_8x8):
     assert "--nproc-per-node 64" not in result.output
 
 
+def test_a_dry_run_makes_no_folders(plan_8x8, tmp_path):
+    """`launch --dry-run --checkpoint-dir a/b --metrics c/m.jsonl` made both folders; it checks them now and makes
+    nothing, and still refuses a place that cannot become a folder."""
+    ckpt, metrics = tmp_path / "a" / "b", tmp_path / "c" / "m.jsonl"
+    result = run_cli(["launch", plan_8x8, "--dry-run", "--checkpoint-dir", ckpt, "--metrics", metrics])
+    assert result.exit_code == 0, result.output
+    assert str(ckpt) in result.output and sorted(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("")
+    result = run_cli(["launch", plan_8x8, "--dry-run", "--checkpoint-dir", tmp_path / "file" / "ck"])
+    assert_one_clear_error(result, "is not a folder")
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a host without CUDA")
 def test_gpu_plan_on_a_cpu_host_is_refused_unless_asked(plan_8x8):
     """A plan for H100s on a host without CUDA stops before starting anything, naming --allow-cpu."""

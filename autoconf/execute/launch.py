@@ -51,7 +51,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _check_writable_dir(path: Path, what: str) -> None:
+def _check_writable_dir(path: Path, what: str, create: bool = True) -> None:
+    """Refuses a folder that cannot be written; makes it (and its parents) when `create`, else only checks that the
+    nearest existing one is a writable folder, so a dry run leaves the disk as it was."""
+    if not create:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise UserError(f"cannot create {what} {path}: {existing} is not a folder")
+        if not os.access(existing, os.W_OK):
+            raise UserError(f"cannot create {what} {path}: {existing} is not writable")
+        return
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -143,9 +152,10 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
                    max_restarts: int = 0, nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
                    master_port: int = 29500, nproc_per_node: int | None = None,
                    force: bool = False, timeout_s: float | None = None,
-                   rendezvous_timeout_s: float | None = None) -> list[list[str]]:
+                   rendezvous_timeout_s: float | None = None, create_dirs: bool = True) -> list[list[str]]:
     """Validates everything `launch` validates and returns the torchrun command of every node (index = node
-    rank). Raises UserError naming what is wrong and what would work."""
+    rank). Raises UserError naming what is wrong and what would work. Without `create_dirs` (a dry run) the
+    metrics and checkpoint folders are checked but not made."""
     plan_path = Path(plan_path).resolve()
     plan = load_plan(plan_path)
     check_supported(plan.config, plan.model)
@@ -193,11 +203,11 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
                                 f"choose another path for the metrics")
         if latest is None:  # (a resumed run continues its metrics: the trainer keeps the steps before)
             check_new(metrics_path, force, hint="choose another path")
-        _check_writable_dir(metrics_path.parent, "metrics directory")
+        _check_writable_dir(metrics_path.parent, "metrics directory", create_dirs)
         train_args += ["--metrics", str(metrics_path)]
     if checkpoint_dir is not None:
         ckpt_path = Path(checkpoint_dir).resolve()
-        _check_writable_dir(ckpt_path, "checkpoint directory")
+        _check_writable_dir(ckpt_path, "checkpoint directory", create_dirs)
         _check_checkpoint(latest, steps, plan.model)
         train_args += ["--checkpoint-dir", str(ckpt_path), "--checkpoint-every", str(checkpoint_every)]
     elif checkpoint_every:
@@ -361,7 +371,7 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
         nnodes = default_nnodes(plan)
     commands = build_commands(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_every,
                               max_restarts, nnodes, node_rank, master_addr, master_port, nproc_per_node, force,
-                              timeout_s, rendezvous_timeout_s)
+                              timeout_s, rendezvous_timeout_s, create_dirs=not dry_run)
     nproc = int(commands[0][commands[0].index("--nproc-per-node") + 1])
     if not dry_run:
         _check_devices(plan, nproc, allow_cpu)
