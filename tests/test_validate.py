@@ -188,6 +188,31 @@ def test_repeats_run_the_list_in_turn_and_keep_the_median(tmp_path, layouts):
     assert (tmp_path / "runs" / "0" / "metrics.2.jsonl").exists()
 
 
+def test_validate_fails_when_a_layout_failed_or_nothing_was_ranked(tmp_path, monkeypatch):
+    """`validate` exited 0 after layouts failed to run, or when fewer than two ran; now it prints the table and
+    the files, then one error line naming the failed layouts."""
+    from click.testing import CliRunner
+
+    from autoconf import cli
+    from autoconf.validate import run as validate_run
+    from tests.test_bad_input import assert_one_clear_error
+
+    runs = [Run(0, "tp1 dp2", {"tp": 1}, 0.10, 0.11, chosen=True, status="ok"),
+            Run(1, "tp2 dp1", {"tp": 2}, 0.20, None, status="failed", failure="exit code 1: out of memory")]
+    monkeypatch.setattr(validate_run, "validate",
+                        lambda *a, **k: Report("tiny-gpt", "cpu-local", 8, 64, 3, runs).summarise())
+    args = ["validate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8", "--out", tmp_path]
+    result = CliRunner().invoke(cli.main, [str(a) for a in args])
+    assert_one_clear_error(result, "1 of 2 layouts failed", "#1 tp2 dp1: exit code 1: out of memory")
+    assert "predicted vs measured" in result.output
+    runs[1:] = []
+    result = CliRunner().invoke(cli.main, [str(a) for a in args])
+    assert_one_clear_error(result, "only 1 layout could be chosen")
+    runs.append(Run(1, "tp2 dp1", {"tp": 2}, 0.20, 0.19, status="ok"))
+    result = CliRunner().invoke(cli.main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+
+
 # ---- calibration --------------------------------------------------------------------------------------------------
 def test_calibrated_prediction_is_homogeneous_of_degree_one_in_the_factors():
     """The fit's premise: on a profile without overheads of its own, multiplying every factor (compute_scale,

@@ -445,4 +445,21 @@ def validate_command(model: str, cluster_path: str, global_batch: int, seq_len: 
     for name in ("report.json", "scatter.png", "calibrated_profile.json"):
         if (out / name).exists():
             console.print(f"wrote {out / name}")
+    problem = incomplete(report)
+    if problem:
+        raise UserError(f"{problem} (report: {out / 'report.json'})")
     return report.to_dict()
+
+
+def incomplete(report: Report) -> str | None:
+    """Why the report does not validate the planner (a layout failed, or fewer than two ran, so there is no
+    ranking to compare); None when every layout ran and there were at least two."""
+    failed = [r for r in report.runs if r.status != "ok"]
+    if failed:
+        return (f"{len(failed)} of {len(report.runs)} layouts failed to run ("
+                + "; ".join(f"#{r.index} {r.label}: {(r.failure or r.status)[:80]}" for r in failed[:3])
+                + ("; ..." if len(failed) > 3 else "") + "): their logs are under runs/<#>/")
+    if len(report.runs) < 2:
+        return (f"only {len(report.runs)} layout could be chosen for this model, cluster and batch, so nothing was "
+                f"ranked; give a larger --global-batch or a profile with more ranks")
+    return None
