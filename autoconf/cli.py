@@ -644,6 +644,10 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
         raise UserError(f"{plan_path}: no complete prediction in the plan (missing "
                         f"{', '.join(sorted(needed - set(plan_obj.prediction)))}); run `autoconf estimate` with its "
                         f"layout to make one")
+    if cluster is None and (plan_obj.timeline is None or not plan_obj.timeline.events):
+        from autoconf.report.pictures import plan_cluster
+
+        cluster = plan_cluster(plan_obj)  # the timeline is simulated again on it: refused before anything is printed
     print_table(prediction_table(plan_obj))
     for path in show_plan(plan_path, out_dir, force=force, cluster=cluster):
         click.echo(f"wrote {path}")

@@ -192,6 +192,40 @@ def test_explain_and_show(tmp_path):
     assert show(tmp_path / "explain" / "plan.json", tmp_path / "shown", force=True)
 
 
+def test_a_plan_made_on_a_profile_file_is_shown_from_it(tmp_path):
+    """A plan made with --cluster FILE recorded only the profile's name, so `show` could not find the profile to
+    draw its timeline; the plan now records the file's path, and a file gone or renamed is one clear line."""
+    import json
+
+    from click.testing import CliRunner
+
+    from autoconf.cli import main
+    from autoconf.spec.cluster import PROFILES_DIR
+    from tests.test_bad_input import assert_one_clear_error
+
+    data = json.loads((PROFILES_DIR / "cpu-local.json").read_text())
+    data["name"] = "my-cluster"
+    profile = tmp_path / "mine.json"
+    profile.write_text(json.dumps(data))
+    plan = tmp_path / "plan.json"
+    result = CliRunner().invoke(main, ["plan", "--model", "tiny-gpt", "--cluster", str(profile), "--global-batch",
+                                       "8", "--seq-len", "64", "--out", str(plan)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(plan.read_text())["cluster"]["profile"] == str(profile.resolve())
+    bundled = load_cluster("cpu-local").to_dict()
+    assert load_cluster(str(profile)).to_dict() == {**bundled, "name": "my-cluster"}  # the path is not written
+    result = CliRunner().invoke(main, ["show", str(plan), "--out", str(tmp_path / "shown")])
+    assert result.exit_code == 0, result.output
+    assert_png(tmp_path / "shown" / "timeline.png")
+    profile.rename(tmp_path / "moved.json")
+    result = CliRunner().invoke(main, ["show", str(plan), "--out", str(tmp_path / "again")])
+    assert_one_clear_error(result, "'my-cluster' is not available", "where it was planned, is gone")
+    assert not (tmp_path / "again").exists() and "iteration time" not in result.output
+    result = CliRunner().invoke(main, ["show", str(plan), "--out", str(tmp_path / "again"), "--cluster",
+                                       str(tmp_path / "moved.json")])
+    assert result.exit_code == 0, result.output
+
+
 def test_torchrun_scripts_follow_a_placement_that_swaps_nodes():
     """When the placement puts grid block 0 on physical node 1, node 1's script starts torchrun as node rank 0."""
     import numpy as np

@@ -894,8 +894,12 @@ def _extended_peaks(at_2p, at_3p, pp: int, m: int, vpp: int, seq_chunks: int = 1
 
 
 def _cluster_summary(cluster: ClusterProfile) -> dict:
-    return {"name": cluster.name, "nodes": cluster.nodes, "gpus_per_node": cluster.gpus_per_node,
-            "backend": cluster.backend, "device": cluster.device.name}
+    """The plan's `cluster` object; "profile" is the profile file's path when it is not a bundled one."""
+    summary = {"name": cluster.name, "nodes": cluster.nodes, "gpus_per_node": cluster.gpus_per_node,
+               "backend": cluster.backend, "device": cluster.device.name}
+    if cluster.path:
+        summary["profile"] = cluster.path
+    return summary
 
 
 def _memory(model, cluster, c, partition, schedule, timeline: Timeline, execution: Execution) -> list[dict]:

@@ -38,17 +38,27 @@ MAX_LABELS = 3000  # micro-batch numbers drawn at most (beyond that the picture 
 
 
 def plan_cluster(plan: Plan, cluster=None):
-    """The cluster profile to re-simulate `plan` on: `cluster` if given, else the bundled/path profile it names."""
+    """The cluster profile to re-simulate `plan` on: `cluster` if given, else the profile file the plan recorded
+    (when it is still there and still has the plan's cluster name), else the bundled profile or path it names."""
     if cluster is not None:
         return cluster
     from autoconf.spec.cluster import load_cluster
 
-    name = plan.cluster.get("name")
+    name, recorded = plan.cluster.get("name"), plan.cluster.get("profile")
+    shape = int(plan.cluster.get("nodes", 1)), int(plan.cluster.get("gpus_per_node", 1))
+    if recorded and Path(recorded).is_file():
+        try:
+            found = load_cluster(recorded, *shape)
+        except UserError:
+            found = None
+        if found is not None and found.name == name:
+            return found
     try:
-        return load_cluster(str(name), int(plan.cluster.get("nodes", 1)), int(plan.cluster.get("gpus_per_node", 1)))
+        return load_cluster(str(name), *shape)
     except UserError as err:
-        raise UserError(f"cannot redraw the timeline: the plan's cluster {name!r} is not available ({err}); "
-                        f"pass the cluster profile it was planned on") from None
+        why = f"{recorded}, where it was planned, is gone or holds another profile" if recorded else str(err)
+        raise UserError(f"cannot redraw the timeline: the plan's cluster {name!r} is not available ({why}); "
+                        f"pass the cluster profile it was planned on (--cluster FILE)") from None
 
 
 def plan_timeline(plan: Plan, cluster=None) -> tuple[Timeline, float]:

@@ -132,6 +132,9 @@ class ClusterProfile:
     price: dict | None = None
     memory_headroom: dict = field(default_factory=lambda: dict(DEFAULT_MEMORY_HEADROOM))  # {"value": fraction, "why"}
     host: dict | None = None  # HOST_FIELDS and "source"; None: not known, no offload planned
+    # The absolute path of the profile file it was loaded from, when not a bundled one: plans record it so that
+    # `show` finds the profile again. Not part of the profile's content (neither written nor compared).
+    path: str | None = field(default=None, compare=False)
 
     @functools.cached_property
     def matmul_size_points(self) -> tuple[tuple[float, float], ...]:
@@ -355,4 +358,6 @@ def load_cluster(arg: str, nodes: int | None = None, gpus_per_node: int | None =
             raise UserError(f"unknown cluster {arg!r}: not a bundled profile ({', '.join(bundled_profiles())}) "
                             f"and no such file")
     profile = ClusterProfile.from_dict(read_json(path, "cluster profile"), source=str(path))
+    if path != bundled:
+        profile = dataclasses.replace(profile, path=str(path.resolve()))
     return profile.resized(nodes, gpus_per_node)

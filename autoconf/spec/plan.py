@@ -427,7 +427,7 @@ class Plan:
     """Everything `launch` needs: the model, the cluster shape, the config, partition, placement, prediction."""
 
     model: ModelSpec
-    cluster: dict  # {"name", "nodes", "gpus_per_node", "backend", "device"}
+    cluster: dict  # {"name", "nodes", "gpus_per_node", "backend", "device"} and "profile" (a file's path) if not bundled
     config: ParallelConfig
     partition: list  # [[first_layer, end_layer], ...] per virtual stage in stage order
     placement: dict  # {"mesh": nested [pp][dp][cp][tp] of global ranks (spec/grid.py AXES)}
@@ -500,6 +500,9 @@ class Plan:
             if key in self.cluster and not is_printable_name(self.cluster[key]):
                 raise UserError(f"{source}: cluster {key} must be printable text without newlines or control "
                                 f"characters (got {self.cluster[key]!r})")
+        profile = self.cluster.get("profile")
+        if profile is not None and (not isinstance(profile, str) or not profile or "\0" in profile):
+            raise UserError(f"{source}: cluster profile must be the path of a profile file (got {profile!r})")
         world = nodes * gpus
         self.config.check(self.model, world)
         c = self.config
