@@ -406,6 +406,21 @@ def test_ranking_keys_tell_every_candidate_apart_and_start_with_their_familys():
     assert all(len(family_heads) == 1 for family_heads in heads.values())
 
 
+def test_a_pinned_cp_exchange_asks_for_context_parallelism():
+    """`--fix cp_comm=allgather` was honoured only where cp > 1, so the best plan could have cp 1 and ignore it; it
+    now keeps every candidate at cp > 1 (also below the lengths the search tries cp at on its own), and a pin it
+    cannot honour is one line."""
+    llama = PRESETS["tiny-llama"]
+    pinned = list(candidates(llama, CPU.world_size, CPU.gpus_per_node, 8, 64, "fp32", fixed={"cp_comm": "allgather"}))
+    assert pinned and all(c.cp > 1 and c.cp_comm == "allgather" for c in pinned)
+    assert {c.cp for c in pinned} == {2, 4}
+    for fixed, seq, attention, why in (({"cp_comm": "ring", "cp": 1}, 64, "flash", "--fix cp=1 turns it off"),
+                                       ({"cp_comm": "ring"}, 63, "flash", "splits 63 tokens"),
+                                       ({"cp_comm": "ring"}, 64, "standard", "runs with flash attention")):
+        with pytest.raises(UserError, match=why):
+            next(candidates(llama, CPU.world_size, CPU.gpus_per_node, 8, seq, "fp32", attention, fixed=fixed))
+
+
 def test_the_memory_check_before_simulating_changes_no_plan(monkeypatch):
     """The walk checks every rank's memory (`_BoundCache.layout_memory`, the simulation's own) before it simulates a
     candidate: a tiny MoE model on devices of 2 GiB (some layouts fit, many do not) gets the same ranked plans with

@@ -105,7 +105,7 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
     """Every legal layout honouring `fixed`; deterministic order. `zero_stages` lists the stages worth telling
     apart (a pinned --fix zero_stage is always honoured); `selective_policies` the `selective_recompute` values of
     the selective candidates (None: the framework's own; a pinned --fix selective_recompute is honoured, and pins
-    recompute to selective). `tp_cp_domain`: (devices, why) that a TP x CP block stays within
+    recompute to selective; a pinned cp_comm likewise asks for cp > 1). `tp_cp_domain`: (devices, why) that a TP x CP block stays within
     (`placement.tp_cp_domain` of the cluster; None devices: any); a pinned --fix cp that no TP fits in is one
     line naming what would."""
     fixed = normalise_fixed(fixed or {})
@@ -126,6 +126,17 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                             f"(got --fix recompute={fixed['recompute']})")
         fixed = {**fixed, "recompute": "selective"}
 
+    if "cp_comm" in fixed:  # (it is read only under context parallelism, so a pin asks for it)
+        if fixed.get("cp", 2) == 1:
+            raise UserError(f"--fix cp_comm={fixed['cp_comm']} is read only under context parallelism, but --fix "
+                            f"cp=1 turns it off; drop one of them")
+        if attention != "flash":
+            raise UserError(f"--fix cp_comm={fixed['cp_comm']}: context parallelism runs with flash attention, not "
+                            f"--attention {attention}")
+        if not any(seq_len % (2 * d) == 0 for d in _divisors(world_size) if d > 1):
+            raise UserError(f"--fix cp_comm={fixed['cp_comm']} asks for context parallelism, but no cp > 1 dividing "
+                            f"the {world_size} devices splits {seq_len} tokens into 2 x cp equal chunks")
+
     for key, plain in (("seq_chunks", 1), ("seq_split", "even")):
         splitting = [n for n in SCHEDULES if schedule_spec(n).sequence_chunks]
         if fixed.get(key, plain) != plain and fixed.get("schedule") not in splitting:
@@ -142,6 +153,8 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
     head_divisors = [d for d in _divisors(model.num_kv_heads) if model.num_heads % d == 0]
     tps = choices("tp", [t for t in head_divisors if t <= gpus_per_node and world_size % t == 0])
     def cps(tp: int) -> list[int]:
+        if "cp_comm" in fixed:  # every cp that splits the sequence, as a pinned cp is taken
+            return choices("cp", [d for d in _divisors(world_size // tp) if d > 1])
         return choices("cp", cp_choices(world_size // tp, seq_len) if attention == "flash" else [1])
 
     domain, why = tp_cp_domain
