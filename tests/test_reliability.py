@@ -232,6 +232,26 @@ def test_dead_peer_without_restarts_ends_quickly(tmp_path, capfd):
 
 
 # ---- pieces without a process group --------------------------------------------------------------------------------
+def test_the_failure_summary_names_ranks_that_ended_alike_together():
+    """After a peer died, every other rank of a 64-rank job was listed one by one in the `autoconf: then:` line;
+    ranks that ended the same way on the same node are one group now, and the trainer's exit codes are named."""
+    from types import SimpleNamespace
+
+    from autoconf.execute.elastic import EXIT_LOST_PEER, describe_failures, rank_ranges
+
+    def failure(local, host, code):
+        return SimpleNamespace(local_rank=local, hostname=host, exitcode=code, message="", signal_name=lambda: "x")
+
+    failures = {r: failure(r % 8, f"node-{r // 8}", EXIT_LOST_PEER) for r in range(1, 16)}
+    failures[9] = failure(1, "node-1", -9)
+    failures[9].signal_name = lambda: "SIGKILL"
+    line = describe_failures(failures)
+    assert line == ("ranks 1-7 on node-0 exited with code 3 (lost a peer: it died, hung past the collective timeout, "
+                    "or its node is gone); ranks 8, 10-15 on node-1 exited with code 3 (lost a peer: it died, hung "
+                    "past the collective timeout, or its node is gone); rank 9 on node-1 was killed by signal SIGKILL")
+    assert rank_ranges([5, 0, 1, 2, 7, 8]) == "0-2, 5, 7-8" and rank_ranges([3]) == "3"
+
+
 def test_metrics_dedupe_keeps_each_step_up_to_the_resume_point(tmp_path):
     from autoconf.execute.train import dedupe_metrics
 

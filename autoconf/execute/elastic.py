@@ -67,9 +67,16 @@ def store_host(args) -> str | None:
     return _loopback(endpoint.rsplit(":", 1)[0] if ":" in endpoint else endpoint)
 
 
-def describe_failure(rank: int, failure) -> str:
-    """One line for one failed worker (a torch.distributed.elastic ProcessFailure)."""
-    where = f"rank {rank} (local rank {failure.local_rank} on {getattr(failure, 'hostname', None) or 'its node'})"
+# The trainer's exit codes (autoconf.execute.train) and what each means, for the summary.
+EXIT_REFUSED = 2
+EXIT_LOST_PEER = 3
+EXIT_MEANINGS = {EXIT_REFUSED: "refused the plan or its files (see the error line above)",
+                 EXIT_LOST_PEER: "lost a peer: it died, hung past the collective timeout, or its node is gone"}
+
+
+def _how(failure) -> str:
+    """How one worker ended, without saying which: killed by a signal or its exit code (with the trainer's meaning
+    of it), and the last line of its error message."""
     if failure.exitcode is not None and failure.exitcode < 0:
         try:
             how = f"was killed by signal {failure.signal_name()}"
@@ -77,9 +84,41 @@ def describe_failure(rank: int, failure) -> str:
             how = f"was killed by signal {-failure.exitcode}"
     else:
         how = f"exited with code {failure.exitcode}"
+        if failure.exitcode in EXIT_MEANINGS:
+            how += f" ({EXIT_MEANINGS[failure.exitcode]})"
     message = (failure.message or "").strip().splitlines()
     detail = f": {message[-1][:300]}" if message and not message[-1].startswith(("Signal ", "To enable")) else ""
-    return where + " " + how + detail
+    return how + detail
+
+
+def _host(failure) -> str:
+    return getattr(failure, "hostname", None) or "its node"
+
+
+def describe_failure(rank: int, failure) -> str:
+    """One line for one failed worker (a torch.distributed.elastic ProcessFailure)."""
+    return f"rank {rank} (local rank {failure.local_rank} on {_host(failure)}) {_how(failure)}"
+
+
+def rank_ranges(ranks: list[int]) -> str:
+    """Sorted ranks as runs: [0, 1, 2, 5, 7, 8] -> "0-2, 5, 7-8"."""
+    runs: list[list[int]] = []
+    for r in sorted(ranks):
+        if runs and r == runs[-1][1] + 1:
+            runs[-1][1] = r
+        else:
+            runs.append([r, r])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def describe_failures(failures: dict) -> str:
+    """The failed workers in one line, those that ended the same way on the same node together ("ranks 1-7 on
+    node-a exited with code 3 (...)"), groups in order of their first rank."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for rank, failure in sorted(failures.items()):
+        groups.setdefault((_host(failure), _how(failure)), []).append(rank)
+    return "; ".join(f"rank{'s' if len(ranks) > 1 else ''} {rank_ranges(ranks)} on {host} {how}"
+                     for (host, how), ranks in groups.items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,11 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + int(err.sigval)
     except ChildFailedError as err:
         root_rank, root = err.get_first_failure()
-        others = [describe_failure(r, f) for r, f in sorted(err.failures.items()) if r != root_rank]
+        others = {r: f for r, f in err.failures.items() if r != root_rank}
         print(f"autoconf: error: training failed after {args.max_restarts} allowed restart(s): "
               f"{describe_failure(root_rank, root)}", file=sys.stderr, flush=True)
         if others:
-            print(f"autoconf: then: {'; '.join(others)}", file=sys.stderr, flush=True)
+            print(f"autoconf: then: {describe_failures(others)}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         return 130

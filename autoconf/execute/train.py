@@ -33,6 +33,7 @@ from autoconf.execute import checkpoint as ckpt
 from autoconf.execute import context_parallel as cpx
 from autoconf.execute import faults
 from autoconf.execute.data import TokenSource, local_rows
+from autoconf.execute.elastic import EXIT_LOST_PEER, EXIT_REFUSED
 from autoconf.execute.mesh import (build_expert_mesh, build_mesh, process_group_backend, subgroup_backend,
                                    torchrun_store)
 from autoconf.execute.model import init_seed
@@ -543,19 +544,22 @@ def main(argv=None) -> int:
     except UserError as err:
         if not dist.is_initialized() or dist.get_rank() == 0:
             print(f"autoconf: error: {err}", file=sys.stderr, flush=True)
-        return 2
+        return EXIT_REFUSED
     except Exception as err:  # noqa: BLE001 - only communication failures are explained; bugs keep the traceback
         if not is_communication_failure(err):
             raise
-        rank = os.environ.get("RANK", "?")
-        first = (str(err).strip().splitlines() or [""])[0]
-        print(f"autoconf: rank {rank}: error: lost a peer (it died, hung for more than the {args.timeout:g} s "
-              f"collective timeout, or its node is gone): {first[:300]}", file=sys.stderr, flush=True)
-        if os.environ.get("AUTOCONF_DEBUG"):
+        # One line per node (the launcher's summary names every rank that ended so); all of them when debugging.
+        debug = bool(os.environ.get("AUTOCONF_DEBUG"))
+        if debug or os.environ.get("LOCAL_RANK", "0") == "0":
+            rank = os.environ.get("RANK", "?")
+            first = (str(err).strip().splitlines() or [""])[0]
+            print(f"autoconf: rank {rank}: error: lost a peer (it died, hung for more than the {args.timeout:g} s "
+                  f"collective timeout, or its node is gone): {first[:300]}", file=sys.stderr, flush=True)
+        if debug:
             import traceback
 
             traceback.print_exc()
-        return 3
+        return EXIT_LOST_PEER
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
