@@ -55,3 +55,37 @@ def test_unsharded_rank_computes_in_bf16_on_fp32_master_weights(tmp_path):
         assert abs(mixed - reference) <= 0.02 * reference
     finally:
         dist.destroy_process_group()
+
+
+def test_fsdp_view_warning_is_silenced_by_the_trainer(tmp_path):
+    """Every rank of a tp2 x dp2 ZeRO-3 launch printed FSDP2's "returned a view tensor" warning (the head's local
+    view of its all-gathered logits, which the loss reads out of place). The trainer silences exactly it."""
+    import warnings
+
+    from torch.distributed.fsdp import fully_shard
+
+    from autoconf.execute.train import quiet_known_warnings
+
+    class Viewing(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.linear(x).view(-1)
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = fully_shard(Viewing())
+        for quiet in (False, True):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if quiet:
+                    quiet_known_warnings()
+                warnings.warn("another warning", UserWarning)
+                model(torch.ones(2, 4)).sum().backward()
+            messages = [str(w.message) for w in caught]
+            assert "another warning" in messages
+            assert any("returned a view tensor" in m for m in messages) != quiet, messages
+    finally:
+        dist.destroy_process_group()

@@ -21,6 +21,7 @@ import signal
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -513,6 +514,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def quiet_known_warnings() -> None:
+    """Silences torch's warnings that are known not to apply, so each rank does not print them:
+    - FSDP2's "returned a view tensor": under TP the head's logits come back as the local view of the all-gathered
+      DTensor (`use_local_output`), and the loss (`pipeline.loss_fn`) reads them out of place only."""
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(.*\) returned a view tensor",
+                            category=UserWarning)
+
+
 def main(argv=None) -> int:
     if "TORCHELASTIC_RUN_ID" in os.environ:  # under torchrun: never outlive the agent that supervises this worker
         from autoconf.execute.launch import die_with_parent
@@ -521,6 +530,7 @@ def main(argv=None) -> int:
         if os.getppid() == 1:
             return 1
     args = parse_args(argv)
+    quiet_known_warnings()
     if args.device == "cpu":
         device = torch.device("cpu")
     elif args.device == "cuda":
