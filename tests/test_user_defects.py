@@ -236,3 +236,44 @@ def test_a_file_output_ending_in_a_separator_is_refused(tmp_path, args):
     result = run_cli([*args, f"{target}/"])
     assert_one_clear_error(result, "names a folder", str(target / "x")[:-1])
     assert not target.exists()
+
+
+def test_host_memory_is_read_with_a_cgroup_limit(tmp_path):
+    """MemAvailable, or what a cgroup v2 limit leaves when that is less; None where neither can be read."""
+    from autoconf.execute.host_memory import available_memory_bytes
+
+    assert available_memory_bytes(tmp_path) is None
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "meminfo").write_text("MemTotal: 4000 kB\nMemAvailable: 3000 kB\n")
+    assert available_memory_bytes(tmp_path) == 3000 * 1024
+    cgroup = tmp_path / "sys" / "fs" / "cgroup"
+    cgroup.mkdir(parents=True)
+    (cgroup / "memory.max").write_text("max\n")
+    (cgroup / "memory.current").write_text("100\n")
+    assert available_memory_bytes(tmp_path) == 3000 * 1024
+    (cgroup / "memory.max").write_text("1000100\n")
+    assert available_memory_bytes(tmp_path) == 1_000_000
+
+
+def test_a_cpu_run_beyond_the_hosts_memory_is_refused_before_it_starts(tmp_path, monkeypatch):
+    """A GPU plan rehearsed on CPU (--allow-cpu) or a CPU plan whose ranks need more than the host has started
+    every rank and swapped or was killed; it is one line now, with the need estimated as the CPU ranks run it."""
+    from autoconf.execute import host_memory
+    from autoconf.spec.plan import load_plan
+
+    gpu_plan = tmp_path / "gpu.json"
+    result = run_cli(estimate_args("--gpus-per-node", "2", "--tp", "2", "--pp", "1", "--dp", "1", "--micro-batch",
+                                   "1", "--global-batch", "1", "--out", gpu_plan))
+    assert result.exit_code == 0, result.output
+    need = host_memory.cpu_run_memory_bytes(load_plan(gpu_plan), 2)
+    assert need > 16 * load_plan(gpu_plan).model.total_params()  # fp32 weights, gradients and Adam over 2 ranks
+    problem = host_memory.host_memory_problem(load_plan(gpu_plan), 2, int(need) - 1)
+    assert problem and "estimated in fp32 on CPU" in problem and "--allow-unfit" in problem
+    assert host_memory.host_memory_problem(load_plan(gpu_plan), 2, int(need) + 1) is None
+    cpu_plan = tmp_path / "cpu.json"
+    result = run_cli(["plan", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8", "--seq-len", "64",
+                      "--gpus-per-node", "2", "--out", cpu_plan])
+    assert result.exit_code == 0, result.output
+    monkeypatch.setattr(host_memory, "available_memory_bytes", lambda: 1 << 20)
+    result = run_cli(["launch", cpu_plan, "--steps", "1"])
+    assert_one_clear_error(result, "2 ranks on this host need about", "0.0 GiB available")

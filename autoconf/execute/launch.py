@@ -123,6 +123,24 @@ def _check_devices(plan, nproc_per_node: int, allow_cpu: bool = False) -> None:
                         f"{plan.config.world_size // max(1, torch.cuda.device_count())} or re-plan for this cluster")
 
 
+def _check_host_memory(plan, nproc_per_node: int, allow_unfit: bool) -> None:
+    """A run on this host's CPU ranks whose predicted peak exceeds the host's available memory is refused before
+    it starts (it would swap or be killed), unless `allow_unfit` (`host_memory`)."""
+    from autoconf.execute.host_memory import available_memory_bytes, host_memory_problem
+
+    try:
+        import torch
+
+        on_cpu = not torch.cuda.is_available()
+    except ImportError:
+        return
+    if allow_unfit or not (on_cpu or not plan_wants_gpus(plan)):
+        return
+    problem = host_memory_problem(plan, nproc_per_node, available_memory_bytes())
+    if problem:
+        raise UserError(problem)
+
+
 def _latest_checkpoint(checkpoint_dir: str | None) -> tuple[Path, dict] | None:
     """The complete checkpoint a run with `checkpoint_dir` resumes from (`checkpoint.find_latest`), or None."""
     from autoconf.execute.checkpoint import find_latest
@@ -375,6 +393,7 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
     nproc = int(commands[0][commands[0].index("--nproc-per-node") + 1])
     if not dry_run:
         _check_devices(plan, nproc, allow_cpu)
+        _check_host_memory(plan, nproc, allow_unfit)
         if nnodes > 1 and master_addr in ("127.0.0.1", "localhost"):
             raise UserError(f"the plan runs on {nnodes} nodes: start `autoconf launch` on each with --node-rank R "
                             f"and --master-addr set to the address of the node that starts as rank 0 (see "

@@ -1,0 +1,79 @@
+"""Whether a run on this host's CPU ranks fits in its memory, checked before any rank starts.
+
+A CPU run's "device" memory is the host's: every rank of the node shares it with whatever else runs there, so the
+plan's own fit check (against the per-rank capacity written in the profile when it was measured) is not enough. The
+need is the cost model's: each rank's predicted peak (the plan's prediction for a CPU plan; for a GPU plan
+rehearsed on CPU, the same layout estimated again on the CPU profile in fp32, as the executor runs it there). The
+supply is what the kernel says new processes can still take (MemAvailable), less under a cgroup's limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+GiB = 1024**3
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max": no limit
+
+
+def available_memory_bytes(root: Path = Path("/")) -> int | None:
+    """Bytes new processes can still take on this host: /proc/meminfo's MemAvailable, or less when this process's
+    cgroup (v2) has a memory limit (memory.max - memory.current); None where neither can be read. `root` is for
+    tests."""
+    available = None
+    try:
+        for line in (root / "proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    limit, used = _read_int(root / "sys/fs/cgroup/memory.max"), _read_int(root / "sys/fs/cgroup/memory.current")
+    if limit is not None and used is not None:
+        left = max(0, limit - used)
+        available = left if available is None else min(available, left)
+    return available
+
+
+def cpu_run_memory_bytes(plan, nproc_per_node: int) -> float | None:
+    """What this node's `nproc_per_node` ranks hold at their peak when the plan runs on CPU: each pipeline rank's
+    predicted total times the ranks that share it, the node's share of the world. None when the layout cannot be
+    estimated on CPU (the executor then refuses it anyway)."""
+    from autoconf.errors import UserError
+
+    stages = plan.prediction.get("memory_per_stage")
+    if plan.cluster.get("backend") == "nccl":  # rehearsed: estimated again as the CPU ranks run it
+        from autoconf.cost.estimate import estimate
+        from autoconf.spec.cluster import load_cluster
+        from autoconf.spec.frameworks import plan_execution
+
+        c = plan.config
+        try:
+            cpu = load_cluster("cpu-local", 1, c.world_size)
+            stages = estimate(plan.model, cpu, dataclasses.replace(c, dtype="fp32"), partition=plan.partition,
+                              execution=plan_execution(plan.prediction), detail=False).prediction["memory_per_stage"]
+        except (UserError, ValueError, KeyError):
+            return None
+    if not stages:
+        return None
+    world = plan.config.world_size
+    per_pipeline_rank = world // len(stages)
+    return sum(s["total"] for s in stages) * per_pipeline_rank * nproc_per_node / world
+
+
+def host_memory_problem(plan, nproc_per_node: int, available: int | None) -> str | None:
+    """The line refusing a CPU run whose ranks need more than `available` bytes; None when it fits or either side
+    is unknown."""
+    need = cpu_run_memory_bytes(plan, nproc_per_node)
+    if need is None or available is None or need <= available:
+        return None
+    rehearsal = " (the layout estimated in fp32 on CPU)" if plan.cluster.get("backend") == "nccl" else ""
+    return (f"the plan's {nproc_per_node} ranks on this host need about {need / GiB:.1f} GiB of memory at their "
+            f"peak{rehearsal}, but it has {available / GiB:.1f} GiB available; free memory, plan a smaller model "
+            f"or fewer ranks, or pass --allow-unfit to launch it anyway")
