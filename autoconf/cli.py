@@ -327,9 +327,11 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
                             selective_recompute=selective_recompute, seq_chunks=seq_chunks, seq_split=seq_split)
     if model.context_problem(config.seq_len):
         raise UserError(model.context_problem(config.seq_len))
-    if memory_picture is not None:
-        from autoconf.files import check_new
+    from autoconf.files import check_new, refuse_overwriting_inputs
 
+    refuse_overwriting_inputs({"--out": out, "--memory-picture": memory_picture},
+                              {"the model config": model_arg, "the cluster profile": cluster_arg})
+    if memory_picture is not None:
         check_new(memory_picture, force)
     execution = framework_execution(framework, framework_flags)
     plan = run_estimate(model, cluster, config, execution=execution)
@@ -419,15 +421,17 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
     check_search_dtype(dtype, cluster)
     if global_batch < 1:
         raise UserError(f"--global-batch must be >= 1 (got {global_batch})")
+    inputs = {"the model config": model_arg, "the cluster profile": cluster_arg}
     if out is not None:
-        from autoconf.files import check_new
+        from autoconf.files import check_new, refuse_overwriting_inputs
 
         check_new(out, force)  # before the search, which can take a while
+        refuse_overwriting_inputs({"--out": out}, inputs)
     if explain_dir is not None:
         from autoconf.report.explain import refuse_taken_folder
 
         sweeping = node_counts is not None and len(node_counts) > 1
-        refuse_taken_folder(explain_dir, force, out, extra=("sweep.png",) if sweeping else ())
+        refuse_taken_folder(explain_dir, force, out, extra=("sweep.png",) if sweeping else (), inputs=inputs)
     execution = framework_execution(framework, framework_flags)
     console = table_console(stderr=as_json)
     usd, price_source = sizes.price_of(cluster, price) if tokens is not None else (None, None)
@@ -580,10 +584,12 @@ def limits(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, 
     check_search_dtype(dtype, cluster)
     planner = lim.Planner(cluster, global_batch, dtype, attention, fixed, frameworks.execution(framework))
     if out_dir is not None:
-        from autoconf.files import check_new
+        from autoconf.files import check_new, refuse_overwriting_inputs
 
         for key in wanted:
             check_new(out_dir / f"limit_{key.replace('-', '_')}.json", force)
+            refuse_overwriting_inputs({"--out": out_dir / f"limit_{key.replace('-', '_')}.json"},
+                                      {"the model config": model_arg, "the cluster profile": cluster_arg})
     console = table_console(stderr=as_json)
     found = {}
     with console.status("") as status:

@@ -37,6 +37,25 @@ def check_new(path: str | os.PathLike, force: bool = False, hint: str = "choose 
     return path
 
 
+def input_files(source: str | os.PathLike | None) -> list[Path]:
+    """The file a --model or --cluster argument reads; none for a bundled name."""
+    return [Path(source)] if source is not None and Path(source).is_file() else []
+
+
+def refuse_overwriting_inputs(outputs: dict[str, str | os.PathLike | None],
+                              inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Refuses (UserError) an output that is one of the run's input files however it is spelled (a relative path,
+    `..`, a hard link), which --force would replace: `outputs` and `inputs` map what the user called them (an option,
+    "the model config") to paths."""
+    for name, out in outputs.items():
+        if out is None or not Path(out).is_file():
+            continue
+        for what, source in inputs.items():
+            if any(os.path.samefile(out, f) for f in input_files(source)):
+                raise UserError(f"{name} {out} is {what} this run reads; --force would replace it: choose another "
+                                f"path")
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

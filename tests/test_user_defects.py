@@ -277,3 +277,35 @@ def test_a_cpu_run_beyond_the_hosts_memory_is_refused_before_it_starts(tmp_path,
     monkeypatch.setattr(host_memory, "available_memory_bytes", lambda: 1 << 20)
     result = run_cli(["launch", cpu_plan, "--steps", "1"])
     assert_one_clear_error(result, "2 ranks on this host need about", "0.0 GiB available")
+
+
+def test_force_never_replaces_an_input_of_the_same_run(tmp_path):
+    """`plan --model inp/config.json --out inp/../inp/config.json --force` replaced the model config with the plan
+    (and the same for the cluster profile, `estimate --out`, and an --explain folder holding the model file as
+    plan.json); an --out named like one of the --explain folder's exports was overwritten by it. Each is refused
+    before anything is written."""
+    from autoconf.spec.cluster import PROFILES_DIR
+
+    inp = tmp_path / "inp"
+    (inp / "ex").mkdir(parents=True)
+    config = inp / "config.json"
+    config.write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64,
+                                  "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128,
+                                  "vocab_size": 256, "max_position_embeddings": 256}))
+    profile = inp / "prof.json"
+    profile.write_text((PROFILES_DIR / "cpu-local.json").read_text())
+    (inp / "ex" / "plan.json").write_text(config.read_text())
+    before = {p: p.read_bytes() for p in inp.rglob("*.json")}
+    plan = ["plan", "--model", config, "--cluster", profile, "--global-batch", "8", "--force"]
+    for args, needle in (
+            ([*plan, "--out", inp / ".." / "inp" / "config.json"], "is the model config this run reads"),
+            ([*plan, "--out", profile], "is the cluster profile this run reads"),
+            (["plan", "--model", inp / "ex" / "plan.json", "--cluster", "cpu-local", "--global-batch", "8",
+              "--explain", inp / "ex", "--force"], "holds plan.json, the model config this run reads"),
+            ([*plan, "--out", tmp_path / "ex4" / "launch.sh", "--explain", tmp_path / "ex4"],
+             "a file the --explain folder's exports write"),
+            (["estimate", "--model", config, "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp", "4",
+              "--micro-batch", "2", "--global-batch", "8", "--out", config, "--force"], "is the model config")):
+        assert_one_clear_error(run_cli(args), needle)
+    assert {p: p.read_bytes() for p in inp.rglob("*.json")} == before
+    assert not (tmp_path / "ex4").exists()

@@ -11,26 +11,40 @@
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 from autoconf.errors import UserError
+from autoconf.files import input_files
 from autoconf.spec.plan import Plan, load_plan
 
 PICTURES = ("timeline.png", "memory.png", "compare.png")
 
 
 def refuse_taken_folder(out_dir: str | Path, force: bool, plan_path: str | Path | None = None,
-                        extra: tuple[str, ...] = ()) -> None:
+                        extra: tuple[str, ...] = (), inputs: dict | None = None) -> None:
     """Refuses (UserError) an --explain folder that already holds a file `explain` could write (or one of `extra`),
-    before a plan exists: a user learns it before the search, not after. `explain` checks the exact names again."""
+    before a plan exists: a user learns it before the search, not after. `explain` checks the exact names again.
+    Even with `force` it refuses a plan path (--out) that one of those files would replace, and a folder where one
+    of them is an input of the run (`inputs`: what the user calls it -> a --model or --cluster argument)."""
     from autoconf.report.exporters import EXPORT_GLOBS
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir} is a file; --explain/--out needs a folder")
+    globs = PICTURES + EXPORT_GLOBS + extra + (("plan.json",) if plan_path is None else ())
+    if plan_path is not None and Path(plan_path).resolve().parent == out_dir.resolve():
+        name = Path(plan_path).name
+        if any(fnmatch.fnmatch(name, g) for g in globs if g != "plan.json"):
+            raise UserError(f"--out {plan_path} is a file the --explain folder's exports write; name the plan "
+                            f"another way, e.g. {out_dir / 'plan.json'}")
+    for what, source in (inputs or {}).items():
+        for path in input_files(source):
+            if path.resolve().parent == out_dir.resolve() and any(fnmatch.fnmatch(path.name, g) for g in globs):
+                raise UserError(f"{out_dir} holds {path.name}, {what} this run reads, which the explanation would "
+                                f"replace; choose another folder")
     if force or not out_dir.is_dir():
         return
-    globs = PICTURES + EXPORT_GLOBS + extra + (("plan.json",) if plan_path is None else ())
     existing = sorted({p.name for g in globs for p in out_dir.glob(g)})
     if existing:
         raise UserError(f"{out_dir} already holds {', '.join(existing)}; pass --force to overwrite them or "
