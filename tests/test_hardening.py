@@ -98,6 +98,37 @@ def test_generated_scripts_run_no_injected_command(tmp_path):
     assert "--job-name=autoconf-m_touch_INJECTED_\n" in sbatch
 
 
+def test_a_plan_path_cannot_add_a_document_to_the_kubernetes_manifest(tmp_path):
+    """The manifest's header quoted the plan path for the shell only, so a path holding a newline and a YAML
+    document added a Pod that `kubectl apply` would create. The header escapes it, and the manifest is one document
+    whose job name leaves the operator room for its pod and service suffixes (63 characters in all)."""
+    import yaml
+
+    from autoconf.report.exporters import export_texts
+
+    plan = Plan.from_dict(tiny_plan_dict())
+    plan.model = copy.copy(plan.model)
+    object.__setattr__(plan.model, "name", "Meta-Llama-3.1-8B-Instruct-abliterated-finetune-v2-longcontext-128k")
+    for path in ("p\n---\n{apiVersion: v1, kind: Pod, metadata: {name: pwn}}\n---\n#.json", "p\r.json",
+                 "p\u2028.json"):
+        manifest = export_texts(plan, tmp_path / path)["pytorchjob.yaml"]
+        docs = [d for d in yaml.safe_load_all(manifest) if d is not None]
+        assert [d["kind"] for d in docs] == ["PyTorchJob"], manifest
+        name = docs[0]["metadata"]["name"]
+        assert name.startswith("autoconf-meta-llama") and len(name + "-worker-12345") <= 63
+
+
+def test_scripts_run_the_plan_at_the_path_written(tmp_path, monkeypatch):
+    """`plan --out '~/p.json'` (a `~` the shell left alone) wrote ./~/p.json while launch.sh ran ~/p.json from the
+    home folder, and `--explain '~ex'` ended in a traceback (no user "ex"): the scripts name the file as written."""
+    from autoconf.report.exporters import export_texts
+
+    monkeypatch.chdir(tmp_path)
+    plan = Plan.from_dict(tiny_plan_dict())
+    for written in ("~/p.json", "~nosuchuser/p.json"):
+        assert str(tmp_path / written) in export_texts(plan, written)["launch.sh"]
+
+
 # ---- 4. writes never follow links; one writer --------------------------------------------------------------------
 def test_writer_refuses_links_and_leaves_no_temporary(tmp_path):
     from autoconf.files import write_file

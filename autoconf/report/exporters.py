@@ -43,7 +43,7 @@ def _is_cpu(plan: Plan) -> bool:
 def _plan_arg(plan_path: str | Path | None) -> str:
     if plan_path is None:
         return "plan.json"
-    return str(Path(plan_path).expanduser().resolve())
+    return str(Path(plan_path).resolve())  # (as written: a `~` the shell left alone is a folder's name)
 
 
 def _train_args(plan: Plan, plan_var: str) -> str:
@@ -149,7 +149,7 @@ def slurm_script(plan: Plan, plan_path: str | Path | None) -> str:
 def pytorchjob(plan: Plan, plan_path: str | Path | None) -> str:
     """Kubeflow PyTorchJob manifest: one pod per node, node rank from the operator's $RANK (kubernetes_export)."""
     line = torchrun_command(plan, None, "$RANK", "\"$PLAN\"").replace(" \\\n    ", " ")
-    return pytorchjob_yaml(plan, line, _summary(plan), _plan_arg(plan_path), _is_cpu(plan))
+    return pytorchjob_yaml(plan, line, _summary(plan), comment_text(shlex.quote(_plan_arg(plan_path))), _is_cpu(plan))
 
 
 def torchtitan_config(plan: Plan) -> str:

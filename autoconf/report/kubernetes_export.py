@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 
 from autoconf.report.upstream import PYTORCHJOB_API_VERSION, PYTORCHJOB_TARGET
 from autoconf.spec.plan import Plan
@@ -20,10 +19,15 @@ PLAN_DIR = "/etc/autoconf"
 IMAGE = "autoconf:latest"  # an image with autoconf installed (scripts/install.sh); replace with yours
 
 
+JOB_NAME_MAX = 63 - len("-worker-12345")
+
+
 def job_name(plan: Plan) -> str:
-    """A DNS-1123 label (lower-case alphanumerics and '-', at most 63 characters) from the model name."""
+    """A DNS-1123 label from the model name: lower-case alphanumerics and '-', at most JOB_NAME_MAX characters, so
+    that the names the training operator derives from it for pods and services ("-master-0", "-worker-12345") stay
+    within Kubernetes' 63."""
     name = re.sub(r"[^a-z0-9-]+", "-", str(plan.model.name).lower()).strip("-")
-    return ("autoconf-" + name)[:63].rstrip("-")
+    return ("autoconf-" + name)[:JOB_NAME_MAX].rstrip("-")
 
 
 def _replica(count: int, command: str, resources: dict, configmap: str) -> list[str]:
@@ -48,14 +52,15 @@ def _replica(count: int, command: str, resources: dict, configmap: str) -> list[
 
 def pytorchjob_yaml(plan: Plan, torchrun_line: str, summary: str, plan_file: str, cpu: bool) -> str:
     """The manifest text. `torchrun_line` is the torchrun command with "$RANK" as node rank and "$PLAN" as plan
-    path; `plan_file` is the local plan path for the kubectl command in the header."""
+    path; `plan_file` is the local plan path for the kubectl command in the header, shell-quoted and safe in a
+    comment (exporters.comment_text)."""
     nodes, gpus = int(plan.cluster.get("nodes", 1)), int(plan.cluster.get("gpus_per_node", 1))
     command = f"export PLAN={PLAN_DIR}/plan.json STEPS=${{STEPS:-100}}; exec {torchrun_line}"
     resources = {"cpu": gpus} if cpu else {"nvidia.com/gpu": gpus}
-    configmap = job_name(plan)[:58].rstrip("-") + "-plan"
+    configmap = job_name(plan) + "-plan"
     lines = [f"# {summary}",
              f"# Targets {PYTORCHJOB_TARGET}. First store the plan where the pods mount it:",
-             f"#   kubectl create configmap {configmap} --from-file=plan.json={shlex.quote(plan_file)}",
+             f"#   kubectl create configmap {configmap} --from-file=plan.json={plan_file}",
              "# then: kubectl apply -f pytorchjob.yaml",
              f"apiVersion: {json.dumps(PYTORCHJOB_API_VERSION)}",
              "kind: \"PyTorchJob\"",
