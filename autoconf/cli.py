@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.text import Text
 
 from autoconf.errors import UserError
 from autoconf.spec import frameworks
@@ -438,7 +439,7 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
     if node_counts is not None and len(node_counts) > 1:
         return plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attention, fixed, execution,
                           tokens, usd, price_source, deadline, as_json, out, explain_dir, force, console)
-    with console.status(f"planning {model.name} on {cluster.world_size} devices ..."):
+    with console.status(Text(f"planning {model.name} on {cluster.world_size} devices ...")):
         result = search(model, cluster, global_batch, seq_len, dtype, attention, fixed, top_k, execution)
     if not result.plans:
         raise UserError(explain_infeasible(model, cluster, result, global_batch, seq_len, dtype, attention, fixed,
@@ -491,8 +492,9 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
     with console.status("") as status:
         points = sizes.sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attention, fixed, execution,
                              tokens, usd, price_source,
-                             progress=lambda n: status.update(f"planning {model.name} on {n} nodes "
-                                                              f"({node_counts.index(n) + 1}/{len(node_counts)}) ..."))
+                             progress=lambda n: status.update(Text(f"planning {model.name} on {n} nodes "
+                                                                   f"({node_counts.index(n) + 1}/{len(node_counts)})"
+                                                                   f" ...")))
     front = sizes.pareto_front(points)
     if not front:
         reasons = "; ".join(f"{p.nodes} nodes: {p.reason}" for p in points[:3])
@@ -594,13 +596,13 @@ def limits(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, 
     found = {}
     with console.status("") as status:
         if "seq" in wanted:
-            status.update(f"longest sequence of {model.name} on {cluster.world_size} devices ...")
+            status.update(Text(f"longest sequence of {model.name} on {cluster.world_size} devices ..."))
             found["seq"] = lim.longest_sequence(planner, model, max_seq_len)
         if "micro-batch" in wanted:
-            status.update(f"largest micro-batch of {model.name} on {cluster.world_size} devices ...")
+            status.update(Text(f"largest micro-batch of {model.name} on {cluster.world_size} devices ..."))
             found["micro-batch"] = lim.largest_micro_batch(planner, model, seq_len or default_seq_len(model))
         if "model" in wanted:
-            status.update(f"largest {family} model on {cluster.world_size} devices ...")
+            status.update(Text(f"largest {family} model on {cluster.world_size} devices ..."))
             found["model"] = lim.largest_model(planner, family, seq_len)
     written = []
     if out_dir is not None:

@@ -309,3 +309,18 @@ def test_force_never_replaces_an_input_of_the_same_run(tmp_path):
         assert_one_clear_error(run_cli(args), needle)
     assert {p: p.read_bytes() for p in inp.rglob("*.json")} == before
     assert not (tmp_path / "ex4").exists()
+
+
+def test_brackets_in_names_and_paths_are_printed_as_they_are(tmp_path):
+    """Output went through rich markup: `--out '[/]x/p.json'` ended in a MarkupError traceback after writing
+    everything, `runs/[exp1]/plan.json` was printed as `runs//plan.json`, and a model named "[/]" broke plan."""
+    from autoconf.spec.presets import PRESETS
+
+    (tmp_path / "[exp1]").mkdir()
+    model = dict(PRESETS["tiny-gpt"].to_dict(), name="[/]a[bold]b")
+    (tmp_path / "m.json").write_text(json.dumps(model))
+    for out in (tmp_path / "[exp1]" / "plan.json", tmp_path / "[" / "]x" / "p.json"):
+        result = run_cli(["plan", "--model", tmp_path / "m.json", "--cluster", "cpu-local", "--global-batch", "8",
+                          "--seq-len", "64", "--top", "1", "--out", out])
+        assert result.exit_code == 0 and result.exception is None, result.output
+        assert f"wrote {out}" in result.output and "[/]a[bold]b" in result.output

@@ -436,7 +436,7 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
         where = [f"metrics {metrics}" if metrics is not None else "",
                  f"checkpoints in {checkpoint_dir}" if checkpoint_dir is not None else ""]
         where = ", ".join(w for w in where if w)
-        with Follow(Console(), f"training {plan.model.name}", total=steps) as follow:
+        with Follow(Console(markup=False), f"training {plan.model.name}", total=steps) as follow:
             if follow.live:
                 print(f"autoconf: training {plan_path} for {steps} steps on {plan.config.world_size} ranks"
                       + (f"; {where}" if where else ""), flush=True)

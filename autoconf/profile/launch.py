@@ -163,7 +163,7 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
 
     from autoconf.report.progress import Follow
 
-    with Follow(Console(), f"profiling {nproc_per_node} rank(s) per node into {path}") as follow:
+    with Follow(Console(markup=False), f"profiling {nproc_per_node} rank(s) per node into {path}") as follow:
         if not follow.live:
             return subprocess.call(cmd, env=env)
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE)  # its lines go above a live bar

@@ -12,9 +12,9 @@ import re
 import threading
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
+from rich.text import Text
 
 COUNTS = (re.compile(r"\bstep (\d+)/(\d+)\b"), re.compile(r"^\s*\[(\d+)/(\d+)\]"))
 
@@ -30,7 +30,7 @@ class Follow:
         self.caption = caption
         self.done_offset = done_offset
         self.live = console.is_terminal
-        self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+        self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
                                   MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("left"),
                                   TimeRemainingColumn(), console=console, transient=True) if self.live else None
         self._task = None
@@ -39,7 +39,7 @@ class Follow:
     def __enter__(self) -> "Follow":
         if self._progress is not None:
             self._progress.start()
-            self._task = self._progress.add_task(escape(self.caption), total=self.total)
+            self._task = self._progress.add_task(self.caption, total=self.total)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -53,7 +53,7 @@ class Follow:
             if self._progress is None:
                 print(text, flush=True)
                 return
-            self._progress.console.print(escape(text), highlight=False, soft_wrap=True)
+            self._progress.console.print(Text(text), highlight=False, soft_wrap=True)  # (never read as markup)
             for pattern in COUNTS:
                 match = pattern.search(text)
                 if match:
@@ -61,7 +61,7 @@ class Follow:
                     self._progress.update(self._task, completed=max(done, 0), total=total)
                     return
             if text.strip():
-                self._progress.update(self._task, description=escape(f"{self.caption}: {text.strip()[:40]}"))
+                self._progress.update(self._task, description=f"{self.caption}: {text.strip()[:40]}")
 
     def relay(self, stream) -> threading.Thread:
         """Starts a thread that passes every line of the binary `stream` (a child's stdout) to `line()`."""

@@ -189,10 +189,11 @@ def why_slower(p: dict, best: dict) -> str:
 
 def table_console(stderr: bool = False) -> Console:
     """A console for tables: the terminal's width on a terminal; piped or redirected, wide enough that no column is
-    cut (rich would otherwise assume 80 columns and shorten names to `gpt3...`)."""
-    console = Console(stderr=stderr)
+    cut (rich would otherwise assume 80 columns and shorten names to `gpt3...`). Brackets are printed as they are:
+    names and paths are the user's, never rich markup."""
+    console = Console(stderr=stderr, markup=False)
     if not console.is_terminal:
-        console = Console(stderr=stderr, width=PIPED_WIDTH)
+        console = Console(stderr=stderr, width=PIPED_WIDTH, markup=False)
     return console
 
 

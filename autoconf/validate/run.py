@@ -434,7 +434,7 @@ def validate_command(model: str, cluster_path: str, global_batch: int, seq_len: 
     bundled = Path(cluster_path)
     from autoconf.report.progress import Follow
 
-    console = Console()
+    console = Console(markup=False)
     with Follow(console, f"validating {model_spec.name}", done_offset=1) as follow:
         log = follow.line if follow.live else console.print
         report = validate(model_spec, cluster, cluster.name, global_batch, seq_len, dtype, configs, steps,
