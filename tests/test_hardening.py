@@ -269,6 +269,10 @@ def test_fuzz_profile_fields_below_the_top_level(path, value):
     lambda p: p.update(memory_per_stage={"a": 1}),
     lambda p: p.update(time_breakdown=[1]),
     lambda p: p.update(fits="yes"),
+    lambda p: p.update(training=[1]),
+    lambda p: p.update(training={"tokens": "abc", "days": 1, "gpu_hours": 1, "cost": None}),
+    lambda p: p.update(training={"tokens": 1, "days": -1, "gpu_hours": 1, "cost": None}),
+    lambda p: p.update(training={"tokens": 1, "days": 1, "gpu_hours": 1, "cost": "x", "usd_per_gpu_hour": 2}),
 ])
 def test_show_with_a_malformed_prediction(tmp_path, edit):
     plan = tiny_plan_dict()

@@ -576,8 +576,8 @@ _MEMORY_KINDS = ("params", "grads", "optimizer", "activations", "other", "total"
 
 def prediction_problems(pred: dict) -> list[str]:
     """What is malformed in a plan's prediction (the fields `show`, the pictures and the launcher's summary
-    read): each number finite and >= 0 (the step time > 0), `fits` a boolean, the memory and time breakdowns of
-    the right shapes."""
+    read): each number finite and >= 0 (the step time > 0), `fits` a boolean, the memory and time breakdowns and
+    the time and cost to train of the right shapes."""
     out = []
 
     def number(value) -> bool:
@@ -603,6 +603,14 @@ def prediction_problems(pred: dict) -> list[str]:
     if terms is not None:
         if not isinstance(terms, dict) or not all(isinstance(k, str) and number(v) for k, v in terms.items()):
             out.append("prediction.time_breakdown must be an object of term name -> seconds >= 0")
+    training = pred.get("training")
+    if training is not None:
+        priced = isinstance(training, dict) and training.get("cost") is not None
+        fields = ("tokens", "days", "gpu_hours") + (("cost", "usd_per_gpu_hour") if priced else ())
+        if not isinstance(training, dict) or not all(number(training.get(k)) for k in fields) or (
+                priced and not is_printable_name(training.get("price_source", "--price"))):
+            out.append(f"prediction.training must be an object of {', '.join(fields)}: numbers >= 0 (and a "
+                       f"printable price_source), as `plan --tokens` writes it")
     return out
 
 
