@@ -239,3 +239,22 @@ def test_torchrun_scripts_follow_a_placement_that_swaps_nodes():
     assert "--node-rank 0 " in torchrun_script(plan, "plan.json", 1)
     assert "--node-rank 1 " in torchrun_script(plan, "plan.json", 0)
     assert "R=(1 0)" in torchrun_script(plan, "plan.json", None)
+
+
+def test_a_forced_export_removes_the_node_scripts_of_another_node_count(tmp_path):
+    """`--explain DIR --force` for 16 nodes over an export for 2 left torchrun_node0.sh and torchrun_node1.sh, which
+    then ran the new plan with --nnodes 2; scripts autoconf did not write are kept."""
+    from autoconf.spec.presets import PRESETS
+
+    def plan_on(nodes):
+        cluster = load_cluster("dgx-h100-80g", nodes=nodes)
+        config = ParallelConfig(tp=8, pp=1, dp=nodes, micro_batch_size=1, global_batch_size=8 * nodes,
+                                seq_len=2048)
+        return estimate(PRESETS["llama3-8b"], cluster, config, detail=False)
+
+    write_exports(plan_on(2), tmp_path / "plan.json", tmp_path)
+    assert {p.name for p in tmp_path.glob("torchrun_node*.sh")} == {"torchrun_node0.sh", "torchrun_node1.sh"}
+    (tmp_path / "torchrun_node_mine.sh").write_text("#!/bin/sh\necho mine\n")
+    written = write_exports(plan_on(16), tmp_path / "plan.json", tmp_path, force=True)
+    assert {p.name for p in tmp_path.glob("torchrun_node*.sh")} == {"torchrun_node.sh", "torchrun_node_mine.sh"}
+    assert tmp_path / "torchrun_node.sh" in written

@@ -30,6 +30,7 @@ from autoconf.spec.support import unsupported_reason
 MAX_NODE_SCRIPTS = 8
 DEFAULT_STEPS = 100
 MASTER_PORT = 29500
+SUMMARY_PREFIX = "autoconf plan: "  # every export's first comment: how a script autoconf wrote is recognised
 
 
 def _nodes(plan: Plan) -> tuple[int, int]:
@@ -167,7 +168,7 @@ def _summary(plan: Plan) -> str:
     from autoconf.report.tables import layout_label
 
     nodes, gpus = _nodes(plan)
-    return comment_text(f"autoconf plan: {plan.model.name}, {layout_label(plan)}, on {nodes} x {gpus} "
+    return comment_text(f"{SUMMARY_PREFIX}{plan.model.name}, {layout_label(plan)}, on {nodes} x {gpus} "
                         f"{plan.cluster.get('name')}")
 
 
@@ -461,7 +462,9 @@ def write_exports(plan: Plan, plan_path: str | Path | None, out_dir: str | Path,
     MAX_NODE_SCRIPTS nodes), slurm.sbatch, pytorchjob.yaml, megatron_args.txt and torchtitan_config.py into
     `out_dir`.
 
-    Refuses (UserError) before writing anything if any of them exists and not `force`.
+    Refuses (UserError) before writing anything if any of them exists and not `force`. With `force`, the node
+    scripts of an earlier export that this one does not write (made for another node count, they would now run
+    this plan with the wrong node count) are removed: only those autoconf wrote (its header line).
     """
     out_dir = Path(out_dir)
     texts = export_texts(plan, plan_path)
@@ -472,4 +475,16 @@ def write_exports(plan: Plan, plan_path: str | Path | None, out_dir: str | Path,
         path = out_dir / name
         write_file(path, text, force=force, mode=0o777 if name.endswith((".sh", ".sbatch")) else 0o666)
         paths.append(path)
+    for stale in sorted(out_dir.glob("torchrun_node*.sh")):
+        if stale.name not in texts and not stale.is_symlink() and _written_by_autoconf(stale):
+            stale.unlink()
     return paths
+
+
+def _written_by_autoconf(script: Path) -> bool:
+    try:
+        with open(script, encoding="utf-8", errors="replace") as f:
+            head = [f.readline() for _ in range(2)]
+    except OSError:
+        return False
+    return head[0].startswith("#!") and head[1].startswith(f"# {SUMMARY_PREFIX}")
