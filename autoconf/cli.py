@@ -60,8 +60,8 @@ def user_errors(fn):
 
 
 def default_seq_len(model) -> int:
-    """The model's context length, capped at 8192 tokens (long-context runs pass --seq-len)."""
-    return min(model.max_seq_len, 8192)
+    """The sequence length planned without --seq-len (ModelSpec.default_seq_len)."""
+    return model.default_seq_len
 
 
 def default_dtype(cluster) -> str:
@@ -118,7 +118,10 @@ def framework_execution(name: str, flags: tuple[str, ...]):
 
 
 model_option = click.option("--model", "model_arg", required=True,
-                            help="preset name (autoconf models), HF config.json, or autoconf model JSON")
+                            help="preset name (autoconf models), HF config.json (or its folder), or autoconf model "
+                                 "JSON")
+
+
 def _cluster_help() -> str:
     from autoconf.spec.cluster import bundled_profiles
 

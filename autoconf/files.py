@@ -38,8 +38,12 @@ def check_new(path: str | os.PathLike, force: bool = False, hint: str = "choose 
 
 
 def input_files(source: str | os.PathLike | None) -> list[Path]:
-    """The file a --model or --cluster argument reads; none for a bundled name."""
-    return [Path(source)] if source is not None and Path(source).is_file() else []
+    """The file a --model or --cluster argument reads (a folder's config.json); none for a bundled name."""
+    if source is None:
+        return []
+    path = Path(source)
+    path = path / "config.json" if path.is_dir() else path
+    return [path] if path.is_file() else []
 
 
 def refuse_overwriting_inputs(outputs: dict[str, str | os.PathLike | None],

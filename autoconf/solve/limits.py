@@ -148,7 +148,7 @@ def largest_model(planner: Planner, family: str, seq_len: int | None) -> Limit:
         raise UserError(f"no preset family {family!r}; families: {', '.join(families)}")
 
     def length(m) -> int:
-        return seq_len or min(m.max_seq_len, 8192)
+        return seq_len or m.default_seq_len
 
     value, probes = _largest(members, lambda m: planner.best(m, length(m)) is not None)
     planner.refused(value)

@@ -12,11 +12,11 @@ Not modelled, and said so in docs/moe.md: sliding-window attention, gpt-oss (att
 from __future__ import annotations
 
 from autoconf.errors import UserError
+from autoconf.spec.hf_fields import hf_bool, layer_count, positive_int, rope_scaling_factor, rope_theta, sliding_window
 from autoconf.spec.model import MLASpec, ModelSpec, MoESpec
 
 HF_MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3")
-HF_DENSE_TYPES = ("gpt2", "llama", "mistral", "qwen2")
-MAX_LAYERS = 100_000  # the layer patterns below are listed layer by layer
+HF_DENSE_TYPES = ("gpt2", "llama", "mistral", "qwen2", "qwen3")  # read by spec/presets.py
 
 # Keys that name routed experts (a positive value means an MoE model), with the family whose key it is.
 EXPERT_KEYS = {"num_local_experts": "mixtral", "num_experts": "qwen3_moe", "n_routed_experts": "deepseek_v3",
@@ -67,13 +67,6 @@ def _first(config: dict, *keys, default=KeyError):
     return default
 
 
-def _rope_theta(config: dict) -> float:
-    parameters = config.get("rope_parameters")  # transformers 5 writes rope_theta inside rope_parameters
-    if isinstance(parameters, dict) and parameters.get("rope_theta") is not None:
-        return float(parameters["rope_theta"])
-    return float(config.get("rope_theta", 10000.0))
-
-
 def _refuse_bias(config: dict, name: str, model_type: str, key: str = "attention_bias") -> None:
     if config.get(key):
         raise UserError(f"{name}: {model_type} with {key} true is not modelled (its published models have none)")
@@ -82,9 +75,7 @@ def _refuse_bias(config: dict, name: str, model_type: str, key: str = "attention
 def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
     """A spec from the config.json of an MoE family in HF_MOE_TYPES. KeyError for a missing key (the caller names
     it)."""
-    layers = config["num_hidden_layers"]
-    if not isinstance(layers, int) or isinstance(layers, bool) or not 1 <= layers <= MAX_LAYERS:
-        raise UserError(f"{name}: num_hidden_layers must be a layer count in 1..{MAX_LAYERS} (got {layers!r})")
+    layers = layer_count(config, "num_hidden_layers", name)
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads")
     top_k = config["num_experts_per_tok"]
@@ -92,8 +83,10 @@ def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
     common = dict(name=name, arch="llama", num_layers=layers, hidden_size=config["hidden_size"], num_heads=heads,
                   num_kv_heads=heads if kv_heads is None else kv_heads, vocab_size=config["vocab_size"],
                   max_seq_len=config.get("max_position_embeddings", 4096),
-                  tied_embeddings=bool(config.get("tie_word_embeddings", False)),
-                  dropout=float(config.get("attention_dropout", 0.0) or 0.0), rope_theta=_rope_theta(config))
+                  tied_embeddings=hf_bool(config, "tie_word_embeddings", False, name),
+                  dropout=float(config.get("attention_dropout", 0.0) or 0.0), rope_theta=rope_theta(config),
+                  rope_scaling_factor=rope_scaling_factor(config, name),
+                  sliding_window=sliding_window(config, model_type, name))
     if model_type == "mixtral":
         width = config["intermediate_size"]
         moe = MoESpec(num_experts=_first(config, "num_local_experts", "num_experts"), num_experts_per_tok=top_k,
@@ -101,7 +94,7 @@ def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
         return ModelSpec(**common, ffn_hidden_size=width, norm_eps=config.get("rms_norm_eps", 1e-5),
                          head_dim=config.get("head_dim"), moe=moe)
     if model_type in ("qwen2_moe", "qwen3_moe"):
-        step = config.get("decoder_sparse_step") or 1
+        step = positive_int(config, "decoder_sparse_step", 1, name, "every how many layers one is MoE")
         sparse_step = {i for i in range(layers) if (i + 1) % step} if step > 1 else set()
         only = config.get("mlp_only_layers") or []
         if not isinstance(only, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in only):
@@ -112,7 +105,7 @@ def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
         moe = MoESpec(num_experts=_first(config, "num_experts", "num_local_experts"), num_experts_per_tok=top_k,
                       moe_intermediate_size=expert, num_shared_experts=1 if shared else 0,
                       shared_expert_intermediate_size=shared, shared_expert_gate=bool(shared),
-                      dense_layers=tuple(dense), norm_topk_prob=bool(config.get("norm_topk_prob", False)),
+                      dense_layers=tuple(dense), norm_topk_prob=hf_bool(config, "norm_topk_prob", False, name),
                       router_aux_loss_coef=aux)
         if model_type == "qwen3_moe":
             _refuse_bias(config, name, model_type)
@@ -120,15 +113,12 @@ def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
         width = config["intermediate_size"] if dense else config.get("intermediate_size") or expert
         return ModelSpec(**common, ffn_hidden_size=width, norm_eps=config.get("rms_norm_eps", 1e-6),
                          head_dim=config.get("head_dim"), qk_norm=model_type == "qwen3_moe",
-                         qkv_bias=bool(config.get("qkv_bias", True)) if model_type == "qwen2_moe" else False, moe=moe)
+                         qkv_bias=hf_bool(config, "qkv_bias", True, name) if model_type == "qwen2_moe" else False, moe=moe)
     # deepseek_v2 / deepseek_v3: multi-head latent attention, leading dense layers, shared experts.
     _refuse_bias(config, name, model_type)
     v3 = model_type == "deepseek_v3"
     first_dense = config.get("first_k_dense_replace") or 0
-    every = config.get("moe_layer_freq") or 1
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise UserError(f"{name}: moe_layer_freq must be a positive integer, every how many layers one is MoE "
-                        f"(got {every!r})")
+    every = positive_int(config, "moe_layer_freq", 1, name, "every how many layers one is MoE")
     expert = config["moe_intermediate_size"]
     shared = config.get("n_shared_experts") or 0
     greedy = config.get("topk_method") == "greedy"  # DeepSeek-V2(-Lite): no group-limited routing
@@ -137,7 +127,7 @@ def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
                   shared_expert_intermediate_size=expert if shared else 0, first_k_dense=first_dense,
                   dense_layers=tuple(i for i in range(first_dense, layers) if i % every) if every > 1 else (),
                   scoring_func=config.get("scoring_func") or ("sigmoid" if v3 else "softmax"),
-                  norm_topk_prob=bool(config.get("norm_topk_prob", v3)),
+                  norm_topk_prob=hf_bool(config, "norm_topk_prob", v3, name),
                   n_group=1 if greedy else config.get("n_group") or 1,
                   topk_group=1 if greedy else config.get("topk_group") or 1,
                   routed_scaling_factor=float(config.get("routed_scaling_factor") or 1.0), router_aux_loss_coef=aux)

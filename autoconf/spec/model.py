@@ -23,6 +23,7 @@ from autoconf.errors import UserError
 from autoconf.spec import layers
 from autoconf.spec.hashing import remembered_hash
 
+DEFAULT_SEQ_LEN = 8192  # the longest sequence planned without --seq-len
 ARCHES = ("gpt", "llama")
 RECOMPUTE = ("none", "selective", "full")
 ATTENTION = ("flash", "standard")
@@ -201,6 +202,9 @@ class ModelSpec:
     # Multi-token-prediction modules (DeepSeek-V3, HF num_nextn_predict_layers; Megatron-Core --mtp-num-layers),
     # trained after the last block on the last pipeline stage; 0: none.
     mtp_num_layers: int = 0
+    # Mistral / Qwen sliding-window attention: each token attends to at most this many; None: the whole sequence.
+    # Costed and trained as full causal attention, which is the same up to the window (context_problem).
+    sliding_window: int | None = None
 
     __hash__ = remembered_hash
 
@@ -221,6 +225,8 @@ class ModelSpec:
             problems.append(f"mtp_num_layers must be a whole number, 0 for none (got {self.mtp_num_layers!r})")
         if self.head_dim is not None and not _positive_int(self.head_dim):
             problems.append(f"head_dim must be a positive integer or null (got {self.head_dim!r})")
+        if self.sliding_window is not None and not _positive_int(self.sliding_window):
+            problems.append(f"sliding_window must be a positive integer or null (got {self.sliding_window!r})")
         if not problems:
             if self.head_dim is None and self.hidden_size % self.num_heads:
                 problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads} "
@@ -312,12 +318,24 @@ class ModelSpec:
     def linear_bias(self) -> bool:
         return self.arch == "gpt"
 
+    @property
+    def default_seq_len(self) -> int:
+        """The sequence a plan takes when none is given: the model's context, at most DEFAULT_SEQ_LEN tokens (long
+        runs pass --seq-len) and at most its sliding window (beyond which it is not modelled)."""
+        return min(self.max_seq_len, DEFAULT_SEQ_LEN, self.sliding_window or DEFAULT_SEQ_LEN)
+
     def context_problem(self, seq_len: int) -> str | None:
         """Why the model cannot be trained on sequences of `seq_len` tokens (one line naming what would work), or
         None. Learned positions stop at `max_seq_len`. Rotary positions train beyond the model's context
         (`max_seq_len`, Hugging Face's max_position_embeddings) only with RoPE scaling (`rope_scaling_factor` > 1,
         Llama 3.1's "llama3" rope_type), which long-context training extends further, as Llama 3 did from 8k to
-        128k tokens; up to the context any rotary model trains."""
+        128k tokens; up to the context any rotary model trains. A sliding attention window shorter than the
+        sequence is refused: it is not modelled."""
+        if self.sliding_window is not None and seq_len > self.sliding_window:
+            return (f"seq_len {seq_len} is longer than {self.name}'s sliding attention window of "
+                    f"{self.sliding_window:,} tokens, which autoconf does not model (it costs and trains full causal "
+                    f"attention, the same up to the window); use --seq-len {self.sliding_window} or less, or set "
+                    f"sliding_window to null in the config to plan the model with full attention")
         if seq_len <= self.max_seq_len:
             return None
         if self.learned_positions:
@@ -325,7 +343,7 @@ class ModelSpec:
                     f"--seq-len {self.max_seq_len} or less")
         if self.rope_scaling_factor == 1:
             return (f"seq_len {seq_len} exceeds {self.name}'s context of {self.max_seq_len:,} tokens "
-                    f"(max_position_embeddings) and the model has no RoPE scaling; use --seq-len "
+                    f"(max_position_embeddings) and the model has no llama3 RoPE scaling; use --seq-len "
                     f"{self.max_seq_len} or less, or a model whose config sets rope_scaling (the llama3.1 presets: "
                     f"131,072 tokens, longer with their llama3 scaling)")
         return None
@@ -550,8 +568,8 @@ class ModelSpec:
         return replicated + sharded / tp
 
     def to_dict(self) -> dict:
-        """The model JSON: the fields (head_dim only when it is not hidden_size / num_heads, qk_norm, moe and mla
-        only when set, so a dense model's JSON is as before), then the derived `parameters` and
+        """The model JSON: the fields (head_dim only when it is not hidden_size / num_heads, qk_norm, moe, mla and
+        sliding_window only when set, so a dense model's JSON is as before), then the derived `parameters` and
         `active_parameters` (equal for a dense model; both without MTP modules), and with MTP modules
         `parameters_with_mtp` and `active_parameters_with_mtp`."""
         data = {"version": 1, "kind": "model"}
@@ -559,7 +577,7 @@ class ModelSpec:
             value = getattr(self, f.name)
             if f.name == "head_dim" and value * self.num_heads == self.hidden_size:
                 continue
-            if f.name in ("qk_norm", "moe", "mla", "mtp_num_layers") and not value:
+            if f.name in ("qk_norm", "moe", "mla", "mtp_num_layers", "sliding_window") and not value:
                 continue
             data[f.name] = value.to_dict() if f.name in ("moe", "mla") else value
         data["parameters"] = self.total_params()

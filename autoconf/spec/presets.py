@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.spec.hf_moe import HF_MOE_TYPES, PRESET_CONFIGS, moe_from_hf, refuse_hidden_experts
+from autoconf.spec.hf_fields import hf_bool, layer_count, rope_scaling_factor, rope_theta, sliding_window
+from autoconf.spec.hf_moe import HF_DENSE_TYPES, HF_MOE_TYPES, PRESET_CONFIGS, moe_from_hf, refuse_hidden_experts
 from autoconf.spec.model import ModelSpec, MoESpec, is_printable_name
 
 
@@ -67,19 +68,11 @@ PUBLISHED_PARAMS = {
     "llama3-8b": 8.03e9, "llama3-70b": 70.55e9, "llama3.1-405b": 405.85e9,
 }
 
-_HF_LLAMA_TYPES = ("llama", "mistral", "qwen2")
-
-
-def _llama3_rope_scaling(rope_scaling) -> float:
-    """The factor of a Llama 3.x `rope_scaling` ({"rope_type": "llama3", "factor": 8.0}); 1.0 for none or another
-    kind of scaling (which the model spec does not describe)."""
-    if isinstance(rope_scaling, dict) and (rope_scaling.get("rope_type") or rope_scaling.get("type")) == "llama3":
-        return float(rope_scaling.get("factor", 8.0))
-    return 1.0
+_HF_LLAMA_TYPES = tuple(t for t in HF_DENSE_TYPES if t != "gpt2")  # the Llama-shaped ones
 
 
 def from_hf_config(config: dict, name: str) -> ModelSpec:
-    """Builds a spec from a Hugging Face config.json (model_type gpt2, llama, mistral or qwen2; mixture-of-experts:
+    """Builds a spec from a Hugging Face config.json (model_type gpt2, llama, mistral, qwen2 or qwen3; mixture-of-experts:
     mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3). A config with expert keys under any other
     model_type is refused, never read as a dense model."""
     model_type = config.get("model_type")
@@ -89,30 +82,40 @@ def from_hf_config(config: dict, name: str) -> ModelSpec:
         if model_type in HF_MOE_TYPES:
             try:
                 return moe_from_hf(config, name, model_type)
-            except UserError as err:  # the expert spec's own checks say "moe:"; the user's file is `name`
-                raise UserError(f"{name}: {str(err).removeprefix('moe: ')}") from None
+            except UserError as err:  # the expert spec's checks say "moe:" or "model 'x':"; the user's file is `name`
+                message = str(err).removeprefix("moe: ").removeprefix(f"model {name!r}: ").removeprefix(f"{name}: ")
+                raise UserError(f"{name}: {message}") from None
         if model_type == "gpt2":
             hidden = config["n_embd"]
             return ModelSpec(
-                name=name, arch="gpt", num_layers=config["n_layer"], hidden_size=hidden,
+                name=name, arch="gpt", num_layers=layer_count(config, "n_layer", name), hidden_size=hidden,
                 num_heads=config["n_head"], num_kv_heads=config["n_head"],
                 ffn_hidden_size=config.get("n_inner") or 4 * hidden, vocab_size=config["vocab_size"],
-                max_seq_len=config.get("n_positions", 1024), tied_embeddings=config.get("tie_word_embeddings", True),
+                max_seq_len=config.get("n_positions", 1024),
+                tied_embeddings=hf_bool(config, "tie_word_embeddings", True, name),
                 dropout=float(config.get("resid_pdrop", 0.1)), norm_eps=config.get("layer_norm_epsilon", 1e-5))
         if model_type in _HF_LLAMA_TYPES:
             heads = config["num_attention_heads"]
             kv_heads = config.get("num_key_value_heads")  # absent or null: multi-head; 0 is an error, not MHA
+            for key in ("attention_bias", "mlp_bias") if model_type in ("llama", "qwen3") else ():
+                if hf_bool(config, key, False, name):
+                    raise UserError(f"{name}: {model_type} with {key} true is not modelled (it biases the "
+                                    f"{'attention projections, the output one too' if key == 'attention_bias' else 'MLP'}"
+                                    f"; the published models have none)")
             return ModelSpec(
-                name=name, arch="llama", num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"],
-                num_heads=heads, num_kv_heads=heads if kv_heads is None else kv_heads,
+                name=name, arch="llama", num_layers=layer_count(config, "num_hidden_layers", name),
+                hidden_size=config["hidden_size"], num_heads=heads,
+                num_kv_heads=heads if kv_heads is None else kv_heads,
                 ffn_hidden_size=config["intermediate_size"], vocab_size=config["vocab_size"],
                 max_seq_len=config.get("max_position_embeddings", 4096),
-                tied_embeddings=bool(config.get("tie_word_embeddings", False)),
+                tied_embeddings=hf_bool(config, "tie_word_embeddings", False, name),
                 dropout=float(config.get("attention_dropout", 0.0) or 0.0),
-                qkv_bias=bool(config.get("attention_bias", model_type == "qwen2")),
-                norm_eps=config.get("rms_norm_eps", 1e-5), rope_theta=float(config.get("rope_theta", 10000.0)),
+                qkv_bias=model_type == "qwen2",  # Qwen2 biases q, k and v always; Mistral never (transformers)
+                qk_norm=model_type == "qwen3",
+                norm_eps=config.get("rms_norm_eps", 1e-5), rope_theta=rope_theta(config),
                 head_dim=config.get("head_dim"),  # absent or null: hidden_size / num_attention_heads
-                rope_scaling_factor=_llama3_rope_scaling(config.get("rope_scaling")))
+                rope_scaling_factor=rope_scaling_factor(config, name),
+                sliding_window=sliding_window(config, model_type, name))
     except KeyError as missing:
         raise UserError(f"{name}: Hugging Face config of type {model_type!r} lacks key {missing}") from None
     except (TypeError, ValueError, OverflowError, AttributeError) as err:
@@ -148,12 +151,17 @@ def read_json(path: Path, what: str) -> dict:
 
 
 def load_model(arg: str) -> ModelSpec:
-    """A preset name, a Hugging Face config.json path, or autoconf's own model JSON path."""
+    """A preset name, a Hugging Face config.json path (or the folder holding it), or autoconf's own model JSON
+    path."""
     if arg in PRESETS:
         return PRESETS[arg]
     path = Path(arg)
     if not path.exists():
         raise UserError(f"unknown model {arg!r}: not a preset (see `autoconf models`) and no such file")
+    if path.is_dir():  # a Hugging Face model folder
+        if not (path / "config.json").is_file():
+            raise UserError(f"{arg} is a folder without a config.json; give a model's config.json or its folder")
+        path = path / "config.json"
     data = read_json(path, "model")
     if "model_type" in data:
         name = (path.parent.name or path.resolve().parent.name) if path.name == "config.json" else path.stem

@@ -428,7 +428,7 @@ def validate_command(model: str, cluster_path: str, global_batch: int, seq_len: 
     cluster = load_cluster(cluster_path)
     fixed = dict(fixed or {})
     dtype = fixed.pop("dtype", None) or ("fp32" if cluster.device.kind == "cpu" else "bf16")
-    seq_len = seq_len or min(model_spec.max_seq_len, 8192)
+    seq_len = seq_len or model_spec.default_seq_len
     if global_batch < 1:
         raise UserError(f"--global-batch must be >= 1 (got {global_batch})")
     bundled = Path(cluster_path)
