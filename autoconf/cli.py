@@ -365,7 +365,7 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
 @cluster_option
 @click.option("--nodes", "nodes_arg", default=None, metavar="N|A:B|A:B:STEP",
               help="resize a uniform profile to N nodes; a range A:B plans every power of two times A up to B (and "
-                   "B itself), A:B:STEP every STEP-th size, and shows time against cost")
+                   "B itself), A:B:STEP every STEP-th size, and shows time against cost (a range needs --tokens)")
 @gpn_option
 @click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
 @click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
@@ -375,7 +375,8 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
 @click.option("--price", type=float, default=None, metavar="USD_PER_GPU_HOUR",
               help="price per GPU-hour (default: the profile's published price, if it states one)")
 @click.option("--deadline", "deadline_arg", default=None, metavar="DURATION",
-              help="e.g. 30d, 36h, 6w: with a --nodes range, the cheapest size that trains within it")
+              help="e.g. 30d, 36h, 6w (a bare number is days): with a --nodes range, the cheapest size that "
+                   "trains within it")
 @click.option("--fix", "fix", multiple=True, metavar="KEY=VALUE",
               help="pin a config field, e.g. --fix tp=8 --fix schedule=1f1b (repeatable)")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
@@ -399,7 +400,7 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
          memory_headroom) -> None:
     """Search every sensible layout and write the best plan (with --tokens: time and cost to train; with a --nodes
     range: the best plan of every cluster size)."""
-    from autoconf.report.tables import print_table, ranked_table, table_console
+    from autoconf.report.tables import counted, hours, money, print_table, ranked_table, table_console
     from autoconf.solve import sweep as sizes
     from autoconf.solve.search import explain_infeasible, search
     from autoconf.spec.cluster import load_cluster
@@ -442,7 +443,7 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
     if node_counts is not None and len(node_counts) > 1:
         return plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attention, fixed, execution,
                           tokens, usd, price_source, deadline, as_json, out, explain_dir, force, console)
-    with console.status(Text(f"planning {model.name} on {cluster.world_size} devices ...")):
+    with console.status(Text(f"planning {model.name} on {counted(cluster.world_size, 'device')} ...")):
         result = search(model, cluster, global_batch, seq_len, dtype, attention, fixed, top_k, execution)
     if not result.plans:
         raise UserError(explain_infeasible(model, cluster, result, global_batch, seq_len, dtype, attention, fixed,
@@ -453,9 +454,9 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
                                                               price_source)
         days = result.plans[0].prediction["training"]["days"]
         if deadline is not None and days > deadline:
-            raise UserError(f"the best plan on {cluster.nodes} nodes needs {sizes.format_days(days)}, over the "
+            raise UserError(f"the best plan on {counted(cluster.nodes, 'node')} needs {sizes.format_days(days)}, over the "
                             f"deadline of {sizes.format_days(deadline)}; try a range, e.g. "
-                            f"--nodes {cluster.nodes}:{cluster.nodes * 16}")
+                            f"--nodes {cluster.nodes}:{sizes.nodes_for_deadline(cluster.nodes, days, deadline)}")
     best = result.plans[0]
     written = []
     if explain_dir is not None:  # first: it refuses existing files before writing any, and so leaves --out alone
@@ -468,7 +469,8 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
         click.echo(json.dumps({"plans": [p.to_dict() for p in result.plans], "search": result.stats}, indent=2))
         return
     s = result.stats
-    title = f"{model.name} on {cluster.name} ({cluster.world_size} devices), global batch {global_batch}, seq {seq_len}"
+    title = (f"{model.name} on {cluster.name} ({counted(cluster.world_size, 'device')}), global batch {global_batch}, "
+             f"seq {seq_len}")
     print_table(ranked_table(result.plans, title, wide=console.width >= 130), console)
     console.print(search_summary(s))
     if best.prediction.get("launchable") is False:
@@ -476,8 +478,9 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
                       f"(--explain writes the Megatron-LM and torchtitan exports, not autoconf's launch scripts)")
     if tokens is not None:
         t = best.prediction["training"]
-        cost = "" if t["cost"] is None else f", {t['cost']:,.0f} USD at {t['usd_per_gpu_hour']:g} USD/GPU-hour"
-        console.print(f"#1 trains on {t['tokens']:,} tokens in {t['days']:,.1f} days: {t['gpu_hours']:,.0f} GPU-hours"
+        cost = "" if t["cost"] is None else f", {money(t['cost'])} at ${t['usd_per_gpu_hour']:g}/GPU-hour"
+        console.print(f"#1 trains on {t['tokens']:,} tokens in {sizes.format_days(t['days'])}: "
+                      f"{hours(t['gpu_hours'])} GPU-hours"
                       + (cost or " (no price: pass --price USD_PER_GPU_HOUR)"))
     if out is not None:
         console.print(f"wrote {out}")
@@ -489,7 +492,7 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
                price_source, deadline, as_json, out, explain_dir, force, console) -> None:
     """`plan --nodes A:B`: the best plan of every size, the Pareto front of time against cost, and the chosen size
     (the cheapest within --deadline, else the fastest)."""
-    from autoconf.report.tables import print_table, sweep_table
+    from autoconf.report.tables import counted, print_table, sweep_table
     from autoconf.solve import sweep as sizes
 
     with console.status("") as status:
@@ -500,7 +503,7 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
                                                                    f" ...")))
     front = sizes.pareto_front(points)
     if not front:
-        reasons = "; ".join(f"{p.nodes} nodes: {p.reason}" for p in points[:3])
+        reasons = "; ".join(f"{counted(p.nodes, 'node')}: {p.reason}" for p in points[:3])
         raise UserError(f"no cluster size from {node_counts[0]} to {node_counts[-1]} nodes has a layout ({reasons})")
     chosen = sizes.cheapest_within(points, deadline) if deadline is not None else front[0]
     written = []
@@ -522,7 +525,7 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
     print_table(sweep_table(points, front, chosen, title), console)
     why = (f"the cheapest size within {sizes.format_days(deadline)}" if deadline is not None
            else "the fastest size (pass --deadline to pick the cheapest that meets it)")
-    console.print(f"* Pareto front (no other size is both faster and cheaper); > chosen: {chosen.nodes} nodes, {why}")
+    console.print(f"* Pareto front (no other size is both faster and cheaper); > chosen: {counted(chosen.nodes, 'node')}, {why}")
     if usd is None:
         console.print("no price: cost is in GPU-hours; pass --price USD_PER_GPU_HOUR")
     else:

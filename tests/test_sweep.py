@@ -82,6 +82,28 @@ def test_durations_print_in_the_unit_a_user_gave():
     assert format_days(parse_deadline("12w")) == "84 days" and format_days(parse_deadline("60d")) == "60 days"
 
 
+def test_token_counts_are_read_exactly_and_short_runs_are_not_zero():
+    """999999999999999999 tokens was refused as not below 1e18 (float rounding), 1.5 tokens was rounded to 2, and
+    a thousand tokens printed as "0.0 days: 0 GPU-hours"."""
+    from autoconf.report.tables import hours, money
+
+    assert parse_tokens("999999999999999999") == 10**18 - 1 and parse_tokens("1.5K") == 1500
+    for bad, needle in (("1.5", "not a whole number"), ("1e18", "below 1e18"), ("1e400", "below"), ("0", "least")):
+        with pytest.raises(UserError, match=needle):
+            parse_tokens(bad)
+    assert format_days(30 / 86400) == "30 seconds" and format_days(90 / 86400) == "1.5 minutes"
+    assert format_days(1 / 86400) == "1 second"
+    assert hours(2.484e-05) == "2.48e-05" and hours(49682.4) == "49,682" and money(0.00012) == "$0.00012"
+
+
+def test_a_missed_deadline_suggests_a_range_that_can_meet_it():
+    """258.8 days against a 1-day deadline suggested --nodes 1:16, which needs 16 days at best."""
+    from autoconf.solve.sweep import nodes_for_deadline
+
+    assert nodes_for_deadline(1, 258.8, 1.0) == 1024 and nodes_for_deadline(8, 40, 30) == 32
+    assert nodes_for_deadline(4, 31, 30) == 16
+
+
 def test_sweep_json_and_front_from_real_plans(tmp_path):
     """`plan --nodes 1:4` plans 1, 2 and 4 nodes; each sweep entry is the best plan of its size with its training
     time; the sizes on the front have days rising and cost falling; the deadline's choice meets it and no cheaper

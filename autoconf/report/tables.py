@@ -19,6 +19,11 @@ def human_count(n: float) -> str:
     return f"{n:.0f}"
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 node', '8 nodes', '1,024 devices'."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def models_table(models: list[ModelSpec]) -> Table:
     """One row per model; params and active without the multi-token-prediction modules, which the mtp column counts
     (modules, and their own parameters)."""
@@ -79,7 +84,8 @@ def layout_label(plan: Plan) -> str:
 def prediction_table(plan: Plan) -> Table:
     p = plan.prediction
     c = plan.config
-    table = Table(title=f"{plan.model.name} on {plan.cluster['name']} ({c.world_size} devices): {layout_label(plan)}")
+    table = Table(title=f"{plan.model.name} on {plan.cluster['name']} ({counted(c.world_size, 'device')}): "
+                        f"{layout_label(plan)}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
     table.add_row("iteration time", f"{p['iteration_time_s']:.4g} s")
@@ -116,13 +122,20 @@ def prediction_table(plan: Plan) -> Table:
 
 
 def money(usd: float) -> str:
-    return f"${usd:,.0f}" if usd >= 100 else f"${usd:,.2f}"
+    return f"${usd:,.0f}" if usd >= 100 else f"${usd:,.2f}" if usd >= 0.01 else f"${usd:.2g}"
+
+
+def hours(gpu_hours: float) -> str:
+    """GPU-hours in whole hours, with three significant digits below 100 (a short run is not "0")."""
+    return f"{gpu_hours:,.0f}" if gpu_hours >= 100 else f"{gpu_hours:.3g}"
 
 
 def training_rows(t: dict) -> list[tuple[str, str]]:
     """The time and cost to train (prediction.training) as (label, value) rows."""
-    rows = [(f"time to train on {human_count(t['tokens'])} tokens", f"{t['days']:,.1f} days"),
-            ("GPU-hours", f"{t['gpu_hours']:,.0f}")]
+    from autoconf.solve.sweep import format_days
+
+    rows = [(f"time to train on {human_count(t['tokens'])} tokens", format_days(t["days"])),
+            ("GPU-hours", hours(t["gpu_hours"]))]
     if t.get("cost") is None:
         rows.append(("cost", "pass --price USD_PER_GPU_HOUR (the profile states no price)"))
     else:

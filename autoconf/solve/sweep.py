@@ -8,6 +8,7 @@ Pareto front holds the sizes that no other size beats in both time and GPU-hours
 
 from __future__ import annotations
 
+import decimal
 import math
 import re
 from dataclasses import dataclass
@@ -15,20 +16,35 @@ from dataclasses import dataclass
 from autoconf.errors import UserError
 
 SECONDS_PER_DAY = 86400.0
-_COUNT_SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12, "P": 1e15}
+_COUNT_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12, "P": 10**15}
+MAX_TOKENS = 10**18
 _DAYS_PER_UNIT = {"d": 1.0, "h": 1 / 24, "w": 7.0}
 MAX_SWEEP_SIZES = 64
 
 
 def parse_tokens(text: str) -> int:
-    """'2T', '300B', '1.5e12' or '2000000000000' -> a positive whole number of tokens."""
+    """'2T', '300B', '1.5e12' or '2000000000000' -> a positive whole number of tokens, read exactly (no float
+    rounding) and below MAX_TOKENS."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMBGTPkmbgtp]?)\s*", str(text))
     if not match:
         raise UserError(f"--tokens {text!r} is not a token count; write e.g. 2T, 300B, 15e12 (K, M, B, T suffixes)")
-    tokens = float(match.group(1)) * _COUNT_SUFFIX[match.group(2).upper()]
-    if not (1 <= tokens < 1e18):
-        raise UserError(f"--tokens {text!r} must be at least 1 token and below 1e18")
-    return int(round(tokens))
+    try:
+        tokens = decimal.Decimal(match.group(1)) * _COUNT_SUFFIX[match.group(2).upper()]
+    except decimal.InvalidOperation:  # an exponent too large to hold
+        tokens = decimal.Decimal(MAX_TOKENS)
+    if tokens != tokens.to_integral_value():
+        raise UserError(f"--tokens {text!r} is not a whole number of tokens")
+    if not 1 <= tokens < MAX_TOKENS:
+        raise UserError(f"--tokens {text!r} must be at least 1 token and below 1e{round(math.log10(MAX_TOKENS))}")
+    return int(tokens)
+
+
+def nodes_for_deadline(nodes: int, days: float, deadline: float) -> int:
+    """An upper end for a --nodes range that may meet `deadline`: the nodes that would train in half of it if the
+    time fell in proportion to them, at least twice `nodes`, a power-of-two multiple of `nodes` (what a range
+    A:B tries)."""
+    factor = 2 ** max(1, math.ceil(math.log2(2 * days / deadline)))
+    return nodes * factor
 
 
 def parse_deadline(text: str) -> float:
@@ -43,16 +59,20 @@ def parse_deadline(text: str) -> float:
 
 
 def format_days(days: float) -> str:
-    """A duration in days written the way a user would: hours below two days, else days."""
-    if days < 2:
-        return f"{days * 24:.3g} hour{'' if days * 24 == 1 else 's'}"
+    """A duration in days written the way a user would: seconds below a minute, minutes below an hour, hours below
+    two days, else days."""
+    for unit, per_day, below in (("second", 86400, 1 / 1440), ("minute", 1440, 1 / 24), ("hour", 24, 2)):
+        if days < below:
+            value = days * per_day
+            return f"{value:.3g} {unit}{'' if f'{value:.3g}' == '1' else 's'}"
     return f"{days:.4g} days"
 
 
 def check_price(price: float) -> float:
     """A price per GPU-hour in US dollars: finite and > 0."""
     if not (isinstance(price, (int, float)) and math.isfinite(price) and 0 < price < 1e6):
-        raise UserError(f"--price must be a positive number of US dollars per GPU-hour, e.g. 2.5 (got {price})")
+        raise UserError(f"--price must be a positive number of US dollars per GPU-hour below 1,000,000, e.g. 2.5 "
+                        f"(got {price})")
     return float(price)
 
 

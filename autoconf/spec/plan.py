@@ -460,8 +460,11 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "plan") -> "Plan":
-        if not isinstance(data, dict) or data.get("kind", "plan") != "plan":
-            raise UserError(f"{source}: not a plan file (expected a JSON object with \"kind\": \"plan\")")
+        plan_like = "kind" in data or "config" in data if isinstance(data, dict) else False
+        if not isinstance(data, dict) or data.get("kind", "plan") != "plan" or not plan_like:
+            what = " (a Hugging Face model config)" if isinstance(data, dict) and "model_type" in data else ""
+            raise UserError(f"{source}: not a plan file{what}; expected a JSON object with \"kind\": \"plan\", as "
+                            f"`autoconf plan --out` or `estimate --out` writes")
         if data.get("version") != PLAN_VERSION:
             raise UserError(f"{source}: plan version {data.get('version')!r} is not supported "
                             f"(expected {PLAN_VERSION})")
