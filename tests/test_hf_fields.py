@@ -31,13 +31,12 @@ def test_transformers_5_rope_parameters_are_read_by_the_dense_importer():
 
 
 @pytest.mark.parametrize("config, needle", [
-    ({**LLAMA, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling of type 'yarn' is not modelled"),
-    ({**LLAMA, "rope_parameters": {"rope_type": "linear", "factor": 4.0}}, "type 'linear' is not modelled"),
-    ({**MIXTRAL, "rope_scaling": {"type": "dynamic", "factor": 2.0}}, "type 'dynamic' is not modelled"),
-    ({**LLAMA, "rope_scaling": {"rope_type": "llama3"}}, "needs a factor >= 1"),
+    ({**LLAMA, "rope_scaling": {"rope_type": "llama3"}}, "llama3 rope_scaling needs a factor >= 1"),
+    ({**LLAMA, "rope_parameters": {"rope_type": "llama3", "factor": 0.5}}, "llama3 rope_parameters needs a factor"),
     ({**LLAMA, "rope_scaling": [8]}, "rope_scaling must be an object"),
     ({**LLAMA, "tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false"),
     ({**LLAMA, "attention_bias": "false"}, "attention_bias must be true or false"),
+    ({**QWEN3_MOE, "attention_bias": "false"}, "attention_bias must be true or false"),
     ({**LLAMA, "attention_bias": True}, "llama with attention_bias true is not modelled"),
     ({**LLAMA, "mlp_bias": True}, "llama with mlp_bias true is not modelled"),
     ({**LLAMA, "num_hidden_layers": 10 ** 8}, "num_hidden_layers must be a layer count in 1..100000"),
@@ -50,6 +49,19 @@ def test_transformers_5_rope_parameters_are_read_by_the_dense_importer():
 def test_fields_that_would_be_read_as_something_else_are_one_line(config, needle):
     with pytest.raises(UserError, match=needle):
         from_hf_config(config, "m")
+
+
+def test_other_rope_scaling_plans_up_to_the_stated_context_and_no_further():
+    """Scaling the spec does not describe (DeepSeek's published yarn, linear, dynamic) is read as none: the model is
+    planned up to its max_position_embeddings (for yarn already the extended length), and a longer sequence is
+    refused by the line that names llama3 scaling as the only kind that extends it."""
+    deepseek_yarn = {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096, "beta_fast": 32}
+    for config in ({**LLAMA, "rope_scaling": {"rope_type": "linear", "factor": 4.0}},
+                   {**LLAMA, "rope_parameters": {"rope_theta": 1e6, "rope_type": "dynamic", "factor": 2.0}},
+                   {**MIXTRAL, "rope_scaling": deepseek_yarn}):
+        spec = from_hf_config(config, "m")
+        assert spec.rope_scaling_factor == 1.0 and spec.context_problem(8192) is None
+        assert "no llama3 RoPE scaling" in spec.context_problem(8193)
 
 
 def test_an_moe_importer_error_names_the_file_once():
@@ -75,6 +87,9 @@ def test_a_sliding_window_shorter_than_the_sequence_is_refused():
     assert from_hf_config(qwen, "q").sliding_window is None  # use_sliding_window false: the window is not used
     assert from_hf_config({**qwen, "use_sliding_window": True}, "q").sliding_window == 512
     assert from_hf_config({**qwen, "layer_types": ["sliding_attention", "full_attention"]}, "q").sliding_window == 512
+    slides_from_layer_2 = {**qwen, "use_sliding_window": True, "max_window_layers": 2}  # of 2 layers: none slides
+    assert from_hf_config(slides_from_layer_2, "q").sliding_window is None
+    assert from_hf_config({**slides_from_layer_2, "layer_types": ["full_attention"] * 2}, "q").sliding_window is None
     assert "sliding_window" not in from_hf_config(LLAMA, "l").to_dict()  # a dense model's JSON is as before
 
 

@@ -57,42 +57,70 @@ def rope_theta(config: dict) -> float:
 
 def rope_scaling_factor(config: dict, name: str) -> float:
     """The factor of Llama 3.x RoPE scaling (`rope_scaling` or transformers 5's `rope_parameters` with rope_type
-    "llama3" and its `factor`), which lets a model train past max_position_embeddings; 1.0 without scaling. Another
-    rope_type (linear, dynamic, yarn, longrope) is refused: the spec does not describe it, and read as plain RoPE the
-    model would be another one."""
-    scaling = config.get("rope_scaling")
+    "llama3" and its `factor`), which lets a model train past max_position_embeddings; 1.0 without it. Another
+    rope_type (linear, dynamic, yarn as DeepSeek publishes it, longrope) is read as 1.0: the spec does not describe
+    it, so the model is planned up to its max_position_embeddings (for yarn already the extended length) and no
+    further; its cost does not depend on how positions are rotated (the executor rotates them plainly)."""
+    key = "rope_scaling"
+    scaling = config.get(key)
     if scaling is None:
+        key = "rope_parameters"
         scaling = {k: v for k, v in _rope_parameters(config).items() if k != "rope_theta"} or None
     if scaling is None:
         return 1.0
     if not isinstance(scaling, dict):
-        raise UserError(f"{name}: rope_scaling must be an object such as {{\"rope_type\": \"llama3\", \"factor\": 8.0}}"
-                        f" or null (got {scaling!r})")
-    kind = scaling.get("rope_type") or scaling.get("type")
-    if kind in (None, "default"):
+        raise UserError(f"{name}: {key} must be an object such as {{\"rope_type\": \"llama3\", \"factor\": 8.0}} "
+                        f"or null (got {scaling!r})")
+    if (scaling.get("rope_type") or scaling.get("type")) != "llama3":
         return 1.0
-    if kind != "llama3":
-        raise UserError(f"{name}: rope_scaling of type {kind!r} is not modelled (autoconf reads the \"llama3\" type); "
-                        f"remove rope_scaling to plan the model with plain RoPE up to max_position_embeddings")
     factor = scaling.get("factor")
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (math.isfinite(factor) and factor >= 1):
-        raise UserError(f"{name}: llama3 rope_scaling needs a factor >= 1, as Llama 3.1's 8.0 (got {factor!r})")
+        raise UserError(f"{name}: llama3 {key} needs a factor >= 1, as Llama 3.1's 8.0 (got {factor!r})")
     return float(factor)
 
 
 def sliding_window(config: dict, model_type: str, name: str) -> int | None:
-    """The attention window of a config that slides it (Mistral's `sliding_window`; Qwen's `use_sliding_window`
-    with its `sliding_window`; transformers 5's `layer_types` with "sliding_attention" layers), or None when every
-    layer attends to the whole sequence. The spec keeps it so that a sequence longer than the window, where
-    sliding and full attention differ, is refused (ModelSpec.context_problem)."""
+    """The attention window of a config whose layers slide it, or None when every layer attends to the whole
+    sequence: transformers 5's `layer_types` when given (a "sliding_attention" layer), else Qwen's
+    `use_sliding_window` for the layers from `max_window_layers` on, else Mistral's `sliding_window` when set. The
+    spec keeps it so that a sequence longer than the window, where sliding and full attention differ, is refused
+    (ModelSpec.context_problem)."""
     layer_types = config.get("layer_types")
-    slides = isinstance(layer_types, list) and "sliding_attention" in layer_types
-    if model_type.startswith("qwen"):
-        slides = slides or hf_bool(config, "use_sliding_window", False, name)
+    if isinstance(layer_types, list):
+        slides = "sliding_attention" in layer_types
+    elif model_type.startswith("qwen"):
+        first = config.get("max_window_layers")
+        layers = config.get("num_hidden_layers")
+        slides = hf_bool(config, "use_sliding_window", False, name) and not (
+            isinstance(first, int) and isinstance(layers, int) and first >= layers)
     else:
-        slides = slides or config.get("sliding_window") is not None
+        slides = config.get("sliding_window") is not None
     if not slides:
         return None
     if config.get("sliding_window") is None:
         raise UserError(f"{name}: the config slides attention windows but sets no sliding_window")
     return positive_int(config, "sliding_window", 0, name, "the attention window in tokens")
+
+
+def llama_fields(config: dict, name: str, model_type: str) -> dict:
+    """The ModelSpec fields every Llama-shaped family (dense or MoE) reads alike: layers, width, heads (absent or
+    null KV heads: multi-head; 0 is an error), head width, vocabulary, context, tied embeddings, attention dropout,
+    RoPE base, scaling and sliding window. KeyError for a missing key (the caller names it)."""
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads")
+    return dict(name=name, arch="llama", num_layers=layer_count(config, "num_hidden_layers", name),
+                hidden_size=config["hidden_size"], num_heads=heads,
+                num_kv_heads=heads if kv_heads is None else kv_heads,
+                head_dim=config.get("head_dim"),  # absent or null: hidden_size / num_attention_heads
+                vocab_size=config["vocab_size"], max_seq_len=config.get("max_position_embeddings", 4096),
+                tied_embeddings=hf_bool(config, "tie_word_embeddings", False, name),
+                dropout=float(config.get("attention_dropout", 0.0) or 0.0), rope_theta=rope_theta(config),
+                rope_scaling_factor=rope_scaling_factor(config, name),
+                sliding_window=sliding_window(config, model_type, name))
+
+
+def refuse_bias(config: dict, name: str, model_type: str, keys: tuple[str, ...] = ("attention_bias",)) -> None:
+    """Refuses biases the spec does not describe (a JSON true; anything but a boolean is refused as such)."""
+    for key in keys:
+        if hf_bool(config, key, False, name):
+            raise UserError(f"{name}: {model_type} with {key} true is not modelled (the published models have none)")

@@ -6,13 +6,14 @@ files and of transformers 5's own config classes (which rename some: Qwen3-MoE's
 refused with one line (`refuse_hidden_experts`), so that an MoE model is never planned as a dense one.
 
 DeepSeek's multi-token-prediction modules (`num_nextn_predict_layers`) are read into `mtp_num_layers`.
-Not modelled, and said so in docs/moe.md: sliding-window attention, gpt-oss (attention sinks, biased experts).
+Not modelled, and said so in docs/moe.md: gpt-oss (attention sinks, biased experts); a sliding attention window is
+kept and a longer sequence refused (spec/hf_fields.py).
 """
 
 from __future__ import annotations
 
 from autoconf.errors import UserError
-from autoconf.spec.hf_fields import hf_bool, layer_count, positive_int, rope_scaling_factor, rope_theta, sliding_window
+from autoconf.spec.hf_fields import hf_bool, llama_fields, positive_int, refuse_bias
 from autoconf.spec.model import MLASpec, ModelSpec, MoESpec
 
 HF_MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3")
@@ -67,32 +68,18 @@ def _first(config: dict, *keys, default=KeyError):
     return default
 
 
-def _refuse_bias(config: dict, name: str, model_type: str, key: str = "attention_bias") -> None:
-    if config.get(key):
-        raise UserError(f"{name}: {model_type} with {key} true is not modelled (its published models have none)")
-
-
 def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
     """A spec from the config.json of an MoE family in HF_MOE_TYPES. KeyError for a missing key (the caller names
     it)."""
-    layers = layer_count(config, "num_hidden_layers", name)
-    heads = config["num_attention_heads"]
-    kv_heads = config.get("num_key_value_heads")
+    common = llama_fields(config, name, model_type)
+    layers = common["num_layers"]
     top_k = config["num_experts_per_tok"]
     aux = float(_first(config, "router_aux_loss_coef", "aux_loss_alpha", default=0.0))
-    common = dict(name=name, arch="llama", num_layers=layers, hidden_size=config["hidden_size"], num_heads=heads,
-                  num_kv_heads=heads if kv_heads is None else kv_heads, vocab_size=config["vocab_size"],
-                  max_seq_len=config.get("max_position_embeddings", 4096),
-                  tied_embeddings=hf_bool(config, "tie_word_embeddings", False, name),
-                  dropout=float(config.get("attention_dropout", 0.0) or 0.0), rope_theta=rope_theta(config),
-                  rope_scaling_factor=rope_scaling_factor(config, name),
-                  sliding_window=sliding_window(config, model_type, name))
     if model_type == "mixtral":
         width = config["intermediate_size"]
         moe = MoESpec(num_experts=_first(config, "num_local_experts", "num_experts"), num_experts_per_tok=top_k,
                       moe_intermediate_size=width, router_aux_loss_coef=aux)
-        return ModelSpec(**common, ffn_hidden_size=width, norm_eps=config.get("rms_norm_eps", 1e-5),
-                         head_dim=config.get("head_dim"), moe=moe)
+        return ModelSpec(**common, ffn_hidden_size=width, norm_eps=config.get("rms_norm_eps", 1e-5), moe=moe)
     if model_type in ("qwen2_moe", "qwen3_moe"):
         step = positive_int(config, "decoder_sparse_step", 1, name, "every how many layers one is MoE")
         sparse_step = {i for i in range(layers) if (i + 1) % step} if step > 1 else set()
@@ -108,14 +95,14 @@ def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
                       dense_layers=tuple(dense), norm_topk_prob=hf_bool(config, "norm_topk_prob", False, name),
                       router_aux_loss_coef=aux)
         if model_type == "qwen3_moe":
-            _refuse_bias(config, name, model_type)
+            refuse_bias(config, name, model_type)
         # intermediate_size is the width of the dense layers; a model without any may leave it out.
         width = config["intermediate_size"] if dense else config.get("intermediate_size") or expert
+        qkv_bias = hf_bool(config, "qkv_bias", True, name) if model_type == "qwen2_moe" else False
         return ModelSpec(**common, ffn_hidden_size=width, norm_eps=config.get("rms_norm_eps", 1e-6),
-                         head_dim=config.get("head_dim"), qk_norm=model_type == "qwen3_moe",
-                         qkv_bias=hf_bool(config, "qkv_bias", True, name) if model_type == "qwen2_moe" else False, moe=moe)
+                         qk_norm=model_type == "qwen3_moe", qkv_bias=qkv_bias, moe=moe)
     # deepseek_v2 / deepseek_v3: multi-head latent attention, leading dense layers, shared experts.
-    _refuse_bias(config, name, model_type)
+    refuse_bias(config, name, model_type)
     v3 = model_type == "deepseek_v3"
     first_dense = config.get("first_k_dense_replace") or 0
     every = positive_int(config, "moe_layer_freq", 1, name, "every how many layers one is MoE")
@@ -140,8 +127,8 @@ def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
     if isinstance(mtp, bool) or not isinstance(mtp, int) or mtp < 0:
         raise UserError(f"{name}: num_nextn_predict_layers must be a whole number of MTP modules, 0 for none "
                         f"(got {mtp!r})")
-    return ModelSpec(**common, ffn_hidden_size=config["intermediate_size"], norm_eps=config.get("rms_norm_eps", 1e-6),
-                     head_dim=mla.v_head_dim, moe=moe, mla=mla, mtp_num_layers=mtp)
+    return ModelSpec(**{**common, "head_dim": mla.v_head_dim}, ffn_hidden_size=config["intermediate_size"],
+                     norm_eps=config.get("rms_norm_eps", 1e-6), moe=moe, mla=mla, mtp_num_layers=mtp)
 
 
 # The published config.json of each MoE preset (only the keys the importer reads; values as published).

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.spec.hf_fields import hf_bool, layer_count, rope_scaling_factor, rope_theta, sliding_window
+from autoconf.spec.hf_fields import hf_bool, layer_count, llama_fields, refuse_bias
 from autoconf.spec.hf_moe import HF_DENSE_TYPES, HF_MOE_TYPES, PRESET_CONFIGS, moe_from_hf, refuse_hidden_experts
 from autoconf.spec.model import ModelSpec, MoESpec, is_printable_name
 
@@ -95,27 +95,12 @@ def from_hf_config(config: dict, name: str) -> ModelSpec:
                 tied_embeddings=hf_bool(config, "tie_word_embeddings", True, name),
                 dropout=float(config.get("resid_pdrop", 0.1)), norm_eps=config.get("layer_norm_epsilon", 1e-5))
         if model_type in _HF_LLAMA_TYPES:
-            heads = config["num_attention_heads"]
-            kv_heads = config.get("num_key_value_heads")  # absent or null: multi-head; 0 is an error, not MHA
-            for key in ("attention_bias", "mlp_bias") if model_type in ("llama", "qwen3") else ():
-                if hf_bool(config, key, False, name):
-                    raise UserError(f"{name}: {model_type} with {key} true is not modelled (it biases the "
-                                    f"{'attention projections, the output one too' if key == 'attention_bias' else 'MLP'}"
-                                    f"; the published models have none)")
+            if model_type in ("llama", "qwen3"):  # (their attention_bias would bias the output projection too)
+                refuse_bias(config, name, model_type, ("attention_bias", "mlp_bias"))
             return ModelSpec(
-                name=name, arch="llama", num_layers=layer_count(config, "num_hidden_layers", name),
-                hidden_size=config["hidden_size"], num_heads=heads,
-                num_kv_heads=heads if kv_heads is None else kv_heads,
-                ffn_hidden_size=config["intermediate_size"], vocab_size=config["vocab_size"],
-                max_seq_len=config.get("max_position_embeddings", 4096),
-                tied_embeddings=hf_bool(config, "tie_word_embeddings", False, name),
-                dropout=float(config.get("attention_dropout", 0.0) or 0.0),
+                **llama_fields(config, name, model_type), ffn_hidden_size=config["intermediate_size"],
                 qkv_bias=model_type == "qwen2",  # Qwen2 biases q, k and v always; Mistral never (transformers)
-                qk_norm=model_type == "qwen3",
-                norm_eps=config.get("rms_norm_eps", 1e-5), rope_theta=rope_theta(config),
-                head_dim=config.get("head_dim"),  # absent or null: hidden_size / num_attention_heads
-                rope_scaling_factor=rope_scaling_factor(config, name),
-                sliding_window=sliding_window(config, model_type, name))
+                qk_norm=model_type == "qwen3", norm_eps=config.get("rms_norm_eps", 1e-5))
     except KeyError as missing:
         raise UserError(f"{name}: Hugging Face config of type {model_type!r} lacks key {missing}") from None
     except (TypeError, ValueError, OverflowError, AttributeError) as err:
