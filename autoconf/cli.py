@@ -19,6 +19,7 @@ from autoconf.errors import UserError
 from autoconf.spec import frameworks
 from autoconf.spec.dtypes import DTYPES, PROFILED_DTYPES, check_dtype
 from autoconf.spec.frameworks import SELECTIVE_RECOMPUTE
+from autoconf.spec.model import DEFAULT_SEQ_LEN
 from autoconf.spec.plan import MAX_GLOBAL_BATCH, MAX_SEQ_LEN, SEQ_SPLITS
 from autoconf.spec.schedules import SCHEDULES
 
@@ -57,6 +58,10 @@ def user_errors(fn):
             sys.exit(130)
 
     return wrapper
+
+
+SEQ_LEN_DEFAULT = (f"default: the model's context, at most {DEFAULT_SEQ_LEN} tokens and at most its sliding attention "
+                   f"window")
 
 
 def default_seq_len(model) -> int:
@@ -264,7 +269,7 @@ def profiles(as_json: bool) -> None:
 @click.option("--micro-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
 @click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
 @click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
-              help="default: the model's context, at most 8192")
+              help=SEQ_LEN_DEFAULT)
 @click.option("--schedule", default="1f1b", show_default=True,
               type=ScheduleChoice())
 @click.option("--seq-chunks", type=click.IntRange(1, MAX_SEQ_LEN), default=1, show_default=True,
@@ -369,7 +374,7 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
 @gpn_option
 @click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
 @click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
-              help="default: the model's context, at most 8192")
+              help=SEQ_LEN_DEFAULT)
 @click.option("--tokens", "tokens_arg", default=None, metavar="COUNT",
               help="tokens to train on, e.g. 2T or 300B: adds days, GPU-hours and cost to train")
 @click.option("--price", type=float, default=None, metavar="USD_PER_GPU_HOUR",
@@ -549,7 +554,7 @@ LIMITS = ("seq", "micro-batch", "model")
 @gpn_option
 @click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
 @click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
-              help="for the micro-batch and model limits (default: the model's context, at most 8192)")
+              help=f"for the micro-batch and model limits ({SEQ_LEN_DEFAULT})")
 @click.option("--max-seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
               help="the longest sequence to try (default: the model's context)")
 @click.option("--family", default=None,
@@ -749,7 +754,7 @@ def launch(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_eve
 @click.option("--cluster", "cluster_arg", required=True, help="the profile of the cluster the runs execute on")
 @click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
 @click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
-              help="default: the model's context, at most 8192")
+              help=SEQ_LEN_DEFAULT)
 @click.option("--configs", type=click.IntRange(min=2), default=8, show_default=True, help="layouts to run")
 @click.option("--steps", type=click.IntRange(min=3), default=8, show_default=True, help="steps per layout")
 @click.option("--repeats", type=click.IntRange(min=1, max=20), default=1, show_default=True,

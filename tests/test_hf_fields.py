@@ -131,3 +131,17 @@ def test_dense_import_matches_transformers_models_on_the_meta_device(class_name,
     assert spec.total_params() == sum(p.numel() for p in model.parameters())
     assert [spec.layer_params(i) for i in range(2)] == [sum(p.numel() for p in b.parameters())
                                                         for b in model.model.layers]
+
+
+def test_limits_stop_at_a_sliding_window(tmp_path):
+    """`limits` searched Mistral 7B v0.1 up to its 32k context and refused it (the window is 4096)."""
+    from click.testing import CliRunner
+
+    from autoconf.cli import main
+
+    config = {**LLAMA, "model_type": "mistral", "sliding_window": 1024, "max_position_embeddings": 32768}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(main, ["limits", "--model", str(tmp_path / "config.json"), "--cluster", "cpu-local",
+                                       "--global-batch", "4", "--only", "seq"])
+    assert result.exit_code == 0, result.output
+    assert "sliding attention window is 1024 tokens" in result.output

@@ -30,7 +30,7 @@ def parse_tokens(text: str) -> int:
         raise UserError(f"--tokens {text!r} is not a token count; write e.g. 2T, 300B, 15e12 (K, M, B, T suffixes)")
     try:
         tokens = decimal.Decimal(match.group(1)) * _COUNT_SUFFIX[match.group(2).upper()]
-    except decimal.InvalidOperation:  # an exponent too large to hold
+    except decimal.DecimalException:  # an exponent too large to hold (Overflow)
         tokens = decimal.Decimal(MAX_TOKENS)
     if tokens != tokens.to_integral_value():
         raise UserError(f"--tokens {text!r} is not a whole number of tokens")

@@ -319,10 +319,16 @@ class ModelSpec:
         return self.arch == "gpt"
 
     @property
+    def context_limit(self) -> int:
+        """The longest sequence planned without scaling past the context: the context (max_position_embeddings), or
+        the sliding attention window where that is shorter (beyond it the model is not modelled)."""
+        return min(self.max_seq_len, self.sliding_window or self.max_seq_len)
+
+    @property
     def default_seq_len(self) -> int:
-        """The sequence a plan takes when none is given: the model's context, at most DEFAULT_SEQ_LEN tokens (long
-        runs pass --seq-len) and at most its sliding window (beyond which it is not modelled)."""
-        return min(self.max_seq_len, DEFAULT_SEQ_LEN, self.sliding_window or DEFAULT_SEQ_LEN)
+        """The sequence a plan takes when none is given: the context limit, at most DEFAULT_SEQ_LEN tokens (long
+        runs pass --seq-len)."""
+        return min(self.context_limit, DEFAULT_SEQ_LEN)
 
     def context_problem(self, seq_len: int) -> str | None:
         """Why the model cannot be trained on sequences of `seq_len` tokens (one line naming what would work), or
