@@ -435,8 +435,8 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
     if out is not None:
         from autoconf.files import check_new, refuse_overwriting_inputs
 
+        refuse_overwriting_inputs({"--out": out}, inputs)  # (first: --force would not help)
         check_new(out, force)  # before the search, which can take a while
-        refuse_overwriting_inputs({"--out": out}, inputs)
     if explain_dir is not None:
         from autoconf.report.explain import refuse_taken_folder
 
@@ -600,9 +600,10 @@ def limits(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, 
         from autoconf.files import check_new, refuse_overwriting_inputs
 
         for key in wanted:
-            check_new(out_dir / f"limit_{key.replace('-', '_')}.json", force)
-            refuse_overwriting_inputs({"--out": out_dir / f"limit_{key.replace('-', '_')}.json"},
-                                      {"the model config": model_arg, "the cluster profile": cluster_arg})
+            path = out_dir / f"limit_{key.replace('-', '_')}.json"
+            refuse_overwriting_inputs({"--out": path}, {"the model config": model_arg,
+                                                        "the cluster profile": cluster_arg})
+            check_new(path, force)
     console = table_console(stderr=as_json)
     found = {}
     with console.status("") as status:

@@ -39,8 +39,8 @@ def refuse_taken_folder(out_dir: str | Path, force: bool, plan_path: str | Path 
             raise UserError(f"--out {plan_path} is a file the --explain folder's exports write; name the plan "
                             f"another way, e.g. {out_dir / 'plan.json'}")
     for what, source in (inputs or {}).items():
-        for path in input_files(source):
-            if path.resolve().parent == out_dir.resolve() and any(fnmatch.fnmatch(path.name, g) for g in globs):
+        for path in (p.resolve() for p in input_files(source)):
+            if path.parent == out_dir.resolve() and any(fnmatch.fnmatch(path.name, g) for g in globs):
                 raise UserError(f"{out_dir} holds {path.name}, {what} this run reads, which the explanation would "
                                 f"replace; choose another folder")
     if force or not out_dir.is_dir():

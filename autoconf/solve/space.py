@@ -24,8 +24,8 @@ from autoconf.errors import UserError
 from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.frameworks import SELECTIVE_RECOMPUTE
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import (CP_COMM, GRAD_REDUCE, OFFLOADS, SEQ_SPLITS, ParallelConfig, max_pipeline_stages,
-                                 sequence_parallel_problem)
+from autoconf.spec.plan import (CP_COMM, GRAD_REDUCE, OFFLOADS, SEQ_SPLITS, ParallelConfig, cp_splits,
+                                 max_pipeline_stages, sequence_parallel_problem)
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 FIXABLE = ("tp", "pp", "dp", "cp", "vpp", "micro_batch_size", "schedule", "zero_stage", "recompute",
@@ -105,9 +105,9 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
     """Every legal layout honouring `fixed`; deterministic order. `zero_stages` lists the stages worth telling
     apart (a pinned --fix zero_stage is always honoured); `selective_policies` the `selective_recompute` values of
     the selective candidates (None: the framework's own; a pinned --fix selective_recompute is honoured, and pins
-    recompute to selective; a pinned cp_comm likewise asks for cp > 1). `tp_cp_domain`: (devices, why) that a TP x CP block stays within
-    (`placement.tp_cp_domain` of the cluster; None devices: any); a pinned --fix cp that no TP fits in is one
-    line naming what would."""
+    recompute to selective; a pinned cp_comm likewise asks for cp > 1). `tp_cp_domain`: (devices, why) that a
+    TP x CP block stays within (`placement.tp_cp_domain` of the cluster; None devices: any); a pinned --fix cp that
+    no TP fits in is one line naming what would."""
     fixed = normalise_fixed(fixed or {})
     if "ep" in fixed or "etp" in fixed:
         # The rules that do not depend on the other degrees, as one line before any search.
@@ -133,9 +133,12 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
         if attention != "flash":
             raise UserError(f"--fix cp_comm={fixed['cp_comm']}: context parallelism runs with flash attention, not "
                             f"--attention {attention}")
-        if not any(seq_len % (2 * d) == 0 for d in _divisors(world_size) if d > 1):
+        tp = fixed.get("tp", 1)
+        devices = world_size // tp if world_size % tp == 0 else world_size
+        if not any(cp_splits(seq_len, d) for d in _divisors(devices) if d > 1):
             raise UserError(f"--fix cp_comm={fixed['cp_comm']} asks for context parallelism, but no cp > 1 dividing "
-                            f"the {world_size} devices splits {seq_len} tokens into 2 x cp equal chunks")
+                            f"the {devices} devices {'left by tp ' + str(tp) + ' ' if tp > 1 else ''}splits "
+                            f"{seq_len} tokens into 2 x cp equal chunks")
 
     for key, plain in (("seq_chunks", 1), ("seq_split", "even")):
         splitting = [n for n in SCHEDULES if schedule_spec(n).sequence_chunks]
@@ -165,7 +168,7 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
         raise UserError(f"--fix cp={cp}: a TP x CP block of tp {tp} x cp {cp} = {tp * cp} devices would leave the "
                         f"{domain} that share fast links ({why}); use {fits}")
     for tp, cp in ((tp, cp) for tp in tps for cp in cps(tp)):
-        if world_size % (tp * cp) or seq_len % (2 * cp) and cp > 1 or domain and tp * cp > domain:
+        if world_size % (tp * cp) or not cp_splits(seq_len, cp) or domain and tp * cp > domain:
             continue
         pps = choices("pp", [p for p in _divisors(world_size // (tp * cp))
                              if p <= max_pipeline_stages(model.num_layers)])
@@ -247,7 +250,7 @@ def cp_choices(devices: int, seq_len: int) -> list[int]:
     if seq_len < CP_MIN_SEQ_LEN:
         return [1]
     return [d for d in _divisors(devices)
-            if d == 1 or (seq_len % (2 * d) == 0 and seq_len // d >= CP_MIN_LOCAL_TOKENS)]
+            if d == 1 or (cp_splits(seq_len, d) and seq_len // d >= CP_MIN_LOCAL_TOKENS)]
 
 
 def _grad_reduce_choices(pp: int, dp: int, m: int, schedule: str, zero: int) -> list[str]:

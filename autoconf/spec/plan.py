@@ -392,11 +392,17 @@ def _divisors(n: int, at_most: int | None = None) -> str:
     return ", ".join(str(d) for d in range(1, min(n, at_most or n) + 1) if n % d == 0)
 
 
+def cp_splits(seq_len: int, cp: int) -> bool:
+    """Whether `cp` ranks can split sequences of `seq_len` tokens into their load-balanced causal chunks: 2 x cp
+    equal ones, a head and a tail per rank (always at cp 1)."""
+    return cp == 1 or seq_len % (2 * cp) == 0
+
+
 def cp_split_problem(seq_len: int, cp: int, devices: int | None = None) -> str | None:
     """Why `cp` cannot split sequences of `seq_len` tokens into its load-balanced causal chunks (2 x cp equal ones,
     a head and a tail per rank), naming the degrees that can (of those dividing `devices`, when given); None when
     it can."""
-    if cp > 1 and seq_len % (2 * cp):
+    if not cp_splits(seq_len, cp):
         return (f"cp {cp} needs seq_len {seq_len} divisible by 2 x cp = {2 * cp} (each rank holds one head and one "
                 f"tail chunk of the causal sequence; use cp in {_cp_divisors(seq_len, devices)})")
     return None
@@ -419,7 +425,7 @@ def _cp_divisors(seq_len: int, devices: int | None = None, at_most: int = 64) ->
     """The context-parallel degrees up to `at_most` (and dividing `devices`, when given) that split `seq_len` into
     2 x cp equal chunks."""
     return ", ".join(str(c) for c in range(1, at_most + 1)
-                     if (c == 1 or seq_len % (2 * c) == 0) and (devices is None or devices % c == 0))
+                     if cp_splits(seq_len, c) and (devices is None or devices % c == 0))
 
 
 @dataclass

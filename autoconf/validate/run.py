@@ -411,7 +411,7 @@ def _has_cuda() -> bool:
 def _renamed(cluster: ClusterProfile, note: str) -> ClusterProfile:
     import dataclasses
 
-    return dataclasses.replace(cluster, name=f"{cluster.name}-calibrated",
+    return dataclasses.replace(cluster, name=f"{cluster.name}-calibrated", path=None,  # (not the file read)
                                description=(cluster.description + " " if cluster.description else "") + note + ".")
 
 
