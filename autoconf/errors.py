@@ -7,3 +7,10 @@ prints its message as one line and exits non-zero; it never shows a traceback. I
 
 class UserError(ValueError):
     """A problem with the user's input, explained in one line with what would work instead."""
+
+
+# The trainer's exit codes (autoconf.execute.train) and what each means, for the launcher's failure summary.
+EXIT_REFUSED = 2
+EXIT_LOST_PEER = 3
+EXIT_MEANINGS = {EXIT_REFUSED: "refused the plan or its files (the first rank of its node printed why)",
+                 EXIT_LOST_PEER: "lost a peer: it died, hung past the collective timeout, or its node is gone"}

@@ -237,7 +237,8 @@ def test_the_failure_summary_names_ranks_that_ended_alike_together():
     ranks that ended the same way on the same node are one group now, and the trainer's exit codes are named."""
     from types import SimpleNamespace
 
-    from autoconf.execute.elastic import EXIT_LOST_PEER, describe_failures, rank_ranges
+    from autoconf.errors import EXIT_LOST_PEER
+    from autoconf.execute.elastic import describe_failures, rank_ranges
 
     def failure(local, host, code):
         return SimpleNamespace(local_rank=local, hostname=host, exitcode=code, message="", signal_name=lambda: "x")

@@ -239,20 +239,47 @@ def test_a_file_output_ending_in_a_separator_is_refused(tmp_path, args):
 
 
 def test_host_memory_is_read_with_a_cgroup_limit(tmp_path):
-    """MemAvailable, or what a cgroup v2 limit leaves when that is less; None where neither can be read."""
+    """MemAvailable, or what this process's cgroup (or one above it) leaves when that is less, not counting page
+    cache the kernel may drop; None where neither can be read."""
     from autoconf.execute.host_memory import available_memory_bytes
 
     assert available_memory_bytes(tmp_path) is None
-    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "self").mkdir(parents=True)
     (tmp_path / "proc" / "meminfo").write_text("MemTotal: 4000 kB\nMemAvailable: 3000 kB\n")
     assert available_memory_bytes(tmp_path) == 3000 * 1024
-    cgroup = tmp_path / "sys" / "fs" / "cgroup"
-    cgroup.mkdir(parents=True)
-    (cgroup / "memory.max").write_text("max\n")
-    (cgroup / "memory.current").write_text("100\n")
+    (tmp_path / "proc" / "self" / "cgroup").write_text("0::/jobs/mine\n")
+    root = tmp_path / "sys" / "fs" / "cgroup"
+    own = root / "jobs" / "mine"
+    own.mkdir(parents=True)
+    (own / "memory.max").write_text("max\n")
+    (own / "memory.current").write_text("100\n")
     assert available_memory_bytes(tmp_path) == 3000 * 1024
-    (cgroup / "memory.max").write_text("1000100\n")
+    (own / "memory.max").write_text("1000100\n")
     assert available_memory_bytes(tmp_path) == 1_000_000
+    (own / "memory.stat").write_text("anon 40\ninactive_file 60\n")
+    assert available_memory_bytes(tmp_path) == 1_000_060  # the page cache is not in use
+    (root / "jobs" / "memory.max").write_text("500\n")  # a tighter limit above it
+    (root / "jobs" / "memory.current").write_text("200\n")
+    assert available_memory_bytes(tmp_path) == 300
+
+
+def test_a_nodes_need_adds_up_the_stages_it_holds():
+    """pp2 x dp2 on two nodes of two ranks: a node needs the totals of the stages its ranks hold, and the check
+    takes the node that needs the most (the mean over all nodes missed the first stage's extra micro-batches)."""
+    from autoconf.cost.estimate import estimate
+    from autoconf.execute.host_memory import cpu_run_memory_bytes
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.plan import ParallelConfig
+    from autoconf.spec.presets import PRESETS
+
+    config = ParallelConfig(tp=1, pp=2, dp=2, micro_batch_size=1, global_batch_size=8, seq_len=64, dtype="fp32")
+    plan = estimate(PRESETS["tiny-gpt"], load_cluster("cpu-local", 2, 2), config)
+    stages = [m["total"] for m in plan.prediction["memory_per_stage"]]
+    assert stages[0] > stages[1]
+    assert cpu_run_memory_bytes(plan, 4) == pytest.approx(2 * sum(stages))  # one node holds every rank
+    nodes = [[int(d) // 2 for d in plan.grid().pipeline_rank(r).flatten()] for r in range(2)]
+    expected = max(sum(stages[r] * nodes[r].count(node) for r in range(2)) for node in (0, 1))
+    assert cpu_run_memory_bytes(plan, 2) == pytest.approx(expected) and expected < 2 * sum(stages)
 
 
 def test_a_cpu_run_beyond_the_hosts_memory_is_refused_before_it_starts(tmp_path, monkeypatch):
@@ -275,6 +302,7 @@ def test_a_cpu_run_beyond_the_hosts_memory_is_refused_before_it_starts(tmp_path,
                       "--gpus-per-node", "2", "--out", cpu_plan])
     assert result.exit_code == 0, result.output
     monkeypatch.setattr(host_memory, "available_memory_bytes", lambda: 1 << 20)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # (on a CUDA host the ranks train on the GPUs)
     result = run_cli(["launch", cpu_plan, "--steps", "1"])
     assert_one_clear_error(result, "2 ranks on this host need about", "0.0 GiB available")
 

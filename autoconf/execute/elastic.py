@@ -15,6 +15,8 @@ import ipaddress
 import socket
 import sys
 
+from autoconf.errors import EXIT_MEANINGS
+
 _STORE_ARGS = ("host_name", "port", "world_size", "is_master", "timeout", "wait_for_workers", "multi_tenant",
                "master_listen_fd", "use_libuv")
 
@@ -67,11 +69,6 @@ def store_host(args) -> str | None:
     return _loopback(endpoint.rsplit(":", 1)[0] if ":" in endpoint else endpoint)
 
 
-# The trainer's exit codes (autoconf.execute.train) and what each means, for the summary.
-EXIT_REFUSED = 2
-EXIT_LOST_PEER = 3
-EXIT_MEANINGS = {EXIT_REFUSED: "refused the plan or its files (see the error line above)",
-                 EXIT_LOST_PEER: "lost a peer: it died, hung past the collective timeout, or its node is gone"}
 
 
 def _how(failure) -> str:

@@ -23,10 +23,34 @@ def _read_int(path: Path) -> int | None:
     return int(text) if text.isdigit() else None  # "max": no limit
 
 
+def _inactive_file(cgroup: Path) -> int:
+    """Page cache the kernel drops before it runs out (memory.stat's inactive_file): memory.current counts it."""
+    try:
+        for line in (cgroup / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "inactive_file" and value.strip().isdigit():
+                return int(value)
+    except OSError:
+        pass
+    return 0
+
+
+def _own_cgroups(root: Path) -> list[Path]:
+    """This process's cgroup (v2: the "0::" line of /proc/self/cgroup) and each one above it, up to the root."""
+    base = root / "sys/fs/cgroup"
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return [base]
+    relative = next((line[3:].strip("/") for line in lines if line.startswith("0::")), "")
+    parts = [p for p in relative.split("/") if p and p != ".."]
+    return [base.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
+
+
 def available_memory_bytes(root: Path = Path("/")) -> int | None:
     """Bytes new processes can still take on this host: /proc/meminfo's MemAvailable, or less when this process's
-    cgroup (v2) has a memory limit (memory.max - memory.current); None where neither can be read. `root` is for
-    tests."""
+    cgroup (v2) or one above it has a memory limit (memory.max less what is in use, memory.current without the
+    page cache it may drop); None where neither can be read. `root` is for tests."""
     available = None
     try:
         for line in (root / "proc/meminfo").read_text().splitlines():
@@ -34,21 +58,23 @@ def available_memory_bytes(root: Path = Path("/")) -> int | None:
                 available = int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    limit, used = _read_int(root / "sys/fs/cgroup/memory.max"), _read_int(root / "sys/fs/cgroup/memory.current")
-    if limit is not None and used is not None:
-        left = max(0, limit - used)
-        available = left if available is None else min(available, left)
+    for cgroup in _own_cgroups(root):
+        limit, used = _read_int(cgroup / "memory.max"), _read_int(cgroup / "memory.current")
+        if limit is not None and used is not None:
+            left = max(0, limit - max(0, used - _inactive_file(cgroup)))
+            available = left if available is None else min(available, left)
     return available
 
 
 def cpu_run_memory_bytes(plan, nproc_per_node: int) -> float | None:
-    """What this node's `nproc_per_node` ranks hold at their peak when the plan runs on CPU: each pipeline rank's
-    predicted total times the ranks that share it, the node's share of the world. None when the layout cannot be
-    estimated on CPU (the executor then refuses it anyway)."""
+    """What the ranks of one node hold at their peak when the plan runs on CPU, `nproc_per_node` to a node: each
+    pipeline rank's predicted total for each of its ranks on the node, the most of any node (the nodes are alike).
+    None when the layout cannot be estimated on CPU (the executor then refuses it anyway)."""
     from autoconf.errors import UserError
+    from autoconf.execute.launch import plan_wants_gpus
 
     stages = plan.prediction.get("memory_per_stage")
-    if plan.cluster.get("backend") == "nccl":  # rehearsed: estimated again as the CPU ranks run it
+    if plan_wants_gpus(plan):  # rehearsed: estimated again as the CPU ranks run it
         from autoconf.cost.estimate import estimate
         from autoconf.spec.cluster import load_cluster
         from autoconf.spec.frameworks import plan_execution
@@ -62,9 +88,13 @@ def cpu_run_memory_bytes(plan, nproc_per_node: int) -> float | None:
             return None
     if not stages:
         return None
-    world = plan.config.world_size
-    per_pipeline_rank = world // len(stages)
-    return sum(s["total"] for s in stages) * per_pipeline_rank * nproc_per_node / world
+    grid = plan.grid()
+    per_node: dict[int, float] = {}
+    for pp_rank, stage in enumerate(stages):
+        for device in grid.pipeline_rank(pp_rank).flatten():
+            node = int(device) // nproc_per_node
+            per_node[node] = per_node.get(node, 0.0) + stage["total"]
+    return max(per_node.values())
 
 
 def host_memory_problem(plan, nproc_per_node: int, available: int | None) -> str | None:
@@ -73,7 +103,9 @@ def host_memory_problem(plan, nproc_per_node: int, available: int | None) -> str
     need = cpu_run_memory_bytes(plan, nproc_per_node)
     if need is None or available is None or need <= available:
         return None
-    rehearsal = " (the layout estimated in fp32 on CPU)" if plan.cluster.get("backend") == "nccl" else ""
+    from autoconf.execute.launch import plan_wants_gpus
+
+    rehearsal = " (the layout estimated in fp32 on CPU)" if plan_wants_gpus(plan) else ""
     return (f"the plan's {nproc_per_node} ranks on this host need about {need / GiB:.1f} GiB of memory at their "
             f"peak{rehearsal}, but it has {available / GiB:.1f} GiB available; free memory, plan a smaller model "
             f"or fewer ranks, or pass --allow-unfit to launch it anyway")

@@ -134,7 +134,7 @@ def _check_host_memory(plan, nproc_per_node: int, allow_unfit: bool) -> None:
         on_cpu = not torch.cuda.is_available()
     except ImportError:
         return
-    if allow_unfit or not (on_cpu or not plan_wants_gpus(plan)):
+    if allow_unfit or not on_cpu:  # (on a CUDA host every plan, a CPU one too, trains on the GPUs)
         return
     problem = host_memory_problem(plan, nproc_per_node, available_memory_bytes())
     if problem:

@@ -29,12 +29,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from autoconf.errors import UserError
+from autoconf.errors import EXIT_LOST_PEER, EXIT_REFUSED, UserError
 from autoconf.execute import checkpoint as ckpt
 from autoconf.execute import context_parallel as cpx
 from autoconf.execute import faults
 from autoconf.execute.data import TokenSource, local_rows
-from autoconf.execute.elastic import EXIT_LOST_PEER, EXIT_REFUSED
 from autoconf.execute.mesh import (build_expert_mesh, build_mesh, process_group_backend, subgroup_backend,
                                    torchrun_store)
 from autoconf.execute.model import init_seed
@@ -552,7 +551,7 @@ def main(argv=None) -> int:
         train(plan, opts, device)
         dist.barrier()  # every rank done (and its last sends received) before the process groups are torn down
     except UserError as err:
-        if not dist.is_initialized() or dist.get_rank() == 0:
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # one line per node: a node may refuse what the others took
             print(f"autoconf: error: {err}", file=sys.stderr, flush=True)
         return EXIT_REFUSED
     except Exception as err:  # noqa: BLE001 - only communication failures are explained; bugs keep the traceback
