@@ -26,7 +26,7 @@ from autoconf.report import upstream
 from autoconf.report.exporters import export_texts, megatron_args, megatron_flags, pytorchjob, torchtitan_config
 from autoconf.report.torchtitan_export import FUNCTION, TORCHTITAN_FLAVORS, module_fqns, upstream_recipe
 from autoconf.spec.cluster import load_cluster
-from autoconf.spec.model import MoESpec
+from autoconf.spec.model import MLASpec, MoESpec
 from autoconf.spec.plan import ParallelConfig, recomputed_layer_indices, recomputed_layers
 from autoconf.spec.presets import PRESETS, load_model
 
@@ -87,6 +87,11 @@ PLANS = {
                                                 selective_recompute="alternate_matmuls", recompute_layers=[2, 1]),
     "cp2-ring-tp2-sp-zero3": lambda: _plan(tp=2, pp=1, dp=1, cp=2, sp=True, zero=3, recompute="full"),
     "cp2-allgather-pp2": lambda: _plan(pp=2, dp=1, cp=2, cp_comm="allgather", zero=1),
+    # Qwen3's QK norm (--qk-layernorm); fp8 with optimizer offload (no fp8 parameter gather: Megatron-LM allows it
+    # there only under the delayed recipe)
+    "qk-norm": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], qk_norm=True), tp=2, pp=1, dp=2, sp=True),
+    "fp8-offload-optimizer": lambda: _plan(pp=1, dp=4, zero=1, dtype="fp8", cluster="dgx-h100-80g",
+                                           offload_optimizer=True),
 }
 
 
@@ -177,7 +182,7 @@ def test_megatron_args_parse_at_the_named_tag(name):
             assert args.recompute_method == "uniform" and args.recompute_num_layers == 1
             assert counts == layers_of(plan)
     assert args.use_distributed_optimizer == (c.zero_stage >= 1) and args.sequence_parallel == c.sequence_parallel
-    assert (args.bf16, args.fp16) == (c.dtype == "bf16", c.dtype == "fp16")
+    assert (args.bf16, args.fp16) == (c.dtype in ("bf16", "fp8"), c.dtype == "fp16")  # (fp8 GEMMs, bf16 rest)
     layers = [end - first for first, end in plan.partition]
     if args.pipeline_model_parallel_layout:
         stages = args.pipeline_model_parallel_layout.split("|")
@@ -246,7 +251,7 @@ def megatron_core():
 
 
 @pytest.mark.parametrize("name", sorted(PLANS))
-def test_megatron_args_build_megatron_cores_configs(megatron_core, name):
+def test_megatron_args_build_megatron_cores_configs(megatron_core, name, monkeypatch):
     """Every given flag lands on a field of TransformerConfig, ModelParallelConfig, OptimizerConfig,
     DistributedDataParallelConfig or a GPTModel argument (or is one of the training loop's three); the fields build
     megatron-core's TransformerConfig (whose checks cover heads vs TP, recompute and the pipeline layout against
@@ -295,6 +300,9 @@ def test_megatron_args_build_megatron_cores_configs(megatron_core, name):
         layout = config.pipeline_model_parallel_layout
         layout.validate_layer_layout(num_layers=plan.model.num_layers, mtp_num_layers=plan.model.mtp_num_layers or None)
         assert layout.virtual_pipeline_model_parallel_size == plan.config.vpp
+    # (the precision-aware optimizer, which optimizer offload needs, asks for Transformer Engine >= 2.1, a GPU
+    # package this CPU test does not install)
+    monkeypatch.setattr("megatron.core.optimizer.optimizer_config.is_te_min_version", lambda *a, **k: True)
     optimizer_cls(**kwargs[optimizer_cls])
     ddp = ddp_cls(**kwargs[ddp_cls])
     assert ddp.use_distributed_optimizer == (plan.config.zero_stage >= 1)
@@ -382,7 +390,7 @@ def test_torchtitan_config_loads_with_torchtitans_config_manager(torchtitan, nam
     assert {n for part in (par.module_fqns_per_model_part or module_fqns(plan)) for n in part} <= names
     params = sum(p.numel() for p in model.parameters())
     plain = (m.arch == "llama" and not m.qkv_bias and m.head_dim == m.hidden_size // m.num_heads
-             and m.moe is None)
+             and m.moe is None and not m.qk_norm)  # (torchtitan's llama3 has no QK norm: a note says so)
     expected = m.total_params() if plain else None
     if expected is not None:
         assert params == expected
@@ -401,6 +409,39 @@ def test_torchtitan_flavor_table_is_torchtitans(torchtitan):
         assert attn.n_heads == heads and attn.n_kv_heads == kv, recipe
     assert upstream_recipe(_plan("llama3.1-8b", tp=8, pp=1, dp=1, gpus=8)) == "llama3_8b"
     assert upstream_recipe(_plan("llama3-8b", tp=8, pp=1, dp=1, gpus=8)) is None
+
+
+def test_a_recipe_model_is_rebuilt_without_the_recipes_float8_and_async_tp(torchtitan, tmp_path):
+    """torchtitan's llama3_405b recipe converts every linear to float8 and turns on async TP; an export of a bf16
+    405B plan kept both (and failed to load below SM89, here too). It starts from the 8B recipe with the 405B
+    flavor's model, without converters, and async TP off."""
+    ConfigManager, _ = torchtitan
+    plan = _plan("llama3.1-405b", tp=8, pp=8, dp=8, zero=1, recompute="full", sp=True, nodes=64, gpus=8,
+                 global_batch=512, seq=8192, cluster="dgx-h100-80g")
+    config = _load_torchtitan(torchtitan_config(plan), tmp_path, ConfigManager)
+    assert config.model_spec.flavor == "405B" and not config.compile.enable_async_tensor_parallel
+    assert "Float8" not in type(config.model_spec.model.layers[0].feed_forward.w1).__qualname__
+
+
+def test_torchtitan_notes_say_what_it_runs_instead():
+    """Notes for what torchtitan cannot take: the plan's own selective policy named (it said "attention core" for
+    every one), its FlexAttention all-gathering K/V under a ring plan (it advised a rotate method FlexAttention
+    ignores), experts that ZeRO-0's replicated data parallelism leaves no shard ranks for, fp8-deepseek."""
+    from autoconf.spec.frameworks import execution
+
+    deepseek = execution("megatron-core").replace(selective_recompute="norms_mla_swiglu")
+    tiny_moe = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-mla", moe=MoESpec(
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, first_k_dense=1),
+        mla=MLASpec(q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16))
+    config = ParallelConfig(tp=1, pp=2, dp=4, ep=4, micro_batch_size=1, global_batch_size=16, seq_len=256,
+                            zero_stage=1, recompute="selective")
+    text = torchtitan_config(estimate(tiny_moe, load_cluster("dgx-h100-80g", 1, 8), config, execution=deepseek))
+    assert "the plan recomputes the norms, the latent attention's up-projections and the experts' SwiGLU" in text
+    assert "FlexAttention) all-gathers K/V" in torchtitan_config(PLANS["cp2-ring-tp2-sp-zero3"]())
+    zero0 = _plan(dataclasses.replace(PRESETS["tiny-llama"], name="tiny-moe", moe=MoESpec(
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64)), pp=1, dp=4, ep=2, zero=0)
+    assert "under ZeRO-0 (dp replicated, dp_shard 1) it cannot build this mesh" in torchtitan_config(zero0)
+    assert "cannot build this mesh" not in torchtitan_config(PLANS["moe-ep2-first-dense"]())
 
 
 # ---- Kubernetes ---------------------------------------------------------------------------------------------------

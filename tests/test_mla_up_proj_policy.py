@@ -130,3 +130,8 @@ def test_the_policy_exports_megatron_cores_recompute_modules():
     assert args.recompute_granularity == "selective" and args.recompute_modules == ["mla_up_proj", "mlp"]
     args, given = parse_megatron(megatron_args(estimate(tiny, cluster, c, execution=CORE)))
     assert args.recompute_granularity == "selective" and "recompute_modules" not in given
+    # DeepSeek's norms, latent up-projections and experts' SwiGLU: Megatron-Core's layernorm, mla_up_proj, moe_act
+    # (the export said selective alone, which Megatron reads as the attention core)
+    deepseek = CORE.replace(selective_recompute="norms_mla_swiglu")
+    args, given = parse_megatron(megatron_args(estimate(tiny, cluster, c, execution=deepseek)))
+    assert args.recompute_modules == ["layernorm", "mla_up_proj", "moe_act"]

@@ -241,9 +241,10 @@ def test_torchrun_scripts_follow_a_placement_that_swaps_nodes():
     assert "R=(1 0)" in torchrun_script(plan, "plan.json", None)
 
 
-def test_a_forced_export_removes_the_node_scripts_of_another_node_count(tmp_path):
+def test_a_forced_export_removes_the_exports_it_does_not_write(tmp_path):
     """`--explain DIR --force` for 16 nodes over an export for 2 left torchrun_node0.sh and torchrun_node1.sh, which
-    then ran the new plan with --nnodes 2; scripts autoconf did not write are kept."""
+    then ran the new plan with --nnodes 2, and one for a plan the executor does not run left the launch scripts of
+    the earlier plan; scripts autoconf did not write are kept."""
     from autoconf.spec.presets import PRESETS
 
     def plan_on(nodes):
@@ -258,3 +259,12 @@ def test_a_forced_export_removes_the_node_scripts_of_another_node_count(tmp_path
     written = write_exports(plan_on(16), tmp_path / "plan.json", tmp_path, force=True)
     assert {p.name for p in tmp_path.glob("torchrun_node*.sh")} == {"torchrun_node.sh", "torchrun_node_mine.sh"}
     assert tmp_path / "torchrun_node.sh" in written
+    # a plan the executor does not run (an MTP module) gets no launch scripts: the earlier ones go too
+    import dataclasses
+
+    unlaunchable = plan_on(2)
+    unlaunchable.model = dataclasses.replace(unlaunchable.model, mtp_num_layers=1)
+    written = write_exports(unlaunchable, tmp_path / "plan.json", tmp_path, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [p.name for p in written] + ["torchrun_node_mine.sh"]), sorted(p.name for p in tmp_path.iterdir())
+    assert "launch.sh" not in {p.name for p in written}

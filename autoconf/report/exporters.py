@@ -299,9 +299,8 @@ def _megatron_recompute(plan: Plan, notes: list[str]) -> list[Flag]:
         if not every_layer:
             notes.append(f"Megatron's selective recompute covers every layer; the plan recomputes only the first "
                          f"{counts} layers of its stages (more recompute, less memory than planned)")
-        if selective_policy(c, plan_execution(plan.prediction)) == "mla_up_proj_mlp":  # Megatron-Core's modules
-            return [("--recompute-granularity", "selective"), ("--recompute-modules", ("mla_up_proj", "mlp"))]
-        return [("--recompute-granularity", "selective")]
+        modules = MEGATRON_RECOMPUTE_MODULES.get(selective_policy(c, plan_execution(plan.prediction)))
+        return [("--recompute-granularity", "selective")] + ([("--recompute-modules", modules)] if modules else [])
     if every_layer:
         return [("--recompute-granularity", "full"), ("--recompute-method", "uniform"), ("--recompute-num-layers", 1)]
     most = max(counts)
@@ -310,6 +309,14 @@ def _megatron_recompute(plan: Plan, notes: list[str]) -> list[Flag]:
                      f"the plan recomputes {counts} per stage, so stages that planned fewer recompute more "
                      f"(slower, never more memory)")
     return [("--recompute-granularity", "full"), ("--recompute-method", "block"), ("--recompute-num-layers", most)]
+
+
+# The selective recompute policies (spec/frameworks.py SELECTIVE_RECOMPUTE) as Megatron-Core's --recompute-modules;
+# "attention_core" is its default (["core_attn"]), written as no flag. DeepSeek's norms, MLA up-projections and the
+# experts' SwiGLU are Megatron-Core's layernorm, mla_up_proj and moe_act modules (transformer_config.py
+# `recompute_modules`, core_v0.16.1).
+MEGATRON_RECOMPUTE_MODULES = {"mla_up_proj_mlp": ("mla_up_proj", "mlp"),
+                              "norms_mla_swiglu": ("layernorm", "mla_up_proj", "moe_act")}
 
 
 def _as_flags(lines: list[str]) -> list[Flag]:
@@ -362,8 +369,10 @@ def _megatron_model(plan: Plan) -> list[Flag]:
             flags += [("--use-rope-scaling", None), ("--rope-scaling-factor", f"{m.rope_scaling_factor:g}")]
         if m.qkv_bias:
             flags.append(("--add-qkv-bias", None))
-    else:
-        flags += [("--attention-dropout", f"{m.dropout:g}"), ("--hidden-dropout", f"{m.dropout:g}")]
+        if m.qk_norm:  # Qwen3: an RMSNorm on each query and key head
+            flags.append(("--qk-layernorm", None))
+    # (Megatron's default is 0.1 for both; the model's own, 0 for the Llama-shaped families, is what was planned)
+    flags += [("--attention-dropout", f"{m.dropout:g}"), ("--hidden-dropout", f"{m.dropout:g}")]
     if not m.tied_embeddings:
         flags.append(("--untie-embeddings-and-output-weights", None))
     return flags
@@ -462,9 +471,10 @@ def write_exports(plan: Plan, plan_path: str | Path | None, out_dir: str | Path,
     MAX_NODE_SCRIPTS nodes), slurm.sbatch, pytorchjob.yaml, megatron_args.txt and torchtitan_config.py into
     `out_dir`.
 
-    Refuses (UserError) before writing anything if any of them exists and not `force`. With `force`, the node
-    scripts of an earlier export that this one does not write (made for another node count, they would now run
-    this plan with the wrong node count) are removed: only those autoconf wrote (its header line).
+    Refuses (UserError) before writing anything if any of them exists and not `force`. With `force`, the exports
+    of an earlier plan that this one does not write (node scripts for another node count; launch scripts of a plan
+    the executor ran, where this one's does not run) are removed, as they would now run this plan wrongly: only
+    files autoconf wrote (its summary line).
     """
     out_dir = Path(out_dir)
     texts = export_texts(plan, plan_path)
@@ -475,16 +485,17 @@ def write_exports(plan: Plan, plan_path: str | Path | None, out_dir: str | Path,
         path = out_dir / name
         write_file(path, text, force=force, mode=0o777 if name.endswith((".sh", ".sbatch")) else 0o666)
         paths.append(path)
-    for stale in sorted(out_dir.glob("torchrun_node*.sh")):
+    for stale in sorted({p for glob in EXPORT_GLOBS for p in out_dir.glob(glob)}):
         if stale.name not in texts and not stale.is_symlink() and _written_by_autoconf(stale):
             stale.unlink()
     return paths
 
 
-def _written_by_autoconf(script: Path) -> bool:
+def _written_by_autoconf(path: Path, lines: int = 40) -> bool:
+    """Whether an export's summary comment (`_summary`) is among the first `lines` lines of `path`."""
     try:
-        with open(script, encoding="utf-8", errors="replace") as f:
-            head = [f.readline() for _ in range(2)]
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = [f.readline() for _ in range(lines)]
     except OSError:
         return False
-    return head[0].startswith("#!") and head[1].startswith(f"# {SUMMARY_PREFIX}")
+    return any(line.startswith(f"# {SUMMARY_PREFIX}") for line in head)

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 from autoconf.spec.plan import ParallelConfig
 
+# --use-precision-aware-optimizer: Megatron-LM's validate_args requires it with --optimizer-cpu-offload (the hybrid
+# device optimizer reuses its code path); at its default dtypes (fp32 main params, gradients and moments) it keeps
+# the states the plan modelled.
 MEGATRON_OPTIMIZER_OFFLOAD = ["--optimizer-cpu-offload", "--optimizer-offload-fraction 1.0",
-                              "--overlap-cpu-optimizer-d2h-h2d"]
+                              "--overlap-cpu-optimizer-d2h-h2d", "--use-precision-aware-optimizer"]
 
 
 def megatron_offload_args(c: ParallelConfig, num_layers: int) -> tuple[list[str], list[str]]:

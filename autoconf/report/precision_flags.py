@@ -27,9 +27,16 @@ MEGATRON_FP8_NOTE = ("dtype fp8: Transformer Engine tensorwise current scaling; 
 
 def megatron_fp8_args(c: ParallelConfig) -> tuple[list[str], list[str]]:
     """(arguments, notes) for an fp8 plan: the format and recipe, and the fp8 parameter gather under the
-    distributed optimizer (ZeRO >= 1)."""
-    args = list(MEGATRON_FP8) + ([MEGATRON_FP8_PARAM_GATHER] if c.zero_stage >= 1 else [])
-    return args, [MEGATRON_FP8_NOTE]
+    distributed optimizer (ZeRO >= 1), except with optimizer offload, which Megatron-LM's validate_args allows only
+    with the delayed recipe."""
+    notes = [MEGATRON_FP8_NOTE]
+    gather = c.zero_stage >= 1
+    if gather and c.offload_optimizer:
+        gather = False
+        notes.append("dtype fp8 with offload_optimizer: Megatron-LM takes --fp8-param-gather with "
+                      "--optimizer-cpu-offload only under --fp8-recipe delayed, so the parameters are all-gathered "
+                      "in bf16 (the plan modelled fp8)")
+    return list(MEGATRON_FP8) + ([MEGATRON_FP8_PARAM_GATHER] if gather else []), notes
 
 
 def torchtitan_fp8_note(c: ParallelConfig) -> str:
@@ -37,6 +44,6 @@ def torchtitan_fp8_note(c: ParallelConfig) -> str:
     model converter there, with rowwise recipes only (the plan modelled tensorwise scaling)."""
     gather = "; its FSDP all-gather stays bf16" if c.zero_sharded else ""
     return ("dtype fp8: torchtitan 0.3.0 trains float8 through a model converter, "
-            "Float8LinearConverter.Config(filter_fqns=['output']) in the model_registry(...) converters, with "
-            "recipe rowwise or rowwise_with_gw_hp only (the plan modelled tensorwise scaling, so expect other "
-            f"speed){gather}; its float8 speed needs torch.compile")
+            "Float8LinearConverter.Config(filter_fqns=['lm_head']) in the model_registry(...) converters (the "
+            "config below builds the model without any), with recipe rowwise or rowwise_with_gw_hp only (the plan "
+            f"modelled tensorwise scaling, so expect other speed){gather}; its float8 speed needs torch.compile")

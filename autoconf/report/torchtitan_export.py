@@ -18,6 +18,10 @@ from autoconf.spec.schedules import schedule_spec
 
 MODULE = "torchtitan_config"
 FUNCTION = "autoconf_plan"
+# The selective recompute policies (spec/frameworks.py SELECTIVE_RECOMPUTE) that are not torchtitan's own, in words.
+SELECTIVE_WORDS = {"attention_core": "the attention core only",
+                   "norms_mla_swiglu": "the norms, the latent attention's up-projections and the experts' SwiGLU",
+                   "mla_up_proj_mlp": "the latent attention's up-projections and the dense layers' MLPs"}
 
 # torchtitan 0.3.0 torchtitan/models/llama3/__init__.py: the flavors its config_registry names, as
 # (layers, dim, heads, kv heads, SwiGLU hidden dim, vocabulary); all with rope theta 500000 and Llama 3.1's "llama"
@@ -28,6 +32,9 @@ TORCHTITAN_FLAVORS = {
     "llama3_405b": ("405B", (126, 16384, 128, 8, 53248, 128256)),
 }
 FLAVOR_ROPE_THETA, FLAVOR_ROPE_SCALING = 500000.0, 8.0
+# Recipes that build a float8 model when called (llama3_405b: Float8LinearConverter on every linear, which refuses
+# a GPU below SM89 as the config loads): the export starts from llama3_8b's recipe with the flavor's model instead.
+FLOAT8_RECIPES = ("llama3_405b",)
 
 
 def upstream_recipe(plan: Plan) -> str | None:
@@ -115,19 +122,25 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
         notes.append("torchtitan's mixed precision is bfloat16 or float32, not fp16: bfloat16 below")
     if c.dtype == "fp8":
         notes.append(torchtitan_fp8_note(c))
+    if c.dtype == "fp8-deepseek":
+        notes.append(f"dtype fp8-deepseek (DeepSeek's block-scaled FP8 GEMMs) has no torchtitan {TORCHTITAN_VERSION} "
+                     f"setting: bfloat16 below")
     offload_lines, offload_notes = torchtitan_offload(c)
     notes += offload_notes
-    per_op = selective_policy(c, plan_execution(plan.prediction)) == "alternate_matmuls"
-    if c.recompute == "selective" and not per_op:
+    policy = selective_policy(c, plan_execution(plan.prediction))
+    if c.recompute == "selective" and policy != "alternate_matmuls":
         notes.append(f"torchtitan {TORCHTITAN_VERSION}'s selective checkpointing (SelectiveAC) is per-op: it saves "
                      f"every other matmul's output and the attention output and recomputes the rest of each block; "
-                     f"the plan recomputes the attention core only (selective_recompute attention_core), so memory "
-                     f"and recompute time differ from the plan's")
+                     f"the plan recomputes {SELECTIVE_WORDS[policy]} (selective_recompute {policy}), so memory and "
+                     f"recompute time differ from the plan's")
     if c.cp > 1 and c.cp_comm == "ring":
-        notes.append("the plan passes K/V blocks around the CP ring; torchtitan 0.3.0 has no setting for it and "
-                     "torch's context parallelism all-gathers K/V by default: call torch.distributed.tensor."
-                     "experimental._attention.set_rotate_method(\"alltoall\") before training for the closest (K/V "
-                     "rotated between the CP ranks)")
+        notes.append(f"the plan passes K/V blocks around the CP ring; torchtitan {TORCHTITAN_VERSION}'s attention "
+                     f"(FlexAttention) all-gathers K/V for context parallelism and has no ring setting, so its K/V "
+                     f"exchange is the allgather one (cp_comm allgather)")
+    if c.ep > 1 and (c.dp * c.cp * c.tp if c.zero_stage else c.cp * c.tp) % c.ep:
+        notes.append(f"torchtitan {TORCHTITAN_VERSION} splits the experts over ranks of dp_shard x cp x tp, which ep "
+                     f"{c.ep} must divide; under ZeRO-0 (dp replicated, dp_shard 1) it cannot build this mesh: plan "
+                     f"with ZeRO >= 1 for torchtitan")
     if c.cp > 1 and c.zero_stage == 0:
         notes.append("torchtitan shards the weights over dp_shard x cp whenever cp > 1 (FSDP), so the plan's ZeRO-0 "
                      "runs as ZeRO-3 over the CP ranks there")
@@ -139,12 +152,16 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
     lines = [f"# {summary}",
              f"# Targets {TORCHTITAN_TARGET}: a config_registry module. Run from this folder with",
              f"#   PYTHONPATH=. torchrun ... -m torchtitan.train --module {MODULE} --config {FUNCTION}",
-             "# Model: " + (f"torchtitan's recipe {recipe}" if recipe
+             "# Model: " + (f"torchtitan's {TORCHTITAN_FLAVORS[recipe][0]} model on its recipe llama3_8b (the "
+                            f"{recipe} recipe builds it in float8)" if recipe in FLOAT8_RECIPES
+                            else f"torchtitan's recipe {recipe}" if recipe
                             else "the plan's model on torchtitan's recipe llama3_8b")]
     lines += [f"# NOTE: {n}" for n in notes]
-    base = recipe or "llama3_8b"
+    base = "llama3_8b" if recipe is None or recipe in FLOAT8_RECIPES else recipe
     imports = ["from torchtitan.distributed.activation_checkpoint import FullAC, SelectiveAC  # noqa: F401",
                f"from torchtitan.models.llama3.config_registry import {base}"]
+    if recipe is not None:
+        imports.append("from torchtitan.models.llama3 import model_registry")
     if recipe is None:
         imports = ["import dataclasses", "", "from torchtitan.models import llama3",
                    "from torchtitan.models.common import ComplexRoPE, Embedding, Linear, RMSNorm"] + imports
@@ -154,6 +171,8 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
     lines += imports + ac_class + ["", "", f"def {FUNCTION}():", f"    config = {base}()"]
     if recipe is None:
         lines += _custom_model(plan)
+    else:  # the flavor's model without converters: the plan's dtype decides
+        lines.append(f'    config.model_spec = model_registry("{TORCHTITAN_FLAVORS[recipe][0]}")')
     precision = "float32" if c.dtype == "fp32" else "bfloat16"
     lines += ["    training, parallelism = config.training, config.parallelism",
               f"    training.local_batch_size = {_local_batch(plan)}",
@@ -161,6 +180,7 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
               f"    training.seq_len = {c.seq_len}",
               f'    training.mixed_precision_param = "{precision}"',
               f"    config.compile.enable = {c.compile}  # the plan's compile field",
+              "    config.compile.enable_async_tensor_parallel = False  # (not modelled)",
               # what makes torchtitan run as the plan's framework was modelled (spec/frameworks.py)
               *(f"    {line}" for line in plan_execution(plan.prediction).export_lines("torchtitan", c)),
               f"    parallelism.data_parallel_replicate_degree = {replicate}",
