@@ -426,7 +426,8 @@ def test_a_recipe_model_is_rebuilt_without_the_recipes_float8_and_async_tp(torch
 def test_torchtitan_notes_say_what_it_runs_instead():
     """Notes for what torchtitan cannot take: the plan's own selective policy named (it said "attention core" for
     every one), its FlexAttention all-gathering K/V under a ring plan (it advised a rotate method FlexAttention
-    ignores), experts that ZeRO-0's replicated data parallelism leaves no shard ranks for, fp8-deepseek."""
+    ignores), experts that ZeRO-0's replicated data parallelism leaves no shard ranks for, gradients reduced after
+    every accumulation step."""
     from autoconf.spec.frameworks import execution
 
     deepseek = execution("megatron-core").replace(selective_recompute="norms_mla_swiglu")
@@ -442,6 +443,9 @@ def test_torchtitan_notes_say_what_it_runs_instead():
         num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64)), pp=1, dp=4, ep=2, zero=0)
     assert "under ZeRO-0 (dp replicated, dp_shard 1) it cannot build this mesh" in torchtitan_config(zero0)
     assert "cannot build this mesh" not in torchtitan_config(PLANS["moe-ep2-first-dense"]())
+    # torchtitan reduce-scatters after every accumulation step; a plan that reduces once per step is told
+    assert "reduce-scatters the gradients after every accumulation step" in torchtitan_config(
+        PLANS["no-pp-accumulating-zero1"]())
 
 
 # ---- Kubernetes ---------------------------------------------------------------------------------------------------

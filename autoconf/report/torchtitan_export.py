@@ -144,6 +144,10 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
     if c.cp > 1 and c.zero_stage == 0:
         notes.append("torchtitan shards the weights over dp_shard x cp whenever cp > 1 (FSDP), so the plan's ZeRO-0 "
                      "runs as ZeRO-3 over the CP ranks there")
+    if c.zero_sharded and c.pp == 1 and c.num_microbatches > 1 and c.grad_reduce == "step":
+        notes.append(f"torchtitan {TORCHTITAN_VERSION} reduce-scatters the gradients after every accumulation step "
+                     f"(grad_reduce microbatch); the plan holds them unsharded and reduces once per step (more "
+                     f"memory, less communication than torchtitan runs)")
     if c.tp > 1 and not c.sequence_parallel:
         notes.append("the plan runs tensor parallelism without sequence parallelism (enable_sequence_parallel=False)")
     schedule = schedule_spec(c.schedule)
