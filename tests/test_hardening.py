@@ -402,14 +402,61 @@ def test_a_resumed_run_continues_its_metrics_without_force(tmp_path):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps(tiny_plan_dict()))
     metrics = tmp_path / "m.jsonl"
-    metrics.write_text('{"step": 1}\n')
+    mine = "".join(json.dumps({"step": k, "loss": 5.0 - k / 10}) + "\n" for k in range(1, 5))
+    metrics.write_text(mine)
     args = ["launch", plan, "--dry-run", "--steps", "10", "--metrics", metrics, "--checkpoint-dir", tmp_path / "ck"]
     assert_one_clear_error(run_cli(args), "--force")
     done = step_dir(tmp_path / "ck", 4)
     done.mkdir(parents=True)
-    (done / MARKER).write_text(json.dumps({"step": 4, "data_position": 4}))
+    (done / MARKER).write_text(json.dumps({"step": 4, "data_position": 4, "loss": 4.6}))
     assert run_cli(args).exit_code == 0
-    assert metrics.read_text() == '{"step": 1}\n'
+    assert metrics.read_text() == mine
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("my precious notes\nline two\n", "line 1 is not a metrics record"),
+    ('{"step": 1, "loss": 4.9}\n', "lacks step 2 of the 4"),
+    ("".join(json.dumps({"step": k, "loss": 9.0}) + "\n" for k in range(1, 7)), "it is another run's file")])
+def test_a_resume_continues_only_its_own_metrics_file(tmp_path, text, needle):
+    """A relaunch that resumed rewrote any --metrics file without --force: a user's notes were replaced by step
+    records, another run's file was cut and mixed with this one's, a partial one got a gap. It continues only a
+    file that holds this run's steps up to the checkpoint (the checkpoint records its step's loss)."""
+    from autoconf.execute.checkpoint import MARKER, step_dir
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(tiny_plan_dict()))
+    done = step_dir(tmp_path / "ck", 4)
+    done.mkdir(parents=True)
+    (done / MARKER).write_text(json.dumps({"step": 4, "data_position": 4, "loss": 4.6}))
+    metrics = tmp_path / "m.txt"
+    metrics.write_text(text)
+    args = ["launch", plan, "--dry-run", "--steps", "10", "--metrics", metrics, "--checkpoint-dir", tmp_path / "ck"]
+    assert_one_clear_error(run_cli(args), needle, "--force")
+    assert metrics.read_text() == text
+    assert run_cli([*args, "--force"]).exit_code == 0
+
+
+def test_a_folder_named_like_a_checkpoint_is_not_replaced(tmp_path):
+    """A step-NNNNNNNN folder autoconf did not write (no marker) was deleted when the run saved that step; the run
+    is refused before it starts when it would save that step, and skips the folder otherwise."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(tiny_plan_dict()))
+    mine = tmp_path / "ck" / "step-00000002"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("precious")
+    base = ["launch", plan, "--dry-run", "--checkpoint-dir", tmp_path / "ck"]
+    assert_one_clear_error(run_cli([*base, "--steps", "2"]), "holds step-00000002, which autoconf did not write")
+    assert_one_clear_error(run_cli([*base, "--steps", "4", "--checkpoint-every", "2"]), "step-00000002")
+    assert run_cli([*base, "--steps", "3"]).exit_code == 0  # (it saves step 3 only)
+    assert (mine / "notes.txt").read_text() == "precious"
+
+
+def test_a_plan_edited_past_its_models_context_is_refused_at_launch(tmp_path):
+    """A plan whose seq_len was edited past the model's context trained; plan and estimate refuse that length."""
+    plan = tiny_plan_dict()
+    plan["config"]["seq_len"] = plan["model"]["max_seq_len"] * 8
+    (tmp_path / "p.json").write_text(json.dumps(plan))
+    assert_one_clear_error(run_cli(["launch", tmp_path / "p.json", "--dry-run"]), "exceeds")
 
 
 # ---- 3. corrupt checkpoints ----------------------------------------------------------------------------------------
@@ -579,3 +626,22 @@ def _agent(pids: set[int]) -> set[int]:
     out = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "-p", ",".join(map(str, pids))], capture_output=True,
                          text=True).stdout
     return {int(line.split()[0]) for line in out.splitlines() if "autoconf.execute.elastic" in line}
+
+
+def test_a_resume_says_when_the_schedule_batch_or_sequence_changed(tmp_path):
+    """Resuming with a larger --steps silently stretched the learning-rate schedule (the step after the resume
+    took another rate than the uninterrupted run's); a new global batch or sequence length went unmentioned."""
+    from plan_helpers import even_plan
+
+    from autoconf.execute.train import TrainOptions, check_resumable
+    from autoconf.spec.presets import PRESETS
+
+    plan = even_plan(PRESETS["tiny-llama"])
+    meta = {"seed": 0, "data": None, "steps": 4, "config": {**plan.config.to_dict(), "global_batch_size": 99}}
+    said: list[str] = []
+    check_resumable(tmp_path, meta, plan, TrainOptions(steps=6), said.append)
+    assert any("schedule now spans 6 steps where the checkpoint's run planned 4" in m for m in said), said
+    assert any("global_batch_size 99" in m for m in said), said
+    said.clear()
+    check_resumable(tmp_path, {**meta, "config": plan.config.to_dict()}, plan, TrainOptions(steps=4), said.append)
+    assert said == []

@@ -246,6 +246,8 @@ def test_the_failure_summary_names_ranks_that_ended_alike_together():
     failures = {r: failure(r % 8, f"node-{r // 8}", EXIT_LOST_PEER) for r in range(1, 16)}
     failures[9] = failure(1, "node-1", -9)
     failures[9].signal_name = lambda: "SIGKILL"
+    assert describe_failures({r: failure(r, "node-2", -9) for r in (16, 17)}).startswith(
+        "ranks 16-17 on node-2 were killed by signal")
     line = describe_failures(failures)
     assert line == ("ranks 1-7 on node-0 exited with code 3 (lost a peer: it died, hung past the collective timeout, "
                     "or its node is gone); ranks 8, 10-15 on node-1 exited with code 3 (lost a peer: it died, hung "

@@ -71,6 +71,16 @@ def complete_checkpoints(root: Path, log=print) -> list[tuple[Path, dict]]:
     return found
 
 
+def foreign_step_dirs(root: Path) -> list[Path]:
+    """Folders of `root` named like checkpoints (step-NNNNNNNN) without autoconf's marker. A checkpoint gets its
+    name only once its marker is written (`save`: written under .tmp-step-*, then renamed), so these are not
+    autoconf's, and a save of that step must not replace them."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name) and p.is_dir() and not (p / MARKER).exists())
+
+
 def model_mismatch(path: Path, meta: dict, model) -> str | None:
     """Why checkpoint `path` (its marker `meta`) cannot be resumed by `model` (a ModelSpec): it holds another model,
     whose tensors would not fit; None when it can (another layout is fine: DCP reshards)."""
@@ -188,8 +198,8 @@ def save(root: Path, step: int, models: list, optimizers: list, meta: dict) -> P
     if dist.get_rank() == 0:
         write_file(tmp / MARKER, json.dumps({**meta, "step": step, "saved_at": time.time(), "files": files},
                                             indent=2) + "\n")
-        if final.exists():  # only ever an incomplete one: a complete newer checkpoint would have been resumed from
-            shutil.rmtree(final)
+        if (final / MARKER).exists():  # one that failed verification (a good newer one would have been resumed)
+            shutil.rmtree(final)  # (a folder without the marker is not autoconf's: the rename below fails on it)
         os.replace(tmp, final)
         fsync_dir(root)
     dist.barrier()

@@ -58,7 +58,7 @@ def check_data_file(path: Path, vocab_size: int, seq_len: int, scan: bool = True
     size = path.stat().st_size
     if size == 0:
         raise UserError(f"data file {path} is empty")
-    if path.suffix == ".bin":
+    if path.suffix.lower() == ".bin":
         dtype = token_dtype(path, vocab_size)
     else:
         if vocab_size < 256:
@@ -69,7 +69,7 @@ def check_data_file(path: Path, vocab_size: int, seq_len: int, scan: bool = True
         raise UserError(f"{path}: size is not a multiple of {dtype.itemsize} bytes ({dtype})")
     if size // dtype.itemsize < seq_len + 2:
         raise UserError(f"{path} holds {size // dtype.itemsize} tokens, fewer than seq_len + 2 = {seq_len + 2}")
-    if scan and path.suffix == ".bin" and size <= SCAN_LIMIT_BYTES:
+    if scan and path.suffix.lower() == ".bin" and size <= SCAN_LIMIT_BYTES:
         try:
             largest = int(np.memmap(path, dtype=dtype, mode="r").max())
         except (OSError, ValueError) as err:
@@ -104,7 +104,7 @@ class TokenSource:
         rows = np.stack([np.asarray(self.tokens[o:o + s], dtype=np.int64) for o in offsets])
         batch = torch.from_numpy(rows)
         if int(batch.max()) >= self.vocab_size:
-            raise UserError(f"{self.path}: token id {int(batch.max())} at step {step} is outside the model's "
+            raise UserError(f"{self.path}: token id {int(batch.max())} at step {step + 1} is outside the model's "
                             f"vocabulary of {self.vocab_size}")
         return batch
 

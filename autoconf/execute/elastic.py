@@ -114,7 +114,8 @@ def describe_failures(failures: dict) -> str:
     groups: dict[tuple[str, str], list[int]] = {}
     for rank, failure in sorted(failures.items()):
         groups.setdefault((_host(failure), _how(failure)), []).append(rank)
-    return "; ".join(f"rank{'s' if len(ranks) > 1 else ''} {rank_ranges(ranks)} on {host} {how}"
+    return "; ".join(f"rank{'s' if len(ranks) > 1 else ''} {rank_ranges(ranks)} on {host} "
+                     f"{how.replace('was killed', 'were killed', 1) if len(ranks) > 1 else how}"
                      for (host, how), ranks in groups.items())
 
 

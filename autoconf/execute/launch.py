@@ -16,6 +16,7 @@ saying so, and torchrun (wrapped by autoconf.execute.elastic) ends with a short 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shlex
@@ -114,7 +115,8 @@ def _check_devices(plan, nproc_per_node: int, allow_cpu: bool = False) -> None:
         if not allow_cpu:
             raise UserError(f"the plan is for GPUs ({name}) but this host has no CUDA device; run it on the GPU "
                             f"nodes, or pass --allow-cpu to rehearse the layout on CPU ranks (gloo, fp32)")
-        print(f"autoconf: note: running a plan for {name} on this host's CPU ({nproc_per_node} ranks, gloo, fp32): "
+        dtype = "fp8 GEMMs emulated by torchao" if plan.config.dtype == "fp8" else "fp32"
+        print(f"autoconf: note: running a plan for {name} on this host's CPU ({nproc_per_node} ranks, gloo, {dtype}): "
               f"step times and memory will not match the plan's prediction", file=sys.stderr, flush=True)
         return
     if torch.cuda.is_available() and torch.cuda.device_count() < nproc_per_node:
@@ -148,6 +150,40 @@ def _latest_checkpoint(checkpoint_dir: str | None) -> tuple[Path, dict] | None:
     return None if checkpoint_dir is None else find_latest(Path(checkpoint_dir).resolve(), log=lambda m: None)
 
 
+def metrics_continuation_problem(path: Path, meta: dict) -> str | None:
+    """Why the metrics file at `path` is not this run's to continue from the checkpoint described by `meta`: a line
+    that is not a step or summary record (a cut-short last line excepted), a step up to the checkpoint's missing,
+    or the checkpoint's step with another loss than the checkpoint recorded (another run's file); None when it is
+    (or when there is no file)."""
+    if not path.is_file():
+        return None if not path.exists() else "it is not a file"
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        return f"it cannot be read ({getattr(err, 'strerror', None) or err})"
+    records: dict[int, dict] = {}
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not ("summary" in record or isinstance(record.get("step"), int)):
+            if i == len(lines) - 1 and record is None:
+                continue  # a line cut short when the run stopped
+            return f"line {i + 1} is not a metrics record, so it is not a metrics file of this run"
+        if isinstance(record.get("step"), int):
+            records.setdefault(record["step"], record)
+    through = int(meta.get("data_position", 0))
+    missing = [s for s in range(1, through + 1) if s not in records]
+    if missing:
+        return (f"it lacks step {missing[0]} of the {through} the checkpoint resumes after, so it is not this run's "
+                f"file")
+    if through and meta.get("loss") is not None and records[through].get("loss") != meta["loss"]:
+        return (f"its step {through} has loss {records[through].get('loss')} where the checkpoint recorded "
+                f"{meta['loss']}: it is another run's file")
+    return None
+
+
 def _check_checkpoint(latest: tuple[Path, dict] | None, steps: int, model) -> None:
     """Refuses, before any rank starts, a run whose checkpoint to resume from (`latest`) holds another model
     (`checkpoint.model_mismatch`, which every rank would refuse in turn) or is already at or past `steps` (it would
@@ -177,6 +213,8 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
     plan_path = Path(plan_path).resolve()
     plan = load_plan(plan_path)
     check_supported(plan.config, plan.model)
+    if plan.model.context_problem(plan.config.seq_len):  # (plan and estimate refuse it; a hand-edited plan may not)
+        raise UserError(f"{plan_path}: {plan.model.context_problem(plan.config.seq_len)}")
     world = plan.config.world_size
     if steps < 1:
         raise UserError(f"--steps must be at least 1 (got {steps})")
@@ -221,11 +259,25 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
                                 f"choose another path for the metrics")
         if latest is None:  # (a resumed run continues its metrics: the trainer keeps the steps before)
             check_new(metrics_path, force, hint="choose another path")
+        else:
+            problem = metrics_continuation_problem(metrics_path, latest[1])
+            if problem and not force:
+                raise UserError(f"--metrics {metrics}: {problem}; pass --force to start it anew from the "
+                                f"checkpoint's step or choose another path")
         _check_writable_dir(metrics_path.parent, "metrics directory", create_dirs)
         train_args += ["--metrics", str(metrics_path)]
     if checkpoint_dir is not None:
         ckpt_path = Path(checkpoint_dir).resolve()
         _check_writable_dir(ckpt_path, "checkpoint directory", create_dirs)
+        from autoconf.execute.checkpoint import MARKER, foreign_step_dirs
+
+        start = 0 if latest is None else int(latest[1].get("data_position", 0))
+        saved = {k for k in range(start + 1, steps + 1) if checkpoint_every and k % checkpoint_every == 0} | {steps}
+        foreign = [p for p in foreign_step_dirs(ckpt_path) if int(p.name.split("-")[1]) in saved]
+        if foreign:
+            raise UserError(f"--checkpoint-dir {checkpoint_dir} holds {foreign[0].name}, which autoconf did not "
+                            f"write (no {MARKER}), and this run saves that step there; move it away or choose "
+                            f"another folder")
         _check_checkpoint(latest, steps, plan.model)
         train_args += ["--checkpoint-dir", str(ckpt_path), "--checkpoint-every", str(checkpoint_every)]
     elif checkpoint_every:
@@ -395,7 +447,8 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
         _check_devices(plan, nproc, allow_cpu)
         _check_host_memory(plan, nproc, allow_unfit)
         if nnodes > 1 and master_addr in ("127.0.0.1", "localhost"):
-            raise UserError(f"the plan runs on {nnodes} nodes: start `autoconf launch` on each with --node-rank R "
+            raise UserError(f"the plan runs on {nnodes} nodes, which cannot meet at {master_addr} (a loopback "
+                            f"address reaches this host only): start `autoconf launch` on each with --node-rank R "
                             f"and --master-addr set to the address of the node that starts as rank 0 (see "
                             f"--dry-run), or pass --nnodes 1 to run every rank on this host")
     master_node = master_host_node(plan, nnodes, nproc)
@@ -420,7 +473,8 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
         locks.append((m.with_name(f".{m.name}{suffix}.lock"), "metrics file"))
     with run_locks(locks):
         if metrics is not None and Path(metrics).exists():
-            if _latest_checkpoint(checkpoint_dir) is not None:
+            latest = _latest_checkpoint(checkpoint_dir)
+            if latest is not None and not metrics_continuation_problem(Path(metrics), latest[1]):
                 print(f"autoconf: note: continuing {metrics}: the steps up to the checkpoint resumed from are kept",
                       file=sys.stderr, flush=True)
             else:

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import inspect
 import json
+import logging
 import math
 import os
 import resource
@@ -298,9 +299,11 @@ class Trainer:
         self.schedule.step(*args, **kwargs)
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
-    def checkpoint_meta(self, step: int) -> dict:
-        return {"data_position": step, "seed": self.opts.seed, "data": self.opts.data,
-                "model": self.plan.model.to_dict(), "config": self.config.to_dict(),
+    def checkpoint_meta(self, step: int, loss: float | None) -> dict:
+        """What a checkpoint records besides the tensors: the step (data position), the loss of that step (so that
+        a relaunch recognises its own metrics file), the schedule's length, seed, data, model and layout."""
+        return {"data_position": step, "loss": loss, "steps": self.opts.steps, "seed": self.opts.seed,
+                "data": self.opts.data, "model": self.plan.model.to_dict(), "config": self.config.to_dict(),
                 "partition": self.plan.partition, "mesh": _mesh_list(self.plan),
                 "world_size": dist.get_world_size()}
 
@@ -318,13 +321,21 @@ def _mesh_list(plan: Plan):
 
 
 def check_resumable(path: Path, meta: dict, plan: Plan, opts: TrainOptions, log) -> None:
-    """Refuses a checkpoint of another model (its tensors would not fit); warns when seed or data differ. A
-    different layout (degrees, schedule, partition, ZeRO) is fine: DCP reshards."""
+    """Refuses a checkpoint of another model (its tensors would not fit); warns when seed, data, batch or sequence
+    differ, and says when --steps changes the learning-rate schedule's length. A different layout (degrees,
+    schedule, partition, ZeRO) is fine: DCP reshards."""
     mismatch = ckpt.model_mismatch(path, meta, plan.model)
     if mismatch:
         raise UserError(mismatch)
     if meta.get("seed") != opts.seed or meta.get("data") != opts.data:
         log(f"warning: {path} was written with seed {meta.get('seed')} and data {meta.get('data')!r}")
+    if meta.get("steps") not in (None, opts.steps):
+        log(f"note: the learning-rate schedule now spans {opts.steps} steps where the checkpoint's run planned "
+            f"{meta['steps']}: the steps after the resume follow the new schedule (warm-up and cosine decay)")
+    saved = meta.get("config") or {}
+    for key in ("global_batch_size", "seq_len"):
+        if saved.get(key) not in (None, getattr(plan.config, key)):
+            log(f"warning: {path} was written at {key} {saved[key]}; this plan trains at {getattr(plan.config, key)}")
 
 
 def dedupe_metrics(path: str | Path, keep_through: int) -> None:
@@ -405,11 +416,12 @@ def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) ->
                 metrics.flush()
             if opts.checkpoint_dir and opts.checkpoint_every and (step + 1) % opts.checkpoint_every == 0:
                 ckpt.save(Path(opts.checkpoint_dir), step + 1, trainer.models, trainer.optimizers,
-                          trainer.checkpoint_meta(step + 1))
+                          trainer.checkpoint_meta(step + 1, out["loss"]))
                 last_saved = step + 1
                 log(f"checkpoint step {step + 1} saved")
         if opts.checkpoint_dir and end > last_saved:
-            ckpt.save(Path(opts.checkpoint_dir), end, trainer.models, trainer.optimizers, trainer.checkpoint_meta(end))
+            ckpt.save(Path(opts.checkpoint_dir), end, trainer.models, trainer.optimizers,
+                      trainer.checkpoint_meta(end, records[-1]["loss"] if records else None))
             log(f"checkpoint step {end} saved")
         reserved = _max_over_ranks(torch.cuda.max_memory_reserved(device), device) if device.type == "cuda" else None
         if metrics:
@@ -514,11 +526,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def quiet_known_warnings() -> None:
-    """Silences torch's warnings that are known not to apply, so each rank does not print them:
+    """Silences what torch prints on every rank that does not apply or that the launcher says in one line:
     - FSDP2's "returned a view tensor": under TP the head's logits come back as the local view of the all-gathered
-      DTensor (`use_local_output`), and the loss (`pipeline.loss_fn`) reads them out of place only."""
+      DTensor (`use_local_output`), and the loss (`pipeline.loss_fn`) reads them out of place only;
+    - the pipelining runtime's error log of its whole action table when an action fails (a lost peer: about 50
+      lines per rank); the failure itself still ends the rank, and AUTOCONF_DEBUG keeps the table."""
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(.*\) returned a view tensor",
                             category=UserWarning)
+    if not os.environ.get("AUTOCONF_DEBUG"):
+        logging.getLogger("torch.distributed.pipelining.schedules").setLevel(logging.CRITICAL)
 
 
 def main(argv=None) -> int:
