@@ -459,8 +459,8 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
                                                               price_source)
         days = result.plans[0].prediction["training"]["days"]
         if deadline is not None and days > deadline:
-            raise UserError(f"the best plan on {counted(cluster.nodes, 'node')} needs {sizes.format_days(days)}, over the "
-                            f"deadline of {sizes.format_days(deadline)}; try a range, e.g. "
+            raise UserError(f"the best plan on {counted(cluster.nodes, 'node')} needs {sizes.format_days(days)}, "
+                            f"over the deadline of {sizes.format_days(deadline)}; try a range, e.g. "
                             f"--nodes {cluster.nodes}:{sizes.nodes_for_deadline(cluster.nodes, days, deadline)}")
     best = result.plans[0]
     written = []
@@ -530,7 +530,8 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
     print_table(sweep_table(points, front, chosen, title), console)
     why = (f"the cheapest size within {sizes.format_days(deadline)}" if deadline is not None
            else "the fastest size (pass --deadline to pick the cheapest that meets it)")
-    console.print(f"* Pareto front (no other size is both faster and cheaper); > chosen: {counted(chosen.nodes, 'node')}, {why}")
+    console.print(f"* Pareto front (no other size is both faster and cheaper); > chosen: "
+                  f"{counted(chosen.nodes, 'node')}, {why}")
     if usd is None:
         console.print("no price: cost is in GPU-hours; pass --price USD_PER_GPU_HOUR")
     else:

@@ -88,7 +88,8 @@ def test_token_counts_are_read_exactly_and_short_runs_are_not_zero():
     from autoconf.report.tables import hours, money
 
     assert parse_tokens("999999999999999999") == 10**18 - 1 and parse_tokens("1.5K") == 1500
-    for bad, needle in (("1.5", "not a whole number"), ("1e18", "below 1e18"), ("1e400", "below"), ("1e999999999", "below"), ("0", "least")):
+    for bad, needle in (("1.5", "not a whole number"), ("1e18", "below 1e18"), ("1e400", "below"),
+                        ("1e999999999", "below"), ("0", "least")):
         with pytest.raises(UserError, match=needle):
             parse_tokens(bad)
     assert format_days(30 / 86400) == "30 seconds" and format_days(90 / 86400) == "1.5 minutes"

@@ -263,7 +263,8 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
         else:
             _gpu_model_entries(model, table, grid, device, main_dtype, log)
     else:
-        log("compute: skipped (no --model)" + (f"; --max-tp {args.max_tp} has no blocks to time" if args.max_tp else ""))
+        unused = f"; --max-tp {args.max_tp} has no blocks to time" if args.max_tp else ""
+        log(f"compute: skipped (no --model){unused}")
 
     name = args.name or Path(args.out).stem
     description = (f"Measured by `autoconf profile` ({kind}) on {layout.nodes} node(s) x {layout.gpus_per_node} "

@@ -173,7 +173,8 @@ def ranked_table(plans: list[Plan], title: str, wide: bool = True) -> Table:
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("layout", no_wrap=True)
     breakdown = BREAKDOWN_COLUMNS if wide else ()
-    for col in ("step s", "MFU", "GiB") + tuple(f"{c.replace('_', ' ')} s" for c in breakdown):  # (seconds, not degrees)
+    # (the breakdown in seconds, not degrees: "tp comm s")
+    for col in ("step s", "MFU", "GiB") + tuple(f"{c.replace('_', ' ')} s" for c in breakdown):
         table.add_column(col, justify="right", no_wrap=True)
     table.add_column("why not #1", min_width=12)
     best = plans[0].prediction if plans else None

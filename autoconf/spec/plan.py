@@ -433,7 +433,8 @@ class Plan:
     """Everything `launch` needs: the model, the cluster shape, the config, partition, placement, prediction."""
 
     model: ModelSpec
-    cluster: dict  # {"name", "nodes", "gpus_per_node", "backend", "device"} and "profile" (a file's path) if not bundled
+    # {"name", "nodes", "gpus_per_node", "backend", "device"}, and "profile" (the file's path) when not bundled
+    cluster: dict
     config: ParallelConfig
     partition: list  # [[first_layer, end_layer], ...] per virtual stage in stage order
     placement: dict  # {"mesh": nested [pp][dp][cp][tp] of global ranks (spec/grid.py AXES)}
