@@ -434,6 +434,9 @@ def test_a_resume_continues_only_its_own_metrics_file(tmp_path, text, needle):
     assert_one_clear_error(run_cli(args), needle, "--force")
     assert metrics.read_text() == text
     assert run_cli([*args, "--force"]).exit_code == 0
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(metrics)  # (refused before any rank starts, as without a checkpoint)
+    assert_one_clear_error(run_cli([*args[:6], link, *args[7:]]), "symbolic link")
 
 
 def test_a_folder_named_like_a_checkpoint_is_not_replaced(tmp_path):

@@ -260,6 +260,9 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
         if latest is None:  # (a resumed run continues its metrics: the trainer keeps the steps before)
             check_new(metrics_path, force, hint="choose another path")
         else:
+            if metrics_path.is_symlink():
+                raise UserError(f"--metrics {metrics} is a symbolic link; autoconf does not write through links "
+                                f"(remove it or choose another path)")
             problem = metrics_continuation_problem(metrics_path, latest[1])
             if problem and not force:
                 raise UserError(f"--metrics {metrics}: {problem}; pass --force to start it anew from the "
