@@ -69,8 +69,6 @@ def store_host(args) -> str | None:
     return _loopback(endpoint.rsplit(":", 1)[0] if ":" in endpoint else endpoint)
 
 
-
-
 def _how(failure) -> str:
     """How one worker ended, without saying which: killed by a signal or its exit code (with the trainer's meaning
     of it), and the last line of its error message."""

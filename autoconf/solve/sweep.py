@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 from autoconf.errors import UserError
+from autoconf.spec.profile_checks import MAX_USD_PER_GPU_HOUR
 
 SECONDS_PER_DAY = 86400.0
 _COUNT_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12, "P": 10**15}
@@ -70,9 +71,9 @@ def format_days(days: float) -> str:
 
 def check_price(price: float) -> float:
     """A price per GPU-hour in US dollars: finite and > 0."""
-    if not (isinstance(price, (int, float)) and math.isfinite(price) and 0 < price < 1e6):
-        raise UserError(f"--price must be a positive number of US dollars per GPU-hour below 1,000,000, e.g. 2.5 "
-                        f"(got {price})")
+    if not (isinstance(price, (int, float)) and math.isfinite(price) and 0 < price < MAX_USD_PER_GPU_HOUR):
+        raise UserError(f"--price must be a positive number of US dollars per GPU-hour below "
+                        f"{MAX_USD_PER_GPU_HOUR:,.0f}, e.g. 2.5 (got {price})")
     return float(price)
 
 

@@ -467,8 +467,8 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "plan") -> "Plan":
-        plan_like = "kind" in data or "config" in data if isinstance(data, dict) else False
-        if not isinstance(data, dict) or data.get("kind", "plan") != "plan" or not plan_like:
+        plan_like = isinstance(data, dict) and ("kind" in data or "config" in data)
+        if not plan_like or data.get("kind", "plan") != "plan":
             what = " (a Hugging Face model config)" if isinstance(data, dict) and "model_type" in data else ""
             raise UserError(f"{source}: not a plan file{what}; expected a JSON object with \"kind\": \"plan\", as "
                             f"`autoconf plan --out` or `estimate --out` writes")

@@ -18,6 +18,7 @@ MAX_GPUS_PER_NODE = 4096
 MAX_BYTES = 1e18  # memory, per device
 MAX_RATE = 1e21  # FLOP/s or bytes/s
 MAX_SECONDS = 3600.0  # a latency, a measured pass, an overhead
+MAX_USD_PER_GPU_HOUR = 1e6  # a price per GPU-hour (a profile's or --price)
 MAX_EFFICIENCY = 4.0  # a fraction of a peak; calibration may divide by a factor < 1, so a little above 1 is fine
 MAX_SCALE = 100.0
 BLOCKS = ("attention", "mlp", "norm", "embedding", "head")
@@ -98,7 +99,7 @@ def _price(c: _Checker, price) -> None:
     """An optional published price: {"usd_per_gpu_hour": > 0, "source": where and when it was published}."""
     if price is None or not c.kind(price, dict, "price"):
         return
-    c.number(price.get("usd_per_gpu_hour"), "price.usd_per_gpu_hour", 0, 1e6, lo_open=True)
+    c.number(price.get("usd_per_gpu_hour"), "price.usd_per_gpu_hour", 0, MAX_USD_PER_GPU_HOUR, lo_open=True)
     c.name(price.get("source"), "price.source")
 
 
