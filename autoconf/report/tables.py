@@ -159,7 +159,7 @@ def sweep_table(points, front, chosen, title: str) -> Table:
         p, t = point.plan.prediction, point.training
         table.add_row(mark, str(point.nodes), str(point.devices), layout_label(point.plan),
                       f"{p['iteration_time_s']:.4g}", f"{100 * p['mfu']:.1f}%", f"{p['tokens_per_s']:,.0f}",
-                      f"{t['days']:,.1f}", f"{t['gpu_hours']:,.0f}",
+                      f"{t['days']:,.1f}", hours(t["gpu_hours"]),
                       "-" if t.get("cost") is None else money(t["cost"]))
     return table
 
