@@ -203,7 +203,7 @@ def timeline_png(plan: Plan, path: str | Path, cluster=None) -> Path:
     if len(windows) > 1:
         note += "\nthree windows of equal length; the time between them is not drawn"
     fig.suptitle(f"{plan.model.name}: {layout_label(plan)}, {c.num_microbatches} micro-batches, "
-                 f"step {span * scale:.3g} {unit} (bubble {100 * timeline.bubble_fraction:.0f}%){note}", fontsize=10)
+                 f"step {span * scale:.3g} {unit} (idle {100 * timeline.bubble_fraction:.0f}%){note}", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return save_figure(fig, path)
 

@@ -93,7 +93,8 @@ def prediction_table(plan: Plan) -> Table:
     table.add_row("model TFLOP/s per device", f"{p['tflops_per_gpu']:.2f}")
     table.add_row("MFU", f"{100 * p['mfu']:.1f}%")
     table.add_row("micro-batches per step", str(c.num_microbatches))
-    table.add_row("bubble fraction", f"{100 * p['bubble_fraction']:.1f}%")
+    # the full step's idle share: the pipeline bubble and the waits for P2P and DP collectives (simulate.Timeline)
+    table.add_row("idle (bubble and waits)", f"{100 * p['bubble_fraction']:.1f}%")
     for name, seconds in p.get("time_breakdown", {}).items():
         table.add_row(f"  time: {name}", f"{seconds:.4g} s ({100 * seconds / p['iteration_time_s']:.1f}%)")
     fits = "fits" if p["fits"] else "DOES NOT FIT"
