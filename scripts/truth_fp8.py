@@ -42,6 +42,7 @@ def _predict(run: dict, dtype: str) -> dict:
         # Every torchtitan pair ran under torch.compile (the data file's notes), with the K/V copies of its Llama
         # code of Dec 2024 and Jun 2025 (repeat_kv).
         execution = execution.replace(eager_ops=("repeat_kv",))
+    execution = execution.replace(**run.get("framework_flags", {}))  # what the source's code ran (its note says)
     p = estimate(PRESETS[run["model"]], cluster, _config(run, dtype), execution=execution, detail=False).prediction
     return {"tokens_per_s_per_gpu": p["tokens_per_s"] / run["gpus"], "memory_gib": p["peak_memory_bytes"] / GiB}
 

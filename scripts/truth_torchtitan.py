@@ -53,9 +53,12 @@ def execution_of(row: dict) -> Execution:
     Llama without torch.compile: the rotary embedding, SwiGLU and the fp32 loss eager, K and V copied to every head
     (`repeat_kv`), its fp32 RMSNorm where the run's norm_type is "rmsnorm" (not its Triton "fused_rmsnorm"). The
     compile rows' fusion is the config's `compile` field (`config_of`); their loss stayed eager (`compile_loss`:
-    9dec370's train.py leaves `torch.compile(loss_fn)` commented out)."""
+    9dec370's train.py leaves `torch.compile(loss_fn)` commented out). AdamW ran torch's foreach kernels
+    (`adam_kernels`): `--optimizer.fused` was an opt-in flag at 9dec370 and 9515a140b (torchtitan/optimizer.py passes
+    `foreach=not fused`) that none of the runs' train configs sets, and 1ea476e9f's train.py builds AdamW with
+    `foreach=True`; torchtitan 0.3.0, the preset, defaults to the fused kernel."""
     ops = ("rotary", "swiglu", "repeat_kv", "cross_entropy") + (("rmsnorm",) if row["norm_type"] == "rmsnorm" else ())
-    return execution("torchtitan").replace(eager_ops=ops, compile_loss=False)
+    return execution("torchtitan").replace(eager_ops=ops, compile_loss=False, adam_kernels="foreach")
 
 
 def reserved_bytes(model, cluster, c: ParallelConfig, peak: float) -> float:

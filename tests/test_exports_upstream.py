@@ -26,6 +26,7 @@ from autoconf.report import upstream
 from autoconf.report.exporters import export_texts, megatron_args, megatron_flags, pytorchjob, torchtitan_config
 from autoconf.report.torchtitan_export import FUNCTION, TORCHTITAN_FLAVORS, module_fqns, upstream_recipe
 from autoconf.spec.cluster import load_cluster
+from autoconf.spec.frameworks import execution
 from autoconf.spec.model import MLASpec, MoESpec
 from autoconf.spec.plan import ParallelConfig, recomputed_layer_indices, recomputed_layers
 from autoconf.spec.presets import PRESETS, load_model
@@ -423,12 +424,25 @@ def test_a_recipe_model_is_rebuilt_without_the_recipes_float8_and_async_tp(torch
     assert "Float8" not in type(config.model_spec.model.layers[0].feed_forward.w1).__qualname__
 
 
+def test_torchtitan_loads_the_adamw_kernels_modelled(torchtitan, tmp_path):
+    """A plan modelled with torchtitan's foreach AdamW (`adam_kernels`) exports the implementation torchtitan then
+    builds its optimizer with; the preset's fused kernel is torchtitan's default."""
+    ConfigManager, _ = torchtitan
+    c = ParallelConfig(tp=1, pp=1, dp=4, micro_batch_size=1, global_batch_size=16, seq_len=64, zero_stage=3)
+    cluster = load_cluster("dgx-a100-80g", nodes=1, gpus_per_node=4)
+    for kernels in ("foreach", "fused"):
+        plan = estimate(PRESETS["tiny-llama"], cluster, c,
+                        execution=execution("torchtitan").replace(adam_kernels=kernels))
+        (tmp_path / kernels).mkdir()
+        config = _load_torchtitan(torchtitan_config(plan), tmp_path / kernels, ConfigManager)
+        assert config.optimizer.implementation == kernels
+
+
 def test_torchtitan_notes_say_what_it_runs_instead():
     """Notes for what torchtitan cannot take: the plan's own selective policy named (it said "attention core" for
     every one), its FlexAttention all-gathering K/V under a ring plan (it advised a rotate method FlexAttention
     ignores), experts that ZeRO-0's replicated data parallelism leaves no shard ranks for, gradients reduced after
     every accumulation step."""
-    from autoconf.spec.frameworks import execution
 
     deepseek = execution("megatron-core").replace(selective_recompute="norms_mla_swiglu")
     tiny_moe = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-mla", moe=MoESpec(

@@ -408,3 +408,29 @@ def test_megatron_grad_buffer_passes_cost_their_bytes_once_per_step_and_only_in_
         execution("autoconf").replace(grad_buffer_passes=("zero",))
     with pytest.raises(UserError, match="nan_check"):
         core.replace(grad_buffer_passes=("zero", "memset"))
+
+
+def test_foreach_adamw_moves_80_bytes_per_parameter_where_fused_moves_28():
+    """torch's foreach AdamW (`adam_kernels`, the torchtitan of the Dec 2024 benchmarks) runs eight element-wise
+    kernels over the rank's sharded fp32 state: 80/28 of the fused kernel's time on a specification profile, the
+    search's bound (no execution) reads the fused one, and the torchtitan export names the implementation only
+    when it is not torchtitan's default."""
+    from autoconf.cost.compute import rank_optimizer_time
+    from autoconf.spec.frameworks import ADAM_KERNELS, parse_flags
+
+    h100 = load_cluster("dgx-h100-80g", nodes=2)
+    c = cfg(tp=1, pp=1, dp=16, zero_stage=3, sequence_parallel=False)
+    titan = execution("torchtitan")
+    fused, foreach = (rank_optimizer_time(h100, c, MODEL.total_params(), execution=titan.replace(adam_kernels=k))
+                      for k in ("fused", "foreach"))
+    assert foreach / fused == pytest.approx(ADAM_KERNELS["foreach"] / ADAM_KERNELS["fused"])
+    assert rank_optimizer_time(h100, c, MODEL.total_params()) == pytest.approx(fused)
+    step = [estimate(MODEL, h100, c, execution=titan.replace(adam_kernels=k)).prediction["time_breakdown"]
+            ["optimizer"] for k in ("fused", "foreach")]
+    assert step[1] - step[0] == pytest.approx(foreach - fused)
+    line = 'config.optimizer.implementation = "foreach"'
+    assert line in titan.replace(adam_kernels="foreach").export_lines("torchtitan", c)
+    assert line not in titan.export_lines("torchtitan", c)
+    assert parse_flags(["adam_kernels=foreach"]) == {"adam_kernels": "foreach"}
+    with pytest.raises(UserError, match="adam_kernels 'loop' is none of fused, foreach"):
+        titan.replace(adam_kernels="loop")

@@ -30,13 +30,13 @@ from autoconf.cost.cp_ring import merge_bytes
 from autoconf.cost.fp8 import cast_seconds, mlp_cast_elements, scaling_time
 from autoconf.cost.offload import cpu_optimizer_time
 from autoconf.spec.dtypes import DTYPE_BYTES, precision
-from autoconf.spec.frameworks import GRAD_BUFFER_PASSES, Execution, compiled_ops
+from autoconf.spec.frameworks import ADAM_KERNELS, GRAD_BUFFER_PASSES, Execution, compiled_ops
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 
 SHAPE_KEYS = ("arch", "hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size")
-# Bytes read and written per parameter by one AdamW step with fp32 master weights, gradients and moments.
-ADAM_BYTES_PER_PARAM = 28
+# Bytes read and written per parameter by one fused AdamW step with fp32 master weights, gradients and moments.
+ADAM_BYTES_PER_PARAM = ADAM_KERNELS["fused"]
 
 
 @dataclass(frozen=True)
@@ -215,8 +215,10 @@ def cpu_share_alone(cluster: ClusterProfile) -> float:
     return max(min(float(entry["value"]), 1.0) if entry else 1.0, cpu_share(cluster))
 
 
-def optimizer_step_time(local_params: float, cluster: ClusterProfile, dtensor_params: float | None = None) -> float:
-    """AdamW over `local_params` parameters: memory-bound, or as measured per parameter by the profiler.
+def optimizer_step_time(local_params: float, cluster: ClusterProfile, dtensor_params: float | None = None,
+                        bytes_per_param: float = ADAM_BYTES_PER_PARAM) -> float:
+    """AdamW over `local_params` parameters: memory-bound at `bytes_per_param` (its kernels', ADAM_KERNELS), or as
+    measured per parameter by the profiler.
 
     `dtensor_params`: when the executor holds the rank's parameters as DTensors (TP, or FSDP at ZeRO >= 1), their
     count before any sharding; a profile's measured DTensor rate (per unsharded parameter, mostly per-tensor
@@ -225,7 +227,7 @@ def optimizer_step_time(local_params: float, cluster: ClusterProfile, dtensor_pa
     if table.get("optimizer_s_per_param"):
         seconds = float(table["optimizer_s_per_param"]) * local_params / cpu_share(cluster)
     else:
-        seconds = local_params * ADAM_BYTES_PER_PARAM / (cluster.device.memory_bandwidth_Bps * cluster.eff("memory"))
+        seconds = local_params * bytes_per_param / (cluster.device.memory_bandwidth_Bps * cluster.eff("memory"))
     if dtensor_params is not None and table.get("optimizer_dtensor_s_per_param"):
         seconds = max(seconds, float(table["optimizer_dtensor_s_per_param"]) * dtensor_params / cpu_share(cluster))
     return seconds
@@ -238,8 +240,9 @@ def rank_optimizer_time(cluster: ClusterProfile, c: ParallelConfig, rank_params:
     sharding), of which `expert_params` are routed experts and `replicated_params` TP-replicated (`rank_params`'
     triple): its slice of the rest as `local_params` splits it (and, when ZeRO shards, its DP x CP shard of that),
     its EP x ETP (and expert-DP) slice of the experts; DTensor parameters (TP, or FSDP) also pay the profile's
-    DTensor rate on the unsharded count. With an `execution`, plus its once-per-step passes over the main-gradient
-    buffer (`grad_buffer_pass_time`); without one, none (what the search's bound reads)."""
+    DTensor rate on the unsharded count. With an `execution`, AdamW runs its `adam_kernels`, plus its once-per-step
+    passes over the main-gradient buffer (`grad_buffer_pass_time`); without one, the fused kernel (the fewest bytes)
+    and no passes: what the search's bound reads."""
     from autoconf.cost.moe import local_params
 
     shard = c.dp_cp if c.zero_sharded else 1
@@ -251,7 +254,8 @@ def rank_optimizer_time(cluster: ClusterProfile, c: ParallelConfig, rank_params:
     passes = grad_buffer_pass_time(cluster, unsharded, execution)
     if c.offload_optimizer:  # FSDP2 CPUOffloadPolicy: the step runs on the host CPU (cost/offload.py)
         return cpu_optimizer_time(cluster, local) + passes
-    return optimizer_step_time(local, cluster, rank_params if dtensor else None) + passes
+    kernel_bytes = ADAM_KERNELS[execution.adam_kernels] if execution else min(ADAM_KERNELS.values())
+    return optimizer_step_time(local, cluster, rank_params if dtensor else None, kernel_bytes) + passes
 
 
 def grad_buffer_pass_time(cluster: ClusterProfile, params: float, execution: Execution | None) -> float:

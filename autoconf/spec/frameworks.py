@@ -107,6 +107,17 @@ GRAD_BUFFER_PASSES = {"zero": 1, "scale": 2, "nan_check": 1}
 #               remainders of the fp32 master weights (the bf16 weight holds the other half), fp32 moments, and a
 #               sharded copy of the reduced gradients in the grad buffer's dtype (2 + 8 + 4 or 2 bytes)
 OPTIMIZERS = ("megatron", "apex")
+# The AdamW kernels a step runs on the device, as the HBM bytes each moves per (local, fp32) parameter:
+#   "fused"    one kernel (torch's fused AdamW, `fused=True`; apex's / Transformer Engine's multi-tensor Adam that
+#              Megatron runs): reads the parameter, its gradient and the two moments, writes the parameter and the
+#              moments (28 bytes)
+#   "foreach"  torch's multi-tensor AdamW (`foreach=True`: torch/optim/adam.py `_multi_tensor_adam`, decoupled
+#              weight decay, lr a float): the weight decay `_foreach_mul_` (8), `_foreach_lerp_` of the first moment
+#              (12), `_foreach_mul_` and `_foreach_addcmul_` of the second (8 + 12), its `_foreach_sqrt`, `_foreach_div_`
+#              and `_foreach_add_` of eps into a new list (8 + 8 + 8) and `_foreach_addcdiv_` of the parameter (16):
+#              80 bytes (read in torch 2.13; the same kernels since torch 2.1)
+# The search's bound reads the smallest (`cost/compute.rank_optimizer_time` without an execution).
+ADAM_KERNELS = {"fused": 28, "foreach": 80}
 # The dtype the megatron layout's Adam moments may be kept in ("": the precision recipe's, `Precision.moments`).
 MOMENTS_DTYPES = ("", "fp32", "bf16")
 # What the loss of the megatron layout holds per logit beyond the logits themselves, at its peak:
@@ -200,6 +211,7 @@ class Execution:
         and its transpose replace the bf16 weight) instead of bf16 plus TE's cached fp8 copies.
     grad_buffer_dtype: see GRAD_BUFFER_DTYPES; the megatron layout reduces its gradients in it (the torch layout
         holds and reduces fp32 gradients). optimizer: see OPTIMIZERS. loss_memory: see LOSS_MEMORY.
+    adam_kernels: see ADAM_KERNELS (specification profiles; a measured profile times the executor's own step).
     optimizer_moments: the dtype of the megatron layout's two Adam moments (MOMENTS_DTYPES; Megatron-Core's
         --use-precision-aware-optimizer with --exp-avg-dtype and --exp-avg-sq-dtype), "" for the precision recipe's
         (`Precision.moments`: fp32 but under fp8-deepseek).
@@ -273,6 +285,7 @@ class Execution:
     grad_buffer_dtype: str = "fp32"
     optimizer: str = "megatron"
     optimizer_moments: str = ""
+    adam_kernels: str = "fused"
     loss_memory: str = "copy"
     grad_buffer_passes: tuple[str, ...] = ()
     overlap_paired_chunks: bool = False
@@ -309,7 +322,8 @@ class Execution:
         if self.cp_attention not in CP_ATTENTION:
             out.append(f"cp_attention {self.cp_attention!r} is none of {', '.join(CP_ATTENTION)}")
         for flag, known in (("grad_buffer_dtype", GRAD_BUFFER_DTYPES), ("optimizer", OPTIMIZERS),
-                            ("loss_memory", LOSS_MEMORY), ("optimizer_moments", MOMENTS_DTYPES)):
+                            ("loss_memory", LOSS_MEMORY), ("optimizer_moments", MOMENTS_DTYPES),
+                            ("adam_kernels", tuple(ADAM_KERNELS))):
             if getattr(self, flag) not in known:
                 out.append(f"{flag} {getattr(self, flag)!r} is none of {', '.join(k or repr(k) for k in known)}")
         if not set(self.grad_buffer_passes) <= set(GRAD_BUFFER_PASSES):
@@ -492,7 +506,8 @@ PRESETS: dict[str, Execution] = {
         eager_ops=("rotary", "swiglu", "cross_entropy"), attention_kernel="fa2", cp_attention="torch",
         fsdp_copies=True,
         torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),
-                             ("always", "compile_loss=False", 'config.compile.components = ["model"]'))),
+                             ("always", "compile_loss=False", 'config.compile.components = ["model"]'),
+                             ("always", "adam_kernels=foreach", 'config.optimizer.implementation = "foreach"'))),
 }
 # DeepSeek-V3's own training framework (not public) as DeepSeek states it; every flag it does not state is the
 # megatron-core preset's (docs/moe.md "DeepSeek-V3's memory" lists them as assumed):
@@ -560,7 +575,7 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
               "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies",
               "compile_loss", "transformer_engine", "fp8_params", "grad_buffer_dtype", "optimizer",
-              "optimizer_moments", "loss_memory",
+              "optimizer_moments", "adam_kernels", "loss_memory",
               "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs",
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts",
               "cp_attention", "cp_repeat_kv")
