@@ -20,7 +20,7 @@ from autoconf.spec import frameworks
 from autoconf.spec.dtypes import DTYPES, PROFILED_DTYPES, check_dtype
 from autoconf.spec.frameworks import SELECTIVE_RECOMPUTE
 from autoconf.spec.model import DEFAULT_SEQ_LEN
-from autoconf.spec.plan import MAX_GLOBAL_BATCH, MAX_SEQ_LEN, SEQ_SPLITS
+from autoconf.spec.plan import GRAD_REDUCE, MAX_GLOBAL_BATCH, MAX_SEQ_LEN, SEQ_SPLITS
 from autoconf.spec.schedules import SCHEDULES
 
 FRAMEWORK_NAMES = list(frameworks.PRESETS)
@@ -292,6 +292,9 @@ def profiles(as_json: bool) -> None:
 @click.option("--offload-optimizer", is_flag=True,
               help="keep parameters, gradients and optimizer states in host memory, optimizer step on the CPU "
                    "(FSDP2 CPUOffloadPolicy; needs --zero >= 1 and --dp > 1)")
+@click.option("--grad-reduce", type=click.Choice(GRAD_REDUCE), default="step", show_default=True,
+              help="sharded gradients (ZeRO >= 1): held unsharded until the step's last micro-batch, or "
+                   "reduce-scattered every micro-batch (the layout label's rs-mb)")
 @click.option("--framework", type=click.Choice(FRAMEWORK_NAMES), default="autoconf", show_default=True,
               help="whose behaviour to predict: memory layout, DP/TP overlap, P2P scheme (autoconf/spec/frameworks.py)")
 @click.option("--framework-flag", "framework_flags", multiple=True, metavar="KEY=VALUE",
@@ -306,8 +309,8 @@ def profiles(as_json: bool) -> None:
 @user_errors
 def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, ep, etp, micro_batch, global_batch,
              seq_len, schedule, seq_chunks, seq_split, zero, recompute, recompute_layers, selective_recompute,
-             sequence_parallel, dtype, attention, offload_activations, offload_optimizer, framework, framework_flags,
-             as_json, out, force, memory_picture, memory_headroom) -> None:
+             sequence_parallel, dtype, attention, offload_activations, offload_optimizer, grad_reduce, framework,
+             framework_flags, as_json, out, force, memory_picture, memory_headroom) -> None:
     """Predict time and memory of one layout."""
     from autoconf.cost.estimate import estimate as run_estimate
     from autoconf.report.tables import prediction_table, print_table
@@ -333,7 +336,11 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
                             sequence_parallel=sequence_parallel, dtype=dtype or default_dtype(cluster),
                             attention=attention, ep=ep, etp=etp, offload_activations=offload_activations,
                             offload_optimizer=offload_optimizer, recompute_layers=recompute_layers,
-                            selective_recompute=selective_recompute, seq_chunks=seq_chunks, seq_split=seq_split)
+                            selective_recompute=selective_recompute, seq_chunks=seq_chunks, seq_split=seq_split,
+                            grad_reduce=grad_reduce)
+    if grad_reduce == "microbatch" and not config.zero_sharded:
+        raise UserError(f"--grad-reduce microbatch reduce-scatters sharded gradients: it needs --zero 1, 2 or 3 "
+                        f"over dp x cp > 1 (got --zero {zero}, dp x cp {config.dp_cp})")
     if model.context_problem(config.seq_len):
         raise UserError(model.context_problem(config.seq_len))
     from autoconf.files import check_new, refuse_overwriting_inputs

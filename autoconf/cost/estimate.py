@@ -59,6 +59,8 @@ EXTRAPOLATE_ABOVE = 4
 # every schedule). The search simulates in full every candidate whose extrapolated time is within this margin of
 # its K-th best, so it ranks by the full simulation.
 EXTRAPOLATION_MARGIN = 0.001
+# Below this a breakdown term is rounding left by subtracting two makespans (seconds).
+BREAKDOWN_NOISE_S = 1e-9
 
 
 def default_mesh(config: ParallelConfig) -> np.ndarray:
@@ -1011,4 +1013,5 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, 
     if sp.ep_comm:  # MoE: the token exchange, after the TP collectives
         terms = {**{k: v for k, v in terms.items() if k in ("compute", "recompute", "tp_comm")}, "ep_comm": ep,
                  **{k: v for k, v in terms.items() if k not in ("compute", "recompute", "tp_comm")}}
-    return terms
+    # differences of equal makespans reached by different sums leave float noise (3.6e-15 s of dp_comm at dp 1)
+    return {k: 0.0 if abs(v) < BREAKDOWN_NOISE_S else v for k, v in terms.items()}

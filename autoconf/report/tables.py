@@ -93,8 +93,9 @@ def prediction_table(plan: Plan) -> Table:
     table.add_row("model TFLOP/s per device", f"{p['tflops_per_gpu']:.2f}")
     table.add_row("MFU", f"{100 * p['mfu']:.1f}%")
     table.add_row("micro-batches per step", str(c.num_microbatches))
-    # the full step's idle share: the pipeline bubble and the waits for P2P and DP collectives (simulate.Timeline)
-    table.add_row("idle (bubble and waits)", f"{100 * p['bubble_fraction']:.1f}%")
+    # the step's idle share over all pipeline ranks: the bubble and the waits for P2P and DP collectives
+    # (simulate.Timeline); the breakdown's terms are the busiest rank's
+    table.add_row("idle (all ranks)", f"{100 * p['bubble_fraction']:.1f}%")
     for name, seconds in p.get("time_breakdown", {}).items():
         table.add_row(f"  time: {name}", f"{seconds:.4g} s ({100 * seconds / p['iteration_time_s']:.1f}%)")
     fits = "fits" if p["fits"] else "DOES NOT FIT"
@@ -148,8 +149,10 @@ def training_rows(t: dict) -> list[tuple[str, str]]:
 def sweep_table(points, front, chosen, title: str) -> Table:
     """One row per cluster size: its best layout, time and cost to train; `*` marks the Pareto front and `>` the
     chosen size."""
+    from autoconf.solve.sweep import format_days
+
     table = Table(title=title)
-    for col in ("", "nodes", "devices", "layout", "step s", "MFU", "tokens/s", "days", "GPU-hours", "cost"):
+    for col in ("", "nodes", "devices", "layout", "step s", "MFU", "tokens/s", "time", "GPU-hours", "cost"):
         table.add_column(col, justify="left" if col in ("", "layout") else "right", no_wrap=True)
     on_front = {id(p) for p in front}
     for point in points:
@@ -160,7 +163,7 @@ def sweep_table(points, front, chosen, title: str) -> Table:
         p, t = point.plan.prediction, point.training
         table.add_row(mark, str(point.nodes), str(point.devices), layout_label(point.plan),
                       f"{p['iteration_time_s']:.4g}", f"{100 * p['mfu']:.1f}%", f"{p['tokens_per_s']:,.0f}",
-                      f"{t['days']:,.1f}", hours(t["gpu_hours"]),
+                      format_days(t["days"]), hours(t["gpu_hours"]),
                       "-" if t.get("cost") is None else money(t["cost"]))
     return table
 

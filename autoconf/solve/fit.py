@@ -1,6 +1,8 @@
-"""What to change so that a layout that does not fit in device memory does: the smallest single step first."""
+"""What to change so that a layout that does not fit in device memory does: the fewest flags, the fastest first."""
 
 from __future__ import annotations
+
+import itertools
 
 from autoconf.cost.estimate import Execution, estimate
 from autoconf.solve.space import with_changes
@@ -9,57 +11,91 @@ from autoconf.spec.support import unsupported_reason
 GiB = 1024**3
 
 
-def _steps(config) -> list[tuple[str, dict]]:
-    """Changes in the order a user would try them: cheaper in time first (selective before full recompute,
-    sharding before recompute, a smaller micro-batch), then combinations."""
-    steps = [("--recompute selective", {"recompute": "selective"})]
-    if config.dp > 1:
-        steps += [(f"--zero {z}", {"zero_stage": z}) for z in (1, 2, 3) if z > config.zero_stage]
-    steps.append(("--recompute full", {"recompute": "full"}))
+def _levers(config) -> list[list[tuple[tuple[str, ...], dict]]]:
+    """Per memory lever, the changes it offers `config` as (flags, config changes), each lever's options ordered by
+    the memory they save, the most last: recompute (selective, full, on every layer), ZeRO over dp x cp with the
+    sharded gradients held or reduce-scattered every micro-batch, micro-batch 1, sequence parallelism."""
+    drop_layers = ("(drop --recompute-layers)",) if config.recompute_layers is not None else ()
+    recompute = [((f"--recompute {mode}",) + drop_layers, {"recompute": mode, "recompute_layers": None})
+                 for mode in ("selective", "full")
+                 if (mode, None) != (config.recompute, config.recompute_layers)
+                 and not (mode == "selective" and config.recompute == "full" and not drop_layers)]
+    sharding = []
+    if config.dp_cp > 1:
+        reductions = ("step", "microbatch") if config.grad_reduce == "step" else (config.grad_reduce,)
+        if config.zero_stage >= 1 and config.grad_reduce == "step":
+            sharding.append((("--grad-reduce microbatch",), {"grad_reduce": "microbatch"}))
+        sharding += [((f"--zero {z}",) + (("--grad-reduce microbatch",) if g != config.grad_reduce else ()),
+                      {"zero_stage": z, "grad_reduce": g})
+                     for z in range(config.zero_stage + 1, 4) for g in reductions]
+    levers = [recompute, sharding]
     if config.micro_batch_size > 1:
-        steps.append(("--micro-batch 1", {"micro_batch_size": 1}))
+        levers.append([(("--micro-batch 1",), {"micro_batch_size": 1})])
     if config.tp > 1 and not config.sequence_parallel:
-        steps.append(("--sequence-parallel", {"sequence_parallel": True}))
-    if config.dp > 1:
-        steps.append(("--recompute full --zero 3", {"recompute": "full", "zero_stage": 3}))
-    steps.append(("--micro-batch 1 --recompute full", {"micro_batch_size": 1, "recompute": "full"}))
-    if config.dp > 1:
-        steps.append(("--micro-batch 1 --recompute full --zero 3",
-                      {"micro_batch_size": 1, "recompute": "full", "zero_stage": 3}))
-    current = config.to_dict()
-    return [(label, changes) for label, changes in steps
-            if any(current.get(k) != v for k, v in changes.items())]
+        levers.append([(("--sequence-parallel",), {"sequence_parallel": True})])
+    return [lever for lever in levers if lever]
 
 
-def advisable(model, cluster, config, execution: Execution) -> bool:
-    """Whether fitting advice may name `config`: a legal layout on the cluster's devices that the executor runs
-    (`unsupported_reason`) and the framework runs (`Execution.problem`). The one test `smallest_fitting_change`
-    and the search's no-fit line (`search.explain_infeasible`) apply to a change."""
-    return not (config.problems(model, cluster.world_size) or unsupported_reason(config) or execution.problem(config))
+def _combined(options) -> tuple[str, dict]:
+    flags = " ".join(flag for option in options for flag in option[0])
+    return flags, {k: v for option in options for k, v in option[1].items()}
 
 
-def smallest_fitting_change(model, cluster, config, execution: Execution = Execution()) -> str | None:
-    """The first change of `_steps` under which the layout is predicted to fit and stays `advisable`, as the flags
-    that make it (e.g. '--recompute selective'); None when none does."""
-    for label, changes in _steps(config):
+def advisable(model, cluster, config, execution: Execution, executor: bool = True) -> bool:
+    """Whether fitting advice may name `config`: a legal layout on the cluster's devices that the framework runs
+    (`Execution.problem`) and, with `executor`, that the bundled executor runs (`unsupported_reason`). The one test
+    `smallest_fitting_change` and the search's no-fit line (`search.explain_infeasible`) apply to a change."""
+    return not (config.problems(model, cluster.world_size) or (executor and unsupported_reason(config))
+                or execution.problem(config))
+
+
+def smallest_fitting_change(model, cluster, config, execution: Execution = Execution()) -> tuple[str, dict] | None:
+    """The change of the fewest levers (`_levers`) under which the layout is predicted to fit and stays `advisable`
+    (the executor's support asked only of a layout that had it), the fastest of those: (its flags, e.g.
+    '--zero 3 --grad-reduce microbatch', its prediction); None when none does. When the change that saves the most
+    on every lever is advisable and still does not fit, nothing smaller is tried."""
+    executor = unsupported_reason(config) is None
+    levers = _levers(config)
+
+    def prediction(changes: dict) -> dict | None:
         changed = with_changes(config, **changes)
-        if not advisable(model, cluster, changed, execution):
-            continue
-        if estimate(model, cluster, changed, execution=execution, detail=False).prediction["fits"]:
-            return label
+        if not advisable(model, cluster, changed, execution, executor):
+            return None
+        return estimate(model, cluster, changed, execution=execution, detail=False).prediction
+
+    if levers:
+        most = prediction(_combined([lever[-1] for lever in levers])[1])
+        if most is not None and not most["fits"]:
+            return None
+    for count in range(1, len(levers) + 1):
+        fitting = []
+        for chosen in itertools.combinations(levers, count):
+            for options in itertools.product(*chosen):
+                flags, changes = _combined(options)
+                p = prediction(changes)
+                if p is not None and p["fits"]:
+                    fitting.append((p["iteration_time_s"], flags, p))
+        if fitting:
+            _, flags, p = min(fitting, key=lambda f: f[0])
+            return flags, p
     return None
 
 
 def does_not_fit_message(plan, model, cluster, execution: Execution = Execution()) -> str:
-    """One line: which rank is over by how much, and the smallest change that fits (or where to look)."""
+    """One line: which rank is over by how much, and the smallest change that fits with its step time and peak (or
+    where to look)."""
     p = plan.prediction
     stages = p["memory_per_stage"]
     worst = max(range(len(stages)), key=lambda r: stages[r]["total"])
     limit = p["memory_limit_bytes"]
     over = stages[worst]["total"] - limit
-    change = smallest_fitting_change(model, cluster, plan.config, execution)
-    advice = (f"it fits with {change}" if change else
-              "no change of recompute, ZeRO, micro-batch or sequence parallelism fits: `autoconf plan` searches every "
-              "layout, or use more devices")
+    found = smallest_fitting_change(model, cluster, plan.config, execution)
+    if found:
+        flags, fits = found
+        advice = (f"at {fits['iteration_time_s']:.4g} s per step and {fits['peak_memory_bytes'] / GiB:.1f} GiB it "
+                  f"fits with {flags}")
+    else:
+        advice = ("no change of recompute, ZeRO, gradient reduction, micro-batch or sequence parallelism fits: "
+                  "`autoconf plan` searches every layout, or use more devices")
     return (f"does not fit: pipeline rank {worst} needs {stages[worst]['total'] / GiB:.1f} GiB of "
             f"{limit / GiB:.1f} GiB per device ({over / GiB:.1f} GiB over); {advice}")

@@ -417,12 +417,29 @@ class Execution:
                     f"{config.zero_stage}; pick one of those or a framework that runs it ({', '.join(able) or 'none'})")
         policy = config.selective_recompute
         if config.recompute == "selective" and policy is not None and policy not in self.selective_policies:
-            able = [n for n, e in PRESETS.items() if policy in e.selective_policies and n != self.name]
             return (f"framework {self.name!r} runs selective recompute as {' or '.join(self.selective_policies)}, "
-                    f"not {policy}; drop selective_recompute, or run it with --framework-flag "
-                    f"selective_recompute={policy}" + (f" or a framework that runs it ({', '.join(able)})"
-                                                       if able else ""))
+                    f"not {policy}; drop that policy (selective_recompute), or " + self._runs_policy(policy))
         return None
+
+    def _runs_policy(self, policy: str) -> str:
+        """Where `policy` runs, shortest first: the frameworks that list it; this framework told to run it
+        (`--framework-flag selective_recompute=...`, which `replace` accepts only where the memory layout describes
+        the policy); else the first framework that accepts being told."""
+        flag = f"--framework-flag selective_recompute={policy}"
+
+        def accepts(preset: "Execution") -> bool:
+            try:
+                preset.replace(selective_recompute=policy)
+            except UserError:
+                return False
+            return True
+
+        ways = [f"--framework {n}" for n, e in PRESETS.items() if policy in e.selective_policies and n != self.name]
+        if accepts(self):
+            ways.append(flag)
+        if not ways:
+            ways = [f"--framework {n} {flag}" for n, e in PRESETS.items() if n != self.name and accepts(e)][:1]
+        return "run it with " + " or ".join(ways) if ways else "no framework preset runs it"
 
     def check(self, config) -> None:
         """Raises UserError with `problem`'s line when this framework cannot run `config`."""

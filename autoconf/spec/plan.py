@@ -106,8 +106,8 @@ class ParallelConfig:
 
     def label(self, selective: str | None = None) -> str:
         """The layout in one line, every degree and choice that differs from the plain default ("tp2 pp4 dp8 cp2
-        ring vpp2 mb1 interleaved-1f1b zero1 rc-selective sp"): what tables, pictures and one-line messages name a
-        layout by. `selective`: what selective recompute redoes (`frameworks.selective_policy`), marked "/op" when it
+        ring vpp2 mb1 interleaved-1f1b zero1 rc-selective sp"; "rs-mb": the sharded gradients reduce-scattered every
+        micro-batch, grad_reduce "microbatch"): what tables, pictures and one-line messages name a layout by. `selective`: what selective recompute redoes (`frameworks.selective_policy`), marked "/op" when it
         is the per-op policy."""
         parts = [f"tp{self.tp} pp{self.pp} dp{self.dp}"]
         if self.cp > 1:
@@ -123,8 +123,8 @@ class ParallelConfig:
             counts = "" if self.recompute_layers is None else "[" + ",".join(map(str, self.recompute_layers)) + "]"
             op = self.recompute == "selective" and (selective or self.selective_recompute) == "alternate_matmuls"
             parts.append(f"rc-{self.recompute}{'/op' if op else ''}{counts}")
-        for flag, name in ((self.sequence_parallel, "sp"), (self.offload_activations, "off-act"),
-                           (self.offload_optimizer, "off-opt")):
+        for flag, name in ((self.sequence_parallel, "sp"), (self.reduces_every_microbatch, "rs-mb"),
+                           (self.offload_activations, "off-act"), (self.offload_optimizer, "off-opt")):
             if flag:
                 parts.append(name)
         return " ".join(parts)

@@ -1,0 +1,106 @@
+"""The advice a layout that does not fit gets (solve/fit.py): every lever that saves memory is weighed, alone then
+in pairs, and the change named is one that fits, under the CLI flags that reproduce it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from autoconf.cost.estimate import estimate
+from autoconf.solve.fit import smallest_fitting_change
+from autoconf.spec.cluster import load_cluster
+from autoconf.spec.frameworks import execution
+from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.presets import PRESETS
+from test_bad_input import assert_one_clear_error, run_cli
+
+H100 = ["--cluster", "dgx-h100-80g"]
+
+
+def advice(result) -> list[str]:
+    """The flags after 'it fits with' on the CLI's error line."""
+    assert_one_clear_error(result, "does not fit", "it fits with")
+    return result.output.split("it fits with ")[1].split()
+
+
+@pytest.mark.parametrize("args, needle", [
+    # ZeRO shards over dp x cp: at dp 1 the cp ranks still shard
+    (["--model", "llama3.1-70b", "--nodes", "4", "--tp", "8", "--pp", "1", "--dp", "1", "--cp", "4", "--micro-batch",
+      "1", "--global-batch", "8", "--seq-len", "65536", "--recompute", "full", "--sequence-parallel"], "--zero"),
+    # a framework without ZeRO-3 (Megatron-Core) gets recompute with the stage it runs
+    (["--model", "llama3-8b", "--nodes", "1", "--tp", "1", "--pp", "1", "--dp", "8", "--micro-batch", "1",
+      "--global-batch", "64", "--seq-len", "8192", "--framework", "megatron-core"], "--zero 1"),
+    # the gradients reduce-scattered every micro-batch are a lever of their own
+    (["--model", "llama3-8b", "--nodes", "1", "--tp", "1", "--pp", "1", "--dp", "8", "--micro-batch", "4",
+      "--global-batch", "64", "--seq-len", "8192"], "--grad-reduce microbatch"),
+])
+def test_the_named_change_fits_when_applied(args, needle):
+    result = run_cli(["estimate", *H100, *args])
+    flags = advice(result)
+    assert needle in " ".join(flags), result.output
+    fixed = run_cli(["estimate", *H100, *args, *flags])
+    assert fixed.exit_code == 0, fixed.output
+
+
+def test_partial_recompute_is_advised_on_every_layer():
+    """A plan recomputing some layers of each stage is told to recompute them all (full recompute of every layer
+    saves what the counts leave), not that no change fits."""
+    args = ["estimate", *H100, "--model", "llama3-70b", "--nodes", "4", "--tp", "8", "--pp", "4", "--dp", "1",
+            "--vpp", "2", "--schedule", "interleaved-1f1b", "--recompute", "full", "--recompute-layers",
+            "5,3,2,1,1,1,0,0", "--sequence-parallel", "--micro-batch", "1", "--global-batch", "64", "--seq-len", "8192"]
+    result = run_cli(args)
+    assert "--recompute full (drop --recompute-layers)" in result.output
+    i = args.index("--recompute-layers")
+    assert run_cli(args[:i] + args[i + 2:]).exit_code == 0
+
+
+def test_another_frameworks_precision_recipe_still_gets_advice():
+    """fp8-deepseek is not the executor's, so the executor's support is not asked of the change (the layout never
+    had it); the change named fits under the framework estimated."""
+    model, cluster = PRESETS["llama3-8b"], load_cluster("dgx-h100-80g")
+    c = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=1, global_batch_size=64, seq_len=8192,
+                       dtype="fp8-deepseek")
+    megatron = execution("megatron")
+    assert not estimate(model, cluster, c, execution=megatron, detail=False).prediction["fits"]
+    found = smallest_fitting_change(model, cluster, c, megatron)
+    assert found is not None and found[1]["fits"]
+
+
+def test_the_fastest_fitting_change_of_the_fewest_levers_is_named():
+    """Among the single-lever changes that fit, the one named has the shortest predicted step."""
+    from autoconf.solve.fit import _levers, advisable
+    from autoconf.solve.space import with_changes
+
+    model, cluster = PRESETS["llama3-8b"], load_cluster("dgx-h100-80g")
+    c = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=2, global_batch_size=64, seq_len=4096, zero_stage=1)
+    flags, named = smallest_fitting_change(model, cluster, c)
+    singles = []
+    for lever in _levers(c):
+        for option, changes in lever:
+            changed = with_changes(c, **changes)
+            if advisable(model, cluster, changed, execution()):
+                p = estimate(model, cluster, changed, detail=False).prediction
+                if p["fits"]:
+                    singles.append(p["iteration_time_s"])
+    assert len(singles) > 1 and named["iteration_time_s"] == min(singles)
+
+
+def test_the_layout_label_shows_gradients_reduced_every_micro_batch_and_estimate_takes_it():
+    """A plan's layout line says "rs-mb" when its sharded gradients are reduce-scattered every micro-batch (the
+    search picks it; the memory differs by the whole unsharded gradient), and `estimate --grad-reduce microbatch`
+    reproduces it; on an unsharded layout the flag is one line naming what it needs."""
+    c = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=1, global_batch_size=64, seq_len=8192, zero_stage=3,
+                       grad_reduce="microbatch")
+    assert "rs-mb" in c.label() and "rs-mb" not in dataclasses.replace(c, grad_reduce="step").label()
+    assert "rs-mb" not in dataclasses.replace(c, zero_stage=0).label()  # nothing sharded to reduce
+    base = ["estimate", *H100, "--model", "llama3-8b", "--tp", "1", "--pp", "1", "--dp", "8", "--micro-batch", "1",
+            "--global-batch", "64", "--seq-len", "8192"]
+    shown = run_cli(base + ["--zero", "3", "--grad-reduce", "microbatch", "--json"]).output
+    assert json.JSONDecoder().raw_decode(shown)[0]["config"]["grad_reduce"] == "microbatch"
+    model, cluster = PRESETS["llama3-8b"], load_cluster("dgx-h100-80g")
+    held, reduced = (estimate(model, cluster, dataclasses.replace(c, grad_reduce=g), detail=False).prediction
+                     for g in ("step", "microbatch"))
+    assert reduced["peak_memory_bytes"] < held["peak_memory_bytes"]
+    assert_one_clear_error(run_cli(base + ["--grad-reduce", "microbatch"]), "--grad-reduce microbatch", "--zero")
