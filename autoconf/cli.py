@@ -291,7 +291,7 @@ def profiles(as_json: bool) -> None:
               help="keep the blocks' saved activations in host memory (torch save_on_cpu)")
 @click.option("--offload-optimizer", is_flag=True,
               help="keep parameters, gradients and optimizer states in host memory, optimizer step on the CPU "
-                   "(FSDP2 CPUOffloadPolicy; needs --zero >= 1 and --dp > 1)")
+                   "(FSDP2 CPUOffloadPolicy; needs --zero >= 1 and dp x cp > 1)")
 @click.option("--grad-reduce", type=click.Choice(GRAD_REDUCE), default="step", show_default=True,
               help="sharded gradients (ZeRO >= 1): held unsharded until the step's last micro-batch, or "
                    "reduce-scattered every micro-batch (the layout label's rs-mb)")

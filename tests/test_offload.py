@@ -3,8 +3,8 @@ load and default off; what leaves the device is what the host holds; the copies 
 the host rates say; the executor's hook moves what the cost model counts; the search weighs offload only where a
 layout does not fit without it; the profiler measures the host; the exports carry it. The executor's losses with
 offload at tp 1, pp 1 are checked in tests/test_execute.py's world-2 job; with tp 2 x pp 2 here, in the shared
-world-8 job, and in fp8 at pp 2 x dp 2 in the world-4 job, with what each rank holds on the host against the
-estimate."""
+world-8 job, with cp 2 alone in the world-2 job, and in fp8 at pp 2 x dp 2 in the world-4 job, with what each rank
+holds on the host against the estimate."""
 
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ GPT2 = ModelSpec(name="test-gpt2", arch="gpt", num_layers=2, hidden_size=64, num
 HOST_PROBE = {"probe": "tests/offload_probe.py"}
 
 
-def _offload_plan(**layout) -> Plan:
-    plan = even_plan(GPT2, dp=2, zero=3, **layout)
+def _offload_plan(dp: int = 2, **layout) -> Plan:
+    plan = even_plan(GPT2, dp=dp, zero=3, **layout)
     plan.config = dataclasses.replace(plan.config, offload_optimizer=True)
     plan.validate()
     return plan
@@ -56,7 +56,9 @@ def _offload_plan(**layout) -> Plan:
 # pipeline does not (measured 2026-12-02: bit for bit, and the same with ZeRO-3).
 LAYOUTS = {"gpt2": Layout(1, even_plan(GPT2)),
            "gpt2-tp2-pp2-dp2-1f1b-zero3-offload-optimizer": Layout(8, _offload_plan(tp=2, pp=2, schedule="1f1b"),
-                                                                   HOST_PROBE)}
+                                                                   HOST_PROBE),
+           # context parallelism alone: FSDP shards over dp x cp, so the host holds 16 / (dp x cp) bytes per parameter
+           "gpt2-cp2-zero3-offload-optimizer": Layout(2, _offload_plan(dp=1, cp=2), HOST_PROBE)}
 if importlib.util.find_spec("torchao") is not None:
     from test_fp8 import _layout_plan
 
@@ -100,7 +102,7 @@ def test_bad_offload_input_is_one_clear_line(tmp_path):
     assert_one_clear_error(run_cli([*args, "--cluster", "grand-teton-h100-96g-500w", "--offload-activations"]),
                            "states no host memory")
     assert_one_clear_error(run_cli([*args[:-2], "--cluster", "dgx-h100-80g", "--offload-optimizer"]),
-                           "offload_optimizer", "zero_stage >= 1 and dp > 1")
+                           "offload_optimizer", "zero_stage >= 1 and dp x cp > 1")
     small = load_cluster("dgx-h100-80g").to_dict()
     small["host"] = {**small["host"], "memory_bytes": 64 * GiB}
     path = tmp_path / "small-host.json"
@@ -240,7 +242,8 @@ def test_exports_carry_offload():
 @pytest.mark.parametrize("name", [n for n in LAYOUTS if n.endswith("offload-optimizer")])
 def test_optimizer_offload_with_tp_pp_and_fp8_trains_as_without_it_and_holds_the_estimated_host_bytes(
         name, tmp_path_factory):
-    """offload_optimizer at tp 2 x pp 2 x dp 2 (1F1B, ZeRO-3) and in fp8 at pp 2 x dp 2 (ZeRO-1, fp8 all-gather):
+    """offload_optimizer at tp 2 x pp 2 x dp 2 (1F1B, ZeRO-3), at cp 2 without dp (ZeRO-3 over the cp ranks) and in
+    fp8 at pp 2 x dp 2 (ZeRO-1, fp8 all-gather):
     every step's loss and gradient norm are those of the single-process run (fp8: of the fp8 plan at dp 2)
     within 1e-4, and each rank's parameter shards, gradient shards and AdamW moments (counted on the executor's
     tensors, tests/offload_probe.py) are what the estimate puts on that pipeline rank's host, with nothing left for

@@ -61,10 +61,10 @@ def activation_copy_times(cluster: ClusterProfile, nbytes: float) -> tuple[float
 
 def gather_copy_time(cluster: ClusterProfile, config: ParallelConfig, params: float) -> float:
     """Seconds of the fp32 shard copies to the device before one FSDP all-gather of `params` parameters (per TP
-    rank) under offload_optimizer; 0 without it."""
+    rank, sharded over dp x cp as FSDP's mesh is) under offload_optimizer; 0 without it."""
     if not config.offload_optimizer:
         return 0.0
-    return params * 4 / config.dp / float(cluster.host["h2d_Bps"])
+    return params * 4 / config.dp_cp / float(cluster.host["h2d_Bps"])
 
 
 def reduce_copy_time(cluster: ClusterProfile, config: ParallelConfig, params: float) -> float:
@@ -72,7 +72,7 @@ def reduce_copy_time(cluster: ClusterProfile, config: ParallelConfig, params: fl
     offload_optimizer; 0 without it."""
     if not config.offload_optimizer:
         return 0.0
-    return params * 4 / config.dp / float(cluster.host["d2h_Bps"])
+    return params * 4 / config.dp_cp / float(cluster.host["d2h_Bps"])
 
 
 def cpu_optimizer_time(cluster: ClusterProfile, local_params: float) -> float:
@@ -81,12 +81,12 @@ def cpu_optimizer_time(cluster: ClusterProfile, local_params: float) -> float:
 
 
 def host_state_bytes_per_param(config: ParallelConfig, layout: str, experts: bool = False) -> float:
-    """Host bytes per local parameter under offload_optimizer: fp32 weights, gradients and moments, sharded over dp
-    (torch: 4 + 4 + 8; Megatron: master weights and moments 12 and the fp32 gradient copy 4), a routed expert's over
-    the expert-data-parallel degree edp; 0 without it."""
+    """Host bytes per local parameter under offload_optimizer: fp32 weights, gradients and moments, sharded over
+    dp x cp as ZeRO shards them (torch: 4 + 4 + 8; Megatron: master weights and moments 12 and the fp32 gradient copy
+    4), a routed expert's over the expert-data-parallel degree edp; 0 without it."""
     if not config.offload_optimizer:
         return 0.0
-    return 16.0 / (config.edp if experts else config.dp)
+    return 16.0 / (config.edp if experts else config.dp_cp)
 
 
 def host_memory_per_node(cluster: ClusterProfile, rank_host_bytes: list[float]) -> float:

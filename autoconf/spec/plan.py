@@ -260,8 +260,8 @@ class ParallelConfig:
             if not isinstance(getattr(self, name), bool):
                 out.append(f"{name} must be true or false (got {getattr(self, name)!r})")
         if self.offload_optimizer is True and not self.zero_sharded:
-            out.append(f"offload_optimizer (FSDP2 CPUOffloadPolicy) needs FSDP sharding: zero_stage >= 1 and dp > 1 "
-                       f"(got zero_stage {self.zero_stage}, dp {self.dp})")
+            out.append(f"offload_optimizer (FSDP2 CPUOffloadPolicy) needs FSDP sharding: zero_stage >= 1 and dp x cp "
+                       f"> 1 (got zero_stage {self.zero_stage}, dp x cp {self.dp_cp})")
         if self.attention not in ATTENTION:
             out.append(f"attention {self.attention!r} is not one of {', '.join(ATTENTION)}")
         if self.grad_reduce not in GRAD_REDUCE:
