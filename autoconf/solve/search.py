@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from autoconf.cost.comm import distinct_pair_sets, p2p_time
+from autoconf.cost.cp_ring import torch_ring
 from autoconf.cost.compute import PassTimes, measured_tp_layer, model_pieces, rank_optimizer_time
 from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, cp_attention_comm, default_mesh, default_partition,
                                     dp_collectives, estimate, exposed_dp, overlapped_tp_layer, overlaps_pairs,
@@ -120,8 +121,9 @@ class _BoundCache:
         return self._owner[key]
 
     def _layer(self, c: ParallelConfig):
+        # (the recompute mode and policy decide only whether cp > 1 runs torch's ring: `cp_ring.torch_ring`)
         key = (c.tp, c.cp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len, c.ep, c.etp,
-               c.seq_chunks)
+               c.seq_chunks, c.compile, torch_ring(self.model, c, self.execution))
         if key not in self._pieces:
             # A CPU rank may get a whole core when others wait: bound with the fastest share.
             self._pieces[key] = model_pieces(self.model, self.cluster, c, share=1.0, execution=self.execution)
@@ -297,8 +299,12 @@ class _BoundCache:
                         + run(layers, 2))
 
         busy = rank_work(rank_layers, rank_rc)
-        if c.recompute_layers is not None:  # each rank of the uniform partition with its own recomputed layers
-            busy = max(busy, max(rank_work(layers, recomputed) for layers, recomputed in self._rank_shapes(c)))
+        # With per-stage counts each rank of the uniform partition does its own work; the busiest one's bounds the
+        # step, but not together with the bubble: the ranks that recompute less run ahead, so the busiest waits
+        # less than the textbook bubble (pp 2, 1F1B: 2(f1 + b1) - (f0 + b0), not f1 + b1). The bubble goes with the
+        # least recompute's work: the step is no shorter than with every rank's work cut to that.
+        busiest = busy if c.recompute_layers is None else max(
+            rank_work(layers, recomputed) for layers, recomputed in self._rank_shapes(c))
         spec = schedule_spec(c.schedule)
         bubble = spec.bubble(c.pp, chunk_fwd, chunk_bwd, chunk_w)
         hops = self._hops(c)
@@ -317,7 +323,7 @@ class _BoundCache:
                                                self._fewest_block_params(c, per_stage_layers)
                                                + self._stage_experts(c, per_stage_layers)[1],
                                                per_stage_layers, c.dp_cp)
-        compute_path = first_gather + busy + idle + last_reduce
+        compute_path = first_gather + max(busy + idle, busiest) + last_reduce
         # Micro-batch 0 passes every stage forward and backward in turn, hopping ranks between stages.
         every = (model.num_layers * (layer_fwd + layer_bwd) if len(kinds) == 1
                  else run(model.num_layers, 0, 2 * one) + run(model.num_layers, 1, 2 * one))
@@ -571,7 +577,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     # A family's bound is at most each member's: the least bound of its members without recompute, which is at most
     # the bound of their twins that recompute (bounded with no layer recomputed: the same time bound, plus each
     # rank's own layers where it reads per-stage counts; tests/test_search.py checks it). Not so where activations
-    # are offloaded (their copies shrink with recompute): there every member counts.
+    # are offloaded (their copies shrink with recompute): there every member counts; nor for a member whose
+    # selective policy takes context-parallel attention off torch's ring (`bound_of_fields`' note).
     relaxed = per_stage and not fixed.get("offload_activations")
     families: dict[tuple, list] = {}  # family fields -> [bound, [(order, config) of its launchable members]]
     # What the user chose and the executor does not run, a pinned schedule (dualpipe) or a precision recipe of
@@ -586,7 +593,9 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         # policy: their recompute time enters only times a count of 0, and without offloaded activations (whose
         # copies the policy sizes) the twins in selective and full recompute share one bound.
         unfitted = per_stage and config.recompute != "none" and not config.offload_activations
-        fields = (True, _UNFITTED_FIELDS(config)) if unfitted else _BOUND_FIELDS(config)
+        # (under cp the policy also decides whether the attention runs torch's ring: `cp_ring.torch_ring`)
+        fields = ((True, _UNFITTED_FIELDS(config), torch_ring(model, config, execution)) if unfitted
+                  else _BOUND_FIELDS(config))
         if fields not in bound_by_fields:
             changes = {"grad_reduce": "step"} if config.grad_reduce != "step" else {}
             if per_stage and config.recompute != "none":
@@ -600,7 +609,9 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         if pinned_offload and config.offloads:  # refused in one line on a profile without host facts
             check_offload(cluster, config)
         family = families.setdefault(_FAMILY_FIELDS(config), [math.inf, []])
-        if not relaxed or config.recompute == "none":  # (launchable or not: the bound reads neither)
+        # (launchable or not: the bound reads neither); a recompute member is bounded apart where its policy takes
+        # context-parallel attention off torch's ring, which its twin without recompute runs
+        if not relaxed or config.recompute == "none" or (config.cp > 1 and not torch_ring(model, config, execution)):
             family[0] = min(family[0], bound_of_fields(config))
         reason = unsupported_reason(config) if launchable_only else None
         if reason and reason not in chosen_unrun:
@@ -734,7 +745,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             if fitted == OFFLOAD_PARENT:
                 skipped = {"time": 0, "memory": 0, "unlaunchable": 0}
                 for entry in _offload_twins(cache, launchable_only, (time_bound, key, order, config, fitted), limit,
-                                            -best[0][0] if len(best) >= top_k else math.inf, bound_of, skipped):
+                                            -best[0][0] if len(best) >= top_k else math.inf, bound_of, skipped,
+                                            per_stage):
                     heapq.heappush(heap, entry)
                     twins += 1
                 pruned_time += skipped["time"]
@@ -905,14 +917,18 @@ def _offload_parents(cache: "_BoundCache", levers: list[tuple[bool, bool]], unfi
 
 
 def _offload_twins(cache: "_BoundCache", launchable_only: bool, entry: tuple, limit: float, cutoff: float,
-                   bound_of: dict, skipped: dict[str, int]) -> list[tuple]:
-    """The walk's entries (time bound, key, order, config, FITTED) of a parent's offloading twins worth walking
+                   bound_of: dict, skipped: dict[str, int], per_stage: bool) -> list[tuple]:
+    """The walk's entries (time bound, key, order, config, how far fitted) of a parent's offloading twins worth walking
     (`entry`: its `_offload_parents` entry): each lever combination the layout allows whose twin can move enough off
     the device (at most the activations, or the weights, gradients and optimizer states) and whose bound is below
     `cutoff` (the K-th best time of the walk so far: nothing at or beyond it can enter the K best). A twin's work on
     its busiest rank (`busy_bound`, below its time bound) is checked first, as it is cheaper, then the parent's floor
     of what stays on the device where it has one (`_BoundCache.offload_floor`); the parent's memory entry is asked
-    only then. Each twin left out is counted in `skipped` by why: "time", "memory" or "unlaunchable"."""
+    only then. Each twin left out is counted in `skipped` by why: "time", "memory" or "unlaunchable". Under
+    `per_stage` a twin that recomputes and keeps its activations on the device enters UNFITTED, bounded as
+    recomputing no layer, so the walk fits its fewest recomputed layers as it does its parent's (the parent did not
+    fit recomputing every layer, which the twin may not need); one that offloads activations keeps every layer
+    recomputed (its copies shrink with recompute, so no count's bound is below the others')."""
     parent_busy, _, index, ((_, _, config, parent_memory, floor), allowed), _ = entry
     out = []
     memory = None
@@ -937,11 +953,16 @@ def _offload_twins(cache: "_BoundCache", launchable_only: bool, entry: tuple, li
         if launchable_only and unsupported_reason(twin):
             skipped["unlaunchable"] += 1
             continue
+        refit = per_stage and twin.recompute != "none" and not activations
+        if refit:
+            twin = replaced(twin, recompute_layers=None)
         once = replaced(twin, grad_reduce="step") if twin.grad_reduce != "step" else twin
+        if refit:
+            once = replaced(once, recompute_layers=(0,) * twin.num_stages)
         if once not in bound_of:
             bound_of[once] = cache.time_bound(once)
         if bound_of[once] < cutoff:
-            out.append((bound_of[once], ranking_key(twin), index, twin, FITTED))
+            out.append((bound_of[once], ranking_key(twin), index, twin, UNFITTED if refit else FITTED))
         else:
             skipped["time"] += 1
     return out
