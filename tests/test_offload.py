@@ -276,3 +276,20 @@ def test_the_executor_runs_optimizer_offload_wherever_it_runs_the_layout_without
                                               {"dtype": "fp8", "pp": 2, "dp": 4}))
     refused = reason(dtype="fp8", tp=2, dp=4)
     assert "tp 2" in refused and "offload" not in refused
+
+
+def test_offloaded_expert_state_is_on_the_host_only_even_where_edp_is_1():
+    """At dp 2 x ep 2 the routed experts have no expert-data-parallel ranks (edp 1), yet the executor offloads their
+    unit with the rest: their fp32 weights and AdamW moments are on the host (16 bytes per parameter there), none
+    on the device (the device counted them too, 12 bytes per expert parameter twice over)."""
+    from autoconf.cost.memory import state_bytes_per_param
+    from autoconf.cost.offload import host_state_bytes_per_param
+
+    c = ParallelConfig(tp=1, pp=1, dp=2, ep=2, micro_batch_size=1, global_batch_size=8, seq_len=64, zero_stage=3,
+                       offload_optimizer=True)
+    assert c.edp == 1
+    weights, _, optimizer, _ = state_bytes_per_param(c, "torch", experts=True)
+    assert weights == optimizer == 0.0
+    assert host_state_bytes_per_param(c, "torch", experts=True) == 16.0
+    plain = dataclasses.replace(c, offload_optimizer=False)
+    assert state_bytes_per_param(plain, "torch", experts=True)[2] == 8.0  # on the device without offload

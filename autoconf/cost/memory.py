@@ -496,7 +496,10 @@ def state_bytes_per_param(config: ParallelConfig, layout: str, experts: bool = F
     `experts`, of a routed-expert parameter: ZeRO shards over edp instead of dp x cp. `execution`: the megatron
     layout's gradient buffer dtype and optimizer (Megatron-LM's fp32 buffer and distributed optimizer without)."""
     dp = config.edp if experts else config.dp_cp
-    z = config.zero_stage if config.zero_stage >= 1 and dp > 1 else 0
+    # FSDP shards over the group (`dp` > 1); optimizer offload moves the experts' state to the host even where edp
+    # is 1 (their unit offloads with the rest: the host counts them, cost/offload.py)
+    offloaded = experts and config.offload_optimizer and config.zero_sharded
+    z = config.zero_stage if config.zero_stage >= 1 and (dp > 1 or offloaded) else 0
     compute = DTYPE_BYTES[config.dtype]
     if layout == "megatron":
         # fp32 master weights (apex: their 16-bit remainders), two Adam moments in the framework's dtype or the
@@ -566,21 +569,21 @@ def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str
         return 0.0, 0.0
     e = DTYPE_BYTES[c.dtype]
     root_all, root_early = root_unit_params(model, c) if root is None else root
-    block = largest_block_bytes(model, c)
+    block, unit = largest_block_bytes(model, c), largest_unit_bytes(model, c)
     if holds_unsharded_params(c):
         # ZeRO-1/2 gather the whole copy unit by unit in the forward, each unit's all-gather output kept until the
         # next one gathers; ZeRO-3 under a pipeline completes it in the backward, where nothing is kept.
-        params = block * e if c.zero_stage < 3 else 0.0
-    else:
-        params = (root_all + 2 * block) * e
+        params = unit * e if c.zero_stage < 3 else 0.0
+    else:  # (an MoE block's routed experts are a unit of their own inside it: a block and one more unit)
+        params = (root_all + block + unit) * e
     if holds_unsharded_grads(c):
         # In the reducing backward, a reduced block's sharded gradient exists while its fp32 reduce-scatter input
-        # is kept instead of its unsharded gradient: one block's 4/dp more. Under mixed precision each backward
+        # is kept instead of its unsharded gradient: one unit's shard more. Under mixed precision each backward
         # first writes a block's gradient in the compute dtype, then adds it to the fp32 sum.
-        grads = block * 4 / c.dp_cp + (block * e if e != 4 else 0.0)
+        grads = unit_grad_shard_bytes(model, c) + (block * e if e != 4 else 0.0)
     else:
-        in_flight = block * 4 if blocks >= 1 else 0.0  # the last reduced block's input, at the root's reduction
-        grads = max(root_all * e + in_flight, (root_early + block) * e + (block * 4 if blocks >= 2 else 0.0))
+        in_flight = unit * 4 if blocks >= 1 else 0.0  # the last reduced unit's input, at the root's reduction
+        grads = max(root_all * e + in_flight, (root_early + block) * e + (unit * 4 if blocks >= 2 else 0.0))
     return params, grads
 
 
@@ -595,6 +598,36 @@ def largest_block_bytes(model: ModelSpec, c: ParallelConfig) -> float:
     if key not in _largest_blocks:
         _largest_blocks[key] = max(sum(block_local_params(model, c, moe)) for moe in layer_kinds(model))
     return _largest_blocks[key]
+
+
+def largest_unit_bytes(model: ModelSpec, c: ParallelConfig) -> float:
+    """Parameters one rank holds of its largest FSDP unit: a dense block, or of an MoE block the larger of its routed
+    experts (a unit of their own, execute/parallelize.py `apply_data_parallel`) and the rest of the block
+    (`block_local_params`' two parts). Equal to `largest_block_bytes` on a dense model."""
+    key = (model, c.tp, c.ep, c.etp, "unit")
+    if key not in _largest_blocks:
+        _largest_blocks[key] = max(max(block_local_params(model, c, moe)) for moe in layer_kinds(model))
+    return _largest_blocks[key]
+
+
+def unit_grad_shard_bytes(model: ModelSpec, c: ParallelConfig) -> float:
+    """fp32 bytes of the largest FSDP unit's sharded gradient on one rank (`largest_unit_bytes`' units): a block's
+    over dp x cp, an MoE block's routed experts over edp (their own unit and group); `largest_block_bytes` /
+    (dp x cp) on a dense model."""
+    expert_shard = c.edp if c.zero_stage >= 1 else 1
+    return max(4 * max(dense / c.dp_cp, experts / expert_shard)
+               for dense, experts in (block_local_params(model, c, moe) for moe in layer_kinds(model)))
+
+
+def full_vocab_embedding_grad_bytes(model: ModelSpec, c: ParallelConfig, layout: str) -> float:
+    """Bytes beyond its 1/tp share that the first stage's embedding gradient holds in the executor under TP while
+    gradients accumulate unsharded (ZeRO-0, or sharded with `holds_unsharded_grads`): its backward returns the
+    gradient of the whole vocabulary's table on every TP rank, in fp32, and it stays that size until the step
+    (measured on CPU, 2026-12-04: 4 V h (1 - 1/tp) more at tp 2). Tied embeddings are the head's weight and do not
+    hold it; 0 in the megatron layout (vocab-parallel)."""
+    if layout != "torch" or c.tp == 1 or model.tied_embeddings or (c.zero_sharded and not holds_unsharded_grads(c)):
+        return 0.0
+    return 4.0 * model.vocab_size * model.hidden_size * (1 - 1 / c.tp)
 
 
 def p2p_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:
@@ -928,6 +961,8 @@ class RankMemory:
         params = (local_params * (w_b + copy_b) + local_experts * (expert_bytes[0] + expert_bytes[3]) + param_buffer
                   + fp8_cache_bytes)
         grads = local_params * g_b + local_experts * expert_bytes[1] + grad_buffer
+        if 0 in stages:
+            grads += full_vocab_embedding_grad_bytes(model, c, layout)
         optimizer = local_params * o_b + local_experts * expert_bytes[2]
         host = (local_params * host_state_bytes_per_param(c, layout)
                 + local_experts * host_state_bytes_per_param(c, layout, experts=True)) if c.offloads else 0.0
