@@ -231,3 +231,18 @@ def test_megatron_combined_1f1b_hides_the_exchange_of_interleaved_1f1b_and_holds
     assert {"--overlap-moe-expert-parallel-comm", "--delay-wgrad-compute"} <= set(lines) <= set(declared)
     assert not set(plain.export_lines("megatron", c)) & {"--overlap-moe-expert-parallel-comm"}
     assert "--overlap-moe-expert-parallel-comm" not in paired.export_lines("megatron", dataclasses.replace(c, ep=1))
+
+
+@pytest.mark.parametrize("vpp", [2, 4])
+def test_combined_1f1b_without_a_steady_phase_pairs_nothing(vpp):
+    """With as many micro-batches as pipeline ranks the interleaved warmup takes every forward: Megatron runs no
+    steady (combined) step, so no forward is paired with the backward after it; pairing the last warmup forward with
+    the first cooldown backward made the simulation deadlock (an AssertionError out of `plan`)."""
+    from autoconf.spec.schedule_orders import interleaved_combined_pairs
+
+    assert interleaved_combined_pairs(0, 2, vpp, 2) == ()
+    cluster = load_cluster("dgx-h100-80g", 4, 8)
+    paired = FRAMEWORKS["megatron-core"].replace(overlap_paired_chunks=True)
+    c = config(pp=2, vpp=vpp, dp=16, ep=4, schedule="interleaved-1f1b", global_batch_size=32)
+    assert c.num_microbatches == 2
+    assert math.isfinite(predict(TINY_MOE, cluster, c, execution=paired)[3]["iteration_time_s"])

@@ -520,3 +520,37 @@ def test_an_offloading_twin_recomputes_only_the_layers_it_needs():
         every = dataclasses.replace(c, recompute_layers=None)
         assert c.recompute_layers == fewest_recomputed(model, cluster, every, default_partition(model, every)
                                                        ).recompute_layers, c.label()
+
+
+def test_fp8_bounds_read_the_zero_sharding_of_the_weight_casts():
+    """Under fp8 with FSDP's fp8 all-gather a rank casts only its weight shard, so the cached pieces of a ZeRO-0
+    candidate are not a ZeRO-2 one's: the bound stays below the estimate whichever the cache saw first."""
+    from autoconf.cost.estimate import Execution
+    from autoconf.solve.search import _BoundCache
+
+    model, cluster = PRESETS["llama3-8b"], load_cluster("dgx-h100-80g", nodes=2)
+    base = dict(tp=1, pp=1, dp=16, micro_batch_size=1, global_batch_size=128, seq_len=4096, dtype="fp8")
+    sharded = ParallelConfig(**base, zero_stage=2, recompute="selective", selective_recompute="alternate_matmuls",
+                             recompute_layers=[9])
+    cache = _BoundCache(model, cluster, Execution())
+    cache.time_bound(ParallelConfig(**base, zero_stage=0))
+    step = estimate(model, cluster, sharded, detail=False).prediction["iteration_time_s"]
+    assert cache.time_bound(sharded) <= step * (1 + 1e-9) and cache.busy_bound(sharded) <= step * (1 + 1e-9)
+
+
+def test_memory_bounds_of_a_model_with_mtp_read_the_estimates_partition():
+    """With MTP modules the estimate's partition makes room for them on the last stage; under a V placement rank 0
+    holds the first and the last stage, so bounding it on the plain even split overstated its memory (a layout
+    that fits was pruned)."""
+    from autoconf.solve.search import _BoundCache
+    from autoconf.spec.frameworks import execution
+
+    model = dataclasses.replace(PRESETS["deepseek-v3"], num_layers=8, name="deepseek-v3-8")
+    cluster = load_cluster("dgx-h800-80g", nodes=4)
+    c = ParallelConfig(tp=1, pp=2, dp=16, ep=16, vpp=2, schedule="dualpipev", micro_batch_size=1,
+                       global_batch_size=256, seq_len=4096, zero_stage=1, recompute="selective",
+                       recompute_layers=[0, 3, 0, 0])
+    deepseek = execution("deepseek")
+    peak = estimate(model, cluster, c, execution=deepseek, detail=False).prediction["peak_memory_bytes"]
+    cache = _BoundCache(model, cluster, deepseek)
+    assert cache.state_bound(c) <= cache.memory_bound(c) <= peak * (1 + 1e-9)

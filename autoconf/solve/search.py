@@ -47,10 +47,11 @@ from autoconf.solve.placement import tp_cp_domain
 from autoconf.solve.recompute import fewest_counts, fewest_recomputed
 from autoconf.solve.space import candidates, normalise_fixed, replaced, with_changes
 from autoconf.spec.cluster import ClusterProfile
+from autoconf.spec.dtypes import precision
 from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import OFFLOADS, ParallelConfig, Plan, cp_split_problem, node_blocks, uniform_partition
+from autoconf.spec.plan import OFFLOADS, ParallelConfig, Plan, cp_split_problem, node_blocks
 from autoconf.spec.schedules import SCHEDULES, schedule_spec, stage_to_rank
 
 # Every config field but grad_reduce: what the time bound reads (`search` shares one bound between twins).
@@ -121,9 +122,11 @@ class _BoundCache:
         return self._owner[key]
 
     def _layer(self, c: ParallelConfig):
-        # (the recompute mode and policy decide only whether cp > 1 runs torch's ring: `cp_ring.torch_ring`)
+        # (the recompute mode and policy decide only whether cp > 1 runs torch's ring: `cp_ring.torch_ring`; the
+        # weight casts of a dynamic-scaling fp8 dtype read the ZeRO sharding: `fp8.cast_seconds`)
         key = (c.tp, c.cp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len, c.ep, c.etp,
-               c.seq_chunks, c.compile, torch_ring(self.model, c, self.execution))
+               c.seq_chunks, c.compile, torch_ring(self.model, c, self.execution),
+               (c.zero_sharded, c.dp_cp) if precision(c.dtype).dynamic_scaling else None)
         if key not in self._pieces:
             # A CPU rank may get a whole core when others wait: bound with the fastest share.
             self._pieces[key] = model_pieces(self.model, self.cluster, c, share=1.0, execution=self.execution)
@@ -200,13 +203,13 @@ class _BoundCache:
         return self._pair_sets[key]
 
     def _rank_layers(self, c: ParallelConfig) -> tuple[float, ...]:
-        """Transformer layers the uniform partition gives each pipeline rank per micro-batch: under two directions
+        """Transformer layers the default partition gives each pipeline rank per micro-batch: under two directions
         (dualpipe) the mean of its two copies' model stages, each passed by half the micro-batches."""
         directions = schedule_spec(c.schedule).directions
         key = (c.pp, c.vpp, schedule_spec(c.schedule).v_placement, directions)
         if key not in self._layers_of_rank:
             owner = self._stage_to_rank(c)
-            parts = uniform_partition(self.model.num_layers, c.num_stages)
+            parts = default_partition(self.model, c)
             layers = [0] * c.pp
             for st, r in enumerate(owner):
                 first, end = parts[st % len(parts)]
@@ -226,7 +229,7 @@ class _BoundCache:
         return self._recomputed_of[key]
 
     def _rank_shapes(self, c: ParallelConfig) -> frozenset[tuple[int, int]]:
-        """The distinct (layers, recomputed layers) of the pipeline ranks of the uniform partition under
+        """The distinct (layers, recomputed layers) of the pipeline ranks of the default partition under
         `c.recompute_layers`: ranks of the same shape do the same work."""
         key = (c.schedule, c.pp, c.vpp, c.recompute_layers)
         if key not in self._shapes:
@@ -255,7 +258,7 @@ class _BoundCache:
         return _Bounds(self.time_bound(c), self.memory_bound(c))
 
     def time_bound(self, c: ParallelConfig) -> float:
-        """A lower bound on the simulated iteration time of the uniform partition.
+        """A lower bound on the simulated iteration time of the default partition.
 
         Time: the busiest rank's work (at least ceil(L/pp) layers, each pass at least its FSDP gather; of a model
         with dense and MoE blocks, as many MoE blocks as the dense ones leave, with their exposed token exchange:
@@ -267,8 +270,8 @@ class _BoundCache:
         model = self.model
         block_fwd, block_bwd_in, block_bwd_w, one, recompute = self._per_layer(c)
         S = c.num_stages
-        per_stage_layers = model.num_layers // S
-        # Recomputed layers (`recompute_layers`, counted on the uniform partition): at least these many in the
+        per_stage_layers = self._smallest_stage(c)
+        # Recomputed layers (`recompute_layers`, counted on the default partition): at least these many in the
         # smallest stage, on the rank recomputing least, and in all.
         n, rank_layers = S // c.pp, self._busiest_layers(c)
         stage_rc, rank_rc, total_rc = self._recomputed(c, per_stage_layers, rank_layers)
@@ -299,7 +302,7 @@ class _BoundCache:
                         + run(layers, 2))
 
         busy = rank_work(rank_layers, rank_rc)
-        # With per-stage counts each rank of the uniform partition does its own work; the busiest one's bounds the
+        # With per-stage counts each rank of the default partition does its own work; the busiest one's bounds the
         # step, but not together with the bubble: the ranks that recompute less run ahead, so the busiest waits
         # less than the textbook bubble (pp 2, 1F1B: 2(f1 + b1) - (f0 + b0), not f1 + b1). The bubble goes with the
         # least recompute's work: the step is no shorter than with every rank's work cut to that.
@@ -336,20 +339,20 @@ class _BoundCache:
         (`time_bound`'s compute path holds it)."""
         fwd, bwd_in, bwd_w, one, recompute = self._per_layer(c)
         rank_layers = self._busiest_layers(c)
-        rank_rc = self._recomputed(c, self.model.num_layers // c.num_stages, rank_layers)[1]
+        rank_rc = self._recomputed(c, self._smallest_stage(c), rank_layers)[1]
         units = c.num_microbatches * c.seq_chunks  # seq1f1b: sequence chunks
         return units * (rank_layers * (fwd + bwd_in + bwd_w + 4 * one) + rank_rc * recompute)
 
     def _busiest_layers(self, c: ParallelConfig) -> float:
         """Layers per micro-batch of the busiest rank: at least ceil(L/pp); under two directions (dualpipe), where a
-        rank's are the mean of its two model stages', those of the uniform partition's busiest rank."""
+        rank's are the mean of its two model stages', those of the default partition's busiest rank."""
         if schedule_spec(c.schedule).directions > 1:
             return max(self._rank_layers(c))
         return math.ceil(self.model.num_layers / c.pp)
 
     def _recomputed(self, c: ParallelConfig, stage_layers: int, rank_layers: int) -> tuple[int, int, int]:
         """(smallest stage's, least rank's, all) recomputed layers of `c`: with every layer recomputing, the
-        uniform partition's smallest stage, the busiest rank's layers and every layer (the busiest rank holds at
+        default partition's smallest stage, the busiest rank's layers and every layer (the busiest rank holds at
         least `rank_layers`); with per-stage counts, read from them."""
         if c.recompute_layers is None:
             return stage_layers, rank_layers, self.model.num_layers
@@ -399,7 +402,8 @@ class _BoundCache:
         weight backward, recompute) per layer (the MoE token exchange left out), plus the estimate's own activation
         copies of offload_activations (on the compute stream) and exposed CP K/V exchange."""
         key = (c.tp, c.cp, c.cp_comm, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len,
-               c.recompute, c.ep, c.etp, c.offload_activations, c.selective_recompute, c.seq_chunks)
+               c.recompute, c.ep, c.etp, c.offload_activations, c.selective_recompute, c.seq_chunks,
+               (c.zero_sharded, c.dp_cp) if precision(c.dtype).dynamic_scaling else None)  # (`_layer`'s note)
         if key not in self._layers:
             one = self._tp_collective(c)
             kinds = [self._layer(c).kind(moe) for moe in layer_kinds(self.model)]
@@ -421,7 +425,7 @@ class _BoundCache:
         return self._layers[key]
 
     def _optimizer(self, c: ParallelConfig) -> float:
-        """The optimizer step of pipeline rank 0 of the uniform partition (the estimate's slowest rank is no
+        """The optimizer step of pipeline rank 0 of the default partition (the estimate's slowest rank is no
         faster): the estimate's own `rank_optimizer_time` on the rank's parameters and routed-expert parameters
         (`stage_params`, `stage_expert_params` of its stages), with the execution's passes over the main-gradient
         buffer."""
@@ -433,16 +437,16 @@ class _BoundCache:
 
     def _rank0_parameters(self, c: ParallelConfig) -> tuple[float, float, float]:
         """(parameters, routed-expert parameters, TP-replicated parameters) of pipeline rank 0's stages on the
-        uniform partition, all TP and EP ranks together (`rank_params`)."""
+        default partition, all TP and EP ranks together (`rank_params`)."""
         key = (c.pp, c.vpp, c.schedule)
         if key not in self._rank0_params:
-            partition, owner = self._uniform_layout(c)
+            partition, owner = self._default_layout(c)
             stages = [st % len(partition) for st, r in enumerate(owner) if r == 0]  # (dualpipe: model stages)
             self._rank0_params[key] = rank_params(self.model, partition, stages)
         return self._rank0_params[key]
 
     def memory_bound(self, c: ParallelConfig) -> float:
-        """The estimate's own memory of pipeline rank 0 (cost/memory.stage_memory on the uniform partition, with the
+        """The estimate's own memory of pipeline rank 0 (cost/memory.stage_memory on the default partition, with the
         in-flight counts the estimate reads off the schedule's order): the estimate's peak is the largest rank's."""
         return self.rank0_memory(c)["total"]
 
@@ -452,10 +456,10 @@ class _BoundCache:
         return host_memory_per_node(self.cluster, [self.rank0_memory(c).get("host", 0.0)])
 
     def memory(self, c: ParallelConfig) -> list[dict]:
-        """cost/memory.stage_memory of every pipeline rank on the uniform partition with the in-flight counts of the
+        """cost/memory.stage_memory of every pipeline rank on the default partition with the in-flight counts of the
         schedule's order: the estimate's own `memory_per_stage` of the default layout (the simulation counts the
         same in-flight micro-batches from the same order)."""
-        partition, owner = self._uniform_layout(c)
+        partition, owner = self._default_layout(c)
         inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, seq_chunks=c.seq_chunks)
         return stage_memory(self.model, self.cluster, c, partition, owner, inflight, self.execution.memory_layout,
                             selective=selective_policy(c, self.execution), execution=self.execution)
@@ -472,17 +476,24 @@ class _BoundCache:
                             inflight, self.execution.memory_layout, selective=selective_policy(c, self.execution),
                             execution=self.execution)
 
-    def _uniform_layout(self, c: ParallelConfig) -> tuple[list, tuple[int, ...]]:
-        """(uniform partition, stage-to-rank owner) of `c`'s pipeline."""
+    def _smallest_stage(self, c: ParallelConfig) -> int:
+        """Layers of the smallest stage of the default partition (floor(L / stages) but with MTP modules, whose
+        room on the last stage leaves it fewer)."""
+        return min(end - first for first, end in self._default_layout(c)[0])
+
+    def _default_layout(self, c: ParallelConfig) -> tuple[list, tuple[int, ...]]:
+        """(the estimate's default partition, stage-to-rank owner) of `c`'s pipeline: the uniform one, or with MTP
+        modules the one that makes room for them on the last stage (bounding the uniform one instead overstated a V
+        placement's rank 0, which holds the first and the last stage)."""
         key = (c.pp, c.vpp, c.schedule)
         if key not in self._layout:
             owner = self._stage_to_rank(c)
-            self._layout[key] = (uniform_partition(self.model.num_layers, c.num_stages), owner)
+            self._layout[key] = (default_partition(self.model, c), owner)
         return self._layout[key]
 
     def state_bound(self, c: ParallelConfig) -> float:
         """A lower bound of `memory_bound`, without its per-config work (unit activations, in-flight counts, FSDP
-        buffers): `stage_memory`'s entry of pipeline rank 0 on the uniform partition with its activations,
+        buffers): `stage_memory`'s entry of pipeline rank 0 on the default partition with its activations,
         temporaries, FSDP unit buffers and fp8 weight cache taken as 0 (each is at least 0). What is left is read
         from the same functions: the rank's parameters (`stage_params`, `stage_expert_params`, split by
         `local_params`) times every byte `state_bytes_per_param` holds per parameter, plus the fixed bytes (the
@@ -492,7 +503,7 @@ class _BoundCache:
         return self._state_bytes(c) + self.cluster.device.memory_overhead_bytes + p2p_buffer_bytes(self.model, c)
 
     def _state_bytes(self, c: ParallelConfig) -> float:
-        """Rank 0's parameters on the uniform partition times every byte `state_bytes_per_param` holds per
+        """Rank 0's parameters on the default partition times every byte `state_bytes_per_param` holds per
         parameter (weights, gradients, optimizer states, master copy; experts by their own bytes)."""
         layout = self.execution.memory_layout
         params, experts = local_params_of(c, *self._rank0_parameters(c))
@@ -529,11 +540,11 @@ class _BoundCache:
         return None if resident is None else resident[0] + resident[1] + self._state_bytes(c)
 
     def rank0_memory(self, c: ParallelConfig) -> dict:
-        """cost/memory.stage_memory of pipeline rank 0 on the uniform partition (what `memory_bound` totals); the
+        """cost/memory.stage_memory of pipeline rank 0 on the default partition (what `memory_bound` totals); the
         last one is remembered (the walk reads it again for the same candidate)."""
         if self._last_memory[0] == c:
             return self._last_memory[1]
-        partition, owner = self._uniform_layout(c)
+        partition, owner = self._default_layout(c)
         inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, rank=0, seq_chunks=c.seq_chunks)
         entry = stage_memory(self.model, self.cluster, c, partition, owner, inflight, self.execution.memory_layout,
                              ranks=[0], selective=selective_policy(c, self.execution),

@@ -84,14 +84,19 @@ def looped_bfs_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
     return ops
 
 
+def _interleaved_warmup(rank: int, pp: int, vpp: int, m: int, zero_bubble: bool, extra_warmup: int) -> int:
+    """The forwards `interleaved_order` runs on `rank` before its first backward (warmup), at most all vpp x m."""
+    per_round = m // max(1, m // pp)
+    return min((vpp - 1) * per_round + (1 if zero_bubble else 2) * (pp - 1 - rank) + extra_warmup, m * vpp)
+
+
 def interleaved_order(rank: int, pp: int, vpp: int, m: int, zero_bubble: bool = False,
                       extra_warmup: int = 0) -> list[Op]:
     """torch's `_get_1f1b_rank_ops` for ScheduleInterleaved1F1B (zero_bubble=False) and
     ScheduleInterleavedZeroBubble (zero_bubble=True: I instead of B, W deferred by `rank` steps); `extra_warmup`
     more forwards before the first backward (Megatron's combined 1F1B: `interleaved_combined_order`)."""
-    rounds = max(1, m // pp)
-    per_round = m // rounds
-    warmup = min((vpp - 1) * per_round + (1 if zero_bubble else 2) * (pp - 1 - rank) + extra_warmup, m * vpp)
+    per_round = m // max(1, m // pp)
+    warmup = _interleaved_warmup(rank, pp, vpp, m, zero_bubble, extra_warmup)
     forwards = vpp * m
     # Step k runs a forward while k < vpp*m, in chunk (k // per_round) % vpp, and from k = warmup on a backward, in
     # the chunks in reverse; each chunk's micro-batches go in order.
@@ -134,9 +139,19 @@ def interleaved_combined_pairs(rank: int, pp: int, vpp: int, m: int) -> tuple[in
     """The positions in `interleaved_combined_order(rank, ...)` of the forwards Megatron-Core runs together with the
     backward right after them (`combined_1f1b_schedule_for_interleaved_pipelining`, called for every steady-state
     step of `forward_backward_pipelining_with_interleaving`, core_v0.14.0): each steady step is a forward then a
-    backward, warmup runs forwards only and cooldown backwards only, so every forward followed by a backward."""
+    backward, warmup runs forwards only and cooldown backwards only, so every steady forward (the ones past the
+    warmup). Where the warmup takes every forward (vpp x m at most its count: m = pp at pp 2) there is no steady
+    step and no pair: the last warmup forward and the first cooldown backward depend on each other through the
+    other ranks (pairing them deadlocked the simulation)."""
     ops = interleaved_combined_order(rank, pp, vpp, m)
-    return tuple(j for j in range(len(ops) - 1) if ops[j][0] == F and ops[j + 1][0] == B)
+    warmup = _interleaved_warmup(rank, pp, vpp, m, False, 1)
+    pairs, forwards = [], 0
+    for j, (kind, _, _) in enumerate(ops[:-1]):
+        if kind == F:
+            if forwards >= warmup and ops[j + 1][0] == B:
+                pairs.append(j)
+            forwards += 1
+    return tuple(pairs)
 
 
 def zb_h1_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
