@@ -65,7 +65,7 @@ def test_another_frameworks_precision_recipe_still_gets_advice():
     megatron = execution("megatron")
     assert not estimate(model, cluster, c, execution=megatron, detail=False).prediction["fits"]
     found = smallest_fitting_change(model, cluster, c, megatron)
-    assert found is not None and found[1]["fits"]
+    assert found is not None and found[2]["fits"]
 
 
 def test_the_fastest_fitting_change_of_the_fewest_levers_is_named():
@@ -75,7 +75,7 @@ def test_the_fastest_fitting_change_of_the_fewest_levers_is_named():
 
     model, cluster = PRESETS["llama3-8b"], load_cluster("dgx-h100-80g")
     c = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=2, global_batch_size=64, seq_len=4096, zero_stage=1)
-    flags, named = smallest_fitting_change(model, cluster, c)
+    flags, _, named = smallest_fitting_change(model, cluster, c)
     singles = []
     for lever in _levers(c):
         for option, changes in lever:
@@ -104,3 +104,30 @@ def test_the_layout_label_shows_gradients_reduced_every_micro_batch_and_estimate
                      for g in ("step", "microbatch"))
     assert reduced["peak_memory_bytes"] < held["peak_memory_bytes"]
     assert_one_clear_error(run_cli(base + ["--grad-reduce", "microbatch"]), "--grad-reduce microbatch", "--zero")
+
+
+def test_full_recompute_advice_drops_the_selective_policy():
+    """A layout under a selective policy told to recompute in full is told to drop the policy too (the CLI refuses
+    --selective-recompute without --recompute selective)."""
+    args = ["estimate", *H100, "--model", "llama3.1-8b", "--tp", "8", "--pp", "1", "--dp", "1", "--micro-batch", "1",
+            "--global-batch", "8", "--seq-len", "131072", "--recompute", "selective", "--selective-recompute",
+            "alternate_matmuls", "--sequence-parallel"]
+    result = run_cli(args)
+    assert "--recompute full (drop --selective-recompute)" in result.output
+    i = args.index("--recompute")
+    assert run_cli(args[:i] + ["--recompute", "full"] + args[i + 4:]).exit_code == 0
+
+
+def test_the_searchs_no_fit_line_weighs_the_same_levers():
+    """`plan`'s line when nothing fits names a change from the same levers as `estimate`'s advice (here the
+    gradients reduce-scattered every micro-batch, which its own list of five changes tried first), in --fix keys,
+    and only changes that no --fix pins otherwise."""
+    from autoconf.solve.search import SearchResult, explain_infeasible
+
+    model, cluster = PRESETS["llama3-8b"], load_cluster("dgx-h100-80g")
+    c = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=1, global_batch_size=64, seq_len=8192, zero_stage=3)
+    result = SearchResult(plans=[], stats={}, closest=(1.0, c))
+    line = explain_infeasible(model, cluster, result, 64, 8192, "bf16", "flash", {})
+    assert "it fits with grad_reduce=microbatch" in line
+    pinned = explain_infeasible(model, cluster, result, 64, 8192, "bf16", "flash", {"grad_reduce": "step"})
+    assert "grad_reduce=microbatch" not in pinned

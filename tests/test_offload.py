@@ -293,3 +293,19 @@ def test_offloaded_expert_state_is_on_the_host_only_even_where_edp_is_1():
     assert host_state_bytes_per_param(c, "torch", experts=True) == 16.0
     plain = dataclasses.replace(c, offload_optimizer=False)
     assert state_bytes_per_param(plain, "torch", experts=True)[2] == 8.0  # on the device without offload
+
+
+def test_offloaded_expert_state_at_edp_1_pays_its_host_copies():
+    """Routed experts without expert-data-parallel ranks (edp 1) have no collective, but their offloaded fp32
+    state still crosses to the device before each gather and back after each reduction: the copies of the whole
+    (unsharded) state are charged, where they cost nothing before."""
+    from autoconf.cost.estimate import dp_collectives
+
+    cluster = load_cluster("dgx-h100-80g")
+    c = ParallelConfig(tp=1, pp=1, dp=8, ep=8, micro_batch_size=1, global_batch_size=64, seq_len=4096,
+                       zero_stage=3, offload_optimizer=True, grad_reduce="microbatch")
+    per_pass, once, reduce = dp_collectives(cluster, c, 1e9, [0])
+    assert per_pass == pytest.approx(4e9 / cluster.host["h2d_Bps"]) and once == 0.0
+    assert reduce == pytest.approx(4e9 / cluster.host["d2h_Bps"])
+    assert dp_collectives(cluster, dataclasses.replace(c, offload_optimizer=False), 1e9, [0]) == (0.0, 0.0, 0.0)
+    assert dp_collectives(cluster, c, 1e9, [0, 1])[2] > reduce / 2  # two ranks: half the copy, plus the collective

@@ -342,16 +342,21 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
     micro-batches pass a chunk together. Each FSDP unit is its own collective and pays the profile's
     `collective_sync_s`. `devices` is the group holding the same weights (DP x CP; the expert-DP group for
     routed-expert parameters)."""
-    if len(devices) <= 1:
-        return 0.0, 0.0, 0.0
-    grad_bytes, param_bytes = dp_buffer_bytes(c, params, execution)
-    if c.zero_stage == 0:
+    # Under offload_optimizer each collective also copies its fp32 shard between host and device, on its stream;
+    # a group of one rank (routed experts at edp 1: their state offloads all the same) pays the copies alone.
+    group = len(devices)
+    copy_in, copy_out = (gather_copy_time(cluster, c, params, group), reduce_copy_time(cluster, c, params, group))
+    if c.zero_stage == 0 or (group <= 1 and not c.offload_optimizer):
+        if group <= 1:
+            return 0.0, 0.0, 0.0
+        grad_bytes, _ = dp_buffer_bytes(c, params, execution)
         return 0.0, 0.0, collective_time(cluster, "all_reduce", grad_bytes, devices)
-    extra = (units - 1) * cluster.overhead("collective_sync_s")
-    # Under offload_optimizer each collective also copies its fp32 shard between host and device, on its stream.
-    reduce = (collective_time(cluster, "reduce_scatter", grad_bytes, devices) + extra
-              + reduce_copy_time(cluster, c, params))
-    gather = collective_time(cluster, "all_gather", param_bytes, devices) + extra + gather_copy_time(cluster, c, params)
+    reduce, gather = copy_out, copy_in
+    if group > 1:
+        grad_bytes, param_bytes = dp_buffer_bytes(c, params, execution)
+        extra = (units - 1) * cluster.overhead("collective_sync_s")
+        reduce += collective_time(cluster, "reduce_scatter", grad_bytes, devices) + extra
+        gather += collective_time(cluster, "all_gather", param_bytes, devices) + extra
     if c.zero_stage == 3 and not schedule_spec(c.schedule).fsdp_gather_per_chunk:
         return gather, 0.0, reduce
     return 0.0, gather, reduce

@@ -59,20 +59,21 @@ def activation_copy_times(cluster: ClusterProfile, nbytes: float) -> tuple[float
     return nbytes / float(cluster.host["d2h_Bps"]), nbytes / float(cluster.host["h2d_Bps"])
 
 
-def gather_copy_time(cluster: ClusterProfile, config: ParallelConfig, params: float) -> float:
+def gather_copy_time(cluster: ClusterProfile, config: ParallelConfig, params: float, group: int) -> float:
     """Seconds of the fp32 shard copies to the device before one FSDP all-gather of `params` parameters (per TP
-    rank, sharded over dp x cp as FSDP's mesh is) under offload_optimizer; 0 without it."""
-    if not config.offload_optimizer:
-        return 0.0
-    return params * 4 / config.dp_cp / float(cluster.host["h2d_Bps"])
-
-
-def reduce_copy_time(cluster: ClusterProfile, config: ParallelConfig, params: float) -> float:
-    """Seconds of the fp32 gradient shard copies to the host after one reduce-scatter of `params` parameters under
+    rank, sharded over the `group` ranks that hold the same weights: dp x cp, or edp for routed experts) under
     offload_optimizer; 0 without it."""
     if not config.offload_optimizer:
         return 0.0
-    return params * 4 / config.dp_cp / float(cluster.host["d2h_Bps"])
+    return params * 4 / group / float(cluster.host["h2d_Bps"])
+
+
+def reduce_copy_time(cluster: ClusterProfile, config: ParallelConfig, params: float, group: int) -> float:
+    """Seconds of the fp32 gradient shard copies to the host after one reduce-scatter of `params` parameters
+    (sharded over `group` ranks, as `gather_copy_time`) under offload_optimizer; 0 without it."""
+    if not config.offload_optimizer:
+        return 0.0
+    return params * 4 / group / float(cluster.host["d2h_Bps"])
 
 
 def cpu_optimizer_time(cluster: ClusterProfile, local_params: float) -> float:

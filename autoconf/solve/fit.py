@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Callable
 
 from autoconf.cost.estimate import Execution, estimate
 from autoconf.solve.space import with_changes
@@ -16,7 +17,10 @@ def _levers(config) -> list[list[tuple[tuple[str, ...], dict]]]:
     the memory they save, the most last: recompute (selective, full, on every layer), ZeRO over dp x cp with the
     sharded gradients held or reduce-scattered every micro-batch, micro-batch 1, sequence parallelism."""
     drop_layers = ("(drop --recompute-layers)",) if config.recompute_layers is not None else ()
-    recompute = [((f"--recompute {mode}",) + drop_layers, {"recompute": mode, "recompute_layers": None})
+    # (a selective policy goes with selective recompute: `ParallelConfig` drops it under full)
+    drop_policy = {"full": ("(drop --selective-recompute)",) if config.selective_recompute else ()}
+    recompute = [((f"--recompute {mode}",) + drop_layers + drop_policy.get(mode, ()),
+                  {"recompute": mode, "recompute_layers": None})
                  for mode in ("selective", "full")
                  if (mode, None) != (config.recompute, config.recompute_layers)
                  and not (mode == "selective" and config.recompute == "full" and not drop_layers)]
@@ -44,18 +48,22 @@ def _combined(options) -> tuple[str, dict]:
 def advisable(model, cluster, config, execution: Execution, executor: bool = True) -> bool:
     """Whether fitting advice may name `config`: a legal layout on the cluster's devices that the framework runs
     (`Execution.problem`) and, with `executor`, that the bundled executor runs (`unsupported_reason`). The one test
-    `smallest_fitting_change` and the search's no-fit line (`search.explain_infeasible`) apply to a change."""
+    `smallest_fitting_change` applies to a change, for `estimate`'s advice and the search's no-fit line
+    (`search.explain_infeasible`)."""
     return not (config.problems(model, cluster.world_size) or (executor and unsupported_reason(config))
                 or execution.problem(config))
 
 
-def smallest_fitting_change(model, cluster, config, execution: Execution = Execution()) -> tuple[str, dict] | None:
+def smallest_fitting_change(model, cluster, config, execution: Execution = Execution(),
+                            allowed: Callable[[dict], bool] | None = None) -> tuple[str, dict, dict] | None:
     """The change of the fewest levers (`_levers`) under which the layout is predicted to fit and stays `advisable`
     (the executor's support asked only of a layout that had it), the fastest of those: (its flags, e.g.
-    '--zero 3 --grad-reduce microbatch', its prediction); None when none does. When the change that saves the most
-    on every lever is advisable and still does not fit, nothing smaller is tried."""
+    '--zero 3 --grad-reduce microbatch', its config changes, its prediction); None when none does. `allowed`: which
+    changes may be named (the search's no-fit line: none that a `--fix` pins otherwise). When the change that saves
+    the most on every lever is advisable and still does not fit, nothing smaller is tried."""
     executor = unsupported_reason(config) is None
-    levers = _levers(config)
+    levers = [[option for option in lever if allowed is None or allowed(option[1])] for lever in _levers(config)]
+    levers = [lever for lever in levers if lever]
 
     def prediction(changes: dict) -> dict | None:
         changed = with_changes(config, **changes)
@@ -74,10 +82,9 @@ def smallest_fitting_change(model, cluster, config, execution: Execution = Execu
                 flags, changes = _combined(options)
                 p = prediction(changes)
                 if p is not None and p["fits"]:
-                    fitting.append((p["iteration_time_s"], flags, p))
+                    fitting.append((p["iteration_time_s"], flags, changes, p))
         if fitting:
-            _, flags, p = min(fitting, key=lambda f: f[0])
-            return flags, p
+            return min(fitting, key=lambda f: f[0])[1:]
     return None
 
 
@@ -91,7 +98,7 @@ def does_not_fit_message(plan, model, cluster, execution: Execution = Execution(
     over = stages[worst]["total"] - limit
     found = smallest_fitting_change(model, cluster, plan.config, execution)
     if found:
-        flags, fits = found
+        flags, _, fits = found
         advice = (f"at {fits['iteration_time_s']:.4g} s per step and {fits['peak_memory_bytes'] / GiB:.1f} GiB it "
                   f"fits with {flags}")
     else:

@@ -42,10 +42,10 @@ from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times,
                                    plans_offload)
 from autoconf.errors import UserError
 from autoconf.spec.support import dtype_unsupported_reason, unsupported_reason
-from autoconf.solve.fit import advisable
+from autoconf.solve.fit import smallest_fitting_change
 from autoconf.solve.placement import tp_cp_domain
 from autoconf.solve.recompute import fewest_counts, fewest_recomputed
-from autoconf.solve.space import candidates, normalise_fixed, replaced, with_changes
+from autoconf.solve.space import candidates, normalise_fixed, replaced
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import precision
 from autoconf.spec.frameworks import selective_policy
@@ -260,11 +260,12 @@ class _BoundCache:
     def time_bound(self, c: ParallelConfig) -> float:
         """A lower bound on the simulated iteration time of the default partition.
 
-        Time: the busiest rank's work (at least ceil(L/pp) layers, each pass at least its FSDP gather; of a model
-        with dense and MoE blocks, as many MoE blocks as the dense ones leave, with their exposed token exchange:
-        `_layers_sum`) for every micro-batch, the schedule's textbook bubble on the smallest stage, the P2P hops of
-        the pipeline fill and drain, the gradient reduction of the first stage after rank 0's last backward, and the
-        step's tail as the estimate adds it (the step collectives on the default mesh, the optimizer, the step
+        Time: a rank's work (at least ceil(L/pp) layers, each pass at least its FSDP gather; of a model with dense
+        and MoE blocks, as many MoE blocks as the dense ones leave, with their exposed token exchange:
+        `_layers_sum`) for every micro-batch with the least recompute and the schedule's textbook bubble on the
+        smallest stage, or the busiest rank's own work under per-stage counts alone (whichever is longer), the P2P
+        hops of the pipeline fill and drain, the gradient reduction of the first stage after rank 0's last backward,
+        and the step's tail as the estimate adds it (the step collectives on the default mesh, the optimizer, the step
         overhead).
         """
         model = self.model
@@ -1113,18 +1114,10 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
                f"{cluster.headroom_phrase} headroom): the closest "
                f"({config.label(selective_policy(config, execution))}) needs {memory[rank]['total'] / GiB:.1f} GiB "
                f"on pipeline rank {rank}, {over / GiB:.1f} GiB over")
-    for label, changes in (("grad_reduce=microbatch", {"grad_reduce": "microbatch"}),
-                           ("recompute=full", {"recompute": "full"}),
-                           ("zero=3", {"zero_stage": 3}),
-                           ("recompute=full and zero=3", {"recompute": "full", "zero_stage": 3}),
-                           ("micro_batch=1 and recompute=full", {"micro_batch_size": 1, "recompute": "full"})):
-        if any(k in fixed and fixed[k] != v for k, v in changes.items()):
-            continue
-        changed = with_changes(config, **changes)
-        if not advisable(model, cluster, changed, execution):
-            continue
-        if estimate(model, cluster, changed, execution=execution, detail=False).prediction["fits"]:
-            return message + f"; it fits with {label}"
+    found = smallest_fitting_change(model, cluster, config, execution, allowed=lambda changes: not any(
+        k in fixed and fixed[k] != v for k, v in changes.items() if v is not None))
+    if found:  # (the levers of `estimate`'s advice, named as --fix keys)
+        return message + "; it fits with " + " and ".join(f"{k}={v}" for k, v in found[1].items() if v is not None)
     for factor in (2, 4, 8, 16, 32, 64):
         bigger = cluster.resized(nodes=cluster.nodes * factor)
         cache = _BoundCache(model, bigger, execution)

@@ -418,7 +418,7 @@ class Execution:
         policy = config.selective_recompute
         if config.recompute == "selective" and policy is not None and policy not in self.selective_policies:
             return (f"framework {self.name!r} runs selective recompute as {' or '.join(self.selective_policies)}, "
-                    f"not {policy}; drop that policy (selective_recompute), or " + self._runs_policy(policy))
+                    f"not {policy}; drop --selective-recompute {policy}, or " + self._runs_policy(policy))
         return None
 
     def _runs_policy(self, policy: str) -> str:

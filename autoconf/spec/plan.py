@@ -106,8 +106,9 @@ class ParallelConfig:
 
     def label(self, selective: str | None = None) -> str:
         """The layout in one line, every degree and choice that differs from the plain default ("tp2 pp4 dp8 cp2
-        ring vpp2 mb1 interleaved-1f1b zero1 rc-selective sp"; "rs-mb": the sharded gradients reduce-scattered every
-        micro-batch, grad_reduce "microbatch"): what tables, pictures and one-line messages name a layout by. `selective`: what selective recompute redoes (`frameworks.selective_policy`), marked "/op" when it
+        ring vpp2 mb1 interleaved-1f1b zero1 rc-selective sp"; "rs-mb": the sharded gradients reduce-scattered
+        every micro-batch, grad_reduce "microbatch"): what tables, pictures and one-line messages name a layout
+        by. `selective`: what selective recompute redoes (`frameworks.selective_policy`), marked "/op" when it
         is the per-op policy."""
         parts = [f"tp{self.tp} pp{self.pp} dp{self.dp}"]
         if self.cp > 1:
