@@ -554,3 +554,24 @@ def test_memory_bounds_of_a_model_with_mtp_read_the_estimates_partition():
     peak = estimate(model, cluster, c, execution=deepseek, detail=False).prediction["peak_memory_bytes"]
     cache = _BoundCache(model, cluster, deepseek)
     assert cache.state_bound(c) <= cache.memory_bound(c) <= peak * (1 + 1e-9)
+
+
+def test_a_recompute_parent_of_offloading_twins_is_bounded_recomputing_no_layer():
+    """The walk pops an offload parent at its twins' least bound: for a recompute parent, whose twins that keep their
+    activations fit their own (fewer) recomputed layers, its work recomputing no layer: at or below the fitted
+    twin's estimate whatever the twin's counts (bounded recomputing every layer it was not)."""
+    from autoconf.cost.estimate import Execution, default_partition
+    from autoconf.solve.recompute import fewest_recomputed
+    from autoconf.solve.search import _BoundCache, _offload_parents
+
+    model, cluster = PRESETS["llama3-70b"], load_cluster("dgx-h100-80g", nodes=2)
+    parent = ParallelConfig(tp=1, pp=1, dp=16, micro_batch_size=1, global_batch_size=64, seq_len=4096, zero_stage=3,
+                            recompute="selective", selective_recompute="alternate_matmuls", grad_reduce="microbatch")
+    cache = _BoundCache(model, cluster, Execution())
+    entry = _offload_parents(cache, [(False, True)], [(0.0, (), parent, None, None)], float("inf"), True)[0]
+    twin = dataclasses.replace(parent, offload_optimizer=True)
+    fitted = fewest_recomputed(model, cluster, twin, default_partition(model, twin))
+    assert fitted.recompute_layers is not None and sum(fitted.recompute_layers) < model.num_layers
+    step = estimate(model, cluster, fitted, detail=False).prediction["iteration_time_s"]
+    assert entry[0] <= step * (1 + 1e-9)
+    assert entry[0] <= cache.busy_bound(parent)  # never above the bound recomputing every layer

@@ -801,7 +801,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     walk(scored)
     # Offload is weighed after the walk, for the candidates that did not fit, so the walk over layouts that fit is
     # unchanged: a second walk over their offloading twins, each parent's asked only when the walk reaches it.
-    walk(_offload_parents(cache, levers, unfit, -best[0][0] if len(best) >= top_k else math.inf))
+    walk(_offload_parents(cache, levers, unfit, -best[0][0] if len(best) >= top_k else math.inf, per_stage))
     chosen = _ranked_by_full_simulation(model, cluster, execution, best, near, top_k)
     search_seconds = time.perf_counter() - start
     if refine:
@@ -905,7 +905,7 @@ def _offload_levers(cluster: ClusterProfile, fixed: dict) -> list[tuple[bool, bo
 
 
 def _offload_parents(cache: "_BoundCache", levers: list[tuple[bool, bool]], unfit: list,
-                     cutoff: float) -> list[tuple]:
+                     cutoff: float, per_stage: bool = False) -> list[tuple]:
     """The walk's entries of the candidates that did not fit (`unfit`, in walk order, each with its bound and a call
     giving its memory entry) whose own bound is below `cutoff` (the K-th best time of the first walk): one entry per
     parent, standing for its offloading twins (each lever combination of `levers` the layout allows:
@@ -914,16 +914,20 @@ def _offload_parents(cache: "_BoundCache", levers: list[tuple[bool, bool]], unfi
     activations only lengthen with their copies, and below each twin's time bound) and its own key (below each
     twin's: the same fields but the offload levers, all off), so it leaves the heap before any of its twins would
     have, and the walk pops the twins in the same order as if every one had been in the heap from the start; a
-    parent the walk never pops costs no memory entry and no time bound."""
+    parent the walk never pops costs no memory entry and no time bound. Under `per_stage` a recompute parent is
+    bounded recomputing no layer, as its twins that keep their activations are before their counts are fitted
+    (`_offload_twins`)."""
     out = []
     for index, record in enumerate(unfit if levers else ()):
         parent_bound, key, config = record[:3]
         if parent_bound >= cutoff:
             continue
+        refits = per_stage and config.recompute != "none"
         allowed = [(activations, optimizer) for activations, optimizer in levers
                    if config.zero_sharded or not optimizer]
         if allowed:
-            out.append((cache.busy_bound(config), key, index, (record, allowed), OFFLOAD_PARENT))
+            bounded = replaced(config, recompute_layers=(0,) * config.num_stages) if refits else config
+            out.append((cache.busy_bound(bounded), key, index, (record, allowed), OFFLOAD_PARENT))
     heapq.heapify(out)
     return out
 
