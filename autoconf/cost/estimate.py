@@ -345,15 +345,13 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
     # Under offload_optimizer each collective also copies its fp32 shard between host and device, on its stream;
     # a group of one rank (routed experts at edp 1: their state offloads all the same) pays the copies alone.
     group = len(devices)
-    copy_in, copy_out = (gather_copy_time(cluster, c, params, group), reduce_copy_time(cluster, c, params, group))
-    if c.zero_stage == 0 or (group <= 1 and not c.offload_optimizer):
-        if group <= 1:
-            return 0.0, 0.0, 0.0
-        grad_bytes, _ = dp_buffer_bytes(c, params, execution)
+    if group <= 1 and not (c.zero_stage and c.offload_optimizer):
+        return 0.0, 0.0, 0.0
+    grad_bytes, param_bytes = dp_buffer_bytes(c, params, execution)
+    if c.zero_stage == 0:
         return 0.0, 0.0, collective_time(cluster, "all_reduce", grad_bytes, devices)
-    reduce, gather = copy_out, copy_in
+    reduce, gather = reduce_copy_time(cluster, c, params, group), gather_copy_time(cluster, c, params, group)
     if group > 1:
-        grad_bytes, param_bytes = dp_buffer_bytes(c, params, execution)
         extra = (units - 1) * cluster.overhead("collective_sync_s")
         reduce += collective_time(cluster, "reduce_scatter", grad_bytes, devices) + extra
         gather += collective_time(cluster, "all_gather", param_bytes, devices) + extra

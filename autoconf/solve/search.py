@@ -609,10 +609,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         fields = ((True, _UNFITTED_FIELDS(config), torch_ring(model, config, execution)) if unfitted
                   else _BOUND_FIELDS(config))
         if fields not in bound_by_fields:
-            changes = {"grad_reduce": "step"} if config.grad_reduce != "step" else {}
-            if per_stage and config.recompute != "none":
-                changes["recompute_layers"] = (0,) * config.num_stages
-            bound_by_fields[fields] = cache.time_bound(replaced(config, **changes) if changes else config)
+            bound_by_fields[fields] = cache.time_bound(_bounded(config, per_stage and config.recompute != "none"))
         return bound_by_fields[fields]
 
     for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
@@ -904,6 +901,16 @@ def _offload_levers(cluster: ClusterProfile, fixed: dict) -> list[tuple[bool, bo
     return [(a, o) for a in activations for o in optimizer if a or o]
 
 
+def _bounded(config: ParallelConfig, relaxed: bool) -> ParallelConfig:
+    """The config a walk entry's time bound is taken of: its twin reducing once per step (the bound does not read
+    grad_reduce: reducing every micro-batch only adds to the step) and, `relaxed`, recomputing no layer yet (a
+    candidate whose per-stage counts the walk fits when it reaches it)."""
+    changes = {"grad_reduce": "step"} if config.grad_reduce != "step" else {}
+    if relaxed:
+        changes["recompute_layers"] = (0,) * config.num_stages
+    return replaced(config, **changes) if changes else config
+
+
 def _offload_parents(cache: "_BoundCache", levers: list[tuple[bool, bool]], unfit: list,
                      cutoff: float, per_stage: bool = False) -> list[tuple]:
     """The walk's entries of the candidates that did not fit (`unfit`, in walk order, each with its bound and a call
@@ -926,8 +933,7 @@ def _offload_parents(cache: "_BoundCache", levers: list[tuple[bool, bool]], unfi
         allowed = [(activations, optimizer) for activations, optimizer in levers
                    if config.zero_sharded or not optimizer]
         if allowed:
-            bounded = replaced(config, recompute_layers=(0,) * config.num_stages) if refits else config
-            out.append((cache.busy_bound(bounded), key, index, (record, allowed), OFFLOAD_PARENT))
+            out.append((cache.busy_bound(_bounded(config, refits)), key, index, (record, allowed), OFFLOAD_PARENT))
     heapq.heapify(out)
     return out
 
@@ -972,9 +978,7 @@ def _offload_twins(cache: "_BoundCache", launchable_only: bool, entry: tuple, li
         refit = per_stage and twin.recompute != "none" and not activations
         if refit:
             twin = replaced(twin, recompute_layers=None)
-        once = replaced(twin, grad_reduce="step") if twin.grad_reduce != "step" else twin
-        if refit:
-            once = replaced(once, recompute_layers=(0,) * twin.num_stages)
+        once = _bounded(twin, refit)
         if once not in bound_of:
             bound_of[once] = cache.time_bound(once)
         if bound_of[once] < cutoff:
