@@ -84,10 +84,18 @@ def looped_bfs_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]:
     return ops
 
 
+# Megatron's combined 1F1B runs one more warmup forward than its interleaved order (`interleaved_combined_order`).
+COMBINED_EXTRA_WARMUP = 1
+
+
+def _round_size(pp: int, m: int) -> int:
+    """Micro-batches per round of `interleaved_order` (each chunk runs a round's before the next chunk's)."""
+    return m // max(1, m // pp)
+
+
 def _interleaved_warmup(rank: int, pp: int, vpp: int, m: int, zero_bubble: bool, extra_warmup: int) -> int:
     """The forwards `interleaved_order` runs on `rank` before its first backward (warmup), at most all vpp x m."""
-    per_round = m // max(1, m // pp)
-    return min((vpp - 1) * per_round + (1 if zero_bubble else 2) * (pp - 1 - rank) + extra_warmup, m * vpp)
+    return min((vpp - 1) * _round_size(pp, m) + (1 if zero_bubble else 2) * (pp - 1 - rank) + extra_warmup, m * vpp)
 
 
 def interleaved_order(rank: int, pp: int, vpp: int, m: int, zero_bubble: bool = False,
@@ -95,7 +103,7 @@ def interleaved_order(rank: int, pp: int, vpp: int, m: int, zero_bubble: bool = 
     """torch's `_get_1f1b_rank_ops` for ScheduleInterleaved1F1B (zero_bubble=False) and
     ScheduleInterleavedZeroBubble (zero_bubble=True: I instead of B, W deferred by `rank` steps); `extra_warmup`
     more forwards before the first backward (Megatron's combined 1F1B: `interleaved_combined_order`)."""
-    per_round = m // max(1, m // pp)
+    per_round = _round_size(pp, m)
     warmup = _interleaved_warmup(rank, pp, vpp, m, zero_bubble, extra_warmup)
     forwards = vpp * m
     # Step k runs a forward while k < vpp*m, in chunk (k // per_round) % vpp, and from k = warmup on a backward, in
@@ -132,7 +140,7 @@ def interleaved_combined_order(rank: int, pp: int, vpp: int, m: int) -> list[Op]
     torch's for whole rounds of pp micro-batches, microbatch_group_size_per_vp_stage = pp) with one more warmup
     forward, so that each steady step's forward and backward are of different micro-batches and independent; each
     steady step then runs as one combined forward-backward (`interleaved_combined_pairs`)."""
-    return interleaved_order(rank, pp, vpp, m, extra_warmup=1)
+    return interleaved_order(rank, pp, vpp, m, extra_warmup=COMBINED_EXTRA_WARMUP)
 
 
 def interleaved_combined_pairs(rank: int, pp: int, vpp: int, m: int) -> tuple[int, ...]:
@@ -144,7 +152,7 @@ def interleaved_combined_pairs(rank: int, pp: int, vpp: int, m: int) -> tuple[in
     step and no pair: the last warmup forward and the first cooldown backward depend on each other through the
     other ranks (pairing them deadlocked the simulation)."""
     ops = interleaved_combined_order(rank, pp, vpp, m)
-    warmup = _interleaved_warmup(rank, pp, vpp, m, False, 1)
+    warmup = _interleaved_warmup(rank, pp, vpp, m, False, COMBINED_EXTRA_WARMUP)
     pairs, forwards = [], 0
     for j, (kind, _, _) in enumerate(ops[:-1]):
         if kind == F:
