@@ -276,7 +276,8 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
 
         start = 0 if latest is None else int(latest[1].get("data_position", 0))
         saved = {k for k in range(start + 1, steps + 1) if checkpoint_every and k % checkpoint_every == 0} | {steps}
-        foreign = [p for p in foreign_step_dirs(ckpt_path) if p in {step_dir(ckpt_path, k) for k in saved}]
+        saved_dirs = {step_dir(ckpt_path, k) for k in saved}
+        foreign = [p for p in foreign_step_dirs(ckpt_path) if p in saved_dirs]
         if foreign:
             raise UserError(f"--checkpoint-dir {checkpoint_dir} holds {foreign[0].name}, which autoconf did not "
                             f"write (no {MARKER}), and this run saves that step there; move it away or choose "
