@@ -109,7 +109,9 @@ def test_executor_runs_zero1_as_zero2_with_fsdp2_sharding():
     mem = [estimate(MODEL, A100, cfg(zero_stage=z)).prediction["memory_per_stage"][1] for z in range(4)]
     assert mem[1] == mem[2]
     assert mem[1]["optimizer"] == pytest.approx(mem[0]["optimizer"] / 2)
-    assert mem[0]["grads"] <= mem[1]["grads"] < 1.2 * mem[0]["grads"]  # plus one block in flight
+    # Both hold every gradient unsharded in fp32, plus a block or two in flight: ZeRO-1 one block's shard and its
+    # bf16 gradient, ZeRO-0's one-rank units a block's bf16 gradient and the block before's fp32 reduce input.
+    assert abs(mem[1]["grads"] - mem[0]["grads"]) < 0.2 * mem[0]["grads"]
     assert mem[3]["params"] < mem[2]["params"] < 1.1 * mem[3]["params"]
     every = [estimate(MODEL, A100, cfg(zero_stage=z, grad_reduce="microbatch")).prediction["memory_per_stage"][1]
              for z in (2, 3)]

@@ -18,8 +18,12 @@ same weights), by layout:
               - transformer_engine under fp8 without fp8_params: each block's linear layers keep an fp8 copy of
                 their weight and of its transpose (TE's weight workspace, cast on the first micro-batch and reused
                 by the others: `is_first_microbatch`), 2 more bytes per block parameter (`fp8_weight_cache_bytes`).
-  "torch"     autoconf's executor. Without sharding (ZeRO-0): fp32 weights 4, fp32 gradients 4, fp32 moments 8,
-              plus the compute-dtype copy of every weight under bf16/fp16. With FSDP2 (ZeRO >= 1 over d > 1) the
+  "torch"     autoconf's executor (and torchtitan 0.3.0, which puts FSDP2 on every rank too). Without sharding
+              (ZeRO-0, or d = 1): fp32 weights 4, fp32 gradients 4, fp32 moments 8, in one-rank FSDP units, which
+              copy a unit's weights when it runs, in the compute dtype (in fp32 too: FSDP2 copies whatever the
+              dtype), and free the copy after its forward without a pipeline (the root unit and the block
+              computing are held) or keep every copy under one; each micro-batch's backward passes every unit's
+              gradient through FSDP's reduction (`reducing_grad_bytes`). With FSDP2 (ZeRO >= 1 over d > 1) the
               fp32 weights and the moments are sharded, 4/d + 8/d, at every stage, and what else a rank holds
               follows how FSDP2 runs under gradient accumulation and pipelining (torch 2.13, read in
               torch/distributed/fsdp/_fully_shard and torch/distributed/pipelining/stage.py, measured by
@@ -517,8 +521,9 @@ def state_bytes_per_param(config: ParallelConfig, layout: str, experts: bool = F
         if z >= 3:
             weights /= dp
         return weights, grads, optim, 0.0
-    if z == 0:
-        return 4.0, 4.0, 8.0, (compute if compute != 4 else 0.0)
+    if z == 0:  # one-rank FSDP units copy their parameters (in any dtype) when they run
+        whole = holds_unsharded_params(config) if config.zero_sharded else not config.reshard_after_forward
+        return 4.0, 4.0, 8.0, (compute if whole else 0.0)
     grads = 4.0 if holds_unsharded_grads(config) else 4.0 / dp
     copy = compute if holds_unsharded_params(config) else 0.0
     if config.offload_optimizer:  # the sharded fp32 state is in host memory; the unsharded gradients stay
@@ -550,68 +555,151 @@ def root_unit_params(model: ModelSpec, c: ParallelConfig, partition: Sequence[Se
 
 
 def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
-                           root: tuple[float, float] | None = None, blocks: int = 2) -> tuple[float, float]:
+                           root: tuple[float, float] | None = None, blocks: int = 2, embedding: bool = True,
+                           last_moe: bool | None = None) -> tuple[float, float]:
     """(parameter, gradient) bytes of one TP rank that FSDP holds for the units in use only, in the torch layout
-    (tests/test_memory_fsdp.py measures them).
+    (tests/test_memory_fsdp.py measures them). Units are `fsdp_units`'; one with an all-gather buffer is a unit
+    sharded over more than one rank (`gathered_unit_params`).
 
     Parameters: at ZeRO-3 (unless the whole copy is held) the chunk's root unit (never resharded after forward)
-    and two blocks in the compute dtype (the one computing and the next one's all-gather output: prefetched in the
+    and two blocks in the compute dtype (the one computing and the next unit's all-gather output: prefetched in the
     backward, the previous one's kept until the next gathers in the forward); beside the whole copy of ZeRO-1/2,
-    one block's all-gather output while the copy is gathered. Gradients, when they are reduce-scattered during
-    every backward: the root unit's early gradients (head, final norm, held until the backward ends) and the
-    current block's, or the whole root's at the end, in the compute dtype, and the previous unit's fp32
-    reduce-scatter input (kept until the next unit reduces); beside a whole unsharded gradient, one block's
-    sharded gradient and, in bf16/fp16, the block's new low-precision gradient before FSDP adds it to the fp32
-    sum. `root` is `root_unit_params`' pair, one TP rank's (default: the whole model's); `blocks` the chunk's
-    blocks (a chunk of one block has no previous block's reduce-scatter input beside its block's gradient)."""
+    the all-gather output of the chunk's last unit in forward order (`last_moe`: whether the chunk's last block is
+    an MoE block; None: the largest such buffer). Unsharded (one-rank units: ZeRO-0, or nothing to shard over) FSDP
+    copies a unit's parameters when it runs, in any dtype, with no all-gather buffer and nothing prefetched: the
+    root and the block computing, unless the whole copy is held (`ParallelConfig.reshard_after_forward`).
+    Gradients: while every unit is reduced during the backward (one-rank units always; sharded ones with
+    grad_reduce "microbatch" or one micro-batch), `reducing_grad_bytes`; beside a whole unsharded gradient, one
+    unit's sharded gradient and, in bf16/fp16, the block's new low-precision gradient before FSDP adds it to the
+    fp32 sum. `root` is `root_unit_params`' pair, one TP rank's (default: the whole model's); `blocks` the chunk's
+    blocks (a chunk of one block has no previous block's reduce-scatter input beside its block's gradient);
+    `embedding`: whether the root holds the word embedding (the first stage)."""
     c = config
-    if layout != "torch" or not c.zero_sharded:
+    if layout != "torch":
         return 0.0, 0.0
     e = DTYPE_BYTES[c.dtype]
     root_all, root_early = root_unit_params(model, c) if root is None else root
-    block, unit = largest_block_bytes(model, c), largest_unit_bytes(model, c)
+    block = largest_block_bytes(model, c)
+    if not c.zero_sharded:
+        params = (root_all + block) * e if c.reshard_after_forward else 0.0
+        return params, reducing_grad_bytes(model, c, root_all, root_early, blocks, embedding)
     if holds_unsharded_params(c):
         # ZeRO-1/2 gather the whole copy unit by unit in the forward, each unit's all-gather output kept until the
         # next one gathers; ZeRO-3 under a pipeline completes it in the backward, where nothing is kept.
-        params = unit * e if c.zero_stage < 3 else 0.0
+        params = tail_gather_params(model, c, last_moe) * e if c.zero_stage < 3 else 0.0
     else:  # (an MoE block's routed experts are a unit of their own inside it: a block and one more unit)
-        params = (root_all + block + unit) * e
+        params = (root_all + block + gathered_unit_params(model, c)) * e
     if holds_unsharded_grads(c):
         # In the reducing backward, a reduced block's sharded gradient exists while its fp32 reduce-scatter input
         # is kept instead of its unsharded gradient: one unit's shard more. Under mixed precision each backward
         # first writes a block's gradient in the compute dtype, then adds it to the fp32 sum.
         grads = unit_grad_shard_bytes(model, c) + (block * e if e != 4 else 0.0)
     else:
-        in_flight = unit * 4 if blocks >= 1 else 0.0  # the last reduced unit's input, at the root's reduction
-        grads = max(root_all * e + in_flight, (root_early + block) * e + (unit * 4 if blocks >= 2 else 0.0))
+        grads = reducing_grad_bytes(model, c, root_all, root_early, blocks, embedding)
     return params, grads
 
 
-_largest_blocks: dict[tuple, float] = {}
+@dataclass(frozen=True)
+class FsdpUnits:
+    """Parameters one rank holds of each kind of FSDP unit of the executor (execute/parallelize.py), 0 for a kind
+    the model lacks: a dense block; an MoE block without its routed experts (`moe_rest`: attention, norms, router,
+    shared experts) and its routed experts (a unit of their own); of the rest, the shared experts and their gate
+    (`before_experts`), whose gradients exist when the routed experts' unit reduces: autograd runs the backward of
+    what the forward made last first, and execute/moe.py runs them after the routed experts, the router before
+    (measured on CPU: the router's gradient comes later). `pairs`: (is block i an MoE block, is block i + 1) for each block of
+    the model, None after the last."""
+
+    dense: float
+    moe_rest: float
+    experts: float
+    before_experts: float
+    pairs: frozenset
+
+    @property
+    def kinds(self) -> set:
+        """The kinds of block the model has, as `is_moe_layer` values."""
+        return {moe for moe, _ in self.pairs}
+
+    def rest(self, moe: bool) -> float:
+        """The unit of a block that is not its routed experts (a dense block whole)."""
+        return self.moe_rest if moe else self.dense
+
+
+_fsdp_units: dict[tuple, FsdpUnits] = {}
+
+
+def fsdp_units(model: ModelSpec, c: ParallelConfig) -> FsdpUnits:
+    """`FsdpUnits` of `model` under `c`'s tp, ep and etp (remembered by those three)."""
+    key = (model, c.tp, c.ep, c.etp)
+    if key not in _fsdp_units:
+        dense = block_local_params(model, c, False)[0]
+        rest, experts = block_local_params(model, c, True)
+        before = 0.0
+        if model.moe is not None:
+            shared = [op for op in model.layer_ops(_first_moe_layer(model))
+                      if op.name in ("shared_experts", "shared_expert_gate")]
+            before = sum(local_params_of(c, op.params, 0.0, op.tp_replicated_params)[0] for op in shared)
+        kinds = [model.is_moe_layer(i) for i in range(model.num_layers)]
+        pairs = frozenset(zip(kinds, kinds[1:] + [None]))
+        _fsdp_units[key] = FsdpUnits(dense, rest, experts, before, pairs)
+    return _fsdp_units[key]
+
+
+def _first_moe_layer(model: ModelSpec) -> int:
+    return next(i for i in range(model.num_layers) if model.is_moe_layer(i))
 
 
 def largest_block_bytes(model: ModelSpec, c: ParallelConfig) -> float:
-    """Parameters one rank holds of its largest block (an FSDP unit): a dense block's over tp, an MoE block's with
-    its routed experts over ep x etp (each block's TP-replicated parameters whole, `local_params`, which reads
-    those three degrees only: the count is remembered by them)."""
-    key = (model, c.tp, c.ep, c.etp)
-    if key not in _largest_blocks:
-        _largest_blocks[key] = max(sum(block_local_params(model, c, moe)) for moe in layer_kinds(model))
-    return _largest_blocks[key]
+    """Parameters one rank holds of its largest block: a dense block's over tp, an MoE block's with its routed
+    experts over ep x etp (each block's TP-replicated parameters whole, `local_params`)."""
+    u = fsdp_units(model, c)
+    return max(u.rest(moe) + (u.experts if moe else 0.0) for moe in u.kinds)
 
 
-def largest_unit_bytes(model: ModelSpec, c: ParallelConfig) -> float:
-    """Parameters one rank holds of its largest FSDP unit: a dense block, or of an MoE block the larger of its routed
-    experts (a unit of their own, execute/parallelize.py `apply_data_parallel`) and the rest of the block
-    (`block_local_params`' two parts). Equal to `largest_block_bytes` on a dense model."""
-    key = (model, c.tp, c.ep, c.etp, "unit")
-    if key not in _largest_blocks:
-        _largest_blocks[key] = max(max(block_local_params(model, c, moe)) for moe in layer_kinds(model))
-    return _largest_blocks[key]
+def gathered_unit_params(model: ModelSpec, c: ParallelConfig) -> float:
+    """The largest unit with an all-gather buffer under ZeRO sharding: every unit but the routed experts where edp
+    is 1 (one-rank units copy, they gather nothing)."""
+    u = fsdp_units(model, c)
+    return max([u.rest(moe) for moe in u.kinds] + ([u.experts] if True in u.kinds and c.edp > 1 else []))
+
+
+def tail_gather_params(model: ModelSpec, c: ParallelConfig, last_moe: bool | None) -> float:
+    """The all-gather output still held when ZeRO-1/2 have gathered a chunk's whole copy: its last unit's in forward
+    order, a dense block or an MoE block's routed experts; where those are one-rank units (edp 1) the buffer of the
+    block's rest, held while the experts are not yet copied, by what it exceeds them. None: the largest."""
+    u = fsdp_units(model, c)
+    moe_tail = u.experts if c.edp > 1 else max(0.0, u.moe_rest - u.experts)
+    return max(moe_tail if moe else u.dense for moe in (u.kinds if last_moe is None else {last_moe}))
+
+
+def reducing_grad_bytes(model: ModelSpec, c: ParallelConfig, root_all: float, root_early: float, blocks: int,
+                        embedding: bool = True) -> float:
+    """Gradient bytes one rank holds beside its reduced gradients while FSDP reduces every unit during the backward
+    (the torch layout): the root unit's early gradients (head, final norm; held until the backward ends) and the
+    unit reducing in the compute dtype, with the fp32 reduce-scatter input of the unit reduced before it (kept until
+    the next unit reduces: the next block's rest); at an MoE block either its routed experts with the gradients
+    already computed beside them (`FsdpUnits.before_experts`), or its rest with the experts' input; at the end the
+    whole root's (the word embedding's for the whole vocabulary under TP, `full_vocab_embedding_grad_bytes`) with
+    the first block's rest's input. Measured on CPU to the byte (tests/test_memory_fsdp.py)."""
+    e = DTYPE_BYTES[c.dtype]
+    u = fsdp_units(model, c)
+
+    def before(next_moe: bool | None) -> float:
+        return u.rest(next_moe) * 4 if next_moe is not None and blocks >= 2 else 0.0
+
+    during = 0.0
+    for moe, next_moe in u.pairs:
+        if moe:
+            during = max(during, (u.experts + u.before_experts) * e + before(next_moe), u.moe_rest * e + u.experts * 4)
+        else:
+            during = max(during, u.dense * e + before(next_moe))
+    vocab = model.vocab_size * model.hidden_size * (1 - 1 / c.tp) if embedding and not model.tied_embeddings else 0.0
+    first_rest = max(u.rest(moe) for moe in u.kinds)
+    return max((root_all + vocab) * e + first_rest * 4, root_early * e + during)
 
 
 def unit_grad_shard_bytes(model: ModelSpec, c: ParallelConfig) -> float:
-    """fp32 bytes of the largest FSDP unit's sharded gradient on one rank (`largest_unit_bytes`' units): a block's
+    """fp32 bytes of the largest FSDP unit's sharded gradient on one rank (`fsdp_units`): a block's
     over dp x cp, an MoE block's routed experts over edp (their own unit and group); `largest_block_bytes` /
     (dp x cp) on a dense model."""
     expert_shard = c.edp if c.zero_stage >= 1 else 1
@@ -621,11 +709,12 @@ def unit_grad_shard_bytes(model: ModelSpec, c: ParallelConfig) -> float:
 
 def full_vocab_embedding_grad_bytes(model: ModelSpec, c: ParallelConfig, layout: str) -> float:
     """Bytes beyond its 1/tp share that the first stage's embedding gradient holds in the executor under TP while
-    gradients accumulate unsharded (ZeRO-0, or sharded with `holds_unsharded_grads`): its backward returns the
-    gradient of the whole vocabulary's table on every TP rank, in fp32, and it stays that size until the step
-    (measured on CPU, 2026-12-04: 4 V h (1 - 1/tp) more at tp 2). Tied embeddings are the head's weight and do not
-    hold it; 0 in the megatron layout (vocab-parallel)."""
-    if layout != "torch" or c.tp == 1 or model.tied_embeddings or (c.zero_sharded and not holds_unsharded_grads(c)):
+    FSDP accumulates unsharded gradients (`holds_unsharded_grads`): its backward returns the gradient of the whole
+    vocabulary's table on every TP rank, in fp32, and it stays that size until the step (measured on CPU,
+    2026-12-04: 4 V h (1 - 1/tp) more at tp 2). Where every unit is reduced during the backward (ZeRO-0's one-rank
+    units among them) it is only the root's while it reduces (`reducing_grad_bytes`). Tied embeddings are the
+    head's weight and do not hold it; 0 in the megatron layout (vocab-parallel)."""
+    if layout != "torch" or c.tp == 1 or model.tied_embeddings or not holds_unsharded_grads(c):
         return 0.0
     return 4.0 * model.vocab_size * model.hidden_size * (1 - 1 / c.tp)
 
@@ -932,10 +1021,12 @@ class RankMemory:
     def _buffer_bytes(self, st: int) -> tuple[float, float]:
         # A stage's root unit is its embedding, head and MTP embedding copy: it depends on its place only.
         first, end = self.partition[st]
-        key = (st == 0, st == len(self.partition) - 1, end - first)
+        key = (st == 0, st == len(self.partition) - 1, end - first, self.model.moe is not None and end > first
+               and self.model.is_moe_layer(end - 1))
         if key not in self._buffer_shapes:
             self._buffer_shapes[key] = unsharded_buffer_bytes(
-                self.model, self.c, self.layout, root_unit_params(self.model, self.c, self.partition, st), end - first)
+                self.model, self.c, self.layout, root_unit_params(self.model, self.c, self.partition, st), end - first,
+                embedding=st == 0, last_moe=key[3])
         return self._buffer_shapes[key]
 
     def _rank(self, rank: int) -> tuple:
@@ -952,7 +1043,7 @@ class RankMemory:
         stages = tuple(st % len(partition) for st in copies)  # their model stages (partition entries)
         local_params, local_experts = local_params_of(c, *_rank_params(model, self.part_key, stages))
         param_buffer = grad_buffer = 0.0
-        if layout == "torch" and c.zero_sharded:  # (unsharded_buffer_bytes is 0 otherwise)
+        if layout == "torch":  # (unsharded_buffer_bytes is 0 otherwise)
             buffers = [self._buffer_bytes(st) for st in stages]
             param_buffer, grad_buffer = max(b[0] for b in buffers), max(b[1] for b in buffers)
         scales = seq_chunk_scales(c, self.bounds, layout, rank) if self.bounds else (1.0, 1.0)

@@ -52,8 +52,9 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
 
     So a rank's bytes under a partition (`partition.evaluate_partition`, plus what its limit leaves out) are
     `stage_memory`'s "total" for the same in-flight counts, to float rounding (tests/test_partition_memory.py),
-    except in two rules, where they are an upper bound: a stage's FSDP gather buffers are counted as those of a
-    stage of two or more blocks (`unsharded_buffer_bytes`: a chunk of one block holds less), and under one
+    except in two rules, where they are an upper bound: a stage's FSDP buffers are counted as those of a stage of
+    two or more blocks whose last block is of the kind with the larger buffer (`unsharded_buffer_bytes`: a chunk
+    of one block holds less; ZeRO-1/2 keep the all-gather output of the chunk's last unit), and under one
     backward with seq1f1b's work split the estimate weighs the gradients against the mean chunk's temporary but
     counts the longest chunk's."""
     from autoconf.solve.partition import PartitionProblem
@@ -181,11 +182,11 @@ def reserved_bytes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     of its stages), each stage's root unit (embedding, head) known by its place and its blocks counted as two or
     more (a stage of one block holds less: an upper bound there)."""
     fixed = cluster.device.memory_overhead_bytes + temp_scale * p2p_buffer_bytes(model, c)
-    if layout != "torch" or not c.zero_sharded:
+    if layout != "torch":
         return ((0.0, fixed),) * c.pp
     places = [[0, 0]] * len(owner)  # a stage's root unit depends on its place only (its blocks cancel out)
-    buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, c, places, st), 2)
-               for st in range(len(owner))]
+    buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, c, places, st), 2,
+                                      embedding=st == 0) for st in range(len(owner))]
     return tuple((max(buffers[st][1] for st in range(len(owner)) if owner[st] == r),
                   fixed + max(buffers[st][0] for st in range(len(owner)) if owner[st] == r)) for r in range(c.pp))
 
