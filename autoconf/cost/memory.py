@@ -680,9 +680,13 @@ def reducing_grad_bytes(model: ModelSpec, c: ParallelConfig, root_all: float, ro
     the next unit reduces: the next block's rest); at an MoE block either its routed experts with the gradients
     already computed beside them (`FsdpUnits.before_experts`), or its rest with the experts' input; at the end the
     whole root's (the word embedding's for the whole vocabulary under TP, `full_vocab_embedding_grad_bytes`) with
-    the first block's rest's input. Measured on CPU to the byte (tests/test_memory_fsdp.py)."""
+    the first block's rest's input. With one micro-batch per step a unit's reduced gradient only exists once it
+    has reduced, so the root's and the dense block's reducing are taken off (negative where they exceed it).
+    Measured on CPU to the byte (tests/test_memory_fsdp.py; one micro-batch an upper bound at an MoE block)."""
     e = DTYPE_BYTES[c.dtype]
     u = fsdp_units(model, c)
+    once = c.num_microbatches == 1  # (each unit's reduced gradient appears when it reduces)
+    shard = dense_grad_shard(c)
 
     def before(next_moe: bool | None) -> float:
         return u.rest(next_moe) * 4 if next_moe is not None and blocks >= 2 else 0.0
@@ -692,10 +696,24 @@ def reducing_grad_bytes(model: ModelSpec, c: ParallelConfig, root_all: float, ro
         if moe:
             during = max(during, (u.experts + u.before_experts) * e + before(next_moe), u.moe_rest * e + u.experts * 4)
         else:
-            during = max(during, u.dense * e + before(next_moe))
+            during = max(during, u.dense * e + before(next_moe) - (u.dense * 4 / shard if once else 0.0))
     vocab = model.vocab_size * model.hidden_size * (1 - 1 / c.tp) if embedding and not model.tied_embeddings else 0.0
     first_rest = max(u.rest(moe) for moe in u.kinds)
-    return max((root_all + vocab) * e + first_rest * 4, root_early * e + during)
+    return max((root_all + vocab) * e + first_rest * 4, root_early * e + during) - root_reduced_grad_bytes(c, root_all)
+
+
+def dense_grad_shard(c: ParallelConfig) -> int:
+    """Ranks a (non-expert) FSDP unit's reduced gradient is split over: dp x cp under ZeRO sharding, else 1."""
+    return c.dp_cp if c.zero_sharded else 1
+
+
+def root_reduced_grad_bytes(c: ParallelConfig, root_all: float) -> float:
+    """fp32 bytes of the reduced gradient of a root unit of `root_all` parameters on one rank, which with one
+    micro-batch per step and every unit reduced during the backward exists only once the root reduces, at the
+    backward's end (`reducing_grad_bytes` takes it off); 0 otherwise."""
+    if c.num_microbatches != 1 or holds_unsharded_grads(c):
+        return 0.0
+    return root_all * 4 / dense_grad_shard(c)
 
 
 def unit_grad_shard_bytes(model: ModelSpec, c: ParallelConfig) -> float:
