@@ -160,6 +160,24 @@ def test_allgather_delays_first_use_and_reduce_extends_makespan():
     assert tl.makespan == pytest.approx(base.makespan + 0.5 + 2.0)
 
 
+def test_reducing_every_microbatch_puts_each_reduction_after_its_backward_on_the_stream():
+    """grad_reduce "microbatch": each micro-batch's backward of a stage starts one reduction, queued on the rank's
+    stream in the order the backwards end; a reduction longer than the compute between backwards piles up and the
+    step ends with the stream. GPipe on 2 ranks, 4 micro-batches, F = B = 1 s, reductions of 0.5 and 3 s."""
+    sch = build_schedule("gpipe", 2, 4)
+    costs = StageCosts.uniform(2, 1.0, 1.0, 0.0)
+    base = simulate(sch, costs)
+    hidden = simulate(sch, costs, reduce_time=[0.5, 0.5], reduce_every_microbatch=True)
+    for r in range(2):
+        backwards = [(a.microbatch, end) for a, _, end in hidden.events[r] if a.kind == "B"]
+        reduces = [e for e in hidden.comm_events[r] if e[0] == "reduce"]
+        assert [(start, end) for _, _, start, end in reduces] == [(b, b + 0.5) for _, b in backwards]
+    assert hidden.makespan == pytest.approx(base.makespan + 0.5)  # only the last one after the compute
+    piled = simulate(sch, costs, reduce_time=[3.0, 3.0], reduce_every_microbatch=True)
+    first_backward_end = min(end for a, _, end in piled.events[0] if a.kind == "B")
+    assert piled.makespan == pytest.approx(first_backward_end + 4 * 3.0)
+
+
 def test_looped_bfs_gathers_each_stage_once_in_first_use_order():
     """Breadth-first: rank r gathers its v stages once each, back to back, in model order."""
     sch = build_schedule("looped-bfs", 2, 4, 3)

@@ -805,9 +805,9 @@ def _host_prediction(cluster: ClusterProfile, c: ParallelConfig, memory: list[di
 
 def comm_stream_bound(sp: StagePlan, schedule) -> float:
     """With grad_reduce "microbatch": the step lasts at least as long as the busiest rank's DP comm stream, which
-    carries its stages' gathers and every micro-batch's reduce-scatter. The simulation places the last one after
-    the stage's last backward; the earlier ones run beside the later backward passes and are hidden while the
-    stream has room (0 without them)."""
+    carries its stages' gathers and every micro-batch's reduce-scatter (0 without them). The simulation places each
+    after its micro-batch's backward; this bound also holds the step extrapolated from fewer micro-batches
+    (`_extrapolated_step`), whose stream grows by a reduction per micro-batch where the compute grows less."""
     if not sp.early_reduce:
         return 0.0
     return max(sum(sp.allgather[s] + sp.early_reduce[s] + sp.reduce[s] for s in schedule.model_stages_of_rank(r))
@@ -832,12 +832,14 @@ def _schedule(name: str, pp: int, num_microbatches: int, vpp: int, seq_chunks: i
 def _simulate_step(schedule, sp: StagePlan, p2p, execution: Execution) -> tuple[Timeline, float]:
     """The simulated timeline and the step's makespan, with the execution's DP overlap: the once-per-step parameter
     gathers whole before a stage's first forward or bucket by bucket during it (`param_gather_overlap`); the
-    gradient reductions after each stage's last backward, bucket by bucket during it, or (without overlap) every
-    rank's reductions one after another once the whole pipeline has flushed, on its comm stream."""
+    gradient reductions after each stage's last backward (with grad_reduce "microbatch" after every micro-batch's),
+    bucket by bucket during it, or (without overlap) every rank's reductions one after another once the whole
+    pipeline has flushed, on its comm stream."""
     gather_buckets = sp.buckets if execution.param_gather_overlap else None
     if execution.grad_reduce_start != "after_flush":
         reduce_buckets = sp.buckets if execution.grad_reduce_start == "per_bucket" else None
-        timeline = simulate(schedule, sp.costs, p2p, sp.allgather, sp.reduce, gather_buckets, reduce_buckets)
+        timeline = simulate(schedule, sp.costs, p2p, sp.allgather, sp.reduce, gather_buckets, reduce_buckets,
+                            reduce_every_microbatch=bool(sp.early_reduce))
         return timeline, timeline.makespan
     timeline = simulate(schedule, sp.costs, p2p, sp.allgather, gather_buckets=gather_buckets)
     flushed = timeline.makespan

@@ -20,8 +20,10 @@ starts once the first bucket is there, each bucket prefetched while the layers o
 forward ends no earlier than the whole gather's end plus the compute of the last bucket's share (1/n of it). With
 `reduce_buckets[s] = n`, the reduction of stage s is n equal buckets, bucket j ready when the stage's last B or W is
 (j+1)/n done, so only the last bucket's reduction (and whatever the stream still has queued) follows the
-backward. The buckets are even shares of the stage; the compute a concurrent collective slows (SM and memory
-contention) is not modelled.
+backward. With `reduce_every_microbatch` every micro-batch's backward of a stage starts a reduction of
+`reduce_time[s]` the same way (FSDP reduce-scattering each micro-batch's gradients), all on the rank's stream in the
+order their backwards end. The buckets are even shares of the stage; the compute a concurrent collective slows (SM
+and memory contention) is not modelled.
 
 Overlapped pairs: a schedule that pairs a forward with the full backward right after it (`Schedule.paired`,
 DualPipe's F&B) runs each pair as one action when the costs state the communication inside each pass
@@ -164,6 +166,7 @@ def simulate(
     reduce_time: Sequence[float] | None = None,
     gather_buckets: Sequence[int] | None = None,
     reduce_buckets: Sequence[int] | None = None,
+    reduce_every_microbatch: bool = False,
 ) -> Timeline:
     """Simulate one training step of `schedule` with per-stage `costs`; see the module docstring for the rules.
 
@@ -223,18 +226,19 @@ def simulate(
     last_bwd_start = [float(starts[i]) if i >= 0 else 0.0 for i in last_bwd]
     last_bwd = [float(ends[i]) if i >= 0 else 0.0 for i in last_bwd]
 
-    # gradient reductions: after the last B/W of each stage (bucket by bucket during it), in that order, on the
-    # rank's comm stream
+    # gradient reductions: after the last B/W of each stage (bucket by bucket during it), or after every micro-batch's,
+    # in the order those backwards end, on the rank's comm stream
     if reduce_time is not None:
         for r in range(R):
             t = comm_free[r]
-            for s in sorted(schedule.stages_of_rank(r), key=lambda s: last_bwd[s]):
+            windows = (_backward_windows(schedule, r, starts, ends, offsets) if reduce_every_microbatch else
+                       sorted((last_bwd[s], last_bwd_start[s], s) for s in schedule.stages_of_rank(r)))
+            for end, begin, s in windows:
                 n = reduce_buckets[s] if reduce_buckets is not None else 1
                 share = float(reduce_time[s]) / n
-                span = last_bwd[s] - last_bwd_start[s]
                 first = None
                 for j in range(n):
-                    start = max(t, last_bwd_start[s] + span * (j + 1) / n)
+                    start = max(t, begin + (end - begin) * (j + 1) / n)
                     first = start if first is None else first
                     t = start + share
                 comm_events[r].append(("reduce", s, first, t))
@@ -257,6 +261,17 @@ def _chain_ends(schedule: Schedule) -> tuple[list[bool], list[bool]]:
     n = schedule.chain
     S = schedule.num_stages
     return [s % n == 0 for s in range(S)], [s % n == n - 1 for s in range(S)]
+
+
+def _backward_windows(schedule: Schedule, rank: int, starts, ends, offsets) -> list[tuple[float, float, int]]:
+    """(end, start, stage) of the backward that completes each micro-batch of each of `rank`'s stages (its last B or
+    W; under sequence chunks the micro-batch's last chunk's), in the order they end."""
+    last: dict[tuple[int, int], int] = {}
+    k = schedule.seq_chunks
+    for i, action in enumerate(schedule.actions[rank]):
+        if action.kind != "F":
+            last[action.stage, action.microbatch // k] = offsets[rank] + i
+    return sorted((float(ends[i]), float(starts[i]), s) for (s, _), i in last.items())
 
 
 def _per_schedule_stage(schedule: Schedule, costs: StageCosts, *per_stage):
