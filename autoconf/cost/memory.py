@@ -668,6 +668,8 @@ def tail_gather_params(model: ModelSpec, c: ParallelConfig, last_moe: bool | Non
     order, a dense block or an MoE block's routed experts; where those are one-rank units (edp 1) the buffer of the
     block's rest, held while the experts are not yet copied, by what it exceeds them. None: the largest."""
     u = fsdp_units(model, c)
+    if last_moe is False or True not in u.kinds:
+        return u.dense
     moe_tail = u.experts if c.edp > 1 else max(0.0, u.moe_rest - u.experts)
     return max(moe_tail if moe else u.dense for moe in (u.kinds if last_moe is None else {last_moe}))
 

@@ -101,6 +101,7 @@ class _BoundCache:
         self._layers_of_rank: dict = {}
         self._hop_count: dict = {}
         self._layout: dict = {}
+        self._smallest: dict = {}  # (pp, vpp, schedule) -> layers of the default partition's smallest stage
         self._step: dict = {}
         self._owner: dict = {}
         self._layers: dict = {}
@@ -480,7 +481,10 @@ class _BoundCache:
     def _smallest_stage(self, c: ParallelConfig) -> int:
         """Layers of the smallest stage of the default partition (floor(L / stages) but with MTP modules, whose
         room on the last stage leaves it fewer)."""
-        return min(end - first for first, end in self._default_layout(c)[0])
+        key = (c.pp, c.vpp, c.schedule)
+        if key not in self._smallest:
+            self._smallest[key] = min(end - first for first, end in self._default_layout(c)[0])
+        return self._smallest[key]
 
     def _default_layout(self, c: ParallelConfig) -> tuple[list, tuple[int, ...]]:
         """(the estimate's default partition, stage-to-rank owner) of `c`'s pipeline: the uniform one, or with MTP
