@@ -606,8 +606,8 @@ class FsdpUnits:
     shared experts) and its routed experts (a unit of their own); of the rest, the shared experts and their gate
     (`before_experts`), whose gradients exist when the routed experts' unit reduces: autograd runs the backward of
     what the forward made last first, and execute/moe.py runs them after the routed experts, the router before
-    (measured on CPU: the router's gradient comes later). `pairs`: (is block i an MoE block, is block i + 1) for each block of
-    the model, None after the last."""
+    (measured on CPU: the router's gradient comes later). `pairs`: (is block i an MoE block, is block i + 1) for
+    each block of the model, None after the last."""
 
     dense: float
     moe_rest: float
@@ -1063,7 +1063,7 @@ class RankMemory:
         stages = tuple(st % len(partition) for st in copies)  # their model stages (partition entries)
         local_params, local_experts = local_params_of(c, *_rank_params(model, self.part_key, stages))
         param_buffer = grad_buffer = 0.0
-        if layout == "torch":  # (unsharded_buffer_bytes is 0 otherwise)
+        if layout == "torch":  # (FSDP's buffers: none in the megatron layout)
             buffers = [self._buffer_bytes(st) for st in stages]
             param_buffer, grad_buffer = max(b[0] for b in buffers), max(b[1] for b in buffers)
         scales = seq_chunk_scales(c, self.bounds, layout, rank) if self.bounds else (1.0, 1.0)
