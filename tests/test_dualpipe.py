@@ -61,15 +61,16 @@ def test_every_rank_keeps_pp_plus_1_stage_micro_batches(pp):
 
 
 def _memory(schedule: str, vpp: int) -> tuple[list[dict], dict]:
-    """The estimate's memory per rank, and what a middle rank holds of a unit in use only (the same for a chunk of
-    two blocks and a stage of four: one block's gradient reducing beside the previous one's reduce input)."""
+    """The estimate's memory per rank, and what a middle rank holds of the units in use only (the same for a chunk
+    of two blocks and a stage of four: the reduction torch's stage defers to after the last backward)."""
     from autoconf.cost.memory import unsharded_buffer_bytes
 
     model = dataclasses.replace(PRESETS["llama3-8b"], num_layers=16)
     c = ParallelConfig(tp=1, pp=4, dp=2, vpp=vpp, micro_batch_size=1, global_batch_size=32, seq_len=2048,
                        schedule=schedule, zero_stage=0, dtype="bf16")
     cluster = load_cluster("dgx-h100-80g", nodes=1)
-    in_use = dict(zip(("params", "grads"), unsharded_buffer_bytes(model, c, "torch", (0.0, 0.0), 2, embedding=False)))
+    in_use = dict(zip(("params", "grads"), unsharded_buffer_bytes(model, c, "torch", (0.0, 0.0), (0, 2),
+                                                                  embedding=False)))
     return estimate(model, cluster, c).prediction["memory_per_stage"], in_use
 
 

@@ -72,10 +72,22 @@ def _unit_plans() -> dict[str, Plan]:
     plans["pp2-zero0"] = even_plan(LLAMA, pp=2, zero=0, global_batch=4)
     for plan in plans.values():
         assert plan.config.num_microbatches == 4
+    big_vocab = dataclasses.replace(LLAMA, vocab_size=4096)
     # The root unit's reduction at its largest: a vocabulary of 4096 under TP, whose embedding gradient reduces at
     # the whole vocabulary's size; one micro-batch, so no unit's reduced gradient exists before it reduces.
-    plans["tp2-dp2-zero3-one-microbatch-vocab4096"] = even_plan(
-        dataclasses.replace(LLAMA, vocab_size=4096), tp=2, dp=2, zero=3, global_batch=2)
+    plans["tp2-dp2-zero3-one-microbatch-vocab4096"] = even_plan(big_vocab, tp=2, dp=2, zero=3, global_batch=2)
+    # torch's stage reduces after the last backward, the root first: the last stage's large head.
+    plans["pp2-dp2-zero2-vocab4096"] = even_plan(big_vocab, pp=2, dp=2, zero=2, global_batch=8)
+    # A split-backward schedule's ZeRO-0 chunks are left to torch's stage, which defers their reduction too.
+    plans["pp2-zb-h1-zero0"] = even_plan(LLAMA, pp=2, schedule="zb-h1", global_batch=4)
+    # Each chunk's own blocks: an MoE chunk ending in an MoE block, and one of MoE blocks only.
+    moe_pp = even_plan(PRESETS["tiny-moe"], pp=2, dp=2, zero=3, global_batch=8)
+    moe_pp.config = dataclasses.replace(moe_pp.config, ep=2, grad_reduce="microbatch")
+    plans["moe-pp2-dp2-ep2-zero3-microbatch"] = moe_pp
+    # seq1f1b runs on torch's runtime, which gathers whole chunks (UNSHARD actions) at ZeRO-3.
+    seq = even_plan(LLAMA, pp=2, dp=2, zero=3, global_batch=8, schedule="seq1f1b")
+    seq.config = dataclasses.replace(seq.config, seq_chunks=2, grad_reduce="microbatch")
+    plans["seq1f1b-pp2-dp2-zero3-microbatch"] = seq
     for plan in plans.values():
         plan.validate()
     return plans

@@ -243,10 +243,11 @@ def rank_optimizer_time(cluster: ClusterProfile, c: ParallelConfig, rank_params:
     DTensor rate on the unsharded count. With an `execution`, AdamW runs its `adam_kernels`, plus its once-per-step
     passes over the main-gradient buffer (`grad_buffer_pass_time`); without one, the fused kernel (the fewest bytes)
     and no passes: what the search's bound reads."""
-    from autoconf.cost.moe import local_params
+    from autoconf.cost.moe import expert_state_shard, local_params
 
     shard = c.dp_cp if c.zero_sharded else 1
-    expert_shard = c.edp if c.zero_stage >= 1 else 1
+    # (without an execution the widest sharding: the search's bound stays below the estimate)
+    expert_shard = expert_state_shard(c, execution.memory_layout if execution else "megatron")
     dtensor = c.tp > 1 or c.zero_sharded
     dense, experts = local_params(c, rank_params, expert_params, replicated_params)
     unsharded = dense + experts

@@ -81,7 +81,7 @@ from dataclasses import dataclass
 from autoconf.cost.compute import seq_chunk_bounds
 from autoconf.cost.cp_ring import buffer_bytes as torch_ring_buffer_bytes, torch_ring
 from autoconf.cost.moe import (all_to_all_buffer_bytes, block_local_params, blocks_params, dispatch_bytes,
-                               layer_kinds, moe_layers, routed_activation_bytes)
+                               expert_state_shard, layer_kinds, moe_layers, routed_activation_bytes)
 from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.saved import MLA_UP_PROJ_MLP, NORMS_MLA_SWIGLU, saved_bytes
 from autoconf.cost.mtp import mtp_activation_bytes, mtp_embedding_copy, mtp_stage_params
@@ -467,17 +467,20 @@ def reduced_grad_bytes(model: ModelSpec, config: ParallelConfig, partition: Sequ
     c = config
     dense, experts = local_params_of(c, *rank_params(model, partition, stages))
     shard = c.dp_cp if c.zero_sharded else 1
-    expert_shard = c.edp if c.zero_stage >= 1 else 1
+    expert_shard = expert_state_shard(c, layout)
     grad = float(execution.grad_buffer_bytes) if layout == "megatron" and execution else 4.0
     return grad * (dense / shard + experts / expert_shard)
 
 
 def holds_unsharded_grads(config: ParallelConfig) -> bool:
     """Whether FSDP holds the rank's whole unsharded gradient until the step's reduce-scatter (see the module
-    docstring): sharded, grad_reduce "step", and gradients accumulated over several micro-batches or pipelined."""
+    docstring): sharded, grad_reduce "step", and gradients accumulated over several micro-batches or pipelined; or
+    one-rank units (ZeRO-0) that torch's pipeline stage defers, those of the split-backward schedules (the executor
+    leaves their chunks to the stage: execute/pipeline.py `_stage_kind`)."""
     c = config
-    return (c.zero_sharded and not c.reduces_every_microbatch
-            and (c.num_microbatches > 1 or c.pp > 1))
+    if not c.zero_sharded:
+        return c.pp > 1 and schedule_spec(c.schedule).split_backward
+    return not c.reduces_every_microbatch and (c.num_microbatches > 1 or c.pp > 1)
 
 
 def holds_unsharded_params(config: ParallelConfig) -> bool:
@@ -499,7 +502,7 @@ def state_bytes_per_param(config: ParallelConfig, layout: str, experts: bool = F
     the module docstring lays out; what is held of only the units in use is `unsharded_buffer_bytes`. With
     `experts`, of a routed-expert parameter: ZeRO shards over edp instead of dp x cp. `execution`: the megatron
     layout's gradient buffer dtype and optimizer (Megatron-LM's fp32 buffer and distributed optimizer without)."""
-    dp = config.edp if experts else config.dp_cp
+    dp = expert_state_shard(config, layout) if experts else config.dp_cp
     # FSDP shards over the group (`dp` > 1); optimizer offload moves the experts' state to the host even where edp
     # is 1 (their unit offloads with the rest: the host counts them, cost/offload.py)
     offloaded = experts and config.offload_optimizer and config.zero_sharded
@@ -555,48 +558,55 @@ def root_unit_params(model: ModelSpec, c: ParallelConfig, partition: Sequence[Se
 
 
 def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
-                           root: tuple[float, float] | None = None, blocks: int = 2, embedding: bool = True,
-                           last_moe: bool | None = None) -> tuple[float, float]:
+                           root: tuple[float, float] | None = None, layers: tuple[int, int] | None = None,
+                           embedding: bool = True) -> tuple[float, float]:
     """(parameter, gradient) bytes of one TP rank that FSDP holds for the units in use only, in the torch layout
-    (tests/test_memory_fsdp.py measures them). Units are `fsdp_units`'; one with an all-gather buffer is a unit
-    sharded over more than one rank (`gathered_unit_params`).
+    (tests/test_memory_fsdp.py measures them), for a chunk of blocks `layers` = (first, end) (None: any chunk of two
+    or more blocks, the largest). Units are `fsdp_units`'; one with an all-gather buffer is a unit sharded over more
+    than one rank (`FsdpUnits.gathered`). `root` is `root_unit_params`' pair, one TP rank's (default: the whole
+    model's); `embedding`: whether the root holds the word embedding (the first stage), whose gradient under TP is
+    the whole vocabulary's (`full_vocab_rows`, counted here).
 
     Parameters: at ZeRO-3 (unless the whole copy is held) the chunk's root unit (never resharded after forward)
     and two blocks in the compute dtype (the one computing and the next unit's all-gather output: prefetched in the
     backward, the previous one's kept until the next gathers in the forward); beside the whole copy of ZeRO-1/2,
-    the all-gather output of the chunk's last unit in forward order (`last_moe`: whether the chunk's last block is
-    an MoE block; None: the largest such buffer). Unsharded (one-rank units: ZeRO-0, or nothing to shard over) FSDP
-    copies a unit's parameters when it runs, in any dtype, with no all-gather buffer and nothing prefetched: the
-    root and the block computing, unless the whole copy is held (`ParallelConfig.reshard_after_forward`).
-    Gradients: while every unit is reduced during the backward (one-rank units always; sharded ones with
-    grad_reduce "microbatch" or one micro-batch), `reducing_grad_bytes`; beside a whole unsharded gradient, one
-    unit's sharded gradient and, in bf16/fp16, the block's new low-precision gradient before FSDP adds it to the
-    fp32 sum. `root` is `root_unit_params`' pair, one TP rank's (default: the whole model's); `blocks` the chunk's
-    blocks (a chunk of one block has no previous block's reduce-scatter input beside its block's gradient);
-    `embedding`: whether the root holds the word embedding (the first stage)."""
+    the all-gather output of the chunk's last unit in forward order. Unsharded (one-rank units: ZeRO-0, or nothing
+    to shard over) FSDP copies a unit's parameters when it runs, in any dtype, with no all-gather buffer and nothing
+    prefetched: the root and the block computing, unless the whole copy is held
+    (`ParallelConfig.reshard_after_forward`).
+    Gradients, while every unit is reduced during the backward (one-rank units; sharded ones with grad_reduce
+    "microbatch" or one micro-batch): `reducing_grad_bytes`. Beside a whole unsharded gradient
+    (`holds_unsharded_grads`), the embedding's whole-vocabulary part, and in bf16/fp16 the block's new
+    low-precision gradient before FSDP adds it to the fp32 sum; then the reduction: without a pipeline the last
+    micro-batch's backward reduces unit by unit, one unit's sharded gradient more; under one torch's stage reduces
+    after the last backward in FSDP's order, the root first (its shard beside its reduce input), then the blocks in
+    forward order (a block's shard, the root's reduced by then). Under optimizer offload a reduced shard goes to the
+    host (cost/offload.py counts it there)."""
     c = config
     if layout != "torch":
         return 0.0, 0.0
     e = DTYPE_BYTES[c.dtype]
     root_all, root_early = root_unit_params(model, c) if root is None else root
-    block = largest_block_bytes(model, c)
+    u = fsdp_units(model, c)
+    pairs = chunk_pairs(model, layers)
+    block = u.largest_block(pairs)
     if not c.zero_sharded:
         params = (root_all + block) * e if c.reshard_after_forward else 0.0
-        return params, reducing_grad_bytes(model, c, root_all, root_early, blocks, embedding)
-    if holds_unsharded_params(c):
+    elif holds_unsharded_params(c):
         # ZeRO-1/2 gather the whole copy unit by unit in the forward, each unit's all-gather output kept until the
         # next one gathers; ZeRO-3 under a pipeline completes it in the backward, where nothing is kept.
-        params = tail_gather_params(model, c, last_moe) * e if c.zero_stage < 3 else 0.0
+        params = u.tail_gather(pairs, c.edp) * e if c.zero_stage < 3 else 0.0
     else:  # (an MoE block's routed experts are a unit of their own inside it: a block and one more unit)
-        params = (root_all + block + gathered_unit_params(model, c)) * e
-    if holds_unsharded_grads(c):
-        # In the reducing backward, a reduced block's sharded gradient exists while its fp32 reduce-scatter input
-        # is kept instead of its unsharded gradient: one unit's shard more. Under mixed precision each backward
-        # first writes a block's gradient in the compute dtype, then adds it to the fp32 sum.
-        grads = unit_grad_shard_bytes(model, c) + (block * e if e != 4 else 0.0)
-    else:
-        grads = reducing_grad_bytes(model, c, root_all, root_early, blocks, embedding)
-    return params, grads
+        params = (root_all + block + u.gathered(pairs, c.edp)) * e
+    if not holds_unsharded_grads(c):
+        return params, reducing_grad_bytes(model, c, root_all, root_early, layers, embedding)
+    vocab = 4.0 * full_vocab_rows(model, c, embedding)
+    written = vocab + (block * e if e != 4 else 0.0)
+    shard = 0.0 if c.offload_optimizer else unit_grad_shard_bytes(model, c)
+    if c.pp == 1:
+        return params, written + shard
+    root_shard = 0.0 if c.offload_optimizer else 4.0 * root_all / dense_grad_shard(c)
+    return params, max(written, root_shard, shard - 4.0 * root_all + root_shard)
 
 
 @dataclass(frozen=True)
@@ -606,23 +616,35 @@ class FsdpUnits:
     shared experts) and its routed experts (a unit of their own); of the rest, the shared experts and their gate
     (`before_experts`), whose gradients exist when the routed experts' unit reduces: autograd runs the backward of
     what the forward made last first, and execute/moe.py runs them after the routed experts, the router before
-    (measured on CPU: the router's gradient comes later). `pairs`: (is block i an MoE block, is block i + 1) for
-    each block of the model, None after the last."""
+    (measured on CPU: the router's gradient comes later). The methods read a chunk's `chunk_pairs`."""
 
     dense: float
     moe_rest: float
     experts: float
     before_experts: float
-    pairs: frozenset
-
-    @property
-    def kinds(self) -> set:
-        """The kinds of block the model has, as `is_moe_layer` values."""
-        return {moe for moe, _ in self.pairs}
 
     def rest(self, moe: bool) -> float:
         """The unit of a block that is not its routed experts (a dense block whole)."""
         return self.moe_rest if moe else self.dense
+
+    def largest_block(self, pairs: frozenset) -> float:
+        """A chunk's largest block, its routed experts included."""
+        return max((self.rest(moe) + (self.experts if moe else 0.0) for moe, _ in pairs), default=0.0)
+
+    def gathered(self, pairs: frozenset, edp: int) -> float:
+        """A chunk's largest unit with an all-gather buffer under ZeRO sharding: every unit but the routed experts
+        where edp is 1 (one-rank units copy, they gather nothing)."""
+        return max((max(self.rest(moe), self.experts if moe and edp > 1 else 0.0) for moe, _ in pairs), default=0.0)
+
+    def tail_gather(self, pairs: frozenset, edp: int) -> float:
+        """The all-gather output still held when ZeRO-1/2 have gathered a chunk's whole copy: its last unit's in
+        forward order, a dense block or an MoE block's routed experts; where those are one-rank units (edp 1) the
+        buffer of the block's rest, held while the experts are not yet copied, by what it exceeds them."""
+        last = [moe for moe, after in pairs if after is None]
+        if not any(last):
+            return self.dense if last else 0.0
+        moe_tail = self.experts if edp > 1 else max(0.0, self.moe_rest - self.experts)
+        return max(moe_tail if moe else self.dense for moe in last)
 
 
 _fsdp_units: dict[tuple, FsdpUnits] = {}
@@ -636,72 +658,72 @@ def fsdp_units(model: ModelSpec, c: ParallelConfig) -> FsdpUnits:
         rest, experts = block_local_params(model, c, True)
         before = 0.0
         if model.moe is not None:
-            shared = [op for op in model.layer_ops(_first_moe_layer(model))
-                      if op.name in ("shared_experts", "shared_expert_gate")]
+            first_moe = next(i for i in range(model.num_layers) if model.is_moe_layer(i))
+            shared = [op for op in model.layer_ops(first_moe) if op.name in ("shared_experts", "shared_expert_gate")]
             before = sum(local_params_of(c, op.params, 0.0, op.tp_replicated_params)[0] for op in shared)
-        kinds = [model.is_moe_layer(i) for i in range(model.num_layers)]
-        pairs = frozenset(zip(kinds, kinds[1:] + [None]))
-        _fsdp_units[key] = FsdpUnits(dense, rest, experts, before, pairs)
+        _fsdp_units[key] = FsdpUnits(dense, rest, experts, before)
     return _fsdp_units[key]
 
 
-def _first_moe_layer(model: ModelSpec) -> int:
-    return next(i for i in range(model.num_layers) if model.is_moe_layer(i))
+@functools.lru_cache(maxsize=4096)
+def chunk_pairs(model: ModelSpec, layers: tuple[int, int] | None) -> frozenset:
+    """(is block i an MoE block, is block i + 1; None after the chunk's last) for the blocks of a chunk `layers` =
+    (first, end), empty for a chunk of no block (the embedding or the head alone); None: every pair any chunk of two
+    or more blocks can have (the model's, each block also last)."""
+    first, end = (0, model.num_layers) if layers is None else layers
+    kinds = [model.is_moe_layer(i) for i in range(first, end)] if model.moe is not None else [False] * (end - first)
+    pairs = set(zip(kinds, kinds[1:] + [None]))
+    if layers is None:
+        pairs |= {(moe, None) for moe in kinds}
+    return frozenset(pairs)
 
 
 def largest_block_bytes(model: ModelSpec, c: ParallelConfig) -> float:
     """Parameters one rank holds of its largest block: a dense block's over tp, an MoE block's with its routed
     experts over ep x etp (each block's TP-replicated parameters whole, `local_params`)."""
-    u = fsdp_units(model, c)
-    return max(u.rest(moe) + (u.experts if moe else 0.0) for moe in u.kinds)
+    return fsdp_units(model, c).largest_block(chunk_pairs(model, None))
 
 
-def gathered_unit_params(model: ModelSpec, c: ParallelConfig) -> float:
-    """The largest unit with an all-gather buffer under ZeRO sharding: every unit but the routed experts where edp
-    is 1 (one-rank units copy, they gather nothing)."""
-    u = fsdp_units(model, c)
-    return max([u.rest(moe) for moe in u.kinds] + ([u.experts] if True in u.kinds and c.edp > 1 else []))
+def full_vocab_rows(model: ModelSpec, c: ParallelConfig, embedding: bool = True) -> float:
+    """Elements beyond its 1/tp share in the gradient of the word embedding of a chunk (`embedding`: it holds it)
+    under TP: the executor's backward returns the whole vocabulary's table on every TP rank (measured on CPU,
+    2026-12-04: V h (1 - 1/tp) more at tp 2), held at that size while FSDP accumulates unsharded gradients and
+    reduced at it (`reducing_grad_bytes`). Tied embeddings are the head's weight and do not hold it."""
+    if not embedding or c.tp == 1 or model.tied_embeddings:
+        return 0.0
+    return model.vocab_size * model.hidden_size * (1 - 1 / c.tp)
 
 
-def tail_gather_params(model: ModelSpec, c: ParallelConfig, last_moe: bool | None) -> float:
-    """The all-gather output still held when ZeRO-1/2 have gathered a chunk's whole copy: its last unit's in forward
-    order, a dense block or an MoE block's routed experts; where those are one-rank units (edp 1) the buffer of the
-    block's rest, held while the experts are not yet copied, by what it exceeds them. None: the largest."""
-    u = fsdp_units(model, c)
-    if last_moe is False or True not in u.kinds:
-        return u.dense
-    moe_tail = u.experts if c.edp > 1 else max(0.0, u.moe_rest - u.experts)
-    return max(moe_tail if moe else u.dense for moe in (u.kinds if last_moe is None else {last_moe}))
-
-
-def reducing_grad_bytes(model: ModelSpec, c: ParallelConfig, root_all: float, root_early: float, blocks: int,
-                        embedding: bool = True) -> float:
+def reducing_grad_bytes(model: ModelSpec, c: ParallelConfig, root_all: float, root_early: float,
+                        layers: tuple[int, int] | None = None, embedding: bool = True) -> float:
     """Gradient bytes one rank holds beside its reduced gradients while FSDP reduces every unit during the backward
-    (the torch layout): the root unit's early gradients (head, final norm; held until the backward ends) and the
-    unit reducing in the compute dtype, with the fp32 reduce-scatter input of the unit reduced before it (kept until
-    the next unit reduces: the next block's rest); at an MoE block either its routed experts with the gradients
-    already computed beside them (`FsdpUnits.before_experts`), or its rest with the experts' input; at the end the
-    whole root's (the word embedding's for the whole vocabulary under TP, `full_vocab_embedding_grad_bytes`) with
-    the first block's rest's input. With one micro-batch per step a unit's reduced gradient only exists once it
-    has reduced, so the root's and the dense block's reducing are taken off (negative where they exceed it).
-    Measured on CPU to the byte (tests/test_memory_fsdp.py; one micro-batch an upper bound at an MoE block)."""
+    (the torch layout) of a chunk of blocks `layers` (`chunk_pairs`): the root unit's early gradients (head, final
+    norm; held until the backward ends) and the unit reducing in the compute dtype, with the fp32 reduce-scatter
+    input of the unit reduced before it (kept until the next unit reduces: the next block's rest); at an MoE block
+    either its routed experts with the gradients already computed beside them (`FsdpUnits.before_experts`), or its
+    rest with the experts' input; at the end the whole root's (the word embedding's for the whole vocabulary under
+    TP, `full_vocab_rows`) with the first block's rest's input. With one micro-batch per step a unit's reduced
+    gradient only exists once it has reduced, so the root's and the dense block's reducing are taken off (negative
+    where they exceed it). Measured on CPU to the byte (tests/test_memory_fsdp.py; one micro-batch an upper bound
+    at an MoE block)."""
     e = DTYPE_BYTES[c.dtype]
     u = fsdp_units(model, c)
+    pairs = chunk_pairs(model, layers)
     once = c.num_microbatches == 1  # (each unit's reduced gradient appears when it reduces)
     shard = dense_grad_shard(c)
 
     def before(next_moe: bool | None) -> float:
-        return u.rest(next_moe) * 4 if next_moe is not None and blocks >= 2 else 0.0
+        return u.rest(next_moe) * 4 if next_moe is not None else 0.0
 
     during = 0.0
-    for moe, next_moe in u.pairs:
+    for moe, next_moe in pairs:
         if moe:
             during = max(during, (u.experts + u.before_experts) * e + before(next_moe), u.moe_rest * e + u.experts * 4)
         else:
             during = max(during, u.dense * e + before(next_moe) - (u.dense * 4 / shard if once else 0.0))
-    vocab = model.vocab_size * model.hidden_size * (1 - 1 / c.tp) if embedding and not model.tied_embeddings else 0.0
-    first_rest = max(u.rest(moe) for moe in u.kinds)
-    return max((root_all + vocab) * e + first_rest * 4, root_early * e + during) - root_reduced_grad_bytes(c, root_all)
+    first_rest = max((u.rest(moe) for moe, _ in pairs), default=0.0)
+    return (max((root_all + full_vocab_rows(model, c, embedding)) * e + first_rest * 4, root_early * e + during)
+            - root_reduced_grad_bytes(c, root_all))
 
 
 def dense_grad_shard(c: ParallelConfig) -> int:
@@ -719,24 +741,11 @@ def root_reduced_grad_bytes(c: ParallelConfig, root_all: float) -> float:
 
 
 def unit_grad_shard_bytes(model: ModelSpec, c: ParallelConfig) -> float:
-    """fp32 bytes of the largest FSDP unit's sharded gradient on one rank (`fsdp_units`): a block's
-    over dp x cp, an MoE block's routed experts over edp (their own unit and group); `largest_block_bytes` /
-    (dp x cp) on a dense model."""
-    expert_shard = c.edp if c.zero_stage >= 1 else 1
-    return max(4 * max(dense / c.dp_cp, experts / expert_shard)
+    """fp32 bytes of the largest FSDP unit's reduced gradient on one rank (`fsdp_units`): a block's over
+    `dense_grad_shard` ranks, an MoE block's routed experts over `expert_state_shard` (their own unit and group);
+    a whole unit's on one-rank units."""
+    return max(4 * max(dense / dense_grad_shard(c), experts / expert_state_shard(c))
                for dense, experts in (block_local_params(model, c, moe) for moe in layer_kinds(model)))
-
-
-def full_vocab_embedding_grad_bytes(model: ModelSpec, c: ParallelConfig, layout: str) -> float:
-    """Bytes beyond its 1/tp share that the first stage's embedding gradient holds in the executor under TP while
-    FSDP accumulates unsharded gradients (`holds_unsharded_grads`): its backward returns the gradient of the whole
-    vocabulary's table on every TP rank, in fp32, and it stays that size until the step (measured on CPU,
-    2026-12-04: 4 V h (1 - 1/tp) more at tp 2). Where every unit is reduced during the backward (ZeRO-0's one-rank
-    units among them) it is only the root's while it reduces (`reducing_grad_bytes`). Tied embeddings are the
-    head's weight and do not hold it; 0 in the megatron layout (vocab-parallel)."""
-    if layout != "torch" or c.tp == 1 or model.tied_embeddings or not holds_unsharded_grads(c):
-        return 0.0
-    return 4.0 * model.vocab_size * model.hidden_size * (1 - 1 / c.tp)
 
 
 def p2p_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:
@@ -1041,12 +1050,11 @@ class RankMemory:
     def _buffer_bytes(self, st: int) -> tuple[float, float]:
         # A stage's root unit is its embedding, head and MTP embedding copy: it depends on its place only.
         first, end = self.partition[st]
-        key = (st == 0, st == len(self.partition) - 1, end - first, self.model.moe is not None and end > first
-               and self.model.is_moe_layer(end - 1))
+        key = (st == 0, st == len(self.partition) - 1, end - first if self.model.moe is None else (first, end))
         if key not in self._buffer_shapes:
             self._buffer_shapes[key] = unsharded_buffer_bytes(
-                self.model, self.c, self.layout, root_unit_params(self.model, self.c, self.partition, st), end - first,
-                embedding=st == 0, last_moe=key[3])
+                self.model, self.c, self.layout, root_unit_params(self.model, self.c, self.partition, st),
+                (0, end - first) if self.model.moe is None else (first, end), embedding=st == 0)
         return self._buffer_shapes[key]
 
     def _rank(self, rank: int) -> tuple:
@@ -1072,8 +1080,6 @@ class RankMemory:
         params = (local_params * (w_b + copy_b) + local_experts * (expert_bytes[0] + expert_bytes[3]) + param_buffer
                   + fp8_cache_bytes)
         grads = local_params * g_b + local_experts * expert_bytes[1] + grad_buffer
-        if 0 in stages:
-            grads += full_vocab_embedding_grad_bytes(model, c, layout)
         optimizer = local_params * o_b + local_experts * expert_bytes[2]
         host = (local_params * host_state_bytes_per_param(c, layout)
                 + local_experts * host_state_bytes_per_param(c, layout, experts=True)) if c.offloads else 0.0

@@ -91,6 +91,16 @@ def local_params(c: ParallelConfig, params: float, expert_params: float,
             expert_params / (c.ep * c.etp))
 
 
+def expert_state_shard(c: ParallelConfig, layout: str = "torch") -> int:
+    """Ranks a routed expert's ZeRO-sharded state (and reduced gradient) is split over: the expert-data-parallel
+    degree edp under ZeRO >= 1, in the megatron layout (Megatron-Core's distributed optimizer over the expert-DP
+    group) and in the torch layout where FSDP shards at all (`zero_sharded`; otherwise the executor's experts are
+    one-rank units, execute/parallelize.py `apply_data_parallel`); 1 otherwise."""
+    if c.zero_stage >= 1 and (layout == "megatron" or c.zero_sharded):
+        return c.edp
+    return 1
+
+
 def block_local_params(model: ModelSpec, c: ParallelConfig, moe: bool) -> tuple[float, float]:
     """`local_params` of one dense block, or with `moe` of one MoE block: (what the attention layout splits, with
     the block's TP-replicated parameters whole; its routed experts over ep x etp). (0, 0) for a kind the model

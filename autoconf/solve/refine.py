@@ -14,10 +14,10 @@ from autoconf.cost.comm import collective_time
 from autoconf.cost.estimate import (Execution, activation_bytes, cp_attention_comm, cp_exchange_bytes, default_mesh,
                                     dp_buffer_bytes, p2p_bytes, recompute_time, schedule_inflight,
                                     selective_matmul_share, selective_matmuls_only, tp_collective)
-from autoconf.cost.memory import (Temporary, fp8_weight_cache_bytes, full_vocab_embedding_grad_bytes,
-                                  layer_activation_bytes, p2p_buffer_bytes, root_unit_params, seq_chunk_kv_bytes,
-                                  seq_chunk_scales, stage_layer_activation_bytes, state_bytes_per_param,
-                                  temporary_terms, unit_activation_bytes, unsharded_buffer_bytes)
+from autoconf.cost.memory import (Temporary, fp8_weight_cache_bytes, layer_activation_bytes, p2p_buffer_bytes,
+                                  root_unit_params, seq_chunk_kv_bytes, seq_chunk_scales,
+                                  stage_layer_activation_bytes, state_bytes_per_param, temporary_terms,
+                                  unit_activation_bytes, unsharded_buffer_bytes)
 from autoconf.cost.moe import (block_local_params, blocks_params, dispatch_bytes, dispatch_shares, ep_comm_passes,
                                local_params, moe_layers)
 from autoconf.cost.mtp import (mtp_activation_bytes, mtp_embedding_copy, mtp_pass_times,
@@ -115,7 +115,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
             else:
                 layers_static[i] = dense_part * block_per_param + kv_grads
     unit_time = [pieces.embedding.total + one] + layers_time + [pieces.head.total + one]
-    unit_static = ([embedding_part * per_param + full_vocab_embedding_grad_bytes(model, c, layout)] + layers_static
+    unit_static = ([embedding_part * per_param] + layers_static
                    + [head_part * per_param])
     unit_act = [embedding] + layers_act + [head]
     owner = stage_to_rank(c.schedule, c.pp, c.vpp)
@@ -185,8 +185,8 @@ def reserved_bytes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     if layout != "torch":
         return ((0.0, fixed),) * c.pp
     places = [[0, 0]] * len(owner)  # a stage's root unit depends on its place only (its blocks cancel out)
-    buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, c, places, st), 2,
-                                      embedding=st == 0) for st in range(len(owner))]
+    buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, c, places, st), embedding=st == 0)
+               for st in range(len(owner))]
     return tuple((max(buffers[st][1] for st in range(len(owner)) if owner[st] == r),
                   fixed + max(buffers[st][0] for st in range(len(owner)) if owner[st] == r)) for r in range(c.pp))
 

@@ -293,7 +293,7 @@ def _bubble_seq1f1b(pp: int, forward: float, backward: float, weight: float) -> 
 
 register(ScheduleSpec(
     "seq1f1b", None, orders.seq1f1b_order, chunks=(1,), min_vpp=1, max_vpp=1, v_placement=False,
-    split_backward=False, bubble=_bubble_seq1f1b, exposed_fill_drain=True, fsdp_gathers_chunks=False,
+    split_backward=False, bubble=_bubble_seq1f1b, exposed_fill_drain=True, fsdp_gathers_chunks=True,
     sequence_chunks=True,
     megatron_note="schedule seq1f1b (sequence-level 1F1B) is not in Megatron-LM; its authors' fork "
                   "(github.com/thunlp/Seq1F1B, --pipe-sp-splits) runs it; upstream runs the 1F1B schedule below",
