@@ -38,7 +38,7 @@ def layout(run: dict) -> tuple[ParallelConfig, Execution]:
                        micro_batch_size=run["micro_batch"], global_batch_size=run["global_batch"],
                        seq_len=run["seq_len"], schedule=run["schedule"], zero_stage=run["zero_stage"],
                        recompute=run["recompute"], sequence_parallel=run["sequence_parallel"], dtype=run["dtype"],
-                       ep=run["ep"], etp=run["etp"])
+                       ep=run["ep"], etp=run["etp"], grad_reduce=run.get("grad_reduce", "step"))
     flags = {k: tuple(v) if isinstance(v, list) else v for k, v in run.get("framework_flags", {}).items()}
     return c, execution(run["framework"]).replace(**flags)  # JSON lists as the flags' tuples
 

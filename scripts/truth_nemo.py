@@ -86,8 +86,6 @@ def not_modelled(row: dict, models: dict) -> str | None:
     if row["model"] not in PRESETS and row["model"] not in models:
         return (f"no model spec for {row['model']} (GPT-OSS: attention sinks and alternating sliding-window "
                 f"attention are not expressible)")
-    if row.get("fsdp", 0) > 0:
-        return "Megatron-FSDP (ZeRO-3 in Megatron-Core); the megatron-core preset runs ZeRO 0 and 1"
     return None
 
 
@@ -107,7 +105,9 @@ def config_of(row: dict, dtype: str) -> ParallelConfig:
     return ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, cp_comm="ring", vpp=vp, ep=row.get("ep", 1),
                           etp=row.get("etp", 1), micro_batch_size=row["mbs"],
                           global_batch_size=row["gbs"], seq_len=row["seq_len"],
-                          schedule="interleaved-1f1b" if vp > 1 else "1f1b", zero_stage=1,
+                          schedule="interleaved-1f1b" if vp > 1 else "1f1b",
+                          # Megatron-FSDP (the table's FSDP column): ZeRO-3, every micro-batch reduce-scattered
+                          zero_stage=3 if row.get("fsdp") else 1, grad_reduce="microbatch" if row.get("fsdp") else "step",
                           recompute=row["recompute"], sequence_parallel=row["sequence_parallel"], dtype=dtype,
                           attention="flash")
 
@@ -128,6 +128,7 @@ def execution_of(row: dict, table: dict):
     drop with padding to capacity), so Transformer Engine's fp8 padding copies nothing."""
     flags = {"tp_comm_overlap": row["tp_comm_overlap"], "grad_buffer_dtype": row["grad_buffer_dtype"],
              "fp8_params": row["fp8_params"], "optimizer": table["optimizer"],
+             "keep_fp8_transpose": bool(row.get("keep_fp8_transpose")),
              "grad_buffer_passes": () if table["optimizer"] == "apex" else ("zero",),
              "overlap_paired_chunks": bool(row.get("moe_a2a_overlap"))}
     if "moe_fp8_padding" in row:

@@ -163,14 +163,17 @@ def test_pinned_cp_that_cannot_split_the_sequence_in_plan():
 
 
 def test_fitting_advice_and_the_search_keep_to_the_frameworks_zero_stages():
-    """A framework that runs only some ZeRO stages (megatron-core: 0 and 1; or as --framework-flag zero_stages
-    says): the advice of a layout that does not fit names a change the framework runs (it tried ZeRO 2 and 3 and
+    """A framework that runs only some ZeRO stages (megatron-core: 0, 1 and 3 as Megatron-FSDP, which reduces every
+    micro-batch; or as --framework-flag zero_stages says): the advice of a layout that does not fit names a change
+    the framework runs (ZeRO-3 with the reduction it needs; without ZeRO-3, recompute: it tried ZeRO 2 and 3 and
     stopped on the framework's own refusal), and the search plans layouts without data parallelism at a stage the
     framework runs (it stopped on ZeRO 0 there)."""
     base = ["--model", "llama3-8b", "--cluster", "dgx-h100-80g", "--nodes", "1", "--seq-len", "4096",
             "--global-batch", "64"]
-    result = run_cli(["estimate", *base, "--tp", "1", "--pp", "1", "--dp", "8", "--micro-batch", "1",
-                      "--framework", "megatron-core", "--zero", "1"])
+    layout = ["--tp", "1", "--pp", "1", "--dp", "8", "--micro-batch", "1", "--framework", "megatron-core"]
+    result = run_cli(["estimate", *base, *layout, "--zero", "1"])
+    assert_one_clear_error(result, "does not fit", "it fits with --zero 3 --grad-reduce microbatch")
+    result = run_cli(["estimate", *base, *layout, "--zero", "1", "--framework-flag", "zero_stages=0,1"])
     assert_one_clear_error(result, "does not fit", "it fits with --recompute")
     assert "ZeRO stages" not in result.output
     planned = run_cli(["plan", *base, "--framework-flag", "zero_stages=3", "--top", "1", "--json"])

@@ -47,13 +47,15 @@ def _upstream(module: str):
 
 def _plan(model="tiny-llama", tp=1, pp=2, dp=2, vpp=1, schedule="1f1b", zero=0, recompute="none", sp=False,
           dtype="bf16", partition=None, nodes=1, gpus=4, global_batch=16, seq=64, cluster="dgx-a100-80g", ep=1,
-          recompute_layers=None, cp=1, cp_comm="ring", **offload):
+          recompute_layers=None, cp=1, cp_comm="ring", execution=None, **fields):
     config = ParallelConfig(tp=tp, pp=pp, dp=dp, vpp=vpp, micro_batch_size=1, global_batch_size=global_batch,
                             seq_len=seq, schedule=schedule, zero_stage=zero, recompute=recompute,
                             sequence_parallel=sp, dtype=dtype, ep=ep, recompute_layers=recompute_layers, cp=cp,
-                            cp_comm=cp_comm, **offload)
+                            cp_comm=cp_comm, **fields)
     model = PRESETS[model] if isinstance(model, str) else model
-    return estimate(model, load_cluster(cluster, nodes=nodes, gpus_per_node=gpus), config, partition=partition)
+    framework = {"execution": execution} if execution else {}
+    return estimate(model, load_cluster(cluster, nodes=nodes, gpus_per_node=gpus), config, partition=partition,
+                    **framework)
 
 
 # Several plans: dense Llama 3.1 with rope scaling, uneven interleaved, ZeRO 1/3, SP, each recompute mode.
@@ -93,6 +95,9 @@ PLANS = {
     "qk-norm": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], qk_norm=True), tp=2, pp=1, dp=2, sp=True),
     "fp8-offload-optimizer": lambda: _plan(pp=1, dp=4, zero=1, dtype="fp8", cluster="dgx-h100-80g",
                                            offload_optimizer=True),
+    "megatron-fsdp-fp8-params": lambda: _plan(pp=1, dp=4, zero=3, dtype="fp8", cluster="dgx-h100-80g",
+                                              grad_reduce="microbatch", execution=execution("megatron-core").replace(
+                                                  fp8_params=True, keep_fp8_transpose=True)),
 }
 
 
@@ -236,7 +241,8 @@ GPT_MODEL_ARGS = {"rotary_base": "rotary_base", "use_rope_scaling": "rope_scalin
                   "rope_scaling_factor": "rope_scaling_factor", "position_embedding_type": "position_embedding_type",
                   "max_position_embeddings": "max_sequence_length",
                   "untie_embeddings_and_output_weights": "share_embeddings_and_output_weights"}
-TRAINING_LOOP = {"micro_batch_size", "global_batch_size", "seq_length"}  # megatron.training, not core
+# megatron.training, not core (the checkpoint format: Megatron-FSDP's validate_args asserts fsdp_dtensor)
+TRAINING_LOOP = {"micro_batch_size", "global_batch_size", "seq_length", "ckpt_format"}
 
 
 @pytest.fixture(scope="module")

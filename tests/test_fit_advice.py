@@ -29,9 +29,14 @@ def advice(result) -> list[str]:
     # ZeRO shards over dp x cp: at dp 1 the cp ranks still shard
     (["--model", "llama3.1-70b", "--nodes", "4", "--tp", "8", "--pp", "1", "--dp", "1", "--cp", "4", "--micro-batch",
       "1", "--global-batch", "8", "--seq-len", "65536", "--recompute", "full", "--sequence-parallel"], "--zero"),
-    # a framework without ZeRO-3 (Megatron-Core) gets recompute with the stage it runs
+    # a framework without ZeRO-2 (Megatron-Core) gets a stage it runs: ZeRO-3 as Megatron-FSDP, with the reduction
+    # every micro-batch it needs
     (["--model", "llama3-8b", "--nodes", "1", "--tp", "1", "--pp", "1", "--dp", "8", "--micro-batch", "1",
-      "--global-batch", "64", "--seq-len", "8192", "--framework", "megatron-core"], "--zero 1"),
+      "--global-batch", "64", "--seq-len", "8192", "--framework", "megatron-core"], "--zero 3 --grad-reduce microbatch"),
+    # without ZeRO-3 (--framework-flag zero_stages) recompute with the stage it runs
+    (["--model", "llama3-8b", "--nodes", "1", "--tp", "1", "--pp", "1", "--dp", "8", "--micro-batch", "1",
+      "--global-batch", "64", "--seq-len", "8192", "--framework", "megatron-core", "--framework-flag",
+      "zero_stages=0,1"], "--zero 1"),
     # the gradients reduce-scattered every micro-batch are a lever of their own
     (["--model", "llama3-8b", "--nodes", "1", "--tp", "1", "--pp", "1", "--dp", "8", "--micro-batch", "4",
       "--global-batch", "64", "--seq-len", "8192"], "--grad-reduce microbatch"),

@@ -115,3 +115,32 @@ def test_nvidia_published_recipes_state_their_memory_settings_and_the_bridge_70b
     model = truth.model_of(row, models, row["tp"])
     ours = truth.predict(row, bridge, model, "fp8")
     assert ours["fits"] and ours["peak_memory_gib"] < 76
+
+
+def test_zero3_runs_as_megatron_fsdp_sharding_everything_and_reducing_every_micro_batch():
+    """megatron-core's ZeRO-3 is Megatron-FSDP: weights, gradients and optimizer state divided by dp against the
+    distributed optimizer's ZeRO-1 (fp8 parameters: the fp8 shard, plus with keep_fp8_transpose the cached
+    transpose of every block weight, one byte, unsharded), two units' gathered weights and gradients on top; a plan
+    that reduces once per step is refused in one line, and the Megatron export carries the FSDP flags instead of
+    the note that ZeRO-3 is beyond the distributed optimizer."""
+    from autoconf.cost.memory import megatron_fsdp_buffer_bytes
+    from autoconf.report.exporters import megatron_flags
+
+    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100-80g", nodes=1)
+    base = _config(tp=1, dp=8, global_batch_size=64, sequence_parallel=False, dtype="fp8")
+    fsdp = dataclasses.replace(base, zero_stage=3, grad_reduce="microbatch")
+    with pytest.raises(UserError, match="grad-reduce microbatch"):
+        estimate(model, cluster, dataclasses.replace(fsdp, grad_reduce="step"), execution=CORE)
+    flags = CORE.replace(fp8_params=True, grad_buffer_dtype="bf16")
+    one, three = (state_bytes_per_param(c, "megatron", execution=flags) for c in (base, fsdp))
+    assert three[:3] == (pytest.approx(1 / 8), pytest.approx(one[1] / 8), pytest.approx(one[2]))  # (ZeRO-1: 12/8)
+    assert fp8_weight_cache_bytes(fsdp, flags) == 0 and fp8_weight_cache_bytes(fsdp, flags.replace(
+        keep_fp8_transpose=True)) == 1.0
+    params, grads = megatron_fsdp_buffer_bytes(model, fsdp, (0.0, 0.0), None, flags)
+    block = model.layer_params()
+    assert params == pytest.approx(2 * block + block) and grads == pytest.approx(2 * block * 2)  # + the transpose
+    assert megatron_fsdp_buffer_bytes(model, base, None, None, flags) == (0.0, 0.0)
+    plan = estimate(model, cluster, fsdp, execution=flags)
+    args, notes = megatron_flags(plan)
+    assert ("--use-megatron-fsdp", None) in args and ("--data-parallel-sharding-strategy", "optim_grads_params") in args
+    assert not any("beyond Megatron's distributed optimizer" in n for n in notes)

@@ -109,7 +109,7 @@ def test_bounds_of_deepseek_v3_count_its_moe_blocks_and_stay_below_the_estimate(
     assert len({c.schedule for c in pool}) >= 4
     for name in ("megatron-core", "autoconf"):
         cache = _BoundCache(model, cluster, FRAMEWORKS[name])
-        runs = [c for c in pool if c.zero_stage in FRAMEWORKS[name].zero_stages]
+        runs = [c for c in pool if FRAMEWORKS[name].problem(c) is None]
         for c in runs[::max(1, len(runs) // 12)]:
             p = predict(model, cluster, c, execution=FRAMEWORKS[name], detail=False)[3]
             assert cache.time_bound(c) <= p["iteration_time_s"] * (1 + 1e-9), (name, c)

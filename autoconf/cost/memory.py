@@ -194,10 +194,25 @@ def te_activation_delta(model: ModelSpec, config: ParallelConfig, recompute: str
 def fp8_weight_cache_bytes(config: ParallelConfig, execution: Execution | None) -> float:
     """Bytes per block parameter (of its linear layers; the blocks' norms are counted with them) that Transformer
     Engine keeps beside the weights under fp8: the fp8 weight and its transpose, cast on the step's first
-    micro-batch and reused by the others (TE's weight workspace); 0 without TE, in bf16, or with fp8 parameters."""
-    if execution is None or not execution.transformer_engine or config.dtype != "fp8" or execution.fp8_params:
+    micro-batch and reused by the others (TE's weight workspace); 0 without TE or in bf16; with fp8 parameters 0, or
+    under Megatron-FSDP with `keep_fp8_transpose` the cached transpose, 1 byte."""
+    if execution is None or not execution.transformer_engine or config.dtype != "fp8":
         return 0.0
+    if execution.fp8_params:
+        return 1.0 if execution.keep_fp8_transpose and megatron_fsdp_runs(config, execution) else 0.0
     return 2.0
+
+
+def megatron_fsdp_runs(config: ParallelConfig, execution: Execution | None) -> bool:
+    """Whether `config` runs as Megatron-FSDP under `execution` (`Execution.megatron_fsdp`: ZeRO-3 over dp x cp > 1
+    in the megatron layout)."""
+    return bool(execution and execution.megatron_fsdp and execution.memory_layout == "megatron"
+                and config.zero_stage == 3 and config.zero_sharded)
+
+
+def fp8_parameters(config: ParallelConfig, execution: Execution | None) -> bool:
+    """Whether the blocks' linear weights are fp8 parameters (Megatron's --fp8-param-gather under fp8)."""
+    return bool(execution and execution.fp8_params and config.dtype == "fp8")
 
 
 def norm_saved_bytes(model: ModelSpec, config: ParallelConfig, device_kind: str) -> float:
@@ -514,7 +529,9 @@ def state_bytes_per_param(config: ParallelConfig, layout: str, experts: bool = F
         grads = float(execution.grad_buffer_bytes) if execution else 4.0
         moments = 2 * STORAGE_BYTES[(execution and execution.optimizer_moments) or precision(config.dtype).moments]
         optim = 2.0 + moments + grads if execution and execution.optimizer == "apex" else 4.0 + moments
-        weights = 2.0
+        # bf16 weights; fp8 parameters hold the fp8 weight and its transpose, or under Megatron-FSDP the fp8 shard
+        # alone (its transpose, cached or not, is `fp8_weight_cache_bytes` / the gathered unit's)
+        weights = 1.0 if megatron_fsdp_runs(config, execution) and fp8_parameters(config, execution) else 2.0
         if config.offload_optimizer:
             optim = 0.0
         if z >= 1:
@@ -559,9 +576,10 @@ def root_unit_params(model: ModelSpec, c: ParallelConfig, partition: Sequence[Se
 
 def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
                            root: tuple[float, float] | None = None, layers: tuple[int, int] | None = None,
-                           embedding: bool = True) -> tuple[float, float]:
+                           embedding: bool = True, execution: Execution | None = None) -> tuple[float, float]:
     """(parameter, gradient) bytes of one TP rank that FSDP holds for the units in use only, in the torch layout
-    (tests/test_memory_fsdp.py measures them), for a chunk of blocks `layers` = (first, end) (None: any chunk of two
+    (tests/test_memory_fsdp.py measures them; the megatron layout's under Megatron-FSDP:
+    `megatron_fsdp_buffer_bytes`), for a chunk of blocks `layers` = (first, end) (None: any chunk of two
     or more blocks, the largest). Units are `fsdp_units`'; one with an all-gather buffer is a unit sharded over more
     than one rank (`FsdpUnits.gathered`). `root` is `root_unit_params`' pair, one TP rank's (default: the whole
     model's); `embedding`: whether the root holds the word embedding (the first stage), whose gradient under TP is
@@ -584,7 +602,7 @@ def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     host (cost/offload.py counts it there)."""
     c = config
     if layout != "torch":
-        return 0.0, 0.0
+        return megatron_fsdp_buffer_bytes(model, c, root, layers, execution)
     e = DTYPE_BYTES[c.dtype]
     root_all, root_early = root_unit_params(model, c) if root is None else root
     u = fsdp_units(model, c)
@@ -607,6 +625,25 @@ def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str
         return params, written + shard
     root_shard = 0.0 if c.offload_optimizer else 4.0 * root_all / dense_grad_shard(c)
     return params, max(written, root_shard, shard - 4.0 * root_all + root_shard)
+
+
+def megatron_fsdp_buffer_bytes(model: ModelSpec, c: ParallelConfig, root: tuple[float, float] | None,
+                               layers: tuple[int, int] | None, execution: Execution | None) -> tuple[float, float]:
+    """(parameter, gradient) bytes of one TP rank that Megatron-FSDP holds for the units in use only
+    (`Execution.megatron_fsdp`; 0 otherwise), as its recipes run it (--fsdp-double-buffer): the chunk's root
+    modules (embedding, head: not TransformerLayer units, taken as gathered through the step) and two units
+    gathered at once (the one computing and the next, prefetched) in the gather dtype (fp8 parameters: 1 byte, plus
+    the transpose of the unit computing unless cached), and their unsharded gradients in the gradient buffer's
+    dtype before the reduce-scatter. Stated from megatron/core/distributed/fsdp at core_v0.16.1, not measured."""
+    if not megatron_fsdp_runs(c, execution):
+        return 0.0, 0.0
+    root_all = (root_unit_params(model, c) if root is None else root)[0]
+    block = fsdp_units(model, c).largest_block(chunk_pairs(model, layers))
+    fp8 = fp8_parameters(c, execution)
+    gathered = root_all * (1 if fp8 else 2) + 2 * block * (1 if fp8 else 2)
+    if fp8 and not execution.keep_fp8_transpose:
+        gathered += block
+    return gathered, (root_all + 2 * block) * execution.grad_buffer_bytes
 
 
 @dataclass(frozen=True)
@@ -1054,7 +1091,8 @@ class RankMemory:
         if key not in self._buffer_shapes:
             self._buffer_shapes[key] = unsharded_buffer_bytes(
                 self.model, self.c, self.layout, root_unit_params(self.model, self.c, self.partition, st),
-                (0, end - first) if self.model.moe is None else (first, end), embedding=st == 0)
+                (0, end - first) if self.model.moe is None else (first, end), embedding=st == 0,
+                execution=self.execution)
         return self._buffer_shapes[key]
 
     def _rank(self, rank: int) -> tuple:
@@ -1071,7 +1109,7 @@ class RankMemory:
         stages = tuple(st % len(partition) for st in copies)  # their model stages (partition entries)
         local_params, local_experts = local_params_of(c, *_rank_params(model, self.part_key, stages))
         param_buffer = grad_buffer = 0.0
-        if layout == "torch":  # (FSDP's buffers: none in the megatron layout)
+        if layout == "torch" or megatron_fsdp_runs(c, self.execution):  # (FSDP's buffers)
             buffers = [self._buffer_bytes(st) for st in stages]
             param_buffer, grad_buffer = max(b[0] for b in buffers), max(b[1] for b in buffers)
         scales = seq_chunk_scales(c, self.bounds, layout, rank) if self.bounds else (1.0, 1.0)

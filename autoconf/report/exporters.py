@@ -248,7 +248,7 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
     flags, notes = flags + _as_flags(offload_args), notes + offload_notes
     # what makes Megatron run as the plan's framework was modelled (overlap flags; spec/frameworks.py)
     flags += _as_flags(plan_execution(plan.prediction).export_lines("megatron", c))
-    if c.zero_stage == 3:
+    if c.zero_stage == 3 and not plan_execution(plan.prediction).megatron_fsdp:
         notes.append("zero 3 (parameters sharded, re-gathered per pass) is beyond Megatron's distributed optimizer "
                      "(which shards optimizer state and gradients); Megatron-Core's own FSDP is "
                      "--use-megatron-fsdp --data-parallel-sharding-strategy optim_grads_params")

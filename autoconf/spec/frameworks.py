@@ -255,6 +255,17 @@ class Execution:
         execute/fp8.py `is_block_linear`, and the routed experts are the raw weights of execute/moe.py
         `GroupedExperts`); the shared experts are linear layers and run in fp8 either way, the router in neither.
         Read by `cost/compute._moe_ffn_time` (the GEMMs' peak) and `cost/moe.expert_cast_elements` (the casts).
+    megatron_fsdp: ZeRO-3 runs as Megatron-Core's Megatron-FSDP (--use-megatron-fsdp --data-parallel-sharding-strategy
+        optim_grads_params; megatron/core/distributed/fsdp at core_v0.16.1): every TransformerLayer a unit, its
+        bf16 (or fp8) weights, fp32 main weights, gradients and Adam moments sharded over the DP group; each unit
+        gathered before its forward and again before its backward, the next one prefetched (with the recipes'
+        --fsdp-double-buffer, pools of two units for the weights and for the gradients); every micro-batch's
+        gradients reduce-scattered after its backward (`grad_reduce_every_bprop`), so a plan sets grad_reduce
+        "microbatch" (`problem`). Read by the megatron layout's memory (`cost/memory.unsharded_buffer_bytes`) and
+        the Megatron export.
+    keep_fp8_transpose: under fp8 parameters with Megatron-FSDP each block linear keeps its fp8 transpose through
+        the step, unsharded (--keep-fp8-transpose-cache; Megatron-FSDP's README: about one byte per parameter),
+        instead of dropping it after use.
     megatron_args / torchtitan_settings: what makes the target framework run as modelled, as (when, flag, line):
         the line applies when the config matches `when` (see `_applies`) and the flag ("name" or "name=value") holds.
     """
@@ -295,6 +306,8 @@ class Execution:
     dispatch_per_node: bool = False
     moe_fp8_padding: bool = False
     moe_fp8_routed_experts: bool = False
+    megatron_fsdp: bool = False
+    keep_fp8_transpose: bool = False
     megatron_args: tuple[tuple[str, str, str], ...] = ()
     torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
 
@@ -364,6 +377,11 @@ class Execution:
             out.append(f"overlap_comm_sm_share must lie in [0, 1), got {self.overlap_comm_sm_share}")
         if self.tp_comm_overlap and self.memory_layout != "megatron":
             out.append("TP communication overlap is Megatron-Core's (userbuffers); torch's TP does not overlap it")
+        if self.megatron_fsdp and self.memory_layout != "megatron":
+            out.append("megatron_fsdp is Megatron-Core's FSDP in its memory layout; the torch layout's ZeRO-3 is FSDP2")
+        if self.keep_fp8_transpose and not (self.megatron_fsdp and self.fp8_params):
+            out.append("keep_fp8_transpose caches Megatron-FSDP's fp8 parameters' transposes: it needs megatron_fsdp "
+                       "and fp8_params")
         return out
 
     def runs_pairs(self, config) -> bool:
@@ -411,6 +429,9 @@ class Execution:
         if precision(config.dtype).cached and self.memory_layout != "megatron":
             return (f"dtype {config.dtype} caches activations in its own dtypes, which only the megatron memory "
                     f"layout describes; use a framework with it (megatron, megatron-core)")
+        if self.megatron_fsdp and config.zero_stage == 3 and config.zero_sharded and config.grad_reduce != "microbatch":
+            return (f"framework {self.name!r} runs ZeRO-3 as Megatron-FSDP, which reduce-scatters every micro-batch's "
+                    f"gradients: add --grad-reduce microbatch")
         if config.zero_stage not in self.zero_stages:
             able = [n for n, e in PRESETS.items() if config.zero_stage in e.zero_stages and n != self.name]
             return (f"framework {self.name!r} runs ZeRO stages {', '.join(map(str, self.zero_stages))}, not "
@@ -473,10 +494,10 @@ class Execution:
 
 def _applies(when: str, c) -> bool:
     """Whether a setting's condition holds for config `c`: "always", "dp" (data parallel > 1), "sharded" (ZeRO >= 1
-    over dp > 1), "sp" (sequence parallelism with tp > 1), "pp" (pipeline > 1), "fp8" (dtype fp8), "ep" (expert
-    parallel > 1)."""
-    return {"always": True, "dp": c.dp_cp > 1, "sharded": c.zero_sharded, "sp": c.sequence_parallel and c.tp > 1,
-            "pp": c.pp > 1, "fp8": c.dtype == "fp8", "ep": c.ep > 1}[when]
+    over dp > 1), "zero3" (ZeRO-3 over dp > 1), "sp" (sequence parallelism with tp > 1), "pp" (pipeline > 1),
+    "fp8" (dtype fp8), "ep" (expert parallel > 1)."""
+    return {"always": True, "dp": c.dp_cp > 1, "sharded": c.zero_sharded, "zero3": c.zero_sharded and c.zero_stage == 3,
+            "sp": c.sequence_parallel and c.tp > 1, "pp": c.pp > 1, "fp8": c.dtype == "fp8", "ep": c.ep > 1}[when]
 
 
 PRESETS: dict[str, Execution] = {
@@ -492,8 +513,10 @@ PRESETS: dict[str, Execution] = {
         cp_attention="kernel",
         megatron_args=(("sharded", "memory_layout=megatron", "--use-distributed-optimizer"),)),
     "megatron-core": Execution(
-        name="megatron-core", memory_layout="megatron", zero_stages=(0, 1), zero_searched=(0, 1),
-        selective_policies=("attention_core",),
+        # ZeRO-3 is Megatron-FSDP (`megatron_fsdp`), run when asked for (--zero 3 --grad-reduce microbatch); the
+        # search weighs the distributed optimizer's stages.
+        name="megatron-core", memory_layout="megatron", zero_stages=(0, 1, 3), zero_searched=(0, 1),
+        megatron_fsdp=True, selective_policies=("attention_core",),
         distributed_optimizer=True, grad_reduce_start="per_bucket", bucket_params=40e6, bucket_first_rank_only=True,
         param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False, eager_ops=("vocab_parallel_ce",),
         transformer_engine=True, loss_memory="inplace", grad_buffer_passes=("zero", "scale", "nan_check"),
@@ -506,7 +529,13 @@ PRESETS: dict[str, Execution] = {
                        ("always", "skips_nan_check", "--no-check-for-nan-in-loss-and-grad"),
                        ("dp", "averages_in_collective", "--ddp-average-in-collective"),
                        ("ep", "runs_pairs", "--overlap-moe-expert-parallel-comm"),
-                       ("ep", "runs_pairs", "--delay-wgrad-compute")),
+                       ("ep", "runs_pairs", "--delay-wgrad-compute"),
+                       ("zero3", "megatron_fsdp", "--use-megatron-fsdp"),
+                       ("zero3", "megatron_fsdp", "--data-parallel-sharding-strategy optim_grads_params"),
+                       ("zero3", "megatron_fsdp", "--no-gradient-accumulation-fusion"),
+                       ("zero3", "megatron_fsdp", "--ckpt-format fsdp_dtensor"),
+                       ("zero3", "megatron_fsdp", "--fsdp-double-buffer"),
+                       ("zero3", "keep_fp8_transpose", "--keep-fp8-transpose-cache")),
         pairs_full_recompute=False),
     "torchtitan": Execution(
         name="torchtitan", memory_layout="torch", zero_stages=(0, 2, 3), zero_searched=(0, 2, 3),
@@ -595,7 +624,7 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "optimizer_moments", "adam_kernels", "loss_memory",
               "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs",
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts",
-              "cp_attention", "cp_repeat_kv")
+              "cp_attention", "cp_repeat_kv", "megatron_fsdp", "keep_fp8_transpose")
 
 
 def parse_flags(pairs) -> dict:
