@@ -229,7 +229,7 @@ def test_search_bounds_stay_below_the_overlapped_estimate(name):
     ex = execution(name)
     cache = _BoundCache(MODEL, H100, ex)
     configs = (c for c in candidates(MODEL, H100.world_size, H100.gpus_per_node, 64, 2048, "bf16",
-                                     zero_stages=ex.zero_searched)
+                                     zero_stages=ex.zero_searched, zero3_every_microbatch=ex.megatron_fsdp)
                if c.dp > 1 and not unsupported_reason(c))
     checked = 0
     for config in itertools.islice(configs, 0, None, 7):

@@ -562,15 +562,22 @@ class _BoundCache:
         return entry
 
 
+# Candidates the search refines (CP-SAT partition and placement) at the least, whatever number of plans it returns.
+REFINED_AT_LEAST = 5
+
+
 def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, dtype: str,
            attention: str = "flash", fixed: dict | None = None, top_k: int = 5,
            execution: Execution = Execution(), refine: bool = True, partition_time_s: float = 1.0,
            placement_time_s: float = 5.0, launchable_only: bool = True) -> SearchResult:
-    """The best `top_k` plans that fit, fastest first, with search statistics.
+    """The best `top_k` plans that fit, fastest first, with search statistics. At least REFINED_AT_LEAST
+    candidates are refined whatever `top_k` asks, so the plans returned are the first of the same ranking (CP-SAT's
+    partition can move a candidate ahead of a faster-looking one: with fewer refined, #1 depended on `top_k`).
 
     With `launchable_only`, layouts the bundled executor refuses (spec/support.py) are left out and counted.
     """
     start = time.perf_counter()
+    shown, top_k = top_k, max(top_k, REFINED_AT_LEAST)
     fixed = normalise_fixed(fixed or {})
     if model.context_problem(seq_len):
         raise UserError(model.context_problem(seq_len))
@@ -620,7 +627,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         return bound_by_fields[fields]
 
     for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
-                             attention, fixed, zero_stages, policies, tp_cp_domain(cluster)):
+                             attention, fixed, zero_stages, policies, tp_cp_domain(cluster), execution.megatron_fsdp):
         seen += 1
         if pinned_offload and config.offloads:  # refused in one line on a profile without host facts
             check_offload(cluster, config)
@@ -828,6 +835,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
              "search_seconds": round(search_seconds, 3), **({"offload_candidates": twins} if twins else {}),
              **({"offload_weighed": weighed_twins} if weighed_twins else {}),
              **({"same_as_another": same} if same else {})}
+    ranked = ranked[:shown]
     for plan in ranked:  # (`estimate` marks those the executor refuses, with the reason)
         plan.prediction.setdefault("launchable", True)
     if ranked and ranked[0].config.recompute_layers is not None:
@@ -1088,7 +1096,8 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
         try:
             witness = next(iter(candidates(model, world, cluster.gpus_per_node, global_batch, seq_len, dtype,
                                            attention, rest, execution.zero_searched,
-                                           tp_cp_domain=tp_cp_domain(cluster))), None)
+                                           tp_cp_domain=tp_cp_domain(cluster),
+                                           zero3_every_microbatch=execution.megatron_fsdp)), None)
         except UserError:
             continue
         if witness is None:
@@ -1137,7 +1146,8 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         bigger = cluster.resized(nodes=cluster.nodes * factor)
         cache = _BoundCache(model, bigger, execution)
         for config in candidates(model, bigger.world_size, bigger.gpus_per_node, global_batch, seq_len, dtype,
-                                 attention, fixed, execution.zero_searched, tp_cp_domain=tp_cp_domain(bigger)):
+                                 attention, fixed, execution.zero_searched, tp_cp_domain=tp_cp_domain(bigger),
+                                 zero3_every_microbatch=execution.megatron_fsdp):
             if unsupported_reason(config) or execution.problem(config) or any(
                     bound(config) > bigger.usable_memory_bytes for bound in (cache.state_bound, cache.memory_bound)):
                 continue

@@ -101,13 +101,15 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                dtype: str, attention: str = "flash", fixed: dict | None = None,
                zero_stages: tuple[int, ...] = (0, 1, 2, 3),
                selective_policies: tuple[str | None, ...] = (None,),
-               tp_cp_domain: tuple[int | None, str] = (None, "")) -> Iterator[ParallelConfig]:
+               tp_cp_domain: tuple[int | None, str] = (None, ""),
+               zero3_every_microbatch: bool = False) -> Iterator[ParallelConfig]:
     """Every legal layout honouring `fixed`; deterministic order. `zero_stages` lists the stages worth telling
     apart (a pinned --fix zero_stage is always honoured); `selective_policies` the `selective_recompute` values of
     the selective candidates (None: the framework's own; a pinned --fix selective_recompute is honoured, and pins
     recompute to selective; a pinned cp_comm likewise asks for cp > 1). `tp_cp_domain`: (devices, why) that a
     TP x CP block stays within (`placement.tp_cp_domain` of the cluster; None devices: any); a pinned --fix cp that
-    no TP fits in is one line naming what would."""
+    no TP fits in is one line naming what would. `zero3_every_microbatch`: the framework's ZeRO-3 reduces every
+    micro-batch (Megatron-FSDP, `Execution.megatron_fsdp`), so a sharded ZeRO-3 layout has that reduction only."""
     fixed = normalise_fixed(fixed or {})
     if "ep" in fixed or "etp" in fixed:
         # The rules that do not depend on the other degrees, as one line before any search.
@@ -203,8 +205,8 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                                 if sp and sequence_parallel_problem(seq_len, tp, cp, chunks):
                                     continue  # a rank's tokens (of each chunk) must split over the TP ranks
                                 for reduce, cp_comm, (ep, etp) in itertools.product(
-                                        choices("grad_reduce", _grad_reduce_choices(pp, dp * cp, per_replica // mb,
-                                                                                    schedule, zero)),
+                                        choices("grad_reduce", _grad_reduce_choices(
+                                            pp, dp * cp, per_replica // mb, schedule, zero, zero3_every_microbatch)),
                                         choices("cp_comm", list(CP_COMM) if cp > 1 else ["ring"]), experts):
                                     yield _config(
                                         tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, micro_batch_size=mb,
@@ -253,10 +255,16 @@ def cp_choices(devices: int, seq_len: int) -> list[int]:
             if d == 1 or (cp_splits(seq_len, d) and seq_len // d >= CP_MIN_LOCAL_TOKENS)]
 
 
-def _grad_reduce_choices(pp: int, dp: int, m: int, schedule: str, zero: int) -> list[str]:
+def _grad_reduce_choices(pp: int, dp: int, m: int, schedule: str, zero: int,
+                         zero3_every_microbatch: bool = False) -> list[str]:
     """Both gradient reductions where they differ and the executor runs both (FSDP sharding, gradients held over
-    several micro-batches or a pipeline, a schedule that does not split the backward); else once per step."""
-    if dp > 1 and zero >= 1 and (m > 1 or pp > 1) and not (pp > 1 and schedule_spec(schedule).split_backward):
+    several micro-batches or a pipeline, a schedule that does not split the backward); else once per step. A
+    framework whose sharded ZeRO-3 reduces every micro-batch (`zero3_every_microbatch`) gets that one alone (none
+    where it cannot run: a split backward under a pipeline)."""
+    runs_both = not (pp > 1 and schedule_spec(schedule).split_backward)
+    if zero3_every_microbatch and zero == 3 and dp > 1:
+        return ["microbatch"] if runs_both else []
+    if dp > 1 and zero >= 1 and (m > 1 or pp > 1) and runs_both:
         return list(GRAD_REDUCE)
     return ["step"]
 

@@ -513,9 +513,8 @@ PRESETS: dict[str, Execution] = {
         cp_attention="kernel",
         megatron_args=(("sharded", "memory_layout=megatron", "--use-distributed-optimizer"),)),
     "megatron-core": Execution(
-        # ZeRO-3 is Megatron-FSDP (`megatron_fsdp`), run when asked for (--zero 3 --grad-reduce microbatch); the
-        # search weighs the distributed optimizer's stages.
-        name="megatron-core", memory_layout="megatron", zero_stages=(0, 1, 3), zero_searched=(0, 1),
+        # ZeRO-3 is Megatron-FSDP (`megatron_fsdp`: with grad_reduce microbatch, which the search gives it).
+        name="megatron-core", memory_layout="megatron", zero_stages=(0, 1, 3), zero_searched=(0, 1, 3),
         megatron_fsdp=True, selective_policies=("attention_core",),
         distributed_optimizer=True, grad_reduce_start="per_bucket", bucket_params=40e6, bucket_first_rank_only=True,
         param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False, eager_ops=("vocab_parallel_ce",),
