@@ -229,7 +229,7 @@ def test_search_bounds_stay_below_the_overlapped_estimate(name):
     ex = execution(name)
     cache = _BoundCache(MODEL, H100, ex)
     configs = (c for c in candidates(MODEL, H100.world_size, H100.gpus_per_node, 64, 2048, "bf16",
-                                     zero_stages=ex.zero_searched, zero3_every_microbatch=ex.megatron_fsdp)
+                                     zero_stages=ex.zero_searched, reductions=ex.grad_reductions)
                if c.dp > 1 and not unsupported_reason(c))
     checked = 0
     for config in itertools.islice(configs, 0, None, 7):
@@ -434,3 +434,21 @@ def test_foreach_adamw_moves_80_bytes_per_parameter_where_fused_moves_28():
     assert parse_flags(["adam_kernels=foreach"]) == {"adam_kernels": "foreach"}
     with pytest.raises(UserError, match="adam_kernels 'loop' is none of fused, foreach"):
         titan.replace(adam_kernels="loop")
+
+
+def test_each_framework_is_planned_with_the_gradient_reductions_it_runs():
+    """FSDP2 (autoconf, torchtitan) reduces once per step or every micro-batch; Megatron's distributed optimizer
+    once per step; Megatron-FSDP (megatron-core's ZeRO-3) every micro-batch. The space offers each sharded layout
+    only those, and a plan asking for another is refused in one line naming the fix."""
+    from autoconf.solve.space import candidates
+
+    for name, zero, allowed in (("autoconf", 1, {"step", "microbatch"}), ("megatron-core", 1, {"step"}),
+                                ("megatron-core", 3, {"microbatch"}), ("megatron", 2, {"step"})):
+        ex = execution(name)
+        assert set(ex.grad_reductions(zero)) == allowed, name
+        offered = {c.grad_reduce for c in candidates(MODEL, 16, 8, 64, 2048, "bf16", fixed={"zero_stage": zero},
+                                                     reductions=ex.grad_reductions) if c.dp > 1}
+        assert offered == allowed, (name, zero, offered)
+    with pytest.raises(UserError, match="drop --grad-reduce microbatch, or use ZeRO-3"):
+        estimate(MODEL, H100, cfg(zero_stage=1, pp=1, dp=16, grad_reduce="microbatch"),
+                 execution=execution("megatron-core"))

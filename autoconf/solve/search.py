@@ -627,7 +627,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         return bound_by_fields[fields]
 
     for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
-                             attention, fixed, zero_stages, policies, tp_cp_domain(cluster), execution.megatron_fsdp):
+                             attention, fixed, zero_stages, policies, tp_cp_domain(cluster), execution.grad_reductions):
         seen += 1
         if pinned_offload and config.offloads:  # refused in one line on a profile without host facts
             check_offload(cluster, config)
@@ -1097,7 +1097,7 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
             witness = next(iter(candidates(model, world, cluster.gpus_per_node, global_batch, seq_len, dtype,
                                            attention, rest, execution.zero_searched,
                                            tp_cp_domain=tp_cp_domain(cluster),
-                                           zero3_every_microbatch=execution.megatron_fsdp)), None)
+                                           reductions=execution.grad_reductions)), None)
         except UserError:
             continue
         if witness is None:
@@ -1147,7 +1147,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         cache = _BoundCache(model, bigger, execution)
         for config in candidates(model, bigger.world_size, bigger.gpus_per_node, global_batch, seq_len, dtype,
                                  attention, fixed, execution.zero_searched, tp_cp_domain=tp_cp_domain(bigger),
-                                 zero3_every_microbatch=execution.megatron_fsdp):
+                                 reductions=execution.grad_reductions):
             if unsupported_reason(config) or execution.problem(config) or any(
                     bound(config) > bigger.usable_memory_bytes for bound in (cache.state_bound, cache.memory_bound)):
                 continue

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from autoconf.errors import UserError
 from autoconf.spec.dtypes import DTYPES
@@ -102,14 +102,14 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                zero_stages: tuple[int, ...] = (0, 1, 2, 3),
                selective_policies: tuple[str | None, ...] = (None,),
                tp_cp_domain: tuple[int | None, str] = (None, ""),
-               zero3_every_microbatch: bool = False) -> Iterator[ParallelConfig]:
+               reductions: Callable[[int], tuple[str, ...]] | None = None) -> Iterator[ParallelConfig]:
     """Every legal layout honouring `fixed`; deterministic order. `zero_stages` lists the stages worth telling
     apart (a pinned --fix zero_stage is always honoured); `selective_policies` the `selective_recompute` values of
     the selective candidates (None: the framework's own; a pinned --fix selective_recompute is honoured, and pins
     recompute to selective; a pinned cp_comm likewise asks for cp > 1). `tp_cp_domain`: (devices, why) that a
     TP x CP block stays within (`placement.tp_cp_domain` of the cluster; None devices: any); a pinned --fix cp that
-    no TP fits in is one line naming what would. `zero3_every_microbatch`: the framework's ZeRO-3 reduces every
-    micro-batch (Megatron-FSDP, `Execution.megatron_fsdp`), so a sharded ZeRO-3 layout has that reduction only."""
+    no TP fits in is one line naming what would. `reductions`: the gradient reductions the framework runs at a
+    sharded ZeRO stage (`Execution.grad_reductions`; None: both)."""
     fixed = normalise_fixed(fixed or {})
     if "ep" in fixed or "etp" in fixed:
         # The rules that do not depend on the other degrees, as one line before any search.
@@ -206,7 +206,8 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                                     continue  # a rank's tokens (of each chunk) must split over the TP ranks
                                 for reduce, cp_comm, (ep, etp) in itertools.product(
                                         choices("grad_reduce", _grad_reduce_choices(
-                                            pp, dp * cp, per_replica // mb, schedule, zero, zero3_every_microbatch)),
+                                            pp, dp * cp, per_replica // mb, schedule, zero,
+                                            reductions(zero) if reductions else GRAD_REDUCE)),
                                         choices("cp_comm", list(CP_COMM) if cp > 1 else ["ring"]), experts):
                                     yield _config(
                                         tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, micro_batch_size=mb,
@@ -256,17 +257,16 @@ def cp_choices(devices: int, seq_len: int) -> list[int]:
 
 
 def _grad_reduce_choices(pp: int, dp: int, m: int, schedule: str, zero: int,
-                         zero3_every_microbatch: bool = False) -> list[str]:
-    """Both gradient reductions where they differ and the executor runs both (FSDP sharding, gradients held over
-    several micro-batches or a pipeline, a schedule that does not split the backward); else once per step. A
-    framework whose sharded ZeRO-3 reduces every micro-batch (`zero3_every_microbatch`) gets that one alone (none
-    where it cannot run: a split backward under a pipeline)."""
-    runs_both = not (pp > 1 and schedule_spec(schedule).split_backward)
-    if zero3_every_microbatch and zero == 3 and dp > 1:
-        return ["microbatch"] if runs_both else []
-    if dp > 1 and zero >= 1 and (m > 1 or pp > 1) and runs_both:
-        return list(GRAD_REDUCE)
-    return ["step"]
+                         allowed: tuple[str, ...] = GRAD_REDUCE) -> list[str]:
+    """The gradient reductions of a layout: without sharding once per step; else those of `allowed` (the
+    framework's) that the executor runs (no reduction every micro-batch under a pipeline of a split backward), and
+    of two that act alike (one micro-batch, no pipeline) once per step only."""
+    if dp == 1 or zero == 0:
+        return ["step"]
+    runs = [r for r in allowed if r == "step" or not (pp > 1 and schedule_spec(schedule).split_backward)]
+    if len(runs) == 2 and m == 1 and pp == 1:
+        return ["step"]
+    return runs
 
 
 def _schedule_choices(model: ModelSpec, pp: int, m: int, fixed: dict) -> list[tuple[str, int]]:

@@ -164,6 +164,13 @@ def tp_overlap_chunks(method: str, tp: int) -> int:
     return {"ring_exchange": tp, "pipeline": TP_OVERLAP_SPLITS, "bulk": 1}[method]
 
 
+# When ZeRO sharding (ZeRO >= 1 over dp x cp > 1) reduce-scatters the gradients (`ParallelConfig.grad_reduce`): once
+# per step, after the last micro-batch (the unsharded fp32 gradients accumulate until then), or after every
+# micro-batch's backward (sharded gradients, one reduce-scatter per micro-batch). cost/memory.py and cost/estimate.py
+# say what each costs; `Execution.grad_reductions` which a framework runs.
+GRAD_REDUCE = ("step", "microbatch")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Execution:
     """Explicit flags of one training framework (Calculon's `Execution` is the model).
@@ -384,6 +391,14 @@ class Execution:
                        "and fp8_params")
         return out
 
+    def grad_reductions(self, zero_stage: int) -> tuple[str, ...]:
+        """The gradient reductions (GRAD_REDUCE) the framework runs at a sharded ZeRO stage: FSDP2 (the torch
+        layout) either; Megatron's distributed optimizer and the ZeRO paper's stages (the megatron layout) once per
+        step; Megatron-FSDP (`megatron_fsdp`, ZeRO-3) every micro-batch. Read by `problem` and the search's space."""
+        if self.memory_layout != "megatron":
+            return GRAD_REDUCE
+        return ("microbatch",) if self.megatron_fsdp and zero_stage == 3 else ("step",)
+
     def runs_pairs(self, config) -> bool:
         """Whether the framework runs a schedule's paired chunks overlapped for `config` (`overlap_paired_chunks`;
         under full recompute only with `pairs_full_recompute`): read by the estimate (`cost/estimate.overlaps_pairs`)
@@ -429,9 +444,13 @@ class Execution:
         if precision(config.dtype).cached and self.memory_layout != "megatron":
             return (f"dtype {config.dtype} caches activations in its own dtypes, which only the megatron memory "
                     f"layout describes; use a framework with it (megatron, megatron-core)")
-        if self.megatron_fsdp and config.zero_stage == 3 and config.zero_sharded and config.grad_reduce != "microbatch":
-            return (f"framework {self.name!r} runs ZeRO-3 as Megatron-FSDP, which reduce-scatters every micro-batch's "
-                    f"gradients: add --grad-reduce microbatch")
+        if config.zero_sharded and config.grad_reduce not in self.grad_reductions(config.zero_stage):
+            if self.megatron_fsdp and config.zero_stage == 3:
+                return (f"framework {self.name!r} runs ZeRO-3 as Megatron-FSDP, which reduce-scatters every "
+                        f"micro-batch's gradients: add --grad-reduce microbatch")
+            return (f"framework {self.name!r} reduces the gradients once per step at ZeRO {config.zero_stage} "
+                    f"(Megatron's distributed optimizer): drop --grad-reduce microbatch"
+                    + (", or use ZeRO-3 (Megatron-FSDP)" if self.megatron_fsdp and 3 in self.zero_stages else ""))
         if config.zero_stage not in self.zero_stages:
             able = [n for n, e in PRESETS.items() if config.zero_stage in e.zero_stages and n != self.name]
             return (f"framework {self.name!r} runs ZeRO stages {', '.join(map(str, self.zero_stages))}, not "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from autoconf.errors import UserError
 from autoconf.spec.dtypes import DTYPES
-from autoconf.spec.frameworks import SELECTIVE_RECOMPUTE
+from autoconf.spec.frameworks import GRAD_REDUCE, SELECTIVE_RECOMPUTE
 from autoconf.spec.grid import AXES, ParallelDims, RankGrid, world_size_of
 from autoconf.spec.model import ATTENTION, RECOMPUTE, ModelSpec, is_printable_name
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
@@ -25,10 +25,6 @@ PLAN_VERSION = 1
 MAX_MICROBATCHES = 65_536  # micro-batches per pipeline per step
 MAX_GLOBAL_BATCH = 1 << 24  # sequences per step
 MAX_SEQ_LEN = 1 << 22  # tokens per sequence
-# When FSDP (ZeRO >= 1 over dp > 1) reduce-scatters the gradients: once per step, after the last micro-batch (the
-# unsharded fp32 gradients accumulate until then), or after every micro-batch's backward (sharded gradients, one
-# reduce-scatter per micro-batch). cost/memory.py and cost/estimate.py say what each costs.
-GRAD_REDUCE = ("step", "microbatch")
 # The offload levers, each a boolean config field (default off, so old plans load); cost/offload.py says what each
 # moves to host memory and what it costs, execute/parallelize.py applies them:
 #   offload_activations  every tensor a transformer block saves for its backward (its activations and the compute
