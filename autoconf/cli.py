@@ -6,6 +6,7 @@ non-zero exit code; a traceback only ever means a bug in autoconf.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -292,9 +293,10 @@ def profiles(as_json: bool) -> None:
 @click.option("--offload-optimizer", is_flag=True,
               help="keep parameters, gradients and optimizer states in host memory, optimizer step on the CPU "
                    "(FSDP2 CPUOffloadPolicy; needs --zero >= 1 and dp x cp > 1)")
-@click.option("--grad-reduce", type=click.Choice(GRAD_REDUCE), default="step", show_default=True,
+@click.option("--grad-reduce", type=click.Choice(GRAD_REDUCE), default=None,
               help="sharded gradients (ZeRO >= 1): held unsharded until the step's last micro-batch, or "
-                   "reduce-scattered every micro-batch (the layout label's rs-mb)")
+                   "reduce-scattered every micro-batch (the layout label's rs-mb) [default: step where the "
+                   "framework runs it, else microbatch]")
 @click.option("--framework", type=click.Choice(FRAMEWORK_NAMES), default="autoconf", show_default=True,
               help="whose behaviour to predict: memory layout, DP/TP overlap, P2P scheme (autoconf/spec/frameworks.py)")
 @click.option("--framework-flag", "framework_flags", multiple=True, metavar="KEY=VALUE",
@@ -337,7 +339,12 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
                             attention=attention, ep=ep, etp=etp, offload_activations=offload_activations,
                             offload_optimizer=offload_optimizer, recompute_layers=recompute_layers,
                             selective_recompute=selective_recompute, seq_chunks=seq_chunks, seq_split=seq_split,
-                            grad_reduce=grad_reduce)
+                            grad_reduce=grad_reduce or "step")
+    execution = framework_execution(framework, framework_flags)
+    if grad_reduce is None and config.zero_sharded:  # the framework's own reduction where it runs only one
+        runs = execution.grad_reductions(zero, pp)
+        if "step" not in runs:
+            config = dataclasses.replace(config, grad_reduce=runs[0])
     if grad_reduce == "microbatch" and not config.zero_sharded:
         raise UserError(f"--grad-reduce microbatch reduce-scatters sharded gradients: it needs --zero 1, 2 or 3 "
                         f"over dp x cp > 1 (got --zero {zero}, dp x cp {config.dp_cp})")
@@ -349,7 +356,6 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
                               {"the model config": model_arg, "the cluster profile": cluster_arg})
     if memory_picture is not None:
         check_new(memory_picture, force)
-    execution = framework_execution(framework, framework_flags)
     plan = run_estimate(model, cluster, config, execution=execution)
     if out is not None:
         plan.save(out, force=force)

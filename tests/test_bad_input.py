@@ -458,3 +458,20 @@ def test_validate_bad_input(files, flag, bad):
         args[args.index(flag) + 1] = files[bad]
     assert_one_clear_error(run_cli(args))
     assert not (files["tmp"] / "val").exists()
+
+
+def test_the_gradient_reduction_defaults_to_the_frameworks_and_another_is_refused():
+    """--grad-reduce left out is the framework's: torchtitan without a pipeline reduce-scatters every accumulation
+    step (its train loop never turns gradient sync off), so its sharded estimate is the rs-mb layout; asking it for
+    once per step is one line naming the fix, and so is asking Megatron's distributed optimizer for every
+    micro-batch."""
+    base = ["estimate", "--model", "llama3-8b", "--cluster", "dgx-h100-80g", "--nodes", "1", "--tp", "1", "--pp",
+            "1", "--dp", "8", "--micro-batch", "1", "--global-batch", "64", "--seq-len", "4096", "--zero", "3"]
+    default = run_cli([*base, "--framework", "torchtitan", "--json"])
+    assert default.exit_code == 0, default.output
+    assert json.loads(default.output)["config"]["grad_reduce"] == "microbatch"
+    assert_one_clear_error(run_cli([*base, "--framework", "torchtitan", "--grad-reduce", "step"]),
+                           "torchtitan", "add --grad-reduce microbatch")
+    zero1 = [a if a != "3" else "1" for a in base]
+    assert_one_clear_error(run_cli([*zero1, "--framework", "megatron-core", "--grad-reduce", "microbatch"]),
+                           "once per step", "drop --grad-reduce microbatch")

@@ -434,7 +434,8 @@ def test_torchtitan_loads_the_adamw_kernels_modelled(torchtitan, tmp_path):
     """A plan modelled with torchtitan's foreach AdamW (`adam_kernels`) exports the implementation torchtitan then
     builds its optimizer with; the preset's fused kernel is torchtitan's default."""
     ConfigManager, _ = torchtitan
-    c = ParallelConfig(tp=1, pp=1, dp=4, micro_batch_size=1, global_batch_size=16, seq_len=64, zero_stage=3)
+    c = ParallelConfig(tp=1, pp=1, dp=4, micro_batch_size=1, global_batch_size=16, seq_len=64, zero_stage=3,
+                       grad_reduce="microbatch")  # (torchtitan reduces every accumulation step)
     cluster = load_cluster("dgx-a100-80g", nodes=1, gpus_per_node=4)
     for kernels in ("foreach", "fused"):
         plan = estimate(PRESETS["tiny-llama"], cluster, c,

@@ -316,7 +316,7 @@ def test_fsdp_copies_cost_time_only_where_fsdp_shards():
     plain = titan.replace(fsdp_copies=False)
     h100 = load_cluster("dgx-h100-80g")
     c = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=1, global_batch_size=16, seq_len=4096, zero_stage=3,
-                       recompute="full", dtype="bf16")
+                       recompute="full", dtype="bf16", grad_reduce="microbatch")  # (torchtitan's accumulation)
     z2 = dataclasses.replace(c, zero_stage=2)
     assert sum(fsdp_copy_bytes(model, c, titan)) > sum(fsdp_copy_bytes(model, z2, titan)) > 0
     assert fsdp_copy_bytes(model, dataclasses.replace(c, zero_stage=0), titan) == (0.0, 0.0)
@@ -419,7 +419,7 @@ def test_foreach_adamw_moves_80_bytes_per_parameter_where_fused_moves_28():
     from autoconf.spec.frameworks import ADAM_KERNELS, parse_flags
 
     h100 = load_cluster("dgx-h100-80g", nodes=2)
-    c = cfg(tp=1, pp=1, dp=16, zero_stage=3, sequence_parallel=False)
+    c = cfg(tp=1, pp=1, dp=16, zero_stage=3, sequence_parallel=False, grad_reduce="microbatch")
     titan = execution("torchtitan")
     fused, foreach = (rank_optimizer_time(h100, c, MODEL.total_params(), execution=titan.replace(adam_kernels=k))
                       for k in ("fused", "foreach"))

@@ -207,7 +207,7 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                                 for reduce, cp_comm, (ep, etp) in itertools.product(
                                         choices("grad_reduce", _grad_reduce_choices(
                                             pp, dp * cp, per_replica // mb, schedule, zero,
-                                            reductions(zero) if reductions else GRAD_REDUCE)),
+                                            reductions(zero, pp) if reductions else GRAD_REDUCE)),
                                         choices("cp_comm", list(CP_COMM) if cp > 1 else ["ring"]), experts):
                                     yield _config(
                                         tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, micro_batch_size=mb,

@@ -262,6 +262,9 @@ class Execution:
         execute/fp8.py `is_block_linear`, and the routed experts are the raw weights of execute/moe.py
         `GroupedExperts`); the shared experts are linear layers and run in fp8 either way, the router in neither.
         Read by `cost/compute._moe_ffn_time` (the GEMMs' peak) and `cost/moe.expert_cast_elements` (the casts).
+    accumulation_sync: without a pipeline, FSDP reduce-scatters every gradient-accumulation step's gradients (the
+        framework's loop never turns gradient sync off: torchtitan 0.3.0, whose train loop calls no
+        `set_requires_gradient_sync(False)`); under a pipeline torch's stage reduces once per step either way.
     megatron_fsdp: ZeRO-3 runs as Megatron-Core's Megatron-FSDP (--use-megatron-fsdp --data-parallel-sharding-strategy
         optim_grads_params; megatron/core/distributed/fsdp at core_v0.16.1): every TransformerLayer a unit, its
         bf16 (or fp8) weights, fp32 main weights, gradients and Adam moments sharded over the DP group; each unit
@@ -313,6 +316,7 @@ class Execution:
     dispatch_per_node: bool = False
     moe_fp8_padding: bool = False
     moe_fp8_routed_experts: bool = False
+    accumulation_sync: bool = False
     megatron_fsdp: bool = False
     keep_fp8_transpose: bool = False
     megatron_args: tuple[tuple[str, str, str], ...] = ()
@@ -391,11 +395,15 @@ class Execution:
                        "and fp8_params")
         return out
 
-    def grad_reductions(self, zero_stage: int) -> tuple[str, ...]:
-        """The gradient reductions (GRAD_REDUCE) the framework runs at a sharded ZeRO stage: FSDP2 (the torch
-        layout) either; Megatron's distributed optimizer and the ZeRO paper's stages (the megatron layout) once per
-        step; Megatron-FSDP (`megatron_fsdp`, ZeRO-3) every micro-batch. Read by `problem` and the search's space."""
+    def grad_reductions(self, zero_stage: int, pp: int = 1) -> tuple[str, ...]:
+        """The gradient reductions (GRAD_REDUCE) the framework runs at a sharded ZeRO stage on a pipeline of `pp`
+        ranks: FSDP2 (the torch layout) either, or with `accumulation_sync` every micro-batch without a pipeline
+        and once per step under one (torch's stage); Megatron's distributed optimizer and the ZeRO paper's stages
+        (the megatron layout) once per step; Megatron-FSDP (`megatron_fsdp`, ZeRO-3) every micro-batch. Read by
+        `problem` and the search's space."""
         if self.memory_layout != "megatron":
+            if self.accumulation_sync:
+                return ("microbatch",) if pp == 1 else ("step",)
             return GRAD_REDUCE
         return ("microbatch",) if self.megatron_fsdp and zero_stage == 3 else ("step",)
 
@@ -444,10 +452,15 @@ class Execution:
         if precision(config.dtype).cached and self.memory_layout != "megatron":
             return (f"dtype {config.dtype} caches activations in its own dtypes, which only the megatron memory "
                     f"layout describes; use a framework with it (megatron, megatron-core)")
-        if config.zero_sharded and config.grad_reduce not in self.grad_reductions(config.zero_stage):
+        runs = self.grad_reductions(config.zero_stage, config.pp)
+        if config.zero_sharded and config.grad_reduce not in runs and (config.num_microbatches > 1 or config.pp > 1):
             if self.megatron_fsdp and config.zero_stage == 3:
                 return (f"framework {self.name!r} runs ZeRO-3 as Megatron-FSDP, which reduce-scatters every "
                         f"micro-batch's gradients: add --grad-reduce microbatch")
+            if self.memory_layout != "megatron":
+                return f"framework {self.name!r} reduce-scatters the gradients " + (
+                    "every micro-batch without a pipeline: add --grad-reduce microbatch" if runs == ("microbatch",)
+                    else "once per step under a pipeline (torch's stage): drop --grad-reduce microbatch")
             return (f"framework {self.name!r} reduces the gradients once per step at ZeRO {config.zero_stage} "
                     f"(Megatron's distributed optimizer): drop --grad-reduce microbatch"
                     + (", or use ZeRO-3 (Megatron-FSDP)" if self.megatron_fsdp and 3 in self.zero_stages else ""))
@@ -557,6 +570,7 @@ PRESETS: dict[str, Execution] = {
         pairs_full_recompute=False),
     "torchtitan": Execution(
         name="torchtitan", memory_layout="torch", zero_stages=(0, 2, 3), zero_searched=(0, 2, 3),
+        accumulation_sync=True,
         grad_reduce_start="per_bucket", param_gather_overlap=True, selective_recompute="alternate_matmuls",
         selective_policies=("alternate_matmuls",), executor_overheads=False,
         # torchtitan 0.3.0 (the exporters' target) without torch.compile: the complex fp32 rotary
@@ -642,7 +656,7 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "optimizer_moments", "adam_kernels", "loss_memory",
               "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs",
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts",
-              "cp_attention", "cp_repeat_kv", "megatron_fsdp", "keep_fp8_transpose")
+              "cp_attention", "cp_repeat_kv", "accumulation_sync", "megatron_fsdp", "keep_fp8_transpose")
 
 
 def parse_flags(pairs) -> dict:
