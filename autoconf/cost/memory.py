@@ -603,6 +603,22 @@ def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     c = config
     if layout != "torch":
         return megatron_fsdp_buffer_bytes(model, c, root, layers, execution)
+    key = (model, _BUFFER_FIELDS(c), min(c.num_microbatches, 2), root, layers, embedding)
+    if key not in _buffers:
+        _buffers[key] = _torch_buffer_bytes(model, c, root, layers, embedding)
+    return _buffers[key]
+
+
+# The fields of a config `_torch_buffer_bytes` reads (with the micro-batch count as 1 or more): configs that differ
+# only elsewhere share its answer (the search asks for it for every stage of tens of thousands of candidates).
+_BUFFER_FIELDS = operator.attrgetter("tp", "ep", "etp", "dp", "cp", "pp", "dtype", "zero_stage", "schedule",
+                                     "grad_reduce", "offload_optimizer")
+_buffers: dict[tuple, tuple[float, float]] = {}
+
+
+def _torch_buffer_bytes(model: ModelSpec, c: ParallelConfig, root: tuple[float, float] | None,
+                        layers: tuple[int, int] | None, embedding: bool) -> tuple[float, float]:
+    """`unsharded_buffer_bytes` in the torch layout."""
     e = DTYPE_BYTES[c.dtype]
     root_all, root_early = root_unit_params(model, c) if root is None else root
     u = fsdp_units(model, c)

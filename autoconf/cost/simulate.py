@@ -264,14 +264,10 @@ def _chain_ends(schedule: Schedule) -> tuple[list[bool], list[bool]]:
 
 
 def _backward_windows(schedule: Schedule, rank: int, starts, ends, offsets) -> list[tuple[float, float, int]]:
-    """(end, start, stage) of the backward that completes each micro-batch of each of `rank`'s stages (its last B or
-    W; under sequence chunks the micro-batch's last chunk's), in the order they end."""
-    last: dict[tuple[int, int], int] = {}
-    k = schedule.seq_chunks
-    for i, action in enumerate(schedule.actions[rank]):
-        if action.kind != "F":
-            last[action.stage, action.microbatch // k] = offsets[rank] + i
-    return sorted((float(ends[i]), float(starts[i]), s) for (s, _), i in last.items())
+    """(end, start, stage) of the backward that completes each micro-batch of each of `rank`'s stages
+    (`Schedule.last_backwards`), in the order they end."""
+    base = offsets[rank]
+    return sorted((float(ends[base + i]), float(starts[base + i]), s) for i, s in schedule.last_backwards[rank])
 
 
 def _per_schedule_stage(schedule: Schedule, costs: StageCosts, *per_stage):

@@ -392,6 +392,19 @@ class Schedule:
             return self.actions.compiled
         return tuple(_compiled(acts) for acts in self.actions)
 
+    @cached_property
+    def last_backwards(self) -> tuple[tuple[tuple[int, int], ...], ...]:
+        """Per rank, (index in its order, stage) of the action that completes each micro-batch's backward of each of
+        its stages (the last B, I or W of it; under sequence chunks the micro-batch's last chunk's), in order."""
+        out = []
+        for acts in self.compiled:
+            last: dict[tuple[int, int], int] = {}
+            for i, (kind, stage, unit) in enumerate(acts):
+                if kind != orders.F:
+                    last[stage, unit // self.seq_chunks] = i
+            out.append(tuple(sorted((i, stage) for (stage, _), i in last.items())))
+        return tuple(out)
+
     def __str__(self) -> str:
         return "\n".join(f"rank {r}: " + " ".join(map(str, acts)) for r, acts in enumerate(self.actions))
 
