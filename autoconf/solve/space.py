@@ -102,14 +102,14 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                zero_stages: tuple[int, ...] = (0, 1, 2, 3),
                selective_policies: tuple[str | None, ...] = (None,),
                tp_cp_domain: tuple[int | None, str] = (None, ""),
-               reductions: Callable[[int], tuple[str, ...]] | None = None) -> Iterator[ParallelConfig]:
+               reductions: Callable[[int, int], tuple[str, ...]] | None = None) -> Iterator[ParallelConfig]:
     """Every legal layout honouring `fixed`; deterministic order. `zero_stages` lists the stages worth telling
     apart (a pinned --fix zero_stage is always honoured); `selective_policies` the `selective_recompute` values of
     the selective candidates (None: the framework's own; a pinned --fix selective_recompute is honoured, and pins
     recompute to selective; a pinned cp_comm likewise asks for cp > 1). `tp_cp_domain`: (devices, why) that a
     TP x CP block stays within (`placement.tp_cp_domain` of the cluster; None devices: any); a pinned --fix cp that
     no TP fits in is one line naming what would. `reductions`: the gradient reductions the framework runs at a
-    sharded ZeRO stage (`Execution.grad_reductions`; None: both)."""
+    sharded ZeRO stage and pipeline size (`Execution.grad_reductions`; None: both)."""
     fixed = normalise_fixed(fixed or {})
     if "ep" in fixed or "etp" in fixed:
         # The rules that do not depend on the other degrees, as one line before any search.

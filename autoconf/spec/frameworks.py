@@ -528,8 +528,9 @@ def _applies(when: str, c) -> bool:
     """Whether a setting's condition holds for config `c`: "always", "dp" (data parallel > 1), "sharded" (ZeRO >= 1
     over dp > 1), "zero3" (ZeRO-3 over dp > 1), "sp" (sequence parallelism with tp > 1), "pp" (pipeline > 1),
     "fp8" (dtype fp8), "ep" (expert parallel > 1)."""
-    return {"always": True, "dp": c.dp_cp > 1, "sharded": c.zero_sharded, "zero3": c.zero_sharded and c.zero_stage == 3,
-            "sp": c.sequence_parallel and c.tp > 1, "pp": c.pp > 1, "fp8": c.dtype == "fp8", "ep": c.ep > 1}[when]
+    return {"always": True, "dp": c.dp_cp > 1, "sharded": c.zero_sharded,
+            "zero3": c.zero_sharded and c.zero_stage == 3, "sp": c.sequence_parallel and c.tp > 1, "pp": c.pp > 1,
+            "fp8": c.dtype == "fp8", "ep": c.ep > 1}[when]
 
 
 PRESETS: dict[str, Execution] = {
