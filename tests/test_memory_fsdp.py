@@ -84,6 +84,12 @@ def _unit_plans() -> dict[str, Plan]:
     moe_pp = even_plan(PRESETS["tiny-moe"], pp=2, dp=2, zero=3, global_batch=8)
     moe_pp.config = dataclasses.replace(moe_pp.config, ep=2, grad_reduce="microbatch")
     plans["moe-pp2-dp2-ep2-zero3-microbatch"] = moe_pp
+    # Ranks of two chunks whose reductions torch's runtime defers: they reduce one after another (interleaved), and
+    # under looped-bfs a chunk's gradient exists only from its own backwards.
+    plans["interleaved-pp2-dp2-vpp2-zero2"] = even_plan(LLAMA, pp=2, dp=2, zero=2, global_batch=8,
+                                                        schedule="interleaved-1f1b", vpp=2)
+    plans["looped-bfs-pp2-dp2-vpp2-zero3"] = even_plan(LLAMA, pp=2, dp=2, zero=3, global_batch=8,
+                                                       schedule="looped-bfs", vpp=2)
     # seq1f1b runs on torch's runtime, which gathers whole chunks (UNSHARD actions) at ZeRO-3.
     seq = even_plan(LLAMA, pp=2, dp=2, zero=3, global_batch=8, schedule="seq1f1b")
     seq.config = dataclasses.replace(seq.config, seq_chunks=2, grad_reduce="microbatch")

@@ -173,8 +173,10 @@ def test_the_partition_sees_the_mtp_cost_as_the_estimate_does(model, schedule, v
     mine = evaluate_partition(problem, _units(split, model.num_layers)).rank_memory_bytes
     mine = [m + cluster.usable_memory_bytes - lim for m, lim in zip(mine, problem.limits())]
     theirs = [m["total"] for m in estimate(model, cluster, c, split, execution=AUTOCONF).prediction["memory_per_stage"]]
-    if zero == 3 and any(b - a < 2 for a, b in split):
-        assert all(a >= b * (1 - 1e-9) for a, b in zip(mine, theirs))  # (refine's FSDP buffer bound)
+    from autoconf.cost.memory import holds_unsharded_grads
+
+    if (zero == 3 and any(b - a < 2 for a, b in split)) or (c.num_stages > c.pp and holds_unsharded_grads(c)):
+        assert all(a >= b * (1 - 1e-9) for a, b in zip(mine, theirs))  # (refine's FSDP buffer bounds)
     else:
         assert mine == pytest.approx(theirs, rel=1e-6)
     plain = partition_problem(dataclasses.replace(model, mtp_num_layers=0), cluster, c, AUTOCONF)

@@ -96,11 +96,15 @@ _COUNT = 16
 def _bound_only(model, config: ParallelConfig, execution, split) -> bool:
     """Where `partition_problem` is an upper bound, not equal (its docstring): FSDP's buffers of a stage with fewer
     than two blocks (sharded or one-rank units) or, of an MoE model under ZeRO-1/2, ending in either kind of
-    block, and one micro-batch per step under seq1f1b's work split, in the torch layout."""
+    block, the gradients of a rank of several chunks whose reductions torch's runtime defers (the chunks reduce one
+    after another), and one micro-batch per step under seq1f1b's work split, in the torch layout."""
     if execution.memory_layout != "torch":
         return False
+    from autoconf.cost.memory import holds_unsharded_grads
+
+    several_chunks = config.num_stages > config.pp and holds_unsharded_grads(config)
     return ((config.num_microbatches == 1 and config.seq_split == "work") or any(b - a < 2 for a, b in split)
-            or (model.moe is not None and config.zero_sharded and config.zero_stage < 3))
+            or (model.moe is not None and config.zero_sharded and config.zero_stage < 3) or several_chunks)
 
 
 @pytest.mark.parametrize("index", range(_COUNT))

@@ -634,13 +634,48 @@ def _torch_buffer_bytes(model: ModelSpec, c: ParallelConfig, root: tuple[float, 
         params = (root_all + block + u.gathered(pairs, c.edp)) * e
     if not holds_unsharded_grads(c):
         return params, reducing_grad_bytes(model, c, root_all, root_early, layers, embedding)
-    vocab = 4.0 * full_vocab_rows(model, c, embedding)
-    written = vocab + (block * e if e != 4 else 0.0)
+    written, reducing = held_grad_terms(model, c, root_all, block, embedding)
+    return params, written + reducing if c.pp == 1 else max(written, reducing)
+
+
+def held_grad_terms(model: ModelSpec, c: ParallelConfig, root_all: float, block: float,
+                    embedding: bool) -> tuple[float, float]:
+    """(while written, while reduced) gradient bytes beside a chunk's whole unsharded gradient where FSDP holds it
+    (`holds_unsharded_grads`; torch layout): the embedding's whole-vocabulary part and in bf16/fp16 the block's new
+    low-precision gradient; then, without a pipeline (the last micro-batch's backward reducing unit by unit) one
+    unit's reduced shard, under one (torch's stage, after the last backward, root first) the root's shard or a
+    block's with the root's unsharded gradient freed. None of the shards under optimizer offload (on the host)."""
+    e = DTYPE_BYTES[c.dtype]
+    written = 4.0 * full_vocab_rows(model, c, embedding) + (block * e if e != 4 else 0.0)
     shard = 0.0 if c.offload_optimizer else unit_grad_shard_bytes(model, c)
     if c.pp == 1:
-        return params, written + shard
+        return written, shard
     root_shard = 0.0 if c.offload_optimizer else 4.0 * root_all / dense_grad_shard(c)
-    return params, max(written, root_shard, shard - 4.0 * root_all + root_shard)
+    return written, max(root_shard, shard - 4.0 * root_all + root_shard)
+
+
+def deferred_rank_grad_bytes(c: ParallelConfig, chunks: Sequence[tuple[float, float, float, float]]) -> float:
+    """Gradient bytes of a pipeline rank of several chunks whose reduction torch's runtime defers to each chunk's
+    last backward (`holds_unsharded_grads` under a pipeline), from each chunk's (local dense parameters, local expert
+    parameters, `held_grad_terms`' two) in model order. The chunks reduce in the order their backwards end, the last
+    model stage first; one that has reduced keeps only its shard. Where all micro-batches pass a chunk together
+    (looped-bfs, `fsdp_gather_per_chunk`) a chunk's gradient comes into existence only with its own backwards, so
+    the chunks never hold their whole gradients at once; otherwise (interleaved) they all do until they reduce.
+    Measured on CPU at pp 2 x dp 2 with two chunks per rank (tests/test_memory_fsdp.py)."""
+    dense_shard, expert_shard = dense_grad_shard(c), expert_state_shard(c)
+    whole = [4.0 * (dense + experts) for dense, experts, _, _ in chunks]
+    kept = [0.0 if c.offload_optimizer else 4.0 * (dense / dense_shard + experts / expert_shard)
+            for dense, experts, _, _ in chunks]
+    order = list(range(len(chunks)))[::-1]
+    if schedule_spec(c.schedule).fsdp_gather_per_chunk:
+        return max(whole[k] + sum(kept[j] for j in order[:n]) + max(chunks[k][2:])
+                   for n, k in enumerate(order))
+    freed = 0.0
+    peak = max(chunk[2] for chunk in chunks)
+    for k in order:
+        peak = max(peak, chunks[k][3] - freed)
+        freed += whole[k] - kept[k]
+    return sum(whole) + peak
 
 
 def megatron_fsdp_buffer_bytes(model: ModelSpec, c: ParallelConfig, root: tuple[float, float] | None,
@@ -1111,6 +1146,22 @@ class RankMemory:
                 execution=self.execution)
         return self._buffer_shapes[key]
 
+    def _deferred_grads(self, stages: tuple[int, ...]) -> float:
+        """`deferred_rank_grad_bytes` of a rank holding (copies of) model stages `stages`."""
+        model, c, partition = self.model, self.c, self.partition
+        chunks, before = [], (0.0, 0.0)
+        ordered = sorted(stages)
+        for k, st in enumerate(ordered):
+            # (each chunk's parameters as what it adds to the rank's: a V placement's MTP embedding copy is none)
+            upto = local_params_of(c, *_rank_params(model, self.part_key, tuple(ordered[:k + 1])))
+            first, end = partition[st]
+            root = root_unit_params(model, c, partition, st)[0]
+            pairs = chunk_pairs(model, (first, end) if model.moe else (0, end - first))
+            chunks.append((upto[0] - before[0], upto[1] - before[1],
+                           *held_grad_terms(model, c, root, fsdp_units(model, c).largest_block(pairs), st == 0)))
+            before = upto
+        return deferred_rank_grad_bytes(c, chunks)
+
     def _rank(self, rank: int) -> tuple:
         """What pipeline rank `rank` holds whatever its recomputed layers: (its schedule stages and their model
         stages, parameter bytes, gradient bytes, optimizer bytes, host state bytes, the activation and temporary
@@ -1128,12 +1179,14 @@ class RankMemory:
         if layout == "torch" or megatron_fsdp_runs(c, self.execution):  # (FSDP's buffers)
             buffers = [self._buffer_bytes(st) for st in stages]
             param_buffer, grad_buffer = max(b[0] for b in buffers), max(b[1] for b in buffers)
+        deferred = layout == "torch" and c.pp > 1 and len(stages) > 1 and holds_unsharded_grads(c)
         scales = seq_chunk_scales(c, self.bounds, layout, rank) if self.bounds else (1.0, 1.0)
         fp8_cache_bytes = (self.fp8_cache * sum(local_params_of(c, *_rank_block_params(model, self.part_key, stages)))
                            if self.fp8_cache else 0.0)
         params = (local_params * (w_b + copy_b) + local_experts * (expert_bytes[0] + expert_bytes[3]) + param_buffer
                   + fp8_cache_bytes)
-        grads = local_params * g_b + local_experts * expert_bytes[1] + grad_buffer
+        grads = (self._deferred_grads(stages) if deferred
+                 else local_params * g_b + local_experts * expert_bytes[1] + grad_buffer)
         optimizer = local_params * o_b + local_experts * expert_bytes[2]
         host = (local_params * host_state_bytes_per_param(c, layout)
                 + local_experts * host_state_bytes_per_param(c, layout, experts=True)) if c.offloads else 0.0

@@ -54,7 +54,9 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     `stage_memory`'s "total" for the same in-flight counts, to float rounding (tests/test_partition_memory.py),
     except in two rules, where they are an upper bound: a stage's FSDP buffers are counted as those of a stage of
     two or more blocks whose last block is of the kind with the larger buffer (`unsharded_buffer_bytes`: a chunk
-    of one block holds less; ZeRO-1/2 keep the all-gather output of the chunk's last unit), and under one
+    of one block holds less; ZeRO-1/2 keep the all-gather output of the chunk's last unit; a rank of several chunks
+    whose reductions torch's runtime defers holds the whole gradient of each, `memory.deferred_rank_grad_bytes`
+    less), and under one
     backward with seq1f1b's work split the estimate weighs the gradients against the mean chunk's temporary but
     counts the longest chunk's."""
     from autoconf.solve.partition import PartitionProblem

@@ -34,8 +34,8 @@ from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, cp_attentio
                                     p2p_bytes, predict, recompute_time, schedule_inflight, selective_matmul_share,
                                     selective_matmuls_only, step_collectives, tp_collective, tp_overlap_gemms,
                                     tp_sp_collectives)
-from autoconf.cost.memory import (layer_activation_bytes, p2p_buffer_bytes, rank_params, root_reduced_grad_bytes,
-                                  root_unit_params, stage_memory, state_bytes_per_param)
+from autoconf.cost.memory import (holds_unsharded_grads, layer_activation_bytes, p2p_buffer_bytes, rank_params,
+                                  root_reduced_grad_bytes, root_unit_params, stage_memory, state_bytes_per_param)
 from autoconf.cost.moe import ep_comm_passes, layer_kind_params, layer_kinds, moe_layers, smallest_layer_params
 from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_offload, host_memory_per_node,
@@ -510,7 +510,8 @@ class _BoundCache:
     def _state_bytes(self, c: ParallelConfig) -> float:
         """Rank 0's parameters on the default partition times every byte `state_bytes_per_param` holds per
         parameter (weights, gradients, optimizer states, master copy; experts by their own bytes), less what the
-        estimate may leave out of them (`root_reduced_grad_bytes` of the whole model's root)."""
+        estimate may leave out of them (`root_reduced_grad_bytes` of the whole model's root; the gradients where a
+        looped-bfs rank's chunks hold theirs one after another)."""
         layout = self.execution.memory_layout
         params, experts = local_params_of(c, *self._rank0_parameters(c))
         state = params * sum(state_bytes_per_param(c, layout, execution=self.execution))
@@ -518,6 +519,10 @@ class _BoundCache:
             state += experts * sum(state_bytes_per_param(c, layout, experts=True, execution=self.execution))
         if layout == "torch":  # (the whole model's root is the largest a stage can have)
             state -= root_reduced_grad_bytes(c, root_unit_params(self.model, c)[0])
+            if c.pp > 1 and schedule_spec(c.schedule).fsdp_gather_per_chunk and holds_unsharded_grads(c):
+                # a rank's chunks never hold their whole gradients at once (`memory.deferred_rank_grad_bytes`)
+                state -= (params * state_bytes_per_param(c, layout, execution=self.execution)[1]
+                          + experts * state_bytes_per_param(c, layout, experts=True, execution=self.execution)[1])
         return state
 
     def offload_floor(self, c: ParallelConfig, activations: bool, optimizer: bool) -> float:
