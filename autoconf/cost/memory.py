@@ -481,10 +481,8 @@ def reduced_grad_bytes(model: ModelSpec, config: ParallelConfig, partition: Sequ
     dualpipe rank sums with its mirror rank's copies of the same stages (`estimate.mirror_grad_sum`)."""
     c = config
     dense, experts = local_params_of(c, *rank_params(model, partition, stages))
-    shard = c.dp_cp if c.zero_sharded else 1
-    expert_shard = expert_state_shard(c, layout)
     grad = float(execution.grad_buffer_bytes) if layout == "megatron" and execution else 4.0
-    return grad * (dense / shard + experts / expert_shard)
+    return grad * (dense / dense_grad_shard(c) + experts / expert_state_shard(c, layout))
 
 
 def holds_unsharded_grads(config: ParallelConfig) -> bool:
@@ -832,8 +830,9 @@ def unit_grad_shard_bytes(model: ModelSpec, c: ParallelConfig) -> float:
     """fp32 bytes of the largest FSDP unit's reduced gradient on one rank (`fsdp_units`): a block's over
     `dense_grad_shard` ranks, an MoE block's routed experts over `expert_state_shard` (their own unit and group);
     a whole unit's on one-rank units."""
-    return max(4 * max(dense / dense_grad_shard(c), experts / expert_state_shard(c))
-               for dense, experts in (block_local_params(model, c, moe) for moe in layer_kinds(model)))
+    u = fsdp_units(model, c)
+    return max(4 * max(u.rest(moe) / dense_grad_shard(c), (u.experts if moe else 0.0) / expert_state_shard(c))
+               for moe, _ in chunk_pairs(model, None))
 
 
 def p2p_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:
@@ -1135,15 +1134,20 @@ class RankMemory:
                 self.execution, self.pairs)
         return self._shapes[key]
 
+    def _chunk_layers(self, st: int) -> tuple[int, int]:
+        """Model stage `st`'s blocks as the FSDP buffer rules read them (`chunk_pairs`): of a dense model only their
+        count matters, so chunks of one length share (0, length)."""
+        first, end = self.partition[st]
+        return (0, end - first) if self.model.moe is None else (first, end)
+
     def _buffer_bytes(self, st: int) -> tuple[float, float]:
         # A stage's root unit is its embedding, head and MTP embedding copy: it depends on its place only.
-        first, end = self.partition[st]
-        key = (st == 0, st == len(self.partition) - 1, end - first if self.model.moe is None else (first, end))
+        layers = self._chunk_layers(st)
+        key = (st == 0, st == len(self.partition) - 1, layers)
         if key not in self._buffer_shapes:
             self._buffer_shapes[key] = unsharded_buffer_bytes(
-                self.model, self.c, self.layout, root_unit_params(self.model, self.c, self.partition, st),
-                (0, end - first) if self.model.moe is None else (first, end), embedding=st == 0,
-                execution=self.execution)
+                self.model, self.c, self.layout, root_unit_params(self.model, self.c, self.partition, st), layers,
+                embedding=st == 0, execution=self.execution)
         return self._buffer_shapes[key]
 
     def _deferred_grads(self, stages: tuple[int, ...]) -> float:
@@ -1154,11 +1158,9 @@ class RankMemory:
         for k, st in enumerate(ordered):
             # (each chunk's parameters as what it adds to the rank's: a V placement's MTP embedding copy is none)
             upto = local_params_of(c, *_rank_params(model, self.part_key, tuple(ordered[:k + 1])))
-            first, end = partition[st]
             root = root_unit_params(model, c, partition, st)[0]
-            pairs = chunk_pairs(model, (first, end) if model.moe else (0, end - first))
-            chunks.append((upto[0] - before[0], upto[1] - before[1],
-                           *held_grad_terms(model, c, root, fsdp_units(model, c).largest_block(pairs), st == 0)))
+            block = fsdp_units(model, c).largest_block(chunk_pairs(model, self._chunk_layers(st)))
+            chunks.append((upto[0] - before[0], upto[1] - before[1], *held_grad_terms(model, c, root, block, st == 0)))
             before = upto
         return deferred_rank_grad_bytes(c, chunks)
 

@@ -56,9 +56,8 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     two or more blocks whose last block is of the kind with the larger buffer (`unsharded_buffer_bytes`: a chunk
     of one block holds less; ZeRO-1/2 keep the all-gather output of the chunk's last unit; a rank of several chunks
     whose reductions torch's runtime defers holds the whole gradient of each, `memory.deferred_rank_grad_bytes`
-    less), and under one
-    backward with seq1f1b's work split the estimate weighs the gradients against the mean chunk's temporary but
-    counts the longest chunk's."""
+    less), and under one backward with seq1f1b's work split the estimate weighs the gradients against the mean
+    chunk's temporary but counts the longest chunk's."""
     from autoconf.solve.partition import PartitionProblem
 
     layout, kind, policy = execution.memory_layout, cluster.device.kind, selective_policy(c, execution)
@@ -117,8 +116,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
             else:
                 layers_static[i] = dense_part * block_per_param + kv_grads
     unit_time = [pieces.embedding.total + one] + layers_time + [pieces.head.total + one]
-    unit_static = ([embedding_part * per_param] + layers_static
-                   + [head_part * per_param])
+    unit_static = [embedding_part * per_param] + layers_static + [head_part * per_param]
     unit_act = [embedding] + layers_act + [head]
     owner = stage_to_rank(c.schedule, c.pp, c.vpp)
     head_grad = head_part

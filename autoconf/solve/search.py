@@ -514,15 +514,14 @@ class _BoundCache:
         looped-bfs rank's chunks hold theirs one after another)."""
         layout = self.execution.memory_layout
         params, experts = local_params_of(c, *self._rank0_parameters(c))
-        state = params * sum(state_bytes_per_param(c, layout, execution=self.execution))
-        if experts:
-            state += experts * sum(state_bytes_per_param(c, layout, experts=True, execution=self.execution))
+        dense_bytes = state_bytes_per_param(c, layout, execution=self.execution)
+        expert_bytes = state_bytes_per_param(c, layout, experts=True, execution=self.execution) if experts else None
+        state = params * sum(dense_bytes) + (experts * sum(expert_bytes) if experts else 0.0)
         if layout == "torch":  # (the whole model's root is the largest a stage can have)
             state -= root_reduced_grad_bytes(c, root_unit_params(self.model, c)[0])
             if c.pp > 1 and schedule_spec(c.schedule).fsdp_gather_per_chunk and holds_unsharded_grads(c):
                 # a rank's chunks never hold their whole gradients at once (`memory.deferred_rank_grad_bytes`)
-                state -= (params * state_bytes_per_param(c, layout, execution=self.execution)[1]
-                          + experts * state_bytes_per_param(c, layout, experts=True, execution=self.execution)[1])
+                state -= params * dense_bytes[1] + (experts * expert_bytes[1] if experts else 0.0)
         return state
 
     def offload_floor(self, c: ParallelConfig, activations: bool, optimizer: bool) -> float:
