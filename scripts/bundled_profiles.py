@@ -183,6 +183,21 @@ H800 = gpu_profile(
                                 "GB/s, the NVLink figure of the DeepSeek-V3 report, Sec. 3.2.2"),
     }, H100["attention_curves"], H100["host"])
 
+# The H200 SXM: the H100 SXM5's processor (the same peak rates, efficiencies and attention curves) with 141 GB of
+# HBM3e at 4.8 TB/s; a DGX H200 node has the DGX H100's NVLink 4, NICs and host.
+H200 = gpu_profile(
+    "dgx-h200-141g",
+    "DGX H200 nodes: 8x H200-SXM-141GB, the H100 SXM5's processor (989 TFLOP/s dense bf16/fp16, 1979 dense fp8, 67 "
+    "fp32) with 141 GB HBM3e at 4.8 TB/s (NVIDIA H200 Tensor Core GPU data sheet, https://www.nvidia.com/en-us/"
+    "data-center/h200/); memory_bytes is the 143,771 MiB nvidia-smi reports for the part (the data sheet's 141 GB "
+    "rounds it). NVLink 4 through NVSwitch (450 GB/s per direction per GPU), one 400 Gb/s NDR port per GPU, 2 TB "
+    "host memory and dual Xeon 8480C as in the DGX H200 data sheet, the same as DGX H100. Every efficiency, the "
+    "attention curves and the host are the dgx-h100-80g profile's (the same processor); element-wise kernels read "
+    "this part's own HBM bandwidth.",
+    {**H100["device"], "name": "H200-SXM-141GB", "memory_bytes": 143771 * 1024 ** 2,
+     "memory_bandwidth_Bps": 4.8e12},
+    H100["intra_node"], H100["inter_node"], H100["efficiency"], H100["attention_curves"], H100["host"])
+
 H100_96G_500W = gpu_profile(
     "grand-teton-h100-96g-500w",
     "The H100s of torchtitan's published benchmarks (benchmarks/llama3_h100_202412_torchtitan.md, Dec 2024): Grand "
@@ -229,7 +244,7 @@ CPU = {
 
 def files() -> dict[str, str]:
     """File name -> text of every profile this script owns in autoconf/profiles/."""
-    return {f"{p['name']}.json": json.dumps(p, indent=2) + "\n" for p in (A100, H100, H100_96G_500W, H800, CPU)}
+    return {f"{p['name']}.json": json.dumps(p, indent=2) + "\n" for p in (A100, H100, H200, H100_96G_500W, H800, CPU)}
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ KNOWN_GPUS = [
 ]
 
 # The base profile whose efficiencies a GPU profile starts from, by device-name substring.
-BASE_FOR_GPU = [("H100", "dgx-h100-80g"), ("H200", "dgx-h100-80g"), ("A100", "dgx-a100-80g")]
+BASE_FOR_GPU = [("H100", "dgx-h100-80g"), ("H200", "dgx-h200-141g"), ("A100", "dgx-a100-80g")]
 
 _SUFFIX = {"": 1, "B": 1, "K": 1 << 10, "KB": 1000, "KIB": 1 << 10, "M": 1 << 20, "MB": 1000 ** 2,
            "MIB": 1 << 20, "G": 1 << 30, "GB": 1000 ** 3, "GIB": 1 << 30, "T": 1 << 40, "TB": 1000 ** 4,
