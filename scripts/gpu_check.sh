@@ -4,9 +4,10 @@
 #      sequence LEAN_SEQ, local batch LEAN_MB, selective recompute, compiled blocks, LEAN_STEPS steps each: tokens/s
 #      and peak memory beside what `estimate` predicts for both (the autoconf and torchtitan presets) into
 #      RET/lean_vs_torchtitan.md (the section for docs/gpu.md); then the executor alone on an MoE shape (MOE_MODEL
-#      with MOE_LAYERS blocks; MOE_MODEL= skips it). torchtitan 0.3.0 runs from carried wheels (the GPU machine has no
-#      registry); fetch them once, from outside the checkout, into its ignored folder wheels/:
-#        pip download torchtitan==0.3.0 spmd_types==0.2.3 tyro==1.0.17 docstring_parser typeguard shtab --no-deps \
+#      with MOE_LAYERS blocks, after step 3 while time is left; MOE_MODEL= skips it). torchtitan runs from carried
+#      wheels (the GPU machine has no registry): 0.2.2 on the lent machines' torch 2.11 (0.3.0 needs a newer torch;
+#      scripts/torchtitan_bench.py runs either). Fetch them once, from outside the checkout, into wheels/ (ignored):
+#        pip download torchtitan==0.2.2 tyro==1.0.17 docstring_parser typeguard shtab --no-deps \
 #          --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d /tmp/wh && cp /tmp/wh/* wheels/
 #      and carry it: run(command="scripts/gpu_check.sh", carry=["wheels"]). Without wheels that half is skipped.
 #   1. the sustained bf16 GEMM rate against one isolated call (scripts/gemm_sustained.py), the saved activation
@@ -49,6 +50,9 @@ MOE_LAYERS=${MOE_LAYERS:-4}
 MOE_SEQ=${MOE_SEQ:-4096}
 MOE_MB=${MOE_MB:-2}
 GEMM_TINY=${GEMM_TINY:-}
+LEAN_EXECUTOR=${LEAN_EXECUTOR:-1}  # 0: estimate the lean layout but train only torchtitan on it
+CHECKS=${CHECKS:-1}                # 0: skip step 1 (GEMM rate, saved activations, attention paths)
+PROFILE_SEQ=${PROFILE_SEQ:-}       # a sequence length the profile also times (autoconf profile --seq-len)
 rm -rf "$W"
 mkdir -p "$RET" "$W"
 exec > >(tee "$RET/gpu_check.log") 2>&1
@@ -70,9 +74,11 @@ lean_run() {  # TAG MODEL LAYERS SEQ MB: estimate (autoconf and torchtitan prese
             --pp 1 --dp 1 --micro-batch "$5" --global-batch "$5" --seq-len "$4" --recompute selective \
             --selective-recompute "$LEAN_SELECTIVE" --framework "$fw" --out "$W/$1-plan-$fw.json" >>"$W/$1.log" 2>&1
     done
-    timeout "$LEAN_TIMEOUT" python3 -m autoconf launch "$W/$1-plan-autoconf.json" --steps "$LEAN_STEPS" \
-        --metrics "$W/$1-executor.jsonl" --force >>"$W/$1.log" 2>&1
-    say "$1 executor exit $?"
+    if [ "$1" != lean ] || [ "$LEAN_EXECUTOR" = 1 ]; then
+        timeout "$LEAN_TIMEOUT" python3 -m autoconf launch "$W/$1-plan-autoconf.json" --steps "$LEAN_STEPS" \
+            --metrics "$W/$1-executor.jsonl" --force >>"$W/$1.log" 2>&1
+        say "$1 executor exit $?"
+    fi
 }
 lean_run lean "$LEAN_MODEL" "$LEAN_LAYERS" "$LEAN_SEQ" "$LEAN_MB"
 if ls wheels/torchtitan-*.whl >/dev/null 2>&1; then
@@ -86,14 +92,10 @@ else
     say "no wheels/torchtitan-*.whl carried: torchtitan skipped"
 fi
 tail -n 4 "$W/lean.log"
-if [ -n "$MOE_MODEL" ]; then
-    say "MoE: the executor on $MOE_MODEL's shape, $MOE_LAYERS layers, seq $MOE_SEQ, batch $MOE_MB (left $(left) s)"
-    lean_run moe "$MOE_MODEL" "$MOE_LAYERS" "$MOE_SEQ" "$MOE_MB"
-    tail -n 3 "$W/moe.log"
-fi
-python3 scripts/lean_report.py report "$W" lean ${MOE_MODEL:+moe} >"$RET/lean_vs_torchtitan.md" 2>>"$W/lean.log"
+python3 scripts/lean_report.py report "$W" lean >"$RET/lean_vs_torchtitan.md" 2>>"$W/lean.log"
 cat "$RET/lean_vs_torchtitan.md"
 
+if [ "$CHECKS" = 1 ]; then
 say "sustained bf16 GEMM rate against one isolated call (the data-sheet profiles' matmul efficiency)"
 timeout 90 python3 scripts/gemm_sustained.py --seconds 20 --window 2 ${GEMM_TINY:+--tiny} >"$RET/gemm_sustained.json" 2>>"$W/gemm.log"
 say "gemm exit $?"
@@ -107,6 +109,7 @@ timeout 60 python3 scripts/saved_activations.py --models ${MODEL:-gpt3-1.3b} ${M
 say "seq1f1b chunks and torch's CP ring on this device's attention kernels (docs/long-context.md)"
 timeout 120 python3 scripts/cuda_attention_check.py >"$RET/attention_check.json" 2>>"$W/attention.log"
 cat "$RET/attention_check.json"
+fi
 
 if [ -z "$MODEL" ]; then
     rm -rf "$W/tt-site"; tar czf "$RET/work.tgz" -C "$(dirname "$W")" "$(basename "$W")"; say "done (MODEL= : no profile)"
@@ -114,7 +117,8 @@ if [ -z "$MODEL" ]; then
 fi
 say "profile: $MODEL blocks at tp 1..$MAXTP (left $(left) s)"
 profile="$W/profile.json"
-timeout 200 python3 -m autoconf profile --out "$profile" --model "$MODEL" --max-tp "$MAXTP" --force \
+timeout 200 python3 -m autoconf profile --out "$profile" --model "$MODEL" --max-tp "$MAXTP" \
+    ${PROFILE_SEQ:+--seq-len "$PROFILE_SEQ"} --force \
     >"$W/profile.log" 2>&1
 code=$?
 tail -n 12 "$W/profile.log"
@@ -143,6 +147,13 @@ say "validate exit $vcode"
 tail -n 30 "$W/validate.log"
 cp "$W/validate/report.json" "$RET/report.json" 2>/dev/null
 
+if [ -n "$MOE_MODEL" ] && [ "$(left)" -gt 100 ]; then
+    say "MoE: the executor on $MOE_MODEL's shape, $MOE_LAYERS layers, seq $MOE_SEQ, batch $MOE_MB (left $(left) s)"
+    LEAN_TIMEOUT=$(( $(left) - 10 )) lean_run moe "$MOE_MODEL" "$MOE_LAYERS" "$MOE_SEQ" "$MOE_MB"
+    tail -n 3 "$W/moe.log"
+    python3 scripts/lean_report.py report "$W" lean moe >"$RET/lean_vs_torchtitan.md" 2>>"$W/lean.log"
+    cat "$RET/lean_vs_torchtitan.md"
+fi
 if [ -n "$MODEL2" ] && [ "$(left)" -gt 90 ]; then
     say "quick profile: $MODEL2 blocks at tp 1..$MAXTP (left $(left) s)"
     timeout $(( $(left) - 15 )) python3 -m autoconf profile --out "$W/profile2.json" --model "$MODEL2" \

@@ -61,7 +61,7 @@ def _torchtitan_run(path: Path) -> dict:
     tt = _read(path)
     return tt and {"tokens_per_s": tt.get("tokens_per_s"), "allocated": tt.get("peak_allocated_bytes"),
                    "reserved": tt.get("peak_reserved_bytes"), "loss": (tt.get("losses") or [None])[-1],
-                   "trained": tt.get("trained")}
+                   "trained": tt.get("trained"), "release": tt.get("release", "0.3")}
 
 
 def _error(measured, predicted) -> str:
@@ -82,10 +82,11 @@ def section(work: Path, tag: str) -> str:
     text = [f"### {tag}: {shape}", "",
             "| run | tokens/s predicted | measured | error | peak GiB predicted | allocated | reserved | error "
             "| last loss |", "|---|---|---|---|---|---|---|---|---|"]
-    for fw, name in (("autoconf", "autoconf executor"), ("torchtitan", "torchtitan 0.3.0")):
+    for fw in ("autoconf", "torchtitan"):
         run, pred = runs[fw], plans[fw].get("prediction", {})
         if not run and fw == "torchtitan":
             continue
+        name = "autoconf executor" if fw == "autoconf" else f"torchtitan {run.get('release')}"
         label = name + ("" if run.get("trained", True) else " (forward only)")
         tps, alloc, loss = run.get("tokens_per_s"), run.get("allocated"), run.get("loss")
         text.append(f"| {label} | {pred.get('tokens_per_s', 0):,.0f} | {f'{tps:,.0f}' if tps else '-'} | "
