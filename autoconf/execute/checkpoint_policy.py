@@ -26,6 +26,7 @@ cost/memory.py `op_policy_layer_activation_bytes` is what it keeps, cost/estimat
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 
 import torch
@@ -105,9 +106,16 @@ def op_policy_contexts():
 
 
 def checkpoint_ops(function, *args):
-    """`function(*args)` checkpointed under the per-op policy."""
-    with set_checkpoint_early_stop(False):
+    """`function(*args)` checkpointed under the per-op policy, the whole block recomputed (no early stop). The early
+    stop is checkpoint's argument, not `set_checkpoint_early_stop`: torch.compile cannot trace that context manager,
+    and a block calling it ran uncompiled (on an H200 the per-op policy's step was 15% slower than torchtitan's)."""
+    if _EARLY_STOP_ARGUMENT:
+        return checkpoint(function, *args, use_reentrant=False, context_fn=op_policy_contexts, early_stop=False)
+    with set_checkpoint_early_stop(False):  # a torch without the argument
         return checkpoint(function, *args, use_reentrant=False, context_fn=op_policy_contexts)
+
+
+_EARLY_STOP_ARGUMENT = "early_stop" in inspect.signature(checkpoint).parameters
 
 
 @contextlib.contextmanager
