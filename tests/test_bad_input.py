@@ -248,7 +248,7 @@ def test_plan_that_fits_nowhere_names_a_layout_that_fits_on_more_nodes():
     import re
 
     args = ["plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100-80g", "--global-batch", "8",
-            "--seq-len", "1048576"]
+            "--seq-len", "2097152"]
     result = run_cli(args)
     assert_one_clear_error(result, "no layout fits", "the smallest change that fits")
     nodes, layout = re.search(r"the smallest change that fits: (\d+) nodes .*e\.g\. (.*)$", result.output.strip()).groups()

@@ -216,17 +216,17 @@ def test_bounds_never_exceed_the_estimate_with_cp():
         c for c in configs if c.cp > 1 and c.pp <= 2 and c.schedule in ("1f1b", "interleaved-1f1b", "zbv")))) > 50
 
 
-def test_the_planner_splits_a_128k_sequence_that_fits_no_other_way():
+def test_the_planner_splits_a_256k_sequence_that_fits_no_other_way():
     from autoconf.solve.search import search
 
     one = load_cluster("dgx-h100-80g", nodes=1)
     fixed = {"micro_batch_size": 1, "recompute": "full", "pp": 1}
-    result = search(LONG, one, 8, 131072, "bf16", fixed=fixed, top_k=2, refine=False, launchable_only=False)
+    result = search(LONG, one, 8, 262144, "bf16", fixed=fixed, top_k=2, refine=False, launchable_only=False)
     best = result.plans[0]
     assert best.config.cp > 1 and best.prediction["fits"]
     assert not estimate(LONG, one, dataclasses.replace(best.config, cp=1, dp=best.config.dp_cp), detail=False
                         ).prediction["fits"]
-    assert search(LONG, one, 8, 131072, "bf16", fixed={**fixed, "cp": 8}, top_k=1, refine=False).plans[0].config.cp == 8
+    assert search(LONG, one, 8, 262144, "bf16", fixed={**fixed, "cp": 8}, top_k=1, refine=False).plans[0].config.cp == 8
 
 
 def test_tp_x_cp_blocks_stay_within_a_node_unless_the_links_across_nodes_are_fast():

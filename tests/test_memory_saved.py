@@ -68,7 +68,6 @@ def test_one_layout_for_every_rank_and_selective_recompute_drops_the_silu_output
     # their product.
     assert selective == 2 * s * b * (4 * h + h + 2 * h / 4 + h + 3 * f)
     logits = 2 * 8192 * spec.vocab_size
-    assert logits_temporary_bytes(spec, base, "torch") == 12 * logits
     assert logits_temporary_bytes(spec, base, "megatron") == 10 * logits
 
 

@@ -74,6 +74,7 @@ entries carry "host": the bytes that rank keeps in host memory (not part of "tot
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ from autoconf.cost.mtp import mtp_activation_bytes, mtp_embedding_copy, mtp_stag
 from autoconf.cost.offload import activation_copy_bytes, host_state_bytes_per_param
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, STORAGE_BYTES, precision
-from autoconf.spec.frameworks import Execution
+from autoconf.spec.frameworks import EXECUTOR_LOSS_CHUNKS, Execution
 from autoconf.spec.layers import attention_ops
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, recomputed_layers
@@ -372,15 +373,22 @@ LOSS_BYTES_PER_LOGIT = {"copy": 8, "inplace": 4, "fused": 0}  # beyond the logit
 
 def logits_temporary_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
                            execution: Execution | None = None) -> float:
-    """Peak bytes of the loss on the last stage for one micro-batch: in the megatron layout the logits and what the
-    execution's cross entropy holds beside them (`Execution.loss_memory`; Megatron 2022's fp32 copy and its
-    shifted fp32 copy without an execution); in the executor, the fp32 log-softmax the loss keeps and the two fp32
-    gradients of its backward."""
+    """Peak bytes of the loss on the last stage for one micro-batch, by the execution's loss (`Execution.loss_memory`,
+    spec.frameworks.LOSS_MEMORY; without an execution Megatron 2022's in the megatron layout, the executor's in the
+    torch layout): the logits and what the cross entropy holds beside them. The executor's (execute/loss.py) holds
+    one of `EXECUTOR_LOSS_CHUNKS` row chunks' fp32 temporaries (its fp32 copy unless the logits are fp32, and its
+    shifted exponentials) and the rows' fp32 log-sum-exp."""
     c = config
-    logits = c.local_seq_len * c.micro_batch_size * model.vocab_size / c.tp
-    if layout != "megatron":
-        return logits * 12
-    return logits * (DTYPE_BYTES[c.dtype] + LOSS_BYTES_PER_LOGIT[execution.loss_memory if execution else "copy"])
+    kind = execution.loss_memory if execution else ("copy" if layout == "megatron" else Execution().loss_memory)
+    vocab = model.vocab_size / c.tp
+    rows = c.local_seq_len * c.micro_batch_size
+    e = DTYPE_BYTES[c.dtype]
+    if kind == "torch":
+        return rows * vocab * 12
+    if kind == "executor":
+        chunk_rows = math.ceil(rows / min(EXECUTOR_LOSS_CHUNKS, rows))
+        return rows * vocab * e + chunk_rows * vocab * (4 + (4 if e < 4 else 0)) + 4 * rows
+    return rows * vocab * (e + LOSS_BYTES_PER_LOGIT[kind])
 
 
 def head_input_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str = "gpu") -> float:

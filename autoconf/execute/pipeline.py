@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.schedules import schedule_spec, stage_to_rank
+from autoconf.execute.loss import cross_entropy
 from autoconf.execute.model import EMBED_WEIGHT, HEAD_WEIGHT, Transformer, build_model
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean token cross entropy of one micro-batch (fp32)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten())
+    """Mean token cross entropy of one micro-batch (fp32; execute/loss.py: its backward overwrites the logits)."""
+    return cross_entropy(logits, target)
 
 
 def stages_of_rank(plan, pp_rank: int) -> list[int]:

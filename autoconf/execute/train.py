@@ -280,7 +280,7 @@ class Trainer:
                 last = i == m - 1
                 model.set_requires_gradient_sync(last or c.reduces_every_microbatch)
                 model.set_reshard_after_backward(last or c.zero_stage >= 3)
-            # The logits are not kept: the loss's fp32 log-softmax is all its backward needs.
+            # The loss keeps the logits and writes their gradient into them (execute/loss.py).
             loss = loss_fn(model(inputs[i * b:(i + 1) * b]), targets[i * b:(i + 1) * b])
             (loss / m).backward()
             losses.append(loss.detach())

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from autoconf.cost.cp_ring import torch_ring
 from autoconf.cost.estimate import Execution, schedule_inflight
 from autoconf.cost.memory import RankMemory
 from autoconf.spec.cluster import ClusterProfile
@@ -42,7 +43,9 @@ def fewest_recomputed(model: ModelSpec, cluster: ClusterProfile, config: Paralle
     """`config` with `recompute_layers` set to the fewest layers per virtual stage of `partition` that fit the
     usable memory of every rank (the module docstring says why that is fastest), or None when even every layer
     recomputed does not fit. The counts are None again when every layer recomputes, and a config that needs no
-    recompute at all comes back with recompute "none". A config without recompute comes back unchanged."""
+    recompute at all comes back with recompute "none", unless that would move its attention onto or off torch's
+    context-parallel ring (`cp_ring.torch_ring`: the executor's per-op policy runs its own CP attention in every
+    block): then it keeps the policy with no layer recomputed. A config without recompute comes back unchanged."""
     c = dataclasses.replace(config, recompute_layers=None)
     if c.recompute == "none":
         return config
@@ -50,7 +53,10 @@ def fewest_recomputed(model: ModelSpec, cluster: ClusterProfile, config: Paralle
     if counts is None:
         return None
     if not any(counts):
-        return dataclasses.replace(c, recompute="none")
+        without = dataclasses.replace(c, recompute="none")
+        if torch_ring(model, without, execution) == torch_ring(model, c, execution):
+            return without
+        return dataclasses.replace(c, recompute_layers=counts)
     if list(counts) == [end - first for first, end in partition]:
         return c
     return dataclasses.replace(c, recompute_layers=counts)

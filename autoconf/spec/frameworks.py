@@ -120,13 +120,20 @@ OPTIMIZERS = ("megatron", "apex")
 ADAM_KERNELS = {"fused": 28, "foreach": 80}
 # The dtype the megatron layout's Adam moments may be kept in ("": the precision recipe's, `Precision.moments`).
 MOMENTS_DTYPES = ("", "fp32", "bf16")
-# What the loss of the megatron layout holds per logit beyond the logits themselves, at its peak:
-#   "copy"     Megatron 2022's vocab-parallel cross entropy: an fp32 copy and an fp32 max-subtracted copy (8 bytes)
-#   "inplace"  Megatron-Core's (megatron/core/tensor_parallel/cross_entropy.py and its fused variant): the fp32
-#              copy, shifted and exponentiated in place and kept as the softmax for the backward (4 bytes)
+# What the loss holds at its peak, per logit of one micro-batch (cost/memory.py `logits_temporary_bytes`):
+#   "copy"     Megatron 2022's vocab-parallel cross entropy: the logits, an fp32 copy and an fp32 max-subtracted
+#              copy (8 bytes beyond the logits)
+#   "inplace"  Megatron-Core's (megatron/core/tensor_parallel/cross_entropy.py and its fused variant): the logits and
+#              the fp32 copy, shifted and exponentiated in place and kept as the softmax for the backward (4 bytes)
 #   "fused"    Transformer Engine's parallel cross entropy (Megatron-Core's cross_entropy_fusion_impl "te"): the
-#              kernel writes the gradient into the logits (0 bytes)
-LOSS_MEMORY = ("copy", "inplace", "fused")
+#              kernel writes the gradient into the logits (0 bytes beyond them)
+#   "torch"    torch's F.cross_entropy on an fp32 copy (torchtitan 0.2 and its published runs): the logits go with the
+#              copy, the fp32 log-softmax is kept and its backward makes two fp32 gradients (12 bytes)
+#   "executor" autoconf's executor (execute/loss.py): the logits, which receive their own gradient, and one of
+#              EXECUTOR_LOSS_CHUNKS row chunks' fp32 temporaries at a time
+LOSS_MEMORY = ("copy", "inplace", "fused", "torch", "executor")
+# autoconf's executor runs its cross entropy over the micro-batch's rows in this many chunks.
+EXECUTOR_LOSS_CHUNKS = 8
 # What `tp_comm_overlap` overlaps: Transformer Engine's userbuffers as Megatron-Core's --tp-comm-overlap sets them up
 # under sequence parallelism (TE pytorch/module/base.py `initialize_ub`, its default method per layer, unchanged from
 # TE 1.x to 2.x). Each TP collective of a layer runs beside one GEMM of the same layer and pass only, as
@@ -307,7 +314,7 @@ class Execution:
     optimizer: str = "megatron"
     optimizer_moments: str = ""
     adam_kernels: str = "fused"
-    loss_memory: str = "copy"
+    loss_memory: str = "executor"
     grad_buffer_passes: tuple[str, ...] = ()
     overlap_paired_chunks: bool = False
     overlap_comm_sm_share: float = 0.0
@@ -543,7 +550,7 @@ PRESETS: dict[str, Execution] = {
         selective_policies=("attention_core",), grad_reduce_start="after_flush", param_gather_overlap=False,
         blocking_p2p=True, p2p_scatter_gather=True,
         executor_overheads=False, eager_ops=("vocab_parallel_ce",), grad_buffer_passes=("zero", "scale"),
-        cp_attention="kernel",
+        cp_attention="kernel", loss_memory="copy",
         megatron_args=(("sharded", "memory_layout=megatron", "--use-distributed-optimizer"),)),
     "megatron-core": Execution(
         # ZeRO-3 is Megatron-FSDP (`megatron_fsdp`: with grad_reduce microbatch, which the search gives it).
@@ -583,7 +590,7 @@ PRESETS: dict[str, Execution] = {
         # each run's kernels. FSDP2's copy kernels beside its collectives: fsdp_copies. Its context parallelism is
         # torch's (parallelisms/parallelize_llama.py and utils.py create_context_parallel_ctx): cp_attention "torch".
         eager_ops=("rotary", "swiglu", "cross_entropy"), attention_kernel="fa2", cp_attention="torch",
-        fsdp_copies=True,
+        fsdp_copies=True, loss_memory="torch",
         torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),
                              ("always", "compile_loss=False", 'config.compile.components = ["model"]'),
                              ("always", "adam_kernels=foreach", 'config.optimizer.implementation = "foreach"'))),
