@@ -160,7 +160,9 @@ def tp_overlap_split_time(model: ModelSpec, cluster: ClusterProfile, c: Parallel
     for (pass_, gemm_name), n in chunks.items():
         f = flops[gemm_name]
         if n > 1 and f > 0:
-            extra[pass_] += max(0.0, gemms_time(cluster, dtype, [f / n] * n) - gemms_time(cluster, dtype, [f]))
+            split, whole = gemms_time(cluster, dtype, [f / n] * n), gemms_time(cluster, dtype, [f])
+            if split > whole * (1 + 1e-12):  # equal rates differ by rounding only
+                extra[pass_] += split - whole
     return PassTimes(extra["forward"], extra["backward"], 0.0)
 
 
