@@ -53,6 +53,7 @@ GEMM_TINY=${GEMM_TINY:-}
 LEAN_EXECUTOR=${LEAN_EXECUTOR:-1}  # 0: estimate the lean layout but train only torchtitan on it
 CHECKS=${CHECKS:-1}                # 0: skip step 1 (GEMM rate, saved activations, attention paths)
 PROFILE_SEQ=${PROFILE_SEQ:-}       # a sequence length the profile also times (autoconf profile --seq-len)
+PROFILE_TIMEOUT=${PROFILE_TIMEOUT:-200}  # an 8B model's blocks with 8192-token attention took more than 200 s on an H200
 rm -rf "$W"
 mkdir -p "$RET" "$W"
 exec > >(tee "$RET/gpu_check.log") 2>&1
@@ -117,7 +118,7 @@ if [ -z "$MODEL" ]; then
 fi
 say "profile: $MODEL blocks at tp 1..$MAXTP (left $(left) s)"
 profile="$W/profile.json"
-timeout 200 python3 -m autoconf profile --out "$profile" --model "$MODEL" --max-tp "$MAXTP" \
+timeout "$PROFILE_TIMEOUT" python3 -m autoconf profile --out "$profile" --model "$MODEL" --max-tp "$MAXTP" \
     ${PROFILE_SEQ:+--seq-len "$PROFILE_SEQ"} --force \
     >"$W/profile.log" 2>&1
 code=$?
