@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import time
 
 import torch
+
+from autoconf.profile.timing import median, time_once, time_repeated
 
 LLAMA3_8B_BLOCK = {"qkv": (16384, 4096, 6144), "out": (16384, 4096, 4096), "gate_up": (16384, 4096, 28672),
                    "down": (16384, 14336, 4096)}
@@ -40,22 +41,6 @@ def _operands(shape, dtype, device):
     return torch.randn(m, k, device=device).to(dtype), torch.randn(k, n, device=device).to(dtype)
 
 
-def _elapsed(fn, device, calls: int) -> float:
-    """Seconds for `calls` calls of fn, timed with CUDA events on a GPU, else the wall clock."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return time.perf_counter() - t0
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=20.0)
@@ -72,10 +57,10 @@ def main() -> None:
     operands = {name: _operands(s, dtype, device) for name, s in shapes.items()}
     for name, (a, b) in operands.items():
         flops = 2.0 * a.shape[0] * a.shape[1] * b.shape[1]
-        _elapsed(lambda: a @ b, device, 3)
+        time_repeated(lambda: a @ b, device, 3, 0)
         time.sleep(1.0)
-        isolated = _elapsed(lambda: a @ b, device, 1)
-        repeated = statistics.median(_elapsed(lambda: a @ b, device, 1) for _ in range(20))
+        isolated = time_once(lambda: a @ b, device)
+        repeated = median(time_repeated(lambda: a @ b, device, 0, 20))
         result["shapes"][name] = {"mkn": list(shapes[name]), "isolated_tflops": flops / isolated / 1e12,
                                   "back_to_back_tflops": flops / repeated / 1e12}
     block = [operands[name] for name in LLAMA3_8B_BLOCK]
@@ -84,7 +69,7 @@ def main() -> None:
     while time.perf_counter() < t_end:
         w_end, flops, busy = time.perf_counter() + args.window, 0.0, 0.0
         while time.perf_counter() < w_end:
-            busy += _elapsed(lambda: [a @ b for a, b in block], device, 4)
+            busy += time_once(lambda: [a @ b for _ in range(4) for a, b in block], device)
             flops += 4 * block_flops
         windows.append({"tflops": flops / busy / 1e12, **_smi()})
     result["sustained_block"] = {"seconds": args.seconds, "window_s": args.window, "windows": windows}

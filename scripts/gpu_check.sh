@@ -125,16 +125,7 @@ code=$?
 tail -n 12 "$W/profile.log"
 if [ $code -ne 0 ] || [ ! -s "$profile" ]; then
     say "profile failed ($code): validating on the bundled profile instead"
-    profile="$W/fallback.json"
-    python3 - "$profile" <<'EOF'
-import json, sys
-import torch
-from autoconf.profile.hardware import base_profile_for
-from autoconf.spec.cluster import load_cluster
-name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
-c = load_cluster(base_profile_for(name) or "cpu-local", 1, 1)
-open(sys.argv[1], "w").write(json.dumps(c.to_dict(), indent=2))
-EOF
+    profile="$W/lean-cluster.json"  # this device's data sheet as one rank (lean_report.py setup wrote it)
 else
     cp "$profile" "$RET/profile.json"
 fi
