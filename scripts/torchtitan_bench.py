@@ -85,6 +85,19 @@ def _stand_in_modules(*names: str) -> None:
         sys.modules[name] = module
 
 
+def _start():
+    """(device, whether it is a GPU) of this one-rank run, with its process group started (nccl or gloo)."""
+    import torch
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return device, cuda
+
+
 def _loop(args, model, forward_loss, device, cuda: bool) -> tuple[list[float], list[float]]:
     """Synthetic-token steps: forward + loss (forward_loss(tokens) -> scalar), backward, clipping, AdamW."""
     import torch
@@ -134,11 +147,7 @@ def _run_v02(args) -> dict:
     from torchtitan.distributed import utils as dist_utils
     from torchtitan.models.llama3 import Transformer, llama3_args, parallelize_llama
 
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if cuda else "gloo")
+    device, cuda = _start()
     job = JobConfig()
     job.model.flavor = args.flavor
     job.training.local_batch_size, job.training.seq_len, job.training.steps = args.batch, args.seq, args.steps
@@ -187,11 +196,7 @@ def _run_v03(args) -> dict:
     from torchtitan.models.common.config_utils import decoder_vocab_size
     from torchtitan.models.llama3 import model_registry
 
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if cuda else "gloo")
+    device, cuda = _start()
     spec = model_registry(args.flavor)  # its default attention (flex)
     config = spec.model
     config.layers = config.layers[: args.layers]
