@@ -1,5 +1,6 @@
 """The executor's cross entropy (execute/loss.py) against torch's, and what it allocates."""
 
+import dataclasses
 import math
 
 import pytest
@@ -9,6 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from autoconf.cost.memory import logits_temporary_bytes
+from autoconf.execute.dtypes import TORCH_DTYPES
 from autoconf.execute.loss import IGNORE_INDEX, cross_entropy
 from autoconf.spec.frameworks import EXECUTOR_LOSS_CHUNKS
 from autoconf.spec.plan import ParallelConfig
@@ -76,10 +78,75 @@ def test_temporaries_are_one_row_chunk(dtype):
     assert sizes["torch"] == rows * vocab
 
 
-def test_estimate_counts_the_logits_and_one_chunk():
-    spec = PRESETS["llama3-8b"]
-    for dtype, extra in (("bf16", 8), ("fp32", 4)):
-        c = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=2, global_batch_size=2, seq_len=8192, dtype=dtype)
-        rows, e = 2 * 8192, 2 if dtype == "bf16" else 4
-        chunk = rows // EXECUTOR_LOSS_CHUNKS
-        assert logits_temporary_bytes(spec, c, "torch") == (rows * e + chunk * extra) * spec.vocab_size + 4 * rows
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("tp", [1, 4])
+def test_estimate_is_the_peak_torch_tracks(dtype, tp):
+    """The estimate's loss term (logits of the rank's vocabulary slice and what the loss holds beside them) against
+    the peak of the loss's forward and backward that torch's MemTracker records: within 2% and not below it."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    spec = dataclasses.replace(PRESETS["gpt3-1.3b"], vocab_size=4000)
+    c = ParallelConfig(tp=tp, pp=1, dp=1, micro_batch_size=2, global_batch_size=2, seq_len=128, dtype=dtype)
+    rows, width = 2 * 128, 4000 // tp
+    logits = torch.randn(rows, width, dtype=TORCH_DTYPES[dtype]).requires_grad_(True) * 1
+    target = torch.randint(0, width, (rows,))
+    tracker = MemTracker()
+    with tracker:
+        torch.autograd.grad(cross_entropy(logits, target), logits)
+    # The tracker counts the inputs it sees: the logits (the estimate's too) and the targets (the data's).
+    peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"] - target.nbytes
+    estimate = logits_temporary_bytes(spec, c, "torch")
+    assert peak <= estimate <= 1.02 * peak
+
+
+def _vocab_parallel_rank(rank, world, port, queue):
+    """One TP rank: the loss and gradient of its vocabulary slice of the same [3, 9, 37] logits, with `rank_loss`."""
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from autoconf.execute.loss import rank_loss
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    full = torch.randn(3, 9, 37)
+    target = torch.randint(0, 37, (3, 9))
+    target[0, :4] = IGNORE_INDEX
+    mine = full.chunk(world, dim=-1)[rank].clone().requires_grad_(True)  # DTensor Shard(-1)'s split
+    loss = rank_loss(init_device_mesh("cpu", (world,)), 37)(mine * 1, target)
+    (3 * loss).backward()
+    queue.put((rank, float(loss), mine.grad))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tp", [2, 3])
+def test_vocab_parallel_equals_the_whole_vocabulary(tp):
+    """Each TP rank's loss equals torch's over the whole vocabulary, and its gradient is that gradient's columns of
+    its slice (37 columns: uneven slices)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_vocab_parallel_rank, args=(r, tp, port, queue)) for r in range(tp)]
+    for p in procs:
+        p.start()
+    seen = sorted(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join()
+    torch.manual_seed(0)
+    full = torch.randn(3, 9, 37).requires_grad_(True)
+    target = torch.randint(0, 37, (3, 9))
+    target[0, :4] = IGNORE_INDEX
+    expected = F.cross_entropy(full.flatten(0, 1), target.flatten())
+    (3 * expected).backward()
+    for (rank, loss, grad), columns in zip(seen, full.grad.chunk(tp, dim=-1)):
+        assert loss == pytest.approx(float(expected), rel=1e-6)
+        torch.testing.assert_close(grad, columns, rtol=1e-6, atol=1e-6)

@@ -89,7 +89,7 @@ from autoconf.cost.mtp import mtp_activation_bytes, mtp_embedding_copy, mtp_stag
 from autoconf.cost.offload import activation_copy_bytes, host_state_bytes_per_param
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, STORAGE_BYTES, precision
-from autoconf.spec.frameworks import EXECUTOR_LOSS_CHUNKS, Execution
+from autoconf.spec.frameworks import EXECUTOR_LOSS_CHUNKS, EXECUTOR_LOSS_ROW_BYTES, Execution
 from autoconf.spec.layers import attention_ops
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, recomputed_layers
@@ -376,9 +376,8 @@ def logits_temporary_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     """Peak bytes of the loss on the last stage for one micro-batch, by the execution's loss (`Execution.loss_memory`,
     spec.frameworks.LOSS_MEMORY; without an execution Megatron 2022's in the megatron layout, the executor's in the
     torch layout): the logits and what the cross entropy holds beside them, over the rank's vocabulary slice. The
-    executor's (execute/loss.py) reads the whole vocabulary on every TP rank and holds one of
-    `EXECUTOR_LOSS_CHUNKS` row chunks' fp32 temporaries (its fp32 copy unless the logits are fp32, and its shifted
-    exponentials) and the rows' fp32 log-sum-exp."""
+    executor's (execute/loss.py) holds one of `EXECUTOR_LOSS_CHUNKS` row chunks' fp32 temporary at a time and
+    `EXECUTOR_LOSS_ROW_BYTES` per row."""
     c = config
     kind = execution.loss_memory if execution else ("copy" if layout == "megatron" else Execution().loss_memory)
     vocab = model.vocab_size / c.tp
@@ -386,10 +385,9 @@ def logits_temporary_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     e = DTYPE_BYTES[c.dtype]
     if kind == "torch":
         return rows * vocab * 12
-    if kind == "executor":  # its TP head gathers the whole vocabulary's logits on every rank (execute/parallelize.py)
+    if kind == "executor":
         chunk_rows = math.ceil(rows / min(EXECUTOR_LOSS_CHUNKS, rows))
-        full = model.vocab_size
-        return rows * full * e + chunk_rows * full * (4 + (4 if e < 4 else 0)) + 4 * rows
+        return rows * vocab * e + chunk_rows * vocab * 4 + EXECUTOR_LOSS_ROW_BYTES * rows
     return rows * vocab * (e + LOSS_BYTES_PER_LOGIT[kind])
 
 

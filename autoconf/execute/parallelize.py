@@ -84,7 +84,8 @@ def apply_tp(model: Transformer, tp_mesh, sequence_parallel: bool) -> None:
     if model.output is not None:
         if sp:
             top["norm"] = SequenceParallel()
-        top["output"] = ColwiseParallel(input_layouts=residual, output_layouts=Replicate(), use_local_output=True)
+        # Each rank's logits over its vocabulary slice; the loss reduces over TP (execute/loss.py `rank_loss`).
+        top["output"] = ColwiseParallel(input_layouts=residual, output_layouts=Shard(-1), use_local_output=True)
     if top:
         parallelize_module(model, tp_mesh, top)
     gpt = model.spec.arch == "gpt"

@@ -22,13 +22,7 @@ import torch.distributed as dist
 
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.schedules import schedule_spec, stage_to_rank
-from autoconf.execute.loss import cross_entropy
 from autoconf.execute.model import EMBED_WEIGHT, HEAD_WEIGHT, Transformer, build_model
-
-
-def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean token cross entropy of one micro-batch (fp32; execute/loss.py: its backward overwrites the logits)."""
-    return cross_entropy(logits, target)
 
 
 def stages_of_rank(plan, pp_rank: int) -> list[int]:
@@ -67,16 +61,17 @@ class _Unsharded(torch.nn.Module):
         return self.chunk(x)
 
 
-def build_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device: torch.device,
+def build_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device: torch.device, loss_fn,
                    scale_grads: bool = True):
-    """PipelineStage objects for this rank's chunks and the plan's schedule over them. With scale_grads=False the
-    gradients stay summed over the micro-batches (the caller divides them)."""
+    """PipelineStage objects for this rank's chunks and the plan's schedule over them, `loss_fn` the loss of one
+    micro-batch on this rank (execute/loss.py `rank_loss`). With scale_grads=False the gradients stay summed over the
+    micro-batches (the caller divides them)."""
     from torch.distributed.pipelining import PipelineStage
     from torch.distributed.pipelining.schedules import PipelineScheduleSingle, get_schedule_class
 
     c = plan.config
     if schedule_spec(c.schedule).sequence_chunks:
-        return _sequence_chunk_schedule(plan, chunks, pp_group, device, scale_grads)
+        return _sequence_chunk_schedule(plan, chunks, pp_group, device, loss_fn, scale_grads)
     cls = get_schedule_class(schedule_spec(c.schedule).torch_class)
     stage_class, wrap = _stage_kind(c, PipelineStage)
     stages = [stage_class(wrap(chunk), s, c.num_stages, device, group=pp_group) for s, chunk in chunks]
@@ -104,7 +99,7 @@ def _stage_kind(c, base):
     return base, (lambda chunk: chunk)
 
 
-def _sequence_chunk_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device: torch.device,
+def _sequence_chunk_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device: torch.device, loss_fn,
                              scale_grads: bool):
     """seq1f1b (execute/seq_chunks.py): the rank's chunks read one `SequenceChunks`, their stages (of the class and
     wrapper the other schedules take, `_stage_kind`) tell it which unit runs, and torch's runtime runs the cost

@@ -42,7 +42,8 @@ from autoconf.execute.moe import is_expert_param
 from autoconf.execute.optimizer import adamw, param_groups
 from autoconf.execute.parallelize import GradReducer, match_grad_layout, moe_layers, parallelize_chunk, replica_mesh
 from autoconf.files import open_append, write_file
-from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_schedule, loss_fn
+from autoconf.execute.loss import rank_loss
+from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_schedule
 from autoconf.execute.seq_chunks import IGNORE, to_units
 from autoconf.spec.grid import AXES, RankGrid
 from autoconf.spec.plan import Plan, load_plan, recomputed_layer_indices
@@ -153,9 +154,11 @@ class Trainer:
                     self.reducers.append(GradReducer(model, self.expert_mesh["edp"].get_group(), units, c.edp * m,
                                                      expert_params=True))
         self.schedule = None
+        # Under TP each rank's head returns its vocabulary slice's logits; the loss reduces over the TP group.
+        self.loss_fn = rank_loss(self.mesh["tp"] if c.tp > 1 else None, plan.model.vocab_size)
         if c.pp > 1:
             self.schedule, self.stages = build_schedule(plan, self.chunks, self.mesh["pp"].get_group(), device,
-                                                        scale_grads=not self.reducers)
+                                                        self.loss_fn, scale_grads=not self.reducers)
         for moe_layer in (m for model in self.models for m in moe_layers(model)):
             # The aux loss's gradient takes the cross entropy's scale: the loop divides each micro-batch's loss by
             # the micro-batches, the pipeline divides the gradients afterwards.
@@ -281,7 +284,7 @@ class Trainer:
                 model.set_requires_gradient_sync(last or c.reduces_every_microbatch)
                 model.set_reshard_after_backward(last or c.zero_stage >= 3)
             # The loss keeps the logits and writes their gradient into them (execute/loss.py).
-            loss = loss_fn(model(inputs[i * b:(i + 1) * b]), targets[i * b:(i + 1) * b])
+            loss = self.loss_fn(model(inputs[i * b:(i + 1) * b]), targets[i * b:(i + 1) * b])
             (loss / m).backward()
             losses.append(loss.detach())
 
@@ -527,8 +530,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def quiet_known_warnings() -> None:
     """Silences what torch prints on every rank that does not apply or that the launcher says in one line:
-    - FSDP2's "returned a view tensor": under TP the head's logits come back as the local view of the all-gathered
-      DTensor (`use_local_output`), and the loss (`pipeline.loss_fn`) reads them out of place only;
+    - FSDP2's "returned a view tensor": under TP the head's logits come back as the local view of their
+      vocabulary-sharded DTensor (`use_local_output`); the loss (execute/loss.py) writes their gradient into them in
+      its own backward, which autograd does not see;
     - the pipelining runtime's error log of its whole action table when an action fails (a lost peer: about 50
       lines per rank); the failure itself still ends the rank, and AUTOCONF_DEBUG keeps the table."""
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(.*\) returned a view tensor",

@@ -39,7 +39,7 @@ def measure_reference(model: ModelSpec, device: torch.device, dtype: str, micro_
     entries. Returns {"layers", "params", "passes": [{"micro_batch", "seq_len", "forward_s", "backward_s"}]} and,
     with `optimizer`, "optimizer_s". With `autocast` the parameters stay fp32 and every pass runs under autocast to
     `dtype`, as the executor trains an unsharded GPU rank."""
-    from autoconf.execute.pipeline import loss_fn
+    from autoconf.execute.loss import cross_entropy
 
     net = _executor_model(model, device, "fp32" if autocast else dtype, layers)
     context = (lambda: torch.autocast(device.type, dtype=TORCH_DTYPES[dtype])) if autocast else contextlib.nullcontext
@@ -52,7 +52,7 @@ def measure_reference(model: ModelSpec, device: torch.device, dtype: str, micro_
         for i in range(warmup + repeats):
             holder: dict = {}
             with context():
-                t_f = work_time(lambda: holder.__setitem__("loss", loss_fn(net(x), y)), device)
+                t_f = work_time(lambda: holder.__setitem__("loss", cross_entropy(net(x), y)), device)
                 t_b = work_time(lambda: holder["loss"].backward(), device)
             if i >= warmup:
                 fwd.append(t_f)
@@ -77,7 +77,7 @@ def measure_fsdp(model: ModelSpec, device: torch.device, dtype: str, seq: int, w
     from torch.distributed.device_mesh import init_device_mesh
 
     from autoconf.execute.parallelize import apply_fsdp
-    from autoconf.execute.pipeline import loss_fn
+    from autoconf.execute.loss import cross_entropy
 
     net = _executor_model(model, device, dtype, 1)
     full = sum(p.numel() for p in net.parameters())
@@ -86,17 +86,17 @@ def measure_fsdp(model: ModelSpec, device: torch.device, dtype: str, seq: int, w
 
     def passes() -> float:
         for _ in range(warmup):
-            loss_fn(net(x), y).backward()
+            cross_entropy(net(x), y).backward()
         times = []
         for _ in range(repeats):
             t0 = time.process_time()
-            loss_fn(net(x), y).backward()
+            cross_entropy(net(x), y).backward()
             times.append(time.process_time() - t0)
         return median(times)
 
     plain = passes()
     apply_fsdp(net, init_device_mesh(device.type, (dist.get_world_size(),), mesh_dim_names=("dp",)), 2)
-    loss_fn(net(x), y).backward()  # gradients to step on, gathered parameters
+    cross_entropy(net(x), y).backward()  # gradients to step on, gathered parameters
     net.set_requires_gradient_sync(False)
     sharded = passes()
     net.set_requires_gradient_sync(True)

@@ -130,10 +130,15 @@ MOMENTS_DTYPES = ("", "fp32", "bf16")
 #   "torch"    torch's F.cross_entropy on an fp32 copy (torchtitan 0.2 and its published runs): the logits go with the
 #              copy, the fp32 log-softmax is kept and its backward makes two fp32 gradients (12 bytes)
 #   "executor" autoconf's executor (execute/loss.py): the logits, which receive their own gradient, and one of
-#              EXECUTOR_LOSS_CHUNKS row chunks' fp32 temporaries at a time
+#              EXECUTOR_LOSS_CHUNKS row chunks' fp32 temporary at a time (4 bytes per logit of the chunk: the fp32
+#              copy shifted in place, or for fp32 logits the shifted chunk; the backward works in the copy or in place)
 LOSS_MEMORY = ("copy", "inplace", "fused", "torch", "executor")
 # autoconf's executor runs its cross entropy over the micro-batch's rows in this many chunks.
 EXECUTOR_LOSS_CHUNKS = 8
+# ... and holds this many bytes per row beside the logits and the chunk at its peak (during the forward's chunks):
+# the fp32 row maximum (4), sum of exponentials and target logit (8), the target's int64 column in the rank's
+# vocabulary slice (8), two bool masks (2), and the chunk's fp32 row sums (4 / EXECUTOR_LOSS_CHUNKS, rounded up).
+EXECUTOR_LOSS_ROW_BYTES = 23
 # What `tp_comm_overlap` overlaps: Transformer Engine's userbuffers as Megatron-Core's --tp-comm-overlap sets them up
 # under sequence parallelism (TE pytorch/module/base.py `initialize_ub`, its default method per layer, unchanged from
 # TE 1.x to 2.x). Each TP collective of a layer runs beside one GEMM of the same layer and pass only, as
