@@ -110,7 +110,8 @@ def dense_mlp_tensors(layout: str, recompute: str) -> int:
 # `layer_activation_bytes` reads no other): configs that differ only elsewhere (pipeline, data parallelism, ZeRO,
 # which layers recompute) share one remembered count.
 LAYER_ACTIVATION_FIELDS = ("tp", "cp", "ep", "etp", "dtype", "attention", "micro_batch_size", "seq_len",
-                           "seq_chunks", "sequence_parallel", "recompute", "selective_recompute")
+                           "seq_chunks", "sequence_parallel", "recompute", "selective_recompute", "compile",
+                           "offload_activations")
 _layer_activation_key = operator.attrgetter(*LAYER_ACTIVATION_FIELDS)
 _layer_activations: dict[tuple, float] = {}
 
@@ -152,14 +153,15 @@ def _layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: st
         # The dense MLP's tensors (`dense_mlp_tensors` of ffn_hidden_size) give way to the routed ones.
         dense_mlp = (dense_mlp_tensors(layout, recompute) * DTYPE_BYTES[c.dtype] * c.local_seq_len
                      * c.micro_batch_size)
-        return (layer_activation_bytes(model, c, layout, device_kind, recompute, selective)
-                - dense_mlp * model.ffn_hidden_size / c.tp
+        dense = (layer_activation_bytes(model, c, layout, device_kind, recompute, selective) if layout == "megatron"
+                 else executor_layer_activation_bytes(model, c, recompute, device_kind))  # MoE blocks run eagerly
+        return (dense - dense_mlp * model.ffn_hidden_size / c.tp
                 + routed_activation_bytes(model, c, layout, recompute, keeps_outputs))
     if layout == "megatron":
         return (model.layer_activation_bytes(c.local_seq_len, c.micro_batch_size, c.tp, c.sequence_parallel,
                                              recompute, c.attention, DTYPE_BYTES[c.dtype])
                 + te_activation_delta(model, c, recompute, execution))
-    return executor_layer_activation_bytes(model, c, recompute, device_kind)
+    return executor_layer_activation_bytes(model, c, recompute, device_kind, c.compiles_blocks(device_kind))
 
 
 def te_activation_delta(model: ModelSpec, config: ParallelConfig, recompute: str,
@@ -241,7 +243,7 @@ def executor_latent_attention_bytes(model: ModelSpec, config: ParallelConfig, de
 
 
 def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, recompute: str,
-                                    device_kind: str = "gpu") -> float:
+                                    device_kind: str = "gpu", compiled: bool = False) -> float:
     """What autoconf's executor block saves for its backward (tests/test_memory_saved.py counts it with autograd's
     saved-tensor hooks), for one micro-batch on one TP rank.
 
@@ -255,6 +257,10 @@ def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, re
     (full-sequence) input of its column-parallel layers also with sequence parallelism. Full recompute keeps the
     block input only. Dropout masks take a byte per element (CUDA's fused kernel). Latent attention: its own count
     (`executor_latent_attention_bytes`); qk-norm adds its norms' inputs.
+
+    `compiled`: the block under torch.compile (`ParallelConfig.compiles_blocks`), whose forward and backward
+    inductor partitions by a min cut, recomputing cheap element-wise ops rather than keeping their outputs
+    (`compiled_block_delta_bytes`).
     """
     c = config
     s, b, h, f = c.local_seq_len, c.micro_batch_size, model.hidden_size, model.ffn_hidden_size
@@ -287,7 +293,45 @@ def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, re
     else:
         mlp_tensors = 3 if recompute == "selective" else 4  # gate, up, (silu,) their product
     mlp = mlp_tensors * e * s * b * f / t  # dense_mlp_tensors for llama
-    return norms + linear_inputs + attention + mlp
+    delta = compiled_block_delta_bytes(model, c, recompute) if compiled else 0.0
+    return norms + linear_inputs + attention + mlp + delta
+
+
+def compiled_block_delta_bytes(model: ModelSpec, config: ParallelConfig, recompute: str) -> float:
+    """What a compiled block keeps beyond (negative: short of) the eager count of `executor_layer_activation_bytes`
+    for one micro-batch on one TP rank, as torch.compile's min-cut partition of the joint forward and backward
+    graph decides it (torch 2.13; tests/test_memory_compiled.py traces the executor's block with the
+    `aot_eager_decomp_partition` backend, inductor's decompositions and partitioner with eager kernels, and counts
+    what it saves). For the llama architecture's blocks with flash attention, no dropout and no latent attention,
+    under no recompute or selective recompute of the attention core:
+
+    - RMSNorm: the block keeps its input and both norms' outputs (the QKV and MLP inputs) with an fp32 statistic
+      per row and norm, not the second norm's input (the residual between the norms): one hidden-wide tensor fewer;
+      qk-norm keeps an fp32 statistic per token and head beside its input;
+    - SwiGLU: the gate and up projections, and without recompute their product, the down projection's input; silu's
+      output (eager: kept) and under selective recompute the product (eager: kept by the down projection) are
+      recomputed: one FFN-wide tensor fewer;
+    - without recompute the attention output is kept twice: as the flash kernel's output and, copied, as the output
+      projection's input (eager: one storage).
+
+    Every other case is 0: full recompute keeps the block input alone either way; dropout, the standard attention
+    path, latent attention and GPT blocks are counted as eager blocks keep them (a compiled GPT block keeps the same
+    without recompute and one hidden-wide tensor fewer under selective recompute: over-counted by that). The per-op
+    policy is counted apart (`op_policy_layer_activation_bytes`, as the eager block keeps it): compiled, a llama
+    block keeps one hidden-wide tensor fewer per token, over-counted by that (tests/test_memory_compiled.py).
+    Under TP the terms divide as the eager ones do; compiled TP blocks were not traced."""
+    c = config
+    if (model.arch != "llama" or model.mla is not None or model.dropout > 0 or c.attention != "flash"
+            or recompute not in ("none", "selective")):
+        return 0.0
+    s, b, e, t = c.local_seq_len, c.micro_batch_size, DTYPE_BYTES[c.dtype], c.tp
+    split = t if c.sequence_parallel else 1
+    norms = (-e * model.hidden_size + 2 * 4) / split
+    if model.qk_norm:
+        norms += 4 * (model.num_heads + model.num_kv_heads) / t
+    ffn = -e * model.ffn_hidden_size / t
+    attention_output = e * model.q_dim / t if recompute == "none" else 0.0
+    return s * b * (norms + ffn + attention_output)
 
 
 def attention_matmuls(model: ModelSpec) -> list[tuple[int, int, bool]]:

@@ -204,10 +204,8 @@ def apply_recompute(model: Transformer, mode: str, layers: set[int] | None = Non
 
 
 def compiles(config, device_type: str) -> bool:
-    """Whether the executor compiles the blocks: when the plan asks for it, on CUDA (torch.compile's Triton
-    kernels; on CPU inductor needs a C++ toolchain and gains little), and not under offload_activations (its
-    saved-tensor hooks are module hooks around each block, which compile would trace)."""
-    return bool(config.compile) and device_type == "cuda" and not config.offload_activations
+    """Whether the executor compiles the blocks on a torch `device_type` (`ParallelConfig.compiles_blocks`)."""
+    return config.compiles_blocks("gpu" if device_type == "cuda" else device_type)
 
 
 def apply_compile(model: Transformer) -> None:

@@ -195,6 +195,13 @@ class ParallelConfig:
         """Whether any offload lever is on."""
         return any(getattr(self, name) is True for name in OFFLOADS)
 
+    def compiles_blocks(self, device_kind: str) -> bool:
+        """Whether the executor compiles this plan's dense blocks (torch.compile, execute/parallelize.py) on a
+        `device_kind` ("gpu", "cpu") device: when the plan asks for it, on GPUs (torch.compile's Triton kernels; on
+        CPU inductor needs a C++ toolchain and gains little), and not under offload_activations (its saved-tensor
+        hooks are module hooks around each block, which compile would trace). MoE blocks stay eager."""
+        return bool(self.compile) and device_kind == "gpu" and not self.offload_activations
+
     def problems(self, model: ModelSpec, world_size: int | None = None) -> list[str]:
         """Every rule this configuration breaks, each naming the offending factors and what would work."""
         out = ParallelDims.of(self).problems()
