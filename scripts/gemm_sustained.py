@@ -26,7 +26,7 @@ LLAMA3_8B_BLOCK = {"qkv": (16384, 4096, 6144), "out": (16384, 4096, 4096), "gate
                    "down": (16384, 14336, 4096)}
 
 
-def _smi() -> dict:
+def smi_reading() -> dict:
     try:
         line = subprocess.run(["nvidia-smi", "--query-gpu=clocks.sm,power.draw,temperature.gpu",
                                "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5).stdout
@@ -41,13 +41,18 @@ def _operands(shape, dtype, device):
     return torch.randn(m, k, device=device).to(dtype), torch.randn(k, n, device=device).to(dtype)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def sustained_run_args(doc: str) -> tuple[argparse.Namespace, torch.device]:
+    """The command line of a sustained-rate script (--seconds, --window, --tiny; `doc`'s first line its description)
+    and the device it times: the GPU when there is one, else the CPU."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--window", type=float, default=2.0)
     p.add_argument("--tiny", action="store_true")
-    args = p.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return p.parse_args(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def main() -> None:
+    args, device = sustained_run_args(__doc__)
     dtype = torch.float32 if args.tiny or device.type == "cpu" else torch.bfloat16
     scale = 32 if args.tiny else 1
     shapes = {"square_8192": (8192, 8192, 8192), **LLAMA3_8B_BLOCK}
@@ -71,7 +76,7 @@ def main() -> None:
         while time.perf_counter() < w_end:
             busy += time_once(lambda: [a @ b for _ in range(4) for a, b in block], device)
             flops += 4 * block_flops
-        windows.append({"tflops": flops / busy / 1e12, **_smi()})
+        windows.append({"tflops": flops / busy / 1e12, **smi_reading()})
     result["sustained_block"] = {"seconds": args.seconds, "window_s": args.window, "windows": windows}
     print(json.dumps(result, indent=1))
 

@@ -10,7 +10,8 @@
 #        pip download torchtitan==0.2.2 tyro==1.0.17 docstring_parser typeguard shtab --no-deps \
 #          --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d /tmp/wh && cp /tmp/wh/* wheels/
 #      and carry it: run(command="scripts/gpu_check.sh", carry=["wheels"]). Without wheels that half is skipped.
-#   1. the sustained bf16 GEMM rate against one isolated call (scripts/gemm_sustained.py), the saved activation
+#   1. the sustained bf16 GEMM rate against one isolated call (scripts/gemm_sustained.py), causal attention per SDPA
+#      backend and sequence length, alone and sustained (scripts/attention_sustained.py), the saved activation
 #      bytes per layer against the estimator's, and the attention paths only CUDA takes
 #      (scripts/cuda_attention_check.py: seq1f1b's lower-right bias, CP's grouped K/V);
 #   2. `autoconf profile` of this GPU with the compute tables of MODEL at TP widths 1-MAXTP;
@@ -19,8 +20,9 @@
 #   4. while time is left (DEADLINE_S after the start), a quick profile of MODEL2's blocks (MODEL2= skips it).
 # MODEL= stops after step 1.
 # The lent machine returns at most eight files from its OUT: this writes there the whole log (gpu_check.log), the
-# tables and JSONs read most (lean_vs_torchtitan.md, gemm_sustained.json, attention_check.json, report.json,
-# profile.json) and everything else packed (work.tgz); the work folder is W (default /tmp/gpu-check).
+# tables and JSONs read most (lean_vs_torchtitan.md, gemm_sustained.json, attention_sustained.json,
+# attention_check.json, report.json, profile.json) and everything else packed (work.tgz); the work folder is W
+# (default /tmp/gpu-check).
 #
 #   scripts/gpu_check.sh                                    # on the GPU machine
 #   OUT=/tmp/gc MODEL=tiny-gpt SEQ=128 GB=8 MAXTP=2 LEAN_MODEL=tiny-llama LEAN_TT_FLAVOR=debugmodel LEAN_LAYERS=2 \
@@ -103,6 +105,14 @@ say "gemm exit $?"
 python3 -c "import json, sys; d = json.load(open(sys.argv[1])); print({k: round(v['back_to_back_tflops']) for k, v in
 d['shapes'].items()}); print([(round(w['tflops']), w.get('sm_mhz'), w.get('power_w')) for w in
 d['sustained_block']['windows']])" "$RET/gemm_sustained.json" 2>&1
+
+say "causal attention per SDPA backend and sequence, and sustained (the profiles' attention curves; docs/compute-model.md)"
+timeout 150 python3 scripts/attention_sustained.py --seconds 20 --window 2 ${GEMM_TINY:+--tiny} >"$RET/attention_sustained.json" 2>>"$W/attention.log"
+say "attention exit $?"
+python3 -c "import json, sys; d = json.load(open(sys.argv[1])); print(d['default_backend'], d['cudnn']);
+[print(k, s, {n: v and round(v) for n, v in r.items() if n != 'error'} or r) for k, rows in d['kernels'].items() for s, r in rows.items()];
+print([(round(w['forward_backward_tflops']), w.get('sm_mhz'), w.get('power_w')) for w in d['sustained']['windows']])" \
+    "$RET/attention_sustained.json" 2>&1
 
 say "saved activations per layer vs the memory estimator"
 timeout 60 python3 scripts/saved_activations.py --models ${MODEL:-gpt3-1.3b} ${MODEL2:+"$MODEL2"} 2>&1 | tail -n 12
