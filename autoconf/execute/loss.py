@@ -4,9 +4,10 @@
 `IGNORE_INDEX`; 0 when every target is ignored). It keeps the logits themselves for its backward and writes their
 gradient into them, as Transformer Engine's cross entropy does: nothing downstream reads the logits after the loss,
 and the head's backward needs only their gradient. The rows run in `EXECUTOR_LOSS_CHUNKS` chunks, so the fp32
-temporaries are one chunk's: its fp32 copy (not needed when the logits are fp32) and its shifted exponentials
-(cost/memory.py `logits_temporary_bytes` counts exactly these). torch's own loss holds the fp32 log-softmax and, in
-its backward, two fp32 gradients of the whole micro-batch: 12 bytes per logit against 2 + 8 / 8 in bf16.
+temporary is one chunk's: its fp32 copy, shifted and exponentiated in place (for fp32 logits the shifted chunk;
+their backward works in place), beside `EXECUTOR_LOSS_ROW_BYTES` per row (cost/memory.py `logits_temporary_bytes`
+counts exactly these). torch's own loss holds the fp32 log-softmax and, in its backward, two fp32 gradients of the
+whole micro-batch: 12 bytes per logit against 2 + 4 / 8 in bf16.
 
 Under tensor parallelism (`vocab_parallel_cross_entropy`) each TP rank holds the logits of its slice of the
 vocabulary only (the head's column-parallel output, execute/parallelize.py), as in Megatron's and torchtitan's loss
