@@ -20,17 +20,11 @@ import dataclasses
 import torch
 
 from autoconf.cost.memory import layer_activation_bytes
-from autoconf.execute.model import Block
+from autoconf.execute.model import Block, OneBlock
 from autoconf.execute.parallelize import apply_recompute
 from autoconf.profile.activations import saved_bytes
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import load_model
-
-
-class _OneBlock(torch.nn.Module):
-    def __init__(self, block: Block):
-        super().__init__()
-        self.layers = torch.nn.ModuleDict({"0": block})
 
 
 def main() -> None:
@@ -55,7 +49,7 @@ def main() -> None:
                     block = Block(model, "flash").to(device=device, dtype=low).train()
                     mode, _, op = recompute.partition("-")
                     policy = "alternate_matmuls" if op else "attention_core"
-                    apply_recompute(_OneBlock(block), mode, None, policy)
+                    apply_recompute(OneBlock(block), mode, None, policy)
                     x = torch.randn(mb, seq, model.hidden_size, device=device, dtype=low, requires_grad=True)
                     measured = saved_bytes(block, x)
                     config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=mb, global_batch_size=mb,

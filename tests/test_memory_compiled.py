@@ -13,17 +13,11 @@ import pytest
 import torch
 
 from autoconf.cost.memory import executor_layer_activation_bytes, layer_activation_bytes
-from autoconf.execute.model import Block
+from autoconf.execute.model import Block, OneBlock
 from autoconf.execute.parallelize import apply_recompute
 from autoconf.profile.activations import saved_bytes
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import load_model
-
-
-class _OneBlock(torch.nn.Module):
-    def __init__(self, block: Block):
-        super().__init__()
-        self.layers = torch.nn.ModuleDict({"0": block})
 
 
 def _spec(name: str, **changes):
@@ -38,7 +32,7 @@ def _compiled_saved_bytes(spec, recompute: str, mb: int, seq: int, policy: str =
     torch._dynamo.reset()
     block = Block(spec, "flash").to(dtype=torch.bfloat16).train()
     if recompute != "none":
-        apply_recompute(_OneBlock(block), recompute, None, policy)
+        apply_recompute(OneBlock(block), recompute, None, policy)
     x = torch.randn(mb, seq, spec.hidden_size, dtype=torch.bfloat16, requires_grad=True)
     compiled = torch.compile(block, backend="aot_eager_decomp_partition", fullgraph=True)
     compiled(x)  # traced and partitioned before the count

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from autoconf.cost.memory import executor_layer_activation_bytes, layer_activation_bytes, stage_layer_activation_bytes
-from autoconf.execute.model import Block, build_model
+from autoconf.execute.model import Block, OneBlock, build_model
 from autoconf.execute.parallelize import apply_recompute
 from autoconf.profile.activations import saved_bytes
 from autoconf.spec.model import ModelSpec
@@ -37,12 +37,6 @@ MB, SEQ = 3, 40
 OP = "alternate_matmuls"
 
 
-class _OneBlock(torch.nn.Module):
-    """What `apply_recompute` walks: a model whose layers are this one block."""
-
-    def __init__(self, block: Block):
-        super().__init__()
-        self.layers = torch.nn.ModuleDict({"0": block})
 
 
 def _config(dtype: str, **changes) -> ParallelConfig:
@@ -64,7 +58,7 @@ def test_the_block_keeps_what_the_estimate_counts_under_the_op_policy(arch, dtyp
     x.grad = None
     block.zero_grad(set_to_none=True)
 
-    apply_recompute(_OneBlock(block), "selective", None, OP)
+    apply_recompute(OneBlock(block), "selective", None, OP)
     assert block.recompute_ops and not block.attention.recompute_core
     measured = saved_bytes(block, x)
     config = _config(dtype)
@@ -169,13 +163,13 @@ def _policy_block(arch: str, low: torch.dtype, fp8: bool = False):
     if fp8:
         from autoconf.execute.fp8 import apply_float8
 
-        apply_float8(_OneBlock(block), False, torch.device("cpu"))
+        apply_float8(OneBlock(block), False, torch.device("cpu"))
     x = torch.randn(MB, SEQ, spec.hidden_size, dtype=low, requires_grad=True)
     block(x).float().square().sum().backward()
     plain = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
     x.grad = None
     block.zero_grad(set_to_none=True)
-    apply_recompute(_OneBlock(block), "selective", None, OP)
+    apply_recompute(OneBlock(block), "selective", None, OP)
     return spec, block, x, plain
 
 
@@ -207,7 +201,7 @@ def test_offload_hooks_move_what_the_op_policy_keeps(arch):
     from autoconf.execute.offload import apply_activation_offload
 
     spec, block, x, plain = _policy_block(arch, torch.float32)
-    hook = apply_activation_offload(_OneBlock(block), torch.device("cpu"))[0]
+    hook = apply_activation_offload(OneBlock(block), torch.device("cpu"))[0]
     block(x).float().square().sum().backward()
     x.grad = None
     block.zero_grad(set_to_none=True)
@@ -351,7 +345,7 @@ def test_an_moe_block_keeps_what_the_estimate_counts_whatever_the_routing():
     plain = [xs[0].grad.clone()] + [p.grad.clone() for p in block.parameters()]
     xs[0].grad = None
     block.zero_grad(set_to_none=True)
-    apply_recompute(_OneBlock(block), "selective", None, OP)
+    apply_recompute(OneBlock(block), "selective", None, OP)
     estimated = layer_activation_bytes(spec, _config("fp32"), "torch", "cpu", selective=OP, moe=True)
     assert [saved_bytes(block, x) for x in xs] == [estimated, estimated]
     block(xs[0]).square().sum().backward()

@@ -15,7 +15,7 @@ import torch
 
 from autoconf.cost.memory import (executor_layer_activation_bytes, logits_temporary_bytes,
                                   stage_layer_activation_bytes)
-from autoconf.execute.model import Block, build_model
+from autoconf.execute.model import Block, OneBlock, build_model
 from autoconf.execute.parallelize import apply_recompute
 from autoconf.profile.activations import saved_bytes
 from autoconf.spec.plan import ParallelConfig, recomputed_layer_indices
@@ -25,12 +25,6 @@ from autoconf.spec.presets import PRESETS
 MB, SEQ = 3, 40
 
 
-class _OneBlock(torch.nn.Module):
-    """What `apply_recompute` walks: a model whose layers are this one block."""
-
-    def __init__(self, block: Block):
-        super().__init__()
-        self.layers = torch.nn.ModuleDict({"0": block})
 
 
 @pytest.mark.parametrize("arch", ["tiny-gpt", "tiny-llama"])
@@ -42,7 +36,7 @@ def test_estimated_activation_bytes_match_what_the_block_saves(arch, dtype, atte
     torch.manual_seed(0)
     low = torch.bfloat16 if dtype == "bf16" else torch.float32
     block = Block(spec, attention).train().to(low)
-    apply_recompute(_OneBlock(block), recompute)
+    apply_recompute(OneBlock(block), recompute)
     x = torch.randn(MB, SEQ, spec.hidden_size, dtype=low, requires_grad=True)
     measured = saved_bytes(block, x)
     config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=MB, global_batch_size=MB, seq_len=SEQ, dtype=dtype,

@@ -188,12 +188,6 @@ def test_latent_attention_saves_what_cost_saved_counts(dtype):
     assert counted + cpu_norms <= measured <= counted + cpu_norms + left_over, (measured, counted, cpu_norms)
 
 
-class _OneBlock(torch.nn.Module):
-    """What `apply_recompute` walks: a model whose layers are this one block."""
-
-    def __init__(self, block):
-        super().__init__()
-        self.layers = torch.nn.ModuleDict({"0": block})
 
 
 @pytest.mark.parametrize("spec", [MLA, dataclasses.replace(MLA, mla=dataclasses.replace(MLA.mla, q_lora_rank=None)),
@@ -204,7 +198,7 @@ def test_memory_estimate_counts_what_the_block_saves(spec):
     and bf16, with both attention kernels and every recompute mode; left over (under 3%): norm statistics and rotary
     tables, as for grouped-query blocks (tests/test_memory_saved.py)."""
     from autoconf.cost.memory import executor_layer_activation_bytes
-    from autoconf.execute.model import Block
+    from autoconf.execute.model import Block, OneBlock
     from autoconf.execute.parallelize import apply_recompute
     from autoconf.profile.activations import saved_bytes
 
@@ -215,7 +209,7 @@ def test_memory_estimate_counts_what_the_block_saves(spec):
         for attention in ("flash", "standard"):
             for recompute in ("none", "selective", "full"):
                 block = Block(spec, attention, 0).train().to(low)
-                apply_recompute(_OneBlock(block), recompute)
+                apply_recompute(OneBlock(block), recompute)
                 x = torch.randn(mb, seq, spec.hidden_size, dtype=low, requires_grad=True)
                 measured = saved_bytes(block, x)
                 config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=mb, global_batch_size=mb, seq_len=seq,
@@ -235,6 +229,7 @@ def test_the_per_op_policy_keeps_what_the_estimate_counts(spec, layer):
     saves, takes equal widths only (narrower values run CPU's math kernel, which the policy recomputes; CUDA's
     memory-efficient kernel takes them)."""
     from autoconf.cost.memory import layer_activation_bytes
+    from autoconf.execute.model import OneBlock
     from autoconf.execute.parallelize import apply_recompute
     from autoconf.profile.activations import saved_bytes
 
@@ -246,7 +241,7 @@ def test_the_per_op_policy_keeps_what_the_estimate_counts(spec, layer):
     plain = [x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
     x.grad = None
     block.zero_grad(set_to_none=True)
-    apply_recompute(_OneBlock(block), "selective", None, op)
+    apply_recompute(OneBlock(block), "selective", None, op)
     assert block.recompute_ops
     config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=mb, global_batch_size=mb, seq_len=seq, dtype="fp32",
                             attention="flash", recompute="selective", selective_recompute=op)

@@ -148,25 +148,20 @@ def test_what_leaves_the_device_is_what_the_host_holds_and_the_copies_cost_bytes
 def test_the_executors_hook_moves_what_the_cost_model_counts(recompute, arch="tiny-llama"):
     """The saved-tensor hook of offload_activations moves the bytes cost/memory.py counts for a Llama block (within
     the norm statistics and rotary tables, 3%), leaves the weights, and the gradients are the hook-less run's."""
-    from autoconf.execute.model import Block
+    from autoconf.execute.model import Block, OneBlock
     from autoconf.execute.offload import apply_activation_offload
     from autoconf.execute.parallelize import apply_recompute
 
     spec = dataclasses.replace(PRESETS[arch], dropout=0.0)
 
-    class One(torch.nn.Module):
-        def __init__(self, block):
-            super().__init__()
-            self.layers = torch.nn.ModuleDict({"0": block})
-
     torch.manual_seed(0)
     block = Block(spec, "flash").train()
-    apply_recompute(One(block), recompute)
+    apply_recompute(OneBlock(block), recompute)
     x = torch.randn(3, 40, spec.hidden_size, requires_grad=True)  # as every block's input in the executor
     block(x).square().sum().backward()
     reference = [p.grad.clone() for p in block.parameters()]
     block.zero_grad()
-    hook = apply_activation_offload(One(block), torch.device("cpu"))[0]
+    hook = apply_activation_offload(OneBlock(block), torch.device("cpu"))[0]
     block(x).square().sum().backward()
     config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=3, global_batch_size=3, seq_len=40, dtype="fp32",
                             recompute=recompute)

@@ -447,7 +447,7 @@ def _executor_kv_tokens(bounds, recompute: str, policy: str) -> tuple[float, flo
     import torch
 
     from autoconf.execute import seq_chunks
-    from autoconf.execute.model import Block
+    from autoconf.execute.model import Block, OneBlock
     from autoconf.execute.parallelize import apply_recompute
 
     spec = _PROBE
@@ -457,9 +457,7 @@ def _executor_kv_tokens(bounds, recompute: str, policy: str) -> tuple[float, flo
         torch.manual_seed(0)
         block = Block(spec, 0, "flash")
         if recompute != "none":
-            holder = torch.nn.Module()
-            holder.layers = torch.nn.ModuleDict({"0": block})
-            apply_recompute(holder, recompute, policy=policy)
+            apply_recompute(OneBlock(block), recompute, policy=policy)
         chunks = seq_chunks.SequenceChunks(list(bounds), torch.device("cpu"))
         layer = chunks.layer()
         block.attention.context = layer if context else None

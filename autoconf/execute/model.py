@@ -281,6 +281,15 @@ class Transformer(nn.Module):
         return x
 
 
+class OneBlock(nn.Module):
+    """A model whose layers are one block and nothing else: what the model-level passes of execute/parallelize.py
+    (recompute, FP8 linears, activation offload) walk, for measuring a block alone."""
+
+    def __init__(self, block: Block):
+        super().__init__()
+        self.layers = nn.ModuleDict({"0": block})
+
+
 def build_model(spec: ModelSpec, first: int = 0, end: int | None = None, embed: bool = True, head: bool = True,
                 attention: str = "flash", device: str | torch.device = "meta") -> Transformer:
     with torch.device(device):
