@@ -57,7 +57,7 @@ class _CrossEntropy(torch.autograd.Function):
             x = x.sub_(shift) if x.data_ptr() != chunk.data_ptr() else x - shift
             sums[0, part] = x.exp_().sum(dim=-1)
             del x
-            sums[1, part] = flat[part].gather(1, column[part].unsqueeze(1)).squeeze(1).float() * held[part]
+            sums[1, part] = chunk.gather(1, column[part].unsqueeze(1)).squeeze(1).float() * held[part]
         if group is not None:
             dist.all_reduce(sums, group=group)
         lse = sums[0].log_() + top
