@@ -56,20 +56,102 @@ def test_estimate_is_what_the_compiled_block_keeps(name, changes, recompute):
     assert measured[0] - measured[1] == estimated[0] - estimated[1], (measured, estimated)
 
 
+OP_POLICY = dict(recompute="selective", selective_recompute="alternate_matmuls")
+
+
+def _op_policy_spec(name: str, **changes):
+    return _spec(name, dropout=0.0, **changes)  # tiny-gpt's dropout is 0.1: the rule covers dropout-free blocks
+
+
+def _estimated_per_token(spec, tp: int, sequence_parallel: bool, compile: bool) -> float:
+    """The estimate's bytes per token of one block under the per-op policy (micro-batch 3, 160 and 80 tokens)."""
+    counts = [layer_activation_bytes(spec, ParallelConfig(
+        tp=tp, pp=1, dp=1, micro_batch_size=3, global_batch_size=3, seq_len=seq, dtype="bf16",
+        sequence_parallel=sequence_parallel, compile=compile, **OP_POLICY), "torch", "gpu",
+        selective="alternate_matmuls") for seq in (160, 80)]
+    return (counts[0] - counts[1]) / (3 * 80)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("changes", [{}, {"qk_norm": True}])
-def test_the_per_op_policy_is_counted_as_the_eager_block_keeps_it(changes):
-    """Under torchtitan's per-op policy the estimate counts the eager block (op_policy_layer_activation_bytes); a
-    compiled llama block keeps one hidden-wide bf16 tensor per token fewer: the estimate is over by exactly that."""
-    spec = _spec("llama3-8b", **changes)
-    measured, estimated = [], []
-    for seq in (160, 80):
-        config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=3, global_batch_size=3, seq_len=seq,
-                                dtype="bf16", recompute="selective", selective_recompute="alternate_matmuls")
-        measured.append(_compiled_saved_bytes(spec, "selective", 3, seq, "alternate_matmuls"))
-        estimated.append(layer_activation_bytes(spec, config, "torch", "gpu", selective="alternate_matmuls"))
-    tokens = 3 * (160 - 80)
-    assert estimated[0] - estimated[1] - (measured[0] - measured[1]) == 2 * spec.hidden_size * tokens
+@pytest.mark.parametrize("name,changes", [("tiny-llama", {}), ("llama3-8b", {}), ("llama3-8b", {"qk_norm": True}),
+                                          ("tiny-gpt", {})])
+def test_estimate_is_what_the_compiled_block_keeps_under_the_per_op_policy(name, changes):
+    """Per token, exactly, at tp 1: Llama's compiled block keeps its down projection's output no more (the policy
+    marks it, the backward reads it nowhere), GPT's (whose down projection the policy does not mark) the same as
+    the eager block."""
+    spec = _op_policy_spec(name, **changes)
+    measured = [_compiled_saved_bytes(spec, "selective", 3, seq, "alternate_matmuls") for seq in (160, 80)]
+    assert (measured[0] - measured[1]) / (3 * 80) == _estimated_per_token(spec, 1, False, compile=True)
+    fewer = spec.hidden_size * 2 if spec.arch == "llama" else 0
+    assert _estimated_per_token(spec, 1, False, compile=False) - _estimated_per_token(spec, 1, False, True) == fewer
+
+
+def _tp_rank(rank, world, port, queue):
+    """One TP rank: bytes per token its block keeps under the per-op policy, eager and compiled, for each case."""
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from autoconf.execute.model import build_model
+    from autoconf.execute.parallelize import apply_tp
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    mesh = init_device_mesh("cpu", (world,))
+    out = {}
+    for name, changes, sequence_parallel in TP_CASES:
+        spec = dataclasses.replace(_op_policy_spec(name, **changes), num_layers=1)
+        for compile in (False, True):
+            counts = []
+            for seq in (160, 80):
+                torch.manual_seed(0)
+                torch._dynamo.reset()
+                model = build_model(spec, embed=False, head=False, device="cpu").to(torch.bfloat16)
+                apply_tp(model, mesh, sequence_parallel)
+                apply_recompute(model, "selective", None, "alternate_matmuls")
+                block = model.layers["0"]
+                if compile:
+                    block = torch.compile(block, backend="aot_eager_decomp_partition", fullgraph=True)
+                local = seq // world if sequence_parallel else seq
+                x = torch.randn(3, local, spec.hidden_size, dtype=torch.bfloat16, requires_grad=True)
+                block(x)  # traced and partitioned before the count
+                counts.append(saved_bytes(block, x))
+            out[(name, str(changes), sequence_parallel, compile)] = (counts[0] - counts[1]) / (3 * 80)
+    queue.put((rank, out))
+    dist.destroy_process_group()
+
+
+TP_CASES = [("llama3-8b", {"num_kv_heads": 2}, False), ("llama3-8b", {"num_kv_heads": 2}, True),
+            ("llama3-8b", {"num_kv_heads": 2, "qk_norm": True}, True), ("tiny-gpt", {}, True)]
+
+
+@pytest.mark.slow
+def test_estimate_is_what_compiled_tp_blocks_keep_under_the_per_op_policy():
+    """On 2 gloo ranks, per token, exactly, eager and compiled: with sequence parallelism the compiled block also
+    keeps its MLP's reduce-scatter output no more; without it, what the eager block keeps."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_tp_rank, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    seen = [queue.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    for _, measured in seen:
+        for name, changes, sequence_parallel in TP_CASES:
+            spec = dataclasses.replace(_op_policy_spec(name, **changes), num_layers=1)
+            for compile in (False, True):
+                got = measured[(name, str(changes), sequence_parallel, compile)]
+                assert got == _estimated_per_token(spec, 2, sequence_parallel, compile), (name, changes, compile)
+        assert measured[("tiny-gpt", "{}", True, True)] < measured[("tiny-gpt", "{}", True, False)]
 
 
 def test_compiled_keeps_less_only_where_the_partition_recomputes():

@@ -148,7 +148,8 @@ def _layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: st
         # the closed formula spelled out, tensor by tensor (the only count of those policies)
         return saved_bytes(model, c, recompute, selective, moe, keeps_outputs)
     if recompute == "selective" and selective == "alternate_matmuls":
-        return op_policy_layer_activation_bytes(model, c, moe)
+        compiled = layout == "torch" and not moe and c.compiles_blocks(device_kind)  # MoE blocks run eagerly
+        return op_policy_layer_activation_bytes(model, c, moe, compiled)
     if moe:
         # The dense MLP's tensors (`dense_mlp_tensors` of ffn_hidden_size) give way to the routed ones.
         dense_mlp = (dense_mlp_tensors(layout, recompute) * DTYPE_BYTES[c.dtype] * c.local_seq_len
@@ -317,9 +318,9 @@ def compiled_block_delta_bytes(model: ModelSpec, config: ParallelConfig, recompu
     Every other case is 0: full recompute keeps the block input alone either way; dropout, the standard attention
     path, latent attention and GPT blocks are counted as eager blocks keep them (a compiled GPT block keeps the same
     without recompute and one hidden-wide tensor fewer under selective recompute: over-counted by that). The per-op
-    policy is counted apart (`op_policy_layer_activation_bytes`, as the eager block keeps it): compiled, a llama
-    block keeps one hidden-wide tensor fewer per token, over-counted by that (tests/test_memory_compiled.py).
-    Under TP the terms divide as the eager ones do; compiled TP blocks were not traced."""
+    policy is counted apart (`op_policy_layer_activation_bytes` with `compiled`). Under TP the terms divide as the
+    eager ones do; compiled TP blocks under these policies were not traced (torch 2.13 on CPU did not compile the
+    DTensor block with the attention core recomputed: an assertion on its saved values)."""
     c = config
     if (model.arch != "llama" or model.mla is not None or model.dropout > 0 or c.attention != "flash"
             or recompute not in ("none", "selective")):
@@ -353,7 +354,8 @@ def attention_matmuls(model: ModelSpec) -> list[tuple[int, int, bool]]:
                     (a * m.v_head_dim, h, False)]
 
 
-def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, moe: bool = False) -> float:
+def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, moe: bool = False,
+                                     compiled: bool = False) -> float:
     """Bytes one block keeps under torchtitan's selective "op" policy, for one micro-batch on one TP rank.
 
     The policy (torchtitan `_apply_ac_to_transformer_block` and its `_save_list` from 2024-04, `SelectiveAC` in
@@ -371,7 +373,10 @@ def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, m
     outputs of the token exchange's all-to-alls are kept (`moe_exchange_saved_bytes`). The TP share taking and
     giving back, the gathers of the counts are recomputed. tests/test_memory_op_policy.py and
     tests/test_moe_policy.py count what the executor's block keeps under it. Latent attention: its five (or four)
-    matmuls (`attention_matmuls`) lead the count, its attention output is v_head_dim wide per head."""
+    matmuls (`attention_matmuls`) lead the count, its attention output is v_head_dim wide per head.
+
+    `compiled`: a dense block under torch.compile (`ParallelConfig.compiles_blocks`), whose min-cut partition keeps
+    only what the backward reads (`compiled_op_policy_delta_bytes`)."""
     c = config
     s, b, h, f = c.local_seq_len, c.micro_batch_size, model.hidden_size, model.ffn_hidden_size
     t, e = c.tp, DTYPE_BYTES[c.dtype]
@@ -394,7 +399,32 @@ def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, m
     out = model.q_dim if model.mla is None else model.num_heads * model.mla.v_head_dim
     attention = out / t + 4 / e * model.num_heads / t  # output, fp32 log-sum-exp per head and row
     reduce_scatters = (1 + mlp) * h / t if c.sequence_parallel and t > 1 else 0.0
-    return e * s * b * (h / split + saved + attention + reduce_scatters) + exchange
+    delta = compiled_op_policy_delta_bytes(model, c, len(matmuls)) if compiled and not moe else 0.0
+    return e * s * b * (h / split + saved + attention + reduce_scatters) + exchange + delta
+
+
+def compiled_op_policy_delta_bytes(model: ModelSpec, config: ParallelConfig, matmul_count: int) -> float:
+    """What a compiled dense block keeps under the per-op policy beyond (negative: short of) the eager count of
+    `op_policy_layer_activation_bytes`, for one micro-batch on one TP rank, given the block's `matmul_count` weight
+    matmuls. The policy marks outputs to save; the min-cut partition saves only those the backward reads. Two of
+    them it reads nowhere: the block's last matmul (the down projection into the residual stream, whole width,
+    saved when it is an odd one of the count: Llama's w2, not GPT's fc2) and, under sequence parallelism, the
+    block's second reduce-scatter (its MLP output, 1/tp of the sequence). Without sequence parallelism at tp > 1 the
+    down projection's output, which the all-reduce reads, stays (traced, not explained): 0.
+
+    tests/test_memory_compiled.py traces the executor's block under the policy with `aot_eager_decomp_partition`
+    (torch 2.13: inductor's decompositions and partitioner) at tp 1 and on 2 gloo ranks with and without sequence
+    parallelism, Llama with and without qk-norm and GPT, and counts what it saves: equal to this per token. Latent
+    attention and dropout are counted as the eager block keeps them (0), as in `compiled_block_delta_bytes`."""
+    c = config
+    if model.mla is not None or model.dropout > 0:
+        return 0.0
+    sequence_parallel = c.sequence_parallel and c.tp > 1
+    if c.tp > 1 and not sequence_parallel:
+        return 0.0
+    h = model.hidden_size
+    unread = (h if matmul_count % 2 else 0.0) + (h / c.tp if sequence_parallel else 0.0)
+    return -DTYPE_BYTES[c.dtype] * c.local_seq_len * c.micro_batch_size * unread
 
 
 def moe_exchange_saved_bytes(model: ModelSpec, config: ParallelConfig) -> float:

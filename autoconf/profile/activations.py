@@ -5,6 +5,7 @@ scripts/saved_activations.py on whatever device is at hand)."""
 from __future__ import annotations
 
 import torch
+from torch.distributed.tensor import DTensor
 
 
 def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
@@ -12,16 +13,18 @@ def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
     of a parameter's shape or its transpose (2-D: choose the tokens of `x` unlike every weight dimension), together
     with the op outputs the per-op selective checkpoint caches for the backward (execute/checkpoint_policy.py: they
     bypass the saved-tensor hooks). To count what the executor's FSDP2 mixed precision keeps, pass the module and
-    `x` in the compute dtype (the executor runs each block on low-precision compute copies of its parameters)."""
+    `x` in the compute dtype (the executor runs each block on low-precision compute copies of its parameters).
+    Under tensor parallelism (DTensor parameters and activations) it counts this rank's local shards."""
     from autoconf.execute.checkpoint_policy import cached_tensors, recording
 
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    shapes = {tuple(p.shape) for p in module.parameters()}
+    params = {_local(p).untyped_storage().data_ptr() for p in module.parameters()}
+    shapes = {tuple(_local(p).shape) for p in module.parameters()}
     storages: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        is_weight_cast = t.dim() == 2 and (tuple(t.shape) in shapes or tuple(t.shape)[::-1] in shapes)
+        mine = _local(t)
+        storage = mine.untyped_storage()
+        is_weight_cast = mine.dim() == 2 and (tuple(mine.shape) in shapes or tuple(mine.shape)[::-1] in shapes)
         if storage.data_ptr() not in params and not is_weight_cast:
             storages[storage.data_ptr()] = storage.nbytes()
         return t
@@ -32,3 +35,11 @@ def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
         for t in cached_tensors(context):
             pack(t)
     return sum(storages.values())
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (its storage is what the rank holds); any other tensor itself."""
+    if isinstance(t, DTensor):
+        with torch.no_grad():
+            return t.to_local()
+    return t
