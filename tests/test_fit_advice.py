@@ -115,7 +115,7 @@ def test_full_recompute_advice_drops_the_selective_policy():
     """A layout under a selective policy told to recompute in full is told to drop the policy too (the CLI refuses
     --selective-recompute without --recompute selective)."""
     args = ["estimate", *H100, "--model", "llama3.1-8b", "--tp", "8", "--pp", "1", "--dp", "1", "--micro-batch", "1",
-            "--global-batch", "8", "--seq-len", "131072", "--recompute", "selective", "--selective-recompute",
+            "--global-batch", "8", "--seq-len", "262144", "--recompute", "selective", "--selective-recompute",
             "alternate_matmuls", "--sequence-parallel"]
     result = run_cli(args)
     assert "--recompute full (drop --selective-recompute)" in result.output
