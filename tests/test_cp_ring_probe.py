@@ -2,9 +2,6 @@
 each carries the bytes `cp_ring` charges for autoconf's executor (grouped K/V as they are); torch's ring gives the
 same outputs and gradients on grouped K/V as on K/V repeated to the query heads."""
 
-import os
-import socket
-
 import pytest
 
 from autoconf.cost import cp_ring
@@ -14,18 +11,18 @@ from autoconf.cost.memory import cp_kv_bytes
 from autoconf.spec.frameworks import execution
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
+from tests.rank_helpers import run_ranks
 
 torch = pytest.importorskip("torch")
 
 
-def _probe(rank, world, port, method, queue, kv_heads=2, dtype="float32", repeat=False):
+def _probe(rank, world, queue, method, kv_heads=2, dtype="float32", repeat=False):
     """One rank's collectives in torch's ring forward and backward on Q [1, 2 heads, 8 tokens, 4] and K/V of
     `kv_heads`, grouped as the executor's torch path hands them to the flash kernel, or with `repeat` repeated to the
     2 query heads: per pass, the count of each kind and (kind, dtype, bytes) of every tensor sent."""
     import torch.distributed as dist
     from torch.distributed.tensor.experimental._context_parallel import _attention as att
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     counts = {"all_gather": 0, "permute": 0}
     sent = []
@@ -58,13 +55,12 @@ def _probe(rank, world, port, method, queue, kv_heads=2, dtype="float32", repeat
     queue.put({"forward": forward, "backward": counts, "sent": {"forward": forward_sent, "backward": list(sent)}})
 
 
-def _grouped_against_repeated(rank, world, port, method, queue):
+def _grouped_against_repeated(rank, world, queue, method):
     """One rank's largest |difference| between torch's ring on grouped K/V (4 query heads over 2 K/V heads) and on
     the same K/V repeated to the query heads: (output, dQ, dK, dV), the repeated dK/dV summed over each group."""
     import torch.distributed as dist
     from torch.distributed.tensor.experimental._context_parallel import _attention as att
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     att.set_rotate_method(method)
     generator = torch.Generator().manual_seed(0)
@@ -88,19 +84,7 @@ def _grouped_against_repeated(rank, world, port, method, queue):
 
 
 def _run(cp, method, target=_probe, **kw):
-    import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=target, args=(r, cp, port, method, queue), kwargs=kw) for r in range(cp)]
-    for p in procs:
-        p.start()
-    seen = [queue.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join()
-    return seen
+    return run_ranks(target, cp, method, **kw)
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from autoconf.execute.loss import IGNORE_INDEX, cross_entropy
 from autoconf.spec.frameworks import EXECUTOR_LOSS_CHUNKS
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
+from tests.rank_helpers import run_ranks
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -99,16 +100,13 @@ def test_estimate_is_the_peak_torch_tracks(dtype, tp):
     assert peak <= estimate <= 1.02 * peak
 
 
-def _vocab_parallel_rank(rank, world, port, queue):
+def _vocab_parallel_rank(rank, world, queue):
     """One TP rank: the loss and gradient of its vocabulary slice of the same [3, 9, 37] logits, with `rank_loss`."""
-    import os
-
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
     from autoconf.execute.loss import rank_loss
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
     full = torch.randn(3, 9, 37)
@@ -126,21 +124,7 @@ def _vocab_parallel_rank(rank, world, port, queue):
 def test_vocab_parallel_equals_the_whole_vocabulary(tp):
     """Each TP rank's loss equals torch's over the whole vocabulary, and its gradient is that gradient's columns of
     its slice (37 columns: uneven slices)."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_vocab_parallel_rank, args=(r, tp, port, queue)) for r in range(tp)]
-    for p in procs:
-        p.start()
-    seen = sorted(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join()
+    seen = sorted(run_ranks(_vocab_parallel_rank, tp))
     torch.manual_seed(0)
     full = torch.randn(3, 9, 37).requires_grad_(True)
     target = torch.randint(0, 37, (3, 9))

@@ -18,6 +18,7 @@ from autoconf.execute.parallelize import apply_recompute
 from autoconf.profile.activations import saved_bytes
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import load_model
+from tests.rank_helpers import run_ranks
 
 
 def _spec(name: str, **changes):
@@ -86,17 +87,14 @@ def test_estimate_is_what_the_compiled_block_keeps_under_the_per_op_policy(name,
     assert _estimated_per_token(spec, 1, False, compile=False) - _estimated_per_token(spec, 1, False, True) == fewer
 
 
-def _tp_rank(rank, world, port, queue):
+def _tp_rank(rank, world, queue):
     """One TP rank: bytes per token its block keeps under the per-op policy, eager and compiled, for each case."""
-    import os
-
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
     from autoconf.execute.model import build_model
     from autoconf.execute.parallelize import apply_tp
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     mesh = init_device_mesh("cpu", (world,))
     out = {}
@@ -130,21 +128,7 @@ TP_CASES = [("llama3-8b", {"num_kv_heads": 2}, False), ("llama3-8b", {"num_kv_he
 def test_estimate_is_what_compiled_tp_blocks_keep_under_the_per_op_policy():
     """On 2 gloo ranks, per token, exactly, eager and compiled: with sequence parallelism the compiled block also
     keeps its MLP's reduce-scatter output no more; without it, what the eager block keeps."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_tp_rank, args=(r, 2, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    seen = [queue.get(timeout=600) for _ in procs]
-    for p in procs:
-        p.join()
+    seen = run_ranks(_tp_rank, 2, timeout=600)
     for _, measured in seen:
         for name, changes, sequence_parallel in TP_CASES:
             spec = dataclasses.replace(_op_policy_spec(name, **changes), num_layers=1)

@@ -16,8 +16,6 @@ load-balancing loss and the gradients (router, experts, input) equal one process
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
 
 import pytest
 import torch
@@ -29,6 +27,7 @@ import executor_jobs
 from executor_jobs import STEPS, Layout, assert_matches_reference
 from executor_jobs import close as _close
 from plan_helpers import PARAM_COUNT, assert_ranks_hold_the_estimated_params, even_plan
+from rank_helpers import run_ranks
 
 MOE = PRESETS["tiny-moe"]
 # Sigmoid scores with group-limited routing (DeepSeek-V3's router), a scale on the routed output and a
@@ -270,15 +269,14 @@ def test_profiler_times_the_dense_view_of_an_moe_model():
         timed_model(PRESETS["deepseek-v3"])
 
 
-def _share_worker(rank: int, port: int, queue) -> None:
+def _share_worker(rank: int, world: int, queue) -> None:
     """One of 2 gloo ranks holding the same 16 tokens as TP ranks do (`token_group`): the layer's output, input and
     router gradients and the load-balancing loss against the same layer without the group on all the tokens, and
     the row counts of the fp32 [rows, experts] tensors its forward keeps for the backward (the scores: a row per
     token routed)."""
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
     spec = dataclasses.replace(AUX, moe=dataclasses.replace(AUX.moe, router_bias=True, router_aux_loss_coef=0.5))
     torch.manual_seed(0)
     x = torch.randn(2, 8, spec.hidden_size)
@@ -318,19 +316,7 @@ def test_each_tp_rank_routes_its_share_and_the_router_learns_as_one_process():
     """Two ranks sharing 16 tokens as TP ranks: each keeps router scores for its 8 tokens only (one process: 16),
     and the output, the load-balancing loss and the gradients of the input, the router's weight and bias and the
     experts (summed over the ranks) equal one process's within 1e-5 relative."""
-    import torch.multiprocessing as mp
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_share_worker, args=(r, port, queue)) for r in range(2)]
-    for proc in procs:
-        proc.start()
-    seen = [queue.get(timeout=120) for _ in procs]
-    for proc in procs:
-        proc.join()
+    seen = run_ranks(_share_worker, 2)
     for found in seen:
         one, shared = found["rows"]
         assert 16 in one and 16 not in shared and 8 in shared, found
