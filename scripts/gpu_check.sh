@@ -12,7 +12,7 @@
 #      and carry it: run(command="scripts/gpu_check.sh", carry=["wheels"]). Without wheels that half is skipped.
 #   1. the sustained bf16 GEMM rate against one isolated call (scripts/gemm_sustained.py), causal attention per SDPA
 #      backend and sequence length, alone and sustained (scripts/attention_sustained.py), the saved activation
-#      bytes per layer against the estimator's, and the attention paths only CUDA takes
+#      bytes per layer against the estimator's, eager and inductor-compiled, and the attention paths only CUDA takes
 #      (scripts/cuda_attention_check.py: seq1f1b's lower-right bias, CP's grouped K/V);
 #   2. `autoconf profile` of this GPU with the compute tables of MODEL at TP widths 1-MAXTP;
 #   3. `autoconf validate` of MODEL on that profile: CONFIGS single-GPU layouts trained STEPS steps each by the
@@ -116,6 +116,10 @@ print([(round(w['forward_backward_tflops']), w.get('sm_mhz'), w.get('power_w')) 
 
 say "saved activations per layer vs the memory estimator"
 timeout 60 python3 scripts/saved_activations.py --models ${MODEL:-gpt3-1.3b} ${MODEL2:+"$MODEL2"} 2>&1 | tail -n 12
+
+say "compiled (inductor) blocks' saved activations vs the estimate's compiled count (docs/memory.md)"
+timeout 180 python3 scripts/saved_activations.py --models llama3-8b --tokens 1 4096 --compile \
+    --recompute none selective selective-op 2>&1 | grep -E "^model|True" | head -n 4
 
 say "seq1f1b chunks and torch's CP ring on this device's attention kernels (docs/long-context.md)"
 timeout 120 python3 scripts/cuda_attention_check.py >"$RET/attention_check.json" 2>>"$W/attention.log"
