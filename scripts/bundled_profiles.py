@@ -53,13 +53,16 @@ GEMM_SIZE_CURVE = {
 def hopper_attention_curves():
     """The profile's `attention_curves` from scripts/data/published_attention.json (FlashAttention-3 paper, H100
     SXM5): each kernel's causal forward and backward TFLOP/s over sequence length per head dim, as fractions of the
-    989 TFLOP/s peak the paper ran at. The causal backward is not published: the non-causal backward times the causal
-    forward's fraction of the non-causal forward at the same length and head dim (the data file's rule)."""
+    989 TFLOP/s peak, scaled from the paper's fixed clock to the clock the processor sustains in training
+    (H100_SUSTAINED_CLOCK_MHZ), as the sustained GEMM rate is. The causal backward is not published: the non-causal
+    backward times the causal forward's fraction of the non-causal forward at the same length and head dim (the data
+    file's rule)."""
     data = json.loads(ATTENTION.read_text())
     peak, lengths = data["peak_tflops"], data["seq_lens"]
+    clock = H100_SUSTAINED_CLOCK_MHZ / data["clock_mhz"]
 
     def curve(values):
-        return [[n, round(v / peak, 4)] for n, v in zip(lengths, values)]
+        return [[n, round(clock * v / peak, 4)] for n, v in zip(lengths, values)]
 
     kernels = {}
     for kernel, k in data["kernels"].items():
@@ -71,8 +74,11 @@ def hopper_attention_curves():
     return {"kernels": kernels,
             "source": f"{data['source']} {data['figures']['forward_causal']}; {data['figures']['backward']}. "
                       f"Causal backward: {data['causal_backward']} Fractions of {peak} TFLOP/s, the peak at the "
-                      f"paper's fixed clock; seq_len read piecewise-linearly between the points and held beyond "
-                      f"them, then head dim the same way (scripts/data/published_attention.json)"}
+                      f"paper's fixed clock of {data['clock_mhz']} MHz, times {H100_SUSTAINED_CLOCK_MHZ} / "
+                      f"{data['clock_mhz']}: the SM clock sustained at the 700 W limit under a training block's "
+                      f"load (1410-1500 MHz, scripts/gemm_sustained.py on an H200, docs/gpu.md) over the paper's; "
+                      f"seq_len read piecewise-linearly between the points and held beyond them, then head dim the "
+                      f"same way (scripts/data/published_attention.json)"}
 
 
 def data_sheet_host(memory_bytes, link_Bps, node_dram_Bps, source):
@@ -102,6 +108,11 @@ def gpu_profile(name, description, device, intra, inter, efficiency, attention_c
 # The sustained bf16 GEMM rate of the H100 SXM5's processor at its 700 W limit, as a fraction of the 989 TFLOP/s
 # peak: 660 TFLOP/s measured on an H200 (the same processor and limit) over 20 s of a Llama 3 8B block's GEMMs.
 H100_SUSTAINED_MATMUL = 0.667
+# The SM clock that processor sustains at its 700 W limit under a training block's load: the middle of the
+# 1410-1500 MHz nvidia-smi read through the same 20-s run (scripts/gemm_sustained.py, docs/gpu.md). A tensor-core
+# kernel's work per clock does not depend on the clock, so a rate published at a fixed clock runs at this clock's
+# share of it in a training step (`hopper_attention_curves`).
+H100_SUSTAINED_CLOCK_MHZ = 1455
 H100_SXM_PEAK = {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12, "tf32": 494e12, "fp8": 1979e12}
 H100_NVL_PEAK = {"bf16": 835e12, "fp16": 835e12, "fp32": 60e12, "tf32": 418e12, "fp8": 1670.5e12}
 # torchtitan's benchmark hosts run their H100s at 500 W; their note says the real peak lies between SXM's and NVL's

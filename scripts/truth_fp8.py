@@ -7,7 +7,10 @@ Runs published in FP8 only (Megatron-Bridge) give the absolute figure alone.
 
 Each run is estimated with the framework preset its data entry names: torchtitan runs with `torchtitan` (both rows
 of a pair compiled: the plan's `compile` field, on by default) on the `grand-teton-h100-96g-500w` profile,
-Megatron-Bridge with `megatron-core` on `dgx-h100-80g`. Nothing is fitted. Usage: python scripts/truth_fp8.py [--json]
+Megatron-Bridge with `megatron-core` on `dgx-h100-80g`. torchtitan's memory is its logged maximum reserved memory,
+compared with the estimate read as the allocator's reserve (`truth_torchtitan.reserved_bytes`, as
+`truth_torchtitan.py` and `truth_long_context.py` read it), the allocated peak beside it. Nothing is fitted.
+Usage: python scripts/truth_fp8.py [--json]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from autoconf.spec.frameworks import execution as framework_execution
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
+from truth_torchtitan import reserved_bytes
 
 DATA = Path(__file__).resolve().parent / "data" / "published_fp8.json"
 GiB = 2**30
@@ -43,8 +47,11 @@ def _predict(run: dict, dtype: str) -> dict:
         # code of Dec 2024 and Jun 2025 (repeat_kv).
         execution = execution.replace(eager_ops=("repeat_kv",))
     execution = execution.replace(**run.get("framework_flags", {}))  # what the source's code ran (its note says)
-    p = estimate(PRESETS[run["model"]], cluster, _config(run, dtype), execution=execution, detail=False).prediction
-    return {"tokens_per_s_per_gpu": p["tokens_per_s"] / run["gpus"], "memory_gib": p["peak_memory_bytes"] / GiB}
+    model, config = PRESETS[run["model"]], _config(run, dtype)
+    p = estimate(model, cluster, config, execution=execution, detail=False).prediction
+    reserved = reserved_bytes(model, cluster, config, p["peak_memory_bytes"]) if run["framework"] == "torchtitan" else None
+    return {"tokens_per_s_per_gpu": p["tokens_per_s"] / run["gpus"], "memory_gib": p["peak_memory_bytes"] / GiB,
+            "reserved_gib": None if reserved is None else reserved / GiB}
 
 
 def _stats(errors: list[float]) -> dict:
@@ -66,11 +73,12 @@ def main() -> int:
                           "error_pct": round(100 * (ours["tokens_per_s_per_gpu"] / theirs["tokens_per_s_per_gpu"] - 1),
                                              2)}
             errors[f"{dtype}_tokens"].append(row[dtype]["error_pct"] / 100)
-            if "memory_gib" in theirs:
+            if "memory_gib" in theirs:  # torchtitan's maximum reserved
                 row[dtype]["published_gib"] = theirs["memory_gib"]
-                row[dtype]["predicted_gib"] = round(ours["memory_gib"], 1)
+                row[dtype]["reserved_gib"] = round(ours["reserved_gib"], 1)
+                row[dtype]["peak_gib"] = round(ours["memory_gib"], 1)
                 if dtype == "fp8":
-                    errors["fp8_memory"].append(ours["memory_gib"] / theirs["memory_gib"] - 1)
+                    errors["fp8_memory"].append(ours["reserved_gib"] / theirs["memory_gib"] - 1)
         if "bf16" in row and "fp8" in row:
             published = row["fp8"]["published_tps"] / row["bf16"]["published_tps"]
             predicted = row["fp8"]["predicted_tps"] / row["bf16"]["predicted_tps"]
@@ -94,14 +102,16 @@ def main() -> int:
               f"{ratio}")
     memory = [r for r in rows if "published_gib" in r["fp8"]]
     if memory:
-        print("\nPeak memory per GPU, GiB (published: torchtitan's maximum over GPUs)")
+        print("\nMemory per GPU, GiB (published: torchtitan's maximum reserved over GPUs; predicted: the allocator's "
+              "reserve, the allocated peak beside it)")
         for r in memory:
             for dtype in ("bf16", "fp8"):
                 m = r[dtype]
-                print(f"{r['run']:20s} {dtype:5s} published {m['published_gib']:6.1f} predicted {m['predicted_gib']:6.1f}")
+                print(f"{r['run']:20s} {dtype:5s} published {m['published_gib']:6.1f} reserved {m['reserved_gib']:6.1f} "
+                      f"peak {m['peak_gib']:6.1f}")
     print()
     names = {"speedup": "FP8 speed-up (fp8/bf16)", "fp8_tokens": "FP8 tokens/s", "bf16_tokens": "bf16 tokens/s",
-             "fp8_memory": "FP8 peak memory"}
+             "fp8_memory": "FP8 memory (reserved)"}
     for key, name in names.items():
         s = summary[key]
         if s:
