@@ -673,9 +673,9 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     # Reducing every micro-batch costs time and saves memory: it is only worth simulating where its twin that
     # reduces once per step (sorted just before it: same bound, smaller key) did not fit.
     fitting_once = set()
-    # Offload costs time and saves memory: it is weighed after the walk, for the candidates that did not fit
-    # (`_offload_parents`).
-    unfit: list[tuple[float, tuple, ParallelConfig, Callable[[], dict]]] = []
+    # Offload costs time and saves memory: it is weighed after the walk, for the candidates that did not fit and
+    # those that fit only by recomputing layers, which offloading may let recompute fewer (`_offload_parents`).
+    parents: list[tuple[float, tuple, ParallelConfig, Callable[[], dict]]] = []
     levers = _offload_levers(cluster, fixed)
     offloading = plans_offload(cluster)
     twins = 0  # offloading twins that joined the walk
@@ -694,7 +694,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             return
         misses.append((over, exact, config))
         if offloading:
-            unfit.append((time_bound, key, config, memory, floor))
+            parents.append((time_bound, key, config, memory, floor))
 
     def memory_pruned(time_bound: float, key: tuple, config: ParallelConfig) -> bool:
         """Whether rank 0 of `config` exceeds the device: the cheap `state_bound` and `known_floor` first,
@@ -806,6 +806,9 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
                 if counted.recompute == "none":
                     same += 1
                     continue  # needs no recompute: the same layout as its twin without recompute
+                if offloading and not config.offloads:  # fits by recomputing: its twins may recompute fewer layers
+                    parents.append((bound_of_fields(config), key, config,
+                                    functools.partial(cache.rank0_memory, config), None))
                 config = counted
                 tighter = cache.time_bound(config)
                 if tighter > time_bound:
@@ -816,7 +819,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     walk(scored)
     # Offload is weighed after the walk, for the candidates that did not fit, so the walk over layouts that fit is
     # unchanged: a second walk over their offloading twins, each parent's asked only when the walk reaches it.
-    walk(_offload_parents(cache, levers, unfit, -best[0][0] if len(best) >= top_k else math.inf, per_stage))
+    walk(_offload_parents(cache, levers, parents, -best[0][0] if len(best) >= top_k else math.inf, per_stage))
     chosen = _ranked_by_full_simulation(model, cluster, execution, best, near, top_k)
     search_seconds = time.perf_counter() - start
     if refine:
@@ -930,10 +933,11 @@ def _bounded(config: ParallelConfig, relaxed: bool) -> ParallelConfig:
     return replaced(config, **changes) if changes else config
 
 
-def _offload_parents(cache: "_BoundCache", levers: list[tuple[bool, bool]], unfit: list,
+def _offload_parents(cache: "_BoundCache", levers: list[tuple[bool, bool]], parents: list,
                      cutoff: float, per_stage: bool = False) -> list[tuple]:
-    """The walk's entries of the candidates that did not fit (`unfit`, in walk order, each with its bound and a call
-    giving its memory entry) whose own bound is below `cutoff` (the K-th best time of the first walk): one entry per
+    """The walk's entries of the candidates that did not fit or fit only by recomputing layers (`parents`, in walk
+    order, each with its bound, recomputing no layer where it fits by recomputing, and a call giving its memory
+    entry) whose own bound is below `cutoff` (the K-th best time of the first walk): one entry per
     parent, standing for its offloading twins (each lever combination of `levers` the layout allows:
     offload_optimizer needs FSDP) until the walk pops it (`_offload_twins`). It enters with its own work on its
     busiest rank (`busy_bound`: at most each twin's, which offload_optimizer does not change and offloaded
@@ -944,7 +948,7 @@ def _offload_parents(cache: "_BoundCache", levers: list[tuple[bool, bool]], unfi
     bounded recomputing no layer, as its twins that keep their activations are before their counts are fitted
     (`_offload_twins`)."""
     out = []
-    for index, record in enumerate(unfit if levers else ()):
+    for index, record in enumerate(parents if levers else ()):
         parent_bound, key, config = record[:3]
         if parent_bound >= cutoff:
             continue
@@ -968,7 +972,7 @@ def _offload_twins(cache: "_BoundCache", launchable_only: bool, entry: tuple, li
     only then. Each twin left out is counted in `skipped` by why: "time", "memory" or "unlaunchable". Under
     `per_stage` a twin that recomputes and keeps its activations on the device enters UNFITTED, bounded as
     recomputing no layer, so the walk fits its fewest recomputed layers as it does its parent's (the parent did not
-    fit recomputing every layer, which the twin may not need); one that offloads activations keeps every layer
+    fit, or fit only by recomputing layers the twin may not need); one that offloads activations keeps every layer
     recomputed (its copies shrink with recompute, so no count's bound is below the others')."""
     parent_busy, _, index, ((_, _, config, parent_memory, floor), allowed), _ = entry
     out = []
