@@ -8,7 +8,10 @@ the paper's and `cost/compute.py`'s convention: forward 4 s^2 d h / 2 per sequen
 Then it runs the default backend's forward + backward at SUSTAINED_SEQ for SECONDS and prints the rate of each
 WINDOW, with the SM clock, board power and temperature nvidia-smi reads at the window's end (`gemm_sustained`).
 It also names the backend torch picks by default and the cuDNN version (torch prefers cuDNN's attention on Hopper
-only with a recent enough cuDNN). One JSON object on stdout.
+only with a recent enough cuDNN). Beside the measurements, "profile" holds what the data sheet `dgx-h200-141g`
+predicts for the backends it has curves of (flash as "fa2", cuDNN as "fused"), at the sustained clock the profiles
+assume (`scripts/bundled_profiles.py` H100_SUSTAINED_CLOCK_MHZ), and "sustained" the median SM clock of its
+windows: the two readings that confirm or refute that clock for attention. One JSON object on stdout.
 
     python scripts/attention_sustained.py [--seconds 20] [--window 2]
     python scripts/attention_sustained.py --tiny     # a dry run of the script itself on CPU (small shapes, fp32)
@@ -32,6 +35,28 @@ SUSTAINED_SEQ = 8192
 TOKENS, HEADS, HEAD_DIM = 16384, 32, 128
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION}
+PROFILE = "dgx-h200-141g"  # the lent machines' part (its attention curves are the H100 family's)
+KERNEL_OF = {"flash": "fa2", "cudnn": "fused"}  # the profile's kernel name of each backend it has a curve of
+
+
+def profile_rates(seqs, head_dim: int) -> dict:
+    """What `PROFILE` predicts for each backend of KERNEL_OF: forward and backward TFLOP/s at each sequence length
+    (cost/compute.py `attention_efficiency` times the bf16 peak), in the convention of the measurements."""
+    from autoconf.cost.compute import attention_efficiency
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.frameworks import execution
+
+    cluster = load_cluster(PROFILE)
+    peak = cluster.device.peak("bf16") / 1e12
+    rows = {}
+    for backend, kernel in KERNEL_OF.items():
+        ex = execution("autoconf").replace(attention_kernel=kernel)
+        rows[backend] = {str(seq): dict(zip(("forward_tflops", "backward_tflops"),
+                                            (peak * f for f in attention_efficiency(cluster, ex, seq, head_dim))))
+                         for seq in seqs}
+    from bundled_profiles import H100_SUSTAINED_CLOCK_MHZ
+
+    return {"cluster": PROFILE, "assumed_sm_mhz": H100_SUSTAINED_CLOCK_MHZ, "kernels": rows}
 
 
 def _inputs(seq: int, tokens: int, heads: int, head_dim: int, dtype, device):
@@ -106,8 +131,11 @@ def main() -> None:
             busy += time_once(both, device)
             done += flops
         windows.append({"forward_backward_tflops": done / busy / 1e12, **smi_reading()})
+    clocks = [w["sm_mhz"] for w in windows if "sm_mhz" in w]
     result["sustained"] = {"seq": sustained_seq, "backend": result["default_backend"], "seconds": args.seconds,
-                           "window_s": args.window, "windows": windows}
+                           "window_s": args.window, "median_sm_mhz": median(clocks) if clocks else None,
+                           "windows": windows}
+    result["profile"] = profile_rates(seqs, head_dim)
     print(json.dumps(result, indent=1))
 
 

@@ -111,7 +111,9 @@ timeout 150 python3 scripts/attention_sustained.py --seconds 20 --window 2 ${GEM
 say "attention exit $?"
 python3 -c "import json, sys; d = json.load(open(sys.argv[1])); print(d['default_backend'], d['cudnn']);
 [print(k, s, {n: v and round(v) for n, v in r.items() if n != 'error'} or r) for k, rows in d['kernels'].items() for s, r in rows.items()];
-print([(round(w['forward_backward_tflops']), w.get('sm_mhz'), w.get('power_w')) for w in d['sustained']['windows']])" \
+print([(round(w['forward_backward_tflops']), w.get('sm_mhz'), w.get('power_w')) for w in d['sustained']['windows']]);
+print('median SM MHz', d['sustained']['median_sm_mhz'], 'assumed', d['profile']['assumed_sm_mhz'], 'profile', d['profile']['cluster'],
+      {k: {s: (round(r['forward_tflops']), round(r['backward_tflops'])) for s, r in rows.items()} for k, rows in d['profile']['kernels'].items()})" \
     "$RET/attention_sustained.json" 2>&1
 
 say "saved activations per layer vs the memory estimator"
@@ -119,7 +121,7 @@ timeout 60 python3 scripts/saved_activations.py --models ${MODEL:-gpt3-1.3b} ${M
 
 say "compiled (inductor) blocks' saved activations vs the estimate's compiled count (docs/memory.md)"
 timeout 180 python3 scripts/saved_activations.py --models llama3-8b --tokens 1 4096 --compile \
-    --recompute none selective selective-op 2>&1 | grep -E "^model|True" | head -n 4
+    --recompute none selective selective-op 2>&1 | grep -E "^model|True|error" | head -n 4
 
 say "seq1f1b chunks and torch's CP ring on this device's attention kernels (docs/long-context.md)"
 timeout 120 python3 scripts/cuda_attention_check.py >"$RET/attention_check.json" 2>>"$W/attention.log"
