@@ -16,6 +16,7 @@ GiB = 1024**3
 OUT = Path(__file__).resolve().parent.parent / "autoconf" / "profiles"
 PRICES = Path(__file__).resolve().parent / "data" / "gpu_prices.json"
 ATTENTION = Path(__file__).resolve().parent / "data" / "published_attention.json"
+ATTENTION_A100 = Path(__file__).resolve().parent / "data" / "published_attention_a100.json"
 
 
 def published_price(device_name):
@@ -81,6 +82,24 @@ def hopper_attention_curves():
                       f"same way (scripts/data/published_attention.json)"}
 
 
+def a100_attention_curves():
+    """The A100 profile's `attention_curves` from scripts/data/published_attention_a100.json (FlashAttention-2's
+    release figure, A100 SXM4): the causal forward + backward TFLOP/s over sequence length per head dim, as
+    fractions of the 312 TFLOP/s peak, for both passes (only their combined rate is published: the sum of the two
+    passes' times is then the published one)."""
+    data = json.loads(ATTENTION_A100.read_text())
+    peak, lengths = data["peak_tflops"], data["seq_lens"]
+    kernels = {}
+    for kernel, k in data["kernels"].items():
+        curves = {dim: [[n, round(v / peak, 4)] for n, v in zip(lengths, values)]
+                  for dim, values in k["forward_backward_causal"].items()}
+        kernels[kernel] = {"forward": curves, "backward": curves}
+    return {"kernels": kernels,
+            "source": f"{data['source']} {data['passes']} Fractions of {peak} TFLOP/s; seq_len read "
+                      f"piecewise-linearly between the points and held beyond them, then head dim the same way "
+                      f"(scripts/data/published_attention_a100.json)"}
+
+
 def data_sheet_host(memory_bytes, link_Bps, node_dram_Bps, source):
     """The profile's `host` object from data sheets: the node's RAM, the GPU's host link per direction for both
     copy directions, and AdamW's time per parameter derived (not measured) as ADAM_BYTES_PER_PARAM moved at the
@@ -133,11 +152,13 @@ A100 = gpu_profile(
     {
         "matmul": eff(0.80, "large bf16 GEMMs on A100 reach about 250 of 312 TFLOP/s with cuBLAS"),
         "attention": eff(0.55, "attention-core kernels (batched QK^T / AV or fused attention) reach lower "
-                               "utilisation than large GEMMs on A100"),
+                               "utilisation than large GEMMs on A100; FlashAttention-2 runs at its published speed "
+                               "over sequence length (attention_curves)"),
         "memory": eff(0.80, "element-wise and normalisation kernels reach about 80% of HBM bandwidth"),
         "comm_intra": eff(0.78, "NCCL ring bus bandwidth over NVLink 3 is about 235 of 300 GB/s per direction"),
         "comm_inter": eff(0.90, "NCCL over HDR InfiniBand reaches about 22.5 of 25 GB/s per GPU"),
     },
+    attention_curves=a100_attention_curves(),
     host=data_sheet_host(
         2e12, 32e9, 2 * 8 * 25.6e9,
         "NVIDIA DGX A100 data sheet (https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/nvidia-dgx-a100-"

@@ -208,6 +208,22 @@ def test_attention_curves_read_the_published_speeds_and_rise_with_sequence_lengt
     assert fa2[0] < fused[0] and fa2[1] < fused[1]
 
 
+def test_a100_reads_flash_attention_2s_published_combined_speed_for_both_passes():
+    """On A100 FlashAttention-2 (fa2) runs at the release figure's forward + backward TFLOP/s / 312 at every
+    published length and head dim, both passes at that one fraction (only their sum is published: at one fraction
+    the two passes' times add up to it); the other kernels keep the flat efficiency["attention"]."""
+    a100 = load_cluster("dgx-a100-80g")
+    data = json.loads(PUBLISHED_ATTENTION.with_name("published_attention_a100.json").read_text())
+    fa2 = execution("autoconf").replace(attention_kernel="fa2")
+    for dim, published in data["kernels"]["fa2"]["forward_backward_causal"].items():
+        for seq, tflops in zip(data["seq_lens"], published):
+            forward, backward = attention_efficiency(a100, fa2, seq, int(dim))
+            assert forward == backward == pytest.approx(tflops / 312, abs=1e-4)
+    flat = a100.eff("attention")
+    assert attention_efficiency(a100, execution("autoconf").replace(attention_kernel="fused"), 8192, 128) == (
+        flat, flat)
+
+
 def test_short_sequences_run_the_flash_core_slower_per_flop_and_old_profiles_stay_flat():
     """The flash core's seconds per causal FLOP on a curve profile are higher at 1k than at 8k tokens per sequence;
     without the curve (an older profile) they are equal, at the flat efficiency["attention"] for both passes, and

@@ -270,9 +270,9 @@ def test_cli_framework_flags_are_checked_recorded_and_exported():
 
 def test_torchtitan_kernels_eager_slower_than_compiled_and_fa2_slower_on_h100_only():
     """torchtitan's eager element-wise kernels cost time that the plan's `compile` field takes back on a GPU (what
-    `compiled` leaves), FA2 attention is slower than the profile's fused kernel where the profile states
-    `attention_fa2` (H100) and the same where it does not (A100), and unknown kernel names are one line naming the
-    known ones."""
+    `compiled` leaves), FA2 attention is slower than the profile's fused kernel on H100 (both published curves) and
+    faster on A100 at 8k tokens (FA2's published curve, 0.58 of the peak there, against the flat 0.55 the A100
+    profile states for the others), and unknown kernel names are one line naming the known ones."""
     from autoconf.cost.compute import eager_elementwise_bytes, loss_bytes_per_logit
     from autoconf.spec.frameworks import compiled, parse_flags
 
@@ -297,7 +297,7 @@ def test_torchtitan_kernels_eager_slower_than_compiled_and_fa2_slower_on_h100_on
     assert sum(loss_bytes_per_logit(("cross_entropy",), 2)) > fused
     a100 = load_cluster("dgx-a100-80g")
     assert (estimate(model, a100, c, execution=compiled(titan)).prediction["iteration_time_s"]
-            == estimate(model, a100, c, execution=compiled(titan).replace(attention_kernel="fused"))
+            < estimate(model, a100, c, execution=compiled(titan).replace(attention_kernel="fused"))
             .prediction["iteration_time_s"])
     with pytest.raises(UserError, match="rmsnorm"):
         titan.replace(eager_ops=("layernorm",))
