@@ -138,6 +138,56 @@ def test_estimate_is_what_compiled_tp_blocks_keep_under_the_per_op_policy():
         assert measured[("tiny-gpt", "{}", True, True)] < measured[("tiny-gpt", "{}", True, False)]
 
 
+def _fsdp_tp_rank(rank, world, queue):
+    """One TP rank: bytes per token its compiled block keeps without recompute, with and without sequence
+    parallelism, the block under FSDP2's mixed precision on a one-rank data-parallel mesh as the executor runs it
+    (plain DTensor parameters do not compile here)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from autoconf.execute.model import build_model
+    from autoconf.execute.parallelize import apply_tp
+
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    mesh = init_device_mesh("cpu", (1, world), mesh_dim_names=("dp", "tp"))
+    spec = dataclasses.replace(_spec("llama3-8b", num_heads=4, num_kv_heads=4), num_layers=1)
+    out = {}
+    for sequence_parallel in (False, True):
+        counts = []
+        for seq in (160, 80):
+            torch.manual_seed(0)
+            torch._dynamo.reset()
+            model = build_model(spec, embed=False, head=False, device="cpu")
+            apply_tp(model, mesh["tp"], sequence_parallel)
+            block = model.layers["0"]
+            block.compile(backend="aot_eager_decomp_partition", fullgraph=True)
+            fully_shard(block, mesh=mesh["dp"],
+                        mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))
+            x = torch.randn(3, seq // world if sequence_parallel else seq, spec.hidden_size, dtype=torch.bfloat16,
+                            requires_grad=True)
+            block(x).sum().backward()  # traced and partitioned before the count
+            counts.append(saved_bytes(block, x))
+        out[sequence_parallel] = (counts[0] - counts[1]) / (3 * 80)
+    queue.put(out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tp", [2, 4])
+def test_estimate_is_what_compiled_tp_blocks_keep_without_recompute(tp):
+    """On tp gloo ranks, per token, exactly: with sequence parallelism the compiled block's norms save h/tp of the
+    residual, and without it also only h/tp (the partition keeps the attention's all-reduced output instead: it
+    does not recompute a collective), where the block without TP saves h."""
+    spec = dataclasses.replace(_spec("llama3-8b", num_heads=4, num_kv_heads=4), num_layers=1)
+    for measured in run_ranks(_fsdp_tp_rank, tp, timeout=600):
+        for sequence_parallel, got in measured.items():
+            counts = [executor_layer_activation_bytes(spec, ParallelConfig(
+                tp=tp, pp=1, dp=1, micro_batch_size=3, global_batch_size=3, seq_len=seq, dtype="bf16",
+                sequence_parallel=sequence_parallel), "none", "gpu", compiled=True) for seq in (160, 80)]
+            assert got == (counts[0] - counts[1]) / (3 * 80), (tp, sequence_parallel)
+
+
 def test_compiled_keeps_less_only_where_the_partition_recomputes():
     """The compiled count is below the eager one for the llama block without recompute and with the attention core
     recomputed, equal under full recompute and where the partition is not modelled (dropout)."""

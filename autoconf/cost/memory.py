@@ -308,6 +308,8 @@ def compiled_block_delta_bytes(model: ModelSpec, config: ParallelConfig, recompu
 
     - RMSNorm: the block keeps its input and both norms' outputs (the QKV and MLP inputs) with an fp32 statistic
       per row and norm, not the second norm's input (the residual between the norms): one hidden-wide tensor fewer;
+      under TP without sequence parallelism h/tp fewer per token, not h (the partition keeps the attention's
+      all-reduced output, a collective it does not recompute: traced on 2 and 4 gloo ranks without recompute);
       qk-norm keeps an fp32 statistic per token and head beside its input;
     - SwiGLU: the gate and up projections, and without recompute their product, the down projection's input; silu's
       output (eager: kept) and under selective recompute the product (eager: kept by the down projection) are
@@ -318,16 +320,18 @@ def compiled_block_delta_bytes(model: ModelSpec, config: ParallelConfig, recompu
     Every other case is 0: full recompute keeps the block input alone either way; dropout, the standard attention
     path, latent attention and GPT blocks are counted as eager blocks keep them (a compiled GPT block keeps the same
     without recompute and one hidden-wide tensor fewer under selective recompute: over-counted by that). The per-op
-    policy is counted apart (`op_policy_layer_activation_bytes` with `compiled`). Under TP the terms divide as the
-    eager ones do; compiled TP blocks under these policies were not traced (torch 2.13 on CPU did not compile the
-    DTensor block with the attention core recomputed: an assertion on its saved values)."""
+    policy is counted apart (`op_policy_layer_activation_bytes` with `compiled`). Under TP the other terms divide as
+    the eager ones do: without recompute the count equals the traced TP block (FSDP2-wrapped, as the executor runs
+    it, tests/test_memory_compiled.py) with and without sequence parallelism; under selective recompute TP was not
+    traced (torch 2.13 on CPU did not compile the DTensor block with the attention core recomputed: an assertion on
+    its saved values)."""
     c = config
     if (model.arch != "llama" or model.mla is not None or model.dropout > 0 or c.attention != "flash"
             or recompute not in ("none", "selective")):
         return 0.0
     s, b, e, t = c.local_seq_len, c.micro_batch_size, DTYPE_BYTES[c.dtype], c.tp
     split = t if c.sequence_parallel else 1
-    norms = (-e * model.hidden_size + 2 * 4) / split
+    norms = -e * model.hidden_size / t + 2 * 4 / split
     if model.qk_norm:
         norms += 4 * (model.num_heads + model.num_kv_heads) / t
     ffn = -e * model.ffn_hidden_size / t
