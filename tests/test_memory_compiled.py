@@ -28,6 +28,12 @@ def _spec(name: str, **changes):
     return dataclasses.replace(spec, **changes)
 
 
+def _per_token(count) -> float:
+    """Bytes per token of `count(seq)`, the bytes one block keeps at micro-batch 3: its value at 160 tokens per
+    sequence less its value at 80, over the 240 tokens between (what does not grow with the tokens drops out)."""
+    return (count(160) - count(80)) / (3 * 80)
+
+
 def _compiled_saved_bytes(spec, recompute: str, mb: int, seq: int, policy: str = "attention_core") -> int:
     torch.manual_seed(0)
     torch._dynamo.reset()
@@ -66,11 +72,10 @@ def _op_policy_spec(name: str, **changes):
 
 def _estimated_per_token(spec, tp: int, sequence_parallel: bool, compile: bool) -> float:
     """The estimate's bytes per token of one block under the per-op policy (micro-batch 3, 160 and 80 tokens)."""
-    counts = [layer_activation_bytes(spec, ParallelConfig(
+    return _per_token(lambda seq: layer_activation_bytes(spec, ParallelConfig(
         tp=tp, pp=1, dp=1, micro_batch_size=3, global_batch_size=3, seq_len=seq, dtype="bf16",
         sequence_parallel=sequence_parallel, compile=compile, **OP_POLICY), "torch", "gpu",
-        selective="alternate_matmuls") for seq in (160, 80)]
-    return (counts[0] - counts[1]) / (3 * 80)
+        selective="alternate_matmuls"))
 
 
 @pytest.mark.slow
@@ -81,41 +86,64 @@ def test_estimate_is_what_the_compiled_block_keeps_under_the_per_op_policy(name,
     marks it, the backward reads it nowhere), GPT's (whose down projection the policy does not mark) the same as
     the eager block."""
     spec = _op_policy_spec(name, **changes)
-    measured = [_compiled_saved_bytes(spec, "selective", 3, seq, "alternate_matmuls") for seq in (160, 80)]
-    assert (measured[0] - measured[1]) / (3 * 80) == _estimated_per_token(spec, 1, False, compile=True)
+    measured = _per_token(lambda seq: _compiled_saved_bytes(spec, "selective", 3, seq, "alternate_matmuls"))
+    assert measured == _estimated_per_token(spec, 1, False, compile=True)
     fewer = spec.hidden_size * 2 if spec.arch == "llama" else 0
     assert _estimated_per_token(spec, 1, False, compile=False) - _estimated_per_token(spec, 1, False, True) == fewer
+
+
+def _tp_block_saved_bytes(spec, mesh, seq: int, sequence_parallel: bool, policy: str | None, compile: bool,
+                          fsdp: bool) -> int:
+    """Bytes this TP rank's block of `spec` keeps for micro-batch 3 of `seq` tokens (its 1/tp share under sequence
+    parallelism) on the ("dp", "tp") `mesh`: in bf16, selective recompute by `policy` (None: none), compiled with
+    inductor's partitioner (`compile`), and with `fsdp` under FSDP2's mixed precision on the one-rank dp mesh as the
+    executor runs it (plain DTensor parameters compile only under the per-op policy here), else cast to bf16."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from autoconf.execute.model import build_model
+    from autoconf.execute.parallelize import apply_tp
+
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    model = build_model(spec, embed=False, head=False, device="cpu")
+    if not fsdp:
+        model = model.to(torch.bfloat16)
+    apply_tp(model, mesh["tp"], sequence_parallel)
+    if policy is not None:
+        apply_recompute(model, "selective", None, policy)
+    block = model.layers["0"]
+    if compile:
+        block.compile(backend="aot_eager_decomp_partition", fullgraph=True)
+    if fsdp:
+        fully_shard(block, mesh=mesh["dp"],
+                    mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))
+    tp = mesh["tp"].size()
+    x = torch.randn(3, seq // tp if sequence_parallel else seq, spec.hidden_size, dtype=torch.bfloat16,
+                    requires_grad=True)
+    block(x).sum().backward()  # traced and partitioned before the count
+    return saved_bytes(block, x)
+
+
+def _tp_mesh(rank: int, world: int):
+    """A ("dp", "tp") mesh of one data-parallel rank and `world` TP ranks over gloo (this process is `rank`)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    return init_device_mesh("cpu", (1, world), mesh_dim_names=("dp", "tp"))
 
 
 def _tp_rank(rank, world, queue):
     """One TP rank: bytes per token its block keeps under the per-op policy, eager and compiled, for each case."""
     import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
 
-    from autoconf.execute.model import build_model
-    from autoconf.execute.parallelize import apply_tp
-
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    mesh = init_device_mesh("cpu", (world,))
+    mesh = _tp_mesh(rank, world)
     out = {}
     for name, changes, sequence_parallel in TP_CASES:
         spec = dataclasses.replace(_op_policy_spec(name, **changes), num_layers=1)
         for compile in (False, True):
-            counts = []
-            for seq in (160, 80):
-                torch.manual_seed(0)
-                torch._dynamo.reset()
-                model = build_model(spec, embed=False, head=False, device="cpu").to(torch.bfloat16)
-                apply_tp(model, mesh, sequence_parallel)
-                apply_recompute(model, "selective", None, "alternate_matmuls")
-                block = model.layers["0"]
-                if compile:
-                    block = torch.compile(block, backend="aot_eager_decomp_partition", fullgraph=True)
-                local = seq // world if sequence_parallel else seq
-                x = torch.randn(3, local, spec.hidden_size, dtype=torch.bfloat16, requires_grad=True)
-                block(x)  # traced and partitioned before the count
-                counts.append(saved_bytes(block, x))
-            out[(name, str(changes), sequence_parallel, compile)] = (counts[0] - counts[1]) / (3 * 80)
+            out[(name, str(changes), sequence_parallel, compile)] = _per_token(lambda seq: _tp_block_saved_bytes(
+                spec, mesh, seq, sequence_parallel, "alternate_matmuls", compile, fsdp=False))
     queue.put((rank, out))
     dist.destroy_process_group()
 
@@ -140,36 +168,13 @@ def test_estimate_is_what_compiled_tp_blocks_keep_under_the_per_op_policy():
 
 def _fsdp_tp_rank(rank, world, queue):
     """One TP rank: bytes per token its compiled block keeps without recompute, with and without sequence
-    parallelism, the block under FSDP2's mixed precision on a one-rank data-parallel mesh as the executor runs it
-    (plain DTensor parameters do not compile here)."""
+    parallelism, the block under FSDP2 as the executor runs it."""
     import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    from autoconf.execute.model import build_model
-    from autoconf.execute.parallelize import apply_tp
-
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    mesh = init_device_mesh("cpu", (1, world), mesh_dim_names=("dp", "tp"))
+    mesh = _tp_mesh(rank, world)
     spec = dataclasses.replace(_spec("llama3-8b", num_heads=4, num_kv_heads=4), num_layers=1)
-    out = {}
-    for sequence_parallel in (False, True):
-        counts = []
-        for seq in (160, 80):
-            torch.manual_seed(0)
-            torch._dynamo.reset()
-            model = build_model(spec, embed=False, head=False, device="cpu")
-            apply_tp(model, mesh["tp"], sequence_parallel)
-            block = model.layers["0"]
-            block.compile(backend="aot_eager_decomp_partition", fullgraph=True)
-            fully_shard(block, mesh=mesh["dp"],
-                        mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))
-            x = torch.randn(3, seq // world if sequence_parallel else seq, spec.hidden_size, dtype=torch.bfloat16,
-                            requires_grad=True)
-            block(x).sum().backward()  # traced and partitioned before the count
-            counts.append(saved_bytes(block, x))
-        out[sequence_parallel] = (counts[0] - counts[1]) / (3 * 80)
-    queue.put(out)
+    queue.put({sequence_parallel: _per_token(lambda seq: _tp_block_saved_bytes(
+        spec, mesh, seq, sequence_parallel, None, compile=True, fsdp=True)) for sequence_parallel in (False, True)})
     dist.destroy_process_group()
 
 
@@ -182,10 +187,9 @@ def test_estimate_is_what_compiled_tp_blocks_keep_without_recompute(tp):
     spec = dataclasses.replace(_spec("llama3-8b", num_heads=4, num_kv_heads=4), num_layers=1)
     for measured in run_ranks(_fsdp_tp_rank, tp, timeout=600):
         for sequence_parallel, got in measured.items():
-            counts = [executor_layer_activation_bytes(spec, ParallelConfig(
+            assert got == _per_token(lambda seq: executor_layer_activation_bytes(spec, ParallelConfig(
                 tp=tp, pp=1, dp=1, micro_batch_size=3, global_batch_size=3, seq_len=seq, dtype="bf16",
-                sequence_parallel=sequence_parallel), "none", "gpu", compiled=True) for seq in (160, 80)]
-            assert got == (counts[0] - counts[1]) / (3 * 80), (tp, sequence_parallel)
+                sequence_parallel=sequence_parallel), "none", "gpu", compiled=True)), (tp, sequence_parallel)
 
 
 def test_compiled_keeps_less_only_where_the_partition_recomputes():
