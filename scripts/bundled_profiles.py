@@ -51,6 +51,11 @@ GEMM_SIZE_CURVE = {
 }
 
 
+def peak_fractions(lengths, tflops, peak):
+    """A curve of `attention_curves`: [sequence length, published TFLOP/s / `peak`] at each length."""
+    return [[n, round(v / peak, 4)] for n, v in zip(lengths, tflops)]
+
+
 def hopper_attention_curves():
     """The profile's `attention_curves` from scripts/data/published_attention.json (FlashAttention-3 paper, H100
     SXM5): each kernel's causal forward and backward TFLOP/s over sequence length per head dim, as fractions of the
@@ -63,7 +68,7 @@ def hopper_attention_curves():
     clock = H100_SUSTAINED_CLOCK_MHZ / data["clock_mhz"]
 
     def curve(values):
-        return [[n, round(clock * v / peak, 4)] for n, v in zip(lengths, values)]
+        return peak_fractions(lengths, values, peak / clock)
 
     kernels = {}
     for kernel, k in data["kernels"].items():
@@ -91,8 +96,7 @@ def a100_attention_curves():
     peak, lengths = data["peak_tflops"], data["seq_lens"]
     kernels = {}
     for kernel, k in data["kernels"].items():
-        curves = {dim: [[n, round(v / peak, 4)] for n, v in zip(lengths, values)]
-                  for dim, values in k["forward_backward_causal"].items()}
+        curves = {dim: peak_fractions(lengths, values, peak) for dim, values in k["forward_backward_causal"].items()}
         kernels[kernel] = {"forward": curves, "backward": curves}
     return {"kernels": kernels,
             "source": f"{data['source']} {data['passes']} Fractions of {peak} TFLOP/s; seq_len read "

@@ -49,7 +49,8 @@ def _predict(run: dict, dtype: str) -> dict:
     execution = execution.replace(**run.get("framework_flags", {}))  # what the source's code ran (its note says)
     model, config = PRESETS[run["model"]], _config(run, dtype)
     p = estimate(model, cluster, config, execution=execution, detail=False).prediction
-    reserved = reserved_bytes(model, cluster, config, p["peak_memory_bytes"]) if run["framework"] == "torchtitan" else None
+    reserved = (reserved_bytes(model, cluster, config, p["peak_memory_bytes"]) if run["framework"] == "torchtitan"
+                else None)
     return {"tokens_per_s_per_gpu": p["tokens_per_s"] / run["gpus"], "memory_gib": p["peak_memory_bytes"] / GiB,
             "reserved_gib": None if reserved is None else reserved / GiB}
 

@@ -148,7 +148,7 @@ def _layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: st
         # the closed formula spelled out, tensor by tensor (the only count of those policies)
         return saved_bytes(model, c, recompute, selective, moe, keeps_outputs)
     if recompute == "selective" and selective == "alternate_matmuls":
-        compiled = layout == "torch" and not moe and c.compiles_blocks(device_kind)  # MoE blocks run eagerly
+        compiled = layout == "torch" and c.compiles_blocks(device_kind)  # (an MoE block runs eagerly either way)
         return op_policy_layer_activation_bytes(model, c, moe, compiled)
     if moe:
         # The dense MLP's tensors (`dense_mlp_tensors` of ffn_hidden_size) give way to the routed ones.

@@ -817,8 +817,9 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             consider(time_bound, key, config)
 
     walk(scored)
-    # Offload is weighed after the walk, for the candidates that did not fit, so the walk over layouts that fit is
-    # unchanged: a second walk over their offloading twins, each parent's asked only when the walk reaches it.
+    # Offload is weighed after the walk, for the candidates that did not fit or fit only by recomputing, so the walk
+    # over the others is unchanged: a second walk over their offloading twins, each parent's asked only when the
+    # walk reaches it.
     walk(_offload_parents(cache, levers, parents, -best[0][0] if len(best) >= top_k else math.inf, per_stage))
     chosen = _ranked_by_full_simulation(model, cluster, execution, best, near, top_k)
     search_seconds = time.perf_counter() - start
