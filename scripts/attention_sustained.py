@@ -45,6 +45,7 @@ def profile_rates(seqs, head_dim: int) -> dict:
     from autoconf.cost.compute import attention_efficiency
     from autoconf.spec.cluster import load_cluster
     from autoconf.spec.frameworks import execution
+    from bundled_profiles import H100_SUSTAINED_CLOCK_MHZ
 
     cluster = load_cluster(PROFILE)
     peak = cluster.device.peak("bf16") / 1e12
@@ -54,8 +55,6 @@ def profile_rates(seqs, head_dim: int) -> dict:
         rows[backend] = {str(seq): dict(zip(("forward_tflops", "backward_tflops"),
                                             (peak * f for f in attention_efficiency(cluster, ex, seq, head_dim))))
                          for seq in seqs}
-    from bundled_profiles import H100_SUSTAINED_CLOCK_MHZ
-
     return {"cluster": PROFILE, "assumed_sm_mhz": H100_SUSTAINED_CLOCK_MHZ, "kernels": rows}
 
 
