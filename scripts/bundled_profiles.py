@@ -36,6 +36,21 @@ def link(latency_s, bandwidth_Bps):
     return {"latency_s": latency_s, "bandwidth_Bps": bandwidth_Bps}
 
 
+# The share of a GPU that an NCCL collective takes from the compute it overlaps (cost/simulate.py `beside`): Lee et
+# al. measured compute overlapped with communication 18.9% slower on average (at most 40%) than alone, on A100, H100,
+# MI250 and MI210 running GPT and Llama training steps (arXiv 2507.03114, 2025, abstract); compute C beside a
+# collective that covers it lasts C / (1 - f), so f = 0.189 / 1.189. Not measured per part: one value for every GPU.
+SLOWDOWN_BESIDE_COLLECTIVES = 0.189
+COLLECTIVE_SM_SHARE = eff(round(SLOWDOWN_BESIDE_COLLECTIVES / (1 + SLOWDOWN_BESIDE_COLLECTIVES), 4),
+                          "compute overlapped with NCCL collectives runs 18.9% slower on average (at most 40%) than "
+                          "alone, measured on A100, H100, MI250 and MI210 over GPT and Llama training (Lee et al., "
+                          "'Characterizing Compute-Communication Overlap in GPU-Accelerated Distributed Deep "
+                          "Learning', arXiv 2507.03114, 2025): a collective holds 0.189 / 1.189 of the device while "
+                          "it runs; one H100 all-gather of an FSDP prefetch occupies 24 of the 132 SMs (0.18, NVIDIA "
+                          "developer forum thread 337991, 2025). The same average for every GPU part, not measured "
+                          "per part")
+
+
 # GEMM efficiency against size (FLOPs of one GEMM), as a fraction of the large-GEMM plateau efficiency["matmul"].
 # Calculon's A100 and H100 system files (github.com/calculon-ai/calculon, systems/a100_80g.json and
 # systems/h100_80g_nvl8.json, matrix.gflops_efficiency.float16, read 2026-12-02) give 0.95 of peak from 128 GFLOP,
@@ -161,6 +176,7 @@ A100 = gpu_profile(
         "memory": eff(0.80, "element-wise and normalisation kernels reach about 80% of HBM bandwidth"),
         "comm_intra": eff(0.78, "NCCL ring bus bandwidth over NVLink 3 is about 235 of 300 GB/s per direction"),
         "comm_inter": eff(0.90, "NCCL over HDR InfiniBand reaches about 22.5 of 25 GB/s per GPU"),
+        "collective_sm_share": COLLECTIVE_SM_SHARE,
     },
     attention_curves=a100_attention_curves(),
     host=data_sheet_host(
@@ -194,6 +210,7 @@ H100 = gpu_profile(
         "memory": eff(0.80, "element-wise and normalisation kernels reach about 80% of HBM bandwidth"),
         "comm_intra": eff(0.80, "NCCL ring bus bandwidth over NVLink 4 is about 360 of 450 GB/s per direction"),
         "comm_inter": eff(0.90, "NCCL over NDR InfiniBand reaches about 45 of 50 GB/s per GPU"),
+        "collective_sm_share": COLLECTIVE_SM_SHARE,
     }, hopper_attention_curves(),
     data_sheet_host(
         2e12, 64e9, 2 * 8 * 38.4e9,

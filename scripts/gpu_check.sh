@@ -13,7 +13,8 @@
 #   1. the sustained bf16 GEMM rate against one isolated call (scripts/gemm_sustained.py), causal attention per SDPA
 #      backend and sequence length, alone and sustained (scripts/attention_sustained.py), the saved activation
 #      bytes per layer against the estimator's, eager and inductor-compiled, and the attention paths only CUDA takes
-#      (scripts/cuda_attention_check.py: seq1f1b's lower-right bias, CP's grouped K/V);
+#      (scripts/cuda_attention_check.py: seq1f1b's lower-right bias, CP's grouped K/V), and on two GPUs or more a
+#      GEMM loop beside NCCL collectives (scripts/collective_contention.py, the profiles' collective_sm_share);
 #   2. `autoconf profile` of this GPU with the compute tables of MODEL at TP widths 1-MAXTP;
 #   3. `autoconf validate` of MODEL on that profile: CONFIGS single-GPU layouts trained STEPS steps each by the
 #      executor as `launch` runs it (compiled blocks on CUDA), predicted vs measured step time and peak memory;
@@ -122,6 +123,16 @@ timeout 60 python3 scripts/saved_activations.py --models ${MODEL:-gpt3-1.3b} ${M
 say "compiled (inductor) blocks' saved activations vs the estimate's compiled count (docs/memory.md)"
 timeout 180 python3 scripts/saved_activations.py --models llama3-8b --tokens 1 4096 --compile \
     --recompute none selective selective-op 2>&1 | grep -E "^model|True|error" | head -n 4
+
+NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+if [ "$NGPU" -ge 2 ]; then
+    say "a GEMM beside NCCL collectives on $NGPU GPUs (the profiles' collective_sm_share; docs/accuracy.md)"
+    timeout 120 torchrun --nproc-per-node "$NGPU" --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:0 \
+        scripts/collective_contention.py >"$W/contention.json" 2>>"$W/contention.log"
+    cat "$W/contention.json"
+else
+    say "one GPU: no collective to measure beside a GEMM (collective_sm_share stays the data sheet's)"
+fi
 
 say "seq1f1b chunks and torch's CP ring on this device's attention kernels (docs/long-context.md)"
 timeout 120 python3 scripts/cuda_attention_check.py >"$RET/attention_check.json" 2>>"$W/attention.log"

@@ -25,8 +25,8 @@ data file), one rule for every row, never chosen per row to improve agreement:
   fp8_params).
 - FP8 is autoconf's tensorwise dynamic scaling for both tables (NeMo 24.07 ran TE's delayed scaling).
 - MoE rows: the table's EP (expert TP 1, every Qwen3 config's expert_tensor_parallel_size), and where the recipe
-  sets moe_a2a_overlap, Megatron-Core's combined 1F1B (the preset's `overlap_paired_chunks`, no SM share: see
-  `execution_of`); each row's "note" in the data file cites the recipe.
+  sets moe_a2a_overlap, Megatron-Core's combined 1F1B (the preset's `overlap_paired_chunks`, NCCL's all-to-all taking
+  the profile's `collective_sm_share`: see `execution_of`); each row's "note" in the data file cites the recipe.
 Rows that need what autoconf cannot express print "not modelled: <reason>" and count in no mean. "fits": the predicted
 peak within the profile's usable memory (80 GiB less its headroom); every published run trained on 80 GB H100s.
 `--memory` prints the peak rank of each row term by term beside Megatron-LM's own theoretical estimate; `--terms`
@@ -123,7 +123,8 @@ def execution_of(row: dict, table: dict):
     v0.2.0 scripts/performance/utils/helpers.py set_moe_a2a_overlap_overrides: overlap_moe_expert_parallel_comm and
     delay_wgrad_compute) overlaps its schedule's paired chunks (`overlap_paired_chunks`: Megatron-Core's combined
     1F1B, `ScheduleSpec.pairs` of interleaved-1f1b); its dispatcher is NCCL's all-to-all (no flex backend in the
-    H100 configs), which states no SM count, so no SM share is charged (`overlap_comm_sm_share` 0). A row's
+    H100 configs), which states no SM count of its own (`overlap_comm_sm_share` 0), so the exchange takes an NCCL
+    collective's share of the device, the profile's `collective_sm_share` (`estimate.exchange_sm_share`). A row's
     `moe_fp8_padding` replaces the preset's where its recipe makes every expert's row count a multiple of 16 (token
     drop with padding to capacity), so Transformer Engine's fp8 padding copies nothing."""
     flags = {"tp_comm_overlap": row["tp_comm_overlap"], "grad_buffer_dtype": row["grad_buffer_dtype"],

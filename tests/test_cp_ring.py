@@ -87,20 +87,21 @@ def test_repeated_kv_travel_at_every_heads_width():
 
 
 def test_torch_all_gather_hides_behind_the_local_step_and_the_last_dkv_stays_exposed():
-    """torch issues the all-gather before the rank's own step: with a core long enough it exposes nothing in the
-    forward, and the backward exposes exactly one fp32 dK/dV transfer (the last, awaited after the loop); with no
-    core to hide behind, the whole gather shows in the forward."""
+    """torch issues the all-gather before the rank's own step: with a core long enough the forward exposes only
+    the profile's collective share of it, and the backward exactly one fp32 dK/dV transfer (the last, awaited after
+    the loop) and that share of the rest; with no core to hide behind, the whole gather shows in the forward."""
     c = _row(8)
     group = np.arange(8)
     core = model_pieces(MODEL, GT, c, execution=TORCH).attention_core
     exposed = cp_attention_comm(MODEL, GT, c, group, core, TORCH)
     pairs = np.stack([group, np.roll(group, -1)], axis=1)
     last = p2p_time(GT, cp_ring.dkv_bytes(MODEL, c, TORCH), pairs)
-    assert exposed.forward == 0.0
-    assert exposed.backward_input == pytest.approx(last, rel=1e-12) and last > 0
-    bare = cp_attention_comm(MODEL, GT, c, group, dataclasses.replace(core, forward=0.0, backward_input=0.0), TORCH)
     gather = collective_time(GT, "all_gather", cp_ring.sdpa_kv_bytes(MODEL, c, TORCH, cp_kv_bytes(MODEL, c)) * 8,
                              group)
+    f = GT.collective_sm_share  # what a hidden transfer takes from the step beside it (simulate.beside)
+    assert exposed.forward == pytest.approx(f * gather, rel=1e-12)
+    assert exposed.backward_input == pytest.approx(last + f * (gather + 7 * last), rel=1e-12) and last > 0
+    bare = cp_attention_comm(MODEL, GT, c, group, dataclasses.replace(core, forward=0.0, backward_input=0.0), TORCH)
     assert bare.forward == pytest.approx(gather, rel=1e-12)
 
 

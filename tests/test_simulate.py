@@ -178,6 +178,74 @@ def test_reducing_every_microbatch_puts_each_reduction_after_its_backward_on_the
     assert piled.makespan == pytest.approx(first_backward_end + 4 * 3.0)
 
 
+def test_beside_lies_between_the_longer_and_the_sum():
+    """A phase of compute beside a collective: the longer of the two without contention, their sum when the
+    collective takes the whole device, and compute + share x comm while the compute is the longer."""
+    from autoconf.cost.simulate import beside
+
+    for compute, comm in [(3.0, 1.0), (1.0, 3.0), (2.0, 2.0), (0.0, 1.0), (1.0, 0.0)]:
+        assert beside(compute, comm, 0.0) == max(compute, comm)
+        assert beside(compute, comm, 1.0) == compute + comm
+        for share in (0.1, 0.159, 0.5):
+            assert max(compute, comm) <= beside(compute, comm, share) <= compute + comm
+    assert beside(3.0, 1.0, 0.2) == pytest.approx(3.2)
+    assert beside(1.0, 3.0, 0.2) == 3.0
+
+
+def test_contention_charges_the_compute_the_dp_stream_runs_beside():
+    """With `contention` f a rank's compute ends f x (the seconds its DP stream's gathers and reduction buckets ran
+    while it computed) later: a gather before any compute and a reduction after the last backward cost nothing; a
+    reduction bucketed within the last backward costs f times what of it ran beside that backward; f 0 changes
+    nothing and a reduction charged at share 0 (`reduce_contending`) neither."""
+    sch = build_schedule("gpipe", 1, 2)
+    costs = StageCosts.uniform(1, 1.0, 2.0, 0.0)
+    base = simulate(sch, costs, allgather_time=[0.5], reduce_time=[1.0])
+    same = simulate(sch, costs, allgather_time=[0.5], reduce_time=[1.0], contention=0.2)
+    assert same.makespan == base.makespan and same.compute_time_per_rank == base.compute_time_per_rank
+    # Four buckets of 0.25 s, each ready a quarter into the last 2 s backward: three run beside it, the last after.
+    plain = simulate(sch, costs, reduce_time=[1.0], reduce_buckets=[4])
+    slowed = simulate(sch, costs, reduce_time=[1.0], reduce_buckets=[4], contention=0.2)
+    assert slowed.compute_end == pytest.approx(plain.compute_end + 0.2 * 0.75)
+    assert slowed.compute_time_per_rank[0] == pytest.approx(plain.compute_time_per_rank[0] + 0.2 * 0.75)
+    assert slowed.makespan == plain.makespan  # the stream's last bucket still ends the step
+    uncharged = simulate(sch, costs, reduce_time=[1.0], reduce_buckets=[4], contention=0.2, reduce_contending=[0.0])
+    assert uncharged.compute_end == plain.compute_end
+    # A gather bucketed into the first forward: its later buckets run beside it.
+    gathered = simulate(sch, StageCosts.uniform(1, 4.0, 1.0, 0.0), allgather_time=[1.0], gather_buckets=[4],
+                        contention=0.5)
+    alone = simulate(sch, StageCosts.uniform(1, 4.0, 1.0, 0.0), allgather_time=[1.0], gather_buckets=[4])
+    assert gathered.compute_end == pytest.approx(alone.compute_end + 0.5 * 0.75)
+
+
+def test_contention_is_the_same_on_the_wave_and_in_order_paths(monkeypatch):
+    """The charge reads the actions' spans, which both simulation paths give bit for bit; under pairs (a paired
+    backward repeats its forward's span) the spans' union is counted once."""
+    import random
+
+    import autoconf.cost.simulate as simulate_module
+
+    rng = random.Random(11)
+    for name, pp, vpp, m in [("1f1b", 4, 1, 9), ("interleaved-1f1b", 4, 2, 8), ("dualpipev", 3, 2, 12)]:
+        S = build_schedule(name, pp, m, vpp).num_stages
+        costs = _random_paired_costs(rng, S) if name == "dualpipev" else StageCosts(
+            [rng.random() for _ in range(S)], [rng.random() for _ in range(S)], [rng.random() for _ in range(S)])
+        kw = _random_comm(rng, S)
+        runs = []
+        for wide_from in (10**9, 1):
+            monkeypatch.setattr(simulate_module, "WAVES_FROM_RANKS", wide_from)
+            sch = build_schedule(name, pp, m, vpp)
+            runs.append((simulate(sch, costs, **kw), simulate(sch, costs, contention=0.3, **kw)))
+        (a0, a1), (b0, b1) = runs
+        assert a1.makespan == pytest.approx(b1.makespan, rel=1e-12)
+        assert a1.compute_time_per_rank == pytest.approx(b1.compute_time_per_rank, rel=1e-12)
+        assert all(x1 >= x0 for x0, x1 in zip(a0.compute_time_per_rank, a1.compute_time_per_rank))
+        assert a1.makespan >= a0.makespan
+        # At most the share of every comm second: the stream's total time bounds the charge.
+        stream = [sum(end - start for _, _, start, end in ev) for ev in a0.comm_events]
+        assert all(x1 - x0 <= 0.3 * t + 1e-9 for x0, x1, t in zip(a0.compute_time_per_rank,
+                                                                   a1.compute_time_per_rank, stream))
+
+
 def test_looped_bfs_gathers_each_stage_once_in_first_use_order():
     """Breadth-first: rank r gathers its v stages once each, back to back, in model order."""
     sch = build_schedule("looped-bfs", 2, 4, 3)

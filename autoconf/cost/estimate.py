@@ -38,7 +38,7 @@ from autoconf.cost.mtp import mtp_pass_times
 from autoconf.cost.moe import ep_comm_passes, local_params, moe_layers
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_host_memory, check_offload,
                                    gather_copy_time, host_memory_per_node, reduce_copy_time)
-from autoconf.cost.simulate import (WEIGHT_GRAD_ACTIVATION_SHARE, StageCosts, Timeline, order_peaks,
+from autoconf.cost.simulate import (WEIGHT_GRAD_ACTIVATION_SHARE, StageCosts, Timeline, beside, order_peaks,
                                     rank_order_peaks, simulate)
 from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile
@@ -100,6 +100,10 @@ class StagePlan:
     # Per stage, the offload_activations copies on the compute stream (forward, input backward; cost/offload.py).
     offload: list[PassTimes] = dataclasses.field(default_factory=list)
     cp_comm: list[PassTimes] = dataclasses.field(default_factory=list)  # exposed CP K/V exchange per stage (cp > 1)
+    # The profile's collective_sm_share, and per stage the share of `reduce` the simulation charges as contention
+    # (`simulate`'s reduce_contending: the re-gathers folded into `reduce` are charged in the stage's costs).
+    contention: float = 0.0
+    reduce_contending: list[float] = dataclasses.field(default_factory=list)
 
 
 def activation_bytes(model: ModelSpec, c: ParallelConfig) -> float:
@@ -235,6 +239,11 @@ def cp_attention_comm(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     group = np.asarray(devices).reshape(-1)
     pairs = np.stack([group, np.roll(group, -1)], axis=1)
     steps = c.cp - 1
+
+    def over(step: float, transfer: float) -> float:
+        """What a transfer beside one ring step adds to it (`simulate.beside`, the profile's collective share)."""
+        return beside(step, transfer, cluster.collective_sm_share) - step
+
     if torch_ring(model, c, execution):
         count = transfers(c.cp, c.cp_comm)
         gather = collective_time(cluster, "all_gather", kv * c.cp, devices) if c.cp_comm == "allgather" else 0.0
@@ -243,8 +252,8 @@ def cp_attention_comm(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
 
         def exposed(n: dict, step: float) -> float:
             """Each transfer beside one step of the ring (the last dK/dV awaited after the loop)."""
-            hidden = (n["kv_gather"] * max(0.0, gather - step) + n["kv_rotate"] * max(0.0, rotate - step)
-                      + max(0, n["dkv_rotate"] - 1) * max(0.0, dkv - step))
+            hidden = (n["kv_gather"] * over(step, gather) + n["kv_rotate"] * over(step, rotate)
+                      + max(0, n["dkv_rotate"] - 1) * over(step, dkv))
             return hidden + (dkv if n["dkv_rotate"] else 0.0)
 
         return PassTimes(exposed(count["forward"], core.forward / c.cp),
@@ -252,8 +261,8 @@ def cp_attention_comm(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     if c.cp_comm == "allgather":
         gather = collective_time(cluster, "all_gather", kv * c.cp, devices)
         return PassTimes(gather, gather + collective_time(cluster, "reduce_scatter", kv * c.cp, devices), 0.0)
-    forward = steps * max(0.0, p2p_time(cluster, kv, pairs) - core.forward / c.cp)
-    backward = steps * max(0.0, p2p_time(cluster, 2 * kv, pairs) - core.backward_input / c.cp)
+    forward = steps * over(core.forward / c.cp, p2p_time(cluster, kv, pairs))
+    backward = steps * over(core.backward_input / c.cp, p2p_time(cluster, 2 * kv, pairs))
     return PassTimes(forward, backward, 0.0)
 
 
@@ -447,6 +456,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     forward, back_in, back_w = [], [], []
     compute_parts, recompute_parts, tp_parts, gathers, reduces, buckets, ep_parts = [], [], [], [], [], [], []
     exchange_back_parts = []  # per stage, the token exchange inside its input backward (a full recompute's too)
+    reduce_contending = []
     cp_parts = []
     moe_pieces = pieces.kind(True) if model.moe is not None else None
     # The stages of one rank share its groups: their collectives are timed once per rank (and stage size).
@@ -560,9 +570,10 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             bwd_in += fsdp_unit_pass * (layers + 1)
         bwd_w = compute.backward_weight
         if per_microbatch_gather:
-            # FSDP prefetches block by block, so a gather hides behind the compute of the previous block.
-            fwd = max(fwd, per_microbatch_gather)
-            bwd_in = max(bwd_in, per_microbatch_gather)
+            # FSDP prefetches block by block, so a gather hides behind the compute of the previous block, taking the
+            # profile's share of the device while it runs.
+            fwd = beside(fwd, per_microbatch_gather, cluster.collective_sm_share)
+            bwd_in = beside(bwd_in, per_microbatch_gather, cluster.collective_sm_share)
         if execution.blocking_p2p and p2p is not None:
             if st < last and stage_to_rank[st + 1] != rank:
                 fwd += p2p(st, st + 1)
@@ -576,11 +587,15 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         tp_parts.append(tp)
         ep_parts.append(ep)
         gathers.append(gather)
-        if execution.grad_reduce_start == "per_bucket":
+        contending = 1.0
+        if execution.grad_reduce_start == "per_bucket" and per_microbatch_gather:
             # The reduction's buckets go out during the last backward, on the DP link that also carries that
-            # backward's parameter re-gathers (ZeRO-3): the stream holds both.
+            # backward's parameter re-gathers (ZeRO-3): the stream holds both; the re-gathers' contention is in
+            # bwd_in already.
+            contending = reduce / (reduce + per_microbatch_gather)
             reduce += per_microbatch_gather
         reduces.append(reduce)
+        reduce_contending.append(contending)
         buckets.append(execution.buckets(params + experts, layers, rank, c.dp_cp))
     early = [(c.num_microbatches - 1) * r for r in reduces] if c.reduces_every_microbatch else []
     costs = StageCosts(forward, back_in, back_w)
@@ -588,7 +603,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         # Paired chunks (DualPipe's, Megatron's combined 1F1B): each pass's token exchange may hide behind the
         # paired pass's compute.
         costs = StageCosts(forward, back_in, back_w, [e.forward for e in ep_parts], exchange_back_parts,
-                           execution.overlap_comm_sm_share)
+                           exchange_sm_share(cluster, execution))
     if c.seq_chunks > 1:
         core_recomputed = c.recompute == "full" or (c.recompute == "selective" and matmul_share is None)
         costs = seq_chunk_costs(costs, pieces.attention_core, [end - first for first, end in partition],
@@ -596,7 +611,15 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                                 seq_chunk_bounds(model, cluster, c, execution))
     return StagePlan(costs, compute_parts, recompute_parts, tp_parts, pass_overhead,
                      gathers, reduces, buckets, early, ep_comm=ep_parts if model.moe is not None else [],
-                     offload=offload_parts, cp_comm=cp_parts)
+                     offload=offload_parts, cp_comm=cp_parts, contention=cluster.collective_sm_share,
+                     reduce_contending=reduce_contending)
+
+
+def exchange_sm_share(cluster: ClusterProfile, execution: Execution) -> float:
+    """The share of the device an MoE token exchange takes from the compute it runs beside: the framework's exchange
+    kernels' own SMs where it states them (`Execution.overlap_comm_sm_share`, DeepEP's), else an NCCL collective's
+    (the profile's `collective_sm_share`)."""
+    return execution.overlap_comm_sm_share or cluster.collective_sm_share
 
 
 def mtp_stage_costs(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, pieces, compute: PassTimes,
@@ -841,9 +864,11 @@ def _simulate_step(schedule, sp: StagePlan, p2p, execution: Execution) -> tuple[
     if execution.grad_reduce_start != "after_flush":
         reduce_buckets = sp.buckets if execution.grad_reduce_start == "per_bucket" else None
         timeline = simulate(schedule, sp.costs, p2p, sp.allgather, sp.reduce, gather_buckets, reduce_buckets,
-                            reduce_every_microbatch=bool(sp.early_reduce))
+                            reduce_every_microbatch=bool(sp.early_reduce), contention=sp.contention,
+                            reduce_contending=sp.reduce_contending)
         return timeline, timeline.makespan
-    timeline = simulate(schedule, sp.costs, p2p, sp.allgather, gather_buckets=gather_buckets)
+    timeline = simulate(schedule, sp.costs, p2p, sp.allgather, gather_buckets=gather_buckets,
+                        contention=sp.contention)
     flushed = timeline.makespan
     for r in range(schedule.pp):
         t = flushed

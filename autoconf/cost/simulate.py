@@ -22,8 +22,15 @@ forward ends no earlier than the whole gather's end plus the compute of the last
 (j+1)/n done, so only the last bucket's reduction (and whatever the stream still has queued) follows the
 backward. With `reduce_every_microbatch` every micro-batch's backward of a stage starts a reduction of
 `reduce_time[s]` the same way (FSDP reduce-scattering each micro-batch's gradients), all on the rank's stream in the
-order their backwards end. The buckets are even shares of the stage; the compute a concurrent collective slows (SM
-and memory contention) is not modelled.
+order their backwards end. The buckets are even shares of the stage.
+
+Contention: a collective running beside compute takes a share f of the device from it (`contention`, the profile's
+`collective_sm_share`: the SMs and memory bandwidth its kernels hold), so a phase of compute C beside a collective of
+M seconds lasts `beside(C, M, f)` = max(M, C + f * M). On the DP comm stream this is charged after the simulation: a
+rank's compute ends f x (the seconds its stream's gathers and reduction buckets ran while the rank computed) later,
+the time added to its last action, not passed on to the ranks it feeds. `reduce_contending[s]` is the share of
+stage s's reduction time to charge (the rest is charged in the stage's own costs, such as ZeRO-3's re-gathers that
+share the stream; default all of it).
 
 Overlapped pairs: a schedule that pairs a forward with the full backward right after it (`Schedule.paired`,
 DualPipe's F&B) runs each pair as one action when the costs state the communication inside each pass
@@ -34,7 +41,7 @@ its B). The pair starts once the rank is free and both inputs are there, and bot
 
 where Fc, Bc are the forward's and backward's seconds less their communication Fm, Bm, and f is
 `StageCosts.comm_sm_share`: each one's communication runs during the other's compute, and while it runs it takes f of
-the device from that compute (a phase of compute C beside communication M lasts max(M, C + f * M)). What the
+the device from that compute (`beside`). What the
 compute cannot cover stays exposed; compute never hides compute, so a pair lasts at least Fc + Bc and at most F + B.
 
 The simulation is dependency-driven and linear in the number of actions: a rank runs until its next action waits on
@@ -167,6 +174,8 @@ def simulate(
     gather_buckets: Sequence[int] | None = None,
     reduce_buckets: Sequence[int] | None = None,
     reduce_every_microbatch: bool = False,
+    contention: float = 0.0,
+    reduce_contending: Sequence[float] | None = None,
 ) -> Timeline:
     """Simulate one training step of `schedule` with per-stage `costs`; see the module docstring for the rules.
 
@@ -177,8 +186,8 @@ def simulate(
     R = schedule.pp
     s2r = schedule.stage_to_rank
     if schedule.directions > 1 and len(costs.forward) == schedule.chain:
-        costs, allgather_time, reduce_time, gather_buckets, reduce_buckets = _per_schedule_stage(
-            schedule, costs, allgather_time, reduce_time, gather_buckets, reduce_buckets)
+        costs, allgather_time, reduce_time, gather_buckets, reduce_buckets, reduce_contending = _per_schedule_stage(
+            schedule, costs, allgather_time, reduce_time, gather_buckets, reduce_buckets, reduce_contending)
     head, tail = _chain_ends(schedule)
     fwd = [float(x) for x in costs.forward]
     bi = [float(x) for x in costs.backward_input]
@@ -204,6 +213,7 @@ def simulate(
     ready_at = None
     floor = {}  # stage -> earliest end of its first forward: with gather buckets the last one arrives during it
     comm_events: list[list[tuple[str, int, float, float]]] = [[] for _ in range(R)]
+    comm_busy: list[list[tuple[float, float, float]]] = [[] for _ in range(R)]  # (start, end, share charged)
     comm_free = [0.0] * R
     if allgather_time is not None:
         ready_at = [0.0] * S
@@ -213,6 +223,7 @@ def simulate(
             for s in first_use[r]:
                 g = float(allgather_time[s])
                 comm_events[r].append(("allgather", s, t, t + g))
+                comm_busy[r].append((t, t + g, 1.0))
                 n = gather_buckets[s] if gather_buckets is not None else 1
                 ready_at[s] = t + g / n
                 t += g
@@ -236,14 +247,24 @@ def simulate(
             for end, begin, s in windows:
                 n = reduce_buckets[s] if reduce_buckets is not None else 1
                 share = float(reduce_time[s]) / n
+                charged = 1.0 if reduce_contending is None else float(reduce_contending[s])
                 first = None
                 for j in range(n):
                     start = max(t, begin + (end - begin) * (j + 1) / n)
                     first = start if first is None else first
                     t = start + share
+                    comm_busy[r].append((start, t, charged))
                 comm_events[r].append(("reduce", s, first, t))
             comm_free[r] = t
 
+    if contention > 0.0:
+        for r in range(R):
+            a, b = offsets[r], offsets[r + 1]
+            if b > a and comm_busy[r]:
+                lost = contention * _computing_during(starts[a:b], ends[a:b], comm_busy[r])
+                ends[b - 1] += lost
+                clock[r] += lost
+                busy[r] += lost
     makespan = max(max(clock), max(comm_free)) if R else 0.0
     events = _Events(schedule.actions, starts, ends, offsets)
     peak, peak_w, peak_rank, joint = order_peaks(schedule)
@@ -254,6 +275,32 @@ def simulate(
         saved = [sum(dur[_F][acts[j][1]] + dur[_B][acts[j + 1][1]] - pairs[acts[j][1], acts[j + 1][1]]
                      for j in schedule.paired[r]) for r, acts in enumerate(schedule.compiled)]
     return Timeline(events, comm_events, makespan, busy, bubble, peak, peak_w, peak_rank, saved, joint)
+
+
+def beside(compute: float, comm: float, share: float) -> float:
+    """Seconds of `compute` seconds of work run beside a collective of `comm` seconds that takes `share` of the
+    device while it runs: max(comm, compute + share * comm). At least both and at most their sum (share <= 1)."""
+    return max(comm, compute + share * comm)
+
+
+def _computing_during(starts, ends, intervals) -> float:
+    """Sum over `intervals` [(start, end, weight)] of weight x the seconds within [start, end] during which a rank
+    computes, its actions running from `starts` to `ends` in its order (a paired backward repeats its forward's
+    span: the spans' union is counted once)."""
+    s = np.asarray(starts, dtype=np.float64)
+    e = np.asarray(ends, dtype=np.float64)
+    reach = np.maximum.accumulate(np.concatenate(([-np.inf], e[:-1])))
+    s = np.maximum(s, reach)  # each span less what the spans before it covered
+    length = np.maximum(e - s, 0.0)
+    done = np.concatenate(([0.0], np.cumsum(length)))
+
+    def computed_by(t: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(s, t, side="right") - 1
+        inside = np.clip(t - s[np.maximum(i, 0)], 0.0, length[np.maximum(i, 0)])
+        return np.where(i >= 0, done[np.maximum(i, 0)] + inside, 0.0)
+
+    lo, hi, weight = (np.asarray(x, dtype=np.float64) for x in zip(*intervals))
+    return float(np.sum(weight * (computed_by(hi) - computed_by(lo))))
 
 
 def _chain_ends(schedule: Schedule) -> tuple[list[bool], list[bool]]:
@@ -289,8 +336,7 @@ def paired_seconds(forward: float, forward_comm: float, backward: float, backwar
     """Seconds of a forward and a full backward run as one overlapped pair (module docstring): between
     forward + backward - both communications (compute never hides compute) and forward + backward."""
     forward_compute, backward_compute = forward - forward_comm, backward - backward_comm
-    return (max(forward_comm, backward_compute + sm_share * forward_comm)
-            + max(backward_comm, forward_compute + sm_share * backward_comm))
+    return beside(backward_compute, forward_comm, sm_share) + beside(forward_compute, backward_comm, sm_share)
 
 
 def _pair_seconds(schedule: Schedule, costs: StageCosts, dur) -> dict[tuple[int, int], float]:

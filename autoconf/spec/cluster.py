@@ -186,6 +186,14 @@ class ClusterProfile:
         except KeyError:
             raise UserError(f"cluster {self.name} does not state efficiency {name!r}") from None
 
+    @property
+    def collective_sm_share(self) -> float:
+        """The share of the device's compute a collective running beside it takes (`efficiency`
+        "collective_sm_share": SMs and memory bandwidth the communication kernels hold); 0 when the profile does not
+        state it. `cost/simulate.beside` applies it wherever the cost model hides a collective behind compute."""
+        entry = self.efficiency.get("collective_sm_share")
+        return float(entry["value"]) if entry else 0.0
+
     def overhead(self, name: str) -> float:
         """A named framework overhead in seconds (`pass_overhead_s`, `step_overhead_s`); 0 when not stated."""
         entry = self.efficiency.get(name)
@@ -307,6 +315,9 @@ class ClusterProfile:
                     raise UserError(f"{source}: efficiency {key!r} is a time in seconds and must be >= 0")
                 if not key.endswith("_s") and value <= 0:
                     raise UserError(f"{source}: efficiency {key!r} must be a positive fraction of a peak, got {value}")
+                if key == "collective_sm_share" and value >= 1:
+                    raise UserError(f"{source}: efficiency 'collective_sm_share' is a share of the device and must be "
+                                    f"below 1, got {value}")
             collectives = dict(data.get("collectives") or {})
             for op, scopes in collectives.items():
                 for scope, points in dict(scopes).items():
