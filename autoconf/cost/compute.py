@@ -361,20 +361,24 @@ def attention_head_dim(model: ModelSpec) -> int:
     return model.head_dim
 
 
-def eager_elementwise_bytes(model: ModelSpec, c: ParallelConfig, ops: tuple[str, ...]) -> tuple[float, float]:
-    """Bytes one block moves for one micro-batch on one TP rank beyond the fused count of `_spec_pieces`, in the
-    forward and in the backward, when `ops` (`autoconf.spec.frameworks.EAGER_OPS`) run as torchtitan's Llama code
-    runs them without torch.compile: each torch op one kernel that reads its inputs and writes its output in full,
-    autograd's backward op by op. Per element (e: the compute dtype's bytes; fused: one read and one write per
-    forward, twice that per backward):
+def eager_elementwise_bytes(model: ModelSpec, c: ParallelConfig, ops: tuple[str, ...],
+                            moe: bool = False) -> tuple[float, float]:
+    """Bytes one block (an MoE block with `moe`) moves for one micro-batch on one TP rank beyond the fused count of
+    `_spec_pieces`, in the forward and in the backward, when `ops` (`autoconf.spec.frameworks.EAGER_OPS`) run as
+    torchtitan's Llama code (or autoconf's executor, its own ops) runs them without torch.compile: each torch op one
+    kernel that reads its inputs and writes its output in full, autograd's backward op by op (tests/
+    test_eager_bytes.py counts the executor's ops so, on CPU). Per element (e: the compute dtype's bytes; fused: one
+    read and one write per forward, twice that per backward):
 
       rmsnorm    forward x.float(), pow, mean, x * rsqrt, type_as, * weight: 28 + 4e (fused 2e); backward
                  (weight product and its reduction, the casts, both products of x * rsqrt and their sum, pow and
                  mean): 68 + 8e (fused 4e); two norms per block, on the sequence-parallel share
       rotary     forward float, complex product, type_as: 16 + 2e (fused 2e); backward the same (fused 4e);
                  on Q and K
+      rotate_half  forward x * cos, -x2, cat, * sin, the sum: 10e (fused 2e); backward g * sin, the negation,
+                 g * cos, two slice backwards and the two sums of x's gradients: 14e (fused 4e); on Q and K
       swiglu     forward silu, product: 5e (fused 3e); backward both products and silu's: 9e (fused 6e); on the
-                 ffn width
+                 ffn width (of an MoE block: every routed row's expert width and the shared experts')
       repeat_kv  grouped K and V copied to every query head: read kv, write q per token each; backward the sum
                  back; nothing when every head has its own K and V (the fused count has no copy at all)
 
@@ -395,8 +399,18 @@ def eager_elementwise_bytes(model: ModelSpec, c: ParallelConfig, ops: tuple[str,
         n = tokens * (q + kv) / t
         forward += 16 * n
         backward += (16 - 2 * e) * n
+    if "rotate_half" in ops:
+        n = tokens * (q + kv) / t
+        forward += 8 * e * n
+        backward += 10 * e * n
     if "swiglu" in ops:
         n = tokens * f / t
+        if moe:
+            from autoconf.cost.moe import tokens_per_rank
+
+            m = model.moe
+            n = (tokens_per_rank(c) * m.num_experts_per_tok * m.moe_intermediate_size
+                 + tokens * m.num_shared_experts * m.shared_expert_intermediate_size / t)
         forward += 2 * e * n
         backward += 3 * e * n
     if "repeat_kv" in ops and kv < q:
@@ -418,11 +432,17 @@ def loss_bytes_per_logit(ops: tuple[str, ...], e: int) -> tuple[float, float]:
                          pass (max, sum of exp, write: 16), nll_loss (a gather); backward nll_loss's zero-filled
                          gradient (4), log_softmax's backward (sum, then read both and write: 16) and the cast back
                          (4 + e)
+      executor_ce        autoconf's executor's (execute/loss.py): forward max (e), per chunk the fp32 copy (e + 4)
+                         shifted in place (8), exp in place (8) and summed (4); backward the copy (e + 4), in-place
+                         subtract, exp and scale (24), copied back into the logits (4 + e). fp32 logits need no
+                         copy: forward max, an out-of-place shift, exp and sum (24), backward the three in place (24)
     """
     if "vocab_parallel_ce" in ops:
         return 36.0 + e, 12.0 + e
     if "cross_entropy" in ops:
         return 20.0 + e, 24.0 + e
+    if "executor_ce" in ops:
+        return (24.0, 24.0) if e == 4 else (24.0 + 2 * e, 32.0 + 2 * e)
     return 16.0, 16.0
 
 
@@ -476,10 +496,13 @@ def fsdp_copy_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
 def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
                  execution: Execution | None = None) -> ModelPieces:
     """The specification model's pieces. The execution's eager ops are those it runs without torch.compile; under
-    the plan's `compile` on a GPU only those torch.compile leaves eager count (`compiled_ops`)."""
-    ops = execution.eager_ops if execution is not None else ()
-    if execution is not None and c.compile and cluster.device.kind == "gpu":
-        ops = compiled_ops(ops, execution.compile_loss)
+    the plan's `compile` on a GPU only those torch.compile leaves eager count (`compiled_ops`), and in MoE blocks all
+    of them where the framework leaves those blocks uncompiled (`Execution.compiles_moe_blocks`)."""
+    ex = execution if execution is not None else Execution()  # None: autoconf's executor
+    ops = moe_ops = ex.eager_ops
+    if c.compile and cluster.device.kind == "gpu":
+        ops = compiled_ops(ops, ex.compile_loss)
+        moe_ops = ops if ex.compiles_moe_blocks else moe_ops
     peak = cluster.device.peak(precision(c.dtype).element)
     mem_rate = cluster.device.memory_bandwidth_Bps * cluster.eff("memory")
     e = DTYPE_BYTES[c.dtype]
@@ -528,7 +551,8 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
         copies = routed_copy_bytes(model, c, execution is not None and execution.moe_fp8_padding) / mem_rate
         experts_scaling = PassTimes(*cast_seconds(cluster, c, *expert_cast_elements(model, c, routed_fp8)))
         mlp_scaling = PassTimes(*cast_seconds(cluster, c, *mlp_cast_elements(model, c)))
-        moe_rest = (PassTimes(mm + elementwise + copies, mm + 2 * elementwise + copies, mm) + eager + scaling
+        moe_eager = PassTimes(*(b / mem_rate for b in eager_elementwise_bytes(model, c, moe_ops, moe=True)), 0.0)
+        moe_rest = (PassTimes(mm + elementwise + copies, mm + 2 * elementwise + copies, mm) + moe_eager + scaling
                     + experts_scaling + mlp_scaling.scaled(-1))
 
     # Embedding: a gather of s*b rows (and learned positions); the weight backward scatters them into the dense

@@ -64,10 +64,22 @@ MEMORY_LAYOUTS = ("torch", "megatron")
 #                        cross_entropy_loss without torch.compile; its compile config compiles "model" and "loss")
 #   "vocab_parallel_ce"  Megatron's vocab-parallel cross entropy (megatron/core/tensor_parallel/cross_entropy.py):
 #                        fp32 copy, max, in-place subtract, exp, sum and divide, its backward in place; never compiled
-EAGER_OPS = ("rmsnorm", "rotary", "swiglu", "repeat_kv", "cross_entropy", "vocab_parallel_ce")
+#   "rotate_half"        autoconf's executor's rotary embedding (execute/model.py `_rope`): x * cos + cat(-x2, x1) *
+#                        sin as five kernels on Q and K
+#   "executor_ce"        autoconf's executor's cross entropy (execute/loss.py): max, then per row chunk an fp32 copy
+#                        shifted and exponentiated in place and summed; its backward the same copy, in-place subtract,
+#                        exp and scale, copied back into the logits
+EAGER_OPS = ("rmsnorm", "rotary", "swiglu", "repeat_kv", "cross_entropy", "vocab_parallel_ce", "rotate_half",
+             "executor_ce")
 # Ops torch.compile leaves as they are: the K/V copies (the attention kernel needs them materialized) and Megatron's
 # cross entropy (Megatron does not compile).
 NOT_COMPILED = ("repeat_kv", "vocab_parallel_ce")
+# The eager ops that are a loss: torch.compile fuses them only where the framework compiles its loss (`compile_loss`).
+LOSS_OPS = ("cross_entropy", "executor_ce")
+# autoconf's executor's own kernels where nothing is compiled (CPU, `compile` off, and its MoE blocks, which
+# parallelize.apply_compile leaves eager): its rotary and SwiGLU (nn.RMSNorm is torch's fused kernel; SDPA takes
+# grouped K/V) and its loss, which it never compiles.
+EXECUTOR_EAGER_OPS = ("rotate_half", "swiglu", "executor_ce")
 # Which attention kernel the framework's flash path runs: "fused" (cuDNN / Transformer Engine fused attention),
 # "fa2" (FlashAttention-2: torch's SDPA flash backend), "fa3" (FlashAttention-3, Hopper). The profile's
 # attention_curves give each kernel's speed over sequence length (cost/compute.py `attention_efficiency`); a profile
@@ -221,7 +233,11 @@ class Execution:
         `autoconf.cost.compute.fsdp_copy_bytes` counts them): the all-gather's copy-out into the unsharded
         parameters, the reduce-scatter's copy-in (one chunked copy that casts to the fp32 reduce dtype).
     compile_loss: under torch.compile the loss is compiled too (torchtitan 0.3.0's compile components "model" and
-        "loss"); False: it stays eager (torchtitan's train.py until 2025 left `torch.compile(loss_fn)` commented out).
+        "loss"); False: it stays eager (torchtitan's train.py until 2025 left `torch.compile(loss_fn)` commented out;
+        autoconf's executor compiles its blocks only).
+    compiles_moe_blocks: under torch.compile the MoE blocks are compiled too (torchtitan compiles every block, MoE
+        blocks with graph breaks allowed); False: they run eager with every op of `eager_ops` (autoconf's executor:
+        `parallelize.apply_compile` leaves them out, their routing has data-dependent shapes).
     transformer_engine: the megatron layout's blocks are Transformer Engine modules (Megatron-Core's TE layer spec):
         SwiGLU is one fused kernel that saves its input only; under fp8 the linear layers save their inputs as fp8
         and (without fp8_params) keep an fp8 copy of their weight and its transpose through the step
@@ -307,12 +323,13 @@ class Execution:
     selective_recompute: str = "attention_core"
     selective_policies: tuple[str, ...] = EXECUTOR_SELECTIVE
     executor_overheads: bool = True
-    eager_ops: tuple[str, ...] = ()
+    eager_ops: tuple[str, ...] = EXECUTOR_EAGER_OPS
     attention_kernel: str = "fused"
     cp_attention: str = "executor"
     cp_repeat_kv: bool = False
     fsdp_copies: bool = False
-    compile_loss: bool = True
+    compile_loss: bool = False
+    compiles_moe_blocks: bool = False
     transformer_engine: bool = False
     fp8_params: bool = False
     grad_buffer_dtype: str = "fp32"
@@ -595,7 +612,7 @@ PRESETS: dict[str, Execution] = {
         # each run's kernels. FSDP2's copy kernels beside its collectives: fsdp_copies. Its context parallelism is
         # torch's (parallelisms/parallelize_llama.py and utils.py create_context_parallel_ctx): cp_attention "torch".
         eager_ops=("rotary", "swiglu", "cross_entropy"), attention_kernel="fa2", cp_attention="torch",
-        fsdp_copies=True, loss_memory="torch",
+        fsdp_copies=True, loss_memory="torch", compile_loss=True, compiles_moe_blocks=True,
         torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),
                              ("always", "compile_loss=False", 'config.compile.components = ["model"]'),
                              ("always", "adam_kernels=foreach", 'config.optimizer.implementation = "foreach"'))),
@@ -643,7 +660,7 @@ def executor_torch_cp(config, dropout: float) -> bool:
 
 def compiled_ops(ops: tuple[str, ...], compile_loss: bool = True) -> tuple[str, ...]:
     """The eager ops that stay eager under torch.compile (`NOT_COMPILED`, and torch's loss unless it is compiled)."""
-    kept = NOT_COMPILED if compile_loss else NOT_COMPILED + ("cross_entropy",)
+    kept = NOT_COMPILED if compile_loss else NOT_COMPILED + LOSS_OPS
     return tuple(op for op in ops if op in kept)
 
 
@@ -665,7 +682,7 @@ def execution(name: str = DEFAULT) -> Execution:
 USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_reduce_start", "bucket_params",
               "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
               "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies",
-              "compile_loss", "transformer_engine", "fp8_params", "grad_buffer_dtype", "optimizer",
+              "compile_loss", "compiles_moe_blocks", "transformer_engine", "fp8_params", "grad_buffer_dtype", "optimizer",
               "optimizer_moments", "adam_kernels", "loss_memory",
               "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs",
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts",
