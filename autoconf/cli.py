@@ -140,6 +140,19 @@ gpn_option = click.option("--gpus-per-node", type=int, default=None, help="resiz
 headroom_option = click.option("--memory-headroom", type=click.FloatRange(0, 1, max_open=True), default=None,
                                help="fraction of device memory a plan must leave free (default: the profile's "
                                     "memory_headroom, 0.05 when it states none)")
+share_option = click.option("--collective-sm-share", type=click.FloatRange(0, 1, max_open=True), default=None,
+                            help="share of a device a collective takes from the compute it overlaps (default: the "
+                                 "profile's collective_sm_share, 0.159 on the GPU data sheets, 0 where it states "
+                                 "none; scripts/collective_contention.py measures it)")
+
+
+def with_overrides(cluster, memory_headroom: float | None, collective_sm_share: float | None):
+    """The profile with what the command line sets in place of its own values."""
+    if memory_headroom is not None:
+        cluster = cluster.with_memory_headroom(memory_headroom)
+    if collective_sm_share is not None:
+        cluster = cluster.with_collective_sm_share(collective_sm_share)
+    return cluster
 
 
 class AutoconfGroup(click.Group):
@@ -308,11 +321,12 @@ def profiles(as_json: bool) -> None:
 @click.option("--memory-picture", type=click.Path(dir_okay=False), default=None,
               callback=output_file, help="draw the memory breakdown of the rank that needs the most (PNG)")
 @headroom_option
+@share_option
 @user_errors
 def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, ep, etp, micro_batch, global_batch,
              seq_len, schedule, seq_chunks, seq_split, zero, recompute, recompute_layers, selective_recompute,
              sequence_parallel, dtype, attention, offload_activations, offload_optimizer, grad_reduce, framework,
-             framework_flags, as_json, out, force, memory_picture, memory_headroom) -> None:
+             framework_flags, as_json, out, force, memory_picture, memory_headroom, collective_sm_share) -> None:
     """Predict time and memory of one layout."""
     from autoconf.cost.estimate import estimate as run_estimate
     from autoconf.report.tables import prediction_table, print_table
@@ -321,9 +335,7 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
     from autoconf.spec.presets import load_model
 
     model = load_model(model_arg)
-    cluster = load_cluster(cluster_arg, nodes, gpus_per_node)
-    if memory_headroom is not None:
-        cluster = cluster.with_memory_headroom(memory_headroom)
+    cluster = with_overrides(load_cluster(cluster_arg, nodes, gpus_per_node), memory_headroom, collective_sm_share)
     if dtype:
         check_dtype(dtype, cluster.device.peak_flops, cluster.device.name)
     if selective_recompute is not None and recompute != "selective":
@@ -412,10 +424,11 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
               help="write pictures and launch scripts here", callback=output_path)
 @click.option("--force", is_flag=True, help="overwrite existing output files")
 @headroom_option
+@share_option
 @user_errors
 def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len, tokens_arg, price, deadline_arg,
          fix, dtype, attention, framework, framework_flags, top_k, as_json, out, explain_dir, force,
-         memory_headroom) -> None:
+         memory_headroom, collective_sm_share) -> None:
     """Search every sensible layout and write the best plan (with --tokens: time and cost to train; with a --nodes
     range: the best plan of every cluster size)."""
     from autoconf.report.tables import counted, hours, money, print_table, ranked_table, table_console
@@ -433,9 +446,8 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
         raise UserError("--price, --deadline and a --nodes range need --tokens (how many tokens to train on, e.g. "
                         "--tokens 2T)")
     model = load_model(model_arg)
-    cluster = load_cluster(cluster_arg, node_counts[0] if node_counts else None, gpus_per_node)
-    if memory_headroom is not None:
-        cluster = cluster.with_memory_headroom(memory_headroom)
+    cluster = with_overrides(load_cluster(cluster_arg, node_counts[0] if node_counts else None, gpus_per_node),
+                             memory_headroom, collective_sm_share)
     fixed = parse_fix(fix)
     seq_len = default_seq_len(model) if seq_len is None else seq_len
     if seq_len < 1:

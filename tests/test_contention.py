@@ -123,3 +123,40 @@ def test_the_contention_script_measures_a_share_on_two_gloo_ranks():
             assert 0.0 <= row["share_median"] < 1.0
         else:
             assert row["share_median"] is None
+
+
+def test_the_command_line_sets_the_share_for_estimate_and_plan():
+    """--collective-sm-share replaces the profile's value (0: none) in `estimate` and in every size `plan` weighs;
+    out of [0, 1) it is one line naming the range."""
+    from click.testing import CliRunner
+
+    from autoconf.cli import main
+
+    base = ["--model", "llama3-8b", "--cluster", "dgx-h100-80g", "--nodes", "1", "--tp", "1", "--pp", "1", "--dp",
+            "8", "--micro-batch", "2", "--global-batch", "16", "--seq-len", "8192", "--zero", "3", "--recompute",
+            "selective", "--json"]
+    runner = CliRunner()
+
+    def step(*extra) -> float:
+        result = runner.invoke(main, ["estimate", *base, *extra])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["prediction"]["iteration_time_s"]
+
+    profile, none, half = step(), step("--collective-sm-share", "0"), step("--collective-sm-share", "0.5")
+    model, cluster = PRESETS["llama3-8b"], load_cluster("dgx-h100-80g", nodes=1)
+    c = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=2, global_batch_size=16, seq_len=8192, zero_stage=3,
+                       recompute="selective")
+    assert none == pytest.approx(estimate(model, _without_share(cluster), c).prediction["iteration_time_s"])
+    assert none < profile < half
+    bad = runner.invoke(main, ["estimate", *base, "--collective-sm-share", "1"])
+    assert bad.exit_code == 2 and "--collective-sm-share" in bad.output and "Traceback" not in bad.output
+    sweeps = []
+    for share in ("0", "0.5"):
+        planned = runner.invoke(main, ["plan", "--model", "tiny-llama", "--cluster", "dgx-h100-80g", "--nodes", "1:2",
+                                       "--global-batch", "64", "--seq-len", "128", "--tokens", "1B",
+                                       "--collective-sm-share", share, "--json"])
+        assert planned.exit_code == 0, planned.output
+        sweeps.append({row["nodes"]: row["plan"]["prediction"]["iteration_time_s"]
+                       for row in json.loads(planned.stdout)["sweep"]})
+    assert sweeps[0].keys() == sweeps[1].keys() == {1, 2}
+    assert all(sweeps[1][n] >= sweeps[0][n] for n in (1, 2)) and sweeps[1][2] > sweeps[0][2]

@@ -194,6 +194,15 @@ class ClusterProfile:
         entry = self.efficiency.get("collective_sm_share")
         return float(entry["value"]) if entry else 0.0
 
+    def with_collective_sm_share(self, share: float, why: str = COMMAND_LINE) -> "ClusterProfile":
+        """The same profile with a collective taking `share` of the device from the compute beside it (0: none)."""
+        if not 0 <= share < 1:
+            raise UserError(f"collective SM share must be a fraction in [0, 1), got {share}")
+        efficiency = {k: v for k, v in self.efficiency.items() if k != "collective_sm_share"}
+        if share > 0:
+            efficiency["collective_sm_share"] = {"value": float(share), "why": why}
+        return dataclasses.replace(self, efficiency=efficiency)
+
     def overhead(self, name: str) -> float:
         """A named framework overhead in seconds (`pass_overhead_s`, `step_overhead_s`); 0 when not stated."""
         entry = self.efficiency.get(name)
