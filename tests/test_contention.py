@@ -20,8 +20,7 @@ from autoconf.spec.presets import PRESETS
 
 
 def _without_share(cluster):
-    efficiency = {k: v for k, v in cluster.efficiency.items() if k != "collective_sm_share"}
-    return dataclasses.replace(cluster, efficiency=efficiency)
+    return cluster.with_collective_sm_share(0.0)
 
 
 def test_gpu_data_sheets_state_the_share_and_cpu_profiles_do_not():
