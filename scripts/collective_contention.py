@@ -24,6 +24,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from autoconf.profile.timing import sync
+
 REPEATS = 5
 OPS = ("all_gather", "reduce_scatter")
 
@@ -49,8 +51,8 @@ class Clock:
 
 
 def settle(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    """Every stream of the device idle, every rank here."""
+    sync(device)
     dist.barrier()
 
 

@@ -404,13 +404,7 @@ def eager_elementwise_bytes(model: ModelSpec, c: ParallelConfig, ops: tuple[str,
         forward += 8 * e * n
         backward += 10 * e * n
     if "swiglu" in ops:
-        n = tokens * f / t
-        if moe:
-            from autoconf.cost.moe import tokens_per_rank
-
-            m = model.moe
-            n = (tokens_per_rank(c) * m.num_experts_per_tok * m.moe_intermediate_size
-                 + tokens * m.num_shared_experts * m.shared_expert_intermediate_size / t)
+        n = moe_swiglu_elements(model, c) if moe else tokens * f / t
         forward += 2 * e * n
         backward += 3 * e * n
     if "repeat_kv" in ops and kv < q:
@@ -418,6 +412,16 @@ def eager_elementwise_bytes(model: ModelSpec, c: ParallelConfig, ops: tuple[str,
         forward += copies
         backward += copies
     return forward, backward
+
+
+def moe_swiglu_elements(model: ModelSpec, c: ParallelConfig) -> float:
+    """Elements of an MoE layer's SwiGLU products on one rank for one micro-batch: every routed row at its expert's
+    width, and the shared experts' width over the rank's tokens."""
+    from autoconf.cost.moe import tokens_per_rank
+
+    m = model.moe
+    return (tokens_per_rank(c) * m.num_experts_per_tok * m.moe_intermediate_size
+            + c.seq_len * c.micro_batch_size * m.num_shared_experts * m.shared_expert_intermediate_size / c.tp)
 
 
 def loss_bytes_per_logit(ops: tuple[str, ...], e: int) -> tuple[float, float]:
@@ -516,7 +520,7 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     # efficiency["attention"] and streams the scores through memory (write, softmax read+write, dropout, read by AV).
     att_flops = model.layer_attention_flops(s, b) / t
     if c.attention == "flash":
-        eff_f, eff_b = attention_efficiency(cluster, execution, s, attention_head_dim(model))
+        eff_f, eff_b = attention_efficiency(cluster, ex, s, attention_head_dim(model))
         core_f = 0.5 * att_flops / (peak * eff_f)
         core_b = 2.5 * 0.5 * att_flops / (peak * eff_b)  # the backward recomputes the scores: 5 matmuls to 2
     else:
@@ -542,13 +546,13 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     block_rest = PassTimes(mm + elementwise, mm + 2 * elementwise, mm) + eager + scaling
     moe_rest = None
     if model.moe is not None:
-        routed_fp8 = execution is not None and execution.moe_fp8_routed_experts
+        routed_fp8 = ex.moe_fp8_routed_experts
         moe_mm, moe_elementwise = _moe_ffn_time(model, cluster, c, mem_rate, routed_fp8)
         mm = mm - gemms_time(cluster, precision(c.dtype).gemm, layer_gemms(model, s, b, t)[2:]) + moe_mm
         elementwise += moe_elementwise - 3 * s * b * f * e / t / mem_rate  # the dense MLP's SwiGLU product goes
         from autoconf.cost.moe import expert_cast_elements, routed_copy_bytes
 
-        copies = routed_copy_bytes(model, c, execution is not None and execution.moe_fp8_padding) / mem_rate
+        copies = routed_copy_bytes(model, c, ex.moe_fp8_padding) / mem_rate
         experts_scaling = PassTimes(*cast_seconds(cluster, c, *expert_cast_elements(model, c, routed_fp8)))
         mlp_scaling = PassTimes(*cast_seconds(cluster, c, *mlp_cast_elements(model, c)))
         moe_eager = PassTimes(*(b / mem_rate for b in eager_elementwise_bytes(model, c, moe_ops, moe=True)), 0.0)
@@ -585,11 +589,9 @@ def _moe_ffn_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, 
     dense, routed = expert_gemms(model, c)
     seconds = (gemms_time(cluster, gemm, dense)
                + gemms_time(cluster, gemm if routed_fp8 else p.element, routed) * load_imbalance(cluster))
-    m, e = model.moe, DTYPE_BYTES[c.dtype]
-    routed_tokens = tokens_per_rank(c) * m.num_experts_per_tok
-    shared = m.num_shared_experts * m.shared_expert_intermediate_size
-    nbytes = 3 * routed_tokens * m.moe_intermediate_size * e + 4 * routed_tokens * model.hidden_size * e
-    nbytes += 3 * c.seq_len * c.micro_batch_size * shared * e / c.tp
+    e = DTYPE_BYTES[c.dtype]
+    routed_tokens = tokens_per_rank(c) * model.moe.num_experts_per_tok
+    nbytes = 3 * moe_swiglu_elements(model, c) * e + 4 * routed_tokens * model.hidden_size * e
     return seconds, nbytes / mem_rate
 
 

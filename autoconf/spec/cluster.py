@@ -191,8 +191,7 @@ class ClusterProfile:
         """The share of the device's compute a collective running beside it takes (`efficiency`
         "collective_sm_share": SMs and memory bandwidth the communication kernels hold); 0 when the profile does not
         state it. `cost/simulate.beside` applies it wherever the cost model hides a collective behind compute."""
-        entry = self.efficiency.get("collective_sm_share")
-        return float(entry["value"]) if entry else 0.0
+        return self._stated("collective_sm_share")
 
     def with_collective_sm_share(self, share: float, why: str = COMMAND_LINE) -> "ClusterProfile":
         """The same profile with a collective taking `share` of the device from the compute beside it (0: none)."""
@@ -205,6 +204,10 @@ class ClusterProfile:
 
     def overhead(self, name: str) -> float:
         """A named framework overhead in seconds (`pass_overhead_s`, `step_overhead_s`); 0 when not stated."""
+        return self._stated(name)
+
+    def _stated(self, name: str) -> float:
+        """The value of the `efficiency` entry `name`, 0 when the profile does not state it."""
         entry = self.efficiency.get(name)
         return float(entry["value"]) if entry else 0.0
 

@@ -682,8 +682,8 @@ def execution(name: str = DEFAULT) -> Execution:
 USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_reduce_start", "bucket_params",
               "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
               "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies",
-              "compile_loss", "compiles_moe_blocks", "transformer_engine", "fp8_params", "grad_buffer_dtype", "optimizer",
-              "optimizer_moments", "adam_kernels", "loss_memory",
+              "compile_loss", "compiles_moe_blocks", "transformer_engine", "fp8_params", "grad_buffer_dtype",
+              "optimizer", "optimizer_moments", "adam_kernels", "loss_memory",
               "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs",
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts",
               "cp_attention", "cp_repeat_kv", "accumulation_sync", "megatron_fsdp", "keep_fp8_transpose")
