@@ -10,7 +10,8 @@ the estimate fuses what torch.compile fuses (`autoconf.spec.frameworks.compiled_
 torchtitan's layouts as its configs run them: FSDP2 over dp (fully_shard per block, reshard after forward without
 pipelining: ZeRO 3), tensor parallelism with sequence parallelism, one micro-batch per step (local batch = micro-batch),
 bf16 parameters with fp32 gradient reduction, flash (SDPA) attention; the Llama 3 / 3.1 presets (the 3.1 models differ
-from 3 only in RoPE scaling and context, which cost nothing here at seq 8192).
+from 3 only in RoPE scaling and context, which cost nothing here at seq 8192) and, for the April 2024 A100 table, the
+Llama 2 presets at seq 4096.
 
 Usage: python scripts/truth_torchtitan.py [--json]
 """
@@ -35,6 +36,8 @@ from truth_summary import error_line, error_stats
 
 DATA = Path(__file__).resolve().parent / "data" / "torchtitan_published.csv"
 GIB = 2**30
+# A row's activation checkpointing as its label names it (torchtitan's "op" policy is the data file's "selective").
+AC_LABELS = {"none": "no AC", "selective": "AC op", "full": "AC full", "selective-layer": "AC every {k} blocks"}
 
 
 def read_rows(path: Path = DATA) -> list[dict]:
@@ -55,8 +58,8 @@ def execution_of(row: dict) -> Execution:
     compile rows' fusion is the config's `compile` field (`config_of`); their loss stayed eager (`compile_loss`:
     9dec370's train.py leaves `torch.compile(loss_fn)` commented out). AdamW ran torch's foreach kernels
     (`adam_kernels`): `--optimizer.fused` was an opt-in flag at 9dec370 and 9515a140b (torchtitan/optimizer.py passes
-    `foreach=not fused`) that none of the runs' train configs sets, and 1ea476e9f's train.py builds AdamW with
-    `foreach=True`; torchtitan 0.3.0, the preset, defaults to the fused kernel."""
+    `foreach=not fused`) that none of the runs' train configs sets, and 1ea476e9f's (and 395a52627's, the Llama 2
+    rows') train.py builds AdamW with `foreach=True`; torchtitan 0.3.0, the preset, defaults to the fused kernel."""
     ops = ("rotary", "swiglu", "repeat_kv", "cross_entropy") + (("rmsnorm",) if row["norm_type"] == "rmsnorm" else ())
     return execution("torchtitan").replace(eager_ops=ops, compile_loss=False, adam_kernels="foreach")
 
@@ -100,7 +103,7 @@ def compare() -> dict:
     rows, skipped, tps_errors, mem_errors = [], [], [], []
     for row in read_rows():
         label = (f"{row['source']}: {row['model']} {row['gpus']} GPUs tp{row['tp']} dp{row['dp']} b{row['local_batch']}"
-                 + (f" AC every {row['ac_every']} blocks" if row["ac_every"] else "")
+                 + f" {AC_LABELS[row['recompute']].format(k=row['ac_every'])}"
                  + (" compile" if row["compile"] == "1" else ""))
         reason = not_modelled(row)
         if reason:
@@ -146,16 +149,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print("torchtitan published runs vs estimate, framework=torchtitan (profile per row from the data file)")
-    print(f"{'row':62s} {'profile':25s} {'tok/s/GPU pub':>13s} {'pred':>6s} {'error':>8s} "
+    print(f"{'row':77s} {'profile':25s} {'tok/s/GPU pub':>13s} {'pred':>6s} {'error':>8s} "
           f"{'GiB pub':>8s} {'resvd':>6s} {'error':>8s} {'peak':>6s}")
     for r in result["rows"]:
         mem_pub = f"{r['published_memory_GiB']:8.1f}" if r["published_memory_GiB"] else f"{'-':>8s}"
         mem_err = f"{r['memory_error_pct']:+7.2f}%" if r["memory_error_pct"] is not None else f"{'-':>8s}"
-        print(f"{r['row']:62s} {r['profile']:25s} {r['published_tokens_per_s_per_gpu']:13.0f} "
+        print(f"{r['row']:77s} {r['profile']:25s} {r['published_tokens_per_s_per_gpu']:13.0f} "
               f"{r['predicted_tokens_per_s_per_gpu']:6d} {r['tps_error_pct']:+7.2f}% {mem_pub} "
               f"{r['predicted_reserved_GiB']:6.1f} {mem_err} {r['predicted_memory_GiB']:6.1f}")
     for r in result["not_modelled"]:
-        print(f"{r['row']:62s} not modelled: needs {r['needs']}")
+        print(f"{r['row']:77s} not modelled: needs {r['needs']}")
     s = result["summary"]
     throughput = error_line(s["throughput_mean_abs_error_pct"], s["throughput_max_abs_error_pct"], s["throughput_rows"])
     memory = error_line(s["memory_mean_abs_error_pct"], s["memory_max_abs_error_pct"], s["memory_rows"])
