@@ -1,9 +1,13 @@
-"""Compares `estimate` with the published Megatron-LM runs of Korthikanti et al. 2022 on A100 (Selene).
+"""Compares `estimate` with the published Megatron-LM runs of Korthikanti et al. 2022 and Narayanan et al. 2021 on A100
+(Selene).
 
-Time: the eight end-to-end iteration times of Table 5 (four models x {full recompute, sequence parallel + selective
-recompute}) and the 530B run scaled to 8-way data parallelism (Sec. 6.3). Memory: the activation memory of the first
-pipeline stage against the paper's own closed form (Table 2 per layer x layers x the interleaving factor of Eq. 5) for
-each recompute mode; the paper publishes no measured per-GPU bytes (its Figures 1 and 7 are drawn from that formula).
+Time: the eight end-to-end iteration times of Korthikanti's Table 5 (four models x {full recompute, sequence parallel +
+selective recompute}) and the 530B run scaled to 8-way data parallelism (Sec. 6.3). Memory: the activation memory of
+the first pipeline stage against the paper's own closed form (Table 2 per layer x layers x the interleaving factor of
+Eq. 5) for each recompute mode; the paper publishes no measured per-GPU bytes (its Figures 1 and 7 are drawn from that
+formula). Throughput: Narayanan et al.'s Table 1 (weak scaling, 1.7B to 1T on 32 to 3072 GPUs), each run as the
+authors' SC21 scripts launch it (micro-batch, interleaving, DDP implementation: the data file's `artifact` fields);
+its TFLOP/s per GPU come from the paper's Eq. 3, so the iteration time is Eq. 3's FLOPs over GPUs x TFLOP/s.
 
 Nothing here is fitted: the A100 profile's efficiencies are properties of the GPU and the network, the same for every
 model. Usage: python scripts/truth_megatron.py [--json]
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from autoconf.cost.estimate import estimate
@@ -46,6 +51,57 @@ def _paper_activation_bytes(model, c: ParallelConfig, mode: str) -> float:
                  "full": 2 * s * b * h}[mode]
     factor = 1 + (c.pp - 1) / (c.pp * c.vpp) if c.vpp > 1 else 1.0
     return per_layer * model.num_layers * factor
+
+
+def _eq3_flops(run: dict) -> float:
+    """FLOPs of one iteration by Narayanan et al.'s Eq. 3 (full recompute: 96 B s l h^2 (1 + s/(6h) + V/(16 l h))), the
+    count behind Table 1's TFLOP/s."""
+    b, s, l, h, v = run["global_batch"], run["seq_len"], run["layers"], run["hidden"], run["vocab"]
+    return 96 * b * s * l * h * h * (1 + s / (6 * h) + v / (16 * l * h))
+
+
+def narayanan_model(run: dict):
+    """Table 1's GPT (hidden, heads, layers, 4h FFN, vocabulary 51200, seq 2048) as Korthikanti's GPT presets are built:
+    the gpt-22b preset with the row's shape."""
+    return replace(PRESETS["gpt-22b"], name=f"gpt-{run['params_b']}b-sc21", num_layers=run["layers"],
+                   hidden_size=run["hidden"], num_heads=run["heads"], num_kv_heads=run["heads"],
+                   head_dim=run["hidden"] // run["heads"], ffn_hidden_size=4 * run["hidden"], vocab_size=run["vocab"],
+                   max_seq_len=run["seq_len"])
+
+
+def narayanan_execution(run: dict):
+    """The `megatron` preset as Megatron-LM of the SC21 scripts (6985e58938, 2021-08) ran: fp16 gradients (--fp16
+    leaves fp32 accumulation off). --DDP-impl local: a hook adds each gradient into the main-gradient buffer every
+    micro-batch (no gradient accumulation fusion before 2022) and the buffer is all-reduced after the flush.
+    --DDP-impl torch: torch's DistributedDataParallel reduces 25 MB buckets (12.5M fp16 gradients, its default
+    bucket_cap_mb) during the last micro-batch's backward; autograd accumulates the gradients of earlier micro-batches
+    itself (uncounted: only the 18.4B row has more than one, under 0.3% of its step)."""
+    if run["ddp_impl"] == "torch":
+        flags = {"grad_reduce_start": "per_bucket", "bucket_params": 25e6 / 2}
+    else:
+        flags = {"grad_accumulation_fusion": False}
+    return execution("megatron").replace(grad_buffer_dtype="fp16", **flags)
+
+
+def narayanan_rows(data: dict) -> tuple[list[dict], list[float]]:
+    rows, errors = [], []
+    for run in data["narayanan2021"]:
+        model = narayanan_model(run)
+        cluster = load_cluster("dgx-a100-80g", nodes=run["gpus"] // 8)
+        c = ParallelConfig(tp=run["tp"], pp=run["pp"], dp=run["dp"], vpp=run["vpp"],
+                           micro_batch_size=run["micro_batch"], global_batch_size=run["global_batch"],
+                           seq_len=run["seq_len"], schedule="interleaved-1f1b" if run["vpp"] > 1 else "1f1b",
+                           recompute="full", dtype="fp16", attention="standard")
+        plan = estimate(model, cluster, c, execution=narayanan_execution(run))
+        predicted_s = plan.prediction["iteration_time_s"]
+        tflops = _eq3_flops(run) / (run["gpus"] * predicted_s) / 1e12
+        error = tflops / run["tflops_per_gpu"] - 1
+        errors.append(abs(error))
+        rows.append({"model": f"{run['params_b']}B", "layout": f"tp{run['tp']} pp{run['pp']} dp{run['dp']}",
+                     "gpus": run["gpus"], "micro_batch": run["micro_batch"], "vpp": run["vpp"], "ddp": run["ddp_impl"],
+                     "published_tflops_per_gpu": run["tflops_per_gpu"], "predicted_tflops_per_gpu": round(tflops, 1),
+                     "predicted_s": round(predicted_s, 2), "error_pct": round(100 * error, 2)})
+    return rows, errors
 
 
 def main() -> int:
@@ -82,11 +138,14 @@ def main() -> int:
             mem_errors.append(abs(error))
             mem_rows.append({"model": run["model"], "mode": mode, "paper_GiB": round(paper / 2**30, 2),
                              "predicted_GiB": round(ours / 2**30, 2), "error_pct": round(100 * error, 2)})
+    sc21_rows, sc21_errors = narayanan_rows(data)
     (time_mean, time_max, _), (mem_mean, mem_max, _) = error_stats(errors), error_stats(mem_errors)
+    sc21_mean, sc21_max, _ = error_stats(sc21_errors)
     summary = {"time_mean_abs_error_pct": time_mean, "time_max_abs_error_pct": time_max,
-               "activation_memory_mean_abs_error_pct": mem_mean, "activation_memory_max_abs_error_pct": mem_max}
+               "activation_memory_mean_abs_error_pct": mem_mean, "activation_memory_max_abs_error_pct": mem_max,
+               "narayanan2021_mean_abs_error_pct": sc21_mean, "narayanan2021_max_abs_error_pct": sc21_max}
     if "--json" in sys.argv:
-        print(json.dumps({"time": rows, "memory": mem_rows, "summary": summary}, indent=2))
+        print(json.dumps({"time": rows, "memory": mem_rows, "narayanan2021": sc21_rows, "summary": summary}, indent=2))
         return 0
     print("Iteration time vs Korthikanti et al. 2022 (A100 80GB, Selene), framework=megatron, standard attention")
     print(f"{'model':10s} {'mode':13s} {'published s':>11s} {'predicted s':>11s} {'error':>8s} {'MFU':>6s}")
@@ -101,6 +160,16 @@ def main() -> int:
         print(f"{r['model']:10s} {r['mode']:15s} {r['paper_GiB']:10.2f} {r['predicted_GiB']:13.2f} "
               f"{r['error_pct']:+7.2f}%")
     print(f"activation memory: {error_line(mem_mean, mem_max, len(mem_rows), 'points')}")
+    print()
+    print("Throughput vs Narayanan et al. 2021 Table 1 (A100 80GB, Selene; runs as examples/sc21/run_table_1.sh sets "
+          "them), framework=megatron, fp16, full recompute, standard attention")
+    print(f"{'model':8s} {'layout':16s} {'GPUs':>5s} {'mb':>3s} {'vpp':>3s} {'DDP':5s} {'TFLOP/s pub':>11s} "
+          f"{'pred':>6s} {'step s':>7s} {'error':>8s}")
+    for r in sc21_rows:
+        print(f"{r['model']:8s} {r['layout']:16s} {r['gpus']:5d} {r['micro_batch']:3d} {r['vpp']:3d} {r['ddp']:5s} "
+              f"{r['published_tflops_per_gpu']:11.0f} {r['predicted_tflops_per_gpu']:6.1f} {r['predicted_s']:7.2f} "
+              f"{r['error_pct']:+7.2f}%")
+    print(f"TFLOP/s per GPU: {error_line(sc21_mean, sc21_max, len(sc21_rows), 'runs')}")
     return 0
 
 

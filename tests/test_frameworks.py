@@ -410,6 +410,39 @@ def test_megatron_grad_buffer_passes_cost_their_bytes_once_per_step_and_only_in_
         core.replace(grad_buffer_passes=("zero", "memset"))
 
 
+def test_unfused_gradient_accumulation_adds_one_hook_pass_per_block_and_micro_batch():
+    """Without gradient accumulation fusion (Megatron-LM before 2022, `--no-gradient-accumulation-fusion`) every
+    micro-batch's backward adds each block gradient into the main-gradient buffer: the gradient read, the buffer read
+    and written, at the element-wise rate. With no pipeline and no data parallelism the step is longer by exactly
+    micro-batches x layers x those bytes; the fused default and the torch layout move nothing; the flag on the torch
+    layout is one line naming the fix, and the Megatron exporters ask for what was modelled."""
+    from autoconf.cost.compute import grad_accumulation_bytes
+    from autoconf.cost.moe import block_local_params
+    from autoconf.spec.frameworks import parse_flags
+
+    gpt, a100 = MODELS["gpt-22b"], load_cluster("dgx-a100-80g")
+    c = ParallelConfig(tp=8, pp=1, dp=1, micro_batch_size=1, global_batch_size=4, seq_len=2048, recompute="full",
+                       dtype="fp16", attention="standard")
+    fused = execution("megatron").replace(grad_buffer_dtype="fp16")
+    hooks = fused.replace(grad_accumulation_fusion=False)
+    per_block = grad_accumulation_bytes(gpt, c, hooks)
+    assert per_block == (2 + 2 * 2) * sum(block_local_params(gpt, c, False))
+    assert grad_accumulation_bytes(gpt, c, fused) == 0 == grad_accumulation_bytes(gpt, c, execution("torchtitan"))
+    assert grad_accumulation_bytes(gpt, c, hooks.replace(grad_buffer_dtype="fp32")) == (2 + 2 * 4) / 6 * per_block
+    with_hooks, without = (estimate(gpt, a100, c, execution=ex).prediction["iteration_time_s"]
+                           for ex in (hooks, fused))
+    rate = a100.device.memory_bandwidth_Bps * a100.eff("memory")
+    assert with_hooks - without == pytest.approx(c.num_microbatches * gpt.num_layers * per_block / rate)
+    assert parse_flags(["grad_accumulation_fusion=false"]) == {"grad_accumulation_fusion": False}
+    with pytest.raises(UserError, match="grad_accumulation_fusion=true"):
+        execution("torchtitan").replace(grad_accumulation_fusion=False)
+    for name in ("megatron", "megatron-core"):
+        preset = execution(name)
+        assert "--no-gradient-accumulation-fusion" not in preset.export_lines("megatron", c)
+        assert preset.replace(grad_accumulation_fusion=False).export_lines("megatron", c).count(
+            "--no-gradient-accumulation-fusion") == 1
+
+
 def test_foreach_adamw_moves_80_bytes_per_parameter_where_fused_moves_28():
     """torch's foreach AdamW (`adam_kernels`, the torchtitan of the Dec 2024 benchmarks) runs eight element-wise
     kernels over the rank's sharded fp32 state: 80/28 of the fused kernel's time on a specification profile, the

@@ -91,8 +91,8 @@ def test_the_loss_holds_what_its_cross_entropy_keeps():
 
 def test_memory_flags_reject_what_no_framework_runs():
     """Unknown values and TE / apex flags on the torch layout are one-line errors naming what would work."""
-    with pytest.raises(UserError, match="grad_buffer_dtype 'fp16' is none of fp32, bf16"):
-        CORE.replace(grad_buffer_dtype="fp16")
+    with pytest.raises(UserError, match="grad_buffer_dtype 'fp64' is none of fp32, bf16, fp16"):
+        CORE.replace(grad_buffer_dtype="fp64")
     with pytest.raises(UserError, match="loss_memory"):
         CORE.replace(loss_memory="chunked")
     with pytest.raises(UserError, match="megatron memory layout"):

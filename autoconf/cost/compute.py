@@ -488,13 +488,29 @@ def fsdp_copy_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution | 
     return gather, (gather if c.zero_stage == 3 else 0.0) + reduce
 
 
-def fsdp_copy_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
+def grad_accumulation_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution | None,
+                            moe: bool = False) -> float:
+    """Bytes the megatron layout's gradient hooks move per block (an MoE block with `moe`) and micro-batch on one
+    rank when the execution has no gradient accumulation fusion: every parameter's gradient, written by its GEMM in
+    the compute dtype, added into the main-gradient buffer (`param.main_grad.add_(param.grad)`: a read of it, a read
+    and a write of the buffer). 0 with the fusion, whose GEMMs accumulate in place (their epilogue, inside the GEMM
+    time), and for the torch layout."""
+    if execution is None or execution.memory_layout != "megatron" or execution.grad_accumulation_fusion:
+        return 0.0
+    from autoconf.cost.moe import block_local_params
+
+    per_param = DTYPE_BYTES[c.dtype] + 2 * execution.grad_buffer_bytes
+    return per_param * sum(block_local_params(model, c, moe))
+
+
+def side_kernels_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
                    execution: Execution | None, moe: bool = False) -> PassTimes:
-    """Seconds of `fsdp_copy_bytes` per block (an MoE block with `moe`) and micro-batch at the profile's element-wise
-    rate, in the forward and in the input-gradient pass. Not part of the pieces: recompute repeats none of it."""
+    """Seconds of the per-block kernels beside a block's own, per micro-batch at the profile's element-wise rate:
+    `fsdp_copy_bytes` in the forward and in the input-gradient pass, `grad_accumulation_bytes` in the
+    weight-gradient pass (an MoE block with `moe`). Not part of the pieces: recompute repeats none of it."""
     forward, backward = fsdp_copy_bytes(model, c, execution, moe)
     rate = cluster.device.memory_bandwidth_Bps * cluster.eff("memory")
-    return PassTimes(forward / rate, backward / rate, 0.0)
+    return PassTimes(forward / rate, backward / rate, grad_accumulation_bytes(model, c, execution, moe) / rate)
 
 
 def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,

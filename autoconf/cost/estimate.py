@@ -30,7 +30,7 @@ import numpy as np
 from autoconf.cost.comm import collective_time, p2p_time, slowest_collective_time
 from autoconf.cost.cp_ring import dkv_bytes, sdpa_kv_bytes, torch_ring, transfers
 from autoconf.cost.compute import (PassTimes, attention_gemms, causal_span_share, cpu_share, cpu_share_alone,
-                                   fsdp_copy_time, gemms_time, layer_gemms, measured_tp_layer, model_pieces,
+                                   side_kernels_time, gemms_time, layer_gemms, measured_tp_layer, model_pieces,
                                    rank_optimizer_time, seq_chunk_bounds)
 from autoconf.cost.memory import (attention_matmuls, cp_kv_bytes, rank_params, reduced_grad_bytes, stage_block_activation_bytes,
                                   stage_expert_params, stage_memory, stage_params, stage_replicated_params)
@@ -501,7 +501,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             layer_one = one
             tp = PassTimes((per_layer.forward + 2 * grow) * layers,
                            (per_layer.backward_input + 2 * grow) * layers + regather, 0.0)
-        copies = fsdp_copy_time(model, cluster, c, execution)  # FSDP2's copy kernels per block (not recomputed)
+        copies = side_kernels_time(model, cluster, c, execution)  # FSDP2 copies, gradient hooks (not recomputed)
         compute = (pieces.block + copies).scaled(layers)
         recompute = recompute_time(pieces, c, layer_one, matmul_share, only) * recomputed[st]
         ep = PassTimes(0.0, 0.0, 0.0)
@@ -512,7 +512,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             exchange, exchange_back = exchange_of(rank)
             r_moe = moe_layers(model, first, first + recomputed[st])
             compute = ((pieces.block + copies).scaled(layers - n_moe)
-                       + (moe_pieces.block + fsdp_copy_time(model, cluster, c, execution, moe=True)).scaled(n_moe))
+                       + (moe_pieces.block + side_kernels_time(model, cluster, c, execution, moe=True)).scaled(n_moe))
             recompute_exchange = exchange * r_moe if c.recompute == "full" else 0.0
             recompute = (recompute_time(pieces, c, layer_one, matmul_share, only) * (recomputed[st] - r_moe)
                          + (recompute_time(moe_pieces, c, layer_one, moe_share, only)

@@ -101,9 +101,11 @@ ATTENTION_KERNELS = ("fused", "fa2", "fa3")
 #               always runs its own; the planner plans GPUs, so the preset describes CUDA.
 CP_ATTENTION = ("kernel", "torch", "executor")
 # The megatron memory layout's main-gradient buffer (what the gradients accumulate in and are reduced from): "fp32"
-# (Megatron-LM under --bf16, --accumulate-allreduce-grads-in-fp32) or "bf16" (Megatron-Bridge's
-# grad_reduce_in_fp32=False; NeMo 1.x's distributed Adam with grad_sync_dtype bf16).
-GRAD_BUFFER_DTYPES = ("fp32", "bf16")
+# (Megatron-LM under --bf16, --accumulate-allreduce-grads-in-fp32), "bf16" (Megatron-Bridge's
+# grad_reduce_in_fp32=False; NeMo 1.x's distributed Adam with grad_sync_dtype bf16) or "fp16" (Megatron-LM under
+# --fp16, which leaves --accumulate-allreduce-grads-in-fp32 off: the gradients in the parameters' dtype, 2021's
+# Narayanan et al. runs).
+GRAD_BUFFER_DTYPES = ("fp32", "bf16", "fp16")
 # Passes a framework makes over the megatron layout's whole main-gradient buffer once per step on the compute stream
 # (each of the rank's parameters, before ZeRO sharding, at `Execution.grad_buffer_bytes`), with the reads and writes
 # each costs:
@@ -246,6 +248,11 @@ class Execution:
         and its transpose replace the bf16 weight) instead of bf16 plus TE's cached fp8 copies.
     grad_buffer_dtype: see GRAD_BUFFER_DTYPES; the megatron layout reduces its gradients in it (the torch layout
         holds and reduces fp32 gradients). optimizer: see OPTIMIZERS. loss_memory: see LOSS_MEMORY.
+    grad_accumulation_fusion: the megatron layout's weight-gradient GEMMs accumulate into the main-gradient buffer
+        (Megatron-LM's gradient accumulation fusion: added in 83b1e42f30, 2022-02-13, for fp32 buffers and in
+        07916bf245, 2022-09-27, for fp16; on unless --no-gradient-accumulation-fusion). False: each GEMM writes the
+        parameter's gradient and a hook adds it into the buffer every micro-batch (`param.main_grad.add_(
+        param.grad)`: Megatron-LM before then, e.g. the SC21 runs), `autoconf.cost.compute.grad_accumulation_bytes`.
     adam_kernels: see ADAM_KERNELS (specification profiles; a measured profile times the executor's own step).
     optimizer_moments: the dtype of the megatron layout's two Adam moments (MOMENTS_DTYPES; Megatron-Core's
         --use-precision-aware-optimizer with --exp-avg-dtype and --exp-avg-sq-dtype), "" for the precision recipe's
@@ -333,6 +340,7 @@ class Execution:
     transformer_engine: bool = False
     fp8_params: bool = False
     grad_buffer_dtype: str = "fp32"
+    grad_accumulation_fusion: bool = True
     optimizer: str = "megatron"
     optimizer_moments: str = ""
     adam_kernels: str = "fused"
@@ -385,6 +393,9 @@ class Execution:
         elif self.grad_buffer_passes and self.memory_layout != "megatron":
             out.append("grad_buffer_passes describe the megatron layout's main-gradient buffer; the torch layout has "
                        "none (set grad_buffer_passes=none)")
+        if self.memory_layout != "megatron" and not self.grad_accumulation_fusion:
+            out.append("grad_accumulation_fusion describes the megatron layout's main-gradient buffer; the torch "
+                       "layout has none (leave grad_accumulation_fusion=true)")
         if self.memory_layout != "megatron" and (self.transformer_engine or self.optimizer != "megatron"):
             out.append("transformer_engine and optimizer describe the megatron memory layout; the torch layout is the "
                        "executor's own")
@@ -543,7 +554,8 @@ class Execution:
         """The settings of `target` ("megatron" arguments or "torchtitan" config-module statements) that make it run
         `config` as modelled; settings that apply to a feature the config does not use are left out."""
         entries = {"megatron": self.megatron_args, "torchtitan": self.torchtitan_settings}[target]
-        return [line for when, flag, line in entries if _applies(when, config) and self._holds(flag, config)]
+        lines = [line for when, flag, line in entries if _applies(when, config) and self._holds(flag, config)]
+        return list(dict.fromkeys(lines))  # one flag asked for by two features is written once
 
     def _holds(self, flag: str, config) -> bool:
         name, _, value = flag.partition("=")
@@ -573,7 +585,8 @@ PRESETS: dict[str, Execution] = {
         blocking_p2p=True, p2p_scatter_gather=True,
         executor_overheads=False, eager_ops=("vocab_parallel_ce",), grad_buffer_passes=("zero", "scale"),
         cp_attention="kernel", loss_memory="copy",
-        megatron_args=(("sharded", "memory_layout=megatron", "--use-distributed-optimizer"),)),
+        megatron_args=(("sharded", "memory_layout=megatron", "--use-distributed-optimizer"),
+                       ("always", "grad_accumulation_fusion=False", "--no-gradient-accumulation-fusion"))),
     "megatron-core": Execution(
         # ZeRO-3 is Megatron-FSDP (`megatron_fsdp`: with grad_reduce microbatch, which the search gives it).
         name="megatron-core", memory_layout="megatron", zero_stages=(0, 1, 3), zero_searched=(0, 1, 3),
@@ -591,6 +604,7 @@ PRESETS: dict[str, Execution] = {
                        ("dp", "averages_in_collective", "--ddp-average-in-collective"),
                        ("ep", "runs_pairs", "--overlap-moe-expert-parallel-comm"),
                        ("ep", "runs_pairs", "--delay-wgrad-compute"),
+                       ("always", "grad_accumulation_fusion=False", "--no-gradient-accumulation-fusion"),
                        ("zero3", "megatron_fsdp", "--use-megatron-fsdp"),
                        ("zero3", "megatron_fsdp", "--data-parallel-sharding-strategy optim_grads_params"),
                        ("zero3", "megatron_fsdp", "--no-gradient-accumulation-fusion"),
@@ -683,7 +697,7 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
               "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies",
               "compile_loss", "compiles_moe_blocks", "transformer_engine", "fp8_params", "grad_buffer_dtype",
-              "optimizer", "optimizer_moments", "adam_kernels", "loss_memory",
+              "grad_accumulation_fusion", "optimizer", "optimizer_moments", "adam_kernels", "loss_memory",
               "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs",
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts",
               "cp_attention", "cp_repeat_kv", "accumulation_sync", "megatron_fsdp", "keep_fp8_transpose")
