@@ -46,11 +46,12 @@ def _predict(run: dict, dtype: str) -> dict:
         # Every torchtitan pair ran under torch.compile (the data file's notes), with the K/V copies of its Llama
         # code of Dec 2024 and Jun 2025 (repeat_kv).
         execution = execution.replace(eager_ops=("repeat_kv",))
-    execution = execution.replace(**run.get("framework_flags", {}))  # what the source's code ran (its note says)
+    flags = {k: tuple(v) if isinstance(v, list) else v for k, v in run.get("framework_flags", {}).items()}
+    execution = execution.replace(**flags)  # what the source's code ran (its note says)
     model, config = PRESETS[run["model"]], _config(run, dtype)
     p = estimate(model, cluster, config, execution=execution, detail=False).prediction
-    reserved = (reserved_bytes(model, cluster, config, p["peak_memory_bytes"]) if run["framework"] == "torchtitan"
-                else None)
+    reserved = (reserved_bytes(model, cluster, config, p["peak_memory_bytes"], execution)
+                if run["framework"] == "torchtitan" else None)
     return {"tokens_per_s_per_gpu": p["tokens_per_s"] / run["gpus"], "memory_gib": p["peak_memory_bytes"] / GiB,
             "reserved_gib": None if reserved is None else reserved / GiB}
 
@@ -107,7 +108,9 @@ def main() -> int:
               "reserve, the allocated peak beside it)")
         for r in memory:
             for dtype in ("bf16", "fp8"):
-                m = r[dtype]
+                m = r.get(dtype)
+                if m is None or "published_gib" not in m:
+                    continue
                 print(f"{r['run']:20s} {dtype:5s} published {m['published_gib']:6.1f} reserved {m['reserved_gib']:6.1f} "
                       f"peak {m['peak_gib']:6.1f}")
     print()

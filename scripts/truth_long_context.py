@@ -56,7 +56,7 @@ def torchtitan_rows(data: dict) -> list[dict]:
         assert ex.name == common["framework"]
         p = estimate(model, cluster, c, execution=ex, detail=False).prediction
         tps = p["tokens_per_s"] / common["gpus"]
-        gib = reserved_bytes(model, cluster, c, p["peak_memory_bytes"]) / GIB
+        gib = reserved_bytes(model, cluster, c, p["peak_memory_bytes"], ex) / GIB
         out.append({"row": f"fsdp{fsdp} cp{cp} seq {row['seq_len']}", "published_tps": row["tokens_per_s_per_gpu"],
                     "predicted_tps": round(tps),
                     "tps_error_pct": round(100 * (tps / row["tokens_per_s_per_gpu"] - 1), 1),

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from autoconf.cost.estimate import estimate
-from autoconf.cost.memory import largest_block_bytes, rank_params
+from autoconf.cost.memory import largest_block_bytes, loss_compiled, rank_params
 from autoconf.cost.moe import local_params
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import Execution, execution
@@ -64,21 +64,23 @@ def execution_of(row: dict) -> Execution:
     return execution("torchtitan").replace(eager_ops=ops, compile_loss=False, adam_kernels="foreach")
 
 
-def reserved_bytes(model, cluster, c: ParallelConfig, peak: float) -> float:
+def reserved_bytes(model, cluster, c: ParallelConfig, peak: float, execution: Execution | None = None) -> float:
     """What torch's caching allocator reports as max reserved (torchtitan's logged memory) for a one-micro-batch
     FSDP2 step whose estimated peak is `peak` (at the loss backward): the peak less the CUDA context (the profile's
     memory_overhead_bytes, outside the allocator's count), plus blocks the allocator keeps cached and cannot hand to
     the peak's requests. Its pools are per size and per stream (blocks are reused only for requests they fit, on the
     stream that allocated them) and it gives cached blocks back only when cudaMalloc fails, so at the peak it still
-    holds: the low-precision logits block, freed (`del pred`) before the loss backward asks for fp32 blocks twice its
-    size; in FSDP2's reduce-scatter stream, the previous step's sharded fp32 gradients (set to None by zero_grad,
+    holds: the low-precision logits block, freed (`del pred`) before an eager loss backward asks for fp32 blocks twice
+    its size (a compiled loss, `memory.loss_compiled` under `execution`, keeps the logits for its backward, which asks
+    for one block of their size: nothing cached); in FSDP2's reduce-scatter stream, the previous step's sharded fp32 gradients (set to None by zero_grad,
     4/dp bytes per parameter) and one block's fp32 reduce-scatter input; in its all-gather stream, one block's
     gathered parameters. Under context parallelism the logits are the rank's seq_len / cp tokens' and the
     gradients shard over dp x cp (torchtitan's dp_shard x cp mesh). Not measured on a GPU here: a reading of the
     allocator's rules (c10/cuda/CUDACachingAllocator.cpp) against torchtitan's train step and FSDP2's streams."""
     e = DTYPE_BYTES[c.dtype]
     layer = largest_block_bytes(model, c)
-    cached = e * c.local_seq_len * c.micro_batch_size * model.vocab_size / c.tp
+    cached = 0.0 if loss_compiled(c, execution, cluster.device.kind) else (
+        e * c.local_seq_len * c.micro_batch_size * model.vocab_size / c.tp)
     if c.zero_sharded:
         whole = sum(local_params(c, *rank_params(model, [[0, model.num_layers]], [0])))
         cached += 4 * whole / c.dp_cp + 4 * layer + e * layer
@@ -126,7 +128,7 @@ def compare() -> dict:
                "predicted_memory_GiB": round(p["peak_memory_bytes"] / GIB, 1),
                "published_memory_GiB": float(row["memory_gib"]) if row["memory_gib"] else None,
                "memory_error_pct": None}
-        reserved = reserved_bytes(model, cluster, c, p["peak_memory_bytes"])
+        reserved = reserved_bytes(model, cluster, c, p["peak_memory_bytes"], execution_of(row))
         out["predicted_reserved_GiB"] = round(reserved / GIB, 1)
         if out["published_memory_GiB"]:
             mem_error = reserved / GIB / out["published_memory_GiB"] - 1

@@ -100,6 +100,42 @@ def test_estimate_is_the_peak_torch_tracks(dtype, tp):
     assert peak <= estimate <= 1.02 * peak
 
 
+def test_torchs_loss_compiled_keeps_the_logits_and_per_row_statistics_only():
+    """torch's F.cross_entropy on an fp32 copy (torchtitan's loss) keeps fp32 copies of the logits for its backward;
+    compiled with inductor (torchtitan compiles its loss with its model) the graph keeps the bf16 logits and per-row
+    statistics only, and its backward writes the logits' gradient at their dtype in one kernel: the estimate's loss
+    term is 12 bytes per logit eager and the logits plus their gradient (2 x 2 bytes) compiled on a GPU, the eager
+    count wherever the plan or the framework does not compile the loss."""
+    from autoconf.spec.frameworks import execution
+
+    def loss_fn(pred, labels):
+        return F.cross_entropy(pred.flatten(0, 1).float(), labels.flatten(0, 1))
+
+    pred = torch.randn(2, 16, 300, dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.randint(0, 300, (2, 16))
+    kept = {}
+    for name, fn in (("eager", loss_fn), ("compiled", torch.compile(loss_fn, backend="inductor"))):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x) or x, lambda x: x):
+            loss = fn(pred, labels)
+        (grad,) = torch.autograd.grad(loss, pred)
+        assert grad.dtype == torch.bfloat16
+        kept[name] = sum(x.nbytes for x in saved if x.data_ptr() != pred.data_ptr()) / pred.numel()
+    assert kept["eager"] >= 8 and kept["compiled"] < 0.1  # per logit beyond the logits: fp32 copies, or per-row
+
+    spec = dataclasses.replace(PRESETS["gpt3-1.3b"], vocab_size=4000)
+    titan = execution("torchtitan")  # compile_loss: compiles its loss with the model
+    c = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=2, global_batch_size=2, seq_len=128, dtype="bf16",
+                       compile=True)
+    logits = 2 * 128 * 4000
+    assert logits_temporary_bytes(spec, c, "torch", titan, "gpu") == 2 * 2 * logits
+    for eager_case in (dict(device_kind="cpu"), dict(execution=titan.replace(compile_loss=False)),
+                       dict(config=dataclasses.replace(c, compile=False))):
+        args = {"config": c, "execution": titan, "device_kind": "gpu", **eager_case}
+        assert logits_temporary_bytes(spec, args["config"], "torch", args["execution"], args["device_kind"]) == (
+            12 * logits)
+
+
 def _vocab_parallel_rank(rank, world, queue):
     """One TP rank: the loss and gradient of its vocabulary slice of the same [3, 9, 37] logits, with `rank_loss`."""
     import torch.distributed as dist

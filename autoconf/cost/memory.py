@@ -449,20 +449,26 @@ def moe_exchange_saved_bytes(model: ModelSpec, config: ParallelConfig) -> float:
 LOSS_BYTES_PER_LOGIT = {"copy": 8, "inplace": 4, "fused": 0}  # beyond the logits (spec.frameworks.LOSS_MEMORY)
 
 
+def loss_compiled(config: ParallelConfig, execution: Execution | None, device_kind: str) -> bool:
+    """Whether torch.compile compiles the loss of `config`: the plan compiles on a GPU and the framework compiles its
+    loss with its blocks (`Execution.compile_loss`)."""
+    return bool(execution and execution.compile_loss and config.compile and device_kind == "gpu")
+
+
 def logits_temporary_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
-                           execution: Execution | None = None) -> float:
+                           execution: Execution | None = None, device_kind: str = "gpu") -> float:
     """Peak bytes of the loss on the last stage for one micro-batch, by the execution's loss (`Execution.loss_memory`,
     spec.frameworks.LOSS_MEMORY; without an execution Megatron 2022's in the megatron layout, the executor's in the
     torch layout): the logits and what the cross entropy holds beside them, over the rank's vocabulary slice. The
     executor's (execute/loss.py) holds one of `EXECUTOR_LOSS_CHUNKS` row chunks' fp32 temporary at a time and
-    `EXECUTOR_LOSS_ROW_BYTES` per row."""
+    `EXECUTOR_LOSS_ROW_BYTES` per row; torch's compiled (`loss_compiled`) the logits and their gradient."""
     c = config
     kind = execution.loss_memory if execution else ("copy" if layout == "megatron" else Execution().loss_memory)
     vocab = model.vocab_size / c.tp
     rows = c.local_seq_len * c.micro_batch_size
     e = DTYPE_BYTES[c.dtype]
     if kind == "torch":
-        return rows * vocab * 12
+        return rows * vocab * (2 * e if loss_compiled(c, execution, device_kind) else 12)
     if kind == "executor":
         chunk_rows = math.ceil(rows / min(EXECUTOR_LOSS_CHUNKS, rows))
         return rows * vocab * e + chunk_rows * vocab * 4 + EXECUTOR_LOSS_ROW_BYTES * rows
@@ -1117,7 +1123,7 @@ def temporary_terms(model: ModelSpec, config: ParallelConfig, layout: str, devic
     block's saved activations copied back for its backward (a recomputed block's when the rank recomputes every
     layer it holds), with the block rebuilt when it recomputes."""
     c = config
-    terms = [Temporary(logits_temporary_bytes(model, c, layout, execution), ("last",)),
+    terms = [Temporary(logits_temporary_bytes(model, c, layout, execution, device_kind), ("last",)),
              Temporary(cp_buffer_bytes(model, c, execution))]
     whole_block = c.recompute == "full" or (c.recompute == "selective" and selective == "alternate_matmuls")
     if whole_block:

@@ -142,7 +142,10 @@ MOMENTS_DTYPES = ("", "fp32", "bf16")
 #   "fused"    Transformer Engine's parallel cross entropy (Megatron-Core's cross_entropy_fusion_impl "te"): the
 #              kernel writes the gradient into the logits (0 bytes beyond them)
 #   "torch"    torch's F.cross_entropy on an fp32 copy (torchtitan 0.2 and its published runs): the logits go with the
-#              copy, the fp32 log-softmax is kept and its backward makes two fp32 gradients (12 bytes)
+#              copy, the fp32 log-softmax is kept and its backward makes two fp32 gradients (12 bytes). Compiled
+#              (the plan's `compile` on a GPU with `compile_loss`: torchtitan since bbb1b616e, 2025-04-02): the
+#              graph keeps the logits and per-row statistics only, its backward writes their gradient in one kernel
+#              (the logits and e bytes beside them; traced on CPU, tests/test_loss.py)
 #   "executor" autoconf's executor (execute/loss.py): the logits, which receive their own gradient, and one of
 #              EXECUTOR_LOSS_CHUNKS row chunks' fp32 temporary at a time (4 bytes per logit of the chunk: the fp32
 #              copy shifted in place, or for fp32 logits the shifted chunk; the backward works in the copy or in place)
