@@ -504,7 +504,7 @@ def grad_accumulation_bytes(model: ModelSpec, c: ParallelConfig, execution: Exec
 
 
 def side_kernels_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
-                   execution: Execution | None, moe: bool = False) -> PassTimes:
+                      execution: Execution | None, moe: bool = False) -> PassTimes:
     """Seconds of the per-block kernels beside a block's own, per micro-batch at the profile's element-wise rate:
     `fsdp_copy_bytes` in the forward and in the input-gradient pass, `grad_accumulation_bytes` in the
     weight-gradient pass (an MoE block with `moe`). Not part of the pieces: recompute repeats none of it."""

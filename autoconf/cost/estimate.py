@@ -30,8 +30,8 @@ import numpy as np
 from autoconf.cost.comm import collective_time, p2p_time, slowest_collective_time
 from autoconf.cost.cp_ring import dkv_bytes, sdpa_kv_bytes, torch_ring, transfers
 from autoconf.cost.compute import (PassTimes, attention_gemms, causal_span_share, cpu_share, cpu_share_alone,
-                                   side_kernels_time, gemms_time, layer_gemms, measured_tp_layer, model_pieces,
-                                   rank_optimizer_time, seq_chunk_bounds)
+                                   gemms_time, layer_gemms, measured_tp_layer, model_pieces, rank_optimizer_time,
+                                   seq_chunk_bounds, side_kernels_time)
 from autoconf.cost.memory import (attention_matmuls, cp_kv_bytes, rank_params, reduced_grad_bytes, stage_block_activation_bytes,
                                   stage_expert_params, stage_memory, stage_params, stage_replicated_params)
 from autoconf.cost.mtp import mtp_pass_times
