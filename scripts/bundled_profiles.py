@@ -277,6 +277,44 @@ H100_96G_500W = gpu_profile(
                                              "power-capped peak above"),
     }, H100["attention_curves"])
 
+# DGX B200: the first Blackwell profile, from data sheets only. Dense peaks of the HGX/DGX B200 at its 1000 W limit
+# (NVIDIA's Blackwell figures are printed with sparsity; the dense ones are half): 2250 TFLOP/s bf16/fp16, 4500 fp8,
+# 1100 tf32, 80 fp32 (NVIDIA Blackwell architecture technical brief's HGX B200 table, as collected at
+# glennklockwood.com/garden/processors/B200, read 2026-12-05). Nothing of its efficiency is measured: every fraction,
+# the GEMM size curve and the attention curves are the Hopper profiles' (a fraction of this part's own peak), an
+# assumption that the truth rows test (scripts/truth_nemo.py, its DGX-B200 table). One published observation bears
+# on it: a B200's SM clock fell from 1965 to about 1580 MHz under back-to-back FlashAttention-4 (flashinfer-ai/
+# flashinfer PR #2899, docs/gpu.md), a power-limited clock like the H100's under load.
+B200_DENSE_PEAK = {"bf16": 2250e12, "fp16": 2250e12, "fp32": 80e12, "tf32": 1100e12, "fp8": 4500e12}
+B200 = gpu_profile(
+    "dgx-b200-180g",
+    "DGX B200 nodes: 8x B200 (Blackwell; dense 2250 TFLOP/s bf16/fp16, 4500 fp8, 1100 tf32, 80 fp32 at the 1000 W "
+    "limit; 180 GB HBM3e at 8 TB/s), NVLink 5 through NVSwitch (1.8 TB/s bidirectional = 900 GB/s per direction per "
+    "GPU), eight single-port ConnectX-7 400 Gb/s NICs (50 GB/s per direction per GPU), 2 TB host memory and dual Intel "
+    "Xeon Platinum 8570 (NVIDIA DGX B200 data sheet, https://www.nvidia.com/en-us/data-center/dgx-b200/: 1,440 GB "
+    "total GPU memory, 64 TB/s HBM3e bandwidth, 14.4 TB/s aggregate NVLink). Every efficiency, the GEMM size curve and "
+    "the attention curves are the dgx-h100-80g profile's fractions applied to this part's peaks: assumed, not measured "
+    "on Blackwell.",
+    {"name": "B200-SXM-180GB", "kind": "gpu", "memory_bytes": 180e9, "memory_bandwidth_Bps": 8e12,
+     "peak_flops": B200_DENSE_PEAK, "memory_overhead_bytes": 1.5 * GiB},
+    link(5e-6, 900e9), link(8e-6, 50e9),
+    {
+        **H100["efficiency"],
+        "matmul": eff(H100_SUSTAINED_MATMUL, "the H100 SXM5's sustained large-GEMM fraction at its power limit "
+                                             "(measured on an H200, docs/gpu.md), assumed for this part's peak; "
+                                             "not measured on Blackwell"),
+        "comm_intra": eff(0.80, "as on H100 (NCCL over NVLink at 0.8 of the per-direction bandwidth), assumed for "
+                                "NVLink 5: 720 of 900 GB/s"),
+    }, H100["attention_curves"],
+    data_sheet_host(
+        2e12, 64e9, 2 * 8 * 44.8e9,
+        "NVIDIA DGX B200 data sheet (https://www.nvidia.com/en-us/data-center/dgx-b200/): 2 TB system memory, dual "
+        "Intel Xeon Platinum 8570; the GPUs' host links taken as PCIe Gen5 x16, 64 GB/s per direction (the CPUs' "
+        "PCIe generation); adam_s_per_param derived, not measured: AdamW moves "
+        f"{ADAM_BYTES_PER_PARAM} bytes per parameter (cost/compute.py ADAM_BYTES_PER_PARAM) at the node's DDR5 "
+        "bandwidth shared by its 8 ranks, 2 sockets x 8 channels DDR5-5600 x 44.8 GB/s = 716.8 GB/s (Intel ark, Xeon "
+        "Platinum 8570: 8 channels DDR5-5600), a lower bound on the step time"))
+
 CPU = {
     "version": 1, "kind": "cluster", "name": "cpu-local", "source": "specification", "backend": "gloo",
     "description": "This machine as a small cluster: one node of CPU ranks, one thread each, talking gloo over "
@@ -304,7 +342,8 @@ CPU = {
 
 def files() -> dict[str, str]:
     """File name -> text of every profile this script owns in autoconf/profiles/."""
-    return {f"{p['name']}.json": json.dumps(p, indent=2) + "\n" for p in (A100, H100, H200, H100_96G_500W, H800, CPU)}
+    return {f"{p['name']}.json": json.dumps(p, indent=2) + "\n" for p in (A100, H100, H200, H100_96G_500W, H800, B200,
+                                                                          CPU)}
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Compares `estimate` with NVIDIA's published NeMo / Megatron-Core pre-training throughput on DGX-H100.
+"""Compares `estimate` with NVIDIA's published NeMo / Megatron-Core pre-training throughput on DGX-H100 and DGX-B200.
 
-Data: scripts/data/published_nemo.json, one entry per published table (NeMo 24.07's FP8 table and Megatron-Bridge's
-25.11 H100 table), each citing its page, release and date, and the recipe files its unprinted flags come from.
+Data: scripts/data/published_nemo.json, one entry per published table (NeMo 24.07's FP8 table, Megatron-Bridge's
+25.11 H100 and B200 tables, 25.09's token-drop row), each citing its page, release and date, and the recipe files its
+unprinted flags come from.
 
-Every row is estimated with the `megatron-core` framework preset on the bundled `dgx-h100-80g` profile (data-sheet
+Every row is estimated with the `megatron-core` framework preset on the bundled profile its table names (`profile`:
+`dgx-h100-80g` unless stated; the B200 table `dgx-b200-180g`, whose efficiencies are the H100's, assumed; data-sheet
 numbers, nothing fitted) and the row's own layout: #GPUs, global and micro batch, sequence length, TP, PP, CP, VP and
 precision as printed. What the tables do not print is taken from the recipe files of the same release (cited in the
 data file), one rule for every row, never chosen per row to improve agreement:
@@ -28,7 +30,8 @@ data file), one rule for every row, never chosen per row to improve agreement:
   sets moe_a2a_overlap, Megatron-Core's combined 1F1B (the preset's `overlap_paired_chunks`, NCCL's all-to-all taking
   the profile's `collective_sm_share`: see `execution_of`); each row's "note" in the data file cites the recipe.
 Rows that need what autoconf cannot express print "not modelled: <reason>" and count in no mean. "fits": the predicted
-peak within the profile's usable memory (80 GiB less its headroom); every published run trained on 80 GB H100s.
+peak within the profile's usable memory (its device's memory less its headroom); every published run trained on the
+table's system.
 `--memory` prints the peak rank of each row term by term beside Megatron-LM's own theoretical estimate; `--terms`
 what one MoE block costs a rank per micro-batch in each MoE row, term by term, and the step's terms.
 
@@ -141,12 +144,13 @@ def execution_of(row: dict, table: dict):
     return execution(FRAMEWORK).replace(**{**flags, **OVERRIDES})
 
 
-def cluster_of(row: dict):
-    return load_cluster(PROFILE, nodes=row["gpus"] // 8)
+def cluster_of(row: dict, table: dict):
+    """The table's profile (`PROFILE` unless it names one) with the row's nodes of 8 GPUs."""
+    return load_cluster(table.get("profile", PROFILE), nodes=row["gpus"] // 8)
 
 
 def predict(row: dict, table: dict, model: ModelSpec, dtype: str) -> dict:
-    cluster = cluster_of(row)
+    cluster = cluster_of(row, table)
     c = config_of(row, dtype)
     assert c.world_size == row["gpus"], row
     p = estimate(model, cluster, c, execution=execution_of(row, table), detail=False).prediction
@@ -224,7 +228,7 @@ def memory_breakdown(row: dict, table: dict, models: dict) -> dict:
     model = model_of(row, models, row["tp"])
     c = config_of(row, row["precision"])
     ex = execution_of(row, table)
-    plan = estimate(model, cluster_of(row), c, execution=ex, detail=False)
+    plan = estimate(model, cluster_of(row, table), c, execution=ex, detail=False)
     memory = plan.prediction["memory_per_stage"]
     rank = max(range(len(memory)), key=lambda r: memory[r]["total"])
     owner = stage_to_rank(c.schedule, c.pp, c.vpp)
@@ -275,7 +279,7 @@ def moe_block_terms(row: dict, table: dict, models: dict) -> dict:
     in place of a dense MLP's), the copies of the routed rows (`cost/moe.routed_copy_bytes`), the rest of the
     element-wise work (norms, SwiGLU, the permutation to and from the all-to-all); and the step's terms (s)."""
     model = model_of(row, models, row["tp"])
-    c, ex, cluster = config_of(row, row["precision"]), execution_of(row, table), cluster_of(row)
+    c, ex, cluster = config_of(row, row["precision"]), execution_of(row, table), cluster_of(row, table)
     pieces = model_pieces(model, cluster, c, execution=ex)
     gemm = precision(c.dtype).gemm
     dense, routed = expert_gemms(model, c)
@@ -329,7 +333,8 @@ def compare() -> dict:
         rows = [compare_row(row, models, table) for row in table["rows"]]
         summary = {dtype: _stats([r["error_pct"] for r in rows if "error_pct" in r and r["precision"] == dtype])
                    for dtype in ("fp8", "bf16")}
-        tables.append({"id": table["id"], "title": table["title"], "rows": rows, "summary": summary})
+        tables.append({"id": table["id"], "title": table["title"], "profile": table.get("profile", PROFILE),
+                       "rows": rows, "summary": summary})
     every = [r for t in tables for r in t["rows"]]
     summary = {dtype: _stats([r["error_pct"] for r in every if "error_pct" in r and r["precision"] == dtype])
                for dtype in ("fp8", "bf16")}
@@ -338,11 +343,15 @@ def compare() -> dict:
     summary["predicted_fp8_speedup"] = ({"min": min(speedups), "max": max(speedups), "n": len(speedups)}
                                         if speedups else {})
     modelled = [r for r in every if "fits" in r]
+    profiles = {t.get("profile", PROFILE): t for t in data["tables"]}
     summary["memory"] = {"fit": sum(r["fits"] for r in modelled), "n": len(modelled),
-                         "usable_gib": round(cluster_of({"gpus": 8}).usable_memory_bytes / GiB, 2),
+                         "usable_gib": {name: [round(cluster.usable_memory_bytes / GiB, 2),
+                                               round(cluster.device.memory_bytes / GiB, 2)]
+                                        for name, cluster in ((name, cluster_of({"gpus": 8}, t))
+                                                              for name, t in profiles.items())},
                          "peak_gib": {"min": min(r["peak_memory_gib"] for r in modelled),
                                       "max": max(r["peak_memory_gib"] for r in modelled)} if modelled else {}}
-    return {"profile": PROFILE, "framework": FRAMEWORK, "tables": tables, "summary": summary}
+    return {"framework": FRAMEWORK, "tables": tables, "summary": summary}
 
 
 def block_gaps(data: dict) -> list[dict]:
@@ -359,7 +368,7 @@ def block_gaps(data: dict) -> list[dict]:
             model = model_of(row, models, row["tp"])
             if model.moe is not None:
                 continue
-            c, ex, cluster = config_of(row, row["precision"]), execution_of(row, table), cluster_of(row)
+            c, ex, cluster = config_of(row, row["precision"]), execution_of(row, table), cluster_of(row, table)
             predicted = predict(row, table, model, row["precision"])["tokens_per_s_per_gpu"]
             tokens_per_gpu = c.global_batch_size * c.seq_len / row["gpus"]
             excess = (tokens_per_gpu / row["tokens_per_s_per_gpu"] - tokens_per_gpu / predicted) / (
@@ -402,11 +411,11 @@ def main() -> int:
     if "--json" in sys.argv:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"NeMo / Megatron-Core published H100 pre-training vs estimate, framework={result['framework']}"
+    print(f"NeMo / Megatron-Core published pre-training vs estimate, framework={result['framework']}"
           + "".join(f", {k}={v}" for k, v in OVERRIDES.items())
-          + f", profile={result['profile']} (tokens/s per GPU; error = predicted / published - 1)")
+          + " (tokens/s per GPU; error = predicted / published - 1)")
     for table in result["tables"]:
-        print(f"\n{table['title']} [{table['id']}]")
+        print(f"\n{table['title']} [{table['id']}, profile {table['profile']}]")
         print(f"{'row':16s} {'prec':4s} {'GPUs':>5s} {'layout':20s} {'published':>9s} {'pred':>8s} {'error':>8s} "
               f"{'FLOPs':>5s} {'GiB':>5s} {'fits':>4s} {'pred bf16':>9s} {'fp8/bf16':>8s}")
         for r in table["rows"]:
@@ -430,8 +439,9 @@ def main() -> int:
               f"rows (no BF16 row of these layouts is published)")
     m = result["summary"]["memory"]
     if m["n"]:
-        print(f"  memory: {m['fit']} of {m['n']} published layouts predicted to fit ({m['usable_gib']:.1f} GiB usable "
-              f"of 80 GiB, the profile's headroom; every run was on 80 GB H100s); predicted peaks "
+        usable = ", ".join(f"{name} {u:.1f} of {total:.1f} GiB" for name, (u, total) in m["usable_gib"].items())
+        print(f"  memory: {m['fit']} of {m['n']} published layouts predicted to fit (usable: {usable}, the profile's "
+              f"headroom; each run on its table's system); predicted peaks "
               f"{m['peak_gib']['min']:.1f} to {m['peak_gib']['max']:.1f} GiB")
     return 0
 

@@ -210,3 +210,16 @@ def test_remembered_hash_follows_equality():
                    else spec.replace(tp_comm_overlap=not spec.tp_comm_overlap))
         fields = tuple(getattr(changed, f.name) for f in dataclasses.fields(changed) if f.compare)
         assert changed != spec and hash(changed) == hash(fields) != hash(spec)
+
+
+def test_a_measured_gpu_profile_starts_from_its_parts_data_sheet():
+    """`autoconf profile` on a GPU reads the part's dense peaks and its base data-sheet profile by device name, the
+    most specific name first: a GB200's B200 (1200 W) is not read as an HGX B200 (1000 W), and a B200 starts from
+    dgx-b200-180g, a bundled profile."""
+    from autoconf.profile.hardware import base_profile_for, known_gpu
+
+    assert known_gpu("NVIDIA B200")[0]["bf16"] == 2250e12 == load_cluster("dgx-b200-180g").device.peak("bf16")
+    assert known_gpu("NVIDIA GB200")[0]["bf16"] == 2500e12
+    for name, base in (("NVIDIA B200", "dgx-b200-180g"), ("NVIDIA H100 80GB HBM3", "dgx-h100-80g"),
+                       ("NVIDIA A100-SXM4-80GB", "dgx-a100-80g")):
+        assert base_profile_for(name) == base and base in bundled_profiles()

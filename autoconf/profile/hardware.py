@@ -29,10 +29,15 @@ KNOWN_GPUS = [
     ("H100", {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12, "fp32": 67e12}, 3.35e12),  # SXM (HBM3)
     ("A100-SXM4-80GB", {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}, 2.039e12),
     ("A100", {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}, 1.555e12),
+    # Dense peaks at the part's power limit (NVIDIA's Blackwell technical brief): GB200's B200 at 1200 W, HGX /
+    # DGX B200 at 1000 W.
+    ("GB200", {"bf16": 2500e12, "fp16": 2500e12, "tf32": 1250e12, "fp32": 90e12}, 8e12),
+    ("B200", {"bf16": 2250e12, "fp16": 2250e12, "tf32": 1100e12, "fp32": 80e12}, 8e12),
 ]
 
 # The base profile whose efficiencies a GPU profile starts from, by device-name substring.
-BASE_FOR_GPU = [("H100", "dgx-h100-80g"), ("H200", "dgx-h200-141g"), ("A100", "dgx-a100-80g")]
+BASE_FOR_GPU = [("H100", "dgx-h100-80g"), ("H200", "dgx-h200-141g"), ("A100", "dgx-a100-80g"),
+                ("B200", "dgx-b200-180g")]
 
 _SUFFIX = {"": 1, "B": 1, "K": 1 << 10, "KB": 1000, "KIB": 1 << 10, "M": 1 << 20, "MB": 1000 ** 2,
            "MIB": 1 << 20, "G": 1 << 30, "GB": 1000 ** 3, "GIB": 1 << 30, "T": 1 << 40, "TB": 1000 ** 4,
