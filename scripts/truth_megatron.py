@@ -5,9 +5,12 @@ Time: the eight end-to-end iteration times of Korthikanti's Table 5 (four models
 selective recompute}) and the 530B run scaled to 8-way data parallelism (Sec. 6.3). Memory: the activation memory of
 the first pipeline stage against the paper's own closed form (Table 2 per layer x layers x the interleaving factor of
 Eq. 5) for each recompute mode; the paper publishes no measured per-GPU bytes (its Figures 1 and 7 are drawn from that
-formula). Throughput: Narayanan et al.'s Table 1 (weak scaling, 1.7B to 1T on 32 to 3072 GPUs), each run as the
-authors' SC21 scripts launch it (micro-batch, interleaving, DDP implementation: the data file's `artifact` fields);
-its TFLOP/s per GPU come from the paper's Eq. 3, so the iteration time is Eq. 3's FLOPs over GPUs x TFLOP/s.
+formula). Per layer: Korthikanti's Table 4 (one layer of the 22B, forward + backward, in five modes) against the
+estimate's one layer, read as the difference of the step's compute, recompute and TP terms with the model's layers
+and with one layer fewer (the estimate itself, no layer-level formula of its own). Throughput: Narayanan et al.'s
+Table 1 (weak scaling, 1.7B to 1T on 32 to 3072 GPUs), each run as the authors' SC21 scripts launch it (micro-batch,
+interleaving, DDP implementation: the data file's `artifact` fields); its TFLOP/s per GPU come from the paper's Eq. 3,
+so the iteration time is Eq. 3's FLOPs over GPUs x TFLOP/s.
 
 Nothing here is fitted: the A100 profile's efficiencies are properties of the GPU and the network, the same for every
 model. Usage: python scripts/truth_megatron.py [--json]
@@ -51,6 +54,29 @@ def _paper_activation_bytes(model, c: ParallelConfig, mode: str) -> float:
                  "full": 2 * s * b * h}[mode]
     factor = 1 + (c.pp - 1) / (c.pp * c.vpp) if c.vpp > 1 else 1.0
     return per_layer * model.num_layers * factor
+
+
+def korthikanti_layer_rows(data: dict) -> tuple[list[dict], list[float]]:
+    """Korthikanti Table 4: one 22B layer's forward + backward (ms) per mode against the estimate's, the difference of
+    the step's compute + recompute + TP time between the model and the model with one layer fewer (pp 1, one
+    micro-batch: no bubble, pipeline or data-parallel term moves)."""
+    run = next(r for r in data["korthikanti2022"] if r["model"] == "gpt-22b")
+    model, cluster = PRESETS[run["model"]], load_cluster("dgx-a100-80g", nodes=run["gpus"] // 8)
+    rows, errors = [], []
+    for mode, (recompute, sp) in MEMORY_MODES.items():
+        published = run["per_layer_ms"][mode]["total"]
+        c = _config(run, recompute, sp)
+
+        def layer_terms(spec) -> float:
+            terms = estimate(spec, cluster, c, execution=execution("megatron")).prediction["time_breakdown"]
+            return terms["compute"] + terms["recompute"] + terms["tp_comm"]
+
+        predicted = 1e3 * (layer_terms(model) - layer_terms(replace(model, num_layers=model.num_layers - 1)))
+        error = predicted / published - 1
+        errors.append(abs(error))
+        rows.append({"mode": mode, "published_ms": published, "predicted_ms": round(predicted, 2),
+                     "error_pct": round(100 * error, 2)})
+    return rows, errors
 
 
 def _eq3_flops(run: dict) -> float:
@@ -138,14 +164,18 @@ def main() -> int:
             mem_errors.append(abs(error))
             mem_rows.append({"model": run["model"], "mode": mode, "paper_GiB": round(paper / 2**30, 2),
                              "predicted_GiB": round(ours / 2**30, 2), "error_pct": round(100 * error, 2)})
+    layer_rows, layer_errors = korthikanti_layer_rows(data)
     sc21_rows, sc21_errors = narayanan_rows(data)
     (time_mean, time_max, _), (mem_mean, mem_max, _) = error_stats(errors), error_stats(mem_errors)
     sc21_mean, sc21_max, _ = error_stats(sc21_errors)
+    layer_mean, layer_max, _ = error_stats(layer_errors)
     summary = {"time_mean_abs_error_pct": time_mean, "time_max_abs_error_pct": time_max,
                "activation_memory_mean_abs_error_pct": mem_mean, "activation_memory_max_abs_error_pct": mem_max,
+               "per_layer_mean_abs_error_pct": layer_mean, "per_layer_max_abs_error_pct": layer_max,
                "narayanan2021_mean_abs_error_pct": sc21_mean, "narayanan2021_max_abs_error_pct": sc21_max}
     if "--json" in sys.argv:
-        print(json.dumps({"time": rows, "memory": mem_rows, "narayanan2021": sc21_rows, "summary": summary}, indent=2))
+        print(json.dumps({"time": rows, "memory": mem_rows, "per_layer": layer_rows, "narayanan2021": sc21_rows,
+                          "summary": summary}, indent=2))
         return 0
     print("Iteration time vs Korthikanti et al. 2022 (A100 80GB, Selene), framework=megatron, standard attention")
     print(f"{'model':10s} {'mode':13s} {'published s':>11s} {'predicted s':>11s} {'error':>8s} {'MFU':>6s}")
@@ -160,6 +190,12 @@ def main() -> int:
         print(f"{r['model']:10s} {r['mode']:15s} {r['paper_GiB']:10.2f} {r['predicted_GiB']:13.2f} "
               f"{r['error_pct']:+7.2f}%")
     print(f"activation memory: {error_line(mem_mean, mem_max, len(mem_rows), 'points')}")
+    print()
+    print("One layer's forward + backward vs Korthikanti et al. 2022 Table 4 (gpt-22b, tp 8, micro-batch 4, seq 2048)")
+    print(f"{'mode':15s} {'published ms':>12s} {'predicted ms':>12s} {'error':>8s}")
+    for r in layer_rows:
+        print(f"{r['mode']:15s} {r['published_ms']:12.1f} {r['predicted_ms']:12.2f} {r['error_pct']:+7.2f}%")
+    print(f"per layer: {error_line(layer_mean, layer_max, len(layer_rows), 'modes')}")
     print()
     print("Throughput vs Narayanan et al. 2021 Table 1 (A100 80GB, Selene; runs as examples/sc21/run_table_1.sh sets "
           "them), framework=megatron, fp16, full recompute, standard attention")
