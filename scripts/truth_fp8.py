@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from autoconf.cost.estimate import estimate
-from autoconf.spec.frameworks import execution as framework_execution
+from autoconf.spec.frameworks import execution as framework_execution, json_flags
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
@@ -46,8 +46,7 @@ def _predict(run: dict, dtype: str) -> dict:
         # Every torchtitan pair ran under torch.compile (the data file's notes), with the K/V copies of its Llama
         # code of Dec 2024 and Jun 2025 (repeat_kv).
         execution = execution.replace(eager_ops=("repeat_kv",))
-    flags = {k: tuple(v) if isinstance(v, list) else v for k, v in run.get("framework_flags", {}).items()}
-    execution = execution.replace(**flags)  # what the source's code ran (its note says)
+    execution = execution.replace(**json_flags(run.get("framework_flags", {})))  # what the source's code ran
     model, config = PRESETS[run["model"]], _config(run, dtype)
     p = estimate(model, cluster, config, execution=execution, detail=False).prediction
     reserved = (reserved_bytes(model, cluster, config, p["peak_memory_bytes"], execution)

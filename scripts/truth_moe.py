@@ -25,7 +25,7 @@ from autoconf.cost.estimate import estimate
 from autoconf.cost.saved import saved_tensors
 from autoconf.errors import UserError
 from autoconf.spec.cluster import load_cluster
-from autoconf.spec.frameworks import Execution, execution
+from autoconf.spec.frameworks import Execution, execution, json_flags
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
 from truth_summary import error_line, error_stats
@@ -39,8 +39,7 @@ def layout(run: dict) -> tuple[ParallelConfig, Execution]:
                        seq_len=run["seq_len"], schedule=run["schedule"], zero_stage=run["zero_stage"],
                        recompute=run["recompute"], sequence_parallel=run["sequence_parallel"], dtype=run["dtype"],
                        ep=run["ep"], etp=run["etp"], grad_reduce=run.get("grad_reduce", "step"))
-    flags = {k: tuple(v) if isinstance(v, list) else v for k, v in run.get("framework_flags", {}).items()}
-    return c, execution(run["framework"]).replace(**flags)  # JSON lists as the flags' tuples
+    return c, execution(run["framework"]).replace(**json_flags(run.get("framework_flags", {})))
 
 
 def layout_partition(text: str, model, stages: int) -> list[list[int]]:

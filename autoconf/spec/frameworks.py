@@ -762,11 +762,16 @@ def changed_flags(ex: Execution) -> dict:
             if (v := getattr(ex, k)) != getattr(preset, k)}
 
 
+def json_flags(flags: dict) -> dict:
+    """Framework flags as a JSON file holds them (a plan's record, a truth script's data file) with every list read
+    as the flag's tuple, ready for `Execution.replace`."""
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in flags.items()}
+
+
 def plan_execution(prediction: dict) -> Execution:
     """The execution a plan was predicted with: its preset (plans written before frameworks were recorded:
     autoconf) with the flags the plan records as changed."""
     flags = prediction.get("framework_flags") or {}
     if not isinstance(flags, dict):
         raise UserError("prediction.framework_flags must be an object of flag -> value")
-    typed = {k: (tuple(v) if isinstance(v, list) else v) for k, v in flags.items()}
-    return with_flags(execution(prediction.get("framework", DEFAULT)), typed)
+    return with_flags(execution(prediction.get("framework", DEFAULT)), json_flags(flags))
