@@ -25,10 +25,10 @@ import sys
 from pathlib import Path
 
 from autoconf.cost.estimate import estimate
-from autoconf.cost.memory import largest_block_bytes, loss_compiled, rank_params
+from autoconf.cost.memory import largest_block_bytes, rank_params
 from autoconf.cost.moe import local_params
 from autoconf.spec.cluster import load_cluster
-from autoconf.spec.frameworks import Execution, execution
+from autoconf.spec.frameworks import Execution, execution, loss_compiled
 from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import load_model
@@ -71,12 +71,13 @@ def reserved_bytes(model, cluster, c: ParallelConfig, peak: float, execution: Ex
     the peak's requests. Its pools are per size and per stream (blocks are reused only for requests they fit, on the
     stream that allocated them) and it gives cached blocks back only when cudaMalloc fails, so at the peak it still
     holds: the low-precision logits block, freed (`del pred`) before an eager loss backward asks for fp32 blocks twice
-    its size (a compiled loss, `memory.loss_compiled` under `execution`, keeps the logits for its backward, which asks
-    for one block of their size: nothing cached); in FSDP2's reduce-scatter stream, the previous step's sharded fp32
-    gradients (set to None by zero_grad, 4/dp bytes per parameter) and one block's fp32 reduce-scatter input; in its
-    all-gather stream, one block's gathered parameters. Under context parallelism the logits are the rank's
+    its size (a compiled loss, `frameworks.loss_compiled` under `execution`, keeps the logits for its backward, which
+    asks for one block of their size: nothing cached); in FSDP2's reduce-scatter stream, the previous step's sharded
+    fp32 gradients (set to None by zero_grad, 4/dp bytes per parameter) and one block's fp32 reduce-scatter input; in
+    its all-gather stream, one block's gathered parameters. Under context parallelism the logits are the rank's
     seq_len / cp tokens' and the gradients shard over dp x cp (torchtitan's dp_shard x cp mesh). Not measured on a GPU
-    here: a reading of the allocator's rules (c10/cuda/CUDACachingAllocator.cpp) against torchtitan's train step and FSDP2's streams."""
+    here: a reading of the allocator's rules (c10/cuda/CUDACachingAllocator.cpp) against torchtitan's train step and
+    FSDP2's streams."""
     e = DTYPE_BYTES[c.dtype]
     layer = largest_block_bytes(model, c)
     cached = 0.0 if loss_compiled(c, execution, cluster.device.kind) else (

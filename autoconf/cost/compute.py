@@ -30,7 +30,7 @@ from autoconf.cost.cp_ring import merge_bytes
 from autoconf.cost.fp8 import cast_seconds, mlp_cast_elements, scaling_time
 from autoconf.cost.offload import cpu_optimizer_time
 from autoconf.spec.dtypes import DTYPE_BYTES, precision
-from autoconf.spec.frameworks import ADAM_KERNELS, GRAD_BUFFER_PASSES, Execution, compiled_ops
+from autoconf.spec.frameworks import ADAM_KERNELS, GRAD_BUFFER_PASSES, Execution, compiled_ops, loss_compiled
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 
@@ -521,7 +521,7 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     ex = execution if execution is not None else Execution()  # None: autoconf's executor
     ops = moe_ops = ex.eager_ops
     if c.compile and cluster.device.kind == "gpu":
-        ops = compiled_ops(ops, ex.compile_loss)
+        ops = compiled_ops(ops, loss_compiled(c, ex, cluster.device.kind))
         moe_ops = ops if ex.compiles_moe_blocks else moe_ops
     peak = cluster.device.peak(precision(c.dtype).element)
     mem_rate = cluster.device.memory_bandwidth_Bps * cluster.eff("memory")

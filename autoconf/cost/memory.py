@@ -89,7 +89,7 @@ from autoconf.cost.mtp import mtp_activation_bytes, mtp_embedding_copy, mtp_stag
 from autoconf.cost.offload import activation_copy_bytes, host_state_bytes_per_param
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, STORAGE_BYTES, precision
-from autoconf.spec.frameworks import EXECUTOR_LOSS_CHUNKS, EXECUTOR_LOSS_ROW_BYTES, Execution
+from autoconf.spec.frameworks import EXECUTOR_LOSS_CHUNKS, EXECUTOR_LOSS_ROW_BYTES, Execution, loss_compiled
 from autoconf.spec.layers import attention_ops
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, recomputed_layers
@@ -447,12 +447,6 @@ def moe_exchange_saved_bytes(model: ModelSpec, config: ParallelConfig) -> float:
 
 
 LOSS_BYTES_PER_LOGIT = {"copy": 8, "inplace": 4, "fused": 0}  # beyond the logits (spec.frameworks.LOSS_MEMORY)
-
-
-def loss_compiled(config: ParallelConfig, execution: Execution | None, device_kind: str) -> bool:
-    """Whether torch.compile compiles the loss of `config`: the plan compiles on a GPU and the framework compiles its
-    loss with its blocks (`Execution.compile_loss`)."""
-    return bool(execution and execution.compile_loss and config.compile and device_kind == "gpu")
 
 
 def logits_temporary_bytes(model: ModelSpec, config: ParallelConfig, layout: str,

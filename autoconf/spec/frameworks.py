@@ -762,6 +762,13 @@ def changed_flags(ex: Execution) -> dict:
             if (v := getattr(ex, k)) != getattr(preset, k)}
 
 
+def loss_compiled(config, execution: Execution | None, device_kind: str) -> bool:
+    """Whether torch.compile compiles the loss of `config`: the plan compiles on a GPU and the framework compiles its
+    loss with its blocks (`Execution.compile_loss`). The one reading of the loss's kernels (cost/compute.py) and of
+    its memory (cost/memory.py)."""
+    return bool(execution and execution.compile_loss and config.compile and device_kind == "gpu")
+
+
 def json_flags(flags: dict) -> dict:
     """Framework flags as a JSON file holds them (a plan's record, a truth script's data file) with every list read
     as the flag's tuple, ready for `Execution.replace`."""
