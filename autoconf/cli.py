@@ -694,6 +694,10 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
         from autoconf.report.pictures import plan_cluster
 
         cluster = plan_cluster(plan_obj)  # the timeline is simulated again on it: refused before anything is printed
+    if out_dir is not None:  # (the default folder, named after the plan, cannot hold it)
+        from autoconf.report.explain import refuse_taken_folder
+
+        refuse_taken_folder(out_dir, force, plan_path)
     print_table(prediction_table(plan_obj))
     for path in show_plan(plan_path, out_dir, force=force, cluster=cluster):
         click.echo(f"wrote {path}")

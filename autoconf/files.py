@@ -1,6 +1,6 @@
 """The one way autoconf writes a file a user holds (plans, profiles, pictures, scripts, reports, metrics).
 
-- Never through a symbolic link: a link at the output path is refused, with or without `force`.
+- Never through a symbolic link, nor over a device, pipe or socket: such a path is refused, with or without `force`.
 - Never over an existing file without `force` (and the check is atomic: without `force` the finished file is
   hard-linked into place, which fails if anything appeared there meanwhile).
 - Atomic: the bytes go to a temporary created exclusively, under an unpredictable name, in the target folder
@@ -22,7 +22,8 @@ from autoconf.errors import UserError
 
 
 def check_new(path: str | os.PathLike, force: bool = False, hint: str = "choose another path") -> Path:
-    """Refuses (UserError) a path that is a symbolic link, a folder, or (without `force`) an existing file."""
+    """Refuses (UserError) a path that is a symbolic link, a folder, anything else that is not a regular file (a
+    device, a FIFO, a socket: renaming over one would replace it), or (without `force`) an existing file."""
     path = Path(path)
     if str(path) in ("", "."):
         raise UserError("an output path must not be empty")
@@ -32,6 +33,9 @@ def check_new(path: str | os.PathLike, force: bool = False, hint: str = "choose 
         raise UserError(f"{path} is a symbolic link; autoconf does not write through links (remove it or {hint})")
     if path.is_dir():
         raise UserError(f"{path} is a folder; give a file path")
+    if path.exists() and not path.is_file():
+        raise UserError(f"{path} is not a regular file (a device, a pipe or a socket); autoconf writes only regular "
+                        f"files: {hint}")
     if path.exists() and not force:
         raise UserError(f"{path} already exists; pass --force to overwrite it or {hint}")
     return path
@@ -49,8 +53,16 @@ def input_files(source: str | os.PathLike | None) -> list[Path]:
 def refuse_overwriting_inputs(outputs: dict[str, str | os.PathLike | None],
                               inputs: dict[str, str | os.PathLike | None]) -> None:
     """Refuses (UserError) an output that is one of the run's input files however it is spelled (a relative path,
-    `..`, a hard link), which --force would replace: `outputs` and `inputs` map what the user called them (an option,
-    "the model config") to paths."""
+    `..`, a hard link), which --force would replace, and two outputs at one path (the second would replace the
+    first): `outputs` and `inputs` map what the user called them (an option, "the model config") to paths."""
+    seen: dict[Path, str] = {}
+    for name, out in outputs.items():
+        if out is None:
+            continue
+        where = Path(out).resolve()
+        if where in seen:
+            raise UserError(f"{seen[where]} and {name} are the same file {out}; give each its own path")
+        seen[where] = name
     for name, out in outputs.items():
         if out is None or not Path(out).is_file():
             continue

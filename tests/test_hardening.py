@@ -13,6 +13,7 @@ import json
 import math
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -177,6 +178,25 @@ def test_plan_out_through_links_leaves_targets_untouched(tmp_path):
     assert_one_clear_error(run_cli(["launch", tmp_path / "plan.json", "--dry-run", "--metrics", tmp_path / "m.jsonl",
                                     "--force"]), "symbolic link")
     assert victim.read_text() == "mine"
+
+
+def test_writes_never_replace_a_pipe_or_a_device(tmp_path):
+    """`plan --out /dev/null --force` renamed the plan over /dev/null: a path that is not a regular file is refused
+    with or without --force, and stays what it was."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    plan = ["plan", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8", "--seq-len", "64",
+            "--fix", "pp=2", "--fix", "tp=1", "--top", "1"]
+    estimate = ["estimate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp", "4",
+                "--micro-batch", "2", "--global-batch", "8"]
+    for force in ([], ["--force"]):
+        assert_one_clear_error(run_cli([*plan, "--out", fifo, *force]), "not a regular file")
+        assert_one_clear_error(run_cli([*estimate, "--memory-picture", fifo, *force]), "not a regular file")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    from autoconf.files import check_new
+
+    with pytest.raises(UserError, match="not a regular file"):
+        check_new(os.devnull, force=True)
 
 
 def test_one_atomic_writer_in_the_package():

@@ -310,7 +310,8 @@ def test_a_cpu_run_beyond_the_hosts_memory_is_refused_before_it_starts(tmp_path,
 def test_force_never_replaces_an_input_of_the_same_run(tmp_path):
     """`plan --model inp/config.json --out inp/../inp/config.json --force` replaced the model config with the plan
     (and the same for the cluster profile, `estimate --out`, and an --explain folder holding the model file as
-    plan.json); an --out named like one of the --explain folder's exports was overwritten by it. Each is refused
+    plan.json); an --out named like one of the --explain folder's exports was overwritten by it, as `show P --out
+    DIR` overwrote a plan P that DIR's exports name, and estimate's --memory-picture its --out. Each is refused
     before anything is written."""
     from autoconf.spec.cluster import PROFILES_DIR
 
@@ -323,7 +324,10 @@ def test_force_never_replaces_an_input_of_the_same_run(tmp_path):
     profile = inp / "prof.json"
     profile.write_text((PROFILES_DIR / "cpu-local.json").read_text())
     (inp / "ex" / "plan.json").write_text(config.read_text())
-    before = {p: p.read_bytes() for p in inp.rglob("*.json")}
+    estimate = ["estimate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp", "4",
+                "--micro-batch", "2", "--global-batch", "8"]
+    assert run_cli([*estimate, "--out", inp / "launch.sh"]).exit_code == 0
+    before = {p: p.read_bytes() for p in inp.rglob("*") if p.is_file()}
     plan = ["plan", "--model", config, "--cluster", profile, "--global-batch", "8", "--force"]
     for args, needle in (
             ([*plan, "--out", inp / ".." / "inp" / "config.json"], "is the model config this run reads"),
@@ -331,12 +335,15 @@ def test_force_never_replaces_an_input_of_the_same_run(tmp_path):
             (["plan", "--model", inp / "ex" / "plan.json", "--cluster", "cpu-local", "--global-batch", "8",
               "--explain", inp / "ex", "--force"], "holds plan.json, the model config this run reads"),
             ([*plan, "--out", tmp_path / "ex4" / "launch.sh", "--explain", tmp_path / "ex4"],
-             "a file the --explain folder's exports write"),
+             "a file the explanation in"),
             (["estimate", "--model", config, "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp", "4",
-              "--micro-batch", "2", "--global-batch", "8", "--out", config, "--force"], "is the model config")):
+              "--micro-batch", "2", "--global-batch", "8", "--out", config, "--force"], "is the model config"),
+            ([*estimate, "--out", tmp_path / "e.json", "--memory-picture", tmp_path / "." / "e.json"],
+             "--out and --memory-picture are the same file"),
+            (["show", inp / "launch.sh", "--out", inp, "--force"], "a file the explanation in")):
         assert_one_clear_error(run_cli(args), needle)
-    assert {p: p.read_bytes() for p in inp.rglob("*.json")} == before
-    assert not (tmp_path / "ex4").exists()
+    assert {p: p.read_bytes() for p in inp.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "ex4").exists() and not (tmp_path / "e.json").exists()
 
 
 def test_brackets_in_names_and_paths_are_printed_as_they_are(tmp_path):

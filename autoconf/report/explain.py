@@ -36,8 +36,8 @@ def refuse_taken_folder(out_dir: str | Path, force: bool, plan_path: str | Path 
     if plan_path is not None and Path(plan_path).resolve().parent == out_dir.resolve():
         name = Path(plan_path).name
         if any(fnmatch.fnmatch(name, g) for g in globs if g != "plan.json"):
-            raise UserError(f"--out {plan_path} is a file the --explain folder's exports write; name the plan "
-                            f"another way, e.g. {out_dir / 'plan.json'}")
+            raise UserError(f"the plan {plan_path} is a file the explanation in {out_dir} writes; name the plan "
+                            f"another way (e.g. {out_dir / 'plan.json'}) or choose another folder")
     for what, source in (inputs or {}).items():
         for path in (p.resolve() for p in input_files(source)):
             if path.parent == out_dir.resolve() and any(fnmatch.fnmatch(path.name, g) for g in globs):
