@@ -732,6 +732,8 @@ def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, mo
                        master_addr=master_addr, master_port=master_port, model=model_arg, quick=quick, force=force,
                        base_profile=base_profile, memory_per_rank=memory_per_rank, dtype=dtype, max_tp=max_tp,
                        seq_lens=seq_lens)
+    if code > 128:  # stopped by a signal, which the launcher has reported
+        sys.exit(code)
     if code != 0:
         raise UserError(f"profiling failed (torchrun exit code {code}); see the worker output above")
     if node_rank == 0:

@@ -644,6 +644,40 @@ def test_stopping_the_launcher_ends_torchrun_and_the_workers(tmp_path, sig, requ
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_stopping_a_profile_ends_its_workers_without_tracebacks(tmp_path, sig):
+    """Ctrl-C (SIGINT to the terminal's process group) printed a traceback per rank and one of torchrun; a SIGKILL
+    to `autoconf profile` left torchrun and its workers running. Now either leaves no process of the run, writes no
+    profile, and Ctrl-C ends in plain lines and exit code 130."""
+    out = tmp_path / "stopped-profile.json"
+    log = tmp_path / "profile.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "autoconf", "profile", "--quick", "--out", str(out)],
+                                cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(os.environ, PYTHONPATH=str(REPO)))
+    marker = str(out)
+    try:
+        assert _wait_for(lambda: "layout:" in log.read_text(), 120), log.read_text()[-3000:]
+        assert len(_training_processes(marker)) >= 4  # launcher, torchrun, 2 ranks
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(proc.pid, sig)
+        code = proc.wait(timeout=60)
+        assert _wait_for(lambda: not _training_processes(marker), 30), \
+            subprocess.run(["ps", "-ef"], capture_output=True, text=True).stdout
+        assert not out.exists()
+        if sig == signal.SIGINT:
+            text = log.read_text()
+            assert code == 130 and "Traceback" not in text, text[-3000:]
+            assert "autoconf: stopped by SIGINT" in text
+    finally:
+        for pid in _training_processes(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def _agent(pids: set[int]) -> set[int]:
     """The torchrun agent among the run's processes (the workers' own gloo sockets are not the store)."""
     out = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "-p", ",".join(map(str, pids))], capture_output=True,

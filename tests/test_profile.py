@@ -197,7 +197,7 @@ def test_profile_checks_ranks_model_and_port(tmp_path):
 
 def test_build_command_passes_multi_node_flags():
     cmd = build_command("/x/p.json", 8, 4, 2, "node0", 29400, "llama3-8b", False)
-    assert cmd[1:3] == ["-m", "torch.distributed.run"]
+    assert cmd[1:3] == ["-m", "autoconf.execute.elastic"]
     joined = " ".join(cmd)
     assert "--nnodes 4 --node-rank 2 --master-addr node0 --master-port 29400" in joined
     assert joined.endswith("-m autoconf.profile.run --out /x/p.json --model llama3-8b")

@@ -17,6 +17,7 @@ import sys
 
 from autoconf.errors import EXIT_MEANINGS
 
+JOBS = {"autoconf.profile.run": "profiling"}  # what a worker module does, for the failure line (default: training)
 _STORE_ARGS = ("host_name", "port", "world_size", "is_master", "timeout", "wait_for_workers", "multi_tenant",
                "master_listen_fd", "use_libuv")
 
@@ -135,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     except ChildFailedError as err:
         root_rank, root = err.get_first_failure()
         others = {r: f for r, f in err.failures.items() if r != root_rank}
-        print(f"autoconf: error: training failed after {args.max_restarts} allowed restart(s): "
+        job = JOBS.get(args.training_script, "training")
+        print(f"autoconf: error: {job} failed after {args.max_restarts} allowed restart(s): "
               f"{describe_failure(root_rank, root)}", file=sys.stderr, flush=True)
         if others:
             print(f"autoconf: then: {describe_failures(others)}", file=sys.stderr, flush=True)

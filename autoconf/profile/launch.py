@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.execute.launch import free_port
+from autoconf.execute.launch import free_port, run_supervised
 from autoconf.files import check_new
 from autoconf.spec.dtypes import PROFILED_DTYPES
 
@@ -60,11 +59,18 @@ def _port_free(addr: str, port: int) -> bool:
     return True
 
 
+def cpu_rank_limit() -> int:
+    """The most CPU ranks one host may profile: one per core, and at least the default 4 (which a small host
+    time-shares: the profile measures the share each rank gets)."""
+    return max(4, os.cpu_count() or 1)
+
+
 def build_command(out: Path, nproc_per_node: int, nnodes: int, node_rank: int, master_addr: str, master_port: int,
                   model: str | None, quick: bool, base_profile: str | None = None,
                   memory_per_rank: str | None = None, dtype: str | None = None, rdzv: str = "static",
                   max_tp: int | None = None, seq_lens: tuple[int, ...] = ()) -> list[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc_per_node),
+    # autoconf.execute.elastic is torchrun (its arguments unchanged) ending an interrupt or a failure in a summary.
+    cmd = [sys.executable, "-m", "autoconf.execute.elastic", "--nproc-per-node", str(nproc_per_node),
            "--nnodes", str(nnodes)]
     if rdzv == "c10d":
         cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"{master_addr}:{master_port}",
@@ -127,6 +133,9 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
             raise UserError(f"--seq-len must be an integer from 1 to {MAX_SEQ_LEN} (got {seq!r}), e.g. 8192")
     if gpus and nproc_per_node > gpus:
         raise UserError(f"--nproc-per-node {nproc_per_node} exceeds the {gpus} GPU(s) on this node")
+    if not gpus and nproc_per_node > cpu_rank_limit():
+        raise UserError(f"--nproc-per-node {nproc_per_node}: a CPU rank wants a core of its own and this host has "
+                        f"{os.cpu_count()}; give at most {cpu_rank_limit()}")
     if node_rank >= nnodes:
         raise UserError(f"--node-rank {node_rank} must be below --nnodes {nnodes} (nodes count from 0)")
     if master_port > 65535:
@@ -164,11 +173,4 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
     from autoconf.report.progress import Follow
 
     with Follow(Console(markup=False), f"profiling {nproc_per_node} rank(s) per node into {path}") as follow:
-        if not follow.live:
-            return subprocess.call(cmd, env=env)
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE)  # its lines go above a live bar
-        relay = follow.relay(proc.stdout)
-        try:
-            return proc.wait()
-        finally:
-            relay.join(timeout=5)
+        return run_supervised(cmd, env, follow=follow if follow.live else None)

@@ -4,7 +4,8 @@
         --out PROFILE.json [--model MODEL] [--quick] [--base-profile NAME] [--memory-per-rank 4GiB] [--dtype fp32] \
         [--max-tp T] [--seq-len S ...]
 
-(`autoconf profile`, i.e. `autoconf.profile.launch.profile`, builds that command.) Phases, all ranks together:
+(`autoconf profile`, i.e. `autoconf.profile.launch.profile`, builds that command, run through
+`autoconf.execute.elastic`.) Phases, all ranks together:
 1. layout: host names -> nodes and ranks per node;
 2. device: memory capacity, peak FLOP/s and memory bandwidth (CPU: measured; GPU: data sheet), runtime overhead;
 3. point-to-point links of every ordered pair (round-robin tournament), alpha-beta fits, link matrices;
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -93,6 +95,12 @@ def write_atomic(path: Path, data: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # under torchrun: never outlive the agent
+        from autoconf.execute.launch import die_with_parent
+
+        die_with_parent(signal.SIGKILL)
+        if os.getppid() == 1:
+            return 1
     args = parse_args(argv)
     tiny = args.tiny_grid or os.environ.get("AUTOCONF_PROFILE_TINY") == "1"
     quick = args.quick or tiny
@@ -121,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:  # (torchrun, which also got it, says so once)
+        return 130
     finally:
         dist.destroy_process_group()
 

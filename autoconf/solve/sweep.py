@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from autoconf.errors import UserError
-from autoconf.spec.profile_checks import MAX_USD_PER_GPU_HOUR
+from autoconf.spec.profile_checks import MAX_NODES, MAX_USD_PER_GPU_HOUR
 
 SECONDS_PER_DAY = 86400.0
 _COUNT_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12, "P": 10**15}
@@ -89,21 +89,21 @@ def parse_nodes(text: str) -> list[int]:
                         f"of nodes, e.g. 8:256") from None
     if len(numbers) > 3 or any(n < 1 for n in numbers):
         raise UserError(f"--nodes {text!r} must be N, A:B or A:B:STEP with every number >= 1, e.g. 8:256")
+    if any(n > MAX_NODES for n in numbers[:2]):
+        raise UserError(f"--nodes {text!r}: at most {MAX_NODES:,} nodes")
     if len(numbers) == 1:
         return numbers
     first, last = numbers[0], numbers[1]
     if last < first:
         raise UserError(f"--nodes {text!r}: the range must go up (A <= B), e.g. 8:256")
     if len(numbers) == 3:
-        sizes = list(range(first, last + 1, numbers[2]))
+        sizes = range(first, last + 1, numbers[2])  # (counted before it is listed)
     else:
         sizes = [first * 2**k for k in range(int(math.log2(last / first)) + 2) if first * 2**k <= last]
-    if sizes[-1] != last:
-        sizes.append(last)
-    if len(sizes) > MAX_SWEEP_SIZES:
-        raise UserError(f"--nodes {text!r} asks for {len(sizes)} cluster sizes; at most {MAX_SWEEP_SIZES} (use a "
-                        f"larger step or the power-of-two range A:B)")
-    return sizes
+    if len(sizes) + (sizes[-1] != last) > MAX_SWEEP_SIZES:
+        raise UserError(f"--nodes {text!r} asks for {len(sizes) + (sizes[-1] != last)} cluster sizes; at most "
+                        f"{MAX_SWEEP_SIZES} (use a larger step or the power-of-two range A:B)")
+    return list(sizes) + ([last] if sizes[-1] != last else [])
 
 
 def training(prediction: dict, tokens: int, devices: int, price: float | None = None,

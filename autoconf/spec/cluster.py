@@ -254,8 +254,11 @@ class ClusterProfile:
         gpus = self.gpus_per_node if gpus_per_node is None else gpus_per_node
         if (nodes, gpus) == (self.nodes, self.gpus_per_node):
             return self
-        if nodes < 1 or gpus < 1:
-            raise UserError(f"--nodes and --gpus-per-node must be >= 1 (got {nodes} and {gpus})")
+        from autoconf.spec.profile_checks import MAX_GPUS_PER_NODE, MAX_NODES
+
+        if not (1 <= nodes <= MAX_NODES and 1 <= gpus <= MAX_GPUS_PER_NODE):
+            raise UserError(f"--nodes must be 1 to {MAX_NODES:,} and --gpus-per-node 1 to {MAX_GPUS_PER_NODE} (got "
+                            f"{nodes} and {gpus})")
         if gpus != self.gpus_per_node and self.intra_node_matrix is not None:
             raise UserError(f"cluster {self.name} has a measured {self.gpus_per_node}-device intra-node matrix; "
                             f"it cannot be resized to {gpus} devices per node (profile the new shape instead)")
