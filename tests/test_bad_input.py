@@ -76,6 +76,7 @@ def files(tmp_path) -> dict[str, Path]:
                                      "vocab_size": 10}))
     write("hf_unknown.json", json.dumps({"model_type": "mamba", "d_model": 10}))
     write("negative_model.json", json.dumps({**PRESETS["tiny-gpt"].to_dict(), "num_layers": -4}))
+    write("huge_model.json", json.dumps({**PRESETS["tiny-gpt"].to_dict(), "num_layers": 10 ** 8}))
     cluster = json.loads((PROFILES_DIR / "cpu-local.json").read_text())
     write("cluster_neg.json", json.dumps({**cluster, "nodes": -1}))
     write("cluster_inf.json", json.dumps({**cluster, "intra_node": {"latency_s": 1e-6, "bandwidth_Bps": 1e400}})
@@ -96,7 +97,7 @@ def files(tmp_path) -> dict[str, Path]:
 
 # ---- every verb ------------------------------------------------------------------------------------------------------
 MODEL_FILES = ["broken", "binary", "array", "deep", "longint", "unknown_model", "hf_bad", "hf_unknown",
-               "negative_model", "missing", "plan"]
+               "negative_model", "huge_model", "missing", "plan"]
 
 
 @pytest.mark.parametrize("verb", ["estimate", "plan"])
@@ -137,6 +138,14 @@ def test_impossible_degrees(degrees, needle):
     for flag, value in zip(("--tp", "--pp", "--dp", "--cp"), degrees):
         args[args.index(flag) + 1] = value
     assert_one_clear_error(run_cli(args), needle)
+
+
+def test_micro_batches_times_sequence_chunks_are_bounded():
+    """seq1f1b simulates every chunk of every micro-batch: their product has the micro-batches' bound."""
+    args = ["estimate", "--model", "tiny-llama", "--cluster", "cpu-local", "--tp", "1", "--pp", "2", "--dp", "2",
+            "--global-batch", "131072", "--micro-batch", "1", "--seq-len", "128", "--schedule", "seq1f1b",
+            "--seq-chunks", "2"]
+    assert_one_clear_error(run_cli(args), "65536 micro-batches of 2 sequence chunks each")
 
 
 def test_impossible_fix_in_plan():

@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 
 from autoconf.errors import UserError
+from autoconf.spec.model import MAX_LAYERS
 
-MAX_LAYERS = 100_000  # layer patterns are listed layer by layer; more is a typo, not a model
 
 
 def hf_bool(config: dict, key: str, default: bool, name: str) -> bool:

@@ -23,6 +23,8 @@ from autoconf.errors import UserError
 from autoconf.spec import layers
 from autoconf.spec.hashing import remembered_hash
 
+MAX_LAYERS = 100_000  # layers are listed and simulated one by one; more is a typo, not a model
+
 DEFAULT_SEQ_LEN = 8192  # the longest sequence planned without --seq-len
 ARCHES = ("gpt", "llama")
 RECOMPUTE = ("none", "selective", "full")
@@ -223,6 +225,9 @@ class ModelSpec:
                 problems.append(f"{field} must be a positive integer (got {value!r})")
         if isinstance(self.mtp_num_layers, bool) or not isinstance(self.mtp_num_layers, int) or self.mtp_num_layers < 0:
             problems.append(f"mtp_num_layers must be a whole number, 0 for none (got {self.mtp_num_layers!r})")
+        elif _positive_int(self.num_layers) and self.num_layers + self.mtp_num_layers > MAX_LAYERS:
+            problems.append(f"num_layers {self.num_layers} (with mtp_num_layers {self.mtp_num_layers}) is more than "
+                            f"the {MAX_LAYERS:,} layers autoconf plans")
         if self.head_dim is not None and not _positive_int(self.head_dim):
             problems.append(f"head_dim must be a positive integer or null (got {self.head_dim!r})")
         if self.sliding_window is not None and not _positive_int(self.sliding_window):

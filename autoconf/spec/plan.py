@@ -22,7 +22,7 @@ from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 PLAN_VERSION = 1
 # Bounds on the work one step's simulation does, and sanity ranges of the inputs (far beyond any real run).
-MAX_MICROBATCHES = 65_536  # micro-batches per pipeline per step
+MAX_MICROBATCHES = 65_536  # micro-batches (times seq1f1b's sequence chunks) per pipeline per step
 MAX_GLOBAL_BATCH = 1 << 24  # sequences per step
 MAX_SEQ_LEN = 1 << 22  # tokens per sequence
 # The offload levers, each a boolean config field (default off, so old plans load); cost/offload.py says what each
@@ -215,10 +215,11 @@ class ParallelConfig:
             out.append(f"global batch {self.global_batch_size} is more than {MAX_GLOBAL_BATCH:,} sequences")
         if self.seq_len > MAX_SEQ_LEN:
             out.append(f"seq_len {self.seq_len} is more than {MAX_SEQ_LEN:,} tokens")
-        if self.num_microbatches > MAX_MICROBATCHES:
-            out.append(f"{self.num_microbatches} micro-batches per pipeline per step (global batch / (micro-batch x "
-                       f"dp)) is more than the {MAX_MICROBATCHES:,} a step simulation handles; raise the micro-batch "
-                       f"or dp, or lower the global batch")
+        if self.num_microbatches * self.seq_chunks > MAX_MICROBATCHES:
+            chunks = f" of {self.seq_chunks} sequence chunks each" if self.seq_chunks > 1 else ""
+            out.append(f"{self.num_microbatches} micro-batches{chunks} per pipeline per step (global batch / "
+                       f"(micro-batch x dp)) is more than the {MAX_MICROBATCHES:,} a step simulation handles; raise "
+                       f"the micro-batch or dp, or lower the global batch{' or seq_chunks' if chunks else ''}")
         out += self.dims.problems(world_size)
         if model.num_heads % self.tp:
             out.append(f"tp {self.tp} does not divide the {model.num_heads} attention heads")
