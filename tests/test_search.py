@@ -94,6 +94,17 @@ def test_fix_is_honoured():
         assert c.tp == 2 and c.schedule == "interleaved-1f1b" and c.micro_batch_size == 1 and c.vpp >= 2
 
 
+def test_a_pinned_gradient_reduction_is_kept_only_where_a_layout_runs_it():
+    """`--fix grad_reduce=microbatch` yielded unsharded layouts labelled with it (zero 0, or dp x cp 1), and with
+    --fix zero=0 planned nothing it said: only sharded layouts run it, and the pin against zero 0 is one line."""
+    pinned = list(candidates(TINY, 4, 4, 16, 64, "fp32", fixed={"grad_reduce": "microbatch"}))
+    assert pinned and all(c.zero_sharded and c.grad_reduce == "microbatch" for c in pinned)
+    every = [c for c in candidates(TINY, 4, 4, 16, 64, "fp32") if c.zero_sharded]
+    assert set(pinned) < {dataclasses.replace(c, grad_reduce="microbatch") for c in every}  # (no split backward)
+    with pytest.raises(UserError, match="--fix zero_stage=0 keeps them whole"):
+        list(candidates(TINY, 4, 4, 16, 64, "fp32", fixed={"grad_reduce": "microbatch", "zero": 0}))
+
+
 def test_fix_rejects_unknown_keys_and_bad_values():
     """--fix with an unknown key or a bad value is one clear error."""
     with pytest.raises(UserError, match="unknown key"):

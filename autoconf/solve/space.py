@@ -142,6 +142,9 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                             f"the {devices} devices {'left by tp ' + str(tp) + ' ' if tp > 1 else ''}splits "
                             f"{seq_len} tokens into 2 x cp equal chunks")
 
+    if fixed.get("grad_reduce") == "microbatch" and fixed.get("zero_stage", 1) == 0:
+        raise UserError("--fix grad_reduce=microbatch reduce-scatters sharded gradients, but --fix zero_stage=0 "
+                        "keeps them whole; pin zero_stage 1, 2 or 3, or drop one of them")
     for key, plain in (("seq_chunks", 1), ("seq_split", "even")):
         splitting = [n for n in SCHEDULES if schedule_spec(n).sequence_chunks]
         if fixed.get(key, plain) != plain and fixed.get("schedule") not in splitting:
@@ -205,9 +208,10 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
                                 if sp and sequence_parallel_problem(seq_len, tp, cp, chunks):
                                     continue  # a rank's tokens (of each chunk) must split over the TP ranks
                                 for reduce, cp_comm, (ep, etp) in itertools.product(
-                                        choices("grad_reduce", _grad_reduce_choices(
+                                        _grad_reduce_choices(
                                             pp, dp * cp, per_replica // mb, schedule, zero,
-                                            reductions(zero, pp) if reductions else GRAD_REDUCE)),
+                                            reductions(zero, pp) if reductions else GRAD_REDUCE,
+                                            fixed.get("grad_reduce")),
                                         choices("cp_comm", list(CP_COMM) if cp > 1 else ["ring"]), experts):
                                     yield _config(
                                         tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, micro_batch_size=mb,
@@ -257,13 +261,17 @@ def cp_choices(devices: int, seq_len: int) -> list[int]:
 
 
 def _grad_reduce_choices(pp: int, dp: int, m: int, schedule: str, zero: int,
-                         allowed: tuple[str, ...] = GRAD_REDUCE) -> list[str]:
+                         allowed: tuple[str, ...] = GRAD_REDUCE, pinned: str | None = None) -> list[str]:
     """The gradient reductions of a layout: without sharding once per step; else those of `allowed` (the
     framework's) that the executor runs (no reduction every micro-batch under a pipeline of a split backward), and
-    of two that act alike (one micro-batch, no pipeline) once per step only."""
+    of two that act alike (one micro-batch, no pipeline) once per step only. A `pinned` reduction: itself where
+    the layout runs it, else none (the layout is left out)."""
     if dp == 1 or zero == 0:
-        return ["step"]
-    runs = [r for r in allowed if r == "step" or not (pp > 1 and schedule_spec(schedule).split_backward)]
+        runs = ["step"]
+    else:
+        runs = [r for r in allowed if r == "step" or not (pp > 1 and schedule_spec(schedule).split_backward)]
+    if pinned is not None:
+        return [pinned] if pinned in runs else []
     if len(runs) == 2 and m == 1 and pp == 1:
         return ["step"]
     return runs
