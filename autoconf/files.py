@@ -41,6 +41,25 @@ def check_new(path: str | os.PathLike, force: bool = False, hint: str = "choose 
     return path
 
 
+def shown(text: str, limit: int = 80) -> str:
+    """`text` for a one-line message: as it is up to `limit` characters, else its start and an ellipsis."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def named_input(arg: str, option: str) -> Path | None:
+    """The file or folder an input argument (`option`, e.g. --model) names; None where nothing is there, also for
+    a name no file system holds (too long, a NUL). An empty argument is refused (UserError)."""
+    if not str(arg).strip():
+        raise UserError(f"{option} is empty; give a bundled name (`autoconf models`, `autoconf profiles`) or a "
+                        f"file path")
+    path = Path(arg)
+    try:
+        return path if path.exists() else None
+    except (OSError, ValueError):
+        return None
+
+
 def input_files(source: str | os.PathLike | None) -> list[Path]:
     """The file a --model or --cluster argument reads (a folder's config.json); none for a bundled name."""
     if source is None:

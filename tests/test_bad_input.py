@@ -124,6 +124,26 @@ def test_unknown_preset_and_profile_names():
     assert_one_clear_error(run_cli(args), "no-such-cluster")
 
 
+@pytest.mark.parametrize("option", ["--model", "--cluster"])
+def test_empty_and_overlong_names_are_named_shortly(option):
+    """An empty --model read the current folder ("is a folder without a config.json"), an empty --cluster said
+    "cannot read . : Is a directory", and a 300-character name ended in the file system's "File name too long"."""
+    args = list(ESTIMATE)
+    at = args.index(option) + 1
+    args[at] = " "
+    assert_one_clear_error(run_cli(args), f"{option} is empty")
+    args[at] = "x" * 300
+    result = run_cli(args)
+    assert_one_clear_error(result, "unknown", "x" * 79 + "…'")
+    assert "x" * 81 not in result.output
+
+
+def test_a_framework_flag_given_twice_is_refused():
+    args = [*ESTIMATE, "--framework-flag", "param_gather_overlap=false", "--framework-flag",
+            "param_gather_overlap=true"]
+    assert_one_clear_error(run_cli(args), "--framework-flag param_gather_overlap is given twice")
+
+
 @pytest.mark.parametrize("degrees,needle", [
     (("3", "1", "1"), "does not divide the 4 attention heads"),
     (("1", "1", "3"), "pp*dp*cp*tp"),

@@ -375,14 +375,16 @@ def load_cluster(arg: str, nodes: int | None = None, gpus_per_node: int | None =
     """A bundled profile name or a profile path, optionally resized to `nodes` x `gpus_per_node`."""
     from autoconf.spec.presets import read_json
 
+    from autoconf.files import named_input, shown
+
     bundled = PROFILES_DIR / f"{arg}.json"
-    if "/" not in arg and bundled.is_file():
+    if "/" not in arg and arg in bundled_profiles():
         path = bundled
     else:
-        path = Path(arg)
-        if not path.exists():
-            raise UserError(f"unknown cluster {arg!r}: not a bundled profile ({', '.join(bundled_profiles())}) "
-                            f"and no such file")
+        path = named_input(arg, "--cluster")
+        if path is None:
+            raise UserError(f"unknown cluster {shown(arg)!r}: not a bundled profile ({', '.join(bundled_profiles())})"
+                            f" and no such file")
     profile = ClusterProfile.from_dict(read_json(path, "cluster profile"), source=str(path))
     if path != bundled:
         profile = dataclasses.replace(profile, path=str(path.resolve()))

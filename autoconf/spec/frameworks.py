@@ -708,7 +708,8 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
 
 def parse_flags(pairs) -> dict:
     """KEY=VALUE strings into typed flags: true/false for the yes-no flags, a number or "none" for bucket_params,
-    comma-separated stages for zero_stages, a name otherwise. One-line errors name the known flags."""
+    comma-separated stages for zero_stages, a name otherwise. One-line errors name the known flags; a flag given
+    twice is refused."""
     out = {}
     defaults = Execution()
     for item in pairs:
@@ -716,6 +717,8 @@ def parse_flags(pairs) -> dict:
         key, value = key.strip().replace("-", "_"), value.strip()
         if not sep or key not in USER_FLAGS:
             raise UserError(f"--framework-flag {item!r} must be KEY=VALUE with KEY one of {', '.join(USER_FLAGS)}")
+        if key in out:
+            raise UserError(f"--framework-flag {key} is given twice; give it once")
         current = getattr(defaults, key)
         try:
             if isinstance(current, bool):

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from autoconf.errors import UserError
+from autoconf.files import named_input, shown
 from autoconf.spec.hf_fields import hf_bool, layer_count, llama_fields, refuse_bias
 from autoconf.spec.hf_moe import HF_DENSE_TYPES, HF_MOE_TYPES, PRESET_CONFIGS, moe_from_hf, refuse_hidden_experts
 from autoconf.spec.model import ModelSpec, MoESpec, is_printable_name
@@ -140,9 +141,9 @@ def load_model(arg: str) -> ModelSpec:
     path."""
     if arg in PRESETS:
         return PRESETS[arg]
-    path = Path(arg)
-    if not path.exists():
-        raise UserError(f"unknown model {arg!r}: not a preset (see `autoconf models`) and no such file")
+    path = named_input(arg, "--model")
+    if path is None:
+        raise UserError(f"unknown model {shown(arg)!r}: not a preset (see `autoconf models`) and no such file")
     if path.is_dir():  # a Hugging Face model folder
         if not (path / "config.json").is_file():
             raise UserError(f"{arg} is a folder without a config.json; give a model's config.json or its folder")
