@@ -18,7 +18,7 @@ from rich.text import Text
 
 from autoconf.errors import UserError
 from autoconf.spec import frameworks
-from autoconf.spec.dtypes import DTYPES, PROFILED_DTYPES, check_dtype
+from autoconf.spec.dtypes import DTYPES, PROFILED_DTYPES, check_dtype, check_trainable_dtype, default_dtype
 from autoconf.spec.frameworks import SELECTIVE_RECOMPUTE
 from autoconf.spec.model import DEFAULT_SEQ_LEN
 from autoconf.spec.plan import GRAD_REDUCE, MAX_GLOBAL_BATCH, MAX_SEQ_LEN, SEQ_SPLITS
@@ -70,10 +70,6 @@ def default_seq_len(model) -> int:
     return model.default_seq_len
 
 
-def default_dtype(cluster) -> str:
-    return "fp32" if cluster.device.kind == "cpu" else "bf16"
-
-
 def search_summary(s: dict) -> str:
     """The search's counts in one line; each candidate and offloading twin it weighed is in exactly one of them."""
     twins = f" and {s['offload_weighed']} offloading twins" if s.get("offload_weighed") else ""
@@ -81,15 +77,6 @@ def search_summary(s: dict) -> str:
     return (f"searched {s['candidates']} candidates{twins}: {s['pruned_memory']} pruned by memory, "
             f"{s['pruned_time']} by time bound, {s['simulated']} simulated, {s['unlaunchable']} not launchable"
             f"{same}; {s['seconds']:.2f} s")
-
-
-def check_search_dtype(dtype: str, cluster) -> None:
-    """A dtype a search may plan in on `cluster`: one the device has a rate for (fp8 only where it runs), and fp32
-    on CPU ranks, where the bundled executor trains in fp32 (`estimate` takes any, for what-if numbers)."""
-    check_dtype(dtype, cluster.device.peak_flops, cluster.device.name)
-    if cluster.device.kind == "cpu" and dtype != "fp32":
-        raise UserError(f"the bundled executor trains in fp32 on CPU ranks, so a {dtype} plan for {cluster.name} could "
-                        f"not run as planned; drop --dtype / --fix dtype (fp32) or use `estimate` for what-if numbers")
 
 
 def chosen_dtype(fixed: dict, dtype: str | None, cluster) -> str:
@@ -453,7 +440,7 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
     if seq_len < 1:
         raise UserError(f"--seq-len must be >= 1 (got {seq_len})")
     dtype = chosen_dtype(fixed, dtype, cluster)
-    check_search_dtype(dtype, cluster)
+    check_trainable_dtype(dtype, cluster)
     if global_batch < 1:
         raise UserError(f"--global-batch must be >= 1 (got {global_batch})")
     inputs = {"the model config": model_arg, "the cluster profile": cluster_arg}
@@ -620,7 +607,7 @@ def limits(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, 
     cluster = load_cluster(cluster_arg, nodes, gpus_per_node)
     fixed = parse_fix(fix)
     dtype = chosen_dtype(fixed, dtype, cluster)
-    check_search_dtype(dtype, cluster)
+    check_trainable_dtype(dtype, cluster)
     planner = lim.Planner(cluster, global_batch, dtype, attention, fixed, frameworks.execution(framework))
     if out_dir is not None:
         from autoconf.files import check_new, refuse_overwriting_inputs
@@ -796,7 +783,8 @@ def launch(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_eve
 @click.option("--calibrate", is_flag=True, help="fit the profile's factors; report held-out error before/after")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               callback=output_path)
-@click.option("--force", is_flag=True, help="reuse a non-empty --out folder")
+@click.option("--force", is_flag=True,
+              help="overwrite report.json, scatter.png, calibrated_profile.json and runs/ in --out")
 @user_errors
 def validate(model_arg, cluster_arg, global_batch, seq_len, configs, steps, repeats, fix, calibrate, out_dir,
              force) -> None:

@@ -49,6 +49,7 @@ def main() -> int:
 
     from autoconf.errors import UserError
     from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.dtypes import default_dtype
     from autoconf.spec.presets import load_model
     from autoconf.validate.run import local_runner, report_table, validate
 
@@ -93,7 +94,7 @@ def main() -> int:
         console = Console()
         cluster = load_cluster(str(profile))
         result = validate(load_model(args.model), cluster, cluster.name, args.global_batch, args.seq_len,
-                          "fp32" if cluster.device.kind == "cpu" else "bf16", args.configs, args.steps,
+                          default_dtype(cluster), args.configs, args.steps,
                           out / "validate", calibrate=True, force=True, cluster_path=profile, log=console.print,
                           refine=not args.no_refine, runner=runner, repeats=args.repeats)
         console.print(report_table(result))

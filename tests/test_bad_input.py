@@ -138,6 +138,14 @@ def test_empty_and_overlong_names_are_named_shortly(option):
     assert "x" * 81 not in result.output
 
 
+def test_validate_refuses_a_dtype_the_cpu_executor_cannot_train(tmp_path):
+    """`validate --fix dtype=bf16` on cpu-local ran fp32 CPU ranks against bf16 predictions."""
+    result = run_cli(["validate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8", "--fix",
+                      "dtype=bf16", "--out", tmp_path / "v"])
+    assert_one_clear_error(result, "trains in fp32 on CPU ranks")
+    assert not (tmp_path / "v").exists()
+
+
 def test_a_framework_flag_given_twice_is_refused():
     args = [*ESTIMATE, "--framework-flag", "param_gather_overlap=false", "--framework-flag",
             "param_gather_overlap=true"]

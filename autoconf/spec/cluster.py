@@ -14,7 +14,6 @@ import functools
 import math
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 
 from autoconf.errors import UserError
 

@@ -126,3 +126,20 @@ def check_dtype(name: str, peak_flops: dict, device: str) -> None:
     problem = dtype_problem(name, peak_flops, device)
     if problem:
         raise UserError(problem)
+
+
+def default_dtype(cluster) -> str:
+    """The dtype planned without --dtype: fp32 on CPU ranks (what the bundled executor trains in there), else
+    bf16."""
+    return "fp32" if cluster.device.kind == "cpu" else "bf16"
+
+
+def check_trainable_dtype(name: str, cluster) -> None:
+    """A dtype a search or a validation may plan in on `cluster` (a ClusterProfile): one the device has a rate for
+    (fp8 only where it runs), and fp32 on CPU ranks, where the bundled executor trains in fp32 (`estimate` takes
+    any, for what-if numbers)."""
+    check_dtype(name, cluster.device.peak_flops, cluster.device.name)
+    if cluster.device.kind == "cpu" and name != "fp32":
+        raise UserError(f"the bundled executor trains in fp32 on CPU ranks, so a {name} plan for {cluster.name} "
+                        f"could not run as planned; drop --dtype / --fix dtype (fp32) or use `estimate` for what-if "
+                        f"numbers")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile, load_cluster
+from autoconf.spec.dtypes import check_trainable_dtype, default_dtype
 from autoconf.spec.model import ModelSpec
 from autoconf.files import write_file
 from autoconf.spec.plan import Plan
@@ -427,7 +428,8 @@ def validate_command(model: str, cluster_path: str, global_batch: int, seq_len: 
     model_spec = load_model(model)
     cluster = load_cluster(cluster_path)
     fixed = dict(fixed or {})
-    dtype = fixed.pop("dtype", None) or ("fp32" if cluster.device.kind == "cpu" else "bf16")
+    dtype = fixed.pop("dtype", None) or default_dtype(cluster)
+    check_trainable_dtype(dtype, cluster)
     seq_len = seq_len or model_spec.default_seq_len
     if global_batch < 1:
         raise UserError(f"--global-batch must be >= 1 (got {global_batch})")
