@@ -77,6 +77,7 @@ def files(tmp_path) -> dict[str, Path]:
     write("hf_unknown.json", json.dumps({"model_type": "mamba", "d_model": 10}))
     write("negative_model.json", json.dumps({**PRESETS["tiny-gpt"].to_dict(), "num_layers": -4}))
     write("huge_model.json", json.dumps({**PRESETS["tiny-gpt"].to_dict(), "num_layers": 10 ** 8}))
+    write("future_model.json", json.dumps({**PRESETS["tiny-gpt"].to_dict(), "version": 2}))
     cluster = json.loads((PROFILES_DIR / "cpu-local.json").read_text())
     write("cluster_neg.json", json.dumps({**cluster, "nodes": -1}))
     write("cluster_inf.json", json.dumps({**cluster, "intra_node": {"latency_s": 1e-6, "bandwidth_Bps": 1e400}})
@@ -97,7 +98,7 @@ def files(tmp_path) -> dict[str, Path]:
 
 # ---- every verb ------------------------------------------------------------------------------------------------------
 MODEL_FILES = ["broken", "binary", "array", "deep", "longint", "unknown_model", "hf_bad", "hf_unknown",
-               "negative_model", "huge_model", "missing", "plan"]
+               "negative_model", "huge_model", "future_model", "missing", "plan"]
 
 
 @pytest.mark.parametrize("verb", ["estimate", "plan"])
@@ -144,6 +145,24 @@ def test_validate_refuses_a_dtype_the_cpu_executor_cannot_train(tmp_path):
                       "dtype=bf16", "--out", tmp_path / "v"])
     assert_one_clear_error(result, "trains in fp32 on CPU ranks")
     assert not (tmp_path / "v").exists()
+
+
+@pytest.mark.parametrize("addr", ["", "bad host", "-x", "a" * 300, "node..0"])
+def test_a_master_address_that_names_no_host_is_refused(files, addr):
+    """launch and profile passed any --master-addr to torchrun (which then waited for a rendezvous that could not
+    be)."""
+    assert_one_clear_error(run_cli(["launch", files["plan"], "--dry-run", "--nnodes", "2", "--master-addr", addr]),
+                           "is not a host name or an IP address")
+    assert_one_clear_error(run_cli(["profile", "--out", files["tmp"] / "p.json", "--nnodes", "2", "--master-addr",
+                                    addr]), "is not a host name or an IP address")
+
+
+def test_a_profile_rank_needs_room_for_a_model(tmp_path):
+    from autoconf.profile.launch import profile
+
+    with pytest.raises(UserError, match="less than the 64 MiB"):
+        profile(tmp_path / "p.json", memory_per_rank="1MiB")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_framework_flag_given_twice_is_refused():

@@ -226,6 +226,9 @@ _H100 = json.loads((PROFILES_DIR / "h100-gpt3-1.3b.json").read_text())
     (lambda d: d["efficiency"]["matmul"].update(value=1e6), "efficiency.matmul"),
     (lambda d: d["device"].update(peak_flops={"bf16": "fast"}), "device.peak_flops.bf16"),
     (lambda d: d["intra_node"].update(latency_s="1"), "intra_node.latency_s"),
+    (lambda d: d["compute"]["entries"][0].update(forward_s=0.0), "compute.entries[0].forward_s"),
+    (lambda d: d["device"].update(memory_bytes=1), "device.memory_bytes"),
+    (lambda d: d.update(memory_head_room={"fraction": 0.2}), "unknown field(s) 'memory_head_room'"),
 ])
 def test_profile_fields_are_checked_with_their_range(tmp_path, edit, field):
     doc = copy.deepcopy(_H100)
@@ -237,6 +240,17 @@ def test_profile_fields_are_checked_with_their_range(tmp_path, edit, field):
     assert_one_clear_error(run_cli(["estimate", "--model", "gpt3-1.3b", "--cluster", tmp_path / "p.json", "--tp",
                                     "1", "--pp", "1", "--dp", "1", "--micro-batch", "1", "--global-batch", "1"]),
                            field)
+
+
+def test_every_field_a_profile_writes_is_one_it_reads():
+    """PROFILE_FIELDS (what a profile may hold) is what the bundled profiles write, each optional part included."""
+    from autoconf.spec.cluster import bundled_profiles
+    from autoconf.spec.profile_checks import PROFILE_FIELDS
+
+    written = set()
+    for name in bundled_profiles():
+        written |= set(ClusterProfile.from_dict(json.loads((PROFILES_DIR / f"{name}.json").read_text())).to_dict())
+    assert written == set(PROFILE_FIELDS)
 
 
 def _paths(doc, prefix=()):

@@ -16,9 +16,11 @@ saying so, and torchrun (wrapped by autoconf.execute.elastic) ends with a short 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import socket
@@ -28,7 +30,7 @@ import time
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.files import check_new
+from autoconf.files import check_new, shown
 from autoconf.spec.support import check_supported
 from autoconf.spec.plan import load_plan, node_blocks
 
@@ -44,6 +46,23 @@ def worker_environment() -> dict:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_PARENT), env.get("PYTHONPATH")]))
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def check_master_addr(addr: str) -> str:
+    """`addr` if it is an IP address or a host name (dot-separated labels of letters, digits, `-` and `_`, none
+    starting or ending with `-`, at most 253 characters); else one UserError line."""
+    try:
+        ipaddress.ip_address(addr)
+        return addr
+    except ValueError:
+        pass
+    if 0 < len(addr) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in addr.removesuffix(".").split(".")):
+        return addr
+    raise UserError(f"--master-addr {shown(addr)!r} is not a host name or an IP address; give the address of the "
+                    f"node that starts as rank 0, e.g. node0 or 10.0.0.1")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -439,6 +458,7 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
     existing metrics file without `force`; a plan predicted not to fit unless `allow_unfit`; a GPU plan on a
     host without CUDA unless `allow_cpu` (checked when not a dry run). nnodes None: the plan's own node count.
     """
+    check_master_addr(master_addr)
     plan = load_plan(plan_path)
     check_fits(plan, allow_unfit)
     if nnodes is None:

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.execute.launch import free_port, run_supervised
+from autoconf.execute.launch import check_master_addr, free_port, run_supervised
 from autoconf.files import check_new
 from autoconf.spec.dtypes import PROFILED_DTYPES
 
@@ -140,8 +140,7 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
         raise UserError(f"--node-rank {node_rank} must be below --nnodes {nnodes} (nodes count from 0)")
     if master_port > 65535:
         raise UserError(f"--master-port {master_port} is not a TCP port (1..65535)")
-    if not master_addr:
-        raise UserError("--master-addr is empty; give the host name or address of node 0")
+    check_master_addr(master_addr)
     if rdzv not in RDZV:
         raise UserError(f"rendezvous {rdzv!r} is not one of {', '.join(RDZV)}")
     if model:
@@ -155,8 +154,11 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
         load_cluster(base_profile)
     if memory_per_rank:
         from autoconf.profile.hardware import parse_bytes
+        from autoconf.spec.profile_checks import MIN_DEVICE_BYTES
 
-        parse_bytes(memory_per_rank)
+        if parse_bytes(memory_per_rank) < MIN_DEVICE_BYTES:
+            raise UserError(f"--memory-per-rank {memory_per_rank} is less than the {MIN_DEVICE_BYTES >> 20} MiB a "
+                            f"profile's device may hold; give e.g. 4GiB")
     if dtype and dtype not in PROFILED_DTYPES:
         raise UserError(f"--dtype {dtype!r}: the profiler times one of {', '.join(PROFILED_DTYPES)}")
     if nnodes == 1 and master_addr in ("127.0.0.1", "localhost") and not _port_free(master_addr, master_port):

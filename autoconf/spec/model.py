@@ -605,6 +605,8 @@ class ModelSpec:
         mixture-of-experts model written without its `moe` object."""
         if not isinstance(data, dict):
             raise UserError(f"{source}: expected a JSON object describing a model")
+        if data.get("version", 1) != 1:
+            raise UserError(f"{source}: model version {data['version']!r} is not supported (expected 1, or none)")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields - {"version", "kind"} - set(DERIVED_COUNTS))
         if unknown:

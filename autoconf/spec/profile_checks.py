@@ -16,12 +16,17 @@ from autoconf.spec.model import is_printable_name
 MAX_NODES = 1_000_000
 MAX_GPUS_PER_NODE = 4096
 MAX_BYTES = 1e18  # memory, per device
+MIN_DEVICE_BYTES = 1 << 26  # 64 MiB: less holds no model worth planning (and prints as 0.0 GiB)
 MAX_RATE = 1e21  # FLOP/s or bytes/s
 MAX_SECONDS = 3600.0  # a latency, a measured pass, an overhead
 MAX_USD_PER_GPU_HOUR = 1e6  # a price per GPU-hour (a profile's or --price)
 MAX_EFFICIENCY = 4.0  # a fraction of a peak; calibration may divide by a factor < 1, so a little above 1 is fine
 MAX_SCALE = 100.0
 BLOCKS = ("attention", "mlp", "norm", "embedding", "head")
+# Every top-level field a profile may hold (ClusterProfile.to_dict writes them); any other is a typo, refused.
+PROFILE_FIELDS = ("version", "kind", "name", "description", "source", "backend", "nodes", "gpus_per_node", "device",
+                  "intra_node", "inter_node", "intra_node_matrix", "inter_node_matrix", "efficiency", "collectives",
+                  "compute", "hostnames", "matmul_size_curve", "attention_curves", "price", "memory_headroom", "host")
 
 
 class _Checker:
@@ -68,6 +73,10 @@ def _short(value) -> str:
 def profile_problems(data: dict) -> list[str]:
     """Every problem of a cluster profile document (already known to be a dict of kind "cluster", version 1)."""
     c = _Checker()
+    unknown = sorted(set(data) - set(PROFILE_FIELDS))
+    if unknown:
+        c.problems.append(f"unknown field(s) {', '.join(map(_short, unknown))}; a profile holds "
+                          f"{', '.join(PROFILE_FIELDS)}")
     c.name(data.get("name"), "name")
     c.integer(data.get("nodes"), "nodes", 1, MAX_NODES)
     c.integer(data.get("gpus_per_node"), "gpus_per_node", 1, MAX_GPUS_PER_NODE)
@@ -109,7 +118,7 @@ def _device(c: _Checker, dev) -> None:
     c.name(dev.get("name"), "device.name")
     if dev.get("kind") not in ("gpu", "cpu"):
         c.bad("device.kind", '"gpu" or "cpu"', dev.get("kind"))
-    c.number(dev.get("memory_bytes"), "device.memory_bytes", 0, MAX_BYTES, lo_open=True)
+    c.number(dev.get("memory_bytes"), "device.memory_bytes", MIN_DEVICE_BYTES, MAX_BYTES)
     c.number(dev.get("memory_bandwidth_Bps"), "device.memory_bandwidth_Bps", 0, MAX_RATE, lo_open=True)
     overhead = dev.get("memory_overhead_bytes", 0.0)
     if c.number(overhead, "device.memory_overhead_bytes", 0, MAX_BYTES):
@@ -231,7 +240,8 @@ def _compute(c: _Checker, table) -> None:
             if entry.get("block") not in BLOCKS:
                 c.bad(f"{where}.block", f"one of {', '.join(BLOCKS)}", entry.get("block"))
             _shape(c, entry, where)
-            for key in ("forward_s", "backward_input_s", "backward_weight_s"):
+            c.number(entry.get("forward_s"), f"{where}.forward_s", 0, MAX_SECONDS, lo_open=True)  # a kernel ran
+            for key in ("backward_input_s", "backward_weight_s"):
                 c.number(entry.get(key), f"{where}.{key}", 0, MAX_SECONDS)
             for key in ("p10_forward_s", "p90_forward_s"):
                 if entry.get(key) is not None:
