@@ -51,17 +51,36 @@ def test_fields_that_would_be_read_as_something_else_are_one_line(config, needle
         from_hf_config(config, "m")
 
 
-def test_other_rope_scaling_plans_up_to_the_stated_context_and_no_further():
-    """Scaling the spec does not describe (DeepSeek's published yarn, linear, dynamic) is read as none: the model is
-    planned up to its max_position_embeddings (for yarn already the extended length), and a longer sequence is
-    refused by the line that names llama3 scaling as the only kind that extends it."""
-    deepseek_yarn = {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096, "beta_fast": 32}
-    for config in ({**LLAMA, "rope_scaling": {"rope_type": "linear", "factor": 4.0}},
-                   {**LLAMA, "rope_parameters": {"rope_theta": 1e6, "rope_type": "dynamic", "factor": 2.0}},
-                   {**MIXTRAL, "rope_scaling": deepseek_yarn}):
-        spec = from_hf_config(config, "m")
-        assert spec.rope_scaling_factor == 1.0 and spec.context_problem(8192) is None
-        assert "no llama3 RoPE scaling" in spec.context_problem(8193)
+@pytest.mark.parametrize("config, context", [
+    ({**LLAMA, "rope_scaling": {"rope_type": "linear", "factor": 4.0}}, 8192),  # no original length: as written
+    ({**LLAMA, "rope_parameters": {"rope_theta": 1e6, "rope_type": "dynamic", "factor": 2.0}}, 8192),
+    ({**LLAMA, "rope_scaling": {"rope_type": "linear", "factor": 4.0, "original_max_position_embeddings": 4096}},
+     16384),
+    # Qwen3's documented yarn (factor 4 over 32,768 tokens; its config says 40,960): 131,072
+    ({**QWEN3_MOE, "max_position_embeddings": 40960, "rope_scaling": {
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}}, 131072),
+    ({**LLAMA, "rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, 16384),  # transformers' default original
+    # DeepSeek-V3's published yarn (40 x 4,096), over a shorter max_position_embeddings than its own 163,840
+    ({**MIXTRAL, "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+                                  "beta_fast": 32}}, 163840),
+])
+def test_stretching_rope_scaling_plans_up_to_the_context_it_reaches_and_no_further(config, context):
+    """A yarn config set as Qwen documents for 131,072 tokens was refused past max_position_embeddings with a line
+    telling the user to set rope_scaling, which it had. Yarn, linear and dynamic scaling reach their factor times
+    the original context; past that only llama3 scaling trains, and the refusal says what the context is."""
+    spec = from_hf_config(config, "m")
+    assert spec.rope_scaling_factor == 1.0 and spec.max_seq_len == context and spec.context_problem(context) is None
+    assert f"context of {context:,} tokens" in spec.context_problem(context + 1)
+
+
+@pytest.mark.parametrize("scaling, needle", [
+    ({"rope_type": "yarn"}, "yarn rope_scaling needs a factor >= 1"),
+    ({"rope_type": "linear", "factor": 2.0, "original_max_position_embeddings": "4k"},
+     "original_max_position_embeddings must be a positive integer"),
+])
+def test_a_stretching_rope_scaling_without_usable_numbers_is_one_line(scaling, needle):
+    with pytest.raises(UserError, match=needle):
+        from_hf_config({**LLAMA, "rope_scaling": scaling}, "m")
 
 
 def test_an_moe_importer_error_names_the_file_once():

@@ -55,28 +55,61 @@ def rope_theta(config: dict) -> float:
     return float(config.get("rope_theta", 10000.0) if theta is None else theta)
 
 
-def rope_scaling_factor(config: dict, name: str) -> float:
-    """The factor of Llama 3.x RoPE scaling (`rope_scaling` or transformers 5's `rope_parameters` with rope_type
-    "llama3" and its `factor`), which lets a model train past max_position_embeddings; 1.0 without it. Another
-    rope_type (linear, dynamic, yarn as DeepSeek publishes it, longrope) is read as 1.0: the spec does not describe
-    it, so the model is planned up to its max_position_embeddings (for yarn already the extended length) and no
-    further; its cost does not depend on how positions are rotated (the executor rotates them plainly)."""
+def _rope_scaling(config: dict, name: str) -> tuple[str, dict | None]:
+    """(the key it was read from, the RoPE scaling object or None): `rope_scaling`, or transformers 5's
+    `rope_parameters` less its rope_theta."""
     key = "rope_scaling"
     scaling = config.get(key)
     if scaling is None:
         key = "rope_parameters"
         scaling = {k: v for k, v in _rope_parameters(config).items() if k != "rope_theta"} or None
-    if scaling is None:
-        return 1.0
-    if not isinstance(scaling, dict):
+    if scaling is not None and not isinstance(scaling, dict):
         raise UserError(f"{name}: {key} must be an object such as {{\"rope_type\": \"llama3\", \"factor\": 8.0}} "
                         f"or null (got {scaling!r})")
-    if (scaling.get("rope_type") or scaling.get("type")) != "llama3":
-        return 1.0
+    return key, scaling
+
+
+def _scaling_factor(scaling: dict, key: str, name: str, kind: str) -> float:
     factor = scaling.get("factor")
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (math.isfinite(factor) and factor >= 1):
-        raise UserError(f"{name}: llama3 {key} needs a factor >= 1, as Llama 3.1's 8.0 (got {factor!r})")
+        raise UserError(f"{name}: {kind} {key} needs a factor >= 1, as Llama 3.1's llama3 8.0 or Qwen's yarn 4.0 "
+                        f"(got {factor!r})")
     return float(factor)
+
+
+def rope_scaling_factor(config: dict, name: str) -> float:
+    """The factor of Llama 3.x RoPE scaling (rope_type "llama3" and its `factor`), which lets a model train past
+    its context and further; 1.0 without it. Another rope_type is read by `rope_context` (what it extends the
+    context to); the cost does not depend on how positions are rotated (the executor rotates them plainly)."""
+    key, scaling = _rope_scaling(config, name)
+    if scaling is None or (scaling.get("rope_type") or scaling.get("type")) != "llama3":
+        return 1.0
+    return _scaling_factor(scaling, key, name, "llama3")
+
+
+# RoPE scalings whose factor stretches an original context (transformers' rope_type names).
+STRETCHING_ROPE = ("yarn", "linear", "dynamic")
+
+
+def rope_context(config: dict, name: str) -> int:
+    """The tokens the model is planned up to: max_position_embeddings (4096 when absent), or, under a yarn, linear
+    or dynamic RoPE scaling, its factor times the context it stretches when that is longer: its
+    `original_max_position_embeddings`, for yarn by default max_position_embeddings as transformers reads it (Qwen's
+    yarn 4.0 over 32,768 -> 131,072 tokens; DeepSeek-V3's 40 x 4,096 is its max_position_embeddings already). Linear
+    and dynamic scaling without an original length are read as max_position_embeddings (configs write either)."""
+    base = config.get("max_position_embeddings", 4096)
+    key, scaling = _rope_scaling(config, name)
+    kind = scaling and (scaling.get("rope_type") or scaling.get("type"))
+    if kind not in STRETCHING_ROPE or not isinstance(base, int) or isinstance(base, bool):
+        return base  # (a bad base is ModelSpec's to name)
+    factor = _scaling_factor(scaling, key, name, kind)
+    original = scaling.get("original_max_position_embeddings", base if kind == "yarn" else None)
+    if original is None:
+        return base
+    if isinstance(original, bool) or not isinstance(original, int) or original < 1:
+        raise UserError(f"{name}: {key}.original_max_position_embeddings must be a positive integer (got "
+                        f"{original!r})")
+    return max(base, int(original * factor))
 
 
 def sliding_window(config: dict, model_type: str, name: str) -> int | None:
@@ -104,15 +137,15 @@ def sliding_window(config: dict, model_type: str, name: str) -> int | None:
 
 def llama_fields(config: dict, name: str, model_type: str) -> dict:
     """The ModelSpec fields every Llama-shaped family (dense or MoE) reads alike: layers, width, heads (absent or
-    null KV heads: multi-head; 0 is an error), head width, vocabulary, context, tied embeddings, attention dropout,
-    RoPE base, scaling and sliding window. KeyError for a missing key (the caller names it)."""
+    null KV heads: multi-head; 0 is an error), head width, vocabulary, context (`rope_context`), tied embeddings,
+    attention dropout, RoPE base, scaling and sliding window. KeyError for a missing key (the caller names it)."""
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads")
     return dict(name=name, arch="llama", num_layers=layer_count(config, "num_hidden_layers", name),
                 hidden_size=config["hidden_size"], num_heads=heads,
                 num_kv_heads=heads if kv_heads is None else kv_heads,
                 head_dim=config.get("head_dim"),  # absent or null: hidden_size / num_attention_heads
-                vocab_size=config["vocab_size"], max_seq_len=config.get("max_position_embeddings", 4096),
+                vocab_size=config["vocab_size"], max_seq_len=rope_context(config, name),
                 tied_embeddings=hf_bool(config, "tie_word_embeddings", False, name),
                 dropout=float(config.get("attention_dropout", 0.0) or 0.0), rope_theta=rope_theta(config),
                 rope_scaling_factor=rope_scaling_factor(config, name),

@@ -354,9 +354,10 @@ class ModelSpec:
                     f"--seq-len {self.max_seq_len} or less")
         if self.rope_scaling_factor == 1:
             return (f"seq_len {seq_len} exceeds {self.name}'s context of {self.max_seq_len:,} tokens "
-                    f"(max_position_embeddings) and the model has no llama3 RoPE scaling; use --seq-len "
-                    f"{self.max_seq_len} or less, or a model whose config sets rope_scaling (the llama3.1 presets: "
-                    f"131,072 tokens, longer with their llama3 scaling)")
+                    f"(max_position_embeddings, or what its yarn/linear/dynamic RoPE scaling stretches it to) and "
+                    f"the model has no llama3 RoPE scaling to train further; use --seq-len {self.max_seq_len} or "
+                    f"less, or a config whose rope_scaling reaches it (the llama3.1 presets: 131,072 tokens, longer "
+                    f"with their llama3 scaling)")
         return None
 
     @property
