@@ -220,6 +220,13 @@ def test_a_measured_gpu_profile_starts_from_its_parts_data_sheet():
 
     assert known_gpu("NVIDIA B200")[0]["bf16"] == 2250e12 == load_cluster("dgx-b200-180g").device.peak("bf16")
     assert known_gpu("NVIDIA GB200")[0]["bf16"] == 2500e12
+    # a part with a bundled data-sheet profile is read from it (its fp8 rate included), one without from the table
+    for name, profile in (("NVIDIA H100 80GB HBM3", "dgx-h100-80g"), ("NVIDIA H200", "dgx-h200-141g"),
+                          ("NVIDIA A100-SXM4-80GB", "dgx-a100-80g")):
+        device = load_cluster(profile).device
+        assert known_gpu(name) == (device.peak_flops, device.memory_bandwidth_Bps)
+    assert known_gpu("NVIDIA H100 80GB HBM3")[0]["fp8"] == 1979e12
+    assert known_gpu("NVIDIA H100 PCIe")[0]["bf16"] == 756e12 and known_gpu("NVIDIA A100-PCIE-40GB")[1] == 1.555e12
     for name, base in (("NVIDIA B200", "dgx-b200-180g"), ("NVIDIA H100 80GB HBM3", "dgx-h100-80g"),
                        ("NVIDIA A100-SXM4-80GB", "dgx-a100-80g")):
         assert base_profile_for(name) == base and base in bundled_profiles()

@@ -6,7 +6,7 @@ copy the memory bandwidth (bytes read + written per second), a causal scaled-dot
 median over ranks is recorded. Capacity is a configured per-rank limit (`--memory-per-rank`), by default the host's
 physical RAM divided by its ranks.
 
-On GPU the peak comes from the data-sheet table below (the number a cost model's efficiencies are fractions of) and
+On GPU the peak comes from the data sheet (DATA_SHEETS: the number a cost model's efficiencies are fractions of) and
 capacity from `torch.cuda.get_device_properties().total_memory`; a `--base-profile` supplies the efficiencies.
 """
 
@@ -21,18 +21,18 @@ from autoconf.errors import UserError
 from autoconf.execute.dtypes import TORCH_DTYPES
 from autoconf.profile.timing import median, time_repeated
 
-# Data-sheet dense peaks (FLOP/s) and HBM bandwidth (bytes/s), matched by substring of torch's device name,
-# most specific first.
-KNOWN_GPUS = [
-    ("H200", {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12, "fp32": 67e12}, 4.8e12),
-    ("H100 PCIe", {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12, "fp32": 51e12}, 2.0e12),
-    ("H100", {"bf16": 989e12, "fp16": 989e12, "tf32": 494e12, "fp32": 67e12}, 3.35e12),  # SXM (HBM3)
-    ("A100-SXM4-80GB", {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}, 2.039e12),
-    ("A100", {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}, 1.555e12),
-    # Dense peaks at the part's power limit (NVIDIA's Blackwell technical brief): GB200's B200 at 1200 W, HGX /
-    # DGX B200 at 1000 W.
-    ("GB200", {"bf16": 2500e12, "fp16": 2500e12, "tf32": 1250e12, "fp32": 90e12}, 8e12),
-    ("B200", {"bf16": 2250e12, "fp16": 2250e12, "tf32": 1100e12, "fp32": 80e12}, 8e12),
+# Data-sheet dense peaks (FLOP/s) and HBM bandwidth (bytes/s) by substring of torch's device name, most specific
+# first: a bundled data-sheet profile's name where one describes the part (its device is read), else the numbers.
+DATA_SHEETS = [
+    ("H200", "dgx-h200-141g"),
+    # NVIDIA H100 data sheet, PCIe column (the sparse figures halved)
+    ("H100 PCIe", ({"bf16": 756e12, "fp16": 756e12, "tf32": 378e12, "fp32": 51e12, "fp8": 1513e12}, 2.0e12)),
+    ("H100", "dgx-h100-80g"),  # SXM (HBM3)
+    ("A100-SXM4-80GB", "dgx-a100-80g"),
+    ("A100", ({"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}, 1.555e12)),  # 40 GB (HBM2)
+    # GB200's B200 at 1200 W (NVIDIA's Blackwell technical brief, dense); an HGX / DGX B200 runs at 1000 W
+    ("GB200", ({"bf16": 2500e12, "fp16": 2500e12, "tf32": 1250e12, "fp32": 90e12, "fp8": 5000e12}, 8e12)),
+    ("B200", "dgx-b200-180g"),
 ]
 
 # The base profile whose efficiencies a GPU profile starts from, by device-name substring.
@@ -78,8 +78,16 @@ def rss_bytes() -> int:
 
 
 def known_gpu(name: str) -> tuple[dict, float] | None:
-    for key, peaks, bandwidth in KNOWN_GPUS:
+    """(dense peak FLOP/s per dtype, memory bandwidth in bytes/s) of the part torch names `name`, from
+    DATA_SHEETS; None for a part not listed."""
+    for key, sheet in DATA_SHEETS:
         if key in name:
+            if isinstance(sheet, str):
+                from autoconf.spec.cluster import load_cluster
+
+                device = load_cluster(sheet).device
+                return dict(device.peak_flops), device.memory_bandwidth_Bps
+            peaks, bandwidth = sheet
             return dict(peaks), bandwidth
     return None
 
