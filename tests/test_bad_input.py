@@ -165,6 +165,13 @@ def test_a_profile_rank_needs_room_for_a_model(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_family_no_limit_reads_is_refused():
+    """`limits --family llama3 --only seq` ignored the family."""
+    result = run_cli(["limits", "--model", "tiny-gpt", "--family", "llama3", "--only", "seq", "--cluster",
+                      "cpu-local", "--global-batch", "8"])
+    assert_one_clear_error(result, "--family names the family of the largest-model limit")
+
+
 def test_a_framework_flag_given_twice_is_refused():
     args = [*ESTIMATE, "--framework-flag", "param_gather_overlap=false", "--framework-flag",
             "param_gather_overlap=true"]
