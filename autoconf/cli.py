@@ -592,13 +592,13 @@ def limits(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, 
     from autoconf.spec.presets import PRESETS, load_model
 
     wanted = set(only or LIMITS)
-    if family and "model" not in wanted:
-        raise UserError(f"--family names the family of the largest-model limit, which --only "
-                        f"{' '.join(sorted(wanted))} leaves out; add --only model or drop --family")
     if model_arg is None:
         if not family or (only and wanted - {"model"}):
             raise UserError("give --model (for the sequence and micro-batch limits) or --family with --only model")
         wanted = {"model"}
+    if family and "model" not in wanted:
+        raise UserError(f"--family names the family of the largest-model limit, which --only "
+                        f"{' '.join(sorted(wanted))} leaves out; add --only model or drop --family")
     model = load_model(model_arg) if model_arg is not None else None
     if "model" in wanted and family is None:
         if model.name not in PRESETS:  # a model from a file has no family of presets

@@ -282,14 +282,14 @@ def moe_block_terms(row: dict, table: dict, models: dict) -> dict:
     c, ex, cluster = config_of(row, row["precision"]), execution_of(row, table), cluster_of(row, table)
     pieces = model_pieces(model, cluster, c, execution=ex)
     gemm = precision(c.dtype).gemm
-    dense, routed = expert_gemms(model, c)
+    dense, routed, experts = expert_gemms(model, c)
     tokens = (c.local_seq_len, c.micro_batch_size, c.tp)
     rate = cluster.device.memory_bandwidth_Bps * cluster.eff("memory")
     ms = 1e3
     terms = {"attention core": pieces.attention_core.total,
              "attention GEMMs": 3 * gemms_time(cluster, gemm, attention_gemms(model, *tokens)),
              "router GEMM": 3 * gemms_time(cluster, gemm, dense),
-             "routed GEMMs": 3 * gemms_time(cluster, gemm, routed) * load_imbalance(cluster),
+             "routed GEMMs": 3 * experts * gemms_time(cluster, gemm, routed) * load_imbalance(cluster),
              "fp8 casts": sum(scaling_time(model, cluster, c)) + sum(cast_seconds(cluster, c, *expert_cast_elements(
                  model, c))) - sum(cast_seconds(cluster, c, *mlp_cast_elements(model, c))),
              "routed copies": 2 * routed_copy_bytes(model, c, ex.moe_fp8_padding) / rate}

@@ -6,6 +6,7 @@ a byte-identical plan.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import tempfile
@@ -170,6 +171,44 @@ def test_a_family_no_limit_reads_is_refused():
     result = run_cli(["limits", "--model", "tiny-gpt", "--family", "llama3", "--only", "seq", "--cluster",
                       "cpu-local", "--global-batch", "8"])
     assert_one_clear_error(result, "--family names the family of the largest-model limit")
+
+
+@pytest.mark.parametrize("field, value", [("hidden_size", 10 ** 400), ("vocab_size", 10 ** 30),
+                                          ("ffn_hidden_size", 10 ** 400), ("max_seq_len", 10 ** 12)])
+def test_model_sizes_past_any_model_are_one_short_line(tmp_path, field, value):
+    """A width of 10**400 ended in an OverflowError traceback; the line names the field without its 400 digits."""
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({**PRESETS["tiny-llama"].to_dict(), field: value}))
+    result = run_cli(["estimate", "--model", path, "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp", "4",
+                      "--micro-batch", "1", "--global-batch", "4", "--seq-len", "16"])
+    assert_one_clear_error(result, f"{field} ", "autoconf plans")
+    assert len(result.output) < 300
+
+
+def test_many_experts_are_priced_by_count_and_bounded(tmp_path):
+    """An expert count of 10**5 kept plan busy for minutes (one GEMM entry per expert, priced one by one) and 10**12
+    ran out of memory: local experts are priced as a count, and the count is bounded."""
+    from autoconf.cost.moe import expert_gemms
+
+    many = dataclasses.replace(PRESETS["tiny-moe"], moe=dataclasses.replace(PRESETS["tiny-moe"].moe,
+                                                                            num_experts=65536))
+    c = ParallelConfig(tp=1, pp=1, dp=4, ep=4, micro_batch_size=1, global_batch_size=4, seq_len=16)
+    dense, routed, experts = expert_gemms(many, c)
+    assert len(routed) == 3 and experts == 65536 // 4
+    path = tmp_path / "e.json"
+    data = PRESETS["tiny-moe"].to_dict()
+    data["moe"]["num_experts"] = 10 ** 12
+    path.write_text(json.dumps({k: v for k, v in data.items() if "parameters" not in k}))
+    assert_one_clear_error(run_cli(["estimate", "--model", path, *ESTIMATE[3:]]), "num_experts", "65,536")
+
+
+def test_a_pinned_selective_policy_pins_selective_recompute():
+    """`plan --fix selective_recompute=attention_core` without --fix recompute=selective ended in a TypeError."""
+    result = run_cli(["plan", "--model", "tiny-llama", "--cluster", "cpu-local", "--global-batch", "8", "--seq-len",
+                      "64", "--fix", "selective_recompute=attention_core", "--top", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    configs = [p["config"] for p in json.loads(result.output)["plans"]]
+    assert configs and all(c["recompute"] == "selective" for c in configs)
 
 
 def test_a_framework_flag_given_twice_is_refused():

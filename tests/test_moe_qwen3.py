@@ -87,8 +87,8 @@ def test_the_executors_routed_experts_stay_in_bf16_under_fp8():
     executor = FRAMEWORKS["autoconf"]
     bf16 = model_pieces(QWEN3, H100, c, execution=executor).moe_rest
     fp8 = model_pieces(QWEN3, H100, c, execution=executor.replace(moe_fp8_routed_experts=True)).moe_rest
-    routed = expert_gemms(QWEN3, c)[1]
-    gemms = 3 * (gemms_time(H100, "fp8", routed) - gemms_time(H100, "bf16", routed))
+    _, routed, experts = expert_gemms(QWEN3, c)
+    gemms = 3 * experts * (gemms_time(H100, "fp8", routed) - gemms_time(H100, "bf16", routed))
     casts = sum(cast_seconds(H100, c, *expert_cast_elements(QWEN3, c)))
     assert gemms < 0 < casts
     assert fp8.total - bf16.total == pytest.approx(gemms + casts)

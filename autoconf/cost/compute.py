@@ -602,9 +602,9 @@ def _moe_ffn_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, 
 
     p = precision(c.dtype)
     gemm = p.gemm
-    dense, routed = expert_gemms(model, c)
+    dense, routed, experts = expert_gemms(model, c)
     seconds = (gemms_time(cluster, gemm, dense)
-               + gemms_time(cluster, gemm if routed_fp8 else p.element, routed) * load_imbalance(cluster))
+               + experts * gemms_time(cluster, gemm if routed_fp8 else p.element, routed) * load_imbalance(cluster))
     e = DTYPE_BYTES[c.dtype]
     routed_tokens = tokens_per_rank(c) * model.moe.num_experts_per_tok
     nbytes = 3 * moe_swiglu_elements(model, c) * e + 4 * routed_tokens * model.hidden_size * e

@@ -128,11 +128,12 @@ def load_imbalance(cluster: ClusterProfile) -> float:
     return max(1.0, float(entry["value"])) if entry else DEFAULT_LOAD_IMBALANCE
 
 
-def expert_gemms(model: ModelSpec, c: ParallelConfig) -> tuple[list[float], list[float]]:
+def expert_gemms(model: ModelSpec, c: ParallelConfig) -> tuple[list[float], list[float], int]:
     """Forward FLOPs of each GEMM of one MoE layer's FFN part on one rank: (the router and the shared experts, as
     shaped by the attention layout: router on the rank's T tokens, shared experts TP-split like a dense MLP;
-    the routed experts: gate, up, down of each local expert at its `rows_per_expert`). Each backward GEMM has the
-    FLOPs of its forward one."""
+    gate, up and down of one local routed expert at its `rows_per_expert`; the local experts, each running those
+    three: a count, so that a model of many experts costs no more to price than one of few). Each backward GEMM has
+    the FLOPs of its forward one."""
     m, h = model.moe, model.hidden_size
     tokens = c.local_seq_len * c.micro_batch_size
     dense = [2.0 * tokens_per_rank(c) * h * m.num_experts]
@@ -140,8 +141,7 @@ def expert_gemms(model: ModelSpec, c: ParallelConfig) -> tuple[list[float], list
         width = m.num_shared_experts * m.shared_expert_intermediate_size
         dense += [2.0 * tokens * h * width / c.tp] * 3
     rows, width = rows_per_expert(model, c), m.moe_intermediate_size / c.etp
-    routed = [2.0 * rows * h * width] * (3 * (m.num_experts // c.ep))
-    return dense, routed
+    return dense, [2.0 * rows * h * width] * 3, m.num_experts // c.ep
 
 
 def routed_rows(model: ModelSpec, c: ParallelConfig) -> float:

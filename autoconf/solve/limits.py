@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from autoconf.errors import UserError
+from autoconf.spec.plan import MAX_SEQ_LEN
 
 SEQ_GRANULARITY = 256  # the longest sequence is reported in multiples of this many tokens
 
@@ -98,7 +99,7 @@ def _largest(values: list, fits) -> tuple[object | None, list]:
 def longest_sequence(planner: Planner, model, ceiling: int | None = None) -> Limit:
     """The longest sequence (a multiple of SEQ_GRANULARITY tokens, or the ceiling itself) with a fitting layout,
     up to `ceiling` (default: the model's context limit, ModelSpec.context_limit)."""
-    ceiling = ceiling or model.context_limit
+    ceiling = min(ceiling or model.context_limit, MAX_SEQ_LEN)
     if model.context_problem(ceiling):  # (the ceiling is --max-seq-len here)
         raise UserError(model.context_problem(ceiling).replace("--seq-len", "--max-seq-len"))
     values = list(range(SEQ_GRANULARITY, ceiling + 1, SEQ_GRANULARITY))

@@ -1137,6 +1137,10 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
                        execution: Execution = Execution()) -> str:
     """One line: the closest candidate's shortfall, and the smallest change that makes some layout fit."""
     fixed = normalise_fixed(fixed)
+    if result.closest is None:  # (no candidate was weighed at all)
+        pins = " ".join(f"--fix {k}={v}" for k, v in fixed.items())
+        return (f"no legal layout of {model.name} on {cluster.world_size} devices honours {pins or 'the request'}; "
+                f"drop or change a pin")
     over, config = result.closest
     plan = estimate(model, cluster, config, execution=execution, detail=False)
     memory = plan.prediction["memory_per_stage"]

@@ -89,7 +89,12 @@ def parse_fix_value(key: str, value: str):
 
 
 def normalise_fixed(fixed: dict) -> dict:
-    return {ALIASES.get(k, k): v for k, v in fixed.items()}
+    """The pins under their field names; a pinned selective_recompute pins recompute to selective (it is read only
+    there)."""
+    out = {ALIASES.get(k, k): v for k, v in fixed.items()}
+    if "selective_recompute" in out and "recompute" not in out:
+        out["recompute"] = "selective"
+    return out
 
 
 def _divisors(n: int) -> list[int]:
