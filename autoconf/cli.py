@@ -747,9 +747,9 @@ def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, mo
 @click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--master-addr", default="127.0.0.1", show_default=True)
 @click.option("--master-port", type=click.IntRange(1, 65535), default=29500, show_default=True)
-@click.option("--collective-timeout", type=click.FloatRange(min=1), default=None,
+@click.option("--collective-timeout", type=click.FloatRange(1, 7 * 86400), default=None,
               help="seconds before a stuck collective ends the job (default 600)")
-@click.option("--rendezvous-timeout", type=click.FloatRange(min=1), default=None,
+@click.option("--rendezvous-timeout", type=click.FloatRange(1, 7 * 86400), default=None,
               help="seconds to wait for every node to join (default 600)")
 @click.option("--force", is_flag=True, help="overwrite an existing metrics file (of a run that does not resume)")
 @click.option("--allow-cpu", is_flag=True, help="run a GPU plan on this host's CPU ranks (a rehearsal of the layout)")

@@ -211,6 +211,12 @@ def test_a_pinned_selective_policy_pins_selective_recompute():
     assert configs and all(c["recompute"] == "selective" for c in configs)
 
 
+def test_a_timeout_past_a_week_is_refused(files):
+    """`launch --collective-timeout 1e308` passed a dry run; the workers' timedelta would have overflowed."""
+    assert_one_clear_error(run_cli(["launch", files["plan"], "--dry-run", "--collective-timeout", "1e308"]),
+                           "--collective-timeout")
+
+
 def test_a_framework_flag_given_twice_is_refused():
     args = [*ESTIMATE, "--framework-flag", "param_gather_overlap=false", "--framework-flag",
             "param_gather_overlap=true"]
