@@ -127,11 +127,9 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
     def choices(key, default):
         return [fixed[key]] if key in fixed else default
 
-    if "selective_recompute" in fixed:
-        if fixed.get("recompute", "selective") != "selective":
-            raise UserError(f"--fix selective_recompute={fixed['selective_recompute']} needs recompute selective "
-                            f"(got --fix recompute={fixed['recompute']})")
-        fixed = {**fixed, "recompute": "selective"}
+    if "selective_recompute" in fixed and fixed["recompute"] != "selective":  # (normalise_fixed pinned it)
+        raise UserError(f"--fix selective_recompute={fixed['selective_recompute']} needs recompute selective "
+                        f"(got --fix recompute={fixed['recompute']})")
 
     if "cp_comm" in fixed:  # (it is read only under context parallelism, so a pin asks for it)
         if fixed.get("cp", 2) == 1:

@@ -100,10 +100,11 @@ def parse_nodes(text: str) -> list[int]:
         sizes = range(first, last + 1, numbers[2])  # (counted before it is listed)
     else:
         sizes = [first * 2**k for k in range(int(math.log2(last / first)) + 2) if first * 2**k <= last]
-    if len(sizes) + (sizes[-1] != last) > MAX_SWEEP_SIZES:
-        raise UserError(f"--nodes {text!r} asks for {len(sizes) + (sizes[-1] != last)} cluster sizes; at most "
+    tail = [last] if sizes[-1] != last else []
+    if len(sizes) + len(tail) > MAX_SWEEP_SIZES:
+        raise UserError(f"--nodes {text!r} asks for {len(sizes) + len(tail)} cluster sizes; at most "
                         f"{MAX_SWEEP_SIZES} (use a larger step or the power-of-two range A:B)")
-    return list(sizes) + ([last] if sizes[-1] != last else [])
+    return list(sizes) + tail
 
 
 def training(prediction: dict, tokens: int, devices: int, price: float | None = None,

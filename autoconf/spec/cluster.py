@@ -372,9 +372,8 @@ def bundled_profiles() -> list[str]:
 
 def load_cluster(arg: str, nodes: int | None = None, gpus_per_node: int | None = None) -> ClusterProfile:
     """A bundled profile name or a profile path, optionally resized to `nodes` x `gpus_per_node`."""
-    from autoconf.spec.presets import read_json
-
     from autoconf.files import named_input, shown
+    from autoconf.spec.presets import read_json
 
     bundled = PROFILES_DIR / f"{arg}.json"
     if "/" not in arg and arg in bundled_profiles():

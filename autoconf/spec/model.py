@@ -31,11 +31,11 @@ MAX_SIZES = {"hidden_size": 1 << 20, "ffn_hidden_size": 1 << 22, "num_heads": 1 
              "moe_intermediate_size": 1 << 22, "shared_expert_intermediate_size": 1 << 22}
 
 
-def _too_large(spec, names) -> list[str]:
-    """A problem for each of `names` whose integer value exceeds MAX_SIZES."""
-    return [f"{name} {shown(getattr(spec, name), 24)} is more than the {MAX_SIZES[name]:,} autoconf plans"
-            for name in names
-            if isinstance(getattr(spec, name), int) and getattr(spec, name) > MAX_SIZES[name]]
+def _too_large(spec) -> list[str]:
+    """A problem for each field of `spec` bounded in MAX_SIZES whose integer value exceeds its bound."""
+    values = {name: getattr(spec, name) for name in MAX_SIZES if hasattr(spec, name)}
+    return [f"{name} {shown(value, 24)} is more than the {MAX_SIZES[name]:,} autoconf plans"
+            for name, value in values.items() if isinstance(value, int) and value > MAX_SIZES[name]]
 
 DEFAULT_SEQ_LEN = 8192  # the longest sequence planned without --seq-len
 ARCHES = ("gpt", "llama")
@@ -113,7 +113,7 @@ class MoESpec:
         for name in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "n_group", "topk_group"):
             if not _positive_int(getattr(self, name)):
                 problems.append(f"{name} must be a positive integer (got {getattr(self, name)!r})")
-        problems += _too_large(self, ("num_experts", "moe_intermediate_size", "shared_expert_intermediate_size"))
+        problems += _too_large(self)
         for name in ("num_shared_experts", "shared_expert_intermediate_size", "first_k_dense"):
             value = getattr(self, name)
             if not (_positive_int(value) or (value == 0 and isinstance(value, int) and not isinstance(value, bool))):
@@ -236,8 +236,7 @@ class ModelSpec:
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{field} must be a positive integer (got {value!r})")
-        problems += _too_large(self, ("hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size",
-                                      "max_seq_len", "head_dim"))
+        problems += _too_large(self)
         if isinstance(self.mtp_num_layers, bool) or not isinstance(self.mtp_num_layers, int) or self.mtp_num_layers < 0:
             problems.append(f"mtp_num_layers must be a whole number, 0 for none (got {self.mtp_num_layers!r})")
         elif _positive_int(self.num_layers) and self.num_layers + self.mtp_num_layers > MAX_LAYERS:
