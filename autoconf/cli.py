@@ -44,6 +44,19 @@ class ScheduleChoice(click.Choice):
         pass
 
 
+# An error line longer than this keeps its start (what is wrong) and its end (what would work) and says how much of
+# its middle it leaves out: an input echoed in full (a 900k-entry list) made a line of megabytes.
+MAX_ERROR_LINE = 2000
+
+
+def error_line(message: str) -> str:
+    """`message` as one line of at most about MAX_ERROR_LINE characters."""
+    if len(message) <= MAX_ERROR_LINE:
+        return message
+    head, tail = message[:MAX_ERROR_LINE * 2 // 3], message[-MAX_ERROR_LINE // 4:]
+    return f"{head} ... [{len(message) - len(head) - len(tail):,} characters left out] ... {tail}"
+
+
 def user_errors(fn):
     """Turns UserError (and unreadable-input errors) into one clear line and exit code 2."""
 
@@ -52,7 +65,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as err:
-            click.echo(f"autoconf: error: {err}", err=True)
+            click.echo(f"autoconf: error: {error_line(str(err))}", err=True)
             sys.exit(EXIT_USER_ERROR)
         except KeyboardInterrupt:
             click.echo("autoconf: interrupted", err=True)
@@ -599,6 +612,12 @@ def limits(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, 
     if family and "model" not in wanted:
         raise UserError(f"--family names the family of the largest-model limit, which --only "
                         f"{' '.join(sorted(wanted))} leaves out; add --only model or drop --family")
+    if max_seq_len is not None and "seq" not in wanted:
+        raise UserError(f"--max-seq-len bounds the longest-sequence limit, which --only {' '.join(sorted(wanted))} "
+                        f"leaves out; add --only seq or drop --max-seq-len")
+    if seq_len is not None and not wanted & {"micro-batch", "model"}:
+        raise UserError("--seq-len is the sequence length of the micro-batch and model limits, which --only seq "
+                        "leaves out (the sequence limit searches lengths itself); drop --seq-len or use --max-seq-len")
     model = load_model(model_arg) if model_arg is not None else None
     if "model" in wanted and family is None:
         if model.name not in PRESETS:  # a model from a file has no family of presets

@@ -289,7 +289,7 @@ def moe_block_terms(row: dict, table: dict, models: dict) -> dict:
     terms = {"attention core": pieces.attention_core.total,
              "attention GEMMs": 3 * gemms_time(cluster, gemm, attention_gemms(model, *tokens)),
              "router GEMM": 3 * gemms_time(cluster, gemm, dense),
-             "routed GEMMs": 3 * experts * gemms_time(cluster, gemm, routed) * load_imbalance(cluster),
+             "routed GEMMs": 3 * experts * gemms_time(cluster, gemm, routed) * load_imbalance(cluster, model),
              "fp8 casts": sum(scaling_time(model, cluster, c)) + sum(cast_seconds(cluster, c, *expert_cast_elements(
                  model, c))) - sum(cast_seconds(cluster, c, *mlp_cast_elements(model, c))),
              "routed copies": 2 * routed_copy_bytes(model, c, ex.moe_fp8_padding) / rate}

@@ -75,6 +75,25 @@ def test_memory_per_rank_falls_with_ep_and_the_token_exchange_grows():
     assert "ep_comm" not in dense["time_breakdown"]
 
 
+def test_a_capacity_factor_caps_the_busiest_ranks_tokens():
+    """Routing with a capacity factor drops what an expert takes beyond it: the routed GEMMs and the token exchange
+    are priced at min(measured imbalance, capacity factor) times the even share, so a factor below the profile's
+    imbalance makes the step faster and one above it changes nothing (it was read and ignored)."""
+    base = load_cluster("dgx-h100-80g", 2, 8)
+    cluster = dataclasses.replace(base, efficiency={**base.efficiency,
+                                                    "moe_load_imbalance": {"value": 1.5, "why": "test"}})
+    c = config(dp=16, ep=4)
+
+    def step(capacity):
+        model = dataclasses.replace(TINY_MOE, moe=dataclasses.replace(TINY_MOE.moe, capacity_factor=capacity))
+        p = estimate(model, cluster, c, execution=H100).prediction
+        return p["time_breakdown"]["compute"], p["time_breakdown"]["ep_comm"]
+
+    dropless, loose, tight = step(None), step(2.0), step(1.1)
+    assert loose == dropless
+    assert tight[0] < dropless[0] and tight[1] < dropless[1]
+
+
 def test_all_to_all_is_dearer_across_nodes():
     """An all-to-all within a node beats the same one across two nodes; a group of one costs nothing."""
     cluster = load_cluster("dgx-h100-80g", 2, 8)

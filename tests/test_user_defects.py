@@ -359,3 +359,34 @@ def test_brackets_in_names_and_paths_are_printed_as_they_are(tmp_path):
                           "--seq-len", "64", "--top", "1", "--out", out])
         assert result.exit_code == 0 and result.exception is None, result.output
         assert f"wrote {out}" in result.output and "[/]a[bold]b" in result.output
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["plan", "--fix", "tp=\u0662"], "expected an integer in ASCII digits"),
+    (["plan", "--fix", "tp=1_0"], "expected an integer in ASCII digits"),
+    (["plan", "--fix", "seq_split=even"], "needs a schedule that splits sequences"),
+    (["limits", "--only", "micro-batch", "--max-seq-len", "64"], "--max-seq-len bounds the longest-sequence limit"),
+    (["limits", "--only", "seq", "--seq-len", "64"], "--seq-len is the sequence length of the micro-batch"),
+    (["estimate", "--tp", "1", "--pp", "1", "--dp", "4", "--micro-batch", "1", "--memory-headroom", "0.999"],
+     "less --memory-headroom's 99.9% headroom"),
+])
+def test_an_option_that_would_be_misread_or_ignored_is_one_line(args, needle):
+    """Second fuzz round: an Arabic-Indic two pinned tp 2, a pinned default split without seq1f1b and --max-seq-len
+    or --seq-len beside an --only that never reads them were taken silently; a near-1 headroom said "needs 0.3 GiB
+    of 0.0 GiB" without naming the headroom that made the 0.0."""
+    common = ["--model", "tiny-llama", "--cluster", "cpu-local"] + (
+        ["--global-batch", "8"] + (["--seq-len", "64"] if args[0] != "limits" else []))
+    assert_one_clear_error(run_cli([args[0], *common, *args[1:]]), needle)
+
+
+def test_an_error_that_echoes_a_huge_input_stays_a_short_line(tmp_path):
+    """A 5000-character model name was echoed in full (twice), and a 900k-entry list made a line of megabytes: the
+    line keeps its start and its end (what would work) and says how much it left out."""
+    from autoconf.spec.presets import PRESETS
+
+    doc = dict(PRESETS["tiny-llama"].to_dict(), name="x" * 5000)
+    (tmp_path / "m.json").write_text(json.dumps(doc))
+    result = run_cli(["estimate", "--model", tmp_path / "m.json", "--cluster", "cpu-local", "--tp", "1", "--pp", "1",
+                      "--dp", "4", "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64"])
+    assert_one_clear_error(result, "characters left out")
+    assert len(result.output) < 2200

@@ -603,8 +603,8 @@ def _moe_ffn_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, 
     p = precision(c.dtype)
     gemm = p.gemm
     dense, routed, experts = expert_gemms(model, c)
-    seconds = (gemms_time(cluster, gemm, dense)
-               + experts * gemms_time(cluster, gemm if routed_fp8 else p.element, routed) * load_imbalance(cluster))
+    routed_s = experts * gemms_time(cluster, gemm if routed_fp8 else p.element, routed)
+    seconds = gemms_time(cluster, gemm, dense) + routed_s * load_imbalance(cluster, model)
     e = DTYPE_BYTES[c.dtype]
     routed_tokens = tokens_per_rank(c) * model.moe.num_experts_per_tok
     nbytes = 3 * moe_swiglu_elements(model, c) * e + 4 * routed_tokens * model.hidden_size * e

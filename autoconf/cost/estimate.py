@@ -49,7 +49,7 @@ from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, recompute_layers_problem, recomputed_layers, uniform_partition
 from autoconf.spec.schedules import build_schedule, rank_actions, schedule_spec, stage_to_rank
-from autoconf.spec.support import unsupported_reason
+from autoconf.spec.support import plan_unsupported_reason
 
 FRAMEWORKS = tuple(PRESETS)
 # With `extrapolate`, schedules with more than this many micro-batches per pipeline rank are simulated at 2p and 3p
@@ -703,13 +703,13 @@ def estimate(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
     check_host_memory(cluster, c, prediction.get("host_memory_per_node_bytes", 0.0))
     if c.offloads:
         prediction["offload_effect"] = offload_effect(model, cluster, c, partition, grid, prediction, execution)
-    reason = unsupported_reason(c, model)
-    if reason:  # predicted for comparison, but `launch` refuses it (spec/support.py)
-        prediction["launchable"] = False
-        prediction["not_launchable_reason"] = reason
     plan = Plan(model=model, cluster=_cluster_summary(cluster), config=c, partition=partition,
                 placement={"mesh": grid.tolist()}, prediction=prediction,
                 sequence_split=list(seq_chunk_bounds(model, cluster, c, execution)) if c.seq_chunks > 1 else None)
+    reason = plan_unsupported_reason(plan)
+    if reason:  # predicted for comparison, but `launch` refuses it (spec/support.py)
+        prediction["launchable"] = False
+        prediction["not_launchable_reason"] = reason
     plan.timeline = timeline
     return plan
 

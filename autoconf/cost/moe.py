@@ -121,11 +121,15 @@ def rows_per_expert(model: ModelSpec, c: ParallelConfig) -> float:
     return tokens_per_rank(c) * model.moe.num_experts_per_tok * c.ep * c.etp / model.moe.num_experts
 
 
-def load_imbalance(cluster: ClusterProfile) -> float:
-    """The busiest rank's routed tokens over the mean (profile efficiency `moe_load_imbalance`, else
-    DEFAULT_LOAD_IMBALANCE): scales the routed experts' GEMMs and the all-to-all bytes."""
+def load_imbalance(cluster: ClusterProfile, model: ModelSpec) -> float:
+    """The busiest rank's routed tokens over the mean, which scales the routed experts' GEMMs and the all-to-all
+    bytes: the profile's efficiency `moe_load_imbalance` (else DEFAULT_LOAD_IMBALANCE), at most the model's
+    `capacity_factor` where it routes with one (an expert takes at most that many times its even share of the
+    tokens and drops the rest: Megatron's --moe-expert-capacity-factor without padding to capacity)."""
     entry = cluster.efficiency.get("moe_load_imbalance")
-    return max(1.0, float(entry["value"])) if entry else DEFAULT_LOAD_IMBALANCE
+    measured = max(1.0, float(entry["value"])) if entry else DEFAULT_LOAD_IMBALANCE
+    capacity = model.moe.capacity_factor if model.moe is not None else None
+    return measured if capacity is None else min(measured, capacity)
 
 
 def expert_gemms(model: ModelSpec, c: ParallelConfig) -> tuple[list[float], list[float], int]:
@@ -263,7 +267,7 @@ def ep_comm_passes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     `dispatch_dtype` (fp8 under fp8-deepseek), what comes back (the combine and its backward twin) in the compute
     dtype. Each exchange moves `dispatch_shares` of an all-to-all's intra- and cross-node bytes under `execution`."""
     p = precision(c.dtype)
-    imbalance = load_imbalance(cluster)
+    imbalance = load_imbalance(cluster, model)
     nbytes = dispatch_bytes(model, c) * imbalance
     shares = dispatch_shares(model, cluster, ep_group, execution)
     all_to_all = collective_time(cluster, "all_to_all", nbytes, ep_group, shares)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from autoconf.errors import UserError
 from autoconf.files import check_new, shown
-from autoconf.spec.support import check_supported
+from autoconf.spec.support import plan_unsupported_reason
 from autoconf.spec.plan import load_plan, node_blocks
 
 # The folder holding this autoconf package (the checkout, or site-packages for an installed wheel).
@@ -231,7 +231,9 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
     metrics and checkpoint folders are checked but not made."""
     plan_path = Path(plan_path).resolve()
     plan = load_plan(plan_path)
-    check_supported(plan.config, plan.model)
+    reason = plan_unsupported_reason(plan)
+    if reason:
+        raise UserError(f"the executor cannot run this plan: {reason}")
     if plan.model.context_problem(plan.config.seq_len):  # (plan and estimate refuse it; a hand-edited plan may not)
         raise UserError(f"{plan_path}: {plan.model.context_problem(plan.config.seq_len)}")
     world = plan.config.world_size

@@ -24,7 +24,7 @@ from autoconf.report.upstream import MEGATRON_TARGET
 from autoconf.spec.frameworks import plan_execution, selective_policy
 from autoconf.spec.plan import Plan, node_blocks, recomputed_layers
 from autoconf.spec.schedules import schedule_spec
-from autoconf.spec.support import unsupported_reason
+from autoconf.spec.support import plan_unsupported_reason
 
 # More nodes than this get one torchrun script that takes the node rank as $1 instead of one script per node.
 MAX_NODE_SCRIPTS = 8
@@ -448,11 +448,11 @@ EXPORT_GLOBS = ("launch.sh", "torchrun_node*.sh", "slurm.sbatch", "pytorchjob.ya
 
 def export_texts(plan: Plan, plan_path: str | Path | None) -> dict[str, str]:
     """File name -> text of every export (each name matches one of EXPORT_GLOBS). The scripts that run `autoconf
-    launch` (launch.sh, torchrun, SLURM, PyTorchJob) only for a plan the executor runs (`unsupported_reason`):
+    launch` (launch.sh, torchrun, SLURM, PyTorchJob) only for a plan the executor runs (`plan_unsupported_reason`):
     for another, `launch` would refuse, and the other frameworks' exports are what there is to run."""
     nodes, _ = _nodes(plan)
     files = {}
-    if unsupported_reason(plan.config, plan.model) is None:
+    if plan_unsupported_reason(plan) is None:
         files["launch.sh"] = launch_script(plan, plan_path)
         if nodes <= MAX_NODE_SCRIPTS:
             for i in range(nodes):

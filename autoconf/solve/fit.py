@@ -94,8 +94,7 @@ def does_not_fit_message(plan, model, cluster, execution: Execution = Execution(
     p = plan.prediction
     stages = p["memory_per_stage"]
     worst = max(range(len(stages)), key=lambda r: stages[r]["total"])
-    limit = p["memory_limit_bytes"]
-    over = stages[worst]["total"] - limit
+    over = stages[worst]["total"] - p["memory_limit_bytes"]
     found = smallest_fitting_change(model, cluster, plan.config, execution)
     if found:
         flags, _, fits = found
@@ -105,4 +104,4 @@ def does_not_fit_message(plan, model, cluster, execution: Execution = Execution(
         advice = ("no change of recompute, ZeRO, gradient reduction, micro-batch or sequence parallelism fits: "
                   "`autoconf plan` searches every layout, or use more devices")
     return (f"does not fit: pipeline rank {worst} needs {stages[worst]['total'] / GiB:.1f} GiB of "
-            f"{limit / GiB:.1f} GiB per device ({over / GiB:.1f} GiB over); {advice}")
+            f"{cluster.memory_limit_phrase}, {over / GiB:.1f} GiB over; {advice}")

@@ -1147,8 +1147,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
     rank = max(range(len(memory)), key=lambda r: memory[r]["total"])
     over = memory[rank]["total"] - cluster.usable_memory_bytes
     GiB = 1024**3
-    message = (f"no layout fits in {cluster.usable_memory_bytes / GiB:.1f} GiB per device (the memory less "
-               f"{cluster.headroom_phrase} headroom): the closest "
+    message = (f"no layout fits in {cluster.memory_limit_phrase}: the closest "
                f"({config.label(selective_policy(config, execution))}) needs {memory[rank]['total'] / GiB:.1f} GiB "
                f"on pipeline rank {rank}, {over / GiB:.1f} GiB over")
     found = smallest_fitting_change(model, cluster, config, execution, allowed=lambda changes: not any(

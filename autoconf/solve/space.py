@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from collections.abc import Callable, Iterator
 
 from autoconf.errors import UserError
@@ -57,10 +58,9 @@ def parse_fix_value(key: str, value: str):
     if key not in FIXABLE:
         raise UserError(f"--fix {key}: unknown key; fixable: {', '.join(FIXABLE)}")
     if key in INT_FIELDS:
-        try:
-            number = int(value)
-        except ValueError:
-            raise UserError(f"--fix {key}={value}: expected an integer") from None
+        if not re.fullmatch(r"[+-]?[0-9]+", value):  # (int() also reads "1_0" and other scripts' digits)
+            raise UserError(f"--fix {key}={value}: expected an integer in ASCII digits")
+        number = int(value)
         least = 0 if key == "zero_stage" else 1
         if number < least or (key == "zero_stage" and number > 3):
             raise UserError(f"--fix {key}={value}: expected " + ("0, 1, 2 or 3" if key == "zero_stage"
@@ -148,9 +148,10 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
     if fixed.get("grad_reduce") == "microbatch" and fixed.get("zero_stage", 1) == 0:
         raise UserError("--fix grad_reduce=microbatch reduce-scatters sharded gradients, but --fix zero_stage=0 "
                         "keeps them whole; pin zero_stage 1, 2 or 3, or drop one of them")
-    for key, plain in (("seq_chunks", 1), ("seq_split", "even")):
+    # (seq_split is read only where sequences are chunked, so any pin of it asks for such a schedule)
+    for key, plain in (("seq_chunks", 1), ("seq_split", None)):
         splitting = [n for n in SCHEDULES if schedule_spec(n).sequence_chunks]
-        if fixed.get(key, plain) != plain and fixed.get("schedule") not in splitting:
+        if key in fixed and fixed[key] != plain and fixed.get("schedule") not in splitting:
             raise UserError(f"--fix {key}={fixed[key]} needs a schedule that splits sequences: add "
                             f"--fix schedule={' or '.join(splitting)}")
 

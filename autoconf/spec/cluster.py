@@ -152,6 +152,13 @@ class ClusterProfile:
         whose = "--memory-headroom's" if self.memory_headroom.get("why") == COMMAND_LINE else "the profile's"
         return f"{whose} {100 * self.memory_headroom['value']:g}%"
 
+    @property
+    def memory_limit_phrase(self) -> str:
+        """The fit check's limit for one-line messages: "71.9 GiB per device (the memory less the profile's 10%
+        headroom)"."""
+        return (f"{self.usable_memory_bytes / 2**30:.1f} GiB per device (the memory less {self.headroom_phrase} "
+                f"headroom)")
+
     def with_memory_headroom(self, fraction: float, why: str = COMMAND_LINE) -> "ClusterProfile":
         """The same profile holding back `fraction` of each device's memory instead."""
         if not 0 <= fraction < 1:

@@ -14,13 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoconf.errors import UserError
+from autoconf.files import shown
 from autoconf.spec.dtypes import DTYPES
-from autoconf.spec.frameworks import GRAD_REDUCE, SELECTIVE_RECOMPUTE
+from autoconf.spec.frameworks import GRAD_REDUCE, PRESETS, SELECTIVE_RECOMPUTE
 from autoconf.spec.grid import AXES, ParallelDims, RankGrid, world_size_of
 from autoconf.spec.model import ATTENTION, RECOMPUTE, ModelSpec, is_printable_name
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 PLAN_VERSION = 1
+# Every field a plan file holds (`Plan.to_dict` writes them), and those of its cluster and placement objects; any
+# other is a typo or an edit that nothing would read, refused.
+PLAN_FIELDS = ("version", "kind", "model", "cluster", "config", "partition", "placement", "prediction",
+               "sequence_split")
+CLUSTER_FIELDS = ("name", "nodes", "gpus_per_node", "backend", "device", "profile")
+PLACEMENT_FIELDS = ("mesh",)
+BACKENDS = ("nccl", "gloo")
 # Bounds on the work one step's simulation does, and sanity ranges of the inputs (far beyond any real run).
 MAX_MICROBATCHES = 65_536  # micro-batches (times seq1f1b's sequence chunks) per pipeline per step
 MAX_GLOBAL_BATCH = 1 << 24  # sequences per step
@@ -238,7 +246,7 @@ class ParallelConfig:
             out.append(f"seq_len {self.seq_len} exceeds the model's {model.max_seq_len} learned positions")
         if self.schedule not in SCHEDULES:
             out.append(f"schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
-        if self.zero_stage not in (0, 1, 2, 3):
+        if not _is_int(self.zero_stage) or self.zero_stage not in (0, 1, 2, 3):
             out.append(f"zero_stage must be 0, 1, 2 or 3 (got {self.zero_stage!r})")
         if self.recompute not in RECOMPUTE:
             out.append(f"recompute {self.recompute!r} is not one of {', '.join(RECOMPUTE)}")
@@ -378,10 +386,23 @@ class ParallelConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> "ParallelConfig":
+        """The config a plan file holds. Besides `problems` (checked by `check`), refuses what the dataclass would
+        quietly drop: unknown fields, a `selective_recompute` under another recompute mode, a `seq_split` without
+        sequence chunks."""
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields - {"num_microbatches"})
         if unknown:
-            raise UserError(f"{source}: unknown config field(s) {', '.join(unknown)}")
+            raise UserError(f"{source}: unknown config field(s) {unknown_names(unknown)}; a config holds "
+                            f"{', '.join(sorted(fields))}")
+        policy, mode = data.get("selective_recompute"), data.get("recompute", "none")
+        if policy is not None and mode != "selective":
+            raise UserError(f"{source}: selective_recompute {shown(repr(policy), 60)} qualifies recompute selective, "
+                            f"but recompute is {shown(repr(mode), 60)}; drop selective_recompute or set recompute to "
+                            f"\"selective\"")
+        split = data.get("seq_split", "even")
+        if split != "even" and data.get("seq_chunks", 1) == 1:
+            raise UserError(f"{source}: seq_split {shown(repr(split), 60)} places the boundaries of seq1f1b's "
+                            f"sequence chunks, but seq_chunks is 1; drop seq_split or set seq_chunks > 1")
         missing = [f.name for f in dataclasses.fields(cls)
                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
                    and f.name not in data]
@@ -477,9 +498,10 @@ class Plan:
             what = " (a Hugging Face model config)" if isinstance(data, dict) and "model_type" in data else ""
             raise UserError(f"{source}: not a plan file{what}; expected a JSON object with \"kind\": \"plan\", as "
                             f"`autoconf plan --out` or `estimate --out` writes")
-        if data.get("version") != PLAN_VERSION:
-            raise UserError(f"{source}: plan version {data.get('version')!r} is not supported "
+        if not _is_int(data.get("version")) or data.get("version") != PLAN_VERSION:
+            raise UserError(f"{source}: plan version {shown(repr(data.get('version')), 60)} is not supported "
                             f"(expected {PLAN_VERSION})")
+        _refuse_unknown(data, PLAN_FIELDS, source, "plan")
         for key in ("model", "cluster", "config", "partition", "placement"):
             if key not in data:
                 raise UserError(f"{source}: plan lacks field {key!r}")
@@ -487,6 +509,8 @@ class Plan:
         for key, kind in (("config", dict), ("cluster", dict), ("placement", dict), ("partition", list)):
             if not isinstance(data[key], kind):
                 raise UserError(f"{source}: {key} must be a JSON {'object' if kind is dict else 'array'}")
+        _refuse_unknown(data["cluster"], CLUSTER_FIELDS, source, "cluster")
+        _refuse_unknown(data["placement"], PLACEMENT_FIELDS, source, "placement")
         if not isinstance(data.get("prediction") or {}, dict):
             raise UserError(f"{source}: prediction must be a JSON object")
         problems = prediction_problems(data.get("prediction") or {})
@@ -514,7 +538,10 @@ class Plan:
         for key in ("name", "backend", "device"):
             if key in self.cluster and not is_printable_name(self.cluster[key]):
                 raise UserError(f"{source}: cluster {key} must be printable text without newlines or control "
-                                f"characters (got {self.cluster[key]!r})")
+                                f"characters (got {shown(repr(self.cluster[key]), 60)})")
+        if self.cluster.get("backend", BACKENDS[0]) not in BACKENDS:
+            raise UserError(f"{source}: cluster backend must be {' or '.join(BACKENDS)} (the profile's), got "
+                            f"{shown(repr(self.cluster['backend']), 60)}")
         profile = self.cluster.get("profile")
         if profile is not None and (not isinstance(profile, str) or not profile or "\0" in profile):
             raise UserError(f"{source}: cluster profile must be the path of a profile file (got {profile!r})")
@@ -584,6 +611,13 @@ class Plan:
         write_file(path, self.to_json(), force)
 
 
+# Every field of a plan's prediction: what `cost/estimate.py predict` and `estimate` write, and what the search
+# (`recompute_per_stage`) and `plan --tokens` (`training`) add.
+PREDICTION_FIELDS = ("iteration_time_s", "tokens_per_s", "tflops_per_gpu", "mfu", "hfu", "peak_memory_bytes",
+                     "memory_limit_bytes", "fits", "memory_per_stage", "host_memory_per_node_bytes",
+                     "host_memory_limit_bytes", "bubble_fraction", "compute_source", "framework", "framework_flags",
+                     "extrapolated", "time_breakdown", "offload_effect", "launchable", "not_launchable_reason",
+                     "recompute_per_stage", "training")
 _PREDICTION_NUMBERS = ("iteration_time_s", "tokens_per_s", "tflops_per_gpu", "mfu", "hfu", "peak_memory_bytes",
                        "memory_limit_bytes", "bubble_fraction", "host_memory_per_node_bytes", "host_memory_limit_bytes")
 _MEMORY_KINDS = ("params", "grads", "optimizer", "activations", "other", "total")
@@ -594,6 +628,9 @@ def prediction_problems(pred: dict) -> list[str]:
     read): each number finite and >= 0 (the step time > 0), `fits` a boolean, the memory and time breakdowns and
     the time and cost to train of the right shapes."""
     out = []
+    unknown = sorted((k for k in pred if k not in PREDICTION_FIELDS), key=str)
+    if unknown:
+        out.append(f"unknown prediction field(s) {unknown_names(unknown)}")
 
     def number(value) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
@@ -608,6 +645,9 @@ def prediction_problems(pred: dict) -> list[str]:
     for key in ("framework", "compute_source"):
         if key in pred and not is_printable_name(pred[key]):
             out.append(f"prediction.{key} must be a printable string, got {str(repr(pred[key]))[:60]}")
+    if is_printable_name(pred.get("framework", "autoconf")) and pred.get("framework", "autoconf") not in PRESETS:
+        out.append(f"prediction.framework must be one of {', '.join(PRESETS)}, got "
+                   f"{shown(repr(pred['framework']), 60)}")
     stages = pred.get("memory_per_stage")
     if stages is not None:
         if not isinstance(stages, list) or not all(
@@ -713,6 +753,20 @@ def node_blocks(devices: list[int], gpus_per_node: int) -> list[int] | None:
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def unknown_names(names: list, listed: int = 5) -> str:
+    """The first `listed` of `names`, each shortened, and how many more: a typo list that stays one short line."""
+    first = ", ".join(shown(repr(n), 40) for n in names[:listed])
+    return first + (f" and {len(names) - listed} more" if len(names) > listed else "")
+
+
+def _refuse_unknown(obj: dict, allowed: tuple, source: str, what: str) -> None:
+    """One line naming the keys of `obj` (a plan's `what` object) that are not in `allowed`, and those that are."""
+    unknown = sorted((k for k in obj if k not in allowed), key=str)
+    if unknown:
+        raise UserError(f"{source}: unknown {what} field(s) {unknown_names(unknown)}; a {what} holds "
+                        f"{', '.join(allowed)}")
 
 
 def _flatten(mesh) -> list | None:

@@ -134,6 +134,25 @@ def sequence_chunks_reason(config, model=None) -> str | None:
             f"this plan has {', '.join(found)}: use those, or 1f1b")
 
 
+def plan_unsupported_reason(plan) -> str | None:
+    """Why `launch` refuses `plan` (one line naming what would work), or None if the executor runs it as predicted:
+    what it cannot run of the config and model (`unsupported_reason`); a prediction made for another framework (its
+    times, memory and fit, which launch checks, describe that framework's run, not the executor's); a plan for CPU
+    ranks (a gloo cluster) in a dtype other than fp32, which the executor trains in fp32 there."""
+    reason = unsupported_reason(plan.config, plan.model)
+    if reason:
+        return reason
+    framework = plan.prediction.get("framework", "autoconf")
+    if framework != "autoconf":
+        return (f"it was predicted for framework {framework}, whose times, memory and fit are not the executor's; "
+                f"estimate its layout again with --framework autoconf to launch it here, or run the {framework} "
+                f"exports of `autoconf show`")
+    if plan.cluster.get("backend") == "gloo" and plan.config.dtype != "fp32":
+        return (f"its cluster {plan.cluster.get('name', '')} has CPU ranks (gloo), where the executor trains in fp32, "
+                f"but its dtype is {plan.config.dtype}; plan it again without --dtype (fp32)")
+    return None
+
+
 def check_supported(config, model=None) -> None:
     """Raises a UserError naming what would work unless the executor runs `config` (of `model`, when given)."""
     reason = unsupported_reason(config, model)
