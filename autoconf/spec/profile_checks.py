@@ -3,15 +3,20 @@
 `profile_problems(data)` returns every problem found in a profile JSON object, each naming the field by its path
 (`compute.entries[3].forward_s must be a finite number >= 0, got nan`); `ClusterProfile.from_dict` refuses a
 document with any. A measured time that is NaN, negative or absurd would silently predict a different step time
-still labelled measured, so every number is checked, not just the top level. Pure Python.
+still labelled measured, so every number is checked, not just the top level. Likewise every object's keys: one a
+reader does not know (`device.memroy_bytes`) is a typo whose value would be silently ignored, so it is refused by its
+path, with the keys that object holds (the *_FIELDS tuples below). Pure Python.
 """
 
 from __future__ import annotations
 
 import math
+import re
 
+from autoconf.spec.cluster import HOST_FIELDS
 from autoconf.spec.frameworks import ATTENTION_KERNELS
 from autoconf.spec.model import is_printable_name
+from autoconf.spec.schedules import SCHEDULES
 
 MAX_NODES = 1_000_000
 MAX_GPUS_PER_NODE = 4096
@@ -27,6 +32,35 @@ BLOCKS = ("attention", "mlp", "norm", "embedding", "head")
 PROFILE_FIELDS = ("version", "kind", "name", "description", "source", "backend", "nodes", "gpus_per_node", "device",
                   "intra_node", "inter_node", "intra_node_matrix", "inter_node_matrix", "efficiency", "collectives",
                   "compute", "hostnames", "matmul_size_curve", "attention_curves", "price", "memory_headroom", "host")
+# The keys of each object below the top level: what the writers write (ClusterProfile.to_dict, `autoconf profile`,
+# scripts/bundled_profiles.py) and the readers read; any other is a typo, refused (tests/test_profile_fields.py
+# holds each writer to them).
+DEVICE_FIELDS = ("name", "kind", "memory_bytes", "memory_bandwidth_Bps", "peak_flops", "memory_overhead_bytes")
+# device.peak_flops: the dtypes a GEMM or an element-wise pass runs at (autoconf.spec.dtypes PRECISIONS' gemm and
+# element) and tf32, the matmul mode of fp32 a data sheet states.
+PEAK_DTYPES = ("bf16", "fp16", "fp32", "fp8", "tf32")
+LINK_FIELDS = ("latency_s", "bandwidth_Bps")  # intra_node, inter_node and every matrix cell
+ENTRY_FIELDS = ("value", "why")  # an efficiency entry, memory_headroom
+# The efficiency entries some part of autoconf reads (ClusterProfile.eff / overhead, cost/, solve/, validate/).
+EFFICIENCY_NAMES = ("matmul", "attention", "attention_fa2", "memory", "comm_intra", "comm_inter",
+                    "collective_sm_share", "collective_sync_s", "p2p_sync_s", "cpu_share", "cpu_share_alone",
+                    "model_compute_scale", "moe_load_imbalance", "pass_overhead_s", "step_overhead_s")
+# Those every writer states and the cost model reads without a fallback (ClusterProfile.eff raises without them).
+REQUIRED_EFFICIENCIES = ("matmul", "attention", "memory", "comm_intra", "comm_inter")
+COLLECTIVE_OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")  # cost/comm.py OPS
+COLLECTIVE_SCOPES = ("intra", "inter")  # inside one node, across nodes
+COLLECTIVE_POINT_FIELDS = ("ranks", "bytes", "time_s")
+COMPUTE_FIELDS = ("dtype", "device", "model", "entries", "optimizer_s_per_param", "optimizer_dtensor_s_per_param",
+                  "pipeline_action_s", "fsdp_pass_s_per_unit", "chain_scales", "tp_layers")
+COMPUTE_ENTRY_FIELDS = ("block", "tp", "micro_batch", "seq_len", "forward_s", "backward_input_s", "backward_weight_s",
+                        "p10_forward_s", "p90_forward_s", "repeats")
+CHAIN_SCALE_FIELDS = ("micro_batch", "seq_len", "layer_scale", "ends_scale")
+TP_LAYER_FIELDS = ("tp", "micro_batch", "seq_len", "sequence_parallel", "forward_s", "backward_s")
+CURVE_FIELDS = ("points", "source")  # matmul_size_curve
+ATTENTION_CURVES_FIELDS = ("kernels", "source")
+ATTENTION_CURVE_PASSES = ("forward", "backward")  # cost/compute.py ATTENTION_PASSES
+PRICE_FIELDS = ("usd_per_gpu_hour", "source")
+HOST_KEYS = (*HOST_FIELDS, "source")
 
 
 class _Checker:
@@ -64,10 +98,29 @@ class _Checker:
         if not isinstance(value, str):
             self.bad(where, "a string", value)
 
+    def fields(self, obj: dict, allowed: tuple, where: str, note: str = "") -> None:
+        """One problem naming the keys of `obj` (the object at `where`) that are not in `allowed` by their paths, the
+        first few and how many more, and the keys `where` may hold (then `note`)."""
+        unknown = [key for key in obj if key not in allowed]
+        if unknown:
+            self.problems.append(f"unknown field(s) {_listed([f'{where}.{_key(key)}' for key in unknown])}; {where} "
+                                 f"holds {', '.join(allowed)}{note}")
+
 
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _key(key) -> str:
+    """A key as a step of a path: itself when a plain name (1-40 letters, digits, "_", "-" or "+"), else its
+    shortened repr."""
+    return key if isinstance(key, str) and re.fullmatch(r"[\w+-]{1,40}", key, re.ASCII) else _short(key)
+
+
+def _listed(names: list, first: int = 5) -> str:
+    """The first `first` of `names` and how many more: a list of typos that stays one short line."""
+    return ", ".join(names[:first]) + (f" and {len(names) - first} more" if len(names) > first else "")
 
 
 def profile_problems(data: dict) -> list[str]:
@@ -75,7 +128,7 @@ def profile_problems(data: dict) -> list[str]:
     c = _Checker()
     unknown = sorted(set(data) - set(PROFILE_FIELDS))
     if unknown:
-        c.problems.append(f"unknown field(s) {', '.join(map(_short, unknown))}; a profile holds "
+        c.problems.append(f"unknown field(s) {_listed(list(map(_short, unknown)))}; a profile holds "
                           f"{', '.join(PROFILE_FIELDS)}")
     c.name(data.get("name"), "name")
     c.integer(data.get("nodes"), "nodes", 1, MAX_NODES)
@@ -97,17 +150,29 @@ def profile_problems(data: dict) -> list[str]:
     _matmul_size_curve(c, data.get("matmul_size_curve"))
     _attention_curves(c, data.get("attention_curves"))
     _price(c, data.get("price"))
-    hosts = data.get("hostnames")
-    if hosts is not None and c.kind(hosts, list, "hostnames"):
-        for i, host in enumerate(hosts):
-            c.name(host, f"hostnames[{i}]")
+    _hostnames(c, data.get("hostnames"), data.get("nodes"))
+    host = data.get("host")
+    if isinstance(host, dict):  # its values: spec/cluster.py host_problems
+        c.fields(host, HOST_KEYS, "host")
     return c.problems
+
+
+def _hostnames(c: _Checker, hosts, nodes) -> None:
+    """hostnames (optional; a measured profile's, one per node in node order): printable names, no more of them than
+    nodes (fewer is allowed: a profile whose `nodes` was raised by hand plans the same, and nothing reads them)."""
+    if hosts is None or not c.kind(hosts, list, "hostnames"):
+        return
+    if isinstance(nodes, int) and not isinstance(nodes, bool) and len(hosts) > nodes:
+        c.bad("hostnames", f"at most one name per node ({nodes} nodes)", len(hosts))
+    for i, host in enumerate(hosts):
+        c.name(host, f"hostnames[{i}]")
 
 
 def _price(c: _Checker, price) -> None:
     """An optional published price: {"usd_per_gpu_hour": > 0, "source": where and when it was published}."""
     if price is None or not c.kind(price, dict, "price"):
         return
+    c.fields(price, PRICE_FIELDS, "price")
     c.number(price.get("usd_per_gpu_hour"), "price.usd_per_gpu_hour", 0, MAX_USD_PER_GPU_HOUR, lo_open=True)
     c.name(price.get("source"), "price.source")
 
@@ -115,6 +180,7 @@ def _price(c: _Checker, price) -> None:
 def _device(c: _Checker, dev) -> None:
     if not c.kind(dev, dict, "device"):
         return
+    c.fields(dev, DEVICE_FIELDS, "device")
     c.name(dev.get("name"), "device.name")
     if dev.get("kind") not in ("gpu", "cpu"):
         c.bad("device.kind", '"gpu" or "cpu"', dev.get("kind"))
@@ -129,8 +195,9 @@ def _device(c: _Checker, dev) -> None:
     if c.kind(peaks, dict, "device.peak_flops"):
         if not peaks:
             c.bad("device.peak_flops", "a non-empty object of dtype -> FLOP/s", peaks)
+        c.fields(peaks, PEAK_DTYPES, "device.peak_flops")
         for dtype, value in peaks.items():
-            c.number(value, f"device.peak_flops.{dtype}", 0, MAX_RATE, lo_open=True)
+            c.number(value, f"device.peak_flops.{_key(dtype)}", 0, MAX_RATE, lo_open=True)
         # fp8 (optional; FP8 tensor cores): `--dtype fp8` runs only the linears' GEMMs at it, the rest at bf16
         if "fp8" in peaks and "bf16" not in peaks:
             c.bad("device.peak_flops", "an object that states bf16 beside fp8 (FP8 training keeps the rest in bf16)",
@@ -146,14 +213,16 @@ def _headroom(c: _Checker, entry) -> None:
         c.bad("memory_headroom.value (a fraction of device memory)", "less than 1", value)
     if "why" in entry:
         c.text(entry["why"], "memory_headroom.why")
-    unknown = sorted(set(entry) - {"value", "why"})
-    if unknown:
-        c.bad("memory_headroom", 'an object of "value" and "why" only', f"also {', '.join(unknown)}")
+    c.fields(entry, ENTRY_FIELDS, "memory_headroom")
 
 
-def _link(c: _Checker, link, where: str) -> None:
+def _link(c: _Checker, link, where: str, fields: bool = True) -> None:
+    """A link {"latency_s", "bandwidth_Bps"} at `where`; its keys checked unless not `fields` (a matrix checks its
+    cells' keys once for all)."""
     if not c.kind(link, dict, where):
         return
+    if fields:
+        c.fields(link, LINK_FIELDS, where)
     c.number(link.get("latency_s"), f"{where}.latency_s", 0, MAX_SECONDS)
     c.number(link.get("bandwidth_Bps"), f"{where}.bandwidth_Bps", 0, MAX_RATE, lo_open=True)
 
@@ -171,18 +240,34 @@ def _matrix(c: _Checker, rows, where: str, size) -> None:
             c.bad(f"{where}[{i}]", f"{len(rows)} links", f"{len(row)} links")
             return
         for j, cell in enumerate(row):
-            _link(c, cell, f"{where}[{i}][{j}]")
+            _link(c, cell, f"{where}[{i}][{j}]", fields=False)
             if len(c.problems) > 20:
                 return
+    odd = [(i, j) for i, row in enumerate(rows) for j, cell in enumerate(row)
+           if isinstance(cell, dict) and any(key not in LINK_FIELDS for key in cell)]
+    if odd:
+        (i, j), more = odd[0], len(odd) - 1
+        c.fields(rows[i][j], LINK_FIELDS, f"{where}[{i}][{j}]",
+                 f" ({more} more cells have unknown fields too)" if more else "")
 
 
 def _efficiency(c: _Checker, eff) -> None:
+    """efficiency: {name: {"value": number, "why": text}}, names among EFFICIENCY_NAMES, every one of
+    REQUIRED_EFFICIENCIES present, each value in the range its name's kind allows."""
     if not c.kind(eff, dict, "efficiency"):
         return
+    c.fields(eff, EFFICIENCY_NAMES, "efficiency")
+    missing = [name for name in REQUIRED_EFFICIENCIES if name not in eff]
+    if missing:
+        c.problems.append(f"efficiency lacks {', '.join(missing)}: a profile states "
+                          f"{', '.join(REQUIRED_EFFICIENCIES)}, each {{\"value\": a fraction of the device's or the "
+                          f"link's peak, \"why\": text}} (copy them from a bundled profile such as dgx-h100-80g and "
+                          f"adjust)")
     for key, entry in eff.items():
-        where = f"efficiency.{key}"
+        where = f"efficiency.{_key(key)}"
         if not c.kind(entry, dict, where):
             continue
+        c.fields(entry, ENTRY_FIELDS, where)
         if "why" in entry:
             c.text(entry["why"], f"{where}.why")
         value = entry.get("value")
@@ -197,24 +282,31 @@ def _efficiency(c: _Checker, eff) -> None:
 
 
 def _collectives(c: _Checker, coll) -> None:
+    """collectives (measured): {op: {scope: [{"ranks", "bytes", "time_s"}, ...]}}, ops among COLLECTIVE_OPS, scopes
+    among COLLECTIVE_SCOPES."""
     if coll is None or not c.kind(coll, dict, "collectives"):
         return
+    c.fields(coll, COLLECTIVE_OPS, "collectives")
     for op, scopes in coll.items():
-        if not c.kind(scopes, dict, f"collectives.{op}"):
+        if not c.kind(scopes, dict, f"collectives.{_key(op)}"):
             continue
+        c.fields(scopes, COLLECTIVE_SCOPES, f"collectives.{_key(op)}")
         for scope, points in scopes.items():
-            where = f"collectives.{op}.{scope}"
+            where = f"collectives.{_key(op)}.{_key(scope)}"
             if not c.kind(points, list, where):
                 continue
             for i, point in enumerate(points):
                 if c.kind(point, dict, f"{where}[{i}]"):
+                    c.fields(point, COLLECTIVE_POINT_FIELDS, f"{where}[{i}]")
                     c.integer(point.get("ranks"), f"{where}[{i}].ranks", 1, MAX_NODES * MAX_GPUS_PER_NODE)
                     c.number(point.get("bytes"), f"{where}[{i}].bytes", 0, MAX_BYTES, lo_open=True)
                     c.number(point.get("time_s"), f"{where}[{i}].time_s", 0, MAX_SECONDS, lo_open=True)
 
 
-def _shape(c: _Checker, entry: dict, where: str) -> None:
-    c.integer(entry.get("tp", 1), f"{where}.tp", 1, MAX_GPUS_PER_NODE * 64)
+def _shape(c: _Checker, entry: dict, where: str, tp: bool = True) -> None:
+    """The shape a table row was timed at: micro_batch, seq_len and (`tp`: rows that state one) the TP width."""
+    if tp:
+        c.integer(entry.get("tp", 1), f"{where}.tp", 1, MAX_GPUS_PER_NODE * 64)
     c.integer(entry.get("micro_batch"), f"{where}.micro_batch", 1, 1 << 30)
     c.integer(entry.get("seq_len"), f"{where}.seq_len", 1, 1 << 30)
 
@@ -222,6 +314,7 @@ def _shape(c: _Checker, entry: dict, where: str) -> None:
 def _compute(c: _Checker, table) -> None:
     if table is None or not c.kind(table, dict, "compute"):
         return
+    c.fields(table, COMPUTE_FIELDS, "compute")
     for key in ("dtype", "device"):
         if key in table:
             c.text(table[key], f"compute.{key}")
@@ -230,6 +323,13 @@ def _compute(c: _Checker, table) -> None:
     for key in ("optimizer_s_per_param", "optimizer_dtensor_s_per_param"):
         if table.get(key) is not None:
             c.number(table[key], f"compute.{key}", 0, 1.0)
+    if table.get("fsdp_pass_s_per_unit") is not None:
+        c.number(table["fsdp_pass_s_per_unit"], "compute.fsdp_pass_s_per_unit", 0, MAX_SECONDS)
+    actions = table.get("pipeline_action_s")
+    if actions is not None and c.kind(actions, dict, "compute.pipeline_action_s"):
+        c.fields(actions, tuple(SCHEDULES), "compute.pipeline_action_s")
+        for name, seconds in actions.items():
+            c.number(seconds, f"compute.pipeline_action_s.{_key(name)}", 0, MAX_SECONDS)
     entries = table.get("entries", [])
     if c.kind(entries, list, "compute.entries"):
         blocks_by_tp: dict = {}
@@ -237,6 +337,7 @@ def _compute(c: _Checker, table) -> None:
             where = f"compute.entries[{i}]"
             if not c.kind(entry, dict, where):
                 continue
+            c.fields(entry, COMPUTE_ENTRY_FIELDS, where)
             if entry.get("block") not in BLOCKS:
                 c.bad(f"{where}.block", f"one of {', '.join(BLOCKS)}", entry.get("block"))
             _shape(c, entry, where)
@@ -246,6 +347,8 @@ def _compute(c: _Checker, table) -> None:
             for key in ("p10_forward_s", "p90_forward_s"):
                 if entry.get(key) is not None:
                     c.number(entry[key], f"{where}.{key}", 0, MAX_SECONDS)
+            if entry.get("repeats") is not None:
+                c.integer(entry["repeats"], f"{where}.repeats", 1, 1 << 30)
             if isinstance(entry.get("tp", 1), int) and entry.get("block") in BLOCKS:
                 blocks_by_tp.setdefault(entry.get("tp", 1), set()).add(entry.get("block"))
             if len(c.problems) > 20:
@@ -260,7 +363,8 @@ def _compute(c: _Checker, table) -> None:
         for i, row in enumerate(scales):
             where = f"compute.chain_scales[{i}]"
             if c.kind(row, dict, where):
-                _shape(c, row, where)
+                c.fields(row, CHAIN_SCALE_FIELDS, where)
+                _shape(c, row, where, tp=False)
                 for key in ("layer_scale", "ends_scale"):
                     c.number(row.get(key), f"{where}.{key}", 0, MAX_SCALE, lo_open=True)
     layers = table.get("tp_layers")
@@ -268,6 +372,7 @@ def _compute(c: _Checker, table) -> None:
         for i, row in enumerate(layers):
             where = f"compute.tp_layers[{i}]"
             if c.kind(row, dict, where):
+                c.fields(row, TP_LAYER_FIELDS, where)
                 _shape(c, row, where)
                 if not isinstance(row.get("sequence_parallel", False), bool):
                     c.bad(f"{where}.sequence_parallel", "true or false", row.get("sequence_parallel"))
@@ -279,6 +384,7 @@ def _matmul_size_curve(c: _Checker, curve) -> None:
     """{"points": [[GFLOP >= 0, fraction in (0, 1]], ...] (distinct sizes), "source": text}."""
     if curve is None or not c.kind(curve, dict, "matmul_size_curve"):
         return
+    c.fields(curve, CURVE_FIELDS, "matmul_size_curve")
     if "source" in curve:
         c.text(curve["source"], "matmul_size_curve.source")
     _curve_points(c, curve.get("points"), "matmul_size_curve.points", "GFLOP", "sizes",
@@ -291,6 +397,7 @@ def _attention_curves(c: _Checker, curves) -> None:
     lengths positive integers, distinct within a curve, and fractions in (0, MAX_EFFICIENCY]."""
     if curves is None or not c.kind(curves, dict, "attention_curves"):
         return
+    c.fields(curves, ATTENTION_CURVES_FIELDS, "attention_curves")
     if "source" in curves:
         c.text(curves["source"], "attention_curves.source")
     kernels = curves.get("kernels")
@@ -303,7 +410,8 @@ def _attention_curves(c: _Checker, curves) -> None:
             continue
         if not c.kind(passes, dict, where):
             continue
-        for name in ("forward", "backward"):
+        c.fields(passes, ATTENTION_CURVE_PASSES, where)
+        for name in ATTENTION_CURVE_PASSES:
             curve = passes.get(name)
             if not c.kind(curve, dict, f"{where}.{name}"):
                 continue
