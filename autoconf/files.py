@@ -47,6 +47,11 @@ def shown(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+def listed(names: list, first: int = 5) -> str:
+    """The first `first` of `names` and how many more: a list of typos that stays one short line."""
+    return ", ".join(names[:first]) + (f" and {len(names) - first} more" if len(names) > first else "")
+
+
 def named_input(arg: str, option: str) -> Path | None:
     """The file or folder an input argument (`option`, e.g. --model) names; None where nothing is there, also for
     a name no file system holds (too long, a NUL). An empty argument is refused (UserError)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.files import shown
+from autoconf.files import listed, shown
 from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.frameworks import GRAD_REDUCE, PRESETS, SELECTIVE_RECOMPUTE
 from autoconf.spec.grid import AXES, ParallelDims, RankGrid, world_size_of
@@ -755,10 +755,9 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def unknown_names(names: list, listed: int = 5) -> str:
-    """The first `listed` of `names`, each shortened, and how many more: a typo list that stays one short line."""
-    first = ", ".join(shown(repr(n), 40) for n in names[:listed])
-    return first + (f" and {len(names) - listed} more" if len(names) > listed else "")
+def unknown_names(names: list) -> str:
+    """`names` for a one-line list of typos: the first few, each as its repr shortened, and how many more."""
+    return listed([shown(repr(n), 40) for n in names])
 
 
 def _refuse_unknown(obj: dict, allowed: tuple, source: str, what: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 
+from autoconf.files import listed
 from autoconf.spec.cluster import HOST_FIELDS
 from autoconf.spec.frameworks import ATTENTION_KERNELS
 from autoconf.spec.model import is_printable_name
@@ -103,7 +104,7 @@ class _Checker:
         first few and how many more, and the keys `where` may hold (then `note`)."""
         unknown = [key for key in obj if key not in allowed]
         if unknown:
-            self.problems.append(f"unknown field(s) {_listed([f'{where}.{_key(key)}' for key in unknown])}; {where} "
+            self.problems.append(f"unknown field(s) {listed([f'{where}.{_key(key)}' for key in unknown])}; {where} "
                                  f"holds {', '.join(allowed)}{note}")
 
 
@@ -118,17 +119,12 @@ def _key(key) -> str:
     return key if isinstance(key, str) and re.fullmatch(r"[\w+-]{1,40}", key, re.ASCII) else _short(key)
 
 
-def _listed(names: list, first: int = 5) -> str:
-    """The first `first` of `names` and how many more: a list of typos that stays one short line."""
-    return ", ".join(names[:first]) + (f" and {len(names) - first} more" if len(names) > first else "")
-
-
 def profile_problems(data: dict) -> list[str]:
     """Every problem of a cluster profile document (already known to be a dict of kind "cluster", version 1)."""
     c = _Checker()
     unknown = sorted(set(data) - set(PROFILE_FIELDS))
     if unknown:
-        c.problems.append(f"unknown field(s) {_listed(list(map(_short, unknown)))}; a profile holds "
+        c.problems.append(f"unknown field(s) {listed(list(map(_short, unknown)))}; a profile holds "
                           f"{', '.join(PROFILE_FIELDS)}")
     c.name(data.get("name"), "name")
     c.integer(data.get("nodes"), "nodes", 1, MAX_NODES)
