@@ -164,3 +164,249 @@ def test_limits_stop_at_a_sliding_window(tmp_path):
                                        "--global-batch", "4", "--only", "seq"])
     assert result.exit_code == 0, result.output
     assert "sliding attention window is 1024 tokens" in result.output
+
+
+# ---- every number read alike (fuzz report: "0.1" and "500000" were read through float(), "1e-5" refused) -----------
+GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 4, "vocab_size": 256, "n_positions": 128}
+DEEPSEEK_V3 = {**LLAMA, "model_type": "deepseek_v3", "moe_intermediate_size": 32, "n_routed_experts": 8,
+               "n_shared_experts": 1, "num_experts_per_tok": 2, "first_k_dense_replace": 1, "n_group": 4,
+               "topk_group": 2, "kv_lora_rank": 16, "q_lora_rank": None, "qk_nope_head_dim": 16,
+               "qk_rope_head_dim": 8, "v_head_dim": 16}
+DEEPSEEK_V2 = {**DEEPSEEK_V3, "model_type": "deepseek_v2", "topk_method": "group_limited_greedy"}
+
+
+@pytest.mark.parametrize("base, key, value", [
+    (LLAMA, "rms_norm_eps", "1e-5"), (LLAMA, "rope_theta", "500000"), (LLAMA, "attention_dropout", "0.1"),
+    (LLAMA, "hidden_size", "64"), (LLAMA, "num_attention_heads", "4"), (LLAMA, "num_key_value_heads", "2"),
+    (LLAMA, "head_dim", "16"), (LLAMA, "vocab_size", "256"), (LLAMA, "intermediate_size", "128"),
+    (LLAMA, "max_position_embeddings", "8192"), (LLAMA, "num_hidden_layers", "2"),
+    (LLAMA, "hidden_size", "٦٤"), (LLAMA, "max_position_embeddings", "８１９２"),  # Arabic-Indic, full-width digits
+    (LLAMA, "num_hidden_layers", True), (LLAMA, "hidden_size", True), (LLAMA, "num_key_value_heads", True),
+    (LLAMA, "rms_norm_eps", True), (LLAMA, "rope_theta", False), (LLAMA, "rope_theta", float("nan")),
+    (LLAMA, "rms_norm_eps", float("inf")), (LLAMA, "hidden_size", 64.0), (LLAMA, "rope_theta", 10 ** 400),
+    (GPT2, "n_embd", "64"), (GPT2, "n_positions", True), (GPT2, "resid_pdrop", "0.1"), (GPT2, "attn_pdrop", "0"),
+    (GPT2, "layer_norm_epsilon", "1e-5"), (GPT2, "n_inner", "256"),
+    (MIXTRAL, "num_experts_per_tok", "2"), (MIXTRAL, "num_local_experts", "4"),
+    (MIXTRAL, "router_aux_loss_coef", "0.02"), (QWEN3_MOE, "moe_intermediate_size", "32"),
+    (DEEPSEEK_V3, "routed_scaling_factor", "2.5"), (DEEPSEEK_V3, "n_group", "4"), (DEEPSEEK_V3, "topk_group", True),
+    (DEEPSEEK_V3, "kv_lora_rank", True), (DEEPSEEK_V3, "first_k_dense_replace", True),
+    (DEEPSEEK_V3, "n_shared_experts", "1"), (DEEPSEEK_V3, "aux_loss_alpha", "0.001"),
+])
+def test_a_number_that_is_not_a_json_number_is_refused_naming_its_key(base, key, value):
+    """A string that spells a number (also in other scripts' digits, which int() and float() accept), a boolean, a
+    float where a count is meant, NaN, infinity and a number no float holds: one line naming the key, whatever the
+    key. transformers' own config classes do not convert strings either (below)."""
+    with pytest.raises(UserError) as err:
+        from_hf_config({**base, key: value}, "m")
+    message = str(err.value)
+    assert message.startswith(f"m: {key} must be ") and "\n" not in message, message
+    if isinstance(value, str):
+        assert "the string" in message and "a number is written without quotes" in message, message
+
+
+def test_a_nested_number_names_its_path():
+    with pytest.raises(UserError, match=r"m: rope_parameters.rope_theta must be a JSON number, a positive number "
+                                        r"\(got the string \"1e6\""):
+        from_hf_config({**LLAMA, "rope_parameters": {"rope_theta": "1e6", "rope_type": "default"}}, "m")
+    with pytest.raises(UserError, match="rope_scaling.original_max_position_embeddings must be a positive integer"):
+        from_hf_config({**LLAMA, "rope_scaling": {"rope_type": "yarn", "factor": 2.0,
+                                                  "original_max_position_embeddings": True}}, "m")
+
+
+def test_transformers_does_not_convert_string_numbers_either():
+    """The expected behaviour: transformers 5 refuses a string where its config declares a float or an int, and
+    keeps a string rope_theta a string (its rotary embedding then fails), so no reading of "1e-5" as 1e-5 is what
+    the model would be."""
+    transformers = pytest.importorskip("transformers")
+    for field in ({"rms_norm_eps": "1e-5"}, {"num_hidden_layers": True}, {"hidden_size": "64"}):
+        with pytest.raises(Exception, match=f"Field '{next(iter(field))}' expected"):  # (huggingface_hub's error)
+            transformers.LlamaConfig(**field)
+    assert transformers.LlamaConfig(rope_theta="500000").rope_parameters["rope_theta"] == "500000"
+
+
+def test_json_numbers_of_every_kind_are_still_read():
+    spec = from_hf_config({**LLAMA, "rms_norm_eps": 1e-5, "rope_theta": 500000, "attention_dropout": 0,
+                           "num_key_value_heads": None, "head_dim": None}, "m")
+    assert (spec.norm_eps, spec.rope_theta, spec.dropout, spec.num_kv_heads, spec.head_dim) == (1e-5, 500000.0,
+                                                                                                0.0, 4, 16)
+
+
+# ---- layer_types and rope_parameters of the wrong shape (fuzz report: ignored) ------------------------------------
+@pytest.mark.parametrize("config, needle", [
+    ({**LLAMA, "layer_types": "sliding_attention"}, "layer_types must be a list naming each layer's attention"),
+    ({**LLAMA, "layer_types": {"0": "full_attention"}}, "layer_types must be a list"),
+    ({**LLAMA, "layer_types": ["full_attention", 1]}, "layer_types must be a list"),
+    ({**LLAMA, "layer_types": ["full_attention", "chunked_attention"]},
+     "layer_types has chunked_attention, which autoconf does not read; known: full_attention, sliding_attention"),
+    ({**LLAMA, "layer_types": ["full_attention"] * 3}, "layer_types names 3 layers but num_hidden_layers is 2"),
+    ({**LLAMA, "rope_parameters": [10000.0, "default"]}, "rope_parameters must be an object"),
+    ({**LLAMA, "rope_parameters": "default"}, "rope_parameters must be an object"),
+    ({**LLAMA, "layer_types": ["full_attention", "sliding_attention"], "sliding_window": 64,
+      "rope_parameters": {"full_attention": {"rope_type": "default"}, "sliding_attention": {"rope_type": "default"}}},
+     "rope_parameters nested by layer type \\(full_attention, sliding_attention\\) is not read"),
+])
+def test_layer_types_and_rope_parameters_of_another_shape_are_refused(config, needle):
+    with pytest.raises(UserError, match=needle) as err:
+        from_hf_config(config, "m")
+    assert "\n" not in str(err.value)
+
+
+def test_transformers_refuses_a_layer_types_string_too():
+    transformers = pytest.importorskip("transformers")
+    with pytest.raises(Exception, match="Field 'layer_types' with value 'sliding_attention' doesn't match"):
+        transformers.Qwen2Config(num_hidden_layers=2, layer_types="sliding_attention")
+
+
+# ---- RoPE types: longrope read, the rest refused (fuzz report: longrope and unknown types ignored) ----------------
+PHI3_128K_SCALING = {"type": "longrope", "short_factor": [1.0] * 8, "long_factor": [4.0] * 8}
+
+
+def test_longrope_plans_up_to_max_position_embeddings_which_is_already_the_extended_context():
+    """Phi-3-mini-128k writes max_position_embeddings 131072, original_max_position_embeddings 4096 and a longrope
+    rope_scaling of two factor lists: transformers takes 131,072 as the context (its attention scale is the
+    longrope one for 131072 / 4096, below), so the plan goes to 131,072 tokens and no further."""
+    config = {**LLAMA, "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+              "rope_scaling": PHI3_128K_SCALING}
+    spec = from_hf_config(config, "phi3-like")
+    assert (spec.max_seq_len, spec.rope_scaling_factor) == (131072, 1.0)
+    assert spec.context_problem(131072) is None and "context of 131,072 tokens" in spec.context_problem(131073)
+    written = from_hf_config({**LLAMA, "max_position_embeddings": 131072, "rope_parameters": {
+        "rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [4.0] * 8,
+        "original_max_position_embeddings": 4096, "rope_theta": 10000.0}}, "t5")
+    assert written.max_seq_len == 131072
+    short = from_hf_config({**LLAMA, "rope_scaling": {**PHI3_128K_SCALING, "factor": 32.0}}, "m")
+    assert short.max_seq_len == 8192  # (the factor scales attention only; transformers reads no context from it)
+
+
+def test_longrope_matches_transformers():
+    """transformers' longrope: the attention scale comes from max_position_embeddings / original (so the former is
+    the extended context); Phi3Config's defaults have no scaling, and read as llama they plan its 4,096 tokens."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("torch")
+    import math
+
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    config = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
+                                      intermediate_size=128, vocab_size=256, max_position_embeddings=131072,
+                                      rope_parameters={"rope_type": "longrope", "short_factor": [1.0] * 8,
+                                                       "long_factor": [4.0] * 8,
+                                                       "original_max_position_embeddings": 4096})
+    _, attention_factor = ROPE_INIT_FUNCTIONS["longrope"](config, "cpu")
+    assert attention_factor == pytest.approx(math.sqrt(1 + math.log(131072 / 4096) / math.log(4096)))
+    assert from_hf_config(config.to_dict(), "l").max_seq_len == 131072
+    phi3 = transformers.Phi3Config()
+    assert (phi3.max_position_embeddings, phi3.original_max_position_embeddings) == (4096, 4096)
+    assert from_hf_config({**phi3.to_dict(), "model_type": "llama"}, "p").max_seq_len == 4096
+
+
+@pytest.mark.parametrize("scaling, needle", [
+    ({"type": "su", "short_factor": [1.0], "long_factor": [1.0]},
+     "rope_scaling rope_type \"su\" is not read; known: default, linear, dynamic, yarn, longrope, llama3"),
+    ({"rope_type": "mrope", "mrope_section": [16, 24, 24]}, "rope_type \"mrope\" is not read"),
+    ({"rope_type": "proportional"}, "rope_type \"proportional\" is not read"),
+    ({"rope_type": 3}, "rope_type 3 is not read"),
+    ({"rope_type": "", "factor": 8.0}, "rope_type \"\" is not read"),
+    ({"type": "longrope", "long_factor": [1.0]}, "longrope rope_scaling.short_factor must be a list of numbers"),
+    ({"type": "longrope", "short_factor": [1.0], "long_factor": ["1"]}, "long_factor must be a list of numbers"),
+    ({**PHI3_128K_SCALING, "original_max_position_embeddings": "4k"},
+     "rope_scaling.original_max_position_embeddings must be a positive integer"),
+])
+def test_an_unknown_rope_type_or_an_unusable_longrope_is_one_line(scaling, needle):
+    with pytest.raises(UserError, match=needle):
+        from_hf_config({**LLAMA, "rope_scaling": scaling}, "m")
+    with pytest.raises(UserError, match=needle.replace("rope_scaling", "rope_parameters")):
+        from_hf_config({**LLAMA, "rope_parameters": scaling}, "m")
+
+
+# ---- DeepSeek's routing method (fuzz report: topk_method ignored) -------------------------------------------------
+def test_deepseek_topk_method_sets_the_group_limit_or_is_refused():
+    """deepseek_v2: "greedy" (transformers' default) leaves every expert open, "group_limited_greedy" reads n_group
+    and topk_group; deepseek_v3 routes by "noaux_tc" only, with DeepseekV3Config's 8 and 4 groups when absent.
+    Another method, or a scoring_func that is not the method's, is one line."""
+    grouped = from_hf_config(DEEPSEEK_V2, "v2").moe
+    assert (grouped.n_group, grouped.topk_group, grouped.scoring_func) == (4, 2, "softmax")
+    for method in ("greedy", None):
+        greedy = from_hf_config({**DEEPSEEK_V2, "topk_method": method}, "v2").moe
+        assert (greedy.n_group, greedy.topk_group) == (1, 1)
+    v3 = from_hf_config({**DEEPSEEK_V3, "topk_method": "noaux_tc"}, "v3").moe
+    assert (v3.n_group, v3.topk_group, v3.scoring_func) == (4, 2, "sigmoid")
+    eight = {k: v for k, v in DEEPSEEK_V3.items() if k not in ("n_group", "topk_group")}
+    assert (lambda m: (m.n_group, m.topk_group))(from_hf_config(eight, "v3").moe) == (8, 4)
+    for config, needle in [
+        ({**DEEPSEEK_V2, "topk_method": "noaux_tc"},
+         "topk_method \"noaux_tc\" is not a deepseek_v2 routing method; known: greedy, group_limited_greedy"),
+        ({**DEEPSEEK_V3, "topk_method": "greedy"}, "topk_method \"greedy\" is not a deepseek_v3 routing method; "
+                                                  "known: noaux_tc"),
+        ({**DEEPSEEK_V2, "topk_method": ["greedy"]}, "topk_method \\[\"greedy\"\\] is not"),
+        ({**DEEPSEEK_V3, "scoring_func": "softmax"}, "scoring_func \"softmax\" is not deepseek_v3's"),
+        ({**DEEPSEEK_V2, "scoring_func": "sigmoid"}, "scoring_func \"sigmoid\" is not deepseek_v2's"),
+        ({k: v for k, v in DEEPSEEK_V2.items() if k != "n_group"}, "lacks key 'n_group'"),
+        ({**DEEPSEEK_V2, "topk_group": None}, "topk_group must be a positive integer"),
+    ]:
+        with pytest.raises(UserError, match=needle):
+            from_hf_config(config, "ds")
+
+
+def test_deepseek_routing_matches_transformers_config_classes():
+    transformers = pytest.importorskip("transformers")
+    small = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=4,
+                 intermediate_size=128,
+                 moe_intermediate_size=32, vocab_size=256, num_experts_per_tok=2, first_k_dense_replace=1,
+                 kv_lora_rank=16, q_lora_rank=None, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16)
+    v2 = transformers.DeepseekV2Config(**small, n_routed_experts=8, topk_method="group_limited_greedy", n_group=4,
+                                       topk_group=2)
+    assert (lambda m: (m.n_group, m.topk_group))(from_hf_config(v2.to_dict(), "v2").moe) == (4, 2)
+    greedy = transformers.DeepseekV2Config(**small, n_routed_experts=8)  # topk_method "greedy", n_group None
+    assert (lambda m: (m.n_group, m.topk_group))(from_hf_config(greedy.to_dict(), "v2").moe) == (1, 1)
+    v3 = transformers.DeepseekV3Config(**small, n_routed_experts=16)
+    data = {k: v for k, v in v3.to_dict().items() if k not in ("n_group", "topk_group")}
+    assert (lambda m: (m.n_group, m.topk_group))(from_hf_config(data, "v3").moe) == (v3.n_group, v3.topk_group)
+
+
+# ---- dropouts (fuzz report: GPT-2's attn_pdrop and embd_pdrop ignored) --------------------------------------------
+def test_gpt2_dropouts_must_agree_since_the_spec_plans_one():
+    """autoconf's one dropout drops the embedding, the attention probabilities and each residual branch (the
+    executor, the memory estimate's masks): GPT-2's three agreeing are read as it, three that differ are refused;
+    transformers' defaults (0.1 each) apply to the absent ones."""
+    assert from_hf_config(GPT2, "g").dropout == 0.1
+    assert from_hf_config({**GPT2, **dict.fromkeys(("resid_pdrop", "attn_pdrop", "embd_pdrop"), 0.0)}, "g").dropout == 0
+    for config in ({**GPT2, "attn_pdrop": 0.0}, {**GPT2, "resid_pdrop": 0.0, "attn_pdrop": 0.0}):
+        with pytest.raises(UserError, match=r"g: gpt2 dropouts differ \(resid_pdrop .*, attn_pdrop 0, embd_pdrop "
+                                            r"0.1\); autoconf plans one probability"):
+            from_hf_config(config, "g")
+    with pytest.raises(UserError, match=r"resid_pdrop must be a JSON number, a probability in \[0, 1\)"):
+        from_hf_config({**GPT2, "resid_pdrop": 1.0}, "g")
+
+
+def test_gpt2_defaults_match_transformers():
+    transformers = pytest.importorskip("transformers")
+    spec = from_hf_config(transformers.GPT2Config(n_layer=2).to_dict(), "gpt2")
+    assert (spec.dropout, spec.max_seq_len, spec.ffn_hidden_size, spec.norm_eps) == (0.1, 1024, 3072, 1e-5)
+    with pytest.raises(UserError, match="gpt2 dropouts differ"):
+        from_hf_config(transformers.GPT2Config(n_layer=2, attn_pdrop=0.0).to_dict(), "gpt2")
+
+
+def test_a_llama_attention_dropout_is_refused_since_the_spec_would_drop_residuals_too():
+    with pytest.raises(UserError, match="llama with attention_dropout 0.1 is not modelled: autoconf's one dropout "
+                                        "also drops the embedding and residual outputs"):
+        from_hf_config({**LLAMA, "attention_dropout": 0.1}, "m")
+    assert from_hf_config({**LLAMA, "attention_dropout": 0.0}, "m").dropout == 0.0
+
+
+# ---- context wording (fuzz report: autoconf's own model JSON was told of max_position_embeddings) ----------------
+def test_context_lines_name_autoconfs_fields_first(tmp_path):
+    """A model read from autoconf's model JSON is told of max_seq_len and rope_scaling_factor, the fields it has;
+    a config.json's names follow them."""
+    from autoconf.spec.model import ModelSpec
+
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(ModelSpec(name="own", arch="llama", num_layers=2, hidden_size=64, num_heads=4,
+                                         num_kv_heads=4, ffn_hidden_size=128, vocab_size=256,
+                                         max_seq_len=1024).to_dict()))
+    line = load_model(str(path)).context_problem(2048)
+    assert "context of 1,024 tokens (max_seq_len; in a config.json max_position_embeddings" in line
+    assert "(rope_scaling_factor 1)" in line and "\n" not in line
+    gpt = ModelSpec(name="own", arch="gpt", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=4,
+                    ffn_hidden_size=256, vocab_size=256, max_seq_len=128)
+    assert "128 learned positions (max_seq_len; n_positions in a config.json)" in gpt.context_problem(256)

@@ -4,16 +4,52 @@ the mixture-of-experts one (spec/hf_moe.py).
 Each reader takes the keys both as published config.json files write them and as transformers 5's config classes
 do (`rope_theta` and the RoPE scaling inside `rope_parameters`, `layer_types` naming each layer's attention), and
 refuses a value of the wrong type in one line naming the key, rather than reading it as something else (`bool("false")`
-is True).
+is True). Every number is read alike (`hf_int`, `hf_number`): a JSON number of the right kind and range, never a
+string that spells one ("1e-5", "500000", "٤٠٩٦": transformers' config classes do not convert strings, so the model
+they build would not run) and never a boolean (JSON's true is not a layer count).
 """
 
 from __future__ import annotations
 
+import json
 import math
 
 from autoconf.errors import UserError
-from autoconf.spec.model import MAX_LAYERS
+from autoconf.files import shown
+from autoconf.spec.model import MAX_LAYERS, MAX_SIZES
 
+REQUIRED = object()  # a key without a default: absent, it is a KeyError (the importer names the missing key)
+
+# The range a number must lie in: (test, words for the message).
+POSITIVE = (lambda v: v > 0, "a positive number")
+NON_NEGATIVE = (lambda v: v >= 0, "a number >= 0")
+PROBABILITY = (lambda v: 0 <= v < 1, "a probability in [0, 1)")
+
+
+UNQUOTED = "a number is written without quotes"
+
+
+def _got(value, hint: str = "") -> str:
+    """`(got ...)` for a message: the value as JSON, shortened; a string gets `hint` where given (what is written
+    without quotes)."""
+    try:
+        text = json.dumps(value)  # (ASCII: a non-ASCII digit shows as \uXXXX, a control character escaped)
+    except (TypeError, ValueError):
+        text = repr(value)
+    if isinstance(value, str) and hint:
+        return f"(got the string {shown(text, 40)}; {hint})"
+    return f"(got {shown(text, 40)})"
+
+
+def _finite(value) -> float | None:
+    """`value` as a float when it is a JSON number a float holds (an integer or a finite float, not a boolean)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def hf_bool(config: dict, key: str, default: bool, name: str) -> bool:
@@ -22,37 +58,81 @@ def hf_bool(config: dict, key: str, default: bool, name: str) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise UserError(f"{name}: {key} must be true or false (got {value!r})")
+        raise UserError(f"{name}: {key} must be true or false "
+                        f"{_got(value, 'true and false are written without quotes')}")
+    return value
+
+
+def hf_int(config: dict, key: str, name: str, what: str, default=REQUIRED, least: int = 1, label: str = ""):
+    """A JSON integer >= `least` (`what` says what it counts); absent is `default` (KeyError where REQUIRED), null
+    is `default` too where there is one. A string, a boolean or a float (2.0 included) is refused naming `key` (as
+    `label` where given: the path of a nested key)."""
+    value = config.get(key)
+    if key not in config and default is REQUIRED:
+        raise KeyError(key)
+    if value is None and default is not REQUIRED:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        kind = "a positive integer" if least == 1 else f"a whole number >= {least}"
+        raise UserError(f"{name}: {label or key} must be {kind}, {what} {_got(value, UNQUOTED)}")
     return value
 
 
 def positive_int(config: dict, key: str, default: int, name: str, what: str) -> int:
     """A whole number >= 1 (`what` says what it counts); absent or null is `default`."""
+    return hf_int(config, key, name, what, default)
+
+
+def number_value(value, key: str, name: str, rule=POSITIVE) -> float:
+    """`value` (read from `key`) as a float: a JSON number satisfying `rule` (POSITIVE, NON_NEGATIVE, PROBABILITY),
+    else a UserError naming `key`."""
+    test, words = rule
+    number = _finite(value)
+    if number is None or not test(number):
+        raise UserError(f"{name}: {key} must be a JSON number, {words} {_got(value, UNQUOTED)}")
+    return number
+
+
+def hf_number(config: dict, key: str, default: float, name: str, rule=POSITIVE) -> float:
+    """`number_value` of `key`; absent or null is `default`."""
     value = config.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"{name}: {key} must be a positive integer, {what} (got {value!r})")
-    return value
+    return default if value is None else number_value(value, key, name, rule)
 
 
 def layer_count(config: dict, key: str, name: str) -> int:
     """The number of transformer layers, 1..MAX_LAYERS. KeyError when the key is missing (the caller names it)."""
     layers = config[key]
     if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= MAX_LAYERS:
-        raise UserError(f"{name}: {key} must be a layer count in 1..{MAX_LAYERS} (got {layers!r})")
+        raise UserError(f"{name}: {key} must be a layer count in 1..{MAX_LAYERS} {_got(layers, UNQUOTED)}")
     return layers
 
 
-def _rope_parameters(config: dict) -> dict:
+# Attention kinds of transformers 5's `layer_types` that the spec describes (a sliding layer keeps the window).
+LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def _rope_parameters(config: dict, name: str) -> dict:
+    """transformers 5's `rope_parameters` object ({} when absent or null). Refused: anything but an object, and an
+    object nested by layer type (one RoPE per kind of layer), which the spec does not describe."""
     parameters = config.get("rope_parameters")
-    return parameters if isinstance(parameters, dict) else {}
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise UserError(f"{name}: rope_parameters must be an object such as {{\"rope_type\": \"default\", "
+                        f"\"rope_theta\": 10000.0}} or null {_got(parameters)}")
+    nested = [key for key in parameters if key in LAYER_TYPES]
+    if nested:
+        raise UserError(f"{name}: rope_parameters nested by layer type ({', '.join(nested)}) is not read; autoconf "
+                        f"describes one RoPE for every layer: give one object")
+    return parameters
 
 
-def rope_theta(config: dict) -> float:
-    """The RoPE base: `rope_theta`, or transformers 5's `rope_parameters.rope_theta`; 10000 when neither is set."""
-    theta = _rope_parameters(config).get("rope_theta")
-    return float(config.get("rope_theta", 10000.0) if theta is None else theta)
+def rope_theta(config: dict, name: str) -> float:
+    """The RoPE base: transformers 5's `rope_parameters.rope_theta`, else `rope_theta`; 10000 when neither is set."""
+    theta = _rope_parameters(config, name).get("rope_theta")
+    if theta is None:
+        return hf_number(config, "rope_theta", 10000.0, name)
+    return number_value(theta, "rope_parameters.rope_theta", name)
 
 
 def _rope_scaling(config: dict, name: str) -> tuple[str, dict | None]:
@@ -62,33 +142,59 @@ def _rope_scaling(config: dict, name: str) -> tuple[str, dict | None]:
     scaling = config.get(key)
     if scaling is None:
         key = "rope_parameters"
-        scaling = {k: v for k, v in _rope_parameters(config).items() if k != "rope_theta"} or None
+        scaling = {k: v for k, v in _rope_parameters(config, name).items() if k != "rope_theta"} or None
     if scaling is not None and not isinstance(scaling, dict):
         raise UserError(f"{name}: {key} must be an object such as {{\"rope_type\": \"llama3\", \"factor\": 8.0}} "
-                        f"or null (got {scaling!r})")
+                        f"or null {_got(scaling)}")
     return key, scaling
 
 
+# transformers' rope_type names read here (its ROPE_INIT_FUNCTIONS less the families' own, such as Gemma's
+# "proportional"): "default" rotates plainly; `rope_context` reads the context the others give.
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
+# RoPE scalings whose factor stretches an original context (transformers' rope_type names).
+STRETCHING_ROPE = ("yarn", "linear", "dynamic")
+
+
+def _rope_kind(config: dict, name: str) -> tuple[str, dict | None, str]:
+    """(key, scaling object or None, rope_type): the type as transformers reads it (`rope_type`, else the older
+    `type`, else "default"); another type than ROPE_TYPES is refused naming them."""
+    key, scaling = _rope_scaling(config, name)
+    kind = "default"
+    if scaling:
+        kind = next((scaling[k] for k in ("rope_type", "type") if scaling.get(k) is not None), "default")
+    if not isinstance(kind, str) or kind not in ROPE_TYPES:
+        raise UserError(f"{name}: {key} rope_type {shown(json.dumps(kind), 40)} is not read; known: "
+                        f"{', '.join(ROPE_TYPES)}")
+    return key, scaling, kind
+
+
 def _scaling_factor(scaling: dict, key: str, name: str, kind: str) -> float:
-    factor = scaling.get("factor")
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (math.isfinite(factor) and factor >= 1):
+    factor = _finite(scaling.get("factor"))
+    if factor is None or factor < 1:
         raise UserError(f"{name}: {kind} {key} needs a factor >= 1, as Llama 3.1's llama3 8.0 or Qwen's yarn 4.0 "
-                        f"(got {factor!r})")
-    return float(factor)
+                        f"{_got(scaling.get('factor'), UNQUOTED)}")
+    return factor
 
 
 def rope_scaling_factor(config: dict, name: str) -> float:
     """The factor of Llama 3.x RoPE scaling (rope_type "llama3" and its `factor`), which lets a model train past
     its context and further; 1.0 without it. Another rope_type is read by `rope_context` (what it extends the
     context to); the cost does not depend on how positions are rotated (the executor rotates them plainly)."""
-    key, scaling = _rope_scaling(config, name)
-    if scaling is None or (scaling.get("rope_type") or scaling.get("type")) != "llama3":
-        return 1.0
-    return _scaling_factor(scaling, key, name, "llama3")
+    key, scaling, kind = _rope_kind(config, name)
+    return _scaling_factor(scaling, key, name, kind) if kind == "llama3" else 1.0
 
 
-# RoPE scalings whose factor stretches an original context (transformers' rope_type names).
-STRETCHING_ROPE = ("yarn", "linear", "dynamic")
+def _check_longrope(scaling: dict, key: str, name: str) -> None:
+    """Refuses a longrope scaling without the per-frequency `short_factor` and `long_factor` lists that
+    transformers requires (Phi-3's), or with an original context that is not a positive integer."""
+    for part in ("short_factor", "long_factor"):
+        factors = scaling.get(part)
+        if not isinstance(factors, list) or not factors or any(_finite(f) is None for f in factors):
+            raise UserError(f"{name}: longrope {key}.{part} must be a list of numbers, one per rotary frequency, "
+                            f"as Phi-3's configs give {_got(factors)}")
+    hf_int(scaling, "original_max_position_embeddings", name, "the context the model was pretrained on", 1,
+           label=f"{key}.original_max_position_embeddings")
 
 
 def rope_context(config: dict, name: str) -> int:
@@ -96,20 +202,44 @@ def rope_context(config: dict, name: str) -> int:
     or dynamic RoPE scaling, its factor times the context it stretches when that is longer: its
     `original_max_position_embeddings`, for yarn by default max_position_embeddings as transformers reads it (Qwen's
     yarn 4.0 over 32,768 -> 131,072 tokens; DeepSeek-V3's 40 x 4,096 is its max_position_embeddings already). Linear
-    and dynamic scaling without an original length are read as max_position_embeddings (configs write either)."""
-    base = config.get("max_position_embeddings", 4096)
-    key, scaling = _rope_scaling(config, name)
-    kind = scaling and (scaling.get("rope_type") or scaling.get("type"))
-    if kind not in STRETCHING_ROPE or not isinstance(base, int) or isinstance(base, bool):
-        return base  # (a bad base is ModelSpec's to name)
+    and dynamic scaling without an original length are read as max_position_embeddings (configs write either).
+    Under longrope (Phi-3: `short_factor` / `long_factor` lists over an `original_max_position_embeddings`)
+    max_position_embeddings is already the extended context, as transformers reads it (Phi-3-mini-128k: 131,072
+    over 4,096); its factor only scales attention. Any other rope_type is refused (`ROPE_TYPES`)."""
+    base = hf_int(config, "max_position_embeddings", name, "the context in tokens", 4096)
+    key, scaling, kind = _rope_kind(config, name)
+    if kind == "longrope":
+        _check_longrope(scaling, key, name)
+        return base
+    if kind not in STRETCHING_ROPE:
+        return base
     factor = _scaling_factor(scaling, key, name, kind)
-    original = scaling.get("original_max_position_embeddings", base if kind == "yarn" else None)
+    original = hf_int(scaling, "original_max_position_embeddings", name, "the context the scaling stretches",
+                      base if kind == "yarn" else None, label=f"{key}.original_max_position_embeddings")
     if original is None:
         return base
-    if isinstance(original, bool) or not isinstance(original, int) or original < 1:
-        raise UserError(f"{name}: {key}.original_max_position_embeddings must be a positive integer (got "
-                        f"{original!r})")
+    if original > MAX_SIZES["max_seq_len"] or original * factor > MAX_SIZES["max_seq_len"]:
+        raise UserError(f"{name}: {kind} {key} stretches {shown(f'{original:,}', 30)} tokens by {factor:g}, beyond "
+                        f"the {MAX_SIZES['max_seq_len']:,} tokens autoconf plans")
     return max(base, int(original * factor))
+
+
+def _layer_types(config: dict, name: str) -> list | None:
+    """transformers 5's `layer_types` (None when absent or null): a list of LAYER_TYPES, one per layer."""
+    layer_types = config.get("layer_types")
+    if layer_types is None:
+        return None
+    if not isinstance(layer_types, list) or not all(isinstance(t, str) for t in layer_types):
+        raise UserError(f"{name}: layer_types must be a list naming each layer's attention, e.g. "
+                        f"[\"full_attention\", \"sliding_attention\"] {_got(layer_types)}")
+    unknown = sorted(set(layer_types) - set(LAYER_TYPES))
+    if unknown:
+        raise UserError(f"{name}: layer_types has {shown(', '.join(unknown), 60)}, which autoconf does not read; "
+                        f"known: {', '.join(LAYER_TYPES)}")
+    layers = config.get("num_hidden_layers")
+    if isinstance(layers, int) and not isinstance(layers, bool) and len(layer_types) != layers:
+        raise UserError(f"{name}: layer_types names {len(layer_types)} layers but num_hidden_layers is {layers}")
+    return layer_types
 
 
 def sliding_window(config: dict, model_type: str, name: str) -> int | None:
@@ -118,38 +248,82 @@ def sliding_window(config: dict, model_type: str, name: str) -> int | None:
     `use_sliding_window` for the layers from `max_window_layers` on, else Mistral's `sliding_window` when set. The
     spec keeps it so that a sequence longer than the window, where sliding and full attention differ, is refused
     (ModelSpec.context_problem)."""
-    layer_types = config.get("layer_types")
-    if isinstance(layer_types, list):
-        slides = "sliding_attention" in layer_types
+    layer_types = _layer_types(config, name)
+    if layer_types is not None:
+        slides, why = "sliding_attention" in layer_types, "layer_types has sliding_attention"
     elif model_type.startswith("qwen"):
-        first = config.get("max_window_layers")
-        layers = config.get("num_hidden_layers")
-        slides = hf_bool(config, "use_sliding_window", False, name) and not (
-            isinstance(first, int) and isinstance(layers, int) and first >= layers)
+        why = "use_sliding_window is true"
+        slides = hf_bool(config, "use_sliding_window", False, name)
+        if slides:  # (max_window_layers absent: taken as sliding from the first layer)
+            first = hf_int(config, "max_window_layers", name, "the layers before the sliding ones", None, least=0)
+            layers = config.get("num_hidden_layers")
+            slides = first is None or not (isinstance(layers, int) and first >= layers)
     else:
-        slides = config.get("sliding_window") is not None
+        slides, why = config.get("sliding_window") is not None, "sliding_window is set"
     if not slides:
         return None
     if config.get("sliding_window") is None:
-        raise UserError(f"{name}: the config slides attention windows but sets no sliding_window")
+        raise UserError(f"{name}: the config slides attention windows but sets no sliding_window ({why}); give the "
+                        f"window, or no sliding layer")
     return positive_int(config, "sliding_window", 0, name, "the attention window in tokens")
+
+
+def attention_dropout(config: dict, name: str, model_type: str) -> float:
+    """The attention dropout of a Llama-shaped family: 0. The spec's one `dropout` is applied to the embedding, the
+    attention probabilities and each residual branch alike (execute/model.py, and the masks the memory estimate
+    counts); these families drop attention probabilities only, so a positive `attention_dropout` would be planned
+    and trained as a different model and is refused."""
+    dropout = hf_number(config, "attention_dropout", 0.0, name, PROBABILITY)
+    if dropout:
+        raise UserError(f"{name}: {model_type} with attention_dropout {dropout:g} is not modelled: autoconf's one "
+                        f"dropout also drops the embedding and residual outputs, which {model_type} does not; set "
+                        f"attention_dropout to 0 to plan it without dropout")
+    return dropout
 
 
 def llama_fields(config: dict, name: str, model_type: str) -> dict:
     """The ModelSpec fields every Llama-shaped family (dense or MoE) reads alike: layers, width, heads (absent or
     null KV heads: multi-head; 0 is an error), head width, vocabulary, context (`rope_context`), tied embeddings,
     attention dropout, RoPE base, scaling and sliding window. KeyError for a missing key (the caller names it)."""
-    heads = config["num_attention_heads"]
-    kv_heads = config.get("num_key_value_heads")
+    heads = hf_int(config, "num_attention_heads", name, "the attention heads")
     return dict(name=name, arch="llama", num_layers=layer_count(config, "num_hidden_layers", name),
-                hidden_size=config["hidden_size"], num_heads=heads,
-                num_kv_heads=heads if kv_heads is None else kv_heads,
-                head_dim=config.get("head_dim"),  # absent or null: hidden_size / num_attention_heads
-                vocab_size=config["vocab_size"], max_seq_len=rope_context(config, name),
+                hidden_size=hf_int(config, "hidden_size", name, "the model width"), num_heads=heads,
+                num_kv_heads=hf_int(config, "num_key_value_heads", name, "the key/value heads (num_kv_heads)", heads),
+                # absent or null: hidden_size / num_attention_heads
+                head_dim=hf_int(config, "head_dim", name, "the width of one head", None),
+                vocab_size=hf_int(config, "vocab_size", name, "the vocabulary"),
+                max_seq_len=rope_context(config, name),
                 tied_embeddings=hf_bool(config, "tie_word_embeddings", False, name),
-                dropout=float(config.get("attention_dropout", 0.0) or 0.0), rope_theta=rope_theta(config),
+                dropout=attention_dropout(config, name, model_type), rope_theta=rope_theta(config, name),
                 rope_scaling_factor=rope_scaling_factor(config, name),
                 sliding_window=sliding_window(config, model_type, name))
+
+
+# GPT-2's three dropouts; the spec has one probability for all three (transformers' defaults: 0.1 each).
+GPT2_DROPOUTS = ("resid_pdrop", "attn_pdrop", "embd_pdrop")
+
+
+def gpt2_fields(config: dict, name: str) -> dict:
+    """The ModelSpec fields of a gpt2 config: layers, width, heads, MLP width (`n_inner`, absent or null: 4 x
+    width), vocabulary, learned positions, tied embeddings, norm epsilon and the dropout. The spec has one dropout
+    probability, applied where GPT-2 applies its three (the embedding, the attention probabilities, each residual
+    branch), so a config whose resid_pdrop, attn_pdrop and embd_pdrop differ is refused. KeyError for a missing key
+    (the caller names it)."""
+    hidden = hf_int(config, "n_embd", name, "the model width")
+    heads = hf_int(config, "n_head", name, "the attention heads")
+    dropouts = {key: hf_number(config, key, 0.1, name, PROBABILITY) for key in GPT2_DROPOUTS}
+    if len(set(dropouts.values())) > 1:
+        given = ", ".join(f"{key} {value:g}" for key, value in dropouts.items())
+        raise UserError(f"{name}: gpt2 dropouts differ ({given}); autoconf plans one probability for the "
+                        f"embedding, attention and residual dropouts alike: set the three to one value (absent, "
+                        f"each is 0.1)")
+    return dict(name=name, arch="gpt", num_layers=layer_count(config, "n_layer", name), hidden_size=hidden,
+                num_heads=heads, num_kv_heads=heads,
+                ffn_hidden_size=hf_int(config, "n_inner", name, "the MLP width", 4 * hidden),
+                vocab_size=hf_int(config, "vocab_size", name, "the vocabulary"),
+                max_seq_len=hf_int(config, "n_positions", name, "the learned positions", 1024),
+                tied_embeddings=hf_bool(config, "tie_word_embeddings", True, name),
+                dropout=dropouts["resid_pdrop"], norm_eps=hf_number(config, "layer_norm_epsilon", 1e-5, name))
 
 
 def refuse_bias(config: dict, name: str, model_type: str, keys: tuple[str, ...] = ("attention_bias",)) -> None:

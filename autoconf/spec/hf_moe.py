@@ -5,15 +5,21 @@ files and of transformers 5's own config classes (which rename some: Qwen3-MoE's
 `num_local_experts`, `rope_theta` moves into `rope_parameters`). Any other config whose keys name experts is
 refused with one line (`refuse_hidden_experts`), so that an MoE model is never planned as a dense one.
 
-DeepSeek's multi-token-prediction modules (`num_nextn_predict_layers`) are read into `mtp_num_layers`.
+DeepSeek's multi-token-prediction modules (`num_nextn_predict_layers`) are read into `mtp_num_layers`, its routing
+method (`topk_method`, `n_group`, `topk_group`) by `deepseek_routing`, which says why only the group limit changes
+a plan.
 Not modelled, and said so in docs/moe.md: gpt-oss (attention sinks, biased experts); a sliding attention window is
 kept and a longer sequence refused (spec/hf_fields.py).
 """
 
 from __future__ import annotations
 
+import json
+
 from autoconf.errors import UserError
-from autoconf.spec.hf_fields import hf_bool, llama_fields, positive_int, refuse_bias
+from autoconf.files import shown
+from autoconf.spec.hf_fields import (NON_NEGATIVE, REQUIRED, hf_bool, hf_int, hf_number, llama_fields, positive_int,
+                                     refuse_bias)
 from autoconf.spec.model import MLASpec, ModelSpec, MoESpec
 
 HF_MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3")
@@ -54,18 +60,64 @@ def refuse_hidden_experts(config: dict, name: str, model_type) -> None:
         raise UserError(f"{name}: model_type {model_type!r} is a dense family but the config has mixture-of-experts "
                         f"keys ({keys}); read as {model_type} it would lose its experts. {hint} (MoE types read: "
                         f"{supported})")
-    raise UserError(f"{name}: model_type {model_type!r} is a mixture-of-experts family autoconf does not read "
-                    f"(keys {keys}); MoE types read: {supported}; dense: {', '.join(HF_DENSE_TYPES)}")
+    raise UserError(f"{name}: model_type {shown(repr(model_type), 60)} is a mixture-of-experts family autoconf does "
+                    f"not read (keys {keys}); MoE types read: {supported}; dense: {', '.join(HF_DENSE_TYPES)}")
 
 
-def _first(config: dict, *keys, default=KeyError):
-    """The first of `keys` present with a non-null value (transformers renames some keys), else `default`."""
-    for key in keys:
-        if config.get(key) is not None:
-            return config[key]
-    if default is KeyError:
-        raise KeyError(keys[0])
-    return default
+def _key(config: dict, *keys) -> str:
+    """The first of `keys` present with a non-null value (transformers renames some keys), else the first."""
+    return next((key for key in keys if config.get(key) is not None), keys[0])
+
+
+def _count(config: dict, name: str, what: str, *keys) -> int:
+    """`hf_int` of the first of `keys` the config gives (`_key`), a required positive count."""
+    return hf_int(config, _key(config, *keys), name, what)
+
+
+# DeepSeek's routing methods (`topk_method`) by model type: whether each limits a token to `topk_group` of
+# `n_group` expert groups, and the router scoring it goes with (transformers' DeepseekV2TopkRouter: "greedy" and
+# "group_limited_greedy" over softmax scores, a group's score its best expert's; DeepseekV3TopkRouter: "noaux_tc"
+# only, over sigmoid scores plus the auxiliary-loss-free correction bias, a group's score its best two's). The
+# first of each is transformers' default when the key is absent.
+TOPK_METHODS = {"deepseek_v2": {"greedy": False, "group_limited_greedy": True},
+                "deepseek_v3": {"noaux_tc": True}}
+SCORING = {"deepseek_v2": "softmax", "deepseek_v3": "sigmoid"}
+# transformers' n_group and topk_group when absent (DeepseekV3Config: 8 and 4; DeepseekV2Config has none, so its
+# group-limited method needs both).
+DEFAULT_GROUPS = {"deepseek_v2": (REQUIRED, REQUIRED), "deepseek_v3": (8, 4)}
+
+
+def deepseek_routing(config: dict, name: str, model_type: str) -> dict:
+    """The MoESpec router fields of a DeepSeek config: `scoring_func` and, under a group-limited `topk_method`,
+    `n_group` and `topk_group` (1 and 1 under "greedy": every expert is open to every token). A topk_method that is
+    not the model type's, or a scoring_func that is not its method's, is refused (`TOPK_METHODS`).
+
+    What the method changes in a plan is only the group limit: the cost model prices balanced top-k routing (the
+    load imbalance is the profile's measured ratio, else 1), so which experts a token picks, by a group's best score
+    or best two, with or without noaux_tc's correction bias, changes no FLOP or byte; the group limit bounds the
+    nodes a token's dispatch reaches (cost/moe.py `dispatch_nodes_bound`), which the executor's router keeps
+    (execute/moe.py: the group score follows scoring_func, as each method's does) and the Megatron export writes.
+    The correction bias is a buffer updated outside the gradient by DeepSeek's balancing, not run by the
+    executor."""
+    methods = TOPK_METHODS[model_type]
+    method = config.get("topk_method")
+    method = next(iter(methods)) if method is None else method
+    if not isinstance(method, str) or method not in methods:
+        raise UserError(f"{name}: topk_method {shown(json.dumps(method), 40)} is not a {model_type} routing method; "
+                        f"known: {', '.join(methods)}")
+    scoring = config.get("scoring_func")
+    scoring = SCORING[model_type] if scoring is None else scoring
+    if scoring != SCORING[model_type]:
+        raise UserError(f"{name}: scoring_func {shown(json.dumps(scoring), 40)} is not {model_type}'s: its "
+                        f"{method} routing scores experts by {SCORING[model_type]} (transformers and DeepSeek's "
+                        f"code alike); set scoring_func to {SCORING[model_type]!r} or leave it out")
+    if not methods[method]:
+        return dict(scoring_func=scoring, n_group=1, topk_group=1)
+    groups, top_groups = DEFAULT_GROUPS[model_type]
+    return dict(scoring_func=scoring, n_group=hf_int(config, "n_group", name, f"the expert groups {method} "
+                                                     f"chooses among", groups),
+                topk_group=hf_int(config, "topk_group", name, "the groups a token's experts may lie in",
+                                  top_groups))
 
 
 def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
@@ -73,62 +125,69 @@ def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
     it)."""
     common = llama_fields(config, name, model_type)
     layers = common["num_layers"]
-    top_k = config["num_experts_per_tok"]
-    aux = float(_first(config, "router_aux_loss_coef", "aux_loss_alpha", default=0.0))
+    top_k = hf_int(config, "num_experts_per_tok", name, "the routed experts each token is sent to")
+    aux = hf_number(config, _key(config, "router_aux_loss_coef", "aux_loss_alpha"), 0.0, name, NON_NEGATIVE)
     if model_type == "mixtral":
-        width = config["intermediate_size"]
-        moe = MoESpec(num_experts=_first(config, "num_local_experts", "num_experts"), num_experts_per_tok=top_k,
-                      moe_intermediate_size=width, router_aux_loss_coef=aux)
-        return ModelSpec(**common, ffn_hidden_size=width, norm_eps=config.get("rms_norm_eps", 1e-5), moe=moe)
+        width = hf_int(config, "intermediate_size", name, "the width of one expert")
+        moe = MoESpec(num_experts=_count(config, name, "the routed experts", "num_local_experts", "num_experts"),
+                      num_experts_per_tok=top_k, moe_intermediate_size=width, router_aux_loss_coef=aux)
+        return ModelSpec(**common, ffn_hidden_size=width, norm_eps=hf_number(config, "rms_norm_eps", 1e-5, name),
+                         moe=moe)
     if model_type in ("qwen2_moe", "qwen3_moe"):
         step = positive_int(config, "decoder_sparse_step", 1, name, "every how many layers one is MoE")
         sparse_step = {i for i in range(layers) if (i + 1) % step} if step > 1 else set()
         only = config.get("mlp_only_layers") or []
         if not isinstance(only, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in only):
-            raise UserError(f"{name}: mlp_only_layers must be a list of layer indices, e.g. [0, 1] (got {only!r})")
+            raise UserError(f"{name}: mlp_only_layers must be a list of layer indices, e.g. [0, 1] (got "
+                            f"{shown(repr(only), 60)})")
         dense = sorted(set(only) | sparse_step)
-        shared = (config.get("shared_expert_intermediate_size") or 0) if model_type == "qwen2_moe" else 0
-        expert = config["moe_intermediate_size"]
-        moe = MoESpec(num_experts=_first(config, "num_experts", "num_local_experts"), num_experts_per_tok=top_k,
-                      moe_intermediate_size=expert, num_shared_experts=1 if shared else 0,
+        shared = hf_int(config, "shared_expert_intermediate_size", name, "the shared expert's width, 0 for none", 0,
+                        least=0) if model_type == "qwen2_moe" else 0
+        expert = hf_int(config, "moe_intermediate_size", name, "the width of one routed expert")
+        moe = MoESpec(num_experts=_count(config, name, "the routed experts", "num_experts", "num_local_experts"),
+                      num_experts_per_tok=top_k, moe_intermediate_size=expert, num_shared_experts=1 if shared else 0,
                       shared_expert_intermediate_size=shared, shared_expert_gate=bool(shared),
                       dense_layers=tuple(dense), norm_topk_prob=hf_bool(config, "norm_topk_prob", False, name),
                       router_aux_loss_coef=aux)
         if model_type == "qwen3_moe":
             refuse_bias(config, name, model_type)
         # intermediate_size is the width of the dense layers; a model without any may leave it out.
-        width = config["intermediate_size"] if dense else config.get("intermediate_size") or expert
+        width = hf_int(config, "intermediate_size", name, "the width of the dense layers' MLP",
+                       REQUIRED if dense else expert)
         qkv_bias = hf_bool(config, "qkv_bias", True, name) if model_type == "qwen2_moe" else False
-        return ModelSpec(**common, ffn_hidden_size=width, norm_eps=config.get("rms_norm_eps", 1e-6),
+        return ModelSpec(**common, ffn_hidden_size=width, norm_eps=hf_number(config, "rms_norm_eps", 1e-6, name),
                          qk_norm=model_type == "qwen3_moe", qkv_bias=qkv_bias, moe=moe)
-    # deepseek_v2 / deepseek_v3: multi-head latent attention, leading dense layers, shared experts.
+    return _deepseek(config, name, model_type, common, top_k, aux)
+
+
+def _deepseek(config: dict, name: str, model_type: str, common: dict, top_k: int, aux: float) -> ModelSpec:
+    """deepseek_v2 / deepseek_v3: multi-head latent attention, leading dense layers, shared experts, the router of
+    `deepseek_routing`, multi-token-prediction modules."""
     refuse_bias(config, name, model_type)
-    v3 = model_type == "deepseek_v3"
-    first_dense = config.get("first_k_dense_replace") or 0
+    layers = common["num_layers"]
+    first_dense = hf_int(config, "first_k_dense_replace", name, "the leading dense layers", 0, least=0)
     every = positive_int(config, "moe_layer_freq", 1, name, "every how many layers one is MoE")
-    expert = config["moe_intermediate_size"]
-    shared = config.get("n_shared_experts") or 0
-    greedy = config.get("topk_method") == "greedy"  # DeepSeek-V2(-Lite): no group-limited routing
-    moe = MoESpec(num_experts=_first(config, "n_routed_experts", "num_local_experts"), num_experts_per_tok=top_k,
-                  moe_intermediate_size=expert, num_shared_experts=shared,
+    expert = hf_int(config, "moe_intermediate_size", name, "the width of one routed expert")
+    shared = hf_int(config, "n_shared_experts", name, "the shared experts, 0 for none", 0, least=0)
+    moe = MoESpec(num_experts=_count(config, name, "the routed experts", "n_routed_experts", "num_local_experts"),
+                  num_experts_per_tok=top_k, moe_intermediate_size=expert, num_shared_experts=shared,
                   shared_expert_intermediate_size=expert if shared else 0, first_k_dense=first_dense,
                   dense_layers=tuple(i for i in range(first_dense, layers) if i % every) if every > 1 else (),
-                  scoring_func=config.get("scoring_func") or ("sigmoid" if v3 else "softmax"),
-                  norm_topk_prob=hf_bool(config, "norm_topk_prob", v3, name),
-                  n_group=1 if greedy else config.get("n_group") or 1,
-                  topk_group=1 if greedy else config.get("topk_group") or 1,
-                  routed_scaling_factor=float(config.get("routed_scaling_factor") or 1.0), router_aux_loss_coef=aux)
-    mla = MLASpec(q_lora_rank=config.get("q_lora_rank"), kv_lora_rank=config["kv_lora_rank"],
-                  qk_nope_head_dim=config["qk_nope_head_dim"], qk_rope_head_dim=config["qk_rope_head_dim"],
-                  v_head_dim=config["v_head_dim"])
+                  norm_topk_prob=hf_bool(config, "norm_topk_prob", model_type == "deepseek_v3", name),
+                  routed_scaling_factor=hf_number(config, "routed_scaling_factor", 1.0, name),
+                  router_aux_loss_coef=aux, **deepseek_routing(config, name, model_type))
+    per_head = "a width per head"
+    mla = MLASpec(q_lora_rank=hf_int(config, "q_lora_rank", name, "the query bottleneck rank, null for none", None),
+                  kv_lora_rank=hf_int(config, "kv_lora_rank", name, "the rank of the key/value latent"),
+                  qk_nope_head_dim=hf_int(config, "qk_nope_head_dim", name, per_head),
+                  qk_rope_head_dim=hf_int(config, "qk_rope_head_dim", name, per_head),
+                  v_head_dim=hf_int(config, "v_head_dim", name, per_head))
     # head_dim: the width of each head's value and of the attention output per head (the rotary keys and the
     # latent are the mla object's).
-    mtp = config.get("num_nextn_predict_layers") or 0
-    if isinstance(mtp, bool) or not isinstance(mtp, int) or mtp < 0:
-        raise UserError(f"{name}: num_nextn_predict_layers must be a whole number of MTP modules, 0 for none "
-                        f"(got {mtp!r})")
-    return ModelSpec(**{**common, "head_dim": mla.v_head_dim}, ffn_hidden_size=config["intermediate_size"],
-                     norm_eps=config.get("rms_norm_eps", 1e-6), moe=moe, mla=mla, mtp_num_layers=mtp)
+    mtp = hf_int(config, "num_nextn_predict_layers", name, "the MTP modules, 0 for none", 0, least=0)
+    return ModelSpec(**{**common, "head_dim": mla.v_head_dim},
+                     ffn_hidden_size=hf_int(config, "intermediate_size", name, "the width of the dense layers' MLP"),
+                     norm_eps=hf_number(config, "rms_norm_eps", 1e-6, name), moe=moe, mla=mla, mtp_num_layers=mtp)
 
 
 # The published config.json of each MoE preset (only the keys the importer reads; values as published).

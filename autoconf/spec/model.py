@@ -339,7 +339,7 @@ class ModelSpec:
 
     @property
     def context_limit(self) -> int:
-        """The longest sequence planned without scaling past the context: the context (max_position_embeddings), or
+        """The longest sequence planned without scaling past the context: the context (max_seq_len), or
         the sliding attention window where that is shorter (beyond it the model is not modelled)."""
         return min(self.max_seq_len, self.sliding_window or self.max_seq_len)
 
@@ -352,26 +352,29 @@ class ModelSpec:
     def context_problem(self, seq_len: int) -> str | None:
         """Why the model cannot be trained on sequences of `seq_len` tokens (one line naming what would work), or
         None. Learned positions stop at `max_seq_len`. Rotary positions train beyond the model's context
-        (`max_seq_len`, Hugging Face's max_position_embeddings) only with RoPE scaling (`rope_scaling_factor` > 1,
-        Llama 3.1's "llama3" rope_type), which long-context training extends further, as Llama 3 did from 8k to
-        128k tokens; up to the context any rotary model trains. A sliding attention window shorter than the
-        sequence is refused: it is not modelled."""
+        (`max_seq_len`) only with RoPE scaling (`rope_scaling_factor` > 1, Llama 3.1's "llama3" rope_type), which
+        long-context training extends further, as Llama 3 did from 8k to 128k tokens; up to the context any rotary
+        model trains. A sliding attention window shorter than the sequence is refused: it is not modelled.
+
+        The spec does not record the file it was read from, so a line names a field as autoconf's model JSON does
+        (`max_seq_len`, `rope_scaling_factor`, `sliding_window`) and, where a Hugging Face config.json calls it
+        otherwise, that name beside it (max_position_embeddings, n_positions)."""
         if self.sliding_window is not None and seq_len > self.sliding_window:
             return (f"seq_len {seq_len} is longer than {self.name}'s sliding attention window of "
                     f"{self.sliding_window:,} tokens, which autoconf does not model (it costs and trains full causal "
                     f"attention, the same up to the window); use --seq-len {self.sliding_window} or less, or set "
-                    f"sliding_window to null in the config to plan the model with full attention")
+                    f"sliding_window to null in the model file to plan the model with full attention")
         if seq_len <= self.max_seq_len:
             return None
         if self.learned_positions:
-            return (f"seq_len {seq_len} exceeds {self.name}'s {self.max_seq_len} learned positions; use "
-                    f"--seq-len {self.max_seq_len} or less")
+            return (f"seq_len {seq_len} exceeds {self.name}'s {self.max_seq_len} learned positions (max_seq_len; "
+                    f"n_positions in a config.json); use --seq-len {self.max_seq_len} or less")
         if self.rope_scaling_factor == 1:
-            return (f"seq_len {seq_len} exceeds {self.name}'s context of {self.max_seq_len:,} tokens "
-                    f"(max_position_embeddings, or what its yarn/linear/dynamic RoPE scaling stretches it to) and "
-                    f"the model has no llama3 RoPE scaling to train further; use --seq-len {self.max_seq_len} or "
-                    f"less, or a config whose rope_scaling reaches it (the llama3.1 presets: 131,072 tokens, longer "
-                    f"with their llama3 scaling)")
+            return (f"seq_len {seq_len} exceeds {self.name}'s context of {self.max_seq_len:,} tokens (max_seq_len; "
+                    f"in a config.json max_position_embeddings, or what its RoPE scaling extends it to) and the "
+                    f"model has no llama3 RoPE scaling to train further (rope_scaling_factor 1); use --seq-len "
+                    f"{self.max_seq_len} or less, or a model with a longer context or llama3 RoPE scaling (the "
+                    f"llama3.1 presets: 131,072 tokens, longer with their llama3 scaling)")
         return None
 
     @property

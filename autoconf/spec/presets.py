@@ -7,7 +7,7 @@ from pathlib import Path
 
 from autoconf.errors import UserError
 from autoconf.files import named_input, shown
-from autoconf.spec.hf_fields import hf_bool, layer_count, llama_fields, refuse_bias
+from autoconf.spec.hf_fields import gpt2_fields, hf_int, hf_number, llama_fields, refuse_bias
 from autoconf.spec.hf_moe import HF_DENSE_TYPES, HF_MOE_TYPES, PRESET_CONFIGS, moe_from_hf, refuse_hidden_experts
 from autoconf.spec.model import ModelSpec, MoESpec, is_printable_name
 
@@ -87,29 +87,23 @@ def from_hf_config(config: dict, name: str) -> ModelSpec:
                 message = str(err).removeprefix("moe: ").removeprefix(f"model {name!r}: ").removeprefix(f"{name}: ")
                 raise UserError(f"{name}: {message}") from None
         if model_type == "gpt2":
-            hidden = config["n_embd"]
-            return ModelSpec(
-                name=name, arch="gpt", num_layers=layer_count(config, "n_layer", name), hidden_size=hidden,
-                num_heads=config["n_head"], num_kv_heads=config["n_head"],
-                ffn_hidden_size=config.get("n_inner") or 4 * hidden, vocab_size=config["vocab_size"],
-                max_seq_len=config.get("n_positions", 1024),
-                tied_embeddings=hf_bool(config, "tie_word_embeddings", True, name),
-                dropout=float(config.get("resid_pdrop", 0.1)), norm_eps=config.get("layer_norm_epsilon", 1e-5))
+            return ModelSpec(**gpt2_fields(config, name))
         if model_type in _HF_LLAMA_TYPES:
             if model_type in ("llama", "qwen3"):  # (their attention_bias would bias the output projection too)
                 refuse_bias(config, name, model_type, ("attention_bias", "mlp_bias"))
             return ModelSpec(
-                **llama_fields(config, name, model_type), ffn_hidden_size=config["intermediate_size"],
+                **llama_fields(config, name, model_type),
+                ffn_hidden_size=hf_int(config, "intermediate_size", name, "the MLP width"),
                 qkv_bias=model_type == "qwen2",  # Qwen2 biases q, k and v always; Mistral never (transformers)
-                qk_norm=model_type == "qwen3", norm_eps=config.get("rms_norm_eps", 1e-5))
+                qk_norm=model_type == "qwen3", norm_eps=hf_number(config, "rms_norm_eps", 1e-5, name))
     except KeyError as missing:
         raise UserError(f"{name}: Hugging Face config of type {model_type!r} lacks key {missing}") from None
     except (TypeError, ValueError, OverflowError, AttributeError) as err:
         if isinstance(err, UserError):
             raise
         raise UserError(f"{name}: malformed Hugging Face config of type {model_type!r} ({err})") from None
-    raise UserError(f"{name}: unsupported model_type {model_type!r}; supported: gpt2, {', '.join(_HF_LLAMA_TYPES)}, "
-                    f"{', '.join(HF_MOE_TYPES)}")
+    raise UserError(f"{name}: unsupported model_type {shown(repr(model_type), 60)}; supported: gpt2, "
+                    f"{', '.join(_HF_LLAMA_TYPES)}, {', '.join(HF_MOE_TYPES)}")
 
 
 # Mixture-of-experts presets: each model's published config.json (spec/hf_moe.py cites the repository) read by the
