@@ -47,6 +47,11 @@ def shown(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+def quoted(value, limit: int = 60) -> str:
+    """`value` as a one-line message echoes it: its repr, shortened to `limit` characters (`shown`)."""
+    return shown(repr(value), limit)
+
+
 def listed(names: list, first: int = 5) -> str:
     """The first `first` of `names` and how many more: a list of typos that stays one short line."""
     return ", ".join(names[:first]) + (f" and {len(names) - first} more" if len(names) > first else "")

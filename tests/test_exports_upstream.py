@@ -526,7 +526,7 @@ def test_pytorchjob_has_what_the_operator_requires(nodes, gpus, cluster, tmp_pat
 def test_every_export_names_its_target_and_quotes_a_hostile_plan_path(tmp_path):
     """Each export names the upstream version it targets; with a plan path holding a space, quotes, `$(...)` and a
     backtick, every shell script run with stubbed tools passes that exact path and runs nothing else."""
-    plan = _plan(nodes=2, gpus=2, pp=2, dp=2, global_batch=8, cluster="cpu-local")
+    plan = _plan(nodes=2, gpus=2, pp=2, dp=2, global_batch=8, cluster="cpu-local", dtype="fp32")
     hostile = tmp_path / "a b'\"$(touch PWNED)`touch PWNED2`.json"
     texts = export_texts(plan, hostile)
     targets = {"megatron_args.txt": upstream.MEGATRON_TARGET, "torchtitan_config.py": upstream.TORCHTITAN_TARGET,

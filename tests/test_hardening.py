@@ -358,7 +358,7 @@ def test_hf_zero_kv_heads_and_boolean_partition_are_refused(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps({
         "model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
         "num_key_value_heads": 0, "intermediate_size": 128, "vocab_size": 100}))
-    with pytest.raises(UserError, match="num_kv_heads"):
+    with pytest.raises(UserError, match="num_key_value_heads"):
         load_model(str(tmp_path / "m" / "config.json"))
     plan = tiny_plan_dict()
     plan["partition"][0][0] = False

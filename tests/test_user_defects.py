@@ -380,13 +380,23 @@ def test_an_option_that_would_be_misread_or_ignored_is_one_line(args, needle):
 
 
 def test_an_error_that_echoes_a_huge_input_stays_a_short_line(tmp_path):
-    """A 5000-character model name was echoed in full (twice), and a 900k-entry list made a line of megabytes: the
-    line keeps its start and its end (what would work) and says how much it left out."""
+    """A 5000-character model name was echoed in full (twice), and a 900k-entry list made a line of megabytes: each
+    echoed value is shortened where the message is made, and any line still longer keeps its start and its end
+    (what would work) and says how much it left out."""
     from autoconf.spec.presets import PRESETS
 
     doc = dict(PRESETS["tiny-llama"].to_dict(), name="x" * 5000)
     (tmp_path / "m.json").write_text(json.dumps(doc))
     result = run_cli(["estimate", "--model", tmp_path / "m.json", "--cluster", "cpu-local", "--tp", "1", "--pp", "1",
                       "--dp", "4", "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64"])
-    assert_one_clear_error(result, "characters left out")
-    assert len(result.output) < 2200
+    assert_one_clear_error(result, "name must be")
+    assert len(result.output) < 400
+
+
+def test_an_overlong_error_keeps_its_start_and_its_end():
+    from autoconf.cli import MAX_ERROR_LINE, error_line
+
+    line = error_line("what is wrong: " + "x" * 10 * MAX_ERROR_LINE + " use this instead")
+    assert line.startswith("what is wrong") and line.endswith("use this instead")
+    assert "characters left out" in line and len(line) <= MAX_ERROR_LINE + 60
+    assert error_line("short") == "short"

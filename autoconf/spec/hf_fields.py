@@ -288,7 +288,7 @@ def llama_fields(config: dict, name: str, model_type: str) -> dict:
     heads = hf_int(config, "num_attention_heads", name, "the attention heads")
     return dict(name=name, arch="llama", num_layers=layer_count(config, "num_hidden_layers", name),
                 hidden_size=hf_int(config, "hidden_size", name, "the model width"), num_heads=heads,
-                num_kv_heads=hf_int(config, "num_key_value_heads", name, "the key/value heads (num_kv_heads)", heads),
+                num_kv_heads=hf_int(config, "num_key_value_heads", name, "the key/value heads", heads),
                 # absent or null: hidden_size / num_attention_heads
                 head_dim=hf_int(config, "head_dim", name, "the width of one head", None),
                 vocab_size=hf_int(config, "vocab_size", name, "the vocabulary"),

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 from autoconf.errors import UserError
-from autoconf.files import shown
+from autoconf.files import quoted, shown
 from autoconf.spec import layers
 from autoconf.spec.hashing import remembered_hash
 
@@ -112,32 +112,32 @@ class MoESpec:
         problems = []
         for name in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "n_group", "topk_group"):
             if not _positive_int(getattr(self, name)):
-                problems.append(f"{name} must be a positive integer (got {getattr(self, name)!r})")
+                problems.append(f"{name} must be a positive integer (got {quoted(getattr(self, name))})")
         problems += _too_large(self)
         for name in ("num_shared_experts", "shared_expert_intermediate_size", "first_k_dense"):
             value = getattr(self, name)
             if not (_positive_int(value) or (value == 0 and isinstance(value, int) and not isinstance(value, bool))):
-                problems.append(f"{name} must be an integer >= 0 (got {value!r})")
+                problems.append(f"{name} must be an integer >= 0 (got {quoted(value)})")
         for name in ("shared_expert_gate", "norm_topk_prob", "router_bias"):
             if not isinstance(getattr(self, name), bool):
-                problems.append(f"{name} must be true or false (got {getattr(self, name)!r})")
+                problems.append(f"{name} must be true or false (got {quoted(getattr(self, name))})")
         if not isinstance(self.dense_layers, tuple) or not all(
                 isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.dense_layers):
-            problems.append(f"dense_layers must be a list of layer indices (got {self.dense_layers!r})")
+            problems.append(f"dense_layers must be a list of layer indices (got {quoted(self.dense_layers)})")
         if self.capacity_factor is not None and not (_number(self.capacity_factor) and self.capacity_factor > 0):
             problems.append(f"capacity_factor must be a positive number, or null for dropless routing "
-                            f"(got {self.capacity_factor!r})")
+                            f"(got {quoted(self.capacity_factor)})")
         if self.scoring_func not in ROUTER_SCORING:
-            problems.append(f"scoring_func {self.scoring_func!r} is not one of {', '.join(ROUTER_SCORING)}")
+            problems.append(f"scoring_func {quoted(self.scoring_func)} is not one of {', '.join(ROUTER_SCORING)}")
         for name in ("routed_scaling_factor", "router_aux_loss_coef"):
             value = getattr(self, name)
             if not _number(value) or value < 0 or (name == "routed_scaling_factor" and value == 0):
                 problems.append(f"{name} must be a {'positive' if name == 'routed_scaling_factor' else 'non-negative'}"
-                                f" number (got {value!r})")
+                                f" number (got {quoted(value)})")
         if not problems:
             if self.num_experts_per_tok > self.num_experts:
-                problems.append(f"num_experts_per_tok {self.num_experts_per_tok} exceeds the {self.num_experts} "
-                                f"experts (top-k must be 1..{self.num_experts})")
+                problems.append(f"num_experts_per_tok {shown(self.num_experts_per_tok, 24)} exceeds the "
+                                f"{self.num_experts} experts (top-k must be 1..{self.num_experts})")
             if (self.num_shared_experts > 0) != (self.shared_expert_intermediate_size > 0):
                 problems.append(f"num_shared_experts {self.num_shared_experts} needs a positive "
                                 f"shared_expert_intermediate_size and none needs 0 "
@@ -149,7 +149,7 @@ class MoESpec:
             elif self.topk_group > self.n_group:
                 problems.append(f"topk_group {self.topk_group} exceeds n_group {self.n_group}")
             elif self.n_group > 1 and self.num_experts_per_tok > self.num_experts // self.n_group * self.topk_group:
-                problems.append(f"num_experts_per_tok {self.num_experts_per_tok} exceeds the "
+                problems.append(f"num_experts_per_tok {shown(self.num_experts_per_tok, 24)} exceeds the "
                                 f"{self.num_experts // self.n_group * self.topk_group} experts in topk_group "
                                 f"{self.topk_group} of {self.n_group} groups")
         if problems:
@@ -174,7 +174,7 @@ class MLASpec:
     v_head_dim: int          # per-head value width
 
     def __post_init__(self) -> None:
-        problems = [f"{f.name} must be a positive integer (got {getattr(self, f.name)!r})"
+        problems = [f"{f.name} must be a positive integer (got {quoted(getattr(self, f.name))})"
                     for f in dataclasses.fields(self)
                     if not _positive_int(getattr(self, f.name)) and not (f.name == "q_lora_rank"
                                                                           and getattr(self, f.name) is None)]
@@ -230,22 +230,22 @@ class ModelSpec:
         if isinstance(self.mla, dict):
             object.__setattr__(self, "mla", MLASpec.from_dict(self.mla))
         if self.arch not in ARCHES:
-            problems.append(f"arch {self.arch!r} is not one of {', '.join(ARCHES)}")
+            problems.append(f"arch {quoted(self.arch)} is not one of {', '.join(ARCHES)}")
         for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size",
                       "max_seq_len"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{field} must be a positive integer (got {value!r})")
+                problems.append(f"{field} must be a positive integer (got {quoted(value)})")
         problems += _too_large(self)
         if isinstance(self.mtp_num_layers, bool) or not isinstance(self.mtp_num_layers, int) or self.mtp_num_layers < 0:
-            problems.append(f"mtp_num_layers must be a whole number, 0 for none (got {self.mtp_num_layers!r})")
+            problems.append(f"mtp_num_layers must be a whole number, 0 for none (got {quoted(self.mtp_num_layers)})")
         elif _positive_int(self.num_layers) and self.num_layers + self.mtp_num_layers > MAX_LAYERS:
             problems.append(f"num_layers {self.num_layers} (with mtp_num_layers {self.mtp_num_layers}) is more than "
                             f"the {MAX_LAYERS:,} layers autoconf plans")
         if self.head_dim is not None and not _positive_int(self.head_dim):
-            problems.append(f"head_dim must be a positive integer or null (got {self.head_dim!r})")
+            problems.append(f"head_dim must be a positive integer or null (got {quoted(self.head_dim)})")
         if self.sliding_window is not None and not _positive_int(self.sliding_window):
-            problems.append(f"sliding_window must be a positive integer or null (got {self.sliding_window!r})")
+            problems.append(f"sliding_window must be a positive integer or null (got {quoted(self.sliding_window)})")
         if not problems:
             if self.head_dim is None and self.hidden_size % self.num_heads:
                 problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads} "
@@ -255,32 +255,32 @@ class ModelSpec:
             if self.head_dim is None and not self.hidden_size % self.num_heads:
                 object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
         if not isinstance(self.qk_norm, bool):
-            problems.append(f"qk_norm must be true or false (got {self.qk_norm!r})")
+            problems.append(f"qk_norm must be true or false (got {quoted(self.qk_norm)})")
         for field, kind in (("moe", MoESpec), ("mla", MLASpec)):
             value = getattr(self, field)
             if value is not None and not isinstance(value, kind):
                 problems.append(f"{field} must be an object of {kind.__name__} fields or null")
             elif value is not None and self.arch != "llama":
-                problems.append(f"{field} needs arch llama (got {self.arch!r})")
+                problems.append(f"{field} needs arch llama (got {quoted(self.arch)})")
         if isinstance(self.moe, MoESpec) and _positive_int(self.num_layers):
             dense = self._dense_layer_count()
             beyond = [i for i in self.moe.dense_layers if i >= self.num_layers]
             if beyond:
-                problems.append(f"moe.dense_layers {beyond} lie beyond the {self.num_layers} layers")
+                problems.append(f"moe.dense_layers {shown(beyond, 60)} lie beyond the {self.num_layers} layers")
             elif dense >= self.num_layers:
                 problems.append(f"moe leaves no MoE layer: {dense} of the {self.num_layers} layers are dense "
                                 f"(first_k_dense {self.moe.first_k_dense}, dense_layers {list(self.moe.dense_layers)})")
         if not is_printable_name(self.name):
             problems.append(f"name must be a string of printable characters, without newlines or other control "
-                            f"characters (got {self.name!r})")
+                            f"characters (got {quoted(self.name)})")
         for field in ("tied_embeddings", "qkv_bias"):
             if not isinstance(getattr(self, field), bool):
-                problems.append(f"{field} must be true or false (got {getattr(self, field)!r})")
+                problems.append(f"{field} must be true or false (got {quoted(getattr(self, field))})")
         for field in ("dropout", "norm_eps", "rope_theta", "rope_scaling_factor"):
             value = getattr(self, field)
             if isinstance(value, bool) or not (isinstance(value, int) or
                                                (isinstance(value, float) and math.isfinite(value))):
-                problems.append(f"{field} must be a number (got {value!r})")
+                problems.append(f"{field} must be a number (got {quoted(value)})")
         if isinstance(self.dropout, (int, float)) and not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1) (got {self.dropout})")
         for field in ("norm_eps", "rope_theta"):
@@ -290,7 +290,7 @@ class ModelSpec:
         if isinstance(self.rope_scaling_factor, (int, float)) and not self.rope_scaling_factor >= 1:
             problems.append(f"rope_scaling_factor must be at least 1 (got {self.rope_scaling_factor})")
         if problems:
-            raise UserError(f"model {self.name!r}: " + "; ".join(problems))
+            raise UserError(f"model {quoted(self.name)}: " + "; ".join(problems))
 
     # ---- shapes ----------------------------------------------------------------------------------------------
     @property
@@ -550,7 +550,7 @@ class ModelSpec:
         """FLOPs actually executed: model FLOPs plus the recomputed forward (full block or attention core) of every
         layer, or of `recomputed_layers` of them (counted at the average layer's FLOPs)."""
         if recompute not in RECOMPUTE:
-            raise UserError(f"recompute {recompute!r} is not one of {', '.join(RECOMPUTE)}")
+            raise UserError(f"recompute {quoted(recompute)} is not one of {', '.join(RECOMPUTE)}")
         extra = sum(count * {"none": 0.0,
                              "selective": self.layer_attention_flops(seq_len, 1),
                              "full": self.layer_forward_flops(seq_len, 1, first)}[recompute]
@@ -569,9 +569,9 @@ class ModelSpec:
         branches) are replicated across TP ranks unless sequence parallelism splits them.
         """
         if recompute not in RECOMPUTE:
-            raise UserError(f"recompute {recompute!r} is not one of {', '.join(RECOMPUTE)}")
+            raise UserError(f"recompute {quoted(recompute)} is not one of {', '.join(RECOMPUTE)}")
         if attention not in ATTENTION:
-            raise UserError(f"attention {attention!r} is not one of {', '.join(ATTENTION)}")
+            raise UserError(f"attention {quoted(attention)} is not one of {', '.join(ATTENTION)}")
         s, b, h, f, a = seq_len, micro_batch, self.hidden_size, self.ffn_hidden_size, self.num_heads
         sbh = s * b * h
         if recompute == "full":
@@ -624,7 +624,7 @@ class ModelSpec:
         if not isinstance(data, dict):
             raise UserError(f"{source}: expected a JSON object describing a model")
         if data.get("version", 1) != 1:
-            raise UserError(f"{source}: model version {data['version']!r} is not supported (expected 1, or none)")
+            raise UserError(f"{source}: model version {quoted(data['version'])} is not supported (expected 1, or none)")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields - {"version", "kind"} - set(DERIVED_COUNTS))
         if unknown:
@@ -646,8 +646,8 @@ class ModelSpec:
                 continue
             actual = count(spec)
             if not _number(given) or abs(given - actual) > 0.01 * actual:
-                raise UserError(f"{source}: {key} {given!r} disagrees with the {actual:,} that the model's fields "
-                                f"describe{' (an MoE model needs its moe object)' if spec.moe is None else ''}; "
+                raise UserError(f"{source}: {key} {quoted(given)} disagrees with the {actual:,} that the model's "
+                                f"fields describe{' (an MoE model needs its moe object)' if spec.moe is None else ''}; "
                                 f"fix the fields or drop {key} (it is derived)")
         return spec
 

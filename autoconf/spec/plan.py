@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.files import listed, shown
+from autoconf.files import listed, quoted
 from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.frameworks import GRAD_REDUCE, PRESETS, SELECTIVE_RECOMPUTE
 from autoconf.spec.grid import AXES, ParallelDims, RankGrid, world_size_of
@@ -396,12 +396,12 @@ class ParallelConfig:
                             f"{', '.join(sorted(fields))}")
         policy, mode = data.get("selective_recompute"), data.get("recompute", "none")
         if policy is not None and mode != "selective":
-            raise UserError(f"{source}: selective_recompute {shown(repr(policy), 60)} qualifies recompute selective, "
-                            f"but recompute is {shown(repr(mode), 60)}; drop selective_recompute or set recompute to "
+            raise UserError(f"{source}: selective_recompute {quoted(policy)} qualifies recompute selective, "
+                            f"but recompute is {quoted(mode)}; drop selective_recompute or set recompute to "
                             f"\"selective\"")
         split = data.get("seq_split", "even")
         if split != "even" and data.get("seq_chunks", 1) == 1:
-            raise UserError(f"{source}: seq_split {shown(repr(split), 60)} places the boundaries of seq1f1b's "
+            raise UserError(f"{source}: seq_split {quoted(split)} places the boundaries of seq1f1b's "
                             f"sequence chunks, but seq_chunks is 1; drop seq_split or set seq_chunks > 1")
         missing = [f.name for f in dataclasses.fields(cls)
                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -499,7 +499,7 @@ class Plan:
             raise UserError(f"{source}: not a plan file{what}; expected a JSON object with \"kind\": \"plan\", as "
                             f"`autoconf plan --out` or `estimate --out` writes")
         if not _is_int(data.get("version")) or data.get("version") != PLAN_VERSION:
-            raise UserError(f"{source}: plan version {shown(repr(data.get('version')), 60)} is not supported "
+            raise UserError(f"{source}: plan version {quoted(data.get('version'))} is not supported "
                             f"(expected {PLAN_VERSION})")
         _refuse_unknown(data, PLAN_FIELDS, source, "plan")
         for key in ("model", "cluster", "config", "partition", "placement"):
@@ -538,10 +538,10 @@ class Plan:
         for key in ("name", "backend", "device"):
             if key in self.cluster and not is_printable_name(self.cluster[key]):
                 raise UserError(f"{source}: cluster {key} must be printable text without newlines or control "
-                                f"characters (got {shown(repr(self.cluster[key]), 60)})")
+                                f"characters (got {quoted(self.cluster[key])})")
         if self.cluster.get("backend", BACKENDS[0]) not in BACKENDS:
             raise UserError(f"{source}: cluster backend must be {' or '.join(BACKENDS)} (the profile's), got "
-                            f"{shown(repr(self.cluster['backend']), 60)}")
+                            f"{quoted(self.cluster['backend'])}")
         profile = self.cluster.get("profile")
         if profile is not None and (not isinstance(profile, str) or not profile or "\0" in profile):
             raise UserError(f"{source}: cluster profile must be the path of a profile file (got {profile!r})")
@@ -647,7 +647,7 @@ def prediction_problems(pred: dict) -> list[str]:
             out.append(f"prediction.{key} must be a printable string, got {str(repr(pred[key]))[:60]}")
     if is_printable_name(pred.get("framework", "autoconf")) and pred.get("framework", "autoconf") not in PRESETS:
         out.append(f"prediction.framework must be one of {', '.join(PRESETS)}, got "
-                   f"{shown(repr(pred['framework']), 60)}")
+                   f"{quoted(pred['framework'])}")
     stages = pred.get("memory_per_stage")
     if stages is not None:
         if not isinstance(stages, list) or not all(
@@ -757,7 +757,7 @@ def _is_int(x) -> bool:
 
 def unknown_names(names: list) -> str:
     """`names` for a one-line list of typos: the first few, each as its repr shortened, and how many more."""
-    return listed([shown(repr(n), 40) for n in names])
+    return listed([quoted(n, 40) for n in names])
 
 
 def _refuse_unknown(obj: dict, allowed: tuple, source: str, what: str) -> None:
