@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 
-from autoconf.files import listed
+from autoconf.files import listed, quoted
 from autoconf.spec.cluster import HOST_FIELDS
 from autoconf.spec.frameworks import ATTENTION_KERNELS
 from autoconf.spec.model import is_printable_name
@@ -69,7 +69,7 @@ class _Checker:
         self.problems: list[str] = []
 
     def bad(self, where: str, what: str, value) -> None:
-        self.problems.append(f"{where} must be {what}, got {_short(value)}")
+        self.problems.append(f"{where} must be {what}, got {quoted(value, 80)}")
 
     def number(self, value, where: str, lo: float, hi: float, lo_open: bool = False) -> bool:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
@@ -108,15 +108,10 @@ class _Checker:
                                  f"holds {', '.join(allowed)}{note}")
 
 
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _key(key) -> str:
     """A key as a step of a path: itself when a plain name (1-40 letters, digits, "_", "-" or "+"), else its
     shortened repr."""
-    return key if isinstance(key, str) and re.fullmatch(r"[\w+-]{1,40}", key, re.ASCII) else _short(key)
+    return key if isinstance(key, str) and re.fullmatch(r"[\w+-]{1,40}", key, re.ASCII) else quoted(key)
 
 
 def profile_problems(data: dict) -> list[str]:
@@ -124,7 +119,7 @@ def profile_problems(data: dict) -> list[str]:
     c = _Checker()
     unknown = sorted(set(data) - set(PROFILE_FIELDS))
     if unknown:
-        c.problems.append(f"unknown field(s) {listed(list(map(_short, unknown)))}; a profile holds "
+        c.problems.append(f"unknown field(s) {listed(list(map(quoted, unknown)))}; a profile holds "
                           f"{', '.join(PROFILE_FIELDS)}")
     c.name(data.get("name"), "name")
     c.integer(data.get("nodes"), "nodes", 1, MAX_NODES)
@@ -352,7 +347,7 @@ def _compute(c: _Checker, table) -> None:
         for tp, blocks in blocks_by_tp.items():
             missing = [b for b in BLOCKS if b not in blocks]
             if missing:
-                c.bad(f"compute.entries at tp {_short(tp)}", f"timed for every block ({', '.join(BLOCKS)})",
+                c.bad(f"compute.entries at tp {quoted(tp)}", f"timed for every block ({', '.join(BLOCKS)})",
                       f"none for {', '.join(missing)}")
     scales = table.get("chain_scales")
     if scales is not None and c.kind(scales, list, "compute.chain_scales"):
