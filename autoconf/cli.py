@@ -123,6 +123,27 @@ def framework_execution(name: str, flags: tuple[str, ...]):
     return frameworks.with_flags(frameworks.execution(name), frameworks.parse_flags(flags))
 
 
+def flags_without_effect(execution, predict) -> list[str]:
+    """The --framework-flag changes of `execution` that its layout never reads: each flag whose preset value gives
+    the same prediction (`predict(execution)`: step time, its terms and every stage's memory)."""
+    def outcome(ex) -> tuple:
+        p = predict(ex)
+        return p["iteration_time_s"], p.get("time_breakdown"), p["memory_per_stage"]
+
+    preset, changed = frameworks.execution(execution.name), frameworks.changed_flags(execution)
+    if not changed:
+        return []
+    base, idle = outcome(execution), []
+    for key in changed:
+        try:
+            back = frameworks.with_flags(execution, {key: getattr(preset, key)})
+        except UserError:  # (the others need it changed: it is read)
+            continue
+        if outcome(back) == base:
+            idle.append(key)
+    return idle
+
+
 model_option = click.option("--model", "model_arg", required=True,
                             help="preset name (autoconf models), HF config.json (or its folder), or autoconf model "
                                  "JSON")
@@ -369,6 +390,10 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
     if memory_picture is not None:
         check_new(memory_picture, force)
     plan = run_estimate(model, cluster, config, execution=execution)
+    for key in flags_without_effect(execution, lambda ex: run_estimate(model, cluster, config,
+                                                                       execution=ex).prediction):
+        click.echo(f"autoconf: note: --framework-flag {key} changes nothing in this layout's prediction (the layout "
+                   f"never reads it)", err=True)
     if out is not None:
         plan.save(out, force=force)
     if memory_picture is not None:

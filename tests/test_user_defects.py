@@ -400,3 +400,15 @@ def test_an_overlong_error_keeps_its_start_and_its_end():
     assert line.startswith("what is wrong") and line.endswith("use this instead")
     assert "characters left out" in line and len(line) <= MAX_ERROR_LINE + 60
     assert error_line("short") == "short"
+
+
+def test_a_framework_flag_the_layout_never_reads_is_said():
+    """`--framework-flag param_gather_overlap=false` at ZeRO 0 (no parameter gather to overlap) changed nothing and
+    said nothing; at ZeRO 1 it is read and no note is printed."""
+    args = ["estimate", "--model", "tiny-llama", "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp", "4",
+            "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64",
+            "--framework-flag", "param_gather_overlap=false"]
+    idle, read = run_cli(args), run_cli([*args, "--zero", "1"])
+    assert idle.exit_code == 0 and read.exit_code == 0, idle.output + read.output
+    note = "--framework-flag param_gather_overlap changes nothing"
+    assert note in idle.output and note not in read.output
