@@ -243,3 +243,12 @@ def test_collective_and_attention_keys_are_the_cost_models():
 
     assert tuple(OPS) == pc.COLLECTIVE_OPS and set(COLLECTIVES) <= set(pc.COLLECTIVE_OPS)
     assert tuple(ATTENTION_PASSES) == pc.ATTENTION_CURVE_PASSES
+
+
+def test_the_model_a_measured_table_was_timed_on_is_read_as_a_model():
+    """compute.model (the model the tables were timed on) was checked as an object only: a typo in it kept the
+    tables from ever matching a plan's model, silently."""
+    doc = copy.deepcopy(_MEASURED)
+    doc["compute"]["model"]["hiden_size"] = doc["compute"]["model"].pop("hidden_size")
+    message = _refusal(doc)
+    assert message.startswith("p.json") and "compute.model: unknown model field(s) 'hiden_size'" in message

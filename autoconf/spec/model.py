@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 from autoconf.errors import UserError
-from autoconf.files import quoted, shown
+from autoconf.files import listed, quoted, shown
 from autoconf.spec import layers
 from autoconf.spec.hashing import remembered_hash
 
@@ -628,7 +628,7 @@ class ModelSpec:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields - {"version", "kind"} - set(DERIVED_COUNTS))
         if unknown:
-            raise UserError(f"{source}: unknown model field(s) {', '.join(unknown)}; "
+            raise UserError(f"{source}: unknown model field(s) {listed([quoted(n, 40) for n in unknown])}; "
                             f"known: {', '.join(sorted(fields))}")
         missing = sorted(f.name for f in dataclasses.fields(cls)
                          if f.default is dataclasses.MISSING and f.name not in data)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import math
 import re
 
+from autoconf.errors import UserError
 from autoconf.files import listed, quoted
 from autoconf.spec.cluster import HOST_FIELDS
 from autoconf.spec.frameworks import ATTENTION_KERNELS
-from autoconf.spec.model import is_printable_name
+from autoconf.spec.model import ModelSpec, is_printable_name
 from autoconf.spec.schedules import SCHEDULES
 
 MAX_NODES = 1_000_000
@@ -306,6 +307,11 @@ def _compute(c: _Checker, table) -> None:
     if table is None or not c.kind(table, dict, "compute"):
         return
     c.fields(table, COMPUTE_FIELDS, "compute")
+    if table.get("model") is not None and c.kind(table["model"], dict, "compute.model"):
+        try:  # (the model the tables were timed on: a typo in it would silently keep them from ever matching)
+            ModelSpec.from_dict(table["model"], source="compute.model")
+        except UserError as err:
+            c.problems.append(str(err))
     for key in ("dtype", "device"):
         if key in table:
             c.text(table[key], f"compute.{key}")
