@@ -128,8 +128,8 @@ def test_many_or_huge_unknown_keys_stay_one_short_line():
 
 
 def test_hostnames_at_most_one_per_node():
-    """A profile names at most one host per node: more is refused; as many, or fewer (a profile whose `nodes` was
-    raised by hand), loads."""
+    """A profile names at most one host per node, each once: more, or one twice, is refused; as many, or fewer (a
+    profile whose `nodes` was raised by hand), loads."""
     doc = copy.deepcopy(_DGX)
     doc.update(nodes=2, hostnames=["a", "b", "c"])
     message = _refusal(doc)
@@ -137,6 +137,8 @@ def test_hostnames_at_most_one_per_node():
     for names in (["a", "b"], ["a"], []):
         doc["hostnames"] = names
         assert ClusterProfile.from_dict(doc).hostnames == tuple(names)
+    doc["hostnames"] = ["a", "a"]
+    assert "hostnames must be one distinct name per node, got 'a' more than once" in _refusal(doc)
 
 
 def test_a_profile_without_efficiency_matmul_is_refused_in_one_line(tmp_path):

@@ -150,14 +150,20 @@ def profile_problems(data: dict) -> list[str]:
 
 
 def _hostnames(c: _Checker, hosts, nodes) -> None:
-    """hostnames (optional; a measured profile's, one per node in node order): printable names, no more of them than
-    nodes (fewer is allowed: a profile whose `nodes` was raised by hand plans the same, and nothing reads them)."""
+    """hostnames (optional; a measured profile's, one per node in node order): distinct printable names, no more of
+    them than nodes (fewer is allowed: a profile whose `nodes` was raised by hand plans the same, and nothing reads
+    them)."""
     if hosts is None or not c.kind(hosts, list, "hostnames"):
         return
     if isinstance(nodes, int) and not isinstance(nodes, bool) and len(hosts) > nodes:
         c.bad("hostnames", f"at most one name per node ({nodes} nodes)", len(hosts))
     for i, host in enumerate(hosts):
         c.name(host, f"hostnames[{i}]")
+    names = [h for h in hosts if isinstance(h, str)]
+    twice = sorted({h for h in names if names.count(h) > 1})
+    if twice:
+        c.problems.append(f"hostnames must be one distinct name per node, got {listed([quoted(h, 40) for h in twice])} "
+                          f"more than once")
 
 
 def _price(c: _Checker, price) -> None:
