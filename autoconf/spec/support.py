@@ -145,8 +145,8 @@ def plan_unsupported_reason(plan) -> str | None:
     framework = plan.prediction.get("framework", "autoconf")
     if framework != "autoconf":
         return (f"it was predicted for framework {framework}, whose times, memory and fit are not the executor's; "
-                f"estimate its layout again with --framework autoconf to launch it here, or run the {framework} "
-                f"exports of `autoconf show`")
+                f"estimate its layout again with --framework autoconf to launch it here, or run its Megatron-LM or "
+                f"torchtitan export (`autoconf show PLAN --out DIR`)")
     if plan.cluster.get("backend") == "gloo" and plan.config.dtype != "fp32":
         return (f"its cluster {plan.cluster.get('name', '')} has CPU ranks (gloo), where the executor trains in fp32, "
                 f"but its dtype is {plan.config.dtype}; plan it again without --dtype (fp32)")
