@@ -1,6 +1,7 @@
 """Defects a first-time user met (issue 17), each with the property that would have caught it."""
 
 import json
+import os
 import stat
 import subprocess
 from pathlib import Path
@@ -412,3 +413,42 @@ def test_a_framework_flag_the_layout_never_reads_is_said():
     assert idle.exit_code == 0 and read.exit_code == 0, idle.output + read.output
     note = "--framework-flag param_gather_overlap changes nothing"
     assert note in idle.output and note not in read.output
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d.update(head_dim=33), "head_dim 33 must be even"),
+    (lambda d: d.update(hidden_size=66, num_heads=2, num_kv_heads=2), "head_dim 33 must be even"),
+])
+def test_an_odd_rotary_width_is_refused_before_launch(tmp_path, edit, needle):
+    """Third fuzz round: tiny-llama with head_dim 33 planned, then every rank died at launch in RoPE (tensor a (33)
+    must match (34)), one traceback per rank."""
+    from autoconf.spec.presets import PRESETS
+
+    doc = PRESETS["tiny-llama"].to_dict()
+    edit(doc)
+    doc.pop("parameters"), doc.pop("active_parameters")
+    (tmp_path / "m.json").write_text(json.dumps(doc))
+    assert_one_clear_error(run_cli(["plan", "--model", tmp_path / "m.json", "--cluster", "cpu-local",
+                                    "--global-batch", "8", "--seq-len", "64"]), needle)
+
+
+@pytest.mark.parametrize("make", [
+    lambda tmp: Path("/dev/zero"),
+    lambda tmp: (os.mkfifo(tmp / "fifo"), tmp / "fifo")[1],
+])
+def test_a_device_or_a_pipe_as_an_input_file_is_refused_at_once(tmp_path, make):
+    """Third fuzz round: `--model /dev/zero` read 13 GB before it was stopped and a FIFO as a plan, model or profile
+    waited forever for a writer; each is one line now, before anything is read."""
+    path = make(tmp_path)
+    for args in (["show", path], ["plan", "--model", path, "--cluster", "cpu-local", "--global-batch", "8"],
+                 ["plan", "--model", "tiny-llama", "--cluster", path, "--global-batch", "8"]):
+        assert_one_clear_error(run_cli(args), "is not a regular file")
+
+
+def test_an_oversized_json_input_is_refused_before_it_is_read(tmp_path):
+    from autoconf.spec.presets import MAX_JSON_BYTES
+
+    big = tmp_path / "big.json"
+    with big.open("wb") as f:
+        f.truncate(MAX_JSON_BYTES + 1)  # sparse: nothing is written
+    assert_one_clear_error(run_cli(["show", big]), "more than the 256 MiB")

@@ -178,6 +178,9 @@ class MLASpec:
                     for f in dataclasses.fields(self)
                     if not _positive_int(getattr(self, f.name)) and not (f.name == "q_lora_rank"
                                                                           and getattr(self, f.name) is None)]
+        if not problems and self.qk_rope_head_dim % 2:
+            problems.append(f"qk_rope_head_dim must be even (RoPE rotates pairs of values; got "
+                            f"{self.qk_rope_head_dim})")
         if problems:
             raise UserError("mla: " + "; ".join(problems))
 
@@ -254,6 +257,9 @@ class ModelSpec:
                 problems.append(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
             if self.head_dim is None and not self.hidden_size % self.num_heads:
                 object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+            if self.arch == "llama" and self.mla is None and self.head_dim is not None and self.head_dim % 2:
+                problems.append(f"head_dim {self.head_dim} must be even: RoPE rotates pairs of values (hidden_size / "
+                                f"num_heads, or the head_dim given)")
         if not isinstance(self.qk_norm, bool):
             problems.append(f"qk_norm must be true or false (got {quoted(self.qk_norm)})")
         for field, kind in (("moe", MoESpec), ("mla", MLASpec)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 from autoconf.errors import UserError
@@ -111,8 +112,22 @@ def from_hf_config(config: dict, name: str) -> ModelSpec:
 PRESETS.update({name: from_hf_config(config, name) for name, config in PRESET_CONFIGS.items()})
 
 
+# The largest input JSON read (a plan of the largest cluster allowed holds a mesh of 8M ranks, about 70 MB).
+MAX_JSON_BYTES = 256 << 20
+
+
 def read_json(path: Path, what: str) -> dict:
-    """Reads a JSON object from `path`, turning every failure into one UserError line."""
+    """Reads a JSON object from `path`, turning every failure into one UserError line. Only a regular file of at most
+    MAX_JSON_BYTES is read: a device would be read until memory runs out, a pipe would wait for a writer forever."""
+    try:
+        info = path.stat()
+    except OSError as err:
+        raise UserError(f"cannot read {what} file {path}: {err.strerror or err}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{what} file {path} is not a regular file (a device, a pipe or a socket); give a JSON file")
+    if info.st_size > MAX_JSON_BYTES:
+        raise UserError(f"{what} file {path} holds {info.st_size:,} bytes, more than the {MAX_JSON_BYTES >> 20} MiB "
+                        f"a {what} can take; give the JSON file autoconf wrote")
     try:
         text = path.read_text()
     except OSError as err:
