@@ -217,9 +217,11 @@ def _drop_stdout() -> None:
 
 
 def output_path(ctx, param, value):
-    """An --out given as an empty string is refused by name (Path('') would be the current folder)."""
+    """An --out given as an empty string or "." is refused by name (click reads both as the current folder, which
+    outputs would be strewn into, among the user's files)."""
     if value is not None and str(value).strip() in ("", "."):
-        raise click.BadParameter("must name a file or folder, got an empty path", ctx=ctx, param=param)
+        raise click.BadParameter("must name a file or a folder of its own, got the current folder (\".\" or an empty "
+                                 "path); e.g. --out out", ctx=ctx, param=param)
     return value
 
 

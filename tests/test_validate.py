@@ -7,6 +7,7 @@ import json
 import pytest
 
 from autoconf.cost.estimate import estimate
+from autoconf.errors import UserError
 from autoconf.spec.support import unsupported_reason
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.model import ModelSpec
@@ -301,3 +302,19 @@ def test_validate_end_to_end_two_layouts_on_two_ranks(tmp_path):
     assert report_table(report).row_count == 2
     with pytest.raises(Exception, match="already exists"):
         validate(SMALL, cluster, "cpu-local", 8, 32, "fp32", configs=2, steps=3, out_dir=out, log=lambda m: None)
+
+
+def test_validate_refuses_what_would_fail_after_its_runs_before_the_first(tmp_path):
+    """Third fuzz round: `--calibrate` with fewer runs than it needs ran every layout (31 s) before saying so, and a
+    folder where scatter.png goes failed after all the runs (25 s); both are refused before any layout runs."""
+    from autoconf.validate.calibrate import FACTORS
+
+    cluster = load_cluster("cpu-local", gpus_per_node=2)
+    with pytest.raises(UserError, match=f"needs --configs {len(FACTORS) + 1} or more"):
+        validate(SMALL, cluster, "cpu-local", 8, 32, "fp32", configs=2, steps=3, out_dir=tmp_path / "a",
+                 calibrate=True, log=lambda m: None)
+    (tmp_path / "b" / "scatter.png").mkdir(parents=True)
+    with pytest.raises(UserError, match="is a folder"):
+        validate(SMALL, cluster, "cpu-local", 8, 32, "fp32", configs=2, steps=3, out_dir=tmp_path / "b",
+                 force=True, log=lambda m: None)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b" / "runs").exists()

@@ -28,7 +28,7 @@ from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile, load_cluster
 from autoconf.spec.dtypes import check_trainable_dtype, default_dtype
 from autoconf.spec.model import ModelSpec
-from autoconf.files import write_file
+from autoconf.files import check_new, write_file
 from autoconf.spec.plan import Plan
 from autoconf.validate.stats import median_abs_error, regret, spearman
 
@@ -372,6 +372,14 @@ def validate(model: ModelSpec, cluster: ClusterProfile, cluster_label: str, glob
     existing = [p for p in (report_path, scatter_path, calibrated_path, out_dir / "runs") if p.exists()]
     if existing and not force:
         raise UserError(f"{existing[0]} already exists; pass --force to overwrite it or choose another --out")
+    for path in (report_path, scatter_path, calibrated_path):  # (a folder or a pipe there: said before any run)
+        check_new(path, force=True)
+    if calibrate:
+        from autoconf.validate.calibrate import FACTORS
+
+        if configs < len(FACTORS) + 1:
+            raise UserError(f"--calibrate fits {len(FACTORS)} factors and checks them on held-out runs: it needs "
+                            f"--configs {len(FACTORS) + 1} or more (got {configs})")
     if cluster.world_size > 64:
         raise UserError(f"validate starts every rank on this host; {cluster.world_size} ranks is too many")
     if cluster.device.kind != "cpu" and not _has_cuda():
@@ -444,9 +452,10 @@ def validate_command(model: str, cluster_path: str, global_batch: int, seq_len: 
                           cluster_path=bundled if bundled.exists() else None, log=log, repeats=repeats)
     console.print(report_table(report))
     out = Path(out_dir)
-    for name in ("report.json", "scatter.png", "calibrated_profile.json"):
-        if (out / name).exists():
-            console.print(f"wrote {out / name}")
+    written = ["report.json"] + (["scatter.png"] if report.ok_runs() else []) + (
+        ["calibrated_profile.json"] if (report.calibration or {}).get("profile") else [])
+    for name in written:  # (a stale file of an earlier run under --force is not this run's)
+        console.print(f"wrote {out / name}")
     problem = incomplete(report)
     if problem:
         raise UserError(f"{problem} (report: {out / 'report.json'})")
