@@ -289,3 +289,10 @@ def test_entry_budget_cuts_repeats_but_keeps_three():
     entry = time_entry("mlp", PRESETS["tiny-gpt"], 1, 1, 16, torch.device("cpu"), "fp32", warmup=3, repeats=50,
                        budget_s=0.0)
     assert entry["repeats"] == 3
+
+
+def test_a_multi_node_profile_cannot_meet_on_loopback(tmp_path):
+    """Third fuzz round: `profile --nnodes 2` with the default 127.0.0.1 waited silently for a second node that could
+    never reach it (launch already refused the same)."""
+    with pytest.raises(UserError, match="cannot meet at 127.0.0.1"):
+        profile(tmp_path / "p.json", nnodes=2, node_rank=0)

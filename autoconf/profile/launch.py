@@ -134,13 +134,17 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
     if gpus and nproc_per_node > gpus:
         raise UserError(f"--nproc-per-node {nproc_per_node} exceeds the {gpus} GPU(s) on this node")
     if not gpus and nproc_per_node > cpu_rank_limit():
-        raise UserError(f"--nproc-per-node {nproc_per_node}: a CPU rank wants a core of its own and this host has "
-                        f"{os.cpu_count()}; give at most {cpu_rank_limit()}")
+        raise UserError(f"--nproc-per-node {nproc_per_node}: a CPU rank wants a core of its own (this host has "
+                        f"{os.cpu_count()}; the default 4 ranks time-share fewer); give at most {cpu_rank_limit()}")
     if node_rank >= nnodes:
         raise UserError(f"--node-rank {node_rank} must be below --nnodes {nnodes} (nodes count from 0)")
     if master_port > 65535:
         raise UserError(f"--master-port {master_port} is not a TCP port (1..65535)")
     check_master_addr(master_addr)
+    if nnodes > 1 and master_addr in ("127.0.0.1", "localhost"):
+        raise UserError(f"--nnodes {nnodes} cannot meet at {master_addr} (a loopback address reaches this host only): "
+                        f"pass --master-addr with the address of the node that starts as --node-rank 0, reachable "
+                        f"from every node, or profile one node with --nnodes 1")
     if rdzv not in RDZV:
         raise UserError(f"rendezvous {rdzv!r} is not one of {', '.join(RDZV)}")
     if model:
