@@ -696,6 +696,10 @@ def limits(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, 
         console.print(f"{limit.what}: tried {tried}" + (f"; {limit.note}" if limit.note else ""))
     for path in written:
         console.print(f"wrote {path}")
+    if out_dir is not None:
+        for limit in found.values():
+            if limit.plan is None:
+                console.print(f"{limit.what}: nothing fits, so no plan was written for it")
 
 
 @main.command()
