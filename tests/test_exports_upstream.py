@@ -452,7 +452,7 @@ def test_torchtitan_notes_say_what_it_runs_instead():
     every accumulation step."""
 
     deepseek = execution("megatron-core").replace(selective_recompute="norms_mla_swiglu")
-    tiny_moe = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-mla", moe=MoESpec(
+    tiny_moe = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-mla", num_kv_heads=4, moe=MoESpec(
         num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, first_k_dense=1),
         mla=MLASpec(q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16))
     config = ParallelConfig(tp=1, pp=2, dp=4, ep=4, micro_batch_size=1, global_batch_size=16, seq_len=256,

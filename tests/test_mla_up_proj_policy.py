@@ -76,7 +76,7 @@ def test_its_recompute_is_the_up_projections_matmul_time_alone():
 
 def test_bounds_stay_at_or_below_the_estimate_under_the_policy():
     """The search's bounds read the same policy: at or below the estimate on a tiny latent-attention MoE model."""
-    tiny = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-mla", moe=MoESpec(
+    tiny = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-mla", num_kv_heads=4, moe=MoESpec(
         num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, num_shared_experts=1,
         shared_expert_intermediate_size=96, first_k_dense=1),
         mla=MLASpec(q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16))
@@ -120,7 +120,7 @@ def test_the_policy_exports_megatron_cores_recompute_modules():
     """A plan under the policy exports --recompute-granularity selective --recompute-modules mla_up_proj mlp, which
     parses with the flags of the Megatron-LM tag the exports target (nargs '+'); Megatron's own selective exports
     no module list (its default, the attention core)."""
-    tiny = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-mla", moe=MoESpec(
+    tiny = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-mla", num_kv_heads=4, moe=MoESpec(
         num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, first_k_dense=1),
         mla=MLASpec(q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16))
     c = ParallelConfig(tp=1, pp=2, dp=4, ep=4, micro_batch_size=1, global_batch_size=16, seq_len=256, zero_stage=1,

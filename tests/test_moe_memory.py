@@ -113,7 +113,7 @@ def test_fp8_dispatch_shrinks_what_travels_towards_the_experts():
 
 def test_bounds_stay_at_or_below_the_estimate_under_the_deepseek_policy():
     """With latent attention and the norms_mla_swiglu policy the search's bounds stay at or below the estimate."""
-    tiny = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-mla", moe=MoESpec(
+    tiny = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-mla", num_kv_heads=4, moe=MoESpec(
         num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, num_shared_experts=1,
         shared_expert_intermediate_size=96, first_k_dense=1),
         mla=MLASpec(q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16))

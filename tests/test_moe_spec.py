@@ -199,7 +199,8 @@ def test_launch_takes_an_moe_plan_and_latent_attention(tmp_path):
     moe.write_text(json.dumps(plan))
     assert run_cli(["launch", moe, "--dry-run"]).exit_code == 0
     mla = PRESETS["deepseek-v3"].mla
-    plan["model"] = dataclasses.replace(TINY_MOE, mla=mla, head_dim=mla.v_head_dim).to_dict()
+    plan["model"] = dataclasses.replace(TINY_MOE, mla=mla, head_dim=mla.v_head_dim,
+                                        num_kv_heads=TINY_MOE.num_heads).to_dict()
     moe.write_text(json.dumps(plan))
     assert run_cli(["launch", moe, "--dry-run"]).exit_code == 0
     assert run_cli(["launch", dense, "--dry-run"]).exit_code == 0
@@ -276,8 +277,8 @@ def test_a_plan_of_a_model_the_executor_cannot_build_is_marked_not_launchable():
     mla = PRESETS["deepseek-v3"].mla
     capped = dataclasses.replace(TINY_MOE, moe=dataclasses.replace(TINY_MOE.moe, capacity_factor=1.25))
     cluster = load_cluster("dgx-h100-80g", nodes=1)
-    for model, launchable in ((TINY_MOE, True), (dataclasses.replace(TINY_MOE, mla=mla, head_dim=mla.v_head_dim), True),
-                              (capped, False)):
+    latent = dataclasses.replace(TINY_MOE, mla=mla, head_dim=mla.v_head_dim, num_kv_heads=TINY_MOE.num_heads)
+    for model, launchable in ((TINY_MOE, True), (latent, True), (capped, False)):
         plans = search(model, cluster, 8, 64, "bf16", top_k=1, refine=False).plans
         assert plans and plans[0].prediction["launchable"] is launchable
 

@@ -452,3 +452,21 @@ def test_an_oversized_json_input_is_refused_before_it_is_read(tmp_path):
     with big.open("wb") as f:
         f.truncate(MAX_JSON_BYTES + 1)  # sparse: nothing is written
     assert_one_clear_error(run_cli(["show", big]), "more than the 256 MiB")
+
+
+def test_latent_attention_has_a_key_and_value_per_query_head():
+    """Third fuzz round: an MLA model's num_kv_heads, which its attention never reads, changed its predicted step
+    and made `--fix tp=2` "not divide the 1 KV heads"; the spec now refuses any value but num_heads, and the
+    Hugging Face importer reads DeepSeek's configs so (transformers' MLA reads no num_key_value_heads either)."""
+    import dataclasses
+
+    from autoconf.errors import UserError
+    from autoconf.spec.presets import PRESETS, from_hf_config
+
+    v3 = PRESETS["deepseek-v3"]
+    with pytest.raises(UserError, match="num_kv_heads 1 must equal num_heads 128"):
+        dataclasses.replace(v3, num_kv_heads=1)
+    from autoconf.spec.hf_moe import PRESET_CONFIGS
+
+    config = {**next(c for c in PRESET_CONFIGS.values() if c["model_type"] == "deepseek_v3"), "num_key_value_heads": 1}
+    assert from_hf_config(config, "v3").num_kv_heads == 128

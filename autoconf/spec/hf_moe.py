@@ -183,9 +183,10 @@ def _deepseek(config: dict, name: str, model_type: str, common: dict, top_k: int
                   qk_rope_head_dim=hf_int(config, "qk_rope_head_dim", name, per_head),
                   v_head_dim=hf_int(config, "v_head_dim", name, per_head))
     # head_dim: the width of each head's value and of the attention output per head (the rotary keys and the
-    # latent are the mla object's).
+    # latent are the mla object's). Every query head gets its own key and value from the latent: transformers' MLA
+    # reads no num_key_value_heads (DeepSeek's configs repeat num_attention_heads there), nor does the spec.
     mtp = hf_int(config, "num_nextn_predict_layers", name, "the MTP modules, 0 for none", 0, least=0)
-    return ModelSpec(**{**common, "head_dim": mla.v_head_dim},
+    return ModelSpec(**{**common, "head_dim": mla.v_head_dim, "num_kv_heads": common["num_heads"]},
                      ffn_hidden_size=hf_int(config, "intermediate_size", name, "the width of the dense layers' MLP"),
                      norm_eps=hf_number(config, "rms_norm_eps", 1e-6, name), moe=moe, mla=mla, mtp_num_layers=mtp)
 

@@ -257,6 +257,10 @@ class ModelSpec:
                 problems.append(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
             if self.head_dim is None and not self.hidden_size % self.num_heads:
                 object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+            if isinstance(self.mla, MLASpec) and self.num_kv_heads != self.num_heads:
+                problems.append(f"num_kv_heads {self.num_kv_heads} must equal num_heads {self.num_heads} under "
+                                f"multi-head latent attention (mla): every query head gets its own key and value "
+                                f"from the latent")
             if self.arch == "llama" and self.mla is None and self.head_dim is not None and self.head_dim % 2:
                 problems.append(f"head_dim {self.head_dim} must be even: RoPE rotates pairs of values (hidden_size / "
                                 f"num_heads, or the head_dim given)")
