@@ -123,23 +123,19 @@ def framework_execution(name: str, flags: tuple[str, ...]):
     return frameworks.with_flags(frameworks.execution(name), frameworks.parse_flags(flags))
 
 
-def flags_without_effect(execution, predict) -> list[str]:
+def flags_without_effect(execution, prediction: dict, predict) -> list[str]:
     """The --framework-flag changes of `execution` that its layout never reads: each flag whose preset value gives
-    the same prediction (`predict(execution)`: step time, its terms and every stage's memory)."""
-    def outcome(ex) -> tuple:
-        p = predict(ex)
+    the same step time, terms and per-stage memory (`predict(execution)`) as `prediction`, execution's own."""
+    def outcome(p: dict) -> tuple:
         return p["iteration_time_s"], p.get("time_breakdown"), p["memory_per_stage"]
 
-    preset, changed = frameworks.execution(execution.name), frameworks.changed_flags(execution)
-    if not changed:
-        return []
-    base, idle = outcome(execution), []
-    for key in changed:
+    preset, idle = frameworks.execution(execution.name), []
+    for key in frameworks.changed_flags(execution):
         try:
             back = frameworks.with_flags(execution, {key: getattr(preset, key)})
         except UserError:  # (the others need it changed: it is read)
             continue
-        if outcome(back) == base:
+        if outcome(predict(back)) == outcome(prediction):
             idle.append(key)
     return idle
 
@@ -392,8 +388,8 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
     if memory_picture is not None:
         check_new(memory_picture, force)
     plan = run_estimate(model, cluster, config, execution=execution)
-    for key in flags_without_effect(execution, lambda ex: run_estimate(model, cluster, config,
-                                                                       execution=ex).prediction):
+    for key in flags_without_effect(execution, plan.prediction,
+                                    lambda ex: run_estimate(model, cluster, config, execution=ex).prediction):
         click.echo(f"autoconf: note: --framework-flag {key} changes nothing in this layout's prediction (the layout "
                    f"never reads it)", err=True)
     if out is not None:

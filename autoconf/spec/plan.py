@@ -390,10 +390,7 @@ class ParallelConfig:
         quietly drop: unknown fields, a `selective_recompute` under another recompute mode, a `seq_split` without
         sequence chunks."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - fields - {"num_microbatches"})
-        if unknown:
-            raise UserError(f"{source}: unknown config field(s) {unknown_names(unknown)}; a config holds "
-                            f"{', '.join(sorted(fields))}")
+        _refuse_unknown(data, (*sorted(fields), "num_microbatches"), source, "config")
         policy, mode = data.get("selective_recompute"), data.get("recompute", "none")
         if policy is not None and mode != "selective":
             raise UserError(f"{source}: selective_recompute {quoted(policy)} qualifies recompute selective, "

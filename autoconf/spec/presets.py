@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.files import named_input, shown
+from autoconf.files import named_input, quoted, shown
 from autoconf.spec.hf_fields import gpt2_fields, hf_int, hf_number, llama_fields, refuse_bias
 from autoconf.spec.hf_moe import HF_DENSE_TYPES, HF_MOE_TYPES, PRESET_CONFIGS, moe_from_hf, refuse_hidden_experts
 from autoconf.spec.model import ModelSpec, MoESpec, is_printable_name
@@ -103,7 +103,7 @@ def from_hf_config(config: dict, name: str) -> ModelSpec:
         if isinstance(err, UserError):
             raise
         raise UserError(f"{name}: malformed Hugging Face config of type {model_type!r} ({err})") from None
-    raise UserError(f"{name}: unsupported model_type {shown(repr(model_type), 60)}; supported: gpt2, "
+    raise UserError(f"{name}: unsupported model_type {quoted(model_type)}; supported: gpt2, "
                     f"{', '.join(_HF_LLAMA_TYPES)}, {', '.join(HF_MOE_TYPES)}")
 
 

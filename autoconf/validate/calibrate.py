@@ -35,6 +35,8 @@ from autoconf.spec.plan import Plan
 from autoconf.validate.stats import median_abs_error, spearman
 
 FACTORS = ("compute_scale", "comm_scale", "pass_overhead_s", "step_overhead_s")
+# Successful runs a calibration needs: one more than the factors it fits, so one is left to check them.
+MIN_CALIBRATION_RUNS = len(FACTORS) + 1
 NEUTRAL = {"compute_scale": 1.0, "comm_scale": 1.0, "pass_overhead_s": 0.0, "step_overhead_s": 0.0}
 PRIOR_WEIGHT = 0.05  # weight of (scale - 1) against one run's relative error
 COMPUTE_EFFICIENCIES = ("matmul", "attention", "memory")

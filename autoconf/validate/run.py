@@ -251,11 +251,11 @@ def run_plans(plans: list[Plan], out_dir: Path, steps: int, runner: Runner = loc
 
 def calibrate_report(report: Report, model: ModelSpec, cluster: ClusterProfile, plans: list[Plan]) -> dict:
     """Cross-validated before/after errors, and the factors fitted on every successful run."""
-    from autoconf.validate.calibrate import FACTORS, cross_validate, fit
+    from autoconf.validate.calibrate import MIN_CALIBRATION_RUNS, cross_validate, fit
 
     ok = [i for i, r in enumerate(report.runs) if r.status == "ok"]
-    if len(ok) < len(FACTORS) + 1:
-        return {"skipped": f"calibration needs at least {len(FACTORS) + 1} successful runs, got {len(ok)}"}
+    if len(ok) < MIN_CALIBRATION_RUNS:
+        return {"skipped": f"calibration needs at least {MIN_CALIBRATION_RUNS} successful runs, got {len(ok)}"}
     ok_plans = [plans[i] for i in ok]
     measured = [report.runs[i].measured_s for i in ok]
     cv = cross_validate(model, cluster, ok_plans, measured)
@@ -375,11 +375,11 @@ def validate(model: ModelSpec, cluster: ClusterProfile, cluster_label: str, glob
     for path in (report_path, scatter_path, calibrated_path):  # (a folder or a pipe there: said before any run)
         check_new(path, force=True)
     if calibrate:
-        from autoconf.validate.calibrate import FACTORS
+        from autoconf.validate.calibrate import FACTORS, MIN_CALIBRATION_RUNS
 
-        if configs < len(FACTORS) + 1:
+        if configs < MIN_CALIBRATION_RUNS:
             raise UserError(f"--calibrate fits {len(FACTORS)} factors and checks them on held-out runs: it needs "
-                            f"--configs {len(FACTORS) + 1} or more (got {configs})")
+                            f"--configs {MIN_CALIBRATION_RUNS} or more (got {configs})")
     if cluster.world_size > 64:
         raise UserError(f"validate starts every rank on this host; {cluster.world_size} ranks is too many")
     if cluster.device.kind != "cpu" and not _has_cuda():
