@@ -78,11 +78,6 @@ def hf_int(config: dict, key: str, name: str, what: str, default=REQUIRED, least
     return value
 
 
-def positive_int(config: dict, key: str, default: int, name: str, what: str) -> int:
-    """A whole number >= 1 (`what` says what it counts); absent or null is `default`."""
-    return hf_int(config, key, name, what, default)
-
-
 def number_value(value, key: str, name: str, rule=POSITIVE) -> float:
     """`value` (read from `key`) as a float: a JSON number satisfying `rule` (POSITIVE, NON_NEGATIVE, PROBABILITY),
     else a UserError naming `key`."""
@@ -265,7 +260,7 @@ def sliding_window(config: dict, model_type: str, name: str) -> int | None:
     if config.get("sliding_window") is None:
         raise UserError(f"{name}: the config slides attention windows but sets no sliding_window ({why}); give the "
                         f"window, or no sliding layer")
-    return positive_int(config, "sliding_window", 0, name, "the attention window in tokens")
+    return hf_int(config, "sliding_window", name, "the attention window in tokens", 0)
 
 
 def attention_dropout(config: dict, name: str, model_type: str) -> float:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 
 from autoconf.errors import UserError
-from autoconf.files import shown
-from autoconf.spec.hf_fields import (NON_NEGATIVE, REQUIRED, hf_bool, hf_int, hf_number, llama_fields, positive_int,
+from autoconf.files import quoted, shown
+from autoconf.spec.hf_fields import (NON_NEGATIVE, REQUIRED, hf_bool, hf_int, hf_number, llama_fields,
                                      refuse_bias)
 from autoconf.spec.model import MLASpec, ModelSpec, MoESpec
 
@@ -60,7 +60,7 @@ def refuse_hidden_experts(config: dict, name: str, model_type) -> None:
         raise UserError(f"{name}: model_type {model_type!r} is a dense family but the config has mixture-of-experts "
                         f"keys ({keys}); read as {model_type} it would lose its experts. {hint} (MoE types read: "
                         f"{supported})")
-    raise UserError(f"{name}: model_type {shown(repr(model_type), 60)} is a mixture-of-experts family autoconf does "
+    raise UserError(f"{name}: model_type {quoted(model_type)} is a mixture-of-experts family autoconf does "
                     f"not read (keys {keys}); MoE types read: {supported}; dense: {', '.join(HF_DENSE_TYPES)}")
 
 
@@ -134,12 +134,12 @@ def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
         return ModelSpec(**common, ffn_hidden_size=width, norm_eps=hf_number(config, "rms_norm_eps", 1e-5, name),
                          moe=moe)
     if model_type in ("qwen2_moe", "qwen3_moe"):
-        step = positive_int(config, "decoder_sparse_step", 1, name, "every how many layers one is MoE")
+        step = hf_int(config, "decoder_sparse_step", name, "every how many layers one is MoE", 1)
         sparse_step = {i for i in range(layers) if (i + 1) % step} if step > 1 else set()
         only = config.get("mlp_only_layers") or []
         if not isinstance(only, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in only):
             raise UserError(f"{name}: mlp_only_layers must be a list of layer indices, e.g. [0, 1] (got "
-                            f"{shown(repr(only), 60)})")
+                            f"{quoted(only)})")
         dense = sorted(set(only) | sparse_step)
         shared = hf_int(config, "shared_expert_intermediate_size", name, "the shared expert's width, 0 for none", 0,
                         least=0) if model_type == "qwen2_moe" else 0
@@ -166,7 +166,7 @@ def _deepseek(config: dict, name: str, model_type: str, common: dict, top_k: int
     refuse_bias(config, name, model_type)
     layers = common["num_layers"]
     first_dense = hf_int(config, "first_k_dense_replace", name, "the leading dense layers", 0, least=0)
-    every = positive_int(config, "moe_layer_freq", 1, name, "every how many layers one is MoE")
+    every = hf_int(config, "moe_layer_freq", name, "every how many layers one is MoE", 1)
     expert = hf_int(config, "moe_intermediate_size", name, "the width of one routed expert")
     shared = hf_int(config, "n_shared_experts", name, "the shared experts, 0 for none", 0, least=0)
     moe = MoESpec(num_experts=_count(config, name, "the routed experts", "n_routed_experts", "num_local_experts"),

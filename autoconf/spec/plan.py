@@ -634,14 +634,14 @@ def prediction_problems(pred: dict) -> list[str]:
 
     for key in _PREDICTION_NUMBERS:
         if key in pred and not number(pred[key]):
-            out.append(f"prediction.{key} must be a finite number >= 0, got {str(repr(pred[key]))[:60]}")
+            out.append(f"prediction.{key} must be a finite number >= 0, got {quoted(pred[key])}")
     if "iteration_time_s" in pred and number(pred["iteration_time_s"]) and pred["iteration_time_s"] <= 0:
         out.append("prediction.iteration_time_s must be > 0")
     if "fits" in pred and not isinstance(pred["fits"], bool):
-        out.append(f"prediction.fits must be true or false, got {str(repr(pred['fits']))[:60]}")
+        out.append(f"prediction.fits must be true or false, got {quoted(pred['fits'])}")
     for key in ("framework", "compute_source"):
         if key in pred and not is_printable_name(pred[key]):
-            out.append(f"prediction.{key} must be a printable string, got {str(repr(pred[key]))[:60]}")
+            out.append(f"prediction.{key} must be a printable string, got {quoted(pred[key])}")
     if is_printable_name(pred.get("framework", "autoconf")) and pred.get("framework", "autoconf") not in PRESETS:
         out.append(f"prediction.framework must be one of {', '.join(PRESETS)}, got "
                    f"{quoted(pred['framework'])}")
