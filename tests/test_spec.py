@@ -116,7 +116,7 @@ def test_heterogeneous_profile_round_trips_and_resizing_is_refused():
 def test_resizing_a_uniform_profile():
     """--nodes / --gpus-per-node size a uniform profile."""
     c = load_cluster("dgx-h100-80g", nodes=16, gpus_per_node=4)
-    assert c.world_size == 64 and c.node_of(5) == 1
+    assert c.world_size == 64 and c.domain_of(5) == 1
 
 
 def test_parallel_config_explains_every_bad_factor():

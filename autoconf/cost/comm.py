@@ -92,7 +92,7 @@ def distinct_groups(cluster: ClusterProfile, groups) -> list[np.ndarray]:
     groups = groups.reshape(len(groups), -1)
     if not _uniform(cluster) or len(groups) <= 1:
         return list(groups)
-    nodes = np.sort(groups // cluster.gpus_per_node, axis=1)
+    nodes = np.sort(groups // cluster.devices_per_domain, axis=1)
     # Sorted node ids start a new run at each change: the runs are the members per node.
     _, first = np.unique(np.diff(nodes, axis=1) != 0, axis=0, return_index=True)
     return [groups[i] for i in sorted(first)]
@@ -111,16 +111,16 @@ def _group_shape(cluster: ClusterProfile, devices) -> tuple[int, list, tuple[flo
         flat = np.asarray(devices, dtype=np.int64).reshape(-1)
         link = _ring_link(cluster, [])
         if cluster.inter_node_matrix is None:
-            fills, n_nodes = _node_fill(flat, cluster.gpus_per_node)
+            fills, n_nodes = _node_fill(flat, cluster.devices_per_domain)
             node_ids = None
         else:
-            fills, n_nodes = _counted_fill(flat, cluster.gpus_per_node)
-            node_ids = np.unique(flat // cluster.gpus_per_node).tolist()
+            fills, n_nodes = _counted_fill(flat, cluster.devices_per_domain)
+            node_ids = np.unique(flat // cluster.devices_per_domain).tolist()
         rings = [(n, *link) for n in fills]
     else:
         nodes: dict[int, list[int]] = {}
         for d in np.asarray(devices, dtype=np.int64).reshape(-1).tolist():
-            nodes.setdefault(cluster.node_of(d), []).append(d)
+            nodes.setdefault(cluster.domain_of(d), []).append(d)
         rings = [(len(group), *_ring_link(cluster, group)) for group in nodes.values()]
         node_ids = sorted(nodes)
         n_nodes = len(node_ids)
@@ -224,7 +224,7 @@ def distinct_pair_sets(cluster: ClusterProfile, pair_sets) -> np.ndarray:
     sets = sets.reshape(len(sets), -1, 2)
     if not _uniform(cluster) or len(sets) <= 1:
         return sets
-    g = cluster.gpus_per_node
+    g = cluster.devices_per_domain
     src, dst = sets[..., 0], sets[..., 1]
     moves = src != dst
     signature = np.stack([moves.any(axis=1), (moves & (src // g != dst // g)).any(axis=1)], axis=1)
@@ -235,7 +235,7 @@ def distinct_pair_sets(cluster: ClusterProfile, pair_sets) -> np.ndarray:
 def _p2p_transfer(cluster: ClusterProfile, nbytes: float, pairs: np.ndarray) -> float:
     worst = 0.0
     if _uniform(cluster):
-        g = cluster.gpus_per_node
+        g = cluster.devices_per_domain
         src, dst = pairs[:, 0], pairs[:, 1]
         if not (src != dst).any():
             return 0.0
@@ -247,6 +247,6 @@ def _p2p_transfer(cluster: ClusterProfile, nbytes: float, pairs: np.ndarray) -> 
         if src == dst:
             continue
         link = cluster.link(src, dst)
-        scope = "comm_intra" if cluster.node_of(src) == cluster.node_of(dst) else "comm_inter"
+        scope = "comm_intra" if cluster.domain_of(src) == cluster.domain_of(dst) else "comm_inter"
         worst = max(worst, transfer_time(nbytes, link.latency_s, link.bandwidth_Bps * cluster.eff(scope)))
     return worst

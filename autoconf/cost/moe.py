@@ -211,7 +211,7 @@ def dispatch_bytes(model: ModelSpec, c: ParallelConfig, dtype: str | None = None
 def _ep_nodes(cluster: ClusterProfile, ep_group) -> int | None:
     """How many nodes the EP group spans when its ranks, in EP order, fill them in equal consecutive runs (so the
     routed experts, in order over the EP ranks, fill them in equal consecutive runs too); None otherwise."""
-    nodes = np.array([cluster.node_of(int(d)) for d in np.asarray(ep_group).reshape(-1)])
+    nodes = np.array([cluster.domain_of(int(d)) for d in np.asarray(ep_group).reshape(-1)])
     n = len(np.unique(nodes))
     if len(nodes) % n:
         return None

@@ -48,7 +48,9 @@ def profiles_table(clusters: list) -> Table:
     for c in clusters:
         measured = [k for k, present in (("compute", bool(c.compute)), ("collectives", bool(c.collectives)))
                     if present]
-        table.add_row(c.name, c.source, c.device.name, f"{c.nodes} x {c.gpus_per_node}",
+        shape = f"{c.nodes} x {c.gpus_per_node}" + (f" ({c.nodes_per_domain} per fabric)" if c.nodes_per_domain > 1
+                                                      else "")
+        table.add_row(c.name, c.source, c.device.name, shape,
                       f"{c.device.memory_bytes / GiB:.0f} GiB", ", ".join(measured) or "-",
                       f"{c.price['usd_per_gpu_hour']:g}" if c.price else "-")
     return table

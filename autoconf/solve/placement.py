@@ -55,14 +55,16 @@ WEIGHT_SCALE = 1000
 def tp_cp_domain(cluster) -> tuple[int | None, str]:
     """(the devices a TP x CP block must stay within, None for any; why, in words) of a cluster profile, by the rule
     of CROSS_NODE_CP_RATIO above. Read by the search's candidate space (`space.candidates`)."""
-    if cluster.nodes == 1:
-        return None, "one node"
+    if cluster.num_domains == 1:
+        return None, "one node" if cluster.nodes == 1 else "one scale-up domain"
     intra = min(_bandwidths(cluster.intra_node_matrix, cluster.intra_node))
     inter = min(_bandwidths(cluster.inter_node_matrix, cluster.inter_node))
     if intra <= CROSS_NODE_CP_RATIO * inter:
         return None, f"{cluster.name}'s inter-node links are fast"
-    return cluster.gpus_per_node, (f"a node of {cluster.name}: its inter-node links, {inter / 1e9:g} GB/s, are slower "
-                                   f"than 1/{CROSS_NODE_CP_RATIO} of the intra-node {intra / 1e9:g} GB/s")
+    where = "a node" if cluster.nodes_per_domain == 1 else "a scale-up domain"
+    return cluster.devices_per_domain, (f"{where} of {cluster.name}: its inter-node links, {inter / 1e9:g} GB/s, "
+                                        f"are slower than 1/{CROSS_NODE_CP_RATIO} of the intra-node "
+                                        f"{intra / 1e9:g} GB/s")
 
 
 def _bandwidths(matrix, link) -> list[float]:
@@ -73,10 +75,12 @@ def _bandwidths(matrix, link) -> list[float]:
 
 
 class LinkModel(Protocol):
+    """The links placement reads. A "node" here is a link domain: the devices one fast fabric joins, every pair of
+    them on `intra` links (a host, or a rack of hosts on one NVLink fabric: `ClusterProfile.domain_of`)."""
     num_devices: int
-    devices_per_node: int
+    devices_per_domain: int
 
-    def node_of(self, device: int) -> int: ...
+    def domain_of(self, device: int) -> int: ...
 
     def intra(self, i: int, j: int) -> tuple[float, float]:
         """(alpha seconds, bandwidth bytes/s) between two devices of the same node."""
@@ -90,28 +94,28 @@ class DenseLinks:
     """Links from dense N x N matrices (small clusters); devices 0..g-1 are node 0 and so on."""
     alpha: np.ndarray
     bandwidth: np.ndarray
-    devices_per_node: int
+    devices_per_domain: int
 
     @property
     def num_devices(self) -> int:
         return len(self.alpha)
 
-    def node_of(self, device: int) -> int:
-        return device // self.devices_per_node
+    def domain_of(self, device: int) -> int:
+        return device // self.devices_per_domain
 
     def intra(self, i: int, j: int) -> tuple[float, float]:
         return float(self.alpha[i][j]), float(self.bandwidth[i][j])
 
     def inter(self, node_a: int, node_b: int) -> tuple[float, float]:
         # Representative link between two nodes: their first devices.
-        g = self.devices_per_node
+        g = self.devices_per_domain
         return float(self.alpha[node_a * g][node_b * g]), float(self.bandwidth[node_a * g][node_b * g])
 
     def link(self, i: int, j: int) -> tuple[float, float]:
         return float(self.alpha[i][j]), float(self.bandwidth[i][j])
 
     def is_uniform(self) -> bool:
-        n, g = self.num_devices, self.devices_per_node
+        n, g = self.num_devices, self.devices_per_domain
         same = np.equal.outer(np.arange(n) // g, np.arange(n) // g)
         off = ~np.eye(n, dtype=bool)
         return all(len(np.unique(m[mask])) <= 1 for m in (self.alpha, self.bandwidth)
@@ -122,7 +126,7 @@ class DenseLinks:
 class HierarchicalLinks:
     """One intra-node link for every device pair in a node; inter-node links as a scalar or a node matrix."""
     num_nodes: int
-    devices_per_node: int
+    devices_per_domain: int
     intra_alpha: float
     intra_bandwidth: float
     inter_alpha: float | np.ndarray
@@ -130,10 +134,10 @@ class HierarchicalLinks:
 
     @property
     def num_devices(self) -> int:
-        return self.num_nodes * self.devices_per_node
+        return self.num_nodes * self.devices_per_domain
 
-    def node_of(self, device: int) -> int:
-        return device // self.devices_per_node
+    def domain_of(self, device: int) -> int:
+        return device // self.devices_per_domain
 
     def intra(self, i: int, j: int) -> tuple[float, float]:
         return self.intra_alpha, self.intra_bandwidth
@@ -159,9 +163,9 @@ def link(links: LinkModel, i: int, j: int) -> tuple[float, float]:
         if not hasattr(found, "latency_s"):  # the small link models here answer with a tuple
             return found
         # A ClusterProfile answers with a Link object: the bandwidth comm.py achieves on it.
-        scope = "comm_intra" if links.node_of(i) == links.node_of(j) else "comm_inter"
+        scope = "comm_intra" if links.domain_of(i) == links.domain_of(j) else "comm_inter"
         return found.latency_s, found.bandwidth_Bps * links.eff(scope)
-    a, b = links.node_of(i), links.node_of(j)
+    a, b = links.domain_of(i), links.domain_of(j)
     return links.intra(i, j) if a == b else links.inter(a, b)
 
 
@@ -169,7 +173,7 @@ def _is_uniform(links: LinkModel) -> bool:
     if hasattr(links, "is_uniform"):
         return links.is_uniform()
     # Generic check over every pair: fine for the node counts where a generic model is used.
-    n, g = links.num_devices, links.devices_per_node
+    n, g = links.num_devices, links.devices_per_domain
     nodes = range(n // g)
     intra = {links.intra(i, j) for node in nodes for i in range(node * g, node * g + g)
              for j in range(node * g, node * g + g) if i != j}
@@ -405,7 +409,7 @@ def _cost(mesh, links, volumes, weights) -> dict[str, float]:
 
 def _solve_by_nodes(dims: ParallelDims, links, volumes, weights, time_limit_s) -> np.ndarray:
     """TP groups inside a node; whole nodes' chunks of the default order swapped to lower the cost."""
-    g = links.devices_per_node
+    g = links.devices_per_domain
     start = default_mesh(dims.pp, dims.dp, dims.tp, dims.cp)
     if dims.tp > g or g % dims.tp:
         return start  # a TP group would straddle nodes differently per chunk: keep the default order

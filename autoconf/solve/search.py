@@ -630,7 +630,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             bound_by_fields[fields] = cache.time_bound(_bounded(config, per_stage and config.recompute != "none"))
         return bound_by_fields[fields]
 
-    for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
+    for config in candidates(model, cluster.world_size, cluster.devices_per_domain, global_batch, seq_len, dtype,
                              attention, fixed, zero_stages, policies, tp_cp_domain(cluster), execution.grad_reductions):
         seen += 1
         if pinned_offload and config.offloads:  # refused in one line on a profile without host facts
@@ -1103,7 +1103,7 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
     for key, value in fixed.items():
         rest = {k: v for k, v in fixed.items() if k != key}
         try:
-            witness = next(iter(candidates(model, world, cluster.gpus_per_node, global_batch, seq_len, dtype,
+            witness = next(iter(candidates(model, world, cluster.devices_per_domain, global_batch, seq_len, dtype,
                                            attention, rest, execution.zero_searched,
                                            tp_cp_domain=tp_cp_domain(cluster),
                                            reductions=execution.grad_reductions)), None)
@@ -1157,7 +1157,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
     for factor in (2, 4, 8, 16, 32, 64):
         bigger = cluster.resized(nodes=cluster.nodes * factor)
         cache = _BoundCache(model, bigger, execution)
-        for config in candidates(model, bigger.world_size, bigger.gpus_per_node, global_batch, seq_len, dtype,
+        for config in candidates(model, bigger.world_size, bigger.devices_per_domain, global_batch, seq_len, dtype,
                                  attention, fixed, execution.zero_searched, tp_cp_domain=tp_cp_domain(bigger),
                                  reductions=execution.grad_reductions):
             if unsupported_reason(config) or execution.problem(config) or any(

@@ -102,13 +102,14 @@ def _divisors(n: int) -> list[int]:
     return sorted(set(small + [n // d for d in small]))
 
 
-def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_batch: int, seq_len: int,
+def candidates(model: ModelSpec, world_size: int, devices_per_domain: int, global_batch: int, seq_len: int,
                dtype: str, attention: str = "flash", fixed: dict | None = None,
                zero_stages: tuple[int, ...] = (0, 1, 2, 3),
                selective_policies: tuple[str | None, ...] = (None,),
                tp_cp_domain: tuple[int | None, str] = (None, ""),
                reductions: Callable[[int, int], tuple[str, ...]] | None = None) -> Iterator[ParallelConfig]:
-    """Every legal layout honouring `fixed`; deterministic order. `zero_stages` lists the stages worth telling
+    """Every legal layout honouring `fixed`, TP within `devices_per_domain` (the devices one scale-up fabric
+    joins); deterministic order. `zero_stages` lists the stages worth telling
     apart (a pinned --fix zero_stage is always honoured); `selective_policies` the `selective_recompute` values of
     the selective candidates (None: the framework's own; a pinned --fix selective_recompute is honoured, and pins
     recompute to selective; a pinned cp_comm likewise asks for cp > 1). `tp_cp_domain`: (devices, why) that a
@@ -163,7 +164,7 @@ def candidates(model: ModelSpec, world_size: int, gpus_per_node: int, global_bat
         return [p for p in chosen if p != "alternate_matmuls" or attention == "flash"]
 
     head_divisors = [d for d in _divisors(model.num_kv_heads) if model.num_heads % d == 0]
-    tps = choices("tp", [t for t in head_divisors if t <= gpus_per_node and world_size % t == 0])
+    tps = choices("tp", [t for t in head_divisors if t <= devices_per_domain and world_size % t == 0])
     def cps(tp: int) -> list[int]:
         if "cp_comm" in fixed:  # every cp that splits the sequence, as a pinned cp is taken
             return choices("cp", [d for d in _divisors(world_size // tp) if d > 1])

@@ -3,7 +3,8 @@
 A link is latency (alpha, seconds) plus bandwidth (beta, bytes per second per direction). Every pair of devices is
 described: pairs inside a node by `intra_node` (or the per-pair `intra_node_matrix`), pairs on different nodes by
 `inter_node` (or the per-node-pair `inter_node_matrix`), so a heterogeneous fabric is a matrix while a uniform
-16k-GPU cluster stays a few numbers. Every efficiency the cost model applies is a named, explained entry of
+16k-GPU cluster stays a few numbers. Where one scale-up fabric joins several nodes (`scale_up_domain`: a GB200 NVL72
+rack's 18 trays), "inside a node" reads "inside a domain" for every link. Every efficiency the cost model applies is a named, explained entry of
 `efficiency`: a property of the hardware, never of a model.
 """
 
@@ -131,6 +132,11 @@ class ClusterProfile:
     price: dict | None = None
     memory_headroom: dict = field(default_factory=lambda: dict(DEFAULT_MEMORY_HEADROOM))  # {"value": fraction, "why"}
     host: dict | None = None  # HOST_FIELDS and "source"; None: not known, no offload planned
+    # {"nodes": int, "why": text}: how many consecutive nodes (hosts) one scale-up fabric joins, so that every pair
+    # of their devices talks over `intra_node` (a GB200 NVL72 rack: 18 trays of 4 GPUs on one NVLink switch
+    # fabric). None: the fabric ends at the node. The cost model and placement read links by `domain_of`; launch,
+    # host memory and hostnames stay per node.
+    scale_up_domain: dict | None = None
     # The absolute path of the profile file it was loaded from, when not a bundled one: plans record it so that
     # `show` finds the profile again. Not part of the profile's content (neither written nor compared).
     path: str | None = field(default=None, compare=False)
@@ -176,14 +182,39 @@ class ClusterProfile:
                 raise UserError(f"cluster {self.name}: {key} must be {size} x {size} ({what} is {size})")
         if self.backend not in ("nccl", "gloo"):
             raise UserError(f"cluster {self.name}: backend must be nccl or gloo, got {self.backend!r}")
+        k = self.nodes_per_domain
+        if k > 1 and self.nodes > k and self.nodes % k:
+            raise UserError(f"cluster {self.name}: its nodes come in scale-up domains of {k} (one fabric each); give "
+                            f"at most {k} nodes or a multiple of {k} ({self.nodes // k * k} or {-(-self.nodes // k) * k}"
+                            f"), not {self.nodes}")
+        if k > 1 and (self.intra_node_matrix is not None or self.inter_node_matrix is not None):
+            raise UserError(f"cluster {self.name}: a scale-up domain of {self.nodes_per_domain} nodes describes its "
+                            f"links by intra_node and inter_node alone; drop the link matrices or the domain")
 
     # ---- the shape and the LinkModel protocol used by placement ---------------------------------------------------
     @property
     def world_size(self) -> int:
         return self.nodes * self.gpus_per_node
 
-    def node_of(self, device: int) -> int:
-        return device // self.gpus_per_node
+    @property
+    def nodes_per_domain(self) -> int:
+        """Nodes (hosts) one scale-up fabric joins (`scale_up_domain`); 1 where the fabric ends at the node."""
+        return int(self.scale_up_domain["nodes"]) if self.scale_up_domain else 1
+
+    @property
+    def devices_per_domain(self) -> int:
+        """Devices one scale-up fabric joins: every pair of them talks over `intra_node` (the last domain of a
+        cluster whose nodes it does not divide holds fewer)."""
+        return self.gpus_per_node * self.nodes_per_domain
+
+    @property
+    def num_domains(self) -> int:
+        return -(-self.nodes // self.nodes_per_domain)
+
+    def domain_of(self, device: int) -> int:
+        """The scale-up domain of a device: pairs in one domain use `intra_node`, pairs across domains
+        `inter_node`."""
+        return device // self.devices_per_domain
 
     def eff(self, name: str) -> float:
         """The named efficiency assumption (a fraction of a peak)."""
@@ -219,7 +250,7 @@ class ClusterProfile:
 
     def link(self, a: int, b: int) -> Link:
         """The link from device a to device b."""
-        na, nb = self.node_of(a), self.node_of(b)
+        na, nb = self.domain_of(a), self.domain_of(b)
         if na == nb:
             if self.intra_node_matrix is None:
                 return self.intra_node
@@ -232,17 +263,15 @@ class ClusterProfile:
         link = self.link(a, b)
         return link.latency_s, link.bandwidth_Bps
 
-    def inter(self, node_a: int, node_b: int) -> tuple[float, float]:
-        link = self.inter_node if self.inter_node_matrix is None else self.inter_node_matrix[node_a][node_b]
+    def inter(self, domain_a: int, domain_b: int) -> tuple[float, float]:
+        """(latency, bandwidth) between two scale-up domains (nodes where the fabric ends at the node: only then
+        may a profile hold an `inter_node_matrix`)."""
+        link = self.inter_node if self.inter_node_matrix is None else self.inter_node_matrix[domain_a][domain_b]
         return link.latency_s, link.bandwidth_Bps
 
     @property
     def num_devices(self) -> int:
         return self.world_size
-
-    @property
-    def devices_per_node(self) -> int:
-        return self.gpus_per_node
 
     def is_uniform(self) -> bool:
         """True when every inter-node pair and every intra-node pair looks the same."""
@@ -291,6 +320,7 @@ class ClusterProfile:
             **({} if self.price is None else {"price": self.price}),
             "memory_headroom": dict(self.memory_headroom),
             **({} if self.host is None else {"host": dict(self.host)}),
+            **({} if self.scale_up_domain is None else {"scale_up_domain": dict(self.scale_up_domain)}),
         }
 
     @classmethod
@@ -360,7 +390,8 @@ class ClusterProfile:
                 attention_curves=data.get("attention_curves"),
                 price=None if data.get("price") is None else dict(data["price"]),
                 memory_headroom=dict(data.get("memory_headroom") or DEFAULT_MEMORY_HEADROOM),
-                host=None if data.get("host") is None else dict(data["host"]))
+                host=None if data.get("host") is None else dict(data["host"]),
+                scale_up_domain=None if data.get("scale_up_domain") is None else dict(data["scale_up_domain"]))
         except KeyError as missing:
             raise UserError(f"{source}: cluster profile lacks field {missing}") from None
         except (TypeError, ValueError, AttributeError, OverflowError, RecursionError) as err:

@@ -33,7 +33,8 @@ BLOCKS = ("attention", "mlp", "norm", "embedding", "head")
 # Every top-level field a profile may hold (ClusterProfile.to_dict writes them); any other is a typo, refused.
 PROFILE_FIELDS = ("version", "kind", "name", "description", "source", "backend", "nodes", "gpus_per_node", "device",
                   "intra_node", "inter_node", "intra_node_matrix", "inter_node_matrix", "efficiency", "collectives",
-                  "compute", "hostnames", "matmul_size_curve", "attention_curves", "price", "memory_headroom", "host")
+                  "compute", "hostnames", "matmul_size_curve", "attention_curves", "price", "memory_headroom", "host",
+                  "scale_up_domain")
 # The keys of each object below the top level: what the writers write (ClusterProfile.to_dict, `autoconf profile`,
 # scripts/bundled_profiles.py) and the readers read; any other is a typo, refused (tests/test_profile_fields.py
 # holds each writer to them).
@@ -43,6 +44,7 @@ DEVICE_FIELDS = ("name", "kind", "memory_bytes", "memory_bandwidth_Bps", "peak_f
 PEAK_DTYPES = ("bf16", "fp16", "fp32", "fp8", "tf32")
 LINK_FIELDS = ("latency_s", "bandwidth_Bps")  # intra_node, inter_node and every matrix cell
 ENTRY_FIELDS = ("value", "why")  # an efficiency entry, memory_headroom
+SCALE_UP_FIELDS = ("nodes", "why")  # scale_up_domain
 # The efficiency entries some part of autoconf reads (ClusterProfile.eff / overhead, cost/, solve/, validate/).
 EFFICIENCY_NAMES = ("matmul", "attention", "attention_fa2", "memory", "comm_intra", "comm_inter",
                     "collective_sm_share", "collective_sync_s", "p2p_sync_s", "cpu_share", "cpu_share_alone",
@@ -137,6 +139,7 @@ def profile_problems(data: dict) -> list[str]:
         _matrix(c, data.get(key), key, data.get(size_key))
     _efficiency(c, data.get("efficiency"))
     _headroom(c, data.get("memory_headroom"))
+    _scale_up_domain(c, data.get("scale_up_domain"))
     _collectives(c, data.get("collectives"))
     _compute(c, data.get("compute"))
     _matmul_size_curve(c, data.get("matmul_size_curve"))
@@ -212,6 +215,18 @@ def _headroom(c: _Checker, entry) -> None:
     if "why" in entry:
         c.text(entry["why"], "memory_headroom.why")
     c.fields(entry, ENTRY_FIELDS, "memory_headroom")
+
+
+def _scale_up_domain(c: _Checker, entry) -> None:
+    """scale_up_domain (optional): {"nodes": consecutive nodes one scale-up fabric joins, >= 2, "why": where the
+    number comes from}."""
+    if entry is None or not c.kind(entry, dict, "scale_up_domain"):
+        return
+    c.integer(entry.get("nodes"), "scale_up_domain.nodes (nodes one fabric joins)", 2, MAX_NODES)
+    why = entry.get("why")
+    if not isinstance(why, str) or not why.strip():
+        c.bad("scale_up_domain.why", "text saying where the domain's size comes from", why)
+    c.fields(entry, SCALE_UP_FIELDS, "scale_up_domain")
 
 
 def _link(c: _Checker, link, where: str, fields: bool = True) -> None:

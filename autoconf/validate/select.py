@@ -72,7 +72,7 @@ def select_layouts(model: ModelSpec, cluster: ClusterProfile, global_batch: int,
     best = result.plans[0]
     chosen: list[Plan] = [best]
     pool: list[tuple[float, tuple, ParallelConfig]] = []
-    for config in candidates(model, cluster.world_size, cluster.gpus_per_node, global_batch, seq_len, dtype,
+    for config in candidates(model, cluster.world_size, cluster.devices_per_domain, global_batch, seq_len, dtype,
                              attention, fixed, tp_cp_domain=tp_cp_domain(cluster)):
         if config == best.config or unsupported_reason(config):
             continue
