@@ -119,22 +119,24 @@ def a100_attention_curves():
                       f"(scripts/data/published_attention_a100.json)"}
 
 
-def data_sheet_host(memory_bytes, link_Bps, node_dram_Bps, source):
+def data_sheet_host(memory_bytes, link_Bps, node_dram_Bps, source, ranks=8):
     """The profile's `host` object from data sheets: the node's RAM, the GPU's host link per direction for both
     copy directions, and AdamW's time per parameter derived (not measured) as ADAM_BYTES_PER_PARAM moved at the
-    node's DRAM bandwidth shared by its 8 ranks, a lower bound on the step time."""
+    node's DRAM bandwidth shared by its `ranks` ranks, a lower bound on the step time."""
     return {"memory_bytes": memory_bytes, "h2d_Bps": link_Bps, "d2h_Bps": link_Bps,
-            "adam_s_per_param": ADAM_BYTES_PER_PARAM / (node_dram_Bps / 8), "source": source}
+            "adam_s_per_param": ADAM_BYTES_PER_PARAM / (node_dram_Bps / ranks), "source": source}
 
 
-def gpu_profile(name, description, device, intra, inter, efficiency, attention_curves=None, host=None):
+def gpu_profile(name, description, device, intra, inter, efficiency, attention_curves=None, host=None,
+                nodes=1, gpus_per_node=8, scale_up_domain=None):
     return {"version": 1, "kind": "cluster", "name": name, "description": description, "source": "specification",
-            "backend": "nccl", "nodes": 1, "gpus_per_node": 8, "device": device, "intra_node": intra,
+            "backend": "nccl", "nodes": nodes, "gpus_per_node": gpus_per_node, "device": device, "intra_node": intra,
             "inter_node": inter, "intra_node_matrix": None, "inter_node_matrix": None, "efficiency": efficiency,
             "collectives": {}, "compute": None, "hostnames": None, "matmul_size_curve": GEMM_SIZE_CURVE,
             **({"attention_curves": attention_curves} if attention_curves else {}),
             **({"price": published_price(device["name"])} if published_price(device["name"]) else {}),
-            **({"host": host} if host else {})}
+            **({"host": host} if host else {}),
+            **({"scale_up_domain": scale_up_domain} if scale_up_domain else {})}
 
 
 # H100 SXM5 peaks (dense, FLOP/s) at 700 W, and H100 NVL's (NVIDIA H100 data sheet) at its 400 W maximum. FP8
@@ -315,6 +317,56 @@ B200 = gpu_profile(
         "bandwidth shared by its 8 ranks, 2 sockets x 8 channels DDR5-5600 x 44.8 GB/s = 716.8 GB/s (Intel ark, Xeon "
         "Platinum 8570: 8 channels DDR5-5600), a lower bound on the step time"))
 
+# GB200 NVL72 and GB300 NVL72: one rack is 18 compute trays (nodes: one host each, 4 GPUs and 2 Grace CPUs) whose 72
+# GPUs share one NVLink 5 switch fabric (the rack's 9 switch trays): a scale-up domain of 18 nodes, every GPU pair of
+# a rack at NVLink speed, racks joined by one scale-out NIC per GPU. Data sheets, as collected by third parties (NVIDIA's
+# product pages themselves were not read): the rack table of GB200 NVL72 prints 360 PFLOP/s FP16/BF16, 720 FP8 and 180
+# TF32 for 72 GPUs with sparsity (halved: 2.5, 5 and 1.25 PFLOP/s dense per GPU; glennklockwood.com/garden/processors/
+# B200, read 2026-12-05, 1200 W); Blackwell Ultra (GB300) keeps those dense BF16/FP8/TF32 rates at 1400 W and raises
+# FP4 (NVIDIA technical blog "Inside NVIDIA Blackwell Ultra", developer.nvidia.com/blog/inside-nvidia-blackwell-ultra-
+# the-chip-powering-the-ai-factory-era: 288 GB HBM3e at 8 TB/s, NVLink 5 at 1.8 TB/s bidirectional; pytorch/pytorch PR
+# #196944 lists 2500 TFLOP/s BF16 dense and measured 1665-1845 TFLOP/s on BF16 GEMMs, 0.67-0.74 of it, beside the
+# profiles' sustained 0.667). FP32: 80 TFLOP/s, the HGX B200's (not a GEMM rate any bf16 plan reads). memory_bytes is
+# what PyTorch reports for the part: "a total capacity of 184.31 GiB" (GB200, the 186-192 GB of the data sheets less
+# what the driver reserves) and 276.62 GiB (GB300; torchtitan PR #4016 "a 276.62 GiB GB300"), each in several public
+# out-of-memory messages. Every efficiency, the GEMM size curve and the attention curves are the dgx-b200-180g
+# profile's (the H100's fractions): assumed, not measured on these parts.
+GB_DENSE_PEAK = {"bf16": 2500e12, "fp16": 2500e12, "fp32": 80e12, "tf32": 1250e12, "fp8": 5000e12}
+NVL72_DOMAIN = {"nodes": 18, "why": "an NVL72 rack: 18 compute trays of 4 GPUs on one NVLink 5 switch fabric (72 GPUs "
+                                    "at 900 GB/s per direction each); racks talk over the scale-out NICs"}
+GRACE_HOST_SOURCE = (
+    "a compute tray's 2 Grace CPUs with up to 480 GB LPDDR5X each (960 GB per tray) and up to 512 GB/s of LPDDR5X "
+    "bandwidth each (NVIDIA Grace data: GB200 superchip, 480 GB LPDDR5X); each Grace joins its 2 GPUs over NVLink-C2C, "
+    "900 GB/s bidirectional, taken as 450 GB/s per direction shared by the two GPUs (225 GB/s per GPU); "
+    f"adam_s_per_param derived, not measured: AdamW moves {ADAM_BYTES_PER_PARAM} bytes per parameter (cost/compute.py "
+    "ADAM_BYTES_PER_PARAM) at the tray's 1,024 GB/s of LPDDR5X shared by its 4 ranks, a lower bound on the step time")
+
+
+def nvl72_profile(name, part, memory_gib, nic_gbit, watts):
+    return gpu_profile(
+        name,
+        f"{name.upper()} racks: 18 compute trays (nodes) of 4 {part} GPUs and 2 Grace CPUs; dense 2500 TFLOP/s "
+        f"bf16/fp16, 5000 fp8, 1250 tf32 per GPU at {watts} W; {memory_gib} GiB of HBM3e as PyTorch reports it, 8 "
+        "TB/s; the rack's 72 GPUs on one NVLink 5 fabric (1.8 TB/s bidirectional = 900 GB/s per direction per GPU: "
+        f"scale_up_domain), one {nic_gbit} Gb/s scale-out NIC per GPU ({nic_gbit / 8:g} GB/s per direction) between "
+        "racks. Sources in scripts/bundled_profiles.py (NVL72 comment). Every efficiency, the GEMM size curve and the "
+        "attention curves are the dgx-b200-180g profile's (the H100's fractions of this part's peaks): assumed, not "
+        "measured on this part.",
+        {"name": f"{part}-{round(memory_gib)}GiB", "kind": "gpu", "memory_bytes": memory_gib * GiB,
+         "memory_bandwidth_Bps": 8e12, "peak_flops": GB_DENSE_PEAK, "memory_overhead_bytes": 1.5 * GiB},
+        link(5e-6, 900e9), link(8e-6, nic_gbit / 8 * 1e9),
+        {
+            **B200["efficiency"],
+            "comm_inter": eff(0.90, f"NCCL over {nic_gbit} Gb/s scale-out NICs at the H100 profile's 0.9 of the "
+                                    f"line rate, assumed"),
+        }, B200["attention_curves"],
+        data_sheet_host(960e9, 225e9, 2 * 512e9, GRACE_HOST_SOURCE, ranks=4),
+        nodes=18, gpus_per_node=4, scale_up_domain=NVL72_DOMAIN)
+
+
+GB200 = nvl72_profile("gb200-nvl72", "B200-GB200", 184.31, 400, 1200)
+GB300 = nvl72_profile("gb300-nvl72", "B300-GB300", 276.62, 800, 1400)
+
 CPU = {
     "version": 1, "kind": "cluster", "name": "cpu-local", "source": "specification", "backend": "gloo",
     "description": "This machine as a small cluster: one node of CPU ranks, one thread each, talking gloo over "
@@ -343,7 +395,7 @@ CPU = {
 def files() -> dict[str, str]:
     """File name -> text of every profile this script owns in autoconf/profiles/."""
     return {f"{p['name']}.json": json.dumps(p, indent=2) + "\n" for p in (A100, H100, H200, H100_96G_500W, H800, B200,
-                                                                          CPU)}
+                                                                          GB200, GB300, CPU)}
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ tensor by tensor (`autoconf.cost.saved`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -24,11 +25,13 @@ from pathlib import Path
 from autoconf.cost.estimate import estimate
 from autoconf.cost.saved import saved_tensors
 from autoconf.errors import UserError
-from autoconf.spec.cluster import load_cluster
+from autoconf.spec.cluster import ClusterProfile, load_cluster
 from autoconf.spec.frameworks import Execution, execution, json_flags
+from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
 from truth_summary import error_line, error_stats
+from truth_torchtitan import reserved_bytes
 
 DATA = Path(__file__).resolve().parent / "data" / "published_moe_runs.json"
 
@@ -68,18 +71,45 @@ def layout_partition(text: str, model, stages: int) -> list[list[int]]:
     return [[end - n, end] for n, end in zip(counts, ends)]
 
 
+def model_of(run: dict) -> ModelSpec:
+    """The run's preset, with the MTP depth the run states where it differs (`mtp_num_layers`)."""
+    model = PRESETS[run["model"]]
+    if "mtp_num_layers" in run:
+        model = dataclasses.replace(model, mtp_num_layers=run["mtp_num_layers"])
+    return model
+
+
+def cluster_of(run: dict) -> ClusterProfile:
+    """The run's profile at gpus / gpus_per_node nodes; on racks of one NVLink fabric, the nodes of each fabric the
+    run held where it states them (`scale_up_nodes`, with its reason)."""
+    profile = load_cluster(run["cluster"])
+    nodes = run["gpus"] // profile.gpus_per_node
+    if "scale_up_nodes" in run:
+        domain = {"nodes": run["scale_up_nodes"], "why": run["scale_up_why"]}
+        return dataclasses.replace(profile, nodes=nodes, scale_up_domain=domain)
+    return profile.resized(nodes=nodes)
+
+
 def predict(run: dict) -> dict:
     c, ex = layout(run)
-    model = PRESETS[run["model"]]
-    cluster = load_cluster(run["cluster"], nodes=run["gpus"] // 8)
+    model = model_of(run)
     partition = layout_partition(run["pipeline_layout"], model, c.num_stages) if run.get("pipeline_layout") else None
-    return estimate(model, cluster, c, partition=partition, execution=ex).prediction
+    return estimate(model, cluster_of(run), c, partition=partition, execution=ex).prediction
+
+
+def reserved_range(run: dict, prediction: dict) -> tuple[float, float]:
+    """(least, most) GiB the allocator reserves on a pipeline rank at its peak (`truth_torchtitan.reserved_bytes`
+    of each rank's predicted peak): what torchtitan logs as max reserved."""
+    c, ex = layout(run)
+    reserved = [reserved_bytes(model_of(run), cluster_of(run), c, stage["total"], ex) / 2**30
+                for stage in prediction["memory_per_stage"]]
+    return min(reserved), max(reserved)
 
 
 def breakdown(run: dict, prediction: dict) -> list[str]:
     """The peak rank's memory terms, and one MoE block's saved tensors (megatron layout), in GiB / MiB."""
     c, ex = layout(run)
-    model = PRESETS[run["model"]]
+    model = model_of(run)
     stages = prediction["memory_per_stage"]
     peak = max(range(len(stages)), key=lambda r: stages[r]["total"])
     terms = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in stages[peak].items())
@@ -112,15 +142,21 @@ def compare(run: dict) -> tuple[dict, list[str]]:
         costed += f" ({run['pipeline_layout']})"
     if run.get("published_layout"):  # a schedule autoconf costs through an equivalent one (the run's levers)
         costed = f"{run['published_layout']}, costed as {run['schedule']} {costed}"
-    unit, predicted, faster_is_more = FIGURES[run["figure"]]
+    unit, predicted, faster_is_more = FIGURES.get(run["figure"], ("GiB", None, None))
     row = {"run": run["label"], "layout": costed, "figure": run["figure"]}
-    if run["published"] is not None:
+    if run["published"] is not None and run["figure"] in FIGURES:
         row["published"] = f"{run['published']:g} {unit}"
     if run.get("not_modelled"):
         return {**row, "not_modelled": run["not_modelled"]}, []
     p = predict(run)
     row.update(fits=p["fits"], peak_GiB=round(p["peak_memory_bytes"] / 2**30, 1),
                ep_comm_share=round(p["time_breakdown"].get("ep_comm", 0.0) / p["iteration_time_s"], 3))
+    if run["figure"] == "reserved_gib_per_rank":  # published: [least, most] over the pipeline ranks
+        least, most = reserved_range(run, p)
+        lo, hi = run["published"]
+        row.update(published=f"{lo:g}-{hi:g} GiB", predicted=f"{least:.1f}-{most:.1f} GiB",
+                   memory_error=round(most / hi - 1, 3), memory_error_least=round(least / lo - 1, 3))
+        return row, breakdown(run, p)
     value = predicted(p, run)
     row["predicted"] = f"{value:.1f} {unit}" if run["figure"] == "step_time_s" else f"{value:.0f} {unit}"
     if run["published"] is not None:
@@ -150,7 +186,9 @@ def main() -> int:
             print(f"| {r['run']} | {r['layout']} | {r.get('published', '')} | not modelled: {r['not_modelled']} "
                   f"| | | |")
             continue
-        error = f"{100 * r['error']:+.1f}%" if "error" in r else ""
+        error = (f"{100 * r['error']:+.1f}%" if "error" in r else
+                 f"{100 * r['memory_error_least']:+.1f}% / {100 * r['memory_error']:+.1f}% (memory: least / most "
+                 f"rank)" if "memory_error" in r else "")
         print(f"| {r['run']} | {r['layout']} | {r.get('published', '')} | {r.get('predicted', '')} | {error} | "
               f"{'yes' if r['fits'] else 'NO'} ({r['peak_GiB']}) | {100 * r['ep_comm_share']:.1f}% |")
     costed = [r for r in rows if "not_modelled" not in r]
@@ -159,6 +197,10 @@ def main() -> int:
           f"{error_line(*error_stats(errors), of='runs')}; "
           f"{sum(r['fits'] for r in costed)} of {len(costed)} published layouts fit; "
           f"{len(rows) - len(costed)} not modelled")
+    memory = [abs(r[k]) for r in costed for k in ("memory_error_least", "memory_error") if k in r]
+    if memory:
+        print(f"memory (reserved per pipeline rank, least and most, against published): "
+              f"{error_line(*error_stats(memory), of='figures')}")
     if "--breakdown" in sys.argv[1:]:
         print("\n" + "\n".join(details))
     return 0

@@ -186,7 +186,8 @@ class ClusterProfile:
         if k > 1 and self.nodes > k and self.nodes % k:
             raise UserError(f"cluster {self.name}: its nodes come in scale-up domains of {k} (one fabric each); give "
                             f"at most {k} nodes or a multiple of {k} ({self.nodes // k * k} or {-(-self.nodes // k) * k}"
-                            f"), not {self.nodes}")
+                            f"), not {self.nodes}; a job holding fewer nodes of each fabric states that number as "
+                            f"the profile's scale_up_domain.nodes")
         if k > 1 and (self.intra_node_matrix is not None or self.inter_node_matrix is not None):
             raise UserError(f"cluster {self.name}: a scale-up domain of {self.nodes_per_domain} nodes describes its "
                             f"links by intra_node and inter_node alone; drop the link matrices or the domain")
