@@ -41,7 +41,8 @@ def layout(run: dict) -> tuple[ParallelConfig, Execution]:
                        micro_batch_size=run["micro_batch"], global_batch_size=run["global_batch"],
                        seq_len=run["seq_len"], schedule=run["schedule"], zero_stage=run["zero_stage"],
                        recompute=run["recompute"], sequence_parallel=run["sequence_parallel"], dtype=run["dtype"],
-                       ep=run["ep"], etp=run["etp"], grad_reduce=run.get("grad_reduce", "step"))
+                       ep=run["ep"], etp=run["etp"], grad_reduce=run.get("grad_reduce", "step"),
+                       offload_optimizer=run.get("offload_optimizer", False))
     return c, execution(run["framework"]).replace(**json_flags(run.get("framework_flags", {})))
 
 
