@@ -470,3 +470,23 @@ def test_latent_attention_has_a_key_and_value_per_query_head():
 
     config = {**next(c for c in PRESET_CONFIGS.values() if c["model_type"] == "deepseek_v3"), "num_key_value_heads": 1}
     assert from_hf_config(config, "v3").num_kv_heads == 128
+
+
+def test_a_stated_parameter_count_is_the_derived_one_or_refused(tmp_path):
+    """Third fuzz round: a model JSON whose `parameters` was off by under 1% (449,600 for 451,840) loaded silently
+    and every plan used the derived count; a count off in a digit it states is one line now, with both numbers. The
+    count itself, or rounded to the digits it states (as counts are published), loads."""
+    from autoconf.spec.model import stated_count_agrees
+    from autoconf.spec.presets import PRESETS
+
+    doc = PRESETS["tiny-llama"].to_dict()
+    derived = doc["parameters"]
+    off = derived - derived // 200  # 0.5% low, in a digit it states
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(dict(doc, parameters=off)))
+    args = ["plan", "--model", path, "--cluster", "cpu-local", "--global-batch", "8", "--seq-len", "64"]
+    assert_one_clear_error(run_cli(args), f"parameters {off:,} disagrees with the {derived:,}")
+    path.write_text(json.dumps(dict(doc, parameters=float(derived))))
+    assert run_cli([*args, "--top", "1"]).exit_code == 0
+    assert stated_count_agrees(46_700_000_000, 46_702_792_704) and stated_count_agrees(451_800, 451_840)
+    assert not any(stated_count_agrees(v, 451_840) for v in (449_600, 451_841, 451_840.5, True, "451840"))

@@ -629,8 +629,10 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: dict, source: str = "model") -> "ModelSpec":
         """Reads `to_dict`'s JSON (and older model JSON without the MoE fields). `parameters` and
-        `active_parameters` are derived: when given, they must agree with the fields within 1%, which catches a
-        mixture-of-experts model written without its `moe` object."""
+        `active_parameters` are derived: when given, they must be the count the fields describe, exactly or rounded
+        to the digits they state (a published 46.7B; `stated_count_agrees`), else both numbers are said. That
+        catches a mixture-of-experts model written without its `moe` object, and a count the planner would silently
+        replace by its own."""
         if not isinstance(data, dict):
             raise UserError(f"{source}: expected a JSON object describing a model")
         if data.get("version", 1) != 1:
@@ -655,11 +657,25 @@ class ModelSpec:
             if given is None:
                 continue
             actual = count(spec)
-            if not _number(given) or abs(given - actual) > 0.01 * actual:
-                raise UserError(f"{source}: {key} {quoted(given)} disagrees with the {actual:,} that the model's "
+            if not stated_count_agrees(given, actual):
+                stated = f"{given:,}" if _number(given) else quoted(given)
+                raise UserError(f"{source}: {key} {stated} disagrees with the {actual:,} that the model's "
                                 f"fields describe{' (an MoE model needs its moe object)' if spec.moe is None else ''}; "
                                 f"fix the fields or drop {key} (it is derived)")
         return spec
+
+
+def stated_count_agrees(given, actual: int) -> bool:
+    """Whether a stated parameter count `given` is `actual`: equal, or `actual` rounded to the significant digits
+    `given` states (its trailing zeros are rounding: 46,700,000,000 for 46,702,792,704, as counts are published);
+    449,600 for 451,840 is not."""
+    if not _number(given):
+        return False
+    if given != int(given) or given <= 0:
+        return given == actual
+    digits = str(int(given))
+    scale = 10 ** (len(digits) - len(digits.rstrip("0")))
+    return given == actual or round(actual / scale) * scale == given
 
 
 # `parameters` and `active_parameters` leave the MTP modules out, as published counts do (DeepSeek-V3's 671B).
