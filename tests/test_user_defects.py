@@ -490,3 +490,21 @@ def test_a_stated_parameter_count_is_the_derived_one_or_refused(tmp_path):
     assert run_cli([*args, "--top", "1"]).exit_code == 0
     assert stated_count_agrees(46_700_000_000, 46_702_792_704) and stated_count_agrees(451_800, 451_840)
     assert not any(stated_count_agrees(v, 451_840) for v in (449_600, 451_841, 451_840.5, True, "451840"))
+
+
+@pytest.mark.parametrize("dense_layers, needle", [
+    ([7, -1], "moe.dense_layers: -1 is negative and 7 lies beyond the 4 layers; give layer indices from 0 to 3"),
+    ([-2, -1], "moe.dense_layers: -2, -1 are negative"),
+    (["a", 1.5], "dense_layers 'a', 1.5 are not layer indices"),
+])
+def test_each_wrong_dense_layer_is_named_with_why(tmp_path, dense_layers, needle):
+    """Third fuzz round: `moe.dense_layers: [7, -1]` said "must be a list of layer indices (got (7, -1))", a tuple
+    the user never wrote, without saying that -1 is negative and 7 beyond the model's 4 layers."""
+    from autoconf.spec.presets import PRESETS
+
+    doc = PRESETS["tiny-moe"].to_dict()
+    doc.pop("parameters"), doc.pop("active_parameters")
+    doc["moe"]["dense_layers"] = dense_layers
+    (tmp_path / "m.json").write_text(json.dumps(doc))
+    assert_one_clear_error(run_cli(["plan", "--model", tmp_path / "m.json", "--cluster", "cpu-local",
+                                    "--global-batch", "8", "--seq-len", "64"]), needle)
