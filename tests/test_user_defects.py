@@ -508,3 +508,29 @@ def test_each_wrong_dense_layer_is_named_with_why(tmp_path, dense_layers, needle
     (tmp_path / "m.json").write_text(json.dumps(doc))
     assert_one_clear_error(run_cli(["plan", "--model", tmp_path / "m.json", "--cluster", "cpu-local",
                                     "--global-batch", "8", "--seq-len", "64"]), needle)
+
+
+@pytest.mark.parametrize("sidecar, needle", [
+    ('{"dtype": "uint16", "extra": 1}', "unknown field(s) 'extra'"),
+    ("[1]", "must hold a JSON object, not list"),
+    ('"uint16"', "must hold a JSON object, not str"),
+    ("{}", 'no "dtype"'),
+    ('{"dtype": ["uint16"]}', "dtype ['uint16'] is not uint16 or uint32"),
+])
+def test_a_token_files_sidecar_is_read_like_every_other_file(tmp_path, sidecar, needle):
+    """Third fuzz round: the `X.bin.json` sidecar took unknown keys silently, and a list or a string in it showed
+    Python's own words ("list indices must be integers or slices, not str")."""
+    import numpy as np
+
+    plan = tmp_path / "p.json"
+    result = run_cli(["estimate", "--model", "tiny-llama", "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp",
+                      "4", "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64", "--out", plan])
+    assert result.exit_code == 0, result.output
+    data = tmp_path / "tokens.bin"
+    np.arange(200, dtype=np.uint16).tofile(data)
+    (tmp_path / "tokens.bin.json").write_text(sidecar)
+    result = run_cli(["launch", plan, "--dry-run", "--steps", "2", "--data", data])
+    assert_one_clear_error(result, needle)
+    assert "indices must be" not in result.output
+    (tmp_path / "tokens.bin.json").write_text('{"dtype": "uint16"}')
+    assert run_cli(["launch", plan, "--dry-run", "--steps", "2", "--data", data]).exit_code == 0
