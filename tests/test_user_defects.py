@@ -534,3 +534,25 @@ def test_a_token_files_sidecar_is_read_like_every_other_file(tmp_path, sidecar, 
     assert "indices must be" not in result.output
     (tmp_path / "tokens.bin.json").write_text('{"dtype": "uint16"}')
     assert run_cli(["launch", plan, "--dry-run", "--steps", "2", "--data", data]).exit_code == 0
+
+
+def test_offload_on_a_cpu_profile_is_refused_and_a_rehearsal_still_counts_its_memory(tmp_path):
+    """Third fuzz round: --offload-optimizer / --offload-activations on cpu-local, whose device memory is host
+    memory, were estimated with a cost ("costs 0.00444 s per step") for a change that does nothing; they are one
+    line now, in estimate and under plan --fix. A GPU plan that offloads, rehearsed on CPU, is still checked against
+    the host's memory (its state counted where the CPU ranks hold it)."""
+    from autoconf.execute import host_memory
+    from autoconf.spec.plan import load_plan
+
+    args = ["estimate", "--model", "tiny-llama", "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp", "4",
+            "--zero", "1", "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64"]
+    for flag, field in (("--offload-optimizer", "offload_optimizer"), ("--offload-activations", "offload_activations")):
+        assert_one_clear_error(run_cli([*args, flag]), field, "devices are CPU ranks", "moves nothing")
+        assert_one_clear_error(run_cli(["plan", "--model", "tiny-llama", "--cluster", "cpu-local", "--global-batch",
+                                        "8", "--seq-len", "64", "--fix", f"{field}=true"]), "moves nothing")
+    gpu_plan = tmp_path / "gpu.json"
+    result = run_cli(estimate_args("--gpus-per-node", "2", "--tp", "1", "--pp", "1", "--dp", "2", "--zero", "3",
+                                   "--offload-optimizer", "--micro-batch", "1", "--global-batch", "2", "--out",
+                                   gpu_plan))
+    assert result.exit_code == 0, result.output
+    assert host_memory.cpu_run_memory_bytes(load_plan(gpu_plan), 2) > 16 * load_plan(gpu_plan).model.total_params()
