@@ -749,7 +749,9 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
               help="default: a free port on one node, 29500 on more")
 @click.option("--model", "model_arg", default=None, help="model whose blocks to time (default tiny-gpt on CPU)")
 @click.option("--quick", is_flag=True, help="small grid: 2 CPU ranks, a tiny model, under 3 minutes")
-@click.option("--base-profile", default=None, help="bundled profile supplying what is not measured (GPU)")
+@click.option("--base-profile", default=None,
+              help="a profile of this host's kind of device (GPU: dgx-h100-80g, ...; CPU: cpu-local) supplying what "
+                   "is not measured: the links a one-node or one-rank run cannot time, and on GPUs the efficiencies")
 @click.option("--memory-per-rank", default=None, help="CPU memory limit per rank, e.g. 4GiB")
 @click.option("--dtype", type=click.Choice(PROFILED_DTYPES), default=None)
 @click.option("--max-tp", type=click.IntRange(min=1), default=None,

@@ -556,3 +556,21 @@ def test_offload_on_a_cpu_profile_is_refused_and_a_rehearsal_still_counts_its_me
                                    gpu_plan))
     assert result.exit_code == 0, result.output
     assert host_memory.cpu_run_memory_bytes(load_plan(gpu_plan), 2) > 16 * load_plan(gpu_plan).model.total_params()
+
+
+def test_a_base_profile_of_another_kind_of_device_is_refused(tmp_path):
+    """Third fuzz round: `profile --quick --base-profile dgx-h100-80g` on a host without CUDA wrote the H100's
+    InfiniBand link (50 GB/s) into a CPU profile as its inter-node link; a base profile must describe the kind of
+    device this host profiles, refused in one line before any rank starts."""
+    from autoconf.profile.launch import base_profile_problem
+    from autoconf.spec.cluster import load_cluster
+
+    h100, cpu = load_cluster("dgx-h100-80g"), load_cluster("cpu-local")
+    assert "cpu-local" in base_profile_problem(h100, "dgx-h100-80g", on_gpu=False)
+    assert "dgx-h100-80g" in base_profile_problem(cpu, "cpu-local", on_gpu=True)
+    assert base_profile_problem(cpu, "cpu-local", False) is None and base_profile_problem(h100, "x", True) is None
+    if not __import__("torch").cuda.is_available():
+        out = tmp_path / "p.json"
+        result = run_cli(["profile", "--quick", "--out", out, "--base-profile", "dgx-h100-80g"])
+        assert_one_clear_error(result, "--base-profile dgx-h100-80g describes GPUs", "give a CPU profile")
+        assert not out.exists()

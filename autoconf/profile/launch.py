@@ -65,6 +65,19 @@ def cpu_rank_limit() -> int:
     return max(4, os.cpu_count() or 1)
 
 
+def base_profile_problem(base, base_name: str, on_gpu: bool) -> str | None:
+    """Why `base` (a ClusterProfile, --base-profile `base_name`) cannot supply what this host's profile does not
+    measure (its links, and on GPUs its efficiency): it describes another kind of device, whose links (InfiniBand
+    beside gloo over TCP) and efficiencies are not this host's; None when the kinds agree."""
+    kind = "gpu" if on_gpu else "cpu"
+    if base.device.kind == kind:
+        return None
+    here = "GPUs" if on_gpu else "CPU ranks (no CUDA device)"
+    return (f"--base-profile {base_name} describes {base.device.kind.upper()}s ({base.device.name}), but this host "
+            f"profiles {here}: its links and efficiencies are not this host's; give a "
+            f"{'GPU profile, e.g. dgx-h100-80g' if on_gpu else 'CPU profile, e.g. cpu-local'}, or drop --base-profile")
+
+
 def build_command(out: Path, nproc_per_node: int, nnodes: int, node_rank: int, master_addr: str, master_port: int,
                   model: str | None, quick: bool, base_profile: str | None = None,
                   memory_per_rank: str | None = None, dtype: str | None = None, rdzv: str = "static",
@@ -155,7 +168,9 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
     if base_profile:
         from autoconf.spec.cluster import load_cluster
 
-        load_cluster(base_profile)
+        problem = base_profile_problem(load_cluster(base_profile), base_profile, bool(gpus))
+        if problem:
+            raise UserError(problem)
     if memory_per_rank:
         from autoconf.profile.hardware import parse_bytes
         from autoconf.spec.profile_checks import MIN_DEVICE_BYTES

@@ -152,6 +152,12 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
     device_name = torch.cuda.get_device_name(device) if on_gpu else f"cpu-rank ({hardware.cpu_name()})"
     base_name = args.base_profile or (hardware.base_profile_for(device_name) if on_gpu else None)
     base = load_cluster(base_name) if base_name else None
+    if base is not None:
+        from autoconf.profile.launch import base_profile_problem
+
+        problem = base_profile_problem(base, base_name, on_gpu)
+        if problem:
+            raise UserError(problem)
     main_dtype = args.dtype or ("bf16" if on_gpu else "fp32")
     dtypes = [main_dtype] + [d for d in ("fp32", "bf16", "fp16") if d != main_dtype]
     if tiny:
