@@ -574,3 +574,29 @@ def test_a_base_profile_of_another_kind_of_device_is_refused(tmp_path):
         result = run_cli(["profile", "--quick", "--out", out, "--base-profile", "dgx-h100-80g"])
         assert_one_clear_error(result, "--base-profile dgx-h100-80g describes GPUs", "give a CPU profile")
         assert not out.exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a host without CUDA")
+def test_a_cpu_profile_beyond_the_hosts_memory_is_refused_before_it_starts(tmp_path, monkeypatch):
+    """Third fuzz round: `profile --quick --model llama3-70b` on a CPU host grew past 9 GB per minute and was not
+    refused. The need is counted on the tensors the profiler builds (its references of the executor's model: one
+    layer with AdamW state and the gradient norm's float64 copies, four layers with gradients), and a host whose
+    available memory holds fewer ranks than asked is refused in one line before any rank starts."""
+    import torch
+
+    from autoconf.execute import host_memory
+    from autoconf.profile.overheads import _executor_model
+    from autoconf.profile.timed_model import cpu_rank_memory_bytes
+    from autoconf.spec.presets import PRESETS
+
+    tiny = PRESETS["tiny-llama"]
+    one, four = (list(_executor_model(tiny, torch.device("cpu"), "fp32", n).parameters()) for n in (1, 4))
+    largest = max(p.numel() for p in one)
+    need = cpu_rank_memory_bytes(tiny, "fp32")
+    assert need == max(16 * sum(p.numel() for p in one) + 16 * largest, 8 * sum(p.numel() for p in four))
+    assert cpu_rank_memory_bytes(PRESETS["llama3-70b"], "fp32") > 40 * 2**30
+    monkeypatch.setattr(host_memory, "available_memory_bytes", lambda: int(1.5 * need))
+    out = tmp_path / "p.json"
+    result = run_cli(["profile", "--quick", "--out", out, "--model", "tiny-llama"])
+    assert_one_clear_error(result, "needs at least", "for 2 ranks", "a smaller model", "--nproc-per-node 1")
+    assert not out.exists()

@@ -78,6 +78,31 @@ def base_profile_problem(base, base_name: str, on_gpu: bool) -> str | None:
             f"{'GPU profile, e.g. dgx-h100-80g' if on_gpu else 'CPU profile, e.g. cpu-local'}, or drop --base-profile")
 
 
+def cpu_memory_problem(model, nproc_per_node: int, dtype: str, memory_per_rank: str | None) -> str | None:
+    """The line refusing a CPU profile of `model` whose ranks cannot hold what the profiler builds on each
+    (`timed_model.cpu_rank_memory_bytes`, a lower bound): more than --memory-per-rank, or `nproc_per_node` times it
+    more than this host has available (MemAvailable, less under a cgroup limit); None when it fits or the host's
+    memory cannot be read."""
+    from autoconf.execute import host_memory
+    from autoconf.profile.hardware import parse_bytes
+    from autoconf.profile.timed_model import cpu_rank_memory_bytes
+
+    GiB = host_memory.GiB
+    need = cpu_rank_memory_bytes(model, dtype)
+    what = (f"profiling {model.name} on CPU needs at least {need / GiB:.1f} GiB per rank (the executor's model with "
+            f"its embedding and head: weights, gradients and AdamW state in {dtype})")
+    smaller = "profile a smaller model" + (", e.g. --model tiny-llama" if model.name != "tiny-llama" else "")
+    if memory_per_rank and need > parse_bytes(memory_per_rank):
+        return f"{what}, more than --memory-per-rank {memory_per_rank}; {smaller}"
+    available = host_memory.available_memory_bytes()
+    if available is None or nproc_per_node * need <= available:
+        return None
+    fewer = int(available // need)
+    return (f"{what}, {nproc_per_node * need / GiB:.1f} GiB for {nproc_per_node} ranks, but this host has "
+            f"{available / GiB:.1f} GiB available; {smaller}"
+            + (f", or fewer ranks (--nproc-per-node {fewer})" if fewer >= 1 else ""))
+
+
 def build_command(out: Path, nproc_per_node: int, nnodes: int, node_rank: int, master_addr: str, master_port: int,
                   model: str | None, quick: bool, base_profile: str | None = None,
                   memory_per_rank: str | None = None, dtype: str | None = None, rdzv: str = "static",
@@ -165,6 +190,10 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
         from autoconf.spec.presets import load_model
 
         timed_model(load_model(model))  # refuses what the executor's blocks cannot build
+        if not gpus:
+            problem = cpu_memory_problem(load_model(model), nproc_per_node, dtype or "fp32", memory_per_rank)
+            if problem:
+                raise UserError(problem)
     if base_profile:
         from autoconf.spec.cluster import load_cluster
 

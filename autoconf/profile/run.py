@@ -34,7 +34,7 @@ import torch.distributed as dist
 from autoconf.errors import UserError
 from autoconf.files import write_file
 from autoconf.profile import compute, hardware, host, network, overheads, pipeline, tp_layers
-from autoconf.profile.timed_model import timed_model, timed_note
+from autoconf.profile.timed_model import REFERENCE_LAYERS, timed_model, timed_note
 from autoconf.profile.timing import median
 from autoconf.spec.cluster import ClusterProfile, Device, Link, load_cluster
 from autoconf.spec.dtypes import PROFILED_DTYPES
@@ -300,7 +300,7 @@ def _cpu_model_entries(model, table: dict, grid, device: torch.device, dtype: st
     `table` and `efficiency`: the per-pass overhead, blocks chained in a model, the optimizer over real (and over
     DTensor) parameters, and tensor-parallel layers in place."""
     world = dist.get_world_size()
-    deep_layers = min(model.num_layers, overheads.REFERENCE_LAYERS)
+    deep_layers = min(model.num_layers, REFERENCE_LAYERS)
     log(f"reference: the executor's {model.name} with 1 and {deep_layers} layers end to end, and its optimizer "
         f"step, on every rank at once")
     dist.barrier()
