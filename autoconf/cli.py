@@ -793,8 +793,10 @@ def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, mo
 @click.option("--nnodes", type=click.IntRange(1, 100_000), default=None,
               help="nodes to run on (default: the plan's own node count)")
 @click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--master-addr", default="127.0.0.1", show_default=True)
-@click.option("--master-port", type=click.IntRange(1, 65535), default=29500, show_default=True)
+@click.option("--master-addr", default="127.0.0.1", show_default=True,
+              help="the address of the node that starts as rank 0, on several nodes (one node meets on 127.0.0.1)")
+@click.option("--master-port", type=click.IntRange(1, 65535), default=None,
+              help="default: a free port on one node, 29500 on more")
 @click.option("--collective-timeout", type=click.FloatRange(1, 7 * 86400), default=None,
               help="seconds before a stuck collective ends the job (default 600)")
 @click.option("--rendezvous-timeout", type=click.FloatRange(1, 7 * 86400), default=None,

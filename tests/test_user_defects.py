@@ -600,3 +600,29 @@ def test_a_cpu_profile_beyond_the_hosts_memory_is_refused_before_it_starts(tmp_p
     result = run_cli(["profile", "--quick", "--out", out, "--model", "tiny-llama"])
     assert_one_clear_error(result, "needs at least", "for 2 ranks", "a smaller model", "--nproc-per-node 1")
     assert not out.exists()
+
+
+def test_one_node_launch_honours_its_port_and_notes_an_address_it_does_not_use(tmp_path):
+    """Third fuzz round: `launch --dry-run --master-port 29555 --master-addr 10.0.0.5` of a one-node plan showed a
+    free port on 127.0.0.1 and said nothing. One node now meets at the port asked for (a port in use is one line,
+    before any rank starts), a free one when none is asked for, and a note says that the address is for runs on
+    several nodes."""
+    import socket
+
+    plan = tmp_path / "p.json"
+    result = run_cli(["estimate", "--model", "tiny-llama", "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp",
+                      "4", "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64", "--out", plan])
+    assert result.exit_code == 0, result.output
+    result = run_cli(["launch", plan, "--dry-run", "--steps", "2", "--master-port", "29555", "--master-addr",
+                      "10.0.0.5"])
+    assert result.exit_code == 0, result.output
+    assert "--rdzv-endpoint 127.0.0.1:29555" in result.output
+    assert "note: one node: its ranks meet on 127.0.0.1 (--master-addr 10.0.0.5 is for runs on several" in result.output
+    result = run_cli(["launch", plan, "--dry-run", "--steps", "2"])
+    assert "note:" not in result.output and "--rdzv-endpoint 127.0.0.1:" in result.output
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert_one_clear_error(run_cli(["launch", plan, "--steps", "1", "--master-port", port]),
+                               f"--master-port {port} is already in use")

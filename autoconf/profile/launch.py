@@ -15,12 +15,12 @@ import tempfile
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.execute.launch import check_master_addr, free_port, run_supervised
+from autoconf.execute.launch import (LOOPBACK, MULTI_NODE_PORT, check_master_addr, free_port, port_free,
+                                     run_supervised)
 from autoconf.files import check_new
 from autoconf.spec.dtypes import PROFILED_DTYPES
 
 RDZV = ("static", "c10d")
-MULTI_NODE_PORT = 29500  # torchrun's own default: every node must be given the same
 
 
 def _cuda_devices() -> int:
@@ -47,16 +47,6 @@ def check_output(out: str | os.PathLike, force: bool) -> Path:
     except OSError as err:
         raise UserError(f"cannot write {path}: folder {folder} is not writable ({err.strerror or err})") from None
     return path.resolve()
-
-
-def _port_free(addr: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((addr if addr not in ("localhost",) else "127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def cpu_rank_limit() -> int:
@@ -152,7 +142,7 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
     """
     path = check_output(out, force)
     if master_port is None:
-        local = nnodes == 1 and master_addr in ("127.0.0.1", "localhost")
+        local = nnodes == 1 and master_addr in LOOPBACK
         master_port = free_port() if local else MULTI_NODE_PORT
     gpus = _cuda_devices()
     if nproc_per_node is None:
@@ -179,7 +169,7 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
     if master_port > 65535:
         raise UserError(f"--master-port {master_port} is not a TCP port (1..65535)")
     check_master_addr(master_addr)
-    if nnodes > 1 and master_addr in ("127.0.0.1", "localhost"):
+    if nnodes > 1 and master_addr in LOOPBACK:
         raise UserError(f"--nnodes {nnodes} cannot meet at {master_addr} (a loopback address reaches this host only): "
                         f"pass --master-addr with the address of the node that starts as --node-rank 0, reachable "
                         f"from every node, or profile one node with --nnodes 1")
@@ -209,7 +199,7 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
                             f"profile's device may hold; give e.g. 4GiB")
     if dtype and dtype not in PROFILED_DTYPES:
         raise UserError(f"--dtype {dtype!r}: the profiler times one of {', '.join(PROFILED_DTYPES)}")
-    if nnodes == 1 and master_addr in ("127.0.0.1", "localhost") and not _port_free(master_addr, master_port):
+    if nnodes == 1 and master_addr in LOOPBACK and not port_free(master_addr, master_port):
         raise UserError(f"--master-port {master_port} is already in use on this machine; pass another "
                         f"(e.g. --master-port {master_port + 1})")
     cmd = build_command(path, nproc_per_node, nnodes, node_rank, master_addr, master_port, model, quick,
