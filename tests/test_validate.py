@@ -318,3 +318,22 @@ def test_validate_refuses_what_would_fail_after_its_runs_before_the_first(tmp_pa
         validate(SMALL, cluster, "cpu-local", 8, 32, "fp32", configs=2, steps=3, out_dir=tmp_path / "b",
                  force=True, log=lambda m: None)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b" / "runs").exists()
+
+
+def test_pins_that_leave_one_layout_are_refused_before_it_runs(tmp_path):
+    """Third fuzz round: `validate --fix ...` pinning every field ran the one layout left (15 s), then failed with
+    "give a larger --global-batch", which was not the cause; it is refused now before anything runs, naming the
+    pins."""
+    from autoconf.spec.presets import PRESETS
+
+    pins = {"tp": 2, "pp": 1, "dp": 2, "micro_batch_size": 4, "zero_stage": 0, "recompute": "none",
+            "sequence_parallel": False, "grad_reduce": "step"}
+
+    def runner(*args):
+        raise AssertionError("a layout ran")
+
+    with pytest.raises(UserError, match="only 1 layout could be chosen .* with --fix tp=2 .* --fix "
+                                        "sequence_parallel=false .*pin fewer fields"):
+        validate(PRESETS["tiny-llama"], load_cluster("cpu-local"), "cpu-local", 8, 64, "fp32", configs=3, steps=3,
+                 out_dir=tmp_path / "v", fixed=pins, runner=runner, log=lambda m: None)
+    assert not (tmp_path / "v").exists()

@@ -387,6 +387,8 @@ def validate(model: ModelSpec, cluster: ClusterProfile, cluster_label: str, glob
                         f"and this host has no CUDA device: its CPU times would be compared with GPU predictions; "
                         f"use a CPU profile (cpu-local, or one `autoconf profile` measured here) or run it on the GPUs")
     plans = select_layouts(model, cluster, global_batch, seq_len, dtype, configs, fixed, refine=refine)
+    if too_few_layouts(len(plans), fixed):
+        raise UserError(too_few_layouts(len(plans), fixed))
     log(f"validating {len(plans)} layouts of {model.name} on {cluster_label} ({cluster.world_size} ranks), "
         f"{steps} steps each")
     runs = run_plans(plans, out_dir, steps, runner, force=True, log=log, repeats=repeats,
@@ -470,7 +472,18 @@ def incomplete(report: Report) -> str | None:
         return (f"{len(failed)} of {len(report.runs)} layouts failed to run ("
                 + "; ".join(f"#{r.index} {r.label}: {(r.failure or r.status)[:80]}" for r in failed[:3])
                 + ("; ..." if len(failed) > 3 else "") + "): their logs are under runs/<#>/")
-    if len(report.runs) < 2:
-        return (f"only {len(report.runs)} layout could be chosen for this model, cluster and batch, so nothing was "
-                f"ranked; give a larger --global-batch or a profile with more ranks")
-    return None
+    return too_few_layouts(len(report.runs))
+
+
+def too_few_layouts(count: int, fixed: dict | None = None) -> str | None:
+    """Why `count` layouts validate nothing (fewer than two: no ranking to compare), naming the --fix pins `fixed`
+    that narrowed the choice when there are any; None for two or more."""
+    if count >= 2:
+        return None
+    if fixed:
+        pins = " ".join(f"--fix {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in fixed.items())
+        return (f"only {count} layout could be chosen for this model, cluster and batch with {pins}, so nothing "
+                f"would be ranked; pin fewer fields (every pin leaves out the layouts that differ in it), or give a "
+                f"larger --global-batch or a profile with more ranks")
+    return (f"only {count} layout could be chosen for this model, cluster and batch, so nothing would be ranked; "
+            f"give a larger --global-batch or a profile with more ranks")
