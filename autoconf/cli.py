@@ -23,6 +23,7 @@ from autoconf.spec.frameworks import SELECTIVE_RECOMPUTE
 from autoconf.spec.model import DEFAULT_SEQ_LEN
 from autoconf.spec.plan import GRAD_REDUCE, MAX_GLOBAL_BATCH, MAX_SEQ_LEN, SEQ_SPLITS
 from autoconf.spec.schedules import SCHEDULES
+from autoconf.validate.run import MAX_CONFIGS
 
 FRAMEWORK_NAMES = list(frameworks.PRESETS)
 
@@ -828,7 +829,9 @@ def launch(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_eve
 @click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
 @click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
               help=SEQ_LEN_DEFAULT)
-@click.option("--configs", type=click.IntRange(min=2), default=8, show_default=True, help="layouts to run")
+@click.option("--configs", type=click.IntRange(min=2), default=8, show_default=True,
+              help=f"layouts to run, 2 to {MAX_CONFIGS}: each is a torchrun start and --steps steps, one after the "
+                   f"other (about 15 s on a CPU host, minutes on GPUs); the log says the time left as runs finish")
 @click.option("--steps", type=click.IntRange(min=3), default=8, show_default=True, help="steps per layout")
 @click.option("--repeats", type=click.IntRange(min=1, max=20), default=1, show_default=True,
               help="run the layouts this many times in turn; each layout's measured time is the median")

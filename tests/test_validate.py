@@ -337,3 +337,24 @@ def test_pins_that_leave_one_layout_are_refused_before_it_runs(tmp_path):
         validate(PRESETS["tiny-llama"], load_cluster("cpu-local"), "cpu-local", 8, 64, "fp32", configs=3, steps=3,
                  out_dir=tmp_path / "v", fixed=pins, runner=runner, log=lambda m: None)
     assert not (tmp_path / "v").exists()
+
+
+def test_the_layout_count_is_bounded_and_the_log_says_the_time_left(tmp_path):
+    """Third fuzz round: `validate --configs 1000` wrote 1000 plans and set out on about 4 hours of runs without a
+    word on how long; the count stops at MAX_CONFIGS (said in the help and in one line), and each run's line after
+    the first says about how long the rest will take at the mean time per run so far."""
+    from click.testing import CliRunner
+
+    from autoconf.cli import main
+    from autoconf.validate.run import MAX_CONFIGS, time_left
+    from tests.test_bad_input import assert_one_clear_error
+
+    args = ["validate", "--model", "tiny-llama", "--cluster", "cpu-local", "--global-batch", "8", "--seq-len", "64",
+            "--out", str(tmp_path / "v")]
+    result = CliRunner().invoke(main, [*args, "--configs", "1000"])
+    assert_one_clear_error(result, "--configs 1000", f"at most {MAX_CONFIGS} layouts")
+    assert not (tmp_path / "v").exists()
+    assert f"2 to {MAX_CONFIGS}" in " ".join(CliRunner().invoke(main, ["validate", "--help"]).output.split())
+    assert time_left(30.0, 0, 8) == "" and time_left(30.0, 8, 8) == ""
+    assert time_left(30.0, 3, 8) == ", about 50 s left" and time_left(30.0, 2, 8) == ", about 2 min left"
+    assert time_left(15.0, 1, 64) == ", about 16 min left" and time_left(900.0, 1, 20) == ", about 4.8 h left"

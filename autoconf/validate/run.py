@@ -34,6 +34,9 @@ from autoconf.validate.stats import median_abs_error, regret, spearman
 
 REPORT_VERSION = 1
 RUN_TIMEOUT_S = 900.0
+# The most layouts one validation runs: each is a torchrun start and --steps steps, one after the other (about 15 s on
+# a CPU host, minutes on GPUs), so 64 already take a quarter of an hour to hours; --configs 1000 had no bound.
+MAX_CONFIGS = 64
 # (plan_path, metrics_path, log_path, steps) -> exit code
 Runner = Callable[[Path, Path, Path, int], int]
 
@@ -211,6 +214,7 @@ def run_plans(plans: list[Plan], out_dir: Path, steps: int, runner: Runner = loc
                                               if predicted_peak is not None else None)))
         plan.save(out_dir / "runs" / str(i) / "plan.json", force=force)
     measured: list[list[float]] = [[] for _ in plans]
+    started = time.perf_counter()
     for r in range(repeats):
         for i, run in enumerate(runs):
             run_dir = out_dir / "runs" / str(i)
@@ -218,7 +222,7 @@ def run_plans(plans: list[Plan], out_dir: Path, steps: int, runner: Runner = loc
             metrics_path, log_path = run_dir / f"metrics{suffix}.jsonl", run_dir / f"log{suffix}.txt"
             again = f" (repeat {r + 1}/{repeats})" if repeats > 1 else ""
             log(f"[{i + 1}/{len(plans)}] {run.label}: predicted {run.predicted_s:.4g} s, running {steps} steps"
-                f"{again} ...")
+                f"{again}{time_left(time.perf_counter() - started, r * len(runs) + i, repeats * len(runs))} ...")
             start = time.perf_counter()
             failure = None
             try:
@@ -247,6 +251,17 @@ def run_plans(plans: list[Plan], out_dir: Path, steps: int, runner: Runner = loc
         else:
             run.status = "failed"
     return runs
+
+
+def time_left(elapsed_s: float, done: int, total: int) -> str:
+    """", about 12 min left" for `total` runs of which `done` took `elapsed_s` (their mean for each run to come);
+    "" before the first has finished."""
+    if done < 1 or total <= done:
+        return ""
+    left = elapsed_s / done * (total - done)
+    amount = (f"{left:.0f} s" if left < 90 else f"{left / 60:.0f} min" if left < 5400
+              else f"{left / 3600:.1f} h")
+    return f", about {amount} left"
 
 
 def calibrate_report(report: Report, model: ModelSpec, cluster: ClusterProfile, plans: list[Plan]) -> dict:
@@ -365,6 +380,9 @@ def validate(model: ModelSpec, cluster: ClusterProfile, cluster_label: str, glob
     out_dir = Path(out_dir)
     if configs < 1 or steps < 1:
         raise UserError(f"--configs and --steps must be >= 1 (got {configs} and {steps})")
+    if configs > MAX_CONFIGS:
+        raise UserError(f"--configs {configs}: validate runs at most {MAX_CONFIGS} layouts, one after the other "
+                        f"(each a torchrun start and --steps steps); give --configs {MAX_CONFIGS} or fewer")
     report_path, scatter_path, calibrated_path = (out_dir / "report.json", out_dir / "scatter.png",
                                                   out_dir / "calibrated_profile.json")
     if cluster_path is not None and calibrate and calibrated_path.resolve() == Path(cluster_path).resolve():
