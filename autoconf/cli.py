@@ -487,10 +487,10 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
         refuse_overwriting_inputs({"--out": out}, inputs)  # (first: --force would not help)
         check_new(out, force)  # before the search, which can take a while
     if explain_dir is not None:
-        from autoconf.report.explain import refuse_taken_folder
+        from autoconf.report.explain import SWEEP_PICTURE, refuse_taken_folder
 
         sweeping = node_counts is not None and len(node_counts) > 1
-        refuse_taken_folder(explain_dir, force, out, extra=("sweep.png",) if sweeping else (), inputs=inputs)
+        refuse_taken_folder(explain_dir, force, out, extra=(SWEEP_PICTURE,) if sweeping else (), inputs=inputs)
     execution = framework_execution(framework, framework_flags)
     console = table_console(stderr=as_json)
     usd, price_source = sizes.price_of(cluster, price) if tokens is not None else (None, None)
@@ -562,12 +562,12 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
     chosen = sizes.cheapest_within(points, deadline) if deadline is not None else front[0]
     written = []
     if explain_dir is not None:
-        from autoconf.report.explain import explain
+        from autoconf.report.explain import SWEEP_PICTURE, explain
         from autoconf.report.pictures import sweep_png
 
         written = explain([chosen.plan], explain_dir, cluster=cluster.resized(nodes=chosen.nodes), plan_path=out,
-                          force=force)
-        written.append(sweep_png(points, front, chosen, explain_dir / "sweep.png", deadline))
+                          force=force, sweep=True)
+        written.append(sweep_png(points, front, chosen, explain_dir / SWEEP_PICTURE, deadline))
     if out is not None:
         chosen.plan.save(out, force=force)
     if as_json:

@@ -41,6 +41,38 @@ def check_new(path: str | os.PathLike, force: bool = False, hint: str = "choose 
     return path
 
 
+# The Software text of every picture autoconf draws (report/pictures.py save_figure): a later run with --force
+# removes a picture of its own that it no longer writes, and never a file of the user's that has the same name.
+PNG_SOFTWARE = "autoconf"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def drawn_by_autoconf(path: str | os.PathLike) -> bool:
+    """Whether `path` is a regular file (not a link) holding a PNG whose Software text, before its image data, is
+    PNG_SOFTWARE: a picture autoconf drew."""
+    import struct
+
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != _PNG_SIGNATURE:
+                return False
+            while True:
+                head = f.read(8)
+                if len(head) < 8:
+                    return False
+                length, kind = struct.unpack(">I4s", head)
+                if kind in (b"IDAT", b"IEND") or length > 1 << 16:
+                    return False
+                data = f.read(length + 4)[:length]  # (and the chunk's CRC)
+                if kind == b"tEXt" and data == b"Software\0" + PNG_SOFTWARE.encode():
+                    return True
+    except OSError:
+        return False
+
+
 def shown(text: str, limit: int = 80) -> str:
     """`text` for a one-line message: as it is up to `limit` characters, else its start and an ellipsis."""
     text = str(text)

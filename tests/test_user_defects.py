@@ -626,3 +626,33 @@ def test_one_node_launch_honours_its_port_and_notes_an_address_it_does_not_use(t
         port = busy.getsockname()[1]
         assert_one_clear_error(run_cli(["launch", plan, "--steps", "1", "--master-port", port]),
                                f"--master-port {port} is already in use")
+
+
+def test_force_removes_an_earlier_sweep_picture_and_never_a_users_file(tmp_path):
+    """Third fuzz round: `plan ... --nodes 1:4 --explain DIR`, then `plan ... --explain DIR --force` without a
+    sweep, left the first run's sweep.png beside the new plan's explanation; a picture autoconf drew (its PNG's
+    Software text) is removed now, a file of the user's with the same name is not."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from autoconf.files import drawn_by_autoconf
+    from autoconf.report.pictures import save_figure
+
+    out = tmp_path / "ex"
+    out.mkdir()
+    save_figure(plt.subplots()[0], out / "sweep.png")
+    assert drawn_by_autoconf(out / "sweep.png")
+    args = ["plan", "--model", "tiny-llama", "--cluster", "cpu-local", "--global-batch", "8", "--seq-len", "64",
+            "--top", "1", "--explain", out]
+    result = run_cli(args)
+    assert result.exit_code == 0 and (out / "sweep.png").exists(), result.output  # without --force: kept
+    result = run_cli([*args, "--force"])
+    assert result.exit_code == 0 and not (out / "sweep.png").exists(), result.output
+    assert drawn_by_autoconf(out / "timeline.png")
+    fig = plt.figure()
+    fig.savefig(out / "sweep.png", format="png")  # the user's own picture (matplotlib's Software text)
+    plt.close(fig)
+    assert not drawn_by_autoconf(out / "sweep.png")
+    assert run_cli([*args, "--force"]).exit_code == 0 and (out / "sweep.png").exists()
