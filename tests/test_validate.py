@@ -358,3 +358,29 @@ def test_the_layout_count_is_bounded_and_the_log_says_the_time_left(tmp_path):
     assert time_left(30.0, 0, 8) == "" and time_left(30.0, 8, 8) == ""
     assert time_left(30.0, 3, 8) == ", about 50 s left" and time_left(30.0, 2, 8) == ", about 2 min left"
     assert time_left(15.0, 1, 64) == ", about 16 min left" and time_left(900.0, 1, 20) == ", about 4.8 h left"
+
+
+def test_force_removes_the_runs_of_an_earlier_validation_that_this_one_does_not_redo(tmp_path):
+    """Third fuzz round: `validate --force` with fewer --configs (or --repeats) than the run before left the old
+    runs/<K> folders (and metrics.<r>.jsonl) beside a report.json that does not list them; they are removed before
+    the first layout runs, and only the names validate writes: a user's file in runs/ or runs/<K>/ stays."""
+    from autoconf.spec.presets import PRESETS
+
+    def runner(plan, metrics, log, steps):
+        log.write_text("ran\n")
+        metrics.write_text(json.dumps({"step": 3, "step_time_s": 0.1}) + "\n" +
+                           json.dumps({"summary": {"measured_iteration_time_s": 0.1}}) + "\n")
+        return 0
+
+    out = tmp_path / "v"
+    args = (PRESETS["tiny-llama"], load_cluster("cpu-local"), "cpu-local", 8, 64, "fp32")
+    validate(*args, configs=4, steps=3, out_dir=out, runner=runner, log=lambda m: None, repeats=2)
+    assert (out / "runs" / "3" / "metrics.1.jsonl").exists() and (out / "runs" / "0" / "log.1.txt").exists()
+    (out / "runs" / "3" / "notes.txt").write_text("mine")
+    (out / "runs" / "mine.txt").write_text("mine")
+    validate(*args, configs=2, steps=3, out_dir=out, runner=runner, log=lambda m: None, force=True)
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["0", "1", "3", "mine.txt"]
+    assert [p.name for p in (out / "runs" / "3").iterdir()] == ["notes.txt"] and not (out / "runs" / "2").exists()
+    assert sorted(p.name for p in (out / "runs" / "0").iterdir()) == ["log.txt", "metrics.jsonl", "plan.json"]
+    assert [r["dir"] for r in report["runs"]] == ["runs/0", "runs/1"]

@@ -17,6 +17,7 @@ starts ranks elsewhere (a multi-node testbed) passes its own.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import subprocess
 import time
@@ -253,6 +254,38 @@ def run_plans(plans: list[Plan], out_dir: Path, steps: int, runner: Runner = loc
     return runs
 
 
+_RUN_FILE = re.compile(r"(?:metrics(?:\.([1-9][0-9]*))?\.jsonl|log(?:\.([1-9][0-9]*))?\.txt|plan\.json)")
+
+
+def stale_run_files(out_dir: Path, count: int, repeats: int) -> list[Path]:
+    """The files an earlier validation wrote under out_dir/runs that one of `count` layouts run `repeats` times does
+    not write again (`run_plans`' names: runs/<i>/plan.json, metrics[.<r>].jsonl, log[.<r>].txt for a layout i >=
+    count or a repeat r >= repeats), which report.json would not list; a user's other files, links and folders are
+    not among them."""
+    out = []
+    runs = out_dir / "runs"
+    for folder in sorted(runs.iterdir()) if runs.is_dir() and not runs.is_symlink() else ():
+        if not folder.name.isdigit() or str(int(folder.name)) != folder.name or folder.is_symlink():
+            continue
+        for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+            match = _RUN_FILE.fullmatch(path.name)
+            if match is None or path.is_symlink() or not path.is_file():
+                continue
+            repeat = int(match.group(1) or match.group(2) or 0)
+            if int(folder.name) >= count or repeat >= repeats:
+                out.append(path)
+    return out
+
+
+def remove_stale_runs(out_dir: Path, count: int, repeats: int) -> None:
+    """Removes `stale_run_files`, and each runs/<i> folder of a layout i >= count left empty by it."""
+    for path in stale_run_files(out_dir, count, repeats):
+        path.unlink()
+        folder = path.parent
+        if int(folder.name) >= count and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def time_left(elapsed_s: float, done: int, total: int) -> str:
     """", about 12 min left" for `total` runs of which `done` took `elapsed_s` (their mean for each run to come);
     "" before the first has finished."""
@@ -407,6 +440,7 @@ def validate(model: ModelSpec, cluster: ClusterProfile, cluster_label: str, glob
     plans = select_layouts(model, cluster, global_batch, seq_len, dtype, configs, fixed, refine=refine)
     if too_few_layouts(len(plans), fixed):
         raise UserError(too_few_layouts(len(plans), fixed))
+    remove_stale_runs(out_dir, len(plans), repeats)
     log(f"validating {len(plans)} layouts of {model.name} on {cluster_label} ({cluster.world_size} ranks), "
         f"{steps} steps each")
     runs = run_plans(plans, out_dir, steps, runner, force=True, log=log, repeats=repeats,
