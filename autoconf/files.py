@@ -79,6 +79,17 @@ def shown(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+def gib_figures(*nbytes: float, least: int = 1) -> list[str]:
+    """Byte counts shown side by side in GiB, with one number of decimals for all: at least `least`, and as many as
+    the smallest nonzero count needs for two significant digits (at most three, a MiB), so that the figures add up as
+    the counts do ("needs 0.274 GiB of 0.036 GiB, 0.238 GiB over", where one decimal said 0.3 of 0.0, 0.2 over)."""
+    import math
+
+    small = min((abs(n) / 2**30 for n in nbytes if n), default=1.0)
+    decimals = max(least, min(3, 1 - math.floor(math.log10(small))))
+    return [f"{n / 2**30:.{decimals}f}" for n in nbytes]
+
+
 def quoted(value, limit: int = 60) -> str:
     """`value` as a one-line message echoes it: its repr, shortened to `limit` characters (`shown`)."""
     return shown(repr(value), limit)

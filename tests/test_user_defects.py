@@ -656,3 +656,22 @@ def test_force_removes_an_earlier_sweep_picture_and_never_a_users_file(tmp_path)
     plt.close(fig)
     assert not drawn_by_autoconf(out / "sweep.png")
     assert run_cli([*args, "--force"]).exit_code == 0 and (out / "sweep.png").exists()
+
+
+def test_the_figures_of_a_fit_message_add_up():
+    """Third fuzz round: `estimate --memory-headroom 0.99` said "needs 0.3 GiB of 0.0 GiB per device ..., 0.2 GiB
+    over" (0.27 - 0.04, each rounded to one decimal); the figures of one line share enough decimals that the
+    smallest has two significant digits, so they add up as the bytes do."""
+    import re
+
+    from autoconf.files import gib_figures
+
+    assert gib_figures(0.274 * 2**30, 0.0358 * 2**30, 0.2382 * 2**30) == ["0.274", "0.036", "0.238"]
+    assert gib_figures(85.34 * 2**30, 71.9 * 2**30, 13.44 * 2**30) == ["85.3", "71.9", "13.4"]
+    assert gib_figures(3 * 2**30, 0) == ["3.0", "0.0"] and gib_figures(2**30, least=2) == ["1.00"]
+    result = run_cli(["estimate", "--model", "tiny-llama", "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp",
+                      "4", "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64", "--memory-headroom", "0.99"])
+    assert_one_clear_error(result, "does not fit")
+    need, limit, over = (float(x) for x in re.search(r"needs ([\d.]+) GiB of ([\d.]+) GiB per device .*, ([\d.]+) GiB "
+                                                     r"over", result.output).groups())
+    assert limit > 0 and abs(need - limit - over) <= 0.0011, (need, limit, over)

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.files import check_new, shown
+from autoconf.files import check_new, gib_figures, shown
 from autoconf.spec.support import plan_unsupported_reason
 from autoconf.spec.plan import load_plan, node_blocks
 
@@ -123,13 +123,12 @@ def check_fits(plan, allow_unfit: bool = False) -> None:
     p = plan.prediction
     if p.get("fits", True) or allow_unfit:
         return
-    GiB = 1024**3
     stages = p.get("memory_per_stage") or []
     worst = max(range(len(stages)), key=lambda r: stages[r]["total"]) if stages else None
     where = f" on pipeline rank {worst}" if worst is not None else ""
-    raise UserError(f"the plan does not fit: it needs {p.get('peak_memory_bytes', 0) / GiB:.1f} GiB{where} of "
-                    f"{p.get('memory_limit_bytes', 0) / GiB:.1f} GiB per device (prediction.fits is false); re-plan "
-                    f"with `autoconf plan`, or pass --allow-unfit to launch it anyway")
+    need, limit = gib_figures(p.get("peak_memory_bytes", 0), p.get("memory_limit_bytes", 0))
+    raise UserError(f"the plan does not fit: it needs {need} GiB{where} of {limit} GiB per device (prediction.fits "
+                    f"is false); re-plan with `autoconf plan`, or pass --allow-unfit to launch it anyway")
 
 
 def plan_wants_gpus(plan) -> bool:
