@@ -675,3 +675,23 @@ def test_the_figures_of_a_fit_message_add_up():
     need, limit, over = (float(x) for x in re.search(r"needs ([\d.]+) GiB of ([\d.]+) GiB per device .*, ([\d.]+) GiB "
                                                      r"over", result.output).groups())
     assert limit > 0 and abs(need - limit - over) <= 0.0011, (need, limit, over)
+
+
+def test_the_estimate_table_says_where_the_offload_cost_sits():
+    """Third fuzz round: with --offload-optimizer the table showed "time: offload 0 s (0.0%)" beside "offload ...
+    costs 0.5247 s per step": the "offload" term holds activation copies only (so it is shown only with them), and
+    the offload row names the terms that grew, which add up to its cost (the CPU step in optimizer, the shard copies
+    in dp_comm)."""
+    args = estimate_args("--tp", "1", "--pp", "1", "--dp", "8", "--zero", "3", "--micro-batch", "1", "--global-batch",
+                         "64", "--offload-optimizer")
+    result = run_cli([*args, "--json"])
+    assert result.exit_code == 0, result.output
+    p = json.loads(result.output)["prediction"]
+    by_term = p["offload_effect"]["time_cost_by_term_s"]
+    assert "offload" not in p["time_breakdown"] and {"optimizer", "dp_comm"} <= set(by_term)
+    assert sum(by_term.values()) == pytest.approx(p["offload_effect"]["time_cost_s"], rel=1e-6)
+    table = run_cli(args).output
+    assert "time: offload" not in table
+    assert "(in " + ", ".join(f"{k} {v:+.4g} s" for k, v in by_term.items()) + ")" in table
+    both = json.loads(run_cli([*args, "--offload-activations", "--json"]).output)["prediction"]
+    assert both["time_breakdown"]["offload"] > 0 and "offload" in both["offload_effect"]["time_cost_by_term_s"]

@@ -104,8 +104,10 @@ def prediction_table(plan: Plan) -> Table:
     table.add_row("peak memory", f"{peak} GiB of {limit} GiB ({fits})")
     effect = p.get("offload_effect")
     if effect:  # cost/estimate.py offload_effect: against the same layout without offload
+        where = ", ".join(f"{term} {seconds:+.4g} s" for term, seconds in
+                          (effect.get("time_cost_by_term_s") or {}).items())
         table.add_row("offload", f"saves {effect['memory_saved_bytes'] / GiB:.2f} GiB per device, costs "
-                                 f"{effect['time_cost_s']:.4g} s per step, holds "
+                                 f"{effect['time_cost_s']:.4g} s per step{f' (in {where})' if where else ''}, holds "
                                  f"{effect['host_memory_per_node_bytes'] / GiB:.1f} GiB of host memory per node"
                                  + ("" if effect["without_fits"] else " (does not fit without it)"))
     for rank, m in enumerate(p["memory_per_stage"]):
