@@ -9,7 +9,6 @@ run the same call on every node with its own `node_rank`; rank 0 (on node 0) wri
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
