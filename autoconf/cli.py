@@ -23,6 +23,7 @@ from autoconf.spec.frameworks import SELECTIVE_RECOMPUTE
 from autoconf.spec.model import DEFAULT_SEQ_LEN
 from autoconf.spec.plan import GRAD_REDUCE, MAX_GLOBAL_BATCH, MAX_SEQ_LEN, SEQ_SPLITS
 from autoconf.spec.schedules import SCHEDULES
+from autoconf.validate.run import MAX_CONFIGS
 
 FRAMEWORK_NAMES = list(frameworks.PRESETS)
 
@@ -486,10 +487,10 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
         refuse_overwriting_inputs({"--out": out}, inputs)  # (first: --force would not help)
         check_new(out, force)  # before the search, which can take a while
     if explain_dir is not None:
-        from autoconf.report.explain import refuse_taken_folder
+        from autoconf.report.explain import SWEEP_PICTURE, refuse_taken_folder
 
         sweeping = node_counts is not None and len(node_counts) > 1
-        refuse_taken_folder(explain_dir, force, out, extra=("sweep.png",) if sweeping else (), inputs=inputs)
+        refuse_taken_folder(explain_dir, force, out, extra=(SWEEP_PICTURE,) if sweeping else (), inputs=inputs)
     execution = framework_execution(framework, framework_flags)
     console = table_console(stderr=as_json)
     usd, price_source = sizes.price_of(cluster, price) if tokens is not None else (None, None)
@@ -561,12 +562,12 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
     chosen = sizes.cheapest_within(points, deadline) if deadline is not None else front[0]
     written = []
     if explain_dir is not None:
-        from autoconf.report.explain import explain
+        from autoconf.report.explain import SWEEP_PICTURE, explain
         from autoconf.report.pictures import sweep_png
 
         written = explain([chosen.plan], explain_dir, cluster=cluster.resized(nodes=chosen.nodes), plan_path=out,
-                          force=force)
-        written.append(sweep_png(points, front, chosen, explain_dir / "sweep.png", deadline))
+                          force=force, sweep=True)
+        written.append(sweep_png(points, front, chosen, explain_dir / SWEEP_PICTURE, deadline))
     if out is not None:
         chosen.plan.save(out, force=force)
     if as_json:
@@ -749,7 +750,9 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
               help="default: a free port on one node, 29500 on more")
 @click.option("--model", "model_arg", default=None, help="model whose blocks to time (default tiny-gpt on CPU)")
 @click.option("--quick", is_flag=True, help="small grid: 2 CPU ranks, a tiny model, under 3 minutes")
-@click.option("--base-profile", default=None, help="bundled profile supplying what is not measured (GPU)")
+@click.option("--base-profile", default=None,
+              help="a profile of this host's kind of device (GPU: dgx-h100-80g, ...; CPU: cpu-local) supplying what "
+                   "is not measured: the links a one-node or one-rank run cannot time, and on GPUs the efficiencies")
 @click.option("--memory-per-rank", default=None, help="CPU memory limit per rank, e.g. 4GiB")
 @click.option("--dtype", type=click.Choice(PROFILED_DTYPES), default=None)
 @click.option("--max-tp", type=click.IntRange(min=1), default=None,
@@ -791,8 +794,10 @@ def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, mo
 @click.option("--nnodes", type=click.IntRange(1, 100_000), default=None,
               help="nodes to run on (default: the plan's own node count)")
 @click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--master-addr", default="127.0.0.1", show_default=True)
-@click.option("--master-port", type=click.IntRange(1, 65535), default=29500, show_default=True)
+@click.option("--master-addr", default="127.0.0.1", show_default=True,
+              help="the address of the node that starts as rank 0, on several nodes (one node meets on 127.0.0.1)")
+@click.option("--master-port", type=click.IntRange(1, 65535), default=None,
+              help="default: a free port on one node, 29500 on more")
 @click.option("--collective-timeout", type=click.FloatRange(1, 7 * 86400), default=None,
               help="seconds before a stuck collective ends the job (default 600)")
 @click.option("--rendezvous-timeout", type=click.FloatRange(1, 7 * 86400), default=None,
@@ -824,7 +829,9 @@ def launch(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_eve
 @click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
 @click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
               help=SEQ_LEN_DEFAULT)
-@click.option("--configs", type=click.IntRange(min=2), default=8, show_default=True, help="layouts to run")
+@click.option("--configs", type=click.IntRange(min=2), default=8, show_default=True,
+              help=f"layouts to run, 2 to {MAX_CONFIGS}: each is a torchrun start and --steps steps, one after the "
+                   f"other (about 15 s on a CPU host, minutes on GPUs); the log says the time left as runs finish")
 @click.option("--steps", type=click.IntRange(min=3), default=8, show_default=True, help="steps per layout")
 @click.option("--repeats", type=click.IntRange(min=1, max=20), default=1, show_default=True,
               help="run the layouts this many times in turn; each layout's measured time is the median")

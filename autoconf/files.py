@@ -41,10 +41,53 @@ def check_new(path: str | os.PathLike, force: bool = False, hint: str = "choose 
     return path
 
 
+# The Software text of every picture autoconf draws (report/pictures.py save_figure): a later run with --force
+# removes a picture of its own that it no longer writes, and never a file of the user's that has the same name.
+PNG_SOFTWARE = "autoconf"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def drawn_by_autoconf(path: str | os.PathLike) -> bool:
+    """Whether `path` is a regular file (not a link) holding a PNG whose Software text, before its image data, is
+    PNG_SOFTWARE: a picture autoconf drew."""
+    import struct
+
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != _PNG_SIGNATURE:
+                return False
+            while True:
+                head = f.read(8)
+                if len(head) < 8:
+                    return False
+                length, kind = struct.unpack(">I4s", head)
+                if kind in (b"IDAT", b"IEND") or length > 1 << 16:
+                    return False
+                data = f.read(length + 4)[:length]  # (and the chunk's CRC)
+                if kind == b"tEXt" and data == b"Software\0" + PNG_SOFTWARE.encode():
+                    return True
+    except OSError:
+        return False
+
+
 def shown(text: str, limit: int = 80) -> str:
     """`text` for a one-line message: as it is up to `limit` characters, else its start and an ellipsis."""
     text = str(text)
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def gib_figures(*nbytes: float, least: int = 1) -> list[str]:
+    """Byte counts shown side by side in GiB, with one number of decimals for all: at least `least`, and as many as
+    the smallest nonzero count needs for two significant digits (at most three, a MiB), so that the figures add up as
+    the counts do ("needs 0.274 GiB of 0.036 GiB, 0.238 GiB over", where one decimal said 0.3 of 0.0, 0.2 over)."""
+    import math
+
+    small = min((abs(n) / 2**30 for n in nbytes if n), default=1.0)
+    decimals = max(least, min(3, 1 - math.floor(math.log10(small))))
+    return [f"{n / 2**30:.{decimals}f}" for n in nbytes]
 
 
 def quoted(value, limit: int = 60) -> str:

@@ -470,3 +470,228 @@ def test_latent_attention_has_a_key_and_value_per_query_head():
 
     config = {**next(c for c in PRESET_CONFIGS.values() if c["model_type"] == "deepseek_v3"), "num_key_value_heads": 1}
     assert from_hf_config(config, "v3").num_kv_heads == 128
+
+
+def test_a_stated_parameter_count_is_the_derived_one_or_refused(tmp_path):
+    """Third fuzz round: a model JSON whose `parameters` was off by under 1% (449,600 for 451,840) loaded silently
+    and every plan used the derived count; a count off in a digit it states is one line now, with both numbers. The
+    count itself, or rounded to the digits it states (as counts are published), loads."""
+    from autoconf.spec.model import stated_count_agrees
+    from autoconf.spec.presets import PRESETS
+
+    doc = PRESETS["tiny-llama"].to_dict()
+    derived = doc["parameters"]
+    off = derived - derived // 200  # 0.5% low, in a digit it states
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(dict(doc, parameters=off)))
+    args = ["plan", "--model", path, "--cluster", "cpu-local", "--global-batch", "8", "--seq-len", "64"]
+    assert_one_clear_error(run_cli(args), f"parameters {off:,} disagrees with the {derived:,}")
+    path.write_text(json.dumps(dict(doc, parameters=float(derived))))
+    assert run_cli([*args, "--top", "1"]).exit_code == 0
+    assert stated_count_agrees(46_700_000_000, 46_702_792_704) and stated_count_agrees(451_800, 451_840)
+    assert not any(stated_count_agrees(v, 451_840) for v in (449_600, 451_841, 451_840.5, True, "451840"))
+
+
+@pytest.mark.parametrize("dense_layers, needle", [
+    ([7, -1], "moe.dense_layers: -1 is negative and 7 lies beyond the 4 layers; give layer indices from 0 to 3"),
+    ([-2, -1], "moe.dense_layers: -2, -1 are negative"),
+    (["a", 1.5], "dense_layers 'a', 1.5 are not layer indices"),
+])
+def test_each_wrong_dense_layer_is_named_with_why(tmp_path, dense_layers, needle):
+    """Third fuzz round: `moe.dense_layers: [7, -1]` said "must be a list of layer indices (got (7, -1))", a tuple
+    the user never wrote, without saying that -1 is negative and 7 beyond the model's 4 layers."""
+    from autoconf.spec.presets import PRESETS
+
+    doc = PRESETS["tiny-moe"].to_dict()
+    doc.pop("parameters"), doc.pop("active_parameters")
+    doc["moe"]["dense_layers"] = dense_layers
+    (tmp_path / "m.json").write_text(json.dumps(doc))
+    assert_one_clear_error(run_cli(["plan", "--model", tmp_path / "m.json", "--cluster", "cpu-local",
+                                    "--global-batch", "8", "--seq-len", "64"]), needle)
+
+
+@pytest.mark.parametrize("sidecar, needle", [
+    ('{"dtype": "uint16", "extra": 1}', "unknown field(s) 'extra'"),
+    ("[1]", "must hold a JSON object, not list"),
+    ('"uint16"', "must hold a JSON object, not str"),
+    ("{}", 'no "dtype"'),
+    ('{"dtype": ["uint16"]}', "dtype ['uint16'] is not uint16 or uint32"),
+])
+def test_a_token_files_sidecar_is_read_like_every_other_file(tmp_path, sidecar, needle):
+    """Third fuzz round: the `X.bin.json` sidecar took unknown keys silently, and a list or a string in it showed
+    Python's own words ("list indices must be integers or slices, not str")."""
+    import numpy as np
+
+    plan = tmp_path / "p.json"
+    result = run_cli(["estimate", "--model", "tiny-llama", "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp",
+                      "4", "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64", "--out", plan])
+    assert result.exit_code == 0, result.output
+    data = tmp_path / "tokens.bin"
+    np.arange(200, dtype=np.uint16).tofile(data)
+    (tmp_path / "tokens.bin.json").write_text(sidecar)
+    result = run_cli(["launch", plan, "--dry-run", "--steps", "2", "--data", data])
+    assert_one_clear_error(result, needle)
+    assert "indices must be" not in result.output
+    (tmp_path / "tokens.bin.json").write_text('{"dtype": "uint16"}')
+    assert run_cli(["launch", plan, "--dry-run", "--steps", "2", "--data", data]).exit_code == 0
+
+
+def test_offload_on_a_cpu_profile_is_refused_and_a_rehearsal_still_counts_its_memory(tmp_path):
+    """Third fuzz round: --offload-optimizer / --offload-activations on cpu-local, whose device memory is host
+    memory, were estimated with a cost ("costs 0.00444 s per step") for a change that does nothing; they are one
+    line now, in estimate and under plan --fix. A GPU plan that offloads, rehearsed on CPU, is still checked against
+    the host's memory (its state counted where the CPU ranks hold it)."""
+    from autoconf.execute import host_memory
+    from autoconf.spec.plan import load_plan
+
+    args = ["estimate", "--model", "tiny-llama", "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp", "4",
+            "--zero", "1", "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64"]
+    for flag, field in (("--offload-optimizer", "offload_optimizer"), ("--offload-activations", "offload_activations")):
+        assert_one_clear_error(run_cli([*args, flag]), field, "devices are CPU ranks", "moves nothing")
+        assert_one_clear_error(run_cli(["plan", "--model", "tiny-llama", "--cluster", "cpu-local", "--global-batch",
+                                        "8", "--seq-len", "64", "--fix", f"{field}=true"]), "moves nothing")
+    gpu_plan = tmp_path / "gpu.json"
+    result = run_cli(estimate_args("--gpus-per-node", "2", "--tp", "1", "--pp", "1", "--dp", "2", "--zero", "3",
+                                   "--offload-optimizer", "--micro-batch", "1", "--global-batch", "2", "--out",
+                                   gpu_plan))
+    assert result.exit_code == 0, result.output
+    assert host_memory.cpu_run_memory_bytes(load_plan(gpu_plan), 2) > 16 * load_plan(gpu_plan).model.total_params()
+
+
+def test_a_base_profile_of_another_kind_of_device_is_refused(tmp_path):
+    """Third fuzz round: `profile --quick --base-profile dgx-h100-80g` on a host without CUDA wrote the H100's
+    InfiniBand link (50 GB/s) into a CPU profile as its inter-node link; a base profile must describe the kind of
+    device this host profiles, refused in one line before any rank starts."""
+    from autoconf.profile.launch import base_profile_problem
+    from autoconf.spec.cluster import load_cluster
+
+    h100, cpu = load_cluster("dgx-h100-80g"), load_cluster("cpu-local")
+    assert "cpu-local" in base_profile_problem(h100, "dgx-h100-80g", on_gpu=False)
+    assert "dgx-h100-80g" in base_profile_problem(cpu, "cpu-local", on_gpu=True)
+    assert base_profile_problem(cpu, "cpu-local", False) is None and base_profile_problem(h100, "x", True) is None
+    if not __import__("torch").cuda.is_available():
+        out = tmp_path / "p.json"
+        result = run_cli(["profile", "--quick", "--out", out, "--base-profile", "dgx-h100-80g"])
+        assert_one_clear_error(result, "--base-profile dgx-h100-80g describes GPUs", "give a CPU profile")
+        assert not out.exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a host without CUDA")
+def test_a_cpu_profile_beyond_the_hosts_memory_is_refused_before_it_starts(tmp_path, monkeypatch):
+    """Third fuzz round: `profile --quick --model llama3-70b` on a CPU host grew past 9 GB per minute and was not
+    refused. The need is counted on the tensors the profiler builds (its references of the executor's model: one
+    layer with AdamW state and the gradient norm's float64 copies, four layers with gradients), and a host whose
+    available memory holds fewer ranks than asked is refused in one line before any rank starts."""
+    import torch
+
+    from autoconf.execute import host_memory
+    from autoconf.profile.overheads import _executor_model
+    from autoconf.profile.timed_model import cpu_rank_memory_bytes
+    from autoconf.spec.presets import PRESETS
+
+    tiny = PRESETS["tiny-llama"]
+    one, four = (list(_executor_model(tiny, torch.device("cpu"), "fp32", n).parameters()) for n in (1, 4))
+    largest = max(p.numel() for p in one)
+    need = cpu_rank_memory_bytes(tiny, "fp32")
+    assert need == max(16 * sum(p.numel() for p in one) + 16 * largest, 8 * sum(p.numel() for p in four))
+    assert cpu_rank_memory_bytes(PRESETS["llama3-70b"], "fp32") > 40 * 2**30
+    monkeypatch.setattr(host_memory, "available_memory_bytes", lambda: int(1.5 * need))
+    out = tmp_path / "p.json"
+    result = run_cli(["profile", "--quick", "--out", out, "--model", "tiny-llama"])
+    assert_one_clear_error(result, "needs at least", "for 2 ranks", "a smaller model", "--nproc-per-node 1")
+    assert not out.exists()
+
+
+def test_one_node_launch_honours_its_port_and_notes_an_address_it_does_not_use(tmp_path):
+    """Third fuzz round: `launch --dry-run --master-port 29555 --master-addr 10.0.0.5` of a one-node plan showed a
+    free port on 127.0.0.1 and said nothing. One node now meets at the port asked for (a port in use is one line,
+    before any rank starts), a free one when none is asked for, and a note says that the address is for runs on
+    several nodes."""
+    import socket
+
+    plan = tmp_path / "p.json"
+    result = run_cli(["estimate", "--model", "tiny-llama", "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp",
+                      "4", "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64", "--out", plan])
+    assert result.exit_code == 0, result.output
+    result = run_cli(["launch", plan, "--dry-run", "--steps", "2", "--master-port", "29555", "--master-addr",
+                      "10.0.0.5"])
+    assert result.exit_code == 0, result.output
+    assert "--rdzv-endpoint 127.0.0.1:29555" in result.output
+    assert "note: one node: its ranks meet on 127.0.0.1 (--master-addr 10.0.0.5 is for runs on several" in result.output
+    result = run_cli(["launch", plan, "--dry-run", "--steps", "2"])
+    assert "note:" not in result.output and "--rdzv-endpoint 127.0.0.1:" in result.output
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert_one_clear_error(run_cli(["launch", plan, "--steps", "1", "--master-port", port]),
+                               f"--master-port {port} is already in use")
+
+
+def test_force_removes_an_earlier_sweep_picture_and_never_a_users_file(tmp_path):
+    """Third fuzz round: `plan ... --nodes 1:4 --explain DIR`, then `plan ... --explain DIR --force` without a
+    sweep, left the first run's sweep.png beside the new plan's explanation; a picture autoconf drew (its PNG's
+    Software text) is removed now, a file of the user's with the same name is not."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from autoconf.files import drawn_by_autoconf
+    from autoconf.report.pictures import save_figure
+
+    out = tmp_path / "ex"
+    out.mkdir()
+    save_figure(plt.subplots()[0], out / "sweep.png")
+    assert drawn_by_autoconf(out / "sweep.png")
+    args = ["plan", "--model", "tiny-llama", "--cluster", "cpu-local", "--global-batch", "8", "--seq-len", "64",
+            "--top", "1", "--explain", out]
+    result = run_cli(args)
+    assert result.exit_code == 0 and (out / "sweep.png").exists(), result.output  # without --force: kept
+    result = run_cli([*args, "--force"])
+    assert result.exit_code == 0 and not (out / "sweep.png").exists(), result.output
+    assert drawn_by_autoconf(out / "timeline.png")
+    fig = plt.figure()
+    fig.savefig(out / "sweep.png", format="png")  # the user's own picture (matplotlib's Software text)
+    plt.close(fig)
+    assert not drawn_by_autoconf(out / "sweep.png")
+    assert run_cli([*args, "--force"]).exit_code == 0 and (out / "sweep.png").exists()
+
+
+def test_the_figures_of_a_fit_message_add_up():
+    """Third fuzz round: `estimate --memory-headroom 0.99` said "needs 0.3 GiB of 0.0 GiB per device ..., 0.2 GiB
+    over" (0.27 - 0.04, each rounded to one decimal); the figures of one line share enough decimals that the
+    smallest has two significant digits, so they add up as the bytes do."""
+    import re
+
+    from autoconf.files import gib_figures
+
+    assert gib_figures(0.274 * 2**30, 0.0358 * 2**30, 0.2382 * 2**30) == ["0.274", "0.036", "0.238"]
+    assert gib_figures(85.34 * 2**30, 71.9 * 2**30, 13.44 * 2**30) == ["85.3", "71.9", "13.4"]
+    assert gib_figures(3 * 2**30, 0) == ["3.0", "0.0"] and gib_figures(2**30, least=2) == ["1.00"]
+    result = run_cli(["estimate", "--model", "tiny-llama", "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp",
+                      "4", "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64", "--memory-headroom", "0.99"])
+    assert_one_clear_error(result, "does not fit")
+    need, limit, over = (float(x) for x in re.search(r"needs ([\d.]+) GiB of ([\d.]+) GiB per device .*, ([\d.]+) GiB "
+                                                     r"over", result.output).groups())
+    assert limit > 0 and abs(need - limit - over) <= 0.0011, (need, limit, over)
+
+
+def test_the_estimate_table_says_where_the_offload_cost_sits():
+    """Third fuzz round: with --offload-optimizer the table showed "time: offload 0 s (0.0%)" beside "offload ...
+    costs 0.5247 s per step": the "offload" term holds activation copies only (so it is shown only with them), and
+    the offload row names the terms that grew, which add up to its cost (the CPU step in optimizer, the shard copies
+    in dp_comm)."""
+    args = estimate_args("--tp", "1", "--pp", "1", "--dp", "8", "--zero", "3", "--micro-batch", "1", "--global-batch",
+                         "64", "--offload-optimizer")
+    result = run_cli([*args, "--json"])
+    assert result.exit_code == 0, result.output
+    p = json.loads(result.output)["prediction"]
+    by_term = p["offload_effect"]["time_cost_by_term_s"]
+    assert "offload" not in p["time_breakdown"] and {"optimizer", "dp_comm"} <= set(by_term)
+    assert sum(by_term.values()) == pytest.approx(p["offload_effect"]["time_cost_s"], rel=1e-6)
+    table = run_cli(args).output
+    assert "time: offload" not in table
+    assert "(in " + ", ".join(f"{k} {v:+.4g} s" for k, v in by_term.items()) + ")" in table
+    both = json.loads(run_cli([*args, "--offload-activations", "--json"]).output)["prediction"]
+    assert both["time_breakdown"]["offload"] > 0 and "offload" in both["offload_effect"]["time_cost_by_term_s"]

@@ -318,3 +318,69 @@ def test_validate_refuses_what_would_fail_after_its_runs_before_the_first(tmp_pa
         validate(SMALL, cluster, "cpu-local", 8, 32, "fp32", configs=2, steps=3, out_dir=tmp_path / "b",
                  force=True, log=lambda m: None)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b" / "runs").exists()
+
+
+def test_pins_that_leave_one_layout_are_refused_before_it_runs(tmp_path):
+    """Third fuzz round: `validate --fix ...` pinning every field ran the one layout left (15 s), then failed with
+    "give a larger --global-batch", which was not the cause; it is refused now before anything runs, naming the
+    pins."""
+    from autoconf.spec.presets import PRESETS
+
+    pins = {"tp": 2, "pp": 1, "dp": 2, "micro_batch_size": 4, "zero_stage": 0, "recompute": "none",
+            "sequence_parallel": False, "grad_reduce": "step"}
+
+    def runner(*args):
+        raise AssertionError("a layout ran")
+
+    with pytest.raises(UserError, match="only 1 layout could be chosen .* with --fix tp=2 .* --fix "
+                                        "sequence_parallel=false .*pin fewer fields"):
+        validate(PRESETS["tiny-llama"], load_cluster("cpu-local"), "cpu-local", 8, 64, "fp32", configs=3, steps=3,
+                 out_dir=tmp_path / "v", fixed=pins, runner=runner, log=lambda m: None)
+    assert not (tmp_path / "v").exists()
+
+
+def test_the_layout_count_is_bounded_and_the_log_says_the_time_left(tmp_path):
+    """Third fuzz round: `validate --configs 1000` wrote 1000 plans and set out on about 4 hours of runs without a
+    word on how long; the count stops at MAX_CONFIGS (said in the help and in one line), and each run's line after
+    the first says about how long the rest will take at the mean time per run so far."""
+    from click.testing import CliRunner
+
+    from autoconf.cli import main
+    from autoconf.validate.run import MAX_CONFIGS, time_left
+    from tests.test_bad_input import assert_one_clear_error
+
+    args = ["validate", "--model", "tiny-llama", "--cluster", "cpu-local", "--global-batch", "8", "--seq-len", "64",
+            "--out", str(tmp_path / "v")]
+    result = CliRunner().invoke(main, [*args, "--configs", "1000"])
+    assert_one_clear_error(result, "--configs 1000", f"at most {MAX_CONFIGS} layouts")
+    assert not (tmp_path / "v").exists()
+    assert f"2 to {MAX_CONFIGS}" in " ".join(CliRunner().invoke(main, ["validate", "--help"]).output.split())
+    assert time_left(30.0, 0, 8) == "" and time_left(30.0, 8, 8) == ""
+    assert time_left(30.0, 3, 8) == ", about 50 s left" and time_left(30.0, 2, 8) == ", about 2 min left"
+    assert time_left(15.0, 1, 64) == ", about 16 min left" and time_left(900.0, 1, 20) == ", about 4.8 h left"
+
+
+def test_force_removes_the_runs_of_an_earlier_validation_that_this_one_does_not_redo(tmp_path):
+    """Third fuzz round: `validate --force` with fewer --configs (or --repeats) than the run before left the old
+    runs/<K> folders (and metrics.<r>.jsonl) beside a report.json that does not list them; they are removed before
+    the first layout runs, and only the names validate writes: a user's file in runs/ or runs/<K>/ stays."""
+    from autoconf.spec.presets import PRESETS
+
+    def runner(plan, metrics, log, steps):
+        log.write_text("ran\n")
+        metrics.write_text(json.dumps({"step": 3, "step_time_s": 0.1}) + "\n" +
+                           json.dumps({"summary": {"measured_iteration_time_s": 0.1}}) + "\n")
+        return 0
+
+    out = tmp_path / "v"
+    args = (PRESETS["tiny-llama"], load_cluster("cpu-local"), "cpu-local", 8, 64, "fp32")
+    validate(*args, configs=4, steps=3, out_dir=out, runner=runner, log=lambda m: None, repeats=2)
+    assert (out / "runs" / "3" / "metrics.1.jsonl").exists() and (out / "runs" / "0" / "log.1.txt").exists()
+    (out / "runs" / "3" / "notes.txt").write_text("mine")
+    (out / "runs" / "mine.txt").write_text("mine")
+    validate(*args, configs=2, steps=3, out_dir=out, runner=runner, log=lambda m: None, force=True)
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["0", "1", "3", "mine.txt"]
+    assert [p.name for p in (out / "runs" / "3").iterdir()] == ["notes.txt"] and not (out / "runs" / "2").exists()
+    assert sorted(p.name for p in (out / "runs" / "0").iterdir()) == ["log.txt", "metrics.jsonl", "plan.json"]
+    assert [r["dir"] for r in report["runs"]] == ["runs/0", "runs/1"]

@@ -718,13 +718,22 @@ def offload_effect(model: ModelSpec, cluster: ClusterProfile, config: ParallelCo
                    grid: RankGrid, prediction: dict, execution: Execution) -> dict:
     """What an offloading plan's offload buys against the same layout without it: the device memory saved on the
     busiest rank (bytes; the peak without offload less the peak with it), the step time it costs (seconds; may be
-    negative if it were faster) and the host memory it takes per node."""
+    negative if it were faster) and, where the prediction has a time breakdown, where that time sits (the terms
+    that grew or shrank, seconds each: offload_optimizer's CPU step in "optimizer", its shard copies in "dp_comm"),
+    and the host memory it takes per node."""
     without = dataclasses.replace(config, offload_activations=False, offload_optimizer=False)
-    base = predict(model, cluster, without, partition, grid.devices, execution, detail=False)[3]
-    return {"memory_saved_bytes": base["peak_memory_bytes"] - prediction["peak_memory_bytes"],
-            "time_cost_s": prediction["iteration_time_s"] - base["iteration_time_s"],
-            "host_memory_per_node_bytes": prediction["host_memory_per_node_bytes"],
-            "without_fits": base["fits"]}
+    detail = "time_breakdown" in prediction
+    base = predict(model, cluster, without, partition, grid.devices, execution, detail=detail)[3]
+    effect = {"memory_saved_bytes": base["peak_memory_bytes"] - prediction["peak_memory_bytes"],
+              "time_cost_s": prediction["iteration_time_s"] - base["iteration_time_s"],
+              "host_memory_per_node_bytes": prediction["host_memory_per_node_bytes"],
+              "without_fits": base["fits"]}
+    if detail:
+        terms, before = prediction["time_breakdown"], base["time_breakdown"]
+        changes = {k: terms.get(k, 0.0) - before.get(k, 0.0) for k in {**before, **terms}}
+        effect["time_cost_by_term_s"] = {k: v for k, v in sorted(changes.items(), key=lambda kv: -abs(kv[1]))
+                                         if abs(v) >= BREAKDOWN_NOISE_S}
+    return effect
 
 
 def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list | None = None,
@@ -816,7 +825,7 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
         prediction["extrapolated"] = True
     if detail:
         prediction["time_breakdown"] = _breakdown(schedule, sp, p2p, makespan, step_comm, optimizer, step_overhead,
-                                                  c.offloads)
+                                                  c.offload_activations)
     return c, partition, grid, prediction, None if extrapolate else full
 
 
@@ -993,10 +1002,11 @@ def _order_peaks(name: str, pp: int, num_microbatches: int, vpp: int, rank: int 
 
 
 def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, optimizer: float,
-               step_overhead: float, offloads: bool = False) -> dict:
-    """Named terms that add up to the iteration time, read off the critical (busiest) rank; an offloading plan's
-    "offload" term is its activation copies on the compute stream (the CPU optimizer step is in "optimizer", the
-    shard copies of offload_optimizer in "dp_comm")."""
+               step_overhead: float, activation_copies: bool = False) -> dict:
+    """Named terms that add up to the iteration time, read off the critical (busiest) rank. With
+    `activation_copies` (offload_activations) an "offload" term holds its copies on the compute stream;
+    offload_optimizer has no term of its own: its CPU step is in "optimizer", its shard copies in "dp_comm"
+    (`offload_effect` says by how much each grew)."""
     bare = simulate(schedule, sp.costs, 0.0)
     with_p2p = simulate(schedule, sp.costs, p2p)
     busiest = max(range(schedule.pp), key=lambda r: bare.compute_time_per_rank[r])
@@ -1030,7 +1040,7 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, 
     # Gather waits hidden in max(compute, gather) show up as compute time of the stage: attribute them to dp_comm.
     fsdp_wait = max(0.0, busy - (compute + recompute + tp + cp + ep + overhead + offload))  # float noise: none
     terms = {
-        **({"offload": offload} if offloads else {}),
+        **({"offload": offload} if activation_copies else {}),
         "compute": compute,
         "recompute": recompute,
         "tp_comm": tp,

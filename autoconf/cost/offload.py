@@ -31,19 +31,31 @@ from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.plan import OFFLOADS, ParallelConfig
 
 
+def offload_problem(cluster: ClusterProfile) -> str | None:
+    """Why nothing can be offloaded on this cluster, or None: its devices are CPU ranks (their memory already is host
+    memory: offloading would move nothing, yet cost its copies and a CPU optimizer step in the estimate), or its
+    profile states no host facts."""
+    if cluster.device.kind == "cpu":
+        return (f"cluster {cluster.name}'s devices are CPU ranks, whose memory already is host memory, so offloading "
+                f"to the host moves nothing; drop the offload (it is for GPU profiles)")
+    if cluster.host is None:
+        return (f"cluster {cluster.name} states no host memory and host-device bandwidth (its profile has no "
+                f"\"host\" object); profile the cluster again or use a bundled profile that states them "
+                f"(dgx-h100-80g, dgx-a100-80g)")
+    return None
+
+
 def check_offload(cluster: ClusterProfile, config: ParallelConfig) -> None:
-    """Raises a one-line UserError when the config offloads and the profile states no host facts."""
-    if config.offloads and cluster.host is None:
-        levers = ", ".join(n for n in OFFLOADS if getattr(config, n))
-        raise UserError(f"{levers}: cluster {cluster.name} states no host memory and host-device bandwidth (its "
-                        f"profile has no \"host\" object); profile the cluster again or use a bundled profile that "
-                        f"states them (dgx-h100-80g, dgx-a100-80g)")
+    """Raises a one-line UserError, naming the levers, when the config offloads where `offload_problem` says
+    nothing can be."""
+    problem = offload_problem(cluster) if config.offloads else None
+    if problem:
+        raise UserError(f"{', '.join(n for n in OFFLOADS if getattr(config, n))}: {problem}")
 
 
 def plans_offload(cluster: ClusterProfile) -> bool:
-    """Whether the search may propose offload on this cluster: the profile states the host side, and the devices are
-    accelerators (on a CPU profile the device memory already is host memory)."""
-    return cluster.host is not None and cluster.device.kind == "gpu"
+    """Whether the search may propose offload on this cluster (`offload_problem`)."""
+    return offload_problem(cluster) is None
 
 
 def activation_copy_bytes(config: ParallelConfig, layer_activation: float) -> float:

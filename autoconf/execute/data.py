@@ -15,7 +15,6 @@ contiguous rows [d*B/dp, (d+1)*B/dp), i.e. its num_microbatches micro-batches.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -26,17 +25,31 @@ from autoconf.errors import UserError
 from autoconf.execute.model import init_seed
 
 
+TOKEN_DTYPES = ("uint16", "uint32")
+
+
 def token_dtype(path: Path, vocab_size: int) -> np.dtype:
+    """The dtype of token file `path`: its sidecar `PATH.json`'s, when there is one (a JSON object holding "dtype"
+    and nothing else: any other key, or another JSON value, is one UserError line, as for every file autoconf
+    reads), else the vocabulary's (module docstring)."""
+    from autoconf.files import quoted
+    from autoconf.spec.plan import unknown_names
+    from autoconf.spec.presets import read_json
+
     sidecar = Path(str(path) + ".json")
-    if sidecar.exists():
-        try:
-            name = json.loads(sidecar.read_text())["dtype"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise UserError(f"{sidecar}: expected {{\"dtype\": \"uint16\" or \"uint32\"}} ({err})") from None
-        if name not in ("uint16", "uint32"):
-            raise UserError(f"{sidecar}: dtype {name!r} is not uint16 or uint32")
-        return np.dtype(name)
-    return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
+    if not sidecar.exists():
+        return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
+    expected = '{"dtype": "uint16"} or {"dtype": "uint32"}'
+    data = read_json(sidecar, "token-file sidecar")
+    unknown = sorted((k for k in data if k != "dtype"), key=str)
+    if unknown:
+        raise UserError(f"{sidecar}: unknown field(s) {unknown_names(unknown)}; a token file's sidecar holds only "
+                        f"its dtype: {expected}")
+    if "dtype" not in data:
+        raise UserError(f"{sidecar}: no \"dtype\"; a token file's sidecar holds {expected}")
+    if data["dtype"] not in TOKEN_DTYPES:
+        raise UserError(f"{sidecar}: dtype {quoted(data['dtype'])} is not uint16 or uint32; write {expected}")
+    return np.dtype(data["dtype"])
 
 
 SCAN_LIMIT_BYTES = 1 << 30  # token files up to this size are scanned for ids outside the vocabulary at launch

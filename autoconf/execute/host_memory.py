@@ -82,7 +82,9 @@ def cpu_run_memory_bytes(plan, nproc_per_node: int) -> float | None:
         c = plan.config
         try:
             cpu = load_cluster("cpu-local", 1, c.world_size)
-            stages = estimate(plan.model, cpu, dataclasses.replace(c, dtype="fp32"), partition=plan.partition,
+            # (offloaded state stays in the same memory on CPU ranks, and is counted there without the offload)
+            on_cpu = dataclasses.replace(c, dtype="fp32", offload_activations=False, offload_optimizer=False)
+            stages = estimate(plan.model, cpu, on_cpu, partition=plan.partition,
                               execution=plan_execution(plan.prediction), detail=False).prediction["memory_per_stage"]
         except (UserError, ValueError, KeyError):
             return None

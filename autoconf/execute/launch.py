@@ -1,6 +1,7 @@
 """`autoconf launch`: validates a plan and the run's paths, then starts `autoconf.execute.train` under torchrun.
 
-Single node: a free local port on 127.0.0.1 with the c10d rendezvous (master_addr/master_port are not used).
+Single node: the c10d rendezvous on 127.0.0.1 at --master-port, or a free local port (a --master-addr is not used,
+and a note says so).
 Several nodes: torchrun's static rendezvous (`--master-addr A --master-port P`). Global rank i runs grid position i
 of the plan ([pp][dp][tp] order); physical node R (`--node-rank R` as the user numbers the nodes) is started with
 the torchrun node rank of the block of grid positions that the plan's placement puts on it, and each rank picks the
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.files import check_new, shown
+from autoconf.files import check_new, gib_figures, shown
 from autoconf.spec.support import plan_unsupported_reason
 from autoconf.spec.plan import load_plan, node_blocks
 
@@ -65,10 +66,25 @@ def check_master_addr(addr: str) -> str:
                     f"node that starts as rank 0, e.g. node0 or 10.0.0.1")
 
 
+MULTI_NODE_PORT = 29500  # torchrun's own default: every node of a multi-node run must be given the same port
+LOOPBACK = ("127.0.0.1", "localhost")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def port_free(addr: str, port: int) -> bool:
+    """Whether `port` can be listened on at `addr` on this machine now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((addr if addr not in ("localhost",) else "127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _check_writable_dir(path: Path, what: str, create: bool = True) -> None:
@@ -107,13 +123,12 @@ def check_fits(plan, allow_unfit: bool = False) -> None:
     p = plan.prediction
     if p.get("fits", True) or allow_unfit:
         return
-    GiB = 1024**3
     stages = p.get("memory_per_stage") or []
     worst = max(range(len(stages)), key=lambda r: stages[r]["total"]) if stages else None
     where = f" on pipeline rank {worst}" if worst is not None else ""
-    raise UserError(f"the plan does not fit: it needs {p.get('peak_memory_bytes', 0) / GiB:.1f} GiB{where} of "
-                    f"{p.get('memory_limit_bytes', 0) / GiB:.1f} GiB per device (prediction.fits is false); re-plan "
-                    f"with `autoconf plan`, or pass --allow-unfit to launch it anyway")
+    need, limit = gib_figures(p.get("peak_memory_bytes", 0), p.get("memory_limit_bytes", 0))
+    raise UserError(f"the plan does not fit: it needs {need} GiB{where} of {limit} GiB per device (prediction.fits "
+                    f"is false); re-plan with `autoconf plan`, or pass --allow-unfit to launch it anyway")
 
 
 def plan_wants_gpus(plan) -> bool:
@@ -223,12 +238,13 @@ def _check_checkpoint(latest: tuple[Path, dict] | None, steps: int, model) -> No
 def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str | None = None,
                    metrics: str | None = None, checkpoint_dir: str | None = None, checkpoint_every: int = 0,
                    max_restarts: int = 0, nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
-                   master_port: int = 29500, nproc_per_node: int | None = None,
+                   master_port: int | None = None, nproc_per_node: int | None = None,
                    force: bool = False, timeout_s: float | None = None,
                    rendezvous_timeout_s: float | None = None, create_dirs: bool = True) -> list[list[str]]:
     """Validates everything `launch` validates and returns the torchrun command of every node (index = node
     rank). Raises UserError naming what is wrong and what would work. Without `create_dirs` (a dry run) the
-    metrics and checkpoint folders are checked but not made."""
+    metrics and checkpoint folders are checked but not made. One node meets on 127.0.0.1 at `master_port`, or a free
+    port when it is None; several nodes at `master_addr`:`master_port` (default MULTI_NODE_PORT)."""
     plan_path = Path(plan_path).resolve()
     plan = load_plan(plan_path)
     reason = plan_unsupported_reason(plan)
@@ -245,7 +261,7 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
         raise UserError(f"--nnodes must be at least 1 (got {nnodes})")
     if not 0 <= node_rank < nnodes:
         raise UserError(f"--node-rank {node_rank} must be in 0..{nnodes - 1} for --nnodes {nnodes}")
-    if not 1 <= master_port <= 65535:
+    if master_port is not None and not 1 <= master_port <= 65535:
         raise UserError(f"--master-port must be a TCP port in 1..65535 (got {master_port})")
     if nproc_per_node is None:
         if world % nnodes:
@@ -314,13 +330,15 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
     rdzv_timeout = int(math.ceil(rendezvous_timeout_s))
     if nnodes == 1:
         # The agent's stores listen on 127.0.0.1 only (autoconf.execute.elastic binds them where the endpoint says).
-        rdzv = [["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--local-addr", "127.0.0.1",
+        port = free_port() if master_port is None else master_port
+        rdzv = [["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--local-addr", "127.0.0.1",
                  "--rdzv-conf", f"join_timeout={rdzv_timeout}"]]
     else:
         # Physical node r runs the block of grid positions the placement puts on it (spec/plan.py node_blocks).
         blocks = node_blocks(plan.device_of(), nproc_per_node) or list(range(nnodes))
+        port = MULTI_NODE_PORT if master_port is None else master_port
         rdzv = [["--node-rank", str(blocks.index(r)), "--master-addr", master_addr, "--master-port",
-                 str(master_port), "--rdzv-conf", f"timeout={rdzv_timeout}"] for r in range(nnodes)]
+                 str(port), "--rdzv-conf", f"timeout={rdzv_timeout}"] for r in range(nnodes)]
     return [base + r + ["-m", "autoconf.execute.train"] + train_args for r in rdzv]
 
 
@@ -441,7 +459,7 @@ def default_nnodes(plan) -> int:
 def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | None = None,
            metrics: str | None = None, checkpoint_dir: str | None = None, checkpoint_every: int = 0,
            max_restarts: int = 0, dry_run: bool = False, nnodes: int | None = 1, node_rank: int = 0,
-           master_addr: str = "127.0.0.1", master_port: int = 29500, nproc_per_node: int | None = None,
+           master_addr: str = "127.0.0.1", master_port: int | None = None, nproc_per_node: int | None = None,
            force: bool = False, timeout_s: float | None = None, rendezvous_timeout_s: float | None = None,
            allow_cpu: bool = False, allow_unfit: bool = False) -> int:
     """Runs PLAN.json with the bundled executor under torchrun; returns torchrun's exit code.
@@ -451,7 +469,9 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
     autoconf.execute.data). metrics: JSON-lines output (rank 0); refuses an existing file unless `force`.
     checkpoint_dir/checkpoint_every: DCP checkpoints every K steps and at the end; resumes from the newest complete
     one. max_restarts: passed to torchrun. nnodes/node_rank/master_addr/master_port: multi-node static rendezvous
-    (this process runs node `node_rank`). nproc_per_node: default world size / nnodes. dry_run: print the command
+    (this process runs node `node_rank`; port default MULTI_NODE_PORT); one node meets on 127.0.0.1 at master_port
+    (default a free port; a port in use is refused) and notes a master_addr other than loopback, which it does not
+    use. nproc_per_node: default world size / nnodes. dry_run: print the command
     of every node, one line each, and return 0 without running anything. timeout_s: collective timeout (a dead,
     hung or lost peer ends the job after it; default $AUTOCONF_COLLECTIVE_TIMEOUT or 600). rendezvous_timeout_s:
     how long nodes wait for each other at start and after a restart (default $AUTOCONF_RENDEZVOUS_TIMEOUT or 600).
@@ -469,10 +489,16 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
                               max_restarts, nnodes, node_rank, master_addr, master_port, nproc_per_node, force,
                               timeout_s, rendezvous_timeout_s, create_dirs=not dry_run)
     nproc = int(commands[0][commands[0].index("--nproc-per-node") + 1])
+    if nnodes == 1 and master_addr not in LOOPBACK:
+        print(f"autoconf: note: one node: its ranks meet on 127.0.0.1 (--master-addr {master_addr} is for runs on "
+              f"several nodes, --nnodes > 1)", file=sys.stderr, flush=True)
     if not dry_run:
         _check_devices(plan, nproc, allow_cpu)
         _check_host_memory(plan, nproc, allow_unfit)
-        if nnodes > 1 and master_addr in ("127.0.0.1", "localhost"):
+        if nnodes == 1 and master_port is not None and not port_free("127.0.0.1", master_port):
+            raise UserError(f"--master-port {master_port} is already in use on this machine; pass another (e.g. "
+                            f"--master-port {master_port % 65535 + 1}) or leave it out for a free one")
+        if nnodes > 1 and master_addr in LOOPBACK:
             raise UserError(f"the plan runs on {nnodes} nodes, which cannot meet at {master_addr} (a loopback "
                             f"address reaches this host only): start `autoconf launch` on each with --node-rank R "
                             f"and --master-addr set to the address of the node that starts as rank 0 (see "
@@ -483,7 +509,7 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
               f"rank 0 and hosts the rendezvous: --master-addr must be node {master_node}'s address on every node",
               file=sys.stderr)
     if dry_run:
-        if nnodes > 1 and master_addr in ("127.0.0.1", "localhost"):
+        if nnodes > 1 and master_addr in LOOPBACK:
             print(f"autoconf: note: {nnodes} nodes: pass --master-addr (the address of the node that starts as "
                   f"torchrun node rank 0, reachable from every node) instead of {master_addr}", file=sys.stderr)
         for rank, command in enumerate(commands):

@@ -9,18 +9,17 @@ run the same call on every node with its own `node_rank`; rank 0 (on node 0) wri
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.execute.launch import check_master_addr, free_port, run_supervised
+from autoconf.execute.launch import (LOOPBACK, MULTI_NODE_PORT, check_master_addr, free_port, port_free,
+                                     run_supervised)
 from autoconf.files import check_new
 from autoconf.spec.dtypes import PROFILED_DTYPES
 
 RDZV = ("static", "c10d")
-MULTI_NODE_PORT = 29500  # torchrun's own default: every node must be given the same
 
 
 def _cuda_devices() -> int:
@@ -49,20 +48,48 @@ def check_output(out: str | os.PathLike, force: bool) -> Path:
     return path.resolve()
 
 
-def _port_free(addr: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((addr if addr not in ("localhost",) else "127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def cpu_rank_limit() -> int:
     """The most CPU ranks one host may profile: one per core, and at least the default 4 (which a small host
     time-shares: the profile measures the share each rank gets)."""
     return max(4, os.cpu_count() or 1)
+
+
+def base_profile_problem(base, base_name: str, on_gpu: bool) -> str | None:
+    """Why `base` (a ClusterProfile, --base-profile `base_name`) cannot supply what this host's profile does not
+    measure (its links, and on GPUs its efficiency): it describes another kind of device, whose links (InfiniBand
+    beside gloo over TCP) and efficiencies are not this host's; None when the kinds agree."""
+    kind = "gpu" if on_gpu else "cpu"
+    if base.device.kind == kind:
+        return None
+    here = "GPUs" if on_gpu else "CPU ranks (no CUDA device)"
+    return (f"--base-profile {base_name} describes {base.device.kind.upper()}s ({base.device.name}), but this host "
+            f"profiles {here}: its links and efficiencies are not this host's; give a "
+            f"{'GPU profile, e.g. dgx-h100-80g' if on_gpu else 'CPU profile, e.g. cpu-local'}, or drop --base-profile")
+
+
+def cpu_memory_problem(model, nproc_per_node: int, dtype: str, memory_per_rank: str | None) -> str | None:
+    """The line refusing a CPU profile of `model` whose ranks cannot hold what the profiler builds on each
+    (`timed_model.cpu_rank_memory_bytes`, a lower bound): more than --memory-per-rank, or `nproc_per_node` times it
+    more than this host has available (MemAvailable, less under a cgroup limit); None when it fits or the host's
+    memory cannot be read."""
+    from autoconf.execute import host_memory
+    from autoconf.profile.hardware import parse_bytes
+    from autoconf.profile.timed_model import cpu_rank_memory_bytes
+
+    GiB = host_memory.GiB
+    need = cpu_rank_memory_bytes(model, dtype)
+    what = (f"profiling {model.name} on CPU needs at least {need / GiB:.1f} GiB per rank (the executor's model with "
+            f"its embedding and head: weights, gradients and AdamW state in {dtype})")
+    smaller = "profile a smaller model" + (", e.g. --model tiny-llama" if model.name != "tiny-llama" else "")
+    if memory_per_rank and need > parse_bytes(memory_per_rank):
+        return f"{what}, more than --memory-per-rank {memory_per_rank}; {smaller}"
+    available = host_memory.available_memory_bytes()
+    if available is None or nproc_per_node * need <= available:
+        return None
+    fewer = int(available // need)
+    return (f"{what}, {nproc_per_node * need / GiB:.1f} GiB for {nproc_per_node} ranks, but this host has "
+            f"{available / GiB:.1f} GiB available; {smaller}"
+            + (f", or fewer ranks (--nproc-per-node {fewer})" if fewer >= 1 else ""))
 
 
 def build_command(out: Path, nproc_per_node: int, nnodes: int, node_rank: int, master_addr: str, master_port: int,
@@ -114,7 +141,7 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
     """
     path = check_output(out, force)
     if master_port is None:
-        local = nnodes == 1 and master_addr in ("127.0.0.1", "localhost")
+        local = nnodes == 1 and master_addr in LOOPBACK
         master_port = free_port() if local else MULTI_NODE_PORT
     gpus = _cuda_devices()
     if nproc_per_node is None:
@@ -141,7 +168,7 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
     if master_port > 65535:
         raise UserError(f"--master-port {master_port} is not a TCP port (1..65535)")
     check_master_addr(master_addr)
-    if nnodes > 1 and master_addr in ("127.0.0.1", "localhost"):
+    if nnodes > 1 and master_addr in LOOPBACK:
         raise UserError(f"--nnodes {nnodes} cannot meet at {master_addr} (a loopback address reaches this host only): "
                         f"pass --master-addr with the address of the node that starts as --node-rank 0, reachable "
                         f"from every node, or profile one node with --nnodes 1")
@@ -152,10 +179,16 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
         from autoconf.spec.presets import load_model
 
         timed_model(load_model(model))  # refuses what the executor's blocks cannot build
+        if not gpus:
+            problem = cpu_memory_problem(load_model(model), nproc_per_node, dtype or "fp32", memory_per_rank)
+            if problem:
+                raise UserError(problem)
     if base_profile:
         from autoconf.spec.cluster import load_cluster
 
-        load_cluster(base_profile)
+        problem = base_profile_problem(load_cluster(base_profile), base_profile, bool(gpus))
+        if problem:
+            raise UserError(problem)
     if memory_per_rank:
         from autoconf.profile.hardware import parse_bytes
         from autoconf.spec.profile_checks import MIN_DEVICE_BYTES
@@ -165,7 +198,7 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
                             f"profile's device may hold; give e.g. 4GiB")
     if dtype and dtype not in PROFILED_DTYPES:
         raise UserError(f"--dtype {dtype!r}: the profiler times one of {', '.join(PROFILED_DTYPES)}")
-    if nnodes == 1 and master_addr in ("127.0.0.1", "localhost") and not _port_free(master_addr, master_port):
+    if nnodes == 1 and master_addr in LOOPBACK and not port_free(master_addr, master_port):
         raise UserError(f"--master-port {master_port} is already in use on this machine; pass another "
                         f"(e.g. --master-port {master_port + 1})")
     cmd = build_command(path, nproc_per_node, nnodes, node_rank, master_addr, master_port, model, quick,

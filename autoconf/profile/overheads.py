@@ -23,7 +23,6 @@ from autoconf.profile.compute import BLOCKS
 from autoconf.profile.timing import median, sync, work_time
 from autoconf.spec.model import ModelSpec
 
-REFERENCE_LAYERS = 4  # depth of the model whose chained blocks are compared with the table
 CHAIN_DEPTHS = (1, 5)  # the two depths whose difference is one layer in its place (GPU profiles)
 
 

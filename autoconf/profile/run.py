@@ -34,7 +34,7 @@ import torch.distributed as dist
 from autoconf.errors import UserError
 from autoconf.files import write_file
 from autoconf.profile import compute, hardware, host, network, overheads, pipeline, tp_layers
-from autoconf.profile.timed_model import timed_model, timed_note
+from autoconf.profile.timed_model import REFERENCE_LAYERS, timed_model, timed_note
 from autoconf.profile.timing import median
 from autoconf.spec.cluster import ClusterProfile, Device, Link, load_cluster
 from autoconf.spec.dtypes import PROFILED_DTYPES
@@ -152,6 +152,12 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
     device_name = torch.cuda.get_device_name(device) if on_gpu else f"cpu-rank ({hardware.cpu_name()})"
     base_name = args.base_profile or (hardware.base_profile_for(device_name) if on_gpu else None)
     base = load_cluster(base_name) if base_name else None
+    if base is not None:
+        from autoconf.profile.launch import base_profile_problem
+
+        problem = base_profile_problem(base, base_name, on_gpu)
+        if problem:
+            raise UserError(problem)
     main_dtype = args.dtype or ("bf16" if on_gpu else "fp32")
     dtypes = [main_dtype] + [d for d in ("fp32", "bf16", "fp16") if d != main_dtype]
     if tiny:
@@ -294,7 +300,7 @@ def _cpu_model_entries(model, table: dict, grid, device: torch.device, dtype: st
     `table` and `efficiency`: the per-pass overhead, blocks chained in a model, the optimizer over real (and over
     DTensor) parameters, and tensor-parallel layers in place."""
     world = dist.get_world_size()
-    deep_layers = min(model.num_layers, overheads.REFERENCE_LAYERS)
+    deep_layers = min(model.num_layers, REFERENCE_LAYERS)
     log(f"reference: the executor's {model.name} with 1 and {deep_layers} layers end to end, and its optimizer "
         f"step, on every rank at once")
     dist.barrier()

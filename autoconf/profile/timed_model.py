@@ -14,6 +14,8 @@ import dataclasses
 from autoconf.errors import UserError
 from autoconf.spec.model import ModelSpec
 
+REFERENCE_LAYERS = 4  # depth of the model whose chained blocks are compared with the table (profile/overheads.py)
+
 
 def timed_model(model: ModelSpec) -> ModelSpec:
     """The model whose blocks the profiler builds and times (module docstring). Raises a UserError for what the
@@ -38,3 +40,19 @@ def timed_note(model: ModelSpec) -> str | None:
     return (f"{model.name} is a mixture-of-experts model: the profile times its attention, norms, embedding, head "
             f"and dense MLP (ffn {model.ffn_hidden_size}); its routed experts (router, expert GEMMs, all-to-all) are "
             f"not timed")
+
+
+def cpu_rank_memory_bytes(model: ModelSpec, dtype: str) -> float:
+    """At least what one CPU rank of the profiler holds at once for `model` (its `timed_model`) in `dtype`, the more
+    of the two references it builds of the executor's model with its embedding and head
+    (`overheads.measure_reference`): one layer with weights, gradients and AdamW's two moments, plus the gradient
+    norm's two float64 copies of its largest tensor (the optimizer reference); REFERENCE_LAYERS layers with weights
+    and gradients (the chained reference). A lower bound: activations and other temporaries come on top."""
+    from autoconf.spec.dtypes import dtype_bytes
+
+    timed = timed_model(model)
+    ends, layer, size = timed.embedding_params() + timed.head_params(), timed.layer_params(), dtype_bytes(dtype)
+    largest = timed.hidden_size * max(timed.vocab_size, timed.ffn_hidden_size, timed.q_dim)
+    optimizer_reference = 4 * (ends + layer) * size + 2 * 8 * largest
+    chained_reference = 2 * (ends + min(timed.num_layers, REFERENCE_LAYERS) * layer) * size
+    return float(max(optimizer_reference, chained_reference))

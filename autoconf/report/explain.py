@@ -15,10 +15,11 @@ import fnmatch
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.files import input_files
+from autoconf.files import drawn_by_autoconf, input_files
 from autoconf.spec.plan import Plan, load_plan
 
 PICTURES = ("timeline.png", "memory.png", "compare.png")
+SWEEP_PICTURE = "sweep.png"  # `plan --nodes A:B --explain DIR` draws it beside the best size's explanation
 
 
 def refuse_taken_folder(out_dir: str | Path, force: bool, plan_path: str | Path | None = None,
@@ -52,12 +53,14 @@ def refuse_taken_folder(out_dir: str | Path, force: bool, plan_path: str | Path 
 
 
 def explain(plans: list[Plan], out_dir: str | Path, cluster=None, plan_path: str | Path | None = None,
-            force: bool = False) -> list[Path]:
+            force: bool = False, sweep: bool = False) -> list[Path]:
     """Writes the pictures and exports for `plans` (best first) into `out_dir`; returns the files written.
 
     `cluster` is the ClusterProfile the plans were made on (default: the profile named in the plan). `plan_path` is
     the saved plan file the scripts should run; without one the best plan is saved as out_dir/plan.json. Refuses
-    (UserError, before writing anything) to replace existing files unless `force`.
+    (UserError, before writing anything) to replace existing files unless `force`; with `force` an earlier sweep's
+    picture (SWEEP_PICTURE) that this explanation does not redraw (`sweep` says the caller draws one) is removed
+    when autoconf drew it (`files.drawn_by_autoconf`), as it would describe another run beside this one.
     """
     from autoconf.report.exporters import export_texts, write_exports
     from autoconf.report.pictures import compare_png, memory_png, timeline_png
@@ -85,6 +88,8 @@ def explain(plans: list[Plan], out_dir: str | Path, cluster=None, plan_path: str
     written.append(memory_png(best, out_dir / "memory.png"))
     written.append(compare_png(plans, out_dir / "compare.png"))
     written += write_exports(best, plan_path, out_dir, force=True)
+    if force and not sweep and drawn_by_autoconf(out_dir / SWEEP_PICTURE):
+        (out_dir / SWEEP_PICTURE).unlink()
     return written
 
 

@@ -284,10 +284,11 @@ def compare_png(plans: list[Plan], path: str | Path) -> Path:
 def save_figure(fig, path: str | Path, force: bool = True) -> Path:
     """Saves through autoconf.files (a temporary renamed into place, never through a link). The callers refuse
     existing files before drawing anything, hence force by default."""
-    from autoconf.files import write_with
+    from autoconf.files import PNG_SOFTWARE, write_with
 
-    try:
-        return write_with(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"), force=force)
+    try:  # (the Software text marks it as autoconf's: files.drawn_by_autoconf)
+        return write_with(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight",
+                                                      metadata={"Software": PNG_SOFTWARE}), force=force)
     finally:
         plt.close(fig)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from autoconf.files import gib_figures
 from autoconf.spec.frameworks import plan_execution, selective_policy
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import Plan
@@ -101,12 +102,14 @@ def prediction_table(plan: Plan) -> Table:
     for name, seconds in p.get("time_breakdown", {}).items():
         table.add_row(f"  time: {name}", f"{seconds:.4g} s ({100 * seconds / p['iteration_time_s']:.1f}%)")
     fits = "fits" if p["fits"] else "DOES NOT FIT"
-    table.add_row("peak memory", f"{p['peak_memory_bytes'] / GiB:.2f} GiB of {p['memory_limit_bytes'] / GiB:.1f} "
-                                 f"GiB ({fits})")
+    peak, limit = gib_figures(p["peak_memory_bytes"], p["memory_limit_bytes"], least=2)
+    table.add_row("peak memory", f"{peak} GiB of {limit} GiB ({fits})")
     effect = p.get("offload_effect")
     if effect:  # cost/estimate.py offload_effect: against the same layout without offload
+        where = ", ".join(f"{term} {seconds:+.4g} s" for term, seconds in
+                          (effect.get("time_cost_by_term_s") or {}).items())
         table.add_row("offload", f"saves {effect['memory_saved_bytes'] / GiB:.2f} GiB per device, costs "
-                                 f"{effect['time_cost_s']:.4g} s per step, holds "
+                                 f"{effect['time_cost_s']:.4g} s per step{f' (in {where})' if where else ''}, holds "
                                  f"{effect['host_memory_per_node_bytes'] / GiB:.1f} GiB of host memory per node"
                                  + ("" if effect["without_fits"] else " (does not fit without it)"))
     for rank, m in enumerate(p["memory_per_stage"]):

@@ -6,6 +6,7 @@ import itertools
 from typing import Callable
 
 from autoconf.cost.estimate import Execution, estimate
+from autoconf.files import gib_figures
 from autoconf.solve.space import with_changes
 from autoconf.spec.support import unsupported_reason
 
@@ -103,5 +104,6 @@ def does_not_fit_message(plan, model, cluster, execution: Execution = Execution(
     else:
         advice = ("no change of recompute, ZeRO, gradient reduction, micro-batch or sequence parallelism fits: "
                   "`autoconf plan` searches every layout, or use more devices")
-    return (f"does not fit: pipeline rank {worst} needs {stages[worst]['total'] / GiB:.1f} GiB of "
-            f"{cluster.memory_limit_phrase}, {over / GiB:.1f} GiB over; {advice}")
+    need, limit, over = gib_figures(stages[worst]["total"], p["memory_limit_bytes"], over)
+    return (f"does not fit: pipeline rank {worst} needs {need} GiB of {cluster.memory_limit_phrase(limit)}, {over} "
+            f"GiB over; {advice}")

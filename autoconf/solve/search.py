@@ -41,6 +41,7 @@ from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_offload, host_memory_per_node,
                                    plans_offload)
 from autoconf.errors import UserError
+from autoconf.files import gib_figures
 from autoconf.spec.support import dtype_unsupported_reason, unsupported_reason
 from autoconf.solve.fit import smallest_fitting_change
 from autoconf.solve.placement import tp_cp_domain
@@ -1146,10 +1147,10 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
     memory = plan.prediction["memory_per_stage"]
     rank = max(range(len(memory)), key=lambda r: memory[r]["total"])
     over = memory[rank]["total"] - cluster.usable_memory_bytes
-    GiB = 1024**3
-    message = (f"no layout fits in {cluster.memory_limit_phrase}: the closest "
-               f"({config.label(selective_policy(config, execution))}) needs {memory[rank]['total'] / GiB:.1f} GiB "
-               f"on pipeline rank {rank}, {over / GiB:.1f} GiB over")
+    need, limit, over = gib_figures(memory[rank]["total"], cluster.usable_memory_bytes, over)
+    message = (f"no layout fits in {cluster.memory_limit_phrase(limit)}: the closest "
+               f"({config.label(selective_policy(config, execution))}) needs {need} GiB on pipeline rank {rank}, "
+               f"{over} GiB over")
     found = smallest_fitting_change(model, cluster, config, execution, allowed=lambda changes: not any(
         k in fixed and fixed[k] != v for k, v in changes.items() if v is not None))
     if found:  # (the levers of `estimate`'s advice, named as --fix keys)

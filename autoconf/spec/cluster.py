@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from autoconf.errors import UserError
+from autoconf.files import gib_figures
 
 
 COMMAND_LINE = "set on the command line"  # the reason a headroom from --memory-headroom states
@@ -158,12 +159,11 @@ class ClusterProfile:
         whose = "--memory-headroom's" if self.memory_headroom.get("why") == COMMAND_LINE else "the profile's"
         return f"{whose} {100 * self.memory_headroom['value']:g}%"
 
-    @property
-    def memory_limit_phrase(self) -> str:
+    def memory_limit_phrase(self, shown: str | None = None) -> str:
         """The fit check's limit for one-line messages: "71.9 GiB per device (the memory less the profile's 10%
-        headroom)"."""
-        return (f"{self.usable_memory_bytes / 2**30:.1f} GiB per device (the memory less {self.headroom_phrase} "
-                f"headroom)")
+        headroom)"; `shown`: the limit in GiB as the message writes its other figures (`files.gib_figures`)."""
+        shown = gib_figures(self.usable_memory_bytes)[0] if shown is None else shown
+        return f"{shown} GiB per device (the memory less {self.headroom_phrase} headroom)"
 
     def with_memory_headroom(self, fraction: float, why: str = COMMAND_LINE) -> "ClusterProfile":
         """The same profile holding back `fraction` of each device's memory instead."""

@@ -121,9 +121,15 @@ class MoESpec:
         for name in ("shared_expert_gate", "norm_topk_prob", "router_bias"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be true or false (got {quoted(getattr(self, name))})")
-        if not isinstance(self.dense_layers, tuple) or not all(
-                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.dense_layers):
-            problems.append(f"dense_layers must be a list of layer indices (got {quoted(self.dense_layers)})")
+        if not isinstance(self.dense_layers, tuple):
+            problems.append(f"dense_layers must be a list of layer indices, e.g. [1, 3] (got "
+                            f"{quoted(self.dense_layers)})")
+        else:  # (whether each index is a layer of the model, the model checks: `dense_layers_problem`)
+            odd = [i for i in self.dense_layers if isinstance(i, bool) or not isinstance(i, int)]
+            if odd:
+                problems.append(f"dense_layers {listed([quoted(i, 24) for i in odd])} "
+                                f"{'is not a layer index' if len(odd) == 1 else 'are not layer indices'} (whole "
+                                f"numbers from 0)")
         if self.capacity_factor is not None and not (_number(self.capacity_factor) and self.capacity_factor > 0):
             problems.append(f"capacity_factor must be a positive number, or null for dropless routing "
                             f"(got {quoted(self.capacity_factor)})")
@@ -274,9 +280,9 @@ class ModelSpec:
                 problems.append(f"{field} needs arch llama (got {quoted(self.arch)})")
         if isinstance(self.moe, MoESpec) and _positive_int(self.num_layers):
             dense = self._dense_layer_count()
-            beyond = [i for i in self.moe.dense_layers if i >= self.num_layers]
-            if beyond:
-                problems.append(f"moe.dense_layers {shown(beyond, 60)} lie beyond the {self.num_layers} layers")
+            wrong = dense_layers_problem(self.moe.dense_layers, self.num_layers)
+            if wrong:
+                problems.append(wrong)
             elif dense >= self.num_layers:
                 problems.append(f"moe leaves no MoE layer: {dense} of the {self.num_layers} layers are dense "
                                 f"(first_k_dense {self.moe.first_k_dense}, dense_layers {list(self.moe.dense_layers)})")
@@ -629,8 +635,10 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: dict, source: str = "model") -> "ModelSpec":
         """Reads `to_dict`'s JSON (and older model JSON without the MoE fields). `parameters` and
-        `active_parameters` are derived: when given, they must agree with the fields within 1%, which catches a
-        mixture-of-experts model written without its `moe` object."""
+        `active_parameters` are derived: when given, they must be the count the fields describe, exactly or rounded
+        to the digits they state (a published 46.7B; `stated_count_agrees`), else both numbers are said. That
+        catches a mixture-of-experts model written without its `moe` object, and a count the planner would silently
+        replace by its own."""
         if not isinstance(data, dict):
             raise UserError(f"{source}: expected a JSON object describing a model")
         if data.get("version", 1) != 1:
@@ -655,11 +663,39 @@ class ModelSpec:
             if given is None:
                 continue
             actual = count(spec)
-            if not _number(given) or abs(given - actual) > 0.01 * actual:
-                raise UserError(f"{source}: {key} {quoted(given)} disagrees with the {actual:,} that the model's "
+            if not stated_count_agrees(given, actual):
+                stated = f"{given:,}" if _number(given) else quoted(given)
+                raise UserError(f"{source}: {key} {stated} disagrees with the {actual:,} that the model's "
                                 f"fields describe{' (an MoE model needs its moe object)' if spec.moe is None else ''}; "
                                 f"fix the fields or drop {key} (it is derived)")
         return spec
+
+
+def dense_layers_problem(indices: tuple, num_layers: int) -> str | None:
+    """The line naming the entries of moe.dense_layers that are no layer of a model of `num_layers` layers (negative,
+    or at or beyond num_layers), each with why; None when every one is a layer."""
+    negative = [i for i in indices if i < 0]
+    beyond = [i for i in indices if i >= num_layers]
+    parts = ([f"{listed([str(i) for i in negative])} {'is' if len(negative) == 1 else 'are'} negative"]
+             if negative else []) + (
+        [f"{listed([str(i) for i in beyond])} {'lies' if len(beyond) == 1 else 'lie'} beyond the {num_layers} "
+         f"layers"] if beyond else [])
+    if not parts:
+        return None
+    return f"moe.dense_layers: {' and '.join(parts)}; give layer indices from 0 to {num_layers - 1}"
+
+
+def stated_count_agrees(given, actual: int) -> bool:
+    """Whether a stated parameter count `given` is `actual`: equal, or `actual` rounded to the significant digits
+    `given` states (its trailing zeros are rounding: 46,700,000,000 for 46,702,792,704, as counts are published);
+    449,600 for 451,840 is not."""
+    if not _number(given):
+        return False
+    if given != int(given) or given <= 0:
+        return given == actual
+    digits = str(int(given))
+    scale = 10 ** (len(digits) - len(digits.rstrip("0")))
+    return given == actual or round(actual / scale) * scale == given
 
 
 # `parameters` and `active_parameters` leave the MTP modules out, as published counts do (DeepSeek-V3's 671B).

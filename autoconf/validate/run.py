@@ -17,6 +17,7 @@ starts ranks elsewhere (a multi-node testbed) passes its own.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import subprocess
 import time
@@ -34,6 +35,9 @@ from autoconf.validate.stats import median_abs_error, regret, spearman
 
 REPORT_VERSION = 1
 RUN_TIMEOUT_S = 900.0
+# The most layouts one validation runs: each is a torchrun start and --steps steps, one after the other (about 15 s on
+# a CPU host, minutes on GPUs), so 64 already take a quarter of an hour to hours; --configs 1000 had no bound.
+MAX_CONFIGS = 64
 # (plan_path, metrics_path, log_path, steps) -> exit code
 Runner = Callable[[Path, Path, Path, int], int]
 
@@ -211,6 +215,7 @@ def run_plans(plans: list[Plan], out_dir: Path, steps: int, runner: Runner = loc
                                               if predicted_peak is not None else None)))
         plan.save(out_dir / "runs" / str(i) / "plan.json", force=force)
     measured: list[list[float]] = [[] for _ in plans]
+    started = time.perf_counter()
     for r in range(repeats):
         for i, run in enumerate(runs):
             run_dir = out_dir / "runs" / str(i)
@@ -218,7 +223,7 @@ def run_plans(plans: list[Plan], out_dir: Path, steps: int, runner: Runner = loc
             metrics_path, log_path = run_dir / f"metrics{suffix}.jsonl", run_dir / f"log{suffix}.txt"
             again = f" (repeat {r + 1}/{repeats})" if repeats > 1 else ""
             log(f"[{i + 1}/{len(plans)}] {run.label}: predicted {run.predicted_s:.4g} s, running {steps} steps"
-                f"{again} ...")
+                f"{again}{time_left(time.perf_counter() - started, r * len(runs) + i, repeats * len(runs))} ...")
             start = time.perf_counter()
             failure = None
             try:
@@ -247,6 +252,49 @@ def run_plans(plans: list[Plan], out_dir: Path, steps: int, runner: Runner = loc
         else:
             run.status = "failed"
     return runs
+
+
+_RUN_FILE = re.compile(r"(?:metrics(?:\.([1-9][0-9]*))?\.jsonl|log(?:\.([1-9][0-9]*))?\.txt|plan\.json)")
+
+
+def stale_run_files(out_dir: Path, count: int, repeats: int) -> list[Path]:
+    """The files an earlier validation wrote under out_dir/runs that one of `count` layouts run `repeats` times does
+    not write again (`run_plans`' names: runs/<i>/plan.json, metrics[.<r>].jsonl, log[.<r>].txt for a layout i >=
+    count or a repeat r >= repeats), which report.json would not list; a user's other files, links and folders are
+    not among them."""
+    out = []
+    runs = out_dir / "runs"
+    for folder in sorted(runs.iterdir()) if runs.is_dir() and not runs.is_symlink() else ():
+        if not folder.name.isdigit() or str(int(folder.name)) != folder.name or folder.is_symlink():
+            continue
+        for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+            match = _RUN_FILE.fullmatch(path.name)
+            if match is None or path.is_symlink() or not path.is_file():
+                continue
+            repeat = int(match.group(1) or match.group(2) or 0)
+            if int(folder.name) >= count or repeat >= repeats:
+                out.append(path)
+    return out
+
+
+def remove_stale_runs(out_dir: Path, count: int, repeats: int) -> None:
+    """Removes `stale_run_files`, and each runs/<i> folder of a layout i >= count left empty by it."""
+    for path in stale_run_files(out_dir, count, repeats):
+        path.unlink()
+        folder = path.parent
+        if int(folder.name) >= count and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def time_left(elapsed_s: float, done: int, total: int) -> str:
+    """", about 12 min left" for `total` runs of which `done` took `elapsed_s` (their mean for each run to come);
+    "" before the first has finished."""
+    if done < 1 or total <= done:
+        return ""
+    left = elapsed_s / done * (total - done)
+    amount = (f"{left:.0f} s" if left < 90 else f"{left / 60:.0f} min" if left < 5400
+              else f"{left / 3600:.1f} h")
+    return f", about {amount} left"
 
 
 def calibrate_report(report: Report, model: ModelSpec, cluster: ClusterProfile, plans: list[Plan]) -> dict:
@@ -365,6 +413,9 @@ def validate(model: ModelSpec, cluster: ClusterProfile, cluster_label: str, glob
     out_dir = Path(out_dir)
     if configs < 1 or steps < 1:
         raise UserError(f"--configs and --steps must be >= 1 (got {configs} and {steps})")
+    if configs > MAX_CONFIGS:
+        raise UserError(f"--configs {configs}: validate runs at most {MAX_CONFIGS} layouts, one after the other "
+                        f"(each a torchrun start and --steps steps); give --configs {MAX_CONFIGS} or fewer")
     report_path, scatter_path, calibrated_path = (out_dir / "report.json", out_dir / "scatter.png",
                                                   out_dir / "calibrated_profile.json")
     if cluster_path is not None and calibrate and calibrated_path.resolve() == Path(cluster_path).resolve():
@@ -387,6 +438,9 @@ def validate(model: ModelSpec, cluster: ClusterProfile, cluster_label: str, glob
                         f"and this host has no CUDA device: its CPU times would be compared with GPU predictions; "
                         f"use a CPU profile (cpu-local, or one `autoconf profile` measured here) or run it on the GPUs")
     plans = select_layouts(model, cluster, global_batch, seq_len, dtype, configs, fixed, refine=refine)
+    if too_few_layouts(len(plans), fixed):
+        raise UserError(too_few_layouts(len(plans), fixed))
+    remove_stale_runs(out_dir, len(plans), repeats)
     log(f"validating {len(plans)} layouts of {model.name} on {cluster_label} ({cluster.world_size} ranks), "
         f"{steps} steps each")
     runs = run_plans(plans, out_dir, steps, runner, force=True, log=log, repeats=repeats,
@@ -470,7 +524,18 @@ def incomplete(report: Report) -> str | None:
         return (f"{len(failed)} of {len(report.runs)} layouts failed to run ("
                 + "; ".join(f"#{r.index} {r.label}: {(r.failure or r.status)[:80]}" for r in failed[:3])
                 + ("; ..." if len(failed) > 3 else "") + "): their logs are under runs/<#>/")
-    if len(report.runs) < 2:
-        return (f"only {len(report.runs)} layout could be chosen for this model, cluster and batch, so nothing was "
-                f"ranked; give a larger --global-batch or a profile with more ranks")
-    return None
+    return too_few_layouts(len(report.runs))
+
+
+def too_few_layouts(count: int, fixed: dict | None = None) -> str | None:
+    """Why `count` layouts validate nothing (fewer than two: no ranking to compare), naming the --fix pins `fixed`
+    that narrowed the choice when there are any; None for two or more."""
+    if count >= 2:
+        return None
+    if fixed:
+        pins = " ".join(f"--fix {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in fixed.items())
+        return (f"only {count} layout could be chosen for this model, cluster and batch with {pins}, so nothing "
+                f"would be ranked; pin fewer fields (every pin leaves out the layouts that differ in it), or give a "
+                f"larger --global-batch or a profile with more ranks")
+    return (f"only {count} layout could be chosen for this model, cluster and batch, so nothing would be ranked; "
+            f"give a larger --global-batch or a profile with more ranks")
