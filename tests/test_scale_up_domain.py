@@ -13,6 +13,7 @@ from autoconf.solve.placement import tp_cp_domain
 from autoconf.solve.space import candidates
 from autoconf.spec.cluster import ClusterProfile, Link, load_cluster
 from autoconf.spec.frameworks import execution
+from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import load_model
 
@@ -83,3 +84,29 @@ def test_round_trip_and_refusals():
                         ({"nodes": 2, "why": "x", "size": 3}, "scale_up_domain.size"), (4, "scale_up_domain")):
         with pytest.raises(UserError, match=needle):
             ClusterProfile.from_dict({**data, "scale_up_domain": bad})
+
+
+def test_truth_moe_costs_every_published_run_and_keeps_nvl72_ep_groups_on_one_fabric():
+    """scripts/truth_moe.py reads each run's trays per fabric (`scale_up_nodes`): every run of its data file is
+    costed, and on the GB200 / GB300 rows every EP group of the default grid lies on one NVLink fabric."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import truth_moe
+
+    runs = json.loads(truth_moe.DATA.read_text())["runs"]
+    racks = [run for run in runs if run.get("scale_up_nodes")]
+    assert len(racks) >= 4
+    for run in runs:
+        row, _ = truth_moe.compare(run)
+        assert "not_modelled" not in row, run["label"]
+    for run in racks:
+        c, _ = truth_moe.layout(run)
+        cluster = truth_moe.cluster_of(run)
+        assert cluster.devices_per_domain == 4 * run["scale_up_nodes"]
+        grid = RankGrid.logical(c.dims)
+        for pp_rank in range(c.pp):
+            groups = expert_groups(grid, pp_rank, c.ep, c.etp, "ep")
+            assert all(len({cluster.domain_of(int(d)) for d in group}) == 1 for group in groups), run["label"]
