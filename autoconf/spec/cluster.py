@@ -4,8 +4,8 @@ A link is latency (alpha, seconds) plus bandwidth (beta, bytes per second per di
 described: pairs inside a node by `intra_node` (or the per-pair `intra_node_matrix`), pairs on different nodes by
 `inter_node` (or the per-node-pair `inter_node_matrix`), so a heterogeneous fabric is a matrix while a uniform
 16k-GPU cluster stays a few numbers. Where one scale-up fabric joins several nodes (`scale_up_domain`: a GB200 NVL72
-rack's 18 trays), "inside a node" reads "inside a domain" for every link. Every efficiency the cost model applies is a named, explained entry of
-`efficiency`: a property of the hardware, never of a model.
+rack's 18 trays), "inside a node" reads "inside a domain" for every link. Every efficiency the cost model applies
+is a named, explained entry of `efficiency`: a property of the hardware, never of a model.
 """
 
 from __future__ import annotations
@@ -184,10 +184,11 @@ class ClusterProfile:
             raise UserError(f"cluster {self.name}: backend must be nccl or gloo, got {self.backend!r}")
         k = self.nodes_per_domain
         if k > 1 and self.nodes > k and self.nodes % k:
+            below, above = self.nodes // k * k, -(-self.nodes // k) * k
             raise UserError(f"cluster {self.name}: its nodes come in scale-up domains of {k} (one fabric each); give "
-                            f"at most {k} nodes or a multiple of {k} ({self.nodes // k * k} or {-(-self.nodes // k) * k}"
-                            f"), not {self.nodes}; a job holding fewer nodes of each fabric states that number as "
-                            f"the profile's scale_up_domain.nodes")
+                            f"at most {k} nodes or a multiple of {k} ({below} or {above}), not {self.nodes}; a job "
+                            f"holding fewer nodes of each fabric states that number as the profile's "
+                            f"scale_up_domain.nodes")
         if k > 1 and (self.intra_node_matrix is not None or self.inter_node_matrix is not None):
             raise UserError(f"cluster {self.name}: a scale-up domain of {self.nodes_per_domain} nodes describes its "
                             f"links by intra_node and inter_node alone; drop the link matrices or the domain")
@@ -204,8 +205,8 @@ class ClusterProfile:
 
     @property
     def devices_per_domain(self) -> int:
-        """Devices one scale-up fabric joins: every pair of them talks over `intra_node` (the last domain of a
-        cluster whose nodes it does not divide holds fewer)."""
+        """Devices one scale-up fabric joins: every pair of them talks over `intra_node` (a cluster of fewer nodes
+        is one partial domain)."""
         return self.gpus_per_node * self.nodes_per_domain
 
     @property
