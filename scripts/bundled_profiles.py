@@ -321,8 +321,8 @@ B200 = gpu_profile(
 # GPUs share one NVLink 5 switch fabric (the rack's 9 switch trays): a scale-up domain of 18 nodes, every GPU pair of
 # a rack at NVLink speed, racks joined by one scale-out NIC per GPU. Data sheets, as collected by third parties
 # (NVIDIA's product pages themselves were not read): the rack table of GB200 NVL72 prints 360 PFLOP/s FP16/BF16,
-# 720 FP8 and 180 TF32 for 72 GPUs with sparsity (halved: 2.5, 5 and 1.25 PFLOP/s dense per GPU; glennklockwood.com/garden/processors/
-# B200, read 2026-12-05, 1200 W); Blackwell Ultra (GB300) keeps those dense BF16/FP8/TF32 rates at 1400 W and raises
+# 720 FP8 and 180 TF32 for 72 GPUs with sparsity (halved: 2.5, 5 and 1.25 PFLOP/s dense per GPU;
+# glennklockwood.com/garden/processors/B200, read 2026-12-05, 1200 W); Blackwell Ultra (GB300) keeps those dense BF16/FP8/TF32 rates at 1400 W and raises
 # FP4 (NVIDIA technical blog "Inside NVIDIA Blackwell Ultra", developer.nvidia.com/blog/inside-nvidia-blackwell-ultra-
 # the-chip-powering-the-ai-factory-era: 288 GB HBM3e at 8 TB/s, NVLink 5 at 1.8 TB/s bidirectional; pytorch/pytorch PR
 # #196944 lists 2500 TFLOP/s BF16 dense and measured 1665-1845 TFLOP/s on BF16 GEMMs, 0.67-0.74 of it, beside the
