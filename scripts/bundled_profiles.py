@@ -318,19 +318,19 @@ B200 = gpu_profile(
         "Platinum 8570: 8 channels DDR5-5600), a lower bound on the step time"))
 
 # GB200 NVL72 and GB300 NVL72: one rack is 18 compute trays (nodes: one host each, 4 GPUs and 2 Grace CPUs) whose 72
-# GPUs share one NVLink 5 switch fabric (the rack's 9 switch trays): a scale-up domain of 18 nodes, every GPU pair of
-# a rack at NVLink speed, racks joined by one scale-out NIC per GPU. Data sheets, as collected by third parties
-# (NVIDIA's product pages themselves were not read): the rack table of GB200 NVL72 prints 360 PFLOP/s FP16/BF16,
-# 720 FP8 and 180 TF32 for 72 GPUs with sparsity (halved: 2.5, 5 and 1.25 PFLOP/s dense per GPU;
-# glennklockwood.com/garden/processors/B200, read 2026-12-05, 1200 W); Blackwell Ultra (GB300) keeps those dense BF16/FP8/TF32 rates at 1400 W and raises
-# FP4 (NVIDIA technical blog "Inside NVIDIA Blackwell Ultra", developer.nvidia.com/blog/inside-nvidia-blackwell-ultra-
-# the-chip-powering-the-ai-factory-era: 288 GB HBM3e at 8 TB/s, NVLink 5 at 1.8 TB/s bidirectional; pytorch/pytorch PR
-# #196944 lists 2500 TFLOP/s BF16 dense and measured 1665-1845 TFLOP/s on BF16 GEMMs, 0.67-0.74 of it, beside the
-# profiles' sustained 0.667). FP32: 80 TFLOP/s, the HGX B200's (not a GEMM rate any bf16 plan reads). memory_bytes is
-# what PyTorch reports for the part: "a total capacity of 184.31 GiB" (GB200, the 186-192 GB of the data sheets less
-# what the driver reserves) and 276.62 GiB (GB300; torchtitan PR #4016 "a 276.62 GiB GB300"), each in several public
-# out-of-memory messages. Every efficiency, the GEMM size curve and the attention curves are the dgx-b200-180g
-# profile's (the H100's fractions): assumed, not measured on these parts.
+# GPUs share one NVLink 5 switch fabric (the rack's 9 switch trays): a scale-up domain of 18 nodes, every GPU pair of a
+# rack at NVLink speed, racks joined by one scale-out NIC per GPU. Data sheets, as collected by third parties (NVIDIA's
+# product pages themselves were not read): the rack table of GB200 NVL72 prints 360 PFLOP/s FP16/BF16, 720 FP8 and 180
+# TF32 for 72 GPUs with sparsity (halved: 2.5, 5 and 1.25 PFLOP/s dense per GPU;
+# glennklockwood.com/garden/processors/B200, read 2026-12-05, 1200 W); Blackwell Ultra (GB300) keeps those dense
+# BF16/FP8/TF32 rates at 1400 W and raises FP4 (NVIDIA technical blog "Inside NVIDIA Blackwell Ultra",
+# developer.nvidia.com/blog/inside-nvidia-blackwell-ultra-the-chip-powering-the-ai-factory-era: 288 GB HBM3e at 8 TB/s,
+# NVLink 5 at 1.8 TB/s bidirectional; pytorch/pytorch PR #196944 lists 2500 TFLOP/s BF16 dense and measured 1665-1845
+# TFLOP/s on BF16 GEMMs, 0.67-0.74 of it, beside the profiles' sustained 0.667). FP32: 80 TFLOP/s, the HGX B200's (not a
+# GEMM rate any bf16 plan reads). memory_bytes is what PyTorch reports for the part: "a total capacity of 184.31 GiB"
+# (GB200, the 186-192 GB of the data sheets less what the driver reserves) and 276.62 GiB (GB300; torchtitan PR #4016 "a
+# 276.62 GiB GB300"), each in several public out-of-memory messages. Every efficiency, the GEMM size curve and the
+# attention curves are the dgx-b200-180g profile's (the H100's fractions): assumed, not measured on these parts.
 GB_DENSE_PEAK = {"bf16": 2500e12, "fp16": 2500e12, "fp32": 80e12, "tf32": 1250e12, "fp8": 5000e12}
 NVL72_DOMAIN = {"nodes": 18, "why": "an NVL72 rack: 18 compute trays of 4 GPUs on one NVLink 5 switch fabric (72 GPUs "
                                     "at 900 GB/s per direction each); racks talk over the scale-out NICs"}
