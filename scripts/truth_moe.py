@@ -101,8 +101,8 @@ def predict(run: dict) -> dict:
 def reserved_range(run: dict, prediction: dict) -> tuple[float, float]:
     """(least, most) GiB the allocator reserves on a pipeline rank at its peak (`truth_torchtitan.reserved_bytes`
     of each rank's predicted peak): what torchtitan logs as max reserved."""
-    c, ex = layout(run)
-    reserved = [reserved_bytes(model_of(run), cluster_of(run), c, stage["total"], ex) / 2**30
+    (c, ex), model, cluster = layout(run), model_of(run), cluster_of(run)
+    reserved = [reserved_bytes(model, cluster, c, stage["total"], ex) / 2**30
                 for stage in prediction["memory_per_stage"]]
     return min(reserved), max(reserved)
 

@@ -178,9 +178,10 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
         from autoconf.profile.timed_model import timed_model
         from autoconf.spec.presets import load_model
 
-        timed_model(load_model(model))  # refuses what the executor's blocks cannot build
+        spec = load_model(model)
+        timed_model(spec)  # refuses what the executor's blocks cannot build
         if not gpus:
-            problem = cpu_memory_problem(load_model(model), nproc_per_node, dtype or "fp32", memory_per_rank)
+            problem = cpu_memory_problem(spec, nproc_per_node, dtype or "fp32", memory_per_rank)
             if problem:
                 raise UserError(problem)
     if base_profile:

@@ -438,8 +438,9 @@ def validate(model: ModelSpec, cluster: ClusterProfile, cluster_label: str, glob
                         f"and this host has no CUDA device: its CPU times would be compared with GPU predictions; "
                         f"use a CPU profile (cpu-local, or one `autoconf profile` measured here) or run it on the GPUs")
     plans = select_layouts(model, cluster, global_batch, seq_len, dtype, configs, fixed, refine=refine)
-    if too_few_layouts(len(plans), fixed):
-        raise UserError(too_few_layouts(len(plans), fixed))
+    problem = too_few_layouts(len(plans), fixed)
+    if problem:
+        raise UserError(problem)
     remove_stale_runs(out_dir, len(plans), repeats)
     log(f"validating {len(plans)} layouts of {model.name} on {cluster_label} ({cluster.world_size} ranks), "
         f"{steps} steps each")
@@ -532,10 +533,7 @@ def too_few_layouts(count: int, fixed: dict | None = None) -> str | None:
     that narrowed the choice when there are any; None for two or more."""
     if count >= 2:
         return None
-    if fixed:
-        pins = " ".join(f"--fix {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in fixed.items())
-        return (f"only {count} layout could be chosen for this model, cluster and batch with {pins}, so nothing "
-                f"would be ranked; pin fewer fields (every pin leaves out the layouts that differ in it), or give a "
-                f"larger --global-batch or a profile with more ranks")
-    return (f"only {count} layout could be chosen for this model, cluster and batch, so nothing would be ranked; "
-            f"give a larger --global-batch or a profile with more ranks")
+    pins = " ".join(f"--fix {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in (fixed or {}).items())
+    fewer = "pin fewer fields (every pin leaves out the layouts that differ in it), or " if pins else ""
+    return (f"only {count} layout could be chosen for this model, cluster and batch{' with ' + pins if pins else ''}, "
+            f"so nothing would be ranked; {fewer}give a larger --global-batch or a profile with more ranks")
