@@ -87,6 +87,15 @@ def port_free(addr: str, port: int) -> bool:
     return True
 
 
+def busy_port_problem(port: int) -> str | None:
+    """The line refusing a one-node run's --master-port that a process on this machine already holds; None when the
+    port is free (profile and launch both meet on 127.0.0.1 on one node)."""
+    if port_free("127.0.0.1", port):
+        return None
+    return (f"--master-port {port} is already in use on this machine; pass another (e.g. --master-port "
+            f"{port % 65535 + 1}) or leave it out for a free one")
+
+
 def _check_writable_dir(path: Path, what: str, create: bool = True) -> None:
     """Refuses a folder that cannot be written; makes it (and its parents) when `create`, else only checks that the
     nearest existing one is a writable folder, so a dry run leaves the disk as it was."""
@@ -495,9 +504,9 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
     if not dry_run:
         _check_devices(plan, nproc, allow_cpu)
         _check_host_memory(plan, nproc, allow_unfit)
-        if nnodes == 1 and master_port is not None and not port_free("127.0.0.1", master_port):
-            raise UserError(f"--master-port {master_port} is already in use on this machine; pass another (e.g. "
-                            f"--master-port {master_port % 65535 + 1}) or leave it out for a free one")
+        busy = busy_port_problem(master_port) if nnodes == 1 and master_port is not None else None
+        if busy:
+            raise UserError(busy)
         if nnodes > 1 and master_addr in LOOPBACK:
             raise UserError(f"the plan runs on {nnodes} nodes, which cannot meet at {master_addr} (a loopback "
                             f"address reaches this host only): start `autoconf launch` on each with --node-rank R "

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.execute.launch import (LOOPBACK, MULTI_NODE_PORT, check_master_addr, free_port, port_free,
+from autoconf.execute.launch import (LOOPBACK, MULTI_NODE_PORT, busy_port_problem, check_master_addr, free_port,
                                      run_supervised)
 from autoconf.files import check_new
 from autoconf.spec.dtypes import PROFILED_DTYPES
@@ -199,9 +199,9 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
                             f"profile's device may hold; give e.g. 4GiB")
     if dtype and dtype not in PROFILED_DTYPES:
         raise UserError(f"--dtype {dtype!r}: the profiler times one of {', '.join(PROFILED_DTYPES)}")
-    if nnodes == 1 and master_addr in LOOPBACK and not port_free(master_addr, master_port):
-        raise UserError(f"--master-port {master_port} is already in use on this machine; pass another "
-                        f"(e.g. --master-port {master_port + 1})")
+    busy = busy_port_problem(master_port) if nnodes == 1 and master_addr in LOOPBACK else None
+    if busy:
+        raise UserError(busy)
     cmd = build_command(path, nproc_per_node, nnodes, node_rank, master_addr, master_port, model, quick,
                         base_profile, memory_per_rank, dtype, rdzv, max_tp, tuple(seq_lens))
     env = dict(os.environ)
