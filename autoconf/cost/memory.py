@@ -56,9 +56,10 @@ seq_len / k tokens on average, each also keeping earlier chunks' keys and values
 of up to k - 1 earlier chunks per layer (`seq_chunk_kv_bytes`, by layout and recompute mode); under the equal-work
 split the chunks' lengths differ (`seq_chunk_scales`: the executor pads each to the longest). Temporaries: the
 logits with their fp32 loss copy and gradient, one layer's recomputed activations under full recompute (on a rank
-that recomputes a layer), P2P send/receive buffers, the K/V buffer of context-parallel attention
-(`cp_buffer_bytes`). With one micro-batch per step the executor's gradients only come into existence as the
-activations go, so the larger of the two counts.
+that recomputes a layer), the K/V buffer of context-parallel attention (`cp_buffer_bytes`). The pipeline's
+receive buffers and kept stage outputs (`pipeline_buffer_bytes`, by the framework's runtime) sit in "other". With
+one micro-batch per step the executor's gradients only come into existence as the activations go, so the larger of
+the two counts.
 
 Mixture of experts (cost/moe.py): the routed experts of a rank's MoE layers are split over ep x etp instead of tp,
 and ZeRO shards their state over the expert-data-parallel degree edp instead of dp (Megatron-Core's distributed
@@ -921,13 +922,52 @@ def unit_grad_shard_bytes(model: ModelSpec, c: ParallelConfig) -> float:
                for moe, _ in chunk_pairs(model, None))
 
 
-def p2p_buffer_bytes(model: ModelSpec, config: ParallelConfig) -> float:
-    """Pipeline send and receive buffers, forward and backward: four activations of one micro-batch."""
+def boundary_activation_bytes(model: ModelSpec, config: ParallelConfig) -> float:
+    """One pipeline unit's activation at a stage boundary on one rank (its 1/tp slice under sequence parallelism):
+    the size of every buffer `pipeline_buffer_bytes` counts."""
+    c = config
+    split = c.tp if c.sequence_parallel else 1
+    return c.local_seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype] / split
+
+
+def pipeline_buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution | None,
+                          stages: Sequence[int], inflight: Sequence[float], scale: float = 1.0) -> float:
+    """What a pipeline rank holding schedule stages `stages` keeps to pass activations and gradients, beyond the
+    activations its stages save (`inflight[s]` units in flight at its peak), in boundary activations
+    (`boundary_activation_bytes`, times `scale`: seq1f1b's longest chunk against the mean). 0 without a pipeline.
+
+    Under `Execution.pipeline_buffers` "per_transfer" four. Under "per_microbatch" (torch's PipelineStage), with
+    n = num_microbatches x seq_chunks units per step, each stage s holds: but the first, n activation receive
+    buffers, of which the `inflight[s]` in flight are its first block's saved input and so already counted; but the
+    last, n gradient receive buffers and its `inflight[s]` outputs; and a rank with a stage but the first one input
+    gradient being sent. A rank of one middle stage holds 2n + 1 whatever is in flight. Under two directions (dualpipe) each direction's chain of stages
+    passes half the units."""
     c = config
     if c.pp == 1:
         return 0.0
-    split = c.tp if c.sequence_parallel else 1
-    return 4 * c.local_seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype] / split
+    unit = boundary_activation_bytes(model, c) * scale
+    if (execution or Execution()).pipeline_buffers == "per_transfer":
+        return 4 * unit
+    directions = schedule_spec(c.schedule).directions  # each direction's chain of num_stages stages
+    n, last = c.num_microbatches * c.seq_chunks / directions, c.num_stages - 1
+    receives = [s for s in stages if s % c.num_stages != 0]
+    held = float(bool(receives))  # the input gradient being sent (a rank sends one at a time)
+    for s in stages:
+        if s in receives:
+            held += n - inflight[s]
+        if s % c.num_stages != last:
+            held += n + inflight[s]
+    return held * unit
+
+
+def pipeline_buffer_floor(model: ModelSpec, config: ParallelConfig, execution: Execution | None) -> float:
+    """A lower bound of `pipeline_buffer_bytes` on pipeline rank 0, whatever is in flight: rank 0 holds stage 0,
+    which is not the last, so under "per_microbatch" at least its n gradient receive buffers."""
+    c = config
+    if c.pp == 1 or (execution or Execution()).pipeline_buffers == "per_transfer":
+        return pipeline_buffer_bytes(model, c, execution, (), ())
+    return (c.num_microbatches * c.seq_chunks / schedule_spec(c.schedule).directions
+            * boundary_activation_bytes(model, c))
 
 
 def cp_kv_bytes(model: ModelSpec, config: ParallelConfig) -> float:
@@ -1192,8 +1232,7 @@ class RankMemory:
         self.embed_act, _, self.head_act = unit_activation_bytes(model, c, layout, cluster.device.kind, selective,
                                                                  execution)
         self.temporaries = temporary_terms(model, c, layout, cluster.device.kind, selective, execution)
-        self.p2p = p2p_buffer_bytes(model, c)
-        self.fixed = cluster.device.memory_overhead_bytes + self.p2p
+        self.fixed = cluster.device.memory_overhead_bytes
         self.bounds = seq_chunk_bounds(model, cluster, c, execution) if c.seq_chunks > 1 else None
         self.kv_cache, self.kv_grads = seq_chunk_kv_bytes(model, c, layout, self.bounds, selective=selective)
         self.kv_recomputed, _ = seq_chunk_kv_bytes(model, c, layout, self.bounds, True, selective)
@@ -1279,7 +1318,7 @@ class RankMemory:
         host = (local_params * host_state_bytes_per_param(c, layout)
                 + local_experts * host_state_bytes_per_param(c, layout, experts=True)) if c.offloads else 0.0
         # Under an uneven seq1f1b split the per-chunk buffers and temporaries are the longest chunk's.
-        other = (self.fixed + (scales[1] - 1.0) * self.p2p,
+        other = (self.fixed + pipeline_buffer_bytes(self.model, c, self.execution, copies, self.inflight, scales[1]),
                  self.kv_grads * sum(partition[st][1] - partition[st][0] for st in stages))
         last = len(partition) - 1 in stages
         moe = any(moe_layers(model, *partition[st]) for st in stages)

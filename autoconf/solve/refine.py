@@ -15,7 +15,7 @@ from autoconf.cost.estimate import (Execution, activation_bytes, cp_attention_co
                                     dp_buffer_bytes, p2p_bytes, recompute_time, schedule_inflight,
                                     selective_matmul_share, selective_matmuls_only, tp_collective)
 from autoconf.cost.memory import (Temporary, fp8_weight_cache_bytes, layer_activation_bytes, megatron_fsdp_runs,
-                                  p2p_buffer_bytes, root_unit_params, seq_chunk_kv_bytes, seq_chunk_scales,
+                                  pipeline_buffer_bytes, root_unit_params, seq_chunk_kv_bytes, seq_chunk_scales,
                                   stage_layer_activation_bytes, state_bytes_per_param, temporary_terms,
                                   unit_activation_bytes, unsharded_buffer_bytes)
 from autoconf.cost.moe import (block_local_params, blocks_params, dispatch_bytes, dispatch_shares, ep_comm_passes,
@@ -178,18 +178,22 @@ def reserved_bytes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
                    execution: Execution | None = None) -> tuple[tuple[float, float], ...]:
     """Per pipeline rank (`owner`: the rank of each virtual stage), the bytes `memory.stage_memory` counts whatever
     the partition, which `partition_problem` takes off its limit, as (gradient buffers, the rest): the runtime's
-    overhead, the P2P buffers at `temp_scale` (seq1f1b's longest chunk against the mean) and the FSDP gather
-    buffers of its stages (`memory.unsharded_buffer_bytes`, the largest parameter and the largest gradient buffer
-    of its stages), each stage's root unit (embedding, head) known by its place and its blocks counted as two or
-    more (a stage of one block holds less: an upper bound there)."""
-    fixed = cluster.device.memory_overhead_bytes + temp_scale * p2p_buffer_bytes(model, c)
+    overhead, the pipeline's buffers (`memory.pipeline_buffer_bytes` of its stages at the schedule's in-flight
+    counts, at `temp_scale`: seq1f1b's longest chunk against the mean) and the FSDP gather buffers of its stages
+    (`memory.unsharded_buffer_bytes`, the largest parameter and the largest gradient buffer of its stages), each
+    stage's root unit (embedding, head) known by its place and its blocks counted as two or more (a stage of one
+    block holds less: an upper bound there)."""
+    inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, seq_chunks=c.seq_chunks)
+    fixed = [cluster.device.memory_overhead_bytes + pipeline_buffer_bytes(
+        model, c, execution, [st for st in range(len(owner)) if owner[st] == r], inflight, temp_scale)
+        for r in range(c.pp)]
     if layout != "torch" and not megatron_fsdp_runs(c, execution):
-        return ((0.0, fixed),) * c.pp
+        return tuple((0.0, f) for f in fixed)
     places = [[0, 0]] * len(owner)  # a stage's root unit depends on its place only (its blocks cancel out)
     buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, c, places, st), embedding=st == 0,
                                       execution=execution) for st in range(len(owner))]
     return tuple((max(buffers[st][1] for st in range(len(owner)) if owner[st] == r),
-                  fixed + max(buffers[st][0] for st in range(len(owner)) if owner[st] == r)) for r in range(c.pp))
+                  fixed[r] + max(buffers[st][0] for st in range(len(owner)) if owner[st] == r)) for r in range(c.pp))
 
 
 def refined_partition(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, execution: Execution,

@@ -34,7 +34,7 @@ from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, cp_attentio
                                     p2p_bytes, predict, recompute_time, schedule_inflight, selective_matmul_share,
                                     selective_matmuls_only, step_collectives, tp_collective, tp_overlap_gemms,
                                     tp_sp_collectives)
-from autoconf.cost.memory import (holds_unsharded_grads, layer_activation_bytes, p2p_buffer_bytes, rank_params,
+from autoconf.cost.memory import (holds_unsharded_grads, layer_activation_bytes, pipeline_buffer_floor, rank_params,
                                   root_reduced_grad_bytes, root_unit_params, stage_memory, state_bytes_per_param)
 from autoconf.cost.moe import ep_comm_passes, layer_kind_params, layer_kinds, moe_layers, smallest_layer_params
 from autoconf.cost.moe import local_params as local_params_of
@@ -503,10 +503,11 @@ class _BoundCache:
         temporaries, FSDP unit buffers and fp8 weight cache taken as 0 (each is at least 0). What is left is read
         from the same functions: the rank's parameters (`stage_params`, `stage_expert_params`, split by
         `local_params`) times every byte `state_bytes_per_param` holds per parameter, plus the fixed bytes (the
-        device's runtime overhead and `p2p_buffer_bytes`). Where the estimate counts either the gradients or the
+        device's runtime overhead and `pipeline_buffer_floor`). Where the estimate counts either the gradients or the
         activations (one micro-batch, torch layout), the activations and temporaries it keeps are at least the
         gradients it drops, so this holds there too (tests/test_search.py checks it below `memory_bound`)."""
-        return self._state_bytes(c) + self.cluster.device.memory_overhead_bytes + p2p_buffer_bytes(self.model, c)
+        return (self._state_bytes(c) + self.cluster.device.memory_overhead_bytes
+                + pipeline_buffer_floor(self.model, c, self.execution))
 
     def _state_bytes(self, c: ParallelConfig) -> float:
         """Rank 0's parameters on the default partition times every byte `state_bytes_per_param` holds per

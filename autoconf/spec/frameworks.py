@@ -53,6 +53,19 @@ SELECTIVE_RECOMPUTE = ("attention_core", "alternate_matmuls", "norms_mla_swiglu"
 # The policies autoconf's executor builds (execute/parallelize.py, execute/checkpoint_policy.py).
 EXECUTOR_SELECTIVE = ("attention_core", "alternate_matmuls")
 MEMORY_LAYOUTS = ("torch", "megatron")
+# What a pipeline's runtime holds to pass activations and their gradients between stages
+# (`autoconf.cost.memory.pipeline_buffer_bytes` counts it):
+#   "per_microbatch"  torch.distributed.pipelining's PipelineStage (torch 2.13; stage.py `_setup_forward_recv_info`,
+#                     `_create_grad_recv_info`): at its first step every stage allocates a receive buffer for each
+#                     micro-batch's input activation (stages but the first) and output gradient (stages but the
+#                     last) and keeps them across steps; a received activation is the stage's input, which its first
+#                     block saves; each micro-batch's output stays referenced until its backward (`fwd_cache`), and
+#                     the input gradient lives until its send completes. torchtitan and autoconf's executor run it.
+#                     (pytorch/pytorch PR #193872, 2026-08, and #196463 allocate the buffers just in time instead.)
+#   "per_transfer"    Megatron's p2p_communication: each receive allocates its tensor when posted, the received
+#                     activation is the stage's input, the sent output is freed once sent (`deallocate_output_tensor`):
+#                     four activations of one micro-batch (a forward and a backward send and receive).
+PIPELINE_BUFFERS = ("per_microbatch", "per_transfer")
 # Element-wise ops a framework runs as separate eager torch kernels instead of one fused kernel each (the
 # specification model's count, `autoconf.cost.compute.eager_elementwise_bytes` says what each adds):
 #   "rmsnorm"    RMSNorm upcast to fp32 in six kernels (torchtitan's own `RMSNorm` until 2025, norm_type "rmsnorm")
@@ -207,6 +220,7 @@ class Execution:
     The defaults are autoconf's executor. name: the preset these flags came from (reported in the plan's
     prediction as "framework").
     memory_layout: "torch" (FSDP2 mixed precision, cost/memory.py) or "megatron" (18 bytes per parameter).
+    pipeline_buffers: see PIPELINE_BUFFERS.
     zero_stages: the ZeRO stages the framework can run; zero_searched: those worth telling apart in a search.
     distributed_optimizer: ZeRO-1 as Megatron's distributed optimizer (reduce-scatter of the gradients, all-gather
         of the updated parameters), which the Megatron layout needs for any zero_stage >= 1 to be real.
@@ -320,6 +334,7 @@ class Execution:
 
     name: str = "autoconf"
     memory_layout: str = "torch"
+    pipeline_buffers: str = "per_microbatch"
     zero_stages: tuple[int, ...] = (0, 1, 2, 3)
     zero_searched: tuple[int, ...] = (0, 2, 3)
     distributed_optimizer: bool = False
@@ -374,6 +389,8 @@ class Execution:
         out = []
         if self.memory_layout not in MEMORY_LAYOUTS:
             out.append(f"memory_layout {self.memory_layout!r} is none of {', '.join(MEMORY_LAYOUTS)}")
+        if self.pipeline_buffers not in PIPELINE_BUFFERS:
+            out.append(f"pipeline_buffers {self.pipeline_buffers!r} is none of {', '.join(PIPELINE_BUFFERS)}")
         if self.selective_recompute not in SELECTIVE_RECOMPUTE:
             out.append(f"selective_recompute {self.selective_recompute!r} is none of {', '.join(SELECTIVE_RECOMPUTE)}")
         elif self.selective_recompute not in self.selective_policies:
@@ -583,7 +600,8 @@ PRESETS: dict[str, Execution] = {
     # parallelism on CUDA: torch's ring where `executor_torch_cp` says, handed grouped K/V.
     "autoconf": Execution(),
     "megatron": Execution(
-        name="megatron", memory_layout="megatron", zero_stages=(0, 1, 2, 3), zero_searched=(0, 1, 2, 3),
+        name="megatron", memory_layout="megatron", pipeline_buffers="per_transfer", zero_stages=(0, 1, 2, 3),
+        zero_searched=(0, 1, 2, 3),
         selective_policies=("attention_core",), grad_reduce_start="after_flush", param_gather_overlap=False,
         blocking_p2p=True, p2p_scatter_gather=True,
         executor_overheads=False, eager_ops=("vocab_parallel_ce",), grad_buffer_passes=("zero", "scale"),
@@ -592,7 +610,8 @@ PRESETS: dict[str, Execution] = {
                        ("always", "grad_accumulation_fusion=False", "--no-gradient-accumulation-fusion"))),
     "megatron-core": Execution(
         # ZeRO-3 is Megatron-FSDP (`megatron_fsdp`: with grad_reduce microbatch, which the search gives it).
-        name="megatron-core", memory_layout="megatron", zero_stages=(0, 1, 3), zero_searched=(0, 1, 3),
+        name="megatron-core", memory_layout="megatron", pipeline_buffers="per_transfer", zero_stages=(0, 1, 3),
+        zero_searched=(0, 1, 3),
         megatron_fsdp=True, selective_policies=("attention_core",),
         distributed_optimizer=True, grad_reduce_start="per_bucket", bucket_params=40e6, bucket_first_rank_only=True,
         param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False, eager_ops=("vocab_parallel_ce",),
