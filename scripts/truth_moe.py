@@ -100,10 +100,17 @@ def predict(run: dict) -> dict:
 
 def reserved_range(run: dict, prediction: dict) -> tuple[float, float]:
     """(least, most) GiB the allocator reserves on a pipeline rank at its peak (`truth_torchtitan.reserved_bytes`
-    of each rank's predicted peak): what torchtitan logs as max reserved."""
+    of each rank's predicted peak): what torchtitan logs as max reserved. A run that measured its first step
+    (`first_step`) peaks without the optimizer's state, which torch's AdamW creates in that step's `step()` after
+    the activations are gone: the larger of the estimate's peak without it and the step's state with it."""
     (c, ex), model, cluster = layout(run), model_of(run), cluster_of(run)
-    reserved = [reserved_bytes(model, cluster, c, stage["total"], ex) / 2**30
-                for stage in prediction["memory_per_stage"]]
+    first = run.get("first_step", False)
+    reserved = []
+    for stage in prediction["memory_per_stage"]:
+        peak = stage["total"]
+        if first:
+            peak = max(peak - stage["optimizer"], stage["params"] + stage["grads"] + stage["optimizer"] + stage["other"])
+        reserved.append(reserved_bytes(model, cluster, c, peak, ex, first_step=first) / 2**30)
     return min(reserved), max(reserved)
 
 

@@ -64,7 +64,8 @@ def execution_of(row: dict) -> Execution:
     return execution("torchtitan").replace(eager_ops=ops, compile_loss=False, adam_kernels="foreach")
 
 
-def reserved_bytes(model, cluster, c: ParallelConfig, peak: float, execution: Execution | None = None) -> float:
+def reserved_bytes(model, cluster, c: ParallelConfig, peak: float, execution: Execution | None = None,
+                   first_step: bool = False) -> float:
     """What torch's caching allocator reports as max reserved (torchtitan's logged memory) for a one-micro-batch
     FSDP2 step whose estimated peak is `peak` (at the loss backward): the peak less the CUDA context (the profile's
     memory_overhead_bytes, outside the allocator's count), plus blocks the allocator keeps cached and cannot hand to
@@ -74,7 +75,8 @@ def reserved_bytes(model, cluster, c: ParallelConfig, peak: float, execution: Ex
     its size (a compiled loss, `frameworks.loss_compiled` under `execution`, keeps the logits for its backward, which
     asks for one block of their size: nothing cached); in FSDP2's reduce-scatter stream, the previous step's sharded
     fp32 gradients (set to None by zero_grad, 4/dp bytes per parameter) and one block's fp32 reduce-scatter input; in
-    its all-gather stream, one block's gathered parameters. Under context parallelism the logits are the rank's
+    its all-gather stream, one block's gathered parameters (with `first_step`, a run's first step: no previous
+    step's gradients are cached). Under context parallelism the logits are the rank's
     seq_len / cp tokens' and the gradients shard over dp x cp (torchtitan's dp_shard x cp mesh). Not measured on a GPU
     here: a reading of the allocator's rules (c10/cuda/CUDACachingAllocator.cpp) against torchtitan's train step and
     FSDP2's streams."""
@@ -84,7 +86,7 @@ def reserved_bytes(model, cluster, c: ParallelConfig, peak: float, execution: Ex
         e * c.local_seq_len * c.micro_batch_size * model.vocab_size / c.tp)
     if c.zero_sharded:
         whole = sum(local_params(c, *rank_params(model, [[0, model.num_layers]], [0])))
-        cached += 4 * whole / c.dp_cp + 4 * layer + e * layer
+        cached += (0.0 if first_step else 4 * whole / c.dp_cp) + 4 * layer + e * layer
     return peak - cluster.device.memory_overhead_bytes + cached
 
 

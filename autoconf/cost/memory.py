@@ -934,40 +934,48 @@ def pipeline_buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: E
                           stages: Sequence[int], inflight: Sequence[float], scale: float = 1.0) -> float:
     """What a pipeline rank holding schedule stages `stages` keeps to pass activations and gradients, beyond the
     activations its stages save (`inflight[s]` units in flight at its peak), in boundary activations
-    (`boundary_activation_bytes`, times `scale`: seq1f1b's longest chunk against the mean). 0 without a pipeline.
+    (`boundary_activation_bytes`, times `scale`: seq1f1b's longest chunk against the mean), by the framework's
+    `Execution.pipeline_buffers`. 0 without a pipeline. With n = num_microbatches x seq_chunks units per step:
 
-    Under `Execution.pipeline_buffers` "per_transfer" four. Under "per_microbatch" (torch's PipelineStage), with
-    n = num_microbatches x seq_chunks units per step, each stage s holds: but the first, n activation receive
-    buffers, of which the `inflight[s]` in flight are its first block's saved input and so already counted; but the
-    last, n gradient receive buffers and its `inflight[s]` outputs; and a rank with a stage but the first one input
-    gradient being sent. A rank of one middle stage holds 2n + 1 whatever is in flight. Under two directions (dualpipe) each direction's chain of stages
-    passes half the units."""
+    - "per_transfer": four.
+    - "per_microbatch" (torch's PipelineStage): each stage but the first n activation receive buffers, of which the
+      `inflight[s]` in flight are its first block's saved input and so already counted; each stage but the last n
+      gradient receive buffers and its `inflight[s]` outputs. A rank of one middle stage holds 2n + 1.
+    - "just_in_time" (autoconf's executor): each stage but the first one receive posted ahead (its inputs in flight
+      are counted); each stage but the last the gradient its running backward received and its `inflight[s]`
+      outputs.
+
+    Under both torch runtimes a rank with a stage but the first also holds one input gradient being sent (it sends
+    one at a time). Under two directions (dualpipe) each direction's chain of stages passes half the units."""
     c = config
     if c.pp == 1:
         return 0.0
     unit = boundary_activation_bytes(model, c) * scale
-    if (execution or Execution()).pipeline_buffers == "per_transfer":
+    kind = (execution or Execution()).pipeline_buffers
+    if kind == "per_transfer":
         return 4 * unit
     directions = schedule_spec(c.schedule).directions  # each direction's chain of num_stages stages
     n, last = c.num_microbatches * c.seq_chunks / directions, c.num_stages - 1
     receives = [s for s in stages if s % c.num_stages != 0]
-    held = float(bool(receives))  # the input gradient being sent (a rank sends one at a time)
+    held = float(bool(receives))  # the input gradient being sent
     for s in stages:
         if s in receives:
-            held += n - inflight[s]
+            held += n - inflight[s] if kind == "per_microbatch" else 1.0
         if s % c.num_stages != last:
-            held += n + inflight[s]
+            held += (n if kind == "per_microbatch" else 1.0) + inflight[s]
     return held * unit
 
 
 def pipeline_buffer_floor(model: ModelSpec, config: ParallelConfig, execution: Execution | None) -> float:
     """A lower bound of `pipeline_buffer_bytes` on pipeline rank 0, whatever is in flight: rank 0 holds stage 0,
-    which is not the last, so under "per_microbatch" at least its n gradient receive buffers."""
+    which is not the last, so under "per_microbatch" at least its n gradient receive buffers, under "just_in_time"
+    one."""
     c = config
-    if c.pp == 1 or (execution or Execution()).pipeline_buffers == "per_transfer":
+    kind = (execution or Execution()).pipeline_buffers
+    if c.pp == 1 or kind == "per_transfer":
         return pipeline_buffer_bytes(model, c, execution, (), ())
-    return (c.num_microbatches * c.seq_chunks / schedule_spec(c.schedule).directions
-            * boundary_activation_bytes(model, c))
+    n = c.num_microbatches * c.seq_chunks / schedule_spec(c.schedule).directions
+    return (n if kind == "per_microbatch" else 1.0) * boundary_activation_bytes(model, c)
 
 
 def cp_kv_bytes(model: ModelSpec, config: ParallelConfig) -> float:

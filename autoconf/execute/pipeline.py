@@ -88,15 +88,87 @@ def build_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device
 
 
 def _stage_kind(c, base):
-    """(stage class, chunk wrapper) for a rank's chunks, `base` a PipelineStage class: a sharded plan that reduces
-    every micro-batch's gradients runs `_reducing_stage_class` over `base`; ZeRO-0 chunks (one-rank FSDP units) run
-    behind the plain `_Unsharded` wrapper so that torch's stage does not postpone their root unit's gradient work;
-    split-backward schedules need torch's own handling of the weight pass, so their chunks stay unwrapped."""
+    """(stage class, chunk wrapper) for a rank's chunks, `base` a PipelineStage class, always holding its receive
+    buffers just in time (`_just_in_time_stage_class`): a sharded plan that reduces every micro-batch's gradients
+    runs `_reducing_stage_class` over it; ZeRO-0 chunks (one-rank FSDP units) run behind the plain `_Unsharded`
+    wrapper so that torch's stage does not postpone their root unit's gradient work; split-backward schedules need
+    torch's own handling of the weight pass, so their chunks stay unwrapped."""
+    base = _just_in_time_stage_class(base)
     if c.reduces_every_microbatch:
         return _reducing_stage_class(c.zero_stage >= 3, base), (lambda chunk: chunk)
     if not c.zero_sharded and not schedule_spec(c.schedule).split_backward:
         return base, _Unsharded
     return base, (lambda chunk: chunk)
+
+
+def _just_in_time_stage_class(base):
+    """A subclass of the PipelineStage class `base` whose receive buffers hold memory only from their receive until
+    their micro-batch's backward is done (`Execution.pipeline_buffers` "just_in_time"). torch's stage (2.13)
+    allocates an activation and a gradient buffer for every micro-batch at its first step and keeps them through
+    every step; this one keeps torch's tensors, so the runtime's bookkeeping is unchanged, but gives their storage
+    back (`resize_(0)`) once the micro-batch's backward (its weight pass under split backward) is done and takes it
+    again before the next receive into them; the buffers torch allocates at the first step are given back at once.
+    After that, only tensors this stage received into are given back: a same-rank handoff (V placements) passes the
+    other stage's output, which stays as it is."""
+
+    class JustInTimeStage(base):
+        def _prepare_forward_infra(self, *args, **kwargs):
+            out = super()._prepare_forward_infra(*args, **kwargs)
+            self._give_back_all(self.args_recv_info)
+            return out
+
+        def _prepare_backward_infra(self, *args, **kwargs):
+            out = super()._prepare_backward_infra(*args, **kwargs)
+            self._give_back_all(self.grad_recv_info)
+            return out
+
+        def get_fwd_recv_ops(self, fwd_chunk_id: int):
+            self._take(fwd_chunk_id, self.args_recv_info.get(fwd_chunk_id, ()))
+            return super().get_fwd_recv_ops(fwd_chunk_id)
+
+        def get_bwd_recv_ops(self, bwd_chunk_id: int):
+            if self.has_backward and not self.is_last:
+                self._take(bwd_chunk_id, self.grad_recv_info.get(bwd_chunk_id, ()))
+            return super().get_bwd_recv_ops(bwd_chunk_id)
+
+        def backward_one_chunk(self, bwd_chunk_id: int, loss=None, full_backward: bool = True, last_backward=False):
+            out = super().backward_one_chunk(bwd_chunk_id, loss=loss, full_backward=full_backward,
+                                             last_backward=last_backward)
+            if full_backward:
+                self._give_back(bwd_chunk_id)
+            return out
+
+        def backward_weight_one_chunk(self, bwd_chunk_id: int, last_backward=False):
+            out = super().backward_weight_one_chunk(bwd_chunk_id, last_backward=last_backward)
+            self._give_back(bwd_chunk_id)
+            return out
+
+        def _take(self, chunk: int, infos) -> None:
+            held = self.__dict__.setdefault("_received", {}).setdefault(chunk, [])
+            for info in infos:
+                buffer = getattr(info, "buffer", None)
+                if buffer is None or info.is_root_arg:
+                    continue
+                storage = buffer.untyped_storage()
+                size = (buffer.storage_offset() + buffer.numel()) * buffer.element_size()
+                if storage.nbytes() < size:
+                    storage.resize_(size)
+                if not any(t is buffer for t in held):
+                    held.append(buffer)
+
+        @staticmethod
+        def _give_back_all(recv_info: dict) -> None:
+            """Every buffer torch has just allocated, until its first receive."""
+            for infos in recv_info.values():
+                for info in infos:
+                    if getattr(info, "buffer", None) is not None and not info.is_root_arg:
+                        info.buffer.untyped_storage().resize_(0)
+
+        def _give_back(self, chunk: int) -> None:
+            for buffer in self.__dict__.get("_received", {}).pop(chunk, ()):
+                buffer.untyped_storage().resize_(0)
+
+    return JustInTimeStage
 
 
 def _sequence_chunk_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device: torch.device, loss_fn,

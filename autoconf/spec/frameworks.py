@@ -60,12 +60,16 @@ MEMORY_LAYOUTS = ("torch", "megatron")
 #                     micro-batch's input activation (stages but the first) and output gradient (stages but the
 #                     last) and keeps them across steps; a received activation is the stage's input, which its first
 #                     block saves; each micro-batch's output stays referenced until its backward (`fwd_cache`), and
-#                     the input gradient lives until its send completes. torchtitan and autoconf's executor run it.
-#                     (pytorch/pytorch PR #193872, 2026-08, and #196463 allocate the buffers just in time instead.)
+#                     the input gradient lives until its send completes. torchtitan runs it.
+#   "just_in_time"    autoconf's executor (execute/pipeline.py `_just_in_time_stage_class`): torch's stage whose
+#                     buffers hold memory only from their receive until their micro-batch's backward is done, so a
+#                     stage holds its in-flight inputs (already counted), one receive posted ahead, the gradient its
+#                     running backward received and its in-flight outputs (pytorch/pytorch PRs #193872, 2026-08,
+#                     and #196463 do the same inside torch; 2.13.0 does not).
 #   "per_transfer"    Megatron's p2p_communication: each receive allocates its tensor when posted, the received
 #                     activation is the stage's input, the sent output is freed once sent (`deallocate_output_tensor`):
 #                     four activations of one micro-batch (a forward and a backward send and receive).
-PIPELINE_BUFFERS = ("per_microbatch", "per_transfer")
+PIPELINE_BUFFERS = ("just_in_time", "per_microbatch", "per_transfer")
 # Element-wise ops a framework runs as separate eager torch kernels instead of one fused kernel each (the
 # specification model's count, `autoconf.cost.compute.eager_elementwise_bytes` says what each adds):
 #   "rmsnorm"    RMSNorm upcast to fp32 in six kernels (torchtitan's own `RMSNorm` until 2025, norm_type "rmsnorm")
@@ -334,7 +338,7 @@ class Execution:
 
     name: str = "autoconf"
     memory_layout: str = "torch"
-    pipeline_buffers: str = "per_microbatch"
+    pipeline_buffers: str = "just_in_time"
     zero_stages: tuple[int, ...] = (0, 1, 2, 3)
     zero_searched: tuple[int, ...] = (0, 2, 3)
     distributed_optimizer: bool = False
@@ -635,7 +639,8 @@ PRESETS: dict[str, Execution] = {
                        ("zero3", "keep_fp8_transpose", "--keep-fp8-transpose-cache")),
         pairs_full_recompute=False),
     "torchtitan": Execution(
-        name="torchtitan", memory_layout="torch", zero_stages=(0, 2, 3), zero_searched=(0, 2, 3),
+        name="torchtitan", memory_layout="torch", pipeline_buffers="per_microbatch", zero_stages=(0, 2, 3),
+        zero_searched=(0, 2, 3),
         accumulation_sync=True,
         grad_reduce_start="per_bucket", param_gather_overlap=True, selective_recompute="alternate_matmuls",
         selective_policies=("alternate_matmuls",), executor_overheads=False,
