@@ -109,7 +109,8 @@ def reserved_range(run: dict, prediction: dict) -> tuple[float, float]:
     for stage in prediction["memory_per_stage"]:
         peak = stage["total"]
         if first:
-            peak = max(peak - stage["optimizer"], stage["params"] + stage["grads"] + stage["optimizer"] + stage["other"])
+            state = stage["params"] + stage["grads"] + stage["optimizer"] + stage["other"]
+            peak = max(peak - stage["optimizer"], state)
         reserved.append(reserved_bytes(model, cluster, c, peak, ex, first_step=first) / 2**30)
     return min(reserved), max(reserved)
 

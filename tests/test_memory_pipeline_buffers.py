@@ -46,7 +46,8 @@ def _plans() -> dict:
 
 PLANS = _plans()
 # Each plan under autoconf's executor (just-in-time buffers) and under torch's own stage.
-RUNTIMES = {"just_in_time": "tests/pipeline_buffers_probe.py", "per_microbatch": "tests/pipeline_buffers_torch_probe.py"}
+RUNTIMES = {"just_in_time": "tests/pipeline_buffers_probe.py",
+            "per_microbatch": "tests/pipeline_buffers_torch_probe.py"}
 executor_jobs.register("pipeline_buffers", {
     f"{name}-{kind}": Layout(2, plan, {"steps": 2, "probe": probe})
     for name, plan in PLANS.items() for kind, probe in RUNTIMES.items()})
@@ -102,8 +103,8 @@ def test_executor_holds_receive_buffers_just_in_time(name, tmp_path_factory):
     boundary activations (the inventory is taken after each forward and backward, not inside a backward, where the
     received gradient and the outputs coexist, nor when receives are posted ahead; measured 2026-12-05 in buffers,
     rank 0 and 1: 1F1B 2 and 2, estimated 3 and 3; interleaved 8 and 9, estimated 10.7 and 9.25; seq1f1b, in
-    half-length units, 3 and 4, estimated 4 and 4), and it holds fewer receive buffers than torch's stage: at most the units in flight and two
-    more per stage, never one per unit and direction."""
+    half-length units, 3 and 4, estimated 4 and 4), and it holds fewer receive buffers than torch's stage, which
+    keeps one per unit and direction."""
     c = PLANS[name].config
     for rank, stages, measured, expected, unit in _measured(name, "just_in_time", tmp_path_factory):
         assert measured["held"] <= expected + 1e-9 * unit and expected - measured["held"] <= 3 * unit, (

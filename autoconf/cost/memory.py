@@ -1055,7 +1055,7 @@ def _executor_kv_tokens(bounds: Sequence[float], kept: str) -> float:
 def seq_chunk_scales(config: ParallelConfig, bounds: Sequence[int], layout: str, rank: int) -> tuple[float, float]:
     """(activations, temporaries) of a seq1f1b pipeline rank under the split `bounds`, against those of the mean
     chunk of seq_len / k tokens that the per-unit sizes are computed at. Temporaries (the logits and loss, a
-    recomputed layer, the P2P buffers) are one chunk's: the longest. Activations: the executor ("torch" layout)
+    recomputed layer, the pipeline buffers) are one chunk's: the longest. Activations: the executor ("torch" layout)
     pads every chunk to the longest, since torch's pipeline runtime keeps one buffer shape per stage
     (execute/seq_chunks.py), so the longest again; the authors' implementation ("megatron") holds each chunk at its
     own length, so the rank's peak of tokens in flight over its order (`_inflight_tokens`) per unit in flight.
@@ -1210,12 +1210,12 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     """Peak bytes per pipeline rank (of `ranks`, default all), as {"params", "grads", "optimizer", "activations",
     "other", "total"}; `inflight[s]` is the micro-batches stage s keeps at the rank's peak. "params" and "grads"
     include the unsharded copies FSDP holds (the whole copy, or the units in use); "other" is the runtime's
-    overhead, the largest temporary and the P2P buffers. `selective`: the execution's selective recompute policy
-    (`Execution.selective_recompute`). `execution`: the megatron layout's framework flags (Megatron-LM's defaults
-    without; see `state_bytes_per_param`, `te_activation_delta`, `logits_temporary_bytes`). Where `stage_to_rank`
-    has more stages than `partition` (dualpipe's two directions), stage s runs model stage s % len(partition) with
-    a copy of its own (weights, gradients and optimizer states; `Schedule.model_stage`), and keeps `inflight[s]`.
-    Layers beyond a stage's recomputed ones keep every activation (`recomputed_layers`)."""
+    overhead, the largest temporary and the pipeline buffers (`pipeline_buffer_bytes`). `selective`: the
+    execution's selective recompute policy (`Execution.selective_recompute`). `execution`: the megatron layout's
+    framework flags (Megatron-LM's defaults without; see `state_bytes_per_param`, `te_activation_delta`,
+    `logits_temporary_bytes`). Where `stage_to_rank` has more stages than `partition` (dualpipe's two directions),
+    stage s runs model stage s % len(partition) with a copy of its own (weights, gradients and optimizer states;
+    `Schedule.model_stage`), and keeps `inflight[s]`. Layers beyond a stage's recomputed ones keep every activation (`recomputed_layers`)."""
     return RankMemory(model, cluster, config, partition, stage_to_rank, inflight, layout, selective,
                       execution).of(recomputed_layers(config, partition), ranks)
 
