@@ -367,3 +367,30 @@ def test_under_offload_the_recomputed_block_holds_its_copied_back_bytes_and_its_
     other = [estimate(spec, cluster, c).prediction["memory_per_stage"][0]["other"] for c in (full, op)]
     kept = [layer_activation_bytes(spec, c, "torch", "gpu", selective=OP) for c in (full, op)]
     assert other[1] - other[0] == pytest.approx(kept[1] - kept[0])
+
+
+def test_an_attention_saved_whole_keeps_its_inputs_under_the_op_policy():
+    """`Execution.attention_saved_whole` (torchtitan's compiled FlexAttention region, saved whole by its per-op
+    policy): an eager block keeps Q and K and the matmul output V views beside what SDPA's saved outputs are,
+    unless the policy saves that matmul anyway. DeepSeek-V3 (latent attention, wkv_b the fourth matmul, not saved):
+    Q and K of 128 heads x 192 and wkv_b's 128 x (128 + 128), 640 MiB per 4096 tokens in bf16; a GQA Llama (wv
+    the third matmul, saved): Q and K only. A compiled dense block (whose partition keeps what its backward reads)
+    is left as it is; MoE blocks run eagerly."""
+    from autoconf.cost.memory import saved_attention_input_widths
+    from autoconf.spec.presets import load_model
+
+    dsv3, llama = load_model("deepseek-v3"), load_model("llama3-8b")
+    assert saved_attention_input_widths(dsv3) * 4096 * 2 == 640 * 2**20
+    assert saved_attention_input_widths(llama) == llama.q_dim + llama.kv_dim
+    from autoconf.spec.frameworks import PRESETS as FRAMEWORKS
+
+    sdpa, whole = FRAMEWORKS["torchtitan"], FRAMEWORKS["torchtitan"].replace(attention_saved_whole=True)
+    for model, moe in ((dsv3, True), (llama, False)):
+        c = ParallelConfig(tp=2, pp=1, dp=1, micro_batch_size=1, global_batch_size=1, seq_len=4096,
+                           recompute="selective", dtype="bf16", compile=False)
+        kept = [layer_activation_bytes(model, c, "torch", "gpu", selective=OP, moe=moe, execution=e)
+                for e in (sdpa, whole)]
+        assert kept[1] - kept[0] == pytest.approx(saved_attention_input_widths(model) / 2 * 4096 * 2)
+    compiled = dataclasses.replace(c, compile=True)
+    assert (layer_activation_bytes(llama, compiled, "torch", "gpu", selective=OP, execution=whole)
+            == layer_activation_bytes(llama, compiled, "torch", "gpu", selective=OP, execution=sdpa))

@@ -150,7 +150,8 @@ def _layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: st
         return saved_bytes(model, c, recompute, selective, moe, keeps_outputs)
     if recompute == "selective" and selective == "alternate_matmuls":
         compiled = layout == "torch" and c.compiles_blocks(device_kind)  # (an MoE block runs eagerly either way)
-        return op_policy_layer_activation_bytes(model, c, moe, compiled)
+        return op_policy_layer_activation_bytes(model, c, moe, compiled,
+                                                (execution or Execution()).attention_saved_whole)
     if moe:
         # The dense MLP's tensors (`dense_mlp_tensors` of ffn_hidden_size) give way to the routed ones.
         dense_mlp = (dense_mlp_tensors(layout, recompute) * DTYPE_BYTES[c.dtype] * c.local_seq_len
@@ -360,7 +361,7 @@ def attention_matmuls(model: ModelSpec) -> list[tuple[int, int, bool]]:
 
 
 def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, moe: bool = False,
-                                     compiled: bool = False) -> float:
+                                     compiled: bool = False, attention_saved_whole: bool = False) -> float:
     """Bytes one block keeps under torchtitan's selective "op" policy, for one micro-batch on one TP rank.
 
     The policy (torchtitan `_apply_ac_to_transformer_block` and its `_save_list` from 2024-04, `SelectiveAC` in
@@ -381,7 +382,9 @@ def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, m
     matmuls (`attention_matmuls`) lead the count, its attention output is v_head_dim wide per head.
 
     `compiled`: a dense block under torch.compile (`ParallelConfig.compiles_blocks`), whose min-cut partition keeps
-    only what the backward reads (`compiled_op_policy_delta_bytes`)."""
+    only what the backward reads (`compiled_op_policy_delta_bytes`). `attention_saved_whole`
+    (`Execution.attention_saved_whole`): an eager block's attention is a compiled region saved whole, so its inputs
+    stay too (`saved_attention_input_widths`)."""
     c = config
     s, b, h, f = c.local_seq_len, c.micro_batch_size, model.hidden_size, model.ffn_hidden_size
     t, e = c.tp, DTYPE_BYTES[c.dtype]
@@ -404,8 +407,28 @@ def op_policy_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, m
     out = model.q_dim if model.mla is None else model.num_heads * model.mla.v_head_dim
     attention = out / t + 4 / e * model.num_heads / t  # output, fp32 log-sum-exp per head and row
     reduce_scatters = (1 + mlp) * h / t if c.sequence_parallel and t > 1 else 0.0
-    delta = compiled_op_policy_delta_bytes(model, c, len(matmuls)) if compiled and not moe else 0.0
+    compiled = compiled and not moe  # (an MoE block runs eagerly either way)
+    if attention_saved_whole and not compiled:
+        attention += saved_attention_input_widths(model) / t
+    delta = compiled_op_policy_delta_bytes(model, c, len(matmuls)) if compiled else 0.0
     return e * s * b * (h / split + saved + attention + reduce_scatters) + exchange + delta
+
+
+def saved_attention_input_widths(model: ModelSpec) -> float:
+    """Per token, over every TP rank, the widths of the attention inputs that a block keeps when its attention is
+    saved whole under the per-op policy (`Execution.attention_saved_whole`) beyond what the policy saves anyway: Q
+    and K, new tensors (after RoPE; latent attention's concatenations of the rope and no-rope parts, num_heads x
+    (qk_nope + qk_rope) each), and the matmul output V views (GQA's wv, latent attention's wkv_b, whose output
+    holds the no-rope keys and V), unless that matmul is an odd one of the count the policy saves anyway
+    (`attention_matmuls`: GQA's wv is the third)."""
+    matmuls = attention_matmuls(model)
+    if model.mla is None:
+        q, k, v_index = model.q_dim, model.kv_dim, 2
+    else:
+        q = k = model.num_heads * (model.mla.qk_nope_head_dim + model.mla.qk_rope_head_dim)
+        v_index = len(matmuls) - 2  # wkv_b, before the output projection
+    v_base = matmuls[v_index][1] if v_index % 2 else 0.0
+    return q + k + v_base
 
 
 def compiled_op_policy_delta_bytes(model: ModelSpec, config: ParallelConfig, matmul_count: int) -> float:

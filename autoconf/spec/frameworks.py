@@ -225,6 +225,13 @@ class Execution:
     prediction as "framework").
     memory_layout: "torch" (FSDP2 mixed precision, cost/memory.py) or "megatron" (18 bytes per parameter).
     pipeline_buffers: see PIPELINE_BUFFERS.
+    attention_saved_whole: attention runs as a torch.compile'd region that torchtitan's per-op policy saves whole
+        (its FlexAttention: `torch.compile(..., options={"wrap_inductor_compiled_regions": True})` in
+        models/common/attention.py, and `inductor_compiled_code` MUST_SAVE in distributed/activation_checkpoint.py, at
+        24eecd08, PR #4016; torch's selective checkpoint caches every output of a saved op, and the compiled forward
+        returns the tensors its backward reads), so under the "alternate_matmuls" policy an eager block keeps its
+        Q, K and V, V's whole projection output where V views it, beside the attention output and its
+        log-sum-exp. False: SDPA, whose saved outputs are those two (`cost/memory.op_policy_layer_activation_bytes`).
     zero_stages: the ZeRO stages the framework can run; zero_searched: those worth telling apart in a search.
     distributed_optimizer: ZeRO-1 as Megatron's distributed optimizer (reduce-scatter of the gradients, all-gather
         of the updated parameters), which the Megatron layout needs for any zero_stage >= 1 to be real.
@@ -339,6 +346,7 @@ class Execution:
     name: str = "autoconf"
     memory_layout: str = "torch"
     pipeline_buffers: str = "just_in_time"
+    attention_saved_whole: bool = False
     zero_stages: tuple[int, ...] = (0, 1, 2, 3)
     zero_searched: tuple[int, ...] = (0, 2, 3)
     distributed_optimizer: bool = False
