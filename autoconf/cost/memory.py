@@ -1238,7 +1238,8 @@ def stage_memory(model: ModelSpec, cluster: ClusterProfile, config: ParallelConf
     framework flags (Megatron-LM's defaults without; see `state_bytes_per_param`, `te_activation_delta`,
     `logits_temporary_bytes`). Where `stage_to_rank` has more stages than `partition` (dualpipe's two directions),
     stage s runs model stage s % len(partition) with a copy of its own (weights, gradients and optimizer states;
-    `Schedule.model_stage`), and keeps `inflight[s]`. Layers beyond a stage's recomputed ones keep every activation (`recomputed_layers`)."""
+    `Schedule.model_stage`), and keeps `inflight[s]`. Layers beyond a stage's recomputed ones keep every activation
+    (`recomputed_layers`)."""
     return RankMemory(model, cluster, config, partition, stage_to_rank, inflight, layout, selective,
                       execution).of(recomputed_layers(config, partition), ranks)
 

@@ -38,8 +38,8 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     (`estimate.schedule_inflight`, fractional as the estimate's), the temporaries with the facts under which a rank
     holds them (`memory.temporary_terms`: the logits, the CP K/V buffer, a recomputed block rebuilt, the MoE
     all-to-all buffers, an offloaded block copied back; `PartitionProblem.temporaries`), and off each rank's limit
-    the runtime overhead, the pipeline buffers and the FSDP gather buffers of its stages. Recompute is charged per stage
-    as the plan's `recompute_layers` say (every layer when None): a layer's time and activations without
+    the runtime overhead, the pipeline buffers and the FSDP gather buffers of its stages. Recompute is charged per
+    stage as the plan's `recompute_layers` say (every layer when None): a layer's time and activations without
     recompute, and what recomputing it adds and saves. Under seq1f1b (`seq_chunks` > 1) each layer also keeps the
     earlier chunks' K/V per chunk in flight (what recomputing the layer frees of them with the rest) and their
     gradients (`memory.seq_chunk_kv_bytes`), and the split's
