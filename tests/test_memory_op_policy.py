@@ -377,13 +377,12 @@ def test_an_attention_saved_whole_keeps_its_inputs_under_the_op_policy():
     the third matmul, saved): Q and K only. A compiled dense block (whose partition keeps what its backward reads)
     is left as it is; MoE blocks run eagerly."""
     from autoconf.cost.memory import saved_attention_input_widths
+    from autoconf.spec.frameworks import PRESETS as FRAMEWORKS
     from autoconf.spec.presets import load_model
 
     dsv3, llama = load_model("deepseek-v3"), load_model("llama3-8b")
     assert saved_attention_input_widths(dsv3) * 4096 * 2 == 640 * 2**20
     assert saved_attention_input_widths(llama) == llama.q_dim + llama.kv_dim
-    from autoconf.spec.frameworks import PRESETS as FRAMEWORKS
-
     sdpa, whole = FRAMEWORKS["torchtitan"], FRAMEWORKS["torchtitan"].replace(attention_saved_whole=True)
     for model, moe in ((dsv3, True), (llama, False)):
         c = ParallelConfig(tp=2, pp=1, dp=1, micro_batch_size=1, global_batch_size=1, seq_len=4096,

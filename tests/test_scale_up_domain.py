@@ -3,6 +3,7 @@ switch fabric) talk over `intra_node` links; the cost model, placement and the s
 launch stays per node."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -16,6 +17,7 @@ from autoconf.spec.frameworks import execution
 from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import load_model
+from plan_helpers import script_module
 
 H100 = load_cluster("dgx-h100-80g")
 DOMAIN = {"nodes": 2, "why": "two 4-GPU hosts on one NVLink fabric (test)"}
@@ -89,13 +91,7 @@ def test_round_trip_and_refusals():
 def test_truth_moe_costs_every_published_run_and_keeps_nvl72_ep_groups_on_one_fabric():
     """scripts/truth_moe.py reads each run's trays per fabric (`scale_up_nodes`): every run of its data file is
     costed, and on the GB200 / GB300 rows every EP group of the default grid lies on one NVLink fabric."""
-    import json
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import truth_moe
-
+    truth_moe = script_module("truth_moe")
     runs = json.loads(truth_moe.DATA.read_text())["runs"]
     racks = [run for run in runs if run.get("scale_up_nodes")]
     assert len(racks) >= 4

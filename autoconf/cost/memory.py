@@ -991,14 +991,9 @@ def pipeline_buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: E
 
 def pipeline_buffer_floor(model: ModelSpec, config: ParallelConfig, execution: Execution | None) -> float:
     """A lower bound of `pipeline_buffer_bytes` on pipeline rank 0, whatever is in flight: rank 0 holds stage 0,
-    which is not the last, so under "per_microbatch" at least its n gradient receive buffers, under "just_in_time"
-    one."""
-    c = config
-    kind = (execution or Execution()).pipeline_buffers
-    if c.pp == 1 or kind == "per_transfer":
-        return pipeline_buffer_bytes(model, c, execution, (), ())
-    n = c.num_microbatches * c.seq_chunks / schedule_spec(c.schedule).directions
-    return (n if kind == "per_microbatch" else 1.0) * boundary_activation_bytes(model, c)
+    and every stage adds a non-negative count that grows with its units in flight, so stage 0 alone with none in
+    flight (under "per_microbatch" its n gradient receive buffers, under "just_in_time" one)."""
+    return pipeline_buffer_bytes(model, config, execution, (0,), (0.0,))
 
 
 def cp_kv_bytes(model: ModelSpec, config: ParallelConfig) -> float:

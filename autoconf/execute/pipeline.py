@@ -145,10 +145,7 @@ def _just_in_time_stage_class(base):
 
         def _take(self, chunk: int, infos) -> None:
             held = self.__dict__.setdefault("_received", {}).setdefault(chunk, [])
-            for info in infos:
-                buffer = getattr(info, "buffer", None)
-                if buffer is None or info.is_root_arg:
-                    continue
+            for buffer in _receive_buffers(infos):
                 storage = buffer.untyped_storage()
                 size = (buffer.storage_offset() + buffer.numel()) * buffer.element_size()
                 if storage.nbytes() < size:
@@ -160,15 +157,20 @@ def _just_in_time_stage_class(base):
         def _give_back_all(recv_info: dict) -> None:
             """Every buffer torch has just allocated, until its first receive."""
             for infos in recv_info.values():
-                for info in infos:
-                    if getattr(info, "buffer", None) is not None and not info.is_root_arg:
-                        info.buffer.untyped_storage().resize_(0)
+                for buffer in _receive_buffers(infos):
+                    buffer.untyped_storage().resize_(0)
 
         def _give_back(self, chunk: int) -> None:
             for buffer in self.__dict__.get("_received", {}).pop(chunk, ()):
                 buffer.untyped_storage().resize_(0)
 
     return JustInTimeStage
+
+
+def _receive_buffers(infos):
+    """The tensors torch's stage receives into among its receive infos (root arguments and absent gradients have
+    none)."""
+    return [info.buffer for info in infos if info.buffer is not None and not info.is_root_arg]
 
 
 def _sequence_chunk_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device: torch.device, loss_fn,

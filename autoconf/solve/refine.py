@@ -145,7 +145,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, seq_chunks=c.seq_chunks)
     temporaries = tuple(Temporary(temp_scale * t.bytes, t.when)
                         for t in temporary_terms(model, c, layout, kind, policy, execution))
-    reserved = reserved_bytes(model, cluster, c, layout, owner, temp_scale, execution)
+    reserved = reserved_bytes(model, cluster, c, layout, owner, inflight, temp_scale, execution)
     one_backward = {}
     if layout == "torch" and c.num_microbatches == 1:  # the gradients exist only as the activations go
         grad = state_bytes_per_param(c, layout, execution=execution)[1]
@@ -174,16 +174,15 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
 
 
 def reserved_bytes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, layout: str,
-                   owner: tuple[int, ...], temp_scale: float = 1.0,
+                   owner: tuple[int, ...], inflight: tuple[float, ...], temp_scale: float = 1.0,
                    execution: Execution | None = None) -> tuple[tuple[float, float], ...]:
     """Per pipeline rank (`owner`: the rank of each virtual stage), the bytes `memory.stage_memory` counts whatever
     the partition, which `partition_problem` takes off its limit, as (gradient buffers, the rest): the runtime's
     overhead, the pipeline's buffers (`memory.pipeline_buffer_bytes` of its stages at the schedule's in-flight
-    counts, at `temp_scale`: seq1f1b's longest chunk against the mean) and the FSDP gather buffers of its stages
+    counts `inflight`, at `temp_scale`: seq1f1b's longest chunk against the mean) and the FSDP gather buffers of its stages
     (`memory.unsharded_buffer_bytes`, the largest parameter and the largest gradient buffer of its stages), each
     stage's root unit (embedding, head) known by its place and its blocks counted as two or more (a stage of one
     block holds less: an upper bound there)."""
-    inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches, seq_chunks=c.seq_chunks)
     fixed = [cluster.device.memory_overhead_bytes + pipeline_buffer_bytes(
         model, c, execution, [st for st in range(len(owner)) if owner[st] == r], inflight, temp_scale)
         for r in range(c.pp)]
