@@ -485,3 +485,16 @@ def test_each_framework_is_planned_with_the_gradient_reductions_it_runs():
     with pytest.raises(UserError, match="drop --grad-reduce microbatch, or use ZeRO-3"):
         estimate(MODEL, H100, cfg(zero_stage=1, pp=1, dp=16, grad_reduce="microbatch"),
                  execution=execution("megatron-core"))
+
+
+def test_every_behaviour_flag_is_a_user_flag():
+    """Every flag of `Execution` but its name, the search's choices among its own (zero_searched,
+    selective_policies) and its export data can be changed with --framework-flag and is recorded in a plan
+    (`USER_FLAGS`, `changed_flags`): pipeline_buffers and attention_saved_whole were missing from both."""
+    from autoconf.spec.frameworks import USER_FLAGS, changed_flags, parse_flags
+
+    assert {f.name for f in dataclasses.fields(Execution)} - set(USER_FLAGS) == {
+        "name", "zero_searched", "selective_policies", "megatron_args", "torchtitan_settings"}
+    flags = parse_flags(["pipeline_buffers=per_transfer", "attention_saved_whole=true"])
+    assert flags == {"pipeline_buffers": "per_transfer", "attention_saved_whole": True}
+    assert changed_flags(PRESETS["torchtitan"].replace(**flags)) == flags

@@ -735,7 +735,8 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "grad_accumulation_fusion", "optimizer", "optimizer_moments", "adam_kernels", "loss_memory",
               "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs",
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts",
-              "cp_attention", "cp_repeat_kv", "accumulation_sync", "megatron_fsdp", "keep_fp8_transpose")
+              "cp_attention", "cp_repeat_kv", "accumulation_sync", "megatron_fsdp", "keep_fp8_transpose",
+              "pipeline_buffers", "attention_saved_whole")
 
 
 def parse_flags(pairs) -> dict:
