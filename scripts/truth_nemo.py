@@ -87,8 +87,8 @@ def load() -> dict:
 def not_modelled(row: dict, models: dict) -> str | None:
     """Why autoconf cannot describe this row's run, or None."""
     if row["model"] not in PRESETS and row["model"] not in models:
-        return (f"no model spec for {row['model']} (GPT-OSS: attention sinks and alternating sliding-window "
-                f"attention are not expressible)")
+        return (f"no model spec for {row['model']} (GPT-OSS: attention sinks, biased experts and its clamped SwiGLU "
+                f"are not expressible)")
     return None
 
 

@@ -160,25 +160,27 @@ def test_the_autoconf_preset_counts_torchs_ring_at_the_grouped_width(cp, cp_comm
 
 
 def test_the_estimate_counts_torchs_ring_exactly_where_the_executor_hands_it_attention():
-    """The executor runs torch's ring on CUDA with SDPA ("flash"), no attention dropout and not under the per-op
-    selective policy (whose blocks run autoconf's own op); elsewhere, and always on CPU, its own attention. The
-    autoconf preset counts the ring's merges and dK/dV transfers in exactly those configs: one rule
+    """The executor runs torch's ring on CUDA with SDPA ("flash"), no attention dropout, no sliding window and not
+    under the per-op selective policy (whose blocks run autoconf's own op); elsewhere, and always on CPU, its own
+    attention. The autoconf preset counts the ring's merges and dK/dV transfers in exactly those configs: one rule
     (`frameworks.executor_torch_cp`) read by both."""
     cpx = pytest.importorskip("autoconf.execute.context_parallel")
     seen = set()
     for attention in ("flash", "standard"):
         for dropout in (0.0, 0.1):
-            model = dataclasses.replace(MODEL, dropout=dropout)
-            for recompute, policy in (("none", None), ("full", None), ("selective", "attention_core"),
-                                      ("selective", "alternate_matmuls")):
-                c = _row(4, attention=attention, recompute=recompute, selective_recompute=policy)
-                hands = cpx.uses_torch_attention(c, "cuda", dropout)
-                assert not cpx.uses_torch_attention(c, "cpu", dropout)
-                assert (cp_ring.merge_bytes(model, c, AUTOCONF)[0] > 0) == hands
-                assert (cp_ring.dkv_bytes(model, c, AUTOCONF) > 0) == hands
-                seen.add((attention, dropout, recompute, policy, hands))
-    assert ("flash", 0.0, "none", None, True) in seen and ("flash", 0.0, "selective", "attention_core", True) in seen
-    assert sum(hands for *_, hands in seen) == 3  # none, full and attention_core, all with flash and no dropout
+            for window in (None, 64):
+                model = dataclasses.replace(MODEL, dropout=dropout, sliding_window=window)
+                for recompute, policy in (("none", None), ("full", None), ("selective", "attention_core"),
+                                          ("selective", "alternate_matmuls")):
+                    c = _row(4, attention=attention, recompute=recompute, selective_recompute=policy)
+                    hands = cpx.uses_torch_attention(c, "cuda", model)
+                    assert not cpx.uses_torch_attention(c, "cpu", model)
+                    assert (cp_ring.merge_bytes(model, c, AUTOCONF)[0] > 0) == hands
+                    assert (cp_ring.dkv_bytes(model, c, AUTOCONF) > 0) == hands
+                    seen.add((attention, dropout, window, recompute, policy, hands))
+    assert ("flash", 0.0, None, "none", None, True) in seen
+    assert ("flash", 0.0, None, "selective", "attention_core", True) in seen
+    assert sum(hands for *_, hands in seen) == 3  # none, full and attention_core, with flash, no dropout nor window
 
 
 def test_under_latent_attention_dq_is_at_the_query_width_and_the_merges_at_the_value_width():

@@ -93,6 +93,9 @@ PLANS = {
     # Qwen3's QK norm (--qk-layernorm); fp8 with optimizer offload (no fp8 parameter gather: Megatron-LM allows it
     # there only under the delayed recipe)
     "qk-norm": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], qk_norm=True), tp=2, pp=1, dp=2, sp=True),
+    # GPT-OSS's alternating sliding layers (--window-size, --window-attn-skip-freq 2; torchtitan: a note)
+    "sliding-window": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], sliding_window=16,
+                                                        full_attention_layers=(1, 3, 5, 7)), pp=2, dp=2),
     "fp8-offload-optimizer": lambda: _plan(pp=1, dp=4, zero=1, dtype="fp8", cluster="dgx-h100-80g",
                                            offload_optimizer=True),
     "megatron-fsdp-fp8-params": lambda: _plan(pp=1, dp=4, zero=3, dtype="fp8", cluster="dgx-h100-80g",

@@ -92,24 +92,30 @@ def test_an_moe_importer_error_names_the_file_once():
         assert needle in str(err.value)
 
 
-def test_a_sliding_window_shorter_than_the_sequence_is_refused():
-    """Mistral 7B v0.1 (sliding_window 4096, context 32768) was planned at 32k tokens as full attention; the window
-    is kept and a longer sequence refused, while Qwen's switch and transformers 5's layer_types are read too."""
+def test_sliding_windows_are_read_per_layer_and_limit_no_sequence():
+    """Mistral 7B v0.1 (sliding_window 4096, context 32768) slides every layer and plans its whole context; Qwen's
+    switch slides the layers from max_window_layers on; transformers 5's layer_types names each layer (GPT-OSS's
+    alternating layers). A model without a sliding layer has no window."""
     mistral = from_hf_config({**LLAMA, "model_type": "mistral", "sliding_window": 4096,
                               "max_position_embeddings": 32768}, "mistral-v01")
-    assert mistral.sliding_window == 4096 and mistral.context_problem(4096) is None
-    assert mistral.default_seq_len == 4096  # what plan takes without --seq-len
-    assert "sliding attention window of 4,096 tokens" in mistral.context_problem(8192)
-    assert load_model_json(mistral).sliding_window == 4096
+    assert (mistral.sliding_window, mistral.full_attention_layers) == (4096, ())
+    assert mistral.context_problem(32768) is None and mistral.default_seq_len == 8192
+    assert [mistral.attention_window(i) for i in range(2)] == [4096, 4096]
+    assert load_model_json(mistral) == mistral
     assert from_hf_config({**LLAMA, "model_type": "mistral", "sliding_window": None}, "m").sliding_window is None
-    qwen = {**LLAMA, "model_type": "qwen2", "sliding_window": 512}
+    qwen = {**LLAMA, "model_type": "qwen2", "sliding_window": 512, "num_hidden_layers": 4}
     assert from_hf_config(qwen, "q").sliding_window is None  # use_sliding_window false: the window is not used
-    assert from_hf_config({**qwen, "use_sliding_window": True}, "q").sliding_window == 512
-    assert from_hf_config({**qwen, "layer_types": ["sliding_attention", "full_attention"]}, "q").sliding_window == 512
-    slides_from_layer_2 = {**qwen, "use_sliding_window": True, "max_window_layers": 2}  # of 2 layers: none slides
-    assert from_hf_config(slides_from_layer_2, "q").sliding_window is None
-    assert from_hf_config({**slides_from_layer_2, "layer_types": ["full_attention"] * 2}, "q").sliding_window is None
-    assert "sliding_window" not in from_hf_config(LLAMA, "l").to_dict()  # a dense model's JSON is as before
+    assert from_hf_config({**qwen, "use_sliding_window": True}, "q").full_attention_layers == ()
+    above_1 = from_hf_config({**qwen, "use_sliding_window": True, "max_window_layers": 1}, "q")
+    assert [above_1.attention_window(i) for i in range(4)] == [None, 512, 512, 512]
+    alternating = from_hf_config({**qwen, "layer_types": ["sliding_attention", "full_attention"] * 2}, "q")
+    assert (alternating.sliding_window, alternating.full_attention_layers) == (512, (1, 3))
+    assert load_model_json(alternating) == alternating and alternating.to_dict()["full_attention_layers"] == [1, 3]
+    slides_from_layer_4 = {**qwen, "use_sliding_window": True, "max_window_layers": 4}  # of 4 layers: none slides
+    assert from_hf_config(slides_from_layer_4, "q").sliding_window is None
+    assert from_hf_config({**slides_from_layer_4, "layer_types": ["full_attention"] * 4}, "q").sliding_window is None
+    data = from_hf_config(LLAMA, "l").to_dict()  # a dense model's JSON is as before
+    assert "sliding_window" not in data and "full_attention_layers" not in data
 
 
 def load_model_json(spec):
@@ -152,18 +158,19 @@ def test_dense_import_matches_transformers_models_on_the_meta_device(class_name,
                                                         for b in model.model.layers]
 
 
-def test_limits_stop_at_a_sliding_window(tmp_path):
-    """`limits` searched Mistral 7B v0.1 up to its 32k context and refused it (the window is 4096)."""
+def test_limits_search_a_sliding_window_model_up_to_its_context(tmp_path):
+    """`limits` searches Mistral 7B v0.1 up to its 32k context (it stopped at the 4096 window before windows were
+    modelled)."""
     from click.testing import CliRunner
 
     from autoconf.cli import main
 
-    config = {**LLAMA, "model_type": "mistral", "sliding_window": 1024, "max_position_embeddings": 32768}
+    config = {**LLAMA, "model_type": "mistral", "sliding_window": 64, "max_position_embeddings": 512}
     (tmp_path / "config.json").write_text(json.dumps(config))
     result = CliRunner().invoke(main, ["limits", "--model", str(tmp_path / "config.json"), "--cluster", "cpu-local",
                                        "--global-batch", "4", "--only", "seq"])
     assert result.exit_code == 0, result.output
-    assert "sliding attention window is 1024 tokens" in result.output
+    assert "context is 512 tokens" in result.output
 
 
 # ---- every number read alike (fuzz report: "0.1" and "500000" were read through float(), "1e-5" refused) -----------

@@ -31,7 +31,7 @@ from autoconf.cost.fp8 import cast_seconds, mlp_cast_elements, scaling_time
 from autoconf.cost.offload import cpu_optimizer_time
 from autoconf.spec.dtypes import DTYPE_BYTES, precision
 from autoconf.spec.frameworks import ADAM_KERNELS, GRAD_BUFFER_PASSES, Execution, compiled_ops, loss_compiled
-from autoconf.spec.model import ModelSpec
+from autoconf.spec.model import ModelSpec, window_pair_share
 from autoconf.spec.plan import ParallelConfig
 
 SHAPE_KEYS = ("arch", "hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size")
@@ -353,6 +353,28 @@ def attention_efficiency(cluster: ClusterProfile, execution: Execution | None, s
     return forward, backward
 
 
+def flash_core_seconds(model: ModelSpec, cluster: ClusterProfile, execution: Execution | None, seq_len: int,
+                       micro_batch: int, tp: int, peak: float) -> tuple[float, float]:
+    """(forward, backward) seconds of the mean block's flash attention core on one TP rank at `peak` FLOP/s: the
+    causal half of the square forward, 2.5 times that backward (the backward recomputes the scores: 5 matmuls to
+    2), each pass at the kernel's speed (`attention_efficiency`). A sliding layer does its window's share of the
+    pairs (`window_pair_share`: a kernel that skips the tiles outside the band) at the speed of a causal sequence
+    of twice the window, whose rows see as many keys on average; the mean over the model's layers is the block's
+    (`ModelSpec.attention_work_share` reads the same shares)."""
+    square = model.layer_attention_flops(seq_len, micro_batch, windowed=False) / tp
+    sliding = model.sliding_layer_count
+    kinds = [(model.num_layers - sliding, 1.0, seq_len)]
+    if sliding:
+        w = model.sliding_window
+        kinds.append((sliding, window_pair_share(seq_len, w), min(seq_len, 2 * w)))
+    forward = backward = 0.0
+    for layers, share, length in kinds:
+        eff_f, eff_b = attention_efficiency(cluster, execution, length, attention_head_dim(model))
+        work = layers / model.num_layers * share * 0.5 * square / peak
+        forward, backward = forward + work / eff_f, backward + 2.5 * work / eff_b
+    return forward, backward
+
+
 def attention_head_dim(model: ModelSpec) -> int:
     """The width of one head's query-key product, which sets an attention kernel's tile shape: `head_dim`, or under
     latent attention the query-key head width (nope + rope)."""
@@ -531,15 +553,13 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     sbh = s * b * h
     replicated_div = t if c.sequence_parallel else 1
 
-    # Attention core. Flash kernels skip the masked upper triangle of the causal square, each pass at the kernel's
-    # published speed at this sequence length; the standard path computes the whole square at the flat
+    # Attention core. Flash kernels skip the masked upper triangle of the causal square (and what lies outside a
+    # sliding window: `flash_core_seconds`); the standard path computes the whole square at the flat
     # efficiency["attention"] and streams the scores through memory (write, softmax read+write, dropout, read by AV).
-    att_flops = model.layer_attention_flops(s, b) / t
     if c.attention == "flash":
-        eff_f, eff_b = attention_efficiency(cluster, ex, s, attention_head_dim(model))
-        core_f = 0.5 * att_flops / (peak * eff_f)
-        core_b = 2.5 * 0.5 * att_flops / (peak * eff_b)  # the backward recomputes the scores: 5 matmuls to 2
+        core_f, core_b = flash_core_seconds(model, cluster, ex, s, b, t, peak)
     else:
+        att_flops = model.layer_attention_flops(s, b, windowed=False) / t
         att_rate = peak * cluster.eff("attention")
         score_bytes = a * s * s * b / t * (6 * e + (1 if model.dropout > 0 else 0))
         core_f = att_flops / att_rate + score_bytes / mem_rate
@@ -650,7 +670,8 @@ def _attention_core_shares(model: ModelSpec, cluster: ClusterProfile, c: Paralle
     seq_len), from the specification model: the core's kernels against the QKV and output projections. The measured
     block times both together; this splits them."""
     at = dataclasses.replace(c, micro_batch_size=micro_batch, seq_len=seq_len)
-    core = _spec_pieces(model, cluster, at).attention_core
+    full = dataclasses.replace(model, sliding_window=None, full_attention_layers=())  # (the timed block's)
+    core = _spec_pieces(full, cluster, at).attention_core
     projections = gemms_time(cluster, precision(c.dtype).gemm, layer_gemms(model, seq_len, micro_batch, c.tp)[:2])
     return core.forward / (core.forward + projections), core.backward_input / (core.backward_input + projections)
 
@@ -663,7 +684,8 @@ def _measured_attention(model: ModelSpec, cluster: ClusterProfile, c: ParallelCo
     with micro_batch x seq_len^2 (the score matrix), the projections' with micro_batch x seq_len (tokens), so each
     part is read through the shared interpolation rule (`_interpolate`) on its own size: a table timed at one
     sequence length still predicts a longer one with the s^2 term, and at a timed length the two reads agree with
-    plain interpolation in tokens."""
+    plain interpolation in tokens. The profiler times full causal attention; under sliding windows the core is
+    read at the model's mean share of its pairs (`ModelSpec.attention_work_share`)."""
     cores, projections = [], []
     for entry, times in timed:
         b, s = entry["micro_batch"], entry["seq_len"]
@@ -673,7 +695,7 @@ def _measured_attention(model: ModelSpec, cluster: ClusterProfile, c: ParallelCo
         projections.append((b * s, PassTimes(times.forward - core.forward, times.backward_input - core.backward_input,
                                              times.backward_weight)))
     b, s = c.micro_batch_size, c.seq_len
-    return _interpolate(cores, b * s * s), _interpolate(projections, b * s)
+    return _interpolate(cores, b * s * s).scaled(model.attention_work_share(s)), _interpolate(projections, b * s)
 
 
 def _measured_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,

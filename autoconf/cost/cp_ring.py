@@ -53,7 +53,7 @@ def torch_ring(model: ModelSpec, config: ParallelConfig, execution: Execution | 
     ex = execution or Execution()
     if config.cp == 1 or ex.cp_attention == "kernel":
         return False
-    return ex.cp_attention == "torch" or executor_torch_cp(config, model.dropout)
+    return ex.cp_attention == "torch" or executor_torch_cp(config, model)
 
 
 def sdpa_kv_width(model: ModelSpec, execution: Execution | None) -> float:

@@ -43,6 +43,7 @@ import contextlib
 
 import torch
 
+from autoconf.execute.model import window_mask
 from autoconf.spec.frameworks import executor_torch_cp
 from autoconf.spec.plan import CP_COMM
 
@@ -90,7 +91,7 @@ def gather_order(seq_len: int, cp: int, device=None) -> torch.Tensor:
 def causal_mask(seq_len: int, cp: int, rank: int, device=None) -> torch.Tensor:
     """Boolean [seq/cp, seq]: CP rank `rank`'s token i may attend to sequence position j when j <= its real
     position."""
-    return positions(seq_len, cp, rank, device)[:, None] >= torch.arange(seq_len, device=device)[None, :]
+    return window_mask(positions(seq_len, cp, rank, device), torch.arange(seq_len, device=device), None)
 
 
 def attach(model, context: "ContextParallel") -> None:
@@ -140,9 +141,10 @@ class ContextParallel:
         sizes = [n if r == to else 0 for r in range(self.cp)], [n if r == since else 0 for r in range(self.cp)]
         return all_to_all_single_autograd(local, sizes[1], sizes[0], self.group).movedim(0, 2)
 
-    def ring_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
-        """softmax(QK^T / sqrt(d)) V of this rank's queries over the whole sequence, K/V visiting in cp - 1 ring
-        steps (own block first). Each block's partial result is merged by the running log-sum-exp: with m the
+    def ring_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
+                       window: int | None = None) -> torch.Tensor:
+        """softmax(QK^T / sqrt(d)) V of this rank's queries over the whole sequence (within a sliding `window`
+        where given), K/V visiting in cp - 1 ring steps (own block first). Each block's partial result is merged by the running log-sum-exp: with m the
         running row maximum (a constant of the math, so detached), O = sum_b exp(m_b - m) P_b V_b and
         l = sum_b exp(m_b - m) rowsum(P_b), the output O / l. A query row that no key of a block may see adds
         nothing. Autograd differentiates through the merge and the rotations."""
@@ -154,7 +156,7 @@ class ContextParallel:
             if step:
                 kv, owner = self.rotate(kv), (owner - 1) % self.cp
             kb, vb = (t.repeat_interleave(repeat, dim=1) for t in kv.split(widths, dim=-1))
-            seen = self.positions[:, None] >= positions(self.seq_len, self.cp, owner, q.device)[None, :]
+            seen = window_mask(self.positions, positions(self.seq_len, self.cp, owner, q.device), window)
             scores = ((q @ kb.transpose(-2, -1)) * scale).float().masked_fill(~seen, float("-inf"))
             block_peak = scores.amax(dim=-1, keepdim=True).detach()
             block_peak = torch.where(torch.isfinite(block_peak), block_peak, torch.zeros_like(block_peak))
@@ -169,10 +171,11 @@ class ContextParallel:
         return (out / total).to(q.dtype)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, attend,
-                  as_op: bool = False) -> torch.Tensor:
-        """This rank's queries attending to the whole sequence. `attend(q, k, v, mask, dropout_p)` is the model's
-        attention math (mask: True where a query may see a key; None: causal over equal positions).
-        - "allgather": every rank's K and V (one collective for both) in sequence order, and the causal mask
+                  as_op: bool = False, window: int | None = None) -> torch.Tensor:
+        """This rank's queries attending to the whole sequence, or under a sliding `window` to the window's keys
+        before each (every path masks real positions with `window_mask`). `attend(q, k, v, mask, dropout_p)` is the
+        model's attention math (mask: True where a query may see a key; None: causal over equal positions).
+        - "allgather": every rank's K and V (one collective for both) in sequence order, and the mask
           [seq/cp, seq] of real positions;
         - "ring": `ring_attention`;
         - the torch path: the local K and V as `torch_ring_kv` gives them, under is_causal; torch's patched SDPA
@@ -183,13 +186,17 @@ class ContextParallel:
             from autoconf.execute.cp_attention import cp_attention
 
             assert dropout_p == 0.0, "spec/support.py refuses the per-op policy with CP and attention dropout"
-            return cp_attention(q, k, v, self.group.group_name, self.algorithm, self.seq_len)[0]
+            return cp_attention(q, k, v, self.group.group_name, self.algorithm, self.seq_len, window or 0)[0]
         if self.uses_torch:
+            assert window is None, "frameworks.executor_torch_cp keeps sliding windows off torch's ring"
             return attend(q, *torch_ring_kv(q, k, v, dropout_p), None, dropout_p)
         if self.algorithm == "ring":
-            return self.ring_attention(q, k, v, dropout_p)
+            return self.ring_attention(q, k, v, dropout_p, window)
         k, v = self.gather(torch.cat([k, v], dim=-1)).split([k.shape[-1], v.shape[-1]], dim=-1)
-        return attend(q, k, v, self.mask, dropout_p)
+        if window is None:
+            return attend(q, k, v, self.mask, dropout_p)
+        return attend(q, k, v, window_mask(self.positions, torch.arange(self.seq_len, device=q.device), window),
+                      dropout_p)
 
     def torch_attention(self):
         """The context the training step runs in: torch's `context_parallel` on the CUDA path (UNTESTED here),
@@ -229,7 +236,7 @@ def _torch_context(ctx: ContextParallel):
         yield
 
 
-def uses_torch_attention(config, device_type: str, dropout: float) -> bool:
+def uses_torch_attention(config, device_type: str, model) -> bool:
     """Whether torch's context_parallel runs the attention: CUDA and spec/frameworks.py `executor_torch_cp` (SDPA,
-    no attention dropout, not the per-op selective policy), the rule the estimate reads too."""
-    return device_type == "cuda" and executor_torch_cp(config, dropout)
+    no attention dropout, no sliding window, not the per-op selective policy), the rule the estimate reads too."""
+    return device_type == "cuda" and executor_torch_cp(config, model)

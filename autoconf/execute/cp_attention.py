@@ -10,7 +10,8 @@ backward does not run it (no second K/V exchange there); its backward, flash-sty
 the log-sum-exp, exchanges the K/V again and sends their gradients back to the ranks that own them, which is what
 cost/estimate.py `cp_attention_comm` charges a backward of either algorithm.
 
-- "allgather": one all-gather of every rank's K/V (reordered to sequence order), the causal mask of real positions;
+- "allgather": one all-gather of every rank's K/V (reordered to sequence order), the causal mask of real positions
+  (within the layer's sliding window where it has one, as on every path: `window_mask`);
   the backward gathers again and reduce-scatters (sums) dK/dV onto their owners.
 - "ring": cp - 1 steps pass the K/V blocks to the next rank; each block's scores merge into the running
   log-sum-exp. The backward passes the blocks again, each with the accumulated gradient of its K/V, which after a
@@ -28,6 +29,7 @@ import torch.distributed as dist
 from torch.distributed.distributed_c10d import _resolve_process_group
 
 from autoconf.execute.context_parallel import positions
+from autoconf.execute.model import window_mask
 
 Tensor = torch.Tensor
 # torch 2.13's names, and the older ones
@@ -68,6 +70,12 @@ def _key_positions(owner, seq_len: int, cp: int, device) -> Tensor:
     return torch.arange(seq_len, device=device) if owner is None else positions(seq_len, cp, owner, device)
 
 
+def _seen(mine: Tensor, owner, seq_len: int, cp: int, window: int) -> Tensor:
+    """Which keys of `owner`'s block (None: the whole sequence) the rank's queries at positions `mine` see: the
+    causal past, within `window` keys where positive (0: no window)."""
+    return window_mask(mine, _key_positions(owner, seq_len, cp, mine.device), window or None)
+
+
 def _scores(q: Tensor, kb: Tensor, seen: Tensor) -> Tensor:
     """fp32 q kb^T / sqrt(d), -inf where a query may not see a key; kb's heads repeated to q's."""
     kb = kb.repeat_interleave(q.shape[1] // kb.shape[1], dim=1)
@@ -83,16 +91,16 @@ def _context(group_name: str, seq_len: int, device):
 
 @torch.library.custom_op("autoconf::cp_attention", mutates_args=())
 def cp_attention(q: Tensor, k: Tensor, v: Tensor, group_name: str, algorithm: str,
-                 seq_len: int) -> tuple[Tensor, Tensor]:
-    """Causal attention of this rank's queries q [b, heads, s/cp, d] over the whole sequence's K/V (k, v: this
+                 seq_len: int, window: int) -> tuple[Tensor, Tensor]:
+    """Causal attention (within a sliding `window` of keys where positive; 0: none) of this rank's queries
+    q [b, heads, s/cp, d] over the whole sequence's K/V (k, v: this
     rank's [b, kv_heads, s/cp, d] and [b, kv_heads, s/cp, d_v], d_v possibly not d; exchanged over the CP group
     `group_name` by `algorithm`, concatenated along the width): the output [b, heads, s/cp, d_v] in q's dtype and the
     fp32 log-sum-exp [b, heads, s/cp] of each query row's scores."""
     group, cp, rank, mine = _context(group_name, seq_len, q.device)
     out = lse = None
     for owner, kb, vb in _kv_blocks(k, v, group, algorithm, cp, rank):
-        seen = mine[:, None] >= _key_positions(owner, seq_len, cp, q.device)[None, :]
-        scores = _scores(q, kb, seen)
+        scores = _scores(q, kb, _seen(mine, owner, seq_len, cp, window))
         block_lse = scores.logsumexp(dim=-1)
         safe = torch.where(torch.isfinite(block_lse), block_lse, torch.zeros_like(block_lse))
         part = (scores - safe[..., None]).exp() @ vb.repeat_interleave(q.shape[1] // vb.shape[1], dim=1).float()
@@ -105,12 +113,13 @@ def cp_attention(q: Tensor, k: Tensor, v: Tensor, group_name: str, algorithm: st
 
 
 @cp_attention.register_fake
-def _(q, k, v, group_name, algorithm, seq_len):
+def _(q, k, v, group_name, algorithm, seq_len, window):
     return q.new_empty((*q.shape[:-1], v.shape[-1])), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
 def _backward_blocks(grad: Tensor, grad_lse: Tensor | None, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
-                     lse: Tensor, group_name: str, algorithm: str, seq_len: int) -> tuple[Tensor, Tensor, Tensor]:
+                     lse: Tensor, group_name: str, algorithm: str, seq_len: int,
+                     window: int) -> tuple[Tensor, Tensor, Tensor]:
     """dq, dk, dv of `cp_attention` from the gradients of its output and log-sum-exp: P = exp(S - lse) of each
     block, dV = P^T dO, dS = P (dO V^T - rowsum(dO O) + dlse), dQ = dS K / sqrt(d), dK = dS^T Q / sqrt(d); each
     block's dK/dV summed over the query heads that share a K/V head and returned to the block's owner."""
@@ -123,8 +132,7 @@ def _backward_blocks(grad: Tensor, grad_lse: Tensor | None, q: Tensor, k: Tensor
     dq = torch.zeros_like(qf)
     travelling = None  # ring: the accumulated dK/dV of the block this rank holds
     for owner, kb, vb in _kv_blocks(k, v, group, algorithm, cp, rank):
-        seen = mine[:, None] >= _key_positions(owner, seq_len, cp, q.device)[None, :]
-        probs = (_scores(q, kb, seen) - lse[..., None]).exp()
+        probs = (_scores(q, kb, _seen(mine, owner, seq_len, cp, window)) - lse[..., None]).exp()
         vr = vb.repeat_interleave(repeat, dim=1).float()
         dv = probs.transpose(-2, -1) @ g
         ds = probs * (g @ vr.transpose(-2, -1) - row)
@@ -152,15 +160,15 @@ def _reduce_scatter(dkv: Tensor, group, cp: int, k_width: int) -> tuple[Tensor, 
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, group_name, algorithm, seq_len = inputs
+    q, k, v, group_name, algorithm, seq_len, window = inputs
     ctx.save_for_backward(q, k, v, *output)
-    ctx.exchange = group_name, algorithm, seq_len
+    ctx.exchange = group_name, algorithm, seq_len, window
 
 
 def _backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse = ctx.saved_tensors
     dq, dk, dv = _backward_blocks(grad_out, grad_lse, q, k, v, out, lse, *ctx.exchange)
-    return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None
+    return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
 
 
 cp_attention.register_autograd(_backward, setup_context=_setup_context)

@@ -39,8 +39,8 @@ def _sum_grad_over(t: torch.Tensor, mesh) -> torch.Tensor:
 
 
 class LatentAttention(AttentionCore):
-    def __init__(self, spec: ModelSpec, attention: str):
-        super().__init__(spec, attention)
+    def __init__(self, spec: ModelSpec, attention: str, window: int | None = None):
+        super().__init__(spec, attention, window)
         m, h, a = spec.mla, spec.hidden_size, spec.num_heads
         self.nope, self.rope, self.v_dim, self.kv_rank = (m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim,
                                                           m.kv_lora_rank)

@@ -10,6 +10,8 @@ torch.distributed.checkpoint reshard a checkpoint into another layout, and what 
 - MoE (a llama-family spec with `moe`): the MLP of every MoE layer is execute/moe.py's `MoE` (router, routed experts,
   shared experts); the leading `first_k_dense` layers and `dense_layers` keep the dense SwiGLU.
 - qk_norm (Qwen3): an RMSNorm of head_dim on every query and key head before RoPE (`Attention.q_norm`, `k_norm`).
+- sliding_window (Mistral, Qwen, GPT-OSS): a sliding layer's queries see the window's keys only (`window_mask`, on
+  every attention path: plain, context-parallel, seq1f1b chunks); `full_attention_layers` keep the whole past.
 - mla (DeepSeek-V2/V3): every block's attention is execute/mla.py's `LatentAttention` (`make_attention`).
 
 Q, K and V are separate projections (not one fused matrix) so that column-parallel TP splits heads correctly.
@@ -58,6 +60,23 @@ def token_positions(context, seq: int, device) -> torch.Tensor:
     return torch.arange(seq, device=device) if context is None else context.positions
 
 
+def window_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Boolean [queries, keys]: True where a query may see a key, causally (the key at or before it) and, under a
+    sliding `window`, within the window keys ending at the query (None: the whole causal past)."""
+    behind = query_positions[:, None] - key_positions[None, :]
+    seen = behind >= 0
+    return seen if window is None else seen & (behind < window)
+
+
+def sequence_window_mask(seq_len: int, window: int | None, device) -> torch.Tensor | None:
+    """`window_mask` of a whole sequence of `seq_len` over itself; None where plain causal attention is the same
+    (no window, or one that holds the sequence)."""
+    if window is None or seq_len <= window:
+        return None
+    every = torch.arange(seq_len, device=device)
+    return window_mask(every, every, window)
+
+
 def _rope(x: torch.Tensor, theta: float, positions: torch.Tensor) -> torch.Tensor:
     """Rotary embedding (rotate-half convention) of x [batch, heads, seq, head_dim] at token `positions` [seq]."""
     d = x.shape[-1]
@@ -74,9 +93,10 @@ class AttentionCore(nn.Module):
     selective recompute and its context-parallel exchange. Subclasses make Q, K and V (`Attention`: grouped-query;
     execute/mla.py `LatentAttention`: DeepSeek's latent attention)."""
 
-    def __init__(self, spec: ModelSpec, attention: str):
+    def __init__(self, spec: ModelSpec, attention: str, window: int | None = None):
         super().__init__()
         self.attention = attention
+        self.window = window  # the sliding window of the block's layer (`ModelSpec.attention_window`), or None
         self.p_attn = spec.dropout
         self.resid_dropout = nn.Dropout(spec.dropout)
         self.recompute_core = False  # set by parallelize (selective recompute)
@@ -84,15 +104,16 @@ class AttentionCore(nn.Module):
         self.context = None  # set by context_parallel.attach: K/V exchanged over the CP group
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """softmax(QK^T / sqrt(d)) V with a causal mask; q [b, heads, s, d], k and v [b, kv_heads, s, d] (v's width
-        may differ from q's: latent attention). Under context parallelism the rank's queries attend to every CP
-        rank's K/V (`ContextParallel.attention`)."""
+        """softmax(QK^T / sqrt(d)) V with a causal mask, within the layer's sliding window where it has one (a
+        mask of positions, `window_mask`); q [b, heads, s, d], k and v [b, kv_heads, s, d] (v's width may differ
+        from q's: latent attention). Under context parallelism the rank's queries attend to every CP rank's K/V
+        (`ContextParallel.attention`), under seq1f1b to the earlier chunks' (`seq_chunks.LayerChunks`); both mask
+        the window too."""
         p = self.p_attn if self.training else 0.0
         if self.context is not None:
-            if self.core_as_op:  # the per-op policy: CP's exchange as one op (seq1f1b's context ignores it)
-                return self.context.attention(q, k, v, p, self.attend, as_op=True)
-            return self.context.attention(q, k, v, p, self.attend)
-        return self.attend(q, k, v, None, p)
+            # the per-op policy: CP's exchange as one op (seq1f1b's context ignores it)
+            return self.context.attention(q, k, v, p, self.attend, as_op=self.core_as_op, window=self.window)
+        return self.attend(q, k, v, sequence_window_mask(q.shape[2], self.window, q.device), p)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                p: float) -> torch.Tensor:
@@ -129,8 +150,8 @@ class Attention(AttentionCore):
     """Grouped-query attention: Q, K, V projections, with Qwen3's qk-norm (`qk_norm`: an RMSNorm of head_dim on
     every query and key head, `q_norm` and `k_norm`, before RoPE) when the spec has it."""
 
-    def __init__(self, spec: ModelSpec, attention: str):
-        super().__init__(spec, attention)
+    def __init__(self, spec: ModelSpec, attention: str, window: int | None = None):
+        super().__init__(spec, attention, window)
         h, kv, q = spec.hidden_size, spec.kv_dim, spec.q_dim
         qkv_bias = spec.linear_bias or spec.qkv_bias
         self.wq = nn.Linear(h, q, bias=qkv_bias)
@@ -155,14 +176,16 @@ class Attention(AttentionCore):
         return self.attend_and_project(q, k, v)
 
 
-def make_attention(spec: ModelSpec, attention: str) -> AttentionCore:
-    """A block's attention: DeepSeek's multi-head latent attention (execute/mla.py) where the spec has `mla`, else
+def make_attention(spec: ModelSpec, attention: str, layer: int | None = None) -> AttentionCore:
+    """Block `layer`'s attention, with the layer's sliding window (None: a block of no layer, full attention, as
+    the profiler times it): DeepSeek's multi-head latent attention (execute/mla.py) where the spec has `mla`, else
     grouped-query attention."""
+    window = None if layer is None else spec.attention_window(layer)
     if spec.mla is not None:
         from autoconf.execute.mla import LatentAttention
 
-        return LatentAttention(spec, attention)
-    return Attention(spec, attention)
+        return LatentAttention(spec, attention, window)
+    return Attention(spec, attention, window)
 
 
 class GeluMLP(nn.Module):
@@ -217,7 +240,7 @@ class Block(nn.Module):
     def __init__(self, spec: ModelSpec, attention: str, layer: int | None = None):
         super().__init__()
         self.attention_norm = make_norm(spec)
-        self.attention = make_attention(spec, attention)
+        self.attention = make_attention(spec, attention, layer)
         self.ffn_norm = make_norm(spec)
         self.feed_forward = make_ffn(spec, layer)
         self.recompute_full = False  # set by parallelize (full recompute)

@@ -19,7 +19,7 @@ What torch does not provide is the state between the units of one sequence, kept
 - positions: chunk j's tokens sit at b_j .. b_j+1 - 1 (RoPE and learned positions read them; its padding continues
   the count, clamped to the last position for the embedding tables); its queries are the last of the keys its
   attention reads, so the mask is torch's lower-right causal bias, which the fused kernels apply without a mask
-  tensor (on CPU the math kernel builds it);
+  tensor (on CPU the math kernel builds it), or in a sliding layer the window's mask of those positions;
 - keys and values: chunk j's attention reads the K/V of chunks 0..j-1 of its micro-batch. torch's stage runs each
   unit's backward as an autograd graph of its own, so a later chunk must not backpropagate into an earlier chunk's
   graph: each chunk hands its real K/V on as detached leaves, a later chunk's backward accumulates their gradients
@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import torch
 from torch.nn.attention.bias import causal_lower_right
+
+from autoconf.execute.model import sequence_window_mask, window_mask
 
 from autoconf.spec.schedules import build_schedule as schedule_order
 
@@ -109,13 +111,14 @@ class LayerChunks:
         return self.shared.positions
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float, attend,
-                  as_op: bool = False) -> torch.Tensor:
-        """The unit's attention over the earlier chunks' K/V and its own. `as_op` (a block under the per-op policy)
-        changes nothing: the chunk's attention is one `attend` call, whose kernel the policy sees itself (context
-        parallelism needs its own op for its exchange, cp_attention.py)."""
+                  as_op: bool = False, window: int | None = None) -> torch.Tensor:
+        """The unit's attention over the earlier chunks' K/V and its own (under a sliding `window`, a mask of the
+        positions: `window_mask`). `as_op` (a block under the per-op policy) changes nothing: the chunk's attention
+        is one `attend` call, whose kernel the policy sees itself (context parallelism needs its own op for its
+        exchange, cp_attention.py)."""
         shared = self.shared
         if shared.unit is None:
-            return attend(q, k, v, None, p)
+            return attend(q, k, v, sequence_window_mask(q.shape[2], window, q.device), p)
         micro_batch, j = divmod(shared.unit, shared.chunks)
         earlier = self.kv.setdefault(micro_batch, [])
         # A recomputed forward (in the unit's backward) finds its own leaves kept already: it reads the same earlier
@@ -125,9 +128,10 @@ class LayerChunks:
         if j:
             keys = torch.cat([kl for kl, _ in earlier[:j]] + [k], dim=2)
             values = torch.cat([vl for _, vl in earlier[:j]] + [v], dim=2)
-            out = attend(q, keys, values, shared.masks[j], p)
+            mask = self._window_mask(j, window)
+            out = attend(q, keys, values, shared.masks[j] if mask is None else mask, p)
         else:  # the causal mask: the padding comes after every real token
-            out = attend(q, k, v, None, p)
+            out = attend(q, k, v, sequence_window_mask(q.shape[2], window, q.device), p)
         if j < shared.chunks - 1 and torch.is_grad_enabled():
             n = shared.length(j)
             leaves = (k[:, :, :n].detach().requires_grad_(), v[:, :, :n].detach().requires_grad_())
@@ -136,6 +140,17 @@ class LayerChunks:
                 for own, leaf in zip((k, v), leaves):
                     own.register_hook(self._adds(leaf, micro_batch if j == 0 else None))
         return out
+
+    def _window_mask(self, chunk: int, window: int | None) -> torch.Tensor | None:
+        """Chunk `chunk`'s (> 0) mask under a sliding `window` (None without one, or where the window holds every
+        key the chunk reads): its padded_len queries from position b_j over the keys of positions 0 .. b_j +
+        padded_len - 1 (the earlier chunks' real ones, then its own)."""
+        first, n = self.shared.bounds[chunk], self.shared.padded_len
+        if window is None or first + n <= window:
+            return None
+        device = self.shared.device
+        return window_mask(torch.arange(first, first + n, device=device), torch.arange(first + n, device=device),
+                           window)
 
     def _adds(self, leaf: torch.Tensor, done: int | None):
         """The hook on a chunk's own K or V: adds what the later chunks' backwards left in its leaf; chunk 0's

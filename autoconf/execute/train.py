@@ -133,7 +133,7 @@ class Trainer:
         self.context, self.attention_context = None, contextlib.nullcontext
         if c.cp > 1:
             self.context = cpx.ContextParallel(self.mesh["cp"], c.seq_len, device, c.cp_comm,
-                                               cpx.uses_torch_attention(c, device.type, plan.model.dropout))
+                                               cpx.uses_torch_attention(c, device.type, plan.model))
             self.attention_context = self.context.torch_attention  # the CUDA path's torch context_parallel
             for model in self.models:
                 cpx.attach(model, self.context)

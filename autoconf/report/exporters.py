@@ -267,7 +267,8 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
         notes.append("dtype fp32: Megatron's default, no flag")
     flags += _megatron_model(plan)
     moe_flags, moe_notes = _megatron_moe(plan)
-    flags, notes = flags + moe_flags, notes + moe_notes
+    window_flags, window_notes = _megatron_window(plan.model)
+    flags, notes = flags + moe_flags + window_flags, notes + moe_notes + window_notes
     if m.arch == "llama" and not float(m.rope_theta).is_integer():
         notes.append(f"rope_theta {m.rope_theta:g} is not an integer; Megatron's --rotary-base takes an int")
     notes.append(f"vocabulary {m.vocab_size}: comes from Megatron's tokenizer (--vocab-size with NullTokenizer)")
@@ -376,6 +377,24 @@ def _megatron_model(plan: Plan) -> list[Flag]:
     if not m.tied_embeddings:
         flags.append(("--untie-embeddings-and-output-weights", None))
     return flags
+
+
+def _megatron_window(m) -> tuple[list[Flag], list[str]]:
+    """Megatron-Core's flags for a sliding attention window: `--window-size LEFT,0` (Transformer Engine's window,
+    the keys left of the query: the spec's window less the query itself) and, where some layers attend fully,
+    `--window-attn-skip-freq N` (Megatron's layers numbered from 1 attend fully where the number is a multiple of
+    N: GPT-OSS's odd 0-based layers at N = 2). Another pattern of full layers has no flag: a note says so."""
+    if m.sliding_window is None:
+        return [], []
+    flags: list[Flag] = [("--window-size", f"{m.sliding_window - 1},0")]
+    full = sorted(set(m.full_attention_layers))
+    if not full:
+        return flags, []
+    every = full[0] + 1
+    if full == list(range(every - 1, m.num_layers, every)):
+        return flags + [("--window-attn-skip-freq", every)], []
+    return flags, [f"full-attention layers {full} (0-based) follow no period Megatron's --window-attn-skip-freq "
+                   f"expresses; the run below slides the window in every layer"]
 
 
 def _megatron_moe(plan: Plan) -> tuple[list[Flag], list[str]]:

@@ -41,7 +41,8 @@ def upstream_recipe(plan: Plan) -> str | None:
     """The name of torchtitan's config function for the plan's model, or None when torchtitan ships no such model."""
     m = plan.model
     dims = (m.num_layers, m.hidden_size, m.num_heads, m.num_kv_heads, m.ffn_hidden_size, m.vocab_size)
-    if (m.arch != "llama" or m.qkv_bias or m.tied_embeddings or m.rope_theta != FLAVOR_ROPE_THETA
+    if (m.arch != "llama" or m.qkv_bias or m.tied_embeddings or m.sliding_window is not None
+            or m.rope_theta != FLAVOR_ROPE_THETA
             or m.rope_scaling_factor != FLAVOR_ROPE_SCALING or m.norm_eps != 1e-5):
         return None
     return next((name for name, (_, flavor) in TORCHTITAN_FLAVORS.items() if flavor == dims), None)
@@ -112,6 +113,10 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
                      "model below has none of them")
     if m.qkv_bias:
         notes.append("torchtitan's llama3 model has no QKV bias; the model below has none")
+    if m.sliding_window is not None:
+        notes.append(f"torchtitan's llama3 model has no sliding-window attention; the model below attends to the "
+                     f"whole sequence in every layer (the plan slides a {m.sliding_window}-token window in "
+                     f"{m.sliding_layer_count} of {m.num_layers})")
     if m.mtp_num_layers:
         notes.append(f"torchtitan {TORCHTITAN_VERSION} trains no multi-token-prediction module; the run below "
                      f"leaves out the model's {m.mtp_num_layers} MTP module(s) that the plan costs on the last stage")

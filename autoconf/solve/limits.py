@@ -98,8 +98,8 @@ def _largest(values: list, fits) -> tuple[object | None, list]:
 
 def longest_sequence(planner: Planner, model, ceiling: int | None = None) -> Limit:
     """The longest sequence (a multiple of SEQ_GRANULARITY tokens, or the ceiling itself) with a fitting layout,
-    up to `ceiling` (default: the model's context limit, ModelSpec.context_limit)."""
-    ceiling = min(ceiling or model.context_limit, MAX_SEQ_LEN)
+    up to `ceiling` (default: the model's context, max_seq_len)."""
+    ceiling = min(ceiling or model.max_seq_len, MAX_SEQ_LEN)
     if model.context_problem(ceiling):  # (the ceiling is --max-seq-len here)
         raise UserError(model.context_problem(ceiling).replace("--seq-len", "--max-seq-len"))
     values = list(range(SEQ_GRANULARITY, ceiling + 1, SEQ_GRANULARITY))
@@ -109,8 +109,7 @@ def longest_sequence(planner: Planner, model, ceiling: int | None = None) -> Lim
     planner.refused(value)
     note = ""
     if value == ceiling:
-        what = "context" if model.context_limit == model.max_seq_len else "sliding attention window"
-        note = f"the ceiling: {model.name}'s {what} is {ceiling} tokens" if ceiling == model.context_limit \
+        note = f"the ceiling: {model.name}'s context is {ceiling} tokens" if ceiling == model.max_seq_len \
             else f"the ceiling asked for ({ceiling} tokens)"
     plan = None if value is None else planner.best(model, value, refine=True)
     return Limit("seq_len", value, plan, probes, note)

@@ -698,13 +698,15 @@ def selective_policy(config, execution: Execution | None = None) -> str:
     return own if own is not None else (execution or PRESETS[DEFAULT]).selective_recompute
 
 
-def executor_torch_cp(config, dropout: float) -> bool:
+def executor_torch_cp(config, model) -> bool:
     """Whether autoconf's executor on CUDA hands the attention of `config`'s blocks to torch's `context_parallel`
-    (cp > 1; SDPA, i.e. attention "flash"; no attention dropout; and not under the per-op selective policy, whose
-    blocks run autoconf's own op, execute/cp_attention.py). The one rule the executor (execute/train.py) and the
-    estimate (`cp_ring.torch_ring` under cp_attention "executor") read; on CPU the executor runs its own always."""
+    (cp > 1; SDPA, i.e. attention "flash"; no attention dropout; no sliding window, which torch's causal ring cannot
+    mask; and not under the per-op selective policy, whose blocks run autoconf's own op, execute/cp_attention.py).
+    The one rule the executor (execute/train.py) and the estimate (`cp_ring.torch_ring` under cp_attention
+    "executor") read; on CPU the executor runs its own always."""
     per_op = config.recompute == "selective" and selective_policy(config) == "alternate_matmuls"
-    return config.cp > 1 and config.attention == "flash" and dropout == 0.0 and not per_op
+    return (config.cp > 1 and config.attention == "flash" and model.dropout == 0.0 and model.sliding_window is None
+            and not per_op)
 
 
 def compiled_ops(ops: tuple[str, ...], compile_loss: bool = True) -> tuple[str, ...]:

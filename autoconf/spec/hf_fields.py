@@ -237,30 +237,33 @@ def _layer_types(config: dict, name: str) -> list | None:
     return layer_types
 
 
-def sliding_window(config: dict, model_type: str, name: str) -> int | None:
-    """The attention window of a config whose layers slide it, or None when every layer attends to the whole
-    sequence: transformers 5's `layer_types` when given (a "sliding_attention" layer), else Qwen's
-    `use_sliding_window` for the layers from `max_window_layers` on, else Mistral's `sliding_window` when set. The
-    spec keeps it so that a sequence longer than the window, where sliding and full attention differ, is refused
-    (ModelSpec.context_problem)."""
+def sliding_window(config: dict, model_type: str, name: str) -> dict:
+    """The spec's `sliding_window` and `full_attention_layers` of a config: transformers 5's `layer_types` when given
+    (its "sliding_attention" layers slide, its "full_attention" ones do not), else Qwen's `use_sliding_window` for
+    the layers from `max_window_layers` on (absent: from the first), else Mistral's `sliding_window`, when set, for
+    every layer. No sliding layer: no window."""
     layer_types = _layer_types(config, name)
+    layers = config.get("num_hidden_layers")
+    full: tuple = ()
     if layer_types is not None:
         slides, why = "sliding_attention" in layer_types, "layer_types has sliding_attention"
+        full = tuple(i for i, kind in enumerate(layer_types) if kind == "full_attention")
     elif model_type.startswith("qwen"):
         why = "use_sliding_window is true"
         slides = hf_bool(config, "use_sliding_window", False, name)
-        if slides:  # (max_window_layers absent: taken as sliding from the first layer)
+        if slides:
             first = hf_int(config, "max_window_layers", name, "the layers before the sliding ones", None, least=0)
-            layers = config.get("num_hidden_layers")
-            slides = first is None or not (isinstance(layers, int) and first >= layers)
+            if first is not None and isinstance(layers, int) and not isinstance(layers, bool):
+                slides, full = first < layers, tuple(range(min(first, layers)))
     else:
         slides, why = config.get("sliding_window") is not None, "sliding_window is set"
     if not slides:
-        return None
+        return {"sliding_window": None, "full_attention_layers": ()}
     if config.get("sliding_window") is None:
         raise UserError(f"{name}: the config slides attention windows but sets no sliding_window ({why}); give the "
                         f"window, or no sliding layer")
-    return hf_int(config, "sliding_window", name, "the attention window in tokens", 0)
+    window = hf_int(config, "sliding_window", name, "the attention window in tokens", 0)
+    return {"sliding_window": window, "full_attention_layers": full}
 
 
 def attention_dropout(config: dict, name: str, model_type: str) -> float:
@@ -290,8 +293,7 @@ def llama_fields(config: dict, name: str, model_type: str) -> dict:
                 max_seq_len=rope_context(config, name),
                 tied_embeddings=hf_bool(config, "tie_word_embeddings", False, name),
                 dropout=attention_dropout(config, name, model_type), rope_theta=rope_theta(config, name),
-                rope_scaling_factor=rope_scaling_factor(config, name),
-                sliding_window=sliding_window(config, model_type, name))
+                rope_scaling_factor=rope_scaling_factor(config, name), **sliding_window(config, model_type, name))
 
 
 # GPT-2's three dropouts; the spec has one probability for all three (transformers' defaults: 0.1 each).

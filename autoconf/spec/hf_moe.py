@@ -8,8 +8,8 @@ refused with one line (`refuse_hidden_experts`), so that an MoE model is never p
 DeepSeek's multi-token-prediction modules (`num_nextn_predict_layers`) are read into `mtp_num_layers`, its routing
 method (`topk_method`, `n_group`, `topk_group`) by `deepseek_routing`, which says why only the group limit changes
 a plan.
-Not modelled, and said so in docs/moe.md: gpt-oss (attention sinks, biased experts); a sliding attention window is
-kept and a longer sequence refused (spec/hf_fields.py).
+Not modelled, and said so in docs/moe.md: gpt-oss (attention sinks, biased experts). A sliding attention window is
+read as the dense families read it (spec/hf_fields.py `sliding_window`).
 """
 
 from __future__ import annotations

@@ -91,7 +91,9 @@ def attention_ops(model) -> tuple[Op, ...]:
         ops.append(Op("qk_norm", "norm", 2 * model.head_dim, 2 * model.head_dim, 0,
                       tp_replicated_params=2 * model.head_dim))
     ops.append(Op("attention", "attention", 0, 0, 0, context_flops=2 * a * (model.head_dim + model.head_dim)))
-    ops.append(linear("out_proj", q, h, bias=model.linear_bias, row_parallel=True))
+    if model.attention_sinks:  # one logit per head, split with the heads
+        ops.append(Op("sinks", "attention", a, a, 0))
+    ops.append(linear("out_proj", q, h, bias=model.linear_bias or model.out_proj_bias, row_parallel=True))
     return tuple(ops)
 
 
@@ -127,11 +129,12 @@ def moe_ops(model) -> tuple[Op, ...]:
     num_experts_per_tok of them), the shared experts every token passes through, and Qwen2-MoE's shared-expert
     gate."""
     m, h = model.moe, model.hidden_size
-    expert = 3 * h * m.moe_intermediate_size
+    weights = 3 * h * m.moe_intermediate_size
+    expert = weights + ((2 * m.moe_intermediate_size + h) if m.expert_bias else 0)
     router = h * m.num_experts + (m.num_experts if m.router_bias else 0)
     ops = [Op("router", "router", router, router, 2 * h * m.num_experts, tp_replicated_params=router),
            Op("experts", "experts", m.num_experts * expert, m.num_experts_per_tok * expert,
-              2 * m.num_experts_per_tok * expert)]
+              2 * m.num_experts_per_tok * weights)]
     if m.num_shared_experts:
         shared = m.num_shared_experts * 3 * h * m.shared_expert_intermediate_size
         ops.append(Op("shared_experts", "linear", shared, shared, 2 * shared))

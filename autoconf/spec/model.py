@@ -105,6 +105,7 @@ class MoESpec:
     topk_group: int = 1                       # ... of which a token may use topk_group
     routed_scaling_factor: float = 1.0        # scale on the routed experts' output
     router_aux_loss_coef: float = 0.0         # load-balancing loss coefficient
+    expert_bias: bool = False                 # GPT-OSS: a bias on every routed expert's projections
 
     def __post_init__(self) -> None:
         if isinstance(self.dense_layers, list):
@@ -118,7 +119,7 @@ class MoESpec:
             value = getattr(self, name)
             if not (_positive_int(value) or (value == 0 and isinstance(value, int) and not isinstance(value, bool))):
                 problems.append(f"{name} must be an integer >= 0 (got {quoted(value)})")
-        for name in ("shared_expert_gate", "norm_topk_prob", "router_bias"):
+        for name in ("shared_expert_gate", "norm_topk_prob", "router_bias", "expert_bias"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be true or false (got {quoted(getattr(self, name))})")
         if not isinstance(self.dense_layers, tuple):
@@ -226,9 +227,18 @@ class ModelSpec:
     # Multi-token-prediction modules (DeepSeek-V3, HF num_nextn_predict_layers; Megatron-Core --mtp-num-layers),
     # trained after the last block on the last pipeline stage; 0: none.
     mtp_num_layers: int = 0
-    # Mistral / Qwen sliding-window attention: each token attends to at most this many; None: the whole sequence.
-    # Costed and trained as full causal attention, which is the same up to the window (context_problem).
+    # Sliding-window attention (Mistral, Qwen, GPT-OSS): a token of a sliding layer attends to itself and the
+    # sliding_window - 1 tokens before it; None: every layer attends to the whole causal sequence.
     sliding_window: int | None = None
+    # The layers that attend to the whole sequence although the model has a window (transformers' layer_types
+    # "full_attention": GPT-OSS's odd layers, Qwen's layers below max_window_layers); () with a window: all slide.
+    full_attention_layers: tuple = ()
+    # GPT-OSS: a learned logit per attention head that joins each softmax (attention sinks), a bias on the attention
+    # output projection (its attention_bias biases q, k, v and o: qkv_bias and out_proj_bias), and its clamped
+    # SwiGLU: gate and up clamped at swiglu_limit, out = (up + 1) * gate * sigmoid(1.702 gate); None: plain SwiGLU.
+    attention_sinks: bool = False
+    out_proj_bias: bool = False
+    swiglu_limit: float | None = None
 
     __hash__ = remembered_hash
 
@@ -238,6 +248,8 @@ class ModelSpec:
             object.__setattr__(self, "moe", MoESpec.from_dict(self.moe))
         if isinstance(self.mla, dict):
             object.__setattr__(self, "mla", MLASpec.from_dict(self.mla))
+        if isinstance(self.full_attention_layers, list):
+            object.__setattr__(self, "full_attention_layers", tuple(self.full_attention_layers))
         if self.arch not in ARCHES:
             problems.append(f"arch {quoted(self.arch)} is not one of {', '.join(ARCHES)}")
         for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size",
@@ -255,6 +267,9 @@ class ModelSpec:
             problems.append(f"head_dim must be a positive integer or null (got {quoted(self.head_dim)})")
         if self.sliding_window is not None and not _positive_int(self.sliding_window):
             problems.append(f"sliding_window must be a positive integer or null (got {quoted(self.sliding_window)})")
+        wrong = full_attention_layers_problem(self.full_attention_layers, self.num_layers, self.sliding_window)
+        if wrong:
+            problems.append(wrong)
         if not problems:
             if self.head_dim is None and self.hidden_size % self.num_heads:
                 problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads} "
@@ -289,7 +304,13 @@ class ModelSpec:
         if not is_printable_name(self.name):
             problems.append(f"name must be a string of printable characters, without newlines or other control "
                             f"characters (got {quoted(self.name)})")
-        for field in ("tied_embeddings", "qkv_bias"):
+        if self.swiglu_limit is not None and not (_number(self.swiglu_limit) and self.swiglu_limit > 0):
+            problems.append(f"swiglu_limit must be a positive number or null (got {quoted(self.swiglu_limit)})")
+        gpt_oss = [f for f in ("attention_sinks", "out_proj_bias", "swiglu_limit") if getattr(self, f)]
+        if gpt_oss and self.arch != "llama":
+            problems.append(f"{', '.join(gpt_oss)} need{'s' if len(gpt_oss) == 1 else ''} arch llama (got "
+                            f"{quoted(self.arch)})")
+        for field in ("tied_embeddings", "qkv_bias", "attention_sinks", "out_proj_bias"):
             if not isinstance(getattr(self, field), bool):
                 problems.append(f"{field} must be true or false (got {quoted(getattr(self, field))})")
         for field in ("dropout", "norm_eps", "rope_theta", "rope_scaling_factor"):
@@ -353,33 +374,47 @@ class ModelSpec:
     def linear_bias(self) -> bool:
         return self.arch == "gpt"
 
+    # ---- sliding-window attention ----------------------------------------------------------------------------------
+    def attention_window(self, layer: int) -> int | None:
+        """The keys a query of block `layer` (0-based) sees at most, itself included: the sliding window, or None
+        (the whole causal sequence) in a full-attention layer or a model without a window."""
+        if self.sliding_window is None or layer in self.full_attention_layers:
+            return None
+        return self.sliding_window
+
     @property
-    def context_limit(self) -> int:
-        """The longest sequence planned without scaling past the context: the context (max_seq_len), or
-        the sliding attention window where that is shorter (beyond it the model is not modelled)."""
-        return min(self.max_seq_len, self.sliding_window or self.max_seq_len)
+    def sliding_layer_count(self) -> int:
+        """Blocks whose attention slides a window (0 without one)."""
+        return 0 if self.sliding_window is None else self.num_layers - len(set(self.full_attention_layers))
+
+    def attention_work_share(self, seq_len: int) -> float:
+        """The query-key pairs the model's blocks attend, on average over its layers, as a share of causal
+        attention's over the whole sequence of `seq_len`: 1 without a window or where the window holds the
+        sequence (`window_pair_share`). Every cost of the attention core reads each block at this mean, so a
+        pipeline stage holding more sliding than full layers is costed at the average (exact for a model whose
+        layers all slide, and for GPT-OSS's alternating ones over any even number of layers)."""
+        sliding = self.sliding_layer_count
+        if not sliding:
+            return 1.0
+        share = window_pair_share(seq_len, self.sliding_window)
+        return (sliding * share + (self.num_layers - sliding)) / self.num_layers
 
     @property
     def default_seq_len(self) -> int:
-        """The sequence a plan takes when none is given: the context limit, at most DEFAULT_SEQ_LEN tokens (long
-        runs pass --seq-len)."""
-        return min(self.context_limit, DEFAULT_SEQ_LEN)
+        """The sequence a plan takes when none is given: the context, at most DEFAULT_SEQ_LEN tokens (long runs
+        pass --seq-len)."""
+        return min(self.max_seq_len, DEFAULT_SEQ_LEN)
 
     def context_problem(self, seq_len: int) -> str | None:
         """Why the model cannot be trained on sequences of `seq_len` tokens (one line naming what would work), or
         None. Learned positions stop at `max_seq_len`. Rotary positions train beyond the model's context
         (`max_seq_len`) only with RoPE scaling (`rope_scaling_factor` > 1, Llama 3.1's "llama3" rope_type), which
         long-context training extends further, as Llama 3 did from 8k to 128k tokens; up to the context any rotary
-        model trains. A sliding attention window shorter than the sequence is refused: it is not modelled.
+        model trains; a sliding window (`sliding_window`) sets no limit.
 
         The spec does not record the file it was read from, so a line names a field as autoconf's model JSON does
-        (`max_seq_len`, `rope_scaling_factor`, `sliding_window`) and, where a Hugging Face config.json calls it
+        (`max_seq_len`, `rope_scaling_factor`) and, where a Hugging Face config.json calls it
         otherwise, that name beside it (max_position_embeddings, n_positions)."""
-        if self.sliding_window is not None and seq_len > self.sliding_window:
-            return (f"seq_len {seq_len} is longer than {self.name}'s sliding attention window of "
-                    f"{self.sliding_window:,} tokens, which autoconf does not model (it costs and trains full causal "
-                    f"attention, the same up to the window); use --seq-len {self.sliding_window} or less, or set "
-                    f"sliding_window to null in the model file to plan the model with full attention")
         if seq_len <= self.max_seq_len:
             return None
         if self.learned_positions:
@@ -539,10 +574,13 @@ class ModelSpec:
         per_token = sum(op.flops for op in self.layer_ops(self._uniform_layer(layer)))
         return 2.0 * seq_len * micro_batch * (per_token // 2)
 
-    def layer_attention_flops(self, seq_len: int, micro_batch: int) -> float:
-        """Forward FLOPs of QK^T and attention-times-V, counted over the full s x s square (Megatron's convention)."""
+    def layer_attention_flops(self, seq_len: int, micro_batch: int, windowed: bool = True) -> float:
+        """Forward FLOPs of QK^T and attention-times-V, counted over the full s x s square (Megatron's convention),
+        of the mean block under sliding windows (`attention_work_share`); `windowed` False: the whole square
+        whatever the window (what a kernel that computes every score and masks them does)."""
         per_context_token = sum(op.context_flops for op in self._ops["attention"])
-        return 2.0 * 2.0 * micro_batch * seq_len * seq_len * (per_context_token / 4)
+        share = self.attention_work_share(seq_len) if windowed else 1.0
+        return 2.0 * 2.0 * micro_batch * seq_len * seq_len * (per_context_token / 4) * share
 
     def layer_forward_flops(self, seq_len: int, micro_batch: int, layer: int | None = None) -> float:
         return self.layer_matmul_flops(seq_len, micro_batch, layer) + self.layer_attention_flops(seq_len, micro_batch)
@@ -613,8 +651,8 @@ class ModelSpec:
         return replicated + sharded / tp
 
     def to_dict(self) -> dict:
-        """The model JSON: the fields (head_dim only when it is not hidden_size / num_heads, qk_norm, moe, mla and
-        sliding_window only when set, so a dense model's JSON is as before), then the derived `parameters` and
+        """The model JSON: the fields (head_dim only when it is not hidden_size / num_heads; qk_norm, moe, mla,
+        the window's and GPT-OSS's fields only when set, so a dense model's JSON is as before), then the derived `parameters` and
         `active_parameters` (equal for a dense model; both without MTP modules), and with MTP modules
         `parameters_with_mtp` and `active_parameters_with_mtp`."""
         data = {"version": 1, "kind": "model"}
@@ -622,9 +660,11 @@ class ModelSpec:
             value = getattr(self, f.name)
             if f.name == "head_dim" and value * self.num_heads == self.hidden_size:
                 continue
-            if f.name in ("qk_norm", "moe", "mla", "mtp_num_layers", "sliding_window") and not value:
+            if f.name in ("qk_norm", "moe", "mla", "mtp_num_layers", "sliding_window", "full_attention_layers",
+                          "attention_sinks", "out_proj_bias", "swiglu_limit") and not value:
                 continue
-            data[f.name] = value.to_dict() if f.name in ("moe", "mla") else value
+            data[f.name] = (value.to_dict() if f.name in ("moe", "mla") else
+                            list(value) if f.name == "full_attention_layers" else value)
         data["parameters"] = self.total_params()
         data["active_parameters"] = self.active_params()
         if self.mtp_num_layers:
@@ -683,6 +723,43 @@ def dense_layers_problem(indices: tuple, num_layers: int) -> str | None:
     if not parts:
         return None
     return f"moe.dense_layers: {' and '.join(parts)}; give layer indices from 0 to {num_layers - 1}"
+
+
+def window_pair_share(seq_len: int, window: int) -> float:
+    """The query-key pairs of causal attention over `seq_len` tokens in which a query sees at most `window` keys
+    (itself and the window - 1 before it), as a share of the s (s + 1) / 2 pairs of full causal attention: query i
+    sees min(i + 1, w) keys, so w (w + 1) / 2 + (s - w) w pairs where s > w, and all of them where s <= w."""
+    s, w = seq_len, window
+    if s <= w:
+        return 1.0
+    return (w * (w + 1) / 2 + (s - w) * w) / (s * (s + 1) / 2)
+
+
+def full_attention_layers_problem(indices, num_layers, window) -> str | None:
+    """The line naming what is wrong with a model's `full_attention_layers` (not a list of layer indices, an index
+    outside the layers, a list without a window to exempt the layers from, or every layer listed), or None."""
+    if not isinstance(indices, tuple):
+        return (f"full_attention_layers must be a list of layer indices, e.g. [1, 3] (got {quoted(indices)})")
+    odd = [i for i in indices if isinstance(i, bool) or not isinstance(i, int)]
+    if odd:
+        return (f"full_attention_layers {listed([quoted(i, 24) for i in odd])} "
+                f"{'is not a layer index' if len(odd) == 1 else 'are not layer indices'} (whole numbers from 0)")
+    if not indices:
+        return None
+    if window is None:
+        return ("full_attention_layers needs a sliding_window (without one every layer attends to the whole "
+                "sequence); give the window, or drop the list")
+    if not _positive_int(num_layers):
+        return None
+    outside = sorted({i for i in indices if not 0 <= i < num_layers})
+    if outside:
+        return (f"full_attention_layers {listed([str(i) for i in outside])} "
+                f"{'is' if len(outside) == 1 else 'are'} no layer of the {num_layers}; give indices from 0 to "
+                f"{num_layers - 1}")
+    if len(set(indices)) == num_layers:
+        return ("full_attention_layers lists every layer, so none slides its window; set sliding_window to null "
+                "instead")
+    return None
 
 
 def stated_count_agrees(given, actual: int) -> bool:
