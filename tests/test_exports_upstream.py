@@ -96,6 +96,8 @@ PLANS = {
     # GPT-OSS's alternating sliding layers (--window-size, --window-attn-skip-freq 2; torchtitan: a note)
     "sliding-window": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], sliding_window=16,
                                                         full_attention_layers=(1, 3, 5, 7)), pp=2, dp=2),
+    # GPT-OSS: quick GeGLU with its clamp and offset, biases, learnable softmax (sinks), experts over ep 4
+    "gpt-oss": lambda: _plan("gpt-oss-20b", pp=2, dp=4, ep=4, gpus=8, cluster="dgx-h100-80g", zero=1),
     "fp8-offload-optimizer": lambda: _plan(pp=1, dp=4, zero=1, dtype="fp8", cluster="dgx-h100-80g",
                                            offload_optimizer=True),
     "megatron-fsdp-fp8-params": lambda: _plan(pp=1, dp=4, zero=3, dtype="fp8", cluster="dgx-h100-80g",
@@ -208,7 +210,9 @@ def test_megatron_args_parse_at_the_named_tag(name):
         assert (args.num_experts, args.moe_router_topk, args.moe_ffn_hidden_size) == (
             m.moe.num_experts, m.moe.num_experts_per_tok, m.moe.moe_intermediate_size)
         assert (args.expert_model_parallel_size, args.expert_tensor_parallel_size) == (c.ep, c.etp)
-        assert eval(args.moe_layer_freq, {"__builtins__": {}}) == [int(m.is_moe_layer(i)) for i in range(m.num_layers)]
+        freq = args.moe_layer_freq  # unset (Megatron's default 1): every layer MoE (GPT-OSS), else a pattern
+        pattern = [1] * m.num_layers if freq in (None, 1) else eval(freq, {"__builtins__": {}})
+        assert pattern == [int(m.is_moe_layer(i)) for i in range(m.num_layers)]
     if m.arch == "llama":
         assert args.rotary_base == m.rope_theta and args.normalization == "RMSNorm"
         assert args.use_rope_scaling == (m.rope_scaling_factor != 1)
@@ -238,7 +242,7 @@ def test_llama31_gets_rope_scaling_and_uneven_interleaving_keeps_its_virtual_sta
 # (core_transformer_config_from_args and the GPT model builder at the tag).
 RENAMED = {"decoder_first_pipeline_num_layers": "num_layers_in_first_pipeline_stage",
            "decoder_last_pipeline_num_layers": "num_layers_in_last_pipeline_stage",
-           "swiglu": "gated_linear_unit", "group_query_attention": None,
+           "swiglu": "gated_linear_unit", "quick_geglu": "gated_linear_unit", "group_query_attention": None,
            "num_layers_per_virtual_pipeline_stage": None, "num_experts": "num_moe_experts"}  # validate_args: virtual_pipeline_model_parallel_size
 GPT_MODEL_ARGS = {"rotary_base": "rotary_base", "use_rope_scaling": "rope_scaling",
                   "rope_scaling_factor": "rope_scaling_factor", "position_embedding_type": "position_embedding_type",
@@ -289,6 +293,10 @@ def test_megatron_args_build_megatron_cores_configs(megatron_core, name, monkeyp
             import torch.nn.functional as F
 
             kwargs[transformer_cls]["activation_func"] = F.silu
+        if dest == "quick_geglu":  # GPT-OSS's gate: x sigmoid(1.702 x), as core_transformer_config_from_args sets it
+            from megatron.core.fusions.fused_bias_geglu import quick_gelu
+
+            kwargs[transformer_cls]["activation_func"] = quick_gelu
         assert homes or dest in RENAMED or GPT_MODEL_ARGS.get(dest) in gpt_params or dest in TRAINING_LOOP, (
             f"--{dest.replace('_', '-')} reaches no megatron-core config field")
         for cls in homes:

@@ -363,9 +363,18 @@ def _megatron_model(plan: Plan) -> list[Flag]:
         if m.num_kv_heads != m.num_heads:
             flags += [("--group-query-attention", None), ("--num-query-groups", m.num_kv_heads)]
         # --rotary-base is an int in Megatron-LM: 1e6 (Qwen2, Mistral) is written 1000000, never 1e+06.
-        flags += [("--swiglu", None), ("--normalization", "RMSNorm"), ("--norm-epsilon", f"{m.norm_eps:g}"),
-                  ("--position-embedding-type", "rope"), ("--rotary-base", round(m.rope_theta)),
-                  ("--disable-bias-linear", None)]
+        # GPT-OSS: its clamped SwiGLU is Megatron's quick GeGLU (x sigmoid(1.702 x)) with the clamp and the up
+        # projection's offset of 1; its biased linear layers keep Megatron's biases; its sinks are the learnable
+        # softmax offset.
+        biased = m.out_proj_bias or (m.moe is not None and m.moe.expert_bias)
+        activation = ([("--quick-geglu", None), ("--activation-func-clamp-value", f"{m.swiglu_limit:g}"),
+                       ("--glu-linear-offset", "1")] if m.swiglu_limit is not None else [("--swiglu", None)])
+        flags += [*activation, ("--normalization", "RMSNorm"), ("--norm-epsilon", f"{m.norm_eps:g}"),
+                  ("--position-embedding-type", "rope"), ("--rotary-base", round(m.rope_theta))]
+        if not biased:
+            flags.append(("--disable-bias-linear", None))
+        if m.attention_sinks:
+            flags.append(("--softmax-type", "learnable"))
         if m.rope_scaling_factor != 1:
             flags += [("--use-rope-scaling", None), ("--rope-scaling-factor", f"{m.rope_scaling_factor:g}")]
         if m.qkv_bias:
@@ -380,21 +389,24 @@ def _megatron_model(plan: Plan) -> list[Flag]:
 
 
 def _megatron_window(m) -> tuple[list[Flag], list[str]]:
-    """Megatron-Core's flags for a sliding attention window: `--window-size LEFT,0` (Transformer Engine's window,
+    """Megatron-Core's flags for a sliding attention window (and for GPT-OSS, whose sinks go with its windows, a note
+    on what has no flag): `--window-size LEFT,0` (Transformer Engine's window,
     the keys left of the query: the spec's window less the query itself) and, where some layers attend fully,
     `--window-attn-skip-freq N` (Megatron's layers numbered from 1 attend fully where the number is a multiple of
     N: GPT-OSS's odd 0-based layers at N = 2). Another pattern of full layers has no flag: a note says so."""
     if m.sliding_window is None:
         return [], []
     flags: list[Flag] = [("--window-size", f"{m.sliding_window - 1},0")]
+    notes = ([f"{m.name}'s router bias and its RoPE scaling (yarn in GPT-OSS's config) have no flag here: the run "
+              f"below routes without a bias and rotates by plain RoPE"] if m.attention_sinks else [])
     full = sorted(set(m.full_attention_layers))
     if not full:
-        return flags, []
+        return flags, notes
     every = full[0] + 1
     if full == list(range(every - 1, m.num_layers, every)):
-        return flags + [("--window-attn-skip-freq", every)], []
-    return flags, [f"full-attention layers {full} (0-based) follow no period Megatron's --window-attn-skip-freq "
-                   f"expresses; the run below slides the window in every layer"]
+        return flags + [("--window-attn-skip-freq", every)], notes
+    return flags, notes + [f"full-attention layers {full} (0-based) follow no period Megatron's "
+                           f"--window-attn-skip-freq expresses; the run below slides the window in every layer"]
 
 
 def _megatron_moe(plan: Plan) -> tuple[list[Flag], list[str]]:

@@ -1,6 +1,6 @@
 """Mixture-of-experts models from Hugging Face config.json files, and the published configs of the MoE presets.
 
-Read here: mixtral, qwen2_moe, qwen3_moe, deepseek_v2 and deepseek_v3, with the keys of their published config.json
+Read here: mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3 and gpt_oss, with the keys of their published config.json
 files and of transformers 5's own config classes (which rename some: Qwen3-MoE's `num_experts` is written
 `num_local_experts`, `rope_theta` moves into `rope_parameters`). Any other config whose keys name experts is
 refused with one line (`refuse_hidden_experts`), so that an MoE model is never planned as a dense one.
@@ -8,8 +8,9 @@ refused with one line (`refuse_hidden_experts`), so that an MoE model is never p
 DeepSeek's multi-token-prediction modules (`num_nextn_predict_layers`) are read into `mtp_num_layers`, its routing
 method (`topk_method`, `n_group`, `topk_group`) by `deepseek_routing`, which says why only the group limit changes
 a plan.
-Not modelled, and said so in docs/moe.md: gpt-oss (attention sinks, biased experts). A sliding attention window is
-read as the dense families read it (spec/hf_fields.py `sliding_window`).
+gpt-oss is planned with its attention sinks, biases, clamped SwiGLU and alternating sliding windows; the executor
+does not build it (spec/support.py says so in one line). A sliding attention window is read as the dense families
+read it (spec/hf_fields.py `sliding_window`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from autoconf.spec.hf_fields import (NON_NEGATIVE, REQUIRED, hf_bool, hf_int, hf
                                      refuse_bias)
 from autoconf.spec.model import MLASpec, ModelSpec, MoESpec
 
-HF_MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3")
+HF_MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "gpt_oss")
 HF_DENSE_TYPES = ("gpt2", "llama", "mistral", "qwen2", "qwen3")  # read by spec/presets.py
 
 # Keys that name routed experts (a positive value means an MoE model), with the family whose key it is.
@@ -125,7 +126,8 @@ def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
     it)."""
     common = llama_fields(config, name, model_type)
     layers = common["num_layers"]
-    top_k = hf_int(config, "num_experts_per_tok", name, "the routed experts each token is sent to")
+    top_k = _count(config, name, "the routed experts each token is sent to", "num_experts_per_tok",
+                   "experts_per_token")
     aux = hf_number(config, _key(config, "router_aux_loss_coef", "aux_loss_alpha"), 0.0, name, NON_NEGATIVE)
     if model_type == "mixtral":
         width = hf_int(config, "intermediate_size", name, "the width of one expert")
@@ -157,7 +159,24 @@ def moe_from_hf(config: dict, name: str, model_type: str) -> ModelSpec:
         qkv_bias = hf_bool(config, "qkv_bias", True, name) if model_type == "qwen2_moe" else False
         return ModelSpec(**common, ffn_hidden_size=width, norm_eps=hf_number(config, "rms_norm_eps", 1e-6, name),
                          qk_norm=model_type == "qwen3_moe", qkv_bias=qkv_bias, moe=moe)
+    if model_type == "gpt_oss":
+        return _gpt_oss(config, name, common, top_k, aux)
     return _deepseek(config, name, model_type, common, top_k, aux)
+
+
+def _gpt_oss(config: dict, name: str, common: dict, top_k: int, aux: float) -> ModelSpec:
+    """gpt_oss (transformers' GptOssConfig): every layer MoE, experts of intermediate_size with biases and the
+    clamped SwiGLU (`swiglu_limit`), a biased router whose top-k logits are softmaxed (softmax scores renormalised
+    over the top k), attention_bias on q, k, v and o, a learned sink logit per head, alternating sliding layers
+    (`layer_types`, read by `llama_fields`)."""
+    width = hf_int(config, "intermediate_size", name, "the width of one expert")
+    bias = hf_bool(config, "attention_bias", True, name)
+    moe = MoESpec(num_experts=_count(config, name, "the routed experts", "num_local_experts", "num_experts"),
+                  num_experts_per_tok=top_k, moe_intermediate_size=width, router_bias=True, expert_bias=True,
+                  norm_topk_prob=True, router_aux_loss_coef=aux)
+    return ModelSpec(**common, ffn_hidden_size=width, norm_eps=hf_number(config, "rms_norm_eps", 1e-5, name),
+                     qkv_bias=bias, out_proj_bias=bias, attention_sinks=True,
+                     swiglu_limit=hf_number(config, "swiglu_limit", 7.0, name), moe=moe)
 
 
 def _deepseek(config: dict, name: str, model_type: str, common: dict, top_k: int, aux: float) -> ModelSpec:
@@ -192,6 +211,13 @@ def _deepseek(config: dict, name: str, model_type: str, common: dict, top_k: int
 
 
 # The published config.json of each MoE preset (only the keys the importer reads; values as published).
+_GPT_OSS = {"model_type": "gpt_oss", "hidden_size": 2880, "intermediate_size": 2880, "num_attention_heads": 64,
+            "num_key_value_heads": 8, "head_dim": 64, "experts_per_token": 4, "num_experts_per_tok": 4,
+            "vocab_size": 201088, "max_position_embeddings": 131072, "rms_norm_eps": 1e-05, "rope_theta": 150000,
+            "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0,
+                             "original_max_position_embeddings": 4096, "rope_type": "yarn", "truncate": False},
+            "sliding_window": 128, "attention_bias": True, "swiglu_limit": 7.0, "router_aux_loss_coef": 0.9,
+            "tie_word_embeddings": False}
 PRESET_CONFIGS = {
     # https://huggingface.co/mistralai/Mixtral-8x7B-v0.1/blob/main/config.json
     "mixtral-8x7b": {
@@ -232,4 +258,11 @@ PRESET_CONFIGS = {
         "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
         "vocab_size": 129280, "max_position_embeddings": 163840, "rms_norm_eps": 1e-06, "rope_theta": 10000,
         "attention_bias": False, "tie_word_embeddings": False, "num_nextn_predict_layers": 1},
+    # https://huggingface.co/openai/gpt-oss-120b/blob/main/config.json: 36 layers alternating sliding and full
+    # attention (layer_types, from a sliding one), 128 experts.
+    "gpt-oss-120b": {**_GPT_OSS, "num_hidden_layers": 36, "num_local_experts": 128,
+                     "layer_types": ["sliding_attention", "full_attention"] * 18},
+    # https://huggingface.co/openai/gpt-oss-20b/blob/main/config.json: 24 layers, 32 experts.
+    "gpt-oss-20b": {**_GPT_OSS, "num_hidden_layers": 24, "num_local_experts": 32,
+                    "layer_types": ["sliding_attention", "full_attention"] * 12},
 }
