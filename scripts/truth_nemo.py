@@ -111,8 +111,8 @@ def config_of(row: dict, dtype: str) -> ParallelConfig:
                           schedule="interleaved-1f1b" if vp > 1 else "1f1b",
                           # Megatron-FSDP (the table's FSDP column): ZeRO-3, every micro-batch reduce-scattered
                           zero_stage=3 if row.get("fsdp") else 1, grad_reduce="microbatch" if row.get("fsdp") else "step",
-                          recompute=row["recompute"], sequence_parallel=row["sequence_parallel"], dtype=dtype,
-                          attention="flash")
+                          recompute=row["recompute"], selective_recompute=row.get("selective_recompute"),
+                          sequence_parallel=row["sequence_parallel"], dtype=dtype, attention="flash")
 
 
 def execution_of(row: dict, table: dict):
@@ -137,6 +137,8 @@ def execution_of(row: dict, table: dict):
              "overlap_paired_chunks": bool(row.get("moe_a2a_overlap"))}
     if "moe_fp8_padding" in row:
         flags["moe_fp8_padding"] = row["moe_fp8_padding"]
+    if row.get("selective_recompute"):  # a recipe's recompute_modules (Megatron-Core's selective granularity)
+        flags["selective_recompute"] = row["selective_recompute"]
     if row["cross_entropy_fusion"]:
         flags["eager_ops"] = ()
         if table["cross_entropy_fusion_impl"] == "te":
