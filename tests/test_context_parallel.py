@@ -303,8 +303,8 @@ class _Gathered:
         self.k, self.v, self.local = k, v, cpx.shard(k, cp, rank, dim=2)
         self.positions, self.mask = cpx.positions(seq, cp, rank), cpx.causal_mask(seq, cp, rank)
 
-    def attention(self, q, k, v, p, attend, as_op=False, window=None):
-        assert torch.equal(k, self.local) and window is None  # the layer hands over its own share
+    def attention(self, q, k, v, p, attend, as_op=False, window=None, sinks=None):
+        assert torch.equal(k, self.local) and window is None and sinks is None  # the layer hands over its share
         return attend(q, self.k, self.v, self.mask, p)
 
 

@@ -14,7 +14,7 @@ from torch.utils._pytree import tree_flatten
 
 from autoconf.cost.compute import eager_elementwise_bytes, loss_bytes_per_logit
 from autoconf.execute.loss import cross_entropy
-from autoconf.execute.model import _rope, _silu_gate
+from autoconf.execute.model import _rope, gated
 from autoconf.spec.frameworks import EXECUTOR_EAGER_OPS, PRESETS, compiled
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS as MODELS
@@ -90,7 +90,7 @@ def test_the_executor_rotary_and_swiglu_move_what_their_ops_charge():
 
     gate = torch.randn(4096, 256, dtype=torch.bfloat16).requires_grad_()
     up = torch.randn(4096, 256, dtype=torch.bfloat16).requires_grad_()
-    forward, backward = _counted(lambda: _silu_gate(gate, up), [gate, up])
+    forward, backward = _counted(lambda: gated(gate, up), [gate, up])
     n = gate.numel()
     assert forward / n == pytest.approx(3 * e + 2 * e)
     assert backward / n == pytest.approx(6 * e + 3 * e)

@@ -142,7 +142,7 @@ class ContextParallel:
         return all_to_all_single_autograd(local, sizes[1], sizes[0], self.group).movedim(0, 2)
 
     def ring_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
-                       window: int | None = None) -> torch.Tensor:
+                       window: int | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
         """softmax(QK^T / sqrt(d)) V of this rank's queries over the whole sequence (within a sliding `window`
         where given), K/V visiting in cp - 1 ring steps (own block first). Each block's partial result is merged by the running log-sum-exp: with m the
         running row maximum (a constant of the math, so detached), O = sum_b exp(m_b - m) P_b V_b and
@@ -168,13 +168,19 @@ class ContextParallel:
             new_peak = torch.maximum(peak, block_peak)
             old_w, new_w = (peak - new_peak).exp(), (block_peak - new_peak).exp()
             out, total, peak = out * old_w + part.float() * new_w, total * old_w + part_total * new_w, new_peak
+        if sinks is not None:  # the sink adds exp(its logit) to each row's denominator, nothing to the output
+            sink = sinks.float().view(1, -1, 1, 1)
+            new_peak = torch.maximum(peak, sink).detach()
+            old_w = (peak - new_peak).exp()
+            out, total = out * old_w, total * old_w + (sink - new_peak).exp()
         return (out / total).to(q.dtype)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, attend,
-                  as_op: bool = False, window: int | None = None) -> torch.Tensor:
+                  as_op: bool = False, window: int | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
         """This rank's queries attending to the whole sequence, or under a sliding `window` to the window's keys
         before each (every path masks real positions with `window_mask`). `attend(q, k, v, mask, dropout_p)` is the
-        model's attention math (mask: True where a query may see a key; None: causal over equal positions).
+        model's attention math (mask: True where a query may see a key; None: causal over equal positions; it adds
+        the layer's attention sinks itself); the ring and the op add this rank's heads' `sinks`.
         - "allgather": every rank's K and V (one collective for both) in sequence order, and the mask
           [seq/cp, seq] of real positions;
         - "ring": `ring_attention`;
@@ -186,12 +192,12 @@ class ContextParallel:
             from autoconf.execute.cp_attention import cp_attention
 
             assert dropout_p == 0.0, "spec/support.py refuses the per-op policy with CP and attention dropout"
-            return cp_attention(q, k, v, self.group.group_name, self.algorithm, self.seq_len, window or 0)[0]
+            return cp_attention(q, k, v, self.group.group_name, self.algorithm, self.seq_len, window or 0, sinks)[0]
         if self.uses_torch:
-            assert window is None, "frameworks.executor_torch_cp keeps sliding windows off torch's ring"
+            assert window is None and sinks is None, "frameworks.executor_torch_cp keeps these off torch's ring"
             return attend(q, *torch_ring_kv(q, k, v, dropout_p), None, dropout_p)
         if self.algorithm == "ring":
-            return self.ring_attention(q, k, v, dropout_p, window)
+            return self.ring_attention(q, k, v, dropout_p, window, sinks)
         k, v = self.gather(torch.cat([k, v], dim=-1)).split([k.shape[-1], v.shape[-1]], dim=-1)
         if window is None:
             return attend(q, k, v, self.mask, dropout_p)

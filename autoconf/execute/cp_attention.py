@@ -24,6 +24,8 @@ context_parallel (the CUDA path of context_parallel.py) is not used under the po
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.distributed as dist
 from torch.distributed.distributed_c10d import _resolve_process_group
@@ -91,7 +93,7 @@ def _context(group_name: str, seq_len: int, device):
 
 @torch.library.custom_op("autoconf::cp_attention", mutates_args=())
 def cp_attention(q: Tensor, k: Tensor, v: Tensor, group_name: str, algorithm: str,
-                 seq_len: int, window: int) -> tuple[Tensor, Tensor]:
+                 seq_len: int, window: int, sinks: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     """Causal attention (within a sliding `window` of keys where positive; 0: none) of this rank's queries
     q [b, heads, s/cp, d] over the whole sequence's K/V (k, v: this
     rank's [b, kv_heads, s/cp, d] and [b, kv_heads, s/cp, d_v], d_v possibly not d; exchanged over the CP group
@@ -109,11 +111,14 @@ def cp_attention(q: Tensor, k: Tensor, v: Tensor, group_name: str, algorithm: st
             continue
         new = torch.logaddexp(lse, block_lse)
         out, lse = out * (lse - new).exp()[..., None] + part * (block_lse - new).exp()[..., None], new
+    if sinks is not None:  # the sink logit joins each row's denominator: lse' = logaddexp(lse, sink), out rescaled
+        new = torch.logaddexp(lse, sinks.float().view(1, -1, 1))
+        out, lse = out * (lse - new).exp()[..., None], new
     return out.to(q.dtype), lse
 
 
 @cp_attention.register_fake
-def _(q, k, v, group_name, algorithm, seq_len, window):
+def _(q, k, v, group_name, algorithm, seq_len, window, sinks):
     return q.new_empty((*q.shape[:-1], v.shape[-1])), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
@@ -160,15 +165,24 @@ def _reduce_scatter(dkv: Tensor, group, cp: int, k_width: int) -> tuple[Tensor, 
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, group_name, algorithm, seq_len, window = inputs
-    ctx.save_for_backward(q, k, v, *output)
+    q, k, v, group_name, algorithm, seq_len, window, sinks = inputs
+    ctx.save_for_backward(q, k, v, *output, sinks)
     ctx.exchange = group_name, algorithm, seq_len, window
 
 
 def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse = ctx.saved_tensors
+    """The blocks' gradients (the log-sum-exp already holds the sinks, so each block's probabilities are the
+    final ones) and the sinks': d lse' / d sink is the sink's probability p_s and d out / d sink is -p_s out, so
+    d sink = -sum over the head's rows of p_s (rowsum(dO O) - d lse')."""
+    q, k, v, out, lse, sinks = ctx.saved_tensors
     dq, dk, dv = _backward_blocks(grad_out, grad_lse, q, k, v, out, lse, *ctx.exchange)
-    return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
+    dsinks = None
+    if sinks is not None:
+        row = (grad_out.float() * out.float()).sum(-1)
+        if grad_lse is not None:
+            row = row - grad_lse.float()
+        dsinks = -((sinks.float().view(1, -1, 1) - lse).exp() * row).sum((0, 2)).to(sinks.dtype)
+    return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, dsinks
 
 
 cp_attention.register_autograd(_backward, setup_context=_setup_context)

@@ -77,6 +77,35 @@ def sequence_window_mask(seq_len: int, window: int | None, device) -> torch.Tens
     return window_mask(every, every, window)
 
 
+def causal_or(mask, queries: int, keys: int, device) -> torch.Tensor:
+    """`mask` as a boolean [queries, keys] tensor: itself, or for None and torch's causal biases the causal mask with
+    the queries the last of the keys' positions."""
+    if mask is not None and not isinstance(mask, CausalBias):
+        return mask
+    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
+
+
+SINK_WIDTH = 8  # the head width the sink key adds (kernels take widths in multiples of 8)
+
+
+def with_sink_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seen: torch.Tensor, sinks: torch.Tensor):
+    """(q, k, v, mask) with the attention sink as one more key that every query sees, for a softmax scaled by the
+    original 1 / sqrt(d): q gains SINK_WIDTH columns holding sqrt(d) x its head's sink logit (then zeros), each key
+    SINK_WIDTH zero columns, and the sink key (first, zero but a one under the query's logit column) has a zero
+    value, so its score is the head's sink logit and it adds to the softmax's denominator only. Works for grouped
+    K/V: the logit rides on the query heads."""
+    b, heads, queries, d = q.shape
+    kv_heads, keys = k.shape[1], k.shape[2]
+    logit = (sinks.to(q.dtype) * d ** 0.5).view(1, heads, 1, 1).expand(b, heads, queries, 1)
+    q = torch.cat([q, logit, q.new_zeros(b, heads, queries, SINK_WIDTH - 1)], dim=-1)
+    k = torch.cat([k, k.new_zeros(b, kv_heads, keys, SINK_WIDTH)], dim=-1)
+    sink_key = torch.cat([k.new_zeros(b, kv_heads, 1, d), k.new_ones(b, kv_heads, 1, 1),
+                          k.new_zeros(b, kv_heads, 1, SINK_WIDTH - 1)], dim=-1)
+    k = torch.cat([sink_key, k], dim=2)
+    v = torch.cat([v.new_zeros(b, kv_heads, 1, v.shape[-1]), v], dim=2)
+    return q, k, v, torch.cat([seen.new_ones(queries, 1), seen], dim=1)
+
+
 def _rope(x: torch.Tensor, theta: float, positions: torch.Tensor) -> torch.Tensor:
     """Rotary embedding (rotate-half convention) of x [batch, heads, seq, head_dim] at token `positions` [seq]."""
     d = x.shape[-1]
@@ -102,6 +131,9 @@ class AttentionCore(nn.Module):
         self.recompute_core = False  # set by parallelize (selective recompute)
         self.core_as_op = False  # set by parallelize (the per-op policy: CP attention as one op, cp_attention.py)
         self.context = None  # set by context_parallel.attach: K/V exchanged over the CP group
+        # GPT-OSS's attention sinks: one learned logit per head that joins every query's softmax (its probability
+        # weighs a value of zero); split over the TP ranks with the heads (parallelize.py).
+        self.sinks = nn.Parameter(torch.empty(spec.num_heads)) if spec.attention_sinks else None
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """softmax(QK^T / sqrt(d)) V with a causal mask, within the layer's sliding window where it has one (a
@@ -112,25 +144,37 @@ class AttentionCore(nn.Module):
         p = self.p_attn if self.training else 0.0
         if self.context is not None:
             # the per-op policy: CP's exchange as one op (seq1f1b's context ignores it)
-            return self.context.attention(q, k, v, p, self.attend, as_op=self.core_as_op, window=self.window)
+            return self.context.attention(q, k, v, p, self.attend, as_op=self.core_as_op, window=self.window,
+                                          sinks=self.local_sinks())
         return self.attend(q, k, v, sequence_window_mask(q.shape[2], self.window, q.device), p)
+
+    def local_sinks(self) -> torch.Tensor | None:
+        """This rank's sink logits (its heads' under TP), or None without sinks."""
+        if self.sinks is None:
+            return None
+        from torch.distributed.tensor import DTensor
+
+        return self.sinks.to_local() if isinstance(self.sinks, DTensor) else self.sinks
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                p: float) -> torch.Tensor:
         """The attention math: `mask` [q positions, k positions] True where a query may see a key, None for the
         causal mask of equal query and key positions, or torch's lower-right causal bias (`causal_lower_right`: the
         queries are the last keys' positions), which the fused kernels apply without a mask tensor. The fused kernel
-        reads grouped K and V as they are (`enable_gqa`: it keeps them for its backward unrepeated)."""
+        reads grouped K and V as they are (`enable_gqa`: it keeps them for its backward unrepeated). With sinks,
+        one key more that every query sees (`with_sink_key`)."""
+        scale = q.shape[-1] ** -0.5
+        if self.sinks is not None:
+            q, k, v, mask = with_sink_key(q, k, v, causal_or(mask, q.shape[-2], k.shape[-2], q.device),
+                                          self.local_sinks())
         if self.attention == "flash":
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=p,
-                                                  enable_gqa=k.shape[1] != q.shape[1])
+                                                  enable_gqa=k.shape[1] != q.shape[1], scale=scale)
         if k.shape[1] != q.shape[1]:
             repeat = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        if mask is None or isinstance(mask, CausalBias):
-            offset = k.shape[-2] - q.shape[-2]
-            mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril(offset)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        mask = causal_or(mask, q.shape[-2], k.shape[-2], q.device)
+        scores = (q @ k.transpose(-2, -1)) * scale
         probs = scores.float().masked_fill(~mask, float("-inf")).softmax(dim=-1).to(q.dtype)
         return F.dropout(probs, p) @ v
 
@@ -157,7 +201,7 @@ class Attention(AttentionCore):
         self.wq = nn.Linear(h, q, bias=qkv_bias)
         self.wk = nn.Linear(h, kv, bias=qkv_bias)
         self.wv = nn.Linear(h, kv, bias=qkv_bias)
-        self.wo = nn.Linear(q, h, bias=spec.linear_bias)
+        self.wo = nn.Linear(q, h, bias=spec.linear_bias or spec.out_proj_bias)
         self.q_norm = nn.RMSNorm(spec.head_dim, eps=spec.norm_eps) if spec.qk_norm else None
         self.k_norm = nn.RMSNorm(spec.head_dim, eps=spec.norm_eps) if spec.qk_norm else None
         self.head_dim = spec.head_dim
@@ -199,8 +243,13 @@ class GeluMLP(nn.Module):
         return self.dropout(self.fc2(F.gelu(self.fc1(x), approximate="tanh")))
 
 
-def _silu_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return F.silu(gate) * up
+def gated(gate: torch.Tensor, up: torch.Tensor, limit: float | None = None) -> torch.Tensor:
+    """SwiGLU's silu(gate) x up; with a `limit` (GPT-OSS's swiglu_limit) its clamped form: the gate clamped from
+    above and the up projection both ways at the limit, then gate x sigmoid(1.702 gate) x (up + 1)."""
+    if limit is None:
+        return F.silu(gate) * up
+    gate, up = gate.clamp(max=limit), up.clamp(-limit, limit)
+    return gate * torch.sigmoid(1.702 * gate) * (up + 1)
 
 
 class SwiGLU(nn.Module):
@@ -210,14 +259,15 @@ class SwiGLU(nn.Module):
         self.w3 = nn.Linear(spec.hidden_size, spec.ffn_hidden_size, bias=False)  # up
         self.w2 = nn.Linear(spec.ffn_hidden_size, spec.hidden_size, bias=False)  # down
         self.dropout = nn.Dropout(spec.dropout)
+        self.limit = spec.swiglu_limit
         self.recompute_gate = False  # set by parallelize (selective recompute): silu(gate) is recomputed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w1(x), self.w3(x)
         if self.recompute_gate and torch.is_grad_enabled():
-            hidden = checkpoint(_silu_gate, gate, up, use_reentrant=False)
+            hidden = checkpoint(gated, gate, up, self.limit, use_reentrant=False)
         else:
-            hidden = _silu_gate(gate, up)
+            hidden = gated(gate, up, self.limit)
         return self.dropout(self.w2(hidden))
 
 
@@ -333,7 +383,7 @@ def init_value(spec: ModelSpec, fqn: str, shape: torch.Size, seed: int) -> torch
         fqn = EMBED_WEIGHT
     name = fqn.rsplit(".", 2)
     leaf, owner = name[-1], name[-2] if len(name) > 1 else ""
-    if leaf == "bias":
+    if leaf == "bias" or leaf.endswith("_bias"):  # (the routed experts' w1_bias, w3_bias, w2_bias)
         return torch.zeros(shape)
     if owner.endswith("norm"):
         return torch.ones(shape)

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoconf.execute.checkpoint_policy import uncounted_matmuls
+from autoconf.execute.model import gated
 from autoconf.spec.model import ModelSpec
 
 
@@ -60,19 +61,33 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
-def _expert_loop(x: torch.Tensor, counts: list[int], w1, w3, w2) -> torch.Tensor:
-    """SwiGLU of each expert over its rows of x (rows grouped by expert, counts[e] rows for expert e)."""
+def _expert_loop(x: torch.Tensor, counts: list[int], w1, w3, w2, biases=(None, None, None),
+                 limit: float | None = None) -> torch.Tensor:
+    """SwiGLU (`gated`, clamped at `limit` where given) of each expert over its rows of x (rows grouped by expert,
+    counts[e] rows for expert e), with the experts' biases of w1, w3 and w2 where given ([E, width] and [E, h])."""
+    b1, b3, b2 = biases
     outs = []
     for e, part in enumerate(x.split(counts)):
-        outs.append((F.silu(part @ w1[e]) * (part @ w3[e])) @ w2[e])
+        gate, up = part @ w1[e], part @ w3[e]
+        if b1 is not None:
+            gate, up = gate + b1[e], up + b3[e]
+        out = gated(gate, up, limit) @ w2[e]
+        outs.append(out if b2 is None else out + b2[e])
     return torch.cat(outs) if outs else x.new_zeros(0, w2.shape[-1])
 
 
-def _expert_grouped(x: torch.Tensor, counts: list[int], w1, w3, w2) -> torch.Tensor:
-    """The same as `_expert_loop` with one grouped GEMM per weight (`torch._grouped_mm`, rows split at `offs`)."""
-    offs = torch.tensor(counts, device=x.device).cumsum(0).to(torch.int32)
-    hidden = F.silu(torch._grouped_mm(x, w1, offs=offs)) * torch._grouped_mm(x, w3, offs=offs)
-    return torch._grouped_mm(hidden, w2, offs=offs)
+def _expert_grouped(x: torch.Tensor, counts: list[int], w1, w3, w2, biases=(None, None, None),
+                    limit: float | None = None) -> torch.Tensor:
+    """The same as `_expert_loop` with one grouped GEMM per weight (`torch._grouped_mm`, rows split at `offs`),
+    each expert's bias repeated over its rows."""
+    sizes = torch.tensor(counts, device=x.device)
+    offs = sizes.cumsum(0).to(torch.int32)
+    b1, b3, b2 = (None if b is None else b.repeat_interleave(sizes, dim=0, output_size=x.shape[0]) for b in biases)
+    gate, up = torch._grouped_mm(x, w1, offs=offs), torch._grouped_mm(x, w3, offs=offs)
+    if b1 is not None:
+        gate, up = gate + b1, up + b3
+    out = torch._grouped_mm(gated(gate, up, limit), w2, offs=offs)
+    return out if b2 is None else out + b2
 
 
 @functools.lru_cache(maxsize=None)
@@ -120,41 +135,58 @@ class _ScaleGrad(torch.autograd.Function):
 
 
 class GroupedExperts(nn.Module):
-    """num_experts SwiGLU experts as stacked weights (this rank's block of them under expert parallelism)."""
+    """num_experts SwiGLU experts as stacked weights (this rank's block of them under expert parallelism), with
+    GPT-OSS's biases (`bias`: w1_bias, w3_bias [E, f], w2_bias [E, h]) and clamped SwiGLU (`limit`) where the spec
+    has them."""
 
-    def __init__(self, num_experts: int, hidden: int, width: int):
+    def __init__(self, num_experts: int, hidden: int, width: int, bias: bool = False, limit: float | None = None):
         super().__init__()
         self.w1 = nn.Parameter(torch.empty(num_experts, hidden, width))  # gate
         self.w3 = nn.Parameter(torch.empty(num_experts, hidden, width))  # up
         self.w2 = nn.Parameter(torch.empty(num_experts, width, hidden))  # down
+        if bias:
+            self.w1_bias = nn.Parameter(torch.empty(num_experts, width))
+            self.w3_bias = nn.Parameter(torch.empty(num_experts, width))
+            self.w2_bias = nn.Parameter(torch.empty(num_experts, hidden))
+        self.bias, self.limit = bias, limit
         # Set by parallelize: a factor on the weights' gradients, so that averaging them over the expert-data-
-        # parallel ranks gives the data-parallel average (parallelize.apply_expert_parallel says why).
+        # parallel ranks gives the data-parallel average (parallelize.apply_expert_parallel says why); under expert
+        # TP the down projection's bias is added once, after the ETP ranks' partial outputs are summed (`MoE`).
         self.grad_scale = 1.0
+        self.down_bias_after_sum = False
+
+    def local(self, name: str) -> torch.Tensor:
+        """This rank's shard of parameter `name`, its gradient scaled by `grad_scale`."""
+        t = _local(getattr(self, name))
+        return _ScaleGrad.apply(t, self.grad_scale) if self.grad_scale != 1.0 else t
 
     def forward(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """x: rows grouped by local expert, counts[e] rows for local expert e; returns their outputs in that order.
         Under the per-op selective policy their GEMMs are recomputed, outside its matmul count."""
-        w1, w3, w2 = _local(self.w1), _local(self.w3), _local(self.w2)
-        if self.grad_scale != 1.0:
-            w1, w3, w2 = (_ScaleGrad.apply(w, self.grad_scale) for w in (w1, w3, w2))
+        w1, w3, w2 = self.local("w1"), self.local("w3"), self.local("w2")
+        biases = (None, None, None)
+        if self.bias:
+            biases = (self.local("w1_bias"), self.local("w3_bias"),
+                      None if self.down_bias_after_sum else self.local("w2_bias"))
         with uncounted_matmuls():
             if grouped_mm_runs(x.device.type, x.device.index, x.dtype, w1.shape[1], w1.shape[2]):
-                return _expert_grouped(x, counts, w1, w3, w2)
-            return _expert_loop(x, counts, w1, w3, w2)
+                return _expert_grouped(x, counts, w1, w3, w2, biases, self.limit)
+            return _expert_loop(x, counts, w1, w3, w2, biases, self.limit)
 
 
 class SharedExperts(nn.Module):
     """The shared experts as one SwiGLU of their summed width, split over TP like a dense MLP (parallelize.py
     `mlp_tp_plan`)."""
 
-    def __init__(self, hidden: int, width: int):
+    def __init__(self, hidden: int, width: int, limit: float | None = None):
         super().__init__()
         self.w1 = nn.Linear(hidden, width, bias=False)
         self.w3 = nn.Linear(hidden, width, bias=False)
         self.w2 = nn.Linear(width, hidden, bias=False)
+        self.limit = limit
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(gated(self.w1(x), self.w3(x), self.limit))
 
 
 class _AddAuxLoss(torch.autograd.Function):
@@ -247,9 +279,9 @@ class MoE(nn.Module):
         m, h = spec.moe, spec.hidden_size
         self.moe = m
         self.router = nn.Linear(h, m.num_experts, bias=m.router_bias)
-        self.experts = GroupedExperts(m.num_experts, h, m.moe_intermediate_size)
+        self.experts = GroupedExperts(m.num_experts, h, m.moe_intermediate_size, m.expert_bias, spec.swiglu_limit)
         width = m.num_shared_experts * m.shared_expert_intermediate_size
-        self.shared = SharedExperts(h, width) if width else None
+        self.shared = SharedExperts(h, width, spec.swiglu_limit) if width else None
         self.shared_gate = nn.Linear(h, 1, bias=False) if m.shared_expert_gate else None
         # Set by parallelize: the expert-parallel group (None: every expert here), the expert-tensor-parallel
         # group (None: whole experts), the TP group whose ranks hold the same tokens (None: tp 1) and, under
@@ -353,6 +385,7 @@ class MoE(nn.Module):
 
         local = received.shape[1]
         etp, n = 1, got.shape[0]
+        mine = received  # this rank's rows' counts, before the ETP ranks' are gathered
         if self.etp_group is not None:
             etp = dist.get_world_size(self.etp_group)
             received = _all_gather_rows(received.flatten().contiguous(), self.etp_group).view(etp, -1, local)
@@ -364,6 +397,11 @@ class MoE(nn.Module):
         out = self.experts(got[by_expert], received.reshape(-1, local).sum(0).tolist())[by_expert.argsort()]
         if etp > 1:
             out = all_to_all_single_autograd(out, [n] * etp, sizes, self.etp_group).view(etp, n, -1).sum(0)
+            if self.experts.down_bias_after_sum:  # each rank adds it to its own rows once; its gradient is
+                # summed over the ETP ranks, which hold it alike
+                bias = _SumGrad.apply(self.experts.local("w2_bias"), self.etp_group)
+                expert = torch.arange(local, device=out.device).repeat(mine.shape[0])
+                out = out + bias[expert.repeat_interleave(mine.flatten())]
         return out
 
     def _sequence_share(self, t: torch.Tensor) -> torch.Tensor:

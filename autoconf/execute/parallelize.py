@@ -110,6 +110,9 @@ def apply_tp(model: Transformer, tp_mesh, sequence_parallel: bool) -> None:
             plan.update({"attention_norm": SequenceParallel(), "ffn_norm": SequenceParallel(),
                          "attention": attention, "feed_forward": ffn})
         parallelize_module(block, tp_mesh, plan)
+        sinks = block.attention.sinks
+        if sinks is not None:  # GPT-OSS's sink logits: one per head, split with the heads
+            block.attention.sinks = nn.Parameter(distribute_tensor(sinks.data, tp_mesh, [Shard(0)]))
     model.tie_weights()  # TP replaced the embedding's parameter; the head shares it again (both Shard(0)).
 
 
@@ -164,12 +167,15 @@ def apply_expert_parallel(model: Transformer, expert_mesh, config) -> None:
     tokens each); averaging over the edp replicas (FSDP, or the ZeRO-0 reducer) divides by edp, so the experts'
     gradients are first scaled by edp / (dp x cp)."""
     for moe in moe_layers(model):
-        if config.etp > 1:  # and each expert's FFN width over "etp": w1, w3 [E, h, f] by columns, w2 [E, f, h] by rows
+        if config.etp > 1:  # and each expert's FFN width over "etp": w1, w3 [E, h, f] by columns, w2 [E, f, h] by
+            # rows, the biases of w1, w3 [E, f] with their columns; w2's bias [E, h] whole, added after the sum
             mesh = expert_mesh["ep", "etp"]
+            width = {"w1": Shard(2), "w3": Shard(2), "w2": Shard(1), "w1_bias": Shard(1), "w3_bias": Shard(1),
+                     "w2_bias": Replicate()}
             for name, param in list(moe.experts.named_parameters()):
-                width = Shard(1) if name == "w2" else Shard(2)
-                sharded = distribute_tensor(param.data, mesh, [Shard(0), width])
+                sharded = distribute_tensor(param.data, mesh, [Shard(0), width[name]])
                 moe.experts.register_parameter(name, nn.Parameter(sharded, requires_grad=param.requires_grad))
+            moe.experts.down_bias_after_sum = moe.experts.bias
             moe.ep_group = expert_mesh["ep"].get_group() if config.ep > 1 else None
             moe.etp_group = expert_mesh["etp"].get_group()
         elif config.ep > 1:

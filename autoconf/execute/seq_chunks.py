@@ -111,11 +111,11 @@ class LayerChunks:
         return self.shared.positions
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float, attend,
-                  as_op: bool = False, window: int | None = None) -> torch.Tensor:
+                  as_op: bool = False, window: int | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
         """The unit's attention over the earlier chunks' K/V and its own (under a sliding `window`, a mask of the
         positions: `window_mask`). `as_op` (a block under the per-op policy) changes nothing: the chunk's attention
         is one `attend` call, whose kernel the policy sees itself (context parallelism needs its own op for its
-        exchange, cp_attention.py)."""
+        exchange, cp_attention.py), and which adds the layer's `sinks` itself."""
         shared = self.shared
         if shared.unit is None:
             return attend(q, k, v, sequence_window_mask(q.shape[2], window, q.device), p)

@@ -121,7 +121,7 @@ class Trainer:
         moe = plan.model.is_moe
         self.expert_mesh = build_expert_mesh(grid, c.ep, c.etp, device.type, groups) if moe else None
         self.coords = grid.coords(self.rank)
-        self.sizes = {axis: grid.size(axis) for axis in AXES} | {"edp": c.edp}
+        self.sizes = {axis: grid.size(axis) for axis in AXES} | {"edp": c.edp, "etp": c.etp}
         self.fsdp = c.zero_sharded
         self.chunks = build_chunks(plan, self.coords["pp"])
         recomputed = recomputed_layer_indices(c, plan.partition)
@@ -180,7 +180,8 @@ class Trainer:
     def grad_norm(self) -> torch.Tensor:
         """L2 norm of the whole model's gradient. Each rank adds its local shards' squares, divided by how many
         ranks hold the same values (the dp/cp/tp dimensions the tensor is not sharded over; for routed experts the
-        edp dimension); a sum over all ranks then counts every element once. The tied head copy is left out (it
+        edp and etp dimensions: the down projection's bias is whole on every ETP rank); a sum over all ranks then
+        counts every element once. The tied head copy is left out (it
         equals the embedding's gradient)."""
         from torch.distributed.tensor import DTensor
 
@@ -199,7 +200,7 @@ class Trainer:
                                if not pl.is_replicate() for axis in n.split("_")}
                     g = g.to_local()
                 replicas = 1
-                for dim in ("edp",) if is_expert_param(name) else ("dp", "cp", "tp"):
+                for dim in ("edp", "etp") if is_expert_param(name) else ("dp", "cp", "tp"):
                     if dim not in sharded:
                         replicas *= self.sizes[dim]
                 total += g.double().pow(2).sum() / replicas

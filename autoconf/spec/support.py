@@ -41,13 +41,6 @@ def model_unsupported_reason(model) -> str | None:
         return (f"{model.name} has {model.mtp_num_layers} multi-token-prediction module(s) (mtp_num_layers), which "
                 f"the executor does not build; set mtp_num_layers 0 to run it without them, or export the plan to "
                 f"Megatron-LM (--mtp-num-layers)")
-    gpt_oss = [name for name, on in (("attention sinks (attention_sinks)", model.attention_sinks),
-                                     ("an output-projection bias (out_proj_bias)", model.out_proj_bias),
-                                     (f"a clamped SwiGLU (swiglu_limit {model.swiglu_limit})", model.swiglu_limit),
-                                     ("biased experts (moe.expert_bias)", model.moe and model.moe.expert_bias)) if on]
-    if gpt_oss:
-        return (f"{model.name} has {' and '.join(gpt_oss)}, which the executor does not build (it plans them); export "
-                f"the plan to Megatron-LM, or set them off in the model file to train without them")
     if model.moe is not None and model.moe.capacity_factor is not None:
         return (f"{model.name} has capacity_factor {model.moe.capacity_factor}: the executor routes dropless only "
                 f"(every token reaches its experts); set capacity_factor null")
