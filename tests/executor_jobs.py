@@ -144,6 +144,12 @@ def assert_same_records(reference: list[dict], got: list[dict], name: str, steps
         assert close(rec["grad_norm"], ref["grad_norm"]), (name, rec["step"], rec["grad_norm"], ref["grad_norm"])
 
 
+def assert_differs(records: list[dict], other: list[dict], rel: float = 1e-4) -> None:
+    """Every step's loss of `records` differs from `other`'s by more than `rel` relative: what a layout test's
+    feature changes (a window, sinks) matters at the tolerance the layouts are compared at."""
+    assert all(abs(a["loss"] - b["loss"]) > rel * abs(b["loss"]) for a, b in zip(records, other))
+
+
 def assert_matches_reference(out: dict[str, dict], name: str) -> list[dict]:
     """Layout `name`'s records equal (`assert_same_records`) its reference run's, the layout named by the first
     word of `name` (the single-process run); returns the reference's records."""

@@ -108,9 +108,10 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
     if m.arch == "gpt":
         notes.append("torchtitan ships llama-style models; this describes a llama3 model of the GPT's dimensions "
                      "(a GPT with LayerNorm, GeLU and learned positions needs its own model definition)")
-    if m.head_dim != m.hidden_size // m.num_heads or m.qk_norm or m.moe is not None or m.mla is not None:
-        notes.append("torchtitan's llama3 builder takes neither a head width of its own, QK norm, MoE nor MLA; the "
-                     "model below has none of them")
+    if (m.head_dim != m.hidden_size // m.num_heads or m.qk_norm or m.moe is not None or m.mla is not None
+            or m.attention_sinks or m.swiglu_limit is not None):
+        notes.append("torchtitan's llama3 builder takes neither a head width of its own, QK norm, MoE, MLA, attention "
+                     "sinks nor a clamped SwiGLU; the model below has none of them")
     if m.qkv_bias:
         notes.append("torchtitan's llama3 model has no QKV bias; the model below has none")
     if m.sliding_window is not None:
