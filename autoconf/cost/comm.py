@@ -22,8 +22,9 @@ import numpy as np
 
 from autoconf.cost.interpolate import EXTRAPOLATE, interpolate
 from autoconf.spec.cluster import ClusterProfile
+from autoconf.spec.profile_checks import COLLECTIVE_OPS
 
-OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
+OPS = COLLECTIVE_OPS  # the collectives a profile measures and the model costs (spec/profile_checks.py)
 
 
 def _ring_link(cluster: ClusterProfile, devices: list[int]) -> tuple[float, float]:

@@ -33,6 +33,7 @@ from autoconf.spec.dtypes import DTYPE_BYTES, precision
 from autoconf.spec.frameworks import ADAM_KERNELS, GRAD_BUFFER_PASSES, Execution, compiled_ops, loss_compiled
 from autoconf.spec.model import ModelSpec, window_pair_share
 from autoconf.spec.plan import ParallelConfig
+from autoconf.spec.profile_checks import ATTENTION_CURVE_PASSES
 
 SHAPE_KEYS = ("arch", "hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size")
 # Bytes read and written per parameter by one fused AdamW step with fp32 master weights, gradients and moments.
@@ -328,7 +329,7 @@ def _layer_matmul_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelCon
     return model.layer_matmul_flops(c.seq_len, c.micro_batch_size) / c.tp * seconds_per_flop
 
 
-ATTENTION_PASSES = ("forward", "backward")
+ATTENTION_PASSES = ATTENTION_CURVE_PASSES  # the passes an attention curve states (spec/profile_checks.py)
 
 
 def attention_efficiency(cluster: ClusterProfile, execution: Execution | None, seq_len: int,

@@ -76,12 +76,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def port_free(addr: str, port: int) -> bool:
-    """Whether `port` can be listened on at `addr` on this machine now."""
+def port_free(port: int) -> bool:
+    """Whether `port` can be listened on at 127.0.0.1 on this machine now (where a one-node run meets)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((addr if addr not in ("localhost",) else "127.0.0.1", port))
+            sock.bind(("127.0.0.1", port))
         except OSError:
             return False
     return True
@@ -90,7 +90,7 @@ def port_free(addr: str, port: int) -> bool:
 def busy_port_problem(port: int) -> str | None:
     """The line refusing a one-node run's --master-port that a process on this machine already holds; None when the
     port is free (profile and launch both meet on 127.0.0.1 on one node)."""
-    if port_free("127.0.0.1", port):
+    if port_free(port):
         return None
     return (f"--master-port {port} is already in use on this machine; pass another (e.g. --master-port "
             f"{port % 65535 + 1}) or leave it out for a free one")

@@ -51,7 +51,7 @@ EFFICIENCY_NAMES = ("matmul", "attention", "attention_fa2", "memory", "comm_intr
                     "model_compute_scale", "moe_load_imbalance", "pass_overhead_s", "step_overhead_s")
 # Those every writer states and the cost model reads without a fallback (ClusterProfile.eff raises without them).
 REQUIRED_EFFICIENCIES = ("matmul", "attention", "memory", "comm_intra", "comm_inter")
-COLLECTIVE_OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")  # cost/comm.py OPS
+COLLECTIVE_OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")  # what cost/comm.py costs (its OPS)
 COLLECTIVE_SCOPES = ("intra", "inter")  # inside one node, across nodes
 COLLECTIVE_POINT_FIELDS = ("ranks", "bytes", "time_s")
 COMPUTE_FIELDS = ("dtype", "device", "model", "entries", "optimizer_s_per_param", "optimizer_dtensor_s_per_param",
@@ -62,7 +62,7 @@ CHAIN_SCALE_FIELDS = ("micro_batch", "seq_len", "layer_scale", "ends_scale")
 TP_LAYER_FIELDS = ("tp", "micro_batch", "seq_len", "sequence_parallel", "forward_s", "backward_s")
 CURVE_FIELDS = ("points", "source")  # matmul_size_curve
 ATTENTION_CURVES_FIELDS = ("kernels", "source")
-ATTENTION_CURVE_PASSES = ("forward", "backward")  # cost/compute.py ATTENTION_PASSES
+ATTENTION_CURVE_PASSES = ("forward", "backward")  # what cost/compute.py reads (its ATTENTION_PASSES)
 PRICE_FIELDS = ("usd_per_gpu_hour", "source")
 HOST_KEYS = (*HOST_FIELDS, "source")
 
