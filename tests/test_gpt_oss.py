@@ -80,6 +80,12 @@ def _config() -> dict:
             "layer_types": ["sliding_attention", "full_attention"] * 2, "swiglu_limit": 7.0}
 
 
+def test_another_swiglu_slope_is_one_line():
+    with pytest.raises(UserError, match="swiglu_alpha 1.5 is not read: autoconf's clamped SwiGLU is GPT-OSS's"):
+        from_hf_config({**_config(), "swiglu_alpha": 1.5}, "oss")
+    assert from_hf_config({**_config(), "swiglu_alpha": 1.702}, "oss").swiglu_limit == 7.0
+
+
 def test_the_experts_per_token_key_of_openais_configs_is_read():
     spec = from_hf_config(_config(), "oss")
     assert spec.moe.num_experts_per_tok == 2 and spec.full_attention_layers == (1, 3)

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.attention.bias import CausalBias
 from torch.utils.checkpoint import checkpoint
 
-from autoconf.spec.model import ModelSpec
+from autoconf.spec.model import CLAMPED_SWIGLU_ALPHA, ModelSpec
 
 EMBED_WEIGHT = "embed.tok.weight"
 HEAD_WEIGHT = "output.weight"
@@ -245,11 +245,12 @@ class GeluMLP(nn.Module):
 
 def gated(gate: torch.Tensor, up: torch.Tensor, limit: float | None = None) -> torch.Tensor:
     """SwiGLU's silu(gate) x up; with a `limit` (GPT-OSS's swiglu_limit) its clamped form: the gate clamped from
-    above and the up projection both ways at the limit, then gate x sigmoid(1.702 gate) x (up + 1)."""
+    above and the up projection both ways at the limit, then gate x sigmoid(alpha gate) x (up + 1), alpha
+    `CLAMPED_SWIGLU_ALPHA`."""
     if limit is None:
         return F.silu(gate) * up
     gate, up = gate.clamp(max=limit), up.clamp(-limit, limit)
-    return gate * torch.sigmoid(1.702 * gate) * (up + 1)
+    return gate * torch.sigmoid(CLAMPED_SWIGLU_ALPHA * gate) * (up + 1)
 
 
 class SwiGLU(nn.Module):

@@ -21,7 +21,7 @@ from autoconf.errors import UserError
 from autoconf.files import quoted, shown
 from autoconf.spec.hf_fields import (NON_NEGATIVE, REQUIRED, hf_bool, hf_int, hf_number, llama_fields,
                                      refuse_bias)
-from autoconf.spec.model import MLASpec, ModelSpec, MoESpec
+from autoconf.spec.model import CLAMPED_SWIGLU_ALPHA, MLASpec, ModelSpec, MoESpec
 
 HF_MOE_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "gpt_oss")
 HF_DENSE_TYPES = ("gpt2", "llama", "mistral", "qwen2", "qwen3")  # read by spec/presets.py
@@ -170,6 +170,10 @@ def _gpt_oss(config: dict, name: str, common: dict, top_k: int, aux: float) -> M
     over the top k), attention_bias on q, k, v and o, a learned sink logit per head, alternating sliding layers
     (`layer_types`, read by `llama_fields`)."""
     width = hf_int(config, "intermediate_size", name, "the width of one expert")
+    alpha = hf_number(config, "swiglu_alpha", CLAMPED_SWIGLU_ALPHA, name)
+    if alpha != CLAMPED_SWIGLU_ALPHA:
+        raise UserError(f"{name}: swiglu_alpha {alpha:g} is not read: autoconf's clamped SwiGLU is GPT-OSS's, "
+                        f"gate x sigmoid({CLAMPED_SWIGLU_ALPHA} gate); leave swiglu_alpha out or set it to {CLAMPED_SWIGLU_ALPHA}")
     bias = hf_bool(config, "attention_bias", True, name)
     moe = MoESpec(num_experts=_count(config, name, "the routed experts", "num_local_experts", "num_experts"),
                   num_experts_per_tok=top_k, moe_intermediate_size=width, router_bias=True, expert_bias=True,

@@ -42,6 +42,7 @@ ARCHES = ("gpt", "llama")
 RECOMPUTE = ("none", "selective", "full")
 ATTENTION = ("flash", "standard")
 MTP_NORMS = 3  # of one MTP module: enorm, hnorm and its final norm (`ModelSpec.mtp_extra_params`)
+CLAMPED_SWIGLU_ALPHA = 1.702  # GPT-OSS's gate x sigmoid(alpha gate) under `swiglu_limit` (transformers' swiglu_alpha)
 
 
 def is_printable_name(value) -> bool:
@@ -235,7 +236,8 @@ class ModelSpec:
     full_attention_layers: tuple = ()
     # GPT-OSS: a learned logit per attention head that joins each softmax (attention sinks), a bias on the attention
     # output projection (its attention_bias biases q, k, v and o: qkv_bias and out_proj_bias), and its clamped
-    # SwiGLU: gate and up clamped at swiglu_limit, out = (up + 1) * gate * sigmoid(1.702 gate); None: plain SwiGLU.
+    # SwiGLU: gate and up clamped at swiglu_limit, out = (up + 1) * gate * sigmoid(CLAMPED_SWIGLU_ALPHA gate); None: plain
+    # SwiGLU.
     attention_sinks: bool = False
     out_proj_bias: bool = False
     swiglu_limit: float | None = None

@@ -1,0 +1,90 @@
+"""The executor's model is the model transformers builds from the same config: equal logits for the same weights.
+
+Each case is a small config of a family autoconf imports (Llama, Qwen3 with its q/k norms, Mistral with a sliding
+window shorter than the sequence, GPT-OSS with its sinks, biases, clamped SwiGLU, top-k router and alternating
+windows), read by `from_hf_config`; transformers' model is built in fp32 with its own random init, its weights are
+copied into autoconf's model (`execute/model.py`) by name, and both run the same tokens. Skipped without
+`transformers` (the test extra). RoPE scaling is left out: the executor rotates by unscaled RoPE (docs/long-context.md
+"The executor"), so a config with a scaling type would differ by design.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from autoconf.spec.presets import from_hf_config
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+
+SMALL = dict(num_hidden_layers=4, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+             head_dim=16, vocab_size=128, max_position_embeddings=64)
+CASES = {
+    "llama": ("LlamaConfig", {}),
+    "qwen3": ("Qwen3Config", {}),
+    "mistral-window": ("MistralConfig", {"sliding_window": 5}),
+    "gpt-oss": ("GptOssConfig", {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 5,
+                                 "intermediate_size": 32, "rope_parameters": {"rope_type": "default",
+                                                                              "rope_theta": 150000.0}}),
+}
+
+
+def _ours(name: str, hf) -> dict:
+    """autoconf's parameter name -> the tensor it takes from transformers' model `hf` (by transformers' names)."""
+    theirs = dict(hf.named_parameters())
+    out = {"embed.tok.weight": theirs["model.embed_tokens.weight"], "norm.weight": theirs["model.norm.weight"],
+           "output.weight": theirs["lm_head.weight"]}
+    for i in range(hf.config.num_hidden_layers):
+        src, dst = f"model.layers.{i}.", f"layers.{i}."
+        out[dst + "attention_norm.weight"] = theirs[src + "input_layernorm.weight"]
+        out[dst + "ffn_norm.weight"] = theirs[src + "post_attention_layernorm.weight"]
+        for ours, hf_name in (("wq", "q_proj"), ("wk", "k_proj"), ("wv", "v_proj"), ("wo", "o_proj")):
+            for leaf in ("weight", "bias"):
+                if f"{src}self_attn.{hf_name}.{leaf}" in theirs:
+                    out[f"{dst}attention.{ours}.{leaf}"] = theirs[f"{src}self_attn.{hf_name}.{leaf}"]
+        for extra in ("q_norm.weight", "k_norm.weight", "sinks"):
+            if src + "self_attn." + extra in theirs:
+                out[dst + "attention." + extra] = theirs[src + "self_attn." + extra]
+        if name == "gpt-oss":
+            gate_up, bias = theirs[src + "mlp.experts.gate_up_proj"], theirs[src + "mlp.experts.gate_up_proj_bias"]
+            out.update({dst + "feed_forward.router.weight": theirs[src + "mlp.router.weight"],
+                        dst + "feed_forward.router.bias": theirs[src + "mlp.router.bias"],
+                        # transformers interleaves gate and up columns
+                        dst + "feed_forward.experts.w1": gate_up[..., ::2], dst + "feed_forward.experts.w3": gate_up[..., 1::2],
+                        dst + "feed_forward.experts.w1_bias": bias[..., ::2],
+                        dst + "feed_forward.experts.w3_bias": bias[..., 1::2],
+                        dst + "feed_forward.experts.w2": theirs[src + "mlp.experts.down_proj"],
+                        dst + "feed_forward.experts.w2_bias": theirs[src + "mlp.experts.down_proj_bias"]})
+        else:
+            for ours, hf_name in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
+                out[f"{dst}feed_forward.{ours}.weight"] = theirs[f"{src}mlp.{hf_name}.weight"]
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_executors_model_computes_transformers_logits(name):
+    from autoconf.execute.model import build_model
+
+    class_name, overrides = CASES[name]
+    config = getattr(transformers, class_name)(**{**SMALL, **overrides})
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(config).float().eval()
+    with torch.no_grad():  # biases and sinks away from their zero init, so that they matter
+        for param_name, param in hf.named_parameters():
+            if param_name.endswith(("bias", "sinks")):
+                param.normal_(0.0, 0.5)
+    spec = from_hf_config(config.to_dict(), name)
+    ours = build_model(spec)
+    ours.to_empty(device="cpu")
+    weights = _ours(name, hf)
+    assert set(weights) == {n for n, _ in ours.named_parameters()}
+    with torch.no_grad():
+        for param_name, param in ours.named_parameters():
+            param.copy_(weights[param_name])
+    ours.eval()
+    tokens = torch.randint(0, SMALL["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = hf(tokens).logits
+        got = ours(tokens)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
