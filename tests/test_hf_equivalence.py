@@ -4,8 +4,8 @@ Each case is a small config of a family autoconf imports (Llama, Qwen3 with its 
 window shorter than the sequence, GPT-OSS with its sinks, biases, clamped SwiGLU, top-k router and alternating
 windows), read by `from_hf_config`; transformers' model is built in fp32 with its own random init, its weights are
 copied into autoconf's model (`execute/model.py`) by name, and both run the same tokens. Skipped without
-`transformers` (the test extra). RoPE scaling is left out: the executor rotates by unscaled RoPE (docs/long-context.md
-"The executor"), so a config with a scaling type would differ by design.
+`transformers` (the test extra). Llama 3.1's RoPE scaling is applied; other scaling types (yarn, linear, dynamic)
+are not (docs/long-context.md "The executor"), so GPT-OSS's case rotates unscaled on both sides.
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ SMALL = dict(num_hidden_layers=4, hidden_size=64, intermediate_size=96, num_atte
              head_dim=16, vocab_size=128, max_position_embeddings=64)
 CASES = {
     "llama": ("LlamaConfig", {}),
+    # Llama 3.1's scaling over an original context of 16 tokens, so that it stretches frequencies the 24 tokens use
+    "llama3.1-scaling": ("LlamaConfig", {"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0,
+                                                             "factor": 8.0, "low_freq_factor": 1.0,
+                                                             "high_freq_factor": 4.0,
+                                                             "original_max_position_embeddings": 16}}),
     "qwen3": ("Qwen3Config", {}),
     "mistral-window": ("MistralConfig", {"sliding_window": 5}),
     "gpt-oss": ("GptOssConfig", {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 5,

@@ -417,3 +417,20 @@ def test_context_lines_name_autoconfs_fields_first(tmp_path):
     gpt = ModelSpec(name="own", arch="gpt", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=4,
                     ffn_hidden_size=256, vocab_size=256, max_seq_len=128)
     assert "128 learned positions (max_seq_len; n_positions in a config.json)" in gpt.context_problem(256)
+
+
+# ---- Llama 3.x RoPE scaling: every parameter read, kept and checked (the executor applies them) -------------------
+def test_llama3_scaling_keeps_its_frequency_band_and_the_json_says_it_when_not_llama_31s():
+    from autoconf.spec.model import ModelSpec
+
+    ours = from_hf_config({**LLAMA, "rope_scaling": {**LLAMA3_SCALING, "low_freq_factor": 2.0,
+                                                     "original_max_position_embeddings": 4096}}, "m")
+    assert (ours.rope_scaling_factor, ours.rope_low_freq_factor, ours.rope_high_freq_factor,
+            ours.rope_original_context) == (8.0, 2.0, 4.0, 4096)
+    data = json.loads(json.dumps(ours.to_dict()))
+    assert data["rope_low_freq_factor"] == 2.0 and "rope_high_freq_factor" not in data  # Llama 3.1's 4: left out
+    assert ModelSpec.from_dict(data) == ours
+    with pytest.raises(UserError, match="needs low_freq_factor and high_freq_factor with 0 < low < high"):
+        from_hf_config({**LLAMA, "rope_scaling": {**LLAMA3_SCALING, "high_freq_factor": 0.5}}, "m")
+    with pytest.raises(UserError, match="rope_original_context must be a positive integer"):
+        ModelSpec.from_dict({**data, "rope_original_context": 0})

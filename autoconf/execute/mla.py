@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autoconf.execute.model import AttentionCore, _rope, token_positions
+from autoconf.execute.model import AttentionCore, _rope, rope_scaling_of, token_positions
 from autoconf.spec.model import ModelSpec
 
 
@@ -56,6 +56,7 @@ class LatentAttention(AttentionCore):
         self.wkv_b = nn.Linear(m.kv_lora_rank, a * (m.qk_nope_head_dim + m.v_head_dim), bias=False)
         self.wo = nn.Linear(a * m.v_head_dim, h, bias=False)
         self.rope_theta = spec.rope_theta
+        self.rope_scaling = rope_scaling_of(spec)
         self.tp_mesh = None  # set by parallelize.apply_tp when tp > 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,8 +69,8 @@ class LatentAttention(AttentionCore):
         if self.tp_mesh is not None:
             k_rope = _sum_grad_over(k_rope, self.tp_mesh)
         positions = token_positions(self.context, s, x.device)
-        q_rope = _rope(q_rope.transpose(1, 2), self.rope_theta, positions).transpose(1, 2)
-        k_rope = _rope(k_rope.unsqueeze(1), self.rope_theta, positions).transpose(1, 2)  # [b, s, 1, d_rope]
+        q_rope = _rope(q_rope.transpose(1, 2), self.rope_theta, positions, self.rope_scaling).transpose(1, 2)
+        k_rope = _rope(k_rope.unsqueeze(1), self.rope_theta, positions, self.rope_scaling).transpose(1, 2)  # [b, s, 1, d]
         # Q, K and V each on a storage of their own in [b, s, heads, d] order, seen as [b, heads, s, d] (as the
         # grouped-query projections are): the attention keeps them for its backward, not the K_nope + V
         # projection, and its output is laid out so that the output projection reads it without a copy.

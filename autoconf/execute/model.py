@@ -106,10 +106,30 @@ def with_sink_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seen: torch
     return q, k, v, torch.cat([seen.new_ones(queries, 1), seen], dim=1)
 
 
-def _rope(x: torch.Tensor, theta: float, positions: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding (rotate-half convention) of x [batch, heads, seq, head_dim] at token `positions` [seq]."""
+def rope_scaling_of(spec: ModelSpec) -> tuple[float, float, float, int] | None:
+    """The spec's Llama 3.x RoPE scaling as `_rope` takes it: (factor, low_freq_factor, high_freq_factor, original
+    context), or None without one."""
+    if spec.rope_scaling_factor == 1:
+        return None
+    return (spec.rope_scaling_factor, spec.rope_low_freq_factor, spec.rope_high_freq_factor,
+            spec.rope_original_context)
+
+
+def _rope(x: torch.Tensor, theta: float, positions: torch.Tensor,
+          scaling: tuple[float, float, float, int] | None = None) -> torch.Tensor:
+    """Rotary embedding (rotate-half convention) of x [batch, heads, seq, head_dim] at token `positions` [seq], its
+    frequencies stretched by Llama 3.x's `scaling` where given (`rope_scaling_of`): a wavelength longer than
+    original / low_freq_factor divided by the factor, one shorter than original / high_freq_factor kept, those
+    between interpolated between the two by original / wavelength (transformers' llama3 rope_type)."""
     d = x.shape[-1]
     inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
+    if scaling is not None:
+        factor, low, high, original = scaling
+        wavelength = 2 * math.pi / inv_freq
+        stretched = torch.where(wavelength > original / low, inv_freq / factor, inv_freq)
+        smooth = (original / wavelength - low) / (high - low)
+        between = (wavelength >= original / high) & (wavelength <= original / low)
+        inv_freq = torch.where(between, (1 - smooth) * stretched / factor + smooth * stretched, stretched)
     angles = torch.outer(positions.to(torch.float32), inv_freq)
     angles = torch.cat((angles, angles), dim=-1)
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
@@ -206,6 +226,7 @@ class Attention(AttentionCore):
         self.k_norm = nn.RMSNorm(spec.head_dim, eps=spec.norm_eps) if spec.qk_norm else None
         self.head_dim = spec.head_dim
         self.rope_theta = spec.rope_theta if spec.arch == "llama" else None
+        self.rope_scaling = rope_scaling_of(spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.wq(x), self.wk(x), self.wv(x)
@@ -216,7 +237,7 @@ class Attention(AttentionCore):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         if self.rope_theta is not None:
             positions = token_positions(self.context, s, x.device)
-            q, k = _rope(q, self.rope_theta, positions), _rope(k, self.rope_theta, positions)
+            q, k = (_rope(t, self.rope_theta, positions, self.rope_scaling) for t in (q, k))
         return self.attend_and_project(q, k, v)
 
 

@@ -22,6 +22,7 @@ from autoconf.report.torchtitan_export import MODULE as TORCHTITAN_MODULE
 from autoconf.report.torchtitan_export import torchtitan_config as _torchtitan_config
 from autoconf.report.upstream import MEGATRON_TARGET
 from autoconf.spec.frameworks import plan_execution, selective_policy
+from autoconf.spec.model import LLAMA3_ROPE_DEFAULTS
 from autoconf.spec.plan import Plan, node_blocks, recomputed_layers
 from autoconf.spec.schedules import schedule_spec
 from autoconf.spec.support import plan_unsupported_reason
@@ -266,6 +267,10 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
     else:
         notes.append("dtype fp32: Megatron's default, no flag")
     flags += _megatron_model(plan)
+    if m.rope_scaling_factor != 1 and any(getattr(m, k) != v for k, v in LLAMA3_ROPE_DEFAULTS.items()):
+        notes.append(f"Megatron-Core's RoPE scaling takes the factor only (low_freq_factor 1, high_freq_factor 4, "
+                     f"original context 8192, Llama 3.1's); the model's {m.rope_low_freq_factor:g}, "
+                     f"{m.rope_high_freq_factor:g} and {m.rope_original_context} are not passed")
     moe_flags, moe_notes = _megatron_moe(plan)
     window_flags, window_notes = _megatron_window(plan.model)
     flags, notes = flags + moe_flags + window_flags, notes + moe_notes + window_notes

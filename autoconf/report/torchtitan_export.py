@@ -66,7 +66,9 @@ def _custom_model(plan: Plan) -> list[str]:
     """Lines of `autoconf_plan()` that replace the recipe's model by one of the plan's dimensions (torchtitan 0.3.0's
     llama3 builders; the leading underscore names are that release's)."""
     m, c = plan.model, plan.config
-    scaling = (f'scaling="llama", scaling_factor={m.rope_scaling_factor!r}' if m.rope_scaling_factor != 1
+    scaling = (f'scaling="llama", scaling_factor={m.rope_scaling_factor!r}, '
+               f'low_freq_factor={m.rope_low_freq_factor!r}, high_freq_factor={m.rope_high_freq_factor!r}, '
+               f'original_max_position_embeddings={m.rope_original_context!r}' if m.rope_scaling_factor != 1
                else 'scaling="none"')
     return [
         f"    dim, n_heads, vocab = {m.hidden_size}, {m.num_heads}, {m.vocab_size}",

@@ -172,12 +172,27 @@ def _scaling_factor(scaling: dict, key: str, name: str, kind: str) -> float:
     return factor
 
 
-def rope_scaling_factor(config: dict, name: str) -> float:
-    """The factor of Llama 3.x RoPE scaling (rope_type "llama3" and its `factor`), which lets a model train past
-    its context and further; 1.0 without it. Another rope_type is read by `rope_context` (what it extends the
-    context to); the cost does not depend on how positions are rotated (the executor rotates them plainly)."""
+def rope_scaling(config: dict, name: str) -> dict:
+    """The spec's Llama 3.x RoPE scaling (rope_type "llama3"): its `factor`, which lets a model train past its
+    context and further, and its `low_freq_factor`, `high_freq_factor` and `original_max_position_embeddings`
+    (transformers requires all four), which the executor's rotation applies; {} without it (the spec's defaults: no
+    scaling). Another rope_type is read by `rope_context` (what it extends the context to) and not applied: the
+    cost does not depend on how positions are rotated, and the executor rotates those models unscaled."""
     key, scaling, kind = _rope_kind(config, name)
-    return _scaling_factor(scaling, key, name, kind) if kind == "llama3" else 1.0
+    if kind != "llama3":
+        return {}
+    label = f"{key} llama3"
+    factor = _scaling_factor(scaling, key, name, kind)
+    low = _finite(scaling.get("low_freq_factor"))
+    high = _finite(scaling.get("high_freq_factor"))
+    if low is None or high is None or not 0 < low < high:
+        given = [scaling.get("low_freq_factor"), scaling.get("high_freq_factor")]
+        raise UserError(f"{name}: {label} needs low_freq_factor and high_freq_factor with 0 < low < high, as Llama "
+                        f"3.1's 1.0 and 4.0 {_got(given)}")
+    original = hf_int(scaling, "original_max_position_embeddings", name, "the context the scaling stretches",
+                      label=f"{key}.original_max_position_embeddings")
+    return dict(rope_scaling_factor=factor, rope_low_freq_factor=low,
+                rope_high_freq_factor=high, rope_original_context=original)
 
 
 def _check_longrope(scaling: dict, key: str, name: str) -> None:
@@ -293,7 +308,7 @@ def llama_fields(config: dict, name: str, model_type: str) -> dict:
                 max_seq_len=rope_context(config, name),
                 tied_embeddings=hf_bool(config, "tie_word_embeddings", False, name),
                 dropout=attention_dropout(config, name, model_type), rope_theta=rope_theta(config, name),
-                rope_scaling_factor=rope_scaling_factor(config, name), **sliding_window(config, model_type, name))
+                **rope_scaling(config, name), **sliding_window(config, model_type, name))
 
 
 # GPT-2's three dropouts; the spec has one probability for all three (transformers' defaults: 0.1 each).

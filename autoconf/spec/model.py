@@ -225,6 +225,13 @@ class ModelSpec:
     moe: MoESpec | None = None       # mixture-of-experts layers; None: every layer has a dense MLP
     mla: MLASpec | None = None       # multi-head latent attention (DeepSeek); None: grouped-query attention
     rope_scaling_factor: float = 1.0  # Llama 3.x ("llama3" rope_type) RoPE scaling factor; 1 is none
+    # The rest of the "llama3" scaling (transformers' _compute_llama3_parameters): rotary wavelengths longer than
+    # rope_original_context / rope_low_freq_factor are stretched by the factor, those shorter than
+    # rope_original_context / rope_high_freq_factor kept, the ones between interpolated; Llama 3.1's 1, 4 and 8192
+    # unless a config says otherwise. Read only where rope_scaling_factor > 1.
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_context: int = 8192
     # Multi-token-prediction modules (DeepSeek-V3, HF num_nextn_predict_layers; Megatron-Core --mtp-num-layers),
     # trained after the last block on the last pipeline stage; 0: none.
     mtp_num_layers: int = 0
@@ -328,6 +335,13 @@ class ModelSpec:
                 problems.append(f"{field} must be positive (got {value})")
         if isinstance(self.rope_scaling_factor, (int, float)) and not self.rope_scaling_factor >= 1:
             problems.append(f"rope_scaling_factor must be at least 1 (got {self.rope_scaling_factor})")
+        low, high = self.rope_low_freq_factor, self.rope_high_freq_factor
+        if not (_number(low) and _number(high) and 0 < low < high):
+            problems.append(f"rope_low_freq_factor and rope_high_freq_factor must be numbers with 0 < low < high (got "
+                            f"{quoted(low)} and {quoted(high)})")
+        if not _positive_int(self.rope_original_context):
+            problems.append(f"rope_original_context must be a positive integer (got "
+                            f"{quoted(self.rope_original_context)})")
         if problems:
             raise UserError(f"model {quoted(self.name)}: " + "; ".join(problems))
 
@@ -654,7 +668,7 @@ class ModelSpec:
 
     def to_dict(self) -> dict:
         """The model JSON: the fields (head_dim only when it is not hidden_size / num_heads; qk_norm, moe, mla,
-        the window's and GPT-OSS's fields only when set, so a dense model's JSON is as before), then the derived `parameters` and
+        the window's and GPT-OSS's fields only when set, the llama3 scaling's only when not Llama 3.1's, so a dense model's JSON is as before), then the derived `parameters` and
         `active_parameters` (equal for a dense model; both without MTP modules), and with MTP modules
         `parameters_with_mtp` and `active_parameters_with_mtp`."""
         data = {"version": 1, "kind": "model"}
@@ -664,6 +678,8 @@ class ModelSpec:
                 continue
             if f.name in ("qk_norm", "moe", "mla", "mtp_num_layers", "sliding_window", "full_attention_layers",
                           "attention_sinks", "out_proj_bias", "swiglu_limit") and not value:
+                continue
+            if f.name in LLAMA3_ROPE_DEFAULTS and value == LLAMA3_ROPE_DEFAULTS[f.name]:
                 continue
             data[f.name] = (value.to_dict() if f.name in ("moe", "mla") else
                             list(value) if f.name == "full_attention_layers" else value)
@@ -725,6 +741,10 @@ def dense_layers_problem(indices: tuple, num_layers: int) -> str | None:
     if not parts:
         return None
     return f"moe.dense_layers: {' and '.join(parts)}; give layer indices from 0 to {num_layers - 1}"
+
+
+LLAMA3_ROPE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelSpec)
+                        if f.name in ("rope_low_freq_factor", "rope_high_freq_factor", "rope_original_context")}
 
 
 def window_pair_share(seq_len: int, window: int) -> float:
