@@ -4,8 +4,8 @@ Each case is a small config of a family autoconf imports (Llama, Qwen3 with its 
 window shorter than the sequence, GPT-OSS with its sinks, biases, clamped SwiGLU, top-k router and alternating
 windows), read by `from_hf_config`; transformers' model is built in fp32 with its own random init, its weights are
 copied into autoconf's model (`execute/model.py`) by name, and both run the same tokens. Skipped without
-`transformers` (the test extra). Llama 3.1's RoPE scaling is applied; other scaling types (yarn, linear, dynamic)
-are not (docs/long-context.md "The executor"), so GPT-OSS's case rotates unscaled on both sides.
+`transformers` (the test extra). RoPE scaling: Llama 3.1's and YaRN (GPT-OSS's own, Qwen's) are applied and checked
+here; linear, dynamic and longrope are not applied by the executor (docs/long-context.md "The executor").
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ torch = pytest.importorskip("torch")
 
 SMALL = dict(num_hidden_layers=4, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
              head_dim=16, vocab_size=128, max_position_embeddings=64)
+DEEPSEEK = {"num_attention_heads": 4, "num_key_value_heads": 4, "moe_intermediate_size": 32, "n_routed_experts": 8,
+            "num_experts_per_tok": 2, "n_shared_experts": 1, "first_k_dense_replace": 1, "n_group": 2, "topk_group": 1,
+            "kv_lora_rank": 16, "q_lora_rank": 24, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16,
+            "head_dim": 8}
 CASES = {
     "llama": ("LlamaConfig", {}),
     # Llama 3.1's scaling over an original context of 16 tokens, so that it stretches frequencies the 24 tokens use
@@ -28,9 +32,19 @@ CASES = {
                                                              "original_max_position_embeddings": 16}}),
     "qwen3": ("Qwen3Config", {}),
     "mistral-window": ("MistralConfig", {"sliding_window": 5}),
+    # GPT-OSS's own YaRN (factor 32 over 4096 tokens, truncate false)
     "gpt-oss": ("GptOssConfig", {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 5,
-                                 "intermediate_size": 32, "rope_parameters": {"rope_type": "default",
-                                                                              "rope_theta": 150000.0}}),
+                                 "intermediate_size": 32}),
+    # Qwen's long-context YaRN (factor 4 over 8 tokens, truncating), its attention factor from the factor
+    "qwen3-yarn": ("Qwen3Config", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                                       "original_max_position_embeddings": 8}}),
+    # DeepSeek-V3: latent attention (interleaved rotary pairs in transformers), a leading dense layer, sigmoid
+    # routing within 1 of 2 expert groups, a shared expert, scaled routed output; and its YaRN with mscale and
+    # mscale_all_dim, which also scales the softmax
+    "deepseek-v3": ("DeepseekV3Config", DEEPSEEK),
+    "deepseek-v3-yarn": ("DeepseekV3Config", {**DEEPSEEK, "rope_parameters": {
+        "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 8,
+        "mscale": 1.0, "mscale_all_dim": 1.0, "beta_fast": 32.0, "beta_slow": 1.0}}),
 }
 
 
@@ -43,6 +57,9 @@ def _ours(name: str, hf) -> dict:
         src, dst = f"model.layers.{i}.", f"layers.{i}."
         out[dst + "attention_norm.weight"] = theirs[src + "input_layernorm.weight"]
         out[dst + "ffn_norm.weight"] = theirs[src + "post_attention_layernorm.weight"]
+        if name.startswith("deepseek"):
+            out.update(_latent_attention(hf.config, theirs, src, dst))
+            continue
         for ours, hf_name in (("wq", "q_proj"), ("wk", "k_proj"), ("wv", "v_proj"), ("wo", "o_proj")):
             for leaf in ("weight", "bias"):
                 if f"{src}self_attn.{hf_name}.{leaf}" in theirs:
@@ -63,6 +80,43 @@ def _ours(name: str, hf) -> dict:
         else:
             for ours, hf_name in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
                 out[f"{dst}feed_forward.{ours}.weight"] = theirs[f"{src}mlp.{hf_name}.weight"]
+    return out
+
+
+def _interleaved_to_halves(rows: torch.Tensor, first: int, width: int, groups: int) -> torch.Tensor:
+    """`rows` with, in each of `groups` blocks of `len(rows) / groups`, the `width` rotary rows from `first` on put
+    from transformers' interleaved pairs (x0 y0 x1 y1 ...) into autoconf's halves (x0 x1 ... y0 y1 ...): the same
+    rotation of a permuted vector, so the scores are unchanged."""
+    blocks = rows.view(groups, -1, rows.shape[-1]).clone()
+    rope = blocks[:, first:first + width]
+    blocks[:, first:first + width] = torch.cat([rope[:, 0::2], rope[:, 1::2]], dim=1)
+    return blocks.view_as(rows)
+
+
+def _latent_attention(config, theirs: dict, src: str, dst: str) -> dict:
+    """DeepSeek's attention and MLP (dense, or router, routed experts [E, 2f, h] gate then up, shared experts)
+    under autoconf's names."""
+    nope, rope, heads = config.qk_nope_head_dim, config.qk_rope_head_dim, config.num_attention_heads
+    att = src + "self_attn."
+    out = {dst + "attention.wq_a.weight": theirs[att + "q_a_proj.weight"],
+           dst + "attention.q_a_norm.weight": theirs[att + "q_a_layernorm.weight"],
+           dst + "attention.wq_b.weight": _interleaved_to_halves(theirs[att + "q_b_proj.weight"], nope, rope, heads),
+           dst + "attention.wkv_a.weight": _interleaved_to_halves(theirs[att + "kv_a_proj_with_mqa.weight"],
+                                                                  config.kv_lora_rank, rope, 1),
+           dst + "attention.kv_a_norm.weight": theirs[att + "kv_a_layernorm.weight"],
+           dst + "attention.wkv_b.weight": theirs[att + "kv_b_proj.weight"],
+           dst + "attention.wo.weight": theirs[att + "o_proj.weight"]}
+    mlp = src + "mlp."
+    if mlp + "gate.weight" not in theirs:
+        for ours, hf_name in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
+            out[f"{dst}feed_forward.{ours}.weight"] = theirs[f"{mlp}{hf_name}.weight"]
+        return out
+    gate, up = theirs[mlp + "experts.gate_up_proj"].chunk(2, dim=1)
+    out.update({dst + "feed_forward.router.weight": theirs[mlp + "gate.weight"],
+                dst + "feed_forward.experts.w1": gate.transpose(1, 2), dst + "feed_forward.experts.w3": up.transpose(1, 2),
+                dst + "feed_forward.experts.w2": theirs[mlp + "experts.down_proj"].transpose(1, 2)})
+    for ours, hf_name in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
+        out[f"{dst}feed_forward.shared.{ours}.weight"] = theirs[f"{mlp}shared_experts.{hf_name}.weight"]
     return out
 
 

@@ -434,3 +434,29 @@ def test_llama3_scaling_keeps_its_frequency_band_and_the_json_says_it_when_not_l
         from_hf_config({**LLAMA, "rope_scaling": {**LLAMA3_SCALING, "high_freq_factor": 0.5}}, "m")
     with pytest.raises(UserError, match="rope_original_context must be a positive integer"):
         ModelSpec.from_dict({**data, "rope_original_context": 0})
+
+
+def test_yarn_is_read_as_transformers_reads_it_and_round_trips():
+    """GPT-OSS's yarn (no mscale: attention factor 0.1 ln 32 + 1), DeepSeek's (mscale = mscale_all_dim: attention
+    factor 1, the softmax scaled by (0.1 ln 40 + 1)^2), absent betas 32 and 1, truncate true when absent; the model
+    JSON keeps it; a partial rotary factor is one line."""
+    import math
+
+    from autoconf.spec.model import ModelSpec
+    from autoconf.spec.presets import PRESETS
+
+    oss = PRESETS["gpt-oss-120b"].rope_yarn
+    assert (oss.factor, oss.original_context, oss.truncate, oss.softmax_scale) == (32.0, 4096, False, 1.0)
+    assert oss.attention_factor == pytest.approx(0.1 * math.log(32) + 1)
+    deepseek = {**DEEPSEEK_V3, "rope_scaling": {"type": "yarn", "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
+                                                "original_max_position_embeddings": 4096}}
+    yarn = from_hf_config(deepseek, "d").rope_yarn
+    assert (yarn.attention_factor, yarn.beta_fast, yarn.beta_slow, yarn.truncate) == (1.0, 32.0, 1.0, True)
+    assert yarn.softmax_scale == pytest.approx((0.1 * math.log(40) + 1) ** 2)
+    qwen = from_hf_config({**QWEN3_MOE, "rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+                                                         "original_max_position_embeddings": 32768}}, "q")
+    assert qwen.rope_yarn.softmax_scale == 1.0 and qwen.max_seq_len == 131072
+    assert ModelSpec.from_dict(json.loads(json.dumps(qwen.to_dict()))) == qwen
+    with pytest.raises(UserError, match="partial_rotary_factor is not read"):
+        from_hf_config({**QWEN3_MOE, "rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+                                                      "partial_rotary_factor": 0.5}}, "q")

@@ -57,6 +57,8 @@ class LatentAttention(AttentionCore):
         self.wo = nn.Linear(a * m.v_head_dim, h, bias=False)
         self.rope_theta = spec.rope_theta
         self.rope_scaling = rope_scaling_of(spec)
+        # DeepSeek's YaRN softmax scale (YarnSpec.softmax_scale), applied to the queries: every path's scores see it
+        self.query_scale = spec.rope_yarn.softmax_scale if spec.rope_yarn is not None else 1.0
         self.tp_mesh = None  # set by parallelize.apply_tp when tp > 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,5 +77,7 @@ class LatentAttention(AttentionCore):
         # grouped-query projections are): the attention keeps them for its backward, not the K_nope + V
         # projection, and its output is laid out so that the output projection reads it without a copy.
         q = torch.cat([q_nope, q_rope], dim=-1).transpose(1, 2)
+        if self.query_scale != 1.0:
+            q = q * self.query_scale
         k = torch.cat([k_nope, k_rope.expand(-1, -1, k_nope.shape[2], -1)], dim=-1).transpose(1, 2)
         return self.attend_and_project(q, k, v.contiguous().transpose(1, 2))

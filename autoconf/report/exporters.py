@@ -271,6 +271,9 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
         notes.append(f"Megatron-Core's RoPE scaling takes the factor only (low_freq_factor 1, high_freq_factor 4, "
                      f"original context 8192, Llama 3.1's); the model's {m.rope_low_freq_factor:g}, "
                      f"{m.rope_high_freq_factor:g} and {m.rope_original_context} are not passed")
+    if m.rope_yarn is not None:
+        notes.append(f"the model's YaRN RoPE scaling (factor {m.rope_yarn.factor:g} over "
+                     f"{m.rope_yarn.original_context} tokens) has no flag here: the run below rotates unscaled")
     moe_flags, moe_notes = _megatron_moe(plan)
     window_flags, window_notes = _megatron_window(plan.model)
     flags, notes = flags + moe_flags + window_flags, notes + moe_notes + window_notes
@@ -402,8 +405,8 @@ def _megatron_window(m) -> tuple[list[Flag], list[str]]:
     if m.sliding_window is None:
         return [], []
     flags: list[Flag] = [("--window-size", f"{m.sliding_window - 1},0")]
-    notes = ([f"{m.name}'s router bias and its RoPE scaling (yarn in GPT-OSS's config) have no flag here: the run "
-              f"below routes without a bias and rotates by plain RoPE"] if m.attention_sinks else [])
+    notes = ([f"{m.name}'s router bias has no flag here: the run below routes without a bias"]
+             if m.attention_sinks else [])
     full = sorted(set(m.full_attention_layers))
     if not full:
         return flags, notes

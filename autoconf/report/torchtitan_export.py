@@ -13,6 +13,7 @@ from autoconf.report.offload_flags import torchtitan_offload
 from autoconf.report.precision_flags import torchtitan_fp8_note
 from autoconf.report.upstream import TORCHTITAN_TARGET, TORCHTITAN_VERSION
 from autoconf.spec.frameworks import plan_execution, selective_policy
+from autoconf.spec.model import LLAMA3_ROPE_DEFAULTS
 from autoconf.spec.plan import Plan, recomputed_layer_indices
 from autoconf.spec.schedules import schedule_spec
 
@@ -42,6 +43,7 @@ def upstream_recipe(plan: Plan) -> str | None:
     m = plan.model
     dims = (m.num_layers, m.hidden_size, m.num_heads, m.num_kv_heads, m.ffn_hidden_size, m.vocab_size)
     if (m.arch != "llama" or m.qkv_bias or m.tied_embeddings or m.sliding_window is not None
+            or m.rope_yarn is not None or any(getattr(m, k) != v for k, v in LLAMA3_ROPE_DEFAULTS.items())
             or m.rope_theta != FLAVOR_ROPE_THETA
             or m.rope_scaling_factor != FLAVOR_ROPE_SCALING or m.norm_eps != 1e-5):
         return None
@@ -116,6 +118,8 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
                      "sinks nor a clamped SwiGLU; the model below has none of them")
     if m.qkv_bias:
         notes.append("torchtitan's llama3 model has no QKV bias; the model below has none")
+    if m.rope_yarn is not None:
+        notes.append("the model's YaRN RoPE scaling is not written: the model below rotates unscaled")
     if m.sliding_window is not None:
         notes.append(f"torchtitan's llama3 model has no sliding-window attention; the model below attends to the "
                      f"whole sequence in every layer (the plan slides a {m.sliding_window}-token window in "

@@ -16,7 +16,7 @@ import math
 
 from autoconf.errors import UserError
 from autoconf.files import shown
-from autoconf.spec.model import MAX_LAYERS, MAX_SIZES
+from autoconf.spec.model import MAX_LAYERS, MAX_SIZES, YarnSpec
 
 REQUIRED = object()  # a key without a default: absent, it is a KeyError (the importer names the missing key)
 
@@ -176,8 +176,9 @@ def rope_scaling(config: dict, name: str) -> dict:
     """The spec's Llama 3.x RoPE scaling (rope_type "llama3"): its `factor`, which lets a model train past its
     context and further, and its `low_freq_factor`, `high_freq_factor` and `original_max_position_embeddings`
     (transformers requires all four), which the executor's rotation applies; {} without it (the spec's defaults: no
-    scaling). Another rope_type is read by `rope_context` (what it extends the context to) and not applied: the
-    cost does not depend on how positions are rotated, and the executor rotates those models unscaled."""
+    scaling). YaRN is `rope_yarn`'s; every other rope_type is read by `rope_context` (what it extends the context
+    to) only: the cost does not depend on how positions are rotated, and the executor rotates those models
+    unscaled."""
     key, scaling, kind = _rope_kind(config, name)
     if kind != "llama3":
         return {}
@@ -193,6 +194,38 @@ def rope_scaling(config: dict, name: str) -> dict:
                       label=f"{key}.original_max_position_embeddings")
     return dict(rope_scaling_factor=factor, rope_low_freq_factor=low,
                 rope_high_freq_factor=high, rope_original_context=original)
+
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's magnitude correction 0.1 mscale ln(factor) + 1 (1 for factor <= 1), as transformers computes it."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def rope_yarn(config: dict, name: str, model_type: str) -> YarnSpec | None:
+    """The spec's YaRN scaling of a config whose rope_type is "yarn" (None otherwise), as transformers'
+    `_compute_yarn_parameters` reads it: the factor, the original context (absent: max_position_embeddings),
+    beta_fast and beta_slow (32 and 1 when absent or zero), truncate (true when absent), and the attention factor
+    (given, else mscale(factor, mscale) / mscale(factor, mscale_all_dim) where both are given, else
+    mscale(factor)); for DeepSeek's types the softmax scale mscale(factor, mscale_all_dim)^2 where
+    mscale_all_dim is given. A partial rotary factor is refused (no family autoconf reads has one)."""
+    key, scaling, kind = _rope_kind(config, name)
+    if kind != "yarn":
+        return None
+    if scaling.get("partial_rotary_factor", 1.0) != 1:
+        raise UserError(f"{name}: yarn {key}.partial_rotary_factor is not read (autoconf rotates the whole head) "
+                        f"{_got(scaling.get('partial_rotary_factor'))}")
+    factor = _scaling_factor(scaling, key, name, kind)
+    original = hf_int(scaling, "original_max_position_embeddings", name, "the context the scaling stretches",
+                      hf_int(config, "max_position_embeddings", name, "the context in tokens", 4096),
+                      label=f"{key}.original_max_position_embeddings")
+    given = _finite(scaling.get("attention_factor"))
+    mscale, all_dim = _finite(scaling.get("mscale")), _finite(scaling.get("mscale_all_dim"))
+    if given is None:
+        given = yarn_mscale(factor, mscale) / yarn_mscale(factor, all_dim) if mscale and all_dim else yarn_mscale(factor)
+    softmax = yarn_mscale(factor, all_dim) ** 2 if model_type.startswith("deepseek") and all_dim else 1.0
+    return YarnSpec(factor=factor, original_context=original, attention_factor=given,
+                    beta_fast=_finite(scaling.get("beta_fast")) or 32.0, beta_slow=_finite(scaling.get("beta_slow")) or 1.0,
+                    truncate=hf_bool(scaling, "truncate", True, name), softmax_scale=softmax)
 
 
 def _check_longrope(scaling: dict, key: str, name: str) -> None:
@@ -308,7 +341,8 @@ def llama_fields(config: dict, name: str, model_type: str) -> dict:
                 max_seq_len=rope_context(config, name),
                 tied_embeddings=hf_bool(config, "tie_word_embeddings", False, name),
                 dropout=attention_dropout(config, name, model_type), rope_theta=rope_theta(config, name),
-                **rope_scaling(config, name), **sliding_window(config, model_type, name))
+                **rope_scaling(config, name), rope_yarn=rope_yarn(config, name, model_type),
+                **sliding_window(config, model_type, name))
 
 
 # GPT-2's three dropouts; the spec has one probability for all three (transformers' defaults: 0.1 each).

@@ -172,6 +172,45 @@ class MoESpec:
 
 
 @dataclass(frozen=True)
+class YarnSpec:
+    """YaRN RoPE scaling (rope_type "yarn": GPT-OSS, DeepSeek-V3, Qwen's long-context configs), with transformers'
+    names: rotary frequencies whose wavelength fits `original_context` at least beta_fast times are kept, those at
+    most beta_slow times are divided by `factor`, a linear ramp between (`truncate`: its ends rounded outwards);
+    cos and sin are multiplied by `attention_factor` (transformers' value from factor, mscale and mscale_all_dim
+    when a config gives none)."""
+
+    factor: float
+    original_context: int
+    attention_factor: float
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    truncate: bool = True
+    # DeepSeek's attention (transformers' DeepseekV2/V3Attention): the softmax scale times mscale(factor,
+    # mscale_all_dim)^2 where a config gives mscale_all_dim; 1 elsewhere.
+    softmax_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("factor", "attention_factor", "beta_fast", "beta_slow", "softmax_scale"):
+            value = getattr(self, name)
+            if not _number(value) or value <= 0:
+                problems.append(f"{name} must be a positive number (got {quoted(value)})")
+        if not _positive_int(self.original_context):
+            problems.append(f"original_context must be a positive integer (got {quoted(self.original_context)})")
+        if not isinstance(self.truncate, bool):
+            problems.append(f"truncate must be true or false (got {quoted(self.truncate)})")
+        if problems:
+            raise UserError("rope_yarn: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "rope_yarn") -> "YarnSpec":
+        return _from_dict(cls, data, source, "rope_yarn")
+
+
+@dataclass(frozen=True)
 class MLASpec:
     """Multi-head latent attention (DeepSeek-V2/V3), with Hugging Face's names."""
 
@@ -232,6 +271,7 @@ class ModelSpec:
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_context: int = 8192
+    rope_yarn: YarnSpec | None = None  # YaRN scaling (GPT-OSS, DeepSeek-V3); None: none
     # Multi-token-prediction modules (DeepSeek-V3, HF num_nextn_predict_layers; Megatron-Core --mtp-num-layers),
     # trained after the last block on the last pipeline stage; 0: none.
     mtp_num_layers: int = 0
@@ -257,6 +297,8 @@ class ModelSpec:
             object.__setattr__(self, "moe", MoESpec.from_dict(self.moe))
         if isinstance(self.mla, dict):
             object.__setattr__(self, "mla", MLASpec.from_dict(self.mla))
+        if isinstance(self.rope_yarn, dict):
+            object.__setattr__(self, "rope_yarn", YarnSpec.from_dict(self.rope_yarn))
         if isinstance(self.full_attention_layers, list):
             object.__setattr__(self, "full_attention_layers", tuple(self.full_attention_layers))
         if self.arch not in ARCHES:
@@ -296,7 +338,7 @@ class ModelSpec:
                                 f"num_heads, or the head_dim given)")
         if not isinstance(self.qk_norm, bool):
             problems.append(f"qk_norm must be true or false (got {quoted(self.qk_norm)})")
-        for field, kind in (("moe", MoESpec), ("mla", MLASpec)):
+        for field, kind in (("moe", MoESpec), ("mla", MLASpec), ("rope_yarn", YarnSpec)):
             value = getattr(self, field)
             if value is not None and not isinstance(value, kind):
                 problems.append(f"{field} must be an object of {kind.__name__} fields or null")
@@ -335,6 +377,8 @@ class ModelSpec:
                 problems.append(f"{field} must be positive (got {value})")
         if isinstance(self.rope_scaling_factor, (int, float)) and not self.rope_scaling_factor >= 1:
             problems.append(f"rope_scaling_factor must be at least 1 (got {self.rope_scaling_factor})")
+        if self.rope_yarn is not None and self.rope_scaling_factor != 1:
+            problems.append("rope_yarn and a llama3 rope_scaling_factor exclude each other (one RoPE scaling)")
         low, high = self.rope_low_freq_factor, self.rope_high_freq_factor
         if not (_number(low) and _number(high) and 0 < low < high):
             problems.append(f"rope_low_freq_factor and rope_high_freq_factor must be numbers with 0 < low < high (got "
@@ -677,11 +721,11 @@ class ModelSpec:
             if f.name == "head_dim" and value * self.num_heads == self.hidden_size:
                 continue
             if f.name in ("qk_norm", "moe", "mla", "mtp_num_layers", "sliding_window", "full_attention_layers",
-                          "attention_sinks", "out_proj_bias", "swiglu_limit") and not value:
+                          "attention_sinks", "out_proj_bias", "swiglu_limit", "rope_yarn") and not value:
                 continue
             if f.name in LLAMA3_ROPE_DEFAULTS and value == LLAMA3_ROPE_DEFAULTS[f.name]:
                 continue
-            data[f.name] = (value.to_dict() if f.name in ("moe", "mla") else
+            data[f.name] = (value.to_dict() if f.name in ("moe", "mla", "rope_yarn") else
                             list(value) if f.name == "full_attention_layers" else value)
         data["parameters"] = self.total_params()
         data["active_parameters"] = self.active_params()
@@ -715,6 +759,8 @@ class ModelSpec:
             values["moe"] = MoESpec.from_dict(values["moe"], source=f"{source}: moe")
         if values.get("mla") is not None:
             values["mla"] = MLASpec.from_dict(values["mla"], source=f"{source}: mla")
+        if values.get("rope_yarn") is not None:
+            values["rope_yarn"] = YarnSpec.from_dict(values["rope_yarn"], source=f"{source}: rope_yarn")
         spec = cls(**values)
         for key, count in DERIVED_COUNTS.items():
             given = data.get(key)
