@@ -1,10 +1,11 @@
 """The executor's model is the model transformers builds from the same config: equal logits for the same weights.
 
-Each case is a small config of a family autoconf imports (Llama, Qwen3 with its q/k norms, Mistral with a sliding
-window shorter than the sequence, GPT-OSS with its sinks, biases, clamped SwiGLU, top-k router and alternating
-windows), read by `from_hf_config`; transformers' model is built in fp32 with its own random init, its weights are
+Each case is a small config of a family autoconf imports (Llama, with Llama 3.1's RoPE scaling too; Qwen3 with its
+q/k norms, with YaRN too; Mistral with a sliding window shorter than the sequence; Mixtral, Qwen3-MoE and Qwen2-MoE;
+DeepSeek-V3, with its YaRN too; GPT-OSS with its sinks, biases, clamped SwiGLU, top-k router, alternating windows
+and YaRN), read by `from_hf_config`; transformers' model is built in fp32 with its own random init, its weights are
 copied into autoconf's model (`execute/model.py`) by name, and both run the same tokens. Skipped without
-`transformers` (the test extra). RoPE scaling: Llama 3.1's and YaRN (GPT-OSS's own, Qwen's) are applied and checked
+`transformers` (the test extra). RoPE scaling: Llama 3.1's and YaRN (GPT-OSS's own, Qwen's, DeepSeek's) are applied and checked
 here; linear, dynamic and longrope are not applied by the executor (docs/long-context.md "The executor").
 """
 
@@ -38,6 +39,13 @@ CASES = {
     # Qwen's long-context YaRN (factor 4 over 8 tokens, truncating), its attention factor from the factor
     "qwen3-yarn": ("Qwen3Config", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
                                                        "original_max_position_embeddings": 8}}),
+    # softmax routing over 4 experts, top 2: Mixtral's weights renormalised, Qwen3-MoE's as its norm_topk_prob says,
+    # Qwen2-MoE's with its gated shared expert and q/k/v biases
+    "mixtral": ("MixtralConfig", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    "qwen3-moe": ("Qwen3MoeConfig", {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                                     "norm_topk_prob": True}),
+    "qwen2-moe": ("Qwen2MoeConfig", {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                                     "shared_expert_intermediate_size": 48, "norm_topk_prob": False}),
     # DeepSeek-V3: latent attention (interleaved rotary pairs in transformers), a leading dense layer, sigmoid
     # routing within 1 of 2 expert groups, a shared expert, scaled routed output; and its YaRN with mscale and
     # mscale_all_dim, which also scales the softmax
@@ -59,6 +67,7 @@ def _ours(name: str, hf) -> dict:
         out[dst + "ffn_norm.weight"] = theirs[src + "post_attention_layernorm.weight"]
         if name.startswith("deepseek"):
             out.update(_latent_attention(hf.config, theirs, src, dst))
+            out.update(_mlp(theirs, src, dst))
             continue
         for ours, hf_name in (("wq", "q_proj"), ("wk", "k_proj"), ("wv", "v_proj"), ("wo", "o_proj")):
             for leaf in ("weight", "bias"):
@@ -78,8 +87,7 @@ def _ours(name: str, hf) -> dict:
                         dst + "feed_forward.experts.w2": theirs[src + "mlp.experts.down_proj"],
                         dst + "feed_forward.experts.w2_bias": theirs[src + "mlp.experts.down_proj_bias"]})
         else:
-            for ours, hf_name in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
-                out[f"{dst}feed_forward.{ours}.weight"] = theirs[f"{src}mlp.{hf_name}.weight"]
+            out.update(_mlp(theirs, src, dst))
     return out
 
 
@@ -94,8 +102,7 @@ def _interleaved_to_halves(rows: torch.Tensor, first: int, width: int, groups: i
 
 
 def _latent_attention(config, theirs: dict, src: str, dst: str) -> dict:
-    """DeepSeek's attention and MLP (dense, or router, routed experts [E, 2f, h] gate then up, shared experts)
-    under autoconf's names."""
+    """DeepSeek's latent attention under autoconf's names (its rotary rows from interleaved pairs to halves)."""
     nope, rope, heads = config.qk_nope_head_dim, config.qk_rope_head_dim, config.num_attention_heads
     att = src + "self_attn."
     out = {dst + "attention.wq_a.weight": theirs[att + "q_a_proj.weight"],
@@ -106,17 +113,26 @@ def _latent_attention(config, theirs: dict, src: str, dst: str) -> dict:
            dst + "attention.kv_a_norm.weight": theirs[att + "kv_a_layernorm.weight"],
            dst + "attention.wkv_b.weight": theirs[att + "kv_b_proj.weight"],
            dst + "attention.wo.weight": theirs[att + "o_proj.weight"]}
-    mlp = src + "mlp."
+    return out
+
+
+def _mlp(theirs: dict, src: str, dst: str) -> dict:
+    """A block's MLP under autoconf's names: a dense SwiGLU, or the router, the routed experts (transformers' fused
+    [E, 2f, h] gate then up, and [E, h, f] down) and the shared experts (DeepSeek's shared_experts, Qwen2-MoE's
+    shared_expert and its gate)."""
+    mlp, ff = src + "mlp.", dst + "feed_forward."
     if mlp + "gate.weight" not in theirs:
-        for ours, hf_name in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
-            out[f"{dst}feed_forward.{ours}.weight"] = theirs[f"{mlp}{hf_name}.weight"]
-        return out
+        return {f"{ff}{ours}.weight": theirs[f"{mlp}{hf_name}.weight"]
+                for ours, hf_name in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj"))}
     gate, up = theirs[mlp + "experts.gate_up_proj"].chunk(2, dim=1)
-    out.update({dst + "feed_forward.router.weight": theirs[mlp + "gate.weight"],
-                dst + "feed_forward.experts.w1": gate.transpose(1, 2), dst + "feed_forward.experts.w3": up.transpose(1, 2),
-                dst + "feed_forward.experts.w2": theirs[mlp + "experts.down_proj"].transpose(1, 2)})
-    for ours, hf_name in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
-        out[f"{dst}feed_forward.shared.{ours}.weight"] = theirs[f"{mlp}shared_experts.{hf_name}.weight"]
+    out = {ff + "router.weight": theirs[mlp + "gate.weight"], ff + "experts.w1": gate.transpose(1, 2),
+           ff + "experts.w3": up.transpose(1, 2), ff + "experts.w2": theirs[mlp + "experts.down_proj"].transpose(1, 2)}
+    for shared in ("shared_experts", "shared_expert"):
+        for ours, hf_name in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")):
+            if f"{mlp}{shared}.{hf_name}.weight" in theirs:
+                out[f"{ff}shared.{ours}.weight"] = theirs[f"{mlp}{shared}.{hf_name}.weight"]
+    if mlp + "shared_expert_gate.weight" in theirs:
+        out[ff + "shared_gate.weight"] = theirs[mlp + "shared_expert_gate.weight"]
     return out
 
 
