@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from autoconf.execute import context_parallel as cpx
-from autoconf.execute.model import Attention, _rope
+from autoconf.execute.model import Attention
+from autoconf.execute.rope import rotate as _rope
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, load_plan
 from autoconf.spec.presets import PRESETS

@@ -14,7 +14,8 @@ from torch.utils._pytree import tree_flatten
 
 from autoconf.cost.compute import eager_elementwise_bytes, loss_bytes_per_logit
 from autoconf.execute.loss import cross_entropy
-from autoconf.execute.model import _rope, gated
+from autoconf.execute.model import gated
+from autoconf.execute.rope import rotate as _rope
 from autoconf.spec.frameworks import EXECUTOR_EAGER_OPS, PRESETS, compiled
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS as MODELS

@@ -81,7 +81,7 @@ PIPELINE_BUFFERS = ("just_in_time", "per_microbatch", "per_transfer")
 #                        cross_entropy_loss without torch.compile; its compile config compiles "model" and "loss")
 #   "vocab_parallel_ce"  Megatron's vocab-parallel cross entropy (megatron/core/tensor_parallel/cross_entropy.py):
 #                        fp32 copy, max, in-place subtract, exp, sum and divide, its backward in place; never compiled
-#   "rotate_half"        autoconf's executor's rotary embedding (execute/model.py `_rope`): x * cos + cat(-x2, x1) *
+#   "rotate_half"        autoconf's executor's rotary embedding (execute/rope.py `rotate`): x * cos + cat(-x2, x1) *
 #                        sin as five kernels on Q and K
 #   "executor_ce"        autoconf's executor's cross entropy (execute/loss.py): max, then per row chunk an fp32 copy
 #                        shifted and exponentiated in place and summed; its backward the same copy, in-place subtract,
