@@ -2,8 +2,9 @@
 the executor.
 
 Spec: `sliding_window` and `full_attention_layers` checked with one line each, the pair share exact against a count.
-Cost: a sliding layer's flash core does its window's share of the causal pairs (the model's FLOPs too), the standard
-path the whole square; a window that holds the sequence changes nothing. Executor, fast: every attention path masks
+Cost: under a kernel that skips what a window leaves out a sliding layer's flash core does its window's share of the
+causal pairs (the model's FLOPs too), under the executor's explicit mask the whole square, and the standard path the
+whole square; a window that holds the sequence changes nothing. Executor, fast: every attention path masks
 the window as a naive softmax over the window does. Slow (the session's shared torchrun jobs, CPU + gloo): a model
 with a window of 6 tokens in three of its four layers trains at cp2 (ring; all-gather under the per-op policy, the
 custom op) and under seq1f1b (uneven chunks, pp2) to the single-process losses, which differ from the same model's
@@ -20,6 +21,7 @@ from autoconf.cost.compute import model_pieces
 from autoconf.cost.estimate import estimate
 from autoconf.errors import UserError
 from autoconf.spec.cluster import load_cluster
+from autoconf.spec.frameworks import execution
 from autoconf.spec.model import ModelSpec, window_pair_share
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
@@ -72,22 +74,34 @@ def _config(seq: int, attention: str = "flash", **changes) -> ParallelConfig:
                           recompute="full", attention=attention, **changes)
 
 
+SKIPS = execution("megatron-core")  # Transformer Engine's flash with window_size: skips what a window leaves out
+
+
+def _core(model, config, ex=SKIPS) -> float:
+    return model_pieces(model, H100, config, execution=ex).attention_core.total
+
+
 def test_a_sliding_layer_costs_its_windows_share_and_a_window_that_holds_the_sequence_nothing():
+    """Under a kernel that skips the band's outside (megatron-core's), a sliding layer costs its pairs' share, at the
+    speed of a causal sequence of twice the window; under the executor's explicit mask (`masked_attention`) the
+    whole square, twice the causal half; the standard path the whole square for any model."""
     seq = 32768
-    full = model_pieces(LLAMA, H100, _config(seq)).attention_core.total
+    full = _core(LLAMA, _config(seq))
     every = dataclasses.replace(LLAMA, sliding_window=4096)
     alternate = dataclasses.replace(every, full_attention_layers=tuple(range(1, 32, 2)))
-    slid = model_pieces(every, H100, _config(seq)).attention_core.total
-    half = model_pieces(alternate, H100, _config(seq)).attention_core.total
+    slid, half = _core(every, _config(seq)), _core(alternate, _config(seq))
     share = window_pair_share(seq, 4096)
     # at twice the window the kernel runs at 8192's speed, so a little slower per FLOP than at 32768
     assert share * full < slid < 1.2 * share * full
     assert half == pytest.approx((full + slid) / 2, rel=1e-9)
     wide = dataclasses.replace(LLAMA, sliding_window=seq)
-    assert model_pieces(wide, H100, _config(seq)).attention_core == model_pieces(LLAMA, H100, _config(seq)).attention_core
-    # the standard path computes (and masks) the whole square
+    assert _core(wide, _config(seq)) == _core(LLAMA, _config(seq))
+    executor = execution("autoconf")
+    assert _core(every, _config(seq), executor) == pytest.approx(2 * _core(LLAMA, _config(seq), executor), rel=1e-9)
+    sinks = dataclasses.replace(LLAMA, attention_sinks=True)  # every layer masked, window or not
+    assert _core(sinks, _config(seq), executor) == pytest.approx(2 * _core(LLAMA, _config(seq), executor), rel=1e-9)
     standard = _config(seq, attention="standard")
-    assert model_pieces(every, H100, standard).attention_core == model_pieces(LLAMA, H100, standard).attention_core
+    assert _core(every, standard) == _core(LLAMA, standard)
 
 
 def test_model_flops_count_the_pairs_each_layer_attends_and_the_step_is_faster():
@@ -97,7 +111,7 @@ def test_model_flops_count_the_pairs_each_layer_attends_and_the_step_is_faster()
     assert every.layer_attention_flops(seq, 1) == pytest.approx(attention * window_pair_share(seq, 4096))
     assert every.layer_attention_flops(seq, 1, windowed=False) == attention
     assert every.model_flops_per_iteration(seq, 8) < LLAMA.model_flops_per_iteration(seq, 8)
-    plain, slid = (estimate(m, H100, _config(seq)).prediction for m in (LLAMA, every))
+    plain, slid = (estimate(m, H100, _config(seq), execution=SKIPS).prediction for m in (LLAMA, every))
     assert slid["iteration_time_s"] < 0.8 * plain["iteration_time_s"]
     assert slid["peak_memory_bytes"] == plain["peak_memory_bytes"]  # flash keeps no scores either way
 

@@ -361,13 +361,22 @@ def flash_core_seconds(model: ModelSpec, cluster: ClusterProfile, execution: Exe
     2), each pass at the kernel's speed (`attention_efficiency`). A sliding layer does its window's share of the
     pairs (`window_pair_share`: a kernel that skips the tiles outside the band) at the speed of a causal sequence
     of twice the window, whose rows see as many keys on average; the mean over the model's layers is the block's
-    (`ModelSpec.attention_work_share` reads the same shares)."""
+    (`ModelSpec.attention_work_share` reads the same shares). Where the framework hands windows and sinks to its
+    kernel as an explicit mask (`Execution.masked_attention`: autoconf's executor), those layers compute the whole
+    square instead, at the curve's speed at the sequence (the memory-efficient kernel's own speed is not in the
+    profiles)."""
     square = model.layer_attention_flops(seq_len, micro_batch, windowed=False) / tp
     sliding = model.sliding_layer_count
-    kinds = [(model.num_layers - sliding, 1.0, seq_len)]
-    if sliding:
-        w = model.sliding_window
-        kinds.append((sliding, window_pair_share(seq_len, w), min(seq_len, 2 * w)))
+    masked = (execution or Execution()).masked_attention
+    if masked and model.attention_sinks:  # every layer's kernel computes the whole square (share 2 of the half)
+        kinds = [(model.num_layers, 2.0, seq_len)]
+    elif masked:
+        kinds = [(model.num_layers - sliding, 1.0, seq_len), (sliding, 2.0, seq_len)]
+    else:
+        kinds = [(model.num_layers - sliding, 1.0, seq_len)]
+        if sliding:
+            w = model.sliding_window
+            kinds.append((sliding, window_pair_share(seq_len, w), min(seq_len, 2 * w)))
     forward = backward = 0.0
     for layers, share, length in kinds:
         eff_f, eff_b = attention_efficiency(cluster, execution, length, attention_head_dim(model))

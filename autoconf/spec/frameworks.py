@@ -232,6 +232,11 @@ class Execution:
         returns the tensors its backward reads), so under the "alternate_matmuls" policy an eager block keeps its
         Q, K and V, V's whole projection output where V views it, beside the attention output and its
         log-sum-exp. False: SDPA, whose saved outputs are those two (`cost/memory.op_policy_layer_activation_bytes`).
+    masked_attention: sliding windows and attention sinks reach the attention kernel as an explicit mask
+        (autoconf's executor: SDPA with a mask of positions, a sink key), so the kernel computes every query-key
+        score of those layers, the whole square; False: kernels that skip what a window leaves out and take sinks
+        natively (FlashAttention's and Transformer Engine's window_size, cuDNN's learnable softmax, FlexAttention's
+        block masks). `cost/compute.flash_core_seconds` reads it.
     zero_stages: the ZeRO stages the framework can run; zero_searched: those worth telling apart in a search.
     distributed_optimizer: ZeRO-1 as Megatron's distributed optimizer (reduce-scatter of the gradients, all-gather
         of the updated parameters), which the Megatron layout needs for any zero_stage >= 1 to be real.
@@ -347,6 +352,7 @@ class Execution:
     memory_layout: str = "torch"
     pipeline_buffers: str = "just_in_time"
     attention_saved_whole: bool = False
+    masked_attention: bool = True
     zero_stages: tuple[int, ...] = (0, 1, 2, 3)
     zero_searched: tuple[int, ...] = (0, 2, 3)
     distributed_optimizer: bool = False
@@ -612,7 +618,8 @@ PRESETS: dict[str, Execution] = {
     # parallelism on CUDA: torch's ring where `executor_torch_cp` says, handed grouped K/V.
     "autoconf": Execution(),
     "megatron": Execution(
-        name="megatron", memory_layout="megatron", pipeline_buffers="per_transfer", zero_stages=(0, 1, 2, 3),
+        name="megatron", memory_layout="megatron", pipeline_buffers="per_transfer", masked_attention=False,
+        zero_stages=(0, 1, 2, 3),
         zero_searched=(0, 1, 2, 3),
         selective_policies=("attention_core",), grad_reduce_start="after_flush", param_gather_overlap=False,
         blocking_p2p=True, p2p_scatter_gather=True,
@@ -622,7 +629,8 @@ PRESETS: dict[str, Execution] = {
                        ("always", "grad_accumulation_fusion=False", "--no-gradient-accumulation-fusion"))),
     "megatron-core": Execution(
         # ZeRO-3 is Megatron-FSDP (`megatron_fsdp`: with grad_reduce microbatch, which the search gives it).
-        name="megatron-core", memory_layout="megatron", pipeline_buffers="per_transfer", zero_stages=(0, 1, 3),
+        name="megatron-core", memory_layout="megatron", pipeline_buffers="per_transfer", masked_attention=False,
+        zero_stages=(0, 1, 3),
         zero_searched=(0, 1, 3),
         megatron_fsdp=True, selective_policies=("attention_core",),
         distributed_optimizer=True, grad_reduce_start="per_bucket", bucket_params=40e6, bucket_first_rank_only=True,
@@ -647,7 +655,8 @@ PRESETS: dict[str, Execution] = {
                        ("zero3", "keep_fp8_transpose", "--keep-fp8-transpose-cache")),
         pairs_full_recompute=False),
     "torchtitan": Execution(
-        name="torchtitan", memory_layout="torch", pipeline_buffers="per_microbatch", zero_stages=(0, 2, 3),
+        name="torchtitan", memory_layout="torch", pipeline_buffers="per_microbatch", masked_attention=False,
+        zero_stages=(0, 2, 3),
         zero_searched=(0, 2, 3),
         accumulation_sync=True,
         grad_reduce_start="per_bucket", param_gather_overlap=True, selective_recompute="alternate_matmuls",
@@ -739,7 +748,7 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs",
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts",
               "cp_attention", "cp_repeat_kv", "accumulation_sync", "megatron_fsdp", "keep_fp8_transpose",
-              "pipeline_buffers", "attention_saved_whole")
+              "pipeline_buffers", "attention_saved_whole", "masked_attention")
 
 
 def parse_flags(pairs) -> dict:
