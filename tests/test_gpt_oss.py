@@ -96,7 +96,8 @@ def test_the_executor_builds_it_and_the_planner_launches_it():
     config = ParallelConfig(tp=1, pp=4, dp=16, ep=8, micro_batch_size=1, global_batch_size=512, seq_len=4096,
                             zero_stage=1)
     prediction = estimate(OSS, load_cluster("dgx-h100-80g", nodes=8), config).prediction
-    assert "not_launchable_reason" not in prediction and prediction["fits"]  # the recipe's micro-batch 1 (Megatron-Bridge v0.2.0)
+    # the recipe's micro-batch 1 (Megatron-Bridge v0.2.0) fits
+    assert "not_launchable_reason" not in prediction and prediction["fits"]
 
 
 # ---- executor -------------------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ q/k norms, with YaRN too; Mistral with a sliding window shorter than the sequenc
 DeepSeek-V3, with its YaRN too; GPT-OSS with its sinks, biases, clamped SwiGLU, top-k router, alternating windows
 and YaRN), read by `from_hf_config`; transformers' model is built in fp32 with its own random init, its weights are
 copied into autoconf's model (`execute/model.py`) by name, and both run the same tokens. Skipped without
-`transformers` (the test extra). RoPE scaling: Llama 3.1's and YaRN (GPT-OSS's own, Qwen's, DeepSeek's) are applied and checked
-here; linear, dynamic and longrope are not applied by the executor (docs/long-context.md "The executor").
+`transformers` (the test extra). RoPE scaling: Llama 3.1's and YaRN (GPT-OSS's own, Qwen's, DeepSeek's) are applied
+and checked here; linear, dynamic and longrope are not applied by the executor (docs/long-context.md "The executor").
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def _ours(name: str, hf) -> dict:
             out.update({dst + "feed_forward.router.weight": theirs[src + "mlp.router.weight"],
                         dst + "feed_forward.router.bias": theirs[src + "mlp.router.bias"],
                         # transformers interleaves gate and up columns
-                        dst + "feed_forward.experts.w1": gate_up[..., ::2], dst + "feed_forward.experts.w3": gate_up[..., 1::2],
+                        dst + "feed_forward.experts.w1": gate_up[..., ::2],
+                        dst + "feed_forward.experts.w3": gate_up[..., 1::2],
                         dst + "feed_forward.experts.w1_bias": bias[..., ::2],
                         dst + "feed_forward.experts.w3_bias": bias[..., 1::2],
                         dst + "feed_forward.experts.w2": theirs[src + "mlp.experts.down_proj"],

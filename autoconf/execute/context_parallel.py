@@ -144,9 +144,10 @@ class ContextParallel:
     def ring_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
                        window: int | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
         """softmax(QK^T / sqrt(d)) V of this rank's queries over the whole sequence (within a sliding `window`
-        where given), K/V visiting in cp - 1 ring steps (own block first). Each block's partial result is merged by the running log-sum-exp: with m the
-        running row maximum (a constant of the math, so detached), O = sum_b exp(m_b - m) P_b V_b and
-        l = sum_b exp(m_b - m) rowsum(P_b), the output O / l. A query row that no key of a block may see adds
+        where given), K/V visiting in cp - 1 ring steps (own block first). Each block's partial result is merged by
+        the running log-sum-exp: with m the running row maximum (a constant of the math, so detached),
+        O = sum_b exp(m_b - m) P_b V_b and l = sum_b exp(m_b - m) rowsum(P_b), the output O / l; the `sinks` add
+        exp(sink - m) to l. A query row that no key of a block may see adds
         nothing. Autograd differentiates through the merge and the rotations."""
         scale = q.shape[-1] ** -0.5
         repeat = q.shape[1] // k.shape[1]

@@ -73,7 +73,8 @@ class LatentAttention(AttentionCore):
             k_rope = _sum_grad_over(k_rope, self.tp_mesh)
         positions = token_positions(self.context, s, x.device)
         q_rope = rotate(q_rope.transpose(1, 2), self.rope_theta, positions, self.rope_scaling).transpose(1, 2)
-        k_rope = rotate(k_rope.unsqueeze(1), self.rope_theta, positions, self.rope_scaling).transpose(1, 2)  # [b, s, 1, d]
+        # [b, s, 1, d_rope]
+        k_rope = rotate(k_rope.unsqueeze(1), self.rope_theta, positions, self.rope_scaling).transpose(1, 2)
         # Q, K and V each on a storage of their own in [b, s, heads, d] order, seen as [b, heads, s, d] (as the
         # grouped-query projections are): the attention keeps them for its backward, not the K_nope + V
         # projection, and its output is laid out so that the output projection reads it without a copy.

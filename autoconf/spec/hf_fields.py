@@ -221,10 +221,12 @@ def rope_yarn(config: dict, name: str, model_type: str) -> YarnSpec | None:
     given = _finite(scaling.get("attention_factor"))
     mscale, all_dim = _finite(scaling.get("mscale")), _finite(scaling.get("mscale_all_dim"))
     if given is None:
-        given = yarn_mscale(factor, mscale) / yarn_mscale(factor, all_dim) if mscale and all_dim else yarn_mscale(factor)
+        given = (yarn_mscale(factor, mscale) / yarn_mscale(factor, all_dim) if mscale and all_dim
+                 else yarn_mscale(factor))
     softmax = yarn_mscale(factor, all_dim) ** 2 if model_type.startswith("deepseek") and all_dim else 1.0
     return YarnSpec(factor=factor, original_context=original, attention_factor=given,
-                    beta_fast=_finite(scaling.get("beta_fast")) or 32.0, beta_slow=_finite(scaling.get("beta_slow")) or 1.0,
+                    beta_fast=_finite(scaling.get("beta_fast")) or 32.0,
+                    beta_slow=_finite(scaling.get("beta_slow")) or 1.0,
                     truncate=hf_bool(scaling, "truncate", True, name), softmax_scale=softmax)
 
 

@@ -1,16 +1,16 @@
 """Mixture-of-experts models from Hugging Face config.json files, and the published configs of the MoE presets.
 
-Read here: mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3 and gpt_oss, with the keys of their published config.json
-files and of transformers 5's own config classes (which rename some: Qwen3-MoE's `num_experts` is written
+Read here: mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3 and gpt_oss, with the keys of their published
+config.json files and of transformers 5's own config classes (which rename some: Qwen3-MoE's `num_experts` is written
 `num_local_experts`, `rope_theta` moves into `rope_parameters`). Any other config whose keys name experts is
 refused with one line (`refuse_hidden_experts`), so that an MoE model is never planned as a dense one.
 
 DeepSeek's multi-token-prediction modules (`num_nextn_predict_layers`) are read into `mtp_num_layers`, its routing
 method (`topk_method`, `n_group`, `topk_group`) by `deepseek_routing`, which says why only the group limit changes
 a plan.
-gpt-oss is planned with its attention sinks, biases, clamped SwiGLU and alternating sliding windows; the executor
-does not build it (spec/support.py says so in one line). A sliding attention window is read as the dense families
-read it (spec/hf_fields.py `sliding_window`).
+gpt-oss is read with its attention sinks, biases, clamped SwiGLU, alternating sliding windows and YaRN (planned,
+trained and exported: docs/moe.md "GPT-OSS"). A sliding attention window is read as the dense families read it
+(spec/hf_fields.py `sliding_window`).
 """
 
 from __future__ import annotations
@@ -173,7 +173,8 @@ def _gpt_oss(config: dict, name: str, common: dict, top_k: int, aux: float) -> M
     alpha = hf_number(config, "swiglu_alpha", CLAMPED_SWIGLU_ALPHA, name)
     if alpha != CLAMPED_SWIGLU_ALPHA:
         raise UserError(f"{name}: swiglu_alpha {alpha:g} is not read: autoconf's clamped SwiGLU is GPT-OSS's, "
-                        f"gate x sigmoid({CLAMPED_SWIGLU_ALPHA} gate); leave swiglu_alpha out or set it to {CLAMPED_SWIGLU_ALPHA}")
+                        f"gate x sigmoid({CLAMPED_SWIGLU_ALPHA} gate); leave swiglu_alpha out or set it to "
+                        f"{CLAMPED_SWIGLU_ALPHA}")
     bias = hf_bool(config, "attention_bias", True, name)
     moe = MoESpec(num_experts=_count(config, name, "the routed experts", "num_local_experts", "num_experts"),
                   num_experts_per_tok=top_k, moe_intermediate_size=width, router_bias=True, expert_bias=True,

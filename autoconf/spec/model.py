@@ -283,8 +283,8 @@ class ModelSpec:
     full_attention_layers: tuple = ()
     # GPT-OSS: a learned logit per attention head that joins each softmax (attention sinks), a bias on the attention
     # output projection (its attention_bias biases q, k, v and o: qkv_bias and out_proj_bias), and its clamped
-    # SwiGLU: gate and up clamped at swiglu_limit, out = (up + 1) * gate * sigmoid(CLAMPED_SWIGLU_ALPHA gate); None: plain
-    # SwiGLU.
+    # SwiGLU: gate and up clamped at swiglu_limit, out = (up + 1) * gate * sigmoid(CLAMPED_SWIGLU_ALPHA gate);
+    # None: plain SwiGLU.
     attention_sinks: bool = False
     out_proj_bias: bool = False
     swiglu_limit: float | None = None
@@ -712,9 +712,10 @@ class ModelSpec:
 
     def to_dict(self) -> dict:
         """The model JSON: the fields (head_dim only when it is not hidden_size / num_heads; qk_norm, moe, mla,
-        the window's and GPT-OSS's fields only when set, the llama3 scaling's only when not Llama 3.1's, so a dense model's JSON is as before), then the derived `parameters` and
-        `active_parameters` (equal for a dense model; both without MTP modules), and with MTP modules
-        `parameters_with_mtp` and `active_parameters_with_mtp`."""
+        the window's, GPT-OSS's and YaRN's fields only when set, the llama3 scaling's only when not Llama 3.1's, so a
+        dense model's JSON is as before), then the derived `parameters` and `active_parameters` (equal for a dense
+        model; both without MTP modules), and with MTP modules `parameters_with_mtp` and
+        `active_parameters_with_mtp`."""
         data = {"version": 1, "kind": "model"}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)

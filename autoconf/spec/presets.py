@@ -75,8 +75,8 @@ _HF_LLAMA_TYPES = tuple(t for t in HF_DENSE_TYPES if t != "gpt2")  # the Llama-s
 
 def from_hf_config(config: dict, name: str) -> ModelSpec:
     """Builds a spec from a Hugging Face config.json (model_type gpt2, llama, mistral, qwen2 or qwen3; mixture of
-    experts: mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3). A config with expert keys under any other
-    model_type is refused, never read as a dense model."""
+    experts: mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, gpt_oss). A config with expert keys under any
+    other model_type is refused, never read as a dense model."""
     model_type = config.get("model_type")
     if model_type not in HF_MOE_TYPES:
         refuse_hidden_experts(config, name, model_type)
