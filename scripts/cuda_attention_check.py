@@ -7,7 +7,9 @@
   docs/long-context.md says);
 - context parallelism: `context_parallel.torch_ring_kv` hands torch's ring grouped K/V on this device, and torch's
   ring (`_templated_ring_attention`, one rank) over the flash kernel gives on grouped K/V the outputs and gradients
-  it gives on K/V repeated to the query heads.
+  it gives on K/V repeated to the query heads;
+- the executor's masked attention (sliding windows, sinks) beside causal flash: time and peak memory
+  (`masked_check`), a measurement for `Execution.masked_attention`, not a pass/fail check.
 
 On CPU (a dry run of the script) the same comparisons run with the CPU kernels, the flash limit left out. Prints one
 JSON object; exits 1 when a comparison is off by more than its tolerance, 2 on bad arguments."""
@@ -15,10 +17,12 @@ JSON object; exits 1 when a comparison is off by more than its tolerance, 2 on b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import socket
 import sys
+import time
 
 import torch
 
@@ -41,7 +45,7 @@ def seq_chunk_check(device: torch.device, dtype: torch.dtype, seq: int, chunks: 
     spec = ModelSpec(name="cuda-check", arch="llama", num_layers=1, hidden_size=1024, num_heads=8, num_kv_heads=2,
                      ffn_hidden_size=2816, vocab_size=256, max_seq_len=seq)
     torch.manual_seed(0)
-    block = Block(spec, 0, "flash").to(device=device, dtype=dtype)
+    block = Block(spec, "flash", 0).to(device=device, dtype=dtype)
     x = torch.randn(1, seq, spec.hidden_size, device=device, dtype=dtype)
     grad = torch.randn_like(x)
 
@@ -135,6 +139,51 @@ def ring_check(device: torch.device, dtype: torch.dtype, seq: int) -> dict:
             "ok": max(diffs) < _tolerance(dtype) and (grouped or device.type != "cuda")}
 
 
+def masked_check(device: torch.device, dtype: torch.dtype, seq: int, window: int = 128) -> dict:
+    """What the executor's explicit-mask attention costs beside causal flash on this device, for
+    `Execution.masked_attention`: one GPT-OSS-shaped attention core (64 query heads, 8 K/V heads, head 64) at `seq`
+    tokens, forward and backward, three ways: causal (is_causal, the flash kernel), a sliding `window` as a mask,
+    and the window with sinks (the sink key); each its milliseconds (median of 5 after a warm-up) and its peak
+    memory above the inputs. The estimate charges the masked ones the whole square at the flash curve's speed: the
+    ratios here are what to compare that with. On CPU (the dry run) the times mean nothing."""
+    from autoconf.execute.model import Attention
+    from autoconf.spec.model import ModelSpec
+
+    spec = ModelSpec(name="masked-check", arch="llama", num_layers=2, hidden_size=2880, num_heads=64, num_kv_heads=8,
+                     head_dim=64, ffn_hidden_size=2880, vocab_size=256, max_seq_len=seq, sliding_window=window,
+                     full_attention_layers=(1,))
+    sinks = dataclasses.replace(spec, name="masked-check-sinks", attention_sinks=True)
+    generator = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(1, 64, seq, 64, device=device, dtype=dtype, generator=generator)
+    k, v = (torch.randn(1, 8, seq, 64, device=device, dtype=dtype, generator=generator) for _ in range(2))
+    out = {}
+    for name, model, window_of_layer in (("causal", spec, None), ("window", spec, window),
+                                         ("window_sinks", sinks, window)):
+        layer = Attention(model, "flash", window_of_layer).to(device=device, dtype=dtype)
+        if layer.sinks is not None:
+            with torch.no_grad():
+                layer.sinks.zero_()
+        times, peak = [], 0
+        for attempt in range(6):
+            leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            start = time.perf_counter()
+            layer.core(*leaves).sum().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                peak = max(peak, torch.cuda.max_memory_allocated() - base)
+            if attempt:
+                times.append(time.perf_counter() - start)
+        out[name] = {"ms": round(1000 * sorted(times)[len(times) // 2], 3), "peak_MiB": round(peak / 2**20, 1)}
+    causal = out["causal"]["ms"]
+    return {"seq": seq, "window": window, **out,
+            "ratio_to_causal": {k: round(v["ms"] / causal, 3) for k, v in out.items() if causal},
+            "ok": True}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq", type=int, default=8192, help="tokens of the sequence (default 8192)")
@@ -148,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype),
               "seq1f1b": seq_chunk_check(device, dtype, args.seq, args.chunks),
-              "cp_ring": ring_check(device, dtype, args.seq)}
+              "cp_ring": ring_check(device, dtype, args.seq),
+              "masked_attention": masked_check(device, dtype, args.seq if device.type == "cuda" else 256)}
     print(json.dumps(report, indent=2))
     return 0 if report["seq1f1b"]["ok"] and report["cp_ring"]["ok"] else 1
 

@@ -134,7 +134,7 @@ else
     say "one GPU: no collective to measure beside a GEMM (collective_sm_share stays the data sheet's)"
 fi
 
-say "seq1f1b chunks and torch's CP ring on this device's attention kernels (docs/long-context.md)"
+say "seq1f1b chunks, torch's CP ring and the executor's masked attention on this device's kernels (docs/long-context.md)"
 timeout 120 python3 scripts/cuda_attention_check.py >"$RET/attention_check.json" 2>>"$W/attention.log"
 cat "$RET/attention_check.json"
 fi
