@@ -2,12 +2,13 @@
 biases, clamped SwiGLU and alternating sliding windows.
 
 Executor, fast: a layer with sinks attends as a softmax with the sink logit as one more column does, through both
-attention paths, with and without a window; the built model holds the spec's parameters. Slow (the session's shared
-torchrun jobs, CPU + gloo): a small GPT-OSS trains to the single process's losses at ep2 x tp2 with sequence
-parallelism (sinks split with the heads, the output bias row-parallel, the experts' biases with their experts),
-ep2 x etp2 x tp2 x dp2 (the down projection's bias added once after the ETP sum), cp2 over the ring (the sink in
-every row's denominator) and cp2 under the per-op policy (the CP op's sink gradient); its losses differ from the
-same model's without sinks.
+attention paths, with and without a window; the CP ring and the per-op policy's CP op, on a one-rank group, give
+that softmax's output and the gradients of q, k, v and the sinks; the built model holds the spec's parameters and
+every one learns. Slow (the session's shared torchrun jobs, CPU + gloo): a small GPT-OSS trains to the single
+process's losses at ep2 x tp2 with sequence parallelism (sinks split with the heads, the output bias row-parallel,
+the experts' biases with their experts), ep2 x etp2 x tp2 x dp2 (the down projection's bias added once after the
+ETP sum), cp2 over the ring and cp2 all-gather under the per-op policy; its losses differ from the same model's
+without sinks.
 
 The parameter counts against OpenAI's model card are in tests/test_moe_spec.py (scripts/data/published_moe.json),
 and against the model transformers builds from GptOssConfig, block by block, there too; the Megatron-LM flags are
