@@ -8,7 +8,8 @@ whole square; a window that holds the sequence changes nothing. Executor, fast: 
 the window as a naive softmax over the window does. Slow (the session's shared torchrun jobs, CPU + gloo): a model
 with a window of 6 tokens in three of its four layers trains at cp2 (ring; all-gather under the per-op policy, the
 custom op) and under seq1f1b (uneven chunks, pp2) to the single-process losses, which differ from the same model's
-without the window.
+without the window; with a window of 3 at cp4 (ring, and the custom op's ring) the ring skips the blocks no query
+reaches and still trains to one process's losses.
 """
 
 from __future__ import annotations
@@ -220,15 +221,20 @@ def _seq1f1b_plan():
     return plan
 
 
-def _cp_plan(cp_comm: str, **changes):
-    plan = even_plan(WINDOWED, cp=2, global_batch=4, micro_batch=2, **changes)
+def _cp_plan(cp_comm: str, model=WINDOWED, cp: int = 2, **changes):
+    plan = even_plan(model, cp=cp, global_batch=4, micro_batch=2, **changes)
     plan.config = dataclasses.replace(plan.config, cp_comm=cp_comm)
     plan.validate()
     return plan
 
 
+# A window of 3 over cp4 chunks of 4 tokens: the ring skips the blocks no query reaches (half of them on ranks 0 and 3)
+NARROW = dataclasses.replace(WINDOWED, name="narrow", sliding_window=3)
 LAYOUTS = {"window": Layout(1, even_plan(WINDOWED, global_batch=4)),
            "full": Layout(1, even_plan(FULL, global_batch=4)),
+           "narrow": Layout(1, even_plan(NARROW, global_batch=4)),
+           "narrow-cp4-ring": Layout(4, _cp_plan("ring", NARROW, cp=4)),
+           "narrow-cp4-ops-ring": Layout(4, _cp_plan("ring", NARROW, cp=4, **OPS)),
            "window-cp2-ring": Layout(2, _cp_plan("ring")),
            "window-cp2-ops-allgather": Layout(2, _cp_plan("allgather", **OPS)),
            "window-pp2-seq1f1b-k4-uneven": Layout(2, _seq1f1b_plan())}
@@ -242,3 +248,19 @@ def test_windowed_layouts_train_as_one_process(name, tmp_path_factory):
     the window matters: the same model without it trains to other losses."""
     out = executor_jobs.results("window", tmp_path_factory)
     executor_jobs.assert_differs(assert_matches_reference(out, name), out["full"]["records"])
+
+
+def test_a_ring_block_is_skipped_exactly_when_no_query_sees_any_of_its_keys():
+    """`block_in_window` from chunk bounds against the masks themselves, for every rank pair of cp 1-8, two
+    sequences and windows from 1 to beyond the sequence."""
+    from autoconf.execute.context_parallel import block_in_window, positions
+    from autoconf.execute.model import window_mask
+
+    for cp in (1, 2, 4, 8):
+        for seq in (8 * cp, 14 * cp):
+            for window in (None, 1, 2, 3, 5, 8, 13, 1000):
+                for rank in range(cp):
+                    for owner in range(cp):
+                        seen = window_mask(positions(seq, cp, rank), positions(seq, cp, owner), window)
+                        assert block_in_window(seq, cp, rank, owner, window) == bool(seen.any())
+    assert not block_in_window(32, 4, 0, 2, 3)  # (the narrow layouts above skip such blocks)

@@ -66,6 +66,19 @@ def positions(seq_len: int, cp: int, rank: int, device=None) -> torch.Tensor:
     return torch.cat([torch.arange(c * n, (c + 1) * n, device=device) for c in chunks_of(cp, rank)])
 
 
+def block_in_window(seq_len: int, cp: int, rank: int, owner: int, window: int | None) -> bool:
+    """Whether any of CP rank `rank`'s queries sees any key of CP rank `owner`'s block (their chunks' positions) in
+    causal attention within `window` keys (None: the whole past): a key chunk [a, b) reaches a query chunk [c, d)
+    when a < d and the nearest pair, max(0, c - (b - 1)) apart, lies within the window. The ring skips the others'
+    math (their K/V still travel on), computed from the chunk bounds alone, no device tensor read."""
+    n = _chunk_len(seq_len, cp)
+    for c in chunks_of(cp, rank):
+        for a in chunks_of(cp, owner):
+            if a * n < (c + 1) * n and (window is None or max(0, c * n - (a + 1) * n + 1) < window):
+                return True
+    return False
+
+
 def shard(x: torch.Tensor, cp: int, rank: int, dim: int = 1) -> torch.Tensor:
     """CP rank `rank`'s share of `x` along `dim` (the sequence): its two chunks, concatenated."""
     n = _chunk_len(x.shape[dim], cp)
@@ -147,8 +160,9 @@ class ContextParallel:
         where given), K/V visiting in cp - 1 ring steps (own block first). Each block's partial result is merged by
         the running log-sum-exp: with m the running row maximum (a constant of the math, so detached),
         O = sum_b exp(m_b - m) P_b V_b and l = sum_b exp(m_b - m) rowsum(P_b), the output O / l; the `sinks` add
-        exp(sink - m) to l. A query row that no key of a block may see adds
-        nothing. Autograd differentiates through the merge and the rotations."""
+        exp(sink - m) to l. A query row that no key of a block may see adds nothing; a block no query sees within
+        the window is not computed (`block_in_window`). Autograd differentiates through the merge and the
+        rotations."""
         scale = q.shape[-1] ** -0.5
         repeat = q.shape[1] // k.shape[1]
         kv, owner, widths = torch.cat([k, v], dim=-1), self.rank, [k.shape[-1], v.shape[-1]]
@@ -156,6 +170,9 @@ class ContextParallel:
         for step in range(self.cp):
             if step:
                 kv, owner = self.rotate(kv), (owner - 1) % self.cp
+            used = block_in_window(self.seq_len, self.cp, self.rank, owner, window)
+            if not used:  # no query of this rank sees a key of the block (its K/V still travel on)
+                continue
             kb, vb = (t.repeat_interleave(repeat, dim=1) for t in kv.split(widths, dim=-1))
             seen = window_mask(self.positions, positions(self.seq_len, self.cp, owner, q.device), window)
             scores = ((q @ kb.transpose(-2, -1)) * scale).float().masked_fill(~seen, float("-inf"))
@@ -169,6 +186,8 @@ class ContextParallel:
             new_peak = torch.maximum(peak, block_peak)
             old_w, new_w = (peak - new_peak).exp(), (block_peak - new_peak).exp()
             out, total, peak = out * old_w + part.float() * new_w, total * old_w + part_total * new_w, new_peak
+        if not used:  # every rank's backward must run every rotation's collective: tie the last one to the output
+            out = out + 0.0 * kv.float().sum()
         if sinks is not None:  # the sink adds exp(its logit) to each row's denominator, nothing to the output
             sink = sinks.float().view(1, -1, 1, 1)
             new_peak = torch.maximum(peak, sink).detach()

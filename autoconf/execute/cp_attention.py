@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.distributed_c10d import _resolve_process_group
 
-from autoconf.execute.context_parallel import positions
+from autoconf.execute.context_parallel import block_in_window, positions
 from autoconf.execute.model import window_mask
 
 Tensor = torch.Tensor
@@ -78,6 +78,12 @@ def _seen(mine: Tensor, owner, seq_len: int, cp: int, window: int) -> Tensor:
     return window_mask(mine, _key_positions(owner, seq_len, cp, mine.device), window or None)
 
 
+def _skipped(owner, seq_len: int, cp: int, rank: int, window: int) -> bool:
+    """Whether the ring's block of `owner` is left out under a sliding window: no query of this rank sees any of
+    its keys (`context_parallel.block_in_window`). The all-gather's one block (owner None) never is."""
+    return owner is not None and window > 0 and not block_in_window(seq_len, cp, rank, owner, window)
+
+
 def _scores(q: Tensor, kb: Tensor, seen: Tensor) -> Tensor:
     """fp32 q kb^T / sqrt(d), -inf where a query may not see a key; kb's heads repeated to q's."""
     kb = kb.repeat_interleave(q.shape[1] // kb.shape[1], dim=1)
@@ -102,6 +108,8 @@ def cp_attention(q: Tensor, k: Tensor, v: Tensor, group_name: str, algorithm: st
     group, cp, rank, mine = _context(group_name, seq_len, q.device)
     out = lse = None
     for owner, kb, vb in _kv_blocks(k, v, group, algorithm, cp, rank):
+        if _skipped(owner, seq_len, cp, rank, window):
+            continue
         scores = _scores(q, kb, _seen(mine, owner, seq_len, cp, window))
         block_lse = scores.logsumexp(dim=-1)
         safe = torch.where(torch.isfinite(block_lse), block_lse, torch.zeros_like(block_lse))
@@ -137,6 +145,9 @@ def _backward_blocks(grad: Tensor, grad_lse: Tensor | None, q: Tensor, k: Tensor
     dq = torch.zeros_like(qf)
     travelling = None  # ring: the accumulated dK/dV of the block this rank holds
     for owner, kb, vb in _kv_blocks(k, v, group, algorithm, cp, rank):
+        if _skipped(owner, seq_len, cp, rank, window):  # (never the own block, the first): its gradients are
+            travelling = _rotate(travelling, group, cp, rank)  # zeros, the ring passes on what it holds
+            continue
         probs = (_scores(q, kb, _seen(mine, owner, seq_len, cp, window)) - lse[..., None]).exp()
         vr = vb.repeat_interleave(repeat, dim=1).float()
         dv = probs.transpose(-2, -1) @ g
