@@ -1,7 +1,8 @@
 """The executor's model is the model transformers builds from the same config: equal logits for the same weights.
 
-Each case is a small config of a family autoconf imports (Llama, with Llama 3.1's RoPE scaling too; Qwen3 with its
-q/k norms, with YaRN too; Mistral with a sliding window shorter than the sequence; Mixtral, Qwen3-MoE and Qwen2-MoE;
+Each case is a small config of a family autoconf imports (Llama, with Llama 3.1's RoPE scaling and with tied embeddings
+too; Qwen2 with its q/k/v biases; Qwen3 with its q/k norms, with YaRN too; Mistral with a sliding window shorter than
+the sequence and with heads wider than hidden / heads; Mixtral, Qwen3-MoE and Qwen2-MoE;
 DeepSeek-V3, with its YaRN too; GPT-OSS with its sinks, biases, clamped SwiGLU, top-k router, alternating windows
 and YaRN), read by `from_hf_config`; transformers' model is built in fp32 with its own random init, its weights are
 copied into autoconf's model (`execute/model.py`) by name, and both run the same tokens. Skipped without
@@ -32,6 +33,10 @@ CASES = {
                                                              "high_freq_factor": 4.0,
                                                              "original_max_position_embeddings": 16}}),
     "qwen3": ("Qwen3Config", {}),
+    # Qwen2's q/k/v biases; Llama 3.2's tied embeddings; Mistral-NeMo's heads wider than hidden / heads
+    "qwen2": ("Qwen2Config", {}),
+    "llama-tied": ("LlamaConfig", {"tie_word_embeddings": True}),
+    "mistral-wide-heads": ("MistralConfig", {"head_dim": 32, "sliding_window": None}),
     "mistral-window": ("MistralConfig", {"sliding_window": 5}),
     # GPT-OSS's own YaRN (factor 32 over 4096 tokens, truncate false)
     "gpt-oss": ("GptOssConfig", {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 5,
@@ -59,8 +64,9 @@ CASES = {
 def _ours(name: str, hf) -> dict:
     """autoconf's parameter name -> the tensor it takes from transformers' model `hf` (by transformers' names)."""
     theirs = dict(hf.named_parameters())
-    out = {"embed.tok.weight": theirs["model.embed_tokens.weight"], "norm.weight": theirs["model.norm.weight"],
-           "output.weight": theirs["lm_head.weight"]}
+    out = {"embed.tok.weight": theirs["model.embed_tokens.weight"], "norm.weight": theirs["model.norm.weight"]}
+    if "lm_head.weight" in theirs:  # (tied: the embedding's, one parameter on both sides)
+        out["output.weight"] = theirs["lm_head.weight"]
     for i in range(hf.config.num_hidden_layers):
         src, dst = f"model.layers.{i}.", f"layers.{i}."
         out[dst + "attention_norm.weight"] = theirs[src + "input_layernorm.weight"]
@@ -153,6 +159,7 @@ def test_the_executors_model_computes_transformers_logits(name):
     spec = from_hf_config(config.to_dict(), name)
     ours = build_model(spec)
     ours.to_empty(device="cpu")
+    ours.tie_weights()  # (as `parallelize.materialize` does: a tied head is the embedding)
     weights = _ours(name, hf)
     assert set(weights) == {n for n, _ in ours.named_parameters()}
     with torch.no_grad():
