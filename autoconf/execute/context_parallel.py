@@ -68,15 +68,12 @@ def positions(seq_len: int, cp: int, rank: int, device=None) -> torch.Tensor:
 
 def block_in_window(seq_len: int, cp: int, rank: int, owner: int, window: int | None) -> bool:
     """Whether any of CP rank `rank`'s queries sees any key of CP rank `owner`'s block (their chunks' positions) in
-    causal attention within `window` keys (None: the whole past): a key chunk [a, b) reaches a query chunk [c, d)
-    when a < d and the nearest pair, max(0, c - (b - 1)) apart, lies within the window. The ring skips the others'
+    causal attention within `window` keys (None: the whole past): key chunk a reaches query chunk c (each n tokens)
+    when a <= c and the nearest pair, max(0, (c - a - 1) n + 1) apart, lies within the window. The ring skips the others'
     math (their K/V still travel on), computed from the chunk bounds alone, no device tensor read."""
     n = _chunk_len(seq_len, cp)
-    for c in chunks_of(cp, rank):
-        for a in chunks_of(cp, owner):
-            if a * n < (c + 1) * n and (window is None or max(0, c * n - (a + 1) * n + 1) < window):
-                return True
-    return False
+    return any(a <= c and (window is None or max(0, (c - a - 1) * n + 1) < window)
+               for c in chunks_of(cp, rank) for a in chunks_of(cp, owner))
 
 
 def shard(x: torch.Tensor, cp: int, rank: int, dim: int = 1) -> torch.Tensor:

@@ -72,13 +72,19 @@ def window_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, wind
     return seen if window is None else seen & (behind < window)
 
 
-def sequence_window_mask(seq_len: int, window: int | None, device) -> torch.Tensor | None:
-    """`window_mask` of a whole sequence of `seq_len` over itself; None where plain causal attention is the same
-    (no window, or one that holds the sequence)."""
-    if window is None or seq_len <= window:
+def last_queries_mask(queries: int, keys: int, window: int | None, device) -> torch.Tensor:
+    """`window_mask` of `queries` queries at the last of `keys` keys' positions 0 .. keys - 1 (a whole sequence over
+    itself, a seq1f1b chunk over the earlier chunks and its own, torch's lower-right causal bias)."""
+    every = torch.arange(keys, device=device)
+    return window_mask(every[keys - queries:], every, window)
+
+
+def sliding_mask(queries: int, keys: int, window: int | None, device) -> torch.Tensor | None:
+    """`last_queries_mask` under a sliding `window`; None where plain causal attention is the same (no window, or
+    one that holds every key)."""
+    if window is None or keys <= window:
         return None
-    every = torch.arange(seq_len, device=device)
-    return window_mask(every, every, window)
+    return last_queries_mask(queries, keys, window, device)
 
 
 def causal_or(mask, queries: int, keys: int, device) -> torch.Tensor:
@@ -86,7 +92,7 @@ def causal_or(mask, queries: int, keys: int, device) -> torch.Tensor:
     the queries the last of the keys' positions."""
     if mask is not None and not isinstance(mask, CausalBias):
         return mask
-    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
+    return last_queries_mask(queries, keys, None, device)
 
 
 SINK_WIDTH = 8  # the head width the sink key adds (kernels take widths in multiples of 8)
@@ -139,7 +145,7 @@ class AttentionCore(nn.Module):
             # the per-op policy: CP's exchange as one op (seq1f1b's context ignores it)
             return self.context.attention(q, k, v, p, self.attend, as_op=self.core_as_op, window=self.window,
                                           sinks=self.local_sinks())
-        return self.attend(q, k, v, sequence_window_mask(q.shape[2], self.window, q.device), p)
+        return self.attend(q, k, v, sliding_mask(q.shape[2], q.shape[2], self.window, q.device), p)
 
     def local_sinks(self) -> torch.Tensor | None:
         """This rank's sink logits (its heads' under TP), or None without sinks."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch.nn.attention.bias import causal_lower_right
 
-from autoconf.execute.model import sequence_window_mask, window_mask
+from autoconf.execute.model import sliding_mask
 
 from autoconf.spec.schedules import build_schedule as schedule_order
 
@@ -118,7 +118,7 @@ class LayerChunks:
         exchange, cp_attention.py), and which adds the layer's `sinks` itself."""
         shared = self.shared
         if shared.unit is None:
-            return attend(q, k, v, sequence_window_mask(q.shape[2], window, q.device), p)
+            return attend(q, k, v, sliding_mask(q.shape[2], q.shape[2], window, q.device), p)
         micro_batch, j = divmod(shared.unit, shared.chunks)
         earlier = self.kv.setdefault(micro_batch, [])
         # A recomputed forward (in the unit's backward) finds its own leaves kept already: it reads the same earlier
@@ -128,10 +128,11 @@ class LayerChunks:
         if j:
             keys = torch.cat([kl for kl, _ in earlier[:j]] + [k], dim=2)
             values = torch.cat([vl for _, vl in earlier[:j]] + [v], dim=2)
-            mask = self._window_mask(j, window)
+            # chunk j's padded_len queries from b_j over the earlier chunks' real keys and its own
+            mask = sliding_mask(shared.padded_len, shared.bounds[j] + shared.padded_len, window, shared.device)
             out = attend(q, keys, values, shared.masks[j] if mask is None else mask, p)
         else:  # the causal mask: the padding comes after every real token
-            out = attend(q, k, v, sequence_window_mask(q.shape[2], window, q.device), p)
+            out = attend(q, k, v, sliding_mask(q.shape[2], q.shape[2], window, q.device), p)
         if j < shared.chunks - 1 and torch.is_grad_enabled():
             n = shared.length(j)
             leaves = (k[:, :, :n].detach().requires_grad_(), v[:, :, :n].detach().requires_grad_())
@@ -140,17 +141,6 @@ class LayerChunks:
                 for own, leaf in zip((k, v), leaves):
                     own.register_hook(self._adds(leaf, micro_batch if j == 0 else None))
         return out
-
-    def _window_mask(self, chunk: int, window: int | None) -> torch.Tensor | None:
-        """Chunk `chunk`'s (> 0) mask under a sliding `window` (None without one, or where the window holds every
-        key the chunk reads): its padded_len queries from position b_j over the keys of positions 0 .. b_j +
-        padded_len - 1 (the earlier chunks' real ones, then its own)."""
-        first, n = self.shared.bounds[chunk], self.shared.padded_len
-        if window is None or first + n <= window:
-            return None
-        device = self.shared.device
-        return window_mask(torch.arange(first, first + n, device=device), torch.arange(first + n, device=device),
-                           window)
 
     def _adds(self, leaf: torch.Tensor, done: int | None):
         """The hook on a chunk's own K or V: adds what the later chunks' backwards left in its leaf; chunk 0's
