@@ -140,12 +140,14 @@ def ring_check(device: torch.device, dtype: torch.dtype, seq: int) -> dict:
 
 
 def masked_check(device: torch.device, dtype: torch.dtype, seq: int, window: int = 128) -> dict:
-    """What the executor's explicit-mask attention costs beside causal flash on this device, for
+    """What the executor's masked attention costs beside causal flash on this device, for
     `Execution.masked_attention`: one GPT-OSS-shaped attention core (64 query heads, 8 K/V heads, head 64) at `seq`
-    tokens, forward and backward, three ways: causal (is_causal, the flash kernel), a sliding `window` as a mask,
-    and the window with sinks (the sink key); each its milliseconds (median of 5 after a warm-up) and its peak
-    memory above the inputs. The estimate charges the masked ones the whole square at the flash curve's speed: the
-    ratios here are what to compare that with. On CPU (the dry run) the times mean nothing."""
+    tokens, forward and backward, four ways: causal (is_causal, the flash kernel), causal with sinks (the sink key,
+    still is_causal), a sliding `window` (the band of execute/window_attention.py from 2 x window tokens on, else
+    one mask) and the window with sinks; each its milliseconds (median of 5 after a warm-up) and its peak memory
+    above the inputs. The estimate charges the window `spec.model.executor_window_work`'s scores and the sinks
+    (2 d + 16) / 2 d of the products, at the flash curve's speed: the ratios here are what to compare that with. On
+    CPU (the dry run) the times mean nothing."""
     from autoconf.execute.model import Attention
     from autoconf.spec.model import ModelSpec
 
@@ -157,8 +159,8 @@ def masked_check(device: torch.device, dtype: torch.dtype, seq: int, window: int
     q = torch.randn(1, 64, seq, 64, device=device, dtype=dtype, generator=generator)
     k, v = (torch.randn(1, 8, seq, 64, device=device, dtype=dtype, generator=generator) for _ in range(2))
     out = {}
-    for name, model, window_of_layer in (("causal", spec, None), ("window", spec, window),
-                                         ("window_sinks", sinks, window)):
+    for name, model, window_of_layer in (("causal", spec, None), ("causal_sinks", sinks, None),
+                                         ("window", spec, window), ("window_sinks", sinks, window)):
         layer = Attention(model, "flash", window_of_layer).to(device=device, dtype=dtype)
         if layer.sinks is not None:
             with torch.no_grad():

@@ -20,8 +20,8 @@ def test_the_dry_run_on_cpu_compares_both_paths_and_passes():
     assert report["device"] == "cpu"
     assert report["seq1f1b"]["ok"] and report["seq1f1b"]["max_relative_difference"] < 1e-4
     assert report["cp_ring"]["ok"] and report["cp_ring"]["max_relative_difference"] < 1e-4
-    masked = report["masked_attention"]  # a measurement on a GPU; on CPU only that all three ways ran
-    assert set(masked["ratio_to_causal"]) == {"causal", "window", "window_sinks"}
+    masked = report["masked_attention"]  # a measurement on a GPU; on CPU only that all four ways ran
+    assert set(masked["ratio_to_causal"]) == {"causal", "causal_sinks", "window", "window_sinks"}
 
 
 @pytest.mark.parametrize("args", [["--seq", "100", "--chunks", "3"], ["--chunks", "1"]])

@@ -46,6 +46,33 @@ def test_estimated_activation_bytes_match_what_the_block_saves(arch, dtype, atte
     assert estimated <= measured <= 1.03 * estimated
 
 
+VARIANTS = {"window in the band": dict(sliding_window=6), "window wider than the band": dict(sliding_window=16),
+            "window under one mask": dict(sliding_window=30), "sinks": dict(attention_sinks=True),
+            "sinks in the band": dict(attention_sinks=True, sliding_window=6),
+            "heads wider than hidden / heads": dict(head_dim=48),
+            "wide heads, sinks, band": dict(head_dim=48, attention_sinks=True, sliding_window=6)}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("recompute", ["none", "selective"])
+def test_windows_sinks_and_wide_heads_save_what_the_estimate_counts(variant, dtype, recompute):
+    """GPT-OSS's and Mistral's attention in the executor (execute/window_attention.py, `with_sink_key`): a sliding
+    layer's band or mask and the sink key's wider Q, K, V are what `executor_core_bytes` counts; a query width
+    (heads x head_dim) other than the hidden size is the Q and output width."""
+    spec = dataclasses.replace(PRESETS["tiny-llama"], dropout=0.0, **VARIANTS[variant])
+    torch.manual_seed(0)
+    low = torch.bfloat16 if dtype == "bf16" else torch.float32
+    block = Block(spec, "flash", 0).train().to(low)
+    apply_recompute(OneBlock(block), recompute)
+    x = torch.randn(MB, SEQ, spec.hidden_size, dtype=low, requires_grad=True)
+    measured = saved_bytes(block, x)
+    config = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=MB, global_batch_size=MB, seq_len=SEQ, dtype=dtype,
+                            recompute=recompute)
+    estimated = executor_layer_activation_bytes(spec, config, recompute, "cpu")
+    assert estimated <= measured <= 1.03 * estimated
+
+
 def test_one_layout_for_every_rank_and_selective_recompute_drops_the_silu_output():
     """Unsharded and FSDP-sharded ranks keep the same activations (no fp32 residual stream anywhere); selective
     recompute of a Llama block keeps the attention core's inputs unrepeated and one ffn-sized tensor less."""

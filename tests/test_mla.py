@@ -376,7 +376,7 @@ def test_context_parallelism_exchanges_the_k_and_v_widths_the_estimate_counts(al
 
         def __init__(self, seq: int, cp: int):
             self.algorithm, self.cp, self.rank, self.seq_len, self.uses_torch = algorithm, cp, 0, seq, False
-            self.positions, self.mask = cpx.positions(seq, cp, 0), cpx.causal_mask(seq, cp, 0)
+            self.lay_out(None)
             self.sent: list[int] = []
 
         def gather(self, t):

@@ -3,9 +3,9 @@ the executor.
 
 Spec: `sliding_window` and `full_attention_layers` checked with one line each, the pair share exact against a count.
 Cost: under a kernel that skips what a window leaves out a sliding layer's flash core does its window's share of the
-causal pairs (the model's FLOPs too), under the executor's explicit mask the whole square, and the standard path the
-whole square; a window that holds the sequence changes nothing. Executor, fast: every attention path masks
-the window as a naive softmax over the window does. Slow (the session's shared torchrun jobs, CPU + gloo): a model
+causal pairs (the model's FLOPs too), under the executor's masks the band's blocks (the whole square up to twice the
+window), and the standard path the whole square; a window that holds the sequence changes nothing. Executor,
+fast: every attention path masks the window as a naive softmax over the window does. Slow (the session's shared torchrun jobs, CPU + gloo): a model
 with a window of 6 tokens in three of its four layers trains at cp2 (ring; all-gather under the per-op policy, the
 custom op) and under seq1f1b (uneven chunks, pp2) to the single-process losses, which differ from the same model's
 without the window; with a window of 3 at cp4 (ring, and the custom op's ring) the ring skips the blocks no query
@@ -23,7 +23,7 @@ from autoconf.cost.estimate import estimate
 from autoconf.errors import UserError
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import execution
-from autoconf.spec.model import ModelSpec, window_pair_share
+from autoconf.spec.model import ModelSpec, executor_window_work, window_pair_share
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.presets import PRESETS
 import executor_jobs
@@ -84,8 +84,9 @@ def _core(model, config, ex=SKIPS) -> float:
 
 def test_a_sliding_layer_costs_its_windows_share_and_a_window_that_holds_the_sequence_nothing():
     """Under a kernel that skips the band's outside (megatron-core's), a sliding layer costs its pairs' share, at the
-    speed of a causal sequence of twice the window; under the executor's explicit mask (`masked_attention`) the
-    whole square, twice the causal half; the standard path the whole square for any model."""
+    speed of a causal sequence of twice the window; under the executor's masks (`masked_attention`) the band's
+    blocks, or the whole square under twice the window, and a sink key's wider products; the standard path the
+    whole square for any model."""
     seq = 32768
     full = _core(LLAMA, _config(seq))
     every = dataclasses.replace(LLAMA, sliding_window=4096)
@@ -97,10 +98,17 @@ def test_a_sliding_layer_costs_its_windows_share_and_a_window_that_holds_the_seq
     assert half == pytest.approx((full + slid) / 2, rel=1e-9)
     wide = dataclasses.replace(LLAMA, sliding_window=seq)
     assert _core(wide, _config(seq)) == _core(LLAMA, _config(seq))
-    executor = execution("autoconf")
-    assert _core(every, _config(seq), executor) == pytest.approx(2 * _core(LLAMA, _config(seq), executor), rel=1e-9)
-    sinks = dataclasses.replace(LLAMA, attention_sinks=True)  # every layer masked, window or not
-    assert _core(sinks, _config(seq), executor) == pytest.approx(2 * _core(LLAMA, _config(seq), executor), rel=1e-9)
+    executor = execution("autoconf")  # the band's blocks beyond twice the window, one mask's square below it
+    band, _ = executor_window_work(seq, 4096)
+    full_exec = _core(LLAMA, _config(seq), executor)
+    assert band * full_exec < _core(every, _config(seq), executor) < 1.2 * band * full_exec
+    assert 2 * share < band < 2.2 * share  # 2 w - 1 keys scored per query where at most w are seen
+    short = 6000
+    assert _core(every, _config(short), executor) == pytest.approx(
+        2 * short / (short + 1) * _core(LLAMA, _config(short), executor), rel=1e-9)
+    sinks = dataclasses.replace(LLAMA, attention_sinks=True)  # a sink key: Q, K and V 8 columns wider, still causal
+    assert _core(sinks, _config(seq), executor) == pytest.approx((256 + 16) / 256 * full_exec, rel=1e-9)
+    assert _core(sinks, _config(seq)) == _core(LLAMA, _config(seq))  # a kernel that takes sinks natively
     standard = _config(seq, attention="standard")
     assert _core(every, standard) == _core(LLAMA, standard)
 
@@ -174,7 +182,8 @@ def test_each_layer_attends_within_its_window(attention):
 def test_a_cp_rank_masks_the_window_at_its_real_positions(cp):
     """The all-gather path's mask: a rank's share of the windowed output is the whole sequence's at its positions."""
     from autoconf.execute import context_parallel as cpx
-    from autoconf.execute.model import Attention, window_mask
+    from autoconf.execute.model import Attention
+    from autoconf.execute.window_attention import window_mask
 
     q, k, v = _qkv()
     layer = Attention(WINDOWED, "flash", 6).eval()
@@ -254,7 +263,7 @@ def test_a_ring_block_is_skipped_exactly_when_no_query_sees_any_of_its_keys():
     """`block_in_window` from chunk bounds against the masks themselves, for every rank pair of cp 1-8, two
     sequences and windows from 1 to beyond the sequence."""
     from autoconf.execute.context_parallel import block_in_window, positions
-    from autoconf.execute.model import window_mask
+    from autoconf.execute.window_attention import window_mask
 
     for cp in (1, 2, 4, 8):
         for seq in (8 * cp, 14 * cp):

@@ -31,7 +31,7 @@ from autoconf.cost.fp8 import cast_seconds, mlp_cast_elements, scaling_time
 from autoconf.cost.offload import cpu_optimizer_time
 from autoconf.spec.dtypes import DTYPE_BYTES, precision
 from autoconf.spec.frameworks import ADAM_KERNELS, GRAD_BUFFER_PASSES, Execution, compiled_ops, loss_compiled
-from autoconf.spec.model import ModelSpec, window_pair_share
+from autoconf.spec.model import SINK_WIDTH, ModelSpec, executor_window_work, window_pair_share
 from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.profile_checks import ATTENTION_CURVE_PASSES
 
@@ -361,22 +361,23 @@ def flash_core_seconds(model: ModelSpec, cluster: ClusterProfile, execution: Exe
     2), each pass at the kernel's speed (`attention_efficiency`). A sliding layer does its window's share of the
     pairs (`window_pair_share`: a kernel that skips the tiles outside the band) at the speed of a causal sequence
     of twice the window, whose rows see as many keys on average; the mean over the model's layers is the block's
-    (`ModelSpec.attention_work_share` reads the same shares). Where the framework hands windows and sinks to its
-    kernel as an explicit mask (`Execution.masked_attention`: autoconf's executor), those layers compute the whole
-    square instead, at the curve's speed at the sequence (the memory-efficient kernel's own speed is not in the
-    profiles)."""
+    (`ModelSpec.attention_work_share` reads the same shares). Where the framework hands windows and sinks to SDPA
+    as masks and extra keys (`Execution.masked_attention`: autoconf's executor), a sliding layer scores what
+    `executor_window_work` counts (the whole square under one mask, or the band's blocks) and the sink key widens
+    the query-key and the probability-value products by SINK_WIDTH columns each (the memory-efficient kernel's own speed is not in the
+    profiles: the curve's is taken)."""
     square = model.layer_attention_flops(seq_len, micro_batch, windowed=False) / tp
     sliding = model.sliding_layer_count
     masked = (execution or Execution()).masked_attention
-    if masked and model.attention_sinks:  # every layer's kernel computes the whole square (share 2 of the half)
-        kinds = [(model.num_layers, 2.0, seq_len)]
-    elif masked:
-        kinds = [(model.num_layers - sliding, 1.0, seq_len), (sliding, 2.0, seq_len)]
-    else:
-        kinds = [(model.num_layers - sliding, 1.0, seq_len)]
-        if sliding:
-            w = model.sliding_window
-            kinds.append((sliding, window_pair_share(seq_len, w), min(seq_len, 2 * w)))
+    kinds = [(model.num_layers - sliding, 1.0, seq_len)]
+    if sliding and masked:
+        kinds.append((sliding, *executor_window_work(seq_len, model.sliding_window)))
+    elif sliding:
+        w = model.sliding_window
+        kinds.append((sliding, window_pair_share(seq_len, w), min(seq_len, 2 * w)))
+    if masked and model.attention_sinks:
+        qk, v = attention_head_dim(model), model.head_dim if model.mla is None else model.mla.v_head_dim
+        square *= (qk + v + 2 * SINK_WIDTH) / (qk + v)
     forward = backward = 0.0
     for layers, share, length in kinds:
         eff_f, eff_b = attention_efficiency(cluster, execution, length, attention_head_dim(model))

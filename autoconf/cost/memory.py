@@ -78,6 +78,7 @@ import functools
 import math
 import operator
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 
 from autoconf.cost.compute import seq_chunk_bounds
@@ -92,7 +93,7 @@ from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, STORAGE_BYTES, precision
 from autoconf.spec.frameworks import EXECUTOR_LOSS_CHUNKS, EXECUTOR_LOSS_ROW_BYTES, Execution, loss_compiled
 from autoconf.spec.layers import attention_ops
-from autoconf.spec.model import ModelSpec
+from autoconf.spec.model import SINK_WIDTH, ModelSpec, window_band
 from autoconf.spec.plan import ParallelConfig, recomputed_layers
 from autoconf.spec.schedules import rank_actions, schedule_spec
 
@@ -278,13 +279,15 @@ def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, re
     if model.mla is not None:
         attention = executor_latent_attention_bytes(model, c, device_kind)
     else:
-        qkv = e * s * b * (h + 2 * model.kv_dim) / t
-        attention = qkv + e * sbh / t  # Q, K, V and the output projection's input
+        qkv = e * s * b * (model.q_dim + 2 * model.kv_dim) / t
+        attention = qkv + e * s * b * model.q_dim / t  # Q, K, V and the output projection's input
         if model.qk_norm:  # the norms' inputs, the Q and K projections' outputs
             attention += norm_saved_bytes(model, c, device_kind) * s * b * (model.q_dim + model.kv_dim) / t
     if recompute != "selective":
         if c.attention == "flash":
             attention += 4 * model.num_heads * s * b / t
+            if model.mla is None and c.cp == 1 and c.seq_chunks == 1:
+                attention += executor_masked_core_extra_bytes(model, c)
         else:
             scores = model.num_heads * s * s * b / t
             softmax = 4 + (e if e < 4 else 0)  # fp32 softmax, and its low-precision copy
@@ -298,6 +301,48 @@ def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, re
     mlp = mlp_tensors * e * s * b * f / t  # dense_mlp_tensors for llama
     delta = compiled_block_delta_bytes(model, c, recompute) if compiled else 0.0
     return norms + linear_inputs + attention + mlp + delta
+
+
+def executor_core_bytes(model: ModelSpec, c: ParallelConfig, window: int | None) -> float:
+    """What autoconf's executor's flash attention core keeps for one layer (sliding `window`, or None), one
+    micro-batch of whole sequences on one TP rank, without recompute: SDPA's Q, K, V, output and fp32 log-sum-exp as
+    execute/window_attention.py and `AttentionCore.attend` hand them over (tests/test_window_attention.py counts
+    them with autograd's saved-tensor hooks):
+    - plain causal attention: Q, K, V and the output (which the output projection reads as it is);
+    - attention sinks (`with_sink_key`): Q, K and V SINK_WIDTH columns wider, one key more, and under the causal
+      kernel one query more; the output as wide, and the output projection's input a copy of its real part;
+    - a window under one mask (keys < 2 window): the mask in the compute dtype (SDPA converts it), once for the
+      micro-batch;
+    - a window in the band (`window_band`): queries padded to whole blocks, each block's 2 window - 1 keys (plus
+      the sink key), one mask per block and sequence, and the output projection's input a copy."""
+    s, b, e = c.local_seq_len, c.micro_batch_size, DTYPE_BYTES[c.dtype]
+    heads, kv, d = model.num_heads / c.tp, model.num_kv_heads / c.tp, model.head_dim
+    sink = 1 if model.attention_sinks else 0
+    width = d + SINK_WIDTH * sink
+    block = window_band(s, window)
+    if block is not None:
+        blocks, span = -(-s // block), block + window - 1 + sink  # each block's keys
+        rows = blocks * block
+        per_sequence = e * (2 * heads * rows * width + 2 * kv * blocks * span * width + rows * span) + 4 * heads * rows
+        return b * per_sequence + e * b * s * heads * d
+    masked = window is not None and s > window
+    queries, keys = s + (sink and not masked), s + sink
+    core = b * (e * (2 * heads * queries * width + 2 * kv * keys * width) + 4 * heads * queries)
+    return core + (e * s * keys if masked else 0) + (e * b * s * heads * d if sink else 0)
+
+
+def executor_masked_core_extra_bytes(model: ModelSpec, c: ParallelConfig) -> float:
+    """What the executor's attention core keeps beyond plain causal attention's, for the mean layer (the model's
+    sliding and full layers weighed by their counts, as the compute cost reads them): `executor_core_bytes`' sinks,
+    masks and bands. Counted on the plain path (no CP, no seq1f1b chunks); those paths' masks are not."""
+    sliding = model.sliding_layer_count
+    if not sliding and not model.attention_sinks:
+        return 0.0
+    plain = executor_core_bytes(dataclasses.replace(model, attention_sinks=False), c, None)
+    layers = executor_core_bytes(model, c, None) * (model.num_layers - sliding)
+    if sliding:
+        layers += executor_core_bytes(model, c, model.sliding_window) * sliding
+    return layers / model.num_layers - plain
 
 
 def compiled_block_delta_bytes(model: ModelSpec, config: ParallelConfig, recompute: str) -> float:

@@ -10,7 +10,7 @@ Attention over the group (`ContextParallel.attention`), the plan's `cp_comm` (sp
 - "allgather" (Llama 3's): each rank computes Q, K and V of its own tokens, all-gathers K and V over the group with
   torch's autograd-aware functional collective (`all_gather_single_autograd`, on CPU with gloo too: its backward
   reduce-scatters, i.e. sums, the K/V gradients onto the ranks that own the tokens), reorders them to sequence
-  order and runs the model's attention with the mask query position >= key position;
+  order and runs the model's attention for each of its chunks over the keys up to the chunk's end;
 - "ring": the K/V block of each rank travels around the ring (cp - 1 steps of a one-peer all-to-all, autograd-aware:
   the backward sends the gradients back the other way) while each rank attends to the block it holds; the blockwise
   results merge by their log-sum-exp (`ring_attention`, explicit softmax in fp32). Blocks are not overlapped with
@@ -42,8 +42,9 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch.nn.attention.bias import causal_lower_right
 
-from autoconf.execute.model import window_mask
+from autoconf.execute.window_attention import attend_within, window_mask
 from autoconf.spec.frameworks import executor_torch_cp
 from autoconf.spec.plan import CP_COMM
 
@@ -100,7 +101,7 @@ def gather_order(seq_len: int, cp: int, device=None) -> torch.Tensor:
 
 def causal_mask(seq_len: int, cp: int, rank: int, device=None) -> torch.Tensor:
     """Boolean [seq/cp, seq]: CP rank `rank`'s token i may attend to sequence position j when j <= its real
-    position."""
+    position (what the all-gather's attention computes chunk by chunk, `ContextParallel.attention`)."""
     return window_mask(positions(seq_len, cp, rank, device), torch.arange(seq_len, device=device), None)
 
 
@@ -128,9 +129,16 @@ class ContextParallel:
         self.mesh, self.group = mesh, mesh.get_group()
         self.cp, self.rank, self.seq_len = mesh.size(), mesh.get_local_rank(), seq_len
         self.uses_torch = uses_torch
-        self.positions = positions(seq_len, self.cp, self.rank, device)
-        self.order = gather_order(seq_len, self.cp, device)
-        self.mask = causal_mask(seq_len, self.cp, self.rank, device)
+        self.lay_out(device)
+
+    def lay_out(self, device) -> None:
+        """The rank's positions, the all-gather's order, and for the all-gather's attention, a chunk at a time, the
+        end of each chunk (its queries are the last of the keys up to it) and that chunk's causal bias."""
+        self.positions = positions(self.seq_len, self.cp, self.rank, device)
+        self.order = gather_order(self.seq_len, self.cp, device)
+        chunk = _chunk_len(self.seq_len, self.cp)
+        self.chunk_ends = [(c + 1) * chunk for c in chunks_of(self.cp, self.rank)]
+        self.chunk_causal = [causal_lower_right(chunk, end) for end in self.chunk_ends]
 
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         """[batch, heads, seq/cp, dim] local shares -> [batch, heads, seq, dim] in sequence order, with autograd
@@ -198,8 +206,9 @@ class ContextParallel:
         before each (every path masks real positions with `window_mask`). `attend(q, k, v, mask, dropout_p)` is the
         model's attention math (mask: True where a query may see a key; None: causal over equal positions; it adds
         the layer's attention sinks itself); the ring and the op add this rank's heads' `sinks`.
-        - "allgather": every rank's K and V (one collective for both) in sequence order, and the mask
-          [seq/cp, seq] of real positions;
+        - "allgather": every rank's K and V (one collective for both) in sequence order; each of the rank's two
+          chunks attends to the keys up to its end, its queries the last of them (`attend_within`: the causal
+          bias, or the window's band or mask), so no [seq/cp, seq] mask is built;
         - "ring": `ring_attention`;
         - the torch path: the local K and V as `torch_ring_kv` gives them, under is_causal; torch's patched SDPA
           exchanges them;
@@ -216,10 +225,10 @@ class ContextParallel:
         if self.algorithm == "ring":
             return self.ring_attention(q, k, v, dropout_p, window, sinks)
         k, v = self.gather(torch.cat([k, v], dim=-1)).split([k.shape[-1], v.shape[-1]], dim=-1)
-        if window is None:
-            return attend(q, k, v, self.mask, dropout_p)
-        return attend(q, k, v, window_mask(self.positions, torch.arange(self.seq_len, device=q.device), window),
-                      dropout_p)
+        outs = []
+        for queries, end, causal in zip(q.chunk(2, dim=2), self.chunk_ends, self.chunk_causal):
+            outs.append(attend_within(attend, queries, k[:, :, :end], v[:, :, :end], window, dropout_p, causal))
+        return torch.cat(outs, dim=2)
 
     def torch_attention(self):
         """The context the training step runs in: torch's `context_parallel` on the CUDA path (UNTESTED here),

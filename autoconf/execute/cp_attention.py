@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch.distributed.distributed_c10d import _resolve_process_group
 
 from autoconf.execute.context_parallel import block_in_window, positions
-from autoconf.execute.model import window_mask
+from autoconf.execute.window_attention import window_mask
 
 Tensor = torch.Tensor
 # torch 2.13's names, and the older ones

@@ -10,9 +10,11 @@ torch.distributed.checkpoint reshard a checkpoint into another layout, and what 
 - MoE (a llama-family spec with `moe`): the MLP of every MoE layer is execute/moe.py's `MoE` (router, routed experts,
   shared experts); the leading `first_k_dense` layers and `dense_layers` keep the dense SwiGLU.
 - qk_norm (Qwen3): an RMSNorm of head_dim on every query and key head before RoPE (`Attention.q_norm`, `k_norm`).
-- sliding_window (Mistral, Qwen, GPT-OSS): a sliding layer's queries see the window's keys only (`window_mask`, on
-  every attention path: plain, context-parallel, seq1f1b chunks); `full_attention_layers` keep the whole past.
-- GPT-OSS: attention sinks (`AttentionCore.sinks`, `with_sink_key`), the output projection's bias, the clamped
+- sliding_window (Mistral, Qwen, GPT-OSS): a sliding layer's queries see the window's keys only (execute/
+  window_attention.py, on every attention path: plain, context-parallel, seq1f1b chunks; over a sequence of twice
+  the window or more in blocks of the band, no s x s mask); `full_attention_layers` keep the whole past.
+- GPT-OSS: attention sinks (`AttentionCore.sinks`, `with_sink_key`: a key every query sees; causal layers keep the
+  kernel's causal form, no mask), the output projection's bias, the clamped
   SwiGLU (`gated`); its biased experts are execute/moe.py's.
 - RoPE with the model's scaling (Llama 3.x's band, YaRN): execute/rope.py.
 - mla (DeepSeek-V2/V3): every block's attention is execute/mla.py's `LatentAttention` (`make_attention`).
@@ -33,11 +35,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.bias import CausalBias
 from torch.utils.checkpoint import checkpoint
 
 from autoconf.execute.rope import rope_scaling_of, rotate
-from autoconf.spec.model import CLAMPED_SWIGLU_ALPHA, ModelSpec
+from autoconf.execute.window_attention import attend_within, causal_or
+from autoconf.spec.model import CLAMPED_SWIGLU_ALPHA, SINK_WIDTH, ModelSpec
 
 EMBED_WEIGHT = "embed.tok.weight"
 HEAD_WEIGHT = "output.weight"
@@ -64,46 +66,13 @@ def token_positions(context, seq: int, device) -> torch.Tensor:
     return torch.arange(seq, device=device) if context is None else context.positions
 
 
-def window_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, window: int | None) -> torch.Tensor:
-    """Boolean [queries, keys]: True where a query may see a key, causally (the key at or before it) and, under a
-    sliding `window`, within the window keys ending at the query (None: the whole causal past)."""
-    behind = query_positions[:, None] - key_positions[None, :]
-    seen = behind >= 0
-    return seen if window is None else seen & (behind < window)
-
-
-def last_queries_mask(queries: int, keys: int, window: int | None, device) -> torch.Tensor:
-    """`window_mask` of `queries` queries at the last of `keys` keys' positions 0 .. keys - 1 (a whole sequence over
-    itself, a seq1f1b chunk over the earlier chunks and its own, torch's lower-right causal bias)."""
-    every = torch.arange(keys, device=device)
-    return window_mask(every[keys - queries:], every, window)
-
-
-def sliding_mask(queries: int, keys: int, window: int | None, device) -> torch.Tensor | None:
-    """`last_queries_mask` under a sliding `window`; None where plain causal attention is the same (no window, or
-    one that holds every key)."""
-    if window is None or keys <= window:
-        return None
-    return last_queries_mask(queries, keys, window, device)
-
-
-def causal_or(mask, queries: int, keys: int, device) -> torch.Tensor:
-    """`mask` as a boolean [queries, keys] tensor: itself, or for None and torch's causal biases the causal mask with
-    the queries the last of the keys' positions."""
-    if mask is not None and not isinstance(mask, CausalBias):
-        return mask
-    return last_queries_mask(queries, keys, None, device)
-
-
-SINK_WIDTH = 8  # the head width the sink key adds (kernels take widths in multiples of 8)
-
-
-def with_sink_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seen: torch.Tensor, sinks: torch.Tensor):
-    """(q, k, v, mask) with the attention sink as one more key that every query sees, for a softmax scaled by the
-    original 1 / sqrt(d): q gains SINK_WIDTH columns holding sqrt(d) x its head's sink logit (then zeros), each key
-    SINK_WIDTH zero columns, and the sink key (first, zero but a one under the query's logit column) has a zero
-    value, so its score is the head's sink logit and it adds to the softmax's denominator only. Works for grouped
-    K/V: the logit rides on the query heads."""
+def with_sink_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor):
+    """(q, k, v) with the attention sink as the first key, for a softmax scaled by the original 1 / sqrt(d): q gains
+    SINK_WIDTH columns holding sqrt(d) x its head's sink logit (then zeros), each key SINK_WIDTH zero columns, and the
+    sink key (zero but a one under the query's logit column) has a zero value, so its score is the head's sink logit
+    and it adds to the softmax's denominator only. The values gain SINK_WIDTH zero columns too (the output's last
+    ones, to be dropped): kernels that need Q, K and V of one width (FlashAttention's, torch's CPU flash) take them.
+    Works for grouped K/V: the logit rides on the query heads. Every query must see the sink key (`attend`)."""
     b, heads, queries, d = q.shape
     kv_heads, keys = k.shape[1], k.shape[2]
     logit = (sinks.to(q.dtype) * d ** 0.5).view(1, heads, 1, 1).expand(b, heads, queries, 1)
@@ -112,8 +81,8 @@ def with_sink_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seen: torch
     sink_key = torch.cat([k.new_zeros(b, kv_heads, 1, d), k.new_ones(b, kv_heads, 1, 1),
                           k.new_zeros(b, kv_heads, 1, SINK_WIDTH - 1)], dim=-1)
     k = torch.cat([sink_key, k], dim=2)
-    v = torch.cat([v.new_zeros(b, kv_heads, 1, v.shape[-1]), v], dim=2)
-    return q, k, v, torch.cat([seen.new_ones(queries, 1), seen], dim=1)
+    v = F.pad(v, (0, SINK_WIDTH, 1, 0))
+    return q, k, v
 
 
 class AttentionCore(nn.Module):
@@ -135,8 +104,8 @@ class AttentionCore(nn.Module):
         self.sinks = nn.Parameter(torch.empty(spec.num_heads)) if spec.attention_sinks else None
 
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """softmax(QK^T / sqrt(d)) V with a causal mask, within the layer's sliding window where it has one (a
-        mask of positions, `window_mask`); q [b, heads, s, d], k and v [b, kv_heads, s, d] (v's width may differ
+        """softmax(QK^T / sqrt(d)) V with a causal mask, within the layer's sliding window where it has one
+        (`window_attention.attend_within`); q [b, heads, s, d], k and v [b, kv_heads, s, d] (v's width may differ
         from q's: latent attention). Under context parallelism the rank's queries attend to every CP rank's K/V
         (`ContextParallel.attention`), under seq1f1b to the earlier chunks' (`seq_chunks.LayerChunks`); both mask
         the window too."""
@@ -145,7 +114,7 @@ class AttentionCore(nn.Module):
             # the per-op policy: CP's exchange as one op (seq1f1b's context ignores it)
             return self.context.attention(q, k, v, p, self.attend, as_op=self.core_as_op, window=self.window,
                                           sinks=self.local_sinks())
-        return self.attend(q, k, v, sliding_mask(q.shape[2], q.shape[2], self.window, q.device), p)
+        return attend_within(self.attend, q, k, v, self.window, p)
 
     def local_sinks(self) -> torch.Tensor | None:
         """This rank's sink logits (its heads' under TP), or None without sinks."""
@@ -159,13 +128,27 @@ class AttentionCore(nn.Module):
                p: float) -> torch.Tensor:
         """The attention math: `mask` [q positions, k positions] True where a query may see a key, None for the
         causal mask of equal query and key positions, or torch's lower-right causal bias (`causal_lower_right`: the
-        queries are the last keys' positions), which the fused kernels apply without a mask tensor. The fused kernel
-        reads grouped K and V as they are (`enable_gqa`: it keeps them for its backward unrepeated). With sinks,
-        one key more that every query sees (`with_sink_key`)."""
+        queries are the last keys' positions), which the fused kernels apply without a mask tensor; a mask may carry
+        leading batch dimensions (`banded_attention`'s blocks). The fused kernel reads grouped K and V as they are
+        (`enable_gqa`: it keeps them for its backward unrepeated). With sinks, one key more that every query sees
+        (`with_sink_key`): under the plain causal mask the fused kernel stays causal with one leading query more
+        (it sees the sink key only and its row is dropped), otherwise the mask gains the sink key's column."""
         scale = q.shape[-1] ** -0.5
-        if self.sinks is not None:
-            q, k, v, mask = with_sink_key(q, k, v, causal_or(mask, q.shape[-2], k.shape[-2], q.device),
-                                          self.local_sinks())
+        if self.sinks is None:
+            return self._kernel(q, k, v, mask, p, scale)
+        width = v.shape[-1]
+        if mask is None and self.attention == "flash":
+            # causal attention with the sink key first: one leading query more keeps the kernel's causal form
+            q, k, v = with_sink_key(F.pad(q, (0, 0, 1, 0)), k, v, self.local_sinks())
+            return self._kernel(q, k, v, None, p, scale)[:, :, 1:, :width]
+        mask = causal_or(mask, q.shape[-2], k.shape[-2], q.device)
+        q, k, v = with_sink_key(q, k, v, self.local_sinks())
+        mask = torch.cat([mask.new_ones(*mask.shape[:-1], 1), mask], dim=-1)
+        return self._kernel(q, k, v, mask, p, scale)[..., :width]
+
+    def _kernel(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, p: float,
+                scale: float) -> torch.Tensor:
+        """`attend`'s math without sinks: SDPA ("flash") or the explicit softmax ("standard")."""
         if self.attention == "flash":
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=p,
                                                   enable_gqa=k.shape[1] != q.shape[1], scale=scale)

@@ -19,7 +19,7 @@ What torch does not provide is the state between the units of one sequence, kept
 - positions: chunk j's tokens sit at b_j .. b_j+1 - 1 (RoPE and learned positions read them; its padding continues
   the count, clamped to the last position for the embedding tables); its queries are the last of the keys its
   attention reads, so the mask is torch's lower-right causal bias, which the fused kernels apply without a mask
-  tensor (on CPU the math kernel builds it), or in a sliding layer the window's mask of those positions;
+  tensor (on CPU the math kernel builds it), or in a sliding layer the window (`window_attention.attend_within`);
 - keys and values: chunk j's attention reads the K/V of chunks 0..j-1 of its micro-batch. torch's stage runs each
   unit's backward as an autograd graph of its own, so a later chunk must not backpropagate into an earlier chunk's
   graph: each chunk hands its real K/V on as detached leaves, a later chunk's backward accumulates their gradients
@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch.nn.attention.bias import causal_lower_right
 
-from autoconf.execute.model import sliding_mask
+from autoconf.execute.window_attention import attend_within
 
 from autoconf.spec.schedules import build_schedule as schedule_order
 
@@ -118,7 +118,7 @@ class LayerChunks:
         exchange, cp_attention.py), and which adds the layer's `sinks` itself."""
         shared = self.shared
         if shared.unit is None:
-            return attend(q, k, v, sliding_mask(q.shape[2], q.shape[2], window, q.device), p)
+            return attend_within(attend, q, k, v, window, p)
         micro_batch, j = divmod(shared.unit, shared.chunks)
         earlier = self.kv.setdefault(micro_batch, [])
         # A recomputed forward (in the unit's backward) finds its own leaves kept already: it reads the same earlier
@@ -129,10 +129,9 @@ class LayerChunks:
             keys = torch.cat([kl for kl, _ in earlier[:j]] + [k], dim=2)
             values = torch.cat([vl for _, vl in earlier[:j]] + [v], dim=2)
             # chunk j's padded_len queries from b_j over the earlier chunks' real keys and its own
-            mask = sliding_mask(shared.padded_len, shared.bounds[j] + shared.padded_len, window, shared.device)
-            out = attend(q, keys, values, shared.masks[j] if mask is None else mask, p)
+            out = attend_within(attend, q, keys, values, window, p, causal=shared.masks[j])
         else:  # the causal mask: the padding comes after every real token
-            out = attend(q, k, v, sliding_mask(q.shape[2], q.shape[2], window, q.device), p)
+            out = attend_within(attend, q, k, v, window, p)
         if j < shared.chunks - 1 and torch.is_grad_enabled():
             n = shared.length(j)
             leaves = (k[:, :, :n].detach().requires_grad_(), v[:, :, :n].detach().requires_grad_())

@@ -232,11 +232,12 @@ class Execution:
         returns the tensors its backward reads), so under the "alternate_matmuls" policy an eager block keeps its
         Q, K and V, V's whole projection output where V views it, beside the attention output and its
         log-sum-exp. False: SDPA, whose saved outputs are those two (`cost/memory.op_policy_layer_activation_bytes`).
-    masked_attention: sliding windows and attention sinks reach the attention kernel as an explicit mask
-        (autoconf's executor: SDPA with a mask of positions, a sink key), so the kernel computes every query-key
-        score of those layers, the whole square; False: kernels that skip what a window leaves out and take sinks
-        natively (FlashAttention's and Transformer Engine's window_size, cuDNN's learnable softmax, FlexAttention's
-        block masks). `cost/compute.flash_core_seconds` reads it.
+    masked_attention: sliding windows and attention sinks reach SDPA as masks and an extra key (autoconf's
+        executor, execute/window_attention.py): a sliding layer's kernel computes every score of its mask, the
+        whole square up to twice the window and beyond it the band's blocks (`spec.model.executor_window_work`),
+        and the sink key widens the query-key product; False: kernels that skip what a window leaves out and take
+        sinks natively (FlashAttention's and Transformer Engine's window_size, cuDNN's learnable softmax,
+        FlexAttention's block masks). `cost/compute.flash_core_seconds` reads it.
     zero_stages: the ZeRO stages the framework can run; zero_searched: those worth telling apart in a search.
     distributed_optimizer: ZeRO-1 as Megatron's distributed optimizer (reduce-scatter of the gradients, all-gather
         of the updated parameters), which the Megatron layout needs for any zero_stage >= 1 to be real.

@@ -43,6 +43,7 @@ RECOMPUTE = ("none", "selective", "full")
 ATTENTION = ("flash", "standard")
 MTP_NORMS = 3  # of one MTP module: enorm, hnorm and its final norm (`ModelSpec.mtp_extra_params`)
 CLAMPED_SWIGLU_ALPHA = 1.702  # GPT-OSS's gate x sigmoid(alpha gate) under `swiglu_limit` (transformers' swiglu_alpha)
+SINK_WIDTH = 8  # the head width autoconf's executor adds to Q and K for attention sinks (kernels take multiples of 8)
 
 
 def is_printable_name(value) -> bool:
@@ -802,6 +803,31 @@ def window_pair_share(seq_len: int, window: int) -> float:
     if s <= w:
         return 1.0
     return (w * (w + 1) / 2 + (s - w) * w) / (s * (s + 1) / 2)
+
+
+def window_band(keys: int, window: int | None) -> int | None:
+    """The query block of autoconf's executor's banded attention for a sliding layer whose queries are the last of
+    `keys` keys: the window, where blocks of `window` queries each scored against the 2 window - 1 keys that reach
+    them compute fewer scores than the whole square (keys >= 2 window). None where the executor runs plain causal
+    attention (no window, or one that holds every key) or one dense mask of the window (keys < 2 window)."""
+    if window is None or keys < 2 * window:
+        return None
+    return window
+
+
+def executor_window_work(seq_len: int, window: int) -> tuple[float, int]:
+    """(pairs scored as a share of the s (s + 1) / 2 of causal attention, the sequence length whose causal kernel
+    speed they run at) for one sliding layer over `seq_len` tokens in autoconf's executor, which hands windows to
+    SDPA as masks (`window_band`): causal attention where the window holds the sequence; the whole square under one
+    mask up to twice the window; beyond it ceil(s / w) blocks of w queries by 2 w - 1 keys, each a square about
+    the size of a causal sequence of 2 w."""
+    s, w = seq_len, window
+    if s <= w:
+        return 1.0, s
+    block = window_band(s, w)
+    if block is None:
+        return s * s / (s * (s + 1) / 2), s
+    return -(-s // block) * block * (block + w - 1) / (s * (s + 1) / 2), 2 * w
 
 
 def full_attention_layers_problem(indices, num_layers, window) -> str | None:

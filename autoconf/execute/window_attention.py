@@ -1,0 +1,88 @@
+"""Which keys a query sees, and attention within a sliding window without an s x s mask.
+
+Masks are boolean, True where a query may see a key, from real positions (`window_mask`), so every attention path
+(plain, context-parallel, seq1f1b chunks) masks the same pairs. A sliding layer over a sequence at least twice its
+window runs `banded_attention`: the queries in blocks of the window, each scored against only the 2 window - 1 keys
+that can reach it, with one small mask per block. SDPA then computes O(s w) scores and holds an O(s w) mask where one
+mask of the whole sequence costs s^2 of both (GPT-OSS at 128k tokens: a 32 GiB bf16 bias per layer). Which path runs
+is `spec.model.window_band`, the rule the cost model reads (`executor_window_work`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.bias import CausalBias
+
+from autoconf.spec.model import window_band
+
+
+def window_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Boolean [queries, keys]: True where a query may see a key, causally (the key at or before it) and, under a
+    sliding `window`, within the window keys ending at the query (None: the whole causal past)."""
+    behind = query_positions[..., :, None] - key_positions[..., None, :]
+    seen = behind >= 0
+    return seen if window is None else seen & (behind < window)
+
+
+def last_queries_mask(queries: int, keys: int, window: int | None, device) -> torch.Tensor:
+    """`window_mask` of `queries` queries at the last of `keys` keys' positions 0 .. keys - 1 (a whole sequence over
+    itself, a seq1f1b chunk over the earlier chunks and its own, torch's lower-right causal bias)."""
+    every = torch.arange(keys, device=device)
+    return window_mask(every[keys - queries:], every, window)
+
+
+def sliding_mask(queries: int, keys: int, window: int | None, device) -> torch.Tensor | None:
+    """`last_queries_mask` under a sliding `window`; None where plain causal attention is the same (no window, or
+    one that holds every key)."""
+    if window is None or keys <= window:
+        return None
+    return last_queries_mask(queries, keys, window, device)
+
+
+def causal_or(mask, queries: int, keys: int, device) -> torch.Tensor:
+    """`mask` as a boolean tensor: itself, or for None and torch's causal biases the causal [queries, keys] mask with
+    the queries the last of the keys' positions."""
+    if mask is not None and not isinstance(mask, CausalBias):
+        return mask
+    return last_queries_mask(queries, keys, None, device)
+
+
+def attend_within(attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None, p: float,
+                  causal=None) -> torch.Tensor:
+    """`attend(q, k, v, mask, p)` for queries at the last of the keys' positions, within a sliding `window` (None:
+    the whole causal past): banded where `window_band` says so, else under one mask of the window, else under
+    `causal` (None where queries and keys are the same positions, else the lower-right causal bias the caller
+    built)."""
+    if window_band(k.shape[2], window) is not None:
+        return banded_attention(attend, q, k, v, window, p)
+    mask = sliding_mask(q.shape[2], k.shape[2], window, q.device)
+    return attend(q, k, v, causal if mask is None else mask, p)
+
+
+def banded_attention(attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
+                     p: float) -> torch.Tensor:
+    """The same result as `attend` under the window's mask, for q [b, heads, m, d] at the last m of the n positions
+    of k and v [b, kv_heads, n, d]: the queries padded to blocks of `window_band`'s size B, block j's keys the
+    B + window - 1 positions that end with its last query (zeros where they fall before position 0, masked), all
+    blocks one batch of `attend` with a [B, B + window - 1] mask each. The padded queries' rows are dropped."""
+    b, heads, m, _ = q.shape
+    n, block = k.shape[2], window_band(k.shape[2], window)
+    width = block + window - 1
+    blocks = -(-m // block)
+    tail = blocks * block - m  # padded queries after the last real one
+    first = n - m  # the first query's position
+    lead = max(0, window - 1 - first)  # zero keys before position 0
+    start = first + lead - (window - 1)  # block 0's first key in the padded keys
+
+    def banded(t: torch.Tensor) -> torch.Tensor:  # [b, kv_heads, n, d] -> [b * blocks, kv_heads, width, d]
+        t = F.pad(t, (0, 0, lead, tail))[:, :, start:start + (blocks - 1) * block + width]
+        t = t.unfold(2, width, block).permute(0, 2, 1, 4, 3)
+        return t.reshape(b * blocks, t.shape[2], width, t.shape[-1])
+
+    qb = F.pad(q, (0, 0, 0, tail)).unflatten(2, (blocks, block)).transpose(1, 2).reshape(b * blocks, heads, block, -1)
+    query_pos = first + torch.arange(blocks * block, device=q.device).view(blocks, block)
+    key_pos = query_pos[:, :1] - (window - 1) + torch.arange(width, device=q.device)
+    mask = window_mask(query_pos, key_pos, window) & (key_pos >= 0)[:, None, :]
+    out = attend(qb, banded(k), banded(v), mask.unsqueeze(1).repeat(b, 1, 1, 1), p)
+    return out.view(b, blocks, heads, block, -1).transpose(1, 2).flatten(2, 3)[:, :, :m]
