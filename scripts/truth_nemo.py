@@ -76,6 +76,7 @@ DATA = Path(__file__).resolve().parent / "data" / "published_nemo.json"
 PROFILE = "dgx-h100-80g"
 FRAMEWORK = "megatron-core"
 VOCAB_MULTIPLE = 128  # Megatron's make_vocab_size_divisible_by, times tp
+H100_SMS = 132  # streaming multiprocessors of an H100 SXM (NVIDIA H100 Tensor Core GPU Architecture whitepaper)
 GiB = 2**30
 OVERRIDES: dict = {}  # framework flags changed for every row (`--flag KEY=VALUE`), after each row's own
 
@@ -125,9 +126,10 @@ def execution_of(row: dict, table: dict):
     averages in the collective, so nothing scales the buffer). An MoE row with `moe_a2a_overlap` (Megatron-Bridge
     v0.2.0 scripts/performance/utils/helpers.py set_moe_a2a_overlap_overrides: overlap_moe_expert_parallel_comm and
     delay_wgrad_compute) overlaps its schedule's paired chunks (`overlap_paired_chunks`: Megatron-Core's combined
-    1F1B, `ScheduleSpec.pairs` of interleaved-1f1b); its dispatcher is NCCL's all-to-all (no flex backend in the
-    H100 configs), which states no SM count of its own (`overlap_comm_sm_share` 0), so the exchange takes an NCCL
-    collective's share of the device, the profile's `collective_sm_share` (`estimate.exchange_sm_share`). A row's
+    1F1B, `ScheduleSpec.pairs` of interleaved-1f1b); its dispatcher is NCCL's all-to-all, which states no SM count
+    of its own (`overlap_comm_sm_share` 0), so the exchange takes an NCCL collective's share of the device, the
+    profile's `collective_sm_share` (`estimate.exchange_sm_share`), unless the row's `moe_deepep_sms` names the SMs
+    of DeepEP's kernels (Megatron-Core's flex dispatcher; its share of the H100's H100_SMS). A row's
     `moe_fp8_padding` replaces the preset's where its recipe makes every expert's row count a multiple of 16 (token
     drop with padding to capacity), so Transformer Engine's fp8 padding copies nothing."""
     flags = {"tp_comm_overlap": row["tp_comm_overlap"], "grad_buffer_dtype": row["grad_buffer_dtype"],
@@ -137,6 +139,8 @@ def execution_of(row: dict, table: dict):
              "overlap_paired_chunks": bool(row.get("moe_a2a_overlap"))}
     if "moe_fp8_padding" in row:
         flags["moe_fp8_padding"] = row["moe_fp8_padding"]
+    if row.get("moe_deepep_sms"):  # Megatron-Core's flex dispatcher over DeepEP: its kernels on their own SMs
+        flags["overlap_comm_sm_share"] = row["moe_deepep_sms"] / H100_SMS
     if row.get("selective_recompute"):  # a recipe's recompute_modules (Megatron-Core's selective granularity)
         flags["selective_recompute"] = row["selective_recompute"]
     if row["cross_entropy_fusion"]:
