@@ -292,6 +292,29 @@ def test_shards_partition_the_sequence_and_unshard_inverts(cp):
     assert work == {seq * (seq + 1) // 2 // cp}
 
 
+@pytest.mark.parametrize("cp", [1, 2, 3, 4])
+@pytest.mark.parametrize("window", [0, 3, 7])
+def test_the_cp_ops_fused_pieces_cover_each_blocks_mask_exactly_once(cp, window):
+    """The per-op policy's CP op runs each K/V block as fused-kernel pieces (execute/cp_attention.py `_pieces`): over
+    every rank and block, of both algorithms, the pieces' pairs (their rows x columns, causal or under their bias)
+    are exactly the block's `window_mask` pairs, none twice."""
+    from autoconf.execute.cp_attention import _pieces, _seen, _skipped
+
+    seq = 8 * cp
+    for rank in range(cp):
+        mine = cpx.positions(seq, cp, rank)
+        for owner in [None, *range(cp)]:
+            if _skipped(owner, seq, cp, rank, window):
+                continue
+            want = _seen(mine, owner, seq, cp, window)
+            got = torch.zeros(want.shape, dtype=torch.int64)
+            for rows, cols, seen, causal in _pieces(owner, seq, cp, rank, window, None):
+                block = got[rows, cols]
+                pairs = torch.ones(block.shape, dtype=torch.bool) if seen is None else seen
+                got[rows, cols] += (pairs.tril() if causal else pairs).long()
+            assert torch.equal(got, want.long()), (rank, owner)
+
+
 def test_a_sequence_no_chunking_splits_is_one_clear_error():
     with pytest.raises(ValueError, match="divisible by 2 x cp = 8"):
         cpx.shard(torch.zeros(1, 36), 4, 0)

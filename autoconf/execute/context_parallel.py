@@ -213,15 +213,18 @@ class ContextParallel:
         - the torch path: the local K and V as `torch_ring_kv` gives them, under is_causal; torch's patched SDPA
           exchanges them;
         - `as_op` (a block under the per-op selective policy): the exchange and the attention as one custom op by
-          the plan's algorithm on every device (execute/cp_attention.py), whose output the policy saves."""
-        if as_op:
+          the plan's algorithm on every device (execute/cp_attention.py), whose output the policy saves. On CUDA
+          autoconf's own CP attention always runs as that op where there is no attention dropout: its fused kernels
+          keep no scores, where the ring's and the all-gather's autograd math below keeps every block's (the CPU
+          paths, and CUDA's with dropout)."""
+        if self.uses_torch:
+            assert window is None and sinks is None, "frameworks.executor_torch_cp keeps these off torch's ring"
+            return attend(q, *torch_ring_kv(q, k, v, dropout_p), None, dropout_p)
+        if as_op or (q.device.type == "cuda" and dropout_p == 0.0):
             from autoconf.execute.cp_attention import cp_attention
 
             assert dropout_p == 0.0, "spec/support.py refuses the per-op policy with CP and attention dropout"
             return cp_attention(q, k, v, self.group.group_name, self.algorithm, self.seq_len, window or 0, sinks)[0]
-        if self.uses_torch:
-            assert window is None and sinks is None, "frameworks.executor_torch_cp keeps these off torch's ring"
-            return attend(q, *torch_ring_kv(q, k, v, dropout_p), None, dropout_p)
         if self.algorithm == "ring":
             return self.ring_attention(q, k, v, dropout_p, window, sinks)
         k, v = self.gather(torch.cat([k, v], dim=-1)).split([k.shape[-1], v.shape[-1]], dim=-1)

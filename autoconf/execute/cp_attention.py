@@ -17,9 +17,17 @@ cost/estimate.py `cp_attention_comm` charges a backward of either algorithm.
   log-sum-exp. The backward passes the blocks again, each with the accumulated gradient of its K/V, which after a
   last step reaches the block's owner.
 
-The math is explicit (fp32 scores, one [queries, block keys] tile per block), on every device: torch's
-context_parallel (the CUDA path of context_parallel.py) is not used under the policy. Without attention dropout
-(spec/support.py refuses the policy with CP and dropout > 0).
+Each block runs torch's fused kernels that return their log-sum-exp (`_fused`: the CPU flash kernel, on CUDA the
+memory-efficient one, as torch's own ring does), in the pieces the head-tail chunks make mask-free (`_pieces`:
+causal or whole; under a sliding window one piece with a bias of the window, O(queries x keys) while the block
+computes), merged in fp32 by their log-sum-exp; the backward runs each piece's kernel backward with the final
+output and log-sum-exp. No block's scores are kept (before 2026-12-05 the math was explicit: fp32 scores of a
+[queries, block keys] tile per block, 64 GiB per block for a GPT-OSS layer at 128k tokens over cp 8). torch's
+context_parallel (the CUDA path of context_parallel.py) is not used under the policy; on CUDA autoconf's own CP
+attention runs as this op under every policy (`ContextParallel.attention`). Without attention dropout
+(spec/support.py refuses the policy with CP and attention dropout). The CUDA kernels' calls have not run on a GPU
+here; the CPU kernels' are tested (tests/test_context_parallel.py, tests/test_sliding_window.py,
+tests/test_gpt_oss.py).
 """
 
 from __future__ import annotations
@@ -28,9 +36,10 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.distributed.distributed_c10d import _resolve_process_group
 
-from autoconf.execute.context_parallel import block_in_window, positions
+from autoconf.execute.context_parallel import block_in_window, chunks_of, positions
 from autoconf.execute.window_attention import window_mask
 
 Tensor = torch.Tensor
@@ -84,11 +93,90 @@ def _skipped(owner, seq_len: int, cp: int, rank: int, window: int) -> bool:
     return owner is not None and window > 0 and not block_in_window(seq_len, cp, rank, owner, window)
 
 
-def _scores(q: Tensor, kb: Tensor, seen: Tensor) -> Tensor:
-    """fp32 q kb^T / sqrt(d), -inf where a query may not see a key; kb's heads repeated to q's."""
-    kb = kb.repeat_interleave(q.shape[1] // kb.shape[1], dim=1)
-    scores = (q.float() @ kb.float().transpose(-2, -1)) * q.shape[-1] ** -0.5
-    return scores.masked_fill(~seen, float("-inf"))
+def _pieces(owner, seq_len: int, cp: int, rank: int, window: int, device):
+    """The fused-kernel calls one block takes: (query rows, key columns, bias or None, causal) each, the query rows
+    and key columns as slices of the rank's queries and of the block's keys. Without a window the head-tail chunks
+    make every piece mask-free: the rank's own block is causal (its positions ascend, so index order is position
+    order); an earlier rank's block is seen whole by both chunks' queries in its first chunk only, a later rank's
+    by the second chunk's queries only (both of its chunks); under the all-gather each chunk of the rank sees the
+    keys before it whole and its own causally. Under a sliding window one piece with the bias of `window_mask` (0 or
+    -inf, built per block: O(queries x keys) while the block computes)."""
+    n = seq_len // (2 * cp)
+    every = slice(None)
+    if window:
+        mine = positions(seq_len, cp, rank, device)
+        return [(every, every, _seen(mine, owner, seq_len, cp, window), False)]
+    if owner is None:  # the whole sequence in order: chunk c of the rank is rows [i n, (i + 1) n)
+        pieces = []
+        for i, c in enumerate(chunks_of(cp, rank)):
+            rows = slice(i * n, (i + 1) * n)
+            pieces.append((rows, slice(c * n, (c + 1) * n), None, True))
+            if c:
+                pieces.append((rows, slice(0, c * n), None, False))
+        return pieces
+    if owner == rank:
+        return [(every, every, None, True)]
+    if owner < rank:
+        return [(every, slice(0, n), None, False)]
+    return [(slice(n, 2 * n), every, None, False)]
+
+
+def _fused(q: Tensor, k: Tensor, v: Tensor, seen: Tensor | None, causal: bool) -> tuple[Tensor, Tensor]:
+    """(output, fp32 log-sum-exp) of softmax(q k^T / sqrt(d)) v by torch's fused kernels that return the
+    log-sum-exp: the CPU flash kernel, on CUDA the memory-efficient one (K/V repeated to the query heads; its
+    log-sum-exp padded to a multiple of 32 rows, cut back). `seen` (bool [queries, keys]) becomes a bias of 0 and
+    -inf; a row that sees no key gives a zero output and a log-sum-exp of -inf (the CPU kernel says 0)."""
+    bias = None if seen is None else _bias(seen, q)
+    if q.device.type == "cuda":
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+        out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
+            q, k, v, _expanded(bias, q, k), True, 0.0, causal)
+        lse = lse[..., :q.shape[2]]
+    else:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, attn_mask=bias)
+    if seen is not None:
+        sees = seen.any(-1)
+        out, lse = out * sees[:, None], lse.masked_fill(~sees, float("-inf"))
+    return out, lse
+
+
+def _fused_grads(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, seen: Tensor | None,
+                 causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """dq, dk, dv of one piece from the op's final output and log-sum-exp (each block's probabilities are then the
+    final ones, exp(S - lse)), by the backward of the kernel `_fused` ran; dk and dv summed onto the K/V heads."""
+    bias = None if seen is None else _bias(seen, q)
+    lse = lse.masked_fill(torch.isinf(lse), 0.0)  # a row no key of any block reaches has none here either
+    if q.device.type == "cuda":
+        repeat = q.shape[1] // k.shape[1]
+        kr, vr = (t.repeat_interleave(repeat, dim=1) for t in (k, v))
+        padded = F.pad(lse, (0, -q.shape[2] % 32))
+        empty = torch.zeros((), dtype=torch.int64, device=q.device)
+        dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
+            grad, q, kr, vr, _expanded(bias, q, kr), out, padded, empty, empty, 0.0, [True, True, True, False],
+            causal)
+        dk, dv = (t.unflatten(1, (k.shape[1], repeat)).sum(2) for t in (dk, dv))
+        return dq, dk, dv
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        grad, q, k, v, out, lse, 0.0, causal, attn_mask=bias)
+
+
+def _bias(seen: Tensor, q: Tensor) -> Tensor:
+    return torch.zeros(seen.shape, dtype=q.dtype, device=q.device).masked_fill(~seen, float("-inf"))
+
+
+def _expanded(bias: Tensor | None, q: Tensor, k: Tensor) -> Tensor | None:
+    """The memory-efficient kernel's bias: [b, heads, queries, keys], its rows 16-element aligned (as SDPA pads)."""
+    if bias is None:
+        return None
+    keys = k.shape[2]
+    aligned = torch.zeros((*bias.shape[:-1], keys + (-keys % 16)), dtype=bias.dtype, device=bias.device)
+    aligned[..., :keys] = bias
+    return aligned[..., :keys].expand(q.shape[0], q.shape[1], q.shape[2], keys)
+
+
+def _widened(v: Tensor, width: int) -> Tensor:
+    """v padded with zero columns to the query-key width (the CPU flash kernel takes one head width)."""
+    return v if v.shape[-1] == width else F.pad(v, (0, width - v.shape[-1]))
 
 
 def _context(group_name: str, seq_len: int, device):
@@ -104,25 +192,27 @@ def cp_attention(q: Tensor, k: Tensor, v: Tensor, group_name: str, algorithm: st
     q [b, heads, s/cp, d] over the whole sequence's K/V (k, v: this
     rank's [b, kv_heads, s/cp, d] and [b, kv_heads, s/cp, d_v], d_v possibly not d; exchanged over the CP group
     `group_name` by `algorithm`, concatenated along the width): the output [b, heads, s/cp, d_v] in q's dtype and the
-    fp32 log-sum-exp [b, heads, s/cp] of each query row's scores."""
-    group, cp, rank, mine = _context(group_name, seq_len, q.device)
-    out = lse = None
+    fp32 log-sum-exp [b, heads, s/cp] of each query row's scores (an output to save, not to differentiate).
+    Each block's pieces (`_pieces`) run fused kernels that return their log-sum-exp (`_fused`), merged in fp32."""
+    group, cp, rank, _ = _context(group_name, seq_len, q.device)
+    width = v.shape[-1]
+    out = q.new_zeros((*q.shape[:-1], q.shape[-1]), dtype=torch.float32)
+    lse = q.new_full(q.shape[:-1], float("-inf"), dtype=torch.float32)
     for owner, kb, vb in _kv_blocks(k, v, group, algorithm, cp, rank):
         if _skipped(owner, seq_len, cp, rank, window):
             continue
-        scores = _scores(q, kb, _seen(mine, owner, seq_len, cp, window))
-        block_lse = scores.logsumexp(dim=-1)
-        safe = torch.where(torch.isfinite(block_lse), block_lse, torch.zeros_like(block_lse))
-        part = (scores - safe[..., None]).exp() @ vb.repeat_interleave(q.shape[1] // vb.shape[1], dim=1).float()
-        if out is None:  # the rank's own block (or the whole sequence): every query sees at least itself
-            out, lse = part, block_lse
-            continue
-        new = torch.logaddexp(lse, block_lse)
-        out, lse = out * (lse - new).exp()[..., None] + part * (block_lse - new).exp()[..., None], new
+        vb = _widened(vb, q.shape[-1])
+        for rows, cols, seen, causal in _pieces(owner, seq_len, cp, rank, window, q.device):
+            part, part_lse = _fused(q[:, :, rows], kb[:, :, cols], vb[:, :, cols], seen, causal)
+            new = torch.logaddexp(lse[:, :, rows], part_lse)
+            keep = (lse[:, :, rows] - new).exp().nan_to_num(0.0)[..., None]  # -inf - -inf: nothing yet, nothing now
+            add = (part_lse - new).exp().nan_to_num(0.0)[..., None]
+            out[:, :, rows] = out[:, :, rows] * keep + part.float() * add
+            lse[:, :, rows] = new
     if sinks is not None:  # the sink logit joins each row's denominator: lse' = logaddexp(lse, sink), out rescaled
         new = torch.logaddexp(lse, sinks.float().view(1, -1, 1))
         out, lse = out * (lse - new).exp()[..., None], new
-    return out.to(q.dtype), lse
+    return out[..., :width].to(q.dtype), lse
 
 
 @cp_attention.register_fake
@@ -130,36 +220,35 @@ def _(q, k, v, group_name, algorithm, seq_len, window, sinks):
     return q.new_empty((*q.shape[:-1], v.shape[-1])), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
-def _backward_blocks(grad: Tensor, grad_lse: Tensor | None, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
-                     lse: Tensor, group_name: str, algorithm: str, seq_len: int,
-                     window: int) -> tuple[Tensor, Tensor, Tensor]:
-    """dq, dk, dv of `cp_attention` from the gradients of its output and log-sum-exp: P = exp(S - lse) of each
-    block, dV = P^T dO, dS = P (dO V^T - rowsum(dO O) + dlse), dQ = dS K / sqrt(d), dK = dS^T Q / sqrt(d); each
-    block's dK/dV summed over the query heads that share a K/V head and returned to the block's owner."""
-    group, cp, rank, mine = _context(group_name, seq_len, q.device)
-    scale, repeat = q.shape[-1] ** -0.5, q.shape[1] // k.shape[1]
-    g, qf = grad.float(), q.float()
-    row = (g * out.float()).sum(-1, keepdim=True)
-    if grad_lse is not None:
-        row = row - grad_lse.float()[..., None]
-    dq = torch.zeros_like(qf)
+def _backward_blocks(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, group_name: str,
+                     algorithm: str, seq_len: int, window: int) -> tuple[Tensor, Tensor, Tensor]:
+    """dq, dk, dv of `cp_attention` from the gradient of its output: each piece's kernel backward with the final
+    output and log-sum-exp; each block's dK/dV returned to the block's owner (the ring passes them on with the
+    blocks, the all-gather reduce-scatters them)."""
+    group, cp, rank, _ = _context(group_name, seq_len, q.device)
+    width, d = v.shape[-1], q.shape[-1]
+    grad, out = _widened(grad, d).to(q.dtype), _widened(out, d)
+    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     travelling = None  # ring: the accumulated dK/dV of the block this rank holds
     for owner, kb, vb in _kv_blocks(k, v, group, algorithm, cp, rank):
         if _skipped(owner, seq_len, cp, rank, window):  # (never the own block, the first): its gradients are
             travelling = _rotate(travelling, group, cp, rank)  # zeros, the ring passes on what it holds
             continue
-        probs = (_scores(q, kb, _seen(mine, owner, seq_len, cp, window)) - lse[..., None]).exp()
-        vr = vb.repeat_interleave(repeat, dim=1).float()
-        dv = probs.transpose(-2, -1) @ g
-        ds = probs * (g @ vr.transpose(-2, -1) - row)
-        dq += ds @ kb.repeat_interleave(repeat, dim=1).float() * scale
-        dk = ds.transpose(-2, -1) @ qf * scale
-        dkv = torch.cat([t.unflatten(1, (kb.shape[1], repeat)).sum(2) for t in (dk, dv)], dim=-1)
+        vb = _widened(vb, d)
+        dk, dv = torch.zeros(kb.shape, dtype=torch.float32, device=q.device), torch.zeros(
+            vb.shape, dtype=torch.float32, device=q.device)
+        for rows, cols, seen, causal in _pieces(owner, seq_len, cp, rank, window, q.device):
+            pq, pk, pv = _fused_grads(grad[:, :, rows], q[:, :, rows], kb[:, :, cols], vb[:, :, cols],
+                                      out[:, :, rows], lse[:, :, rows], seen, causal)
+            dq[:, :, rows] += pq.float()
+            dk[:, :, cols] += pk.float()
+            dv[:, :, cols] += pv.float()
+        dkv = torch.cat([dk, dv[..., :width]], dim=-1)
         if algorithm == "allgather":
             return dq.to(q.dtype), *_reduce_scatter(dkv, group, cp, k.shape[-1])
         travelling = dkv if travelling is None else _rotate(travelling, group, cp, rank) + dkv
     mine_dkv = _rotate(travelling, group, cp, rank)  # the last block held is the next rank's
-    dk, dv = mine_dkv.split([k.shape[-1], v.shape[-1]], dim=-1)
+    dk, dv = mine_dkv.split([k.shape[-1], width], dim=-1)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
@@ -178,20 +267,19 @@ def _reduce_scatter(dkv: Tensor, group, cp: int, k_width: int) -> tuple[Tensor, 
 def _setup_context(ctx, inputs, output):
     q, k, v, group_name, algorithm, seq_len, window, sinks = inputs
     ctx.save_for_backward(q, k, v, *output, sinks)
+    ctx.mark_non_differentiable(output[1])
     ctx.exchange = group_name, algorithm, seq_len, window
 
 
-def _backward(ctx, grad_out, grad_lse):
+def _backward(ctx, grad_out, _grad_lse):
     """The blocks' gradients (the log-sum-exp already holds the sinks, so each block's probabilities are the
     final ones) and the sinks': d lse' / d sink is the sink's probability p_s and d out / d sink is -p_s out, so
-    d sink = -sum over the head's rows of p_s (rowsum(dO O) - d lse')."""
+    d sink = -sum over the head's rows of p_s rowsum(dO O)."""
     q, k, v, out, lse, sinks = ctx.saved_tensors
-    dq, dk, dv = _backward_blocks(grad_out, grad_lse, q, k, v, out, lse, *ctx.exchange)
+    dq, dk, dv = _backward_blocks(grad_out, q, k, v, out, lse, *ctx.exchange)
     dsinks = None
     if sinks is not None:
         row = (grad_out.float() * out.float()).sum(-1)
-        if grad_lse is not None:
-            row = row - grad_lse.float()
         dsinks = -((sinks.float().view(1, -1, 1) - lse).exp() * row).sum((0, 2)).to(sinks.dtype)
     return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, dsinks
 
