@@ -1,4 +1,4 @@
-"""Checks of two attention paths that only a CUDA device takes, for `scripts/gpu_check.sh` (one GPU is enough):
+"""Checks of the attention paths that only a CUDA device takes, for `scripts/gpu_check.sh` (one GPU is enough):
 
 - seq1f1b: a Llama block run chunk by chunk as the executor's sequence chunks run it (execute/seq_chunks.py: each
   chunk's queries against the earlier chunks' K/V under torch's lower-right causal bias) gives the outputs and
@@ -8,6 +8,8 @@
 - context parallelism: `context_parallel.torch_ring_kv` hands torch's ring grouped K/V on this device, and torch's
   ring (`_templated_ring_attention`, one rank) over the flash kernel gives on grouped K/V the outputs and gradients
   it gives on K/V repeated to the query heads;
+- the per-op policy's CP op over the device's fused kernels (the memory-efficient kernel on CUDA) on one rank gives
+  the layer's own attention's outputs and gradients, causal, windowed with sinks, with narrower values (`cp_op_check`);
 - the executor's masked attention (sliding windows, sinks) beside causal flash: time and peak memory
   (`masked_check`), a measurement for `Execution.masked_attention`, not a pass/fail check.
 
@@ -32,7 +34,8 @@ def _tolerance(dtype: torch.dtype) -> float:
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
 def seq_chunk_check(device: torch.device, dtype: torch.dtype, seq: int, chunks: int) -> dict:
@@ -96,6 +99,63 @@ def _flash_only(device: torch.device):
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
 
 
+def _one_rank_group(device: torch.device) -> None:
+    """A process group of this one rank on a free local port (NCCL on CUDA, else gloo)."""
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+
+
+def cp_op_check(device: torch.device, dtype: torch.dtype, seq: int, window: int = 128) -> dict:
+    """The per-op policy's CP op (execute/cp_attention.py) on one rank over this device's fused kernels (CUDA: the
+    memory-efficient kernel with its padded log-sum-exp and aligned bias) against the layer's own attention: output
+    and the gradients of q, k, v (and sinks), for causal attention, a sliding `window` with sinks, and values
+    narrower than the query-key width (latent attention's)."""
+    import torch.distributed as dist
+
+    from autoconf.execute.cp_attention import cp_attention
+    from autoconf.execute.model import Attention
+    from autoconf.spec.model import ModelSpec
+
+    spec = ModelSpec(name="cp-op-check", arch="llama", num_layers=2, hidden_size=2048, num_heads=16, num_kv_heads=4,
+                     head_dim=128, ffn_hidden_size=2048, vocab_size=256, max_seq_len=seq, sliding_window=window,
+                     attention_sinks=True)
+    _one_rank_group(device)
+    diffs = {}
+    try:
+        for name, layer_window, sinks, v_width in (("causal", None, False, 128), ("window_sinks", window, True, 128),
+                                                   ("narrow_values", None, False, 96)):
+            layer = Attention(dataclasses.replace(spec, attention_sinks=sinks), "flash", layer_window)
+            layer = layer.to(device=device, dtype=dtype)
+            if sinks:
+                with torch.no_grad():
+                    layer.sinks.copy_(torch.linspace(-1, 1, 16))
+            generator = torch.Generator(device=device).manual_seed(0)
+            q = torch.randn(1, 16, seq, 128, device=device, dtype=dtype, generator=generator)
+            k = torch.randn(1, 4, seq, 128, device=device, dtype=dtype, generator=generator)
+            v = torch.randn(1, 4, seq, v_width, device=device, dtype=dtype, generator=generator)
+            grad = torch.randn(1, 16, seq, v_width, device=device, dtype=dtype, generator=generator)
+            results = []
+            for run in ("op", "layer"):
+                leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+                if run == "op":
+                    out = cp_attention(*leaves, dist.group.WORLD.group_name, "ring", seq, layer_window or 0,
+                                       layer.sinks)[0]
+                else:
+                    out = layer.core(*leaves)
+                params = leaves + ([layer.sinks] if sinks else [])
+                results.append([out, *torch.autograd.grad(out, params, grad)])
+            diffs[name] = max(_relative(a, b) for a, b in zip(*results))
+    finally:
+        dist.destroy_process_group()
+    return {"seq": seq, "window": window, "max_relative_difference": diffs,
+            "ok": max(diffs.values()) < _tolerance(dtype)}
+
+
 def ring_check(device: torch.device, dtype: torch.dtype, seq: int) -> dict:
     """torch's ring on one rank over this device's flash kernel: grouped against repeated K/V, and whether
     `torch_ring_kv` hands it the grouped ones."""
@@ -104,11 +164,7 @@ def ring_check(device: torch.device, dtype: torch.dtype, seq: int) -> dict:
 
     from autoconf.execute.context_parallel import torch_ring_kv
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    _one_rank_group(device)
     try:
         aten = torch.ops.aten
         forward, backward = ((aten._scaled_dot_product_flash_attention.default,
@@ -200,9 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype),
               "seq1f1b": seq_chunk_check(device, dtype, args.seq, args.chunks),
               "cp_ring": ring_check(device, dtype, args.seq),
+              "cp_op": cp_op_check(device, dtype, args.seq if device.type == "cuda" else 256),
               "masked_attention": masked_check(device, dtype, args.seq if device.type == "cuda" else 256)}
     print(json.dumps(report, indent=2))
-    return 0 if report["seq1f1b"]["ok"] and report["cp_ring"]["ok"] else 1
+    return 0 if all(report[check]["ok"] for check in ("seq1f1b", "cp_ring", "cp_op")) else 1
 
 
 if __name__ == "__main__":

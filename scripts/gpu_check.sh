@@ -13,7 +13,8 @@
 #   1. the sustained bf16 GEMM rate against one isolated call (scripts/gemm_sustained.py), causal attention per SDPA
 #      backend and sequence length, alone and sustained (scripts/attention_sustained.py), the saved activation
 #      bytes per layer against the estimator's, eager and inductor-compiled, and the attention paths only CUDA takes
-#      (scripts/cuda_attention_check.py: seq1f1b's lower-right bias, CP's grouped K/V), and on two GPUs or more a
+#      (scripts/cuda_attention_check.py: seq1f1b's lower-right bias, CP's grouped K/V, the CP op's fused kernels, the
+#      windowed band and sinks beside causal flash), and on two GPUs or more a
 #      GEMM loop beside NCCL collectives (scripts/collective_contention.py, the profiles' collective_sm_share);
 #   2. `autoconf profile` of this GPU with the compute tables of MODEL at TP widths 1-MAXTP;
 #   3. `autoconf validate` of MODEL on that profile: CONFIGS single-GPU layouts trained STEPS steps each by the

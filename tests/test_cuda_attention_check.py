@@ -20,6 +20,7 @@ def test_the_dry_run_on_cpu_compares_both_paths_and_passes():
     assert report["device"] == "cpu"
     assert report["seq1f1b"]["ok"] and report["seq1f1b"]["max_relative_difference"] < 1e-4
     assert report["cp_ring"]["ok"] and report["cp_ring"]["max_relative_difference"] < 1e-4
+    assert report["cp_op"]["ok"] and max(report["cp_op"]["max_relative_difference"].values()) < 1e-4
     masked = report["masked_attention"]  # a measurement on a GPU; on CPU only that all four ways ran
     assert set(masked["ratio_to_causal"]) == {"causal", "causal_sinks", "window", "window_sinks"}
 
