@@ -107,3 +107,13 @@ def test_a_causal_layer_with_sinks_stays_causal_and_equals_the_sink_column(queri
         q, k, v, last_queries_mask(queries, keys, None, q.device), 0.0), queries, keys)
     for got, want in zip(fused, explicit):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_bench_refuses_a_sequence_shorter_than_the_band_in_one_line():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "scripts/window_attention_bench.py", "--seq", "100", "--window", "128"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--window" in proc.stderr

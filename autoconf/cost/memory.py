@@ -314,7 +314,9 @@ def executor_core_bytes(model: ModelSpec, c: ParallelConfig, window: int | None)
     - a window under one mask (keys < 2 window): the mask in the compute dtype (SDPA converts it), once for the
       micro-batch;
     - a window in the band (`window_band`): queries padded to whole blocks, each block's 2 window - 1 keys (plus
-      the sink key), one mask per block and sequence, and the output projection's input a copy."""
+      the sink key; with one sequence per micro-batch and no sinks the blocks are overlapping views of the keys
+      padded by window - 1 rows before and the queries' padding after, not copies), one mask per block and
+      sequence, and the output projection's input a copy."""
     s, b, e = c.local_seq_len, c.micro_batch_size, DTYPE_BYTES[c.dtype]
     heads, kv, d = model.num_heads / c.tp, model.num_kv_heads / c.tp, model.head_dim
     sink = 1 if model.attention_sinks else 0
@@ -323,7 +325,8 @@ def executor_core_bytes(model: ModelSpec, c: ParallelConfig, window: int | None)
     if block is not None:
         blocks, span = -(-s // block), block + window - 1 + sink  # each block's keys
         rows = blocks * block
-        per_sequence = e * (2 * heads * rows * width + 2 * kv * blocks * span * width + rows * span) + 4 * heads * rows
+        keys = rows + window - 1 if b == 1 and not sink else blocks * span
+        per_sequence = e * (2 * heads * rows * width + 2 * kv * keys * width + rows * span) + 4 * heads * rows
         return b * per_sequence + e * b * s * heads * d
     masked = window is not None and s > window
     queries, keys = s + (sink and not masked), s + sink
