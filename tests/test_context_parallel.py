@@ -293,14 +293,15 @@ def test_shards_partition_the_sequence_and_unshard_inverts(cp):
 
 
 @pytest.mark.parametrize("cp", [1, 2, 3, 4])
-@pytest.mark.parametrize("window", [0, 3, 7])
+@pytest.mark.parametrize("window", [0, 1, 3, 4, 7, 9, 40])
 def test_the_cp_ops_fused_pieces_cover_each_blocks_mask_exactly_once(cp, window):
     """The per-op policy's CP op runs each K/V block as fused-kernel pieces (execute/cp_attention.py `_pieces`): over
-    every rank and block, of both algorithms, the pieces' pairs (their rows x columns, causal or under their bias)
-    are exactly the block's `window_mask` pairs, none twice."""
+    every rank and block, of both algorithms, the pieces' pairs (their rows x columns: all, causal, under their
+    bias, or a band of the window) are exactly the block's `window_mask` pairs, none twice. Chunks of 8 tokens:
+    windows of at most 4 run the band, wider ones a bias or (40) the causal chunk."""
     from autoconf.execute.cp_attention import _pieces, _seen, _skipped
 
-    seq = 8 * cp
+    seq = 16 * cp
     for rank in range(cp):
         mine = cpx.positions(seq, cp, rank)
         for owner in [None, *range(cp)]:
@@ -308,10 +309,13 @@ def test_the_cp_ops_fused_pieces_cover_each_blocks_mask_exactly_once(cp, window)
                 continue
             want = _seen(mine, owner, seq, cp, window)
             got = torch.zeros(want.shape, dtype=torch.int64)
-            for rows, cols, seen, causal in _pieces(owner, seq, cp, rank, window, None):
-                block = got[rows, cols]
-                pairs = torch.ones(block.shape, dtype=torch.bool) if seen is None else seen
-                got[rows, cols] += (pairs.tril() if causal else pairs).long()
+            for piece in _pieces(owner, seq, cp, rank, window, None):
+                block = got[piece.rows, piece.cols]
+                pairs = torch.ones(block.shape, dtype=torch.bool) if piece.seen is None else piece.seen
+                if piece.band:  # the same positions for rows and columns, each query the window's keys
+                    behind = torch.arange(block.shape[0])[:, None] - torch.arange(block.shape[1])[None, :]
+                    pairs = (behind >= 0) & (behind < piece.band)
+                got[piece.rows, piece.cols] += (pairs.tril() if piece.causal else pairs).long()
             assert torch.equal(got, want.long()), (rank, owner)
 
 

@@ -142,11 +142,14 @@ def test_a_layer_with_sinks_attends_as_a_softmax_with_one_more_column(attention,
     assert not torch.allclose(out, plain.core(q, k, v))
 
 
-@pytest.mark.parametrize("path", ["ring", "op"])
-def test_the_cp_ring_and_op_take_the_sink_into_every_row_and_its_gradient(path):
+@pytest.mark.parametrize("path", ["ring", "op allgather", "op ring"])
+@pytest.mark.parametrize("seq, window, v_width", [(16, 6, 8), (64, 4, 8), (64, 4, 6), (64, 40, 8)])
+def test_the_cp_ring_and_op_take_the_sink_into_every_row_and_its_gradient(path, seq, window, v_width):
     """On a one-rank CP group the ring (autograd through its merge) and the per-op policy's custom op (its own
-    backward, with the sink's gradient -sum p_sink (rowsum(dO O) - dlse)) give the naive softmax's output and the
-    gradients of q, k, v and the sinks, within a window."""
+    backward, with the sink's gradient -sum p_sink rowsum(dO O)) give the naive softmax's output and the gradients
+    of q, k, v and the sinks, within a window: under one bias per chunk (16 tokens, window 6), in the band's blocks
+    with the corner between the two chunks (64, window 4; with values narrower than the keys too), a window wider
+    than a chunk (64, 40)."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -155,20 +158,20 @@ def test_the_cp_ring_and_op_take_the_sink_into_every_row_and_its_gradient(path):
 
     gen = torch.Generator().manual_seed(1)
     leaves = [torch.randn(shape, generator=gen).requires_grad_()
-              for shape in ((2, 4, 16, 8), (2, 2, 16, 8), (2, 2, 16, 8), (4,))]
+              for shape in ((2, 4, seq, 8), (2, 2, seq, 8), (2, 2, seq, v_width), (4,))]
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
-        cp = ContextParallel(init_device_mesh("cpu", (1,), mesh_dim_names=("cp",))["cp"], 16, torch.device("cpu"),
+        cp = ContextParallel(init_device_mesh("cpu", (1,), mesh_dim_names=("cp",))["cp"], seq, torch.device("cpu"),
                              "ring")
         q, k, v, sinks = leaves
         if path == "ring":
-            out = cp.ring_attention(q, k, v, 0.0, 6, sinks)
+            out = cp.ring_attention(q, k, v, 0.0, window, sinks)
         else:
-            out = cp_attention(q, k, v, cp.group.group_name, "allgather", 16, 6, sinks)[0]
+            out = cp_attention(q, k, v, cp.group.group_name, path.split()[1], seq, window, sinks)[0]
         grads = torch.autograd.grad(out.square().sum(), leaves)
     finally:
         dist.destroy_process_group()
-    naive = _naive_with_sinks(q, k, v, sinks, 6)
+    naive = _naive_with_sinks(q, k, v, sinks, window)
     torch.testing.assert_close(out, naive, rtol=1e-5, atol=1e-6)
     for got, want in zip(grads, torch.autograd.grad(naive.square().sum(), leaves)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

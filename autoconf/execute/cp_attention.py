@@ -19,8 +19,9 @@ cost/estimate.py `cp_attention_comm` charges a backward of either algorithm.
 
 Each block runs torch's fused kernels that return their log-sum-exp (`_fused`: the CPU flash kernel, on CUDA the
 memory-efficient one, as torch's own ring does), in the pieces the head-tail chunks make mask-free (`_pieces`:
-causal or whole; under a sliding window one piece with a bias of the window, O(queries x keys) while the block
-computes), merged in fp32 by their log-sum-exp; the backward runs each piece's kernel backward with the final
+causal or whole; under a sliding window each chunk's own keys in the band's blocks and an earlier chunk's only in
+the corner its last keys reach, `_window_pieces`: O(n w) scores and bias per block), merged in fp32 by their
+log-sum-exp; the backward runs each piece's kernel backward with the final
 output and log-sum-exp. No block's scores are kept (before 2026-12-05 the math was explicit: fp32 scores of a
 [queries, block keys] tile per block, 64 GiB per block for a GPT-OSS layer at 128k tokens over cp 8). torch's
 context_parallel (the CUDA path of context_parallel.py) is not used under the policy; on CUDA autoconf's own CP
@@ -32,7 +33,7 @@ tests/test_gpt_oss.py).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
@@ -41,6 +42,7 @@ from torch.distributed.distributed_c10d import _resolve_process_group
 
 from autoconf.execute.context_parallel import block_in_window, chunks_of, positions
 from autoconf.execute.window_attention import window_mask
+from autoconf.spec.model import window_band
 
 Tensor = torch.Tensor
 # torch 2.13's names, and the older ones
@@ -93,39 +95,88 @@ def _skipped(owner, seq_len: int, cp: int, rank: int, window: int) -> bool:
     return owner is not None and window > 0 and not block_in_window(seq_len, cp, rank, owner, window)
 
 
-def _pieces(owner, seq_len: int, cp: int, rank: int, window: int, device):
-    """The fused-kernel calls one block takes: (query rows, key columns, bias or None, causal) each, the query rows
-    and key columns as slices of the rank's queries and of the block's keys. Without a window the head-tail chunks
-    make every piece mask-free: the rank's own block is causal (its positions ascend, so index order is position
-    order); an earlier rank's block is seen whole by both chunks' queries in its first chunk only, a later rank's
-    by the second chunk's queries only (both of its chunks); under the all-gather each chunk of the rank sees the
-    keys before it whole and its own causally. Under a sliding window one piece with the bias of `window_mask` (0 or
-    -inf, built per block: O(queries x keys) while the block computes)."""
+class Piece(NamedTuple):
+    """One fused-kernel call of a block: the rank's query rows and the block's key columns it covers (slices), and
+    which of their pairs it computes: all, causally (`causal`), those of a bias (`seen`, bool), or a sliding window
+    over rows and columns of the same positions in blocks of the band (`band`: the window; `_band_fused`)."""
+
+    rows: slice
+    cols: slice
+    seen: Optional[Tensor] = None
+    causal: bool = False
+    band: int = 0
+
+
+def _pieces(owner, seq_len: int, cp: int, rank: int, window: int, device) -> list[Piece]:
+    """The fused-kernel calls one block takes. Without a window the head-tail chunks make every piece mask-free: the
+    rank's own block is causal (its positions ascend, so index order is position order); an earlier rank's block is
+    seen whole by both chunks' queries in its first chunk only, a later rank's by the second chunk's queries only
+    (both of its chunks); under the all-gather each chunk of the rank sees the keys before it whole and its own
+    causally. Under a sliding window, `_window_pieces`."""
     n = seq_len // (2 * cp)
     every = slice(None)
     if window:
-        mine = positions(seq_len, cp, rank, device)
-        return [(every, every, _seen(mine, owner, seq_len, cp, window), False)]
+        return _window_pieces(owner, seq_len, cp, rank, window, device)
     if owner is None:  # the whole sequence in order: chunk c of the rank is rows [i n, (i + 1) n)
         pieces = []
         for i, c in enumerate(chunks_of(cp, rank)):
             rows = slice(i * n, (i + 1) * n)
-            pieces.append((rows, slice(c * n, (c + 1) * n), None, True))
+            pieces.append(Piece(rows, slice(c * n, (c + 1) * n), causal=True))
             if c:
-                pieces.append((rows, slice(0, c * n), None, False))
+                pieces.append(Piece(rows, slice(0, c * n)))
         return pieces
     if owner == rank:
-        return [(every, every, None, True)]
+        return [Piece(every, every, causal=True)]
     if owner < rank:
-        return [(every, slice(0, n), None, False)]
-    return [(slice(n, 2 * n), every, None, False)]
+        return [Piece(every, slice(0, n))]
+    return [Piece(slice(n, 2 * n), every)]
 
 
-def _fused(q: Tensor, k: Tensor, v: Tensor, seen: Tensor | None, causal: bool) -> tuple[Tensor, Tensor]:
-    """(output, fp32 log-sum-exp) of softmax(q k^T / sqrt(d)) v by torch's fused kernels that return the
-    log-sum-exp: the CPU flash kernel, on CUDA the memory-efficient one (K/V repeated to the query heads; its
-    log-sum-exp padded to a multiple of 32 rows, cut back). `seen` (bool [queries, keys]) becomes a bias of 0 and
-    -inf; a row that sees no key gives a zero output and a log-sum-exp of -inf (the CPU kernel says 0)."""
+def _window_pieces(owner, seq_len: int, cp: int, rank: int, window: int, device) -> list[Piece]:
+    """Under a sliding window, per chunk of the rank's queries and chunk of the block's keys (the ring's block: its
+    owner's two; the all-gather's: all 2 cp in order): its own chunk in blocks of the band where the chunk holds
+    twice the window (`window_band`), else causal where the window holds the chunk, else under the window's bias;
+    an earlier chunk only where its last keys reach the chunk's first queries within the window: the corner of at
+    most window - 1 rows and keys that does, under its bias. So a block costs O(n w) scores, not n^2."""
+    n = seq_len // (2 * cp)
+    key_chunks = list(range(2 * cp)) if owner is None else list(chunks_of(cp, owner))
+    pieces = []
+    for i, qc in enumerate(chunks_of(cp, rank)):
+        for j, kc in enumerate(key_chunks):
+            col = (kc if owner is None else j) * n
+            if kc == qc:
+                rows, cols = slice(i * n, (i + 1) * n), slice(col, col + n)
+                if window_band(n, window) is not None:
+                    pieces.append(Piece(rows, cols, band=window))
+                elif window >= n:
+                    pieces.append(Piece(rows, cols, causal=True))
+                else:
+                    here = torch.arange(qc * n, (qc + 1) * n, device=device)
+                    pieces.append(Piece(rows, cols, window_mask(here, here, window)))
+            elif kc < qc and (qc - kc - 1) * n + 1 < window:
+                reached = min(n, (kc + 1) * n + window - 1 - qc * n)  # the chunk's first rows see some key
+                first = max(0, qc * n - window + 1 - kc * n)  # the earlier chunk's keys from here on are seen
+                queries = torch.arange(qc * n, qc * n + reached, device=device)
+                keys = torch.arange(kc * n + first, (kc + 1) * n, device=device)
+                pieces.append(Piece(slice(i * n, i * n + reached), slice(col + first, col + n),
+                                    window_mask(queries, keys, window)))
+    return pieces
+
+
+def _fused(q: Tensor, k: Tensor, v: Tensor, piece: Piece) -> tuple[Tensor, Tensor]:
+    """(output, fp32 log-sum-exp) of one piece's softmax(q k^T / sqrt(d)) v by torch's fused kernels that return the
+    log-sum-exp (`_kernel`); a band piece through `_band_fused`."""
+    q, k, v = q[:, :, piece.rows], k[:, :, piece.cols], v[:, :, piece.cols]
+    if piece.band:
+        return _band_fused(q, k, v, piece.band)
+    return _kernel(q, k, v, piece.seen, piece.causal)
+
+
+def _kernel(q: Tensor, k: Tensor, v: Tensor, seen: Tensor | None, causal: bool) -> tuple[Tensor, Tensor]:
+    """(output, fp32 log-sum-exp) by the CPU flash kernel, on CUDA the memory-efficient one (K/V repeated to the
+    query heads; its log-sum-exp padded to a multiple of 32 rows, cut back). `seen` (bool [..., queries, keys],
+    leading dimensions broadcast over q's batch) becomes a bias of 0 and -inf; a row that sees no key gives a zero
+    output and a log-sum-exp of -inf (the CPU kernel says 0)."""
     bias = None if seen is None else _bias(seen, q)
     if q.device.type == "cuda":
         k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
@@ -136,16 +187,26 @@ def _fused(q: Tensor, k: Tensor, v: Tensor, seen: Tensor | None, causal: bool) -
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, attn_mask=bias)
     if seen is not None:
         sees = seen.any(-1)
-        out, lse = out * sees[:, None], lse.masked_fill(~sees, float("-inf"))
+        out, lse = out * sees[..., None], lse.masked_fill(~sees, float("-inf"))
     return out, lse
 
 
-def _fused_grads(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, seen: Tensor | None,
-                 causal: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """dq, dk, dv of one piece from the op's final output and log-sum-exp (each block's probabilities are then the
-    final ones, exp(S - lse)), by the backward of the kernel `_fused` ran; dk and dv summed onto the K/V heads."""
+def _fused_grads(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                 piece: Piece) -> tuple[Tensor, Tensor, Tensor]:
+    """dq, dk, dv of one piece (over its rows and columns) from the op's final output and log-sum-exp (each block's
+    probabilities are then the final ones, exp(S - lse)), by the backward of the kernel `_fused` ran."""
+    grad, q, out, lse = (t[:, :, piece.rows] for t in (grad, q, out, lse))
+    k, v = k[:, :, piece.cols], v[:, :, piece.cols]
+    if piece.band:
+        return _band_grads(grad, q, k, v, out, lse, piece.band)
+    return _kernel_grads(grad, q, k, v, out, lse, piece.seen, piece.causal)
+
+
+def _kernel_grads(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, seen: Tensor | None,
+                  causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The backward of `_kernel`'s kernel; dk and dv summed onto the K/V heads."""
     bias = None if seen is None else _bias(seen, q)
-    lse = lse.masked_fill(torch.isinf(lse), 0.0)  # a row no key of any block reaches has none here either
+    lse = lse.masked_fill(torch.isinf(lse), 0.0)  # a row that sees no key here: its bias zeroes its probabilities
     if q.device.type == "cuda":
         repeat = q.shape[1] // k.shape[1]
         kr, vr = (t.repeat_interleave(repeat, dim=1) for t in (k, v))
@@ -158,6 +219,64 @@ def _fused_grads(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
         return dq, dk, dv
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
         grad, q, k, v, out, lse, 0.0, causal, attn_mask=bias)
+
+
+def _band_layout(n: int, window: int, device) -> tuple[int, Tensor]:
+    """For n queries over the same n keys in blocks of the window: (the block count, the bool [blocks, 1, window,
+    2 window - 1] pairs of each block: its queries against the 2 window - 1 keys ending with its last, those before
+    the first key left out)."""
+    blocks = -(-n // window)
+    query_pos = torch.arange(blocks * window, device=device).view(blocks, window)
+    key_pos = query_pos[:, :1] - (window - 1) + torch.arange(2 * window - 1, device=device)
+    return blocks, (window_mask(query_pos, key_pos, window) & (key_pos >= 0)[:, None, :]).unsqueeze(1)
+
+
+def _to_blocks(t: Tensor, blocks: int, window: int) -> Tensor:
+    """[b, heads, n, ...] rows padded to whole blocks -> [b x blocks, heads, window, ...]."""
+    t = F.pad(t, (0, 0) * (t.dim() - 3) + (0, blocks * window - t.shape[2]))
+    return t.unflatten(2, (blocks, window)).transpose(1, 2).flatten(0, 1)
+
+
+def _from_blocks(t: Tensor, b: int, n: int) -> Tensor:
+    """The inverse of `_to_blocks`, the padded rows dropped."""
+    return t.unflatten(0, (b, -1)).transpose(1, 2).flatten(2, 3)[:, :, :n]
+
+
+def _band_keys(t: Tensor, blocks: int, window: int) -> Tensor:
+    """[b, kv_heads, n, d] -> each block's 2 window - 1 keys [b x blocks, kv_heads, 2 window - 1, d] (zeros before
+    position 0 and after the last)."""
+    padded = F.pad(t, (0, 0, window - 1, blocks * window - t.shape[2]))
+    return padded.unfold(2, 2 * window - 1, window).permute(0, 2, 1, 4, 3).flatten(0, 1)
+
+
+def _band_fused(q: Tensor, k: Tensor, v: Tensor, window: int) -> tuple[Tensor, Tensor]:
+    """`_kernel` of n queries over the same n positions' keys within the window, all blocks of the band one batched
+    call (execute/window_attention.py's `banded_attention` with the log-sum-exp)."""
+    b, n = q.shape[0], q.shape[2]
+    blocks, seen = _band_layout(n, window, q.device)
+    out, lse = _kernel(_to_blocks(q, blocks, window), _band_keys(k, blocks, window), _band_keys(v, blocks, window),
+                       seen.repeat(b, 1, 1, 1), False)
+    return _from_blocks(out, b, n), _from_blocks(lse, b, n)
+
+
+def _band_grads(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                window: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The backward of `_band_fused`: each block's kernel backward, the keys' and values' gradients of the
+    overlapping blocks summed back onto their positions."""
+    b, n = q.shape[0], q.shape[2]
+    blocks, seen = _band_layout(n, window, q.device)
+    dq, dkb, dvb = _kernel_grads(*(_to_blocks(t, blocks, window) for t in (grad, q)), _band_keys(k, blocks, window),
+                                 _band_keys(v, blocks, window), _to_blocks(out, blocks, window),
+                                 _to_blocks(lse, blocks, window), seen.repeat(b, 1, 1, 1), False)
+    width = 2 * window - 1
+    index = (torch.arange(blocks, device=q.device)[:, None] * window
+             + torch.arange(width, device=q.device)).flatten()  # each block key's row in the padded keys
+    unpadded = []
+    for grads, like in ((dkb, k), (dvb, v)):
+        rows = grads.unflatten(0, (b, blocks)).transpose(2, 3).flatten(1, 2)  # [b, blocks x width, kv_heads, d]
+        total = rows.new_zeros(b, (blocks + 1) * window - 1, *rows.shape[2:]).index_add_(1, index, rows)
+        unpadded.append(total[:, window - 1:window - 1 + n].transpose(1, 2).to(like.dtype))
+    return _from_blocks(dq, b, n), *unpadded
 
 
 def _bias(seen: Tensor, q: Tensor) -> Tensor:
@@ -202,8 +321,9 @@ def cp_attention(q: Tensor, k: Tensor, v: Tensor, group_name: str, algorithm: st
         if _skipped(owner, seq_len, cp, rank, window):
             continue
         vb = _widened(vb, q.shape[-1])
-        for rows, cols, seen, causal in _pieces(owner, seq_len, cp, rank, window, q.device):
-            part, part_lse = _fused(q[:, :, rows], kb[:, :, cols], vb[:, :, cols], seen, causal)
+        for piece in _pieces(owner, seq_len, cp, rank, window, q.device):
+            rows = piece.rows
+            part, part_lse = _fused(q, kb, vb, piece)
             new = torch.logaddexp(lse[:, :, rows], part_lse)
             keep = (lse[:, :, rows] - new).exp().nan_to_num(0.0)[..., None]  # -inf - -inf: nothing yet, nothing now
             add = (part_lse - new).exp().nan_to_num(0.0)[..., None]
@@ -237,12 +357,11 @@ def _backward_blocks(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
         vb = _widened(vb, d)
         dk, dv = torch.zeros(kb.shape, dtype=torch.float32, device=q.device), torch.zeros(
             vb.shape, dtype=torch.float32, device=q.device)
-        for rows, cols, seen, causal in _pieces(owner, seq_len, cp, rank, window, q.device):
-            pq, pk, pv = _fused_grads(grad[:, :, rows], q[:, :, rows], kb[:, :, cols], vb[:, :, cols],
-                                      out[:, :, rows], lse[:, :, rows], seen, causal)
-            dq[:, :, rows] += pq.float()
-            dk[:, :, cols] += pk.float()
-            dv[:, :, cols] += pv.float()
+        for piece in _pieces(owner, seq_len, cp, rank, window, q.device):
+            pq, pk, pv = _fused_grads(grad, q, kb, vb, out, lse, piece)
+            dq[:, :, piece.rows] += pq.float()
+            dk[:, :, piece.cols] += pk.float()
+            dv[:, :, piece.cols] += pv.float()
         dkv = torch.cat([dk, dv[..., :width]], dim=-1)
         if algorithm == "allgather":
             return dq.to(q.dtype), *_reduce_scatter(dkv, group, cp, k.shape[-1])
