@@ -24,7 +24,8 @@ from autoconf.cost.estimate import estimate
 from autoconf.errors import UserError
 from autoconf.report import upstream
 from autoconf.report.exporters import export_texts, megatron_args, megatron_flags, pytorchjob, torchtitan_config
-from autoconf.report.torchtitan_export import FUNCTION, TORCHTITAN_FLAVORS, module_fqns, upstream_recipe
+from autoconf.report.torchtitan_export import (FAMILY_FLAVORS, FUNCTION, TORCHTITAN_FLAVORS, family_recipe,
+                                              module_fqns, upstream_recipe)
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import execution
 from autoconf.spec.model import MLASpec, MoESpec
@@ -587,3 +588,38 @@ def test_rope_scaling_survives_json_and_comes_from_hugging_face(tmp_path):
     assert from_hf_config({**hf, "rope_scaling": None}, "Llama-3-8B").rope_scaling_factor == 1.0
     with pytest.raises(UserError, match="rope_scaling_factor"):
         dataclasses.replace(PRESETS["llama3.1-8b"], rope_scaling_factor=0.5)
+
+
+FAMILY_PLANS = {
+    "gpt-oss-20b": dict(pp=2, dp=4, ep=4, zero=1),
+    "gpt-oss-120b": dict(pp=4, dp=2, ep=2, zero=1),
+    "qwen3-30b-a3b": dict(tp=2, pp=2, dp=2, ep=4, sp=True, zero=3, recompute="full"),
+    "qwen3-235b-a22b": dict(pp=2, dp=4, ep=4, zero=1),
+    "deepseek-v3": dict(pp=8, dp=1, ep=1, zero=1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_PLANS))
+def test_moe_presets_export_torchtitans_own_model_of_the_same_parameters(torchtitan, name, tmp_path):
+    """A plan of a preset torchtitan ships in another family (GPT-OSS, Qwen3-MoE, DeepSeek-V3) starts from that
+    family's recipe and flavor: ConfigManager loads it, ParallelDims takes its degrees, and the flavor's model, built
+    on the meta device, has the preset's parameter count and every module the stages name; no llama3 note."""
+    import torch
+
+    ConfigManager, ParallelDims = torchtitan
+    plan = _plan(name, gpus=8, cluster="dgx-h100-80g", seq=4096, global_batch=64, **FAMILY_PLANS[name])
+    family, recipe, flavor = FAMILY_FLAVORS[name]
+    assert family_recipe(plan) == FAMILY_FLAVORS[name]
+    text = torchtitan_config(plan)
+    assert f"from torchtitan.models.{family}.config_registry import {recipe}" in text
+    assert "llama3 builder" not in text and "sliding-window" not in text
+    config = _load_torchtitan(text, tmp_path, ConfigManager)
+    c, par = plan.config, config.parallelism
+    dims = ParallelDims.from_config(par, c.world_size)
+    assert (dims.tp, dims.pp, dims.cp, dims.dp_replicate * dims.dp_shard) == (c.tp, c.pp, c.cp, c.dp)
+    assert par.expert_parallel_degree == c.ep and config.model_spec.flavor == flavor
+    with torch.device("meta"):
+        model = config.model_spec.model.build()
+    assert sum(p.numel() for p in model.parameters()) == plan.model.total_params()
+    names = {n for n, _ in model.named_modules()}
+    assert {n for part in (par.module_fqns_per_model_part or module_fqns(plan)) for n in part} <= names

@@ -118,7 +118,7 @@ def test_default_partition_makes_room_for_the_mtp_module():
 
 def test_exports_and_the_executor_refusal():
     """Megatron gets --mtp-num-layers and an 'm' before the loss in the layout (the grammar megatron-core validates:
-    tests/test_exports_upstream.py); torchtitan's config says it trains no MTP; the executor refuses in one line."""
+    tests/test_exports_upstream.py); torchtitan's config says it leaves the MTP module out; the executor refuses in one line."""
     mtp = dataclasses.replace(LLAMA, mtp_num_layers=1)
     cluster = load_cluster("dgx-h100-80g", nodes=1)
     c = ParallelConfig(tp=1, pp=2, dp=4, micro_batch_size=1, global_batch_size=64, seq_len=4096,
@@ -127,7 +127,7 @@ def test_exports_and_the_executor_refusal():
     flags, _ = megatron_flags(plan)
     assert ("--mtp-num-layers", 1) in flags
     assert _pipeline_layout(plan) == "Et*17|t*15mL"
-    assert "trains no multi-token-prediction module" in torchtitan_config(plan, "summary")
+    assert "leaves out the model's 1 multi-token-prediction module(s)" in torchtitan_config(plan, "summary")
     plain = estimate(LLAMA, cluster, c, [[0, 17], [17, 32]], execution=AUTOCONF)
     assert not any(f[0] == "--mtp-num-layers" for f in megatron_flags(plain)[0])
     assert _pipeline_layout(plain) == "Et*17|t*15L"

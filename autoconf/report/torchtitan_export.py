@@ -3,11 +3,14 @@
 `--module torchtitan_config --config autoconf_plan` (its TOML job files are gone).
 
 The config starts from torchtitan's own recipe for the model when torchtitan ships the model (TORCHTITAN_FLAVORS,
-compared by dimensions), else from its Llama 3.1 8B recipe with a model of the plan's dimensions built by
+compared by dimensions; FAMILY_FLAVORS, torchtitan's GPT-OSS, Qwen3 and DeepSeek-V3 models, compared with the
+presets they equal), else from its Llama 3.1 8B recipe with a model of the plan's dimensions built by
 torchtitan's llama3 builders; then it sets the plan's batch, degrees, schedule, stage partition and recompute.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from autoconf.report.offload_flags import torchtitan_offload
 from autoconf.report.precision_flags import torchtitan_fp8_note
@@ -15,6 +18,7 @@ from autoconf.report.upstream import TORCHTITAN_TARGET, TORCHTITAN_VERSION
 from autoconf.spec.frameworks import plan_execution, selective_policy
 from autoconf.spec.model import LLAMA3_ROPE_DEFAULTS
 from autoconf.spec.plan import Plan, recomputed_layer_indices
+from autoconf.spec.presets import PRESETS
 from autoconf.spec.schedules import schedule_spec
 
 MODULE = "torchtitan_config"
@@ -36,6 +40,28 @@ FLAVOR_ROPE_THETA, FLAVOR_ROPE_SCALING = 500000.0, 8.0
 # Recipes that build a float8 model when called (llama3_405b: Float8LinearConverter on every linear, which refuses
 # a GPU below SM89 as the config loads): the export starts from llama3_8b's recipe with the flavor's model instead.
 FLOAT8_RECIPES = ("llama3_405b",)
+
+
+# torchtitan 0.3.0's other model families (torchtitan/models/<family>): the autoconf presets equal to one of their
+# flavors, as (family, recipe function in <family>/config_registry.py, model_registry flavor). qwen3 ships no
+# 235B-A22B recipe: its model on the 30B-A3B one. tests/test_exports_upstream.py builds each flavor on the meta
+# device and finds the preset's parameter count.
+FAMILY_FLAVORS = {
+    "gpt-oss-20b": ("gpt_oss", "gpt_oss_20b", "20b"),
+    "gpt-oss-120b": ("gpt_oss", "gpt_oss_120b", "120b"),
+    "qwen3-30b-a3b": ("qwen3", "qwen3_30b_a3b", "30B-A3B"),
+    "qwen3-235b-a22b": ("qwen3", "qwen3_30b_a3b", "235B-A22B"),
+    "deepseek-v3": ("deepseek_v3", "deepseek_v3_671b", "671B"),
+}
+
+
+def family_recipe(plan: Plan) -> tuple[str, str, str] | None:
+    """(family, recipe, flavor) of torchtitan's own model equal to the plan's (`FAMILY_FLAVORS`: the preset's spec,
+    whatever the plan's model is named), or None."""
+    for preset, entry in FAMILY_FLAVORS.items():
+        if dataclasses.replace(plan.model, name=preset) == PRESETS[preset]:
+            return entry
+    return None
 
 
 def upstream_recipe(plan: Plan) -> str | None:
@@ -102,12 +128,9 @@ def _local_batch(plan: Plan) -> int:
     return c.global_batch_size // c.dp if c.pp > 1 else c.micro_batch_size
 
 
-def torchtitan_config(plan: Plan, summary: str) -> str:
-    """The text of torchtitan_config.py for `plan`; `summary` is the plan's one-line comment text."""
-    m, c = plan.model, plan.config
-    recipe = upstream_recipe(plan)
-    replicate, shard = (c.dp, 1) if c.zero_stage == 0 else (1, c.dp)
-    reshard = {0: "default", 1: "never", 2: "never", 3: "always"}[c.zero_stage]
+def _llama3_notes(plan: Plan) -> list[str]:
+    """What a model of the plan's dimensions on torchtitan's llama3 builders leaves out of the plan's model."""
+    m = plan.model
     notes = []
     if m.arch == "gpt":
         notes.append("torchtitan ships llama-style models; this describes a llama3 model of the GPT's dimensions "
@@ -115,7 +138,9 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
     if (m.head_dim != m.hidden_size // m.num_heads or m.qk_norm or m.moe is not None or m.mla is not None
             or m.attention_sinks or m.swiglu_limit is not None):
         notes.append("torchtitan's llama3 builder takes neither a head width of its own, QK norm, MoE, MLA, attention "
-                     "sinks nor a clamped SwiGLU; the model below has none of them")
+                     "sinks nor a clamped SwiGLU; the model below has none of them (torchtitan's own "
+                     f"{', '.join(sorted({f for f, _, _ in FAMILY_FLAVORS.values()}))} models are written for the "
+                     "presets they equal)")
     if m.qkv_bias:
         notes.append("torchtitan's llama3 model has no QKV bias; the model below has none")
     if m.rope_yarn is not None:
@@ -124,9 +149,21 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
         notes.append(f"torchtitan's llama3 model has no sliding-window attention; the model below attends to the "
                      f"whole sequence in every layer (the plan slides a {m.sliding_window}-token window in "
                      f"{m.sliding_layer_count} of {m.num_layers})")
+    return notes
+
+
+def torchtitan_config(plan: Plan, summary: str) -> str:
+    """The text of torchtitan_config.py for `plan`; `summary` is the plan's one-line comment text."""
+    m, c = plan.model, plan.config
+    family = family_recipe(plan)
+    recipe = None if family else upstream_recipe(plan)
+    replicate, shard = (c.dp, 1) if c.zero_stage == 0 else (1, c.dp)
+    reshard = {0: "default", 1: "never", 2: "never", 3: "always"}[c.zero_stage]
+    notes = [] if family else _llama3_notes(plan)
     if m.mtp_num_layers:
-        notes.append(f"torchtitan {TORCHTITAN_VERSION} trains no multi-token-prediction module; the run below "
-                     f"leaves out the model's {m.mtp_num_layers} MTP module(s) that the plan costs on the last stage")
+        notes.append(f"the run below leaves out the model's {m.mtp_num_layers} multi-token-prediction module(s) that "
+                     f"the plan costs on the last stage (torchtitan {TORCHTITAN_VERSION}'s deepseek_v3 model builds "
+                     f"them with model_registry(..., num_mtp_layers=N) and MTPLoss; this export does not write them)")
     if c.etp > 1:
         notes.append(f"expert tensor parallelism (etp {c.etp}) has no torchtitan {TORCHTITAN_VERSION} "
                      f"setting: its experts are split over expert_parallel_degree and FSDP only")
@@ -165,30 +202,35 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
     schedule = schedule_spec(c.schedule)
     if schedule.torchtitan_note:
         notes.append(schedule.torchtitan_note)
+    if family:
+        package, base, flavor = family[0], family[1], family[2]
+        described = f"torchtitan's {package} model {flavor} on its recipe {base}"
+    else:
+        package, base = "llama3", "llama3_8b" if recipe is None or recipe in FLOAT8_RECIPES else recipe
+        flavor = TORCHTITAN_FLAVORS[recipe][0] if recipe else None
+        described = (f"torchtitan's {flavor} model on its recipe llama3_8b (the {recipe} recipe builds it in "
+                     f"float8)" if recipe in FLOAT8_RECIPES else f"torchtitan's recipe {recipe}" if recipe
+                     else "the plan's model on torchtitan's recipe llama3_8b")
     lines = [f"# {summary}",
              f"# Targets {TORCHTITAN_TARGET}: a config_registry module. Run from this folder with",
              f"#   PYTHONPATH=. torchrun ... -m torchtitan.train --module {MODULE} --config {FUNCTION}",
-             "# Model: " + (f"torchtitan's {TORCHTITAN_FLAVORS[recipe][0]} model on its recipe llama3_8b (the "
-                            f"{recipe} recipe builds it in float8)" if recipe in FLOAT8_RECIPES
-                            else f"torchtitan's recipe {recipe}" if recipe
-                            else "the plan's model on torchtitan's recipe llama3_8b")]
+             f"# Model: {described}"]
     lines += [f"# NOTE: {n}" for n in notes]
-    base = "llama3_8b" if recipe is None or recipe in FLOAT8_RECIPES else recipe
     imports = ["from torchtitan.distributed.activation_checkpoint import FullAC, SelectiveAC  # noqa: F401",
-               f"from torchtitan.models.llama3.config_registry import {base}"]
-    if recipe is not None:
-        imports.append("from torchtitan.models.llama3 import model_registry")
-    if recipe is None:
+               f"from torchtitan.models.{package}.config_registry import {base}"]
+    if flavor is not None:
+        imports.append(f"from torchtitan.models.{package} import model_registry")
+    else:
         imports = ["import dataclasses", "", "from torchtitan.models import llama3",
                    "from torchtitan.models.common import ComplexRoPE, Embedding, Linear, RMSNorm"] + imports
     ac, ac_class = _activation_checkpoint(plan)
-    if ac_class and recipe is not None:
+    if ac_class and flavor is not None:
         imports = ["import dataclasses", ""] + imports
     lines += imports + ac_class + ["", "", f"def {FUNCTION}():", f"    config = {base}()"]
-    if recipe is None:
+    if flavor is None:
         lines += _custom_model(plan)
     else:  # the flavor's model without converters: the plan's dtype decides
-        lines.append(f'    config.model_spec = model_registry("{TORCHTITAN_FLAVORS[recipe][0]}")')
+        lines.append(f'    config.model_spec = model_registry("{flavor}")')
     precision = "float32" if c.dtype == "fp32" else "bfloat16"
     lines += ["    training, parallelism = config.training, config.parallelism",
               f"    training.local_batch_size = {_local_batch(plan)}",
@@ -208,7 +250,7 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
               f"    parallelism.context_parallel_degree = {c.cp}",
               f'    parallelism.pipeline_parallel_schedule = "{schedule.torch_class or "1F1B"}"',
               f"    parallelism.pipeline_parallel_microbatch_size = {c.micro_batch_size}",
-              *([f"    parallelism.expert_parallel_degree = {c.ep}"] if c.ep > 1 else []),
+              f"    parallelism.expert_parallel_degree = {c.ep}",
               *(f"    {line}" for line in offload_lines)]
     if c.pp > 1:
         lines.append("    training.disable_cuda_graphs = True  # torchtitan's CUDA graphs do not support pipelining")
