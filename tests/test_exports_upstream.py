@@ -618,6 +618,8 @@ def test_moe_presets_export_torchtitans_own_model_of_the_same_parameters(torchti
     dims = ParallelDims.from_config(par, c.world_size)
     assert (dims.tp, dims.pp, dims.cp, dims.dp_replicate * dims.dp_shard) == (c.tp, c.pp, c.cp, c.dp)
     assert par.expert_parallel_degree == c.ep and config.model_spec.flavor == flavor
+    assets = config.hf_assets_path.rsplit("/", 1)[-1].replace("-", "").lower()
+    assert name.replace("-", "") in assets  # the flavor's own tokenizer and weights
     with torch.device("meta"):
         model = config.model_spec.model.build()
     assert sum(p.numel() for p in model.parameters()) == plan.model.total_params()

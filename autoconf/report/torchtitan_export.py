@@ -44,8 +44,9 @@ FLOAT8_RECIPES = ("llama3_405b",)
 
 # torchtitan 0.3.0's other model families (torchtitan/models/<family>): the autoconf presets equal to one of their
 # flavors, as (family, recipe function in <family>/config_registry.py, model_registry flavor). qwen3 ships no
-# 235B-A22B recipe: its model on the 30B-A3B one. tests/test_exports_upstream.py builds each flavor on the meta
-# device and finds the preset's parameter count.
+# 235B-A22B recipe: its model on the 30B-A3B one, with that model's Hugging Face assets (FLAVOR_ASSETS; the
+# recipe's own name the 30B's). tests/test_exports_upstream.py builds each flavor on the meta device and finds the
+# preset's parameter count.
 FAMILY_FLAVORS = {
     "gpt-oss-20b": ("gpt_oss", "gpt_oss_20b", "20b"),
     "gpt-oss-120b": ("gpt_oss", "gpt_oss_120b", "120b"),
@@ -53,6 +54,7 @@ FAMILY_FLAVORS = {
     "qwen3-235b-a22b": ("qwen3", "qwen3_30b_a3b", "235B-A22B"),
     "deepseek-v3": ("deepseek_v3", "deepseek_v3_671b", "671B"),
 }
+FLAVOR_ASSETS = {"235B-A22B": "./assets/hf/Qwen3-235B-A22B"}
 
 
 def family_recipe(plan: Plan) -> tuple[str, str, str] | None:
@@ -231,6 +233,8 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
         lines += _custom_model(plan)
     else:  # the flavor's model without converters: the plan's dtype decides
         lines.append(f'    config.model_spec = model_registry("{flavor}")')
+        if flavor in FLAVOR_ASSETS:  # the recipe is another model's: the tokenizer and weights of this one
+            lines.append(f'    config.hf_assets_path = "{FLAVOR_ASSETS[flavor]}"')
     precision = "float32" if c.dtype == "fp32" else "bfloat16"
     lines += ["    training, parallelism = config.training, config.parallelism",
               f"    training.local_batch_size = {_local_batch(plan)}",
