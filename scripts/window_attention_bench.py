@@ -5,8 +5,9 @@ attention core (16 query heads, 2 K/V heads, head 64; GPT-OSS has 64 and 8) at a
 
 Each way runs in its own process: forward and backward, the median of --repeats timed runs after a warm-up, and
 the bytes autograd keeps for the backward (distinct storages of the saved tensors: Q, K, V or the band's copies,
-outputs, log-sum-exp and the mask SDPA converts). Prints a Markdown table; on a CPU the kernels are torch's CPU ones, so the ratios, not the times, are what
-carries to the estimate's `executor_window_work` (whose scores count is printed beside them)."""
+outputs, log-sum-exp and the mask SDPA converts). Prints a Markdown table; on a CPU the kernels are torch's CPU
+ones, so the ratios, not the times, are what carries to the estimate's `executor_window_work` (whose scores count
+is printed beside them)."""
 
 from __future__ import annotations
 

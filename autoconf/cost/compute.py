@@ -364,8 +364,8 @@ def flash_core_seconds(model: ModelSpec, cluster: ClusterProfile, execution: Exe
     (`ModelSpec.attention_work_share` reads the same shares). Where the framework hands windows and sinks to SDPA
     as masks and extra keys (`Execution.masked_attention`: autoconf's executor), a sliding layer scores what
     `executor_window_work` counts (the whole square under one mask, or the band's blocks) and the sink key widens
-    the query-key and the probability-value products by SINK_WIDTH columns each (the memory-efficient kernel's own speed is not in the
-    profiles: the curve's is taken)."""
+    the query-key and the probability-value products by SINK_WIDTH columns each (the memory-efficient kernel's own
+    speed is not in the profiles: the curve's is taken)."""
     square = model.layer_attention_flops(seq_len, micro_batch, windowed=False) / tp
     sliding = model.sliding_layer_count
     masked = (execution or Execution()).masked_attention

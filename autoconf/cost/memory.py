@@ -74,11 +74,11 @@ entries carry "host": the bytes that rank keeps in host memory (not part of "tot
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import operator
 from collections.abc import Sequence
-import dataclasses
 from dataclasses import dataclass
 
 from autoconf.cost.compute import seq_chunk_bounds
@@ -306,8 +306,8 @@ def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, re
 def executor_core_bytes(model: ModelSpec, c: ParallelConfig, window: int | None) -> float:
     """What autoconf's executor's flash attention core keeps for one layer (sliding `window`, or None), one
     micro-batch of whole sequences on one TP rank, without recompute: SDPA's Q, K, V, output and fp32 log-sum-exp as
-    execute/window_attention.py and `AttentionCore.attend` hand them over (tests/test_window_attention.py counts
-    them with autograd's saved-tensor hooks):
+    execute/window_attention.py and `AttentionCore.attend` hand them over (tests/test_memory_saved.py counts them
+    with autograd's saved-tensor hooks):
     - plain causal attention: Q, K, V and the output (which the output projection reads as it is);
     - attention sinks (`with_sink_key`): Q, K and V SINK_WIDTH columns wider, one key more, and under the causal
       kernel one query more; the output as wide, and the output projection's input a copy of its real part;

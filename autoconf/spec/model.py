@@ -43,7 +43,7 @@ RECOMPUTE = ("none", "selective", "full")
 ATTENTION = ("flash", "standard")
 MTP_NORMS = 3  # of one MTP module: enorm, hnorm and its final norm (`ModelSpec.mtp_extra_params`)
 CLAMPED_SWIGLU_ALPHA = 1.702  # GPT-OSS's gate x sigmoid(alpha gate) under `swiglu_limit` (transformers' swiglu_alpha)
-SINK_WIDTH = 8  # the head width autoconf's executor adds to Q and K for attention sinks (kernels take multiples of 8)
+SINK_WIDTH = 8  # the head width autoconf's executor adds to Q, K and V for sinks (kernels take multiples of 8)
 
 
 def is_printable_name(value) -> bool:
