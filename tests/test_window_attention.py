@@ -6,8 +6,8 @@ sinks that keep the kernel causal.
   over the all-gathered keys), uneven block counts, grouped K/V, both kernels, with and without sinks;
 - the scores it computes are `spec.model.executor_window_work`'s count, which the cost model reads, and its mask is
   O(s w), not s^2;
-- a causal layer with sinks under the fused kernel (one leading query more, no mask) equals the sink column of the
-  explicit mask.
+- a causal layer with sinks under the fused kernel (one leading query more, no mask tensor; for queries that are the
+  last of the keys torch's lower-right bias from `lower_right`) equals the sink column of the explicit mask.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 from autoconf.spec.model import ModelSpec, executor_window_work, window_band
 
 torch = pytest.importorskip("torch")
+from torch.nn.attention.bias import CausalBias  # noqa: E402
 
 SPEC = ModelSpec(name="band", arch="llama", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2,
                  ffn_hidden_size=176, vocab_size=256, max_seq_len=128, sliding_window=6)
@@ -95,14 +96,17 @@ def test_the_scores_computed_are_the_counts_the_cost_model_reads(seq, window):
 @pytest.mark.parametrize("queries, keys", [(16, 16), (5, 16)])
 def test_a_causal_layer_with_sinks_stays_causal_and_equals_the_sink_column(queries, keys):
     from autoconf.execute.model import Attention
-    from autoconf.execute.window_attention import last_queries_mask
-    from torch.nn.attention.bias import causal_lower_right
+    from autoconf.execute.window_attention import last_queries_mask, lower_right
 
     layer = Attention(SINKS, "flash").eval()
     with torch.no_grad():
         layer.sinks.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
-    causal = None if queries == keys else causal_lower_right(queries, keys)
+    causal = None if queries == keys else lower_right(queries, keys)  # seq1f1b's chunks, the CP all-gather's
+    handed = []
+    kernel = layer._kernel
+    layer._kernel = lambda q, k, v, mask, p, scale: handed.append(mask) or kernel(q, k, v, mask, p, scale)
     fused = _outputs_and_grads(layer, lambda q, k, v: layer.attend(q, k, v, causal, 0.0), queries, keys)
+    assert all(mask is None or isinstance(mask, CausalBias) for mask in handed)  # no mask tensor
     explicit = _outputs_and_grads(layer, lambda q, k, v: layer.attend(
         q, k, v, last_queries_mask(queries, keys, None, q.device), 0.0), queries, keys)
     for got, want in zip(fused, explicit):

@@ -42,9 +42,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch.nn.attention.bias import causal_lower_right
 
-from autoconf.execute.window_attention import attend_within, window_mask
+from autoconf.execute.window_attention import attend_within, lower_right, window_mask
 from autoconf.spec.frameworks import executor_torch_cp
 from autoconf.spec.plan import CP_COMM
 
@@ -138,7 +137,7 @@ class ContextParallel:
         self.order = gather_order(self.seq_len, self.cp, device)
         chunk = _chunk_len(self.seq_len, self.cp)
         self.chunk_ends = [(c + 1) * chunk for c in chunks_of(self.cp, self.rank)]
-        self.chunk_causal = [causal_lower_right(chunk, end) for end in self.chunk_ends]
+        self.chunk_causal = [lower_right(chunk, end) for end in self.chunk_ends]
 
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         """[batch, heads, seq/cp, dim] local shares -> [batch, heads, seq, dim] in sequence order, with autograd

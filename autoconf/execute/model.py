@@ -131,16 +131,18 @@ class AttentionCore(nn.Module):
         queries are the last keys' positions), which the fused kernels apply without a mask tensor; a mask may carry
         leading batch dimensions (`banded_attention`'s blocks). The fused kernel reads grouped K and V as they are
         (`enable_gqa`: it keeps them for its backward unrepeated). With sinks, one key more that every query sees
-        (`with_sink_key`): under the plain causal mask the fused kernel stays causal with one leading query more
-        (it sees the sink key only and its row is dropped), otherwise the mask gains the sink key's column."""
+        (`with_sink_key`): under the plain causal mask, or a lower-right bias from `window_attention.lower_right`,
+        the fused kernel stays causal with one leading query more (it sees the sink key only and its row is
+        dropped), otherwise the mask gains the sink key's column."""
         scale = q.shape[-1] ** -0.5
         if self.sinks is None:
             return self._kernel(q, k, v, mask, p, scale)
         width = v.shape[-1]
-        if mask is None and self.attention == "flash":
+        causal = mask is None or getattr(mask, "with_sink_key", None) is not None
+        if causal and self.attention == "flash":
             # causal attention with the sink key first: one leading query more keeps the kernel's causal form
             q, k, v = with_sink_key(F.pad(q, (0, 0, 1, 0)), k, v, self.local_sinks())
-            return self._kernel(q, k, v, None, p, scale)[:, :, 1:, :width]
+            return self._kernel(q, k, v, None if mask is None else mask.with_sink_key, p, scale)[:, :, 1:, :width]
         mask = causal_or(mask, q.shape[-2], k.shape[-2], q.device)
         q, k, v = with_sink_key(q, k, v, self.local_sinks())
         mask = torch.cat([mask.new_ones(*mask.shape[:-1], 1), mask], dim=-1)

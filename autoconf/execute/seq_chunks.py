@@ -32,9 +32,8 @@ The runtime's shape inference calls a stage once outside any unit: it then sees 
 from __future__ import annotations
 
 import torch
-from torch.nn.attention.bias import causal_lower_right
 
-from autoconf.execute.window_attention import attend_within
+from autoconf.execute.window_attention import attend_within, lower_right
 
 from autoconf.spec.schedules import build_schedule as schedule_order
 
@@ -75,7 +74,7 @@ class SequenceChunks:
         self.unit: int | None = None
         # Chunk j's queries are the last padded_len of its b_j + padded_len keys. Built here, outside the modes a
         # forward may run under (the per-op policy's): torch cannot create this tensor subclass inside them.
-        self.masks = [None] + [causal_lower_right(self.padded_len, a + self.padded_len) for a in self.bounds[1:-1]]
+        self.masks = [None] + [lower_right(self.padded_len, a + self.padded_len) for a in self.bounds[1:-1]]
 
     def start(self, unit: int | None) -> None:
         self.unit = unit

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import CausalBias
+from torch.nn.attention.bias import CausalBias, causal_lower_right
 
 from autoconf.spec.model import window_band
 
@@ -38,6 +38,16 @@ def sliding_mask(queries: int, keys: int, window: int | None, device) -> torch.T
     if window is None or keys <= window:
         return None
     return last_queries_mask(queries, keys, window, device)
+
+
+def lower_right(queries: int, keys: int) -> CausalBias:
+    """torch's lower-right causal bias of `queries` queries at the last of `keys` keys' positions, carrying as
+    `with_sink_key` the same bias with one query and one key more: the form `AttentionCore.attend` gives attention
+    sinks (a leading dummy query, the sink key first) without a mask tensor. Build both outside the modes a forward
+    may run under (the per-op policy's): torch cannot create these tensor subclasses inside them."""
+    bias = causal_lower_right(queries, keys)
+    bias.with_sink_key = causal_lower_right(queries + 1, keys + 1)
+    return bias
 
 
 def causal_or(mask, queries: int, keys: int, device) -> torch.Tensor:
