@@ -74,7 +74,6 @@ entries carry "host": the bytes that rank keeps in host memory (not part of "tot
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import operator
@@ -303,9 +302,9 @@ def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, re
     return norms + linear_inputs + attention + mlp + delta
 
 
-def executor_core_bytes(model: ModelSpec, c: ParallelConfig, window: int | None) -> float:
-    """What autoconf's executor's flash attention core keeps for one layer (sliding `window`, or None), one
-    micro-batch of whole sequences on one TP rank, without recompute: SDPA's Q, K, V, output and fp32 log-sum-exp as
+def executor_core_bytes(model: ModelSpec, c: ParallelConfig, window: int | None, sinks: bool) -> float:
+    """What autoconf's executor's flash attention core keeps for one layer (sliding `window`, or None; attention
+    `sinks` or not), one micro-batch of whole sequences on one TP rank, without recompute: SDPA's Q, K, V, output and fp32 log-sum-exp as
     execute/window_attention.py and `AttentionCore.attend` hand them over (tests/test_memory_saved.py counts them
     with autograd's saved-tensor hooks):
     - plain causal attention: Q, K, V and the output (which the output projection reads as it is);
@@ -319,7 +318,7 @@ def executor_core_bytes(model: ModelSpec, c: ParallelConfig, window: int | None)
       sequence, and the output projection's input a copy."""
     s, b, e = c.local_seq_len, c.micro_batch_size, DTYPE_BYTES[c.dtype]
     heads, kv, d = model.num_heads / c.tp, model.num_kv_heads / c.tp, model.head_dim
-    sink = 1 if model.attention_sinks else 0
+    sink = 1 if sinks else 0
     width = d + SINK_WIDTH * sink
     block = window_band(s, window)
     if block is not None:
@@ -341,10 +340,11 @@ def executor_masked_core_extra_bytes(model: ModelSpec, c: ParallelConfig) -> flo
     sliding = model.sliding_layer_count
     if not sliding and not model.attention_sinks:
         return 0.0
-    plain = executor_core_bytes(dataclasses.replace(model, attention_sinks=False), c, None)
-    layers = executor_core_bytes(model, c, None) * (model.num_layers - sliding)
+    sinks = model.attention_sinks
+    plain = executor_core_bytes(model, c, None, sinks=False)
+    layers = executor_core_bytes(model, c, None, sinks) * (model.num_layers - sliding)
     if sliding:
-        layers += executor_core_bytes(model, c, model.sliding_window) * sliding
+        layers += executor_core_bytes(model, c, model.sliding_window, sinks) * sliding
     return layers / model.num_layers - plain
 
 
