@@ -269,6 +269,14 @@ def test_tp_x_cp_blocks_stay_within_a_node_unless_the_links_across_nodes_are_fas
 
 
 # ---- executor: chunks, positions, attention -----------------------------------------------------------------------
+def _causal_mask(seq_len: int, cp: int, rank: int) -> torch.Tensor:
+    """Boolean [seq/cp, seq]: which sequence positions CP rank `rank`'s tokens see causally (what the all-gather's
+    attention computes chunk by chunk)."""
+    from autoconf.execute.window_attention import window_mask
+
+    return window_mask(cpx.positions(seq_len, cp, rank), torch.arange(seq_len), None)
+
+
 @pytest.mark.parametrize("cp", [1, 2, 4, 8])
 def test_shards_partition_the_sequence_and_unshard_inverts(cp):
     """Each rank holds chunks r and 2cp-1-r with their real positions; the shares cover every position once;
@@ -288,7 +296,7 @@ def test_shards_partition_the_sequence_and_unshard_inverts(cp):
         assert pos[n:].tolist() == list(range((2 * cp - 1 - r) * n, (2 * cp - r) * n))
         everyone += pos.tolist()
     assert sorted(everyone) == list(range(seq))
-    work = {int(cpx.causal_mask(seq, cp, r).sum()) for r in range(cp)}
+    work = {int(_causal_mask(seq, cp, r).sum()) for r in range(cp)}
     assert work == {seq * (seq + 1) // 2 // cp}
 
 
@@ -329,7 +337,7 @@ class _Gathered:
 
     def __init__(self, k, v, seq, cp, rank):
         self.k, self.v, self.local = k, v, cpx.shard(k, cp, rank, dim=2)
-        self.positions, self.mask = cpx.positions(seq, cp, rank), cpx.causal_mask(seq, cp, rank)
+        self.positions, self.mask = cpx.positions(seq, cp, rank), _causal_mask(seq, cp, rank)
 
     def attention(self, q, k, v, p, attend, as_op=False, window=None, sinks=None):
         assert torch.equal(k, self.local) and window is None and sinks is None  # the layer hands over its share

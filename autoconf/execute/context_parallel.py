@@ -98,12 +98,6 @@ def gather_order(seq_len: int, cp: int, device=None) -> torch.Tensor:
     return torch.cat([positions(seq_len, cp, r, device) for r in range(cp)]).argsort()
 
 
-def causal_mask(seq_len: int, cp: int, rank: int, device=None) -> torch.Tensor:
-    """Boolean [seq/cp, seq]: CP rank `rank`'s token i may attend to sequence position j when j <= its real
-    position (what the all-gather's attention computes chunk by chunk, `ContextParallel.attention`)."""
-    return window_mask(positions(seq_len, cp, rank, device), torch.arange(seq_len, device=device), None)
-
-
 def attach(model, context: "ContextParallel") -> None:
     """Makes a model chunk's embedding and attention layers read `context` (positions and K/V exchange), and its MoE
     layers take their load-balancing statistics over the CP group (`MoE.aux_loss`)."""
