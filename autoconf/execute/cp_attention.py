@@ -206,7 +206,6 @@ def _kernel_grads(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
                   causal: bool) -> tuple[Tensor, Tensor, Tensor]:
     """The backward of `_kernel`'s kernel; dk and dv summed onto the K/V heads."""
     bias = None if seen is None else _bias(seen, q)
-    lse = lse.masked_fill(torch.isinf(lse), 0.0)  # a row that sees no key here: its bias zeroes its probabilities
     if q.device.type == "cuda":
         repeat = q.shape[1] // k.shape[1]
         kr, vr = (t.repeat_interleave(repeat, dim=1) for t in (k, v))
