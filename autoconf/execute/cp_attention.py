@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch.distributed.distributed_c10d import _resolve_process_group
 
 from autoconf.execute.context_parallel import block_in_window, chunks_of, positions
-from autoconf.execute.window_attention import window_mask
+from autoconf.execute.window_attention import Band, window_mask
 from autoconf.spec.model import window_band
 
 Tensor = torch.Tensor
@@ -220,42 +220,13 @@ def _kernel_grads(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
         grad, q, k, v, out, lse, 0.0, causal, attn_mask=bias)
 
 
-def _band_layout(n: int, window: int, device) -> tuple[int, Tensor]:
-    """For n queries over the same n keys in blocks of the window: (the block count, the bool [blocks, 1, window,
-    2 window - 1] pairs of each block: its queries against the 2 window - 1 keys ending with its last, those before
-    the first key left out)."""
-    blocks = -(-n // window)
-    query_pos = torch.arange(blocks * window, device=device).view(blocks, window)
-    key_pos = query_pos[:, :1] - (window - 1) + torch.arange(2 * window - 1, device=device)
-    return blocks, (window_mask(query_pos, key_pos, window) & (key_pos >= 0)[:, None, :]).unsqueeze(1)
-
-
-def _to_blocks(t: Tensor, blocks: int, window: int) -> Tensor:
-    """[b, heads, n, ...] rows padded to whole blocks -> [b x blocks, heads, window, ...]."""
-    t = F.pad(t, (0, 0) * (t.dim() - 3) + (0, blocks * window - t.shape[2]))
-    return t.unflatten(2, (blocks, window)).transpose(1, 2).flatten(0, 1)
-
-
-def _from_blocks(t: Tensor, b: int, n: int) -> Tensor:
-    """The inverse of `_to_blocks`, the padded rows dropped."""
-    return t.unflatten(0, (b, -1)).transpose(1, 2).flatten(2, 3)[:, :, :n]
-
-
-def _band_keys(t: Tensor, blocks: int, window: int) -> Tensor:
-    """[b, kv_heads, n, d] -> each block's 2 window - 1 keys [b x blocks, kv_heads, 2 window - 1, d] (zeros before
-    position 0 and after the last)."""
-    padded = F.pad(t, (0, 0, window - 1, blocks * window - t.shape[2]))
-    return padded.unfold(2, 2 * window - 1, window).permute(0, 2, 1, 4, 3).flatten(0, 1)
-
-
 def _band_fused(q: Tensor, k: Tensor, v: Tensor, window: int) -> tuple[Tensor, Tensor]:
     """`_kernel` of n queries over the same n positions' keys within the window, all blocks of the band one batched
-    call (execute/window_attention.py's `banded_attention` with the log-sum-exp)."""
+    call (execute/window_attention.py's `Band`, as `banded_attention` lays it out, with the log-sum-exp)."""
     b, n = q.shape[0], q.shape[2]
-    blocks, seen = _band_layout(n, window, q.device)
-    out, lse = _kernel(_to_blocks(q, blocks, window), _band_keys(k, blocks, window), _band_keys(v, blocks, window),
-                       seen.repeat(b, 1, 1, 1), False)
-    return _from_blocks(out, b, n), _from_blocks(lse, b, n)
+    band = Band.of(n, n, window)
+    out, lse = _kernel(band.queries(q), band.keys(k), band.keys(v), band.seen(q.device).repeat(b, 1, 1, 1), False)
+    return band.rows(out, b, n), band.rows(lse, b, n)
 
 
 def _band_grads(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
@@ -263,19 +234,16 @@ def _band_grads(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse:
     """The backward of `_band_fused`: each block's kernel backward, the keys' and values' gradients of the
     overlapping blocks summed back onto their positions."""
     b, n = q.shape[0], q.shape[2]
-    blocks, seen = _band_layout(n, window, q.device)
-    dq, dkb, dvb = _kernel_grads(*(_to_blocks(t, blocks, window) for t in (grad, q)), _band_keys(k, blocks, window),
-                                 _band_keys(v, blocks, window), _to_blocks(out, blocks, window),
-                                 _to_blocks(lse, blocks, window), seen.repeat(b, 1, 1, 1), False)
-    width = 2 * window - 1
-    index = (torch.arange(blocks, device=q.device)[:, None] * window
-             + torch.arange(width, device=q.device)).flatten()  # each block key's row in the padded keys
+    band = Band.of(n, n, window)
+    dq, dkb, dvb = _kernel_grads(*(band.queries(t) for t in (grad, q)), band.keys(k), band.keys(v),
+                                 band.queries(out), band.queries(lse), band.seen(q.device).repeat(b, 1, 1, 1), False)
+    index = band.key_rows(q.device)
     unpadded = []
     for grads, like in ((dkb, k), (dvb, v)):
-        rows = grads.unflatten(0, (b, blocks)).transpose(2, 3).flatten(1, 2)  # [b, blocks x width, kv_heads, d]
-        total = rows.new_zeros(b, (blocks + 1) * window - 1, *rows.shape[2:]).index_add_(1, index, rows)
-        unpadded.append(total[:, window - 1:window - 1 + n].transpose(1, 2).to(like.dtype))
-    return _from_blocks(dq, b, n), *unpadded
+        rows = grads.unflatten(0, (b, band.blocks)).transpose(2, 3).flatten(1, 2)  # [b, blocks x width, kv_heads, d]
+        total = rows.new_zeros(b, band.lead + n + band.tail, *rows.shape[2:]).index_add_(1, index, rows)
+        unpadded.append(total[:, band.lead:band.lead + n].transpose(1, 2).to(like.dtype))
+    return band.rows(dq, b, n), *unpadded
 
 
 def _bias(seen: Tensor, q: Tensor) -> Tensor:

@@ -10,6 +10,8 @@ is `spec.model.window_band`, the rule the cost model reads (`executor_window_wor
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import CausalBias, causal_lower_right
@@ -70,29 +72,64 @@ def attend_within(attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, win
     return attend(q, k, v, causal if mask is None else mask, p)
 
 
+class Band(NamedTuple):
+    """How `window_band`'s blocks lay m queries at the last of n key positions out: `blocks` blocks of `block`
+    queries (the last padded by `tail` rows), each against `width` = block + window - 1 keys ending with its last
+    query; the keys padded by `lead` zero rows before position 0 and `tail` after the last, block j's keys starting
+    at padded row `start` + j block."""
+
+    window: int
+    first: int  # the first query's position
+    block: int
+    blocks: int
+    width: int
+    lead: int
+    tail: int
+    start: int
+
+    @classmethod
+    def of(cls, queries: int, keys: int, window: int) -> "Band":
+        block = window_band(keys, window)
+        blocks = -(-queries // block)
+        first = keys - queries
+        lead = max(0, window - 1 - first)
+        return cls(window, first, block, blocks, block + window - 1, lead, blocks * block - queries,
+                   first + lead - (window - 1))
+
+    def queries(self, t: torch.Tensor) -> torch.Tensor:
+        """[b, heads, m, ...] -> [b x blocks, heads, block, ...], the rows padded to whole blocks."""
+        t = F.pad(t, (0, 0) * (t.dim() - 3) + (0, self.tail))
+        return t.unflatten(2, (self.blocks, self.block)).transpose(1, 2).flatten(0, 1)
+
+    def rows(self, t: torch.Tensor, b: int, m: int) -> torch.Tensor:
+        """The inverse of `queries`, the padded rows dropped."""
+        return t.unflatten(0, (b, self.blocks)).transpose(1, 2).flatten(2, 3)[:, :, :m]
+
+    def keys(self, t: torch.Tensor) -> torch.Tensor:
+        """[b, kv_heads, n, d] -> each block's keys [b x blocks, kv_heads, width, d] (zeros outside the sequence)."""
+        t = F.pad(t, (0, 0, self.lead, self.tail))[:, :, self.start:self.start + (self.blocks - 1) * self.block
+                                                     + self.width]
+        return t.unfold(2, self.width, self.block).permute(0, 2, 1, 4, 3).flatten(0, 1)
+
+    def key_rows(self, device) -> torch.Tensor:
+        """The padded key row of each block's keys, flattened block by block (what `keys` gathers)."""
+        return (self.start + torch.arange(self.blocks, device=device)[:, None] * self.block
+                + torch.arange(self.width, device=device)).flatten()
+
+    def seen(self, device) -> torch.Tensor:
+        """Bool [blocks, 1, block, width]: each block's pairs within the window, keys before position 0 left out."""
+        query_pos = self.first + torch.arange(self.blocks * self.block, device=device).view(self.blocks, self.block)
+        key_pos = query_pos[:, :1] - (self.window - 1) + torch.arange(self.width, device=device)
+        return (window_mask(query_pos, key_pos, self.window) & (key_pos >= 0)[:, None, :]).unsqueeze(1)
+
+
 def banded_attention(attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
                      p: float) -> torch.Tensor:
     """The same result as `attend` under the window's mask, for q [b, heads, m, d] at the last m of the n positions
-    of k and v [b, kv_heads, n, d]: the queries padded to blocks of `window_band`'s size B, block j's keys the
-    B + window - 1 positions that end with its last query (zeros where they fall before position 0, masked), all
-    blocks one batch of `attend` with a [B, B + window - 1] mask each. The padded queries' rows are dropped."""
-    b, heads, m, _ = q.shape
-    n, block = k.shape[2], window_band(k.shape[2], window)
-    width = block + window - 1
-    blocks = -(-m // block)
-    tail = blocks * block - m  # padded queries after the last real one
-    first = n - m  # the first query's position
-    lead = max(0, window - 1 - first)  # zero keys before position 0
-    start = first + lead - (window - 1)  # block 0's first key in the padded keys
-
-    def banded(t: torch.Tensor) -> torch.Tensor:  # [b, kv_heads, n, d] -> [b * blocks, kv_heads, width, d]
-        t = F.pad(t, (0, 0, lead, tail))[:, :, start:start + (blocks - 1) * block + width]
-        t = t.unfold(2, width, block).permute(0, 2, 1, 4, 3)
-        return t.reshape(b * blocks, t.shape[2], width, t.shape[-1])
-
-    qb = F.pad(q, (0, 0, 0, tail)).unflatten(2, (blocks, block)).transpose(1, 2).reshape(b * blocks, heads, block, -1)
-    query_pos = first + torch.arange(blocks * block, device=q.device).view(blocks, block)
-    key_pos = query_pos[:, :1] - (window - 1) + torch.arange(width, device=q.device)
-    mask = window_mask(query_pos, key_pos, window) & (key_pos >= 0)[:, None, :]
-    out = attend(qb, banded(k), banded(v), mask.unsqueeze(1).repeat(b, 1, 1, 1), p)
-    return out.view(b, blocks, heads, block, -1).transpose(1, 2).flatten(2, 3)[:, :, :m]
+    of k and v [b, kv_heads, n, d]: the queries in blocks of `window_band`'s size, each against the keys that
+    reach it (`Band`), all blocks one batch of `attend` with a [block, block + window - 1] mask each. The padded
+    queries' rows are dropped."""
+    b, m = q.shape[0], q.shape[2]
+    band = Band.of(m, k.shape[2], window)
+    out = attend(band.queries(q), band.keys(k), band.keys(v), band.seen(q.device).repeat(b, 1, 1, 1), p)
+    return band.rows(out, b, m)
