@@ -7,6 +7,8 @@
         no layout whose data-parallel degree divides batch 8192)
     DeepSeek-V3 (671B MoE) on 8 x 8 H800, batch 512, seq 4096, planned for Megatron-Core: a large MoE model, whose
         search weighs ep and etp besides the dense degrees (issue 15; the 256-node plan of the issue took 792 s)
+    GPT-OSS-120B on 8 x 8 H100, batch 64, seq 131072: long context and MoE at once (issues 14 and 15), whose search
+        weighs cp and its exchange besides ep and etp (1.2M candidates)
 
 Usage: python scripts/bench_search.py [--json DIR] [CASE_PREFIX ...]   (prints one JSON line per case; with --json
 the ranked plans of case i go to DIR/case{i}.json, to compare the search's results across code changes)
@@ -39,6 +41,8 @@ CASES = [
       8192, "bf16", "flash", 10.0, None) for nodes in (8, 2048, 8192, 12288)] + [
     ("deepseek-v3 on 8 x 8 H800, batch 512, seq 4096, megatron-core", PRESETS["deepseek-v3"], "dgx-h800-80g", 8, 512,
      4096, "bf16", "flash", 60.0, "megatron-core"),
+    ("gpt-oss-120b on 8 x 8 H100, batch 64, seq 131072", PRESETS["gpt-oss-120b"], "dgx-h100-80g", 8, 64, 131072,
+     "bf16", "flash", 60.0, None),
 ]
 
 if __name__ == "__main__":
@@ -60,8 +64,5 @@ if __name__ == "__main__":
         if out_dir is not None:
             (out_dir / f"case{index}.json").write_text(json.dumps([plan.to_dict() for plan in result.plans],
                                                                    indent=1, sort_keys=True))
-        c = best.config
         print(json.dumps({"case": label, "seconds": round(seconds, 2), "target_s": target, **result.stats,
-                          "best": f"tp{c.tp} pp{c.pp} dp{c.dp} vpp{c.vpp} mb{c.micro_batch_size} {c.schedule} "
-                                  f"zero{c.zero_stage} rc={c.recompute} sp={c.sequence_parallel}",
-                          "predicted_mfu": round(best.prediction["mfu"], 3)}), flush=True)
+                          "best": best.config.label(), "predicted_mfu": round(best.prediction["mfu"], 3)}), flush=True)

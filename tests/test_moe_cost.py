@@ -142,6 +142,25 @@ def test_bounds_of_deepseek_v3_count_its_moe_blocks_and_stay_below_the_estimate(
     assert cache.time_bound(exposed) > cheapest
 
 
+def test_bounds_of_an_all_moe_model_count_its_exchange_and_the_head():
+    """GPT-OSS-20B (every block MoE, a 201k vocabulary) at 32k tokens on one node: the time bound, which charges
+    every block its exposed token exchange and the ranks holding the first and the last stage the embedding and the
+    head with its loss, stays at or below the estimate over a spread of layouts (CP, EP, pipelines of every
+    family); without a pipeline it is at least every micro-batch's blocks, exchanges, embedding and head."""
+    model, cluster = PRESETS["gpt-oss-20b"], load_cluster("dgx-h100-80g", 1)
+    cache = _BoundCache(model, cluster, H100)
+    pool = [c for c in candidates(model, 8, 8, 16, 32768, "bf16") if c.ep > 1 and H100.problem(c) is None]
+    assert {c.pp > 1 for c in pool} == {True, False} and {c.cp > 1 for c in pool} == {True, False}
+    for c in pool[::max(1, len(pool) // 24)]:
+        p = predict(model, cluster, c, execution=H100, detail=False)[3]
+        assert cache.time_bound(c) <= p["iteration_time_s"] * (1 + 1e-9), c
+    c = next(c for c in pool if c.pp == 1 and c.recompute == "none" and cache._exposed_exchange(c)[0] > 0)
+    fwd, bwd_in, bwd_w, _, _ = cache._per_layer(c)
+    exchange, pieces = cache._exposed_exchange(c), cache._layer(c)
+    work = (model.num_layers * (fwd + bwd_in + bwd_w + exchange[0] + exchange[1]) + pieces.head.total
+            + pieces.embedding.total)
+    assert cache.time_bound(c) >= c.num_microbatches * work
+
 def test_published_deepseek_v3_layout_fits():
     """DeepSeek-V3 as its report trained it (2048 H800 80GB: PP16, EP64, ZeRO-1 data parallel, no TP) fits an 80 GB
     device in Megatron-Core's memory layout; without expert parallelism the same layout does not."""

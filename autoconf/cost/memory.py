@@ -559,13 +559,16 @@ def stage_params(model: ModelSpec, partition: Sequence[Sequence[int]], stage: in
     MTP modules with their embedding copy when it is not the first stage (cost/mtp.py; `rank_params` drops that
     copy on a rank that also holds the first stage)."""
     first, end = partition[stage]
-    params = blocks_params(model, first, end)[0]
-    last = len(partition) - 1
-    if stage == 0:
-        params += model.embedding_params()
-    if stage == last:
-        params += model.head_params() + mtp_stage_params(model, embedding_copy=last != 0)[0]
-        if model.tied_embeddings and last != 0:
+    return blocks_params(model, first, end)[0] + stage_outer_params(model, stage == 0, stage == len(partition) - 1)
+
+
+def stage_outer_params(model: ModelSpec, first_stage: bool, last_stage: bool) -> float:
+    """What `stage_params` counts beside a stage's blocks: the embedding on the first stage; on the last the head,
+    its own tied embedding where it is not also the first, and the MTP modules with their embedding copy."""
+    params = float(model.embedding_params()) if first_stage else 0.0
+    if last_stage:
+        params += model.head_params() + mtp_stage_params(model, embedding_copy=not first_stage)[0]
+        if model.tied_embeddings and not first_stage:
             params += model.vocab_size * model.hidden_size
     return params
 
@@ -714,20 +717,24 @@ def root_unit_params(model: ModelSpec, c: ParallelConfig, partition: Sequence[Se
     but the embedding); the TP-replicated ones (the final norm, a learned position embedding) whole, the rest over
     tp (`local_params`). Without a stage: the root of the whole model (pp == 1), the largest any chunk can have."""
     whole = partition is None or stage is None
-    first_stage = whole or stage == 0
-    last_stage = whole or stage == len(partition) - 1
+    root, early, replicated, early_replicated = _root_unit_totals(
+        model, whole, whole or stage == 0, whole or stage == len(partition) - 1)
+    return local_params_of(c, root, 0, replicated)[0], local_params_of(c, early, 0, early_replicated)[0]
+
+
+@functools.lru_cache(maxsize=1024)  # (the search asks for the same few roots millions of times)
+def _root_unit_totals(model: ModelSpec, whole: bool, first_stage: bool,
+                      last_stage: bool) -> tuple[float, float, float, float]:
+    """`root_unit_params` over all TP ranks, before `local_params` splits it: (all, early, their TP-replicated
+    parts) of the root of the `whole` model or of a stage, the first and / or the last or neither."""
     if whole:
         root = model.total_params() - blocks_params(model, 0, model.num_layers)[0]
-    else:
-        first, end = partition[stage]
-        root = stage_params(model, partition, stage) - blocks_params(model, first, end)[0]
-        if last_stage:
-            root -= model.mtp_params()  # the MTP blocks are units of their own
+    else:  # (the MTP blocks are units of their own)
+        root = stage_outer_params(model, first_stage, last_stage) - (model.mtp_params() if last_stage else 0)
     embedding = model.embedding_params() if first_stage else 0
     embedding_replicated = model.tp_replicated_params("embedding") if first_stage else 0
     replicated = embedding_replicated + (model.tp_replicated_params("head") if last_stage else 0)
-    return (local_params_of(c, root, 0, replicated)[0],
-            local_params_of(c, root - embedding, 0, replicated - embedding_replicated)[0])
+    return root, root - embedding, replicated, replicated - embedding_replicated
 
 
 def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str,

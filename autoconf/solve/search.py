@@ -262,16 +262,17 @@ class _BoundCache:
     def time_bound(self, c: ParallelConfig) -> float:
         """A lower bound on the simulated iteration time of the default partition.
 
-        Time: a rank's work (at least ceil(L/pp) layers, each pass at least its FSDP gather; of a model with dense
-        and MoE blocks, as many MoE blocks as the dense ones leave, with their exposed token exchange:
+        Time: a rank's work (at least ceil(L/pp) layers, each pass at least its FSDP gather; MoE blocks with their
+        exposed token exchange, of a model with dense and MoE blocks as many as the dense ones leave:
         `_layers_sum`) for every micro-batch with the least recompute and the schedule's textbook bubble on the
-        smallest stage, or the busiest rank's own work under per-stage counts alone (whichever is longer), the P2P
+        smallest stage, or alone the busiest rank's own work under per-stage counts or the work of the ranks holding
+        the first and the last stage with the embedding and the head (whichever is longest), the P2P
         hops of the pipeline fill and drain, the gradient reduction of the first stage after rank 0's last backward,
         and the step's tail as the estimate adds it (the step collectives on the default mesh, the optimizer, the step
         overhead).
         """
         model = self.model
-        block_fwd, block_bwd_in, block_bwd_w, one, recompute = self._per_layer(c)
+        one = self._tp_collective(c)
         S = c.num_stages
         per_stage_layers = self._smallest_stage(c)
         # Recomputed layers (`recompute_layers`, counted on the default partition): at least these many in the
@@ -281,23 +282,12 @@ class _BoundCache:
         p2p, gather, gather_once, reduce = self._comm(c, per_stage_layers)
         m = c.num_microbatches * c.seq_chunks  # units through the pipeline (seq1f1b: sequence chunks)
         overhead = self._overheads[0]
-        kinds = self._kind_layers(c)
-        exchange = self._exposed_exchange(c) if len(kinds) > 1 else None
-
-        def run(layers: float, index: int, extra: float = 0.0) -> float:
-            """Term `index` of `_kind_layers` (0 forward, 1 input backward, 2 weight backward, 3 recompute) over
-            `layers` blocks, plus `extra` per block: of a model with dense and MoE blocks, `_layers_sum`."""
-            if len(kinds) == 1:
-                return layers * ((block_fwd, block_bwd_in, block_bwd_w, recompute)[index] + extra)
-            return self._layers_sum(kinds, exchange, layers, index) + layers * extra
+        run = self._blocks_work(c)
 
         chunk_fwd = run(per_stage_layers, 0, 2 * one) + overhead
         chunk_bwd = run(per_stage_layers, 1, 2 * one) + run(stage_rc, 3) + overhead
         chunk_w = run(per_stage_layers, 2)
         chunk_fwd, chunk_bwd = max(chunk_fwd, gather), max(chunk_bwd, gather)
-        # Busiest rank: it holds at least ceil(L/pp) layers in S/pp stages, each pass at least its FSDP gather.
-        layer_fwd = block_fwd + 2 * one
-        layer_bwd = block_bwd_in + 2 * one
 
         def rank_work(layers: int, recomputed: int) -> float:
             return m * (max(run(layers, 0, 2 * one) + n * overhead, n * gather)
@@ -312,6 +302,8 @@ class _BoundCache:
         busiest = busy if c.recompute_layers is None else max(
             rank_work(layers, recomputed) for layers, recomputed in self._rank_shapes(c))
         spec = schedule_spec(c.schedule)
+        if spec.directions == 1:
+            busiest = max(busiest, self._end_ranks_work(c, rank_work, m))
         bubble = spec.bubble(c.pp, chunk_fwd, chunk_bwd, chunk_w)
         hops = self._hops(c)
         # Fill and drain: the first forward and the last backward cross every rank boundary of a loop placement.
@@ -331,20 +323,49 @@ class _BoundCache:
                                                per_stage_layers, c.dp_cp)
         compute_path = first_gather + max(busy + idle, busiest) + last_reduce
         # Micro-batch 0 passes every stage forward and backward in turn, hopping ranks between stages.
-        every = (model.num_layers * (layer_fwd + layer_bwd) if len(kinds) == 1
-                 else run(model.num_layers, 0, 2 * one) + run(model.num_layers, 1, 2 * one))
+        every = run(model.num_layers, 0, 2 * one) + run(model.num_layers, 1, 2 * one)
         chain = every + run(total_rc, 3) + 2 * S * overhead + 2 * hops * p2p
         return max(compute_path, comm_stream, chain) + self._step_comm(c) + optimizer + self._overheads[1]
 
+    def _blocks_work(self, c: ParallelConfig) -> Callable[..., float]:
+        """run(layers, index, extra=0): a lower bound of term `index` of `_kind_layers` (0 forward, 1 input
+        backward, 2 weight backward, 3 recompute) summed over any `layers` of the model's blocks, plus `extra` per
+        block: MoE blocks with their exposed token exchange (`_exposed_exchange`); of a model with dense and MoE
+        blocks, `_layers_sum`."""
+        kinds, exchange = self._kind_layers(c), self._exposed_exchange(c)
+        if len(kinds) > 1:
+            return lambda layers, index, extra=0.0: self._layers_sum(kinds, exchange, layers, index) + layers * extra
+        ((moe, terms),) = kinds.items()
+        per_block = tuple(t + (e if moe else 0.0) for t, e in zip(terms, exchange))
+        return lambda layers, index, extra=0.0: layers * (per_block[index] + extra)
+
+    def _end_ranks_work(self, c: ParallelConfig, rank_work: Callable[[float, float], float], m: int) -> float:
+        """The work of the default partition's ranks holding the first and the last stage (`rank_work` of their
+        own layers and recomputed layers), the first also running the embedding and the last the head and the loss
+        for each of the `m` units, as the estimate's `stage_plan` adds them: the longer of the two."""
+        pieces, owner, layers = self._layer(c), self._stage_to_rank(c), self._rank_layers(c)
+        recomputed = layers if c.recompute_layers is None else self._rank_recomputed(c)
+        ends = {owner[0]: 0.0, owner[-1]: 0.0}
+        ends[owner[0]] += m * pieces.embedding.total
+        ends[owner[-1]] += m * pieces.head.total
+        return max(rank_work(layers[r], recomputed[r]) + extra for r, extra in ends.items())
+
     def busy_bound(self, c: ParallelConfig) -> float:
         """A lower bound on the step, cheaper than `time_bound` and below it: every micro-batch through the
-        ceil(L/pp) layers of the busiest rank, forward and backward, with the least rank's recomputed layers
-        (`time_bound`'s compute path holds it)."""
-        fwd, bwd_in, bwd_w, one, recompute = self._per_layer(c)
-        rank_layers = self._busiest_layers(c)
-        rank_rc = self._recomputed(c, self._smallest_stage(c), rank_layers)[1]
+        ceil(L/pp) layers of the busiest rank, forward and backward, with the least rank's recomputed layers, or
+        through the first and the last stage's ranks with the embedding and the head (`time_bound`'s compute path
+        holds both, with the passes' overheads and FSDP gathers that this leaves out)."""
+        run, one = self._blocks_work(c), self._tp_collective(c)
         units = c.num_microbatches * c.seq_chunks  # seq1f1b: sequence chunks
-        return units * (rank_layers * (fwd + bwd_in + bwd_w + 4 * one) + rank_rc * recompute)
+
+        def rank_work(layers: float, recomputed: float) -> float:
+            return units * (run(layers, 0, 2 * one) + run(layers, 1, 2 * one) + run(layers, 2) + run(recomputed, 3))
+
+        rank_layers = self._busiest_layers(c)
+        work = rank_work(rank_layers, self._recomputed(c, self._smallest_stage(c), rank_layers)[1])
+        if schedule_spec(c.schedule).directions == 1:
+            work = max(work, self._end_ranks_work(c, rank_work, units))
+        return work
 
     def _busiest_layers(self, c: ParallelConfig) -> float:
         """Layers per micro-batch of the busiest rank: at least ceil(L/pp); under two directions (dualpipe), where a
