@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from autoconf.cost.estimate import estimate, predict
+from autoconf.cost.estimate import Execution, estimate, predict
 from autoconf.errors import UserError
 from autoconf.spec.support import unsupported_reason
 from autoconf.solve.search import explain_infeasible, search
@@ -131,6 +131,27 @@ def test_infeasible_request_names_the_shortfall_and_a_fix():
     message = explain_infeasible(model, small, result, 64, 4096, "bf16", "flash", {"tp": 8})
     assert "GiB over" in message and ("nodes" in message or "fits with" in message)
 
+
+def test_the_closest_layout_is_the_one_whose_busiest_rank_is_least_over():
+    """When nothing fits, the closest layout is the one whose busiest pipeline rank is least over the device, as
+    the estimate counts every rank (it was the one whose rank 0 was: DeepSeek-V3 on 16 H100s was told its closest
+    layout was 799 GiB over where one 569 GiB over exists): a small MoE model (a dense first block) on devices too
+    small for any layout, against every launchable candidate's estimate."""
+    from autoconf.solve.search import _BoundCache
+
+    model = dataclasses.replace(PRESETS["tiny-moe"], max_seq_len=2048)
+    base = load_cluster("dgx-h100-80g", nodes=1, gpus_per_node=4)
+    cluster = dataclasses.replace(base, device=dataclasses.replace(base.device, memory_bytes=int(1.55 * 1024**3)))
+    result = search(model, cluster, 8, 2048, "bf16", refine=False)
+    assert not result.plans
+    cache, limit = _BoundCache(model, cluster, Execution()), cluster.usable_memory_bytes
+    peaks = [(estimate(model, cluster, c, detail=False).prediction["peak_memory_bytes"] - limit, c)
+             for c in candidates(model, 4, 4, 8, 2048, "bf16", zero_stages=Execution().zero_searched,
+                                 selective_policies=(None, "alternate_matmuls"))
+             if not unsupported_reason(c) and not Execution().problem(c)]
+    least = min(over for over, _ in peaks)
+    assert result.closest[0] == pytest.approx(least, rel=1e-9)
+    assert any(cache.memory_bound(c) - limit < least for _, c in peaks)  # rank 0 alone would name another
 
 def test_no_legal_layout_is_a_user_error():
     """A global batch no DP degree divides, with everything else fixed, is refused in one line."""

@@ -500,6 +500,10 @@ class _BoundCache:
                             inflight, self.execution.memory_layout, selective=selective_policy(c, self.execution),
                             execution=self.execution)
 
+    def layout_peak(self, c: ParallelConfig) -> float:
+        """The busiest rank's bytes of `layout_memory`: the estimate's peak of the default layout."""
+        return max(entry["total"] for entry in self.layout_memory(c))
+
     def _smallest_stage(self, c: ParallelConfig) -> int:
         """Layers of the smallest stage of the default partition (floor(L / stages) but with MTP modules, whose
         room on the last stage leaves it fewer)."""
@@ -690,8 +694,9 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     best: list[tuple[float, tuple, ParallelConfig, dict]] = []  # the K best extrapolated times: a max-heap (negated)
     near: list[tuple[float, tuple, ParallelConfig, dict]] = []  # every fitting candidate, with its (extrapolated) time
     pruned_memory = pruned_time = simulated = 0
-    # (bytes over the limit, whether exact, config) of every candidate that does not fit, in walk order: where the
-    # cheap `state_bound` pruned, the bytes are at most the exact ones (`memory_bound`), worked out if nothing fits.
+    # (bytes over the limit, whether exact, config) of every candidate that does not fit, in walk order: exact where
+    # they are the layout's own peak (every rank's memory), else at most that (rank 0's `memory_bound`, or the cheap
+    # `state_bound` below it), worked out if nothing fits.
     misses: list[tuple[float, bool, ParallelConfig]] = []
     # Reducing every micro-batch costs time and saves memory: it is only worth simulating where its twin that
     # reduces once per step (sorted just before it: same bound, smaller key) did not fit.
@@ -708,7 +713,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     def does_not_fit(over: float, time_bound: float, key: tuple, config: ParallelConfig,
                      memory: Callable[[], dict], exact: bool = True,
                      floor: Callable[[bool, bool], float] | None = None) -> None:
-        """Records a candidate `over` bytes beyond the limit (at least that many without `exact`): a miss (the
+        """Records a candidate `over` bytes beyond the limit (its peak over every rank, or at least that many
+        without `exact`): a miss (the
         closest is the advice when nothing fits) and, where the cluster plans offload, the parent of offloading
         twins with its memory entry (`memory()`, asked only for the parents `_offload_twins` weighs) and, where
         given, a lower bound of what stays of that entry under each lever (`floor(activations, optimizer)`). An
@@ -735,7 +741,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         entry = cache.rank0_memory(config)  # `memory_bound`'s entry
         if entry["total"] > limit:
             pruned_memory += 1
-            does_not_fit(entry["total"] - limit, time_bound, key, config, lambda: entry)
+            does_not_fit(entry["total"] - limit, time_bound, key, config, lambda: entry, exact=False)
             return True
         return False
 
@@ -853,11 +859,11 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         ranked = _distinct(ranked)
     else:
         ranked = [estimate(model, cluster, config, execution=execution) for _, config in chosen]
-    closest = None  # the smallest miss, the first of equals
-    for over, exact, config in misses if not ranked else ():
+    closest = None  # the miss whose busiest rank is least over
+    for over, exact, config in sorted(misses, key=operator.itemgetter(0)) if not ranked else ():
         if closest is not None and over >= closest[0]:
-            continue  # (an inexact miss is at least `over` bytes over)
-        over = over if exact else cache.memory_bound(config) - limit
+            break  # (an inexact miss is at least `over` bytes over, and so is every one after it)
+        over = over if exact else cache.layout_peak(config) - limit
         if closest is None or over < closest[0]:
             closest = (over, config)
     stats = {"candidates": seen, "unlaunchable": unlaunchable, "pruned_memory": pruned_memory,
@@ -1184,7 +1190,8 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
                                  attention, fixed, execution.zero_searched, tp_cp_domain=tp_cp_domain(bigger),
                                  reductions=execution.grad_reductions):
             if unsupported_reason(config) or execution.problem(config) or any(
-                    bound(config) > bigger.usable_memory_bytes for bound in (cache.state_bound, cache.memory_bound)):
+                    bound(config) > bigger.usable_memory_bytes for bound in (cache.state_bound, cache.memory_bound,
+                                                                            cache.layout_peak)):
                 continue
             if estimate(model, bigger, config, execution=execution, detail=False).prediction["fits"]:
                 layout = config.label(selective_policy(config, execution))
