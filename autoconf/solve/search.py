@@ -713,12 +713,11 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     def does_not_fit(over: float, time_bound: float, key: tuple, config: ParallelConfig,
                      memory: Callable[[], dict], exact: bool = True,
                      floor: Callable[[bool, bool], float] | None = None) -> None:
-        """Records a candidate `over` bytes beyond the limit (its peak over every rank, or at least that many
-        without `exact`): a miss (the
-        closest is the advice when nothing fits) and, where the cluster plans offload, the parent of offloading
-        twins with its memory entry (`memory()`, asked only for the parents `_offload_twins` weighs) and, where
-        given, a lower bound of what stays of that entry under each lever (`floor(activations, optimizer)`). An
-        offloading twin that does not fit is neither."""
+        """Records a candidate `over` bytes beyond the limit (its busiest rank's, or at least that many without
+        `exact`): a miss (the closest is the advice when nothing fits) and, where the cluster plans offload, the
+        parent of offloading twins with its memory entry (`memory()`, asked only for the parents `_offload_twins`
+        weighs) and, where given, a lower bound of what stays of that entry under each lever
+        (`floor(activations, optimizer)`). An offloading twin that does not fit is neither."""
         if config.offloads:
             return
         misses.append((over, exact, config))
