@@ -161,6 +161,7 @@ def test_bounds_of_an_all_moe_model_count_its_exchange_and_the_head():
             + pieces.embedding.total)
     assert cache.time_bound(c) >= c.num_microbatches * work
 
+
 def test_published_deepseek_v3_layout_fits():
     """DeepSeek-V3 as its report trained it (2048 H800 80GB: PP16, EP64, ZeRO-1 data parallel, no TP) fits an 80 GB
     device in Megatron-Core's memory layout; without expert parallelism the same layout does not."""

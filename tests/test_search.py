@@ -153,6 +153,7 @@ def test_the_closest_layout_is_the_one_whose_busiest_rank_is_least_over():
     assert result.closest[0] == pytest.approx(least, rel=1e-9)
     assert any(cache.memory_bound(c) - limit < least for _, c in peaks)  # rank 0 alone would name another
 
+
 def test_no_legal_layout_is_a_user_error():
     """A global batch no DP degree divides, with everything else fixed, is refused in one line."""
     with pytest.raises(UserError, match="no legal layout"):
