@@ -307,7 +307,8 @@ def test_the_cp_ops_fused_pieces_cover_each_blocks_mask_exactly_once(cp, window)
     every rank and block, of both algorithms, the pieces' pairs (their rows x columns: all, causal, under their
     bias, or a band of the window) are exactly the block's `window_mask` pairs, none twice. Chunks of 8 tokens:
     windows of at most 4 run the band, wider ones a bias or (40) the causal chunk."""
-    from autoconf.execute.cp_attention import _pieces, _seen, _skipped
+    from autoconf.execute.cp_attention import _pieces, _skipped
+    from autoconf.execute.window_attention import window_mask
 
     seq = 16 * cp
     for rank in range(cp):
@@ -315,7 +316,8 @@ def test_the_cp_ops_fused_pieces_cover_each_blocks_mask_exactly_once(cp, window)
         for owner in [None, *range(cp)]:
             if _skipped(owner, seq, cp, rank, window):
                 continue
-            want = _seen(mine, owner, seq, cp, window)
+            keys = torch.arange(seq) if owner is None else cpx.positions(seq, cp, owner)
+            want = window_mask(mine, keys, window or None)
             got = torch.zeros(want.shape, dtype=torch.int64)
             for piece in _pieces(owner, seq, cp, rank, window, None):
                 block = got[piece.rows, piece.cols]

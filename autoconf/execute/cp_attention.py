@@ -79,16 +79,6 @@ def _rotate(t: Tensor, group, cp: int, rank: int) -> Tensor:
     return out.movedim(0, 2)
 
 
-def _key_positions(owner, seq_len: int, cp: int, device) -> Tensor:
-    return torch.arange(seq_len, device=device) if owner is None else positions(seq_len, cp, owner, device)
-
-
-def _seen(mine: Tensor, owner, seq_len: int, cp: int, window: int) -> Tensor:
-    """Which keys of `owner`'s block (None: the whole sequence) the rank's queries at positions `mine` see: the
-    causal past, within `window` keys where positive (0: no window)."""
-    return window_mask(mine, _key_positions(owner, seq_len, cp, mine.device), window or None)
-
-
 def _skipped(owner, seq_len: int, cp: int, rank: int, window: int) -> bool:
     """Whether the ring's block of `owner` is left out under a sliding window: no query of this rank sees any of
     its keys (`context_parallel.block_in_window`). The all-gather's one block (owner None) never is."""
@@ -265,10 +255,10 @@ def _widened(v: Tensor, width: int) -> Tensor:
     return v if v.shape[-1] == width else F.pad(v, (0, width - v.shape[-1]))
 
 
-def _context(group_name: str, seq_len: int, device):
+def _context(group_name: str) -> tuple:
+    """(the CP group, its size, this rank's place in it)."""
     group = _resolve_process_group(group_name)
-    cp, rank = dist.get_world_size(group), dist.get_rank(group)
-    return group, cp, rank, positions(seq_len, cp, rank, device)
+    return group, dist.get_world_size(group), dist.get_rank(group)
 
 
 @torch.library.custom_op("autoconf::cp_attention", mutates_args=())
@@ -280,7 +270,7 @@ def cp_attention(q: Tensor, k: Tensor, v: Tensor, group_name: str, algorithm: st
     `group_name` by `algorithm`, concatenated along the width): the output [b, heads, s/cp, d_v] in q's dtype and the
     fp32 log-sum-exp [b, heads, s/cp] of each query row's scores (an output to save, not to differentiate).
     Each block's pieces (`_pieces`) run fused kernels that return their log-sum-exp (`_fused`), merged in fp32."""
-    group, cp, rank, _ = _context(group_name, seq_len, q.device)
+    group, cp, rank = _context(group_name)
     width = v.shape[-1]
     out = q.new_zeros((*q.shape[:-1], q.shape[-1]), dtype=torch.float32)
     lse = q.new_full(q.shape[:-1], float("-inf"), dtype=torch.float32)
@@ -312,7 +302,7 @@ def _backward_blocks(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
     """dq, dk, dv of `cp_attention` from the gradient of its output: each piece's kernel backward with the final
     output and log-sum-exp; each block's dK/dV returned to the block's owner (the ring passes them on with the
     blocks, the all-gather reduce-scatters them)."""
-    group, cp, rank, _ = _context(group_name, seq_len, q.device)
+    group, cp, rank = _context(group_name)
     width, d = v.shape[-1], q.shape[-1]
     grad, out = _widened(grad, d).to(q.dtype), _widened(out, d)
     dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
