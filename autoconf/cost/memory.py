@@ -304,9 +304,9 @@ def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, re
 
 def executor_core_bytes(model: ModelSpec, c: ParallelConfig, window: int | None, sinks: bool) -> float:
     """What autoconf's executor's flash attention core keeps for one layer (sliding `window`, or None; attention
-    `sinks` or not), one micro-batch of whole sequences on one TP rank, without recompute: SDPA's Q, K, V, output and fp32 log-sum-exp as
-    execute/window_attention.py and `AttentionCore.attend` hand them over (tests/test_memory_saved.py counts them
-    with autograd's saved-tensor hooks):
+    `sinks` or not), one micro-batch of whole sequences on one TP rank, without recompute: SDPA's Q, K, V, output and
+    fp32 log-sum-exp as execute/window_attention.py and `AttentionCore.attend` hand them over
+    (tests/test_memory_saved.py counts them with autograd's saved-tensor hooks):
     - plain causal attention: Q, K, V and the output (which the output projection reads as it is);
     - attention sinks (`with_sink_key`): Q, K and V SINK_WIDTH columns wider, one key more, and under the causal
       kernel one query more; the output as wide, and the output projection's input a copy of its real part;

@@ -205,7 +205,7 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
     if schedule.torchtitan_note:
         notes.append(schedule.torchtitan_note)
     if family:
-        package, base, flavor = family[0], family[1], family[2]
+        package, base, flavor = family
         described = f"torchtitan's {package} model {flavor} on its recipe {base}"
     else:
         package, base = "llama3", "llama3_8b" if recipe is None or recipe in FLOAT8_RECIPES else recipe
