@@ -383,13 +383,6 @@ class _BoundCache:
         counts = c.recompute_layers
         return min(counts), min(self._rank_recomputed(c)), sum(counts)
 
-    def _per_layer(self, c: ParallelConfig) -> tuple[float, float, float, float, float]:
-        """(block forward, block input backward, block weight backward, one TP collective, recompute) per layer: of
-        a model with dense and MoE blocks, the smaller of each (`_kind_layers`, the MoE token exchange left out)."""
-        kinds = self._kind_layers(c)
-        return (*(min(k[i] for k in kinds.values()) for i in range(3)), self._tp_collective(c),
-                min(k[3] for k in kinds.values()))
-
     def _layers_sum(self, kinds: dict, exchange: tuple, layers: float, index: int) -> float:
         """A lower bound of term `index` of `kinds` (`_kind_layers` of a model with dense and MoE blocks) summed
         over any `layers` of the model's blocks: at least layers - (dense blocks) of them are MoE blocks (plus the
