@@ -289,11 +289,7 @@ class _BoundCache:
         chunk_w = run(per_stage_layers, 2)
         chunk_fwd, chunk_bwd = max(chunk_fwd, gather), max(chunk_bwd, gather)
 
-        def rank_work(layers: int, recomputed: int) -> float:
-            return m * (max(run(layers, 0, 2 * one) + n * overhead, n * gather)
-                        + max(run(layers, 1, 2 * one) + run(recomputed, 3) + n * overhead, n * gather)
-                        + run(layers, 2))
-
+        rank_work = self._rank_work(run, one, m, n * overhead, n * gather)
         busy = rank_work(rank_layers, rank_rc)
         # With per-stage counts each rank of the default partition does its own work; the busiest one's bounds the
         # step, but not together with the bubble: the ranks that recompute less run ahead, so the busiest waits
@@ -339,6 +335,18 @@ class _BoundCache:
         per_block = tuple(t + (e if moe else 0.0) for t, e in zip(terms, exchange))
         return lambda layers, index, extra=0.0: layers * (per_block[index] + extra)
 
+    @staticmethod
+    def _rank_work(run: Callable[..., float], one: float, units: float, overhead: float = 0.0,
+                   gather: float = 0.0) -> Callable[[float, float], float]:
+        """work(layers, recomputed): a rank's forward and backward over `layers` blocks (`run`, `_blocks_work`; two
+        TP collectives `one` each per pass), `recomputed` of them recomputed, for each of `units`; each pass with the
+        `overhead` of the rank's stages and at least their FSDP `gather`."""
+        def work(layers: float, recomputed: float) -> float:
+            return units * (max(run(layers, 0, 2 * one) + overhead, gather)
+                            + max(run(layers, 1, 2 * one) + run(recomputed, 3) + overhead, gather)
+                            + run(layers, 2))
+        return work
+
     def _end_ranks_work(self, c: ParallelConfig, rank_work: Callable[[float, float], float], m: int) -> float:
         """The work of the default partition's ranks holding the first and the last stage (`rank_work` of their
         own layers and recomputed layers), the first also running the embedding and the last the head and the loss
@@ -357,10 +365,7 @@ class _BoundCache:
         holds both, with the passes' overheads and FSDP gathers that this leaves out)."""
         run, one = self._blocks_work(c), self._tp_collective(c)
         units = c.num_microbatches * c.seq_chunks  # seq1f1b: sequence chunks
-
-        def rank_work(layers: float, recomputed: float) -> float:
-            return units * (run(layers, 0, 2 * one) + run(layers, 1, 2 * one) + run(layers, 2) + run(recomputed, 3))
-
+        rank_work = self._rank_work(run, one, units)
         rank_layers = self._busiest_layers(c)
         work = rank_work(rank_layers, self._recomputed(c, self._smallest_stage(c), rank_layers)[1])
         if schedule_spec(c.schedule).directions == 1:
