@@ -599,6 +599,39 @@ def test_fp8_bounds_read_the_zero_sharding_of_the_weight_casts():
     assert cache.time_bound(sharded) <= step * (1 + 1e-9) and cache.busy_bound(sharded) <= step * (1 + 1e-9)
 
 
+def test_remembered_bounds_do_not_depend_on_the_order_the_cache_meets_candidates():
+    """`_BoundCache` remembers its bounds' pieces by the fields each reads (`_WORK_FIELDS` and the rest): over an MoE
+    model's candidates and their twins in every lever the search varies (ZeRO stage, grad_reduce, offload, per-stage
+    recompute counts, an fp8 dtype whose weight casts read the ZeRO sharding), a cache that meets them in one order
+    gives every candidate the same time and busy bounds as one that meets them in the reverse order."""
+    import random
+
+    from autoconf.solve.search import _BoundCache
+    from autoconf.solve.space import replaced
+    from autoconf.spec.model import MoESpec
+
+    model = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-moe", moe=MoESpec(
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, num_shared_experts=1,
+        shared_expert_intermediate_size=96, first_k_dense=1))
+    cluster = load_cluster("dgx-h100-80g", nodes=2)
+    pool, rng = [], random.Random(0)
+    for dtype in ("bf16", "fp8"):
+        found = [c for c in candidates(model, 16, 8, 64, 512, dtype) if c.dp_cp > 1 and (c.ep > 1 or c.pp > 1)]
+        for c in rng.sample(found, 30):
+            pool += [replaced(c, zero_stage=zero) for zero in (0, 2, 3)]
+            pool += [replaced(c, offload_optimizer=True), replaced(c, offload_activations=True),
+                     replaced(c, grad_reduce="microbatch")]
+            if c.recompute != "none":
+                pool.append(replaced(c, recompute_layers=(1,) * c.num_stages))
+    assert {c.dtype for c in pool} == {"bf16", "fp8"} and any(c.recompute_layers for c in pool)
+
+    def bounds(configs):
+        cache = _BoundCache(model, cluster, Execution())
+        return {c: (cache.time_bound(c), cache.busy_bound(c)) for c in configs}
+
+    assert bounds(pool) == bounds(pool[::-1])
+
+
 def test_memory_bounds_of_a_model_with_mtp_read_the_estimates_partition():
     """With MTP modules the estimate's partition makes room for them on the last stage; under a V placement rank 0
     holds the first and the last stage, so bounding it on the plain even split overstated its memory (a layout

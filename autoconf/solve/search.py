@@ -65,6 +65,12 @@ _UNFITTED_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Para
 # (`_BoundCache.offload_floor` shares them between the layouts that differ only there).
 _RESIDENT_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(ParallelConfig)
                                          if f.name not in ("grad_reduce", "zero_stage")))
+# Every config field but grad_reduce, the optimizer's offload, the ZeRO stage and the per-stage recompute counts: what
+# `_BoundCache._blocks_work` reads (the ZeRO sharding only through a dynamic-scaling fp8 dtype's weight casts, which
+# `_work_key` adds), so twins that differ only there share one.
+_WORK_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(ParallelConfig)
+                                     if f.name not in ("grad_reduce", "offload_optimizer", "zero_stage",
+                                                       "recompute_layers")))
 # The fields a family of candidates shares (`space.candidates` varies the levers innermost: ZeRO, recompute,
 # sequence parallelism, grad_reduce, the CP exchange, the expert degrees); the walk bounds a family before it
 # builds its members' entries (`search`).
@@ -116,6 +122,8 @@ class _BoundCache:
         self._rank0_params: dict = {}
         self._resident: dict = {}
         self._overheads = (cluster.overhead("pass_overhead_s"), cluster.overhead("step_overhead_s"))
+        self._work: dict = {}
+        self._busy: dict = {}
 
     def _stage_to_rank(self, c: ParallelConfig) -> tuple[int, ...]:
         key = (c.schedule, c.pp, c.vpp)
@@ -323,17 +331,32 @@ class _BoundCache:
         chain = every + run(total_rc, 3) + 2 * S * overhead + 2 * hops * p2p
         return max(compute_path, comm_stream, chain) + self._step_comm(c) + optimizer + self._overheads[1]
 
+    @staticmethod
+    def _work_key(c: ParallelConfig) -> tuple:
+        """What `_blocks_work` reads of `c` (`_WORK_FIELDS`, and the ZeRO sharding under a dynamic-scaling fp8
+        dtype: `_layer`'s note)."""
+        return _WORK_FIELDS(c), c.zero_sharded if precision(c.dtype).dynamic_scaling else None
+
     def _blocks_work(self, c: ParallelConfig) -> Callable[..., float]:
         """run(layers, index, extra=0): a lower bound of term `index` of `_kind_layers` (0 forward, 1 input
         backward, 2 weight backward, 3 recompute) summed over any `layers` of the model's blocks, plus `extra` per
         block: MoE blocks with their exposed token exchange (`_exposed_exchange`); of a model with dense and MoE
-        blocks, `_layers_sum`."""
+        blocks, `_layers_sum`. Remembered by `_work_key`."""
+        key = self._work_key(c)
+        if key in self._work:
+            return self._work[key]
         kinds, exchange = self._kind_layers(c), self._exposed_exchange(c)
         if len(kinds) > 1:
-            return lambda layers, index, extra=0.0: self._layers_sum(kinds, exchange, layers, index) + layers * extra
-        ((moe, terms),) = kinds.items()
-        per_block = tuple(t + (e if moe else 0.0) for t, e in zip(terms, exchange))
-        return lambda layers, index, extra=0.0: layers * (per_block[index] + extra)
+            def run(layers: float, index: int, extra: float = 0.0) -> float:
+                return self._layers_sum(kinds, exchange, layers, index) + layers * extra
+        else:
+            ((moe, terms),) = kinds.items()
+            per_block = tuple(t + (e if moe else 0.0) for t, e in zip(terms, exchange))
+
+            def run(layers: float, index: int, extra: float = 0.0) -> float:
+                return layers * (per_block[index] + extra)
+        self._work[key] = run
+        return run
 
     @staticmethod
     def _rank_work(run: Callable[..., float], one: float, units: float, overhead: float = 0.0,
@@ -362,7 +385,11 @@ class _BoundCache:
         """A lower bound on the step, cheaper than `time_bound` and below it: every micro-batch through the
         ceil(L/pp) layers of the busiest rank, forward and backward, with the least rank's recomputed layers, or
         through the first and the last stage's ranks with the embedding and the head (`time_bound`'s compute path
-        holds both, with the passes' overheads and FSDP gathers that this leaves out)."""
+        holds both, with the passes' overheads and FSDP gathers that this leaves out). Remembered by what it reads
+        (`_work_key`, and the per-stage recompute counts)."""
+        key = (self._work_key(c), c.recompute_layers)
+        if key in self._busy:
+            return self._busy[key]
         run, one = self._blocks_work(c), self._tp_collective(c)
         units = c.num_microbatches * c.seq_chunks  # seq1f1b: sequence chunks
         rank_work = self._rank_work(run, one, units)
@@ -370,6 +397,7 @@ class _BoundCache:
         work = rank_work(rank_layers, self._recomputed(c, self._smallest_stage(c), rank_layers)[1])
         if schedule_spec(c.schedule).directions == 1:
             work = max(work, self._end_ranks_work(c, rank_work, units))
+        self._busy[key] = work
         return work
 
     def _busiest_layers(self, c: ParallelConfig) -> float:
