@@ -198,9 +198,26 @@ class AutoconfGroup(click.Group):
             message = " ".join(err.format_message().split())
             ctx = getattr(err, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            pinned = _fix_hint(err, ctx)
+            if pinned:
+                message, hint = f"No such option '{err.option_name}': {pinned}", ""
             click.echo(f"autoconf: error: {message}{hint}", err=True)
             sys.exit(err.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fix_hint(err: click.ClickException, ctx) -> str | None:
+    """For an option a command lacks that names a layout choice its --fix pins (`plan --tp 2`): how to pin it."""
+    from autoconf.solve.space import ALIASES, FIXABLE
+
+    if not isinstance(err, click.NoSuchOption) or ctx is None:
+        return None
+    if not any("--fix" in param.opts for param in ctx.command.params):
+        return None
+    key = err.option_name.lstrip("-").replace("-", "_")
+    if ALIASES.get(key, key) not in FIXABLE:
+        return None
+    return f"{ctx.command_path} chooses {key} itself; pin it with --fix {key}=VALUE"
 
 
 def _drop_stdout() -> None:
@@ -680,8 +697,7 @@ def limits(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, 
         for key, limit in found.items():
             if limit.plan is not None:
                 path = out_dir / f"limit_{key.replace('-', '_')}.json"
-                out_dir.mkdir(parents=True, exist_ok=True)
-                limit.plan.save(path, force=force)
+                limit.plan.save(path, force=force)  # (which makes the folder, or says in one line why it cannot)
                 written.append(path)
     if as_json:
         click.echo(json.dumps({key.replace("-", "_"): limit.to_dict() for key, limit in found.items()}, indent=2))

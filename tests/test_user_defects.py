@@ -512,8 +512,8 @@ def test_each_wrong_dense_layer_is_named_with_why(tmp_path, dense_layers, needle
 
 @pytest.mark.parametrize("sidecar, needle", [
     ('{"dtype": "uint16", "extra": 1}', "unknown field(s) 'extra'"),
-    ("[1]", "must hold a JSON object, not list"),
-    ('"uint16"', "must hold a JSON object, not str"),
+    ("[1]", "must hold a JSON object ({...}), not an array"),
+    ('"uint16"', "must hold a JSON object ({...}), not a string"),
     ("{}", 'no "dtype"'),
     ('{"dtype": ["uint16"]}', "dtype ['uint16'] is not uint16 or uint32"),
 ])
@@ -695,3 +695,108 @@ def test_the_estimate_table_says_where_the_offload_cost_sits():
     assert "(in " + ", ".join(f"{k} {v:+.4g} s" for k, v in by_term.items()) + ")" in table
     both = json.loads(run_cli([*args, "--offload-activations", "--json"]).output)["prediction"]
     assert both["time_breakdown"]["offload"] > 0 and "offload" in both["offload_effect"]["time_cost_by_term_s"]
+
+
+@pytest.fixture(scope="module")
+def tiny_plan(tmp_path_factory) -> dict:
+    """A tiny-llama plan on cpu-local (dp4), as `estimate --out` writes it."""
+    path = tmp_path_factory.mktemp("tiny") / "plan.json"
+    result = run_cli(["estimate", "--model", "tiny-llama", "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp",
+                      "4", "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64", "--out", path])
+    assert result.exit_code == 0, result.output
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda p: p["placement"].update(mesh=[[[[0]], [[1]], [[2]], [[[3]]]]]), "placement mesh must be"),
+    (lambda p: p["placement"]["mesh"][0][0].__setitem__(0, 0), "placement mesh must be"),
+    (lambda p: p["prediction"].update(memory_per_stage=None), "memory_per_stage must be a list"),
+    (lambda p: p["prediction"].update(time_breakdown=None), "time_breakdown must be an object"),
+    (lambda p: (p["cluster"].update(name="dgx-h100-80g"), p.pop("timeline", None)),
+     "made on cpu-core devices but the profile 'dgx-h100-80g' describes"),
+])
+def test_a_hand_edited_plan_is_refused_in_one_line_by_show_and_launch(tmp_path, tiny_plan, change, needle):
+    """Fourth fuzz round: a ragged placement mesh (one list deeper, or a rank where a list was) crashed `launch
+    --dry-run` and `show` in numpy; a null memory or time breakdown crashed `show`'s table; a plan whose cluster name
+    was changed to a bundled profile of other devices was redrawn on those devices."""
+    plan = json.loads(json.dumps(tiny_plan))
+    change(plan)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(plan))
+    assert_one_clear_error(run_cli(["show", path, "--out", tmp_path / "ex"]), needle)
+    if "mesh" in needle:
+        assert_one_clear_error(run_cli(["launch", path, "--dry-run"]), needle)
+
+
+@pytest.mark.parametrize("where", [("memory_per_stage", 0, "params"), ("time_breakdown", "compute")])
+def test_show_draws_a_plan_whose_numbers_are_integers_beyond_64_bits(tmp_path, tiny_plan, where):
+    """Fourth fuzz round: an integer above 2**63 in a memory or time breakdown (valid JSON, a finite number) crashed
+    the pictures in numpy's object arrays after two of them were written."""
+    plan = json.loads(json.dumps(tiny_plan))
+    node = plan["prediction"]
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = 2**70
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(plan))
+    result = run_cli(["show", path, "--out", tmp_path / "ex"])
+    assert result.exit_code == 0 and (tmp_path / "ex" / "memory.png").exists(), result.output
+
+
+@pytest.mark.parametrize("field", [("device", "memory_bandwidth_Bps"), ("device", "peak_flops", "fp32"),
+                                   ("inter_node", "bandwidth_Bps"), ("efficiency", "matmul", "value")])
+def test_a_profile_rate_too_small_to_give_a_finite_step_is_refused(tmp_path, field):
+    """Fourth fuzz round: a device rate of 1e-300 (positive, so accepted) turned the step time into infinity and
+    `plan` crashed in the partition solver ("cannot convert float NaN to integer")."""
+    profile = json.loads((ROOT / "autoconf" / "profiles" / "cpu-local.json").read_text())
+    node = profile
+    for key in field[:-1]:
+        node = node[key]
+    node[field[-1]] = 1e-300
+    path = tmp_path / "slow.json"
+    path.write_text(json.dumps(profile))
+    assert_one_clear_error(run_cli(["plan", "--model", "tiny-gpt", "--cluster", path, "--global-batch", "8"]),
+                           ".".join(field[:2]), "got 1e-300")
+
+
+def test_output_paths_and_inputs_that_are_the_wrong_kind_are_named(tmp_path):
+    """Fourth fuzz round: `--out X --explain X` made a folder X and then refused to write the plan into it;
+    `limits --out` under a file died on a raw OS error (exit 1); a folder given as a profile was called "a device,
+    a pipe or a socket"; a model file holding null was "not NoneType"; bucket_params=1e999 (infinity) was taken."""
+    same = tmp_path / "same.json"
+    assert_one_clear_error(run_cli(["plan", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8",
+                                    "--out", same, "--explain", same]), "--out and --explain both name")
+    assert not same.exists()
+    (tmp_path / "file").write_text("mine")
+    result = run_cli(["limits", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8", "--only",
+                      "micro-batch", "--out", tmp_path / "file" / "limits"])
+    assert_one_clear_error(result, "cannot write")
+    assert result.exit_code == 2 and (tmp_path / "file").read_text() == "mine"
+    (tmp_path / "folder").mkdir()
+    assert_one_clear_error(run_cli(["plan", "--model", "tiny-gpt", "--cluster", tmp_path / "folder",
+                                    "--global-batch", "8"]), "is a folder")
+    (tmp_path / "null.json").write_text("null")
+    assert_one_clear_error(run_cli(["plan", "--model", tmp_path / "null.json", "--cluster", "cpu-local",
+                                    "--global-batch", "8"]), "not null")
+    assert_one_clear_error(run_cli(["plan", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8",
+                                    "--framework-flag", "bucket_params=1e999"]), "bucket_params must be a finite")
+
+
+@pytest.mark.parametrize("config, needle", [
+    ({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2}, "names no model_type"),
+    ({"text_config": {"model_type": "llama"}, "model_type_of_vision": "x"}, "under text_config"),
+])
+def test_a_hugging_face_config_without_its_type_is_named_as_one(tmp_path, config, needle):
+    """Fourth fuzz round: a Hugging Face config.json without model_type (or a multimodal one, its language model
+    under text_config) was read as autoconf's own model JSON and refused for unknown fields."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    assert_one_clear_error(run_cli(["plan", "--model", path, "--cluster", "cpu-local", "--global-batch", "8"]), needle)
+
+
+@pytest.mark.parametrize("option, key", [("--tp", "tp"), ("--micro-batch", "micro_batch"), ("--zero", "zero")])
+def test_a_layout_option_the_search_chooses_points_at_fix(option, key):
+    """Fourth fuzz round: `plan --tp 2` said "No such option '--tp'" and suggested --dtype, --out or --top."""
+    result = run_cli(["plan", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8", option, "2"])
+    assert_one_clear_error(result, f"pin it with --fix {key}=VALUE")
+    assert "Did you mean" not in result.output

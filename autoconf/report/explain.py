@@ -31,6 +31,9 @@ def refuse_taken_folder(out_dir: str | Path, force: bool, plan_path: str | Path 
     from autoconf.report.exporters import EXPORT_GLOBS
 
     out_dir = Path(out_dir)
+    if plan_path is not None and Path(plan_path).resolve() == out_dir.resolve():
+        raise UserError(f"--out and --explain both name {out_dir}; the plan is a file and the explanation a folder: "
+                        f"give them two paths (e.g. --out {out_dir / 'plan.json'})")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir} is a file; --explain/--out needs a folder")
     globs = PICTURES + EXPORT_GLOBS + extra + (("plan.json",) if plan_path is None else ())
@@ -68,6 +71,9 @@ def explain(plans: list[Plan], out_dir: str | Path, cluster=None, plan_path: str
     if not plans:
         raise UserError("nothing to explain: no plans")
     out_dir = Path(out_dir)
+    if plan_path is not None and Path(plan_path).resolve() == out_dir.resolve():
+        raise UserError(f"--out and --explain both name {out_dir}; the plan is a file and the explanation a folder: "
+                        f"give them two paths (e.g. --out {out_dir / 'plan.json'})")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir} is a file; --explain/--out needs a folder")
     best = plans[0]

@@ -54,11 +54,17 @@ def plan_cluster(plan: Plan, cluster=None):
         if found is not None and found.name == name:
             return found
     try:
-        return load_cluster(str(name), *shape)
+        found = load_cluster(str(name), *shape)
     except UserError as err:
         why = f"{recorded}, where it was planned, is gone or holds another profile" if recorded else str(err)
         raise UserError(f"cannot redraw the timeline: the plan's cluster {name!r} is not available ({why}); "
                         f"pass the cluster profile it was planned on (--cluster FILE)") from None
+    device = plan.cluster.get("device")
+    if device is not None and device != found.device.name:
+        raise UserError(f"cannot redraw the timeline: the plan was made on {device} devices but the profile "
+                        f"{name!r} describes {found.device.name}; pass the cluster profile it was planned on "
+                        f"(--cluster FILE)")
+    return found
 
 
 def plan_timeline(plan: Plan, cluster=None) -> tuple[Timeline, float]:
@@ -220,7 +226,7 @@ def memory_png(plan: Plan, path: str | Path) -> Path:
     x = np.arange(n)
     bottom = np.zeros(n)
     for kind, colour in MEMORY_COLOURS.items():
-        values = np.array([m.get(kind, 0.0) for m in stages]) / GiB
+        values = np.array([m.get(kind, 0.0) for m in stages], dtype=float) / GiB
         ax.bar(x, values, bottom=bottom, color=colour, label=kind, width=0.7)
         bottom += values
     top = bottom.max() if n else 0.0
@@ -257,11 +263,11 @@ def compare_png(plans: list[Plan], path: str | Path) -> Path:
     y = np.arange(n)
     left = np.zeros(n)
     for term in terms:
-        values = np.array([pl.prediction.get("time_breakdown", {}).get(term, 0.0) for pl in plans]) * scale
+        values = np.array([pl.prediction.get("time_breakdown", {}).get(term, 0.0) for pl in plans], dtype=float) * scale
         if values.any():
             ax.barh(y, values, left=left, color=TERM_COLOURS[term], label=term, height=0.65)
         left += values
-    rest = np.array(totals) * scale - left
+    rest = np.array(totals, dtype=float) * scale - left
     if (rest > 1e-9 * max(totals) * scale).any():  # plans saved without a breakdown
         ax.barh(y, np.clip(rest, 0, None), left=left, color="#EEEEEE", edgecolor="#999999", label="not broken down",
                 height=0.65)

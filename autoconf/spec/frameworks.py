@@ -454,8 +454,9 @@ class Execution:
             if self.grad_reduce_start != "per_bucket":
                 out.append("an overlapped parameter all-gather needs the per-bucket gradient reduction (Megatron: "
                            "--overlap-param-gather with --overlap-grad-reduce)")
-        if self.bucket_params is not None and not self.bucket_params > 0:
-            out.append(f"bucket_params must be > 0 parameters, got {self.bucket_params}")
+        if self.bucket_params is not None and not 0 < self.bucket_params < float("inf"):
+            out.append(f"bucket_params must be a finite number > 0 of parameters (or none: one bucket per stage), "
+                       f"got {self.bucket_params}")
         if self.selective_recompute in ("norms_mla_swiglu", "mla_up_proj_mlp") and self.memory_layout != "megatron":
             out.append(f"selective_recompute {self.selective_recompute!r} is described in the megatron memory "
                        "layout only; the executor's selective recompute is 'attention_core'")

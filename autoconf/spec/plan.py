@@ -645,14 +645,14 @@ def prediction_problems(pred: dict) -> list[str]:
     if is_printable_name(pred.get("framework", "autoconf")) and pred.get("framework", "autoconf") not in PRESETS:
         out.append(f"prediction.framework must be one of {', '.join(PRESETS)}, got "
                    f"{quoted(pred['framework'])}")
-    stages = pred.get("memory_per_stage")
-    if stages is not None:
+    if "memory_per_stage" in pred:
+        stages = pred["memory_per_stage"]
         if not isinstance(stages, list) or not all(
                 isinstance(m, dict) and all(number(m.get(k)) for k in _MEMORY_KINDS) for m in stages):
             out.append(f"prediction.memory_per_stage must be a list of {{{', '.join(_MEMORY_KINDS)}: bytes >= 0}} "
                        f"objects")
-    terms = pred.get("time_breakdown")
-    if terms is not None:
+    if "time_breakdown" in pred:
+        terms = pred["time_breakdown"]
         if not isinstance(terms, dict) or not all(isinstance(k, str) and number(v) for k, v in terms.items()):
             out.append("prediction.time_breakdown must be an object of term name -> seconds >= 0")
     training = pred.get("training")
@@ -782,17 +782,22 @@ def _flatten(mesh) -> list | None:
 def _with_cp_axis(placement: dict) -> dict:
     """A placement written before the cp axis existed ([pp][dp][tp]) as the grid's [pp][dp][cp][tp] with cp = 1."""
     mesh = placement.get("mesh") if isinstance(placement, dict) else None
-    if len(_shape(mesh)) == len(AXES) - 1 and _flatten(mesh) is not None:
+    if len(_shape(mesh) or ()) == len(AXES) - 1 and _flatten(mesh) is not None:
         return {**placement, "mesh": [[[row] for row in replica] for replica in mesh]}
     return placement
 
 
-def _shape(mesh) -> list:
-    shape = []
-    while isinstance(mesh, list):
-        shape.append(len(mesh))
-        mesh = mesh[0] if mesh else None
-    return shape
+def _shape(mesh) -> list | None:
+    """The sizes of a nested list's levels, outermost first, where every list at each level has the same length
+    and the leaves (not lists) all lie at the same depth; else None (a ragged mesh). A leaf has shape []."""
+    if not isinstance(mesh, list):
+        return []
+    shapes = [_shape(item) for item in mesh]
+    if not shapes:
+        return [0]
+    if shapes[0] is None or any(s != shapes[0] for s in shapes[1:]):
+        return None
+    return [len(mesh), *shapes[0]]
 
 
 def load_plan(path: str | Path) -> Plan:

@@ -123,6 +123,8 @@ def read_json(path: Path, what: str) -> dict:
         info = path.stat()
     except OSError as err:
         raise UserError(f"cannot read {what} file {path}: {err.strerror or err}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UserError(f"{what} file {path} is a folder; give the JSON file in it")
     if not stat.S_ISREG(info.st_mode):
         raise UserError(f"{what} file {path} is not a regular file (a device, a pipe or a socket); give a JSON file")
     if info.st_size > MAX_JSON_BYTES:
@@ -141,8 +143,14 @@ def read_json(path: Path, what: str) -> dict:
     except (ValueError, RecursionError) as err:  # a number too long to convert, nesting too deep
         raise UserError(f"{what} file {path} is not usable JSON ({str(err)[:120]})") from None
     if not isinstance(data, dict):
-        raise UserError(f"{what} file {path} must hold a JSON object, not {type(data).__name__}")
+        kind = {type(None): "null", bool: "a boolean", str: "a string", list: "an array"}.get(type(data), "a number")
+        raise UserError(f"{what} file {path} must hold a JSON object ({{...}}), not {kind}")
     return data
+
+
+# Keys of a Hugging Face config.json that autoconf's own model JSON never holds: a file with one of them but no
+# model_type is a Hugging Face config that lost its type, not a malformed autoconf model.
+_HF_ONLY_KEYS = ("architectures", "num_hidden_layers", "num_attention_heads", "intermediate_size", "n_layer")
 
 
 def load_model(arg: str) -> ModelSpec:
@@ -166,4 +174,12 @@ def load_model(arg: str) -> ModelSpec:
         return from_hf_config(data, name=name)
     if data.get("kind") not in (None, "model"):
         raise UserError(f"{path} is a {data.get('kind')!r} file, not a model")
+    hf_keys = [key for key in _HF_ONLY_KEYS if key in data]
+    if "text_config" in data:
+        raise UserError(f"{path} nests its language model under text_config (a multimodal Hugging Face config); "
+                        f"save that object as its own config.json, with its model_type, and plan that")
+    if hf_keys:
+        raise UserError(f"{path} reads as a Hugging Face config (it has {', '.join(hf_keys)}) but names no "
+                        f"model_type; add the model's \"model_type\" (gpt2, {', '.join(_HF_LLAMA_TYPES)}, "
+                        f"{', '.join(HF_MOE_TYPES)})")
     return ModelSpec.from_dict(data, source=str(path))

@@ -25,6 +25,10 @@ MAX_GPUS_PER_NODE = 4096
 MAX_BYTES = 1e18  # memory, per device
 MIN_DEVICE_BYTES = 1 << 26  # 64 MiB: less holds no model worth planning (and prints as 0.0 GiB)
 MAX_RATE = 1e21  # FLOP/s or bytes/s
+# The least rate and the least fraction of a peak (or scale, or share of a core) a profile may state: far below
+# any real device or link, and above what would turn a step's time into infinity.
+MIN_RATE = 1e3
+MIN_FRACTION = 1e-6
 MAX_SECONDS = 3600.0  # a latency, a measured pass, an overhead
 MAX_USD_PER_GPU_HOUR = 1e6  # a price per GPU-hour (a profile's or --price)
 MAX_EFFICIENCY = 4.0  # a fraction of a peak; calibration may divide by a factor < 1, so a little above 1 is fine
@@ -186,7 +190,7 @@ def _device(c: _Checker, dev) -> None:
     if dev.get("kind") not in ("gpu", "cpu"):
         c.bad("device.kind", '"gpu" or "cpu"', dev.get("kind"))
     c.number(dev.get("memory_bytes"), "device.memory_bytes", MIN_DEVICE_BYTES, MAX_BYTES)
-    c.number(dev.get("memory_bandwidth_Bps"), "device.memory_bandwidth_Bps", 0, MAX_RATE, lo_open=True)
+    c.number(dev.get("memory_bandwidth_Bps"), "device.memory_bandwidth_Bps", MIN_RATE, MAX_RATE)
     overhead = dev.get("memory_overhead_bytes", 0.0)
     if c.number(overhead, "device.memory_overhead_bytes", 0, MAX_BYTES):
         memory = dev.get("memory_bytes")
@@ -198,7 +202,7 @@ def _device(c: _Checker, dev) -> None:
             c.bad("device.peak_flops", "a non-empty object of dtype -> FLOP/s", peaks)
         c.fields(peaks, PEAK_DTYPES, "device.peak_flops")
         for dtype, value in peaks.items():
-            c.number(value, f"device.peak_flops.{_key(dtype)}", 0, MAX_RATE, lo_open=True)
+            c.number(value, f"device.peak_flops.{_key(dtype)}", MIN_RATE, MAX_RATE)
         # fp8 (optional; FP8 tensor cores): `--dtype fp8` runs only the linears' GEMMs at it, the rest at bf16
         if "fp8" in peaks and "bf16" not in peaks:
             c.bad("device.peak_flops", "an object that states bf16 beside fp8 (FP8 training keeps the rest in bf16)",
@@ -237,7 +241,7 @@ def _link(c: _Checker, link, where: str, fields: bool = True) -> None:
     if fields:
         c.fields(link, LINK_FIELDS, where)
     c.number(link.get("latency_s"), f"{where}.latency_s", 0, MAX_SECONDS)
-    c.number(link.get("bandwidth_Bps"), f"{where}.bandwidth_Bps", 0, MAX_RATE, lo_open=True)
+    c.number(link.get("bandwidth_Bps"), f"{where}.bandwidth_Bps", MIN_RATE, MAX_RATE)
 
 
 def _matrix(c: _Checker, rows, where: str, size) -> None:
@@ -287,11 +291,11 @@ def _efficiency(c: _Checker, eff) -> None:
         if key.endswith("_s"):
             c.number(value, f"{where}.value (seconds)", 0, MAX_SECONDS)
         elif key.startswith("cpu_share"):
-            c.number(value, f"{where}.value (a share of a core)", 0, 1, lo_open=True)
+            c.number(value, f"{where}.value (a share of a core)", MIN_FRACTION, 1)
         elif key.endswith("_scale"):
-            c.number(value, f"{where}.value (a scale)", 0, MAX_SCALE, lo_open=True)
+            c.number(value, f"{where}.value (a scale)", MIN_FRACTION, MAX_SCALE)
         else:
-            c.number(value, f"{where}.value (a fraction of a peak)", 0, MAX_EFFICIENCY, lo_open=True)
+            c.number(value, f"{where}.value (a fraction of a peak)", MIN_FRACTION, MAX_EFFICIENCY)
 
 
 def _collectives(c: _Checker, coll) -> None:
@@ -384,7 +388,7 @@ def _compute(c: _Checker, table) -> None:
                 c.fields(row, CHAIN_SCALE_FIELDS, where)
                 _shape(c, row, where, tp=False)
                 for key in ("layer_scale", "ends_scale"):
-                    c.number(row.get(key), f"{where}.{key}", 0, MAX_SCALE, lo_open=True)
+                    c.number(row.get(key), f"{where}.{key}", MIN_FRACTION, MAX_SCALE)
     layers = table.get("tp_layers")
     if layers is not None and c.kind(layers, list, "compute.tp_layers"):
         for i, row in enumerate(layers):
@@ -461,6 +465,6 @@ def _curve_points(c: _Checker, points, where: str, x_name: str, x_plural: str, x
             continue
         if x_ok(point[0], f"{where}[{i}][0] ({x_name})"):
             xs.append(point[0])
-        c.number(point[1], f"{where}[{i}][1] ({fraction})", 0, fraction_hi, lo_open=True)
+        c.number(point[1], f"{where}[{i}][1] ({fraction})", MIN_FRACTION, fraction_hi)
     if len(set(xs)) != len(xs):
         c.bad(where, f"pairs of distinct {x_plural}", sorted(xs))
