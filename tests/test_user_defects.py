@@ -800,3 +800,21 @@ def test_a_layout_option_the_search_chooses_points_at_fix(option, key):
     result = run_cli(["plan", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8", option, "2"])
     assert_one_clear_error(result, f"pin it with --fix {key}=VALUE")
     assert "Did you mean" not in result.output
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda d: d.update(version=True), "model version true is not supported"),
+    (lambda d: d.update(norm_eps=1e308), "norm_eps must be in (0, 1)"),
+    (lambda d: d["moe"].update(capacity_factor=1e308), "capacity_factor 1e+308 lets an expert take more tokens"),
+])
+def test_a_model_json_with_a_nonsense_value_is_refused(tmp_path, change, needle):
+    """Fourth fuzz round: `"version": true` (equal to 1 in Python), norm_eps 1e308 and an MoE capacity factor of 1e308
+    (an expert taking more tokens than the batch routes) loaded silently."""
+    from autoconf.spec.presets import PRESETS
+
+    doc = PRESETS["tiny-moe"].to_dict()
+    doc.pop("parameters"), doc.pop("active_parameters")
+    change(doc)
+    (tmp_path / "m.json").write_text(json.dumps(doc))
+    assert_one_clear_error(run_cli(["plan", "--model", tmp_path / "m.json", "--cluster", "cpu-local",
+                                    "--global-batch", "8", "--seq-len", "64"]), needle)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 from dataclasses import dataclass
 
@@ -136,6 +137,13 @@ class MoESpec:
         if self.capacity_factor is not None and not (_number(self.capacity_factor) and self.capacity_factor > 0):
             problems.append(f"capacity_factor must be a positive number, or null for dropless routing "
                             f"(got {quoted(self.capacity_factor)})")
+        elif (self.capacity_factor is not None and _positive_int(self.num_experts)
+              and _positive_int(self.num_experts_per_tok)
+              and self.capacity_factor > self.num_experts / self.num_experts_per_tok):
+            most = self.num_experts / self.num_experts_per_tok
+            problems.append(f"capacity_factor {self.capacity_factor:g} lets an expert take more tokens than a batch "
+                            f"holds; use at most num_experts / num_experts_per_tok = {most:g}, or null for dropless "
+                            f"routing")
         if self.scoring_func not in ROUTER_SCORING:
             problems.append(f"scoring_func {quoted(self.scoring_func)} is not one of {', '.join(ROUTER_SCORING)}")
         for name in ("routed_scaling_factor", "router_aux_loss_coef"):
@@ -372,10 +380,10 @@ class ModelSpec:
                 problems.append(f"{field} must be a number (got {quoted(value)})")
         if isinstance(self.dropout, (int, float)) and not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1) (got {self.dropout})")
-        for field in ("norm_eps", "rope_theta"):
-            value = getattr(self, field)
-            if isinstance(value, (int, float)) and not value > 0:
-                problems.append(f"{field} must be positive (got {value})")
+        if isinstance(self.norm_eps, (int, float)) and not 0 < self.norm_eps < 1:
+            problems.append(f"norm_eps must be in (0, 1), a small epsilon such as 1e-5 (got {self.norm_eps})")
+        if isinstance(self.rope_theta, (int, float)) and not self.rope_theta > 0:
+            problems.append(f"rope_theta must be positive (got {self.rope_theta})")
         if isinstance(self.rope_scaling_factor, (int, float)) and not self.rope_scaling_factor >= 1:
             problems.append(f"rope_scaling_factor must be at least 1 (got {self.rope_scaling_factor})")
         if self.rope_yarn is not None and self.rope_scaling_factor != 1:
@@ -745,8 +753,9 @@ class ModelSpec:
         replace by its own."""
         if not isinstance(data, dict):
             raise UserError(f"{source}: expected a JSON object describing a model")
-        if data.get("version", 1) != 1:
-            raise UserError(f"{source}: model version {quoted(data['version'])} is not supported (expected 1, or none)")
+        if isinstance(data.get("version", 1), bool) or data.get("version", 1) != 1:
+            raise UserError(f"{source}: model version {shown(json.dumps(data['version']), 40)} is not supported "
+                            f"(expected 1, or none)")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - fields - {"version", "kind"} - set(DERIVED_COUNTS))
         if unknown:
