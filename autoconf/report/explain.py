@@ -22,6 +22,15 @@ PICTURES = ("timeline.png", "memory.png", "compare.png")
 SWEEP_PICTURE = "sweep.png"  # `plan --nodes A:B --explain DIR` draws it beside the best size's explanation
 
 
+def _refuse_as_folder(out_dir: Path, plan_path: str | Path | None) -> None:
+    """Refuses (UserError) an explanation folder that is an existing file, or the plan's own path (--out)."""
+    if plan_path is not None and Path(plan_path).resolve() == out_dir.resolve():
+        raise UserError(f"--out and --explain both name {out_dir}; the plan is a file and the explanation a folder: "
+                        f"give them two paths (e.g. --out {out_dir / 'plan.json'})")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} is a file; --explain/--out needs a folder")
+
+
 def refuse_taken_folder(out_dir: str | Path, force: bool, plan_path: str | Path | None = None,
                         extra: tuple[str, ...] = (), inputs: dict | None = None) -> None:
     """Refuses (UserError) an --explain folder that already holds a file `explain` could write (or one of `extra`),
@@ -31,11 +40,7 @@ def refuse_taken_folder(out_dir: str | Path, force: bool, plan_path: str | Path 
     from autoconf.report.exporters import EXPORT_GLOBS
 
     out_dir = Path(out_dir)
-    if plan_path is not None and Path(plan_path).resolve() == out_dir.resolve():
-        raise UserError(f"--out and --explain both name {out_dir}; the plan is a file and the explanation a folder: "
-                        f"give them two paths (e.g. --out {out_dir / 'plan.json'})")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} is a file; --explain/--out needs a folder")
+    _refuse_as_folder(out_dir, plan_path)
     globs = PICTURES + EXPORT_GLOBS + extra + (("plan.json",) if plan_path is None else ())
     if plan_path is not None and Path(plan_path).resolve().parent == out_dir.resolve():
         name = Path(plan_path).name
@@ -71,11 +76,7 @@ def explain(plans: list[Plan], out_dir: str | Path, cluster=None, plan_path: str
     if not plans:
         raise UserError("nothing to explain: no plans")
     out_dir = Path(out_dir)
-    if plan_path is not None and Path(plan_path).resolve() == out_dir.resolve():
-        raise UserError(f"--out and --explain both name {out_dir}; the plan is a file and the explanation a folder: "
-                        f"give them two paths (e.g. --out {out_dir / 'plan.json'})")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir} is a file; --explain/--out needs a folder")
+    _refuse_as_folder(out_dir, plan_path)
     best = plans[0]
     names = list(PICTURES) + list(export_texts(best, plan_path))
     if plan_path is None:

@@ -124,6 +124,8 @@ class _BoundCache:
         self._overheads = (cluster.overhead("pass_overhead_s"), cluster.overhead("step_overhead_s"))
         self._work: dict = {}
         self._busy: dict = {}
+        self._fewest_params: dict = {}
+        self._ends: dict = {}
 
     def _stage_to_rank(self, c: ParallelConfig) -> tuple[int, ...]:
         key = (c.schedule, c.pp, c.vpp)
@@ -186,9 +188,15 @@ class _BoundCache:
 
     def _fewest_block_params(self, c: ParallelConfig, layers: int) -> float:
         """At most the parameters one rank holds of any `layers` blocks beside their routed experts: each block at
-        `smallest_layer_params` with the fewest TP-replicated ones of any kind, split as `local_params` splits it."""
-        replicated = min(self.model.tp_replicated_params("moe" if kind else "dense") for kind in layer_kinds(self.model))
-        return local_params_of(c, layers * smallest_layer_params(self.model), 0.0, layers * replicated)[0]
+        `smallest_layer_params` with the fewest TP-replicated ones of any kind, split as `local_params` splits it
+        (over tp: remembered by it and `layers`)."""
+        key = (layers, c.tp)
+        if key not in self._fewest_params:
+            replicated = min(self.model.tp_replicated_params("moe" if kind else "dense")
+                             for kind in layer_kinds(self.model))
+            self._fewest_params[key] = local_params_of(c, layers * smallest_layer_params(self.model), 0.0,
+                                                       layers * replicated)[0]
+        return self._fewest_params[key]
 
     def _stage_experts(self, c: ParallelConfig, layers: int) -> tuple[int, float]:
         """(MoE blocks, routed-expert parameters one rank holds, split over ep x etp as `local_params` splits them)
@@ -374,12 +382,22 @@ class _BoundCache:
         """The work of the default partition's ranks holding the first and the last stage (`rank_work` of their
         own layers and recomputed layers), the first also running the embedding and the last the head and the loss
         for each of the `m` units, as the estimate's `stage_plan` adds them: the longer of the two."""
-        pieces, owner, layers = self._layer(c), self._stage_to_rank(c), self._rank_layers(c)
+        owner, layers = self._stage_to_rank(c), self._rank_layers(c)
         recomputed = layers if c.recompute_layers is None else self._rank_recomputed(c)
+        embedding, head = self._end_pieces(c)
         ends = {owner[0]: 0.0, owner[-1]: 0.0}
-        ends[owner[0]] += m * pieces.embedding.total
-        ends[owner[-1]] += m * pieces.head.total
+        ends[owner[0]] += m * embedding
+        ends[owner[-1]] += m * head
         return max(rank_work(layers[r], recomputed[r]) + extra for r, extra in ends.items())
+
+    def _end_pieces(self, c: ParallelConfig) -> tuple[float, float]:
+        """(embedding, head with its loss) seconds per unit of `c` (`_layer`'s pieces), remembered by `_work_key`,
+        which holds every field `_layer` reads."""
+        key = self._work_key(c)
+        if key not in self._ends:
+            pieces = self._layer(c)
+            self._ends[key] = (pieces.embedding.total, pieces.head.total)
+        return self._ends[key]
 
     def busy_bound(self, c: ParallelConfig) -> float:
         """A lower bound on the step, cheaper than `time_bound` and below it: every micro-batch through the
