@@ -194,6 +194,30 @@ def test_nemo_truth_rows_cite_their_tables_and_count_the_publishers_model_flops(
     assert checked == 12
 
 
+def test_llama3_truth_rows_run_the_pipeline_their_paper_describes():
+    """scripts/data/published_long_context.json takes Llama 3 405B's V 8 from its paper (Sec. 3.3.2: the first model
+    chunk holds only the embedding and the last only the head, one layer in every other): autoconf's default
+    partition of that layout is exactly that, and the 8k rows run the same pipeline without activation
+    checkpointing, as the paper states."""
+    from autoconf.cost.estimate import default_partition
+
+    truth = script_module("truth_long_context")
+    data = json.loads(truth.DATA.read_text())
+    row, short = data["llama3"], data["llama3_8k"]
+    model = load_model(row["model"])
+    c = ParallelConfig(tp=row["tp"], pp=row["pp"], dp=row["dp"], cp=row["cp"], micro_batch_size=1,
+                       global_batch_size=row["batch_per_dp"] * row["dp"], seq_len=row["seq_len"],
+                       schedule=row["schedule"], vpp=row["vpp"], zero_stage=1, sequence_parallel=True, dtype="bf16")
+    parts = default_partition(model, c)
+    assert len(parts) == model.num_layers + 2 == row["pp"] * row["vpp"]
+    assert parts[0] == [0, 0] and parts[-1] == [model.num_layers, model.num_layers]
+    assert all(end - first == 1 for first, end in parts[1:-1])
+    assert (short["schedule"], short["vpp"], short["pp"], short["recompute"]) == (row["schedule"], row["vpp"],
+                                                                                 row["pp"], "none")
+    rows = truth.llama3_8k_rows(data)
+    assert [r["published_tflops_per_gpu"] for r in rows] == [430, 400] and all("vpp8" in r["layout"] for r in rows)
+
+
 def test_remembered_hash_follows_equality():
     """Model specs and framework flags remember their hash (spec/hashing.py): equal instances hash alike, and a
     spec made from another with a field changed gets its own hash, not the one its source remembered."""
