@@ -818,3 +818,17 @@ def test_a_model_json_with_a_nonsense_value_is_refused(tmp_path, change, needle)
     (tmp_path / "m.json").write_text(json.dumps(doc))
     assert_one_clear_error(run_cli(["plan", "--model", tmp_path / "m.json", "--cluster", "cpu-local",
                                     "--global-batch", "8", "--seq-len", "64"]), needle)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be made")
+def test_a_dry_run_refuses_a_metrics_folder_nothing_can_be_made_in(tmp_path, tiny_plan):
+    """Fourth fuzz round: `launch --dry-run --metrics /proc/x/m.jsonl` passed (root's `os.access` says /proc is
+    writable) and only the real run refused it; the dry run now makes and removes an unnamed file where the folder
+    would be made, and leaves a folder it could make unmade."""
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(tiny_plan))
+    assert_one_clear_error(run_cli(["launch", path, "--dry-run", "--metrics", "/proc/x/m.jsonl"]),
+                           "cannot create metrics directory /proc/x")
+    result = run_cli(["launch", path, "--dry-run", "--metrics", tmp_path / "new" / "m.jsonl"])
+    assert result.exit_code == 0 and not (tmp_path / "new").exists(), result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]

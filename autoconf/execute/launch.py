@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -98,13 +99,18 @@ def busy_port_problem(port: int) -> str | None:
 
 def _check_writable_dir(path: Path, what: str, create: bool = True) -> None:
     """Refuses a folder that cannot be written; makes it (and its parents) when `create`, else only checks that the
-    nearest existing one is a writable folder, so a dry run leaves the disk as it was."""
+    nearest existing one is a writable folder (by making and removing an unnamed file in it: `os.access` says yes to
+    root even where nothing can be made, /proc), so a dry run leaves the disk as it was."""
     if not create:
         existing = next(p for p in (path, *path.parents) if p.exists())
         if not existing.is_dir():
             raise UserError(f"cannot create {what} {path}: {existing} is not a folder")
-        if not os.access(existing, os.W_OK):
-            raise UserError(f"cannot create {what} {path}: {existing} is not writable")
+        try:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as err:
+            raise UserError(f"cannot create {what} {path}: {existing} is not writable "
+                            f"({err.strerror or err})") from None
         return
     try:
         path.mkdir(parents=True, exist_ok=True)
