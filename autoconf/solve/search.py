@@ -71,6 +71,11 @@ _RESIDENT_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Para
 _WORK_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(ParallelConfig)
                                      if f.name not in ("grad_reduce", "offload_optimizer", "zero_stage",
                                                        "recompute_layers")))
+# The most entries each memo by `_BoundCache._work_key` keeps (`_blocks_work`, `_end_pieces`, `busy_bound`): twins
+# that share one are met close together (a family's members in turn, an offloading parent's twins at once), so a memo
+# starts again when full instead of holding every key of a search of millions of candidates (GPT-OSS-120B at 128k on
+# 64 GPUs peaked 300 MiB higher without a limit).
+_MEMO_ENTRIES = 1 << 15
 # The fields a family of candidates shares (`space.candidates` varies the levers innermost: ZeRO, recompute,
 # sequence parallelism, grad_reduce, the CP exchange, the expert degrees); the walk bounds a family before it
 # builds its members' entries (`search`).
@@ -363,6 +368,8 @@ class _BoundCache:
 
             def run(layers: float, index: int, extra: float = 0.0) -> float:
                 return layers * (per_block[index] + extra)
+        if len(self._work) >= _MEMO_ENTRIES:
+            self._work.clear()
         self._work[key] = run
         return run
 
@@ -395,6 +402,8 @@ class _BoundCache:
         which holds every field `_layer` reads."""
         key = self._work_key(c)
         if key not in self._ends:
+            if len(self._ends) >= _MEMO_ENTRIES:
+                self._ends.clear()
             pieces = self._layer(c)
             self._ends[key] = (pieces.embedding.total, pieces.head.total)
         return self._ends[key]
@@ -415,6 +424,8 @@ class _BoundCache:
         work = rank_work(rank_layers, self._recomputed(c, self._smallest_stage(c), rank_layers)[1])
         if schedule_spec(c.schedule).directions == 1:
             work = max(work, self._end_ranks_work(c, rank_work, units))
+        if len(self._busy) >= _MEMO_ENTRIES:
+            self._busy.clear()
         self._busy[key] = work
         return work
 
