@@ -108,7 +108,8 @@ def llama3_8k_rows(data: dict) -> list[dict]:
                            dtype="bf16", schedule=spec["schedule"], vpp=spec["vpp"], recompute=spec["recompute"])
         cluster = load_cluster(spec["profile"], nodes=row["gpus"] // 8)
         p = estimate(model, cluster, c, execution=execution(assumed["framework"]), detail=False).prediction
-        out.append({"row": f"TP8 PP16 DP{row['dp']}, 8k, {row['gpus']:,} H100", "layout": c.label(),
+        out.append({"row": f"TP{c.tp} PP{c.pp} DP{c.dp}, {c.seq_len // 1024}k, {row['gpus']:,} H100",
+                    "layout": c.label(),
                     "published_tflops_per_gpu": row["tflops_per_gpu"],
                     "predicted_tflops_per_gpu": round(p["tflops_per_gpu"]),
                     "error_pct": round(100 * (p["tflops_per_gpu"] / row["tflops_per_gpu"] - 1), 1),
@@ -218,8 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|---|")
     for name, v in r["variants"].items():
         print(f"| {name} | {v['tflops_per_gpu']} | {v['mfu_pct']}% | {v['memory_GiB']} | {v['fits']} |")
-    print("\nThe same table's 8k rows (not long context, not in the summary): Table 4's layout, interleaved V 8, no "
-          "activation checkpointing (Sec. 3.3.2), the long-context row's unstated choices:")
+    short = data["llama3_8k"]
+    print(f"\nThe same table's {short['seq_len'] // 1024}k rows (not long context, not in the summary): Table 4's layout, "
+          f"{short['schedule']} V {short['vpp']}, recompute {short['recompute']} (Sec. 3.3.2), the long-context row's "
+          f"unstated choices:")
     print("| row | layout | published TFLOP/s/GPU | predicted | error | peak GiB | fits |")
     print("|---|---|---:|---:|---:|---:|---|")
     for r8 in result["llama3_8k"]:

@@ -602,8 +602,9 @@ def test_fp8_bounds_read_the_zero_sharding_of_the_weight_casts():
 def test_remembered_bounds_do_not_depend_on_the_order_the_cache_meets_candidates():
     """`_BoundCache` remembers its bounds' pieces by the fields each reads (`_WORK_FIELDS` and the rest): over an MoE
     model's candidates and their twins in every lever the search varies (ZeRO stage, grad_reduce, offload, per-stage
-    recompute counts, an fp8 dtype whose weight casts read the ZeRO sharding), a cache that meets them in one order
-    gives every candidate the same time and busy bounds as one that meets them in the reverse order."""
+    recompute counts, an fp8 dtype whose weight casts read the ZeRO sharding), a cache that meets them all gives every
+    candidate the same time and busy bounds as one that meets them in the reverse order and as one that meets only
+    that candidate."""
     import random
 
     from autoconf.solve.search import _BoundCache
@@ -629,7 +630,10 @@ def test_remembered_bounds_do_not_depend_on_the_order_the_cache_meets_candidates
         cache = _BoundCache(model, cluster, Execution())
         return {c: (cache.time_bound(c), cache.busy_bound(c)) for c in configs}
 
-    assert bounds(pool) == bounds(pool[::-1])
+    shared = bounds(pool)
+    assert shared == bounds(pool[::-1])
+    for c in pool:  # each against a cache that met only it
+        assert shared[c] == bounds([c])[c], c
 
 
 def test_memory_bounds_of_a_model_with_mtp_read_the_estimates_partition():

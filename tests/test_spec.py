@@ -215,7 +215,9 @@ def test_llama3_truth_rows_run_the_pipeline_their_paper_describes():
     assert (short["schedule"], short["vpp"], short["pp"], short["recompute"]) == (row["schedule"], row["vpp"],
                                                                                  row["pp"], "none")
     rows = truth.llama3_8k_rows(data)
-    assert [r["published_tflops_per_gpu"] for r in rows] == [430, 400] and all("vpp8" in r["layout"] for r in rows)
+    assert all("vpp8" in r["layout"] and "rc-" not in r["layout"] for r in rows)
+    # half the batch per DP group (the paper's reason for its MFU drop): a larger bubble, a slower step per GPU
+    assert rows[1]["predicted_tflops_per_gpu"] < rows[0]["predicted_tflops_per_gpu"]
 
 
 def test_remembered_hash_follows_equality():

@@ -743,12 +743,15 @@ def test_show_draws_a_plan_whose_numbers_are_integers_beyond_64_bits(tmp_path, t
     assert result.exit_code == 0 and (tmp_path / "ex" / "memory.png").exists(), result.output
 
 
-@pytest.mark.parametrize("field", [("device", "memory_bandwidth_Bps"), ("device", "peak_flops", "fp32"),
-                                   ("inter_node", "bandwidth_Bps"), ("efficiency", "matmul", "value")])
-def test_a_profile_rate_too_small_to_give_a_finite_step_is_refused(tmp_path, field):
+@pytest.mark.parametrize("profile_name, field", [
+    ("cpu-local", ("device", "memory_bandwidth_Bps")), ("cpu-local", ("device", "peak_flops", "fp32")),
+    ("cpu-local", ("inter_node", "bandwidth_Bps")), ("cpu-local", ("efficiency", "matmul", "value")),
+    ("dgx-h100-80g", ("host", "h2d_Bps")), ("dgx-h100-80g", ("host", "d2h_Bps"))])
+def test_a_profile_rate_too_small_to_give_a_finite_step_is_refused(tmp_path, profile_name, field):
     """Fourth fuzz round: a device rate of 1e-300 (positive, so accepted) turned the step time into infinity and
-    `plan` crashed in the partition solver ("cannot convert float NaN to integer")."""
-    profile = json.loads((ROOT / "autoconf" / "profiles" / "cpu-local.json").read_text())
+    `plan` crashed in the partition solver ("cannot convert float NaN to integer"); host copy rates of 1e-300 gave an
+    infinite step with offload."""
+    profile = json.loads((ROOT / "autoconf" / "profiles" / f"{profile_name}.json").read_text())
     node = profile
     for key in field[:-1]:
         node = node[key]
@@ -756,7 +759,17 @@ def test_a_profile_rate_too_small_to_give_a_finite_step_is_refused(tmp_path, fie
     path = tmp_path / "slow.json"
     path.write_text(json.dumps(profile))
     assert_one_clear_error(run_cli(["plan", "--model", "tiny-gpt", "--cluster", path, "--global-batch", "8"]),
-                           ".".join(field[:2]), "got 1e-300")
+                           ".".join(field[:2]), "1e-300")
+
+
+def test_a_profile_version_must_be_the_integer_1(tmp_path):
+    """Fourth fuzz round: a profile's `"version": true` (and 1.0) equal 1 in Python and loaded."""
+    profile = json.loads((ROOT / "autoconf" / "profiles" / "cpu-local.json").read_text())
+    for version in (True, 1.0):
+        profile["version"] = version
+        (tmp_path / "p.json").write_text(json.dumps(profile))
+        assert_one_clear_error(run_cli(["plan", "--model", "tiny-gpt", "--cluster", tmp_path / "p.json",
+                                        "--global-batch", "8"]), f"version {json.dumps(version)} is not supported")
 
 
 def test_output_paths_and_inputs_that_are_the_wrong_kind_are_named(tmp_path):
@@ -784,11 +797,13 @@ def test_output_paths_and_inputs_that_are_the_wrong_kind_are_named(tmp_path):
 
 @pytest.mark.parametrize("config, needle", [
     ({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2}, "names no model_type"),
-    ({"text_config": {"model_type": "llama"}, "model_type_of_vision": "x"}, "under text_config"),
+    ({"text_config": {"model_type": "llama"}, "vision_config": {}}, "names no model_type"),
+    ({"model_type": "llava", "architectures": ["LlavaForConditionalGeneration"], "text_config": {
+        "model_type": "llama"}, "vision_config": {}}, "a multimodal config: save its text_config object"),
 ])
 def test_a_hugging_face_config_without_its_type_is_named_as_one(tmp_path, config, needle):
-    """Fourth fuzz round: a Hugging Face config.json without model_type (or a multimodal one, its language model
-    under text_config) was read as autoconf's own model JSON and refused for unknown fields."""
+    """Fourth fuzz round: a Hugging Face config.json without model_type was read as autoconf's own model JSON and
+    refused for unknown fields; a multimodal one (its language model under text_config) is named as such."""
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
     assert_one_clear_error(run_cli(["plan", "--model", path, "--cluster", "cpu-local", "--global-batch", "8"]), needle)

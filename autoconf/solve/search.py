@@ -65,9 +65,9 @@ _UNFITTED_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(Para
 # (`_BoundCache.offload_floor` shares them between the layouts that differ only there).
 _RESIDENT_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(ParallelConfig)
                                          if f.name not in ("grad_reduce", "zero_stage")))
-# Every config field but grad_reduce, the optimizer's offload, the ZeRO stage and the per-stage recompute counts: what
-# `_BoundCache._blocks_work` reads (the ZeRO sharding only through a dynamic-scaling fp8 dtype's weight casts, which
-# `_work_key` adds), so twins that differ only there share one.
+# Every config field but grad_reduce, the optimizer's offload, the ZeRO stage and the per-stage recompute counts: at
+# least what `_BoundCache._blocks_work` and `_end_pieces` read (the ZeRO sharding only through a dynamic-scaling fp8
+# dtype's weight casts, which `_work_key` adds), so twins that differ only there share one.
 _WORK_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(ParallelConfig)
                                      if f.name not in ("grad_reduce", "offload_optimizer", "zero_stage",
                                                        "recompute_layers")))
@@ -346,8 +346,8 @@ class _BoundCache:
 
     @staticmethod
     def _work_key(c: ParallelConfig) -> tuple:
-        """What `_blocks_work` reads of `c` (`_WORK_FIELDS`, and the ZeRO sharding under a dynamic-scaling fp8
-        dtype: `_layer`'s note)."""
+        """At least what `_blocks_work` and `_end_pieces` read of `c` (`_WORK_FIELDS`, and the ZeRO sharding
+        under a dynamic-scaling fp8 dtype: `_layer`'s note)."""
         return _WORK_FIELDS(c), c.zero_sharded if precision(c.dtype).dynamic_scaling else None
 
     def _blocks_work(self, c: ParallelConfig) -> Callable[..., float]:
@@ -481,7 +481,7 @@ class _BoundCache:
         weight backward, recompute) per layer (the MoE token exchange left out), plus the estimate's own activation
         copies of offload_activations (on the compute stream) and exposed CP K/V exchange."""
         key = (c.tp, c.cp, c.cp_comm, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len,
-               c.recompute, c.ep, c.etp, c.offload_activations, c.selective_recompute, c.seq_chunks,
+               c.recompute, c.ep, c.etp, c.offload_activations, c.selective_recompute, c.seq_chunks, c.compile,
                (c.zero_sharded, c.dp_cp) if precision(c.dtype).dynamic_scaling else None)  # (`_layer`'s note)
         if key not in self._layers:
             one = self._tp_collective(c)

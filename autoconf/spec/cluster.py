@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 from dataclasses import dataclass, field
 from importlib import resources
@@ -90,7 +91,10 @@ HOST_FIELDS = {
 
 def host_problems(host) -> list[str]:
     """What is wrong with a profile's "host" object (None is allowed: no host facts): every HOST_FIELDS number
-    present, positive and finite, and a "source" text saying where they come from."""
+    present, positive and finite, a copy rate (bytes/s) at least `profile_checks.MIN_RATE`, and a "source" text
+    saying where they come from."""
+    from autoconf.spec.profile_checks import MIN_RATE
+
     if host is None:
         return []
     if not isinstance(host, dict):
@@ -98,8 +102,9 @@ def host_problems(host) -> list[str]:
     out = []
     for key in HOST_FIELDS:
         value = host.get(key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
-            out.append(f"host.{key} ({HOST_FIELDS[key]}) must be a positive number, got {value!r}")
+        least = MIN_RATE if key.endswith("_Bps") else 0.0
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not least < value < math.inf:
+            out.append(f"host.{key} ({HOST_FIELDS[key]}) must be a finite number above {least:g}, got {value!r}")
     if not isinstance(host.get("source"), str) or not host["source"]:
         out.append("host.source must say where the host numbers come from")
     return out
@@ -332,8 +337,9 @@ class ClusterProfile:
         if data.get("kind") != "cluster":
             raise UserError(f"{source}: not a cluster profile (its \"kind\" is {data.get('kind')!r}, "
                             f"expected \"cluster\")")
-        if data.get("version") != 1:
-            raise UserError(f"{source}: cluster profile version {data.get('version')!r} is not supported (expected 1)")
+        if type(data.get("version")) is not int or data.get("version") != 1:  # (true and 1.0 equal 1 in Python)
+            raise UserError(f"{source}: cluster profile version {json.dumps(data.get('version'))} is not supported "
+                            f"(expected 1)")
         from autoconf.spec.profile_checks import profile_problems
 
         problems = profile_problems(data) + host_problems(data.get("host"))

@@ -71,6 +71,7 @@ PUBLISHED_PARAMS = {
 }
 
 _HF_LLAMA_TYPES = tuple(t for t in HF_DENSE_TYPES if t != "gpt2")  # the Llama-shaped ones
+_HF_TYPES = (*HF_DENSE_TYPES, *HF_MOE_TYPES)  # every model_type `from_hf_config` reads
 
 
 def from_hf_config(config: dict, name: str) -> ModelSpec:
@@ -103,8 +104,11 @@ def from_hf_config(config: dict, name: str) -> ModelSpec:
         if isinstance(err, UserError):
             raise
         raise UserError(f"{name}: malformed Hugging Face config of type {model_type!r} ({err})") from None
-    raise UserError(f"{name}: unsupported model_type {quoted(model_type)}; supported: gpt2, "
-                    f"{', '.join(_HF_LLAMA_TYPES)}, {', '.join(HF_MOE_TYPES)}")
+    nested = (" (a multimodal config: save its text_config object, with that object's model_type, as its own "
+              "config.json and plan that)") if isinstance(config.get("text_config"), dict) else ""
+    raise UserError(f"{name}: unsupported model_type {quoted(model_type)}{nested}; supported: "
+                    f"{', '.join(_HF_TYPES)}")
+
 
 
 # Mixture-of-experts presets: each model's published config.json (spec/hf_moe.py cites the repository) read by the
@@ -150,7 +154,8 @@ def read_json(path: Path, what: str) -> dict:
 
 # Keys of a Hugging Face config.json that autoconf's own model JSON never holds: a file with one of them but no
 # model_type is a Hugging Face config that lost its type, not a malformed autoconf model.
-_HF_ONLY_KEYS = ("architectures", "num_hidden_layers", "num_attention_heads", "intermediate_size", "n_layer")
+_HF_ONLY_KEYS = ("architectures", "num_hidden_layers", "num_attention_heads", "intermediate_size", "n_layer",
+                 "text_config")
 
 
 def load_model(arg: str) -> ModelSpec:
@@ -175,11 +180,7 @@ def load_model(arg: str) -> ModelSpec:
     if data.get("kind") not in (None, "model"):
         raise UserError(f"{path} is a {data.get('kind')!r} file, not a model")
     hf_keys = [key for key in _HF_ONLY_KEYS if key in data]
-    if "text_config" in data:
-        raise UserError(f"{path} nests its language model under text_config (a multimodal Hugging Face config); "
-                        f"save that object as its own config.json, with its model_type, and plan that")
     if hf_keys:
         raise UserError(f"{path} reads as a Hugging Face config (it has {', '.join(hf_keys)}) but names no "
-                        f"model_type; add the model's \"model_type\" (gpt2, {', '.join(_HF_LLAMA_TYPES)}, "
-                        f"{', '.join(HF_MOE_TYPES)})")
+                        f"model_type; add the model's \"model_type\" ({', '.join(_HF_TYPES)})")
     return ModelSpec.from_dict(data, source=str(path))

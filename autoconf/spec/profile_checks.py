@@ -316,7 +316,7 @@ def _collectives(c: _Checker, coll) -> None:
                 if c.kind(point, dict, f"{where}[{i}]"):
                     c.fields(point, COLLECTIVE_POINT_FIELDS, f"{where}[{i}]")
                     c.integer(point.get("ranks"), f"{where}[{i}].ranks", 1, MAX_NODES * MAX_GPUS_PER_NODE)
-                    c.number(point.get("bytes"), f"{where}[{i}].bytes", 0, MAX_BYTES, lo_open=True)
+                    c.number(point.get("bytes"), f"{where}[{i}].bytes", 1, MAX_BYTES)  # (at least a byte moved)
                     c.number(point.get("time_s"), f"{where}[{i}].time_s", 0, MAX_SECONDS, lo_open=True)
 
 
