@@ -87,6 +87,15 @@ _FAMILY_FIELDS = operator.attrgetter("tp", "cp", "pp", "dp", "vpp", "micro_batch
 OFFLOAD_PARENT, FAMILY, UNFITTED, RANK0_FITTED, FITTED = -2, -1, 0, 1, 2
 
 
+def _remembered(memo: dict, key, make: Callable[[], object]):
+    """memo[key], made by `make()` where it is missing; a memo holding _MEMO_ENTRIES starts again first."""
+    if key not in memo:
+        if len(memo) >= _MEMO_ENTRIES:
+            memo.clear()
+        memo[key] = make()
+    return memo[key]
+
+
 @dataclass
 class SearchResult:
     plans: list[Plan]
@@ -355,9 +364,10 @@ class _BoundCache:
         backward, 2 weight backward, 3 recompute) summed over any `layers` of the model's blocks, plus `extra` per
         block: MoE blocks with their exposed token exchange (`_exposed_exchange`); of a model with dense and MoE
         blocks, `_layers_sum`. Remembered by `_work_key`."""
-        key = self._work_key(c)
-        if key in self._work:
-            return self._work[key]
+        return _remembered(self._work, self._work_key(c), functools.partial(self._made_work, c))
+
+    def _made_work(self, c: ParallelConfig) -> Callable[..., float]:
+        """`_blocks_work`'s run, made afresh."""
         kinds, exchange = self._kind_layers(c), self._exposed_exchange(c)
         if len(kinds) > 1:
             def run(layers: float, index: int, extra: float = 0.0) -> float:
@@ -368,9 +378,6 @@ class _BoundCache:
 
             def run(layers: float, index: int, extra: float = 0.0) -> float:
                 return layers * (per_block[index] + extra)
-        if len(self._work) >= _MEMO_ENTRIES:
-            self._work.clear()
-        self._work[key] = run
         return run
 
     @staticmethod
@@ -400,13 +407,10 @@ class _BoundCache:
     def _end_pieces(self, c: ParallelConfig) -> tuple[float, float]:
         """(embedding, head with its loss) seconds per unit of `c` (`_layer`'s pieces), remembered by `_work_key`,
         which holds every field `_layer` reads."""
-        key = self._work_key(c)
-        if key not in self._ends:
-            if len(self._ends) >= _MEMO_ENTRIES:
-                self._ends.clear()
+        def made() -> tuple[float, float]:
             pieces = self._layer(c)
-            self._ends[key] = (pieces.embedding.total, pieces.head.total)
-        return self._ends[key]
+            return pieces.embedding.total, pieces.head.total
+        return _remembered(self._ends, self._work_key(c), made)
 
     def busy_bound(self, c: ParallelConfig) -> float:
         """A lower bound on the step, cheaper than `time_bound` and below it: every micro-batch through the
@@ -414,9 +418,10 @@ class _BoundCache:
         through the first and the last stage's ranks with the embedding and the head (`time_bound`'s compute path
         holds both, with the passes' overheads and FSDP gathers that this leaves out). Remembered by what it reads
         (`_work_key`, and the per-stage recompute counts)."""
-        key = (self._work_key(c), c.recompute_layers)
-        if key in self._busy:
-            return self._busy[key]
+        return _remembered(self._busy, (self._work_key(c), c.recompute_layers), functools.partial(self._made_busy, c))
+
+    def _made_busy(self, c: ParallelConfig) -> float:
+        """`busy_bound`, worked out afresh."""
         run, one = self._blocks_work(c), self._tp_collective(c)
         units = c.num_microbatches * c.seq_chunks  # seq1f1b: sequence chunks
         rank_work = self._rank_work(run, one, units)
@@ -424,9 +429,6 @@ class _BoundCache:
         work = rank_work(rank_layers, self._recomputed(c, self._smallest_stage(c), rank_layers)[1])
         if schedule_spec(c.schedule).directions == 1:
             work = max(work, self._end_ranks_work(c, rank_work, units))
-        if len(self._busy) >= _MEMO_ENTRIES:
-            self._busy.clear()
-        self._busy[key] = work
         return work
 
     def _busiest_layers(self, c: ParallelConfig) -> float:

@@ -110,7 +110,6 @@ def from_hf_config(config: dict, name: str) -> ModelSpec:
                     f"{', '.join(_HF_TYPES)}")
 
 
-
 # Mixture-of-experts presets: each model's published config.json (spec/hf_moe.py cites the repository) read by the
 # importer. Published totals and active counts, and what each publisher counts: scripts/data/published_moe.json.
 PRESETS.update({name: from_hf_config(config, name) for name, config in PRESET_CONFIGS.items()})
