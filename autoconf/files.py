@@ -73,6 +73,12 @@ def drawn_by_autoconf(path: str | os.PathLike) -> bool:
         return False
 
 
+def is_version(value, expected: int) -> bool:
+    """Whether a file's "version" field is the integer `expected` (JSON's true and 1.0 equal 1 in Python, and are
+    not it)."""
+    return type(value) is int and value == expected
+
+
 def shown(text: str, limit: int = 80) -> str:
     """`text` for a one-line message: as it is up to `limit` characters, else its start and an ellipsis."""
     text = str(text)

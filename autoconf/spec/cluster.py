@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from autoconf.errors import UserError
-from autoconf.files import gib_figures
+from autoconf.files import gib_figures, is_version
 
 
 COMMAND_LINE = "set on the command line"  # the reason a headroom from --memory-headroom states
@@ -337,7 +337,7 @@ class ClusterProfile:
         if data.get("kind") != "cluster":
             raise UserError(f"{source}: not a cluster profile (its \"kind\" is {data.get('kind')!r}, "
                             f"expected \"cluster\")")
-        if type(data.get("version")) is not int or data.get("version") != 1:  # (true and 1.0 equal 1 in Python)
+        if not is_version(data.get("version"), 1):
             raise UserError(f"{source}: cluster profile version {json.dumps(data.get('version'))} is not supported "
                             f"(expected 1)")
         from autoconf.spec.profile_checks import profile_problems

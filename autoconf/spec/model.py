@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 
 from autoconf.errors import UserError
-from autoconf.files import listed, quoted, shown
+from autoconf.files import is_version, listed, quoted, shown
 from autoconf.spec import layers
 from autoconf.spec.hashing import remembered_hash
 
@@ -753,7 +753,7 @@ class ModelSpec:
         replace by its own."""
         if not isinstance(data, dict):
             raise UserError(f"{source}: expected a JSON object describing a model")
-        if type(data.get("version", 1)) is not int or data.get("version", 1) != 1:  # (true and 1.0 equal 1 in Python)
+        if not is_version(data.get("version", 1), 1):
             raise UserError(f"{source}: model version {shown(json.dumps(data['version']), 40)} is not supported "
                             f"(expected 1, or none)")
         fields = {f.name for f in dataclasses.fields(cls)}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.files import listed, quoted
+from autoconf.files import is_version, listed, quoted
 from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.frameworks import GRAD_REDUCE, PRESETS, SELECTIVE_RECOMPUTE
 from autoconf.spec.grid import AXES, ParallelDims, RankGrid, world_size_of
@@ -495,7 +495,7 @@ class Plan:
             what = " (a Hugging Face model config)" if isinstance(data, dict) and "model_type" in data else ""
             raise UserError(f"{source}: not a plan file{what}; expected a JSON object with \"kind\": \"plan\", as "
                             f"`autoconf plan --out` or `estimate --out` writes")
-        if not _is_int(data.get("version")) or data.get("version") != PLAN_VERSION:
+        if not is_version(data.get("version"), PLAN_VERSION):
             raise UserError(f"{source}: plan version {quoted(data.get('version'))} is not supported "
                             f"(expected {PLAN_VERSION})")
         _refuse_unknown(data, PLAN_FIELDS, source, "plan")
