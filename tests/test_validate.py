@@ -131,6 +131,16 @@ def test_report_round_trips_through_json(tmp_path):
     assert back.runs[2].status == "failed" and back.runs[2].error is None
 
 
+@pytest.mark.parametrize("version", [True, 1.0, "1", 2, None])
+def test_a_report_of_another_version_is_refused_in_one_line(tmp_path, version):
+    """A report's version is the integer REPORT_VERSION (JSON's true and 1.0 equal 1 in Python and are not it)."""
+    data = Report("tiny-gpt", "cpu", 16, 128, 3, [Run(0, "a", {"tp": 1}, 0.1, 0.1, status="ok")]).summarise().to_dict()
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({**data, "version": version}))
+    with pytest.raises(UserError, match="not a validation report"):
+        load_report(path)
+
+
 def test_read_metrics_takes_the_summary_median_and_explains_a_missing_one(tmp_path):
     path = tmp_path / "m.jsonl"
     assert read_metrics(path)[2] == "no metrics file was written"

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from autoconf.errors import UserError
+from autoconf.files import is_version
 from autoconf.spec.cluster import ClusterProfile, load_cluster
 from autoconf.spec.dtypes import check_trainable_dtype, default_dtype
 from autoconf.spec.model import ModelSpec
@@ -133,7 +134,8 @@ class Report:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "report") -> "Report":
-        if not isinstance(data, dict) or data.get("kind") != "validation" or data.get("version") != REPORT_VERSION:
+        if (not isinstance(data, dict) or data.get("kind") != "validation"
+                or not is_version(data.get("version"), REPORT_VERSION)):
             raise UserError(f"{source}: not a validation report (version {REPORT_VERSION})")
         fields = set(Run.__dataclass_fields__)
         runs = [Run(**{k: v for k, v in r.items() if k in fields}) for r in data["runs"]]
