@@ -12,7 +12,7 @@ from autoconf.cost.comm import collective_time, p2p_time
 from autoconf.cost.compute import model_pieces
 from autoconf.cost.estimate import cp_attention_comm, estimate
 from autoconf.cost.memory import cp_buffer_bytes, cp_kv_bytes
-from autoconf.solve.search import _BoundCache
+from autoconf.solve.bounds import BoundCache
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import execution
 from autoconf.spec.plan import ParallelConfig
@@ -125,7 +125,7 @@ def test_torch_ring_holds_its_fp32_gradients_and_the_gathered_kv():
 def test_search_bounds_stay_below_the_estimate_with_torchs_ring(ex):
     """The search's time and memory bounds read the same ring terms as the estimate (the execution passed to
     both), for torchtitan's ring and the executor's."""
-    cache = _BoundCache(MODEL, GT, ex)
+    cache = BoundCache(MODEL, GT, ex)
     for cp in (2, 4, 8):
         for cp_comm in ("allgather", "ring"):
             c = _row(cp, cp_comm=cp_comm)

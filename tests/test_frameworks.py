@@ -222,12 +222,12 @@ def test_old_plans_without_a_framework_read_as_autoconf():
 def test_search_bounds_stay_below_the_overlapped_estimate(name):
     """Pruning stays safe with the overlap: each bound is at most the estimate's time, over candidates with data
     parallelism (where the overlap acts) of a GPU cluster."""
-    from autoconf.solve.search import _BoundCache
+    from autoconf.solve.bounds import BoundCache
     from autoconf.solve.space import candidates
     from autoconf.spec.support import unsupported_reason
 
     ex = execution(name)
-    cache = _BoundCache(MODEL, H100, ex)
+    cache = BoundCache(MODEL, H100, ex)
     configs = (c for c in candidates(MODEL, H100.world_size, H100.gpus_per_node, 64, 2048, "bf16",
                                      zero_stages=ex.zero_searched, reductions=ex.grad_reductions)
                if c.dp > 1 and not unsupported_reason(c))

@@ -15,7 +15,8 @@ from autoconf.cost.comm import collective_time
 from autoconf.cost.estimate import estimate, predict
 from autoconf.cost.memory import stage_expert_params, stage_params
 from autoconf.cost.moe import expert_gemms, moe_layers, tokens_per_rank
-from autoconf.solve.search import _BoundCache, search
+from autoconf.solve.bounds import BoundCache
+from autoconf.solve.search import search
 from autoconf.solve.space import candidates
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import PRESETS as FRAMEWORKS
@@ -103,7 +104,7 @@ def test_all_to_all_is_dearer_across_nodes():
     assert collective_time(cluster, "all_to_all", 1e8, [3]) == 0
 
 
-def _cheapest_block(cache: _BoundCache, c: ParallelConfig) -> tuple[float, float, float]:
+def _cheapest_block(cache: BoundCache, c: ParallelConfig) -> tuple[float, float, float]:
     """(forward, input backward, weight backward) of the cheaper kind of block per layer (`_kind_layers`, the MoE
     token exchange left out)."""
     kinds = cache._kind_layers(c).values()
@@ -114,7 +115,7 @@ def test_bounds_stay_at_or_below_the_estimate_for_moe_layouts():
     """The search's time and memory bounds never exceed the estimate over a spread of MoE candidates (dense and MoE
     blocks, ep and etp, every schedule family)."""
     cluster = load_cluster("dgx-h100-80g", 2, 8)
-    cache = _BoundCache(TINY_MOE, cluster, H100)
+    cache = BoundCache(TINY_MOE, cluster, H100)
     pool = [c for c in candidates(TINY_MOE, 16, 8, 64, 512, "bf16") if c.ep * c.etp > 1]
     assert len({(c.ep, c.etp) for c in pool}) >= 4
     for c in pool[::max(1, len(pool) // 24)]:
@@ -135,14 +136,14 @@ def test_bounds_of_deepseek_v3_count_its_moe_blocks_and_stay_below_the_estimate(
     pool = [c for c in candidates(model, 64, 8, 512, 4096, "bf16") if c.ep * c.etp > 1 and c.pp > 1]
     assert len({c.schedule for c in pool}) >= 4
     for name in ("megatron-core", "autoconf"):
-        cache = _BoundCache(model, cluster, FRAMEWORKS[name])
+        cache = BoundCache(model, cluster, FRAMEWORKS[name])
         runs = [c for c in pool if FRAMEWORKS[name].problem(c) is None]
         for c in runs[::max(1, len(runs) // 12)]:
             p = predict(model, cluster, c, execution=FRAMEWORKS[name], detail=False)[3]
             assert cache.time_bound(c) <= p["iteration_time_s"] * (1 + 1e-9), (name, c)
             assert cache.memory_bound(c) <= p["peak_memory_bytes"] * (1 + 1e-9), (name, c)
     exposed = next(c for c in pool if c.schedule == "1f1b" and c.recompute == "none" and c.ep > 1)
-    cache = _BoundCache(model, cluster, FRAMEWORKS["megatron-core"])
+    cache = BoundCache(model, cluster, FRAMEWORKS["megatron-core"])
     (fwd, bwd_in, bwd_w), one = _cheapest_block(cache, exposed), cache._tp_collective(exposed)
     cheapest = exposed.num_microbatches * math.ceil(model.num_layers / exposed.pp) * (fwd + bwd_in + bwd_w + 4 * one)
     assert cache._exposed_exchange(exposed)[0] > 0
@@ -155,7 +156,7 @@ def test_bounds_of_an_all_moe_model_count_its_exchange_and_the_head():
     head with its loss, stays at or below the estimate over a spread of layouts (CP, EP, pipelines of every
     family); without a pipeline it is at least every micro-batch's blocks, exchanges, embedding and head."""
     model, cluster = PRESETS["gpt-oss-20b"], load_cluster("dgx-h100-80g", 1)
-    cache = _BoundCache(model, cluster, H100)
+    cache = BoundCache(model, cluster, H100)
     pool = [c for c in candidates(model, 8, 8, 16, 32768, "bf16") if c.ep > 1 and H100.problem(c) is None]
     assert {c.pp > 1 for c in pool} == {True, False} and {c.cp > 1 for c in pool} == {True, False}
     for c in pool[::max(1, len(pool) // 24)]:
@@ -239,7 +240,7 @@ def test_dualpipe_pairs_hide_part_of_the_token_exchange_where_the_framework_over
     assert after["iteration_time_s"] < before["iteration_time_s"]
     assert 0.0 <= after["time_breakdown"]["ep_comm"] < before["time_breakdown"]["ep_comm"]
     assert sum(after["time_breakdown"].values()) == pytest.approx(after["iteration_time_s"], rel=1e-9)
-    cache = _BoundCache(TINY_MOE, cluster, paired)
+    cache = BoundCache(TINY_MOE, cluster, paired)
     for layout in (c, dataclasses.replace(c, ep=2), dataclasses.replace(c, pp=4, dp=8, global_batch_size=64)):
         p = predict(TINY_MOE, cluster, layout, execution=paired, detail=False)[3]
         assert cache.time_bound(layout) <= p["iteration_time_s"] * (1 + 1e-9), layout
@@ -265,7 +266,7 @@ def test_megatron_combined_1f1b_hides_the_exchange_of_interleaved_1f1b_and_holds
     assert after["iteration_time_s"] < before["iteration_time_s"]
     assert 0.0 <= after["time_breakdown"]["ep_comm"] < before["time_breakdown"]["ep_comm"]
     assert after["peak_memory_bytes"] >= before["peak_memory_bytes"]
-    cache = _BoundCache(TINY_MOE, cluster, paired)
+    cache = BoundCache(TINY_MOE, cluster, paired)
     assert cache.time_bound(c) <= after["iteration_time_s"] * (1 + 1e-9)
     # Without a pipeline (Megatron's combined_1f1b_schedule_for_no_pipelining) likewise; 1f1b with pp > 1 never pairs.
     flat = config(dp=32, ep=4, schedule="1f1b", global_batch_size=128)

@@ -12,7 +12,7 @@ from autoconf.cost.estimate import estimate, predict
 from autoconf.cost.memory import layer_activation_bytes, state_bytes_per_param
 from autoconf.cost.moe import ep_comm_passes
 from autoconf.cost.saved import saved_bytes, saved_tensors
-from autoconf.solve.search import _BoundCache
+from autoconf.solve.bounds import BoundCache
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import PRESETS as FRAMEWORKS
 from autoconf.spec.model import MLASpec, MoESpec
@@ -118,7 +118,7 @@ def test_bounds_stay_at_or_below_the_estimate_under_the_deepseek_policy():
         shared_expert_intermediate_size=96, first_k_dense=1),
         mla=MLASpec(q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16))
     cluster = load_cluster("dgx-h100-80g", 2, 8)
-    cache = _BoundCache(tiny, cluster, DEEPSEEK)
+    cache = BoundCache(tiny, cluster, DEEPSEEK)
     for changes in ({"ep": 4}, {"ep": 2, "pp": 2}, {"ep": 4, "pp": 2, "dtype": "fp8-deepseek"}):
         c = ParallelConfig(**{**dict(tp=1, pp=1, dp=16 // changes.get("pp", 1), micro_batch_size=1,
                                      global_batch_size=64, seq_len=1024, zero_stage=1, recompute="selective"),

@@ -137,14 +137,14 @@ def test_the_closest_layout_is_the_one_whose_busiest_rank_is_least_over():
     the estimate counts every rank (it was the one whose rank 0 was: DeepSeek-V3 on 16 H100s was told its closest
     layout was 799 GiB over where one 569 GiB over exists): a small MoE model (a dense first block) on devices too
     small for any layout, against every launchable candidate's estimate."""
-    from autoconf.solve.search import _BoundCache
+    from autoconf.solve.bounds import BoundCache
 
     model = dataclasses.replace(PRESETS["tiny-moe"], max_seq_len=2048)
     base = load_cluster("dgx-h100-80g", nodes=1, gpus_per_node=4)
     cluster = dataclasses.replace(base, device=dataclasses.replace(base.device, memory_bytes=int(1.55 * 1024**3)))
     result = search(model, cluster, 8, 2048, "bf16", refine=False)
     assert not result.plans
-    cache, limit = _BoundCache(model, cluster, Execution()), cluster.usable_memory_bytes
+    cache, limit = BoundCache(model, cluster, Execution()), cluster.usable_memory_bytes
     peaks = [(estimate(model, cluster, c, detail=False).prediction["peak_memory_bytes"] - limit, c)
              for c in candidates(model, 4, 4, 8, 2048, "bf16", zero_stages=Execution().zero_searched,
                                  selective_policies=(None, "alternate_matmuls"))
@@ -233,15 +233,15 @@ def test_search_bounds_never_exceed_the_simulation(cluster_name):
 
 
 def assert_bounds_below_estimate(model, cluster, configs, execution=None, memory: bool = True) -> list:
-    """Each config's search bounds (`_BoundCache.bounds`: time, and memory with `memory`) at or below its estimate,
+    """Each config's search bounds (`BoundCache.bounds`: time, and memory with `memory`) at or below its estimate,
     the cheap memory bound (`state_bound`) at or below the memory bound, an offloading twin's floor
     (`offload_floor`, every lever) at or below what stays of rank 0's entry, and a recompute candidate's bound as the
     walk first takes it (no layer recomputed yet) at or above its twin's without recompute (`search` bounds a family
     of candidates by its members without recompute); the configs checked."""
     from autoconf.cost.estimate import Execution
-    from autoconf.solve.search import _BoundCache
+    from autoconf.solve.bounds import BoundCache
 
-    cache, checked = _BoundCache(model, cluster, execution or Execution()), []
+    cache, checked = BoundCache(model, cluster, execution or Execution()), []
     for config in configs:
         bound = cache.bounds(config)
         p = estimate(model, cluster, config, detail=False).prediction
@@ -290,16 +290,16 @@ def test_bounds_of_refitted_recompute_candidates_stay_below_the_estimate():
     rank's (solve/recompute.py): over every launchable recompute candidate of a case where some stages must recompute
     and others need not, the first rank's counts lie at or below every rank's stage by stage (equal on its own
     stages), and the two bounds lie in order at or below the estimate of the refitted layout, time and memory. A
-    candidate that does not fit even recomputing every layer is pruned on `_BoundCache.memory`: the estimate's own
+    candidate that does not fit even recomputing every layer is pruned on `BoundCache.memory`: the estimate's own
     memory per rank, which says it does not fit."""
     from autoconf.cost.estimate import Execution, default_partition
     from autoconf.solve.recompute import fewest_counts, fewest_recomputed
-    from autoconf.solve.search import _BoundCache
+    from autoconf.solve.bounds import BoundCache
     from autoconf.spec.schedules import stage_to_rank
 
     model = dataclasses.replace(PRESETS["llama3.1-8b"], num_layers=6)
     cluster = load_cluster("dgx-h100-80g", nodes=1, gpus_per_node=4)
-    cache = _BoundCache(model, cluster, Execution())
+    cache = BoundCache(model, cluster, Execution())
     refitted = unfit = 0
     for config in candidates(model, cluster.world_size, cluster.gpus_per_node, 16, 16384, "bf16",
                              fixed={"recompute": "full"}):
@@ -411,11 +411,11 @@ def test_the_time_bound_counts_rank_0s_optimizer_step_with_its_experts():
     estimate for the offloading twins of MoE layouts, and with one pipeline rank (rank 0 is the slowest) at or
     above the estimate's optimizer term."""
     from autoconf.cost.estimate import Execution
-    from autoconf.solve.search import _BoundCache
+    from autoconf.solve.bounds import BoundCache
     from autoconf.solve.space import replaced
 
     model, cluster = PRESETS["mixtral-8x7b"], load_cluster("dgx-h100-80g", nodes=1)
-    cache = _BoundCache(model, cluster, Execution())
+    cache = BoundCache(model, cluster, Execution())
     pool = [c for c in candidates(model, 8, 8, 8, 512, "bf16") if c.zero_sharded and c.ep > 1
             and c.recompute == "none" and c.micro_batch_size == 1]
     checked = set()
@@ -463,16 +463,16 @@ def test_a_pinned_cp_exchange_asks_for_context_parallelism():
 
 
 def test_the_memory_check_before_simulating_changes_no_plan(monkeypatch):
-    """The walk checks every rank's memory (`_BoundCache.layout_memory`, the simulation's own) before it simulates a
+    """The walk checks every rank's memory (`BoundCache.layout_memory`, the simulation's own) before it simulates a
     candidate: a tiny MoE model on devices of 2 GiB (some layouts fit, many do not) gets the same ranked plans with
     the check turned off (every layout said to fit until simulated), which simulates more."""
-    from autoconf.solve.search import _BoundCache
+    from autoconf.solve.bounds import BoundCache
 
     base = load_cluster("dgx-h100-80g", nodes=1)
     cluster = dataclasses.replace(base, device=dataclasses.replace(base.device, memory_bytes=2 * 1024**3))
     model = dataclasses.replace(PRESETS["tiny-moe"], max_seq_len=8192)
     checked = search(model, cluster, 64, 8192, "bf16", refine=False)
-    monkeypatch.setattr(_BoundCache, "layout_memory", lambda self, config: [{"total": 0.0}])
+    monkeypatch.setattr(BoundCache, "layout_memory", lambda self, config: [{"total": 0.0}])
     unchecked = search(model, cluster, 64, 8192, "bf16", refine=False)
     assert [p.to_dict() for p in checked.plans] == [p.to_dict() for p in unchecked.plans] and checked.plans
     assert checked.stats["simulated"] < unchecked.stats["simulated"]
@@ -510,10 +510,10 @@ def test_the_time_bound_stays_below_the_estimate_when_ranks_recompute_unevenly()
     textbook bubble: the bound adds the bubble to the least recompute's work and takes the busiest rank's work
     alone (it added the bubble to the busiest rank's work, up to 2.4% above the estimate)."""
     from autoconf.cost.estimate import Execution
-    from autoconf.solve.search import _BoundCache
+    from autoconf.solve.bounds import BoundCache
 
     model, cluster = PRESETS["llama3-8b"], load_cluster("dgx-h100-80g", nodes=2)
-    cache = _BoundCache(model, cluster, Execution())
+    cache = BoundCache(model, cluster, Execution())
     cases = [("interleaved-1f1b", 2, 16, counts) for counts in ([8, 6, 6, 0], [8, 0, 8, 0], [8, 8, 0, 0])]
     cases += [("1f1b", 1, 8, counts) for counts in ([16, 0], [12, 2], [16, 8])]
     for schedule, vpp, micro_batch, counts in cases:
@@ -530,13 +530,13 @@ def test_the_per_op_policys_context_parallel_attention_is_bounded_as_its_own():
     stays below its estimate after its twin's was taken, and the search finds the fastest such layout (it pruned
     tp1 dp2 cp16 per-op for a 2% slower one)."""
     from autoconf.cost.estimate import Execution
-    from autoconf.solve.search import _BoundCache
+    from autoconf.solve.bounds import BoundCache
 
     model, cluster = PRESETS["llama3.1-8b"], load_cluster("dgx-h100-80g", nodes=4)
     base = dict(tp=1, pp=1, dp=2, cp=16, micro_batch_size=1, global_batch_size=32, seq_len=131072, zero_stage=2)
     per_op = ParallelConfig(**base, recompute="selective", selective_recompute="alternate_matmuls",
                             recompute_layers=[1], grad_reduce="microbatch")
-    cache = _BoundCache(model, cluster, Execution())
+    cache = BoundCache(model, cluster, Execution())
     cache.time_bound(ParallelConfig(**base))
     step = estimate(model, cluster, per_op, detail=False).prediction
     assert step["fits"]
@@ -587,27 +587,27 @@ def test_fp8_bounds_read_the_zero_sharding_of_the_weight_casts():
     """Under fp8 with FSDP's fp8 all-gather a rank casts only its weight shard, so the cached pieces of a ZeRO-0
     candidate are not a ZeRO-2 one's: the bound stays below the estimate whichever the cache saw first."""
     from autoconf.cost.estimate import Execution
-    from autoconf.solve.search import _BoundCache
+    from autoconf.solve.bounds import BoundCache
 
     model, cluster = PRESETS["llama3-8b"], load_cluster("dgx-h100-80g", nodes=2)
     base = dict(tp=1, pp=1, dp=16, micro_batch_size=1, global_batch_size=128, seq_len=4096, dtype="fp8")
     sharded = ParallelConfig(**base, zero_stage=2, recompute="selective", selective_recompute="alternate_matmuls",
                              recompute_layers=[9])
-    cache = _BoundCache(model, cluster, Execution())
+    cache = BoundCache(model, cluster, Execution())
     cache.time_bound(ParallelConfig(**base, zero_stage=0))
     step = estimate(model, cluster, sharded, detail=False).prediction["iteration_time_s"]
     assert cache.time_bound(sharded) <= step * (1 + 1e-9) and cache.busy_bound(sharded) <= step * (1 + 1e-9)
 
 
 def test_remembered_bounds_do_not_depend_on_the_order_the_cache_meets_candidates():
-    """`_BoundCache` remembers its bounds' pieces by the fields each reads (`_WORK_FIELDS` and the rest): over an MoE
+    """`BoundCache` remembers its bounds' pieces by the fields each reads (`WORK_FIELDS` and the rest): over an MoE
     model's candidates and their twins in every lever the search varies (ZeRO stage, grad_reduce, offload, per-stage
     recompute counts, an fp8 dtype whose weight casts read the ZeRO sharding), a cache that meets them all gives every
     candidate the same time and busy bounds as one that meets them in the reverse order and as one that meets only
     that candidate."""
     import random
 
-    from autoconf.solve.search import _BoundCache
+    from autoconf.solve.bounds import BoundCache
     from autoconf.solve.space import replaced
     from autoconf.spec.model import MoESpec
 
@@ -627,7 +627,7 @@ def test_remembered_bounds_do_not_depend_on_the_order_the_cache_meets_candidates
     assert {c.dtype for c in pool} == {"bf16", "fp8"} and any(c.recompute_layers for c in pool)
 
     def bounds(configs):
-        cache = _BoundCache(model, cluster, Execution())
+        cache = BoundCache(model, cluster, Execution())
         return {c: (cache.time_bound(c), cache.busy_bound(c)) for c in configs}
 
     shared = bounds(pool)
@@ -640,7 +640,7 @@ def test_memory_bounds_of_a_model_with_mtp_read_the_estimates_partition():
     """With MTP modules the estimate's partition makes room for them on the last stage; under a V placement rank 0
     holds the first and the last stage, so bounding it on the plain even split overstated its memory (a layout
     that fits was pruned)."""
-    from autoconf.solve.search import _BoundCache
+    from autoconf.solve.bounds import BoundCache
     from autoconf.spec.frameworks import execution
 
     model = dataclasses.replace(PRESETS["deepseek-v3"], num_layers=8, name="deepseek-v3-8")
@@ -650,7 +650,7 @@ def test_memory_bounds_of_a_model_with_mtp_read_the_estimates_partition():
                        recompute_layers=[0, 3, 0, 0])
     deepseek = execution("deepseek")
     peak = estimate(model, cluster, c, execution=deepseek, detail=False).prediction["peak_memory_bytes"]
-    cache = _BoundCache(model, cluster, deepseek)
+    cache = BoundCache(model, cluster, deepseek)
     assert cache.state_bound(c) <= cache.memory_bound(c) <= peak * (1 + 1e-9)
 
 
@@ -660,12 +660,13 @@ def test_a_recompute_parent_of_offloading_twins_is_bounded_recomputing_no_layer(
     twin's estimate whatever the twin's counts (bounded recomputing every layer it was not)."""
     from autoconf.cost.estimate import Execution, default_partition
     from autoconf.solve.recompute import fewest_recomputed
-    from autoconf.solve.search import _BoundCache, _offload_parents
+    from autoconf.solve.bounds import BoundCache
+    from autoconf.solve.search import _offload_parents
 
     model, cluster = PRESETS["llama3-70b"], load_cluster("dgx-h100-80g", nodes=2)
     parent = ParallelConfig(tp=1, pp=1, dp=16, micro_batch_size=1, global_batch_size=64, seq_len=4096, zero_stage=3,
                             recompute="selective", selective_recompute="alternate_matmuls", grad_reduce="microbatch")
-    cache = _BoundCache(model, cluster, Execution())
+    cache = BoundCache(model, cluster, Execution())
     entry = _offload_parents(cache, [(False, True)], [(0.0, (), parent, None, None)], float("inf"), True)[0]
     twin = dataclasses.replace(parent, offload_optimizer=True)
     fitted = fewest_recomputed(model, cluster, twin, default_partition(model, twin))
