@@ -348,8 +348,8 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
     """(gather per forward/backward pass, gather once per step, gradient reduction) of a stage holding `params`
     parameters per TP rank, on the `dp_buffer_bytes` of the execution's layout: ZeRO-0 all-reduces the gradients in
     one bucket; FSDP (ZeRO >= 1, one unit per block plus the stage's root, `units` in all) or Megatron's distributed
-    optimizer reduce-scatters them and gathers the parameters once per
-    step, or at ZeRO-3 again for every pass (reshard after forward) except under looped-bfs, where all
+    optimizer reduce-scatters them (ZeRO-1 under `zero1_all_reduce` all-reduces them) and gathers the parameters
+    once per step, or at ZeRO-3 again for every pass (reshard after forward) except under looped-bfs, where all
     micro-batches pass a chunk together. Each FSDP unit is its own collective and pays the profile's
     `collective_sync_s`. `devices` is the group holding the same weights (DP x CP; the expert-DP group for
     routed-expert parameters)."""
@@ -364,7 +364,8 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
     reduce, gather = reduce_copy_time(cluster, c, params, group), gather_copy_time(cluster, c, params, group)
     if group > 1:
         extra = (units - 1) * cluster.overhead("collective_sync_s")
-        reduce += collective_time(cluster, "reduce_scatter", grad_bytes, devices) + extra
+        reduce_op = "all_reduce" if c.zero_stage == 1 and execution and execution.zero1_all_reduce else "reduce_scatter"
+        reduce += collective_time(cluster, reduce_op, grad_bytes, devices) + extra
         gather += collective_time(cluster, "all_gather", param_bytes, devices) + extra
     if c.zero_stage == 3 and not schedule_spec(c.schedule).fsdp_gather_per_chunk:
         return gather, 0.0, reduce

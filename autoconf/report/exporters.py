@@ -253,6 +253,10 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
         notes.append("zero 3 (parameters sharded, re-gathered per pass) is beyond Megatron's distributed optimizer "
                      "(which shards optimizer state and gradients); Megatron-Core's own FSDP is "
                      "--use-megatron-fsdp --data-parallel-sharding-strategy optim_grads_params")
+    if c.zero_stage == 1 and plan_execution(plan.prediction).zero1_all_reduce:
+        notes.append("the plan's ZeRO-1 all-reduces the whole gradients (zero1_all_reduce, nanotron's); Megatron's "
+                     "distributed optimizer reduce-scatters them, so the run below moves half the gradient bytes "
+                     "modelled")
     if c.dtype == "bf16":
         flags.append(("--bf16", None))
     elif c.dtype == "fp8":

@@ -334,6 +334,12 @@ class Execution:
     accumulation_sync: without a pipeline, FSDP reduce-scatters every gradient-accumulation step's gradients (the
         framework's loop never turns gradient sync off: torchtitan 0.3.0, whose train loop calls no
         `set_requires_gradient_sync(False)`); under a pipeline torch's stage reduces once per step either way.
+    zero1_all_reduce: ZeRO-1 all-reduces the whole gradients (every rank keeps them all) and then each rank updates
+        its shard and all-gathers the parameters, instead of reduce-scattering them: nanotron's
+        ZeroDistributedOptimizer with its fp32 gradient accumulator (huggingface/nanotron at 9055c664, trainer.py
+        "reduce_scatter=False # TODO ... too memory hungry, instead we run all_reduce"), which moves twice the
+        gradient bytes of a reduce-scatter. Read by `cost/estimate.dp_collectives` (the megatron layout's ZeRO-1
+        already holds the whole gradient buffer).
     megatron_fsdp: ZeRO-3 runs as Megatron-Core's Megatron-FSDP (--use-megatron-fsdp --data-parallel-sharding-strategy
         optim_grads_params; megatron/core/distributed/fsdp at core_v0.16.1): every TransformerLayer a unit, its
         bf16 (or fp8) weights, fp32 main weights, gradients and Adam moments sharded over the DP group; each unit
@@ -391,6 +397,7 @@ class Execution:
     moe_fp8_padding: bool = False
     moe_fp8_routed_experts: bool = False
     accumulation_sync: bool = False
+    zero1_all_reduce: bool = False
     megatron_fsdp: bool = False
     keep_fp8_transpose: bool = False
     megatron_args: tuple[tuple[str, str, str], ...] = ()
@@ -468,6 +475,9 @@ class Execution:
             out.append(f"overlap_comm_sm_share must lie in [0, 1), got {self.overlap_comm_sm_share}")
         if self.tp_comm_overlap and self.memory_layout != "megatron":
             out.append("TP communication overlap is Megatron-Core's (userbuffers); torch's TP does not overlap it")
+        if self.zero1_all_reduce and self.memory_layout != "megatron":
+            out.append("zero1_all_reduce describes the megatron layout's ZeRO-1 (whole gradient buffer on every rank); "
+                       "the torch layout's ZeRO stages are FSDP2's")
         if self.megatron_fsdp and self.memory_layout != "megatron":
             out.append("megatron_fsdp is Megatron-Core's FSDP in its memory layout; the torch layout's ZeRO-3 is FSDP2")
         if self.keep_fp8_transpose and not (self.megatron_fsdp and self.fp8_params):
@@ -749,8 +759,8 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "grad_accumulation_fusion", "optimizer", "optimizer_moments", "adam_kernels", "loss_memory",
               "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs",
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts",
-              "cp_attention", "cp_repeat_kv", "accumulation_sync", "megatron_fsdp", "keep_fp8_transpose",
-              "pipeline_buffers", "attention_saved_whole", "masked_attention")
+              "cp_attention", "cp_repeat_kv", "accumulation_sync", "zero1_all_reduce", "megatron_fsdp",
+              "keep_fp8_transpose", "pipeline_buffers", "attention_saved_whole", "masked_attention")
 
 
 def parse_flags(pairs) -> dict:
