@@ -5,16 +5,16 @@ header cites the source; the models' shapes in scripts/data/nanotron_ultrascale_
 Where the other truth scripts test one published layout per model, this one tests what the planner is for: does the
 estimate order the layouts of one model on one cluster as they ran (Spearman's rank correlation per model and
 cluster size), would its first choice have been among the fastest that ran (regret: how much slower the measured
-run of the predicted best is than the measured best: `autoconf validate`'s regret, on step times), and does it say "does not fit" of the runs that ran out of
-memory and "fits" of the runs that did not.
+run of the predicted best is than the measured best, on step times as `autoconf validate` reckons it), and does it
+say "does not fit" of the runs that ran out of memory and "fits" of the runs that did not.
 
-What the source does not state, taken here (the same for every run): the `nanotron` framework flags below on the
-megatron memory layout (`execution_of`), the bundled dgx-h100-80g profile (8 x 400 Gb/s per node: the campaign's
-nodes are 8 H100 80GB; its results file holds per-job bandwidth columns whose inter-node figures fall as 1/nodes from
-4 nodes on, which no link does, so they are not read), flash attention, no recompute, sequence parallelism wherever
-tp > 1 (nanotron's REDUCE_SCATTER mode), the 1F1B schedule. A run's step is 256 sequences of 4096 tokens
-(dp x mbs x batch_accum); its published throughput is tokens per second per GPU, which the prediction's step time
-gives directly.
+What the source does not state, taken here (the same for every run): nanotron's behaviour as flags on the megatron
+preset (`execution_of`, each flag with the nanotron code it reads) and nanotron's own pipeline partition
+(`nanotron_partition`); the bundled dgx-h100-80g profile (the campaign's nodes are 8 H100 80GB; its results file has
+per-job bandwidth columns, but they depend on the layout, about 170 GB/s without a pipeline and 50 GB/s with one at
+16 nodes, so they are not read: docs/accuracy.md); flash attention, no recompute, sequence parallelism wherever
+tp > 1 (nanotron's REDUCE_SCATTER mode), the 1F1B schedule. A run's step is dp x mbs x batch_accum sequences of
+4096 tokens; its published throughput is tokens per second per GPU, which the prediction's step time gives directly.
 
 Usage: python scripts/truth_nanotron.py [--json] [--all-pp-runs] [--limit N]
 --all-pp-runs: also the pipeline runs from before the source's `after_pp_fix` (nanotron's pipeline code was made

@@ -336,9 +336,9 @@ class Execution:
         `set_requires_gradient_sync(False)`); under a pipeline torch's stage reduces once per step either way.
     zero1_all_reduce: ZeRO-1 all-reduces the whole gradients (every rank keeps them all) and then each rank updates
         its shard and all-gathers the parameters, instead of reduce-scattering them: nanotron's
-        ZeroDistributedOptimizer with its fp32 gradient accumulator (huggingface/nanotron at 9055c664, trainer.py
-        "reduce_scatter=False # TODO ... too memory hungry, instead we run all_reduce"), which moves twice the
-        gradient bytes of a reduce-scatter. Read by `cost/estimate.dp_collectives` (the megatron layout's ZeRO-1
+        ZeroDistributedOptimizer with its fp32 gradient accumulator (huggingface/nanotron at 9055c664,
+        trainer.py:516-517: "This is too memory hungry, instead we run all_reduce", reduce_scatter=False), which
+        moves twice the gradient bytes of a reduce-scatter. Read by `cost/estimate.dp_collectives` (the megatron layout's ZeRO-1
         already holds the whole gradient buffer).
     megatron_fsdp: ZeRO-3 runs as Megatron-Core's Megatron-FSDP (--use-megatron-fsdp --data-parallel-sharding-strategy
         optim_grads_params; megatron/core/distributed/fsdp at core_v0.16.1): every TransformerLayer a unit, its
