@@ -743,16 +743,19 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
         raise UserError(f"{plan_path}: no complete prediction in the plan (missing "
                         f"{', '.join(sorted(needed - set(plan_obj.prediction)))}); run `autoconf estimate` with its "
                         f"layout to make one")
-    if cluster is None and (plan_obj.timeline is None or not plan_obj.timeline.events):
-        from autoconf.report.pictures import plan_cluster
+    from autoconf.report.current import current, plan_cluster
 
+    if cluster is None and (plan_obj.timeline is None or not plan_obj.timeline.events):
         cluster = plan_cluster(plan_obj)  # the timeline is simulated again on it: refused before anything is printed
+    plan_obj, note = current(plan_obj, cluster, source=str(plan_path))
     if out_dir is not None:  # (the default folder, named after the plan, cannot hold it)
         from autoconf.report.explain import refuse_taken_folder
 
         refuse_taken_folder(out_dir, force, plan_path)
+    if note:
+        click.echo(f"autoconf: note: {note}", err=True)
     print_table(prediction_table(plan_obj))
-    for path in show_plan(plan_path, out_dir, force=force, cluster=cluster):
+    for path in show_plan(plan_path, out_dir, force=force, cluster=cluster, plan=plan_obj):
         click.echo(f"wrote {path}")
 
 

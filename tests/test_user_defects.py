@@ -847,3 +847,114 @@ def test_a_dry_run_refuses_a_metrics_folder_nothing_can_be_made_in(tmp_path, tin
     result = run_cli(["launch", path, "--dry-run", "--metrics", tmp_path / "new" / "m.jsonl"])
     assert result.exit_code == 0 and not (tmp_path / "new").exists(), result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
+
+
+def test_a_sequence_parallel_pin_alone_finds_tensor_parallel_layouts():
+    """Fifth fuzz round: `--fix sp=true` without a TP pin ended the search with "sequence_parallel needs tp > 1"
+    (the space offered the pin at tp 1); a TP pin of 1 beside it is the conflict, named with the pin as typed."""
+    result = run_cli(["plan", "--model", "tiny-llama", "--cluster", "dgx-h100-80g", "--nodes", "1",
+                      "--global-batch", "16", "--fix", "sp=true", "--top", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    config = json.loads(result.output)["plans"][0]["config"]
+    assert config["tp"] > 1 and config["sequence_parallel"] is True
+    assert_one_clear_error(run_cli(["plan", "--model", "tiny-llama", "--cluster", "dgx-h100-80g", "--nodes", "1",
+                                    "--global-batch", "16", "--fix", "sp=true", "--fix", "tp=1"]),
+                           "--fix sequence_parallel=true cannot be taken together with --fix tp=1",
+                           "sequence_parallel needs tp > 1")
+
+
+def test_a_pin_conflict_names_the_rule_the_pins_break():
+    """Fifth fuzz round: cp_comm (read only under context parallelism) beside seq1f1b (which runs with cp 1) was
+    blamed on the example layout's own pipeline ("this plan has pp 1")."""
+    result = run_cli(["plan", "--model", "tiny-llama", "--cluster", "dgx-h100-80g", "--nodes", "1",
+                      "--global-batch", "16", "--fix", "cp_comm=ring", "--fix", "seq_chunks=2",
+                      "--fix", "schedule=seq1f1b"])
+    assert_one_clear_error(result, "--fix cp_comm=ring cannot be taken together with", "with cp 2")
+    assert "pp 1" not in result.output
+
+
+@pytest.fixture(scope="module")
+def fitting_plan(tmp_path_factory) -> Path:
+    """llama3-8b on one node of 8 H100, ZeRO-3: fits; at ZeRO-0 the same layout does not."""
+    path = tmp_path_factory.mktemp("fit") / "plan.json"
+    result = run_cli(estimate_args("--nodes", "1", "--tp", "1", "--pp", "1", "--dp", "8", "--micro-batch", "1",
+                                   "--global-batch", "8", "--zero", "3", "--out", path))
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_a_plan_edited_by_hand_is_estimated_again_before_show_and_launch(tmp_path, fitting_plan):
+    """Fifth fuzz round: a plan edited to ZeRO-0 still showed its ZeRO-3 memory ("fits") and passed the dry run,
+    where the layout needs twice the device. A plan carries the SHA-256 of what autoconf wrote: an edited one is
+    estimated again (a note says so) and launch checks the new estimate; re-indenting changes nothing."""
+    doc = json.loads(fitting_plan.read_text())
+    assert len(doc["content_sha256"]) == 64 and doc["prediction"]["fits"]
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps(doc, indent=4))
+    result = run_cli(["show", same, "--out", tmp_path / "same_out"])
+    assert result.exit_code == 0 and "estimated again" not in result.output, result.output
+    doc["config"]["zero_stage"] = 0
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(doc))
+    result = run_cli(["show", edited, "--out", tmp_path / "edited_out"])
+    assert result.exit_code == 0, result.output
+    assert "was changed after autoconf wrote it" in result.output and "(does not fit)" in result.output
+    assert_one_clear_error(run_cli(["launch", edited, "--dry-run"]), "the plan does not fit")
+    doc["content_sha256"] = "not a digest"
+    edited.write_text(json.dumps(doc))
+    assert_one_clear_error(run_cli(["show", edited]), "content_sha256")
+
+
+def test_a_deep_model_keeps_the_uniform_split_without_solving_it(monkeypatch):
+    """Fifth fuzz round: a model of 100,000 layers (the model format's limit) planned for over 9 minutes, in the
+    refinement's CP-SAT partition (layers x stages booleans) and its polish; past REFINE_MAX_LAYERS the uniform split
+    stays and neither runs."""
+    import dataclasses as dc
+
+    from autoconf.solve import partition, refine
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.frameworks import Execution
+    from autoconf.spec.plan import ParallelConfig
+    from autoconf.spec.presets import PRESETS
+
+    def solve(*args, **kwargs):
+        raise AssertionError("CP-SAT's partition was asked for a model past REFINE_MAX_LAYERS")
+
+    monkeypatch.setattr(partition, "solve_partition", solve)
+    model = dc.replace(PRESETS["tiny-llama"], num_layers=refine.REFINE_MAX_LAYERS + 1)
+    c = ParallelConfig(tp=1, pp=2, dp=4, micro_batch_size=1, global_batch_size=16, seq_len=128, dtype="bf16")
+    best, seconds = refine.refined_partition_by_estimate(model, load_cluster("dgx-h100-80g", nodes=1), c,
+                                                         Execution())
+    assert best is None and seconds > 0
+
+
+def test_metrics_inside_the_checkpoint_folder_are_refused(tmp_path, tiny_plan):
+    """Fifth fuzz round: --metrics equal to --checkpoint-dir passed the dry run, then the run failed on "Is a
+    directory" and left a folder and a lock file behind; an empty --checkpoint-dir meant the current folder."""
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(tiny_plan))
+    for metrics, folder in (("m.jsonl", "m.jsonl"), ("ck/m.jsonl", "ck")):
+        assert_one_clear_error(run_cli(["launch", path, "--dry-run", "--metrics", tmp_path / metrics,
+                                        "--checkpoint-dir", tmp_path / folder]), "is or lies in --checkpoint-dir")
+    assert_one_clear_error(run_cli(["launch", path, "--dry-run", "--checkpoint-dir", ""]),
+                           "--checkpoint-dir is empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
+
+
+def test_two_rope_scalings_in_one_hugging_face_config_are_refused(tmp_path):
+    """Fifth fuzz round: a config with a linear `rope_scaling` and a llama3 `rope_parameters` was read as linear and
+    the llama3 scaling dropped without a word; the same scaling written twice (transformers 5 keeps both) is read."""
+    config = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 4,
+              "num_key_value_heads": 4, "intermediate_size": 512, "vocab_size": 1000, "max_position_embeddings": 2048,
+              "rope_scaling": {"rope_type": "linear", "factor": 4.0},
+              "rope_parameters": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+                                  "rope_theta": 500000}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    args = ["estimate", "--model", path, "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp", "4",
+            "--micro-batch", "1", "--global-batch", "4", "--seq-len", "64"]
+    assert_one_clear_error(run_cli(args), "give two RoPE scalings")
+    config["rope_scaling"] = {k: v for k, v in config["rope_parameters"].items() if k != "rope_theta"}
+    path.write_text(json.dumps(config))
+    assert run_cli(args).exit_code == 0

@@ -109,8 +109,9 @@ def _check_writable_dir(path: Path, what: str, create: bool = True) -> None:
             with tempfile.TemporaryFile(dir=existing):
                 pass
         except OSError as err:
-            raise UserError(f"cannot create {what} {path}: {existing} is not writable "
-                            f"({err.strerror or err})") from None
+            why = f"no file can be made in {existing} ({err.strerror or err})"
+            raise UserError(f"{what} {path} is not writable: {why}" if existing == path
+                            else f"cannot create {what} {path}: {why}") from None
         return
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -302,6 +303,13 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
 
         check_data_file(data_path, plan.model.vocab_size, plan.config.seq_len)
         train_args += ["--data", str(data_path)]
+    if checkpoint_dir is not None and not str(checkpoint_dir).strip():
+        raise UserError("--checkpoint-dir is empty; give the folder the checkpoints go to")
+    if metrics is not None and checkpoint_dir is not None:
+        folder, metrics_at = Path(os.path.abspath(checkpoint_dir)), Path(os.path.abspath(metrics))
+        if metrics_at == folder or folder in metrics_at.parents:
+            raise UserError(f"--metrics {metrics} is or lies in --checkpoint-dir {checkpoint_dir}, whose folders the run "
+                            f"makes and replaces; put the metrics file outside it")
     latest = _latest_checkpoint(checkpoint_dir)
     if metrics is not None:
         metrics_path = Path(os.path.abspath(metrics))  # not resolved: a link at the path itself is refused
@@ -497,6 +505,14 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
     """
     check_master_addr(master_addr)
     plan = load_plan(plan_path)
+    reason = plan_unsupported_reason(plan)  # (before estimating an edited plan again: the executor's own refusals)
+    if reason:
+        raise UserError(f"the executor cannot run this plan: {reason}")
+    if plan.edited:  # the stored prediction may be another layout's: what fits is estimated again
+        from autoconf.report.current import current
+
+        plan, note = current(plan, source=str(plan_path), remedy="re-plan it (autoconf plan or estimate --out)")
+        print(f"autoconf: note: {note}", file=sys.stderr, flush=True)
     check_fits(plan, allow_unfit)
     if nnodes is None:
         nnodes = default_nnodes(plan)

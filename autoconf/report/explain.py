@@ -100,11 +100,13 @@ def explain(plans: list[Plan], out_dir: str | Path, cluster=None, plan_path: str
     return written
 
 
-def show(plan_path: str | Path, out_dir: str | Path | None = None, force: bool = False, cluster=None) -> list[Path]:
+def show(plan_path: str | Path, out_dir: str | Path | None = None, force: bool = False, cluster=None,
+         plan: Plan | None = None) -> list[Path]:
     """`autoconf show PLAN.json [--out DIR]`: redraws the pictures and exports of a saved plan (default folder:
-    next to the plan, named after it, e.g. plan.json -> plan_explain/)."""
+    next to the plan, named after it, e.g. plan.json -> plan_explain/); `plan`: the plan as read from it already
+    (and estimated again where it was edited: report/current.py)."""
     plan_path = Path(plan_path)
-    plan = load_plan(plan_path)
+    plan = load_plan(plan_path) if plan is None else plan
     if out_dir is None:
         out_dir = plan_path.with_name(f"{plan_path.stem}_explain")
     return explain([plan], out_dir, cluster=cluster, plan_path=plan_path, force=force)

@@ -21,6 +21,7 @@ from autoconf.cost.estimate import estimate  # noqa: E402
 from autoconf.cost.simulate import Timeline  # noqa: E402
 from autoconf.errors import UserError  # noqa: E402
 from autoconf.solve.sweep import format_days  # noqa: E402
+from autoconf.report.current import plan_cluster  # noqa: E402
 from autoconf.report.tables import human_count, layout_label  # noqa: E402
 from autoconf.spec.frameworks import plan_execution  # noqa: E402
 from autoconf.spec.plan import Plan  # noqa: E402
@@ -35,36 +36,6 @@ TERM_COLOURS = {"compute": "#4C72B0", "recompute": "#64B5CD", "tp_comm": "#8172B
                 "pp_comm": "#DD8452", "dp_comm": "#C44E52", "step_comm": "#DA8BC3", "optimizer": "#55A868",
                 "framework": "#937860"}
 MAX_LABELS = 3000  # micro-batch numbers drawn at most (beyond that the picture is a texture anyway)
-
-
-def plan_cluster(plan: Plan, cluster=None):
-    """The cluster profile to re-simulate `plan` on: `cluster` if given, else the profile file the plan recorded
-    (when it is still there and still has the plan's cluster name), else the bundled profile or path it names."""
-    if cluster is not None:
-        return cluster
-    from autoconf.spec.cluster import load_cluster
-
-    name, recorded = plan.cluster.get("name"), plan.cluster.get("profile")
-    shape = int(plan.cluster.get("nodes", 1)), int(plan.cluster.get("gpus_per_node", 1))
-    if recorded and Path(recorded).is_file():
-        try:
-            found = load_cluster(recorded, *shape)
-        except UserError:
-            found = None
-        if found is not None and found.name == name:
-            return found
-    try:
-        found = load_cluster(str(name), *shape)
-    except UserError as err:
-        why = f"{recorded}, where it was planned, is gone or holds another profile" if recorded else str(err)
-        raise UserError(f"cannot redraw the timeline: the plan's cluster {name!r} is not available ({why}); "
-                        f"pass the cluster profile it was planned on (--cluster FILE)") from None
-    device = plan.cluster.get("device")
-    if device is not None and device != found.device.name:
-        raise UserError(f"cannot redraw the timeline: the plan was made on {device} devices but the profile "
-                        f"{name!r} describes {found.device.name}; pass the cluster profile it was planned on "
-                        f"(--cluster FILE)")
-    return found
 
 
 def plan_timeline(plan: Plan, cluster=None) -> tuple[Timeline, float]:

@@ -208,6 +208,10 @@ def refined_partition(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     return None if result is None else [list(r) for r in result.layer_ranges()]
 
 
+# Models of more layers than this keep the uniform split: CP-SAT's partition model grows with layers x stages and the
+# polish tries moves of every size, together minutes at a few thousand layers (3,000: 26 s of refinement for a 0.4 s
+# search; 100,000 did not end), where published models have at most a few hundred (Llama 3.1 405B: 126).
+REFINE_MAX_LAYERS = 1024
 # Pipelines of up to this many virtual stages get the local-search polish of their partition: a sweep scores every
 # one-layer move between two stages, S * (S - 1) estimates.
 POLISH_MAX_STAGES = 8
@@ -265,7 +269,8 @@ def refined_partition_by_estimate(model: ModelSpec, cluster: ClusterProfile, c: 
     when none beats the uniform split: CP-SAT's partition (`refined_partition`, on the linear model of
     `partition_problem`), then, for pipelines of at most POLISH_MAX_STAGES stages, the local-search polish
     (`polished_partition`) of the better of the two scored by the estimate itself. `default_time` is the uniform
-    split's fast estimate on `mesh` when the caller has it. With `per_stage`, `c` recomputes every layer in the
+    split's fast estimate on `mesh` when the caller has it; a model of more than REFINE_MAX_LAYERS layers keeps the
+    uniform split. With `per_stage`, `c` recomputes every layer in the
     CP-SAT model reads the fewest recomputed layers per stage that fit the uniform split, and each partition is
     scored with the fewest that fit it (solve/recompute.py)."""
     from autoconf.cost.estimate import default_partition, predict
@@ -287,6 +292,8 @@ def refined_partition_by_estimate(model: ModelSpec, cluster: ClusterProfile, c: 
 
     best_time = score(None) if default_time is None else default_time
     best = None
+    if model.num_layers > REFINE_MAX_LAYERS:
+        return best, best_time
     counted = fewest_recomputed(model, cluster, c, uniform, execution) if per_stage else None
     solved = refined_partition(model, cluster, counted or c, execution, time_limit_s=time_limit_s, seed=seed)
     if solved is not None and solved != uniform:

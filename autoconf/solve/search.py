@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import heapq
+import itertools
 import json
 import math
 import operator
@@ -37,7 +38,7 @@ from autoconf.solve.bounds import BoundCache
 from autoconf.solve.fit import smallest_fitting_change
 from autoconf.solve.placement import tp_cp_domain
 from autoconf.solve.recompute import fewest_counts, fewest_recomputed
-from autoconf.solve.space import candidates, normalise_fixed, replaced
+from autoconf.solve.space import candidates, normalise_fixed, pin_text, replaced
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.model import ModelSpec
@@ -68,6 +69,8 @@ class SearchResult:
     closest: tuple[float, ParallelConfig] | None = None  # (bytes over the limit, config) when nothing fits
 
 
+# The most candidates `_conflicting_pin` reads in search of a layout honouring the other pins with nothing against it.
+WITNESS_SCAN = 4096
 # Candidates the search refines (CP-SAT partition and placement) at the least, whatever number of plans it returns.
 REFINED_AT_LEAST = 5
 
@@ -606,31 +609,39 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
     for key, value in fixed.items():
         rest = {k: v for k, v in fixed.items() if k != key}
         try:
-            witness = next(iter(candidates(model, world, cluster.devices_per_domain, global_batch, seq_len, dtype,
-                                           attention, rest, execution.zero_searched,
-                                           tp_cp_domain=tp_cp_domain(cluster),
-                                           reductions=execution.grad_reductions)), None)
+            # a layout honouring the other pins that has nothing against it itself, so that what goes wrong with
+            # the pin put back is the pin's doing (the first few thousand are enough to find one)
+            witness = next((c for c in itertools.islice(candidates(
+                model, world, cluster.devices_per_domain, global_batch, seq_len, dtype, attention, rest,
+                execution.zero_searched, tp_cp_domain=tp_cp_domain(cluster),
+                reductions=execution.grad_reductions), WITNESS_SCAN)
+                if not (c.problems(model, world) or unsupported_reason(c, model) or execution.problem(c))), None)
         except UserError:
             continue
         if witness is None:
             continue
-        others = " ".join(f"{k}={v}" for k, v in rest.items())
+        others = " ".join(pin_text(k, v) for k, v in rest.items())
         changes = {key: value}
         if key in ("tp", "pp", "cp") and "dp" not in fixed:  # the data-parallel degree fills the devices again
             rest_degrees = math.prod(value if k == key else getattr(witness, k) for k in ("tp", "pp", "cp"))
             if world % rest_degrees:
                 continue
             changes["dp"] = world // rest_degrees
+        if key == "cp_comm" and "cp" not in fixed and witness.cp == 1:  # (read only under context parallelism)
+            if "dp" in fixed or world % (witness.tp * witness.pp * 2):
+                continue
+            changes.update(cp=2, dp=world // (witness.tp * witness.pp * 2))
         if key == "schedule" and "vpp" not in fixed and value in SCHEDULES:  # the chunks per rank it runs with
             changes["vpp"] = schedule_spec(value).chunks[0]
         try:
             probe = dataclasses.replace(witness, **changes)
         except (TypeError, ValueError):
-            return f"--fix {key}={value} cannot be taken together with --fix {others}; drop or change one of them"
+            return (f"--fix {pin_text(key, value)} cannot be taken together with --fix {others}; drop or change one "
+                    f"of them")
         why = (probe.problems(model, world) or [unsupported_reason(probe, model) or execution.problem(probe)])[0]
         if why and "global batch" in why:
             return None  # the batch is to blame: the caller's line says so
-        return (f"--fix {key}={value} cannot be taken together with --fix {others}"
+        return (f"--fix {pin_text(key, value)} cannot be taken together with --fix {others}"
                 + (f": {why}" if why else "; drop or change one of them"))
     return None
 
@@ -641,7 +652,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
     """One line: the closest candidate's shortfall, and the smallest change that makes some layout fit."""
     fixed = normalise_fixed(fixed)
     if result.closest is None:  # (no candidate was weighed at all)
-        pins = " ".join(f"--fix {k}={v}" for k, v in fixed.items())
+        pins = " ".join(f"--fix {pin_text(k, v)}" for k, v in fixed.items())
         return (f"no legal layout of {model.name} on {cluster.world_size} devices honours {pins or 'the request'}; "
                 f"drop or change a pin")
     over, config = result.closest

@@ -52,6 +52,11 @@ CP_MIN_SEQ_LEN = 16_384
 CP_MIN_LOCAL_TOKENS = 1_024
 
 
+def pin_text(key: str, value) -> str:
+    """`key=value` as --fix takes it back (booleans as true and false)."""
+    return f"{key}={str(value).lower() if isinstance(value, bool) else value}"
+
+
 def parse_fix_value(key: str, value: str):
     """Typed value of `--fix key=value`, or a UserError naming the fixable keys."""
     key = ALIASES.get(key, key)
@@ -210,8 +215,8 @@ def candidates(model: ModelSpec, world_size: int, devices_per_domain: int, globa
                         for recompute, policy in ((r, p) for r in choices("recompute", ["none", "selective", "full"])
                                                   for p in policies(r)):
                             for sp in choices("sequence_parallel", [False, True] if tp > 1 else [False]):
-                                if sp and sequence_parallel_problem(seq_len, tp, cp, chunks):
-                                    continue  # a rank's tokens (of each chunk) must split over the TP ranks
+                                if sp and (tp == 1 or sequence_parallel_problem(seq_len, tp, cp, chunks)):
+                                    continue  # (pinned) needs TP, and a rank's tokens (of each chunk) split over it
                                 for reduce, cp_comm, (ep, etp) in itertools.product(
                                         _grad_reduce_choices(
                                             pp, dp * cp, per_replica // mb, schedule, zero,

@@ -206,7 +206,8 @@ def cheapest_within(points: list[SweepPoint], deadline_days: float) -> SweepPoin
     meeting = [p for p in planned if p.training["days"] <= deadline_days]
     if not meeting:
         fastest = min(planned, key=lambda p: p.training["days"])
-        raise UserError(f"no size meets the deadline of {format_days(deadline_days)}: the fastest, {fastest.nodes} "
-                        f"nodes ({fastest.devices} devices), needs {format_days(fastest.training['days'])}; "
+        nodes = f"{fastest.nodes} node{'' if fastest.nodes == 1 else 's'}"
+        raise UserError(f"no size meets the deadline of {format_days(deadline_days)}: the fastest, {nodes} "
+                        f"({fastest.devices} devices), needs {format_days(fastest.training['days'])}; "
                         f"widen --nodes or relax --deadline")
     return min(meeting, key=lambda p: (p.training["gpu_hours"], p.nodes))

@@ -132,12 +132,18 @@ def rope_theta(config: dict, name: str) -> float:
 
 def _rope_scaling(config: dict, name: str) -> tuple[str, dict | None]:
     """(the key it was read from, the RoPE scaling object or None): `rope_scaling`, or transformers 5's
-    `rope_parameters` less its rope_theta."""
+    `rope_parameters` less its rope_theta; both, scaling differently (type or factor), are refused."""
     key = "rope_scaling"
     scaling = config.get(key)
+    parameters = {k: v for k, v in _rope_parameters(config, name).items() if k != "rope_theta"} or None
     if scaling is None:
-        key = "rope_parameters"
-        scaling = {k: v for k, v in _rope_parameters(config, name).items() if k != "rope_theta"} or None
+        key, scaling = "rope_parameters", parameters
+    elif isinstance(scaling, dict) and parameters and parameters.get("rope_type", "default") != "default":
+        kinds = [obj.get("rope_type", obj.get("type", "default")) for obj in (scaling, parameters)]
+        if kinds[0] != kinds[1] or scaling.get("factor") != parameters.get("factor"):
+            raise UserError(f"{name}: rope_scaling ({kinds[0]}, factor {scaling.get('factor')}) and rope_parameters "
+                            f"({kinds[1]}, factor {parameters.get('factor')}) give two RoPE scalings; keep one of "
+                            f"them")
     if scaling is not None and not isinstance(scaling, dict):
         raise UserError(f"{name}: {key} must be an object such as {{\"rope_type\": \"llama3\", \"factor\": 8.0}} "
                         f"or null {_got(scaling)}")

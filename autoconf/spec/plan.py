@@ -7,6 +7,7 @@ every violated rule at once, naming each factor, so a user sees all that is wron
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -24,8 +25,10 @@ from autoconf.spec.schedules import SCHEDULES, schedule_spec
 PLAN_VERSION = 1
 # Every field a plan file holds (`Plan.to_dict` writes them), and those of its cluster and placement objects; any
 # other is a typo or an edit that nothing would read, refused.
+# "content_sha256": the SHA-256 of the plan as autoconf wrote it (`content_sha256`): a plan changed since (a config
+# field edited by hand) no longer matches it, and its prediction is estimated again before it is shown or launched.
 PLAN_FIELDS = ("version", "kind", "model", "cluster", "config", "partition", "placement", "prediction",
-               "sequence_split")
+               "sequence_split", "content_sha256")
 CLUSTER_FIELDS = ("name", "nodes", "gpus_per_node", "backend", "device", "profile")
 PLACEMENT_FIELDS = ("mesh",)
 BACKENDS = ("nccl", "gloo")
@@ -467,15 +470,19 @@ class Plan:
     sequence_split: list | None = None
     # The simulated step the prediction was read from (cost.simulate.Timeline; not saved): what pictures draw.
     timeline: object = field(default=None, repr=False, compare=False)
+    # Read from a file whose content differs from what autoconf wrote (its "content_sha256"): the prediction may
+    # not be the config's (report/current.py estimates it again).
+    edited: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self):
         self.placement = _with_cp_axis(self.placement)
 
     def to_dict(self) -> dict:
-        return {"version": PLAN_VERSION, "kind": "plan", "model": self.model.to_dict(), "cluster": self.cluster,
+        data = {"version": PLAN_VERSION, "kind": "plan", "model": self.model.to_dict(), "cluster": self.cluster,
                 "config": self.config.to_dict(), "partition": [list(p) for p in self.partition],
                 "placement": self.placement, "prediction": self.prediction,
                 **({"sequence_split": list(self.sequence_split)} if self.sequence_split is not None else {})}
+        return {**data, "content_sha256": content_sha256(data)}
 
     @property
     def chunk_bounds(self) -> list[int]:
@@ -515,10 +522,14 @@ class Plan:
             raise UserError(f"{source}: malformed prediction: {'; '.join(problems[:3])}")
         config = ParallelConfig.from_dict(data["config"], source=f"{source}: config")
         try:
+            checksum = data.get("content_sha256")
+            if checksum is not None and not (isinstance(checksum, str) and len(checksum) == 64):
+                raise UserError(f"{source}: content_sha256 must be the 64 hex digits autoconf wrote (or absent)")
             plan = cls(model=model, cluster=dict(data["cluster"]), config=config,
                        partition=[list(p) if isinstance(p, list) else p for p in data["partition"]],
                        placement=dict(data["placement"]), prediction=dict(data.get("prediction") or {}),
-                       sequence_split=data.get("sequence_split"))
+                       sequence_split=data.get("sequence_split"),
+                       edited=checksum is not None and checksum != content_sha256(data))
             plan.validate(source)
         except (TypeError, ValueError, OverflowError, AttributeError, KeyError, IndexError, RecursionError) as err:
             if isinstance(err, UserError):
@@ -589,8 +600,9 @@ class Plan:
         if (not isinstance(bounds, list) or len(bounds) != c.seq_chunks + 1 or not all(_is_int(b) for b in bounds)
                 or bounds[0] != 0 or bounds[-1] != c.seq_len or any(b <= a for a, b in zip(bounds, bounds[1:]))
                 or any(b % step for b in bounds) or (c.seq_split == "even" and bounds != even)):
-            return (f"sequence_split {bounds!r} is not a {c.seq_split} split of {c.seq_len} tokens into seq_chunks "
-                    f"{c.seq_chunks}: {c.seq_chunks + 1} increasing multiples of {step} from 0 to {c.seq_len}"
+            article = "an" if c.seq_split[:1] in tuple("aeiou") else "a"
+            return (f"sequence_split {bounds!r} is not {article} {c.seq_split} split of {c.seq_len} tokens into "
+                    f"seq_chunks {c.seq_chunks}: {c.seq_chunks + 1} increasing multiples of {step} from 0 to {c.seq_len}"
                     + (f" ({even})" if c.seq_split == "even" else ""))
         return None
 
@@ -618,6 +630,13 @@ PREDICTION_FIELDS = ("iteration_time_s", "tokens_per_s", "tflops_per_gpu", "mfu"
 _PREDICTION_NUMBERS = ("iteration_time_s", "tokens_per_s", "tflops_per_gpu", "mfu", "hfu", "peak_memory_bytes",
                        "memory_limit_bytes", "bubble_fraction", "host_memory_per_node_bytes", "host_memory_limit_bytes")
 _MEMORY_KINDS = ("params", "grads", "optimizer", "activations", "other", "total")
+
+
+def content_sha256(data: dict) -> str:
+    """The SHA-256 (hex) of a plan's JSON object without its own "content_sha256": keys sorted, no spaces, so the
+    same content gives the same digest however the file was indented."""
+    rest = {k: v for k, v in data.items() if k != "content_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def prediction_problems(pred: dict) -> list[str]:

@@ -26,11 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.files import is_version
 from autoconf.spec.cluster import ClusterProfile, load_cluster
 from autoconf.spec.dtypes import check_trainable_dtype, default_dtype
 from autoconf.spec.model import ModelSpec
-from autoconf.files import check_new, write_file
+from autoconf.files import check_new, is_version, write_file
+from autoconf.solve.space import pin_text
 from autoconf.spec.plan import Plan
 from autoconf.validate.stats import median_abs_error, regret, spearman
 
@@ -535,7 +535,7 @@ def too_few_layouts(count: int, fixed: dict | None = None) -> str | None:
     that narrowed the choice when there are any; None for two or more."""
     if count >= 2:
         return None
-    pins = " ".join(f"--fix {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in (fixed or {}).items())
+    pins = " ".join(f"--fix {pin_text(k, v)}" for k, v in (fixed or {}).items())
     fewer = "pin fewer fields (every pin leaves out the layouts that differ in it), or " if pins else ""
     return (f"only {count} layout could be chosen for this model, cluster and batch{' with ' + pins if pins else ''}, "
             f"so nothing would be ranked; {fewer}give a larger --global-batch or a profile with more ranks")

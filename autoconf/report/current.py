@@ -1,0 +1,70 @@
+"""A saved plan's prediction as its fields give it now: the plan as written, or, where the file was changed after
+autoconf wrote it (`Plan.edited`: a config field edited by hand, say), estimated again on the cluster it was planned
+on, so that `show` prints and `launch` checks what that layout needs, not what another one needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autoconf.cost.estimate import estimate
+from autoconf.errors import UserError
+from autoconf.files import gib_figures
+from autoconf.spec.frameworks import plan_execution
+from autoconf.spec.plan import Plan
+
+
+def plan_cluster(plan: Plan, cluster=None, purpose: str = "redraw the timeline",
+                 remedy: str = "pass the cluster profile it was planned on (--cluster FILE)"):
+    """The cluster profile to re-simulate `plan` on: `cluster` if given, else the profile file the plan recorded
+    (when it is still there and still has the plan's cluster name), else the bundled profile or path it names;
+    `purpose` says in a refusal what the profile was needed for and `remedy` what would work."""
+    if cluster is not None:
+        return cluster
+    from autoconf.spec.cluster import load_cluster
+
+    name, recorded = plan.cluster.get("name"), plan.cluster.get("profile")
+    shape = int(plan.cluster.get("nodes", 1)), int(plan.cluster.get("gpus_per_node", 1))
+    if recorded and Path(recorded).is_file():
+        try:
+            found = load_cluster(recorded, *shape)
+        except UserError:
+            found = None
+        if found is not None and found.name == name:
+            return found
+    try:
+        found = load_cluster(str(name), *shape)
+    except UserError as err:
+        why = f"{recorded}, where it was planned, is gone or holds another profile" if recorded else str(err)
+        raise UserError(f"cannot {purpose}: the plan's cluster {name!r} is not available ({why}); {remedy}") from None
+    device = plan.cluster.get("device")
+    if device is not None and device != found.device.name:
+        raise UserError(f"cannot {purpose}: the plan was made on {device} devices but the profile "
+                        f"{name!r} describes {found.device.name}; {remedy}")
+    return found
+
+
+def current(plan: Plan, cluster=None, source: str = "the plan",
+            remedy: str = "pass the cluster profile it was planned on (--cluster FILE)") -> tuple[Plan, str | None]:
+    """(`plan`, None) for a plan as autoconf wrote it; for an edited one, the plan with its prediction and timeline
+    estimated again on its cluster (`plan_cluster`; its framework and flags as recorded) and a note line saying so,
+    with the stored and the new step time and peak memory. A UserError where the cluster is not available, naming
+    `remedy`."""
+    if not plan.edited:
+        return plan, None
+    on = plan_cluster(plan, cluster, f"estimate {source} again (it was changed after autoconf wrote it)", remedy)
+    fresh = estimate(plan.model, on, plan.config, partition=plan.partition,
+                     mesh=plan.placement["mesh"], execution=plan_execution(plan.prediction))
+    old, new = plan.prediction, fresh.prediction
+    figures = gib_figures(old.get("peak_memory_bytes", 0.0), new["peak_memory_bytes"])
+    note = (f"{source} was changed after autoconf wrote it; its prediction is estimated again: "
+            f"{_step(old)} s -> {_step(new)} s per step, {figures[0]} -> {figures[1]} GiB peak"
+            f"{'' if new['fits'] else ' (does not fit)'}")
+    updated = Plan(model=plan.model, cluster=plan.cluster, config=plan.config, partition=plan.partition,
+                   placement=plan.placement, prediction=new, sequence_split=plan.sequence_split,
+                   timeline=fresh.timeline)
+    return updated, note
+
+
+def _step(prediction: dict) -> str:
+    seconds = prediction.get("iteration_time_s")
+    return f"{seconds:.4g}" if isinstance(seconds, (int, float)) else "?"
