@@ -958,3 +958,23 @@ def test_two_rope_scalings_in_one_hugging_face_config_are_refused(tmp_path):
     config["rope_scaling"] = {k: v for k, v in config["rope_parameters"].items() if k != "rope_theta"}
     path.write_text(json.dumps(config))
     assert run_cli(args).exit_code == 0
+
+
+def test_the_metrics_summary_of_an_edited_plan_compares_no_stale_prediction(tmp_path, fitting_plan):
+    """Fifth fuzz round: a run of an edited plan wrote the file's prediction (another layout's) as the predicted step
+    and memory of its metrics summary; it now writes none and says why."""
+    import torch
+
+    from autoconf.execute.train import TrainOptions, _summary
+    from autoconf.spec.plan import load_plan
+
+    doc = json.loads(fitting_plan.read_text())
+    records = [{"step": 1, "step_time_s": 0.5, "peak_memory_bytes": 1}]
+    plain = _summary(load_plan(fitting_plan), TrainOptions(steps=1), records, torch.device("cpu"), 0)
+    assert plain["predicted_iteration_time_s"] == doc["prediction"]["iteration_time_s"] and "prediction" not in plain
+    doc["config"]["zero_stage"] = 0
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(doc))
+    summary = _summary(load_plan(edited), TrainOptions(steps=1), records, torch.device("cpu"), 0)
+    assert summary["predicted_iteration_time_s"] is None and summary["predicted_peak_memory_bytes"] is None
+    assert "changed after autoconf wrote it" in summary["prediction"]

@@ -457,7 +457,8 @@ def _summary(plan: Plan, opts: TrainOptions, records: list[dict], device: torch.
     times = [r["step_time_s"] for r in records]
     skip = min(opts.timing_warmup, max(0, len(times) - 1))
     measured = statistics.median(times[skip:]) if times else None
-    pred = plan.prediction or {}
+    # an edited plan's stored prediction is another layout's (report/current.py): none is compared
+    pred = {} if plan.edited else plan.prediction or {}
     return {"predicted_iteration_time_s": pred.get("iteration_time_s"),
             "measured_iteration_time_s": measured,
             "timing_warmup_steps": skip,
@@ -466,7 +467,8 @@ def _summary(plan: Plan, opts: TrainOptions, records: list[dict], device: torch.
             "peak_memory_kind": ("cuda max_memory_allocated, max over ranks" if device.type == "cuda" else
                                  "CPU: process max RSS growth since start, max over ranks (not comparable to the "
                                  "predicted device memory)"),
-            "steps": len(records), "final_step": records[-1]["step"] if records else None}
+            "steps": len(records), "final_step": records[-1]["step"] if records else None,
+            **({"prediction": "none: the plan was changed after autoconf wrote it"} if plan.edited else {})}
 
 
 def placed_local_device(plan: Plan, rank: int) -> int:
