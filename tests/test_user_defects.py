@@ -978,3 +978,21 @@ def test_the_metrics_summary_of_an_edited_plan_compares_no_stale_prediction(tmp_
     summary = _summary(load_plan(edited), TrainOptions(steps=1), records, torch.device("cpu"), 0)
     assert summary["predicted_iteration_time_s"] is None and summary["predicted_peak_memory_bytes"] is None
     assert "changed after autoconf wrote it" in summary["prediction"]
+
+
+@pytest.mark.parametrize("config, needle", [
+    ({"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 4, "vocab_size": 256, "n_positions": 128,
+      "rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "gpt2 learns its positions and has no RoPE"),
+    ({"model_type": "qwen3", "num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 4,
+      "num_key_value_heads": 4, "intermediate_size": 512, "vocab_size": 1000, "max_position_embeddings": 4096,
+      "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096,
+                       "mscale": 1.0, "mscale_all_dim": -1.0}}, "mscale_all_dim must be >= 0"),
+])
+def test_a_rope_setting_that_means_nothing_for_its_model_is_refused(tmp_path, config, needle):
+    """Fifth fuzz round: a RoPE scaling on gpt2 (learned positions) and a negative YaRN magnitude were read without a
+    word."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    assert_one_clear_error(run_cli(["estimate", "--model", path, "--cluster", "cpu-local", "--tp", "1", "--pp", "1",
+                                    "--dp", "4", "--micro-batch", "1", "--global-batch", "4", "--seq-len", "64"]),
+                           needle)

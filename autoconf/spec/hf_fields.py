@@ -226,6 +226,10 @@ def rope_yarn(config: dict, name: str, model_type: str) -> YarnSpec | None:
                       label=f"{key}.original_max_position_embeddings")
     given = _finite(scaling.get("attention_factor"))
     mscale, all_dim = _finite(scaling.get("mscale")), _finite(scaling.get("mscale_all_dim"))
+    for part, value in (("mscale", mscale), ("mscale_all_dim", all_dim), ("attention_factor", given)):
+        if value is not None and value < 0:
+            raise UserError(f"{name}: yarn {key}.{part} must be >= 0 (it scales the attention's magnitude) "
+                            f"{_got(value)}")
     if given is None:
         given = (yarn_mscale(factor, mscale) / yarn_mscale(factor, all_dim) if mscale and all_dim
                  else yarn_mscale(factor))
@@ -362,9 +366,13 @@ def gpt2_fields(config: dict, name: str) -> dict:
     width), vocabulary, learned positions, tied embeddings, norm epsilon and the dropout. The spec has one dropout
     probability, applied where GPT-2 applies its three (the embedding, the attention probabilities, each residual
     branch), so a config whose resid_pdrop, attn_pdrop and embd_pdrop differ is refused. KeyError for a missing key
-    (the caller names it)."""
+    (the caller names it). A RoPE scaling is refused: GPT-2 has none to scale."""
     hidden = hf_int(config, "n_embd", name, "the model width")
     heads = hf_int(config, "n_head", name, "the attention heads")
+    for key in ("rope_scaling", "rope_parameters"):
+        if config.get(key) is not None:
+            raise UserError(f"{name}: gpt2 learns its positions and has no RoPE, so {key} is not read; remove it "
+                            f"(or give the model_type whose RoPE it scales)")
     dropouts = {key: hf_number(config, key, 0.1, name, PROBABILITY) for key in GPT2_DROPOUTS}
     if len(set(dropouts.values())) > 1:
         given = ", ".join(f"{key} {value:g}" for key, value in dropouts.items())
