@@ -308,8 +308,8 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
     if metrics is not None and checkpoint_dir is not None:
         folder, metrics_at = Path(os.path.abspath(checkpoint_dir)), Path(os.path.abspath(metrics))
         if metrics_at == folder or folder in metrics_at.parents:
-            raise UserError(f"--metrics {metrics} is or lies in --checkpoint-dir {checkpoint_dir}, whose folders the run "
-                            f"makes and replaces; put the metrics file outside it")
+            raise UserError(f"--metrics {metrics} is or lies in --checkpoint-dir {checkpoint_dir}, whose folders the "
+                            f"run makes and replaces; put the metrics file outside it")
     latest = _latest_checkpoint(checkpoint_dir)
     if metrics is not None:
         metrics_path = Path(os.path.abspath(metrics))  # not resolved: a link at the path itself is refused
@@ -505,12 +505,12 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
     """
     check_master_addr(master_addr)
     plan = load_plan(plan_path)
-    reason = plan_unsupported_reason(plan)  # (before estimating an edited plan again: the executor's own refusals)
-    if reason:
-        raise UserError(f"the executor cannot run this plan: {reason}")
     if plan.edited:  # the stored prediction may be another layout's: what fits is estimated again
         from autoconf.report.current import current
 
+        reason = plan_unsupported_reason(plan)  # (build_commands' refusal, ahead of estimating the plan again)
+        if reason:
+            raise UserError(f"the executor cannot run this plan: {reason}")
         plan, note = current(plan, source=str(plan_path), remedy="re-plan it (autoconf plan or estimate --out)")
         print(f"autoconf: note: {note}", file=sys.stderr, flush=True)
     check_fits(plan, allow_unfit)

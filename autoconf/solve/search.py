@@ -606,6 +606,11 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
     if len(fixed) < 2:
         return None
     world = cluster.world_size
+
+    def against(layout: ParallelConfig) -> str | None:
+        """The first rule `layout` breaks: the config's, the executor's or the framework's; None if none."""
+        return (layout.problems(model, world) or [unsupported_reason(layout, model) or execution.problem(layout)])[0]
+
     for key, value in fixed.items():
         rest = {k: v for k, v in fixed.items() if k != key}
         try:
@@ -615,7 +620,7 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
                 model, world, cluster.devices_per_domain, global_batch, seq_len, dtype, attention, rest,
                 execution.zero_searched, tp_cp_domain=tp_cp_domain(cluster),
                 reductions=execution.grad_reductions), WITNESS_SCAN)
-                if not (c.problems(model, world) or unsupported_reason(c, model) or execution.problem(c))), None)
+                if not against(c)), None)
         except UserError:
             continue
         if witness is None:
@@ -638,7 +643,7 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
         except (TypeError, ValueError):
             return (f"--fix {pin_text(key, value)} cannot be taken together with --fix {others}; drop or change one "
                     f"of them")
-        why = (probe.problems(model, world) or [unsupported_reason(probe, model) or execution.problem(probe)])[0]
+        why = against(probe)
         if why and "global batch" in why:
             return None  # the batch is to blame: the caller's line says so
         return (f"--fix {pin_text(key, value)} cannot be taken together with --fix {others}"

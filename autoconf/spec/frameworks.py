@@ -338,8 +338,8 @@ class Execution:
         its shard and all-gathers the parameters, instead of reduce-scattering them: nanotron's
         ZeroDistributedOptimizer with its fp32 gradient accumulator (huggingface/nanotron at 9055c664,
         trainer.py:516-517: "This is too memory hungry, instead we run all_reduce", reduce_scatter=False), which
-        moves twice the gradient bytes of a reduce-scatter. Read by `cost/estimate.dp_collectives` (the megatron layout's ZeRO-1
-        already holds the whole gradient buffer).
+        moves twice the gradient bytes of a reduce-scatter. Read by `cost/estimate.dp_collectives` (the megatron
+        layout's ZeRO-1 already holds the whole gradient buffer).
     megatron_fsdp: ZeRO-3 runs as Megatron-Core's Megatron-FSDP (--use-megatron-fsdp --data-parallel-sharding-strategy
         optim_grads_params; megatron/core/distributed/fsdp at core_v0.16.1): every TransformerLayer a unit, its
         bf16 (or fp8) weights, fp32 main weights, gradients and Adam moments sharded over the DP group; each unit

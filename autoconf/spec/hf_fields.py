@@ -130,6 +130,11 @@ def rope_theta(config: dict, name: str) -> float:
     return number_value(theta, "rope_parameters.rope_theta", name)
 
 
+def _rope_type(scaling: dict):
+    """A scaling object's type as transformers reads it: `rope_type`, else the older `type`, else "default"."""
+    return next((scaling[k] for k in ("rope_type", "type") if scaling.get(k) is not None), "default")
+
+
 def _rope_scaling(config: dict, name: str) -> tuple[str, dict | None]:
     """(the key it was read from, the RoPE scaling object or None): `rope_scaling`, or transformers 5's
     `rope_parameters` less its rope_theta; both, scaling differently (type or factor), are refused."""
@@ -138,8 +143,8 @@ def _rope_scaling(config: dict, name: str) -> tuple[str, dict | None]:
     parameters = {k: v for k, v in _rope_parameters(config, name).items() if k != "rope_theta"} or None
     if scaling is None:
         key, scaling = "rope_parameters", parameters
-    elif isinstance(scaling, dict) and parameters and parameters.get("rope_type", "default") != "default":
-        kinds = [obj.get("rope_type", obj.get("type", "default")) for obj in (scaling, parameters)]
+    elif isinstance(scaling, dict) and parameters and _rope_type(parameters) != "default":
+        kinds = [_rope_type(obj) for obj in (scaling, parameters)]
         if kinds[0] != kinds[1] or scaling.get("factor") != parameters.get("factor"):
             raise UserError(f"{name}: rope_scaling ({kinds[0]}, factor {scaling.get('factor')}) and rope_parameters "
                             f"({kinds[1]}, factor {parameters.get('factor')}) give two RoPE scalings; keep one of "
@@ -161,9 +166,7 @@ def _rope_kind(config: dict, name: str) -> tuple[str, dict | None, str]:
     """(key, scaling object or None, rope_type): the type as transformers reads it (`rope_type`, else the older
     `type`, else "default"); another type than ROPE_TYPES is refused naming them."""
     key, scaling = _rope_scaling(config, name)
-    kind = "default"
-    if scaling:
-        kind = next((scaling[k] for k in ("rope_type", "type") if scaling.get(k) is not None), "default")
+    kind = _rope_type(scaling) if scaling else "default"
     if not isinstance(kind, str) or kind not in ROPE_TYPES:
         raise UserError(f"{name}: {key} rope_type {shown(json.dumps(kind), 40)} is not read; known: "
                         f"{', '.join(ROPE_TYPES)}")

@@ -602,7 +602,8 @@ class Plan:
                 or any(b % step for b in bounds) or (c.seq_split == "even" and bounds != even)):
             article = "an" if c.seq_split[:1] in tuple("aeiou") else "a"
             return (f"sequence_split {bounds!r} is not {article} {c.seq_split} split of {c.seq_len} tokens into "
-                    f"seq_chunks {c.seq_chunks}: {c.seq_chunks + 1} increasing multiples of {step} from 0 to {c.seq_len}"
+                    f"seq_chunks {c.seq_chunks}: {c.seq_chunks + 1} increasing multiples of {step} from 0 to "
+                    f"{c.seq_len}"
                     + (f" ({even})" if c.seq_split == "even" else ""))
         return None
 
