@@ -134,10 +134,10 @@ def flags_without_effect(execution, prediction: dict, predict) -> list[str]:
     for key in frameworks.changed_flags(execution):
         try:
             back = frameworks.with_flags(execution, {key: getattr(preset, key)})
-        except UserError:  # (the others need it changed: it is read)
+            if outcome(predict(back)) == outcome(prediction):
+                idle.append(key)
+        except UserError:  # (the others, or the layout, need it changed: it is read)
             continue
-        if outcome(predict(back)) == outcome(prediction):
-            idle.append(key)
     return idle
 
 
@@ -525,9 +525,12 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
                                                               price_source)
         days = result.plans[0].prediction["training"]["days"]
         if deadline is not None and days > deadline:
+            upper = sizes.nodes_for_deadline(cluster.nodes, days, deadline)
+            advice = (f"try a range, e.g. --nodes {cluster.nodes}:{upper}" if upper else
+                      "not even the most nodes autoconf plans would train in time at this pace: train fewer "
+                      "tokens or allow longer")
             raise UserError(f"the best plan on {counted(cluster.nodes, 'node')} needs {sizes.format_days(days)}, "
-                            f"over the deadline of {sizes.format_days(deadline)}; try a range, e.g. "
-                            f"--nodes {cluster.nodes}:{sizes.nodes_for_deadline(cluster.nodes, days, deadline)}")
+                            f"over the deadline of {sizes.format_days(deadline)}; {advice}")
     best = result.plans[0]
     written = []
     if explain_dir is not None:  # first: it refuses existing files before writing any, and so leaves --out alone

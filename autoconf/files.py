@@ -21,9 +21,12 @@ from typing import Callable, IO
 from autoconf.errors import UserError
 
 
-def check_new(path: str | os.PathLike, force: bool = False, hint: str = "choose another path") -> Path:
+def check_new(path: str | os.PathLike, force: bool = False, hint: str = "choose another path",
+              package_ok: bool = False) -> Path:
     """Refuses (UserError) a path that is a symbolic link, a folder, anything else that is not a regular file (a
-    device, a FIFO, a socket: renaming over one would replace it), or (without `force`) an existing file."""
+    device, a FIFO, a socket: renaming over one would replace it), one inside autoconf's own package (its bundled
+    profiles; unless `package_ok`: the tool that measures the bundled CPU profile), or (without `force`) an existing
+    file."""
     path = Path(path)
     if str(path) in ("", "."):
         raise UserError("an output path must not be empty")
@@ -36,9 +39,24 @@ def check_new(path: str | os.PathLike, force: bool = False, hint: str = "choose 
     if path.exists() and not path.is_file():
         raise UserError(f"{path} is not a regular file (a device, a pipe or a socket); autoconf writes only regular "
                         f"files: {hint}")
+    if not package_ok and _inside(path, PACKAGE_DIR):
+        raise UserError(f"{path} is inside autoconf's own package folder ({PACKAGE_DIR}), whose bundled profiles "
+                        f"every run reads; {hint} outside it")
     if path.exists() and not force:
         raise UserError(f"{path} already exists; pass --force to overwrite it or {hint}")
     return path
+
+
+# The installed package: nothing autoconf writes goes in it (its bundled profiles, read by name, are files there).
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` (resolved, links followed) lies within `folder`."""
+    try:
+        return path.resolve().is_relative_to(folder)
+    except (OSError, RuntimeError):  # (a loop of links, an unreadable folder: check_new refuses those itself)
+        return False
 
 
 # The Software text of every picture autoconf draws (report/pictures.py save_figure): a later run with --force
@@ -157,9 +175,9 @@ def _umask() -> int:
 
 
 def write_with(path: str | os.PathLike, fill: Callable[[IO[bytes]], None], force: bool = False,
-               mode: int = 0o666) -> Path:
+               mode: int = 0o666, package_ok: bool = False) -> Path:
     """Creates `path` atomically from what `fill(f)` writes to a binary file object (see the module docstring)."""
-    path = check_new(path, force)
+    path = check_new(path, force, package_ok=package_ok)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,7 +188,7 @@ def write_with(path: str | os.PathLike, fill: Callable[[IO[bytes]], None], force
             os.fsync(f.fileno())
         os.chmod(tmp, mode & ~_umask())
         if force:
-            check_new(path, force=True)
+            check_new(path, force=True, package_ok=package_ok)
             os.replace(tmp, path)
         else:
             try:
@@ -196,10 +214,12 @@ def write_with(path: str | os.PathLike, fill: Callable[[IO[bytes]], None], force
     return path
 
 
-def write_file(path: str | os.PathLike, data: str | bytes, force: bool = False, mode: int = 0o666) -> Path:
-    """Writes text (UTF-8) or bytes to `path` atomically; refuses links, and existing files unless `force`."""
+def write_file(path: str | os.PathLike, data: str | bytes, force: bool = False, mode: int = 0o666,
+               package_ok: bool = False) -> Path:
+    """Writes text (UTF-8) or bytes to `path` atomically; refuses links, paths in the package (unless `package_ok`),
+    and existing files unless `force`."""
     blob = data.encode() if isinstance(data, str) else data
-    return write_with(path, lambda f: f.write(blob), force=force, mode=mode)
+    return write_with(path, lambda f: f.write(blob), force=force, mode=mode, package_ok=package_ok)
 
 
 def open_append(path: str | os.PathLike) -> IO[str]:

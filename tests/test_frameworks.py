@@ -229,7 +229,8 @@ def test_search_bounds_stay_below_the_overlapped_estimate(name):
     ex = execution(name)
     cache = BoundCache(MODEL, H100, ex)
     configs = (c for c in candidates(MODEL, H100.world_size, H100.gpus_per_node, 64, 2048, "bf16",
-                                     zero_stages=ex.zero_searched, reductions=ex.grad_reductions)
+                                     zero_stages=ex.zero_searched, reductions=ex.grad_reductions,
+                                     runtime=ex.pipeline_runtime)
                if c.dp > 1 and not unsupported_reason(c))
     checked = 0
     for config in itertools.islice(configs, 0, None, 7):
@@ -498,3 +499,119 @@ def test_every_behaviour_flag_is_a_user_flag():
     flags = parse_flags(["pipeline_buffers=per_transfer", "attention_saved_whole=true"])
     assert flags == {"pipeline_buffers": "per_transfer", "attention_saved_whole": True}
     assert changed_flags(PRESETS["torchtitan"].replace(**flags)) == flags
+
+
+def test_1f1b_with_fewer_microbatches_than_stages_is_planned_where_the_runtime_runs_it():
+    """Megatron's 1F1B (and nanotron's) run m < pp; torch's Schedule1F1B refuses it. So the megatron presets cost
+    it (the uniform pipeline's makespan (m + pp - 1)(F + B) holds there too: tests/test_simulate.py) and their
+    search offers it; autoconf's executor and torchtitan refuse it in one line naming what would work, their search
+    never offers it, and a torchtitan export of such a plan says why it cannot run."""
+    from autoconf.report.exporters import megatron_args, torchtitan_config
+    from autoconf.solve.space import candidates
+    from autoconf.spec.support import unsupported_reason
+
+    short = cfg(tp=1, pp=4, dp=8, global_batch_size=16, sequence_parallel=False)
+    assert short.num_microbatches < short.pp
+    for name in ("megatron", "megatron-core"):
+        plan = estimate(MODEL, H100, short, execution=execution(name))
+        assert plan.prediction["iteration_time_s"] > 0
+        assert "--pipeline-model-parallel-size 4" in megatron_args(plan)
+    for name in ("autoconf", "torchtitan"):
+        with pytest.raises(UserError) as err:
+            estimate(MODEL, H100, short, execution=execution(name))
+        line = str(err.value)
+        assert "1f1b needs num_microbatches (2) >= pp (4)" in line and "gpipe" in line and "\n" not in line
+    assert "1f1b needs num_microbatches (2) >= pp (4)" in unsupported_reason(short)
+    titan = torchtitan_config(estimate(MODEL, H100, short, execution=execution("megatron-core")))
+    assert "# NOTE: torchtitan cannot run this pipeline: 1f1b needs num_microbatches (2)" in titan
+
+    def short_pipelines(name: str) -> set:
+        ex = execution(name)
+        return {(c.pp, c.num_microbatches) for c in candidates(
+            MODEL, 8, 8, 2, 2048, "bf16", fixed={"tp": 1}, reductions=ex.grad_reductions,
+            runtime=ex.pipeline_runtime) if c.schedule == "1f1b" and c.num_microbatches < c.pp}
+    assert (4, 1) in short_pipelines("megatron") and (8, 2) in short_pipelines("megatron-core")
+    assert not short_pipelines("autoconf") and not short_pipelines("torchtitan")
+
+
+@pytest.mark.parametrize("name", ["megatron", "megatron-core"])
+def test_search_bounds_stay_below_the_estimate_with_fewer_microbatches_than_stages(name):
+    """The search prunes 1F1B layouts with m < pp as safely as the others: the time and memory bounds of each are at
+    most its estimate."""
+    from autoconf.solve.bounds import BoundCache
+    from autoconf.solve.space import candidates
+
+    ex = execution(name)
+    cache = BoundCache(MODEL, H100, ex)
+    short = [c for c in candidates(MODEL, H100.world_size, H100.gpus_per_node, 8, 2048, "bf16",
+                                   zero_stages=ex.zero_searched, reductions=ex.grad_reductions,
+                                   runtime=ex.pipeline_runtime)
+             if c.schedule == "1f1b" and c.num_microbatches < c.pp]
+    assert len(short) >= 20
+    for config in short[::max(1, len(short) // 40)]:
+        p = estimate(MODEL, H100, config, execution=ex, detail=False).prediction
+        assert cache.time_bound(config) <= p["iteration_time_s"] * (1 + 1e-9), config
+        assert cache.memory_bound(config) <= p["peak_memory_bytes"] * (1 + 1e-9), config
+
+
+def test_another_frameworks_search_weighs_the_layouts_it_runs_not_the_executors():
+    """Planning for Megatron-Core, the search weighs what Megatron-Core runs: FP8 with tensor parallelism (which
+    autoconf's executor does not run) and only its own schedules, 1F1B and interleaved 1F1B; planning for the
+    executor it keeps to what the executor launches. A schedule pinned with --fix is still costed, its export saying
+    why Megatron cannot run it."""
+    from autoconf.report.exporters import megatron_args
+    from autoconf.solve.search import search
+
+    def picks(name: str, fixed: dict | None = None):
+        result = search(MODEL, H100, 64, 2048, "fp8", fixed=fixed or {"pp": 2}, top_k=3, execution=execution(name),
+                        refine=False)
+        return result
+
+    core = picks("megatron-core")
+    assert core.stats["unlaunchable"] == 0
+    assert any(p.config.tp > 1 for p in core.plans)
+    assert {p.config.schedule for p in core.plans} <= {"1f1b", "interleaved-1f1b"}
+    ours = picks("autoconf")
+    assert ours.stats["unlaunchable"] > 0 and all(p.config.tp == 1 for p in ours.plans)
+    pinned = picks("megatron-core", {"pp": 2, "schedule": "zbv"})
+    assert {p.config.schedule for p in pinned.plans} == {"zbv"}
+    assert "schedule zbv (V-shaped, two chunks per rank) cannot be expressed in Megatron-LM" in megatron_args(
+        pinned.plans[0])
+    assert PRESETS["megatron"].schedules == PRESETS["megatron-core"].schedules == ("1f1b", "interleaved-1f1b")
+
+
+def test_the_schedules_flag_is_read_and_checked():
+    """--framework-flag schedules=a,b names the schedules a framework's search weighs ("all": every one); an unknown
+    name is one line listing the known ones."""
+    from autoconf.spec.frameworks import parse_flags, with_flags
+
+    assert parse_flags(["schedules=1f1b, zbv"]) == {"schedules": ("1f1b", "zbv")}
+    assert parse_flags(["schedules=all"]) == {"schedules": ()}
+    with pytest.raises(UserError, match="schedules pipedream: each must be one of gpipe, 1f1b"):
+        with_flags(PRESETS["megatron"], parse_flags(["schedules=pipedream"]))
+
+
+def test_megatrons_interleaved_schedule_needs_whole_groups_of_pp_microbatches():
+    """Megatron-LM runs interleaved 1F1B with m a multiple of pp (groups of pp micro-batches per virtual stage;
+    `forward_backward_pipelining_with_interleaving` refuses the rest), where torch runs any whole number of rounds:
+    the megatron presets refuse the rest in one line and their search never offers it; a plan of the executor's
+    with such a count exports to Megatron with a note."""
+    from autoconf.report.exporters import megatron_args
+    from autoconf.solve.space import candidates
+
+    for m, fits in ((6, "use 4 or 8 micro-batches"), (2, "use 4 micro-batches")):
+        layout = cfg(tp=1, pp=4, dp=8, vpp=2, schedule="interleaved-1f1b", global_batch_size=8 * m,
+                     sequence_parallel=False)
+        for name in ("megatron", "megatron-core"):
+            with pytest.raises(UserError) as err:
+                estimate(MODEL, H100, layout, execution=execution(name))
+            line = str(err.value)
+            assert f"interleaved-1f1b needs num_microbatches ({m}) to be a multiple of pp (4) in Megatron-LM" in line
+            assert fits in line and "\n" not in line
+        ours = estimate(MODEL, H100, layout)
+        assert "# NOTE: Megatron-LM cannot run this pipeline: interleaved-1f1b needs" in megatron_args(ours)
+    ex = execution("megatron-core")
+    offered = {(c.pp, c.num_microbatches) for c in candidates(
+        MODEL, 8, 8, 6, 2048, "bf16", reductions=ex.grad_reductions, runtime=ex.pipeline_runtime,
+        schedules=ex.schedules) if c.schedule == "interleaved-1f1b"}
+    assert offered and all(m % pp == 0 for pp, m in offered)

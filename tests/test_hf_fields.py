@@ -307,6 +307,24 @@ def test_longrope_matches_transformers():
     assert from_hf_config({**phi3.to_dict(), "model_type": "llama"}, "p").max_seq_len == 4096
 
 
+def test_longrope_lists_of_another_length_fail_in_transformers_as_autoconf_says():
+    """transformers only warns of longrope factor lists whose length is not the head's rotary frequencies, then
+    fails multiplying them into the frequencies; autoconf refuses the config in one line instead."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    parameters = {"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [4.0] * 16,
+                  "original_max_position_embeddings": 4096}
+    config = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
+                                      intermediate_size=128, vocab_size=256, max_position_embeddings=131072,
+                                      rope_parameters=parameters)
+    with pytest.raises(RuntimeError):
+        ROPE_INIT_FUNCTIONS["longrope"](config, torch.device("cpu"), seq_len=131072)
+    with pytest.raises(UserError, match="long_factor has 16 numbers, but a head rotates 8 frequencies"):
+        from_hf_config(config.to_dict(), "l")
+
+
 @pytest.mark.parametrize("scaling, needle", [
     ({"type": "su", "short_factor": [1.0], "long_factor": [1.0]},
      "rope_scaling rope_type \"su\" is not read; known: default, linear, dynamic, yarn, longrope, llama3"),
@@ -316,6 +334,10 @@ def test_longrope_matches_transformers():
     ({"rope_type": "", "factor": 8.0}, "rope_type \"\" is not read"),
     ({"type": "longrope", "long_factor": [1.0]}, "longrope rope_scaling.short_factor must be a list of numbers"),
     ({"type": "longrope", "short_factor": [1.0], "long_factor": ["1"]}, "long_factor must be a list of numbers"),
+    ({**PHI3_128K_SCALING, "long_factor": [4.0] * 16},
+     r"longrope rope_scaling.long_factor has 16 numbers, but a head rotates 8 frequencies \(head_dim x "),
+    ({**PHI3_128K_SCALING, "partial_rotary_factor": 0.5},
+     "longrope rope_scaling.short_factor has 8 numbers, but a head rotates 4 frequencies"),
     ({**PHI3_128K_SCALING, "original_max_position_embeddings": "4k"},
      "rope_scaling.original_max_position_embeddings must be a positive integer"),
 ])

@@ -93,7 +93,6 @@ def test_gpipe_runs_all_forwards_then_all_backwards():
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (("1f1b", 4, 1, 3), "1f1b needs num_microbatches (3) >= pp (4); use a global batch giving at least 4"),
         (("zbv", 4, 3, 8), "zbv needs vpp == 2 (got 3)"),
         (("dualpipev", 4, 1, 8), "dualpipev needs vpp == 2 (got 1)"),
         (("interleaved-1f1b", 4, 1, 8), "interleaved-1f1b needs vpp >= 2"),
@@ -121,8 +120,24 @@ def test_check_schedule_names_the_factor_and_a_fix(args, needle):
 def test_build_schedule_checks_first():
     """build_schedule refuses what check_schedule refuses, and defaults to vpp=1."""
     with pytest.raises(ValueError):
-        build_schedule("1f1b", 8, 4)
+        build_schedule("dualpipev", 4, 7, 2)
     assert build_schedule("1f1b", 2, 4).vpp == 1
+
+
+def test_1f1b_with_fewer_microbatches_than_ranks_is_torchs_refusal_only():
+    """The 1F1B order is defined for m < pp (Megatron-LM's and nanotron's warm-up min(pp - r - 1, m) forwards:
+    rank r runs min(m, pp - r) forwards before its first backward); torch's Schedule1F1B alone refuses it, so the
+    spec names that rule only for a torch runtime, in one line naming what would work."""
+    check_schedule("1f1b", 4, 1, 3)
+    sch = build_schedule("1f1b", 8, 3)
+    for r, acts in enumerate(sch.actions):
+        assert "".join(a.kind for a in acts).index("B") == min(3, 8 - r)
+    spec = schedule_spec("1f1b")
+    assert spec.problem(4, 1, 3, runtime=None) is None and spec.problem(4, 1, 3, "megatron") is None
+    assert spec.problem(4, 1, 4) is None
+    line = spec.problem(4, 1, 3)
+    assert "1f1b needs num_microbatches (3) >= pp (4) in torch's 1F1B" in line and "gpipe" in line
+    assert "megatron" in line and "\n" not in line
 
 
 def test_interleaved_and_zero_bubble_accept_fewer_microbatches_than_ranks():

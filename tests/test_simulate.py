@@ -29,11 +29,11 @@ def _bubble_time(tl):
     return tl.makespan - max(tl.compute_time_per_rank)
 
 
-@pytest.mark.parametrize("p,m", PM)
+@pytest.mark.parametrize("p,m", PM + [(4, 1), (4, 3), (8, 2), (8, 5)])
 @pytest.mark.parametrize("name", ["gpipe", "1f1b"])
 def test_gpipe_and_1f1b_bubble_fraction_is_p_minus_1_over_m_plus_p_minus_1(name, p, m):
     """Uniform stages, no communication: bubble_fraction = 1 - busy/(p*makespan) = (p-1)/(m+p-1) exactly, and the
-    makespan is (m+p-1)(F+B+W)."""
+    makespan is (m+p-1)(F+B+W); also with fewer micro-batches than stages (Megatron's 1F1B runs them)."""
     tl = _run(name, p, m, f=1.0, b=1.5, w=0.5)
     assert tl.bubble_fraction == pytest.approx((p - 1) / (m + p - 1), abs=1e-12)
     assert tl.makespan == pytest.approx((m + p - 1) * 3.0)

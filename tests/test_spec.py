@@ -131,10 +131,14 @@ def test_parallel_config_explains_every_bad_factor():
 
 
 def test_schedule_rules_are_part_of_the_check():
-    """1F1B with fewer micro-batches than stages is refused with the numbers."""
-    c = ParallelConfig(tp=1, pp=4, dp=1, micro_batch_size=1, global_batch_size=2, seq_len=64)
-    with pytest.raises(UserError, match="1f1b"):
+    """DualPipeV with fewer than 2 x pp micro-batches is refused with the numbers; 1F1B with fewer micro-batches
+    than stages is a layout (Megatron-LM runs it), which only a torch runtime refuses (`Execution.problem`)."""
+    c = ParallelConfig(tp=1, pp=4, dp=1, micro_batch_size=1, global_batch_size=6, seq_len=64, schedule="dualpipev",
+                       vpp=2)
+    with pytest.raises(UserError, match=r"dualpipev needs num_microbatches \(6\) >= 2 \* pp \(8\)"):
         c.check(PRESETS["tiny-gpt"], 4)
+    short = ParallelConfig(tp=1, pp=4, dp=1, micro_batch_size=1, global_batch_size=2, seq_len=64)
+    short.check(PRESETS["tiny-gpt"], 4)
 
 
 def test_plan_round_trips(tmp_path):

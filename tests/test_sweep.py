@@ -105,6 +105,20 @@ def test_a_missed_deadline_suggests_a_range_that_can_meet_it():
     assert nodes_for_deadline(4, 31, 30) == 16
 
 
+def test_the_deadline_advice_stays_within_the_nodes_autoconf_plans():
+    """Sixth fuzz round: a deadline of 3.6e-10 s suggested --nodes 1:72057594037927936, which --nodes refuses (at
+    most 1,000,000); a deadline over 1,000,000 days was called "not positive"."""
+    from autoconf.errors import UserError
+    from autoconf.solve.sweep import MAX_NODES, nodes_for_deadline, parse_deadline
+
+    assert nodes_for_deadline(1, 100.0, 1e-14) is None
+    assert nodes_for_deadline(1, 100.0, 1e-4) == MAX_NODES == 1_000_000
+    with pytest.raises(UserError, match="must be shorter than 1,000,000 days"):
+        parse_deadline("1000000w")
+    with pytest.raises(UserError, match="must be a positive duration"):
+        parse_deadline("0h")
+
+
 def test_sweep_json_and_front_from_real_plans(tmp_path):
     """`plan --nodes 1:4` plans 1, 2 and 4 nodes; each sweep entry is the best plan of its size with its training
     time; the sizes on the front have days rising and cost falling; the deadline's choice meets it and no cheaper

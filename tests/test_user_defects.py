@@ -898,7 +898,7 @@ def test_a_plan_edited_by_hand_is_estimated_again_before_show_and_launch(tmp_pat
     edited.write_text(json.dumps(doc))
     result = run_cli(["show", edited, "--out", tmp_path / "edited_out"])
     assert result.exit_code == 0, result.output
-    assert "was changed after autoconf wrote it" in result.output and "(does not fit)" in result.output
+    assert "is not as autoconf wrote it" in result.output and "(does not fit)" in result.output
     assert_one_clear_error(run_cli(["launch", edited, "--dry-run"]), "the plan does not fit")
     doc["content_sha256"] = "not a digest"
     edited.write_text(json.dumps(doc))
@@ -977,7 +977,7 @@ def test_the_metrics_summary_of_an_edited_plan_compares_no_stale_prediction(tmp_
     edited.write_text(json.dumps(doc))
     summary = _summary(load_plan(edited), TrainOptions(steps=1), records, torch.device("cpu"), 0)
     assert summary["predicted_iteration_time_s"] is None and summary["predicted_peak_memory_bytes"] is None
-    assert "changed after autoconf wrote it" in summary["prediction"]
+    assert "not as autoconf wrote it" in summary["prediction"]
 
 
 @pytest.mark.parametrize("config, needle", [
@@ -996,3 +996,81 @@ def test_a_rope_setting_that_means_nothing_for_its_model_is_refused(tmp_path, co
     assert_one_clear_error(run_cli(["estimate", "--model", path, "--cluster", "cpu-local", "--tp", "1", "--pp", "1",
                                     "--dp", "4", "--micro-batch", "1", "--global-batch", "4", "--seq-len", "64"]),
                            needle)
+
+
+# ---- Sixth fuzz round (2026-12-06) --------------------------------------------------------------------------------
+def test_a_plan_whose_checksum_was_removed_is_estimated_again(tmp_path, fitting_plan):
+    """An edit that also removed content_sha256 (or set it to null) kept the file's stale prediction: ZeRO-0 showed
+    the ZeRO-3 layout's "fits" and passed the dry run. A plan without the checksum is estimated again too."""
+    doc = json.loads(fitting_plan.read_text())
+    doc["config"]["zero_stage"] = 0
+    for checksum in (None, "drop"):
+        if checksum == "drop":
+            doc.pop("content_sha256")
+        else:
+            doc["content_sha256"] = checksum
+        edited = tmp_path / "edited.json"
+        edited.write_text(json.dumps(doc))
+        result = run_cli(["show", edited, "--out", tmp_path / f"out_{checksum}"])
+        assert result.exit_code == 0, result.output
+        assert "is not as autoconf wrote it" in result.output and "(does not fit)" in result.output
+        assert_one_clear_error(run_cli(["launch", edited, "--dry-run"]), "the plan does not fit")
+
+
+@pytest.mark.parametrize("flags, needle", [
+    ({"bucket_params": "4e7"}, 'bucket_params is "4e7", which is not a value of its type (e.g. a number or null)'),
+    ({"zero_stages": "0,1"}, "zero_stages is \"0,1\", which is not a value of its type (e.g. [0, 1, 2, 3])"),
+    ({"zero_stages": [[1]]}, "zero_stages is [[1]]"),
+    ({"overlap_comm_sm_share": "0.1"}, 'overlap_comm_sm_share is "0.1"'),
+    ({"param_gather_overlap": "false"}, 'param_gather_overlap is "false", which is not a value of its type'),
+    ({"param_gather_overlap": None}, "param_gather_overlap is null"),
+    ({"name": "autoconf"}, "prediction.framework_flags: 'name' is not a framework flag"),
+])
+def test_a_plans_framework_flags_must_be_user_flags_of_their_type(tmp_path, flags, needle):
+    """A plan's recorded framework flags went to the framework unchecked: a string crashed `show` (TypeError), and
+    "false" was read as true (changing the predicted step). Each must be a user flag holding a value of its type."""
+    path = tmp_path / "mc.json"
+    result = run_cli(["estimate", "--model", "tiny-llama", "--cluster", "cpu-local", "--tp", "1", "--pp", "2", "--dp",
+                      "2", "--micro-batch", "1", "--global-batch", "8", "--zero", "1", "--framework", "megatron-core",
+                      "--out", path])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(path.read_text())
+    doc["prediction"]["framework_flags"] = flags
+    path.write_text(json.dumps(doc))
+    assert_one_clear_error(run_cli(["show", path, "--out", tmp_path / "x"]), needle)
+
+
+def test_no_output_goes_into_autoconfs_own_package(tmp_path):
+    """`estimate --cluster cpu-local --out <package>/profiles/cpu-local.json --force` replaced the bundled profile
+    the run read, after which every command naming it failed. Nothing autoconf writes goes into its package."""
+    from autoconf.files import PACKAGE_DIR
+
+    target = PACKAGE_DIR / "profiles" / "cpu-local.json"
+    before = target.read_bytes()
+    result = run_cli(["estimate", "--model", "tiny-llama", "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp",
+                      "4", "--micro-batch", "1", "--global-batch", "8", "--out", target, "--force"])
+    assert_one_clear_error(result, "is inside autoconf's own package folder")
+    assert target.read_bytes() == before
+    assert not (PACKAGE_DIR / "profiles" / "new.json").exists()
+    assert_one_clear_error(run_cli(["estimate", "--model", "tiny-llama", "--cluster", "cpu-local", "--tp", "1", "--pp",
+                                    "1", "--dp", "4", "--micro-batch", "1", "--global-batch", "8", "--out",
+                                    PACKAGE_DIR / "profiles" / "new.json"]), "own package folder")
+
+
+def test_a_framework_flag_the_layout_needs_is_not_probed_into_a_refusal():
+    """`estimate --framework megatron-core --zero 2 --framework-flag zero_stages=0,1,2,3` predicted the layout, then
+    refused it: the check for flags without effect set the flag back and let the framework's refusal out."""
+    result = run_cli(estimate_args("--nodes", "1", "--tp", "1", "--pp", "1", "--dp", "8", "--micro-batch", "1",
+                                   "--global-batch", "8", "--zero", "2", "--framework", "megatron-core",
+                                   "--framework-flag", "zero_stages=0,1,2,3"))
+    assert result.exit_code == 0, result.output
+    assert "runs ZeRO stages" not in result.output
+
+
+def test_a_pinned_schedule_the_runtime_refuses_names_its_rule():
+    """`plan --fix pp=8 --fix schedule=1f1b` with fewer micro-batches than stages printed the pins as a Python dict
+    and blamed the global batch's divisibility; it names torch's 1F1B rule and what would work."""
+    result = run_cli(["plan", "--model", "llama3-8b", "--cluster", "dgx-h100-80g", "--nodes", "1", "--global-batch",
+                      "2", "--seq-len", "4096", "--fix", "pp=4", "--fix", "schedule=1f1b"])
+    assert_one_clear_error(result, "--fix schedule=1f1b cannot be taken together with --fix pp=4",
+                           "in torch's 1F1B", "gpipe")

@@ -468,7 +468,7 @@ def _summary(plan: Plan, opts: TrainOptions, records: list[dict], device: torch.
                                  "CPU: process max RSS growth since start, max over ranks (not comparable to the "
                                  "predicted device memory)"),
             "steps": len(records), "final_step": records[-1]["step"] if records else None,
-            **({"prediction": "none: the plan was changed after autoconf wrote it"} if plan.edited else {})}
+            **({"prediction": "none: the plan is not as autoconf wrote it"} if plan.edited else {})}
 
 
 def placed_local_device(plan: Plan, rank: int) -> int:

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         measured = list(pool.map(_measure_one, [barrier] * ranks, [args.quick] * ranks))
     data["host"] = combine_host(measured, on_gpu=False, when=time.strftime("%Y-%m-%d"))
     ClusterProfile.from_dict(data)  # the file stays a valid profile
-    write_file(args.profile, json.dumps(data, indent=2) + "\n", force=True)
+    write_file(args.profile, json.dumps(data, indent=2) + "\n", force=True, package_ok=True)  # (the bundled one too)
     print(json.dumps(data["host"], indent=2))
     return 0
 

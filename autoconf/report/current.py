@@ -51,12 +51,13 @@ def current(plan: Plan, cluster=None, source: str = "the plan",
     `remedy`."""
     if not plan.edited:
         return plan, None
-    on = plan_cluster(plan, cluster, f"estimate {source} again (it was changed after autoconf wrote it)", remedy)
+    on = plan_cluster(plan, cluster, f"estimate {source} again (it is not as autoconf wrote it)", remedy)
     fresh = estimate(plan.model, on, plan.config, partition=plan.partition,
                      mesh=plan.placement["mesh"], execution=plan_execution(plan.prediction))
     old, new = plan.prediction, fresh.prediction
     figures = gib_figures(old.get("peak_memory_bytes", 0.0), new["peak_memory_bytes"])
-    note = (f"{source} was changed after autoconf wrote it; its prediction is estimated again: "
+    note = (f"{source} is not as autoconf wrote it (its content_sha256 differs or is missing); its prediction is "
+            f"estimated again: "
             f"{_step(old)} s -> {_step(new)} s per step, {figures[0]} -> {figures[1]} GiB peak"
             f"{'' if new['fits'] else ' (does not fit)'}")
     updated = Plan(model=plan.model, cluster=plan.cluster, config=plan.config, partition=plan.partition,

@@ -232,8 +232,12 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
         # Megatron-Core's CP runs in Transformer Engine's attention: p2p is the ring of K/V blocks, all_gather Llama
         # 3's gather of the whole sequence's K/V; both split the sequence into 2 x cp load-balanced chunks.
         flags += [("--context-parallel-size", c.cp), ("--cp-comm-type", MEGATRON_CP_COMM[c.cp_comm])]
-    if schedule_spec(c.schedule).megatron_note:
-        notes.append(schedule_spec(c.schedule).megatron_note)
+    schedule = schedule_spec(c.schedule)
+    refused = c.pp > 1 and schedule.problem(c.pp, c.vpp, c.num_microbatches, "megatron")
+    if schedule.megatron_note:
+        notes.append(schedule.megatron_note)
+    elif refused:
+        notes.append(f"Megatron-LM cannot run this pipeline: {refused}")
     if c.seq_chunks > 1:
         notes.append(_seq1f1b_fork_note(c))
     flags += _megatron_partition(plan)

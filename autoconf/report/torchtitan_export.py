@@ -202,8 +202,11 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
     if c.tp > 1 and not c.sequence_parallel:
         notes.append("the plan runs tensor parallelism without sequence parallelism (enable_sequence_parallel=False)")
     schedule = schedule_spec(c.schedule)
+    refused = c.pp > 1 and schedule.problem(c.pp, c.vpp, c.num_microbatches)  # torchtitan runs torch's classes
     if schedule.torchtitan_note:
         notes.append(schedule.torchtitan_note)
+    elif refused:
+        notes.append(f"torchtitan cannot run this pipeline: {refused}")
     if family:
         package, base, flavor = family
         described = f"torchtitan's {package} model {flavor} on its recipe {base}"

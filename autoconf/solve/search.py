@@ -78,14 +78,19 @@ REFINED_AT_LEAST = 5
 def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, dtype: str,
            attention: str = "flash", fixed: dict | None = None, top_k: int = 5,
            execution: Execution = Execution(), refine: bool = True, partition_time_s: float = 1.0,
-           placement_time_s: float = 5.0, launchable_only: bool = True) -> SearchResult:
+           placement_time_s: float = 5.0, launchable_only: bool | None = None) -> SearchResult:
     """The best `top_k` plans that fit, fastest first, with search statistics. At least REFINED_AT_LEAST
     candidates are refined whatever `top_k` asks, so the plans returned are the first of the same ranking (CP-SAT's
     partition can move a candidate ahead of a faster-looking one: with fewer refined, #1 depended on `top_k`).
 
-    With `launchable_only`, layouts the bundled executor refuses (spec/support.py) are left out and counted.
+    With `launchable_only`, layouts the bundled executor refuses (spec/support.py) are left out and counted; by
+    default only when planning for the executor (`Execution.is_executor`): another framework's plans are exported,
+    not launched, so its search weighs what that framework runs (Megatron-Core's FP8 with TP, which the executor
+    does not run).
     """
     start = time.perf_counter()
+    if launchable_only is None:
+        launchable_only = execution.is_executor
     shown, top_k = top_k, max(top_k, REFINED_AT_LEAST)
     fixed = normalise_fixed(fixed or {})
     if model.context_problem(seq_len):
@@ -136,7 +141,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         return bound_by_fields[fields]
 
     for config in candidates(model, cluster.world_size, cluster.devices_per_domain, global_batch, seq_len, dtype,
-                             attention, fixed, zero_stages, policies, tp_cp_domain(cluster), execution.grad_reductions):
+                             attention, fixed, zero_stages, policies, tp_cp_domain(cluster), execution.grad_reductions,
+                             execution.pipeline_runtime, execution.schedules):
         seen += 1
         if pinned_offload and config.offloads:  # refused in one line on a profile without host facts
             check_offload(cluster, config)
@@ -608,8 +614,9 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
     world = cluster.world_size
 
     def against(layout: ParallelConfig) -> str | None:
-        """The first rule `layout` breaks: the config's, the executor's or the framework's; None if none."""
-        return (layout.problems(model, world) or [unsupported_reason(layout, model) or execution.problem(layout)])[0]
+        """The first rule `layout` breaks: the config's, the executor's (planning for it) or the framework's."""
+        executor = unsupported_reason(layout, model) if execution.is_executor else None
+        return (layout.problems(model, world) or [executor or execution.problem(layout)])[0]
 
     for key, value in fixed.items():
         rest = {k: v for k, v in fixed.items() if k != key}
@@ -619,7 +626,8 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
             witness = next((c for c in itertools.islice(candidates(
                 model, world, cluster.devices_per_domain, global_batch, seq_len, dtype, attention, rest,
                 execution.zero_searched, tp_cp_domain=tp_cp_domain(cluster),
-                reductions=execution.grad_reductions), WITNESS_SCAN)
+                reductions=execution.grad_reductions, runtime=execution.pipeline_runtime,
+                schedules=execution.schedules), WITNESS_SCAN)
                 if not against(c)), None)
         except UserError:
             continue
@@ -644,7 +652,7 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
             return (f"--fix {pin_text(key, value)} cannot be taken together with --fix {others}; drop or change one "
                     f"of them")
         why = against(probe)
-        if why and "global batch" in why:
+        if why and why.startswith(f"global batch {global_batch} is not divisible"):
             return None  # the batch is to blame: the caller's line says so
         return (f"--fix {pin_text(key, value)} cannot be taken together with --fix {others}"
                 + (f": {why}" if why else "; drop or change one of them"))
@@ -678,8 +686,9 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         cache = BoundCache(model, bigger, execution)
         for config in candidates(model, bigger.world_size, bigger.devices_per_domain, global_batch, seq_len, dtype,
                                  attention, fixed, execution.zero_searched, tp_cp_domain=tp_cp_domain(bigger),
-                                 reductions=execution.grad_reductions):
-            if unsupported_reason(config) or execution.problem(config) or any(
+                                 reductions=execution.grad_reductions, runtime=execution.pipeline_runtime,
+                                 schedules=execution.schedules):
+            if (execution.is_executor and unsupported_reason(config)) or execution.problem(config) or any(
                     bound(config) > bigger.usable_memory_bytes for bound in (cache.state_bound, cache.memory_bound,
                                                                             cache.layout_peak)):
                 continue

@@ -112,7 +112,8 @@ def candidates(model: ModelSpec, world_size: int, devices_per_domain: int, globa
                zero_stages: tuple[int, ...] = (0, 1, 2, 3),
                selective_policies: tuple[str | None, ...] = (None,),
                tp_cp_domain: tuple[int | None, str] = (None, ""),
-               reductions: Callable[[int, int], tuple[str, ...]] | None = None) -> Iterator[ParallelConfig]:
+               reductions: Callable[[int, int], tuple[str, ...]] | None = None,
+               runtime: str = "torch", schedules: tuple[str, ...] = ()) -> Iterator[ParallelConfig]:
     """Every legal layout honouring `fixed`, TP within `devices_per_domain` (the devices one scale-up fabric
     joins); deterministic order. `zero_stages` lists the stages worth telling
     apart (a pinned --fix zero_stage is always honoured); `selective_policies` the `selective_recompute` values of
@@ -120,7 +121,9 @@ def candidates(model: ModelSpec, world_size: int, devices_per_domain: int, globa
     recompute to selective; a pinned cp_comm likewise asks for cp > 1). `tp_cp_domain`: (devices, why) that a
     TP x CP block stays within (`placement.tp_cp_domain` of the cluster; None devices: any); a pinned --fix cp that
     no TP fits in is one line naming what would. `reductions`: the gradient reductions the framework runs at a
-    sharded ZeRO stage and pipeline size (`Execution.grad_reductions`; None: both)."""
+    sharded ZeRO stage and pipeline size (`Execution.grad_reductions`; None: both). `runtime`: whose runtime the
+    framework's pipelines run on, whose rules on the micro-batch count then hold (`Execution.pipeline_runtime`).
+    `schedules`: the ones the framework runs, weighed unless --fix pins another (`Execution.schedules`; empty: all)."""
     fixed = normalise_fixed(fixed or {})
     if "ep" in fixed or "etp" in fixed:
         # The rules that do not depend on the other degrees, as one line before any search.
@@ -204,7 +207,8 @@ def candidates(model: ModelSpec, world_size: int, devices_per_domain: int, globa
                 if per_replica % mb:
                     continue
                 for schedule, vpp, chunks, split in ((s, v, k, x) for s, v in _schedule_choices(
-                                                         model, pp, per_replica // mb, fixed)
+                                                         model, pp, per_replica // mb, fixed, runtime,
+                                                         schedules)
                                                      for k in _seq_chunk_choices(s, seq_len, cp, attention, fixed)
                                                      for x in _seq_split_choices(k, fixed)):
                     # (Without data parallelism the stage is moot: one candidate, at a stage the framework runs.)
@@ -287,19 +291,21 @@ def _grad_reduce_choices(pp: int, dp: int, m: int, schedule: str, zero: int,
     return runs
 
 
-def _schedule_choices(model: ModelSpec, pp: int, m: int, fixed: dict) -> list[tuple[str, int]]:
-    """(schedule, chunks per rank) pairs the registry allows for pp ranks and m micro-batches. With one pipeline
-    stage only a single-chunk schedule is kept (the schedule is moot: plain gradient accumulation runs)."""
+def _schedule_choices(model: ModelSpec, pp: int, m: int, fixed: dict, runtime: str = "torch",
+                      schedules: tuple[str, ...] = ()) -> list[tuple[str, int]]:
+    """(schedule, chunks per rank) pairs the registry and the pipeline `runtime` allow for pp ranks and m
+    micro-batches, among `schedules` where given, unless one is pinned. With one pipeline stage
+    only a single-chunk schedule is kept (the schedule is moot: plain gradient accumulation runs)."""
     if pp == 1:
         name = fixed.get("schedule", "1f1b")
         return [(name, 1)] if schedule_spec(name).single_chunk and fixed.get("vpp", 1) == 1 else []
     names = [fixed["schedule"]] if "schedule" in fixed else [n for n in SCHEDULES if not (
-        schedule_spec(n).sequence_chunks or schedule_spec(n).executor_note)]
+        schedule_spec(n).sequence_chunks or schedule_spec(n).executor_note) and (not schedules or n in schedules)]
     out = []
     for name in names:
         spec = schedule_spec(name)
         vpps = [v for v in spec.chunks if pp * v <= max_pipeline_stages(model.num_layers) and fixed.get("vpp", v) == v]
-        out.extend((name, v) for v in vpps if spec.problem(pp, v, m) is None)
+        out.extend((name, v) for v in vpps if spec.problem(pp, v, m, runtime) is None)
     return out
 
 

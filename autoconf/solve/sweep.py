@@ -40,12 +40,18 @@ def parse_tokens(text: str) -> int:
     return int(tokens)
 
 
-def nodes_for_deadline(nodes: int, days: float, deadline: float) -> int:
+def nodes_for_deadline(nodes: int, days: float, deadline: float) -> int | None:
     """An upper end for a --nodes range that may meet `deadline`: the nodes that would train in half of it if the
     time fell in proportion to them, at least twice `nodes`, a power-of-two multiple of `nodes` (what a range
-    A:B tries)."""
+    A:B tries), at most MAX_NODES; None where even MAX_NODES would not train in time at that pace."""
+    if nodes >= MAX_NODES or days * nodes / MAX_NODES > deadline:
+        return None
     factor = 2 ** max(1, math.ceil(math.log2(2 * days / deadline)))
-    return nodes * factor
+    return min(nodes * factor, MAX_NODES)
+
+
+# The longest --deadline read (about 2,700 years: beyond any training run, and finite arithmetic).
+MAX_DEADLINE_DAYS = 1e6
 
 
 def parse_deadline(text: str) -> float:
@@ -54,8 +60,10 @@ def parse_deadline(text: str) -> float:
     if not match:
         raise UserError(f"--deadline {text!r} is not a duration; write e.g. 30d, 36h or 6w")
     days = float(match.group(1)) * _DAYS_PER_UNIT[(match.group(2) or "d").lower()]
-    if not (0 < days < 1e6):
+    if not 0 < days:
         raise UserError(f"--deadline {text!r} must be a positive duration")
+    if not days < MAX_DEADLINE_DAYS:
+        raise UserError(f"--deadline {text!r} must be shorter than {MAX_DEADLINE_DAYS:,.0f} days")
     return days
 
 

@@ -23,12 +23,16 @@ contradict each other (an overlapped parameter gather without the distributed op
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
 from autoconf.errors import UserError
 from autoconf.spec.dtypes import STORAGE_BYTES, precision
 from autoconf.spec.hashing import remembered_hash
+from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
+# The framework whose predictions are the bundled executor's (execute/): only its plans are launched.
+EXECUTOR_FRAMEWORK = "autoconf"
 # When a stage's gradient reduction may start:
 #   "after_flush"  after every stage's last backward, the stages' reductions one after another (no overlap)
 #   "after_stage"  after the stage's own last backward, overlapping the other stages' compute
@@ -70,6 +74,9 @@ MEMORY_LAYOUTS = ("torch", "megatron")
 #                     activation is the stage's input, the sent output is freed once sent (`deallocate_output_tensor`):
 #                     four activations of one micro-batch (a forward and a backward send and receive).
 PIPELINE_BUFFERS = ("just_in_time", "per_microbatch", "per_transfer")
+# The buffer schemes of torch.distributed.pipelining's stage: a framework with one runs torch's schedule classes and
+# their rules, one with "per_transfer" Megatron's (`Execution.pipeline_runtime`).
+TORCH_PIPELINE_BUFFERS = ("just_in_time", "per_microbatch")
 # Element-wise ops a framework runs as separate eager torch kernels instead of one fused kernel each (the
 # specification model's count, `autoconf.cost.compute.eager_elementwise_bytes` says what each adds):
 #   "rmsnorm"    RMSNorm upcast to fp32 in six kernels (torchtitan's own `RMSNorm` until 2025, norm_type "rmsnorm")
@@ -351,6 +358,11 @@ class Execution:
     keep_fp8_transpose: under fp8 parameters with Megatron-FSDP each block linear keeps its fp8 transpose through
         the step, unsharded (--keep-fp8-transpose-cache; Megatron-FSDP's README: about one byte per parameter),
         instead of dropping it after use.
+    schedules: the pipeline schedules the framework runs, the ones its search weighs (empty: every one the registry
+        lets a search weigh, spec/schedules.py). Another is costed only where `--fix schedule=` pins it, as a
+        comparison: the exports say why the framework cannot run it (`ScheduleSpec.megatron_note`). Megatron-LM and
+        Megatron-Core run 1F1B and its interleaved form (`forward_backward_pipelining_without_interleaving` /
+        `_with_interleaving`, megatron/core/pipeline_parallel/schedules.py).
     megatron_args / torchtitan_settings: what makes the target framework run as modelled, as (when, flag, line):
         the line applies when the config matches `when` (see `_applies`) and the flag ("name" or "name=value") holds.
     """
@@ -400,6 +412,7 @@ class Execution:
     zero1_all_reduce: bool = False
     megatron_fsdp: bool = False
     keep_fp8_transpose: bool = False
+    schedules: tuple[str, ...] = ()
     megatron_args: tuple[tuple[str, str, str], ...] = ()
     torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
 
@@ -461,6 +474,9 @@ class Execution:
             if self.grad_reduce_start != "per_bucket":
                 out.append("an overlapped parameter all-gather needs the per-bucket gradient reduction (Megatron: "
                            "--overlap-param-gather with --overlap-grad-reduce)")
+        unknown = [name for name in self.schedules if name not in SCHEDULES]
+        if unknown:
+            out.append(f"schedules {', '.join(unknown)}: each must be one of {', '.join(SCHEDULES)}")
         if self.bucket_params is not None and not 0 < self.bucket_params < float("inf"):
             out.append(f"bucket_params must be a finite number > 0 of parameters (or none: one bucket per stage), "
                        f"got {self.bucket_params}")
@@ -504,6 +520,21 @@ class Execution:
         return self.overlap_paired_chunks and (config.recompute != "full" or self.pairs_full_recompute)
 
     @property
+    def is_executor(self) -> bool:
+        """Its predictions are the bundled executor's, so `launch` runs its plans (`support.plan_unsupported_reason`)
+        and its search keeps to the layouts the executor runs; another framework's plans are exported, and its
+        search weighs every layout that framework runs."""
+        return self.name == EXECUTOR_FRAMEWORK
+
+    @property
+    def pipeline_runtime(self) -> str:
+        """Whose runtime its pipelines run on (schedules.RUNTIMES), read off what its stages hold between them
+        (`pipeline_buffers`): torch.distributed.pipelining's schedule classes (autoconf's executor, torchtitan) or
+        Megatron-LM's schedules (megatron, megatron-core, deepseek); each has its own rules on the micro-batch count
+        (`ScheduleSpec.problem`)."""
+        return "torch" if self.pipeline_buffers in TORCH_PIPELINE_BUFFERS else "megatron"
+
+    @property
     def grad_buffer_bytes(self) -> int:
         """Bytes per parameter of the megatron layout's gradient buffer: what it holds and what its reduction moves."""
         return STORAGE_BYTES[self.grad_buffer_dtype]
@@ -537,11 +568,17 @@ class Execution:
 
     def problem(self, config) -> str | None:
         """What this framework cannot run of `config`, in one line (a ZeRO stage it does not have; a selective
-        policy it does not run; a precision recipe whose cached activations its memory layout does not describe),
-        or None. The one rule `check`, the search and the fitting advice read."""
+        policy it does not run; a precision recipe whose cached activations its memory layout does not describe;
+        pipeline factors its pipeline runtime refuses), or None. The one rule
+        `check`, the search and the fitting advice read."""
         if precision(config.dtype).cached and self.memory_layout != "megatron":
             return (f"dtype {config.dtype} caches activations in its own dtypes, which only the megatron memory "
                     f"layout describes; use a framework with it (megatron, megatron-core)")
+        if config.pp > 1 and config.schedule in SCHEDULES:
+            problem = schedule_spec(config.schedule).problem(config.pp, config.vpp, config.num_microbatches,
+                                                             self.pipeline_runtime)
+            if problem:
+                return f"framework {self.name!r}: {problem}"
         runs = self.grad_reductions(config.zero_stage, config.pp)
         if config.zero_sharded and config.grad_reduce not in runs and (config.num_microbatches > 1 or config.pp > 1):
             if self.megatron_fsdp and config.zero_stage == 3:
@@ -624,6 +661,8 @@ def _applies(when: str, c) -> bool:
             "fp8": c.dtype == "fp8", "ep": c.ep > 1}[when]
 
 
+# The schedules Megatron-LM runs (`Execution.schedules`).
+MEGATRON_SCHEDULES = ("1f1b", "interleaved-1f1b")
 PRESETS: dict[str, Execution] = {
     # The defaults: FSDP2 gathers unit by unit with implicit prefetch; ZeRO-0's GradReducer and FSDP2 reduce per
     # block during the last micro-batch's backward (execute/parallelize.py); ZeRO-1 runs as ZeRO-2 (FSDP2). Context
@@ -636,7 +675,7 @@ PRESETS: dict[str, Execution] = {
         selective_policies=("attention_core",), grad_reduce_start="after_flush", param_gather_overlap=False,
         blocking_p2p=True, p2p_scatter_gather=True,
         executor_overheads=False, eager_ops=("vocab_parallel_ce",), grad_buffer_passes=("zero", "scale"),
-        cp_attention="kernel", loss_memory="copy",
+        cp_attention="kernel", loss_memory="copy", schedules=MEGATRON_SCHEDULES,
         megatron_args=(("sharded", "memory_layout=megatron", "--use-distributed-optimizer"),
                        ("always", "grad_accumulation_fusion=False", "--no-gradient-accumulation-fusion"))),
     "megatron-core": Execution(
@@ -649,6 +688,7 @@ PRESETS: dict[str, Execution] = {
         param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False, eager_ops=("vocab_parallel_ce",),
         transformer_engine=True, loss_memory="inplace", grad_buffer_passes=("zero", "scale", "nan_check"),
         moe_combine_keeps_outputs=False, moe_fp8_padding=True, moe_fp8_routed_experts=True, cp_attention="kernel",
+        schedules=MEGATRON_SCHEDULES,
         megatron_args=(("dp", "grad_reduce_start=per_bucket", "--overlap-grad-reduce"),
                        ("sharded", "distributed_optimizer", "--use-distributed-optimizer"),
                        ("sharded", "param_gather_overlap", "--overlap-param-gather"),
@@ -707,7 +747,7 @@ PRESETS["deepseek"] = PRESETS["megatron-core"].replace(
     name="deepseek", zero_stages=(0, 1), zero_searched=(1,), selective_recompute="norms_mla_swiglu",
     selective_policies=("norms_mla_swiglu",), overlap_paired_chunks=True, overlap_comm_sm_share=20 / 132,
     moe_combine_keeps_outputs=False, dispatch_per_node=True, tp_comm_overlap=False, transformer_engine=False,
-    megatron_args=(), torchtitan_settings=())
+    schedules=(), megatron_args=(), torchtitan_settings=())
 DEFAULT = "autoconf"
 
 
@@ -760,12 +800,13 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs",
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts",
               "cp_attention", "cp_repeat_kv", "accumulation_sync", "zero1_all_reduce", "megatron_fsdp",
-              "keep_fp8_transpose", "pipeline_buffers", "attention_saved_whole", "masked_attention")
+              "keep_fp8_transpose", "pipeline_buffers", "attention_saved_whole", "masked_attention", "schedules")
 
 
 def parse_flags(pairs) -> dict:
     """KEY=VALUE strings into typed flags: true/false for the yes-no flags, a number or "none" for bucket_params,
-    comma-separated stages for zero_stages, a name otherwise. One-line errors name the known flags; a flag given
+    comma-separated stages for zero_stages, comma-separated names for eager_ops, grad_buffer_passes ("none": no op)
+    and schedules ("all": every schedule), a name otherwise. One-line errors name the known flags; a flag given
     twice is refused."""
     out = {}
     defaults = Execution()
@@ -790,6 +831,8 @@ def parse_flags(pairs) -> dict:
                 out[key] = tuple(sorted({int(v) for v in value.split(",")}))
             elif key in ("eager_ops", "grad_buffer_passes"):
                 out[key] = tuple(v.strip() for v in value.split(",") if v.strip() and v.strip() != "none")
+            elif key == "schedules":  # ("all": every one the registry lets a search weigh)
+                out[key] = tuple(v.strip() for v in value.split(",") if v.strip() and v.strip() != "all")
             else:
                 out[key] = value
         except ValueError:
@@ -829,10 +872,42 @@ def loss_compiled(config, execution: Execution | None, device_kind: str) -> bool
     return bool(execution and execution.compile_loss and config.compile and device_kind == "gpu")
 
 
-def json_flags(flags: dict) -> dict:
+def json_flags(flags: dict, where: str = "framework_flags") -> dict:
     """Framework flags as a JSON file holds them (a plan's record, a truth script's data file) with every list read
-    as the flag's tuple, ready for `Execution.replace`."""
-    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in flags.items()}
+    as the flag's tuple, ready for `Execution.replace`. Each must be a user flag (USER_FLAGS) holding a value of its
+    type (true/false, a number, a list of stages or names, a name; bucket_params a number or null): one line naming
+    `where` and the first that is not (a string "false" was taken as true)."""
+    defaults, out = Execution(), {}
+    for key, value in flags.items():
+        if key not in USER_FLAGS:
+            raise UserError(f"{where}: {str(key)[:60]!r} is not a framework flag; known: {', '.join(USER_FLAGS)}")
+        current = getattr(defaults, key)
+        if key == "bucket_params":
+            ok = value is None or _is_number(value)
+        elif isinstance(current, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(current, float):
+            ok = _is_number(value)
+        elif isinstance(current, tuple):
+            item = _is_stage if key == "zero_stages" else (lambda v: isinstance(v, str))
+            ok = isinstance(value, list) and all(item(v) for v in value)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            example = ("a number or null" if key == "bucket_params" else
+                       json.dumps(list(current) if isinstance(current, tuple) else current))
+            raise UserError(f"{where}: {key} is {json.dumps(value)[:60]}, which is not a value of its type "
+                            f"(e.g. {example})")
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_stage(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def plan_execution(prediction: dict) -> Execution:
@@ -841,4 +916,5 @@ def plan_execution(prediction: dict) -> Execution:
     flags = prediction.get("framework_flags") or {}
     if not isinstance(flags, dict):
         raise UserError("prediction.framework_flags must be an object of flag -> value")
-    return with_flags(execution(prediction.get("framework", DEFAULT)), json_flags(flags))
+    return with_flags(execution(prediction.get("framework", DEFAULT)),
+                      json_flags(flags, "prediction.framework_flags"))

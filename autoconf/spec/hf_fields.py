@@ -243,14 +243,36 @@ def rope_yarn(config: dict, name: str, model_type: str) -> YarnSpec | None:
                     truncate=hf_bool(scaling, "truncate", True, name), softmax_scale=softmax)
 
 
-def _check_longrope(scaling: dict, key: str, name: str) -> None:
+def _rotary_frequencies(config: dict, scaling: dict) -> int | None:
+    """How many frequencies RoPE rotates per head, as transformers counts them: int(head_dim x partial_rotary_factor)
+    // 2, head_dim absent or null meaning hidden_size / num_attention_heads; None where those fields are not
+    plain numbers (their own readers refuse them)."""
+    heads, hidden = config.get("num_attention_heads"), config.get("hidden_size")
+    head_dim = config.get("head_dim")
+    if head_dim is None and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (heads, hidden)):
+        head_dim = hidden // heads
+    partial = scaling.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
+    if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim < 1 or _finite(partial) is None:
+        return None
+    return int(head_dim * partial) // 2
+
+
+def _check_longrope(config: dict, scaling: dict, key: str, name: str) -> None:
     """Refuses a longrope scaling without the per-frequency `short_factor` and `long_factor` lists that
-    transformers requires (Phi-3's), or with an original context that is not a positive integer."""
-    for part in ("short_factor", "long_factor"):
+    transformers requires (Phi-3's), with lists of another length than the head's rotary frequencies (transformers
+    only warns, then fails multiplying them into the frequencies), or with an original context that is not a positive
+    integer."""
+    parts = ("short_factor", "long_factor")
+    for part in parts:
         factors = scaling.get(part)
         if not isinstance(factors, list) or not factors or any(_finite(f) is None for f in factors):
             raise UserError(f"{name}: longrope {key}.{part} must be a list of numbers, one per rotary frequency, "
                             f"as Phi-3's configs give {_got(factors)}")
+    frequencies = _rotary_frequencies(config, scaling)
+    for part in parts:
+        if frequencies is not None and len(scaling[part]) != frequencies:
+            raise UserError(f"{name}: longrope {key}.{part} has {len(scaling[part])} numbers, but a head rotates "
+                            f"{frequencies} frequencies (head_dim x partial_rotary_factor / 2); give one per frequency")
     hf_int(scaling, "original_max_position_embeddings", name, "the context the model was pretrained on", 1,
            label=f"{key}.original_max_position_embeddings")
 
@@ -267,7 +289,7 @@ def rope_context(config: dict, name: str) -> int:
     base = hf_int(config, "max_position_embeddings", name, "the context in tokens", 4096)
     key, scaling, kind = _rope_kind(config, name)
     if kind == "longrope":
-        _check_longrope(scaling, key, name)
+        _check_longrope(config, scaling, key, name)
         return base
     if kind not in STRETCHING_ROPE:
         return base

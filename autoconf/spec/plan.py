@@ -26,7 +26,8 @@ PLAN_VERSION = 1
 # Every field a plan file holds (`Plan.to_dict` writes them), and those of its cluster and placement objects; any
 # other is a typo or an edit that nothing would read, refused.
 # "content_sha256": the SHA-256 of the plan as autoconf wrote it (`content_sha256`): a plan changed since (a config
-# field edited by hand) no longer matches it, and its prediction is estimated again before it is shown or launched.
+# field edited by hand) no longer matches it, and its prediction is estimated again before it is shown or launched;
+# so is a plan without it (the edit may have removed it too, or autoconf before 2026-12-06 wrote it).
 PLAN_FIELDS = ("version", "kind", "model", "cluster", "config", "partition", "placement", "prediction",
                "sequence_split", "content_sha256")
 CLUSTER_FIELDS = ("name", "nodes", "gpus_per_node", "backend", "device", "profile")
@@ -298,7 +299,8 @@ class ParallelConfig:
             out.append(sp_split)
         out += self.seq_chunk_problems()
         if not out and self.schedule in SCHEDULES:
-            problem = schedule_spec(self.schedule).problem(self.pp, self.vpp, self.num_microbatches)
+            problem = schedule_spec(self.schedule).problem(self.pp, self.vpp, self.num_microbatches,
+                                                           runtime=None)  # (a runtime's own: Execution.problem)
             if problem:
                 out.append(problem)
         return out
@@ -529,7 +531,7 @@ class Plan:
                        partition=[list(p) if isinstance(p, list) else p for p in data["partition"]],
                        placement=dict(data["placement"]), prediction=dict(data.get("prediction") or {}),
                        sequence_split=data.get("sequence_split"),
-                       edited=checksum is not None and checksum != content_sha256(data))
+                       edited=checksum != content_sha256(data))  # (a missing one: edited too, or older)
             plan.validate(source)
         except (TypeError, ValueError, OverflowError, AttributeError, KeyError, IndexError, RecursionError) as err:
             if isinstance(err, UserError):

@@ -80,13 +80,26 @@ def _bubble_dual(pp: int, forward: float, backward: float, weight: float) -> flo
     return _bubble_v(pp // 2, forward, backward, weight)
 
 
+# The pipeline runtimes whose rules a schedule's factors must meet (`ScheduleSpec.problem`; a framework's is
+# `Execution.pipeline_runtime`): torch.distributed.pipelining's classes, and Megatron-LM's schedules.
+RUNTIMES = ("torch", "megatron")
+
+
 @dataclass(frozen=True)
 class ScheduleSpec:
     """What a pipeline schedule is, in one place.
 
     chunks: the chunk counts per rank (vpp) the search tries; the first is the one the profiler times.
     min_vpp / max_vpp: the chunk counts torch accepts (max None: any).
-    min_microbatches_per_rank: m must be at least this times pp (1f1b: 1, dualpipev: 2).
+    min_microbatches_per_rank: m must be at least this times pp for the order itself (dualpipev, dualpipe: 2).
+    torch_min_microbatches_per_rank: torch's class asks for m at least this times pp on top (torch 2.13's
+        Schedule1F1B: 1). Megatron-LM's and nanotron's 1F1B run fewer micro-batches than stages (warm-up
+        min(pp - r - 1, m) forwards, the order `one_f_one_b_order` builds), so the rule holds only where a
+        framework's pipelines run on torch's runtime (`Execution.pipeline_runtime`, RUNTIMES).
+    megatron_whole_groups: Megatron-LM's runtime runs it with m a multiple of pp and at least pp (its interleaved
+        schedule takes micro-batches in groups of `microbatch_group_size_per_vp_stage`, pp by default, and
+        refuses a group above m or a last group below pp: megatron/core/pipeline_parallel/schedules.py
+        `forward_backward_pipelining_with_interleaving`).
     whole_rounds: m must be a multiple of its rounds max(1, m // pp) (torch's interleaved family).
     bubble(pp, f, b, w): the textbook idle time of one rank, in the seconds of the smallest chunk's forward,
         backward-for-inputs and backward-for-weights (a lower bound of what the simulation finds).
@@ -124,6 +137,8 @@ class ScheduleSpec:
     bubble: Callable[[int, float, float, float], float]
     exposed_fill_drain: bool = False
     min_microbatches_per_rank: int = 0
+    torch_min_microbatches_per_rank: int = 0
+    megatron_whole_groups: bool = False
     whole_rounds: bool = False
     fsdp_gather_per_chunk: bool = False
     executor_zero3: bool = True
@@ -146,8 +161,9 @@ class ScheduleSpec:
         """Runs with one chunk per rank, so also without a pipeline (pp == 1: plain gradient accumulation)."""
         return self.chunks == (1,) and self.directions == 1
 
-    def problem(self, pp: int, vpp: int, m: int) -> str | None:
-        """Why torch 2.13 cannot run this schedule with these factors (one line naming what would work), or None."""
+    def problem(self, pp: int, vpp: int, m: int, runtime: str | None = "torch") -> str | None:
+        """Why `runtime` (RUNTIMES; torch 2.13's by default) cannot run this schedule with these factors (one line
+        naming what would work), or None; with `runtime` None, only what the order itself needs."""
         name = self.name
         if self.directions > 1:
             if vpp != 1:
@@ -165,11 +181,22 @@ class ScheduleSpec:
             return f"{name} needs vpp == {self.min_vpp} (got {vpp}){':' if self.v_placement else ';'} {hint}"
         if vpp < self.min_vpp:
             return f"{name} needs vpp >= {self.min_vpp} (got {vpp}); use 1f1b for one stage per rank"
-        least = self.min_microbatches_per_rank * pp
-        if m < least:
+        if m < self.min_microbatches_per_rank * pp:
+            least = self.min_microbatches_per_rank * pp
             factor = "pp" if self.min_microbatches_per_rank == 1 else f"{self.min_microbatches_per_rank} * pp"
             return (f"{name} needs num_microbatches ({m}) >= {factor} ({least}); use a global batch giving at least "
                     f"{least} micro-batches")
+        if runtime == "torch" and m < self.torch_min_microbatches_per_rank * pp:
+            least = self.torch_min_microbatches_per_rank * pp
+            return (f"{name} needs num_microbatches ({m}) >= pp ({least}) in torch's {self.torch_class} "
+                    f"(torch.distributed.pipelining); use a global batch giving at least {least} micro-batches, "
+                    f"gpipe (which torch runs with any number), or Megatron's pipeline runtime (frameworks megatron "
+                    f"and megatron-core, pipeline_buffers per_transfer)")
+        if runtime == "megatron" and self.megatron_whole_groups and (m < pp or m % pp):
+            fits = f"{pp}" if m < pp else f"{m - m % pp} or {m - m % pp + pp}"
+            return (f"{name} needs num_microbatches ({m}) to be a multiple of pp ({pp}) in Megatron-LM (its "
+                    f"interleaved schedule runs groups of pp micro-batches per virtual stage); use {fits} "
+                    f"micro-batches, or 1f1b")
         if self.whole_rounds:
             rounds = max(1, m // pp)
             if m % rounds:
@@ -240,11 +267,11 @@ register(ScheduleSpec(
 register(ScheduleSpec(
     "1f1b", "1F1B", orders.one_f_one_b_order, chunks=(1,), min_vpp=1, max_vpp=1, v_placement=False,
     split_backward=False, bubble=_bubble_full, exposed_fill_drain=True, fsdp_gathers_chunks=False,
-    min_microbatches_per_rank=1, pairs=orders.one_f_one_b_combined_pairs,
+    torch_min_microbatches_per_rank=1, pairs=orders.one_f_one_b_combined_pairs,
     paired_order=orders.one_f_one_b_combined_order))
 register(ScheduleSpec(
     "interleaved-1f1b", "Interleaved1F1B", orders.interleaved_order, chunks=MANY_CHUNKS, min_vpp=2, max_vpp=None,
-    v_placement=False, split_backward=False, bubble=_bubble_full, whole_rounds=True,
+    v_placement=False, split_backward=False, bubble=_bubble_full, whole_rounds=True, megatron_whole_groups=True,
     pairs=orders.interleaved_combined_pairs, paired_order=orders.interleaved_combined_order))
 register(ScheduleSpec(
     "looped-bfs", "LoopedBFS", orders.looped_bfs_order, chunks=MANY_CHUNKS, min_vpp=1, max_vpp=None,
@@ -415,8 +442,9 @@ def stage_to_rank(name: str, pp: int, vpp: int) -> tuple[int, ...]:
 
 
 def check_schedule(name: str, pp: int, vpp: int, num_microbatches: int, seq_chunks: int = 1) -> None:
-    """Raise ValueError (one line: the offending factor and what would work) unless torch 2.13 runs this schedule
-    (the rules are the spec's: `ScheduleSpec.problem`), or for seq1f1b unless its order is defined."""
+    """Raise ValueError (one line: the offending factor and what would work) unless the schedule's order is defined
+    for these factors (the rules are the spec's: `ScheduleSpec.problem` without torch's own minimum, which
+    `Execution.problem` adds where the runtime is torch's), or for seq1f1b unless its order is defined."""
     spec = schedule_spec(name)
     for factor, value in (("pp", pp), ("vpp", vpp), ("num_microbatches", num_microbatches),
                           ("seq_chunks", seq_chunks)):
@@ -426,7 +454,7 @@ def check_schedule(name: str, pp: int, vpp: int, num_microbatches: int, seq_chun
         chunked = ", ".join(n for n in SCHEDULES if schedule_spec(n).sequence_chunks)
         raise ValueError(f"seq_chunks {seq_chunks} needs a schedule that splits sequences ({chunked}); "
                          f"{name} takes seq_chunks 1")
-    problem = spec.problem(pp, vpp, num_microbatches)
+    problem = spec.problem(pp, vpp, num_microbatches, runtime=None)
     if problem:
         raise ValueError(problem)
 

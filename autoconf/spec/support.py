@@ -32,6 +32,7 @@ under zb-h1, the global gradient norm 30% low under zbv). The same schedules wit
 from __future__ import annotations
 
 from autoconf.errors import UserError
+from autoconf.spec.frameworks import EXECUTOR_FRAMEWORK
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
 
 
@@ -79,6 +80,9 @@ def unsupported_reason(config, model=None) -> str | None:
     spec = schedule_spec(config.schedule)
     if spec.executor_note:
         return spec.executor_note
+    torch_refusal = config.pp > 1 and spec.problem(config.pp, config.vpp, config.num_microbatches)
+    if torch_refusal:  # (torch's own minimums, beyond what the order needs: ParallelConfig.problems)
+        return torch_refusal
     if spec.sequence_chunks:
         reason = sequence_chunks_reason(config, model)
         if reason:
@@ -136,17 +140,20 @@ def sequence_chunks_reason(config, model=None) -> str | None:
 
 def plan_unsupported_reason(plan) -> str | None:
     """Why `launch` refuses `plan` (one line naming what would work), or None if the executor runs it as predicted:
-    what it cannot run of the config and model (`unsupported_reason`); a prediction made for another framework (its
-    times, memory and fit, which launch checks, describe that framework's run, not the executor's); a plan for CPU
-    ranks (a gloo cluster) in a dtype other than fp32, which the executor trains in fp32 there."""
+    a prediction made for another framework (its times, memory and fit, which launch checks, describe that
+    framework's run, not the executor's); what it cannot run of the config and model (`unsupported_reason`); a plan
+    for CPU ranks (a gloo cluster) in a dtype other than fp32, which the executor trains in fp32 there."""
+    framework = plan.prediction.get("framework", EXECUTOR_FRAMEWORK)
     reason = unsupported_reason(plan.config, plan.model)
+    if framework != EXECUTOR_FRAMEWORK:
+        export = "run its Megatron-LM or torchtitan export (`autoconf show PLAN --out DIR`)"
+        if reason:
+            return (f"it was predicted for framework {framework}, and the executor cannot run its layout "
+                    f"({reason}); {export}")
+        return (f"it was predicted for framework {framework}, whose times, memory and fit are not the executor's; "
+                f"estimate its layout again with --framework autoconf to launch it here, or {export}")
     if reason:
         return reason
-    framework = plan.prediction.get("framework", "autoconf")
-    if framework != "autoconf":
-        return (f"it was predicted for framework {framework}, whose times, memory and fit are not the executor's; "
-                f"estimate its layout again with --framework autoconf to launch it here, or run its Megatron-LM or "
-                f"torchtitan export (`autoconf show PLAN --out DIR`)")
     if plan.cluster.get("backend") == "gloo" and plan.config.dtype != "fp32":
         return (f"its cluster {plan.cluster.get('name', '')} has CPU ranks (gloo), where the executor trains in fp32, "
                 f"but its dtype is {plan.config.dtype}; plan it again without --dtype (fp32)")
