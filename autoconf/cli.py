@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 from rich.text import Text
 
+from autoconf.cli_numbers import ASCII_FLOAT, ASCII_INT, AsciiFloatRange, AsciiIntRange
 from autoconf.errors import UserError
 from autoconf.spec import frameworks
 from autoconf.spec.dtypes import DTYPES, PROFILED_DTYPES, check_dtype, check_trainable_dtype, default_dtype
@@ -153,12 +154,12 @@ def _cluster_help() -> str:
 
 
 cluster_option = click.option("--cluster", "cluster_arg", required=True, help=_cluster_help())
-nodes_option = click.option("--nodes", type=int, default=None, help="resize a uniform profile to N nodes")
-gpn_option = click.option("--gpus-per-node", type=int, default=None, help="resize a uniform profile's nodes")
-headroom_option = click.option("--memory-headroom", type=click.FloatRange(0, 1, max_open=True), default=None,
+nodes_option = click.option("--nodes", type=ASCII_INT, default=None, help="resize a uniform profile to N nodes")
+gpn_option = click.option("--gpus-per-node", type=ASCII_INT, default=None, help="resize a uniform profile's nodes")
+headroom_option = click.option("--memory-headroom", type=AsciiFloatRange(0, 1, max_open=True), default=None,
                                help="fraction of device memory a plan must leave free (default: the profile's "
                                     "memory_headroom, 0.05 when it states none)")
-share_option = click.option("--collective-sm-share", type=click.FloatRange(0, 1, max_open=True), default=None,
+share_option = click.option("--collective-sm-share", type=AsciiFloatRange(0, 1, max_open=True), default=None,
                             help="share of a device a collective takes from the compute it overlaps (default: the "
                                  "profile's collective_sm_share, 0.159 on the GPU data sheets, 0 where it states "
                                  "none; scripts/collective_contention.py measures it)")
@@ -309,25 +310,25 @@ def profiles(as_json: bool) -> None:
 @cluster_option
 @nodes_option
 @gpn_option
-@click.option("--tp", type=int, required=True)
-@click.option("--pp", type=int, required=True)
-@click.option("--dp", type=int, required=True)
-@click.option("--cp", type=int, default=1, show_default=True,
+@click.option("--tp", type=ASCII_INT, required=True)
+@click.option("--pp", type=ASCII_INT, required=True)
+@click.option("--dp", type=ASCII_INT, required=True)
+@click.option("--cp", type=ASCII_INT, default=1, show_default=True,
               help="context parallelism: each sequence split over this many ranks")
-@click.option("--vpp", type=int, default=1, show_default=True, help="model chunks (virtual stages) per rank")
-@click.option("--ep", type=int, default=1, show_default=True, help="expert-parallel degree (MoE models)")
-@click.option("--etp", type=int, default=1, show_default=True, help="expert tensor-parallel degree (MoE models)")
-@click.option("--micro-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
-@click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
-@click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
+@click.option("--vpp", type=ASCII_INT, default=1, show_default=True, help="model chunks (virtual stages) per rank")
+@click.option("--ep", type=ASCII_INT, default=1, show_default=True, help="expert-parallel degree (MoE models)")
+@click.option("--etp", type=ASCII_INT, default=1, show_default=True, help="expert tensor-parallel degree (MoE models)")
+@click.option("--micro-batch", type=AsciiIntRange(1, MAX_GLOBAL_BATCH), required=True)
+@click.option("--global-batch", type=AsciiIntRange(1, MAX_GLOBAL_BATCH), required=True)
+@click.option("--seq-len", type=AsciiIntRange(1, MAX_SEQ_LEN), default=None,
               help=SEQ_LEN_DEFAULT)
 @click.option("--schedule", default="1f1b", show_default=True,
               type=ScheduleChoice())
-@click.option("--seq-chunks", type=click.IntRange(1, MAX_SEQ_LEN), default=1, show_default=True,
+@click.option("--seq-chunks", type=AsciiIntRange(1, MAX_SEQ_LEN), default=1, show_default=True,
               help="schedule seq1f1b: chunks of each micro-batch's sequence that flow through the pipeline as units")
 @click.option("--seq-split", type=click.Choice(SEQ_SPLITS), default="even", show_default=True,
               help="schedule seq1f1b: chunks of equal length, or of equal work (Seq1F1B's computation-wise split)")
-@click.option("--zero", type=click.IntRange(0, 3), default=0, show_default=True)
+@click.option("--zero", type=AsciiIntRange(0, 3), default=0, show_default=True)
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default="none", show_default=True)
 @click.option("--recompute-layers", default=None, metavar="N,N,...", callback=layer_counts,
               help="recompute only the first N layers of each virtual stage (one count per stage; default: all)")
@@ -438,12 +439,12 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
               help="resize a uniform profile to N nodes; a range A:B plans every power of two times A up to B (and "
                    "B itself), A:B:STEP every STEP-th size, and shows time against cost (a range needs --tokens)")
 @gpn_option
-@click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
-@click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
+@click.option("--global-batch", type=AsciiIntRange(1, MAX_GLOBAL_BATCH), required=True)
+@click.option("--seq-len", type=AsciiIntRange(1, MAX_SEQ_LEN), default=None,
               help=SEQ_LEN_DEFAULT)
 @click.option("--tokens", "tokens_arg", default=None, metavar="COUNT",
               help="tokens to train on, e.g. 2T or 300B: adds days, GPU-hours and cost to train")
-@click.option("--price", type=float, default=None, metavar="USD_PER_GPU_HOUR",
+@click.option("--price", type=ASCII_FLOAT, default=None, metavar="USD_PER_GPU_HOUR",
               help="price per GPU-hour (default: the profile's published price, if it states one)")
 @click.option("--deadline", "deadline_arg", default=None, metavar="DURATION",
               help="e.g. 30d, 36h, 6w (a bare number is days): with a --nodes range, the cheapest size that "
@@ -457,7 +458,7 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
               help="whose behaviour to plan for (autoconf/spec/frameworks.py)")
 @click.option("--framework-flag", "framework_flags", multiple=True, metavar="KEY=VALUE",
               help="change one flag of the framework, e.g. param_gather_overlap=false (repeatable)")
-@click.option("--top", "top_k", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.option("--top", "top_k", type=AsciiIntRange(1, 100), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help='print {"plans": [...], "search": {...}} as JSON')
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the best plan",
               callback=output_file)
@@ -622,10 +623,10 @@ LIMITS = ("seq", "micro-batch", "model")
 @cluster_option
 @nodes_option
 @gpn_option
-@click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
-@click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
+@click.option("--global-batch", type=AsciiIntRange(1, MAX_GLOBAL_BATCH), required=True)
+@click.option("--seq-len", type=AsciiIntRange(1, MAX_SEQ_LEN), default=None,
               help=f"for the micro-batch and model limits ({SEQ_LEN_DEFAULT})")
-@click.option("--max-seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
+@click.option("--max-seq-len", type=AsciiIntRange(1, MAX_SEQ_LEN), default=None,
               help="the longest sequence to try (default: the model's context)")
 @click.option("--family", default=None,
               help="preset family for the largest model, e.g. llama3, gpt3 (default: the --model preset's family)")
@@ -740,17 +741,17 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
         if planned_on and cluster.name != planned_on:
             raise UserError(f"{plan_path} was planned for cluster {planned_on!r}, but --cluster {cluster_arg} is "
                             f"{cluster.name!r}; pass the profile the plan was made with, or re-plan on this one")
+    from autoconf.report.current import current, plan_cluster
+
+    if cluster is None and (plan_obj.timeline is None or not plan_obj.timeline.events):
+        cluster = plan_cluster(plan_obj)  # the timeline is simulated again on it: refused before anything is printed
+    plan_obj, note = current(plan_obj, cluster, source=str(plan_path))  # (an edited plan's prediction made again)
     needed = {"iteration_time_s", "tokens_per_s", "tflops_per_gpu", "mfu", "bubble_fraction", "peak_memory_bytes",
               "memory_limit_bytes", "fits", "memory_per_stage"}
     if not needed <= set(plan_obj.prediction):  # (its pictures are drawn from the prediction: before writing any)
         raise UserError(f"{plan_path}: no complete prediction in the plan (missing "
                         f"{', '.join(sorted(needed - set(plan_obj.prediction)))}); run `autoconf estimate` with its "
                         f"layout to make one")
-    from autoconf.report.current import current, plan_cluster
-
-    if cluster is None and (plan_obj.timeline is None or not plan_obj.timeline.events):
-        cluster = plan_cluster(plan_obj)  # the timeline is simulated again on it: refused before anything is printed
-    plan_obj, note = current(plan_obj, cluster, source=str(plan_path))
     if out_dir is not None:  # (the default folder, named after the plan, cannot hold it)
         from autoconf.report.explain import refuse_taken_folder
 
@@ -764,11 +765,11 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
 
 @main.command()
 @click.option("--out", type=click.Path(dir_okay=False), required=True, callback=output_file)
-@click.option("--nproc-per-node", type=int, default=None, help="default: GPUs, or 2 (quick) / 4 CPU ranks")
-@click.option("--nnodes", type=click.IntRange(1, 100_000), default=1, show_default=True)
-@click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--nproc-per-node", type=ASCII_INT, default=None, help="default: GPUs, or 2 (quick) / 4 CPU ranks")
+@click.option("--nnodes", type=AsciiIntRange(1, 100_000), default=1, show_default=True)
+@click.option("--node-rank", type=AsciiIntRange(min=0), default=0, show_default=True)
 @click.option("--master-addr", default="127.0.0.1", show_default=True)
-@click.option("--master-port", type=click.IntRange(1, 65535), default=None,
+@click.option("--master-port", type=AsciiIntRange(1, 65535), default=None,
               help="default: a free port on one node, 29500 on more")
 @click.option("--model", "model_arg", default=None, help="model whose blocks to time (default tiny-gpt on CPU)")
 @click.option("--quick", is_flag=True, help="small grid: 2 CPU ranks, a tiny model, under 3 minutes")
@@ -777,10 +778,10 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
                    "is not measured: the links a one-node or one-rank run cannot time, and on GPUs the efficiencies")
 @click.option("--memory-per-rank", default=None, help="CPU memory limit per rank, e.g. 4GiB")
 @click.option("--dtype", type=click.Choice(PROFILED_DTYPES), default=None)
-@click.option("--max-tp", type=click.IntRange(min=1), default=None,
+@click.option("--max-tp", type=AsciiIntRange(min=1), default=None,
               help="time the model's blocks at TP widths up to this (default: the ranks per node), e.g. 8 on one GPU "
                    "of an 8-GPU node")
-@click.option("--seq-len", "seq_lens", type=int, multiple=True,
+@click.option("--seq-len", "seq_lens", type=ASCII_INT, multiple=True,
               help="a sequence length to plan for (repeatable): attention is also timed there")
 @click.option("--force", is_flag=True, help="overwrite --out if it exists")
 @user_errors
@@ -803,26 +804,26 @@ def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, mo
 
 @main.command()
 @click.argument("plan_path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=AsciiIntRange(min=1), default=20, show_default=True)
+@click.option("--seed", type=ASCII_INT, default=0, show_default=True)
 @click.option("--data", type=click.Path(dir_okay=False), default=None,
               help="token file (.bin uint16/uint32) or text file; default: synthetic tokens")
 @click.option("--metrics", type=click.Path(dir_okay=False), default=None,
               help="JSON lines, one per step (a run that resumes from --checkpoint-dir continues an existing file)")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None)
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--checkpoint-every", type=AsciiIntRange(min=0), default=0, show_default=True)
+@click.option("--max-restarts", type=AsciiIntRange(min=0), default=0, show_default=True)
 @click.option("--dry-run", is_flag=True, help="print the command each node would run")
-@click.option("--nnodes", type=click.IntRange(1, 100_000), default=None,
+@click.option("--nnodes", type=AsciiIntRange(1, 100_000), default=None,
               help="nodes to run on (default: the plan's own node count)")
-@click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--node-rank", type=AsciiIntRange(min=0), default=0, show_default=True)
 @click.option("--master-addr", default="127.0.0.1", show_default=True,
               help="the address of the node that starts as rank 0, on several nodes (one node meets on 127.0.0.1)")
-@click.option("--master-port", type=click.IntRange(1, 65535), default=None,
+@click.option("--master-port", type=AsciiIntRange(1, 65535), default=None,
               help="default: a free port on one node, 29500 on more")
-@click.option("--collective-timeout", type=click.FloatRange(1, 7 * 86400), default=None,
+@click.option("--collective-timeout", type=AsciiFloatRange(1, 7 * 86400), default=None,
               help="seconds before a stuck collective ends the job (default 600)")
-@click.option("--rendezvous-timeout", type=click.FloatRange(1, 7 * 86400), default=None,
+@click.option("--rendezvous-timeout", type=AsciiFloatRange(1, 7 * 86400), default=None,
               help="seconds to wait for every node to join (default 600)")
 @click.option("--force", is_flag=True, help="overwrite an existing metrics file (of a run that does not resume)")
 @click.option("--allow-cpu", is_flag=True, help="run a GPU plan on this host's CPU ranks (a rehearsal of the layout)")
@@ -848,14 +849,14 @@ def launch(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_eve
 @main.command()
 @model_option
 @click.option("--cluster", "cluster_arg", required=True, help="the profile of the cluster the runs execute on")
-@click.option("--global-batch", type=click.IntRange(1, MAX_GLOBAL_BATCH), required=True)
-@click.option("--seq-len", type=click.IntRange(1, MAX_SEQ_LEN), default=None,
+@click.option("--global-batch", type=AsciiIntRange(1, MAX_GLOBAL_BATCH), required=True)
+@click.option("--seq-len", type=AsciiIntRange(1, MAX_SEQ_LEN), default=None,
               help=SEQ_LEN_DEFAULT)
-@click.option("--configs", type=click.IntRange(min=2), default=8, show_default=True,
+@click.option("--configs", type=AsciiIntRange(min=2), default=8, show_default=True,
               help=f"layouts to run, 2 to {MAX_CONFIGS}: each is a torchrun start and --steps steps, one after the "
                    f"other (about 15 s on a CPU host, minutes on GPUs); the log says the time left as runs finish")
-@click.option("--steps", type=click.IntRange(min=3), default=8, show_default=True, help="steps per layout")
-@click.option("--repeats", type=click.IntRange(min=1, max=20), default=1, show_default=True,
+@click.option("--steps", type=AsciiIntRange(min=3), default=8, show_default=True, help="steps per layout")
+@click.option("--repeats", type=AsciiIntRange(min=1, max=20), default=1, show_default=True,
               help="run the layouts this many times in turn; each layout's measured time is the median")
 @click.option("--fix", "fix", multiple=True, metavar="KEY=VALUE", help="pin a config field in every layout")
 @click.option("--calibrate", is_flag=True, help="fit the profile's factors; report held-out error before/after")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, IO
@@ -95,6 +96,17 @@ def is_version(value, expected: int) -> bool:
     """Whether a file's "version" field is the integer `expected` (JSON's true and 1.0 equal 1 in Python, and are
     not it)."""
     return type(value) is int and value == expected
+
+
+# Numbers as a user types them: ASCII digits only (Python's int() and float() also read "1_0" and the digits of
+# other scripts, "٨", which no option means).
+_ASCII_INT = re.compile(r"\s*[+-]?[0-9]+\s*")
+_ASCII_FLOAT = re.compile(r"\s*[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|inf|infinity|nan)\s*", re.IGNORECASE)
+
+
+def ascii_number(text: str, integer: bool = True) -> bool:
+    """Whether `text` is an integer (or, with `integer` False, a decimal or inf/nan) written in ASCII digits."""
+    return bool((_ASCII_INT if integer else _ASCII_FLOAT).fullmatch(str(text)))
 
 
 def shown(text: str, limit: int = 80) -> str:

@@ -46,7 +46,10 @@ block's predicted time (the test of a per-layer host overhead, docs/accuracy.md)
 `--flag KEY=VALUE` (repeatable) changes a framework flag for every row after the row's own (e.g.
 tp_comm_overlap=false: every TP collective exposed).
 
-Usage: python scripts/truth_nemo.py [--json | --memory | --terms | --gaps] [--flag KEY=VALUE ...]
+`--picks` runs autoconf's search on every dense row's model, GPUs, batch, sequence and precision (the row's framework
+flags) and prints its pick beside the published layout, both predicted (`planner_picks`).
+
+Usage: python scripts/truth_nemo.py [--json | --memory | --terms | --gaps | --picks] [--flag KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 from autoconf.cost.estimate import estimate, schedule_inflight, stage_to_rank
@@ -393,6 +397,60 @@ def print_gaps(data: dict) -> None:
         print(f"{g['label']:16s} {g['layout']:22s} {g['excess_ms']:9.2f} {g['block_ms']:8.2f} {g['share_pct']:5.0f}%")
 
 
+def planner_picks(data: dict) -> list[dict]:
+    """For every modelled dense row: the layout autoconf's search picks for the same model, GPUs, batch, sequence
+    and precision under the row's framework flags (`execution_of`; the search weighs what Megatron-Core runs), its
+    predicted tokens/s beside the predicted tokens/s of NVIDIA's published layout, and whether the two layouts share
+    tp, pp, cp and vp. Both figures come from one model, so their ratio says how much faster than the expert's
+    layout autoconf believes its pick to be, not how fast either runs; the published measurement is beside them.
+    The vocabulary stays padded for the published TP."""
+    from autoconf.solve.search import search
+
+    models = {k: v for k, v in data["models"].items() if k != "source"}
+    out = []
+    for table in data["tables"]:
+        for row in table["rows"]:
+            if not_modelled(row, models):
+                continue
+            model = model_of(row, models, row["tp"])
+            if model.moe is not None:
+                continue
+            published = predict(row, table, model, row["precision"])
+            start = time.perf_counter()
+            best = search(model, cluster_of(row, table), row["gbs"], row["seq_len"], row["precision"], "flash",
+                          top_k=1, execution=execution_of(row, table)).plans[0]
+            c = best.config
+            same = (c.tp, c.pp, c.cp, c.vpp) == (row["tp"], row["pp"], row["cp"], row.get("vp") or 1)
+            out.append({"table": table["id"], "label": row["label"], "gpus": row["gpus"],
+                        "published_layout": f"tp{row['tp']} pp{row['pp']} cp{row['cp']} vp{row.get('vp') or 1} "
+                                            f"mbs{row['mbs']}",
+                        "published_tps": row["tokens_per_s_per_gpu"],
+                        "published_predicted_tps": round(published["tokens_per_s_per_gpu"], 1),
+                        "pick": c.label(),
+                        "pick_predicted_tps": round(best.prediction["tokens_per_s"] / row["gpus"], 1),
+                        "same_degrees": same, "search_s": round(time.perf_counter() - start, 1)})
+    return out
+
+
+def print_picks(data: dict) -> None:
+    picks = planner_picks(data)
+    print("Dense rows: autoconf's pick (search under the row's framework flags) against NVIDIA's published layout, "
+          "tokens/s per GPU (both predicted; the published run's measured figure beside)")
+    print(f"{'row':16s} {'table':22s} {'GPUs':>5s} {'published layout':24s} {'measured':>8s} {'pred':>7s} "
+          f"{'pick pred':>9s} {'pick/pub':>8s}  pick")
+    for p in picks:
+        ratio = p["pick_predicted_tps"] / p["published_predicted_tps"]
+        print(f"{p['label']:16s} {p['table']:22s} {p['gpus']:5d} {p['published_layout']:24s} "
+              f"{p['published_tps']:8.0f} {p['published_predicted_tps']:7.0f} {p['pick_predicted_tps']:9.0f} "
+              f"{ratio:8.3f}  {p['pick']}"
+              f"{' (same tp pp cp vp)' if p['same_degrees'] else ''}")
+    ratios = sorted(p["pick_predicted_tps"] / p["published_predicted_tps"] for p in picks)
+    if ratios:
+        print(f"pick / published layout, both predicted: median {ratios[len(ratios) // 2]:.3f}, "
+              f"{ratios[0]:.3f} to {ratios[-1]:.3f} over {len(ratios)} rows; "
+              f"{sum(p['same_degrees'] for p in picks)} picks with the published tp, pp, cp and vp")
+
+
 def _print_stats(name: str, s: dict) -> None:
     if s:
         print(f"  {name:5s} tokens/s: {error_line(s['mean_abs_error_pct'], s['max_abs_error_pct'], s['n'])}")
@@ -412,6 +470,9 @@ def main() -> int:
         return 0
     if "--gaps" in sys.argv:
         print_gaps(load())
+        return 0
+    if "--picks" in sys.argv:
+        print_picks(load())
         return 0
     result = compare()
     if "--json" in sys.argv:

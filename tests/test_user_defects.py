@@ -1013,8 +1013,35 @@ def test_a_plan_whose_checksum_was_removed_is_estimated_again(tmp_path, fitting_
         edited.write_text(json.dumps(doc))
         result = run_cli(["show", edited, "--out", tmp_path / f"out_{checksum}"])
         assert result.exit_code == 0, result.output
-        assert "is not as autoconf wrote it" in result.output and "(does not fit)" in result.output
+        assert "carries no checksum of what autoconf wrote" in result.output and "(does not fit)" in result.output
         assert_one_clear_error(run_cli(["launch", edited, "--dry-run"]), "the plan does not fit")
+
+
+def test_a_plan_without_checksum_whose_cluster_is_gone_still_launches(tmp_path):
+    """A plan written before plans carried a checksum, planned on a profile file that is not on this machine, is
+    launched on its stored prediction with a note (estimating it again needs the profile); an edited one is not."""
+    from autoconf.spec.cluster import PROFILES_DIR
+
+    profile = json.loads((PROFILES_DIR / "cpu-local.json").read_text())
+    profile["name"] = "elsewhere-cpu"
+    path = tmp_path / "elsewhere.json"
+    path.write_text(json.dumps(profile))
+    plan = tmp_path / "plan.json"
+    result = run_cli(["estimate", "--model", "tiny-gpt", "--cluster", path, "--tp", "1", "--pp", "1", "--dp", "4",
+                      "--micro-batch", "1", "--global-batch", "4", "--out", plan])
+    assert result.exit_code == 0, result.output
+    path.unlink()
+    doc = json.loads(plan.read_text())
+    doc.pop("content_sha256")
+    plan.write_text(json.dumps(doc))
+    result = run_cli(["launch", plan, "--dry-run", "--steps", "1"])
+    assert result.exit_code == 0, result.output
+    assert "its stored prediction is used unchecked (its cluster 'elsewhere-cpu'" in result.output
+    assert "--steps 1" in result.output
+    doc["config"]["zero_stage"] = 1
+    doc["content_sha256"] = "0" * 64
+    plan.write_text(json.dumps(doc))
+    assert_one_clear_error(run_cli(["launch", plan, "--dry-run"]), "is not as autoconf wrote it")
 
 
 @pytest.mark.parametrize("flags, needle", [
@@ -1074,3 +1101,22 @@ def test_a_pinned_schedule_the_runtime_refuses_names_its_rule():
                       "2", "--seq-len", "4096", "--fix", "pp=4", "--fix", "schedule=1f1b"])
     assert_one_clear_error(result, "--fix schedule=1f1b cannot be taken together with --fix pp=4",
                            "in torch's 1F1B", "gpipe")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["estimate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--tp", "١", "--pp", "1", "--dp", "4",
+      "--micro-batch", "1", "--global-batch", "8"], "'١' is not an integer in ASCII digits"),
+    (["plan", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "1_0"],
+     "'1_0' is not an integer in ASCII digits"),
+    (["plan", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8", "--memory-headroom", "٠.١"],
+     "is not a number in ASCII digits"),
+    (["plan", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8", "--nodes", "١:4"],
+     "--nodes '١:4' must be N, A:B"),
+    (["plan", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8", "--framework-flag",
+      "bucket_params=1_000"], "--framework-flag bucket_params: cannot read '1_000'"),
+])
+def test_every_number_is_read_in_ascii_digits(args, needle):
+    """Sixth fuzz round: click's number options, --nodes ranges and framework flags read `1_0` as 10 and other
+    scripts' digits (`٨`) as numbers, where --fix and --tokens refuse them; every numeric input now refuses them in
+    one line."""
+    assert_one_clear_error(run_cli(args), needle)

@@ -1,6 +1,7 @@
 """A saved plan's prediction as its fields give it now: the plan as written, or, where the file was changed after
-autoconf wrote it (`Plan.edited`: a config field edited by hand, say), estimated again on the cluster it was planned
-on, so that `show` prints and `launch` checks what that layout needs, not what another one needed."""
+autoconf wrote it (`Plan.edited`: a config field edited by hand, say) or carries no checksum (`Plan.unchecked`),
+estimated again on the cluster it was planned on, so that `show` prints and `launch` checks what that layout needs,
+not what another one needed."""
 
 from __future__ import annotations
 
@@ -45,21 +46,34 @@ def plan_cluster(plan: Plan, cluster=None, purpose: str = "redraw the timeline",
 
 def current(plan: Plan, cluster=None, source: str = "the plan",
             remedy: str = "pass the cluster profile it was planned on (--cluster FILE)") -> tuple[Plan, str | None]:
-    """(`plan`, None) for a plan as autoconf wrote it; for an edited one, the plan with its prediction and timeline
-    estimated again on its cluster (`plan_cluster`; its framework and flags as recorded) and a note line saying so,
-    with the stored and the new step time and peak memory. A UserError where the cluster is not available, naming
-    `remedy`."""
-    if not plan.edited:
+    """(`plan`, None) for a plan as autoconf wrote it; for an edited one, or one without a checksum
+    (`Plan.unchecked`), the plan with its prediction and timeline estimated again on its cluster (`plan_cluster`; its
+    framework and flags as recorded) and a note line saying so, with the stored and the new step time and peak
+    memory. Where the cluster is not available: a UserError naming `remedy` for an edited plan; for one without a
+    checksum, the plan as stored and a note saying it could not be checked (a plan written by an older autoconf
+    planned on another machine still launches)."""
+    if not (plan.edited or plan.unchecked):
         return plan, None
-    on = plan_cluster(plan, cluster, f"estimate {source} again (it is not as autoconf wrote it)", remedy)
+    why = ("is not as autoconf wrote it (its content_sha256 differs)" if plan.edited else
+           "carries no checksum of what autoconf wrote (written before 2026-12-06, or edited)")
+    try:
+        on = plan_cluster(plan, cluster, f"estimate {source} again (it {why})", remedy)
+    except UserError:
+        if plan.edited:
+            raise
+        return plan, (f"{source} {why}; its stored prediction is used unchecked (its cluster "
+                      f"{plan.cluster.get('name')!r} is not at hand to estimate it again)")
     fresh = estimate(plan.model, on, plan.config, partition=plan.partition,
                      mesh=plan.placement["mesh"], execution=plan_execution(plan.prediction))
     old, new = plan.prediction, fresh.prediction
-    figures = gib_figures(old.get("peak_memory_bytes", 0.0), new["peak_memory_bytes"])
-    note = (f"{source} is not as autoconf wrote it (its content_sha256 differs or is missing); its prediction is "
-            f"estimated again: "
-            f"{_step(old)} s -> {_step(new)} s per step, {figures[0]} -> {figures[1]} GiB peak"
-            f"{'' if new['fits'] else ' (does not fit)'}")
+    fits = "" if new["fits"] else " (does not fit)"
+    if isinstance(old.get("iteration_time_s"), (int, float)) and isinstance(old.get("peak_memory_bytes"), (int, float)):
+        figures = gib_figures(old["peak_memory_bytes"], new["peak_memory_bytes"])
+        note = (f"{source} {why}; its prediction is estimated again: {_step(old)} s -> {_step(new)} s per step, "
+                f"{figures[0]} -> {figures[1]} GiB peak{fits}")
+    else:
+        note = (f"{source} {why} and holds no prediction; it is estimated now: {_step(new)} s per step, "
+                f"{gib_figures(new['peak_memory_bytes'])[0]} GiB peak{fits}")
     updated = Plan(model=plan.model, cluster=plan.cluster, config=plan.config, partition=plan.partition,
                    placement=plan.placement, prediction=new, sequence_split=plan.sequence_split,
                    timeline=fresh.timeline)

@@ -24,7 +24,7 @@ from autoconf.report.upstream import MEGATRON_TARGET
 from autoconf.spec.frameworks import plan_execution, selective_policy
 from autoconf.spec.model import LLAMA3_ROPE_DEFAULTS
 from autoconf.spec.plan import Plan, node_blocks, recomputed_layers
-from autoconf.spec.schedules import schedule_spec
+from autoconf.spec.schedules import pipeline_problem, schedule_spec
 from autoconf.spec.support import plan_unsupported_reason
 
 # More nodes than this get one torchrun script that takes the node rank as $1 instead of one script per node.
@@ -233,7 +233,7 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
         # 3's gather of the whole sequence's K/V; both split the sequence into 2 x cp load-balanced chunks.
         flags += [("--context-parallel-size", c.cp), ("--cp-comm-type", MEGATRON_CP_COMM[c.cp_comm])]
     schedule = schedule_spec(c.schedule)
-    refused = c.pp > 1 and schedule.problem(c.pp, c.vpp, c.num_microbatches, "megatron")
+    refused = pipeline_problem(c, "megatron")
     if schedule.megatron_note:
         notes.append(schedule.megatron_note)
     elif refused:

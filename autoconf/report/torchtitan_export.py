@@ -19,7 +19,7 @@ from autoconf.spec.frameworks import plan_execution, selective_policy
 from autoconf.spec.model import LLAMA3_ROPE_DEFAULTS
 from autoconf.spec.plan import Plan, recomputed_layer_indices
 from autoconf.spec.presets import PRESETS
-from autoconf.spec.schedules import schedule_spec
+from autoconf.spec.schedules import pipeline_problem, schedule_spec
 
 MODULE = "torchtitan_config"
 FUNCTION = "autoconf_plan"
@@ -202,7 +202,7 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
     if c.tp > 1 and not c.sequence_parallel:
         notes.append("the plan runs tensor parallelism without sequence parallelism (enable_sequence_parallel=False)")
     schedule = schedule_spec(c.schedule)
-    refused = c.pp > 1 and schedule.problem(c.pp, c.vpp, c.num_microbatches)  # torchtitan runs torch's classes
+    refused = pipeline_problem(c, "torch")  # (torchtitan runs torch's classes)
     if schedule.torchtitan_note:
         notes.append(schedule.torchtitan_note)
     elif refused:

@@ -58,11 +58,11 @@ def advisable(model, cluster, config, execution: Execution, executor: bool = Tru
 def smallest_fitting_change(model, cluster, config, execution: Execution = Execution(),
                             allowed: Callable[[dict], bool] | None = None) -> tuple[str, dict, dict] | None:
     """The change of the fewest levers (`_levers`) under which the layout is predicted to fit and stays `advisable`
-    (the executor's support asked only of a layout that had it), the fastest of those: (its flags, e.g.
-    '--zero 3 --grad-reduce microbatch', its config changes, its prediction); None when none does. `allowed`: which
-    changes may be named (the search's no-fit line: none that a `--fix` pins otherwise). When the change that saves
-    the most on every lever is advisable and still does not fit, nothing smaller is tried."""
-    executor = unsupported_reason(config) is None
+    (the executor's support asked only of a layout that had it, planning for the executor), the fastest of those:
+    (its flags, e.g. '--zero 3 --grad-reduce microbatch', its config changes, its prediction); None when none does.
+    `allowed`: which changes may be named (the search's no-fit line: none that a `--fix` pins otherwise). When the
+    change that saves the most on every lever is advisable and still does not fit, nothing smaller is tried."""
+    executor = execution.is_executor and unsupported_reason(config) is None
     levers = [[option for option in lever if allowed is None or allowed(option[1])] for lever in _levers(config)]
     levers = [lever for lever in levers if lever]
 

@@ -652,7 +652,7 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
             return (f"--fix {pin_text(key, value)} cannot be taken together with --fix {others}; drop or change one "
                     f"of them")
         why = against(probe)
-        if why and why.startswith(f"global batch {global_batch} is not divisible"):
+        if why and probe.global_batch_size % (probe.micro_batch_size * probe.dp):
             return None  # the batch is to blame: the caller's line says so
         return (f"--fix {pin_text(key, value)} cannot be taken together with --fix {others}"
                 + (f": {why}" if why else "; drop or change one of them"))

@@ -123,7 +123,8 @@ def candidates(model: ModelSpec, world_size: int, devices_per_domain: int, globa
     no TP fits in is one line naming what would. `reductions`: the gradient reductions the framework runs at a
     sharded ZeRO stage and pipeline size (`Execution.grad_reductions`; None: both). `runtime`: whose runtime the
     framework's pipelines run on, whose rules on the micro-batch count then hold (`Execution.pipeline_runtime`).
-    `schedules`: the ones the framework runs, weighed unless --fix pins another (`Execution.schedules`; empty: all)."""
+    `schedules`: the ones the framework runs, weighed unless --fix pins another (`Execution.schedules`; empty: those
+    the executor runs)."""
     fixed = normalise_fixed(fixed or {})
     if "ep" in fixed or "etp" in fixed:
         # The rules that do not depend on the other degrees, as one line before any search.
@@ -299,8 +300,9 @@ def _schedule_choices(model: ModelSpec, pp: int, m: int, fixed: dict, runtime: s
     if pp == 1:
         name = fixed.get("schedule", "1f1b")
         return [(name, 1)] if schedule_spec(name).single_chunk and fixed.get("vpp", 1) == 1 else []
-    names = [fixed["schedule"]] if "schedule" in fixed else [n for n in SCHEDULES if not (
-        schedule_spec(n).sequence_chunks or schedule_spec(n).executor_note) and (not schedules or n in schedules)]
+    names = [fixed["schedule"]] if "schedule" in fixed else [
+        n for n in SCHEDULES if not schedule_spec(n).sequence_chunks
+        and (n in schedules if schedules else not schedule_spec(n).executor_note)]
     out = []
     for name in names:
         spec = schedule_spec(name)

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 from autoconf.errors import UserError
+from autoconf.files import ascii_number
 from autoconf.spec.profile_checks import MAX_NODES, MAX_USD_PER_GPU_HOUR
 
 SECONDS_PER_DAY = 86400.0
@@ -43,7 +44,8 @@ def parse_tokens(text: str) -> int:
 def nodes_for_deadline(nodes: int, days: float, deadline: float) -> int | None:
     """An upper end for a --nodes range that may meet `deadline`: the nodes that would train in half of it if the
     time fell in proportion to them, at least twice `nodes`, a power-of-two multiple of `nodes` (what a range
-    A:B tries), at most MAX_NODES; None where even MAX_NODES would not train in time at that pace."""
+    A:B tries) or MAX_NODES where that is fewer; None where even MAX_NODES would not train within the whole
+    deadline at that pace."""
     if nodes >= MAX_NODES or days * nodes / MAX_NODES > deadline:
         return None
     factor = 2 ** max(1, math.ceil(math.log2(2 * days / deadline)))
@@ -91,6 +93,8 @@ def parse_nodes(text: str) -> list[int]:
     (8:64:8 -> 8, 16, ..., 64)."""
     parts = str(text).strip().split(":")
     try:
+        if not all(ascii_number(p) for p in parts):
+            raise ValueError
         numbers = [int(p) for p in parts]
     except ValueError:
         raise UserError(f"--nodes {text!r} must be N, A:B (powers of two from A to B) or A:B:STEP, whole numbers "

@@ -27,9 +27,10 @@ import json
 from dataclasses import dataclass
 
 from autoconf.errors import UserError
+from autoconf.files import ascii_number
 from autoconf.spec.dtypes import STORAGE_BYTES, precision
 from autoconf.spec.hashing import remembered_hash
-from autoconf.spec.schedules import SCHEDULES, schedule_spec
+from autoconf.spec.schedules import RUNTIMES, SCHEDULES, pipeline_problem, schedule_spec
 
 # The framework whose predictions are the bundled executor's (execute/): only its plans are launched.
 EXECUTOR_FRAMEWORK = "autoconf"
@@ -74,9 +75,6 @@ MEMORY_LAYOUTS = ("torch", "megatron")
 #                     activation is the stage's input, the sent output is freed once sent (`deallocate_output_tensor`):
 #                     four activations of one micro-batch (a forward and a backward send and receive).
 PIPELINE_BUFFERS = ("just_in_time", "per_microbatch", "per_transfer")
-# The buffer schemes of torch.distributed.pipelining's stage: a framework with one runs torch's schedule classes and
-# their rules, one with "per_transfer" Megatron's (`Execution.pipeline_runtime`).
-TORCH_PIPELINE_BUFFERS = ("just_in_time", "per_microbatch")
 # Element-wise ops a framework runs as separate eager torch kernels instead of one fused kernel each (the
 # specification model's count, `autoconf.cost.compute.eager_elementwise_bytes` says what each adds):
 #   "rmsnorm"    RMSNorm upcast to fp32 in six kernels (torchtitan's own `RMSNorm` until 2025, norm_type "rmsnorm")
@@ -358,11 +356,17 @@ class Execution:
     keep_fp8_transpose: under fp8 parameters with Megatron-FSDP each block linear keeps its fp8 transpose through
         the step, unsharded (--keep-fp8-transpose-cache; Megatron-FSDP's README: about one byte per parameter),
         instead of dropping it after use.
-    schedules: the pipeline schedules the framework runs, the ones its search weighs (empty: every one the registry
-        lets a search weigh, spec/schedules.py). Another is costed only where `--fix schedule=` pins it, as a
-        comparison: the exports say why the framework cannot run it (`ScheduleSpec.megatron_note`). Megatron-LM and
-        Megatron-Core run 1F1B and its interleaved form (`forward_backward_pipelining_without_interleaving` /
-        `_with_interleaving`, megatron/core/pipeline_parallel/schedules.py).
+    schedules: the pipeline schedules the framework runs, the ones its search weighs (empty: every registered one the
+        executor runs, `ScheduleSpec.executor_note`; a schedule that splits sequences is weighed only when pinned).
+        Another is costed only where `--fix schedule=` pins it, as a comparison: the exports say why the framework
+        cannot run it (`ScheduleSpec.megatron_note`, `torchtitan_note`). Megatron-LM and Megatron-Core run 1F1B and
+        its interleaved form (`forward_backward_pipelining_without_interleaving` / `_with_interleaving`,
+        megatron/core/pipeline_parallel/schedules.py); torchtitan the torch classes it names; DeepSeek's framework
+        also DualPipe and DualPipeV (deepseek-ai/DualPipe).
+    pipeline_runtime: whose runtime its pipelines run on (schedules.RUNTIMES), whose rules on the micro-batch count
+        hold (`ScheduleSpec.problem`): "torch", torch.distributed.pipelining's schedule classes (autoconf's executor,
+        torchtitan: Schedule1F1B needs m >= pp), or "megatron", Megatron-LM's schedules (1F1B runs any m; the
+        interleaved one needs m a multiple of pp).
     megatron_args / torchtitan_settings: what makes the target framework run as modelled, as (when, flag, line):
         the line applies when the config matches `when` (see `_applies`) and the flag ("name" or "name=value") holds.
     """
@@ -413,6 +417,7 @@ class Execution:
     megatron_fsdp: bool = False
     keep_fp8_transpose: bool = False
     schedules: tuple[str, ...] = ()
+    pipeline_runtime: str = "torch"
     megatron_args: tuple[tuple[str, str, str], ...] = ()
     torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
 
@@ -477,6 +482,12 @@ class Execution:
         unknown = [name for name in self.schedules if name not in SCHEDULES]
         if unknown:
             out.append(f"schedules {', '.join(unknown)}: each must be one of {', '.join(SCHEDULES)}")
+        chunked = [name for name in self.schedules if name in SCHEDULES and schedule_spec(name).sequence_chunks]
+        if chunked:
+            out.append(f"schedules {', '.join(chunked)}: a schedule that splits sequences is weighed only where "
+                       f"--fix schedule= pins it; leave it out of the list")
+        if self.pipeline_runtime not in RUNTIMES:
+            out.append(f"pipeline_runtime {self.pipeline_runtime!r} is none of {', '.join(RUNTIMES)}")
         if self.bucket_params is not None and not 0 < self.bucket_params < float("inf"):
             out.append(f"bucket_params must be a finite number > 0 of parameters (or none: one bucket per stage), "
                        f"got {self.bucket_params}")
@@ -527,14 +538,6 @@ class Execution:
         return self.name == EXECUTOR_FRAMEWORK
 
     @property
-    def pipeline_runtime(self) -> str:
-        """Whose runtime its pipelines run on (schedules.RUNTIMES), read off what its stages hold between them
-        (`pipeline_buffers`): torch.distributed.pipelining's schedule classes (autoconf's executor, torchtitan) or
-        Megatron-LM's schedules (megatron, megatron-core, deepseek); each has its own rules on the micro-batch count
-        (`ScheduleSpec.problem`)."""
-        return "torch" if self.pipeline_buffers in TORCH_PIPELINE_BUFFERS else "megatron"
-
-    @property
     def grad_buffer_bytes(self) -> int:
         """Bytes per parameter of the megatron layout's gradient buffer: what it holds and what its reduction moves."""
         return STORAGE_BYTES[self.grad_buffer_dtype]
@@ -569,16 +572,14 @@ class Execution:
     def problem(self, config) -> str | None:
         """What this framework cannot run of `config`, in one line (a ZeRO stage it does not have; a selective
         policy it does not run; a precision recipe whose cached activations its memory layout does not describe;
-        pipeline factors its pipeline runtime refuses), or None. The one rule
-        `check`, the search and the fitting advice read."""
+        pipeline factors its pipeline runtime refuses), or None. The one rule `check` and the fitting advice read;
+        the search's space leaves out what it refuses of the ZeRO stages, reductions and pipelines before asking."""
         if precision(config.dtype).cached and self.memory_layout != "megatron":
             return (f"dtype {config.dtype} caches activations in its own dtypes, which only the megatron memory "
                     f"layout describes; use a framework with it (megatron, megatron-core)")
-        if config.pp > 1 and config.schedule in SCHEDULES:
-            problem = schedule_spec(config.schedule).problem(config.pp, config.vpp, config.num_microbatches,
-                                                             self.pipeline_runtime)
-            if problem:
-                return f"framework {self.name!r}: {problem}"
+        problem = pipeline_problem(config, self.pipeline_runtime)
+        if problem:
+            return f"framework {self.name!r}: {problem}"
         runs = self.grad_reductions(config.zero_stage, config.pp)
         if config.zero_sharded and config.grad_reduce not in runs and (config.num_microbatches > 1 or config.pp > 1):
             if self.megatron_fsdp and config.zero_stage == 3:
@@ -661,8 +662,10 @@ def _applies(when: str, c) -> bool:
             "fp8": c.dtype == "fp8", "ep": c.ep > 1}[when]
 
 
-# The schedules Megatron-LM runs (`Execution.schedules`).
+# The schedules Megatron-LM runs (`Execution.schedules`), and those torchtitan names: torch's classes it may run.
 MEGATRON_SCHEDULES = ("1f1b", "interleaved-1f1b")
+TORCHTITAN_SCHEDULES = tuple(name for name in SCHEDULES if schedule_spec(name).torch_class
+                             and not schedule_spec(name).torchtitan_note)
 PRESETS: dict[str, Execution] = {
     # The defaults: FSDP2 gathers unit by unit with implicit prefetch; ZeRO-0's GradReducer and FSDP2 reduce per
     # block during the last micro-batch's backward (execute/parallelize.py); ZeRO-1 runs as ZeRO-2 (FSDP2). Context
@@ -675,7 +678,7 @@ PRESETS: dict[str, Execution] = {
         selective_policies=("attention_core",), grad_reduce_start="after_flush", param_gather_overlap=False,
         blocking_p2p=True, p2p_scatter_gather=True,
         executor_overheads=False, eager_ops=("vocab_parallel_ce",), grad_buffer_passes=("zero", "scale"),
-        cp_attention="kernel", loss_memory="copy", schedules=MEGATRON_SCHEDULES,
+        cp_attention="kernel", loss_memory="copy", schedules=MEGATRON_SCHEDULES, pipeline_runtime="megatron",
         megatron_args=(("sharded", "memory_layout=megatron", "--use-distributed-optimizer"),
                        ("always", "grad_accumulation_fusion=False", "--no-gradient-accumulation-fusion"))),
     "megatron-core": Execution(
@@ -688,7 +691,7 @@ PRESETS: dict[str, Execution] = {
         param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False, eager_ops=("vocab_parallel_ce",),
         transformer_engine=True, loss_memory="inplace", grad_buffer_passes=("zero", "scale", "nan_check"),
         moe_combine_keeps_outputs=False, moe_fp8_padding=True, moe_fp8_routed_experts=True, cp_attention="kernel",
-        schedules=MEGATRON_SCHEDULES,
+        schedules=MEGATRON_SCHEDULES, pipeline_runtime="megatron",
         megatron_args=(("dp", "grad_reduce_start=per_bucket", "--overlap-grad-reduce"),
                        ("sharded", "distributed_optimizer", "--use-distributed-optimizer"),
                        ("sharded", "param_gather_overlap", "--overlap-param-gather"),
@@ -708,6 +711,7 @@ PRESETS: dict[str, Execution] = {
         pairs_full_recompute=False),
     "torchtitan": Execution(
         name="torchtitan", memory_layout="torch", pipeline_buffers="per_microbatch", masked_attention=False,
+        schedules=TORCHTITAN_SCHEDULES,
         zero_stages=(0, 2, 3),
         zero_searched=(0, 2, 3),
         accumulation_sync=True,
@@ -747,7 +751,7 @@ PRESETS["deepseek"] = PRESETS["megatron-core"].replace(
     name="deepseek", zero_stages=(0, 1), zero_searched=(1,), selective_recompute="norms_mla_swiglu",
     selective_policies=("norms_mla_swiglu",), overlap_paired_chunks=True, overlap_comm_sm_share=20 / 132,
     moe_combine_keeps_outputs=False, dispatch_per_node=True, tp_comm_overlap=False, transformer_engine=False,
-    schedules=(), megatron_args=(), torchtitan_settings=())
+    schedules=MEGATRON_SCHEDULES + ("dualpipe", "dualpipev"), megatron_args=(), torchtitan_settings=())
 DEFAULT = "autoconf"
 
 
@@ -800,7 +804,8 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs",
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts",
               "cp_attention", "cp_repeat_kv", "accumulation_sync", "zero1_all_reduce", "megatron_fsdp",
-              "keep_fp8_transpose", "pipeline_buffers", "attention_saved_whole", "masked_attention", "schedules")
+              "keep_fp8_transpose", "pipeline_buffers", "attention_saved_whole", "masked_attention", "schedules",
+              "pipeline_runtime")
 
 
 def parse_flags(pairs) -> dict:
@@ -819,6 +824,11 @@ def parse_flags(pairs) -> dict:
             raise UserError(f"--framework-flag {key} is given twice; give it once")
         current = getattr(defaults, key)
         try:
+            numeric = key == "bucket_params" and value.lower() != "none" or (
+                isinstance(current, float) and not isinstance(current, bool))
+            if numeric and not ascii_number(value, integer=False) or key == "zero_stages" and not all(
+                    ascii_number(v) for v in value.split(",")):
+                raise ValueError
             if isinstance(current, bool):
                 if value.lower() not in ("true", "false"):
                     raise ValueError

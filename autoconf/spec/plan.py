@@ -27,7 +27,8 @@ PLAN_VERSION = 1
 # other is a typo or an edit that nothing would read, refused.
 # "content_sha256": the SHA-256 of the plan as autoconf wrote it (`content_sha256`): a plan changed since (a config
 # field edited by hand) no longer matches it, and its prediction is estimated again before it is shown or launched;
-# so is a plan without it (the edit may have removed it too, or autoconf before 2026-12-06 wrote it).
+# so is a plan without it where its cluster is at hand (the edit may have removed it too, or autoconf before
+# 2026-12-06 wrote it).
 PLAN_FIELDS = ("version", "kind", "model", "cluster", "config", "partition", "placement", "prediction",
                "sequence_split", "content_sha256")
 CLUSTER_FIELDS = ("name", "nodes", "gpus_per_node", "backend", "device", "profile")
@@ -475,6 +476,9 @@ class Plan:
     # Read from a file whose content differs from what autoconf wrote (its "content_sha256"): the prediction may
     # not be the config's (report/current.py estimates it again).
     edited: bool = field(default=False, repr=False, compare=False)
+    # Read from a file without a "content_sha256" (autoconf before 2026-12-06, or an edit that removed it): the
+    # prediction may not be the config's either; it is estimated again where its cluster is at hand.
+    unchecked: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self):
         self.placement = _with_cp_axis(self.placement)
@@ -531,7 +535,8 @@ class Plan:
                        partition=[list(p) if isinstance(p, list) else p for p in data["partition"]],
                        placement=dict(data["placement"]), prediction=dict(data.get("prediction") or {}),
                        sequence_split=data.get("sequence_split"),
-                       edited=checksum != content_sha256(data))  # (a missing one: edited too, or older)
+                       edited=checksum is not None and checksum != content_sha256(data),
+                       unchecked=checksum is None)
             plan.validate(source)
         except (TypeError, ValueError, OverflowError, AttributeError, KeyError, IndexError, RecursionError) as err:
             if isinstance(err, UserError):

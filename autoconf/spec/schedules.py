@@ -188,10 +188,12 @@ class ScheduleSpec:
                     f"{least} micro-batches")
         if runtime == "torch" and m < self.torch_min_microbatches_per_rank * pp:
             least = self.torch_min_microbatches_per_rank * pp
-            return (f"{name} needs num_microbatches ({m}) >= pp ({least}) in torch's {self.torch_class} "
+            per_rank = self.torch_min_microbatches_per_rank
+            factor = "pp" if per_rank == 1 else f"{per_rank} * pp"
+            return (f"{name} needs num_microbatches ({m}) >= {factor} ({least}) in torch's {self.torch_class} "
                     f"(torch.distributed.pipelining); use a global batch giving at least {least} micro-batches, "
-                    f"gpipe (which torch runs with any number), or Megatron's pipeline runtime (frameworks megatron "
-                    f"and megatron-core, pipeline_buffers per_transfer)")
+                    f"gpipe (which torch runs with any number), or --framework megatron or megatron-core (whose "
+                    f"runtime runs fewer)")
         if runtime == "megatron" and self.megatron_whole_groups and (m < pp or m % pp):
             fits = f"{pp}" if m < pp else f"{m - m % pp} or {m - m % pp + pp}"
             return (f"{name} needs num_microbatches ({m}) to be a multiple of pp ({pp}) in Megatron-LM (its "
@@ -439,6 +441,15 @@ class Schedule:
 def stage_to_rank(name: str, pp: int, vpp: int) -> tuple[int, ...]:
     """Rank of each virtual stage of schedule `name` (see `ScheduleSpec.stage_to_rank`)."""
     return schedule_spec(name).stage_to_rank(pp, vpp)
+
+
+def pipeline_problem(config, runtime: str | None) -> str | None:
+    """Why `runtime` (RUNTIMES) cannot run `config`'s pipeline (one line naming what would work), or None: its
+    schedule's rules at its pp, vpp and micro-batch count; no pipeline (pp 1) has none. The one reading of a
+    runtime's rules for the frameworks' check, the executor's support rule and the exports' notes."""
+    if config.pp == 1 or config.schedule not in _REGISTRY:
+        return None
+    return _REGISTRY[config.schedule].problem(config.pp, config.vpp, config.num_microbatches, runtime)
 
 
 def check_schedule(name: str, pp: int, vpp: int, num_microbatches: int, seq_chunks: int = 1) -> None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from autoconf.errors import UserError
 from autoconf.spec.frameworks import EXECUTOR_FRAMEWORK
-from autoconf.spec.schedules import SCHEDULES, schedule_spec
+from autoconf.spec.schedules import SCHEDULES, pipeline_problem, schedule_spec
 
 
 def model_unsupported_reason(model) -> str | None:
@@ -80,8 +80,8 @@ def unsupported_reason(config, model=None) -> str | None:
     spec = schedule_spec(config.schedule)
     if spec.executor_note:
         return spec.executor_note
-    torch_refusal = config.pp > 1 and spec.problem(config.pp, config.vpp, config.num_microbatches)
-    if torch_refusal:  # (torch's own minimums, beyond what the order needs: ParallelConfig.problems)
+    torch_refusal = pipeline_problem(config, "torch")  # (its runtime's minimums, beyond what the order needs)
+    if torch_refusal:
         return torch_refusal
     if spec.sequence_chunks:
         reason = sequence_chunks_reason(config, model)
