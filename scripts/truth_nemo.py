@@ -364,28 +364,32 @@ def compare() -> dict:
     return {"framework": FRAMEWORK, "tables": tables, "summary": summary}
 
 
+def dense_rows(data: dict):
+    """(table, row, model spec) of every modelled row of a dense model, in the data file's order."""
+    models = {k: v for k, v in data["models"].items() if k != "source"}
+    for table in data["tables"]:
+        for row in table["rows"]:
+            if not not_modelled(row, models):
+                model = model_of(row, models, row["tp"])
+                if model.moe is None:
+                    yield table, row, model
+
+
 def block_gaps(data: dict) -> list[dict]:
     """For every modelled dense row: the published step's excess over the predicted one per transformer block and
     micro-batch of a pipeline rank (what a cost charged once per block and micro-batch, such as a host overhead per
     layer, would have to be to close the gap alone), beside the predicted block's time (forward and backward, one
     micro-batch, one rank)."""
-    models = {k: v for k, v in data["models"].items() if k != "source"}
     out = []
-    for table in data["tables"]:
-        for row in table["rows"]:
-            if not_modelled(row, models):
-                continue
-            model = model_of(row, models, row["tp"])
-            if model.moe is not None:
-                continue
-            c, ex, cluster = config_of(row, row["precision"]), execution_of(row, table), cluster_of(row, table)
-            predicted = predict(row, table, model, row["precision"])["tokens_per_s_per_gpu"]
-            tokens_per_gpu = c.global_batch_size * c.seq_len / row["gpus"]
-            excess = (tokens_per_gpu / row["tokens_per_s_per_gpu"] - tokens_per_gpu / predicted) / (
-                model.num_layers / c.pp * c.num_microbatches)
-            block = model_pieces(model, cluster, c, execution=ex).block.total
-            out.append({"label": row["label"], "layout": f"tp{c.tp} pp{c.pp} cp{c.cp} mbs{c.micro_batch_size}",
-                        "excess_ms": 1e3 * excess, "block_ms": 1e3 * block, "share_pct": 100 * excess / block})
+    for table, row, model in dense_rows(data):
+        c, ex, cluster = config_of(row, row["precision"]), execution_of(row, table), cluster_of(row, table)
+        predicted = predict(row, table, model, row["precision"])["tokens_per_s_per_gpu"]
+        tokens_per_gpu = c.global_batch_size * c.seq_len / row["gpus"]
+        excess = (tokens_per_gpu / row["tokens_per_s_per_gpu"] - tokens_per_gpu / predicted) / (
+            model.num_layers / c.pp * c.num_microbatches)
+        block = model_pieces(model, cluster, c, execution=ex).block.total
+        out.append({"label": row["label"], "layout": f"tp{c.tp} pp{c.pp} cp{c.cp} mbs{c.micro_batch_size}",
+                    "excess_ms": 1e3 * excess, "block_ms": 1e3 * block, "share_pct": 100 * excess / block})
     return out
 
 
@@ -406,29 +410,22 @@ def planner_picks(data: dict) -> list[dict]:
     The vocabulary stays padded for the published TP."""
     from autoconf.solve.search import search
 
-    models = {k: v for k, v in data["models"].items() if k != "source"}
     out = []
-    for table in data["tables"]:
-        for row in table["rows"]:
-            if not_modelled(row, models):
-                continue
-            model = model_of(row, models, row["tp"])
-            if model.moe is not None:
-                continue
-            published = predict(row, table, model, row["precision"])
-            start = time.perf_counter()
-            best = search(model, cluster_of(row, table), row["gbs"], row["seq_len"], row["precision"], "flash",
-                          top_k=1, execution=execution_of(row, table)).plans[0]
-            c = best.config
-            same = (c.tp, c.pp, c.cp, c.vpp) == (row["tp"], row["pp"], row["cp"], row.get("vp") or 1)
-            out.append({"table": table["id"], "label": row["label"], "gpus": row["gpus"],
-                        "published_layout": f"tp{row['tp']} pp{row['pp']} cp{row['cp']} vp{row.get('vp') or 1} "
-                                            f"mbs{row['mbs']}",
-                        "published_tps": row["tokens_per_s_per_gpu"],
-                        "published_predicted_tps": round(published["tokens_per_s_per_gpu"], 1),
-                        "pick": c.label(),
-                        "pick_predicted_tps": round(best.prediction["tokens_per_s"] / row["gpus"], 1),
-                        "same_degrees": same, "search_s": round(time.perf_counter() - start, 1)})
+    for table, row, model in dense_rows(data):
+        published = predict(row, table, model, row["precision"])
+        start = time.perf_counter()
+        best = search(model, cluster_of(row, table), row["gbs"], row["seq_len"], row["precision"], "flash",
+                      top_k=1, execution=execution_of(row, table)).plans[0]
+        c = best.config
+        same = (c.tp, c.pp, c.cp, c.vpp) == (row["tp"], row["pp"], row["cp"], row.get("vp") or 1)
+        out.append({"table": table["id"], "label": row["label"], "gpus": row["gpus"],
+                    "published_layout": f"tp{row['tp']} pp{row['pp']} cp{row['cp']} vp{row.get('vp') or 1} "
+                                        f"mbs{row['mbs']}",
+                    "published_tps": row["tokens_per_s_per_gpu"],
+                    "published_predicted_tps": round(published["tokens_per_s_per_gpu"], 1),
+                    "pick": c.label(),
+                    "pick_predicted_tps": round(best.prediction["tokens_per_s"] / row["gpus"], 1),
+                    "same_degrees": same, "search_s": round(time.perf_counter() - start, 1)})
     return out
 
 
