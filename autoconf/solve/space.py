@@ -45,8 +45,9 @@ INT_FIELDS = ("tp", "pp", "dp", "cp", "vpp", "micro_batch_size", "zero_stage", "
 SEQ_CHUNKS = (2, 4, 8)
 MAX_MICRO_BATCH = 16
 # Context parallelism is searched from this sequence length up (Megatron-Core's and torchtitan's long-context recipes
-# start CP at 16k-32k tokens; below it a rank's share of the attention is too short to hide the K/V exchange, and
-# TP, PP and recompute fit the activations). A pinned --fix cp is honoured at any length.
+# start CP at 16k-32k tokens; below it a rank's share of the attention is short beside the K/V exchange, and TP, PP
+# and recompute fit the activations). NVIDIA's 8k pre-training recipes run cp 2 for Llama 3 8B, 70B and 405B, which
+# this leaves out (docs/accuracy.md, "The planner's pick"). A pinned --fix cp is honoured at any length.
 CP_MIN_SEQ_LEN = 16_384
 # Nor are the sequence's chunks cut shorter than this many tokens per rank (CP's blockwise kernels on short blocks).
 CP_MIN_LOCAL_TOKENS = 1_024
