@@ -46,8 +46,9 @@ block's predicted time (the test of a per-layer host overhead, docs/accuracy.md)
 `--flag KEY=VALUE` (repeatable) changes a framework flag for every row after the row's own (e.g.
 tp_comm_overlap=false: every TP collective exposed).
 
-`--picks` runs autoconf's search on every dense row's model, GPUs, batch, sequence and precision (the row's framework
-flags) and prints its pick beside the published layout, both predicted (`planner_picks`).
+`--picks` runs autoconf's search on every modelled row's model, GPUs, batch, sequence and precision (the row's
+framework flags) and prints its pick beside the published layout, both predicted (`planner_picks`), dense rows then
+MoE rows.
 
 Usage: python scripts/truth_nemo.py [--json | --memory | --terms | --gaps | --picks] [--flag KEY=VALUE ...]
 """
@@ -364,14 +365,15 @@ def compare() -> dict:
     return {"framework": FRAMEWORK, "tables": tables, "summary": summary}
 
 
-def dense_rows(data: dict):
-    """(table, row, model spec) of every modelled row of a dense model, in the data file's order."""
+def modelled_rows(data: dict, moe: bool = False):
+    """(table, row, model spec) of every modelled row of a dense model (of an MoE model with `moe`), in the data
+    file's order."""
     models = {k: v for k, v in data["models"].items() if k != "source"}
     for table in data["tables"]:
         for row in table["rows"]:
             if not not_modelled(row, models):
                 model = model_of(row, models, row["tp"])
-                if model.moe is None:
+                if (model.moe is not None) == moe:
                     yield table, row, model
 
 
@@ -381,7 +383,7 @@ def block_gaps(data: dict) -> list[dict]:
     layer, would have to be to close the gap alone), beside the predicted block's time (forward and backward, one
     micro-batch, one rank)."""
     out = []
-    for table, row, model in dense_rows(data):
+    for table, row, model in modelled_rows(data):
         c, ex, cluster = config_of(row, row["precision"]), execution_of(row, table), cluster_of(row, table)
         predicted = predict(row, table, model, row["precision"])["tokens_per_s_per_gpu"]
         tokens_per_gpu = c.global_batch_size * c.seq_len / row["gpus"]
@@ -401,26 +403,27 @@ def print_gaps(data: dict) -> None:
         print(f"{g['label']:16s} {g['layout']:22s} {g['excess_ms']:9.2f} {g['block_ms']:8.2f} {g['share_pct']:5.0f}%")
 
 
-def planner_picks(data: dict) -> list[dict]:
-    """For every modelled dense row: the layout autoconf's search picks for the same model, GPUs, batch, sequence
+def planner_picks(data: dict, moe: bool = False) -> list[dict]:
+    """For every modelled dense row (MoE row with `moe`): the layout autoconf's search picks for the same model, GPUs, batch, sequence
     and precision under the row's framework flags (`execution_of`; the search weighs what Megatron-Core runs), its
     predicted tokens/s beside the predicted tokens/s of NVIDIA's published layout, and whether the two layouts share
-    tp, pp, cp and vp. Both figures come from one model, so their ratio says how much faster than the expert's
+    tp, pp, cp, vp and ep. Both figures come from one model, so their ratio says how much faster than the expert's
     layout autoconf believes its pick to be, not how fast either runs; the published measurement is beside them.
     The vocabulary stays padded for the published TP."""
     from autoconf.solve.search import search
 
     out = []
-    for table, row, model in dense_rows(data):
+    for table, row, model in modelled_rows(data, moe):
         published = predict(row, table, model, row["precision"])
         start = time.perf_counter()
         best = search(model, cluster_of(row, table), row["gbs"], row["seq_len"], row["precision"], "flash",
                       top_k=1, execution=execution_of(row, table)).plans[0]
         c = best.config
-        same = (c.tp, c.pp, c.cp, c.vpp) == (row["tp"], row["pp"], row["cp"], row.get("vp") or 1)
+        same = (c.tp, c.pp, c.cp, c.vpp, c.ep) == (row["tp"], row["pp"], row["cp"], row.get("vp") or 1,
+                                                   row.get("ep", 1))
         out.append({"table": table["id"], "label": row["label"], "gpus": row["gpus"],
                     "published_layout": f"tp{row['tp']} pp{row['pp']} cp{row['cp']} vp{row.get('vp') or 1} "
-                                        f"mbs{row['mbs']}",
+                                        + (f"ep{row['ep']} " if row.get("ep", 1) > 1 else "") + f"mbs{row['mbs']}",
                     "published_tps": row["tokens_per_s_per_gpu"],
                     "published_predicted_tps": round(published["tokens_per_s_per_gpu"], 1),
                     "pick": c.label(),
@@ -430,9 +433,14 @@ def planner_picks(data: dict) -> list[dict]:
 
 
 def print_picks(data: dict) -> None:
-    picks = planner_picks(data)
-    print("Dense rows: autoconf's pick (search under the row's framework flags) against NVIDIA's published layout, "
-          "tokens/s per GPU (both predicted; the published run's measured figure beside)")
+    for moe in (False, True):
+        print(f"\n{'MoE' if moe else 'Dense'} rows: autoconf's pick (search under the row's framework flags) against "
+              f"NVIDIA's published layout, tokens/s per GPU (both predicted; the published run's measured figure "
+              f"beside)")
+        _print_picks(planner_picks(data, moe))
+
+
+def _print_picks(picks: list[dict]) -> None:
     print(f"{'row':16s} {'table':22s} {'GPUs':>5s} {'published layout':24s} {'measured':>8s} {'pred':>7s} "
           f"{'pick pred':>9s} {'pick/pub':>8s}  pick")
     for p in picks:
@@ -440,12 +448,12 @@ def print_picks(data: dict) -> None:
         print(f"{p['label']:16s} {p['table']:22s} {p['gpus']:5d} {p['published_layout']:24s} "
               f"{p['published_tps']:8.0f} {p['published_predicted_tps']:7.0f} {p['pick_predicted_tps']:9.0f} "
               f"{ratio:8.3f}  {p['pick']}"
-              f"{' (same tp pp cp vp)' if p['same_degrees'] else ''}")
+              f"{' (the same degrees)' if p['same_degrees'] else ''}")
     ratios = sorted(p["pick_predicted_tps"] / p["published_predicted_tps"] for p in picks)
     if ratios:
         print(f"pick / published layout, both predicted: median {ratios[len(ratios) // 2]:.3f}, "
               f"{ratios[0]:.3f} to {ratios[-1]:.3f} over {len(ratios)} rows; "
-              f"{sum(p['same_degrees'] for p in picks)} picks with the published tp, pp, cp and vp")
+              f"{sum(p['same_degrees'] for p in picks)} picks with the published tp, pp, cp, vp and ep")
 
 
 def _print_stats(name: str, s: dict) -> None:
