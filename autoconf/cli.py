@@ -18,6 +18,7 @@ from rich.text import Text
 
 from autoconf.cli_numbers import ASCII_FLOAT, ASCII_INT, AsciiFloatRange, AsciiIntRange
 from autoconf.errors import UserError
+from autoconf.files import ascii_number
 from autoconf.spec import frameworks
 from autoconf.spec.dtypes import DTYPES, PROFILED_DTYPES, check_dtype, check_trainable_dtype, default_dtype
 from autoconf.spec.frameworks import SELECTIVE_RECOMPUTE
@@ -257,10 +258,8 @@ def layer_counts(ctx, param, value):
     """--recompute-layers 3,1: one non-negative count per virtual stage."""
     if value is None:
         return None
-    try:
-        counts = [int(v) for v in str(value).split(",")]
-    except ValueError:
-        counts = [-1]
+    parts = str(value).split(",")
+    counts = [int(v) for v in parts] if all(ascii_number(v) for v in parts) else [-1]
     if any(n < 0 for n in counts):
         raise click.BadParameter(f"expected comma-separated layer counts >= 0, one per stage (e.g. 3,1), got "
                                  f"{value!r}", ctx=ctx, param=param)

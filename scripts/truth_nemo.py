@@ -404,20 +404,24 @@ def print_gaps(data: dict) -> None:
 
 
 def planner_picks(data: dict, moe: bool = False) -> list[dict]:
-    """For every modelled dense row (MoE row with `moe`): the layout autoconf's search picks for the same model, GPUs, batch, sequence
-    and precision under the row's framework flags (`execution_of`; the search weighs what Megatron-Core runs), its
-    predicted tokens/s beside the predicted tokens/s of NVIDIA's published layout, and whether the two layouts share
-    tp, pp, cp, vp and ep. Both figures come from one model, so their ratio says how much faster than the expert's
-    layout autoconf believes its pick to be, not how fast either runs; the published measurement is beside them.
-    The vocabulary stays padded for the published TP."""
+    """For every modelled dense row (MoE row with `moe`): the layout autoconf's search picks for the same model,
+    GPUs, batch, sequence and precision under the row's framework flags (`execution_of`; the search weighs what
+    Megatron-Core runs), its predicted tokens/s beside the predicted tokens/s of NVIDIA's published layout, whether
+    the two layouts share tp, pp, cp, vp and ep, and whether the published layout is predicted to fit (a search
+    weighs only layouts that do). Rows where nothing fits are left out. Both figures come from one model, so their
+    ratio says how much faster than the expert's layout autoconf believes its pick to be, not how fast either runs;
+    the published measurement is beside them. The vocabulary stays padded for the published TP."""
     from autoconf.solve.search import search
 
     out = []
     for table, row, model in modelled_rows(data, moe):
         published = predict(row, table, model, row["precision"])
         start = time.perf_counter()
-        best = search(model, cluster_of(row, table), row["gbs"], row["seq_len"], row["precision"], "flash",
-                      top_k=1, execution=execution_of(row, table)).plans[0]
+        plans = search(model, cluster_of(row, table), row["gbs"], row["seq_len"], row["precision"], "flash",
+                       top_k=1, execution=execution_of(row, table)).plans
+        if not plans:  # (nothing fits the search's memory model: no pick to compare)
+            continue
+        best = plans[0]
         c = best.config
         same = (c.tp, c.pp, c.cp, c.vpp, c.ep) == (row["tp"], row["pp"], row["cp"], row.get("vp") or 1,
                                                    row.get("ep", 1))
@@ -426,6 +430,7 @@ def planner_picks(data: dict, moe: bool = False) -> list[dict]:
                                         + (f"ep{row['ep']} " if row.get("ep", 1) > 1 else "") + f"mbs{row['mbs']}",
                     "published_tps": row["tokens_per_s_per_gpu"],
                     "published_predicted_tps": round(published["tokens_per_s_per_gpu"], 1),
+                    "published_fits": published["fits"],
                     "pick": c.label(),
                     "pick_predicted_tps": round(best.prediction["tokens_per_s"] / row["gpus"], 1),
                     "same_degrees": same, "search_s": round(time.perf_counter() - start, 1)})
@@ -448,7 +453,8 @@ def _print_picks(picks: list[dict]) -> None:
         print(f"{p['label']:16s} {p['table']:22s} {p['gpus']:5d} {p['published_layout']:24s} "
               f"{p['published_tps']:8.0f} {p['published_predicted_tps']:7.0f} {p['pick_predicted_tps']:9.0f} "
               f"{ratio:8.3f}  {p['pick']}"
-              f"{' (the same degrees)' if p['same_degrees'] else ''}")
+              f"{' (the same degrees)' if p['same_degrees'] else ''}"
+              f"{'' if p['published_fits'] else ' (the published layout predicted not to fit)'}")
     ratios = sorted(p["pick_predicted_tps"] / p["published_predicted_tps"] for p in picks)
     if ratios:
         print(f"pick / published layout, both predicted: median {ratios[len(ratios) // 2]:.3f}, "

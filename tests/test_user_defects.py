@@ -978,6 +978,10 @@ def test_the_metrics_summary_of_an_edited_plan_compares_no_stale_prediction(tmp_
     summary = _summary(load_plan(edited), TrainOptions(steps=1), records, torch.device("cpu"), 0)
     assert summary["predicted_iteration_time_s"] is None and summary["predicted_peak_memory_bytes"] is None
     assert "not as autoconf wrote it" in summary["prediction"]
+    doc.pop("content_sha256")  # (sixth round: an edit that removed the checksum too)
+    edited.write_text(json.dumps(doc))
+    summary = _summary(load_plan(edited), TrainOptions(steps=1), records, torch.device("cpu"), 0)
+    assert summary["predicted_iteration_time_s"] is None and "carries no checksum" in summary["prediction"]
 
 
 @pytest.mark.parametrize("config, needle", [
@@ -1036,7 +1040,8 @@ def test_a_plan_without_checksum_whose_cluster_is_gone_still_launches(tmp_path):
     plan.write_text(json.dumps(doc))
     result = run_cli(["launch", plan, "--dry-run", "--steps", "1"])
     assert result.exit_code == 0, result.output
-    assert "its stored prediction is used unchecked (its cluster 'elsewhere-cpu'" in result.output
+    assert "its stored prediction is used unchecked (cannot estimate" in result.output
+    assert "the plan's cluster 'elsewhere-cpu' is not available" in result.output
     assert "--steps 1" in result.output
     doc["config"]["zero_stage"] = 1
     doc["content_sha256"] = "0" * 64
@@ -1114,9 +1119,21 @@ def test_a_pinned_schedule_the_runtime_refuses_names_its_rule():
      "--nodes '١:4' must be N, A:B"),
     (["plan", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8", "--framework-flag",
       "bucket_params=1_000"], "--framework-flag bucket_params: cannot read '1_000'"),
+    (["estimate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--tp", "1", "--pp", "2", "--dp", "2",
+      "--micro-batch", "1", "--global-batch", "8", "--recompute", "full", "--recompute-layers", "١,1"],
+     "expected comma-separated layer counts"),
 ])
 def test_every_number_is_read_in_ascii_digits(args, needle):
     """Sixth fuzz round: click's number options, --nodes ranges and framework flags read `1_0` as 10 and other
     scripts' digits (`٨`) as numbers, where --fix and --tokens refuse them; every numeric input now refuses them in
     one line."""
     assert_one_clear_error(run_cli(args), needle)
+
+
+def test_a_pin_that_breaks_another_rule_is_named_even_where_the_batch_does_not_divide():
+    """Second review of the sixth round: the batch was blamed whenever it did not divide the probe, though tp 3
+    not dividing 32 heads is what the pin breaks; the batch is blamed only where it is the probe's one problem."""
+    result = run_cli(["plan", "--model", "llama3-8b", "--cluster", "dgx-h100-80g", "--nodes", "3", "--global-batch",
+                      "36", "--fix", "tp=3", "--fix", "pp=1"])
+    assert_one_clear_error(result, "--fix tp=3 cannot be taken together with --fix pp=1",
+                           "tp 3 does not divide the 32 attention heads")

@@ -457,8 +457,10 @@ def _summary(plan: Plan, opts: TrainOptions, records: list[dict], device: torch.
     times = [r["step_time_s"] for r in records]
     skip = min(opts.timing_warmup, max(0, len(times) - 1))
     measured = statistics.median(times[skip:]) if times else None
-    # an edited plan's stored prediction is another layout's (report/current.py): none is compared
-    pred = {} if plan.edited else plan.prediction or {}
+    # an edited plan's stored prediction may be another layout's (report/current.py), and so may one without a
+    # checksum: none is compared
+    unchecked = plan.edited or plan.unchecked
+    pred = {} if unchecked else plan.prediction or {}
     return {"predicted_iteration_time_s": pred.get("iteration_time_s"),
             "measured_iteration_time_s": measured,
             "timing_warmup_steps": skip,
@@ -468,7 +470,8 @@ def _summary(plan: Plan, opts: TrainOptions, records: list[dict], device: torch.
                                  "CPU: process max RSS growth since start, max over ranks (not comparable to the "
                                  "predicted device memory)"),
             "steps": len(records), "final_step": records[-1]["step"] if records else None,
-            **({"prediction": "none: the plan is not as autoconf wrote it"} if plan.edited else {})}
+            **({"prediction": "none: the plan is not as autoconf wrote it, or carries no checksum of it"}
+               if unchecked else {})}
 
 
 def placed_local_device(plan: Plan, rank: int) -> int:

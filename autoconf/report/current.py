@@ -57,12 +57,11 @@ def current(plan: Plan, cluster=None, source: str = "the plan",
     why = ("is not as autoconf wrote it (its content_sha256 differs)" if plan.edited else
            "carries no checksum of what autoconf wrote (written before 2026-12-06, or edited)")
     try:
-        on = plan_cluster(plan, cluster, f"estimate {source} again (it {why})", remedy)
-    except UserError:
+        on = plan_cluster(plan, cluster, f"estimate {source} again" + (f" (it {why})" if plan.edited else ""), remedy)
+    except UserError as err:
         if plan.edited:
             raise
-        return plan, (f"{source} {why}; its stored prediction is used unchecked (its cluster "
-                      f"{plan.cluster.get('name')!r} is not at hand to estimate it again)")
+        return plan, f"{source} {why}; its stored prediction is used unchecked ({err})"
     fresh = estimate(plan.model, on, plan.config, partition=plan.partition,
                      mesh=plan.placement["mesh"], execution=plan_execution(plan.prediction))
     old, new = plan.prediction, fresh.prediction

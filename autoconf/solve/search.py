@@ -652,8 +652,9 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
             return (f"--fix {pin_text(key, value)} cannot be taken together with --fix {others}; drop or change one "
                     f"of them")
         why = against(probe)
-        if why and probe.global_batch_size % (probe.micro_batch_size * probe.dp):
-            return None  # the batch is to blame: the caller's line says so
+        if why and probe.global_batch_size % (probe.micro_batch_size * probe.dp) and len(
+                probe.problems(model, world)) == 1:
+            return None  # the batch alone is to blame: the caller's line says so
         return (f"--fix {pin_text(key, value)} cannot be taken together with --fix {others}"
                 + (f": {why}" if why else "; drop or change one of them"))
     return None

@@ -811,8 +811,8 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
 def parse_flags(pairs) -> dict:
     """KEY=VALUE strings into typed flags: true/false for the yes-no flags, a number or "none" for bucket_params,
     comma-separated stages for zero_stages, comma-separated names for eager_ops, grad_buffer_passes ("none": no op)
-    and schedules ("all": every schedule), a name otherwise. One-line errors name the known flags; a flag given
-    twice is refused."""
+    and schedules ("all": every registered one that does not split sequences), a name otherwise. One-line errors
+    name the known flags; a flag given twice is refused."""
     out = {}
     defaults = Execution()
     for item in pairs:
@@ -841,8 +841,10 @@ def parse_flags(pairs) -> dict:
                 out[key] = tuple(sorted({int(v) for v in value.split(",")}))
             elif key in ("eager_ops", "grad_buffer_passes"):
                 out[key] = tuple(v.strip() for v in value.split(",") if v.strip() and v.strip() != "none")
-            elif key == "schedules":  # ("all": every one the registry lets a search weigh)
-                out[key] = tuple(v.strip() for v in value.split(",") if v.strip() and v.strip() != "all")
+            elif key == "schedules":  # ("all": every registered one that does not split sequences)
+                names = [v.strip() for v in value.split(",") if v.strip()]
+                out[key] = tuple(n for n in SCHEDULES if not schedule_spec(n).sequence_chunks) if names == [
+                    "all"] else tuple(names)
             else:
                 out[key] = value
         except ValueError:
