@@ -90,9 +90,9 @@ def search_summary(s: dict) -> str:
     """The search's counts in one line; each candidate and offloading twin it weighed is in exactly one of them."""
     twins = f" and {s['offload_weighed']} offloading twins" if s.get("offload_weighed") else ""
     same = f", {s['same_as_another']} the same as another" if s.get("same_as_another") else ""
+    refused = f", {s['unlaunchable']} not launchable" if s.get("unlaunchable") else ""
     return (f"searched {s['candidates']} candidates{twins}: {s['pruned_memory']} pruned by memory, "
-            f"{s['pruned_time']} by time bound, {s['simulated']} simulated, {s['unlaunchable']} not launchable"
-            f"{same}; {s['seconds']:.2f} s")
+            f"{s['pruned_time']} by time bound, {s['simulated']} simulated{refused}{same}; {s['seconds']:.2f} s")
 
 
 def chosen_dtype(fixed: dict, dtype: str | None, cluster) -> str:
@@ -547,7 +547,11 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
              f"seq {seq_len}")
     print_table(ranked_table(result.plans, title, wide=console.width >= 130), console)
     console.print(search_summary(s))
-    if best.prediction.get("launchable") is False:
+    if not execution.is_executor:  # (planned for another framework: its plans are exported, never launched here)
+        console.print(f"planned for {execution.name}: `autoconf show PLAN --out DIR` (or --explain) writes #1's "
+                      f"Megatron-LM arguments and torchtitan config; `launch` runs only plans made for autoconf's "
+                      f"executor")
+    elif best.prediction.get("launchable") is False:
         console.print(f"#1 is not launchable by autoconf's executor: {best.prediction['not_launchable_reason']} "
                       f"(--explain writes the Megatron-LM and torchtitan exports, not autoconf's launch scripts)")
     if tokens is not None:

@@ -583,3 +583,13 @@ def test_the_gradient_reduction_defaults_to_the_frameworks_and_another_is_refuse
     zero1 = [a if a != "3" else "1" for a in base]
     assert_one_clear_error(run_cli([*zero1, "--framework", "megatron-core", "--grad-reduce", "microbatch"]),
                            "once per step", "drop --grad-reduce microbatch")
+
+
+def test_a_plan_for_another_framework_says_how_to_export_it_not_that_it_is_refused():
+    """A plan made for Megatron-Core is exported, not launched: the line under the table says how to export it
+    (it said "#1 is not launchable by autoconf's executor", which reads as a fault of the plan)."""
+    result = run_cli(["plan", "--model", "llama3-8b", "--cluster", "dgx-h100-80g", "--nodes", "1", "--global-batch",
+                      "16", "--framework", "megatron-core", "--top", "1"])
+    assert result.exit_code == 0, result.output
+    assert "planned for megatron-core: `autoconf show PLAN --out DIR`" in result.output
+    assert "not launchable" not in result.output
