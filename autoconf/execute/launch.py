@@ -505,7 +505,7 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
     """
     check_master_addr(master_addr)
     plan = load_plan(plan_path)
-    if plan.edited or plan.unchecked:  # the stored prediction may be another layout's: what fits is estimated again
+    if not plan.as_written:  # the stored prediction may be another layout's: what fits is estimated again
         from autoconf.report.current import current
 
         reason = plan_unsupported_reason(plan)  # (build_commands' refusal, ahead of estimating the plan again)

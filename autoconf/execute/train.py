@@ -457,10 +457,9 @@ def _summary(plan: Plan, opts: TrainOptions, records: list[dict], device: torch.
     times = [r["step_time_s"] for r in records]
     skip = min(opts.timing_warmup, max(0, len(times) - 1))
     measured = statistics.median(times[skip:]) if times else None
-    # an edited plan's stored prediction may be another layout's (report/current.py), and so may one without a
-    # checksum: none is compared
-    unchecked = plan.edited or plan.unchecked
-    pred = {} if unchecked else plan.prediction or {}
+    # the stored prediction of a plan not as autoconf wrote it may be another layout's (report/current.py): none is
+    # compared
+    pred = (plan.prediction or {}) if plan.as_written else {}
     return {"predicted_iteration_time_s": pred.get("iteration_time_s"),
             "measured_iteration_time_s": measured,
             "timing_warmup_steps": skip,
@@ -471,7 +470,7 @@ def _summary(plan: Plan, opts: TrainOptions, records: list[dict], device: torch.
                                  "predicted device memory)"),
             "steps": len(records), "final_step": records[-1]["step"] if records else None,
             **({"prediction": "none: the plan is not as autoconf wrote it, or carries no checksum of it"}
-               if unchecked else {})}
+               if not plan.as_written else {})}
 
 
 def placed_local_device(plan: Plan, rank: int) -> int:

@@ -52,7 +52,7 @@ def current(plan: Plan, cluster=None, source: str = "the plan",
     memory. Where the cluster is not available: a UserError naming `remedy` for an edited plan; for one without a
     checksum, the plan as stored and a note saying it could not be checked (a plan written by an older autoconf
     planned on another machine still launches)."""
-    if not (plan.edited or plan.unchecked):
+    if plan.as_written:
         return plan, None
     why = ("is not as autoconf wrote it (its content_sha256 differs)" if plan.edited else
            "carries no checksum of what autoconf wrote (written before 2026-12-06, or edited)")

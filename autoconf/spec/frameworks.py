@@ -824,8 +824,7 @@ def parse_flags(pairs) -> dict:
             raise UserError(f"--framework-flag {key} is given twice; give it once")
         current = getattr(defaults, key)
         try:
-            numeric = key == "bucket_params" and value.lower() != "none" or (
-                isinstance(current, float) and not isinstance(current, bool))
+            numeric = key == "bucket_params" and value.lower() != "none" or isinstance(current, float)
             if numeric and not ascii_number(value, integer=False) or key == "zero_stages" and not all(
                     ascii_number(v) for v in value.split(",")):
                 raise ValueError

@@ -16,7 +16,7 @@ import math
 
 from autoconf.errors import UserError
 from autoconf.files import shown
-from autoconf.spec.model import MAX_LAYERS, MAX_SIZES, YarnSpec
+from autoconf.spec.model import MAX_LAYERS, MAX_SIZES, YarnSpec, _positive_int
 
 REQUIRED = object()  # a key without a default: absent, it is a KeyError (the importer names the missing key)
 
@@ -249,10 +249,10 @@ def _rotary_frequencies(config: dict, scaling: dict) -> int | None:
     plain numbers (their own readers refuse them)."""
     heads, hidden = config.get("num_attention_heads"), config.get("hidden_size")
     head_dim = config.get("head_dim")
-    if head_dim is None and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (heads, hidden)):
+    if head_dim is None and _positive_int(heads) and _positive_int(hidden):
         head_dim = hidden // heads
     partial = scaling.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
-    if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim < 1 or _finite(partial) is None:
+    if not _positive_int(head_dim) or _finite(partial) is None:
         return None
     return int(head_dim * partial) // 2
 

@@ -483,6 +483,12 @@ class Plan:
     def __post_init__(self):
         self.placement = _with_cp_axis(self.placement)
 
+    @property
+    def as_written(self) -> bool:
+        """Its file is as autoconf wrote it (the checksum present and matching), so its prediction is its config's;
+        otherwise (`edited`, `unchecked`) report/current.py estimates it again."""
+        return not (self.edited or self.unchecked)
+
     def to_dict(self) -> dict:
         data = {"version": PLAN_VERSION, "kind": "plan", "model": self.model.to_dict(), "cluster": self.cluster,
                 "config": self.config.to_dict(), "partition": [list(p) for p in self.partition],
