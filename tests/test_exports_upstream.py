@@ -31,6 +31,7 @@ from autoconf.spec.frameworks import execution
 from autoconf.spec.model import MLASpec, MoESpec
 from autoconf.spec.plan import ParallelConfig, recomputed_layer_indices, recomputed_layers
 from autoconf.spec.presets import PRESETS, load_model
+from autoconf.spec.schedules import schedule_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS_FILE = ROOT / "scripts" / "data" / f"megatron_lm_{upstream.MEGATRON_LM_TAG}_flags.json"
@@ -99,6 +100,14 @@ PLANS = {
                                                         full_attention_layers=(1, 3, 5, 7)), pp=2, dp=2),
     # GPT-OSS: quick GeGLU with its clamp and offset, biases, learnable softmax (sinks), experts over ep 4
     "gpt-oss": lambda: _plan("gpt-oss-20b", pp=2, dp=4, ep=4, gpus=8, cluster="dgx-h100-80g", zero=1),
+    # experts over ep 8 without a pipeline: torchtitan 0.3.0's config refuses its default CUDA graphs beside the
+    # all-to-all dispatcher, and Megatron's expert biases need expert TP 1
+    # V placement (zbv, as torchtitan's search may pick it) exported to Megatron, which runs interleaved 1F1B with
+    # stage s on rank s % pp: each rank keeps its layers
+    "zbv-uneven": lambda: _plan(pp=2, dp=2, vpp=2, schedule="zbv", zero=1, partition=[[0, 3], [3, 4], [4, 5], [5, 8]]),
+    "gpt-oss-ep8-no-pipeline": lambda: _plan("gpt-oss-20b", pp=1, dp=8, ep=8, gpus=8, cluster="dgx-h100-80g", zero=1),
+    "gpt-oss-expert-tp2": lambda: _plan("gpt-oss-20b", tp=2, pp=1, dp=4, ep=4, etp=2, sp=True, gpus=8,
+                                        cluster="dgx-h100-80g", zero=1),
     "fp8-offload-optimizer": lambda: _plan(pp=1, dp=4, zero=1, dtype="fp8", cluster="dgx-h100-80g",
                                            offload_optimizer=True),
     "megatron-fsdp-fp8-params": lambda: _plan(pp=1, dp=4, zero=3, dtype="fp8", cluster="dgx-h100-80g",
@@ -199,7 +208,13 @@ def test_megatron_args_parse_at_the_named_tag(name):
     if args.pipeline_model_parallel_layout:
         stages = args.pipeline_model_parallel_layout.split("|")
         assert len(stages) == c.pp * c.vpp
-        assert [re.sub(r"t\*(\d+)", lambda g: "t" * int(g[1]), s).count("t") for s in stages] == layers
+        counts = [re.sub(r"t\*(\d+)", lambda g: "t" * int(g[1]), s).count("t") for s in stages]
+        # Megatron puts stage s on rank s % pp: every rank holds the layers the plan's placement gives it, each
+        # chunk the plan's (a loop placement), or the plan's chunks of that rank in order (V placement)
+        owner = schedule_spec(c.schedule).stage_to_rank(c.pp, c.vpp)
+        for rank in range(c.pp):
+            assert counts[rank::c.pp] == [n for n, r in zip(layers, owner) if r == rank]
+        assert counts == layers or schedule_spec(c.schedule).v_placement
         assert stages[-1].endswith("m" * m.mtp_num_layers + "L") and "m" not in "".join(stages[:-1])
     elif args.num_layers_per_virtual_pipeline_stage:
         assert [args.num_layers_per_virtual_pipeline_stage] * (c.pp * c.vpp) == layers
@@ -210,7 +225,9 @@ def test_megatron_args_parse_at_the_named_tag(name):
     if m.moe is not None:
         assert (args.num_experts, args.moe_router_topk, args.moe_ffn_hidden_size) == (
             m.moe.num_experts, m.moe.num_experts_per_tok, m.moe.moe_intermediate_size)
-        assert (args.expert_model_parallel_size, args.expert_tensor_parallel_size) == (c.ep, c.etp)
+        # (Megatron-Core runs experts with biases at expert TP 1 only: such a plan's etp is exported as 1, noted)
+        etp = 1 if m.moe.expert_bias and any("at expert TP 1 only" in line for line in text.splitlines()) else c.etp
+        assert (args.expert_model_parallel_size, args.expert_tensor_parallel_size) == (c.ep, etp)
         freq = args.moe_layer_freq  # unset (Megatron's default 1): every layer MoE (GPT-OSS), else a pattern
         pattern = [1] * m.num_layers if freq in (None, 1) else eval(freq, {"__builtins__": {}})
         assert pattern == [int(m.is_moe_layer(i)) for i in range(m.num_layers)]

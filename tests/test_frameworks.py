@@ -663,3 +663,41 @@ def test_the_planners_pick_is_at_least_as_fast_as_a_published_layout_it_can_weig
     assert [p["label"] for p in picks] == ["GPT3-5B", "LLAMA2-7B"]
     for p in picks:
         assert p["pick_predicted_tps"] >= p["published_predicted_tps"] * (1 - 1e-6), p
+
+
+def test_megatron_runs_zero_0_and_1_and_its_exports_say_what_stage_2_needs():
+    """Megatron-LM's distributed optimizer shards the optimizer state only (every rank keeps the whole gradient
+    buffer), so the megatron preset runs ZeRO 0 and 1 and refuses 2 in one line; an executor plan at ZeRO 2 exports
+    the distributed optimizer with a note naming Megatron-FSDP's gradient-sharding strategy (found by an audit of
+    the exports: a megatron plan at ZeRO 2 had been predicted to fit on gradients Megatron never shards)."""
+    from autoconf.report.exporters import megatron_flags
+
+    assert execution("megatron").zero_stages == (0, 1)
+    with pytest.raises(UserError, match="runs ZeRO stages 0, 1, not 2"):
+        estimate(MODEL, H100, cfg(zero_stage=2, pp=1, dp=16), execution=execution("megatron"))
+    flags, notes = megatron_flags(estimate(MODEL, H100, cfg(zero_stage=2, pp=1, dp=16)))
+    assert ("--use-distributed-optimizer", None) in flags
+    assert any("zero 2 (gradients sharded) is beyond Megatron's distributed optimizer" in n
+               and n.endswith("--data-parallel-sharding-strategy optim_grads") for n in notes)
+
+
+def test_megatron_core_runs_experts_with_biases_at_expert_tp_1():
+    """Megatron-Core asserts 'Bias in Moe is only supported when ETP==1': its presets' search weighs etp 1 only for
+    GPT-OSS (whose experts have biases) and `estimate` refuses etp 2 in one line, while the executor's framework
+    weighs and runs both."""
+    from autoconf.solve.space import candidates
+
+    model = MODELS["gpt-oss-20b"]
+    cluster = load_cluster("dgx-h100-80g", nodes=2)
+    fixed = {"tp": 2, "pp": 1}
+    for name in ("megatron-core", "deepseek"):
+        ex = execution(name)
+        layouts = list(candidates(model, 16, 8, 64, 4096, "bf16", fixed=fixed, expert_tp_biases=ex.expert_tp_biases))
+        assert layouts and {c.etp for c in layouts} == {1}
+    assert {c.etp for c in candidates(model, 16, 8, 64, 4096, "bf16", fixed=fixed)} == {1, 2}
+    layout = ParallelConfig(tp=2, pp=1, dp=8, ep=4, etp=2, micro_batch_size=1, global_batch_size=64, seq_len=4096,
+                            sequence_parallel=True, zero_stage=1, dtype="bf16")
+    with pytest.raises(UserError, match="at expert TP 1 only .* not etp 2; use etp 1"):
+        estimate(model, cluster, layout, execution=execution("megatron-core"))
+    assert estimate(model, cluster, layout).prediction["iteration_time_s"] > 0
+    assert execution("megatron-core").expert_tp_problem(dataclasses.replace(layout, etp=1), model) is None

@@ -232,6 +232,12 @@ def test_exports_carry_offload():
     plain = estimate(model, cluster, _config())
     assert "--cpu-offloading-num-layers" not in dict(megatron_flags(plain)[0])
     assert "enable_cpu_offload" not in torchtitan_config(plain)
+    # megatron-core refuses the flag beside a pipeline or recompute: there it is left out, with a note
+    for changes in ({"recompute": "full"}, {"pp": 2, "dp": 4}):
+        refused = estimate(model, cluster, _config(offload_activations=True, **changes))
+        flags, notes = megatron_flags(refused)
+        assert "--cpu-offloading-num-layers" not in dict(flags)
+        assert any("--cpu-offloading-num-layers is left out" in n for n in notes)
 
 
 @pytest.mark.slow

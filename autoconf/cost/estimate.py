@@ -752,7 +752,7 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
     step's tail (collectives, optimizer, step overhead) is `iteration_time_s`.
     """
     c = config.check(model, cluster.world_size)
-    execution.check(c)
+    execution.check(c, model)
     check_dtype(c.dtype, cluster.device.peak_flops, cluster.device.name)
     check_offload(cluster, c)
     partition = [list(p) for p in (partition or default_partition(model, c))]

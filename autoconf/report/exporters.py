@@ -21,7 +21,7 @@ from autoconf.report.precision_flags import megatron_fp8_args
 from autoconf.report.torchtitan_export import MODULE as TORCHTITAN_MODULE
 from autoconf.report.torchtitan_export import torchtitan_config as _torchtitan_config
 from autoconf.report.upstream import MEGATRON_TARGET
-from autoconf.spec.frameworks import plan_execution, selective_policy
+from autoconf.spec.frameworks import PRESETS, plan_execution, selective_policy
 from autoconf.spec.model import LLAMA3_ROPE_DEFAULTS
 from autoconf.spec.plan import Plan, node_blocks, recomputed_layers
 from autoconf.spec.schedules import pipeline_problem, schedule_spec
@@ -189,15 +189,28 @@ Flag = tuple[str, object]  # (Megatron-LM flag, value); value None for a switch,
 MEGATRON_CP_COMM = {"ring": "p2p", "allgather": "all_gather"}
 
 
+def _megatron_stage_layers(plan: Plan) -> list[int]:
+    """Layers of each virtual stage as Megatron places them: stage v*pp + r on rank r (loop placement). Where the
+    plan's schedule places its stages otherwise (V placement: zbv, dualpipev, which Megatron runs as interleaved
+    1F1B), Megatron's chunk v of rank r takes the layers of the plan's v-th stage on rank r, so every rank holds
+    the layers the plan gave it (in model order the second chunks' counts come reversed)."""
+    c, layers = plan.config, _stage_layers(plan)
+    owner = schedule_spec(c.schedule).stage_to_rank(c.pp, c.vpp)
+    if len(owner) != len(layers):  # (dualpipe: one partition entry per model stage of two directions)
+        return layers
+    per_rank = [[n for n, rank in zip(layers, owner) if rank == r] for r in range(c.pp)]
+    return [per_rank[s % c.pp][s // c.pp] for s in range(len(layers))]
+
+
 def _pipeline_layout(plan: Plan) -> str:
     """Megatron-Core's --pipeline-model-parallel-layout for the plan's partition: one '|'-separated entry per virtual
-    stage in stage order (chunk-major: stage v*pp + r is rank r's chunk v, as in the plan), 't' per transformer layer
-    (written t*N), 'E' (embedding) first, the MTP modules 'm' (cost/mtp.py: after the last stage's layers) and 'L'
-    (loss) last."""
+    stage in Megatron's stage order (chunk-major: stage v*pp + r is rank r's chunk v, `_megatron_stage_layers`), 't'
+    per transformer layer (written t*N), 'E' (embedding) first, the MTP modules 'm' (cost/mtp.py: after the last
+    stage's layers) and 'L' (loss) last."""
     stages = []
     last = len(plan.partition) - 1
     mtp = "m" * plan.model.mtp_num_layers
-    for st, n in enumerate(_stage_layers(plan)):
+    for st, n in enumerate(_megatron_stage_layers(plan)):
         text = (("E" if st == 0 else "") + ("t" if n == 1 else f"t*{n}" if n else "")
                 + (mtp + "L" if st == last else ""))
         stages.append(text)
@@ -236,6 +249,10 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
     refused = pipeline_problem(c, "megatron")
     if schedule.megatron_note:
         notes.append(schedule.megatron_note)
+    if _megatron_stage_layers(plan) != _stage_layers(plan):
+        notes.append(f"the plan's {c.schedule} places stage pp + k on rank pp-1-k (V placement), Megatron on rank k: "
+                     f"the layout below keeps every rank's layers by reversing the second chunks' counts, so the "
+                     f"head and the loss run on rank {c.pp - 1}, not on rank 0 as planned")
     elif refused:
         notes.append(f"Megatron-LM cannot run this pipeline: {refused}")
     if c.seq_chunks > 1:
@@ -253,10 +270,13 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
     flags, notes = flags + _as_flags(offload_args), notes + offload_notes
     # what makes Megatron run as the plan's framework was modelled (overlap flags; spec/frameworks.py)
     flags += _as_flags(plan_execution(plan.prediction).export_lines("megatron", c))
-    if c.zero_stage == 3 and not plan_execution(plan.prediction).megatron_fsdp:
-        notes.append("zero 3 (parameters sharded, re-gathered per pass) is beyond Megatron's distributed optimizer "
-                     "(which shards optimizer state and gradients); Megatron-Core's own FSDP is "
-                     "--use-megatron-fsdp --data-parallel-sharding-strategy optim_grads_params")
+    if c.zero_stage >= 2 and not (c.zero_stage == 3 and plan_execution(plan.prediction).megatron_fsdp):
+        sharded, strategy = {2: ("gradients", "optim_grads"),
+                             3: ("gradients and parameters, re-gathered per pass", "optim_grads_params")}[c.zero_stage]
+        notes.append(f"zero {c.zero_stage} ({sharded} sharded) is beyond Megatron's distributed optimizer below, "
+                     f"which shards the optimizer state only (every rank keeps the whole gradient buffer, so the run "
+                     f"below holds more memory than planned); Megatron-Core's own FSDP is --use-megatron-fsdp "
+                     f"--data-parallel-sharding-strategy {strategy}")
     if c.zero_stage == 1 and plan_execution(plan.prediction).zero1_all_reduce:
         notes.append("the plan's ZeRO-1 all-reduces the whole gradients (zero1_all_reduce, nanotron's); Megatron's "
                      "distributed optimizer reduce-scatters them, so the run below moves half the gradient bytes "
@@ -353,7 +373,7 @@ def _megatron_partition(plan: Plan) -> list[Flag]:
     ends use --decoder-first/last-pipeline-num-layers; any other partition, and any with an embedding-only or
     head-only chunk, is written as a layout."""
     c = plan.config
-    layers = _stage_layers(plan)
+    layers = _megatron_stage_layers(plan)
     if len(set(layers)) == 1:
         return [("--num-layers-per-virtual-pipeline-stage", layers[0])] if c.vpp > 1 else []
     first, last, middle = layers[0], layers[-1], layers[1:-1]
@@ -441,9 +461,15 @@ def _megatron_moe(plan: Plan) -> tuple[list[Flag], list[str]]:
     if m.moe is None:
         return flags, notes
     e = m.moe
+    etp = c.etp
+    if PRESETS["megatron-core"].expert_tp_problem(c, m):
+        etp = 1  # (Megatron-Core refuses the whole configuration otherwise)
+        notes.append(f"expert TP {c.etp}: Megatron-Core runs experts with biases at expert TP 1 only ('Bias in Moe "
+                     f"is only supported when ETP==1'), so the run below splits each expert over no TP ranks: "
+                     f"another layout than planned (plan it with --framework megatron-core)")
     flags += [("--num-experts", e.num_experts), ("--moe-router-topk", e.num_experts_per_tok),
               ("--moe-ffn-hidden-size", e.moe_intermediate_size),
-              ("--expert-model-parallel-size", c.ep), ("--expert-tensor-parallel-size", c.etp),
+              ("--expert-model-parallel-size", c.ep), ("--expert-tensor-parallel-size", etp),
               ("--moe-grouped-gemm", None)]
     # a dispatch that sends a token once per node (the framework's `dispatch_per_node`) is DeepEP's, Megatron-Core's
     # flex dispatcher; NCCL's all-to-all otherwise

@@ -4,7 +4,7 @@ read (report/exporters.py, report/torchtitan_export.py).
 - Megatron-LM core_v0.16.1 (`megatron/training/arguments.py`; scripts/data/megatron_lm_core_v0.16.1_flags.json):
   activation offload is `--cpu-offloading-num-layers N` (the arguments set `cpu_offloading` when N > 0), and
   megatron-core's TransformerConfig accepts only N < num_layers, refuses it with pipeline parallelism ("no support
-  for Pipeline parallelism with CPU offloading") and with recompute. Optimizer offload is `--optimizer-cpu-offload`
+  for Pipeline parallelism with CPU offloading") and with recompute (the flag is then left out, with a note). Optimizer offload is `--optimizer-cpu-offload`
   with `--optimizer-offload-fraction 1.0` (all of it on the host) and `--overlap-cpu-optimizer-d2h-h2d` (the copies
   overlapped, as modelled), on the distributed optimizer.
 - torchtitan 0.3.0 (`torchtitan/config/configs.py`): `training.enable_cpu_offload` applies FSDP2's
@@ -26,15 +26,17 @@ MEGATRON_OPTIMIZER_OFFLOAD = ["--optimizer-cpu-offload", "--optimizer-offload-fr
 def megatron_offload_args(c: ParallelConfig, num_layers: int) -> tuple[list[str], list[str]]:
     """(arguments, notes) for the plan's offload levers in Megatron-LM."""
     args, notes = [], []
-    if c.offload_activations:
+    if c.offload_activations and (c.pp > 1 or c.recompute != "none"):
+        # (the flag would make megatron-core refuse the whole configuration: left out, the run keeps them)
+        notes.append(f"offload_activations with {'pp ' + str(c.pp) if c.pp > 1 else ''}"
+                     f"{' and ' if c.pp > 1 and c.recompute != 'none' else ''}"
+                     f"{'recompute ' + c.recompute if c.recompute != 'none' else ''}: megatron-core's "
+                     f"TransformerConfig refuses CPU offloading with pipeline parallelism and with recompute, so "
+                     f"--cpu-offloading-num-layers is left out and the run below keeps the activations on the GPU")
+    elif c.offload_activations:
         args.append(f"--cpu-offloading-num-layers {max(num_layers - 1, 0)}")
         notes.append(f"offload_activations: Megatron-Core offloads the activations of at most num_layers - 1 = "
                      f"{num_layers - 1} layers (the plan modelled all {num_layers})")
-        if c.pp > 1 or c.recompute != "none":
-            notes.append(f"offload_activations with {'pp ' + str(c.pp) if c.pp > 1 else ''}"
-                         f"{' and ' if c.pp > 1 and c.recompute != 'none' else ''}"
-                         f"{'recompute ' + c.recompute if c.recompute != 'none' else ''}: megatron-core's "
-                         f"TransformerConfig refuses CPU offloading with pipeline parallelism and with recompute")
     if c.offload_optimizer:
         args += MEGATRON_OPTIMIZER_OFFLOAD
         notes.append("offload_optimizer: Megatron's --optimizer-cpu-offload keeps the fp32 master weights and Adam "

@@ -258,9 +258,12 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
               f'    parallelism.pipeline_parallel_schedule = "{schedule.torch_class or "1F1B"}"',
               f"    parallelism.pipeline_parallel_microbatch_size = {c.micro_batch_size}",
               f"    parallelism.expert_parallel_degree = {c.ep}",
-              *(f"    {line}" for line in offload_lines)]
+              *(f"    {line}" for line in offload_lines),
+              # torchtitan 0.3.0 captures each step's forward and backward in a CUDA graph by default; its config
+              # refuses that under pipelining and with the EP dispatchers that synchronise with the host (every one
+              # the plan's experts run), and the plan models a step launched kernel by kernel
+              "    training.disable_cuda_graphs = True  # (the plan models no CUDA graph capture)"]
     if c.pp > 1:
-        lines.append("    training.disable_cuda_graphs = True  # torchtitan's CUDA graphs do not support pipelining")
         lines.append("    parallelism.module_fqns_per_model_part = [  # one list per model chunk, in stage order")
         lines += ["        [" + ", ".join(f'"{n}"' for n in part) + "]," for part in module_fqns(plan)]
         lines.append("    ]")

@@ -52,7 +52,7 @@ def advisable(model, cluster, config, execution: Execution, executor: bool = Tru
     `smallest_fitting_change` applies to a change, for `estimate`'s advice and the search's no-fit line
     (`search.explain_infeasible`)."""
     return not (config.problems(model, cluster.world_size) or (executor and unsupported_reason(config))
-                or execution.problem(config))
+                or execution.problem(config, model))
 
 
 def smallest_fitting_change(model, cluster, config, execution: Execution = Execution(),

@@ -142,7 +142,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
 
     for config in candidates(model, cluster.world_size, cluster.devices_per_domain, global_batch, seq_len, dtype,
                              attention, fixed, zero_stages, policies, tp_cp_domain(cluster), execution.grad_reductions,
-                             execution.pipeline_runtime, execution.schedules):
+                             execution.pipeline_runtime, execution.schedules, execution.expert_tp_biases):
         seen += 1
         if pinned_offload and config.offloads:  # refused in one line on a profile without host facts
             check_offload(cluster, config)
@@ -616,7 +616,7 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
     def against(layout: ParallelConfig) -> str | None:
         """The first rule `layout` breaks: the config's, the executor's (planning for it) or the framework's."""
         executor = unsupported_reason(layout, model) if execution.is_executor else None
-        return (layout.problems(model, world) or [executor or execution.problem(layout)])[0]
+        return (layout.problems(model, world) or [executor or execution.problem(layout, model)])[0]
 
     for key, value in fixed.items():
         rest = {k: v for k, v in fixed.items() if k != key}
@@ -627,7 +627,7 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
                 model, world, cluster.devices_per_domain, global_batch, seq_len, dtype, attention, rest,
                 execution.zero_searched, tp_cp_domain=tp_cp_domain(cluster),
                 reductions=execution.grad_reductions, runtime=execution.pipeline_runtime,
-                schedules=execution.schedules), WITNESS_SCAN)
+                schedules=execution.schedules, expert_tp_biases=execution.expert_tp_biases), WITNESS_SCAN)
                 if not against(c)), None)
         except UserError:
             continue
@@ -688,8 +688,8 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         for config in candidates(model, bigger.world_size, bigger.devices_per_domain, global_batch, seq_len, dtype,
                                  attention, fixed, execution.zero_searched, tp_cp_domain=tp_cp_domain(bigger),
                                  reductions=execution.grad_reductions, runtime=execution.pipeline_runtime,
-                                 schedules=execution.schedules):
-            if (execution.is_executor and unsupported_reason(config)) or execution.problem(config) or any(
+                                 schedules=execution.schedules, expert_tp_biases=execution.expert_tp_biases):
+            if (execution.is_executor and unsupported_reason(config)) or execution.problem(config, model) or any(
                     bound(config) > bigger.usable_memory_bytes for bound in (cache.state_bound, cache.memory_bound,
                                                                             cache.layout_peak)):
                 continue

@@ -114,7 +114,8 @@ def candidates(model: ModelSpec, world_size: int, devices_per_domain: int, globa
                selective_policies: tuple[str | None, ...] = (None,),
                tp_cp_domain: tuple[int | None, str] = (None, ""),
                reductions: Callable[[int, int], tuple[str, ...]] | None = None,
-               runtime: str = "torch", schedules: tuple[str, ...] = ()) -> Iterator[ParallelConfig]:
+               runtime: str = "torch", schedules: tuple[str, ...] = (),
+               expert_tp_biases: bool = True) -> Iterator[ParallelConfig]:
     """Every legal layout honouring `fixed`, TP within `devices_per_domain` (the devices one scale-up fabric
     joins); deterministic order. `zero_stages` lists the stages worth telling
     apart (a pinned --fix zero_stage is always honoured); `selective_policies` the `selective_recompute` values of
@@ -125,7 +126,8 @@ def candidates(model: ModelSpec, world_size: int, devices_per_domain: int, globa
     sharded ZeRO stage and pipeline size (`Execution.grad_reductions`; None: both). `runtime`: whose runtime the
     framework's pipelines run on, whose rules on the micro-batch count then hold (`Execution.pipeline_runtime`).
     `schedules`: the ones the framework runs, weighed unless --fix pins another (`Execution.schedules`; empty: those
-    the executor runs)."""
+    the executor runs). `expert_tp_biases`: whether the framework splits experts with biases over expert TP
+    (`Execution.expert_tp_biases`; otherwise such a model's candidates keep etp 1 unless pinned)."""
     fixed = normalise_fixed(fixed or {})
     if "ep" in fixed or "etp" in fixed:
         # The rules that do not depend on the other degrees, as one line before any search.
@@ -198,7 +200,7 @@ def candidates(model: ModelSpec, world_size: int, devices_per_domain: int, globa
             dp = world_size // (tp * cp * pp)
             if "dp" in fixed and fixed["dp"] != dp:
                 continue
-            experts = expert_choices(model, world_size // pp, tp, fixed)
+            experts = expert_choices(model, world_size // pp, tp, fixed, expert_tp_biases)
             if not experts:
                 continue
             if global_batch % dp:
@@ -253,15 +255,17 @@ def _config(**fields) -> ParallelConfig:
     return config
 
 
-def expert_choices(model: ModelSpec, ranks: int, tp: int, fixed: dict) -> list[tuple[int, int]]:
+def expert_choices(model: ModelSpec, ranks: int, tp: int, fixed: dict,
+                   expert_tp_biases: bool = True) -> list[tuple[int, int]]:
     """(ep, etp) pairs for a pipeline rank of `ranks` ranks and attention TP `tp`: ep dividing the experts, etp 1
-    or tp dividing the expert width, ep x etp dividing the ranks (the rules of `ParallelConfig.expert_problems`);
-    (1, 1) alone on a dense model. A pinned --fix ep / etp is honoured (and filtered by the same rules)."""
+    or tp dividing the expert width (1 only for experts with biases unless `expert_tp_biases`), ep x etp dividing
+    the ranks (the rules of `ParallelConfig.expert_problems`); (1, 1) alone on a dense model. A pinned --fix ep /
+    etp is honoured (and filtered by the same rules)."""
     if model.moe is None:
         return [(fixed.get("ep", 1), fixed.get("etp", 1))]
     m = model.moe
     eps = [fixed["ep"]] if "ep" in fixed else _divisors(m.num_experts)
-    etps = [fixed["etp"]] if "etp" in fixed else sorted({1, tp})
+    etps = [fixed["etp"]] if "etp" in fixed else [1] if m.expert_bias and not expert_tp_biases else sorted({1, tp})
     return [(ep, etp) for ep in eps for etp in etps
             if m.num_experts % ep == 0 and m.moe_intermediate_size % etp == 0 and ranks % (ep * etp) == 0]
 

@@ -356,6 +356,10 @@ class Execution:
     keep_fp8_transpose: under fp8 parameters with Megatron-FSDP each block linear keeps its fp8 transpose through
         the step, unsharded (--keep-fp8-transpose-cache; Megatron-FSDP's README: about one byte per parameter),
         instead of dropping it after use.
+    expert_tp_biases: the framework splits routed experts that have biases (GPT-OSS) over expert TP (etp > 1).
+        Megatron-Core does not: its TransformerConfig asserts "Bias in Moe is only supported when ETP==1"
+        (transformer_config.py at core_v0.16.1, `__post_init__`), so its presets run such models at etp 1
+        (`problem`; the search weighs etp 1 only).
     schedules: the pipeline schedules the framework runs, the ones its search weighs (empty: every registered one the
         executor runs, `ScheduleSpec.executor_note`; a schedule that splits sequences is weighed only when pinned).
         Another is costed only where `--fix schedule=` pins it, as a comparison: the exports say why the framework
@@ -416,6 +420,7 @@ class Execution:
     zero1_all_reduce: bool = False
     megatron_fsdp: bool = False
     keep_fp8_transpose: bool = False
+    expert_tp_biases: bool = True
     schedules: tuple[str, ...] = ()
     pipeline_runtime: str = "torch"
     megatron_args: tuple[tuple[str, str, str], ...] = ()
@@ -569,11 +574,14 @@ class Execution:
             flags = {**flags, "selective_policies": (policy,)}  # the framework runs the policy it is told to
         return dataclasses.replace(self, **flags)
 
-    def problem(self, config) -> str | None:
+    def problem(self, config, model=None) -> str | None:
         """What this framework cannot run of `config`, in one line (a ZeRO stage it does not have; a selective
         policy it does not run; a precision recipe whose cached activations its memory layout does not describe;
-        pipeline factors its pipeline runtime refuses), or None. The one rule `check` and the fitting advice read;
-        the search's space leaves out what it refuses of the ZeRO stages, reductions and pipelines before asking."""
+        pipeline factors its pipeline runtime refuses; with `model`, expert TP over biased experts where
+        `expert_tp_biases` is off), or None. The one rule `check` and the fitting advice read; the search's space
+        leaves out what it refuses of the ZeRO stages, reductions, pipelines and expert TP before asking."""
+        if model is not None and self.expert_tp_problem(config, model):
+            return self.expert_tp_problem(config, model)
         if precision(config.dtype).cached and self.memory_layout != "megatron":
             return (f"dtype {config.dtype} caches activations in its own dtypes, which only the megatron memory "
                     f"layout describes; use a framework with it (megatron, megatron-core)")
@@ -622,9 +630,17 @@ class Execution:
             ways = [f"--framework {n} {flag}" for n, e in PRESETS.items() if n != self.name and accepts(e)][:1]
         return "run it with " + " or ".join(ways) if ways else "no framework preset runs it"
 
-    def check(self, config) -> None:
-        """Raises UserError with `problem`'s line when this framework cannot run `config`."""
-        problem = self.problem(config)
+    def expert_tp_problem(self, config, model) -> str | None:
+        """Why this framework cannot split `model`'s routed experts over `config`'s expert TP (`expert_tp_biases`
+        off and experts with biases at etp > 1), in one line, or None."""
+        if model.moe is None or not model.moe.expert_bias or config.etp == 1 or self.expert_tp_biases:
+            return None
+        return (f"framework {self.name!r} runs experts with biases ({model.name}) at expert TP 1 only "
+                f"(Megatron-Core: 'Bias in Moe is only supported when ETP==1'), not etp {config.etp}; use etp 1")
+
+    def check(self, config, model=None) -> None:
+        """Raises UserError with `problem`'s line when this framework cannot run `config` (of `model`)."""
+        problem = self.problem(config, model)
         if problem:
             raise UserError(problem)
 
@@ -672,13 +688,16 @@ PRESETS: dict[str, Execution] = {
     # parallelism on CUDA: torch's ring where `executor_torch_cp` says, handed grouped K/V.
     "autoconf": Execution(),
     "megatron": Execution(
+        # ZeRO-0 (DDP) and ZeRO-1 (the distributed optimizer: every rank keeps the whole gradient buffer, Megatron's
+        # docs/user-guide/features/dist_optimizer.md, 6 + 12/d bytes per parameter); no FSDP in 2022
         name="megatron", memory_layout="megatron", pipeline_buffers="per_transfer", masked_attention=False,
-        zero_stages=(0, 1, 2, 3),
-        zero_searched=(0, 1, 2, 3),
+        zero_stages=(0, 1),
+        zero_searched=(0, 1),
         selective_policies=("attention_core",), grad_reduce_start="after_flush", param_gather_overlap=False,
         blocking_p2p=True, p2p_scatter_gather=True,
         executor_overheads=False, eager_ops=("vocab_parallel_ce",), grad_buffer_passes=("zero", "scale"),
         cp_attention="kernel", loss_memory="copy", schedules=MEGATRON_SCHEDULES, pipeline_runtime="megatron",
+        expert_tp_biases=False,
         megatron_args=(("sharded", "memory_layout=megatron", "--use-distributed-optimizer"),
                        ("always", "grad_accumulation_fusion=False", "--no-gradient-accumulation-fusion"))),
     "megatron-core": Execution(
@@ -691,7 +710,7 @@ PRESETS: dict[str, Execution] = {
         param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False, eager_ops=("vocab_parallel_ce",),
         transformer_engine=True, loss_memory="inplace", grad_buffer_passes=("zero", "scale", "nan_check"),
         moe_combine_keeps_outputs=False, moe_fp8_padding=True, moe_fp8_routed_experts=True, cp_attention="kernel",
-        schedules=MEGATRON_SCHEDULES, pipeline_runtime="megatron",
+        schedules=MEGATRON_SCHEDULES, pipeline_runtime="megatron", expert_tp_biases=False,
         megatron_args=(("dp", "grad_reduce_start=per_bucket", "--overlap-grad-reduce"),
                        ("sharded", "distributed_optimizer", "--use-distributed-optimizer"),
                        ("sharded", "param_gather_overlap", "--overlap-param-gather"),
@@ -805,7 +824,7 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts",
               "cp_attention", "cp_repeat_kv", "accumulation_sync", "zero1_all_reduce", "megatron_fsdp",
               "keep_fp8_transpose", "pipeline_buffers", "attention_saved_whole", "masked_attention", "schedules",
-              "pipeline_runtime")
+              "pipeline_runtime", "expert_tp_biases")
 
 
 def parse_flags(pairs) -> dict:
