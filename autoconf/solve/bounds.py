@@ -38,7 +38,8 @@ from autoconf.spec.plan import ParallelConfig
 from autoconf.spec.schedules import schedule_spec, stage_to_rank
 
 # Every config field but the ZeRO stage and grad_reduce: what rank 0's activations and other bytes read
-# (`BoundCache.offload_floor` shares them between the layouts that differ only there).
+# (`BoundCache.offload_floor` shares them between the layouts that differ only there; `_resident_key` adds the ZeRO
+# stage under a dynamic-scaling fp8 dtype).
 RESIDENT_FIELDS = operator.attrgetter(*(f.name for f in dataclasses.fields(ParallelConfig)
                                         if f.name not in ("grad_reduce", "zero_stage")))
 # Every config field but grad_reduce, the optimizer's offload, the ZeRO stage and the per-stage recompute counts: at
@@ -289,7 +290,7 @@ class BoundCache:
             rank_work(layers, recomputed) for layers, recomputed in self._rank_shapes(c))
         spec = schedule_spec(c.schedule)
         if spec.directions == 1:
-            busiest = max(busiest, self._end_ranks_work(c, rank_work, m))
+            busiest = max(busiest, self._end_ranks_work(c, rank_work))
         bubble = spec.bubble(c.pp, chunk_fwd, chunk_bwd, chunk_w)
         hops = self._hops(c)
         # Fill and drain: the first forward and the last backward cross every rank boundary of a loop placement.
@@ -343,33 +344,36 @@ class BoundCache:
     @staticmethod
     def _rank_work(run: Callable[..., float], one: float, units: float, overhead: float = 0.0,
                    gather: float = 0.0) -> Callable[[float, float], float]:
-        """work(layers, recomputed): a rank's forward and backward over `layers` blocks (`run`, `_blocks_work`; two
-        TP collectives `one` each per pass), `recomputed` of them recomputed, for each of `units`; each pass with the
-        `overhead` of the rank's stages and at least their FSDP `gather`."""
-        def work(layers: float, recomputed: float) -> float:
-            return units * (max(run(layers, 0, 2 * one) + overhead, gather)
-                            + max(run(layers, 1, 2 * one) + run(recomputed, 3) + overhead, gather)
-                            + run(layers, 2))
+        """work(layers, recomputed, ends): a rank's forward and backward over `layers` blocks (`run`, `_blocks_work`;
+        two TP collectives `one` each per pass), `recomputed` of them recomputed, and the embedding or head pieces
+        `ends` (forward, input backward, weight backward) it runs beside them, for each of `units`; each pass with
+        the `overhead` of the rank's stages and at least their FSDP `gather`, which hides behind the pass's blocks
+        and end pieces together (the estimate's `stage_plan`: `beside(pass, gather)`)."""
+        def work(layers: float, recomputed: float, ends: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> float:
+            forward, backward, weight = ends
+            return units * (max(run(layers, 0, 2 * one) + overhead + forward, gather)
+                            + max(run(layers, 1, 2 * one) + run(recomputed, 3) + overhead + backward, gather)
+                            + run(layers, 2) + weight)
         return work
 
-    def _end_ranks_work(self, c: ParallelConfig, rank_work: Callable[[float, float], float], m: int) -> float:
+    def _end_ranks_work(self, c: ParallelConfig, rank_work: Callable[..., float]) -> float:
         """The work of the default partition's ranks holding the first and the last stage (`rank_work` of their
         own layers and recomputed layers), the first also running the embedding and the last the head and the loss
-        for each of the `m` units, as the estimate's `stage_plan` adds them: the longer of the two."""
+        in each unit's passes, as the estimate's `stage_plan` adds them: the longer of the two."""
         owner, layers = self._stage_to_rank(c), self._rank_layers(c)
         recomputed = layers if c.recompute_layers is None else self._rank_recomputed(c)
         embedding, head = self._end_pieces(c)
-        ends = {owner[0]: 0.0, owner[-1]: 0.0}
-        ends[owner[0]] += m * embedding
-        ends[owner[-1]] += m * head
-        return max(rank_work(layers[r], recomputed[r]) + extra for r, extra in ends.items())
+        ends = {owner[0]: (0.0, 0.0, 0.0), owner[-1]: (0.0, 0.0, 0.0)}
+        ends[owner[0]] = tuple(map(sum, zip(ends[owner[0]], embedding)))
+        ends[owner[-1]] = tuple(map(sum, zip(ends[owner[-1]], head)))
+        return max(rank_work(layers[r], recomputed[r], extra) for r, extra in ends.items())
 
-    def _end_pieces(self, c: ParallelConfig) -> tuple[float, float]:
-        """(embedding, head with its loss) seconds per unit of `c` (`_layer`'s pieces), remembered by `_work_key`,
-        which holds every field `_layer` reads."""
-        def made() -> tuple[float, float]:
+    def _end_pieces(self, c: ParallelConfig) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """(embedding, head with its loss) seconds per unit of `c` (`_layer`'s pieces) as (forward, input backward,
+        weight backward), remembered by `_work_key`, which holds every field `_layer` reads."""
+        def made() -> tuple[tuple[float, float, float], tuple[float, float, float]]:
             pieces = self._layer(c)
-            return pieces.embedding.total, pieces.head.total
+            return tuple((p.forward, p.backward_input, p.backward_weight) for p in (pieces.embedding, pieces.head))
         return remembered(self._ends, self._work_key(c), made)
 
     def busy_bound(self, c: ParallelConfig) -> float:
@@ -388,7 +392,7 @@ class BoundCache:
         rank_layers = self._busiest_layers(c)
         work = rank_work(rank_layers, self._recomputed(c, self._smallest_stage(c), rank_layers)[1])
         if schedule_spec(c.schedule).directions == 1:
-            work = max(work, self._end_ranks_work(c, rank_work, units))
+            work = max(work, self._end_ranks_work(c, rank_work))
         return work
 
     def _busiest_layers(self, c: ParallelConfig) -> float:
@@ -579,12 +583,19 @@ class BoundCache:
         runtime overhead is certain."""
         if self.execution.memory_layout == "torch" and c.num_microbatches == 1:
             return self.cluster.device.memory_overhead_bytes
-        key = RESIDENT_FIELDS(c)
+        key = self._resident_key(c)
         if key not in self._resident:
             self.rank0_memory(c)  # (which remembers its resident bytes)
         resident_activations, other = self._resident[key]
         return (other + (0.0 if activations else resident_activations)
                 + (0.0 if optimizer else self._state_bytes(c)))
+
+    @staticmethod
+    def _resident_key(c: ParallelConfig) -> tuple:
+        """What rank 0's activations and other bytes read of `c`: `RESIDENT_FIELDS`, and under a dynamic-scaling fp8
+        dtype the ZeRO stage too (its weight casts' buffers depend on the sharding: an audit found a ZeRO-1 entry's
+        other bytes 70 MB above its ZeRO-0 twin's under seq1f1b, which `known_floor` then charged the twin)."""
+        return RESIDENT_FIELDS(c), c.zero_stage if precision(c.dtype).dynamic_scaling else None
 
     def known_floor(self, c: ParallelConfig) -> float | None:
         """`offload_floor` without either lever (a lower bound of `memory_bound`: the entry's other bytes, its
@@ -592,7 +603,7 @@ class BoundCache:
         from `c` only in the ZeRO stage and grad_reduce has had its entry; else None."""
         if self.execution.memory_layout == "torch" and c.num_microbatches == 1:
             return None
-        resident = self._resident.get(RESIDENT_FIELDS(c))
+        resident = self._resident.get(self._resident_key(c))
         return None if resident is None else resident[0] + resident[1] + self._state_bytes(c)
 
     def rank0_memory(self, c: ParallelConfig) -> dict:
@@ -606,7 +617,7 @@ class BoundCache:
                              ranks=[0], selective=selective_policy(c, self.execution),
                              execution=self.execution)[0]
         self._last_memory = (c, entry)
-        self._resident.setdefault(RESIDENT_FIELDS(c), (entry["activations"], entry["other"]))
+        self._resident.setdefault(self._resident_key(c), (entry["activations"], entry["other"]))
         return entry
 
 
