@@ -445,17 +445,21 @@ class BoundCache:
     def _kind_layers(self, c: ParallelConfig) -> dict[bool, tuple[float, float, float, float]]:
         """Per kind of block (`layer_kinds`: False dense, True MoE), (block forward, block input backward, block
         weight backward, recompute) per layer (the MoE token exchange left out), plus the estimate's own activation
-        copies of offload_activations (on the compute stream) and exposed CP K/V exchange."""
+        copies of offload_activations (on the compute stream; of a layer's bytes under the recompute mode or
+        without recompute, whichever is fewer: per-stage counts leave some layers unrecomputed, and a policy may
+        keep more than no recompute, as torchtitan's per-op one does against fp8's cast inputs) and exposed CP K/V
+        exchange."""
         key = (c.tp, c.cp, c.cp_comm, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len,
                c.recompute, c.ep, c.etp, c.offload_activations, c.selective_recompute, c.seq_chunks, c.compile,
                (c.zero_sharded, c.dp_cp) if precision(c.dtype).dynamic_scaling else None)  # (`_layer`'s note)
         if key not in self._layers:
             one = self._tp_collective(c)
             kinds = [self._layer(c).kind(moe) for moe in layer_kinds(self.model)]
-            copies = [activation_copy_times(self.cluster, activation_copy_bytes(c, layer_activation_bytes(
-                self.model, c, self.execution.memory_layout, self.cluster.device.kind,
-                selective=selective_policy(c, self.execution), moe=moe, execution=self.execution)))
-                for moe in layer_kinds(self.model)]
+            plain = dataclasses.replace(c, recompute="none", recompute_layers=None)
+            copies = [activation_copy_times(self.cluster, activation_copy_bytes(c, min(layer_activation_bytes(
+                self.model, kept, self.execution.memory_layout, self.cluster.device.kind,
+                selective=selective_policy(kept, self.execution), moe=moe, execution=self.execution)
+                for kept in (c, plain)))) for moe in layer_kinds(self.model)]
             cp = PassTimes(0.0, 0.0, 0.0)
             if c.cp > 1:  # the estimate's exposed K/V exchange, on the default mesh's first CP group
                 cp = cp_attention_comm(self.model, self.cluster, c, np.arange(c.cp) * c.tp,
