@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import sys
@@ -23,7 +24,7 @@ from autoconf.spec import frameworks
 from autoconf.spec.dtypes import DTYPES, PROFILED_DTYPES, check_dtype, check_trainable_dtype, default_dtype
 from autoconf.spec.frameworks import SELECTIVE_RECOMPUTE
 from autoconf.spec.model import DEFAULT_SEQ_LEN
-from autoconf.spec.plan import GRAD_REDUCE, MAX_GLOBAL_BATCH, MAX_SEQ_LEN, SEQ_SPLITS
+from autoconf.spec.plan import CP_COMM, GRAD_REDUCE, MAX_GLOBAL_BATCH, MAX_SEQ_LEN, SEQ_SPLITS, partition_problem
 from autoconf.spec.schedules import SCHEDULES
 from autoconf.validate.run import MAX_CONFIGS
 
@@ -331,10 +332,15 @@ def profiles(as_json: bool) -> None:
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]), default="none", show_default=True)
 @click.option("--recompute-layers", default=None, metavar="N,N,...", callback=layer_counts,
               help="recompute only the first N layers of each virtual stage (one count per stage; default: all)")
+@click.option("--stage-layers", default=None, metavar="N,N,...", callback=layer_counts,
+              help="transformer layers of each virtual stage in stage order, as a plan's partition holds them "
+                   "(default: the even split)")
 @click.option("--selective-recompute", type=click.Choice(SELECTIVE_RECOMPUTE), default=None,
               help="what --recompute selective redoes: the attention core or torchtitan's per-op policy "
                    "(default: the framework's)")
 @click.option("--sequence-parallel", is_flag=True)
+@click.option("--cp-comm", type=click.Choice(CP_COMM), default="ring", show_default=True,
+              help="how context parallelism exchanges K/V: a ring of blocks or one all-gather")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="default: bf16 on GPUs, fp32 on CPU")
 @click.option("--attention", type=click.Choice(["flash", "standard"]), default="flash", show_default=True)
@@ -361,9 +367,10 @@ def profiles(as_json: bool) -> None:
 @share_option
 @user_errors
 def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, ep, etp, micro_batch, global_batch,
-             seq_len, schedule, seq_chunks, seq_split, zero, recompute, recompute_layers, selective_recompute,
-             sequence_parallel, dtype, attention, offload_activations, offload_optimizer, grad_reduce, framework,
-             framework_flags, as_json, out, force, memory_picture, memory_headroom, collective_sm_share) -> None:
+             seq_len, schedule, seq_chunks, seq_split, zero, recompute, recompute_layers, stage_layers,
+             selective_recompute, sequence_parallel, cp_comm, dtype, attention, offload_activations, offload_optimizer,
+             grad_reduce, framework, framework_flags, as_json, out, force, memory_picture, memory_headroom,
+             collective_sm_share) -> None:
     """Predict time and memory of one layout."""
     from autoconf.cost.estimate import estimate as run_estimate
     from autoconf.report.tables import prediction_table, print_table
@@ -388,7 +395,14 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
                             attention=attention, ep=ep, etp=etp, offload_activations=offload_activations,
                             offload_optimizer=offload_optimizer, recompute_layers=recompute_layers,
                             selective_recompute=selective_recompute, seq_chunks=seq_chunks, seq_split=seq_split,
-                            grad_reduce=grad_reduce or "step")
+                            grad_reduce=grad_reduce or "step", cp_comm=cp_comm)
+    partition = None
+    if stage_layers is not None:
+        ends = list(itertools.accumulate(stage_layers))
+        partition = [[end - n, end] for n, end in zip(stage_layers, ends)]
+        problem = partition_problem(model, config.check(model, cluster.world_size), partition)
+        if problem:
+            raise UserError(f"--stage-layers {','.join(map(str, stage_layers))}: {problem}")
     execution = framework_execution(framework, framework_flags)
     if grad_reduce is None and config.zero_sharded:  # the framework's own reduction where it runs only one
         runs = execution.grad_reductions(zero, pp)
@@ -405,9 +419,9 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
                               {"the model config": model_arg, "the cluster profile": cluster_arg})
     if memory_picture is not None:
         check_new(memory_picture, force)
-    plan = run_estimate(model, cluster, config, execution=execution)
-    for key in flags_without_effect(execution, plan.prediction,
-                                    lambda ex: run_estimate(model, cluster, config, execution=ex).prediction):
+    plan = run_estimate(model, cluster, config, partition=partition, execution=execution)
+    for key in flags_without_effect(execution, plan.prediction, lambda ex: run_estimate(
+            model, cluster, config, partition=partition, execution=ex).prediction):
         click.echo(f"autoconf: note: --framework-flag {key} changes nothing in this layout's prediction (the layout "
                    f"never reads it)", err=True)
     if out is not None:

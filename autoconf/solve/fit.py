@@ -6,6 +6,7 @@ import itertools
 from typing import Callable
 
 from autoconf.cost.estimate import Execution, estimate
+from autoconf.errors import UserError
 from autoconf.files import gib_figures
 from autoconf.solve.space import with_changes
 from autoconf.spec.support import unsupported_reason
@@ -70,7 +71,10 @@ def smallest_fitting_change(model, cluster, config, execution: Execution = Execu
         changed = with_changes(config, **changes)
         if not advisable(model, cluster, changed, execution, executor):
             return None
-        return estimate(model, cluster, changed, execution=execution, detail=False).prediction
+        try:
+            return estimate(model, cluster, changed, execution=execution, detail=False).prediction
+        except UserError:  # (offloading beyond the host's memory: a change with less offload may fit)
+            return None
 
     if levers:
         most = prediction(_combined([lever[-1] for lever in levers])[1])

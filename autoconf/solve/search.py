@@ -201,11 +201,12 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         `exact`): a miss (the closest is the advice when nothing fits) and, where the cluster plans offload, the
         parent of offloading twins with its memory entry (`memory()`, asked only for the parents `_offload_twins`
         weighs) and, where given, a lower bound of what stays of that entry under each lever
-        (`floor(activations, optimizer)`). An offloading twin that does not fit is neither."""
-        if config.offloads:
+        (`floor(activations, optimizer)`). An offloading twin that does not fit the device is a miss, never a
+        parent (one beyond only its host's memory neither)."""
+        if config.offloads and over <= 0:
             return
         misses.append((over, exact, config))
-        if offloading:
+        if offloading and not config.offloads:
             parents.append((time_bound, key, config, memory, floor))
 
     def memory_pruned(time_bound: float, key: tuple, config: ParallelConfig) -> bool:
@@ -670,8 +671,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         return (f"no legal layout of {model.name} on {cluster.world_size} devices honours {pins or 'the request'}; "
                 f"drop or change a pin")
     over, config = result.closest
-    plan = estimate(model, cluster, config, execution=execution, detail=False)
-    memory = plan.prediction["memory_per_stage"]
+    memory = predict(model, cluster, config, execution=execution, detail=False)[3]["memory_per_stage"]
     rank = max(range(len(memory)), key=lambda r: memory[r]["total"])
     over = memory[rank]["total"] - cluster.usable_memory_bytes
     need, limit, over = gib_figures(memory[rank]["total"], cluster.usable_memory_bytes, over)
@@ -685,16 +685,39 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
     for factor in (2, 4, 8, 16, 32, 64):
         bigger = cluster.resized(nodes=cluster.nodes * factor)
         cache = BoundCache(model, bigger, execution)
+        levers = _offload_levers(bigger, fixed)
         for config in candidates(model, bigger.world_size, bigger.devices_per_domain, global_batch, seq_len, dtype,
                                  attention, fixed, execution.zero_searched, tp_cp_domain=tp_cp_domain(bigger),
                                  reductions=execution.grad_reductions, runtime=execution.pipeline_runtime,
                                  schedules=execution.schedules, expert_tp_biases=execution.expert_tp_biases):
-            if (execution.is_executor and unsupported_reason(config)) or execution.problem(config, model) or any(
-                    bound(config) > bigger.usable_memory_bytes for bound in (cache.state_bound, cache.memory_bound,
-                                                                            cache.layout_peak)):
-                continue
-            if estimate(model, bigger, config, execution=execution, detail=False).prediction["fits"]:
-                layout = config.label(selective_policy(config, execution))
+            found = _fitting_twin(model, bigger, config, execution, cache, levers)
+            if found is not None:
+                layout = found.label(selective_policy(found, execution))
                 return message + (f"; the smallest change that fits: {bigger.nodes} nodes "
                                   f"({bigger.world_size} devices), e.g. {layout}")
-    return message + "; nothing tried fits (more devices up to 64x, full recompute, ZeRO-3): use a bigger device"
+    tried = ["more devices up to 64x", *(["full recompute"] if "recompute" not in fixed else []),
+             *(["ZeRO-3"] if "zero_stage" not in fixed and 3 in execution.zero_stages else []),
+             *(["offload"] if _offload_levers(cluster, fixed) else [])]
+    return message + f"; nothing tried fits ({', '.join(tried)}): use a bigger device"
+
+
+def _fitting_twin(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, execution: Execution,
+                  cache: BoundCache, levers: list[tuple[bool, bool]]) -> ParallelConfig | None:
+    """`config`, or else the first of its offloading twins under `levers`, that the framework (and, planning for
+    it, the executor) runs and that is predicted to fit `cluster`, as the search would weigh it (its memory
+    bounds first); None if none does."""
+    usable = cluster.usable_memory_bytes
+    for activations, optimizer in [(False, False), *levers]:
+        twin = dataclasses.replace(config, offload_activations=activations, offload_optimizer=optimizer)
+        if (twin.problems(model, cluster.world_size) or (execution.is_executor and unsupported_reason(twin))
+                or execution.problem(twin, model)):
+            continue
+        if twin.offloads:
+            if (cache.offload_floor(config, activations, optimizer) > usable
+                    or cache.host_bound(twin) > cluster.host["memory_bytes"]):
+                continue
+        elif any(bound(config) > usable for bound in (cache.state_bound, cache.memory_bound, cache.layout_peak)):
+            continue
+        if predict(model, cluster, twin, execution=execution, detail=False)[3]["fits"]:
+            return twin
+    return None

@@ -569,20 +569,7 @@ class Plan:
         world = nodes * gpus
         self.config.check(self.model, world)
         c = self.config
-        if len(self.partition) != c.num_stages:
-            raise UserError(f"{source}: partition has {len(self.partition)} stages, config needs pp*vpp = "
-                            f"{c.num_stages}")
-        expected_start = 0
-        for i, stage in enumerate(self.partition):
-            if (not isinstance(stage, list) or len(stage) != 2 or not all(_is_int(x) for x in stage)
-                    or stage[0] != expected_start or stage[1] - stage[0] < min_stage_layers(i, c.num_stages)):
-                raise UserError(f"{source}: partition stage {i} is {stage}; stages must be [first, end) ranges that "
-                                f"cover layers 0..{self.model.num_layers} in order, each non-empty except that "
-                                f"the first may hold only the embedding and the last only the head")
-            expected_start = stage[1]
-        if expected_start != self.model.num_layers:
-            raise UserError(f"{source}: partition ends at layer {expected_start}, model has {self.model.num_layers}")
-        problem = recompute_layers_problem(c, self.partition)
+        problem = partition_problem(self.model, c, self.partition) or recompute_layers_problem(c, self.partition)
         if problem:
             raise UserError(f"{source}: {problem}")
         problem = self.sequence_split_problem()
@@ -709,6 +696,25 @@ def recomputed_layers(config: ParallelConfig, partition) -> list[int]:
     if config.recompute_layers is None:
         return [end - first for first, end in partition]
     return list(config.recompute_layers)
+
+
+def partition_problem(model: ModelSpec, c: ParallelConfig, partition) -> str | None:
+    """What is wrong with `partition` (one [first, end) range of transformer layers per virtual stage) for `model`
+    under `c`, in one line, or None: pp x vpp stages covering layers 0..L in order, each non-empty but that the
+    first may hold only the embedding and the last only the head (`min_stage_layers`)."""
+    if len(partition) != c.num_stages:
+        return f"partition has {len(partition)} stages, config needs pp*vpp = {c.num_stages}"
+    expected_start = 0
+    for i, stage in enumerate(partition):
+        if (not isinstance(stage, list) or len(stage) != 2 or not all(_is_int(x) for x in stage)
+                or stage[0] != expected_start or stage[1] - stage[0] < min_stage_layers(i, c.num_stages)):
+            return (f"partition stage {i} is {stage}; stages must be [first, end) ranges that cover layers "
+                    f"0..{model.num_layers} in order, each non-empty except that the first may hold only the "
+                    f"embedding and the last only the head")
+        expected_start = stage[1]
+    if expected_start != model.num_layers:
+        return f"partition ends at layer {expected_start}, model has {model.num_layers}"
+    return None
 
 
 def recompute_layers_problem(config: ParallelConfig, partition) -> str | None:
