@@ -191,9 +191,9 @@ class ScheduleSpec:
             per_rank = self.torch_min_microbatches_per_rank
             factor = "pp" if per_rank == 1 else f"{per_rank} * pp"
             return (f"{name} needs num_microbatches ({m}) >= {factor} ({least}) in torch's {self.torch_class} "
-                    f"(torch.distributed.pipelining); use a global batch giving at least {least} micro-batches, "
-                    f"gpipe (which torch runs with any number), or --framework megatron or megatron-core (whose "
-                    f"runtime runs fewer)")
+                    f"(torch.distributed.pipelining); use a global batch giving at least {least} micro-batches or "
+                    f"gpipe (which torch runs with any number); Megatron's runtime (frameworks megatron, "
+                    f"megatron-core) runs fewer")
         if runtime == "megatron" and self.megatron_whole_groups and (m < pp or m % pp):
             fits = f"{pp}" if m < pp else f"{m - m % pp} or {m - m % pp + pp}"
             return (f"{name} needs num_microbatches ({m}) to be a multiple of pp ({pp}) in Megatron-LM (its "
