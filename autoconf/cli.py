@@ -334,7 +334,7 @@ def profiles(as_json: bool) -> None:
               help="recompute only the first N layers of each virtual stage (one count per stage; default: all)")
 @click.option("--stage-layers", default=None, metavar="N,N,...", callback=layer_counts,
               help="transformer layers of each virtual stage in stage order, as a plan's partition holds them "
-                   "(default: the even split)")
+                   "(default: autoconf's default split, even but for room for MTP modules)")
 @click.option("--selective-recompute", type=click.Choice(SELECTIVE_RECOMPUTE), default=None,
               help="what --recompute selective redoes: the attention core or torchtitan's per-op policy "
                    "(default: the framework's)")

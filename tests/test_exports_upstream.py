@@ -642,3 +642,14 @@ def test_moe_presets_export_torchtitans_own_model_of_the_same_parameters(torchti
     assert sum(p.numel() for p in model.parameters()) == plan.model.total_params()
     names = {n for n, _ in model.named_modules()}
     assert {n for part in (par.module_fqns_per_model_part or module_fqns(plan)) for n in part} <= names
+
+
+def test_every_v_placed_export_says_where_megatron_runs_the_head():
+    """A zbv or dualpipev plan runs its head and loss on rank 0, Megatron's interleaved schedule on rank pp - 1:
+    the note says so whatever the partition (it had been written only where the layer counts moved)."""
+    for schedule in ("zbv", "dualpipev"):
+        flags, notes = megatron_flags(_plan(pp=2, dp=2, vpp=2, schedule=schedule))
+        assert ("--num-layers-per-virtual-pipeline-stage", 2) in flags
+        assert any("V placement" in n and "rank 1, not on rank 0" in n for n in notes), notes
+    assert not any("V placement" in n for n in megatron_flags(_plan(pp=2, dp=2, vpp=2,
+                                                                    schedule="interleaved-1f1b"))[1])

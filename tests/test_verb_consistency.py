@@ -55,26 +55,41 @@ def test_estimate_of_a_plans_layout_predicts_the_plans_time_and_memory(tmp_path)
 
 
 def test_stage_layers_that_are_no_partition_are_one_line_each():
+    """Stage counts that do not add up to the layers, or give another stage count, are one line each; a layout that
+    does not fit under the given stages gets advice worked out on those stages (it had advised on the default
+    split a change that does not fit the given one)."""
     base = ["estimate", "--model", "llama3-8b", "--cluster", "dgx-h100-80g", "--tp", 1, "--pp", 2, "--dp", 4,
             "--micro-batch", 1, "--global-batch", 64, "--seq-len", 2048, "--stage-layers"]
     for layers, says in (("16,15", "ends at layer 31, model has 32"), ("16,8,8", "has 3 stages, config needs"),
                          ("16,0,16", "has 3 stages"), ("x,1", "expected comma-separated layer counts")):
         result = run_cli([*base, layers])
         assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output, result.output
+    uneven = ["estimate", "--model", "llama3-8b", "--cluster", "dgx-a100-80g", "--gpus-per-node", 2, "--tp", 1,
+              "--pp", 2, "--dp", 1, "--global-batch", 32, "--seq-len", 4096, "--stage-layers", "26,6"]
+    result = run_cli([*uneven, "--micro-batch", 4])
+    assert result.exit_code == 2 and "it fits with --recompute full --micro-batch 1" not in result.output
+    assert "no change of recompute, ZeRO" in result.output, result.output
+    advised = run_cli([*uneven, "--micro-batch", 1, "--recompute", "full"])
+    assert "DOES NOT FIT" in advised.output
 
 
 def test_no_fit_advice_weighs_the_offloading_layouts():
-    """Where nothing fits, the closest layout and the smallest cluster that fits count offloading layouts, as the
-    search does at that size: before, llama3.1-70b on 2 x 2 H100 was told 16 nodes where 4 fit with offload, and
-    GPT-OSS-120B on one GB200 node was shown a layout 112 GiB over (its offloading twin is 0.4 GiB over) and told 4
-    nodes where 2 fit."""
+    """Where nothing fits, the closest layout and the smallest cluster that fits count offloading layouts within
+    their host's memory, as the search does at that size: before, llama3.1-70b on 2 x 2 H100 was told 16 nodes where
+    4 fit with offload, GPT-OSS-120B on one GB200 node 4 nodes where 2 fit, and llama3.1-8b at 439,552 tokens on 2
+    H100s was shown a layout 112.7 GiB over where an offloading one is 0.027 GiB over. An offloading layout beyond
+    its host's memory is not the closest (GPT-OSS-120B's 0.4 GiB over the device needs 1.7 TiB of host per node)."""
     result = run_cli(["plan", "--model", "llama3.1-70b", "--cluster", "dgx-h100-80g", "--gpus-per-node", 2,
                       "--nodes", 2, "--global-batch", 16, "--framework", "megatron-core"])
     assert result.exit_code == 2 and "the smallest change that fits: 4 nodes (8 devices)" in result.output
     result = run_cli(["plan", "--model", "gpt-oss-120b", "--cluster", "gb200-nvl72", "--nodes", 1,
                       "--global-batch", 32])
     assert result.exit_code == 2 and "the smallest change that fits: 2 nodes" in result.output, result.output
-    assert "off-opt) needs 175.50 GiB on pipeline rank 1, 0.41 GiB over" in result.output
+    assert "0.41 GiB over" not in result.output
+    result = run_cli(["plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100-80g", "--gpus-per-node", 2,
+                      "--global-batch", 16, "--seq-len", 439552])
+    assert result.exit_code == 2 and "off-act off-opt) needs 76.027 GiB on pipeline rank 0, 0.027 GiB over" in (
+        result.output), result.output
 
 
 def test_nothing_tried_names_only_what_was_tried():
@@ -83,3 +98,20 @@ def test_nothing_tried_names_only_what_was_tried():
                       1, "--global-batch", 16, "--fix", "zero=0", "--fix", "tp=1", "--fix", "pp=1", "--fix", "mb=4"])
     assert result.exit_code == 2 and "nothing tried fits (more devices up to 64x, full recompute" in result.output
     assert "ZeRO-3" not in result.output
+
+
+def test_the_smallest_cluster_advice_keeps_the_offload_pins():
+    """`--fix offload_activations=true`: the layout the advice names offloads its activations too."""
+    from autoconf.solve.bounds import BoundCache
+    from autoconf.solve.search import _fitting_twin, _offload_levers
+    from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.frameworks import execution
+    from autoconf.spec.plan import ParallelConfig
+    from autoconf.spec.presets import PRESETS
+
+    model, cluster, ex = PRESETS["llama3-8b"], load_cluster("dgx-h100-80g", nodes=1), execution()
+    fixed = {"offload_activations": True}
+    config = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=1, global_batch_size=64, seq_len=4096, zero_stage=3)
+    twin = _fitting_twin(model, cluster, config, ex, BoundCache(model, cluster, ex), _offload_levers(cluster, fixed),
+                         fixed)
+    assert twin is not None and twin.offload_activations

@@ -249,12 +249,12 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
     refused = pipeline_problem(c, "megatron")
     if schedule.megatron_note:
         notes.append(schedule.megatron_note)
-    if _megatron_stage_layers(plan) != _stage_layers(plan):
-        notes.append(f"the plan's {c.schedule} places stage pp + k on rank pp-1-k (V placement), Megatron on rank k: "
-                     f"the layout below keeps every rank's layers by reversing the second chunks' counts, so the "
-                     f"head and the loss run on rank {c.pp - 1}, not on rank 0 as planned")
     elif refused:
         notes.append(f"Megatron-LM cannot run this pipeline: {refused}")
+    if schedule.v_placement and c.pp > 1:
+        notes.append(f"the plan's {c.schedule} places stage pp + k on rank pp-1-k (V placement), Megatron on rank k: "
+                     f"the stages below keep every rank's layers (the second chunks' counts reversed), and the head "
+                     f"and the loss run on rank {c.pp - 1}, not on rank 0 as planned")
     if c.seq_chunks > 1:
         notes.append(_seq1f1b_fork_note(c))
     flags += _megatron_partition(plan)
@@ -465,8 +465,8 @@ def _megatron_moe(plan: Plan) -> tuple[list[Flag], list[str]]:
     if PRESETS["megatron-core"].expert_tp_problem(c, m):
         etp = 1  # (Megatron-Core refuses the whole configuration otherwise)
         notes.append(f"expert TP {c.etp}: Megatron-Core runs experts with biases at expert TP 1 only ('Bias in Moe "
-                     f"is only supported when ETP==1'), so the run below splits each expert over no TP ranks: "
-                     f"another layout than planned (plan it with --framework megatron-core)")
+                     f"is only supported when ETP==1'), so the run below keeps each expert whole on one rank (no "
+                     f"expert TP): another layout than planned (plan it with --framework megatron-core)")
     flags += [("--num-experts", e.num_experts), ("--moe-router-topk", e.num_experts_per_tok),
               ("--moe-ffn-hidden-size", e.moe_intermediate_size),
               ("--expert-model-parallel-size", c.ep), ("--expert-tensor-parallel-size", etp),

@@ -343,7 +343,7 @@ class BoundCache:
 
     @staticmethod
     def _rank_work(run: Callable[..., float], one: float, units: float, overhead: float = 0.0,
-                   gather: float = 0.0) -> Callable[[float, float], float]:
+                   gather: float = 0.0) -> Callable[..., float]:
         """work(layers, recomputed, ends): a rank's forward and backward over `layers` blocks (`run`, `_blocks_work`;
         two TP collectives `one` each per pass), `recomputed` of them recomputed, and the embedding or head pieces
         `ends` (forward, input backward, weight backward) it runs beside them, for each of `units`; each pass with

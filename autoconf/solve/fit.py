@@ -57,11 +57,13 @@ def advisable(model, cluster, config, execution: Execution, executor: bool = Tru
 
 
 def smallest_fitting_change(model, cluster, config, execution: Execution = Execution(),
-                            allowed: Callable[[dict], bool] | None = None) -> tuple[str, dict, dict] | None:
+                            allowed: Callable[[dict], bool] | None = None,
+                            partition: list | None = None) -> tuple[str, dict, dict] | None:
     """The change of the fewest levers (`_levers`) under which the layout is predicted to fit and stays `advisable`
     (the executor's support asked only of a layout that had it, planning for the executor), the fastest of those:
     (its flags, e.g. '--zero 3 --grad-reduce microbatch', its config changes, its prediction); None when none does.
-    `allowed`: which changes may be named (the search's no-fit line: none that a `--fix` pins otherwise). When the
+    `allowed`: which changes may be named (the search's no-fit line: none that a `--fix` pins otherwise);
+    `partition`: the layout's stages (None: the default split; no lever changes the stage count). When the
     change that saves the most on every lever is advisable and still does not fit, nothing smaller is tried."""
     executor = execution.is_executor and unsupported_reason(config) is None
     levers = [[option for option in lever if allowed is None or allowed(option[1])] for lever in _levers(config)]
@@ -72,7 +74,8 @@ def smallest_fitting_change(model, cluster, config, execution: Execution = Execu
         if not advisable(model, cluster, changed, execution, executor):
             return None
         try:
-            return estimate(model, cluster, changed, execution=execution, detail=False).prediction
+            return estimate(model, cluster, changed, partition=partition, execution=execution,
+                            detail=False).prediction
         except UserError:  # (offloading beyond the host's memory: a change with less offload may fit)
             return None
 
@@ -100,7 +103,7 @@ def does_not_fit_message(plan, model, cluster, execution: Execution = Execution(
     stages = p["memory_per_stage"]
     worst = max(range(len(stages)), key=lambda r: stages[r]["total"])
     over = stages[worst]["total"] - p["memory_limit_bytes"]
-    found = smallest_fitting_change(model, cluster, plan.config, execution)
+    found = smallest_fitting_change(model, cluster, plan.config, execution, partition=plan.partition)
     if found:
         flags, _, fits = found
         advice = (f"at {fits['iteration_time_s']:.4g} s per step and {fits['peak_memory_bytes'] / GiB:.1f} GiB it "

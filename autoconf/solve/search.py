@@ -236,7 +236,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             return
         if config.offloads and cache.host_bound(config) > cluster.host["memory_bytes"]:
             pruned_memory += 1
-            return  # (an offloading twin is no miss: `does_not_fit` records nothing for it)
+            return  # (beyond its host's memory: no miss; `does_not_fit` records the twins short of the device)
         # Every rank's memory, the simulation's own (`layout_memory`): a layout that does not fit is recorded as the
         # simulation would have recorded it, without simulating it.
         memory = cache.layout_memory(config)
@@ -343,10 +343,13 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         ranked = _distinct(ranked)
     else:
         ranked = [estimate(model, cluster, config, execution=execution) for _, config in chosen]
-    closest = None  # the miss whose busiest rank is least over
+    closest = None  # the miss whose busiest rank is least over (an offloading one within its host's memory)
     for over, exact, config in sorted(misses, key=operator.itemgetter(0)) if not ranked else ():
         if closest is not None and over >= closest[0]:
             break  # (an inexact miss is at least `over` bytes over, and so is every one after it)
+        if config.offloads and predict(model, cluster, config, execution=execution, detail=False)[3].get(
+                "host_memory_per_node_bytes", 0.0) > cluster.host["memory_bytes"]:
+            continue
         over = over if exact else cache.layout_peak(config) - limit
         if closest is None or over < closest[0]:
             closest = (over, config)
@@ -690,7 +693,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
                                  attention, fixed, execution.zero_searched, tp_cp_domain=tp_cp_domain(bigger),
                                  reductions=execution.grad_reductions, runtime=execution.pipeline_runtime,
                                  schedules=execution.schedules, expert_tp_biases=execution.expert_tp_biases):
-            found = _fitting_twin(model, bigger, config, execution, cache, levers)
+            found = _fitting_twin(model, bigger, config, execution, cache, levers, fixed)
             if found is not None:
                 layout = found.label(selective_policy(found, execution))
                 return message + (f"; the smallest change that fits: {bigger.nodes} nodes "
@@ -702,12 +705,15 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
 
 
 def _fitting_twin(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, execution: Execution,
-                  cache: BoundCache, levers: list[tuple[bool, bool]]) -> ParallelConfig | None:
-    """`config`, or else the first of its offloading twins under `levers`, that the framework (and, planning for
-    it, the executor) runs and that is predicted to fit `cluster`, as the search would weigh it (its memory
-    bounds first); None if none does."""
+                  cache: BoundCache, levers: list[tuple[bool, bool]], fixed: dict) -> ParallelConfig | None:
+    """`config`, or else the first of its offloading twins under `levers`, that honours the offload pins of `fixed`,
+    that the framework (and, planning for it, the executor) runs and that is predicted to fit `cluster`, as the
+    search would weigh it (its memory bounds first); None if none does."""
     usable = cluster.usable_memory_bytes
+    pinned = (fixed.get("offload_activations"), fixed.get("offload_optimizer"))
     for activations, optimizer in [(False, False), *levers]:
+        if any(pin is not None and pin != value for pin, value in zip(pinned, (activations, optimizer))):
+            continue
         twin = dataclasses.replace(config, offload_activations=activations, offload_optimizer=optimizer)
         if (twin.problems(model, cluster.world_size) or (execution.is_executor and unsupported_reason(twin))
                 or execution.problem(twin, model)):
