@@ -653,3 +653,14 @@ def test_every_v_placed_export_says_where_megatron_runs_the_head():
         assert any("V placement" in n and "rank 1, not on rank 0" in n for n in notes), notes
     assert not any("V placement" in n for n in megatron_flags(_plan(pp=2, dp=2, vpp=2,
                                                                     schedule="interleaved-1f1b"))[1])
+
+
+def test_a_schedule_megatron_runs_as_another_is_checked_by_that_ones_rule():
+    """zbv, dualpipev and looped-bfs export as Megatron's interleaved 1F1B, whose micro-batch count must be a
+    multiple of pp: a layout breaking that rule says so (found by a review: the note had named only the swap)."""
+    for schedule in ("zbv", "dualpipev", "looped-bfs"):
+        odd = megatron_flags(_plan(pp=2, dp=2, vpp=2, schedule=schedule, global_batch=10))[1]  # 5 micro-batches
+        assert any(n.startswith("and Megatron-LM cannot run that either: interleaved-1f1b needs num_microbatches (5)")
+                   for n in odd), (schedule, odd)
+        even = megatron_flags(_plan(pp=2, dp=2, vpp=2, schedule=schedule, global_batch=16))[1]
+        assert not any("cannot run that either" in n for n in even), (schedule, even)

@@ -8,6 +8,7 @@ custom GPU placement) the text says so in a comment rather than silently approxi
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from pathlib import Path
@@ -249,6 +250,11 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
     refused = pipeline_problem(c, "megatron")
     if schedule.megatron_note:
         notes.append(schedule.megatron_note)
+        # what Megatron runs instead, by its virtual pipeline size, has its own micro-batch rule
+        instead = dataclasses.replace(c, schedule="interleaved-1f1b" if c.vpp > 1 else "1f1b")
+        refused = c.pp > 1 and pipeline_problem(instead, "megatron")
+        if refused:
+            notes.append(f"and Megatron-LM cannot run that either: {refused}")
     elif refused:
         notes.append(f"Megatron-LM cannot run this pipeline: {refused}")
     if schedule.v_placement and c.pp > 1:
