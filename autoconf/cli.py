@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import json
 import os
 import sys
@@ -24,7 +23,8 @@ from autoconf.spec import frameworks
 from autoconf.spec.dtypes import DTYPES, PROFILED_DTYPES, check_dtype, check_trainable_dtype, default_dtype
 from autoconf.spec.frameworks import SELECTIVE_RECOMPUTE
 from autoconf.spec.model import DEFAULT_SEQ_LEN
-from autoconf.spec.plan import CP_COMM, GRAD_REDUCE, MAX_GLOBAL_BATCH, MAX_SEQ_LEN, SEQ_SPLITS, partition_problem
+from autoconf.spec.plan import (CP_COMM, GRAD_REDUCE, MAX_GLOBAL_BATCH, MAX_SEQ_LEN, SEQ_SPLITS, partition_of,
+                                 partition_problem)
 from autoconf.spec.schedules import SCHEDULES
 from autoconf.validate.run import MAX_CONFIGS
 
@@ -398,8 +398,7 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
                             grad_reduce=grad_reduce or "step", cp_comm=cp_comm)
     partition = None
     if stage_layers is not None:
-        ends = list(itertools.accumulate(stage_layers))
-        partition = [[end - n, end] for n, end in zip(stage_layers, ends)]
+        partition = partition_of(stage_layers)
         problem = partition_problem(model, config.check(model, cluster.world_size), partition)
         if problem:
             raise UserError(f"--stage-layers {','.join(map(str, stage_layers))}: {problem}")

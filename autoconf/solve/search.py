@@ -22,7 +22,7 @@ import json
 import math
 import operator
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,9 +102,6 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     bound_by_fields: dict[tuple, float] = {}
     seen = unlaunchable = 0
     refused = None  # why the executor refused the first layout it refused
-    # The stages worth telling apart (the executor runs ZeRO-1 exactly as ZeRO-2: one of them is enough unless the
-    # user pins it).
-    zero_stages = execution.zero_searched
     # Unless the user pins the recompute mode, a selective or full candidate recomputes only the fewest layers of
     # each stage that fit (solve/recompute.py), found when the walk reaches it: until then it is bounded as if it
     # recomputed none, then put back with the bound of its counts.
@@ -140,9 +137,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             bound_by_fields[fields] = cache.time_bound(_bounded(config, per_stage and config.recompute != "none"))
         return bound_by_fields[fields]
 
-    for config in candidates(model, cluster.world_size, cluster.devices_per_domain, global_batch, seq_len, dtype,
-                             attention, fixed, zero_stages, policies, tp_cp_domain(cluster), execution.grad_reductions,
-                             execution.pipeline_runtime, execution.schedules, execution.expert_tp_biases):
+    for config in framework_candidates(model, cluster, global_batch, seq_len, dtype, attention, fixed, execution,
+                                       policies):
         seen += 1
         if pinned_offload and config.offloads:  # refused in one line on a profile without host facts
             check_offload(cluster, config)
@@ -430,6 +426,18 @@ def ranking_key(config: ParallelConfig) -> tuple:
 _KEY_HEAD = 6
 
 
+def framework_candidates(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, dtype: str,
+                         attention: str, fixed: dict, execution: Execution,
+                         policies: tuple[str | None, ...] = (None,)) -> Iterator[ParallelConfig]:
+    """`space.candidates` on `cluster`'s devices under `execution`'s own rules: the ZeRO stages it searches (those
+    worth telling apart: the executor runs ZeRO-1 exactly as ZeRO-2, one of them is enough unless pinned), its
+    gradient reductions, pipeline runtime and schedules, and whether it splits experts with biases over expert TP;
+    selective candidates under each of `policies`."""
+    return candidates(model, cluster.world_size, cluster.devices_per_domain, global_batch, seq_len, dtype, attention,
+                      fixed, execution.zero_searched, policies, tp_cp_domain(cluster), execution.grad_reductions,
+                      execution.pipeline_runtime, execution.schedules, execution.expert_tp_biases)
+
+
 def _offload_levers(cluster: ClusterProfile, fixed: dict) -> list[tuple[bool, bool]]:
     """The (offload_activations, offload_optimizer) combinations the search weighs beside a layout's own (neither):
     those --fix leaves open, none where the cluster plans no offload (cost/offload.py `plans_offload`)."""
@@ -627,11 +635,8 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
         try:
             # a layout honouring the other pins that has nothing against it itself, so that what goes wrong with
             # the pin put back is the pin's doing (the first few thousand are enough to find one)
-            witness = next((c for c in itertools.islice(candidates(
-                model, world, cluster.devices_per_domain, global_batch, seq_len, dtype, attention, rest,
-                execution.zero_searched, tp_cp_domain=tp_cp_domain(cluster),
-                reductions=execution.grad_reductions, runtime=execution.pipeline_runtime,
-                schedules=execution.schedules, expert_tp_biases=execution.expert_tp_biases), WITNESS_SCAN)
+            witness = next((c for c in itertools.islice(framework_candidates(
+                model, cluster, global_batch, seq_len, dtype, attention, rest, execution), WITNESS_SCAN)
                 if not against(c)), None)
         except UserError:
             continue
@@ -689,10 +694,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         bigger = cluster.resized(nodes=cluster.nodes * factor)
         cache = BoundCache(model, bigger, execution)
         levers = _offload_levers(bigger, fixed)
-        for config in candidates(model, bigger.world_size, bigger.devices_per_domain, global_batch, seq_len, dtype,
-                                 attention, fixed, execution.zero_searched, tp_cp_domain=tp_cp_domain(bigger),
-                                 reductions=execution.grad_reductions, runtime=execution.pipeline_runtime,
-                                 schedules=execution.schedules, expert_tp_biases=execution.expert_tp_biases):
+        for config in framework_candidates(model, bigger, global_batch, seq_len, dtype, attention, fixed, execution):
             found = _fitting_twin(model, bigger, config, execution, cache, levers, fixed)
             if found is not None:
                 layout = found.label(selective_policy(found, execution))

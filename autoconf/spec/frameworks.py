@@ -580,8 +580,9 @@ class Execution:
         pipeline factors its pipeline runtime refuses; with `model`, expert TP over biased experts where
         `expert_tp_biases` is off), or None. The one rule `check` and the fitting advice read; the search's space
         leaves out what it refuses of the ZeRO stages, reductions, pipelines and expert TP before asking."""
-        if model is not None and self.expert_tp_problem(config, model):
-            return self.expert_tp_problem(config, model)
+        experts = model is not None and self.expert_tp_problem(config, model)
+        if experts:
+            return experts
         if precision(config.dtype).cached and self.memory_layout != "megatron":
             return (f"dtype {config.dtype} caches activations in its own dtypes, which only the megatron memory "
                     f"layout describes; use a framework with it (megatron, megatron-core)")

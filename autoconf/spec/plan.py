@@ -765,9 +765,13 @@ def uniform_partition(num_layers: int, num_stages: int) -> list[list[int]]:
         return [[0, 0]] * first + [[i, i + 1] for i in range(num_layers)] + [[num_layers, num_layers]]
     base, extra = divmod(num_layers, num_stages)
     first_extra = (num_stages - extra) // 2
-    sizes = [base + (first_extra <= s < first_extra + extra) for s in range(num_stages)]
-    bounds = list(itertools.accumulate(sizes, initial=0))
-    return [[bounds[s], bounds[s + 1]] for s in range(num_stages)]
+    return partition_of([base + (first_extra <= s < first_extra + extra) for s in range(num_stages)])
+
+
+def partition_of(stage_layers) -> list[list[int]]:
+    """The partition ([first, end) layer ranges in stage order) whose stages hold `stage_layers` layers each."""
+    bounds = list(itertools.accumulate(stage_layers, initial=0))
+    return [[bounds[s], bounds[s + 1]] for s in range(len(stage_layers))]
 
 
 def node_blocks(devices: list[int], gpus_per_node: int) -> list[int] | None:
