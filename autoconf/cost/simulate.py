@@ -107,6 +107,8 @@ class Timeline:
         WEIGHT_GRAD_ACTIVATION_SHARE of one, at the same instant of its order; peak_inflight_rank without W.
     overlap_saved_per_rank: per rank, the seconds its overlapped pairs saved against running each F then its B
         (empty when no pair overlapped). compute_time_per_rank counts the pairs as they ran.
+    contention_per_rank: per rank, the compute seconds its DP collectives took from it (`contention`), which its
+        last action's end and compute_time_per_rank include (empty without contention).
     """
 
     events: list[list[tuple[Action, float, float]]]
@@ -119,13 +121,24 @@ class Timeline:
     peak_inflight_rank: list[int]
     overlap_saved_per_rank: list[float] = dataclasses.field(default_factory=list)
     peak_inflight_joint: list[float] = dataclasses.field(default_factory=list)
+    contention_per_rank: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def compute_end(self) -> float:
         """End of the last compute action."""
+        return max(self.compute_end_per_rank, default=0.0)
+
+    @property
+    def compute_end_per_rank(self) -> list[float]:
+        """End of each rank's last compute action (0 for a rank without any)."""
         if isinstance(self.events, _Events):
-            return self.events.end()
-        return max((ev[-1][2] for ev in self.events if ev), default=0.0)
+            return self.events.rank_ends()
+        return [ev[-1][2] if ev else 0.0 for ev in self.events]
+
+    @property
+    def comm_end_per_rank(self) -> list[float]:
+        """End of each rank's last DP collective (0 for a rank without any)."""
+        return [max((e[3] for e in events), default=0.0) for events in self.comm_events]
 
 
 class _Events(SequenceABC):
@@ -154,7 +167,11 @@ class _Events(SequenceABC):
 
     def end(self) -> float:
         """End of the last action (a rank's actions end in order)."""
-        return max((float(self.ends[b - 1]) for a, b in zip(self.offsets, self.offsets[1:]) if b > a), default=0.0)
+        return max(self.rank_ends(), default=0.0)
+
+    def rank_ends(self) -> list[float]:
+        """End of each rank's last action (0 for a rank without actions)."""
+        return [float(self.ends[b - 1]) if b > a else 0.0 for a, b in zip(self.offsets, self.offsets[1:])]
 
 
 # Pipelines of at least this many ranks are simulated a wave at a time (`_Graph`); narrower ones, whose waves hold
@@ -257,14 +274,14 @@ def simulate(
                 comm_events[r].append(("reduce", s, first, t))
             comm_free[r] = t
 
-    if contention > 0.0:
-        for r in range(R):
-            a, b = offsets[r], offsets[r + 1]
-            if b > a and comm_busy[r]:
-                lost = contention * _computing_during(starts[a:b], ends[a:b], comm_busy[r])
-                ends[b - 1] += lost
-                clock[r] += lost
-                busy[r] += lost
+    lost = [0.0] * R if contention > 0.0 else []
+    for r in range(len(lost)):
+        a, b = offsets[r], offsets[r + 1]
+        if b > a and comm_busy[r]:
+            lost[r] = contention * _computing_during(starts[a:b], ends[a:b], comm_busy[r])
+            ends[b - 1] += lost[r]
+            clock[r] += lost[r]
+            busy[r] += lost[r]
     makespan = max(max(clock), max(comm_free)) if R else 0.0
     events = _Events(schedule.actions, starts, ends, offsets)
     peak, peak_w, peak_rank, joint = order_peaks(schedule)
@@ -274,7 +291,7 @@ def simulate(
     if pairs:
         saved = [sum(dur[_F][acts[j][1]] + dur[_B][acts[j + 1][1]] - pairs[acts[j][1], acts[j + 1][1]]
                      for j in schedule.paired[r]) for r, acts in enumerate(schedule.compiled)]
-    return Timeline(events, comm_events, makespan, busy, bubble, peak, peak_w, peak_rank, saved, joint)
+    return Timeline(events, comm_events, makespan, busy, bubble, peak, peak_w, peak_rank, saved, joint, lost)
 
 
 def beside(compute: float, comm: float, share: float) -> float:
