@@ -165,12 +165,8 @@ class _Events(SequenceABC):
             self._rows[rank] = list(zip(self.actions[rank], starts, ends))
         return self._rows[rank]
 
-    def end(self) -> float:
-        """End of the last action (a rank's actions end in order)."""
-        return max(self.rank_ends(), default=0.0)
-
     def rank_ends(self) -> list[float]:
-        """End of each rank's last action (0 for a rank without actions)."""
+        """End of each rank's last action (a rank's actions end in order; 0 for a rank without actions)."""
         return [float(self.ends[b - 1]) if b > a else 0.0 for a, b in zip(self.offsets, self.offsets[1:])]
 
 
