@@ -54,15 +54,15 @@ def random_layout(rng: random.Random):
     return name, cluster, framework, config
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--layouts", type=int, default=400, help="layouts predicted (refused ones not counted)")
-    args = parser.parse_args()
-    rng = random.Random(args.seed)
+def audit(seed: int, layouts: int) -> dict:
+    """`layouts` random layouts of `seed` predicted both ways: how many were extrapolated, the lowest and highest
+    ratio of the extrapolated time to the full one, and a line for each layout outside the limits (time in
+    [1, 1 + EXTRAPOLATION_MARGIN], peak memory within rounding)."""
+    rng = random.Random(seed)
     predicted = extrapolated = 0
     highest, lowest = 1.0, 1.0
-    while predicted < args.layouts:
+    outside = []
+    while predicted < layouts:
         try:
             name, cluster, framework, c = random_layout(rng)
             fast = predict(PRESETS[name], cluster, c, execution=execution(framework), detail=False,
@@ -78,10 +78,22 @@ def main() -> None:
         memory = fast["peak_memory_bytes"] / full["peak_memory_bytes"]
         highest, lowest = max(highest, ratio), min(lowest, ratio)
         if not 1 - 1e-12 <= ratio <= 1 + EXTRAPOLATION_MARGIN or abs(memory - 1) > 1e-9:
-            print(f"{name} on {cluster.name}, {framework}: {c.label()} m={c.num_microbatches}: "
-                  f"time x{ratio:.12f}, peak memory x{memory:.15f}")
-    print(f"seed {args.seed}: {predicted} layouts, {extrapolated} extrapolated; extrapolated / full time "
-          f"{lowest:.12f} to {highest:.12f} (limits 1 and 1 + {EXTRAPOLATION_MARGIN})")
+            outside.append(f"{name} on {cluster.name}, {framework}: {c.label()} m={c.num_microbatches}: "
+                           f"time x{ratio:.12f}, peak memory x{memory:.15f}")
+    return {"predicted": predicted, "extrapolated": extrapolated, "lowest": lowest, "highest": highest,
+            "outside": outside}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layouts", type=int, default=400, help="layouts predicted (refused ones not counted)")
+    args = parser.parse_args()
+    result = audit(args.seed, args.layouts)
+    for line in result["outside"]:
+        print(line)
+    print(f"seed {args.seed}: {result['predicted']} layouts, {result['extrapolated']} extrapolated; extrapolated / "
+          f"full time {result['lowest']:.12f} to {result['highest']:.12f} (limits 1 and 1 + {EXTRAPOLATION_MARGIN})")
 
 
 if __name__ == "__main__":

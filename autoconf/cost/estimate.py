@@ -918,7 +918,7 @@ def _extrapolated_step(c: ParallelConfig, sp: StagePlan, p2p, execution: Executi
     last rank's end and along each rank's own, the later of them: a rank that loses more compute per micro-batch to
     its collectives overtakes the one that ended last at few, while a rank waiting on another keeps its pace.
 
-    The samples start at 2p and 3p micro-batches and double (3p and 6p, 6p and 12p, ...) until, between the last two,
+    The samples are taken at 2p and 3p micro-batches, then 4p, 8p, 16p, ... until, between the last two of them,
     - no rank's idle time shrank: it does only before the rank settles (V placement, with the embedding and the
       head on rank 0, may take more than 3p micro-batches);
     - no rank's lost compute changed or, with a reduction per micro-batch, it grew per micro-batch as between the
