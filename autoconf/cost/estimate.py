@@ -58,9 +58,9 @@ EXTRAPOLATE_ABOVE = 4
 # How far an extrapolated time may lie above the full simulation; it never lies below (tests/test_cost.py checks
 # every schedule and the steps that settle late, and a DP stream falling behind the compute is simulated in full).
 # The search simulates in full every candidate whose extrapolated time is within this margin of its K-th best, so it
-# ranks by the full simulation. Measured 2026-12-06 by scripts/extrapolation_audit.py (seeds 0-9, 4,000 random
+# ranks by the full simulation. Measured 2026-12-06 by scripts/extrapolation_audit.py (seeds 0-29, 12,000 random
 # layouts of four dense and MoE models on A100 and H100 nodes, every framework, schedule and ZeRO stage, both
-# gradient reductions, some with context parallelism; 3,919 extrapolated): never below, at most 0.075% above
+# gradient reductions, some with context parallelism): never below, at most 0.083% above
 # (2.6% above before samples past 3p were taken, 2026-12-06; up to 3.5% on pipelined steps reducing every
 # micro-batch).
 EXTRAPOLATION_MARGIN = 0.001
