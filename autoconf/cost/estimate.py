@@ -767,23 +767,21 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
     grid = RankGrid(default_mesh(c) if mesh is None else mesh)
     extrapolate = extrapolate and not detail and c.num_microbatches > EXTRAPOLATE_ABOVE * c.pp
 
-    def simulated(count: int):
-        schedule = _schedule(c.schedule, c.pp, count, c.vpp, c.seq_chunks, overlaps_pairs(model, c, execution))
-        return schedule, _p2p_function(cluster, c, model, schedule.stage_to_rank, grid, execution)
-
-    schedule, p2p = simulated(3 * c.pp if extrapolate else c.num_microbatches)
+    overlap = overlaps_pairs(model, c, execution)
+    schedule = _schedule(c.schedule, c.pp, 3 * c.pp if extrapolate else c.num_microbatches, c.vpp, c.seq_chunks,
+                         overlap)
+    # (the stages' placement, all the P2P times and the stage plan read, is the same at every micro-batch count)
+    p2p = _p2p_function(cluster, c, model, schedule.stage_to_rank, grid, execution)
 
     def run(share: float):
-        nonlocal extrapolate, schedule, p2p
+        nonlocal extrapolate, schedule
         sp = stage_plan(model, cluster, c, partition, schedule.stage_to_rank, grid, execution, p2p, share)
         if extrapolate:
             stepped = _extrapolated_step(c, sp, p2p, execution)
             if stepped is not None:
                 return (sp, *stepped)
-            # (the DP stream falls behind the compute: simulated in full)
-            extrapolate = False
-            schedule, p2p = simulated(c.num_microbatches)
-            sp = stage_plan(model, cluster, c, partition, schedule.stage_to_rank, grid, execution, p2p, share)
+            extrapolate = False  # (no settled pair of samples below m: simulated in full)
+            schedule = _schedule(c.schedule, c.pp, c.num_microbatches, c.vpp, c.seq_chunks, overlap)
         return (sp, *_simulate_step(schedule, sp, p2p, execution))
 
     share = cpu_share(cluster)

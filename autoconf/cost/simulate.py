@@ -135,11 +135,6 @@ class Timeline:
             return self.events.rank_ends()
         return [ev[-1][2] if ev else 0.0 for ev in self.events]
 
-    @property
-    def comm_end_per_rank(self) -> list[float]:
-        """End of each rank's last DP collective (0 for a rank without any)."""
-        return [max((e[3] for e in events), default=0.0) for events in self.comm_events]
-
 
 class _Events(SequenceABC):
     """`Timeline.events` of a simulation, each rank's (action, start, end) list built when first read: the search
