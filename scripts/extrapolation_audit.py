@@ -7,7 +7,7 @@ lying below the full simulation nor more than EXTRAPOLATION_MARGIN above it. Thi
 reductions, recompute modes, some with context parallelism), predicts each both ways and prints every layout
 outside those limits (or whose peak memory differs by more than rounding, 1e-9), then the extremes and how many
 layouts were extrapolated (the others are simulated in full: too few micro-batches, or a step that had not settled
-below m).
+below m). It checks the partition polish's floor (`step_floor`) the same way: never above either prediction.
 
 Usage: python scripts/extrapolation_audit.py [--seed N] [--layouts N]
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import random
 
-from autoconf.cost.estimate import EXTRAPOLATION_MARGIN, predict
+from autoconf.cost.estimate import EXTRAPOLATION_MARGIN, predict, step_floor
 from autoconf.errors import UserError
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import PRESETS as FRAMEWORKS, execution
@@ -56,11 +56,12 @@ def random_layout(rng: random.Random):
 
 def audit(seed: int, layouts: int) -> dict:
     """`layouts` random layouts of `seed` predicted both ways: how many were extrapolated, the lowest and highest
-    ratio of the extrapolated time to the full one, and a line for each layout outside the limits (time in
-    [1, 1 + EXTRAPOLATION_MARGIN], peak memory within rounding)."""
+    ratio of the extrapolated time to the full one, the highest ratio of the step floor to the lower of the two
+    (`floor_highest`; 0 where no floor applies), and a line for each layout outside the limits (time in
+    [1, 1 + EXTRAPOLATION_MARGIN], peak memory within rounding, the floor at most 1)."""
     rng = random.Random(seed)
     predicted = extrapolated = 0
-    highest, lowest = 1.0, 1.0
+    highest, lowest, floor_highest = 1.0, 1.0, 0.0
     outside = []
     while predicted < layouts:
         try:
@@ -68,9 +69,15 @@ def audit(seed: int, layouts: int) -> dict:
             fast = predict(PRESETS[name], cluster, c, execution=execution(framework), detail=False,
                            extrapolate=True)[3]
             full = predict(PRESETS[name], cluster, c, execution=execution(framework), detail=False)[3]
+            floor = step_floor(PRESETS[name], cluster, c, execution=execution(framework))
         except UserError:
             continue
         predicted += 1
+        below = floor / min(fast["iteration_time_s"], full["iteration_time_s"])
+        floor_highest = max(floor_highest, below)
+        if below > 1:
+            outside.append(f"{name} on {cluster.name}, {framework}: {c.label()} m={c.num_microbatches}: "
+                           f"step floor x{below:.12f} of the prediction")
         if not fast.get("extrapolated"):
             continue
         extrapolated += 1
@@ -81,7 +88,7 @@ def audit(seed: int, layouts: int) -> dict:
             outside.append(f"{name} on {cluster.name}, {framework}: {c.label()} m={c.num_microbatches}: "
                            f"time x{ratio:.12f}, peak memory x{memory:.15f}")
     return {"predicted": predicted, "extrapolated": extrapolated, "lowest": lowest, "highest": highest,
-            "outside": outside}
+            "floor_highest": floor_highest, "outside": outside}
 
 
 def main() -> None:
@@ -93,7 +100,8 @@ def main() -> None:
     for line in result["outside"]:
         print(line)
     print(f"seed {args.seed}: {result['predicted']} layouts, {result['extrapolated']} extrapolated; extrapolated / "
-          f"full time {result['lowest']:.12f} to {result['highest']:.12f} (limits 1 and 1 + {EXTRAPOLATION_MARGIN})")
+          f"full time {result['lowest']:.12f} to {result['highest']:.12f} (limits 1 and 1 + {EXTRAPOLATION_MARGIN}); "
+          f"step floor at most {result['floor_highest']:.9f} of the lower prediction (limit 1)")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 import pytest
 
 from autoconf.spec.schedules import SCHEDULES, Action, Schedule, build_schedule, check_schedule
-from autoconf.cost.simulate import StageCosts, simulate
+from autoconf.cost.simulate import StageCosts, busy_per_rank, simulate
 
 LEGAL = []
 for _name in SCHEDULES:
@@ -292,6 +292,29 @@ def test_every_legal_schedule_runs_without_deadlock(name, pp, vpp, m):
     tl = _run(name, pp, m, vpp, f=1.0, b=2.0, w=1.0)
     assert tl.makespan >= max(tl.compute_time_per_rank) - 1e-9
     assert 0.0 <= tl.bubble_fraction < 1.0
+
+
+@pytest.mark.parametrize("name,pp,vpp,m", LEGAL)
+def test_busy_per_rank_is_the_simulated_compute_of_every_rank(name, pp, vpp, m):
+    """`busy_per_rank` (the step floor's compute, from any count's schedule) is what the simulation counts per rank,
+    for every legal schedule with uneven stages, given per schedule stage or per model stage (two directions)."""
+    sch = build_schedule(name, pp, m, vpp)
+    stages = sch.chain if sch.directions > 1 else sch.num_stages
+    costs = StageCosts([1 + 0.1 * s for s in range(stages)], [2 + 0.3 * (s % 3) for s in range(stages)],
+                       [0.5 + 0.07 * s for s in range(stages)])
+    other = build_schedule(name, pp, max(m, 2 * pp) if name != "dualpipe" else m, vpp)  # (dualpipe: m's own rules)
+    assert busy_per_rank(other, costs, m) == pytest.approx(simulate(sch, costs).compute_time_per_rank, rel=1e-12)
+
+
+@pytest.mark.parametrize("pp,m,k", [(2, 4, 2), (4, 8, 3), (4, 5, 2)])
+@pytest.mark.parametrize("per_chunk", [False, True])
+def test_busy_per_rank_counts_every_sequence_chunk(pp, m, k, per_chunk):
+    """Under seq1f1b each micro-batch passes every stage as k chunks, costed per stage or per stage and chunk."""
+    sch = build_schedule("seq1f1b", pp, m, seq_chunks=k)
+    n = pp * (k if per_chunk else 1)
+    costs = StageCosts([1 + 0.2 * i for i in range(n)], [2 + 0.1 * i for i in range(n)], [0.0] * n)
+    assert busy_per_rank(build_schedule("seq1f1b", pp, 3 * pp, seq_chunks=k), costs, m) == pytest.approx(
+        simulate(sch, costs).compute_time_per_rank, rel=1e-12)
 
 
 @pytest.mark.parametrize("name,f,b,w,bubble", [("1f1b", 1.0, 2.0, 1.0, 15 * 4.0), ("gpipe", 1.0, 2.0, 1.0, 15 * 4.0),

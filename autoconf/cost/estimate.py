@@ -38,8 +38,8 @@ from autoconf.cost.mtp import mtp_pass_times
 from autoconf.cost.moe import ep_comm_passes, local_params, moe_layers
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_host_memory, check_offload,
                                    gather_copy_time, host_memory_per_node, reduce_copy_time)
-from autoconf.cost.simulate import (WEIGHT_GRAD_ACTIVATION_SHARE, StageCosts, Timeline, beside, order_peaks,
-                                    rank_order_peaks, simulate)
+from autoconf.cost.simulate import (WEIGHT_GRAD_ACTIVATION_SHARE, StageCosts, Timeline, beside, busy_per_rank,
+                                    order_peaks, rank_order_peaks, simulate)
 from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, check_dtype, gather_bytes, precision
@@ -64,6 +64,9 @@ EXTRAPOLATE_ABOVE = 4
 # (2.6% above before samples past 3p were taken, 2026-12-06; up to 3.5% on pipelined steps reducing every
 # micro-batch).
 EXTRAPOLATION_MARGIN = 0.001
+# `step_floor`'s relative slack: an extrapolated step's compute may end below the compute it extends by 1e-9 of a
+# sample's span per sampled interval (`_extrapolated_step`'s tolerance), under 1e-8 of the step.
+FLOOR_SLACK = 1e-6
 # Below this a breakdown term is rounding left by subtracting two makespans (seconds).
 BREAKDOWN_NOISE_S = 1e-9
 
@@ -757,15 +760,8 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
     Unless extrapolated, `plan.timeline` is the simulated step the prediction was read from: its makespan plus the
     step's tail (collectives, optimizer, step overhead) is `iteration_time_s`.
     """
-    c = config.check(model, cluster.world_size)
-    execution.check(c, model)
-    check_dtype(c.dtype, cluster.device.peak_flops, cluster.device.name)
-    check_offload(cluster, c)
-    partition = [list(p) for p in (partition or default_partition(model, c))]
-    if recompute_layers_problem(c, partition):
-        raise UserError(recompute_layers_problem(c, partition))
-    grid = RankGrid(default_mesh(c) if mesh is None else mesh)
-    extrapolate = extrapolate and not detail and c.num_microbatches > EXTRAPOLATE_ABOVE * c.pp
+    c, partition, grid = _checked(model, cluster, config, partition, mesh, execution)
+    extrapolate = extrapolate and not detail and _extrapolates(c)
 
     overlap = overlaps_pairs(model, c, execution)
     schedule = _schedule(c.schedule, c.pp, 3 * c.pp if extrapolate else c.num_microbatches, c.vpp, c.seq_chunks,
@@ -800,13 +796,7 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
                 sp, full, makespan = run(relaxed)
                 makespan = full.makespan = max(makespan, comm_stream_bound(sp, schedule))
 
-    # Optimizer: AdamW over each rank's (ZeRO-sharded) parameters; the slowest rank bounds the step.
-    optimizer = max(rank_optimizer_time(cluster, c, *rank_params(model, partition, schedule.model_stages_of_rank(r)),
-                                        execution=execution)
-                    for r in range(c.pp))
-    step_comm = (step_collectives(model, cluster, c, grid, schedule.stage_to_rank)
-                 + mirror_grad_sum(model, cluster, c, partition, grid, schedule, execution))
-    step_overhead = cluster.overhead("step_overhead_s")
+    step_comm, optimizer, step_overhead = _after_makespan(model, cluster, c, partition, grid, schedule, execution)
     iteration = makespan + step_comm + optimizer + step_overhead
 
     memory = _memory(model, cluster, c, partition, schedule, full, execution)
@@ -842,6 +832,58 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
         prediction["time_breakdown"] = _breakdown(schedule, sp, p2p, makespan, step_comm, optimizer, step_overhead,
                                                   c.offload_activations)
     return c, partition, grid, prediction, None if extrapolate else full
+
+
+def _checked(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list | None,
+             mesh: np.ndarray | None, execution: Execution) -> tuple[ParallelConfig, list, RankGrid]:
+    """(checked config, partition as lists, rank grid) of one configuration, the default partition and mesh where
+    none is given. Raises UserError when the config is impossible for the model, the cluster or the framework."""
+    c = config.check(model, cluster.world_size)
+    execution.check(c, model)
+    check_dtype(c.dtype, cluster.device.peak_flops, cluster.device.name)
+    check_offload(cluster, c)
+    partition = [list(p) for p in (partition or default_partition(model, c))]
+    if recompute_layers_problem(c, partition):
+        raise UserError(recompute_layers_problem(c, partition))
+    return c, partition, RankGrid(default_mesh(c) if mesh is None else mesh)
+
+
+def _extrapolates(c: ParallelConfig) -> bool:
+    """An extrapolating prediction of `c` simulates fewer micro-batches than its step (`_extrapolated_step`)."""
+    return c.num_microbatches > EXTRAPOLATE_ABOVE * c.pp
+
+
+def _after_makespan(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, partition: list, grid: RankGrid,
+                    schedule, execution: Execution) -> tuple[float, float, float]:
+    """(step collectives, optimizer, step overhead): the seconds a step lasts past its simulated makespan (module
+    docstring). The optimizer is AdamW over each rank's (ZeRO-sharded) parameters, the slowest rank's."""
+    optimizer = max(rank_optimizer_time(cluster, c, *rank_params(model, partition, schedule.model_stages_of_rank(r)),
+                                        execution=execution)
+                    for r in range(c.pp))
+    step_comm = (step_collectives(model, cluster, c, grid, schedule.stage_to_rank)
+                 + mirror_grad_sum(model, cluster, c, partition, grid, schedule, execution))
+    return step_comm, optimizer, cluster.overhead("step_overhead_s")
+
+
+def step_floor(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list | None = None,
+               mesh: np.ndarray | None = None, execution: Execution = Execution()) -> float:
+    """A lower bound of `predict`'s iteration_time_s for the same arguments, extrapolated or not, at the cost of its
+    stage plan (no simulation): the busiest rank's compute over the step (`simulate.busy_per_rank`: no rank computes
+    two passes at once) and the seconds after the makespan, less FLOOR_SLACK. 0 where the compute is not the sum of
+    its passes: overlapped pairs (a pair runs shorter than its parts) and CPU ranks sharing cores (whose costs the
+    prediction relaxes). Raises UserError as `predict` does."""
+    c, partition, grid = _checked(model, cluster, config, partition, mesh, execution)
+    share = cpu_share(cluster)
+    overlap = overlaps_pairs(model, c, execution)
+    if share < 1.0 or overlap:
+        return 0.0
+    # the schedule `predict` builds first (any count has the same stages)
+    schedule = _schedule(c.schedule, c.pp, 3 * c.pp if _extrapolates(c) else c.num_microbatches, c.vpp,
+                         c.seq_chunks, overlap)
+    p2p = _p2p_function(cluster, c, model, schedule.stage_to_rank, grid, execution)
+    sp = stage_plan(model, cluster, c, partition, schedule.stage_to_rank, grid, execution, p2p, share)
+    busiest = max(busy_per_rank(schedule, sp.costs, c.num_microbatches))
+    return (busiest + sum(_after_makespan(model, cluster, c, partition, grid, schedule, execution))) * (1 - FLOOR_SLACK)
 
 
 def _host_prediction(cluster: ClusterProfile, c: ParallelConfig, memory: list[dict]) -> dict:

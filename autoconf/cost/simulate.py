@@ -285,6 +285,21 @@ def simulate(
     return Timeline(events, comm_events, makespan, busy, bubble, peak, peak_w, peak_rank, saved, joint, lost)
 
 
+def busy_per_rank(schedule: Schedule, costs: StageCosts, num_microbatches: int) -> list[float]:
+    """Each rank's compute seconds over a step of `num_microbatches` micro-batches of `schedule`'s kind (built at any
+    count): each of its stages runs every unit that passes it (`Schedule.microbatches_of_stage`; each sequence chunk
+    of each micro-batch) once forward and once backward, whole (B) or split (I and W). That is what `simulate` counts
+    in compute_time_per_rank at that count, less the compute its collectives take (`contention`); `costs` must not
+    overlap pairs (forward_comm None: a pair runs shorter than its parts)."""
+    whole = [f + bi + bw for f, bi, bw in zip(costs.forward, costs.backward_input, costs.backward_weight)]
+    # entries per schedule stage, or per model stage (two directions), each one or one per sequence chunk
+    stages = schedule.chain if schedule.directions > 1 and len(whole) == schedule.chain else schedule.num_stages
+    chunks = len(whole) // stages
+    per_unit = [sum(whole[s * chunks:(s + 1) * chunks]) / chunks for s in range(stages)]  # a micro-batch's mean chunk
+    units = num_microbatches * schedule.seq_chunks / schedule.directions
+    return [units * sum(per_unit[s % stages] for s in schedule.stages_of_rank(r)) for r in range(schedule.pp)]
+
+
 def beside(compute: float, comm: float, share: float) -> float:
     """Seconds of `compute` seconds of work run beside a collective of `comm` seconds that takes `share` of the
     device while it runs: max(comm, compute + share * comm). At least both and at most their sum (share <= 1)."""

@@ -218,11 +218,12 @@ POLISH_MAX_STAGES = 8
 
 
 def polished_partition(score, partition: list[list[int]], time_s: float) -> tuple[list[list[int]], float]:
-    """Best-improvement local search from `partition` (whose score is `time_s`) under `score` (partition -> seconds,
-    inf when it does not fit): each step takes the best move of k = 1, 2, ... layers from one stage to any other
-    (the stages between them shift, each keeps its size), smallest k first; it stops when no move of any size
-    lowers the score; a move may empty the first or the last stage (`min_stage_layers`). Deterministic: moves are
-    tried in a fixed order and only a strictly lower score is taken."""
+    """Best-improvement local search from `partition` (whose score is `time_s`) under `score` ((partition, bar) ->
+    seconds, inf when it does not fit; any number at or above `bar` where the seconds are, so it may stop at a
+    bound): each step takes the best move of k = 1, 2, ... layers from one stage to any other (the stages between
+    them shift, each keeps its size), smallest k first; it stops when no move of any size lowers the score; a move
+    may empty the first or the last stage (`min_stage_layers`). Deterministic: moves are tried in a fixed order and
+    only a strictly lower score is taken, so the result is the same whatever `score` returns at or above `bar`."""
     bounds = [first for first, _ in partition] + [partition[-1][1]]
     stages = len(partition)
     least = sum(min_stage_layers(s, stages) for s in range(stages))
@@ -236,8 +237,9 @@ def polished_partition(score, partition: list[list[int]], time_s: float) -> tupl
                     moved = _moved(bounds, a, b, k)
                     if moved is None:
                         continue
-                    t = score([[moved[s], moved[s + 1]] for s in range(stages)])
-                    if t < time_s and (best is None or t < best[0]):
+                    bar = time_s if best is None else best[0]
+                    t = score([[moved[s], moved[s + 1]] for s in range(stages)], bar)
+                    if t < bar:
                         best = (t, moved)
             if best is not None:
                 break
@@ -273,17 +275,20 @@ def refined_partition_by_estimate(model: ModelSpec, cluster: ClusterProfile, c: 
     uniform split. With `per_stage`, `c` recomputes every layer in the
     CP-SAT model reads the fewest recomputed layers per stage that fit the uniform split, and each partition is
     scored with the fewest that fit it (solve/recompute.py)."""
-    from autoconf.cost.estimate import default_partition, predict
+    from autoconf.cost.estimate import default_partition, predict, step_floor
     from autoconf.solve.recompute import fewest_recomputed
 
     uniform = default_partition(model, c)
 
-    def score(partition) -> float:
+    def score(partition, bar: float = float("inf")) -> float:
         config = c
         if per_stage:
             config = fewest_recomputed(model, cluster, c, partition or uniform, execution)
             if config is None:
                 return float("inf")
+        floor = step_floor(model, cluster, config, partition=partition, mesh=mesh, execution=execution)
+        if floor >= bar:  # (most moves of a polish: a stage gains a layer and outlasts the best step)
+            return floor
         # Extrapolated (the search's estimate: never below the full simulation), so a partition that scores below
         # the default's full time is faster in full too.
         p = predict(model, cluster, config, partition=partition, mesh=mesh, execution=execution, detail=False,
@@ -297,7 +302,7 @@ def refined_partition_by_estimate(model: ModelSpec, cluster: ClusterProfile, c: 
     counted = fewest_recomputed(model, cluster, c, uniform, execution) if per_stage else None
     solved = refined_partition(model, cluster, counted or c, execution, time_limit_s=time_limit_s, seed=seed)
     if solved is not None and solved != uniform:
-        t = score(solved)
+        t = score(solved, best_time)
         if t < best_time:
             best_time, best = t, solved
     if 1 < c.num_stages <= POLISH_MAX_STAGES:
