@@ -12,6 +12,7 @@ Adding a degree (ep, ...) is one field of `ParallelDims` and one name in `AXES`.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -19,11 +20,12 @@ import numpy as np
 # Outermost first. TP is innermost and CP next to it, so on the logical grid a TP x CP block fills consecutive devices
 # (one node's fast links where tp * cp <= devices per node): the two degrees that exchange activations every layer.
 AXES = ("pp", "dp", "cp", "tp")
+_DEGREES = operator.attrgetter(*AXES)
 
 
 def world_size_of(degrees) -> int:
     """The ranks of anything carrying one degree per axis of `AXES` as attributes: their product."""
-    return math.prod(getattr(degrees, axis) for axis in AXES)
+    return math.prod(_DEGREES(degrees))
 
 
 @dataclass(frozen=True)
