@@ -363,10 +363,11 @@ class BoundCache:
         owner, layers = self._stage_to_rank(c), self._rank_layers(c)
         recomputed = layers if c.recompute_layers is None else self._rank_recomputed(c)
         embedding, head = self._end_pieces(c)
-        ends = {owner[0]: (0.0, 0.0, 0.0), owner[-1]: (0.0, 0.0, 0.0)}
-        ends[owner[0]] = tuple(map(sum, zip(ends[owner[0]], embedding)))
-        ends[owner[-1]] = tuple(map(sum, zip(ends[owner[-1]], head)))
-        return max(rank_work(layers[r], recomputed[r], extra) for r, extra in ends.items())
+        first, last = owner[0], owner[-1]
+        if first == last:
+            return rank_work(layers[first], recomputed[first], tuple(e + h for e, h in zip(embedding, head)))
+        return max(rank_work(layers[first], recomputed[first], embedding),
+                   rank_work(layers[last], recomputed[last], head))
 
     def _end_pieces(self, c: ParallelConfig) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
         """(embedding, head with its loss) seconds per unit of `c` (`_layer`'s pieces) as (forward, input backward,
