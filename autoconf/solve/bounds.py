@@ -29,6 +29,7 @@ from autoconf.cost.memory import (holds_unsharded_grads, layer_activation_bytes,
 from autoconf.cost.moe import ep_comm_passes, layer_kind_params, layer_kinds, moe_layers, smallest_layer_params
 from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.offload import activation_copy_bytes, activation_copy_times, host_memory_per_node
+from autoconf.solve.space import replaced
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import precision
 from autoconf.spec.frameworks import selective_policy
@@ -377,13 +378,16 @@ class BoundCache:
             return tuple((p.forward, p.backward_input, p.backward_weight) for p in (pieces.embedding, pieces.head))
         return remembered(self._ends, self._work_key(c), made)
 
-    def busy_bound(self, c: ParallelConfig) -> float:
+    def busy_bound(self, c: ParallelConfig, recomputing_none: bool = False) -> float:
         """A lower bound on the step, cheaper than `time_bound` and below it: every micro-batch through the
         ceil(L/pp) layers of the busiest rank, forward and backward, with the least rank's recomputed layers, or
         through the first and the last stage's ranks with the embedding and the head (`time_bound`'s compute path
-        holds both, with the passes' overheads and FSDP gathers that this leaves out). Remembered by what it reads
-        (`_work_key`, and the per-stage recompute counts)."""
-        return remembered(self._busy, (self._work_key(c), c.recompute_layers), functools.partial(self._made_busy, c))
+        holds both, with the passes' overheads and FSDP gathers that this leaves out). With `recomputing_none`, of
+        `c` recomputing no layer (per-stage counts of 0). Remembered by what it reads (`_work_key`, and the
+        per-stage recompute counts), so a twin that differs elsewhere (grad_reduce, the ZeRO stage) shares it."""
+        counts = (0,) * c.num_stages if recomputing_none else c.recompute_layers
+        return remembered(self._busy, (self._work_key(c), counts), lambda: self._made_busy(
+            replaced(c, recompute_layers=counts) if counts != c.recompute_layers else c))
 
     def _made_busy(self, c: ParallelConfig) -> float:
         """`busy_bound`, worked out afresh."""

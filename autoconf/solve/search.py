@@ -473,15 +473,16 @@ def _offload_parents(cache: BoundCache, levers: list[tuple[bool, bool]], parents
     bounded recomputing no layer, as its twins that keep their activations are before their counts are fitted
     (`_offload_twins`)."""
     out = []
+    unsharded = [(activations, optimizer) for activations, optimizer in levers if not optimizer]
     for index, record in enumerate(parents if levers else ()):
         parent_bound, key, config = record[:3]
         if parent_bound >= cutoff:
             continue
-        refits = per_stage and config.recompute != "none"
-        allowed = [(activations, optimizer) for activations, optimizer in levers
-                   if config.zero_sharded or not optimizer]
+        allowed = levers if config.zero_sharded else unsharded
         if allowed:
-            out.append((cache.busy_bound(_bounded(config, refits)), key, index, (record, allowed), OFFLOAD_PARENT))
+            refits = per_stage and config.recompute != "none"
+            out.append((cache.busy_bound(config, recomputing_none=refits), key, index, (record, allowed),
+                        OFFLOAD_PARENT))
     heapq.heapify(out)
     return out
 
