@@ -830,9 +830,12 @@ def deferred_rank_grad_bytes(c: ParallelConfig, chunks: Sequence[tuple[float, fl
     kept = [0.0 if c.offload_optimizer else 4.0 * (dense / dense_shard + experts / expert_shard)
             for dense, experts, _, _ in chunks]
     order = list(range(len(chunks)))[::-1]
-    if schedule_spec(c.schedule).fsdp_gather_per_chunk:
-        return max(whole[k] + sum(kept[j] for j in order[:n]) + max(chunks[k][2:])
-                   for n, k in enumerate(order))
+    if schedule_spec(c.schedule).fsdp_gather_per_chunk:  # each chunk at its backward, after the ones before it
+        peaks, reduced = [], 0
+        for k in order:
+            peaks.append(whole[k] + reduced + max(chunks[k][2:]))
+            reduced += kept[k]
+        return max(peaks)
     freed = 0.0
     peak = max(chunk[2] for chunk in chunks)
     for k in order:

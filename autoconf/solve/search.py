@@ -117,7 +117,9 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     # are offloaded (their copies shrink with recompute): there every member counts; nor for a member whose
     # selective policy takes context-parallel attention off torch's ring (`bound_of_fields`' note).
     relaxed = per_stage and not fixed.get("offload_activations")
-    families: dict[tuple, list] = {}  # family fields -> [bound, [(order, config) of its launchable members]]
+    # family fields -> [bound, [(order, config, its own bound where the family's read it, else None) of each
+    # launchable member]]
+    families: dict[tuple, list] = {}
     # What the user chose and the executor does not run, a pinned schedule (dualpipe) or a precision recipe of
     # another framework (--dtype fp8-deepseek), is costed all the same, its plans marked not launchable.
     chosen_unrun = {schedule_spec(fixed["schedule"]).executor_note if "schedule" in fixed else None,
@@ -133,9 +135,11 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         # (under cp the policy also decides whether the attention runs torch's ring: `cp_ring.torch_ring`)
         fields = ((True, _UNFITTED_FIELDS(config), torch_ring(model, config, execution)) if unfitted
                   else _BOUND_FIELDS(config))
-        if fields not in bound_by_fields:
-            bound_by_fields[fields] = cache.time_bound(_bounded(config, per_stage and config.recompute != "none"))
-        return bound_by_fields[fields]
+        bound = bound_by_fields.get(fields)
+        if bound is None:
+            bound = cache.time_bound(_bounded(config, per_stage and config.recompute != "none"))
+            bound_by_fields[fields] = bound
+        return bound
 
     for config in framework_candidates(model, cluster, global_batch, seq_len, dtype, attention, fixed, execution,
                                        policies):
@@ -145,14 +149,16 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         family = families.setdefault(_FAMILY_FIELDS(config), [math.inf, []])
         # (launchable or not: the bound reads neither); a recompute member is bounded apart where its policy takes
         # context-parallel attention off torch's ring, which its twin without recompute runs
+        bound = None
         if not relaxed or config.recompute == "none" or (config.cp > 1 and not torch_ring(model, config, execution)):
-            family[0] = min(family[0], bound_of_fields(config))
+            bound = bound_of_fields(config)
+            family[0] = min(family[0], bound)
         reason = unsupported_reason(config) if launchable_only else None
         if reason and reason not in chosen_unrun:
             unlaunchable += 1
             refused = refused or reason
             continue
-        family[1].append((launchable, config))
+        family[1].append((launchable, config, bound))
         launchable += 1
     if not launchable:
         if refused:
@@ -168,8 +174,9 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
 
     def entries(members: list) -> list:
         """The walk's entries of a family's members: (bound, key, order, config, how far fitted)."""
-        return [(bound_of_fields(config), ranking_key(config), order, config,
-                 UNFITTED if per_stage and config.recompute != "none" else FITTED) for order, config in members]
+        return [(bound_of_fields(config) if bound is None else bound, ranking_key(config), order, config,
+                 UNFITTED if per_stage and config.recompute != "none" else FITTED)
+                for order, config, bound in members]
 
     best: list[tuple[float, tuple, ParallelConfig, dict]] = []  # the K best extrapolated times: a max-heap (negated)
     near: list[tuple[float, tuple, ParallelConfig, dict]] = []  # every fitting candidate, with its (extrapolated) time
