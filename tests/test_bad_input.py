@@ -335,6 +335,23 @@ def test_pins_that_conflict_are_named_with_the_rule_they_break(pins, needles):
     assert "global batch" not in result.output
 
 
+@pytest.mark.parametrize("model, batch, pins, needles", [
+    # dp 4 x micro-batch 4 outgrows the batch of 8 (it blamed a pipeline of 2 it had made up: 2*4*1*1 = 8 devices)
+    ("tiny-gpt", 8, ["dp=4", "micro_batch_size=4"], ["global batch divisible by micro_batch_size x dp = 16"]),
+    ("tiny-gpt", 6, ["dp=4"], ["global batch divisible by dp = 4"]),
+    # ep 4 needs tp x cp x dp a multiple of 4; with dp 1 only pinned tp and cp make room (it said "use ep*etp in 1")
+    ("tiny-moe", 8, ["ep=4", "dp=1"], ["--fix ep=4 cannot be taken together with --fix dp=1",
+                                       "pin tp, cp or dp so that their product is a multiple of ep x etp"]),
+])
+def test_pins_the_batch_or_the_attention_layout_cannot_take_say_what_would(model, batch, pins, needles):
+    """Bad pins on the CPU cluster (4 ranks) name the rule that would work, not one of a layout the user never
+    asked for."""
+    args = ["plan", "--model", model, "--cluster", "cpu-local", "--global-batch", str(batch), "--seq-len", "64"]
+    result = run_cli(args + [a for pin in pins for a in ("--fix", pin)])
+    assert_one_clear_error(result, *needles)
+    assert "{" not in result.output
+
+
 def test_validate_of_a_gpu_profile_on_a_host_without_cuda_is_refused(tmp_path):
     """validate measures on this host: a GPU profile here would compare CPU times with GPU predictions (it ran, with
     errors near -100%, and exited 0)."""

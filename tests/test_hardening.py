@@ -724,3 +724,47 @@ def test_a_resume_says_when_the_schedule_batch_or_sequence_changed(tmp_path):
     said.clear()
     check_resumable(tmp_path, {**meta, "config": plan.config.to_dict()}, plan, TrainOptions(steps=4), said.append)
     assert said == []
+
+
+@pytest.mark.slow
+def test_stopping_validate_ends_the_run_it_is_training(tmp_path):
+    """SIGTERM to `autoconf validate` alone (a batch system's time limit): it left its current torchrun and the
+    workers training, re-parented to init. Now no process of its runs is left, none starts after it, and it says
+    so in one line."""
+    out = tmp_path / "stopped-validate"
+    log = tmp_path / "validate.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "autoconf", "validate", "--model", "tiny-gpt", "--cluster",
+                                 "cpu-local", "--global-batch", "8", "--seq-len", "64", "--configs", "3",
+                                 "--steps", "1000", "--out", str(out)],
+                                cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO)))
+    marker = str(out)
+    try:
+        assert _wait_for(lambda: len(_training_processes(marker)) >= 3, 180), log.read_text()[-3000:]
+        os.kill(proc.pid, signal.SIGTERM)
+        code = proc.wait(timeout=90)
+        assert _wait_for(lambda: not _training_processes(marker), 30), \
+            subprocess.run(["ps", "-ef"], capture_output=True, text=True).stdout
+        time.sleep(2)
+        assert not _training_processes(marker)
+        text = log.read_text()
+        assert code == 128 + signal.SIGTERM and "autoconf: stopped by SIGTERM" in text, text[-3000:]
+        assert "Traceback" not in text, text[-3000:]
+    finally:
+        for pid in _training_processes(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_supervised_run_past_its_time_is_ended_with_124(tmp_path):
+    """validate's per-run time limit, now through `run_supervised`: the run is ended as a signal would end it, its
+    output goes to the given file, and 124 comes back."""
+    from autoconf.execute.launch import run_supervised
+
+    start = time.monotonic()
+    with open(tmp_path / "out.log", "w") as log:
+        code = run_supervised([sys.executable, "-c", "import time; print('started', flush=True); time.sleep(120)"],
+                              dict(os.environ), output=log, timeout_s=1.0)
+    assert code == 124 and time.monotonic() - start < 30
+    assert "started" in (tmp_path / "out.log").read_text()

@@ -413,11 +413,15 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         pass
 
 
-def run_supervised(command: list[str], env: dict, pass_fds: list[int] = (), follow=None) -> int:
+def run_supervised(command: list[str], env: dict, pass_fds: list[int] = (), follow=None, output=None,
+                   timeout_s: float | None = None, exit_on_signal: bool = False) -> int:
     """Runs torchrun and returns its exit code. SIGTERM, SIGINT or SIGHUP to the launcher is forwarded as SIGTERM
     (torchrun then ends its workers, each in its own process group); after a grace the whole process group is
-    killed. torchrun runs in a process group of its own and dies with the launcher (see _die_with_parent).
-    `follow` (report.progress.Follow): torchrun's stdout passes through it, under a progress bar."""
+    killed; then 128 + the signal is returned, or with `exit_on_signal` raised as SystemExit (a caller running
+    several in turn stops there). torchrun runs in a process group of its own and dies with the launcher (see
+    _die_with_parent). `follow` (report.progress.Follow): torchrun's stdout passes through it, under a progress bar;
+    else to `output` (a file; both streams) where given. Past `timeout_s` torchrun is ended the same way and 124
+    returned."""
     parent = os.getpid()
 
     def preexec() -> None:
@@ -425,11 +429,15 @@ def run_supervised(command: list[str], env: dict, pass_fds: list[int] = (), foll
         if os.getppid() != parent:  # the launcher died before prctl took effect
             os._exit(1)
 
+    streams = ({"stdout": subprocess.PIPE} if follow is not None
+               else {"stdout": output, "stderr": subprocess.STDOUT} if output is not None else {})
     proc = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=preexec, pass_fds=tuple(pass_fds),
-                            stdout=subprocess.PIPE if follow is not None else None)
+                            **streams)
     relay = follow.relay(proc.stdout) if follow is not None else None
     received: list[int] = []
     deadline = None
+    ends_at = None if timeout_s is None else time.monotonic() + timeout_s
+    timed_out = False
 
     def forward(signum, frame) -> None:
         received.append(signum)
@@ -444,7 +452,11 @@ def run_supervised(command: list[str], env: dict, pass_fds: list[int] = (), foll
                 code = proc.wait(timeout=0.5)
                 break
             except subprocess.TimeoutExpired:
-                if received and deadline is None:
+                if ends_at is not None and not timed_out and not received and time.monotonic() > ends_at:
+                    timed_out = True
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGTERM)
+                if (received or timed_out) and deadline is None:
                     deadline = time.monotonic() + SHUTDOWN_GRACE_S + 10
                 if deadline is not None and time.monotonic() > deadline:
                     # torchrun did not end in time: kill its group; its workers die with it (PDEATHSIG, see train)
@@ -458,8 +470,10 @@ def run_supervised(command: list[str], env: dict, pass_fds: list[int] = (), foll
     if received:
         print(f"autoconf: stopped by {signal.Signals(received[0]).name}; torchrun and its workers were ended",
               file=sys.stderr, flush=True)
+        if exit_on_signal:
+            raise SystemExit(128 + received[0])
         return 128 + received[0]
-    return code
+    return 124 if timed_out else code
 
 
 def master_host_node(plan, nnodes: int, nproc_per_node: int) -> int:

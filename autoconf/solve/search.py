@@ -38,7 +38,7 @@ from autoconf.solve.bounds import BoundCache
 from autoconf.solve.fit import smallest_fitting_change
 from autoconf.solve.placement import tp_cp_domain
 from autoconf.solve.recompute import fewest_counts, fewest_recomputed
-from autoconf.solve.space import candidates, normalise_fixed, pin_text, replaced
+from autoconf.solve.space import CP_MIN_SEQ_LEN, candidates, normalise_fixed, pin_text, replaced
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.model import ModelSpec
@@ -617,11 +617,19 @@ def _no_candidate_message(model: ModelSpec, cluster: ClusterProfile, global_batc
     if conflict:
         return conflict
     hints = []
+    pins = " ".join(pin_text(k, v) for k, v in fixed.items())
     if fixed:
-        hints.append("drop or change --fix " + " ".join(f"{k}={v}" for k, v in fixed.items()))
-    hints.append(f"use a global batch divisible by the data-parallel degrees the {cluster.world_size} devices allow")
+        hints.append(f"drop or change --fix {pins}")
+    micro_batch = normalise_fixed(fixed).get("micro_batch_size")
+    step = pinned.get("dp", 1) * (micro_batch if isinstance(micro_batch, int) else 1)
+    if "dp" in pinned and global_batch % step:
+        what = "micro_batch_size x dp" if isinstance(micro_batch, int) else "dp"
+        hints.append(f"use a global batch divisible by {what} = {step}")
+    else:
+        hints.append(f"use a global batch divisible by micro_batch_size x dp of a layout the {cluster.world_size} "
+                     f"devices allow")
     return (f"no legal layout of {model.name} on {cluster.world_size} devices with global batch {global_batch}"
-            + (f" and {fixed}" if fixed else "") + "; " + "; or ".join(hints))
+            + (f" and --fix {pins}" if fixed else "") + "; " + "; or ".join(hints))
 
 
 def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, fixed: dict,
@@ -657,6 +665,13 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
             if world % rest_degrees:
                 continue
             changes["dp"] = world // rest_degrees
+        if key == "dp" and "pp" not in fixed:  # the pipeline fills the devices again
+            rest_degrees = value * witness.tp * witness.cp
+            if world % rest_degrees:
+                continue
+            changes["pp"] = world // rest_degrees
+            if changes["pp"] == 1:
+                changes.update(vpp=1, schedule="1f1b")
         if key == "cp_comm" and "cp" not in fixed and witness.cp == 1:  # (read only under context parallelism)
             if "dp" in fixed or world % (witness.tp * witness.pp * 2):
                 continue
@@ -672,6 +687,11 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
         if why and probe.global_batch_size % (probe.micro_batch_size * probe.dp) and len(
                 probe.problems(model, world)) == 1:
             return None  # the batch alone is to blame: the caller's line says so
+        if why and key in ("ep", "etp") and probe.ranks_per_stage % (probe.ep * probe.etp):
+            # (the expert degrees need room that only the attention layout's degrees make)
+            why = (f"{why}; a pipeline rank's ranks are tp x cp x dp (here {probe.tp} x {probe.cp} x {probe.dp}, "
+                   f"{probe.label()}): pin tp, cp or dp so that their product is a multiple of ep x etp (the search "
+                   f"takes cp > 1 only from {CP_MIN_SEQ_LEN} tokens unless pinned)")
         return (f"--fix {pin_text(key, value)} cannot be taken together with --fix {others}"
                 + (f": {why}" if why else "; drop or change one of them"))
     return None

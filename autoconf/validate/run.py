@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -45,20 +44,19 @@ Runner = Callable[[Path, Path, Path, int], int]
 
 def local_runner(plan_path: Path, metrics_path: Path, log_path: Path, steps: int,
                  timeout_s: float = RUN_TIMEOUT_S) -> int:
-    """The plan under torchrun on this host (all ranks local), output to `log_path`; 124 on timeout."""
-    from autoconf.execute.launch import build_commands, worker_environment
+    """The plan under torchrun on this host (all ranks local), output to `log_path`; 124 on timeout. Supervised as
+    `launch` runs it (`run_supervised`): a signal to validate ends torchrun and its workers, then validate itself."""
+    from autoconf.execute.launch import build_commands, run_supervised, worker_environment
 
     command = build_commands(plan_path, steps, metrics=str(metrics_path), force=True)[0]
     if metrics_path.exists():
         metrics_path.unlink()
     env = worker_environment()
     with open(log_path, "w") as log:
-        try:
-            return subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
-                                  start_new_session=True).returncode
-        except subprocess.TimeoutExpired:
+        code = run_supervised(command, env, output=log, timeout_s=timeout_s, exit_on_signal=True)
+        if code == 124:
             log.write(f"\nautoconf validate: run exceeded {timeout_s:.0f} s and was stopped\n")
-            return 124
+        return code
 
 
 @dataclass
