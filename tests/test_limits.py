@@ -83,6 +83,23 @@ def test_limits_verb_json_and_largest_model_of_a_family():
     assert not any(ok for name, ok in doc["probes"] if name in larger)
 
 
+@pytest.mark.parametrize("pin, left_out", [("ep=2", {"tiny-llama", "tiny-gpt"}),
+                                            ("tp=4", {"tiny-moe", "tiny-llama"})])
+def test_the_largest_model_leaves_out_presets_the_pins_rule_out(pin, left_out):
+    """A preset no layout honouring --fix can take (ep on a dense model, tp beyond its KV heads) is left out and
+    named, not read as too big: with ep=2 the search stopped at tiny-moe, the smallest, and never tried tiny-gpt;
+    with tp=4 it failed on tiny-moe's heads though tiny-gpt takes tp 4."""
+    result = CliRunner().invoke(main, ["limits", "--family", "tiny", "--only", "model", "--cluster", "cpu-local",
+                                       "--global-batch", "8", "--seq-len", "64", "--fix", pin, "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output[result.output.index("{"):])["model"]
+    expected = max((m for n, m in PRESETS.items() if n.startswith("tiny-") and n not in left_out),
+                   key=lambda m: m.total_params())
+    assert doc["value"] == expected.name
+    assert all(name in doc["note"] for name in left_out) and "no layout honours the pins" in doc["note"]
+    assert not {name for name, _ in doc["probes"]} & left_out
+
+
 def test_estimate_draws_the_worst_rank(tmp_path):
     """`estimate --memory-picture` writes the breakdown of the rank with the most memory."""
     out = tmp_path / "worst.png"

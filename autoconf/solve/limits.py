@@ -151,9 +151,41 @@ def largest_model(planner: Planner, family: str, seq_len: int | None) -> Limit:
     def length(m) -> int:
         return seq_len or m.default_seq_len
 
-    value, probes = _largest(members, lambda m: planner.best(m, length(m)) is not None)
+    # A preset that no layout honouring the pins can take (--fix ep=2 on a dense one, tp beyond its heads) is left
+    # out: the probes read "does not fit" as too big, and it would cut the family short.
+    illegal = {m.name: reason for m in members if (reason := _no_layout_reason(planner, m, length(m)))}
+    legal = [m for m in members if m.name not in illegal]
+    if not legal:
+        raise UserError(next(iter(illegal.values())))
+    value, probes = _largest(legal, lambda m: planner.best(m, length(m)) is not None)
     planner.refused(value)
     plan = None if value is None else planner.best(value, length(value), refine=True)
     probes = [(m.name, ok) for m, ok in probes]
     note = f"{len(members)} presets in {family}: {', '.join(m.name for m in members)}"
+    if illegal:
+        note += "; left out, no layout honours the pins: " + "; ".join(f"{n} ({r})" for n, r in illegal.items())
     return Limit("model", None if value is None else value.name, plan, probes, note)
+
+
+def _no_layout_reason(planner: Planner, model, seq_len: int) -> str | None:
+    """Why the search's space holds no layout of `model` at `seq_len` honouring the planner's pins that the model
+    can take (the space's one line, or the first layout's broken rule; of the first WITNESS_SCAN layouts), or None
+    when it holds one."""
+    import itertools
+
+    from autoconf.solve.search import WITNESS_SCAN, framework_candidates
+    from autoconf.solve.space import normalise_fixed
+
+    world = planner.cluster.world_size
+    first_problem = None
+    try:
+        for layout in itertools.islice(framework_candidates(
+                model, planner.cluster, planner.global_batch, seq_len, planner.dtype, planner.attention,
+                normalise_fixed(planner.fixed), planner.execution), WITNESS_SCAN):
+            problems = layout.problems(model, world)
+            if not problems:
+                return None
+            first_problem = first_problem or problems[0]
+    except UserError as err:
+        return str(err)
+    return first_problem or f"no legal layout on {world} devices"
