@@ -7,6 +7,7 @@ non-zero exit code; a traceback only ever means a bug in autoconf.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
 import os
@@ -18,7 +19,7 @@ from rich.text import Text
 
 from autoconf.cli_numbers import ASCII_FLOAT, ASCII_INT, AsciiFloatRange, AsciiIntRange
 from autoconf.errors import UserError
-from autoconf.files import ascii_number
+from autoconf.files import ascii_number, shown
 from autoconf.spec import frameworks
 from autoconf.spec.dtypes import DTYPES, PROFILED_DTYPES, check_dtype, check_trainable_dtype, default_dtype
 from autoconf.spec.frameworks import SELECTIVE_RECOMPUTE
@@ -194,7 +195,11 @@ class AutoconfGroup(click.Group):
         except OSError as err:  # a system call failed (a full disk, a closed pipe): one line, not a traceback
             _drop_stdout()
             if not isinstance(err, BrokenPipeError):
-                where = f": {err.filename}" if err.filename else " (writing the output)"
+                where = f": {shown(err.filename)}" if err.filename else " (writing the output)"
+                if err.errno == errno.ENAMETOOLONG:  # the user's path, not the system, is at fault
+                    click.echo(f"autoconf: error: {err.strerror}{where}; use a shorter path (at most 255 bytes a "
+                               f"name)", err=True)
+                    sys.exit(2)
                 click.echo(f"autoconf: error: {err.strerror or err}{where}", err=True)
             sys.exit(1)
         except click.ClickException as err:
@@ -823,7 +828,8 @@ def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, mo
 @click.option("--steps", type=AsciiIntRange(min=1), default=20, show_default=True)
 @click.option("--seed", type=ASCII_INT, default=0, show_default=True)
 @click.option("--data", type=click.Path(dir_okay=False), default=None,
-              help="token file (.bin uint16/uint32) or text file; default: synthetic tokens")
+              help="token file (.bin: uint16 ids up to a 65,536-token vocabulary, else uint32; a sidecar PATH.json "
+                   "{\"dtype\": \"uint32\"} says otherwise) or text file; default: synthetic tokens")
 @click.option("--metrics", type=click.Path(dir_okay=False), default=None,
               help="JSON lines, one per step (a run that resumes from --checkpoint-dir continues an existing file)")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None)

@@ -140,6 +140,14 @@ def test_empty_and_overlong_names_are_named_shortly(option):
     assert "x" * 81 not in result.output
 
 
+def test_an_output_name_too_long_for_the_file_system_is_a_usage_error(tmp_path):
+    """A 300-character --out name: exit code 1 and the whole path echoed (6,000 characters for a long one); now
+    exit 2, the path shortened and what would work."""
+    result = run_cli([*PLAN, "--out", tmp_path / ("a" * 300 + ".json")])
+    assert_one_clear_error(result, "File name too long", "use a shorter path")
+    assert result.exit_code == 2 and "a" * 100 not in result.output
+
+
 def test_validate_refuses_a_dtype_the_cpu_executor_cannot_train(tmp_path):
     """`validate --fix dtype=bf16` on cpu-local ran fp32 CPU ranks against bf16 predictions."""
     result = run_cli(["validate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8", "--fix",
