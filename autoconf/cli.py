@@ -242,8 +242,9 @@ def output_path(ctx, param, value):
     """An --out given as an empty string or "." is refused by name (click reads both as the current folder, which
     outputs would be strewn into, among the user's files)."""
     if value is not None and str(value).strip() in ("", "."):
+        flag = param.opts[0] if param is not None and param.opts else "--out"
         raise click.BadParameter("must name a file or a folder of its own, got the current folder (\".\" or an empty "
-                                 "path); e.g. --out out", ctx=ctx, param=param)
+                                 f"path); e.g. {flag} out", ctx=ctx, param=param)
     return value
 
 

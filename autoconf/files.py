@@ -140,8 +140,8 @@ def named_input(arg: str, option: str) -> Path | None:
     """The file or folder an input argument (`option`, e.g. --model) names; None where nothing is there, also for
     a name no file system holds (too long, a NUL). An empty argument is refused (UserError)."""
     if not str(arg).strip():
-        raise UserError(f"{option} is empty; give a bundled name (`autoconf models`, `autoconf profiles`) or a "
-                        f"file path")
+        listing = {"--model": "`autoconf models`", "--cluster": "`autoconf profiles`"}.get(option)
+        raise UserError(f"{option} is empty; give a bundled name{f' ({listing})' if listing else ''} or a file path")
     path = Path(arg)
     try:
         return path if path.exists() else None
