@@ -347,6 +347,9 @@ def test_pins_that_conflict_are_named_with_the_rule_they_break(pins, needles):
     # dp 4 x micro-batch 4 outgrows the batch of 8 (it blamed a pipeline of 2 it had made up: 2*4*1*1 = 8 devices)
     ("tiny-gpt", 8, ["dp=4", "micro_batch_size=4"], ["global batch divisible by micro_batch_size x dp = 16"]),
     ("tiny-gpt", 6, ["dp=4"], ["global batch divisible by dp = 4"]),
+    ("tiny-gpt", 8, ["micro_batch_size=16"], ["global batch divisible by micro_batch_size = 16"]),
+    # a pin alone: the rule it breaks (it blamed the global batch)
+    ("tiny-gpt", 8, ["vpp=100"], ["--fix vpp=100: pp*vpp = 1*100 = 100 stages but the model has only 8 layers"]),
     # ep 4 needs tp x cp x dp a multiple of 4; with dp 1 only pinned tp and cp make room (it said "use ep*etp in 1")
     ("tiny-moe", 8, ["ep=4", "dp=1"], ["--fix ep=4 cannot be taken together with --fix dp=1",
                                        "pin tp, cp or dp so that their product is a multiple of ep x etp"]),

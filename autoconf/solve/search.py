@@ -622,8 +622,9 @@ def _no_candidate_message(model: ModelSpec, cluster: ClusterProfile, global_batc
         hints.append(f"drop or change --fix {pins}")
     micro_batch = normalise_fixed(fixed).get("micro_batch_size")
     step = pinned.get("dp", 1) * (micro_batch if isinstance(micro_batch, int) else 1)
-    if "dp" in pinned and global_batch % step:
-        what = "micro_batch_size x dp" if isinstance(micro_batch, int) else "dp"
+    what = " x ".join(name for name, given in (("micro_batch_size", isinstance(micro_batch, int)),
+                                               ("dp", "dp" in pinned)) if given)
+    if what and global_batch % step:
         hints.append(f"use a global batch divisible by {what} = {step}")
     else:
         hints.append(f"use a global batch divisible by micro_batch_size x dp of a layout the {cluster.world_size} "
@@ -637,7 +638,7 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
     """The first pin that no layout honouring the other pins can take, with the rule it breaks: the first such
     layout with the pin put back, and what `ParallelConfig.problems` (or the executor, or the framework) says of
     it. None when every pin alone is to blame for nothing (then the batch or several pins together are)."""
-    if len(fixed) < 2:
+    if not fixed:
         return None
     world = cluster.world_size
 
@@ -681,6 +682,8 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
         try:
             probe = dataclasses.replace(witness, **changes)
         except (TypeError, ValueError):
+            if not rest:
+                return None
             return (f"--fix {pin_text(key, value)} cannot be taken together with --fix {others}; drop or change one "
                     f"of them")
         why = against(probe)
@@ -692,6 +695,8 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
             why = (f"{why}; a pipeline rank's ranks are tp x cp x dp (here {probe.tp} x {probe.cp} x {probe.dp}, "
                    f"{probe.label()}): pin tp, cp or dp so that their product is a multiple of ep x etp (the search "
                    f"takes cp > 1 only from {CP_MIN_SEQ_LEN} tokens unless pinned)")
+        if not rest:  # a pin alone: the rule it breaks on a layout that is legal without it
+            return f"--fix {pin_text(key, value)}: {why}" if why else None
         return (f"--fix {pin_text(key, value)} cannot be taken together with --fix {others}"
                 + (f": {why}" if why else "; drop or change one of them"))
     return None
