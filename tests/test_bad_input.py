@@ -332,6 +332,7 @@ def test_another_frameworks_precision_recipe_is_planned_and_marked_not_launchabl
                                   "1f1b needs vpp == 1"]),
     (["offload_optimizer=true", "zero=0"], ["cannot be taken together", "needs FSDP sharding"]),
     (["schedule=seq1f1b", "seq_chunks=3"], ["cannot be taken together", "seq_chunks 3 does not divide seq_len"]),
+    (["schedule=zbv", "pp=1"], ["cannot be taken together", "with pp 1", "only a one-chunk schedule goes"]),
 ])
 def test_pins_that_conflict_are_named_with_the_rule_they_break(pins, needles):
     """Pins that no layout can honour together get one line naming them and the rule broken (it blamed the global

@@ -687,6 +687,10 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
             return (f"--fix {pin_text(key, value)} cannot be taken together with --fix {others}; drop or change one "
                     f"of them")
         why = against(probe)
+        if not why and probe.pp == 1 and not schedule_spec(probe.schedule).single_chunk:  # (`space`'s rule)
+            single = ", ".join(n for n in SCHEDULES if schedule_spec(n).single_chunk)
+            why = (f"{probe.schedule} runs chunks over a pipeline; with pp 1 (plain gradient accumulation) only a "
+                   f"one-chunk schedule goes ({single}), or pin pp >= 2")
         if why and probe.global_batch_size % (probe.micro_batch_size * probe.dp) and len(
                 probe.problems(model, world)) == 1:
             return None  # the batch alone is to blame: the caller's line says so
