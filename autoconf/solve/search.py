@@ -671,7 +671,7 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
             if world % rest_degrees:
                 continue
             changes["pp"] = world // rest_degrees
-            if changes["pp"] == 1:
+            if changes["pp"] == 1 and "schedule" not in fixed and "vpp" not in fixed:  # (one stage, one chunk)
                 changes.update(vpp=1, schedule="1f1b")
         if key == "cp_comm" and "cp" not in fixed and witness.cp == 1:  # (read only under context parallelism)
             if "dp" in fixed or world % (witness.tp * witness.pp * 2):
