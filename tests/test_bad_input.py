@@ -431,6 +431,22 @@ def test_malformed_plan_file(files, verb, bad):
     assert_one_clear_error(run_cli([verb, files[bad], *extra]))
 
 
+def test_deeply_nested_plan_values_are_named_shortly(tmp_path):
+    """A partition stage nested 900 deep was echoed whole (a 2,000-character line); a mesh nested as deep said
+    "RecursionError". Now both are one short line."""
+    plan = tiny_plan_dict()
+    stage, mesh = [0, 8], 0
+    for _ in range(900):
+        stage, mesh = [stage], [mesh]
+    for name, doc in (("partition", {**plan, "partition": [stage, *plan["partition"][1:]]}),
+                      ("mesh", {**plan, "placement": {"mesh": mesh}})):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(doc))
+        result = run_cli(["show", path, "--out", tmp_path / f"show-{name}"])
+        assert_one_clear_error(result, "partition stage 0 is [[[" if name == "partition" else "nested too deeply")
+        assert len(result.output) < 400 and "RecursionError" not in result.output
+
+
 def test_show_refuses_a_profile_of_another_cluster(files):
     assert_one_clear_error(run_cli(["show", files["plan"], "--cluster", "dgx-h100-80g", "--out",
                                     files["tmp"] / "show"]), "cpu-local")

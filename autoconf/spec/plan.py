@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.files import is_version, listed, quoted
+from autoconf.files import is_version, listed, quoted, shown
 from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.frameworks import GRAD_REDUCE, PRESETS, SELECTIVE_RECOMPUTE
 from autoconf.spec.grid import AXES, ParallelDims, RankGrid, world_size_of
@@ -547,6 +547,10 @@ class Plan:
         except (TypeError, ValueError, OverflowError, AttributeError, KeyError, IndexError, RecursionError) as err:
             if isinstance(err, UserError):
                 raise
+            if isinstance(err, RecursionError):
+                raise UserError(f"{source}: malformed plan: a value is nested too deeply to read; each field "
+                                f"holds what autoconf writes (the mesh a grid of device ids pp x dp x cp x tp "
+                                f"deep)") from None
             raise UserError(f"{source}: malformed plan ({type(err).__name__}: {str(err)[:200]})") from None
         return plan
 
@@ -708,7 +712,7 @@ def partition_problem(model: ModelSpec, c: ParallelConfig, partition) -> str | N
     for i, stage in enumerate(partition):
         if (not isinstance(stage, list) or len(stage) != 2 or not all(_is_int(x) for x in stage)
                 or stage[0] != expected_start or stage[1] - stage[0] < min_stage_layers(i, c.num_stages)):
-            return (f"partition stage {i} is {stage}; stages must be [first, end) ranges that cover layers "
+            return (f"partition stage {i} is {shown(stage, 60)}; stages must be [first, end) ranges that cover layers "
                     f"0..{model.num_layers} in order, each non-empty except that the first may hold only the "
                     f"embedding and the last only the head")
         expected_start = stage[1]
