@@ -471,8 +471,9 @@ class Execution:
         if self.grad_reduce_start not in GRAD_REDUCE_START:
             out.append(f"grad_reduce_start {self.grad_reduce_start!r} is none of {', '.join(GRAD_REDUCE_START)}")
         if not set(self.zero_searched) <= set(self.zero_stages) or not set(self.zero_stages) <= {0, 1, 2, 3}:
-            out.append(f"zero stages {self.zero_stages} (searched {self.zero_searched}) must lie within 0-3 and the "
-                       f"searched ones among them")
+            out.append(f"zero stages {','.join(map(str, self.zero_stages))} (searched "
+                       f"{','.join(map(str, self.zero_searched))}) must lie within 0-3 and the searched ones among "
+                       f"them (e.g. zero_stages=0,1,2,3)")
         if self.distributed_optimizer and self.memory_layout != "megatron":
             out.append("the distributed optimizer is Megatron's: it needs memory_layout 'megatron' (FSDP shards "
                        "the torch layout without it)")
