@@ -508,6 +508,12 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
     model = load_model(model_arg)
     cluster = with_overrides(load_cluster(cluster_arg, node_counts[0] if node_counts else None, gpus_per_node),
                              memory_headroom, collective_sm_share)
+    odd = [n for n in node_counts or () if not cluster.takes_nodes(n)]
+    if odd and len(node_counts) > 1:  # (a size the range made, which the user never typed)
+        domain = cluster.nodes_per_domain
+        raise UserError(f"--nodes {nodes_arg} includes {odd[0]} nodes, which {cluster.name}'s scale-up domains of "
+                        f"{domain} nodes do not take (at most {domain} or a multiple of it); give a range of such "
+                        f"sizes, e.g. {domain}:{max(node_counts[-1] // domain, 2) * domain}:{domain}")
     fixed = parse_fix(fix)
     seq_len = default_seq_len(model) if seq_len is None else seq_len
     if seq_len < 1:

@@ -106,3 +106,17 @@ def test_truth_moe_costs_every_published_run_and_keeps_nvl72_ep_groups_on_one_fa
         for pp_rank in range(c.pp):
             groups = expert_groups(grid, pp_rank, c.ep, c.etp, "ep")
             assert all(len({cluster.domain_of(int(d)) for d in group}) == 1 for group in groups), run["label"]
+
+
+def test_a_node_range_that_makes_sizes_the_domains_refuse_names_the_range():
+    """`plan --nodes 1:36` on GB200 NVL72 racks (18 nodes a domain) made a 32-node size and complained about "not
+    32", a number the user never typed; now the range is named with one that works."""
+    from click.testing import CliRunner
+
+    from autoconf.cli import main
+
+    result = CliRunner().invoke(main, ["plan", "--model", "tiny-gpt", "--cluster", "gb200-nvl72", "--nodes", "1:36",
+                                       "--tokens", "1B", "--global-batch", "64", "--seq-len", "64"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "--nodes 1:36 includes 32 nodes" in result.output and "e.g. 18:36:18" in result.output
+    assert not load_cluster("gb200-nvl72").takes_nodes(32) and load_cluster("gb200-nvl72").takes_nodes(36)

@@ -188,7 +188,7 @@ class ClusterProfile:
         if self.backend not in ("nccl", "gloo"):
             raise UserError(f"cluster {self.name}: backend must be nccl or gloo, got {self.backend!r}")
         k = self.nodes_per_domain
-        if k > 1 and self.nodes > k and self.nodes % k:
+        if not self.takes_nodes(self.nodes):
             below, above = self.nodes // k * k, -(-self.nodes // k) * k
             raise UserError(f"cluster {self.name}: its nodes come in scale-up domains of {k} (one fabric each); give "
                             f"at most {k} nodes or a multiple of {k} ({below} or {above}), not {self.nodes}; a job "
@@ -207,6 +207,11 @@ class ClusterProfile:
     def nodes_per_domain(self) -> int:
         """Nodes (hosts) one scale-up fabric joins (`scale_up_domain`); 1 where the fabric ends at the node."""
         return int(self.scale_up_domain["nodes"]) if self.scale_up_domain else 1
+
+    def takes_nodes(self, nodes: int) -> bool:
+        """Whether a job of `nodes` nodes fits the scale-up domains: at most one domain, or whole domains."""
+        k = self.nodes_per_domain
+        return k <= 1 or nodes <= k or nodes % k == 0
 
     @property
     def devices_per_domain(self) -> int:
