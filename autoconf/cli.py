@@ -25,7 +25,7 @@ from autoconf.spec.dtypes import DTYPES, PROFILED_DTYPES, check_dtype, check_tra
 from autoconf.spec.frameworks import SELECTIVE_RECOMPUTE
 from autoconf.spec.model import DEFAULT_SEQ_LEN
 from autoconf.spec.plan import (CP_COMM, GRAD_REDUCE, MAX_GLOBAL_BATCH, MAX_SEQ_LEN, SEQ_SPLITS, partition_of,
-                                 partition_problem)
+                                 partition_problem, uniform_partition)
 from autoconf.spec.schedules import SCHEDULES
 from autoconf.validate.run import MAX_CONFIGS
 
@@ -405,9 +405,14 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
     partition = None
     if stage_layers is not None:
         partition = partition_of(stage_layers)
-        problem = partition_problem(model, config.check(model, cluster.world_size), partition)
+        checked = config.check(model, cluster.world_size)
+        problem = partition_problem(model, checked, partition)
         if problem:
-            raise UserError(f"--stage-layers {','.join(map(str, stage_layers))}: {problem}")
+            even = ",".join(str(end - first) for first, end in uniform_partition(model.num_layers,
+                                                                                 checked.num_stages))
+            raise UserError(f"--stage-layers {','.join(map(str, stage_layers))}: {problem}; give pp x vpp = "
+                            f"{checked.num_stages} counts adding up to the {model.num_layers} layers, e.g. "
+                            f"--stage-layers {even}")
     execution = framework_execution(framework, framework_flags)
     if grad_reduce is None and config.zero_sharded:  # the framework's own reduction where it runs only one
         runs = execution.grad_reductions(zero, pp)

@@ -447,6 +447,14 @@ def test_deeply_nested_plan_values_are_named_shortly(tmp_path):
         assert len(result.output) < 400 and "RecursionError" not in result.output
 
 
+@pytest.mark.parametrize("counts", ["1,1", "4,4,0"])
+def test_stage_layers_that_do_not_cover_the_model_give_counts_that_do(counts):
+    """--stage-layers 1,1 on an 8-layer model said only where the partition ended; now it gives counts that work."""
+    result = run_cli(["estimate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--tp", "1", "--pp", "2", "--dp",
+                      "2", "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64", "--stage-layers", counts])
+    assert_one_clear_error(result, f"--stage-layers {counts}", "adding up to the 8 layers, e.g. --stage-layers 4,4")
+
+
 def test_show_refuses_a_profile_of_another_cluster(files):
     assert_one_clear_error(run_cli(["show", files["plan"], "--cluster", "dgx-h100-80g", "--out",
                                     files["tmp"] / "show"]), "cpu-local")
