@@ -158,6 +158,8 @@ def test_parse_bytes_reads_suffixes():
     assert parse_bytes("1024") == 1024
     with pytest.raises(UserError):
         parse_bytes("lots")
+    with pytest.raises(UserError, match="--memory-per-rank: size '0' must be positive"):  # (the flag was not named)
+        parse_bytes("0")
 
 
 def test_profile_refuses_to_overwrite_and_checks_the_folder(tmp_path):

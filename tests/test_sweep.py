@@ -72,6 +72,7 @@ def test_node_ranges():
     assert parse_nodes("4") == [4]
     assert parse_tokens("2T") == 2 * 10**12 and parse_tokens("1.5e9") == 1_500_000_000
     assert parse_deadline("36h") == 1.5 and parse_deadline("2w") == 14
+    assert parse_deadline("1e3") == 1000 and parse_deadline("1.5e1d") == 15  # as --tokens reads 15e12
 
 
 def test_durations_print_in_the_unit_a_user_gave():

@@ -44,15 +44,15 @@ _SUFFIX = {"": 1, "B": 1, "K": 1 << 10, "KB": 1000, "KIB": 1 << 10, "M": 1 << 20
            "TIB": 1 << 40}
 
 
-def parse_bytes(text: str) -> int:
-    """'4GiB', '512M', '2.5GB', '1073741824' -> bytes (K/M/G/T alone are binary)."""
+def parse_bytes(text: str, option: str = "--memory-per-rank") -> int:
+    """'4GiB', '512M', '2.5GB', '1073741824' -> bytes (K/M/G/T alone are binary); errors name `option`."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
     if not match or match.group(2).upper() not in _SUFFIX:
-        raise UserError(f"cannot read {text!r} as a size; write a number of bytes with an optional suffix "
+        raise UserError(f"{option}: cannot read {text!r} as a size; write a number of bytes with an optional suffix "
                         f"such as 512MiB, 4GiB or 8GB")
     value = int(float(match.group(1)) * _SUFFIX[match.group(2).upper()])
     if value <= 0:
-        raise UserError(f"size {text!r} must be positive")
+        raise UserError(f"{option}: size {text!r} must be positive, e.g. 4GiB")
     return value
 
 

@@ -35,7 +35,7 @@ def parse_tokens(text: str) -> int:
     except decimal.DecimalException:  # an exponent too large to hold (Overflow)
         tokens = decimal.Decimal(MAX_TOKENS)
     if tokens != tokens.to_integral_value():
-        raise UserError(f"--tokens {text!r} is not a whole number of tokens")
+        raise UserError(f"--tokens {text!r} is not a whole number of tokens; write e.g. 2T, 300B or 15e12")
     if not 1 <= tokens < MAX_TOKENS:
         raise UserError(f"--tokens {text!r} must be at least 1 token and below 1e{round(math.log10(MAX_TOKENS))}")
     return int(tokens)
@@ -57,10 +57,11 @@ MAX_DEADLINE_DAYS = 1e6
 
 
 def parse_deadline(text: str) -> float:
-    """'30d', '36h', '6w' (a bare number is days) -> days, > 0."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([dhwDHW]?)\s*", str(text))
+    """'30d', '36h', '6w', '1e3' (a bare number is days) -> days, > 0. No minutes: "6m" would read as six minutes
+    where a user may mean months."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([dhwDHW]?)\s*", str(text))
     if not match:
-        raise UserError(f"--deadline {text!r} is not a duration; write e.g. 30d, 36h or 6w")
+        raise UserError(f"--deadline {text!r} is not a duration; write e.g. 30d, 36h or 6w (a bare number is days)")
     days = float(match.group(1)) * _DAYS_PER_UNIT[(match.group(2) or "d").lower()]
     if not 0 < days:
         raise UserError(f"--deadline {text!r} must be a positive duration")
