@@ -113,3 +113,13 @@ def test_search_uses_the_usable_memory():
     without = search(model, cluster.with_memory_headroom(0.0), 64, seq, "bf16", fixed=fixed, top_k=1, refine=False)
     best = without.plans[0].prediction
     assert cluster.usable_memory_bytes < best["peak_memory_bytes"] <= cluster.device.memory_bytes
+
+
+def test_a_layout_that_misses_only_by_the_headroom_asked_for_names_the_flag():
+    """`estimate --memory-headroom 0.999` said only `autoconf plan` or more devices would fit; the flag it was given
+    is one more way, and the line names it (a profile's own headroom is not offered)."""
+    args = ["estimate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--tp", "1", "--pp", "2", "--dp", "2",
+            "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64"]
+    result = CliRunner().invoke(main, args + ["--memory-headroom", "0.999"])
+    assert result.exit_code != 0 and "or a smaller --memory-headroom" in result.output
+    assert CliRunner().invoke(main, args).exit_code == 0
