@@ -361,8 +361,9 @@ class ModelSpec:
             elif dense >= self.num_layers:
                 problems.append(f"moe leaves no MoE layer: {dense} of the {self.num_layers} layers are dense "
                                 f"(first_k_dense {self.moe.first_k_dense}, dense_layers "
-                                f"{list(self.moe.dense_layers)}); keep the leading dense layers below the {self.num_layers} layers (a Hugging Face "
-                                f"config's first_k_dense_replace), or drop moe for a dense model")
+                                f"{list(self.moe.dense_layers)}); keep the leading dense layers below the "
+                                f"{self.num_layers} layers (a Hugging Face config's first_k_dense_replace), or drop "
+                                f"moe for a dense model")
         if not is_printable_name(self.name):
             problems.append(f"name must be a string of printable characters, without newlines or other control "
                             f"characters (got {quoted(self.name)})")
