@@ -119,6 +119,14 @@ def test_malformed_or_unknown_profile_file(files, verb, bad):
     assert_one_clear_error(run_cli(args))
 
 
+def test_a_model_config_given_as_the_cluster_is_named_for_what_it_is(files):
+    """A Hugging Face config given to --cluster said `its "kind" is None`; now that it has no kind, that it looks
+    like a model config for --model, and what --cluster takes."""
+    args = list(PLAN)
+    args[args.index("cpu-local")] = files["hf_bad"]
+    assert_one_clear_error(run_cli(args), 'it has no "kind"', "give it to --model", "`autoconf profiles`")
+
+
 def test_unknown_preset_and_profile_names():
     assert_one_clear_error(run_cli([*ESTIMATE[:2], "gpt-9000", *ESTIMATE[3:]]), "gpt-9000")
     args = list(PLAN)

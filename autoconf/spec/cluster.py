@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from autoconf.errors import UserError
-from autoconf.files import gib_figures, is_version
+from autoconf.files import gib_figures, is_version, shown
 
 
 COMMAND_LINE = "set on the command line"  # the reason a headroom from --memory-headroom states
@@ -340,8 +340,11 @@ class ClusterProfile:
         if not isinstance(data, dict):
             raise UserError(f"{source}: expected a JSON object describing a cluster")
         if data.get("kind") != "cluster":
-            raise UserError(f"{source}: not a cluster profile (its \"kind\" is {data.get('kind')!r}, "
-                            f"expected \"cluster\")")
+            kind = ("it has no \"kind\"" if "kind" not in data
+                    else f"its \"kind\" is {shown(json.dumps(data['kind']), 40)}")
+            looks = " (it looks like a Hugging Face model config: give it to --model)" if "model_type" in data else ""
+            raise UserError(f"{source}: not a cluster profile ({kind}, expected \"cluster\"){looks}; give a bundled "
+                            f"profile (`autoconf profiles`) or one `autoconf profile` wrote")
         if not is_version(data.get("version"), 1):
             raise UserError(f"{source}: cluster profile version {json.dumps(data.get('version'))} is not supported "
                             f"(expected 1)")
