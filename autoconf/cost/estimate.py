@@ -764,8 +764,7 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
     extrapolate = extrapolate and not detail and _extrapolates(c)
 
     overlap = overlaps_pairs(model, c, execution)
-    schedule = _schedule(c.schedule, c.pp, 3 * c.pp if extrapolate else c.num_microbatches, c.vpp, c.seq_chunks,
-                         overlap)
+    schedule = _first_schedule(c, overlap, extrapolate)
     # (the stages' placement, all the P2P times and the stage plan read, is the same at every micro-batch count)
     p2p = _p2p_function(cluster, c, model, schedule.stage_to_rank, grid, execution)
 
@@ -853,6 +852,12 @@ def _extrapolates(c: ParallelConfig) -> bool:
     return c.num_microbatches > EXTRAPOLATE_ABOVE * c.pp
 
 
+def _first_schedule(c: ParallelConfig, overlap: bool, extrapolate: bool):
+    """The schedule `predict` builds first: the step's, or where it extrapolates that of its second sample (3p
+    micro-batches, `_extrapolated_step`)."""
+    return _schedule(c.schedule, c.pp, 3 * c.pp if extrapolate else c.num_microbatches, c.vpp, c.seq_chunks, overlap)
+
+
 def _after_makespan(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, partition: list, grid: RankGrid,
                     schedule, execution: Execution) -> tuple[float, float, float]:
     """(step collectives, optimizer, step overhead): the seconds a step lasts past its simulated makespan (module
@@ -877,9 +882,7 @@ def step_floor(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     overlap = overlaps_pairs(model, c, execution)
     if share < 1.0 or overlap:
         return 0.0
-    # the schedule `predict` builds first (any count has the same stages)
-    schedule = _schedule(c.schedule, c.pp, 3 * c.pp if _extrapolates(c) else c.num_microbatches, c.vpp,
-                         c.seq_chunks, overlap)
+    schedule = _first_schedule(c, overlap, _extrapolates(c))  # (`predict`'s: any count has the same stages)
     p2p = _p2p_function(cluster, c, model, schedule.stage_to_rank, grid, execution)
     sp = stage_plan(model, cluster, c, partition, schedule.stage_to_rank, grid, execution, p2p, share)
     busiest = max(busy_per_rank(schedule, sp.costs, c.num_microbatches))

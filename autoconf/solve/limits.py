@@ -168,24 +168,14 @@ def largest_model(planner: Planner, family: str, seq_len: int | None) -> Limit:
 
 
 def _no_layout_reason(planner: Planner, model, seq_len: int) -> str | None:
-    """Why the search's space holds no layout of `model` at `seq_len` honouring the planner's pins that the model
-    can take (the space's one line, or the first layout's broken rule; of the first WITNESS_SCAN layouts), or None
-    when it holds one."""
-    import itertools
-
-    from autoconf.solve.search import WITNESS_SCAN, framework_candidates
+    """Why the search's space holds no layout of `model` at `seq_len` honouring the planner's pins that breaks no
+    rule (`search.first_legal_layout`: the space's one line, or the first rule broken), or None when it holds one."""
+    from autoconf.solve.search import first_legal_layout
     from autoconf.solve.space import normalise_fixed
 
-    world = planner.cluster.world_size
-    first_problem = None
     try:
-        for layout in itertools.islice(framework_candidates(
-                model, planner.cluster, planner.global_batch, seq_len, planner.dtype, planner.attention,
-                normalise_fixed(planner.fixed), planner.execution), WITNESS_SCAN):
-            problems = layout.problems(model, world)
-            if not problems:
-                return None
-            first_problem = first_problem or problems[0]
+        layout, problem = first_legal_layout(model, planner.cluster, planner.global_batch, seq_len, planner.dtype,
+                                             planner.attention, normalise_fixed(planner.fixed), planner.execution)
     except UserError as err:
         return str(err)
-    return first_problem or f"no legal layout on {world} devices"
+    return None if layout is not None else problem or f"no legal layout on {planner.cluster.world_size} devices"

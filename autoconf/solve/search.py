@@ -633,6 +633,28 @@ def _no_candidate_message(model: ModelSpec, cluster: ClusterProfile, global_batc
             + (f" and --fix {pins}" if fixed else "") + "; " + "; or ".join(hints))
 
 
+def layout_problem(model: ModelSpec, world: int, execution: Execution, layout: ParallelConfig) -> str | None:
+    """The first rule `layout` breaks on `world` devices: the config's, the executor's (planning for it) or the
+    framework's; None when it breaks none."""
+    executor = unsupported_reason(layout, model) if execution.is_executor else None
+    return (layout.problems(model, world) or [executor or execution.problem(layout, model)])[0]
+
+
+def first_legal_layout(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, dtype: str,
+                       attention: str, fixed: dict, execution: Execution) -> tuple[ParallelConfig | None, str | None]:
+    """(the first layout of the search's space honouring `fixed` that breaks no rule (`layout_problem`), None), or
+    where none of the first WITNESS_SCAN does (a few thousand are enough to find one), (None, the first rule
+    broken, None if the space was empty). Raises UserError where the space refuses `fixed` itself."""
+    world, first_problem = cluster.world_size, None
+    for layout in itertools.islice(framework_candidates(model, cluster, global_batch, seq_len, dtype, attention,
+                                                        fixed, execution), WITNESS_SCAN):
+        problem = layout_problem(model, world, execution, layout)
+        if problem is None:
+            return layout, None
+        first_problem = first_problem or problem
+    return None, first_problem
+
+
 def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, fixed: dict,
                      dtype: str, attention: str, execution: Execution) -> str | None:
     """The first pin that no layout honouring the other pins can take, with the rule it breaks: the first such
@@ -643,18 +665,14 @@ def _conflicting_pin(model: ModelSpec, cluster: ClusterProfile, global_batch: in
     world = cluster.world_size
 
     def against(layout: ParallelConfig) -> str | None:
-        """The first rule `layout` breaks: the config's, the executor's (planning for it) or the framework's."""
-        executor = unsupported_reason(layout, model) if execution.is_executor else None
-        return (layout.problems(model, world) or [executor or execution.problem(layout, model)])[0]
+        return layout_problem(model, world, execution, layout)
 
     for key, value in fixed.items():
         rest = {k: v for k, v in fixed.items() if k != key}
         try:
             # a layout honouring the other pins that has nothing against it itself, so that what goes wrong with
-            # the pin put back is the pin's doing (the first few thousand are enough to find one)
-            witness = next((c for c in itertools.islice(framework_candidates(
-                model, cluster, global_batch, seq_len, dtype, attention, rest, execution), WITNESS_SCAN)
-                if not against(c)), None)
+            # the pin put back is the pin's doing
+            witness = first_legal_layout(model, cluster, global_batch, seq_len, dtype, attention, rest, execution)[0]
         except UserError:
             continue
         if witness is None:
