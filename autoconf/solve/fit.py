@@ -9,7 +9,6 @@ from autoconf.cost.estimate import Execution, estimate
 from autoconf.errors import UserError
 from autoconf.files import gib_figures
 from autoconf.solve.space import with_changes
-from autoconf.spec.cluster import COMMAND_LINE
 from autoconf.spec.support import unsupported_reason
 
 GiB = 1024**3
@@ -112,7 +111,7 @@ def does_not_fit_message(plan, model, cluster, execution: Execution = Execution(
     else:
         advice = ("no change of recompute, ZeRO, gradient reduction, micro-batch or sequence parallelism fits: "
                   "`autoconf plan` searches every layout, or use more devices")
-        if (cluster.memory_headroom or {}).get("why") == COMMAND_LINE:
+        if cluster.headroom_from_command_line:
             advice += " or a smaller --memory-headroom"
     need, limit, over = gib_figures(stages[worst]["total"], p["memory_limit_bytes"], over)
     return (f"does not fit: pipeline rank {worst} needs {need} GiB of {cluster.memory_limit_phrase(limit)}, {over} "

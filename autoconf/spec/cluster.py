@@ -159,9 +159,14 @@ class ClusterProfile:
         return self.device.memory_bytes * (1.0 - float(self.memory_headroom["value"]))
 
     @property
+    def headroom_from_command_line(self) -> bool:
+        """Whether the memory headroom is --memory-headroom's (`with_memory_headroom`), not the profile's."""
+        return self.memory_headroom.get("why") == COMMAND_LINE
+
+    @property
     def headroom_phrase(self) -> str:
         """Whose the memory headroom is, for one-line messages: "--memory-headroom's 10%" or "the profile's 5%"."""
-        whose = "--memory-headroom's" if self.memory_headroom.get("why") == COMMAND_LINE else "the profile's"
+        whose = "--memory-headroom's" if self.headroom_from_command_line else "the profile's"
         return f"{whose} {100 * self.memory_headroom['value']:g}%"
 
     def memory_limit_phrase(self, shown: str | None = None) -> str:
