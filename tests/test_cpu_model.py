@@ -109,10 +109,10 @@ def test_reference_overheads_are_the_gap_between_the_whole_model_and_its_blocks(
                 "passes": [{"micro_batch": 1, "seq_len": 64, "forward_s": parts_f + 2e-3 + extra,
                             "backward_s": parts_b + 2e-3 + extra}]}
 
-    found = reference_overheads({"entries": entries}, [ref(0.0), ref(0.0), ref(5e-3)])
+    found = reference_overheads(TINY, {"entries": entries}, [ref(0.0), ref(0.0), ref(5e-3)])
     assert found["pass_overhead_s"] == pytest.approx(2e-3)
     assert found["optimizer_s_per_param"] == pytest.approx(1e-6)
-    slower_blocks = reference_overheads({"entries": entries}, [ref(-4e-3)])
+    slower_blocks = reference_overheads(TINY, {"entries": entries}, [ref(-4e-3)])
     assert slower_blocks["pass_overhead_s"] == 0.0
     assert found["model_compute_scale"] == 1.0  # no deep reference
 
@@ -137,10 +137,10 @@ def test_chained_blocks_scale_is_the_deep_models_time_over_its_blocks():
                 "passes": [{"micro_batch": mb, "seq_len": 64, "forward_s": (factor * parts[mb] + 2e-3) / 2,
                             "backward_s": (factor * parts[mb] + 2e-3) / 2} for mb in (1, 2)]}
 
-    found = reference_overheads(table, [one_layer], [deep(1.2)])
+    found = reference_overheads(TINY, table, [one_layer], [deep(1.2)])
     assert found["pass_overhead_s"] == pytest.approx(1e-3)
     assert found["model_compute_scale"] == pytest.approx(1.2)
-    assert reference_overheads(table, [one_layer], [deep(0.9)])["model_compute_scale"] == 1.0
+    assert reference_overheads(TINY, table, [one_layer], [deep(0.9)])["model_compute_scale"] == 1.0
 
 
 def test_chained_scale_multiplies_the_measured_block_times():

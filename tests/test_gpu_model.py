@@ -32,13 +32,13 @@ def test_chain_scales_split_one_layer_in_place_from_the_models_ends():
     depths."""
     layer = {1: 0.75 * 8e-3, 4: 1.1 * 32e-3}
     ends = {1: 1.0 * 4e-3, 4: 1.3 * 16e-3}
-    rows = chain_scales(_table(), _reference(1, layer, ends), _reference(5, layer, ends))
+    rows = chain_scales(TINY, _table(), _reference(1, layer, ends), _reference(5, layer, ends))
     assert [r["micro_batch"] for r in rows] == [1, 4]
     assert [r["layer_scale"] for r in rows] == pytest.approx([0.75, 1.1])
     assert [r["ends_scale"] for r in rows] == pytest.approx([1.0, 1.3])
-    wild = chain_scales(_table(), _reference(1, layer, {1: -1.0, 4: 1.0}), _reference(5, layer, ends))
+    wild = chain_scales(TINY, _table(), _reference(1, layer, {1: -1.0, 4: 1.0}), _reference(5, layer, ends))
     assert wild[0]["ends_scale"] == 0.25  # noise beyond [0.25, 4] is clamped
-    assert chain_scales(_table(mbs=(1,)), _reference(1, layer, ends), _reference(5, layer, ends)) == [
+    assert chain_scales(TINY, _table(mbs=(1,)), _reference(1, layer, ends), _reference(5, layer, ends)) == [
         pytest.approx({"micro_batch": 1, "seq_len": 64, "layer_scale": 0.75, "ends_scale": 1.0})]
 
 

@@ -257,14 +257,18 @@ def test_launch_takes_moe_and_refuses_what_the_executor_does_not_build(tmp_path,
         launch(tmp_path / "capped.json", steps=1, dry_run=True, nnodes=1)
 
 
-def test_profiler_times_the_dense_view_of_an_moe_model():
-    """`profile --model` of an MoE model times its dense view (same attention and dense MLP, no experts) and says
-    what is left out; a latent-attention model is refused in one line."""
-    from autoconf.profile.timed_model import timed_model, timed_note
+def test_profiler_times_an_moe_model_routed_dropless_and_its_dense_view_for_the_dense_references():
+    """`profile --model` of an MoE model times the model itself, routed dropless (the executor's routing), and
+    says that the all-to-all is the network's; the FSDP and TP references take its dense view (same attention and
+    dense MLP, no experts); a latent-attention model is refused in one line."""
+    from autoconf.profile.timed_model import dense_view, timed_model, timed_note
 
-    dense = timed_model(MOE)
+    capped = dataclasses.replace(MOE, moe=dataclasses.replace(MOE.moe, capacity_factor=1.25))
+    assert timed_model(capped).moe == MOE.moe and timed_model(MOE) == MOE
+    dense = dense_view(MOE)
     assert dense.moe is None and dense.hidden_size == MOE.hidden_size and dense.ffn_hidden_size == 176
-    assert "routed experts" in timed_note(MOE) and timed_note(dense) is None
+    assert "all-to-all" in timed_note(MOE) and "capacity_factor 1.25" in timed_note(capped)
+    assert timed_note(dense) is None
     with pytest.raises(UserError, match="latent attention"):
         timed_model(PRESETS["deepseek-v3"])
 

@@ -229,10 +229,13 @@ def test_compute_rows_are_what_the_profiler_writes():
     from autoconf.spec.presets import PRESETS
 
     entry = time_entry("mlp", PRESETS["tiny-gpt"], 1, 1, 16, torch.device("cpu"), "fp32", warmup=1, repeats=2)
-    assert set(entry) == set(pc.COMPUTE_ENTRY_FIELDS)
+    assert set(entry) == set(pc.COMPUTE_ENTRY_FIELDS) - set(pc.EXPERT_DEGREE_FIELDS)
+    experts = time_entry("experts", PRESETS["tiny-moe"], 1, 1, 16, torch.device("cpu"), "fp32", warmup=1, repeats=2,
+                         ep=2, etp=2)
+    assert set(experts) == set(pc.COMPUTE_ENTRY_FIELDS) and (experts["ep"], experts["etp"]) == (2, 2)
     table = {"entries": [{**entry, "block": block} for block in pc.BLOCKS]}
     passes = [{"micro_batch": 1, "seq_len": 16, "forward_s": 1e-3, "backward_s": 2e-3}]
-    rows = chain_scales(table, {"layers": 1, "passes": passes},
+    rows = chain_scales(PRESETS["tiny-gpt"], table, {"layers": 1, "passes": passes},
                         {"layers": 2, "passes": [{**p, "forward_s": 2e-3, "backward_s": 4e-3} for p in passes]})
     assert rows and all(tuple(row) == pc.CHAIN_SCALE_FIELDS for row in rows)
 

@@ -33,9 +33,13 @@ from autoconf.spec.dtypes import DTYPE_BYTES, precision
 from autoconf.spec.frameworks import ADAM_KERNELS, GRAD_BUFFER_PASSES, Execution, compiled_ops, loss_compiled
 from autoconf.spec.model import SINK_WIDTH, ModelSpec, executor_window_work, window_pair_share
 from autoconf.spec.plan import ParallelConfig
-from autoconf.spec.profile_checks import ATTENTION_CURVE_PASSES
+from autoconf.spec.profile_checks import ATTENTION_CURVE_PASSES, BLOCKS, MOE_BLOCKS
 
 SHAPE_KEYS = ("arch", "hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size")
+# The MoE fields that shape the "moe" and "experts" blocks' work (besides whether a load-balancing loss is computed).
+MOE_SHAPE_KEYS = ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "num_shared_experts",
+                  "shared_expert_intermediate_size", "shared_expert_gate", "scoring_func", "router_bias", "n_group",
+                  "topk_group", "expert_bias")
 # Bytes read and written per parameter by one fused AdamW step with fp32 master weights, gradients and moments.
 ADAM_BYTES_PER_PARAM = ADAM_KERNELS["fused"]
 
@@ -644,13 +648,24 @@ def _moe_ffn_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, 
 
 # ---- measured tables ----------------------------------------------------------------------------------------------
 def _shape_matches(table: dict, model: ModelSpec, dtype: str) -> bool:
+    """Whether the profile's tables were timed on blocks of `model`'s shape in `dtype`: the SHAPE_KEYS, and of an
+    MoE model the MOE_SHAPE_KEYS of the model the tables were timed on (a table of a dense model, or of an MoE
+    profile from before the MoE blocks were timed, has none: Mixtral has Mistral-7B's shape keys). Never for
+    latent attention, which the profiler does not build."""
     timed = table.get("model") or {}
-    return table.get("dtype") == dtype and all(timed.get(k) == getattr(model, k) for k in SHAPE_KEYS)
+    if table.get("dtype") != dtype or model.mla is not None or any(timed.get(k) != getattr(model, k)
+                                                                     for k in SHAPE_KEYS):
+        return False
+    if model.moe is None:
+        return True
+    timed_moe = timed.get("moe") or {}
+    return all(timed_moe.get(k) == getattr(model.moe, k) for k in MOE_SHAPE_KEYS) and (
+        bool(timed_moe.get("router_aux_loss_coef")) == bool(model.moe.router_aux_loss_coef))
 
 
 def _dense_attention(model: ModelSpec) -> bool:
-    """Whether the profile's tables (timed on the executor's dense blocks) describe the model's blocks: not for
-    MoE layers or latent attention, whatever their shape keys say (Mixtral has Mistral-7B's)."""
+    """Whether the profile's in-place TP layers (timed on the executor's dense layers) describe the model's
+    layers: not for MoE layers or latent attention."""
     return model.moe is None and model.mla is None
 
 
@@ -713,28 +728,41 @@ def _measured_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfi
                      share: float) -> ModelPieces | None:
     """Pieces from the profile's block tables for the config's TP width: per block, the entries timed at the
     config's sequence length, or (none there) all of that block's entries; read at the config's micro-batch and
-    sequence (attention: `_measured_attention`; the other blocks linearly in tokens)."""
+    sequence (attention: `_measured_attention`; the other blocks linearly in tokens). An MoE layer is its attention,
+    two norms, the "moe" block and the routed experts: the "experts" entries of the config's ep and etp (timed with
+    every token of a micro-batch on one rank) read at the tokens one TP rank routes (`moe.tokens_per_rank`), under
+    the profile's load imbalance (the busiest rank's routed rows over the even share they were timed at). None
+    when the table lacks a block the model needs at this layout."""
+    from autoconf.cost.moe import load_imbalance, tokens_per_rank
+
     table = cluster.compute
-    if not table or not _shape_matches(table, model, c.dtype) or not _dense_attention(model):
+    if not table or not _shape_matches(table, model, c.dtype):
         return None
     chained = float(cluster.efficiency.get("model_compute_scale", {}).get("value", 1.0))
     timed: dict[str, list[tuple[dict, PassTimes]]] = {}
     for entry in table.get("entries", []):
-        if entry.get("tp") != c.tp:
+        if entry["block"] == "experts":
+            if (entry.get("ep"), entry.get("etp")) != (c.ep, c.etp):
+                continue
+        elif entry.get("tp") != c.tp:
             continue
         times = PassTimes(float(entry["forward_s"]), float(entry["backward_input_s"]),
                           float(entry["backward_weight_s"])).scaled(chained * chain_scale(table, entry) / share)
         timed.setdefault(entry["block"], []).append((entry, times))
-    if not all(k in timed for k in ("attention", "mlp", "norm", "embedding", "head")):
+    if not all(k in timed for k in BLOCKS + (MOE_BLOCKS if model.moe is not None else ())):
         return None
     for block, rows in timed.items():
         same_seq = [row for row in rows if row[0]["seq_len"] == c.seq_len]
-        timed[block] = same_seq or rows
+        timed[block] = rows if block == "experts" else same_seq or rows
     tokens = c.micro_batch_size * c.seq_len
 
-    def read(block: str) -> PassTimes:
-        return _interpolate([(e["micro_batch"] * e["seq_len"], t) for e, t in timed[block]], tokens)
+    def read(block: str, at: float = tokens) -> PassTimes:
+        return _interpolate([(e["micro_batch"] * e["seq_len"], t) for e, t in timed[block]], at)
 
     core, projections = _measured_attention(model, cluster, c, timed["attention"])
-    rest = read("mlp") + read("norm").scaled(2) + projections
-    return ModelPieces(core, rest, read("embedding"), read("head"), "measured")
+    around = read("norm").scaled(2) + projections
+    moe_rest = None
+    if model.moe is not None:
+        routed = read("experts", tokens_per_rank(c)).scaled(load_imbalance(cluster, model))
+        moe_rest = around + read("moe") + routed
+    return ModelPieces(core, around + read("mlp"), read("embedding"), read("head"), "measured", moe_rest)

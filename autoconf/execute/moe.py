@@ -351,12 +351,16 @@ class MoE(nn.Module):
         order = flat.argsort(stable=True)  # the token-copies sorted by expert
         rows = x[order // k]
         counts = torch.bincount(flat, minlength=experts)
-        if self.ep_group is None and self.etp_group is None:
-            out = self.experts(rows, counts.tolist())
-        else:
-            out = self._exchange(rows, counts)
+        out = self.dispatched(rows, counts)
         combined = out[order.argsort()].view(t, k, -1) * weights.unsqueeze(-1).to(out.dtype)
         return combined.sum(1)
+
+    def dispatched(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """The experts' outputs of `rows` (sorted by expert, counts[e] for expert e), in the rows' order: computed
+        here when every expert is whole on this rank, else exchanged with the ranks that hold them."""
+        if self.ep_group is None and self.etp_group is None:
+            return self.experts(rows, counts.tolist())
+        return self._exchange(rows, counts)
 
     def _exchange(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Sends rows (sorted by expert, counts[e] for expert e) to the ranks of the ep group that hold their
@@ -391,10 +395,7 @@ class MoE(nn.Module):
             received = _all_gather_rows(received.flatten().contiguous(), self.etp_group).view(etp, -1, local)
             sizes = received.view(etp, -1).sum(1).tolist()
             got = all_to_all_single_autograd(got.repeat(etp, 1), sizes, [n] * etp, self.etp_group)
-        # Regroup the rows (by ETP rank, source rank, then local expert) by expert for the local experts.
-        expert_of_row = torch.arange(local, device=got.device).repeat(received.numel() // local)
-        by_expert = expert_of_row.repeat_interleave(received.flatten()).argsort(stable=True)
-        out = self.experts(got[by_expert], received.reshape(-1, local).sum(0).tolist())[by_expert.argsort()]
+        out = regrouped_experts(self.experts, got, received)
         if etp > 1:
             out = all_to_all_single_autograd(out, [n] * etp, sizes, self.etp_group).view(etp, n, -1).sum(0)
             if self.experts.down_bias_after_sum:  # each rank adds it to its own rows once; its gradient is
@@ -414,18 +415,22 @@ class MoE(nn.Module):
         whole = DTensor.from_local(t, self.sequence_mesh, [Replicate()], run_check=False)
         return whole.redistribute(self.sequence_mesh, [Shard(1)]).to_local()
 
+    def token_share(self, tokens: torch.Tensor) -> torch.Tensor:
+        """This TP rank's share of the (alike) tokens [T, h] that it routes (all of them at tp 1)."""
+        return tokens if self.token_group is None else _TakeShare.apply(tokens, self.token_group)
+
+    def all_shares(self, out: torch.Tensor) -> torch.Tensor:
+        """The inverse of `token_share`: every TP rank's routed outputs, in rank order."""
+        return out if self.token_group is None else _GatherShares.apply(out, self.token_group)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [batch, seq, hidden], alike on the TP ranks; returns the layer's output, under sequence parallelism
         this rank's part of the sequence."""
         shape = x.shape
-        mine = x.reshape(-1, shape[-1])
-        if self.token_group is not None:  # each TP rank routes its share of the (alike) tokens
-            mine = _TakeShare.apply(mine, self.token_group)
+        mine = self.token_share(x.reshape(-1, shape[-1]))
         index, weights, probs = self.route(mine)
         aux = self.aux_loss(index, probs) if (self.moe.router_aux_loss_coef > 0 and torch.is_grad_enabled()) else None
-        out = self.routed(mine, index, weights)
-        if self.token_group is not None:
-            out = _GatherShares.apply(out, self.token_group)
+        out = self.all_shares(self.routed(mine, index, weights))
         out = self._sequence_share(out.view(shape))
         if self.shared is not None:
             shared = self.shared(x)  # TP-split: this rank's sequence share under sequence parallelism
@@ -435,6 +440,16 @@ class MoE(nn.Module):
         if aux is not None:
             out = _AddAuxLoss.apply(out, aux, self.aux_loss_scale)
         return out
+
+
+def regrouped_experts(experts: GroupedExperts, got: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+    """The local `experts`' outputs of rows `got`, which come in blocks (by ETP rank, source rank), each block by
+    local expert (received[..., j] rows for local expert j), in the same order: the rows are regrouped by expert
+    for the experts' GEMMs and put back."""
+    local = received.shape[-1]
+    expert_of_row = torch.arange(local, device=got.device).repeat(received.numel() // local)
+    by_expert = expert_of_row.repeat_interleave(received.flatten()).argsort(stable=True)
+    return experts(got[by_expert], received.reshape(-1, local).sum(0).tolist())[by_expert.argsort()]
 
 
 def is_expert_param(fqn: str) -> bool:

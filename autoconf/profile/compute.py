@@ -3,8 +3,10 @@
 Blocks are the executor's own modules (`autoconf.execute.model`), built at TP-sharded shapes on one device: the
 attention block with heads/tp query heads and kv_heads/tp key/value heads (its QKV and output projections narrowed
 accordingly), the MLP with ffn/tp, one norm, the embedding with vocab/tp rows (rounded up), and the head (final norm,
-a vocab/tp LM head, cross-entropy on the local logits). Communication of a real TP layer is not included: the cost
-model adds it from the network profile.
+a vocab/tp LM head, cross-entropy on the local logits); of an MoE model also its MoE layer without the routed
+experts ("moe") and one rank's routed experts at each expert-parallel layout ("experts": profile/moe_blocks.py).
+Communication of a real TP layer, and an MoE layer's all-to-all, is not included: the cost model adds it from the
+network profile.
 
 How I and W are separated. Each repeat builds a fresh graph and times, in order:
   forward              the block's forward;
@@ -17,10 +19,11 @@ parameters-only pass would recount most of I. The zero-bubble split that the sch
 activation gradients, W only the weight-gradient GEMMs", i.e. full - I. The embedding's input is token ids, so its
 I is zero and its whole backward is W. Times are medians over repeats after warm-up, with p10/p90 of the forward.
 
-Distribution. The grid (block x tp x micro-batch x seq-len, plus attention at the asked `--seq-len`s) is dealt out to the ranks, longest entries first in
-snake order so every rank gets a similar amount of work, and all ranks time their share at the same time, as all
-devices compute at once in training (on a shared CPU host this contention is what training would see). When there
-are more ranks than entries, each entry is timed by several ranks and the median over them is kept.
+Distribution. The grid (block x tp x micro-batch x seq-len, plus attention at the asked `--seq-len`s and an MoE
+model's experts per ep x etp) is dealt out to the ranks, longest entries first in snake order so every rank gets a
+similar amount of work, and all ranks time their share at the same time, as all devices compute at once in training
+(on a shared CPU host this contention is what training would see). When there are more ranks than entries, each
+entry is timed by several ranks and the median over them is kept.
 """
 
 from __future__ import annotations
@@ -37,10 +40,11 @@ from torch import nn
 
 from autoconf.errors import UserError
 from autoconf.execute.dtypes import TORCH_DTYPES
+from autoconf.profile.moe_blocks import ExpertsBlock, RoutingBlock, dispatched_rows, expert_degrees
 from autoconf.profile.timing import median, percentile, sync, work_time, work_times
 from autoconf.spec.model import ModelSpec
+from autoconf.spec.profile_checks import BLOCKS, MOE_BLOCKS
 
-BLOCKS = ("attention", "mlp", "norm", "embedding", "head")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Grid:
     repeats: int
     entry_budget_s: float = 10.0  # seconds one grid entry may take before its repeats are cut (to at least 3)
     attention_seq_lens: tuple[int, ...] = ()  # further lengths at which only the attention block is timed
+    expert_degrees: tuple[tuple[int, int], ...] = ()  # (ep, etp) pairs of an MoE model's "experts" entries
 
 
 def tp_widths(model: ModelSpec, max_tp: int) -> list[int]:
@@ -81,8 +86,10 @@ def default_grid(model: ModelSpec, max_tp: int, quick: bool, tiny: bool = False,
     Every block is timed at the model's context and its halves down to a quarter (at most 2048 tokens long; the
     linear layers' time is linear in tokens). The attention block is also timed at each of `seq_lens` (the lengths
     the user will plan for, `--seq-len`) not already in the grid: its core grows with seq_len^2, which the cost
-    model reads from these entries and, beyond the longest one, extrapolates in micro_batch x seq_len^2. `tiny` is
-    the test-suite grid.
+    model reads from these entries and, beyond the longest one, extrapolates in micro_batch x seq_len^2. An MoE
+    model's "moe" block is timed like the others, its "experts" block at every micro-batch at the longest sequence
+    (its time grows with tokens alone) for each (ep, etp) of `moe_blocks.expert_degrees` over the TP widths. `tiny`
+    is the test-suite grid.
     """
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in seq_lens):
         raise UserError(f"--seq-len must be a positive integer, got {list(seq_lens)}")
@@ -96,7 +103,7 @@ def default_grid(model: ModelSpec, max_tp: int, quick: bool, tiny: bool = False,
         seqs = sorted({max(top // 4, 1), max(top // 2, 1), top})
         grid = Grid((1, 2, 4, 8), tuple(seqs), tps, warmup=3, repeats=20, entry_budget_s=10.0)
     extra = tuple(sorted(set(seq_lens) - set(grid.seq_lens)))
-    return dataclasses.replace(grid, attention_seq_lens=extra)
+    return dataclasses.replace(grid, attention_seq_lens=extra, expert_degrees=expert_degrees(model, grid.tps))
 
 
 # ---- the blocks at sharded shapes --------------------------------------------------------------------------------
@@ -115,7 +122,7 @@ class Head(nn.Module):
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1))
 
 
-def build_block(kind: str, model: ModelSpec, tp: int) -> nn.Module:
+def build_block(kind: str, model: ModelSpec, tp: int, ep: int = 1, etp: int = 1) -> nn.Module:
     from autoconf.execute import model as blocks
 
     h = model.hidden_size
@@ -137,6 +144,10 @@ def build_block(kind: str, model: ModelSpec, tp: int) -> nn.Module:
         return blocks.Embedding(dataclasses.replace(model, vocab_size=math.ceil(model.vocab_size / tp)))
     if kind == "head":
         return Head(model, math.ceil(model.vocab_size / tp))
+    if kind == "moe":
+        return RoutingBlock(model, tp)
+    if kind == "experts":
+        return ExpertsBlock(model, ep, etp)
     raise AssertionError(kind)
 
 
@@ -145,6 +156,9 @@ def _inputs(kind: str, model: ModelSpec, tp: int, mb: int, seq: int, device, dty
     if kind == "embedding":
         vocab = math.ceil(model.vocab_size / tp)
         return None, (torch.randint(0, vocab, (mb, seq), device=device),)
+    if kind == "experts":
+        rows = dispatched_rows(model, mb, seq)
+        return torch.randn(rows, model.hidden_size, device=device, dtype=dtype, requires_grad=True), ()
     x = torch.randn(mb, seq, model.hidden_size, device=device, dtype=dtype, requires_grad=True)
     if kind == "head":
         vocab = math.ceil(model.vocab_size / tp)
@@ -153,10 +167,11 @@ def _inputs(kind: str, model: ModelSpec, tp: int, mb: int, seq: int, device, dty
 
 
 def time_entry(kind: str, model: ModelSpec, tp: int, mb: int, seq: int, device: torch.device, dtype: str,
-               warmup: int, repeats: int, budget_s: float = float("inf")) -> dict:
-    """Times one grid entry on this rank (see the module docstring for the method)."""
+               warmup: int, repeats: int, budget_s: float = float("inf"), ep: int = 1, etp: int = 1) -> dict:
+    """Times one grid entry on this rank (see the module docstring for the method); an "experts" entry says its
+    ep and etp."""
     torch_dtype = TORCH_DTYPES[dtype]
-    module = build_block(kind, model, tp).to(device=device, dtype=torch_dtype).train()
+    module = build_block(kind, model, tp, ep, etp).to(device=device, dtype=torch_dtype).train()
     params = [p for p in module.parameters() if p.requires_grad]
     x, extra = _inputs(kind, model, tp, mb, seq, device, torch_dtype)
 
@@ -189,7 +204,8 @@ def time_entry(kind: str, model: ModelSpec, tp: int, mb: int, seq: int, device: 
         warmup, repeats = 1, max(3, min(repeats, int(budget_s / max(per_repeat, 1e-9))))
     samples = [one_repeat() for _ in range(warmup - 1 + repeats)][warmup - 1:]
     fwd, bwd_i, bwd_w = ([s[k] for s in samples] for k in range(3))
-    return {"block": kind, "tp": tp, "micro_batch": mb, "seq_len": seq,
+    degrees = {"ep": ep, "etp": etp} if kind == "experts" else {}
+    return {"block": kind, "tp": tp, **degrees, "micro_batch": mb, "seq_len": seq,
             "forward_s": median(fwd), "backward_input_s": median(bwd_i), "backward_weight_s": median(bwd_w),
             "p10_forward_s": percentile(fwd, 10), "p90_forward_s": percentile(fwd, 90), "repeats": repeats}
 
@@ -205,8 +221,14 @@ def optimizer_time_per_param(device: torch.device, numel: int, warmup: int, repe
 
 
 # ---- the grid across ranks ---------------------------------------------------------------------------------------
-def _cost(model: ModelSpec, kind: str, tp: int, mb: int, seq: int) -> float:
+def _cost(model: ModelSpec, kind: str, tp: int, mb: int, seq: int, ep: int = 1, etp: int = 1) -> float:
     tokens = mb * seq
+    if kind == "experts":
+        return dispatched_rows(model, mb, seq) * 3 * model.hidden_size * model.moe.moe_intermediate_size
+    if kind == "moe":
+        m = model.moe
+        shared = m.num_shared_experts * m.shared_expert_intermediate_size
+        return tokens * model.hidden_size * (m.num_experts / tp + 3 * shared / tp + m.num_experts_per_tok)
     if kind == "attention":
         return tokens * (4 * model.hidden_size ** 2 / tp + seq * model.hidden_size / tp)
     if kind == "mlp":
@@ -234,21 +256,26 @@ def measure_compute(model: ModelSpec, grid: Grid, device: torch.device, dtype: s
     if dtype not in TORCH_DTYPES:
         raise UserError(f"dtype {dtype!r} is not one of {', '.join(TORCH_DTYPES)}")
     rank, world = dist.get_rank(), dist.get_world_size()
-    entries = [(kind, tp, mb, seq) for tp in grid.tps for kind in BLOCKS
+    kinds = BLOCKS + (MOE_BLOCKS[:1] if model.moe is not None else ())
+    entries = [(kind, tp, mb, seq) for tp in grid.tps for kind in kinds
                for mb in grid.micro_batches for seq in grid.seq_lens]
     entries += [("attention", tp, mb, seq) for tp in grid.tps for mb in grid.micro_batches
                 for seq in grid.attention_seq_lens]
+    entries += [("experts", 1, mb, max(grid.seq_lens), ep, etp) for ep, etp in grid.expert_degrees
+                for mb in grid.micro_batches]
     costs = [_cost(model, *e) for e in entries]
     mine = assign(entries, costs, world)[rank]
     also = f"; attention also at seq {list(grid.attention_seq_lens)}" if grid.attention_seq_lens else ""
-    log(f"  {len(entries)} grid entries (blocks {', '.join(BLOCKS)}; tp {list(grid.tps)}; micro-batch "
+    if grid.expert_degrees:
+        also += f"; experts at (ep, etp) {', '.join(f'({ep}, {etp})' for ep, etp in grid.expert_degrees)}"
+    log(f"  {len(entries)} grid entries (blocks {', '.join(kinds)}; tp {list(grid.tps)}; micro-batch "
         f"{list(grid.micro_batches)}; seq {list(grid.seq_lens)}{also}) over {world} rank(s), {grid.repeats} repeats")
     results = []
     step = max(len(mine) // 5, 1)
     for done, index in enumerate(mine, start=1):
-        kind, tp, mb, seq = entries[index]
+        kind, tp, mb, seq, *degrees = entries[index]
         results.append((index, time_entry(kind, model, tp, mb, seq, device, dtype, grid.warmup, grid.repeats,
-                                               grid.entry_budget_s)))
+                                               grid.entry_budget_s, *degrees)))
         if done % step == 0 or done == len(mine):
             log(f"  rank 0: {done}/{len(mine)} entries timed")
     opt = optimizer_time_per_param(device, optimizer_numel, grid.warmup, max(grid.repeats // 2, 2))

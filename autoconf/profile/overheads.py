@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from autoconf.execute.dtypes import TORCH_DTYPES
-from autoconf.profile.compute import BLOCKS
+from autoconf.spec.profile_checks import BLOCKS, MOE_BLOCKS
 from autoconf.profile.timing import median, sync, work_time
 from autoconf.spec.model import ModelSpec
 
@@ -136,29 +136,41 @@ def _optimizer_step_time(params: list, device: torch.device, warmup: int, repeat
     return median([work_time(step, device) for _ in range(max(repeats // 2, 2))])
 
 
-def _tp1_block_totals(table: dict) -> dict[tuple[int, int], dict[str, float]]:
+def _tp1_block_totals(model: ModelSpec, table: dict) -> dict[tuple[int, int], dict[str, float]]:
     """{(micro_batch, seq_len): {block: forward + backward-input + backward-weight seconds}} of the table's TP-1
-    entries, for the sizes at which every block was timed."""
+    entries (an MoE model's "experts" entry: the one at ep 1 and etp 1, whole experts on one rank as the unsharded
+    reference holds them), for the sizes at which every block `model` has was timed."""
+    needed = BLOCKS + (MOE_BLOCKS if model.moe is not None else ())
     by_size: dict[tuple[int, int], dict[str, float]] = {}
     for e in table["entries"]:
-        if e["tp"] == 1:
+        if e["tp"] == 1 and e.get("ep", 1) == 1 and e.get("etp", 1) == 1:
             by_size.setdefault((e["micro_batch"], e["seq_len"]), {})[e["block"]] = (
                 e["forward_s"] + e["backward_input_s"] + e["backward_weight_s"])
-    return {size: blocks for size, blocks in by_size.items() if all(b in blocks for b in BLOCKS)}
+    return {size: blocks for size, blocks in by_size.items() if all(b in blocks for b in needed)}
 
 
-def _reference_gaps(table: dict, refs: list[dict]) -> list[tuple[int, float, float]]:
+def _layers_parts(model: ModelSpec, blocks: dict[str, float], first: int, end: int) -> float:
+    """The table's time of blocks [first, end) of `model`: attention, two norms and the MLP, or in an MoE layer the
+    "moe" and "experts" blocks."""
+    def mlp(layer: int) -> float:
+        if model.moe is not None and model.is_moe_layer(layer):
+            return blocks["moe"] + blocks["experts"]
+        return blocks["mlp"]
+
+    return sum(blocks["attention"] + 2 * blocks["norm"] + mlp(layer) for layer in range(first, end))
+
+
+def _reference_gaps(model: ModelSpec, table: dict, refs: list[dict]) -> list[tuple[int, float, float]]:
     """Per micro-batch size of the references: (size, whole-model time, sum of its blocks in the table at tp 1),
     forward + backward, medians over ranks."""
-    totals = _tp1_block_totals(table)
+    totals = _tp1_block_totals(model, table)
     layers = refs[0]["layers"]
-    counts = {"attention": layers, "mlp": layers, "norm": 2 * layers, "embedding": 1, "head": 1}
     out = []
     for i, item in enumerate(refs[0]["passes"]):
         blocks = totals.get((item["micro_batch"], item["seq_len"]))
         if blocks is None:
             continue
-        parts = sum(counts[b] * blocks[b] for b in BLOCKS)
+        parts = _layers_parts(model, blocks, 0, layers) + blocks["embedding"] + blocks["head"]
         whole = median([r["passes"][i]["forward_s"] + r["passes"][i]["backward_s"] for r in refs])
         out.append((item["micro_batch"], whole, parts))
     return out
@@ -174,16 +186,17 @@ def measure_chain(model: ModelSpec, device: torch.device, dtype: str, micro_batc
                                    optimizer=False, autocast=low) for d in (shallow, deep))
 
 
-def chain_scales(table: dict, shallow: dict, deep: dict) -> list[dict]:
+def chain_scales(model: ModelSpec, table: dict, shallow: dict, deep: dict) -> list[dict]:
     """Per micro-batch size of the chain measurements: {"micro_batch", "seq_len", "layer_scale", "ends_scale"}.
 
     One layer in its place takes (deep - shallow) / (deep layers - shallow layers); "layer_scale" is that over the
     table's attention + MLP + two norms at TP 1, "ends_scale" what the shallow model has left beyond its layers
     (embedding, final norm, head and loss) over the table's embedding + head. On a GPU they hold what timing blocks
     one by one cannot: a fp32 residual stream and casts under autocast, and the host running ahead of the device
-    (blocks timed alone wait for every launch, so small ones read long). Kept within [0.25, 4]; rows whose blocks
-    are missing from the table, or whose depths are equal, are left out."""
-    totals = _tp1_block_totals(table)
+    (blocks timed alone wait for every launch, so small ones read long). Of an MoE model the layers between the two
+    depths are read as what each is (`_layers_parts`). Kept within [0.25, 4]; rows whose blocks are missing from the
+    table, or whose depths are equal, are left out."""
+    totals = _tp1_block_totals(model, table)
     span = deep["layers"] - shallow["layers"]
     out = []
     for a, b in zip(shallow["passes"], deep["passes"]):
@@ -193,7 +206,7 @@ def chain_scales(table: dict, shallow: dict, deep: dict) -> list[dict]:
         whole_shallow = a["forward_s"] + a["backward_s"]
         layer = (b["forward_s"] + b["backward_s"] - whole_shallow) / span
         ends = whole_shallow - shallow["layers"] * layer
-        layer_parts = total["attention"] + total["mlp"] + 2 * total["norm"]
+        layer_parts = _layers_parts(model, total, shallow["layers"], deep["layers"]) / span
         ends_parts = total["embedding"] + total["head"]
         if layer_parts <= 0 or ends_parts <= 0:
             continue
@@ -203,7 +216,7 @@ def chain_scales(table: dict, shallow: dict, deep: dict) -> list[dict]:
     return out
 
 
-def reference_overheads(table: dict, refs: list[dict], deep: list[dict] | None = None) -> dict:
+def reference_overheads(model: ModelSpec, table: dict, refs: list[dict], deep: list[dict] | None = None) -> dict:
     """From the block table and every rank's `measure_reference`s: {"pass_overhead_s": time per forward or
     backward pass of a stage that its blocks do not account for, "model_compute_scale": how much longer blocks take
     chained in the model than timed alone, "optimizer_s_per_param": the optimizer step and gradient norm of the
@@ -213,10 +226,10 @@ def reference_overheads(table: dict, refs: list[dict], deep: list[dict] | None =
     never below 0. `deep` (several layers, several micro-batch sizes): the scale is the ratio of the summed model
     times, less two pass overheads each, to the summed block times, kept within [1, 2] (below 1 is noise: chaining
     cannot make a block faster); 1 without `deep`. Medians over ranks."""
-    gaps = _reference_gaps(table, refs)
+    gaps = _reference_gaps(model, table, refs)
     overhead = max(0.0, (gaps[0][1] - gaps[0][2]) / 2) if gaps else 0.0
     scale = 1.0
-    deep_gaps = _reference_gaps(table, deep) if deep else []
+    deep_gaps = _reference_gaps(model, table, deep) if deep else []
     if deep_gaps:
         whole = sum(w - 2 * overhead for _, w, _ in deep_gaps)
         parts = sum(p for _, _, p in deep_gaps)

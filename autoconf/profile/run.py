@@ -20,6 +20,7 @@ splits the ranks of one host into K pretend nodes (to exercise the inter-node pa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -34,10 +35,11 @@ import torch.distributed as dist
 from autoconf.errors import UserError
 from autoconf.files import write_file
 from autoconf.profile import compute, hardware, host, network, overheads, pipeline, tp_layers
-from autoconf.profile.timed_model import REFERENCE_LAYERS, timed_model, timed_note
+from autoconf.profile.moe_blocks import fitting_degrees
+from autoconf.profile.timed_model import REFERENCE_LAYERS, dense_view, timed_model, timed_note
 from autoconf.profile.timing import median
 from autoconf.spec.cluster import ClusterProfile, Device, Link, load_cluster
-from autoconf.spec.dtypes import PROFILED_DTYPES
+from autoconf.spec.dtypes import PROFILED_DTYPES, dtype_bytes
 
 DEFAULT_CPU_MODEL = "tiny-gpt"
 
@@ -266,6 +268,13 @@ def _measure(args, device: torch.device, quick: bool, tiny: bool, log: Progress)
             notes.append(note.rstrip("."))
         model = timed_model(model)
         grid = compute.default_grid(model, args.max_tp or layout.gpus_per_node, quick, tiny, tuple(args.seq_len))
+        kept, left_out = fitting_degrees(model, grid.expert_degrees, dtype_bytes(main_dtype), capacity)
+        if left_out:
+            skipped = (f"the routed experts are not timed at (ep, etp) {', '.join(map(str, left_out))}: their "
+                       f"weights and gradients take more than half of a rank's {capacity / 2 ** 30:.1f} GiB")
+            log(f"note: {skipped}")
+            notes.append(skipped)
+            grid = dataclasses.replace(grid, expert_degrees=kept)
         capped = args.max_tp and compute.tp_widths_note(model, args.max_tp, grid.tps)
         if capped:
             log(f"note: {capped}")
@@ -309,7 +318,7 @@ def _cpu_model_entries(model, table: dict, grid, device: torch.device, dtype: st
                                                3 * grid.repeats))
     deep = _gather(overheads.measure_reference(model, device, dtype, grid.micro_batches, seq, grid.warmup,
                                                grid.repeats, layers=deep_layers, optimizer=False))
-    found = overheads.reference_overheads(table, refs, deep)
+    found = overheads.reference_overheads(model, table, refs, deep)
     table["optimizer_s_per_param"] = found["optimizer_s_per_param"]
     efficiency["pass_overhead_s"] = {
         "value": found["pass_overhead_s"],
@@ -330,7 +339,7 @@ def _cpu_model_entries(model, table: dict, grid, device: torch.device, dtype: st
     log("  pipelining runtime per pass: " + ", ".join(f"{name} {t * 1e3:.2f} ms"
                                                      for name, t in table["pipeline_action_s"].items()))
     dist.barrier()
-    fsdp = _gather(overheads.measure_fsdp(model, device, dtype, seq, grid.warmup, grid.repeats))
+    fsdp = _gather(overheads.measure_fsdp(dense_view(model), device, dtype, seq, grid.warmup, grid.repeats))
     table["fsdp_pass_s_per_unit"] = median([f["pass_s_per_unit"] for f in fsdp])
     table["optimizer_dtensor_s_per_param"] = median([f["optimizer_s_per_param"] for f in fsdp])
     log(f"  FSDP: {table['fsdp_pass_s_per_unit'] * 1e3:.2f} ms per pass and unit, optimizer + gradient norm over "
@@ -341,7 +350,7 @@ def _cpu_model_entries(model, table: dict, grid, device: torch.device, dtype: st
     log(f"tensor-parallel layers in place: tp {list(tps)}, with and without sequence parallelism")
     largest = max(grid.micro_batches)  # and larger ones: TP's cost grows faster than its compute
     tp_batches = tuple(grid.micro_batches) + ((2 * largest, 4 * largest) if not tiny else ())
-    table["tp_layers"] = tp_layers.measure_tp_layers(model, table, tps, tp_batches, seq, device, dtype,
+    table["tp_layers"] = tp_layers.measure_tp_layers(dense_view(model), table, tps, tp_batches, seq, device, dtype,
                                                      efficiency["cpu_share"]["value"], grid.warmup, grid.repeats)
     for e in table["tp_layers"]:
         if e["micro_batch"] == tp_batches[-1]:
@@ -358,7 +367,7 @@ def _gpu_model_entries(model, table: dict, grid, device: torch.device, dtype: st
         f"{' under autocast' if dtype != 'fp32' else ''}, micro-batch {list(grid.micro_batches)}")
     dist.barrier()
     try:
-        found = overheads.chain_scales(table, *overheads.measure_chain(
+        found = overheads.chain_scales(model, table, *overheads.measure_chain(
             model, device, dtype, grid.micro_batches, max(grid.seq_lens), grid.warmup, grid.repeats))
     except torch.cuda.OutOfMemoryError:
         found = None

@@ -33,7 +33,9 @@ MAX_SECONDS = 3600.0  # a latency, a measured pass, an overhead
 MAX_USD_PER_GPU_HOUR = 1e6  # a price per GPU-hour (a profile's or --price)
 MAX_EFFICIENCY = 4.0  # a fraction of a peak; calibration may divide by a factor < 1, so a little above 1 is fine
 MAX_SCALE = 100.0
-BLOCKS = ("attention", "mlp", "norm", "embedding", "head")
+BLOCKS = ("attention", "mlp", "norm", "embedding", "head")  # timed for every model at every TP width
+MOE_BLOCKS = ("moe", "experts")  # an MoE model's, besides (profile/moe_blocks.py)
+EXPERT_DEGREE_FIELDS = ("ep", "etp")  # what an "experts" entry states beyond the other entries' fields
 # Every top-level field a profile may hold (ClusterProfile.to_dict writes them); any other is a typo, refused.
 PROFILE_FIELDS = ("version", "kind", "name", "description", "source", "backend", "nodes", "gpus_per_node", "device",
                   "intra_node", "inter_node", "intra_node_matrix", "inter_node_matrix", "efficiency", "collectives",
@@ -61,7 +63,7 @@ COLLECTIVE_POINT_FIELDS = ("ranks", "bytes", "time_s")
 COMPUTE_FIELDS = ("dtype", "device", "model", "entries", "optimizer_s_per_param", "optimizer_dtensor_s_per_param",
                   "pipeline_action_s", "fsdp_pass_s_per_unit", "chain_scales", "tp_layers")
 COMPUTE_ENTRY_FIELDS = ("block", "tp", "micro_batch", "seq_len", "forward_s", "backward_input_s", "backward_weight_s",
-                        "p10_forward_s", "p90_forward_s", "repeats")
+                        "p10_forward_s", "p90_forward_s", "repeats", *EXPERT_DEGREE_FIELDS)
 CHAIN_SCALE_FIELDS = ("micro_batch", "seq_len", "layer_scale", "ends_scale")
 TP_LAYER_FIELDS = ("tp", "micro_batch", "seq_len", "sequence_parallel", "forward_s", "backward_s")
 CURVE_FIELDS = ("points", "source")  # matmul_size_curve
@@ -360,9 +362,12 @@ def _compute(c: _Checker, table) -> None:
             if not c.kind(entry, dict, where):
                 continue
             c.fields(entry, COMPUTE_ENTRY_FIELDS, where)
-            if entry.get("block") not in BLOCKS:
-                c.bad(f"{where}.block", f"one of {', '.join(BLOCKS)}", entry.get("block"))
+            if entry.get("block") not in BLOCKS + MOE_BLOCKS:
+                c.bad(f"{where}.block", f"one of {', '.join(BLOCKS + MOE_BLOCKS)}", entry.get("block"))
             _shape(c, entry, where)
+            for key in EXPERT_DEGREE_FIELDS:
+                if key in entry or entry.get("block") == "experts":
+                    c.integer(entry.get(key), f"{where}.{key}", 1, MAX_NODES * MAX_GPUS_PER_NODE)
             c.number(entry.get("forward_s"), f"{where}.forward_s", 0, MAX_SECONDS, lo_open=True)  # a kernel ran
             for key in ("backward_input_s", "backward_weight_s"):
                 c.number(entry.get(key), f"{where}.{key}", 0, MAX_SECONDS)
