@@ -29,8 +29,9 @@ def test_idle_pipeline_ranks_lend_their_core_only_without_a_quota():
 
 
 def test_pass_overhead_is_cpu_time_at_the_ranks_share():
-    """Under a quota (the share is fixed) each of the 2*m passes costs pass_overhead_s / cpu_share."""
-    c = cfg()
+    """Under a quota (the share is fixed) each of the 2*m passes costs pass_overhead_s / cpu_share (at tp 4: no
+    gradient reduction beside the backward, whose buckets a longer backward would spread)."""
+    c = cfg(tp=4, dp=1)
     base = estimate(TINY, measured_cpu_profile(0.5, alone=0.5, pass_overhead=0.0), c).prediction
     slow = estimate(TINY, measured_cpu_profile(0.5, alone=0.5, pass_overhead=1e-3), c).prediction
     m = c.num_microbatches
@@ -199,3 +200,19 @@ def test_fsdp_units_pay_their_hooks_on_every_pass():
     for plain in (cfg(zero_stage=0), cfg(tp=4, dp=1, zero_stage=1)):
         assert estimate(TINY, slow, plain).prediction["iteration_time_s"] == pytest.approx(
             estimate(TINY, base, plain).prediction["iteration_time_s"])
+
+
+def test_zero0_pays_the_wait_for_its_group_once_per_bucket():
+    """The executor's ZeRO-0 reducer all-reduces one bucket per block and end (execute/parallelize.GradReducer):
+    each is its own collective, so each pays the CPU profile's collective_sync_s, as FSDP's units do."""
+    from autoconf.cost.comm import collective_time
+    from autoconf.cost.estimate import dp_collectives, dp_buffer_bytes
+
+    cluster = measured_cpu_profile()
+    c = cfg(zero_stage=0)
+    devices = [0, 1, 2, 3]
+    one = dp_collectives(cluster, c, 1e6, devices, units=1)
+    ten = dp_collectives(cluster, c, 1e6, devices, units=10)
+    grad_bytes = dp_buffer_bytes(c, 1e6, None)[0]
+    assert one == (0.0, 0.0, collective_time(cluster, "all_reduce", grad_bytes, devices))
+    assert ten[2] - one[2] == pytest.approx(9 * cluster.overhead("collective_sync_s"))

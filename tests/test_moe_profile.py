@@ -180,3 +180,21 @@ def test_an_moe_profile_times_its_layer_and_plans_on_it(tmp_path, monkeypatch):
     assert isinstance(model_pieces(MOE, cluster, _config(dp=2, micro_batch_size=1, global_batch_size=2,
                                                          seq_len=compute["entries"][0]["seq_len"])).moe_rest,
                       PassTimes)
+
+
+def test_fsdp_hooks_run_on_every_moe_layers_experts_unit_too():
+    """Under ZeRO >= 1 the executor makes each MoE layer's routed experts an FSDP unit of their own besides each
+    block and the root (execute/parallelize.apply_data_parallel): tiny-moe's 4 blocks, root and 3 experts units
+    each pay the profile's per-pass hook time in each of the 2 x m passes."""
+    from autoconf.cost.estimate import stage_plan
+    from autoconf.spec.frameworks import Execution
+    from autoconf.spec.grid import RankGrid
+
+    model, cluster = _moe_profile()
+    c = _config(zero_stage=1)
+    hooked = dataclasses.replace(cluster, compute={**cluster.compute, "fsdp_pass_s_per_unit": 1e-3})
+    grid = RankGrid([[[r] for r in range(4)]])  # one pipeline rank of four data-parallel ranks
+    base, more = (stage_plan(model, cl, c, [[0, 4]], (0,), grid, Execution()).costs for cl in (cluster, hooked))
+    units = 4 + 1 + 3
+    assert more.forward[0] - base.forward[0] == pytest.approx(units * 1e-3 / 0.5)
+    assert more.backward_input[0] - base.backward_input[0] == pytest.approx(units * 1e-3 / 0.5)

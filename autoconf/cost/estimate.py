@@ -354,24 +354,25 @@ def selective_matmul_share(model: ModelSpec, c: ParallelConfig, execution: Execu
 def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, devices,
                    units: int = 1, execution: Execution | None = None) -> tuple[float, float, float]:
     """(gather per forward/backward pass, gather once per step, gradient reduction) of a stage holding `params`
-    parameters per TP rank, on the `dp_buffer_bytes` of the execution's layout: ZeRO-0 all-reduces the gradients in
-    one bucket; FSDP (ZeRO >= 1, one unit per block plus the stage's root, `units` in all) or Megatron's distributed
-    optimizer reduce-scatters them (ZeRO-1 under `zero1_all_reduce` all-reduces them) and gathers the parameters
-    once per step, or at ZeRO-3 again for every pass (reshard after forward) except under looped-bfs, where all
-    micro-batches pass a chunk together. Each FSDP unit is its own collective and pays the profile's
-    `collective_sync_s`. `devices` is the group holding the same weights (DP x CP; the expert-DP group for
-    routed-expert parameters)."""
+    parameters per TP rank, on the `dp_buffer_bytes` of the execution's layout: ZeRO-0 all-reduces the gradients
+    (the executor: one bucket per block and one per end, `execute/parallelize.GradReducer`); FSDP (ZeRO >= 1, one
+    unit per block plus the stage's root) or Megatron's distributed optimizer reduce-scatters them (ZeRO-1 under
+    `zero1_all_reduce` all-reduces them) and gathers the parameters once per step, or at ZeRO-3 again for every
+    pass (reshard after forward) except under looped-bfs, where all micro-batches pass a chunk together. Each of
+    the `units` (a bucket, an FSDP unit) is its own collective and pays the profile's `collective_sync_s`.
+    `devices` is the group holding the same weights (DP x CP; the expert-DP group for routed-expert
+    parameters)."""
     # Under offload_optimizer each collective also copies its fp32 shard between host and device, on its stream;
     # a group of one rank (routed experts at edp 1: their state offloads all the same) pays the copies alone.
     group = len(devices)
     if group <= 1 and not (c.zero_stage and c.offload_optimizer):
         return 0.0, 0.0, 0.0
     grad_bytes, param_bytes = dp_buffer_bytes(c, params, execution)
+    extra = (units - 1) * cluster.overhead("collective_sync_s")
     if c.zero_stage == 0:
-        return 0.0, 0.0, collective_time(cluster, "all_reduce", grad_bytes, devices)
+        return 0.0, 0.0, collective_time(cluster, "all_reduce", grad_bytes, devices) + extra
     reduce, gather = reduce_copy_time(cluster, c, params, group), gather_copy_time(cluster, c, params, group)
     if group > 1:
-        extra = (units - 1) * cluster.overhead("collective_sync_s")
         reduce_op = "all_reduce" if c.zero_stage == 1 and execution and execution.zero1_all_reduce else "reduce_scatter"
         reduce += collective_time(cluster, reduce_op, grad_bytes, devices) + extra
         gather += collective_time(cluster, "all_gather", param_bytes, devices) + extra
@@ -574,9 +575,9 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         if c.cp > 1:
             fwd += cp_parts[-1].forward
             bwd_in += cp_parts[-1].backward_input
-        if fsdp_unit_pass:  # FSDP's hooks on every unit (each block and the stage's root), per pass
-            fwd += fsdp_unit_pass * (layers + 1)
-            bwd_in += fsdp_unit_pass * (layers + 1)
+        if fsdp_unit_pass:  # FSDP's hooks on every unit (each block, the stage's root, each MoE layer's experts)
+            fwd += fsdp_unit_pass * (layers + 1 + n_moe)
+            bwd_in += fsdp_unit_pass * (layers + 1 + n_moe)
         bwd_w = compute.backward_weight
         if per_microbatch_gather:
             # FSDP prefetches block by block, so a gather hides behind the compute of the previous block, taking the
