@@ -10,7 +10,8 @@
 2. device: memory capacity, peak FLOP/s and memory bandwidth (CPU: measured; GPU: data sheet), runtime overhead;
 3. point-to-point links of every ordered pair (round-robin tournament), alpha-beta fits, link matrices;
 4. collectives inside and across nodes;
-5. compute tables of the model's blocks (when a model is given; on CPU tiny-gpt by default).
+5. compute tables of the model's blocks (when a model is given; on CPU tiny-gpt by default), of an MoE model also its
+   MoE layer and routed experts (profile/moe_blocks.py).
 Progress is printed on rank 0; the profile is written by rank 0 through a temporary file and a rename.
 
 Hidden switches for tests: AUTOCONF_PROFILE_TINY=1 shrinks every grid to a few points; AUTOCONF_PROFILE_FAKE_NODES=K
