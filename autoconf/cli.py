@@ -590,6 +590,9 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
         console.print(f"#1 trains on {t['tokens']:,} tokens in {sizes.format_days(t['days'])}: "
                       f"{hours(t['gpu_hours'])} GPU-hours"
                       + (cost or " (no price: pass --price USD_PER_GPU_HOUR)"))
+        short = sizes.under_one_step(t["tokens"], global_batch, seq_len)
+        if short:
+            console.print(f"note: {short}")
     if out is not None:
         console.print(f"wrote {out}")
     for path in written:
@@ -639,6 +642,9 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
         console.print("no price: cost is in GPU-hours; pass --price USD_PER_GPU_HOUR")
     else:
         console.print(f"price: {usd:g} USD per GPU-hour ({price_source})")
+    short = sizes.under_one_step(tokens, global_batch, seq_len)
+    if short:
+        console.print(f"note: {short}")
     if explain_dir is None:
         console.print("add --explain DIR for the picture of time against cost (sweep.png)")
     if out is not None:

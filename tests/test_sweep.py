@@ -200,3 +200,17 @@ def test_a_taken_explain_folder_is_refused_before_the_search(tmp_path, monkeypat
     result = run_cli(SWEEP + ["--nodes", nodes, "--explain", tmp_path])
     assert_one_clear_error(result, taken)
     assert (tmp_path / taken).read_text() == "mine"
+
+
+def test_a_deadline_in_m_is_refused_as_ambiguous_and_short_token_counts_are_said():
+    """"6m" (minutes or months?) is refused naming both readings; a token count below one step is said to be a
+    share of a step, which the time and cost report (none from one step up)."""
+    from autoconf.errors import UserError
+    from autoconf.solve.sweep import under_one_step
+
+    with pytest.raises(UserError, match="minutes or months.*180d"):
+        parse_deadline("6m")
+    with pytest.raises(UserError, match="not a duration"):
+        parse_deadline("six days")
+    assert "0.5 of one step" in under_one_step(2048, 2, 2048) and "4,096 tokens" in under_one_step(2048, 2, 2048)
+    assert under_one_step(4096, 2, 2048) is None

@@ -60,6 +60,9 @@ def parse_deadline(text: str) -> float:
     """'30d', '36h', '6w', '1e3' (a bare number is days) -> days, > 0. No minutes: "6m" would read as six minutes
     where a user may mean months."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([dhwDHW]?)\s*", str(text))
+    if not match and re.fullmatch(r"\s*[0-9.eE+-]+\s*[mM]\s*", str(text)):
+        raise UserError(f"--deadline {text!r}: m could mean minutes or months, so it is not read; write days, hours "
+                        f"or weeks, e.g. 180d for six months or 0.1h for six minutes")
     if not match:
         raise UserError(f"--deadline {text!r} is not a duration; write e.g. 30d, 36h or 6w (a bare number is days)")
     days = float(match.group(1)) * _DAYS_PER_UNIT[(match.group(2) or "d").lower()]
@@ -132,6 +135,16 @@ def training(prediction: dict, tokens: int, devices: int, price: float | None = 
         out["usd_per_gpu_hour"] = price
         out["price_source"] = price_source or "--price"
     return out
+
+
+def under_one_step(tokens: int, global_batch: int, seq_len: int) -> str | None:
+    """The sentence saying that `tokens` fall short of one training step (global_batch x seq_len tokens), whose
+    share `training` reports as the time; None from one step up."""
+    per_step = global_batch * seq_len
+    if tokens >= per_step:
+        return None
+    return (f"{tokens:,} tokens are {tokens / per_step:.2g} of one step ({global_batch} x {seq_len} = {per_step:,} "
+            f"tokens): the time and cost are that share of one step's")
 
 
 def price_of(cluster, price: float | None) -> tuple[float | None, str | None]:
