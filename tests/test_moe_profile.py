@@ -173,6 +173,7 @@ def test_an_moe_profile_times_its_layer_and_plans_on_it(tmp_path, monkeypatch):
     assert tps == [1, 2]
     degrees = {(e["ep"], e["etp"]) for e in compute["entries"] if e["block"] == "experts"}
     assert degrees == set(expert_degrees(MOE, (1, 2)))
+    assert {e["ep"] for e in compute["ep_layers"]} == {2}  # the exchange in place over both ranks
     cluster = load_cluster(str(out))
     assert cluster.to_dict() == data
     result = search(MOE, cluster, 2, compute["entries"][0]["seq_len"], "fp32", top_k=2)
@@ -198,3 +199,26 @@ def test_fsdp_hooks_run_on_every_moe_layers_experts_unit_too():
     units = 4 + 1 + 3
     assert more.forward[0] - base.forward[0] == pytest.approx(units * 1e-3 / 0.5)
     assert more.backward_input[0] - base.backward_input[0] == pytest.approx(units * 1e-3 / 0.5)
+
+
+def test_the_exchange_measured_in_place_replaces_the_modelled_all_to_alls_where_it_was_run():
+    """A profile's `ep_layers` at the layout's ep give an MoE layer's exchange per pass (read in tokens, the
+    layout's sequence first), for the executor, every view that calls `ep_comm_passes` alike; layouts with TP or
+    expert TP, other ep degrees and other frameworks keep the modelled all-to-alls."""
+    from autoconf.cost.moe import ep_comm_passes
+    from autoconf.spec.frameworks import PRESETS as FRAMEWORKS
+
+    model, cluster = _moe_profile(ep_degrees=((1, 1), (2, 1), (4, 1), (2, 2)))
+    rows = [{"ep": 2, "micro_batch": mb, "seq_len": SEQ, "forward_s": 1e-3 * mb, "backward_s": 5e-4 * mb}
+            for mb in (1, 4)]
+    measured = dataclasses.replace(cluster, compute={**cluster.compute, "ep_layers": rows})
+    c = _config(ep=2)
+    assert ep_comm_passes(model, measured, c, [0, 1], [0]) == pytest.approx((2e-3, 1e-3))  # mb 2, between
+    modelled = ep_comm_passes(model, cluster, c, [0, 1], [0])
+    assert modelled != pytest.approx((2e-3, 1e-3))
+    for other in (_config(ep=4), _config(ep=2, tp=2, dp=2), _config(ep=2, etp=2)):
+        assert ep_comm_passes(model, measured, other, [0, 1], [0, 1]) == ep_comm_passes(
+            model, cluster, other, [0, 1], [0, 1])
+    megatron = FRAMEWORKS["megatron-core"]
+    assert ep_comm_passes(model, measured, c, [0, 1], [0], megatron) == ep_comm_passes(
+        model, cluster, c, [0, 1], [0], megatron)

@@ -206,6 +206,25 @@ def measured_tp_layer(model: ModelSpec, cluster: ClusterProfile,
     return _interpolate(points, read_at * c.seq_len), read_at
 
 
+def measured_ep_layer(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig) -> PassTimes | None:
+    """Wall seconds an MoE layer's token exchange adds per forward and per backward pass (as `backward_input`),
+    from the profile's in-place `ep_layers` measurements at the layout's ep (profile/ep_layers.py), read in tokens
+    through the shared interpolation rule; entries at the layout's sequence length where there are some. None when
+    not measured there, and for layouts with TP or expert TP, which those measurements do not run."""
+    table = cluster.compute
+    c = rank_view(config)
+    if (c.ep == 1 or c.tp > 1 or c.etp > 1 or not table or not table.get("ep_layers")
+            or not _shape_matches(table, model, c.dtype) or model.moe is None):
+        return None
+    rows = [e for e in table["ep_layers"] if e.get("ep") == c.ep]
+    rows = [e for e in rows if e.get("seq_len") == c.seq_len] or rows
+    if not rows:
+        return None
+    points = [(e["micro_batch"] * e["seq_len"], PassTimes(float(e["forward_s"]), float(e["backward_s"]), 0.0))
+              for e in rows]
+    return _interpolate(points, c.micro_batch_size * c.seq_len)
+
+
 def cpu_share(cluster: ClusterProfile) -> float:
     """The share of a core a CPU rank gets while every rank computes (profile entry `cpu_share`; 1 when not
     stated)."""

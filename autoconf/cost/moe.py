@@ -265,7 +265,15 @@ def ep_comm_passes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     `etp_group`; the busiest rank's bytes (`load_imbalance`). What travels towards the experts (the forward
     dispatch, and in the backward the gradient before the experts' down projections) is in the precision's
     `dispatch_dtype` (fp8 under fp8-deepseek), what comes back (the combine and its backward twin) in the compute
-    dtype. Each exchange moves `dispatch_shares` of an all-to-all's intra- and cross-node bytes under `execution`."""
+    dtype. Each exchange moves `dispatch_shares` of an all-to-all's intra- and cross-node bytes under `execution`.
+    For the executor (`Execution.executor_overheads`), a profile's in-place measurement of the exchange at this
+    layout (`compute.measured_ep_layer`) replaces all of it."""
+    if (execution or Execution()).executor_overheads:
+        from autoconf.cost.compute import measured_ep_layer
+
+        measured = measured_ep_layer(model, cluster, c)
+        if measured is not None:
+            return measured.forward, measured.backward_input
     p = precision(c.dtype)
     imbalance = load_imbalance(cluster, model)
     nbytes = dispatch_bytes(model, c) * imbalance

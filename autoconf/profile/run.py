@@ -35,7 +35,7 @@ import torch.distributed as dist
 
 from autoconf.errors import UserError
 from autoconf.files import write_file
-from autoconf.profile import compute, hardware, host, network, overheads, pipeline, tp_layers
+from autoconf.profile import compute, ep_layers, hardware, host, network, overheads, pipeline, tp_layers
 from autoconf.profile.moe_blocks import fitting_degrees
 from autoconf.profile.timed_model import REFERENCE_LAYERS, dense_view, timed_model, timed_note
 from autoconf.profile.timing import median
@@ -308,7 +308,7 @@ def _cpu_model_entries(model, table: dict, grid, device: torch.device, dtype: st
                        log: Progress) -> None:
     """What a CPU rank's training adds to its block times, measured on the executor's own model and written into
     `table` and `efficiency`: the per-pass overhead, blocks chained in a model, the optimizer over real (and over
-    DTensor) parameters, and tensor-parallel layers in place."""
+    DTensor) parameters, an MoE layer's token exchange and tensor-parallel layers in place."""
     world = dist.get_world_size()
     deep_layers = min(model.num_layers, REFERENCE_LAYERS)
     log(f"reference: the executor's {model.name} with 1 and {deep_layers} layers end to end, and its optimizer "
@@ -345,6 +345,16 @@ def _cpu_model_entries(model, table: dict, grid, device: torch.device, dtype: st
     table["optimizer_dtensor_s_per_param"] = median([f["optimizer_s_per_param"] for f in fsdp])
     log(f"  FSDP: {table['fsdp_pass_s_per_unit'] * 1e3:.2f} ms per pass and unit, optimizer + gradient norm over "
         f"DTensors {table['optimizer_dtensor_s_per_param'] * 1e9:.2f} ns per unsharded parameter")
+    eps = ep_layers.ep_degrees(model, world)
+    if eps and grid.expert_degrees:
+        eps = tuple(ep for ep in eps if (ep, 1) in grid.expert_degrees)
+        log(f"MoE token exchange in place: ep {list(eps)}")
+        table["ep_layers"] = ep_layers.measure_ep_layers(model, table, eps, grid.micro_batches, seq, device, dtype,
+                                                         efficiency["cpu_share"]["value"], grid.warmup, grid.repeats)
+        for e in table["ep_layers"]:
+            if e["micro_batch"] == max(grid.micro_batches):
+                log(f"  ep {e['ep']} micro-batch {e['micro_batch']}: +{e['forward_s'] * 1e3:.2f} ms forward, "
+                    f"+{e['backward_s'] * 1e3:.2f} ms backward per MoE layer")
     tps = tuple(t for t in grid.tps if t > 1)
     if not tps:
         return

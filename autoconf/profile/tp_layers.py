@@ -65,9 +65,9 @@ def measure_tp_layers(model: ModelSpec, table: dict, tps: tuple[int, ...], micro
                         bwd.append(t_b)
                 slowest = torch.tensor([median(fwd) + median(bwd)], dtype=torch.float64, device=device)
                 dist.all_reduce(slowest, op=dist.ReduceOp.MAX)  # every rank decides alike whether to go on
-                compute_f = sum(_block_time(table, b, tp, mb, seq, ("forward_s",))
+                compute_f = sum(block_time(table, b, tp, mb, seq, ("forward_s",))
                                 for b in ("attention", "mlp", "norm", "norm")) / share
-                compute_b = sum(_block_time(table, b, tp, mb, seq, ("backward_input_s", "backward_weight_s"))
+                compute_b = sum(block_time(table, b, tp, mb, seq, ("backward_input_s", "backward_weight_s"))
                                 for b in ("attention", "mlp", "norm", "norm")) / share
                 out.append({"tp": tp, "micro_batch": mb, "seq_len": seq, "sequence_parallel": sp,
                             "forward_s": median(fwd) / layers - compute_f,
@@ -87,10 +87,12 @@ def measure_tp_layers(model: ModelSpec, table: dict, tps: tuple[int, ...], micro
     return merged
 
 
-def _block_time(table: dict, block: str, tp: int, mb: int, seq: int, keys: tuple[str, ...]) -> float:
+def block_time(table: dict, block: str, tp: int, mb: int, seq: int, keys: tuple[str, ...], ep: int = 1) -> float:
     """The block's time (sum of `keys`) at micro-batch `mb`, on the least-squares line through the table's
-    micro-batch sizes (the in-place TP measurement also runs micro-batches the table did not time)."""
-    rows = [e for e in table["entries"] if e["block"] == block and e["tp"] == tp and e["seq_len"] == seq]
+    micro-batch sizes (the in-place measurements also run micro-batches the table did not time); of the "experts"
+    block, its entries at `ep` (and etp 1)."""
+    rows = [e for e in table["entries"] if e["block"] == block and e["tp"] == tp and e["seq_len"] == seq
+            and (block != "experts" or (e.get("ep"), e.get("etp")) == (ep, 1))]
     xs, ys = [e["micro_batch"] for e in rows], [sum(e[k] for k in keys) for e in rows]
     if len(rows) == 1:
         return ys[0] * mb / xs[0]

@@ -61,11 +61,12 @@ COLLECTIVE_OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")  #
 COLLECTIVE_SCOPES = ("intra", "inter")  # inside one node, across nodes
 COLLECTIVE_POINT_FIELDS = ("ranks", "bytes", "time_s")
 COMPUTE_FIELDS = ("dtype", "device", "model", "entries", "optimizer_s_per_param", "optimizer_dtensor_s_per_param",
-                  "pipeline_action_s", "fsdp_pass_s_per_unit", "chain_scales", "tp_layers")
+                  "pipeline_action_s", "fsdp_pass_s_per_unit", "chain_scales", "tp_layers", "ep_layers")
 COMPUTE_ENTRY_FIELDS = ("block", "tp", "micro_batch", "seq_len", "forward_s", "backward_input_s", "backward_weight_s",
                         "p10_forward_s", "p90_forward_s", "repeats", *EXPERT_DEGREE_FIELDS)
 CHAIN_SCALE_FIELDS = ("micro_batch", "seq_len", "layer_scale", "ends_scale")
 TP_LAYER_FIELDS = ("tp", "micro_batch", "seq_len", "sequence_parallel", "forward_s", "backward_s")
+EP_LAYER_FIELDS = ("ep", "micro_batch", "seq_len", "forward_s", "backward_s")
 CURVE_FIELDS = ("points", "source")  # matmul_size_curve
 ATTENTION_CURVES_FIELDS = ("kernels", "source")
 ATTENTION_CURVE_PASSES = ("forward", "backward")  # what cost/compute.py reads (its ATTENTION_PASSES)
@@ -403,6 +404,16 @@ def _compute(c: _Checker, table) -> None:
                 _shape(c, row, where)
                 if not isinstance(row.get("sequence_parallel", False), bool):
                     c.bad(f"{where}.sequence_parallel", "true or false", row.get("sequence_parallel"))
+                for key in ("forward_s", "backward_s"):
+                    c.number(row.get(key), f"{where}.{key}", 0, MAX_SECONDS)
+    exchanges = table.get("ep_layers")
+    if exchanges is not None and c.kind(exchanges, list, "compute.ep_layers"):
+        for i, row in enumerate(exchanges):
+            where = f"compute.ep_layers[{i}]"
+            if c.kind(row, dict, where):
+                c.fields(row, EP_LAYER_FIELDS, where)
+                _shape(c, row, where, tp=False)
+                c.integer(row.get("ep"), f"{where}.ep", 2, MAX_NODES * MAX_GPUS_PER_NODE)
                 for key in ("forward_s", "backward_s"):
                     c.number(row.get(key), f"{where}.{key}", 0, MAX_SECONDS)
 
