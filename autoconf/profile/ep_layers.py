@@ -16,8 +16,7 @@ import torch
 import torch.distributed as dist
 
 from autoconf.execute.dtypes import TORCH_DTYPES
-from autoconf.profile.timing import median, time_once
-from autoconf.profile.tp_layers import MIN_REPEATS, TP_BUDGET_S, block_time
+from autoconf.profile.tp_layers import block_time, medians_over_ranks, timed_passes
 from autoconf.spec.model import ModelSpec
 
 
@@ -55,32 +54,12 @@ def measure_ep_layers(model: ModelSpec, table: dict, eps: tuple[int, ...], micro
         net = net.to(TORCH_DTYPES[dtype]).train()
         runs = (warmup, repeats)
         for mb in micro_batches:
-            shape = (mb, seq, model.hidden_size)
-            x = torch.randn(*shape, device=device, dtype=TORCH_DTYPES[dtype], requires_grad=True)
-            grad = torch.randn(*shape, device=device, dtype=TORCH_DTYPES[dtype])
-            fwd, bwd = [], []
-            skip, timed = runs
-            for i in range(skip + timed):
-                dist.barrier()
-                holder: dict = {}
-                t_f = time_once(lambda: holder.__setitem__("out", net(x)), device)
-                t_b = time_once(lambda: holder["out"].backward(grad), device)
-                if i >= skip:
-                    fwd.append(t_f)
-                    bwd.append(t_b)
-            slowest = torch.tensor([median(fwd) + median(bwd)], dtype=torch.float64, device=device)
-            dist.all_reduce(slowest, op=dist.ReduceOp.MAX)  # every rank decides alike whether to go on
+            forward, backward, runs = timed_passes(net, (mb, seq, model.hidden_size), device, dtype, runs)
             local_f, local_b = (sum(block_time(table, b, 1, mb, seq, keys, ep=ep)
                                     for b in ("attention", "norm", "norm", "moe", "experts")) / share
                                 for keys in (("forward_s",), ("backward_input_s", "backward_weight_s")))
             out.append({"ep": ep, "micro_batch": mb, "seq_len": seq,
-                        "forward_s": median(fwd) - local_f, "backward_s": median(bwd) - local_b})
-            per_pass = 2.0 * float(slowest)
-            if per_pass * (1 + MIN_REPEATS) > TP_BUDGET_S:
+                        "forward_s": forward - local_f, "backward_s": backward - local_b})
+            if runs is None:
                 break
-            runs = (1, max(MIN_REPEATS, min(runs[1], int(TP_BUDGET_S / per_pass) - 1)))
-    gathered: list = [None] * world
-    dist.all_gather_object(gathered, out)
-    return [{**entry, "forward_s": max(0.0, median([g[i]["forward_s"] for g in gathered])),
-             "backward_s": max(0.0, median([g[i]["backward_s"] for g in gathered]))}
-            for i, entry in enumerate(gathered[0])]
+    return medians_over_ranks(out)

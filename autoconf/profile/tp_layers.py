@@ -51,40 +51,52 @@ def measure_tp_layers(model: ModelSpec, table: dict, tps: tuple[int, ...], micro
             runs = (warmup, repeats)
             for mb in micro_batches:
                 local = (mb, seq // tp if sp else seq, model.hidden_size)
-                x = torch.randn(*local, device=device, dtype=TORCH_DTYPES[dtype], requires_grad=True)
-                grad = torch.randn(*local, device=device, dtype=TORCH_DTYPES[dtype])
-                fwd, bwd = [], []
-                skip, timed = runs
-                for i in range(skip + timed):
-                    dist.barrier()
-                    holder: dict = {}
-                    t_f = time_once(lambda: holder.__setitem__("out", net(x)), device)
-                    t_b = time_once(lambda: holder["out"].backward(grad), device)
-                    if i >= skip:
-                        fwd.append(t_f)
-                        bwd.append(t_b)
-                slowest = torch.tensor([median(fwd) + median(bwd)], dtype=torch.float64, device=device)
-                dist.all_reduce(slowest, op=dist.ReduceOp.MAX)  # every rank decides alike whether to go on
+                forward, backward, runs = timed_passes(net, local, device, dtype, runs)
                 compute_f = sum(block_time(table, b, tp, mb, seq, ("forward_s",))
                                 for b in ("attention", "mlp", "norm", "norm")) / share
                 compute_b = sum(block_time(table, b, tp, mb, seq, ("backward_input_s", "backward_weight_s"))
                                 for b in ("attention", "mlp", "norm", "norm")) / share
                 out.append({"tp": tp, "micro_batch": mb, "seq_len": seq, "sequence_parallel": sp,
-                            "forward_s": median(fwd) / layers - compute_f,
-                            "backward_s": median(bwd) / layers - compute_b})
-                # The next micro-batch (twice the work or more) gets the repeats that fit the budget, at least
-                # three; when even those would not fit, the cost model extends the largest measured one.
-                per_pass = 2.0 * float(slowest)
-                if per_pass * (1 + MIN_REPEATS) > TP_BUDGET_S:
+                            "forward_s": forward / layers - compute_f, "backward_s": backward / layers - compute_b})
+                if runs is None:
                     break
-                runs = (1, max(MIN_REPEATS, min(runs[1], int(TP_BUDGET_S / per_pass) - 1)))
-    merged = []
-    gathered: list = [None] * world
-    dist.all_gather_object(gathered, out)
-    for i, entry in enumerate(gathered[0]):
-        merged.append({**entry, "forward_s": max(0.0, median([g[i]["forward_s"] for g in gathered])),
-                       "backward_s": max(0.0, median([g[i]["backward_s"] for g in gathered]))})
-    return merged
+    return medians_over_ranks(out)
+
+
+def timed_passes(net, shape: tuple[int, ...], device: torch.device, dtype: str,
+                 runs: tuple[int, int]) -> tuple[float, float, tuple[int, int] | None]:
+    """Median wall seconds of a forward and a backward of `net` on a random input of `shape`, every rank starting
+    each repeat together; `runs` is (warm-up, timed) repeats. Also the runs the next, larger point gets: the
+    repeats that fit TP_BUDGET_S, at least MIN_REPEATS, or None when even those would not fit (the cost model
+    extends the largest measured point), decided alike on every rank from the slowest one."""
+    x = torch.randn(*shape, device=device, dtype=TORCH_DTYPES[dtype], requires_grad=True)
+    grad = torch.randn(*shape, device=device, dtype=TORCH_DTYPES[dtype])
+    fwd, bwd = [], []
+    skip, timed = runs
+    for i in range(skip + timed):
+        dist.barrier()
+        holder: dict = {}
+        t_f = time_once(lambda: holder.__setitem__("out", net(x)), device)
+        t_b = time_once(lambda: holder["out"].backward(grad), device)
+        if i >= skip:
+            fwd.append(t_f)
+            bwd.append(t_b)
+    slowest = torch.tensor([median(fwd) + median(bwd)], dtype=torch.float64, device=device)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    per_pass = 2.0 * float(slowest)  # the next point: twice the work or more
+    if per_pass * (1 + MIN_REPEATS) > TP_BUDGET_S:
+        return median(fwd), median(bwd), None
+    return median(fwd), median(bwd), (1, max(MIN_REPEATS, min(timed, int(TP_BUDGET_S / per_pass) - 1)))
+
+
+def medians_over_ranks(entries: list[dict]) -> list[dict]:
+    """Every rank's `entries` (the same points in the same order) as one list: each point's forward_s and
+    backward_s the median over the ranks, at least 0."""
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, entries)
+    return [{**entry, "forward_s": max(0.0, median([g[i]["forward_s"] for g in gathered])),
+             "backward_s": max(0.0, median([g[i]["backward_s"] for g in gathered]))}
+            for i, entry in enumerate(gathered[0])]
 
 
 def block_time(table: dict, block: str, tp: int, mb: int, seq: int, keys: tuple[str, ...], ep: int = 1) -> float:

@@ -395,27 +395,28 @@ def _compute(c: _Checker, table) -> None:
                 _shape(c, row, where, tp=False)
                 for key in ("layer_scale", "ends_scale"):
                     c.number(row.get(key), f"{where}.{key}", MIN_FRACTION, MAX_SCALE)
-    layers = table.get("tp_layers")
-    if layers is not None and c.kind(layers, list, "compute.tp_layers"):
-        for i, row in enumerate(layers):
-            where = f"compute.tp_layers[{i}]"
-            if c.kind(row, dict, where):
-                c.fields(row, TP_LAYER_FIELDS, where)
-                _shape(c, row, where)
-                if not isinstance(row.get("sequence_parallel", False), bool):
-                    c.bad(f"{where}.sequence_parallel", "true or false", row.get("sequence_parallel"))
-                for key in ("forward_s", "backward_s"):
-                    c.number(row.get(key), f"{where}.{key}", 0, MAX_SECONDS)
-    exchanges = table.get("ep_layers")
-    if exchanges is not None and c.kind(exchanges, list, "compute.ep_layers"):
-        for i, row in enumerate(exchanges):
-            where = f"compute.ep_layers[{i}]"
-            if c.kind(row, dict, where):
-                c.fields(row, EP_LAYER_FIELDS, where)
-                _shape(c, row, where, tp=False)
-                c.integer(row.get("ep"), f"{where}.ep", 2, MAX_NODES * MAX_GPUS_PER_NODE)
-                for key in ("forward_s", "backward_s"):
-                    c.number(row.get(key), f"{where}.{key}", 0, MAX_SECONDS)
+    for row, where in _in_place_rows(c, table, "tp_layers", TP_LAYER_FIELDS):
+        _shape(c, row, where)
+        if not isinstance(row.get("sequence_parallel", False), bool):
+            c.bad(f"{where}.sequence_parallel", "true or false", row.get("sequence_parallel"))
+    for row, where in _in_place_rows(c, table, "ep_layers", EP_LAYER_FIELDS):
+        _shape(c, row, where, tp=False)
+        c.integer(row.get("ep"), f"{where}.ep", 2, MAX_NODES * MAX_GPUS_PER_NODE)
+
+
+def _in_place_rows(c: _Checker, table: dict, name: str, fields: tuple):
+    """(row, path) of each object row of the in-place measurements `compute.<name>` (a list), its keys and
+    its forward_s and backward_s (seconds >= 0) checked; the caller checks the rest."""
+    rows = table.get(name)
+    if rows is None or not c.kind(rows, list, f"compute.{name}"):
+        return
+    for i, row in enumerate(rows):
+        where = f"compute.{name}[{i}]"
+        if c.kind(row, dict, where):
+            c.fields(row, fields, where)
+            for key in ("forward_s", "backward_s"):
+                c.number(row.get(key), f"{where}.{key}", 0, MAX_SECONDS)
+            yield row, where
 
 
 def _matmul_size_curve(c: _Checker, curve) -> None:
