@@ -216,3 +216,25 @@ def test_zero0_pays_the_wait_for_its_group_once_per_bucket():
     grad_bytes = dp_buffer_bytes(c, 1e6, None)[0]
     assert one == (0.0, 0.0, collective_time(cluster, "all_reduce", grad_bytes, devices))
     assert ten[2] - one[2] == pytest.approx(9 * cluster.overhead("collective_sync_s"))
+
+
+def test_the_wait_for_a_group_is_read_at_its_size():
+    """A CPU profile's collective_sync_s per group size (by_ranks): a collective of k ranks pays the wait measured
+    for the smallest size of at least k, the whole node's `value` beyond them; the profile checks refuse sizes that
+    are not group sizes."""
+    from autoconf.cost.comm import collective_time
+    from autoconf.errors import UserError
+    from autoconf.spec.cluster import ClusterProfile
+
+    cluster = measured_cpu_profile()
+    flat = cluster.efficiency["collective_sync_s"]
+    sized = dataclasses.replace(cluster, efficiency={**cluster.efficiency, "collective_sync_s": {
+        **flat, "value": 9e-3, "by_ranks": {"2": 3e-3, "4": 9e-3}}})
+    assert [sized.collective_sync(k) for k in (2, 3, 4, 8)] == [3e-3, 9e-3, 9e-3, 9e-3]
+    assert cluster.collective_sync(2) == flat["value"]
+    pair = collective_time(sized, "all_reduce", 4096, [0, 1]) - collective_time(cluster, "all_reduce", 4096, [0, 1])
+    assert pair == pytest.approx(3e-3 - flat["value"])
+    bad = sized.to_dict()
+    bad["efficiency"]["collective_sync_s"]["by_ranks"] = {"one": 1e-3}
+    with pytest.raises(UserError, match="by_ranks"):
+        ClusterProfile.from_dict(bad)

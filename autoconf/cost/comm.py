@@ -68,15 +68,16 @@ def _measured(cluster: ClusterProfile, op: str, scope: str, k: int, nbytes: floa
 def collective_time(cluster: ClusterProfile, op: str, nbytes: float, devices,
                     shares: tuple[float, float] = (1.0, 1.0)) -> float:
     """Seconds for `op` over `devices` (a sequence or an array of device ids) on a buffer of `nbytes` (all-reduce
-    input / all-gather output size), plus the profile's `collective_sync_s`: the wait for every member to be
-    scheduled when CPU ranks share cores. `shares` (all_to_all only): the intra-node and cross-node bytes moved, as
-    multiples of an all-to-all's (`all_to_all_time`)."""
+    input / all-gather output size), plus the profile's `collective_sync_s` for a group of that size
+    (`ClusterProfile.collective_sync`): the wait for every member to be scheduled when CPU ranks share cores.
+    `shares` (all_to_all only): the intra-node and cross-node bytes moved, as multiples of an all-to-all's
+    (`all_to_all_time`)."""
     assert op in OPS, op
     k = len(devices)
     if k <= 1 or nbytes <= 0:
         return 0.0
-    return _collective_transfer(cluster, op, nbytes, _group_shape(cluster, devices), shares) + cluster.overhead(
-        "collective_sync_s")
+    transfer = _collective_transfer(cluster, op, nbytes, _group_shape(cluster, devices), shares)
+    return transfer + cluster.collective_sync(k)
 
 
 def slowest_collective_time(cluster: ClusterProfile, op: str, nbytes: float, groups) -> float:

@@ -359,7 +359,7 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
     unit per block plus the stage's root) or Megatron's distributed optimizer reduce-scatters them (ZeRO-1 under
     `zero1_all_reduce` all-reduces them) and gathers the parameters once per step, or at ZeRO-3 again for every
     pass (reshard after forward) except under looped-bfs, where all micro-batches pass a chunk together. Each of
-    the `units` (a bucket, an FSDP unit) is its own collective and pays the profile's `collective_sync_s`.
+    the `units` (a bucket, an FSDP unit) is its own collective and pays the group's `collective_sync`.
     `devices` is the group holding the same weights (DP x CP; the expert-DP group for routed-expert
     parameters)."""
     # Under offload_optimizer each collective also copies its fp32 shard between host and device, on its stream;
@@ -368,7 +368,7 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
     if group <= 1 and not (c.zero_stage and c.offload_optimizer):
         return 0.0, 0.0, 0.0
     grad_bytes, param_bytes = dp_buffer_bytes(c, params, execution)
-    extra = (units - 1) * cluster.overhead("collective_sync_s")
+    extra = (units - 1) * cluster.collective_sync(group)
     if c.zero_stage == 0:
         return 0.0, 0.0, collective_time(cluster, "all_reduce", grad_bytes, devices) + extra
     reduce, gather = reduce_copy_time(cluster, c, params, group), gather_copy_time(cluster, c, params, group)

@@ -300,20 +300,30 @@ def measure_collectives(layout: HostLayout, sizes: list[int], warmup: int, repea
     return out
 
 
-def loaded_sync_time(device: torch.device, repeats: int, work_s: float = 0.003) -> float:
-    """Median time of a 4 KiB all-reduce over every rank when each rank computes for about `work_s` between calls,
-    as in training. On CPU ranks that share cores this is dominated by waiting for every member to be scheduled;
-    the cost model adds it to every collective and transfer (profile entry `collective_sync_s`)."""
+def loaded_sync_times(device: torch.device, repeats: int, work_s: float = 0.003) -> dict[int, float]:
+    """Median time of a 4 KiB all-reduce when each rank computes for about `work_s` between calls, as in training,
+    per group size: {ranks: seconds} for every power of two from 2 that divides the job's ranks, and the whole
+    job, each size's groups of consecutive ranks all reducing at once (as a layout's groups do). On CPU ranks that
+    share cores this is dominated by waiting for every member to be scheduled, which grows with the members (4
+    ranks on 2 cores: about 3 ms in pairs, 9 ms all four); the cost model adds it to every collective of a group of
+    that size (profile entry `collective_sync_s`)."""
     import time
 
+    world, rank = dist.get_world_size(), dist.get_rank()
+    sizes = sorted({1 << i for i in range(1, world.bit_length()) if world % (1 << i) == 0} | {world})
     buffer = torch.zeros(1024, dtype=torch.float32, device=device)
+    out = {}
+    for size in sizes:
+        groups = [dist.new_group(list(range(first, first + size))) for first in range(0, world, size)]
+        mine = groups[rank // size]
 
-    def exchange() -> float:
-        t0 = time.perf_counter()
-        dist.all_reduce(buffer)
-        return time.perf_counter() - t0
+        def exchange() -> float:
+            t0 = time.perf_counter()
+            dist.all_reduce(buffer, group=mine)
+            return time.perf_counter() - t0
 
-    return _median_under_load(device, repeats, work_s, exchange)
+        out[size] = _median_under_load(device, repeats, work_s, exchange)
+    return out
 
 
 def loaded_p2p_time(device: torch.device, repeats: int, work_s: float = 0.003) -> float:
@@ -321,7 +331,7 @@ def loaded_p2p_time(device: torch.device, repeats: int, work_s: float = 0.003) -
     `work_s` between messages, as in training: ranks pair up (2k with 2k+1; an odd last rank only computes), the
     even one sends and waits for the echo, half the round trip is kept. On CPU ranks that share cores this is the
     wait for the receiver to be scheduled (profile entry `p2p_sync_s`, added to every pipeline transfer); unlike
-    `loaded_sync_time` it waits for one peer, not for every member of a group. Returns the median over this rank's
+    `loaded_sync_times` it waits for one peer, not for every member of a group. Returns the median over this rank's
     messages (nan on a rank that times none)."""
     import time
 

@@ -256,6 +256,16 @@ class ClusterProfile:
             efficiency["collective_sm_share"] = {"value": float(share), "why": why}
         return dataclasses.replace(self, efficiency=efficiency)
 
+    def collective_sync(self, ranks: int) -> float:
+        """The wait for every member of a group of `ranks` to be scheduled, added to each of its collectives
+        (efficiency `collective_sync_s`, CPU ranks that share cores): the wait measured for the smallest group size
+        of at least `ranks` (its `by_ranks`), else for the profile's whole node (`value`); 0 when not stated."""
+        entry = self.efficiency.get("collective_sync_s")
+        if not entry:
+            return 0.0
+        sizes = sorted((int(k), float(v)) for k, v in (entry.get("by_ranks") or {}).items())
+        return next((seconds for size, seconds in sizes if size >= ranks), float(entry["value"]))
+
     def overhead(self, name: str) -> float:
         """A named framework overhead in seconds (`pass_overhead_s`, `step_overhead_s`); 0 when not stated."""
         return self._stated(name)

@@ -50,6 +50,8 @@ DEVICE_FIELDS = ("name", "kind", "memory_bytes", "memory_bandwidth_Bps", "peak_f
 PEAK_DTYPES = ("bf16", "fp16", "fp32", "fp8", "tf32")
 LINK_FIELDS = ("latency_s", "bandwidth_Bps")  # intra_node, inter_node and every matrix cell
 ENTRY_FIELDS = ("value", "why")  # an efficiency entry, memory_headroom
+# collective_sync_s may also state the wait per group size measured (`autoconf profile` on CPU ranks).
+SYNC_FIELDS = (*ENTRY_FIELDS, "by_ranks")
 SCALE_UP_FIELDS = ("nodes", "why")  # scale_up_domain
 # The efficiency entries some part of autoconf reads (ClusterProfile.eff / overhead, cost/, solve/, validate/).
 EFFICIENCY_NAMES = ("matmul", "attention", "attention_fa2", "memory", "comm_intra", "comm_inter",
@@ -287,9 +289,16 @@ def _efficiency(c: _Checker, eff) -> None:
         where = f"efficiency.{_key(key)}"
         if not c.kind(entry, dict, where):
             continue
-        c.fields(entry, ENTRY_FIELDS, where)
+        c.fields(entry, SYNC_FIELDS if key == "collective_sync_s" else ENTRY_FIELDS, where)
         if "why" in entry:
             c.text(entry["why"], f"{where}.why")
+        by_ranks = entry.get("by_ranks")
+        if by_ranks is not None and c.kind(by_ranks, dict, f"{where}.by_ranks"):
+            for ranks, seconds in by_ranks.items():
+                if not (isinstance(ranks, str) and ranks.isdigit() and ranks.isascii() and 2 <= int(ranks)
+                        <= MAX_NODES * MAX_GPUS_PER_NODE):
+                    c.bad(f"{where}.by_ranks", "keys that are group sizes of 2 ranks or more, e.g. \"2\"", ranks)
+                c.number(seconds, f"{where}.by_ranks.{_key(ranks)}", 0, MAX_SECONDS)
         value = entry.get("value")
         if key.endswith("_s"):
             c.number(value, f"{where}.value (seconds)", 0, MAX_SECONDS)
