@@ -43,7 +43,7 @@ def timed_note(model: ModelSpec) -> str | None:
                 f"model applies)" if model.moe.capacity_factor is not None else "")
     return (f"{model.name} is a mixture-of-experts model: the profile times its MoE layer (router, shared experts) "
             f"and its routed experts at every expert-parallel layout on one rank with balanced routing; the "
-            f"all-to-all comes from the network profile{capacity}")
+            f"all-to-all comes from the network profile (on CPU ranks, measured in place at tp 1){capacity}")
 
 
 def cpu_rank_memory_bytes(model: ModelSpec, dtype: str) -> float:
