@@ -19,7 +19,9 @@
 #   2. `autoconf profile` of this GPU with the compute tables of MODEL at TP widths 1-MAXTP;
 #   3. `autoconf validate` of MODEL on that profile: CONFIGS single-GPU layouts trained STEPS steps each by the
 #      executor as `launch` runs it (compiled blocks on CUDA), predicted vs measured step time and peak memory;
-#   4. while time is left (DEADLINE_S after the start), a quick profile of MODEL2's blocks (MODEL2= skips it).
+#   4. while time is left (DEADLINE_S after the start), a quick profile of MODEL2's blocks (MODEL2= skips it); by
+#      default an MoE model, so its routing block and routed experts per (ep, etp) are timed on a GPU
+#      (docs/moe-executor.md, "Profiling").
 # MODEL= stops after step 1.
 # The lent machine returns at most eight files from its OUT: this writes there the whole log (gpu_check.log), the
 # tables and JSONs read most (lean_vs_torchtitan.md, gemm_sustained.json, attention_sustained.json,
@@ -28,13 +30,14 @@
 #
 #   scripts/gpu_check.sh                                    # on the GPU machine
 #   OUT=/tmp/gc MODEL=tiny-gpt SEQ=128 GB=8 MAXTP=2 LEAN_MODEL=tiny-llama LEAN_TT_FLAVOR=debugmodel LEAN_LAYERS=2 \
-#     LEAN_SEQ=64 LEAN_STEPS=3 MOE_MODEL=tiny-moe MOE_SEQ=64 MODEL2= GEMM_TINY=1 scripts/gpu_check.sh  # CPU dry run
+#     LEAN_SEQ=64 LEAN_STEPS=3 MOE_MODEL=tiny-moe MOE_SEQ=64 MODEL2= ACT_MODEL2= GEMM_TINY=1 scripts/gpu_check.sh  # CPU dry run
 set -u
 cd "$(dirname "$0")/.."
 RET=${OUT:-out/gpu-check}
 W=${W:-/tmp/gpu-check}
 MODEL=${MODEL-gpt3-1.3b}
-MODEL2=${MODEL2-llama3-8b}
+MODEL2=${MODEL2-qwen3-30b-a3b}
+ACT_MODEL2=${ACT_MODEL2-llama3-8b}  # the second model of the saved-activation check (step 1)
 SEQ=${SEQ:-2048}
 GB=${GB:-16}
 CONFIGS=${CONFIGS:-4}
@@ -119,7 +122,7 @@ print('median SM MHz', d['sustained']['median_sm_mhz'], 'assumed', d['profile'][
     "$RET/attention_sustained.json" 2>&1
 
 say "saved activations per layer vs the memory estimator"
-timeout 60 python3 scripts/saved_activations.py --models ${MODEL:-gpt3-1.3b} ${MODEL2:+"$MODEL2"} 2>&1 | tail -n 12
+timeout 60 python3 scripts/saved_activations.py --models ${MODEL:-gpt3-1.3b} ${ACT_MODEL2:+"$ACT_MODEL2"} 2>&1 | tail -n 12
 
 say "compiled (inductor) blocks' saved activations vs the estimate's compiled count (docs/memory.md)"
 timeout 180 python3 scripts/saved_activations.py --models llama3-8b --tokens 1 4096 --compile \
