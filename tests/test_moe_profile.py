@@ -222,3 +222,11 @@ def test_the_exchange_measured_in_place_replaces_the_modelled_all_to_alls_where_
     megatron = FRAMEWORKS["megatron-core"]
     assert ep_comm_passes(model, measured, c, [0, 1], [0], megatron) == ep_comm_passes(
         model, cluster, c, [0, 1], [0], megatron)
+
+
+def test_the_exchange_is_measured_at_the_ep_degrees_the_experts_were_timed_at_without_expert_tp():
+    from autoconf.profile.ep_layers import ep_degrees
+
+    timed = expert_degrees(MOE, (1, 2))
+    assert ep_degrees(timed, 4) == (2, 4) and ep_degrees(timed, 8) == (2, 4, 8) and ep_degrees(timed, 2) == (2,)
+    assert ep_degrees(((1, 1), (4, 1), (2, 2)), 4) == (4,)  # (2, 1) left out for memory: not measured in place

@@ -33,7 +33,7 @@ from autoconf.spec.dtypes import DTYPE_BYTES, precision
 from autoconf.spec.frameworks import ADAM_KERNELS, GRAD_BUFFER_PASSES, Execution, compiled_ops, loss_compiled
 from autoconf.spec.model import SINK_WIDTH, ModelSpec, executor_window_work, window_pair_share
 from autoconf.spec.plan import ParallelConfig
-from autoconf.spec.profile_checks import ATTENTION_CURVE_PASSES, BLOCKS, MOE_BLOCKS
+from autoconf.spec.profile_checks import ATTENTION_CURVE_PASSES, BLOCKS, MOE_BLOCKS, timed_at
 
 SHAPE_KEYS = ("arch", "hidden_size", "num_heads", "num_kv_heads", "ffn_hidden_size", "vocab_size")
 # The MoE fields that shape the "moe" and "experts" blocks' work (besides whether a load-balancing loss is computed).
@@ -760,10 +760,7 @@ def _measured_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfi
     chained = float(cluster.efficiency.get("model_compute_scale", {}).get("value", 1.0))
     timed: dict[str, list[tuple[dict, PassTimes]]] = {}
     for entry in table.get("entries", []):
-        if entry["block"] == "experts":
-            if (entry.get("ep"), entry.get("etp")) != (c.ep, c.etp):
-                continue
-        elif entry.get("tp") != c.tp:
+        if not timed_at(entry, c.tp, c.ep, c.etp):
             continue
         times = PassTimes(float(entry["forward_s"]), float(entry["backward_input_s"]),
                           float(entry["backward_weight_s"])).scaled(chained * chain_scale(table, entry) / share)

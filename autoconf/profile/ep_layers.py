@@ -20,13 +20,10 @@ from autoconf.profile.tp_layers import block_time, medians_over_ranks, timed_pas
 from autoconf.spec.model import ModelSpec
 
 
-def ep_degrees(model: ModelSpec, world: int) -> tuple[int, ...]:
-    """The expert-parallel degrees measured in place: powers of two above 1 that divide the routed experts and the
-    ranks of the job."""
-    if model.moe is None:
-        return ()
-    n = model.moe.num_experts
-    return tuple(1 << i for i in range(1, n.bit_length()) if n % (1 << i) == 0 and world % (1 << i) == 0)
+def ep_degrees(expert_degrees: tuple[tuple[int, int], ...], world: int) -> tuple[int, ...]:
+    """The expert-parallel degrees measured in place: those above 1 at which the routed experts were timed
+    without expert TP (`Grid.expert_degrees`, the (ep, etp) pairs) that divide the ranks of the job."""
+    return tuple(ep for ep, etp in expert_degrees if etp == 1 and ep > 1 and world % ep == 0)
 
 
 def measure_ep_layers(model: ModelSpec, table: dict, eps: tuple[int, ...], micro_batches: tuple[int, ...], seq: int,

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from autoconf.execute.dtypes import TORCH_DTYPES
-from autoconf.spec.profile_checks import BLOCKS, MOE_BLOCKS
+from autoconf.spec.profile_checks import BLOCKS, MOE_BLOCKS, timed_at
 from autoconf.profile.timing import median, sync, work_time
 from autoconf.spec.model import ModelSpec
 
@@ -143,7 +143,7 @@ def _tp1_block_totals(model: ModelSpec, table: dict) -> dict[tuple[int, int], di
     needed = BLOCKS + (MOE_BLOCKS if model.moe is not None else ())
     by_size: dict[tuple[int, int], dict[str, float]] = {}
     for e in table["entries"]:
-        if e["tp"] == 1 and e.get("ep", 1) == 1 and e.get("etp", 1) == 1:
+        if timed_at(e, 1):
             by_size.setdefault((e["micro_batch"], e["seq_len"]), {})[e["block"]] = (
                 e["forward_s"] + e["backward_input_s"] + e["backward_weight_s"])
     return {size: blocks for size, blocks in by_size.items() if all(b in blocks for b in needed)}

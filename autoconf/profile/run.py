@@ -350,9 +350,8 @@ def _cpu_model_entries(model, table: dict, grid, device: torch.device, dtype: st
     table["optimizer_dtensor_s_per_param"] = median([f["optimizer_s_per_param"] for f in fsdp])
     log(f"  FSDP: {table['fsdp_pass_s_per_unit'] * 1e3:.2f} ms per pass and unit, optimizer + gradient norm over "
         f"DTensors {table['optimizer_dtensor_s_per_param'] * 1e9:.2f} ns per unsharded parameter")
-    eps = ep_layers.ep_degrees(model, world)
-    if eps and grid.expert_degrees:
-        eps = tuple(ep for ep in eps if (ep, 1) in grid.expert_degrees)
+    eps = ep_layers.ep_degrees(grid.expert_degrees, world)
+    if eps:
         log(f"MoE token exchange in place: ep {list(eps)}")
         table["ep_layers"] = ep_layers.measure_ep_layers(model, table, eps, grid.micro_batches, seq, device, dtype,
                                                          efficiency["cpu_share"]["value"], grid.warmup, grid.repeats)

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from autoconf.execute.dtypes import TORCH_DTYPES
 from autoconf.profile.timing import fit_line, median, time_once
 from autoconf.spec.model import ModelSpec
+from autoconf.spec.profile_checks import timed_at
 
 TP_REFERENCE_LAYERS = 2
 TP_BUDGET_S = 5.0  # seconds one (tp, sequence parallelism, micro-batch) point may take
@@ -103,8 +104,7 @@ def block_time(table: dict, block: str, tp: int, mb: int, seq: int, keys: tuple[
     """The block's time (sum of `keys`) at micro-batch `mb`, on the least-squares line through the table's
     micro-batch sizes (the in-place measurements also run micro-batches the table did not time); of the "experts"
     block, its entries at `ep` (and etp 1)."""
-    rows = [e for e in table["entries"] if e["block"] == block and e["tp"] == tp and e["seq_len"] == seq
-            and (block != "experts" or (e.get("ep"), e.get("etp")) == (ep, 1))]
+    rows = [e for e in table["entries"] if e["block"] == block and e["seq_len"] == seq and timed_at(e, tp, ep)]
     xs, ys = [e["micro_batch"] for e in rows], [sum(e[k] for k in keys) for e in rows]
     if len(rows) == 1:
         return ys[0] * mb / xs[0]

@@ -36,6 +36,14 @@ MAX_SCALE = 100.0
 BLOCKS = ("attention", "mlp", "norm", "embedding", "head")  # timed for every model at every TP width
 MOE_BLOCKS = ("moe", "experts")  # an MoE model's, besides (profile/moe_blocks.py)
 EXPERT_DEGREE_FIELDS = ("ep", "etp")  # what an "experts" entry states beyond the other entries' fields
+
+
+def timed_at(entry: dict, tp: int, ep: int = 1, etp: int = 1) -> bool:
+    """Whether compute entry `entry` was timed for a layout of these degrees: an "experts" entry at its ep and etp
+    (timed with a micro-batch's every token, whatever the TP width), every other block at its TP width."""
+    if entry.get("block") == "experts":
+        return (entry.get("ep"), entry.get("etp")) == (ep, etp)
+    return entry.get("tp") == tp
 # Every top-level field a profile may hold (ClusterProfile.to_dict writes them); any other is a typo, refused.
 PROFILE_FIELDS = ("version", "kind", "name", "description", "source", "backend", "nodes", "gpus_per_node", "device",
                   "intra_node", "inter_node", "intra_node_matrix", "inter_node_matrix", "efficiency", "collectives",
