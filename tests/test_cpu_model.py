@@ -202,6 +202,25 @@ def test_fsdp_units_pay_their_hooks_on_every_pass():
             estimate(TINY, base, plain).prediction["iteration_time_s"])
 
 
+def test_unsharded_ranks_pay_their_one_rank_units_hooks():
+    """Without ZeRO sharding the executor still wraps each block and the chunk in a one-rank FSDP unit (ZeRO-0, and
+    ZeRO >= 1 at dp 1): every pass pays fsdp_solo_pass_s_per_unit x (the stage's layers + the root), counted in the
+    breakdown's framework term; sharded layouts pay fsdp_pass_s_per_unit instead."""
+    base = measured_cpu_profile(0.5, alone=0.5, pass_overhead=0.0)
+    solo = dataclasses.replace(base, compute={**base.compute, "fsdp_solo_pass_s_per_unit": 1e-3})
+    for c in (cfg(zero_stage=0), cfg(tp=4, dp=1, zero_stage=1), cfg(pp=2, dp=2, zero_stage=0)):
+        before, after = estimate(TINY, base, c), estimate(TINY, solo, c)
+        layers = TINY.num_layers // c.pp
+        hooks = 2 * c.num_microbatches * 1e-3 * (layers + 1) / 0.5
+        busy = after.timeline.compute_time_per_rank[0] - before.timeline.compute_time_per_rank[0]
+        assert busy == pytest.approx(hooks)
+        framework = after.prediction["time_breakdown"]["framework"] - before.prediction["time_breakdown"]["framework"]
+        assert framework == pytest.approx(hooks)
+    sharded = cfg(zero_stage=2)
+    assert estimate(TINY, solo, sharded).prediction["iteration_time_s"] == pytest.approx(
+        estimate(TINY, base, sharded).prediction["iteration_time_s"])
+
+
 def test_zero0_pays_the_wait_for_its_group_once_per_bucket():
     """The executor's ZeRO-0 reducer all-reduces one bucket per block and end (execute/parallelize.GradReducer):
     each is its own collective, so each pays the CPU profile's collective_sync_s, as FSDP's units do."""

@@ -158,7 +158,8 @@ def test_reference_gaps_sum_each_layer_as_what_it_is():
 
 def test_an_moe_profile_times_its_layer_and_plans_on_it(tmp_path, monkeypatch):
     """A real 2-rank profile of tiny-moe (tiny grid) holds the "moe" block at each TP width and the experts at
-    every (ep, etp), loads and round-trips, and a plan for tiny-moe on it is costed from its tables."""
+    every (ep, etp) and FSDP's hooks on sharded and on one-rank units, loads and round-trips, and a plan for tiny-moe
+    on it is costed from its tables."""
     from autoconf.profile.launch import profile
     from autoconf.solve.search import search
     from autoconf.spec.cluster import load_cluster
@@ -174,6 +175,7 @@ def test_an_moe_profile_times_its_layer_and_plans_on_it(tmp_path, monkeypatch):
     degrees = {(e["ep"], e["etp"]) for e in compute["entries"] if e["block"] == "experts"}
     assert degrees == set(expert_degrees(MOE, (1, 2)))
     assert {e["ep"] for e in compute["ep_layers"]} == {2}  # the exchange in place over both ranks
+    assert compute["fsdp_pass_s_per_unit"] >= 0 and compute["fsdp_solo_pass_s_per_unit"] >= 0  # sharded, one-rank
     cluster = load_cluster(str(out))
     assert cluster.to_dict() == data
     result = search(MOE, cluster, 2, compute["entries"][0]["seq_len"], "fp32", top_k=2)

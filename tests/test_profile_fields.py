@@ -104,7 +104,8 @@ def test_the_typo_edits_are_otherwise_valid():
                collectives={"all_gather": {"intra": [_POINT, {**_POINT, "bytes": 2 << 20}]}})
     ClusterProfile.from_dict(doc)
     doc = copy.deepcopy(_MEASURED)
-    doc["compute"].update(tp_layers=[_TP_ROW], pipeline_action_s={"1f1b": 1e-4}, fsdp_pass_s_per_unit=1e-3)
+    doc["compute"].update(tp_layers=[_TP_ROW], pipeline_action_s={"1f1b": 1e-4}, fsdp_pass_s_per_unit=1e-3,
+                          fsdp_solo_pass_s_per_unit=5e-4)
     ClusterProfile.from_dict(doc)
 
 

@@ -112,6 +112,8 @@ class StagePlan:
     # (`simulate`'s reduce_contending: the re-gathers folded into `reduce` are charged in the stage's costs).
     contention: float = 0.0
     reduce_contending: list[float] = dataclasses.field(default_factory=list)
+    # Per stage, FSDP's hooks on its units in each forward and each backward(-input) pass (framework time).
+    hooks: list[float] = dataclasses.field(default_factory=list)
 
 
 def activation_bytes(model: ModelSpec, c: ParallelConfig) -> float:
@@ -446,7 +448,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     pieces = model_pieces(model, cluster, c, share, execution)
     # A CPU profile states these overheads in CPU seconds, like its kernel tables (a GPU profile's share is 1): the
     # pass overhead, what the pipelining runtime adds per pass of a pipelined stage (per schedule) and what FSDP's
-    # hooks add per pass and unit.
+    # hooks add per pass and unit (sharded units under ZeRO sharding, else the executor's one-rank units).
     rank_share = cpu_share(cluster) if share is None else share
     table = cluster.compute or {}
     ours = execution.executor_overheads
@@ -454,7 +456,8 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     if c.pp > 1 and ours:
         pass_overhead += float((table.get("pipeline_action_s") or {}).get(c.schedule, 0.0))
     pass_overhead /= rank_share
-    fsdp_unit_pass = float(table.get("fsdp_pass_s_per_unit", 0.0)) / rank_share if c.zero_sharded and ours else 0.0
+    unit_key = "fsdp_pass_s_per_unit" if c.zero_sharded else "fsdp_solo_pass_s_per_unit"
+    fsdp_unit_pass = float(table.get(unit_key) or 0.0) / rank_share if ours else 0.0
     last = len(partition) - 1
     measured_tp = measured_tp_layer(model, cluster, c) if ours else None
     overlap_tp = execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1
@@ -467,7 +470,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     compute_parts, recompute_parts, tp_parts, gathers, reduces, buckets, ep_parts = [], [], [], [], [], [], []
     exchange_back_parts = []  # per stage, the token exchange inside its input backward (a full recompute's too)
     reduce_contending = []
-    cp_parts = []
+    cp_parts, hook_parts = [], []
     moe_pieces = pieces.kind(True) if model.moe is not None else None
     # The stages of one rank share its groups: their collectives are timed once per rank (and stage size).
     tp_of_rank, grow_of_rank, dp_of_stage, ep_of_rank, cp_of_rank = {}, {}, {}, {}, {}
@@ -575,9 +578,10 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         if c.cp > 1:
             fwd += cp_parts[-1].forward
             bwd_in += cp_parts[-1].backward_input
-        if fsdp_unit_pass:  # FSDP's hooks on every unit (each block, the stage's root, each MoE layer's experts)
-            fwd += fsdp_unit_pass * (layers + 1 + n_moe)
-            bwd_in += fsdp_unit_pass * (layers + 1 + n_moe)
+        # FSDP's hooks on every unit (each block, the stage's root, each MoE layer's experts)
+        hook_parts.append(fsdp_unit_pass * (layers + 1 + n_moe))
+        fwd += hook_parts[-1]
+        bwd_in += hook_parts[-1]
         bwd_w = compute.backward_weight
         if per_microbatch_gather:
             # FSDP prefetches block by block, so a gather hides behind the compute of the previous block, taking the
@@ -622,7 +626,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     return StagePlan(costs, compute_parts, recompute_parts, tp_parts, pass_overhead,
                      gathers, reduces, buckets, early, ep_comm=ep_parts if model.moe is not None else [],
                      offload=offload_parts, cp_comm=cp_parts, contention=cluster.collective_sm_share,
-                     reduce_contending=reduce_contending)
+                     reduce_contending=reduce_contending, hooks=hook_parts)
 
 
 def exchange_sm_share(cluster: ClusterProfile, execution: Execution) -> float:
@@ -1130,6 +1134,8 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, 
         if action.kind != "W":
             overhead += sp.pass_overhead
         s = schedule.model_stage(action.stage)  # the stage plan's entry (dualpipe: each copy's model stage)
+        if action.kind != "W" and sp.hooks:
+            overhead += sp.hooks[s]
         parts = sp.compute[s]
         tp_parts = sp.tp_comm[s]
         exchange = sp.ep_comm[s] if sp.ep_comm else None

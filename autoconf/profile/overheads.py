@@ -5,8 +5,8 @@
 - `chain_scales`: on GPUs, two depths of that model under the executor's autocast against the block table, per
   micro-batch size: how much longer (or shorter) a layer and the model's ends take in training than their blocks
   timed alone;
-- `measure_fsdp`: the same model sharded with FSDP2 over every rank: the hooks per pass and unit, and the optimizer
-  over DTensor parameters;
+- `measure_fsdp`: the same model sharded with FSDP2 over every rank, and in the one-rank FSDP2 units of an unsharded
+  rank: the hooks per pass and unit, and the optimizer over DTensor parameters;
 - `reference_overheads`: the profile entries those measurements give, against the block table.
 """
 
@@ -64,26 +64,31 @@ def measure_reference(model: ModelSpec, device: torch.device, dtype: str, micro_
 
 
 def measure_fsdp(model: ModelSpec, device: torch.device, dtype: str, seq: int, warmup: int, repeats: int) -> dict:
-    """What FSDP2 (and DTensor parameters in general) add on this rank, on a one-layer model of the executor sharded
-    over every rank of the job as ZeRO 1-2 shards it (one unit per block plus the root):
+    """What FSDP2 (and DTensor parameters in general) add on this rank, on a one-layer model of the executor (one
+    unit per block plus the root):
 
     - "pass_s_per_unit": process CPU seconds (gloo threads included) per forward or backward pass and FSDP unit
-      beyond the same passes of the unsharded model, gradient sync off as for all but the last micro-batch (the
-      hooks, DTensor bookkeeping, unsharding); the cost model adds it to every pass of a stage under ZeRO >= 1;
+      beyond the same passes of the unsharded model, the units sharded over every rank of the job as ZeRO 1-2 shards
+      them, gradient sync off as for all but the last micro-batch (the hooks, DTensor bookkeeping, unsharding); the
+      cost model adds it to every pass of a stage under ZeRO >= 1;
+    - "solo_pass_s_per_unit": the same for the one-rank units the executor puts on an unsharded (ZeRO-0) rank
+      (`parallelize.apply_data_parallel` over its SOLO mesh axis: FSDP2 casts and hooks without sharding, gradients
+      written out at every backward, gathered parameters kept between passes as under a pipeline); the cost model
+      adds it to every pass of a stage without ZeRO sharding;
     - "optimizer_s_per_param": the gradient-norm pass and AdamW over the sharded DTensor parameters, per unsharded
       parameter; on a small model mostly per-tensor dispatch, which sharding does not shrink, so the cost model
       takes it as a lower bound for DTensor parameters (FSDP or TP)."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    from autoconf.execute.parallelize import apply_fsdp
     from autoconf.execute.loss import cross_entropy
+    from autoconf.execute.mesh import SOLO
+    from autoconf.execute.parallelize import apply_fsdp
 
-    net = _executor_model(model, device, dtype, 1)
-    full = sum(p.numel() for p in net.parameters())
     tokens = torch.randint(0, model.vocab_size, (1, seq + 1), device=device)
     x, y = tokens[:, :-1], tokens[:, 1:]
+    units = 2  # the block and the root
 
-    def passes() -> float:
+    def passes(net) -> float:
         for _ in range(warmup):
             cross_entropy(net(x), y).backward()
         times = []
@@ -93,15 +98,25 @@ def measure_fsdp(model: ModelSpec, device: torch.device, dtype: str, seq: int, w
             times.append(time.process_time() - t0)
         return median(times)
 
-    plain = passes()
-    apply_fsdp(net, init_device_mesh(device.type, (dist.get_world_size(),), mesh_dim_names=("dp",)), 2)
+    def per_unit(wrapped: float, plain: float) -> float:
+        return max(0.0, wrapped - plain) / 2 / units
+
+    world = dist.get_world_size()
+    net = _executor_model(model, device, dtype, 1)
+    full = sum(p.numel() for p in net.parameters())
+    plain = passes(net)
+    solo_mesh = init_device_mesh(device.type, (world, 1), mesh_dim_names=("dp", SOLO))[SOLO]
+    apply_fsdp(net, solo_mesh, 0, reshard_after_forward=False)
+    solo = passes(net)
+    net = _executor_model(model, device, dtype, 1)
+    plain = median([plain, passes(net)])  # the unwrapped model before and after, against drift
+    apply_fsdp(net, init_device_mesh(device.type, (world,), mesh_dim_names=("dp",)), 2)
     cross_entropy(net(x), y).backward()  # gradients to step on, gathered parameters
     net.set_requires_gradient_sync(False)
-    sharded = passes()
+    sharded = passes(net)
     net.set_requires_gradient_sync(True)
     params = [p for p in net.parameters() if p.grad is not None]
-    units = 2  # the block and the root
-    return {"pass_s_per_unit": max(0.0, sharded - plain) / 2 / units,
+    return {"pass_s_per_unit": per_unit(sharded, plain), "solo_pass_s_per_unit": per_unit(solo, plain),
             "optimizer_s_per_param": _optimizer_step_time(params, device, warmup, repeats) / full}
 
 

@@ -71,7 +71,8 @@ COLLECTIVE_OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")  #
 COLLECTIVE_SCOPES = ("intra", "inter")  # inside one node, across nodes
 COLLECTIVE_POINT_FIELDS = ("ranks", "bytes", "time_s")
 COMPUTE_FIELDS = ("dtype", "device", "model", "entries", "optimizer_s_per_param", "optimizer_dtensor_s_per_param",
-                  "pipeline_action_s", "fsdp_pass_s_per_unit", "chain_scales", "tp_layers", "ep_layers")
+                  "pipeline_action_s", "fsdp_pass_s_per_unit", "fsdp_solo_pass_s_per_unit", "chain_scales",
+                  "tp_layers", "ep_layers")
 COMPUTE_ENTRY_FIELDS = ("block", "tp", "micro_batch", "seq_len", "forward_s", "backward_input_s", "backward_weight_s",
                         "p10_forward_s", "p90_forward_s", "repeats", *EXPERT_DEGREE_FIELDS)
 CHAIN_SCALE_FIELDS = ("micro_batch", "seq_len", "layer_scale", "ends_scale")
@@ -365,8 +366,9 @@ def _compute(c: _Checker, table) -> None:
     for key in ("optimizer_s_per_param", "optimizer_dtensor_s_per_param"):
         if table.get(key) is not None:
             c.number(table[key], f"compute.{key}", 0, 1.0)
-    if table.get("fsdp_pass_s_per_unit") is not None:
-        c.number(table["fsdp_pass_s_per_unit"], "compute.fsdp_pass_s_per_unit", 0, MAX_SECONDS)
+    for key in ("fsdp_pass_s_per_unit", "fsdp_solo_pass_s_per_unit"):
+        if table.get(key) is not None:
+            c.number(table[key], f"compute.{key}", 0, MAX_SECONDS)
     actions = table.get("pipeline_action_s")
     if actions is not None and c.kind(actions, dict, "compute.pipeline_action_s"):
         c.fields(actions, tuple(SCHEDULES), "compute.pipeline_action_s")
