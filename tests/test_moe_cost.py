@@ -350,3 +350,38 @@ def test_the_time_bound_copies_no_more_activations_than_the_estimate_offloads(co
                        offload_activations=True, recompute_layers=counts)
     step = predict(model, cl, c, execution=ex, detail=False)[3]["iteration_time_s"]
     assert BoundCache(model, cl, ex).time_bound(c) <= step * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("sp", [False, True])
+@pytest.mark.parametrize("shared", [1, 0])
+def test_token_shares_collectives_are_charged_per_moe_layer_for_the_executor_only(sp, shared):
+    """At tp > 1 the executor's MoE layers route shares of the tokens: each MoE layer's TP time differs from a dense
+    layer's by `moe_tp_change` (the token share's own collectives, less what the MLP's collective the layer does not
+    run), in both passes; frameworks without the token share, and tp 1, charge the dense layer's."""
+    from autoconf.cost.compute import PassTimes
+    from autoconf.cost.estimate import moe_tp_change, sp_regather_time, tp_collective
+    from autoconf.cost.moe import token_share_tp_comm
+
+    model = dataclasses.replace(TINY_MOE, moe=dataclasses.replace(
+        TINY_MOE.moe, num_shared_experts=shared, shared_expert_intermediate_size=96 * shared))
+    cluster = load_cluster("dgx-h100-80g")
+    c = config(tp=2, dp=4, sequence_parallel=sp)
+    plain = H100.replace(moe_tp_token_share=False)
+    dense, moe = (estimate(model, cluster, c, execution=e).prediction["time_breakdown"]["tp_comm"]
+                  for e in (plain, H100))
+    extra = token_share_tp_comm(model, cluster, c, [0, 1], H100)
+    assert extra[0] > 0 and extra[1] > extra[0]  # the backward adds the router's gradient (and under SP a gather)
+    one = tp_collective(model, cluster, c, [0, 1])
+    layers, regather = model.num_layers, sp_regather_time(model, cluster, c, [0, 1], H100) * model.num_layers
+    change = moe_tp_change(model, c, PassTimes(2 * one * layers, 2 * one * layers + regather, 0.0), layers,
+                           regather, extra)
+    n_moe = moe_layers(model, 0, layers)
+    assert moe - dense == pytest.approx(c.num_microbatches * n_moe * (change.forward + change.backward_input))
+    assert token_share_tp_comm(model, cluster, config(tp=1), [0], H100) == (0.0, 0.0)
+    assert token_share_tp_comm(model, cluster, c, [0, 1], plain) == (0.0, 0.0)
+    kept = (1.0 if shared else (0.5 if sp else 0.0), (1.5 if sp else 1.0) if shared else 0.0)
+    tp = PassTimes(2.0, 4.0, 0.0)  # two layers: one collective 0.5 s forward, 1 s backward
+    change = moe_tp_change(model, c, tp, 2, 0.0, (0.25, 0.75))
+    assert change.forward == pytest.approx(0.25 - (1 - kept[0]) * 0.5)
+    assert change.backward_input == pytest.approx(0.75 - (1 - kept[1]) * 1.0)
+    assert moe_tp_change(model, c, tp, 2, 0.0, (0.0, 0.0)) == PassTimes(0.0, 0.0, 0.0)

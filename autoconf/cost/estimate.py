@@ -35,7 +35,7 @@ from autoconf.cost.compute import (PassTimes, attention_gemms, causal_span_share
 from autoconf.cost.memory import (attention_matmuls, cp_kv_bytes, rank_params, reduced_grad_bytes, stage_block_activation_bytes,
                                   stage_expert_params, stage_memory, stage_params, stage_replicated_params)
 from autoconf.cost.mtp import mtp_pass_times
-from autoconf.cost.moe import ep_comm_passes, local_params, moe_layers
+from autoconf.cost.moe import ep_comm_passes, local_params, moe_layers, token_share_tp_comm
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_host_memory, check_offload,
                                    gather_copy_time, host_memory_per_node, reduce_copy_time)
 from autoconf.cost.simulate import (WEIGHT_GRAD_ACTIVATION_SHARE, StageCosts, Timeline, beside, busy_per_rank,
@@ -476,6 +476,15 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     tp_of_rank, grow_of_rank, dp_of_stage, ep_of_rank, cp_of_rank = {}, {}, {}, {}, {}
     # The ranks holding the same weights reduce gradients together: a DP group, or every DP replica's CP ranks.
     weight_axes = ("dp", "cp") if c.cp > 1 else "dp"
+    token_share_of_rank = {}
+
+    def token_share_of(rank: int) -> tuple[float, float]:
+        """One MoE layer's own TP collectives (forward, backward) on `rank` (`token_share_tp_comm`)."""
+        if rank not in token_share_of_rank:
+            token_share_of_rank[rank] = token_share_tp_comm(model, cluster, c, grid.first_group_array("tp", rank),
+                                                            execution)
+        return token_share_of_rank[rank]
+
     def exchange_of(rank: int) -> tuple[float, float]:
         """One MoE layer's token exchange (forward, input backward) on `rank`."""
         if rank not in ep_of_rank:
@@ -514,6 +523,9 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             layer_one = one
             tp = PassTimes((per_layer.forward + 2 * grow) * layers,
                            (per_layer.backward_input + 2 * grow) * layers + regather, 0.0)
+        moe_tp = (moe_tp_change(model, c, tp, layers, regather, token_share_of(rank)) if n_moe and not overlap_tp
+                  else PassTimes(0.0, 0.0, 0.0))
+        tp = tp + moe_tp.scaled(n_moe)
         copies = side_kernels_time(model, cluster, c, execution)  # FSDP2 copies, gradient hooks (not recomputed)
         compute = (pieces.block + copies).scaled(layers)
         recompute = recompute_time(pieces, c, layer_one, matmul_share, only) * recomputed[st]
@@ -529,7 +541,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             recompute_exchange = exchange * r_moe if c.recompute == "full" else 0.0
             recompute = (recompute_time(pieces, c, layer_one, matmul_share, only) * (recomputed[st] - r_moe)
                          + (recompute_time(moe_pieces, c, layer_one, moe_share, only)
-                            + (exchange if c.recompute == "full" else 0.0)) * r_moe)
+                            + (exchange + moe_tp.forward if c.recompute == "full" else 0.0)) * r_moe)
             ep = PassTimes(exchange * n_moe, exchange_back * n_moe, 0.0)
         if c.cp > 1:
             if rank not in cp_of_rank:
@@ -627,6 +639,27 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                      gathers, reduces, buckets, early, ep_comm=ep_parts if model.moe is not None else [],
                      offload=offload_parts, cp_comm=cp_parts, contention=cluster.collective_sm_share,
                      reduce_contending=reduce_contending, hooks=hook_parts)
+
+
+def moe_tp_change(model: ModelSpec, c: ParallelConfig, tp: PassTimes, layers: int, regather: float,
+                  token_share: tuple[float, float]) -> PassTimes:
+    """What one MoE layer's TP collectives differ by from a dense layer's share of `tp` (the stage's `layers`
+    layers' TP time, `regather` of it in the backward beyond the layers' two collectives each, so half a layer's is
+    one collective: the attention's, or the MLP's all-reduce or sequence-parallel pair) when each TP rank routes a
+    share of the tokens (`token_share`: `cost/moe.token_share_tp_comm`; (0, 0) otherwise, and then no change).
+    The layer keeps the attention's collective; of the MLP's, the forward keeps the shared experts' (without them,
+    under sequence parallelism, the MoE input's all-gather: half the pair), the backward the shared experts' input
+    all-reduce (under sequence parallelism also their output's all-gather, half a pair more: the MoE input's
+    gradient is whole on every rank, so the gather's backward is a slice); the token share's own collectives come
+    on top (execute/parallelize.py `apply_tp`, execute/moe.py)."""
+    extra_f, extra_b = token_share
+    if not (extra_f or extra_b) or not layers:
+        return PassTimes(0.0, 0.0, 0.0)
+    half_f, half_b = tp.forward / (2 * layers), (tp.backward_input - regather) / (2 * layers)
+    shared = model.moe.num_shared_experts > 0
+    kept_f = 1.0 if shared else (0.5 if c.sequence_parallel else 0.0)
+    kept_b = (1.5 if c.sequence_parallel else 1.0) if shared else 0.0
+    return PassTimes(extra_f - (1 - kept_f) * half_f, extra_b - (1 - kept_b) * half_b, 0.0)
 
 
 def exchange_sm_share(cluster: ClusterProfile, execution: Execution) -> float:

@@ -290,6 +290,30 @@ def ep_comm_passes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     return dispatch + all_to_all + etp, dispatch + all_to_all + etp
 
 
+def token_share_tp_comm(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, tp_group,
+                        execution: Execution | None = None) -> tuple[float, float]:
+    """Seconds of the collectives over `tp_group` that one MoE layer adds in its (forward, backward) pass when each
+    TP rank routes 1/tp of the layer's tokens (`Execution.moe_tp_token_share`, execute/moe.py `MoE.forward`),
+    beside the attention's and the shared experts' TP collectives: in the forward the all-gather of the routed
+    outputs (`_GatherShares`: the micro-batch's T x hidden values) and, with a load-balancing loss, the all-reduce of
+    its statistics (`_SumOver`: 2 x experts + 1 fp32 values); in the backward the all-gather of the input gradients
+    (`_TakeShare`), under sequence parallelism another of the output gradients (the rank's sequence share of the
+    gathered output is a slice, whose backward gathers), and the all-reduce of the router's gradients (`_SumGrad`:
+    experts x hidden weights and the bias, in the compute dtype). (0, 0) at tp 1 and for other frameworks."""
+    if c.tp == 1 or not (execution or Execution()).moe_tp_token_share:
+        return 0.0, 0.0
+    m = model.moe
+    element = DTYPE_BYTES[c.dtype]
+    tokens = c.local_seq_len * c.micro_batch_size * model.hidden_size * element
+    gather = collective_time(cluster, "all_gather", tokens, tp_group)
+    router = m.num_experts * (model.hidden_size + (1 if m.router_bias else 0)) * element
+    forward = gather
+    if m.router_aux_loss_coef > 0:
+        forward += collective_time(cluster, "all_reduce", (2 * m.num_experts + 1) * 4, tp_group)
+    backward = gather * (2 if c.sequence_parallel else 1) + collective_time(cluster, "all_reduce", router, tp_group)
+    return forward, backward
+
+
 def routed_activation_bytes(model: ModelSpec, c: ParallelConfig, layout: str, recompute: str,
                             keeps_outputs: bool = True) -> float:
     """Bytes one MoE layer's FFN part keeps for its backward on one rank, one micro-batch, in place of a dense MLP's,

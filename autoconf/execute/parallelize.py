@@ -89,6 +89,10 @@ def apply_tp(model: Transformer, tp_mesh, sequence_parallel: bool) -> None:
     if top:
         parallelize_module(model, tp_mesh, top)
     gpt = model.spec.arch == "gpt"
+    # A TP region's column-parallel projections take its input as one replicated DTensor, so their input gradients
+    # (partial sums over the TP ranks) add up before a single all-reduce, one per region as Megatron's (a plain
+    # tensor would be all-reduced once per projection: Q, K and V, or SwiGLU's gate and up).
+    whole = dict(input_layouts=(Replicate(),), desired_input_layouts=(Replicate(),), use_local_output=False)
     for block in model.layers.values():
         moe = isinstance(block.feed_forward, MoE)
         plan = attention_tp_plan(block.attention, tp_mesh, residual)
@@ -98,8 +102,14 @@ def apply_tp(model: Transformer, tp_mesh, sequence_parallel: bool) -> None:
             block.feed_forward.sequence_mesh = tp_mesh if sp else None
             if block.feed_forward.shared is not None:
                 plan.update(mlp_tp_plan("feed_forward.shared", False, residual))
+                plan["feed_forward.shared"] = PrepareModuleInput(**whole)
         else:
             plan.update(mlp_tp_plan("feed_forward", gpt, residual))
+        if not sp:
+            if not isinstance(block.attention, LatentAttention):  # its down-projections take a plain tensor
+                plan["attention"] = PrepareModuleInput(**whole)
+            if not moe:
+                plan["feed_forward"] = PrepareModuleInput(**whole)
         if sp:
             gather = dict(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),))
             # The MoE layer takes a plain tensor, the whole sequence, and returns this rank's part (execute/moe.py).

@@ -330,6 +330,12 @@ class Execution:
         Engine's Fp8Padding / Fp8Unpadding whenever config.fp8 is set, core_v0.15.0 moe/experts.py; TE copies unless
         every count is already a multiple of 16). Timed by `cost/moe.routed_copy_bytes`. autoconf's executor runs no
         fp8 routed experts.
+    moe_tp_token_share: at tp > 1 each TP rank of an MoE layer routes 1/tp of the layer's tokens and the ranks
+        gather each other's outputs (autoconf's executor, execute/moe.py `_TakeShare` / `_GatherShares`, the router's
+        gradients summed over TP by `_SumGrad`, a load-balancing loss's statistics by `_SumOver`): collectives of
+        their own over the TP group in each pass (`cost/moe.token_share_tp_comm`), beside those of the attention and
+        the shared experts. False: the MoE layer's TP collectives are a dense MLP's (the other presets, not checked
+        against their MoE code).
     moe_fp8_routed_experts: under a dynamic-scaling fp8 dtype the routed experts' grouped GEMMs run in fp8 and cast
         their operands (Megatron-Core's TEGroupedMLP: Transformer Engine's GroupedLinear under the fp8 recipe). False:
         they run in the compute dtype, uncast (autoconf's executor: torchao converts the blocks' nn.Linear modules,
@@ -416,6 +422,7 @@ class Execution:
     dispatch_per_node: bool = False
     moe_fp8_padding: bool = False
     moe_fp8_routed_experts: bool = False
+    moe_tp_token_share: bool = True
     accumulation_sync: bool = False
     zero1_all_reduce: bool = False
     megatron_fsdp: bool = False
@@ -699,7 +706,7 @@ PRESETS: dict[str, Execution] = {
         blocking_p2p=True, p2p_scatter_gather=True,
         executor_overheads=False, eager_ops=("vocab_parallel_ce",), grad_buffer_passes=("zero", "scale"),
         cp_attention="kernel", loss_memory="copy", schedules=MEGATRON_SCHEDULES, pipeline_runtime="megatron",
-        expert_tp_biases=False,
+        expert_tp_biases=False, moe_tp_token_share=False,
         megatron_args=(("sharded", "memory_layout=megatron", "--use-distributed-optimizer"),
                        ("always", "grad_accumulation_fusion=False", "--no-gradient-accumulation-fusion"))),
     "megatron-core": Execution(
@@ -712,7 +719,7 @@ PRESETS: dict[str, Execution] = {
         param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False, eager_ops=("vocab_parallel_ce",),
         transformer_engine=True, loss_memory="inplace", grad_buffer_passes=("zero", "scale", "nan_check"),
         moe_combine_keeps_outputs=False, moe_fp8_padding=True, moe_fp8_routed_experts=True, cp_attention="kernel",
-        schedules=MEGATRON_SCHEDULES, pipeline_runtime="megatron", expert_tp_biases=False,
+        schedules=MEGATRON_SCHEDULES, pipeline_runtime="megatron", expert_tp_biases=False, moe_tp_token_share=False,
         megatron_args=(("dp", "grad_reduce_start=per_bucket", "--overlap-grad-reduce"),
                        ("sharded", "distributed_optimizer", "--use-distributed-optimizer"),
                        ("sharded", "param_gather_overlap", "--overlap-param-gather"),
@@ -747,7 +754,7 @@ PRESETS: dict[str, Execution] = {
         # each run's kernels. FSDP2's copy kernels beside its collectives: fsdp_copies. Its context parallelism is
         # torch's (parallelisms/parallelize_llama.py and utils.py create_context_parallel_ctx): cp_attention "torch".
         eager_ops=("rotary", "swiglu", "cross_entropy"), attention_kernel="fa2", cp_attention="torch",
-        fsdp_copies=True, loss_memory="torch", compile_loss=True, compiles_moe_blocks=True,
+        fsdp_copies=True, loss_memory="torch", compile_loss=True, compiles_moe_blocks=True, moe_tp_token_share=False,
         torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),
                              ("always", "compile_loss=False", 'config.compile.components = ["model"]'),
                              ("always", "adam_kernels=foreach", 'config.optimizer.implementation = "foreach"'))),
@@ -826,7 +833,7 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts",
               "cp_attention", "cp_repeat_kv", "accumulation_sync", "zero1_all_reduce", "megatron_fsdp",
               "keep_fp8_transpose", "pipeline_buffers", "attention_saved_whole", "masked_attention", "schedules",
-              "pipeline_runtime", "expert_tp_biases")
+              "pipeline_runtime", "expert_tp_biases", "moe_tp_token_share")
 
 
 def parse_flags(pairs) -> dict:
