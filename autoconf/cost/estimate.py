@@ -458,11 +458,6 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     pass_overhead /= rank_share
     unit_key = "fsdp_pass_s_per_unit" if c.zero_sharded else "fsdp_solo_pass_s_per_unit"
     fsdp_unit_pass = float(table.get(unit_key) or 0.0) / rank_share if ours else 0.0
-    # Split backward on torch's runtime (`stage_backward_input`, then `stage_backward_weight` over the retained
-    # graph): activation checkpointing recomputes in the input pass and again in the weight pass (once there for
-    # autoconf's executor, execute/pipeline.py `merged_param_groups`; torch's own stage, as torchtitan runs it,
-    # recomputes once per parameter group there, which is not counted).
-    twice_recomputed = schedule_spec(c.schedule).split_backward and execution.pipeline_runtime == "torch"
     last = len(partition) - 1
     measured_tp = measured_tp_layer(model, cluster, c) if ours else None
     overlap_tp = execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1
@@ -600,8 +595,6 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         fwd += hook_parts[-1]
         bwd_in += hook_parts[-1]
         bwd_w = compute.backward_weight
-        if twice_recomputed:  # torch's weight pass unpacks the checkpointed tensors, which recomputes them again
-            bwd_w += recompute
         if per_microbatch_gather:
             # FSDP prefetches block by block, so a gather hides behind the compute of the previous block, taking the
             # profile's share of the device while it runs.

@@ -134,6 +134,11 @@ class BoundCache:
                 self._tp[key] = min(measured[0].forward, measured[0].backward_input) / 2
             else:
                 self._tp[key] = one
+            moe = self.model.moe
+            if moe is not None and c.tp > 1 and self.execution.moe_tp_token_share and not moe.num_shared_experts:
+                # MoE layers routing token shares without shared experts may run half the MLP's collectives or none
+                # (`estimate.moe_tp_change`): bound every block by the attention's one.
+                self._tp[key] /= 2
         return self._tp[key]
 
     def _comm(self, c: ParallelConfig, per_stage_layers: int) -> tuple[float, float, float, float]:
