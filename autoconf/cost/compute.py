@@ -191,14 +191,10 @@ def measured_tp_layer(model: ModelSpec, cluster: ClusterProfile,
     if (c.tp == 1 or not table or not table.get("tp_layers") or not _shape_matches(table, model, c.dtype)
             or not _dense_attention(model)):
         return None
-    rows = [e for e in table["tp_layers"] if e.get("tp") == c.tp and
-            bool(e.get("sequence_parallel")) == c.sequence_parallel]
-    same_seq = [e for e in rows if e.get("seq_len") == c.seq_len]
-    rows = same_seq or rows
+    rows, points = _in_place_points([e for e in table["tp_layers"] if e.get("tp") == c.tp and
+                                     bool(e.get("sequence_parallel")) == c.sequence_parallel], c.seq_len)
     if not rows:
         return None
-    points = [(e["micro_batch"] * e["seq_len"], PassTimes(float(e["forward_s"]), float(e["backward_s"]), 0.0))
-              for e in rows]
     largest = max(rows, key=lambda e: e["micro_batch"] * e["seq_len"])
     read_at = c.micro_batch_size
     if c.micro_batch_size * c.seq_len > largest["micro_batch"] * largest["seq_len"]:
@@ -216,13 +212,18 @@ def measured_ep_layer(model: ModelSpec, cluster: ClusterProfile, config: Paralle
     if (c.ep == 1 or c.tp > 1 or c.etp > 1 or not table or not table.get("ep_layers")
             or not _shape_matches(table, model, c.dtype) or model.moe is None):
         return None
-    rows = [e for e in table["ep_layers"] if e.get("ep") == c.ep]
-    rows = [e for e in rows if e.get("seq_len") == c.seq_len] or rows
+    rows, points = _in_place_points([e for e in table["ep_layers"] if e.get("ep") == c.ep], c.seq_len)
     if not rows:
         return None
-    points = [(e["micro_batch"] * e["seq_len"], PassTimes(float(e["forward_s"]), float(e["backward_s"]), 0.0))
-              for e in rows]
     return _interpolate(points, c.micro_batch_size * c.seq_len)
+
+
+def _in_place_points(rows: list[dict], seq_len: int) -> tuple[list[dict], list[tuple[int, PassTimes]]]:
+    """Of an in-place measurement's `rows` (tp_layers, ep_layers) those at `seq_len` where there are some, and
+    their (tokens, PassTimes(forward_s, backward_s as backward_input, 0)) points to interpolate in tokens."""
+    rows = [e for e in rows if e.get("seq_len") == seq_len] or rows
+    return rows, [(e["micro_batch"] * e["seq_len"], PassTimes(float(e["forward_s"]), float(e["backward_s"]), 0.0))
+                  for e in rows]
 
 
 def cpu_share(cluster: ClusterProfile) -> float:

@@ -476,15 +476,6 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     tp_of_rank, grow_of_rank, dp_of_stage, ep_of_rank, cp_of_rank = {}, {}, {}, {}, {}
     # The ranks holding the same weights reduce gradients together: a DP group, or every DP replica's CP ranks.
     weight_axes = ("dp", "cp") if c.cp > 1 else "dp"
-    token_share_of_rank = {}
-
-    def token_share_of(rank: int) -> tuple[float, float]:
-        """One MoE layer's own TP collectives (forward, backward) on `rank` (`token_share_tp_comm`)."""
-        if rank not in token_share_of_rank:
-            token_share_of_rank[rank] = token_share_tp_comm(model, cluster, c, grid.first_group_array("tp", rank),
-                                                            execution)
-        return token_share_of_rank[rank]
-
     def exchange_of(rank: int) -> tuple[float, float]:
         """One MoE layer's token exchange (forward, input backward) on `rank`."""
         if rank not in ep_of_rank:
@@ -503,8 +494,9 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                                 sp_regather_time(model, cluster, c, tp_group, execution),
                                 (overlapped_tp_layer(*tp_sp_collectives(model, cluster, c, tp_group),
                                                      tp_overlap_gemms(model, cluster, c), c.tp),
-                                 tp_overlap_split_time(model, cluster, c)) if overlap_tp else None)
-        one, regather_layer, overlapped = tp_of_rank[rank]
+                                 tp_overlap_split_time(model, cluster, c)) if overlap_tp else None,
+                                token_share_tp_comm(model, cluster, c, tp_group, execution))
+        one, regather_layer, overlapped, token_share = tp_of_rank[rank]
         regather = regather_layer * layers
         tp = PassTimes(2 * one * layers, 2 * one * layers + regather, 0.0)
         layer_one = one  # a layer's forward TP time per collective, which full recompute repeats
@@ -523,7 +515,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             layer_one = one
             tp = PassTimes((per_layer.forward + 2 * grow) * layers,
                            (per_layer.backward_input + 2 * grow) * layers + regather, 0.0)
-        moe_tp = (moe_tp_change(model, c, tp, layers, regather, token_share_of(rank)) if n_moe and not overlap_tp
+        moe_tp = (moe_tp_change(model, c, tp, layers, regather, token_share) if n_moe and not overlap_tp
                   else PassTimes(0.0, 0.0, 0.0))
         tp = tp + moe_tp.scaled(n_moe)
         copies = side_kernels_time(model, cluster, c, execution)  # FSDP2 copies, gradient hooks (not recomputed)
@@ -656,10 +648,18 @@ def moe_tp_change(model: ModelSpec, c: ParallelConfig, tp: PassTimes, layers: in
     if not (extra_f or extra_b) or not layers:
         return PassTimes(0.0, 0.0, 0.0)
     half_f, half_b = tp.forward / (2 * layers), (tp.backward_input - regather) / (2 * layers)
-    shared = model.moe.num_shared_experts > 0
-    kept_f = 1.0 if shared else (0.5 if c.sequence_parallel else 0.0)
-    kept_b = (1.5 if c.sequence_parallel else 1.0) if shared else 0.0
+    kept_f, kept_b = moe_mlp_collectives_kept(model, c)
     return PassTimes(extra_f - (1 - kept_f) * half_f, extra_b - (1 - kept_b) * half_b, 0.0)
+
+
+def moe_mlp_collectives_kept(model: ModelSpec, c: ParallelConfig) -> tuple[float, float]:
+    """(forward, backward): how much of a dense layer's MLP TP collective an MoE layer routing token shares still
+    runs (`moe_tp_change`'s rule): with shared experts theirs (1; under sequence parallelism the backward also their
+    output's all-gather, 1.5), without them the MoE input's all-gather under sequence parallelism (0.5, forward) or
+    nothing."""
+    if model.moe.num_shared_experts > 0:
+        return 1.0, 1.5 if c.sequence_parallel else 1.0
+    return (0.5 if c.sequence_parallel else 0.0), 0.0
 
 
 def exchange_sm_share(cluster: ClusterProfile, execution: Execution) -> float:

@@ -299,8 +299,9 @@ def token_share_tp_comm(model: ModelSpec, cluster: ClusterProfile, c: ParallelCo
     its statistics (`_SumOver`: 2 x experts + 1 fp32 values); in the backward the all-gather of the input gradients
     (`_TakeShare`), under sequence parallelism another of the output gradients (the rank's sequence share of the
     gathered output is a slice, whose backward gathers), and the all-reduce of the router's gradients (`_SumGrad`:
-    experts x hidden weights and the bias, in the compute dtype). (0, 0) at tp 1 and for other frameworks."""
-    if c.tp == 1 or not (execution or Execution()).moe_tp_token_share:
+    experts x hidden weights and the bias, in the compute dtype). (0, 0) at tp 1, for dense models and for other
+    frameworks."""
+    if model.moe is None or c.tp == 1 or not (execution or Execution()).moe_tp_token_share:
         return 0.0, 0.0
     m = model.moe
     element = DTYPE_BYTES[c.dtype]

@@ -21,9 +21,10 @@ from autoconf.cost.comm import distinct_pair_sets, p2p_time
 from autoconf.cost.cp_ring import torch_ring
 from autoconf.cost.compute import PassTimes, measured_tp_layer, model_pieces, rank_optimizer_time
 from autoconf.cost.estimate import (Execution, cp_attention_comm, default_mesh, default_partition, dp_collectives,
-                                    exposed_dp, overlapped_tp_layer, overlaps_pairs, p2p_bytes, recompute_time,
-                                    schedule_inflight, selective_matmul_share, selective_matmuls_only,
-                                    step_collectives, tp_collective, tp_overlap_gemms, tp_sp_collectives)
+                                    exposed_dp, moe_mlp_collectives_kept, overlapped_tp_layer, overlaps_pairs,
+                                    p2p_bytes, recompute_time, schedule_inflight, selective_matmul_share,
+                                    selective_matmuls_only, step_collectives, tp_collective, tp_overlap_gemms,
+                                    tp_sp_collectives)
 from autoconf.cost.memory import (holds_unsharded_grads, layer_activation_bytes, pipeline_buffer_floor, rank_params,
                                   root_reduced_grad_bytes, root_unit_params, stage_memory, state_bytes_per_param)
 from autoconf.cost.moe import ep_comm_passes, layer_kind_params, layer_kinds, moe_layers, smallest_layer_params
@@ -134,11 +135,10 @@ class BoundCache:
                 self._tp[key] = min(measured[0].forward, measured[0].backward_input) / 2
             else:
                 self._tp[key] = one
-            moe = self.model.moe
-            if moe is not None and c.tp > 1 and self.execution.moe_tp_token_share and not moe.num_shared_experts:
-                # MoE layers routing token shares without shared experts may run half the MLP's collectives or none
-                # (`estimate.moe_tp_change`): bound every block by the attention's one.
-                self._tp[key] /= 2
+            if self.model.moe is not None and c.tp > 1 and self.execution.moe_tp_token_share:
+                # MoE layers routing token shares may run less of the MLP's collective (`estimate.moe_tp_change`):
+                # bound every block by the attention's and the least the MoE layers keep.
+                self._tp[key] *= (1 + min(moe_mlp_collectives_kept(self.model, c))) / 2
         return self._tp[key]
 
     def _comm(self, c: ParallelConfig, per_stage_layers: int) -> tuple[float, float, float, float]:
