@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import json
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -550,7 +551,11 @@ def _only_user_errors(fn, *args) -> None:
         pass
 
 
-_TMP = Path(tempfile.mkdtemp(prefix="autoconf-fuzz-"))
+_TMP = Path(tempfile.mkdtemp(prefix="autoconf-fuzz-"))  # hypothesis' examples share one folder, not tmp_path's
+
+
+def teardown_module() -> None:
+    shutil.rmtree(_TMP, ignore_errors=True)
 _FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 _MODEL = PRESETS["tiny-llama"].to_dict()
 _HF = {"model_type": "llama", "num_hidden_layers": 4, "hidden_size": 64, "num_attention_heads": 4,

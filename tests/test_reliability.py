@@ -213,13 +213,16 @@ def test_hung_peer_ends_the_job_within_the_collective_timeout(tmp_path, capfd):
 
 @pytest.mark.slow
 def test_dead_peer_without_restarts_ends_quickly(tmp_path, capfd):
-    """A rank SIGKILLed with --max-restarts 0: the job ends non-zero at once, naming the rank and the signal."""
+    """A rank SIGKILLed with --max-restarts 0: the job ends non-zero at once, naming the rank and the signal; torchrun's
+    log folders (where the failure was read from) are gone from the temporary directory afterwards."""
     from autoconf.execute.launch import launch
 
     plan_path = tmp_path / "plan.json"
     make_plan("gpt", dp=2).save(plan_path)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     saved = dict(os.environ)
-    os.environ.update(_env(AUTOCONF_FAULT_KILL_AT_STEP="2", AUTOCONF_FAULT_RANK="1"))
+    os.environ.update(_env(AUTOCONF_FAULT_KILL_AT_STEP="2", AUTOCONF_FAULT_RANK="1", TMPDIR=str(scratch)))
     try:
         rc = launch(plan_path, steps=STEPS, max_restarts=0, timeout_s=300)
     finally:
@@ -229,6 +232,7 @@ def test_dead_peer_without_restarts_ends_quickly(tmp_path, capfd):
     assert rc != 0
     assert "autoconf: error: training failed after 0 allowed restart(s): rank 1" in err, err[-3000:]
     assert "SIGKILL" in err and "ChildFailedError" not in err
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith(("torchelastic_", "autoconf-torchrun-"))]
 
 
 # ---- pieces without a process group --------------------------------------------------------------------------------

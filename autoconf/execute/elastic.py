@@ -7,13 +7,19 @@ what happened in a few plain lines, starting `autoconf: error:`, and exits 1.
 
 When the rendezvous endpoint (or the static master address) is a loopback address, every TCPStore server the agent
 starts listens on that address only: torch's own stores listen on all interfaces whatever the endpoint says.
+
+Without `--log-dir`, torchrun's per-attempt folders (the workers' error files) go to a temporary folder that is
+removed when the agent ends, once the failure lines are printed: torchrun alone leaves one `torchelastic_*` folder
+in the temporary directory per run.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import socket
 import sys
+import tempfile
 
 from autoconf.errors import EXIT_MEANINGS
 
@@ -119,14 +125,27 @@ def describe_failures(failures: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     args = parse_args(argv if argv is not None else sys.argv[1:])
     host = store_host(args)
     if host:
         bind_stores_to(host)
+    scratch = None
+    if not args.log_dir:
+        args.log_dir = scratch = tempfile.mkdtemp(prefix="autoconf-torchrun-")
+    try:
+        return _run(run, args)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(run, args) -> int:
+    """torchrun's `run(args)`, its endings turned into plain lines and an exit code."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
     try:
         run(args)
     except SignalException as err:
