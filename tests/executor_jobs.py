@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -126,10 +127,12 @@ def env() -> dict:
 
 
 def torchrun(nproc: int, args: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
-    """`python -m torch.distributed.run` of `args` on `nproc` local ranks, from the repository root."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", *args]
-    return subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+    """`python -m torch.distributed.run` of `args` on `nproc` local ranks, from the repository root (its log folders
+    in a temporary folder removed afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="autoconf-torchrun-") as logs:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                   "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", "--log-dir", logs, *args]
+        return subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
 
 
 def close(a: float, b: float, rel: float = 1e-4) -> bool:
