@@ -551,11 +551,18 @@ def _only_user_errors(fn, *args) -> None:
         pass
 
 
-_TMP = Path(tempfile.mkdtemp(prefix="autoconf-fuzz-"))  # hypothesis' examples share one folder, not tmp_path's
+_TMP: list[Path] = []  # one folder for every hypothesis example (not tmp_path's), made when a fuzz test first runs
+
+
+def _fuzz_dir() -> Path:
+    if not _TMP:
+        _TMP.append(Path(tempfile.mkdtemp(prefix="autoconf-fuzz-")))
+    return _TMP[0]
 
 
 def teardown_module() -> None:
-    shutil.rmtree(_TMP, ignore_errors=True)
+    for path in _TMP:
+        shutil.rmtree(path, ignore_errors=True)
 _FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 _MODEL = PRESETS["tiny-llama"].to_dict()
 _HF = {"model_type": "llama", "num_hidden_layers": 4, "hidden_size": 64, "num_attention_heads": 4,
@@ -567,7 +574,7 @@ _PLAN = tiny_plan_dict()
 
 
 def _write(name: str, doc) -> Path:
-    path = _TMP / name
+    path = _fuzz_dir() / name
     path.write_text(json.dumps(doc))  # NaN and Infinity are written as JSON's common extensions
     return path
 
@@ -587,7 +594,7 @@ def test_fuzz_cluster_loader(data):
     _only_user_errors(ClusterProfile.from_dict, doc)
     _only_user_errors(load_cluster, str(_write("cluster.json", doc)))
     nodes = data.draw(st.none() | st.integers(-2, 5))
-    _only_user_errors(load_cluster, str(_TMP / "cluster.json"), nodes, data.draw(st.none() | st.integers(-2, 9)))
+    _only_user_errors(load_cluster, str(_fuzz_dir() / "cluster.json"), nodes, data.draw(st.none() | st.integers(-2, 9)))
 
 
 @_FUZZ
@@ -601,7 +608,7 @@ def test_fuzz_plan_loader(data):
 @settings(max_examples=100, deadline=None, database=None)
 @given(st.binary(max_size=200), st.sampled_from(["model", "cluster", "plan"]))
 def test_fuzz_random_bytes(blob, kind):
-    path = _TMP / f"bytes-{kind}.json"
+    path = _fuzz_dir() / f"bytes-{kind}.json"
     path.write_bytes(blob)
     loader = {"model": lambda p: load_model(str(p)), "cluster": lambda p: load_cluster(str(p)),
               "plan": load_plan}[kind]
