@@ -66,10 +66,12 @@ def _measured(cluster: ClusterProfile, op: str, scope: str, k: int, nbytes: floa
 
 
 def collective_time(cluster: ClusterProfile, op: str, nbytes: float, devices,
-                    shares: tuple[float, float] = (1.0, 1.0)) -> float:
+                    shares: tuple[float, float] = (1.0, 1.0), synced: bool = False) -> float:
     """Seconds for `op` over `devices` (a sequence or an array of device ids) on a buffer of `nbytes` (all-reduce
     input / all-gather output size), plus the profile's `collective_sync_s` for a group of that size
-    (`ClusterProfile.collective_sync`): the wait for every member to be scheduled when CPU ranks share cores.
+    (`ClusterProfile.collective_sync`): the wait for every member to be scheduled when CPU ranks share cores and
+    compute between collectives. `synced`: every member already waits for it with nothing to compute (the step's
+    collectives after the pipeline's flush), so none is waited for; the profile's collective tables were timed so.
     `shares` (all_to_all only): the intra-node and cross-node bytes moved, as multiples of an all-to-all's
     (`all_to_all_time`)."""
     assert op in OPS, op
@@ -77,13 +79,14 @@ def collective_time(cluster: ClusterProfile, op: str, nbytes: float, devices,
     if k <= 1 or nbytes <= 0:
         return 0.0
     transfer = _collective_transfer(cluster, op, nbytes, _group_shape(cluster, devices), shares)
-    return transfer + cluster.collective_sync(k)
+    return transfer + (0.0 if synced else cluster.collective_sync(k))
 
 
-def slowest_collective_time(cluster: ClusterProfile, op: str, nbytes: float, groups) -> float:
+def slowest_collective_time(cluster: ClusterProfile, op: str, nbytes: float, groups, synced: bool = False) -> float:
     """The slowest of concurrent `op`s, one over each row of `groups` (an array of device ids, one group per row):
     `collective_time` of each group whose time can differ (see `distinct_groups`)."""
-    return max(collective_time(cluster, op, nbytes, group) for group in distinct_groups(cluster, groups))
+    return max(collective_time(cluster, op, nbytes, group, synced=synced)
+               for group in distinct_groups(cluster, groups))
 
 
 def distinct_groups(cluster: ClusterProfile, groups) -> list[np.ndarray]:

@@ -404,16 +404,18 @@ def step_collectives(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfi
                      stage_to_rank: tuple) -> float:
     """Seconds of the collectives every step runs once after the pipeline flush, before the optimizer: the sum of
     the tied embedding's gradients between the first and the last stage (when different pipeline ranks hold them),
-    the all-reduce of the gradient norm's square and the all-reduce of the loss, both over every rank."""
+    the all-reduce of the gradient norm's square and the all-reduce of the loss, both over every rank. Every rank
+    waits for them with nothing left to compute (`collective_time`'s `synced`)."""
     everyone = grid.devices.reshape(-1)
-    seconds = collective_time(cluster, "all_reduce", 8, everyone) + collective_time(cluster, "all_reduce", 16, everyone)
+    seconds = (collective_time(cluster, "all_reduce", 8, everyone, synced=True)
+               + collective_time(cluster, "all_reduce", 16, everyone, synced=True))
     last = stage_to_rank[-1]
     if model.tied_embeddings and c.pp > 1 and last != stage_to_rank[0]:
         shard = c.dp_cp if c.zero_sharded else 1
         grad_bytes = model.vocab_size * model.hidden_size / c.tp / shard * 4
         pairs = np.stack([grid.pipeline_rank(stage_to_rank[0]).reshape(-1), grid.pipeline_rank(last).reshape(-1)],
                          axis=1)
-        seconds += slowest_collective_time(cluster, "all_reduce", grad_bytes, pairs)
+        seconds += slowest_collective_time(cluster, "all_reduce", grad_bytes, pairs, synced=True)
     return seconds
 
 
@@ -437,7 +439,7 @@ def mirror_grad_sum(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig
         nbytes = reduced_grad_bytes(model, c, partition, schedule.model_stages_of_rank(r), execution.memory_layout,
                                     execution)
         pairs = np.stack([grid.pipeline_rank(r).reshape(-1), grid.pipeline_rank(mirror).reshape(-1)], axis=1)
-        seconds = max(seconds, slowest_collective_time(cluster, "all_reduce", nbytes, pairs))
+        seconds = max(seconds, slowest_collective_time(cluster, "all_reduce", nbytes, pairs, synced=True))
     return seconds
 
 

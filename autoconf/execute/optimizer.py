@@ -1,6 +1,7 @@
-"""The executor's optimizer, built once here: AdamW on the fp32 master weights (train.py, one per model chunk), and
-the same step the profiler times over host tensors for the profile's host AdamW rate (profile/host.py), which is
-the CPU step of offload_optimizer (cost/offload.py `cpu_optimizer_time`).
+"""The executor's optimizer, built once here: AdamW on the fp32 master weights (train.py, one per model chunk, through
+`model_optimizer`), which the profiler times as built here (profile/overheads.py: the step over the model's plain
+and DTensor parameters), and the same step over host tensors for the profile's host AdamW rate (profile/host.py),
+which is the CPU step of offload_optimizer (cost/offload.py `cpu_optimizer_time`).
 """
 
 from __future__ import annotations
@@ -31,3 +32,10 @@ def adamw(groups: list[dict], lr: float, fused: bool) -> torch.optim.AdamW:
     """AdamW with the executor's betas and eps: torch's fused kernel (`fused`, CUDA tensors), else foreach
     (multi-tensor), as on CPU and on the host tensors of offload_optimizer."""
     return torch.optim.AdamW(groups, lr=lr, betas=BETAS, eps=EPS, fused=fused, foreach=not fused)
+
+
+def model_optimizer(params, lr: float, weight_decay: float, device: torch.device,
+                    host_tensors: bool = False) -> torch.optim.AdamW:
+    """The trainer's AdamW over a model's `params` on `device`: fused on CUDA, foreach (multi-tensor) on CPU and on
+    `host_tensors` (offload_optimizer's); decay on matrices only (`param_groups`)."""
+    return adamw(param_groups(params, weight_decay), lr, fused=device.type == "cuda" and not host_tensors)

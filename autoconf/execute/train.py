@@ -39,7 +39,7 @@ from autoconf.execute.mesh import (build_expert_mesh, build_mesh, process_group_
                                    torchrun_store)
 from autoconf.execute.model import init_seed
 from autoconf.execute.moe import is_expert_param
-from autoconf.execute.optimizer import adamw, param_groups
+from autoconf.execute.optimizer import model_optimizer
 from autoconf.execute.parallelize import GradReducer, match_grad_layout, moe_layers, parallelize_chunk, replica_mesh
 from autoconf.files import open_append, write_file
 from autoconf.execute.loss import rank_loss
@@ -172,8 +172,8 @@ class Trainer:
     def _optimizer(self, model) -> torch.optim.Optimizer:
         """AdamW on the fp32 master weights (execute/optimizer.py), fused on CUDA and foreach (multi-tensor) on CPU
         and on offload_optimizer's host tensors; decay on matrices only."""
-        fused = self.device.type == "cuda" and not self.config.offload_optimizer  # offloaded: host tensors
-        return adamw(param_groups(model.parameters(), self.opts.weight_decay), self.opts.lr, fused)
+        return model_optimizer(model.parameters(), self.opts.lr, self.opts.weight_decay, self.device,
+                               host_tensors=self.config.offload_optimizer)
 
     # ---- gradients ---------------------------------------------------------------------------------------------
     @torch.no_grad()
