@@ -79,8 +79,7 @@ def user_errors(fn):
     return wrapper
 
 
-SEQ_LEN_DEFAULT = (f"default: the model's context, at most {DEFAULT_SEQ_LEN} tokens and at most its sliding attention "
-                   f"window")
+SEQ_LEN_DEFAULT = f"default: the model's context, at most {DEFAULT_SEQ_LEN} tokens"
 
 
 def default_seq_len(model) -> int:

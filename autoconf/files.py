@@ -136,6 +136,14 @@ def listed(names: list, first: int = 5) -> str:
     return ", ".join(names[:first]) + (f" and {len(names) - first} more" if len(names) > first else "")
 
 
+def did_you_mean(arg, names) -> str:
+    """"; did you mean 'x'?" naming the one of `names` closest to `arg` (difflib's ratio at least 0.6), else ""."""
+    import difflib
+
+    close = difflib.get_close_matches(str(arg), [str(n) for n in names], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def named_input(arg: str, option: str) -> Path | None:
     """The file or folder an input argument (`option`, e.g. --model) names; None where nothing is there, also for
     a name no file system holds (too long, a NUL). An empty argument is refused (UserError)."""

@@ -133,6 +133,20 @@ def test_unknown_preset_and_profile_names():
     args = list(PLAN)
     args[args.index("cpu-local")] = "no-such-cluster"
     assert_one_clear_error(run_cli(args), "no-such-cluster")
+    assert "did you mean" not in run_cli(args).output
+
+
+def test_a_misspelt_name_gets_the_closest_known_one():
+    """A preset, profile, framework or framework flag one typo away is named in the error line."""
+    assert_one_clear_error(run_cli([*ESTIMATE[:2], "tiny-gtp", *ESTIMATE[3:]]), "did you mean 'tiny-gpt'?")
+    args = list(ESTIMATE)
+    args[args.index("cpu-local")] = "cpu-locl"
+    assert_one_clear_error(run_cli(args), "did you mean 'cpu-local'?")
+    assert_one_clear_error(run_cli([*ESTIMATE, "--framework-flag", "blocking_p2pp=true"]),
+                           "did you mean 'blocking_p2p'?")
+    from autoconf.spec.frameworks import execution
+    with pytest.raises(UserError, match="did you mean 'megatron-core'"):
+        execution("megatron-cor")
 
 
 @pytest.mark.parametrize("option", ["--model", "--cluster"])

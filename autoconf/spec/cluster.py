@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from autoconf.errors import UserError
-from autoconf.files import gib_figures, is_version, shown
+from autoconf.files import did_you_mean, gib_figures, is_version, shown
 
 
 COMMAND_LINE = "set on the command line"  # the reason a headroom from --memory-headroom states
@@ -451,7 +451,7 @@ def load_cluster(arg: str, nodes: int | None = None, gpus_per_node: int | None =
         path = named_input(arg, "--cluster")
         if path is None:
             raise UserError(f"unknown cluster {shown(arg)!r}: not a bundled profile ({', '.join(bundled_profiles())})"
-                            f" and no such file")
+                            f" and no such file{did_you_mean(arg, bundled_profiles())}")
     profile = ClusterProfile.from_dict(read_json(path, "cluster profile"), source=str(path))
     if path != bundled:
         profile = dataclasses.replace(profile, path=str(path.resolve()))

@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass
 
 from autoconf.errors import UserError
-from autoconf.files import ascii_number
+from autoconf.files import ascii_number, did_you_mean
 from autoconf.spec.dtypes import STORAGE_BYTES, precision
 from autoconf.spec.hashing import remembered_hash
 from autoconf.spec.schedules import RUNTIMES, SCHEDULES, pipeline_problem, schedule_spec
@@ -576,7 +576,8 @@ class Execution:
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(flags) - known)
         if unknown:
-            raise UserError(f"unknown framework flag(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            hint = did_you_mean(unknown[0], known) if len(unknown) == 1 else ""
+            raise UserError(f"unknown framework flag(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}{hint}")
         policy = flags.get("selective_recompute")
         if policy is not None and "selective_policies" not in flags and policy not in self.selective_policies:
             flags = {**flags, "selective_policies": (policy,)}  # the framework runs the policy it is told to
@@ -820,7 +821,7 @@ def execution(name: str = DEFAULT) -> Execution:
     try:
         return PRESETS[name]
     except (KeyError, TypeError):
-        raise UserError(f"unknown framework {name!r}; known: {', '.join(PRESETS)}") from None
+        raise UserError(f"unknown framework {name!r}; known: {', '.join(PRESETS)}{did_you_mean(name, PRESETS)}") from None
 
 
 # Flags a user may change on a preset (`--framework-flag KEY=VALUE`): the behaviour, not the name or export data.
@@ -847,7 +848,8 @@ def parse_flags(pairs) -> dict:
         key, sep, value = str(item).partition("=")
         key, value = key.strip().replace("-", "_"), value.strip()
         if not sep or key not in USER_FLAGS:
-            raise UserError(f"--framework-flag {item!r} must be KEY=VALUE with KEY one of {', '.join(USER_FLAGS)}")
+            raise UserError(f"--framework-flag {item!r} must be KEY=VALUE with KEY one of {', '.join(USER_FLAGS)}"
+                            f"{did_you_mean(key, USER_FLAGS) if sep else ''}")
         if key in out:
             raise UserError(f"--framework-flag {key} is given twice; give it once")
         current = getattr(defaults, key)

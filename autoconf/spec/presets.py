@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.files import named_input, quoted, shown
+from autoconf.files import did_you_mean, named_input, quoted, shown
 from autoconf.spec.hf_fields import gpt2_fields, hf_int, hf_number, llama_fields, refuse_bias
 from autoconf.spec.hf_moe import HF_DENSE_TYPES, HF_MOE_TYPES, PRESET_CONFIGS, moe_from_hf, refuse_hidden_experts
 from autoconf.spec.model import ModelSpec, MoESpec, is_printable_name
@@ -164,7 +164,8 @@ def load_model(arg: str) -> ModelSpec:
         return PRESETS[arg]
     path = named_input(arg, "--model")
     if path is None:
-        raise UserError(f"unknown model {shown(arg)!r}: not a preset (see `autoconf models`) and no such file")
+        raise UserError(f"unknown model {shown(arg)!r}: not a preset (see `autoconf models`) and no such file"
+                        f"{did_you_mean(arg, PRESETS)}")
     if path.is_dir():  # a Hugging Face model folder
         if not (path / "config.json").is_file():
             raise UserError(f"{arg} is a folder without a config.json; give a model's config.json or its folder")
