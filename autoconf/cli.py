@@ -797,6 +797,14 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
     if note:
         click.echo(f"autoconf: note: {note}", err=True)
     print_table(prediction_table(plan_obj))
+    if out_dir is None and not force:
+        from autoconf.report.explain import default_show_folder, taken_names
+
+        folder = default_show_folder(plan_path)
+        if taken_names(plan_obj, folder, plan_path):  # (an earlier show's, or the user's: kept either way)
+            click.echo(f"autoconf: note: {folder} already holds this plan's pictures and scripts; kept them (--force "
+                       f"redraws them there, --out DIR elsewhere)", err=True)
+            return
     for path in show_plan(plan_path, out_dir, force=force, cluster=cluster, plan=plan_obj):
         click.echo(f"wrote {path}")
 

@@ -192,6 +192,28 @@ def test_explain_and_show(tmp_path):
     assert show(tmp_path / "explain" / "plan.json", tmp_path / "shown", force=True)
 
 
+def test_showing_a_plan_again_keeps_its_folder_and_prints_its_prediction(tmp_path):
+    """`show PLAN` twice: the second prints the prediction and keeps the pictures and scripts the first drew beside
+    the plan (exit 0, nothing overwritten); --force redraws them; an --out folder that holds them is refused."""
+    from click.testing import CliRunner
+
+    from autoconf.cli import main
+
+    plan = tmp_path / "p.json"
+    tiny_plan("1f1b").save(plan)
+    first = CliRunner().invoke(main, ["show", str(plan)])
+    assert first.exit_code == 0, first.output
+    script = tmp_path / "p_explain" / "launch.sh"
+    script.write_text("# the user's edit\n")
+    again = CliRunner().invoke(main, ["show", str(plan)])
+    assert again.exit_code == 0 and "step" in again.output and "kept them" in again.output, again.output
+    assert script.read_text() == "# the user's edit\n"
+    forced = CliRunner().invoke(main, ["show", str(plan), "--force"])
+    assert forced.exit_code == 0 and script.read_text() != "# the user's edit\n"
+    taken = CliRunner().invoke(main, ["show", str(plan), "--out", str(tmp_path / "p_explain")])
+    assert taken.exit_code != 0 and "already holds" in taken.output
+
+
 def test_a_plan_made_on_a_profile_file_is_shown_from_it(tmp_path):
     """A plan made with --cluster FILE recorded only the profile's name, so `show` could not find the profile to
     draw its timeline; the plan now records the file's path, and a file gone or renamed is one clear line."""

@@ -70,7 +70,7 @@ def explain(plans: list[Plan], out_dir: str | Path, cluster=None, plan_path: str
     picture (SWEEP_PICTURE) that this explanation does not redraw (`sweep` says the caller draws one) is removed
     when autoconf drew it (`files.drawn_by_autoconf`), as it would describe another run beside this one.
     """
-    from autoconf.report.exporters import export_texts, write_exports
+    from autoconf.report.exporters import write_exports
     from autoconf.report.pictures import compare_png, memory_png, timeline_png
 
     if not plans:
@@ -78,11 +78,8 @@ def explain(plans: list[Plan], out_dir: str | Path, cluster=None, plan_path: str
     out_dir = Path(out_dir)
     _refuse_as_folder(out_dir, plan_path)
     best = plans[0]
-    names = list(PICTURES) + list(export_texts(best, plan_path))
-    if plan_path is None:
-        names.append("plan.json")
     if not force:
-        existing = [n for n in names if (out_dir / n).exists()]
+        existing = taken_names(best, out_dir, plan_path)
         if existing:
             raise UserError(f"{out_dir} already holds {', '.join(existing)}; pass --force to overwrite them or "
                             f"choose another folder")
@@ -100,13 +97,28 @@ def explain(plans: list[Plan], out_dir: str | Path, cluster=None, plan_path: str
     return written
 
 
+def taken_names(best: Plan, out_dir: str | Path, plan_path: str | Path | None = None) -> list[str]:
+    """The files `explain` would write for `best` (its pictures, exports and, without a plan file, plan.json) that
+    `out_dir` already holds."""
+    from autoconf.report.exporters import export_texts
+
+    names = list(PICTURES) + list(export_texts(best, plan_path)) + (["plan.json"] if plan_path is None else [])
+    return [n for n in names if (Path(out_dir) / n).exists()]
+
+
+def default_show_folder(plan_path: str | Path) -> Path:
+    """Where `show` draws a plan without --out: next to it, named after it (plan.json -> plan_explain/)."""
+    plan_path = Path(plan_path)
+    return plan_path.with_name(f"{plan_path.stem}_explain")
+
+
 def show(plan_path: str | Path, out_dir: str | Path | None = None, force: bool = False, cluster=None,
          plan: Plan | None = None) -> list[Path]:
     """`autoconf show PLAN.json [--out DIR]`: redraws the pictures and exports of a saved plan (default folder:
-    next to the plan, named after it, e.g. plan.json -> plan_explain/); `plan`: the plan as read from it already
-    (and estimated again where it was edited: report/current.py)."""
+    `default_show_folder`); `plan`: the plan as read from it already (and estimated again where it was edited:
+    report/current.py)."""
     plan_path = Path(plan_path)
     plan = load_plan(plan_path) if plan is None else plan
     if out_dir is None:
-        out_dir = plan_path.with_name(f"{plan_path.stem}_explain")
+        out_dir = default_show_folder(plan_path)
     return explain([plan], out_dir, cluster=cluster, plan_path=plan_path, force=force)
