@@ -45,6 +45,10 @@ def test_transformers_5_rope_parameters_are_read_by_the_dense_importer():
     ({**QWEN3_MOE, "decoder_sparse_step": "2"}, "decoder_sparse_step must be a positive integer"),
     ({**QWEN3_MOE, "norm_topk_prob": "true"}, "norm_topk_prob must be true or false"),
     ({**QWEN3_MOE, "use_sliding_window": True}, "slides attention windows but sets no sliding_window"),
+    ({**LLAMA, "hidden_act": "gelu"}, "llama with hidden_act \"gelu\" is not modelled .* set hidden_act to 'silu'"),
+    ({**QWEN3_MOE, "hidden_act": "relu"}, "qwen3_moe with hidden_act \"relu\" is not modelled"),
+    ({"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 100, "activation_function": "relu"},
+     "gpt2 with activation_function \"relu\" is not modelled"),
 ])
 def test_fields_that_would_be_read_as_something_else_are_one_line(config, needle):
     with pytest.raises(UserError, match=needle):

@@ -364,11 +364,29 @@ def attention_dropout(config: dict, name: str, model_type: str) -> float:
     return dropout
 
 
+# The activations each reader's MLP computes, by the names transformers' ACT2FN gives them: a Llama-shaped family's
+# SwiGLU gates with SiLU (transformers' default for every such type), GPT-2's MLP is GeLU's tanh approximation
+# (execute/model.py).
+LLAMA_ACTIVATIONS = ("silu", "swish")
+GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
+
+
+def refuse_other_activation(config: dict, name: str, model_type: str, key: str, default: str,
+                            accepted: tuple[str, ...]) -> None:
+    """Refuses a config whose MLP activation (`key`, absent: `default`) is not one autoconf computes (`accepted`):
+    it would be planned, exported and trained as another function."""
+    act = config.get(key, default)
+    if act not in accepted:
+        raise UserError(f"{name}: {model_type} with {key} {shown(json.dumps(act), 40)} is not modelled (autoconf's "
+                        f"{model_type} MLP computes {accepted[0]}); set {key} to {accepted[0]!r} to plan it so")
+
+
 def llama_fields(config: dict, name: str, model_type: str) -> dict:
     """The ModelSpec fields every Llama-shaped family (dense or MoE) reads alike: layers, width, heads (absent or
     null KV heads: multi-head; 0 is an error), head width, vocabulary, context (`rope_context`), tied embeddings,
     attention dropout, RoPE base, scaling and sliding window. KeyError for a missing key (the caller names it)."""
     heads = hf_int(config, "num_attention_heads", name, "the attention heads")
+    refuse_other_activation(config, name, model_type, "hidden_act", "silu", LLAMA_ACTIVATIONS)
     return dict(name=name, arch="llama", num_layers=layer_count(config, "num_hidden_layers", name),
                 hidden_size=hf_int(config, "hidden_size", name, "the model width"), num_heads=heads,
                 num_kv_heads=hf_int(config, "num_key_value_heads", name, "the key/value heads", heads),
@@ -394,6 +412,7 @@ def gpt2_fields(config: dict, name: str) -> dict:
     (the caller names it). A RoPE scaling is refused: GPT-2 has none to scale."""
     hidden = hf_int(config, "n_embd", name, "the model width")
     heads = hf_int(config, "n_head", name, "the attention heads")
+    refuse_other_activation(config, name, "gpt2", "activation_function", "gelu_new", GPT2_ACTIVATIONS)
     for key in ("rope_scaling", "rope_parameters"):
         if config.get(key) is not None:
             raise UserError(f"{name}: gpt2 learns its positions and has no RoPE, so {key} is not read; remove it "
