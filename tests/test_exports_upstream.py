@@ -70,6 +70,8 @@ PLANS = {
     "zero3-fp32-gpt": lambda: _plan("tiny-gpt", zero=3, dtype="fp32"),
     "qwen-like-rope-1e6": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], rope_theta=1e6, qkv_bias=True,
                                                             norm_eps=1e-6), tp=2, pp=1, dp=2, sp=True),
+    "linear-rope-4": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], rope_linear_factor=4.0), tp=2, pp=1,
+                                   dp=2),
     "uniform-interleaved": lambda: _plan(pp=2, dp=2, vpp=2, schedule="interleaved-1f1b", recompute="full"),
     "no-pp-accumulating-zero1": lambda: _plan(pp=1, dp=4, zero=1),
     "head-dim-64": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], head_dim=64), tp=2, pp=1, dp=2),
@@ -236,6 +238,7 @@ def test_megatron_args_parse_at_the_named_tag(name):
         assert args.use_rope_scaling == (m.rope_scaling_factor != 1)
         if args.use_rope_scaling:
             assert args.rope_scaling_factor == m.rope_scaling_factor
+        assert (args.rotary_seq_len_interpolation_factor or 1) == m.rope_linear_factor
 
 
 def test_llama31_gets_rope_scaling_and_uneven_interleaving_keeps_its_virtual_stages():
@@ -265,6 +268,7 @@ RENAMED = {"decoder_first_pipeline_num_layers": "num_layers_in_first_pipeline_st
 GPT_MODEL_ARGS = {"rotary_base": "rotary_base", "use_rope_scaling": "rope_scaling",
                   "rope_scaling_factor": "rope_scaling_factor", "position_embedding_type": "position_embedding_type",
                   "max_position_embeddings": "max_sequence_length",
+                  "rotary_seq_len_interpolation_factor": "seq_len_interpolation_factor",
                   "untie_embeddings_and_output_weights": "share_embeddings_and_output_weights"}
 # megatron.training, not core (the checkpoint format: Megatron-FSDP's validate_args asserts fsdp_dtensor)
 TRAINING_LOOP = {"micro_batch_size", "global_batch_size", "seq_length", "ckpt_format"}

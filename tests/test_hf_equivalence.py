@@ -6,8 +6,8 @@ the sequence and with heads wider than hidden / heads; Mixtral, Qwen3-MoE and Qw
 DeepSeek-V3, with its YaRN too; GPT-OSS with its sinks, biases, clamped SwiGLU, top-k router, alternating windows
 and YaRN), read by `from_hf_config`; transformers' model is built in fp32 with its own random init, its weights are
 copied into autoconf's model (`execute/model.py`) by name, and both run the same tokens. Skipped without
-`transformers` (the test extra). RoPE scaling: Llama 3.1's and YaRN (GPT-OSS's own, Qwen's, DeepSeek's) are applied
-and checked here; linear, dynamic and longrope are not applied by the executor (docs/long-context.md "The executor").
+`transformers` (the test extra). RoPE scaling: Llama 3.1's, YaRN (GPT-OSS's own, Qwen's, DeepSeek's) and linear are
+applied and checked here; dynamic and longrope are not applied by the executor (docs/long-context.md "The executor").
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ CASES = {
                                                              "factor": 8.0, "low_freq_factor": 1.0,
                                                              "high_freq_factor": 4.0,
                                                              "original_max_position_embeddings": 16}}),
+    # linear scaling: every position divided by the factor
+    "llama-linear": ("LlamaConfig", {"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0,
+                                                         "factor": 4.0}}),
     "qwen3": ("Qwen3Config", {}),
     # Qwen2's q/k/v biases; Llama 3.2's tied embeddings; Mistral-NeMo's heads wider than hidden / heads
     "qwen2": ("Qwen2Config", {}),

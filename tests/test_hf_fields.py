@@ -3,12 +3,14 @@ transformers 5 writes them, and refused in one line when they would otherwise be
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from autoconf.errors import UserError
-from autoconf.spec.presets import from_hf_config, load_model
+from autoconf.spec.model import ModelSpec
+from autoconf.spec.presets import PRESETS, from_hf_config, load_model
 
 LLAMA = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
          "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 256, "max_position_embeddings": 8192}
@@ -75,6 +77,16 @@ def test_stretching_rope_scaling_plans_up_to_the_context_it_reaches_and_no_furth
     spec = from_hf_config(config, "m")
     assert spec.rope_scaling_factor == 1.0 and spec.max_seq_len == context and spec.context_problem(context) is None
     assert f"context of {context:,} tokens" in spec.context_problem(context + 1)
+    linear = (config.get("rope_scaling") or {}).get("rope_type") == "linear"
+    assert spec.rope_linear_factor == (4.0 if linear else 1.0)  # (applied by the executor, exported to Megatron)
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_a_linear_rope_factor_below_one_or_beside_another_scaling_is_refused():
+    assert "rope_linear_factor" not in PRESETS["tiny-llama"].to_dict()
+    for fields in ({"rope_linear_factor": 0.5}, {"rope_linear_factor": 2.0, "rope_scaling_factor": 8.0}):
+        with pytest.raises(UserError, match="rope_linear_factor"):
+            dataclasses.replace(PRESETS["tiny-llama"], **fields)
 
 
 @pytest.mark.parametrize("scaling, needle", [

@@ -1,6 +1,6 @@
 """Rotary position embedding as the executor's attention applies it: the rotate-half convention over a head's
-width, at each token's real position, with a model's RoPE scaling where it has one (Llama 3.x's "llama3" band and
-YaRN, each as transformers computes it: tests/test_hf_equivalence.py checks the logits)."""
+width, at each token's real position, with a model's RoPE scaling where it has one (Llama 3.x's "llama3" band,
+YaRN and linear, each as transformers computes it: tests/test_hf_equivalence.py checks the logits)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from autoconf.spec.model import ModelSpec
 
 def rope_scaling_of(spec: ModelSpec) -> tuple | None:
     """The spec's RoPE scaling as `rotate` takes it: ("llama3", factor, low_freq_factor, high_freq_factor, original
-    context), ("yarn", its YarnSpec), or None without one."""
+    context), ("yarn", its YarnSpec), ("linear", factor), or None without one."""
     if spec.rope_yarn is not None:
         return ("yarn", spec.rope_yarn)
+    if spec.rope_linear_factor != 1:
+        return ("linear", spec.rope_linear_factor)
     if spec.rope_scaling_factor == 1:
         return None
     return ("llama3", spec.rope_scaling_factor, spec.rope_low_freq_factor, spec.rope_high_freq_factor,
@@ -28,7 +30,9 @@ def _scaled_frequencies(inv_freq: torch.Tensor, theta: float, scaling: tuple) ->
     original / high_freq_factor kept, those between interpolated by original / wavelength. yarn: each frequency
     between its interpolated (divided by the factor) and extrapolated value by a linear ramp over the dimensions
     whose wavelengths fit the original context between beta_fast and beta_slow times; cos and sin times the
-    attention factor."""
+    attention factor. linear: every frequency divided by the factor (positions / factor)."""
+    if scaling[0] == "linear":
+        return inv_freq / scaling[1], 1.0
     if scaling[0] == "llama3":
         _, factor, low, high, original = scaling
         wavelength = 2 * math.pi / inv_freq

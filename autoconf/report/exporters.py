@@ -308,6 +308,9 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
     if m.rope_yarn is not None:
         notes.append(f"the model's YaRN RoPE scaling (factor {m.rope_yarn.factor:g} over "
                      f"{m.rope_yarn.original_context} tokens) has no flag here: the run below rotates unscaled")
+    if m.rope_linear_factor != 1 and not float(m.rope_linear_factor).is_integer():
+        notes.append(f"the model's linear RoPE scaling (factor {m.rope_linear_factor:g}) is not an integer, which "
+                     f"Megatron's --rotary-seq-len-interpolation-factor takes: the run below rotates unscaled")
     moe_flags, moe_notes = _megatron_moe(plan)
     window_flags, window_notes = _megatron_window(plan.model)
     flags, notes = flags + moe_flags + window_flags, notes + moe_notes + window_notes
@@ -419,6 +422,8 @@ def _megatron_model(plan: Plan) -> list[Flag]:
             flags.append(("--softmax-type", "learnable"))
         if m.rope_scaling_factor != 1:
             flags += [("--use-rope-scaling", None), ("--rope-scaling-factor", f"{m.rope_scaling_factor:g}")]
+        if m.rope_linear_factor != 1 and float(m.rope_linear_factor).is_integer():
+            flags.append(("--rotary-seq-len-interpolation-factor", round(m.rope_linear_factor)))
         if m.qkv_bias:
             flags.append(("--add-qkv-bias", None))
         if m.qk_norm:  # Qwen3: an RMSNorm on each query and key head

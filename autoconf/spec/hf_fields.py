@@ -184,11 +184,14 @@ def _scaling_factor(scaling: dict, key: str, name: str, kind: str) -> float:
 def rope_scaling(config: dict, name: str) -> dict:
     """The spec's Llama 3.x RoPE scaling (rope_type "llama3"): its `factor`, which lets a model train past its
     context and further, and its `low_freq_factor`, `high_freq_factor` and `original_max_position_embeddings`
-    (transformers requires all four), which the executor's rotation applies; {} without it (the spec's defaults: no
-    scaling). YaRN is `rope_yarn`'s; every other rope_type is read by `rope_context` (what it extends the context
+    (transformers requires all four), which the executor's rotation applies; a linear scaling's factor (every
+    position divided by it, as transformers' "linear" does); {} without either (the spec's defaults: no scaling).
+    YaRN is `rope_yarn`'s; dynamic and longrope scalings are read by `rope_context` (what they extend the context
     to) only: the cost does not depend on how positions are rotated, and the executor rotates those models
-    unscaled."""
+    unscaled (docs/long-context.md, "The executor")."""
     key, scaling, kind = _rope_kind(config, name)
+    if kind == "linear":
+        return dict(rope_linear_factor=_scaling_factor(scaling, key, name, kind))
     if kind != "llama3":
         return {}
     label = f"{key} llama3"

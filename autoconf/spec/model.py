@@ -281,6 +281,7 @@ class ModelSpec:
     rope_high_freq_factor: float = 4.0
     rope_original_context: int = 8192
     rope_yarn: YarnSpec | None = None  # YaRN scaling (GPT-OSS, DeepSeek-V3); None: none
+    rope_linear_factor: float = 1.0  # linear RoPE scaling ("linear" rope_type): positions divided by it; 1 is none
     # Multi-token-prediction modules (DeepSeek-V3, HF num_nextn_predict_layers; Megatron-Core --mtp-num-layers),
     # trained after the last block on the last pipeline stage; 0: none.
     mtp_num_layers: int = 0
@@ -391,6 +392,10 @@ class ModelSpec:
             problems.append(f"rope_scaling_factor must be at least 1 (got {self.rope_scaling_factor})")
         if self.rope_yarn is not None and self.rope_scaling_factor != 1:
             problems.append("rope_yarn and a llama3 rope_scaling_factor exclude each other (one RoPE scaling)")
+        if not (_number(self.rope_linear_factor) and self.rope_linear_factor >= 1):
+            problems.append(f"rope_linear_factor must be a number of at least 1 (got {quoted(self.rope_linear_factor)})")
+        elif self.rope_linear_factor != 1 and (self.rope_yarn is not None or self.rope_scaling_factor != 1):
+            problems.append("rope_linear_factor excludes rope_yarn and a llama3 rope_scaling_factor (one RoPE scaling)")
         low, high = self.rope_low_freq_factor, self.rope_high_freq_factor
         if not (_number(low) and _number(high) and 0 < low < high):
             problems.append(f"rope_low_freq_factor and rope_high_freq_factor must be numbers with 0 < low < high (got "
@@ -724,10 +729,10 @@ class ModelSpec:
 
     def to_dict(self) -> dict:
         """The model JSON: the fields (head_dim only when it is not hidden_size / num_heads; qk_norm, moe, mla,
-        the window's, GPT-OSS's and YaRN's fields only when set, the llama3 scaling's only when not Llama 3.1's, so a
-        dense model's JSON is as before), then the derived `parameters` and `active_parameters` (equal for a dense
-        model; both without MTP modules), and with MTP modules `parameters_with_mtp` and
-        `active_parameters_with_mtp`."""
+        the window's, GPT-OSS's, YaRN's and linear RoPE scaling's fields only when set, the llama3 scaling's only
+        when not Llama 3.1's, so a dense model's JSON is as before), then the derived `parameters` and
+        `active_parameters` (equal for a dense model; both without MTP modules), and with MTP modules
+        `parameters_with_mtp` and `active_parameters_with_mtp`."""
         data = {"version": 1, "kind": "model"}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -737,6 +742,8 @@ class ModelSpec:
                           "attention_sinks", "out_proj_bias", "swiglu_limit", "rope_yarn") and not value:
                 continue
             if f.name in LLAMA3_ROPE_DEFAULTS and value == LLAMA3_ROPE_DEFAULTS[f.name]:
+                continue
+            if f.name == "rope_linear_factor" and value == 1:
                 continue
             data[f.name] = (value.to_dict() if f.name in ("moe", "mla", "rope_yarn") else
                             list(value) if f.name == "full_attention_layers" else value)
