@@ -202,3 +202,34 @@ def test_the_cp_sat_partition_charges_recompute_on_each_stages_first_layers_as_b
         mine, theirs = evaluate_partition(problem, solved.stages), evaluate_partition(more, solved.stages)
         assert sum(theirs.stage_time_s) >= sum(mine.stage_time_s)
         assert all(x <= y for x, y in zip(theirs.rank_memory_bytes, mine.rank_memory_bytes))
+
+
+@pytest.mark.parametrize("framework, schedule, rewalks", [
+    ("autoconf", "zb-h1", True), ("torchtitan", "zbv", True), ("autoconf", "1f1b", False),
+    ("megatron-core", "interleaved-1f1b", False)])
+def test_a_split_weight_pass_recomputes_and_rewalks_each_whole_recomputing_block(framework, schedule, rewalks):
+    """torch's weight pass over a fully recomputed block (execute/pipeline.py weight_pass_groups) recomputes it and
+    runs its backward between the block's intermediates again: each stage's weight pass costs its recompute and the
+    recomputed blocks' input backward on top of its weight GEMMs, under split-backward schedules on torch's runtime
+    only; the forward and input pass do not change, nor does a step without recompute."""
+    from autoconf.cost.compute import model_pieces
+    from autoconf.cost.estimate import default_mesh, stage_plan
+    from autoconf.spec.frameworks import execution
+    from autoconf.spec.schedules import schedule_spec
+    from autoconf.spec.grid import RankGrid
+
+    vpp = 2 if schedule in ("zbv", "interleaved-1f1b") else 1
+    c = ParallelConfig(tp=1, pp=2, dp=1, vpp=vpp, micro_batch_size=1, global_batch_size=8, seq_len=4096,
+                       schedule=schedule, recompute="full")
+    ex = execution(framework)
+    partition = uniform_partition(MODEL.num_layers, c.pp * vpp)
+    owner = schedule_spec(schedule).stage_to_rank(c.pp, vpp)
+    grid = RankGrid(default_mesh(c))
+    full = stage_plan(MODEL, CLUSTER, c, partition, owner, grid, ex)
+    kept = stage_plan(MODEL, CLUSTER, dataclasses.replace(c, recompute="none"), partition, owner, grid, ex)
+    block = model_pieces(MODEL, CLUSTER, c, execution=ex).block.backward_input
+    for st, layers in enumerate(recomputed_layers(c, partition)):
+        extra = full.recompute[st] + layers * block if rewalks else 0.0
+        assert full.costs.backward_weight[st] == pytest.approx(kept.costs.backward_weight[st] + extra, rel=1e-9)
+        assert full.costs.forward[st] == pytest.approx(kept.costs.forward[st], rel=1e-9)
+        assert layers > 0 and full.recompute[st] > 0

@@ -257,11 +257,13 @@ def assert_bounds_below_estimate(model, cluster, configs, execution=None, memory
         if memory:
             assert cache.state_bound(config) <= bound.memory_bytes * (1 + 1e-9), config
             assert bound.memory_bytes <= p["peak_memory_bytes"] * (1 + 1e-9), config
-            # The walk's check before simulating (`layout_memory`) is the simulation's own memory, rank by rank.
+            # The walk's check before simulating (`layout_memory`) is the simulation's own memory, rank by rank (to
+            # rounding: a step whose weight passes re-walk the backward is simulated in full, its in-flight peaks
+            # counted along the whole order, not extended from two samples).
             simulated = predict(model, cluster, config, execution=cache.execution, detail=False,
                                 extrapolate=True)[3]["memory_per_stage"]
-            assert [e["total"] for e in cache.layout_memory(config)] == (
-                [e["total"] for e in simulated]), config
+            assert [e["total"] for e in cache.layout_memory(config)] == pytest.approx(
+                [e["total"] for e in simulated], rel=1e-9, abs=0), config
             entry = cache.rank0_memory(config)
             known = cache.known_floor(config)  # (the walk prunes on it where a ZeRO / grad_reduce twin had its entry)
             assert known is None or known <= entry["total"] * (1 + 1e-9) + 1e-6, config

@@ -468,6 +468,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     only = selective_matmuls_only(c, execution)
     offload_parts = []
     recomputed = recomputed_layers(c, partition)
+    rewalks = weight_pass_rewalks(c, execution)
     forward, back_in, back_w = [], [], []
     compute_parts, recompute_parts, tp_parts, gathers, reduces, buckets, ep_parts = [], [], [], [], [], [], []
     exchange_back_parts = []  # per stage, the token exchange inside its input backward (a full recompute's too)
@@ -589,6 +590,13 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         fwd += hook_parts[-1]
         bwd_in += hook_parts[-1]
         bwd_w = compute.backward_weight
+        if rewalks and recomputed[st]:
+            r_moe = moe_layers(model, first, first + recomputed[st]) if n_moe else 0
+            walk = (pieces.block + copies).backward_input * (recomputed[st] - r_moe)
+            if r_moe:
+                walk += (moe_pieces.block + side_kernels_time(model, cluster, c, execution, moe=True)
+                         ).backward_input * r_moe
+            bwd_w += recompute + walk
         if per_microbatch_gather:
             # FSDP prefetches block by block, so a gather hides behind the compute of the previous block, taking the
             # profile's share of the device while it runs.
@@ -633,6 +641,18 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                      gathers, reduces, buckets, early, ep_comm=ep_parts if model.moe is not None else [],
                      offload=offload_parts, cp_comm=cp_parts, contention=cluster.collective_sm_share,
                      reduce_contending=reduce_contending, hooks=hook_parts)
+
+
+def weight_pass_rewalks(c: ParallelConfig, execution: Execution) -> bool:
+    """Whether a split backward's weight pass recomputes each whole-recomputing block (full recompute, or the per-op
+    policy over the whole block) and walks its backward again: torch's `stage_backward_weight` over the block's
+    parameter groups merged into one (execute/pipeline.py `weight_pass_groups`: one call per block, which unpacks the
+    checkpoint once and, to reach every parameter, runs the backward between the block's intermediates; measured on
+    tiny-gpt's four blocks with full recompute, 69 ms against a 49 ms input pass and a 66 ms whole backward). The
+    stage plan charges it on the weight pass (compute of the walk only, not its collectives again)."""
+    whole = c.recompute == "full" or (c.recompute == "selective"
+                                      and selective_policy(c, execution) == "alternate_matmuls")
+    return whole and schedule_spec(c.schedule).split_backward and execution.pipeline_runtime == "torch"
 
 
 def moe_tp_change(model: ModelSpec, c: ParallelConfig, tp: PassTimes, layers: int, regather: float,
@@ -1013,6 +1033,8 @@ def _extrapolated_step(c: ParallelConfig, sp: StagePlan, p2p, execution: Executi
     1F1B step read up to 4% long, and kept at the sample, 26% short under GPipe): None.
     """
     m = c.num_microbatches
+    if weight_pass_rewalks(c, execution):
+        return None  # weight passes that outlast the rest: extended, such steps read up to 0.24% short
     overlap = sp.costs.forward_comm is not None  # the stage plan states the exchange only when pairs overlap
 
     def sample(count: int) -> tuple[Timeline, float, list[float], float]:
