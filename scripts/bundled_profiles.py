@@ -294,10 +294,11 @@ B200 = gpu_profile(
     "limit; 180 GB HBM3e at 8 TB/s), NVLink 5 through NVSwitch (1.8 TB/s bidirectional = 900 GB/s per direction per "
     "GPU), eight single-port ConnectX-7 400 Gb/s NICs (50 GB/s per direction per GPU), 2 TB host memory and dual Intel "
     "Xeon Platinum 8570 (NVIDIA DGX B200 data sheet, https://www.nvidia.com/en-us/data-center/dgx-b200/: 1,440 GB "
-    "total GPU memory, 64 TB/s HBM3e bandwidth, 14.4 TB/s aggregate NVLink). Every efficiency, the GEMM size curve and "
-    "the attention curves are the dgx-h100-80g profile's fractions applied to this part's peaks: assumed, not measured "
-    "on Blackwell.",
-    {"name": "B200-SXM-180GB", "kind": "gpu", "memory_bytes": 180e9, "memory_bandwidth_Bps": 8e12,
+    "total GPU memory, 64 TB/s HBM3e bandwidth, 14.4 TB/s aggregate NVLink); memory_bytes is the 183,359 MiB "
+    "nvidia-smi reports for the part (NVIDIA/TensorRT-LLM issue #10278, driver 580.95.05: the data sheet's 180 GB "
+    "counts about GiB, as the H200's 141 GB does). Every efficiency, the GEMM size curve and the attention curves are "
+    "the dgx-h100-80g profile's fractions applied to this part's peaks: assumed, not measured on Blackwell.",
+    {"name": "B200-SXM-180GB", "kind": "gpu", "memory_bytes": 183359 * 1024 ** 2, "memory_bandwidth_Bps": 8e12,
      "peak_flops": B200_DENSE_PEAK, "memory_overhead_bytes": 1.5 * GiB},
     link(5e-6, 900e9), link(8e-6, 50e9),
     {
@@ -399,6 +400,9 @@ def files() -> dict[str, str]:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # (--help: nothing written)
     OUT.mkdir(exist_ok=True)
     for name, text in files().items():
         (OUT / name).write_text(text)
