@@ -181,6 +181,15 @@ def test_the_estimate_counts_torchs_ring_exactly_where_the_executor_hands_it_att
     assert ("flash", 0.0, None, "none", None, True) in seen
     assert ("flash", 0.0, None, "selective", "attention_core", True) in seen
     assert sum(hands for *_, hands in seen) == 3  # none, full and attention_core, with flash, no dropout nor window
+    # The per-op policy over no layer (recompute_layers all 0) is the plain step: torch's ring, as without recompute
+    # (it switched the attention while its label said nothing was recomputed).
+    none = _row(4, attention="flash", recompute="none")
+    zero = _row(4, attention="flash", recompute="selective", selective_recompute="alternate_matmuls",
+                recompute_layers=(0,))
+    assert cpx.uses_torch_attention(zero, "cuda", MODEL) and cp_ring.dkv_bytes(MODEL, zero, AUTOCONF) > 0
+    assert (estimate(MODEL, GT, zero, execution=AUTOCONF, detail=False).prediction["iteration_time_s"]
+            == pytest.approx(estimate(MODEL, GT, none, execution=AUTOCONF, detail=False)
+                             .prediction["iteration_time_s"], rel=1e-9))
 
 
 def test_under_latent_attention_dq_is_at_the_query_width_and_the_merges_at_the_value_width():

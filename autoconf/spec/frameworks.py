@@ -795,11 +795,13 @@ def selective_policy(config, execution: Execution | None = None) -> str:
 def executor_torch_cp(config, model) -> bool:
     """Whether autoconf's executor on CUDA hands the attention of `config`'s blocks to torch's `context_parallel`
     (cp > 1; SDPA, i.e. attention "flash"; no attention dropout; no sliding window nor attention sinks, which
-    torch's causal ring cannot apply; and not under the per-op selective policy, whose blocks run autoconf's own op,
-    execute/cp_attention.py).
+    torch's causal ring cannot apply; and not where a block recomputes under the per-op selective policy, whose
+    blocks run autoconf's own op, execute/cp_attention.py: per-op selective recompute of no layer, `recompute_layers`
+    all 0, is the plain step, torch's ring included).
     The one rule the executor (execute/train.py) and the estimate (`cp_ring.torch_ring` under cp_attention
     "executor") read; on CPU the executor runs its own always."""
-    per_op = config.recompute == "selective" and selective_policy(config) == "alternate_matmuls"
+    per_op = (config.recompute == "selective" and selective_policy(config) == "alternate_matmuls"
+              and (config.recompute_layers is None or any(config.recompute_layers)))
     return (config.cp > 1 and config.attention == "flash" and model.dropout == 0.0 and model.sliding_window is None
             and not model.attention_sinks and not per_op)
 
