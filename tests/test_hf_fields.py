@@ -77,8 +77,12 @@ def test_stretching_rope_scaling_plans_up_to_the_context_it_reaches_and_no_furth
     spec = from_hf_config(config, "m")
     assert spec.rope_scaling_factor == 1.0 and spec.max_seq_len == context and spec.context_problem(context) is None
     assert f"context of {context:,} tokens" in spec.context_problem(context + 1)
-    linear = (config.get("rope_scaling") or {}).get("rope_type") == "linear"
+    kind = (config.get("rope_scaling") or {})
+    kind = kind.get("rope_type") or kind.get("type")
+    linear = kind == "linear"
     assert spec.rope_linear_factor == (4.0 if linear else 1.0)  # (applied by the executor, exported to Megatron)
+    if kind in ("yarn", "linear"):  # its own scaling named, not "has no llama3 RoPE scaling"
+        assert f"its {kind} RoPE scaling reaches no further" in spec.context_problem(context + 1)
     assert ModelSpec.from_dict(spec.to_dict()) == spec
 
 

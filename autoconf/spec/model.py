@@ -498,11 +498,13 @@ class ModelSpec:
             return (f"seq_len {seq_len} exceeds {self.name}'s {self.max_seq_len} learned positions (max_seq_len; "
                     f"n_positions in a config.json); use --seq-len {self.max_seq_len} or less")
         if self.rope_scaling_factor == 1:
+            own = ("its yarn RoPE scaling reaches no further" if self.rope_yarn is not None else
+                   "its linear RoPE scaling reaches no further" if self.rope_linear_factor != 1 else
+                   "the model has no llama3 RoPE scaling to train further (rope_scaling_factor 1)")
             return (f"seq_len {seq_len} exceeds {self.name}'s context of {self.max_seq_len:,} tokens (max_seq_len; "
-                    f"in a config.json max_position_embeddings, or what its RoPE scaling extends it to) and the "
-                    f"model has no llama3 RoPE scaling to train further (rope_scaling_factor 1); use --seq-len "
-                    f"{self.max_seq_len} or less, or a model with a longer context or llama3 RoPE scaling (the "
-                    f"llama3.1 presets: 131,072 tokens, longer with their llama3 scaling)")
+                    f"in a config.json max_position_embeddings, or what its RoPE scaling extends it to) and {own}; "
+                    f"use --seq-len {self.max_seq_len} or less, or a model with a longer context or llama3 RoPE "
+                    f"scaling (the llama3.1 presets: 131,072 tokens, longer with their llama3 scaling)")
         return None
 
     @property
