@@ -170,7 +170,12 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
         notes.append(f"the run below leaves out the model's {m.mtp_num_layers} multi-token-prediction module(s) that "
                      f"the plan costs on the last stage (torchtitan {TORCHTITAN_VERSION}'s deepseek_v3 model builds "
                      f"them with model_registry(..., num_mtp_layers=N) and MTPLoss; this export does not write them)")
-    if c.etp > 1:
+    # torchtitan's llama3 model (no family of torchtitan's equals the plan's) has no experts to split
+    ep = c.ep if family or m.moe is None else 1
+    if ep != c.ep:
+        notes.append(f"the plan's expert parallelism (ep {c.ep}) is not written: the model below has no experts "
+                     f"(expert_parallel_degree 1)")
+    elif c.etp > 1:
         notes.append(f"expert tensor parallelism (etp {c.etp}) has no torchtitan {TORCHTITAN_VERSION} "
                      f"setting: its experts are split over expert_parallel_degree and FSDP only")
     if c.dtype == "fp16":
@@ -261,7 +266,7 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
               f"    parallelism.context_parallel_degree = {c.cp}",
               f'    parallelism.pipeline_parallel_schedule = "{schedule.torch_class or "1F1B"}"',
               f"    parallelism.pipeline_parallel_microbatch_size = {c.micro_batch_size}",
-              f"    parallelism.expert_parallel_degree = {c.ep}",
+              f"    parallelism.expert_parallel_degree = {ep}",
               *(f"    {line}" for line in offload_lines),
               # torchtitan 0.3.0 captures each step's forward and backward in a CUDA graph by default; its config
               # refuses that under pipelining and with the EP dispatchers that synchronise with the host (every one
