@@ -615,7 +615,14 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
     if not front:
         reasons = "; ".join(f"{counted(p.nodes, 'node')}: {p.reason}" for p in points[:3])
         raise UserError(f"no cluster size from {node_counts[0]} to {node_counts[-1]} nodes has a layout ({reasons})")
-    chosen = sizes.cheapest_within(points, deadline) if deadline is not None else front[0]
+    title = (f"{model.name} on {cluster.name}, {tokens:,} tokens, global batch {global_batch}, seq {seq_len}: "
+             f"best plan per cluster size")
+    try:
+        chosen = sizes.cheapest_within(points, deadline) if deadline is not None else front[0]
+    except UserError:
+        if not as_json:  # what each size would take, before the line saying none meets the deadline
+            print_table(sweep_table(points, front, None, title), console)
+        raise
     written = []
     if explain_dir is not None:
         from autoconf.report.explain import SWEEP_PICTURE, explain
@@ -630,8 +637,6 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
         click.echo(json.dumps({"plans": [chosen.plan.to_dict()], "sweep": [p.to_dict() for p in points],
                                "chosen_nodes": chosen.nodes, "search": sizes.search_stats(points)}, indent=2))
         return
-    title = (f"{model.name} on {cluster.name}, {tokens:,} tokens, global batch {global_batch}, seq {seq_len}: "
-             f"best plan per cluster size")
     print_table(sweep_table(points, front, chosen, title), console)
     why = (f"the cheapest size within {sizes.format_days(deadline)}" if deadline is not None
            else "the fastest size (pass --deadline to pick the cheapest that meets it)")

@@ -214,3 +214,14 @@ def test_a_deadline_in_m_is_refused_as_ambiguous_and_short_token_counts_are_said
         parse_deadline("six days")
     assert "0.5 of one step" in under_one_step(2048, 2, 2048) and "4,096 tokens" in under_one_step(2048, 2, 2048)
     assert under_one_step(4096, 2, 2048) is None
+
+
+def test_a_missed_deadline_still_shows_every_sizes_plan(tmp_path):
+    """No size of 1:2 nodes trains 2T tokens within an hour: the table of every size's best plan and time comes
+    first (what the sweep found), then the one error line naming the fastest; nothing is written."""
+    result = run_cli(SWEEP + ["--nodes", "1:2", "--deadline", "1h", "--out", tmp_path / "p.json"])
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("autoconf: error:")]
+    assert len(errors) == 1 and "no size meets the deadline of 1 hour" in errors[0]
+    assert "best plan per cluster size" in result.output and "hours" in result.output.split("autoconf: error:")[0]
+    assert not (tmp_path / "p.json").exists()
