@@ -126,6 +126,19 @@ def gib_figures(*nbytes: float, least: int = 1) -> list[str]:
     return [f"{n / 2**30:.{decimals}f}" for n in nbytes]
 
 
+def plain(value: float, digits: int = 3, sign: bool = False) -> str:
+    """`value` rounded to about `digits` significant digits and written without an exponent or trailing zeros,
+    thousands separated: 12,345 / 340 / 12.3 / 0.000084 (where `g` formats wrote 1.23e+04 and 8.4e-05); with
+    `sign`, a leading + too."""
+    import math
+
+    if not math.isfinite(value) or value == 0:
+        return f"{value:+g}" if sign else f"{value:g}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    text = f"{value:{'+' if sign else ''},.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text  # (as `g` does: 1.50 -> 1.5, 1.00 -> 1)
+
+
 def quoted(value, limit: int = 60) -> str:
     """`value` as a one-line message echoes it: its repr, shortened to `limit` characters (`shown`)."""
     return shown(repr(value), limit)

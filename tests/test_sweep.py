@@ -95,7 +95,8 @@ def test_token_counts_are_read_exactly_and_short_runs_are_not_zero():
             parse_tokens(bad)
     assert format_days(30 / 86400) == "30 seconds" and format_days(90 / 86400) == "1.5 minutes"
     assert format_days(1 / 86400) == "1 second"
-    assert hours(2.484e-05) == "2.48e-05" and hours(49682.4) == "49,682" and money(0.00012) == "$0.00012"
+    assert hours(2.484e-05) == "0.0000248" and hours(49682.4) == "49,682" and money(0.00012) == "$0.00012"
+    assert money(1.2e-05) == "$0.000012" and format_days(12345.6) == "12,346 days"  # never an exponent
 
 
 def test_a_missed_deadline_suggests_a_range_that_can_meet_it():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from autoconf.files import gib_figures
+from autoconf.files import gib_figures, plain
 from autoconf.spec.frameworks import plan_execution, selective_policy
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import Plan
@@ -74,7 +74,7 @@ def limits_table(limits: list, title: str) -> Table:
         plan, p = limit.plan, limit.plan.prediction
         value = f"{limit.value:,}" if isinstance(limit.value, int) else str(limit.value)
         table.add_row(name, value, plan.model.name, f"{plan.config.seq_len:,}", layout_label(plan),
-                      f"{p['iteration_time_s']:.4g}", f"{p['peak_memory_bytes'] / GiB:.1f}",
+                      plain(p['iteration_time_s'], 4), f"{p['peak_memory_bytes'] / GiB:.1f}",
                       f"{p['memory_limit_bytes'] / GiB:.1f}")
     return table
 
@@ -91,7 +91,7 @@ def prediction_table(plan: Plan) -> Table:
                         f"{layout_label(plan)}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
-    table.add_row("iteration time", f"{p['iteration_time_s']:.4g} s")
+    table.add_row("iteration time", f"{plain(p['iteration_time_s'], 4)} s")
     table.add_row("tokens/s", f"{p['tokens_per_s']:,.0f}")
     table.add_row("model TFLOP/s per device", f"{p['tflops_per_gpu']:.2f}")
     table.add_row("MFU", f"{100 * p['mfu']:.1f}%")
@@ -100,16 +100,16 @@ def prediction_table(plan: Plan) -> Table:
     # (simulate.Timeline); the breakdown's terms are the busiest rank's
     table.add_row("idle (all ranks)", f"{100 * p['bubble_fraction']:.1f}%")
     for name, seconds in p.get("time_breakdown", {}).items():
-        table.add_row(f"  time: {name}", f"{seconds:.4g} s ({100 * seconds / p['iteration_time_s']:.1f}%)")
+        table.add_row(f"  time: {name}", f"{plain(seconds, 4)} s ({100 * seconds / p['iteration_time_s']:.1f}%)")
     fits = "fits" if p["fits"] else "DOES NOT FIT"
     peak, limit = gib_figures(p["peak_memory_bytes"], p["memory_limit_bytes"], least=2)
     table.add_row("peak memory", f"{peak} GiB of {limit} GiB ({fits})")
     effect = p.get("offload_effect")
     if effect:  # cost/estimate.py offload_effect: against the same layout without offload
-        where = ", ".join(f"{term} {seconds:+.4g} s" for term, seconds in
+        where = ", ".join(f"{term} {plain(seconds, 4, sign=True)} s" for term, seconds in
                           (effect.get("time_cost_by_term_s") or {}).items())
         table.add_row("offload", f"saves {effect['memory_saved_bytes'] / GiB:.2f} GiB per device, costs "
-                                 f"{effect['time_cost_s']:.4g} s per step{f' (in {where})' if where else ''}, holds "
+                                 f"{plain(effect['time_cost_s'], 4)} s per step{f' (in {where})' if where else ''}, holds "
                                  f"{effect['host_memory_per_node_bytes'] / GiB:.1f} GiB of host memory per node"
                                  + ("" if effect["without_fits"] else " (does not fit without it)"))
     for rank, m in enumerate(p["memory_per_stage"]):
@@ -119,8 +119,8 @@ def prediction_table(plan: Plan) -> Table:
     if isinstance(p.get("recompute_per_stage"), dict):  # what recomputing per stage bought (solve/search.py)
         r = p["recompute_per_stage"]
         table.add_row(f"recompute {c.recompute}, first layers per stage {r['layers']}",
-                      f"{p['iteration_time_s']:.4g} s, {p['peak_memory_bytes'] / GiB:.1f} GiB vs every layer: "
-                      f"{r['every_layer_iteration_time_s']:.4g} s, {r['every_layer_peak_memory_bytes'] / GiB:.1f} GiB")
+                      f"{plain(p['iteration_time_s'], 4)} s, {p['peak_memory_bytes'] / GiB:.1f} GiB vs every layer: "
+                      f"{plain(r['every_layer_iteration_time_s'], 4)} s, {r['every_layer_peak_memory_bytes'] / GiB:.1f} GiB")
     table.add_row("compute times from", p.get("compute_source", "specification"))
     if "training" in p:
         for label, value in training_rows(p["training"]):
@@ -129,12 +129,12 @@ def prediction_table(plan: Plan) -> Table:
 
 
 def money(usd: float) -> str:
-    return f"${usd:,.0f}" if usd >= 100 else f"${usd:,.2f}" if usd >= 0.01 else f"${usd:.2g}"
+    return f"${usd:,.0f}" if usd >= 100 else f"${usd:,.2f}" if usd >= 0.01 else f"${plain(usd, 2)}"
 
 
 def hours(gpu_hours: float) -> str:
     """GPU-hours in whole hours, with three significant digits below 100 (a short run is not "0")."""
-    return f"{gpu_hours:,.0f}" if gpu_hours >= 100 else f"{gpu_hours:.3g}"
+    return plain(gpu_hours, 3) if gpu_hours < 100 else f"{gpu_hours:,.0f}"
 
 
 def training_rows(t: dict) -> list[tuple[str, str]]:
@@ -167,7 +167,7 @@ def sweep_table(points, front, chosen, title: str) -> Table:
             continue
         p, t = point.plan.prediction, point.training
         table.add_row(mark, str(point.nodes), str(point.devices), layout_label(point.plan),
-                      f"{p['iteration_time_s']:.4g}", f"{100 * p['mfu']:.1f}%", f"{p['tokens_per_s']:,.0f}",
+                      plain(p['iteration_time_s'], 4), f"{100 * p['mfu']:.1f}%", f"{p['tokens_per_s']:,.0f}",
                       format_days(t["days"]), hours(t["gpu_hours"]),
                       "-" if t.get("cost") is None else money(t["cost"]))
     return table
@@ -190,9 +190,9 @@ def ranked_table(plans: list[Plan], title: str, wide: bool = True) -> Table:
     for i, plan in enumerate(plans):
         p = plan.prediction
         b = p.get("time_breakdown", {})
-        table.add_row(str(i + 1), layout_label(plan), f"{p['iteration_time_s']:.4g}", f"{100 * p['mfu']:.1f}%",
+        table.add_row(str(i + 1), layout_label(plan), plain(p['iteration_time_s'], 4), f"{100 * p['mfu']:.1f}%",
                       f"{p['peak_memory_bytes'] / GiB:.1f}",
-                      *(f"{b.get(k, 0.0):.2g}" for k in breakdown),
+                      *(plain(b.get(k, 0.0), 2) for k in breakdown),
                       "" if i == 0 else why_slower(p, best))
     return table
 
@@ -205,9 +205,9 @@ def why_slower(p: dict, best: dict) -> str:
     terms = {k: p.get("time_breakdown", {}).get(k, 0.0) - best.get("time_breakdown", {}).get(k, 0.0)
              for k in set(p.get("time_breakdown", {})) | set(best.get("time_breakdown", {}))}
     if not terms:
-        return f"+{gap:.2g} s"
+        return f"{plain(gap, 2, sign=True)} s"
     worst = max(terms, key=terms.get)
-    return f"+{gap:.2g} s: {worst} +{terms[worst]:.2g}"
+    return f"{plain(gap, 2, sign=True)} s: {worst} {plain(terms[worst], 2, sign=True)}"
 
 
 def table_console(stderr: bool = False) -> Console:

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from autoconf.errors import UserError
-from autoconf.files import ascii_number
+from autoconf.files import ascii_number, plain
 from autoconf.spec.profile_checks import MAX_NODES, MAX_USD_PER_GPU_HOUR
 
 SECONDS_PER_DAY = 86400.0
@@ -79,8 +79,8 @@ def format_days(days: float) -> str:
     for unit, per_day, below in (("second", 86400, 1 / 1440), ("minute", 1440, 1 / 24), ("hour", 24, 2)):
         if days < below:
             value = days * per_day
-            return f"{value:.3g} {unit}{'' if f'{value:.3g}' == '1' else 's'}"
-    return f"{days:.4g} days"
+            return f"{plain(value, 3)} {unit}{'' if plain(value, 3) == '1' else 's'}"
+    return f"{plain(days, 4)} days"
 
 
 def check_price(price: float) -> float:
