@@ -428,3 +428,24 @@ def test_lr_schedule_warms_up_then_decays():
     lrs = [lr_at(s, opts) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] >= 1e-4
+
+
+def test_a_dry_run_of_a_gpu_plan_on_fewer_nodes_says_they_would_need_more_gpus(tmp_path, capsys):
+    """A 16-GPU plan (two nodes of 8) dry-run on one node prints 16 processes per node, with a note that the plan's
+    nodes have 8 GPUs and --nnodes 2 runs one process per GPU; on two nodes no such note."""
+    from autoconf.cli import main
+    from autoconf.execute.launch import launch
+    from click.testing import CliRunner
+
+    plan_path = tmp_path / "gpu.json"
+    result = CliRunner().invoke(main, ["estimate", "--model", "tiny-gpt", "--cluster", "dgx-a100-80g", "--nodes", "2",
+                                       "--tp", "1", "--pp", "1", "--dp", "16", "--micro-batch", "1",
+                                       "--global-batch", "16", "--seq-len", "64", "--out", str(plan_path)])
+    assert result.exit_code == 0, result.output
+    capsys.readouterr()
+    assert launch(plan_path, steps=2, dry_run=True, nnodes=1) == 0
+    out = capsys.readouterr()
+    assert "--nproc-per-node 16" in out.out
+    assert "nodes of 8 GPUs, but 1 node(s) run 16 processes each" in out.err and "--nnodes 2" in out.err
+    assert launch(plan_path, steps=2, dry_run=True, nnodes=2, master_addr="10.0.0.1") == 0
+    assert "GPUs, but" not in capsys.readouterr().err

@@ -553,6 +553,11 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
         print(f"autoconf: note: the placement puts grid block 0 on node {master_node}, which starts as torchrun node "
               f"rank 0 and hosts the rendezvous: --master-addr must be node {master_node}'s address on every node",
               file=sys.stderr)
+    planned_gpus = plan.cluster.get("gpus_per_node")
+    if dry_run and planned_gpus and nproc > planned_gpus and plan_wants_gpus(plan):
+        print(f"autoconf: note: the plan was made for nodes of {planned_gpus} GPUs, but {nnodes} node(s) run "
+              f"{nproc} processes each, more than their GPUs (one process per GPU: --nnodes "
+              f"{-(-plan.config.world_size // planned_gpus)})", file=sys.stderr)
     if dry_run:
         if nnodes > 1 and master_addr in LOOPBACK:
             print(f"autoconf: note: {nnodes} nodes: pass --master-addr (the address of the node that starts as "
