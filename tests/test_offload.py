@@ -22,6 +22,7 @@ from autoconf.errors import UserError
 from autoconf.report.exporters import megatron_flags, torchtitan_config
 from autoconf.solve.search import search
 from autoconf.spec.cluster import ClusterProfile, load_cluster
+from autoconf.spec.frameworks import execution
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan
 from autoconf.spec.presets import PRESETS
@@ -189,6 +190,24 @@ def test_search_weighs_offload_where_a_layout_does_not_fit_without_it():
     assert all(not p.prediction["offload_effect"]["without_fits"] for p in tight.plans)
     assert tight.stats["offload_candidates"] >= len(tight.plans)
     assert not search(model, _shrunk(48, host=False), 8, 4096, "bf16", refine=False, top_k=3).plans
+
+
+@pytest.mark.parametrize("schedule, pp, vpp", [("1f1b", 2, 1), ("interleaved-1f1b", 2, 2), ("gpipe", 2, 1)])
+def test_the_walks_host_bytes_are_the_estimates_own(schedule, pp, vpp):
+    """`BoundCache.layout_host`, which the search's advice and its fitting twins read instead of simulating, is the
+    estimate's `host_memory_per_node_bytes` of the same layout (0 without offload)."""
+    from autoconf.cost.estimate import predict
+    from autoconf.solve.bounds import BoundCache
+
+    model, cluster = PRESETS["llama3-8b"], load_cluster("dgx-h100-80g", nodes=1)
+    cache = BoundCache(model, cluster, execution("autoconf"))
+    for activations, optimizer in ((False, True), (True, False), (True, True), (False, False)):
+        c = ParallelConfig(tp=2, pp=pp, dp=8 // (2 * pp), vpp=vpp, micro_batch_size=1, global_batch_size=16,
+                           seq_len=4096, schedule=schedule, zero_stage=1, offload_activations=activations,
+                           offload_optimizer=optimizer)
+        p = predict(model, cluster, c, execution=cache.execution, detail=False)[3]
+        assert cache.layout_host(c) == pytest.approx(p.get("host_memory_per_node_bytes", 0.0), rel=1e-9)
+        assert (cache.layout_host(c) > 0) == c.offloads
 
 
 def test_the_profiler_measures_the_host(monkeypatch):

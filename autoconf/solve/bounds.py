@@ -535,6 +535,13 @@ class BoundCache:
                             inflight, self.execution.memory_layout, selective=selective_policy(c, self.execution),
                             execution=self.execution)
 
+    def layout_host(self, c: ParallelConfig) -> float:
+        """An offloading layout's host bytes per node of `layout_memory`: the estimate's own
+        `host_memory_per_node_bytes` of the default layout, without simulating it; 0 without offload."""
+        if not c.offloads:
+            return 0.0
+        return host_memory_per_node(self.cluster, [entry["host"] for entry in self.layout_memory(c)])
+
     def layout_peak(self, c: ParallelConfig) -> float:
         """The busiest rank's bytes of `layout_memory`: the estimate's peak of the default layout."""
         return max(entry["total"] for entry in self.layout_memory(c))

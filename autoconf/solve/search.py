@@ -350,8 +350,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     for over, exact, config in sorted(misses, key=operator.itemgetter(0)) if not ranked else ():
         if closest is not None and over >= closest[0]:
             break  # (an inexact miss is at least `over` bytes over, and so is every one after it)
-        if config.offloads and predict(model, cluster, config, execution=execution, detail=False)[3].get(
-                "host_memory_per_node_bytes", 0.0) > cluster.host["memory_bytes"]:
+        # (an offloading miss beyond its host's memory is no advice: the estimate's host bytes, unsimulated)
+        if config.offloads and cache.layout_host(config) > cluster.host["memory_bytes"]:
             continue
         over = over if exact else cache.layout_peak(config) - limit
         if closest is None or over < closest[0]:
@@ -777,7 +777,8 @@ def _fitting_twin(model: ModelSpec, cluster: ClusterProfile, config: ParallelCon
             continue
         if twin.offloads:
             if (cache.offload_floor(config, activations, optimizer) > usable
-                    or cache.host_bound(twin) > cluster.host["memory_bytes"]):
+                    or cache.host_bound(twin) > cluster.host["memory_bytes"]
+                    or cache.layout_peak(twin) > usable or cache.layout_host(twin) > cluster.host["memory_bytes"]):
                 continue
         elif any(bound(config) > usable for bound in (cache.state_bound, cache.memory_bound, cache.layout_peak)):
             continue
