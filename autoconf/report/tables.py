@@ -109,7 +109,8 @@ def prediction_table(plan: Plan) -> Table:
         where = ", ".join(f"{term} {plain(seconds, 4, sign=True)} s" for term, seconds in
                           (effect.get("time_cost_by_term_s") or {}).items())
         table.add_row("offload", f"saves {effect['memory_saved_bytes'] / GiB:.2f} GiB per device, costs "
-                                 f"{plain(effect['time_cost_s'], 4)} s per step{f' (in {where})' if where else ''}, holds "
+                                 f"{plain(effect['time_cost_s'], 4)} s per step"
+                                 f"{f' (in {where})' if where else ''}, holds "
                                  f"{effect['host_memory_per_node_bytes'] / GiB:.1f} GiB of host memory per node"
                                  + ("" if effect["without_fits"] else " (does not fit without it)"))
     for rank, m in enumerate(p["memory_per_stage"]):
@@ -120,7 +121,8 @@ def prediction_table(plan: Plan) -> Table:
         r = p["recompute_per_stage"]
         table.add_row(f"recompute {c.recompute}, first layers per stage {r['layers']}",
                       f"{plain(p['iteration_time_s'], 4)} s, {p['peak_memory_bytes'] / GiB:.1f} GiB vs every layer: "
-                      f"{plain(r['every_layer_iteration_time_s'], 4)} s, {r['every_layer_peak_memory_bytes'] / GiB:.1f} GiB")
+                      f"{plain(r['every_layer_iteration_time_s'], 4)} s, "
+                      f"{r['every_layer_peak_memory_bytes'] / GiB:.1f} GiB")
     table.add_row("compute times from", p.get("compute_source", "specification"))
     if "training" in p:
         for label, value in training_rows(p["training"]):

@@ -823,7 +823,8 @@ def execution(name: str = DEFAULT) -> Execution:
     try:
         return PRESETS[name]
     except (KeyError, TypeError):
-        raise UserError(f"unknown framework {name!r}; known: {', '.join(PRESETS)}{did_you_mean(name, PRESETS)}") from None
+        raise UserError(f"unknown framework {name!r}; known: {', '.join(PRESETS)}"
+                        f"{did_you_mean(name, PRESETS)}") from None
 
 
 # Flags a user may change on a preset (`--framework-flag KEY=VALUE`): the behaviour, not the name or export data.

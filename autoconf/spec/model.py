@@ -393,7 +393,8 @@ class ModelSpec:
         if self.rope_yarn is not None and self.rope_scaling_factor != 1:
             problems.append("rope_yarn and a llama3 rope_scaling_factor exclude each other (one RoPE scaling)")
         if not (_number(self.rope_linear_factor) and self.rope_linear_factor >= 1):
-            problems.append(f"rope_linear_factor must be a number of at least 1 (got {quoted(self.rope_linear_factor)})")
+            problems.append(f"rope_linear_factor must be a number of at least 1 "
+                            f"(got {quoted(self.rope_linear_factor)})")
         elif self.rope_linear_factor != 1 and (self.rope_yarn is not None or self.rope_scaling_factor != 1):
             problems.append("rope_linear_factor excludes rope_yarn and a llama3 rope_scaling_factor (one RoPE scaling)")
         low, high = self.rope_low_freq_factor, self.rope_high_freq_factor
