@@ -449,3 +449,21 @@ def test_a_dry_run_of_a_gpu_plan_on_fewer_nodes_says_they_would_need_more_gpus(t
     assert "nodes of 8 GPUs, but 1 node(s) run 16 processes each" in out.err and "--nnodes 2" in out.err
     assert launch(plan_path, steps=2, dry_run=True, nnodes=2, master_addr="10.0.0.1") == 0
     assert "GPUs, but" not in capsys.readouterr().err
+
+
+def test_a_rope_scaling_the_executor_does_not_apply_is_said_at_launch_and_in_the_exports(tmp_path, capsys):
+    """A model whose dynamic or longrope RoPE scaling is read for its context only (`rope_unapplied`): launch (a dry
+    run) notes that the executor rotates positions unscaled, and so do the Megatron and torchtitan exports."""
+    import dataclasses
+
+    from autoconf.execute.launch import launch
+    from autoconf.report.exporters import megatron_args, torchtitan_config
+
+    plan = make_plan("llama", pp=2, dp=2, schedule="1f1b")
+    plan = dataclasses.replace(plan, model=dataclasses.replace(plan.model, rope_unapplied="dynamic, factor 2"))
+    plan_path = tmp_path / "plan.json"
+    plan.save(plan_path)
+    assert launch(plan_path, steps=2, dry_run=True) == 0
+    assert "dynamic, factor 2 RoPE scaling is not applied by the executor" in capsys.readouterr().err
+    assert "dynamic, factor 2 RoPE scaling has no flag here" in megatron_args(plan)
+    assert "dynamic, factor 2 RoPE scaling is not written" in torchtitan_config(plan)

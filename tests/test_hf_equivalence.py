@@ -7,7 +7,8 @@ DeepSeek-V3, with its YaRN too; GPT-OSS with its sinks, biases, clamped SwiGLU, 
 and YaRN), read by `from_hf_config`; transformers' model is built in fp32 with its own random init, its weights are
 copied into autoconf's model (`execute/model.py`) by name, and both run the same tokens. Skipped without
 `transformers` (the test extra). RoPE scaling: Llama 3.1's, YaRN (GPT-OSS's own, Qwen's, DeepSeek's) and linear are
-applied and checked here; dynamic and longrope are not applied by the executor (docs/long-context.md "The executor").
+applied and checked here; dynamic and longrope are not applied by the executor, which says so at launch
+(`ModelSpec.rope_unapplied`; docs/long-context.md "The executor").
 """
 
 from __future__ import annotations

@@ -81,6 +81,9 @@ def test_stretching_rope_scaling_plans_up_to_the_context_it_reaches_and_no_furth
     kind = kind.get("rope_type") or kind.get("type")
     linear = kind == "linear"
     assert spec.rope_linear_factor == (4.0 if linear else 1.0)  # (applied by the executor, exported to Megatron)
+    scaling = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    # (dynamic: read for its context, named where the executor and the exports rotate unscaled)
+    assert spec.rope_unapplied == ("dynamic, factor 2" if scaling.get("rope_type") == "dynamic" else None)
     if kind in ("yarn", "linear"):  # its own scaling named, not "has no llama3 RoPE scaling"
         assert f"its {kind} RoPE scaling reaches no further" in spec.context_problem(context + 1)
     assert ModelSpec.from_dict(spec.to_dict()) == spec
@@ -295,7 +298,7 @@ def test_longrope_plans_up_to_max_position_embeddings_which_is_already_the_exten
     config = {**LLAMA, "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
               "rope_scaling": PHI3_128K_SCALING}
     spec = from_hf_config(config, "phi3-like")
-    assert (spec.max_seq_len, spec.rope_scaling_factor) == (131072, 1.0)
+    assert (spec.max_seq_len, spec.rope_scaling_factor, spec.rope_unapplied) == (131072, 1.0, "longrope")
     assert spec.context_problem(131072) is None and "context of 131,072 tokens" in spec.context_problem(131073)
     written = from_hf_config({**LLAMA, "max_position_embeddings": 131072, "rope_parameters": {
         "rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [4.0] * 8,

@@ -528,6 +528,9 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
         plan, note = current(plan, source=str(plan_path), remedy="re-plan it (autoconf plan or estimate --out)")
         print(f"autoconf: note: {note}", file=sys.stderr, flush=True)
     check_fits(plan, allow_unfit)
+    if plan.model.rope_unapplied:
+        print(f"autoconf: note: the model's {plan.model.rope_unapplied} RoPE scaling is not applied by the executor: "
+              f"it rotates positions unscaled", file=sys.stderr, flush=True)
     if nnodes is None:
         nnodes = default_nnodes(plan)
     commands = build_commands(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_every,

@@ -308,6 +308,8 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
     if m.rope_yarn is not None:
         notes.append(f"the model's YaRN RoPE scaling (factor {m.rope_yarn.factor:g} over "
                      f"{m.rope_yarn.original_context} tokens) has no flag here: the run below rotates unscaled")
+    if m.rope_unapplied:
+        notes.append(f"the model's {m.rope_unapplied} RoPE scaling has no flag here: the run below rotates unscaled")
     if m.rope_linear_factor != 1 and not float(m.rope_linear_factor).is_integer():
         notes.append(f"the model's linear RoPE scaling (factor {m.rope_linear_factor:g}) is not an integer, which "
                      f"Megatron's --rotary-seq-len-interpolation-factor takes: the run below rotates unscaled")

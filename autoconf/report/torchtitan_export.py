@@ -71,7 +71,7 @@ def upstream_recipe(plan: Plan) -> str | None:
     m = plan.model
     dims = (m.num_layers, m.hidden_size, m.num_heads, m.num_kv_heads, m.ffn_hidden_size, m.vocab_size)
     if (m.arch != "llama" or m.qkv_bias or m.tied_embeddings or m.sliding_window is not None
-            or m.rope_yarn is not None or m.rope_linear_factor != 1
+            or m.rope_yarn is not None or m.rope_linear_factor != 1 or m.rope_unapplied
             or any(getattr(m, k) != v for k, v in LLAMA3_ROPE_DEFAULTS.items())
             or m.rope_theta != FLAVOR_ROPE_THETA
             or m.rope_scaling_factor != FLAVOR_ROPE_SCALING or m.norm_eps != 1e-5):
@@ -151,6 +151,8 @@ def _llama3_notes(plan: Plan) -> list[str]:
     if m.rope_linear_factor != 1:
         notes.append(f"the model's linear RoPE scaling (factor {m.rope_linear_factor:g}) is not written: the model "
                      f"below rotates unscaled")
+    if m.rope_unapplied:
+        notes.append(f"the model's {m.rope_unapplied} RoPE scaling is not written: the model below rotates unscaled")
     if m.sliding_window is not None:
         notes.append(f"torchtitan's llama3 model has no sliding-window attention; the model below attends to the "
                      f"whole sequence in every layer (the plan slides a {m.sliding_window}-token window in "

@@ -187,11 +187,15 @@ def rope_scaling(config: dict, name: str) -> dict:
     (transformers requires all four), which the executor's rotation applies; a linear scaling's factor (every
     position divided by it, as transformers' "linear" does); {} without either (the spec's defaults: no scaling).
     YaRN is `rope_yarn`'s; dynamic and longrope scalings are read by `rope_context` (what they extend the context
-    to) only: the cost does not depend on how positions are rotated, and the executor rotates those models
-    unscaled (docs/long-context.md, "The executor")."""
+    to) and named in `rope_unapplied`: the cost does not depend on how positions are rotated, and the executor
+    rotates those models unscaled, saying so (docs/long-context.md, "The executor")."""
     key, scaling, kind = _rope_kind(config, name)
     if kind == "linear":
         return dict(rope_linear_factor=_scaling_factor(scaling, key, name, kind))
+    if kind == "dynamic":
+        return dict(rope_unapplied=f"dynamic, factor {_scaling_factor(scaling, key, name, kind):g}")
+    if kind == "longrope":
+        return dict(rope_unapplied="longrope")
     if kind != "llama3":
         return {}
     label = f"{key} llama3"

@@ -282,6 +282,9 @@ class ModelSpec:
     rope_original_context: int = 8192
     rope_yarn: YarnSpec | None = None  # YaRN scaling (GPT-OSS, DeepSeek-V3); None: none
     rope_linear_factor: float = 1.0  # linear RoPE scaling ("linear" rope_type): positions divided by it; 1 is none
+    # A RoPE scaling read for the context it reaches only ("dynamic, factor 2", "longrope"): the executor and the
+    # exports rotate positions unscaled, and say so; None: none.
+    rope_unapplied: str | None = None
     # Multi-token-prediction modules (DeepSeek-V3, HF num_nextn_predict_layers; Megatron-Core --mtp-num-layers),
     # trained after the last block on the last pipeline stage; 0: none.
     mtp_num_layers: int = 0
@@ -392,6 +395,8 @@ class ModelSpec:
             problems.append(f"rope_scaling_factor must be at least 1 (got {self.rope_scaling_factor})")
         if self.rope_yarn is not None and self.rope_scaling_factor != 1:
             problems.append("rope_yarn and a llama3 rope_scaling_factor exclude each other (one RoPE scaling)")
+        if self.rope_unapplied is not None and not isinstance(self.rope_unapplied, str):
+            problems.append(f"rope_unapplied must be a text or null (got {quoted(self.rope_unapplied)})")
         if not (_number(self.rope_linear_factor) and self.rope_linear_factor >= 1):
             problems.append(f"rope_linear_factor must be a number of at least 1 "
                             f"(got {quoted(self.rope_linear_factor)})")
@@ -742,7 +747,8 @@ class ModelSpec:
             if f.name == "head_dim" and value * self.num_heads == self.hidden_size:
                 continue
             if f.name in ("qk_norm", "moe", "mla", "mtp_num_layers", "sliding_window", "full_attention_layers",
-                          "attention_sinks", "out_proj_bias", "swiglu_limit", "rope_yarn") and not value:
+                          "attention_sinks", "out_proj_bias", "swiglu_limit", "rope_yarn",
+                          "rope_unapplied") and not value:
                 continue
             if f.name in LLAMA3_ROPE_DEFAULTS and value == LLAMA3_ROPE_DEFAULTS[f.name]:
                 continue
