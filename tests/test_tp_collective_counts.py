@@ -27,7 +27,12 @@ def _plus(*parts: dict) -> dict:
 @pytest.fixture(scope="module")
 def counts(tmp_path_factory):
     out = tmp_path_factory.mktemp("tp_counts") / "counts.json"
-    proc = torchrun(2, [str(REPO / "tests" / "tp_counts_worker.py"), str(out)], timeout=600)
+    args = [str(REPO / "tests" / "tp_counts_worker.py"), str(out)]
+    proc = torchrun(2, args, timeout=600)
+    if proc.returncode != 0 and "SIGABRT" in proc.stderr:
+        # Both gloo ranks aborted once in a CI run ("terminate called without an active exception"), not again in
+        # 19 runs, 16 of them two at a time: one more try; a failure that repeats still fails.
+        proc = torchrun(2, args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 
