@@ -522,17 +522,19 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                   else PassTimes(0.0, 0.0, 0.0))
         tp = tp + moe_tp.scaled(n_moe)
         copies = side_kernels_time(model, cluster, c, execution)  # FSDP2 copies, gradient hooks (not recomputed)
-        compute = (pieces.block + copies).scaled(layers)
+        dense_layer = pieces.block + copies
+        compute = dense_layer.scaled(layers)
         recompute = recompute_time(pieces, c, layer_one, matmul_share, only) * recomputed[st]
         ep = PassTimes(0.0, 0.0, 0.0)
         recompute_exchange = 0.0  # a full recompute's forward exchange again, in the backward
+        r_moe, moe_layer = 0, None  # the recomputed MoE layers, an MoE layer's compute
         if n_moe:
             # MoE layers: their own block, and the token exchange in each pass (and in a full recompute's forward);
             # the first recomputed[st] layers of the stage recompute.
             exchange, exchange_back = exchange_of(rank)
             r_moe = moe_layers(model, first, first + recomputed[st])
-            compute = ((pieces.block + copies).scaled(layers - n_moe)
-                       + (moe_pieces.block + side_kernels_time(model, cluster, c, execution, moe=True)).scaled(n_moe))
+            moe_layer = moe_pieces.block + side_kernels_time(model, cluster, c, execution, moe=True)
+            compute = dense_layer.scaled(layers - n_moe) + moe_layer.scaled(n_moe)
             recompute_exchange = exchange * r_moe if c.recompute == "full" else 0.0
             recompute = (recompute_time(pieces, c, layer_one, matmul_share, only) * (recomputed[st] - r_moe)
                          + (recompute_time(moe_pieces, c, layer_one, moe_share, only)
@@ -591,11 +593,9 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         bwd_in += hook_parts[-1]
         bwd_w = compute.backward_weight
         if rewalks and recomputed[st]:
-            r_moe = moe_layers(model, first, first + recomputed[st]) if n_moe else 0
-            walk = (pieces.block + copies).backward_input * (recomputed[st] - r_moe)
+            walk = dense_layer.backward_input * (recomputed[st] - r_moe)
             if r_moe:
-                walk += (moe_pieces.block + side_kernels_time(model, cluster, c, execution, moe=True)
-                         ).backward_input * r_moe
+                walk += moe_layer.backward_input * r_moe
             bwd_w += recompute + walk
         if per_microbatch_gather:
             # FSDP prefetches block by block, so a gather hides behind the compute of the previous block, taking the

@@ -136,7 +136,7 @@ def money(usd: float) -> str:
 
 def hours(gpu_hours: float) -> str:
     """GPU-hours in whole hours, with three significant digits below 100 (a short run is not "0")."""
-    return plain(gpu_hours, 3) if gpu_hours < 100 else f"{gpu_hours:,.0f}"
+    return plain(gpu_hours, 3)
 
 
 def training_rows(t: dict) -> list[tuple[str, str]]:
