@@ -11,6 +11,7 @@ import errno
 import functools
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -839,7 +840,10 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
 def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, model_arg, quick, base_profile,
             memory_per_rank, dtype, max_tp, seq_lens, force) -> None:
     """Measure this cluster (compute, links, collectives, memory) into a profile."""
+    from autoconf.files import refuse_overwriting_inputs
     from autoconf.profile.launch import profile as run_profile
+
+    refuse_overwriting_inputs({"--out": out}, {"the model config": model_arg, "the base profile": base_profile})
 
     code = run_profile(out, nproc_per_node=nproc_per_node, nnodes=nnodes, node_rank=node_rank,
                        master_addr=master_addr, master_port=master_port, model=model_arg, quick=quick, force=force,
@@ -850,7 +854,8 @@ def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, mo
     if code != 0:
         raise UserError(f"profiling failed (torchrun exit code {code}); see the worker output above")
     if node_rank == 0:
-        click.echo(f"profile: {out} (next: autoconf plan --model MODEL --cluster {out} --global-batch B)")
+        click.echo(f"profile: {out} (next: autoconf plan --model MODEL --cluster {shlex.quote(str(out))} "
+                   f"--global-batch B)")
 
 
 @main.command()

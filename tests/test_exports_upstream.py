@@ -81,6 +81,10 @@ PLANS = {
     "moe-ep2-first-dense": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], name="tiny-moe", moe=MoESpec(
         num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, num_shared_experts=1,
         shared_expert_intermediate_size=96, first_k_dense=1)), pp=2, dp=2, zero=1, ep=2),
+    # Qwen1.5-MoE's router: softmax over every expert, the top-k kept as they are (--moe-router-pre-softmax)
+    "moe-unnormalised-top-k": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], name="tiny-moe", moe=MoESpec(
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, norm_topk_prob=False)), pp=1, dp=4, zero=1,
+        ep=2),
     # one MTP module after the last stage's layers: --mtp-num-layers and 'm' before 'L' in the layout
     "mtp-interleaved-layout": lambda: _plan(dataclasses.replace(PRESETS["tiny-llama"], mtp_num_layers=1), pp=2, dp=2,
                                             vpp=2, schedule="interleaved-1f1b",
@@ -233,6 +237,8 @@ def test_megatron_args_parse_at_the_named_tag(name):
         freq = args.moe_layer_freq  # unset (Megatron's default 1): every layer MoE (GPT-OSS), else a pattern
         pattern = [1] * m.num_layers if freq in (None, 1) else eval(freq, {"__builtins__": {}})
         assert pattern == [int(m.is_moe_layer(i)) for i in range(m.num_layers)]
+        # Megatron-Core's softmax router renormalises its top-k unless the softmax comes first (pre-softmax)
+        assert args.moe_router_pre_softmax == (m.moe.scoring_func == "softmax" and not m.moe.norm_topk_prob)
     if m.arch == "llama":
         assert args.rotary_base == m.rope_theta and args.normalization == "RMSNorm"
         assert args.use_rope_scaling == (m.rope_scaling_factor != 1)

@@ -336,6 +336,26 @@ def test_a_zero_twins_resident_bytes_are_no_floor_under_fp8_where_the_sharding_m
     assert cache.offload_floor(c, False, False) <= cache.rank0_memory(c)["total"] * (1 + 1e-12)
 
 
+@pytest.mark.parametrize("framework", ["autoconf", "megatron-core"])
+def test_the_host_floor_is_the_host_bound_less_the_offloaded_activations(framework):
+    """`BoundCache.host_floor` (which the search asks before `host_bound`, without a `stage_memory` call) counts the
+    same host state bytes of rank 0's dense and routed-expert parameters: equal to the bound when only the optimizer
+    is offloaded, below it by the offloaded activations when they go too."""
+    model, cl = PRESETS["mixtral-8x7b"], load_cluster("dgx-h100-80g", nodes=4)
+    cache, checked = BoundCache(model, cl, FRAMEWORKS[framework]), 0
+    for tp, pp, ep, zero in [(1, 4, 8, 1), (2, 2, 4, 1), (2, 1, 8, 1), (2, 2, 4, 3), (4, 1, 2, 2), (1, 2, 1, 3)]:
+        c = ParallelConfig(tp=tp, pp=pp, dp=32 // (tp * pp), micro_batch_size=1, global_batch_size=64, seq_len=4096,
+                           zero_stage=zero, recompute="full", ep=ep, offload_optimizer=True)
+        if c.problems(model, cl.world_size) or FRAMEWORKS[framework].problem(c, model):
+            continue
+        assert cache.host_floor(c) == pytest.approx(cache.host_bound(c), rel=1e-12)
+        moved = dataclasses.replace(c, offload_activations=True)
+        assert 0 < cache.host_floor(moved) < cache.host_bound(moved)
+        checked += 1
+    assert checked >= 3
+    assert cache.host_floor(dataclasses.replace(c, offload_optimizer=False)) == 0
+
+
 @pytest.mark.parametrize("counts", [(9, 5, 3, 7), (0, 0, 0, 0), None])
 @pytest.mark.parametrize("dtype", ["fp8", "bf16"])
 def test_the_time_bound_copies_no_more_activations_than_the_estimate_offloads(counts, dtype):

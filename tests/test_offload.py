@@ -192,6 +192,19 @@ def test_search_weighs_offload_where_a_layout_does_not_fit_without_it():
     assert not search(model, _shrunk(48, host=False), 8, 4096, "bf16", refine=False, top_k=3).plans
 
 
+@pytest.mark.parametrize("lever", ["offload_activations", "offload_optimizer"])
+def test_a_pinned_lever_finds_what_the_open_search_finds_with_it(lever):
+    """--fix LEVER=true is searched as an open lever is (layouts standing for their offloading twins): every plan
+    has the lever, and the first is at least as fast as the open search's fastest plan with it, the other lever and
+    the twins' refitted recompute weighed as they are there (a layout born with the lever on weighed neither)."""
+    model, cluster = PRESETS["llama3-8b"], _shrunk(48)
+    with_it = [p for p in search(model, cluster, 8, 4096, "bf16", refine=False, top_k=40).plans
+               if getattr(p.config, lever)]
+    pinned = search(model, cluster, 8, 4096, "bf16", fixed={lever: True}, refine=False, top_k=3)
+    assert with_it and pinned.plans and all(getattr(p.config, lever) for p in pinned.plans)
+    assert pinned.plans[0].prediction["iteration_time_s"] <= with_it[0].prediction["iteration_time_s"] * (1 + 1e-9)
+
+
 @pytest.mark.parametrize("schedule, pp, vpp", [("1f1b", 2, 1), ("interleaved-1f1b", 2, 2), ("gpipe", 2, 1)])
 def test_the_walks_host_bytes_are_the_estimates_own(schedule, pp, vpp):
     """`BoundCache.layout_host`, which the search's advice and its fitting twins read instead of simulating, is the

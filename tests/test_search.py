@@ -235,7 +235,8 @@ def test_search_bounds_never_exceed_the_simulation(cluster_name):
 def assert_bounds_below_estimate(model, cluster, configs, execution=None, memory: bool = True) -> list:
     """Each config's search bounds (`BoundCache.bounds`: time, and memory with `memory`) at or below its estimate,
     the cheap memory bound (`state_bound`) at or below the memory bound, an offloading twin's floor
-    (`offload_floor`, every lever) at or below what stays of rank 0's entry, and a recompute candidate's bound as the
+    (`offload_floor`, every lever) at or below what stays of rank 0's entry, its host floor (`host_floor`) at or
+    below its host bound, and a recompute candidate's bound as the
     walk first takes it (no layer recomputed yet) at or above its twin's without recompute (`search` bounds a family
     of candidates by its members without recompute); the configs checked."""
     from autoconf.cost.estimate import Execution
@@ -272,6 +273,9 @@ def assert_bounds_below_estimate(model, cluster, configs, execution=None, memory
                     stays = entry["total"] - (entry["activations"] if activations else 0.0) - (
                         entry["params"] + entry["grads"] + entry["optimizer"] if optimizer else 0.0)
                     assert cache.offload_floor(config, activations, optimizer) <= stays * (1 + 1e-9) + 1e-6, config
+                    twin = dataclasses.replace(config, offload_activations=activations, offload_optimizer=optimizer)
+                    if twin.offloads and not twin.problems(model, cluster.world_size):  # (the host's cheap floor)
+                        assert cache.host_floor(twin) <= cache.host_bound(twin) * (1 + 1e-9) + 1e-6, twin
         checked.append(config)
     return checked
 

@@ -576,6 +576,26 @@ def test_a_base_profile_of_another_kind_of_device_is_refused(tmp_path):
         assert not out.exists()
 
 
+@pytest.mark.parametrize("option", ["--model", "--base-profile"])
+def test_profile_never_writes_over_a_file_it_reads(tmp_path, option):
+    """Sixth review: `profile --model config.json --out config.json --force` replaced the user's model config with
+    a profile (and --base-profile likewise its base), where plan and estimate refuse it: now refused before it
+    starts, the file untouched. A --out in a folder not yet made is made, as plan's is."""
+    source = tmp_path / "in.json"
+    from autoconf.spec.cluster import load_cluster
+
+    source.write_text(json.dumps(load_cluster("cpu-local").to_dict()) if option == "--base-profile" else
+                      json.dumps({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+                                  "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 256}))
+    before = source.read_bytes()
+    result = run_cli(["profile", "--quick", option, source, "--out", tmp_path / "." / "in.json", "--force"])
+    assert_one_clear_error(result, "this run reads", "choose another path")
+    assert source.read_bytes() == before
+    from autoconf.profile.launch import check_output
+
+    assert check_output(tmp_path / "new" / "p.json", False).parent.is_dir()
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a host without CUDA")
 def test_a_cpu_profile_beyond_the_hosts_memory_is_refused_before_it_starts(tmp_path, monkeypatch):
     """Third fuzz round: `profile --quick --model llama3-70b` on a CPU host grew past 9 GB per minute and was not

@@ -900,7 +900,7 @@ def _checked(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, 
     c = config.check(model, cluster.world_size)
     execution.check(c, model)
     check_dtype(c.dtype, cluster.device.peak_flops, cluster.device.name)
-    check_offload(cluster, c)
+    check_offload(cluster, c.offload_levers)
     partition = [list(p) for p in (partition or default_partition(model, c))]
     if recompute_layers_problem(c, partition):
         raise UserError(recompute_layers_problem(c, partition))

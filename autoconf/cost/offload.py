@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile
-from autoconf.spec.plan import OFFLOADS, ParallelConfig
+from autoconf.spec.plan import ParallelConfig
 
 
 def offload_problem(cluster: ClusterProfile) -> str | None:
@@ -45,12 +45,12 @@ def offload_problem(cluster: ClusterProfile) -> str | None:
     return None
 
 
-def check_offload(cluster: ClusterProfile, config: ParallelConfig) -> None:
-    """Raises a one-line UserError, naming the levers, when the config offloads where `offload_problem` says
-    nothing can be."""
-    problem = offload_problem(cluster) if config.offloads else None
+def check_offload(cluster: ClusterProfile, levers: tuple[str, ...]) -> None:
+    """Raises a one-line UserError, naming the levers (OFFLOADS names) that are on, when any is on where
+    `offload_problem` says nothing can be."""
+    problem = offload_problem(cluster) if levers else None
     if problem:
-        raise UserError(f"{', '.join(n for n in OFFLOADS if getattr(config, n))}: {problem}")
+        raise UserError(f"{', '.join(levers)}: {problem}")
 
 
 def plans_offload(cluster: ClusterProfile) -> bool:

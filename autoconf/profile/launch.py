@@ -32,14 +32,17 @@ def _cuda_devices() -> int:
 
 
 def check_output(out: str | os.PathLike, force: bool) -> Path:
-    """The absolute output path; refuses an existing file without `force` and an unwritable folder."""
+    """The absolute output path, its folder made where missing; refuses an existing file without `force` and an
+    unwritable folder."""
     path = Path(out).expanduser()
     if path.is_dir():
         raise UserError(f"--out {path} is a folder; give a file name such as {path / 'profile.json'}")
     check_new(path, force, hint="choose another --out")
     folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise UserError(f"cannot write {path}: folder {folder} does not exist")
+    try:  # (as every other output: a folder that does not exist yet is made)
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: cannot make folder {folder} ({err.strerror or err})") from None
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".check"):
             pass

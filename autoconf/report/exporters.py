@@ -489,6 +489,17 @@ def _megatron_moe(plan: Plan) -> tuple[list[Flag], list[str]]:
     flags += ([("--moe-token-dispatcher-type", "flex"), ("--moe-flex-dispatcher-backend", "deepep")]
               if plan_execution(plan.prediction).dispatch_per_node else [("--moe-token-dispatcher-type", "alltoall")])
     flags.append(("--moe-router-score-function", e.scoring_func))
+    if not e.norm_topk_prob:
+        if e.scoring_func == "softmax":  # softmax over every expert, the top-k scores kept as they are
+            flags.append(("--moe-router-pre-softmax", None))
+        else:
+            notes.append(f"the model keeps its top-k {e.scoring_func} scores unnormalised (norm_topk_prob false); "
+                         f"Megatron-Core renormalises them whenever top-k > 1, so the exported router differs")
+    if e.scoring_func == "sigmoid":
+        notes.append("a sigmoid router that balances with a per-expert correction bias (DeepSeek-V3's noaux_tc) "
+                     "needs --moe-router-enable-expert-bias (update rate --moe-router-bias-update-rate, default 1e-3) "
+                     "and DeepSeek's sequence-wise auxiliary loss --moe-router-load-balancing-type seq_aux_loss; "
+                     "autoconf's model spec does not record the balancing method, so neither is written")
     if e.num_shared_experts:
         flags.append(("--moe-shared-expert-intermediate-size",
                       e.num_shared_experts * e.shared_expert_intermediate_size))

@@ -29,7 +29,8 @@ from autoconf.cost.memory import (holds_unsharded_grads, layer_activation_bytes,
                                   root_reduced_grad_bytes, root_unit_params, stage_memory, state_bytes_per_param)
 from autoconf.cost.moe import ep_comm_passes, layer_kind_params, layer_kinds, moe_layers, smallest_layer_params
 from autoconf.cost.moe import local_params as local_params_of
-from autoconf.cost.offload import activation_copy_bytes, activation_copy_times, host_memory_per_node
+from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, host_memory_per_node,
+                                   host_state_bytes_per_param)
 from autoconf.solve.space import replaced
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import precision
@@ -513,6 +514,18 @@ class BoundCache:
         """A lower bound on an offloading plan's host bytes per node (cost/offload.py's rule on pipeline rank 0;
         the estimate takes the busiest rank); 0 without offload."""
         return host_memory_per_node(self.cluster, [self.rank0_memory(c).get("host", 0.0)])
+
+    def host_floor(self, c: ParallelConfig) -> float:
+        """A lower bound of `host_bound` without its `stage_memory` call: the host state bytes of pipeline rank 0's
+        parameters (`host_state_bytes_per_param` on the rank's `local_params`, as `stage_memory` counts them), its
+        offloaded activations taken as 0; 0 without offload."""
+        if not c.offloads:
+            return 0.0
+        params, experts = local_params_of(c, *self._rank0_parameters(c))
+        layout = self.execution.memory_layout
+        state = (params * host_state_bytes_per_param(c, layout)
+                 + experts * host_state_bytes_per_param(c, layout, experts=True))
+        return host_memory_per_node(self.cluster, [state])
 
     def memory(self, c: ParallelConfig) -> list[dict]:
         """cost/memory.stage_memory of every pipeline rank on the default partition with the in-flight counts of the

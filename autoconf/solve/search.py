@@ -110,7 +110,12 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     # saves more and recomputes less than the attention core, or the reverse: the estimate decides).
     others = [p for p in execution.selective_policies if p != execution.selective_recompute]
     policies = (None, *others)
-    pinned_offload = any(fixed.get(name) is True for name in OFFLOADS)  # the space offloads only where --fix says
+    # A lever pinned on (--fix offload_activations=true) is searched as the unpinned levers are: the space yields
+    # layouts without it, which only stand for their offloading twins (every lever combination --fix leaves open),
+    # so a pinned lever weighs the other lever and the twins' refitted recompute as an open one does.
+    pinned_on = tuple(name for name in OFFLOADS if fixed.get(name) is True)
+    check_offload(cluster, pinned_on)
+    space_fixed = {name: value for name, value in fixed.items() if name not in pinned_on}
     # A family's bound is at most each member's: the least bound of its members without recompute, which is at most
     # the bound of their twins that recompute (bounded with no layer recomputed: the same time bound, plus each
     # rank's own layers where it reads per-stage counts; tests/test_search.py checks it). Not so where activations
@@ -141,11 +146,9 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             bound_by_fields[fields] = bound
         return bound
 
-    for config in framework_candidates(model, cluster, global_batch, seq_len, dtype, attention, fixed, execution,
-                                       policies):
+    for config in framework_candidates(model, cluster, global_batch, seq_len, dtype, attention, space_fixed,
+                                       execution, policies):
         seen += 1
-        if pinned_offload and config.offloads:  # refused in one line on a profile without host facts
-            check_offload(cluster, config)
         family = families.setdefault(_FAMILY_FIELDS(config), [math.inf, []])
         # (launchable or not: the bound reads neither); a recompute member is bounded apart where its policy takes
         # context-parallel attention off torch's ring, which its twin without recompute runs
@@ -237,7 +240,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         nonlocal pruned_memory, simulated
         if memory_pruned(time_bound, key, config):  # only for the candidates the walk reaches
             return
-        if config.offloads and cache.host_bound(config) > cluster.host["memory_bytes"]:
+        if config.offloads and (cache.host_floor(config) > cluster.host["memory_bytes"]
+                                or cache.host_bound(config) > cluster.host["memory_bytes"]):
             pruned_memory += 1
             return  # (beyond its host's memory: no miss; `does_not_fit` records the twins short of the device)
         # Every rank's memory, the simulation's own (`layout_memory`): a layout that does not fit is recorded as the
@@ -295,6 +299,10 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
                 pruned_time += skipped["time"]
                 pruned_memory += skipped["memory"]
                 unlaunchable += skipped["unlaunchable"]
+                continue
+            if pinned_on and not all(getattr(config, name) for name in pinned_on):  # (a base of pinned twins)
+                parents.append((bound_of_fields(config), key, config, functools.partial(cache.rank0_memory, config),
+                                functools.partial(cache.offload_floor, config)))
                 continue
             if config.grad_reduce != "step" and key[:-1] in fitting_once:
                 pruned_time += 1
@@ -765,22 +773,29 @@ def _fitting_twin(model: ModelSpec, cluster: ClusterProfile, config: ParallelCon
                   cache: BoundCache, levers: list[tuple[bool, bool]], fixed: dict) -> ParallelConfig | None:
     """`config`, or else the first of its offloading twins under `levers`, that honours the offload pins of `fixed`,
     that the framework (and, planning for it, the executor) runs and that is predicted to fit `cluster`, as the
-    search would weigh it (its memory bounds first); None if none does."""
+    search would weigh it (its memory bounds first); None if none does. The bounds that need no `stage_memory` call
+    are asked before the layout's rules, those that do after them (a twin breaking a rule is never returned, so the
+    order changes only the cost)."""
     usable = cluster.usable_memory_bytes
+    host_memory = cluster.host["memory_bytes"] if levers else None  # (levers only where the host is known)
     pinned = (fixed.get("offload_activations"), fixed.get("offload_optimizer"))
     for activations, optimizer in [(False, False), *levers]:
         if any(pin is not None and pin != value for pin, value in zip(pinned, (activations, optimizer))):
             continue
-        twin = dataclasses.replace(config, offload_activations=activations, offload_optimizer=optimizer)
+        twin = replaced(config, offload_activations=activations, offload_optimizer=optimizer)
+        if twin.offloads:
+            if cache.offload_floor(config, activations, optimizer) > usable or cache.host_floor(twin) > host_memory:
+                continue
+        elif cache.state_bound(config) > usable:
+            continue
         if (twin.problems(model, cluster.world_size) or (execution.is_executor and unsupported_reason(twin))
                 or execution.problem(twin, model)):
             continue
         if twin.offloads:
-            if (cache.offload_floor(config, activations, optimizer) > usable
-                    or cache.host_bound(twin) > cluster.host["memory_bytes"]
-                    or cache.layout_peak(twin) > usable or cache.layout_host(twin) > cluster.host["memory_bytes"]):
+            if (cache.host_bound(twin) > host_memory or cache.layout_peak(twin) > usable
+                    or cache.layout_host(twin) > host_memory):
                 continue
-        elif any(bound(config) > usable for bound in (cache.state_bound, cache.memory_bound, cache.layout_peak)):
+        elif cache.memory_bound(config) > usable or cache.layout_peak(config) > usable:
             continue
         if predict(model, cluster, twin, execution=execution, detail=False)[3]["fits"]:
             return twin

@@ -208,6 +208,11 @@ class ParallelConfig:
         """Whether any offload lever is on."""
         return any(getattr(self, name) is True for name in OFFLOADS)
 
+    @property
+    def offload_levers(self) -> tuple[str, ...]:
+        """The OFFLOADS names of the levers that are on."""
+        return tuple(name for name in OFFLOADS if getattr(self, name) is True)
+
     def compiles_blocks(self, device_kind: str) -> bool:
         """Whether the executor compiles this plan's dense blocks (torch.compile, execute/parallelize.py) on a
         `device_kind` ("gpu", "cpu") device: when the plan asks for it, on GPUs (torch.compile's Triton kernels; on
