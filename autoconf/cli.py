@@ -455,6 +455,14 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
         raise UserError(does_not_fit_message(plan, model, cluster, execution))
 
 
+def _plan_title(model, cluster, global_batch: int, seq_len: int) -> str:
+    """The title of `plan`'s table of one cluster size."""
+    from autoconf.report.tables import counted
+
+    return (f"{model.name} on {cluster.name} ({counted(cluster.world_size, 'device')}), global batch {global_batch}, "
+            f"seq {seq_len}")
+
+
 @main.command()
 @model_option
 @cluster_option
@@ -555,6 +563,9 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
                                                               price_source)
         days = result.plans[0].prediction["training"]["days"]
         if deadline is not None and days > deadline:
+            if not as_json:  # what the size would take, before the line saying it misses the deadline
+                print_table(ranked_table(result.plans, _plan_title(model, cluster, global_batch, seq_len),
+                                         wide=console.width >= 130), console)
             upper = sizes.nodes_for_deadline(cluster.nodes, days, deadline)
             advice = (f"try a range, e.g. --nodes {cluster.nodes}:{upper}" if upper else
                       "not even the most nodes autoconf plans would train in time at this pace: train fewer "
@@ -573,9 +584,8 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
         click.echo(json.dumps({"plans": [p.to_dict() for p in result.plans], "search": result.stats}, indent=2))
         return
     s = result.stats
-    title = (f"{model.name} on {cluster.name} ({counted(cluster.world_size, 'device')}), global batch {global_batch}, "
-             f"seq {seq_len}")
-    print_table(ranked_table(result.plans, title, wide=console.width >= 130), console)
+    print_table(ranked_table(result.plans, _plan_title(model, cluster, global_batch, seq_len),
+                             wide=console.width >= 130), console)
     console.print(search_summary(s))
     if not execution.is_executor:  # (planned for another framework: its plans are exported, never launched here)
         console.print(f"planned for {execution.name}: `autoconf show PLAN --out DIR` (or --explain) writes #1's "
@@ -900,7 +910,11 @@ def launch(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_eve
     if code > 128:  # stopped by a signal, which the launcher has reported
         sys.exit(code)
     if code != 0:
-        raise UserError(f"training failed (torchrun exit code {code}); see the worker output above")
+        how = (f"torchrun was stopped by signal {-code}" if code < 0
+               else f"torchrun exit code {code}; see the worker output above")
+        resume = (f"; the same command resumes from the latest checkpoint in {shlex.quote(str(checkpoint_dir))}"
+                  if checkpoint_dir is not None else "")
+        raise UserError(f"training failed ({how}){resume}")
 
 
 @main.command()

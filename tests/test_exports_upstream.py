@@ -64,6 +64,9 @@ def _plan(model="tiny-llama", tp=1, pp=2, dp=2, vpp=1, schedule="1f1b", zero=0, 
 PLANS = {
     "llama3.1-8b-sp-selective": lambda: _plan("llama3.1-8b", tp=2, pp=2, dp=2, sp=True, recompute="selective",
                                               nodes=1, gpus=8, seq=8192),
+    # a million tokens on torchtitan's 8B flavor, whose RoPE tables stop at 131,072
+    "llama3.1-8b-1m-cp8": lambda: _plan("llama3.1-8b", tp=1, pp=1, dp=1, cp=8, recompute="full", nodes=1, gpus=8,
+                                        global_batch=1, seq=1048576, zero=3),
     "uneven-interleaved-zero1": lambda: _plan(pp=2, dp=2, vpp=2, schedule="interleaved-1f1b", zero=1,
                                               partition=[[0, 1], [1, 3], [3, 6], [6, 8]]),
     "uneven-middle-full": lambda: _plan(pp=4, dp=1, recompute="full", partition=[[0, 2], [2, 3], [3, 6], [6, 8]]),
@@ -410,6 +413,12 @@ def test_torchtitan_config_loads_with_torchtitans_config_manager(torchtitan, nam
     text = torchtitan_config(plan)
     assert f"# Targets torchtitan {upstream.TORCHTITAN_VERSION}" in text
     config = _load_torchtitan(text, tmp_path, ConfigManager)
+    if m.tied_embeddings and c.pp > 1:  # (torchtitan refuses it, and the export says so)
+        assert "refuses weight tying under pipeline parallelism" in text
+        with pytest.raises(NotImplementedError, match="Weight tying"):
+            config.model_spec.model.update_from_config(config=config)
+    else:
+        config.model_spec.model.update_from_config(config=config)  # (torchtitan's trainer does: its checks run)
     par, train = config.parallelism, config.training
     dims = ParallelDims.from_config(par, c.world_size)
     assert (dims.tp, dims.pp, dims.cp, dims.dp_replicate * dims.dp_shard) == (c.tp, c.pp, c.cp, c.dp)
@@ -581,14 +590,16 @@ def test_every_export_names_its_target_and_quotes_a_hostile_plan_path(tmp_path):
     for tool in ("torchrun", "autoconf", "srun", "scontrol"):
         (stubs / tool).write_text(f"#!/usr/bin/env bash\nprintf '%s\\0' \"$@\" > {tmp_path}/{tool}.args\n")
         (stubs / tool).chmod(0o755)
-    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "MASTER_ADDR": "127.0.0.1", "SLURM_NODEID": "0"}
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "MASTER_ADDR": "127.0.0.1", "SLURM_NODEID": "0",
+           "STEPS": "7"}
     for name in ("launch.sh", "torchrun_node0.sh"):
         script = tmp_path / name
         script.write_text(texts[name])
         done = subprocess.run(["bash", str(script), "0"], cwd=tmp_path, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         tool = "autoconf" if name == "launch.sh" else "torchrun"
-        assert str(hostile.resolve()) in (tmp_path / f"{tool}.args").read_text().split("\0"), name
+        args = (tmp_path / f"{tool}.args").read_text().split("\0")
+        assert str(hostile.resolve()) in args and args[args.index("--steps") + 1] == "7", name  # (both take STEPS)
     assert not list(tmp_path.glob("PWNED*"))
     kubectl = next(line for line in texts["pytorchjob.yaml"].splitlines() if "kubectl create" in line)
     assert shlex.split(kubectl.lstrip("# "))[-1] == f"--from-file=plan.json={hostile.resolve()}"

@@ -117,8 +117,13 @@ def test_full_recompute_advice_drops_the_selective_policy():
     args = ["estimate", *H100, "--model", "llama3.1-8b", "--tp", "8", "--pp", "1", "--dp", "1", "--micro-batch", "1",
             "--global-batch", "8", "--seq-len", "262144", "--recompute", "selective", "--selective-recompute",
             "alternate_matmuls", "--sequence-parallel"]
-    result = run_cli(args)
-    assert "--recompute full (drop --selective-recompute)" in result.output
+    from autoconf.solve.fit import _levers
+
+    c = ParallelConfig(tp=8, pp=1, dp=1, micro_batch_size=1, global_batch_size=8, seq_len=262144,
+                       recompute="selective", selective_recompute="alternate_matmuls", sequence_parallel=True)
+    assert ("--recompute full", "(drop --selective-recompute)") in [flags for flags, _ in _levers(c)[0]]
+    # (here moving the activations to the host is the faster change: the advice names it)
+    assert "it fits with --offload-activations" in run_cli(args).output
     i = args.index("--recompute")
     assert run_cli(args[:i] + ["--recompute", "full"] + args[i + 4:]).exit_code == 0
 
@@ -136,3 +141,23 @@ def test_the_searchs_no_fit_line_weighs_the_same_levers():
     assert "it fits with grad_reduce=microbatch" in line
     pinned = explain_infeasible(model, cluster, result, 64, 8192, "bf16", "flash", {"grad_reduce": "step"})
     assert "grad_reduce=microbatch" not in pinned
+
+
+def test_the_advice_weighs_expert_parallelism_and_offload():
+    """Sixth review: Qwen3-30B-A3B at ep 1 on 8 H100s was told `--zero 3 --grad-reduce microbatch` (1.122 s) where
+    `--ep 8` alone fits and is faster; the advice now weighs each larger ep the ranks allow and, where the cluster
+    plans offload, moving the activations, the optimizer or both to the host."""
+    from autoconf.solve.fit import _levers
+
+    model, cluster = PRESETS["qwen3-30b-a3b"], load_cluster("dgx-h100-80g")
+    c = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=1, global_batch_size=16, seq_len=4096, zero_stage=1,
+                       recompute="full")
+    levers = _levers(c, model, offload=True)
+    assert [flags for flags, _ in levers[-2]] == [("--ep 2",), ("--ep 4",), ("--ep 8",)]
+    assert [flags for flags, _ in levers[-1]] == [("--offload-activations",), ("--offload-optimizer",),
+                                                  ("--offload-activations", "--offload-optimizer")]
+    flags, changes, fits = smallest_fitting_change(model, cluster, c)
+    zero3 = estimate(model, cluster, dataclasses.replace(c, zero_stage=3, grad_reduce="microbatch"),
+                     detail=False).prediction
+    assert fits["fits"] and fits["iteration_time_s"] <= zero3["iteration_time_s"] and "ep" in changes
+    assert len(_levers(c)) == len(levers) - 2  # (a dense reading without the model: the levers of before)

@@ -505,3 +505,36 @@ def test_yarn_is_read_as_transformers_reads_it_and_round_trips():
     with pytest.raises(UserError, match="partial_rotary_factor is not read"):
         from_hf_config({**QWEN3_MOE, "rope_scaling": {"rope_type": "yarn", "factor": 4.0,
                                                       "partial_rotary_factor": 0.5}}, "q")
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
+                                        "deepseek_v3", "gpt_oss", "gpt2"])
+def test_a_key_left_out_reads_as_transformers_reads_it_or_is_refused_by_name(model_type):
+    """Sixth review: a Mixtral config without num_key_value_heads was read as multi-head, without rope_theta as 10000,
+    without max_position_embeddings as 4096 tokens; transformers' MixtralConfig fills in 8, 1e6 and 131072. Every
+    key of the model type's config class (its defaults written out whole), left out, gives the spec of the whole
+    config, or a refusal naming a key (those that size the model: spec/hf_defaults.py)."""
+    transformers = pytest.importorskip("transformers")
+    whole = json.loads(transformers.CONFIG_MAPPING[model_type]().to_json_string(use_diff=False))
+    spec = from_hf_config(whole, "x")
+    refused = []
+    for key in whole:
+        try:
+            less = from_hf_config({k: v for k, v in whole.items() if k != key}, "x")
+        except UserError as err:
+            assert key in str(err), (key, str(err))
+            refused.append(key)
+            continue
+        assert less == spec, key
+    assert "model_type" in refused and len(refused) < len(whole) / 2
+
+
+def test_two_spellings_of_one_count_that_disagree_are_refused():
+    """GPT-OSS's experts_per_token beside transformers' num_experts_per_tok: 2 against 4 was read as 4."""
+    from autoconf.spec.hf_moe import PRESET_CONFIGS
+
+    config = dict(PRESET_CONFIGS["gpt-oss-20b"], experts_per_token=2)
+    with pytest.raises(UserError, match="num_experts_per_tok 4 and experts_per_token 2 disagree"):
+        from_hf_config(config, "x")
+    assert from_hf_config(dict(PRESET_CONFIGS["gpt-oss-20b"], experts_per_token=4), "gpt-oss-20b") == PRESETS[
+        "gpt-oss-20b"]

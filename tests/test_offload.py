@@ -343,3 +343,32 @@ def test_offloaded_expert_state_at_edp_1_pays_its_host_copies():
     assert reduce == pytest.approx(4e9 / cluster.host["d2h_Bps"])
     assert dp_collectives(cluster, dataclasses.replace(c, offload_optimizer=False), 1e9, [0]) == (0.0, 0.0, 0.0)
     assert dp_collectives(cluster, c, 1e9, [0, 1])[2] > reduce / 2  # two ranks: half the copy, plus the collective
+
+
+def test_each_framework_offloads_what_it_runs_and_the_search_weighs_only_that():
+    """Sixth review: planning for Megatron-Core proposed activation offload beside a pipeline and recompute, which
+    its TransformerConfig refuses (the export then left the flag out and the run would not fit). The framework's
+    rule (`Execution.offload_problem`) is what the search weighs, the estimate refuses and the export notes:
+    Megatron-Core offloads activations without pipeline and recompute only, torchtitan has no activation offload,
+    Megatron-LM of 2022 neither lever."""
+    def layout(**changes):
+        return ParallelConfig(**{"tp": 1, "pp": 1, "dp": 8, "micro_batch_size": 1, "global_batch_size": 8,
+                                 "seq_len": 4096, "zero_stage": 1, **changes})
+
+    core, titan, old, own = (execution(n) for n in ("megatron-core", "torchtitan", "megatron", "autoconf"))
+    assert core.offload_problem(layout(offload_activations=True)) is None
+    assert "pp 2, recompute full" in core.offload_problem(layout(pp=2, dp=4, recompute="full",
+                                                                 offload_activations=True))
+    assert core.offload_problem(layout(pp=2, dp=4, offload_optimizer=True)) is None
+    assert "no offload activations" in titan.offload_problem(layout(offload_activations=True))
+    assert titan.offload_problem(layout(offload_optimizer=True)) is None
+    assert "no offload optimizer" in old.offload_problem(layout(offload_optimizer=True))
+    assert own.offload_problem(layout(pp=2, dp=4, recompute="full", offload_activations=True)) is None
+    model, cluster = PRESETS["llama3-8b"], _shrunk(48)
+    for framework in (core, titan):
+        plans = search(model, cluster, 8, 4096, "bf16", refine=False, top_k=5, execution=framework).plans
+        assert plans and not any(framework.offload_problem(p.config) for p in plans)
+    assert any(p.config.offload_activations for p in search(model, cluster, 8, 4096, "bf16", refine=False, top_k=40,
+                                                            execution=core).plans)
+    with pytest.raises(UserError, match="framework 'torchtitan' has no offload activations; drop it"):
+        search(model, cluster, 8, 4096, "bf16", fixed={"offload_activations": True}, refine=False, execution=titan)

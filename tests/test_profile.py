@@ -14,8 +14,8 @@ from autoconf.errors import UserError
 from autoconf.profile.compute import Grid, assign, default_grid, tp_widths, tp_widths_note
 from autoconf.profile.hardware import parse_bytes
 from autoconf.profile.launch import build_command, check_output, profile
-from autoconf.profile.network import (HostLayout, collective_groups, fit_alpha_beta, group_hosts, round_robin_pairs,
-                                      summarize_links)
+from autoconf.profile.network import (HostLayout, collective_groups, fit_alpha_beta, group_hosts, one_way_times,
+                                      round_robin_pairs, summarize_links)
 from autoconf.profile.run import parse_args
 from autoconf.spec.cluster import ClusterProfile, Link
 from autoconf.spec.presets import PRESETS
@@ -42,6 +42,21 @@ def test_alpha_beta_fit_recovers_exact_parameters():
     link = fit_alpha_beta(sizes, [alpha + n / beta for n in sizes])
     assert link.latency_s == pytest.approx(alpha, rel=1e-6)
     assert link.bandwidth_Bps == pytest.approx(beta, rel=1e-6)
+
+
+def test_a_delayed_four_byte_ping_pong_leaves_the_messages_their_times():
+    """Sixth review: a quick profile on a loaded host measured one direction of a link at 1 ns and 4e15 bytes/s:
+    its 4-byte ping-pong took longer than the messages' own round trips, whose one-way times (less half of it)
+    were clamped at a nanosecond. Taken at most the shortest round trip, the 4-byte one leaves each message a
+    positive time growing with its size, and the fit a bandwidth no faster than the exact one."""
+    alpha, beta = 40e-6, 5e9
+    sizes = [4096, 65536, 1 << 20, 16 << 20]
+    rtts = [2 * alpha + n / beta for n in sizes]  # (a 4-byte acknowledgement back takes alpha)
+    assert [t for _, t in one_way_times(sizes, 2 * alpha, rtts)] == pytest.approx([alpha + n / beta for n in sizes])
+    delayed = one_way_times(sizes, 1.0, rtts)  # (the 4-byte round trip delayed a whole second)
+    times = [t for _, t in delayed]
+    assert all(t > 0 for t in times) and times == sorted(times)
+    assert fit_alpha_beta(sizes, times).bandwidth_Bps <= beta * (1 + 1e-9)
 
 
 def test_alpha_beta_fit_tolerates_noise_at_every_scale():

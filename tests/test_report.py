@@ -123,6 +123,19 @@ def test_torchrun_scripts_parse_with_torchs_own_parser(tmp_path, nodes, gpus, sw
         assert ranks == [1, 0]
 
 
+def test_every_term_of_a_breakdown_has_its_colour():
+    """Sixth review: compare.png drew an MoE plan's token exchange and a CP plan's ring in grey as "not broken
+    down" (the colours had no ep_comm, cp_comm or offload). An MoE plan under CP with offloaded activations has all
+    of them, each coloured."""
+    from autoconf.report.pictures import TERM_COLOURS
+
+    config = ParallelConfig(tp=1, pp=2, dp=4, cp=2, micro_batch_size=1, global_batch_size=16, seq_len=32768, ep=4,
+                            zero_stage=1, offload_activations=True)
+    plan = estimate(load_model("mixtral-8x7b"), load_cluster("dgx-h100-80g", nodes=2), config)
+    terms = plan.prediction["time_breakdown"]
+    assert {"ep_comm", "cp_comm", "offload"} <= set(terms) and set(terms) <= set(TERM_COLOURS)
+
+
 def test_megatron_args_for_llama_interleaved_and_v_schedules():
     """llama flags (GQA, SwiGLU, RMSNorm, rope, untied), layers per virtual stage; zbv is flagged as inexpressible."""
     text = megatron_args(tiny_plan("interleaved-1f1b", 2, model="tiny-llama"))

@@ -226,3 +226,11 @@ def test_a_missed_deadline_still_shows_every_sizes_plan(tmp_path):
     assert len(errors) == 1 and "no size meets the deadline of 1 hour" in errors[0]
     assert "best plan per cluster size" in result.output and "hours" in result.output.split("autoconf: error:")[0]
     assert not (tmp_path / "p.json").exists()
+
+
+def test_one_size_that_misses_the_deadline_prints_its_table_before_the_error():
+    """Sixth review: `plan --nodes N --tokens T --deadline D` that the size misses exited with the error line alone;
+    its table comes first now, as a range's tables do."""
+    result = run_cli(SWEEP + ["--nodes", "1", "--deadline", "1h"])
+    assert result.exit_code == 2 and "over the deadline of 1 hour" in result.output
+    assert result.output.index("step s") < result.output.index("autoconf: error:")

@@ -112,6 +112,7 @@ def test_the_smallest_cluster_advice_keeps_the_offload_pins():
     model, cluster, ex = PRESETS["llama3-8b"], load_cluster("dgx-h100-80g", nodes=1), execution()
     fixed = {"offload_activations": True}
     config = ParallelConfig(tp=1, pp=1, dp=8, micro_batch_size=1, global_batch_size=64, seq_len=4096, zero_stage=3)
-    twin = _fitting_twin(model, cluster, config, ex, BoundCache(model, cluster, ex), _offload_levers(cluster, fixed),
+    twin = _fitting_twin(model, cluster, config, ex, BoundCache(model, cluster, ex),
+                         _offload_levers(cluster, fixed, ex),
                          fixed)
     assert twin is not None and twin.offload_activations

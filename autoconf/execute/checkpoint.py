@@ -147,8 +147,9 @@ def verify_problem(path: Path, meta: dict, rank: int = 0, world: int = 1) -> str
 
 def find_verified(root: Path, log=print) -> tuple[Path, dict] | None:
     """Collective: the newest complete checkpoint whose files every rank verified, or None. A corrupt newer one
-    is skipped with a message naming what is wrong."""
+    is skipped with a message naming what is wrong, and a run left with none says it starts again."""
     rank, world = dist.get_rank(), dist.get_world_size()
+    skipped = 0
     for path, meta in complete_checkpoints(root, log):
         problem = verify_problem(path, meta, rank, world)
         problems: list = [None] * world
@@ -156,7 +157,10 @@ def find_verified(root: Path, log=print) -> tuple[Path, dict] | None:
         bad = [p for p in problems if p]
         if not bad:
             return path, meta
-        log(f"skipping corrupt checkpoint {path}: {bad[0]}; falling back to an older checkpoint")
+        skipped += 1
+        log(f"skipping corrupt checkpoint {path}: {bad[0]}")
+    if skipped:
+        log(f"no intact checkpoint left in {root}: training starts again from step 1")
     return None
 
 

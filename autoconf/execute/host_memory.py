@@ -99,15 +99,18 @@ def cpu_run_memory_bytes(plan, nproc_per_node: int) -> float | None:
     return max(per_node.values())
 
 
-def host_memory_problem(plan, nproc_per_node: int, available: int | None) -> str | None:
-    """The line refusing a CPU run whose ranks need more than `available` bytes; None when it fits or either side
-    is unknown."""
+def host_memory_problem(plan, nproc_per_node: int, available: int | None, allowed: bool = False) -> str | None:
+    """The line refusing a CPU run whose ranks need more than `available` bytes (`allowed`: the note of a run
+    launched anyway); None when it fits or either side is unknown."""
     need = cpu_run_memory_bytes(plan, nproc_per_node)
     if need is None or available is None or need <= available:
         return None
     from autoconf.execute.launch import plan_wants_gpus
 
     rehearsal = " (the layout estimated in fp32 on CPU)" if plan_wants_gpus(plan) else ""
-    return (f"the plan's {nproc_per_node} ranks on this host need about {need / GiB:.1f} GiB of memory at their "
-            f"peak{rehearsal}, but it has {available / GiB:.1f} GiB available; free memory, plan a smaller model "
-            f"or fewer ranks, or pass --allow-unfit to launch it anyway")
+    shortfall = (f"the plan's {nproc_per_node} ranks on this host need about {need / GiB:.1f} GiB of memory at "
+                 f"their peak{rehearsal}, but it has {available / GiB:.1f} GiB available")
+    if allowed:
+        return f"--allow-unfit: launching anyway, though {shortfall}: it may swap or be killed"
+    return (f"{shortfall}; free memory, plan a smaller model or fewer ranks, or pass --allow-unfit to launch it "
+            f"anyway")

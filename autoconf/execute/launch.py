@@ -177,7 +177,7 @@ def _check_devices(plan, nproc_per_node: int, allow_cpu: bool = False) -> None:
 
 def _check_host_memory(plan, nproc_per_node: int, allow_unfit: bool) -> None:
     """A run on this host's CPU ranks whose predicted peak exceeds the host's available memory is refused before
-    it starts (it would swap or be killed), unless `allow_unfit` (`host_memory`)."""
+    it starts (it would swap or be killed), or with `allow_unfit` launched with a note saying so (`host_memory`)."""
     from autoconf.execute.host_memory import available_memory_bytes, host_memory_problem
 
     try:
@@ -186,10 +186,12 @@ def _check_host_memory(plan, nproc_per_node: int, allow_unfit: bool) -> None:
         on_cpu = not torch.cuda.is_available()
     except ImportError:
         return
-    if allow_unfit or not on_cpu:  # (on a CUDA host every plan, a CPU one too, trains on the GPUs)
+    if not on_cpu:  # (on a CUDA host every plan, a CPU one too, trains on the GPUs)
         return
-    problem = host_memory_problem(plan, nproc_per_node, available_memory_bytes())
-    if problem:
+    problem = host_memory_problem(plan, nproc_per_node, available_memory_bytes(), allowed=allow_unfit)
+    if problem and allow_unfit:
+        print(f"autoconf: note: {problem}", file=sys.stderr, flush=True)
+    elif problem:
         raise UserError(problem)
 
 
@@ -528,6 +530,10 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
         plan, note = current(plan, source=str(plan_path), remedy="re-plan it (autoconf plan or estimate --out)")
         print(f"autoconf: note: {note}", file=sys.stderr, flush=True)
     check_fits(plan, allow_unfit)
+    if max_restarts and checkpoint_dir is None:
+        print(f"autoconf: note: --max-restarts {max_restarts} without --checkpoint-dir: a restarted run trains again "
+              f"from step 1 (pass --checkpoint-dir DIR --checkpoint-every N to resume where it stopped)",
+              file=sys.stderr, flush=True)
     if plan.model.rope_unapplied:
         print(f"autoconf: note: the model's {plan.model.rope_unapplied} RoPE scaling is not applied by the executor: "
               f"it rotates positions unscaled", file=sys.stderr, flush=True)

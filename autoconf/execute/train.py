@@ -332,7 +332,12 @@ def check_resumable(path: Path, meta: dict, plan: Plan, opts: TrainOptions, log)
     if mismatch:
         raise UserError(mismatch)
     if meta.get("seed") != opts.seed or meta.get("data") != opts.data:
-        log(f"warning: {path} was written with seed {meta.get('seed')} and data {meta.get('data')!r}")
+        def data(source) -> str:
+            return "synthetic tokens" if source is None else repr(source)
+
+        log(f"warning: {path} was written with seed {meta.get('seed')} and data {data(meta.get('data'))}; this run "
+            f"has seed {opts.seed} and data {data(opts.data)}: the batches after the resume are not the ones the "
+            f"first run would have drawn")
     if meta.get("steps") not in (None, opts.steps):
         log(f"note: the learning-rate schedule now spans {opts.steps} steps where the checkpoint's run planned "
             f"{meta['steps']}: the steps after the resume follow the new schedule (warm-up and cosine decay)")

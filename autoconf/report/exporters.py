@@ -58,8 +58,9 @@ def _train_args(plan: Plan, plan_var: str) -> str:
 
 
 def launch_command(plan: Plan, plan_path: str | Path | None) -> str:
-    """`autoconf launch PLAN.json`: the bundled launcher runs torchrun itself."""
-    cmd = f"autoconf launch {shlex.quote(_plan_arg(plan_path))} --steps {DEFAULT_STEPS}"
+    """`autoconf launch PLAN.json`: the bundled launcher runs torchrun itself (STEPS steps, as the torchrun scripts
+    take them)."""
+    cmd = f"autoconf launch {shlex.quote(_plan_arg(plan_path))} --steps \"${{STEPS:-{DEFAULT_STEPS}}}\""
     nodes, _ = _nodes(plan)
     if nodes > 1:
         cmd += (f" --nnodes {nodes} --node-rank \"$NODE_RANK\" --master-addr \"$MASTER_ADDR\""

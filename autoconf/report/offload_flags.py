@@ -14,6 +14,7 @@ read (report/exporters.py, report/torchtitan_export.py).
 
 from __future__ import annotations
 
+from autoconf.spec.frameworks import PRESETS
 from autoconf.spec.plan import ParallelConfig
 
 # --use-precision-aware-optimizer: Megatron-LM's validate_args requires it with --optimizer-cpu-offload (the hybrid
@@ -26,7 +27,7 @@ MEGATRON_OPTIMIZER_OFFLOAD = ["--optimizer-cpu-offload", "--optimizer-offload-fr
 def megatron_offload_args(c: ParallelConfig, num_layers: int) -> tuple[list[str], list[str]]:
     """(arguments, notes) for the plan's offload levers in Megatron-LM."""
     args, notes = [], []
-    if c.offload_activations and (c.pp > 1 or c.recompute != "none"):
+    if PRESETS["megatron-core"].refuses_activation_offload(c):
         # (the flag would make megatron-core refuse the whole configuration: left out, the run keeps them)
         notes.append(f"offload_activations with {'pp ' + str(c.pp) if c.pp > 1 else ''}"
                      f"{' and ' if c.pp > 1 and c.recompute != 'none' else ''}"

@@ -20,6 +20,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from autoconf.cost.estimate import estimate  # noqa: E402
 from autoconf.cost.simulate import Timeline  # noqa: E402
 from autoconf.errors import UserError  # noqa: E402
+from autoconf.files import plain  # noqa: E402
 from autoconf.solve.sweep import format_days  # noqa: E402
 from autoconf.report.current import plan_cluster  # noqa: E402
 from autoconf.report.tables import human_count, layout_label  # noqa: E402
@@ -32,9 +33,10 @@ KIND_NAMES = {"F": "forward", "B": "backward", "I": "backward (input grad)", "W"
 COMM_COLOURS = {"allgather": "#DD8452", "reduce": "#C44E52"}
 MEMORY_COLOURS = {"params": "#4C72B0", "grads": "#55A868", "optimizer": "#8172B2", "activations": "#DD8452",
                   "other": "#A0A0A0"}
-TERM_COLOURS = {"compute": "#4C72B0", "recompute": "#64B5CD", "tp_comm": "#8172B2", "bubble": "#CCCCCC",
-                "pp_comm": "#DD8452", "dp_comm": "#C44E52", "step_comm": "#DA8BC3", "optimizer": "#55A868",
-                "framework": "#937860"}
+# Every term of the estimate's `time_breakdown` (cost/estimate.py `_breakdown`), in its order.
+TERM_COLOURS = {"offload": "#17BECF", "compute": "#4C72B0", "recompute": "#64B5CD", "tp_comm": "#8172B2",
+                "ep_comm": "#BCBD22", "cp_comm": "#2CA02C", "bubble": "#CCCCCC", "pp_comm": "#DD8452",
+                "dp_comm": "#C44E52", "step_comm": "#DA8BC3", "optimizer": "#55A868", "framework": "#937860"}
 MAX_LABELS = 3000  # micro-batch numbers drawn at most (beyond that the picture is a texture anyway)
 
 
@@ -180,7 +182,7 @@ def timeline_png(plan: Plan, path: str | Path, cluster=None) -> Path:
     if len(windows) > 1:
         note += "\nthree windows of equal length; the time between them is not drawn"
     fig.suptitle(f"{plan.model.name}: {layout_label(plan)}, {c.num_microbatches} micro-batches, "
-                 f"step {span * scale:.3g} {unit} (idle {100 * timeline.bubble_fraction:.0f}%){note}", fontsize=10)
+                 f"step {plain(span * scale)} {unit} (idle {100 * timeline.bubble_fraction:.0f}%){note}", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return save_figure(fig, path)
 
@@ -243,7 +245,7 @@ def compare_png(plans: list[Plan], path: str | Path) -> Path:
         ax.barh(y, np.clip(rest, 0, None), left=left, color="#EEEEEE", edgecolor="#999999", label="not broken down",
                 height=0.65)
     for i, total in enumerate(totals):
-        ax.text(total * scale, i, f" {total * scale:.3g} {unit}", va="center", fontsize=7)
+        ax.text(total * scale, i, f" {plain(total * scale)} {unit}", va="center", fontsize=7)
     ax.set_yticks(y)
     ax.set_yticklabels([f"#{i + 1} {layout_label(pl)}" for i, pl in enumerate(plans)], fontsize=8)
     ax.set_ylim(n - 0.5, -0.5)
@@ -288,7 +290,7 @@ def sweep_png(points, front, chosen, path: str | Path, deadline_days: float | No
         ax.scatter([p.training["days"] for p in rest], [y(p) for p in rest], color="#A0A0A0", s=28, zorder=2,
                    label="dominated size")
     ax.plot([p.training["days"] for p in front], [y(p) for p in front], "-o", color="#4C72B0", markersize=6,
-            zorder=3, label="Pareto front (faster or cheaper than every other size)")
+            zorder=3, label="Pareto front (no other size is both faster and cheaper)")
     for p in planned:
         ax.annotate(f"{p.nodes}x{p.devices // p.nodes}", (p.training["days"], y(p)), textcoords="offset points",
                     xytext=(5, 4), fontsize=7)

@@ -180,6 +180,10 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
     elif c.etp > 1:
         notes.append(f"expert tensor parallelism (etp {c.etp}) has no torchtitan {TORCHTITAN_VERSION} "
                      f"setting: its experts are split over expert_parallel_degree and FSDP only")
+    if m.tied_embeddings and c.pp > 1:
+        notes.append(f"torchtitan {TORCHTITAN_VERSION} refuses weight tying under pipeline parallelism (its decoder's "
+                     f"update_from_config: 'Weight tying is not supported with Pipeline Parallel'), so this config "
+                     f"stops as it loads: plan the model at pp 1 for torchtitan")
     if c.dtype == "fp16":
         notes.append("torchtitan's mixed precision is bfloat16 or float32, not fp16: bfloat16 below")
     if c.dtype == "fp8":
@@ -240,13 +244,20 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
         imports = ["import dataclasses", "", "from torchtitan.models import llama3",
                    "from torchtitan.models.common import ComplexRoPE, Embedding, Linear, RMSNorm"] + imports
     ac, ac_class = _activation_checkpoint(plan)
-    if ac_class and flavor is not None:
+    if flavor is not None:
         imports = ["import dataclasses", ""] + imports
     lines += imports + ac_class + ["", "", f"def {FUNCTION}():", f"    config = {base}()"]
     if flavor is None:
         lines += _custom_model(plan)
     else:  # the flavor's model without converters: the plan's dtype decides
-        lines.append(f'    config.model_spec = model_registry("{flavor}")')
+        lines += [f'    config.model_spec = model_registry("{flavor}")',
+                  # torchtitan refuses a training sequence beyond the flavor's RoPE table (131,072 for llama3):
+                  # the tables reach the plan's sequence, as its own update_from_config then sets them
+                  "    for layer in config.model_spec.model.layers:",
+                  '        attention = getattr(layer, "attention", None)',
+                  '        if getattr(attention, "rope", None) is not None and '
+                  f'attention.rope.max_seq_len < {c.seq_len}:',
+                  f"            attention.rope = dataclasses.replace(attention.rope, max_seq_len={c.seq_len})"]
         if flavor in FLAVOR_ASSETS:  # the recipe is another model's: the tokenizer and weights of this one
             lines.append(f'    config.hf_assets_path = "{FLAVOR_ASSETS[flavor]}"')
     precision = "float32" if c.dtype == "fp32" else "bfloat16"

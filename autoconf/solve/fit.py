@@ -8,16 +8,20 @@ from typing import Callable
 from autoconf.cost.estimate import Execution, estimate
 from autoconf.errors import UserError
 from autoconf.files import gib_figures
-from autoconf.solve.space import with_changes
+from autoconf.cost.offload import plans_offload
+from autoconf.solve.space import expert_choices, with_changes
+from autoconf.spec.plan import OFFLOADS
 from autoconf.spec.support import unsupported_reason
 
 GiB = 1024**3
 
 
-def _levers(config) -> list[list[tuple[tuple[str, ...], dict]]]:
+def _levers(config, model=None, offload: bool = False) -> list[list[tuple[tuple[str, ...], dict]]]:
     """Per memory lever, the changes it offers `config` as (flags, config changes), each lever's options ordered by
     the memory they save, the most last: recompute (selective, full, on every layer), ZeRO over dp x cp with the
-    sharded gradients held or reduce-scattered every micro-batch, micro-batch 1, sequence parallelism."""
+    sharded gradients held or reduce-scattered every micro-batch, micro-batch 1, sequence parallelism, and for an
+    MoE `model` each larger expert-parallel degree the layout's ranks allow (`space.expert_choices` at its expert
+    TP), and with `offload` (a cluster that plans it) the activations, the optimizer or both to the host."""
     drop_layers = ("(drop --recompute-layers)",) if config.recompute_layers is not None else ()
     # (a selective policy goes with selective recompute: `ParallelConfig` drops it under full)
     drop_policy = {"full": ("(drop --selective-recompute)",) if config.selective_recompute else ()}
@@ -39,6 +43,14 @@ def _levers(config) -> list[list[tuple[tuple[str, ...], dict]]]:
         levers.append([(("--micro-batch 1",), {"micro_batch_size": 1})])
     if config.tp > 1 and not config.sequence_parallel:
         levers.append([(("--sequence-parallel",), {"sequence_parallel": True})])
+    if model is not None and model.moe is not None:
+        eps = sorted(ep for ep, _ in expert_choices(model, config.ranks_per_stage, config.tp, {"etp": config.etp})
+                     if ep > config.ep)
+        levers.append([((f"--ep {ep}",), {"ep": ep}) for ep in eps])
+    if offload:
+        off = [name for name in OFFLOADS if not getattr(config, name)]
+        levers.append([(tuple(f"--{name.replace('_', '-')}" for name in names), dict.fromkeys(names, True))
+                       for names in ([[name] for name in off] + ([off] if len(off) > 1 else []))])
     return [lever for lever in levers if lever]
 
 
@@ -66,7 +78,8 @@ def smallest_fitting_change(model, cluster, config, execution: Execution = Execu
     `partition`: the layout's stages (None: the default split; no lever changes the stage count). When the
     change that saves the most on every lever is advisable and still does not fit, nothing smaller is tried."""
     executor = execution.is_executor and unsupported_reason(config) is None
-    levers = [[option for option in lever if allowed is None or allowed(option[1])] for lever in _levers(config)]
+    levers = [[option for option in lever if allowed is None or allowed(option[1])]
+              for lever in _levers(config, model, plans_offload(cluster))]
     levers = [lever for lever in levers if lever]
 
     def prediction(changes: dict) -> dict | None:
@@ -109,8 +122,8 @@ def does_not_fit_message(plan, model, cluster, execution: Execution = Execution(
         advice = (f"at {fits['iteration_time_s']:.4g} s per step and {fits['peak_memory_bytes'] / GiB:.1f} GiB it "
                   f"fits with {flags}")
     else:
-        advice = ("no change of recompute, ZeRO, gradient reduction, micro-batch or sequence parallelism fits: "
-                  "`autoconf plan` searches every layout, or use more devices")
+        advice = ("no change of recompute, ZeRO, gradient reduction, micro-batch, sequence or expert parallelism "
+                  "or offload fits: `autoconf plan` searches every layout, or use more devices")
         if cluster.headroom_from_command_line:
             advice += " or a smaller --memory-headroom"
     need, limit, over = gib_figures(stages[worst]["total"], p["memory_limit_bytes"], over)

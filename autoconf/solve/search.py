@@ -115,6 +115,9 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     # so a pinned lever weighs the other lever and the twins' refitted recompute as an open one does.
     pinned_on = tuple(name for name in OFFLOADS if fixed.get(name) is True)
     check_offload(cluster, pinned_on)
+    refused = next(filter(None, map(execution.lever_problem, pinned_on)), None)
+    if refused:
+        raise UserError(refused)
     space_fixed = {name: value for name, value in fixed.items() if name not in pinned_on}
     # A family's bound is at most each member's: the least bound of its members without recompute, which is at most
     # the bound of their twins that recompute (bounded with no layer recomputed: the same time bound, plus each
@@ -146,9 +149,13 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             bound_by_fields[fields] = bound
         return bound
 
+    honoured = not pinned_on  # (whether some layout takes the pinned levers; else the pins conflict)
     for config in framework_candidates(model, cluster, global_batch, seq_len, dtype, attention, space_fixed,
                                        execution, policies):
         seen += 1
+        if not honoured:
+            twin = replaced(config, **dict.fromkeys(pinned_on, True))
+            honoured = not twin.problems(model, cluster.world_size) and not execution.offload_problem(twin)
         family = families.setdefault(_FAMILY_FIELDS(config), [math.inf, []])
         # (launchable or not: the bound reads neither); a recompute member is bounded apart where its policy takes
         # context-parallel attention off torch's ring, which its twin without recompute runs
@@ -163,8 +170,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
             continue
         family[1].append((launchable, config, bound))
         launchable += 1
-    if not launchable:
-        if refused:
+    if not launchable or not honoured:
+        if refused and launchable == 0:
             raise UserError(f"every legal layout is one the executor cannot run: {refused}")
         raise UserError(_no_candidate_message(model, cluster, global_batch, seq_len, fixed, dtype, attention,
                                               execution))
@@ -194,7 +201,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     # Offload costs time and saves memory: it is weighed after the walk, for the candidates that did not fit and
     # those that fit only by recomputing layers, which offloading may let recompute fewer (`_offload_parents`).
     parents: list[tuple[float, tuple, ParallelConfig, Callable[[], dict]]] = []
-    levers = _offload_levers(cluster, fixed)
+    levers = _offload_levers(cluster, fixed, execution)
     offloading = plans_offload(cluster)
     twins = 0  # offloading twins that joined the walk
     weighed_twins = 0  # offloading twins of the parents that entered the second walk (`_candidates_of`)
@@ -453,13 +460,14 @@ def framework_candidates(model: ModelSpec, cluster: ClusterProfile, global_batch
                       execution.pipeline_runtime, execution.schedules, execution.expert_tp_biases)
 
 
-def _offload_levers(cluster: ClusterProfile, fixed: dict) -> list[tuple[bool, bool]]:
+def _offload_levers(cluster: ClusterProfile, fixed: dict, execution: Execution) -> list[tuple[bool, bool]]:
     """The (offload_activations, offload_optimizer) combinations the search weighs beside a layout's own (neither):
-    those --fix leaves open, none where the cluster plans no offload (cost/offload.py `plans_offload`)."""
+    those --fix leaves open of the levers the framework runs (`Execution.runs_lever`), none where the cluster plans
+    no offload (cost/offload.py `plans_offload`)."""
     if not plans_offload(cluster):
         return []
-    activations = [fixed["offload_activations"]] if "offload_activations" in fixed else [False, True]
-    optimizer = [fixed["offload_optimizer"]] if "offload_optimizer" in fixed else [False, True]
+    activations, optimizer = ([fixed[name]] if name in fixed else [False, True] if execution.runs_lever(name)
+                              else [False] for name in OFFLOADS)
     return [(a, o) for a in activations for o in optimizer if a or o]
 
 
@@ -479,7 +487,8 @@ def _offload_parents(cache: BoundCache, levers: list[tuple[bool, bool]], parents
     order, each with its bound, recomputing no layer where it fits by recomputing, and a call giving its memory
     entry) whose own bound is below `cutoff` (the K-th best time of the first walk): one entry per
     parent, standing for its offloading twins (each lever combination of `levers` the layout allows:
-    offload_optimizer needs FSDP) until the walk pops it (`_offload_twins`). It enters with its own work on its
+    offload_optimizer needs FSDP, and the framework's `offload_problem` none) until the walk pops it
+    (`_offload_twins`). It enters with its own work on its
     busiest rank (`busy_bound`: at most each twin's, which offload_optimizer does not change and offloaded
     activations only lengthen with their copies, and below each twin's time bound) and its own key (below each
     twin's: the same fields but the offload levers, all off), so it leaves the heap before any of its twins would
@@ -493,7 +502,9 @@ def _offload_parents(cache: BoundCache, levers: list[tuple[bool, bool]], parents
         parent_bound, key, config = record[:3]
         if parent_bound >= cutoff:
             continue
-        allowed = levers if config.zero_sharded else unsharded
+        allowed = [(activations, optimizer) for activations, optimizer in (levers if config.zero_sharded else unsharded)
+                   if not cache.execution.offload_problem(replaced(config, offload_activations=activations,
+                                                                   offload_optimizer=optimizer))]
         if allowed:
             refits = per_stage and config.recompute != "none"
             out.append((cache.busy_bound(config, recomputing_none=refits), key, index, (record, allowed),
@@ -756,7 +767,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
     for factor in (2, 4, 8, 16, 32, 64):
         bigger = cluster.resized(nodes=cluster.nodes * factor)
         cache = BoundCache(model, bigger, execution)
-        levers = _offload_levers(bigger, fixed)
+        levers = _offload_levers(bigger, fixed, execution)
         for config in framework_candidates(model, bigger, global_batch, seq_len, dtype, attention, fixed, execution):
             found = _fitting_twin(model, bigger, config, execution, cache, levers, fixed)
             if found is not None:
@@ -765,7 +776,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
                                   f"({bigger.world_size} devices), e.g. {layout}")
     tried = ["more devices up to 64x", *(["full recompute"] if "recompute" not in fixed else []),
              *(["ZeRO-3"] if "zero_stage" not in fixed and 3 in execution.zero_stages else []),
-             *(["offload"] if _offload_levers(cluster, fixed) else [])]
+             *(["offload"] if _offload_levers(cluster, fixed, execution) else [])]
     return message + f"; nothing tried fits ({', '.join(tried)}): use a bigger device"
 
 

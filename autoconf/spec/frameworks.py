@@ -122,6 +122,14 @@ ATTENTION_KERNELS = ("fused", "fa2", "fa3")
 #               execute/cp_attention.py: explicit blockwise math whose merges are not counted). On CPU the executor
 #               always runs its own; the planner plans GPUs, so the preset describes CUDA.
 CP_ATTENTION = ("kernel", "torch", "executor")
+# Which layouts a framework offloads activations in (`Execution.activation_offload`):
+#   "any"          autoconf's executor: saved-tensor hooks around every block, under any layout
+#   "unpipelined"  Megatron-Core (--cpu-offloading-num-layers): its TransformerConfig refuses CPU offloading with
+#                  pipeline parallelism and with recompute (megatron/core/transformer/transformer_config.py at
+#                  core_v0.16.1, `__post_init__`)
+#   "none"         no activation offload: torchtitan 0.3.0 (training.enable_cpu_offload is FSDP2's
+#                  CPUOffloadPolicy, parameters, gradients and optimizer states only); Megatron-LM of 2022
+ACTIVATION_OFFLOAD = ("any", "unpipelined", "none")
 # The megatron memory layout's main-gradient buffer (what the gradients accumulate in and are reduced from): "fp32"
 # (Megatron-LM under --bf16, --accumulate-allreduce-grads-in-fp32), "bf16" (Megatron-Bridge's
 # grad_reduce_in_fp32=False; NeMo 1.x's distributed Adam with grad_sync_dtype bf16) or "fp16" (Megatron-LM under
@@ -377,6 +385,10 @@ class Execution:
         hold (`ScheduleSpec.problem`): "torch", torch.distributed.pipelining's schedule classes (autoconf's executor,
         torchtitan: Schedule1F1B needs m >= pp), or "megatron", Megatron-LM's schedules (1F1B runs any m; the
         interleaved one needs m a multiple of pp).
+    activation_offload: see ACTIVATION_OFFLOAD. optimizer_offload: the framework keeps the optimizer states (and
+        the sharded fp32 weights) on the host and steps there (FSDP2's CPUOffloadPolicy in the executor and
+        torchtitan, Megatron-Core's --optimizer-cpu-offload); Megatron-LM of 2022 had neither lever.
+        `offload_problem` is the one reading.
     megatron_args / torchtitan_settings: what makes the target framework run as modelled, as (when, flag, line):
         the line applies when the config matches `when` (see `_applies`) and the flag ("name" or "name=value") holds.
     """
@@ -430,6 +442,8 @@ class Execution:
     expert_tp_biases: bool = True
     schedules: tuple[str, ...] = ()
     pipeline_runtime: str = "torch"
+    activation_offload: str = "any"
+    optimizer_offload: bool = True
     megatron_args: tuple[tuple[str, str, str], ...] = ()
     torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
 
@@ -458,6 +472,8 @@ class Execution:
             out.append(f"attention_kernel {self.attention_kernel!r} is none of {', '.join(ATTENTION_KERNELS)}")
         if self.cp_attention not in CP_ATTENTION:
             out.append(f"cp_attention {self.cp_attention!r} is none of {', '.join(CP_ATTENTION)}")
+        if self.activation_offload not in ACTIVATION_OFFLOAD:
+            out.append(f"activation_offload {self.activation_offload!r} is none of {', '.join(ACTIVATION_OFFLOAD)}")
         for flag, known in (("grad_buffer_dtype", GRAD_BUFFER_DTYPES), ("optimizer", OPTIMIZERS),
                             ("loss_memory", LOSS_MEMORY), ("optimizer_moments", MOMENTS_DTYPES),
                             ("adam_kernels", tuple(ADAM_KERNELS))):
@@ -589,7 +605,7 @@ class Execution:
         pipeline factors its pipeline runtime refuses; with `model`, expert TP over biased experts where
         `expert_tp_biases` is off), or None. The one rule `check` and the fitting advice read; the search's space
         leaves out what it refuses of the ZeRO stages, reductions, pipelines and expert TP before asking."""
-        experts = model is not None and self.expert_tp_problem(config, model)
+        experts = (model is not None and self.expert_tp_problem(config, model)) or self.offload_problem(config)
         if experts:
             return experts
         if precision(config.dtype).cached and self.memory_layout != "megatron":
@@ -618,6 +634,38 @@ class Execution:
         if config.recompute == "selective" and policy is not None and policy not in self.selective_policies:
             return (f"framework {self.name!r} runs selective recompute as {' or '.join(self.selective_policies)}, "
                     f"not {policy}; drop --selective-recompute {policy}, or " + self._runs_policy(policy))
+        return None
+
+    def runs_lever(self, lever: str) -> bool:
+        """Whether the framework runs the offload lever `lever` (an OFFLOADS name) in some layout."""
+        return self.optimizer_offload if lever == "offload_optimizer" else self.activation_offload != "none"
+
+    def lever_problem(self, lever: str) -> str | None:
+        """Why this framework never runs the offload lever `lever` (an OFFLOADS name), naming those that do; None
+        where it runs it in some layout."""
+        if self.runs_lever(lever):
+            return None
+        able = [n for n, e in PRESETS.items() if e.runs_lever(lever)]
+        return (f"framework {self.name!r} has no {lever.replace('_', ' ')}; drop it or plan for a framework with it "
+                f"({', '.join(able)})")
+
+    def refuses_activation_offload(self, config) -> bool:
+        """Whether `config` offloads activations where this framework cannot (`activation_offload`)."""
+        return config.offload_activations and (self.activation_offload == "none" or (
+            self.activation_offload == "unpipelined" and (config.pp > 1 or config.recompute != "none")))
+
+    def offload_problem(self, config) -> str | None:
+        """What this framework cannot offload of `config`, in one line naming what would work, or None: a lever it
+        does not have, or activations offloaded beside a pipeline or recompute where it offloads them only
+        without either (`activation_offload`)."""
+        for lever in config.offload_levers:
+            if not self.runs_lever(lever):
+                return self.lever_problem(lever)
+        if self.refuses_activation_offload(config):  # (beside a pipeline or recompute: the only case left)
+            return (f"framework {self.name!r} offloads activations only without pipeline parallelism and without "
+                    f"recompute (Megatron-Core's TransformerConfig refuses cpu_offloading with either; the plan has "
+                    f"pp {config.pp}, recompute {config.recompute}): use pp 1 and recompute none, or drop "
+                    f"offload_activations")
         return None
 
     def _runs_policy(self, policy: str) -> str:
@@ -707,7 +755,7 @@ PRESETS: dict[str, Execution] = {
         blocking_p2p=True, p2p_scatter_gather=True,
         executor_overheads=False, eager_ops=("vocab_parallel_ce",), grad_buffer_passes=("zero", "scale"),
         cp_attention="kernel", loss_memory="copy", schedules=MEGATRON_SCHEDULES, pipeline_runtime="megatron",
-        expert_tp_biases=False, moe_tp_token_share=False,
+        expert_tp_biases=False, moe_tp_token_share=False, activation_offload="none", optimizer_offload=False,
         megatron_args=(("sharded", "memory_layout=megatron", "--use-distributed-optimizer"),
                        ("always", "grad_accumulation_fusion=False", "--no-gradient-accumulation-fusion"))),
     "megatron-core": Execution(
@@ -737,7 +785,7 @@ PRESETS: dict[str, Execution] = {
                        ("zero3", "megatron_fsdp", "--ckpt-format fsdp_dtensor"),
                        ("zero3", "megatron_fsdp", "--fsdp-double-buffer"),
                        ("zero3", "keep_fp8_transpose", "--keep-fp8-transpose-cache")),
-        pairs_full_recompute=False),
+        pairs_full_recompute=False, activation_offload="unpipelined"),
     "torchtitan": Execution(
         name="torchtitan", memory_layout="torch", pipeline_buffers="per_microbatch", masked_attention=False,
         schedules=TORCHTITAN_SCHEDULES,
@@ -756,6 +804,7 @@ PRESETS: dict[str, Execution] = {
         # torch's (parallelisms/parallelize_llama.py and utils.py create_context_parallel_ctx): cp_attention "torch".
         eager_ops=("rotary", "swiglu", "cross_entropy"), attention_kernel="fa2", cp_attention="torch",
         fsdp_copies=True, loss_memory="torch", compile_loss=True, compiles_moe_blocks=True, moe_tp_token_share=False,
+        activation_offload="none",
         torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),
                              ("always", "compile_loss=False", 'config.compile.components = ["model"]'),
                              ("always", "adam_kernels=foreach", 'config.optimizer.implementation = "foreach"'))),

@@ -123,7 +123,8 @@ def _rope_parameters(config: dict, name: str) -> dict:
 
 
 def rope_theta(config: dict, name: str) -> float:
-    """The RoPE base: transformers 5's `rope_parameters.rope_theta`, else `rope_theta`; 10000 when neither is set."""
+    """The RoPE base: transformers 5's `rope_parameters.rope_theta`, else `rope_theta`; 10000 when neither is set
+    (after spec/hf_defaults.py has filled in the model type's own, e.g. Mixtral's 1e6)."""
     theta = _rope_parameters(config, name).get("rope_theta")
     if theta is None:
         return hf_number(config, "rope_theta", 10000.0, name)
@@ -285,7 +286,8 @@ def _check_longrope(config: dict, scaling: dict, key: str, name: str) -> None:
 
 
 def rope_context(config: dict, name: str) -> int:
-    """The tokens the model is planned up to: max_position_embeddings (4096 when absent), or, under a yarn, linear
+    """The tokens the model is planned up to: max_position_embeddings (absent: the model type's transformers default,
+    spec/hf_defaults.py, which `from_hf_config` fills in; else 4096), or, under a yarn, linear
     or dynamic RoPE scaling, its factor times the context it stretches when that is longer: its
     `original_max_position_embeddings`, for yarn by default max_position_embeddings as transformers reads it (Qwen's
     yarn 4.0 over 32,768 -> 131,072 tokens; DeepSeek-V3's 40 x 4,096 is its max_position_embeddings already). Linear

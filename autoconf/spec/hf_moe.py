@@ -71,7 +71,14 @@ def _key(config: dict, *keys) -> str:
 
 
 def _count(config: dict, name: str, what: str, *keys) -> int:
-    """`hf_int` of the first of `keys` the config gives (`_key`), a required positive count."""
+    """`hf_int` of the first of `keys` the config gives (`_key`), a required positive count; refused when the config
+    gives none of them or gives two that differ."""
+    given = {key: config[key] for key in keys if config.get(key) is not None}
+    if len(keys) > 1 and not given:
+        raise UserError(f"{name}: the config gives none of {', '.join(keys)} ({what}); add one")
+    if len({json.dumps(value) for value in given.values()}) > 1:
+        raise UserError(f"{name}: {' and '.join(f'{key} {json.dumps(value)}' for key, value in given.items())} "
+                        f"disagree on {what}; keep one")
     return hf_int(config, _key(config, *keys), name, what)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from autoconf.errors import UserError
 from autoconf.files import did_you_mean, named_input, quoted, shown
 from autoconf.spec.hf_fields import gpt2_fields, hf_int, hf_number, llama_fields, refuse_bias
+from autoconf.spec.hf_defaults import with_transformers_defaults
 from autoconf.spec.hf_moe import HF_DENSE_TYPES, HF_MOE_TYPES, PRESET_CONFIGS, moe_from_hf, refuse_hidden_experts
 from autoconf.spec.model import ModelSpec, MoESpec, is_printable_name
 
@@ -82,6 +83,7 @@ def from_hf_config(config: dict, name: str) -> ModelSpec:
     if model_type not in HF_MOE_TYPES:
         refuse_hidden_experts(config, name, model_type)
     try:
+        config = with_transformers_defaults(config, model_type)
         if model_type in HF_MOE_TYPES:
             try:
                 return moe_from_hf(config, name, model_type)
