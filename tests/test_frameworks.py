@@ -701,3 +701,27 @@ def test_megatron_core_runs_experts_with_biases_at_expert_tp_1():
         estimate(model, cluster, layout, execution=execution("megatron-core"))
     assert estimate(model, cluster, layout).prediction["iteration_time_s"] > 0
     assert execution("megatron-core").expert_tp_problem(dataclasses.replace(layout, etp=1), model) is None
+
+
+def test_torchtitan_is_planned_only_with_what_it_runs():
+    """Sixth review: `--framework torchtitan` ranked ring and allgather K/V exchanges as a tie though torchtitan
+    0.3.0 has no ring setting (its export fell back to allgather), and pipelined tied embeddings, which its decoder
+    refuses as the config loads. The search leaves both out, estimate refuses them in one line, the other
+    frameworks keep them."""
+    from autoconf.solve.search import framework_candidates
+
+    titan, own = PRESETS["torchtitan"], PRESETS["autoconf"]
+    cluster = load_cluster("dgx-h100-80g", nodes=2)
+    long = list(framework_candidates(MODELS["llama3-8b"], cluster, 16, 32768, "bf16", "flash", {}, titan))
+    assert long and all(c.cp_comm == "allgather" for c in long if c.cp > 1) and any(c.cp > 1 for c in long)
+    tied = MODELS["tiny-gpt"]
+    assert tied.tied_embeddings
+    assert all(c.pp == 1 for c in framework_candidates(tied, cluster, 64, 128, "bf16", "flash", {}, titan))
+    assert any(c.pp > 1 for c in framework_candidates(tied, cluster, 64, 128, "bf16", "flash", {}, own))
+    ring = ParallelConfig(tp=1, pp=1, dp=4, cp=2, cp_comm="ring", micro_batch_size=1, global_batch_size=8,
+                          seq_len=32768, zero_stage=3, grad_reduce="microbatch")
+    with pytest.raises(UserError, match="by allgather only, not ring: use cp_comm allgather"):
+        titan.check(ring, MODELS["llama3-8b"])
+    own.check(ring, MODELS["llama3-8b"])
+    piped = ParallelConfig(tp=1, pp=2, dp=4, micro_batch_size=1, global_batch_size=64, seq_len=128, zero_stage=2)
+    assert "tied embeddings under pipeline parallelism (pp 2): use pp 1" in titan.problem(piped, tied)

@@ -453,11 +453,15 @@ def framework_candidates(model: ModelSpec, cluster: ClusterProfile, global_batch
                          policies: tuple[str | None, ...] = (None,)) -> Iterator[ParallelConfig]:
     """`space.candidates` on `cluster`'s devices under `execution`'s own rules: the ZeRO stages it searches (those
     worth telling apart: the executor runs ZeRO-1 exactly as ZeRO-2, one of them is enough unless pinned), its
-    gradient reductions, pipeline runtime and schedules, and whether it splits experts with biases over expert TP;
-    selective candidates under each of `policies`."""
-    return candidates(model, cluster.world_size, cluster.devices_per_domain, global_batch, seq_len, dtype, attention,
-                      fixed, execution.zero_searched, policies, tp_cp_domain(cluster), execution.grad_reductions,
-                      execution.pipeline_runtime, execution.schedules, execution.expert_tp_biases)
+    gradient reductions, pipeline runtime and schedules, whether it splits experts with biases over expert TP, and
+    its K/V exchanges and pipelines of tied embeddings (`Execution.refuses_layout`); selective candidates under each
+    of `policies`."""
+    space = candidates(model, cluster.world_size, cluster.devices_per_domain, global_batch, seq_len, dtype, attention,
+                       fixed, execution.zero_searched, policies, tp_cp_domain(cluster), execution.grad_reductions,
+                       execution.pipeline_runtime, execution.schedules, execution.expert_tp_biases)
+    if not execution.restricts_layouts():
+        return space
+    return (config for config in space if not execution.refuses_layout(config, model))
 
 
 def _offload_levers(cluster: ClusterProfile, fixed: dict, execution: Execution) -> list[tuple[bool, bool]]:

@@ -228,6 +228,12 @@ def tp_overlap_chunks(method: str, tp: int) -> int:
 # micro-batch's backward (sharded gradients, one reduce-scatter per micro-batch). cost/memory.py and cost/estimate.py
 # say what each costs; `Execution.grad_reductions` which a framework runs.
 GRAD_REDUCE = ("step", "microbatch")
+# How context-parallel attention meets the rest of the sequence's keys and values (cost/estimate.py says what each
+# costs, cost/memory.py what each holds): "allgather" gathers the K/V of the whole sequence before the attention
+# (Llama 3, Sec. 3.3.2; torchtitan's default rotate method; Megatron --cp-comm-type all_gather), "ring" passes K/V
+# blocks around the CP group, each transfer overlapped with the attention on the block before (Ring Attention;
+# Megatron --cp-comm-type p2p). `Execution.cp_comms`: those a framework runs.
+CP_COMM = ("allgather", "ring")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -385,6 +391,10 @@ class Execution:
         hold (`ScheduleSpec.problem`): "torch", torch.distributed.pipelining's schedule classes (autoconf's executor,
         torchtitan: Schedule1F1B needs m >= pp), or "megatron", Megatron-LM's schedules (1F1B runs any m; the
         interleaved one needs m a multiple of pp).
+    cp_comms: the CP_COMM exchanges the framework runs (torchtitan 0.3.0: "allgather" only, torch's default rotate
+        method; its config has no setting for another). pipelines_tied_embeddings: it pipelines a model whose
+        embedding and head share one matrix (torchtitan 0.3.0 refuses weight tying under pipeline parallelism in its
+        decoder's `update_from_config`). The search weighs only what these allow (`refuses_layout`).
     activation_offload: see ACTIVATION_OFFLOAD. optimizer_offload: the framework keeps the optimizer states (and
         the sharded fp32 weights) on the host and steps there (FSDP2's CPUOffloadPolicy in the executor and
         torchtitan, Megatron-Core's --optimizer-cpu-offload); Megatron-LM of 2022 had neither lever.
@@ -444,6 +454,8 @@ class Execution:
     pipeline_runtime: str = "torch"
     activation_offload: str = "any"
     optimizer_offload: bool = True
+    cp_comms: tuple[str, ...] = CP_COMM
+    pipelines_tied_embeddings: bool = True
     megatron_args: tuple[tuple[str, str, str], ...] = ()
     torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
 
@@ -472,6 +484,8 @@ class Execution:
             out.append(f"attention_kernel {self.attention_kernel!r} is none of {', '.join(ATTENTION_KERNELS)}")
         if self.cp_attention not in CP_ATTENTION:
             out.append(f"cp_attention {self.cp_attention!r} is none of {', '.join(CP_ATTENTION)}")
+        if not self.cp_comms or not set(self.cp_comms) <= set(CP_COMM):
+            out.append(f"cp_comms {', '.join(self.cp_comms)}: each must be one of {', '.join(CP_COMM)}")
         if self.activation_offload not in ACTIVATION_OFFLOAD:
             out.append(f"activation_offload {self.activation_offload!r} is none of {', '.join(ACTIVATION_OFFLOAD)}")
         for flag, known in (("grad_buffer_dtype", GRAD_BUFFER_DTYPES), ("optimizer", OPTIMIZERS),
@@ -605,7 +619,8 @@ class Execution:
         pipeline factors its pipeline runtime refuses; with `model`, expert TP over biased experts where
         `expert_tp_biases` is off), or None. The one rule `check` and the fitting advice read; the search's space
         leaves out what it refuses of the ZeRO stages, reductions, pipelines and expert TP before asking."""
-        experts = (model is not None and self.expert_tp_problem(config, model)) or self.offload_problem(config)
+        experts = ((model is not None and self.expert_tp_problem(config, model)) or self.offload_problem(config)
+                   or self.layout_problem(config, model))
         if experts:
             return experts
         if precision(config.dtype).cached and self.memory_layout != "megatron":
@@ -635,6 +650,26 @@ class Execution:
             return (f"framework {self.name!r} runs selective recompute as {' or '.join(self.selective_policies)}, "
                     f"not {policy}; drop --selective-recompute {policy}, or " + self._runs_policy(policy))
         return None
+
+    def refuses_layout(self, config, model) -> bool:
+        """Whether the framework cannot run `config`'s K/V exchange or pipeline of tied embeddings (`cp_comms`,
+        `pipelines_tied_embeddings`): cheap, for the search's space."""
+        return ((config.cp > 1 and config.cp_comm not in self.cp_comms)
+                or (not self.pipelines_tied_embeddings and config.pp > 1 and model.tied_embeddings))
+
+    def layout_problem(self, config, model=None) -> str | None:
+        """`refuses_layout`'s line, naming what would work (the tied-embedding rule only with `model`)."""
+        if config.cp > 1 and config.cp_comm not in self.cp_comms:
+            return (f"framework {self.name!r} exchanges K/V for context parallelism by {' or '.join(self.cp_comms)} "
+                    f"only, not {config.cp_comm}: use cp_comm {self.cp_comms[0]}")
+        if model is not None and not self.pipelines_tied_embeddings and config.pp > 1 and model.tied_embeddings:
+            return (f"framework {self.name!r} refuses a model with tied embeddings under pipeline parallelism "
+                    f"(pp {config.pp}): use pp 1")
+        return None
+
+    def restricts_layouts(self) -> bool:
+        """Whether `refuses_layout` can refuse anything (the search asks it of each candidate only then)."""
+        return tuple(self.cp_comms) != CP_COMM or not self.pipelines_tied_embeddings
 
     def runs_lever(self, lever: str) -> bool:
         """Whether the framework runs the offload lever `lever` (an OFFLOADS name) in some layout."""
@@ -804,7 +839,7 @@ PRESETS: dict[str, Execution] = {
         # torch's (parallelisms/parallelize_llama.py and utils.py create_context_parallel_ctx): cp_attention "torch".
         eager_ops=("rotary", "swiglu", "cross_entropy"), attention_kernel="fa2", cp_attention="torch",
         fsdp_copies=True, loss_memory="torch", compile_loss=True, compiles_moe_blocks=True, moe_tp_token_share=False,
-        activation_offload="none",
+        activation_offload="none", cp_comms=("allgather",), pipelines_tied_embeddings=False,
         torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),
                              ("always", "compile_loss=False", 'config.compile.components = ["model"]'),
                              ("always", "adam_kernels=foreach", 'config.optimizer.implementation = "foreach"'))),

@@ -17,7 +17,7 @@ from pathlib import Path
 from autoconf.errors import UserError
 from autoconf.files import is_version, listed, quoted, shown
 from autoconf.spec.dtypes import DTYPES
-from autoconf.spec.frameworks import GRAD_REDUCE, PRESETS, SELECTIVE_RECOMPUTE
+from autoconf.spec.frameworks import CP_COMM, GRAD_REDUCE, PRESETS, SELECTIVE_RECOMPUTE
 from autoconf.spec.grid import AXES, ParallelDims, RankGrid, world_size_of
 from autoconf.spec.model import ATTENTION, RECOMPUTE, ModelSpec, is_printable_name
 from autoconf.spec.schedules import SCHEDULES, schedule_spec
@@ -48,12 +48,6 @@ MAX_SEQ_LEN = 1 << 22  # tokens per sequence
 #                        over dp > 1).
 OFFLOADS = ("offload_activations", "offload_optimizer")
 
-# How context-parallel attention meets the rest of the sequence's keys and values (cost/estimate.py says what each
-# costs, cost/memory.py what each holds): "allgather" gathers the K/V of the whole sequence before the attention
-# (Llama 3, Sec. 3.3.2; torchtitan's default rotate method; Megatron --cp-comm-type all_gather), "ring" passes K/V
-# blocks around the CP group, each transfer overlapped with the attention on the block before (Ring Attention;
-# Megatron --cp-comm-type p2p).
-CP_COMM = ("allgather", "ring")
 # How seq1f1b cuts each sequence into its `seq_chunks` chunks: "even" (equal token counts, the chunks' causal
 # attention growing as 2j + 1) or "work" (Seq1F1B's computation-wise split: chunk boundaries that give every chunk
 # the same forward time, later chunks shorter; `cost/compute.py::seq_chunk_bounds` solves for them and is the one
