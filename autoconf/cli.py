@@ -345,8 +345,9 @@ def profiles(as_json: bool) -> None:
               help="what --recompute selective redoes: the attention core or torchtitan's per-op policy "
                    "(default: the framework's)")
 @click.option("--sequence-parallel", is_flag=True)
-@click.option("--cp-comm", type=click.Choice(CP_COMM), default="ring", show_default=True,
-              help="how context parallelism exchanges K/V: a ring of blocks or one all-gather")
+@click.option("--cp-comm", type=click.Choice(CP_COMM), default=None,
+              help="how context parallelism exchanges K/V: a ring of blocks or one all-gather (default: ring, or "
+                   "allgather where the framework runs no ring)")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="default: bf16 on GPUs, fp32 on CPU")
 @click.option("--attention", type=click.Choice(["flash", "standard"]), default="flash", show_default=True)
@@ -393,6 +394,8 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
     if seq_split != "even" and seq_chunks == 1:
         raise UserError(f"--seq-split {seq_split} splits sequences into chunks: add --schedule seq1f1b and "
                         f"--seq-chunks K (K > 1)")
+    if cp_comm is not None and cp == 1:
+        raise UserError(f"--cp-comm {cp_comm} says how context parallelism exchanges K/V: it needs --cp > 1")
     config = ParallelConfig(tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp, micro_batch_size=micro_batch,
                             global_batch_size=global_batch,
                             seq_len=default_seq_len(model) if seq_len is None else seq_len,
@@ -401,7 +404,7 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
                             attention=attention, ep=ep, etp=etp, offload_activations=offload_activations,
                             offload_optimizer=offload_optimizer, recompute_layers=recompute_layers,
                             selective_recompute=selective_recompute, seq_chunks=seq_chunks, seq_split=seq_split,
-                            grad_reduce=grad_reduce or "step", cp_comm=cp_comm)
+                            grad_reduce=grad_reduce or "step", cp_comm=cp_comm or "ring")
     partition = None
     if stage_layers is not None:
         partition = partition_of(stage_layers)
@@ -414,6 +417,8 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
                             f"{checked.num_stages} counts adding up to the {model.num_layers} layers, e.g. "
                             f"--stage-layers {even}")
     execution = framework_execution(framework, framework_flags)
+    if cp_comm is None and config.cp_comm not in execution.cp_comms:  # (the framework's own exchange)
+        config = dataclasses.replace(config, cp_comm=execution.cp_comms[0])
     if grad_reduce is None and config.zero_sharded:  # the framework's own reduction where it runs only one
         runs = execution.grad_reductions(zero, pp)
         if "step" not in runs:

@@ -680,3 +680,16 @@ def test_a_plan_for_another_framework_says_how_to_export_it_not_that_it_is_refus
     assert result.exit_code == 0, result.output
     assert "planned for megatron-core: `autoconf show PLAN --out DIR`" in result.output
     assert "not launchable" not in result.output
+
+
+def test_a_k_v_exchange_without_context_parallelism_is_refused_and_the_default_is_the_frameworks():
+    """Sixth review: `estimate --cp 1 --cp-comm allgather` was accepted silently (plan refuses the pin); and under
+    torchtitan, which runs no ring, the default exchange is its allgather."""
+    base = ["estimate", "--model", "llama3.1-8b", "--cluster", "dgx-h100-80g", "--tp", "1", "--pp", "1",
+            "--micro-batch", "1", "--global-batch", "8"]
+    assert_one_clear_error(run_cli(base + ["--dp", "8", "--cp-comm", "allgather"]), "--cp-comm allgather",
+                           "needs --cp > 1")
+    result = run_cli(base + ["--dp", "4", "--cp", "2", "--seq-len", "16384", "--zero", "3", "--recompute", "full",
+                             "--framework", "torchtitan", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output[result.output.index("{"):])["config"]["cp_comm"] == "allgather"
