@@ -419,6 +419,10 @@ def test_checkpoint_finder_skips_incomplete(tmp_path):
     path, meta = find_latest(tmp_path, log=messages.append)
     assert path.name == "step-00000004" and meta["data_position"] == 4
     assert len(messages) == 2 and all("skipping incomplete" in m for m in messages)
+    from autoconf.execute.checkpoint import remove_interrupted  # (what a later committed save does)
+
+    assert [p.name for p in remove_interrupted(tmp_path)] == [".tmp-step-00000008"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"step-{s:08d}" for s in (2, 4, 6)]
 
 
 def test_lr_schedule_warms_up_then_decays():

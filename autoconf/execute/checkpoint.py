@@ -206,8 +206,18 @@ def save(root: Path, step: int, models: list, optimizers: list, meta: dict) -> P
             shutil.rmtree(final)  # (a folder without the marker is not autoconf's: the rename below fails on it)
         os.replace(tmp, final)
         fsync_dir(root)
+        remove_interrupted(root)
     dist.barrier()
     return final
+
+
+def remove_interrupted(root: Path) -> list[Path]:
+    """Removes the folders of saves interrupted before their commit (`.tmp-step-*`, which a resume skips), once a
+    later save has committed: the run holds the folder's lock, so none is being written. Returns them."""
+    stale = sorted(entry for entry in Path(root).glob(".tmp-step-*") if entry.is_dir())
+    for entry in stale:
+        shutil.rmtree(entry, ignore_errors=True)
+    return stale
 
 
 def rng_state() -> dict:
