@@ -17,7 +17,8 @@ from autoconf.spec.presets import PRESETS as MODELS
 from autoconf.spec.schedules import build_schedule
 
 H100 = load_cluster("dgx-h100-80g", nodes=4)
-MODEL = MODELS["gpt3-1.3b"]
+# (untied: torchtitan pipelines no tied embeddings, `Execution.pipelines_tied_embeddings`)
+MODEL = dataclasses.replace(MODELS["gpt3-1.3b"], tied_embeddings=False)
 
 
 def cfg(**kw) -> ParallelConfig:

@@ -49,12 +49,14 @@ def test_deepseek_v3_counts_with_and_without_its_mtp_module():
 
 
 def test_hf_import_reads_num_nextn_predict_layers():
-    """deepseek_v3 configs: num_nextn_predict_layers becomes mtp_num_layers (absent: 0); a bad value is one line."""
+    """deepseek_v3 configs: num_nextn_predict_layers becomes mtp_num_layers (absent: transformers' DeepseekV3Config
+    default, 1; spec/hf_defaults.py); a bad value is one line."""
     config = dict(PRESET_CONFIGS["deepseek-v3"])
     assert from_hf_config(config, "v3").mtp_num_layers == 1
     assert from_hf_config({**config, "num_nextn_predict_layers": 2}, "v3").mtp_num_layers == 2
     del config["num_nextn_predict_layers"]
-    assert from_hf_config(config, "v3").mtp_num_layers == 0
+    assert from_hf_config(config, "v3").mtp_num_layers == 1
+    assert from_hf_config({**config, "num_nextn_predict_layers": 0}, "v3").mtp_num_layers == 0
     with pytest.raises(UserError, match="num_nextn_predict_layers must be a whole number"):
         from_hf_config({**config, "num_nextn_predict_layers": -1}, "v3")
     with pytest.raises(UserError, match="mtp_num_layers must be a whole number"):

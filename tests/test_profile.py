@@ -183,8 +183,9 @@ def test_profile_refuses_to_overwrite_and_checks_the_folder(tmp_path):
     with pytest.raises(UserError, match="already exists"):
         profile(existing)
     assert check_output(existing, force=True) == existing.resolve()
-    with pytest.raises(UserError, match="does not exist"):
-        profile(tmp_path / "nope" / "p.json")
+    assert check_output(tmp_path / "new" / "p.json", force=False).parent.is_dir()  # (made, as plan's --out)
+    with pytest.raises(UserError, match="cannot make folder"):
+        profile(existing / "p.json")  # (under a file)
     with pytest.raises(UserError, match="is a folder"):
         profile(tmp_path)
     if os.geteuid() != 0:

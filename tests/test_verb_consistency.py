@@ -18,7 +18,7 @@ def _estimate_of(plan: dict, cluster: str, *extra) -> dict:
     c = plan["config"]
     layers = [end - first for first, end in plan["partition"]]
     args = ["estimate", "--model", plan["model"]["name"], "--cluster", cluster, "--tp", c["tp"], "--pp", c["pp"],
-            "--dp", c["dp"], "--cp", c["cp"], "--cp-comm", c["cp_comm"], "--vpp", c["vpp"],
+            "--dp", c["dp"], "--cp", c["cp"], *(["--cp-comm", c["cp_comm"]] if c["cp"] > 1 else []), "--vpp", c["vpp"],
             "--micro-batch", c["micro_batch_size"], "--global-batch", c["global_batch_size"], "--seq-len",
             c["seq_len"], "--schedule", c["schedule"], "--zero", c["zero_stage"], "--recompute", c["recompute"],
             "--stage-layers", ",".join(map(str, layers)), "--dtype", c["dtype"], "--grad-reduce", c["grad_reduce"],

@@ -921,13 +921,14 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts",
               "cp_attention", "cp_repeat_kv", "accumulation_sync", "zero1_all_reduce", "megatron_fsdp",
               "keep_fp8_transpose", "pipeline_buffers", "attention_saved_whole", "masked_attention", "schedules",
-              "pipeline_runtime", "expert_tp_biases", "moe_tp_token_share")
+              "pipeline_runtime", "expert_tp_biases", "moe_tp_token_share", "activation_offload", "optimizer_offload",
+              "cp_comms", "pipelines_tied_embeddings")
 
 
 def parse_flags(pairs) -> dict:
     """KEY=VALUE strings into typed flags: true/false for the yes-no flags, a number or "none" for bucket_params,
-    comma-separated stages for zero_stages, comma-separated names for eager_ops, grad_buffer_passes ("none": no op)
-    and schedules ("all": every registered one that does not split sequences), a name otherwise. One-line errors
+    comma-separated stages for zero_stages, comma-separated names for eager_ops, cp_comms, grad_buffer_passes
+    ("none": no op) and schedules ("all": every registered one that does not split sequences), a name otherwise. One-line errors
     name the known flags; a flag given twice is refused."""
     out = {}
     defaults = Execution()
@@ -955,7 +956,7 @@ def parse_flags(pairs) -> dict:
                 out[key] = float(value)
             elif key == "zero_stages":
                 out[key] = tuple(sorted({int(v) for v in value.split(",")}))
-            elif key in ("eager_ops", "grad_buffer_passes"):
+            elif key in ("eager_ops", "grad_buffer_passes", "cp_comms"):
                 out[key] = tuple(v.strip() for v in value.split(",") if v.strip() and v.strip() != "none")
             elif key == "schedules":  # ("all": every registered one that does not split sequences)
                 names = [v.strip() for v in value.split(",") if v.strip()]
