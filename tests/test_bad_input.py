@@ -313,8 +313,11 @@ def test_fitting_advice_and_the_search_keep_to_the_frameworks_zero_stages():
     result = run_cli(["estimate", *base, *layout, "--zero", "1"])
     assert_one_clear_error(result, "does not fit", "it fits with --zero 3 --grad-reduce microbatch")
     result = run_cli(["estimate", *base, *layout, "--zero", "1", "--framework-flag", "zero_stages=0,1"])
+    assert_one_clear_error(result, "does not fit", "it fits with --")  # (optimizer offload, faster than recompute)
+    assert "ZeRO stages" not in result.output and "--zero" not in result.output.splitlines()[-1]
+    result = run_cli(["estimate", *base, *layout, "--zero", "1", "--framework-flag", "zero_stages=0,1",
+                      "--framework-flag", "optimizer_offload=false", "--framework-flag", "activation_offload=none"])
     assert_one_clear_error(result, "does not fit", "it fits with --recompute")
-    assert "ZeRO stages" not in result.output
     planned = run_cli(["plan", *base, "--framework-flag", "zero_stages=3", "--top", "1", "--json"])
     assert planned.exit_code == 0, planned.output
     assert json.loads(planned.output)["plans"][0]["config"]["zero_stage"] == 3
