@@ -616,13 +616,15 @@ class Execution:
     def problem(self, config, model=None) -> str | None:
         """What this framework cannot run of `config`, in one line (a ZeRO stage it does not have; a selective
         policy it does not run; a precision recipe whose cached activations its memory layout does not describe;
-        pipeline factors its pipeline runtime refuses; with `model`, expert TP over biased experts where
-        `expert_tp_biases` is off), or None. The one rule `check` and the fitting advice read; the search's space
-        leaves out what it refuses of the ZeRO stages, reductions, pipelines and expert TP before asking."""
-        experts = ((model is not None and self.expert_tp_problem(config, model)) or self.offload_problem(config)
-                   or self.layout_problem(config, model))
-        if experts:
-            return experts
+        pipeline factors its pipeline runtime refuses; an offload lever it does not run there, `offload_problem`; a
+        K/V exchange or, with `model`, a pipeline of tied embeddings it does not run, `layout_problem`; with `model`,
+        expert TP over biased experts where `expert_tp_biases` is off), or None. The one rule `check` and the
+        fitting advice read; the search's space leaves out what it refuses of the ZeRO stages, reductions,
+        pipelines, expert TP and layouts before asking, and its offloading twins what `offload_problem` refuses."""
+        first = ((model is not None and self.expert_tp_problem(config, model)) or self.offload_problem(config)
+                 or self.layout_problem(config, model))
+        if first:
+            return first
         if precision(config.dtype).cached and self.memory_layout != "megatron":
             return (f"dtype {config.dtype} caches activations in its own dtypes, which only the megatron memory "
                     f"layout describes; use a framework with it (megatron, megatron-core)")

@@ -6,9 +6,11 @@ without `max_position_embeddings` as 4096 tokens (131072).
 
 Each entry is (the keys any of which the config may give instead, the defaults filled in when it gives none): a
 config in transformers 4's spelling (`rope_theta`, `rope_scaling`) gets no transformers 5 `rope_parameters`, and the
-reverse. Keys that size the model (widths, layers, heads, experts, top-k, vocabulary) have no entry: a config
-without one is refused by name rather than read as some model's default. tests/test_hf_fields.py checks every entry
-against the installed transformers' classes: a key left out reads as that class reads it.
+reverse. Keys that size the model (widths, layers, heads, experts, top-k, vocabulary) have no entry, and a config
+without one is refused by name rather than read as some model's default, but for the Qwen MoE types' dense
+`intermediate_size` and Qwen2-MoE's `shared_expert_intermediate_size`, which autoconf had read otherwise (as the
+experts' width, or as no shared expert) where transformers fills in its own. tests/test_hf_fields.py checks every
+entry against the installed transformers' classes: a key left out reads as that class reads it.
 """
 
 from __future__ import annotations
