@@ -366,7 +366,8 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         if closest is not None and over >= closest[0]:
             break  # (an inexact miss is at least `over` bytes over, and so is every one after it)
         # (an offloading miss beyond its host's memory is no advice: the estimate's host bytes, unsimulated)
-        if config.offloads and cache.layout_host(config) > cluster.host["memory_bytes"]:
+        if config.offloads and (cache.host_floor(config) > cluster.host["memory_bytes"]
+                                or cache.layout_host(config) > cluster.host["memory_bytes"]):
             continue
         over = over if exact else cache.layout_peak(config) - limit
         if closest is None or over < closest[0]:
@@ -521,7 +522,8 @@ def _offload_twins(cache: BoundCache, launchable_only: bool, entry: tuple, limit
                    bound_of: dict, skipped: dict[str, int], per_stage: bool) -> list[tuple]:
     """The walk's entries (time bound, key, order, config, how far fitted) of a parent's offloading twins worth walking
     (`entry`: its `_offload_parents` entry): each lever combination the layout allows whose twin can move enough off
-    the device (at most the activations, or the weights, gradients and optimizer states) and whose bound is below
+    the device (at most the activations, or the weights, gradients and optimizer states), whose host can hold what
+    it moves there at least (`BoundCache.host_floor`), and whose bound is below
     `cutoff` (the K-th best time of the walk so far: nothing at or beyond it can enter the K best). A twin's work on
     its busiest rank (`busy_bound`, below its time bound) is checked first, as it is cheaper, then the parent's floor
     of what stays on the device where it has one (`BoundCache.offload_floor`); the parent's memory entry is asked
@@ -548,7 +550,7 @@ def _offload_twins(cache: BoundCache, launchable_only: bool, entry: tuple, limit
             memory = parent_memory()
         movable = (memory["activations"] if activations else 0.0) + (
             memory["params"] + memory["grads"] + memory["optimizer"] if optimizer else 0.0)
-        if memory["total"] - movable > limit:
+        if memory["total"] - movable > limit or cache.host_floor(twin) > cache.cluster.host["memory_bytes"]:
             skipped["memory"] += 1
             continue
         if launchable_only and unsupported_reason(twin):
