@@ -87,7 +87,7 @@ from autoconf.cost.moe import (all_to_all_buffer_bytes, block_local_params, bloc
 from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.saved import MLA_UP_PROJ_MLP, NORMS_MLA_SWIGLU, saved_bytes
 from autoconf.cost.mtp import mtp_activation_bytes, mtp_embedding_copy, mtp_stage_params
-from autoconf.cost.offload import activation_copy_bytes, host_state_bytes_per_param
+from autoconf.cost.offload import activation_copy_bytes, host_state_bytes
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, STORAGE_BYTES, precision
 from autoconf.spec.frameworks import EXECUTOR_LOSS_CHUNKS, EXECUTOR_LOSS_ROW_BYTES, Execution, loss_compiled
@@ -1400,8 +1400,7 @@ class RankMemory:
         grads = (self._deferred_grads(stages) if deferred
                  else local_params * g_b + local_experts * expert_bytes[1] + grad_buffer)
         optimizer = local_params * o_b + local_experts * expert_bytes[2]
-        host = (local_params * host_state_bytes_per_param(c, layout)
-                + local_experts * host_state_bytes_per_param(c, layout, experts=True)) if c.offloads else 0.0
+        host = host_state_bytes(c, layout, local_params, local_experts) if c.offloads else 0.0
         # Under an uneven seq1f1b split the per-chunk buffers and temporaries are the longest chunk's.
         other = (self.fixed + pipeline_buffer_bytes(self.model, c, self.execution, copies, self.inflight, scales[1]),
                  self.kv_grads * sum(partition[st][1] - partition[st][0] for st in stages))

@@ -102,6 +102,13 @@ def host_state_bytes_per_param(config: ParallelConfig, layout: str, experts: boo
     return 16.0 / (config.edp if experts else config.dp_cp)
 
 
+def host_state_bytes(config: ParallelConfig, layout: str, params: float, experts: float) -> float:
+    """Host bytes of a rank's offloaded optimizer state: its local dense `params` and routed-expert `experts`
+    parameters at `host_state_bytes_per_param` each; 0 without offload_optimizer."""
+    return (params * host_state_bytes_per_param(config, layout)
+            + experts * host_state_bytes_per_param(config, layout, experts=True))
+
+
 def host_memory_per_node(cluster: ClusterProfile, rank_host_bytes: list[float]) -> float:
     """Host bytes one node holds, as the busiest pipeline rank's host bytes times the devices of a node (a node runs
     gpus_per_node ranks; an upper bound when pipeline ranks share a node)."""

@@ -29,8 +29,7 @@ from autoconf.cost.memory import (holds_unsharded_grads, layer_activation_bytes,
                                   root_reduced_grad_bytes, root_unit_params, stage_memory, state_bytes_per_param)
 from autoconf.cost.moe import ep_comm_passes, layer_kind_params, layer_kinds, moe_layers, smallest_layer_params
 from autoconf.cost.moe import local_params as local_params_of
-from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, host_memory_per_node,
-                                   host_state_bytes_per_param)
+from autoconf.cost.offload import activation_copy_bytes, activation_copy_times, host_memory_per_node, host_state_bytes
 from autoconf.solve.space import replaced
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import precision
@@ -517,15 +516,20 @@ class BoundCache:
 
     def host_floor(self, c: ParallelConfig) -> float:
         """A lower bound of `host_bound` without its `stage_memory` call: the host state bytes of pipeline rank 0's
-        parameters (`host_state_bytes_per_param` on the rank's `local_params`, as `stage_memory` counts them), its
+        parameters (`host_state_bytes` of the rank's `local_params`, as `stage_memory` counts them), its
         offloaded activations taken as 0; 0 without offload."""
         if not c.offloads:
             return 0.0
-        params, experts = local_params_of(c, *self._rank0_parameters(c))
-        layout = self.execution.memory_layout
-        state = (params * host_state_bytes_per_param(c, layout)
-                 + experts * host_state_bytes_per_param(c, layout, experts=True))
+        state = host_state_bytes(c, self.execution.memory_layout, *local_params_of(c, *self._rank0_parameters(c)))
         return host_memory_per_node(self.cluster, [state])
+
+    def beyond_host(self, c: ParallelConfig, every_rank: bool = False) -> bool:
+        """Whether an offloading layout needs more host memory per node than its node has: by rank 0's host bytes
+        (`host_bound`) or, with `every_rank`, by the busiest rank's (`layout_host`, the estimate's own), the cheap
+        `host_floor` asked first; False without offload."""
+        limit = self.cluster.host["memory_bytes"] if c.offloads else None
+        return c.offloads and (self.host_floor(c) > limit
+                               or (self.layout_host(c) if every_rank else self.host_bound(c)) > limit)
 
     def memory(self, c: ParallelConfig) -> list[dict]:
         """cost/memory.stage_memory of every pipeline rank on the default partition with the in-flight counts of the

@@ -6,9 +6,9 @@ import itertools
 from typing import Callable
 
 from autoconf.cost.estimate import Execution, estimate
+from autoconf.cost.offload import plans_offload
 from autoconf.errors import UserError
 from autoconf.files import gib_figures
-from autoconf.cost.offload import plans_offload
 from autoconf.solve.space import expert_choices, with_changes
 from autoconf.spec.plan import OFFLOADS
 from autoconf.spec.support import unsupported_reason

@@ -247,8 +247,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         nonlocal pruned_memory, simulated
         if memory_pruned(time_bound, key, config):  # only for the candidates the walk reaches
             return
-        if config.offloads and (cache.host_floor(config) > cluster.host["memory_bytes"]
-                                or cache.host_bound(config) > cluster.host["memory_bytes"]):
+        if cache.beyond_host(config):
             pruned_memory += 1
             return  # (beyond its host's memory: no miss; `does_not_fit` records the twins short of the device)
         # Every rank's memory, the simulation's own (`layout_memory`): a layout that does not fit is recorded as the
@@ -366,8 +365,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
         if closest is not None and over >= closest[0]:
             break  # (an inexact miss is at least `over` bytes over, and so is every one after it)
         # (an offloading miss beyond its host's memory is no advice: the estimate's host bytes, unsimulated)
-        if config.offloads and (cache.host_floor(config) > cluster.host["memory_bytes"]
-                                or cache.layout_host(config) > cluster.host["memory_bytes"]):
+        if cache.beyond_host(config, every_rank=True):
             continue
         over = over if exact else cache.layout_peak(config) - limit
         if closest is None or over < closest[0]:
@@ -455,14 +453,14 @@ def framework_candidates(model: ModelSpec, cluster: ClusterProfile, global_batch
     """`space.candidates` on `cluster`'s devices under `execution`'s own rules: the ZeRO stages it searches (those
     worth telling apart: the executor runs ZeRO-1 exactly as ZeRO-2, one of them is enough unless pinned), its
     gradient reductions, pipeline runtime and schedules, whether it splits experts with biases over expert TP, and
-    its K/V exchanges and pipelines of tied embeddings (`Execution.refuses_layout`); selective candidates under each
+    its K/V exchanges and pipelines of tied embeddings (`Execution.layout_problem`); selective candidates under each
     of `policies`."""
     space = candidates(model, cluster.world_size, cluster.devices_per_domain, global_batch, seq_len, dtype, attention,
                        fixed, execution.zero_searched, policies, tp_cp_domain(cluster), execution.grad_reductions,
                        execution.pipeline_runtime, execution.schedules, execution.expert_tp_biases)
     if not execution.restricts_layouts():
         return space
-    return (config for config in space if not execution.refuses_layout(config, model))
+    return (config for config in space if not execution.layout_problem(config, model))
 
 
 def _offload_levers(cluster: ClusterProfile, fixed: dict, execution: Execution) -> list[tuple[bool, bool]]:
@@ -809,8 +807,7 @@ def _fitting_twin(model: ModelSpec, cluster: ClusterProfile, config: ParallelCon
                 or execution.problem(twin, model)):
             continue
         if twin.offloads:
-            if (cache.host_bound(twin) > host_memory or cache.layout_peak(twin) > usable
-                    or cache.layout_host(twin) > host_memory):
+            if cache.beyond_host(twin) or cache.layout_peak(twin) > usable or cache.beyond_host(twin, every_rank=True):
                 continue
         elif cache.memory_bound(config) > usable or cache.layout_peak(config) > usable:
             continue

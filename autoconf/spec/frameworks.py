@@ -394,7 +394,7 @@ class Execution:
     cp_comms: the CP_COMM exchanges the framework runs (torchtitan 0.3.0: "allgather" only, torch's default rotate
         method; its config has no setting for another). pipelines_tied_embeddings: it pipelines a model whose
         embedding and head share one matrix (torchtitan 0.3.0 refuses weight tying under pipeline parallelism in its
-        decoder's `update_from_config`). The search weighs only what these allow (`refuses_layout`).
+        decoder's `update_from_config`). The search weighs only what these allow (`layout_problem`).
     activation_offload: see ACTIVATION_OFFLOAD. optimizer_offload: the framework keeps the optimizer states (and
         the sharded fp32 weights) on the host and steps there (FSDP2's CPUOffloadPolicy in the executor and
         torchtitan, Megatron-Core's --optimizer-cpu-offload); Megatron-LM of 2022 had neither lever.
@@ -653,14 +653,10 @@ class Execution:
                     f"not {policy}; drop --selective-recompute {policy}, or " + self._runs_policy(policy))
         return None
 
-    def refuses_layout(self, config, model) -> bool:
-        """Whether the framework cannot run `config`'s K/V exchange or pipeline of tied embeddings (`cp_comms`,
-        `pipelines_tied_embeddings`): cheap, for the search's space."""
-        return ((config.cp > 1 and config.cp_comm not in self.cp_comms)
-                or (not self.pipelines_tied_embeddings and config.pp > 1 and model.tied_embeddings))
-
     def layout_problem(self, config, model=None) -> str | None:
-        """`refuses_layout`'s line, naming what would work (the tied-embedding rule only with `model`)."""
+        """Why the framework cannot run `config`'s K/V exchange or, with `model`, its pipeline of tied embeddings
+        (`cp_comms`, `pipelines_tied_embeddings`), naming what would work; None where it can. The search's space
+        asks it of every candidate where `restricts_layouts`."""
         if config.cp > 1 and config.cp_comm not in self.cp_comms:
             return (f"framework {self.name!r} exchanges K/V for context parallelism by {' or '.join(self.cp_comms)} "
                     f"only, not {config.cp_comm}: use cp_comm {self.cp_comms[0]}")
@@ -670,7 +666,7 @@ class Execution:
         return None
 
     def restricts_layouts(self) -> bool:
-        """Whether `refuses_layout` can refuse anything (the search asks it of each candidate only then)."""
+        """Whether `layout_problem` can refuse anything (the search asks it of each candidate only then)."""
         return tuple(self.cp_comms) != CP_COMM or not self.pipelines_tied_embeddings
 
     def runs_lever(self, lever: str) -> bool:
@@ -930,8 +926,8 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
 def parse_flags(pairs) -> dict:
     """KEY=VALUE strings into typed flags: true/false for the yes-no flags, a number or "none" for bucket_params,
     comma-separated stages for zero_stages, comma-separated names for eager_ops, cp_comms, grad_buffer_passes
-    ("none": no op) and schedules ("all": every registered one that does not split sequences), a name otherwise. One-line errors
-    name the known flags; a flag given twice is refused."""
+    ("none": no op) and schedules ("all": every registered one that does not split sequences), a name otherwise.
+    One-line errors name the known flags; a flag given twice is refused."""
     out = {}
     defaults = Execution()
     for item in pairs:
