@@ -261,6 +261,16 @@ def output_file(ctx, param, value):
     return Path(value)
 
 
+def png_file(ctx, param, value):
+    """`output_file` for a PNG picture: a name with another extension is refused (the file would hold PNG bytes
+    under a name that says otherwise)."""
+    path = output_file(ctx, param, value)
+    if path is not None and path.suffix.lower() != ".png":
+        raise click.BadParameter(f"{str(path)!r}: the picture is a PNG; give a name ending in .png, e.g. "
+                                 f"{str(path.with_suffix('.png'))!r}", ctx=ctx, param=param)
+    return path
+
+
 def layer_counts(ctx, param, value):
     """--recompute-layers 3,1: one non-negative count per virtual stage."""
     if value is None:
@@ -369,7 +379,7 @@ def profiles(as_json: bool) -> None:
               callback=output_file)
 @click.option("--force", is_flag=True, help="overwrite --out if it exists")
 @click.option("--memory-picture", type=click.Path(dir_okay=False), default=None,
-              callback=output_file, help="draw the memory breakdown of the rank that needs the most (PNG)")
+              callback=png_file, help="draw the memory breakdown of the rank that needs the most (a .png file)")
 @headroom_option
 @share_option
 @user_errors
@@ -387,6 +397,7 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
 
     model = load_model(model_arg)
     cluster = with_overrides(load_cluster(cluster_arg, nodes, gpus_per_node), memory_headroom, collective_sm_share)
+    _unmeasured_links(cluster_arg, cluster.nodes)
     if dtype:
         check_dtype(dtype, cluster.device.peak_flops, cluster.device.name)
     if selective_recompute is not None and recompute != "selective":
@@ -449,6 +460,7 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
         click.echo(plan.to_json(), nl=False)
     else:
         print_table(prediction_table(plan))
+        _above_peak([plan])
         if plan.prediction.get("launchable") is False:
             click.echo(f"not launchable: {plan.prediction['not_launchable_reason']}")
         for path in (out, memory_picture):
@@ -526,6 +538,7 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
     model = load_model(model_arg)
     cluster = with_overrides(load_cluster(cluster_arg, node_counts[0] if node_counts else None, gpus_per_node),
                              memory_headroom, collective_sm_share)
+    _unmeasured_links(cluster_arg, max(node_counts or [cluster.nodes]))
     odd = [n for n in node_counts or () if not cluster.takes_nodes(n)]
     if odd and len(node_counts) > 1:  # (a size the range made, which the user never typed)
         domain = cluster.nodes_per_domain
@@ -575,6 +588,10 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
             advice = (f"try a range, e.g. --nodes {cluster.nodes}:{upper}" if upper else
                       "not even the most nodes autoconf plans would train in time at this pace: train fewer "
                       "tokens or allow longer")
+            if upper and upper * cluster.gpus_per_node > global_batch:
+                advice += (f" (beyond {global_batch} devices, the global batch, only tensor, pipeline and context "
+                           f"parallelism split a step further, at falling efficiency: a larger --global-batch may "
+                           f"be needed)")
             raise UserError(f"the best plan on {counted(cluster.nodes, 'node')} needs {sizes.format_days(days)}, "
                             f"over the deadline of {sizes.format_days(deadline)}; {advice}")
     best = result.plans[0]
@@ -592,6 +609,7 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
     print_table(ranked_table(result.plans, _plan_title(model, cluster, global_batch, seq_len),
                              wide=console.width >= 130), console)
     console.print(search_summary(s))
+    _above_peak(result.plans)
     if not execution.is_executor:  # (planned for another framework: its plans are exported, never launched here)
         console.print(f"planned for {execution.name}: `autoconf show PLAN --out DIR` (or --explain) writes #1's "
                       f"Megatron-LM arguments and torchtitan config; `launch` runs only plans made for autoconf's "
@@ -634,7 +652,7 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
     title = (f"{model.name} on {cluster.name}, {tokens:,} tokens, global batch {global_batch}, seq {seq_len}: "
              f"best plan per cluster size")
     try:
-        chosen = sizes.cheapest_within(points, deadline) if deadline is not None else front[0]
+        chosen = sizes.cheapest_within(points, deadline, global_batch) if deadline is not None else front[0]
     except UserError:
         if not as_json:  # what each size would take, before the line saying none meets the deadline
             print_table(sweep_table(points, front, None, title), console)
@@ -654,6 +672,7 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
                                "chosen_nodes": chosen.nodes, "search": sizes.search_stats(points)}, indent=2))
         return
     print_table(sweep_table(points, front, chosen, title), console)
+    _above_peak([point.plan for point in points if point.plan is not None])
     why = (f"the cheapest size within {sizes.format_days(deadline)}" if deadline is not None
            else "the fastest size (pass --deadline to pick the cheapest that meets it)")
     console.print(f"* Pareto front (no other size is both faster and cheaper); > chosen: "
@@ -818,6 +837,7 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
     if note:
         click.echo(f"autoconf: note: {note}", err=True)
     print_table(prediction_table(plan_obj))
+    _above_peak([plan_obj])
     if out_dir is None and not force:
         from autoconf.report.explain import default_show_folder, taken_names
 
@@ -828,6 +848,25 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
             return
     for path in show_plan(plan_path, out_dir, force=force, cluster=cluster, plan=plan_obj):
         click.echo(f"wrote {path}")
+
+
+def _unmeasured_links(cluster_arg: str, nodes: int) -> None:
+    """Prints `ClusterProfile.unmeasured_links_note` of the profile `cluster_arg` names, as written, for plans on
+    `nodes` nodes to stderr where there is one."""
+    from autoconf.spec.cluster import load_cluster
+
+    note = load_cluster(cluster_arg).unmeasured_links_note(nodes)
+    if note:
+        click.echo(f"autoconf: note: {note}", err=True)
+
+
+def _above_peak(plans) -> None:
+    """Prints `above_peak_note` of `plans` to stderr where there is one."""
+    from autoconf.report.tables import above_peak_note
+
+    note = above_peak_note(plans)
+    if note:
+        click.echo(f"autoconf: note: {note}", err=True)
 
 
 @main.command()

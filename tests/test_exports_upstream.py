@@ -27,7 +27,8 @@ from autoconf.report.exporters import export_texts, megatron_args, megatron_flag
 from autoconf.report.torchtitan_export import (FAMILY_FLAVORS, FUNCTION, TORCHTITAN_FLAVORS, family_recipe,
                                               module_fqns, upstream_recipe)
 from autoconf.spec.cluster import load_cluster
-from autoconf.spec.frameworks import execution
+from autoconf.spec.dtypes import precision
+from autoconf.spec.frameworks import execution, plan_execution
 from autoconf.spec.model import MLASpec, MoESpec
 from autoconf.spec.plan import ParallelConfig, recomputed_layer_indices, recomputed_layers
 from autoconf.spec.presets import PRESETS, load_model
@@ -119,6 +120,14 @@ PLANS = {
                                         cluster="dgx-h100-80g", zero=1),
     "fp8-offload-optimizer": lambda: _plan(pp=1, dp=4, zero=1, dtype="fp8", cluster="dgx-h100-80g",
                                            offload_optimizer=True),
+    # Megatron-Core's bf16 gradient buffer and bf16 Adam moments (--grad-reduce-in-bf16, the precision-aware
+    # optimizer's --exp-avg(-sq)-dtype), the optimizer on the host
+    "megatron-core-bf16-states-offload": lambda: _plan(pp=1, dp=4, zero=1, cluster="dgx-h100-80g",
+                                                       offload_optimizer=True, execution=execution(
+                                                           "megatron-core").replace(grad_buffer_dtype="bf16",
+                                                                                    optimizer_moments="bf16")),
+    # Megatron 2022's fp16 run with its fp32 gradient buffer (--accumulate-allreduce-grads-in-fp32)
+    "megatron-fp16": lambda: _plan(tp=2, pp=2, dp=1, dtype="fp16", execution=execution("megatron")),
     "megatron-fsdp-fp8-params": lambda: _plan(pp=1, dp=4, zero=3, dtype="fp8", cluster="dgx-h100-80g",
                                               grad_reduce="microbatch", execution=execution("megatron-core").replace(
                                                   fp8_params=True, keep_fp8_transpose=True)),
@@ -212,6 +221,11 @@ def test_megatron_args_parse_at_the_named_tag(name):
             assert args.recompute_method == "uniform" and args.recompute_num_layers == 1
             assert counts == layers_of(plan)
     assert args.use_distributed_optimizer == (c.zero_stage >= 1) and args.sequence_parallel == c.sequence_parallel
+    ex = plan_execution(plan.prediction)
+    if ex.memory_layout == "megatron":  # the gradient buffer's and the Adam moments' dtypes modelled
+        assert bool(args.grad_reduce_in_bf16) == (ex.grad_buffer_dtype == "bf16")
+        moments = ex.optimizer_moments or precision(c.dtype).moments
+        assert (args.exp_avg_dtype or "fp32", args.exp_avg_sq_dtype or "fp32") == (moments, moments)
     assert (args.bf16, args.fp16) == (c.dtype in ("bf16", "fp8"), c.dtype == "fp16")  # (fp8 GEMMs, bf16 rest)
     layers = [end - first for first, end in plan.partition]
     if args.pipeline_model_parallel_layout:
@@ -328,6 +342,12 @@ def test_megatron_args_build_megatron_cores_configs(megatron_core, name, monkeyp
             from megatron.core.fusions.fused_bias_geglu import quick_gelu
 
             kwargs[transformer_cls]["activation_func"] = quick_gelu
+        if dest in ("grad_reduce_in_bf16", "accumulate_allreduce_grads_in_fp32"):  # (validate_args', below)
+            continue
+        if dest in ("exp_avg_dtype", "exp_avg_sq_dtype"):  # validate_args maps the names to torch dtypes
+            import torch
+
+            value = {"fp32": torch.float32, "bf16": torch.bfloat16}[value]
         assert homes or dest in RENAMED or GPT_MODEL_ARGS.get(dest) in gpt_params or dest in TRAINING_LOOP, (
             f"--{dest.replace('_', '-')} reaches no megatron-core config field")
         for cls in homes:
@@ -342,6 +362,10 @@ def test_megatron_args_build_megatron_cores_configs(megatron_core, name, monkeyp
     import torch  # Megatron-LM: params_dtype from --bf16/--fp16 (else fp32), and pipeline_dtype = params_dtype
 
     dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+    # validate_args: gradients accumulate and reduce in fp32 under --bf16 unless --grad-reduce-in-bf16, under --fp16
+    # only with --accumulate-allreduce-grads-in-fp32; training.py hands that to DistributedDataParallelConfig
+    kwargs[ddp_cls]["grad_reduce_in_fp32"] = bool(args.accumulate_allreduce_grads_in_fp32
+                                                  or (args.bf16 and not args.grad_reduce_in_bf16))
     kwargs[transformer_cls]["params_dtype"] = kwargs[transformer_cls]["pipeline_dtype"] = dtype
     config = transformer_cls(**kwargs[transformer_cls])
     assert config.num_layers == plan.model.num_layers and config.tensor_model_parallel_size == plan.config.tp
@@ -352,9 +376,16 @@ def test_megatron_args_build_megatron_cores_configs(megatron_core, name, monkeyp
     # (the precision-aware optimizer, which optimizer offload needs, asks for Transformer Engine >= 2.1, a GPU
     # package this CPU test does not install)
     monkeypatch.setattr("megatron.core.optimizer.optimizer_config.is_te_min_version", lambda *a, **k: True)
-    optimizer_cls(**kwargs[optimizer_cls])
+    optimizer = optimizer_cls(**kwargs[optimizer_cls])
     ddp = ddp_cls(**kwargs[ddp_cls])
     assert ddp.use_distributed_optimizer == (plan.config.zero_stage >= 1)
+    ex = plan_execution(plan.prediction)
+    if ex.memory_layout == "megatron":  # the states modelled: the gradient buffer's dtype, the moments'
+        if dtype != torch.float32:  # (an fp32 model's gradients are fp32 whatever the flag)
+            assert ddp.grad_reduce_in_fp32 == (ex.grad_buffer_dtype == "fp32")
+        moments = {"fp32": torch.float32, "bf16": torch.bfloat16}[ex.optimizer_moments
+                                                                   or precision(plan.config.dtype).moments]
+        assert (optimizer.exp_avg_dtype, optimizer.exp_avg_sq_dtype) == (moments, moments)
 
 
 # ---- torchtitan ---------------------------------------------------------------------------------------------------

@@ -668,18 +668,27 @@ def test_the_planners_pick_is_at_least_as_fast_as_a_published_layout_it_can_weig
 
 def test_megatron_runs_zero_0_and_1_and_its_exports_say_what_stage_2_needs():
     """Megatron-LM's distributed optimizer shards the optimizer state only (every rank keeps the whole gradient
-    buffer), so the megatron preset runs ZeRO 0 and 1 and refuses 2 in one line; an executor plan at ZeRO 2 exports
-    the distributed optimizer with a note naming Megatron-FSDP's gradient-sharding strategy (found by an audit of
-    the exports: a megatron plan at ZeRO 2 had been predicted to fit on gradients Megatron never shards)."""
+    buffer), so the megatron preset runs ZeRO 0 and 1 and refuses 2 in one line; an executor plan that holds its
+    gradients sharded (ZeRO 2, and ZeRO 1, which FSDP2 runs alike, reducing every micro-batch) exports the
+    distributed optimizer with a note naming Megatron-FSDP's gradient-sharding strategy (found by an audit of the
+    exports: a megatron plan at ZeRO 2 had been predicted to fit on gradients Megatron never shards); one that
+    holds them whole through the step (accumulating before one reduction) holds what Megatron's buffer holds, and
+    gets no note."""
     from autoconf.report.exporters import megatron_flags
 
     assert execution("megatron").zero_stages == (0, 1)
     with pytest.raises(UserError, match="runs ZeRO stages 0, 1, not 2"):
         estimate(MODEL, H100, cfg(zero_stage=2, pp=1, dp=16), execution=execution("megatron"))
-    flags, notes = megatron_flags(estimate(MODEL, H100, cfg(zero_stage=2, pp=1, dp=16)))
-    assert ("--use-distributed-optimizer", None) in flags
-    assert any("zero 2 (gradients sharded) is beyond Megatron's distributed optimizer" in n
-               and n.endswith("--data-parallel-sharding-strategy optim_grads") for n in notes)
+    beyond = "is beyond Megatron's distributed optimizer"
+    for zero in (1, 2):
+        flags, notes = megatron_flags(estimate(MODEL, H100, cfg(zero_stage=zero, pp=1, dp=16,
+                                                                grad_reduce="microbatch")))
+        assert ("--use-distributed-optimizer", None) in flags
+        assert any(f"zero {zero} (gradients sharded) {beyond}" in n
+                   and n.endswith("--data-parallel-sharding-strategy optim_grads") for n in notes)
+    whole = cfg(zero_stage=2, pp=1, dp=16)
+    assert whole.num_microbatches > 1 and whole.grad_reduce == "step"
+    assert not any(beyond in n for n in megatron_flags(estimate(MODEL, H100, whole))[1])
 
 
 def test_megatron_core_runs_experts_with_biases_at_expert_tp_1():

@@ -183,7 +183,7 @@ def test_plan_out_through_links_leaves_targets_untouched(tmp_path):
 def test_writes_never_replace_a_pipe_or_a_device(tmp_path):
     """`plan --out /dev/null --force` renamed the plan over /dev/null: a path that is not a regular file is refused
     with or without --force, and stays what it was."""
-    fifo = tmp_path / "pipe"
+    fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
     plan = ["plan", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8", "--seq-len", "64",
             "--fix", "pp=2", "--fix", "tp=1", "--top", "1"]

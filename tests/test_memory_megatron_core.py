@@ -60,6 +60,20 @@ def test_gradient_buffer_and_optimizer_state_follow_the_recipe():
             assert sum(state_bytes_per_param(c, "megatron", execution=apex)) == pytest.approx(2 + g + (10 + g) / dp)
 
 
+@pytest.mark.parametrize("moments, per_param", [("fp32", 16), ("bf16", 12)])
+def test_the_offloaded_optimizer_holds_the_moments_dtype_on_the_host(moments, per_param):
+    """Megatron's --optimizer-cpu-offload keeps the fp32 master weights, the moments in their dtype and an fp32
+    gradient copy on the host: 16 / dp bytes per parameter with fp32 moments, 12 / dp with bf16 (found by a review:
+    the host had counted 16 whatever the moments' dtype); the device keeps the weights and the gradient buffer."""
+    model = load_model("llama3-8b")
+    cluster = load_cluster("dgx-h100-80g")
+    flags = CORE.replace(optimizer_moments=moments)
+    c = _config(tp=1, dp=8, sequence_parallel=False, offload_optimizer=True)
+    entry = estimate(model, cluster, c, execution=flags).prediction["memory_per_stage"][0]
+    assert entry["host"] == pytest.approx(model.total_params() * per_param / 8)
+    assert entry["optimizer"] == 0
+
+
 def test_fp8_weight_copies_are_kept_unless_the_weights_are_fp8():
     """TE's cached fp8 weight and transpose: 2 bytes per block parameter under fp8 without fp8 parameters, none in
     bf16, with fp8 parameters, or without TE; the estimate's weights term grows by exactly that."""

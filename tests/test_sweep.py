@@ -61,8 +61,12 @@ def test_pareto_front_is_monotone_and_drops_dominated_sizes():
     for a, b in zip(front, front[1:]):
         assert a.training["days"] < b.training["days"] and a.training["gpu_hours"] > b.training["gpu_hours"]
     assert cheapest_within(points, 40).nodes == 4
-    with pytest.raises(UserError, match="fastest, 16 nodes"):
+    with pytest.raises(UserError, match="fastest, 16 nodes.*widen --nodes"):
         cheapest_within(points, 5)
+    # (a review: where the largest size is no faster, widening --nodes cannot help; the global batch is named)
+    plateau = points + [point(32, 12, 3000)]
+    with pytest.raises(UserError, match="more nodes did not help .*at global batch 64, so raise --global-batch"):
+        cheapest_within(plateau, 5, 64)
 
 
 def test_node_ranges():

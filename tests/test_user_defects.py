@@ -1,5 +1,6 @@
 """Defects a first-time user met (issue 17), each with the property that would have caught it."""
 
+import dataclasses
 import json
 import os
 import stat
@@ -339,12 +340,13 @@ def test_force_never_replaces_an_input_of_the_same_run(tmp_path):
              "a file the explanation in"),
             (["estimate", "--model", config, "--cluster", "cpu-local", "--tp", "1", "--pp", "1", "--dp", "4",
               "--micro-batch", "2", "--global-batch", "8", "--out", config, "--force"], "is the model config"),
-            ([*estimate, "--out", tmp_path / "e.json", "--memory-picture", tmp_path / "." / "e.json"],
+            ([*estimate, "--out", tmp_path / "e.png", "--memory-picture", tmp_path / "." / "e.png"],
              "--out and --memory-picture are the same file"),
+            ([*estimate, "--memory-picture", tmp_path / "e.svg"], "the picture is a PNG; give a name ending in .png"),
             (["show", inp / "launch.sh", "--out", inp, "--force"], "a file the explanation in")):
         assert_one_clear_error(run_cli(args), needle)
     assert {p: p.read_bytes() for p in inp.rglob("*") if p.is_file()} == before
-    assert not (tmp_path / "ex4").exists() and not (tmp_path / "e.json").exists()
+    assert not (tmp_path / "ex4").exists() and not (tmp_path / "e.png").exists() and not (tmp_path / "e.svg").exists()
 
 
 def test_brackets_in_names_and_paths_are_printed_as_they_are(tmp_path):
@@ -923,6 +925,72 @@ def test_a_plan_edited_by_hand_is_estimated_again_before_show_and_launch(tmp_pat
     doc["content_sha256"] = "not a digest"
     edited.write_text(json.dumps(doc))
     assert_one_clear_error(run_cli(["show", edited]), "content_sha256")
+
+
+def test_an_edited_plan_made_with_tokens_keeps_its_time_and_cost_to_train(tmp_path):
+    """A review: `show` of a plan made with --tokens, edited by hand, estimated the step again but dropped the days,
+    GPU-hours and cost to train (the file's stale figures stayed). They are made again at the new throughput, for
+    the tokens and the price the plan states."""
+    from autoconf.report.current import current
+    from autoconf.spec.plan import load_plan
+
+    path = tmp_path / "plan.json"
+    result = run_cli(["plan", "--model", "tiny-llama", "--cluster", "dgx-h100-80g", "--nodes", "1",
+                      "--global-batch", "16", "--seq-len", "128", "--tokens", "2B", "--price", "3", "--top", "1",
+                      "--out", path])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(path.read_text())
+    doc["config"]["zero_stage"] = 3 if doc["config"]["zero_stage"] != 3 else 0
+    doc["prediction"]["training"]["days"] = 1.0
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(doc))
+    fresh, note = current(load_plan(edited))
+    assert note and "estimated again" in note
+    p, t = fresh.prediction, fresh.prediction["training"]
+    assert t["tokens"] == 2 * 10**9 and t["usd_per_gpu_hour"] == 3 and t["price_source"] == "--price"
+    assert t["days"] == pytest.approx(2e9 / p["tokens_per_s"] / 86400)
+    assert t["cost"] == pytest.approx(t["gpu_hours"] * 3) and t["gpu_hours"] == pytest.approx(t["days"] * 24 * 8)
+    shown = run_cli(["show", edited, "--out", tmp_path / "shown"])
+    assert shown.exit_code == 0 and "price from" in shown.output, shown.output
+
+
+def test_a_profile_that_overstates_the_device_gets_a_note_where_mfu_passes_100_percent(tmp_path):
+    """A review: a profile with efficiency.matmul 4.0 (the checks' limit: calibration may divide an efficiency by a
+    factor below 1) printed "MFU 189.3%" without a word; a prediction above the device's peak now says why."""
+    from autoconf.spec.cluster import PROFILES_DIR
+
+    doc = json.loads((PROFILES_DIR / "dgx-h100-80g.json").read_text())
+    args = ["estimate", "--model", "llama3-8b", "--tp", "1", "--pp", "1", "--dp", "8", "--micro-batch", "1",
+            "--global-batch", "8", "--seq-len", "4096", "--zero", "3"]
+    for value, noted in ((0.667, False), (4.0, True)):
+        for key in ("matmul", "attention", "memory") if noted else ("matmul",):
+            doc["efficiency"][key]["value"] = value
+        path = tmp_path / f"eff{value}.json"
+        path.write_text(json.dumps(doc))
+        result = run_cli(args + ["--cluster", path])
+        assert result.exit_code == 0, result.output
+        assert ("is above the device's peak" in result.output) == noted, result.output
+
+
+def test_a_profile_measured_on_one_node_says_its_inter_node_link_was_not_measured_when_resized():
+    """A review: a one-node measured profile planned on several nodes modelled every cross-node transfer on a link
+    it never measured (a CPU profile's copy of its loopback link) without a word; a note now says so, and where the
+    profile's description names the link's origin, names it."""
+    args = ["estimate", "--model", "gpt3-1.3b", "--tp", "1", "--pp", "1", "--micro-batch", "1", "--seq-len", "2048",
+            "--zero", "1"]
+    for cluster, nodes, noted in (("h100-gpt3-1.3b", 2, True), ("h100-gpt3-1.3b", 1, False),
+                                  ("dgx-h100-80g", 2, False)):
+        result = run_cli(args + ["--cluster", cluster, "--nodes", str(nodes), "--gpus-per-node", "8",
+                                 "--dp", str(8 * nodes),
+                                 "--global-batch", str(8 * nodes)])
+        assert result.exit_code == 0, result.output
+        assert ("was measured on one node: its inter-node link" in result.output) == noted, result.output
+    from autoconf.spec.cluster import load_cluster
+
+    measured = load_cluster("h100-gpt3-1.3b")
+    copied = dataclasses.replace(measured, description="inter-node link not measured (one node): copied from the "
+                                                       "intra-node link.")
+    assert "(copied from the intra-node link)" in copied.unmeasured_links_note(4)
 
 
 def test_a_deep_model_keeps_the_uniform_split_without_solving_it(monkeypatch):

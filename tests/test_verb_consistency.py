@@ -116,3 +116,14 @@ def test_the_smallest_cluster_advice_keeps_the_offload_pins():
                          _offload_levers(cluster, fixed, ex),
                          fixed)
     assert twin is not None and twin.offload_activations
+
+
+def test_a_pin_that_keeps_a_layout_from_fitting_is_named():
+    """A review: llama3-70b on 8 H100 pinned to tp 1, pp 1 and ZeRO 0 was told to use a bigger device, where the
+    pinned ZeRO stage is what stops every layout: the line now names the change that fits and the pin that rules
+    it out."""
+    result = run_cli(["plan", "--model", "llama3-70b", "--cluster", "dgx-h100-80g", "--global-batch", 64,
+                      "--seq-len", 8192, "--fix", "tp=1", "--fix", "pp=1", "--fix", "zero=0"])
+    assert result.exit_code == 2 and "zero_stage=3" in result.output, result.output
+    assert "which --fix zero_stage=0 rules out: drop or change that pin" in result.output
+    assert "use a bigger device" not in result.output

@@ -574,10 +574,11 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
                  execution: Execution | None = None) -> ModelPieces:
     """The specification model's pieces. The execution's eager ops are those it runs without torch.compile; under
     the plan's `compile` on a GPU only those torch.compile leaves eager count (`compiled_ops`), and in MoE blocks all
-    of them where the framework leaves those blocks uncompiled (`Execution.compiles_moe_blocks`)."""
+    of them where the framework leaves those blocks uncompiled (`Execution.compiles_moe_blocks`). Whether the blocks
+    compile is the plan's one rule (`ParallelConfig.compiles_blocks`: never under offload_activations)."""
     ex = execution if execution is not None else Execution()  # None: autoconf's executor
     ops = moe_ops = ex.eager_ops
-    if c.compile and cluster.device.kind == "gpu":
+    if c.compiles_blocks(cluster.device.kind):
         ops = compiled_ops(ops, loss_compiled(c, ex, cluster.device.kind))
         moe_ops = ops if ex.compiles_moe_blocks else moe_ops
     peak = cluster.device.peak(precision(c.dtype).element)

@@ -89,7 +89,7 @@ from autoconf.cost.saved import MLA_UP_PROJ_MLP, NORMS_MLA_SWIGLU, saved_bytes
 from autoconf.cost.mtp import mtp_activation_bytes, mtp_embedding_copy, mtp_stage_params
 from autoconf.cost.offload import activation_copy_bytes, host_state_bytes
 from autoconf.spec.cluster import ClusterProfile
-from autoconf.spec.dtypes import DTYPE_BYTES, STORAGE_BYTES, precision
+from autoconf.spec.dtypes import DTYPE_BYTES, precision
 from autoconf.spec.frameworks import EXECUTOR_LOSS_CHUNKS, EXECUTOR_LOSS_ROW_BYTES, Execution, loss_compiled
 from autoconf.spec.layers import attention_ops
 from autoconf.spec.model import SINK_WIDTH, ModelSpec, window_band
@@ -686,7 +686,7 @@ def state_bytes_per_param(config: ParallelConfig, layout: str, experts: bool = F
         # fp32 master weights (apex: their 16-bit remainders), two Adam moments in the framework's dtype or the
         # recipe's `moments` dtype (fp32: 8 bytes) and the gradient buffer in its dtype
         grads = float(execution.grad_buffer_bytes) if execution else 4.0
-        moments = 2 * STORAGE_BYTES[(execution and execution.optimizer_moments) or precision(config.dtype).moments]
+        moments = (execution or Execution()).moment_bytes(config.dtype)
         optim = 2.0 + moments + grads if execution and execution.optimizer == "apex" else 4.0 + moments
         # bf16 weights; fp8 parameters hold the fp8 weight and its transpose, or under Megatron-FSDP the fp8 shard
         # alone (its transpose, cached or not, is `fp8_weight_cache_bytes` / the gathered unit's)
@@ -1400,7 +1400,7 @@ class RankMemory:
         grads = (self._deferred_grads(stages) if deferred
                  else local_params * g_b + local_experts * expert_bytes[1] + grad_buffer)
         optimizer = local_params * o_b + local_experts * expert_bytes[2]
-        host = host_state_bytes(c, layout, local_params, local_experts) if c.offloads else 0.0
+        host = host_state_bytes(c, layout, self.execution, local_params, local_experts) if c.offloads else 0.0
         # Under an uneven seq1f1b split the per-chunk buffers and temporaries are the longest chunk's.
         other = (self.fixed + pipeline_buffer_bytes(self.model, c, self.execution, copies, self.inflight, scales[1]),
                  self.kv_grads * sum(partition[st][1] - partition[st][0] for st in stages))

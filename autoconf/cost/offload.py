@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile
+from autoconf.spec.frameworks import Execution
 from autoconf.spec.plan import ParallelConfig
 
 
@@ -93,20 +94,25 @@ def cpu_optimizer_time(cluster: ClusterProfile, local_params: float) -> float:
     return local_params * float(cluster.host["adam_s_per_param"])
 
 
-def host_state_bytes_per_param(config: ParallelConfig, layout: str, experts: bool = False) -> float:
-    """Host bytes per local parameter under offload_optimizer: fp32 weights, gradients and moments, sharded over
-    dp x cp as ZeRO shards them (torch: 4 + 4 + 8; Megatron: master weights and moments 12 and the fp32 gradient copy
-    4), a routed expert's over the expert-data-parallel degree edp; 0 without it."""
+def host_state_bytes_per_param(config: ParallelConfig, layout: str, execution: Execution | None = None,
+                               experts: bool = False) -> float:
+    """Host bytes per local parameter under offload_optimizer, sharded over dp x cp as ZeRO shards them (a routed
+    expert's over the expert-data-parallel degree edp): the torch layout's fp32 weights, gradients and AdamW moments
+    (4 + 4 + 8); the megatron layout's fp32 master weights, its two moments in `execution`'s dtype
+    (`Execution.moment_bytes`: 8 in fp32, 4 in bf16; Megatron-LM's defaults without) and the fp32 gradient copy (4).
+    0 without offload_optimizer."""
     if not config.offload_optimizer:
         return 0.0
-    return 16.0 / (config.edp if experts else config.dp_cp)
+    per_param = 16.0 if layout == "torch" else 4.0 + (execution or Execution()).moment_bytes(config.dtype) + 4.0
+    return per_param / (config.edp if experts else config.dp_cp)
 
 
-def host_state_bytes(config: ParallelConfig, layout: str, params: float, experts: float) -> float:
+def host_state_bytes(config: ParallelConfig, layout: str, execution: Execution | None, params: float,
+                     experts: float) -> float:
     """Host bytes of a rank's offloaded optimizer state: its local dense `params` and routed-expert `experts`
     parameters at `host_state_bytes_per_param` each; 0 without offload_optimizer."""
-    return (params * host_state_bytes_per_param(config, layout)
-            + experts * host_state_bytes_per_param(config, layout, experts=True))
+    return (params * host_state_bytes_per_param(config, layout, execution)
+            + experts * host_state_bytes_per_param(config, layout, execution, experts=True))
 
 
 def host_memory_per_node(cluster: ClusterProfile, rank_host_bytes: list[float]) -> float:

@@ -165,7 +165,8 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
         raise UserError(f"--nproc-per-node {nproc_per_node} exceeds the {gpus} GPU(s) on this node")
     if not gpus and nproc_per_node > cpu_rank_limit():
         raise UserError(f"--nproc-per-node {nproc_per_node}: a CPU rank wants a core of its own (this host has "
-                        f"{os.cpu_count()}; the default 4 ranks time-share fewer); give at most {cpu_rank_limit()}")
+                        f"{os.cpu_count()} cores; up to 4 ranks, the full grid's default, may time-share fewer); "
+                        f"give at most {cpu_rank_limit()}")
     if node_rank >= nnodes:
         raise UserError(f"--node-rank {node_rank} must be below --nnodes {nnodes} (nodes count from 0)")
     if master_port > 65535:

@@ -10,6 +10,7 @@ from pathlib import Path
 from autoconf.cost.estimate import estimate
 from autoconf.errors import UserError
 from autoconf.files import gib_figures
+from autoconf.solve.sweep import training
 from autoconf.spec.frameworks import plan_execution
 from autoconf.spec.plan import Plan
 
@@ -51,7 +52,8 @@ def current(plan: Plan, cluster=None, source: str = "the plan",
     framework and flags as recorded) and a note line saying so, with the stored and the new step time and peak
     memory. Where the cluster is not available: a UserError naming `remedy` for an edited plan; for one without a
     checksum, the plan as stored and a note saying it could not be checked (a plan written by an older autoconf
-    planned on another machine still launches)."""
+    planned on another machine still launches). A plan made with --tokens has its time, GPU-hours and cost to train
+    made again at the new throughput, for the tokens and the price it states."""
     if plan.as_written:
         return plan, None
     why = ("is not as autoconf wrote it (its content_sha256 differs)" if plan.edited else
@@ -73,6 +75,13 @@ def current(plan: Plan, cluster=None, source: str = "the plan",
     else:
         note = (f"{source} {why} and holds no prediction; it is estimated now: {_step(new)} s per step, "
                 f"{gib_figures(new['peak_memory_bytes'])[0]} GiB peak{fits}")
+    stored = old.get("training")
+    if isinstance(stored, dict) and isinstance(stored.get("tokens"), int) and new.get("tokens_per_s"):
+        # (time, GPU-hours and cost to train, made again at the new throughput for the tokens and price it states)
+        price = stored.get("usd_per_gpu_hour")
+        new["training"] = training(new, stored["tokens"], plan.config.world_size,
+                                   float(price) if isinstance(price, (int, float)) else None,
+                                   stored.get("price_source"))
     updated = Plan(model=plan.model, cluster=plan.cluster, config=plan.config, partition=plan.partition,
                    placement=plan.placement, prediction=new, sequence_split=plan.sequence_split,
                    timeline=fresh.timeline)

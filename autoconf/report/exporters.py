@@ -15,16 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
+from autoconf.cost.memory import holds_unsharded_grads
 from autoconf.files import check_new, write_file
 from autoconf.report.kubernetes_export import pytorchjob_yaml
 from autoconf.report.offload_flags import megatron_offload_args
+from autoconf.report.optimizer_flags import megatron_optimizer_args
 from autoconf.report.precision_flags import megatron_fp8_args
 from autoconf.report.torchtitan_export import MODULE as TORCHTITAN_MODULE
 from autoconf.report.torchtitan_export import torchtitan_config as _torchtitan_config
 from autoconf.report.upstream import MEGATRON_TARGET
-from autoconf.spec.frameworks import PRESETS, plan_execution, selective_policy
+from autoconf.spec.frameworks import PRESETS, Execution, plan_execution, selective_policy
 from autoconf.spec.model import LLAMA3_ROPE_DEFAULTS
-from autoconf.spec.plan import Plan, node_blocks, recomputed_layers
+from autoconf.spec.plan import ParallelConfig, Plan, node_blocks, recomputed_layers
 from autoconf.spec.schedules import pipeline_problem, schedule_spec
 from autoconf.spec.support import plan_unsupported_reason
 
@@ -273,18 +275,16 @@ def megatron_flags(plan: Plan) -> tuple[list[Flag], list[str]]:
     flags += _megatron_recompute(plan, notes)
     if c.zero_stage >= 1:
         flags.append(("--use-distributed-optimizer", None))
-    offload_args, offload_notes = megatron_offload_args(c, m.num_layers)
-    flags, notes = flags + _as_flags(offload_args), notes + offload_notes
+    execution = plan_execution(plan.prediction)
+    offload_args, offload_notes = megatron_offload_args(c, m.num_layers, execution.memory_layout)
+    state_args, state_notes = megatron_optimizer_args(execution, c.dtype)
+    flags, notes = flags + _as_flags(offload_args + state_args), notes + offload_notes + state_notes
     # what makes Megatron run as the plan's framework was modelled (overlap flags; spec/frameworks.py)
-    flags += _as_flags(plan_execution(plan.prediction).export_lines("megatron", c))
-    if c.zero_stage >= 2 and not (c.zero_stage == 3 and plan_execution(plan.prediction).megatron_fsdp):
-        sharded, strategy = {2: ("gradients", "optim_grads"),
-                             3: ("gradients and parameters, re-gathered per pass", "optim_grads_params")}[c.zero_stage]
-        notes.append(f"zero {c.zero_stage} ({sharded} sharded) is beyond Megatron's distributed optimizer below, "
-                     f"which shards the optimizer state only (every rank keeps the whole gradient buffer, so the run "
-                     f"below holds more memory than planned); Megatron-Core's own FSDP is --use-megatron-fsdp "
-                     f"--data-parallel-sharding-strategy {strategy}")
-    if c.zero_stage == 1 and plan_execution(plan.prediction).zero1_all_reduce:
+    flags += _as_flags(execution.export_lines("megatron", c))
+    beyond = _beyond_distributed_optimizer(c, execution)
+    if beyond:
+        notes.append(beyond)
+    if c.zero_stage == 1 and execution.zero1_all_reduce:
         notes.append("the plan's ZeRO-1 all-reduces the whole gradients (zero1_all_reduce, nanotron's); Megatron's "
                      "distributed optimizer reduce-scatters them, so the run below moves half the gradient bytes "
                      "modelled")
@@ -366,6 +366,25 @@ def _megatron_recompute(plan: Plan, notes: list[str]) -> list[Flag]:
 # `recompute_modules`, core_v0.16.1).
 MEGATRON_RECOMPUTE_MODULES = {"mla_up_proj_mlp": ("mla_up_proj", "mlp"),
                               "norms_mla_swiglu": ("layernorm", "mla_up_proj", "moe_act")}
+
+
+def _beyond_distributed_optimizer(c: ParallelConfig, execution: Execution) -> str | None:
+    """The note for a plan whose ZeRO sharding Megatron's distributed optimizer (the optimizer state only, every
+    rank keeping the whole gradient buffer) does not run: ZeRO-3 outside Megatron-FSDP, and a plan that holds its
+    gradients sharded (the megatron layout's ZeRO-2; the torch layout's ZeRO-1 and 2, which FSDP2 runs alike, where
+    the gradients are not held whole through the step: `holds_unsharded_grads`). None otherwise."""
+    if not c.zero_sharded or c.zero_stage == 0 or (c.zero_stage == 3 and execution.megatron_fsdp):
+        return None
+    if c.zero_stage == 3:
+        sharded, strategy = "gradients and parameters, re-gathered per pass", "optim_grads_params"
+    elif (not holds_unsharded_grads(c) if execution.memory_layout == "torch" else c.zero_stage == 2):
+        sharded, strategy = "gradients", "optim_grads"
+    else:
+        return None
+    return (f"zero {c.zero_stage} ({sharded} sharded) is beyond Megatron's distributed optimizer below, which "
+            f"shards the optimizer state only (every rank keeps the whole gradient buffer, so the run below holds "
+            f"more memory than planned); Megatron-Core's own FSDP is --use-megatron-fsdp "
+            f"--data-parallel-sharding-strategy {strategy}")
 
 
 def _as_flags(lines: list[str]) -> list[Flag]:

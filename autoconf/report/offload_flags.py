@@ -19,13 +19,14 @@ from autoconf.spec.plan import ParallelConfig
 
 # --use-precision-aware-optimizer: Megatron-LM's validate_args requires it with --optimizer-cpu-offload (the hybrid
 # device optimizer reuses its code path); at its default dtypes (fp32 main params, gradients and moments) it keeps
-# the states the plan modelled.
+# the states the plan modelled, and the moments' dtype flags where the plan keeps them otherwise
+# (report/optimizer_flags.py).
 MEGATRON_OPTIMIZER_OFFLOAD = ["--optimizer-cpu-offload", "--optimizer-offload-fraction 1.0",
                               "--overlap-cpu-optimizer-d2h-h2d", "--use-precision-aware-optimizer"]
 
 
-def megatron_offload_args(c: ParallelConfig, num_layers: int) -> tuple[list[str], list[str]]:
-    """(arguments, notes) for the plan's offload levers in Megatron-LM."""
+def megatron_offload_args(c: ParallelConfig, num_layers: int, layout: str) -> tuple[list[str], list[str]]:
+    """(arguments, notes) for the plan's offload levers in Megatron-LM, for a plan of memory `layout`."""
     args, notes = [], []
     if PRESETS["megatron-core"].refuses_activation_offload(c):
         # (the flag would make megatron-core refuse the whole configuration: left out, the run keeps them)
@@ -40,9 +41,11 @@ def megatron_offload_args(c: ParallelConfig, num_layers: int) -> tuple[list[str]
                      f"{num_layers - 1} layers (the plan modelled all {num_layers})")
     if c.offload_optimizer:
         args += MEGATRON_OPTIMIZER_OFFLOAD
-        notes.append("offload_optimizer: Megatron's --optimizer-cpu-offload keeps the fp32 master weights and Adam "
-                     "states on the host and steps there; its bf16 weights and fp32 gradient buffer stay on the GPU "
-                     "(FSDP2's CPUOffloadPolicy, which the plan modelled, moves the sharded weights and gradients too)")
+        if layout == "torch":
+            notes.append("offload_optimizer: Megatron's --optimizer-cpu-offload keeps the fp32 master weights and "
+                         "Adam states on the host and steps there; its bf16 weights and fp32 gradient buffer stay on "
+                         "the GPU (FSDP2's CPUOffloadPolicy, which the plan modelled, moves the sharded weights and "
+                         "gradients too)")
     return args, notes
 
 

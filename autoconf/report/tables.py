@@ -130,6 +130,19 @@ def prediction_table(plan: Plan) -> Table:
     return table
 
 
+def above_peak_note(plans: list[Plan]) -> str | None:
+    """The note for plans predicted above the device's peak (MFU over 100%: the model FLOPs of a step take less
+    than the profile's peak rate allows), which only a profile whose efficiencies or peak overstate the device
+    gives; None where none is."""
+    over = [p.prediction["mfu"] for p in plans if isinstance(p.prediction.get("mfu"), (int, float))
+            and p.prediction["mfu"] > 1]
+    if not over:
+        return None
+    return (f"MFU {max(over) * 100:.1f}% is above the device's peak: the profile's efficiencies (a fraction of a "
+            f"peak, at most 1 on a real device) or its peak rates overstate it; measure the device with `autoconf "
+            f"profile`, or correct efficiency in the profile")
+
+
 def money(usd: float) -> str:
     return f"${usd:,.0f}" if usd >= 100 else f"${usd:,.2f}" if usd >= 0.01 else f"${plain(usd, 2)}"
 

@@ -114,7 +114,7 @@ class BoundCache:
         # (the recompute mode and policy decide only whether cp > 1 runs torch's ring: `cp_ring.torch_ring`; the
         # weight casts of a dynamic-scaling fp8 dtype read the ZeRO sharding: `fp8.cast_seconds`)
         key = (c.tp, c.cp, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len, c.ep, c.etp,
-               c.seq_chunks, c.compile, torch_ring(self.model, c, self.execution),
+               c.seq_chunks, c.compiles_blocks(self.cluster.device.kind), torch_ring(self.model, c, self.execution),
                (c.zero_sharded, c.dp_cp) if precision(c.dtype).dynamic_scaling else None)
         if key not in self._pieces:
             # A CPU rank may get a whole core when others wait: bound with the fastest share.
@@ -520,7 +520,8 @@ class BoundCache:
         offloaded activations taken as 0; 0 without offload."""
         if not c.offloads:
             return 0.0
-        state = host_state_bytes(c, self.execution.memory_layout, *local_params_of(c, *self._rank0_parameters(c)))
+        state = host_state_bytes(c, self.execution.memory_layout, self.execution,
+                                 *local_params_of(c, *self._rank0_parameters(c)))
         return host_memory_per_node(self.cluster, [state])
 
     def beyond_host(self, c: ParallelConfig, every_rank: bool = False) -> bool:

@@ -18,16 +18,19 @@ Solvers, by size:
 
 - uniform cluster (every intra-node link alike and every inter-node link alike): the default order is returned
   at once (TP fills a node first, then CP, then DP, then PP);
-- N <= EXACT_MAX_DEVICES: exact CP-SAT over rank -> device booleans with pair indicators per ring edge;
+- N <= EXACT_MAX_DEVICES: exact CP-SAT over rank -> device booleans with pair indicators per ring edge, hinted by
+  the swap search below (and that search's mesh where CP-SAT proves nothing better in its time);
 - larger: TP groups stay inside a node, chunks of g/tp TP groups (in default order) are assigned to nodes by a
   deterministic swap local search on the exact cost, time-limited (deterministic unless the wall-clock limit
-  cuts it short); devices inside a node keep their order.
+  cuts it short); where the links inside a host differ, two devices of one host may swap too.
   When tp does not divide the node size the default order is kept.
+
+Every solver keeps each block of gpus_per_node consecutive grid positions on one host (`launch_block`): torchrun
+gives a node rank consecutive global ranks (spec/plan.py `node_blocks`), so no other mesh can be launched.
 """
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -231,15 +234,7 @@ def placement_cost_breakdown(mesh, links: LinkModel, tp_bytes: float, pp_bytes: 
     cost = {"tp": 0.0, "pp": 0.0, "dp": 0.0, "cp": 0.0}
     volume = _volumes(tp_bytes, pp_bytes, dp_bytes, cp_bytes)
     for dim, group in _groups(mesh):
-        if dim == "pp":
-            a, bw = link(links, int(group[0]), int(group[1]))
-            t = transfer_time(pp_bytes, a, bw)
-        else:
-            edges = [link(links, int(i), int(j)) for i, j in _ring_edges(group)]
-            if not edges:
-                continue
-            t = ring_time("all_reduce", volume[dim], len(group), max(a for a, _ in edges), min(bw for _, bw in edges))
-        cost[dim] = max(cost[dim], t)
+        cost[dim] = max(cost[dim], _group_time(dim, group, links, volume[dim]))
     w = _weights(weights)
     cost["total"] = w["tp"] * cost["tp"] + w["pp"] * cost["pp"] + w["dp"] * cost["dp"] + w["cp"] * cost["cp"]
     return cost
@@ -252,11 +247,15 @@ def placement_cost(mesh, links: LinkModel, tp_bytes: float, pp_bytes: float, dp_
 
 def brute_force_placement(pp, dp, tp, links, tp_bytes, pp_bytes, dp_bytes, weights=(1.0, 1.0, 1.0), cp=1,
                           cp_bytes=0.0):
-    """Best mesh over all N! device orders (first in lexicographic order on ties). Tests and N <= 8 only."""
+    """Best launchable mesh (each host's block of positions on one host: `launch_block`) over all N! device orders
+    (first in lexicographic order on ties). Tests and N <= 8 only."""
     n = pp * dp * cp * tp
     alpha = np.array([[link(links, i, j)[0] if i != j else 0.0 for j in range(n)] for i in range(n)])
     inv_bw = np.array([[1.0 / link(links, i, j)[1] if i != j else 0.0 for j in range(n)] for i in range(n)])
     perms = np.array(list(itertools.permutations(range(n))))
+    block = launch_block(links)
+    hosts = perms.reshape(len(perms), -1, min(block, n)) // block
+    perms = perms[(hosts == hosts[:, :, :1]).all(axis=(1, 2))]
     volume = _volumes(tp_bytes, pp_bytes, dp_bytes, cp_bytes)
     cost = {d: np.zeros(len(perms)) for d in DIMS}
     for dim, group in _groups(default_mesh(pp, dp, tp, cp)):  # groups of flat positions
@@ -323,6 +322,18 @@ def _solve_exact(dims: ParallelDims, links, volumes, weights, time_limit_s, seed
         model.add_exactly_one(x[r, i] for i in range(n))
     for i in range(n):
         model.add_exactly_one(x[r, i] for r in range(n))
+    # Launchable: each block of `block` consecutive ranks on one host (z[k, h] <=> block k runs on host h).
+    block = launch_block(links)
+    if n > block:
+        hosts = n // block
+        z = {(k, h): model.new_bool_var(f"z_{k}_{h}") for k in range(hosts) for h in range(hosts)}
+        for k in range(hosts):
+            model.add_exactly_one(z[k, h] for h in range(hosts))
+        for h in range(hosts):
+            model.add_exactly_one(z[k, h] for k in range(hosts))
+        for r in range(n):
+            for i in range(n):
+                model.add_implication(x[r, i], z[r // block, i // block])
     # Each edge uses exactly one device pair, and only the pair its two ranks sit on.
     for e, (_, a, b) in enumerate(edges):
         model.add_exactly_one(y[e, i, j] for i, j in pairs)
@@ -354,7 +365,7 @@ def _solve_exact(dims: ParallelDims, links, volumes, weights, time_limit_s, seed
     model.minimize(sum(round(w * WEIGHT_SCALE) * dim_cost[d] for d, w in _weights(weights).items()))
 
     # Hint: the local-search placement from the default order.
-    hint = _local_search(start, links, volumes, weights, time.monotonic() + time_limit_s / 4, swap_any=True)
+    hint = _local_search(start, links, volumes, weights, time.monotonic() + time_limit_s / 4, _swaps(n, block))
     position = {int(dev): r for r, dev in enumerate(hint.reshape(-1))}
     hints = [(var, position[i] == r) for (r, i), var in x.items()]
 
@@ -371,35 +382,138 @@ def _solve_exact(dims: ParallelDims, links, volumes, weights, time_limit_s, seed
     return mesh
 
 
-def _local_search(mesh, links, volumes, weights, deadline, swap_any=False, units=None) -> np.ndarray:
-    """Deterministic first-improvement swap search on (cost, sum of all group times).
+def launch_block(links: LinkModel) -> int:
+    """Devices of one host (`ClusterProfile.gpus_per_node`; a link domain where the model names no hosts): a
+    launchable mesh keeps each block of that many consecutive grid positions on one host (spec/plan.py
+    `node_blocks`), so the solvers search only such meshes."""
+    return getattr(links, "gpus_per_node", None) or links.devices_per_domain
 
-    ``units`` lists blocks of flat mesh positions that move together (one node's chunk); by default every
-    position is its own block. With ``swap_any`` false only blocks are swapped, never positions inside them.
+
+def _swaps(n: int, block: int, blocks_whole: int | None = None, within: bool = True) -> list[tuple[list, list]]:
+    """The moves of the swap search over `n` grid positions that keep each host's block of `block` positions on one
+    host: two positions of the same block (with `within`), and two whole chunks of `blocks_whole` positions (a
+    multiple of `block`; default `block`) where there are several. On one host, any two positions."""
+    if n <= block:
+        return [([a], [b]) for a, b in itertools.combinations(range(n), 2)]
+    size = blocks_whole or block
+    chunks = [list(range(k, k + size)) for k in range(0, n, size)]
+    moves = [(chunks[a], chunks[b]) for a, b in itertools.combinations(range(len(chunks)), 2)]
+    if within:
+        moves += [([k + a], [k + b]) for k in range(0, n, block) for a, b in itertools.combinations(range(block), 2)]
+    return moves
+
+
+def _local_search(mesh, links, volumes, weights, deadline, moves) -> np.ndarray:
+    """Deterministic first-improvement swap search on the cost, from `mesh` and from where a first search on the sum
+    of every group's time leads: the cost is a maximum over groups, which one swap rarely lowers while the other
+    groups stay as slow (a ring crosses its slowest link whatever its others are), so from the default order on a
+    node whose links pair its devices in fast islands no single swap lowers it; the sum falls with each group rid
+    of its slow links. Ties are broken by the sum of the dimensions' slowest groups, then by the sum of every
+    edge's time (`_edge_time_sum`), which falls with each slow link a group gives up. The better of the two ends
+    by the cost.
+
+    `moves` are the pairs of flat mesh positions' lists the search may swap (`_swaps`).
     """
-    flat = np.asarray(mesh).reshape(-1).copy()
     shape = np.asarray(mesh).shape
-    blocks = units if units is not None else [[k] for k in range(len(flat))]
 
-    def score(arr):
-        m = arr.reshape(shape)
-        br = _cost(m, links, volumes, weights)
-        return br["total"], br["tp"] + br["pp"] + br["dp"] + br["cp"]
+    def exact(arr):
+        br = _cost(arr.reshape(shape), links, volumes, weights)
+        return br["total"], br["tp"] + br["pp"] + br["dp"] + br["cp"], _edge_time_sum(arr.reshape(shape), links,
+                                                                                       volumes, weights)
 
-    best = score(flat)
+    def by_groups(arr):
+        return (_group_time_sum(arr.reshape(shape), links, volumes, weights),
+                _edge_time_sum(arr.reshape(shape), links, volumes, weights))
+
+    def by_edges(arr):
+        return (_edge_time_sum(arr.reshape(shape), links, volumes, weights),)
+
+    start = np.asarray(mesh).reshape(-1).copy()
+    ends = []
+    for begin in (start, _fast_chains(start, links)):
+        ends.append(_swap_search(begin, exact, deadline, moves))
+        for smooth in (by_groups, by_edges):
+            ends.append(_swap_search(_swap_search(begin, smooth, deadline, moves), exact, deadline, moves))
+    return min(ends, key=lambda arr: _rounded(exact(arr))).reshape(shape)
+
+
+def _fast_chains(flat: np.ndarray, links: LinkModel) -> np.ndarray:
+    """`flat` with each host's devices (each `launch_block` of positions) reordered as a chain along its fastest
+    links: from the block's first device, each next one the unvisited device joined fastest to the last (ties to
+    the lowest id). On a host whose links form islands the chain runs through one island before the next, so the
+    default order's consecutive groups lie in islands; on a uniform host it is the order itself."""
+    block = min(launch_block(links), len(flat))
+    out = flat.copy()
+    for k in range(0, len(flat), block):
+        left = sorted(int(d) for d in flat[k:k + block])
+        chain = [int(flat[k])]
+        left.remove(chain[0])
+        while left:
+            nxt = max(left, key=lambda d: (link(links, chain[-1], d)[1], -d))
+            chain.append(nxt)
+            left.remove(nxt)
+        out[k:k + block] = chain
+    return out
+
+
+def _rounded(score: tuple[float, ...]) -> tuple[float, ...]:
+    """A score compared to 12 significant digits (the sums' rounding does not tell meshes apart)."""
+    return tuple(float(f"{x:.12g}") for x in score)
+
+
+def _swap_search(flat: np.ndarray, score, deadline, moves) -> np.ndarray:
+    """First-improvement search over `moves` (pairs of position lists of `flat` swapped) that lower `score` (a
+    tuple, compared in order to 12 significant digits) until none does or `deadline` passes."""
+    best = _rounded(score(flat))
     improved = True
     while improved and time.monotonic() < deadline:
         improved = False
-        for a, b in itertools.combinations(range(len(blocks)), 2):
+        for a, b in moves:
             if time.monotonic() > deadline:
                 break
             trial = flat.copy()
-            trial[blocks[a]], trial[blocks[b]] = flat[blocks[b]], flat[blocks[a]]
-            s = score(trial)
-            if s < best and not math.isclose(s[0], best[0], rel_tol=1e-12) or (
-                    math.isclose(s[0], best[0], rel_tol=1e-12) and s[1] < best[1] * (1 - 1e-12)):
+            trial[a], trial[b] = flat[b], flat[a]
+            s = _rounded(score(trial))
+            if s < best:
                 flat, best, improved = trial, s, True
-    return flat.reshape(shape)
+    return flat
+
+
+def _group_time_sum(mesh, links, volumes, weights) -> float:
+    """The weighted sum over every group of the mesh of its time (`placement_cost_breakdown`'s terms, summed
+    where the cost takes each dimension's slowest)."""
+    volume, w = _volumes(*volumes), _weights(weights)
+    total = 0.0
+    for dim, group in _groups(np.asarray(mesh)):
+        total += w[dim] * _group_time(dim, group, links, volume[dim])
+    return total
+
+
+def _edge_time_sum(mesh, links, volumes, weights) -> float:
+    """The weighted sum over every ring edge and pipeline pair of the mesh of its alpha plus its share of its group's
+    volume over its bandwidth: how slow the links the groups use are, where a group's time reads only its
+    slowest (a ring of four straddling two islands has two slow edges, or four)."""
+    volume, w = _volumes(*volumes), _weights(weights)
+    total = 0.0
+    for dim, group in _groups(np.asarray(mesh)):
+        ends = [tuple(group)] if dim == "pp" else _ring_edges(group)
+        share = volume[dim] * (1.0 if dim == "pp" else _ring_factor(len(group)))
+        for i, j in ends:
+            alpha, bandwidth = link(links, int(i), int(j))
+            total += w[dim] * (alpha + share / bandwidth)
+    return total
+
+
+def _group_time(dim: str, group, links, volume: float) -> float:
+    """Seconds of one group: a pipeline pair's transfer, or a ring all-reduce at its largest alpha and smallest
+    bandwidth (comm.py's rules; 0 for a one-rank ring)."""
+    if dim == "pp":
+        a, bw = link(links, int(group[0]), int(group[1]))
+        return transfer_time(volume, a, bw)
+    edges = [link(links, int(i), int(j)) for i, j in _ring_edges(group)]
+    if not edges:
+        return 0.0
+    return ring_time("all_reduce", volume, len(group), max(a for a, _ in edges), min(bw for _, bw in edges))
 
 
 def _cost(mesh, links, volumes, weights) -> dict[str, float]:
@@ -408,10 +522,19 @@ def _cost(mesh, links, volumes, weights) -> dict[str, float]:
 
 
 def _solve_by_nodes(dims: ParallelDims, links, volumes, weights, time_limit_s) -> np.ndarray:
-    """TP groups inside a node; whole nodes' chunks of the default order swapped to lower the cost."""
+    """TP groups inside a node; whole nodes' chunks of the default order swapped to lower the cost, and where the
+    links inside a host differ, two positions of one host's block."""
     g = links.devices_per_domain
     start = default_mesh(dims.pp, dims.dp, dims.tp, dims.cp)
     if dims.tp > g or g % dims.tp:
         return start  # a TP group would straddle nodes differently per chunk: keep the default order
-    chunks = [list(range(k, k + g)) for k in range(0, dims.world_size, g)]  # flat positions that one node fills
-    return _local_search(start, links, volumes, weights, time.monotonic() + time_limit_s, units=chunks)
+    block = launch_block(links)
+    moves = _swaps(dims.world_size, block, g, within=not _uniform_hosts(links, block))
+    return _local_search(start, links, volumes, weights, time.monotonic() + time_limit_s, moves)
+
+
+def _uniform_hosts(links: LinkModel, block: int) -> bool:
+    """Whether every pair of devices on one host is joined alike (then no swap inside a host changes a cost)."""
+    n = links.num_devices
+    return len({link(links, i, j) for k in range(0, n, block) for i in range(k, k + block)
+                for j in range(k, k + block) if i != j}) <= 1

@@ -778,10 +778,18 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
                 layout = found.label(selective_policy(found, execution))
                 return message + (f"; the smallest change that fits: {bigger.nodes} nodes "
                                   f"({bigger.world_size} devices), e.g. {layout}")
+    unpinned = smallest_fitting_change(model, cluster, result.closest[1], execution) if fixed else None
+    if unpinned:  # (what the pins rule out, on these devices)
+        changes = {k: v for k, v in unpinned[1].items() if v is not None}
+        overridden = " ".join(f"--fix {pin_text(k, fixed[k])}" for k in changes if k in fixed)
+        return (message + "; it fits with " + " and ".join(f"{k}={v}" for k, v in changes.items())
+                + f", which {overridden} rules out: drop or change that pin")
     tried = ["more devices up to 64x", *(["full recompute"] if "recompute" not in fixed else []),
              *(["ZeRO-3"] if "zero_stage" not in fixed and 3 in execution.zero_stages else []),
              *(["offload"] if _offload_levers(cluster, fixed, execution) else [])]
-    return message + f"; nothing tried fits ({', '.join(tried)}): use a bigger device"
+    pins = " ".join(f"--fix {pin_text(k, v)}" for k, v in fixed.items())
+    return (message + f"; nothing tried fits ({', '.join(tried)}" + (f", each with {pins}" if pins else "")
+            + "): use a bigger device" + (" or drop a pin" if pins else ""))
 
 
 def _fitting_twin(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, execution: Execution,

@@ -223,9 +223,10 @@ def pareto_front(points: list[SweepPoint]) -> list[SweepPoint]:
     return front
 
 
-def cheapest_within(points: list[SweepPoint], deadline_days: float) -> SweepPoint:
+def cheapest_within(points: list[SweepPoint], deadline_days: float, global_batch: int | None = None) -> SweepPoint:
     """The size with the fewest GPU-hours (the lowest cost) among those that train within the deadline (fewest
-    nodes on a tie); UserError naming the fastest size when none does."""
+    nodes on a tie); UserError naming the fastest size when none does, and where a larger size planned was no
+    faster, that more nodes do not help at `global_batch` (which caps the data-parallel ranks splitting a step)."""
     planned = [p for p in points if p.plan is not None]
     if not planned:
         raise UserError("no cluster size in the range has a layout that fits; try more nodes or a smaller batch")
@@ -233,7 +234,13 @@ def cheapest_within(points: list[SweepPoint], deadline_days: float) -> SweepPoin
     if not meeting:
         fastest = min(planned, key=lambda p: p.training["days"])
         nodes = f"{fastest.nodes} node{'' if fastest.nodes == 1 else 's'}"
+        largest = max(p.nodes for p in planned)
+        if fastest.nodes < largest:
+            batch = f" at global batch {global_batch}" if global_batch else ""
+            advice = (f"more nodes did not help (up to {largest} planned): the step stops shrinking{batch}, so "
+                      f"raise --global-batch, train fewer tokens or relax --deadline")
+        else:
+            advice = "widen --nodes or relax --deadline"
         raise UserError(f"no size meets the deadline of {format_days(deadline_days)}: the fastest, {nodes} "
-                        f"({fastest.devices} devices), needs {format_days(fastest.training['days'])}; "
-                        f"widen --nodes or relax --deadline")
+                        f"({fastest.devices} devices), needs {format_days(fastest.training['days'])}; {advice}")
     return min(meeting, key=lambda p: (p.training["gpu_hours"], p.nodes))

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -309,6 +310,21 @@ class ClusterProfile:
                      for j, link in enumerate(row) if i != j}
             return len(cells) <= 1
         return flat(self.intra_node_matrix) and flat(self.inter_node_matrix)
+
+    def unmeasured_links_note(self, nodes: int) -> str | None:
+        """The note for plans on `nodes` nodes of a profile `autoconf profile` measured on one node (this one,
+        before resizing): its inter-node link was not measured (the description says where it came from), so
+        every time across nodes rests on it; None where the profile is a specification, measured several nodes,
+        or is planned on one node."""
+        if self.source != "measured" or self.nodes != 1 or nodes <= 1:
+            return None
+        origin = re.search(r"inter-node link not measured \(one node\): ([^.]*)", self.description)
+        link = self.inter_node
+        return (f"{self.name} was measured on one node: its inter-node link ({link.latency_s * 1e6:.3g} us, "
+                f"{link.bandwidth_Bps / 1e9:.3g} GB/s) was not measured"
+                + (f" ({origin.group(1)})" if origin else "")
+                + f", and every time across the {nodes} nodes rests on it; profile several nodes (`autoconf "
+                  f"profile --nnodes N` under torchrun on each) to measure it")
 
     def resized(self, nodes: int | None = None, gpus_per_node: int | None = None) -> "ClusterProfile":
         """The same kind of node, `nodes` of them with `gpus_per_node` each; only for a uniform profile."""

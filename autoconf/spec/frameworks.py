@@ -585,6 +585,11 @@ class Execution:
         """Bytes per parameter of the megatron layout's gradient buffer: what it holds and what its reduction moves."""
         return STORAGE_BYTES[self.grad_buffer_dtype]
 
+    def moment_bytes(self, dtype: str) -> int:
+        """Bytes per parameter of the megatron layout's two Adam moments under the plan's `dtype`: each in
+        `optimizer_moments`, or where that is "" in the precision recipe's (`Precision.moments`)."""
+        return 2 * STORAGE_BYTES[self.optimizer_moments or precision(dtype).moments]
+
     @property
     def skips_nan_check(self) -> bool:
         """The megatron layout without the per-bucket NaN check (what `--no-check-for-nan-in-loss-and-grad` asks)."""
@@ -993,10 +998,10 @@ def changed_flags(ex: Execution) -> dict:
 
 
 def loss_compiled(config, execution: Execution | None, device_kind: str) -> bool:
-    """Whether torch.compile compiles the loss of `config`: the plan compiles on a GPU and the framework compiles its
-    loss with its blocks (`Execution.compile_loss`). The one reading of the loss's kernels (cost/compute.py) and of
+    """Whether torch.compile compiles the loss of `config`: the plan's blocks compile (`ParallelConfig.compiles_blocks`)
+    and the framework compiles its loss with them (`Execution.compile_loss`). The one reading of the loss's kernels (cost/compute.py) and of
     its memory (cost/memory.py)."""
-    return bool(execution and execution.compile_loss and config.compile and device_kind == "gpu")
+    return bool(execution and execution.compile_loss and config.compiles_blocks(device_kind))
 
 
 def json_flags(flags: dict, where: str = "framework_flags") -> dict:
