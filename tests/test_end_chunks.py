@@ -8,7 +8,8 @@ import pytest
 from autoconf.errors import UserError
 from autoconf.spec.plan import ParallelConfig, Plan, max_pipeline_stages, min_stage_layers, uniform_partition
 from autoconf.spec.presets import PRESETS
-from autoconf.solve.partition import PartitionProblem, brute_force_partition, loop_placement, solve_partition
+from autoconf.solve.partition import PartitionProblem, brute_force_partition, solve_partition
+from autoconf.spec.schedules import loop_stage_to_rank
 
 
 def test_rule_allows_only_the_end_stages_to_hold_no_layer():
@@ -45,7 +46,7 @@ def test_cp_sat_gives_a_heavy_head_its_own_stage():
     """Six unit layers and a head worth three over four stages: the head alone on the last stage (bottleneck 3)
     beats every split that gives it a layer (at least 4); CP-SAT and the brute force agree."""
     time = (0.1e-3,) + (1e-3,) * 6 + (3e-3,)
-    problem = PartitionProblem(time, (1.0,) * 8, (0.0,) * 8, loop_placement(4), (4, 3, 2, 1), 1e18, 16)
+    problem = PartitionProblem(time, (1.0,) * 8, (0.0,) * 8, loop_stage_to_rank(4), (4, 3, 2, 1), 1e18, 16)
     solved = solve_partition(problem)
     assert solved.layer_ranges()[-1] == [6, 6]
     assert solved.objective_s == pytest.approx(brute_force_partition(problem).objective_s, rel=1e-6)

@@ -353,13 +353,13 @@ def test_megatron_p2p_all_gathers_the_scattered_activation_over_the_receiving_tp
     over the receiving rank's 8-device TP group. (With the grid's cp axis the all-gather was once given the (cp, tp)
     block, one row long, and cost nothing: Korthikanti's full-recompute rows ran up to 1.2% fast.)"""
     from autoconf.cost.comm import collective_time, p2p_time
-    from autoconf.cost.estimate import activation_bytes
+    from autoconf.cost.memory import hidden_state_bytes
 
     a100 = load_cluster("dgx-a100-80g", nodes=4)
     c = ParallelConfig(tp=8, pp=2, dp=2, micro_batch_size=1, global_batch_size=16, seq_len=2048, recompute="full",
                        dtype="fp16", attention="standard")
     megatron = execution("megatron")
-    whole = activation_bytes(MODEL, c)
+    whole = hidden_state_bytes(MODEL, c)
     expected = (p2p_time(a100, whole / 8, [(d, 16 + d) for d in range(16)])
                 + collective_time(a100, "all_gather", whole, list(range(16, 24))))
     assert collective_time(a100, "all_gather", whole, list(range(16, 24))) > 0

@@ -326,3 +326,18 @@ def test_each_tp_rank_routes_its_share_and_the_router_learns_as_one_process():
         assert 16 in one and 16 not in shared and 8 in shared, found
         assert _close(found["aux"][1], found["aux"][0], 1e-5) and found["aux"][0] > 0, found
         assert all(d <= 1e-5 for d in found["differ"].values()), found
+
+
+def test_tp_must_divide_the_tokens_a_rank_holds_after_context_parallelism():
+    """An MoE layer's TP ranks route a share each of the rank's tokens, micro_batch x seq_len / (cp x seq_chunks);
+    the rule had read micro_batch x seq_len, so seq 12 at cp 2 x tp 4 (6 tokens a rank, which `chunk(4)` splits
+    in 3) passed and failed inside the run (a review)."""
+    from autoconf.spec.plan import ParallelConfig
+    from autoconf.spec.support import unsupported_reason
+
+    def reason(seq: int, cp: int) -> str | None:
+        return unsupported_reason(ParallelConfig(tp=4, pp=1, dp=1, cp=cp, micro_batch_size=1, global_batch_size=1,
+                                                 seq_len=seq, sequence_parallel=True), MOE)
+
+    assert "does not divide the 6 tokens of a micro-batch one rank holds after cp" in reason(12, 2)
+    assert "tokens" not in (reason(16, 2) or "") and "tokens" not in (reason(12, 1) or "")

@@ -5,15 +5,15 @@ import random
 import pytest
 
 from autoconf.solve.partition import (
-    PartitionProblem, brute_force_partition, evaluate_partition, greedy_partition, loop_placement,
-    solve_partition, v_placement,
+    PartitionProblem, brute_force_partition, evaluate_partition, greedy_partition, solve_partition,
 )
 from autoconf.spec.plan import uniform_partition
+from autoconf.spec.schedules import loop_stage_to_rank, v_stage_to_rank
 
 
 def _random_problem(rng, num_layers, pp, vpp, v_shape, memory="loose", scaled=False):
     """`scaled`: each rank's activations weigh 1-2x the units' own (`activation_scale`, seq1f1b's uneven chunks)."""
-    placement = v_placement(pp) if v_shape else loop_placement(pp, vpp)
+    placement = v_stage_to_rank(pp) if v_shape else loop_stage_to_rank(pp, vpp)
     num_stages = len(placement)
     time = [rng.uniform(0.1, 3.0) * 1e-3 for _ in range(num_layers + 2)]
     static = [rng.uniform(1, 4) * 2**30 for _ in range(num_layers + 2)]
@@ -72,7 +72,7 @@ def test_binding_memory_changes_the_answer():
     time = (1e-3,) + (1e-3,) * 6 + (1e-3,)
     static = (1.0,) + (1.0,) * 6 + (1.0,)
     act = (0.0,) + (2**20,) * 3 + (0.0,) * 3 + (0.0,)  # early layers hold the activations
-    problem = PartitionProblem(time, static, act, loop_placement(2), (2, 1), 2.5 * 2**21, 8)
+    problem = PartitionProblem(time, static, act, loop_stage_to_rank(2), (2, 1), 2.5 * 2**21, 8)
     solved = solve_partition(problem)
     assert solved is not None
     assert max(solved.rank_memory_bytes) <= 2.5 * 2**21
@@ -88,7 +88,7 @@ def test_a_ranks_activation_scale_moves_layers_off_it():
 
     time, static = (1e-3,) * 8, (1.0,) * 8
     act = (0.0,) + (2**20,) * 6 + (0.0,)
-    plain = PartitionProblem(time, static, act, loop_placement(2), (2, 1), 6.5 * 2**20, 8)
+    plain = PartitionProblem(time, static, act, loop_stage_to_rank(2), (2, 1), 6.5 * 2**20, 8)
     scaled = dataclasses.replace(plain, activation_scale=(1.5, 1.0))
     assert solve_partition(plain).layer_ranges() == [[0, 3], [3, 6]]
     assert evaluate_partition(scaled, solve_partition(plain).stages).rank_memory_bytes[0] > 6.5 * 2**20
@@ -99,10 +99,10 @@ def test_a_ranks_activation_scale_moves_layers_off_it():
 
 def test_infeasible_memory_returns_none():
     """When even the smallest stage does not fit in memory both solvers report None."""
-    problem = PartitionProblem((1.0,) * 6, (2**30,) * 6, (2**30,) * 6, loop_placement(2), (2, 1), 2**30, 4)
+    problem = PartitionProblem((1.0,) * 6, (2**30,) * 6, (2**30,) * 6, loop_stage_to_rank(2), (2, 1), 2**30, 4)
     assert brute_force_partition(problem) is None
     assert solve_partition(problem) is None
-    one_stage_per_rank = PartitionProblem((1.0,) * 6, (2**30,) * 6, (2**30,) * 6, loop_placement(4), (4, 3, 2, 1),
+    one_stage_per_rank = PartitionProblem((1.0,) * 6, (2**30,) * 6, (2**30,) * 6, loop_stage_to_rank(4), (4, 3, 2, 1),
                                           2**30, 4)
     assert solve_partition(one_stage_per_rank) is None
 
@@ -120,7 +120,7 @@ def test_heavy_embedding_and_head_move_layers_off_the_end_stages():
     fewer layers than the middle ones."""
     num_layers = 16
     time = (3.0,) + (1.0,) * num_layers + (3.0,)
-    problem = PartitionProblem(time, (0.0,) * 18, (0.0,) * 18, loop_placement(4), (4, 3, 2, 1), 1e18, 8)
+    problem = PartitionProblem(time, (0.0,) * 18, (0.0,) * 18, loop_stage_to_rank(4), (4, 3, 2, 1), 1e18, 8)
     ranges = solve_partition(problem).layer_ranges()
     sizes = [b - a for a, b in ranges]
     assert sum(sizes) == num_layers and ranges[0][0] == 0 and ranges[-1][1] == num_layers
@@ -131,7 +131,7 @@ def test_heavy_embedding_and_head_move_layers_off_the_end_stages():
 def test_layer_ranges_drop_embedding_and_head():
     """layer_ranges maps unit ranges to transformer-layer indices and covers 0..L contiguously."""
     result = evaluate_partition(
-        PartitionProblem((1.0,) * 6, (0.0,) * 6, (0.0,) * 6, loop_placement(2), (2, 1), 1e18, 2),
+        PartitionProblem((1.0,) * 6, (0.0,) * 6, (0.0,) * 6, loop_stage_to_rank(2), (2, 1), 1e18, 2),
         ((0, 3), (3, 6)))
     assert result.layer_ranges() == [[0, 2], [2, 4]]
 
@@ -163,7 +163,7 @@ def test_large_chain_is_solved_to_optimality():
     idle core; the speed itself is a benchmark's business, not a test's)."""
     rng = random.Random(0)
     time = tuple([1.5e-3] + [rng.uniform(0.9e-3, 1.1e-3) for _ in range(128)] + [3e-3])
-    problem = PartitionProblem(time, (2e8,) * 130, (5e7,) * 130, loop_placement(64),
+    problem = PartitionProblem(time, (2e8,) * 130, (5e7,) * 130, loop_stage_to_rank(64),
                                tuple(64 - s for s in range(64)), 80e9, 256)
     result = solve_partition(problem)
     assert result.optimal
@@ -295,7 +295,7 @@ def test_v_placement_skips_cp_sat_only_where_the_hint_is_the_optimum(monkeypatch
         slow = rng.uniform(1, 3)
         limit = rng.choice((1e18, rng.uniform(2, 5) * (pp + 1) * 2**30))  # some chains bound by memory
         problem = PartitionProblem(
-            tuple(rng.choice((1.0, slow)) * 1e-3 for _ in range(n)), (2**30,) * n, (2**30,) * n, v_placement(pp),
+            tuple(rng.choice((1.0, slow)) * 1e-3 for _ in range(n)), (2**30,) * n, (2**30,) * n, v_stage_to_rank(pp),
             tuple(rng.randint(1, 4) for _ in range(2 * pp)), limit, rng.randint(1, 6),
             unit_recompute_time=(0.0, *(rng.uniform(0.1, 0.5) * 1e-3 for _ in range(layers)), 0.0),
             unit_recompute_saved_bytes=(0.0, *(rng.uniform(0, 0.5) * 2**30 for _ in range(layers)), 0.0),
@@ -311,7 +311,7 @@ def test_v_placement_skips_cp_sat_only_where_the_hint_is_the_optimum(monkeypatch
         solved = solve_partition(problem, time_limit_s=5.0)
         assert solved.optimal and solved.stages == shortcut.stages
     assert any(proven) and not all(proven)
-    wide = PartitionProblem((1e-3,) * 42, (1.0,) * 42, (1.0,) * 42, v_placement(4), (1.0,) * 8, 1e18, 8)
+    wide = PartitionProblem((1e-3,) * 42, (1.0,) * 42, (1.0,) * 42, v_stage_to_rank(4), (1.0,) * 8, 1e18, 8)
     assert not partition._v_optimum_proven(wide, partition._quantise(wide), greedy_partition(wide))
 
 

@@ -158,7 +158,7 @@ def test_cp_sat_models_the_largest_temporary_whose_facts_hold(seed):
     limit that binds, CP-SAT's objective is the brute force's: the maximum over the terms whose facts hold, and
     the larger of gradients and transient bytes, are modelled exactly."""
     from autoconf.cost.memory import TEMPORARY_FACTS, Temporary
-    from autoconf.solve.partition import loop_placement, v_placement
+    from autoconf.spec.schedules import loop_stage_to_rank, v_stage_to_rank
     from test_partition import _random_problem, _stages
 
     rng = random.Random(seed)
@@ -181,7 +181,7 @@ def test_cp_sat_models_the_largest_temporary_whose_facts_hold(seed):
         problem = dataclasses.replace(problem, unit_gradient_bytes=tuple(b * rng.uniform(0.2, 0.6)
                                                                          for b in problem.unit_static_bytes),
                                       rank_gradient_bytes=tuple(rng.uniform(0, 4) * 2**30 for _ in range(pp)))
-    placement = v_placement(pp) if v_shape else loop_placement(pp, vpp)
+    placement = v_stage_to_rank(pp) if v_shape else loop_stage_to_rank(pp, vpp)
     assert problem.stage_to_rank == placement
     solve_like_brute_force(problem)
     # Limits at the median of every partition's peak: half the partitions fit.

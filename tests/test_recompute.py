@@ -162,15 +162,15 @@ def test_the_cp_sat_partition_charges_recompute_on_each_stages_first_layers_as_b
     units are the first layers its counts name."""
     import random
 
-    from autoconf.solve.partition import (PartitionProblem, brute_force_partition, evaluate_partition,
-                                          loop_placement, v_placement)
+    from autoconf.solve.partition import PartitionProblem, brute_force_partition, evaluate_partition
+    from autoconf.spec.schedules import loop_stage_to_rank, v_stage_to_rank
     from test_partition import solve_like_brute_force
 
     rng = random.Random(seed)
     v_shape = seed % 4 == 3
     pp = rng.randint(1, 2) if v_shape else rng.randint(2, 4)
     vpp = 1 if v_shape else rng.randint(1, max(1, 4 // pp))
-    placement = v_placement(pp) if v_shape else loop_placement(pp, vpp)
+    placement = v_stage_to_rank(pp) if v_shape else loop_stage_to_rank(pp, vpp)
     stages = len(placement)
     layers = rng.randint(max(1, stages - 2), 8)
     units = layers + 2

@@ -71,6 +71,7 @@ def test_splits_backward_only_for_zero_bubble_schedules():
              .splits_backward for name in SCHEDULES}
     assert split == {"gpipe": False, "1f1b": False, "interleaved-1f1b": False, "looped-bfs": False,
                      "zb-h1": True, "zbv": True, "dualpipev": True, "dualpipe": True, "seq1f1b": False}
+    assert split == {name: schedule_spec(name).split_backward for name in SCHEDULES}  # (the registry's own flag)
 
 
 def test_1f1b_rank_r_runs_pp_minus_r_forwards_before_its_first_backward():

@@ -360,6 +360,8 @@ def test_the_refinement_skips_cp_sat_only_where_the_dp_partition_is_the_optimum(
     import random
 
     from autoconf.solve import partition
+    from autoconf.spec.schedules import loop_stage_to_rank
+
     rng = random.Random(seed)
     taken = []
     real = partition._dp_optimum_proven
@@ -376,7 +378,7 @@ def test_the_refinement_skips_cp_sat_only_where_the_dp_partition_is_the_optimum(
         limit = rng.choice((1e18, rng.uniform(2, 4) * (pp + 1) * 2**30))  # half of the cases bound by memory
         problem = partition.PartitionProblem(
             tuple(rng.choice((1.0, slow)) * 1e-3 for _ in range(n)), (2**30,) * n, (2**30,) * n,
-            partition.loop_placement(pp), tuple(range(pp, 0, -1)), limit, rng.randint(1, 6),
+            loop_stage_to_rank(pp), tuple(range(pp, 0, -1)), limit, rng.randint(1, 6),
             unit_recompute_time=(0.0, *(rng.uniform(0.1, 0.5) * 1e-3 for _ in range(layers)), 0.0),
             unit_recompute_saved_bytes=(0.0,) * n, recompute_counts=tuple(rng.randint(0, 2) for _ in range(pp)))
         monkeypatch.setattr(partition, "_dp_optimum_proven", spy)

@@ -32,8 +32,9 @@ from autoconf.cost.cp_ring import dkv_bytes, sdpa_kv_bytes, torch_ring, transfer
 from autoconf.cost.compute import (PassTimes, attention_gemms, causal_span_share, cpu_share, cpu_share_alone,
                                    gemms_time, layer_gemms, measured_tp_layer, model_pieces, rank_optimizer_time,
                                    seq_chunk_bounds, side_kernels_time)
-from autoconf.cost.memory import (attention_matmuls, cp_kv_bytes, rank_params, reduced_grad_bytes, stage_block_activation_bytes,
-                                  stage_expert_params, stage_memory, stage_params, stage_replicated_params)
+from autoconf.cost.memory import (attention_matmuls, cp_kv_bytes, hidden_state_bytes, rank_params, reduced_grad_bytes,
+                                  stage_block_activation_bytes, stage_expert_params, stage_memory, stage_params,
+                                  stage_replicated_params)
 from autoconf.cost.mtp import mtp_pass_times
 from autoconf.cost.moe import ep_comm_passes, local_params, moe_layers, token_share_tp_comm
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_host_memory, check_offload,
@@ -116,12 +117,6 @@ class StagePlan:
     hooks: list[float] = dataclasses.field(default_factory=list)
 
 
-def activation_bytes(model: ModelSpec, c: ParallelConfig) -> float:
-    """One micro-batch's hidden states on one rank (seq / cp x micro-batch x hidden, compute dtype): the buffer of a
-    TP collective and, unsplit, of a P2P transfer."""
-    return c.local_seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
-
-
 def dp_buffer_bytes(c: ParallelConfig, params: float, execution: Execution | None = None) -> tuple[float, float]:
     """(gradient reduction, parameter gather) buffers of a stage holding `params` parameters per TP rank, in the
     dtypes the memory model holds them in. The torch layout (FSDP2, the executor, torchtitan; also without
@@ -140,7 +135,7 @@ def tp_collective(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, 
     under sequence parallelism the all-gather before and the reduce-scatter after a TP region."""
     if c.sequence_parallel:
         return sum(tp_sp_collectives(model, cluster, c, devices))
-    return collective_time(cluster, "all_reduce", activation_bytes(model, c), devices)
+    return collective_time(cluster, "all_reduce", hidden_state_bytes(model, c), devices)
 
 
 def tp_overlap_gemm_flops(model: ModelSpec, c: ParallelConfig) -> dict[str, float]:
@@ -205,7 +200,7 @@ def overlapped_tp_layer(all_gather: float, reduce_scatter: float, gemms: dict[st
 def tp_sp_collectives(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices) -> tuple[float, float]:
     """(all-gather, reduce-scatter) of one micro-batch's activation on the TP group `devices`: the two halves of a
     sequence-parallel `tp_collective`."""
-    nbytes = activation_bytes(model, c)
+    nbytes = hidden_state_bytes(model, c)
     return (collective_time(cluster, "all_gather", nbytes, devices),
             collective_time(cluster, "reduce_scatter", nbytes, devices))
 
@@ -737,7 +732,7 @@ def seq_chunk_costs(costs: StageCosts, core: PassTimes, layers: list[int], core_
 def p2p_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution) -> float:
     """Bytes each TP rank sends to the next stage per micro-batch: the activation, or its 1/tp slice under
     sequence parallelism and in Megatron's scatter/gather scheme."""
-    nbytes = activation_bytes(model, c)
+    nbytes = hidden_state_bytes(model, c)
     if execution.p2p_scatter_gather or c.sequence_parallel:
         nbytes /= c.tp
     return nbytes

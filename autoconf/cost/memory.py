@@ -1007,8 +1007,13 @@ def boundary_activation_bytes(model: ModelSpec, config: ParallelConfig) -> float
     """One pipeline unit's activation at a stage boundary on one rank (its 1/tp slice under sequence parallelism):
     the size of every buffer `pipeline_buffer_bytes` counts."""
     c = config
-    split = c.tp if c.sequence_parallel else 1
-    return c.local_seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype] / split
+    return hidden_state_bytes(model, c) / (c.tp if c.sequence_parallel else 1)
+
+
+def hidden_state_bytes(model: ModelSpec, c: ParallelConfig) -> float:
+    """One micro-batch's hidden states on one rank (seq / cp x micro-batch x hidden, compute dtype): the buffer of a
+    TP collective and, unsplit, of a P2P transfer."""
+    return c.local_seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype]
 
 
 def pipeline_buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution | None,

@@ -58,6 +58,7 @@ import numpy as np
 
 from autoconf.cost.memory import TEMPORARY_FACTS, Temporary
 from autoconf.spec.plan import max_pipeline_stages, uniform_partition
+from autoconf.spec.schedules import v_stage_to_rank
 
 TIME_QUANTA = 1 << 20  # total chain time is split into this many integer time steps
 MEMORY_QUANTUM_BYTES = 1024  # KiB
@@ -207,16 +208,6 @@ class PartitionResult:
         """Per stage [first_layer, end_layer) in transformer-layer indices 0..L (embedding/head removed)."""
         num_layers = self.stages[-1][1] - 2
         return [[max(a, 1) - 1, min(b, num_layers + 1) - 1] for a, b in self.stages]
-
-
-def loop_placement(pp: int, vpp: int = 1) -> tuple[int, ...]:
-    """Stage s on rank s % pp (Megatron's interleaved order)."""
-    return tuple(s % pp for s in range(pp * vpp))
-
-
-def v_placement(pp: int) -> tuple[int, ...]:
-    """Two stages per rank in a V: rank r holds stages r and 2pp-1-r (ZB-V, DualPipeV)."""
-    return tuple(range(pp)) + tuple(reversed(range(pp)))
 
 
 @dataclass(frozen=True)
@@ -557,7 +548,7 @@ def _v_optimum_proven(p: PartitionProblem, q: _Quantised, hint) -> bool:
     False elsewhere and where the proof fails."""
     S, R, U = p.num_stages, p.num_ranks, len(q.time)
     slack = U - S
-    if tuple(p.stage_to_rank) != v_placement(R) or R * (slack + 1) ** 4 > V_PROOF_MAX_CHOICES:
+    if tuple(p.stage_to_rank) != v_stage_to_rank(R) or R * (slack + 1) ** 4 > V_PROOF_MAX_CHOICES:
         return False
     # Each rank's choices: from state (a, b) to (a2, b2), stage r on [a, a2) and stage S-1-r on [b2, b), each of
     # at least one unit and at least one unit left for every stage between; the innermost rank takes all of

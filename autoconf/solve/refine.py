@@ -11,13 +11,13 @@ import numpy as np
 
 from autoconf.cost.compute import model_pieces, seq_chunk_bounds
 from autoconf.cost.comm import collective_time
-from autoconf.cost.estimate import (Execution, activation_bytes, cp_attention_comm, cp_exchange_bytes, default_mesh,
-                                    dp_buffer_bytes, p2p_bytes, recompute_time, schedule_inflight,
-                                    selective_matmul_share, selective_matmuls_only, tp_collective)
-from autoconf.cost.memory import (Temporary, fp8_weight_cache_bytes, layer_activation_bytes, megatron_fsdp_runs,
-                                  pipeline_buffer_bytes, root_unit_params, seq_chunk_kv_bytes, seq_chunk_scales,
-                                  stage_layer_activation_bytes, state_bytes_per_param, temporary_terms,
-                                  unit_activation_bytes, unsharded_buffer_bytes)
+from autoconf.cost.estimate import (Execution, cp_attention_comm, cp_exchange_bytes, default_mesh, dp_buffer_bytes,
+                                    p2p_bytes, recompute_time, schedule_inflight, selective_matmul_share,
+                                    selective_matmuls_only, tp_collective)
+from autoconf.cost.memory import (Temporary, fp8_weight_cache_bytes, hidden_state_bytes, layer_activation_bytes,
+                                  megatron_fsdp_runs, pipeline_buffer_bytes, root_unit_params, seq_chunk_kv_bytes,
+                                  seq_chunk_scales, stage_layer_activation_bytes, state_bytes_per_param,
+                                  temporary_terms, unit_activation_bytes, unsharded_buffer_bytes)
 from autoconf.cost.moe import (block_local_params, blocks_params, dispatch_bytes, dispatch_shares, ep_comm_passes,
                                local_params, moe_layers)
 from autoconf.cost.mtp import (mtp_activation_bytes, mtp_embedding_copy, mtp_pass_times,
@@ -315,7 +315,7 @@ def refined_partition_by_estimate(model: ModelSpec, cluster: ClusterProfile, c: 
 def traffic(model: ModelSpec, c: ParallelConfig, execution: Execution = Execution(),
             cluster: ClusterProfile | None = None) -> tuple[float, float, float, float]:
     """Bytes per step each rank moves in its TP group, to its pipeline neighbour, in its DP group and in its CP
-    group, from the estimate's own buffers: two TP collectives per layer and direction on `activation_bytes`, the
+    group, from the estimate's own buffers: two TP collectives per layer and direction on `hidden_state_bytes`, the
     estimate's `p2p_bytes` per micro-batch and direction (a 1/tp slice under sequence parallelism), the gradient
     reduction buffers of `dp_buffer_bytes` for the rank's share of the parameters (`rank_share_of_params`: the
     attention layout's over dp x cp, the routed experts' over their expert-DP group), and per layer and
@@ -328,7 +328,7 @@ def traffic(model: ModelSpec, c: ParallelConfig, execution: Execution = Executio
     `cluster`, an exchange over DP replicas counts as the estimate times it (`exchange_scale`: a framework that
     dispatches once per node moves fewer bytes across nodes and forwards more inside them)."""
     layers_per_rank = model.num_layers / c.pp
-    tp_bytes = 4 * layers_per_rank * activation_bytes(model, c) * c.num_microbatches if c.tp > 1 else 0.0
+    tp_bytes = 4 * layers_per_rank * hidden_state_bytes(model, c) * c.num_microbatches if c.tp > 1 else 0.0
     pp_bytes = 2 * c.vpp * p2p_bytes(model, c, execution) * c.num_microbatches if c.pp > 1 else 0.0
     dense, experts = rank_share_of_params(model, c)
     dp_bytes = ((dp_buffer_bytes(c, dense, execution)[0] if c.dp_cp > 1 else 0.0)

@@ -42,10 +42,6 @@ class Op:
         assert 0 <= self.active_params <= self.params, self
         assert 0 <= self.tp_replicated_params <= self.params, self
 
-    def token_flops(self, seq_len: int) -> int:
-        """Forward FLOPs of one token in a sequence of `seq_len` tokens."""
-        return self.flops + self.context_flops * seq_len
-
 
 def linear(name: str, n_in: int, n_out: int, bias: bool = False, tp_replicated: bool = False,
            row_parallel: bool = False) -> Op:

@@ -85,6 +85,16 @@ def _bubble_dual(pp: int, forward: float, backward: float, weight: float) -> flo
 RUNTIMES = ("torch", "megatron")
 
 
+def loop_stage_to_rank(pp: int, vpp: int = 1) -> tuple[int, ...]:
+    """Rank of each of pp x vpp stages in a loop: stage s on rank s % pp (Megatron's interleaved order)."""
+    return tuple(s % pp for s in range(pp * vpp))
+
+
+def v_stage_to_rank(pp: int) -> tuple[int, ...]:
+    """Rank of each of 2 pp stages in a V: rank r holds stages r and 2 pp - 1 - r (ZB-V, DualPipeV)."""
+    return tuple(range(pp)) + tuple(reversed(range(pp)))
+
+
 @dataclass(frozen=True)
 class ScheduleSpec:
     """What a pipeline schedule is, in one place.
@@ -209,11 +219,9 @@ class ScheduleSpec:
         return None
 
     def stage_to_rank(self, pp: int, vpp: int) -> tuple[int, ...]:
-        """Rank of each virtual stage: loop placement (stage s on rank s % pp), or V placement (rank r holds stages
-        r and 2*pp-1-r), as torch's `generate_stage_to_rank_mapping` does."""
-        if self.v_placement:
-            return tuple(s if s < pp else 2 * pp - 1 - s for s in range(2 * pp))
-        return tuple(s % pp for s in range(pp * vpp))
+        """Rank of each virtual stage: `v_stage_to_rank` or `loop_stage_to_rank`, as torch's
+        `generate_stage_to_rank_mapping` does."""
+        return v_stage_to_rank(pp) if self.v_placement else loop_stage_to_rank(pp, vpp)
 
     def num_stages(self, pp: int, vpp: int) -> int:
         """Stages of its schedule: pp * vpp, twice that for two directions (dualpipe)."""

@@ -63,10 +63,11 @@ def unsupported_reason(config, model=None) -> str | None:
         reason = model_unsupported_reason(model)
         if reason:
             return reason
-        if (model.moe is not None and config.tp > 1
-                and (config.micro_batch_size * config.seq_len) % config.tp):
-            return (f"tp {config.tp} does not divide the micro-batch's {config.micro_batch_size * config.seq_len} "
-                    f"tokens, which an MoE layer's TP ranks route a share each of; use a seq_len divisible by tp")
+        held = config.micro_batch_size * config.local_seq_len  # (a rank's tokens: seq_len / (cp x seq_chunks))
+        if model.moe is not None and config.tp > 1 and held % config.tp:
+            split = " after cp and seq_chunks split it" if config.cp * config.seq_chunks > 1 else ""
+            return (f"tp {config.tp} does not divide the {held} tokens of a micro-batch one rank holds{split}, which "
+                    f"an MoE layer's TP ranks route a share each of; use a seq_len whose share per rank tp divides")
     reason = dtype_unsupported_reason(config.dtype)
     if reason:
         return reason

@@ -12,7 +12,6 @@ pair (a, b) is shaped in both directions and the delay is added once per directi
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 
 from autoconf.testbed.spec import Link, TestbedSpec
@@ -123,7 +122,3 @@ def hosts_file(names: Names, ips: list[str]) -> str:
     # c10d listens on dual-stack sockets and reverse-resolves IPv4-mapped peers
     lines += [f"::ffff:{ip}\t{names.hostname(i)}" for i, ip in enumerate(ips)]
     return "\n".join(lines) + "\n"
-
-
-def shell_line(argv: list[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)
