@@ -101,6 +101,8 @@ def test_token_counts_are_read_exactly_and_short_runs_are_not_zero():
     assert format_days(1 / 86400) == "1 second"
     assert hours(2.484e-05) == "0.0000248" and hours(49682.4) == "49,682" and money(0.00012) == "$0.00012"
     assert money(1.2e-05) == "$0.000012" and format_days(12345.6) == "12,346 days"  # never an exponent
+    # a column of durations in one unit, the longest's (a review: "39.6 hours" above "2.063 days")
+    assert [format_days(d, like=2.063) for d in (1.65, 2.063)] == ["1.65 days", "2.063 days"]
 
 
 def test_a_missed_deadline_suggests_a_range_that_can_meet_it():

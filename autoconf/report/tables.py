@@ -167,14 +167,15 @@ def training_rows(t: dict) -> list[tuple[str, str]]:
 
 
 def sweep_table(points, front, chosen, title: str) -> Table:
-    """One row per cluster size: its best layout, time and cost to train; `*` marks the Pareto front and `>` the
-    chosen size."""
+    """One row per cluster size: its best layout, time (in the unit of the longest) and cost to train; `*` marks the
+    Pareto front and `>` the chosen size."""
     from autoconf.solve.sweep import format_days
 
     table = Table(title=title)
     for col in ("", "nodes", "devices", "layout", "step s", "MFU", "tokens/s", "time", "GPU-hours", "cost"):
         table.add_column(col, justify="left" if col in ("", "layout") else "right", no_wrap=True)
     on_front = {id(p) for p in front}
+    longest = max((point.training["days"] for point in points if point.plan is not None), default=None)
     for point in points:
         mark = (">" if point is chosen else " ") + ("*" if id(point) in on_front else " ")
         if point.plan is None:
@@ -183,7 +184,7 @@ def sweep_table(points, front, chosen, title: str) -> Table:
         p, t = point.plan.prediction, point.training
         table.add_row(mark, str(point.nodes), str(point.devices), layout_label(point.plan),
                       plain(p['iteration_time_s'], 4), f"{100 * p['mfu']:.1f}%", f"{p['tokens_per_s']:,.0f}",
-                      format_days(t["days"]), hours(t["gpu_hours"]),
+                      format_days(t["days"], like=longest), hours(t["gpu_hours"]),
                       "-" if t.get("cost") is None else money(t["cost"]))
     return table
 

@@ -445,15 +445,30 @@ def _fast_chains(flat: np.ndarray, links: LinkModel) -> np.ndarray:
     block = min(launch_block(links), len(flat))
     out = flat.copy()
     for k in range(0, len(flat), block):
-        left = sorted(int(d) for d in flat[k:k + block])
-        chain = [int(flat[k])]
-        left.remove(chain[0])
-        while left:
-            nxt = max(left, key=lambda d: (link(links, chain[-1], d)[1], -d))
-            chain.append(nxt)
-            left.remove(nxt)
-        out[k:k + block] = chain
+        out[k:k + block] = _chain([int(d) for d in flat[k:k + block]], links)
     return out
+
+
+def _chain(devices: list[int], links: LinkModel) -> list[int]:
+    """`devices` from the first as a chain along the fastest links: each next one the unvisited device joined
+    fastest to the last (ties to the lowest id)."""
+    chain, left = [devices[0]], sorted(devices[1:])
+    while left:
+        nxt = max(left, key=lambda d: (link(links, chain[-1], d)[1], -d))
+        chain.append(nxt)
+        left.remove(nxt)
+    return chain
+
+
+def host_chain_order(cluster) -> tuple[int, ...] | None:
+    """The order of a node's local devices along its fastest links (`_chain` from device 0) where the profile's
+    per-pair intra-node matrix makes it differ from 0..g-1, else None. The search plans on the cluster renumbered
+    in this order (`ClusterProfile.with_local_order`): its default rank order, which every candidate's estimate
+    and bound reads, then fills the fast islands of a node first, as it does on a node whose links are alike."""
+    if cluster.intra_node_matrix is None:
+        return None
+    order = tuple(_chain(list(range(cluster.gpus_per_node)), cluster))
+    return None if order == tuple(range(cluster.gpus_per_node)) else order
 
 
 def _rounded(score: tuple[float, ...]) -> tuple[float, ...]:

@@ -36,7 +36,7 @@ from autoconf.files import gib_figures
 from autoconf.spec.support import dtype_unsupported_reason, unsupported_reason
 from autoconf.solve.bounds import BoundCache
 from autoconf.solve.fit import smallest_fitting_change
-from autoconf.solve.placement import tp_cp_domain
+from autoconf.solve.placement import host_chain_order, tp_cp_domain
 from autoconf.solve.recompute import fewest_counts, fewest_recomputed
 from autoconf.solve.space import CP_MIN_SEQ_LEN, candidates, normalise_fixed, pin_text, replaced
 from autoconf.spec.cluster import ClusterProfile
@@ -87,7 +87,29 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     default only when planning for the executor (`Execution.is_executor`): another framework's plans are exported,
     not launched, so its search weighs what that framework runs (Megatron-Core's FP8 with TP, which the executor
     does not run).
+
+    On nodes whose per-pair links differ, the search runs on the cluster with each node's devices renumbered along
+    its fastest links (`placement.host_chain_order`), so that every candidate is estimated and bounded with its
+    groups in the fast islands (on the profile's own numbering a layout's default order may straddle them all, and
+    only the few refined candidates would have been placed well); the plans' meshes name the profile's devices.
     """
+    order = host_chain_order(cluster)
+    if order is None:
+        return _search(model, cluster, global_batch, seq_len, dtype, attention, fixed, top_k, execution, refine,
+                       partition_time_s, placement_time_s, launchable_only)
+    result = _search(model, cluster.with_local_order(order), global_batch, seq_len, dtype, attention, fixed, top_k,
+                     execution, refine, partition_time_s, placement_time_s, launchable_only)
+    g = cluster.gpus_per_node
+    for plan in result.plans:
+        mesh = np.asarray(plan.placement["mesh"])
+        plan.placement["mesh"] = ((mesh // g) * g + np.asarray(order)[mesh % g]).tolist()
+    return result
+
+
+def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, dtype: str,
+            attention: str, fixed: dict | None, top_k: int, execution: Execution, refine: bool,
+            partition_time_s: float, placement_time_s: float, launchable_only: bool | None) -> SearchResult:
+    """`search` on `cluster` as it numbers its devices."""
     start = time.perf_counter()
     if launchable_only is None:
         launchable_only = execution.is_executor

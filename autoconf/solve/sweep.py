@@ -73,14 +73,17 @@ def parse_deadline(text: str) -> float:
     return days
 
 
-def format_days(days: float) -> str:
+# Units of a duration, each with its count per day and the duration in days below which it is used.
+DURATION_UNITS = (("second", 86400, 1 / 1440), ("minute", 1440, 1 / 24), ("hour", 24, 2), ("day", 1, math.inf))
+
+
+def format_days(days: float, like: float | None = None) -> str:
     """A duration in days written the way a user would: seconds below a minute, minutes below an hour, hours below
-    two days, else days."""
-    for unit, per_day, below in (("second", 86400, 1 / 1440), ("minute", 1440, 1 / 24), ("hour", 24, 2)):
-        if days < below:
-            value = days * per_day
-            return f"{plain(value, 3)} {unit}{'' if plain(value, 3) == '1' else 's'}"
-    return f"{plain(days, 4)} days"
+    two days, else days; with `like`, in the unit `like` days would take (a column of durations in one unit)."""
+    unit, per_day, _ = next(u for u in DURATION_UNITS if (days if like is None else like) < u[2])
+    value = days * per_day
+    digits = 4 if unit == "day" else 3
+    return f"{plain(value, digits)} {unit}{'' if plain(value, digits) == '1' else 's'}"
 
 
 def check_price(price: float) -> float:

@@ -176,6 +176,14 @@ class ClusterProfile:
         shown = gib_figures(self.usable_memory_bytes)[0] if shown is None else shown
         return f"{shown} GiB per device (the memory less {self.headroom_phrase} headroom)"
 
+    def with_local_order(self, order: tuple[int, ...]) -> "ClusterProfile":
+        """The same profile with each node's devices renumbered: local device k here is local device `order[k]`
+        of this one (its per-pair intra-node matrix permuted; nothing else reads a device's number)."""
+        m = self.intra_node_matrix
+        if m is None or sorted(order) != list(range(self.gpus_per_node)):
+            raise ValueError(f"a renumbering of {self.gpus_per_node} devices with a per-pair matrix, not {order}")
+        return dataclasses.replace(self, intra_node_matrix=tuple(tuple(m[a][b] for b in order) for a in order))
+
     def with_memory_headroom(self, fraction: float, why: str = COMMAND_LINE) -> "ClusterProfile":
         """The same profile holding back `fraction` of each device's memory instead."""
         if not 0 <= fraction < 1:

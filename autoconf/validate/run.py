@@ -3,9 +3,11 @@
     DIR/runs/<i>/plan.json        the layout (the planner's best is run 0)
     DIR/runs/<i>/metrics.jsonl    the executor's metrics; the summary's median step time after warm-up is "measured"
     DIR/runs/<i>/log.txt          torchrun's output
-    DIR/report.json               {"runs": [{"config", "predicted_s", "measured_s", "predicted_peak_bytes",
-                                   "measured_peak_bytes" (GPU runs: allocator peaks), ...}], "median_abs_error",
-                                   "spearman", "regret", "calibration", "memory_median_abs_error"}
+    DIR/report.json               {"runs": [{"config", "predicted_s", "measured_s", "predicted_peak_bytes" (the
+                                   plan's peak_memory_bytes less the device's memory_overhead_bytes, which the
+                                   allocator's peak does not count), "measured_peak_bytes" (GPU runs: allocator
+                                   peaks), ...}], "median_abs_error", "spearman", "regret", "calibration",
+                                   "memory_median_abs_error"}
     DIR/scatter.png               predicted vs measured
     DIR/calibrated_profile.json   with --calibrate: the profile with the fitted factors (never the input file)
 
