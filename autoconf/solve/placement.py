@@ -404,13 +404,13 @@ def _swaps(n: int, block: int, blocks_whole: int | None = None, within: bool = T
 
 
 def _local_search(mesh, links, volumes, weights, deadline, moves) -> np.ndarray:
-    """Deterministic first-improvement swap search on the cost, from `mesh` and from where a first search on the sum
-    of every group's time leads: the cost is a maximum over groups, which one swap rarely lowers while the other
-    groups stay as slow (a ring crosses its slowest link whatever its others are), so from the default order on a
-    node whose links pair its devices in fast islands no single swap lowers it; the sum falls with each group rid
-    of its slow links. Ties are broken by the sum of the dimensions' slowest groups, then by the sum of every
-    edge's time (`_edge_time_sum`), which falls with each slow link a group gives up. The better of the two ends
-    by the cost.
+    """Deterministic first-improvement swap search on the cost, from `mesh` and from `mesh` with each host's devices
+    chained along their fastest links (`_fast_chains`), each directly and after a first search on a smooth sum
+    (every group's time, `_group_time_sum`; every edge's, `_edge_time_sum`): the cost is a maximum over groups,
+    which one swap rarely lowers while the other groups stay as slow (a ring crosses its slowest link whatever its
+    others are), so from the default order on a node whose links pair its devices in fast islands no single swap
+    lowers it, while the sums fall with each slow link a group gives up. Ties of the cost are broken by the sum of
+    the dimensions' slowest groups, then by the edges' sum. The end of least cost is returned.
 
     `moves` are the pairs of flat mesh positions' lists the search may swap (`_swaps`).
     """
@@ -429,8 +429,9 @@ def _local_search(mesh, links, volumes, weights, deadline, moves) -> np.ndarray:
         return (_edge_time_sum(arr.reshape(shape), links, volumes, weights),)
 
     start = np.asarray(mesh).reshape(-1).copy()
+    chained = _fast_chains(start, links)
     ends = []
-    for begin in (start, _fast_chains(start, links)):
+    for begin in (start, chained) if not np.array_equal(chained, start) else (start,):
         ends.append(_swap_search(begin, exact, deadline, moves))
         for smooth in (by_groups, by_edges):
             ends.append(_swap_search(_swap_search(begin, smooth, deadline, moves), exact, deadline, moves))
