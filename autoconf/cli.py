@@ -639,12 +639,16 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
     from autoconf.report.tables import counted, print_table, sweep_table
     from autoconf.solve import sweep as sizes
 
+    def line(n: int) -> str:
+        return f"planning {model.name} on {counted(n, 'node')} ({node_counts.index(n) + 1}/{len(node_counts)}) ..."
+
     with console.status("") as status:
+        # (rich's status line shows only on a terminal: piped, each size is a line on stderr, so a long sweep is
+        # never silent)
+        progress = ((lambda n: status.update(Text(line(n)))) if console.is_terminal
+                    else (lambda n: click.echo(f"autoconf: {line(n)}", err=True)))
         points = sizes.sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attention, fixed, execution,
-                             tokens, usd, price_source,
-                             progress=lambda n: status.update(Text(f"planning {model.name} on {n} nodes "
-                                                                   f"({node_counts.index(n) + 1}/{len(node_counts)})"
-                                                                   f" ...")))
+                             tokens, usd, price_source, progress=progress)
     front = sizes.pareto_front(points)
     if not front:
         reasons = "; ".join(f"{counted(p.nodes, 'node')}: {p.reason}" for p in points[:3])

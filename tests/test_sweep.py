@@ -130,9 +130,11 @@ def test_the_deadline_advice_stays_within_the_nodes_autoconf_plans():
 def test_sweep_json_and_front_from_real_plans(tmp_path):
     """`plan --nodes 1:4` plans 1, 2 and 4 nodes; each sweep entry is the best plan of its size with its training
     time; the sizes on the front have days rising and cost falling; the deadline's choice meets it and no cheaper
-    size does; the picture is written."""
+    size does; the picture is written. Piped (not a terminal, where rich's status line shows nothing), each size
+    says on stderr that it is being planned."""
     result = run_cli(SWEEP + ["--nodes", "1:4", "--deadline", "10000d", "--json", "--explain", tmp_path / "x"])
     assert result.exit_code == 0, result.output
+    assert "on 1 node (1/3) ..." in result.output and "on 4 nodes (3/3) ..." in result.output
     doc = json.loads(result.output[result.output.index("{"):])
     assert [e["nodes"] for e in doc["sweep"]] == [1, 2, 4]
     trainings = {e["nodes"]: e["plan"]["prediction"]["training"] for e in doc["sweep"]}
