@@ -545,7 +545,9 @@ def test_torchtitan_notes_say_what_it_runs_instead():
     assert "FlexAttention) all-gathers K/V" in torchtitan_config(PLANS["cp2-ring-tp2-sp-zero3"]())
     zero0 = _plan(dataclasses.replace(PRESETS["tiny-llama"], name="tiny-moe", moe=MoESpec(
         num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64)), pp=1, dp=4, ep=2, zero=0)
-    assert "under ZeRO-0 (dp replicated, dp_shard 1) it cannot build this mesh" in torchtitan_config(zero0)
+    assert ("cannot build this expert mesh: framework 'torchtitan' splits the experts over ranks of dp_shard x cp "
+            "x tp, which ep 2 must divide; at ZeRO 0 that is 1 rank (ZeRO-0 replicates dp: dp_shard 1)"
+            in torchtitan_config(zero0))
     assert "cannot build this mesh" not in torchtitan_config(PLANS["moe-ep2-first-dense"]())
     # torchtitan reduce-scatters after every accumulation step; a plan that reduces once per step is told
     assert "reduce-scatters the gradients after every accumulation step" in torchtitan_config(

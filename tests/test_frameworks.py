@@ -735,3 +735,30 @@ def test_torchtitan_is_planned_only_with_what_it_runs():
     own.check(ring, MODELS["llama3-8b"])
     piped = ParallelConfig(tp=1, pp=2, dp=4, micro_batch_size=1, global_batch_size=64, seq_len=128, zero_stage=2)
     assert "tied embeddings under pipeline parallelism (pp 2): use pp 1" in titan.problem(piped, tied)
+
+
+def test_torchtitan_is_planned_with_the_expert_mesh_and_cp_sharding_it_builds():
+    """A review: torchtitan 0.3.0 draws its expert-parallel ranks from dp_shard x cp x tp (dp_shard 1 under ZeRO-0)
+    and shards the weights over the CP ranks whenever cp > 1, which its export had only noted: the preset's search
+    now leaves out ZeRO-0 layouts whose ep those ranks cannot hold and ZeRO-0 beside cp > 1, estimate refuses them
+    in one line, and the executor's framework keeps both."""
+    from autoconf.solve.search import framework_candidates
+
+    titan, own = PRESETS["torchtitan"], PRESETS["autoconf"]
+    cluster = load_cluster("dgx-h100-80g", nodes=1)
+    moe = MODELS["tiny-moe"]
+    layouts = list(framework_candidates(moe, cluster, 64, 1024, "bf16", "flash", {}, titan))
+    assert layouts and not any(titan.layout_problem(c, moe) for c in layouts)
+    assert not any(c.zero_stage == 0 and c.cp > 1 for c in layouts)
+    assert not any(c.zero_stage == 0 and c.ep > 1 and (c.cp * c.tp) % c.ep for c in layouts)
+    assert any(c.zero_stage == 0 and c.ep > 1 and (c.cp * c.tp) % c.ep
+               for c in framework_candidates(moe, cluster, 64, 1024, "bf16", "flash", {}, own))
+    expert = ParallelConfig(tp=1, pp=1, dp=8, ep=2, micro_batch_size=1, global_batch_size=8, seq_len=1024,
+                            zero_stage=0)
+    with pytest.raises(UserError, match="which ep 2 must divide; at ZeRO 0 that is 1 rank"):
+        titan.check(expert, moe)
+    titan.check(dataclasses.replace(expert, zero_stage=2), moe)
+    context = ParallelConfig(tp=1, pp=1, dp=4, cp=2, cp_comm="allgather", micro_batch_size=1, global_batch_size=8,
+                             seq_len=1024, zero_stage=0)
+    assert "runs no ZeRO-0 with cp 2: use ZeRO 3 or cp 1" in titan.problem(context, MODELS["llama3-8b"])
+    assert own.problem(context, MODELS["llama3-8b"]) is None

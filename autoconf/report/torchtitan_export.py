@@ -15,7 +15,7 @@ import dataclasses
 from autoconf.report.offload_flags import torchtitan_offload
 from autoconf.report.precision_flags import torchtitan_fp8_note
 from autoconf.report.upstream import TORCHTITAN_TARGET, TORCHTITAN_VERSION
-from autoconf.spec.frameworks import plan_execution, selective_policy
+from autoconf.spec.frameworks import execution, plan_execution, selective_policy
 from autoconf.spec.model import LLAMA3_ROPE_DEFAULTS
 from autoconf.spec.plan import Plan, recomputed_layer_indices
 from autoconf.spec.presets import PRESETS
@@ -203,13 +203,13 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
         notes.append(f"the plan passes K/V blocks around the CP ring; torchtitan {TORCHTITAN_VERSION}'s attention "
                      f"(FlexAttention) all-gathers K/V for context parallelism and has no ring setting, so its K/V "
                      f"exchange is the allgather one (cp_comm allgather)")
-    if c.ep > 1 and (c.dp * c.cp * c.tp if c.zero_stage else c.cp * c.tp) % c.ep:
-        notes.append(f"torchtitan {TORCHTITAN_VERSION} splits the experts over ranks of dp_shard x cp x tp, which ep "
-                     f"{c.ep} must divide; under ZeRO-0 (dp replicated, dp_shard 1) it cannot build this mesh: plan "
-                     f"with ZeRO >= 1 for torchtitan")
-    if c.cp > 1 and c.zero_stage == 0:
-        notes.append("torchtitan shards the weights over dp_shard x cp whenever cp > 1 (FSDP), so the plan's ZeRO-0 "
-                     "runs as ZeRO-3 over the CP ranks there")
+    torchtitan = execution("torchtitan")  # (its rules, for a plan made for another framework)
+    if torchtitan.expert_mesh_problem(c):
+        notes.append(f"torchtitan {TORCHTITAN_VERSION} cannot build this expert mesh: "
+                     f"{torchtitan.expert_mesh_problem(c)}")
+    if torchtitan.cp_sharding_problem(c):
+        notes.append(f"the plan's ZeRO-0 runs as ZeRO-3 over the CP ranks in torchtitan {TORCHTITAN_VERSION}: "
+                     f"{torchtitan.cp_sharding_problem(c)}")
     if c.zero_sharded and c.pp == 1 and c.num_microbatches > 1 and c.grad_reduce == "step":
         notes.append(f"torchtitan {TORCHTITAN_VERSION} reduce-scatters the gradients after every accumulation step "
                      f"(grad_reduce microbatch); the plan holds them unsharded and reduces once per step (more "

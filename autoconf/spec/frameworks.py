@@ -394,7 +394,11 @@ class Execution:
     cp_comms: the CP_COMM exchanges the framework runs (torchtitan 0.3.0: "allgather" only, torch's default rotate
         method; its config has no setting for another). pipelines_tied_embeddings: it pipelines a model whose
         embedding and head share one matrix (torchtitan 0.3.0 refuses weight tying under pipeline parallelism in its
-        decoder's `update_from_config`). The search weighs only what these allow (`layout_problem`).
+        decoder's `update_from_config`). experts_on_sharded_ranks: the expert-parallel ranks are drawn from the ranks
+        that shard the weights and the sequence, dp_shard x cp x tp (torchtitan 0.3.0's ParallelDims: dp_shard is
+        dp under ZeRO >= 1 and 1 under ZeRO-0), which ep must divide. cp_shards_weights: context parallelism shards
+        the weights over dp_shard x cp (torchtitan's FSDP covers the CP ranks whenever cp > 1), so a plan of
+        ZeRO-0 with cp > 1 is not what it runs. The search weighs only what these allow (`layout_problem`).
     activation_offload: see ACTIVATION_OFFLOAD. optimizer_offload: the framework keeps the optimizer states (and
         the sharded fp32 weights) on the host and steps there (FSDP2's CPUOffloadPolicy in the executor and
         torchtitan, Megatron-Core's --optimizer-cpu-offload); Megatron-LM of 2022 had neither lever.
@@ -456,6 +460,8 @@ class Execution:
     optimizer_offload: bool = True
     cp_comms: tuple[str, ...] = CP_COMM
     pipelines_tied_embeddings: bool = True
+    experts_on_sharded_ranks: bool = False
+    cp_shards_weights: bool = False
     megatron_args: tuple[tuple[str, str, str], ...] = ()
     torchtitan_settings: tuple[tuple[str, str, str], ...] = ()
 
@@ -668,11 +674,33 @@ class Execution:
         if model is not None and not self.pipelines_tied_embeddings and config.pp > 1 and model.tied_embeddings:
             return (f"framework {self.name!r} refuses a model with tied embeddings under pipeline parallelism "
                     f"(pp {config.pp}): use pp 1")
-        return None
+        return self.expert_mesh_problem(config) or self.cp_sharding_problem(config)
+
+    def expert_mesh_problem(self, config) -> str | None:
+        """Why the framework cannot draw `config`'s expert-parallel ranks from its sharding ranks
+        (`experts_on_sharded_ranks`), naming what would work; None where it can or does not draw them so."""
+        c = config
+        sharding = c.dp * c.cp * c.tp if c.zero_stage else c.cp * c.tp
+        if not self.experts_on_sharded_ranks or c.ep == 1 or sharding % c.ep == 0:
+            return None
+        return (f"framework {self.name!r} splits the experts over ranks of dp_shard x cp x tp, which ep {c.ep} must "
+                f"divide; at ZeRO {c.zero_stage} that is {sharding} rank{'s' if sharding != 1 else ''}"
+                + (" (ZeRO-0 replicates dp: dp_shard 1)" if not c.zero_stage else "")
+                + ": use a ZeRO stage >= 1 or an ep dividing them")
+
+    def cp_sharding_problem(self, config) -> str | None:
+        """Why the framework does not run `config`'s unsharded weights beside context parallelism
+        (`cp_shards_weights`), naming what would work; None where it does."""
+        if not self.cp_shards_weights or config.cp == 1 or config.zero_stage:
+            return None
+        return (f"framework {self.name!r} shards the weights over dp_shard x cp whenever cp > 1 (FSDP over the CP "
+                f"ranks), so it runs no ZeRO-0 with cp {config.cp}: use ZeRO {max(z for z in self.zero_stages)} "
+                f"or cp 1")
 
     def restricts_layouts(self) -> bool:
         """Whether `layout_problem` can refuse anything (the search asks it of each candidate only then)."""
-        return tuple(self.cp_comms) != CP_COMM or not self.pipelines_tied_embeddings
+        return (tuple(self.cp_comms) != CP_COMM or not self.pipelines_tied_embeddings
+                or self.experts_on_sharded_ranks or self.cp_shards_weights)
 
     def runs_lever(self, lever: str) -> bool:
         """Whether the framework runs the offload lever `lever` (an OFFLOADS name) in some layout."""
@@ -843,6 +871,7 @@ PRESETS: dict[str, Execution] = {
         eager_ops=("rotary", "swiglu", "cross_entropy"), attention_kernel="fa2", cp_attention="torch",
         fsdp_copies=True, loss_memory="torch", compile_loss=True, compiles_moe_blocks=True, moe_tp_token_share=False,
         activation_offload="none", cp_comms=("allgather",), pipelines_tied_embeddings=False,
+        experts_on_sharded_ranks=True, cp_shards_weights=True,
         torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),
                              ("always", "compile_loss=False", 'config.compile.components = ["model"]'),
                              ("always", "adam_kernels=foreach", 'config.optimizer.implementation = "foreach"'))),
@@ -925,7 +954,7 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "cp_attention", "cp_repeat_kv", "accumulation_sync", "zero1_all_reduce", "megatron_fsdp",
               "keep_fp8_transpose", "pipeline_buffers", "attention_saved_whole", "masked_attention", "schedules",
               "pipeline_runtime", "expert_tp_biases", "moe_tp_token_share", "activation_offload", "optimizer_offload",
-              "cp_comms", "pipelines_tied_embeddings")
+              "cp_comms", "pipelines_tied_embeddings", "experts_on_sharded_ranks", "cp_shards_weights")
 
 
 def parse_flags(pairs) -> dict:
