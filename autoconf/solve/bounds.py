@@ -320,11 +320,23 @@ class BoundCache:
         chain = every + run(total_rc, 3) + 2 * S * overhead + 2 * hops * p2p
         return max(compute_path, comm_stream, chain) + self._step_comm(c) + optimizer + self._overheads[1]
 
-    @staticmethod
-    def _work_key(c: ParallelConfig) -> tuple:
-        """At least what `_blocks_work` and `_end_pieces` read of `c` (`WORK_FIELDS`, and the ZeRO sharding
-        under a dynamic-scaling fp8 dtype: `_layer`'s note)."""
-        return WORK_FIELDS(c), c.zero_sharded if precision(c.dtype).dynamic_scaling else None
+    def _work_key(self, c: ParallelConfig) -> tuple:
+        """At least what `_blocks_work` and `_end_pieces` read of `c` (`WORK_FIELDS`, the ZeRO sharding under a
+        dynamic-scaling fp8 dtype: `_layer`'s note, and which CP attention the blocks run: `_attention_mode`)."""
+        return (WORK_FIELDS(c), c.zero_sharded if precision(c.dtype).dynamic_scaling else None,
+                self._attention_mode(c))
+
+    def _attention_mode(self, c: ParallelConfig) -> bool | str:
+        """Whether `c`'s blocks run torch's context-parallel ring (`cp_ring.torch_ring`), or "either" for per-stage
+        counts of 0 where any count above 0 would take the attention off the ring (the executor's per-op policy
+        runs its own CP attention in a block that recomputes, `frameworks.executor_torch_cp`): the search bounds a
+        candidate whose counts it has not fitted yet with counts of 0 (`search._bounded`), so the blocks' times are
+        then the lesser of the two attentions', a lower bound whichever counts come."""
+        ring = torch_ring(self.model, c, self.execution)
+        if (ring and c.cp > 1 and c.recompute_layers is not None and not any(c.recompute_layers)
+                and not torch_ring(self.model, replaced(c, recompute_layers=None), self.execution)):
+            return "either"
+        return ring
 
     def _blocks_work(self, c: ParallelConfig) -> Callable[..., float]:
         """run(layers, index, extra=0): a lower bound of term `index` of `_kind_layers` (0 forward, 1 input
@@ -391,8 +403,8 @@ class BoundCache:
         `c` recomputing no layer (per-stage counts of 0). Remembered by what it reads (`_work_key`, and the
         per-stage recompute counts), so a twin that differs elsewhere (grad_reduce, the ZeRO stage) shares it."""
         counts = (0,) * c.num_stages if recomputing_none else c.recompute_layers
-        return remembered(self._busy, (self._work_key(c), counts), lambda: self._made_busy(
-            replaced(c, recompute_layers=counts) if counts != c.recompute_layers else c))
+        target = replaced(c, recompute_layers=counts) if counts != c.recompute_layers else c
+        return remembered(self._busy, (self._work_key(target), counts), lambda: self._made_busy(target))
 
     def _made_busy(self, c: ParallelConfig) -> float:
         """`busy_bound`, worked out afresh."""
@@ -461,27 +473,36 @@ class BoundCache:
         tests/test_moe_cost.py) and exposed CP K/V exchange."""
         key = (c.tp, c.cp, c.cp_comm, c.micro_batch_size, c.sequence_parallel, c.dtype, c.attention, c.seq_len,
                c.recompute, c.ep, c.etp, c.offload_activations, c.selective_recompute, c.seq_chunks, c.compile,
-               (c.zero_sharded, c.dp_cp) if precision(c.dtype).dynamic_scaling else None)  # (`_layer`'s note)
-        if key not in self._layers:
-            one = self._tp_collective(c)
-            kinds = [self._layer(c).kind(moe) for moe in layer_kinds(self.model)]
-            plain = dataclasses.replace(c, recompute="none", recompute_layers=None)
-            copies = [activation_copy_times(self.cluster, activation_copy_bytes(c, min(layer_activation_bytes(
-                self.model, kept, self.execution.memory_layout, self.cluster.device.kind,
-                selective=selective_policy(kept, self.execution), moe=moe, execution=self.execution)
-                for kept in (c, plain)))) for moe in layer_kinds(self.model)]
-            cp = PassTimes(0.0, 0.0, 0.0)
-            if c.cp > 1:  # the estimate's exposed K/V exchange, on the default mesh's first CP group
-                cp = cp_attention_comm(self.model, self.cluster, c, np.arange(c.cp) * c.tp,
-                                       self._layer(c).attention_core, self.execution)
-            self._layers[key] = {moe: (p.block.forward + f + cp.forward, p.block.backward_input + b + cp.backward_input,
-                                       p.block.backward_weight + cp.backward_weight,
-                                       recompute_time(p, c, one, selective_matmul_share(self.model, c, self.execution,
-                                                                                        moe),
-                                                      selective_matmuls_only(c, self.execution))
-                                       + (cp.forward if c.recompute == "full" else 0.0))
-                                 for p, (f, b), moe in zip(kinds, copies, layer_kinds(self.model))}
+               (c.zero_sharded, c.dp_cp) if precision(c.dtype).dynamic_scaling else None,  # (`_layer`'s note)
+               self._attention_mode(c))
+        if key in self._layers:
+            return self._layers[key]
+        if self._attention_mode(c) == "either":  # the lesser of torch's ring and the executor's own attention
+            ring, own = self._layer_terms(c), self._kind_layers(replaced(c, recompute_layers=None))
+            self._layers[key] = {moe: tuple(map(min, ring[moe], own[moe])) for moe in ring}
+        else:
+            self._layers[key] = self._layer_terms(c)
         return self._layers[key]
+
+    def _layer_terms(self, c: ParallelConfig) -> dict[bool, tuple[float, float, float, float]]:
+        """`_kind_layers` of `c`, worked out afresh with the attention `c` itself runs."""
+        one = self._tp_collective(c)
+        kinds = [self._layer(c).kind(moe) for moe in layer_kinds(self.model)]
+        plain = dataclasses.replace(c, recompute="none", recompute_layers=None)
+        copies = [activation_copy_times(self.cluster, activation_copy_bytes(c, min(layer_activation_bytes(
+            self.model, kept, self.execution.memory_layout, self.cluster.device.kind,
+            selective=selective_policy(kept, self.execution), moe=moe, execution=self.execution)
+            for kept in (c, plain)))) for moe in layer_kinds(self.model)]
+        cp = PassTimes(0.0, 0.0, 0.0)
+        if c.cp > 1:  # the estimate's exposed K/V exchange, on the default mesh's first CP group
+            cp = cp_attention_comm(self.model, self.cluster, c, np.arange(c.cp) * c.tp,
+                                   self._layer(c).attention_core, self.execution)
+        return {moe: (p.block.forward + f + cp.forward, p.block.backward_input + b + cp.backward_input,
+                      p.block.backward_weight + cp.backward_weight,
+                      recompute_time(p, c, one, selective_matmul_share(self.model, c, self.execution, moe),
+                                     selective_matmuls_only(c, self.execution))
+                      + (cp.forward if c.recompute == "full" else 0.0))
+                for p, (f, b), moe in zip(kinds, copies, layer_kinds(self.model))}
 
     def _optimizer(self, c: ParallelConfig) -> float:
         """The optimizer step of pipeline rank 0 of the default partition (the estimate's slowest rank is no
