@@ -801,9 +801,9 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
                 return message + (f"; the smallest change that fits: {bigger.nodes} nodes "
                                   f"({bigger.world_size} devices), e.g. {layout}")
     unpinned = smallest_fitting_change(model, cluster, result.closest[1], execution) if fixed else None
-    if unpinned:  # (what the pins rule out, on these devices)
-        changes = {k: v for k, v in unpinned[1].items() if v is not None}
-        overridden = " ".join(f"--fix {pin_text(k, fixed[k])}" for k in changes if k in fixed)
+    changes = {k: v for k, v in unpinned[1].items() if v is not None} if unpinned else {}
+    overridden = " ".join(f"--fix {pin_text(k, fixed[k])}" for k in changes if k in fixed)
+    if overridden:  # (what the pins rule out, on these devices)
         return (message + "; it fits with " + " and ".join(f"{k}={v}" for k, v in changes.items())
                 + f", which {overridden} rules out: drop or change that pin")
     tried = ["more devices up to 64x", *(["full recompute"] if "recompute" not in fixed else []),
