@@ -696,3 +696,11 @@ def test_a_k_v_exchange_without_context_parallelism_is_refused_and_the_default_i
                              "--framework", "torchtitan", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output[result.output.index("{"):])["config"]["cp_comm"] == "allgather"
+
+
+def test_a_sequence_that_sequence_parallelism_cannot_split_names_what_would():
+    """A review: the refusal of seq 63 at tp 2 with sequence parallelism named the rule but nothing that works."""
+    result = run_cli(["estimate", "--model", "tiny-llama", "--cluster", "cpu-local", "--tp", "2", "--pp", "1",
+                      "--dp", "2", "--micro-batch", "1", "--global-batch", "4", "--seq-len", "63",
+                      "--sequence-parallel"])
+    assert_one_clear_error(result, "use a seq_len divisible by 2 (e.g. 64), or drop sequence_parallel")

@@ -494,6 +494,22 @@ def test_a_folder_named_like_a_checkpoint_is_not_replaced(tmp_path):
     assert_one_clear_error(run_cli([*base, "--steps", "4", "--checkpoint-every", "2"]), "step-00000002")
     assert run_cli([*base, "--steps", "3"]).exit_code == 0  # (it saves step 3 only)
     assert (mine / "notes.txt").read_text() == "precious"
+    # A review: a file of that name passed and the run died at its save with a traceback; a .tmp-step-* folder
+    # holding the user's files was removed after the first save. Both are refused before the run, and left.
+    (tmp_path / "ck" / "step-00000005").write_text("mine")
+    assert_one_clear_error(run_cli([*base, "--steps", "5"]), "holds step-00000005, which autoconf did not write")
+    theirs = tmp_path / "ck" / ".tmp-step-00000006"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("precious")
+    assert_one_clear_error(run_cli([*base, "--steps", "6"]), "holds .tmp-step-00000006, which autoconf did not")
+    from autoconf.execute.checkpoint import remove_interrupted, written_by_save
+
+    ours = tmp_path / "ck" / ".tmp-step-00000007"
+    (ours / "rng").mkdir(parents=True)
+    (ours / "rng" / "rank-00000.pt").write_bytes(b"x")
+    (ours / "__0_0.distcp").write_bytes(b"x")
+    assert written_by_save(ours) and not written_by_save(theirs)
+    assert remove_interrupted(tmp_path / "ck") == [ours] and (theirs / "notes.txt").read_text() == "precious"
 
 
 def test_a_plan_edited_past_its_models_context_is_refused_at_launch(tmp_path):
@@ -768,3 +784,12 @@ def test_a_supervised_run_past_its_time_is_ended_with_124(tmp_path):
                               dict(os.environ), output=log, timeout_s=1.0)
     assert code == 124 and time.monotonic() - start < 30
     assert "started" in (tmp_path / "out.log").read_text()
+
+
+def test_an_unwritable_metrics_path_is_named_as_given(tmp_path):
+    """A review: `--metrics /proc/foo.jsonl` was refused as "cannot lock metrics file /proc", naming neither the
+    file nor what failed (its lock file beside it)."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(tiny_plan_dict()))
+    assert_one_clear_error(run_cli(["launch", plan, "--steps", "1", "--metrics", "/proc/foo.jsonl"]),
+                           "cannot write the metrics file /proc/foo.jsonl: its lock file .foo.jsonl.lock")

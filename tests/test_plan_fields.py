@@ -38,6 +38,9 @@ def _write(tmp_path: Path, doc: dict) -> Path:
      "selective_recompute 'attention_core' qualifies recompute selective, but recompute is 'none'"),
     (lambda d: d["config"].update(seq_split="work"), "seq_split 'work' places the boundaries"),
     (lambda d: d["prediction"].update(framework="megatron-lm"), "prediction.framework must be one of"),
+    # (a review: the derived count, edited, was ignored and the run trained the fields' count)
+    (lambda d: d["config"].update(num_microbatches=d["config"]["num_microbatches"] + 2),
+     "is not global_batch_size / (micro_batch_size x dp)"),
 ])
 def test_a_hand_edited_plan_is_refused_in_one_line(tmp_path, edit, needle):
     """Each edit was read as if absent (a typo'd key, a selective policy under no recompute, a split without chunks),

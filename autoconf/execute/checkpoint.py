@@ -30,7 +30,9 @@ from autoconf.execute import faults
 from autoconf.files import fsync_dir, write_file
 
 MARKER = "complete.json"
-_STEP_DIR = re.compile(r"^step-(\d{8})$")
+_STEP_DIR = re.compile(r"^step-(\d{8,})$")
+_TMP_DIR = re.compile(r"^\.tmp-step-(\d{8,})$")
+_RNG_FILE = re.compile(r"^rank-\d{5,}\.pt$")
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -53,7 +55,7 @@ def complete_checkpoints(root: Path, log=print) -> list[tuple[Path, dict]]:
         match = _STEP_DIR.match(entry.name)
         if match and entry.is_dir():
             candidates.append((int(match.group(1)), entry))
-        elif entry.name.startswith(".tmp-step-"):
+        elif _TMP_DIR.match(entry.name) and written_by_save(entry):
             log(f"skipping incomplete checkpoint {entry} (interrupted while writing)")
     for _, path in sorted(candidates, reverse=True):
         marker = path / MARKER
@@ -71,14 +73,38 @@ def complete_checkpoints(root: Path, log=print) -> list[tuple[Path, dict]]:
     return found
 
 
-def foreign_step_dirs(root: Path) -> list[Path]:
-    """Folders of `root` named like checkpoints (step-NNNNNNNN) without autoconf's marker. A checkpoint gets its
-    name only once its marker is written (`save`: written under .tmp-step-*, then renamed), so these are not
-    autoconf's, and a save of that step must not replace them."""
+def foreign_entries(root: Path) -> list[tuple[int, Path]]:
+    """(step, entry) of the entries of `root` named like a checkpoint (step-NNNNNNNN) or its unfinished save
+    (.tmp-step-NNNNNNNN) that autoconf did not write: a file; a checkpoint folder without autoconf's marker (a
+    checkpoint gets its name only once its marker is written: `save` writes under .tmp-step-*, then renames); a
+    save folder holding anything a save does not write (`written_by_save`). A save of that step must neither replace
+    nor remove them."""
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name) and p.is_dir() and not (p / MARKER).exists())
+    out = []
+    for entry in root.iterdir():
+        named, unfinished = _STEP_DIR.match(entry.name), _TMP_DIR.match(entry.name)
+        if named and (not entry.is_dir() or not (entry / MARKER).exists()):
+            out.append((int(named.group(1)), entry))
+        elif unfinished and not written_by_save(entry):
+            out.append((int(unfinished.group(1)), entry))
+    return sorted(out)
+
+
+def written_by_save(path: Path) -> bool:
+    """Whether folder `path` holds only what `save` writes before its commit: DCP's shards (*.distcp) and
+    .metadata, the ranks' rng/rank-NNNNN.pt and the marker (an empty folder too: a save stopped at once)."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return False
+    for entry in path.iterdir():
+        if entry.name == "rng" and entry.is_dir() and not entry.is_symlink():
+            if not all(_RNG_FILE.match(f.name) and f.is_file() for f in entry.iterdir()):
+                return False
+        elif not (entry.is_file() and (entry.name in (".metadata", MARKER) or entry.name.endswith(".distcp"))):
+            return False
+    return True
 
 
 def model_mismatch(path: Path, meta: dict, model) -> str | None:
@@ -189,7 +215,9 @@ def save(root: Path, step: int, models: list, optimizers: list, meta: dict) -> P
     tmp, final = root / f".tmp-step-{step:08d}", step_dir(root, step)
     if dist.get_rank() == 0:
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
+        if tmp.exists():  # (an earlier save of this step, interrupted; launch refuses a folder autoconf did not write)
+            if not written_by_save(tmp):
+                raise RuntimeError(f"{tmp} holds what autoconf's save does not write; move it away")
             shutil.rmtree(tmp)
         tmp.mkdir()
     dist.barrier()
@@ -213,8 +241,9 @@ def save(root: Path, step: int, models: list, optimizers: list, meta: dict) -> P
 
 def remove_interrupted(root: Path) -> list[Path]:
     """Removes the folders of saves interrupted before their commit (`.tmp-step-*`, which a resume skips), once a
-    later save has committed: the run holds the folder's lock, so none is being written. Returns them."""
-    stale = sorted(entry for entry in Path(root).glob(".tmp-step-*") if entry.is_dir())
+    later save has committed: the run holds the folder's lock, so none is being written. Only those holding what a
+    save writes (`written_by_save`): a folder of that name holding anything else is left. Returns those removed."""
+    stale = sorted(entry for entry in Path(root).iterdir() if _TMP_DIR.match(entry.name) and written_by_save(entry))
     for entry in stale:
         shutil.rmtree(entry, ignore_errors=True)
     return stale

@@ -334,16 +334,14 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
     if checkpoint_dir is not None:
         ckpt_path = Path(checkpoint_dir).resolve()
         _check_writable_dir(ckpt_path, "checkpoint directory", create_dirs)
-        from autoconf.execute.checkpoint import MARKER, foreign_step_dirs, step_dir
+        from autoconf.execute.checkpoint import foreign_entries
 
         start = 0 if latest is None else int(latest[1].get("data_position", 0))
         saved = {k for k in range(start + 1, steps + 1) if checkpoint_every and k % checkpoint_every == 0} | {steps}
-        saved_dirs = {step_dir(ckpt_path, k) for k in saved}
-        foreign = [p for p in foreign_step_dirs(ckpt_path) if p in saved_dirs]
+        foreign = [p for k, p in foreign_entries(ckpt_path) if k in saved]
         if foreign:
             raise UserError(f"--checkpoint-dir {checkpoint_dir} holds {foreign[0].name}, which autoconf did not "
-                            f"write (no {MARKER}), and this run saves that step there; move it away or choose "
-                            f"another folder")
+                            f"write, and this run saves that step there; move it away or choose another folder")
         _check_checkpoint(latest, steps, plan.model)
         train_args += ["--checkpoint-dir", str(ckpt_path), "--checkpoint-every", str(checkpoint_every)]
     elif checkpoint_every:
@@ -372,20 +370,22 @@ _held_fds: list[int] = []
 
 
 @contextlib.contextmanager
-def run_locks(locks: list[tuple[Path, str]]):
+def run_locks(locks: list[tuple[Path, str, str]]):
     """Holds an exclusive lock (flock) on each path for the run's lifetime; a second run into the same checkpoint
-    directory or metrics file is refused with the holder named. The lock files stay (empty of meaning once
-    unlocked); the locks are also held by torchrun (the descriptor is passed on), so they last until it exits."""
+    directory or metrics file is refused with the holder named. Each lock is (lock file, what it guards, the path
+    the user gave). The lock files stay (empty of meaning once unlocked); the locks are also held by torchrun (the
+    descriptor is passed on), so they last until it exits."""
     import fcntl
 
     fds = []
     try:
-        for path, what in locks:
+        for path, what, given in locks:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
             except OSError as err:
-                raise UserError(f"cannot lock {what} {path.parent}: {err.strerror or err}") from None
+                raise UserError(f"cannot write the {what} {given}: its lock file {path.name} cannot be made in "
+                                f"{path.parent} ({err.strerror or err}); choose a writable path") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -578,10 +578,11 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
     suffix = f"-node{node_rank}" if nnodes > 1 else ""  # every node of a run locks its own file on a shared folder
     locks = []
     if checkpoint_dir is not None:
-        locks.append((Path(checkpoint_dir).resolve() / f".autoconf-run{suffix}.lock", "checkpoint directory"))
+        locks.append((Path(checkpoint_dir).resolve() / f".autoconf-run{suffix}.lock", "checkpoint directory",
+                      str(checkpoint_dir)))
     if metrics is not None:
         m = Path(os.path.abspath(metrics))
-        locks.append((m.with_name(f".{m.name}{suffix}.lock"), "metrics file"))
+        locks.append((m.with_name(f".{m.name}{suffix}.lock"), "metrics file", str(metrics)))
     with run_locks(locks):
         if metrics is not None and Path(metrics).exists():
             latest = _latest_checkpoint(checkpoint_dir)

@@ -411,9 +411,19 @@ class ParallelConfig:
         if missing:
             raise UserError(f"{source}: missing config field(s) {', '.join(missing)}")
         try:
-            return cls(**{k: v for k, v in data.items() if k in fields})
+            config = cls(**{k: v for k, v in data.items() if k in fields})
         except TypeError as err:
             raise UserError(f"{source}: {err}") from None
+        stated = data.get("num_microbatches")
+        sizes = (config.global_batch_size, config.micro_batch_size, config.dp)
+        if (stated is not None and all(type(n) is int and n > 0 for n in sizes)
+                and stated != config.num_microbatches):
+            # (derived, written for the reader: a different value was edited in, and would be ignored)
+            raise UserError(f"{source}: num_microbatches {quoted(stated)} is not global_batch_size / "
+                            f"(micro_batch_size x dp) = {config.global_batch_size} / ({config.micro_batch_size} x "
+                            f"{config.dp}) = {config.num_microbatches}; change global_batch_size or micro_batch_size "
+                            f"instead, or drop num_microbatches")
+        return config
 
 
 def _divisors(n: int, at_most: int | None = None) -> str:
@@ -440,12 +450,15 @@ def sequence_parallel_problem(seq_len: int, tp: int, cp: int = 1, chunks: int = 
     """Why sequence parallelism cannot split a rank's tokens of each sequence over its `tp` ranks: the seq_len / cp
     tokens of its share, and of each of seq1f1b's `chunks` chunks; None when it can. The one rule the config's
     problems and the search's candidates read."""
+    step = tp * cp * chunks // math.gcd(cp, chunks)  # (the smallest seq_len both splits take)
+    fix = (f"use a seq_len divisible by {step} (e.g. {seq_len + step - seq_len % step}), or drop sequence_parallel "
+           f"(with tp {tp})")
     if seq_len % cp or (seq_len // cp) % tp:
         return (f"sequence_parallel needs tp {tp} to divide the {seq_len} / cp {cp} tokens of each rank's sequence "
-                f"share")
+                f"share; {fix}")
     if chunks > 1 and (seq_len // chunks) % tp:
         return (f"sequence_parallel needs tp {tp} to divide each of the seq_chunks {chunks} chunks' "
-                f"{seq_len // chunks} tokens")
+                f"{seq_len // chunks} tokens; {fix}")
     return None
 
 
