@@ -233,3 +233,27 @@ def test_a_per_op_candidate_bounded_before_its_counts_is_bounded_below_every_cou
     layout = estimate(model, cluster, dataclasses.replace(base, recompute_layers=(4,)), execution=AUTOCONF)
     assert layout.prediction["fits"]
     assert best.prediction["iteration_time_s"] <= layout.prediction["iteration_time_s"] * (1 + 1e-9)
+
+
+def test_the_search_weighs_the_switch_to_the_executors_attention_that_one_recomputed_layer_makes():
+    """A search audit: under context parallelism the executor's per-op policy runs torch's ring at counts of 0 and
+    its own CP attention at any count above 0, so the step is not monotone in the counts (count 1 faster than 0),
+    and keeping only the fewest counts that fit (all 0, the layout without recompute) lost the faster switch: one
+    layer recomputed is now weighed, and the search's #1 is at least as fast as it."""
+    from autoconf.solve.recompute import fewest_recomputed
+    from autoconf.solve.search import search
+    from autoconf.spec.plan import uniform_partition
+
+    cluster = load_cluster("dgx-h100-80g")
+    c = ParallelConfig(tp=1, pp=1, dp=2, cp=4, micro_batch_size=1, global_batch_size=8, seq_len=32768, zero_stage=2,
+                       recompute="selective", selective_recompute="alternate_matmuls", grad_reduce="microbatch",
+                       dtype="bf16")
+    times = {k: estimate(MODEL, cluster, dataclasses.replace(c, recompute_layers=(k,)), execution=AUTOCONF)
+             .prediction for k in (0, 1)}
+    assert times[0]["fits"] and times[1]["fits"]
+    assert times[1]["iteration_time_s"] < times[0]["iteration_time_s"]  # (the switch pays for the recompute)
+    assert fewest_recomputed(MODEL, cluster, c, uniform_partition(MODEL.num_layers, 1), AUTOCONF).recompute_layers \
+        == (1,)
+    best = search(MODEL, cluster, 8, 32768, "bf16", fixed={"micro_batch_size": 1}, execution=AUTOCONF,
+                  refine=False).plans[0]
+    assert best.prediction["iteration_time_s"] <= times[1]["iteration_time_s"] * (1 + 1e-9)

@@ -17,6 +17,12 @@ other field of the config:
 So the vector of per-stage minima fits and is, stage by stage, at or below any other fitting vector: no fitting
 choice is faster. tests/test_recompute.py checks it against every count vector on small cases.
 
+One exception, where the time is not monotone in the counts: under the executor's per-op selective policy with
+context parallelism, counts of 0 run torch's ring attention (the plain step) and any count above 0 the executor's own
+CP attention in every block (`frameworks.executor_torch_cp`), which may be the faster of the two. There the fewest
+counts, if all 0, are the layout without recompute (its own candidate), and the search weighs the fastest way to
+switch instead: one recomputed layer, in the stage with the fewest layers (`fewest_recomputed`).
+
 With several stages per rank (interleaved and V schedules) a rank's memory is a sum over its stages, each
 recomputed layer of stage s saving inflight[s] x (plain - recomputed) bytes: the least total count that fits takes
 layers from the stages with the most micro-batches in flight first (the greedy choice is optimal for the count,
@@ -43,9 +49,11 @@ def fewest_recomputed(model: ModelSpec, cluster: ClusterProfile, config: Paralle
     """`config` with `recompute_layers` set to the fewest layers per virtual stage of `partition` that fit the
     usable memory of every rank (the module docstring says why that is fastest), or None when even every layer
     recomputed does not fit. The counts are None again when every layer recomputes, and a config that needs no
-    recompute at all comes back with recompute "none", unless that would move its attention onto or off torch's
-    context-parallel ring (`cp_ring.torch_ring`: the executor's per-op policy runs its own CP attention in every
-    block): then it keeps the policy with no layer recomputed. A config without recompute comes back unchanged."""
+    recompute at all comes back with recompute "none", unless its policy with a count above 0 takes the attention
+    off torch's context-parallel ring (`cp_ring.torch_ring`: the executor's per-op policy runs its own CP attention
+    in every block; counts of 0 run the ring, the layout without recompute): then it comes back with one layer
+    recomputed, in the stage with the fewest layers (the last of those), the cheapest switch (the module docstring).
+    A config without recompute comes back unchanged."""
     c = dataclasses.replace(config, recompute_layers=None)
     if c.recompute == "none":
         return config
@@ -56,7 +64,9 @@ def fewest_recomputed(model: ModelSpec, cluster: ClusterProfile, config: Paralle
         without = dataclasses.replace(c, recompute="none")
         if torch_ring(model, without, execution) == torch_ring(model, c, execution):
             return without
-        return dataclasses.replace(c, recompute_layers=counts)
+        # (counts of 0 are `without`, weighed apart; one layer recomputed switches the attention off torch's ring)
+        fewest = min(range(len(partition)), key=lambda s: (partition[s][1] - partition[s][0], -s))
+        return dataclasses.replace(c, recompute_layers=tuple(int(s == fewest) for s in range(len(partition))))
     if list(counts) == [end - first for first, end in partition]:
         return c
     return dataclasses.replace(c, recompute_layers=counts)
