@@ -521,7 +521,8 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
          memory_headroom, collective_sm_share) -> None:
     """Search every sensible layout and write the best plan (with --tokens: time and cost to train; with a --nodes
     range: the best plan of every cluster size)."""
-    from autoconf.report.tables import counted, hours, money, print_table, ranked_table, table_console
+    from autoconf.report.tables import (counted, hours, hours_name, money, print_table, ranked_table,
+                                        table_console)
     from autoconf.solve import sweep as sizes
     from autoconf.solve.search import explain_infeasible, search
     from autoconf.spec.cluster import load_cluster
@@ -621,7 +622,7 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
         t = best.prediction["training"]
         cost = "" if t["cost"] is None else f", {money(t['cost'])} at ${t['usd_per_gpu_hour']:g}/GPU-hour"
         console.print(f"#1 trains on {t['tokens']:,} tokens in {sizes.format_days(t['days'])}: "
-                      f"{hours(t['gpu_hours'])} GPU-hours"
+                      f"{hours(t['gpu_hours'])} {hours_name(best)}"
                       + (cost or " (no price: pass --price USD_PER_GPU_HOUR)"))
         short = sizes.under_one_step(t["tokens"], global_batch, seq_len)
         if short:
@@ -636,7 +637,7 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
                price_source, deadline, as_json, out, explain_dir, force, console) -> None:
     """`plan --nodes A:B`: the best plan of every size, the Pareto front of time against cost, and the chosen size
     (the cheapest within --deadline, else the fastest)."""
-    from autoconf.report.tables import counted, print_table, sweep_table
+    from autoconf.report.tables import counted, hours_name, print_table, sweep_table
     from autoconf.solve import sweep as sizes
 
     def line(n: int) -> str:
@@ -682,7 +683,7 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
     console.print(f"* Pareto front (no other size is both faster and cheaper); > chosen: "
                   f"{counted(chosen.nodes, 'node')}, {why}")
     if usd is None:
-        console.print("no price: cost is in GPU-hours; pass --price USD_PER_GPU_HOUR")
+        console.print(f"no price: cost is in {hours_name(chosen.plan)}; pass --price USD_PER_GPU_HOUR")
     else:
         console.print(f"price: {usd:g} USD per GPU-hour ({price_source})")
     short = sizes.under_one_step(tokens, global_batch, seq_len)

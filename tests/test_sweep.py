@@ -242,3 +242,12 @@ def test_one_size_that_misses_the_deadline_prints_its_table_before_the_error():
     result = run_cli(SWEEP + ["--nodes", "1", "--deadline", "1h"])
     assert result.exit_code == 2 and "over the deadline of 1 hour" in result.output
     assert result.output.index("step s") < result.output.index("autoconf: error:")
+
+
+def test_the_hours_of_cpu_ranks_are_not_gpu_hours():
+    """A review: a plan on CPU ranks (cpu-local) reported its time to train in "GPU-hours"."""
+    args = ["plan", "--model", "tiny-llama", "--global-batch", "8", "--seq-len", "64", "--tokens", "1M", "--top", "1"]
+    cpu = run_cli(args + ["--cluster", "cpu-local"])
+    assert cpu.exit_code == 0 and "device-hours" in cpu.output and "GPU-hours" not in cpu.output, cpu.output
+    gpu = run_cli(args + ["--cluster", "dgx-h100-80g", "--nodes", "1"])
+    assert gpu.exit_code == 0 and "GPU-hours" in gpu.output and "device-hours" not in gpu.output, gpu.output

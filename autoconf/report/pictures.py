@@ -23,7 +23,7 @@ from autoconf.errors import UserError  # noqa: E402
 from autoconf.files import plain  # noqa: E402
 from autoconf.solve.sweep import format_days  # noqa: E402
 from autoconf.report.current import plan_cluster  # noqa: E402
-from autoconf.report.tables import human_count, layout_label  # noqa: E402
+from autoconf.report.tables import hours_name, human_count, layout_label  # noqa: E402
 from autoconf.spec.frameworks import plan_execution  # noqa: E402
 from autoconf.spec.plan import Plan  # noqa: E402
 
@@ -315,7 +315,7 @@ def sweep_png(points, front, chosen, path: str | Path, deadline_days: float | No
     if priced:
         ax.set_ylabel(f"cost (USD at ${planned[0].training['usd_per_gpu_hour']:g}/GPU-hour)")
     else:
-        ax.set_ylabel("GPU-hours (no price given)")
+        ax.set_ylabel(f"{hours_name(planned[0].plan)} (no price given)")
     plan = planned[0].plan
     ax.set_title(f"{plan.model.name}: {human_count(planned[0].training['tokens'])} tokens, global batch "
                  f"{plan.config.global_batch_size}, seq {plan.config.seq_len}", fontsize=10)

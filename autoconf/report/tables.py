@@ -125,7 +125,7 @@ def prediction_table(plan: Plan) -> Table:
                       f"{r['every_layer_peak_memory_bytes'] / GiB:.1f} GiB")
     table.add_row("compute times from", p.get("compute_source", "specification"))
     if "training" in p:
-        for label, value in training_rows(p["training"]):
+        for label, value in training_rows(p["training"], hours_name(plan)):
             table.add_row(label, value)
     return table
 
@@ -147,17 +147,23 @@ def money(usd: float) -> str:
     return f"${usd:,.0f}" if usd >= 100 else f"${usd:,.2f}" if usd >= 0.01 else f"${plain(usd, 2)}"
 
 
+def hours_name(plan: Plan) -> str:
+    """What a plan's device-hours are called: GPU-hours on a GPU cluster (NCCL), device-hours on CPU ranks (gloo)."""
+    return "GPU-hours" if plan.cluster.get("backend", "nccl") == "nccl" else "device-hours"
+
+
 def hours(gpu_hours: float) -> str:
     """GPU-hours in whole hours, with three significant digits below 100 (a short run is not "0")."""
     return plain(gpu_hours, 3)
 
 
-def training_rows(t: dict) -> list[tuple[str, str]]:
-    """The time and cost to train (prediction.training) as (label, value) rows."""
+def training_rows(t: dict, hours_label: str = "GPU-hours") -> list[tuple[str, str]]:
+    """The time and cost to train (prediction.training) as (label, value) rows, the device-hours called
+    `hours_label` (`hours_name`)."""
     from autoconf.solve.sweep import format_days
 
     rows = [(f"time to train on {human_count(t['tokens'])} tokens", format_days(t["days"])),
-            ("GPU-hours", hours(t["gpu_hours"]))]
+            (hours_label, hours(t["gpu_hours"]))]
     if t.get("cost") is None:
         rows.append(("cost", "pass --price USD_PER_GPU_HOUR (the profile states no price)"))
     else:
@@ -172,7 +178,9 @@ def sweep_table(points, front, chosen, title: str) -> Table:
     from autoconf.solve.sweep import format_days
 
     table = Table(title=title)
-    for col in ("", "nodes", "devices", "layout", "step s", "MFU", "tokens/s", "time", "GPU-hours", "cost"):
+    planned = [point.plan for point in points if point.plan is not None]
+    for col in ("", "nodes", "devices", "layout", "step s", "MFU", "tokens/s", "time",
+                hours_name(planned[0]) if planned else "GPU-hours", "cost"):
         table.add_column(col, justify="left" if col in ("", "layout") else "right", no_wrap=True)
     on_front = {id(p) for p in front}
     longest = max((point.training["days"] for point in points if point.plan is not None), default=None)
