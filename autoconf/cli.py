@@ -396,8 +396,9 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
     from autoconf.spec.presets import load_model
 
     model = load_model(model_arg)
-    cluster = with_overrides(load_cluster(cluster_arg, nodes, gpus_per_node), memory_headroom, collective_sm_share)
-    _unmeasured_links(cluster_arg, cluster.nodes)
+    written = load_cluster(cluster_arg)
+    cluster = with_overrides(written.resized(nodes, gpus_per_node), memory_headroom, collective_sm_share)
+    _unmeasured_links(written, cluster.nodes)
     if dtype:
         check_dtype(dtype, cluster.device.peak_flops, cluster.device.name)
     if selective_recompute is not None and recompute != "selective":
@@ -537,9 +538,10 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
         raise UserError("--price, --deadline and a --nodes range need --tokens (how many tokens to train on, e.g. "
                         "--tokens 2T)")
     model = load_model(model_arg)
-    cluster = with_overrides(load_cluster(cluster_arg, node_counts[0] if node_counts else None, gpus_per_node),
+    written = load_cluster(cluster_arg)
+    cluster = with_overrides(written.resized(node_counts[0] if node_counts else None, gpus_per_node),
                              memory_headroom, collective_sm_share)
-    _unmeasured_links(cluster_arg, max(node_counts or [cluster.nodes]))
+    _unmeasured_links(written, max(node_counts or [cluster.nodes]))
     odd = [n for n in node_counts or () if not cluster.takes_nodes(n)]
     if odd and len(node_counts) > 1:  # (a size the range made, which the user never typed)
         domain = cluster.nodes_per_domain
@@ -855,12 +857,10 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
         click.echo(f"wrote {path}")
 
 
-def _unmeasured_links(cluster_arg: str, nodes: int) -> None:
-    """Prints `ClusterProfile.unmeasured_links_note` of the profile `cluster_arg` names, as written, for plans on
-    `nodes` nodes to stderr where there is one."""
-    from autoconf.spec.cluster import load_cluster
-
-    note = load_cluster(cluster_arg).unmeasured_links_note(nodes)
+def _unmeasured_links(written, nodes: int) -> None:
+    """Prints `ClusterProfile.unmeasured_links_note` of profile `written` (as its file has it, not resized) for
+    plans on `nodes` nodes to stderr where there is one."""
+    note = written.unmeasured_links_note(nodes)
     if note:
         click.echo(f"autoconf: note: {note}", err=True)
 

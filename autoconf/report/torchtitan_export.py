@@ -204,12 +204,12 @@ def torchtitan_config(plan: Plan, summary: str) -> str:
                      f"(FlexAttention) all-gathers K/V for context parallelism and has no ring setting, so its K/V "
                      f"exchange is the allgather one (cp_comm allgather)")
     torchtitan = execution("torchtitan")  # (its rules, for a plan made for another framework)
-    if torchtitan.expert_mesh_problem(c):
-        notes.append(f"torchtitan {TORCHTITAN_VERSION} cannot build this expert mesh: "
-                     f"{torchtitan.expert_mesh_problem(c)}")
-    if torchtitan.cp_sharding_problem(c):
+    mesh, sharding = torchtitan.expert_mesh_problem(c), torchtitan.cp_sharding_problem(c)
+    if mesh:
+        notes.append(f"torchtitan {TORCHTITAN_VERSION} cannot build this expert mesh: {mesh}")
+    if sharding:
         notes.append(f"the plan's ZeRO-0 runs as ZeRO-3 over the CP ranks in torchtitan {TORCHTITAN_VERSION}: "
-                     f"{torchtitan.cp_sharding_problem(c)}")
+                     f"{sharding}")
     if c.zero_sharded and c.pp == 1 and c.num_microbatches > 1 and c.grad_reduce == "step":
         notes.append(f"torchtitan {TORCHTITAN_VERSION} reduce-scatters the gradients after every accumulation step "
                      f"(grad_reduce microbatch); the plan holds them unsharded and reduces once per step (more "

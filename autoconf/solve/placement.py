@@ -230,14 +230,7 @@ def _ring_factor(n: int) -> float:
 def placement_cost_breakdown(mesh, links: LinkModel, tp_bytes: float, pp_bytes: float, dp_bytes: float,
                              weights: tuple[float, ...] = (1.0, 1.0, 1.0), cp_bytes: float = 0.0) -> dict[str, float]:
     """{"tp", "pp", "dp", "cp", "total"} in seconds per step (see the module docstring)."""
-    mesh = np.asarray(mesh)
-    cost = {"tp": 0.0, "pp": 0.0, "dp": 0.0, "cp": 0.0}
-    volume = _volumes(tp_bytes, pp_bytes, dp_bytes, cp_bytes)
-    for dim, group in _groups(mesh):
-        cost[dim] = max(cost[dim], _group_time(dim, group, links, volume[dim]))
-    w = _weights(weights)
-    cost["total"] = w["tp"] * cost["tp"] + w["pp"] * cost["pp"] + w["dp"] * cost["dp"] + w["cp"] * cost["cp"]
-    return cost
+    return _mesh_sums(mesh, links, (tp_bytes, pp_bytes, dp_bytes, cp_bytes), weights)[0]
 
 
 def placement_cost(mesh, links: LinkModel, tp_bytes: float, pp_bytes: float, dp_bytes: float,
@@ -406,7 +399,7 @@ def _swaps(n: int, block: int, blocks_whole: int | None = None, within: bool = T
 def _local_search(mesh, links, volumes, weights, deadline, moves) -> np.ndarray:
     """Deterministic first-improvement swap search on the cost, from `mesh` and from `mesh` with each host's devices
     chained along their fastest links (`_fast_chains`), each directly and after a first search on a smooth sum
-    (every group's time, `_group_time_sum`; every edge's, `_edge_time_sum`): the cost is a maximum over groups,
+    (every group's time, every edge's: `_mesh_sums`): the cost is a maximum over groups,
     which one swap rarely lowers while the other groups stay as slow (a ring crosses its slowest link whatever its
     others are), so from the default order on a node whose links pair its devices in fast islands no single swap
     lowers it, while the sums fall with each slow link a group gives up. Ties of the cost are broken by the sum of
@@ -417,16 +410,14 @@ def _local_search(mesh, links, volumes, weights, deadline, moves) -> np.ndarray:
     shape = np.asarray(mesh).shape
 
     def exact(arr):
-        br = _cost(arr.reshape(shape), links, volumes, weights)
-        return br["total"], br["tp"] + br["pp"] + br["dp"] + br["cp"], _edge_time_sum(arr.reshape(shape), links,
-                                                                                       volumes, weights)
+        br, _, edges = _mesh_sums(arr.reshape(shape), links, volumes, weights)
+        return br["total"], br["tp"] + br["pp"] + br["dp"] + br["cp"], edges
 
     def by_groups(arr):
-        return (_group_time_sum(arr.reshape(shape), links, volumes, weights),
-                _edge_time_sum(arr.reshape(shape), links, volumes, weights))
+        return _mesh_sums(arr.reshape(shape), links, volumes, weights)[1:]
 
     def by_edges(arr):
-        return (_edge_time_sum(arr.reshape(shape), links, volumes, weights),)
+        return _mesh_sums(arr.reshape(shape), links, volumes, weights)[2:]
 
     start = np.asarray(mesh).reshape(-1).copy()
     chained = _fast_chains(start, links)
@@ -495,38 +486,34 @@ def _swap_search(flat: np.ndarray, score, deadline, moves) -> np.ndarray:
     return flat
 
 
-def _group_time_sum(mesh, links, volumes, weights) -> float:
-    """The weighted sum over every group of the mesh of its time (`placement_cost_breakdown`'s terms, summed
-    where the cost takes each dimension's slowest)."""
+def _mesh_sums(mesh, links, volumes, weights) -> tuple[dict[str, float], float, float]:
+    """In one pass over the groups of the mesh: `placement_cost_breakdown` (each dimension's slowest group), the
+    weighted sum of every group's time (where the cost takes the slowest), and the weighted sum over every ring edge
+    and pipeline pair of its alpha plus its share of its group's volume over its bandwidth: how slow the links the
+    groups use are, where a group's time reads only its slowest (a ring of four straddling two islands has two slow
+    edges, or four)."""
     volume, w = _volumes(*volumes), _weights(weights)
-    total = 0.0
-    for dim, group in _groups(np.asarray(mesh)):
-        total += w[dim] * _group_time(dim, group, links, volume[dim])
-    return total
-
-
-def _edge_time_sum(mesh, links, volumes, weights) -> float:
-    """The weighted sum over every ring edge and pipeline pair of the mesh of its alpha plus its share of its group's
-    volume over its bandwidth: how slow the links the groups use are, where a group's time reads only its
-    slowest (a ring of four straddling two islands has two slow edges, or four)."""
-    volume, w = _volumes(*volumes), _weights(weights)
-    total = 0.0
+    cost = {"tp": 0.0, "pp": 0.0, "dp": 0.0, "cp": 0.0}
+    group_sum = edge_sum = 0.0
     for dim, group in _groups(np.asarray(mesh)):
         ends = [tuple(group)] if dim == "pp" else _ring_edges(group)
+        edges = [link(links, int(i), int(j)) for i, j in ends]
+        time = _group_time(dim, group, edges, volume[dim])
+        cost[dim] = max(cost[dim], time)
+        group_sum += w[dim] * time
         share = volume[dim] * (1.0 if dim == "pp" else _ring_factor(len(group)))
-        for i, j in ends:
-            alpha, bandwidth = link(links, int(i), int(j))
-            total += w[dim] * (alpha + share / bandwidth)
-    return total
+        for alpha, bandwidth in edges:
+            edge_sum += w[dim] * (alpha + share / bandwidth)
+    cost["total"] = w["tp"] * cost["tp"] + w["pp"] * cost["pp"] + w["dp"] * cost["dp"] + w["cp"] * cost["cp"]
+    return cost, group_sum, edge_sum
 
 
-def _group_time(dim: str, group, links, volume: float) -> float:
-    """Seconds of one group: a pipeline pair's transfer, or a ring all-reduce at its largest alpha and smallest
-    bandwidth (comm.py's rules; 0 for a one-rank ring)."""
+def _group_time(dim: str, group, edges: list[tuple[float, float]], volume: float) -> float:
+    """Seconds of one group over its `edges` ((alpha, bandwidth) of its ring's links, or its pipeline pair's): a
+    pipeline pair's transfer, or a ring all-reduce at its largest alpha and smallest bandwidth (comm.py's rules; 0
+    for a one-rank ring)."""
     if dim == "pp":
-        a, bw = link(links, int(group[0]), int(group[1]))
-        return transfer_time(volume, a, bw)
-    edges = [link(links, int(i), int(j)) for i, j in _ring_edges(group)]
+        return transfer_time(volume, *edges[0])
     if not edges:
         return 0.0
     return ring_time("all_reduce", volume, len(group), max(a for a, _ in edges), min(bw for _, bw in edges))

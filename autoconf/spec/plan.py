@@ -450,16 +450,15 @@ def sequence_parallel_problem(seq_len: int, tp: int, cp: int = 1, chunks: int = 
     """Why sequence parallelism cannot split a rank's tokens of each sequence over its `tp` ranks: the seq_len / cp
     tokens of its share, and of each of seq1f1b's `chunks` chunks; None when it can. The one rule the config's
     problems and the search's candidates read."""
-    step = tp * cp * chunks // math.gcd(cp, chunks)  # (the smallest seq_len both splits take)
-    fix = (f"use a seq_len divisible by {step} (e.g. {seq_len + step - seq_len % step}), or drop sequence_parallel "
-           f"(with tp {tp})")
     if seq_len % cp or (seq_len // cp) % tp:
-        return (f"sequence_parallel needs tp {tp} to divide the {seq_len} / cp {cp} tokens of each rank's sequence "
-                f"share; {fix}")
-    if chunks > 1 and (seq_len // chunks) % tp:
-        return (f"sequence_parallel needs tp {tp} to divide each of the seq_chunks {chunks} chunks' "
-                f"{seq_len // chunks} tokens; {fix}")
-    return None
+        problem = f"the {seq_len} / cp {cp} tokens of each rank's sequence share"
+    elif chunks > 1 and (seq_len // chunks) % tp:
+        problem = f"each of the seq_chunks {chunks} chunks' {seq_len // chunks} tokens"
+    else:
+        return None
+    step = tp * cp * chunks // math.gcd(cp, chunks)  # (the smallest seq_len both splits take)
+    return (f"sequence_parallel needs tp {tp} to divide {problem}; use a seq_len divisible by {step} (e.g. "
+            f"{seq_len + step - seq_len % step}), or drop sequence_parallel (with tp {tp})")
 
 
 def _cp_divisors(seq_len: int, devices: int | None = None, at_most: int = 64) -> str:
