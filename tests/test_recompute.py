@@ -14,11 +14,12 @@ from rich.console import Console
 from autoconf.cost.estimate import estimate, predict
 from autoconf.errors import UserError
 from autoconf.report.tables import prediction_table
-from autoconf.solve.recompute import fewest_recomputed
+from autoconf.solve.recompute import fewest_recomputed, rebalanced
 from autoconf.solve.search import search
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.plan import ParallelConfig, Plan, recomputed_layers, uniform_partition
 from autoconf.spec.presets import PRESETS
+from autoconf.spec.schedules import stage_to_rank
 
 # A six-layer Llama-3.1-8B (its 128k context) on four H100: at seq 28672 and micro-batch 4 some stages must
 # recompute, not all (one stage per rank under 1F1B: at seq 32768, as compiled blocks keep less; GPipe, which holds
@@ -70,6 +71,30 @@ def test_with_two_stages_per_rank_the_fewest_total_per_rank_fits():
     for ks in itertools.product(*(range(end - first + 1) for first, end in partition)):
         if any(ks) and _time(dataclasses.replace(config, recompute_layers=ks), partition) < float("inf"):
             assert all(a <= b for a, b in zip(per_rank(counts), per_rank(ks))), (counts, ks)
+
+
+@pytest.mark.parametrize("schedule,vpp,seq,micro_batch", [("looped-bfs", 2, 16384, 4), ("looped-bfs", 3, 28672, 2),
+                                                           ("interleaved-1f1b", 3, 32768, 4)])
+def test_rebalancing_a_ranks_recomputed_layers_finds_the_fastest_split_of_its_total(schedule, vpp, seq, micro_batch):
+    """Several stages per rank: moving recomputed layers between a rank's stages (`rebalanced`) keeps each rank's
+    total, fits, is never slower than the fewest counts' greedy split, and here reaches the fastest of every vector
+    with the same per-rank totals (brute force); under looped BFS the greedy split is slower than that."""
+    config = _config(schedule, vpp=vpp, seq_len=seq, micro_batch_size=micro_batch)
+    partition = uniform_partition(MODEL.num_layers, 2 * vpp)
+    owner = stage_to_rank(schedule, 2, vpp)
+
+    def totals(ks):
+        return [sum(k for s, k in enumerate(ks) if owner[s] == r) for r in range(2)]
+
+    chosen = fewest_recomputed(MODEL, CLUSTER, config, partition)
+    moved, moved_time = rebalanced(MODEL, CLUSTER, chosen, partition, None)
+    assert totals(moved.recompute_layers) == totals(chosen.recompute_layers)
+    assert moved_time == _time(moved, partition) <= _time(chosen, partition) < float("inf")
+    fastest = min(_time(dataclasses.replace(config, recompute_layers=ks), partition)
+                  for ks in itertools.product(*(range(end - first + 1) for first, end in partition))
+                  if totals(ks) == totals(chosen.recompute_layers))
+    assert moved_time == fastest
+    assert (moved_time < _time(chosen, partition)) == (schedule == "looped-bfs")
 
 
 def test_counts_that_need_no_recompute_or_every_layer_come_back_in_the_old_form():

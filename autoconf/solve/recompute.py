@@ -27,12 +27,17 @@ With several stages per rank (interleaved and V schedules) a rank's memory is a 
 recomputed layer of stage s saving inflight[s] x (plain - recomputed) bytes: the least total count that fits takes
 layers from the stages with the most micro-batches in flight first (the greedy choice is optimal for the count,
 every layer costing the same time). The rank's busy time is the same for every split of that total; which stage
-carries it may move the bubble, which is not searched.
+carries it may move the bubble, which the search does not weigh: the refinement of its top plans moves recomputed
+layers between a rank's stages while the estimate says the step gets shorter (`rebalanced`; 0.2-2% on the cases a
+search audit found).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+
+import numpy as np
 
 from autoconf.cost.cp_ring import torch_ring
 from autoconf.cost.estimate import Execution, predict, schedule_inflight
@@ -144,3 +149,38 @@ def fewest_counts(model: ModelSpec, cluster: ClusterProfile, config: ParallelCon
             else:
                 low[r] = probe[r]
     return counts_of(chosen)
+
+
+def rebalanced(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list,
+               mesh: np.ndarray | None, execution: Execution = Execution()) -> tuple[ParallelConfig, float]:
+    """(config, fast estimate of its step) with `config`'s recomputed layers moved one at a time between stages of
+    one pipeline rank, each time the move that shortens the estimated step most while the plan fits, until no such
+    move shortens it. Each rank keeps its total count (so its busy time), and the result is never slower than
+    `config` (which comes back unchanged where no move helps, or when its counts are None or each rank holds one
+    stage). Deterministic: moves are tried in a fixed order and only a strictly shorter step is taken."""
+    def step(counts: tuple[int, ...]) -> float:
+        p = predict(model, cluster, dataclasses.replace(config, recompute_layers=counts), partition=partition,
+                    mesh=mesh, execution=execution, detail=False)[3]
+        return p["iteration_time_s"] if p["fits"] else math.inf
+
+    n, layers = len(partition), [end - first for first, end in partition]
+    owner = stage_to_rank(config.schedule, config.pp, config.vpp)
+    # (dualpipe's copy s is model stage s % n; its mirror ranks hold the same two model stages)
+    pairs = sorted({(a % n, b % n) for a in range(len(owner)) for b in range(len(owner))
+                    if owner[a] == owner[b] and a % n != b % n})
+    best_time = step(config.recompute_layers) if config.recompute_layers is not None else math.inf
+    if config.recompute_layers is None or not pairs:
+        return config, best_time
+    counts = tuple(config.recompute_layers)
+    while True:
+        found = None
+        for a, b in pairs:
+            if counts[a] == 0 or counts[b] == layers[b]:
+                continue
+            moved = tuple(k - (s == a) + (s == b) for s, k in enumerate(counts))
+            t = step(moved)
+            if t < (best_time if found is None else found[0]):
+                found = (t, moved)
+        if found is None:
+            return dataclasses.replace(config, recompute_layers=counts), best_time
+        best_time, counts = found

@@ -37,7 +37,7 @@ from autoconf.spec.support import dtype_unsupported_reason, unsupported_reason
 from autoconf.solve.bounds import BoundCache
 from autoconf.solve.fit import smallest_fitting_change
 from autoconf.solve.placement import host_chain_order, tp_cp_domain
-from autoconf.solve.recompute import fewest_counts, fewest_recomputed
+from autoconf.solve.recompute import fewest_counts, fewest_recomputed, rebalanced
 from autoconf.solve.space import CP_MIN_SEQ_LEN, candidates, normalise_fixed, pin_text, replaced
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
@@ -609,7 +609,8 @@ def _refine(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, e
     """The detailed estimate of `config` with the CP-SAT placement and partition, each kept only where the (fast)
     estimate predicts it faster than the default and the plan still fits. `default_time` is the fast estimate of the
     default layout (the search's full simulation of a fitting config). With `per_stage`, each partition tried
-    recomputes the fewest layers per stage that fit it (`fewest_recomputed`)."""
+    recomputes the fewest layers per stage that fit it (`fewest_recomputed`), and the chosen one's recomputed layers
+    then move between a rank's stages where that shortens the step (`rebalanced`)."""
     from autoconf.solve.refine import refined_mesh, refined_partition_by_estimate
 
     def fast(partition=None, mesh=None) -> float:
@@ -630,6 +631,9 @@ def _refine(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, e
                                                               best_time, time_limit_s=limit, per_stage=per_stage)
     if per_stage and best_partition is not None:
         config = fewest_recomputed(model, cluster, every, best_partition, execution)
+    if per_stage:
+        config, _ = rebalanced(model, cluster, config, best_partition or default_partition(model, config), best_mesh,
+                               execution)
     return estimate(model, cluster, config, partition=best_partition, mesh=best_mesh, execution=execution)
 
 
