@@ -94,11 +94,11 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     only the few refined candidates would have been placed well); the plans' meshes name the profile's devices.
     """
     order = host_chain_order(cluster)
+    options = (global_batch, seq_len, dtype, attention, fixed, top_k, execution, refine, partition_time_s,
+               placement_time_s, launchable_only)
     if order is None:
-        return _search(model, cluster, global_batch, seq_len, dtype, attention, fixed, top_k, execution, refine,
-                       partition_time_s, placement_time_s, launchable_only)
-    result = _search(model, cluster.with_local_order(order), global_batch, seq_len, dtype, attention, fixed, top_k,
-                     execution, refine, partition_time_s, placement_time_s, launchable_only)
+        return _search(model, cluster, *options)
+    result = _search(model, cluster.with_local_order(order), *options)
     g = cluster.gpus_per_node
     for plan in result.plans:
         mesh = np.asarray(plan.placement["mesh"])
