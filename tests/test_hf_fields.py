@@ -46,7 +46,8 @@ def test_transformers_5_rope_parameters_are_read_by_the_dense_importer():
     ({**QWEN3_MOE, "decoder_sparse_step": 2.5}, "decoder_sparse_step must be a positive integer"),
     ({**QWEN3_MOE, "decoder_sparse_step": "2"}, "decoder_sparse_step must be a positive integer"),
     ({**QWEN3_MOE, "norm_topk_prob": "true"}, "norm_topk_prob must be true or false"),
-    ({**QWEN3_MOE, "use_sliding_window": True}, "slides attention windows but sets no sliding_window"),
+    ({**LLAMA, "model_type": "qwen2", "use_sliding_window": True, "sliding_window": None,
+      "layer_types": ["sliding_attention"] * 2}, "slides attention windows but sets no sliding_window"),
     ({**LLAMA, "hidden_act": "gelu"}, "llama with hidden_act \"gelu\" is not modelled .* set hidden_act to 'silu'"),
     ({**QWEN3_MOE, "hidden_act": "relu"}, "qwen3_moe with hidden_act \"relu\" is not modelled"),
     ({"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 100, "activation_function": "relu"},
@@ -131,7 +132,8 @@ def test_sliding_windows_are_read_per_layer_and_limit_no_sequence():
     assert from_hf_config({**qwen, "use_sliding_window": True}, "q").full_attention_layers == ()
     above_1 = from_hf_config({**qwen, "use_sliding_window": True, "max_window_layers": 1}, "q")
     assert [above_1.attention_window(i) for i in range(4)] == [None, 512, 512, 512]
-    alternating = from_hf_config({**qwen, "layer_types": ["sliding_attention", "full_attention"] * 2}, "q")
+    alternating = from_hf_config({**qwen, "use_sliding_window": True,
+                                  "layer_types": ["sliding_attention", "full_attention"] * 2}, "q")
     assert (alternating.sliding_window, alternating.full_attention_layers) == (512, (1, 3))
     assert load_model_json(alternating) == alternating and alternating.to_dict()["full_attention_layers"] == [1, 3]
     slides_from_layer_4 = {**qwen, "use_sliding_window": True, "max_window_layers": 4}  # of 4 layers: none slides
@@ -507,25 +509,85 @@ def test_yarn_is_read_as_transformers_reads_it_and_round_trips():
                                                       "partial_rotary_factor": 0.5}}, "q")
 
 
+WINDOWED = {"use_sliding_window": True, "sliding_window": 512, "num_hidden_layers": 32}
+
+
+@pytest.mark.parametrize("config", [
+    {**LLAMA, **WINDOWED, "model_type": "qwen2"},  # no max_window_layers: the class's 28
+    {**LLAMA, **WINDOWED, "model_type": "qwen3", "max_window_layers": 4},
+    {**QWEN3_MOE, **WINDOWED, "model_type": "qwen2_moe", "max_window_layers": 6},  # the even layers below 6
+    {**QWEN3_MOE, **WINDOWED, "max_window_layers": 4},  # Qwen3-MoE slides every layer
+    {**LLAMA, **WINDOWED, "model_type": "mistral"}, {**MIXTRAL, **WINDOWED},
+    {**LLAMA, **WINDOWED},  # Llama's attention reads no window: a stray key is ignored, as transformers ignores it
+    {**DEEPSEEK_V3, **WINDOWED},
+], ids=lambda config: config["model_type"])
+def test_the_layers_that_slide_are_those_transformers_slides(config):
+    """Thirtieth session's review: a Llama or DeepSeek config with a stray sliding_window was planned with every
+    layer windowed, Qwen2 under use_sliding_window without max_window_layers from the first layer (transformers:
+    28), Qwen3-MoE's max_window_layers read where transformers slides every layer. Each layer's window is the one
+    transformers' model applies: the config class's layer_types where its attention reads them, else the config's
+    window on every layer of the types whose attention takes it (Mistral, Mixtral, Qwen3-MoE), else none."""
+    transformers = pytest.importorskip("transformers")
+    ours = from_hf_config(config, "w")
+    theirs = transformers.CONFIG_MAPPING[config["model_type"]].from_dict(config)
+    window = getattr(theirs, "sliding_window", None)
+    if config["model_type"] in ("qwen2", "qwen3", "qwen2_moe"):
+        expected = [window if kind == "sliding_attention" else None for kind in theirs.layer_types]
+    elif config["model_type"] in ("mistral", "mixtral", "qwen3_moe"):
+        expected = [window] * theirs.num_hidden_layers
+    else:
+        expected = [None] * theirs.num_hidden_layers
+    assert [ours.attention_window(i) for i in range(ours.num_layers)] == expected
+    assert any(expected) == (config["model_type"] not in ("llama", "deepseek_v3"))
+
+
+def test_qwen_layer_types_that_slide_without_the_switch_are_refused():
+    """Qwen's config class sets no window unless use_sliding_window (transformers' sliding mask then fails)."""
+    qwen = {**LLAMA, "model_type": "qwen2", "sliding_window": 512, "layer_types": ["sliding_attention"] * 2}
+    with pytest.raises(UserError, match="layer_types slides attention windows but use_sliding_window is false"):
+        from_hf_config(qwen, "q")
+    assert from_hf_config({**qwen, "use_sliding_window": True}, "q").full_attention_layers == ()
+
+
+# Sizes no class default derives (Qwen's 32 KV heads and 128-wide heads, Llama's heads of hidden / heads): with the
+# class defaults alone a key left out may read the same by coincidence (Qwen3's head_dim 128 = 4096 / 32).
+SIZED = {"hidden_size": 4096, "num_attention_heads": 64, "num_key_value_heads": 16}
+# What a class leaves without a value and its model needs (DeepSeek-V2's top-k: V2-Lite's 6).
+COMPLETED = {"deepseek_v2": {"num_experts_per_tok": 6}}
+
+
+@pytest.mark.parametrize("sized", [False, True], ids=["class-defaults", "sized"])
 @pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe",
-                                        "deepseek_v3", "gpt_oss", "gpt2"])
-def test_a_key_left_out_reads_as_transformers_reads_it_or_is_refused_by_name(model_type):
+                                        "deepseek_v2", "deepseek_v3", "gpt_oss", "gpt2"])
+def test_a_key_left_out_reads_as_transformers_reads_it_or_is_refused_by_name(model_type, sized):
     """Sixth review: a Mixtral config without num_key_value_heads was read as multi-head, without rope_theta as 10000,
     without max_position_embeddings as 4096 tokens; transformers' MixtralConfig fills in 8, 1e6 and 131072. Every
-    key of the model type's config class (its defaults written out whole), left out, gives the spec of the whole
-    config, or a refusal naming a key (those that size the model: spec/hf_defaults.py)."""
+    key of the model type's config class (its defaults written out whole, and with SIZED widths), left out, gives
+    the spec of what transformers' class makes of the config without it (written out whole), or a refusal naming a
+    key (those that size the model: spec/hf_defaults.py). Thirtieth session's review: Qwen3 without head_dim was
+    read with heads of hidden / heads (transformers: 128), Qwen2 and Qwen3 without num_key_value_heads as multi-head
+    (32), DeepSeek-V2 without n_shared_experts as none (2), Qwen2 with use_sliding_window but no max_window_layers
+    as sliding from the first layer (28)."""
     transformers = pytest.importorskip("transformers")
-    whole = json.loads(transformers.CONFIG_MAPPING[model_type]().to_json_string(use_diff=False))
-    spec = from_hf_config(whole, "x")
+    config_class = transformers.CONFIG_MAPPING[model_type]
+
+    def written_whole(config: dict) -> dict:
+        return json.loads(config_class.from_dict(config).to_json_string(use_diff=False))
+
+    whole = written_whole(COMPLETED.get(model_type, {}))
+    if sized:
+        whole = written_whole({**whole, **{k: v for k, v in SIZED.items() if k in whole}, "layer_types": None})
+    from_hf_config(whole, "x")
     refused = []
     for key in whole:
+        less = {k: v for k, v in whole.items() if k != key}
         try:
-            less = from_hf_config({k: v for k, v in whole.items() if k != key}, "x")
+            ours = from_hf_config(less, "x")
         except UserError as err:
             assert key in str(err), (key, str(err))
             refused.append(key)
             continue
-        assert less == spec, key
+        assert ours == from_hf_config(written_whole(less), "x"), key
     assert "model_type" in refused and len(refused) < len(whole) / 2
 
 

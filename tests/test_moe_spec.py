@@ -158,6 +158,20 @@ def test_unknown_moe_family_and_nested_expert_keys_are_refused():
         from_hf_config(nested, "nested")
 
 
+@pytest.mark.parametrize("experts, shown", [("8", 'num_local_experts="8"'), ([4, 4], "num_local_experts=\\[4, 4\\]"),
+                                            ({"text_config": {"ffn": {"num_local_experts": 8}}},
+                                             "text_config.ffn.num_local_experts=8")])
+def test_expert_keys_of_any_json_kind_or_two_objects_down_are_refused(experts, shown):
+    """Thirtieth session's review: a dense-type config whose expert count was a string, a list or two objects down
+    was read as a dense model."""
+    config = {k: v for k, v in PRESET_CONFIGS["mixtral-8x7b"].items()
+              if k not in ("num_local_experts", "num_experts_per_tok")}
+    config = {**config, "model_type": "llama",
+              **(experts if isinstance(experts, dict) else {"num_local_experts": experts})}
+    with pytest.raises(UserError, match=f"dense family but the config has mixture-of-experts keys \\({shown}\\)"):
+        from_hf_config(config, "m")
+
+
 @pytest.mark.parametrize("freq", [0.5, "2", -2, True])
 def test_deepseek_moe_layer_freq_must_be_a_positive_integer(freq):
     """A fractional or textual moe_layer_freq is one line, not a model whose every layer is read as MoE."""

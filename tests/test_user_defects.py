@@ -821,7 +821,10 @@ def test_output_paths_and_inputs_that_are_the_wrong_kind_are_named(tmp_path):
     ({"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2}, "names no model_type"),
     ({"text_config": {"model_type": "llama"}, "vision_config": {}}, "names no model_type"),
     ({"model_type": "llava", "architectures": ["LlavaForConditionalGeneration"], "text_config": {
-        "model_type": "llama"}, "vision_config": {}}, "a multimodal config: save its text_config object"),
+        "model_type": "llama"}, "vision_config": {}}, "a multimodal config whose text_config is of type 'llama', read "
+                                                     "too: save that object as its own config.json"),
+    ({"model_type": "gemma3", "text_config": {"model_type": "gemma3_text"}, "vision_config": {}},
+     "unsupported model_type 'gemma3'; supported:"),  # (its text model is not read either: no such advice)
 ])
 def test_a_hugging_face_config_without_its_type_is_named_as_one(tmp_path, config, needle):
     """Fourth fuzz round: a Hugging Face config.json without model_type was read as autoconf's own model JSON and

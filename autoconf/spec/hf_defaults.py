@@ -30,6 +30,8 @@ GPT_OSS_YARN = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_sl
 Defaults = tuple[tuple[str, ...], dict[str, object | Callable[[dict], object]]]
 _NORM_1E6 = ((("rms_norm_eps",), {"rms_norm_eps": 1e-6}),)
 _ROUTER = ((("router_aux_loss_coef",), {"router_aux_loss_coef": 0.001}),)
+# Qwen2's, Qwen3's and Qwen2-MoE's window under use_sliding_window, and the layer it starts (or stops) at.
+_QWEN_WINDOWS = ((("sliding_window",), {"sliding_window": 4096}), (("max_window_layers",), {"max_window_layers": 28}))
 
 
 def _one(key: str, value) -> tuple[Defaults]:
@@ -44,16 +46,19 @@ TRANSFORMERS_DEFAULTS: dict[str, tuple[Defaults, ...]] = {
     "llama": (*_one("max_position_embeddings", 2048), *_NORM_1E6),
     "mistral": (*_one("num_key_value_heads", 8), *_one("max_position_embeddings", 4096 * 32),
                 *_one("sliding_window", 4096), *_NORM_1E6),
-    "qwen2": (*_one("max_position_embeddings", 32768), *_NORM_1E6),
-    "qwen3": (*_one("max_position_embeddings", 32768), *_NORM_1E6),
+    "qwen2": (*_one("num_key_value_heads", 32), *_one("max_position_embeddings", 32768), *_QWEN_WINDOWS,
+              *_NORM_1E6),
+    "qwen3": (*_one("num_key_value_heads", 32), *_one("head_dim", 128), *_one("max_position_embeddings", 32768),
+              *_QWEN_WINDOWS, *_NORM_1E6),
     "mixtral": (*_one("num_key_value_heads", 8), *_one("max_position_embeddings", 4096 * 32), *_theta(1e6),
                 *_ROUTER),
     "qwen2_moe": (*_one("num_key_value_heads", 16), *_one("max_position_embeddings", 32768),
                   *_one("intermediate_size", 5632), *_one("shared_expert_intermediate_size", 5632), *_ROUTER,
-                  *_NORM_1E6),
+                  *_QWEN_WINDOWS, *_NORM_1E6),
     "qwen3_moe": (*_one("num_key_value_heads", 4), *_one("max_position_embeddings", 32768),
-                  *_one("intermediate_size", 6144), *_ROUTER, *_NORM_1E6),
-    "deepseek_v2": (*_one("num_key_value_heads", 32), *_one("max_position_embeddings", 2048), *_NORM_1E6),
+                  *_one("intermediate_size", 6144), *_one("sliding_window", 4096), *_ROUTER, *_NORM_1E6),
+    "deepseek_v2": (*_one("num_key_value_heads", 32), *_one("max_position_embeddings", 2048),
+                    *_one("n_shared_experts", 2), *_one("q_lora_rank", 1536), *_NORM_1E6),
     "deepseek_v3": (*_one("num_key_value_heads", 128), *_one("max_position_embeddings", 4096),
                     *_one("first_k_dense_replace", 3), *_one("n_shared_experts", 1),
                     *_one("routed_scaling_factor", 2.5), *_one("q_lora_rank", 1536),

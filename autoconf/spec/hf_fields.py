@@ -331,26 +331,52 @@ def _layer_types(config: dict, name: str) -> list | None:
     return layer_types
 
 
-def sliding_window(config: dict, model_type: str, name: str) -> dict:
-    """The spec's `sliding_window` and `full_attention_layers` of a config: transformers 5's `layer_types` when given
-    (its "sliding_attention" layers slide, its "full_attention" ones do not), else Qwen's `use_sliding_window` for
-    the layers from `max_window_layers` on (absent: from the first), else Mistral's `sliding_window`, when set, for
-    every layer. No sliding layer: no window."""
-    layer_types = _layer_types(config, name)
-    layers = config.get("num_hidden_layers")
-    full: tuple = ()
-    if layer_types is not None:
-        slides, why = "sliding_attention" in layer_types, "layer_types has sliding_attention"
-        full = tuple(i for i, kind in enumerate(layer_types) if kind == "full_attention")
-    elif model_type.startswith("qwen"):
-        why = "use_sliding_window is true"
-        slides = hf_bool(config, "use_sliding_window", False, name)
-        if slides:
-            first = hf_int(config, "max_window_layers", name, "the layers before the sliding ones", None, least=0)
-            if first is not None and isinstance(layers, int) and not isinstance(layers, bool):
-                slides, full = first < layers, tuple(range(min(first, layers)))
+# Whose attention slides, and by which keys: transformers 5's modelling code of each type. The Qwen types slide only
+# under `use_sliding_window` (else their config class sets no window); Qwen2, Qwen3, Qwen2-MoE and GPT-OSS read each
+# layer's kind from `layer_types` (absent: their config class derives it), Mistral, Mixtral and Qwen3-MoE slide every
+# layer when a window is set; Llama, DeepSeek and GPT-2 read no window at all (a stray key there is ignored, as
+# transformers ignores it).
+SWITCHED_WINDOWS = ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")
+LAYER_TYPES_READERS = ("qwen2", "qwen3", "qwen2_moe", "gpt_oss")
+EVERY_LAYER_WINDOWS = ("mistral", "mixtral", "qwen3_moe")
+
+
+def _derived_layer_types(config: dict, model_type: str, name: str, layers: int) -> list[str]:
+    """The layer_types a Qwen config class derives when the config gives none and `use_sliding_window` is on: Qwen2
+    and Qwen3 slide the layers from `max_window_layers` on, Qwen2-MoE (transformers 5) the even-numbered layers
+    below it."""
+    first = hf_int(config, "max_window_layers", name, "the layers the sliding window starts or stops at", 0,
+                   least=0)
+    if model_type == "qwen2_moe":
+        slides = [i % 2 == 0 and i < first for i in range(layers)]
     else:
-        slides, why = config.get("sliding_window") is not None, "sliding_window is set"
+        slides = [i >= first for i in range(layers)]
+    return ["sliding_attention" if slide else "full_attention" for slide in slides]
+
+
+def sliding_window(config: dict, model_type: str, name: str) -> dict:
+    """The spec's `sliding_window` and `full_attention_layers` of a config, the layers that slide as transformers 5
+    slides them for `model_type` (SWITCHED_WINDOWS, LAYER_TYPES_READERS, EVERY_LAYER_WINDOWS). No sliding layer: no
+    window."""
+    layers = config.get("num_hidden_layers")
+    switched = model_type not in SWITCHED_WINDOWS or hf_bool(config, "use_sliding_window", False, name)
+    layer_types = _layer_types(config, name)  # (checked whoever reads them)
+    full: tuple = ()
+    if model_type in LAYER_TYPES_READERS:
+        why = "layer_types has sliding_attention"
+        if layer_types is None and switched and model_type in SWITCHED_WINDOWS and isinstance(layers, int) \
+                and not isinstance(layers, bool):
+            layer_types, why = _derived_layer_types(config, model_type, name, layers), "use_sliding_window is true"
+        slides = layer_types is not None and "sliding_attention" in layer_types
+        if slides and not switched:
+            raise UserError(f"{name}: layer_types slides attention windows but use_sliding_window is false, under "
+                            f"which {model_type} sets no window; set use_sliding_window to true, or no sliding layer")
+        if slides:
+            full = tuple(i for i, kind in enumerate(layer_types) if kind == "full_attention")
+    elif model_type in EVERY_LAYER_WINDOWS:
+        slides, why = switched and config.get("sliding_window") is not None, "sliding_window is set"
+    else:
+        slides = False
     if not slides:
         return {"sliding_window": None, "full_attention_layers": ()}
     if config.get("sliding_window") is None:
@@ -418,7 +444,11 @@ def gpt2_fields(config: dict, name: str) -> dict:
     width), vocabulary, learned positions, tied embeddings, norm epsilon and the dropout. The spec has one dropout
     probability, applied where GPT-2 applies its three (the embedding, the attention probabilities, each residual
     branch), so a config whose resid_pdrop, attn_pdrop and embd_pdrop differ is refused. KeyError for a missing key
-    (the caller names it). A RoPE scaling is refused: GPT-2 has none to scale."""
+    (the caller names it). A RoPE scaling is refused: GPT-2 has none to scale, and so are cross-attention blocks
+    (`add_cross_attention`: an encoder-decoder's decoder, which autoconf does not model)."""
+    if hf_bool(config, "add_cross_attention", False, name):
+        raise UserError(f"{name}: gpt2 with add_cross_attention true (a decoder attending to an encoder) is not "
+                        f"modelled; set it to false to plan the decoder-only model")
     hidden = hf_int(config, "n_embd", name, "the model width")
     heads = hf_int(config, "n_head", name, "the attention heads")
     refuse_other_activation(config, name, "gpt2", "activation_function", "gelu_new", GPT2_ACTIVATIONS)

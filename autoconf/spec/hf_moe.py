@@ -33,15 +33,28 @@ EXPERT_KEYS = {"num_local_experts": "mixtral", "num_experts": "qwen3_moe", "n_ro
                "moe_topk": None, "moe_k": None}
 
 
-def expert_keys(config: dict) -> dict:
-    """The expert keys with a positive value, at the top of the config or one object down (`text_config`,
-    `ffn_config`), as {"key" or "parent.key": value}."""
-    found = {}
-    for prefix, part in [("", config)] + [(f"{k}.", v) for k, v in config.items() if isinstance(v, dict)]:
-        for key in EXPERT_KEYS:
-            value = part.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-                found[prefix + key] = value
+def _says_experts(value) -> bool:
+    """Whether an expert key's value names experts: a positive number, written as a JSON number or a string, or a
+    non-empty list (per-layer counts); not null, false, 0 or empty."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return bool(value.strip())
+    if isinstance(value, bool) or value is None:
+        return False
+    if isinstance(value, (int, float)):
+        return value > 0
+    return bool(value) if isinstance(value, (list, dict)) else False
+
+
+def expert_keys(config: dict, prefix: str = "", depth: int = 3) -> dict:
+    """The expert keys whose value names experts (`_says_experts`), at the top of the config or in the objects below
+    it down to `depth` levels (`text_config`, `ffn_config`), as {"key" or "parent.key": value}."""
+    found = {prefix + key: config[key] for key in EXPERT_KEYS if _says_experts(config.get(key))}
+    for key, value in config.items() if depth > 0 else ():
+        if isinstance(value, dict):
+            found.update(expert_keys(value, f"{prefix}{key}.", depth - 1))
     return found
 
 
@@ -52,7 +65,7 @@ def refuse_hidden_experts(config: dict, name: str, model_type) -> None:
     found = expert_keys(config)
     if not found:
         return
-    keys = ", ".join(f"{k}={v}" for k, v in sorted(found.items()))
+    keys = ", ".join(f"{k}={shown(json.dumps(v), 30)}" for k, v in sorted(found.items()))
     supported = ", ".join(HF_MOE_TYPES)
     if model_type in HF_DENSE_TYPES:
         family = ("qwen2_moe" if "shared_expert_intermediate_size" in found else

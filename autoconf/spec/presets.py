@@ -80,6 +80,9 @@ def from_hf_config(config: dict, name: str) -> ModelSpec:
     experts: mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, gpt_oss). A config with expert keys under any
     other model_type is refused, never read as a dense model."""
     model_type = config.get("model_type")
+    if not isinstance(model_type, str):
+        raise UserError(f"{name}: model_type must be a string naming the model's family, e.g. \"llama\", not "
+                        f"{shown(json.dumps(model_type), 40)}; supported: {', '.join(_HF_TYPES)}")
     if model_type not in HF_MOE_TYPES:
         refuse_hidden_experts(config, name, model_type)
     try:
@@ -106,8 +109,10 @@ def from_hf_config(config: dict, name: str) -> ModelSpec:
         if isinstance(err, UserError):
             raise
         raise UserError(f"{name}: malformed Hugging Face config of type {model_type!r} ({err})") from None
-    nested = (" (a multimodal config: save its text_config object, with that object's model_type, as its own "
-              "config.json and plan that)") if isinstance(config.get("text_config"), dict) else ""
+    text = config.get("text_config")
+    nested = (f" (a multimodal config whose text_config is of type {quoted(text.get('model_type'))}, read too: save "
+              f"that object as its own config.json and plan that)") if isinstance(text, dict) and text.get(
+        "model_type") in _HF_TYPES else ""
     raise UserError(f"{name}: unsupported model_type {quoted(model_type)}{nested}; supported: "
                     f"{', '.join(_HF_TYPES)}")
 
