@@ -170,11 +170,7 @@ share_option = click.option("--collective-sm-share", type=AsciiFloatRange(0, 1, 
 
 def with_overrides(cluster, memory_headroom: float | None, collective_sm_share: float | None):
     """The profile with what the command line sets in place of its own values."""
-    if memory_headroom is not None:
-        cluster = cluster.with_memory_headroom(memory_headroom)
-    if collective_sm_share is not None:
-        cluster = cluster.with_collective_sm_share(collective_sm_share)
-    return cluster
+    return cluster.with_overrides({"memory_headroom": memory_headroom, "collective_sm_share": collective_sm_share})
 
 
 class AutoconfGroup(click.Group):

@@ -957,6 +957,41 @@ def test_an_edited_plan_made_with_tokens_keeps_its_time_and_cost_to_train(tmp_pa
     assert shown.exit_code == 0 and "price from" in shown.output, shown.output
 
 
+def test_a_plans_command_line_headroom_and_collective_share_hold_when_it_is_estimated_again(tmp_path):
+    """Thirtieth session's review: a plan made with --memory-headroom 0.2 --collective-sm-share 0.5 recorded neither,
+    so `show` drew its timeline on the profile's values (6.73 s under a table of 6.743 s), an edited copy was
+    estimated again against 76 GiB instead of 64 and a plan that fit at headroom 0 did not fit once its checksum was
+    gone. The plan's cluster object records what the command line set, and every estimate again applies it."""
+    from autoconf.report.current import current, plan_cluster
+    from autoconf.spec.plan import load_plan
+
+    path = tmp_path / "plan.json"
+    result = run_cli(["plan", "--model", "tiny-llama", "--cluster", "dgx-h100-80g", "--nodes", "1",
+                      "--global-batch", "16", "--seq-len", "128", "--top", "1", "--fix", "pp=2",
+                      "--memory-headroom", "0.2", "--collective-sm-share", "0.5", "--out", path])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(path.read_text())
+    assert (doc["cluster"]["memory_headroom"], doc["cluster"]["collective_sm_share"]) == (0.2, 0.5)
+    plan = load_plan(path)
+    cluster = plan_cluster(plan)
+    assert cluster.usable_memory_bytes == pytest.approx(0.8 * cluster.device.memory_bytes)
+    assert cluster.collective_sm_share == 0.5
+    doc.pop("content_sha256")
+    unchecked = tmp_path / "unchecked.json"
+    unchecked.write_text(json.dumps(doc))
+    fresh, _ = current(load_plan(unchecked))
+    for key in ("iteration_time_s", "memory_limit_bytes", "peak_memory_bytes"):
+        assert fresh.prediction[key] == pytest.approx(plan.prediction[key], rel=1e-12), key
+    plain = run_cli(["plan", "--model", "tiny-llama", "--cluster", "dgx-h100-80g", "--nodes", "1",
+                     "--global-batch", "16", "--seq-len", "128", "--top", "1", "--fix", "pp=2",
+                     "--out", tmp_path / "plain.json"])
+    assert plain.exit_code == 0 and not {"memory_headroom", "collective_sm_share"} & set(
+        json.loads((tmp_path / "plain.json").read_text())["cluster"])
+    doc["cluster"]["memory_headroom"] = 1.5
+    unchecked.write_text(json.dumps(doc))
+    assert_one_clear_error(run_cli(["show", unchecked]), "cluster memory_headroom must be a fraction in [0, 1)")
+
+
 def test_a_profile_that_overstates_the_device_gets_a_note_where_mfu_passes_100_percent(tmp_path):
     """A review: a profile with efficiency.matmul 4.0 (the checks' limit: calibration may divide an efficiency by a
     factor below 1) printed "MFU 189.3%" without a word; a prediction above the device's peak now says why."""

@@ -18,8 +18,15 @@ from autoconf.spec.plan import Plan
 def plan_cluster(plan: Plan, cluster=None, purpose: str = "redraw the timeline",
                  remedy: str = "pass the cluster profile it was planned on (--cluster FILE)"):
     """The cluster profile to re-simulate `plan` on: `cluster` if given, else the profile file the plan recorded
-    (when it is still there and still has the plan's cluster name), else the bundled profile or path it names;
-    `purpose` says in a refusal what the profile was needed for and `remedy` what would work."""
+    (when it is still there and still has the plan's cluster name), else the bundled profile or path it names; with
+    what the command line set in place of the profile's values when it was planned (the memory headroom, the
+    collective SM share: the plan's `cluster` object records them). `purpose` says in a refusal what the profile
+    was needed for and `remedy` what would work."""
+    return _profile(plan, cluster, purpose, remedy).with_overrides(plan.cluster)
+
+
+def _profile(plan: Plan, cluster, purpose: str, remedy: str):
+    """`plan_cluster`'s profile, as written."""
     if cluster is not None:
         return cluster
     from autoconf.spec.cluster import load_cluster

@@ -23,6 +23,7 @@ from autoconf.files import did_you_mean, gib_figures, is_version, shown
 
 
 COMMAND_LINE = "set on the command line"  # the reason a headroom from --memory-headroom states
+COMMAND_LINE_OVERRIDES = ("memory_headroom", "collective_sm_share")  # `ClusterProfile.command_line_overrides`
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,25 @@ class ClusterProfile:
         if share > 0:
             efficiency["collective_sm_share"] = {"value": float(share), "why": why}
         return dataclasses.replace(self, efficiency=efficiency)
+
+    @property
+    def command_line_overrides(self) -> dict[str, float]:
+        """What the command line set in place of the profile's values ({--memory-headroom's and
+        --collective-sm-share's field: value}), as a plan's `cluster` object records them (COMMAND_LINE_OVERRIDES)."""
+        share = self.efficiency.get("collective_sm_share") or {}
+        return {**({"memory_headroom": float(self.memory_headroom["value"])} if self.headroom_from_command_line
+                   else {}),
+                **({"collective_sm_share": float(share["value"])} if share.get("why") == COMMAND_LINE else {})}
+
+    def with_overrides(self, overrides: dict) -> "ClusterProfile":
+        """The profile with `overrides` (`command_line_overrides`' form; a plan's `cluster` object, whose other
+        keys are ignored) in place of its own values."""
+        cluster = self
+        if overrides.get("memory_headroom") is not None:
+            cluster = cluster.with_memory_headroom(overrides["memory_headroom"])
+        if overrides.get("collective_sm_share") is not None:
+            cluster = cluster.with_collective_sm_share(overrides["collective_sm_share"])
+        return cluster
 
     def collective_sync(self, ranks: int) -> float:
         """The wait for every member of a group of `ranks` to be scheduled, added to each of its collectives

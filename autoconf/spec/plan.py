@@ -16,6 +16,7 @@ from pathlib import Path
 
 from autoconf.errors import UserError
 from autoconf.files import is_version, listed, quoted, shown
+from autoconf.spec.cluster import COMMAND_LINE_OVERRIDES
 from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.frameworks import CP_COMM, GRAD_REDUCE, PRESETS, SELECTIVE_RECOMPUTE
 from autoconf.spec.grid import AXES, ParallelDims, RankGrid, world_size_of
@@ -31,7 +32,9 @@ PLAN_VERSION = 1
 # 2026-12-06 wrote it).
 PLAN_FIELDS = ("version", "kind", "model", "cluster", "config", "partition", "placement", "prediction",
                "sequence_split", "content_sha256")
-CLUSTER_FIELDS = ("name", "nodes", "gpus_per_node", "backend", "device", "profile")
+# The last two only where the command line set them in place of the profile's (`spec/cluster.py`
+# `command_line_overrides`): every estimate of the plan again applies them.
+CLUSTER_FIELDS = ("name", "nodes", "gpus_per_node", "backend", "device", "profile", *COMMAND_LINE_OVERRIDES)
 PLACEMENT_FIELDS = ("mesh",)
 BACKENDS = ("nccl", "gloo")
 # Bounds on the work one step's simulation does, and sanity ranges of the inputs (far beyond any real run).
@@ -581,6 +584,10 @@ class Plan:
         profile = self.cluster.get("profile")
         if profile is not None and (not isinstance(profile, str) or not profile or "\0" in profile):
             raise UserError(f"{source}: cluster profile must be the path of a profile file (got {profile!r})")
+        for key in COMMAND_LINE_OVERRIDES:
+            value = self.cluster.get(key, 0.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise UserError(f"{source}: cluster {key} must be a fraction in [0, 1) (got {quoted(value)})")
         world = nodes * gpus
         self.config.check(self.model, world)
         c = self.config
