@@ -35,6 +35,7 @@ search audit found).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -158,6 +159,7 @@ def rebalanced(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     move shortens it. Each rank keeps its total count (so its busy time), and the result is never slower than
     `config` (which comes back unchanged where no move helps, or when its counts are None or each rank holds one
     stage). Deterministic: moves are tried in a fixed order and only a strictly shorter step is taken."""
+    @functools.cache  # (a move and its reverse meet the same counts again)
     def step(counts: tuple[int, ...]) -> float:
         p = predict(model, cluster, dataclasses.replace(config, recompute_layers=counts), partition=partition,
                     mesh=mesh, execution=execution, detail=False)[3]
@@ -168,7 +170,7 @@ def rebalanced(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     # (dualpipe's copy s is model stage s % n; its mirror ranks hold the same two model stages)
     pairs = sorted({(a % n, b % n) for a in range(len(owner)) for b in range(len(owner))
                     if owner[a] == owner[b] and a % n != b % n})
-    best_time = step(config.recompute_layers) if config.recompute_layers is not None else math.inf
+    best_time = step(tuple(config.recompute_layers)) if config.recompute_layers is not None else math.inf
     if config.recompute_layers is None or not pairs:
         return config, best_time
     counts = tuple(config.recompute_layers)
