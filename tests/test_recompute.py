@@ -87,9 +87,10 @@ def test_rebalancing_a_ranks_recomputed_layers_finds_the_fastest_split_of_its_to
         return [sum(k for s, k in enumerate(ks) if owner[s] == r) for r in range(2)]
 
     chosen = fewest_recomputed(MODEL, CLUSTER, config, partition)
-    moved, moved_time = rebalanced(MODEL, CLUSTER, chosen, partition, None)
+    moved = rebalanced(MODEL, CLUSTER, chosen, partition, None)
+    moved_time = _time(moved, partition)
     assert totals(moved.recompute_layers) == totals(chosen.recompute_layers)
-    assert moved_time == _time(moved, partition) <= _time(chosen, partition) < float("inf")
+    assert moved_time <= _time(chosen, partition) < float("inf")
     fastest = min(_time(dataclasses.replace(config, recompute_layers=ks), partition)
                   for ks in itertools.product(*(range(end - first + 1) for first, end in partition))
                   if totals(ks) == totals(chosen.recompute_layers))

@@ -153,16 +153,18 @@ def fewest_counts(model: ModelSpec, cluster: ClusterProfile, config: ParallelCon
 
 
 def rebalanced(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list,
-               mesh: np.ndarray | None, execution: Execution = Execution()) -> tuple[ParallelConfig, float]:
-    """(config, fast estimate of its step) with `config`'s recomputed layers moved one at a time between stages of
-    one pipeline rank, each time the move that shortens the estimated step most while the plan fits, until no such
-    move shortens it. Each rank keeps its total count (so its busy time), and the result is never slower than
-    `config` (which comes back unchanged where no move helps, or when its counts are None or each rank holds one
-    stage). Deterministic: moves are tried in a fixed order and only a strictly shorter step is taken."""
+               mesh: np.ndarray | None, execution: Execution = Execution()) -> ParallelConfig:
+    """`config` with its recomputed layers moved one at a time between stages of one
+    pipeline rank, each time the move that shortens the step most while the plan fits, until no move shortens it.
+    Moves are scored by the extrapolated estimate (the search's: never below the full simulation, and cheap where
+    micro-batches are many); the result is kept where the full estimate says it is faster than `config`, which
+    comes back unchanged otherwise, or when its counts are None or each rank holds one stage. Each rank keeps its
+    total count (so its busy time). Deterministic: moves are tried in a fixed order and only a strictly shorter
+    step is taken. The caller bounds the work: a sweep scores every move, up to S * (S - 1) of S stages."""
     @functools.cache  # (a move and its reverse meet the same counts again)
-    def step(counts: tuple[int, ...]) -> float:
+    def step(counts: tuple[int, ...], extrapolate: bool = True) -> float:
         p = predict(model, cluster, dataclasses.replace(config, recompute_layers=counts), partition=partition,
-                    mesh=mesh, execution=execution, detail=False)[3]
+                    mesh=mesh, execution=execution, detail=False, extrapolate=extrapolate)[3]
         return p["iteration_time_s"] if p["fits"] else math.inf
 
     n, layers = len(partition), [end - first for first, end in partition]
@@ -170,11 +172,11 @@ def rebalanced(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     # (dualpipe's copy s is model stage s % n; its mirror ranks hold the same two model stages)
     pairs = sorted({(a % n, b % n) for a in range(len(owner)) for b in range(len(owner))
                     if owner[a] == owner[b] and a % n != b % n})
-    best_time = step(tuple(config.recompute_layers)) if config.recompute_layers is not None else math.inf
-    if config.recompute_layers is None or not pairs:
-        return config, best_time
-    counts = tuple(config.recompute_layers)
-    while True:
+    if config.recompute_layers is None:
+        return config
+    start = counts = tuple(config.recompute_layers)
+    best_time = step(counts)
+    while pairs:
         found = None
         for a, b in pairs:
             if counts[a] == 0 or counts[b] == layers[b]:
@@ -184,5 +186,8 @@ def rebalanced(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             if t < (best_time if found is None else found[0]):
                 found = (t, moved)
         if found is None:
-            return dataclasses.replace(config, recompute_layers=counts), best_time
+            break
         best_time, counts = found
+    if counts == start or step(counts, False) >= step(start, False):
+        return config
+    return dataclasses.replace(config, recompute_layers=counts)

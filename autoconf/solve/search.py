@@ -610,8 +610,9 @@ def _refine(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, e
     estimate predicts it faster than the default and the plan still fits. `default_time` is the fast estimate of the
     default layout (the search's full simulation of a fitting config). With `per_stage`, each partition tried
     recomputes the fewest layers per stage that fit it (`fewest_recomputed`), and the chosen one's recomputed layers
-    then move between a rank's stages where that shortens the step (`rebalanced`)."""
-    from autoconf.solve.refine import refined_mesh, refined_partition_by_estimate
+    then move between a rank's stages where that shortens the step (`rebalanced`, on pipelines of at most
+    POLISH_MAX_STAGES virtual stages)."""
+    from autoconf.solve.refine import POLISH_MAX_STAGES, refined_mesh, refined_partition_by_estimate
 
     def fast(partition=None, mesh=None) -> float:
         p = predict(model, cluster, config, partition=partition, mesh=mesh, execution=execution, detail=False)[3]
@@ -631,9 +632,9 @@ def _refine(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, e
                                                               best_time, time_limit_s=limit, per_stage=per_stage)
     if per_stage and best_partition is not None:
         config = fewest_recomputed(model, cluster, every, best_partition, execution)
-    if per_stage:
-        config, _ = rebalanced(model, cluster, config, best_partition or default_partition(model, config), best_mesh,
-                               execution)
+    if per_stage and config.num_stages <= POLISH_MAX_STAGES:  # (as the partition's polish, the same sweeps)
+        config = rebalanced(model, cluster, config, best_partition or default_partition(model, config), best_mesh,
+                            execution)
     return estimate(model, cluster, config, partition=best_partition, mesh=best_mesh, execution=execution)
 
 
