@@ -98,6 +98,17 @@ def test_rebalancing_a_ranks_recomputed_layers_finds_the_fastest_split_of_its_to
     assert (moved_time < _time(chosen, partition)) == (schedule == "looped-bfs")
 
 
+def test_a_long_count_list_is_labelled_with_runs():
+    """A review at scale: 128 counts (Llama 3.1 405B, pp32 vpp4) filled the ranked table's layout column and squeezed
+    its step time to "45.…". Up to eight counts are written whole, longer lists with runs of three or more."""
+    short = _config(recompute_layers=(4, 4, 2, 0))
+    assert "rc-full[4,4,2,0]" in short.label()
+    counts = (0, *[1] * 62, 0, *[1] * 18, *[0] * 46, 2, 2)
+    config = ParallelConfig(tp=1, pp=32, dp=1, vpp=4, micro_batch_size=1, global_batch_size=64, seq_len=SEQ, recompute="full",
+                            schedule="interleaved-1f1b", recompute_layers=counts)
+    assert "rc-full[0,1*62,0,1*18,0*46,2,2]" in config.label()
+
+
 def test_counts_that_need_no_recompute_or_every_layer_come_back_in_the_old_form():
     """A layout that fits without recompute comes back as recompute "none"; one that does not fit with every layer
     recomputed is None; without recompute the config is unchanged."""

@@ -61,6 +61,25 @@ SEQ_SPLITS = ("even", "work")
 SEQ_SPLIT_TILE = 128
 
 
+# Counts lists longer than this are written with runs (a pipeline of 128 virtual stages otherwise fills a table row).
+COUNTS_SHOWN_WHOLE = 8
+
+
+def counts_text(counts) -> str:
+    """Per-stage counts as a label writes them: "4,4,2,0" whole up to COUNTS_SHOWN_WHOLE entries; beyond, each run of
+    three or more equal counts as "value*length" ("0,1*62,0,1*18,0*46")."""
+    counts = list(counts)
+    if len(counts) <= COUNTS_SHOWN_WHOLE:
+        return ",".join(map(str, counts))
+    runs = []
+    for value in counts:
+        if runs and runs[-1][0] == value:
+            runs[-1][1] += 1
+        else:
+            runs.append([value, 1])
+    return ",".join(f"{v}*{n}" if n >= 3 else ",".join([str(v)] * n) for v, n in runs)
+
+
 @dataclass(frozen=True)
 class ParallelConfig:
     tp: int
@@ -113,8 +132,8 @@ class ParallelConfig:
     def label(self, selective: str | None = None) -> str:
         """The layout in one line, every degree and choice that differs from the plain default ("tp2 pp4 dp8 cp2
         ring vpp2 mb1 interleaved-1f1b zero1 rc-selective sp"; "rs-mb": the sharded gradients reduce-scattered
-        every micro-batch, grad_reduce "microbatch"): what tables, pictures and one-line messages name a layout
-        by. `selective`: what selective recompute redoes (`frameworks.selective_policy`), marked "/op" when it
+        every micro-batch, grad_reduce "microbatch"; per-stage recompute counts as `counts_text` writes them): what
+        tables, pictures and one-line messages name a layout by. `selective`: what selective recompute redoes (`frameworks.selective_policy`), marked "/op" when it
         is the per-op policy."""
         parts = [f"tp{self.tp} pp{self.pp} dp{self.dp}"]
         if self.cp > 1:
@@ -127,7 +146,7 @@ class ParallelConfig:
         parts.append(self.schedule + (f" k{self.seq_chunks} {self.seq_split}" if self.seq_chunks > 1 else ""))
         parts.append(f"zero{self.zero_stage}")
         if self.recompute != "none":
-            counts = "" if self.recompute_layers is None else "[" + ",".join(map(str, self.recompute_layers)) + "]"
+            counts = "" if self.recompute_layers is None else f"[{counts_text(self.recompute_layers)}]"
             op = self.recompute == "selective" and (selective or self.selective_recompute) == "alternate_matmuls"
             parts.append(f"rc-{self.recompute}{'/op' if op else ''}{counts}")
         for flag, name in ((self.sequence_parallel, "sp"), (self.reduces_every_microbatch, "rs-mb"),
