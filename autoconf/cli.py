@@ -518,7 +518,7 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
          memory_headroom, collective_sm_share) -> None:
     """Search every sensible layout and write the best plan (with --tokens: time and cost to train; with a --nodes
     range: the best plan of every cluster size)."""
-    from autoconf.report.tables import (counted, hours, hours_name, money, print_table, ranked_table,
+    from autoconf.report.tables import (bought_rows, counted, hours, hours_name, money, print_table, ranked_table,
                                         table_console)
     from autoconf.solve import sweep as sizes
     from autoconf.solve.search import explain_infeasible, search
@@ -608,6 +608,8 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
     print_table(ranked_table(result.plans, _plan_title(model, cluster, global_batch, seq_len),
                              wide=console.width >= 130), console)
     console.print(search_summary(s))
+    for label, value in bought_rows(best).items():
+        console.print(f"#1 {label}: {value}", highlight=False)
     _above_peak(result.plans)
     if not execution.is_executor:  # (planned for another framework: its plans are exported, never launched here)
         console.print(f"planned for {execution.name}: `autoconf show PLAN --out DIR` (or --explain) writes #1's "

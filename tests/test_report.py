@@ -303,3 +303,23 @@ def test_a_forced_export_removes_the_exports_it_does_not_write(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [p.name for p in written] + ["torchrun_node_mine.sh"]), sorted(p.name for p in tmp_path.iterdir())
     assert "launch.sh" not in {p.name for p in written}
+
+
+def test_plan_prints_what_per_stage_recompute_bought_as_show_does(tmp_path):
+    """A review at scale: the README says the plan table shows what per-stage recompute and offload bought, but only
+    `show` and `estimate` printed those rows. `plan` prints #1's, the same text as `show`'s table."""
+    from click.testing import CliRunner
+
+    from autoconf.cli import main
+    from autoconf.report.tables import bought_rows
+    from autoconf.spec.plan import load_plan
+
+    out = tmp_path / "plan.json"
+    result = CliRunner().invoke(main, ["plan", "--model", "llama3.1-8b", "--cluster", "dgx-h100-80g", "--nodes", "1",
+                                       "--global-batch", "16", "--seq-len", "32768", "--top", "1", "--out", str(out)],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = bought_rows(load_plan(out))
+    assert rows and all(label.startswith("recompute ") for label in rows)
+    for label, value in rows.items():
+        assert f"#1 {label}: {value}" in result.output

@@ -8,7 +8,7 @@ from rich.table import Table
 from autoconf.files import gib_figures, plain
 from autoconf.spec.frameworks import plan_execution, selective_policy
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.plan import Plan
+from autoconf.spec.plan import Plan, counts_text
 
 GiB = 1024**3
 
@@ -104,30 +104,42 @@ def prediction_table(plan: Plan) -> Table:
     fits = "fits" if p["fits"] else "DOES NOT FIT"
     peak, limit = gib_figures(p["peak_memory_bytes"], p["memory_limit_bytes"], least=2)
     table.add_row("peak memory", f"{peak} GiB of {limit} GiB ({fits})")
-    effect = p.get("offload_effect")
-    if effect:  # cost/estimate.py offload_effect: against the same layout without offload
-        where = ", ".join(f"{term} {plain(seconds, 4, sign=True)} s" for term, seconds in
-                          (effect.get("time_cost_by_term_s") or {}).items())
-        table.add_row("offload", f"saves {effect['memory_saved_bytes'] / GiB:.2f} GiB per device, costs "
-                                 f"{plain(effect['time_cost_s'], 4)} s per step"
-                                 f"{f' (in {where})' if where else ''}, holds "
-                                 f"{effect['host_memory_per_node_bytes'] / GiB:.1f} GiB of host memory per node"
-                                 + ("" if effect["without_fits"] else " (does not fit without it)"))
+    rows = bought_rows(plan)
+    if "offload" in rows:
+        table.add_row("offload", rows["offload"])
     for rank, m in enumerate(p["memory_per_stage"]):
         table.add_row(f"  pipeline rank {rank}",
                       " ".join(f"{k[:5]} {m[k] / GiB:.2f}" for k in ("params", "grads", "optimizer", "activations",
                                                                        "other")) + f" = {m['total'] / GiB:.2f} GiB")
-    if isinstance(p.get("recompute_per_stage"), dict):  # what recomputing per stage bought (solve/search.py)
-        r = p["recompute_per_stage"]
-        table.add_row(f"recompute {c.recompute}, first layers per stage {r['layers']}",
-                      f"{plain(p['iteration_time_s'], 4)} s, {p['peak_memory_bytes'] / GiB:.1f} GiB vs every layer: "
-                      f"{plain(r['every_layer_iteration_time_s'], 4)} s, "
-                      f"{r['every_layer_peak_memory_bytes'] / GiB:.1f} GiB")
+    for label, value in rows.items():
+        if label != "offload":  # (after the ranks' memory, as before)
+            table.add_row(label, value)
     table.add_row("compute times from", p.get("compute_source", "specification"))
     if "training" in p:
         for label, value in training_rows(p["training"], hours_name(plan)):
             table.add_row(label, value)
     return table
+
+
+def bought_rows(plan: Plan) -> dict[str, str]:
+    """What the plan's offload and per-stage recompute bought against the same layout without them, as the
+    prediction table's rows {label: value} (none where the prediction holds neither): the offload row, labelled
+    "offload" (cost/estimate.py `offload_effect`), and the recompute row (solve/search.py `recompute_per_stage`)."""
+    p, rows = plan.prediction, {}
+    effect = p.get("offload_effect")
+    if effect:
+        where = ", ".join(f"{term} {plain(seconds, 4, sign=True)} s" for term, seconds in
+                          (effect.get("time_cost_by_term_s") or {}).items())
+        rows["offload"] = (f"saves {effect['memory_saved_bytes'] / GiB:.2f} GiB per device, costs "
+                           f"{plain(effect['time_cost_s'], 4)} s per step{f' (in {where})' if where else ''}, holds "
+                           f"{effect['host_memory_per_node_bytes'] / GiB:.1f} GiB of host memory per node"
+                           + ("" if effect["without_fits"] else " (does not fit without it)"))
+    r = p.get("recompute_per_stage")
+    if isinstance(r, dict):
+        rows[f"recompute {plan.config.recompute}, first layers per stage [{counts_text(r['layers'])}]"] = (
+            f"{plain(p['iteration_time_s'], 4)} s, {p['peak_memory_bytes'] / GiB:.1f} GiB vs every layer: "
+            f"{plain(r['every_layer_iteration_time_s'], 4)} s, {r['every_layer_peak_memory_bytes'] / GiB:.1f} GiB")
+    return rows
 
 
 def above_peak_note(plans: list[Plan]) -> str | None:
