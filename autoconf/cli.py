@@ -583,14 +583,7 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
             if not as_json:  # what the size would take, before the line saying it misses the deadline
                 print_table(ranked_table(result.plans, _plan_title(model, cluster, global_batch, seq_len),
                                          wide=console.width >= 130), console)
-            upper = sizes.nodes_for_deadline(cluster.nodes, days, deadline)
-            advice = (f"try a range, e.g. --nodes {cluster.nodes}:{upper}" if upper else
-                      "not even the most nodes autoconf plans would train in time at this pace: train fewer "
-                      "tokens or allow longer")
-            if upper and upper * cluster.gpus_per_node > global_batch:
-                advice += (f" (beyond {global_batch} devices, the global batch, only tensor, pipeline and context "
-                           f"parallelism split a step further, at falling efficiency: a larger --global-batch may "
-                           f"be needed)")
+            advice = sizes.beyond_deadline_advice(cluster.nodes, cluster.gpus_per_node, days, deadline, global_batch)
             raise UserError(f"the best plan on {counted(cluster.nodes, 'node')} needs {sizes.format_days(days)}, "
                             f"over the deadline of {sizes.format_days(deadline)}; {advice}")
     best = result.plans[0]

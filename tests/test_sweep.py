@@ -232,6 +232,8 @@ def test_a_missed_deadline_still_shows_every_sizes_plan(tmp_path):
     assert result.exit_code == 2
     errors = [line for line in result.output.splitlines() if line.startswith("autoconf: error:")]
     assert len(errors) == 1 and "no size meets the deadline of 1 hour" in errors[0]
+    # (a review at scale: the fastest size being the largest, the line names a range to try, as one size's does)
+    assert "try a range, e.g. --nodes 2:" in errors[0], errors[0]
     assert "best plan per cluster size" in result.output and "hours" in result.output.split("autoconf: error:")[0]
     assert not (tmp_path / "p.json").exists()
 

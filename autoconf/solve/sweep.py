@@ -52,6 +52,22 @@ def nodes_for_deadline(nodes: int, days: float, deadline: float) -> int | None:
     return min(nodes * factor, MAX_NODES)
 
 
+def beyond_deadline_advice(nodes: int, gpus_per_node: int, days: float, deadline: float,
+                           global_batch: int) -> str:
+    """What to try when the best plan on `nodes` needs `days`, over `deadline`: a --nodes range up to
+    `nodes_for_deadline`, noting where its devices would outnumber the global batch's sequences; or, where even the
+    most nodes would not do, fewer tokens or more time."""
+    upper = nodes_for_deadline(nodes, days, deadline)
+    if not upper:
+        return ("not even the most nodes autoconf plans would train in time at this pace: train fewer tokens or "
+                "allow longer")
+    advice = f"try a range, e.g. --nodes {nodes}:{upper}"
+    if upper * gpus_per_node > global_batch:
+        advice += (f" (beyond {global_batch} devices, the global batch, only tensor, pipeline and context "
+                   f"parallelism split a step further, at falling efficiency: a larger --global-batch may be needed)")
+    return advice
+
+
 # The longest --deadline read (about 2,700 years: beyond any training run, and finite arithmetic).
 MAX_DEADLINE_DAYS = 1e6
 
@@ -242,6 +258,9 @@ def cheapest_within(points: list[SweepPoint], deadline_days: float, global_batch
             batch = f" at global batch {global_batch}" if global_batch else ""
             advice = (f"more nodes did not help (up to {largest} planned): the step stops shrinking{batch}, so "
                       f"raise --global-batch, train fewer tokens or relax --deadline")
+        elif global_batch:
+            advice = beyond_deadline_advice(fastest.nodes, fastest.devices // fastest.nodes,
+                                            fastest.training["days"], deadline_days, global_batch)
         else:
             advice = "widen --nodes or relax --deadline"
         raise UserError(f"no size meets the deadline of {format_days(deadline_days)}: the fastest, {nodes} "
