@@ -929,7 +929,9 @@ def step_floor(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                mesh: np.ndarray | None = None, execution: Execution = Execution()) -> float:
     """A lower bound of `predict`'s iteration_time_s for the same arguments, extrapolated or not, at the cost of its
     stage plan (no simulation): the busiest rank's compute over the step (`simulate.busy_per_rank`: no rank computes
-    two passes at once) and the seconds after the makespan, less FLOOR_SLACK. 0 where the compute is not the sum of
+    two passes at once) or, where it is longer, its DP comm stream under grad_reduce "microbatch"
+    (`comm_stream_bound`, which `predict` holds the makespan to), and the seconds after the makespan, less
+    FLOOR_SLACK. 0 where the compute is not the sum of
     its passes: overlapped pairs (a pair runs shorter than its parts) and CPU ranks sharing cores (whose costs the
     prediction relaxes). Raises UserError as `predict` does."""
     c, partition, grid = _checked(model, cluster, config, partition, mesh, execution)
@@ -940,7 +942,7 @@ def step_floor(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     schedule = _first_schedule(c, overlap, _extrapolates(c))  # (`predict`'s: any count has the same stages)
     p2p = _p2p_function(cluster, c, model, schedule.stage_to_rank, grid, execution)
     sp = stage_plan(model, cluster, c, partition, schedule.stage_to_rank, grid, execution, p2p, share)
-    busiest = max(busy_per_rank(schedule, sp.costs, c.num_microbatches))
+    busiest = max(*busy_per_rank(schedule, sp.costs, c.num_microbatches), comm_stream_bound(sp, schedule))
     return (busiest + sum(_after_makespan(model, cluster, c, partition, grid, schedule, execution))) * (1 - FLOOR_SLACK)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from autoconf.cost.cp_ring import torch_ring
 from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mesh, default_partition, estimate,
-                                    predict)
+                                    predict, step_floor)
 from autoconf.cost.offload import check_offload, plans_offload
 from autoconf.errors import UserError
 from autoconf.files import gib_figures
@@ -266,7 +266,7 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
 
     def consider(time_bound: float, key: tuple, config: ParallelConfig) -> None:
         """Memory bound, then the (extrapolated) simulation; the K best that fit are kept."""
-        nonlocal pruned_memory, simulated
+        nonlocal pruned_memory, pruned_time, simulated
         if memory_pruned(time_bound, key, config):  # only for the candidates the walk reaches
             return
         if cache.beyond_host(config):
@@ -280,6 +280,13 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
             pruned_memory += 1
             does_not_fit(peak - limit, time_bound, key, config,
                          functools.partial(max, memory, key=operator.itemgetter("total")))
+            return
+        # A twin reducing every micro-batch shares its bound with the twin that reduces once, which its DP comm stream
+        # may far outlast (DeepSeek-V3 on 256 H800: steps of 2,000-3,000 s simulated at 7,680 micro-batches): its
+        # own floor, above the K-th best (extrapolated, so at or above its full time), rules it out unsimulated.
+        if config.grad_reduce != "step" and len(best) >= top_k and step_floor(
+                model, cluster, config, execution=execution) > -best[0][0]:
+            pruned_time += 1
             return
         p = predict(model, cluster, config, execution=execution, detail=False, extrapolate=True)[3]
         simulated += 1
