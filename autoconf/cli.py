@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -166,6 +167,24 @@ share_option = click.option("--collective-sm-share", type=AsciiFloatRange(0, 1, 
                             help="share of a device a collective takes from the compute it overlaps (default: the "
                                  "profile's collective_sm_share, 0.159 on the GPU data sheets, 0 where it states "
                                  "none; scripts/collective_contention.py measures it)")
+
+
+def search_progress(console, status, planning: str):
+    """What a long search reports its progress to (`search`'s `progress`, the limits' probes): the status line on a
+    terminal (rich shows it only there), else a line on stderr at most every PROGRESS_EVERY_S seconds from the
+    first, so that a search of minutes is never silent and a short one prints nothing."""
+    from autoconf.solve.search import PROGRESS_EVERY_S
+
+    if console.is_terminal:
+        return lambda line: status.update(Text(f"{planning}: {line}"))
+    last = [time.perf_counter()]
+
+    def report(line: str) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
+            click.echo(f"autoconf: {planning}: {line}", err=True)
+    return report
 
 
 def with_overrides(cluster, memory_headroom: float | None, collective_sm_share: float | None):
@@ -569,8 +588,10 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
     if node_counts is not None and len(node_counts) > 1:
         return plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attention, fixed, execution,
                           tokens, usd, price_source, deadline, as_json, out, explain_dir, force, console)
-    with console.status(Text(f"planning {model.name} on {counted(cluster.world_size, 'device')} ...")):
-        result = search(model, cluster, global_batch, seq_len, dtype, attention, fixed, top_k, execution)
+    planning = f"planning {model.name} on {counted(cluster.world_size, 'device')}"
+    with console.status(Text(f"{planning} ...")) as status:
+        result = search(model, cluster, global_batch, seq_len, dtype, attention, fixed, top_k, execution,
+                        progress=search_progress(console, status, planning))
     if not result.plans:
         raise UserError(explain_infeasible(model, cluster, result, global_batch, seq_len, dtype, attention, fixed,
                                            execution))
@@ -763,6 +784,7 @@ def limits(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, 
     console = table_console(stderr=as_json)
     found = {}
     with console.status("") as status:
+        planner.progress = search_progress(console, status, f"limits on {cluster.world_size} devices")
         if "seq" in wanted:
             status.update(Text(f"longest sequence of {model.name} on {cluster.world_size} devices ..."))
             found["seq"] = lim.longest_sequence(planner, model, max_seq_len)

@@ -728,3 +728,27 @@ def test_twins_reducing_every_micro_batch_are_ruled_out_by_their_floor_and_the_p
     for config, floor in floors:
         p = predict(model, cluster, config, execution=framework("torchtitan"), detail=False)[3]
         assert floor <= p["iteration_time_s"]
+
+
+def test_a_long_search_says_how_far_it_has_gone(monkeypatch):
+    """A review at scale: DeepSeek-V3 on 256 H800 searched 9 CPU-minutes and `limits` on 512 H100 5 minutes without a
+    word. `search` reports its phases to `progress` (at most every PROGRESS_EVERY_S seconds: here every call), and
+    the CLI, piped, writes them on stderr; the plans are the same as without."""
+    from click.testing import CliRunner
+
+    from autoconf.cli import main
+    from autoconf.solve import search as searching
+
+    monkeypatch.setattr(searching, "PROGRESS_EVERY_S", 0.0)
+    lines = []
+    model, cluster = PRESETS["llama3-8b"], load_cluster("dgx-h100-80g", nodes=1)
+    reported = search(model, cluster, 64, 8192, "bf16", top_k=2, progress=lines.append)
+    quiet = search(model, cluster, 64, 8192, "bf16", top_k=2)
+    assert [p.config for p in reported.plans] == [p.config for p in quiet.plans]
+    for phase in ("bounded", "simulated", "refining the partition and placement"):
+        assert any(phase in line and line.endswith("s so far)") for line in lines), phase
+    result = CliRunner().invoke(main, ["limits", "--model", "llama3-8b", "--cluster", "dgx-h100-80g", "--nodes", "1",
+                                       "--global-batch", "64", "--only", "micro-batch"])
+    assert result.exit_code == 0, result.output
+    assert "autoconf: limits on 8 devices: trying llama3-8b at seq 8,192, micro_batch_size 2" in (
+        result.output)

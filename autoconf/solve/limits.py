@@ -9,6 +9,7 @@ searched again with it, as `autoconf plan` would.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from autoconf.errors import UserError
@@ -45,15 +46,23 @@ class Planner:
     execution: object
 
     refusal: str | None = None  # why the last `best` had no legal layout at all (the search's one line), else None
+    progress: Callable[[str], None] | None = None  # told of each probe and of a long probe's search (`search`)
 
     def best(self, model, seq_len: int, fixed: dict | None = None, refine: bool = False):
         """The best fitting plan, or None when no layout fits (or none is legal: `refusal` then says why)."""
         from autoconf.solve.search import search
 
         self.refusal = None
+        probe = f"{model.name} at seq {seq_len:,}" + "".join(f", {k} {v}" for k, v in (fixed or {}).items())
+        if self.progress is not None:
+            self.progress(f"trying {probe}")
+
+        def report(line: str) -> None:
+            self.progress(f"{probe}: {line}")
         try:
             result = search(model, self.cluster, self.global_batch, seq_len, self.dtype, self.attention,
-                            {**self.fixed, **(fixed or {})}, 1, self.execution, refine=refine)
+                            {**self.fixed, **(fixed or {})}, 1, self.execution, refine=refine,
+                            progress=report if self.progress is not None else None)
         except UserError as err:
             self.refusal = str(err)
             return None

@@ -78,8 +78,10 @@ REFINED_AT_LEAST = 5
 def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, dtype: str,
            attention: str = "flash", fixed: dict | None = None, top_k: int = 5,
            execution: Execution = Execution(), refine: bool = True, partition_time_s: float = 1.0,
-           placement_time_s: float = 5.0, launchable_only: bool | None = None) -> SearchResult:
-    """The best `top_k` plans that fit, fastest first, with search statistics. At least REFINED_AT_LEAST
+           placement_time_s: float = 5.0, launchable_only: bool | None = None,
+           progress: Callable[[str], None] | None = None) -> SearchResult:
+    """The best `top_k` plans that fit, fastest first, with search statistics. `progress`, where given, is called
+    with a line saying how far the search has gone, at most every PROGRESS_EVERY_S seconds. At least REFINED_AT_LEAST
     candidates are refined whatever `top_k` asks, so the plans returned are the first of the same ranking (CP-SAT's
     partition can move a candidate ahead of a faster-looking one: with fewer refined, #1 depended on `top_k`).
 
@@ -95,7 +97,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     """
     order = host_chain_order(cluster)
     options = (global_batch, seq_len, dtype, attention, fixed, top_k, execution, refine, partition_time_s,
-               placement_time_s, launchable_only)
+               placement_time_s, launchable_only, progress)
     if order is None:
         return _search(model, cluster, *options)
     result = _search(model, cluster.with_local_order(order), *options)
@@ -108,9 +110,19 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
 
 def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, dtype: str,
             attention: str, fixed: dict | None, top_k: int, execution: Execution, refine: bool,
-            partition_time_s: float, placement_time_s: float, launchable_only: bool | None) -> SearchResult:
+            partition_time_s: float, placement_time_s: float, launchable_only: bool | None,
+            progress: Callable[[str], None] | None) -> SearchResult:
     """`search` on `cluster` as it numbers its devices."""
-    start = time.perf_counter()
+    start = reported = time.perf_counter()
+
+    def tick(text: Callable[[], str]) -> None:
+        """Calls `progress` with `text()` and the seconds so far, if PROGRESS_EVERY_S have passed since the last."""
+        nonlocal reported
+        now = time.perf_counter()
+        if progress is not None and now - reported >= PROGRESS_EVERY_S:
+            reported = now
+            progress(f"{text()} ({now - start:.0f} s so far)")
+
     if launchable_only is None:
         launchable_only = execution.is_executor
     shown, top_k = top_k, max(top_k, REFINED_AT_LEAST)
@@ -175,6 +187,7 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
     for config in framework_candidates(model, cluster, global_batch, seq_len, dtype, attention, space_fixed,
                                        execution, policies):
         seen += 1
+        tick(lambda: f"bounded {seen:,} candidate layouts")
         if not honoured:
             twin = replaced(config, **dict.fromkeys(pinned_on, True))
             honoured = not twin.problems(model, cluster.world_size) and not execution.offload_problem(twin)
@@ -314,6 +327,8 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
         nonlocal pruned_time, pruned_memory, twins, weighed_twins, unlaunchable, same
         weighed_twins += sum(_candidates_of(e) for e in heap if e[4] == OFFLOAD_PARENT)
         while heap:
+            tick(lambda: f"of {seen:,} candidates, simulated {simulated:,} the bounds leave"
+                         + (f"; fastest so far {min(-item[0] for item in best):.4g} s per step" if best else ""))
             time_bound, key, order, config, fitted = heapq.heappop(heap)
             # Extrapolated times are at or above the full simulation, so the K-th best of them is at or above the
             # K-th best full time: a bound beyond it rules a candidate out.
@@ -383,8 +398,11 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
     chosen = _ranked_by_full_simulation(model, cluster, execution, best, near, top_k)
     search_seconds = time.perf_counter() - start
     if refine:
-        ranked = [_refine(model, cluster, config, execution, partition_time_s, placement_time_s, full_time,
-                          per_stage) for full_time, config in chosen]
+        ranked = []
+        for i, (full_time, config) in enumerate(chosen):
+            tick(lambda: f"refining the partition and placement of the {len(chosen)} best ({i} done)")
+            ranked.append(_refine(model, cluster, config, execution, partition_time_s, placement_time_s, full_time,
+                                  per_stage))
         ranked.sort(key=lambda plan: (plan.prediction["iteration_time_s"], ranking_key(plan.config)))
         ranked = _distinct(ranked)
     else:
@@ -644,6 +662,9 @@ def _refine(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, e
                             execution)
     return estimate(model, cluster, config, partition=best_partition, mesh=best_mesh, execution=execution)
 
+
+# How often a search says how far it has gone, where its caller asks (`search`'s `progress`).
+PROGRESS_EVERY_S = 10.0
 
 _DEVICE_DEGREES = ("tp", "pp", "dp", "cp", "ep", "etp")  # each a divisor of the devices (ep x etp of a pipeline rank's)
 
