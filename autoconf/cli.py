@@ -662,8 +662,12 @@ def plan_sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attent
         # never silent)
         progress = ((lambda n: status.update(Text(line(n)))) if console.is_terminal
                     else (lambda n: click.echo(f"autoconf: {line(n)}", err=True)))
+        told = search_progress(console, status, f"planning {model.name}")
+
+        def searching(nodes: int, text: str) -> None:
+            told(f"{counted(nodes, 'node')}: {text}")
         points = sizes.sweep(model, cluster, node_counts, global_batch, seq_len, dtype, attention, fixed, execution,
-                             tokens, usd, price_source, progress=progress)
+                             tokens, usd, price_source, progress=progress, search_progress=searching)
     front = sizes.pareto_front(points)
     if not front:
         reasons = "; ".join(f"{counted(p.nodes, 'node')}: {p.reason}" for p in points[:3])
@@ -784,15 +788,20 @@ def limits(model_arg, cluster_arg, nodes, gpus_per_node, global_batch, seq_len, 
     console = table_console(stderr=as_json)
     found = {}
     with console.status("") as status:
-        planner.progress = search_progress(console, status, f"limits on {cluster.world_size} devices")
         if "seq" in wanted:
             status.update(Text(f"longest sequence of {model.name} on {cluster.world_size} devices ..."))
+            planner.progress = search_progress(console, status, f"longest sequence of {model.name} on "
+                                                                f"{cluster.world_size} devices")
             found["seq"] = lim.longest_sequence(planner, model, max_seq_len)
         if "micro-batch" in wanted:
             status.update(Text(f"largest micro-batch of {model.name} on {cluster.world_size} devices ..."))
+            planner.progress = search_progress(console, status, f"largest micro-batch of {model.name} on "
+                                                                f"{cluster.world_size} devices")
             found["micro-batch"] = lim.largest_micro_batch(planner, model, seq_len or default_seq_len(model))
         if "model" in wanted:
             status.update(Text(f"largest {family} model on {cluster.world_size} devices ..."))
+            planner.progress = search_progress(console, status, f"largest {family} model on "
+                                                                f"{cluster.world_size} devices")
             found["model"] = lim.largest_model(planner, family, seq_len)
     written = []
     if out_dir is not None:

@@ -37,7 +37,7 @@ def test_a_share_of_the_whole_device_or_more_is_one_clear_line(tmp_path, value):
     data["efficiency"]["collective_sm_share"] = {"value": value, "why": "test"}
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(UserError, match="collective_sm_share.*below 1"):
+    with pytest.raises(UserError, match=r"collective_sm_share.*must be in \[0, 1\)"):
         load_cluster(str(path))
     run = subprocess.run([sys.executable, "-m", "autoconf", "estimate", "--model", "llama3-8b", "--cluster",
                           str(path), "--nodes", "1", "--tp", "1", "--pp", "1", "--dp", "8", "--micro-batch", "1",

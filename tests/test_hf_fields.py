@@ -541,11 +541,14 @@ def test_the_layers_that_slide_are_those_transformers_slides(config):
     assert any(expected) == (config["model_type"] not in ("llama", "deepseek_v3"))
 
 
-def test_qwen_layer_types_that_slide_without_the_switch_are_refused():
-    """Qwen's config class sets no window unless use_sliding_window (transformers' sliding mask then fails)."""
-    qwen = {**LLAMA, "model_type": "qwen2", "sliding_window": 512, "layer_types": ["sliding_attention"] * 2}
-    with pytest.raises(UserError, match="layer_types slides attention windows but use_sliding_window is false"):
-        from_hf_config(qwen, "q")
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3", "qwen2_moe"])
+def test_qwen_layer_types_that_slide_without_the_switch_attend_in_full(model_type):
+    """Qwen's config classes set no window unless use_sliding_window (Qwen2-MoE's 0), whatever layer_types say."""
+    transformers = pytest.importorskip("transformers")
+    qwen = {**(QWEN3_MOE if model_type == "qwen2_moe" else LLAMA), "model_type": model_type, "sliding_window": 512,
+            "layer_types": ["sliding_attention"] * 2}
+    assert from_hf_config(qwen, "q").sliding_window is None
+    assert not transformers.CONFIG_MAPPING[model_type].from_dict(qwen).sliding_window
     assert from_hf_config({**qwen, "use_sliding_window": True}, "q").full_attention_layers == ()
 
 

@@ -750,5 +750,8 @@ def test_a_long_search_says_how_far_it_has_gone(monkeypatch):
     result = CliRunner().invoke(main, ["limits", "--model", "llama3-8b", "--cluster", "dgx-h100-80g", "--nodes", "1",
                                        "--global-batch", "64", "--only", "micro-batch"])
     assert result.exit_code == 0, result.output
-    assert "autoconf: limits on 8 devices: trying llama3-8b at seq 8,192, micro_batch_size 2" in (
-        result.output)
+    assert ("autoconf: largest micro-batch of llama3-8b on 8 devices: trying llama3-8b at seq 8,192, "
+            "micro_batch_size 2") in result.output
+    swept = CliRunner().invoke(main, ["plan", "--model", "llama3-8b", "--cluster", "dgx-h100-80g", "--nodes", "1:2",
+                                      "--global-batch", "64", "--tokens", "1B"])
+    assert swept.exit_code == 0 and "autoconf: planning llama3-8b: 2 nodes: bounded" in swept.output, swept.output

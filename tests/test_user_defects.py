@@ -987,6 +987,12 @@ def test_a_plans_command_line_headroom_and_collective_share_hold_when_it_is_esti
                      "--out", tmp_path / "plain.json"])
     assert plain.exit_code == 0 and not {"memory_headroom", "collective_sm_share"} & set(
         json.loads((tmp_path / "plain.json").read_text())["cluster"])
+    zero = tmp_path / "zero.json"  # (a second review: a share of 0 was not recorded, and read back as 0.159)
+    assert run_cli(["estimate", "--model", "tiny-llama", "--cluster", "dgx-h100-80g", "--nodes", "1", "--tp", "1",
+                    "--pp", "2", "--dp", "4", "--micro-batch", "1", "--global-batch", "16", "--seq-len", "128",
+                    "--collective-sm-share", "0", "--out", zero]).exit_code == 0
+    assert json.loads(zero.read_text())["cluster"]["collective_sm_share"] == 0.0
+    assert plan_cluster(load_plan(zero)).collective_sm_share == 0.0
     doc["cluster"]["memory_headroom"] = 1.5
     unchecked.write_text(json.dumps(doc))
     assert_one_clear_error(run_cli(["show", unchecked]), "cluster memory_headroom must be a fraction in [0, 1)")

@@ -931,9 +931,8 @@ def step_floor(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     stage plan (no simulation): the busiest rank's compute over the step (`simulate.busy_per_rank`: no rank computes
     two passes at once) or, where it is longer, its DP comm stream under grad_reduce "microbatch"
     (`comm_stream_bound`, which `predict` holds the makespan to), and the seconds after the makespan, less
-    FLOOR_SLACK. 0 where the compute is not the sum of
-    its passes: overlapped pairs (a pair runs shorter than its parts) and CPU ranks sharing cores (whose costs the
-    prediction relaxes). Raises UserError as `predict` does."""
+    FLOOR_SLACK. 0 where the compute is not the sum of its passes: overlapped pairs (a pair runs shorter than its
+    parts) and CPU ranks sharing cores (whose costs the prediction relaxes). Raises UserError as `predict` does."""
     c, partition, grid = _checked(model, cluster, config, partition, mesh, execution)
     share = cpu_share(cluster)
     overlap = overlaps_pairs(model, c, execution)

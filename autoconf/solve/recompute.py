@@ -152,6 +152,10 @@ def fewest_counts(model: ModelSpec, cluster: ClusterProfile, config: ParallelCon
     return counts_of(chosen)
 
 
+# The least relative gain a move of `rebalanced` takes: below it, two steps differ by float rounding only.
+MOVE_GAIN = 1e-9
+
+
 def rebalanced(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list,
                mesh: np.ndarray | None, execution: Execution = Execution()) -> ParallelConfig:
     """`config` with its recomputed layers moved one at a time between stages of one
@@ -159,8 +163,9 @@ def rebalanced(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     Moves are scored by the extrapolated estimate (the search's: never below the full simulation, and cheap where
     micro-batches are many); the result is kept where the full estimate says it is faster than `config`, which
     comes back unchanged otherwise, or when its counts are None or each rank holds one stage. Each rank keeps its
-    total count (so its busy time). Deterministic: moves are tried in a fixed order and only a strictly shorter
-    step is taken. The caller bounds the work: a sweep scores every move, up to S * (S - 1) of S stages."""
+    total count (so its busy time). Deterministic: moves are tried in a fixed order and only a step shorter by
+    more than MOVE_GAIN (float noise moves no layer) is taken. The caller bounds the work: a sweep scores every
+    move, up to S * (S - 1) of S stages."""
     @functools.cache  # (a move and its reverse meet the same counts again)
     def step(counts: tuple[int, ...], extrapolate: bool = True) -> float:
         p = predict(model, cluster, dataclasses.replace(config, recompute_layers=counts), partition=partition,
@@ -172,11 +177,11 @@ def rebalanced(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     # (dualpipe's copy s is model stage s % n; its mirror ranks hold the same two model stages)
     pairs = sorted({(a % n, b % n) for a in range(len(owner)) for b in range(len(owner))
                     if owner[a] == owner[b] and a % n != b % n})
-    if config.recompute_layers is None:
+    if config.recompute_layers is None or not pairs:
         return config
     start = counts = tuple(config.recompute_layers)
     best_time = step(counts)
-    while pairs:
+    while True:
         found = None
         for a, b in pairs:
             if counts[a] == 0 or counts[b] == layers[b]:
@@ -185,9 +190,9 @@ def rebalanced(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             t = step(moved)
             if t < (best_time if found is None else found[0]):
                 found = (t, moved)
-        if found is None:
+        if found is None or found[0] >= best_time * (1 - MOVE_GAIN):
             break
         best_time, counts = found
-    if counts == start or step(counts, False) >= step(start, False):
+    if counts == start or step(counts, False) >= step(start, False) * (1 - MOVE_GAIN):
         return config
     return dataclasses.replace(config, recompute_layers=counts)

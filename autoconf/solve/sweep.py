@@ -9,6 +9,7 @@ Pareto front holds the sizes that no other size beats in both time and GPU-hours
 from __future__ import annotations
 
 import decimal
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -198,17 +199,20 @@ class SweepPoint:
 
 def sweep(model, cluster, node_counts: list[int], global_batch: int, seq_len: int, dtype: str, attention: str,
           fixed: dict, execution, tokens: int, price: float | None, price_source: str | None,
-          progress=None) -> list[SweepPoint]:
+          progress=None, search_progress=None) -> list[SweepPoint]:
     """The best plan at each node count (the search of `autoconf plan`, top 1), each with `prediction.training`.
-    `progress(nodes)` is called before each size."""
+    `progress(nodes)` is called before each size, `search_progress(nodes, line)` where its search says how far it
+    has gone (`search`'s `progress`)."""
     from autoconf.solve.search import search
     points = []
     for nodes in node_counts:
         if progress is not None:
             progress(nodes)
         sized = cluster.resized(nodes=nodes)
+        told = None if search_progress is None else functools.partial(search_progress, nodes)
         try:
-            result = search(model, sized, global_batch, seq_len, dtype, attention, dict(fixed), 1, execution)
+            result = search(model, sized, global_batch, seq_len, dtype, attention, dict(fixed), 1, execution,
+                            progress=told)
         except UserError as err:
             points.append(SweepPoint(nodes, sized.world_size, None, str(err)))
             continue
@@ -245,7 +249,8 @@ def pareto_front(points: list[SweepPoint]) -> list[SweepPoint]:
 def cheapest_within(points: list[SweepPoint], deadline_days: float, global_batch: int | None = None) -> SweepPoint:
     """The size with the fewest GPU-hours (the lowest cost) among those that train within the deadline (fewest
     nodes on a tie); UserError naming the fastest size when none does, and where a larger size planned was no
-    faster, that more nodes do not help at `global_batch` (which caps the data-parallel ranks splitting a step)."""
+    faster, that more nodes do not help at `global_batch` (which caps the data-parallel ranks splitting a step),
+    else the range of sizes to try (`beyond_deadline_advice`)."""
     planned = [p for p in points if p.plan is not None]
     if not planned:
         raise UserError("no cluster size in the range has a layout that fits; try more nodes or a smaller batch")

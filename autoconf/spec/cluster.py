@@ -262,7 +262,7 @@ class ClusterProfile:
         if not 0 <= share < 1:
             raise UserError(f"collective SM share must be a fraction in [0, 1), got {share}")
         efficiency = {k: v for k, v in self.efficiency.items() if k != "collective_sm_share"}
-        if share > 0:
+        if share > 0 or why == COMMAND_LINE:  # (the command line's 0 is kept, so a plan records it)
             efficiency["collective_sm_share"] = {"value": float(share), "why": why}
         return dataclasses.replace(self, efficiency=efficiency)
 
@@ -270,10 +270,10 @@ class ClusterProfile:
     def command_line_overrides(self) -> dict[str, float]:
         """What the command line set in place of the profile's values ({--memory-headroom's and
         --collective-sm-share's field: value}), as a plan's `cluster` object records them (COMMAND_LINE_OVERRIDES)."""
-        share = self.efficiency.get("collective_sm_share") or {}
-        return {**({"memory_headroom": float(self.memory_headroom["value"])} if self.headroom_from_command_line
-                   else {}),
-                **({"collective_sm_share": float(share["value"])} if share.get("why") == COMMAND_LINE else {})}
+        stated = {"memory_headroom": self.memory_headroom,
+                  "collective_sm_share": self.efficiency.get("collective_sm_share") or {}}
+        return {key: float(stated[key]["value"]) for key in COMMAND_LINE_OVERRIDES
+                if stated[key].get("why") == COMMAND_LINE}
 
     def with_overrides(self, overrides: dict) -> "ClusterProfile":
         """The profile with `overrides` (`command_line_overrides`' form; a plan's `cluster` object, whose other
@@ -439,11 +439,12 @@ class ClusterProfile:
                     raise UserError(f"{source}: efficiency {key!r} must be {{\"value\": number, \"why\": text}}")
                 if key.endswith("_s") and value < 0:
                     raise UserError(f"{source}: efficiency {key!r} is a time in seconds and must be >= 0")
-                if not key.endswith("_s") and value <= 0:
+                if key == "collective_sm_share":
+                    if not 0 <= value < 1:
+                        raise UserError(f"{source}: efficiency 'collective_sm_share' is a share of the device and "
+                                        f"must be in [0, 1), got {value}")
+                elif not key.endswith("_s") and value <= 0:
                     raise UserError(f"{source}: efficiency {key!r} must be a positive fraction of a peak, got {value}")
-                if key == "collective_sm_share" and value >= 1:
-                    raise UserError(f"{source}: efficiency 'collective_sm_share' is a share of the device and must be "
-                                    f"below 1, got {value}")
             collectives = dict(data.get("collectives") or {})
             for op, scopes in collectives.items():
                 for scope, points in dict(scopes).items():

@@ -332,10 +332,10 @@ def _layer_types(config: dict, name: str) -> list | None:
 
 
 # Whose attention slides, and by which keys: transformers 5's modelling code of each type. The Qwen types slide only
-# under `use_sliding_window` (else their config class sets no window); Qwen2, Qwen3, Qwen2-MoE and GPT-OSS read each
-# layer's kind from `layer_types` (absent: their config class derives it), Mistral, Mixtral and Qwen3-MoE slide every
-# layer when a window is set; Llama, DeepSeek and GPT-2 read no window at all (a stray key there is ignored, as
-# transformers ignores it).
+# under `use_sliding_window` (else their config class sets no window, whatever layer_types say); Qwen2, Qwen3,
+# Qwen2-MoE and GPT-OSS read each layer's kind from `layer_types` (absent: their config class derives it), Mistral,
+# Mixtral and Qwen3-MoE slide every layer when a window is set; Llama, DeepSeek and GPT-2 read no window at all (a
+# stray key there is ignored, as transformers ignores it).
 SWITCHED_WINDOWS = ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")
 LAYER_TYPES_READERS = ("qwen2", "qwen3", "qwen2_moe", "gpt_oss")
 EVERY_LAYER_WINDOWS = ("mistral", "mixtral", "qwen3_moe")
@@ -367,10 +367,9 @@ def sliding_window(config: dict, model_type: str, name: str) -> dict:
         if layer_types is None and switched and model_type in SWITCHED_WINDOWS and isinstance(layers, int) \
                 and not isinstance(layers, bool):
             layer_types, why = _derived_layer_types(config, model_type, name, layers), "use_sliding_window is true"
-        slides = layer_types is not None and "sliding_attention" in layer_types
-        if slides and not switched:
-            raise UserError(f"{name}: layer_types slides attention windows but use_sliding_window is false, under "
-                            f"which {model_type} sets no window; set use_sliding_window to true, or no sliding layer")
+        # (a Qwen config class without use_sliding_window sets no window: its "sliding_attention" layers attend
+        # in full)
+        slides = switched and layer_types is not None and "sliding_attention" in layer_types
         if slides:
             full = tuple(i for i, kind in enumerate(layer_types) if kind == "full_attention")
     elif model_type in EVERY_LAYER_WINDOWS:

@@ -35,17 +35,15 @@ EXPERT_KEYS = {"num_local_experts": "mixtral", "num_experts": "qwen3_moe", "n_ro
 
 def _says_experts(value) -> bool:
     """Whether an expert key's value names experts: a positive number, written as a JSON number or a string, or a
-    non-empty list (per-layer counts); not null, false, 0 or empty."""
+    list holding one (per-layer counts); not null, false, 0, a word ("none") or empty."""
     if isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
-            return bool(value.strip())
-    if isinstance(value, bool) or value is None:
-        return False
-    if isinstance(value, (int, float)):
-        return value > 0
-    return bool(value) if isinstance(value, (list, dict)) else False
+            return False
+    if isinstance(value, list):
+        return any(map(_says_experts, value))
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def expert_keys(config: dict, prefix: str = "", depth: int = 3) -> dict:

@@ -133,8 +133,8 @@ class ParallelConfig:
         """The layout in one line, every degree and choice that differs from the plain default ("tp2 pp4 dp8 cp2
         ring vpp2 mb1 interleaved-1f1b zero1 rc-selective sp"; "rs-mb": the sharded gradients reduce-scattered
         every micro-batch, grad_reduce "microbatch"; per-stage recompute counts as `counts_text` writes them): what
-        tables, pictures and one-line messages name a layout by. `selective`: what selective recompute redoes (`frameworks.selective_policy`), marked "/op" when it
-        is the per-op policy."""
+        tables, pictures and one-line messages name a layout by. `selective`: what selective recompute redoes
+        (`frameworks.selective_policy`), marked "/op" when it is the per-op policy."""
         parts = [f"tp{self.tp} pp{self.pp} dp{self.dp}"]
         if self.cp > 1:
             parts.append(f"cp{self.cp} {self.cp_comm}")
