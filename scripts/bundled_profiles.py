@@ -191,13 +191,19 @@ A100 = gpu_profile(
         "bandwidth shared by its 8 ranks, 2 sockets x 8 channels DDR4-3200 = 409.6 GB/s (AMD EPYC 7742 product page: "
         "8 channels, 204.8 GB/s per socket), a lower bound on the step time"))
 
+# What CUDA gives a process of an H100 SXM5 80GB (torch's total_memory, measured: autoconf/profiles/h100-*.json), not
+# the data sheet's 80 GB read as 80 GiB: a plan is checked against what it can allocate.
+H100_CUDA_MEMORY_BYTES = 85_017_493_504
+
 H100 = gpu_profile(
     "dgx-h100-80g",
     "DGX H100 nodes: 8x H100-SXM5-80GB (989 TFLOP/s dense bf16/fp16, 1979 dense fp8, 67 fp32; 3.35 TB/s HBM3; 80 "
-    "GiB), "
+    "GB, of which CUDA gives a process 85,017,493,504 bytes = 79.18 GiB: torch.cuda.get_device_properties's "
+    "total_memory on the NVIDIA H100 80GB HBM3 of the measured profiles h100-llama3-8b and h100-gpt3-1.3b; PyTorch's "
+    "out-of-memory message on that part in vllm-project/vllm#27508 reads 79.11 GiB total capacity), "
     "NVLink 4 through NVSwitch (900 GB/s bidirectional = 450 GB/s per direction per GPU), one 400 Gb/s NDR "
     "InfiniBand port per GPU (50 GB/s per direction), as in NVIDIA's DGX H100 data sheet.",
-    {"name": "H100-SXM5-80GB", "kind": "gpu", "memory_bytes": 80 * GiB, "memory_bandwidth_Bps": 3.35e12,
+    {"name": "H100-SXM5-80GB", "kind": "gpu", "memory_bytes": H100_CUDA_MEMORY_BYTES, "memory_bandwidth_Bps": 3.35e12,
      "peak_flops": H100_SXM_PEAK,
      "memory_overhead_bytes": 1.5 * GiB},
     link(5e-6, 450e9), link(8e-6, 50e9),
@@ -230,7 +236,8 @@ H100 = gpu_profile(
 H800 = gpu_profile(
     "dgx-h800-80g",
     "H800 nodes as DeepSeek trained V3 on: 8x H800-SXM5-80GB per node, the export variant of the H100 SXM5 with the "
-    "same compute and memory (989 TFLOP/s dense bf16, 1979 dense fp8; 3.35 TB/s HBM3; 80 GiB) and NVLink cut to 400 "
+    "same compute and memory (989 TFLOP/s dense bf16, 1979 dense fp8; 3.35 TB/s HBM3; 80 GB, 79.18 GiB to CUDA as the "
+    "H100's) and NVLink cut to 400 "
     "GB/s bidirectional = 200 GB/s per direction per GPU through NVSwitch; one 400 Gb/s InfiniBand NIC per GPU (50 "
     "GB/s per direction). DeepSeek-V3 technical report (arXiv 2412.19437 v1) Sec. 3.1 (8 GPUs per node, NVLink and "
     "NVSwitch within nodes, InfiniBand across) and Sec. 3.2.2 (NVLink about 160 GB/s, IB 50 GB/s as achieved: 0.8 of "

@@ -104,8 +104,8 @@ def test_a_long_count_list_is_labelled_with_runs():
     short = _config(recompute_layers=(4, 4, 2, 0))
     assert "rc-full[4,4,2,0]" in short.label()
     counts = (0, *[1] * 62, 0, *[1] * 18, *[0] * 46, 2, 2)
-    config = ParallelConfig(tp=1, pp=32, dp=1, vpp=4, micro_batch_size=1, global_batch_size=64, seq_len=SEQ, recompute="full",
-                            schedule="interleaved-1f1b", recompute_layers=counts)
+    config = ParallelConfig(tp=1, pp=32, dp=1, vpp=4, micro_batch_size=1, global_batch_size=64, seq_len=SEQ,
+                            recompute="full", schedule="interleaved-1f1b", recompute_layers=counts)
     assert "rc-full[0,1*62,0,1*18,0*46,2,2]" in config.label()
 
 

@@ -158,8 +158,8 @@ MOVE_GAIN = 1e-9
 
 def rebalanced(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, partition: list,
                mesh: np.ndarray | None, execution: Execution = Execution()) -> ParallelConfig:
-    """`config` with its recomputed layers moved one at a time between stages of one
-    pipeline rank, each time the move that shortens the step most while the plan fits, until no move shortens it.
+    """`config` with its recomputed layers moved one at a time between stages of one pipeline rank, each time the
+    move that shortens the step most while the plan fits, until no move shortens it.
     Moves are scored by the extrapolated estimate (the search's: never below the full simulation, and cheap where
     micro-batches are many); the result is kept where the full estimate says it is faster than `config`, which
     comes back unchanged otherwise, or when its counts are None or each rank holds one stage. Each rank keeps its
