@@ -998,6 +998,41 @@ def test_a_plans_command_line_headroom_and_collective_share_hold_when_it_is_esti
     assert_one_clear_error(run_cli(["show", unchecked]), "cluster memory_headroom must be a fraction in [0, 1)")
 
 
+def test_a_plan_made_on_another_version_of_its_profile_is_estimated_again(tmp_path):
+    """Thirtieth session's review: a profile file edited after planning (its collective SM share) changed `show`'s
+    timeline (6.62 s) under the stored table (6.603 s) without a word. The plan records its profile's digest
+    (`profile_sha256`); where the profile found now differs, the plan is estimated again on it with a note, and
+    where it is the same, or the plan recorded none, the stored prediction stands."""
+    from autoconf.report.current import current
+    from autoconf.spec.cluster import PROFILES_DIR
+    from autoconf.spec.plan import Plan, content_sha256, load_plan
+
+    profile = tmp_path / "mine.json"
+    doc = json.loads((PROFILES_DIR / "dgx-h100-80g.json").read_text())
+    profile.write_text(json.dumps(doc))
+    path = tmp_path / "plan.json"
+    layout = ["--model", "tiny-llama", "--cluster", profile, "--nodes", "1", "--tp", "1", "--pp", "2", "--dp", "4",
+              "--micro-batch", "1", "--global-batch", "16", "--seq-len", "128"]
+    assert run_cli(["estimate", *layout, "--out", path]).exit_code == 0
+    plan = load_plan(path)
+    assert len(plan.cluster["profile_sha256"]) == 64 and current(plan) == (plan, None)
+    doc["efficiency"]["collective_sm_share"]["value"] = 0.9
+    doc["memory_headroom"] = {"value": 0.5, "why": "test"}
+    profile.write_text(json.dumps(doc))
+    fresh, note = current(plan)
+    assert note and "was made on another version of the profile 'dgx-h100-80g'" in note, note
+    assert fresh.prediction["memory_limit_bytes"] == pytest.approx(plan.prediction["memory_limit_bytes"] / 0.95 * 0.5)
+    assert fresh.cluster["profile_sha256"] != plan.cluster["profile_sha256"]
+    again = run_cli(["estimate", *layout])
+    assert f"{fresh.prediction['iteration_time_s']:.4g} s" in again.output
+    shown = run_cli(["show", path, "--out", tmp_path / "shown"])
+    assert shown.exit_code == 0 and "another version of the profile" in shown.output, shown.output
+    older = json.loads(path.read_text())  # (as written before plans recorded the digest: the stored prediction)
+    del older["cluster"]["profile_sha256"], older["content_sha256"]
+    older = Plan.from_dict({**older, "content_sha256": content_sha256(older)})
+    assert older.as_written and current(older) == (older, None)
+
+
 def test_a_profile_that_overstates_the_device_gets_a_note_where_mfu_passes_100_percent(tmp_path):
     """A review: a profile with efficiency.matmul 4.0 (the checks' limit: calibration may divide an efficiency by a
     factor below 1) printed "MFU 189.3%" without a word; a prediction above the device's peak now says why."""

@@ -1109,12 +1109,15 @@ def _extended_peaks(first, second, m1: int, m2: int, m: int, vpp: int, seq_chunk
 
 
 def _cluster_summary(cluster: ClusterProfile) -> dict:
-    """The plan's `cluster` object; "profile" is the profile file's path when it is not a bundled one, and what the
-    command line set in place of the profile's values is recorded beside it (`command_line_overrides`)."""
+    """The plan's `cluster` object; "profile" is the profile file's path when it is not a bundled one,
+    "profile_sha256" its content's digest (`ClusterProfile.content_sha256`, where it was read from a file), and what
+    the command line set in place of the profile's values is recorded beside them (`command_line_overrides`)."""
     summary = {"name": cluster.name, "nodes": cluster.nodes, "gpus_per_node": cluster.gpus_per_node,
                "backend": cluster.backend, "device": cluster.device.name, **cluster.command_line_overrides}
     if cluster.path:
         summary["profile"] = cluster.path
+    if cluster.content_sha256:
+        summary["profile_sha256"] = cluster.content_sha256
     return summary
 
 

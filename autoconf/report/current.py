@@ -60,17 +60,30 @@ def current(plan: Plan, cluster=None, source: str = "the plan",
     memory. Where the cluster is not available: a UserError naming `remedy` for an edited plan; for one without a
     checksum, the plan as stored and a note saying it could not be checked (a plan written by an older autoconf
     planned on another machine still launches). A plan made with --tokens has its time, GPU-hours and cost to train
-    made again at the new throughput, for the tokens and the price it states."""
+    made again at the new throughput, for the tokens and the price it states. A plan as written whose profile has
+    changed since (its recorded `profile_sha256` is not that of the profile found now: another autoconf's bundled
+    profile, a profile file measured or edited again) is estimated again on today's profile, with a note saying so;
+    where no profile is found, or the plan recorded none, its stored prediction stands."""
     if plan.as_written:
-        return plan, None
-    why = ("is not as autoconf wrote it (its content_sha256 differs)" if plan.edited else
-           "carries no checksum of what autoconf wrote (written before 2026-12-06, or edited)")
-    try:
-        on = plan_cluster(plan, cluster, f"estimate {source} again" + (f" (it {why})" if plan.edited else ""), remedy)
-    except UserError as err:
-        if plan.edited:
-            raise
-        return plan, f"{source} {why}; its stored prediction is used unchecked ({err})"
+        recorded = plan.cluster.get("profile_sha256")
+        try:
+            on = plan_cluster(plan, cluster) if recorded else None
+        except UserError:
+            on = None
+        if on is None or on.content_sha256 in (None, recorded):
+            return plan, None
+        why = (f"was made on another version of the profile {plan.cluster.get('name')!r} (its profile_sha256 "
+               f"differs from the profile's now)")
+    else:
+        why = ("is not as autoconf wrote it (its content_sha256 differs)" if plan.edited else
+               "carries no checksum of what autoconf wrote (written before 2026-12-06, or edited)")
+        try:
+            on = plan_cluster(plan, cluster, f"estimate {source} again" + (f" (it {why})" if plan.edited else ""),
+                              remedy)
+        except UserError as err:
+            if plan.edited:
+                raise
+            return plan, f"{source} {why}; its stored prediction is used unchecked ({err})"
     fresh = estimate(plan.model, on, plan.config, partition=plan.partition,
                      mesh=plan.placement["mesh"], execution=plan_execution(plan.prediction))
     old, new = plan.prediction, fresh.prediction
@@ -89,7 +102,8 @@ def current(plan: Plan, cluster=None, source: str = "the plan",
         new["training"] = training(new, stored["tokens"], plan.config.world_size,
                                    float(price) if isinstance(price, (int, float)) else None,
                                    stored.get("price_source"))
-    updated = Plan(model=plan.model, cluster=plan.cluster, config=plan.config, partition=plan.partition,
+    estimated_on = {**plan.cluster, **({"profile_sha256": on.content_sha256} if on.content_sha256 else {})}
+    updated = Plan(model=plan.model, cluster=estimated_on, config=plan.config, partition=plan.partition,
                    placement=plan.placement, prediction=new, sequence_split=plan.sequence_split,
                    timeline=fresh.timeline)
     return updated, note

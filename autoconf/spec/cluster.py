@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import re
@@ -148,6 +149,9 @@ class ClusterProfile:
     # The absolute path of the profile file it was loaded from, when not a bundled one: plans record it so that
     # `show` finds the profile again. Not part of the profile's content (neither written nor compared).
     path: str | None = field(default=None, compare=False)
+    # The SHA-256 of the profile's content as read (its JSON, keys sorted), whatever it was resized to: plans record
+    # it, so that a plan made on another version of the profile is estimated again (report/current.py).
+    content_sha256: str | None = field(default=None, compare=False)
 
     @functools.cached_property
     def matmul_size_points(self) -> tuple[tuple[float, float], ...]:
@@ -497,7 +501,8 @@ def load_cluster(arg: str, nodes: int | None = None, gpus_per_node: int | None =
         if path is None:
             raise UserError(f"unknown cluster {shown(arg)!r}: not a bundled profile ({', '.join(bundled_profiles())})"
                             f" and no such file{did_you_mean(arg, bundled_profiles())}")
-    profile = ClusterProfile.from_dict(read_json(path, "cluster profile"), source=str(path))
-    if path != bundled:
-        profile = dataclasses.replace(profile, path=str(path.resolve()))
+    data = read_json(path, "cluster profile")
+    profile = ClusterProfile.from_dict(data, source=str(path))
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    profile = dataclasses.replace(profile, content_sha256=digest, path=None if path == bundled else str(path.resolve()))
     return profile.resized(nodes, gpus_per_node)

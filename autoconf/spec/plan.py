@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,8 @@ PLAN_FIELDS = ("version", "kind", "model", "cluster", "config", "partition", "pl
                "sequence_split", "content_sha256")
 # The last two only where the command line set them in place of the profile's (`spec/cluster.py`
 # `command_line_overrides`): every estimate of the plan again applies them.
-CLUSTER_FIELDS = ("name", "nodes", "gpus_per_node", "backend", "device", "profile", *COMMAND_LINE_OVERRIDES)
+CLUSTER_FIELDS = ("name", "nodes", "gpus_per_node", "backend", "device", "profile", "profile_sha256",
+                  *COMMAND_LINE_OVERRIDES)
 PLACEMENT_FIELDS = ("mesh",)
 BACKENDS = ("nccl", "gloo")
 # Bounds on the work one step's simulation does, and sanity ranges of the inputs (far beyond any real run).
@@ -603,6 +605,9 @@ class Plan:
         profile = self.cluster.get("profile")
         if profile is not None and (not isinstance(profile, str) or not profile or "\0" in profile):
             raise UserError(f"{source}: cluster profile must be the path of a profile file (got {profile!r})")
+        digest = self.cluster.get("profile_sha256")
+        if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+            raise UserError(f"{source}: cluster profile_sha256 must be the 64 hex digits autoconf wrote (or absent)")
         for key in COMMAND_LINE_OVERRIDES:
             value = self.cluster.get(key, 0.0)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
