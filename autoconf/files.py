@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
 import os
 import re
 import tempfile
@@ -102,6 +104,12 @@ def is_version(value, expected: int) -> bool:
 # other scripts, "٨", which no option means).
 _ASCII_INT = re.compile(r"\s*[+-]?[0-9]+\s*")
 _ASCII_FLOAT = re.compile(r"\s*[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|inf|infinity|nan)\s*", re.IGNORECASE)
+
+
+def json_sha256(obj) -> str:
+    """The SHA-256 (hex) of a JSON value with its keys sorted and no spaces: the same content gives the same digest
+    however its file was indented or ordered."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def ascii_number(text: str, integer: bool = True) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import re
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from autoconf.errors import UserError
-from autoconf.files import did_you_mean, gib_figures, is_version, shown
+from autoconf.files import did_you_mean, gib_figures, is_version, json_sha256, shown
 
 
 COMMAND_LINE = "set on the command line"  # the reason a headroom from --memory-headroom states
@@ -149,7 +148,7 @@ class ClusterProfile:
     # The absolute path of the profile file it was loaded from, when not a bundled one: plans record it so that
     # `show` finds the profile again. Not part of the profile's content (neither written nor compared).
     path: str | None = field(default=None, compare=False)
-    # The SHA-256 of the profile's content as read (its JSON, keys sorted), whatever it was resized to: plans record
+    # The SHA-256 of the profile's content as read (`files.json_sha256`), whatever it was resized to: plans record
     # it, so that a plan made on another version of the profile is estimated again (report/current.py).
     content_sha256: str | None = field(default=None, compare=False)
 
@@ -503,6 +502,6 @@ def load_cluster(arg: str, nodes: int | None = None, gpus_per_node: int | None =
                             f" and no such file{did_you_mean(arg, bundled_profiles())}")
     data = read_json(path, "cluster profile")
     profile = ClusterProfile.from_dict(data, source=str(path))
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-    profile = dataclasses.replace(profile, content_sha256=digest, path=None if path == bundled else str(path.resolve()))
+    profile = dataclasses.replace(profile, content_sha256=json_sha256(data),
+                                  path=None if path == bundled else str(path.resolve()))
     return profile.resized(nodes, gpus_per_node)

@@ -7,7 +7,6 @@ every violated rule at once, naming each factor, so a user sees all that is wron
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import math
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.files import is_version, listed, quoted, shown
+from autoconf.files import is_version, json_sha256, listed, quoted, shown
 from autoconf.spec.cluster import COMMAND_LINE_OVERRIDES
 from autoconf.spec.dtypes import DTYPES
 from autoconf.spec.frameworks import CP_COMM, GRAD_REDUCE, PRESETS, SELECTIVE_RECOMPUTE
@@ -682,8 +681,7 @@ _MEMORY_KINDS = ("params", "grads", "optimizer", "activations", "other", "total"
 def content_sha256(data: dict) -> str:
     """The SHA-256 (hex) of a plan's JSON object without its own "content_sha256": keys sorted, no spaces, so the
     same content gives the same digest however the file was indented."""
-    rest = {k: v for k, v in data.items() if k != "content_sha256"}
-    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return json_sha256({k: v for k, v in data.items() if k != "content_sha256"})
 
 
 def prediction_problems(pred: dict) -> list[str]:
