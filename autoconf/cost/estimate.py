@@ -44,8 +44,8 @@ from autoconf.cost.simulate import (WEIGHT_GRAD_ACTIVATION_SHARE, StageCosts, Ti
 from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, check_dtype, gather_bytes, precision
-from autoconf.spec.frameworks import (PRESETS, TP_OVERLAP_PAIRS, Execution, changed_flags,
-                                      selective_policy, tp_overlap_chunks)
+from autoconf.spec.frameworks import (MLP_GEMMS, PRESETS, TP_OVERLAP_GEMMS, TP_OVERLAP_PAIRS, Execution,
+                                      changed_flags, selective_policy, tp_overlap_chunks)
 from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, recompute_layers_problem, recomputed_layers, uniform_partition
@@ -115,6 +115,14 @@ class StagePlan:
     reduce_contending: list[float] = dataclasses.field(default_factory=list)
     # Per stage, FSDP's hooks on its units in each forward and each backward(-input) pass (framework time).
     hooks: list[float] = dataclasses.field(default_factory=list)
+    # Per stage under `blocking_p2p`, its sends to the next stage (forward) and the previous one (input backward),
+    # which its passes hold; empty otherwise, where a transfer delays only the receiver.
+    p2p_sends: list[PassTimes] = dataclasses.field(default_factory=list)
+
+    def transfer_delay(self, p2p):
+        """What a transfer adds between a pass and the pass on another rank that reads it (`simulate`'s p2p_time):
+        nothing where the sender's pass held the send (`p2p_sends`), else `p2p`."""
+        return 0.0 if self.p2p_sends else p2p
 
 
 def dp_buffer_bytes(c: ParallelConfig, params: float, execution: Execution | None = None) -> tuple[float, float]:
@@ -154,15 +162,17 @@ def tp_overlap_gemms(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfi
     return {name: gemms_time(cluster, dtype, [flops]) for name, flops in tp_overlap_gemm_flops(model, c).items()}
 
 
-def tp_overlap_split_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> PassTimes:
+def tp_overlap_split_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
+                          paired: tuple[str, ...] = TP_OVERLAP_GEMMS) -> PassTimes:
     """Seconds per layer, forward and backward, that `tp_comm_overlap` adds to the compute by cutting the paired
     GEMMs into chunks (`tp_overlap_chunks`: a ring exchange runs tp GEMMs of 1/tp of the tokens, a pipelined
     reduce-scatter TP_OVERLAP_SPLITS): each chunk at the `matmul_rate` of its own FLOPs, less the whole GEMM at its
     rate. Never negative; 0 where the profile's size curve is flat over the chunks' sizes (or states none), and
-    for GEMMs that no split touches (the bulk pairs, the wgrad of the row-parallel layers)."""
+    for GEMMs that no split touches (the bulk pairs, the wgrad of the row-parallel layers). `paired`: only these
+    GEMMs (`overlapped_tp_layer`'s)."""
     dtype, flops = precision(c.dtype).gemm, tp_overlap_gemm_flops(model, c)
     chunks: dict[tuple[str, str], int] = {}
-    for pass_, _collective, gemm_name, method in TP_OVERLAP_PAIRS:
+    for pass_, _collective, gemm_name, method in (pair for pair in TP_OVERLAP_PAIRS if pair[2] in paired):
         key = (pass_, gemm_name)
         chunks[key] = max(chunks.get(key, 1), tp_overlap_chunks(method, c.tp))
     extra = {"forward": 0.0, "backward": 0.0}
@@ -175,17 +185,18 @@ def tp_overlap_split_time(model: ModelSpec, cluster: ClusterProfile, c: Parallel
     return PassTimes(extra["forward"], extra["backward"], 0.0)
 
 
-def overlapped_tp_layer(all_gather: float, reduce_scatter: float, gemms: dict[str, float], tp: int) -> PassTimes:
+def overlapped_tp_layer(all_gather: float, reduce_scatter: float, gemms: dict[str, float], tp: int,
+                        paired: tuple[str, ...] = TP_OVERLAP_GEMMS) -> PassTimes:
     """The TP seconds per layer that stay exposed under `tp_comm_overlap` (Megatron-Core's userbuffers), given one
     all-gather's and one reduce-scatter's time on the TP group and `tp_overlap_gemms`: every collective of
     `TP_OVERLAP_PAIRS` exposes what the GEMM beside it does not cover under its method (ring exchange: what its
     tp - 1 steps exceed the GEMM's chunks, max(0, comm - gemm x (tp - 1) / tp); pipeline: the last of its
     TP_OVERLAP_SPLITS chunks plus what the others exceed theirs; bulk: max(0, comm - gemm)). Forward and backward
     (the backward's with the sequence-parallel re-gathers and the wgrad GEMMs); the SMs the collectives take from
-    the GEMMs beside them are not modelled."""
+    the GEMMs beside them are not modelled. `paired`: only the pairs beside these GEMMs (the MLP's: MLP_GEMMS)."""
     comm = {"all_gather": all_gather, "reduce_scatter": reduce_scatter}
     exposed = {"forward": 0.0, "backward": 0.0}
-    for pass_, collective, gemm_name, method in TP_OVERLAP_PAIRS:
+    for pass_, collective, gemm_name, method in (pair for pair in TP_OVERLAP_PAIRS if pair[2] in paired):
         seconds, gemm = comm[collective], gemms[gemm_name]
         n = tp_overlap_chunks(method, tp)
         if method == "ring_exchange":
@@ -195,6 +206,16 @@ def overlapped_tp_layer(all_gather: float, reduce_scatter: float, gemms: dict[st
         else:
             exposed[pass_] += max(0.0, seconds - gemm)
     return PassTimes(exposed["forward"], exposed["backward"], 0.0)
+
+
+def overlapped_tp_times(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
+                        devices) -> tuple[PassTimes, PassTimes, PassTimes]:
+    """Per layer under `tp_comm_overlap` on the TP group `devices`: (the collectives' exposed time, the split GEMMs'
+    loss, the MLP's share of both)."""
+    gathered, gemms = tp_sp_collectives(model, cluster, c, devices), tp_overlap_gemms(model, cluster, c)
+    return (overlapped_tp_layer(*gathered, gemms, c.tp), tp_overlap_split_time(model, cluster, c),
+            overlapped_tp_layer(*gathered, gemms, c.tp, MLP_GEMMS) + tp_overlap_split_time(model, cluster, c,
+                                                                                           MLP_GEMMS))
 
 
 def tp_sp_collectives(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices) -> tuple[float, float]:
@@ -288,13 +309,13 @@ def cp_exchange_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution 
 
 
 def recompute_time(pieces, c: ParallelConfig, one_collective: float, matmul_share: float | None = None,
-                   matmuls_only: bool = False) -> float:
+                   matmuls_only: bool = False, gather_share: float = 1.0) -> float:
     """Per layer: the forward that recompute repeats in the backward (the block with its TP collectives, or under
     selective recompute the attention core; with `matmul_share` (`selective_matmul_share`) instead that share of
-    the block's matmul time, all of its element-wise time and, under TP, its two forward collectives: the per-op
-    policy saves the reduce-scatters' outputs but not the sequence-parallel all-gathers', nor the all-reduces'
-    without SP; the matmul time being the weight-gradient pass's). `matmuls_only` (`selective_matmuls_only`): the
-    share of the matmul time alone."""
+    the block's matmul time, all of its element-wise time and, under TP, what it redoes of its two forward
+    collectives, `gather_share` of them (`selective_gather_share`: the per-op policy saves the reduce-scatters'
+    outputs but not the sequence-parallel all-gathers', nor the all-reduces' without SP); the matmul time being the
+    weight-gradient pass's). `matmuls_only` (`selective_matmuls_only`): the share of the matmul time alone."""
     if c.recompute == "full":
         return pieces.block.forward + 2 * one_collective
     if c.recompute == "selective":
@@ -304,8 +325,18 @@ def recompute_time(pieces, c: ParallelConfig, one_collective: float, matmul_shar
         if matmuls_only:
             return matmul_share * rest.backward_weight
         return (matmul_share * rest.backward_weight + max(0.0, rest.forward - rest.backward_weight)
-                + (2 * one_collective if c.tp > 1 else 0.0))
+                + (2 * one_collective * gather_share if c.tp > 1 else 0.0))
     return 0.0
+
+
+def selective_gather_share(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices) -> float:
+    """The share of a layer's TP collectives (`tp_collective` on the TP group `devices`) that the per-op selective
+    policy redoes: under sequence parallelism the all-gathers' (it saves the reduce-scatters' outputs,
+    execute/checkpoint_policy.py `SAVED_COLLECTIVES` as torchtitan's `_save_list`), else all (the all-reduces)."""
+    if not c.sequence_parallel or c.tp == 1:
+        return 1.0
+    gather, scatter = tp_sp_collectives(model, cluster, c, devices)
+    return gather / (gather + scatter) if gather + scatter > 0 else 0.5
 
 
 def selective_matmuls_only(c: ParallelConfig, execution: Execution) -> bool:
@@ -396,17 +427,21 @@ def exposed_dp(execution: Execution, gather: float, reduce: float, params: float
 
 
 def step_collectives(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, grid: RankGrid,
-                     stage_to_rank: tuple) -> float:
+                     stage_to_rank: tuple, execution: Execution | None = None) -> float:
     """Seconds of the collectives every step runs once after the pipeline flush, before the optimizer: the sum of
-    the tied embedding's gradients between the first and the last stage (when different pipeline ranks hold them),
-    the all-reduce of the gradient norm's square and the all-reduce of the loss, both over every rank. Every rank
-    waits for them with nothing left to compute (`collective_time`'s `synced`)."""
+    the tied embedding's gradients between the first and the last stage (when different pipeline ranks hold them:
+    the rank's shard under FSDP; the whole gradient in the megatron layout, whose distributed optimizer keeps the
+    whole buffer and all-reduces the embedding's `main_grad`, Megatron-Core's `_allreduce_word_embedding_grads`,
+    but Megatron-FSDP's ZeRO-3), the all-reduce of the gradient norm's square and the all-reduce of the loss, both
+    over every rank. Every rank waits for them with nothing left to compute (`collective_time`'s `synced`)."""
     everyone = grid.devices.reshape(-1)
     seconds = (collective_time(cluster, "all_reduce", 8, everyone, synced=True)
                + collective_time(cluster, "all_reduce", 16, everyone, synced=True))
     last = stage_to_rank[-1]
     if model.tied_embeddings and c.pp > 1 and last != stage_to_rank[0]:
-        shard = c.dp_cp if c.zero_sharded else 1
+        whole = (execution is not None and execution.memory_layout == "megatron"
+                 and not (execution.megatron_fsdp and c.zero_stage == 3))
+        shard = c.dp_cp if c.zero_sharded and not whole else 1
         grad_bytes = model.vocab_size * model.hidden_size / c.tp / shard * 4
         pairs = np.stack([grid.pipeline_rank(stage_to_rank[0]).reshape(-1), grid.pipeline_rank(last).reshape(-1)],
                          axis=1)
@@ -468,7 +503,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     compute_parts, recompute_parts, tp_parts, gathers, reduces, buckets, ep_parts = [], [], [], [], [], [], []
     exchange_back_parts = []  # per stage, the token exchange inside its input backward (a full recompute's too)
     reduce_contending = []
-    cp_parts, hook_parts = [], []
+    cp_parts, hook_parts, sends = [], [], []
     moe_pieces = pieces.kind(True) if model.moe is not None else None
     # The stages of one rank share its groups: their collectives are timed once per rank (and stage size).
     tp_of_rank, grow_of_rank, dp_of_stage, ep_of_rank, cp_of_rank = {}, {}, {}, {}, {}
@@ -490,16 +525,15 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             tp_group = grid.first_group_array("tp", rank)
             tp_of_rank[rank] = (tp_collective(model, cluster, c, tp_group),
                                 sp_regather_time(model, cluster, c, tp_group, execution),
-                                (overlapped_tp_layer(*tp_sp_collectives(model, cluster, c, tp_group),
-                                                     tp_overlap_gemms(model, cluster, c), c.tp),
-                                 tp_overlap_split_time(model, cluster, c)) if overlap_tp else None,
-                                token_share_tp_comm(model, cluster, c, tp_group, execution))
-        one, regather_layer, overlapped, token_share = tp_of_rank[rank]
+                                overlapped_tp_times(model, cluster, c, tp_group) if overlap_tp else None,
+                                token_share_tp_comm(model, cluster, c, tp_group, execution),
+                                selective_gather_share(model, cluster, c, tp_group))
+        one, regather_layer, overlapped, token_share, gather_share = tp_of_rank[rank]
         regather = regather_layer * layers
         tp = PassTimes(2 * one * layers, 2 * one * layers + regather, 0.0)
         layer_one = one  # a layer's forward TP time per collective, which full recompute repeats
         if overlap_tp:
-            exposed, split = overlapped  # the split GEMMs' loss is the layers' own, not the ends' collectives'
+            exposed, split, _ = overlapped  # the split GEMMs' loss is the layers' own, not the ends' collectives'
             tp = (exposed + split).scaled(layers)
             one, layer_one = exposed.forward / 2, (exposed + split).forward / 2
         elif measured_tp is not None:
@@ -513,13 +547,18 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             layer_one = one
             tp = PassTimes((per_layer.forward + 2 * grow) * layers,
                            (per_layer.backward_input + 2 * grow) * layers + regather, 0.0)
-        moe_tp = (moe_tp_change(model, c, tp, layers, regather, token_share) if n_moe and not overlap_tp
-                  else PassTimes(0.0, 0.0, 0.0))
+        moe_tp = PassTimes(0.0, 0.0, 0.0)
+        if n_moe and execution.moe_sequence_dispatch and not model.moe.num_shared_experts:
+            # the routed experts read the rank's sequence slice: no MLP collectives over TP (nor their re-gather)
+            moe_tp = overlapped[2].scaled(-1.0) if overlap_tp else moe_tp_change(model, c, tp, layers, regather,
+                                                                                (0.0, 0.0), mlp_kept=(0.0, 0.0))
+        elif n_moe and not overlap_tp:
+            moe_tp = moe_tp_change(model, c, tp, layers, regather, token_share)
         tp = tp + moe_tp.scaled(n_moe)
         copies = side_kernels_time(model, cluster, c, execution)  # FSDP2 copies, gradient hooks (not recomputed)
         dense_layer = pieces.block + copies
         compute = dense_layer.scaled(layers)
-        recompute = recompute_time(pieces, c, layer_one, matmul_share, only) * recomputed[st]
+        recompute = recompute_time(pieces, c, layer_one, matmul_share, only, gather_share) * recomputed[st]
         ep = PassTimes(0.0, 0.0, 0.0)
         recompute_exchange = 0.0  # a full recompute's forward exchange again, in the backward
         r_moe, moe_layer = 0, None  # the recomputed MoE layers, an MoE layer's compute
@@ -531,8 +570,9 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             moe_layer = moe_pieces.block + side_kernels_time(model, cluster, c, execution, moe=True)
             compute = dense_layer.scaled(layers - n_moe) + moe_layer.scaled(n_moe)
             recompute_exchange = exchange * r_moe if c.recompute == "full" else 0.0
-            recompute = (recompute_time(pieces, c, layer_one, matmul_share, only) * (recomputed[st] - r_moe)
-                         + (recompute_time(moe_pieces, c, layer_one, moe_share, only)
+            recompute = (recompute_time(pieces, c, layer_one, matmul_share, only, gather_share)
+                         * (recomputed[st] - r_moe)
+                         + (recompute_time(moe_pieces, c, layer_one, moe_share, only, gather_share)
                             + (exchange + moe_tp.forward if c.recompute == "full" else 0.0)) * r_moe)
             ep = PassTimes(exchange * n_moe, exchange_back * n_moe, 0.0)
         if c.cp > 1:
@@ -552,7 +592,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         if st == last and model.mtp_num_layers:
             compute, tp, ep, recompute, exposed = mtp_stage_costs(
                 model, cluster, c, pieces, compute, tp, ep, recompute, one, layer_one, matmul_share, moe_share,
-                exchange_of(rank) if model.mtp_block_is_moe() else None, only)
+                exchange_of(rank) if model.mtp_block_is_moe() else None, only, gather_share)
             recompute_exchange += exposed
             if c.cp > 1:  # the MTP blocks' attention exchanges K/V as the stage's blocks do
                 cp_parts[-1] = cp_parts[-1] + cp_layer.scaled(model.mtp_num_layers)
@@ -598,10 +638,10 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             fwd = beside(fwd, per_microbatch_gather, cluster.collective_sm_share)
             bwd_in = beside(bwd_in, per_microbatch_gather, cluster.collective_sm_share)
         if execution.blocking_p2p and p2p is not None:
-            if st < last and stage_to_rank[st + 1] != rank:
-                fwd += p2p(st, st + 1)
-            if st > 0 and stage_to_rank[st - 1] != rank:
-                bwd_in += p2p(st, st - 1)
+            sends.append(PassTimes(p2p(st, st + 1) if st < last and stage_to_rank[st + 1] != rank else 0.0,
+                                   p2p(st, st - 1) if st > 0 and stage_to_rank[st - 1] != rank else 0.0, 0.0))
+            fwd += sends[-1].forward
+            bwd_in += sends[-1].backward_input
         forward.append(fwd)
         back_in.append(bwd_in)
         back_w.append(bwd_w)
@@ -635,7 +675,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     return StagePlan(costs, compute_parts, recompute_parts, tp_parts, pass_overhead,
                      gathers, reduces, buckets, early, ep_comm=ep_parts if model.moe is not None else [],
                      offload=offload_parts, cp_comm=cp_parts, contention=cluster.collective_sm_share,
-                     reduce_contending=reduce_contending, hooks=hook_parts)
+                     reduce_contending=reduce_contending, hooks=hook_parts, p2p_sends=sends)
 
 
 def weight_pass_rewalks(c: ParallelConfig, execution: Execution) -> bool:
@@ -651,7 +691,7 @@ def weight_pass_rewalks(c: ParallelConfig, execution: Execution) -> bool:
 
 
 def moe_tp_change(model: ModelSpec, c: ParallelConfig, tp: PassTimes, layers: int, regather: float,
-                  token_share: tuple[float, float]) -> PassTimes:
+                  token_share: tuple[float, float], mlp_kept: tuple[float, float] | None = None) -> PassTimes:
     """What one MoE layer's TP collectives differ by from a dense layer's share of `tp` (the stage's `layers`
     layers' TP time, `regather` of it in the backward beyond the layers' two collectives each, so half a layer's is
     one collective: the attention's, or the MLP's all-reduce or sequence-parallel pair) when each TP rank routes a
@@ -660,11 +700,17 @@ def moe_tp_change(model: ModelSpec, c: ParallelConfig, tp: PassTimes, layers: in
     under sequence parallelism, the MoE input's all-gather: half the pair), the backward the shared experts' input
     all-reduce (under sequence parallelism also their output's all-gather, half a pair more: the MoE input's
     gradient is whole on every rank, so the gather's backward is a slice); the token share's own collectives come
-    on top (execute/parallelize.py `apply_tp`, execute/moe.py)."""
+    on top (execute/parallelize.py `apply_tp`, execute/moe.py). With `mlp_kept` (Megatron's sequence-sharded
+    dispatch, `Execution.moe_sequence_dispatch`: (0, 0) without shared experts) that share of the MLP's collectives
+    is kept instead, in both passes, and of its re-gather (`sp_regather_time`, the MLP's input: half the layer's),
+    with no token share's own."""
     extra_f, extra_b = token_share
-    if not (extra_f or extra_b) or not layers:
+    if not layers or not (extra_f or extra_b or mlp_kept is not None):
         return PassTimes(0.0, 0.0, 0.0)
     half_f, half_b = tp.forward / (2 * layers), (tp.backward_input - regather) / (2 * layers)
+    if mlp_kept is not None:
+        kept_f, kept_b = mlp_kept
+        return PassTimes(-(1 - kept_f) * half_f, -(1 - kept_b) * (half_b + regather / (2 * layers)), 0.0)
     kept_f, kept_b = moe_mlp_collectives_kept(model, c)
     return PassTimes(extra_f - (1 - kept_f) * half_f, extra_b - (1 - kept_b) * half_b, 0.0)
 
@@ -689,7 +735,7 @@ def exchange_sm_share(cluster: ClusterProfile, execution: Execution) -> float:
 def mtp_stage_costs(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, pieces, compute: PassTimes,
                     tp: PassTimes, ep: PassTimes, recompute: float, one: float, layer_one: float,
                     matmul_share: float | None, moe_share: float | None, exchange: tuple[float, float] | None,
-                    matmuls_only: bool = False):
+                    matmuls_only: bool = False, gather_share: float = 1.0):
     """The last stage's (compute, TP, token exchange, recompute, recomputed exchange) with the MTP modules added
     (cost/mtp.py): each module's block under the same rules as the stage's blocks (two TP collectives per pass, its
     token exchange when it is an MoE block, recomputed under the plan's mode), its embedding's and head's TP
@@ -700,7 +746,8 @@ def mtp_stage_costs(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig
     compute = compute + mtp_pass_times(model, cluster, c, block)
     tp = tp + PassTimes(3 * one * d, 3 * one * d, 0.0)  # the block's two, the embedding's and the head's one
     redo = exchange[0] if moe and c.recompute == "full" else 0.0
-    recompute += (recompute_time(block, c, layer_one, moe_share if moe else matmul_share, matmuls_only) + redo) * d
+    recompute += (recompute_time(block, c, layer_one, moe_share if moe else matmul_share, matmuls_only, gather_share)
+                  + redo) * d
     if moe:
         ep = ep + PassTimes(exchange[0] * d, exchange[1] * d, 0.0)
     return compute, tp, ep, recompute, redo * d
@@ -920,7 +967,7 @@ def _after_makespan(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig
     optimizer = max(rank_optimizer_time(cluster, c, *rank_params(model, partition, schedule.model_stages_of_rank(r)),
                                         execution=execution)
                     for r in range(c.pp))
-    step_comm = (step_collectives(model, cluster, c, grid, schedule.stage_to_rank)
+    step_comm = (step_collectives(model, cluster, c, grid, schedule.stage_to_rank, execution)
                  + mirror_grad_sum(model, cluster, c, partition, grid, schedule, execution))
     return step_comm, optimizer, cluster.overhead("step_overhead_s")
 
@@ -986,6 +1033,7 @@ def _simulate_step(schedule, sp: StagePlan, p2p, execution: Execution) -> tuple[
     bucket by bucket during it, or (without overlap) every rank's reductions one after another once the whole
     pipeline has flushed, on its comm stream."""
     gather_buckets = sp.buckets if execution.param_gather_overlap else None
+    p2p = sp.transfer_delay(p2p)
     if execution.grad_reduce_start != "after_flush":
         reduce_buckets = sp.buckets if execution.grad_reduce_start == "per_bucket" else None
         timeline = simulate(schedule, sp.costs, p2p, sp.allgather, sp.reduce, gather_buckets, reduce_buckets,
@@ -1184,9 +1232,9 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, 
     offload_optimizer has no term of its own: its CPU step is in "optimizer", its shard copies in "dp_comm"
     (`offload_effect` says by how much each grew)."""
     bare = simulate(schedule, sp.costs, 0.0)
-    with_p2p = simulate(schedule, sp.costs, p2p)
+    with_p2p = simulate(schedule, sp.costs, sp.transfer_delay(p2p))
     busiest = max(range(schedule.pp), key=lambda r: bare.compute_time_per_rank[r])
-    compute = recompute = tp = cp = overhead = ep = offload = 0.0
+    compute = recompute = tp = cp = overhead = ep = offload = sent = 0.0
     for action, _, _ in bare.events[busiest]:
         if action.kind != "W":
             overhead += sp.pass_overhead
@@ -1203,6 +1251,7 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, 
             cp += cp_parts.forward
             ep += exchange.forward if exchange else 0.0
             offload += sp.offload[s].forward
+            sent += sp.p2p_sends[s].forward if sp.p2p_sends else 0.0
         elif action.kind in ("B", "I"):
             compute += parts.backward_input + (parts.backward_weight if action.kind == "B" else 0.0)
             tp += tp_parts.backward_input
@@ -1210,13 +1259,14 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, 
             ep += exchange.backward_input if exchange else 0.0
             recompute += sp.recompute[s]
             offload += sp.offload[s].backward_input
+            sent += sp.p2p_sends[s].backward_input if sp.p2p_sends else 0.0
         else:
             compute += parts.backward_weight
     busy = bare.compute_time_per_rank[busiest]
     if bare.overlap_saved_per_rank:  # DualPipe's pairs: the exchange they hid is no longer on the rank's time
         ep -= bare.overlap_saved_per_rank[busiest]
     # Gather waits hidden in max(compute, gather) show up as compute time of the stage: attribute them to dp_comm.
-    fsdp_wait = max(0.0, busy - (compute + recompute + tp + cp + ep + overhead + offload))  # float noise: none
+    fsdp_wait = max(0.0, busy - (compute + recompute + tp + cp + ep + overhead + offload + sent))  # float noise: none
     terms = {
         **({"offload": offload} if activation_copies else {}),
         "compute": compute,
@@ -1224,7 +1274,7 @@ def _breakdown(schedule, sp: StagePlan, p2p, makespan: float, step_comm: float, 
         "tp_comm": tp,
         **({"cp_comm": cp} if sp.cp_comm else {}),
         "bubble": bare.makespan - busy,
-        "pp_comm": with_p2p.makespan - bare.makespan,
+        "pp_comm": with_p2p.makespan - bare.makespan + sent,
         "dp_comm": makespan - with_p2p.makespan + fsdp_wait,
         "step_comm": step_comm,
         "optimizer": optimizer,

@@ -22,9 +22,9 @@ from autoconf.cost.cp_ring import torch_ring
 from autoconf.cost.compute import PassTimes, measured_tp_layer, model_pieces, rank_optimizer_time
 from autoconf.cost.estimate import (Execution, cp_attention_comm, default_mesh, default_partition, dp_collectives,
                                     exposed_dp, moe_mlp_collectives_kept, overlapped_tp_layer, overlaps_pairs,
-                                    p2p_bytes, recompute_time, schedule_inflight, selective_matmul_share,
-                                    selective_matmuls_only, step_collectives, tp_collective, tp_overlap_gemms,
-                                    tp_sp_collectives)
+                                    p2p_bytes, recompute_time, schedule_inflight, selective_gather_share,
+                                    selective_matmul_share, selective_matmuls_only, step_collectives, tp_collective,
+                                    tp_overlap_gemms, tp_sp_collectives)
 from autoconf.cost.memory import (holds_unsharded_grads, layer_activation_bytes, pipeline_buffer_floor, rank_params,
                                   root_reduced_grad_bytes, root_unit_params, stage_memory, state_bytes_per_param)
 from autoconf.cost.moe import ep_comm_passes, layer_kind_params, layer_kinds, moe_layers, smallest_layer_params
@@ -33,7 +33,7 @@ from autoconf.cost.offload import activation_copy_bytes, activation_copy_times, 
 from autoconf.solve.space import replaced
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import precision
-from autoconf.spec.frameworks import selective_policy
+from autoconf.spec.frameworks import ATTENTION_GEMMS, TP_OVERLAP_GEMMS, selective_policy
 from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
@@ -126,15 +126,20 @@ class BoundCache:
         if key not in self._tp:
             measured = measured_tp_layer(self.model, self.cluster, c) if self.execution.executor_overheads else None
             one = tp_collective(self.model, self.cluster, c, list(range(c.tp)))
-            if self.execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1:
+            # MoE layers of a sequence-sharded dispatch without shared experts run the attention's collectives only
+            routed_only = (self.model.moe is not None and self.execution.moe_sequence_dispatch
+                           and not self.model.moe.num_shared_experts)
+            overlap = self.execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1
+            if overlap:
                 # what the GEMMs leave exposed, per collective: bound by the smaller pass
                 exposed = overlapped_tp_layer(*tp_sp_collectives(self.model, self.cluster, c, list(range(c.tp))),
-                                              tp_overlap_gemms(self.model, self.cluster, c), c.tp)
+                                              tp_overlap_gemms(self.model, self.cluster, c), c.tp,
+                                              ATTENTION_GEMMS if routed_only else TP_OVERLAP_GEMMS)
                 self._tp[key] = min(exposed.forward, exposed.backward_input) / 2
             elif measured is not None:  # the estimate charges each pass its own measured side: bound by the smaller
                 self._tp[key] = min(measured[0].forward, measured[0].backward_input) / 2
             else:
-                self._tp[key] = one
+                self._tp[key] = one / (2 if routed_only else 1)
             if self.model.moe is not None and c.tp > 1 and self.execution.moe_tp_token_share:
                 # MoE layers routing token shares may run less of the MLP's collective (`estimate.moe_tp_change`):
                 # bound every block by the attention's and the least the MoE layers keep.
@@ -249,7 +254,8 @@ class BoundCache:
         owner = self._stage_to_rank(c)
         key = (c.tp, c.cp, c.pp, c.dp, c.zero_sharded, owner[0], owner[-1])
         if key not in self._step:
-            self._step[key] = step_collectives(self.model, self.cluster, c, RankGrid(default_mesh(c)), owner)
+            self._step[key] = step_collectives(self.model, self.cluster, c, RankGrid(default_mesh(c)), owner,
+                                               self.execution)
         return self._step[key]
 
     def bounds(self, c: ParallelConfig) -> Bounds:
@@ -487,6 +493,7 @@ class BoundCache:
     def _layer_terms(self, c: ParallelConfig) -> dict[bool, tuple[float, float, float, float]]:
         """`_kind_layers` of `c`, worked out afresh with the attention `c` itself runs."""
         one = self._tp_collective(c)
+        gathers = selective_gather_share(self.model, self.cluster, c, list(range(c.tp)))
         kinds = [self._layer(c).kind(moe) for moe in layer_kinds(self.model)]
         plain = dataclasses.replace(c, recompute="none", recompute_layers=None)
         copies = [activation_copy_times(self.cluster, activation_copy_bytes(c, min(layer_activation_bytes(
@@ -500,7 +507,7 @@ class BoundCache:
         return {moe: (p.block.forward + f + cp.forward, p.block.backward_input + b + cp.backward_input,
                       p.block.backward_weight + cp.backward_weight,
                       recompute_time(p, c, one, selective_matmul_share(self.model, c, self.execution, moe),
-                                     selective_matmuls_only(c, self.execution))
+                                     selective_matmuls_only(c, self.execution), gathers)
                       + (cp.forward if c.recompute == "full" else 0.0))
                 for p, (f, b), moe in zip(kinds, copies, layer_kinds(self.model))}
 

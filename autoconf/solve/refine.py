@@ -12,8 +12,8 @@ import numpy as np
 from autoconf.cost.compute import model_pieces, seq_chunk_bounds
 from autoconf.cost.comm import collective_time
 from autoconf.cost.estimate import (Execution, cp_attention_comm, cp_exchange_bytes, default_mesh, dp_buffer_bytes,
-                                    p2p_bytes, recompute_time, schedule_inflight, selective_matmul_share,
-                                    selective_matmuls_only, tp_collective)
+                                    p2p_bytes, recompute_time, schedule_inflight, selective_gather_share,
+                                    selective_matmul_share, selective_matmuls_only, tp_collective)
 from autoconf.cost.memory import (Temporary, fp8_weight_cache_bytes, hidden_state_bytes, layer_activation_bytes,
                                   megatron_fsdp_runs, pipeline_buffer_bytes, root_unit_params, seq_chunk_kv_bytes,
                                   seq_chunk_scales, stage_layer_activation_bytes, state_bytes_per_param,
@@ -65,7 +65,8 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     one = tp_collective(model, cluster, c, list(range(c.tp)))
     share = selective_matmul_share(model, c, execution)
     only = selective_matmuls_only(c, execution)
-    layer_time, layer_rc = pieces.block.total + 4 * one, recompute_time(pieces, c, one, share, only)
+    gathers = selective_gather_share(model, cluster, c, list(range(c.tp)))
+    layer_time, layer_rc = pieces.block.total + 4 * one, recompute_time(pieces, c, one, share, only, gathers)
     cp_time = cp_rc = 0.0
     if c.cp > 1:  # every block's attention exchanges K/V over the CP group (again in a full recompute's forward)
         cp = cp_attention_comm(model, cluster, c, np.arange(c.cp) * c.tp, pieces.attention_core, execution)
@@ -99,8 +100,11 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
         exchange, exchange_back = ep_comm_passes(model, cluster, c, *(expert_groups(grid, 0, c.ep, c.etp, axis)[0]
                                                                       for axis in ("ep", "etp")), execution)
         moe_pieces = pieces.kind(True)
-        moe_time = moe_pieces.block.total + 4 * one + exchange + exchange_back + cp_time
-        moe_rc = (recompute_time(moe_pieces, c, one, selective_matmul_share(model, c, execution, moe=True), only)
+        # (a sequence-sharded dispatch without shared experts: the attention's TP collectives only)
+        routed_only = execution.moe_sequence_dispatch and not model.moe.num_shared_experts and c.tp > 1
+        moe_time = moe_pieces.block.total + (2 if routed_only else 4) * one + exchange + exchange_back + cp_time
+        moe_rc = (recompute_time(moe_pieces, c, one, selective_matmul_share(model, c, execution, moe=True), only,
+                                 gathers)
                   + (exchange if c.recompute == "full" else 0.0) + cp_rc)
         attention_part, expert_part = block_local_params(model, c, moe=True)
         expert_per_param = (sum(state_bytes_per_param(c, layout, experts=True, execution=execution))
@@ -128,7 +132,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
         d, block = model.mtp_num_layers, pieces.kind(bool(mtp_moe))
         block_share = selective_matmul_share(model, c, execution, moe=bool(mtp_moe))
         unit_time[-1] += (mtp_pass_times(model, cluster, c, block).total + 6 * one * d
-                          + (recompute_time(block, c, one, block_share, only) + cp_time + cp_rc) * d)
+                          + (recompute_time(block, c, one, block_share, only, gathers) + cp_time + cp_rc) * d)
         if mtp_moe:
             unit_time[-1] += (exchange + exchange_back + (exchange if c.recompute == "full" else 0.0)) * d
         mtp_params, mtp_experts = local_params(c, *mtp_stage_params(model, embedding_copy=mtp_embedding_copy(

@@ -213,6 +213,8 @@ TP_OVERLAP_PAIRS = (
     ("backward", "reduce_scatter", "fc1", "bulk"),
 )
 TP_OVERLAP_SPLITS = 4  # TE's num_splits for the "pipeline" method
+TP_OVERLAP_GEMMS = ("qkv", "proj", "fc1", "fc2")  # the GEMMs of TP_OVERLAP_PAIRS, the MLP's last
+ATTENTION_GEMMS, MLP_GEMMS = TP_OVERLAP_GEMMS[:2], TP_OVERLAP_GEMMS[2:]
 
 
 def tp_overlap_chunks(method: str, tp: int) -> int:
@@ -348,8 +350,14 @@ class Execution:
         gather each other's outputs (autoconf's executor, execute/moe.py `_TakeShare` / `_GatherShares`, the router's
         gradients summed over TP by `_SumGrad`, a load-balancing loss's statistics by `_SumOver`): collectives of
         their own over the TP group in each pass (`cost/moe.token_share_tp_comm`), beside those of the attention and
-        the shared experts. False: the MoE layer's TP collectives are a dense MLP's (the other presets, not checked
-        against their MoE code).
+        the shared experts. False: the MoE layer's TP collectives are a dense MLP's (torchtitan's: its MoE module
+        all-gathers its sequence-parallel input and reduce-scatters its output over TP), or `moe_sequence_dispatch`'s.
+    moe_sequence_dispatch: at tp > 1 the routed experts read the rank's sequence-parallel slice of the tokens, so an
+        MoE layer runs no collective over the attention's TP group for them: Megatron-Core's token dispatchers take
+        the [S/TP, B, H] input and exchange it over EP and the expert-TP group only (token_dispatcher.py: "permute ->
+        A2A(EP) -> AG(TP)", the TP there being the expert TP group); the shared experts keep a dense MLP's
+        collectives. Megatron refuses MoE under TP without sequence parallelism ("When using MoE and tensor
+        parallelism, sequence parallelism must be used", arguments.py), and so does `layout_problem`.
     moe_fp8_routed_experts: under a dynamic-scaling fp8 dtype the routed experts' grouped GEMMs run in fp8 and cast
         their operands (Megatron-Core's TEGroupedMLP: Transformer Engine's GroupedLinear under the fp8 recipe). False:
         they run in the compute dtype, uncast (autoconf's executor: torchao converts the blocks' nn.Linear modules,
@@ -449,6 +457,7 @@ class Execution:
     moe_fp8_padding: bool = False
     moe_fp8_routed_experts: bool = False
     moe_tp_token_share: bool = True
+    moe_sequence_dispatch: bool = False
     accumulation_sync: bool = False
     zero1_all_reduce: bool = False
     megatron_fsdp: bool = False
@@ -674,7 +683,17 @@ class Execution:
         if model is not None and not self.pipelines_tied_embeddings and config.pp > 1 and model.tied_embeddings:
             return (f"framework {self.name!r} refuses a model with tied embeddings under pipeline parallelism "
                     f"(pp {config.pp}): use pp 1")
-        return self.expert_mesh_problem(config) or self.cp_sharding_problem(config)
+        return (self.expert_mesh_problem(config) or self.cp_sharding_problem(config)
+                or self.moe_tp_problem(config, model))
+
+    def moe_tp_problem(self, config, model=None) -> str | None:
+        """Why the framework does not run `model`'s MoE layers at `config`'s TP without sequence parallelism
+        (`moe_sequence_dispatch`: the dispatchers read the rank's sequence slice), naming what would work."""
+        if (not self.moe_sequence_dispatch or model is None or model.moe is None or config.tp == 1
+                or config.sequence_parallel):
+            return None
+        return (f"framework {self.name!r} runs MoE layers under tensor parallelism only with sequence parallelism "
+                f"(its token dispatchers read each rank's slice of the sequence): add --sequence-parallel or use tp 1")
 
     def expert_mesh_problem(self, config) -> str | None:
         """Why the framework cannot draw `config`'s expert-parallel ranks from its sharding ranks
@@ -700,7 +719,7 @@ class Execution:
     def restricts_layouts(self) -> bool:
         """Whether `layout_problem` can refuse anything (the search asks it of each candidate only then)."""
         return (tuple(self.cp_comms) != CP_COMM or not self.pipelines_tied_embeddings
-                or self.experts_on_sharded_ranks or self.cp_shards_weights)
+                or self.experts_on_sharded_ranks or self.cp_shards_weights or self.moe_sequence_dispatch)
 
     def runs_lever(self, lever: str) -> bool:
         """Whether the framework runs the offload lever `lever` (an OFFLOADS name) in some layout."""
@@ -821,7 +840,8 @@ PRESETS: dict[str, Execution] = {
         blocking_p2p=True, p2p_scatter_gather=True,
         executor_overheads=False, eager_ops=("vocab_parallel_ce",), grad_buffer_passes=("zero", "scale"),
         cp_attention="kernel", loss_memory="copy", schedules=MEGATRON_SCHEDULES, pipeline_runtime="megatron",
-        expert_tp_biases=False, moe_tp_token_share=False, activation_offload="none", optimizer_offload=False,
+        expert_tp_biases=False, moe_tp_token_share=False, moe_sequence_dispatch=True, activation_offload="none",
+        optimizer_offload=False,
         megatron_args=(("sharded", "memory_layout=megatron", "--use-distributed-optimizer"),
                        ("always", "grad_accumulation_fusion=False", "--no-gradient-accumulation-fusion"))),
     "megatron-core": Execution(
@@ -835,7 +855,7 @@ PRESETS: dict[str, Execution] = {
         transformer_engine=True, loss_memory="inplace", grad_buffer_passes=("zero", "scale", "nan_check"),
         moe_combine_keeps_outputs=False, moe_fp8_padding=True, moe_fp8_routed_experts=True, cp_attention="kernel",
         schedules=MEGATRON_SCHEDULES, pipeline_runtime="megatron", expert_tp_biases=False, moe_tp_token_share=False,
-        megatron_args=(("dp", "grad_reduce_start=per_bucket", "--overlap-grad-reduce"),
+        moe_sequence_dispatch=True, megatron_args=(("dp", "grad_reduce_start=per_bucket", "--overlap-grad-reduce"),
                        ("sharded", "distributed_optimizer", "--use-distributed-optimizer"),
                        ("sharded", "param_gather_overlap", "--overlap-param-gather"),
                        ("sp", "tp_comm_overlap", "--tp-comm-overlap"),
@@ -953,8 +973,9 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts",
               "cp_attention", "cp_repeat_kv", "accumulation_sync", "zero1_all_reduce", "megatron_fsdp",
               "keep_fp8_transpose", "pipeline_buffers", "attention_saved_whole", "masked_attention", "schedules",
-              "pipeline_runtime", "expert_tp_biases", "moe_tp_token_share", "activation_offload", "optimizer_offload",
-              "cp_comms", "pipelines_tied_embeddings", "experts_on_sharded_ranks", "cp_shards_weights")
+              "pipeline_runtime", "expert_tp_biases", "moe_tp_token_share", "moe_sequence_dispatch",
+              "activation_offload", "optimizer_offload", "cp_comms", "pipelines_tied_embeddings",
+              "experts_on_sharded_ranks", "cp_shards_weights")
 
 
 def parse_flags(pairs) -> dict:
