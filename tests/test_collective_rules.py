@@ -4,13 +4,16 @@ gradient sum. Each rule found by an audit of the communication terms against the
 
 import dataclasses
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from autoconf.cli import main
 from autoconf.cost.compute import model_pieces
-from autoconf.cost.estimate import (default_mesh, estimate, recompute_time, selective_gather_share,
-                                    selective_matmul_share, step_collectives, tp_collective, tp_sp_collectives)
+from autoconf.cost.comm import collective_time
+from autoconf.cost.estimate import (default_mesh, dp_buffer_bytes, estimate, recompute_time, regathers_every_forward,
+                                    selective_gather_share, selective_matmul_share, step_collectives, tp_collective,
+                                    tp_sp_collectives)
 from autoconf.solve.bounds import BoundCache
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.frameworks import PRESETS as FRAMEWORKS
@@ -135,3 +138,30 @@ def test_the_tied_embedding_gradient_sum_is_whole_in_the_megatron_layout_and_a_s
             == step_collectives(model, cluster, zero0, grid, owner, megatron))
     assert (step_collectives(model, cluster, zero1, grid, owner, FRAMEWORKS["autoconf"])
             < step_collectives(model, cluster, zero0, grid, owner, FRAMEWORKS["autoconf"]))
+
+
+def test_torchtitans_zero2_gathers_the_parameters_in_every_micro_batchs_forward():
+    """torchtitan's loop leaves FSDP2 resharding after every backward, so at ZeRO-2 without a pipeline each
+    micro-batch's forward gathers the parameters again: a communication-bound step lasts at least m gathers and m
+    reduce-scatters of the whole model over the DP group, and longer than with one gather per step; the time bound
+    stays below it. Not under a pipeline (torch's stage keeps them), at ZeRO-3 (gathered per pass anyway), nor in
+    autoconf's executor (which keeps them unsharded between micro-batches)."""
+    model, cluster = PRESETS["llama3-8b"], load_cluster("dgx-h100-80g", nodes=4)
+    titan = FRAMEWORKS["torchtitan"]
+    c = ParallelConfig(tp=1, pp=1, dp=32, micro_batch_size=1, global_batch_size=128, seq_len=512, zero_stage=2,
+                       grad_reduce="microbatch")
+    assert regathers_every_forward(c, titan) and c.num_microbatches == 4
+    step = estimate(model, cluster, c, execution=titan, detail=False).prediction["iteration_time_s"]
+    grad_bytes, param_bytes = dp_buffer_bytes(c, model.total_params(), titan)
+    group = np.arange(32)
+    stream = 4 * (collective_time(cluster, "all_gather", param_bytes, group)
+                  + collective_time(cluster, "reduce_scatter", grad_bytes, group))
+    assert step >= stream
+    kept = dataclasses.replace(titan, accumulation_sync=False)
+    assert kept.problem(c, model) is None
+    assert estimate(model, cluster, c, execution=kept, detail=False).prediction["iteration_time_s"] < step
+    assert BoundCache(model, cluster, titan).time_bound(c) <= step * (1 + 1e-9)
+    for other in (dataclasses.replace(c, pp=2, dp=16, grad_reduce="step"), dataclasses.replace(c, zero_stage=3)):
+        assert not regathers_every_forward(other, titan)
+    assert not regathers_every_forward(c, FRAMEWORKS["autoconf"])
+    assert not regathers_every_forward(dataclasses.replace(c, global_batch_size=32), titan)  # one micro-batch

@@ -118,6 +118,9 @@ class StagePlan:
     # Per stage under `blocking_p2p`, its sends to the next stage (forward) and the previous one (input backward),
     # which its passes hold; empty otherwise, where a transfer delays only the receiver.
     p2p_sends: list[PassTimes] = dataclasses.field(default_factory=list)
+    # Per stage, the parameter gathers of every micro-batch's forward together (`regathers_every_forward`), which the
+    # DP stream carries beside the reductions; empty where the parameters are gathered once per step or per pass.
+    forward_gathers: list[float] = dataclasses.field(default_factory=list)
 
     def transfer_delay(self, p2p):
         """What a transfer adds between a pass and the pass on another rank that reads it (`simulate`'s p2p_time):
@@ -409,6 +412,16 @@ def dp_collectives(cluster: ClusterProfile, c: ParallelConfig, params: float, de
     return 0.0, gather, reduce
 
 
+def regathers_every_forward(c: ParallelConfig, execution: Execution | None) -> bool:
+    """Whether ZeRO-1/2 gathers the parameters again in every micro-batch's forward, not once per step: FSDP2
+    reshards them after each backward unless the loop turns that off between micro-batches, and a framework whose
+    loop touches no FSDP state between them (`Execution.accumulation_sync`: torchtitan's `train_step` calls neither
+    `set_requires_gradient_sync` nor `set_reshard_after_backward`) leaves it on; under a pipeline torch's stage
+    keeps them unsharded through the step. autoconf's executor keeps them (execute/train.py)."""
+    return (execution is not None and execution.accumulation_sync and execution.memory_layout != "megatron"
+            and c.pp == 1 and c.zero_sharded and c.zero_stage < 3 and c.num_microbatches > 1)
+
+
 def exposed_dp(execution: Execution, gather: float, reduce: float, params: float, layers: int,
                dp: int) -> tuple[float, float]:
     """Lower bounds on what a pipeline-rank-0 stage's once-per-step parameter gather leaves before its first forward
@@ -503,7 +516,8 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     compute_parts, recompute_parts, tp_parts, gathers, reduces, buckets, ep_parts = [], [], [], [], [], [], []
     exchange_back_parts = []  # per stage, the token exchange inside its input backward (a full recompute's too)
     reduce_contending = []
-    cp_parts, hook_parts, sends = [], [], []
+    cp_parts, hook_parts, sends, forward_gathers = [], [], [], []
+    regathers = regathers_every_forward(c, execution)
     moe_pieces = pieces.kind(True) if model.moe is not None else None
     # The stages of one rank share its groups: their collectives are timed once per rank (and stage size).
     tp_of_rank, grow_of_rank, dp_of_stage, ep_of_rank, cp_of_rank = {}, {}, {}, {}, {}
@@ -612,6 +626,10 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
                         units=n_moe + (model.mtp_num_layers if st == last else 0),
                         execution=execution)))
         per_microbatch_gather, gather, reduce = dp_of_stage[rank, params, experts, layers]
+        forward_gather = 0.0
+        if regathers:  # (each micro-batch's forward gathers what the last backward resharded)
+            forward_gather, gather = gather, 0.0
+            forward_gathers.append(forward_gather * c.num_microbatches)
         offload = PassTimes(*activation_copy_times(cluster, activation_copy_bytes(c, stage_block_activation_bytes(
             model, c, first, end, recomputed[st], execution.memory_layout, cluster.device.kind,
             selective_policy(c, execution), execution) if c.offload_activations else 0.0)), 0.0)
@@ -637,6 +655,8 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             # profile's share of the device while it runs.
             fwd = beside(fwd, per_microbatch_gather, cluster.collective_sm_share)
             bwd_in = beside(bwd_in, per_microbatch_gather, cluster.collective_sm_share)
+        if forward_gather:
+            fwd = beside(fwd, forward_gather, cluster.collective_sm_share)
         if execution.blocking_p2p and p2p is not None:
             sends.append(PassTimes(p2p(st, st + 1) if st < last and stage_to_rank[st + 1] != rank else 0.0,
                                    p2p(st, st - 1) if st > 0 and stage_to_rank[st - 1] != rank else 0.0, 0.0))
@@ -675,7 +695,8 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
     return StagePlan(costs, compute_parts, recompute_parts, tp_parts, pass_overhead,
                      gathers, reduces, buckets, early, ep_comm=ep_parts if model.moe is not None else [],
                      offload=offload_parts, cp_comm=cp_parts, contention=cluster.collective_sm_share,
-                     reduce_contending=reduce_contending, hooks=hook_parts, p2p_sends=sends)
+                     reduce_contending=reduce_contending, hooks=hook_parts, p2p_sends=sends,
+                     forward_gathers=forward_gathers)
 
 
 def weight_pass_rewalks(c: ParallelConfig, execution: Execution) -> bool:
@@ -1002,12 +1023,15 @@ def _host_prediction(cluster: ClusterProfile, c: ParallelConfig, memory: list[di
 
 def comm_stream_bound(sp: StagePlan, schedule) -> float:
     """With grad_reduce "microbatch": the step lasts at least as long as the busiest rank's DP comm stream, which
-    carries its stages' gathers and every micro-batch's reduce-scatter (0 without them). The simulation places each
+    carries its stages' gathers (every forward's, `forward_gathers`) and every micro-batch's reduce-scatter (0
+    without them). The simulation places each
     after its micro-batch's backward; this bound also holds the step extrapolated from fewer micro-batches
     (`_extrapolated_step`), whose stream grows by a reduction per micro-batch where the compute grows less."""
     if not sp.early_reduce:
         return 0.0
-    return max(sum(sp.allgather[s] + sp.early_reduce[s] + sp.reduce[s] for s in schedule.model_stages_of_rank(r))
+    forward = sp.forward_gathers or [0.0] * len(sp.reduce)
+    return max(sum(sp.allgather[s] + forward[s] + sp.early_reduce[s] + sp.reduce[s]
+                   for s in schedule.model_stages_of_rank(r))
                for r in range(schedule.pp))
 
 

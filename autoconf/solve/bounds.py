@@ -22,9 +22,9 @@ from autoconf.cost.cp_ring import torch_ring
 from autoconf.cost.compute import PassTimes, measured_tp_layer, model_pieces, rank_optimizer_time
 from autoconf.cost.estimate import (Execution, cp_attention_comm, default_mesh, default_partition, dp_collectives,
                                     exposed_dp, moe_mlp_collectives_kept, overlapped_tp_layer, overlaps_pairs,
-                                    p2p_bytes, recompute_time, schedule_inflight, selective_gather_share,
-                                    selective_matmul_share, selective_matmuls_only, step_collectives, tp_collective,
-                                    tp_overlap_gemms, tp_sp_collectives)
+                                    p2p_bytes, recompute_time, regathers_every_forward, schedule_inflight,
+                                    selective_gather_share, selective_matmul_share, selective_matmuls_only,
+                                    step_collectives, tp_collective, tp_overlap_gemms, tp_sp_collectives)
 from autoconf.cost.memory import (holds_unsharded_grads, layer_activation_bytes, pipeline_buffer_floor, rank_params,
                                   root_reduced_grad_bytes, root_unit_params, stage_memory, state_bytes_per_param)
 from autoconf.cost.moe import ep_comm_passes, layer_kind_params, layer_kinds, moe_layers, smallest_layer_params
@@ -315,8 +315,11 @@ class BoundCache:
         # Some orders pay the fill/drain transfers on top of the textbook bubble; others can hide transfers in idle
         # time, so there only the larger of the two is certain.
         idle = bubble + fill_drain if spec.exposed_fill_drain else max(bubble, fill_drain)
-        # Of rank 0's own gather and reduction, the execution's buckets leave at least these exposed.
-        first_gather, last_reduce = exposed_dp(self.execution, gather_once, reduce,
+        # Of rank 0's own gather and reduction, the execution's buckets leave at least these exposed (a gather in
+        # every forward instead, `regathers_every_forward`, runs beside it and exposes none for certain).
+        first_gather, last_reduce = exposed_dp(self.execution,
+                                               0.0 if regathers_every_forward(c, self.execution) else gather_once,
+                                               reduce,
                                                self._fewest_block_params(c, per_stage_layers)
                                                + self._stage_experts(c, per_stage_layers)[1],
                                                per_stage_layers, c.dp_cp)
