@@ -164,7 +164,7 @@ def test_the_estimate_counts_torchs_ring_exactly_where_the_executor_hands_it_att
     under the per-op selective policy (whose blocks run autoconf's own op); elsewhere, and always on CPU, its own
     attention. The autoconf preset counts the ring's merges and dK/dV transfers in exactly those configs: one rule
     (`frameworks.executor_torch_cp`) read by both."""
-    cpx = pytest.importorskip("autoconf.execute.context_parallel")
+    import autoconf.execute.context_parallel as cpx
     seen = set()
     for attention in ("flash", "standard"):
         for dropout in (0.0, 0.1):

@@ -781,8 +781,8 @@ def test_a_supervised_run_past_its_time_is_ended_with_124(tmp_path):
     start = time.monotonic()
     with open(tmp_path / "out.log", "w") as log:
         code = run_supervised([sys.executable, "-c", "import time; print('started', flush=True); time.sleep(120)"],
-                              dict(os.environ), output=log, timeout_s=1.0)
-    assert code == 124 and time.monotonic() - start < 30
+                              dict(os.environ), output=log, timeout_s=5.0)  # (time to start on a loaded host)
+    assert code == 124 and time.monotonic() - start < 60
     assert "started" in (tmp_path / "out.log").read_text()
 
 

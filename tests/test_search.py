@@ -232,6 +232,17 @@ def test_search_bounds_never_exceed_the_simulation(cluster_name):
     assert len(assert_bounds_below_estimate(model, cluster, (c for c in configs if not unsupported_reason(c)))) > 100
 
 
+def test_the_state_bound_counts_the_root_units_reduced_gradients_as_the_estimate_does():
+    """A two-stage gpipe pipeline of gpt3-1.3b under full recompute on one A100 node: the cheap state bound stays
+    at or below the memory bound (a state bound that kept the root unit's reduced gradients read 1.0006 of it:
+    found by a mutation review)."""
+    config = ParallelConfig(tp=1, pp=2, dp=4, micro_batch_size=2, global_batch_size=8, seq_len=512,
+                            schedule="gpipe", recompute="full")
+    configs = [config, dataclasses.replace(config, zero_stage=3),
+               dataclasses.replace(config, schedule="1f1b", global_batch_size=16)]
+    assert len(assert_bounds_below_estimate(PRESETS["gpt3-1.3b"], load_cluster("dgx-a100-80g", 1), configs)) == 3
+
+
 def assert_bounds_below_estimate(model, cluster, configs, execution=None, memory: bool = True) -> list:
     """Each config's search bounds (`BoundCache.bounds`: time, and memory with `memory`) at or below its estimate,
     the cheap memory bound (`state_bound`) at or below the memory bound, an offloading twin's floor

@@ -394,6 +394,9 @@ def test_paired_seconds_hide_each_pass_communication_behind_the_other_pass_compu
     assert paired_seconds(3.0, 2.5, 2.0, 1.5, 0.0) == 2.5 + 1.5  # communication-bound: Fm + Bm
     assert paired_seconds(3.0, 1.0, 5.0, 2.0, 0.2) == pytest.approx(3.0 + 0.2 + 2.0 + 0.4)
     assert paired_seconds(3.0, 0.0, 5.0, 0.0, 0.2) == 8.0  # nothing to hide: F then B
+    # asymmetric: the forward's 2.5 s exchange beside the backward's 4 s compute, the forward's 0.5 s compute beside no
+    # exchange: 4 + 0.5 (the exchange behind its own pass's compute would read 2.5 + 4)
+    assert paired_seconds(3.0, 2.5, 4.0, 0.0, 0.0) == pytest.approx(4.5)
     import random
 
     rng = random.Random(3)
