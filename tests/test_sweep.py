@@ -69,6 +69,16 @@ def test_pareto_front_is_monotone_and_drops_dominated_sizes():
         cheapest_within(plateau, 5, 64)
 
 
+def test_the_deadline_and_the_front_at_their_boundaries():
+    """A size that takes exactly the deadline meets it; of two sizes equally cheap the fewer nodes win; a size as
+    costly as a faster one is not on the front (the GPU-hours fall strictly along it), nor one as fast as a
+    cheaper one."""
+    points = [point(2, 50, 1000), point(4, 30, 1000), point(8, 30, 1100), point(16, 10, 1600)]
+    assert cheapest_within(points, 30).nodes == 4  # 30 days within 30; 4 nodes as cheap as 2 but 2 too slow
+    assert cheapest_within(points, 50).nodes == 2  # equally cheap: the fewer nodes
+    assert [p.nodes for p in pareto_front(points)] == [16, 4]
+
+
 def test_node_ranges():
     assert parse_nodes("8:256") == [8, 16, 32, 64, 128, 256]
     assert parse_nodes("8:100") == [8, 16, 32, 64, 100]
