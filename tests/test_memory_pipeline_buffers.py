@@ -21,10 +21,10 @@ import pytest
 
 import executor_jobs
 from autoconf.cost.estimate import schedule_inflight
-from autoconf.cost.memory import boundary_activation_bytes, pipeline_buffer_bytes
+from autoconf.cost.memory import boundary_activation_bytes, loss_kept_bytes, pipeline_buffer_bytes
 from autoconf.spec.frameworks import PRESETS
 from autoconf.spec.model import ModelSpec
-from autoconf.spec.schedules import stage_to_rank
+from autoconf.spec.schedules import held_losses, stage_to_rank
 from executor_jobs import Layout
 from plan_helpers import even_plan
 
@@ -63,7 +63,10 @@ def _estimate(plan, rank: int, kind: str) -> tuple[float, float]:
     unit = boundary_activation_bytes(plan.model, c)
     inputs = sum(inflight[s] for s in stages if s != 0) * unit
     execution = PRESETS["autoconf"].replace(pipeline_buffers=kind)
-    return pipeline_buffer_bytes(plan.model, c, execution, stages, inflight) + inputs, unit
+    # (the losses the last stage holds beyond the one being computed are its own test's: tests/test_held_losses.py)
+    losses = max(0, held_losses(c.schedule, c.pp, c.vpp, c.num_microbatches, rank, c.seq_chunks) - 1)
+    kept = losses * loss_kept_bytes(plan.model, c, execution.memory_layout, execution)
+    return pipeline_buffer_bytes(plan.model, c, execution, stages, inflight) - kept + inputs, unit
 
 
 def _measured(name: str, kind: str, tmp_path_factory):

@@ -45,7 +45,7 @@ from autoconf.errors import UserError
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, check_dtype, gather_bytes, precision
 from autoconf.spec.frameworks import (MLP_GEMMS, PRESETS, TP_OVERLAP_GEMMS, TP_OVERLAP_PAIRS, Execution,
-                                      changed_flags, selective_policy, tp_overlap_chunks)
+                                      changed_flags, overlaps_pairs, selective_policy, tp_overlap_chunks)
 from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig, Plan, recompute_layers_problem, recomputed_layers, uniform_partition
@@ -1033,14 +1033,6 @@ def comm_stream_bound(sp: StagePlan, schedule) -> float:
     return max(sum(sp.allgather[s] + forward[s] + sp.early_reduce[s] + sp.reduce[s]
                    for s in schedule.model_stages_of_rank(r))
                for r in range(schedule.pp))
-
-
-def overlaps_pairs(model: ModelSpec, c: ParallelConfig, execution: Execution) -> bool:
-    """The step runs the schedule's paired chunks overlapped (`ScheduleSpec.pairs`, in its `paired_order`): an MoE
-    model (a token exchange to hide) under a framework that overlaps them for this config (`Execution.runs_pairs`:
-    Megatron-Core not under full recompute)."""
-    return (model.moe is not None and execution.runs_pairs(c)
-            and schedule_spec(c.schedule).overlaps_paired_chunks)
 
 
 @functools.lru_cache(maxsize=64)

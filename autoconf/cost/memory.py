@@ -90,11 +90,12 @@ from autoconf.cost.mtp import mtp_activation_bytes, mtp_embedding_copy, mtp_stag
 from autoconf.cost.offload import activation_copy_bytes, host_state_bytes
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, precision
-from autoconf.spec.frameworks import EXECUTOR_LOSS_CHUNKS, EXECUTOR_LOSS_ROW_BYTES, Execution, loss_compiled
+from autoconf.spec.frameworks import (EXECUTOR_LOSS_CHUNKS, EXECUTOR_LOSS_ROW_BYTES, EXECUTOR_LOSS_SAVED_ROW_BYTES,
+                                      Execution, loss_compiled, overlaps_pairs)
 from autoconf.spec.layers import attention_ops
 from autoconf.spec.model import SINK_WIDTH, ModelSpec, window_band
 from autoconf.spec.plan import ParallelConfig, recomputed_layers
-from autoconf.spec.schedules import rank_actions, schedule_spec
+from autoconf.spec.schedules import held_losses, rank_actions, schedule_spec, stage_to_rank
 
 LAYOUTS = ("torch", "megatron")
 
@@ -539,6 +540,23 @@ def logits_temporary_bytes(model: ModelSpec, config: ParallelConfig, layout: str
         chunk_rows = math.ceil(rows / min(EXECUTOR_LOSS_CHUNKS, rows))
         return rows * vocab * e + chunk_rows * vocab * 4 + EXECUTOR_LOSS_ROW_BYTES * rows
     return rows * vocab * (e + LOSS_BYTES_PER_LOGIT[kind])
+
+
+def loss_kept_bytes(model: ModelSpec, config: ParallelConfig, layout: str, execution: Execution | None = None,
+                    device_kind: str = "gpu") -> float:
+    """Bytes one micro-batch's loss keeps on the last stage from its forward until its backward, over the rank's
+    vocabulary slice (`logits_temporary_bytes`' peak less what goes before the forward ends): the executor's the
+    logits and `EXECUTOR_LOSS_SAVED_ROW_BYTES` per row; torch's the logits (which torch's pipeline stage also keeps
+    as the stage's output) and, uncompiled, the fp32 log-softmax its NLL backward reads; the megatron layout's
+    cross entropy its fp32 softmax (Megatron's vocab-parallel cross entropy saves the exponentiated logits)."""
+    c = config
+    kind = execution.loss_memory if execution else ("copy" if layout == "megatron" else Execution().loss_memory)
+    vocab, rows, e = model.vocab_size / c.tp, c.local_seq_len * c.micro_batch_size, DTYPE_BYTES[c.dtype]
+    if kind == "executor":
+        return rows * vocab * e + EXECUTOR_LOSS_SAVED_ROW_BYTES * rows
+    if kind == "torch":
+        return rows * vocab * (e if loss_compiled(c, execution, device_kind) else e + 4)
+    return rows * vocab * 4
 
 
 def head_input_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str = "gpu") -> float:
@@ -1017,7 +1035,8 @@ def hidden_state_bytes(model: ModelSpec, c: ParallelConfig) -> float:
 
 
 def pipeline_buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: Execution | None,
-                          stages: Sequence[int], inflight: Sequence[float], scale: float = 1.0) -> float:
+                          stages: Sequence[int], inflight: Sequence[float], scale: float = 1.0,
+                          device_kind: str = "gpu") -> float:
     """What a pipeline rank holding schedule stages `stages` keeps to pass activations and gradients, beyond the
     activations its stages save (`inflight[s]` units in flight at its peak), in boundary activations
     (`boundary_activation_bytes`, times `scale`: seq1f1b's longest chunk against the mean), by the framework's
@@ -1032,14 +1051,25 @@ def pipeline_buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: E
       outputs.
 
     Under both torch runtimes a rank with a stage but the first also holds one input gradient being sent (it sends
-    one at a time). Under two directions (dualpipe) each direction's chain of stages passes half the units."""
+    one at a time). Under two directions (dualpipe) each direction's chain of stages passes half the units.
+
+    Under every runtime a rank holding a last stage keeps each unit's loss until its backward (`loss_kept_bytes`,
+    times `scale`): of the most it holds at once (`schedules.held_losses`: 1 under 1F1B, every unit under gpipe and
+    looped-bfs) the one being computed is the last stage's temporary, the others are held here."""
     c = config
     if c.pp == 1:
         return 0.0
     unit = boundary_activation_bytes(model, c) * scale
-    kind = (execution or Execution()).pipeline_buffers
+    ex = execution or Execution()
+    kind = ex.pipeline_buffers
+    kept = 0.0
+    if any(s % c.num_stages == c.num_stages - 1 for s in stages):
+        rank = stage_to_rank(c.schedule, c.pp, c.vpp)[stages[0]]
+        losses = held_losses(c.schedule, c.pp, c.vpp, c.num_microbatches, rank, c.seq_chunks,
+                             overlaps_pairs(model, c, ex)) - 1
+        kept = max(0, losses) * loss_kept_bytes(model, c, ex.memory_layout, ex, device_kind) * scale
     if kind == "per_transfer":
-        return 4 * unit
+        return 4 * unit + kept
     directions = schedule_spec(c.schedule).directions  # each direction's chain of num_stages stages
     n, last = c.num_microbatches * c.seq_chunks / directions, c.num_stages - 1
     receives = [s for s in stages if s % c.num_stages != 0]
@@ -1049,7 +1079,7 @@ def pipeline_buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: E
             held += n - inflight[s] if kind == "per_microbatch" else 1.0
         if s % c.num_stages != last:
             held += (n if kind == "per_microbatch" else 1.0) + inflight[s]
-    return held * unit
+    return held * unit + kept
 
 
 def pipeline_buffer_floor(model: ModelSpec, config: ParallelConfig, execution: Execution | None) -> float:
@@ -1407,7 +1437,8 @@ class RankMemory:
         optimizer = local_params * o_b + local_experts * expert_bytes[2]
         host = host_state_bytes(c, layout, self.execution, local_params, local_experts) if c.offloads else 0.0
         # Under an uneven seq1f1b split the per-chunk buffers and temporaries are the longest chunk's.
-        other = (self.fixed + pipeline_buffer_bytes(self.model, c, self.execution, copies, self.inflight, scales[1]),
+        other = (self.fixed + pipeline_buffer_bytes(self.model, c, self.execution, copies, self.inflight, scales[1],
+                                                    self.device_kind),
                  self.kv_grads * sum(partition[st][1] - partition[st][0] for st in stages))
         last = len(partition) - 1 in stages
         moe = any(moe_layers(model, *partition[st]) for st in stages)

@@ -21,7 +21,7 @@ from autoconf.cost.comm import distinct_pair_sets, p2p_time
 from autoconf.cost.cp_ring import torch_ring
 from autoconf.cost.compute import PassTimes, measured_tp_layer, model_pieces, rank_optimizer_time
 from autoconf.cost.estimate import (Execution, cp_attention_comm, default_mesh, default_partition, dp_collectives,
-                                    exposed_dp, moe_mlp_collectives_kept, overlapped_tp_layer, overlaps_pairs,
+                                    exposed_dp, moe_mlp_collectives_kept, overlapped_tp_layer,
                                     p2p_bytes, recompute_time, regathers_every_forward, schedule_inflight,
                                     selective_gather_share, selective_matmul_share, selective_matmuls_only,
                                     step_collectives, tp_collective, tp_overlap_gemms, tp_sp_collectives)
@@ -33,7 +33,7 @@ from autoconf.cost.offload import activation_copy_bytes, activation_copy_times, 
 from autoconf.solve.space import replaced
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import precision
-from autoconf.spec.frameworks import ATTENTION_GEMMS, TP_OVERLAP_GEMMS, selective_policy
+from autoconf.spec.frameworks import ATTENTION_GEMMS, TP_OVERLAP_GEMMS, overlaps_pairs, selective_policy
 from autoconf.spec.grid import RankGrid, expert_groups
 from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig

@@ -188,8 +188,8 @@ def reserved_bytes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     stage's root unit (embedding, head) known by its place and its blocks counted as two or more (a stage of one
     block holds less: an upper bound there)."""
     fixed = [cluster.device.memory_overhead_bytes + pipeline_buffer_bytes(
-        model, c, execution, [st for st in range(len(owner)) if owner[st] == r], inflight, temp_scale)
-        for r in range(c.pp)]
+        model, c, execution, [st for st in range(len(owner)) if owner[st] == r], inflight, temp_scale,
+        cluster.device.kind) for r in range(c.pp)]
     if layout != "torch" and not megatron_fsdp_runs(c, execution):
         return tuple((0.0, f) for f in fixed)
     places = [[0, 0]] * len(owner)  # a stage's root unit depends on its place only (its blocks cancel out)

@@ -186,6 +186,9 @@ EXECUTOR_LOSS_CHUNKS = 8
 # the fp32 row maximum (4), sum of exponentials and target logit (8), the target's int64 column in the rank's
 # vocabulary slice (8), two bool masks (2), and the chunk's fp32 row sums (4 / EXECUTOR_LOSS_CHUNKS, rounded up).
 EXECUTOR_LOSS_ROW_BYTES = 23
+# ... and saves this many per row for its backward beside the logits (execute/loss.py `_CrossEntropy`): the target
+# column (int64, 8), two bool masks (2) and the fp32 log-sum-exp (4).
+EXECUTOR_LOSS_SAVED_ROW_BYTES = 14
 # What `tp_comm_overlap` overlaps: Transformer Engine's userbuffers as Megatron-Core's --tp-comm-overlap sets them up
 # under sequence parallelism (TE pytorch/module/base.py `initialize_ub`, its default method per layer, unchanged from
 # TE 1.x to 2.x). Each TP collective of a layer runs beside one GEMM of the same layer and pass only, as
@@ -584,7 +587,7 @@ class Execution:
 
     def runs_pairs(self, config) -> bool:
         """Whether the framework runs a schedule's paired chunks overlapped for `config` (`overlap_paired_chunks`;
-        under full recompute only with `pairs_full_recompute`): read by the estimate (`cost/estimate.overlaps_pairs`)
+        under full recompute only with `pairs_full_recompute`): read by `overlaps_pairs`
         and the Megatron export."""
         return self.overlap_paired_chunks and (config.recompute != "full" or self.pairs_full_recompute)
 
@@ -918,6 +921,14 @@ PRESETS["deepseek"] = PRESETS["megatron-core"].replace(
     moe_combine_keeps_outputs=False, dispatch_per_node=True, tp_comm_overlap=False, transformer_engine=False,
     schedules=MEGATRON_SCHEDULES + ("dualpipe", "dualpipev"), megatron_args=(), torchtitan_settings=())
 DEFAULT = "autoconf"
+
+
+def overlaps_pairs(model, config, execution: Execution) -> bool:
+    """The step runs the schedule's paired chunks overlapped (`ScheduleSpec.pairs`, in its `paired_order`): an MoE
+    model (a token exchange to hide) under a framework that overlaps them for this config (`Execution.runs_pairs`:
+    Megatron-Core not under full recompute). Read by the estimate's timing and the memory's held losses."""
+    return (model.moe is not None and execution.runs_pairs(config)
+            and schedule_spec(config.schedule).overlaps_paired_chunks)
 
 
 def selective_policy(config, execution: Execution | None = None) -> str:

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property, partial
+from functools import cached_property, lru_cache, partial
 
 from autoconf.spec import schedule_orders as orders
 from autoconf.spec.schedule_orders import Action
@@ -494,6 +494,36 @@ def rank_actions(name: str, pp: int, num_microbatches: int, vpp: int, rank: int,
 
 
 _CODE = {letter: code for code, letter in enumerate(orders.KINDS)}
+
+
+@lru_cache(maxsize=4096)
+def held_losses(name: str, pp: int, vpp: int, num_microbatches: int, rank: int, seq_chunks: int = 1,
+                overlap: bool = False) -> int:
+    """The most units (micro-batches; seq1f1b's chunks) whose loss pipeline rank `rank` holds at once: forwards of
+    a last stage it holds (of each direction) that ran before their backward (B, or I where the backward splits)
+    in its order; 0 on a rank without one. A pair run overlapped (`overlap`: the order with the framework's pairs)
+    counts its backward first: the backward begins with the loss the forward of the pair ends with. 1 under 1F1B,
+    every unit under gpipe and looped-bfs."""
+    spec = schedule_spec(name)
+    owner, chain = spec.stage_to_rank(pp, vpp), pp * vpp
+    lasts = {s for s in range(len(owner)) if s % chain == chain - 1 and owner[s] == rank}
+    if not lasts:
+        return 0
+    acts = rank_actions(name, pp, num_microbatches, vpp, rank, seq_chunks, overlap)
+    with_pairs = spec.pairs is not None and (overlap or spec.paired_order is None)
+    pairs = set(spec.pairs(rank, pp, vpp, num_microbatches)) if with_pairs else set()
+    held = most = 0
+    j = 0
+    while j < len(acts):
+        run = (acts[j + 1], acts[j]) if j in pairs else (acts[j],)
+        for kind, stage, _ in run:
+            if stage in lasts and kind == orders.F:
+                held += 1
+                most = max(most, held)
+            elif stage in lasts and kind in (orders.B, orders.I):
+                held -= 1
+        j += len(run)
+    return most
 
 
 def _compiled(actions) -> tuple[tuple[int, int, int], ...]:
