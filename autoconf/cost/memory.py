@@ -148,7 +148,8 @@ def _layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: st
     if layout == "megatron" and (model.mla is not None or precision(c.dtype).cached or counted_policy) and not (
             recompute == "selective" and selective == "alternate_matmuls"):
         # the closed formula spelled out, tensor by tensor (the only count of those policies)
-        return saved_bytes(model, c, recompute, selective, moe, keeps_outputs)
+        return saved_bytes(model, c, recompute, selective, moe, keeps_outputs,
+                           execution is not None and execution.transformer_engine)
     if recompute == "selective" and selective == "alternate_matmuls":
         compiled = layout == "torch" and c.compiles_blocks(device_kind)  # (an MoE block runs eagerly either way)
         return op_policy_layer_activation_bytes(model, c, moe, compiled,

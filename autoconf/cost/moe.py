@@ -320,14 +320,17 @@ def routed_activation_bytes(model: ModelSpec, c: ParallelConfig, layout: str, re
     """Bytes one MoE layer's FFN part keeps for its backward on one rank, one micro-batch, in place of a dense MLP's,
     in memory layout `layout`: the router's fp32 scores (`ROUTER_SCORE_TENSORS[layout]` tensors of T x experts); the
     T x k x etp routed tokens the local experts read; per routed row the SwiGLU tensors of width
-    moe_intermediate_size / etp (gate, up, their product, and the silu output unless selective recompute redoes it);
+    moe_intermediate_size / etp (gate, up, their product, and the silu output unless selective recompute redoes it
+    or, in the megatron layout, the fused SwiGLU never keeps it: Megatron-Core's experts run
+    `weighted_bias_swiglu_impl` / `bias_swiglu_impl`, which save their input and recompute the activation, the
+    second linear saving the product; DeepSeek's own kernels the same);
     with `keeps_outputs` (`Execution.moe_combine_keeps_outputs`) the T x k expert outputs the combine weighs (the
     gradient of the routing probabilities reads them); the shared experts' SwiGLU tensors like a dense MLP's
     (TP-split). Full recompute keeps none of it (the block input only)."""
     if recompute == "full":
         return 0.0
     m, h, e = model.moe, model.hidden_size, DTYPE_BYTES[c.dtype]
-    tensors = 3 if recompute == "selective" else 4
+    tensors = 3 if recompute == "selective" or layout == "megatron" else 4
     t = tokens_per_rank(c)
     routed_rows = t * m.num_experts_per_tok * c.etp
     out = 4 * ROUTER_SCORE_TENSORS[layout] * t * m.num_experts

@@ -37,9 +37,6 @@ from autoconf.spec.plan import ParallelConfig
 
 NORMS_MLA_SWIGLU = "norms_mla_swiglu"
 MLA_UP_PROJ_MLP = "mla_up_proj_mlp"
-# The selective policies whose experts keep Megatron's three SwiGLU tensors (Transformer Engine's fused SwiGLU keeps
-# no silu output).
-MEGATRON_SELECTIVE = ("attention_core", MLA_UP_PROJ_MLP)
 
 
 def _dtype_bytes(c: ParallelConfig) -> dict[str, float]:
@@ -81,21 +78,23 @@ def _attention_rows(model: ModelSpec, c: ParallelConfig, policy: str) -> list[tu
 
 
 def _swiglu_rows(name: str, width: float, split: str, policy: str) -> list[tuple[str, float, str, str]]:
-    """A SwiGLU FFN's tensors: gate and up (the SwiGLU inputs), silu(gate) (unless selective recompute redoes it
-    in the executor's way, which the caller decides), their product (the down projection's input)."""
-    redo_output = policy == NORMS_MLA_SWIGLU
+    """A fused SwiGLU FFN's tensors (Megatron-Core's bias_swiglu and weighted_bias_swiglu, DeepSeek's kernels: the
+    activation is recomputed from its input, so no silu output is kept): gate and up (the SwiGLU inputs) and their
+    product (the down projection's input), which "norms_mla_swiglu" recomputes too."""
     rows = [(f"{name} gate and up", 2 * width, "cached", split)]
-    if not redo_output:
-        rows += [(f"{name} silu", width, "element", split), (f"{name} product", width, "cached", split)]
+    if policy != NORMS_MLA_SWIGLU:
+        rows.append((f"{name} product", width, "cached", split))
     return rows
 
 
 def saved_tensors(model: ModelSpec, c: ParallelConfig, recompute: str, selective: str,
-                  moe: bool, keeps_outputs: bool = True) -> list[tuple[str, float]]:
+                  moe: bool, keeps_outputs: bool = True, fused_dense_swiglu: bool = False) -> list[tuple[str, float]]:
     """(name, bytes) of what one block keeps for its backward (see the module docstring), one micro-batch, one TP
     rank; `selective` is the execution's selective recompute policy, read when `recompute` is "selective";
     `keeps_outputs`: an MoE block keeps the expert outputs its combine weighs
-    (`Execution.moe_combine_keeps_outputs`)."""
+    (`Execution.moe_combine_keeps_outputs`); `fused_dense_swiglu`: a dense block's SwiGLU is the fused kernel too
+    (Transformer Engine's layer spec, `memory.te_activation_delta`'s rule), else it keeps its silu output. Experts
+    always run the fused kernel."""
     s, b, h = c.local_seq_len, c.micro_batch_size, model.hidden_size
     nbytes = _dtype_bytes(c)
     tokens = s * b
@@ -118,23 +117,20 @@ def saved_tensors(model: ModelSpec, c: ParallelConfig, recompute: str, selective
     if not moe:
         if policy != MLA_UP_PROJ_MLP:  # that policy redoes the dense MLP from its input (the norm output above)
             rows += [("MLP gate and up", 2 * model.ffn_hidden_size, "element", "sharded"),
-                     ("MLP silu", model.ffn_hidden_size, "element", "sharded"),
                      ("MLP product", model.ffn_hidden_size, "cached", "sharded")]
+            if not fused_dense_swiglu:
+                rows.append(("MLP silu", model.ffn_hidden_size, "element", "sharded"))
     else:
         m = model.moe
         rows.append(("router logits and probabilities", ROUTER_SCORE_TENSORS["megatron"] * m.num_experts, "fp32",
                      "tokens"))
         rows.append(("routed tokens (expert input)", h, "cached", "routed"))
-        experts = _swiglu_rows("expert", m.moe_intermediate_size / c.etp, "routed", policy)
-        if policy in MEGATRON_SELECTIVE:  # Megatron's selective count of the experts keeps 3 SwiGLU tensors
-            experts = [r for r in experts if not r[0].endswith("silu")]
-        rows += experts
+        rows += _swiglu_rows("expert", m.moe_intermediate_size / c.etp, "routed", policy)
         if keeps_outputs:
             rows.append(("expert outputs (combine weights)", m.num_experts_per_tok * h, "element", "tokens"))
         if m.num_shared_experts:
-            shared = _swiglu_rows("shared expert", m.num_shared_experts * m.shared_expert_intermediate_size,
-                                  "sharded", policy)
-            rows += [r for r in shared if policy not in MEGATRON_SELECTIVE or not r[0].endswith("silu")]
+            rows += _swiglu_rows("shared expert", m.num_shared_experts * m.shared_expert_intermediate_size,
+                                 "sharded", policy)
     out = []
     for name, width, dtype, split in rows:
         if split == "replicated":
@@ -150,6 +146,7 @@ def saved_tensors(model: ModelSpec, c: ParallelConfig, recompute: str, selective
 
 
 def saved_bytes(model: ModelSpec, c: ParallelConfig, recompute: str, selective: str, moe: bool,
-                keeps_outputs: bool = True) -> float:
+                keeps_outputs: bool = True, fused_dense_swiglu: bool = False) -> float:
     """The sum of `saved_tensors`."""
-    return sum(nbytes for _, nbytes in saved_tensors(model, c, recompute, selective, moe, keeps_outputs))
+    return sum(nbytes for _, nbytes in saved_tensors(model, c, recompute, selective, moe, keeps_outputs,
+                                                     fused_dense_swiglu))
