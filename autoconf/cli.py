@@ -859,16 +859,19 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
         raise UserError(f"{plan_path}: no complete prediction in the plan (missing "
                         f"{', '.join(sorted(needed - set(plan_obj.prediction)))}); run `autoconf estimate` with its "
                         f"layout to make one")
-    if out_dir is not None:  # (the default folder, named after the plan, cannot hold it)
-        from autoconf.report.explain import refuse_taken_folder
+    from autoconf.report.explain import default_show_folder, refuse_taken_folder
 
-        refuse_taken_folder(out_dir, force, plan_path)
+    # (the default folder, named after the plan, cannot hold the plan; it may hold the profile, and what it holds
+    # already is kept there without --force, below)
+    refuse_taken_folder(out_dir if out_dir is not None else default_show_folder(plan_path),
+                        force or out_dir is None, plan_path if out_dir is not None else None,
+                        inputs={"the cluster profile": cluster_arg})
     if note:
         click.echo(f"autoconf: note: {note}", err=True)
     print_table(prediction_table(plan_obj))
     _above_peak([plan_obj])
     if out_dir is None and not force:
-        from autoconf.report.explain import default_show_folder, taken_names
+        from autoconf.report.explain import taken_names
 
         folder = default_show_folder(plan_path)
         if taken_names(plan_obj, folder, plan_path):  # (an earlier show's, or the user's: kept either way)

@@ -704,3 +704,57 @@ def test_a_sequence_that_sequence_parallelism_cannot_split_names_what_would():
                       "--dp", "2", "--micro-batch", "1", "--global-batch", "4", "--seq-len", "63",
                       "--sequence-parallel"])
     assert_one_clear_error(result, "use a seq_len divisible by 2 (e.g. 64), or drop sequence_parallel")
+
+
+def test_a_fuzzing_reviews_findings_are_one_clear_line_and_nothing_is_replaced(tmp_path):
+    """A review fed every verb about 2,900 bad inputs; what it found: `show --force` replaced the --cluster profile
+    lying in its --out folder, `validate --force` a model or profile under OUT/runs/; a non-string schedule leaked
+    a TypeError; a plan without cluster.name named a cluster "None"; a config.json that is a folder was "a folder
+    without a config.json"; MLA widths had no upper limit; an impossible or empty --memory-per-rank and a profile
+    table in no profiled dtype were taken silently; a shared-expert message read "and none needs 0"."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(tiny_plan_dict()))
+    folder = tmp_path / "x"
+    folder.mkdir()
+    profile = folder / "memory.png"
+    shutil.copy(PROFILES_DIR / "cpu-local.json", profile)
+    before = profile.read_bytes()
+    assert_one_clear_error(run_cli(["show", plan, "--out", folder, "--cluster", profile, "--force"]),
+                           "the cluster profile this run reads")
+    assert profile.read_bytes() == before
+    runs = tmp_path / "v" / "runs" / "0"
+    runs.mkdir(parents=True)
+    shutil.copy(PROFILES_DIR / "cpu-local.json", runs / "profile.json")
+    assert_one_clear_error(run_cli(["validate", "--model", "tiny-gpt", "--cluster", runs / "profile.json",
+                                    "--global-batch", "8", "--seq-len", "64", "--out", tmp_path / "v", "--force"]),
+                           "validate writes")
+    bad = tiny_plan_dict()
+    bad["config"]["schedule"] = [1, 2]
+    plan.write_text(json.dumps(bad))
+    assert_one_clear_error(run_cli(["show", plan, "--out", tmp_path / "o"]), "field schedule must be a name")
+    bad = tiny_plan_dict()
+    del bad["cluster"]["name"]
+    bad.pop("timeline", None)
+    plan.write_text(json.dumps(bad))
+    assert_one_clear_error(run_cli(["show", plan, "--out", tmp_path / "o2"]), "cluster.name missing")
+    (tmp_path / "cfg" / "config.json").mkdir(parents=True)
+    assert_one_clear_error(run_cli(["plan", "--model", tmp_path / "cfg", "--cluster", "cpu-local", "--global-batch",
+                                    "8"]), "config.json is a folder")
+    assert_one_clear_error(run_cli(["profile", "--out", tmp_path / "p.json", "--quick", "--memory-per-rank",
+                                    "99999TiB"]), "more than this host's")
+    assert_one_clear_error(run_cli(["profile", "--out", tmp_path / "p.json", "--quick", "--memory-per-rank", ""]),
+                           "--memory-per-rank is empty")
+    table = json.loads((PROFILES_DIR / "h100-llama3-8b.json").read_text())
+    table["compute"]["dtype"] = "x"
+    (tmp_path / "t.json").write_text(json.dumps(table))
+    assert_one_clear_error(run_cli(["plan", "--model", "llama3-8b", "--cluster", tmp_path / "t.json",
+                                    "--global-batch", "8", "--seq-len", "4096"]), "compute.dtype 'x'")
+    mla = PRESETS["deepseek-v3"].to_dict()
+    mla["mla"]["kv_lora_rank"] = 10**30
+    with pytest.raises(UserError, match="kv_lora_rank .* is more than"):
+        type(PRESETS["deepseek-v3"]).from_dict(mla)
+    shared = PRESETS["mixtral-8x7b"].to_dict()
+    shared["moe"]["num_shared_experts"] = 1
+    with pytest.raises(UserError, match="num_shared_experts 1 needs a positive shared_expert_intermediate_size "
+                                        r"\(got 0\)"):
+        type(PRESETS["mixtral-8x7b"]).from_dict(shared)

@@ -194,13 +194,22 @@ def profile(out, nproc_per_node: int | None = None, nnodes: int = 1, node_rank: 
         problem = base_profile_problem(load_cluster(base_profile), base_profile, bool(gpus))
         if problem:
             raise UserError(problem)
+    if memory_per_rank is not None and not str(memory_per_rank).strip():
+        raise UserError("--memory-per-rank is empty; give a size such as 4GiB, or leave the option out for the "
+                        "host's memory shared by the ranks")
     if memory_per_rank:
-        from autoconf.profile.hardware import parse_bytes
+        from autoconf.profile.hardware import parse_bytes, physical_memory_bytes
         from autoconf.spec.profile_checks import MIN_DEVICE_BYTES
 
-        if parse_bytes(memory_per_rank) < MIN_DEVICE_BYTES:
+        per_rank = parse_bytes(memory_per_rank)
+        if per_rank < MIN_DEVICE_BYTES:
             raise UserError(f"--memory-per-rank {memory_per_rank} is less than the {MIN_DEVICE_BYTES >> 20} MiB a "
                             f"profile's device may hold; give e.g. 4GiB")
+        host = physical_memory_bytes()
+        if not gpus and per_rank * nproc_per_node > host:
+            raise UserError(f"--memory-per-rank {memory_per_rank} for {nproc_per_node} rank(s) is "
+                            f"{per_rank * nproc_per_node / 2**30:.1f} GiB, more than this host's "
+                            f"{host / 2**30:.1f} GiB; give at most {host // nproc_per_node / 2**30:.1f}GiB")
     if dtype and dtype not in PROFILED_DTYPES:
         raise UserError(f"--dtype {dtype!r}: the profiler times one of {', '.join(PROFILED_DTYPES)}")
     busy = busy_port_problem(master_port) if nnodes == 1 and master_addr in LOOPBACK else None

@@ -32,6 +32,9 @@ def _profile(plan: Plan, cluster, purpose: str, remedy: str):
     from autoconf.spec.cluster import load_cluster
 
     name, recorded = plan.cluster.get("name"), plan.cluster.get("profile")
+    if not isinstance(name, str) or not name:
+        raise UserError(f"cannot {purpose}: the plan's cluster object names no profile (cluster.name missing or not "
+                        f"a name: {name!r}); {remedy}")
     shape = int(plan.cluster.get("nodes", 1)), int(plan.cluster.get("gpus_per_node", 1))
     if recorded and Path(recorded).is_file():
         try:

@@ -29,7 +29,9 @@ MAX_LAYERS = 100_000  # layers are listed and simulated one by one; more is a ty
 # The largest size of each other field: beyond them no model exists and the arithmetic leaves floats.
 MAX_SIZES = {"hidden_size": 1 << 20, "ffn_hidden_size": 1 << 22, "num_heads": 1 << 16, "num_kv_heads": 1 << 16,
              "vocab_size": 1 << 24, "max_seq_len": 1 << 34, "head_dim": 1 << 16, "num_experts": 1 << 16,
-             "moe_intermediate_size": 1 << 22, "shared_expert_intermediate_size": 1 << 22}
+             "moe_intermediate_size": 1 << 22, "shared_expert_intermediate_size": 1 << 22,
+             "num_shared_experts": 1 << 16, "q_lora_rank": 1 << 20, "kv_lora_rank": 1 << 20,
+             "qk_nope_head_dim": 1 << 16, "qk_rope_head_dim": 1 << 16, "v_head_dim": 1 << 16}
 
 
 def _too_large(spec) -> list[str]:
@@ -155,10 +157,12 @@ class MoESpec:
             if self.num_experts_per_tok > self.num_experts:
                 problems.append(f"num_experts_per_tok {shown(self.num_experts_per_tok, 24)} exceeds the "
                                 f"{self.num_experts} experts (top-k must be 1..{self.num_experts})")
-            if (self.num_shared_experts > 0) != (self.shared_expert_intermediate_size > 0):
+            if self.num_shared_experts > 0 and not self.shared_expert_intermediate_size:
                 problems.append(f"num_shared_experts {self.num_shared_experts} needs a positive "
-                                f"shared_expert_intermediate_size and none needs 0 "
-                                f"(got {self.shared_expert_intermediate_size})")
+                                f"shared_expert_intermediate_size (got 0)")
+            if self.shared_expert_intermediate_size > 0 and not self.num_shared_experts:
+                problems.append(f"shared_expert_intermediate_size {self.shared_expert_intermediate_size} needs "
+                                f"num_shared_experts 1 or more (got 0); or set it to 0 without shared experts")
             if self.shared_expert_gate and not self.num_shared_experts:
                 problems.append("shared_expert_gate needs a shared expert")
             if self.num_experts % self.n_group:
@@ -234,6 +238,7 @@ class MLASpec:
                     for f in dataclasses.fields(self)
                     if not _positive_int(getattr(self, f.name)) and not (f.name == "q_lora_rank"
                                                                           and getattr(self, f.name) is None)]
+        problems += _too_large(self)
         if not problems and self.qk_rope_head_dim % 2:
             problems.append(f"qk_rope_head_dim must be even (RoPE rotates pairs of values; got "
                             f"{self.qk_rope_head_dim})")

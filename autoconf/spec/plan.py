@@ -419,6 +419,14 @@ class ParallelConfig:
         sequence chunks."""
         fields = {f.name for f in dataclasses.fields(cls)}
         _refuse_unknown(data, (*sorted(fields), "num_microbatches"), source, "config")
+        for name in ("schedule", "recompute", "dtype", "attention", "grad_reduce", "cp_comm", "seq_split",
+                     "selective_recompute"):
+            if name in data and not isinstance(data[name], str) and not (name == "selective_recompute"
+                                                                         and data[name] is None):
+                example = {f.name: f.default for f in dataclasses.fields(cls)}.get(name)
+                raise UserError(f"{source}: field {name} must be a name"
+                                + (f" such as {quoted(example)}" if isinstance(example, str) else "")
+                                + f" (got {quoted(data[name])})")
         policy, mode = data.get("selective_recompute"), data.get("recompute", "none")
         if policy is not None and mode != "selective":
             raise UserError(f"{source}: selective_recompute {quoted(policy)} qualifies recompute selective, "

@@ -174,6 +174,9 @@ def load_model(arg: str) -> ModelSpec:
         raise UserError(f"unknown model {shown(arg)!r}: not a preset (see `autoconf models`) and no such file"
                         f"{did_you_mean(arg, PRESETS)}")
     if path.is_dir():  # a Hugging Face model folder
+        if (path / "config.json").is_dir():
+            raise UserError(f"{arg}/config.json is a folder, not a model's config file; give a model's config.json "
+                            f"or its folder")
         if not (path / "config.json").is_file():
             raise UserError(f"{arg} is a folder without a config.json; give a model's config.json or its folder")
         path = path / "config.json"

@@ -16,6 +16,7 @@ import re
 from autoconf.errors import UserError
 from autoconf.files import listed, quoted
 from autoconf.spec.cluster import HOST_FIELDS
+from autoconf.spec.dtypes import PROFILED_DTYPES
 from autoconf.spec.frameworks import ATTENTION_KERNELS
 from autoconf.spec.model import ModelSpec, is_printable_name
 from autoconf.spec.schedules import SCHEDULES
@@ -361,6 +362,10 @@ def _compute(c: _Checker, table) -> None:
     for key in ("dtype", "device"):
         if key in table:
             c.text(table[key], f"compute.{key}")
+    if isinstance(table.get("dtype"), str) and table["dtype"] not in PROFILED_DTYPES:
+        # (a table in another dtype never matches a plan's: it would be dropped without a word)
+        c.problems.append(f"compute.dtype {quoted(table['dtype'])} is not one the profiler times "
+                          f"({', '.join(PROFILED_DTYPES)})")
     if "model" in table and table["model"] is not None:
         c.kind(table["model"], dict, "compute.model")
     for key in ("optimizer_s_per_param", "optimizer_dtensor_s_per_param"):

@@ -481,6 +481,20 @@ def _renamed(cluster: ClusterProfile, note: str) -> ClusterProfile:
                                description=(cluster.description + " " if cluster.description else "") + note + ".")
 
 
+def refuse_inputs_under(out_dir: Path, inputs: dict) -> None:
+    """Refuses (UserError) an input file (`inputs`: what the user calls it -> a --model or --cluster argument) that
+    validate would replace: under OUT/runs/, whose run folders it writes afresh, or one of its reports."""
+    from autoconf.files import input_files
+
+    runs = (out_dir / "runs").resolve()
+    written = {(out_dir / name).resolve() for name in ("report.json", "scatter.png", "calibrated_profile.json")}
+    for what, source in inputs.items():
+        for path in (p.resolve() for p in input_files(source)):
+            if runs in path.parents or path in written:
+                raise UserError(f"{path} is {what} this run reads, and validate writes {out_dir / 'runs'} and its "
+                                f"reports afresh; move it out of {out_dir} or choose another --out")
+
+
 def validate_command(model: str, cluster_path: str, global_batch: int, seq_len: int | None, configs: int,
                      steps: int, out_dir: str | Path, calibrate: bool, force: bool,
                      fixed: dict | None = None, repeats: int = 1) -> dict:
@@ -498,6 +512,7 @@ def validate_command(model: str, cluster_path: str, global_batch: int, seq_len: 
     seq_len = seq_len or model_spec.default_seq_len
     if global_batch < 1:
         raise UserError(f"--global-batch must be >= 1 (got {global_batch})")
+    refuse_inputs_under(Path(out_dir), {"the model config": model, "the cluster profile": cluster_path})
     bundled = Path(cluster_path)
     from autoconf.report.progress import Follow
 
