@@ -473,12 +473,15 @@ def test_foreach_adamw_moves_80_bytes_per_parameter_where_fused_moves_28():
 
 def test_each_framework_is_planned_with_the_gradient_reductions_it_runs():
     """FSDP2 (autoconf, torchtitan) reduces once per step or every micro-batch; Megatron's distributed optimizer
-    once per step; Megatron-FSDP (megatron-core's ZeRO-3) every micro-batch. The space offers each sharded layout
+    once per step; Megatron-FSDP (megatron-core's ZeRO-3) and the ZeRO paper's stage 2 (the megatron layout's,
+    reachable through --framework-flag zero_stages) every micro-batch: a rank holding a gradient shard cannot sum
+    whole gradients in it (a memory review found ZeRO-2 counted sharded while reducing once per step). The space offers each sharded layout
     only those, and a plan asking for another is refused in one line naming the fix."""
     from autoconf.solve.space import candidates
 
     for name, zero, allowed in (("autoconf", 1, {"step", "microbatch"}), ("megatron-core", 1, {"step"}),
-                                ("megatron-core", 3, {"microbatch"}), ("megatron", 2, {"step"})):
+                                ("megatron-core", 3, {"microbatch"}), ("megatron", 1, {"step"}),
+                                ("megatron", 2, {"microbatch"})):
         ex = execution(name)
         assert set(ex.grad_reductions(zero)) == allowed, name
         offered = {c.grad_reduce for c in candidates(MODEL, 16, 8, 64, 2048, "bf16", fixed={"zero_stage": zero},

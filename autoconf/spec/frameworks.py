@@ -576,14 +576,15 @@ class Execution:
     def grad_reductions(self, zero_stage: int, pp: int = 1) -> tuple[str, ...]:
         """The gradient reductions (GRAD_REDUCE) the framework runs at a sharded ZeRO stage on a pipeline of `pp`
         ranks: FSDP2 (the torch layout) either, or with `accumulation_sync` every micro-batch without a pipeline
-        and once per step under one (torch's stage); Megatron's distributed optimizer and the ZeRO paper's stages
-        (the megatron layout) once per step; Megatron-FSDP (`megatron_fsdp`, ZeRO-3) every micro-batch. Read by
-        `problem` and the search's space."""
+        and once per step under one (torch's stage); in the megatron layout Megatron's distributed optimizer (ZeRO-1)
+        once per step, and the stages that shard the gradients (the ZeRO paper's 2 and 3, Megatron-FSDP) every
+        micro-batch: a rank holding a shard of the gradient cannot sum the micro-batches' whole gradients in it.
+        Read by `problem` and the search's space."""
         if self.memory_layout != "megatron":
             if self.accumulation_sync:
                 return ("microbatch",) if pp == 1 else ("step",)
             return GRAD_REDUCE
-        return ("microbatch",) if self.megatron_fsdp and zero_stage == 3 else ("step",)
+        return ("microbatch",) if zero_stage >= 2 else ("step",)
 
     def runs_pairs(self, config) -> bool:
         """Whether the framework runs a schedule's paired chunks overlapped for `config` (`overlap_paired_chunks`;
@@ -654,11 +655,18 @@ class Execution:
         problem = pipeline_problem(config, self.pipeline_runtime)
         if problem:
             return f"framework {self.name!r}: {problem}"
+        if config.zero_stage not in self.zero_stages:
+            able = [n for n, e in PRESETS.items() if config.zero_stage in e.zero_stages and n != self.name]
+            return (f"framework {self.name!r} runs ZeRO stages {', '.join(map(str, self.zero_stages))}, not "
+                    f"{config.zero_stage}; pick one of those or a framework that runs it ({', '.join(able) or 'none'})")
         runs = self.grad_reductions(config.zero_stage, config.pp)
         if config.zero_sharded and config.grad_reduce not in runs and (config.num_microbatches > 1 or config.pp > 1):
             if self.megatron_fsdp and config.zero_stage == 3:
                 return (f"framework {self.name!r} runs ZeRO-3 as Megatron-FSDP, which reduce-scatters every "
                         f"micro-batch's gradients: add --grad-reduce microbatch")
+            if self.memory_layout == "megatron" and runs == ("microbatch",):
+                return (f"framework {self.name!r} at ZeRO {config.zero_stage} shards the gradients, so it "
+                        f"reduce-scatters every micro-batch's: add --grad-reduce microbatch")
             if self.memory_layout != "megatron":
                 return f"framework {self.name!r} reduce-scatters the gradients " + (
                     "every micro-batch without a pipeline: add --grad-reduce microbatch" if runs == ("microbatch",)
@@ -666,10 +674,6 @@ class Execution:
             return (f"framework {self.name!r} reduces the gradients once per step at ZeRO {config.zero_stage} "
                     f"(Megatron's distributed optimizer): drop --grad-reduce microbatch"
                     + (", or use ZeRO-3 (Megatron-FSDP)" if self.megatron_fsdp and 3 in self.zero_stages else ""))
-        if config.zero_stage not in self.zero_stages:
-            able = [n for n, e in PRESETS.items() if config.zero_stage in e.zero_stages and n != self.name]
-            return (f"framework {self.name!r} runs ZeRO stages {', '.join(map(str, self.zero_stages))}, not "
-                    f"{config.zero_stage}; pick one of those or a framework that runs it ({', '.join(able) or 'none'})")
         policy = config.selective_recompute
         if config.recompute == "selective" and policy is not None and policy not in self.selective_policies:
             return (f"framework {self.name!r} runs selective recompute as {' or '.join(self.selective_policies)}, "
