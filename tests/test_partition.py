@@ -190,7 +190,9 @@ _REFINE_CASES = [
     (_GPT, 10, 2, 2, "zbv", "h100", 0.0002),
     ("tiny-gpt", 8, 2, 1, "1f1b", "measured", 0.0),
     ("tiny-gpt", 8, 2, 2, "interleaved-1f1b", "measured", 0.0),
-    ("tiny-gpt", 6, 2, 2, "zbv", "measured", 0.0),
+    # Since each micro-batch's fp32 gradient accumulation is timed (cost/compute.py grad_accumulation_bytes) the
+    # polish stops 0.011% above the best here: the measured profile's core sharing (below) makes the step non-convex.
+    ("tiny-gpt", 6, 2, 2, "zbv", "measured", 0.0005),
     ("tiny-gpt", 7, 3, 1, "zb-h1", "cpu", 0.0),
     # On the measured CPU profile the estimate re-simulates at the core share the busy ranks leave (a mean-field
     # view of processor sharing), so the step time is not convex in the stage sizes: here the polish stops at a
@@ -204,7 +206,7 @@ def test_refined_partition_reaches_the_brute_force_optimum_of_the_estimate(name,
                                                                            tolerance):
     """The refinement (CP-SAT's partition, then the local-search polish scored by the estimate) predicts the same
     step time as the best of every partition scored by the same estimate, on uniform GPU and CPU profiles and a
-    measured CPU profile, for 1F1B, GPipe, interleaved 1F1B, ZB-H1 and ZB-V (one stated exception, see above)."""
+    measured CPU profile, for 1F1B, GPipe, interleaved 1F1B, ZB-H1 and ZB-V (the stated exceptions above)."""
     import dataclasses
 
     from autoconf.cost.estimate import Execution, predict

@@ -547,16 +547,28 @@ def fsdp_copy_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution | 
 
 def grad_accumulation_bytes(model: ModelSpec, c: ParallelConfig, execution: Execution | None,
                             moe: bool = False) -> float:
-    """Bytes the megatron layout's gradient hooks move per block (an MoE block with `moe`) and micro-batch on one
-    rank when the execution has no gradient accumulation fusion: every parameter's gradient, written by its GEMM in
-    the compute dtype, added into the main-gradient buffer (`param.main_grad.add_(param.grad)`: a read of it, a read
-    and a write of the buffer). 0 with the fusion, whose GEMMs accumulate in place (their epilogue, inside the GEMM
-    time), and for the torch layout."""
-    if execution is None or execution.memory_layout != "megatron" or execution.grad_accumulation_fusion:
-        return 0.0
+    """Bytes the gradient accumulation moves per block (an MoE block with `moe`) and micro-batch on one rank. The
+    megatron layout without gradient accumulation fusion: every parameter's gradient, written by its GEMM in the
+    compute dtype, added into the main-gradient buffer (`param.main_grad.add_(param.grad)`: a read of it, a read
+    and a write of the buffer); 0 with the fusion, whose GEMMs accumulate in place (their epilogue, inside the GEMM
+    time). The torch layout where FSDP2 holds the unsharded gradient over several micro-batches
+    (`memory.holds_unsharded_grads`): the first micro-batch's gradient cast to the fp32 reduce dtype (a read, a
+    write) and every later one added to it (torch's `accumulate_unsharded_grad_if_needed`: a read of it, a read and
+    a write of the fp32 buffer), averaged over the step's micro-batches."""
     from autoconf.cost.moe import block_local_params
 
-    per_param = DTYPE_BYTES[c.dtype] + 2 * execution.grad_buffer_bytes
+    e = DTYPE_BYTES[c.dtype]
+    if execution is not None and execution.memory_layout == "megatron":
+        if execution.grad_accumulation_fusion:
+            return 0.0
+        per_param = e + 2 * execution.grad_buffer_bytes
+    else:
+        from autoconf.cost.memory import holds_unsharded_grads
+
+        m = c.num_microbatches
+        if m == 1 or not holds_unsharded_grads(c):
+            return 0.0
+        per_param = e + 8 - 4 / m
     return per_param * sum(block_local_params(model, c, moe))
 
 
@@ -608,9 +620,9 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     # (and rotary embeddings) on the TP-sharded part. Backward moves about twice the forward bytes.
     replicated_bytes = (2 * 2 + 2 * 3 + (2 * 2 if model.dropout > 0 else 0)) * sbh * e / replicated_div
     if model.arch == "gpt":
-        sharded_bytes = 2 * s * b * f * e / t + 2 * s * b * (h + 2 * kv) * e / t  # GeLU; bias adds of QKV
-    else:
-        sharded_bytes = 3 * s * b * f * e / t + 2 * s * b * (h + kv) * e / t  # SwiGLU product; rotary on Q and K
+        sharded_bytes = 2 * s * b * f * e / t + 2 * s * b * (model.q_dim + 2 * kv) * e / t  # GeLU; QKV bias adds
+    else:  # SwiGLU product; rotary on Q and K (Q at the heads' width, q_dim)
+        sharded_bytes = 3 * s * b * f * e / t + 2 * s * b * (model.q_dim + kv) * e / t
     elementwise = (replicated_bytes + sharded_bytes) / mem_rate
     eager_f, eager_b = eager_elementwise_bytes(model, c, ops)
     scaling = PassTimes(*scaling_time(model, cluster, c))

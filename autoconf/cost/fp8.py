@@ -28,10 +28,11 @@ def block_linears(model: ModelSpec, tp: int) -> list[tuple[int, int]]:
     """(in_features, out_features) of each linear layer of one block on one TP rank: Q, K and V (three modules, as
     in autoconf's executor and torchtitan's Llama, so each casts the block input; column-parallel), the output
     projection (row-parallel), the MLP's up (and gate) matrices (column-parallel) and its down matrix (row-parallel).
-    The same weights as `cost.compute.layer_gemms`."""
-    h, f, kv = model.hidden_size, model.ffn_hidden_size, model.kv_dim
+    The same weights as `cost.compute.layer_gemms` (Q and the output projection at the heads' width, `q_dim`, which
+    differs from the hidden size where head_dim x heads does: Qwen3-30B-A3B's 4096 against 2048)."""
+    h, f, kv, q = model.hidden_size, model.ffn_hidden_size, model.kv_dim, model.q_dim
     ups = 1 if model.arch == "gpt" else 2
-    return [(h, h // tp), (h, kv // tp), (h, kv // tp), (h // tp, h), *[(h, f // tp)] * ups, (f // tp, h)]
+    return [(h, q // tp), (h, kv // tp), (h, kv // tp), (q // tp, h), *[(h, f // tp)] * ups, (f // tp, h)]
 
 
 def cast_bytes_per_element(element: str) -> int:

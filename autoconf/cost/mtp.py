@@ -58,15 +58,16 @@ def mtp_projection_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelCo
 
 def mtp_pass_times(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, pieces: ModelPieces) -> PassTimes:
     """Compute the MTP modules add to one micro-batch of the last stage: per module a block (`pieces` of its kind),
-    the projection, two norms over h and 2h inputs, an embedding lookup and the head with its loss. Collectives,
-    the token exchange and recompute are the caller's (the block's own rules)."""
+    the projection, two norms over h and 2h inputs, an embedding lookup with its backward (the last stage's copy of
+    the embedding takes its gradient as the first stage's does) and the head with its loss. Collectives, the token
+    exchange and recompute are the caller's (the block's own rules)."""
     if not model.mtp_num_layers:
         return PassTimes(0.0, 0.0, 0.0)
     proj = mtp_projection_time(model, cluster, c)
     mem_rate = cluster.device.memory_bandwidth_Bps * cluster.eff("memory")
     split = c.tp if c.sequence_parallel else 1
     norms = 2 * 2 * c.local_seq_len * c.micro_batch_size * model.hidden_size * DTYPE_BYTES[c.dtype] / split / mem_rate
-    one = (pieces.block + pieces.head + PassTimes(pieces.embedding.forward, 0.0, 0.0)
+    one = (pieces.block + pieces.head + pieces.embedding
            + PassTimes(proj + norms, proj + 2 * norms, proj))
     return one.scaled(model.mtp_num_layers)
 

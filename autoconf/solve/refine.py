@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autoconf.cost.compute import model_pieces, seq_chunk_bounds
+from autoconf.cost.compute import model_pieces, seq_chunk_bounds, side_kernels_time
 from autoconf.cost.comm import collective_time
 from autoconf.cost.estimate import (Execution, cp_attention_comm, cp_exchange_bytes, default_mesh, dp_buffer_bytes,
                                     p2p_bytes, recompute_time, schedule_inflight, selective_gather_share,
@@ -66,7 +66,9 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
     share = selective_matmul_share(model, c, execution)
     only = selective_matmuls_only(c, execution)
     gathers = selective_gather_share(model, cluster, c, list(range(c.tp)))
-    layer_time, layer_rc = pieces.block.total + 4 * one, recompute_time(pieces, c, one, share, only, gathers)
+    # (each block's side kernels too: FSDP2's copies, the gradient accumulation; `estimate.stage_plan`'s)
+    layer_time = pieces.block.total + side_kernels_time(model, cluster, c, execution).total + 4 * one
+    layer_rc = recompute_time(pieces, c, one, share, only, gathers)
     cp_time = cp_rc = 0.0
     if c.cp > 1:  # every block's attention exchanges K/V over the CP group (again in a full recompute's forward)
         cp = cp_attention_comm(model, cluster, c, np.arange(c.cp) * c.tp, pieces.attention_core, execution)
@@ -102,7 +104,8 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
         moe_pieces = pieces.kind(True)
         # (a sequence-sharded dispatch without shared experts: the attention's TP collectives only)
         routed_only = execution.moe_sequence_dispatch and not model.moe.num_shared_experts and c.tp > 1
-        moe_time = moe_pieces.block.total + (2 if routed_only else 4) * one + exchange + exchange_back + cp_time
+        moe_time = (moe_pieces.block.total + side_kernels_time(model, cluster, c, execution, moe=True).total
+                    + (2 if routed_only else 4) * one + exchange + exchange_back + cp_time)
         moe_rc = (recompute_time(moe_pieces, c, one, selective_matmul_share(model, c, execution, moe=True), only,
                                  gathers)
                   + (exchange if c.recompute == "full" else 0.0) + cp_rc)
