@@ -319,16 +319,28 @@ def gemms_time(cluster: ClusterProfile, dtype: str, gemms: list[float]) -> float
     return sum(f / matmul_rate(cluster, dtype, f) for f in gemms if f > 0)
 
 
-def attention_gemms(model: ModelSpec, seq_len: int, micro_batch: int, tp: int) -> list[float]:
+def attention_gemms(model: ModelSpec, seq_len: int, micro_batch: int, tp: int,
+                    replicated_split: int = 1) -> list[float]:
     """Forward FLOPs of each weight GEMM of a block's attention on one TP rank: QKV and the output projection, or
-    the projections of latent attention (the op table's linear ops, each split over tp unless `tp_replicated`)."""
+    the projections of latent attention (the op table's linear ops, each split over tp unless `tp_replicated`; those
+    run on 1/`replicated_split` of the tokens: `replicated_tokens_split`)."""
     tokens = seq_len * micro_batch
     if model.mla is None:
         h, q, kv = model.hidden_size, model.q_dim, model.kv_dim
         return [2.0 * tokens * w / tp for w in [h * (q + 2 * kv), q * h]]
     from autoconf.spec.layers import attention_ops
 
-    return [tokens * op.flops / (1 if op.tp_replicated else tp) for op in attention_ops(model) if op.kind == "linear"]
+    return [tokens * op.flops / (replicated_split if op.tp_replicated else tp) for op in attention_ops(model)
+            if op.kind == "linear"]
+
+
+def replicated_tokens_split(c: ParallelConfig, execution: Execution | None) -> int:
+    """Over how many ranks a TP group's TP-replicated GEMMs (latent attention's down-projections) split the tokens:
+    under sequence parallelism in the megatron layout, tp (Megatron-Core's `_qkv_down_projection` runs them on the
+    rank's s/tp slice and gathers the latents after); 1 where every TP rank runs them on the whole sequence (the
+    executor's replicated modules)."""
+    megatron = execution is not None and execution.memory_layout == "megatron"
+    return c.tp if megatron and c.sequence_parallel else 1
 
 
 def layer_gemms(model: ModelSpec, seq_len: int, micro_batch: int, tp: int) -> list[float]:
@@ -341,12 +353,14 @@ def layer_gemms(model: ModelSpec, seq_len: int, micro_batch: int, tp: int) -> li
     return [2.0 * tokens * w / tp for w in [h * (q + 2 * kv), q * h, *mlp]]
 
 
-def _layer_matmul_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> float:
+def _layer_matmul_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
+                       execution: Execution | None = None) -> float:
     """One forward of a dense block's weight GEMMs on one TP rank: the model's matmul FLOPs at the size-weighted
     rate of the block's GEMMs (`layer_gemms`); with latent attention or MoE layers, each GEMM at its own rate."""
     if model.moe is not None or model.mla is not None:
         tokens = (c.seq_len, c.micro_batch_size, c.tp)
-        gemms = attention_gemms(model, *tokens) + layer_gemms(model, *tokens)[2:]
+        gemms = (attention_gemms(model, *tokens, replicated_tokens_split(c, execution))
+                 + layer_gemms(model, *tokens)[2:])
         return gemms_time(cluster, precision(c.dtype).gemm, gemms)
     gemms = layer_gemms(model, c.seq_len, c.micro_batch_size, c.tp)
     seconds_per_flop = gemms_time(cluster, precision(c.dtype).gemm, gemms) / sum(gemms)
@@ -615,7 +629,7 @@ def _spec_pieces(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     attention_core = PassTimes(core_f, core_b, 0.0)
 
     # Weight matmuls: forward M, backward-for-inputs M, backward-for-weights M.
-    mm = _layer_matmul_time(model, cluster, c)
+    mm = _layer_matmul_time(model, cluster, c, execution)
     # Element-wise traffic: two norms, two residual adds (and dropouts) on the replicated stream; activation functions
     # (and rotary embeddings) on the TP-sharded part. Backward moves about twice the forward bytes.
     replicated_bytes = (2 * 2 + 2 * 3 + (2 * 2 if model.dropout > 0 else 0)) * sbh * e / replicated_div
