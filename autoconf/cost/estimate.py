@@ -342,6 +342,20 @@ def selective_gather_share(model: ModelSpec, cluster: ClusterProfile, c: Paralle
     return gather / (gather + scatter) if gather + scatter > 0 else 0.5
 
 
+def executed_flops(model: ModelSpec, c: ParallelConfig, partition: list, execution: Execution) -> float:
+    """FLOPs one step executes (HFU's): `ModelSpec.hardware_flops_per_iteration`, whose selective recompute redoes
+    the attention core, or under a policy that redoes a share of each block's matmuls (`selective_matmul_share`:
+    the per-op policy, latent attention's up-projections) the model FLOPs and that share of every recomputed block's
+    matmul FLOPs (of its kind: dense or MoE)."""
+    recomputed = sum(recomputed_layers(c, partition))
+    if c.recompute != "selective" or selective_matmul_share(model, c, execution) is None:
+        return model.hardware_flops_per_iteration(c.seq_len, c.global_batch_size, c.recompute, recomputed)
+    per_layer = sum(count * selective_matmul_share(model, c, execution, model.is_moe_layer(first))
+                    * model.layer_matmul_flops(c.seq_len, 1, first) for first, count in model.layer_groups())
+    return (model.model_flops_per_iteration(c.seq_len, c.global_batch_size)
+            + per_layer * recomputed / model.num_layers * c.global_batch_size)
+
+
 def selective_matmuls_only(c: ParallelConfig, execution: Execution) -> bool:
     """Whether `c`'s selective policy redoes matmuls alone ("mla_up_proj_mlp": the up-projections, and a dense
     layer's MLP, whose SwiGLU and, under TP, two collectives are not counted; RoPE's application neither)."""
@@ -926,8 +940,7 @@ def predict(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, p
     limit = cluster.usable_memory_bytes
     tokens = c.global_batch_size * c.seq_len
     model_flops = model.model_flops_per_iteration(c.seq_len, c.global_batch_size)
-    hardware_flops = model.hardware_flops_per_iteration(c.seq_len, c.global_batch_size, c.recompute,
-                                                        sum(recomputed_layers(c, partition)))
+    hardware_flops = executed_flops(model, c, partition, execution)
     peak_flops = cluster.device.peak(precision(c.dtype).element)  # fp8: MFU at the bf16 peak (torchtitan reports none)
     prediction = {
         "iteration_time_s": iteration,
