@@ -1037,9 +1037,9 @@ def _host_prediction(cluster: ClusterProfile, c: ParallelConfig, memory: list[di
 def comm_stream_bound(sp: StagePlan, schedule) -> float:
     """With grad_reduce "microbatch": the step lasts at least as long as the busiest rank's DP comm stream, which
     carries its stages' gathers (every forward's, `forward_gathers`) and every micro-batch's reduce-scatter (0
-    without them). The simulation places each
-    after its micro-batch's backward; this bound also holds the step extrapolated from fewer micro-batches
-    (`_extrapolated_step`), whose stream grows by a reduction per micro-batch where the compute grows less."""
+    without them). The simulation places each after its micro-batch's backward; this bound also holds the step
+    extrapolated from fewer micro-batches (`_extrapolated_step`), whose stream grows by a reduction per micro-batch
+    where the compute grows less."""
     if not sp.early_reduce:
         return 0.0
     forward = sp.forward_gathers or [0.0] * len(sp.reduce)
