@@ -54,11 +54,13 @@ def test_the_losses_the_last_stage_holds_are_torchs(schedule):
 
 @pytest.mark.parametrize("name, vpp, chunks, overlap, held", [
     ("1f1b", 1, 1, False, 1), ("gpipe", 1, 1, False, 16), ("looped-bfs", 2, 1, False, 16),
-    ("interleaved-1f1b", 2, 1, False, 1), ("zb-h1", 1, 1, False, 1), ("seq1f1b", 1, 4, False, 4)])
+    ("interleaved-1f1b", 2, 1, False, 1), ("zb-h1", 1, 1, False, 1), ("seq1f1b", 1, 4, False, 4),
+    ("interleaved-1f1b", 2, 1, True, 1), ("dualpipev", 2, 1, False, 1), ("zbv", 2, 1, False, 1)])
 def test_held_losses_of_each_schedule(name, vpp, chunks, overlap, held):
     """On the rank of the last stage: one under the one-forward-one-backward families, every micro-batch where all
     forwards of the last stage run first, every chunk of a micro-batch under seq1f1b (its chunks' backwards run in
-    reverse after the last chunk's forward); none on the other ranks."""
+    reverse after the last chunk's forward); none on the other ranks. An overlapped pair (Megatron's combined 1F1B,
+    `overlap`) ends its forward's loss after its backward's began with the previous one: still one at a time."""
     from autoconf.spec.schedules import stage_to_rank
 
     owner = stage_to_rank(name, 4, vpp)

@@ -576,14 +576,22 @@ def grad_accumulation_bytes(model: ModelSpec, c: ParallelConfig, execution: Exec
         if execution.grad_accumulation_fusion:
             return 0.0
         per_param = e + 2 * execution.grad_buffer_bytes
+    elif accumulates_unsharded_grads(c, execution):
+        per_param = e + 8 - 4 / c.num_microbatches
     else:
-        from autoconf.cost.memory import holds_unsharded_grads
-
-        m = c.num_microbatches
-        if m == 1 or not holds_unsharded_grads(c):
-            return 0.0
-        per_param = e + 8 - 4 / m
+        return 0.0
     return per_param * sum(block_local_params(model, c, moe))
+
+
+def accumulates_unsharded_grads(c: ParallelConfig, execution: Execution | None) -> bool:
+    """Whether the torch layout sums every micro-batch's whole gradient into FSDP2's fp32 unsharded buffer
+    (`grad_accumulation_bytes`): several micro-batches whose gradients it holds unsharded
+    (`memory.holds_unsharded_grads`). The search reads it: reducing every micro-batch instead skips that work, so
+    such a twin may be the faster one even where its twin reducing once per step fits."""
+    from autoconf.cost.memory import holds_unsharded_grads
+
+    torch_layout = execution is None or execution.memory_layout != "megatron"
+    return torch_layout and c.num_microbatches > 1 and holds_unsharded_grads(c)
 
 
 def side_kernels_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,

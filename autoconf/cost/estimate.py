@@ -153,9 +153,12 @@ def tp_overlap_gemm_flops(model: ModelSpec, c: ParallelConfig) -> dict[str, floa
     """Forward FLOPs on one TP rank of each GEMM a TP collective can hide behind (`TP_OVERLAP_PAIRS`): "qkv" (with
     latent attention, every projection before the core), "proj", "fc1" (under SwiGLU the gate and up matrices as
     one GEMM, as Transformer Engine's LayerNormMLP runs them), "fc2"; under context parallelism on the rank's
-    seq_len / cp tokens. A GEMM's dgrad and wgrad have its forward's FLOPs."""
+    seq_len / cp tokens (latent attention's TP-replicated down-projections on the rank's sequence slice, as
+    Megatron-Core runs them under the sequence parallelism these overlaps need: `compute.replicated_tokens_split`).
+    A GEMM's dgrad and wgrad have its forward's FLOPs."""
     tokens = (c.local_seq_len, c.micro_batch_size, c.tp)
-    gemms, attention = layer_gemms(model, *tokens), attention_gemms(model, *tokens)
+    gemms = layer_gemms(model, *tokens)
+    attention = attention_gemms(model, *tokens, c.tp if c.sequence_parallel else 1)
     return {"qkv": sum(attention[:-1]), "proj": attention[-1], "fc1": sum(gemms[2:-1]), "fc2": gemms[-1]}
 
 

@@ -252,7 +252,7 @@ class BoundCache:
     def _step_comm(self, c: ParallelConfig) -> float:
         """The estimate's own step collectives (gradient norm, loss, tied embedding) on the default mesh."""
         owner = self._stage_to_rank(c)
-        key = (c.tp, c.cp, c.pp, c.dp, c.zero_sharded, owner[0], owner[-1])
+        key = (c.tp, c.cp, c.pp, c.dp, c.zero_sharded, c.zero_stage, owner[0], owner[-1])
         if key not in self._step:
             self._step[key] = step_collectives(self.model, self.cluster, c, RankGrid(default_mesh(c)), owner,
                                                self.execution)

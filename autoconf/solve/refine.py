@@ -108,7 +108,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
                     + (2 if routed_only else 4) * one + exchange + exchange_back + cp_time)
         moe_rc = (recompute_time(moe_pieces, c, one, selective_matmul_share(model, c, execution, moe=True), only,
                                  gathers)
-                  + (exchange if c.recompute == "full" else 0.0) + cp_rc)
+                  + (exchange - (one if routed_only else 0.0) if c.recompute == "full" else 0.0) + cp_rc)
         attention_part, expert_part = block_local_params(model, c, moe=True)
         expert_per_param = (sum(state_bytes_per_param(c, layout, experts=True, execution=execution))
                             + fp8_weight_cache_bytes(c, execution))

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from autoconf.cost.compute import accumulates_unsharded_grads
 from autoconf.cost.cp_ring import torch_ring
 from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mesh, default_partition, estimate,
                                     predict, step_floor)
@@ -231,7 +232,8 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
     # `state_bound` below it), worked out if nothing fits.
     misses: list[tuple[float, bool, ParallelConfig]] = []
     # Reducing every micro-batch costs time and saves memory: it is only worth simulating where its twin that
-    # reduces once per step (sorted just before it: same bound, smaller key) did not fit.
+    # reduces once per step (sorted just before it: same bound, smaller key) did not fit, or where that twin sums
+    # every micro-batch's whole gradient (`accumulates_unsharded_grads`), which reducing every micro-batch skips.
     fitting_once = set()
     # Offload costs time and saves memory: it is weighed after the walk, for the candidates that did not fit and
     # those that fit only by recomputing layers, which offloading may let recompute fewer (`_offload_parents`).
@@ -354,7 +356,8 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
                 parents.append((bound_of_fields(config), key, config, functools.partial(cache.rank0_memory, config),
                                 functools.partial(cache.offload_floor, config)))
                 continue
-            if config.grad_reduce != "step" and key[:-1] in fitting_once:
+            if (config.grad_reduce != "step" and key[:-1] in fitting_once
+                    and not accumulates_unsharded_grads(replaced(config, grad_reduce="step"), execution)):
                 pruned_time += 1
                 continue
             if fitted == UNFITTED:
