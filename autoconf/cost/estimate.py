@@ -31,7 +31,7 @@ from autoconf.cost.comm import collective_time, p2p_time, slowest_collective_tim
 from autoconf.cost.cp_ring import dkv_bytes, sdpa_kv_bytes, torch_ring, transfers
 from autoconf.cost.compute import (PassTimes, attention_gemms, causal_span_share, cpu_share, cpu_share_alone,
                                    gemms_time, layer_gemms, measured_tp_layer, model_pieces, rank_optimizer_time,
-                                   seq_chunk_bounds, side_kernels_time)
+                                   replicated_tokens_split, seq_chunk_bounds, side_kernels_time)
 from autoconf.cost.memory import (attention_matmuls, cp_kv_bytes, hidden_state_bytes, rank_params, reduced_grad_bytes,
                                   stage_block_activation_bytes, stage_expert_params, stage_memory, stage_params,
                                   stage_replicated_params)
@@ -149,34 +149,37 @@ def tp_collective(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, 
     return collective_time(cluster, "all_reduce", hidden_state_bytes(model, c), devices)
 
 
-def tp_overlap_gemm_flops(model: ModelSpec, c: ParallelConfig) -> dict[str, float]:
+def tp_overlap_gemm_flops(model: ModelSpec, c: ParallelConfig,
+                          execution: Execution | None = None) -> dict[str, float]:
     """Forward FLOPs on one TP rank of each GEMM a TP collective can hide behind (`TP_OVERLAP_PAIRS`): "qkv" (with
     latent attention, every projection before the core), "proj", "fc1" (under SwiGLU the gate and up matrices as
     one GEMM, as Transformer Engine's LayerNormMLP runs them), "fc2"; under context parallelism on the rank's
-    seq_len / cp tokens (latent attention's TP-replicated down-projections on the rank's sequence slice, as
-    Megatron-Core runs them under the sequence parallelism these overlaps need: `compute.replicated_tokens_split`).
-    A GEMM's dgrad and wgrad have its forward's FLOPs."""
+    seq_len / cp tokens (latent attention's TP-replicated down-projections on the tokens the `execution` runs them
+    on: `compute.replicated_tokens_split`). A GEMM's dgrad and wgrad have its forward's FLOPs."""
     tokens = (c.local_seq_len, c.micro_batch_size, c.tp)
     gemms = layer_gemms(model, *tokens)
-    attention = attention_gemms(model, *tokens, c.tp if c.sequence_parallel else 1)
+    attention = attention_gemms(model, *tokens, replicated_tokens_split(c, execution))
     return {"qkv": sum(attention[:-1]), "proj": attention[-1], "fc1": sum(gemms[2:-1]), "fc2": gemms[-1]}
 
 
-def tp_overlap_gemms(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> dict[str, float]:
+def tp_overlap_gemms(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
+                     execution: Execution | None = None) -> dict[str, float]:
     """Seconds of one forward of each GEMM of `tp_overlap_gemm_flops`, each at its own `matmul_rate`."""
     dtype = precision(c.dtype).gemm
-    return {name: gemms_time(cluster, dtype, [flops]) for name, flops in tp_overlap_gemm_flops(model, c).items()}
+    return {name: gemms_time(cluster, dtype, [flops])
+            for name, flops in tp_overlap_gemm_flops(model, c, execution).items()}
 
 
 def tp_overlap_split_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
-                          paired: tuple[str, ...] = TP_OVERLAP_GEMMS) -> PassTimes:
+                          paired: tuple[str, ...] = TP_OVERLAP_GEMMS,
+                          execution: Execution | None = None) -> PassTimes:
     """Seconds per layer, forward and backward, that `tp_comm_overlap` adds to the compute by cutting the paired
     GEMMs into chunks (`tp_overlap_chunks`: a ring exchange runs tp GEMMs of 1/tp of the tokens, a pipelined
     reduce-scatter TP_OVERLAP_SPLITS): each chunk at the `matmul_rate` of its own FLOPs, less the whole GEMM at its
     rate. Never negative; 0 where the profile's size curve is flat over the chunks' sizes (or states none), and
     for GEMMs that no split touches (the bulk pairs, the wgrad of the row-parallel layers). `paired`: only these
     GEMMs (`overlapped_tp_layer`'s)."""
-    dtype, flops = precision(c.dtype).gemm, tp_overlap_gemm_flops(model, c)
+    dtype, flops = precision(c.dtype).gemm, tp_overlap_gemm_flops(model, c, execution)
     chunks: dict[tuple[str, str], int] = {}
     for pass_, _collective, gemm_name, method in (pair for pair in TP_OVERLAP_PAIRS if pair[2] in paired):
         key = (pass_, gemm_name)
@@ -214,14 +217,15 @@ def overlapped_tp_layer(all_gather: float, reduce_scatter: float, gemms: dict[st
     return PassTimes(exposed["forward"], exposed["backward"], 0.0)
 
 
-def overlapped_tp_times(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
-                        devices) -> tuple[PassTimes, PassTimes, PassTimes]:
+def overlapped_tp_times(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices,
+                        execution: Execution) -> tuple[PassTimes, PassTimes, PassTimes]:
     """Per layer under `tp_comm_overlap` on the TP group `devices`: (the collectives' exposed time, the split GEMMs'
     loss, the MLP's share of both)."""
-    gathered, gemms = tp_sp_collectives(model, cluster, c, devices), tp_overlap_gemms(model, cluster, c)
-    return (overlapped_tp_layer(*gathered, gemms, c.tp), tp_overlap_split_time(model, cluster, c),
-            overlapped_tp_layer(*gathered, gemms, c.tp, MLP_GEMMS) + tp_overlap_split_time(model, cluster, c,
-                                                                                           MLP_GEMMS))
+    gathered, gemms = tp_sp_collectives(model, cluster, c, devices), tp_overlap_gemms(model, cluster, c, execution)
+    return (overlapped_tp_layer(*gathered, gemms, c.tp),
+            tp_overlap_split_time(model, cluster, c, TP_OVERLAP_GEMMS, execution),
+            overlapped_tp_layer(*gathered, gemms, c.tp, MLP_GEMMS)
+            + tp_overlap_split_time(model, cluster, c, MLP_GEMMS, execution))
 
 
 def tp_sp_collectives(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, devices) -> tuple[float, float]:
@@ -556,7 +560,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             tp_group = grid.first_group_array("tp", rank)
             tp_of_rank[rank] = (tp_collective(model, cluster, c, tp_group),
                                 sp_regather_time(model, cluster, c, tp_group, execution),
-                                overlapped_tp_times(model, cluster, c, tp_group) if overlap_tp else None,
+                                overlapped_tp_times(model, cluster, c, tp_group, execution) if overlap_tp else None,
                                 token_share_tp_comm(model, cluster, c, tp_group, execution),
                                 selective_gather_share(model, cluster, c, tp_group))
         one, regather_layer, overlapped, token_share, gather_share = tp_of_rank[rank]
@@ -579,7 +583,7 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
             tp = PassTimes((per_layer.forward + 2 * grow) * layers,
                            (per_layer.backward_input + 2 * grow) * layers + regather, 0.0)
         moe_tp = PassTimes(0.0, 0.0, 0.0)
-        if n_moe and execution.moe_sequence_dispatch and not model.moe.num_shared_experts:
+        if n_moe and moe_attention_tp_only(model, execution):
             # the routed experts read the rank's sequence slice: no MLP collectives over TP (nor their re-gather)
             moe_tp = overlapped[2].scaled(-1.0) if overlap_tp else moe_tp_change(model, c, tp, layers, regather,
                                                                                 (0.0, 0.0), mlp_kept=(0.0, 0.0))
@@ -726,6 +730,13 @@ def weight_pass_rewalks(c: ParallelConfig, execution: Execution) -> bool:
     whole = c.recompute == "full" or (c.recompute == "selective"
                                       and selective_policy(c, execution) == "alternate_matmuls")
     return whole and schedule_spec(c.schedule).split_backward and execution.pipeline_runtime == "torch"
+
+
+def moe_attention_tp_only(model: ModelSpec, execution: Execution) -> bool:
+    """Whether `model`'s MoE blocks run the attention's TP collectives only: a sequence-sharded dispatch
+    (`Execution.moe_sequence_dispatch`) and no shared experts (which keep a dense MLP's). The one rule the estimate,
+    the search's bounds and the partition's units read."""
+    return model.moe is not None and execution.moe_sequence_dispatch and not model.moe.num_shared_experts
 
 
 def moe_tp_change(model: ModelSpec, c: ParallelConfig, tp: PassTimes, layers: int, regather: float,

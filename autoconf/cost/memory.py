@@ -523,6 +523,12 @@ def moe_exchange_saved_bytes(model: ModelSpec, config: ParallelConfig) -> float:
 LOSS_BYTES_PER_LOGIT = {"copy": 8, "inplace": 4, "fused": 0}  # beyond the logits (spec.frameworks.LOSS_MEMORY)
 
 
+def loss_kind(layout: str, execution: Execution | None) -> str:
+    """The loss the execution runs (`Execution.loss_memory`, spec.frameworks.LOSS_MEMORY); without an execution
+    Megatron 2022's in the megatron layout, the executor's in the torch layout."""
+    return execution.loss_memory if execution else ("copy" if layout == "megatron" else Execution().loss_memory)
+
+
 def logits_temporary_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
                            execution: Execution | None = None, device_kind: str = "gpu") -> float:
     """Peak bytes of the loss on the last stage for one micro-batch, by the execution's loss (`Execution.loss_memory`,
@@ -531,7 +537,7 @@ def logits_temporary_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     executor's (execute/loss.py) holds one of `EXECUTOR_LOSS_CHUNKS` row chunks' fp32 temporary at a time and
     `EXECUTOR_LOSS_ROW_BYTES` per row; torch's compiled (`loss_compiled`) the logits and their gradient."""
     c = config
-    kind = execution.loss_memory if execution else ("copy" if layout == "megatron" else Execution().loss_memory)
+    kind = loss_kind(layout, execution)
     vocab = model.vocab_size / c.tp
     rows = c.local_seq_len * c.micro_batch_size
     e = DTYPE_BYTES[c.dtype]
@@ -551,7 +557,7 @@ def loss_kept_bytes(model: ModelSpec, config: ParallelConfig, layout: str, execu
     as the stage's output) and, uncompiled, the fp32 log-softmax its NLL backward reads; the megatron layout's
     cross entropy its fp32 softmax (Megatron's vocab-parallel cross entropy saves the exponentiated logits)."""
     c = config
-    kind = execution.loss_memory if execution else ("copy" if layout == "megatron" else Execution().loss_memory)
+    kind = loss_kind(layout, execution)
     vocab, rows, e = model.vocab_size / c.tp, c.local_seq_len * c.micro_batch_size, DTYPE_BYTES[c.dtype]
     if kind == "executor":
         return rows * vocab * e + EXECUTOR_LOSS_SAVED_ROW_BYTES * rows

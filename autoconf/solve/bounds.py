@@ -21,7 +21,7 @@ from autoconf.cost.comm import distinct_pair_sets, p2p_time
 from autoconf.cost.cp_ring import torch_ring
 from autoconf.cost.compute import PassTimes, measured_tp_layer, model_pieces, rank_optimizer_time
 from autoconf.cost.estimate import (Execution, cp_attention_comm, default_mesh, default_partition, dp_collectives,
-                                    exposed_dp, moe_mlp_collectives_kept, overlapped_tp_layer,
+                                    exposed_dp, moe_attention_tp_only, moe_mlp_collectives_kept, overlapped_tp_layer,
                                     p2p_bytes, recompute_time, regathers_every_forward, schedule_inflight,
                                     selective_gather_share, selective_matmul_share, selective_matmuls_only,
                                     step_collectives, tp_collective, tp_overlap_gemms, tp_sp_collectives)
@@ -127,13 +127,12 @@ class BoundCache:
             measured = measured_tp_layer(self.model, self.cluster, c) if self.execution.executor_overheads else None
             one = tp_collective(self.model, self.cluster, c, list(range(c.tp)))
             # MoE layers of a sequence-sharded dispatch without shared experts run the attention's collectives only
-            routed_only = (self.model.moe is not None and self.execution.moe_sequence_dispatch
-                           and not self.model.moe.num_shared_experts)
+            routed_only = moe_attention_tp_only(self.model, self.execution)
             overlap = self.execution.tp_comm_overlap and c.sequence_parallel and c.tp > 1
             if overlap:
                 # what the GEMMs leave exposed, per collective: bound by the smaller pass
                 exposed = overlapped_tp_layer(*tp_sp_collectives(self.model, self.cluster, c, list(range(c.tp))),
-                                              tp_overlap_gemms(self.model, self.cluster, c), c.tp,
+                                              tp_overlap_gemms(self.model, self.cluster, c, self.execution), c.tp,
                                               ATTENTION_GEMMS if routed_only else TP_OVERLAP_GEMMS)
                 self._tp[key] = min(exposed.forward, exposed.backward_input) / 2
             elif measured is not None:  # the estimate charges each pass its own measured side: bound by the smaller

@@ -12,7 +12,8 @@ import numpy as np
 from autoconf.cost.compute import model_pieces, seq_chunk_bounds, side_kernels_time
 from autoconf.cost.comm import collective_time
 from autoconf.cost.estimate import (Execution, cp_attention_comm, cp_exchange_bytes, default_mesh, dp_buffer_bytes,
-                                    p2p_bytes, recompute_time, schedule_inflight, selective_gather_share,
+                                    moe_attention_tp_only, p2p_bytes, recompute_time, schedule_inflight,
+                                    selective_gather_share,
                                     selective_matmul_share, selective_matmuls_only, tp_collective)
 from autoconf.cost.memory import (Temporary, fp8_weight_cache_bytes, hidden_state_bytes, layer_activation_bytes,
                                   megatron_fsdp_runs, pipeline_buffer_bytes, root_unit_params, seq_chunk_kv_bytes,
@@ -102,8 +103,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
         exchange, exchange_back = ep_comm_passes(model, cluster, c, *(expert_groups(grid, 0, c.ep, c.etp, axis)[0]
                                                                       for axis in ("ep", "etp")), execution)
         moe_pieces = pieces.kind(True)
-        # (a sequence-sharded dispatch without shared experts: the attention's TP collectives only)
-        routed_only = execution.moe_sequence_dispatch and not model.moe.num_shared_experts and c.tp > 1
+        routed_only = moe_attention_tp_only(model, execution)  # (the attention's TP collectives only)
         moe_time = (moe_pieces.block.total + side_kernels_time(model, cluster, c, execution, moe=True).total
                     + (2 if routed_only else 4) * one + exchange + exchange_back + cp_time)
         moe_rc = (recompute_time(moe_pieces, c, one, selective_matmul_share(model, c, execution, moe=True), only,

@@ -423,7 +423,7 @@ class ParallelConfig:
                      "selective_recompute"):
             if name in data and not isinstance(data[name], str) and not (name == "selective_recompute"
                                                                          and data[name] is None):
-                example = {f.name: f.default for f in dataclasses.fields(cls)}.get(name)
+                example = cls.__dataclass_fields__[name].default
                 raise UserError(f"{source}: field {name} must be a name"
                                 + (f" such as {quoted(example)}" if isinstance(example, str) else "")
                                 + f" (got {quoted(data[name])})")

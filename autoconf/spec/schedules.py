@@ -496,6 +496,12 @@ def rank_actions(name: str, pp: int, num_microbatches: int, vpp: int, rank: int,
 _CODE = {letter: code for code, letter in enumerate(orders.KINDS)}
 
 
+def _carries_pairs(spec: ScheduleSpec, overlap: bool) -> bool:
+    """Whether the order built for `spec` runs its pairs: with `overlap` (the framework overlaps them, the order is
+    `paired_order`), or where that order is the plain one (dualpipev)."""
+    return spec.pairs is not None and (overlap or spec.paired_order is None)
+
+
 @lru_cache(maxsize=4096)
 def held_losses(name: str, pp: int, vpp: int, num_microbatches: int, rank: int, seq_chunks: int = 1,
                 overlap: bool = False) -> int:
@@ -510,8 +516,7 @@ def held_losses(name: str, pp: int, vpp: int, num_microbatches: int, rank: int, 
     if not lasts:
         return 0
     acts = rank_actions(name, pp, num_microbatches, vpp, rank, seq_chunks, overlap)
-    with_pairs = spec.pairs is not None and (overlap or spec.paired_order is None)
-    pairs = set(spec.pairs(rank, pp, vpp, num_microbatches)) if with_pairs else set()
+    pairs = set(spec.pairs(rank, pp, vpp, num_microbatches)) if _carries_pairs(spec, overlap) else set()
     held = most = 0
     j = 0
     while j < len(acts):
@@ -540,7 +545,7 @@ def build_schedule(name: str, pp: int, num_microbatches: int, vpp: int = 1, seq_
     spec = schedule_spec(name)
     order = _order(spec, seq_chunks, overlap)
     compiled = tuple(tuple(order(rank, pp, vpp, num_microbatches)) for rank in range(pp))
-    with_pairs = spec.pairs is not None and (overlap or spec.paired_order is None)
-    paired = tuple(spec.pairs(rank, pp, vpp, num_microbatches) for rank in range(pp)) if with_pairs else ()
+    paired = (tuple(spec.pairs(rank, pp, vpp, num_microbatches) for rank in range(pp))
+              if _carries_pairs(spec, overlap) else ())
     return Schedule(name, pp, vpp, num_microbatches * seq_chunks, spec.stage_to_rank(pp, vpp), RankActions(compiled),
                     seq_chunks, paired, spec.directions)
