@@ -125,7 +125,7 @@ def breakdown(run: dict, prediction: dict) -> list[str]:
     lines = [f"{run['label']}: pipeline rank {peak} of {len(stages)} at its peak (GiB): {terms}"]
     if ex.memory_layout == "megatron":
         rows = [(n, b) for n, b in saved_tensors(model, c, c.recompute, ex.selective_recompute, True,
-                                                ex.moe_combine_keeps_outputs) if b]
+                                                ex.moe_combine_keeps_outputs, ex.fused_swiglu) if b]
         lines.append(f"  one MoE block, one micro-batch ({c.recompute} recompute, {ex.selective_recompute}, dtype "
                      f"{c.dtype}): {sum(b for _, b in rows) / 2**20:.0f} MiB")
         lines += [f"    {name:48s} {nbytes / 2**20:8.1f} MiB" for name, nbytes in rows]

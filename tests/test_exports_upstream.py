@@ -287,7 +287,8 @@ def test_llama31_gets_rope_scaling_and_uneven_interleaving_keeps_its_virtual_sta
 RENAMED = {"decoder_first_pipeline_num_layers": "num_layers_in_first_pipeline_stage",
            "decoder_last_pipeline_num_layers": "num_layers_in_last_pipeline_stage",
            "swiglu": "gated_linear_unit", "quick_geglu": "gated_linear_unit", "group_query_attention": None,
-           "num_layers_per_virtual_pipeline_stage": None, "num_experts": "num_moe_experts"}  # validate_args: virtual_pipeline_model_parallel_size
+           "num_layers_per_virtual_pipeline_stage": None, "num_experts": "num_moe_experts",
+           "bias_swiglu_fusion": "bias_activation_fusion"}  # validate_args: virtual_pipeline_model_parallel_size
 GPT_MODEL_ARGS = {"rotary_base": "rotary_base", "use_rope_scaling": "rope_scaling",
                   "rope_scaling_factor": "rope_scaling_factor", "position_embedding_type": "position_embedding_type",
                   "max_position_embeddings": "max_sequence_length",

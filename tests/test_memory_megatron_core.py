@@ -47,6 +47,33 @@ def test_transformer_engine_blocks_keep_less_than_megatrons_accounting():
             == layer_activation_bytes(model, full, "megatron", "gpu"))
 
 
+@pytest.mark.parametrize("model_name, moe", [("llama3-70b", False), ("mixtral-8x7b", True), ("deepseek-v3", True)])
+def test_one_swiglu_flag_decides_the_silu_output_of_dense_mlps_and_experts(model_name, moe):
+    """`fused_swiglu` off keeps each SwiGLU's silu output (one tensor of its width: the dense FFN's over TP, an
+    expert's per routed row, a shared expert's over TP) in a dense and an MoE block alike, whichever path counts the
+    block (the closed formula, the routed rows, DeepSeek's tensor table); Megatron 2022's preset keeps it and its
+    export turns Megatron-Core's fusion off, Megatron-Core's fuses both and exports nothing for it."""
+    from autoconf.cost.moe import tokens_per_rank
+    from autoconf.report.exporters import megatron_args
+
+    model = load_model(model_name)
+    c = _config(tp=2, ep=4 if moe else 1, dp=8, global_batch_size=64, seq_len=4096)
+    m, e = model.moe, 2
+    if moe:
+        width = m.num_experts_per_tok * c.etp * tokens_per_rank(c) * m.moe_intermediate_size / c.etp
+        width += c.seq_len * m.num_shared_experts * m.shared_expert_intermediate_size / c.tp
+    else:
+        width = c.seq_len * model.ffn_hidden_size / c.tp
+    fused = layer_activation_bytes(model, c, "megatron", "gpu", moe=moe, execution=CORE)
+    kept = layer_activation_bytes(model, c, "megatron", "gpu", moe=moe, execution=CORE.replace(fused_swiglu=False))
+    assert kept - fused == pytest.approx(e * width, rel=1e-12)
+    llama = load_model("llama3-8b")
+    cluster = load_cluster("dgx-h100-80g", nodes=1)
+    small = _config(tp=2, dp=4, global_batch_size=8)
+    assert "--no-bias-swiglu-fusion" in megatron_args(estimate(llama, cluster, small, execution=execution("megatron")))
+    assert "--no-bias-swiglu-fusion" not in megatron_args(estimate(llama, cluster, small, execution=CORE))
+
+
 def test_gradient_buffer_and_optimizer_state_follow_the_recipe():
     """Megatron-LM: 2 + 4 + 12/d bytes; a bf16 gradient buffer 2 + 2 + 12/d; apex's DistributedFusedAdam (bf16
     remainders, fp32 moments, the gradient shard) 2 + g + (10 + g)/d."""

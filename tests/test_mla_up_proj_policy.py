@@ -41,12 +41,13 @@ def config(**changes) -> ParallelConfig:
 
 
 def test_the_policy_drops_the_up_projection_outputs_and_the_dense_mlp_only():
-    """Against Megatron's attention-core policy (flash attention: it redoes nothing a block keeps) an MoE block keeps
-    exactly MLA's Q, K, V less (heads x (q_head + k_head + v_head) per token over TP, bf16), the norm outputs and
-    the latents stay; a dense block also drops its MLP's gate/up, silu and product and keeps the MLP input."""
+    """Against Megatron's attention-core policy (flash attention: it redoes nothing a block keeps) a Megatron-Core MoE
+    block (fused SwiGLU) keeps exactly MLA's Q, K, V less (heads x (q_head + k_head + v_head) per token over TP,
+    bf16), the norm outputs and the latents stay; a dense block also drops its MLP's gate/up, silu and product and
+    keeps the MLP input."""
     c = config()
-    core = dict(saved_tensors(V3, c, "selective", "attention_core", True, False))
-    ours = dict(saved_tensors(V3, c, "selective", "mla_up_proj_mlp", True, False))
+    core = dict(saved_tensors(V3, c, "selective", "attention_core", True, False, fused_swiglu=True))
+    ours = dict(saved_tensors(V3, c, "selective", "mla_up_proj_mlp", True, False, fused_swiglu=True))
     a = V3.mla
     qkv = 4096 / c.tp * V3.num_heads * (2 * (a.qk_nope_head_dim + a.qk_rope_head_dim) + a.v_head_dim) * 2
     assert core["Q, K, V"] - ours["Q, K, V"] == qkv and ours["Q, K, V"] == 0

@@ -83,7 +83,8 @@ from dataclasses import dataclass
 from autoconf.cost.compute import seq_chunk_bounds
 from autoconf.cost.cp_ring import buffer_bytes as torch_ring_buffer_bytes, torch_ring
 from autoconf.cost.moe import (all_to_all_buffer_bytes, block_local_params, blocks_params, dispatch_bytes,
-                               expert_state_shard, layer_kinds, moe_layers, routed_activation_bytes)
+                               expert_state_shard, layer_kinds, moe_layers, routed_activation_bytes,
+                               swiglu_tensors)
 from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.saved import MLA_UP_PROJ_MLP, NORMS_MLA_SWIGLU, saved_bytes
 from autoconf.cost.mtp import mtp_activation_bytes, mtp_embedding_copy, mtp_stage_params
@@ -95,17 +96,9 @@ from autoconf.spec.frameworks import (EXECUTOR_LOSS_CHUNKS, EXECUTOR_LOSS_ROW_BY
 from autoconf.spec.layers import attention_ops
 from autoconf.spec.model import SINK_WIDTH, ModelSpec, window_band
 from autoconf.spec.plan import ParallelConfig, recomputed_layers
-from autoconf.spec.schedules import held_losses, rank_actions, schedule_spec, stage_to_rank
+from autoconf.spec.schedules import held_loss_states, rank_actions, schedule_spec, stage_to_rank
 
 LAYOUTS = ("torch", "megatron")
-
-
-def dense_mlp_tensors(layout: str, recompute: str) -> int:
-    """SwiGLU tensors of the FFN width a dense llama block keeps per token: gate, up, silu, product (4); the
-    executor's selective recompute redoes silu (3); full recompute keeps none."""
-    if recompute == "full":
-        return 0
-    return 3 if recompute == "selective" and layout == "torch" else 4
 
 
 # The fields of a config one block's saved activations read (tests/test_memory_saved.py checks that
@@ -148,20 +141,21 @@ def _layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: st
     if layout == "megatron" and (model.mla is not None or precision(c.dtype).cached or counted_policy) and not (
             recompute == "selective" and selective == "alternate_matmuls"):
         # the closed formula spelled out, tensor by tensor (the only count of those policies)
-        return saved_bytes(model, c, recompute, selective, moe, keeps_outputs,
-                           execution is not None and execution.transformer_engine)
+        return saved_bytes(model, c, recompute, selective, moe, keeps_outputs, fused_swiglu(layout, execution))
     if recompute == "selective" and selective == "alternate_matmuls":
         compiled = layout == "torch" and c.compiles_blocks(device_kind)  # (an MoE block runs eagerly either way)
         return op_policy_layer_activation_bytes(model, c, moe, compiled,
                                                 (execution or Execution()).attention_saved_whole)
     if moe:
-        # The dense MLP's tensors (`dense_mlp_tensors` of ffn_hidden_size) give way to the routed ones.
-        dense_mlp = (dense_mlp_tensors(layout, recompute) * DTYPE_BYTES[c.dtype] * c.local_seq_len
+        # The dense MLP's tensors (`swiglu_tensors` of ffn_hidden_size, as Megatron-LM's accounting and the
+        # executor's count them) give way to the routed ones.
+        dense_mlp = (swiglu_tensors(layout, recompute) * DTYPE_BYTES[c.dtype] * c.local_seq_len
                      * c.micro_batch_size)
         dense = (layer_activation_bytes(model, c, layout, device_kind, recompute, selective) if layout == "megatron"
                  else executor_layer_activation_bytes(model, c, recompute, device_kind))  # MoE blocks run eagerly
         return (dense - dense_mlp * model.ffn_hidden_size / c.tp
-                + routed_activation_bytes(model, c, layout, recompute, keeps_outputs))
+                + routed_activation_bytes(model, c, layout, recompute, keeps_outputs,
+                                          fused_swiglu(layout, execution)))
     if layout == "megatron":
         return (model.layer_activation_bytes(c.local_seq_len, c.micro_batch_size, c.tp, c.sequence_parallel,
                                              recompute, c.attention, DTYPE_BYTES[c.dtype])
@@ -169,29 +163,36 @@ def _layer_activation_bytes(model: ModelSpec, config: ParallelConfig, layout: st
     return executor_layer_activation_bytes(model, c, recompute, device_kind, c.compiles_blocks(device_kind))
 
 
+def fused_swiglu(layout: str, execution: Execution | None) -> bool:
+    """Whether the SwiGLUs of a block in memory layout `layout` keep no silu output (`Execution.fused_swiglu`, a
+    megatron-layout flag): the one reading of the dense MLP's and the experts' tensor counts."""
+    return layout == "megatron" and execution is not None and execution.fused_swiglu
+
+
 def te_activation_delta(model: ModelSpec, config: ParallelConfig, recompute: str,
                         execution: Execution | None) -> float:
-    """What Transformer Engine's blocks (Megatron-Core's TE layer spec) keep beyond Megatron-LM's accounting
-    (`ModelSpec.layer_activation_bytes`) for one micro-batch on one TP rank; 0 unless `execution.transformer_engine`,
-    and under full recompute (the block input only either way).
+    """What Megatron-Core's blocks (its fused SwiGLU, Transformer Engine's layer spec) keep beyond Megatron-LM's
+    accounting (`ModelSpec.layer_activation_bytes`) for one micro-batch on one TP rank; 0 without `execution`, and
+    under full recompute (the block input only either way).
 
-    - SwiGLU is Megatron-Core's fused kernel (bias_swiglu, megatron/core/fusions/fused_bias_swiglu.py): it saves
-      its input (the gate and up projections) and recomputes silu and the product in the backward, whose output the
-      second MLP linear saves: three tensors of the FFN width, not four (gate, silu, up, product).
-    - Under fp8 every linear layer of the block saves its input cast to fp8 (1 byte) for the weight-gradient GEMM
-      (TE's Linear / LayerNormLinear; under sequence parallelism the local shard, gathered again in the backward):
-      the QKV and first-MLP inputs (the norms' outputs) and the second MLP linear's input take 1 byte instead of 2;
-      the output projection's input is the attention output, which the attention kernel keeps in bf16 for its own
-      backward, so the projection's fp8 copy is one more byte beside it, or, under selective recompute (the
-      attention core is recomputed, its output not kept), 1 byte instead of 2."""
+    - With `fused_swiglu` SwiGLU is Megatron-Core's fused kernel (bias_swiglu, megatron/core/fusions/
+      fused_bias_swiglu.py): it saves its input (the gate and up projections) and recomputes silu and the product in
+      the backward, whose output the second MLP linear saves: three tensors of the FFN width, not four (gate, silu,
+      up, product).
+    - With `transformer_engine` under fp8 every linear layer of the block saves its input cast to fp8 (1 byte) for
+      the weight-gradient GEMM (TE's Linear / LayerNormLinear; under sequence parallelism the local shard, gathered
+      again in the backward): the QKV and first-MLP inputs (the norms' outputs) and the second MLP linear's input
+      take 1 byte instead of 2; the output projection's input is the attention output, which the attention kernel
+      keeps in bf16 for its own backward, so the projection's fp8 copy is one more byte beside it, or, under
+      selective recompute (the attention core is recomputed, its output not kept), 1 byte instead of 2."""
     c = config
-    if execution is None or not execution.transformer_engine or recompute == "full":
+    if execution is None or recompute == "full":
         return 0.0
     s, b, h, f, t = c.local_seq_len, c.micro_batch_size, model.hidden_size, model.ffn_hidden_size, c.tp
     e = DTYPE_BYTES[c.dtype]
     split = t if c.sequence_parallel else 1
-    delta = -e * s * b * f / t if model.arch == "llama" else 0.0  # fused SwiGLU keeps no silu output
-    if c.dtype == "fp8":
+    delta = -e * s * b * f / t if model.arch == "llama" and execution.fused_swiglu else 0.0
+    if c.dtype == "fp8" and execution.transformer_engine:
         fp8 = 1.0
         delta -= 2 * (e - fp8) * s * b * h / split  # the norms' outputs, the QKV and first-MLP linear inputs
         delta -= (e - fp8) * s * b * f / t  # the second MLP linear's input
@@ -298,8 +299,8 @@ def executor_layer_activation_bytes(model: ModelSpec, config: ParallelConfig, re
     if model.arch == "gpt":
         mlp_tensors = 2  # GeLU input and output
     else:
-        mlp_tensors = 3 if recompute == "selective" else 4  # gate, up, (silu,) their product
-    mlp = mlp_tensors * e * s * b * f / t  # dense_mlp_tensors for llama
+        mlp_tensors = swiglu_tensors("torch", recompute)
+    mlp = mlp_tensors * e * s * b * f / t
     delta = compiled_block_delta_bytes(model, c, recompute) if compiled else 0.0
     return norms + linear_inputs + attention + mlp + delta
 
@@ -564,6 +565,13 @@ def loss_kept_bytes(model: ModelSpec, config: ParallelConfig, layout: str, execu
     if kind == "torch":
         return rows * vocab * (e if loss_compiled(c, execution, device_kind) else e + 4)
     return rows * vocab * 4
+
+
+def head_gradient_bytes(model: ModelSpec, config: ParallelConfig) -> float:
+    """Bytes of one micro-batch's logits gradient over the rank's vocabulary slice, in the compute dtype: what the
+    head's weight-gradient step W reads where a schedule defers it past the input-gradient step I."""
+    c = config
+    return c.local_seq_len * c.micro_batch_size * model.vocab_size / c.tp * DTYPE_BYTES[c.dtype]
 
 
 def head_input_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str = "gpu") -> float:
@@ -1061,8 +1069,10 @@ def pipeline_buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: E
     one at a time). Under two directions (dualpipe) each direction's chain of stages passes half the units.
 
     Under every runtime a rank holding a last stage keeps each unit's loss until its backward (`loss_kept_bytes`,
-    times `scale`): of the most it holds at once (`schedules.held_losses`: 1 under 1F1B, every unit under gpipe and
-    looped-bfs) the one being computed is the last stage's temporary, the others are held here."""
+    times `scale`): of those it holds at once (`schedules.held_loss_states`: 1 under 1F1B, every unit under gpipe
+    and looped-bfs) the one being computed is the last stage's temporary, the others are held here; where the
+    backward splits (the zero-bubble schedules) it also keeps each unit's logits gradient from I until W
+    (`head_gradient_bytes`), at the joint peak of the two counts."""
     c = config
     if c.pp == 1:
         return 0.0
@@ -1072,9 +1082,10 @@ def pipeline_buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: E
     kept = 0.0
     if any(s % c.num_stages == c.num_stages - 1 for s in stages):
         rank = stage_to_rank(c.schedule, c.pp, c.vpp)[stages[0]]
-        losses = held_losses(c.schedule, c.pp, c.vpp, c.num_microbatches, rank, c.seq_chunks,
-                             overlaps_pairs(model, c, ex)) - 1
-        kept = max(0, losses) * loss_kept_bytes(model, c, ex.memory_layout, ex, device_kind) * scale
+        loss, gradient = loss_kept_bytes(model, c, ex.memory_layout, ex, device_kind), head_gradient_bytes(model, c)
+        kept = max(max(0, losses - 1) * loss + gradients * gradient
+                   for losses, gradients in held_loss_states(c.schedule, c.pp, c.vpp, c.num_microbatches, rank,
+                                                             c.seq_chunks, overlaps_pairs(model, c, ex))) * scale
     if kind == "per_transfer":
         return 4 * unit + kept
     directions = schedule_spec(c.schedule).directions  # each direction's chain of num_stages stages

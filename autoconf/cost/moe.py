@@ -315,22 +315,32 @@ def token_share_tp_comm(model: ModelSpec, cluster: ClusterProfile, c: ParallelCo
     return forward, backward
 
 
+def swiglu_tensors(layout: str, recompute: str, fused: bool = False) -> int:
+    """Tensors of its width per token a SwiGLU FFN (a dense MLP or an expert) keeps for its backward in memory
+    layout `layout`: gate, up, silu and their product (4); 3 where the silu output is not kept, because the
+    executor's selective recompute redoes it (the torch layout) or the kernel is `fused` (`memory.fused_swiglu`);
+    full recompute keeps none."""
+    if recompute == "full":
+        return 0
+    return 3 if fused or (recompute == "selective" and layout == "torch") else 4
+
+
 def routed_activation_bytes(model: ModelSpec, c: ParallelConfig, layout: str, recompute: str,
-                            keeps_outputs: bool = True) -> float:
+                            keeps_outputs: bool = True, fused_swiglu: bool = False) -> float:
     """Bytes one MoE layer's FFN part keeps for its backward on one rank, one micro-batch, in place of a dense MLP's,
     in memory layout `layout`: the router's fp32 scores (`ROUTER_SCORE_TENSORS[layout]` tensors of T x experts); the
     T x k x etp routed tokens the local experts read; per routed row the SwiGLU tensors of width
-    moe_intermediate_size / etp (gate, up, their product, and the silu output unless selective recompute redoes it
-    or, in the megatron layout, the fused SwiGLU never keeps it: Megatron-Core's experts run
-    `weighted_bias_swiglu_impl` / `bias_swiglu_impl`, which save their input and recompute the activation, the
-    second linear saving the product; DeepSeek's own kernels the same);
+    moe_intermediate_size / etp (`swiglu_tensors`: gate, up, their product, and the silu output unless the executor's
+    selective recompute redoes it or `fused_swiglu`: Megatron-Core's experts run `weighted_bias_swiglu_impl` /
+    `bias_swiglu_impl`, which save their input and recompute the activation, the second linear saving the product;
+    DeepSeek's own kernels the same);
     with `keeps_outputs` (`Execution.moe_combine_keeps_outputs`) the T x k expert outputs the combine weighs (the
     gradient of the routing probabilities reads them); the shared experts' SwiGLU tensors like a dense MLP's
     (TP-split). Full recompute keeps none of it (the block input only)."""
     if recompute == "full":
         return 0.0
     m, h, e = model.moe, model.hidden_size, DTYPE_BYTES[c.dtype]
-    tensors = 3 if recompute == "selective" or layout == "megatron" else 4
+    tensors = swiglu_tensors(layout, recompute, fused_swiglu)
     t = tokens_per_rank(c)
     routed_rows = t * m.num_experts_per_tok * c.etp
     out = 4 * ROUTER_SCORE_TENSORS[layout] * t * m.num_experts

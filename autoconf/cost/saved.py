@@ -77,24 +77,26 @@ def _attention_rows(model: ModelSpec, c: ParallelConfig, policy: str) -> list[tu
     return rows
 
 
-def _swiglu_rows(name: str, width: float, split: str, policy: str) -> list[tuple[str, float, str, str]]:
-    """A fused SwiGLU FFN's tensors (Megatron-Core's bias_swiglu and weighted_bias_swiglu, DeepSeek's kernels: the
-    activation is recomputed from its input, so no silu output is kept): gate and up (the SwiGLU inputs) and their
-    product (the down projection's input), which "norms_mla_swiglu" recomputes too."""
+def _swiglu_rows(name: str, width: float, split: str, policy: str, fused: bool) -> list[tuple[str, float, str, str]]:
+    """A SwiGLU FFN's tensors: gate and up (the SwiGLU inputs) and their product (the down projection's input),
+    which "norms_mla_swiglu" recomputes too, and unless `fused` (`Execution.fused_swiglu`: Megatron-Core's
+    bias_swiglu and weighted_bias_swiglu, DeepSeek's kernels recompute the activation from its input) the silu
+    output."""
     rows = [(f"{name} gate and up", 2 * width, "cached", split)]
     if policy != NORMS_MLA_SWIGLU:
         rows.append((f"{name} product", width, "cached", split))
+        if not fused:
+            rows.append((f"{name} silu", width, "element", split))
     return rows
 
 
 def saved_tensors(model: ModelSpec, c: ParallelConfig, recompute: str, selective: str,
-                  moe: bool, keeps_outputs: bool = True, fused_dense_swiglu: bool = False) -> list[tuple[str, float]]:
+                  moe: bool, keeps_outputs: bool = True, fused_swiglu: bool = False) -> list[tuple[str, float]]:
     """(name, bytes) of what one block keeps for its backward (see the module docstring), one micro-batch, one TP
     rank; `selective` is the execution's selective recompute policy, read when `recompute` is "selective";
     `keeps_outputs`: an MoE block keeps the expert outputs its combine weighs
-    (`Execution.moe_combine_keeps_outputs`); `fused_dense_swiglu`: a dense block's SwiGLU is the fused kernel too
-    (Transformer Engine's layer spec, `memory.te_activation_delta`'s rule), else it keeps its silu output. Experts
-    always run the fused kernel."""
+    (`Execution.moe_combine_keeps_outputs`); `fused_swiglu`: every SwiGLU (dense, routed and shared experts) is the
+    fused kernel (`memory.fused_swiglu`), else each keeps its silu output."""
     s, b, h = c.local_seq_len, c.micro_batch_size, model.hidden_size
     nbytes = _dtype_bytes(c)
     tokens = s * b
@@ -118,19 +120,19 @@ def saved_tensors(model: ModelSpec, c: ParallelConfig, recompute: str, selective
         if policy != MLA_UP_PROJ_MLP:  # that policy redoes the dense MLP from its input (the norm output above)
             rows += [("MLP gate and up", 2 * model.ffn_hidden_size, "element", "sharded"),
                      ("MLP product", model.ffn_hidden_size, "cached", "sharded")]
-            if not fused_dense_swiglu:
+            if not fused_swiglu:
                 rows.append(("MLP silu", model.ffn_hidden_size, "element", "sharded"))
     else:
         m = model.moe
         rows.append(("router logits and probabilities", ROUTER_SCORE_TENSORS["megatron"] * m.num_experts, "fp32",
                      "tokens"))
         rows.append(("routed tokens (expert input)", h, "cached", "routed"))
-        rows += _swiglu_rows("expert", m.moe_intermediate_size / c.etp, "routed", policy)
+        rows += _swiglu_rows("expert", m.moe_intermediate_size / c.etp, "routed", policy, fused_swiglu)
         if keeps_outputs:
             rows.append(("expert outputs (combine weights)", m.num_experts_per_tok * h, "element", "tokens"))
         if m.num_shared_experts:
             rows += _swiglu_rows("shared expert", m.num_shared_experts * m.shared_expert_intermediate_size,
-                                 "sharded", policy)
+                                 "sharded", policy, fused_swiglu)
     out = []
     for name, width, dtype, split in rows:
         if split == "replicated":
@@ -146,7 +148,7 @@ def saved_tensors(model: ModelSpec, c: ParallelConfig, recompute: str, selective
 
 
 def saved_bytes(model: ModelSpec, c: ParallelConfig, recompute: str, selective: str, moe: bool,
-                keeps_outputs: bool = True, fused_dense_swiglu: bool = False) -> float:
+                keeps_outputs: bool = True, fused_swiglu: bool = False) -> float:
     """The sum of `saved_tensors`."""
     return sum(nbytes for _, nbytes in saved_tensors(model, c, recompute, selective, moe, keeps_outputs,
-                                                     fused_dense_swiglu))
+                                                     fused_swiglu))

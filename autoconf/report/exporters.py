@@ -436,6 +436,9 @@ def _megatron_model(plan: Plan) -> list[Flag]:
         biased = m.out_proj_bias or (m.moe is not None and m.moe.expert_bias)
         activation = ([("--quick-geglu", None), ("--activation-func-clamp-value", f"{m.swiglu_limit:g}"),
                        ("--glu-linear-offset", "1")] if m.swiglu_limit is not None else [("--swiglu", None)])
+        modelled = plan_execution(plan.prediction)
+        if m.swiglu_limit is None and modelled.memory_layout == "megatron" and not modelled.fused_swiglu:
+            activation.append(("--no-bias-swiglu-fusion", None))  # as modelled: the silu output kept
         flags += [*activation, ("--normalization", "RMSNorm"), ("--norm-epsilon", f"{m.norm_eps:g}"),
                   ("--position-embedding-type", "rope"), ("--rotary-base", round(m.rope_theta))]
         if not biased:

@@ -299,9 +299,15 @@ class Execution:
         blocks with graph breaks allowed); False: they run eager with every op of `eager_ops` (autoconf's executor:
         `parallelize.apply_compile` leaves them out, their routing has data-dependent shapes).
     transformer_engine: the megatron layout's blocks are Transformer Engine modules (Megatron-Core's TE layer spec):
-        SwiGLU is one fused kernel that saves its input only; under fp8 the linear layers save their inputs as fp8
-        and (without fp8_params) keep an fp8 copy of their weight and its transpose through the step
-        (`autoconf.cost.memory` says what each changes).
+        under fp8 the linear layers save their inputs as fp8 and (without fp8_params) keep an fp8 copy of their
+        weight and its transpose through the step (`autoconf.cost.memory` says what each changes).
+    fused_swiglu: in the megatron layout every SwiGLU, a dense MLP's and an expert's alike, is one fused kernel that
+        saves its input (gate and up) and recomputes silu in the backward, so no silu output is kept: Megatron-Core's
+        bias_activation_fusion, which Megatron-LM sets from --bias-swiglu-fusion (on unless
+        --no-bias-swiglu-fusion) for the dense MLP (`bias_swiglu_impl`) and the grouped experts
+        (`weighted_bias_swiglu_impl`), and DeepSeek's own SwiGLU kernels. False: autograd's silu and product, four
+        tensors of the FFN width (Megatron-LM's 2022 code had no fused SwiGLU; the export then writes
+        --no-bias-swiglu-fusion).
     fp8_params: under fp8 the blocks' linear weights are stored in fp8 (Megatron's --fp8-param-gather: the fp8 weight
         and its transpose replace the bf16 weight) instead of bf16 plus TE's cached fp8 copies.
     grad_buffer_dtype: see GRAD_BUFFER_DTYPES; the megatron layout reduces its gradients in it (the torch layout
@@ -444,6 +450,7 @@ class Execution:
     compile_loss: bool = False
     compiles_moe_blocks: bool = False
     transformer_engine: bool = False
+    fused_swiglu: bool = False
     fp8_params: bool = False
     grad_buffer_dtype: str = "fp32"
     grad_accumulation_fusion: bool = True
@@ -520,9 +527,10 @@ class Execution:
         if self.memory_layout != "megatron" and not self.grad_accumulation_fusion:
             out.append("grad_accumulation_fusion describes the megatron layout's main-gradient buffer; the torch "
                        "layout has none (leave grad_accumulation_fusion=true)")
-        if self.memory_layout != "megatron" and (self.transformer_engine or self.optimizer != "megatron"):
-            out.append("transformer_engine and optimizer describe the megatron memory layout; the torch layout is the "
-                       "executor's own")
+        if self.memory_layout != "megatron" and (self.transformer_engine or self.fused_swiglu
+                                                 or self.optimizer != "megatron"):
+            out.append("transformer_engine, fused_swiglu and optimizer describe the megatron memory layout; the torch "
+                       "layout is the executor's own")
         if self.grad_reduce_start not in GRAD_REDUCE_START:
             out.append(f"grad_reduce_start {self.grad_reduce_start!r} is none of {', '.join(GRAD_REDUCE_START)}")
         if not set(self.zero_searched) <= set(self.zero_stages) or not set(self.zero_stages) <= {0, 1, 2, 3}:
@@ -859,7 +867,8 @@ PRESETS: dict[str, Execution] = {
         megatron_fsdp=True, selective_policies=("attention_core",),
         distributed_optimizer=True, grad_reduce_start="per_bucket", bucket_params=40e6, bucket_first_rank_only=True,
         param_gather_overlap=True, tp_comm_overlap=True, executor_overheads=False, eager_ops=("vocab_parallel_ce",),
-        transformer_engine=True, loss_memory="inplace", grad_buffer_passes=("zero", "scale", "nan_check"),
+        transformer_engine=True, fused_swiglu=True, loss_memory="inplace",
+        grad_buffer_passes=("zero", "scale", "nan_check"),
         moe_combine_keeps_outputs=False, moe_fp8_padding=True, moe_fp8_routed_experts=True, cp_attention="kernel",
         schedules=MEGATRON_SCHEDULES, pipeline_runtime="megatron", expert_tp_biases=False, moe_tp_token_share=False,
         moe_sequence_dispatch=True, megatron_args=(("dp", "grad_reduce_start=per_bucket", "--overlap-grad-reduce"),
@@ -917,7 +926,8 @@ PRESETS: dict[str, Execution] = {
 #   DeepEP's combine is "addition **without** weights" (deep_ep/buffer.py at ebfe47e, its training example
 #   dispatches topk_weights with the tokens);
 # - node-deduplicated dispatch and combine (Sec. 3.2.2; DeepEP's internode kernels, which the trace runs);
-# - its own kernels, not Transformer Engine's (the trace's dpsk:: grouped GEMMs and cuda:: SwiGLU kernels).
+# - its own kernels, not Transformer Engine's (the trace's dpsk:: grouped GEMMs and cuda:: SwiGLU kernels); the
+#   SwiGLU keeps its inputs and recomputes its output (Sec. 3.3.3, for the MoE; fused_swiglu, megatron-core's).
 # The precision recipe (Sec. 3.3) is dtype fp8-deepseek, and the layout (DualPipe) the plan's.
 PRESETS["deepseek"] = PRESETS["megatron-core"].replace(
     name="deepseek", zero_stages=(0, 1), zero_searched=(1,), selective_recompute="norms_mla_swiglu",
@@ -982,7 +992,8 @@ def execution(name: str = DEFAULT) -> Execution:
 USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_reduce_start", "bucket_params",
               "bucket_first_rank_only", "param_gather_overlap", "blocking_p2p", "p2p_scatter_gather", "tp_comm_overlap",
               "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies",
-              "compile_loss", "compiles_moe_blocks", "transformer_engine", "fp8_params", "grad_buffer_dtype",
+              "compile_loss", "compiles_moe_blocks", "transformer_engine", "fused_swiglu", "fp8_params",
+              "grad_buffer_dtype",
               "grad_accumulation_fusion", "optimizer", "optimizer_moments", "adam_kernels", "loss_memory",
               "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs",
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts",

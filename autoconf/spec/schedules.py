@@ -503,32 +503,42 @@ def _carries_pairs(spec: ScheduleSpec, overlap: bool) -> bool:
 
 
 @lru_cache(maxsize=4096)
-def held_losses(name: str, pp: int, vpp: int, num_microbatches: int, rank: int, seq_chunks: int = 1,
-                overlap: bool = False) -> int:
-    """The most units (micro-batches; seq1f1b's chunks) whose loss pipeline rank `rank` holds at once: forwards of
-    a last stage it holds (of each direction) that ran before their backward (B, or I where the backward splits)
-    in its order; 0 on a rank without one. A pair run overlapped (`overlap`: the order with the framework's pairs)
-    counts its backward first: the backward begins with the loss the forward of the pair ends with. 1 under 1F1B,
-    every unit under gpipe and looped-bfs."""
+def held_loss_states(name: str, pp: int, vpp: int, num_microbatches: int, rank: int, seq_chunks: int = 1,
+                     overlap: bool = False) -> tuple[tuple[int, int], ...]:
+    """The distinct (losses, head gradients) pipeline rank `rank` holds for its last stages (of each direction)
+    after each action of its order, ((0, 0),) on a rank without one. Losses: units whose forward ran and whose
+    backward (B, or I where the backward splits) has not. Head gradients: units past I and before their
+    weight-gradient step W, whose W still reads the gradient of the stage's output (the logits): torch's stage
+    keeps it in `backward_state` from I to W (tests/test_held_losses.py). A pair run overlapped (`overlap`: the
+    order with the framework's pairs) counts its backward first: the backward begins with the loss the forward of
+    the pair ends with."""
     spec = schedule_spec(name)
     owner, chain = spec.stage_to_rank(pp, vpp), pp * vpp
     lasts = {s for s in range(len(owner)) if s % chain == chain - 1 and owner[s] == rank}
     if not lasts:
-        return 0
+        return ((0, 0),)
     acts = rank_actions(name, pp, num_microbatches, vpp, rank, seq_chunks, overlap)
     pairs = set(spec.pairs(rank, pp, vpp, num_microbatches)) if _carries_pairs(spec, overlap) else set()
-    held = most = 0
+    losses = gradients = 0
+    states = {(0, 0)}
     j = 0
     while j < len(acts):
         run = (acts[j + 1], acts[j]) if j in pairs else (acts[j],)
         for kind, stage, _ in run:
-            if stage in lasts and kind == orders.F:
-                held += 1
-                most = max(most, held)
-            elif stage in lasts and kind in (orders.B, orders.I):
-                held -= 1
+            if stage not in lasts:
+                continue
+            losses += 1 if kind == orders.F else -1 if kind in (orders.B, orders.I) else 0
+            gradients += 1 if kind == orders.I else -1 if kind == orders.W else 0
+            states.add((losses, gradients))
         j += len(run)
-    return most
+    return tuple(sorted(states))
+
+
+def held_losses(name: str, pp: int, vpp: int, num_microbatches: int, rank: int, seq_chunks: int = 1,
+                overlap: bool = False) -> int:
+    """The most units (micro-batches; seq1f1b's chunks) whose loss pipeline rank `rank` holds at once
+    (`held_loss_states`); 0 on a rank without a last stage. 1 under 1F1B, every unit under gpipe and looped-bfs."""
+    return max(losses for losses, _ in held_loss_states(name, pp, vpp, num_microbatches, rank, seq_chunks, overlap))
 
 
 def _compiled(actions) -> tuple[tuple[int, int, int], ...]:
