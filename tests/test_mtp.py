@@ -97,6 +97,31 @@ def test_mtp_grows_the_last_stage_by_its_own_cost_only(pp):
         assert after[-1][key] > before[-1][key], key
 
 
+@pytest.mark.parametrize("layout", ["torch", "megatron"])
+def test_each_mtp_module_keeps_its_loss_and_under_zero_bubble_its_logits_gradient(layout):
+    """Per micro-batch the MTP modules keep, beside their blocks, heads' inputs and projection inputs, each its loss's
+    saved tensors as the main loss keeps them (`loss_kept_bytes`), also at pp 1 where the main loss is the stage's
+    temporary; where the backward splits (zb-h1) the last stage holds the MTP heads' logits gradients until W with
+    the main one's: two modules, three gradients per micro-batch awaiting W."""
+    from autoconf.cost.memory import (head_gradient_bytes, head_input_bytes, loss_kept_bytes, mtp_kept_bytes,
+                                      pipeline_buffer_bytes, stage_layer_activation_bytes)
+    from autoconf.cost.mtp import mtp_activation_bytes
+
+    ex = FRAMEWORKS["autoconf" if layout == "torch" else "megatron-core"]
+    mtp = dataclasses.replace(LLAMA, mtp_num_layers=2)
+    c = ParallelConfig(tp=2, pp=4, dp=1, micro_batch_size=1, global_batch_size=16, seq_len=4096, schedule="zb-h1",
+                       sequence_parallel=True)
+    head = head_input_bytes(mtp, c, layout)
+    loss = loss_kept_bytes(mtp, c, layout, ex)
+    kept = mtp_kept_bytes(mtp, c, layout, "gpu", "attention_core", ex, head)
+    block = stage_layer_activation_bytes(mtp, c, 1, 0, layout, "gpu", "attention_core", False, ex)
+    assert loss > 0 and kept - mtp_activation_bytes(mtp, c, block, head, 0.0) == pytest.approx(2 * loss, rel=1e-12)
+    assert mtp_kept_bytes(LLAMA, c, layout, "gpu", "attention_core", ex, head) == 0.0
+    with_mtp = pipeline_buffer_bytes(mtp, c, ex, [3], [4.0] * 4)
+    without = pipeline_buffer_bytes(LLAMA, c, ex, [3], [4.0] * 4)
+    assert with_mtp - without == pytest.approx(4 * 2 * head_gradient_bytes(mtp, c), rel=1e-12)
+
+
 def test_a_rank_holding_both_ends_keeps_one_embedding():
     """Under a V placement a rank holding the first and the last stage uses the first stage's embedding for the MTP
     modules: no copy (`rank_params`); a rank holding only the last stage keeps one."""

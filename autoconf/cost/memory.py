@@ -567,6 +567,19 @@ def loss_kept_bytes(model: ModelSpec, config: ParallelConfig, layout: str, execu
     return rows * vocab * 4
 
 
+def mtp_kept_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str, selective: str,
+                   execution: Execution | None, head_bytes: float) -> float:
+    """What the MTP modules keep per micro-batch on the last stage (`mtp.mtp_activation_bytes`): their blocks under
+    the plan's recompute mode, their heads' inputs (`head_bytes`, the main head's) and their losses'
+    (`loss_kept_bytes`); 0 without MTP modules. The estimate and the partition's units read it."""
+    c = config
+    if not model.mtp_num_layers:
+        return 0.0
+    block = stage_layer_activation_bytes(model, c, 1, int(c.recompute != "none"), layout, device_kind, selective,
+                                         model.mtp_block_is_moe(), execution)
+    return mtp_activation_bytes(model, c, block, head_bytes, loss_kept_bytes(model, c, layout, execution, device_kind))
+
+
 def head_gradient_bytes(model: ModelSpec, config: ParallelConfig) -> float:
     """Bytes of one micro-batch's logits gradient over the rank's vocabulary slice, in the compute dtype: what the
     head's weight-gradient step W reads where a schedule defers it past the input-gradient step I."""
@@ -1082,7 +1095,8 @@ def pipeline_buffer_bytes(model: ModelSpec, config: ParallelConfig, execution: E
     kept = 0.0
     if any(s % c.num_stages == c.num_stages - 1 for s in stages):
         rank = stage_to_rank(c.schedule, c.pp, c.vpp)[stages[0]]
-        loss, gradient = loss_kept_bytes(model, c, ex.memory_layout, ex, device_kind), head_gradient_bytes(model, c)
+        loss = loss_kept_bytes(model, c, ex.memory_layout, ex, device_kind)
+        gradient = head_gradient_bytes(model, c) * (1 + model.mtp_num_layers)  # the MTP heads' too
         kept = max(max(0, losses - 1) * loss + gradients * gradient
                    for losses, gradients in held_loss_states(c.schedule, c.pp, c.vpp, c.num_microbatches, rank,
                                                              c.seq_chunks, overlaps_pairs(model, c, ex))) * scale
@@ -1375,9 +1389,7 @@ class RankMemory:
         self.kv_cache, self.kv_grads = seq_chunk_kv_bytes(model, c, layout, self.bounds, selective=selective)
         self.kv_recomputed, _ = seq_chunk_kv_bytes(model, c, layout, self.bounds, True, selective)
         # The MTP modules' saved activations on the last stage, their blocks under the plan's recompute mode.
-        self.mtp_act = mtp_activation_bytes(model, c, stage_layer_activation_bytes(
-            model, c, 1, int(c.recompute != "none"), layout, cluster.device.kind, selective,
-            model.mtp_block_is_moe(), execution) if model.mtp_num_layers else 0.0, self.head_act)
+        self.mtp_act = mtp_kept_bytes(model, c, layout, cluster.device.kind, selective, execution, self.head_act)
         self.stages_of = _stages_of_ranks(tuple(stage_to_rank))
         self.pairs = {moe: block_activation_pair(model, c, layout, cluster.device.kind, selective, moe, execution)
                       for moe in layer_kinds(model)}

@@ -11,7 +11,8 @@ placements), where the one embedding serves both.
 Counted: weights, gradients and optimizer states of the modules (and of the embedding copy); per pass one block (its
 token exchange when it is an MoE block, its TP collectives, its K/V exchange under CP), the projection GEMM, the
 norms, one more embedding lookup and one more head with its loss; the activations the module keeps until its
-backward (the block's, under the plan's recompute mode, the head's inputs, the projection's input). The estimate
+backward (the block's, under the plan's recompute mode, the head's inputs and its loss's, the projection's input),
+and where a schedule defers the head's weight gradient (W) their logits gradients with the main one's. The estimate
 (`estimate.stage_plan`, `memory.stage_memory`) and the partition's units (`solve/refine.partition_problem`) read
 these. Not counted: the MTP loss's own reduction across ranks (one scalar), the modules' FLOPs in the model FLOPs of
 MFU.
@@ -72,13 +73,16 @@ def mtp_pass_times(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     return one.scaled(model.mtp_num_layers)
 
 
-def mtp_activation_bytes(model: ModelSpec, c: ParallelConfig, block_bytes: float, head_bytes: float) -> float:
+def mtp_activation_bytes(model: ModelSpec, c: ParallelConfig, block_bytes: float, head_bytes: float,
+                         loss_bytes: float) -> float:
     """Bytes the MTP modules keep per micro-batch on the last stage: per module its block's (`block_bytes`, under
-    the plan's recompute mode), its head's inputs (`head_bytes`, as the main head's) and the projection's 2h input
-    with the two norms' inputs (compute dtype; sequence-parallel ranks keep their share)."""
+    the plan's recompute mode), its head's inputs (`head_bytes`, as the main head's), its loss's (`loss_bytes`, as
+    the main loss keeps from its forward to its backward: Megatron-Core attaches each MTP loss to the hidden states,
+    `MTPLossAutoScaler`, so its graph lives until the backward, also while the main loss is computed) and the
+    projection's 2h input with the two norms' inputs (compute dtype; sequence-parallel ranks keep their share)."""
     if not model.mtp_num_layers:
         return 0.0
     split = c.tp if c.sequence_parallel else 1
     sbh = c.local_seq_len * c.micro_batch_size * model.hidden_size
     own = (2 + 2) * sbh * DTYPE_BYTES[c.dtype] / split
-    return model.mtp_num_layers * (block_bytes + head_bytes + own)
+    return model.mtp_num_layers * (block_bytes + head_bytes + loss_bytes + own)

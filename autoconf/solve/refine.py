@@ -16,13 +16,12 @@ from autoconf.cost.estimate import (Execution, cp_attention_comm, cp_exchange_by
                                     selective_gather_share,
                                     selective_matmul_share, selective_matmuls_only, tp_collective)
 from autoconf.cost.memory import (Temporary, fp8_weight_cache_bytes, hidden_state_bytes, layer_activation_bytes,
-                                  megatron_fsdp_runs, pipeline_buffer_bytes, root_unit_params, seq_chunk_kv_bytes,
-                                  seq_chunk_scales, stage_layer_activation_bytes, state_bytes_per_param,
-                                  temporary_terms, unit_activation_bytes, unsharded_buffer_bytes)
+                                  megatron_fsdp_runs, mtp_kept_bytes, pipeline_buffer_bytes, root_unit_params,
+                                  seq_chunk_kv_bytes, seq_chunk_scales, state_bytes_per_param, temporary_terms,
+                                  unit_activation_bytes, unsharded_buffer_bytes)
 from autoconf.cost.moe import (block_local_params, blocks_params, dispatch_bytes, dispatch_shares, ep_comm_passes,
                                local_params, moe_layers)
-from autoconf.cost.mtp import (mtp_activation_bytes, mtp_embedding_copy, mtp_pass_times,
-                               mtp_stage_params)
+from autoconf.cost.mtp import mtp_embedding_copy, mtp_pass_times, mtp_stage_params
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.grid import RankGrid, expert_groups
@@ -142,8 +141,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
             owner, [st for st, rank in enumerate(owner) if rank == owner[-1]])))
         unit_static[-1] += mtp_params * per_param + mtp_experts * sum(
             state_bytes_per_param(c, layout, experts=True, execution=execution))
-        unit_act[-1] += mtp_activation_bytes(model, c, stage_layer_activation_bytes(
-            model, c, 1, int(c.recompute != "none"), layout, kind, policy, bool(mtp_moe), execution), head)
+        unit_act[-1] += mtp_kept_bytes(model, c, layout, kind, policy, execution, head)
         head_grad += mtp_params  # (expert gradients below)
     recompute = {}
     if c.recompute != "none":
