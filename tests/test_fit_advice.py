@@ -163,3 +163,21 @@ def test_the_advice_weighs_expert_parallelism_and_offload():
                      detail=False).prediction
     assert fits["fits"] and fits["iteration_time_s"] <= zero3["iteration_time_s"] and "ep" in changes
     assert len(_levers(c)) == len(levers) - 2  # (a dense reading without the model: the levers of before)
+
+
+def test_a_faster_change_of_one_lever_more_is_named_beside_the_fewest():
+    """Mixtral 8x7B at ep 2 fits with ZeRO-3 alone (the fewest levers), and much faster with its experts over ep 8
+    too: the line names both, the second in parentheses, and each fits when applied, the second faster."""
+    args = ["estimate", *H100, "--model", "mixtral-8x7b", "--nodes", "2", "--tp", "2", "--pp", "1", "--dp", "8",
+            "--ep", "2", "--micro-batch", "1", "--global-batch", "64", "--seq-len", "4096", "--sequence-parallel"]
+    result = run_cli(args)
+    first = advice(result)[:advice(result).index("(faster")]
+    assert "(faster with one lever more: " in result.output
+    second = result.output.split(" with ")[-1].rstrip(")\n").split()
+    assert "--ep" in second and len(second) > len(first)
+    times = []
+    for flags in (first, second):
+        fixed = run_cli([*args, *flags, "--json"])
+        assert fixed.exit_code == 0, fixed.output
+        times.append(json.JSONDecoder().raw_decode(fixed.output)[0]["prediction"]["iteration_time_s"])
+    assert times[1] < times[0]

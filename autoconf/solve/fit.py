@@ -1,4 +1,5 @@
-"""What to change so that a layout that does not fit in device memory does: the fewest flags, the fastest first."""
+"""What to change so that a layout that does not fit in device memory does: the fewest flags, the fastest first, and
+the fastest with one flag more where that is faster still."""
 
 from __future__ import annotations
 
@@ -68,15 +69,16 @@ def advisable(model, cluster, config, execution: Execution, executor: bool = Tru
                 or execution.problem(config, model))
 
 
-def smallest_fitting_change(model, cluster, config, execution: Execution = Execution(),
-                            allowed: Callable[[dict], bool] | None = None,
-                            partition: list | None = None) -> tuple[str, dict, dict] | None:
-    """The change of the fewest levers (`_levers`) under which the layout is predicted to fit and stays `advisable`
-    (the executor's support asked only of a layout that had it, planning for the executor), the fastest of those:
-    (its flags, e.g. '--zero 3 --grad-reduce microbatch', its config changes, its prediction); None when none does.
-    `allowed`: which changes may be named (the search's no-fit line: none that a `--fix` pins otherwise);
-    `partition`: the layout's stages (None: the default split; no lever changes the stage count). When the
-    change that saves the most on every lever is advisable and still does not fit, nothing smaller is tried."""
+def fitting_changes(model, cluster, config, execution: Execution = Execution(),
+                    allowed: Callable[[dict], bool] | None = None,
+                    partition: list | None = None) -> list[tuple[str, dict, dict]]:
+    """The changes of the fewest levers (`_levers`) under which the layout is predicted to fit and stays `advisable`
+    (the executor's support asked only of a layout that had it, planning for the executor): the fastest of those
+    first, as (its flags, e.g. '--zero 3 --grad-reduce microbatch', its config changes, its prediction), then the
+    fastest change of one lever more where it is faster still; [] when none fits. `allowed`: which changes may be
+    named (the search's no-fit line: none that a `--fix` pins otherwise); `partition`: the layout's stages (None:
+    the default split; no lever changes the stage count). When the change that saves the most on every lever is
+    advisable and still does not fit, nothing smaller is tried."""
     executor = execution.is_executor and unsupported_reason(config) is None
     levers = [[option for option in lever if allowed is None or allowed(option[1])]
               for lever in _levers(config, model, plans_offload(cluster))]
@@ -92,11 +94,7 @@ def smallest_fitting_change(model, cluster, config, execution: Execution = Execu
         except UserError:  # (offloading beyond the host's memory: a change with less offload may fit)
             return None
 
-    if levers:
-        most = prediction(_combined([lever[-1] for lever in levers])[1])
-        if most is not None and not most["fits"]:
-            return None
-    for count in range(1, len(levers) + 1):
+    def fastest(count: int) -> tuple[str, dict, dict] | None:
         fitting = []
         for chosen in itertools.combinations(levers, count):
             for options in itertools.product(*chosen):
@@ -104,9 +102,28 @@ def smallest_fitting_change(model, cluster, config, execution: Execution = Execu
                 p = prediction(changes)
                 if p is not None and p["fits"]:
                     fitting.append((p["iteration_time_s"], flags, changes, p))
-        if fitting:
-            return min(fitting, key=lambda f: f[0])[1:]
-    return None
+        return min(fitting, key=lambda f: f[0])[1:] if fitting else None
+
+    if levers:
+        most = prediction(_combined([lever[-1] for lever in levers])[1])
+        if most is not None and not most["fits"]:
+            return []
+    for count in range(1, len(levers) + 1):
+        found = fastest(count)
+        if found:
+            faster = fastest(count + 1) if count < len(levers) else None
+            if faster and faster[2]["iteration_time_s"] < found[2]["iteration_time_s"]:
+                return [found, faster]
+            return [found]
+    return []
+
+
+def smallest_fitting_change(model, cluster, config, execution: Execution = Execution(),
+                            allowed: Callable[[dict], bool] | None = None,
+                            partition: list | None = None) -> tuple[str, dict, dict] | None:
+    """The first of `fitting_changes` (the fastest change of the fewest levers that fits), None when none does."""
+    found = fitting_changes(model, cluster, config, execution, allowed, partition)
+    return found[0] if found else None
 
 
 def does_not_fit_message(plan, model, cluster, execution: Execution = Execution()) -> str:
@@ -116,11 +133,15 @@ def does_not_fit_message(plan, model, cluster, execution: Execution = Execution(
     stages = p["memory_per_stage"]
     worst = max(range(len(stages)), key=lambda r: stages[r]["total"])
     over = stages[worst]["total"] - p["memory_limit_bytes"]
-    found = smallest_fitting_change(model, cluster, plan.config, execution, partition=plan.partition)
+    found = fitting_changes(model, cluster, plan.config, execution, partition=plan.partition)
     if found:
-        flags, _, fits = found
+        flags, _, fits = found[0]
         advice = (f"at {fits['iteration_time_s']:.4g} s per step and {fits['peak_memory_bytes'] / GiB:.1f} GiB it "
                   f"fits with {flags}")
+        if len(found) > 1:
+            flags, _, fits = found[1]
+            advice += (f" (faster with one lever more: {fits['iteration_time_s']:.4g} s and "
+                       f"{fits['peak_memory_bytes'] / GiB:.1f} GiB with {flags})")
     else:
         advice = ("no change of recompute, ZeRO, gradient reduction, micro-batch, sequence or expert parallelism "
                   "or offload fits: `autoconf plan` searches every layout, or use more devices")
