@@ -447,19 +447,19 @@ def test_unfused_gradient_accumulation_adds_one_hook_pass_per_block_and_micro_ba
 
 def test_foreach_adamw_moves_80_bytes_per_parameter_where_fused_moves_28():
     """torch's foreach AdamW (`adam_kernels`, the torchtitan of the Dec 2024 benchmarks) runs eight element-wise
-    kernels over the rank's sharded fp32 state: 80/28 of the fused kernel's time on a specification profile, the
-    search's bound (no execution) reads the fused one, and the torchtitan export names the implementation only
-    when it is not torchtitan's default."""
+    kernels over the rank's sharded fp32 state: with torchtitan's clipping (12 bytes) (80 + 12) / (28 + 12) of the
+    fused kernel's time on a specification profile, the search's bound (no execution) reads the fused kernel alone,
+    and the torchtitan export names the implementation only when it is not torchtitan's default."""
     from autoconf.cost.compute import rank_optimizer_time
     from autoconf.spec.frameworks import ADAM_KERNELS, parse_flags
 
     h100 = load_cluster("dgx-h100-80g", nodes=2)
     c = cfg(tp=1, pp=1, dp=16, zero_stage=3, sequence_parallel=False, grad_reduce="microbatch")
     titan = execution("torchtitan")
-    fused, foreach = (rank_optimizer_time(h100, c, MODEL.total_params(), execution=titan.replace(adam_kernels=k))
-                      for k in ("fused", "foreach"))
-    assert foreach / fused == pytest.approx(ADAM_KERNELS["foreach"] / ADAM_KERNELS["fused"])
-    assert rank_optimizer_time(h100, c, MODEL.total_params()) == pytest.approx(fused)
+    fused, foreach, unclipped = (rank_optimizer_time(h100, c, MODEL.total_params(), execution=titan.replace(
+        adam_kernels=k, grad_norm_bytes=norm)) for k, norm in (("fused", 12), ("foreach", 12), ("fused", 0)))
+    assert foreach / fused == pytest.approx((ADAM_KERNELS["foreach"] + 12) / (ADAM_KERNELS["fused"] + 12))
+    assert rank_optimizer_time(h100, c, MODEL.total_params()) == pytest.approx(unclipped)
     step = [estimate(MODEL, h100, c, execution=titan.replace(adam_kernels=k)).prediction["time_breakdown"]
             ["optimizer"] for k in ("fused", "foreach")]
     assert step[1] - step[0] == pytest.approx(foreach - fused)
@@ -765,3 +765,26 @@ def test_torchtitan_is_planned_with_the_expert_mesh_and_cp_sharding_it_builds():
                              seq_len=1024, zero_stage=0)
     assert "runs no ZeRO-0 with cp 2: use ZeRO 3 or cp 1" in titan.problem(context, MODELS["llama3-8b"])
     assert own.problem(context, MODELS["llama3-8b"]) is None
+
+
+def test_the_step_pays_the_gradient_norm_and_megatrons_main_parameter_copy():
+    """Beside AdamW's kernels the step reads every local fp32 gradient once for the clipping norm (the executor,
+    Megatron), torchtitan also scales them every step (12 bytes), and the megatron layout copies its fp32 main
+    parameters into the bf16 (fp8 with fp8 parameters) model parameters: 6 (5) bytes more; none of it in fp32."""
+    from autoconf.cost.compute import grad_buffer_pass_time, main_param_copy_bytes, rank_optimizer_time
+    from autoconf.cost.moe import local_params
+    from autoconf.spec.frameworks import ADAM_KERNELS
+
+    h100 = load_cluster("dgx-h100-80g", nodes=2)
+    c = cfg(tp=1, pp=1, dp=16, zero_stage=1, sequence_parallel=False)
+    bare = rank_optimizer_time(h100, c, MODEL.total_params())  # the fused kernel alone: the bound's
+    for name, extra in (("autoconf", 4), ("torchtitan", 12), ("megatron-core", 4 + 6)):
+        ex = execution(name)
+        step = rank_optimizer_time(h100, c, MODEL.total_params(), execution=ex)
+        passes = grad_buffer_pass_time(h100, sum(local_params(c, MODEL.total_params(), 0.0, 0.0)), ex)
+        assert step - passes == pytest.approx(bare * (ADAM_KERNELS["fused"] + extra) / ADAM_KERNELS["fused"]), name
+    core = execution("megatron-core")
+    assert main_param_copy_bytes(dataclasses.replace(c, dtype="fp8"), core.replace(fp8_params=True)) == 5
+    assert main_param_copy_bytes(dataclasses.replace(c, dtype="fp32"), core) == 0
+    assert main_param_copy_bytes(c, core.replace(optimizer="apex")) == 0
+    assert main_param_copy_bytes(c, execution("torchtitan")) == 0

@@ -280,8 +280,20 @@ def rank_optimizer_time(cluster: ClusterProfile, c: ParallelConfig, rank_params:
     passes = grad_buffer_pass_time(cluster, unsharded, execution)
     if c.offload_optimizer:  # FSDP2 CPUOffloadPolicy: the step runs on the host CPU (cost/offload.py)
         return cpu_optimizer_time(cluster, local) + passes
-    kernel_bytes = ADAM_KERNELS[execution.adam_kernels] if execution else min(ADAM_KERNELS.values())
+    kernel_bytes = (ADAM_KERNELS[execution.adam_kernels] + execution.grad_norm_bytes
+                    + main_param_copy_bytes(c, execution) if execution else min(ADAM_KERNELS.values()))
     return optimizer_step_time(local, cluster, rank_params if dtensor else None, kernel_bytes) + passes
+
+
+def main_param_copy_bytes(c: ParallelConfig, execution: Execution) -> float:
+    """HBM bytes per local parameter of Megatron's copy of its fp32 main parameters into the model's after AdamW
+    (`_copy_main_params_to_model_params`, the distributed optimizer's and the plain one's): the fp32 read and the
+    write in the model's dtype (2; an fp8 parameter 1, `fp8_params`). 0 in fp32 (the main parameters are the
+    model's), under apex's optimizer (its kernel writes the bf16 parameters and their remainders) and in the torch
+    layout (FSDP2 keeps the fp32 shard and casts as it gathers)."""
+    if execution.memory_layout != "megatron" or execution.optimizer != "megatron" or c.dtype == "fp32":
+        return 0.0
+    return 4.0 + (1.0 if execution.fp8_params and c.dtype == "fp8" else 2.0)
 
 
 def grad_buffer_pass_time(cluster: ClusterProfile, params: float, execution: Execution | None) -> float:

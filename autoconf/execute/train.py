@@ -178,14 +178,16 @@ class Trainer:
     # ---- gradients ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def grad_norm(self) -> torch.Tensor:
-        """L2 norm of the whole model's gradient. Each rank adds its local shards' squares, divided by how many
+        """L2 norm of the whole model's gradient. Each rank adds its local shards' squared norms, divided by how many
         ranks hold the same values (the dp/cp/tp dimensions the tensor is not sharded over; for routed experts the
         edp and etp dimensions: the down projection's bias is whole on every ETP rank); a sum over all ranks then
-        counts every element once. The tied head copy is left out (it
-        equals the embedding's gradient)."""
+        counts every element once. The tied head copy is left out (it equals the embedding's gradient). One read of
+        each gradient (`torch._foreach_norm` per group of equal replication, as torch's clip_grad_norm_ reads them:
+        `Execution.grad_norm_bytes`); the squares summed in float64."""
         from torch.distributed.tensor import DTensor
 
         total = torch.zeros((), dtype=torch.float64, device=self.device)
+        groups: dict[int, list[torch.Tensor]] = {}
         seen: set[int] = set()
         for model in self.models:
             for name, p in model.named_parameters():
@@ -203,7 +205,10 @@ class Trainer:
                 for dim in ("edp", "etp") if is_expert_param(name) else ("dp", "cp", "tp"):
                     if dim not in sharded:
                         replicas *= self.sizes[dim]
-                total += g.double().pow(2).sum() / replicas
+                if g.numel():
+                    groups.setdefault(replicas, []).append(g)
+        for replicas, grads in groups.items():
+            total += torch.stack(torch._foreach_norm(grads)).double().pow(2).sum() / replicas
         dist.all_reduce(total)
         return total.sqrt()
 

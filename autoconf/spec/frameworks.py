@@ -318,6 +318,12 @@ class Execution:
         parameter's gradient and a hook adds it into the buffer every micro-batch (`param.main_grad.add_(
         param.grad)`: Megatron-LM before then, e.g. the SC21 runs), `autoconf.cost.compute.grad_accumulation_bytes`.
     adam_kernels: see ADAM_KERNELS (specification profiles; a measured profile times the executor's own step).
+    grad_norm_bytes: HBM bytes per local fp32 gradient that the step's gradient clipping moves before AdamW: the
+        norm's one read (4: the executor's `torch._foreach_norm`, Megatron's multi_tensor_l2norm, whose scaling runs
+        only when the norm exceeds the limit) and, where the clip multiplies every step, a read and a write more
+        (torchtitan 0.3.0: torch.nn.utils.clip_grads_with_norm_'s `_foreach_mul_` by the clamped coefficient, 12).
+        The megatron layout also copies its fp32 main parameters into the model's after the step
+        (`autoconf.cost.compute.main_param_copy_bytes`).
     optimizer_moments: the dtype of the megatron layout's two Adam moments (MOMENTS_DTYPES; Megatron-Core's
         --use-precision-aware-optimizer with --exp-avg-dtype and --exp-avg-sq-dtype), "" for the precision recipe's
         (`Precision.moments`: fp32 but under fp8-deepseek).
@@ -457,6 +463,7 @@ class Execution:
     optimizer: str = "megatron"
     optimizer_moments: str = ""
     adam_kernels: str = "fused"
+    grad_norm_bytes: float = 4.0
     loss_memory: str = "executor"
     grad_buffer_passes: tuple[str, ...] = ()
     overlap_paired_chunks: bool = False
@@ -569,6 +576,9 @@ class Execution:
                        "DeepSeek's DualPipe code (use it with another framework, e.g. megatron-core)")
         if not 0.0 <= self.overlap_comm_sm_share < 1.0:
             out.append(f"overlap_comm_sm_share must lie in [0, 1), got {self.overlap_comm_sm_share}")
+        if not 0.0 <= self.grad_norm_bytes < float("inf"):
+            out.append(f"grad_norm_bytes must be a finite number >= 0 of bytes per gradient (4: one read for the "
+                       f"norm; 12: and an unconditional clip), got {self.grad_norm_bytes}")
         if self.tp_comm_overlap and self.memory_layout != "megatron":
             out.append("TP communication overlap is Megatron-Core's (userbuffers); torch's TP does not overlap it")
         if self.zero1_all_reduce and self.memory_layout != "megatron":
@@ -905,7 +915,7 @@ PRESETS: dict[str, Execution] = {
         # each run's kernels. FSDP2's copy kernels beside its collectives: fsdp_copies. Its context parallelism is
         # torch's (parallelisms/parallelize_llama.py and utils.py create_context_parallel_ctx): cp_attention "torch".
         eager_ops=("rotary", "swiglu", "cross_entropy"), attention_kernel="fa2", cp_attention="torch",
-        fsdp_copies=True, loss_memory="torch", compile_loss=True, compiles_moe_blocks=True, moe_tp_token_share=False,
+        fsdp_copies=True, grad_norm_bytes=12.0, loss_memory="torch", compile_loss=True, compiles_moe_blocks=True, moe_tp_token_share=False,
         activation_offload="none", cp_comms=("allgather",), pipelines_tied_embeddings=False,
         experts_on_sharded_ranks=True, cp_shards_weights=True,
         torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),
@@ -994,7 +1004,8 @@ USER_FLAGS = ("memory_layout", "zero_stages", "distributed_optimizer", "grad_red
               "selective_recompute", "executor_overheads", "eager_ops", "attention_kernel", "fsdp_copies",
               "compile_loss", "compiles_moe_blocks", "transformer_engine", "fused_swiglu", "fp8_params",
               "grad_buffer_dtype",
-              "grad_accumulation_fusion", "optimizer", "optimizer_moments", "adam_kernels", "loss_memory",
+              "grad_accumulation_fusion", "optimizer", "optimizer_moments", "adam_kernels", "grad_norm_bytes",
+              "loss_memory",
               "grad_buffer_passes", "overlap_paired_chunks", "overlap_comm_sm_share", "moe_combine_keeps_outputs",
               "pairs_full_recompute", "dispatch_per_node", "moe_fp8_padding", "moe_fp8_routed_experts",
               "cp_attention", "cp_repeat_kv", "accumulation_sync", "zero1_all_reduce", "megatron_fsdp",
