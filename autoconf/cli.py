@@ -94,7 +94,11 @@ def search_summary(s: dict) -> str:
     twins = f" and {s['offload_weighed']} offloading twins" if s.get("offload_weighed") else ""
     same = f", {s['same_as_another']} the same as another" if s.get("same_as_another") else ""
     refused = f", {s['unlaunchable']} not launchable" if s.get("unlaunchable") else ""
-    return (f"searched {s['candidates']} candidates{twins}: {s['pruned_memory']} pruned by memory, "
+    from autoconf.solve.space import CP_MIN_SEQ_LEN
+
+    again = (f" (a second pass, context parallelism weighed below {CP_MIN_SEQ_LEN:,} tokens: nothing fit without "
+             f"it)") if s.get("short_cp") else ""
+    return (f"searched {s['candidates']} candidates{twins}{again}: {s['pruned_memory']} pruned by memory, "
             f"{s['pruned_time']} by time bound, {s['simulated']} simulated{refused}{same}; {s['seconds']:.2f} s")
 
 

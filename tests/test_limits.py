@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from autoconf.cli import main
 from autoconf.cost.estimate import Execution
-from autoconf.solve.limits import SEQ_GRANULARITY, Planner, _largest, largest_micro_batch, longest_sequence
+from autoconf.solve.limits import (SEQ_GRANULARITY, Planner, _doubling, _largest, largest_micro_batch,
+                                   longest_sequence)
 from autoconf.spec.cluster import load_cluster
 from autoconf.spec.presets import PRESETS
 
@@ -24,6 +25,41 @@ def test_largest_finds_the_threshold_of_a_monotone_test():
             found, probes = _largest(values, lambda v: v <= (values[cut] if cut >= 0 else -1))
             assert found == (values[cut] if cut >= 0 else None)
             assert len(probes) <= 2 * n.bit_length() + 2
+
+
+def test_largest_with_a_scan_finds_a_window_that_starts_late():
+    """With `scan` a test that fails at the smallest values and holds from some later one up to a threshold (a
+    sequence too short for any context-parallel split: none fits below it) gives the window's last value, for every
+    window; without a scan the first value decides; a test that holds nowhere is None after a handful of probes."""
+    rng = random.Random(1)
+    for n in (1, 2, 3, 8, 64, 513):
+        values = sorted(rng.sample(range(10 * n), n))
+        for start in range(n):
+            for end in range(start, n, max(1, n // 7)):
+                found, probes = _largest(values, lambda v: values[start] <= v <= values[end], scan=True)
+                # the scan lands in the window where one of its indices does; else it reports none
+                landed = any(start <= i <= end for i in _doubling(n))
+                assert found == (values[end] if landed else None), (n, start, end)
+                assert len(probes) <= 3 * n.bit_length() + 3
+            assert _largest(values, lambda v: v >= values[start], scan=False)[0] == (values[-1] if start == 0
+                                                                                    else None)
+        assert _largest(values, lambda v: False, scan=True) == (None, [(values[i], False) for i in _doubling(n)])
+
+
+@pytest.mark.slow
+def test_a_model_that_fits_only_split_over_context_parallel_ranks_is_planned_below_16k():
+    """llama3.1-70b on one node of 8 H100 at global batch 1: without cp nothing fits at 8,192 tokens (one replica, so
+    no ZeRO shards it) and the search's first pass leaves cp out below CP_MIN_SEQ_LEN; its second pass weighs cp and
+    finds a layout split over cp ranks, and the sequence limit scans past the lengths no cp can split."""
+    from autoconf.solve.search import search
+    from autoconf.spec.frameworks import execution
+
+    model, cluster = PRESETS["llama3.1-70b"], load_cluster("dgx-h100-80g", nodes=1)
+    result = search(model, cluster, 1, 8192, "bf16", top_k=1, execution=execution("autoconf"))
+    assert result.plans and result.plans[0].config.cp > 1 and result.stats["short_cp"]
+    assert result.plans[0].prediction["fits"]
+    assert search(model, cluster, 1, 8192, "bf16", top_k=1, fixed={"cp": 1},
+                  execution=execution("autoconf")).plans == []
 
 
 # tiny-llama with RoPE scaling, so that sequences beyond its 128-token context are legal (ModelSpec.context_problem)

@@ -75,9 +75,11 @@ class Planner:
             raise UserError(self.refusal)
 
 
-def _largest(values: list, fits) -> tuple[object | None, list]:
-    """The largest of the ascending `values` for which `fits(v)` holds, assuming it holds up to some point and
-    not beyond: doubling through the list's indices, then bisection. Returns (value or None, probes)."""
+def _largest(values: list, fits, scan: bool = False) -> tuple[object | None, list]:
+    """The largest of the ascending `values` for which `fits(v)` holds, assuming it holds from the first value that
+    fits up to some point and not beyond: doubling through the list's indices, then bisection. With `scan`, where the
+    first value does not fit, the doubling indices are tried until one does (a sequence too short for any
+    context-parallel split may fit nowhere where a longer one fits split). Returns (value or None, probes)."""
     probes = []
 
     def probe(i: int) -> bool:
@@ -85,9 +87,12 @@ def _largest(values: list, fits) -> tuple[object | None, list]:
         probes.append((values[i], ok))
         return ok
 
-    if not values or not probe(0):
+    if not values:
         return None, probes
-    good, step = 0, 1
+    good = next((i for i in (_doubling(len(values)) if scan else [0]) if probe(i)), None)
+    if good is None:
+        return None, probes
+    step = 1
     while True:
         nxt = min(good + step, len(values) - 1)
         if nxt == good:
@@ -105,6 +110,15 @@ def _largest(values: list, fits) -> tuple[object | None, list]:
     return values[good], probes
 
 
+def _doubling(n: int) -> list[int]:
+    """0, 1, 3, 7, ... (2^k - 1) below n, and n - 1: the indices `_largest` looks for a first fitting value at."""
+    out, i = [], 0
+    while i < n - 1:
+        out.append(i)
+        i = 2 * i + 1
+    return out + [n - 1]
+
+
 def longest_sequence(planner: Planner, model, ceiling: int | None = None) -> Limit:
     """The longest sequence (a multiple of SEQ_GRANULARITY tokens, or the ceiling itself) with a fitting layout,
     up to `ceiling` (default: the model's context, max_seq_len)."""
@@ -114,7 +128,7 @@ def longest_sequence(planner: Planner, model, ceiling: int | None = None) -> Lim
     values = list(range(SEQ_GRANULARITY, ceiling + 1, SEQ_GRANULARITY))
     if not values or values[-1] != ceiling:
         values.append(ceiling)
-    value, probes = _largest(values, lambda s: planner.best(model, s) is not None)
+    value, probes = _largest(values, lambda s: planner.best(model, s) is not None, scan=True)
     planner.refused(value)
     note = ""
     if value == ceiling:

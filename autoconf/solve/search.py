@@ -39,7 +39,8 @@ from autoconf.solve.bounds import BoundCache
 from autoconf.solve.fit import smallest_fitting_change
 from autoconf.solve.placement import host_chain_order, tp_cp_domain
 from autoconf.solve.recompute import fewest_counts, fewest_recomputed, rebalanced
-from autoconf.solve.space import CP_MIN_SEQ_LEN, candidates, normalise_fixed, pin_text, replaced
+from autoconf.solve.space import (ALIASES, CP_MIN_SEQ_LEN, candidates, cp_choices, normalise_fixed, pin_text,
+                                  replaced)
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.model import ModelSpec
@@ -95,13 +96,22 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     its fastest links (`placement.host_chain_order`), so that every candidate is estimated and bounded with its
     groups in the fast islands (on the profile's own numbering a layout's default order may straddle them all, and
     only the few refined candidates would have been placed well); the plans' meshes name the profile's devices.
+
+    Below CP_MIN_SEQ_LEN tokens context parallelism is weighed only where nothing fits without it (a second pass,
+    `short_cp`, unless --fix pins cp): a short sequence split over ranks can still be what lets a model fit.
     """
     order = host_chain_order(cluster)
     options = (global_batch, seq_len, dtype, attention, fixed, top_k, execution, refine, partition_time_s,
                placement_time_s, launchable_only, progress)
+    searched = cluster if order is None else cluster.with_local_order(order)
+    result = _search(model, searched, *options)
+    if not result.plans and _splits_short_sequences(model, searched, seq_len, attention, fixed):
+        again = _search(model, searched, *options, short_cp=True)
+        if again.plans:
+            again.stats["short_cp"] = True
+            result = again
     if order is None:
-        return _search(model, cluster, *options)
-    result = _search(model, cluster.with_local_order(order), *options)
+        return result
     g = cluster.gpus_per_node
     for plan in result.plans:
         mesh = np.asarray(plan.placement["mesh"])
@@ -109,11 +119,20 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     return result
 
 
+def _splits_short_sequences(model: ModelSpec, cluster: ClusterProfile, seq_len: int, attention: str,
+                            fixed: dict | None) -> bool:
+    """Whether `search`'s second pass may add context parallelism: a sequence below CP_MIN_SEQ_LEN that some cp > 1
+    of the devices splits (`space.cp_choices` at any length), flash attention, and no pinned cp."""
+    pinned = {ALIASES.get(k, k) for k in fixed or {}}
+    return (seq_len < CP_MIN_SEQ_LEN and attention == "flash" and not pinned & {"cp", "cp_comm"}
+            and len(cp_choices(cluster.world_size, seq_len, short=True)) > 1)
+
+
 def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, dtype: str,
             attention: str, fixed: dict | None, top_k: int, execution: Execution, refine: bool,
             partition_time_s: float, placement_time_s: float, launchable_only: bool | None,
-            progress: Callable[[str], None] | None) -> SearchResult:
-    """`search` on `cluster` as it numbers its devices."""
+            progress: Callable[[str], None] | None, short_cp: bool = False) -> SearchResult:
+    """`search` on `cluster` as it numbers its devices (`short_cp`: its second pass)."""
     start = reported = time.perf_counter()
 
     def tick(text: Callable[[], str]) -> None:
@@ -127,6 +146,7 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
     if launchable_only is None:
         launchable_only = execution.is_executor
     shown, top_k = top_k, max(top_k, REFINED_AT_LEAST)
+    recompute_pinned = "recompute" in {ALIASES.get(k, k) for k in fixed or {}}
     fixed = normalise_fixed(fixed or {})
     if model.context_problem(seq_len):
         raise UserError(model.context_problem(seq_len))
@@ -139,8 +159,9 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
     refused = None  # why the executor refused the first layout it refused
     # Unless the user pins the recompute mode, a selective or full candidate recomputes only the fewest layers of
     # each stage that fit (solve/recompute.py), found when the walk reaches it: until then it is bounded as if it
-    # recomputed none, then put back with the bound of its counts.
-    per_stage = "recompute" not in fixed
+    # recomputed none, then put back with the bound of its counts. (A pinned selective policy pins the mode to
+    # selective, `normalise_fixed`, but leaves the counts open.)
+    per_stage = not recompute_pinned
     # Selective candidates run the framework's own policy and, where it runs others, each of them (the per-op policy
     # saves more and recomputes less than the attention core, or the reverse: the estimate decides).
     others = [p for p in execution.selective_policies if p != execution.selective_recompute]
@@ -158,8 +179,9 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
     # the bound of their twins that recompute (bounded with no layer recomputed: the same time bound, plus each
     # rank's own layers where it reads per-stage counts; tests/test_search.py checks it). Not so where activations
     # are offloaded (their copies shrink with recompute): there every member counts; nor for a member whose
-    # selective policy takes context-parallel attention off torch's ring (`bound_of_fields`' note).
-    relaxed = per_stage and not fixed.get("offload_activations")
+    # selective policy takes context-parallel attention off torch's ring (`bound_of_fields`' note); nor where the
+    # space has no member without recompute (a pinned selective policy pins the mode, the counts left open).
+    relaxed = per_stage and not fixed.get("offload_activations") and "recompute" not in fixed
     # family fields -> [bound, [(order, config, its own bound where the family's read it, else None) of each
     # launchable member]]
     families: dict[tuple, list] = {}
@@ -186,7 +208,7 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
 
     honoured = not pinned_on  # (whether some layout takes the pinned levers; else the pins conflict)
     for config in framework_candidates(model, cluster, global_batch, seq_len, dtype, attention, space_fixed,
-                                       execution, policies):
+                                       execution, policies, short_cp):
         seen += 1
         tick(lambda: f"bounded {seen:,} candidate layouts")
         if not honoured:
@@ -499,15 +521,15 @@ _KEY_HEAD = 6
 
 def framework_candidates(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, dtype: str,
                          attention: str, fixed: dict, execution: Execution,
-                         policies: tuple[str | None, ...] = (None,)) -> Iterator[ParallelConfig]:
+                         policies: tuple[str | None, ...] = (None,), short_cp: bool = False) -> Iterator[ParallelConfig]:
     """`space.candidates` on `cluster`'s devices under `execution`'s own rules: the ZeRO stages it searches (those
     worth telling apart: the executor runs ZeRO-1 exactly as ZeRO-2, one of them is enough unless pinned), its
     gradient reductions, pipeline runtime and schedules, whether it splits experts with biases over expert TP, and
     its K/V exchanges and pipelines of tied embeddings (`Execution.layout_problem`); selective candidates under each
-    of `policies`."""
+    of `policies`; with `short_cp`, context parallelism at any sequence length."""
     space = candidates(model, cluster.world_size, cluster.devices_per_domain, global_batch, seq_len, dtype, attention,
                        fixed, execution.zero_searched, policies, tp_cp_domain(cluster), execution.grad_reductions,
-                       execution.pipeline_runtime, execution.schedules, execution.expert_tp_biases)
+                       execution.pipeline_runtime, execution.schedules, execution.expert_tp_biases, short_cp)
     if not execution.restricts_layouts():
         return space
     return (config for config in space if not execution.layout_problem(config, model))

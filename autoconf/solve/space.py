@@ -47,7 +47,8 @@ MAX_MICRO_BATCH = 16
 # Context parallelism is searched from this sequence length up (Megatron-Core's and torchtitan's long-context recipes
 # start CP at 16k-32k tokens; below it a rank's share of the attention is short beside the K/V exchange, and TP, PP
 # and recompute fit the activations). NVIDIA's 8k pre-training recipes run cp 2 for Llama 3 8B, 70B and 405B, which
-# this leaves out (docs/accuracy.md, "The planner's pick"). A pinned --fix cp is honoured at any length.
+# this leaves out (docs/accuracy.md, "The planner's pick"). A pinned --fix cp is honoured at any length, and where
+# nothing fits without it the search weighs cp at any length in a second pass (`search.search`, `short_cp`).
 CP_MIN_SEQ_LEN = 16_384
 # Nor are the sequence's chunks cut shorter than this many tokens per rank (CP's blockwise kernels on short blocks).
 CP_MIN_LOCAL_TOKENS = 1_024
@@ -115,7 +116,7 @@ def candidates(model: ModelSpec, world_size: int, devices_per_domain: int, globa
                tp_cp_domain: tuple[int | None, str] = (None, ""),
                reductions: Callable[[int, int], tuple[str, ...]] | None = None,
                runtime: str = "torch", schedules: tuple[str, ...] = (),
-               expert_tp_biases: bool = True) -> Iterator[ParallelConfig]:
+               expert_tp_biases: bool = True, short_cp: bool = False) -> Iterator[ParallelConfig]:
     """Every legal layout honouring `fixed`, TP within `devices_per_domain` (the devices one scale-up fabric
     joins); deterministic order. `zero_stages` lists the stages worth telling
     apart (a pinned --fix zero_stage is always honoured); `selective_policies` the `selective_recompute` values of
@@ -127,7 +128,8 @@ def candidates(model: ModelSpec, world_size: int, devices_per_domain: int, globa
     framework's pipelines run on, whose rules on the micro-batch count then hold (`Execution.pipeline_runtime`).
     `schedules`: the ones the framework runs, weighed unless --fix pins another (`Execution.schedules`; empty: those
     the executor runs). `expert_tp_biases`: whether the framework splits experts with biases over expert TP
-    (`Execution.expert_tp_biases`; otherwise such a model's candidates keep etp 1 unless pinned)."""
+    (`Execution.expert_tp_biases`; otherwise such a model's candidates keep etp 1 unless pinned). `short_cp`: cp > 1
+    also below CP_MIN_SEQ_LEN tokens (`cp_choices`)."""
     fixed = normalise_fixed(fixed or {})
     if "ep" in fixed or "etp" in fixed:
         # The rules that do not depend on the other degrees, as one line before any search.
@@ -180,7 +182,7 @@ def candidates(model: ModelSpec, world_size: int, devices_per_domain: int, globa
     def cps(tp: int) -> list[int]:
         if "cp_comm" in fixed:  # every cp that splits the sequence, as a pinned cp is taken
             return choices("cp", [d for d in _divisors(world_size // tp) if d > 1])
-        return choices("cp", cp_choices(world_size // tp, seq_len) if attention == "flash" else [1])
+        return choices("cp", cp_choices(world_size // tp, seq_len, short_cp) if attention == "flash" else [1])
 
     domain, why = tp_cp_domain
     if domain and "cp" in fixed and tps and min(tps) * fixed["cp"] > domain:
@@ -270,11 +272,12 @@ def expert_choices(model: ModelSpec, ranks: int, tp: int, fixed: dict,
             if m.num_experts % ep == 0 and m.moe_intermediate_size % etp == 0 and ranks % (ep * etp) == 0]
 
 
-def cp_choices(devices: int, seq_len: int) -> list[int]:
-    """The context-parallel degrees searched on `devices` ranks (after TP): 1, and from CP_MIN_SEQ_LEN tokens on
-    every divisor cp of the ranks that splits the sequence into 2 x cp equal chunks of at least
-    CP_MIN_LOCAL_TOKENS / 2 tokens (the load-balanced causal layout)."""
-    if seq_len < CP_MIN_SEQ_LEN:
+def cp_choices(devices: int, seq_len: int, short: bool = False) -> list[int]:
+    """The context-parallel degrees searched on `devices` ranks (after TP): 1, and from CP_MIN_SEQ_LEN tokens on (at
+    any length with `short`: the search's second pass where nothing fits without) every divisor cp of the ranks that
+    splits the sequence into 2 x cp equal chunks of at least CP_MIN_LOCAL_TOKENS / 2 tokens (the load-balanced
+    causal layout)."""
+    if seq_len < CP_MIN_SEQ_LEN and not short:
         return [1]
     return [d for d in _divisors(devices)
             if d == 1 or (cp_splits(seq_len, d) and seq_len // d >= CP_MIN_LOCAL_TOKENS)]
