@@ -852,7 +852,9 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         bigger = cluster.resized(nodes=cluster.nodes * factor)
         cache = BoundCache(model, bigger, execution)
         levers = _offload_levers(bigger, fixed, execution)
-        for config in framework_candidates(model, bigger, global_batch, seq_len, dtype, attention, fixed, execution):
+        short_cp = _splits_short_sequences(model, bigger, seq_len, attention, fixed)  # (as `search` weighs them)
+        for config in framework_candidates(model, bigger, global_batch, seq_len, dtype, attention, fixed, execution,
+                                           short_cp=short_cp):
             found = _fitting_twin(model, bigger, config, execution, cache, levers, fixed)
             if found is not None:
                 layout = found.label(selective_policy(found, execution))
