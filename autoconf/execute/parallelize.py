@@ -361,11 +361,15 @@ class GradReducer:
     all-reduced asynchronously while the backward goes on. Buckets launch in their fixed order (the same on every
     replica, as the process group requires), a ready bucket waiting for the ones before it.
 
-    `finish()` (the training loop's `grad_sync` phase) launches any bucket the hooks did not (gradients that
-    autograd did not accumulate: the split-backward schedules' weight pass of a non-first stage writes `.grad`
-    itself), waits for all, and writes each average (sum / `divisor`) back into the gradients. Local shards of
-    DTensor (TP) gradients are reduced, after they take their parameter's placements.
+    A bucket's average (sum / `divisor`) is written back into its gradients, and its flat copy freed, when the
+    bucket IN_FLIGHT places after it launches (the wait orders the device's stream on NCCL, it does not block the
+    host), so at most IN_FLIGHT + 1 flat copies live at once, not one of every gradient. `finish()` (the training
+    loop's `grad_sync` phase) launches any bucket the hooks did not (gradients that autograd did not accumulate: the
+    split-backward schedules' weight pass of a non-first stage writes `.grad` itself) and writes back the rest.
+    Local shards of DTensor (TP) gradients are reduced, after they take their parameter's placements.
     """
+
+    IN_FLIGHT = 2
 
     def __init__(self, module: nn.Module, dp_group, accumulations: int, divisor: float,
                  expert_params: bool = False):
@@ -406,6 +410,13 @@ class GradReducer:
         if grads:
             flat = torch.cat([g.reshape(-1) for g in grads])
             self.in_flight.append((dist.all_reduce(flat, group=self.group, async_op=True), flat, grads))
+        while len(self.in_flight) > self.IN_FLIGHT:
+            self._write_back(*self.in_flight.pop(0))
+
+    def _write_back(self, work, flat: torch.Tensor, grads: list[torch.Tensor]) -> None:
+        work.wait()
+        flat.div_(self.divisor)
+        torch._foreach_copy_(grads, [part.view_as(g) for g, part in zip(grads, flat.split([g.numel() for g in grads]))])
 
     @torch.no_grad()
     def finish(self) -> None:
@@ -414,8 +425,5 @@ class GradReducer:
                 match_grad_layout(p)
             self._launch(b)
         for work, flat, grads in self.in_flight:
-            work.wait()
-            flat.div_(self.divisor)
-            for g, part in zip(grads, flat.split([g.numel() for g in grads])):
-                g.copy_(part.view_as(g))
+            self._write_back(work, flat, grads)
         self._reset()

@@ -319,9 +319,10 @@ class Execution:
         param.grad)`: Megatron-LM before then, e.g. the SC21 runs), `autoconf.cost.compute.grad_accumulation_bytes`.
     adam_kernels: see ADAM_KERNELS (specification profiles; a measured profile times the executor's own step).
     grad_norm_bytes: HBM bytes per local fp32 gradient that the step's gradient clipping moves before AdamW: the
-        norm's one read (4: the executor's `torch._foreach_norm`, Megatron's multi_tensor_l2norm, whose scaling runs
-        only when the norm exceeds the limit) and, where the clip multiplies every step, a read and a write more
-        (torchtitan 0.3.0: torch.nn.utils.clip_grads_with_norm_'s `_foreach_mul_` by the clamped coefficient, 12).
+        norm's one read and, where the clip multiplies every step by the clamped coefficient (no host sync to
+        decide), a read and a write more: 12 for torchtitan 0.3.0 (torch.nn.utils.clip_grads_with_norm_'s
+        `_foreach_mul_`) and autoconf's executor (`torch._foreach_norm`, then `_foreach_mul_`); 4 for Megatron
+        (multi_tensor_l2norm; its scaling runs only when the norm exceeds the limit).
         The megatron layout also copies its fp32 main parameters into the model's after the step
         (`autoconf.cost.compute.main_param_copy_bytes`).
     optimizer_moments: the dtype of the megatron layout's two Adam moments (MOMENTS_DTYPES; Megatron-Core's
@@ -463,7 +464,7 @@ class Execution:
     optimizer: str = "megatron"
     optimizer_moments: str = ""
     adam_kernels: str = "fused"
-    grad_norm_bytes: float = 4.0
+    grad_norm_bytes: float = 12.0
     loss_memory: str = "executor"
     grad_buffer_passes: tuple[str, ...] = ()
     overlap_paired_chunks: bool = False
@@ -859,6 +860,7 @@ PRESETS: dict[str, Execution] = {
         # ZeRO-0 (DDP) and ZeRO-1 (the distributed optimizer: every rank keeps the whole gradient buffer, Megatron's
         # docs/user-guide/features/dist_optimizer.md, 6 + 12/d bytes per parameter); no FSDP in 2022
         name="megatron", memory_layout="megatron", pipeline_buffers="per_transfer", masked_attention=False,
+        grad_norm_bytes=4.0,
         zero_stages=(0, 1),
         zero_searched=(0, 1),
         selective_policies=("attention_core",), grad_reduce_start="after_flush", param_gather_overlap=False,
@@ -872,6 +874,7 @@ PRESETS: dict[str, Execution] = {
     "megatron-core": Execution(
         # ZeRO-3 is Megatron-FSDP (`megatron_fsdp`: with grad_reduce microbatch, which the search gives it).
         name="megatron-core", memory_layout="megatron", pipeline_buffers="per_transfer", masked_attention=False,
+        grad_norm_bytes=4.0,
         zero_stages=(0, 1, 3),
         zero_searched=(0, 1, 3),
         megatron_fsdp=True, selective_policies=("attention_core",),
@@ -915,7 +918,7 @@ PRESETS: dict[str, Execution] = {
         # each run's kernels. FSDP2's copy kernels beside its collectives: fsdp_copies. Its context parallelism is
         # torch's (parallelisms/parallelize_llama.py and utils.py create_context_parallel_ctx): cp_attention "torch".
         eager_ops=("rotary", "swiglu", "cross_entropy"), attention_kernel="fa2", cp_attention="torch",
-        fsdp_copies=True, grad_norm_bytes=12.0, loss_memory="torch", compile_loss=True, compiles_moe_blocks=True, moe_tp_token_share=False,
+        fsdp_copies=True, loss_memory="torch", compile_loss=True, compiles_moe_blocks=True, moe_tp_token_share=False,
         activation_offload="none", cp_comms=("allgather",), pipelines_tied_embeddings=False,
         experts_on_sharded_ranks=True, cp_shards_weights=True,
         torchtitan_settings=(("always", "memory_layout=torch", 'training.mixed_precision_reduce = "float32"'),
