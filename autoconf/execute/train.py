@@ -138,31 +138,30 @@ class Trainer:
             for model in self.models:
                 cpx.attach(model, self.context)
         self.tied = TiedEmbeddingSync(plan, grid, self.chunks, self.rank, timedelta(seconds=opts.timeout_s))
-        # ZeRO-0 over dp x cp > 1 (or over edp > 1 for the routed experts): each chunk's gradients are averaged
-        # during its last micro-batch's backward, the experts' over the expert-data-parallel group. The pipeline's
-        # 1/micro-batches scaling (torch's scale_grads, an in-place division after the backward) is folded into the
-        # average instead, so nothing writes the gradients while their reduction is in flight.
         # Each parameter's gradient accumulates once per backward unit: a micro-batch, or under seq1f1b each of its
-        # seq_chunks chunks (torch's pipeline runtime also scales by the units).
+        # seq_chunks chunks. Each unit's loss is divided by the units before its backward (the loop's, and the
+        # pipeline's loss function: torchtitan's way), so no pass divides the gradients after the step (torch's
+        # scale_grads is off).
+        # ZeRO-0 over dp x cp > 1 (or over edp > 1 for the routed experts): each chunk's gradients are averaged
+        # during its last micro-batch's backward, the experts' over the expert-data-parallel group.
+        self.units = c.num_microbatches * c.seq_chunks
         self.reducers: list[GradReducer] = []
         if not self.fsdp and (c.dp_cp > 1 or (moe and c.edp > 1)):
-            units = c.num_microbatches * c.seq_chunks
-            m = units if c.pp > 1 else 1
             for model in self.models:
-                self.reducers.append(GradReducer(model, replica_mesh(self.mesh, c).get_group(), units, c.dp_cp * m))
+                self.reducers.append(GradReducer(model, replica_mesh(self.mesh, c).get_group(), self.units, c.dp_cp))
                 if moe:
-                    self.reducers.append(GradReducer(model, self.expert_mesh["edp"].get_group(), units, c.edp * m,
+                    self.reducers.append(GradReducer(model, self.expert_mesh["edp"].get_group(), self.units, c.edp,
                                                      expert_params=True))
         self.schedule = None
         # Under TP each rank's head returns its vocabulary slice's logits; the loss reduces over the TP group.
         self.loss_fn = rank_loss(self.mesh["tp"] if c.tp > 1 else None, plan.model.vocab_size)
         if c.pp > 1:
+            scale, loss_fn = 1.0 / self.units, self.loss_fn
             self.schedule, self.stages = build_schedule(plan, self.chunks, self.mesh["pp"].get_group(), device,
-                                                        self.loss_fn, scale_grads=not self.reducers)
+                                                        lambda out, target: loss_fn(out, target) * scale,
+                                                        scale_grads=False)
         for moe_layer in (m for model in self.models for m in moe_layers(model)):
-            # The aux loss's gradient takes the cross entropy's scale: the loop divides each micro-batch's loss by
-            # the micro-batches, the pipeline divides the gradients afterwards.
-            moe_layer.aux_loss_scale = 1.0 / c.num_microbatches if self.schedule is None else 1.0
+            moe_layer.aux_loss_scale = 1.0 / self.units  # (the aux loss's gradient takes the cross entropy's scale)
         self.can_drop_outputs = (self.schedule is not None and
                                  "return_outputs" in inspect.signature(self.schedule.step).parameters)
         self.optimizers = [self._optimizer(model) for model in self.models]  # one per chunk (for DCP)
@@ -313,6 +312,7 @@ class Trainer:
         if self.can_drop_outputs:
             kwargs["return_outputs"] = False  # else the last stage holds every micro-batch's logits until the end
         self.schedule.step(*args, **kwargs)
+        losses[:] = [loss.detach() * self.units for loss in losses]  # (each was divided by the units)
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
     def checkpoint_meta(self, step: int, loss: float | None) -> dict:
