@@ -342,21 +342,24 @@ def test_data_is_layout_independent_and_reads_files(tmp_path):
     from autoconf.execute.data import TokenSource, local_rows
 
     synthetic = TokenSource(None, 256, 16, seed=1)
-    batch = synthetic.global_batch(5, 8)
-    assert batch.shape == (8, 17) and torch.equal(batch, TokenSource(None, 256, 16, seed=1).global_batch(5, 8))
-    assert not torch.equal(batch, synthetic.global_batch(6, 8))
-    assert torch.equal(torch.cat([local_rows(batch, d, 4) for d in range(4)]), batch)
+    batch = synthetic.rows(5, 8)
+    assert batch.shape == (8, 17) and torch.equal(batch, TokenSource(None, 256, 16, seed=1).rows(5, 8))
+    assert not torch.equal(batch, synthetic.rows(6, 8))
+    # each data-parallel rank builds only its rows, and together they are the global batch
+    assert torch.equal(torch.cat([local_rows(synthetic, 5, 8, d, 4) for d in range(4)]), batch)
 
     tokens = np.arange(1000, dtype=np.uint32) % 300
     (tmp_path / "t.bin").write_bytes(tokens.tobytes())
     (tmp_path / "t.bin.json").write_text('{"dtype": "uint32"}')
-    rows = TokenSource(tmp_path / "t.bin", 300, 16, seed=0).global_batch(0, 4)
+    source = TokenSource(tmp_path / "t.bin", 300, 16, seed=0)
+    rows = source.rows(0, 4)
     assert all(((rows[i, 1:] - rows[i, :-1]) % 300 == 1).all() for i in range(4))  # contiguous windows
+    assert torch.equal(torch.cat([local_rows(source, 0, 4, d, 2) for d in range(2)]), rows)
     (tmp_path / "u.bin").write_bytes(tokens.astype(np.uint16).tobytes())  # no sidecar: uint16 for vocab 300
     assert TokenSource(tmp_path / "u.bin", 300, 16, seed=0).tokens.dtype == np.uint16
 
     (tmp_path / "a.txt").write_text("hello world, " * 20)
-    text = TokenSource(tmp_path / "a.txt", 256, 8, seed=0).global_batch(0, 2)
+    text = TokenSource(tmp_path / "a.txt", 256, 8, seed=0).rows(0, 2)
     assert int(text.max()) < 128
     with pytest.raises(UserError, match="vocab"):
         TokenSource(tmp_path / "a.txt", 100, 8, seed=0)

@@ -107,22 +107,30 @@ class TokenSource:
             return f"synthetic tokens (seed {self.seed})"
         return f"{self.path} ({self.tokens.dtype}, {len(self.tokens)} tokens)"
 
-    def global_batch(self, step: int, batch_size: int) -> torch.Tensor:
-        """[batch_size, seq_len + 1] int64 token ids of step `step`; identical on every rank."""
-        gen = torch.Generator().manual_seed(init_seed(self.seed, f"data/{step}"))
+    def rows(self, step: int, batch_size: int, first: int = 0, count: int | None = None) -> torch.Tensor:
+        """Rows [first, first + count) (default: all) of step `step`'s global batch of `batch_size` rows,
+        [count, seq_len + 1] int64 token ids, the same whichever rank reads them: a data-parallel rank builds only
+        its own rows (`local_rows`). Synthetic rows are drawn each from its own seed (the step and the row); a data
+        file's from offsets drawn for the whole batch (cheap) and read for these rows only."""
+        count = batch_size - first if count is None else count
         s = self.seq_len + 1
         if self.tokens is None:
-            return torch.randint(0, self.vocab_size, (batch_size, s), generator=gen)
-        offsets = torch.randint(0, len(self.tokens) - s + 1, (batch_size,), generator=gen).tolist()
-        rows = np.stack([np.asarray(self.tokens[o:o + s], dtype=np.int64) for o in offsets])
-        batch = torch.from_numpy(rows)
+            out = torch.empty(count, s, dtype=torch.int64)
+            for i in range(count):
+                gen = torch.Generator().manual_seed(init_seed(self.seed, f"data/{step}/{first + i}"))
+                out[i] = torch.randint(0, self.vocab_size, (s,), generator=gen)
+            return out
+        gen = torch.Generator().manual_seed(init_seed(self.seed, f"data/{step}"))
+        offsets = torch.randint(0, len(self.tokens) - s + 1, (batch_size,), generator=gen)[first:first + count]
+        batch = torch.from_numpy(np.stack([np.asarray(self.tokens[o:o + s], dtype=np.int64)
+                                           for o in offsets.tolist()]))
         if int(batch.max()) >= self.vocab_size:
             raise UserError(f"{self.path}: token id {int(batch.max())} at step {step + 1} is outside the model's "
                             f"vocabulary of {self.vocab_size}")
         return batch
 
 
-def local_rows(batch: torch.Tensor, dp_rank: int, dp: int) -> torch.Tensor:
-    """This data-parallel rank's contiguous slice of the global batch."""
-    n = batch.shape[0] // dp
-    return batch[dp_rank * n:(dp_rank + 1) * n]
+def local_rows(source: TokenSource, step: int, batch_size: int, dp_rank: int, dp: int) -> torch.Tensor:
+    """This data-parallel rank's contiguous slice of step `step`'s global batch, built alone."""
+    n = batch_size // dp
+    return source.rows(step, batch_size, dp_rank * n, n)

@@ -247,7 +247,7 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = lr
         clock = PhaseClock(self.device)
-        batch = local_rows(self.data.global_batch(step, c.global_batch_size), self.coords["dp"], c.dp).to(self.device)
+        batch = local_rows(self.data, step, c.global_batch_size, self.coords["dp"], c.dp).to(self.device)
         inputs, targets = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
         if self.context is not None:  # this CP rank's tokens and their labels (the same chunks of both)
             inputs, targets = (cpx.shard(t, c.cp, self.coords["cp"]) for t in (inputs, targets))
