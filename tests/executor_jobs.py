@@ -148,9 +148,11 @@ def assert_same_records(reference: list[dict], got: list[dict], name: str, steps
 
 
 def assert_differs(records: list[dict], other: list[dict], rel: float = 1e-4) -> None:
-    """Every step's loss of `records` differs from `other`'s by more than `rel` relative: what a layout test's
-    feature changes (a window, sinks) matters at the tolerance the layouts are compared at."""
-    assert all(abs(a["loss"] - b["loss"]) > rel * abs(b["loss"]) for a, b in zip(records, other))
+    """Every step's loss or gradient norm of `records` differs from `other`'s by more than `rel` relative (the two
+    figures `assert_same_records` compares): what a layout test's feature changes (a window, sinks) matters at the
+    tolerance the layouts are compared at."""
+    assert all(not (close(a["loss"], b["loss"], rel) and close(a["grad_norm"], b["grad_norm"], rel))
+               for a, b in zip(records, other))
 
 
 def assert_matches_reference(out: dict[str, dict], name: str) -> list[dict]:
