@@ -30,8 +30,9 @@ def test_single_device_breakdown_is_the_model_pieces(recompute):
     """On one device (tp = pp = dp = 1) each term is an independently known quantity: `compute` is m x (every
     layer's forward + backward + the embedding + the head) of `model_pieces`, `recompute` is m x layers x the
     repeated forward (the attention core under selective, the whole block under full), `optimizer` is AdamW over
-    all the model's parameters (with the executor's gradient-norm pass), and the pipeline and communication terms are zero. A term counted twice, moved
-    into another one or left out fails one of these equalities."""
+    all the model's parameters (with the executor's gradient-norm and clip passes), and the pipeline and
+    communication terms are zero. A term counted twice, moved into another one or left out fails one of these
+    equalities."""
     model = PRESETS["gpt3-1.3b"]
     one = load_cluster("dgx-a100-80g", nodes=1, gpus_per_node=1)
     c = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=2, global_batch_size=8, seq_len=2048, recompute=recompute)

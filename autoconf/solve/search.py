@@ -521,7 +521,8 @@ _KEY_HEAD = 6
 
 def framework_candidates(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int, dtype: str,
                          attention: str, fixed: dict, execution: Execution,
-                         policies: tuple[str | None, ...] = (None,), short_cp: bool = False) -> Iterator[ParallelConfig]:
+                         policies: tuple[str | None, ...] = (None,),
+                         short_cp: bool = False) -> Iterator[ParallelConfig]:
     """`space.candidates` on `cluster`'s devices under `execution`'s own rules: the ZeRO stages it searches (those
     worth telling apart: the executor runs ZeRO-1 exactly as ZeRO-2, one of them is enough unless pinned), its
     gradient reductions, pipeline runtime and schedules, whether it splits experts with biases over expert TP, and
