@@ -104,8 +104,9 @@ def test_search_uses_the_usable_memory():
     from autoconf.solve.search import search
 
     model, cluster = load_model("llama3.1-8b"), load_cluster("dgx-h100-80g", nodes=1)
-    # Offload off: it would make the pinned layout fit (tests/test_offload.py checks that lever).
-    fixed = {"tp": 1, "pp": 1, "micro_batch_size": 1, "recompute": "none", "zero_stage": 3,
+    # Offload off: it would make the pinned layout fit (tests/test_offload.py checks that lever); so would context
+    # parallelism, which the search weighs below 16k tokens where nothing fits without it.
+    fixed = {"tp": 1, "pp": 1, "cp": 1, "micro_batch_size": 1, "recompute": "none", "zero_stage": 3,
              "offload_activations": False, "offload_optimizer": False}
     seq = _near_full().seq_len
     with_headroom = search(model, cluster, 64, seq, "bf16", fixed=fixed, top_k=1, refine=False)

@@ -773,20 +773,3 @@ def test_a_long_search_says_how_far_it_has_gone(monkeypatch):
                                       "--global-batch", "64", "--tokens", "1B"])
     assert swept.exit_code == 0 and "autoconf: planning llama3-8b: 2 nodes: bounded" in swept.output, swept.output
 
-
-@pytest.mark.slow
-def test_pinning_the_selective_policy_keeps_the_per_stage_counts_open():
-    """--fix selective_recompute pins the mode to selective but not the layers: llama3-70b on 4 x 8 H100 (batch 64
-    x 4096) picks tp4 pp4 vpp8 recomputing 2 layers of its first stage under the per-op policy, and pinning that
-    policy returns the same plan (it returned tp2 dp16 recomputing every layer, 12% slower, while a pinned policy
-    turned the counts off; then, with the counts on, families without a member that recomputes nothing entered the
-    walk unbounded and were lost)."""
-    from autoconf.spec.frameworks import execution
-
-    model, cluster = PRESETS["llama3-70b"], load_cluster("dgx-h100-80g", nodes=4)
-    free = search(model, cluster, 64, 4096, "bf16", top_k=1, execution=execution("autoconf")).plans[0]
-    pinned = search(model, cluster, 64, 4096, "bf16", top_k=1, execution=execution("autoconf"),
-                    fixed={"selective_recompute": "alternate_matmuls"}).plans[0]
-    assert "rc-selective/op[" in free.config.label() and free.config.recompute_layers is not None
-    assert pinned.config == dataclasses.replace(free.config, selective_recompute="alternate_matmuls")
-    assert pinned.prediction["iteration_time_s"] == pytest.approx(free.prediction["iteration_time_s"], rel=1e-9)

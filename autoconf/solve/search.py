@@ -146,7 +146,6 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
     if launchable_only is None:
         launchable_only = execution.is_executor
     shown, top_k = top_k, max(top_k, REFINED_AT_LEAST)
-    recompute_pinned = "recompute" in {ALIASES.get(k, k) for k in fixed or {}}
     fixed = normalise_fixed(fixed or {})
     if model.context_problem(seq_len):
         raise UserError(model.context_problem(seq_len))
@@ -159,9 +158,9 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
     refused = None  # why the executor refused the first layout it refused
     # Unless the user pins the recompute mode, a selective or full candidate recomputes only the fewest layers of
     # each stage that fit (solve/recompute.py), found when the walk reaches it: until then it is bounded as if it
-    # recomputed none, then put back with the bound of its counts. (A pinned selective policy pins the mode to
-    # selective, `normalise_fixed`, but leaves the counts open.)
-    per_stage = not recompute_pinned
+    # recomputed none, then put back with the bound of its counts. (A pinned selective policy pins the mode,
+    # `normalise_fixed`: every layer recomputes under it, as under a pinned mode.)
+    per_stage = "recompute" not in fixed
     # Selective candidates run the framework's own policy and, where it runs others, each of them (the per-op policy
     # saves more and recomputes less than the attention core, or the reverse: the estimate decides).
     others = [p for p in execution.selective_policies if p != execution.selective_recompute]
@@ -179,9 +178,8 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
     # the bound of their twins that recompute (bounded with no layer recomputed: the same time bound, plus each
     # rank's own layers where it reads per-stage counts; tests/test_search.py checks it). Not so where activations
     # are offloaded (their copies shrink with recompute): there every member counts; nor for a member whose
-    # selective policy takes context-parallel attention off torch's ring (`bound_of_fields`' note); nor where the
-    # space has no member without recompute (a pinned selective policy pins the mode, the counts left open).
-    relaxed = per_stage and not fixed.get("offload_activations") and "recompute" not in fixed
+    # selective policy takes context-parallel attention off torch's ring (`bound_of_fields`' note).
+    relaxed = per_stage and not fixed.get("offload_activations")
     # family fields -> [bound, [(order, config, its own bound where the family's read it, else None) of each
     # launchable member]]
     families: dict[tuple, list] = {}
