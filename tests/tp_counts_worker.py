@@ -6,6 +6,7 @@ as JSON to argv[1]."""
 
 import dataclasses
 import json
+import os
 import sys
 
 import torch
@@ -57,8 +58,10 @@ def main() -> None:
     out = {f"{name}{'_sp' if sp else ''}": _count(spec, layer, sp, mesh)
            for name, (spec, layer) in cases.items() for sp in (False, True)}
     if dist.get_rank() == 0:
-        with open(sys.argv[1], "w") as f:
+        with open(sys.argv[1] + ".part", "w") as f:
             json.dump(out, f)
+        os.replace(sys.argv[1] + ".part", sys.argv[1])  # (whole or absent: the test reads it after an abort)
+    dist.barrier()
     dist.destroy_process_group()
 
 
