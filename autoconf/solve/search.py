@@ -39,8 +39,7 @@ from autoconf.solve.bounds import BoundCache
 from autoconf.solve.fit import smallest_fitting_change
 from autoconf.solve.placement import host_chain_order, tp_cp_domain
 from autoconf.solve.recompute import fewest_counts, fewest_recomputed, rebalanced
-from autoconf.solve.space import (ALIASES, CP_MIN_SEQ_LEN, candidates, cp_choices, normalise_fixed, pin_text,
-                                  replaced)
+from autoconf.solve.space import CP_MIN_SEQ_LEN, candidates, cp_choices, normalise_fixed, pin_text, replaced
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.model import ModelSpec
@@ -105,7 +104,7 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
                placement_time_s, launchable_only, progress)
     searched = cluster if order is None else cluster.with_local_order(order)
     result = _search(model, searched, *options)
-    if not result.plans and _splits_short_sequences(model, searched, seq_len, attention, fixed):
+    if not result.plans and _splits_short_sequences(searched, seq_len, attention, fixed):
         again = _search(model, searched, *options, short_cp=True)
         if again.plans:
             again.stats["short_cp"] = True
@@ -119,12 +118,11 @@ def search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len
     return result
 
 
-def _splits_short_sequences(model: ModelSpec, cluster: ClusterProfile, seq_len: int, attention: str,
-                            fixed: dict | None) -> bool:
+def _splits_short_sequences(cluster: ClusterProfile, seq_len: int, attention: str, fixed: dict | None) -> bool:
     """Whether `search`'s second pass may add context parallelism: a sequence below CP_MIN_SEQ_LEN that some cp > 1
     of the devices splits (`space.cp_choices` at any length), flash attention, and no pinned cp."""
-    pinned = {ALIASES.get(k, k) for k in fixed or {}}
-    return (seq_len < CP_MIN_SEQ_LEN and attention == "flash" and not pinned & {"cp", "cp_comm"}
+    pinned_cp = {"cp", "cp_comm"} & normalise_fixed(fixed or {}).keys()
+    return (seq_len < CP_MIN_SEQ_LEN and attention == "flash" and not pinned_cp
             and len(cp_choices(cluster.world_size, seq_len, short=True)) > 1)
 
 
@@ -851,7 +849,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         bigger = cluster.resized(nodes=cluster.nodes * factor)
         cache = BoundCache(model, bigger, execution)
         levers = _offload_levers(bigger, fixed, execution)
-        short_cp = _splits_short_sequences(model, bigger, seq_len, attention, fixed)  # (as `search` weighs them)
+        short_cp = _splits_short_sequences(bigger, seq_len, attention, fixed)  # (as `search` weighs them)
         for config in framework_candidates(model, bigger, global_batch, seq_len, dtype, attention, fixed, execution,
                                            short_cp=short_cp):
             found = _fitting_twin(model, bigger, config, execution, cache, levers, fixed)
