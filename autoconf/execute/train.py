@@ -175,6 +175,16 @@ class Trainer:
                                host_tensors=self.config.offload_optimizer)
 
     # ---- gradients ---------------------------------------------------------------------------------------------
+    def _grads(self):
+        """(model chunk, parameter name, gradient) of every parameter holding one, each parameter once (a tied
+        embedding shared by two modules of one chunk is one parameter): what the norm and the clip walk."""
+        seen: set[int] = set()
+        for model in self.models:
+            for name, p in model.named_parameters():
+                if p.grad is not None and id(p) not in seen:
+                    seen.add(id(p))
+                    yield model, name, p.grad
+
     @torch.no_grad()
     def grad_norm(self) -> torch.Tensor:
         """L2 norm of the whole model's gradient. Each rank adds its local shards' squared norms, divided by how many
@@ -187,25 +197,22 @@ class Trainer:
 
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         groups: dict[int, list[torch.Tensor]] = {}
-        seen: set[int] = set()
-        for model in self.models:
-            for name, p in model.named_parameters():
-                if p.grad is None or id(p) in seen or (model.head_is_tied_copy and name == "output.weight"):
-                    continue
-                seen.add(id(p))
-                g, sharded = p.grad, set()
-                if isinstance(g, DTensor):
-                    # Not is_shard(): FSDP over TP uses _StridedShard, which is_shard() does not count.
-                    # A flattened dimension ("dp_cp") shards over each axis it joins.
-                    sharded = {axis for n, pl in zip(g.device_mesh.mesh_dim_names, g.placements)
-                               if not pl.is_replicate() for axis in n.split("_")}
-                    g = g.to_local()
-                replicas = 1
-                for dim in ("edp", "etp") if is_expert_param(name) else ("dp", "cp", "tp"):
-                    if dim not in sharded:
-                        replicas *= self.sizes[dim]
-                if g.numel():
-                    groups.setdefault(replicas, []).append(g)
+        for model, name, grad in self._grads():
+            if model.head_is_tied_copy and name == "output.weight":
+                continue
+            g, sharded = grad, set()
+            if isinstance(g, DTensor):
+                # Not is_shard(): FSDP over TP uses _StridedShard, which is_shard() does not count.
+                # A flattened dimension ("dp_cp") shards over each axis it joins.
+                sharded = {axis for n, pl in zip(g.device_mesh.mesh_dim_names, g.placements)
+                           if not pl.is_replicate() for axis in n.split("_")}
+                g = g.to_local()
+            replicas = 1
+            for dim in ("edp", "etp") if is_expert_param(name) else ("dp", "cp", "tp"):
+                if dim not in sharded:
+                    replicas *= self.sizes[dim]
+            if g.numel():
+                groups.setdefault(replicas, []).append(g)
         for replicas, grads in groups.items():
             total += torch.stack(torch._foreach_norm(grads)).double().pow(2).sum() / replicas
         dist.all_reduce(total)
@@ -228,14 +235,10 @@ class Trainer:
         if self.opts.max_grad_norm <= 0:
             return
         coef = (self.opts.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)
-        seen: set[int] = set()
         grads: dict[torch.dtype, list[torch.Tensor]] = {}
-        for model in self.models:
-            for p in model.parameters():
-                if p.grad is not None and id(p) not in seen:
-                    seen.add(id(p))
-                    g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
-                    grads.setdefault(g.dtype, []).append(g)
+        for _, _, grad in self._grads():
+            g = grad.to_local() if isinstance(grad, DTensor) else grad
+            grads.setdefault(g.dtype, []).append(g)
         for group in grads.values():
             torch._foreach_mul_(group, coef.to(group[0].dtype))
 
