@@ -340,6 +340,7 @@ class _Gathered:
     def __init__(self, k, v, seq, cp, rank):
         self.k, self.v, self.local = k, v, cpx.shard(k, cp, rank, dim=2)
         self.positions, self.mask = cpx.positions(seq, cp, rank), _causal_mask(seq, cp, rank)
+        self.seq_len = seq
 
     def attention(self, q, k, v, p, attend, as_op=False, window=None, sinks=None):
         assert torch.equal(k, self.local) and window is None and sinks is None  # the layer hands over its share
@@ -357,12 +358,13 @@ def test_a_rank_attends_like_the_full_sequence_on_its_share(attention, cp):
     k, v = (torch.randn(b, LLAMA.num_kv_heads, seq, d, generator=gen) for _ in range(2))
     layer = Attention(LLAMA, attention).eval()
     full = layer.core(q, k, v)
-    rotated = _rope(q, LLAMA.rope_theta, torch.arange(seq))
+    rotated = _rope(q, LLAMA.rope_theta, None)
     for r in range(cp):
         layer.context = _Gathered(k, v, seq, cp, r)
         share = layer.core(cpx.shard(q, cp, r, dim=2), cpx.shard(k, cp, r, dim=2), cpx.shard(v, cp, r, dim=2))
         torch.testing.assert_close(share, cpx.shard(full, cp, r, dim=2), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(_rope(cpx.shard(q, cp, r, dim=2), LLAMA.rope_theta, layer.context.positions),
+        positions = layer.context.positions
+        torch.testing.assert_close(_rope(cpx.shard(q, cp, r, dim=2), LLAMA.rope_theta, positions, length=seq),
                                    cpx.shard(rotated, cp, r, dim=2))
     # the reference is really causal: the first token's output is its own value
     torch.testing.assert_close(full[:, :, 0], v.repeat_interleave(2, dim=1)[:, :, 0])

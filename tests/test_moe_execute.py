@@ -184,11 +184,59 @@ def test_grouped_gemm_and_loop_give_the_same_numbers():
     got = []
     for fn in (_expert_grouped, _expert_loop):
         leaves = [t.clone().requires_grad_() for t in (x, *weights)]
-        out = fn(leaves[0], [4, 0, 6], *leaves[1:])
+        out = fn(leaves[0], torch.tensor([4, 0, 6]), *leaves[1:])
         out.backward(grad)
         got.append([out.detach()] + [t.grad for t in leaves])
     for a, b in zip(*got):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+class _HostWaits(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the ops that make the host wait for a value on the device: a scalar read (`.item()`, `int(t)`, ...)
+    and an op whose output's size depends on the values (bincount, nonzero, boolean indexing, repeat_interleave
+    without its output size). On CPU nothing waits, but on a GPU each of these stops the host from running ahead."""
+
+    def __init__(self):
+        super().__init__()
+        self.waits: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tags = func.tags
+        if torch.Tag.data_dependent_output in tags:
+            self.waits.append(str(func))
+        elif torch.Tag.dynamic_output_shape in tags:
+            if func is torch.ops.aten.index.Tensor:
+                if any(i is not None and i.dtype == torch.bool for i in args[1]):
+                    self.waits.append(str(func))
+            elif not (func is torch.ops.aten.repeat_interleave.Tensor and kwargs.get("output_size") is not None):
+                self.waits.append(str(func))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("model", ["moe", "aux"])
+def test_routing_and_experts_never_wait_on_the_host(model):
+    """One process's MoE layer (routing, the load-balancing loss, the grouped GEMM, the combine) forward and
+    backward, and the regrouping that expert parallelism's received rows go through, run no op that makes the host
+    wait for the device (the counts stay on the device; under expert parallelism the split sizes are the layer's
+    one host read, `MoE._exchange`)."""
+    from autoconf.execute.moe import regrouped_experts
+
+    torch.manual_seed(0)
+    moe = _model(MODELS[model]).layers["1"].feed_forward
+    x = torch.randn(2, 9, MOE.hidden_size, requires_grad=True)
+    local = moe.experts.w1.shape[0]
+    received = torch.arange(2 * local).remainder(3).view(2, local)  # two source ranks' rows per local expert
+    rows = torch.randn(int(received.sum()), MOE.hidden_size, requires_grad=True)
+    with _HostWaits() as mode:
+        moe(x).sum().backward()
+        regrouped_experts(moe.experts, rows, received).sum().backward()
+    assert x.grad.abs().sum() > 0 and rows.grad.abs().sum() > 0
+    assert mode.waits == []
+    with _HostWaits() as mode:  # the detector sees what the layer used to run
+        torch.bincount(received.flatten(), minlength=local)
+        received.flatten().repeat_interleave(received.flatten())
+    assert len(mode.waits) == 2
 
 
 def test_router_weights_and_group_limits():

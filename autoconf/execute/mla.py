@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autoconf.execute.model import AttentionCore, token_positions
+from autoconf.execute.model import AttentionCore, rope_positions
 from autoconf.execute.rope import rope_scaling_of, rotate
 from autoconf.spec.model import ModelSpec
 
@@ -71,10 +71,11 @@ class LatentAttention(AttentionCore):
         k_nope, v = kv.split([self.nope, self.v_dim], -1)
         if self.tp_mesh is not None:
             k_rope = _sum_grad_over(k_rope, self.tp_mesh)
-        positions = token_positions(self.context, s, x.device)
-        q_rope = rotate(q_rope.transpose(1, 2), self.rope_theta, positions, self.rope_scaling).transpose(1, 2)
+        positions, length = rope_positions(self.context, s)
+        q_rope = rotate(q_rope.transpose(1, 2), self.rope_theta, positions, self.rope_scaling,
+                        length).transpose(1, 2)
         # [b, s, 1, d_rope]
-        k_rope = rotate(k_rope.unsqueeze(1), self.rope_theta, positions, self.rope_scaling).transpose(1, 2)
+        k_rope = rotate(k_rope.unsqueeze(1), self.rope_theta, positions, self.rope_scaling, length).transpose(1, 2)
         # Q, K and V each on a storage of their own in [b, s, heads, d] order, seen as [b, heads, s, d] (as the
         # grouped-query projections are): the attention keeps them for its backward, not the K_nope + V
         # projection, and its output is laid out so that the output projection reads it without a copy.

@@ -66,6 +66,13 @@ def token_positions(context, seq: int, device) -> torch.Tensor:
     return torch.arange(seq, device=device) if context is None else context.positions
 
 
+def rope_positions(context, seq: int) -> tuple[torch.Tensor | None, int]:
+    """(positions, length) of the `seq` tokens a module sees, as `rope.rotate` takes them: (None, seq) for
+    0..seq-1, or the real positions of this rank's tokens (context parallelism, sequence chunks) and the whole
+    sequence's length, which they lie below."""
+    return (None, seq) if context is None else (context.positions, context.seq_len)
+
+
 def with_sink_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor):
     """(q, k, v) with the attention sink as the first key, for a softmax scaled by the original 1 / sqrt(d): q gains
     SINK_WIDTH columns holding sqrt(d) x its head's sink logit (then zeros), each key SINK_WIDTH zero columns, and the
@@ -200,8 +207,8 @@ class Attention(AttentionCore):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         if self.rope_theta is not None:
-            positions = token_positions(self.context, s, x.device)
-            q, k = (rotate(t, self.rope_theta, positions, self.rope_scaling) for t in (q, k))
+            positions, length = rope_positions(self.context, s)
+            q, k = (rotate(t, self.rope_theta, positions, self.rope_scaling, length) for t in (q, k))
         return self.attend_and_project(q, k, v)
 
 

@@ -61,13 +61,14 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
-def _expert_loop(x: torch.Tensor, counts: list[int], w1, w3, w2, biases=(None, None, None),
+def _expert_loop(x: torch.Tensor, counts: torch.Tensor, w1, w3, w2, biases=(None, None, None),
                  limit: float | None = None) -> torch.Tensor:
     """SwiGLU (`gated`, clamped at `limit` where given) of each expert over its rows of x (rows grouped by expert,
-    counts[e] rows for expert e), with the experts' biases of w1, w3 and w2 where given ([E, width] and [E, h])."""
+    counts[e] rows for expert e: an int64 tensor, read on the host), with the experts' biases of w1, w3 and w2 where
+    given ([E, width] and [E, h])."""
     b1, b3, b2 = biases
     outs = []
-    for e, part in enumerate(x.split(counts)):
+    for e, part in enumerate(x.split(counts.tolist())):
         gate, up = part @ w1[e], part @ w3[e]
         if b1 is not None:
             gate, up = gate + b1[e], up + b3[e]
@@ -76,13 +77,12 @@ def _expert_loop(x: torch.Tensor, counts: list[int], w1, w3, w2, biases=(None, N
     return torch.cat(outs) if outs else x.new_zeros(0, w2.shape[-1])
 
 
-def _expert_grouped(x: torch.Tensor, counts: list[int], w1, w3, w2, biases=(None, None, None),
+def _expert_grouped(x: torch.Tensor, counts: torch.Tensor, w1, w3, w2, biases=(None, None, None),
                     limit: float | None = None) -> torch.Tensor:
     """The same as `_expert_loop` with one grouped GEMM per weight (`torch._grouped_mm`, rows split at `offs`),
-    each expert's bias repeated over its rows."""
-    sizes = torch.tensor(counts, device=x.device)
-    offs = sizes.cumsum(0).to(torch.int32)
-    b1, b3, b2 = (None if b is None else b.repeat_interleave(sizes, dim=0, output_size=x.shape[0]) for b in biases)
+    each expert's bias repeated over its rows; the counts stay on the device (no host read)."""
+    offs = counts.cumsum(0).to(torch.int32)
+    b1, b3, b2 = (None if b is None else b.repeat_interleave(counts, dim=0, output_size=x.shape[0]) for b in biases)
     gate, up = torch._grouped_mm(x, w1, offs=offs), torch._grouped_mm(x, w3, offs=offs)
     if b1 is not None:
         gate, up = gate + b1, up + b3
@@ -112,7 +112,7 @@ def _probe_grouped_mm(device_type: str, device_index, dtype: torch.dtype, hidden
     for fn in (_expert_grouped, _expert_loop):
         leaves = [t.clone().requires_grad_() for t in tensors]
         try:
-            out = fn(leaves[0], [2, 3], *leaves[1:])
+            out = fn(leaves[0], torch.tensor([2, 3], device=device), *leaves[1:])
             out.backward(torch.ones_like(out))
         except (RuntimeError, NotImplementedError):
             return False
@@ -160,9 +160,10 @@ class GroupedExperts(nn.Module):
         t = _local(getattr(self, name))
         return _ScaleGrad.apply(t, self.grad_scale) if self.grad_scale != 1.0 else t
 
-    def forward(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """x: rows grouped by local expert, counts[e] rows for local expert e; returns their outputs in that order.
-        Under the per-op selective policy their GEMMs are recomputed, outside its matmul count."""
+    def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """x: rows grouped by local expert, counts[e] rows for local expert e (int64, on x's device); returns their
+        outputs in that order. The grouped GEMM reads the counts on the device, the loop on the host. Under the
+        per-op selective policy their GEMMs are recomputed, outside its matmul count."""
         w1, w3, w2 = self.local("w1"), self.local("w3"), self.local("w2")
         biases = (None, None, None)
         if self.bias:
@@ -331,7 +332,7 @@ class MoE(nn.Module):
         sequences, the CP ranks' sums added up too (with autograd, whose backward sums every rank's gradient, so
         with the gradients averaged over dp x cp each rank's router gets its own tokens' share)."""
         e, k = self.moe.num_experts, index.shape[1]
-        stats = torch.cat([torch.bincount(index.flatten(), minlength=e).to(probs.dtype), probs.sum(0),
+        stats = torch.cat([expert_counts(index, e).to(probs.dtype), probs.sum(0),
                            probs.new_full((1,), probs.shape[0])])  # counts, score sums, tokens: one all-reduce
         if self.token_group is not None:
             stats = _SumOver.apply(stats, self.token_group)
@@ -346,63 +347,64 @@ class MoE(nn.Module):
     def routed(self, x: torch.Tensor, index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """sum_k weights[t, k] * expert_{index[t, k]}(x[t]) for tokens x [T, h], the experts wherever they live."""
         t, k = index.shape
-        experts = self.moe.num_experts
-        flat = index.flatten()
-        order = flat.argsort(stable=True)  # the token-copies sorted by expert
-        rows = x[order // k]
-        counts = torch.bincount(flat, minlength=experts)
-        out = self.dispatched(rows, counts)
-        combined = out[order.argsort()].view(t, k, -1) * weights.unsqueeze(-1).to(out.dtype)
+        order = index.flatten().argsort(stable=True)  # the token-copies sorted by expert
+        out = self.dispatched(x[order // k], expert_counts(index, self.moe.num_experts))
+        combined = out[inverse(order)].view(t, k, -1) * weights.unsqueeze(-1).to(out.dtype)
         return combined.sum(1)
 
     def dispatched(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """The experts' outputs of `rows` (sorted by expert, counts[e] for expert e), in the rows' order: computed
         here when every expert is whole on this rank, else exchanged with the ranks that hold them."""
         if self.ep_group is None and self.etp_group is None:
-            return self.experts(rows, counts.tolist())
+            return self.experts(rows, counts)
         return self._exchange(rows, counts)
 
     def _exchange(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Sends rows (sorted by expert, counts[e] for expert e) to the ranks of the ep group that hold their
-        experts, runs the local experts (`_local_experts`), and returns the outputs in the rows' order."""
+        experts, runs the local experts (`_local_experts`), and returns the outputs in the rows' order. The split
+        sizes of every exchange come to the host in one read, after the counts are exchanged (the layer's only
+        wait on the device, as in torchtitan's expert parallelism)."""
         from torch.distributed._functional_collectives import all_to_all_single, all_to_all_single_autograd
 
         ep = dist.get_world_size(self.ep_group) if self.ep_group is not None else 1
+        etp = dist.get_world_size(self.etp_group) if self.etp_group is not None else 1
         local = self.moe.num_experts // ep
-        if ep == 1:
-            return self._local_experts(rows, counts.view(1, local))
-        # received[i, j]: rows rank i sends for this rank's j-th local expert.
-        received = all_to_all_single(counts, None, None, self.ep_group).wait().view(ep, local)
-        send_splits = counts.view(ep, local).sum(1).tolist()
-        recv_splits = received.sum(1).tolist()
-        got = all_to_all_single_autograd(rows, recv_splits, send_splits, self.ep_group)
-        back = self._local_experts(got, received)
-        return all_to_all_single_autograd(back, send_splits, recv_splits, self.ep_group)
+        # received[i, j]: rows rank i sends for this rank's j-th local expert; grid[r]: ETP rank r's received.
+        received = (counts.view(1, local) if ep == 1
+                    else all_to_all_single(counts, None, None, self.ep_group).wait().view(ep, local))
+        grid = (received.unsqueeze(0) if etp == 1
+                else _all_gather_rows(received.flatten().contiguous(), self.etp_group).view(etp, ep, local))
+        host = torch.cat([counts, grid.flatten()]).tolist()
+        send_splits = _sums(host[:counts.numel()], local)
+        blocks = _sums(host[counts.numel():], local)  # rows by (ETP rank, source rank)
+        me = dist.get_rank(self.etp_group) if etp > 1 else 0
+        recv_splits = blocks[me * ep:(me + 1) * ep]
+        if ep > 1:
+            rows = all_to_all_single_autograd(rows, recv_splits, send_splits, self.ep_group)
+        back = self._local_experts(rows, received, grid, _sums(blocks, ep))
+        return all_to_all_single_autograd(back, send_splits, recv_splits, self.ep_group) if ep > 1 else back
 
-    def _local_experts(self, got: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+    def _local_experts(self, got: torch.Tensor, mine: torch.Tensor, grid: torch.Tensor,
+                       sizes: list[int]) -> torch.Tensor:
         """The local experts' outputs of rows `got`, which come by source rank, then by local expert
-        (received[i, j] rows), in the same order. With expert tensor parallelism (etp group) each rank holds
-        1/etp of every local expert's FFN width: the ETP ranks first gather each other's rows, compute partial
-        outputs over their width slice, and sum each rank's rows' partials back to it (an all-gather and a
-        reduce-scatter of uneven blocks, as two autograd all-to-alls)."""
+        (mine[i, j] rows), in the same order. With expert tensor parallelism (etp group) each rank holds
+        1/etp of every local expert's FFN width: the ETP ranks first gather each other's rows (grid[r]: ETP rank
+        r's counts, sizes[r] its rows), compute partial outputs over their width slice, and sum each rank's rows'
+        partials back to it (an all-gather and a reduce-scatter of uneven blocks, as two autograd all-to-alls)."""
         from torch.distributed._functional_collectives import all_to_all_single_autograd
 
-        local = received.shape[1]
-        etp, n = 1, got.shape[0]
-        mine = received  # this rank's rows' counts, before the ETP ranks' are gathered
-        if self.etp_group is not None:
-            etp = dist.get_world_size(self.etp_group)
-            received = _all_gather_rows(received.flatten().contiguous(), self.etp_group).view(etp, -1, local)
-            sizes = received.view(etp, -1).sum(1).tolist()
+        etp, n = len(sizes), got.shape[0]
+        if etp > 1:
             got = all_to_all_single_autograd(got.repeat(etp, 1), sizes, [n] * etp, self.etp_group)
-        out = regrouped_experts(self.experts, got, received)
+        out = regrouped_experts(self.experts, got, grid)
         if etp > 1:
             out = all_to_all_single_autograd(out, [n] * etp, sizes, self.etp_group).view(etp, n, -1).sum(0)
             if self.experts.down_bias_after_sum:  # each rank adds it to its own rows once; its gradient is
                 # summed over the ETP ranks, which hold it alike
                 bias = _SumGrad.apply(self.experts.local("w2_bias"), self.etp_group)
+                local = mine.shape[1]
                 expert = torch.arange(local, device=out.device).repeat(mine.shape[0])
-                out = out + bias[expert.repeat_interleave(mine.flatten())]
+                out = out + bias[expert.repeat_interleave(mine.flatten(), output_size=n)]
         return out
 
     def _sequence_share(self, t: torch.Tensor) -> torch.Tensor:
@@ -444,12 +446,29 @@ class MoE(nn.Module):
 
 def regrouped_experts(experts: GroupedExperts, got: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
     """The local `experts`' outputs of rows `got`, which come in blocks (by ETP rank, source rank), each block by
-    local expert (received[..., j] rows for local expert j), in the same order: the rows are regrouped by expert
-    for the experts' GEMMs and put back."""
+    local expert (received[..., j] rows for local expert j, on got's device), in the same order: the rows are
+    regrouped by expert for the experts' GEMMs and put back, without a host read."""
     local = received.shape[-1]
     expert_of_row = torch.arange(local, device=got.device).repeat(received.numel() // local)
-    by_expert = expert_of_row.repeat_interleave(received.flatten()).argsort(stable=True)
-    return experts(got[by_expert], received.reshape(-1, local).sum(0).tolist())[by_expert.argsort()]
+    by_expert = expert_of_row.repeat_interleave(received.flatten(), output_size=got.shape[0]).argsort(stable=True)
+    return experts(got[by_expert], received.reshape(-1, local).sum(0))[inverse(by_expert)]
+
+
+def _sums(values: list[int], width: int) -> list[int]:
+    """The sums of consecutive runs of `width` values."""
+    return [sum(values[i:i + width]) for i in range(0, len(values), width)]
+
+
+def expert_counts(index: torch.Tensor, experts: int) -> torch.Tensor:
+    """How many of the top-k choices `index` [T, k] name each of the experts (int64 [experts]), computed on the
+    device: unlike `bincount`, whose output size depends on the values, it needs no host read."""
+    flat = index.flatten()
+    return flat.new_zeros(experts).scatter_add_(0, flat, torch.ones_like(flat))
+
+
+def inverse(order: torch.Tensor) -> torch.Tensor:
+    """The permutation that undoes `order` (t[order][inverse(order)] == t): one scatter, not a second sort."""
+    return torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
 
 
 def is_expert_param(fqn: str) -> bool:

@@ -4,6 +4,7 @@ YaRN and linear, each as transformers computes it: tests/test_hf_equivalence.py 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -54,19 +55,43 @@ def _scaled_frequencies(inv_freq: torch.Tensor, theta: float, scaling: tuple) ->
     return inv_freq / yarn.factor * ramp + inv_freq * (1 - ramp), yarn.attention_factor
 
 
-def rotate(x: torch.Tensor, theta: float, positions: torch.Tensor, scaling: tuple | None = None) -> torch.Tensor:
-    """Rotary embedding (rotate-half convention) of x [batch, heads, seq, head_dim] at token `positions` [seq], its
-    frequencies those of the model's RoPE scaling where given (`rope_scaling_of`, `_scaled_frequencies`)."""
-    d = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
+def rope_table(theta: float, d: int, scaling: tuple | None, length: int, device: torch.device,
+               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [length, d] of positions 0..length-1 in `dtype`, for head width d and the model's RoPE scaling
+    (`rope_scaling_of`). Eager, computed once per arguments and shared by every layer's queries and keys (as
+    torchtitan precomputes its table); inside torch.compile computed in the graph, which fuses it."""
+    if torch.compiler.is_compiling():
+        return _table(theta, d, scaling, length, device, dtype)
+    return _cached_table(theta, d, scaling, length, device, dtype)
+
+
+def _table(theta: float, d: int, scaling: tuple | None, length: int, device: torch.device,
+           dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, device=device, dtype=torch.float32) / d))
     magnitude = 1.0
     if scaling is not None:
         inv_freq, magnitude = _scaled_frequencies(inv_freq, theta, scaling)
-    angles = torch.outer(positions.to(torch.float32), inv_freq)
+    angles = torch.outer(torch.arange(length, device=device).to(torch.float32), inv_freq)
     angles = torch.cat((angles, angles), dim=-1)
     cos, sin = angles.cos(), angles.sin()
     if magnitude != 1.0:
         cos, sin = cos * magnitude, sin * magnitude
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return cos.to(dtype), sin.to(dtype)
+
+
+_cached_table = functools.lru_cache(maxsize=8)(_table)
+
+
+def rotate(x: torch.Tensor, theta: float, positions: torch.Tensor | None, scaling: tuple | None = None,
+           length: int | None = None) -> torch.Tensor:
+    """Rotary embedding (rotate-half convention) of x [batch, heads, seq, head_dim] at token `positions` [seq]
+    (None: 0..seq-1), each below `length` (the table's rows: needed with positions), its frequencies those of the
+    model's RoPE scaling where given (`rope_scaling_of`, `_scaled_frequencies`)."""
+    if positions is not None and length is None:
+        raise TypeError("rotate: positions need the sequence length they lie below (length)")
+    d = x.shape[-1]
+    cos, sin = rope_table(theta, d, scaling, length or x.shape[-2], x.device, x.dtype)
+    if positions is not None:
+        cos, sin = cos[positions], sin[positions]
     x1, x2 = x[..., : d // 2], x[..., d // 2:]
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin

@@ -109,6 +109,10 @@ class LayerChunks:
     def positions(self) -> torch.Tensor:
         return self.shared.positions
 
+    @property
+    def seq_len(self) -> int:
+        return self.shared.seq_len
+
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float, attend,
                   as_op: bool = False, window: int | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
         """The unit's attention over the earlier chunks' K/V and its own (under a sliding `window`, a mask of the

@@ -106,7 +106,7 @@ class ExpertsBlock(nn.Module):
         """rows [n, hidden]: the token copies this rank dispatches; returns their outputs."""
         n, local = rows.shape[0], self.experts.w1.shape[0]
         if self.ep == 1 and self.etp == 1:  # the executor calls the experts directly here
-            return self.experts(rows, even_counts(n, local))
+            return self.experts(rows, torch.tensor(even_counts(n, local), device=rows.device))
         received = torch.tensor(even_counts(n, self.ep * local), device=rows.device).view(self.ep, local)
         if self.etp == 1:
             return regrouped_experts(self.experts, rows, received)
