@@ -79,6 +79,7 @@ LAYOUTS: dict[str, Layout] = {
 }
 # ep2 writes a checkpoint after step 2, which ep1 (over tp2) resumes for step 3.
 RESUMES: dict[str, Layout] = {
+    "moe-ckpt1": Layout(1, moe_plan(), {"checkpoint_dir": "ckpt1", "stop_after": 2}),
     "moe-ckpt-ep2": Layout(2, moe_plan(ep=2, dp=2), {"checkpoint_dir": "ckpt", "stop_after": 2}),
     "moe-resume-ep1": Layout(2, moe_plan(ep=1, tp=2), {"checkpoint_dir": "ckpt"}),
 }
@@ -115,6 +116,32 @@ def test_moe_checkpoint_reshards_from_ep2_to_ep1(tmp_path_factory):
     assert [r["step"] for r in resumed] == [3]
     reference = out["moe"]["records"][2]
     assert _close(resumed[0]["loss"], reference["loss"]) and _close(resumed[0]["grad_norm"], reference["grad_norm"])
+
+
+@pytest.mark.slow
+def test_the_optimizer_sees_the_experts_gradients_of_one_process(tmp_path, tmp_path_factory):
+    """Under ep2 x dp2 the experts' gradients are averaged over their edp replicas and scaled by edp / dp in the
+    step (the clip's multiply): AdamW's first moments after two steps, which are linear in the gradients it was
+    given (AdamW's update is not: a wrong scale would not show in the losses), equal the single-process run's."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    results(tmp_path_factory)
+    moments = []
+    for folder in ("ckpt1", "ckpt"):
+        dcp_to_torch_save(executor_jobs.checkpoints("moe", tmp_path_factory) / folder / "step-00000002",
+                          tmp_path / f"{folder}.pt")
+        state = torch.load(tmp_path / f"{folder}.pt", weights_only=False)
+        moments.append({k: v for k, v in _flat(state).items() if ".experts." in k and k.endswith("exp_avg")})
+    assert moments[0] and moments[0].keys() == moments[1].keys()
+    for key, value in moments[0].items():
+        torch.testing.assert_close(moments[1][key], value, rtol=1e-4, atol=1e-9)
+
+
+def _flat(state, prefix: str = "") -> dict:
+    """A nested state dict's tensors under dotted keys."""
+    if isinstance(state, dict):
+        return {k: v for key, sub in state.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): state} if isinstance(state, torch.Tensor) else {}
 
 
 @pytest.mark.slow

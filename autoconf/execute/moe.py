@@ -121,19 +121,6 @@ def _probe_grouped_mm(device_type: str, device_index, dtype: torch.dtype, hidden
     return all(torch.allclose(a.float(), b.float(), rtol=tol, atol=tol) for a, b in zip(*results))
 
 
-class _ScaleGrad(torch.autograd.Function):
-    """The identity, whose backward multiplies the gradient by `scale`."""
-
-    @staticmethod
-    def forward(ctx, x, scale: float):
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * ctx.scale, None
-
-
 class GroupedExperts(nn.Module):
     """num_experts SwiGLU experts as stacked weights (this rank's block of them under expert parallelism), with
     GPT-OSS's biases (`bias`: w1_bias, w3_bias [E, f], w2_bias [E, h]) and clamped SwiGLU (`limit`) where the spec
@@ -149,16 +136,13 @@ class GroupedExperts(nn.Module):
             self.w3_bias = nn.Parameter(torch.empty(num_experts, width))
             self.w2_bias = nn.Parameter(torch.empty(num_experts, hidden))
         self.bias, self.limit = bias, limit
-        # Set by parallelize: a factor on the weights' gradients, so that averaging them over the expert-data-
-        # parallel ranks gives the data-parallel average (parallelize.apply_expert_parallel says why); under expert
-        # TP the down projection's bias is added once, after the ETP ranks' partial outputs are summed (`MoE`).
-        self.grad_scale = 1.0
+        # Set by parallelize: under expert TP the down projection's bias is added once, after the ETP ranks'
+        # partial outputs are summed (`MoE`).
         self.down_bias_after_sum = False
 
     def local(self, name: str) -> torch.Tensor:
-        """This rank's shard of parameter `name`, its gradient scaled by `grad_scale`."""
-        t = _local(getattr(self, name))
-        return _ScaleGrad.apply(t, self.grad_scale) if self.grad_scale != 1.0 else t
+        """This rank's shard of parameter `name`."""
+        return _local(getattr(self, name))
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """x: rows grouped by local expert, counts[e] rows for local expert e (int64, on x's device); returns their

@@ -175,7 +175,8 @@ def apply_expert_parallel(model: Transformer, expert_mesh, config) -> None:
     each token counted once (TP ranks route disjoint shares). The data-parallel average the dense weights get is
     the sum over all the ranks of a pipeline rank divided by dp x cp (the CP ranks of a replica hold a share of its
     tokens each); averaging over the edp replicas (FSDP, or the ZeRO-0 reducer) divides by edp, so the experts'
-    gradients are first scaled by edp / (dp x cp)."""
+    reduced gradients are then scaled by `expert_grad_scale` (the training step folds it into the clip's multiply
+    and the norm: no pass of its own)."""
     for moe in moe_layers(model):
         if config.etp > 1:  # and each expert's FFN width over "etp": w1, w3 [E, h, f] by columns, w2 [E, f, h] by
             # rows, the biases of w1, w3 [E, f] with their columns; w2's bias [E, h] whole, added after the sum
@@ -193,7 +194,12 @@ def apply_expert_parallel(model: Transformer, expert_mesh, config) -> None:
                 sharded = distribute_tensor(param.data, expert_mesh["ep"], [Shard(0)])
                 moe.experts.register_parameter(name, nn.Parameter(sharded, requires_grad=param.requires_grad))
             moe.ep_group = expert_mesh["ep"].get_group()
-        moe.experts.grad_scale = config.edp / config.dp_cp
+
+
+def expert_grad_scale(config) -> float:
+    """The factor on the routed experts' reduced gradients that turns their average over the edp replicas into the
+    data-parallel average over dp x cp (`apply_expert_parallel`)."""
+    return config.edp / config.dp_cp
 
 
 def materialize(model: Transformer, device: torch.device, seed: int) -> None:

@@ -40,7 +40,8 @@ from autoconf.execute.mesh import (build_expert_mesh, build_mesh, process_group_
 from autoconf.execute.model import init_seed
 from autoconf.execute.moe import is_expert_param
 from autoconf.execute.optimizer import model_optimizer
-from autoconf.execute.parallelize import GradReducer, match_grad_layout, moe_layers, parallelize_chunk, replica_mesh
+from autoconf.execute.parallelize import (GradReducer, expert_grad_scale, match_grad_layout, moe_layers,
+                                         parallelize_chunk, replica_mesh)
 from autoconf.files import open_append, write_file
 from autoconf.execute.loss import rank_loss
 from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_schedule
@@ -122,6 +123,7 @@ class Trainer:
         self.expert_mesh = build_expert_mesh(grid, c.ep, c.etp, device.type, groups) if moe else None
         self.coords = grid.coords(self.rank)
         self.sizes = {axis: grid.size(axis) for axis in AXES} | {"edp": c.edp, "etp": c.etp}
+        self.expert_scale = expert_grad_scale(c) if moe else 1.0  # applied by `clip`, counted by `grad_norm`
         self.fsdp = c.zero_sharded
         self.chunks = build_chunks(plan, self.coords["pp"])
         recomputed = recomputed_layer_indices(c, plan.partition)
@@ -190,13 +192,14 @@ class Trainer:
         """L2 norm of the whole model's gradient. Each rank adds its local shards' squared norms, divided by how many
         ranks hold the same values (the dp/cp/tp dimensions the tensor is not sharded over; for routed experts the
         edp and etp dimensions: the down projection's bias is whole on every ETP rank); a sum over all ranks then
-        counts every element once. The tied head copy is left out (it equals the embedding's gradient). One read of
-        each gradient (`torch._foreach_norm` per group of equal replication, as torch's clip_grad_norm_ reads them:
+        counts every element once. The tied head copy is left out (it equals the embedding's gradient). The routed
+        experts' gradients count as scaled by `expert_grad_scale` (`clip` applies it). One read of each gradient
+        (`torch._foreach_norm` per group of equal replication, as torch's clip_grad_norm_ reads them:
         `Execution.grad_norm_bytes`); the squares summed in float64."""
         from torch.distributed.tensor import DTensor
 
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        groups: dict[int, list[torch.Tensor]] = {}
+        groups: dict[tuple[int, bool], list[torch.Tensor]] = {}
         for model, name, grad in self._grads():
             if model.head_is_tied_copy and name == "output.weight":
                 continue
@@ -207,14 +210,15 @@ class Trainer:
                 sharded = {axis for n, pl in zip(g.device_mesh.mesh_dim_names, g.placements)
                            if not pl.is_replicate() for axis in n.split("_")}
                 g = g.to_local()
-            replicas = 1
-            for dim in ("edp", "etp") if is_expert_param(name) else ("dp", "cp", "tp"):
+            replicas, expert = 1, is_expert_param(name)
+            for dim in ("edp", "etp") if expert else ("dp", "cp", "tp"):
                 if dim not in sharded:
                     replicas *= self.sizes[dim]
             if g.numel():
-                groups.setdefault(replicas, []).append(g)
-        for replicas, grads in groups.items():
-            total += torch.stack(torch._foreach_norm(grads)).double().pow(2).sum() / replicas
+                groups.setdefault((replicas, expert), []).append(g)
+        for (replicas, expert), grads in groups.items():
+            scale = self.expert_scale ** 2 if expert else 1.0
+            total += torch.stack(torch._foreach_norm(grads)).double().pow(2).sum() * (scale / replicas)
         dist.all_reduce(total)
         return total.sqrt()
 
@@ -227,20 +231,27 @@ class Trainer:
 
     @torch.no_grad()
     def clip(self, norm: torch.Tensor) -> None:
-        """Scales every gradient by max_grad_norm / norm, at most 1, as torch's clip_grads_with_norm_ does: the
-        coefficient stays on the device (no host sync mid-step), so the scaling runs every step, one foreach
-        multiply per dtype (`Execution.grad_norm_bytes`: a read and a write more than the norm's read)."""
+        """Scales every gradient by max_grad_norm / norm, at most 1, as torch's clip_grads_with_norm_ does, and the
+        routed experts' also by `expert_grad_scale`: the coefficient stays on the device (no host sync mid-step),
+        so the scaling runs every step, one foreach multiply per dtype and kind (`Execution.grad_norm_bytes`: a
+        read and a write more than the norm's read). Without clipping only the experts' gradients are scaled
+        (where the scale is not 1)."""
         from torch.distributed.tensor import DTensor
 
-        if self.opts.max_grad_norm <= 0:
+        clips = self.opts.max_grad_norm > 0
+        if not clips and self.expert_scale == 1.0:
             return
-        coef = (self.opts.max_grad_norm / (norm + 1e-6)).clamp(max=1.0)
-        grads: dict[torch.dtype, list[torch.Tensor]] = {}
-        for _, _, grad in self._grads():
+        coef = (self.opts.max_grad_norm / (norm + 1e-6)).clamp(max=1.0) if clips else None
+        grads: dict[tuple[torch.dtype, bool], list[torch.Tensor]] = {}
+        for _, name, grad in self._grads():
             g = grad.to_local() if isinstance(grad, DTensor) else grad
-            grads.setdefault(g.dtype, []).append(g)
-        for group in grads.values():
-            torch._foreach_mul_(group, coef.to(group[0].dtype))
+            grads.setdefault((g.dtype, is_expert_param(name)), []).append(g)
+        for (dtype, expert), group in grads.items():
+            scale = self.expert_scale if expert else 1.0
+            if coef is not None:
+                torch._foreach_mul_(group, (coef * scale).to(dtype))
+            elif scale != 1.0:
+                torch._foreach_mul_(group, scale)
 
     # ---- one step ----------------------------------------------------------------------------------------------
     def train_step(self, step: int) -> dict:
