@@ -302,10 +302,10 @@ class TiedEmbeddingSync:
         if not self.params:
             return
         grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in self.params]
-        total = grads[0].clone()
+        total = grads[0]  # summed in place: the first copy's gradient becomes the sum, the others copy it
         for g in grads[1:]:
             total += g
         if self.group is not None:
             dist.all_reduce(total, group=self.group)
-        for g in grads:
+        for g in grads[1:]:
             g.copy_(total)
