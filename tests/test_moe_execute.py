@@ -120,7 +120,7 @@ def test_moe_checkpoint_reshards_from_ep2_to_ep1(tmp_path_factory):
 
 @pytest.mark.slow
 def test_the_optimizer_sees_the_experts_gradients_of_one_process(tmp_path, tmp_path_factory):
-    """Under ep2 x dp2 the experts' gradients are averaged over their edp replicas and scaled by edp / dp in the
+    """Under ep2 x dp2 the experts' gradients are averaged over their edp replicas and scaled by edp / (dp x cp) in the
     step (the clip's multiply): AdamW's first moments after two steps, which are linear in the gradients it was
     given (AdamW's update is not: a wrong scale would not show in the losses), equal the single-process run's."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
@@ -219,13 +219,29 @@ def test_grouped_gemm_and_loop_give_the_same_numbers():
 
 
 class _HostWaits(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records the ops that make the host wait for a value on the device: a scalar read (`.item()`, `int(t)`, ...)
-    and an op whose output's size depends on the values (bincount, nonzero, boolean indexing, repeat_interleave
-    without its output size). On CPU nothing waits, but on a GPU each of these stops the host from running ahead."""
+    """Records what makes the host wait for a value on the device: a read of a tensor's values into Python
+    (`.tolist()`, which no op shows on CPU, and `.item()`, `int(t)`, ...) and an op whose output's size depends on
+    the values (bincount, nonzero, boolean indexing, repeat_interleave without its output size). On CPU nothing
+    waits, but on a GPU each of these stops the host from running ahead."""
 
     def __init__(self):
         super().__init__()
         self.waits: list[str] = []
+
+    def __enter__(self):
+        self._tolist = torch.Tensor.tolist
+        waits, tolist = self.waits, self._tolist
+
+        def recorded(t):
+            waits.append("tolist")
+            return tolist(t)
+
+        torch.Tensor.tolist = recorded
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.Tensor.tolist = self._tolist
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -242,11 +258,10 @@ class _HostWaits(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 @pytest.mark.parametrize("model", ["moe", "aux"])
-def test_routing_and_experts_never_wait_on_the_host(model):
+def test_routing_and_experts_never_make_the_host_wait(model):
     """One process's MoE layer (routing, the load-balancing loss, the grouped GEMM, the combine) forward and
-    backward, and the regrouping that expert parallelism's received rows go through, run no op that makes the host
-    wait for the device (the counts stay on the device; under expert parallelism the split sizes are the layer's
-    one host read, `MoE._exchange`)."""
+    backward, and the regrouping that expert parallelism's received rows go through, read nothing back to the host
+    (the counts stay on the device)."""
     from autoconf.execute.moe import regrouped_experts
 
     torch.manual_seed(0)
@@ -255,6 +270,7 @@ def test_routing_and_experts_never_wait_on_the_host(model):
     local = moe.experts.w1.shape[0]
     received = torch.arange(2 * local).remainder(3).view(2, local)  # two source ranks' rows per local expert
     rows = torch.randn(int(received.sum()), MOE.hidden_size, requires_grad=True)
+    moe(x)  # (the first call probes the grouped GEMM once per shape: `grouped_mm_runs`)
     with _HostWaits() as mode:
         moe(x).sum().backward()
         regrouped_experts(moe.experts, rows, received).sum().backward()
@@ -263,7 +279,49 @@ def test_routing_and_experts_never_wait_on_the_host(model):
     with _HostWaits() as mode:  # the detector sees what the layer used to run
         torch.bincount(received.flatten(), minlength=local)
         received.flatten().repeat_interleave(received.flatten())
-    assert len(mode.waits) == 2
+        received.sum(1).tolist()
+    assert mode.waits == ["aten.bincount.default", "aten.repeat_interleave.Tensor", "tolist"]
+
+
+@pytest.mark.slow
+def test_expert_parallel_layer_reads_its_split_sizes_once():
+    """On 2 gloo ranks, as ep2 and as etp2: the MoE layer's forward reads the split sizes of its exchanges back to
+    the host once (`MoE._exchange`) and its backward not at all, and its output equals one process's layer on the
+    same tokens."""
+    for found in run_ranks(_exchange_worker, 2):
+        assert found == {"ep2": (["tolist"], [], True), "etp2": (["tolist"], [], True)}, found
+
+
+def _exchange_worker(rank: int, world: int, queue) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(rank)  # each rank its own tokens
+    x = torch.randn(2, 9, MOE.hidden_size)
+    found = {}
+    for name in ("ep2", "etp2"):
+        whole = _model().layers["1"].feed_forward
+        layer = _model().layers["1"].feed_forward
+        experts, local = layer.experts, MOE.moe.num_experts // world
+        width = MOE.moe.moe_intermediate_size // world
+        with torch.no_grad():
+            for key in ("w1", "w3", "w2"):
+                w = getattr(experts, key)
+                if name == "ep2":  # this rank's block of whole experts
+                    part = w[rank * local:(rank + 1) * local]
+                else:  # a slice of every expert's width: w1, w3 by columns, w2 by rows
+                    part = w.narrow(2 if key != "w2" else 1, rank * width, width)
+                setattr(experts, key, torch.nn.Parameter(part.clone()))
+        layer.ep_group, layer.etp_group = (dist.group.WORLD, None) if name == "ep2" else (None, dist.group.WORLD)
+        leaf = x.clone().requires_grad_()
+        layer(x)  # (the first call probes the grouped GEMM once per shape: `grouped_mm_runs`)
+        with _HostWaits() as forward:
+            out = layer(leaf)
+        with _HostWaits() as backward:
+            out.sum().backward()
+        found[name] = (forward.waits, backward.waits, torch.allclose(out, whole(x), rtol=1e-5, atol=1e-6))
+    dist.destroy_process_group()
+    queue.put(found)
 
 
 def test_router_weights_and_group_limits():

@@ -346,8 +346,9 @@ class MoE(nn.Module):
     def _exchange(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Sends rows (sorted by expert, counts[e] for expert e) to the ranks of the ep group that hold their
         experts, runs the local experts (`_local_experts`), and returns the outputs in the rows' order. The split
-        sizes of every exchange come to the host in one read, after the counts are exchanged (the layer's only
-        wait on the device, as in torchtitan's expert parallelism)."""
+        sizes of every exchange come to the host in one read, after the counts are exchanged: the layer's only
+        wait for the device on the grouped-GEMM path, as in torchtitan's expert parallelism (the loop over experts,
+        where `torch._grouped_mm` does not run, reads its counts too)."""
         from torch.distributed._functional_collectives import all_to_all_single, all_to_all_single_autograd
 
         ep = dist.get_world_size(self.ep_group) if self.ep_group is not None else 1

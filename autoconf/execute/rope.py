@@ -62,7 +62,8 @@ def rope_table(theta: float, d: int, scaling: tuple | None, length: int, device:
     torchtitan precomputes its table); inside torch.compile computed in the graph, which fuses it."""
     if torch.compiler.is_compiling():
         return _table(theta, d, scaling, length, device, dtype)
-    return _cached_table(theta, d, scaling, length, device, dtype)
+    with torch.inference_mode(False):  # a table first made under inference mode could not be saved for backward
+        return _cached_table(theta, d, scaling, length, device, dtype)
 
 
 def _table(theta: float, d: int, scaling: tuple | None, length: int, device: torch.device,
@@ -79,7 +80,9 @@ def _table(theta: float, d: int, scaling: tuple | None, length: int, device: tor
     return cos.to(dtype), sin.to(dtype)
 
 
-_cached_table = functools.lru_cache(maxsize=8)(_table)
+# Unbounded (a run asks for one or two lengths): an eviction between a block's forward and its recompute would
+# give the per-op policy's replay ops it did not record.
+_cached_table = functools.lru_cache(maxsize=None)(_table)
 
 
 def rotate(x: torch.Tensor, theta: float, positions: torch.Tensor | None, scaling: tuple | None = None,
