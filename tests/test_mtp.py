@@ -14,6 +14,7 @@ from autoconf.errors import UserError
 from autoconf.report.exporters import _pipeline_layout, megatron_flags
 from autoconf.report.torchtitan_export import torchtitan_config
 from autoconf.spec.cluster import load_cluster
+from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.frameworks import PRESETS as FRAMEWORKS
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.hf_moe import PRESET_CONFIGS
@@ -115,7 +116,9 @@ def test_each_mtp_module_keeps_its_loss_and_under_zero_bubble_its_logits_gradien
     loss = loss_kept_bytes(mtp, c, layout, ex)
     kept = mtp_kept_bytes(mtp, c, layout, "gpu", "attention_core", ex, head)
     block = stage_layer_activation_bytes(mtp, c, 1, 0, layout, "gpu", "attention_core", False, ex)
-    assert loss > 0 and kept - mtp_activation_bytes(mtp, c, block, head, 0.0) == pytest.approx(2 * loss, rel=1e-12)
+    e = DTYPE_BYTES[c.dtype]  # (on a GPU every norm keeps its input, in the compute dtype)
+    assert loss > 0 and kept - mtp_activation_bytes(mtp, c, block, head, 0.0, e, e) == pytest.approx(2 * loss,
+                                                                                                      rel=1e-12)
     assert mtp_kept_bytes(LLAMA, c, layout, "gpu", "attention_core", ex, head) == 0.0
     with_mtp = pipeline_buffer_bytes(mtp, c, ex, [3], [4.0] * 4)
     without = pipeline_buffer_bytes(LLAMA, c, ex, [3], [4.0] * 4)

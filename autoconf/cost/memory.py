@@ -233,6 +233,12 @@ def norm_saved_bytes(model: ModelSpec, config: ParallelConfig, device_kind: str)
     return float(DTYPE_BYTES[config.dtype])
 
 
+def norm_keeps_input(model: ModelSpec, config: ParallelConfig, device_kind: str) -> bool:
+    """Whether what an executor norm keeps (`norm_saved_bytes`) includes its input tensor itself, so that another
+    op keeping the same input shares it: not RMSNorm on CPU in a low precision (it keeps an fp32 upcast instead)."""
+    return not (model.arch == "llama" and device_kind == "cpu" and config.dtype != "fp32")
+
+
 def executor_latent_attention_bytes(model: ModelSpec, config: ParallelConfig, device_kind: str = "gpu") -> float:
     """What the executor's latent attention (execute/mla.py) keeps beyond its input, before the attention kernel's
     own statistics, for one micro-batch on one TP rank: on every TP rank the whole latents (the query latent as its
@@ -577,7 +583,11 @@ def mtp_kept_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device
         return 0.0
     block = stage_layer_activation_bytes(model, c, 1, int(c.recompute != "none"), layout, device_kind, selective,
                                          model.mtp_block_is_moe(), execution)
-    return mtp_activation_bytes(model, c, block, head_bytes, loss_kept_bytes(model, c, layout, execution, device_kind))
+    e = DTYPE_BYTES[c.dtype]
+    norm, keeps_input = ((norm_saved_bytes(model, c, device_kind), norm_keeps_input(model, c, device_kind))
+                         if layout == "torch" else (e, True))
+    return mtp_activation_bytes(model, c, block, head_bytes, loss_kept_bytes(model, c, layout, execution, device_kind),
+                                norm, e if keeps_input else 0.0)
 
 
 def head_gradient_bytes(model: ModelSpec, config: ParallelConfig) -> float:

@@ -319,7 +319,20 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleDict({str(i): Block(spec, attention, i) for i in range(first, end)})
         self.norm = make_norm(spec) if head else None
         self.output = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False) if head else None
+        # DeepSeek-V3's multi-token-prediction modules, on a chunk with the embedding and the head (execute/mtp.py).
+        self.mtp = None
+        if spec.mtp_num_layers and embed and head:
+            from autoconf.execute.mtp import MTPModule
+
+            self.mtp = nn.ModuleDict({str(k): MTPModule(spec, attention) for k in range(spec.mtp_num_layers)})
         self.tie_weights()
+
+    def blocks(self):
+        """(global layer index, block) of every transformer block of the chunk: its layers, then its MTP modules'
+        blocks (indices num_layers, num_layers + 1, ...: after every layer of the model)."""
+        yield from ((int(i), block) for i, block in self.layers.items())
+        if self.mtp is not None:
+            yield from ((self.spec.num_layers + int(k), m.block) for k, m in self.mtp.items())
 
     @property
     def ties_locally(self) -> bool:
@@ -335,16 +348,23 @@ class Transformer(nn.Module):
         if self.ties_locally:
             self.output.weight = self.embed.tok.weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mtp_targets: torch.Tensor | None = None):
+        """The chunk's output; given `mtp_targets` (token i + 1 at position i) on a chunk with MTP modules, the
+        logits and the MTP modules' logits (execute/mtp.py `mtp_logits`)."""
         if self.embed is not None:
             x = self.embed(x)
         for layer in self.layers.values():
             x = layer(x)
         if self.norm is not None:
             x = self.norm(x)
+        extra = None
+        if self.mtp is not None and mtp_targets is not None:
+            from autoconf.execute.mtp import mtp_logits
+
+            extra = mtp_logits(self, x, mtp_targets)
         if self.output is not None:
             x = self.output(x)
-        return x
+        return x if extra is None else (x, extra)
 
 
 class OneBlock(nn.Module):
@@ -354,6 +374,10 @@ class OneBlock(nn.Module):
     def __init__(self, block: Block):
         super().__init__()
         self.layers = nn.ModuleDict({"0": block})
+        self.mtp = None
+
+    def blocks(self):
+        yield 0, self.layers["0"]
 
 
 def build_model(spec: ModelSpec, first: int = 0, end: int | None = None, embed: bool = True, head: bool = True,

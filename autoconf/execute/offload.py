@@ -128,9 +128,10 @@ class BlockOffload:
 
 
 def apply_activation_offload(model: nn.Module, device: torch.device) -> list[BlockOffload]:
-    """Hooks every block of `model.layers` (before compile and FSDP wrap it); pinned host memory on CUDA only."""
+    """Hooks every block of `model` (`Transformer.blocks`: before compile and FSDP wrap it); pinned host memory on
+    CUDA only."""
     hooks = []
-    for block in model.layers.values():
+    for _, block in model.blocks():
         hook = BlockOffload(block, pin_memory=device.type == "cuda")
         block.register_forward_pre_hook(hook.enter)
         block.register_forward_hook(hook.exit, always_call=True)

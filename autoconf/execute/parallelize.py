@@ -215,8 +215,9 @@ def apply_recompute(model: Transformer, mode: str, layers: set[int] | None = Non
     activations. Selective recompute by `policy` (spec/frameworks.py SELECTIVE_RECOMPUTE): the attention core and
     SwiGLU's silu, or the per-op policy over the whole block (execute/checkpoint_policy.py)."""
     ops = policy == "alternate_matmuls"
-    for index, block in model.layers.items():
-        on = layers is None or int(index) in layers
+    for index, block in model.blocks():
+        # (an MTP module's block, after every layer, follows the plan's mode: cost/mtp.py)
+        on = layers is None or index in layers or (model.mtp is not None and index >= model.spec.num_layers)
         block.recompute_full = on and mode == "full"
         block.recompute_ops = on and mode == "selective" and ops
         block.attention.recompute_core = on and mode == "selective" and not ops
@@ -234,7 +235,7 @@ def apply_compile(model: Transformer) -> None:
     """torch.compile each block in place (parameter names unchanged), after recompute and before FSDP, as torchtitan
     does: the repeated block compiles once. MoE blocks run eagerly (their routing has data-dependent shapes and
     collectives; not yet tried under compile)."""
-    for block in model.layers.values():
+    for _, block in model.blocks():
         if not isinstance(block.feed_forward, MoE):
             block.compile()
 
@@ -262,7 +263,7 @@ def apply_fsdp(model: Transformer, dp_mesh, zero_stage: int, mp_policy=None,
     policy = mp_policy or MixedPrecisionPolicy()
     offload = offload_policy or OffloadPolicy()
     blocks = zero_stage == 3 if reshard_after_forward is None else reshard_after_forward
-    for block in model.layers.values():
+    for _, block in model.blocks():
         fully_shard(block, mesh=dp_mesh, reshard_after_forward=blocks, mp_policy=policy, offload_policy=offload)
     fully_shard(model, mesh=dp_mesh, reshard_after_forward=zero_stage == 3, mp_policy=policy, offload_policy=offload)
 

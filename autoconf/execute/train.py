@@ -39,6 +39,7 @@ from autoconf.execute.mesh import (build_expert_mesh, build_mesh, process_group_
                                    torchrun_store)
 from autoconf.execute.model import init_seed
 from autoconf.execute.moe import is_expert_param
+from autoconf.execute.mtp import DEFAULT_MTP_LOSS_SCALE, with_mtp_losses
 from autoconf.execute.optimizer import model_optimizer
 from autoconf.execute.parallelize import (GradReducer, expert_grad_scale, match_grad_layout, moe_layers,
                                          parallelize_chunk, replica_mesh)
@@ -63,6 +64,7 @@ class TrainOptions:
     warmup_steps: int | None = None  # default: 10% of the steps, at least 1
     weight_decay: float = 0.1
     max_grad_norm: float = 1.0
+    mtp_loss_scale: float = DEFAULT_MTP_LOSS_SCALE  # the MTP modules' losses' weight (execute/mtp.py)
     timing_warmup: int = 2  # steps left out of the measured median iteration time
     stop_after: int | None = None  # end this run after that many steps (the schedule still spans `steps`)
     quiet: bool = False
@@ -310,8 +312,14 @@ class Trainer:
                 model.set_requires_gradient_sync(last or c.reduces_every_microbatch)
                 model.set_reshard_after_backward(last or c.zero_stage >= 3)
             # The loss keeps the logits and writes their gradient into them (execute/loss.py).
-            loss = self.loss_fn(model(inputs[i * b:(i + 1) * b]), targets[i * b:(i + 1) * b])
-            (loss / m).backward()
+            target = targets[i * b:(i + 1) * b]
+            if model.mtp is None:
+                loss = objective = self.loss_fn(model(inputs[i * b:(i + 1) * b]), target)
+            else:  # the MTP modules' losses join the backward, not the reported loss
+                logits, extra = model(inputs[i * b:(i + 1) * b], mtp_targets=target)
+                loss = self.loss_fn(logits, target)
+                objective = with_mtp_losses(loss, extra, target, self.loss_fn, self.opts.mtp_loss_scale)
+            (objective / m).backward()
             losses.append(loss.detach())
 
     def _pipeline(self, inputs, targets, losses) -> None:
@@ -557,6 +565,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--mtp-loss-scale", type=float, default=DEFAULT_MTP_LOSS_SCALE,
+                   help="weight of the multi-token-prediction losses (models with MTP modules; Megatron-Core's default)")
     p.add_argument("--timing-warmup", type=int, default=2)
     p.add_argument("--stop-after", type=int, help="end this run after that many steps (for tests of resuming)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
@@ -595,7 +605,7 @@ def main(argv=None) -> int:
     opts = TrainOptions(steps=args.steps, seed=args.seed, data=args.data, metrics=args.metrics,
                         checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, lr=args.lr,
                         warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm,
-                        timing_warmup=args.timing_warmup, stop_after=args.stop_after, timeout_s=args.timeout)
+                        mtp_loss_scale=args.mtp_loss_scale, timing_warmup=args.timing_warmup, stop_after=args.stop_after, timeout_s=args.timeout)
     try:
         plan = load_plan(args.plan)
         if device.type == "cuda":

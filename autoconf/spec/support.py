@@ -38,14 +38,20 @@ from autoconf.spec.schedules import SCHEDULES, pipeline_problem, schedule_spec
 
 def model_unsupported_reason(model) -> str | None:
     """Why the executor cannot build `model` (one line naming what would work), or None if it can."""
-    if model.mtp_num_layers:
-        return (f"{model.name} has {model.mtp_num_layers} multi-token-prediction module(s) (mtp_num_layers), which "
-                f"the executor does not build; set mtp_num_layers 0 to run it without them, or export the plan to "
-                f"Megatron-LM (--mtp-num-layers)")
     if model.moe is not None and model.moe.capacity_factor is not None:
         return (f"{model.name} has capacity_factor {model.moe.capacity_factor}: the executor routes dropless only "
                 f"(every token reaches its experts); set capacity_factor null")
     return None
+
+
+def mtp_unsupported_reason(config, model) -> str | None:
+    """Why the executor cannot build `model`'s multi-token-prediction modules in this layout (one line), or None: it
+    builds them on one pipeline stage without tensor or context parallelism (execute/mtp.py)."""
+    if not model.mtp_num_layers or (config.pp == 1 and config.tp == 1 and config.cp == 1):
+        return None
+    return (f"{model.name}'s {model.mtp_num_layers} multi-token-prediction module(s) (mtp_num_layers) run in the "
+            f"executor at pp 1, tp 1 and cp 1 only (this layout: pp {config.pp}, tp {config.tp}, cp {config.cp}); "
+            f"use those, set mtp_num_layers 0, or export the plan to Megatron-LM (--mtp-num-layers)")
 
 
 def dtype_unsupported_reason(dtype: str) -> str | None:
@@ -60,7 +66,7 @@ def unsupported_reason(config, model=None) -> str | None:
     """Why the executor refuses this ParallelConfig (one line naming what would work), or None if it runs it. With
     `model`, also what the executor cannot build of the model (`model_unsupported_reason`) or of its layout."""
     if model is not None:
-        reason = model_unsupported_reason(model)
+        reason = model_unsupported_reason(model) or mtp_unsupported_reason(config, model)
         if reason:
             return reason
         held = config.micro_batch_size * config.local_seq_len  # (a rank's tokens: seq_len / (cp x seq_chunks))

@@ -1,0 +1,86 @@
+"""DeepSeek-V3's multi-token-prediction (MTP) modules in the executor (report sec. 2.2; Megatron-Core's
+MultiTokenPredictionLayer, whose order of operations this follows; cost/mtp.py prices them).
+
+Module k (1..D) takes the previous depth's hidden states h_{k-1} (depth 0: the main model's, after its final norm)
+and the embedding of the tokens k positions ahead (position i: token i + k, through the model's own embedding),
+normalises both (enorm, hnorm), projects their concatenation [embedding, hidden] 2h -> h (eh_proj), runs one
+transformer block like the model's `mtp_block_layer`, and its own final norm: h_k. The model's own head gives its
+logits, whose cross entropy against the tokens k + 1 ahead (the last k positions have none and are left out) is
+the module's loss. The model's forward returns the modules' logits beside its own when given the targets
+(`mtp_logits`); the training objective adds `scale` / D times the sum of the modules' losses to the main loss
+(`with_mtp_losses`); the reported loss stays the main cross entropy, so losses compare across models and layouts.
+
+Where the executor builds them (spec/support.py `mtp_unsupported_reason`): one pipeline stage (the embedding, the
+blocks, the head and the modules on every rank), without tensor or context parallelism; any data parallelism,
+ZeRO stage, expert parallelism and recompute mode (each module's block is recomputed under the plan's mode, as
+cost/mtp.py prices it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from autoconf.execute.loss import IGNORE_INDEX
+
+# Megatron-Core's default mtp_loss_scaling_factor (DeepSeek-V3 trained with 0.3, then 0.1).
+DEFAULT_MTP_LOSS_SCALE = 0.1
+
+
+class MTPModule(nn.Module):
+    """One MTP depth: enorm, hnorm, eh_proj, a block and a final norm (module docstring)."""
+
+    def __init__(self, spec, attention: str):
+        from autoconf.execute.model import Block, make_norm
+
+        super().__init__()
+        h = spec.hidden_size
+        self.enorm = make_norm(spec)
+        self.hnorm = make_norm(spec)
+        self.eh_proj = nn.Linear(2 * h, h, bias=False)
+        self.block = Block(spec, attention, spec.mtp_block_layer)
+        self.norm = make_norm(spec)
+
+    def forward(self, hidden: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        x = self.eh_proj(torch.cat([self.enorm(embedded), self.hnorm(hidden)], dim=-1))
+        return self.norm(self.block(x))
+
+
+def ahead(tokens: torch.Tensor, k: int, fill: int) -> torch.Tensor:
+    """tokens [batch, seq] moved k positions to the left (position i holds token i + k), the last k positions
+    `fill`."""
+    if k == 0:
+        return tokens
+    return torch.cat([tokens[:, k:], tokens.new_full((tokens.shape[0], min(k, tokens.shape[1])), fill)], dim=1)
+
+
+def mtp_logits(model, hidden: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
+    """Each MTP module's logits, from the main model's final hidden states `hidden` and `targets` [batch, seq]
+    (token i + 1 at position i): inside the model's forward, where FSDP holds the embedding and the head gathered."""
+    logits = []
+    for k, module in enumerate(model.mtp.values(), start=1):
+        hidden = module(hidden, model.embed(ahead(targets, k - 1, 0)))
+        logits.append(model.output(hidden))
+    return logits
+
+
+def with_mtp_losses(loss: torch.Tensor, logits: list[torch.Tensor], targets: torch.Tensor, loss_fn,
+                    scale: float) -> torch.Tensor:
+    """`loss` (the main cross entropy), whose backward also runs the backward of scale / D x the sum of the D MTP
+    modules' cross entropies (`logits` of depth k against the tokens k + 1 ahead), with the gradient `loss`
+    receives."""
+    extra = sum(loss_fn(part, ahead(targets, k, IGNORE_INDEX)) for k, part in enumerate(logits, start=1))
+    return _JoinLosses.apply(loss, extra * (scale / len(logits)))
+
+
+class _JoinLosses(torch.autograd.Function):
+    """Returns `main`; its backward gives `extra` the same gradient, so extra joins the objective without joining
+    the reported loss."""
+
+    @staticmethod
+    def forward(ctx, main, extra):
+        return main.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, grad

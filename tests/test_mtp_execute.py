@@ -1,0 +1,199 @@
+"""The executor's multi-token-prediction modules (execute/mtp.py), on CPU.
+
+One process: the model holds `total_params_with_mtp` parameters, and the training objective's gradients equal those
+of an objective written out here by slicing (the main cross entropy plus scale / D times each depth's cross
+entropy over the positions that have a token k + 1 ahead). Several ranks (the session's shared torchrun jobs,
+tests/executor_jobs.py): the per-step loss and global gradient norm of dp2, dp2 under ZeRO-3 with full recompute,
+and an MoE model's ep2, equal the single-process run's within 1e-4 relative over 3 steps in fp32. The layouts the
+executor does not build MTP modules in are refused in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import executor_jobs
+from executor_jobs import Layout, assert_matches_reference
+from plan_helpers import even_plan
+from autoconf.spec.plan import Plan
+from autoconf.spec.presets import PRESETS
+
+LLAMA = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-llama-mtp", mtp_num_layers=2)
+MOE = dataclasses.replace(PRESETS["tiny-moe"], name="tiny-moe-mtp", num_layers=2, mtp_num_layers=1)
+
+
+def _moe_plan(**layout) -> Plan:
+    plan = even_plan(MOE, **layout)
+    config = dataclasses.replace(plan.config, ep=2)
+    plan = Plan(model=plan.model, cluster=plan.cluster, config=config, partition=plan.partition,
+                placement=plan.placement)
+    plan.validate()
+    return plan
+
+
+LAYOUTS: dict[str, Layout] = {
+    "mtp": Layout(1, even_plan(LLAMA)),
+    "mtp-dp2": Layout(2, even_plan(LLAMA, dp=2)),
+    "mtp-dp2-zero3-full": Layout(2, even_plan(LLAMA, dp=2, zero=3, recompute="full")),
+    "mtpmoe": Layout(1, even_plan(MOE)),
+    "mtpmoe-ep2": Layout(2, _moe_plan(dp=2)),
+}
+executor_jobs.register("mtp", LAYOUTS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n, layout in LAYOUTS.items() if layout.world > 1])
+def test_mtp_layout_matches_single_process(name, tmp_path_factory):
+    """Every step's loss and global gradient norm equal the single-process run's within 1e-4 relative."""
+    assert_matches_reference(executor_jobs.results("mtp", tmp_path_factory), name)
+
+
+@pytest.mark.slow
+def test_the_mtp_losses_move_the_gradients(tmp_path_factory):
+    """The same model without its MTP modules has another gradient norm at step 1 (the same loss: the reported
+    loss is the main cross entropy), so the layouts' equal numbers check the MTP modules too."""
+    from executor_jobs import STEPS
+
+    out = executor_jobs.results("mtp", tmp_path_factory)
+    assert len({round(r["loss"], 6) for r in out["mtp"]["records"]}) == STEPS
+    plain = _objective_grads(dataclasses.replace(LLAMA, mtp_num_layers=0), 0.1)[1]
+    with_mtp = _objective_grads(LLAMA, 0.1)[1]
+    assert abs(plain - with_mtp) > 1e-3 * plain
+
+
+def _model(spec):
+    from autoconf.execute.model import build_model, init_weights
+
+    model = build_model(spec, device="cpu")
+    init_weights(model, 0)
+    return model
+
+
+def _objective_grads(spec, scale: float):
+    """(the executor's objective's parameter gradients by name, their global norm) on a fixed batch."""
+    from autoconf.execute.loss import cross_entropy
+    from autoconf.execute.mtp import with_mtp_losses
+
+    model = _model(spec)
+    tokens = torch.randint(0, spec.vocab_size, (2, 17), generator=torch.Generator().manual_seed(3))
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    if model.mtp is None:
+        objective = cross_entropy(model(inputs), targets)
+    else:
+        logits, extra = model(inputs, mtp_targets=targets)
+        objective = with_mtp_losses(cross_entropy(logits, targets), extra, targets, cross_entropy, scale)
+    objective.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    return grads, float(torch.stack([g.norm() for g in grads.values()]).norm())
+
+
+def test_the_model_holds_the_mtp_parameters():
+    """The executor's model with MTP modules holds `total_params_with_mtp`, only on a chunk with the embedding and
+    the head."""
+    from autoconf.execute.model import build_model
+
+    assert sum(p.numel() for p in _model(LLAMA).parameters()) == LLAMA.total_params_with_mtp()
+    assert sum(p.numel() for p in _model(MOE).parameters()) == MOE.total_params_with_mtp()
+    assert build_model(LLAMA, 0, 2, embed=True, head=False).mtp is None
+
+
+@pytest.mark.parametrize("spec", [LLAMA, MOE], ids=["dense", "moe"])
+def test_the_objective_is_the_main_loss_plus_the_scaled_mtp_losses(spec):
+    """The executor's objective's gradients equal those of main + scale / D x sum_k CE_k written out by slicing:
+    depth k reads the embedding of the token k ahead (targets[:, k - 1 + i]) and predicts the one k + 1 ahead
+    (targets[:, k + i]) at the positions i < seq - k that have one; the reported value is the main loss."""
+    from autoconf.execute.loss import cross_entropy
+    from autoconf.execute.mtp import with_mtp_losses
+
+    scale = 0.3
+    got, _ = _objective_grads(spec, scale)
+    model = _model(spec)
+    tokens = torch.randint(0, spec.vocab_size, (2, 17), generator=torch.Generator().manual_seed(3))
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    seq = targets.shape[1]
+    hidden = model.norm(_trunk(model, inputs))
+    main = F.cross_entropy(model.output(hidden).flatten(0, 1), targets.flatten())
+    extra = []
+    for k, module in enumerate(model.mtp.values(), start=1):
+        ahead = torch.cat([targets[:, k - 1:], targets.new_zeros(2, k - 1)], dim=1)
+        hidden = module(hidden, model.embed(ahead))
+        logits = model.output(hidden)[:, :seq - k]
+        extra.append(F.cross_entropy(logits.flatten(0, 1), targets[:, k:].flatten()))
+    (main + scale / len(extra) * sum(extra)).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    logits, extra = _model(spec)(inputs, mtp_targets=targets)
+    value = with_mtp_losses(cross_entropy(logits, targets), extra, targets, cross_entropy, scale)
+    assert torch.allclose(value, main.detach(), rtol=1e-5)  # the reported loss: the main cross entropy
+
+
+def _trunk(model, inputs):
+    x = model.embed(inputs)
+    for block in model.layers.values():
+        x = block(x)
+    return x
+
+
+def test_layouts_without_the_executors_mtp_are_refused_in_one_line():
+    """MTP modules run at pp 1, tp 1, cp 1: other layouts name what would work; the same layouts of the model
+    without them, and DeepSeek-V3 itself at pp 1, tp 1, are not refused for its MTP module."""
+    from autoconf.spec.support import model_unsupported_reason, unsupported_reason
+
+    for layout in (dict(pp=2), dict(tp=2), dict(cp=2)):
+        reason = unsupported_reason(even_plan(LLAMA, **layout).config, LLAMA)
+        assert "pp 1, tp 1 and cp 1" in reason and "mtp_num_layers 0" in reason, reason
+        assert unsupported_reason(even_plan(LLAMA, **layout).config, dataclasses.replace(LLAMA, mtp_num_layers=0)) \
+            is None
+    assert unsupported_reason(even_plan(LLAMA, dp=2).config, LLAMA) is None
+    assert model_unsupported_reason(PRESETS["deepseek-v3"]) is None
+
+
+class _Step(torch.nn.Module):
+    """One micro-batch's forward and loss (with the MTP losses where the model has MTP modules), as the training
+    loop runs it: what `saved_bytes` counts includes every loss's kept logits."""
+
+    def __init__(self, model, targets):
+        super().__init__()
+        self.model, self.targets = model, targets
+
+    def forward(self, inputs):
+        from autoconf.execute.loss import cross_entropy
+        from autoconf.execute.mtp import with_mtp_losses
+
+        if self.model.mtp is None:
+            return cross_entropy(self.model(inputs), self.targets)
+        logits, extra = self.model(inputs, mtp_targets=self.targets)
+        return with_mtp_losses(cross_entropy(logits, self.targets), extra, self.targets, cross_entropy, 0.1)
+
+
+@pytest.mark.parametrize("arch", ["tiny-llama", "tiny-gpt"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("recompute", ["none", "full"])
+def test_the_estimate_counts_what_the_mtp_module_keeps(arch, dtype, recompute):
+    """What a model with one MTP module keeps for its backward beyond the same model without it (autograd's saved
+    tensors, the losses' kept logits included) is `mtp_kept_bytes`, within 1% (left over: norm statistics per
+    token and the shifted token ids): its block, its norms' and projection's inputs, its head's input and its
+    loss's logits."""
+    from autoconf.cost.memory import head_input_bytes, mtp_kept_bytes
+    from autoconf.execute.parallelize import apply_recompute
+    from autoconf.profile.activations import saved_bytes
+    from autoconf.spec.plan import ParallelConfig
+
+    mb, seq = 3, 40  # (tokens unlike every weight dimension: saved_bytes tells activations from weights by shape)
+    base = dataclasses.replace(PRESETS[arch], dropout=0.0)
+    low = torch.bfloat16 if dtype == "bf16" else torch.float32
+    tokens = torch.randint(0, base.vocab_size, (mb, seq + 1), generator=torch.Generator().manual_seed(0))
+    kept = []
+    for depth in (0, 1):
+        model = _model(dataclasses.replace(base, mtp_num_layers=depth)).to(low)
+        apply_recompute(model, recompute)
+        kept.append(saved_bytes(_Step(model, tokens[:, 1:]), tokens[:, :-1]))
+    spec = dataclasses.replace(base, mtp_num_layers=1)
+    c = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=mb, global_batch_size=mb, seq_len=seq, dtype=dtype,
+                       recompute=recompute)
+    estimated = mtp_kept_bytes(spec, c, "torch", "cpu", "attention_core", None, head_input_bytes(spec, c, "torch", "cpu"))
+    assert estimated <= kept[1] - kept[0] <= 1.01 * estimated
