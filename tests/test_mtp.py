@@ -116,9 +116,11 @@ def test_each_mtp_module_keeps_its_loss_and_under_zero_bubble_its_logits_gradien
     loss = loss_kept_bytes(mtp, c, layout, ex)
     kept = mtp_kept_bytes(mtp, c, layout, "gpu", "attention_core", ex, head)
     block = stage_layer_activation_bytes(mtp, c, 1, 0, layout, "gpu", "attention_core", False, ex)
-    e = DTYPE_BYTES[c.dtype]  # (on a GPU every norm keeps its input, in the compute dtype)
-    assert loss > 0 and kept - mtp_activation_bytes(mtp, c, block, head, 0.0, e, e) == pytest.approx(2 * loss,
-                                                                                                      rel=1e-12)
+    # (on a GPU a norm keeps its input, in the compute dtype; the executor's hidden norm shares it with the head)
+    e = DTYPE_BYTES[c.dtype]
+    shared = e if layout == "torch" else 0.0
+    assert loss > 0 and kept - mtp_activation_bytes(mtp, c, block, head, 0.0, e, shared) == pytest.approx(2 * loss,
+                                                                                                           rel=1e-12)
     assert mtp_kept_bytes(LLAMA, c, layout, "gpu", "attention_core", ex, head) == 0.0
     with_mtp = pipeline_buffer_bytes(mtp, c, ex, [3], [4.0] * 4)
     without = pipeline_buffer_bytes(LLAMA, c, ex, [3], [4.0] * 4)

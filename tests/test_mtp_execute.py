@@ -197,3 +197,18 @@ def test_the_estimate_counts_what_the_mtp_module_keeps(arch, dtype, recompute):
                        recompute=recompute)
     estimated = mtp_kept_bytes(spec, c, "torch", "cpu", "attention_core", None, head_input_bytes(spec, c, "torch", "cpu"))
     assert estimated <= kept[1] - kept[0] <= 1.01 * estimated
+
+
+def test_the_search_for_the_executor_keeps_the_layouts_its_mtp_modules_run_in():
+    """Planned for the executor, a model with MTP modules gets layouts at pp 1, tp 1, cp 1 only (the others are left
+    out as not launchable); with pp pinned above 1 the search says in one line that the executor cannot run them."""
+    from autoconf.errors import UserError
+    from autoconf.solve.search import search
+    from autoconf.spec.cluster import load_cluster
+
+    cluster = load_cluster("dgx-h100-80g", nodes=1)
+    result = search(LLAMA, cluster, 16, 64, "bf16", top_k=5, refine=False)
+    assert result.plans and all((p.config.pp, p.config.tp, p.config.cp) == (1, 1, 1) for p in result.plans)
+    assert all(p.prediction.get("launchable", True) for p in result.plans)
+    with pytest.raises(UserError, match="executor cannot run.*pp 1, tp 1 and cp 1"):
+        search(LLAMA, cluster, 16, 64, "bf16", fixed={"pp": 2}, top_k=1, refine=False)

@@ -584,10 +584,12 @@ def mtp_kept_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device
     block = stage_layer_activation_bytes(model, c, 1, int(c.recompute != "none"), layout, device_kind, selective,
                                          model.mtp_block_is_moe(), execution)
     e = DTYPE_BYTES[c.dtype]
-    norm, keeps_input = ((norm_saved_bytes(model, c, device_kind), norm_keeps_input(model, c, device_kind))
-                         if layout == "torch" else (e, True))
+    # The executor's heads keep the very hidden states the next depth's hnorm takes (execute/mtp.py); Megatron-Core
+    # concatenates every depth's hidden states into a new tensor whose chunks the heads keep, so nothing is shared.
+    shared = e if layout == "torch" and norm_keeps_input(model, c, device_kind) else 0.0
+    norm = norm_saved_bytes(model, c, device_kind) if layout == "torch" else e
     return mtp_activation_bytes(model, c, block, head_bytes, loss_kept_bytes(model, c, layout, execution, device_kind),
-                                norm, e if keeps_input else 0.0)
+                                norm, shared)
 
 
 def head_gradient_bytes(model: ModelSpec, config: ParallelConfig) -> float:

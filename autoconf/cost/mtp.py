@@ -1,12 +1,12 @@
 """Multi-token prediction (DeepSeek-V3 report sec. 2.2; Megatron-Core `--mtp-num-layers`): what the MTP modules
 add to the last pipeline stage, where Megatron-Core places them.
 
-Each module takes the last block's hidden states and the embedding of the token one further ahead, normalises
-both (enorm, hnorm), projects their concatenation 2h -> h (eh_proj), runs one transformer block like the model's
-last one, a final norm, and the model's own output head and loss. The embedding and the head are shared with the
-main model: on a single-stage model they are the same weights; under pipelining the last stage holds a copy of the
-embedding (Megatron-Core's `mtp` embedding on the last stage), unless the rank also holds the first stage (V
-placements), where the one embedding serves both.
+Each module takes the model's final hidden states (after its final norm; a second module the first one's) and the
+embedding of the token one further ahead, normalises both (enorm, hnorm), projects their concatenation 2h -> h
+(eh_proj), runs one transformer block like the model's last one, a final norm, and the model's own output head and
+loss. The embedding and the head are shared with the main model: on a single-stage model they are the same weights;
+under pipelining the last stage holds a copy of the embedding (Megatron-Core's `mtp` embedding on the last stage),
+unless the rank also holds the first stage (V placements), where the one embedding serves both.
 
 Counted: weights, gradients and optimizer states of the modules (and of the embedding copy); per pass one block (its
 token exchange when it is an MoE block, its TP collectives, its K/V exchange under CP), the projection GEMM, the
@@ -80,9 +80,10 @@ def mtp_activation_bytes(model: ModelSpec, c: ParallelConfig, block_bytes: float
     the main loss keeps from its forward to its backward: Megatron-Core attaches each MTP loss to the hidden states,
     `MTPLossAutoScaler`, so its graph lives until the backward, also while the main loss is computed), the
     projection's 2h input (compute dtype) and its two norms' (`norm_bytes` per element each: the layout's), less
-    what the hidden norm keeps of its input itself (`shared_bytes` per element), which is the previous depth's (or
-    the main) head's input, kept there already (measured on the executor's CPU model, tests/test_mtp_execute.py);
-    sequence-parallel ranks keep their share."""
+    what the hidden norm keeps of its input itself where that is also the previous depth's (or the main) head's
+    input, kept there already (`shared_bytes` per element: the executor's layout, measured on its CPU model,
+    tests/test_mtp_execute.py; Megatron-Core's heads keep chunks of a concatenation instead); sequence-parallel
+    ranks keep their share."""
     if not model.mtp_num_layers:
         return 0.0
     split = c.tp if c.sequence_parallel else 1

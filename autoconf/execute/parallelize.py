@@ -348,9 +348,10 @@ def match_grad_layout(p: nn.Parameter) -> None:
 
 
 def _bucket_name(fqn: str) -> str:
-    """A parameter's bucket: its block ("layers.3"), the head (final norm and output) or the embedding."""
+    """A parameter's bucket: its block ("layers.3"), its MTP module ("mtp.0"), the head (final norm and output) or
+    the embedding."""
     parts = fqn.split(".")
-    if parts[0] == "layers":
+    if parts[0] in ("layers", "mtp"):  # (one bucket per MTP module too)
         return ".".join(parts[:2])
     return "head" if parts[0] in ("norm", "output") else parts[0]
 

@@ -566,7 +566,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--mtp-loss-scale", type=float, default=DEFAULT_MTP_LOSS_SCALE,
-                   help="weight of the multi-token-prediction losses (models with MTP modules; Megatron-Core's default)")
+                   help="weight of the multi-token-prediction losses (models with MTP modules; default "
+                        "Megatron-Core's)")
     p.add_argument("--timing-warmup", type=int, default=2)
     p.add_argument("--stop-after", type=int, help="end this run after that many steps (for tests of resuming)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
@@ -605,7 +606,8 @@ def main(argv=None) -> int:
     opts = TrainOptions(steps=args.steps, seed=args.seed, data=args.data, metrics=args.metrics,
                         checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, lr=args.lr,
                         warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm,
-                        mtp_loss_scale=args.mtp_loss_scale, timing_warmup=args.timing_warmup, stop_after=args.stop_after, timeout_s=args.timeout)
+                        mtp_loss_scale=args.mtp_loss_scale, timing_warmup=args.timing_warmup,
+                        stop_after=args.stop_after, timeout_s=args.timeout)
     try:
         plan = load_plan(args.plan)
         if device.type == "cuda":
