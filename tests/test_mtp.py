@@ -14,7 +14,6 @@ from autoconf.errors import UserError
 from autoconf.report.exporters import _pipeline_layout, megatron_flags
 from autoconf.report.torchtitan_export import torchtitan_config
 from autoconf.spec.cluster import load_cluster
-from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.frameworks import PRESETS as FRAMEWORKS
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.hf_moe import PRESET_CONFIGS
@@ -105,7 +104,7 @@ def test_each_mtp_module_keeps_its_loss_and_under_zero_bubble_its_logits_gradien
     temporary; where the backward splits (zb-h1) the last stage holds the MTP heads' logits gradients until W with
     the main one's: two modules, three gradients per micro-batch awaiting W."""
     from autoconf.cost.memory import (head_gradient_bytes, head_input_bytes, loss_kept_bytes, mtp_kept_bytes,
-                                      pipeline_buffer_bytes, stage_layer_activation_bytes)
+                                      mtp_own_bytes, pipeline_buffer_bytes, stage_layer_activation_bytes)
     from autoconf.cost.mtp import mtp_activation_bytes
 
     ex = FRAMEWORKS["autoconf" if layout == "torch" else "megatron-core"]
@@ -116,11 +115,8 @@ def test_each_mtp_module_keeps_its_loss_and_under_zero_bubble_its_logits_gradien
     loss = loss_kept_bytes(mtp, c, layout, ex)
     kept = mtp_kept_bytes(mtp, c, layout, "gpu", "attention_core", ex, head)
     block = stage_layer_activation_bytes(mtp, c, 1, 0, layout, "gpu", "attention_core", False, ex)
-    # (on a GPU a norm keeps its input, in the compute dtype; the executor's hidden norm shares it with the head)
-    e = DTYPE_BYTES[c.dtype]
-    shared = e if layout == "torch" else 0.0
-    assert loss > 0 and kept - mtp_activation_bytes(mtp, c, block, head, 0.0, e, shared) == pytest.approx(2 * loss,
-                                                                                                           rel=1e-12)
+    own = mtp_own_bytes(mtp, c, layout, "gpu")
+    assert loss > 0 and kept - mtp_activation_bytes(mtp, block, head, 0.0, own) == pytest.approx(2 * loss, rel=1e-12)
     assert mtp_kept_bytes(LLAMA, c, layout, "gpu", "attention_core", ex, head) == 0.0
     with_mtp = pipeline_buffer_bytes(mtp, c, ex, [3], [4.0] * 4)
     without = pipeline_buffer_bytes(LLAMA, c, ex, [3], [4.0] * 4)

@@ -583,13 +583,27 @@ def mtp_kept_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device
         return 0.0
     block = stage_layer_activation_bytes(model, c, 1, int(c.recompute != "none"), layout, device_kind, selective,
                                          model.mtp_block_is_moe(), execution)
+    return mtp_activation_bytes(model, block, head_bytes, loss_kept_bytes(model, c, layout, execution, device_kind),
+                                mtp_own_bytes(model, c, layout, device_kind))
+
+
+def mtp_own_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_kind: str) -> float:
+    """What one MTP module keeps per micro-batch beside its block, head and loss: its projection's 2h input and its
+    two norms' inputs (enorm, hnorm), on one TP rank. Megatron-Core: each in the compute dtype, sequence-parallel
+    ranks keeping their share (its column-parallel projection gathers the sequence again in the backward). The
+    executor (measured on CPU, tests/test_mtp_execute.py): each norm `norm_saved_bytes`, less the hidden norm's input
+    where that is the previous depth's (or the main) head's input, kept there already (`norm_keeps_input`, and not
+    under sequence parallelism, where the head keeps the gathered sequence instead); the projection's input whole
+    under sequence parallelism (DTensor's column-parallel linear keeps its gathered input). Megatron-Core's heads
+    keep chunks of a concatenation of every depth's hidden states (MultiTokenPredictionBlock): nothing shared."""
+    c = config
     e = DTYPE_BYTES[c.dtype]
-    # The executor's heads keep the very hidden states the next depth's hnorm takes (execute/mtp.py); Megatron-Core
-    # concatenates every depth's hidden states into a new tensor whose chunks the heads keep, so nothing is shared.
-    shared = e if layout == "torch" and norm_keeps_input(model, c, device_kind) else 0.0
-    norm = norm_saved_bytes(model, c, device_kind) if layout == "torch" else e
-    return mtp_activation_bytes(model, c, block, head_bytes, loss_kept_bytes(model, c, layout, execution, device_kind),
-                                norm, shared)
+    sbh = c.local_seq_len * c.micro_batch_size * model.hidden_size
+    split = c.tp if c.sequence_parallel else 1
+    if layout != "torch":
+        return (2 + 2) * e * sbh / split
+    shared = e if norm_keeps_input(model, c, device_kind) and split == 1 else 0.0
+    return 2 * e * sbh + (2 * norm_saved_bytes(model, c, device_kind) - shared) * sbh / split
 
 
 def head_gradient_bytes(model: ModelSpec, config: ParallelConfig) -> float:

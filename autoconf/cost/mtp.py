@@ -73,21 +73,14 @@ def mtp_pass_times(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     return one.scaled(model.mtp_num_layers)
 
 
-def mtp_activation_bytes(model: ModelSpec, c: ParallelConfig, block_bytes: float, head_bytes: float,
-                         loss_bytes: float, norm_bytes: float, shared_bytes: float) -> float:
+def mtp_activation_bytes(model: ModelSpec, block_bytes: float, head_bytes: float, loss_bytes: float,
+                         own_bytes: float) -> float:
     """Bytes the MTP modules keep per micro-batch on the last stage: per module its block's (`block_bytes`, under
     the plan's recompute mode), its head's inputs (`head_bytes`, as the main head's), its loss's (`loss_bytes`, as
     the main loss keeps from its forward to its backward: Megatron-Core attaches each MTP loss to the hidden states,
-    `MTPLossAutoScaler`, so its graph lives until the backward, also while the main loss is computed), the
-    projection's 2h input (compute dtype) and its two norms' (`norm_bytes` per element each: the layout's), less
-    what the hidden norm keeps of its input itself where that is also the previous depth's (or the main) head's
-    input, kept there already (`shared_bytes` per element: the executor's layout, measured on its CPU model,
-    tests/test_mtp_execute.py; Megatron-Core's heads keep chunks of a concatenation instead); sequence-parallel
-    ranks keep their share."""
+    `MTPLossAutoScaler`, so its graph lives until the backward, also while the main loss is computed) and its own
+    (`own_bytes`: the projection's 2h input and the two norms' inputs as the layout keeps them,
+    `memory.mtp_own_bytes`)."""
     if not model.mtp_num_layers:
         return 0.0
-    split = c.tp if c.sequence_parallel else 1
-    sbh = c.local_seq_len * c.micro_batch_size * model.hidden_size
-    e = DTYPE_BYTES[c.dtype]
-    own = (2 * e + 2 * norm_bytes - shared_bytes) * sbh / split
-    return model.mtp_num_layers * (block_bytes + head_bytes + loss_bytes + own)
+    return model.mtp_num_layers * (block_bytes + head_bytes + loss_bytes + own_bytes)

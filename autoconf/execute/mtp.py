@@ -11,9 +11,10 @@ the module's loss. The model's forward returns the modules' logits beside its ow
 (`with_mtp_losses`); the reported loss stays the main cross entropy, so losses compare across models and layouts.
 
 Where the executor builds them (spec/support.py `mtp_unsupported_reason`): one pipeline stage (the embedding, the
-blocks, the head and the modules on every rank), without tensor or context parallelism; any data parallelism,
-ZeRO stage, expert parallelism and recompute mode (each module's block is recomputed under the plan's mode, as
-cost/mtp.py prices it).
+blocks, the head and the modules on every rank), without context parallelism; any data parallelism, ZeRO stage,
+tensor parallelism (the projection column-parallel, its output in the residual stream's layout; under sequence
+parallelism the norms split along the sequence: parallelize.apply_tp), expert parallelism and recompute mode (each
+module's block is recomputed under the plan's mode, as cost/mtp.py prices it).
 """
 
 from __future__ import annotations

@@ -86,6 +86,11 @@ def apply_tp(model: Transformer, tp_mesh, sequence_parallel: bool) -> None:
             top["norm"] = SequenceParallel()
         # Each rank's logits over its vocabulary slice; the loss reduces over TP (execute/loss.py `rank_loss`).
         top["output"] = ColwiseParallel(input_layouts=residual, output_layouts=Shard(-1), use_local_output=True)
+    for k in model.mtp or ():  # MTP modules (execute/mtp.py): the projection column-parallel, its output the
+        # residual stream's layout again; under SP the norms split along the sequence
+        top[f"mtp.{k}.eh_proj"] = ColwiseParallel(input_layouts=residual, output_layouts=residual)
+        if sp:
+            top.update({f"mtp.{k}.{norm}": SequenceParallel() for norm in ("enorm", "hnorm", "norm")})
     if top:
         parallelize_module(model, tp_mesh, top)
     gpt = model.spec.arch == "gpt"
@@ -93,7 +98,7 @@ def apply_tp(model: Transformer, tp_mesh, sequence_parallel: bool) -> None:
     # (partial sums over the TP ranks) add up before a single all-reduce, one per region as Megatron's (a plain
     # tensor would be all-reduced once per projection: Q, K and V, or SwiGLU's gate and up).
     whole = dict(input_layouts=(Replicate(),), desired_input_layouts=(Replicate(),), use_local_output=False)
-    for block in model.layers.values():
+    for _, block in model.blocks():
         moe = isinstance(block.feed_forward, MoE)
         plan = attention_tp_plan(block.attention, tp_mesh, residual)
         if moe:  # router and routed experts replicated over TP, each TP rank routing its share of the tokens

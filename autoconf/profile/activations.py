@@ -38,8 +38,11 @@ def saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of a DTensor (its storage is what the rank holds); any other tensor itself."""
+    """This rank's shard of a DTensor (its storage is what the rank holds), the tensor a functional collective's
+    pending result wraps; any other tensor itself."""
+    from torch.distributed._functional_collectives import AsyncCollectiveTensor
+
     if isinstance(t, DTensor):
         with torch.no_grad():
-            return t.to_local()
-    return t
+            t = t.to_local()
+    return t.elem if isinstance(t, AsyncCollectiveTensor) else t

@@ -46,12 +46,12 @@ def model_unsupported_reason(model) -> str | None:
 
 def mtp_unsupported_reason(config, model) -> str | None:
     """Why the executor cannot build `model`'s multi-token-prediction modules in this layout (one line), or None: it
-    builds them on one pipeline stage without tensor or context parallelism (execute/mtp.py)."""
-    if not model.mtp_num_layers or (config.pp == 1 and config.tp == 1 and config.cp == 1):
+    builds them on one pipeline stage without context parallelism (execute/mtp.py)."""
+    if not model.mtp_num_layers or (config.pp == 1 and config.cp == 1):
         return None
     return (f"{model.name}'s {model.mtp_num_layers} multi-token-prediction module(s) (mtp_num_layers) run in the "
-            f"executor at pp 1, tp 1 and cp 1 only (this layout: pp {config.pp}, tp {config.tp}, cp {config.cp}); "
-            f"use those, set mtp_num_layers 0, or export the plan to Megatron-LM (--mtp-num-layers)")
+            f"executor at pp 1 and cp 1 only (this layout: pp {config.pp}, cp {config.cp}); use those, set "
+            f"mtp_num_layers 0, or export the plan to Megatron-LM (--mtp-num-layers)")
 
 
 def dtype_unsupported_reason(dtype: str) -> str | None:
