@@ -200,7 +200,8 @@ def test_the_estimate_counts_what_the_mtp_module_keeps(arch, dtype, recompute):
     spec = dataclasses.replace(base, mtp_num_layers=1)
     c = ParallelConfig(tp=1, pp=1, dp=1, micro_batch_size=mb, global_batch_size=mb, seq_len=seq, dtype=dtype,
                        recompute=recompute)
-    estimated = mtp_kept_bytes(spec, c, "torch", "cpu", "attention_core", None, head_input_bytes(spec, c, "torch", "cpu"))
+    estimated = mtp_kept_bytes(spec, c, "torch", "cpu", "attention_core", None,
+                               head_input_bytes(spec, c, "torch", "cpu"))
     assert estimated <= kept[1] - kept[0] <= 1.01 * estimated
 
 

@@ -40,10 +40,11 @@ def fp8_device_problem(device: torch.device) -> str | None:
 
 def is_block_linear(module: nn.Module, fqn: str) -> bool:
     """Whether torchao converts this module: a linear layer inside a transformer block (`layers.*`, and the MTP
-    modules' blocks and projections) whose two
-    dimensions FP8 GEMMs accept; never the LM head, nor an MoE router (its scores choose the experts: torchtitan
-    keeps it in high precision too). The routed experts are 3-D weights, not linear layers: they stay bf16."""
-    in_block = fqn.startswith("layers.") or (fqn.startswith("mtp.") and (".block." in fqn or fqn.endswith("eh_proj")))
+    modules' blocks and projections) whose two dimensions FP8 GEMMs accept; never the LM head, nor an MoE router
+    (its scores choose the experts: torchtitan keeps it in high precision too). The routed experts are 3-D weights,
+    not linear layers: they stay bf16."""
+    mtp = fqn.startswith("mtp.") and (".block." in fqn or fqn.endswith(".eh_proj"))
+    in_block = fqn.startswith("layers.") or mtp
     return (isinstance(module, nn.Linear) and in_block and not fqn.endswith(".router") and
             module.in_features % FP8_ALIGN == 0 and module.out_features % FP8_ALIGN == 0)
 
