@@ -890,7 +890,8 @@ def _fitting_twin(model: ModelSpec, cluster: ClusterProfile, config: ParallelCon
                 continue
         elif cache.state_bound(config) > usable:
             continue
-        if (twin.problems(model, cluster.world_size) or (execution.is_executor and unsupported_reason(twin))
+        if (twin.problems(model, cluster.world_size)
+                or (execution.is_executor and (unsupported_reason(twin) or mtp_unsupported_reason(twin, model)))
                 or execution.problem(twin, model)):
             continue
         if twin.offloads:
