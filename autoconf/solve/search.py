@@ -34,7 +34,7 @@ from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mes
 from autoconf.cost.offload import check_offload, plans_offload
 from autoconf.errors import UserError
 from autoconf.files import gib_figures
-from autoconf.spec.support import dtype_unsupported_reason, mtp_unsupported_reason, unsupported_reason
+from autoconf.spec.support import candidate_unsupported_reason, dtype_unsupported_reason, unsupported_reason
 from autoconf.solve.bounds import BoundCache
 from autoconf.solve.fit import smallest_fitting_change
 from autoconf.solve.placement import host_chain_order, tp_cp_domain
@@ -217,7 +217,7 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
         if not relaxed or config.recompute == "none" or (config.cp > 1 and not torch_ring(model, config, execution)):
             bound = bound_of_fields(config)
             family[0] = min(family[0], bound)
-        reason = (unsupported_reason(config) or mtp_unsupported_reason(config, model)) if launchable_only else None
+        reason = candidate_unsupported_reason(config, model) if launchable_only else None
         if reason and reason not in chosen_unrun:
             unlaunchable += 1
             refused = refused or reason
@@ -891,7 +891,7 @@ def _fitting_twin(model: ModelSpec, cluster: ClusterProfile, config: ParallelCon
         elif cache.state_bound(config) > usable:
             continue
         if (twin.problems(model, cluster.world_size)
-                or (execution.is_executor and (unsupported_reason(twin) or mtp_unsupported_reason(twin, model)))
+                or (execution.is_executor and candidate_unsupported_reason(twin, model))
                 or execution.problem(twin, model)):
             continue
         if twin.offloads:

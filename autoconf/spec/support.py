@@ -54,6 +54,14 @@ def mtp_unsupported_reason(config, model) -> str | None:
             f"mtp_num_layers 0, or export the plan to Megatron-LM (--mtp-num-layers)")
 
 
+def candidate_unsupported_reason(config, model) -> str | None:
+    """Why the executor refuses this candidate layout of `model`, as the search's and validate's filters ask: the
+    layout's own rules (`unsupported_reason` of the config) and the model's MTP modules' (`mtp_unsupported_reason`),
+    not what it refuses of the model in every layout (`model_unsupported_reason`: such a model's plans are still
+    costed, and marked not launchable)."""
+    return unsupported_reason(config) or mtp_unsupported_reason(config, model)
+
+
 def dtype_unsupported_reason(dtype: str) -> str | None:
     """Why the executor does not run `dtype` in any layout (another framework's precision recipe), or None."""
     if dtype not in ("fp32", "bf16", "fp16", "fp8"):

@@ -13,7 +13,7 @@ Deterministic: the same inputs give the same list, in the same order.
 from __future__ import annotations
 
 from autoconf.cost.estimate import Execution, estimate
-from autoconf.spec.support import mtp_unsupported_reason, unsupported_reason
+from autoconf.spec.support import candidate_unsupported_reason
 from autoconf.solve.placement import tp_cp_domain
 from autoconf.solve.search import ranking_key, search
 from autoconf.solve.space import candidates
@@ -74,7 +74,7 @@ def select_layouts(model: ModelSpec, cluster: ClusterProfile, global_batch: int,
     pool: list[tuple[float, tuple, ParallelConfig]] = []
     for config in candidates(model, cluster.world_size, cluster.devices_per_domain, global_batch, seq_len, dtype,
                              attention, fixed, tp_cp_domain=tp_cp_domain(cluster)):
-        if config == best.config or unsupported_reason(config) or mtp_unsupported_reason(config, model):
+        if config == best.config or candidate_unsupported_reason(config, model):
             continue
         p = estimate(model, cluster, config, execution=execution, detail=False).prediction
         if p["fits"]:
