@@ -29,9 +29,7 @@ MOE = dataclasses.replace(PRESETS["tiny-moe"], name="tiny-moe-mtp", num_layers=2
 
 def _moe_plan(**layout) -> Plan:
     plan = even_plan(MOE, **layout)
-    config = dataclasses.replace(plan.config, ep=2)
-    plan = Plan(model=plan.model, cluster=plan.cluster, config=config, partition=plan.partition,
-                placement=plan.placement)
+    plan.config = dataclasses.replace(plan.config, ep=2)
     plan.validate()
     return plan
 
