@@ -25,6 +25,7 @@ from autoconf.spec.presets import PRESETS
 
 LLAMA = dataclasses.replace(PRESETS["tiny-llama"], name="tiny-llama-mtp", mtp_num_layers=2)
 MOE = dataclasses.replace(PRESETS["tiny-moe"], name="tiny-moe-mtp", num_layers=2, mtp_num_layers=1)
+GPT = dataclasses.replace(PRESETS["tiny-gpt"], name="tiny-gpt-mtp", mtp_num_layers=1)  # tied, learned positions
 
 
 def _moe_plan(**layout) -> Plan:
@@ -42,8 +43,25 @@ LAYOUTS: dict[str, Layout] = {
     "mtp-tp2-sp": Layout(2, even_plan(LLAMA, tp=2, sp=True)),
     "mtpmoe": Layout(1, even_plan(MOE)),
     "mtpmoe-ep2": Layout(2, _moe_plan(dp=2)),
+    # Pipelines: the modules on the last stage with its copy of the embedding (execute/mtp.py).
+    "mtp-pp2": Layout(2, even_plan(LLAMA, pp=2), {"checkpoint_dir": "pp2", "checkpoint_every": 1}),
+    "mtp-pp2-interleaved": Layout(2, even_plan(LLAMA, pp=2, schedule="interleaved-1f1b", vpp=2)),
+    "mtp-pp2-zb-h1": Layout(2, even_plan(LLAMA, pp=2, schedule="zb-h1")),
+    "mtp-tp2-pp2-sp-zero3": Layout(4, even_plan(LLAMA, tp=2, pp=2, sp=True, zero=3, micro_batch=2)),
+    "mtpgpt": Layout(1, even_plan(GPT)),
+    "mtpgpt-pp2-dp2-zero2": Layout(4, even_plan(GPT, pp=2, dp=2, zero=2)),
 }
-executor_jobs.register("mtp", LAYOUTS)
+# Checkpoints across the embedding copy: one written at pp1 x dp2 (no copy) resumes at pp2, and pp2's (with the
+# copy) resumes at pp1; step 3 equals the uninterrupted run's.
+RESUMES: dict[str, Layout] = {
+    "mtp-dp2-stop-after-2": Layout(2, even_plan(LLAMA, dp=2),
+                                   {"checkpoint_dir": "dp2", "checkpoint_every": 1, "stop_after": 2}),
+    "mtp-resumed-pp2": Layout(2, even_plan(LLAMA, pp=2),
+                              {"checkpoint_dir": "resumed-pp2", "copy_checkpoint": "dp2/step-00000002"}),
+    "mtp-resumed-pp1": Layout(1, even_plan(LLAMA),
+                              {"checkpoint_dir": "resumed-pp1", "copy_checkpoint": "pp2/step-00000002"}),
+}
+executor_jobs.register("mtp", {**LAYOUTS, **RESUMES})
 
 
 @pytest.mark.slow
@@ -51,6 +69,47 @@ executor_jobs.register("mtp", LAYOUTS)
 def test_mtp_layout_matches_single_process(name, tmp_path_factory):
     """Every step's loss and global gradient norm equal the single-process run's within 1e-4 relative."""
     assert_matches_reference(executor_jobs.results("mtp", tmp_path_factory), name)
+
+
+@pytest.mark.slow
+def test_checkpoints_resume_across_the_last_stages_embedding_copy(tmp_path_factory):
+    """A checkpoint written at pp1 x dp2 (one embedding) resumes at pp2, whose last stage reads its embedding copy
+    from the embedding's state; one written at pp2 (with the copy) resumes at pp1: both resumed steps 3 equal the
+    uninterrupted run's loss and gradient norm."""
+    out = executor_jobs.results("mtp", tmp_path_factory)
+    uninterrupted = out["mtp"]["records"][2]
+    assert [r["step"] for r in out["mtp-dp2-stop-after-2"]["records"]] == [1, 2]
+    for name in ("mtp-resumed-pp2", "mtp-resumed-pp1"):
+        records = out[name]["records"]
+        assert [r["step"] for r in records] == [3], name
+        for key in ("loss", "grad_norm"):
+            assert records[0][key] == pytest.approx(uninterrupted[key], rel=1e-4), (name, key)
+
+
+@pytest.mark.slow
+def test_the_last_stages_embedding_copy_stays_the_embedding(tmp_path, tmp_path_factory):
+    """After three steps at pp2 the last stage's copy of the embedding and its AdamW moments equal the first
+    stage's (pipeline.EmbeddingSync sums their gradients; unsynced, they part after the first step, which three
+    steps' losses barely show)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    executor_jobs.results("mtp", tmp_path_factory)
+    dcp_to_torch_save(executor_jobs.checkpoints("mtp", tmp_path_factory) / "pp2" / "step-00000003",
+                      tmp_path / "pp2.pt")
+    state = _flat(torch.load(tmp_path / "pp2.pt", weights_only=False))
+    copies = [key for key in state if "mtp_embed.tok.weight" in key]
+    assert len(copies) >= 3, sorted(state)  # the weight, exp_avg and exp_avg_sq
+    for key in copies:
+        original = state[key.replace("mtp_embed.", "embed.", 1)]
+        assert not torch.equal(original, torch.zeros_like(original)), key
+        torch.testing.assert_close(state[key], original, rtol=0, atol=0, msg=key)
+
+
+def _flat(state, prefix: str = "") -> dict:
+    """A nested state dict's tensors under dotted keys."""
+    if isinstance(state, dict):
+        return {k: v for key, sub in state.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): state} if isinstance(state, torch.Tensor) else {}
 
 
 @pytest.mark.slow
@@ -85,7 +144,7 @@ def _objective_grads(spec, scale: float):
     if model.mtp is None:
         objective = cross_entropy(model(inputs), targets)
     else:
-        logits, extra = model(inputs, mtp_targets=targets)
+        logits, *extra = model(inputs, mtp_targets=targets)
         objective = with_mtp_losses(cross_entropy(logits, targets), extra, targets, cross_entropy, scale)
     objective.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
@@ -93,13 +152,24 @@ def _objective_grads(spec, scale: float):
 
 
 def test_the_model_holds_the_mtp_parameters():
-    """The executor's model with MTP modules holds `total_params_with_mtp`, only on a chunk with the embedding and
-    the head."""
+    """The executor's model with MTP modules holds `total_params_with_mtp`; split into pipeline stages, the MTP
+    modules live on the last stage only, which adds a copy of the embedding (the cost model's count,
+    `memory.stage_params`); a tied head shares that copy's weight."""
+    from autoconf.cost.memory import stage_params
     from autoconf.execute.model import build_model
 
     assert sum(p.numel() for p in _model(LLAMA).parameters()) == LLAMA.total_params_with_mtp()
     assert sum(p.numel() for p in _model(MOE).parameters()) == MOE.total_params_with_mtp()
-    assert build_model(LLAMA, 0, 2, embed=True, head=False).mtp is None
+    partition = [[0, 3], [3, 8]]
+    for spec in (LLAMA, GPT):
+        first, last = (build_model(spec, *partition[s], embed=s == 0, head=s == 1) for s in (0, 1))
+        assert first.mtp is None and last.mtp is not None and last.mtp_embed is not None
+        for stage, chunk in enumerate((first, last)):
+            assert sum(p.numel() for p in chunk.parameters()) == stage_params(spec, partition, stage), spec.name
+    tied = build_model(GPT, 3, 8, embed=False, head=True)
+    assert tied.mtp_embed.tok.weight is tied.output.weight
+    assert [n for n, _ in tied.named_parameters() if tied.is_embedding_copy(n)] == ["output.weight",
+                                                                                     "mtp_embed.pos.weight"]
 
 
 @pytest.mark.parametrize("spec", [LLAMA, MOE], ids=["dense", "moe"])
@@ -127,7 +197,7 @@ def test_the_objective_is_the_main_loss_plus_the_scaled_mtp_losses(spec):
     (main + scale / len(extra) * sum(extra)).backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(got[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
-    logits, extra = _model(spec)(inputs, mtp_targets=targets)
+    logits, *extra = _model(spec)(inputs, mtp_targets=targets)
     value = with_mtp_losses(cross_entropy(logits, targets), extra, targets, cross_entropy, scale)
     assert torch.allclose(value, main.detach(), rtol=1e-5)  # the reported loss: the main cross entropy
 
@@ -140,17 +210,21 @@ def _trunk(model, inputs):
 
 
 def test_layouts_without_the_executors_mtp_are_refused_in_one_line():
-    """MTP modules run at pp 1 and cp 1: other layouts name what would work; the same layouts of the model
-    without them, and DeepSeek-V3 itself at pp 1, are not refused for its MTP module."""
+    """MTP modules run at cp 1 on whole sequences and, under pipelining, on the loop placements: other layouts
+    (cp 2, seq1f1b's sequence chunks, zbv's V placement) name what would work; the same layouts of the model without
+    them, and DeepSeek-V3 itself, are not refused for its MTP module."""
     from autoconf.spec.support import model_unsupported_reason, unsupported_reason
 
-    for layout in (dict(pp=2), dict(cp=2)):
-        reason = unsupported_reason(even_plan(LLAMA, **layout).config, LLAMA)
-        assert "pp 1 and cp 1" in reason and "mtp_num_layers 0" in reason, reason
-        assert unsupported_reason(even_plan(LLAMA, **layout).config, dataclasses.replace(LLAMA, mtp_num_layers=0)) \
-            is None
-    assert unsupported_reason(even_plan(LLAMA, dp=2).config, LLAMA) is None
-    assert unsupported_reason(even_plan(LLAMA, tp=2, sp=True).config, LLAMA) is None
+    for layout in (dict(cp=2), dict(pp=2, schedule="seq1f1b"), dict(pp=2, schedule="zbv", vpp=2)):
+        plan = even_plan(LLAMA, **layout)
+        if layout.get("schedule") == "seq1f1b":
+            plan.config = dataclasses.replace(plan.config, seq_chunks=2)
+        reason = unsupported_reason(plan.config, LLAMA)
+        assert "cp 1" in reason and "interleaved-1f1b" in reason and "mtp_num_layers 0" in reason, reason
+        assert "zbv" not in reason.split("one of")[1] and "seq1f1b" not in reason.split("one of")[1], reason
+        assert unsupported_reason(plan.config, dataclasses.replace(LLAMA, mtp_num_layers=0)) is None
+    for layout in (dict(dp=2), dict(tp=2, sp=True), dict(pp=2), dict(pp=2, schedule="interleaved-1f1b", vpp=2)):
+        assert unsupported_reason(even_plan(LLAMA, **layout).config, LLAMA) is None, layout
     assert model_unsupported_reason(PRESETS["deepseek-v3"]) is None
 
 
@@ -169,7 +243,7 @@ class _Step(torch.nn.Module):
 
         if self.model.mtp is None:
             return self.loss_fn(self.model(inputs), self.targets)
-        logits, extra = self.model(inputs, mtp_targets=self.targets)
+        logits, *extra = self.model(inputs, mtp_targets=self.targets)
         return with_mtp_losses(self.loss_fn(logits, self.targets), extra, self.targets, self.loss_fn, 0.1)
 
 
@@ -204,18 +278,23 @@ def test_the_estimate_counts_what_the_mtp_module_keeps(arch, dtype, recompute):
 
 
 def test_the_search_for_the_executor_keeps_the_layouts_its_mtp_modules_run_in():
-    """Planned for the executor, a model with MTP modules gets layouts at pp 1 and cp 1 only (the others are left
-    out as not launchable); with pp pinned above 1 the search says in one line that the executor cannot run them."""
+    """Planned for the executor, a model with MTP modules gets no layout its modules do not run in (cp > 1, V
+    placements: left out as not launchable); with cp pinned above 1 the search says in one line that the executor
+    cannot run them."""
     from autoconf.errors import UserError
     from autoconf.solve.search import search
     from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.schedules import schedule_spec
 
     cluster = load_cluster("dgx-h100-80g", nodes=1)
     result = search(LLAMA, cluster, 16, 64, "bf16", top_k=5, refine=False)
-    assert result.plans and all((p.config.pp, p.config.cp) == (1, 1) for p in result.plans)
+    assert result.plans and all(p.config.cp == 1 for p in result.plans)
+    assert not any(p.config.pp > 1 and schedule_spec(p.config.schedule).v_placement for p in result.plans)
     assert all(p.prediction.get("launchable", True) for p in result.plans)
-    with pytest.raises(UserError, match="executor cannot run.*pp 1 and cp 1"):
-        search(LLAMA, cluster, 16, 64, "bf16", fixed={"pp": 2}, top_k=1, refine=False)
+    pipelined = search(LLAMA, cluster, 16, 64, "bf16", fixed={"pp": 2}, top_k=1, refine=False)
+    assert pipelined.plans[0].config.pp == 2 and pipelined.plans[0].prediction.get("launchable", True)
+    with pytest.raises(UserError, match="executor cannot run.*cp 1"):
+        search(LLAMA, cluster, 16, 64, "bf16", fixed={"cp": 2}, top_k=1, refine=False)
 
 
 @pytest.mark.slow

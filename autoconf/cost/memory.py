@@ -636,11 +636,12 @@ def stage_params(model: ModelSpec, partition: Sequence[Sequence[int]], stage: in
 
 def stage_outer_params(model: ModelSpec, first_stage: bool, last_stage: bool) -> float:
     """What `stage_params` counts beside a stage's blocks: the embedding on the first stage; on the last the head,
-    its own tied embedding where it is not also the first, and the MTP modules with their embedding copy."""
+    its own tied embedding where it is not also the first, and the MTP modules with their embedding copy (which is
+    the tied head's weight too: one copy, as in Megatron-Core and the executor)."""
     params = float(model.embedding_params()) if first_stage else 0.0
     if last_stage:
         params += model.head_params() + mtp_stage_params(model, embedding_copy=not first_stage)[0]
-        if model.tied_embeddings and not first_stage:
+        if model.tied_embeddings and not first_stage and not model.mtp_num_layers:
             params += model.vocab_size * model.hidden_size
     return params
 
@@ -701,7 +702,8 @@ def _rank_params(model: ModelSpec, partition: tuple[tuple[int, int], ...],
     params = sum(stage_params(model, partition, st) for st in stages)
     last = len(partition) - 1
     if model.mtp_num_layers and last != 0 and last in stages and not mtp_embedding_copy(partition, stages):
-        params -= model.vocab_size * model.hidden_size  # the copy `stage_params` counted on the last stage
+        # the copy `stage_params` counted on the last stage, but for a tied head's weight (held as without MTP)
+        params -= model.embedding_params() - (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)
     return (params, sum(stage_expert_params(model, partition, st) for st in stages),
             sum(stage_replicated_params(model, partition, st) for st in stages))
 

@@ -39,12 +39,13 @@ def mtp_embedding_copy(partition: Sequence[Sequence[int]], stages: Sequence[int]
 
 def mtp_stage_params(model: ModelSpec, embedding_copy: bool) -> tuple[float, float, float]:
     """(all parameters, routed-expert parameters, TP-replicated parameters) the MTP modules add to the last stage,
-    over all ranks; with `embedding_copy` the embedding the last stage holds for them (`mtp_embedding_copy`). The
+    over all ranks; with `embedding_copy` the embedding the last stage holds for them (`mtp_embedding_copy`: its
+    learned positions too; a tied head on that stage is the copy's weight, `memory.stage_outer_params`). The
     TP-replicated ones: `ModelSpec.mtp_tp_replicated_params` of each module."""
     if not model.mtp_num_layers:
         return 0.0, 0.0, 0.0
     experts = layer_kind_params(model)[2] if model.mtp_block_is_moe() else 0
-    params = model.mtp_params() + (model.vocab_size * model.hidden_size if embedding_copy else 0)
+    params = model.mtp_params() + (model.embedding_params() if embedding_copy else 0)
     return (float(params), float(model.mtp_num_layers * experts),
             float(model.mtp_num_layers * model.mtp_tp_replicated_params()))
 

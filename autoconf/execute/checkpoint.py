@@ -269,18 +269,18 @@ def restore_rng(path: Path, rank: int) -> bool:
     return True
 
 
-def _tied_request(merged: dict, saved: set[str]) -> tuple[dict, dict]:
-    """What to ask the checkpoint for: `merged`, except that a tied head copy's state (a pipeline's last stage holds
-    its own `output.weight`, tied to the first stage's embedding) that a checkpoint without that copy lacks (written
-    where embedding and head were one parameter, saved under the embedding's name) is read from the embedding's.
+def _copies_request(merged: dict, saved: set[str]) -> tuple[dict, dict]:
+    """What to ask the checkpoint for: `merged`, except that the state of a copy of the embedding on a pipeline's
+    last stage (its own tied `output.weight`, the MTP modules' `mtp_embed.*`: model.py `embedding_source`) that a
+    checkpoint without that copy lacks (written where one parameter served both) is read from the embedding's.
     Returns (request, {(section, key): the key read instead})."""
-    from autoconf.execute.model import EMBED_WEIGHT, HEAD_WEIGHT
+    from autoconf.execute.model import embedding_source
 
     request = {section: dict(entries) for section, entries in merged.items()}
     aliases = {}
     for section, entries in merged.items():
         for key in entries:
-            alias = key.replace(HEAD_WEIGHT, EMBED_WEIGHT, 1)
+            alias = embedding_source(key, tied=True)
             if f"{section}.{key}" in saved or alias == key or f"{section}.{alias}" not in saved:
                 continue
             aliases[section, key] = alias
@@ -296,7 +296,7 @@ def load(path: Path, models: list, optimizers: list) -> None:
 
     states = _states(models, optimizers)
     merged = _merged(states)
-    request, aliases = _tied_request(merged, set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata))
+    request, aliases = _copies_request(merged, set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata))
     dcp.load(request, checkpoint_id=str(path))
     for (section, key), alias in aliases.items():
         value, mine = request[section][alias], merged[section][key]

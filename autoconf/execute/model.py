@@ -43,6 +43,16 @@ from autoconf.spec.model import CLAMPED_SWIGLU_ALPHA, SINK_WIDTH, ModelSpec
 
 EMBED_WEIGHT = "embed.tok.weight"
 HEAD_WEIGHT = "output.weight"
+MTP_EMBED = "mtp_embed."  # the last pipeline stage's copy of the embedding, for its MTP modules (execute/mtp.py)
+
+
+def embedding_source(fqn: str, tied: bool) -> str:
+    """The name of the embedding parameter (or its optimizer state) that `fqn` copies on another pipeline stage:
+    the tied head copy's (`output.weight`, where `tied`) and the MTP modules' embedding copy's (`mtp_embed.*`) is the
+    first stage's `embed.*`; any other name is its own."""
+    if fqn.startswith(MTP_EMBED) or f".{MTP_EMBED}" in fqn:
+        return fqn.replace(MTP_EMBED, "embed.", 1)
+    return fqn.replace(HEAD_WEIGHT, EMBED_WEIGHT, 1) if tied else fqn
 
 
 class Embedding(nn.Module):
@@ -319,12 +329,15 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleDict({str(i): Block(spec, attention, i) for i in range(first, end)})
         self.norm = make_norm(spec) if head else None
         self.output = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False) if head else None
-        # DeepSeek-V3's multi-token-prediction modules, on a chunk with the embedding and the head (execute/mtp.py).
-        self.mtp = None
-        if spec.mtp_num_layers and embed and head:
+        # DeepSeek-V3's multi-token-prediction modules, on the chunk with the head (execute/mtp.py); without the
+        # embedding (a pipeline's last stage) with a copy of it (`mtp_embed`), kept equal by pipeline.EmbeddingSync.
+        self.mtp = self.mtp_embed = None
+        if spec.mtp_num_layers and head:
             from autoconf.execute.mtp import MTPModule
 
             self.mtp = nn.ModuleDict({str(k): MTPModule(spec, attention) for k in range(spec.mtp_num_layers)})
+            if not embed:
+                self.mtp_embed = Embedding(spec)
         self.tie_weights()
 
     def blocks(self):
@@ -344,13 +357,26 @@ class Transformer(nn.Module):
         """True when this stage's head is a separate copy of an embedding that lives in another stage."""
         return self.spec.tied_embeddings and self.embed is None and self.output is not None
 
+    @property
+    def mtp_embedding(self):
+        """The embedding the MTP modules read: the chunk's own, or on a pipeline's last stage its copy."""
+        return self.embed if self.mtp_embed is None else self.mtp_embed
+
+    def is_embedding_copy(self, fqn: str) -> bool:
+        """Whether parameter `fqn` of this chunk copies the first stage's embedding (the tied head copy, the MTP
+        modules' embedding copy): its gradient equals the embedding's once synced, so the norm counts it once."""
+        return embedding_source(fqn, self.head_is_tied_copy) != fqn
+
     def tie_weights(self) -> None:
         if self.ties_locally:
             self.output.weight = self.embed.tok.weight
+        if self.mtp_embed is not None and self.head_is_tied_copy:
+            self.mtp_embed.tok.weight = self.output.weight  # one copy of a tied embedding on the last stage
 
     def forward(self, x: torch.Tensor, mtp_targets: torch.Tensor | None = None):
         """The chunk's output; given `mtp_targets` (token i + 1 at position i) on a chunk with MTP modules, the
-        logits and the MTP modules' logits (execute/mtp.py `mtp_logits`)."""
+        tuple (logits, each MTP module's logits) (execute/mtp.py `mtp_logits`). Other chunks ignore `mtp_targets`
+        (a pipeline passes it to every stage)."""
         if self.embed is not None:
             x = self.embed(x)
         for layer in self.layers.values():
@@ -364,7 +390,7 @@ class Transformer(nn.Module):
             extra = mtp_logits(self, x, mtp_targets)
         if self.output is not None:
             x = self.output(x)
-        return x if extra is None else (x, extra)
+        return x if extra is None else (x, *extra)
 
 
 class OneBlock(nn.Module):
@@ -395,9 +421,9 @@ def init_seed(seed: int, fqn: str) -> int:
 
 def init_value(spec: ModelSpec, fqn: str, shape: torch.Size, seed: int) -> torch.Tensor:
     """The full fp32 CPU value of parameter `fqn`: N(0, 0.02) weights (GPT-2's 0.02/sqrt(2L) on the projections
-    into the residual stream), zero biases, unit norm weights. A tied head copy takes the embedding's value."""
-    if fqn == HEAD_WEIGHT and spec.tied_embeddings:
-        fqn = EMBED_WEIGHT
+    into the residual stream), zero biases, unit norm weights. A copy of the embedding on another stage (a tied head
+    copy, the MTP modules' copy: `embedding_source`) takes the embedding's value."""
+    fqn = embedding_source(fqn, spec.tied_embeddings)
     name = fqn.rsplit(".", 2)
     leaf, owner = name[-1], name[-2] if len(name) > 1 else ""
     if leaf == "bias" or leaf.endswith("_bias"):  # (the routed experts' w1_bias, w3_bias, w2_bias)

@@ -10,11 +10,17 @@ the module's loss. The model's forward returns the modules' logits beside its ow
 (`mtp_logits`); the training objective adds `scale` / D times the sum of the modules' losses to the main loss
 (`with_mtp_losses`); the reported loss stays the main cross entropy, so losses compare across models and layouts.
 
-Where the executor builds them (spec/support.py `mtp_unsupported_reason`): one pipeline stage (the embedding, the
-blocks, the head and the modules on every rank), without context parallelism; any data parallelism, ZeRO stage,
-tensor parallelism (the projection column-parallel, its output in the residual stream's layout; under sequence
-parallelism the norms split along the sequence: parallelize.apply_tp), expert parallelism and recompute mode (each
-module's block is recomputed under the plan's mode, as cost/mtp.py prices it).
+Where the executor builds them (spec/support.py `mtp_unsupported_reason`): without context parallelism or sequence
+chunks (the tokens k ahead would lie in another rank's or chunk's share of the sequence); any data parallelism,
+ZeRO stage, tensor parallelism (the projection column-parallel, its output in the residual stream's layout; under
+sequence parallelism the norms split along the sequence: parallelize.apply_tp), expert parallelism and recompute
+mode (each module's block is recomputed under the plan's mode, as cost/mtp.py prices it). Under pipelining the
+modules live on the last stage, which holds a copy of the embedding (`Transformer.mtp_embed`, Megatron-Core's
+layout, as cost/mtp.py counts it) whose gradient pipeline.EmbeddingSync sums with the first stage's; the schedule
+passes the targets to every stage's forward (torch's stage kwargs) and the last stage's loss function joins the
+modules' losses (execute/train.py). Not on the V placements (zbv, dualpipev), where the last stage shares a rank
+with the first: the cost model counts one embedding there (DeepSeek-V3's DualPipe shares it), the executor's two
+FSDP roots could not.
 """
 
 from __future__ import annotations
@@ -57,10 +63,11 @@ def ahead(tokens: torch.Tensor, k: int, fill: int) -> torch.Tensor:
 
 def mtp_logits(model, hidden: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
     """Each MTP module's logits, from the main model's final hidden states `hidden` and `targets` [batch, seq]
-    (token i + 1 at position i): inside the model's forward, where FSDP holds the embedding and the head gathered."""
+    (token i + 1 at position i): inside the model's forward, where FSDP holds the embedding (on a pipeline's last
+    stage its copy) and the head gathered."""
     logits = []
     for k, module in enumerate(model.mtp.values(), start=1):
-        hidden = module(hidden, model.embed(ahead(targets, k - 1, 0)))
+        hidden = module(hidden, model.mtp_embedding(ahead(targets, k - 1, 0)))
         logits.append(model.output(hidden))
     return logits
 

@@ -77,10 +77,12 @@ def apply_tp(model: Transformer, tp_mesh, sequence_parallel: bool) -> None:
     sp = sequence_parallel
     residual = Shard(1) if sp else Replicate()
     top: dict = {}
-    if model.embed is not None:
-        top["embed.tok"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=residual)
-        if model.embed.pos is not None:
-            top["embed.pos"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=residual)
+    for name in ("embed", "mtp_embed"):  # (the MTP modules' copy on a pipeline's last stage: the same layout)
+        embedding = getattr(model, name)
+        if embedding is not None:
+            top[f"{name}.tok"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=residual)
+            if embedding.pos is not None:
+                top[f"{name}.pos"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=residual)
     if model.output is not None:
         if sp:
             top["norm"] = SequenceParallel()
@@ -128,7 +130,7 @@ def apply_tp(model: Transformer, tp_mesh, sequence_parallel: bool) -> None:
         sinks = block.attention.sinks
         if sinks is not None:  # GPT-OSS's sink logits: one per head, split with the heads
             block.attention.sinks = nn.Parameter(distribute_tensor(sinks.data, tp_mesh, [Shard(0)]))
-    model.tie_weights()  # TP replaced the embedding's parameter; the head shares it again (both Shard(0)).
+    model.tie_weights()  # TP replaced the embedding's parameter; its sharers take it again (all Shard(0)).
 
 
 def mlp_tp_plan(prefix: str, gpt: bool, residual) -> dict:

@@ -10,9 +10,9 @@
   zbv->ScheduleZBVZeroBubble, dualpipev->ScheduleDualPipeV. Its per-rank order equals the cost model's action lists
   (tests/test_schedules_torch.py). seq1f1b has no torch class: torch's `_PipelineScheduleRuntime` runs the cost
   model's own action list (execute/seq_chunks.py).
-- With tied embeddings and pp > 1, the first and the last stage each hold a copy of the embedding matrix;
-  `TiedEmbeddingSync` sums their gradients after every backward (Megatron's embedding group), so both copies stay
-  equal.
+- With tied embeddings or MTP modules (execute/mtp.py) and pp > 1, the first and the last stage each hold a copy of
+  the embedding matrix; `EmbeddingSync` sums their gradients after every backward (Megatron's embedding group), so
+  both copies stay equal.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from autoconf.spec.grid import RankGrid
 from autoconf.spec.schedules import schedule_spec, stage_to_rank
-from autoconf.execute.model import EMBED_WEIGHT, HEAD_WEIGHT, Transformer, build_model
+from autoconf.execute.model import EMBED_WEIGHT, Transformer, build_model, embedding_source
 
 
 def stages_of_rank(plan, pp_rank: int) -> list[int]:
@@ -57,8 +57,8 @@ class _Unsharded(torch.nn.Module):
         super().__init__()
         self.chunk = chunk
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.chunk(x)
+    def forward(self, x: torch.Tensor, **kwargs):
+        return self.chunk(x, **kwargs)
 
 
 def build_schedule(plan, chunks: list[tuple[int, Transformer]], pp_group, device: torch.device, loss_fn,
@@ -183,7 +183,12 @@ def weight_pass_groups(chunk, groups: list[dict]) -> list[dict]:
     the backward between its intermediates too (torch only replaces what reaches them by their saved gradients): on
     tiny-gpt's four blocks without recompute the weight pass took 48 ms merged against 20 ms in torch's groups, a
     whole backward 46 ms. So blocks that keep their activations (or checkpoint only the attention core or SwiGLU's
-    gate, whose region few groups reach) keep torch's groups."""
+    gate, whose region few groups reach) keep torch's groups.
+
+    The MTP modules (execute/mtp.py) and their embedding copy are one merged group too: the embedding feeds every
+    depth, and module k's input is module k - 1's output, so torch's groups (torch 2.13 `get_param_groups`) put
+    the embedding, and with it the first depth's norm, in two groups whose calls both walk module 1's backward: the
+    second call found its saved tensors freed. One call walks it once."""
     from torch.distributed.pipelining._backward import _get_grad_fn_or_grad_acc
 
     owner = {}
@@ -192,6 +197,10 @@ def weight_pass_groups(chunk, groups: list[dict]) -> list[dict]:
             for param in block.parameters():
                 if param.requires_grad:
                     owner[_get_grad_fn_or_grad_acc(param)] = index
+    for module in (getattr(chunk, "mtp", None), getattr(chunk, "mtp_embed", None)):
+        for param in module.parameters() if module is not None else ():
+            if param.requires_grad:
+                owner[_get_grad_fn_or_grad_acc(param)] = "mtp"
     merged: dict = {}
     kept = []
     for group in groups:
@@ -266,27 +275,36 @@ def _reducing_stage_class(reshard: bool, base):
     return ReducingStage
 
 
-class TiedEmbeddingSync:
-    """Keeps the first stage's embedding and the last stage's head copy equal by summing their gradients.
+class EmbeddingSync:
+    """Keeps the first stage's embedding and the last stage's copies of it (the tied head, the MTP modules'
+    embedding: `Transformer.is_embedding_copy`) equal by summing their gradients.
 
-    Both copies have the same layout (TP Shard(0), the same FSDP sharding), so local shards line up. When one rank
-    holds both (V placement, or pp == 1 where the parameter is simply shared) nothing crosses the network.
-    Every rank must construct this object (process groups are created collectively); the group of the two copies'
-    ranks times out after `timeout` (torch's default when None).
+    The copies have the embedding's layout (TP Shard(0), the same FSDP sharding), so local shards line up. When one
+    rank holds both ends (V placement) nothing crosses the network; at pp == 1 there is nothing to sync (a tied
+    head is the embedding's parameter, the MTP modules read the embedding itself). Every rank must construct this
+    object (process groups are created collectively); the group of the two ends' ranks times out after `timeout`
+    (torch's default when None).
     """
 
     def __init__(self, plan, grid: RankGrid, chunks: list[tuple[int, Transformer]], rank: int, timeout=None):
-        self.params: list[torch.nn.Parameter] = []
+        self.slots: list[list[torch.nn.Parameter]] = []  # per embedding parameter, this rank's copies of it
         self.group = None
-        c = plan.config
-        if not plan.model.tied_embeddings or c.pp == 1:
+        c, spec = plan.config, plan.model
+        if c.pp == 1 or not (spec.tied_embeddings or spec.mtp_num_layers):
             return
-        last_rank = stage_to_rank(c.schedule, c.pp, c.vpp)[c.num_stages - 1]
+        copies: dict[str, list[torch.nn.Parameter]] = {}
         for _, chunk in chunks:
-            if chunk.embed is not None:
-                self.params.append(chunk.get_parameter(EMBED_WEIGHT))
-            if chunk.head_is_tied_copy:
-                self.params.append(chunk.get_parameter(HEAD_WEIGHT))
+            tied = chunk.head_is_tied_copy
+            for name, param in chunk.named_parameters():
+                if name.startswith("embed.") or chunk.is_embedding_copy(name):
+                    slot = copies.setdefault(embedding_source(name, tied), [])
+                    if not any(param is p for p in slot):
+                        slot.append(param)
+        # The same slots in the same order on both ends: the embedding's weight (what a tied head copies), and with
+        # MTP modules every parameter of the embedding (learned positions too).
+        synced = sorted(copies) if spec.mtp_num_layers else [EMBED_WEIGHT]
+        self.slots = [copies[name] for name in synced if name in copies]
+        last_rank = stage_to_rank(c.schedule, c.pp, c.vpp)[c.num_stages - 1]
         if last_rank == 0:
             return
         for first, last in zip(grid.pipeline_rank(0).flat, grid.pipeline_rank(last_rank).flat):
@@ -299,13 +317,12 @@ class TiedEmbeddingSync:
     def sync(self) -> None:
         from torch.distributed.tensor import DTensor
 
-        if not self.params:
-            return
-        grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in self.params]
-        total = grads[0]  # summed in place: the first copy's gradient becomes the sum, the others copy it
-        for g in grads[1:]:
-            total += g
-        if self.group is not None:
-            dist.all_reduce(total, group=self.group)
-        for g in grads[1:]:
-            g.copy_(total)
+        for params in self.slots:
+            grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for p in params]
+            total = grads[0]  # summed in place: the first copy's gradient becomes the sum, the others copy it
+            for g in grads[1:]:
+                total += g
+            if self.group is not None:
+                dist.all_reduce(total, group=self.group)
+            for g in grads[1:]:
+                g.copy_(total)

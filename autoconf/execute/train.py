@@ -45,7 +45,7 @@ from autoconf.execute.parallelize import (GradReducer, expert_grad_scale, match_
                                          parallelize_chunk, replica_mesh)
 from autoconf.files import open_append, write_file
 from autoconf.execute.loss import rank_loss
-from autoconf.execute.pipeline import TiedEmbeddingSync, build_chunks, build_schedule
+from autoconf.execute.pipeline import EmbeddingSync, build_chunks, build_schedule
 from autoconf.execute.seq_chunks import IGNORE, to_units
 from autoconf.spec.grid import AXES, RankGrid
 from autoconf.spec.plan import Plan, load_plan, recomputed_layer_indices
@@ -141,7 +141,7 @@ class Trainer:
             self.attention_context = self.context.torch_attention  # the CUDA path's torch context_parallel
             for model in self.models:
                 cpx.attach(model, self.context)
-        self.tied = TiedEmbeddingSync(plan, grid, self.chunks, self.rank, timedelta(seconds=opts.timeout_s))
+        self.tied = EmbeddingSync(plan, grid, self.chunks, self.rank, timedelta(seconds=opts.timeout_s))
         # Each parameter's gradient accumulates once per backward unit: a micro-batch, or under seq1f1b each of its
         # seq_chunks chunks. Each unit's loss is divided by the units before its backward (the loop's, and the
         # pipeline's loss function: torchtitan's way), so no pass divides the gradients after the step (torch's
@@ -160,10 +160,8 @@ class Trainer:
         # Under TP each rank's head returns its vocabulary slice's logits; the loss reduces over the TP group.
         self.loss_fn = rank_loss(self.mesh["tp"] if c.tp > 1 else None, plan.model.vocab_size)
         if c.pp > 1:
-            scale, loss_fn = 1.0 / self.units, self.loss_fn
             self.schedule, self.stages = build_schedule(plan, self.chunks, self.mesh["pp"].get_group(), device,
-                                                        lambda out, target: loss_fn(out, target) * scale,
-                                                        scale_grads=False)
+                                                        self._stage_loss, scale_grads=False)
         for moe_layer in (m for model in self.models for m in moe_layers(model)):
             moe_layer.aux_loss_scale = 1.0 / self.units  # (the aux loss's gradient takes the cross entropy's scale)
         self.can_drop_outputs = (self.schedule is not None and
@@ -194,16 +192,17 @@ class Trainer:
         """L2 norm of the whole model's gradient. Each rank adds its local shards' squared norms, divided by how many
         ranks hold the same values (the dp/cp/tp dimensions the tensor is not sharded over; for routed experts the
         edp and etp dimensions: the down projection's bias is whole on every ETP rank); a sum over all ranks then
-        counts every element once. The tied head copy is left out (it equals the embedding's gradient). The routed
-        experts' gradients count as scaled by `expert_grad_scale` (`clip` applies it). One read of each gradient
-        (`torch._foreach_norm` per group of equal replication, as torch's clip_grad_norm_ reads them:
-        `Execution.grad_norm_bytes`); the squares summed in float64."""
+        counts every element once. The embedding's copies on the last stage (tied head, MTP embedding) are left out
+        (their gradients equal the embedding's). The routed experts' gradients count as scaled by
+        `expert_grad_scale` (`clip` applies it). One read of each gradient (`torch._foreach_norm` per group of equal
+        replication, as torch's clip_grad_norm_ reads them: `Execution.grad_norm_bytes`); the squares summed in
+        float64."""
         from torch.distributed.tensor import DTensor
 
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         groups: dict[tuple[int, bool], list[torch.Tensor]] = {}
         for model, name, grad in self._grads():
-            if model.head_is_tied_copy and name == "output.weight":
+            if model.is_embedding_copy(name):
                 continue
             g, sharded = grad, set()
             if isinstance(g, DTensor):
@@ -316,11 +315,22 @@ class Trainer:
             if model.mtp is None:
                 loss = objective = self.loss_fn(model(inputs[i * b:(i + 1) * b]), target)
             else:  # the MTP modules' losses join the backward, not the reported loss
-                logits, extra = model(inputs[i * b:(i + 1) * b], mtp_targets=target)
-                loss = self.loss_fn(logits, target)
-                objective = with_mtp_losses(loss, extra, target, self.loss_fn, self.opts.mtp_loss_scale)
+                loss = objective = self._objective(model(inputs[i * b:(i + 1) * b], mtp_targets=target), target)
             (objective / m).backward()
             losses.append(loss.detach())
+
+    def _objective(self, output, target: torch.Tensor) -> torch.Tensor:
+        """One micro-batch's training objective from the last stage's `output`: the cross entropy of its logits, and
+        where the output also holds the MTP modules' logits (a tuple) their scaled losses joined to its backward
+        (execute/mtp.py `with_mtp_losses`); its value is the main cross entropy."""
+        if not isinstance(output, tuple):
+            return self.loss_fn(output, target)
+        logits, *extra = output
+        return with_mtp_losses(self.loss_fn(logits, target), extra, target, self.loss_fn, self.opts.mtp_loss_scale)
+
+    def _stage_loss(self, output, target: torch.Tensor) -> torch.Tensor:
+        """The pipeline's loss function: `_objective` divided by the backward units (see __init__)."""
+        return self._objective(output, target) * (1.0 / self.units)
 
     def _pipeline(self, inputs, targets, losses) -> None:
         c = self.config
@@ -331,6 +341,8 @@ class Trainer:
         first, last = 0 in stage_ids, self.config.num_stages - 1 in stage_ids
         args = (inputs,) if first else ()
         kwargs = {"target": targets, "losses": losses} if last else {}
+        if self.plan.model.mtp_num_layers:  # (every stage's forward takes them; the last one's MTP modules read them)
+            kwargs["mtp_targets"] = targets
         if self.can_drop_outputs:
             kwargs["return_outputs"] = False  # else the last stage holds every micro-batch's logits until the end
         self.schedule.step(*args, **kwargs)

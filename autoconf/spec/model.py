@@ -626,7 +626,11 @@ class ModelSpec:
         enorm, hnorm, eh_proj, final_layernorm; HF: enorm, hnorm, eh_proj, shared_head.norm). The embedding and the
         output head are the model's own, shared."""
         h = self.hidden_size
-        return MTP_NORMS * h + 2 * h * h
+        return self.mtp_norm_params() + 2 * h * h
+
+    def mtp_norm_params(self) -> int:
+        """The three norms of one MTP module: LayerNorm's weight and bias (gpt), else RMSNorm's weight."""
+        return MTP_NORMS * self.hidden_size * (2 if self.arch == "gpt" else 1)
 
     @property
     def mtp_block_layer(self) -> int:
@@ -642,7 +646,7 @@ class ModelSpec:
     def mtp_tp_replicated_params(self) -> int:
         """Of one MTP module's parameters, those every TP rank holds whole: its block's (`tp_replicated_params`)
         and its three norms (`mtp_extra_params`)."""
-        return self.tp_replicated_params("moe" if self.mtp_block_is_moe() else "dense") + MTP_NORMS * self.hidden_size
+        return self.tp_replicated_params("moe" if self.mtp_block_is_moe() else "dense") + self.mtp_norm_params()
 
     def mtp_params(self) -> int:
         """Parameters of all MTP modules: each a block like `mtp_block_layer` plus `mtp_extra_params`."""
