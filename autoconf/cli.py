@@ -155,6 +155,27 @@ model_option = click.option("--model", "model_arg", required=True,
                                  "JSON")
 
 
+def hyperparameter_options(fn):
+    """`launch`'s training hyperparameters (execute/hyperparameters.py), each checked as the worker checks it; a
+    value left out is the worker's default."""
+    from autoconf.execute.hyperparameters import HYPERPARAMETERS
+
+    def check(h):
+        def callback(ctx, param, value):
+            problem = None if value is None else h.problem(value)
+            if problem:
+                raise click.BadParameter(problem.removeprefix(f"{h.flag} "))
+            return value
+
+        return callback
+
+    for h in reversed(HYPERPARAMETERS):
+        default = "" if h.default is None else f" [default: {h.default:g}]"
+        fn = click.option(h.flag, h.field, type=ASCII_INT if h.kind is int else ASCII_FLOAT, default=None,
+                          callback=check(h), help=h.help + default)(fn)
+    return fn
+
+
 def _cluster_help() -> str:
     from autoconf.spec.cluster import bundled_profiles
 
@@ -973,10 +994,11 @@ def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, mo
 @click.option("--force", is_flag=True, help="overwrite an existing metrics file (of a run that does not resume)")
 @click.option("--allow-cpu", is_flag=True, help="run a GPU plan on this host's CPU ranks (a rehearsal of the layout)")
 @click.option("--allow-unfit", is_flag=True, help="launch a plan predicted not to fit in device memory")
+@hyperparameter_options
 @user_errors
 def launch(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_every, max_restarts, dry_run, nnodes,
            node_rank, master_addr, master_port, collective_timeout, rendezvous_timeout, force, allow_cpu,
-           allow_unfit) -> None:
+           allow_unfit, **hyperparameters) -> None:
     """Train a plan with the bundled torch executor under torchrun."""
     from autoconf.execute.launch import launch as run_launch
 
@@ -984,7 +1006,7 @@ def launch(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_eve
                       checkpoint_every=checkpoint_every, max_restarts=max_restarts, dry_run=dry_run, nnodes=nnodes,
                       node_rank=node_rank, master_addr=master_addr, master_port=master_port, force=force,
                       timeout_s=collective_timeout, rendezvous_timeout_s=rendezvous_timeout, allow_cpu=allow_cpu,
-                      allow_unfit=allow_unfit)
+                      allow_unfit=allow_unfit, hyperparameters=hyperparameters)
     if code > 128:  # stopped by a signal, which the launcher has reported
         sys.exit(code)
     if code != 0:

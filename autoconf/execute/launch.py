@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from autoconf.errors import UserError
+from autoconf.execute.hyperparameters import hyperparameter_args
 from autoconf.files import check_new, gib_figures, shown
 from autoconf.spec.support import plan_unsupported_reason
 from autoconf.spec.plan import load_plan, node_blocks
@@ -258,11 +259,13 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
                    max_restarts: int = 0, nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1",
                    master_port: int | None = None, nproc_per_node: int | None = None,
                    force: bool = False, timeout_s: float | None = None,
-                   rendezvous_timeout_s: float | None = None, create_dirs: bool = True) -> list[list[str]]:
+                   rendezvous_timeout_s: float | None = None, create_dirs: bool = True,
+                   hyperparameters: dict | None = None) -> list[list[str]]:
     """Validates everything `launch` validates and returns the torchrun command of every node (index = node
     rank). Raises UserError naming what is wrong and what would work. Without `create_dirs` (a dry run) the
     metrics and checkpoint folders are checked but not made. One node meets on 127.0.0.1 at `master_port`, or a free
-    port when it is None; several nodes at `master_addr`:`master_port` (default MULTI_NODE_PORT)."""
+    port when it is None; several nodes at `master_addr`:`master_port` (default MULTI_NODE_PORT).
+    `hyperparameters`: field -> value of execute/hyperparameters.py's table (None or absent: the worker's default)."""
     plan_path = Path(plan_path).resolve()
     plan = load_plan(plan_path)
     reason = plan_unsupported_reason(plan)
@@ -299,6 +302,10 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
     rendezvous_timeout_s = _timeout(rendezvous_timeout_s, "AUTOCONF_RENDEZVOUS_TIMEOUT", 600.0,
                                     "--rendezvous-timeout")
     train_args = ["--plan", str(plan_path), "--steps", str(steps), "--seed", str(seed), "--timeout", f"{timeout_s:g}"]
+    try:
+        train_args += hyperparameter_args(hyperparameters or {})
+    except ValueError as err:
+        raise UserError(str(err)) from None
     if data is not None:
         data_path = Path(data).resolve()
         from autoconf.execute.data import check_data_file
@@ -500,7 +507,7 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
            max_restarts: int = 0, dry_run: bool = False, nnodes: int | None = 1, node_rank: int = 0,
            master_addr: str = "127.0.0.1", master_port: int | None = None, nproc_per_node: int | None = None,
            force: bool = False, timeout_s: float | None = None, rendezvous_timeout_s: float | None = None,
-           allow_cpu: bool = False, allow_unfit: bool = False) -> int:
+           allow_cpu: bool = False, allow_unfit: bool = False, hyperparameters: dict | None = None) -> int:
     """Runs PLAN.json with the bundled executor under torchrun; returns torchrun's exit code.
 
     plan_path: a plan from `autoconf plan`/`estimate`. steps: optimizer steps in total (a resumed run continues
@@ -518,6 +525,8 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
     nnodes * nproc_per_node, a missing data file, an unwritable metrics path or checkpoint directory, or an
     existing metrics file without `force`; a plan predicted not to fit unless `allow_unfit`; a GPU plan on a
     host without CUDA unless `allow_cpu` (checked when not a dry run). nnodes None: the plan's own node count.
+    hyperparameters: learning rate, its schedule, weight decay, clipping, the MTP losses' weight (field -> value,
+    execute/hyperparameters.py; a value out of range raises UserError).
     """
     check_master_addr(master_addr)
     plan = load_plan(plan_path)
@@ -541,7 +550,8 @@ def launch(plan_path: str | Path, steps: int = 100, seed: int = 0, data: str | N
         nnodes = default_nnodes(plan)
     commands = build_commands(plan_path, steps, seed, data, metrics, checkpoint_dir, checkpoint_every,
                               max_restarts, nnodes, node_rank, master_addr, master_port, nproc_per_node, force,
-                              timeout_s, rendezvous_timeout_s, create_dirs=not dry_run)
+                              timeout_s, rendezvous_timeout_s, create_dirs=not dry_run,
+                              hyperparameters=hyperparameters)
     nproc = int(commands[0][commands[0].index("--nproc-per-node") + 1])
     if nnodes == 1 and master_addr not in LOOPBACK:
         print(f"autoconf: note: one node: its ranks meet on 127.0.0.1 (--master-addr {master_addr} is for runs on "

@@ -30,9 +30,6 @@ from torch import nn
 
 from autoconf.execute.loss import IGNORE_INDEX
 
-# Megatron-Core's default mtp_loss_scaling_factor (DeepSeek-V3 trained with 0.3, then 0.1).
-DEFAULT_MTP_LOSS_SCALE = 0.1
-
 
 class MTPModule(nn.Module):
     """One MTP depth: enorm, hnorm, eh_proj, a block and a final norm (module docstring)."""

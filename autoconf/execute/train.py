@@ -39,7 +39,8 @@ from autoconf.execute.mesh import (build_expert_mesh, build_mesh, process_group_
                                    torchrun_store)
 from autoconf.execute.model import init_seed
 from autoconf.execute.moe import is_expert_param
-from autoconf.execute.mtp import DEFAULT_MTP_LOSS_SCALE, with_mtp_losses
+from autoconf.execute.hyperparameters import HYPERPARAMETERS, default_of
+from autoconf.execute.mtp import with_mtp_losses
 from autoconf.execute.optimizer import model_optimizer
 from autoconf.execute.parallelize import (GradReducer, expert_grad_scale, match_grad_layout, moe_layers,
                                          parallelize_chunk, replica_mesh)
@@ -59,12 +60,13 @@ class TrainOptions:
     metrics: str | None = None
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int | None = None  # default: 10% of the steps, at least 1
-    weight_decay: float = 0.1
-    max_grad_norm: float = 1.0
-    mtp_loss_scale: float = DEFAULT_MTP_LOSS_SCALE  # the MTP modules' losses' weight (execute/mtp.py)
+    # The training hyperparameters (execute/hyperparameters.py, where each is described and checked).
+    lr: float = default_of("lr")
+    min_lr_ratio: float = default_of("min_lr_ratio")
+    warmup_steps: int | None = default_of("warmup_steps")  # None: 10% of the steps, at least 1
+    weight_decay: float = default_of("weight_decay")
+    max_grad_norm: float = default_of("max_grad_norm")
+    mtp_loss_scale: float = default_of("mtp_loss_scale")  # the MTP modules' losses' weight (execute/mtp.py)
     timing_warmup: int = 2  # steps left out of the measured median iteration time
     stop_after: int | None = None  # end this run after that many steps (the schedule still spans `steps`)
     quiet: bool = False
@@ -565,6 +567,22 @@ def is_communication_failure(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and any(w in str(err).lower() for w in _COMM_FAILURE_WORDS)
 
 
+def _checked(h):
+    """argparse's type for hyperparameter `h`: its value, or argparse's one-line error naming the allowed range."""
+    def parse(text: str):
+        try:
+            value = h.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{h.flag} takes {'an integer' if h.kind is int else 'a number'} "
+                                             f"(got {text!r})") from None
+        problem = h.problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return parse
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m autoconf.execute.train", description=__doc__.splitlines()[0])
     p.add_argument("--plan", required=True)
@@ -574,12 +592,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metrics")
     p.add_argument("--checkpoint-dir")
     p.add_argument("--checkpoint-every", type=int, default=0)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
-    p.add_argument("--mtp-loss-scale", type=float, default=DEFAULT_MTP_LOSS_SCALE,
-                   help="weight of the multi-token-prediction losses (models with MTP modules; default "
-                        "Megatron-Core's)")
+    for h in HYPERPARAMETERS:
+        p.add_argument(h.flag, dest=h.field, type=_checked(h), default=h.default, help=h.help)
     p.add_argument("--timing-warmup", type=int, default=2)
     p.add_argument("--stop-after", type=int, help="end this run after that many steps (for tests of resuming)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
@@ -616,10 +630,9 @@ def main(argv=None) -> int:
     else:
         device = _default_device()
     opts = TrainOptions(steps=args.steps, seed=args.seed, data=args.data, metrics=args.metrics,
-                        checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, lr=args.lr,
-                        warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm,
-                        mtp_loss_scale=args.mtp_loss_scale, timing_warmup=args.timing_warmup,
-                        stop_after=args.stop_after, timeout_s=args.timeout)
+                        checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                        timing_warmup=args.timing_warmup, stop_after=args.stop_after, timeout_s=args.timeout,
+                        **{h.field: getattr(args, h.field) for h in HYPERPARAMETERS})
     try:
         plan = load_plan(args.plan)
         if device.type == "cuda":
