@@ -172,11 +172,12 @@ def test_the_model_holds_the_mtp_parameters():
                                                                                      "mtp_embed.pos.weight"]
 
 
-@pytest.mark.parametrize("spec", [LLAMA, MOE], ids=["dense", "moe"])
+@pytest.mark.parametrize("spec", [LLAMA, MOE, GPT], ids=["dense", "moe", "gpt"])
 def test_the_objective_is_the_main_loss_plus_the_scaled_mtp_losses(spec):
     """The executor's objective's gradients equal those of main + scale / D x sum_k CE_k written out by slicing:
-    depth k reads the embedding of the token k ahead (targets[:, k - 1 + i]) and predicts the one k + 1 ahead
-    (targets[:, k + i]) at the positions i < seq - k that have one; the reported value is the main loss."""
+    depth k reads the embedding of the token k ahead (targets[:, k - 1 + i]; learned positions i + k, as
+    Megatron-Core rolls the position ids with the tokens) and predicts the one k + 1 ahead (targets[:, k + i]) at the
+    positions i < seq - k that have one; the reported value is the main loss."""
     from autoconf.execute.loss import cross_entropy
     from autoconf.execute.mtp import with_mtp_losses
 
@@ -191,7 +192,10 @@ def test_the_objective_is_the_main_loss_plus_the_scaled_mtp_losses(spec):
     extra = []
     for k, module in enumerate(model.mtp.values(), start=1):
         ahead = torch.cat([targets[:, k - 1:], targets.new_zeros(2, k - 1)], dim=1)
-        hidden = module(hidden, model.embed(ahead))
+        embedded = model.embed.tok(ahead)
+        if model.embed.pos is not None:
+            embedded = embedded + model.embed.pos(torch.cat([torch.arange(k, seq), torch.zeros(k, dtype=torch.long)]))
+        hidden = module(hidden, embedded)
         logits = model.output(hidden)[:, :seq - k]
         extra.append(F.cross_entropy(logits.flatten(0, 1), targets[:, k:].flatten()))
     (main + scale / len(extra) * sum(extra)).backward()

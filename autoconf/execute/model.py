@@ -63,10 +63,16 @@ class Embedding(nn.Module):
         self.dropout = nn.Dropout(spec.dropout)
         self.context = None  # set by context_parallel.attach: this rank's share of the sequence
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, ahead: int = 0) -> torch.Tensor:
+        """The embedding of `tokens`; with `ahead` k, tokens that stand k positions ahead of their place (an MTP
+        module's input, execute/mtp.py): learned positions k further, as Megatron-Core rolls the position ids
+        with the tokens (the last k places, which no loss reads, take position 0)."""
         h = self.tok(tokens)
         if self.pos is not None:
-            h = h + self.pos(token_positions(self.context, tokens.shape[1], tokens.device).unsqueeze(0))
+            positions = token_positions(self.context, tokens.shape[1], tokens.device)
+            if ahead:
+                positions = torch.cat([positions[ahead:], positions.new_zeros(min(ahead, positions.shape[0]))])
+            h = h + self.pos(positions.unsqueeze(0))
         return self.dropout(h)
 
 

@@ -2,7 +2,8 @@
 MultiTokenPredictionLayer, whose order of operations this follows; cost/mtp.py prices them).
 
 Module k (1..D) takes the previous depth's hidden states h_{k-1} (depth 0: the main model's, after its final norm)
-and the embedding of the tokens k positions ahead (position i: token i + k, through the model's own embedding),
+and the embedding of the tokens k positions ahead (position i: token i + k, through the model's own embedding; its
+learned positions, where it has them, i + k too, as Megatron-Core rolls the position ids with the tokens),
 normalises both (enorm, hnorm), projects their concatenation [embedding, hidden] 2h -> h (eh_proj), runs one
 transformer block like the model's `mtp_block_layer`, and its own final norm: h_k. The model's own head gives its
 logits, whose cross entropy against the tokens k + 1 ahead (the last k positions have none and are left out) is
@@ -64,7 +65,7 @@ def mtp_logits(model, hidden: torch.Tensor, targets: torch.Tensor) -> list[torch
     stage its copy) and the head gathered."""
     logits = []
     for k, module in enumerate(model.mtp.values(), start=1):
-        hidden = module(hidden, model.mtp_embedding(ahead(targets, k - 1, 0)))
+        hidden = module(hidden, model.mtp_embedding(ahead(targets, k - 1, 0), ahead=k))
         logits.append(model.output(hidden))
     return logits
 
