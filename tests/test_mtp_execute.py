@@ -28,6 +28,13 @@ MOE = dataclasses.replace(PRESETS["tiny-moe"], name="tiny-moe-mtp", num_layers=2
 GPT = dataclasses.replace(PRESETS["tiny-gpt"], name="tiny-gpt-mtp", mtp_num_layers=1)  # tied, learned positions
 
 
+def _with(plan: Plan, **fields) -> Plan:
+    """`plan` with config `fields` replaced, validated."""
+    plan.config = dataclasses.replace(plan.config, **fields)
+    plan.validate()
+    return plan
+
+
 def _moe_plan(**layout) -> Plan:
     plan = even_plan(MOE, **layout)
     plan.config = dataclasses.replace(plan.config, ep=2)
@@ -50,6 +57,10 @@ LAYOUTS: dict[str, Layout] = {
     "mtp-tp2-pp2-sp-zero3": Layout(4, even_plan(LLAMA, tp=2, pp=2, sp=True, zero=3, micro_batch=2)),
     "mtpgpt": Layout(1, even_plan(GPT)),
     "mtpgpt-pp2-dp2-zero2": Layout(4, even_plan(GPT, pp=2, dp=2, zero=2)),
+    # Context parallelism: the tokens ahead of a chunk's last places come from whole sequences (execute/mtp.py).
+    "mtp-cp2": Layout(2, even_plan(LLAMA, cp=2)),
+    "mtpgpt-cp2-allgather": Layout(2, _with(even_plan(GPT, cp=2), cp_comm="allgather")),
+    "mtp-cp2-pp2": Layout(4, even_plan(LLAMA, cp=2, pp=2)),
 }
 # Checkpoints across the embedding copy: one written at pp1 x dp2 (no copy) resumes at pp2, and pp2's (with the
 # copy) resumes at pp1; step 3 equals the uninterrupted run's.
@@ -136,7 +147,7 @@ def _model(spec):
 def _objective_grads(spec, scale: float):
     """(the executor's objective's parameter gradients by name, their global norm) on a fixed batch."""
     from autoconf.execute.loss import cross_entropy
-    from autoconf.execute.mtp import with_mtp_losses
+    from autoconf.execute.mtp import future_tokens, with_mtp_losses
 
     model = _model(spec)
     tokens = torch.randint(0, spec.vocab_size, (2, 17), generator=torch.Generator().manual_seed(3))
@@ -144,8 +155,9 @@ def _objective_grads(spec, scale: float):
     if model.mtp is None:
         objective = cross_entropy(model(inputs), targets)
     else:
-        logits, *extra = model(inputs, mtp_targets=targets)
-        objective = with_mtp_losses(cross_entropy(logits, targets), extra, targets, cross_entropy, scale)
+        future = future_tokens(targets, spec.mtp_num_layers)
+        logits, *extra = model(inputs, mtp_future=future)
+        objective = with_mtp_losses(cross_entropy(logits, targets), extra, future, cross_entropy, scale)
     objective.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
     return grads, float(torch.stack([g.norm() for g in grads.values()]).norm())
@@ -179,7 +191,7 @@ def test_the_objective_is_the_main_loss_plus_the_scaled_mtp_losses(spec):
     Megatron-Core rolls the position ids with the tokens) and predicts the one k + 1 ahead (targets[:, k + i]) at the
     positions i < seq - k that have one; the reported value is the main loss."""
     from autoconf.execute.loss import cross_entropy
-    from autoconf.execute.mtp import with_mtp_losses
+    from autoconf.execute.mtp import future_tokens, with_mtp_losses
 
     scale = 0.3
     got, _ = _objective_grads(spec, scale)
@@ -201,8 +213,9 @@ def test_the_objective_is_the_main_loss_plus_the_scaled_mtp_losses(spec):
     (main + scale / len(extra) * sum(extra)).backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(got[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
-    logits, *extra = _model(spec)(inputs, mtp_targets=targets)
-    value = with_mtp_losses(cross_entropy(logits, targets), extra, targets, cross_entropy, scale)
+    future = future_tokens(targets, spec.mtp_num_layers)
+    logits, *extra = _model(spec)(inputs, mtp_future=future)
+    value = with_mtp_losses(cross_entropy(logits, targets), extra, future, cross_entropy, scale)
     assert torch.allclose(value, main.detach(), rtol=1e-5)  # the reported loss: the main cross entropy
 
 
@@ -214,20 +227,21 @@ def _trunk(model, inputs):
 
 
 def test_layouts_without_the_executors_mtp_are_refused_in_one_line():
-    """MTP modules run at cp 1 on whole sequences and, under pipelining, on the loop placements: other layouts
-    (cp 2, seq1f1b's sequence chunks, zbv's V placement) name what would work; the same layouts of the model without
-    them, and DeepSeek-V3 itself, are not refused for its MTP module."""
+    """MTP modules run on whole sequences and, under pipelining, on the loop placements: other layouts (seq1f1b's
+    sequence chunks, zbv's V placement) name what would work; the same layouts of the model without them, and
+    DeepSeek-V3 itself, are not refused for its MTP module."""
     from autoconf.spec.support import model_unsupported_reason, unsupported_reason
 
-    for layout in (dict(cp=2), dict(pp=2, schedule="seq1f1b"), dict(pp=2, schedule="zbv", vpp=2)):
+    for layout in (dict(pp=2, schedule="seq1f1b"), dict(pp=2, schedule="zbv", vpp=2)):
         plan = even_plan(LLAMA, **layout)
         if layout.get("schedule") == "seq1f1b":
             plan.config = dataclasses.replace(plan.config, seq_chunks=2)
         reason = unsupported_reason(plan.config, LLAMA)
-        assert "cp 1" in reason and "interleaved-1f1b" in reason and "mtp_num_layers 0" in reason, reason
+        assert "interleaved-1f1b" in reason and "mtp_num_layers 0" in reason, reason
         assert "zbv" not in reason.split("one of")[1] and "seq1f1b" not in reason.split("one of")[1], reason
         assert unsupported_reason(plan.config, dataclasses.replace(LLAMA, mtp_num_layers=0)) is None
-    for layout in (dict(dp=2), dict(tp=2, sp=True), dict(pp=2), dict(pp=2, schedule="interleaved-1f1b", vpp=2)):
+    for layout in (dict(dp=2), dict(tp=2, sp=True), dict(pp=2), dict(pp=2, schedule="interleaved-1f1b", vpp=2),
+                   dict(cp=2), dict(cp=2, pp=2)):
         assert unsupported_reason(even_plan(LLAMA, **layout).config, LLAMA) is None, layout
     assert model_unsupported_reason(PRESETS["deepseek-v3"]) is None
 
@@ -243,12 +257,13 @@ class _Step(torch.nn.Module):
         self.model, self.targets, self.loss_fn = model, targets, loss_fn or cross_entropy
 
     def forward(self, inputs):
-        from autoconf.execute.mtp import with_mtp_losses
+        from autoconf.execute.mtp import future_tokens, with_mtp_losses
 
         if self.model.mtp is None:
             return self.loss_fn(self.model(inputs), self.targets)
-        logits, *extra = self.model(inputs, mtp_targets=self.targets)
-        return with_mtp_losses(self.loss_fn(logits, self.targets), extra, self.targets, self.loss_fn, 0.1)
+        future = future_tokens(self.targets, self.model.spec.mtp_num_layers)
+        logits, *extra = self.model(inputs, mtp_future=future)
+        return with_mtp_losses(self.loss_fn(logits, self.targets), extra, future, self.loss_fn, 0.1)
 
 
 @pytest.mark.parametrize("arch", ["tiny-llama", "tiny-gpt"])
@@ -282,9 +297,9 @@ def test_the_estimate_counts_what_the_mtp_module_keeps(arch, dtype, recompute):
 
 
 def test_the_search_for_the_executor_keeps_the_layouts_its_mtp_modules_run_in():
-    """Planned for the executor, a model with MTP modules gets no layout its modules do not run in (cp > 1, V
-    placements: left out as not launchable); with cp pinned above 1 the search says in one line that the executor
-    cannot run them."""
+    """Planned for the executor, a model with MTP modules gets no layout its modules do not run in (V placements:
+    left out as not launchable), pipelines and context parallelism included; with a V placement pinned the search
+    says in one line that the executor cannot run them."""
     from autoconf.errors import UserError
     from autoconf.solve.search import search
     from autoconf.spec.cluster import load_cluster
@@ -292,13 +307,14 @@ def test_the_search_for_the_executor_keeps_the_layouts_its_mtp_modules_run_in():
 
     cluster = load_cluster("dgx-h100-80g", nodes=1)
     result = search(LLAMA, cluster, 16, 64, "bf16", top_k=5, refine=False)
-    assert result.plans and all(p.config.cp == 1 for p in result.plans)
+    assert result.plans and all(p.prediction.get("launchable", True) for p in result.plans)
     assert not any(p.config.pp > 1 and schedule_spec(p.config.schedule).v_placement for p in result.plans)
-    assert all(p.prediction.get("launchable", True) for p in result.plans)
-    pipelined = search(LLAMA, cluster, 16, 64, "bf16", fixed={"pp": 2}, top_k=1, refine=False)
-    assert pipelined.plans[0].config.pp == 2 and pipelined.plans[0].prediction.get("launchable", True)
-    with pytest.raises(UserError, match="executor cannot run.*cp 1"):
-        search(LLAMA, cluster, 16, 64, "bf16", fixed={"cp": 2}, top_k=1, refine=False)
+    for pin in ({"pp": 2}, {"cp": 2}):
+        pinned = search(LLAMA, cluster, 16, 64, "bf16", fixed=pin, top_k=1, refine=False).plans[0]
+        assert pinned.prediction.get("launchable", True), pin
+        assert all(getattr(pinned.config, key) == value for key, value in pin.items()), pin
+    with pytest.raises(UserError, match="executor cannot run.*loop placement"):
+        search(LLAMA, cluster, 16, 64, "bf16", fixed={"schedule": "zbv"}, top_k=1, refine=False)
 
 
 @pytest.mark.slow

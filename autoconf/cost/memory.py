@@ -99,6 +99,7 @@ from autoconf.spec.plan import ParallelConfig, recomputed_layers
 from autoconf.spec.schedules import held_loss_states, rank_actions, schedule_spec, stage_to_rank
 
 LAYOUTS = ("torch", "megatron")
+TOKEN_ID_BYTES = 8  # a token id as torch's embedding lookup keeps it for its backward (int64)
 
 
 # The fields of a config one block's saved activations read (tests/test_memory_saved.py checks that
@@ -594,16 +595,18 @@ def mtp_own_bytes(model: ModelSpec, config: ParallelConfig, layout: str, device_
     executor (measured on CPU, tests/test_mtp_execute.py): each norm `norm_saved_bytes`, less the hidden norm's input
     where that is the previous depth's (or the main) head's input, kept there already (`norm_keeps_input`, and not
     under sequence parallelism, where the head keeps the gathered sequence instead); the projection's input whole
-    under sequence parallelism (DTensor's column-parallel linear keeps its gathered input). Megatron-Core's heads
-    keep chunks of a concatenation of every depth's hidden states (MultiTokenPredictionBlock): nothing shared."""
+    under sequence parallelism (DTensor's column-parallel linear keeps its gathered input); the embedding lookup's
+    token ids (int64, whole on every TP rank). Megatron-Core's heads keep chunks of a concatenation of every depth's
+    hidden states (MultiTokenPredictionBlock): nothing shared."""
     c = config
     e = DTYPE_BYTES[c.dtype]
-    sbh = c.local_seq_len * c.micro_batch_size * model.hidden_size
+    tokens = c.local_seq_len * c.micro_batch_size
+    sbh = tokens * model.hidden_size
     split = c.tp if c.sequence_parallel else 1
     if layout != "torch":
         return (2 + 2) * e * sbh / split
     shared = e if norm_keeps_input(model, c, device_kind) and split == 1 else 0.0
-    return 2 * e * sbh + (2 * norm_saved_bytes(model, c, device_kind) - shared) * sbh / split
+    return 2 * e * sbh + (2 * norm_saved_bytes(model, c, device_kind) - shared) * sbh / split + TOKEN_ID_BYTES * tokens
 
 
 def head_gradient_bytes(model: ModelSpec, config: ParallelConfig) -> float:

@@ -99,11 +99,13 @@ def gather_order(seq_len: int, cp: int, device=None) -> torch.Tensor:
 
 
 def attach(model, context: "ContextParallel") -> None:
-    """Makes a model chunk's embedding and attention layers read `context` (positions and K/V exchange), and its MoE
-    layers take their load-balancing statistics over the CP group (`MoE.aux_loss`)."""
-    if model.embed is not None:
-        model.embed.context = context
-    for block in model.layers.values():
+    """Makes a model chunk's embeddings (its MTP modules' copy too) and attention layers (its MTP modules' blocks
+    too) read `context` (positions and K/V exchange), and its MoE layers take their load-balancing statistics over
+    the CP group (`MoE.aux_loss`)."""
+    for embedding in (model.embed, model.mtp_embed):
+        if embedding is not None:
+            embedding.context = context
+    for _, block in model.blocks():
         block.attention.context = context
         if hasattr(block.feed_forward, "sequence_group"):
             block.feed_forward.sequence_group = context.group

@@ -66,12 +66,13 @@ class Embedding(nn.Module):
     def forward(self, tokens: torch.Tensor, ahead: int = 0) -> torch.Tensor:
         """The embedding of `tokens`; with `ahead` k, tokens that stand k positions ahead of their place (an MTP
         module's input, execute/mtp.py): learned positions k further, as Megatron-Core rolls the position ids
-        with the tokens (the last k places, which no loss reads, take position 0)."""
+        with the tokens (the last k places of the sequence, which no loss reads, take position 0)."""
         h = self.tok(tokens)
         if self.pos is not None:
             positions = token_positions(self.context, tokens.shape[1], tokens.device)
             if ahead:
-                positions = torch.cat([positions[ahead:], positions.new_zeros(min(ahead, positions.shape[0]))])
+                length = tokens.shape[1] if self.context is None else self.context.seq_len
+                positions = torch.where(positions + ahead < length, positions + ahead, 0)
             h = h + self.pos(positions.unsqueeze(0))
         return self.dropout(h)
 
@@ -379,10 +380,10 @@ class Transformer(nn.Module):
         if self.mtp_embed is not None and self.head_is_tied_copy:
             self.mtp_embed.tok.weight = self.output.weight  # one copy of a tied embedding on the last stage
 
-    def forward(self, x: torch.Tensor, mtp_targets: torch.Tensor | None = None):
-        """The chunk's output; given `mtp_targets` (token i + 1 at position i) on a chunk with MTP modules, the
-        tuple (logits, each MTP module's logits) (execute/mtp.py `mtp_logits`). Other chunks ignore `mtp_targets`
-        (a pipeline passes it to every stage)."""
+    def forward(self, x: torch.Tensor, mtp_future: torch.Tensor | None = None):
+        """The chunk's output; given `mtp_future` (the tokens ahead of each place, execute/mtp.py `future_tokens`)
+        on a chunk with MTP modules, the tuple (logits, each MTP module's logits) (`mtp_logits`). Other chunks
+        ignore `mtp_future` (a pipeline passes it to every stage)."""
         if self.embed is not None:
             x = self.embed(x)
         for layer in self.layers.values():
@@ -390,10 +391,10 @@ class Transformer(nn.Module):
         if self.norm is not None:
             x = self.norm(x)
         extra = None
-        if self.mtp is not None and mtp_targets is not None:
+        if self.mtp is not None and mtp_future is not None:
             from autoconf.execute.mtp import mtp_logits
 
-            extra = mtp_logits(self, x, mtp_targets)
+            extra = mtp_logits(self, x, mtp_future)
         if self.output is not None:
             x = self.output(x)
         return x if extra is None else (x, *extra)

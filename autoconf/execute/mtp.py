@@ -11,15 +11,18 @@ the module's loss. The model's forward returns the modules' logits beside its ow
 (`mtp_logits`); the training objective adds `scale` / D times the sum of the modules' losses to the main loss
 (`with_mtp_losses`); the reported loss stays the main cross entropy, so losses compare across models and layouts.
 
-Where the executor builds them (spec/support.py `mtp_unsupported_reason`): without context parallelism or sequence
-chunks (the tokens k ahead would lie in another rank's or chunk's share of the sequence); any data parallelism,
-ZeRO stage, tensor parallelism (the projection column-parallel, its output in the residual stream's layout; under
-sequence parallelism the norms split along the sequence: parallelize.apply_tp), expert parallelism and recompute
-mode (each module's block is recomputed under the plan's mode, as cost/mtp.py prices it). Under pipelining the
-modules live on the last stage, which holds a copy of the embedding (`Transformer.mtp_embed`, Megatron-Core's
-layout, as cost/mtp.py counts it) whose gradient pipeline.EmbeddingSync sums with the first stage's; the schedule
-passes the targets to every stage's forward (torch's stage kwargs) and the last stage's loss function joins the
-modules' losses (execute/train.py). Not on the V placements (zbv, dualpipev), where the last stage shares a rank
+What the modules read and predict comes from whole sequences (`future_tokens`, made before context parallelism
+splits the sequence), so any layout gets the right tokens k ahead of each place it holds. Where the executor builds
+them (spec/support.py `mtp_unsupported_reason`): any data parallelism, ZeRO stage, tensor parallelism (the
+projection column-parallel, its output in the residual stream's layout; under sequence parallelism the norms split
+along the sequence: parallelize.apply_tp), expert parallelism, recompute mode (each module's block is recomputed
+under the plan's mode, as cost/mtp.py prices it) and context parallelism (each module's block exchanges K/V like
+the layers'; `with_mtp_losses` weights each rank's mean by its share of the places that have a token ahead).
+Under pipelining the modules live on the last stage, which holds a copy of the embedding (`Transformer.mtp_embed`,
+Megatron-Core's layout, as cost/mtp.py counts it) whose gradient pipeline.EmbeddingSync sums with the first
+stage's; the schedule passes the tokens ahead to every stage's forward (torch's stage kwargs) and the last stage's
+loss function joins the modules' losses (execute/train.py). Not under seq1f1b (a unit's tokens ahead lie in later
+units, whose K/V its block would need) nor on the V placements (zbv, dualpipev), where the last stage shares a rank
 with the first: the cost model counts one embedding there (DeepSeek-V3's DualPipe shares it), the executor's two
 FSDP roots could not.
 """
@@ -59,23 +62,42 @@ def ahead(tokens: torch.Tensor, k: int, fill: int) -> torch.Tensor:
     return torch.cat([tokens[:, k:], tokens.new_full((tokens.shape[0], min(k, tokens.shape[1])), fill)], dim=1)
 
 
-def mtp_logits(model, hidden: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
-    """Each MTP module's logits, from the main model's final hidden states `hidden` and `targets` [batch, seq]
-    (token i + 1 at position i): inside the model's forward, where FSDP holds the embedding (on a pipeline's last
+def future_tokens(targets: torch.Tensor, depth: int) -> torch.Tensor:
+    """[batch, depth + 1, seq]: at [:, j, i] the token j + 1 places after token i (`targets` [batch, seq], the next
+    tokens, are j = 0), IGNORE_INDEX past the sequence's end: what the MTP modules read and predict. Made from
+    whole sequences: under context parallelism each rank takes its share along the last dimension (the tokens
+    ahead of a chunk's last ones lie in the next chunk)."""
+    return torch.stack([ahead(targets, j, IGNORE_INDEX) for j in range(depth + 1)], dim=1)
+
+
+def mtp_logits(model, hidden: torch.Tensor, future: torch.Tensor) -> list[torch.Tensor]:
+    """Each MTP module's logits, from the main model's final hidden states `hidden` and `future` (`future_tokens`
+    of the micro-batch's places): inside the model's forward, where FSDP holds the embedding (on a pipeline's last
     stage its copy) and the head gathered."""
     logits = []
     for k, module in enumerate(model.mtp.values(), start=1):
-        hidden = module(hidden, model.mtp_embedding(ahead(targets, k - 1, 0), ahead=k))
+        tokens = future[:, k - 1].clamp(min=0)  # (past the end any token: no loss reads those places)
+        hidden = module(hidden, model.mtp_embedding(tokens, ahead=k))
         logits.append(model.output(hidden))
     return logits
 
 
-def with_mtp_losses(loss: torch.Tensor, logits: list[torch.Tensor], targets: torch.Tensor, loss_fn,
-                    scale: float) -> torch.Tensor:
+def with_mtp_losses(loss: torch.Tensor, logits: list[torch.Tensor], future: torch.Tensor, loss_fn,
+                    scale: float, cp: int = 1) -> torch.Tensor:
     """`loss` (the main cross entropy), whose backward also runs the backward of scale / D x the sum of the D MTP
-    modules' cross entropies (`logits` of depth k against the tokens k + 1 ahead), with the gradient `loss`
-    receives."""
-    extra = sum(loss_fn(part, ahead(targets, k, IGNORE_INDEX)) for k, part in enumerate(logits, start=1))
+    modules' cross entropies (`logits` of depth k against the tokens k + 1 ahead, `future[:, k]`, over the places
+    that have one), with the gradient `loss` receives. Under context parallelism (`cp` > 1, `future` this rank's
+    share) a depth's places without a token ahead all lie on one rank: each rank's mean over its own places is
+    weighted by their share of the depth's places over the whole sequence, so the mean over the ranks (which the
+    gradients take) is the whole sequence's mean."""
+    extra = 0.0
+    for k, part in enumerate(logits, start=1):
+        labels = future[:, k]
+        term = loss_fn(part, labels)
+        if cp > 1:
+            whole = labels.shape[0] * (labels.shape[-1] * cp - k)
+            term = term * ((labels != IGNORE_INDEX).sum() * (cp / whole))
+        extra = extra + term
     return _JoinLosses.apply(loss, extra * (scale / len(logits)))
 
 

@@ -40,7 +40,7 @@ from autoconf.execute.mesh import (build_expert_mesh, build_mesh, process_group_
 from autoconf.execute.model import init_seed
 from autoconf.execute.moe import is_expert_param
 from autoconf.execute.hyperparameters import HYPERPARAMETERS, default_of
-from autoconf.execute.mtp import with_mtp_losses
+from autoconf.execute.mtp import future_tokens, with_mtp_losses
 from autoconf.execute.optimizer import model_optimizer
 from autoconf.execute.parallelize import (GradReducer, expert_grad_scale, match_grad_layout, moe_layers,
                                          parallelize_chunk, replica_mesh)
@@ -266,8 +266,11 @@ class Trainer:
         clock = PhaseClock(self.device)
         batch = local_rows(self.data, step, c.global_batch_size, self.coords["dp"], c.dp).to(self.device)
         inputs, targets = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+        if self.plan.model.mtp_num_layers:  # the labels with the tokens further ahead, from whole sequences
+            targets = future_tokens(targets, self.plan.model.mtp_num_layers)
         if self.context is not None:  # this CP rank's tokens and their labels (the same chunks of both)
-            inputs, targets = (cpx.shard(t, c.cp, self.coords["cp"]) for t in (inputs, targets))
+            inputs = cpx.shard(inputs, c.cp, self.coords["cp"])
+            targets = cpx.shard(targets, c.cp, self.coords["cp"], dim=targets.dim() - 1)
         losses: list[torch.Tensor] = []
         clock.lap("data")
         with self.attention_context():
@@ -317,18 +320,20 @@ class Trainer:
             if model.mtp is None:
                 loss = objective = self.loss_fn(model(inputs[i * b:(i + 1) * b]), target)
             else:  # the MTP modules' losses join the backward, not the reported loss
-                loss = objective = self._objective(model(inputs[i * b:(i + 1) * b], mtp_targets=target), target)
+                loss = objective = self._objective(model(inputs[i * b:(i + 1) * b], mtp_future=target), target)
             (objective / m).backward()
             losses.append(loss.detach())
 
     def _objective(self, output, target: torch.Tensor) -> torch.Tensor:
         """One micro-batch's training objective from the last stage's `output`: the cross entropy of its logits, and
-        where the output also holds the MTP modules' logits (a tuple) their scaled losses joined to its backward
-        (execute/mtp.py `with_mtp_losses`); its value is the main cross entropy."""
+        where the output also holds the MTP modules' logits (a tuple; `target` then the tokens ahead of each place,
+        execute/mtp.py `future_tokens`, the labels first) their scaled losses joined to its backward
+        (`with_mtp_losses`); its value is the main cross entropy."""
         if not isinstance(output, tuple):
             return self.loss_fn(output, target)
         logits, *extra = output
-        return with_mtp_losses(self.loss_fn(logits, target), extra, target, self.loss_fn, self.opts.mtp_loss_scale)
+        return with_mtp_losses(self.loss_fn(logits, target[:, 0]), extra, target, self.loss_fn,
+                               self.opts.mtp_loss_scale, self.config.cp)
 
     def _stage_loss(self, output, target: torch.Tensor) -> torch.Tensor:
         """The pipeline's loss function: `_objective` divided by the backward units (see __init__)."""
@@ -344,7 +349,7 @@ class Trainer:
         args = (inputs,) if first else ()
         kwargs = {"target": targets, "losses": losses} if last else {}
         if self.plan.model.mtp_num_layers:  # (every stage's forward takes them; the last one's MTP modules read them)
-            kwargs["mtp_targets"] = targets
+            kwargs["mtp_future"] = targets
         if self.can_drop_outputs:
             kwargs["return_outputs"] = False  # else the last stage holds every micro-batch's logits until the end
         self.schedule.step(*args, **kwargs)

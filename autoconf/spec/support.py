@@ -10,7 +10,8 @@ ZeRO-3, ep2 x pp2 and dp2 ZeRO-3; with values narrower than a query head under c
 cp2 x tp2 with sequence parallelism and the per-op policy, and (dense) seq1f1b at pp2. qk_norm (Qwen3) under tp2
 with sequence parallelism and cp2. Multi-token-prediction modules (tests/test_mtp_execute.py) with dp, ZeRO-3, tp
 with and without sequence parallelism, ep, and pp2 under 1F1B, interleaved 1F1B and zb-h1 (tp2 x pp2 with ZeRO-3,
-pp2 x dp2 with tied embeddings); not under CP, seq1f1b or V placements (`mtp_unsupported_reason`). Not built:
+pp2 x dp2 with tied embeddings), cp2 (all-gather and ring, with pp2, with tp2); not under seq1f1b or V placements
+(`mtp_unsupported_reason`). Not built:
 capacity-factor routing (refused in one line).
 
 The levers: optimizer offload runs wherever its layout runs without it (fp8 with a pipeline included); the per-op
@@ -49,19 +50,16 @@ def model_unsupported_reason(model) -> str | None:
 
 def mtp_unsupported_reason(config, model) -> str | None:
     """Why the executor cannot build `model`'s multi-token-prediction modules in this layout (one line), or None: it
-    builds them without context parallelism or sequence chunks (the tokens k ahead would lie in another rank's or
-    chunk's share of the sequence), and under pipelining on the loop placements only (execute/mtp.py: on a V
-    placement the cost model shares the last stage's embedding with the first stage on the same rank, which the
-    executor's separate FSDP roots cannot)."""
-    if not model.mtp_num_layers:
-        return None
-    if config.cp == 1 and (config.pp == 1 or _runs_mtp(schedule_spec(config.schedule))):
+    builds them in every layout but under seq1f1b (a unit's tokens k ahead lie in a later unit) and, under
+    pipelining, on the loop placements only (execute/mtp.py: on a V placement the cost model shares the last stage's
+    embedding with the first stage on the same rank, which the executor's separate FSDP roots cannot)."""
+    if not model.mtp_num_layers or config.pp == 1 or _runs_mtp(schedule_spec(config.schedule)):
         return None
     schedules = ", ".join(name for name in SCHEDULES if _runs_mtp(schedule_spec(name)))
     return (f"{model.name}'s {model.mtp_num_layers} multi-token-prediction module(s) (mtp_num_layers) run in the "
-            f"executor at cp 1 on schedules of whole sequences in loop placement (this layout: cp {config.cp}, "
-            f"schedule {config.schedule}); use cp 1 with pp 1 or one of {schedules}, set mtp_num_layers 0, or "
-            f"export the plan to Megatron-LM (--mtp-num-layers)")
+            f"executor on pipeline schedules of whole sequences in loop placement (this layout: schedule "
+            f"{config.schedule}); use pp 1 or one of {schedules}, set mtp_num_layers 0, or export the plan to "
+            f"Megatron-LM (--mtp-num-layers)")
 
 
 def _runs_mtp(spec) -> bool:
