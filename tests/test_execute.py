@@ -434,7 +434,8 @@ def test_lr_schedule_warms_up_then_decays():
     opts = TrainOptions(steps=100, lr=1e-3, warmup_steps=10)
     lrs = [lr_at(s, opts) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] >= 1e-4
+    assert all(a > b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] == pytest.approx(1e-4)  # the floor at the end
+    assert lr_at(99, TrainOptions(steps=100, lr=1e-3, min_lr_ratio=0.5)) == pytest.approx(5e-4)
 
 
 def test_a_dry_run_of_a_gpu_plan_on_fewer_nodes_says_they_would_need_more_gpus(tmp_path, capsys):

@@ -80,3 +80,53 @@ def test_a_value_out_of_range_is_refused_in_one_line_by_launch_and_the_worker(h,
         with pytest.raises(SystemExit):
             parse_args(["--plan", "p.json", "--steps", "1", h.flag, str(value)])
         assert "must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("h", HYPERPARAMETERS, ids=lambda h: h.field)
+def test_the_ends_of_each_range_are_taken(h, plan_path):
+    """A range's closed end (a floor of 0, the ratio's 1) is a value both launch and the worker take; an open end's
+    neighbour above it too."""
+    from autoconf.execute.train import parse_args
+
+    ends = [h.low * 1.5 + 1e-6 if h.low_open else h.low] + ([h.high] if h.high is not None else [])
+    for value in ends:
+        text = str(h.kind(value))
+        result = CliRunner().invoke(main, ["launch", str(plan_path), "--dry-run", h.flag, text])
+        assert result.exit_code == 0, result.output
+        assert getattr(parse_args(_worker_args(result.output)), h.field) == h.kind(value)
+
+
+def test_the_worker_builds_its_options_from_every_hyperparameter():
+    """`train_options` (what the worker's main trains with) carries every hyperparameter its command line read."""
+    from autoconf.execute.train import parse_args, train_options
+
+    flags = [word for h in HYPERPARAMETERS for word in (h.flag, str(CHOSEN[h.field]))]
+    opts = train_options(parse_args(["--plan", "p.json", "--steps", "40"] + flags))
+    assert {h.field: getattr(opts, h.field) for h in HYPERPARAMETERS} == CHOSEN
+
+
+def test_the_python_api_refuses_what_the_command_line_would(plan_path):
+    """launch(hyperparameters=...) refuses a value of the wrong type (a float or a bool for an integer, a string for
+    a number, an infinite integer) in one line, as it does one out of range, and an unknown name."""
+    from autoconf.execute.launch import launch
+
+    for values in ({"warmup_steps": 2.7}, {"warmup_steps": True}, {"warmup_steps": math.inf}, {"lr": "0.1"},
+                   {"learning_rate": 0.1}):
+        with pytest.raises(UserError) as refused:
+            launch(plan_path, steps=5, dry_run=True, hyperparameters=values)
+        assert "\n" not in str(refused.value), values
+
+
+def test_a_resume_says_which_hyperparameters_changed(tmp_path):
+    """A checkpoint records the hyperparameters it was trained with; resuming with others says which, in one
+    note, and with the same ones says nothing."""
+    from autoconf.execute.train import TrainOptions, check_resumable
+
+    plan = even_plan(PRESETS["tiny-llama"])
+    meta = {"seed": 0, "data": None, "model": plan.model.to_dict(), "steps": 5,
+            "hyperparameters": {h.field: h.default for h in HYPERPARAMETERS}}
+    said: list[str] = []
+    check_resumable(tmp_path, meta, plan, TrainOptions(steps=5), said.append)
+    assert said == []
+    check_resumable(tmp_path, meta, plan, TrainOptions(steps=5, lr=1e-3, weight_decay=0.0), said.append)
+    assert len(said) == 1 and "--lr 0.0003 -> 0.001" in said[0] and "--weight-decay 0.1 -> 0.0" in said[0], said

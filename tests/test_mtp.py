@@ -184,6 +184,9 @@ SMALL_MOE = dataclasses.replace(MIXTRAL, num_layers=6, mtp_num_layers=1,
     (dataclasses.replace(LLAMA, num_layers=6, mtp_num_layers=2), "interleaved-1f1b", 2, 3, "full", 4, 1),
     (SMALL_MOE, "zbv", 2, 0, "selective", 4, 1),
     (SMALL_MOE, "gpipe", 1, 3, "full", 1, 1),
+    # tied embeddings: the last stage's one copy is the head's weight and the MTP modules' embedding
+    (dataclasses.replace(LLAMA, num_layers=6, mtp_num_layers=1, tied_embeddings=True), "1f1b", 1, 1, "none", 4, 1),
+    (dataclasses.replace(LLAMA, num_layers=6, mtp_num_layers=1, tied_embeddings=True), "zbv", 2, 1, "none", 4, 1),
 ])
 def test_the_partition_sees_the_mtp_cost_as_the_estimate_does(model, schedule, vpp, zero, recompute, microbatches,
                                                                 cp):

@@ -56,7 +56,8 @@ LAYOUTS: dict[str, Layout] = {
     "mtp-pp2-zb-h1": Layout(2, even_plan(LLAMA, pp=2, schedule="zb-h1")),
     "mtp-tp2-pp2-sp-zero3": Layout(4, even_plan(LLAMA, tp=2, pp=2, sp=True, zero=3, micro_batch=2)),
     "mtpgpt": Layout(1, even_plan(GPT)),
-    "mtpgpt-pp2-dp2-zero2": Layout(4, even_plan(GPT, pp=2, dp=2, zero=2)),
+    "mtpgpt-pp2-dp2-zero2": Layout(4, even_plan(GPT, pp=2, dp=2, zero=2),
+                                   {"checkpoint_dir": "gpt-pp2", "checkpoint_every": 1}),
     # Context parallelism: the tokens ahead of a chunk's last places come from whole sequences (execute/mtp.py).
     "mtp-cp2": Layout(2, even_plan(LLAMA, cp=2)),
     "mtpgpt-cp2-allgather": Layout(2, _with(even_plan(GPT, cp=2), cp_comm="allgather")),
@@ -99,21 +100,27 @@ def test_checkpoints_resume_across_the_last_stages_embedding_copy(tmp_path_facto
 
 @pytest.mark.slow
 def test_the_last_stages_embedding_copy_stays_the_embedding(tmp_path, tmp_path_factory):
-    """After three steps at pp2 the last stage's copy of the embedding and its AdamW moments equal the first
-    stage's (pipeline.EmbeddingSync sums their gradients; unsynced, they part after the first step, which three
-    steps' losses barely show)."""
+    """After three steps at pp2 the last stage's copies of the embedding and their AdamW moments equal the first
+    stage's bit for bit (pipeline.EmbeddingSync sums their gradients; unsynced, they part after the first step, which
+    three steps' losses barely show): the MTP modules' copy of a Llama, and of a GPT with tied embeddings the head's
+    weight (which the MTP modules read) and the learned positions' copy, under pp2 x dp2 and ZeRO-2."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+    from autoconf.execute.model import embedding_source
+
     executor_jobs.results("mtp", tmp_path_factory)
-    dcp_to_torch_save(executor_jobs.checkpoints("mtp", tmp_path_factory) / "pp2" / "step-00000003",
-                      tmp_path / "pp2.pt")
-    state = _flat(torch.load(tmp_path / "pp2.pt", weights_only=False))
-    copies = [key for key in state if "mtp_embed.tok.weight" in key]
-    assert len(copies) >= 3, sorted(state)  # the weight, exp_avg and exp_avg_sq
-    for key in copies:
-        original = state[key.replace("mtp_embed.", "embed.", 1)]
-        assert not torch.equal(original, torch.zeros_like(original)), key
-        torch.testing.assert_close(state[key], original, rtol=0, atol=0, msg=key)
+    for folder, spec, names in (("pp2", LLAMA, {"mtp_embed.tok.weight"}),
+                                ("gpt-pp2", GPT, {"output.weight", "mtp_embed.pos.weight"})):
+        dcp_to_torch_save(executor_jobs.checkpoints("mtp", tmp_path_factory) / folder / "step-00000003",
+                          tmp_path / f"{folder}.pt")
+        state = _flat(torch.load(tmp_path / f"{folder}.pt", weights_only=False))
+        copies = [key for key in state if embedding_source(key, spec.tied_embeddings) != key]
+        assert {name for name in names for key in copies if name in key} == names, sorted(state)
+        assert len(copies) >= 3 * len(names), copies  # each weight, its exp_avg and exp_avg_sq
+        for key in copies:
+            original = state[embedding_source(key, spec.tied_embeddings)]
+            assert not torch.equal(original, torch.zeros_like(original)), key
+            torch.testing.assert_close(state[key], original, rtol=0, atol=0, msg=key)
 
 
 def _flat(state, prefix: str = "") -> dict:

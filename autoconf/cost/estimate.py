@@ -463,20 +463,24 @@ def exposed_dp(execution: Execution, gather: float, reduce: float, params: float
 def step_collectives(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig, grid: RankGrid,
                      stage_to_rank: tuple, execution: Execution | None = None) -> float:
     """Seconds of the collectives every step runs once after the pipeline flush, before the optimizer: the sum of
-    the tied embedding's gradients between the first and the last stage (when different pipeline ranks hold them:
-    the rank's shard under FSDP; the whole gradient in the megatron layout, whose distributed optimizer keeps the
-    whole buffer and all-reduces the embedding's `main_grad`, Megatron-Core's `_allreduce_word_embedding_grads`,
-    but Megatron-FSDP's ZeRO-3), the all-reduce of the gradient norm's square and the all-reduce of the loss, both
-    over every rank. Every rank waits for them with nothing left to compute (`collective_time`'s `synced`)."""
+    the embedding's gradients between the first and the last stage where the last holds a copy (a tied head, the
+    MTP modules' embedding: Megatron-Core's `_allreduce_word_embedding_grads` for either, the executor's
+    `pipeline.EmbeddingSync`, which also sums an MTP copy's learned positions), when different pipeline ranks hold
+    them: the rank's shard under FSDP; the whole gradient in the megatron layout, whose distributed optimizer keeps
+    the whole buffer and all-reduces the embedding's `main_grad`, but Megatron-FSDP's ZeRO-3; the all-reduce of the
+    gradient norm's square and the all-reduce of the loss, both over every rank. Every rank waits for them with
+    nothing left to compute (`collective_time`'s `synced`)."""
     everyone = grid.devices.reshape(-1)
     seconds = (collective_time(cluster, "all_reduce", 8, everyone, synced=True)
                + collective_time(cluster, "all_reduce", 16, everyone, synced=True))
     last = stage_to_rank[-1]
-    if model.tied_embeddings and c.pp > 1 and last != stage_to_rank[0]:
-        whole = (execution is not None and execution.memory_layout == "megatron"
-                 and not (execution.megatron_fsdp and c.zero_stage == 3))
+    if (model.tied_embeddings or model.mtp_num_layers) and c.pp > 1 and last != stage_to_rank[0]:
+        megatron = execution is not None and execution.memory_layout == "megatron"
+        whole = megatron and not (execution.megatron_fsdp and c.zero_stage == 3)
         shard = c.dp_cp if c.zero_sharded and not whole else 1
-        grad_bytes = model.vocab_size * model.hidden_size / c.tp / shard * 4
+        synced = (model.embedding_params() if model.mtp_num_layers and not megatron
+                  else model.vocab_size * model.hidden_size)
+        grad_bytes = synced / c.tp / shard * 4
         pairs = np.stack([grid.pipeline_rank(stage_to_rank[0]).reshape(-1), grid.pipeline_rank(last).reshape(-1)],
                          axis=1)
         seconds += slowest_collective_time(cluster, "all_reduce", grad_bytes, pairs, synced=True)

@@ -1015,6 +1015,12 @@ def largest_block_bytes(model: ModelSpec, c: ParallelConfig) -> float:
     return fsdp_units(model, c).largest_block(chunk_pairs(model, None))
 
 
+def holds_word_embedding(model: ModelSpec, stage: int, stages: int) -> bool:
+    """Whether model stage `stage` of `stages` holds a word embedding of its own (what `full_vocab_rows` reads): the
+    first stage, and with MTP modules the last (their copy, `mtp.mtp_stage_params`)."""
+    return stage == 0 or (model.mtp_num_layers > 0 and stage == stages - 1)
+
+
 def full_vocab_rows(model: ModelSpec, c: ParallelConfig, embedding: bool = True) -> float:
     """Elements beyond its 1/tp share in the gradient of the word embedding of a chunk (`embedding`: it holds it)
     under TP: the executor's backward returns the whole vocabulary's table on every TP rank (measured on CPU,
@@ -1453,7 +1459,7 @@ class RankMemory:
         if key not in self._buffer_shapes:
             self._buffer_shapes[key] = unsharded_buffer_bytes(
                 self.model, self.c, self.layout, root_unit_params(self.model, self.c, self.partition, st), layers,
-                embedding=st == 0, execution=self.execution)
+                embedding=holds_word_embedding(self.model, st, len(self.partition)), execution=self.execution)
         return self._buffer_shapes[key]
 
     def _deferred_grads(self, stages: tuple[int, ...]) -> float:
@@ -1466,7 +1472,8 @@ class RankMemory:
             upto = local_params_of(c, *_rank_params(model, self.part_key, tuple(ordered[:k + 1])))
             root = root_unit_params(model, c, partition, st)[0]
             block = fsdp_units(model, c).largest_block(chunk_pairs(model, self._chunk_layers(st)))
-            chunks.append((upto[0] - before[0], upto[1] - before[1], *held_grad_terms(model, c, root, block, st == 0)))
+            embedding = holds_word_embedding(model, st, len(partition))
+            chunks.append((upto[0] - before[0], upto[1] - before[1], *held_grad_terms(model, c, root, block, embedding)))
             before = upto
         return deferred_rank_grad_bytes(c, chunks)
 

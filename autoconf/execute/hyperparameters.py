@@ -9,6 +9,7 @@ accepts is one the worker takes, and both refuse the same values in one line nam
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 # Megatron-Core's default mtp_loss_scaling_factor (DeepSeek-V3 trained with 0.3, then 0.1).
@@ -33,7 +34,9 @@ class Hyperparameter:
         return "--" + self.field.replace("_", "-")
 
     def problem(self, value) -> str | None:
-        """Why `value` is not allowed (one line naming the allowed range), or None."""
+        """Why `value` is not allowed (one line naming its type or the allowed range), or None."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral if self.kind is int else numbers.Real):
+            return f"{self.flag} takes {'an integer' if self.kind is int else 'a number'} (got {value!r})"
         if self.kind is float and not math.isfinite(value):
             return f"{self.flag} must be a finite number (got {value})"
         low_ok = value > self.low if self.low_open else value >= self.low
@@ -68,7 +71,7 @@ def default_of(field: str):
 
 def hyperparameter_args(values: dict) -> list[str]:
     """The worker's command-line arguments for `values` (field -> value; None: the worker's default), in the table's
-    order. Raises ValueError (one line) for an unknown field or a value out of its range."""
+    order. Raises ValueError (one line) for an unknown field or a value of the wrong type or out of its range."""
     unknown = sorted(set(values) - set(BY_FIELD))
     if unknown:
         raise ValueError(f"unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(BY_FIELD)}")
@@ -82,3 +85,18 @@ def hyperparameter_args(values: dict) -> list[str]:
             raise ValueError(problem)
         args += [h.flag, repr(h.kind(value))]
     return args
+
+
+def parse_hyperparameter(h: Hyperparameter, text: str):
+    """`text` (a command-line word) as hyperparameter `h`'s value. Raises ValueError (one line) unless it is a
+    number in ASCII digits (an integer where `h` takes one) inside `h`'s range: what `autoconf launch` accepts."""
+    from autoconf.files import ascii_number
+
+    if not ascii_number(text, integer=h.kind is int):
+        raise ValueError(f"{h.flag} takes {'an integer' if h.kind is int else 'a number'} in ASCII digits "
+                         f"(got {text!r})")
+    value = h.kind(text)
+    problem = h.problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value

@@ -23,8 +23,9 @@ Megatron-Core's layout, as cost/mtp.py counts it) whose gradient pipeline.Embedd
 stage's; the schedule passes the tokens ahead to every stage's forward (torch's stage kwargs) and the last stage's
 loss function joins the modules' losses (execute/train.py). Not under seq1f1b (a unit's tokens ahead lie in later
 units, whose K/V its block would need) nor on the V placements (zbv, dualpipev), where the last stage shares a rank
-with the first: the cost model counts one embedding there (DeepSeek-V3's DualPipe shares it), the executor's two
-FSDP roots could not.
+with the first: the cost model counts one embedding there (DeepSeek-V3's DualPipe shares it), where the executor's
+two chunks, separate FSDP roots, would each hold one (EmbeddingSync would sum them on the rank): refused rather
+than run at more memory than the plan shows.
 """
 
 from __future__ import annotations

@@ -283,12 +283,14 @@ class EmbeddingSync:
     rank holds both ends (V placement) nothing crosses the network; at pp == 1 there is nothing to sync (a tied
     head is the embedding's parameter, the MTP modules read the embedding itself). Every rank must construct this
     object (process groups are created collectively); the group of the two ends' ranks times out after `timeout`
-    (torch's default when None).
+    (torch's default when None). Gradients held in host memory (FSDP's CPU offload under offload_optimizer) are
+    summed on `device`, where the group's backend (NCCL on CUDA) works.
     """
 
-    def __init__(self, plan, grid: RankGrid, chunks: list[tuple[int, Transformer]], rank: int, timeout=None):
+    def __init__(self, plan, grid: RankGrid, chunks: list[tuple[int, Transformer]], rank: int, timeout=None,
+                 device: torch.device | None = None):
         self.slots: list[list[torch.nn.Parameter]] = []  # per embedding parameter, this rank's copies of it
-        self.group = None
+        self.group, self.device = None, device
         c, spec = plan.config, plan.model
         if c.pp == 1 or not (spec.tied_embeddings or spec.mtp_num_layers):
             return
@@ -323,6 +325,9 @@ class EmbeddingSync:
             for g in grads[1:]:
                 total += g
             if self.group is not None:
-                dist.all_reduce(total, group=self.group)
+                here = total if self.device is None or total.device == self.device else total.to(self.device)
+                dist.all_reduce(here, group=self.group)
+                if here is not total:
+                    total.copy_(here)
             for g in grads[1:]:
                 g.copy_(total)

@@ -39,7 +39,7 @@ from autoconf.execute.mesh import (build_expert_mesh, build_mesh, process_group_
                                    torchrun_store)
 from autoconf.execute.model import init_seed
 from autoconf.execute.moe import is_expert_param
-from autoconf.execute.hyperparameters import HYPERPARAMETERS, default_of
+from autoconf.execute.hyperparameters import HYPERPARAMETERS, default_of, parse_hyperparameter
 from autoconf.execute.mtp import future_tokens, with_mtp_losses
 from autoconf.execute.optimizer import model_optimizer
 from autoconf.execute.parallelize import (GradReducer, expert_grad_scale, match_grad_layout, moe_layers,
@@ -95,11 +95,12 @@ class PhaseClock:
 
 
 def lr_at(step: int, opts: TrainOptions) -> float:
-    """Linear warm-up to opts.lr, then cosine decay to opts.lr * min_lr_ratio at the last step."""
+    """The learning rate of step `step` (0-based): linear warm-up to opts.lr at step warmup - 1, then cosine decay to
+    opts.lr * min_lr_ratio at the last step (steps - 1)."""
     warmup = opts.warmup_steps if opts.warmup_steps is not None else max(1, opts.steps // 10)
     if step < warmup:
         return opts.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, opts.steps - warmup)
+    progress = (step + 1 - warmup) / max(1, opts.steps - warmup)
     return opts.lr * (opts.min_lr_ratio + (1 - opts.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
@@ -143,7 +144,7 @@ class Trainer:
             self.attention_context = self.context.torch_attention  # the CUDA path's torch context_parallel
             for model in self.models:
                 cpx.attach(model, self.context)
-        self.tied = EmbeddingSync(plan, grid, self.chunks, self.rank, timedelta(seconds=opts.timeout_s))
+        self.tied = EmbeddingSync(plan, grid, self.chunks, self.rank, timedelta(seconds=opts.timeout_s), device)
         # Each parameter's gradient accumulates once per backward unit: a micro-batch, or under seq1f1b each of its
         # seq_chunks chunks. Each unit's loss is divided by the units before its backward (the loop's, and the
         # pipeline's loss function: torchtitan's way), so no pass divides the gradients after the step (torch's
@@ -358,8 +359,10 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------------------------------------
     def checkpoint_meta(self, step: int, loss: float | None) -> dict:
         """What a checkpoint records besides the tensors: the step (data position), the loss of that step (so that
-        a relaunch recognises its own metrics file), the schedule's length, seed, data, model and layout."""
+        a relaunch recognises its own metrics file), the schedule's length, the training hyperparameters, seed,
+        data, model and layout."""
         return {"data_position": step, "loss": loss, "steps": self.opts.steps, "seed": self.opts.seed,
+                "hyperparameters": {h.field: getattr(self.opts, h.field) for h in HYPERPARAMETERS},
                 "data": self.opts.data, "model": self.plan.model.to_dict(), "config": self.config.to_dict(),
                 "partition": self.plan.partition, "mesh": _mesh_list(self.plan),
                 "world_size": dist.get_world_size()}
@@ -394,6 +397,12 @@ def check_resumable(path: Path, meta: dict, plan: Plan, opts: TrainOptions, log)
     if meta.get("steps") not in (None, opts.steps):
         log(f"note: the learning-rate schedule now spans {opts.steps} steps where the checkpoint's run planned "
             f"{meta['steps']}: the steps after the resume follow the new schedule (warm-up and cosine decay)")
+    written = meta.get("hyperparameters") or {}
+    changed = [f"{h.flag} {written[h.field]} -> {getattr(opts, h.field)}" for h in HYPERPARAMETERS
+               if h.field in written and written[h.field] != getattr(opts, h.field)]
+    if changed:
+        log(f"note: {path} was written with other training hyperparameters; the steps after the resume take the new "
+            f"ones ({', '.join(changed)})")
     saved = meta.get("config") or {}
     for key in ("global_batch_size", "seq_len"):
         if saved.get(key) not in (None, getattr(plan.config, key)):
@@ -573,17 +582,12 @@ def is_communication_failure(err: BaseException) -> bool:
 
 
 def _checked(h):
-    """argparse's type for hyperparameter `h`: its value, or argparse's one-line error naming the allowed range."""
+    """argparse's type for hyperparameter `h` (`parse_hyperparameter`): its value, or argparse's one-line error."""
     def parse(text: str):
         try:
-            value = h.kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{h.flag} takes {'an integer' if h.kind is int else 'a number'} "
-                                             f"(got {text!r})") from None
-        problem = h.problem(value)
-        if problem:
-            raise argparse.ArgumentTypeError(problem)
-        return value
+            return parse_hyperparameter(h, text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
 
     return parse
 
@@ -604,6 +608,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--timeout", type=float, default=600.0, help="collective timeout in seconds")
     return p.parse_args(argv)
+
+
+def train_options(args: argparse.Namespace) -> TrainOptions:
+    """The TrainOptions of the worker's parsed command line (`parse_args`), every hyperparameter included."""
+    return TrainOptions(steps=args.steps, seed=args.seed, data=args.data, metrics=args.metrics,
+                        checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                        timing_warmup=args.timing_warmup, stop_after=args.stop_after, timeout_s=args.timeout,
+                        **{h.field: getattr(args, h.field) for h in HYPERPARAMETERS})
 
 
 def quiet_known_warnings() -> None:
@@ -634,10 +646,7 @@ def main(argv=None) -> int:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     else:
         device = _default_device()
-    opts = TrainOptions(steps=args.steps, seed=args.seed, data=args.data, metrics=args.metrics,
-                        checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-                        timing_warmup=args.timing_warmup, stop_after=args.stop_after, timeout_s=args.timeout,
-                        **{h.field: getattr(args, h.field) for h in HYPERPARAMETERS})
+    opts = train_options(args)
     try:
         plan = load_plan(args.plan)
         if device.type == "cuda":

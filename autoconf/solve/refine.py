@@ -15,10 +15,10 @@ from autoconf.cost.estimate import (Execution, cp_attention_comm, cp_exchange_by
                                     moe_attention_tp_only, p2p_bytes, recompute_time, schedule_inflight,
                                     selective_gather_share,
                                     selective_matmul_share, selective_matmuls_only, tp_collective)
-from autoconf.cost.memory import (Temporary, fp8_weight_cache_bytes, hidden_state_bytes, layer_activation_bytes,
-                                  megatron_fsdp_runs, mtp_kept_bytes, pipeline_buffer_bytes, root_unit_params,
-                                  seq_chunk_kv_bytes, seq_chunk_scales, state_bytes_per_param, temporary_terms,
-                                  unit_activation_bytes, unsharded_buffer_bytes)
+from autoconf.cost.memory import (Temporary, fp8_weight_cache_bytes, hidden_state_bytes, holds_word_embedding,
+                                  layer_activation_bytes, megatron_fsdp_runs, mtp_kept_bytes, pipeline_buffer_bytes,
+                                  root_unit_params, seq_chunk_kv_bytes, seq_chunk_scales, state_bytes_per_param,
+                                  temporary_terms, unit_activation_bytes, unsharded_buffer_bytes)
 from autoconf.cost.moe import (block_local_params, blocks_params, dispatch_bytes, dispatch_shares, ep_comm_passes,
                                local_params, moe_layers)
 from autoconf.cost.mtp import mtp_embedding_copy, mtp_pass_times, mtp_stage_params
@@ -137,8 +137,11 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
                           + (recompute_time(block, c, one, block_share, only, gathers) + cp_time + cp_rc) * d)
         if mtp_moe:
             unit_time[-1] += (exchange + exchange_back + (exchange if c.recompute == "full" else 0.0)) * d
-        mtp_params, mtp_experts = local_params(c, *mtp_stage_params(model, embedding_copy=mtp_embedding_copy(
-            owner, [st for st, rank in enumerate(owner) if rank == owner[-1]])))
+        copy = mtp_embedding_copy(owner, [st for st, rank in enumerate(owner) if rank == owner[-1]])
+        params, experts, replicated = mtp_stage_params(model, embedding_copy=copy)
+        if copy and model.tied_embeddings:  # (its weight is the tied head's, counted with the head: one copy, as
+            params -= model.vocab_size * model.hidden_size  # memory.stage_outer_params counts it)
+        mtp_params, mtp_experts = local_params(c, params, experts, replicated)
         unit_static[-1] += mtp_params * per_param + mtp_experts * sum(
             state_bytes_per_param(c, layout, experts=True, execution=execution))
         unit_act[-1] += mtp_kept_bytes(model, c, layout, kind, policy, execution, head)
@@ -194,8 +197,9 @@ def reserved_bytes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
     if layout != "torch" and not megatron_fsdp_runs(c, execution):
         return tuple((0.0, f) for f in fixed)
     places = [[0, 0]] * len(owner)  # a stage's root unit depends on its place only (its blocks cancel out)
-    buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, c, places, st), embedding=st == 0,
-                                      execution=execution) for st in range(len(owner))]
+    buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, c, places, st),
+                                      embedding=holds_word_embedding(model, st, len(owner)), execution=execution)
+               for st in range(len(owner))]
     return tuple((max(buffers[st][1] for st in range(len(owner)) if owner[st] == r),
                   fixed[r] + max(buffers[st][0] for st in range(len(owner)) if owner[st] == r)) for r in range(c.pp))
 

@@ -52,7 +52,7 @@ def mtp_unsupported_reason(config, model) -> str | None:
     """Why the executor cannot build `model`'s multi-token-prediction modules in this layout (one line), or None: it
     builds them in every layout but under seq1f1b (a unit's tokens k ahead lie in a later unit) and, under
     pipelining, on the loop placements only (execute/mtp.py: on a V placement the cost model shares the last stage's
-    embedding with the first stage on the same rank, which the executor's separate FSDP roots cannot)."""
+    embedding with the first stage on the same rank, where the executor's two chunks would hold one each)."""
     if not model.mtp_num_layers or config.pp == 1 or _runs_mtp(schedule_spec(config.schedule)):
         return None
     schedules = ", ".join(name for name in SCHEDULES if _runs_mtp(schedule_spec(name)))
