@@ -147,7 +147,7 @@ def test_default_partition_makes_room_for_the_mtp_module():
 def test_exports_and_the_executor_refusal():
     """Megatron gets --mtp-num-layers and an 'm' before the loss in the layout (the grammar megatron-core validates:
     tests/test_exports_upstream.py); torchtitan's config says it leaves the MTP module out; the executor runs it at
-    pp2 under 1F1B and refuses it on a V placement (zbv) in one line."""
+    pp2 under 1F1B and refuses it under seq1f1b in one line."""
     mtp = dataclasses.replace(LLAMA, mtp_num_layers=1)
     cluster = load_cluster("dgx-h100-80g", nodes=1)
     c = ParallelConfig(tp=1, pp=2, dp=4, micro_batch_size=1, global_batch_size=64, seq_len=4096,
@@ -161,10 +161,11 @@ def test_exports_and_the_executor_refusal():
     assert not any(f[0] == "--mtp-num-layers" for f in megatron_flags(plain)[0])
     assert _pipeline_layout(plain) == "Et*17|t*15L"
     check_supported(c, mtp)
+    check_supported(dataclasses.replace(c, schedule="zbv", vpp=2), mtp)
     with pytest.raises(UserError) as refused:
-        check_supported(dataclasses.replace(c, schedule="zbv", vpp=2), mtp)
+        check_supported(dataclasses.replace(c, schedule="seq1f1b", seq_chunks=2), mtp)
     assert "\n" not in str(refused.value) and "mtp_num_layers 0" in str(refused.value)
-    check_supported(dataclasses.replace(c, schedule="zbv", vpp=2), LLAMA)
+    check_supported(dataclasses.replace(c, schedule="seq1f1b", seq_chunks=2), LLAMA)
 
 
 def _units(split, layers):

@@ -54,6 +54,9 @@ LAYOUTS: dict[str, Layout] = {
     "mtp-pp2": Layout(2, even_plan(LLAMA, pp=2), {"checkpoint_dir": "pp2", "checkpoint_every": 1}),
     "mtp-pp2-interleaved": Layout(2, even_plan(LLAMA, pp=2, schedule="interleaved-1f1b", vpp=2)),
     "mtp-pp2-zb-h1": Layout(2, even_plan(LLAMA, pp=2, schedule="zb-h1")),
+    # V placements: rank 0 holds the first and the last stage, each chunk its own embedding (summed on the rank)
+    "mtp-pp2-zbv": Layout(2, even_plan(LLAMA, pp=2, schedule="zbv", vpp=2)),
+    "mtpgpt-pp2-dualpipev": Layout(2, even_plan(GPT, pp=2, schedule="dualpipev", vpp=2)),
     "mtp-tp2-pp2-sp-zero3": Layout(4, even_plan(LLAMA, tp=2, pp=2, sp=True, zero=3, micro_batch=2)),
     "mtpgpt": Layout(1, even_plan(GPT)),
     "mtpgpt-pp2-dp2-zero2": Layout(4, even_plan(GPT, pp=2, dp=2, zero=2),
@@ -185,6 +188,16 @@ def test_the_model_holds_the_mtp_parameters():
         assert first.mtp is None and last.mtp is not None and last.mtp_embed is not None
         for stage, chunk in enumerate((first, last)):
             assert sum(p.numel() for p in chunk.parameters()) == stage_params(spec, partition, stage), spec.name
+    # On a V placement (zbv: rank 0 holds stages 0 and 3) each chunk keeps its own embedding, as the torch layout's
+    # count says (`mtp.copy_per_chunk`).
+    from autoconf.cost.memory import rank_params
+
+    v_split = [[0, 2], [2, 4], [4, 6], [6, 8]]
+    for spec in (LLAMA, GPT):
+        held = sum(p.numel() for st in (0, 3)
+                   for p in build_model(spec, *v_split[st], embed=st == 0, head=st == 3).parameters())
+        assert held == rank_params(spec, v_split, [0, 3], per_chunk=True)[0], spec.name
+        assert held > rank_params(spec, v_split, [0, 3])[0], spec.name  # (the megatron layout's one embedding)
     tied = build_model(GPT, 3, 8, embed=False, head=True)
     assert tied.mtp_embed.tok.weight is tied.output.weight
     assert [n for n, _ in tied.named_parameters() if tied.is_embedding_copy(n)] == ["output.weight",
@@ -234,21 +247,18 @@ def _trunk(model, inputs):
 
 
 def test_layouts_without_the_executors_mtp_are_refused_in_one_line():
-    """MTP modules run on whole sequences and, under pipelining, on the loop placements: other layouts (seq1f1b's
-    sequence chunks, zbv's V placement) name what would work; the same layouts of the model without them, and
-    DeepSeek-V3 itself, are not refused for its MTP module."""
+    """MTP modules run on whole sequences: seq1f1b's sequence chunks are refused naming what would work; the same
+    layout of the model without them, every other schedule, and DeepSeek-V3 itself, are not refused for them."""
     from autoconf.spec.support import model_unsupported_reason, unsupported_reason
 
-    for layout in (dict(pp=2, schedule="seq1f1b"), dict(pp=2, schedule="zbv", vpp=2)):
-        plan = even_plan(LLAMA, **layout)
-        if layout.get("schedule") == "seq1f1b":
-            plan.config = dataclasses.replace(plan.config, seq_chunks=2)
-        reason = unsupported_reason(plan.config, LLAMA)
-        assert "interleaved-1f1b" in reason and "mtp_num_layers 0" in reason, reason
-        assert "zbv" not in reason.split("one of")[1] and "seq1f1b" not in reason.split("one of")[1], reason
-        assert unsupported_reason(plan.config, dataclasses.replace(LLAMA, mtp_num_layers=0)) is None
+    plan = _with(even_plan(LLAMA, pp=2, schedule="seq1f1b"), seq_chunks=2)
+    reason = unsupported_reason(plan.config, LLAMA)
+    assert "interleaved-1f1b" in reason and "zbv" in reason and "mtp_num_layers 0" in reason, reason
+    assert "seq1f1b" not in reason.split("one of")[1], reason
+    assert unsupported_reason(plan.config, dataclasses.replace(LLAMA, mtp_num_layers=0)) is None
     for layout in (dict(dp=2), dict(tp=2, sp=True), dict(pp=2), dict(pp=2, schedule="interleaved-1f1b", vpp=2),
-                   dict(cp=2), dict(cp=2, pp=2)):
+                   dict(pp=2, schedule="zbv", vpp=2), dict(pp=2, schedule="dualpipev", vpp=2), dict(cp=2),
+                   dict(cp=2, pp=2)):
         assert unsupported_reason(even_plan(LLAMA, **layout).config, LLAMA) is None, layout
     assert model_unsupported_reason(PRESETS["deepseek-v3"]) is None
 
@@ -304,24 +314,22 @@ def test_the_estimate_counts_what_the_mtp_module_keeps(arch, dtype, recompute):
 
 
 def test_the_search_for_the_executor_keeps_the_layouts_its_mtp_modules_run_in():
-    """Planned for the executor, a model with MTP modules gets no layout its modules do not run in (V placements:
-    left out as not launchable), pipelines and context parallelism included; with a V placement pinned the search
-    says in one line that the executor cannot run them."""
+    """Planned for the executor, a model with MTP modules gets launchable layouts, pipelines (V placements too) and
+    context parallelism included; with seq1f1b pinned the search says in one line that the executor cannot run
+    them."""
     from autoconf.errors import UserError
     from autoconf.solve.search import search
     from autoconf.spec.cluster import load_cluster
-    from autoconf.spec.schedules import schedule_spec
 
     cluster = load_cluster("dgx-h100-80g", nodes=1)
     result = search(LLAMA, cluster, 16, 64, "bf16", top_k=5, refine=False)
     assert result.plans and all(p.prediction.get("launchable", True) for p in result.plans)
-    assert not any(p.config.pp > 1 and schedule_spec(p.config.schedule).v_placement for p in result.plans)
-    for pin in ({"pp": 2}, {"cp": 2}):
+    for pin in ({"pp": 2}, {"cp": 2}, {"schedule": "zbv"}):
         pinned = search(LLAMA, cluster, 16, 64, "bf16", fixed=pin, top_k=1, refine=False).plans[0]
         assert pinned.prediction.get("launchable", True), pin
         assert all(getattr(pinned.config, key) == value for key, value in pin.items()), pin
-    with pytest.raises(UserError, match="executor cannot run.*loop placement"):
-        search(LLAMA, cluster, 16, 64, "bf16", fixed={"schedule": "zbv"}, top_k=1, refine=False)
+    with pytest.raises(UserError, match="executor cannot run.*whole sequences"):
+        search(LLAMA, cluster, 16, 64, "bf16", fixed={"schedule": "seq1f1b", "pp": 2}, top_k=1, refine=False)
 
 
 @pytest.mark.slow

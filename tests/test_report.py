@@ -294,12 +294,11 @@ def test_a_forced_export_removes_the_exports_it_does_not_write(tmp_path):
     written = write_exports(plan_on(16), tmp_path / "plan.json", tmp_path, force=True)
     assert {p.name for p in tmp_path.glob("torchrun_node*.sh")} == {"torchrun_node.sh", "torchrun_node_mine.sh"}
     assert tmp_path / "torchrun_node.sh" in written
-    # a plan the executor does not run (an MTP module on zbv's V placement) gets no launch scripts: the earlier
-    # ones go
+    # a plan the executor does not run (an MTP module under seq1f1b) gets no launch scripts: the earlier ones go
     import dataclasses
 
-    config = ParallelConfig(tp=8, pp=2, vpp=2, schedule="zbv", dp=1, micro_batch_size=1, global_batch_size=8,
-                            seq_len=2048)
+    config = ParallelConfig(tp=8, pp=2, schedule="seq1f1b", seq_chunks=2, dp=1, micro_batch_size=1,
+                            global_batch_size=8, seq_len=2048)
     unlaunchable = estimate(dataclasses.replace(PRESETS["llama3-8b"], mtp_num_layers=1),
                             load_cluster("dgx-h100-80g", nodes=2), config, detail=False)
     written = write_exports(unlaunchable, tmp_path / "plan.json", tmp_path, force=True)

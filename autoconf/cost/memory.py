@@ -87,7 +87,7 @@ from autoconf.cost.moe import (all_to_all_buffer_bytes, block_local_params, bloc
                                swiglu_tensors)
 from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.saved import MLA_UP_PROJ_MLP, NORMS_MLA_SWIGLU, saved_bytes
-from autoconf.cost.mtp import mtp_activation_bytes, mtp_embedding_copy, mtp_stage_params
+from autoconf.cost.mtp import copy_per_chunk, mtp_activation_bytes, mtp_embedding_copy, mtp_stage_params
 from autoconf.cost.offload import activation_copy_bytes, host_state_bytes
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, precision
@@ -671,13 +671,14 @@ def stage_replicated_params(model: ModelSpec, partition: Sequence[Sequence[int]]
     return replicated
 
 
-def rank_params(model: ModelSpec, partition: Sequence[Sequence[int]],
-                stages: Sequence[int]) -> tuple[float, float, float]:
+def rank_params(model: ModelSpec, partition: Sequence[Sequence[int]], stages: Sequence[int],
+                per_chunk: bool = False) -> tuple[float, float, float]:
     """(parameters, routed-expert parameters, TP-replicated parameters) of the model stages `stages` one pipeline
     rank holds, all TP and EP ranks together: their `stage_params`, `stage_expert_params` and
     `stage_replicated_params`, the MTP modules' embedding once (a rank holding the first and the last stage uses the
-    first's). `local_params` splits the triple into what one rank holds."""
-    return _rank_params(model, partition_key(partition), tuple(stages))
+    first's) unless each chunk keeps its own (`per_chunk`: `mtp.copy_per_chunk` of the layout). `local_params`
+    splits the triple into what one rank holds."""
+    return _rank_params(model, partition_key(partition), tuple(stages), per_chunk)
 
 
 def rank_block_params(model: ModelSpec, partition: Sequence[Sequence[int]],
@@ -700,11 +701,11 @@ def partition_key(partition: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], 
 
 
 @functools.lru_cache(maxsize=4096)  # (the search's recompute bisection asks for the same ranks many times)
-def _rank_params(model: ModelSpec, partition: tuple[tuple[int, int], ...],
-                 stages: tuple[int, ...]) -> tuple[float, float, float]:
+def _rank_params(model: ModelSpec, partition: tuple[tuple[int, int], ...], stages: tuple[int, ...],
+                 per_chunk: bool = False) -> tuple[float, float, float]:
     params = sum(stage_params(model, partition, st) for st in stages)
     last = len(partition) - 1
-    if model.mtp_num_layers and last != 0 and last in stages and not mtp_embedding_copy(partition, stages):
+    if model.mtp_num_layers and last != 0 and last in stages and not mtp_embedding_copy(partition, stages, per_chunk):
         # the copy `stage_params` counted on the last stage, but for a tied head's weight (held as without MTP)
         params -= model.embedding_params() - (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)
     return (params, sum(stage_expert_params(model, partition, st) for st in stages),
@@ -718,7 +719,7 @@ def reduced_grad_bytes(model: ModelSpec, config: ParallelConfig, partition: Sequ
     DP x CP (expert-DP) shard, in the layout's gradient dtype (fp32; the megatron layout's buffer dtype). What a
     dualpipe rank sums with its mirror rank's copies of the same stages (`estimate.mirror_grad_sum`)."""
     c = config
-    dense, experts = local_params_of(c, *rank_params(model, partition, stages))
+    dense, experts = local_params_of(c, *rank_params(model, partition, stages, copy_per_chunk(layout)))
     grad = float(execution.grad_buffer_bytes) if layout == "megatron" and execution else 4.0
     return grad * (dense / dense_grad_shard(c) + experts / expert_state_shard(c, layout))
 
@@ -1469,7 +1470,8 @@ class RankMemory:
         ordered = sorted(stages)
         for k, st in enumerate(ordered):
             # (each chunk's parameters as what it adds to the rank's: a V placement's MTP embedding copy is none)
-            upto = local_params_of(c, *_rank_params(model, self.part_key, tuple(ordered[:k + 1])))
+            upto = local_params_of(c, *_rank_params(model, self.part_key, tuple(ordered[:k + 1]),
+                                                    copy_per_chunk(self.layout)))
             root = root_unit_params(model, c, partition, st)[0]
             block = fsdp_units(model, c).largest_block(chunk_pairs(model, self._chunk_layers(st)))
             embedding = holds_word_embedding(model, st, len(partition))
@@ -1489,7 +1491,8 @@ class RankMemory:
         expert_bytes = self.expert_state
         copies = self.stages_of.get(rank, ())  # schedule stages, each reading inflight[st]
         stages = tuple(st % len(partition) for st in copies)  # their model stages (partition entries)
-        local_params, local_experts = local_params_of(c, *_rank_params(model, self.part_key, stages))
+        local_params, local_experts = local_params_of(c, *_rank_params(model, self.part_key, stages,
+                                                                       copy_per_chunk(layout)))
         param_buffer = grad_buffer = 0.0
         if layout == "torch" or megatron_fsdp_runs(c, self.execution):  # (FSDP's buffers)
             buffers = [self._buffer_bytes(st) for st in stages]

@@ -6,7 +6,9 @@ embedding of the token one further ahead, normalises both (enorm, hnorm), projec
 (eh_proj), runs one transformer block like the model's last one, a final norm, and the model's own output head and
 loss. The embedding and the head are shared with the main model: on a single-stage model they are the same weights;
 under pipelining the last stage holds a copy of the embedding (Megatron-Core's `mtp` embedding on the last stage),
-unless the rank also holds the first stage (V placements), where the one embedding serves both.
+unless the rank also holds the first stage (V placements), where in the megatron layout the one embedding serves
+both (DeepSeek's DualPipe shares it) and in the torch layout each chunk, an FSDP root of its own, holds its own
+(`copy_per_chunk`, the executor's).
 
 Counted: weights, gradients and optimizer states of the modules (and of the embedding copy); per pass one block (its
 token exchange when it is an MoE block, its TP collectives, its K/V exchange under CP), the projection GEMM, the
@@ -30,11 +32,18 @@ from autoconf.spec.model import ModelSpec
 from autoconf.spec.plan import ParallelConfig
 
 
-def mtp_embedding_copy(partition: Sequence[Sequence[int]], stages: Sequence[int]) -> bool:
+def copy_per_chunk(layout: str) -> bool:
+    """Whether the last stage's chunk keeps its MTP embedding copy on a rank that also holds the first stage: in
+    the torch layout (the executor's chunks are separate FSDP roots; pipeline.EmbeddingSync sums the two on the
+    rank), not in the megatron layout (one embedding serves both, as DeepSeek's DualPipe shares it)."""
+    return layout == "torch"
+
+
+def mtp_embedding_copy(partition: Sequence[Sequence[int]], stages: Sequence[int], per_chunk: bool = False) -> bool:
     """Whether the rank holding model stages `stages` keeps its own copy of the embedding for the MTP modules: it
-    holds the last stage but not the first (on one rank with the first, the embedding is the same weights)."""
+    holds the last stage, and not the first unless each chunk keeps its own (`per_chunk`, `copy_per_chunk`)."""
     last = len(partition) - 1
-    return last in stages and 0 not in stages
+    return last in stages and (per_chunk or 0 not in stages)
 
 
 def mtp_stage_params(model: ModelSpec, embedding_copy: bool) -> tuple[float, float, float]:

@@ -21,11 +21,10 @@ the layers'; `with_mtp_losses` weights each rank's mean by its share of the plac
 Under pipelining the modules live on the last stage, which holds a copy of the embedding (`Transformer.mtp_embed`,
 Megatron-Core's layout, as cost/mtp.py counts it) whose gradient pipeline.EmbeddingSync sums with the first
 stage's; the schedule passes the tokens ahead to every stage's forward (torch's stage kwargs) and the last stage's
-loss function joins the modules' losses (execute/train.py). Not under seq1f1b (a unit's tokens ahead lie in later
-units, whose K/V its block would need) nor on the V placements (zbv, dualpipev), where the last stage shares a rank
-with the first: the cost model counts one embedding there (DeepSeek-V3's DualPipe shares it), where the executor's
-two chunks, separate FSDP roots, would each hold one (EmbeddingSync would sum them on the rank): refused rather
-than run at more memory than the plan shows.
+loss function joins the modules' losses (execute/train.py). On the V placements (zbv, dualpipev) the last stage
+shares a rank with the first and each chunk, an FSDP root of its own, keeps its embedding (EmbeddingSync sums the
+two on the rank; the torch layout's count, cost/mtp.py `copy_per_chunk`, where DeepSeek's DualPipe shares one). Not
+under seq1f1b: a unit's tokens ahead lie in later units, whose K/V its block would need.
 """
 
 from __future__ import annotations

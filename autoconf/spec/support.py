@@ -10,7 +10,7 @@ ZeRO-3, ep2 x pp2 and dp2 ZeRO-3; with values narrower than a query head under c
 cp2 x tp2 with sequence parallelism and the per-op policy, and (dense) seq1f1b at pp2. qk_norm (Qwen3) under tp2
 with sequence parallelism and cp2. Multi-token-prediction modules (tests/test_mtp_execute.py) with dp, ZeRO-3, tp
 with and without sequence parallelism, ep, and pp2 under 1F1B, interleaved 1F1B and zb-h1 (tp2 x pp2 with ZeRO-3,
-pp2 x dp2 with tied embeddings), cp2 (all-gather and ring, with pp2, with tp2); not under seq1f1b or V placements
+pp2 x dp2 with tied embeddings, zbv and dualpipev), cp2 (all-gather and ring, with pp2); not under seq1f1b
 (`mtp_unsupported_reason`). Not built:
 capacity-factor routing (refused in one line).
 
@@ -50,21 +50,18 @@ def model_unsupported_reason(model) -> str | None:
 
 def mtp_unsupported_reason(config, model) -> str | None:
     """Why the executor cannot build `model`'s multi-token-prediction modules in this layout (one line), or None: it
-    builds them in every layout but under seq1f1b (a unit's tokens k ahead lie in a later unit) and, under
-    pipelining, on the loop placements only (execute/mtp.py: on a V placement the cost model shares the last stage's
-    embedding with the first stage on the same rank, where the executor's two chunks would hold one each)."""
+    builds them in every layout but under seq1f1b (a unit's tokens k ahead lie in a later unit, execute/mtp.py)."""
     if not model.mtp_num_layers or config.pp == 1 or _runs_mtp(schedule_spec(config.schedule)):
         return None
     schedules = ", ".join(name for name in SCHEDULES if _runs_mtp(schedule_spec(name)))
     return (f"{model.name}'s {model.mtp_num_layers} multi-token-prediction module(s) (mtp_num_layers) run in the "
-            f"executor on pipeline schedules of whole sequences in loop placement (this layout: schedule "
-            f"{config.schedule}); use pp 1 or one of {schedules}, set mtp_num_layers 0, or export the plan to "
-            f"Megatron-LM (--mtp-num-layers)")
+            f"executor on pipeline schedules of whole sequences (this layout: schedule {config.schedule}); use pp 1 "
+            f"or one of {schedules}, set mtp_num_layers 0, or export the plan to Megatron-LM (--mtp-num-layers)")
 
 
 def _runs_mtp(spec) -> bool:
     """Whether the executor runs MTP modules under pipeline schedule `spec` (`mtp_unsupported_reason`)."""
-    return spec.torch_class is not None and not spec.v_placement and not spec.sequence_chunks
+    return spec.torch_class is not None and not spec.sequence_chunks
 
 
 def candidate_unsupported_reason(config, model) -> str | None:
