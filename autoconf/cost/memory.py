@@ -805,13 +805,18 @@ def _root_unit_totals(model: ModelSpec, whole: bool, first_stage: bool,
                       last_stage: bool) -> tuple[float, float, float, float]:
     """`root_unit_params` over all TP ranks, before `local_params` splits it: (all, early, their TP-replicated
     parts) of the root of the `whole` model or of a stage, the first and / or the last or neither."""
+    # The MTP modules' blocks are units of their own; their projections and norms (and a last stage's embedding
+    # copy) are the root's.
+    mtp_blocks = model.mtp_num_layers * model.layer_params(model.mtp_block_layer) if model.mtp_num_layers else 0
     if whole:
-        root = model.total_params() - blocks_params(model, 0, model.num_layers)[0]
-    else:  # (the MTP blocks are units of their own)
-        root = stage_outer_params(model, first_stage, last_stage) - (model.mtp_params() if last_stage else 0)
+        root = model.total_params_with_mtp() - blocks_params(model, 0, model.num_layers)[0] - mtp_blocks
+    else:
+        root = stage_outer_params(model, first_stage, last_stage) - (mtp_blocks if last_stage else 0)
     embedding = model.embedding_params() if first_stage else 0
     embedding_replicated = model.tp_replicated_params("embedding") if first_stage else 0
-    replicated = embedding_replicated + (model.tp_replicated_params("head") if last_stage else 0)
+    mtp_replicated = model.mtp_num_layers * model.mtp_norm_params() + (
+        model.tp_replicated_params("embedding") if model.mtp_num_layers and not first_stage else 0)
+    replicated = embedding_replicated + (model.tp_replicated_params("head") + mtp_replicated if last_stage else 0)
     return root, root - embedding, replicated, replicated - embedding_replicated
 
 

@@ -50,13 +50,14 @@ def mtp_stage_params(model: ModelSpec, embedding_copy: bool) -> tuple[float, flo
     """(all parameters, routed-expert parameters, TP-replicated parameters) the MTP modules add to the last stage,
     over all ranks; with `embedding_copy` the embedding the last stage holds for them (`mtp_embedding_copy`: its
     learned positions too; a tied head on that stage is the copy's weight, `memory.stage_outer_params`). The
-    TP-replicated ones: `ModelSpec.mtp_tp_replicated_params` of each module."""
+    TP-replicated ones: `ModelSpec.mtp_tp_replicated_params` of each module, and the copy's (learned positions)."""
     if not model.mtp_num_layers:
         return 0.0, 0.0, 0.0
     experts = layer_kind_params(model)[2] if model.mtp_block_is_moe() else 0
     params = model.mtp_params() + (model.embedding_params() if embedding_copy else 0)
     return (float(params), float(model.mtp_num_layers * experts),
-            float(model.mtp_num_layers * model.mtp_tp_replicated_params()))
+            float(model.mtp_num_layers * model.mtp_tp_replicated_params()
+                  + (model.tp_replicated_params("embedding") if embedding_copy else 0)))
 
 
 def mtp_projection_time(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig) -> float:
