@@ -96,11 +96,12 @@ def _unit_plans() -> dict[str, Plan]:
     plans["seq1f1b-pp2-dp2-zero3-microbatch"] = seq
     # MTP modules on the last stage with its copy of the embedding (execute/mtp.py), their projections and norms in
     # the root unit (their blocks units of their own): one-rank units, and sharded over dp with the rest of the
-    # root; on a V placement each of rank 0's chunks keeps its own copy (`mtp.copy_per_chunk`). Not here: tp2 x pp2
-    # at ZeRO-0 with MTP, whose last stage held one block's gradient (3%) more than estimated (2026-12-07, not
-    # found; the same layout without MTP, below, matches).
+    # root; on a V placement each of rank 0's chunks keeps its own copy (`mtp.copy_per_chunk`); under TP the copy's
+    # whole-vocabulary gradient from the start of the backward, beside every block's reduction
+    # (`memory.vocab_grad_early`).
     mtp, mtp_vocab = (dataclasses.replace(spec, mtp_num_layers=1) for spec in (LLAMA, big_vocab))
     plans["mtp-pp2-zero0-vocab4096"] = even_plan(mtp_vocab, pp=2, zero=0, global_batch=4)
+    plans["mtp-tp2-pp2-zero0-vocab4096"] = even_plan(mtp_vocab, tp=2, pp=2, zero=0, global_batch=4)
     plans["tp2-pp2-zero0-vocab4096"] = even_plan(big_vocab, tp=2, pp=2, zero=0, global_batch=4)
     plans["mtp-pp2-dp2-zero2-vocab4096"] = even_plan(mtp_vocab, pp=2, dp=2, zero=2, global_batch=8)
     plans["mtp-zbv-pp2-dp2-zero1"] = even_plan(mtp, pp=2, dp=2, zero=1, global_batch=8, schedule="zbv", vpp=2)

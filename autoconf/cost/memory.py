@@ -822,14 +822,17 @@ def _root_unit_totals(model: ModelSpec, whole: bool, first_stage: bool,
 
 def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str,
                            root: tuple[float, float] | None = None, layers: tuple[int, int] | None = None,
-                           embedding: bool = True, execution: Execution | None = None) -> tuple[float, float]:
+                           embedding: bool = True, execution: Execution | None = None,
+                           vocab_early: bool | None = None) -> tuple[float, float]:
     """(parameter, gradient) bytes of one TP rank that FSDP holds for the units in use only, in the torch layout
     (tests/test_memory_fsdp.py measures them; the megatron layout's under Megatron-FSDP:
     `megatron_fsdp_buffer_bytes`), for a chunk of blocks `layers` = (first, end) (None: any chunk of two
     or more blocks, the largest). Units are `fsdp_units`'; one with an all-gather buffer is a unit sharded over more
     than one rank (`FsdpUnits.gathered`). `root` is `root_unit_params`' pair, one TP rank's (default: the whole
-    model's); `embedding`: whether the root holds the word embedding (the first stage), whose gradient under TP is
-    the whole vocabulary's (`full_vocab_rows`, counted here).
+    model's); `embedding`: whether the root holds the word embedding (the first stage, or the MTP modules' copy on
+    the last), whose gradient under TP is the whole vocabulary's (`full_vocab_rows`, counted here), and
+    `vocab_early` whether that gradient comes at the start of the backward (`vocab_grad_early`; None: the whole
+    model's).
 
     Parameters: at ZeRO-3 (unless the whole copy is held) the chunk's root unit (never resharded after forward)
     and two blocks in the compute dtype (the one computing and the next unit's all-gather output: prefetched in the
@@ -849,9 +852,10 @@ def unsharded_buffer_bytes(model: ModelSpec, config: ParallelConfig, layout: str
     c = config
     if layout != "torch":
         return megatron_fsdp_buffer_bytes(model, c, root, layers, execution)
-    key = (model, _BUFFER_FIELDS(c), min(c.num_microbatches, 2), root, layers, embedding)
+    early = vocab_grad_early(model) if vocab_early is None else vocab_early
+    key = (model, _BUFFER_FIELDS(c), min(c.num_microbatches, 2), root, layers, embedding, early)
     if key not in _buffers:
-        _buffers[key] = _torch_buffer_bytes(model, c, root, layers, embedding)
+        _buffers[key] = _torch_buffer_bytes(model, c, root, layers, embedding, early)
     return _buffers[key]
 
 
@@ -863,7 +867,7 @@ _buffers: dict[tuple, tuple[float, float]] = {}
 
 
 def _torch_buffer_bytes(model: ModelSpec, c: ParallelConfig, root: tuple[float, float] | None,
-                        layers: tuple[int, int] | None, embedding: bool) -> tuple[float, float]:
+                        layers: tuple[int, int] | None, embedding: bool, vocab_early: bool) -> tuple[float, float]:
     """`unsharded_buffer_bytes` in the torch layout."""
     e = DTYPE_BYTES[c.dtype]
     root_all, root_early = root_unit_params(model, c) if root is None else root
@@ -879,7 +883,7 @@ def _torch_buffer_bytes(model: ModelSpec, c: ParallelConfig, root: tuple[float, 
     else:  # (an MoE block's routed experts are a unit of their own inside it: a block and one more unit)
         params = (root_all + block + u.gathered(pairs, c.edp)) * e
     if not holds_unsharded_grads(c):
-        return params, reducing_grad_bytes(model, c, root_all, root_early, layers, embedding)
+        return params, reducing_grad_bytes(model, c, root_all, root_early, layers, embedding, vocab_early)
     written, reducing = held_grad_terms(model, c, root_all, block, embedding)
     return params, written + reducing if c.pp == 1 else max(written, reducing)
 
@@ -1024,7 +1028,15 @@ def largest_block_bytes(model: ModelSpec, c: ParallelConfig) -> float:
 def holds_word_embedding(model: ModelSpec, stage: int, stages: int) -> bool:
     """Whether model stage `stage` of `stages` holds a word embedding of its own (what `full_vocab_rows` reads): the
     first stage, and with MTP modules the last (their copy, `mtp.mtp_stage_params`)."""
-    return stage == 0 or (model.mtp_num_layers > 0 and stage == stages - 1)
+    return stage == 0 or vocab_grad_early(model, stage, stages)
+
+
+def vocab_grad_early(model: ModelSpec, stage: int | None = None, stages: int | None = None) -> bool:
+    """Whether the word embedding's gradient of model stage `stage` of `stages` (None: the whole model) comes at the
+    start of its backward, not at its end: the MTP modules' embedding (the last stage's copy, or the embedding
+    itself on one stage), whose backward runs before the blocks'; its whole-vocabulary gradient under TP then lives
+    beside every block's reduction (`reducing_grad_bytes`; measured at tp 2 x pp 2, ZeRO-0)."""
+    return model.mtp_num_layers > 0 and (stage is None or stage == stages - 1)
 
 
 def full_vocab_rows(model: ModelSpec, c: ParallelConfig, embedding: bool = True) -> float:
@@ -1038,14 +1050,16 @@ def full_vocab_rows(model: ModelSpec, c: ParallelConfig, embedding: bool = True)
 
 
 def reducing_grad_bytes(model: ModelSpec, c: ParallelConfig, root_all: float, root_early: float,
-                        layers: tuple[int, int] | None = None, embedding: bool = True) -> float:
+                        layers: tuple[int, int] | None = None, embedding: bool = True,
+                        vocab_early: bool = False) -> float:
     """Gradient bytes one rank holds beside its reduced gradients while FSDP reduces every unit during the backward
     (the torch layout) of a chunk of blocks `layers` (`chunk_pairs`): the root unit's early gradients (head, final
     norm; held until the backward ends) and the unit reducing in the compute dtype, with the fp32 reduce-scatter
     input of the unit reduced before it (kept until the next unit reduces: the next block's rest); at an MoE block
     either its routed experts with the gradients already computed beside them (`FsdpUnits.before_experts`), or its
     rest with the experts' input; at the end the whole root's (the word embedding's for the whole vocabulary under
-    TP, `full_vocab_rows`) with the first block's rest's input. With one micro-batch per step a unit's reduced
+    TP, `full_vocab_rows`; from the start where `vocab_early`, the MTP modules' embedding) with the first block's
+    rest's input. With one micro-batch per step a unit's reduced
     gradient only exists once it has reduced, so the root's and the dense block's reducing are taken off (negative
     where they exceed it). Measured on CPU to the byte (tests/test_memory_fsdp.py; one micro-batch an upper bound
     at an MoE block)."""
@@ -1065,7 +1079,8 @@ def reducing_grad_bytes(model: ModelSpec, c: ParallelConfig, root_all: float, ro
         else:
             during = max(during, u.dense * e + before(next_moe) - (u.dense * 4 / shard if once else 0.0))
     first_rest = max((u.rest(moe) for moe, _ in pairs), default=0.0)
-    return (max((root_all + full_vocab_rows(model, c, embedding)) * e + first_rest * 4, root_early * e + during)
+    vocab = full_vocab_rows(model, c, embedding)
+    return (max((root_all + vocab) * e + first_rest * 4, (root_early + (vocab if vocab_early else 0.0)) * e + during)
             - root_reduced_grad_bytes(c, root_all))
 
 
@@ -1463,9 +1478,11 @@ class RankMemory:
         layers = self._chunk_layers(st)
         key = (st == 0, st == len(self.partition) - 1, layers)
         if key not in self._buffer_shapes:
+            stages = len(self.partition)
             self._buffer_shapes[key] = unsharded_buffer_bytes(
                 self.model, self.c, self.layout, root_unit_params(self.model, self.c, self.partition, st), layers,
-                embedding=holds_word_embedding(self.model, st, len(self.partition)), execution=self.execution)
+                embedding=holds_word_embedding(self.model, st, stages), execution=self.execution,
+                vocab_early=vocab_grad_early(self.model, st, stages))
         return self._buffer_shapes[key]
 
     def _deferred_grads(self, stages: tuple[int, ...]) -> float:

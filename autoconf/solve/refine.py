@@ -18,7 +18,7 @@ from autoconf.cost.estimate import (Execution, cp_attention_comm, cp_exchange_by
 from autoconf.cost.memory import (Temporary, fp8_weight_cache_bytes, hidden_state_bytes, holds_word_embedding,
                                   layer_activation_bytes, megatron_fsdp_runs, mtp_kept_bytes, pipeline_buffer_bytes,
                                   root_unit_params, seq_chunk_kv_bytes, seq_chunk_scales, state_bytes_per_param,
-                                  temporary_terms, unit_activation_bytes, unsharded_buffer_bytes)
+                                  temporary_terms, unit_activation_bytes, unsharded_buffer_bytes, vocab_grad_early)
 from autoconf.cost.moe import (block_local_params, blocks_params, dispatch_bytes, dispatch_shares, ep_comm_passes,
                                local_params, moe_layers)
 from autoconf.cost.mtp import copy_per_chunk, mtp_embedding_copy, mtp_pass_times, mtp_stage_params
@@ -199,7 +199,8 @@ def reserved_bytes(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig,
         return tuple((0.0, f) for f in fixed)
     places = [[0, 0]] * len(owner)  # a stage's root unit depends on its place only (its blocks cancel out)
     buffers = [unsharded_buffer_bytes(model, c, layout, root_unit_params(model, c, places, st),
-                                      embedding=holds_word_embedding(model, st, len(owner)), execution=execution)
+                                      embedding=holds_word_embedding(model, st, len(owner)), execution=execution,
+                                      vocab_early=vocab_grad_early(model, st, len(owner)))
                for st in range(len(owner))]
     return tuple((max(buffers[st][1] for st in range(len(owner)) if owner[st] == r),
                   fixed[r] + max(buffers[st][0] for st in range(len(owner)) if owner[st] == r)) for r in range(c.pp))
