@@ -87,7 +87,8 @@ from autoconf.cost.moe import (all_to_all_buffer_bytes, block_local_params, bloc
                                swiglu_tensors)
 from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.saved import MLA_UP_PROJ_MLP, NORMS_MLA_SWIGLU, saved_bytes
-from autoconf.cost.mtp import copy_per_chunk, mtp_activation_bytes, mtp_embedding_copy, mtp_stage_params
+from autoconf.cost.mtp import (copy_per_chunk, embedding_copy_params, mtp_activation_bytes, mtp_embedding_copy,
+                              mtp_stage_params)
 from autoconf.cost.offload import activation_copy_bytes, host_state_bytes
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, precision
@@ -639,12 +640,12 @@ def stage_params(model: ModelSpec, partition: Sequence[Sequence[int]], stage: in
 
 def stage_outer_params(model: ModelSpec, first_stage: bool, last_stage: bool) -> float:
     """What `stage_params` counts beside a stage's blocks: the embedding on the first stage; on the last the head,
-    its own tied embedding where it is not also the first, and the MTP modules with their embedding copy (which is
-    the tied head's weight too: one copy, as in Megatron-Core and the executor)."""
+    its own tied embedding where it is not also the first, and the MTP modules with their embedding copy (of which
+    a tied head's weight is part: `mtp.embedding_copy_params`)."""
     params = float(model.embedding_params()) if first_stage else 0.0
     if last_stage:
         params += model.head_params() + mtp_stage_params(model, embedding_copy=not first_stage)[0]
-        if model.tied_embeddings and not first_stage and not model.mtp_num_layers:
+        if model.tied_embeddings and not first_stage:
             params += model.vocab_size * model.hidden_size
     return params
 
@@ -706,8 +707,7 @@ def _rank_params(model: ModelSpec, partition: tuple[tuple[int, int], ...], stage
     params = sum(stage_params(model, partition, st) for st in stages)
     last = len(partition) - 1
     if model.mtp_num_layers and last != 0 and last in stages and not mtp_embedding_copy(partition, stages, per_chunk):
-        # the copy `stage_params` counted on the last stage, but for a tied head's weight (held as without MTP)
-        params -= model.embedding_params() - (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)
+        params -= embedding_copy_params(model)  # (the copy `stage_params` counted on the last stage)
     return (params, sum(stage_expert_params(model, partition, st) for st in stages),
             sum(stage_replicated_params(model, partition, st) for st in stages))
 

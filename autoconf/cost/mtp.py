@@ -46,15 +46,22 @@ def mtp_embedding_copy(partition: Sequence[Sequence[int]], stages: Sequence[int]
     return last in stages and (per_chunk or 0 not in stages)
 
 
+def embedding_copy_params(model: ModelSpec) -> int:
+    """Parameters the MTP modules' embedding copy adds to a last stage that holds one: the embedding, less a tied
+    head's weight, which is the copy's (one copy on the stage, as in Megatron-Core and the executor;
+    `memory.stage_outer_params` counts the tied head)."""
+    return model.embedding_params() - (model.vocab_size * model.hidden_size if model.tied_embeddings else 0)
+
+
 def mtp_stage_params(model: ModelSpec, embedding_copy: bool) -> tuple[float, float, float]:
     """(all parameters, routed-expert parameters, TP-replicated parameters) the MTP modules add to the last stage,
-    over all ranks; with `embedding_copy` the embedding the last stage holds for them (`mtp_embedding_copy`: its
-    learned positions too; a tied head on that stage is the copy's weight, `memory.stage_outer_params`). The
-    TP-replicated ones: `ModelSpec.mtp_tp_replicated_params` of each module, and the copy's (learned positions)."""
+    over all ranks; with `embedding_copy` the embedding copy the last stage holds for them (`mtp_embedding_copy`,
+    `embedding_copy_params`). The TP-replicated ones: `ModelSpec.mtp_tp_replicated_params` of each module, and the
+    copy's (learned positions)."""
     if not model.mtp_num_layers:
         return 0.0, 0.0, 0.0
     experts = layer_kind_params(model)[2] if model.mtp_block_is_moe() else 0
-    params = model.mtp_params() + (model.embedding_params() if embedding_copy else 0)
+    params = model.mtp_params() + (embedding_copy_params(model) if embedding_copy else 0)
     return (float(params), float(model.mtp_num_layers * experts),
             float(model.mtp_num_layers * model.mtp_tp_replicated_params()
                   + (model.tp_replicated_params("embedding") if embedding_copy else 0)))

@@ -33,10 +33,15 @@ class Hyperparameter:
     def flag(self) -> str:
         return "--" + self.field.replace("_", "-")
 
+    @property
+    def takes(self) -> str:
+        """What the hyperparameter takes, for messages: "an integer" or "a number"."""
+        return "an integer" if self.kind is int else "a number"
+
     def problem(self, value) -> str | None:
         """Why `value` is not allowed (one line naming its type or the allowed range), or None."""
         if isinstance(value, bool) or not isinstance(value, numbers.Integral if self.kind is int else numbers.Real):
-            return f"{self.flag} takes {'an integer' if self.kind is int else 'a number'} (got {value!r})"
+            return f"{self.flag} takes {self.takes} (got {value!r})"
         if self.kind is float and not math.isfinite(value):
             return f"{self.flag} must be a finite number (got {value})"
         low_ok = value > self.low if self.low_open else value >= self.low
@@ -93,8 +98,7 @@ def parse_hyperparameter(h: Hyperparameter, text: str):
     from autoconf.files import ascii_number
 
     if not ascii_number(text, integer=h.kind is int):
-        raise ValueError(f"{h.flag} takes {'an integer' if h.kind is int else 'a number'} in ASCII digits "
-                         f"(got {text!r})")
+        raise ValueError(f"{h.flag} takes {h.takes} in ASCII digits (got {text!r})")
     value = h.kind(text)
     problem = h.problem(value)
     if problem:

@@ -139,10 +139,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
             unit_time[-1] += (exchange + exchange_back + (exchange if c.recompute == "full" else 0.0)) * d
         copy = mtp_embedding_copy(owner, [st for st, rank in enumerate(owner) if rank == owner[-1]],
                                   copy_per_chunk(layout))
-        params, experts, replicated = mtp_stage_params(model, embedding_copy=copy)
-        if copy and model.tied_embeddings:  # (its weight is the tied head's, counted with the head: one copy, as
-            params -= model.vocab_size * model.hidden_size  # memory.stage_outer_params counts it)
-        mtp_params, mtp_experts = local_params(c, params, experts, replicated)
+        mtp_params, mtp_experts = local_params(c, *mtp_stage_params(model, embedding_copy=copy))
         unit_static[-1] += mtp_params * per_param + mtp_experts * sum(
             state_bytes_per_param(c, layout, experts=True, execution=execution))
         unit_act[-1] += mtp_kept_bytes(model, c, layout, kind, policy, execution, head)
