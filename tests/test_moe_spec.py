@@ -302,6 +302,21 @@ def test_a_plan_of_a_model_the_executor_cannot_build_is_marked_not_launchable():
         assert plans and plans[0].prediction["launchable"] is launchable
 
 
+def test_the_search_leaves_out_layouts_whose_tp_does_not_split_an_moe_micro_batch():
+    """The search's launchable filter reads the layout's rules with the model (`candidate_unsupported_reason`): an MoE
+    layout whose tp does not divide a rank's tokens was costed and ranked, and only marked not launchable afterwards;
+    pinned to such layouts the search now says in one line why none runs."""
+    from autoconf.solve.search import search
+    from autoconf.spec.cluster import load_cluster
+
+    cluster = load_cluster("dgx-h100-80g", nodes=1)
+    result = search(TINY_MOE, cluster, 8, 7, "bf16", top_k=200, refine=False, fixed={"tp": 2})
+    assert result.plans and all(p.prediction["launchable"] for p in result.plans)
+    assert all(p.config.micro_batch_size * p.config.local_seq_len % p.config.tp == 0 for p in result.plans)
+    with pytest.raises(UserError, match="tp 2 does not divide the 7 tokens of a micro-batch"):
+        search(TINY_MOE, cluster, 8, 7, "bf16", refine=False, fixed={"tp": 2, "micro_batch_size": 1})
+
+
 def test_a_bad_expert_key_of_a_config_json_is_named_with_the_file():
     """The expert spec's checks speak for the user's config.json by its name (they said "moe:")."""
     with pytest.raises(UserError, match=r"^mine: num_experts_per_tok 9 exceeds the 8 experts"):

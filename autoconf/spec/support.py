@@ -66,10 +66,24 @@ def _runs_mtp(spec) -> bool:
 
 def candidate_unsupported_reason(config, model) -> str | None:
     """Why the executor refuses this candidate layout of `model`, as the search's and validate's filters ask: the
-    layout's own rules (`unsupported_reason` of the config) and the model's MTP modules' (`mtp_unsupported_reason`),
-    not what it refuses of the model in every layout (`model_unsupported_reason`: such a model's plans are still
-    costed, and marked not launchable)."""
-    return unsupported_reason(config) or mtp_unsupported_reason(config, model)
+    layout's own rules (`unsupported_reason` of the config) and those of the layout with this model
+    (`layout_model_unsupported_reason`), not what it refuses of the model in every layout (`model_unsupported_reason`:
+    such a model's plans are still costed, and marked not launchable)."""
+    return layout_model_unsupported_reason(config, model) or unsupported_reason(config)
+
+
+def layout_model_unsupported_reason(config, model) -> str | None:
+    """Why the executor cannot run `model` in this layout though it builds the model and runs the layout (one line),
+    or None: the MTP modules' schedules (`mtp_unsupported_reason`) and an MoE layer's token split over tp."""
+    reason = mtp_unsupported_reason(config, model)
+    if reason:
+        return reason
+    held = config.micro_batch_size * config.local_seq_len  # (a rank's tokens: seq_len / (cp x seq_chunks))
+    if model.moe is not None and config.tp > 1 and held % config.tp:
+        split = " after cp and seq_chunks split it" if config.cp * config.seq_chunks > 1 else ""
+        return (f"tp {config.tp} does not divide the {held} tokens of a micro-batch one rank holds{split}, which "
+                f"an MoE layer's TP ranks route a share each of; use a seq_len whose share per rank tp divides")
+    return None
 
 
 def dtype_unsupported_reason(dtype: str) -> str | None:
@@ -84,14 +98,9 @@ def unsupported_reason(config, model=None) -> str | None:
     """Why the executor refuses this ParallelConfig (one line naming what would work), or None if it runs it. With
     `model`, also what the executor cannot build of the model (`model_unsupported_reason`) or of its layout."""
     if model is not None:
-        reason = model_unsupported_reason(model) or mtp_unsupported_reason(config, model)
+        reason = model_unsupported_reason(model) or layout_model_unsupported_reason(config, model)
         if reason:
             return reason
-        held = config.micro_batch_size * config.local_seq_len  # (a rank's tokens: seq_len / (cp x seq_chunks))
-        if model.moe is not None and config.tp > 1 and held % config.tp:
-            split = " after cp and seq_chunks split it" if config.cp * config.seq_chunks > 1 else ""
-            return (f"tp {config.tp} does not divide the {held} tokens of a micro-batch one rank holds{split}, which "
-                    f"an MoE layer's TP ranks route a share each of; use a seq_len whose share per rank tp divides")
     reason = dtype_unsupported_reason(config.dtype)
     if reason:
         return reason
