@@ -302,12 +302,15 @@ def test_a_plan_of_a_model_the_executor_cannot_build_is_marked_not_launchable():
         assert plans and plans[0].prediction["launchable"] is launchable
 
 
-def test_the_search_leaves_out_layouts_whose_tp_does_not_split_an_moe_micro_batch():
+def test_the_search_leaves_out_layouts_the_executor_refuses_of_an_moe_model():
     """The search's launchable filter reads the layout's rules with the model (`candidate_unsupported_reason`): an MoE
-    layout whose tp does not divide a rank's tokens was costed and ranked, and only marked not launchable afterwards;
-    pinned to such layouts the search now says in one line why none runs."""
+    layout whose tp does not divide a rank's tokens, or under seq1f1b, was costed and ranked, and only marked not
+    launchable afterwards; pinned to such layouts the search now says in one line why none runs (but for a pinned
+    schedule: the user's choice, costed and marked, test_bad_input.py)."""
     from autoconf.solve.search import search
     from autoconf.spec.cluster import load_cluster
+    from autoconf.spec.plan import ParallelConfig
+    from autoconf.spec.support import candidate_unsupported_reason
 
     cluster = load_cluster("dgx-h100-80g", nodes=1)
     result = search(TINY_MOE, cluster, 8, 7, "bf16", top_k=200, refine=False, fixed={"tp": 2})
@@ -315,6 +318,10 @@ def test_the_search_leaves_out_layouts_whose_tp_does_not_split_an_moe_micro_batc
     assert all(p.config.micro_batch_size * p.config.local_seq_len % p.config.tp == 0 for p in result.plans)
     with pytest.raises(UserError, match="tp 2 does not divide the 7 tokens of a micro-batch"):
         search(TINY_MOE, cluster, 8, 7, "bf16", refine=False, fixed={"tp": 2, "micro_batch_size": 1})
+    chunked = ParallelConfig(tp=1, pp=2, dp=4, micro_batch_size=1, global_batch_size=8, seq_len=64,
+                             schedule="seq1f1b", seq_chunks=2)
+    assert candidate_unsupported_reason(chunked, PRESETS["tiny-llama"]) is None
+    assert "on dense models; tiny-moe is a mixture-of-experts" in candidate_unsupported_reason(chunked, TINY_MOE)
 
 
 def test_a_bad_expert_key_of_a_config_json_is_named_with_the_file():

@@ -34,7 +34,8 @@ from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mes
 from autoconf.cost.offload import check_offload, plans_offload
 from autoconf.errors import UserError
 from autoconf.files import gib_figures
-from autoconf.spec.support import candidate_unsupported_reason, dtype_unsupported_reason, unsupported_reason
+from autoconf.spec.support import (candidate_unsupported_reason, dtype_unsupported_reason, schedule_model_reason,
+                                   unsupported_reason)
 from autoconf.solve.bounds import BoundCache
 from autoconf.solve.fit import smallest_fitting_change
 from autoconf.solve.placement import host_chain_order, tp_cp_domain
@@ -181,9 +182,11 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
     # family fields -> [bound, [(order, config, its own bound where the family's read it, else None) of each
     # launchable member]]
     families: dict[tuple, list] = {}
-    # What the user chose and the executor does not run, a pinned schedule (dualpipe) or a precision recipe of
-    # another framework (--dtype fp8-deepseek), is costed all the same, its plans marked not launchable.
+    # What the user chose and the executor does not run, a pinned schedule (dualpipe; seq1f1b of an MoE model) or a
+    # precision recipe of another framework (--dtype fp8-deepseek), is costed all the same, its plans marked not
+    # launchable.
     chosen_unrun = {schedule_spec(fixed["schedule"]).executor_note if "schedule" in fixed else None,
+                    schedule_model_reason(fixed["schedule"], model) if "schedule" in fixed else None,
                     dtype_unsupported_reason(fixed.get("dtype", dtype))} - {None}
 
     def bound_of_fields(config: ParallelConfig) -> float:

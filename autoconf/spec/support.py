@@ -19,8 +19,8 @@ selective policy with context parallelism and MoE layers (also at tp or etp > 1)
 `op_policy_unsupported` names.
 
 seq1f1b (sequence-level pipelining, execute/seq_chunks.py) runs on the layouts its tests check
-(`sequence_chunks_reason`: pp > 1 with any tp (with or without SP), dp, ZeRO stage, recompute and offload, cp 1,
-dense models).
+(`sequence_chunks_reason`: pp > 1 with any tp (with or without SP), dp, ZeRO stage, recompute and offload, cp 1;
+`schedule_model_reason`: dense models).
 
 dualpipe (DeepSeek's bidirectional DualPipe) is refused in one line (`ScheduleSpec.executor_note`): its ranks hold
 two copies of stages in two directions, which no torch.distributed.pipelining class runs. The planner still costs it
@@ -65,25 +65,10 @@ def _runs_mtp(spec) -> bool:
 
 
 def candidate_unsupported_reason(config, model) -> str | None:
-    """Why the executor refuses this candidate layout of `model`, as the search's and validate's filters ask: the
-    layout's own rules (`unsupported_reason` of the config) and those of the layout with this model
-    (`layout_model_unsupported_reason`), not what it refuses of the model in every layout (`model_unsupported_reason`:
-    such a model's plans are still costed, and marked not launchable)."""
-    return layout_model_unsupported_reason(config, model) or unsupported_reason(config)
-
-
-def layout_model_unsupported_reason(config, model) -> str | None:
-    """Why the executor cannot run `model` in this layout though it builds the model and runs the layout (one line),
-    or None: the MTP modules' schedules (`mtp_unsupported_reason`) and an MoE layer's token split over tp."""
-    reason = mtp_unsupported_reason(config, model)
-    if reason:
-        return reason
-    held = config.micro_batch_size * config.local_seq_len  # (a rank's tokens: seq_len / (cp x seq_chunks))
-    if model.moe is not None and config.tp > 1 and held % config.tp:
-        split = " after cp and seq_chunks split it" if config.cp * config.seq_chunks > 1 else ""
-        return (f"tp {config.tp} does not divide the {held} tokens of a micro-batch one rank holds{split}, which "
-                f"an MoE layer's TP ranks route a share each of; use a seq_len whose share per rank tp divides")
-    return None
+    """Why the executor refuses this candidate layout of `model`, as the search's and validate's filters ask: every
+    rule of the layout with this model (`layout_unsupported_reason`), not what it refuses of the model in every
+    layout (`model_unsupported_reason`: such a model's plans are still costed, and marked not launchable)."""
+    return layout_unsupported_reason(config, model)
 
 
 def dtype_unsupported_reason(dtype: str) -> str | None:
@@ -97,10 +82,21 @@ def dtype_unsupported_reason(dtype: str) -> str | None:
 def unsupported_reason(config, model=None) -> str | None:
     """Why the executor refuses this ParallelConfig (one line naming what would work), or None if it runs it. With
     `model`, also what the executor cannot build of the model (`model_unsupported_reason`) or of its layout."""
+    return (model is not None and model_unsupported_reason(model)) or layout_unsupported_reason(config, model)
+
+
+def layout_unsupported_reason(config, model=None) -> str | None:
+    """Why the executor does not run this ParallelConfig (of `model`, where given: the rules that read the model
+    too, e.g. its MTP modules' schedules, an MoE layer's token split over tp, seq1f1b's dense blocks), or None."""
     if model is not None:
-        reason = model_unsupported_reason(model) or layout_model_unsupported_reason(config, model)
+        reason = schedule_model_reason(config.schedule, model) or mtp_unsupported_reason(config, model)
         if reason:
             return reason
+        held = config.micro_batch_size * config.local_seq_len  # (a rank's tokens: seq_len / (cp x seq_chunks))
+        if model.moe is not None and config.tp > 1 and held % config.tp:
+            split = " after cp and seq_chunks split it" if config.cp * config.seq_chunks > 1 else ""
+            return (f"tp {config.tp} does not divide the {held} tokens of a micro-batch one rank holds{split}, which "
+                    f"an MoE layer's TP ranks route a share each of; use a seq_len whose share per rank tp divides")
     reason = dtype_unsupported_reason(config.dtype)
     if reason:
         return reason
@@ -118,7 +114,7 @@ def unsupported_reason(config, model=None) -> str | None:
     if torch_refusal:
         return torch_refusal
     if spec.sequence_chunks:
-        reason = sequence_chunks_reason(config, model)
+        reason = sequence_chunks_reason(config)
         if reason:
             return reason
     if config.zero_sharded and config.zero_stage == 3 and config.pp > 1 and not spec.executor_zero3:
@@ -155,21 +151,29 @@ def op_policy_unsupported(config, model=None) -> str | None:
             "; use selective_recompute attention_core")
 
 
-def sequence_chunks_reason(config, model=None) -> str | None:
+def sequence_chunks_reason(config) -> str | None:
     """Why the executor does not run this seq1f1b layout, or None. It runs the schedule (execute/seq_chunks.py,
     tests/test_seq1f1b.py and test_execute.py; latent attention: tests/test_mla.py) on a pipeline of dense blocks,
     with tensor (and sequence) and data parallelism at any ZeRO stage, under any recompute and offload, without
-    context parallelism: the layouts its CPU tests check. Not built: context parallelism (a second split of the
-    sequence), MoE blocks (their load-balancing statistics would be per chunk)."""
+    context parallelism (a second split of the sequence, not built): the layouts its CPU tests check. What it
+    refuses of a model under the schedule in every layout: `schedule_model_reason`."""
     c = config
     found = [f"{name} {value}" for name, value, ok in (
         ("pp", c.pp, c.pp > 1), ("cp", c.cp, c.cp == 1)) if not ok]
-    if model is not None and model.moe is not None:
-        found.append(f"the mixture-of-experts model {model.name}")
     if not found:
         return None
-    return (f"schedule seq1f1b runs in the executor with pp > 1, cp 1 and a dense model; "
-            f"this plan has {', '.join(found)}: use those, or 1f1b")
+    return (f"schedule seq1f1b runs in the executor with pp > 1 and cp 1; this plan has {', '.join(found)}: use "
+            f"those, or 1f1b")
+
+
+def schedule_model_reason(schedule: str, model) -> str | None:
+    """Why the executor runs `model` in no layout under `schedule` (one line naming what would work), or None: the
+    sequence-chunk schedule (seq1f1b) with MoE blocks (their load-balancing statistics would be per chunk: not
+    built). A search pinned to the schedule costs such plans all the same and marks them not launchable."""
+    if schedule_spec(schedule).sequence_chunks and model.moe is not None:
+        return (f"schedule {schedule} runs in the executor on dense models; {model.name} is a mixture-of-experts "
+                f"model (its routers' load-balancing statistics would be per chunk): use 1f1b or another schedule")
+    return None
 
 
 def plan_unsupported_reason(plan) -> str | None:
