@@ -147,7 +147,7 @@ def test_default_partition_makes_room_for_the_mtp_module():
 def test_exports_and_the_executor_refusal():
     """Megatron gets --mtp-num-layers and an 'm' before the loss in the layout (the grammar megatron-core validates:
     tests/test_exports_upstream.py); torchtitan's config says it leaves the MTP module out; the executor runs it at
-    pp2 under 1F1B and refuses it under seq1f1b in one line."""
+    pp2 under 1F1B, zbv and seq1f1b."""
     mtp = dataclasses.replace(LLAMA, mtp_num_layers=1)
     cluster = load_cluster("dgx-h100-80g", nodes=1)
     c = ParallelConfig(tp=1, pp=2, dp=4, micro_batch_size=1, global_batch_size=64, seq_len=4096,
@@ -160,12 +160,8 @@ def test_exports_and_the_executor_refusal():
     plain = estimate(LLAMA, cluster, c, [[0, 17], [17, 32]], execution=AUTOCONF)
     assert not any(f[0] == "--mtp-num-layers" for f in megatron_flags(plain)[0])
     assert _pipeline_layout(plain) == "Et*17|t*15L"
-    check_supported(c, mtp)
-    check_supported(dataclasses.replace(c, schedule="zbv", vpp=2), mtp)
-    with pytest.raises(UserError) as refused:
-        check_supported(dataclasses.replace(c, schedule="seq1f1b", seq_chunks=2), mtp)
-    assert "\n" not in str(refused.value) and "mtp_num_layers 0" in str(refused.value)
-    check_supported(dataclasses.replace(c, schedule="seq1f1b", seq_chunks=2), LLAMA)
+    for schedule in ({}, {"schedule": "zbv", "vpp": 2}, {"schedule": "seq1f1b", "seq_chunks": 2}):
+        check_supported(dataclasses.replace(c, **schedule), mtp)
 
 
 def _units(split, layers):
@@ -188,6 +184,10 @@ SMALL_MOE = dataclasses.replace(MIXTRAL, num_layers=6, mtp_num_layers=1,
     # tied embeddings: the last stage's one copy is the head's weight and the MTP modules' embedding
     (dataclasses.replace(LLAMA, num_layers=6, mtp_num_layers=1, tied_embeddings=True), "1f1b", 1, 1, "none", 4, 1),
     (dataclasses.replace(LLAMA, num_layers=6, mtp_num_layers=1, tied_embeddings=True), "zbv", 2, 1, "none", 4, 1),
+    # seq1f1b (2 chunks): the MTP blocks keep the earlier chunks' K/V and their gradients as the layers do
+    (dataclasses.replace(LLAMA, num_layers=6, mtp_num_layers=1), "seq1f1b", 1, 1, "none", 4, 1),
+    (dataclasses.replace(LLAMA, num_layers=6, mtp_num_layers=2), "seq1f1b", 1, 0, "selective", 4, 1),
+    (dataclasses.replace(LLAMA, num_layers=6, mtp_num_layers=1), "seq1f1b", 1, 3, "full", 2, 1),
 ])
 def test_the_partition_sees_the_mtp_cost_as_the_estimate_does(model, schedule, vpp, zero, recompute, microbatches,
                                                                 cp):
@@ -201,7 +201,7 @@ def test_the_partition_sees_the_mtp_cost_as_the_estimate_does(model, schedule, v
     ep = 2 if model.moe else 1
     c = ParallelConfig(tp=1, pp=2, dp=2, cp=cp, cp_comm="allgather", vpp=vpp, ep=ep, micro_batch_size=1,
                        global_batch_size=2 * microbatches, seq_len=2048, schedule=schedule, zero_stage=zero,
-                       recompute=recompute)
+                       recompute=recompute, seq_chunks=2 if schedule == "seq1f1b" else 1)
     split = [[0, 2], [2, 3], [3, 5], [5, 6]] if vpp == 2 else [[0, 4], [4, 6]]
     problem = partition_problem(model, cluster, c, AUTOCONF)
     mine = evaluate_partition(problem, _units(split, model.num_layers)).rank_memory_bytes

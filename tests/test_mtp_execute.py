@@ -4,9 +4,10 @@ One process: the model holds `total_params_with_mtp` parameters, and the trainin
 of an objective written out here by slicing (the main cross entropy plus scale / D times each depth's cross
 entropy over the positions that have a token k + 1 ahead), and what a module keeps for its backward is the
 estimate's. Several ranks (the session's shared torchrun jobs, tests/executor_jobs.py): the per-step loss and global
-gradient norm of dp2, dp2 under ZeRO-3 with full recompute, tp2 with and without sequence parallelism, and an MoE
-model's ep2, equal the single-process run's within 1e-4 relative over 3 steps in fp32; under tp2 each rank keeps
-the estimate's bytes. The layouts the executor does not build MTP modules in are refused in one line.
+gradient norm of dp2, dp2 under ZeRO-3 with full recompute, tp2 with and without sequence parallelism, an MoE
+model's ep2, pipelines under every schedule the executor runs (seq1f1b's sequence chunks included) and context
+parallelism equal the single-process run's within 1e-4 relative over 3 steps in fp32; under tp2 each rank keeps
+the estimate's bytes.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def _with(plan: Plan, **fields) -> Plan:
     return plan
 
 
+def _chunked(plan: Plan, chunks: int, split: list[int] | None = None) -> Plan:
+    """A seq1f1b `plan` whose sequences flow in `chunks` chunks (at the boundaries `split`, else evenly)."""
+    plan.sequence_split = split
+    return _with(plan, seq_chunks=chunks, seq_split="even" if split is None else "work")
+
+
 def _moe_plan(**layout) -> Plan:
     plan = even_plan(MOE, **layout)
     plan.config = dataclasses.replace(plan.config, ep=2)
@@ -42,12 +49,13 @@ def _moe_plan(**layout) -> Plan:
     return plan
 
 
+# (two micro-batches of 4 where DTensor's or CP's per-micro-batch cost on CPU is high: still an accumulation)
 LAYOUTS: dict[str, Layout] = {
     "mtp": Layout(1, even_plan(LLAMA)),
     "mtp-dp2": Layout(2, even_plan(LLAMA, dp=2)),
     "mtp-dp2-zero3-full": Layout(2, even_plan(LLAMA, dp=2, zero=3, recompute="full")),
-    "mtp-tp2": Layout(2, even_plan(LLAMA, tp=2)),
-    "mtp-tp2-sp": Layout(2, even_plan(LLAMA, tp=2, sp=True)),
+    "mtp-tp2": Layout(2, even_plan(LLAMA, tp=2, micro_batch=4)),
+    "mtp-tp2-sp": Layout(2, even_plan(LLAMA, tp=2, sp=True, micro_batch=4)),
     "mtpmoe": Layout(1, even_plan(MOE)),
     "mtpmoe-ep2": Layout(2, _moe_plan(dp=2)),
     # Pipelines: the modules on the last stage with its copy of the embedding (execute/mtp.py).
@@ -62,9 +70,14 @@ LAYOUTS: dict[str, Layout] = {
     "mtpgpt-pp2-dp2-zero2": Layout(4, even_plan(GPT, pp=2, dp=2, zero=2),
                                    {"checkpoint_dir": "gpt-pp2", "checkpoint_every": 1}),
     # Context parallelism: the tokens ahead of a chunk's last places come from whole sequences (execute/mtp.py).
-    "mtp-cp2": Layout(2, even_plan(LLAMA, cp=2)),
-    "mtpgpt-cp2-allgather": Layout(2, _with(even_plan(GPT, cp=2), cp_comm="allgather")),
+    "mtp-cp2": Layout(2, even_plan(LLAMA, cp=2, micro_batch=4)),
+    "mtpgpt-cp2-allgather": Layout(2, _with(even_plan(GPT, cp=2, micro_batch=4), cp_comm="allgather")),
     "mtp-cp2-pp2": Layout(4, even_plan(LLAMA, cp=2, pp=2)),
+    # seq1f1b: the tokens ahead cut into the units with the labels, the modules' blocks reading earlier units' K/V;
+    # a GPT's learned positions, an uneven split (the last chunk shorter), two rows per micro-batch.
+    "mtp-pp2-seq1f1b-k2": Layout(2, _chunked(even_plan(LLAMA, pp=2, schedule="seq1f1b"), 2)),
+    "mtpgpt-pp2-seq1f1b-k4-uneven-mb2": Layout(2, _chunked(even_plan(GPT, pp=2, schedule="seq1f1b", micro_batch=2),
+                                                           4, [0, 11, 20, 27, 32])),
 }
 # Checkpoints across the embedding copy: one written at pp1 x dp2 (no copy) resumes at pp2, and pp2's (with the
 # copy) resumes at pp1; step 3 equals the uninterrupted run's.
@@ -246,16 +259,14 @@ def _trunk(model, inputs):
     return x
 
 
-def test_layouts_without_the_executors_mtp_are_refused_in_one_line():
-    """MTP modules run on whole sequences: seq1f1b's sequence chunks are refused naming what would work; the same
-    layout of the model without them, every other schedule, and DeepSeek-V3 itself, are not refused for them."""
+def test_every_schedule_the_executor_runs_takes_mtp_modules():
+    """The executor builds MTP modules in every layout it runs (seq1f1b's sequence chunks included since they take
+    the tokens ahead cut with the labels): no layout of the model is refused for them, and DeepSeek-V3 itself is
+    not refused."""
     from autoconf.spec.support import model_unsupported_reason, unsupported_reason
 
     plan = _with(even_plan(LLAMA, pp=2, schedule="seq1f1b"), seq_chunks=2)
-    reason = unsupported_reason(plan.config, LLAMA)
-    assert "interleaved-1f1b" in reason and "zbv" in reason and "mtp_num_layers 0" in reason, reason
-    assert "seq1f1b" not in reason.split("one of")[1], reason
-    assert unsupported_reason(plan.config, dataclasses.replace(LLAMA, mtp_num_layers=0)) is None
+    assert unsupported_reason(plan.config, LLAMA) is None
     for layout in (dict(dp=2), dict(tp=2, sp=True), dict(pp=2), dict(pp=2, schedule="interleaved-1f1b", vpp=2),
                    dict(pp=2, schedule="zbv", vpp=2), dict(pp=2, schedule="dualpipev", vpp=2), dict(cp=2),
                    dict(cp=2, pp=2)):
@@ -314,22 +325,18 @@ def test_the_estimate_counts_what_the_mtp_module_keeps(arch, dtype, recompute):
 
 
 def test_the_search_for_the_executor_keeps_the_layouts_its_mtp_modules_run_in():
-    """Planned for the executor, a model with MTP modules gets launchable layouts, pipelines (V placements too) and
-    context parallelism included; with seq1f1b pinned the search says in one line that the executor cannot run
-    them."""
-    from autoconf.errors import UserError
+    """Planned for the executor, a model with MTP modules gets launchable layouts, pipelines (V placements and
+    seq1f1b too) and context parallelism included."""
     from autoconf.solve.search import search
     from autoconf.spec.cluster import load_cluster
 
     cluster = load_cluster("dgx-h100-80g", nodes=1)
     result = search(LLAMA, cluster, 16, 64, "bf16", top_k=5, refine=False)
     assert result.plans and all(p.prediction.get("launchable", True) for p in result.plans)
-    for pin in ({"pp": 2}, {"cp": 2}, {"schedule": "zbv"}):
+    for pin in ({"pp": 2}, {"cp": 2}, {"schedule": "zbv"}, {"schedule": "seq1f1b", "pp": 2}):
         pinned = search(LLAMA, cluster, 16, 64, "bf16", fixed=pin, top_k=1, refine=False).plans[0]
         assert pinned.prediction.get("launchable", True), pin
         assert all(getattr(pinned.config, key) == value for key, value in pin.items()), pin
-    with pytest.raises(UserError, match="executor cannot run.*whole sequences"):
-        search(LLAMA, cluster, 16, 64, "bf16", fixed={"schedule": "seq1f1b", "pp": 2}, top_k=1, refine=False)
 
 
 @pytest.mark.slow

@@ -207,6 +207,12 @@ def test_to_units_lays_out_each_micro_batchs_chunks_in_causal_order():
             rows = units[(i * 3 + j) * b:(i * 3 + j + 1) * b]
             assert torch.equal(rows[:, :hi - lo], batch[i * b:(i + 1) * b, lo:hi])
             assert (rows[:, hi - lo:] == -100).all()
+    # The MTP modules' tokens ahead, [rows, depth + 1, s]: every depth split along its places like the labels.
+    future = torch.stack([batch, batch + 1000], dim=1)
+    units = to_units(future, b, bounds, pad=-100)
+    assert units.shape == (m * 3 * b, 2, 4)
+    for depth in range(2):
+        assert torch.equal(units[:, depth], to_units(future[:, depth], b, bounds, pad=-100))
 
 
 def test_exporters_say_megatron_and_torchtitan_cannot_run_it():

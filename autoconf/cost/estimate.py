@@ -713,10 +713,13 @@ def stage_plan(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig
         costs = StageCosts(forward, back_in, back_w, [e.forward for e in ep_parts], exchange_back_parts,
                            exchange_sm_share(cluster, execution))
     if c.seq_chunks > 1:
+        # (the last stage's MTP blocks attend over the earlier chunks as its layers do, recomputed under the mode)
         core_recomputed = c.recompute == "full" or (c.recompute == "selective" and matmul_share is None)
-        costs = seq_chunk_costs(costs, pieces.attention_core, [end - first for first, end in partition],
-                                recomputed if core_recomputed else [0] * len(partition), c.seq_chunks,
-                                seq_chunk_bounds(model, cluster, c, execution))
+        mtp = [0] * last + [model.mtp_num_layers]
+        blocks = [end - first + d for (first, end), d in zip(partition, mtp)]
+        costs = seq_chunk_costs(costs, pieces.attention_core, blocks,
+                                [n + d for n, d in zip(recomputed, mtp)] if core_recomputed else [0] * len(partition),
+                                c.seq_chunks, seq_chunk_bounds(model, cluster, c, execution))
     return StagePlan(costs, compute_parts, recompute_parts, tp_parts, pass_overhead,
                      gathers, reduces, buckets, early, ep_comm=ep_parts if model.moe is not None else [],
                      offload=offload_parts, cp_comm=cp_parts, contention=cluster.collective_sm_share,

@@ -1501,6 +1501,12 @@ class RankMemory:
             before = upto
         return deferred_rank_grad_bytes(c, chunks)
 
+    def _kv_blocks(self, st: int) -> int:
+        """The blocks of model stage `st` that keep seq1f1b's earlier-chunk K/V: its layers, and on the last stage
+        the MTP modules' blocks."""
+        first, end = self.partition[st]
+        return end - first + (self.model.mtp_num_layers if st == len(self.partition) - 1 else 0)
+
     def _rank(self, rank: int) -> tuple:
         """What pipeline rank `rank` holds whatever its recomputed layers: (its schedule stages and their model
         stages, parameter bytes, gradient bytes, optimizer bytes, host state bytes, the activation and temporary
@@ -1532,11 +1538,18 @@ class RankMemory:
         # Under an uneven seq1f1b split the per-chunk buffers and temporaries are the longest chunk's.
         other = (self.fixed + pipeline_buffer_bytes(self.model, c, self.execution, copies, self.inflight, scales[1],
                                                     self.device_kind),
-                 self.kv_grads * sum(partition[st][1] - partition[st][0] for st in stages))
+                 self.kv_grads * sum(self._kv_blocks(st) for st in stages))
         last = len(partition) - 1 in stages
         moe = any(moe_layers(model, *partition[st]) for st in stages)
         self._ranks[rank] = (copies, stages, params, grads, optimizer, host, scales, other, last, moe)
         return self._ranks[rank]
+
+    def _mtp_kv(self, st: int) -> float:
+        """seq1f1b's earlier-chunk K/V of the MTP modules' blocks on model stage `st` (the last), whose blocks run
+        the plan's recompute mode whatever the per-stage counts (cost/mtp.py)."""
+        if st != len(self.partition) - 1 or not self.model.mtp_num_layers:
+            return 0.0
+        return self.model.mtp_num_layers * (self.kv_cache if self.c.recompute == "none" else self.kv_recomputed)
 
     def _largest_temporary(self, facts: tuple[bool, bool, bool, bool]) -> float:
         """The largest temporary (0 if none) whose facts hold on a rank with `facts` (TEMPORARY_FACTS' order)."""
@@ -1564,8 +1577,8 @@ class RankMemory:
                     layers = 0.0
                 per_mb = ((layers + (self.embed_act if st == 0 else 0.0)
                            + (self.head_act + self.mtp_act if st == len(partition) - 1 else 0.0)) * act_scale
-                          + (self.kv_cache * (end - first - recomputed[st]) + self.kv_recomputed * recomputed[st])
-                          * (act_scale if layout == "megatron" else 1.0))
+                          + (self.kv_cache * (end - first - recomputed[st]) + self.kv_recomputed * recomputed[st]
+                             + self._mtp_kv(st)) * (act_scale if layout == "megatron" else 1.0))
                 activations += per_mb * inflight[copy]
             # Temporaries that exist one at a time: the largest of those whose facts hold on this rank counts.
             temporary = self._largest_temporary((last, moe, recomputes, keeps))

@@ -12,8 +12,8 @@ the module's loss. The model's forward returns the modules' logits beside its ow
 (`with_mtp_losses`); the reported loss stays the main cross entropy, so losses compare across models and layouts.
 
 What the modules read and predict comes from whole sequences (`future_tokens`, made before context parallelism
-splits the sequence), so any layout gets the right tokens k ahead of each place it holds. Where the executor builds
-them (spec/support.py `mtp_unsupported_reason`): any data parallelism, ZeRO stage, tensor parallelism (the
+splits the sequence), so any layout gets the right tokens k ahead of each place it holds. The executor builds them
+in every layout it runs: any data parallelism, ZeRO stage, tensor parallelism (the
 projection column-parallel, its output in the residual stream's layout; under sequence parallelism the norms split
 along the sequence: parallelize.apply_tp), expert parallelism, recompute mode (each module's block is recomputed
 under the plan's mode, as cost/mtp.py prices it) and context parallelism (each module's block exchanges K/V like
@@ -23,8 +23,9 @@ Megatron-Core's layout, as cost/mtp.py counts it) whose gradient pipeline.Embedd
 stage's; the schedule passes the tokens ahead to every stage's forward (torch's stage kwargs) and the last stage's
 loss function joins the modules' losses (execute/train.py). On the V placements (zbv, dualpipev) the last stage
 shares a rank with the first and each chunk, an FSDP root of its own, keeps its embedding (EmbeddingSync sums the
-two on the rank; the torch layout's count, cost/mtp.py `copy_per_chunk`, where DeepSeek's DualPipe shares one). Not
-under seq1f1b: a unit's tokens ahead lie in later units, whose K/V its block would need.
+two on the rank; the torch layout's count, cost/mtp.py `copy_per_chunk`, where DeepSeek's DualPipe shares one).
+Under seq1f1b the tokens ahead are cut into the units with the labels (seq_chunks.to_units), the modules' blocks
+read the earlier units' K/V like the layers', and each unit's MTP mean is weighted as a context-parallel rank's.
 """
 
 from __future__ import annotations
@@ -83,20 +84,19 @@ def mtp_logits(model, hidden: torch.Tensor, future: torch.Tensor) -> list[torch.
 
 
 def with_mtp_losses(loss: torch.Tensor, logits: list[torch.Tensor], future: torch.Tensor, loss_fn,
-                    scale: float, cp: int = 1) -> torch.Tensor:
+                    scale: float, parts: int = 1, seq_len: int | None = None) -> torch.Tensor:
     """`loss` (the main cross entropy), whose backward also runs the backward of scale / D x the sum of the D MTP
     modules' cross entropies (`logits` of depth k against the tokens k + 1 ahead, `future[:, k]`, over the places
-    that have one), with the gradient `loss` receives. Under context parallelism (`cp` > 1, `future` this rank's
-    share) a depth's places without a token ahead all lie on one rank: each rank's mean over its own places is
-    weighted by their share of the depth's places over the whole sequence, so the mean over the ranks (which the
-    gradients take) is the whole sequence's mean."""
+    that have one), with the gradient `loss` receives. Where `future` holds one of `parts` > 1 parts of sequences of
+    `seq_len` places (a context-parallel rank's share, a seq1f1b unit), a depth's places without a token ahead all
+    lie in the last part: each part's mean over its own places is weighted by their share of the depth's places over
+    the whole sequence, so the mean over the parts (which the gradients take) is the whole sequence's mean."""
     extra = 0.0
     for k, part in enumerate(logits, start=1):
         labels = future[:, k]
         term = loss_fn(part, labels)
-        if cp > 1:
-            whole = labels.shape[0] * (labels.shape[-1] * cp - k)
-            term = term * ((labels != IGNORE_INDEX).sum() * (cp / whole))
+        if parts > 1:
+            term = term * ((labels != IGNORE_INDEX).sum() * (parts / (labels.shape[0] * (seq_len - k))))
         extra = extra + term
     return _JoinLosses.apply(loss, extra * (scale / len(logits)))
 

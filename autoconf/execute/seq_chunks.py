@@ -7,11 +7,12 @@ out that way, so torch's runtime splits it into m * k units of micro_batch_size 
 buffer shape per stage, so every unit is padded at its end to the longest chunk's length: padded inputs are token 0,
 padded targets `IGNORE` (no loss), and no real token sees a padded one (they come after it in the causal order, and
 a later chunk reads only the real K/V of the earlier ones), so the real tokens compute exactly what one process does.
-A unit's loss is the sum over its real tokens / (micro_batch x seq_len / k), so the runtime's mean over units is the
-mean over the step's tokens for any split. The order is the cost model's (`spec.schedule_orders.seq1f1b_order`), run
-by torch 2.13's `_PipelineScheduleRuntime` from an explicit action list (its lowering adds the P2P actions; its
-only check on the order is that a unit's forward precedes its backward, so a micro-batch's chunks may go backward
-last chunk first).
+A unit's loss is the sum over its real tokens / (micro_batch x seq_len / k) (`unit_share`, which the trainer's
+objective applies), so the runtime's mean over units is the mean over the step's tokens for any split; the MTP
+modules' losses are weighted the same way (execute/mtp.py `with_mtp_losses`, by the places that have a token
+ahead). The order is the cost model's (`spec.schedule_orders.seq1f1b_order`), run by torch 2.13's
+`_PipelineScheduleRuntime` from an explicit action list (its lowering adds the P2P actions; its only check on the
+order is that a unit's forward precedes its backward, so a micro-batch's chunks may go backward last chunk first).
 
 What torch does not provide is the state between the units of one sequence, kept here per pipeline rank
 (`SequenceChunks`, attached to the rank's embedding and attention layers like context parallelism's object):
@@ -33,35 +34,33 @@ from __future__ import annotations
 
 import torch
 
+from autoconf.execute.loss import IGNORE_INDEX
 from autoconf.execute.window_attention import attend_within, lower_right
 
 from autoconf.spec.schedules import build_schedule as schedule_order
 
 
-IGNORE = -100  # F.cross_entropy's default ignore_index: padded targets
+IGNORE = IGNORE_INDEX  # padded targets: no loss
 
 
 def to_units(t: torch.Tensor, micro_batch: int, bounds: list[int], pad: int = 0) -> torch.Tensor:
-    """A [m * b, s] batch as [m * k * b, L]: micro-batch i's chunk j (its b rows, tokens bounds[j]..bounds[j+1]) at
-    rows (i * k + j) * b, each padded with `pad` to L, the longest chunk's length."""
-    rows, _ = t.shape
+    """A [m * b, ..., s] batch as [m * k * b, ..., L]: micro-batch i's chunk j (its b rows, tokens bounds[j]..
+    bounds[j+1] along the last dimension) at rows (i * k + j) * b, each padded with `pad` to L, the longest chunk's
+    length (the MTP modules' tokens ahead, [rows, depth + 1, s], split along their places like the labels)."""
+    rows, *middle, _ = t.shape
     m, k = rows // micro_batch, len(bounds) - 1
     longest = max(b - a for a, b in zip(bounds, bounds[1:]))
-    out = t.new_full((m, k, micro_batch, longest), pad)
+    out = t.new_full((m, k, micro_batch, *middle, longest), pad)
     for j, (a, b) in enumerate(zip(bounds, bounds[1:])):
-        out[:, j, :, :b - a] = t[:, a:b].reshape(m, micro_batch, b - a)
-    return out.reshape(m * k * micro_batch, longest)
+        out[:, j, ..., :b - a] = t[..., a:b].reshape(m, micro_batch, *middle, b - a)
+    return out.reshape(m * k * micro_batch, *middle, longest)
 
 
-def unit_loss(loss_fn, seq_len: int, chunks: int):
-    """`loss_fn` (a mean over the unit's targets, `IGNORE` left out) as the sum over the unit's real tokens /
-    (rows x seq_len / k): the mean over units is then the mean over every token of the step, whatever the split."""
-
-    def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        real = (target != IGNORE).sum()
-        return loss_fn(output, target) * (real / (target.shape[0] * seq_len / chunks))
-
-    return loss
+def unit_share(labels: torch.Tensor, seq_len: int, chunks: int) -> torch.Tensor:
+    """What a unit's mean cross entropy (over its labels but `IGNORE`) is multiplied by so that it is the sum over
+    the unit's real tokens / (rows x seq_len / k): the mean over units is then the mean over every token of the
+    step, whatever the split."""
+    return (labels != IGNORE).sum() / (labels.shape[0] * seq_len / chunks)
 
 
 class SequenceChunks:
@@ -160,24 +159,25 @@ class LayerChunks:
 
 
 def attach(model, context: SequenceChunks) -> None:
-    """Makes a model chunk's embedding (positions) and attention layers (positions, K/V of earlier chunks) read
-    `context`."""
-    if model.embed is not None:
-        model.embed.context = context
-    for block in model.layers.values():
+    """Makes a model chunk's embeddings (its MTP modules' copy too: positions) and attention layers (its MTP
+    modules' blocks too: positions, K/V of earlier chunks) read `context`."""
+    for embedding in (model.embed, model.mtp_embed):
+        if embedding is not None:
+            embedding.context = context
+    for _, block in model.blocks():
         block.attention.context = context.layer()
 
 
 def runtime_schedule(plan, stages, loss_fn, scale_grads: bool):
     """torch's `_PipelineScheduleRuntime` over this rank's `stages`, running the cost model's seq1f1b order for
-    every rank (m x k units), each unit's loss `unit_loss`."""
+    every rank (m x k units), each unit's loss `loss_fn` (which weights it by `unit_share`)."""
     from torch.distributed.pipelining.schedules import _Action, _ComputationType, _PipelineScheduleRuntime
 
     c = plan.config
     kinds = {"F": _ComputationType.FORWARD, "B": _ComputationType.FULL_BACKWARD}
     order = schedule_order(c.schedule, c.pp, c.num_microbatches, c.vpp, c.seq_chunks)
     schedule = _PipelineScheduleRuntime(stages, n_microbatches=order.num_microbatches,
-                                        loss_fn=unit_loss(loss_fn, c.seq_len, c.seq_chunks),
+                                        loss_fn=loss_fn,
                                         scale_grads=scale_grads)
     actions = {rank: [_Action(a.stage, kinds[a.kind], a.microbatch) for a in acts]
                for rank, acts in enumerate(order.actions)}

@@ -47,7 +47,7 @@ from autoconf.execute.parallelize import (GradReducer, expert_grad_scale, match_
 from autoconf.files import open_append, write_file
 from autoconf.execute.loss import rank_loss
 from autoconf.execute.pipeline import EmbeddingSync, build_chunks, build_schedule
-from autoconf.execute.seq_chunks import IGNORE, to_units
+from autoconf.execute.seq_chunks import IGNORE, to_units, unit_share
 from autoconf.spec.grid import AXES, RankGrid
 from autoconf.spec.plan import Plan, load_plan, recomputed_layer_indices
 from autoconf.spec.support import check_supported
@@ -330,11 +330,16 @@ class Trainer:
         where the output also holds the MTP modules' logits (a tuple; `target` then the tokens ahead of each place,
         execute/mtp.py `future_tokens`, the labels first) their scaled losses joined to its backward
         (`with_mtp_losses`); its value is the main cross entropy."""
-        if not isinstance(output, tuple):
-            return self.loss_fn(output, target)
-        logits, *extra = output
-        return with_mtp_losses(self.loss_fn(logits, target[:, 0]), extra, target, self.loss_fn,
-                               self.opts.mtp_loss_scale, self.config.cp)
+        c = self.config
+        logits, *extra = output if isinstance(output, tuple) else (output,)
+        labels = target[:, 0] if extra else target
+        loss = self.loss_fn(logits, labels)
+        if c.seq_chunks > 1:  # seq1f1b: a unit's mean as its share of the step's (execute/seq_chunks.py)
+            loss = loss * unit_share(labels, c.seq_len, c.seq_chunks)
+        if not extra:
+            return loss
+        return with_mtp_losses(loss, extra, target, self.loss_fn, self.opts.mtp_loss_scale, c.cp * c.seq_chunks,
+                               c.seq_len)
 
     def _stage_loss(self, output, target: torch.Tensor) -> torch.Tensor:
         """The pipeline's loss function: `_objective` divided by the backward units (see __init__)."""

@@ -142,7 +142,11 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
         mtp_params, mtp_experts = local_params(c, *mtp_stage_params(model, embedding_copy=copy))
         unit_static[-1] += mtp_params * per_param + mtp_experts * sum(
             state_bytes_per_param(c, layout, experts=True, execution=execution))
-        unit_act[-1] += mtp_kept_bytes(model, c, layout, kind, policy, execution, head)
+        # (under seq1f1b their blocks keep the earlier chunks' K/V and gradients as a layer does, recomputed under
+        # the plan's mode whatever the counts)
+        unit_act[-1] += (mtp_kept_bytes(model, c, layout, kind, policy, execution, head)
+                         + (kv_cache - (kv_saved if c.recompute != "none" else 0.0)) * d)
+        unit_static[-1] += kv_grads * d
         head_grad += mtp_params  # (expert gradients below)
     recompute = {}
     if c.recompute != "none":

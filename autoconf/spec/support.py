@@ -10,9 +10,8 @@ ZeRO-3, ep2 x pp2 and dp2 ZeRO-3; with values narrower than a query head under c
 cp2 x tp2 with sequence parallelism and the per-op policy, and (dense) seq1f1b at pp2. qk_norm (Qwen3) under tp2
 with sequence parallelism and cp2. Multi-token-prediction modules (tests/test_mtp_execute.py) with dp, ZeRO-3, tp
 with and without sequence parallelism, ep, and pp2 under 1F1B, interleaved 1F1B and zb-h1 (tp2 x pp2 with ZeRO-3,
-pp2 x dp2 with tied embeddings, zbv and dualpipev), cp2 (all-gather and ring, with pp2); not under seq1f1b
-(`mtp_unsupported_reason`). Not built:
-capacity-factor routing (refused in one line).
+pp2 x dp2 with tied embeddings, zbv and dualpipev), cp2 (all-gather and ring, with pp2) and seq1f1b at pp2 (with
+tp2 and SP). Not built: capacity-factor routing (refused in one line).
 
 The levers: optimizer offload runs wherever its layout runs without it (fp8 with a pipeline included); the per-op
 selective policy with context parallelism and MoE layers (also at tp or etp > 1), short of what
@@ -48,22 +47,6 @@ def model_unsupported_reason(model) -> str | None:
     return None
 
 
-def mtp_unsupported_reason(config, model) -> str | None:
-    """Why the executor cannot build `model`'s multi-token-prediction modules in this layout (one line), or None: it
-    builds them in every layout but under seq1f1b (a unit's tokens k ahead lie in a later unit, execute/mtp.py)."""
-    if not model.mtp_num_layers or config.pp == 1 or _runs_mtp(schedule_spec(config.schedule)):
-        return None
-    schedules = ", ".join(name for name in SCHEDULES if _runs_mtp(schedule_spec(name)))
-    return (f"{model.name}'s {model.mtp_num_layers} multi-token-prediction module(s) (mtp_num_layers) run in the "
-            f"executor on pipeline schedules of whole sequences (this layout: schedule {config.schedule}); use pp 1 "
-            f"or one of {schedules}, set mtp_num_layers 0, or export the plan to Megatron-LM (--mtp-num-layers)")
-
-
-def _runs_mtp(spec) -> bool:
-    """Whether the executor runs MTP modules under pipeline schedule `spec` (`mtp_unsupported_reason`)."""
-    return spec.torch_class is not None and not spec.sequence_chunks
-
-
 def candidate_unsupported_reason(config, model) -> str | None:
     """Why the executor refuses this candidate layout of `model`, as the search's and validate's filters ask: every
     rule of the layout with this model (`layout_unsupported_reason`), not what it refuses of the model in every
@@ -87,9 +70,9 @@ def unsupported_reason(config, model=None) -> str | None:
 
 def layout_unsupported_reason(config, model=None) -> str | None:
     """Why the executor does not run this ParallelConfig (of `model`, where given: the rules that read the model
-    too, e.g. its MTP modules' schedules, an MoE layer's token split over tp, seq1f1b's dense blocks), or None."""
+    too, an MoE layer's token split over tp, seq1f1b's dense blocks), or None."""
     if model is not None:
-        reason = schedule_model_reason(config.schedule, model) or mtp_unsupported_reason(config, model)
+        reason = schedule_model_reason(config.schedule, model)
         if reason:
             return reason
         held = config.micro_batch_size * config.local_seq_len  # (a rank's tokens: seq_len / (cp x seq_chunks))
