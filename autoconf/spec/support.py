@@ -10,8 +10,8 @@ ZeRO-3, ep2 x pp2 and dp2 ZeRO-3; with values narrower than a query head under c
 cp2 x tp2 with sequence parallelism and the per-op policy, and (dense) seq1f1b at pp2. qk_norm (Qwen3) under tp2
 with sequence parallelism and cp2. Multi-token-prediction modules (tests/test_mtp_execute.py) with dp, ZeRO-3, tp
 with and without sequence parallelism, ep, and pp2 under 1F1B, interleaved 1F1B and zb-h1 (tp2 x pp2 with ZeRO-3,
-pp2 x dp2 with tied embeddings, zbv and dualpipev), cp2 (all-gather and ring, with pp2) and seq1f1b at pp2 (with
-tp2 and SP). Not built: capacity-factor routing (refused in one line).
+pp2 x dp2 with tied embeddings, zbv and dualpipev), cp2 (all-gather and ring, with pp2) and seq1f1b at pp2 (a
+Llama in two chunks, a tied GPT in four uneven ones). Not built: capacity-factor routing (refused in one line).
 
 The levers: optimizer offload runs wherever its layout runs without it (fp8 with a pipeline included); the per-op
 selective policy with context parallelism and MoE layers (also at tp or etp > 1), short of what
