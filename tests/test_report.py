@@ -294,13 +294,10 @@ def test_a_forced_export_removes_the_exports_it_does_not_write(tmp_path):
     written = write_exports(plan_on(16), tmp_path / "plan.json", tmp_path, force=True)
     assert {p.name for p in tmp_path.glob("torchrun_node*.sh")} == {"torchrun_node.sh", "torchrun_node_mine.sh"}
     assert tmp_path / "torchrun_node.sh" in written
-    # a plan the executor does not run (an MTP module under seq1f1b) gets no launch scripts: the earlier ones go
-    import dataclasses
-
+    # a plan the executor does not run (an MoE model under seq1f1b) gets no launch scripts: the earlier ones go
     config = ParallelConfig(tp=8, pp=2, schedule="seq1f1b", seq_chunks=2, dp=1, micro_batch_size=1,
                             global_batch_size=8, seq_len=2048)
-    unlaunchable = estimate(dataclasses.replace(PRESETS["llama3-8b"], mtp_num_layers=1),
-                            load_cluster("dgx-h100-80g", nodes=2), config, detail=False)
+    unlaunchable = estimate(PRESETS["mixtral-8x7b"], load_cluster("dgx-h100-80g", nodes=2), config, detail=False)
     written = write_exports(unlaunchable, tmp_path / "plan.json", tmp_path, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [p.name for p in written] + ["torchrun_node_mine.sh"]), sorted(p.name for p in tmp_path.iterdir())
