@@ -158,10 +158,12 @@ def test_limits_refuses_a_limit_it_has_nothing_to_find_with(args):
 
 @pytest.mark.parametrize("args, needle", [(["--only", "micro-batch", "--seq-len", "256"], "exceeds tiny-gpt's 128"),
                                           (["--only", "seq", "--fix", "tp=3"], "tp must divide the 4 devices"),
+                                          (["--only", "model", "--fix", "tp=3"], "(use tp in 1, 2, 4)"),
                                           (["--dtype", "fp8"], "no FP8 rate")])
 def test_limits_refuses_the_input_plan_refuses(args, needle):
     """Input `plan` refuses in one line (a sequence beyond the context, a pin the devices cannot take, a dtype the
-    device has no rate for) is refused by `limits` the same way: it printed "none fits" and exited 0."""
+    device has no rate for) is refused by `limits` the same way: it printed "none fits" and exited 0; the largest
+    model's check of the pins said only "no legal layout on 4 devices", not the degrees that would do."""
     result = CliRunner().invoke(main, ["limits", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch",
                                        "8", *args])
     assert result.exit_code == 2 and needle in result.output and "none fits" not in result.output, result.output

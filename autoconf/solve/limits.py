@@ -192,13 +192,19 @@ def largest_model(planner: Planner, family: str, seq_len: int | None) -> Limit:
 
 def _no_layout_reason(planner: Planner, model, seq_len: int) -> str | None:
     """Why the search's space holds no layout of `model` at `seq_len` honouring the planner's pins that breaks no
-    rule (`search.first_legal_layout`: the space's one line, or the first rule broken), or None when it holds one."""
-    from autoconf.solve.search import first_legal_layout
+    rule (`search.first_legal_layout`: the space's one line, or the first rule broken; where the space is empty,
+    what the search itself says of such pins, the degrees that would divide the devices), or None when it holds
+    one."""
+    from autoconf.solve.search import _no_candidate_message, first_legal_layout
     from autoconf.solve.space import normalise_fixed
 
+    p = planner
     try:
-        layout, problem = first_legal_layout(model, planner.cluster, planner.global_batch, seq_len, planner.dtype,
-                                             planner.attention, normalise_fixed(planner.fixed), planner.execution)
+        layout, problem = first_legal_layout(model, p.cluster, p.global_batch, seq_len, p.dtype, p.attention,
+                                             normalise_fixed(p.fixed), p.execution)
     except UserError as err:
         return str(err)
-    return None if layout is not None else problem or f"no legal layout on {planner.cluster.world_size} devices"
+    if layout is not None:
+        return None
+    return problem or _no_candidate_message(model, p.cluster, p.global_batch, seq_len, p.fixed, p.dtype,
+                                            p.attention, p.execution)
