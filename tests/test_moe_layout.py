@@ -27,12 +27,15 @@ def test_old_config_json_loads_with_ep_and_etp_one():
 
 
 def test_expert_rules_name_what_would_work():
-    """ep must divide the experts, ep x etp the ranks of a pipeline rank, and only MoE models take ep/etp > 1."""
+    """ep must divide the experts, etp an expert's FFN width, ep x etp the ranks of a pipeline rank, and only MoE
+    models take ep/etp > 1."""
     mixtral = PRESETS["mixtral-8x7b"]
     assert config(ep=8, etp=1).problems(mixtral, 16) == []
     assert config(ep=4, etp=2).problems(mixtral, 16) == []
     bad = config(ep=3).problems(mixtral, 16)
     assert any("ep 3 does not divide the 8 experts" in p and "1, 2, 4, 8" in p for p in bad)
+    narrow = config(etp=3).problems(mixtral, 16)  # (it named no etp that would divide the width)
+    assert any("etp 3 does not divide the expert FFN width 14336 (use etp in 1, 2, 4, 7, 8" in p for p in narrow)
     too_wide = config(ep=8, etp=2).problems(mixtral, 16)
     assert any("does not divide the 8 ranks of a pipeline rank" in p for p in too_wide)
     dense = config(ep=2).problems(PRESETS["llama3-8b"], 16)

@@ -382,7 +382,8 @@ class ParallelConfig:
         if experts % self.ep:
             out.append(f"ep {self.ep} does not divide the {experts} experts (use ep in {_divisors(experts)})")
         if width % self.etp:
-            out.append(f"etp {self.etp} does not divide the expert FFN width {width}")
+            out.append(f"etp {self.etp} does not divide the expert FFN width {width} (use etp in "
+                       f"{_divisors(width, 64)})")
         ranks = self.ranks_per_stage
         if ranks % (self.ep * self.etp):
             out.append(f"ep*etp = {self.ep}*{self.etp} = {self.ep * self.etp} does not divide the {ranks} ranks of a "
