@@ -82,6 +82,20 @@ def test_a_value_out_of_range_is_refused_in_one_line_by_launch_and_the_worker(h,
         assert "must be" in capsys.readouterr().err
 
 
+def test_a_learning_rate_past_one_is_refused_before_the_worker_starts(plan_path):
+    """`--lr 1e300` was taken, and each worker failed its first optimizer step with a traceback (the rate does not
+    fit fp32); the open floor is named as open."""
+    from autoconf.execute.train import parse_args
+
+    for value in ("1e300", "1.5"):
+        result = CliRunner().invoke(main, ["launch", str(plan_path), "--dry-run", "--lr", value])
+        assert result.exit_code == 2 and "--lr" in result.output and "must be in (0, 1]" in result.output, \
+            result.output
+        with pytest.raises(SystemExit):
+            parse_args(["--plan", "p.json", "--steps", "1", "--lr", value])
+    assert CliRunner().invoke(main, ["launch", str(plan_path), "--dry-run", "--lr", "1"]).exit_code == 0
+
+
 @pytest.mark.parametrize("h", HYPERPARAMETERS, ids=lambda h: h.field)
 def test_the_ends_of_each_range_are_taken(h, plan_path):
     """A range's closed end (a floor of 0, the ratio's 1) is a value both launch and the worker take; an open end's

@@ -49,12 +49,14 @@ class Hyperparameter:
             return None
         allowed = (f"above {self.low:g}" if self.low_open else f"at least {self.low:g}")
         if self.high is not None:
-            allowed = f"in [{self.low:g}, {self.high:g}]"
+            allowed = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
         return f"{self.flag} must be {allowed} (got {value:g})"
 
 
 HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
-    Hyperparameter("lr", float, 3e-4, 0.0, True, None, "peak learning rate of AdamW (linear warm-up, then cosine "
+    # (AdamW moves each weight by about the learning rate a step, above 1 far beyond a weight's scale; a rate past
+    # fp32's range failed the worker's optimizer step with a traceback)
+    Hyperparameter("lr", float, 3e-4, 0.0, True, 1.0, "peak learning rate of AdamW (linear warm-up, then cosine "
                    "decay)"),
     Hyperparameter("min_lr_ratio", float, 0.1, 0.0, False, 1.0, "learning rate at the last step, as a share of the "
                    "peak"),
