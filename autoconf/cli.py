@@ -896,12 +896,15 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
     print_table(prediction_table(plan_obj))
     _above_peak([plan_obj])
     if out_dir is None and not force:
+        from autoconf.files import listed
         from autoconf.report.explain import taken_names
 
         folder = default_show_folder(plan_path)
-        if taken_names(plan_obj, folder, plan_path):  # (an earlier show's, or the user's: kept either way)
-            click.echo(f"autoconf: note: {folder} already holds this plan's pictures and scripts; kept them (--force "
-                       f"redraws them there, --out DIR elsewhere)", err=True)
+        taken = taken_names(plan_obj, folder, plan_path)
+        if taken:  # (an earlier show's, or the user's: kept either way, and named, as either may be there)
+            kept = "it" if len(taken) == 1 else "them"
+            click.echo(f"autoconf: note: {folder} already holds {listed(taken)}; kept {kept} and drew nothing "
+                       f"(--force redraws the pictures and scripts there, --out DIR elsewhere)", err=True)
             return
     for path in show_plan(plan_path, out_dir, force=force, cluster=cluster, plan=plan_obj):
         click.echo(f"wrote {path}")

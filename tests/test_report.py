@@ -227,6 +227,25 @@ def test_showing_a_plan_again_keeps_its_folder_and_prints_its_prediction(tmp_pat
     assert taken.exit_code != 0 and "already holds" in taken.output
 
 
+def test_showing_a_plan_beside_a_folder_of_the_users_names_what_it_kept(tmp_path):
+    """A default folder holding only a file of the user's that show would write (timeline.png): the note named it
+    "this plan's pictures and scripts", which it is not; it names the file, kept, and that nothing was drawn."""
+    from click.testing import CliRunner
+
+    from autoconf.cli import main
+
+    plan = tmp_path / "p.json"
+    tiny_plan("1f1b").save(plan)
+    mine = tmp_path / "p_explain" / "timeline.png"
+    mine.parent.mkdir()
+    mine.write_text("the user's own picture\n")
+    result = CliRunner().invoke(main, ["show", str(plan)])
+    assert result.exit_code == 0, result.output
+    assert "already holds timeline.png; kept it and drew nothing" in " ".join(result.output.split()), result.output
+    assert "this plan's pictures" not in result.output
+    assert mine.read_text() == "the user's own picture\n" and sorted(mine.parent.iterdir()) == [mine]
+
+
 def test_a_plan_made_on_a_profile_file_is_shown_from_it(tmp_path):
     """A plan made with --cluster FILE recorded only the profile's name, so `show` could not find the profile to
     draw its timeline; the plan now records the file's path, and a file gone or renamed is one clear line."""
