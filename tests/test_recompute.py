@@ -152,7 +152,8 @@ def test_plans_with_and_without_counts_load_and_bad_counts_are_one_line(tmp_path
     assert Plan.from_dict(data).config.recompute_layers == (2, 0)
     old = estimate(MODEL, CLUSTER, _config()).to_dict()
     assert "recompute_layers" not in old["config"] and Plan.from_dict(old).config.recompute_layers is None
-    for bad, words in (([1], "2 stages"), ([-1, 0], "counts >= 0"), ([4, 0], "exceeds the layers"),
+    for bad, words in (([1], "2 stages"), ([-1, 0], "counts >= 0"),
+                       ([4, 0], r"exceeds the layers .*; give at most 3,3,"),
                        ("ab", "list of layer counts")):
         broken = json.loads(json.dumps(data))
         broken["config"]["recompute_layers"] = bad

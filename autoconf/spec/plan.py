@@ -777,7 +777,8 @@ def recompute_layers_problem(config: ParallelConfig, partition) -> str | None:
     over = [s for s, (n, (first, end)) in enumerate(zip(config.recompute_layers, partition)) if n > end - first]
     if over:
         return (f"recompute_layers {list(config.recompute_layers)} exceeds the layers of stage(s) "
-                f"{', '.join(map(str, over))} (partition {[list(p) for p in partition]})")
+                f"{', '.join(map(str, over))} (partition {[list(p) for p in partition]}); give at most "
+                f"{','.join(str(end - first) for first, end in partition)}, each stage's layers")
     return None
 
 
