@@ -216,6 +216,16 @@ def test_model_sizes_past_any_model_are_one_short_line(tmp_path, field, value):
     assert len(result.output) < 300
 
 
+@pytest.mark.parametrize("field", ["dropout", "norm_eps", "rope_theta", "rope_scaling_factor"])
+def test_a_number_field_that_is_not_a_number_is_named_once(tmp_path, field):
+    """A model field of NaN was named twice, as not a number and as out of its range."""
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({**PRESETS["tiny-llama"].to_dict(), field: math.nan}))
+    with pytest.raises(UserError) as err:
+        load_model(str(path))
+    assert str(err.value).count(field) == 1 and f"{field} must be a number (got nan)" in str(err.value), str(err.value)
+
+
 def test_many_experts_are_priced_by_count_and_bounded(tmp_path):
     """An expert count of 10**5 kept plan busy for minutes (one GEMM entry per expert, priced one by one) and 10**12
     ran out of memory: local experts are priced as a count, and the count is bounded."""

@@ -386,17 +386,15 @@ class ModelSpec:
             if not isinstance(getattr(self, field), bool):
                 problems.append(f"{field} must be true or false (got {quoted(getattr(self, field))})")
         for field in ("dropout", "norm_eps", "rope_theta", "rope_scaling_factor"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not (isinstance(value, int) or
-                                               (isinstance(value, float) and math.isfinite(value))):
-                problems.append(f"{field} must be a number (got {quoted(value)})")
-        if isinstance(self.dropout, (int, float)) and not 0.0 <= self.dropout < 1.0:
+            if not _number(getattr(self, field)):  # (the ranges below are asked of numbers only: one line each)
+                problems.append(f"{field} must be a number (got {quoted(getattr(self, field))})")
+        if _number(self.dropout) and not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1) (got {self.dropout})")
-        if isinstance(self.norm_eps, (int, float)) and not 0 < self.norm_eps < 1:
+        if _number(self.norm_eps) and not 0 < self.norm_eps < 1:
             problems.append(f"norm_eps must be in (0, 1), a small epsilon such as 1e-5 (got {self.norm_eps})")
-        if isinstance(self.rope_theta, (int, float)) and not self.rope_theta > 0:
+        if _number(self.rope_theta) and not self.rope_theta > 0:
             problems.append(f"rope_theta must be positive (got {self.rope_theta})")
-        if isinstance(self.rope_scaling_factor, (int, float)) and not self.rope_scaling_factor >= 1:
+        if _number(self.rope_scaling_factor) and not self.rope_scaling_factor >= 1:
             problems.append(f"rope_scaling_factor must be at least 1 (got {self.rope_scaling_factor})")
         if self.rope_yarn is not None and self.rope_scaling_factor != 1:
             problems.append("rope_yarn and a llama3 rope_scaling_factor exclude each other (one RoPE scaling)")
