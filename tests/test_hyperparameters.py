@@ -96,6 +96,23 @@ def test_a_learning_rate_past_one_is_refused_before_the_worker_starts(plan_path)
     assert CliRunner().invoke(main, ["launch", str(plan_path), "--dry-run", "--lr", "1"]).exit_code == 0
 
 
+def test_a_warm_up_longer_than_the_run_is_refused_by_launch_and_the_worker(plan_path, capsys):
+    """`--warmup-steps 100 --steps 20` was taken: the learning rate never reached its peak. Now one line from launch
+    and from the worker; a warm-up of every step is taken."""
+    from autoconf.execute.train import parse_args
+
+    result = CliRunner().invoke(main, ["launch", str(plan_path), "--dry-run", "--steps", "20", "--warmup-steps",
+                                       "100"])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1 and "--warmup-steps 100 exceeds --steps 20" in lines[0], \
+        result.output
+    with pytest.raises(SystemExit):
+        parse_args(["--plan", "p.json", "--steps", "20", "--warmup-steps", "21"])
+    assert "use at most 20" in capsys.readouterr().err
+    assert CliRunner().invoke(main, ["launch", str(plan_path), "--dry-run", "--steps", "20", "--warmup-steps",
+                                     "20"]).exit_code == 0
+
+
 @pytest.mark.parametrize("h", HYPERPARAMETERS, ids=lambda h: h.field)
 def test_the_ends_of_each_range_are_taken(h, plan_path):
     """A range's closed end (a floor of 0, the ratio's 1) is a value both launch and the worker take; an open end's

@@ -94,6 +94,15 @@ def hyperparameter_args(values: dict) -> list[str]:
     return args
 
 
+def schedule_problem(steps: int, warmup_steps: int | None) -> str | None:
+    """Why a run of `steps` steps cannot take `warmup_steps` of warm-up (one line), or None: a warm-up past the
+    run's last step never reaches the peak learning rate."""
+    if warmup_steps is not None and warmup_steps > steps:
+        return (f"--warmup-steps {warmup_steps} exceeds --steps {steps}: the learning rate would still be warming up "
+                f"when the run ends; use at most {steps} (default: a tenth of the steps)")
+    return None
+
+
 def parse_hyperparameter(h: Hyperparameter, text: str):
     """`text` (a command-line word) as hyperparameter `h`'s value. Raises ValueError (one line) unless it is a
     number in ASCII digits (an integer where `h` takes one) inside `h`'s range: what `autoconf launch` accepts."""

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from autoconf.errors import UserError
-from autoconf.execute.hyperparameters import hyperparameter_args
+from autoconf.execute.hyperparameters import hyperparameter_args, schedule_problem
 from autoconf.files import check_new, gib_figures, shown
 from autoconf.spec.support import plan_unsupported_reason
 from autoconf.spec.plan import load_plan, node_blocks
@@ -306,6 +306,9 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
         train_args += hyperparameter_args(hyperparameters or {})
     except ValueError as err:
         raise UserError(str(err)) from None
+    problem = schedule_problem(steps, (hyperparameters or {}).get("warmup_steps"))
+    if problem:
+        raise UserError(problem)
     if data is not None:
         data_path = Path(data).resolve()
         from autoconf.execute.data import check_data_file

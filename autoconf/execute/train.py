@@ -39,7 +39,7 @@ from autoconf.execute.mesh import (build_expert_mesh, build_mesh, process_group_
                                    torchrun_store)
 from autoconf.execute.model import init_seed
 from autoconf.execute.moe import is_expert_param
-from autoconf.execute.hyperparameters import HYPERPARAMETERS, default_of, parse_hyperparameter
+from autoconf.execute.hyperparameters import HYPERPARAMETERS, default_of, parse_hyperparameter, schedule_problem
 from autoconf.execute.mtp import future_tokens, with_mtp_losses
 from autoconf.execute.optimizer import model_optimizer
 from autoconf.execute.parallelize import (GradReducer, expert_grad_scale, match_grad_layout, moe_layers,
@@ -612,7 +612,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stop-after", type=int, help="end this run after that many steps (for tests of resuming)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--timeout", type=float, default=600.0, help="collective timeout in seconds")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    problem = schedule_problem(args.steps, args.warmup_steps)
+    if problem:
+        p.error(problem)
+    return args
 
 
 def train_options(args: argparse.Namespace) -> TrainOptions:
