@@ -166,7 +166,8 @@ def test_no_legal_layout_is_a_user_error():
 
 
 @pytest.mark.parametrize("fixed,needle", [({"cp": 3}, "--fix cp=3: cp must divide the 8 devices (use cp in 1, 2, 4, 8)"),
-                                          ({"tp": 4, "cp": 4}, "tp x pp x dp x cp = 16 must divide the 8 devices"),
+                                          ({"tp": 4, "cp": 4}, "tp x pp x dp x cp = 16 must divide the 8 devices "
+                                                                "(with tp=4, use cp in 1, 2)"),
                                           ({"pp": 3}, "--fix pp=3: pp must divide")])
 def test_a_pinned_degree_the_devices_cannot_hold_is_named(fixed, needle):
     """A pinned degree (or product of degrees) that does not divide the devices is named with what would work,

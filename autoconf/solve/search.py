@@ -710,8 +710,15 @@ def _no_candidate_message(model: ModelSpec, cluster: ClusterProfile, global_batc
             return f"--fix {name}={value}: {name} must divide the {world} devices (use {name} in {usable})"
     product = math.prod(pinned.get(k, 1) for k in ("tp", "pp", "dp", "cp"))
     if world % product:
-        pins = " ".join(f"{k}={pinned[k]}" for k in ("tp", "pp", "dp", "cp") if k in pinned)
-        return f"--fix {pins}: tp x pp x dp x cp = {product} must divide the {world} devices"
+        named = [k for k in ("tp", "pp", "dp", "cp") if k in pinned]
+        pins = " ".join(f"{k}={pinned[k]}" for k in named)
+        last = named[-1]  # (what the others leave it: its values whose product with theirs divides the devices)
+        rest = product // pinned[last]
+        usable = [d for d in range(1, world + 1)
+                  if world % (rest * d) == 0 and (last != "cp" or not cp_split_problem(seq_len, d))]
+        others = " ".join(f"{k}={pinned[k]}" for k in named[:-1])
+        hint = f" (with {others}, use {last} in {', '.join(map(str, usable))})" if usable else ""
+        return f"--fix {pins}: tp x pp x dp x cp = {product} must divide the {world} devices{hint}"
     split = cp_split_problem(seq_len, pinned.get("cp", 1), world)
     if split:
         return f"--fix cp={pinned['cp']}: {split}"
