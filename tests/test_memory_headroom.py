@@ -122,5 +122,16 @@ def test_a_layout_that_misses_only_by_the_headroom_asked_for_names_the_flag():
     args = ["estimate", "--model", "tiny-gpt", "--cluster", "cpu-local", "--tp", "1", "--pp", "2", "--dp", "2",
             "--micro-batch", "1", "--global-batch", "8", "--seq-len", "64"]
     result = CliRunner().invoke(main, args + ["--memory-headroom", "0.999"])
-    assert result.exit_code != 0 and "or a smaller --memory-headroom" in result.output
+    assert result.exit_code != 0 and "or a --memory-headroom below 0.9" in result.output, result.output
     assert CliRunner().invoke(main, args).exit_code == 0
+
+
+def test_a_plan_that_fits_nowhere_only_by_the_headroom_asked_for_names_the_headroom_that_would():
+    """`plan --memory-headroom 0.99999` ended in "use a bigger device"; the line now names the largest headroom the
+    closest layout fits with, which, given, fits."""
+    args = ["plan", "--model", "tiny-gpt", "--cluster", "cpu-local", "--global-batch", "8", "--seq-len", "64"]
+    result = CliRunner().invoke(main, args + ["--memory-headroom", "0.99999"])
+    assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1, result.output
+    below = float(result.output.split("--memory-headroom below ")[1].split()[0])
+    assert 0 < below < 1
+    assert CliRunner().invoke(main, args + ["--memory-headroom", f"{below * 0.99:.4f}"]).exit_code == 0

@@ -145,8 +145,17 @@ def does_not_fit_message(plan, model, cluster, execution: Execution = Execution(
     else:
         advice = ("no change of recompute, ZeRO, gradient reduction, micro-batch, sequence or expert parallelism "
                   "or offload fits: `autoconf plan` searches every layout, or use more devices")
-        if cluster.headroom_from_command_line:
-            advice += " or a smaller --memory-headroom"
+        advice += headroom_advice(cluster, stages[worst]["total"])
     need, limit, over = gib_figures(stages[worst]["total"], p["memory_limit_bytes"], over)
     return (f"does not fit: pipeline rank {worst} needs {need} GiB of {cluster.memory_limit_phrase(limit)}, {over} "
             f"GiB over; {advice}")
+
+
+def headroom_advice(cluster, need_bytes: float) -> str:
+    """", or a --memory-headroom below h (...)" where the headroom is the command line's and a layout needing
+    `need_bytes` per device fits its device with a smaller one; "" otherwise (a profile's own headroom is not
+    offered: it states what the device needs)."""
+    needed = need_bytes / cluster.device.memory_bytes
+    if not cluster.headroom_from_command_line or needed >= 1:
+        return ""
+    return f", or a --memory-headroom below {1 - needed:.3g} (it needs {100 * needed:.3g}% of the device)"

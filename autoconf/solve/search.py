@@ -37,7 +37,7 @@ from autoconf.files import gib_figures
 from autoconf.spec.support import (candidate_unsupported_reason, dtype_unsupported_reason, schedule_model_reason,
                                    unsupported_reason)
 from autoconf.solve.bounds import BoundCache
-from autoconf.solve.fit import smallest_fitting_change
+from autoconf.solve.fit import headroom_advice, smallest_fitting_change
 from autoconf.solve.placement import host_chain_order, tp_cp_domain
 from autoconf.solve.recompute import fewest_counts, fewest_recomputed, rebalanced
 from autoconf.solve.space import CP_MIN_SEQ_LEN, candidates, cp_choices, normalise_fixed, pin_text, replaced
@@ -878,7 +878,8 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
              *(["offload"] if _offload_levers(cluster, fixed, execution) else [])]
     pins = " ".join(f"--fix {pin_text(k, v)}" for k, v in fixed.items())
     return (message + f"; nothing tried fits ({', '.join(tried)}" + (f", each with {pins}" if pins else "")
-            + "): use a bigger device" + (" or drop a pin" if pins else ""))
+            + "): use a bigger device" + (" or drop a pin" if pins else "")
+            + headroom_advice(cluster, memory[rank]["total"]))
 
 
 def _fitting_twin(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, execution: Execution,
