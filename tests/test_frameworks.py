@@ -585,7 +585,7 @@ def test_another_frameworks_search_weighs_the_layouts_it_runs_not_the_executors(
 
 def test_the_schedules_flag_is_read_and_checked():
     """--framework-flag schedules=a,b names the schedules a framework's search weighs ("all": every registered one
-    that does not split sequences); an unknown name is one line listing the known ones."""
+    that does not split sequences); an unknown name, or none, is one line listing the known ones."""
     from autoconf.spec.frameworks import parse_flags, with_flags
 
     assert parse_flags(["schedules=1f1b, zbv"]) == {"schedules": ("1f1b", "zbv")}
@@ -593,6 +593,9 @@ def test_the_schedules_flag_is_read_and_checked():
     assert "dualpipe" in every and "zbv" in every and "seq1f1b" not in every  # (deepseek's own DualPipe kept)
     with pytest.raises(UserError, match="schedules pipedream: each must be one of gpipe, 1f1b"):
         with_flags(PRESETS["megatron"], parse_flags(["schedules=pipedream"]))
+    for empty in ("schedules=", "schedules= , "):  # (was the flag's "every schedule", widening megatron's own)
+        with pytest.raises(UserError, match="schedules names no schedule; give one or more of gpipe"):
+            parse_flags([empty])
 
 
 def test_megatrons_interleaved_schedule_needs_whole_groups_of_pp_microbatches():

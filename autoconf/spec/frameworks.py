@@ -1053,6 +1053,9 @@ def parse_flags(pairs) -> dict:
                 out[key] = tuple(v.strip() for v in value.split(",") if v.strip() and v.strip() != "none")
             elif key == "schedules":  # ("all": every registered one that does not split sequences)
                 names = [v.strip() for v in value.split(",") if v.strip()]
+                if not names:  # (the empty tuple is the flag's "every schedule": not what an empty value says)
+                    raise UserError(f"--framework-flag schedules names no schedule; give one or more of "
+                                    f"{', '.join(SCHEDULES)}, or all")
                 out[key] = tuple(n for n in SCHEDULES if not schedule_spec(n).sequence_chunks) if names == [
                     "all"] else tuple(names)
             else:
