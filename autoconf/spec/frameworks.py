@@ -1033,6 +1033,10 @@ def parse_flags(pairs) -> dict:
                             f"{did_you_mean(key, USER_FLAGS) if sep else ''}")
         if key in out:
             raise UserError(f"--framework-flag {key} is given twice; give it once")
+        if key == "schedules" and not value.replace(",", "").strip():
+            # (the empty tuple is the flag's "every schedule": not what an empty value says)
+            raise UserError(f"--framework-flag schedules names no schedule; give one or more of "
+                            f"{', '.join(SCHEDULES)}, or all")
         current = getattr(defaults, key)
         try:
             numeric = key == "bucket_params" and value.lower() != "none" or isinstance(current, float)
@@ -1053,9 +1057,6 @@ def parse_flags(pairs) -> dict:
                 out[key] = tuple(v.strip() for v in value.split(",") if v.strip() and v.strip() != "none")
             elif key == "schedules":  # ("all": every registered one that does not split sequences)
                 names = [v.strip() for v in value.split(",") if v.strip()]
-                if not names:  # (the empty tuple is the flag's "every schedule": not what an empty value says)
-                    raise UserError(f"--framework-flag schedules names no schedule; give one or more of "
-                                    f"{', '.join(SCHEDULES)}, or all")
                 out[key] = tuple(n for n in SCHEDULES if not schedule_spec(n).sequence_chunks) if names == [
                     "all"] else tuple(names)
             else:
