@@ -235,6 +235,40 @@ def test_dead_peer_without_restarts_ends_quickly(tmp_path, capfd):
     assert not [p.name for p in scratch.iterdir() if p.name.startswith(("torchelastic_", "autoconf-torchrun-"))]
 
 
+def test_a_diverging_run_stops_at_its_first_non_finite_step_and_keeps_its_checkpoints(tmp_path, capfd):
+    """A run whose loss or gradient norm stops being a number (here an absurd --weight-decay) trained on to the end,
+    exit 0, saving a checkpoint of every diverged step, which a resume would have picked: it stops at the first such
+    step with one line naming it and the newest checkpoint, ends with the trainer's own exit code (named in the
+    summary), and saves none of the diverged steps."""
+    import math
+
+    from autoconf.errors import EXIT_DIVERGED
+    from autoconf.execute.launch import launch
+
+    plan_path = tmp_path / "plan.json"
+    make_plan("gpt").save(plan_path)
+    saved = dict(os.environ)
+    os.environ.update(_env())
+    try:
+        rc = launch(plan_path, steps=8, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=1,
+                    metrics=str(tmp_path / "m.jsonl"), timeout_s=300, hyperparameters={"weight_decay": 1e10})
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    _, err = capfd.readouterr()
+    assert rc != 0
+    lines = [line for line in err.splitlines() if "training diverged at step" in line]
+    assert len(lines) == 1 and lines[0].startswith("autoconf: error: "), err[-3000:]
+    step = int(lines[0].split("training diverged at step ")[1].split(":")[0])
+    assert f"the checkpoint of step {step - 1} is the newest" in lines[0] or step == 1
+    assert f"exited with code {EXIT_DIVERGED} (training diverged" in err
+    records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, step))
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in records)
+    steps = sorted(p.name for p in (tmp_path / "ck").iterdir() if p.name.startswith(("step-", ".tmp-step-")))
+    assert steps == [f"step-{k:08d}" for k in range(1, step)]
+
+
 # ---- pieces without a process group --------------------------------------------------------------------------------
 def test_the_failure_summary_names_ranks_that_ended_alike_together():
     """After a peer died, every other rank of a 64-rank job was listed one by one in the `autoconf: then:` line;

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from autoconf.errors import EXIT_LOST_PEER, EXIT_REFUSED, UserError
+from autoconf.errors import EXIT_DIVERGED, EXIT_LOST_PEER, EXIT_REFUSED, Diverged, UserError
 from autoconf.execute import checkpoint as ckpt
 from autoconf.execute import context_parallel as cpx
 from autoconf.execute import faults
@@ -438,6 +438,19 @@ def _log(msg: str) -> None:
         print(msg, flush=True)
 
 
+def diverged(step: int, out: dict, last_saved: int | None) -> None:
+    """Raises `Diverged` (one line) where step `step`'s loss or global gradient norm (`Trainer.train_step`'s, the same
+    on every rank) is not a finite number: the run stops before saving that step or any later one, so the newest
+    checkpoint, `last_saved` (None: no checkpoint directory), is one a resume can train on from."""
+    if math.isfinite(out["loss"]) and math.isfinite(out["grad_norm"]):
+        return
+    kept = ("no checkpoint directory was given" if last_saved is None else
+            "nothing was saved yet" if last_saved == 0 else f"the checkpoint of step {last_saved} is the newest")
+    raise Diverged(f"training diverged at step {step}: loss {out['loss']:g}, gradient norm {out['grad_norm']:g}; "
+                   f"the run stops ({kept}): use a smaller --lr, a longer --warmup-steps or a lower --max-grad-norm, "
+                   f"or check the data")
+
+
 def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) -> list[dict]:
     """Runs (or resumes) training on an initialised process group; returns one record per step run here."""
     device = device or _default_device()
@@ -476,6 +489,7 @@ def train(plan: Plan, opts: TrainOptions, device: torch.device | None = None) ->
             faults.at_step(step + 1, trainer.rank)
             t0 = time.perf_counter()
             out = trainer.train_step(step)
+            diverged(step + 1, out, last_saved if opts.checkpoint_dir else None)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             dt = time.perf_counter() - t0
@@ -669,7 +683,7 @@ def main(argv=None) -> int:
     except UserError as err:
         if os.environ.get("LOCAL_RANK", "0") == "0":  # one line per node: a node may refuse what the others took
             print(f"autoconf: error: {err}", file=sys.stderr, flush=True)
-        return EXIT_REFUSED
+        return EXIT_DIVERGED if isinstance(err, Diverged) else EXIT_REFUSED
     except Exception as err:  # noqa: BLE001 - only communication failures are explained; bugs keep the traceback
         if not is_communication_failure(err):
             raise
