@@ -135,3 +135,14 @@ def test_a_plan_that_fits_nowhere_only_by_the_headroom_asked_for_names_the_headr
     below = float(result.output.split("--memory-headroom below ")[1].split()[0])
     assert 0 < below < 1
     assert CliRunner().invoke(main, args + ["--memory-headroom", f"{below * 0.99:.4f}"]).exit_code == 0
+
+
+def test_the_headroom_named_is_rounded_down():
+    """A layout needing 90.004% of the device fits with no headroom of 0.1 or above: the advice says below 0.099,
+    where rounding to three figures said below 0.1, the user's own (a review)."""
+    from autoconf.solve.fit import headroom_advice
+
+    cluster = load_cluster("dgx-h100-80g", nodes=1).with_memory_headroom(0.2)
+    advice = headroom_advice(cluster, 0.90004 * cluster.device.memory_bytes)
+    assert "below 0.099 " in advice, advice
+    assert headroom_advice(load_cluster("dgx-h100-80g", nodes=1), 0.5 * cluster.device.memory_bytes) == ""

@@ -318,10 +318,32 @@ def test_the_search_leaves_out_layouts_the_executor_refuses_of_an_moe_model():
     assert all(p.config.micro_batch_size * p.config.local_seq_len % p.config.tp == 0 for p in result.plans)
     with pytest.raises(UserError, match="tp 2 does not divide the 7 tokens of a micro-batch"):
         search(TINY_MOE, cluster, 8, 7, "bf16", refine=False, fixed={"tp": 2, "micro_batch_size": 1})
+    # and fitting advice names no such layout (it read the executor's rules without the model)
+    from autoconf.solve.fit import advisable
+    from autoconf.spec.frameworks import execution
+
+    split = ParallelConfig(tp=2, pp=1, dp=4, micro_batch_size=1, global_batch_size=8, seq_len=7)
+    assert not advisable(TINY_MOE, cluster, split, execution("autoconf"))
+    assert advisable(TINY_MOE, cluster, dataclasses.replace(split, micro_batch_size=2), execution("autoconf"))
     chunked = ParallelConfig(tp=1, pp=2, dp=4, micro_batch_size=1, global_batch_size=8, seq_len=64,
                              schedule="seq1f1b", seq_chunks=2)
     assert candidate_unsupported_reason(chunked, PRESETS["tiny-llama"]) is None
     assert "on dense models; tiny-moe is a mixture-of-experts" in candidate_unsupported_reason(chunked, TINY_MOE)
+
+
+def test_a_pinned_seq1f1b_of_an_moe_model_is_costed_only_in_layouts_seq1f1b_takes():
+    """A pinned seq1f1b of an MoE model is the user's choice, costed and marked not launchable; but it excused every
+    rule after it (a review): layouts with pp 1, which seq1f1b never runs, were ranked first. Only the MoE refusal is
+    excused now, and a pin the schedule cannot take names that pin."""
+    from autoconf.solve.search import search
+    from autoconf.spec.cluster import load_cluster
+
+    cluster = load_cluster("dgx-h100-80g", nodes=1)
+    plans = search(TINY_MOE, cluster, 64, 128, "bf16", top_k=50, refine=False, fixed={"schedule": "seq1f1b"}).plans
+    assert plans and all(p.config.pp > 1 and p.config.cp == 1 for p in plans), [p.config.label() for p in plans]
+    assert all(p.prediction["launchable"] is False for p in plans)
+    with pytest.raises(UserError, match="cp 2"):
+        search(TINY_MOE, cluster, 64, 128, "bf16", refine=False, fixed={"schedule": "seq1f1b", "cp": 2})
 
 
 def test_a_bad_expert_key_of_a_config_json_is_named_with_the_file():

@@ -4,6 +4,7 @@ the fastest with one flag more where that is faster still."""
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Callable
 
 from autoconf.cost.estimate import Execution, estimate
@@ -12,7 +13,7 @@ from autoconf.errors import UserError
 from autoconf.files import gib_figures
 from autoconf.solve.space import expert_choices, with_changes
 from autoconf.spec.plan import OFFLOADS
-from autoconf.spec.support import unsupported_reason
+from autoconf.spec.support import candidate_unsupported_reason
 
 GiB = 1024**3
 
@@ -62,10 +63,11 @@ def _combined(options) -> tuple[str, dict]:
 
 def advisable(model, cluster, config, execution: Execution, executor: bool = True) -> bool:
     """Whether fitting advice may name `config`: a legal layout on the cluster's devices that the framework runs
-    (`Execution.problem`) and, with `executor`, that the bundled executor runs (`unsupported_reason`). The one test
+    (`Execution.problem`) and, with `executor`, that the bundled executor runs with this model
+    (`candidate_unsupported_reason`: an MoE layer's token split over tp included). The one test
     `smallest_fitting_change` applies to a change, for `estimate`'s advice and the search's no-fit line
     (`search.explain_infeasible`)."""
-    return not (config.problems(model, cluster.world_size) or (executor and unsupported_reason(config))
+    return not (config.problems(model, cluster.world_size) or (executor and candidate_unsupported_reason(config, model))
                 or execution.problem(config, model))
 
 
@@ -79,7 +81,7 @@ def fitting_changes(model, cluster, config, execution: Execution = Execution(),
     named (the search's no-fit line: none that a `--fix` pins otherwise); `partition`: the layout's stages (None:
     the default split; no lever changes the stage count). When the change that saves the most on every lever is
     advisable and still does not fit, nothing smaller is tried."""
-    executor = execution.is_executor and unsupported_reason(config) is None
+    executor = execution.is_executor and candidate_unsupported_reason(config, model) is None
     levers = [[option for option in lever if allowed is None or allowed(option[1])]
               for lever in _levers(config, model, plans_offload(cluster))]
     levers = [lever for lever in levers if lever]
@@ -156,6 +158,7 @@ def headroom_advice(cluster, need_bytes: float) -> str:
     `need_bytes` per device fits its device with a smaller one; "" otherwise (a profile's own headroom is not
     offered: it states what the device needs)."""
     needed = need_bytes / cluster.device.memory_bytes
-    if not cluster.headroom_from_command_line or needed >= 1:
+    below = math.floor((1 - needed) * 1000) / 1000  # (rounded down: any headroom below it fits)
+    if not cluster.headroom_from_command_line or below <= 0:
         return ""
-    return f", or a --memory-headroom below {1 - needed:.3g} (it needs {100 * needed:.3g}% of the device)"
+    return f", or a --memory-headroom below {below:g} (it needs {100 * needed:.3g}% of the device)"

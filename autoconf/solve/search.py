@@ -182,12 +182,8 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
     # family fields -> [bound, [(order, config, its own bound where the family's read it, else None) of each
     # launchable member]]
     families: dict[tuple, list] = {}
-    # What the user chose and the executor does not run, a pinned schedule (dualpipe; seq1f1b of an MoE model) or a
-    # precision recipe of another framework (--dtype fp8-deepseek), is costed all the same, its plans marked not
-    # launchable.
-    chosen_unrun = {schedule_spec(fixed["schedule"]).executor_note if "schedule" in fixed else None,
-                    schedule_model_reason(fixed["schedule"], model) if "schedule" in fixed else None,
-                    dtype_unsupported_reason(fixed.get("dtype", dtype))} - {None}
+    # What the user chose and the executor does not run is costed all the same, its plans marked not launchable.
+    refusal = executor_refusal(model, fixed, dtype) if launchable_only else None
 
     def bound_of_fields(config: ParallelConfig) -> float:
         """The time bound a candidate enters the walk with (shared by the twins it does not read)."""
@@ -220,8 +216,8 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
         if not relaxed or config.recompute == "none" or (config.cp > 1 and not torch_ring(model, config, execution)):
             bound = bound_of_fields(config)
             family[0] = min(family[0], bound)
-        reason = candidate_unsupported_reason(config, model) if launchable_only else None
-        if reason and reason not in chosen_unrun:
+        reason = refusal(config) if refusal is not None else None
+        if reason:
             unlaunchable += 1
             refused = refused or reason
             continue
@@ -364,7 +360,7 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
                 continue
             if fitted == OFFLOAD_PARENT:
                 skipped = {"time": 0, "memory": 0, "unlaunchable": 0}
-                for entry in _offload_twins(cache, launchable_only, (time_bound, key, order, config, fitted), limit,
+                for entry in _offload_twins(cache, refusal, (time_bound, key, order, config, fitted), limit,
                                             -best[0][0] if len(best) >= top_k else math.inf, bound_of, skipped,
                                             per_stage):
                     heapq.heappush(heap, entry)
@@ -588,7 +584,26 @@ def _offload_parents(cache: BoundCache, levers: list[tuple[bool, bool]], parents
     return out
 
 
-def _offload_twins(cache: BoundCache, launchable_only: bool, entry: tuple, limit: float, cutoff: float,
+def executor_refusal(model: ModelSpec, fixed: dict, dtype: str) -> Callable[[ParallelConfig], str | None]:
+    """The search's reading of the executor's rules (spec/support.py `candidate_unsupported_reason`): a function
+    giving why the executor refuses a candidate, but None where the first rule it breaks is what the user chose
+    (`fixed`'s schedule or the dtype: a pinned dualpipe, seq1f1b of an MoE model, another framework's precision
+    recipe), whose plans are costed all the same and marked not launchable. The rules of the config come before
+    the model's (`layout_unsupported_reason`), so an excused choice never hides a rule the layout breaks."""
+    schedule = fixed.get("schedule")
+    chosen = {schedule_spec(schedule).executor_note if schedule else None,
+              schedule_model_reason(schedule, model) if schedule else None,
+              dtype_unsupported_reason(fixed.get("dtype", dtype))} - {None}
+
+    def refusal(config: ParallelConfig) -> str | None:
+        reason = candidate_unsupported_reason(config, model)
+        return None if reason in chosen else reason
+
+    return refusal
+
+
+def _offload_twins(cache: BoundCache, refusal: Callable[[ParallelConfig], str | None] | None, entry: tuple,
+                   limit: float, cutoff: float,
                    bound_of: dict, skipped: dict[str, int], per_stage: bool) -> list[tuple]:
     """The walk's entries (time bound, key, order, config, how far fitted) of a parent's offloading twins worth walking
     (`entry`: its `_offload_parents` entry): each lever combination the layout allows whose twin can move enough off
@@ -623,7 +638,7 @@ def _offload_twins(cache: BoundCache, launchable_only: bool, entry: tuple, limit
         if memory["total"] - movable > limit or cache.host_floor(twin) > cache.cluster.host["memory_bytes"]:
             skipped["memory"] += 1
             continue
-        if launchable_only and unsupported_reason(twin):
+        if refusal is not None and refusal(twin):
             skipped["unlaunchable"] += 1
             continue
         refit = per_stage and twin.recompute != "none" and not activations
@@ -855,6 +870,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         k in fixed and fixed[k] != v for k, v in changes.items() if v is not None))
     if found:  # (the levers of `estimate`'s advice, named as --fix keys)
         return message + "; it fits with " + " and ".join(f"{k}={v}" for k, v in found[1].items() if v is not None)
+    refusal = executor_refusal(model, fixed, dtype) if execution.is_executor else None
     for factor in (2, 4, 8, 16, 32, 64):
         bigger = cluster.resized(nodes=cluster.nodes * factor)
         cache = BoundCache(model, bigger, execution)
@@ -862,7 +878,7 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
         short_cp = _splits_short_sequences(bigger, seq_len, attention, fixed)  # (as `search` weighs them)
         for config in framework_candidates(model, bigger, global_batch, seq_len, dtype, attention, fixed, execution,
                                            short_cp=short_cp):
-            found = _fitting_twin(model, bigger, config, execution, cache, levers, fixed)
+            found = _fitting_twin(model, bigger, config, execution, cache, levers, fixed, refusal)
             if found is not None:
                 layout = found.label(selective_policy(found, execution))
                 return message + (f"; the smallest change that fits: {bigger.nodes} nodes "
@@ -883,12 +899,13 @@ def explain_infeasible(model: ModelSpec, cluster: ClusterProfile, result: Search
 
 
 def _fitting_twin(model: ModelSpec, cluster: ClusterProfile, config: ParallelConfig, execution: Execution,
-                  cache: BoundCache, levers: list[tuple[bool, bool]], fixed: dict) -> ParallelConfig | None:
+                  cache: BoundCache, levers: list[tuple[bool, bool]], fixed: dict,
+                  refusal: Callable[[ParallelConfig], str | None] | None = None) -> ParallelConfig | None:
     """`config`, or else the first of its offloading twins under `levers`, that honours the offload pins of `fixed`,
-    that the framework (and, planning for it, the executor) runs and that is predicted to fit `cluster`, as the
-    search would weigh it (its memory bounds first); None if none does. The bounds that need no `stage_memory` call
-    are asked before the layout's rules, those that do after them (a twin breaking a rule is never returned, so the
-    order changes only the cost)."""
+    that the framework (and, where `refusal` is given, the executor: `executor_refusal`) runs and that is predicted
+    to fit `cluster`, as the search would weigh it (its memory bounds first); None if none does. The bounds that
+    need no `stage_memory` call are asked before the layout's rules, those that do after them (a twin breaking a
+    rule is never returned, so the order changes only the cost)."""
     usable = cluster.usable_memory_bytes
     host_memory = cluster.host["memory_bytes"] if levers else None  # (levers only where the host is known)
     pinned = (fixed.get("offload_activations"), fixed.get("offload_optimizer"))
@@ -902,7 +919,7 @@ def _fitting_twin(model: ModelSpec, cluster: ClusterProfile, config: ParallelCon
         elif cache.state_bound(config) > usable:
             continue
         if (twin.problems(model, cluster.world_size)
-                or (execution.is_executor and candidate_unsupported_reason(twin, model))
+                or (refusal is not None and refusal(twin))
                 or execution.problem(twin, model)):
             continue
         if twin.offloads:

@@ -69,17 +69,29 @@ def unsupported_reason(config, model=None) -> str | None:
 
 
 def layout_unsupported_reason(config, model=None) -> str | None:
-    """Why the executor does not run this ParallelConfig (of `model`, where given: the rules that read the model
-    too, an MoE layer's token split over tp, seq1f1b's dense blocks), or None."""
-    if model is not None:
-        reason = schedule_model_reason(config.schedule, model)
-        if reason:
-            return reason
-        held = config.micro_batch_size * config.local_seq_len  # (a rank's tokens: seq_len / (cp x seq_chunks))
-        if model.moe is not None and config.tp > 1 and held % config.tp:
-            split = " after cp and seq_chunks split it" if config.cp * config.seq_chunks > 1 else ""
-            return (f"tp {config.tp} does not divide the {held} tokens of a micro-batch one rank holds{split}, which "
-                    f"an MoE layer's TP ranks route a share each of; use a seq_len whose share per rank tp divides")
+    """Why the executor does not run this ParallelConfig, or None: the config's own rules (`_config_reason`), then,
+    of `model` where given, the rules of the layout with the model (`_model_layout_reason`). In that order, so that
+    a refusal the search excuses as the user's choice (a pinned schedule's `schedule_model_reason`, search.py
+    `chosen_unrun`) never hides a rule of the config."""
+    return _config_reason(config, model) or (_model_layout_reason(config, model) if model is not None else None)
+
+
+def _model_layout_reason(config, model) -> str | None:
+    """The rules of a layout with its model: the schedule's (`schedule_model_reason`), an MoE layer's token split
+    over tp."""
+    reason = schedule_model_reason(config.schedule, model)
+    if reason:
+        return reason
+    held = config.micro_batch_size * config.local_seq_len  # (a rank's tokens: seq_len / (cp x seq_chunks))
+    if model.moe is not None and config.tp > 1 and held % config.tp:
+        split = " after cp and seq_chunks split it" if config.cp * config.seq_chunks > 1 else ""
+        return (f"tp {config.tp} does not divide the {held} tokens of a micro-batch one rank holds{split}, which "
+                f"an MoE layer's TP ranks route a share each of; use a seq_len whose share per rank tp divides")
+    return None
+
+
+def _config_reason(config, model=None) -> str | None:
+    """The rules of the config itself (`model` read only for its dropout under the per-op policy)."""
     reason = dtype_unsupported_reason(config.dtype)
     if reason:
         return reason
