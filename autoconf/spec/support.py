@@ -72,7 +72,7 @@ def layout_unsupported_reason(config, model=None) -> str | None:
     """Why the executor does not run this ParallelConfig, or None: the config's own rules (`_config_reason`), then,
     of `model` where given, the rules of the layout with the model (`_model_layout_reason`). In that order, so that
     a refusal the search excuses as the user's choice (a pinned schedule's `schedule_model_reason`, search.py
-    `chosen_unrun`) never hides a rule of the config."""
+    `executor_refusal`) never hides a rule of the config."""
     return _config_reason(config, model) or (_model_layout_reason(config, model) if model is not None else None)
 
 
