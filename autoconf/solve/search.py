@@ -603,8 +603,8 @@ def executor_refusal(model: ModelSpec, fixed: dict, dtype: str) -> Callable[[Par
 
 
 def _offload_twins(cache: BoundCache, refusal: Callable[[ParallelConfig], str | None] | None, entry: tuple,
-                   limit: float, cutoff: float,
-                   bound_of: dict, skipped: dict[str, int], per_stage: bool) -> list[tuple]:
+                   limit: float, cutoff: float, bound_of: dict, skipped: dict[str, int],
+                   per_stage: bool) -> list[tuple]:
     """The walk's entries (time bound, key, order, config, how far fitted) of a parent's offloading twins worth walking
     (`entry`: its `_offload_parents` entry): each lever combination the layout allows whose twin can move enough off
     the device (at most the activations, or the weights, gradients and optimizer states), whose host can hold what
@@ -612,7 +612,8 @@ def _offload_twins(cache: BoundCache, refusal: Callable[[ParallelConfig], str | 
     `cutoff` (the K-th best time of the walk so far: nothing at or beyond it can enter the K best). A twin's work on
     its busiest rank (`busy_bound`, below its time bound) is checked first, as it is cheaper, then the parent's floor
     of what stays on the device where it has one (`BoundCache.offload_floor`); the parent's memory entry is asked
-    only then. Each twin left out is counted in `skipped` by why: "time", "memory" or "unlaunchable". Under
+    only then; then the executor's rules (`refusal`, `executor_refusal`; None: not asked). Each twin left out is
+    counted in `skipped` by why: "time", "memory" or "unlaunchable". Under
     `per_stage` a twin that recomputes and keeps its activations on the device enters UNFITTED, bounded as
     recomputing no layer, so the walk fits its fewest recomputed layers as it does its parent's (the parent did not
     fit, or fit only by recomputing layers the twin may not need); one that offloads activations keeps every layer
