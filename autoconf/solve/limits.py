@@ -195,7 +195,7 @@ def _no_layout_reason(planner: Planner, model, seq_len: int) -> str | None:
     rule (`search.first_legal_layout`: the space's one line, or the first rule broken; where the space is empty,
     what the search itself says of such pins, the degrees that would divide the devices), or None when it holds
     one."""
-    from autoconf.solve.search import _no_candidate_message, first_legal_layout
+    from autoconf.solve.search import first_legal_layout, no_candidate_message
     from autoconf.solve.space import normalise_fixed
 
     p = planner
@@ -206,5 +206,5 @@ def _no_layout_reason(planner: Planner, model, seq_len: int) -> str | None:
         return str(err)
     if layout is not None:
         return None
-    return problem or _no_candidate_message(model, p.cluster, p.global_batch, seq_len, p.fixed, p.dtype,
-                                            p.attention, p.execution)
+    return problem or no_candidate_message(model, p.cluster, p.global_batch, seq_len, p.fixed, p.dtype,
+                                           p.attention, p.execution)

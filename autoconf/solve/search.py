@@ -226,8 +226,8 @@ def _search(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_le
     if not launchable or not honoured:
         if refused and launchable == 0:
             raise UserError(f"every legal layout is one the executor cannot run: {refused}")
-        raise UserError(_no_candidate_message(model, cluster, global_batch, seq_len, fixed, dtype, attention,
-                                              execution))
+        raise UserError(no_candidate_message(model, cluster, global_batch, seq_len, fixed, dtype, attention,
+                                             execution))
     # A family enters the walk with its bound, the shared part of its members' keys (a proper prefix: smaller than
     # each of them) and its first member's order, so it leaves the heap before any of its members would have: the
     # walk pops the candidates in the same order as if every one had been in the heap from the start.
@@ -710,30 +710,32 @@ PROGRESS_EVERY_S = 10.0
 _DEVICE_DEGREES = ("tp", "pp", "dp", "cp", "ep", "etp")  # each a divisor of the devices (ep x etp of a pipeline rank's)
 
 
-def _no_candidate_message(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int,
-                          fixed: dict, dtype: str = "bf16", attention: str = "flash",
-                          execution: Execution = Execution()) -> str:
+def no_candidate_message(model: ModelSpec, cluster: ClusterProfile, global_batch: int, seq_len: int,
+                         fixed: dict, dtype: str = "bf16", attention: str = "flash",
+                         execution: Execution = Execution()) -> str:
     """Why no layout honours `fixed`: a pinned degree that cannot divide the devices, named with the degrees that
     can (cp: those that also split the sequence); a pinned cp that cannot split the sequence (`cp_split_problem`);
     a pin that no layout honouring the others can take (`_conflicting_pin`); else the pins and the global batch to
     change."""
     world = cluster.world_size
     pinned = {k: v for k, v in normalise_fixed(fixed).items() if k in _DEVICE_DEGREES and isinstance(v, int)}
+
+    def usable(name: str, rest: int = 1) -> str:
+        """The values of degree `name` whose product with `rest` divides the devices (cp: that split the sequence)."""
+        return ", ".join(str(d) for d in range(1, world + 1)
+                         if world % (rest * d) == 0 and (name != "cp" or not cp_split_problem(seq_len, d)))
+
     for name, value in pinned.items():
         if world % value:
-            usable = ", ".join(str(d) for d in range(1, world + 1)
-                               if world % d == 0 and (name != "cp" or not cp_split_problem(seq_len, d)))
-            return f"--fix {name}={value}: {name} must divide the {world} devices (use {name} in {usable})"
+            return f"--fix {name}={value}: {name} must divide the {world} devices (use {name} in {usable(name)})"
     product = math.prod(pinned.get(k, 1) for k in ("tp", "pp", "dp", "cp"))
     if world % product:
         named = [k for k in ("tp", "pp", "dp", "cp") if k in pinned]
         pins = " ".join(f"{k}={pinned[k]}" for k in named)
         last = named[-1]  # (what the others leave it: its values whose product with theirs divides the devices)
-        rest = product // pinned[last]
-        usable = [d for d in range(1, world + 1)
-                  if world % (rest * d) == 0 and (last != "cp" or not cp_split_problem(seq_len, d))]
+        values = usable(last, product // pinned[last])
         others = " ".join(f"{k}={pinned[k]}" for k in named[:-1])
-        hint = f" (with {others}, use {last} in {', '.join(map(str, usable))})" if usable else ""
+        hint = f" (with {others}, use {last} in {values})" if values else ""
         return f"--fix {pins}: tp x pp x dp x cp = {product} must divide the {world} devices{hint}"
     split = cp_split_problem(seq_len, pinned.get("cp", 1), world)
     if split:
