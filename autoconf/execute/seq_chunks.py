@@ -5,8 +5,9 @@ even split, or the equal-work split that `cost/compute.py::seq_chunk_bounds` cho
 chunks flow through the pipeline as units: unit u = i * k + j is chunk j of micro-batch i (`to_units` lays a batch
 out that way, so torch's runtime splits it into m * k units of micro_batch_size rows). torch's runtime keeps one
 buffer shape per stage, so every unit is padded at its end to the longest chunk's length: padded inputs are token 0,
-padded targets `IGNORE` (no loss), and no real token sees a padded one (they come after it in the causal order, and
-a later chunk reads only the real K/V of the earlier ones), so the real tokens compute exactly what one process does.
+padded targets `IGNORE_INDEX` (no loss), and no real token sees a padded one (they come after it in the causal
+order, and a later chunk reads only the real K/V of the earlier ones), so the real tokens compute exactly what one
+process does.
 A unit's loss is the sum over its real tokens / (micro_batch x seq_len / k) (`unit_share`, which the trainer's
 objective applies), so the runtime's mean over units is the mean over the step's tokens for any split; the MTP
 modules' losses are weighted the same way (execute/mtp.py `with_mtp_losses`, by the places that have a token
@@ -40,9 +41,6 @@ from autoconf.execute.window_attention import attend_within, lower_right
 from autoconf.spec.schedules import build_schedule as schedule_order
 
 
-IGNORE = IGNORE_INDEX  # padded targets: no loss
-
-
 def to_units(t: torch.Tensor, micro_batch: int, bounds: list[int], pad: int = 0) -> torch.Tensor:
     """A [m * b, ..., s] batch as [m * k * b, ..., L]: micro-batch i's chunk j (its b rows, tokens bounds[j]..
     bounds[j+1] along the last dimension) at rows (i * k + j) * b, each padded with `pad` to L, the longest chunk's
@@ -57,10 +55,10 @@ def to_units(t: torch.Tensor, micro_batch: int, bounds: list[int], pad: int = 0)
 
 
 def unit_share(labels: torch.Tensor, seq_len: int, chunks: int) -> torch.Tensor:
-    """What a unit's mean cross entropy (over its labels but `IGNORE`) is multiplied by so that it is the sum over
-    the unit's real tokens / (rows x seq_len / k): the mean over units is then the mean over every token of the
+    """What a unit's mean cross entropy (over its labels but `IGNORE_INDEX`) is multiplied by so that it is the sum
+    over the unit's real tokens / (rows x seq_len / k): the mean over units is then the mean over every token of the
     step, whatever the split."""
-    return (labels != IGNORE).sum() / (labels.shape[0] * seq_len / chunks)
+    return (labels != IGNORE_INDEX).sum() / (labels.shape[0] * seq_len / chunks)
 
 
 class SequenceChunks:

@@ -45,9 +45,9 @@ from autoconf.execute.optimizer import model_optimizer
 from autoconf.execute.parallelize import (GradReducer, expert_grad_scale, match_grad_layout, moe_layers,
                                          parallelize_chunk, replica_mesh)
 from autoconf.files import open_append, write_file
-from autoconf.execute.loss import rank_loss
+from autoconf.execute.loss import IGNORE_INDEX, rank_loss
 from autoconf.execute.pipeline import EmbeddingSync, build_chunks, build_schedule
-from autoconf.execute.seq_chunks import IGNORE, to_units, unit_share
+from autoconf.execute.seq_chunks import to_units, unit_share
 from autoconf.spec.grid import AXES, RankGrid
 from autoconf.spec.plan import Plan, load_plan, recomputed_layer_indices
 from autoconf.spec.support import check_supported
@@ -349,7 +349,7 @@ class Trainer:
         c = self.config
         if c.seq_chunks > 1:  # seq1f1b: the runtime's units are the sequences' chunks (execute/seq_chunks.py)
             inputs, targets = (to_units(t, c.micro_batch_size, self.plan.chunk_bounds, pad)
-                               for t, pad in ((inputs, 0), (targets, IGNORE)))
+                               for t, pad in ((inputs, 0), (targets, IGNORE_INDEX)))
         stage_ids = [s for s, _ in self.chunks]
         first, last = 0 in stage_ids, self.config.num_stages - 1 in stage_ids
         args = (inputs,) if first else ()
