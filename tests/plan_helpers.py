@@ -62,5 +62,5 @@ def assert_ranks_hold_the_estimated_params(plan: Plan, found: list[dict]) -> Non
     owner = stage_to_rank(c.schedule, c.pp, c.vpp)
     for rank, entry in enumerate(found):
         stages = [st % len(plan.partition) for st, r in enumerate(owner) if r == entry["pp"]]
-        expected = sum(local_params(c, *rank_params(plan.model, plan.partition, stages)))
+        expected = sum(local_params(c, *rank_params(plan.model, plan.partition, stages, "torch")))
         assert entry["params"] == expected, (rank, entry, expected)

@@ -394,7 +394,7 @@ def test_megatron_grad_buffer_passes_cost_their_bytes_once_per_step_and_only_in_
     from autoconf.cost.moe import local_params
 
     # fp32 main gradients of the rank's TP share (`local_params`), not sharded by the distributed optimizer
-    buffer_bytes = sum(local_params(c, *rank_params(MODEL, [[0, MODEL.num_layers]], [0]))) * 4
+    buffer_bytes = sum(local_params(c, *rank_params(MODEL, [[0, MODEL.num_layers]], [0], "megatron"))) * 4
     assert optimizer(core) - optimizer(bare) == pytest.approx(4 * buffer_bytes / rate)
     assert execution("megatron").grad_buffer_passes == ("zero", "scale")
     assert rank_optimizer_time(h100, c, MODEL.total_params()) < rank_optimizer_time(h100, c, MODEL.total_params(),

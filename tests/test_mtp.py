@@ -124,10 +124,10 @@ def test_each_mtp_module_keeps_its_loss_and_under_zero_bubble_its_logits_gradien
 
 
 def test_a_rank_holding_both_ends_keeps_one_embedding():
-    """Under a V placement a rank holding the first and the last stage uses the first stage's embedding for the MTP
-    modules: no copy (`rank_params`); a rank holding only the last stage keeps one."""
+    """Under a V placement in the megatron layout a rank holding the first and the last stage uses the first stage's
+    embedding for the MTP modules: no copy (`rank_params`); a rank holding only the last stage keeps one."""
     partition = [[0, 16], [16, 32], [32, 48], [48, 61]]
-    both, alone = rank_params(V3, partition, [0, 3]), rank_params(V3, partition, [3])
+    both, alone = rank_params(V3, partition, [0, 3], "megatron"), rank_params(V3, partition, [3], "megatron")
     copy = V3.vocab_size * V3.hidden_size
     assert both[0] == stage_params(V3, partition, 0) + stage_params(V3, partition, 3) - copy
     assert alone[0] == stage_params(V3, partition, 3)

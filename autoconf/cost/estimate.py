@@ -35,7 +35,7 @@ from autoconf.cost.compute import (PassTimes, attention_gemms, causal_span_share
 from autoconf.cost.memory import (attention_matmuls, cp_kv_bytes, hidden_state_bytes, rank_params, reduced_grad_bytes,
                                   stage_block_activation_bytes, stage_expert_params, stage_memory, stage_params,
                                   stage_replicated_params)
-from autoconf.cost.mtp import copy_per_chunk, mtp_pass_times
+from autoconf.cost.mtp import mtp_pass_times
 from autoconf.cost.moe import ep_comm_passes, local_params, moe_layers, token_share_tp_comm
 from autoconf.cost.offload import (activation_copy_bytes, activation_copy_times, check_host_memory, check_offload,
                                    gather_copy_time, host_memory_per_node, reduce_copy_time)
@@ -1019,9 +1019,8 @@ def _after_makespan(model: ModelSpec, cluster: ClusterProfile, c: ParallelConfig
                     schedule, execution: Execution) -> tuple[float, float, float]:
     """(step collectives, optimizer, step overhead): the seconds a step lasts past its simulated makespan (module
     docstring). The optimizer is AdamW over each rank's (ZeRO-sharded) parameters, the slowest rank's."""
-    per_chunk = copy_per_chunk(execution.memory_layout)
     optimizer = max(rank_optimizer_time(cluster, c, *rank_params(model, partition, schedule.model_stages_of_rank(r),
-                                                                 per_chunk), execution=execution)
+                                                                 execution.memory_layout), execution=execution)
                     for r in range(c.pp))
     step_comm = (step_collectives(model, cluster, c, grid, schedule.stage_to_rank, execution)
                  + mirror_grad_sum(model, cluster, c, partition, grid, schedule, execution))

@@ -87,8 +87,7 @@ from autoconf.cost.moe import (all_to_all_buffer_bytes, block_local_params, bloc
                                swiglu_tensors)
 from autoconf.cost.moe import local_params as local_params_of
 from autoconf.cost.saved import MLA_UP_PROJ_MLP, NORMS_MLA_SWIGLU, saved_bytes
-from autoconf.cost.mtp import (copy_per_chunk, embedding_copy_params, mtp_activation_bytes, mtp_embedding_copy,
-                              mtp_stage_params)
+from autoconf.cost.mtp import embedding_copy_params, mtp_activation_bytes, mtp_embedding_copy, mtp_stage_params
 from autoconf.cost.offload import activation_copy_bytes, host_state_bytes
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.dtypes import DTYPE_BYTES, precision
@@ -673,13 +672,13 @@ def stage_replicated_params(model: ModelSpec, partition: Sequence[Sequence[int]]
 
 
 def rank_params(model: ModelSpec, partition: Sequence[Sequence[int]], stages: Sequence[int],
-                per_chunk: bool = False) -> tuple[float, float, float]:
+                layout: str) -> tuple[float, float, float]:
     """(parameters, routed-expert parameters, TP-replicated parameters) of the model stages `stages` one pipeline
     rank holds, all TP and EP ranks together: their `stage_params`, `stage_expert_params` and
     `stage_replicated_params`, the MTP modules' embedding once (a rank holding the first and the last stage uses the
-    first's) unless each chunk keeps its own (`per_chunk`: `mtp.copy_per_chunk` of the layout). `local_params`
-    splits the triple into what one rank holds."""
-    return _rank_params(model, partition_key(partition), tuple(stages), per_chunk)
+    first's) unless each chunk keeps its own (`mtp.copy_per_chunk` of the memory `layout`). `local_params` splits
+    the triple into what one rank holds."""
+    return _rank_params(model, partition_key(partition), tuple(stages), layout)
 
 
 def rank_block_params(model: ModelSpec, partition: Sequence[Sequence[int]],
@@ -703,10 +702,10 @@ def partition_key(partition: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], 
 
 @functools.lru_cache(maxsize=4096)  # (the search's recompute bisection asks for the same ranks many times)
 def _rank_params(model: ModelSpec, partition: tuple[tuple[int, int], ...], stages: tuple[int, ...],
-                 per_chunk: bool = False) -> tuple[float, float, float]:
+                 layout: str) -> tuple[float, float, float]:
     params = sum(stage_params(model, partition, st) for st in stages)
     last = len(partition) - 1
-    if model.mtp_num_layers and last != 0 and last in stages and not mtp_embedding_copy(partition, stages, per_chunk):
+    if model.mtp_num_layers and last != 0 and last in stages and not mtp_embedding_copy(partition, stages, layout):
         params -= embedding_copy_params(model)  # (the copy `stage_params` counted on the last stage)
     return (params, sum(stage_expert_params(model, partition, st) for st in stages),
             sum(stage_replicated_params(model, partition, st) for st in stages))
@@ -719,7 +718,7 @@ def reduced_grad_bytes(model: ModelSpec, config: ParallelConfig, partition: Sequ
     DP x CP (expert-DP) shard, in the layout's gradient dtype (fp32; the megatron layout's buffer dtype). What a
     dualpipe rank sums with its mirror rank's copies of the same stages (`estimate.mirror_grad_sum`)."""
     c = config
-    dense, experts = local_params_of(c, *rank_params(model, partition, stages, copy_per_chunk(layout)))
+    dense, experts = local_params_of(c, *rank_params(model, partition, stages, layout))
     grad = float(execution.grad_buffer_bytes) if layout == "megatron" and execution else 4.0
     return grad * (dense / dense_grad_shard(c) + experts / expert_state_shard(c, layout))
 
@@ -1456,6 +1455,7 @@ class RankMemory:
         # model's blocks by their count, an MoE model's by their place).
         self._shapes: dict[tuple, float] = {}
         self._buffer_shapes: dict[tuple, tuple[float, float]] = {}
+        self._chunk_grad_shapes: dict[tuple, tuple[float, float, float, float]] = {}
         self._ranks: dict[int, tuple] = {}
         self._temporary: dict[tuple[bool, ...], float] = {}
 
@@ -1486,20 +1486,24 @@ class RankMemory:
         return self._buffer_shapes[key]
 
     def _deferred_grads(self, stages: tuple[int, ...]) -> float:
-        """`deferred_rank_grad_bytes` of a rank holding (copies of) model stages `stages`."""
-        model, c, partition = self.model, self.c, self.partition
-        chunks, before = [], (0.0, 0.0)
-        ordered = sorted(stages)
-        for k, st in enumerate(ordered):
-            # (each chunk's parameters as what it adds to the rank's: a V placement's MTP embedding copy is none)
-            upto = local_params_of(c, *_rank_params(model, self.part_key, tuple(ordered[:k + 1]),
-                                                    copy_per_chunk(self.layout)))
-            root = root_unit_params(model, c, partition, st)[0]
-            block = fsdp_units(model, c).largest_block(chunk_pairs(model, self._chunk_layers(st)))
-            embedding = holds_word_embedding(model, st, len(partition))
-            chunks.append((upto[0] - before[0], upto[1] - before[1], *held_grad_terms(model, c, root, block, embedding)))
-            before = upto
-        return deferred_rank_grad_bytes(c, chunks)
+        """`deferred_rank_grad_bytes` of a rank holding (copies of) model stages `stages` (torch layout, where each
+        chunk holds its own MTP embedding copy: `mtp.copy_per_chunk`)."""
+        return deferred_rank_grad_bytes(self.c, [self._chunk_grads(st) for st in sorted(stages)])
+
+    def _chunk_grads(self, st: int) -> tuple[float, float, float, float]:
+        """Model stage `st`'s entry of `deferred_rank_grad_bytes`: its local dense and expert parameters and
+        `held_grad_terms`, worked out once per chunk shape as the FSDP buffers are."""
+        layers = self._chunk_layers(st)
+        last = len(self.partition) - 1
+        key = (st == 0, st == last, layers)
+        if key not in self._chunk_grad_shapes:
+            model, c = self.model, self.c
+            params = local_params_of(c, *_rank_params(model, self.part_key, (st,), self.layout))
+            root = root_unit_params(model, c, self.partition, st)[0]
+            block = fsdp_units(model, c).largest_block(chunk_pairs(model, layers))
+            embedding = holds_word_embedding(model, st, len(self.partition))
+            self._chunk_grad_shapes[key] = (*params, *held_grad_terms(model, c, root, block, embedding))
+        return self._chunk_grad_shapes[key]
 
     def _kv_blocks(self, st: int) -> int:
         """The blocks of model stage `st` that keep seq1f1b's earlier-chunk K/V: its layers, and on the last stage
@@ -1519,8 +1523,7 @@ class RankMemory:
         expert_bytes = self.expert_state
         copies = self.stages_of.get(rank, ())  # schedule stages, each reading inflight[st]
         stages = tuple(st % len(partition) for st in copies)  # their model stages (partition entries)
-        local_params, local_experts = local_params_of(c, *_rank_params(model, self.part_key, stages,
-                                                                       copy_per_chunk(layout)))
+        local_params, local_experts = local_params_of(c, *_rank_params(model, self.part_key, stages, layout))
         param_buffer = grad_buffer = 0.0
         if layout == "torch" or megatron_fsdp_runs(c, self.execution):  # (FSDP's buffers)
             buffers = [self._buffer_bytes(st) for st in stages]

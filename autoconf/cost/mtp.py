@@ -39,11 +39,12 @@ def copy_per_chunk(layout: str) -> bool:
     return layout == "torch"
 
 
-def mtp_embedding_copy(partition: Sequence[Sequence[int]], stages: Sequence[int], per_chunk: bool = False) -> bool:
-    """Whether the rank holding model stages `stages` keeps its own copy of the embedding for the MTP modules: it
-    holds the last stage, and not the first unless each chunk keeps its own (`per_chunk`, `copy_per_chunk`)."""
+def mtp_embedding_copy(partition: Sequence[Sequence[int]], stages: Sequence[int], layout: str) -> bool:
+    """Whether the rank holding model stages `stages` keeps its own copy of the embedding for the MTP modules under
+    memory `layout`: it holds the last stage, and not the first unless each chunk keeps its own
+    (`copy_per_chunk`)."""
     last = len(partition) - 1
-    return last in stages and (per_chunk or 0 not in stages)
+    return last in stages and (copy_per_chunk(layout) or 0 not in stages)
 
 
 def embedding_copy_params(model: ModelSpec) -> int:

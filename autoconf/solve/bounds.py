@@ -29,7 +29,6 @@ from autoconf.cost.memory import (holds_unsharded_grads, layer_activation_bytes,
                                   root_reduced_grad_bytes, root_unit_params, stage_memory, state_bytes_per_param)
 from autoconf.cost.moe import ep_comm_passes, layer_kind_params, layer_kinds, moe_layers, smallest_layer_params
 from autoconf.cost.moe import local_params as local_params_of
-from autoconf.cost.mtp import copy_per_chunk
 from autoconf.cost.offload import activation_copy_bytes, activation_copy_times, host_memory_per_node, host_state_bytes
 from autoconf.solve.space import replaced
 from autoconf.spec.cluster import ClusterProfile
@@ -532,8 +531,7 @@ class BoundCache:
         if key not in self._rank0_params:
             partition, owner = self._default_layout(c)
             stages = [st % len(partition) for st, r in enumerate(owner) if r == 0]  # (dualpipe: model stages)
-            self._rank0_params[key] = rank_params(self.model, partition, stages,
-                                                  copy_per_chunk(self.execution.memory_layout))
+            self._rank0_params[key] = rank_params(self.model, partition, stages, self.execution.memory_layout)
         return self._rank0_params[key]
 
     def memory_bound(self, c: ParallelConfig) -> float:

@@ -21,7 +21,7 @@ from autoconf.cost.memory import (Temporary, fp8_weight_cache_bytes, hidden_stat
                                   temporary_terms, unit_activation_bytes, unsharded_buffer_bytes, vocab_grad_early)
 from autoconf.cost.moe import (block_local_params, blocks_params, dispatch_bytes, dispatch_shares, ep_comm_passes,
                                local_params, moe_layers)
-from autoconf.cost.mtp import copy_per_chunk, mtp_embedding_copy, mtp_pass_times, mtp_stage_params
+from autoconf.cost.mtp import mtp_embedding_copy, mtp_pass_times, mtp_stage_params
 from autoconf.spec.cluster import ClusterProfile
 from autoconf.spec.frameworks import selective_policy
 from autoconf.spec.grid import RankGrid, expert_groups
@@ -137,8 +137,7 @@ def partition_problem(model: ModelSpec, cluster: ClusterProfile, c: ParallelConf
                           + (recompute_time(block, c, one, block_share, only, gathers) + cp_time + cp_rc) * d)
         if mtp_moe:
             unit_time[-1] += (exchange + exchange_back + (exchange if c.recompute == "full" else 0.0)) * d
-        copy = mtp_embedding_copy(owner, [st for st, rank in enumerate(owner) if rank == owner[-1]],
-                                  copy_per_chunk(layout))
+        copy = mtp_embedding_copy(owner, [st for st, rank in enumerate(owner) if rank == owner[-1]], layout)
         mtp_params, mtp_experts = local_params(c, *mtp_stage_params(model, embedding_copy=copy))
         unit_static[-1] += mtp_params * per_param + mtp_experts * sum(
             state_bytes_per_param(c, layout, experts=True, execution=execution))
