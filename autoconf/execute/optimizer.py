@@ -28,14 +28,14 @@ def param_groups(params, weight_decay: float) -> list[dict]:
     return [{"params": ps, "weight_decay": weight_decay if decay else 0.0} for (decay, _), ps in groups.items()]
 
 
-def adamw(groups: list[dict], lr: float, fused: bool) -> torch.optim.AdamW:
-    """AdamW with the executor's betas and eps: torch's fused kernel (`fused`, CUDA tensors), else foreach
-    (multi-tensor), as on CPU and on the host tensors of offload_optimizer."""
-    return torch.optim.AdamW(groups, lr=lr, betas=BETAS, eps=EPS, fused=fused, foreach=not fused)
+def adamw(groups: list[dict], lr: float) -> torch.optim.AdamW:
+    """AdamW with the executor's betas and eps, through torch's fused kernel on every device (CUDA, and CPU: the
+    CPU ranks' and offload_optimizer's host tensors; over DTensor parameters one sharding propagation per group and
+    step where the foreach kernels took one per kernel: the CPU test layouts' training took 0.73 of the foreach
+    step's time, and a step over plain host tensors 0.2)."""
+    return torch.optim.AdamW(groups, lr=lr, betas=BETAS, eps=EPS, fused=True)
 
 
-def model_optimizer(params, lr: float, weight_decay: float, device: torch.device,
-                    host_tensors: bool = False) -> torch.optim.AdamW:
-    """The trainer's AdamW over a model's `params` on `device`: fused on CUDA, foreach (multi-tensor) on CPU and on
-    `host_tensors` (offload_optimizer's); decay on matrices only (`param_groups`)."""
-    return adamw(param_groups(params, weight_decay), lr, fused=device.type == "cuda" and not host_tensors)
+def model_optimizer(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """The trainer's AdamW over a model's `params` (`adamw`); decay on matrices only (`param_groups`)."""
+    return adamw(param_groups(params, weight_decay), lr)

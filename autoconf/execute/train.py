@@ -5,7 +5,7 @@ warm-up + cosine learning rate, clips gradients by the global norm over every pa
 loss a single-process run would report (mean token cross entropy over the global batch). Rank 0 prints one progress
 line per step and writes the metrics file. fp32 on CPU; on CUDA the plan's bf16/fp16 runs as FSDP2 mixed precision
 on every rank (bf16 parameters, activations and compute, fp32 master weights, gradients and optimizer states:
-`parallelize.py`), with fused AdamW (foreach on CPU).
+`parallelize.py`), with torch's fused AdamW.
 """
 
 from __future__ import annotations
@@ -174,10 +174,9 @@ class Trainer:
 
     # ---- optimizer -------------------------------------------------------------------------------------------
     def _optimizer(self, model) -> torch.optim.Optimizer:
-        """AdamW on the fp32 master weights (execute/optimizer.py), fused on CUDA and foreach (multi-tensor) on CPU
-        and on offload_optimizer's host tensors; decay on matrices only."""
-        return model_optimizer(model.parameters(), self.opts.lr, self.opts.weight_decay, self.device,
-                               host_tensors=self.config.offload_optimizer)
+        """AdamW on the fp32 master weights (execute/optimizer.py: torch's fused kernel, on the device or on
+        offload_optimizer's host tensors); decay on matrices only."""
+        return model_optimizer(model.parameters(), self.opts.lr, self.opts.weight_decay)
 
     # ---- gradients ---------------------------------------------------------------------------------------------
     def _grads(self):

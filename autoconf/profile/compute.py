@@ -211,12 +211,15 @@ def time_entry(kind: str, model: ModelSpec, tp: int, mb: int, seq: int, device: 
 
 
 def optimizer_time_per_param(device: torch.device, numel: int, warmup: int, repeats: int) -> float:
-    """Seconds per parameter of one torch.optim.AdamW step over `numel` fp32 parameters (in 1M-element tensors)."""
+    """Seconds per parameter of one step of the executor's AdamW (execute/optimizer.py `model_optimizer`) over
+    `numel` fp32 parameters (in 1M-element tensors)."""
+    from autoconf.execute.optimizer import model_optimizer
+
     chunk = min(numel, 1 << 20)
     params = [torch.zeros(chunk, device=device, requires_grad=True) for _ in range(max(numel // chunk, 1))]
     for p in params:
         p.grad = torch.randn_like(p)
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1)
+    opt = model_optimizer(params, 1e-4, 0.1)
     return median(work_times(opt.step, device, warmup, repeats)) / sum(p.numel() for p in params)
 
 

@@ -3,7 +3,7 @@ and the CPU's AdamW rate, measured by every rank at once (so ranks sharing the P
 and the cores count).
 
 On GPU: pinned host memory to device (`copy_(non_blocking=True)` from a `pin_memory()` tensor) and back, each timed
-with CUDA events. The AdamW rate is the executor's own host optimizer step (execute/optimizer.py: foreach AdamW in
+with CUDA events. The AdamW rate is the executor's own host optimizer step (execute/optimizer.py: fused AdamW in
 its parameter groups, as it steps offload_optimizer's host shards) over a few million fp32 parameters, with the
 rank's threads (one unless OMP_NUM_THREADS says otherwise: execute/launch.py). On CPU the "device" is the host: the
 copy rates measured are a memcpy between two host tensors (bytes copied per second, one direction), not a PCIe
@@ -43,9 +43,9 @@ ADAM_LR, ADAM_WEIGHT_DECAY = 3e-4, 0.1  # TrainOptions' defaults; the step's wor
 
 
 def adam_time_per_param(device: torch.device, numel: int, warmup: int, repeats: int) -> float:
-    """Seconds per parameter of the executor's host optimizer step (execute/optimizer.py `adamw`, foreach, not
-    fused: offload_optimizer's host tensors) over about `numel` fp32 parameters in host memory, gradients set; the
-    median of `repeats` steps with the rank's threads. On GPU nodes the wall time of the step; on CPU the thread's
+    """Seconds per parameter of the executor's host optimizer step (execute/optimizer.py `adamw`, torch's fused
+    kernel over offload_optimizer's host tensors) over about `numel` fp32 parameters in host memory, gradients set;
+    the median of `repeats` steps with the rank's threads. On GPU nodes the wall time of the step; on CPU the thread's
     CPU time (`work_time`, as the compute tables: the wall time of a shared host depends on its other load)."""
     from autoconf.execute.optimizer import adamw, param_groups
 
@@ -54,7 +54,7 @@ def adam_time_per_param(device: torch.device, numel: int, warmup: int, repeats: 
         params += [torch.nn.Parameter(torch.randn(MATRIX, MATRIX)), torch.nn.Parameter(torch.ones(MATRIX))]
     for p in params:
         p.grad = torch.randn_like(p)
-    opt = adamw(param_groups(params, ADAM_WEIGHT_DECAY), ADAM_LR, fused=False)
+    opt = adamw(param_groups(params, ADAM_WEIGHT_DECAY), ADAM_LR)
     if device.type == "cuda":  # the host step's wall time
         seconds = median(time_repeated(opt.step, torch.device("cpu"), warmup, repeats))
     else:
@@ -78,7 +78,7 @@ def combine_host(measured: list[dict], on_gpu: bool, when: str) -> dict:
     """The profile's "host" object: the median over ranks of each rate, the node's RAM, and where they come from."""
     size = measured[0]["copy_bytes"] >> 20
     threads = measured[0]["threads"]
-    adam = (f"the executor's host AdamW step (execute/optimizer.py, foreach) over fp32 host tensors, {threads} "
+    adam = (f"the executor's host AdamW step (execute/optimizer.py, fused) over fp32 host tensors, {threads} "
             f"thread(s) per rank, median of repeats")
     what = (f"pinned host-device copies of {size} MiB (CUDA events) and {adam} (wall time)"
             if on_gpu else

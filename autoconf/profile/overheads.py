@@ -134,13 +134,13 @@ def _executor_model(model: ModelSpec, device: torch.device, dtype: str, layers: 
 def _optimizer_step_time(params: list, device: torch.device, warmup: int, repeats: int) -> float:
     """Median work seconds of what the trainer does with gradients each step: the gradient norm's squares summed
     over `params` (their local shards when DTensors) and one step of the trainer's own AdamW
-    (`execute.optimizer.model_optimizer`: foreach on CPU, fused on CUDA; torch's default, one tensor at a time
-    on CPU, took 2.5x as long over FSDP's DTensors); the gradients must be set."""
+    (`execute.optimizer.model_optimizer`, torch's fused kernel; torch's default, one tensor at a time on CPU,
+    took 2.5x as long over FSDP's DTensors as the foreach kernels); the gradients must be set."""
     from torch.distributed.tensor import DTensor
 
     from autoconf.execute.optimizer import model_optimizer
 
-    opt = model_optimizer(params, 1e-4, 0.1, device)
+    opt = model_optimizer(params, 1e-4, 0.1)
 
     def step():
         total = torch.zeros((), dtype=torch.float64, device=device)
