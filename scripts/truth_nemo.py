@@ -247,7 +247,7 @@ def memory_breakdown(row: dict, table: dict, models: dict) -> dict:
     inflight = schedule_inflight(c.schedule, c.pp, c.vpp, c.num_microbatches)
     layers = [plan.partition[st][1] - plan.partition[st][0] for st in stages]
     block_params = sum(local_params(c, *rank_block_params(model, plan.partition, stages)))
-    params = sum(local_params(c, *rank_params(model, plan.partition, stages)))
+    params = sum(local_params(c, *rank_params(model, plan.partition, stages, ex.memory_layout)))
     m = memory[rank]
     cache = fp8_weight_cache_bytes(c, ex) * block_params
     return {

@@ -85,7 +85,7 @@ def reserved_bytes(model, cluster, c: ParallelConfig, peak: float, execution: Ex
     cached = 0.0 if loss_compiled(c, execution, cluster.device.kind) else (
         e * c.local_seq_len * c.micro_batch_size * model.vocab_size / c.tp)
     if c.zero_sharded:
-        whole = sum(local_params(c, *rank_params(model, [[0, model.num_layers]], [0])))
+        whole = sum(local_params(c, *rank_params(model, [[0, model.num_layers]], [0], "torch")))
         cached += (0.0 if first_step else 4 * whole / c.dp_cp) + 4 * layer + e * layer
     return peak - cluster.device.memory_overhead_bytes + cached
 

@@ -234,21 +234,22 @@ def test_the_walks_host_bytes_are_the_estimates_own(schedule, pp, vpp):
 
 def test_the_profiler_measures_the_host(monkeypatch):
     """On CPU the host facts are measured (positive copy and AdamW rates, the node's RAM) and their source says the
-    copies are a memcpy, not PCIe; the AdamW rate times the executor's own host step (execute/optimizer.py: foreach,
-    not fused, decay on the matrices only) over a million parameters or more."""
+    copies are a memcpy, not PCIe; the AdamW rate times the executor's own host step (execute/optimizer.py: torch's
+    fused kernel, decay on the matrices only) over a million parameters or more."""
     from autoconf.execute import optimizer
     from autoconf.profile.host import combine_host, measure_host
 
     built, original = [], optimizer.adamw
 
-    def recorded(groups, lr, fused):
-        built.append((groups, fused))
-        return original(groups, lr, fused)
+    def recorded(groups, lr):
+        built.append(original(groups, lr))
+        return built[-1]
 
     monkeypatch.setattr(optimizer, "adamw", recorded)
     measured = measure_host(torch.device("cpu"), quick=True, tiny=True)
-    [(groups, fused)] = built
-    assert not fused and sum(p.numel() for g in groups for p in g["params"]) >= 1 << 20
+    [opt] = built
+    groups = opt.param_groups
+    assert all(g["fused"] for g in groups) and sum(p.numel() for g in groups for p in g["params"]) >= 1 << 20
     assert all((g["weight_decay"] > 0) == (g["params"][0].ndim == 2) for g in groups) and len(groups) == 2
     host = combine_host([measured, measured], on_gpu=False, when="today")
     assert all(host[k] > 0 for k in ("memory_bytes", "h2d_Bps", "d2h_Bps", "adam_s_per_param"))
