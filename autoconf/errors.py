@@ -17,6 +17,9 @@ class Diverged(UserError):
 EXIT_REFUSED = 2
 EXIT_LOST_PEER = 3
 EXIT_DIVERGED = 4
+# Exit codes a restart would only repeat (the same plan, files and checkpoint give the same refusal or divergence):
+# autoconf.execute.elastic restarts no worker group that ended with one.
+EXIT_FINAL = (EXIT_REFUSED, EXIT_DIVERGED)
 EXIT_MEANINGS = {EXIT_REFUSED: "refused the plan or its files (the first rank of its node printed why)",
                  EXIT_LOST_PEER: "lost a peer: it died, hung past the collective timeout, or its node is gone",
                  EXIT_DIVERGED: "training diverged: a loss or gradient norm that is not a finite number (the first "

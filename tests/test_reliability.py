@@ -239,7 +239,7 @@ def test_a_diverging_run_stops_at_its_first_non_finite_step_and_keeps_its_checkp
     """A run whose loss or gradient norm stops being a number (here an absurd --weight-decay) trained on to the end,
     exit 0, saving a checkpoint of every diverged step, which a resume would have picked: it stops at the first such
     step with one line naming it and the newest checkpoint, ends with the trainer's own exit code (named in the
-    summary), and saves none of the diverged steps."""
+    summary), saves none of the diverged steps, and is not restarted under --max-restarts."""
     import math
 
     from autoconf.errors import EXIT_DIVERGED
@@ -250,7 +250,7 @@ def test_a_diverging_run_stops_at_its_first_non_finite_step_and_keeps_its_checkp
     saved = dict(os.environ)
     os.environ.update(_env())
     try:
-        rc = launch(plan_path, steps=8, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=1,
+        rc = launch(plan_path, steps=8, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=1, max_restarts=2,
                     metrics=str(tmp_path / "m.jsonl"), timeout_s=300, hyperparameters={"weight_decay": 1e10})
     finally:
         os.environ.clear()
@@ -260,6 +260,8 @@ def test_a_diverging_run_stops_at_its_first_non_finite_step_and_keeps_its_checkp
     lines = [line for line in err.splitlines() if "training diverged at step" in line]
     assert len(lines) == 1 and lines[0].startswith("autoconf: error: "), err[-3000:]
     step = int(lines[0].split("training diverged at step ")[1].split(":")[0])
+    # (one attempt: torchrun's restarts would each have resumed the same checkpoint and diverged at the same step)
+    assert f"not restarted (exit code {EXIT_DIVERGED}: a restart would end the same way)" in err, err[-3000:]
     assert f"the checkpoint of step {step - 1} is the newest" in lines[0] or step == 1
     assert f"exited with code {EXIT_DIVERGED} (training diverged" in err
     records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
@@ -270,6 +272,30 @@ def test_a_diverging_run_stops_at_its_first_non_finite_step_and_keeps_its_checkp
 
 
 # ---- pieces without a process group --------------------------------------------------------------------------------
+def test_only_failures_a_restart_may_clear_are_restarted(monkeypatch):
+    """torch's elastic agent keeps its restarts for a lost peer (exit code 3) or a killed worker, and drops them to 0
+    for the trainer's final codes (`EXIT_FINAL`: a refused plan, a diverged run), which a restart would repeat."""
+    from types import SimpleNamespace
+
+    from torch.distributed.elastic.agent.server.api import RunResult, WorkerState
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+
+    from autoconf.errors import EXIT_DIVERGED, EXIT_LOST_PEER, EXIT_REFUSED
+    from autoconf.execute.elastic import restart_only_what_may_pass
+
+    ended = {}
+    monkeypatch.setattr(LocalElasticAgent, "_monitor_workers", lambda self, group: RunResult(
+        WorkerState.FAILED, failures={rank: SimpleNamespace(exitcode=code) for rank, code in ended.items()}))
+    stopped = restart_only_what_may_pass()
+    for codes, left in (({0: EXIT_LOST_PEER, 1: -9}, 3), ({0: EXIT_REFUSED}, 0), ({0: EXIT_DIVERGED, 1: 1}, 0)):
+        ended.clear()
+        ended.update(codes)
+        agent = SimpleNamespace(_remaining_restarts=3)
+        LocalElasticAgent._monitor_workers(agent, None)
+        assert agent._remaining_restarts == left, codes
+    assert stopped == [EXIT_REFUSED, EXIT_DIVERGED]
+
+
 def test_the_failure_summary_names_ranks_that_ended_alike_together():
     """After a peer died, every other rank of a 64-rank job was listed one by one in the `autoconf: then:` line;
     ranks that ended the same way on the same node are one group now, and the trainer's exit codes are named."""

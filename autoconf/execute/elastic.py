@@ -5,6 +5,11 @@ Python traceback around its `ChildFailedError` (a worker died, was killed, or ex
 `--max-restarts` restarts) or a rendezvous error (a node never joined within the rendezvous timeout), this prints
 what happened in a few plain lines, starting `autoconf: error:`, and exits 1.
 
+A worker group that ended with one of the trainer's final exit codes (`errors.EXIT_FINAL`: it refused the plan or
+its files, or training diverged) is not restarted whatever `--max-restarts` allows: the restart would resume the
+same checkpoint with the same settings and end the same way (a diverged run at the same step, after training to it
+again).
+
 When the rendezvous endpoint (or the static master address) is a loopback address, every TCPStore server the agent
 starts listens on that address only: torch's own stores listen on all interfaces whatever the endpoint says.
 
@@ -21,11 +26,36 @@ import socket
 import sys
 import tempfile
 
-from autoconf.errors import EXIT_MEANINGS
+from autoconf.errors import EXIT_FINAL, EXIT_MEANINGS
 
 JOBS = {"autoconf.profile.run": "profiling"}  # what a worker module does, for the failure line (default: training)
 _STORE_ARGS = ("host_name", "port", "world_size", "is_master", "timeout", "wait_for_workers", "multi_tenant",
                "master_listen_fd", "use_libuv")
+
+
+def restart_only_what_may_pass() -> list[int]:
+    """Makes torch's local elastic agent restart no worker group that ended with a final exit code (`EXIT_FINAL`):
+    its remaining restarts drop to 0 when it sees one. Returns the list the codes it stopped on are appended to (for
+    the failure line). Where the agent lacks what this reads (another torch), restarts stay torch's own."""
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+
+    stopped: list[int] = []
+    original = LocalElasticAgent._monitor_workers
+    if getattr(original, "_autoconf_final", False) or not hasattr(LocalElasticAgent, "_invoke_run"):
+        return stopped
+
+    def monitor_workers(self, worker_group):
+        result = original(self, worker_group)
+        final = sorted({f.exitcode for f in (getattr(result, "failures", None) or {}).values()
+                        if getattr(f, "exitcode", None) in EXIT_FINAL})
+        if final and getattr(self, "_remaining_restarts", 0) > 0:
+            self._remaining_restarts = 0
+            stopped.extend(final)
+        return result
+
+    monitor_workers._autoconf_final = True
+    LocalElasticAgent._monitor_workers = monitor_workers
+    return stopped
 
 
 def _loopback(host: str | None) -> str | None:
@@ -135,14 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.log_dir:
         args.log_dir = scratch = tempfile.mkdtemp(prefix="autoconf-torchrun-")
     try:
-        return _run(run, args)
+        return _run(run, args, restart_only_what_may_pass())
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run(run, args) -> int:
-    """torchrun's `run(args)`, its endings turned into plain lines and an exit code."""
+def _run(run, args, stopped: list[int] = ()) -> int:
+    """torchrun's `run(args)`, its endings turned into plain lines and an exit code; `stopped`: the final exit codes
+    its restarts were stopped on (`restart_only_what_may_pass`)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
@@ -156,8 +187,10 @@ def _run(run, args) -> int:
         root_rank, root = err.get_first_failure()
         others = {r: f for r, f in err.failures.items() if r != root_rank}
         job = JOBS.get(args.training_script, "training")
-        print(f"autoconf: error: {job} failed after {args.max_restarts} allowed restart(s): "
-              f"{describe_failure(root_rank, root)}", file=sys.stderr, flush=True)
+        after = (f"not restarted (exit code {', '.join(map(str, stopped))}: a restart would end the same way)"
+                 if stopped else f"after {args.max_restarts} allowed restart(s)")
+        print(f"autoconf: error: {job} failed {after}: {describe_failure(root_rank, root)}", file=sys.stderr,
+              flush=True)
         if others:
             print(f"autoconf: then: {describe_failures(others)}", file=sys.stderr, flush=True)
         return 1
