@@ -982,8 +982,8 @@ def profile(out, nproc_per_node, nnodes, node_rank, master_addr, master_port, mo
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None)
 @click.option("--checkpoint-every", type=AsciiIntRange(min=0), default=0, show_default=True)
 @click.option("--max-restarts", type=AsciiIntRange(min=0), default=0, show_default=True,
-              help="torchrun's restarts of a failed worker group (none after a refused plan or a diverged run, "
-                   "which a restart would repeat)")
+              help="torchrun's restarts of a failed worker group (none after a diverged run, which a restart "
+                   "would repeat)")
 @click.option("--dry-run", is_flag=True, help="print the command each node would run")
 @click.option("--nnodes", type=AsciiIntRange(1, 100_000), default=None,
               help="nodes to run on (default: the plan's own node count)")

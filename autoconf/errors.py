@@ -17,10 +17,13 @@ class Diverged(UserError):
 EXIT_REFUSED = 2
 EXIT_LOST_PEER = 3
 EXIT_DIVERGED = 4
-# Exit codes a restart would only repeat (the same plan, files and checkpoint give the same refusal or divergence):
-# autoconf.execute.elastic restarts no worker group that ended with one.
-EXIT_FINAL = (EXIT_REFUSED, EXIT_DIVERGED)
-EXIT_MEANINGS = {EXIT_REFUSED: "refused the plan or its files (the first rank of its node printed why)",
+# Exit codes a restart would only repeat, which autoconf.execute.elastic restarts no worker group on: a divergence
+# (every rank stops at the same step, whose loss and gradient norm all of them hold, and a restart resumes the same
+# checkpoint with the same settings). Not a refusal: it may come from a file a shared filesystem has not shown yet
+# or failed to read, and it ends a worker at its start, so a restart costs little.
+EXIT_FINAL = (EXIT_DIVERGED,)
+EXIT_MEANINGS = {EXIT_REFUSED: "refused the plan, its files or its command line (the first rank of its node printed "
+                               "why)",
                  EXIT_LOST_PEER: "lost a peer: it died, hung past the collective timeout, or its node is gone",
                  EXIT_DIVERGED: "training diverged: a loss or gradient norm that is not a finite number (the first "
                                 "rank of its node printed the step)"}

@@ -261,7 +261,7 @@ def test_a_diverging_run_stops_at_its_first_non_finite_step_and_keeps_its_checkp
     assert len(lines) == 1 and lines[0].startswith("autoconf: error: "), err[-3000:]
     step = int(lines[0].split("training diverged at step ")[1].split(":")[0])
     # (one attempt: torchrun's restarts would each have resumed the same checkpoint and diverged at the same step)
-    assert f"not restarted (exit code {EXIT_DIVERGED}: a restart would end the same way)" in err, err[-3000:]
+    assert "was not restarted (a restart would end the same way; 0 of 2 allowed restart(s) used)" in err, err[-3000:]
     assert f"the checkpoint of step {step - 1} is the newest" in lines[0] or step == 1
     assert f"exited with code {EXIT_DIVERGED} (training diverged" in err
     records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
@@ -273,8 +273,9 @@ def test_a_diverging_run_stops_at_its_first_non_finite_step_and_keeps_its_checkp
 
 # ---- pieces without a process group --------------------------------------------------------------------------------
 def test_only_failures_a_restart_may_clear_are_restarted(monkeypatch):
-    """torch's elastic agent keeps its restarts for a lost peer (exit code 3) or a killed worker, and drops them to 0
-    for the trainer's final codes (`EXIT_FINAL`: a refused plan, a diverged run), which a restart would repeat."""
+    """torch's elastic agent keeps its restarts for a lost peer (exit code 3), a killed worker or a refusal (exit code
+    2: a file a shared filesystem did not show yet), and drops them to 0 for a diverged run (`EXIT_FINAL`), which a
+    restart would repeat."""
     from types import SimpleNamespace
 
     from torch.distributed.elastic.agent.server.api import RunResult, WorkerState
@@ -287,13 +288,14 @@ def test_only_failures_a_restart_may_clear_are_restarted(monkeypatch):
     monkeypatch.setattr(LocalElasticAgent, "_monitor_workers", lambda self, group: RunResult(
         WorkerState.FAILED, failures={rank: SimpleNamespace(exitcode=code) for rank, code in ended.items()}))
     stopped = restart_only_what_may_pass()
-    for codes, left in (({0: EXIT_LOST_PEER, 1: -9}, 3), ({0: EXIT_REFUSED}, 0), ({0: EXIT_DIVERGED, 1: 1}, 0)):
+    for codes, left in (({0: EXIT_LOST_PEER, 1: -9}, 3), ({0: EXIT_REFUSED}, 3), ({0: EXIT_DIVERGED, 1: 1}, 0),
+                        ({0: EXIT_DIVERGED}, 0)):
         ended.clear()
         ended.update(codes)
-        agent = SimpleNamespace(_remaining_restarts=3)
+        agent = SimpleNamespace(_remaining_restarts=3 if codes != {0: EXIT_DIVERGED} else 1)
         LocalElasticAgent._monitor_workers(agent, None)
         assert agent._remaining_restarts == left, codes
-    assert stopped == [EXIT_REFUSED, EXIT_DIVERGED]
+    assert stopped == [3, 1]  # (the restarts left when each divergence stopped them)
 
 
 def test_the_failure_summary_names_ranks_that_ended_alike_together():

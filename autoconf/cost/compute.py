@@ -246,8 +246,8 @@ def optimizer_step_time(local_params: float, cluster: ClusterProfile, dtensor_pa
     measured per parameter by the profiler.
 
     `dtensor_params`: when the executor holds the rank's parameters as DTensors (TP, or FSDP at ZeRO >= 1), their
-    count before any sharding; a profile's measured DTensor rate (per unsharded parameter, mostly per-tensor
-    dispatch, which sharding does not shrink) then bounds the time from below."""
+    count before any sharding; a profile's measured DTensor rate (per unsharded parameter, mostly DTensor dispatch,
+    which sharding does not shrink) then bounds the time from below."""
     table = cluster.compute or {}
     if table.get("optimizer_s_per_param"):
         seconds = float(table["optimizer_s_per_param"]) * local_params / cpu_share(cluster)

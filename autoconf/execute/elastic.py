@@ -5,10 +5,10 @@ Python traceback around its `ChildFailedError` (a worker died, was killed, or ex
 `--max-restarts` restarts) or a rendezvous error (a node never joined within the rendezvous timeout), this prints
 what happened in a few plain lines, starting `autoconf: error:`, and exits 1.
 
-A worker group that ended with one of the trainer's final exit codes (`errors.EXIT_FINAL`: it refused the plan or
-its files, or training diverged) is not restarted whatever `--max-restarts` allows: the restart would resume the
-same checkpoint with the same settings and end the same way (a diverged run at the same step, after training to it
-again).
+A worker group that ended with one of the trainer's final exit codes (`errors.EXIT_FINAL`: training diverged) is not
+restarted whatever `--max-restarts` allows: the restart would resume the same checkpoint with the same settings and,
+after training to it again, diverge at the same step. Every rank diverges at that step (its loss and gradient norm
+are every rank's), so on several nodes every node's agent stops so.
 
 When the rendezvous endpoint (or the static master address) is a loopback address, every TCPStore server the agent
 starts listens on that address only: torch's own stores listen on all interfaces whatever the endpoint says.
@@ -35,8 +35,9 @@ _STORE_ARGS = ("host_name", "port", "world_size", "is_master", "timeout", "wait_
 
 def restart_only_what_may_pass() -> list[int]:
     """Makes torch's local elastic agent restart no worker group that ended with a final exit code (`EXIT_FINAL`):
-    its remaining restarts drop to 0 when it sees one. Returns the list the codes it stopped on are appended to (for
-    the failure line). Where the agent lacks what this reads (another torch), restarts stay torch's own."""
+    its remaining restarts drop to 0 when it sees one. Returns the list that the restarts left at that moment are
+    appended to (for the failure line). Where the agent lacks what this reads (another torch), restarts stay
+    torch's own."""
     from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 
     stopped: list[int] = []
@@ -46,11 +47,11 @@ def restart_only_what_may_pass() -> list[int]:
 
     def monitor_workers(self, worker_group):
         result = original(self, worker_group)
-        final = sorted({f.exitcode for f in (getattr(result, "failures", None) or {}).values()
-                        if getattr(f, "exitcode", None) in EXIT_FINAL})
+        final = any(getattr(f, "exitcode", None) in EXIT_FINAL
+                    for f in (getattr(result, "failures", None) or {}).values())
         if final and getattr(self, "_remaining_restarts", 0) > 0:
+            stopped.append(self._remaining_restarts)
             self._remaining_restarts = 0
-            stopped.extend(final)
         return result
 
     monitor_workers._autoconf_final = True
@@ -172,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(run, args, stopped: list[int] = ()) -> int:
-    """torchrun's `run(args)`, its endings turned into plain lines and an exit code; `stopped`: the final exit codes
-    its restarts were stopped on (`restart_only_what_may_pass`)."""
+    """torchrun's `run(args)`, its endings turned into plain lines and an exit code; `stopped`: the restarts that
+    were left when a final exit code stopped them (`restart_only_what_may_pass`)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
@@ -187,8 +188,9 @@ def _run(run, args, stopped: list[int] = ()) -> int:
         root_rank, root = err.get_first_failure()
         others = {r: f for r, f in err.failures.items() if r != root_rank}
         job = JOBS.get(args.training_script, "training")
-        after = (f"not restarted (exit code {', '.join(map(str, stopped))}: a restart would end the same way)"
-                 if stopped else f"after {args.max_restarts} allowed restart(s)")
+        after = (f"and was not restarted (a restart would end the same way; {args.max_restarts - stopped[-1]} of "
+                 f"{args.max_restarts} allowed restart(s) used)" if stopped
+                 else f"after {args.max_restarts} allowed restart(s)")
         print(f"autoconf: error: {job} failed {after}: {describe_failure(root_rank, root)}", file=sys.stderr,
               flush=True)
         if others:

@@ -7,7 +7,7 @@ of the plan ([pp][dp][tp] order); physical node R (`--node-rank R` as the user n
 the torchrun node rank of the block of grid positions that the plan's placement puts on it, and each rank picks the
 local GPU the placement names (spec/plan.py `node_blocks`).
 `--max-restarts` is handed to torchrun; with a checkpoint directory a restarted run resumes from the newest
-complete checkpoint. A refused plan or a diverged run is not restarted (autoconf.execute.elastic).
+complete checkpoint. A diverged run is not restarted (autoconf.execute.elastic).
 
 No hang: every collective and point-to-point operation times out after `timeout_s` (a dead or hung peer, a lost
 node), and the rendezvous after `rendezvous_timeout_s` (a node that never joins); the worker then exits with one line
