@@ -8,7 +8,7 @@ what happened in a few plain lines, starting `autoconf: error:`, and exits 1.
 A worker group that ended with one of the trainer's final exit codes (`errors.EXIT_FINAL`: training diverged) is not
 restarted whatever `--max-restarts` allows: the restart would resume the same checkpoint with the same settings and,
 after training to it again, diverge at the same step. Every rank diverges at that step (its loss and gradient norm
-are every rank's), so on several nodes every node's agent stops so.
+are every rank's), so on several nodes each node's agent stops its own restarts.
 
 When the rendezvous endpoint (or the static master address) is a loopback address, every TCPStore server the agent
 starts listens on that address only: torch's own stores listen on all interfaces whatever the endpoint says.

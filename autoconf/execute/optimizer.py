@@ -29,10 +29,11 @@ def param_groups(params, weight_decay: float) -> list[dict]:
 
 
 def adamw(groups: list[dict], lr: float) -> torch.optim.AdamW:
-    """AdamW with the executor's betas and eps, through torch's fused kernel on every device (CUDA, and CPU: the
-    CPU ranks' and offload_optimizer's host tensors; over DTensor parameters one sharding propagation per group and
-    step where the foreach kernels took one per kernel: the CPU test layouts' training took 0.73 of the foreach
-    step's time, and a step over plain host tensors 0.2)."""
+    """AdamW with the executor's betas and eps, through torch's fused kernel on every device: CUDA, and CPU (the CPU
+    ranks' and offload_optimizer's host tensors). Over DTensor parameters it propagates shardings once per group and
+    step, where the foreach kernels did once per kernel: eight 2-rank CPU test layouts trained in 0.73 of their
+    time with foreach (2026-12-07), and the profiler's host step over plain tensors took 0.80 ns per parameter
+    against 7.39."""
     return torch.optim.AdamW(groups, lr=lr, betas=BETAS, eps=EPS, fused=True)
 
 
