@@ -41,8 +41,8 @@ def restart_only_what_may_pass() -> list[int]:
     from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 
     stopped: list[int] = []
-    original = LocalElasticAgent._monitor_workers
-    if getattr(original, "_autoconf_final", False) or not hasattr(LocalElasticAgent, "_invoke_run"):
+    original = getattr(LocalElasticAgent, "_monitor_workers", None)
+    if original is None or getattr(original, "_autoconf_final", False) or not hasattr(LocalElasticAgent, "_invoke_run"):
         return stopped
 
     def monitor_workers(self, worker_group):
