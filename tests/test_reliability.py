@@ -288,11 +288,11 @@ def test_only_failures_a_restart_may_clear_are_restarted(monkeypatch):
     monkeypatch.setattr(LocalElasticAgent, "_monitor_workers", lambda self, group: RunResult(
         WorkerState.FAILED, failures={rank: SimpleNamespace(exitcode=code) for rank, code in ended.items()}))
     stopped = restart_only_what_may_pass()
-    for codes, left in (({0: EXIT_LOST_PEER, 1: -9}, 3), ({0: EXIT_REFUSED}, 3), ({0: EXIT_DIVERGED, 1: 1}, 0),
-                        ({0: EXIT_DIVERGED}, 0)):
+    for codes, before, left in (({0: EXIT_LOST_PEER, 1: -9}, 3, 3), ({0: EXIT_REFUSED}, 3, 3),
+                                ({0: EXIT_DIVERGED, 1: 1}, 3, 0), ({0: EXIT_DIVERGED}, 1, 0)):
         ended.clear()
         ended.update(codes)
-        agent = SimpleNamespace(_remaining_restarts=3 if codes != {0: EXIT_DIVERGED} else 1)
+        agent = SimpleNamespace(_remaining_restarts=before)
         LocalElasticAgent._monitor_workers(agent, None)
         assert agent._remaining_restarts == left, codes
     assert stopped == [3, 1]  # (the restarts left when each divergence stopped them)
