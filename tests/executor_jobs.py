@@ -12,7 +12,8 @@ register with the same plan and options (a shared reference run) once. A layout 
 checkpoint written by one that runs before it: its options name `copy_checkpoint` (a step directory), which the
 worker copies into its `checkpoint_dir` before training. Those two options, when relative, are directories under the
 registering module's own folder (`checkpoints(prefix, tmp_path_factory)`); other options are TrainOptions fields
-(`steps` included; default STEPS).
+(`steps` included; default STEPS). Under pytest-xdist every module that imports this one runs on one worker
+(tests/conftest.py), so the jobs run once per session.
 """
 
 from __future__ import annotations
