@@ -287,7 +287,7 @@ def test_only_failures_a_restart_may_clear_are_restarted(monkeypatch):
     ended = {}
     monkeypatch.setattr(LocalElasticAgent, "_monitor_workers", lambda self, group: RunResult(
         WorkerState.FAILED, failures={rank: SimpleNamespace(exitcode=code) for rank, code in ended.items()}))
-    stopped = restart_only_what_may_pass()
+    record = restart_only_what_may_pass()
     for codes, before, left in (({0: EXIT_LOST_PEER, 1: -9}, 3, 3), ({0: EXIT_REFUSED}, 3, 3),
                                 ({0: EXIT_DIVERGED, 1: 1}, 3, 0), ({0: EXIT_DIVERGED}, 1, 0)):
         ended.clear()
@@ -295,7 +295,8 @@ def test_only_failures_a_restart_may_clear_are_restarted(monkeypatch):
         agent = SimpleNamespace(_remaining_restarts=before)
         LocalElasticAgent._monitor_workers(agent, None)
         assert agent._remaining_restarts == left, codes
-    assert stopped == [3, 1]  # (the restarts left when each divergence stopped them)
+    assert record.stopped == [3, 1]  # (the restarts left when each divergence stopped them)
+    assert set(record.failures) == {0}  # (the last group that failed)
 
 
 def test_the_failure_summary_names_ranks_that_ended_alike_together():
@@ -319,6 +320,69 @@ def test_the_failure_summary_names_ranks_that_ended_alike_together():
                     "or its node is gone); ranks 8, 10-15 on node-1 exited with code 3 (lost a peer: it died, hung "
                     "past the collective timeout, or its node is gone); rank 9 on node-1 was killed by signal SIGKILL")
     assert rank_ranges([5, 0, 1, 2, 7, 8]) == "0-2, 5, 7-8" and rank_ranges([3]) == "3"
+
+
+def test_a_restart_that_cannot_meet_the_master_again_says_why_the_job_ended(capsys):
+    """A node whose master's node died: its workers lost their peer (exit code 3), and its agent's restart found the
+    rendezvous store gone (torch raises a DistNetworkError). The line names the first failure and the lost master,
+    not "torchrun could not run the job"; without a failed worker group the store error reads as before."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from autoconf.errors import EXIT_LOST_PEER
+    from autoconf.execute.elastic import AgentRecord, _run
+
+    def run(_args):
+        raise dist.DistNetworkError("Broken pipe\nException raised from sendBytes at Utils.hpp:758")
+
+    args = SimpleNamespace(training_script="autoconf.execute.train", max_restarts=2)
+    lost = {rank: SimpleNamespace(local_rank=rank % 2, exitcode=EXIT_LOST_PEER, message="", timestamp=10 - rank)
+            for rank in (2, 3)}
+    assert _run(run, args, AgentRecord(failures=lost)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("autoconf: error: training failed: rank 3 (local rank 1 on its node) exited with code 3 ")
+    assert "could not meet the other nodes again (DistNetworkError: Broken pipe): the node that started as rank 0" in (
+        err)
+    assert len(err.splitlines()) == 1
+    assert _run(run, args) == 1
+    assert capsys.readouterr().err.startswith("autoconf: error: torchrun could not run the job (DistNetworkError: ")
+
+
+LOST_STORE = """
+import subprocess, sys
+if sys.argv[1] == "quiet":
+    from autoconf.execute.elastic import load_torch_without_cpp_warnings
+    load_torch_without_cpp_warnings()
+import os
+import torch.distributed as dist
+server = subprocess.Popen([sys.executable, "-c", "import time, torch.distributed as d; "
+                           "s = d.TCPStore('127.0.0.1', 0, 2, True, wait_for_workers=False); "
+                           "print(s.port, flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+client = dist.TCPStore("127.0.0.1", int(server.stdout.readline()), 2, False)
+server.kill()
+server.wait()
+try:
+    client.get("key")
+except dist.DistNetworkError:
+    print("lost the store; TORCH_CPP_LOG_LEVEL", os.environ.get("TORCH_CPP_LOG_LEVEL"))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quiet", [False, True])
+def test_the_agent_logs_a_lost_store_without_torchs_cpp_stack(quiet):
+    """torch's TCPStore client logs a lost store as a C++ warning with its whole stack (about 40 frames before the
+    agent's own error line); the agent imports torch with the C++ log level at ERROR and leaves no setting behind
+    for its workers."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCH_CPP_LOG_LEVEL", "AUTOCONF_DEBUG")}
+    out = subprocess.run([sys.executable, "-c", LOST_STORE, "quiet" if quiet else "default"], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert out.stdout.strip() == "lost the store; TORCH_CPP_LOG_LEVEL None", out.stdout + out.stderr
+    assert ("Exception raised from" in out.stderr) == (not quiet), out.stderr[-2000:]
 
 
 def test_metrics_dedupe_keeps_each_step_up_to_the_resume_point(tmp_path):

@@ -13,6 +13,11 @@ are every rank's), so on several nodes each node's agent stops its own restarts.
 When the rendezvous endpoint (or the static master address) is a loopback address, every TCPStore server the agent
 starts listens on that address only: torch's own stores listen on all interfaces whatever the endpoint says.
 
+The agent's own C++ warnings are left out (torch's TCPStore client logs a lost store with its whole C++ stack, for
+instance on a node whose master's node died, before the agent's error ends in autoconf's line); the workers log at
+the level the environment sets (`TORCH_CPP_LOG_LEVEL`, which the agent also keeps where it is set, as it does under
+AUTOCONF_DEBUG).
+
 Without `--log-dir`, torchrun's per-attempt folders (the workers' error files) go to a temporary folder that is
 removed when the agent ends, once the failure lines are printed: torchrun alone leaves one `torchelastic_*` folder
 in the temporary directory per run.
@@ -20,7 +25,9 @@ in the temporary directory per run.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import os
 import shutil
 import socket
 import sys
@@ -33,30 +40,41 @@ _STORE_ARGS = ("host_name", "port", "world_size", "is_master", "timeout", "wait_
                "master_listen_fd", "use_libuv")
 
 
-def restart_only_what_may_pass() -> list[int]:
+@dataclasses.dataclass
+class AgentRecord:
+    """What the local elastic agent saw (`restart_only_what_may_pass`): the restarts it had left each time a final
+    exit code stopped them, and the failures (global rank -> torch's ProcessFailure) of the last worker group that
+    failed."""
+    stopped: list[int] = dataclasses.field(default_factory=list)
+    failures: dict = dataclasses.field(default_factory=dict)
+
+
+def restart_only_what_may_pass() -> AgentRecord:
     """Makes torch's local elastic agent restart no worker group that ended with a final exit code (`EXIT_FINAL`):
-    its remaining restarts drop to 0 when it sees one. Returns the list that the restarts left at that moment are
-    appended to (for the failure line). Where the agent lacks what this reads (another torch), restarts stay
-    torch's own."""
+    its remaining restarts drop to 0 when it sees one. Returns the record the agent's findings go to (for the
+    failure lines). Where the agent lacks what this reads (another torch), restarts stay torch's own and the record
+    stays empty."""
     from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 
-    stopped: list[int] = []
+    record = AgentRecord()
     original = getattr(LocalElasticAgent, "_monitor_workers", None)
     if original is None or getattr(original, "_autoconf_final", False) or not hasattr(LocalElasticAgent, "_invoke_run"):
-        return stopped
+        return record
 
     def monitor_workers(self, worker_group):
         result = original(self, worker_group)
-        final = any(getattr(f, "exitcode", None) in EXIT_FINAL
-                    for f in (getattr(result, "failures", None) or {}).values())
-        if final and getattr(self, "_remaining_restarts", 0) > 0:
-            stopped.append(self._remaining_restarts)
+        failures = getattr(result, "failures", None) or {}
+        if failures:
+            record.failures = dict(failures)
+        if any(getattr(f, "exitcode", None) in EXIT_FINAL for f in failures.values()) and getattr(
+                self, "_remaining_restarts", 0) > 0:
+            record.stopped.append(self._remaining_restarts)
             self._remaining_restarts = 0
         return result
 
     monitor_workers._autoconf_final = True
     LocalElasticAgent._monitor_workers = monitor_workers
-    return stopped
+    return record
 
 
 def _loopback(host: str | None) -> str | None:
@@ -155,7 +173,21 @@ def describe_failures(failures: dict) -> str:
                      for (host, how), ranks in groups.items())
 
 
+def load_torch_without_cpp_warnings() -> None:
+    """Imports torch with its C++ log level at ERROR for this process only (c10 reads `TORCH_CPP_LOG_LEVEL` as torch
+    loads; the variable is removed again, so the workers this agent starts log at torch's default). Nothing changes
+    where torch is loaded already, the variable is set, or AUTOCONF_DEBUG is."""
+    if "torch" in sys.modules or "TORCH_CPP_LOG_LEVEL" in os.environ or os.environ.get("AUTOCONF_DEBUG"):
+        return
+    os.environ["TORCH_CPP_LOG_LEVEL"] = "ERROR"
+    try:
+        import torch  # noqa: F401
+    finally:
+        del os.environ["TORCH_CPP_LOG_LEVEL"]
+
+
 def main(argv: list[str] | None = None) -> int:
+    load_torch_without_cpp_warnings()
     from torch.distributed.run import parse_args, run
 
     args = parse_args(argv if argv is not None else sys.argv[1:])
@@ -172,12 +204,14 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run(run, args, stopped: list[int] = ()) -> int:
-    """torchrun's `run(args)`, its endings turned into plain lines and an exit code; `stopped`: the restarts that
-    were left when a final exit code stopped them (`restart_only_what_may_pass`)."""
+def _run(run, args, record: AgentRecord | None = None) -> int:
+    """torchrun's `run(args)`, its endings turned into plain lines and an exit code; `record`: what the agent saw
+    (`restart_only_what_may_pass`)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+    record = record or AgentRecord()
+    job = JOBS.get(args.training_script, "training")
     try:
         run(args)
     except SignalException as err:
@@ -187,7 +221,7 @@ def _run(run, args, stopped: list[int] = ()) -> int:
     except ChildFailedError as err:
         root_rank, root = err.get_first_failure()
         others = {r: f for r, f in err.failures.items() if r != root_rank}
-        job = JOBS.get(args.training_script, "training")
+        stopped = record.stopped
         after = (f"and was not restarted (a restart would end the same way; {args.max_restarts - stopped[-1]} of "
                  f"{args.max_restarts} allowed restart(s) used)" if stopped
                  else f"after {args.max_restarts} allowed restart(s)")
@@ -200,12 +234,18 @@ def _run(run, args, stopped: list[int] = ()) -> int:
         return 130
     except Exception as err:  # noqa: BLE001 - rendezvous and store errors of the agent: environment problems
         first = (str(err).strip().splitlines() or [""])[0][:400]
+        if record.failures:  # (a worker group failed, and restarting it could not meet the other nodes again)
+            rank, failure = min(record.failures.items(), key=lambda item: getattr(item[1], "timestamp", 0))
+            print(f"autoconf: error: {job} failed: {describe_failure(rank, failure)}; its restart could not meet "
+                  f"the other nodes again ({type(err).__name__}: {first}): the node that started as rank 0 "
+                  f"(--master-addr, whose agent holds the rendezvous) is gone or unreachable", file=sys.stderr,
+                  flush=True)
+            return 1
         print(f"autoconf: error: torchrun could not run the job ({type(err).__name__}: {first}); check that "
               f"every node was started with the same --nnodes, --master-addr and --master-port and can reach "
               f"the master", file=sys.stderr, flush=True)
         return 1
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
