@@ -26,6 +26,7 @@ in the temporary directory per run.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import ipaddress
 import os
 import shutil
@@ -181,7 +182,7 @@ def load_torch_without_cpp_warnings() -> None:
         return
     os.environ["TORCH_CPP_LOG_LEVEL"] = "ERROR"
     try:
-        import torch  # noqa: F401
+        importlib.import_module("torch")
     finally:
         del os.environ["TORCH_CPP_LOG_LEVEL"]
 
