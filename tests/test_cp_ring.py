@@ -257,6 +257,16 @@ def test_the_search_weighs_the_switch_to_the_executors_attention_that_one_recomp
     best = search(MODEL, cluster, 8, 32768, "bf16", fixed={"micro_batch_size": 1}, execution=AUTOCONF,
                   refine=False).plans[0]
     assert best.prediction["iteration_time_s"] <= times[1]["iteration_time_s"] * (1 + 1e-9)
+    # (a third audit: the plan's recompute row read as a memory choice) it says what the switch bought against the
+    # same layout recomputing no layer, which runs torch's ring
+    from autoconf.report.tables import bought_rows
+
+    assert best.config == dataclasses.replace(c, recompute_layers=(1,))
+    bought = best.prediction["recompute_per_stage"]
+    assert bought["torch_ring_iteration_time_s"] == pytest.approx(times[0]["iteration_time_s"], rel=1e-9)
+    assert bought["torch_ring_peak_memory_bytes"] == pytest.approx(times[0]["peak_memory_bytes"], rel=1e-9)
+    (row,) = [value for label, value in bought_rows(best).items() if label.startswith("recompute")]
+    assert "no layer:" in row and "torch's ring" in row
 
 
 def test_the_one_recomputed_layer_goes_where_it_costs_least():

@@ -67,6 +67,13 @@ def test_unknown_framework_and_flag_names_list_the_known_ones():
         execution("autoconf").replace(overlap_everything=True)
 
 
+def test_a_megatron_only_selective_policy_names_every_policy_the_executor_runs():
+    """(An audit: the line named attention_core only, where `plan --fix selective_recompute=` named both.)"""
+    with pytest.raises(UserError) as err:
+        execution("autoconf").replace(selective_recompute="mla_up_proj_mlp")
+    assert "attention_core or alternate_matmuls" in str(err.value) and "\n" not in str(err.value)
+
+
 def test_a_zero_stage_the_framework_cannot_run_names_those_that_can():
     with pytest.raises(UserError) as err:
         estimate(MODEL, H100, cfg(zero_stage=2, pp=1, dp=16), execution=execution("megatron-core"))

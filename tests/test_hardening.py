@@ -396,12 +396,20 @@ def test_launch_calls_dev_zero_not_a_regular_file(tmp_path):
 
 
 def test_metrics_at_the_plan_or_data_path_is_refused_even_with_force(tmp_path):
-    """`--metrics` naming the plan or the data file, with --force, deleted it before the run read it."""
+    """`--metrics` naming the plan, the data file or a token file's dtype sidecar (an audit: emptied, and the run
+    died on a lost peer), with --force, deleted it before the run read it."""
+    import numpy as np
+
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps(tiny_plan_dict()))
-    data = tmp_path / "tokens.txt"
-    data.write_text("the quick brown fox jumps over the lazy dog " * 200)
-    for target, what in ((plan, "is the plan"), (data, "is the data file")):
+    text = tmp_path / "tokens.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog " * 200)
+    tokens = tmp_path / "tokens.bin"
+    (np.arange(5000) % 200).astype(np.uint16).tofile(tokens)
+    sidecar = tmp_path / "tokens.bin.json"
+    sidecar.write_text('{"dtype": "uint16"}')
+    for data, target, what in ((text, plan, "is the plan"), (text, text, "is the data file"),
+                               (tokens, sidecar, "is the data file's dtype sidecar")):
         before = target.read_bytes()
         assert_one_clear_error(run_cli(["launch", plan, "--dry-run", "--data", data, "--metrics", target,
                                         "--force"]), what)

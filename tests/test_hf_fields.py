@@ -357,6 +357,7 @@ def test_longrope_lists_of_another_length_fail_in_transformers_as_autoconf_says(
     ({"rope_type": "proportional"}, "rope_type \"proportional\" is not read"),
     ({"rope_type": 3}, "rope_type 3 is not read"),
     ({"rope_type": "", "factor": 8.0}, "rope_type \"\" is not read"),
+    ({"factor": 4.0}, r"rope_scaling has a factor \(4.0\) but no rope_type; name the scaling it is \(linear, "),
     ({"type": "longrope", "long_factor": [1.0]}, "longrope rope_scaling.short_factor must be a list of numbers"),
     ({"type": "longrope", "short_factor": [1.0], "long_factor": ["1"]}, "long_factor must be a list of numbers"),
     ({**PHI3_128K_SCALING, "long_factor": [4.0] * 16},

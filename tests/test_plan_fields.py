@@ -41,6 +41,8 @@ def _write(tmp_path: Path, doc: dict) -> Path:
     # (a review: the derived count, edited, was ignored and the run trained the fields' count)
     (lambda d: d["config"].update(num_microbatches=d["config"]["num_microbatches"] + 2),
      "is not global_batch_size / (micro_batch_size x dp)"),
+    # (an audit: a batch that dp does not divide was reported as a wrong count, "63 / (1 x 4) = 15")
+    (lambda d: d["config"].update(micro_batch_size=2, global_batch_size=5), "is not divisible by"),
 ])
 def test_a_hand_edited_plan_is_refused_in_one_line(tmp_path, edit, needle):
     """Each edit was read as if absent (a typo'd key, a selective policy under no recompute, a split without chunks),

@@ -28,6 +28,12 @@ from autoconf.execute.model import init_seed
 TOKEN_DTYPES = ("uint16", "uint32")
 
 
+def sidecar_of(path: Path) -> Path | None:
+    """The sidecar a data file's dtype is read from (`token_dtype`): `PATH.json` beside a `.bin` token file, None for
+    any other data file."""
+    return Path(str(path) + ".json") if Path(path).suffix.lower() == ".bin" else None
+
+
 def token_dtype(path: Path, vocab_size: int) -> np.dtype:
     """The dtype of token file `path`: its sidecar `PATH.json`'s, when there is one (a JSON object holding "dtype"
     and nothing else: any other key, or another JSON value, is one UserError line, as for every file autoconf
@@ -36,8 +42,8 @@ def token_dtype(path: Path, vocab_size: int) -> np.dtype:
     from autoconf.spec.plan import unknown_names
     from autoconf.spec.presets import read_json
 
-    sidecar = Path(str(path) + ".json")
-    if not sidecar.exists():
+    sidecar = sidecar_of(path)
+    if sidecar is None or not sidecar.exists():
         return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
     expected = '{"dtype": "uint16"} or {"dtype": "uint32"}'
     data = read_json(sidecar, "token-file sidecar")

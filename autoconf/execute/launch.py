@@ -325,8 +325,12 @@ def build_commands(plan_path: str | Path, steps: int, seed: int = 0, data: str |
     latest = _latest_checkpoint(checkpoint_dir)
     if metrics is not None:
         metrics_path = Path(os.path.abspath(metrics))  # not resolved: a link at the path itself is refused
-        for what, other in (("plan", plan_path), ("data file", data)):
-            if other is not None and metrics_path.exists() and metrics_path.samefile(other):
+        from autoconf.execute.data import sidecar_of
+
+        inputs = (("plan", plan_path), ("data file", data),
+                  ("data file's dtype sidecar", sidecar_of(Path(data)) if data is not None else None))
+        for what, other in inputs:
+            if other is not None and metrics_path.exists() and Path(other).exists() and metrics_path.samefile(other):
                 raise UserError(f"--metrics {metrics} is the {what}, which the run reads (--force would delete it); "
                                 f"choose another path for the metrics")
         if latest is None:  # (a resumed run continues its metrics: the trainer keeps the steps before)

@@ -138,7 +138,10 @@ def bought_rows(plan: Plan) -> dict[str, str]:
     if isinstance(r, dict):
         rows[f"recompute {plan.config.recompute}, first layers per stage [{counts_text(r['layers'])}]"] = (
             f"{plain(p['iteration_time_s'], 4)} s, {p['peak_memory_bytes'] / GiB:.1f} GiB vs every layer: "
-            f"{plain(r['every_layer_iteration_time_s'], 4)} s, {r['every_layer_peak_memory_bytes'] / GiB:.1f} GiB")
+            f"{plain(r['every_layer_iteration_time_s'], 4)} s, {r['every_layer_peak_memory_bytes'] / GiB:.1f} GiB"
+            + (f"; no layer: {plain(r['torch_ring_iteration_time_s'], 4)} s, "
+               f"{r['torch_ring_peak_memory_bytes'] / GiB:.1f} GiB (with a recomputed layer the executor runs its "
+               f"own context-parallel attention, else torch's ring)" if "torch_ring_iteration_time_s" in r else ""))
     return rows
 
 

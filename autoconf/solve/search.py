@@ -466,13 +466,26 @@ def _distinct(plans: list[Plan]) -> list[Plan]:
 
 def every_layer_comparison(model: ModelSpec, cluster: ClusterProfile, plan: Plan, execution: Execution) -> dict:
     """What recomputing per stage bought the plan: its counts, and the step time and peak memory of the same layout
-    recomputing every layer (all or nothing per layer, as before per-stage counts)."""
+    recomputing every layer (all or nothing per layer, as before per-stage counts). Where the counts also take the
+    attention off torch's context-parallel ring (`cp_ring.torch_ring`: the executor's per-op policy runs its own CP
+    attention in every block once a layer recomputes), also the layout recomputing no layer, which runs the ring
+    ("torch_ring_iteration_time_s" and "torch_ring_peak_memory_bytes"): what the switch bought."""
     c = plan.config
-    every = dataclasses.replace(c, recompute_layers=None)
-    p = predict(model, cluster, every, partition=plan.partition, mesh=np.asarray(plan.placement["mesh"]),
-                execution=execution, detail=False)[3]
-    return {"layers": list(c.recompute_layers), "every_layer_iteration_time_s": p["iteration_time_s"],
-            "every_layer_peak_memory_bytes": p["peak_memory_bytes"]}
+    mesh = np.asarray(plan.placement["mesh"])
+
+    def prediction(config: ParallelConfig) -> dict:
+        return predict(model, cluster, config, partition=plan.partition, mesh=mesh, execution=execution,
+                       detail=False)[3]
+
+    p = prediction(dataclasses.replace(c, recompute_layers=None))
+    out = {"layers": list(c.recompute_layers), "every_layer_iteration_time_s": p["iteration_time_s"],
+           "every_layer_peak_memory_bytes": p["peak_memory_bytes"]}
+    without = dataclasses.replace(c, recompute_layers=(0,) * c.num_stages)
+    if torch_ring(model, without, execution) != torch_ring(model, c, execution):
+        ring = prediction(without)
+        out.update(torch_ring_iteration_time_s=ring["iteration_time_s"],
+                   torch_ring_peak_memory_bytes=ring["peak_memory_bytes"])
+    return out
 
 
 def _ranked_by_full_simulation(model: ModelSpec, cluster: ClusterProfile, execution: Execution, best: list,

@@ -570,7 +570,7 @@ class Execution:
                        f"got {self.bucket_params}")
         if self.selective_recompute in ("norms_mla_swiglu", "mla_up_proj_mlp") and self.memory_layout != "megatron":
             out.append(f"selective_recompute {self.selective_recompute!r} is described in the megatron memory "
-                       "layout only; the executor's selective recompute is 'attention_core'")
+                       f"layout only; the executor runs selective recompute as {' or '.join(EXECUTOR_SELECTIVE)}")
         if self.overlap_paired_chunks and self.executor_overheads:  # the runtime is autoconf's executor
             out.append("autoconf's executor runs torch's ScheduleDualPipeV without an OVERLAP_F_B function, so each "
                        "paired forward and backward run one after the other; overlap_paired_chunks describes "

@@ -168,6 +168,11 @@ def _rope_kind(config: dict, name: str) -> tuple[str, dict | None, str]:
     `type`, else "default"); another type than ROPE_TYPES is refused naming them."""
     key, scaling = _rope_scaling(config, name)
     kind = _rope_type(scaling) if scaling else "default"
+    untyped = scaling and all(scaling.get(k) is None for k in ("rope_type", "type"))
+    if untyped and scaling.get("factor") not in (None, 1, 1.0):
+        # (an audit: read as no scaling, then "the model has no llama3 RoPE scaling (rope_scaling_factor 1)")
+        raise UserError(f"{name}: {key} has a factor ({shown(json.dumps(scaling.get('factor')), 40)}) but no "
+                        f"rope_type; name the scaling it is ({', '.join(ROPE_TYPES[1:])})")
     if not isinstance(kind, str) or kind not in ROPE_TYPES:
         raise UserError(f"{name}: {key} rope_type {shown(json.dumps(kind), 40)} is not read; known: "
                         f"{', '.join(ROPE_TYPES)}")

@@ -449,8 +449,10 @@ class ParallelConfig:
         stated = data.get("num_microbatches")
         sizes = (config.global_batch_size, config.micro_batch_size, config.dp)
         if (stated is not None and all(type(n) is int and n > 0 for n in sizes)
+                and config.global_batch_size % (config.micro_batch_size * config.dp) == 0
                 and stated != config.num_microbatches):
-            # (derived, written for the reader: a different value was edited in, and would be ignored)
+            # (derived, written for the reader: a different value was edited in, and would be ignored; a batch that
+            # does not divide is the config's own problem, which names it)
             raise UserError(f"{source}: num_microbatches {quoted(stated)} is not global_batch_size / "
                             f"(micro_batch_size x dp) = {config.global_batch_size} / ({config.micro_batch_size} x "
                             f"{config.dp}) = {config.num_microbatches}; change global_batch_size or micro_batch_size "
