@@ -438,7 +438,7 @@ def estimate(model_arg, cluster_arg, nodes, gpus_per_node, tp, pp, dp, cp, vpp, 
     model = load_model(model_arg)
     written = load_cluster(cluster_arg)
     cluster = with_overrides(written.resized(nodes, gpus_per_node), memory_headroom, collective_sm_share)
-    _unmeasured_links(written, cluster.nodes)
+    _unmeasured_links(written, cluster.nodes, cluster.gpus_per_node)
     if dtype:
         check_dtype(dtype, cluster.device.peak_flops, cluster.device.name)
     if selective_recompute is not None and recompute != "selective":
@@ -581,7 +581,7 @@ def plan(model_arg, cluster_arg, nodes_arg, gpus_per_node, global_batch, seq_len
     written = load_cluster(cluster_arg)
     cluster = with_overrides(written.resized(node_counts[0] if node_counts else None, gpus_per_node),
                              memory_headroom, collective_sm_share)
-    _unmeasured_links(written, max(node_counts or [cluster.nodes]))
+    _unmeasured_links(written, max(node_counts or [cluster.nodes]), cluster.gpus_per_node)
     odd = [n for n in node_counts or () if not cluster.takes_nodes(n)]
     if odd and len(node_counts) > 1:  # (a size the range made, which the user never typed)
         domain = cluster.nodes_per_domain
@@ -910,10 +910,10 @@ def show(plan_path, out_dir, cluster_arg, force) -> None:
         click.echo(f"wrote {path}")
 
 
-def _unmeasured_links(written, nodes: int) -> None:
+def _unmeasured_links(written, nodes: int, devices_per_node: int) -> None:
     """Prints `ClusterProfile.unmeasured_links_note` of profile `written` (as its file has it, not resized) for
-    plans on `nodes` nodes to stderr where there is one."""
-    note = written.unmeasured_links_note(nodes)
+    plans on `nodes` nodes of `devices_per_node` devices to stderr where there is one."""
+    note = written.unmeasured_links_note(nodes, devices_per_node)
     if note:
         click.echo(f"autoconf: note: {note}", err=True)
 

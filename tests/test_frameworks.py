@@ -699,6 +699,9 @@ def test_megatron_runs_zero_0_and_1_and_its_exports_say_what_stage_2_needs():
         assert ("--use-distributed-optimizer", None) in flags
         assert any(f"zero {zero} (gradients sharded) {beyond}" in n
                    and n.endswith("--data-parallel-sharding-strategy optim_grads") for n in notes)
+    notes = megatron_flags(estimate(MODEL, H100, cfg(zero_stage=3, pp=1, dp=16)))[1]  # (an audit: "per pass sharded")
+    assert any(f"zero 3 (gradients and parameters sharded, parameters re-gathered per pass) {beyond}" in n
+               and n.endswith("--data-parallel-sharding-strategy optim_grads_params") for n in notes)
     whole = cfg(zero_stage=2, pp=1, dp=16)
     assert whole.num_microbatches > 1 and whole.grad_reduce == "step"
     assert not any(beyond in n for n in megatron_flags(estimate(MODEL, H100, whole))[1])

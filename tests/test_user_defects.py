@@ -1072,6 +1072,23 @@ def test_a_profile_measured_on_one_node_says_its_inter_node_link_was_not_measure
     assert "(copied from the intra-node link)" in copied.unmeasured_links_note(4)
 
 
+def test_a_profile_measured_on_one_rank_says_no_link_was_measured_when_planned_on_more():
+    """An audit: `profile --quick --nproc-per-node 1` stores placeholder links (memory bandwidth, no latency), and a
+    plan resized to 4 devices from it costed every transfer on them without a word (a measured 2-rank profile refuses
+    that resize). The note names the stand-in; one rank planned on one device has none."""
+    from autoconf.spec.cluster import load_cluster
+
+    one = dataclasses.replace(load_cluster("h100-gpt3-1.3b"), gpus_per_node=1, intra_node_matrix=None,
+                              description="Measured on 1 node(s) x 1 GPU(s). no links measured (one rank): "
+                                          "placeholders at memory bandwidth.")
+    for nodes, devices in ((1, 4), (2, 1)):
+        note = one.unmeasured_links_note(nodes, devices)
+        assert note.startswith(f"{one.name} was measured on one rank: no link was measured (placeholders at memory "
+                               f"bandwidth), and every transfer between the {nodes * devices} devices")
+    assert one.unmeasured_links_note(1, 1) is None
+    assert one.unmeasured_links_note(1) is None
+
+
 def test_a_deep_model_keeps_the_uniform_split_without_solving_it(monkeypatch):
     """Fifth fuzz round: a model of 100,000 layers (the model format's limit) planned for over 9 minutes, in the
     refinement's CP-SAT partition (layers x stages booleans) and its polish; past REFINE_MAX_LAYERS the uniform split

@@ -376,12 +376,12 @@ def _beyond_distributed_optimizer(c: ParallelConfig, execution: Execution) -> st
     if not c.zero_sharded or c.zero_stage == 0 or (c.zero_stage == 3 and execution.megatron_fsdp):
         return None
     if c.zero_stage == 3:
-        sharded, strategy = "gradients and parameters, re-gathered per pass", "optim_grads_params"
+        sharded, strategy = "gradients and parameters sharded, parameters re-gathered per pass", "optim_grads_params"
     elif (not holds_unsharded_grads(c) if execution.memory_layout == "torch" else c.zero_stage == 2):
-        sharded, strategy = "gradients", "optim_grads"
+        sharded, strategy = "gradients sharded", "optim_grads"
     else:
         return None
-    return (f"zero {c.zero_stage} ({sharded} sharded) is beyond Megatron's distributed optimizer below, which "
+    return (f"zero {c.zero_stage} ({sharded}) is beyond Megatron's distributed optimizer below, which "
             f"shards the optimizer state only (every rank keeps the whole gradient buffer, so the run below holds "
             f"more memory than planned); Megatron-Core's own FSDP is --use-megatron-fsdp "
             f"--data-parallel-sharding-strategy {strategy}")

@@ -342,12 +342,22 @@ class ClusterProfile:
             return len(cells) <= 1
         return flat(self.intra_node_matrix) and flat(self.inter_node_matrix)
 
-    def unmeasured_links_note(self, nodes: int) -> str | None:
-        """The note for plans on `nodes` nodes of a profile `autoconf profile` measured on one node (this one,
-        before resizing): its inter-node link was not measured (the description says where it came from), so
-        every time across nodes rests on it; None where the profile is a specification, measured several nodes,
-        or is planned on one node."""
-        if self.source != "measured" or self.nodes != 1 or nodes <= 1:
+    def unmeasured_links_note(self, nodes: int, devices_per_node: int | None = None) -> str | None:
+        """The note for plans on `nodes` nodes of `devices_per_node` devices (default: this profile's) of a profile
+        `autoconf profile` measured on one node (this one, before resizing): measured on one rank, no link was
+        measured (its description, as the profiler writes it, says what stands in for them), so every transfer rests
+        on a stand-in; measured on one node of several ranks, its inter-node link was not, so every time across
+        nodes rests on it. None where the profile is a specification, measured several nodes, or is planned where
+        no unmeasured link is used."""
+        if self.source != "measured" or self.nodes != 1:
+            return None
+        devices = self.gpus_per_node if devices_per_node is None else devices_per_node
+        origin = re.search(r"no links measured \(one rank\): ([^.;]*)", self.description)
+        if origin and nodes * devices > 1:
+            return (f"{self.name} was measured on one rank: no link was measured ({origin.group(1)}), and every "
+                    f"transfer between the {nodes * devices} devices rests on that; profile as many ranks as the "
+                    f"plan uses (`autoconf profile --nproc-per-node N`) to measure them")
+        if nodes <= 1:
             return None
         origin = re.search(r"inter-node link not measured \(one node\): ([^.]*)", self.description)
         link = self.inter_node
