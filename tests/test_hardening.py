@@ -685,6 +685,9 @@ def test_stopping_the_launcher_ends_torchrun_and_the_workers(tmp_path, sig, requ
         size = metrics.stat().st_size
         time.sleep(1.5)
         assert metrics.stat().st_size == size
+        if sig == signal.SIGTERM:  # (an audit: torchrun's agent said "torchrun got SIGTERM" beside the launcher's line)
+            log = (plan.parent / "launch.log").read_text()
+            assert "autoconf: stopped by SIGTERM" in log and "torchrun got" not in log, log[-3000:]
     finally:
         for pid in _training_processes(str(plan)):
             os.kill(pid, signal.SIGKILL)

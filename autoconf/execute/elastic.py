@@ -216,8 +216,9 @@ def _run(run, args, record: AgentRecord | None = None) -> int:
     try:
         run(args)
     except SignalException as err:
-        print(f"autoconf: torchrun got {getattr(err.sigval, 'name', err.sigval)}: the workers were ended",
-              file=sys.stderr, flush=True)
+        if not os.environ.get("AUTOCONF_SUPERVISED"):  # (else the launcher says what stopped it: launch.run_supervised)
+            print(f"autoconf: torchrun got {getattr(err.sigval, 'name', err.sigval)}: the workers were ended",
+                  file=sys.stderr, flush=True)
         return 128 + int(err.sigval)
     except ChildFailedError as err:
         root_rank, root = err.get_first_failure()

@@ -429,6 +429,9 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         pass
 
 
+SUPERVISED_ENV = "AUTOCONF_SUPERVISED"  # set for torchrun run by `run_supervised`, which reports a signal itself
+
+
 def run_supervised(command: list[str], env: dict, pass_fds: list[int] = (), follow=None, output=None,
                    timeout_s: float | None = None, exit_on_signal: bool = False) -> int:
     """Runs torchrun and returns its exit code. SIGTERM, SIGINT or SIGHUP to the launcher is forwarded as SIGTERM
@@ -437,8 +440,10 @@ def run_supervised(command: list[str], env: dict, pass_fds: list[int] = (), foll
     several in turn stops there). torchrun runs in a process group of its own and dies with the launcher (see
     _die_with_parent). `follow` (report.progress.Follow): torchrun's stdout passes through it, under a progress bar;
     else to `output` (a file; both streams) where given. Past `timeout_s` torchrun is ended the same way and 124
-    returned."""
+    returned. torchrun's agent (autoconf.execute.elastic) is told (SUPERVISED_ENV) that this launcher reports a
+    signal, so the stop is said once, as the signal the launcher got."""
     parent = os.getpid()
+    env = {**env, SUPERVISED_ENV: "1"}
 
     def preexec() -> None:
         die_with_parent(signal.SIGTERM)
