@@ -27,3 +27,6 @@ EXIT_MEANINGS = {EXIT_REFUSED: "refused the plan, its files or its command line 
                  EXIT_LOST_PEER: "lost a peer: it died, hung past the collective timeout, or its node is gone",
                  EXIT_DIVERGED: "training diverged: a loss or gradient norm that is not a finite number (the first "
                                 "rank of its node printed the step)"}
+# Set by the launcher for the torchrun it supervises (autoconf.execute.launch `run_supervised`), which reports a signal
+# that stops the run itself: torchrun's agent (autoconf.execute.elastic) then leaves it unsaid.
+SUPERVISED_ENV = "AUTOCONF_SUPERVISED"

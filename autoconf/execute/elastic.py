@@ -34,7 +34,7 @@ import socket
 import sys
 import tempfile
 
-from autoconf.errors import EXIT_FINAL, EXIT_MEANINGS
+from autoconf.errors import EXIT_FINAL, EXIT_MEANINGS, SUPERVISED_ENV
 
 JOBS = {"autoconf.profile.run": "profiling"}  # what a worker module does, for the failure line (default: training)
 _STORE_ARGS = ("host_name", "port", "world_size", "is_master", "timeout", "wait_for_workers", "multi_tenant",
@@ -216,7 +216,7 @@ def _run(run, args, record: AgentRecord | None = None) -> int:
     try:
         run(args)
     except SignalException as err:
-        if not os.environ.get("AUTOCONF_SUPERVISED"):  # (else the launcher says what stopped it: launch.run_supervised)
+        if not os.environ.get(SUPERVISED_ENV):  # (else the launcher says what stopped it)
             print(f"autoconf: torchrun got {getattr(err.sigval, 'name', err.sigval)}: the workers were ended",
                   file=sys.stderr, flush=True)
         return 128 + int(err.sigval)
@@ -248,6 +248,7 @@ def _run(run, args, record: AgentRecord | None = None) -> int:
               f"the master", file=sys.stderr, flush=True)
         return 1
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from autoconf.errors import UserError
+from autoconf.errors import SUPERVISED_ENV, UserError
 from autoconf.execute.hyperparameters import hyperparameter_args, schedule_problem
 from autoconf.files import check_new, gib_figures, shown
 from autoconf.spec.support import plan_unsupported_reason
@@ -429,9 +429,6 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         pass
 
 
-SUPERVISED_ENV = "AUTOCONF_SUPERVISED"  # set for torchrun run by `run_supervised`, which reports a signal itself
-
-
 def run_supervised(command: list[str], env: dict, pass_fds: list[int] = (), follow=None, output=None,
                    timeout_s: float | None = None, exit_on_signal: bool = False) -> int:
     """Runs torchrun and returns its exit code. SIGTERM, SIGINT or SIGHUP to the launcher is forwarded as SIGTERM
@@ -440,7 +437,7 @@ def run_supervised(command: list[str], env: dict, pass_fds: list[int] = (), foll
     several in turn stops there). torchrun runs in a process group of its own and dies with the launcher (see
     _die_with_parent). `follow` (report.progress.Follow): torchrun's stdout passes through it, under a progress bar;
     else to `output` (a file; both streams) where given. Past `timeout_s` torchrun is ended the same way and 124
-    returned. torchrun's agent (autoconf.execute.elastic) is told (SUPERVISED_ENV) that this launcher reports a
+    returned. torchrun's agent (autoconf.execute.elastic) is told (errors.SUPERVISED_ENV) that this launcher reports a
     signal, so the stop is said once, as the signal the launcher got."""
     parent = os.getpid()
     env = {**env, SUPERVISED_ENV: "1"}
