@@ -440,7 +440,7 @@ def run_supervised(command: list[str], env: dict, pass_fds: list[int] = (), foll
     returned. torchrun's agent (autoconf.execute.elastic) is told (errors.SUPERVISED_ENV) that this launcher reports a
     signal, so the stop is said once, as the signal the launcher got."""
     parent = os.getpid()
-    env = {**env, SUPERVISED_ENV: "1"}
+    env = {**(os.environ if env is None else env), SUPERVISED_ENV: "1"}  # (None: this environment)
 
     def preexec() -> None:
         die_with_parent(signal.SIGTERM)
