@@ -39,6 +39,8 @@ the executor's own attention)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from autoconf.spec.dtypes import DTYPE_BYTES
 from autoconf.spec.frameworks import Execution, executor_torch_cp
 from autoconf.spec.model import ModelSpec
@@ -54,6 +56,14 @@ def torch_ring(model: ModelSpec, config: ParallelConfig, execution: Execution | 
     if config.cp == 1 or ex.cp_attention == "kernel":
         return False
     return ex.cp_attention == "torch" or executor_torch_cp(config, model)
+
+
+def recompute_leaves_ring(model: ModelSpec, config: ParallelConfig, execution: Execution | None) -> bool:
+    """Whether `config`'s recompute takes its attention off torch's ring, which the same layout recomputing nothing
+    runs (`torch_ring`: the executor's per-op policy under context parallelism runs its own CP attention in every
+    block once a layer recomputes, `frameworks.executor_torch_cp`)."""
+    without = dataclasses.replace(config, recompute="none")
+    return torch_ring(model, without, execution) != torch_ring(model, config, execution)
 
 
 def sdpa_kv_width(model: ModelSpec, execution: Execution | None) -> float:

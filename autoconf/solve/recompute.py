@@ -40,7 +40,7 @@ import math
 
 import numpy as np
 
-from autoconf.cost.cp_ring import torch_ring
+from autoconf.cost.cp_ring import recompute_leaves_ring
 from autoconf.cost.estimate import Execution, predict, schedule_inflight
 from autoconf.cost.memory import RankMemory
 from autoconf.spec.cluster import ClusterProfile
@@ -67,10 +67,10 @@ def fewest_recomputed(model: ModelSpec, cluster: ClusterProfile, config: Paralle
     if counts is None:
         return None
     if not any(counts):
-        without = dataclasses.replace(c, recompute="none")
-        if torch_ring(model, without, execution) == torch_ring(model, c, execution):
-            return without
-        # (counts of 0 are `without`, weighed apart; one layer recomputed switches the attention off torch's ring)
+        if not recompute_leaves_ring(model, c, execution):
+            return dataclasses.replace(c, recompute="none")
+        # (counts of 0 are the layout without recompute, weighed apart; one layer recomputed switches the
+        # attention off torch's ring)
         return _cheapest_switch(model, cluster, c, partition, execution)
     if list(counts) == [end - first for first, end in partition]:
         return c

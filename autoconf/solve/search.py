@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from autoconf.cost.compute import accumulates_unsharded_grads
-from autoconf.cost.cp_ring import torch_ring
+from autoconf.cost.cp_ring import recompute_leaves_ring, torch_ring
 from autoconf.cost.estimate import (EXTRAPOLATION_MARGIN, Execution, default_mesh, default_partition, estimate,
                                     predict, step_floor)
 from autoconf.cost.offload import check_offload, plans_offload
@@ -467,9 +467,9 @@ def _distinct(plans: list[Plan]) -> list[Plan]:
 def every_layer_comparison(model: ModelSpec, cluster: ClusterProfile, plan: Plan, execution: Execution) -> dict:
     """What recomputing per stage bought the plan: its counts, and the step time and peak memory of the same layout
     recomputing every layer (all or nothing per layer, as before per-stage counts). Where the counts also take the
-    attention off torch's context-parallel ring (`cp_ring.torch_ring`: the executor's per-op policy runs its own CP
-    attention in every block once a layer recomputes), also the layout recomputing no layer, which runs the ring
-    ("torch_ring_iteration_time_s" and "torch_ring_peak_memory_bytes"): what the switch bought."""
+    attention off torch's context-parallel ring (`cp_ring.recompute_leaves_ring`), also the layout recomputing no
+    layer, which runs the ring ("torch_ring_iteration_time_s" and "torch_ring_peak_memory_bytes"): what the switch
+    bought."""
     c = plan.config
     mesh = np.asarray(plan.placement["mesh"])
 
@@ -480,9 +480,8 @@ def every_layer_comparison(model: ModelSpec, cluster: ClusterProfile, plan: Plan
     p = prediction(dataclasses.replace(c, recompute_layers=None))
     out = {"layers": list(c.recompute_layers), "every_layer_iteration_time_s": p["iteration_time_s"],
            "every_layer_peak_memory_bytes": p["peak_memory_bytes"]}
-    without = dataclasses.replace(c, recompute_layers=(0,) * c.num_stages)
-    if torch_ring(model, without, execution) != torch_ring(model, c, execution):
-        ring = prediction(without)
+    if recompute_leaves_ring(model, c, execution):
+        ring = prediction(dataclasses.replace(c, recompute_layers=(0,) * c.num_stages))
         out.update(torch_ring_iteration_time_s=ring["iteration_time_s"],
                    torch_ring_peak_memory_bytes=ring["peak_memory_bytes"])
     return out

@@ -131,9 +131,13 @@ def rope_theta(config: dict, name: str) -> float:
     return number_value(theta, "rope_parameters.rope_theta", name)
 
 
+# The keys a scaling object names its type by, in the order transformers reads them (`rope_type`, the older `type`).
+ROPE_TYPE_KEYS = ("rope_type", "type")
+
+
 def _rope_type(scaling: dict):
     """A scaling object's type as transformers reads it: `rope_type`, else the older `type`, else "default"."""
-    return next((scaling[k] for k in ("rope_type", "type") if scaling.get(k) is not None), "default")
+    return next((scaling[k] for k in ROPE_TYPE_KEYS if scaling.get(k) is not None), "default")
 
 
 def _rope_scaling(config: dict, name: str) -> tuple[str, dict | None]:
@@ -168,8 +172,8 @@ def _rope_kind(config: dict, name: str) -> tuple[str, dict | None, str]:
     `type`, else "default"); another type than ROPE_TYPES is refused naming them."""
     key, scaling = _rope_scaling(config, name)
     kind = _rope_type(scaling) if scaling else "default"
-    untyped = scaling and all(scaling.get(k) is None for k in ("rope_type", "type"))
-    if untyped and scaling.get("factor") not in (None, 1, 1.0):
+    untyped = scaling and all(scaling.get(k) is None for k in ROPE_TYPE_KEYS)
+    if untyped and scaling.get("factor") not in (None, 1):
         # (an audit: read as no scaling, then "the model has no llama3 RoPE scaling (rope_scaling_factor 1)")
         raise UserError(f"{name}: {key} has a factor ({shown(json.dumps(scaling.get('factor')), 40)}) but no "
                         f"rope_type; name the scaling it is ({', '.join(ROPE_TYPES[1:])})")
